@@ -1,0 +1,2 @@
+//! keyveil binary.
+fn main() {}
