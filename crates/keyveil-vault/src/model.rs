@@ -1,0 +1,239 @@
+//! The decrypted contents of a vault: environments, variables, policy.
+//!
+//! Everything here is serialised as JSON (the vault *payload*, see `docs/vault-format.md`) and is
+//! only ever held in memory after decryption. The one type that holds a secret, [`SecretValue`],
+//! zeroizes its memory on drop and never prints its contents through `Debug` (it has no
+//! `Display`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+/// Longest accepted variable name, in bytes (see [`is_valid_name`]).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest accepted environment name, in bytes (see [`is_valid_environment_name`]).
+pub const MAX_ENVIRONMENT_NAME_LEN: usize = 64;
+
+/// Default for [`Policy::max_ttl_seconds`]: 8 hours, in seconds.
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 8 * 60 * 60;
+
+/// Everything a vault holds, as decrypted from its payload.
+///
+/// Serialised as one JSON object; unknown fields are ignored on read (and therefore dropped on
+/// the next save), missing optional fields take their defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VaultData {
+    /// Environments by name (see [`is_valid_environment_name`]).
+    pub environments: BTreeMap<String, Environment>,
+    /// Approval factors beyond the passphrase (placeholder; TOTP enrolment comes later).
+    #[serde(default)]
+    pub factors: Factors,
+    /// The last audit-log position the broker vouched for, so a truncated audit log can be
+    /// detected (see `docs/audit-format.md`). `None` until the broker records one.
+    #[serde(default)]
+    pub audit_checkpoint: Option<AuditCheckpoint>,
+}
+
+/// Approval factors enrolled for this vault, beyond the passphrase.
+///
+/// Placeholder: it has no fields yet. TOTP enrolment (RFC 6238 seed, last used step) will be
+/// added here; because it lives inside the authenticated vault, an agent cannot enrol or remove a
+/// factor by editing files (design guarantee G7).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Factors {}
+
+/// A position in the audit log: the sequence number and MAC (lowercase hex, 64 characters) of an
+/// entry. Stored in the vault so that truncating the audit log after that entry is detectable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// `seq` of the entry (1-based).
+    pub seq: u64,
+    /// `mac` of the entry, lowercase hex.
+    pub mac: String,
+}
+
+/// A named set of variables (`dev`, `staging`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Environment {
+    /// Free text for humans and agents; never a secret.
+    pub description: String,
+    /// Variables by name (see [`is_valid_name`]).
+    pub variables: BTreeMap<String, Variable>,
+    /// Access policy for this environment.
+    #[serde(default)]
+    pub policy: Policy,
+    /// When the environment was created (UTC).
+    pub created_at: jiff::Timestamp,
+}
+
+impl Environment {
+    /// A new, empty environment with the default policy, created now.
+    pub fn new(description: impl Into<String>) -> Environment {
+        Environment {
+            description: description.into(),
+            variables: BTreeMap::new(),
+            policy: Policy::default(),
+            created_at: jiff::Timestamp::now(),
+        }
+    }
+}
+
+/// Per-environment access policy. Lives inside the authenticated vault, so it can only be changed
+/// by a key holder (design guarantee G7). Every field has a default, so `{}` is a valid policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// Which factor a human must present to approve a request. Default: [`FactorKind::Passphrase`].
+    pub factor: FactorKind,
+    /// Upper bound on a grant's lifetime, in seconds. Default: 28 800 (8 hours).
+    pub max_ttl_seconds: u64,
+    /// Whether variable names are hidden from agents (they see only the environment). Default:
+    /// `false`.
+    pub hide_names: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            factor: FactorKind::Passphrase,
+            max_ttl_seconds: DEFAULT_MAX_TTL_SECONDS,
+            hide_names: false,
+        }
+    }
+}
+
+/// The proof of human presence required to approve a request. Serialised in lowercase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactorKind {
+    /// The vault passphrase (always available).
+    #[default]
+    Passphrase,
+    /// A TOTP code (RFC 6238) from an enrolled authenticator.
+    Totp,
+    /// A plain confirmation (no secret factor); only meaningful for low-value environments.
+    Confirm,
+}
+
+/// One variable: a name (the map key in [`Environment::variables`]), its value and metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Variable {
+    /// The value; `None` means the variable is declared but still awaits a value from a human.
+    pub value: Option<SecretValue>,
+    /// Free text; never a secret.
+    pub description: String,
+    /// Where the value comes from.
+    pub source: Source,
+    /// When the variable was created (UTC).
+    pub created_at: jiff::Timestamp,
+    /// When the value was last replaced (UTC), if ever.
+    pub rotated_at: Option<jiff::Timestamp>,
+}
+
+impl Variable {
+    /// A new variable created now, never rotated.
+    pub fn new(
+        value: Option<SecretValue>,
+        description: impl Into<String>,
+        source: Source,
+    ) -> Variable {
+        Variable {
+            value,
+            description: description.into(),
+            source,
+            created_at: jiff::Timestamp::now(),
+            rotated_at: None,
+        }
+    }
+}
+
+/// Where a variable's value comes from. Serialised in lowercase (`"human"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Typed or piped in by a human.
+    Human,
+    /// Generated randomly by keyveil.
+    Generated,
+    /// Issued on demand by a dynamic-credential engine (e.g. a database role).
+    Dynamic,
+    /// Fetched from an external secret provider.
+    Provider,
+}
+
+/// A secret value.
+///
+/// Its memory is zeroized on drop; `Debug` prints `[secret]`; there is deliberately no `Display`,
+/// so a value cannot end up in a `format!` by accident. Read it with [`SecretValue::expose`], only
+/// where it is about to be injected into a child process. Serialised as a plain JSON string (only
+/// ever inside the encrypted payload).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValue(Zeroizing<String>);
+
+impl SecretValue {
+    /// Wraps a value. The `String` is moved, not copied.
+    pub fn new(value: String) -> SecretValue {
+        SecretValue(Zeroizing::new(value))
+    }
+
+    /// The value itself. Every call site is a place where the secret leaves this wrapper: keep
+    /// them few and audited.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Length of the value in bytes (UTF-8).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the value is the empty string.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[secret]")
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.expose())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SecretValue, D::Error> {
+        String::deserialize(deserializer).map(SecretValue::new)
+    }
+}
+
+/// Whether `name` is a valid variable name: environment-variable rules, `[A-Za-z_][A-Za-z0-9_]*`,
+/// 1 to [`MAX_NAME_LEN`] (128) bytes.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphabetic() || b == b'_' => {}
+        _ => return false,
+    }
+    name.len() <= MAX_NAME_LEN && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether `name` is a valid environment name: `[A-Za-z0-9_][A-Za-z0-9_.-]*`, 1 to
+/// [`MAX_ENVIRONMENT_NAME_LEN`] (64) bytes. A little looser than [`is_valid_name`] (`my-app.dev`
+/// is fine) but never a path component like `..`, never an option like `-x`, never whitespace.
+pub fn is_valid_environment_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_alphanumeric() || b == b'_' => {}
+        _ => return false,
+    }
+    name.len() <= MAX_ENVIRONMENT_NAME_LEN
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}

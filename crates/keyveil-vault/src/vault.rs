@@ -1,0 +1,375 @@
+//! [`Vault`]: an open, decrypted vault bound to its file.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::format::{self, KEY_LEN, KdfParams, NONCE_LEN, SALT_LEN, Slot};
+use crate::fsutil;
+use crate::{VaultData, VaultError};
+
+/// Info string for deriving the audit-log HMAC key from the data key (see [`Vault::audit_key`]).
+pub const AUDIT_KEY_INFO: &[u8] = b"keyveil/v1/audit-hmac-key";
+
+/// An open vault: its path, header (key slots), data key and decrypted data.
+///
+/// The data key is held in a [`Zeroizing`] buffer and wiped on drop; secret values are wiped by
+/// [`SecretValue`](crate::SecretValue). `Debug` prints the path, the format version, the KDF
+/// parameters and how many environments there are, nothing else.
+///
+/// A `Vault` does not hold the lock file while open: it takes the lock only inside
+/// [`Vault::create`] and [`Vault::save`]. Instead, `save` refuses (with
+/// [`VaultError::ChangedOnDisk`]) to overwrite a file that changed since this `Vault` read or
+/// wrote it, so two writers can never silently lose each other's updates.
+pub struct Vault {
+    path: PathBuf,
+    slots: Vec<Slot>,
+    data_key: Zeroizing<[u8; KEY_LEN]>,
+    data: VaultData,
+    /// SHA-256 of the file as last read or written by us.
+    disk_digest: [u8; 32],
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .field("format_version", &format::FORMAT_VERSION)
+            .field("kdf_params", &self.kdf_params())
+            .field("key_slots", &self.slots.len())
+            .field("environments", &self.data.environments.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+fn os_random(buf: &mut [u8]) -> Result<(), VaultError> {
+    getrandom::fill(buf).map_err(|e| VaultError::NoRandomness {
+        reason: e.to_string(),
+    })
+}
+
+fn random_array<const N: usize>() -> Result<[u8; N], VaultError> {
+    let mut out = [0u8; N];
+    os_random(&mut out)?;
+    Ok(out)
+}
+
+fn check_new_passphrase(passphrase: &[u8]) -> Result<(), VaultError> {
+    if passphrase.is_empty() {
+        return Err(VaultError::BadPassphrase {
+            reason: "it is empty",
+        });
+    }
+    Ok(())
+}
+
+impl Vault {
+    /// Creates a new vault file at `path` holding empty [`VaultData`], protected by `passphrase`
+    /// with Argon2id `params`, and returns it open.
+    ///
+    /// Generates a random 32-byte data key, a 16-byte salt and 24-byte nonces (getrandom). The
+    /// parent directory must exist; the file is created with mode 0600, atomically, under the
+    /// lock file. Takes one Argon2id derivation (≈ 0.1–1 s with sane parameters).
+    ///
+    /// # Errors
+    /// [`VaultError::AlreadyExists`] if anything exists at `path` (it is left untouched);
+    /// [`VaultError::WeakKdfParams`] if `params` is outside [`KdfParams::MINIMUM`]..=
+    /// [`KdfParams::MAXIMUM`]; [`VaultError::BadPassphrase`] for an empty passphrase;
+    /// [`VaultError::Locked`], [`VaultError::Io`], [`VaultError::NoRandomness`].
+    pub fn create(path: &Path, passphrase: &[u8], params: KdfParams) -> Result<Vault, VaultError> {
+        check_new_passphrase(passphrase)?;
+        params.validate()?;
+        if path.symlink_metadata().is_ok() {
+            return Err(VaultError::AlreadyExists {
+                path: path.to_path_buf(),
+            });
+        }
+        let data_key = Zeroizing::new(random_array::<KEY_LEN>()?);
+        let mut vault = Vault::build(
+            path,
+            passphrase,
+            params,
+            data_key,
+            random_array::<SALT_LEN>()?,
+            random_array::<NONCE_LEN>()?,
+            VaultData::default(),
+        )?;
+        let bytes = vault.encode(&random_array::<NONCE_LEN>()?)?;
+        let _lock = fsutil::lock_exclusive(&fsutil::lock_path(path))?;
+        if path.symlink_metadata().is_ok() {
+            return Err(VaultError::AlreadyExists {
+                path: path.to_path_buf(),
+            });
+        }
+        fsutil::write_atomic(path, &bytes)?;
+        vault.disk_digest = format::sha256(&bytes);
+        Ok(vault)
+    }
+
+    /// Opens and decrypts the vault at `path` with `passphrase`.
+    ///
+    /// Checks, in order: size limit, magic, version, checksum, layout, KDF parameter bounds (all
+    /// before any key derivation), then tries each key slot (one Argon2id derivation per slot),
+    /// then authenticates and decrypts the payload with the header as associated data, then
+    /// parses the JSON. The file is never modified.
+    ///
+    /// # Errors
+    /// [`VaultError::NotFound`]; [`VaultError::WrongPassphrase`];
+    /// [`VaultError::Corrupt`] for any damaged or edited byte (magic, checksum, layout, header
+    /// bound by the AEAD, payload); [`VaultError::UnsupportedVersion`];
+    /// [`VaultError::WeakKdfParams`] for parameters outside the accepted range;
+    /// [`VaultError::Io`].
+    pub fn open(path: &Path, passphrase: &[u8]) -> Result<Vault, VaultError> {
+        let bytes = read_limited(path)?;
+        Vault::decode(path, &bytes, passphrase)
+    }
+
+    /// Parses and decrypts `bytes` as the contents of the vault file at `path`.
+    fn decode(path: &Path, bytes: &[u8], passphrase: &[u8]) -> Result<Vault, VaultError> {
+        let parsed = format::parse(bytes)?;
+        let data_key = parsed
+            .slots
+            .iter()
+            .find_map(|slot| slot.unseal(passphrase))
+            .ok_or(VaultError::WrongPassphrase)?;
+        let plaintext = parsed.decrypt(&data_key)?;
+        let data: VaultData = serde_json::from_slice(&plaintext).map_err(|e| {
+            // Only the category and position: serde_json's message may quote payload text.
+            VaultError::corrupt(format!(
+                "the decrypted payload is not valid vault data ({:?} error at line {}, column {}); \
+                 was it written by a newer keyveil?",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        Ok(Vault {
+            path: path.to_path_buf(),
+            slots: parsed.slots,
+            data_key,
+            data,
+            disk_digest: format::sha256(bytes),
+        })
+    }
+
+    /// Builds an in-memory vault from explicit key material (used by `create`, and by the
+    /// known-answer tests with fixed inputs).
+    fn build(
+        path: &Path,
+        passphrase: &[u8],
+        params: KdfParams,
+        data_key: Zeroizing<[u8; KEY_LEN]>,
+        salt: [u8; SALT_LEN],
+        slot_nonce: [u8; NONCE_LEN],
+        data: VaultData,
+    ) -> Result<Vault, VaultError> {
+        let slot = Slot::seal(passphrase, params, salt, slot_nonce, &data_key)?;
+        Ok(Vault {
+            path: path.to_path_buf(),
+            slots: vec![slot],
+            data_key,
+            data,
+            disk_digest: [0u8; 32],
+        })
+    }
+
+    /// Serialises and encrypts the current data with `payload_nonce`: the complete file bytes.
+    fn encode(&self, payload_nonce: &[u8; NONCE_LEN]) -> Result<Vec<u8>, VaultError> {
+        let plaintext = format::padded_json(&self.data)
+            .map_err(|e| VaultError::io("serialise payload", &self.path, e.into()))?;
+        format::seal(&self.slots, &self.data_key, payload_nonce, plaintext)
+    }
+
+    /// Whether `passphrase` opens one of this vault's key slots (and yields this vault's data
+    /// key). Re-derives Argon2id, so it costs as much as [`Vault::open`]'s key derivation; the
+    /// comparison of the unwrapped key is constant-time. Meant as the approval factor: the caller
+    /// must rate-limit and audit failures.
+    pub fn check_passphrase(&self, passphrase: &[u8]) -> bool {
+        let mut ok = subtle::Choice::from(0u8);
+        for slot in &self.slots {
+            if let Some(key) = slot.unseal(passphrase) {
+                ok |= key.as_ref().ct_eq(self.data_key.as_ref());
+            }
+        }
+        ok.into()
+    }
+
+    /// The decrypted data.
+    pub fn data(&self) -> &VaultData {
+        &self.data
+    }
+
+    /// The decrypted data, for changing; call [`Vault::save`] to persist.
+    pub fn data_mut(&mut self) -> &mut VaultData {
+        &mut self.data
+    }
+
+    /// Re-encrypts the data with a fresh random payload nonce and replaces the file atomically
+    /// (temporary file 0600, fsync, rename, fsync directory) under the exclusive lock file. No
+    /// key derivation: the key slots are kept as they are.
+    ///
+    /// # Errors
+    /// [`VaultError::ChangedOnDisk`] if the file is no longer the one this `Vault` last read or
+    /// wrote (another process saved it, or it was replaced or deleted): nothing is written.
+    /// [`VaultError::Locked`] if another process holds the lock for more than 2 s;
+    /// [`VaultError::TooLarge`]; [`VaultError::Io`]; [`VaultError::NoRandomness`].
+    pub fn save(&mut self) -> Result<(), VaultError> {
+        let bytes = self.encode(&random_array::<NONCE_LEN>()?)?;
+        self.replace_file(&bytes)
+    }
+
+    /// Writes `bytes` over the file under the lock, if the file is still the one we know.
+    fn replace_file(&mut self, bytes: &[u8]) -> Result<(), VaultError> {
+        let _lock = fsutil::lock_exclusive(&fsutil::lock_path(&self.path))?;
+        match read_limited(&self.path) {
+            Ok(current) if format::sha256(&current) == self.disk_digest => {}
+            Ok(_) | Err(VaultError::NotFound { .. } | VaultError::Corrupt { .. }) => {
+                return Err(VaultError::ChangedOnDisk {
+                    path: self.path.clone(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        fsutil::write_atomic(&self.path, bytes)?;
+        self.disk_digest = format::sha256(bytes);
+        Ok(())
+    }
+
+    /// Replaces all key slots with one slot for `new_passphrase` (fresh salt, `params`) and
+    /// saves. The data key, and therefore [`Vault::audit_key`], stays the same.
+    ///
+    /// # Errors
+    /// As [`Vault::save`], plus [`VaultError::BadPassphrase`] and [`VaultError::WeakKdfParams`].
+    pub fn change_passphrase(
+        &mut self,
+        new_passphrase: &[u8],
+        params: KdfParams,
+    ) -> Result<(), VaultError> {
+        check_new_passphrase(new_passphrase)?;
+        let slot = Slot::seal(
+            new_passphrase,
+            params,
+            random_array::<SALT_LEN>()?,
+            random_array::<NONCE_LEN>()?,
+            &self.data_key,
+        )?;
+        let old = std::mem::replace(&mut self.slots, vec![slot]);
+        let result = self.save();
+        if result.is_err() {
+            self.slots = old;
+        }
+        result
+    }
+
+    /// The 32-byte key for the audit-log HMAC, derived from the data key:
+    /// `HMAC-SHA256(key = data_key, message = "keyveil/v1/audit-hmac-key" || 0x01)`, i.e.
+    /// HKDF-Expand (RFC 5869 §2.3) with the data key as the pseudorandom key, info
+    /// [`AUDIT_KEY_INFO`] and length 32. (HKDF-Extract is skipped: the data key is already 32
+    /// uniformly random bytes, RFC 5869 §3.3.) Stable for the life of the vault, across saves and
+    /// passphrase changes.
+    pub fn audit_key(&self) -> Zeroizing<[u8; 32]> {
+        hmac_sha256(&self.data_key, &[AUDIT_KEY_INFO, &[1u8]])
+    }
+
+    /// The vault file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The Argon2id parameters of the first key slot.
+    pub fn kdf_params(&self) -> KdfParams {
+        self.slots
+            .first()
+            .map_or(KdfParams::DEFAULT, |slot| slot.params)
+    }
+
+    /// The lock file used for `path`: a sibling named `<file name>.lock`, e.g. `vault` →
+    /// `vault.lock`. Created (0600) on first use and never deleted.
+    pub fn lock_path(path: &Path) -> PathBuf {
+        fsutil::lock_path(path)
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under a 32-byte key.
+pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    // A key shorter than the 64-byte block is zero-padded by HMAC itself; padding it here lets us
+    // use the infallible constructor.
+    let mut block = Zeroizing::new([0u8; 64]);
+    for (dst, src) in block.iter_mut().zip(key.iter()) {
+        *dst = *src;
+    }
+    let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&(*block).into());
+    for part in parts {
+        mac.update(part);
+    }
+    Zeroizing::new(mac.finalize().into_bytes().into())
+}
+
+/// Reads the whole file, refusing more than [`format::MAX_FILE_LEN`] bytes.
+fn read_limited(path: &Path) -> Result<Vec<u8>, VaultError> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            VaultError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            VaultError::io("open", path, e)
+        }
+    })?;
+    let mut bytes = Vec::new();
+    file.take(format::MAX_FILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| VaultError::io("read", path, e))?;
+    if bytes.len() > format::MAX_FILE_LEN {
+        return Err(VaultError::corrupt(format!(
+            "file is larger than the {}-byte limit",
+            format::MAX_FILE_LEN
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Deterministic construction for the known-answer tests.
+    use super::*;
+
+    /// Builds a vault from fixed inputs and encodes it with a fixed payload nonce.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_fixed(
+        path: &Path,
+        passphrase: &[u8],
+        params: KdfParams,
+        data_key: [u8; KEY_LEN],
+        salt: [u8; SALT_LEN],
+        slot_nonce: [u8; NONCE_LEN],
+        payload_nonce: [u8; NONCE_LEN],
+        data: VaultData,
+    ) -> Result<Vec<u8>, VaultError> {
+        let vault = Vault::build(
+            path,
+            passphrase,
+            params,
+            Zeroizing::new(data_key),
+            salt,
+            slot_nonce,
+            data,
+        )?;
+        vault.encode(&payload_nonce)
+    }
+
+    /// Opens `bytes` as if read from `path`.
+    pub(crate) fn decode(
+        path: &Path,
+        bytes: &[u8],
+        passphrase: &[u8],
+    ) -> Result<Vault, VaultError> {
+        Vault::decode(path, bytes, passphrase)
+    }
+}
