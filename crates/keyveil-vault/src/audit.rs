@@ -561,9 +561,19 @@ impl AuditWriter {
     /// [`AuditError::InvalidEntry`] (nothing written); [`AuditError::Io`] (the file is cut back
     /// to its last good line when possible).
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<Value, AuditError> {
+        self.append_at(event, fields, jiff::Timestamp::now())
+    }
+
+    /// [`AuditWriter::append`] with a given time (the known-answer tests use fixed times).
+    pub(crate) fn append_at(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+        at: jiff::Timestamp,
+    ) -> Result<Value, AuditError> {
         validate_entry(event, &fields)?;
         let seq = self.seq + 1;
-        let ts = format!("{:.6}", jiff::Timestamp::now());
+        let ts = format_ts(at);
         let input = mac_input(seq, &ts, event, &fields, &self.prev);
         let mac = hex::encode(hmac_sha256(&self.key, &[input.as_bytes()]).as_ref());
         let line = with_mac(input, &mac);
@@ -629,6 +639,11 @@ impl AuditWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// `ts` as written: RFC 3339 in UTC with exactly six fractional digits (microseconds) and `Z`.
+fn format_ts(at: jiff::Timestamp) -> String {
+    format!("{at:.6}")
 }
 
 fn validate_entry(event: &str, fields: &Map<String, Value>) -> Result<(), AuditError> {

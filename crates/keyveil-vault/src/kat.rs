@@ -141,3 +141,59 @@ fn kat_v1_minimum() {
     assert!(vault.check_passphrase(PASSPHRASE));
     assert!(!vault.check_passphrase(b"keyveil test vector passphrasE"));
 }
+
+/// The audit vector: three entries written with fixed times under the audit key of
+/// `v1-minimum.vault`.
+#[test]
+fn kat_audit_v1() {
+    use crate::audit::{AuditWriter, verify};
+
+    let dir = vectors_dir();
+    let committed_path = dir.join("audit-v1.jsonl");
+    let vault_bytes = std::fs::read(dir.join("v1-minimum.vault")).unwrap();
+    let vault = decode(Path::new("v1-minimum.vault"), &vault_bytes, PASSPHRASE).unwrap();
+    let key = vault.audit_key();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("audit.jsonl");
+    let mut writer = AuditWriter::open(&path, &key).unwrap();
+    let entries: [(&str, Value, &str); 3] = [
+        ("vault.unlocked", json!({}), "2026-01-02T03:04:05Z"),
+        (
+            "grant.approved",
+            json!({
+                "environment": "demo",
+                "variables": ["API_TOKEN"],
+                "argv": ["sh", "-c", "echo \"$API_TOKEN\" | sha256sum"],
+                "uses_left": 1,
+                "grant_id": "g-1",
+                "note": "tab\there, ünïcödé ✓, control \u{1}, slash /, backslash \\",
+            }),
+            "2026-01-02T03:04:06.5Z",
+        ),
+        (
+            "run.exited",
+            json!({"exit_code": -1, "detail": {"b": 2, "a": [1, "x", null, false]}}),
+            "2026-01-02T03:04:07.123456789Z",
+        ),
+    ];
+    for (event, fields, ts) in entries {
+        let Value::Object(fields) = fields else {
+            panic!("not an object")
+        };
+        writer
+            .append_at(event, fields, ts.parse().unwrap())
+            .unwrap();
+    }
+    drop(writer);
+    let produced = std::fs::read(&path).unwrap();
+    if std::env::var_os("KEYVEIL_REGENERATE_VECTORS").is_some() {
+        std::fs::write(&committed_path, &produced).unwrap();
+    }
+    let committed = std::fs::read(&committed_path).expect("committed vector audit-v1.jsonl");
+    assert_eq!(
+        String::from_utf8(produced).unwrap(),
+        String::from_utf8(committed).unwrap()
+    );
+    assert_eq!(verify(&committed_path, &key).unwrap(), 3);
+}

@@ -373,3 +373,61 @@ pub(crate) mod testing {
         Vault::decode(path, bytes, passphrase)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// A payload that authenticates but does not parse as `VaultData` must not have its text
+    /// (which may hold values) quoted in the error, as serde_json's own messages would.
+    #[test]
+    fn invalid_payload_error_quotes_no_content() {
+        let secret = "SECRET-IN-A-BAD-PAYLOAD-31337";
+        let key = [9u8; KEY_LEN];
+        let slot = Slot::seal(
+            b"pw",
+            KdfParams::MINIMUM,
+            [1; SALT_LEN],
+            [2; NONCE_LEN],
+            &key,
+        )
+        .unwrap();
+        for payload in [
+            format!(r#"{{"environments":{{"dev":"{secret}"}}}}"#),
+            format!(r#"{{"environments":{{}},"audit_checkpoint":{{"seq":"{secret}"}}}}"#),
+            format!(r#"{{"environments":{{}}, {secret}"#),
+            secret.to_owned(),
+        ] {
+            let bytes = format::seal(
+                std::slice::from_ref(&slot),
+                &key,
+                &[3; NONCE_LEN],
+                Zeroizing::new(payload.into_bytes()),
+            )
+            .unwrap();
+            let err = Vault::decode(Path::new("v"), &bytes, b"pw").unwrap_err();
+            assert!(matches!(err, VaultError::Corrupt { .. }), "{err:?}");
+            assert!(!err.to_string().contains("SECRET"), "{err}");
+            assert!(!format!("{err:?}").contains("SECRET"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn audit_key_is_hkdf_expand_of_the_data_key() {
+        // HKDF-Expand(PRK, info, 32) = HMAC(PRK, info || 0x01) for a single block (RFC 5869).
+        let key = [0x0bu8; 32];
+        let direct = hmac_sha256(&key, &[b"keyveil/v1/audit-hmac-key\x01"]);
+        let parts = hmac_sha256(&key, &[AUDIT_KEY_INFO, &[1]]);
+        assert_eq!(*direct, *parts);
+        // RFC 4231 test case 2 (key "Jefe"), to pin the HMAC construction itself.
+        let mut jefe = [0u8; 32];
+        jefe[..4].copy_from_slice(b"Jefe");
+        // HMAC zero-pads short keys, so "Jefe" and "Jefe" + 28 zero bytes are the same key.
+        let mac = hmac_sha256(&jefe, &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(
+            hex::encode(mac.as_ref()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

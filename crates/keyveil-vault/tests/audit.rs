@@ -91,3 +91,355 @@ fn edit_is_detected() {
         (3, LineFault::MacMismatch)
     );
 }
+
+#[test]
+fn deleted_line_is_detected() {
+    for victim in [0usize, 2] {
+        let (_dir, path) = log_with(5);
+        let mut ls = lines(&path);
+        ls.remove(victim);
+        write_lines(&path, &ls);
+        let line = victim as u64 + 1;
+        assert_eq!(
+            bad_line(audit::verify(&path, &KEY)),
+            (
+                line,
+                LineFault::SeqMismatch {
+                    found: line + 1,
+                    expected: line
+                }
+            )
+        );
+    }
+}
+
+#[test]
+fn swapped_lines_are_detected() {
+    let (_dir, path) = log_with(5);
+    let mut ls = lines(&path);
+    ls.swap(1, 2);
+    write_lines(&path, &ls);
+    assert_eq!(
+        bad_line(audit::verify(&path, &KEY)),
+        (
+            2,
+            LineFault::SeqMismatch {
+                found: 3,
+                expected: 2
+            }
+        )
+    );
+}
+
+/// A forger who knows the format (right seq, right prev, canonical form) but not the key.
+#[test]
+fn forged_appended_line_is_detected() {
+    let (_dir, path) = log_with(3);
+    let mut ls = lines(&path);
+    let prev = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ls[2].as_bytes()));
+    ls.push(format!(
+        r#"{{"seq":4,"ts":"2026-01-01T00:00:00.000000Z","event":"grant.approved","prev":"{prev}","mac":"{}"}}"#,
+        "0".repeat(64)
+    ));
+    write_lines(&path, &ls);
+    assert_eq!(
+        bad_line(audit::verify(&path, &KEY)),
+        (4, LineFault::MacMismatch)
+    );
+    // The same file under another key fails on line 1.
+    assert_eq!(
+        bad_line(audit::verify(&path, &[8u8; 32])),
+        (1, LineFault::MacMismatch)
+    );
+}
+
+#[test]
+fn reformatted_line_is_detected() {
+    let (_dir, path) = log_with(3);
+    let mut ls = lines(&path);
+    ls[1] = ls[1].replacen(r#""seq":2,"#, r#""seq": 2,"#, 1);
+    write_lines(&path, &ls);
+    assert_eq!(
+        bad_line(audit::verify(&path, &KEY)),
+        (2, LineFault::NotCanonical)
+    );
+    let mut ls = lines(&path);
+    ls[1] = "not json".into();
+    write_lines(&path, &ls);
+    let (line, fault) = bad_line(audit::verify(&path, &KEY));
+    assert_eq!(line, 2);
+    assert!(matches!(fault, LineFault::NotJson { .. }), "{fault:?}");
+}
+
+/// A genuine line from another log under the same key, at the same position.
+#[test]
+fn spliced_line_is_detected() {
+    let (_d1, a) = log_with(3);
+    let (_d2, b) = log_with(3);
+    let mut la = lines(&a);
+    la[2] = lines(&b)[2].clone();
+    write_lines(&a, &la);
+    assert_eq!(
+        bad_line(audit::verify(&a, &KEY)),
+        (3, LineFault::PrevMismatch)
+    );
+}
+
+#[test]
+fn error_messages_name_the_line() {
+    let (_dir, path) = log_with(8);
+    let mut ls = lines(&path);
+    ls[6] = ls[6].replace("test.event", "test.evenT");
+    write_lines(&path, &ls);
+    let err = audit::verify(&path, &KEY).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "audit log line 7: MAC mismatch (the line was edited or forged)"
+    );
+}
+
+#[test]
+fn torn_tail_is_truncated_and_noted() {
+    let (_dir, path) = log_with(3);
+    let good = std::fs::read(&path).unwrap();
+    let mut torn = good.clone();
+    torn.extend_from_slice(br#"{"seq":4,"ts":"2026-01-0"#);
+    std::fs::write(&path, &torn).unwrap();
+    assert_eq!(
+        bad_line(audit::verify(&path, &KEY)),
+        (4, LineFault::Incomplete)
+    );
+    // read_entries skips the torn line.
+    assert_eq!(audit::read_entries(&path, None).unwrap().len(), 3);
+
+    let mut w = AuditWriter::open(&path, &KEY).unwrap();
+    let tail = w.torn_tail().cloned().unwrap();
+    assert_eq!(tail.bytes, 24);
+    assert_eq!(w.last_seq(), 4);
+    w.append("after", Map::new()).unwrap();
+    drop(w);
+    assert_eq!(audit::verify(&path, &KEY).unwrap(), 5);
+    let entries = audit::read_entries(&path, None).unwrap();
+    assert_eq!(entries[3]["event"], audit::TAIL_TRUNCATED_EVENT);
+    assert_eq!(entries[3]["bytes"], 24);
+    assert_eq!(entries[3]["sha256"], tail.sha256);
+    assert!(std::fs::read(&path).unwrap().starts_with(&good));
+}
+
+#[test]
+fn complete_last_line_missing_only_its_newline_is_kept() {
+    let (_dir, path) = log_with(3);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.pop(), Some(b'\n'));
+    std::fs::write(&path, &bytes).unwrap();
+    let w = AuditWriter::open(&path, &KEY).unwrap();
+    assert!(w.torn_tail().is_none());
+    assert_eq!(w.last_seq(), 3);
+    drop(w);
+    assert_eq!(audit::verify(&path, &KEY).unwrap(), 3);
+}
+
+#[test]
+fn open_refuses_to_chain_onto_a_bad_last_line() {
+    let (dir, path) = log_with(3);
+    let mut ls = lines(&path);
+    ls[2] = ls[2].replace(r#""i":3"#, r#""i":4"#);
+    write_lines(&path, &ls);
+    let err = AuditWriter::open(&path, &KEY).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::BadLine {
+                line: 3,
+                reason: LineFault::MacMismatch
+            }
+        ),
+        "{err:?}"
+    );
+    let err = AuditWriter::open(&path, &[1u8; 32]).unwrap_err();
+    assert!(
+        matches!(err, AuditError::BadLine { line: 3, .. }),
+        "{err:?}"
+    );
+    // The way out: move the bad log aside and start a new one.
+    let moved = audit::quarantine(&path).unwrap();
+    assert!(moved.starts_with(dir.path()));
+    assert!(
+        moved
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("audit.jsonl.bad-")
+    );
+    let mut w = AuditWriter::open(&path, &KEY).unwrap();
+    assert_eq!(w.last_seq(), 0);
+    w.append("audit.restarted", Map::new()).unwrap();
+}
+
+#[test]
+fn second_writer_is_locked_out() {
+    let (_dir, path) = log_with(1);
+    let _first = AuditWriter::open(&path, &KEY).unwrap();
+    let err = AuditWriter::open(&path, &KEY).unwrap_err();
+    assert!(matches!(err, AuditError::Locked { .. }), "{err:?}");
+    // Readers and verifiers are not blocked.
+    assert_eq!(audit::verify(&path, &KEY).unwrap(), 1);
+}
+
+#[test]
+fn invalid_entries_are_refused_and_nothing_is_written() {
+    let (_dir, path) = log_with(1);
+    let before = std::fs::read(&path).unwrap();
+    let mut w = AuditWriter::open(&path, &KEY).unwrap();
+    for name in ["seq", "ts", "event", "prev", "mac"] {
+        let err = w.append("x", fields(json!({ name: 1 }))).unwrap_err();
+        assert!(matches!(err, AuditError::InvalidEntry { .. }), "{err:?}");
+    }
+    for f in [json!({"d": 1.5}), json!({"d": [1, {"e": 0.1}]})] {
+        let err = w.append("x", fields(f)).unwrap_err();
+        assert!(matches!(err, AuditError::InvalidEntry { .. }), "{err:?}");
+    }
+    for event in ["", "a\nb", &"e".repeat(129)] {
+        let err = w.append(event, Map::new()).unwrap_err();
+        assert!(matches!(err, AuditError::InvalidEntry { .. }), "{err:?}");
+    }
+    let err = w
+        .append("x", fields(json!({"big": "x".repeat(audit::MAX_LINE_LEN)})))
+        .unwrap_err();
+    assert!(matches!(err, AuditError::InvalidEntry { .. }), "{err:?}");
+    assert_eq!(w.last_seq(), 1);
+    drop(w);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn checkpoint_detects_truncation_at_the_end() {
+    let (_dir, path) = log_with(5);
+    let w = AuditWriter::open(&path, &KEY).unwrap();
+    let checkpoint = w.checkpoint().unwrap();
+    assert_eq!(checkpoint.seq, 5);
+    assert_eq!(Some(checkpoint.mac.as_str()), w.last_mac());
+    drop(w);
+    assert_eq!(
+        audit::verify_checkpoint(&path, &KEY, &checkpoint).unwrap(),
+        5
+    );
+    // Cutting the last two lines keeps the chain valid, but not the checkpoint.
+    let mut ls = lines(&path);
+    ls.truncate(3);
+    write_lines(&path, &ls);
+    assert_eq!(audit::verify(&path, &KEY).unwrap(), 3);
+    let err = audit::verify_checkpoint(&path, &KEY, &checkpoint).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuditError::CheckpointMismatch {
+                checkpoint_seq: 5,
+                entries: 3
+            }
+        ),
+        "{err:?}"
+    );
+    // A checkpoint whose MAC does not match the entry at its seq.
+    let mut wrong = checkpoint.clone();
+    wrong.seq = 2;
+    let err = audit::verify_checkpoint(&path, &KEY, &wrong).unwrap_err();
+    assert!(
+        matches!(err, AuditError::CheckpointMismatch { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn empty_missing_and_read_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    assert!(matches!(
+        audit::verify(&path, &KEY),
+        Err(AuditError::NotFound { .. })
+    ));
+    assert!(audit::read_entries(&path, None).unwrap().is_empty());
+    let w = AuditWriter::open(&path, &KEY).unwrap();
+    assert_eq!(w.last_seq(), 0);
+    assert!(w.checkpoint().is_none());
+    drop(w);
+    assert_eq!(audit::verify(&path, &KEY).unwrap(), 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let (_d, path) = log_with(4);
+    assert_eq!(audit::read_entries(&path, None).unwrap().len(), 4);
+    assert!(audit::read_entries(&path, Some(0)).unwrap().is_empty());
+    assert_eq!(audit::read_entries(&path, Some(10)).unwrap().len(), 4);
+    let last_two = audit::read_entries(&path, Some(2)).unwrap();
+    assert_eq!(last_two[0]["seq"], 3);
+    assert_eq!(last_two[1]["seq"], 4);
+}
+
+#[test]
+fn append_returns_the_entry_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut w = AuditWriter::open(&path, &KEY).unwrap();
+    let e1 = w.append("one", fields(json!({"k": "v"}))).unwrap();
+    let e2 = w.append("two", Map::new()).unwrap();
+    assert_eq!(e1["prev"], GENESIS_PREV);
+    let ls = lines(&path);
+    assert_eq!(serde_json::from_str::<Value>(&ls[0]).unwrap(), e1);
+    assert_eq!(serde_json::from_str::<Value>(&ls[1]).unwrap(), e2);
+    assert_eq!(
+        e2["prev"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ls[0].as_bytes()))
+    );
+    let ts = e1["ts"].as_str().unwrap();
+    assert!(
+        ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000000Z".len(),
+        "{ts}"
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Any strings (control characters, quotes, non-ASCII) and integers round-trip through
+        /// the canonical form and verify; flipping any byte of the file is detected.
+        #[test]
+        fn arbitrary_fields_verify(
+            event in "[a-z.]{1,12}",
+            entries in proptest::collection::btree_map("\\PC{0,8}|[\\x00-\\x1f\"\\\\]{1,4}", prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+                any::<bool>().prop_map(Value::from),
+            ], 0..5),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let mut w = AuditWriter::open(&path, &KEY).unwrap();
+            let mut map: Map<String, Value> = entries.into_iter().collect();
+            for reserved in audit::RESERVED_FIELDS {
+                map.remove(reserved);
+            }
+            let written = w.append(&event, map.clone()).unwrap();
+            w.append("second", map).unwrap();
+            drop(w);
+            prop_assert_eq!(audit::verify(&path, &KEY).unwrap(), 2);
+            prop_assert_eq!(&audit::read_entries(&path, Some(2)).unwrap()[0], &written);
+
+            let mut bytes = std::fs::read(&path).unwrap();
+            let i = flip.index(bytes.len());
+            bytes[i] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap();
+            prop_assert!(audit::verify(&path, &KEY).is_err());
+        }
+    }
+}
