@@ -1,2 +1,35 @@
-//! keyveil binary.
-fn main() {}
+//! `keyveil`: a local secret broker for AI coding agents. Agents get access to secrets,
+//! never custody: see `docs/architecture.md`.
+#![deny(unsafe_code)]
+
+mod broker;
+mod card;
+mod cli;
+mod client;
+mod demo;
+mod display;
+mod harden;
+mod logging;
+mod mcp;
+mod paths;
+mod protocol;
+mod redact;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match cli::main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<cli::Exit>().map(|x| x.code).unwrap_or(1);
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!("\n  caused by: {cause}"));
+            }
+            cli::note(msg);
+            code
+        }
+    };
+    std::process::exit(code);
+}

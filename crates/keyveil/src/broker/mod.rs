@@ -1,0 +1,217 @@
+//! The broker: the per-user daemon that alone decrypts values and alone starts granted
+//! processes. Clients (the CLI, the MCP server) talk to it over a Unix socket in a 0700
+//! directory; the peer's uid must be ours (same uid is not authorization: the factor is).
+
+pub mod ops;
+pub mod spawn;
+pub mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result, bail};
+use futures::{SinkExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::codec;
+use crate::paths::{Paths, set_mode};
+use crate::protocol::{ErrorCode, Frame, Reply, Request};
+use state::Inner;
+
+/// The broker's shared state.
+pub struct Broker {
+    /// Its files.
+    pub paths: Paths,
+    inner: Mutex<Inner>,
+    /// Bumped on every change to requests or grants; waiters re-check on each bump.
+    pub changed: tokio::sync::watch::Sender<u64>,
+    /// Cancelled by `daemon stop`.
+    pub shutdown: CancellationToken,
+}
+
+impl Broker {
+    /// Locks the state. A poisoned mutex (a panic while held) is recovered: every operation
+    /// leaves the state consistent before it can panic.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes everything waiting for a decision.
+    pub fn notify(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Runs the broker in the foreground until `daemon stop` or SIGTERM/SIGINT.
+///
+/// Errors: another broker already holds this home's lock; the socket cannot be bound.
+pub async fn serve(paths: Paths) -> Result<()> {
+    crate::harden::harden_broker().context("cannot make the broker non-dumpable")?;
+    paths.check_socket_len()?;
+    paths.ensure_dirs()?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(paths.lock())
+        .with_context(|| format!("cannot open {}", paths.lock().display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another keyveil broker is already running for {}\nhint: use it, or stop it with `keyveil daemon stop`",
+            paths.home.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).context("cannot take the broker lock");
+        }
+    }
+    let sock = paths.socket();
+    if sock.exists() {
+        std::fs::remove_file(&sock)
+            .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("cannot bind {}", sock.display()))?;
+    set_mode(&sock, 0o600)?;
+    std::fs::write(
+        paths.run_dir().join("broker.pid"),
+        std::process::id().to_string(),
+    )
+    .context("cannot write broker.pid")?;
+
+    let (changed, _) = tokio::sync::watch::channel(0u64);
+    let broker = Arc::new(Broker {
+        paths: paths.clone(),
+        inner: Mutex::new(Inner {
+            next_request: 1,
+            ..Inner::default()
+        }),
+        changed,
+        shutdown: CancellationToken::new(),
+    });
+    tracing::info!(pid = std::process::id(), socket = %sock.display(), "broker listening");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    let ticker = tokio::spawn(tick(broker.clone()));
+    let me = rustix::process::getuid();
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                match stream.peer_cred() {
+                    Ok(c) if c.uid() == me.as_raw() => {
+                        tokio::spawn(handle(broker.clone(), stream));
+                    }
+                    Ok(c) => tracing::warn!(uid = c.uid(), "refused a connection from another user"),
+                    Err(e) => tracing::warn!(error = %e, "cannot read peer credentials; connection refused"),
+                }
+            }
+            _ = broker.shutdown.cancelled() => break,
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    ticker.abort();
+    ops::stop_everything(&broker, "broker stopping");
+    // Give killed runs a moment to be reaped and audited.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(paths.run_dir().join("broker.pid"));
+    tracing::info!("broker stopped");
+    drop(lock);
+    Ok(())
+}
+
+/// Once a second: expire requests, revoke grants past their deadline.
+async fn tick(broker: Arc<Broker>) {
+    let mut iv = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        iv.tick().await;
+        let changed = {
+            let mut inner = broker.lock();
+            let before = inner
+                .requests
+                .values()
+                .filter(|r| r.state == state::RequestState::Pending)
+                .count();
+            inner.expire_requests();
+            let after = inner
+                .requests
+                .values()
+                .filter(|r| r.state == state::RequestState::Pending)
+                .count();
+            let now = jiff::Timestamp::now();
+            let due: Vec<String> = inner
+                .grants
+                .values()
+                .filter(|g| !g.revoked && g.expires_at <= now)
+                .map(|g| g.id.clone())
+                .collect();
+            for id in &due {
+                inner.revoke(id, "expired");
+            }
+            // Forget dead grants after an hour.
+            inner.grants.retain(|_, g| {
+                !g.revoked
+                    || now.duration_since(g.expires_at) < jiff::SignedDuration::from_secs(3600)
+            });
+            before != after || !due.is_empty()
+        };
+        if changed {
+            broker.notify();
+        }
+    }
+}
+
+/// One connection: one request, its replies.
+async fn handle(broker: Arc<Broker>, stream: UnixStream) {
+    let mut framed = Framed::new(stream, codec());
+    let first = match framed.next().await {
+        Some(Ok(f)) => f,
+        _ => return,
+    };
+    let req: Request = match Frame::decode(first) {
+        Ok(Frame::Json(b)) => match serde_json::from_slice(&b) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = send(
+                    &mut framed,
+                    &Reply::error(ErrorCode::Usage, format!("malformed request: {e}"), None),
+                )
+                .await;
+                return;
+            }
+        },
+        _ => {
+            let _ = send(
+                &mut framed,
+                &Reply::error(ErrorCode::Usage, "expected a JSON request frame", None),
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::debug!(op = req.op(), "request");
+    match req {
+        Request::Run(r) => ops::run(&broker, r, framed).await,
+        other => {
+            let reply = ops::dispatch(&broker, other).await;
+            let _ = send(&mut framed, &reply).await;
+        }
+    }
+}
+
+/// Writes one JSON reply frame.
+pub async fn send(
+    framed: &mut Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    reply: &Reply,
+) -> Result<()> {
+    let body = Frame::json(reply)?;
+    framed.send(body).await?;
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Starting a granted process and relaying its redacted output.
+//!
+//! The child gets its own process group (so revocation and timeouts kill it and everything it
+//! started), `PR_SET_PDEATHSIG(SIGKILL)` (so it dies with the broker), the requester's
+//! pass-through environment plus the granted values, and nothing else. Its stdout and stderr are
+//! read in chunks of up to 64 KiB, each through its own [`keyveil_redact::RedactStream`], and only
+//! redacted bytes ever leave this module.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::redact::Redactor;
+use bytes::Bytes;
+use keyveil_vault::SecretValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{OutputMode, RunResult};
+
+/// Grace period between SIGTERM and SIGKILL when a run is stopped.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Default run timeout (seconds).
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+/// Read buffer size per stream (bytes).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What to start.
+pub struct SpawnSpec {
+    /// argv.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// Pass-through environment of the requester.
+    pub env: Vec<(String, String)>,
+    /// Granted values.
+    pub values: Vec<(String, SecretValue)>,
+    /// Stdin bytes.
+    pub stdin: Option<String>,
+}
+
+/// Which stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// stdout.
+    Stdout,
+    /// stderr.
+    Stderr,
+}
+
+/// Why the run was stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Timeout,
+    Revoked,
+    ClientGone,
+}
+
+/// A started child.
+pub struct Started {
+    child: tokio::process::Child,
+    /// Process id (also its process-group id).
+    pub pid: i32,
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+}
+
+/// Spawns the child. Values are moved into the command's environment and the spec's copies are
+/// dropped (zeroized) before this returns.
+pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
+    let Some((prog, args)) = spec.argv.split_first() else {
+        return Err(std::io::Error::other("empty command"));
+    };
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(spec.values.iter().map(|(k, v)| (k.as_str(), v.expose())))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    crate::harden::die_with_broker(&mut cmd);
+    let spawned = cmd.spawn();
+    // The values now live only in the command (dropped below) and the child.
+    spec.values.clear();
+    drop(cmd);
+    let mut child = spawned?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    if let (Some(input), Some(mut w)) = (spec.stdin.take(), child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = w.write_all(input.as_bytes()).await;
+            let _ = w.shutdown().await;
+        });
+    }
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    Ok(Started {
+        child,
+        pid,
+        stdout,
+        stderr,
+    })
+}
+
+/// Sends a signal to a process group, ignoring "no such process".
+pub fn signal_group(pgid: i32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// Runs a started child to completion, relaying redacted output through `sink`.
+///
+/// `sink` receives `(stream, bytes)` in `Stream` mode; in `Collect` mode output is gathered into
+/// the result instead. Stops early (SIGTERM, then SIGKILL after [`KILL_GRACE`]) on timeout, on
+/// `cancel` (revocation) or on `client_gone`.
+pub async fn relay(
+    mut started: Started,
+    spec_timeout: Duration,
+    output: OutputMode,
+    redactor: &Redactor,
+    cancel: CancellationToken,
+    client_gone: CancellationToken,
+    sink: &mut OutputSink,
+) -> RunResult {
+    let t0 = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<(StreamKind, Bytes, usize)>(16);
+    let mut readers = Vec::new();
+    if let Some(out) = started.stdout.take() {
+        readers.push(tokio::spawn(pump(
+            out,
+            StreamKind::Stdout,
+            redactor.clone(),
+            tx.clone(),
+        )));
+    }
+    if let Some(err) = started.stderr.take() {
+        readers.push(tokio::spawn(pump(
+            err,
+            StreamKind::Stderr,
+            redactor.clone(),
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+
+    let pgid = started.pid;
+    let mut result = RunResult::default();
+    let cap = match output {
+        OutputMode::Collect { cap_bytes } => Some(cap_bytes),
+        OutputMode::Stream => None,
+    };
+    let mut out_buf: Vec<u8> = Vec::new();
+    let mut err_buf: Vec<u8> = Vec::new();
+    let mut stop: Option<Stop> = None;
+    let mut status: Option<std::process::ExitStatus> = None;
+    let deadline = tokio::time::Instant::now() + spec_timeout;
+    let mut sink_open = true;
+    let mut streams_open = true;
+
+    // Phase 1: until the child exits (or is stopped) and both streams reach EOF.
+    loop {
+        if status.is_some() && !streams_open {
+            break;
+        }
+        tokio::select! {
+            msg = rx.recv(), if streams_open => match msg {
+                Some((kind, bytes, n)) => {
+                    result.redactions += n as u64;
+                    match cap {
+                        Some(cap) => {
+                            let buf = if kind == StreamKind::Stdout { &mut out_buf } else { &mut err_buf };
+                            let room = cap.saturating_sub(buf.len());
+                            if bytes.len() > room {
+                                result.truncated = true;
+                            }
+                            buf.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+                        }
+                        None => {
+                            if sink_open && !send_output(sink, kind, &bytes).await {
+                                sink_open = false;
+                                if stop.is_none() {
+                                    stop = Some(Stop::ClientGone);
+                                    terminate(pgid).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                None => streams_open = false,
+            },
+            st = started.child.wait(), if status.is_none() => {
+                status = st.ok();
+                // Nothing started under a grant outlives its leader: end the group now.
+                signal_group(pgid, rustix::process::Signal::KILL);
+            }
+            _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
+                stop = Some(Stop::Timeout);
+                terminate_in_background(pgid);
+            }
+            _ = cancel.cancelled(), if stop.is_none() => {
+                stop = Some(Stop::Revoked);
+                terminate_in_background(pgid);
+            }
+            _ = client_gone.cancelled(), if stop.is_none() => {
+                stop = Some(Stop::ClientGone);
+                terminate_in_background(pgid);
+            }
+        }
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let status_code = status.map(|s| {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => (c, None),
+            (None, Some(sig)) => (128 + sig, Some(sig)),
+            (None, None) => (1, None),
+        }
+    });
+    let (code, sig) = status_code.unwrap_or((1, None));
+    result.exit_code = code;
+    result.signal = sig;
+    result.timed_out = stop == Some(Stop::Timeout);
+    result.revoked = stop == Some(Stop::Revoked);
+    result.stdout = String::from_utf8_lossy(&out_buf).into_owned();
+    result.stderr = String::from_utf8_lossy(&err_buf).into_owned();
+    result.duration_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    result
+}
+
+/// Where streamed output frames go: the write half of the client's connection.
+pub type OutputSink = futures::stream::SplitSink<
+    tokio_util::codec::Framed<tokio::net::UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    Bytes,
+>;
+
+async fn send_output(sink: &mut OutputSink, kind: StreamKind, bytes: &[u8]) -> bool {
+    use futures::SinkExt;
+    if bytes.is_empty() {
+        return true;
+    }
+    let tag = if kind == StreamKind::Stdout {
+        crate::protocol::TAG_STDOUT
+    } else {
+        crate::protocol::TAG_STDERR
+    };
+    sink.send(crate::protocol::Frame::encode(tag, bytes))
+        .await
+        .is_ok()
+}
+
+/// SIGTERM the group now, SIGKILL after the grace period.
+async fn terminate(pgid: i32) {
+    terminate_in_background(pgid);
+}
+
+fn terminate_in_background(pgid: i32) {
+    signal_group(pgid, rustix::process::Signal::TERM);
+    tokio::spawn(async move {
+        tokio::time::sleep(KILL_GRACE).await;
+        signal_group(pgid, rustix::process::Signal::KILL);
+    });
+}
+
+/// Reads one pipe to EOF, redacting as it goes.
+async fn pump<R: AsyncRead + Unpin>(
+    mut r: R,
+    kind: StreamKind,
+    redactor: Redactor,
+    tx: mpsc::Sender<(StreamKind, Bytes, usize)>,
+) {
+    let mut stream = redactor.stream();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut out = Vec::with_capacity(READ_CHUNK + 256);
+    let mut seen = 0usize;
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        out.clear();
+        stream.push(buf.get(..n).unwrap_or_default(), &mut out);
+        let now = stream.redactions();
+        if !out.is_empty()
+            && tx
+                .send((kind, Bytes::copy_from_slice(&out), now - seen))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if out.is_empty() && now != seen {
+            // counted on the next send
+            continue;
+        }
+        seen = now;
+    }
+    out.clear();
+    stream.finish(&mut out);
+    let now = stream.redactions();
+    let _ = tx
+        .send((kind, Bytes::copy_from_slice(&out), now - seen))
+        .await;
+}

@@ -1,0 +1,117 @@
+//! Rendering requests and audit entries for a human.
+//!
+//! Everything an agent supplied (argv, reason, client name, cwd) is escaped with
+//! [`crate::display::clip`]-style control escaping; argv is shown one element per line, quoted
+//! and never truncated, so what the human reads is what will run.
+
+use serde_json::Value;
+
+/// Escapes one agent-supplied string for a terminal: control characters become `\u{..}`.
+pub fn esc(s: &str) -> String {
+    crate::display::clip(s, usize::MAX)
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// argv on one line, each element quoted (`"echo" "hi"`), for lists.
+pub fn argv_inline(argv: &Value) -> String {
+    argv.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| format!("{:?}", x.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "ANY COMMAND".to_owned())
+}
+
+/// The approval card of one request (a JSON object as `keyveil requests --json` prints it).
+pub fn render(r: &Value) -> String {
+    let mut out = String::new();
+    let client = r.get("client").cloned().unwrap_or(Value::Null);
+    out.push_str(&format!(
+        "request #{}  from {}:{} {} (pid {})\n",
+        r["id"],
+        esc(s(&client, "kind")),
+        esc(s(&client, "name")),
+        esc(s(&client, "version")),
+        client["pid"]
+    ));
+    out.push_str(&format!("  environment: {}\n", esc(s(r, "environment"))));
+    let vars = r["variables"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(esc)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    out.push_str(&format!("  variables:   {vars}\n"));
+    out.push_str(&format!("  directory:   {}\n", esc(s(r, "cwd"))));
+    match r["argv"].as_array() {
+        None => out.push_str("  command:     ANY COMMAND (no command given)\n"),
+        Some(a) => {
+            out.push_str("  command (one argument per line):\n");
+            for (i, x) in a.iter().enumerate() {
+                out.push_str(&format!("    [{i}] {:?}\n", x.as_str().unwrap_or("")));
+            }
+        }
+    }
+    if let Some(reason) = r["reason"].as_str() {
+        out.push_str(&format!("  requester says (unverified): {}\n", esc(reason)));
+    }
+    out.push_str(&format!("  expires:     {}", s(r, "expires_at")));
+    out
+}
+
+/// One audit entry as a line.
+pub fn audit_line(e: &Value) -> String {
+    let mut rest = Vec::new();
+    if let Some(o) = e.as_object() {
+        for (k, v) in o {
+            if matches!(k.as_str(), "seq" | "ts" | "event" | "prev" | "mac") || v.is_null() {
+                continue;
+            }
+            let shown = match v {
+                Value::String(x) => esc(x),
+                other => esc(&other.to_string()),
+            };
+            rest.push(format!("{k}={shown}"));
+        }
+    }
+    format!(
+        "{:>5} {} {:<16} {}",
+        e["seq"],
+        s(e, "ts"),
+        s(e, "event"),
+        rest.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn card_shows_argv_per_line_and_escapes_controls() {
+        let r = json!({
+            "id": 7, "client": {"kind":"mcp","name":"evil\u{1b}[2J","version":"1","pid":42},
+            "environment": "demo", "variables": ["API_TOKEN"], "cwd": "/w",
+            "argv": ["sh", "-c", "echo ok\u{1b}[1A\u{1b}[2K"], "reason": "tests\u{7}",
+            "expires_at": "2026-01-01T00:00:00Z"
+        });
+        let card = render(&r);
+        assert!(!card.contains('\u{1b}'), "{card}");
+        assert!(!card.contains('\u{7}'));
+        assert!(
+            card.contains("[2] \"echo ok\\u{1b}[1A\\u{1b}[2K\""),
+            "{card}"
+        );
+        assert!(card.contains("requester says (unverified)"));
+    }
+}

@@ -1,0 +1,929 @@
+//! The `keyveil` command line (DESIGN.md §4).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::client::{self, Connection, Event};
+use crate::paths::Paths;
+use crate::protocol::{Charset, ClientInfo, OutputMode, Passphrase, Reply, Request, RunRequest};
+
+/// keyveil: let AI coding agents use secrets without ever holding them.
+#[derive(Debug, Parser)]
+#[command(name = "keyveil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the vault (passphrase from /dev/tty, or the first line of stdin).
+    Init {
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Argon2id memory in KiB (at least 19456; default 65536).
+        #[arg(long, hide = true)]
+        kdf_memory_kib: Option<u32>,
+    },
+    /// Unlock the broker's vault (starts the broker if needed).
+    Unlock {
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Lock the vault: values leave memory, grants are revoked, runs are killed.
+    Lock,
+    /// Is the broker running? Locked? Pending requests?
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The broker itself.
+    Daemon {
+        /// Run in the foreground (logs to stderr).
+        #[arg(long)]
+        foreground: bool,
+        #[command(subcommand)]
+        action: Option<DaemonAction>,
+    },
+    /// Environments: named sets of variables.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Store a value (from a hidden /dev/tty prompt, or stdin). Never from argv.
+    Set {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        var: String,
+        /// Read the value from stdin (one trailing newline is removed).
+        #[arg(long)]
+        from_stdin: bool,
+    },
+    /// Generate a random value inside the broker; it is never shown.
+    Generate {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        var: String,
+        /// Length in characters.
+        #[arg(long, default_value_t = 32)]
+        length: usize,
+        /// Alphabet.
+        #[arg(long, value_enum, default_value_t = Charset::Alnum)]
+        charset: Charset,
+    },
+    /// Delete a variable.
+    Unset {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        var: String,
+    },
+    /// Run a command with an environment's values injected (waits for approval).
+    Run(RunArgs),
+    /// Pending requests.
+    Requests {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request with your factor (the vault passphrase).
+    Approve(ApproveArgs),
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        id: u64,
+        /// Reason given to the requester.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Live grants.
+    Grants {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant (its runs are killed), or all grants.
+    Revoke {
+        /// Grant id.
+        grant_id: Option<String>,
+        /// Revoke every live grant.
+        #[arg(long, conflicts_with = "grant_id")]
+        all: bool,
+    },
+    /// The audit log.
+    Audit(AuditArgs),
+    /// Stdio MCP server for agent hosts.
+    Mcp,
+    /// The main job on a throwaway home, with its transcript.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonAction {
+    /// Stop the broker and its runs.
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCommand {
+    /// Create an environment.
+    Create {
+        /// Name.
+        name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List environments and their variable names.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an environment's variables (names and metadata, never values).
+    Show {
+        /// Name.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an environment and its variables.
+    Rm {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Environment.
+    #[arg(long = "env")]
+    environment: String,
+    /// Only these variables (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Why (shown to the approver).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Working directory (default: the current one).
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Kill the command after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Seconds to wait for approval before giving up (exit 5).
+    #[arg(long, default_value_t = 600)]
+    wait: u64,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ApproveArgs {
+    /// Request id.
+    id: Option<u64>,
+    /// Read the passphrase from the first line of stdin.
+    #[arg(long)]
+    passphrase_stdin: bool,
+    /// A TOTP code as the factor.
+    #[arg(long)]
+    totp: Option<String>,
+    /// Grant lifetime, e.g. `30m`, `8h` (default: one use within 15 minutes).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Number of uses.
+    #[arg(long)]
+    uses: Option<u32>,
+    /// Let the grant cover any command in the environment.
+    #[arg(long)]
+    any_command: bool,
+    /// Interactive approver on /dev/tty.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Debug, Args)]
+struct AuditArgs {
+    #[command(subcommand)]
+    action: Option<AuditAction>,
+    /// JSON lines output.
+    #[arg(long)]
+    json: bool,
+    /// Keep printing new entries.
+    #[arg(long)]
+    follow: bool,
+    /// Last N entries.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check the MAC chain of the whole log.
+    Verify,
+}
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Exit {
+    /// Exit code.
+    pub code: i32,
+    /// Message (may end with `hint:` lines).
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Writes a line to stdout (the one place the CLI prints results).
+pub fn say(s: impl AsRef<str>) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{}", s.as_ref());
+}
+
+/// Writes a line to stderr.
+pub fn note(s: impl AsRef<str>) {
+    let mut o = std::io::stderr().lock();
+    let _ = writeln!(o, "{}", s.as_ref());
+}
+
+/// Turns a broker reply into data or an [`Exit`] error.
+pub fn expect_ok(reply: Reply) -> Result<Value> {
+    match reply {
+        Reply::Ok { data } => Ok(data),
+        Reply::Error {
+            code,
+            message,
+            hint,
+        } => Err(Exit {
+            code: code.exit_code(),
+            message: match hint {
+                Some(h) => format!("{message}\nhint: {h}"),
+                None => message,
+            },
+        }
+        .into()),
+        other => bail!("unexpected reply from the broker: {}", kind_of(&other)),
+    }
+}
+
+fn kind_of(r: &Reply) -> &'static str {
+    match r {
+        Reply::Ok { .. } => "ok",
+        Reply::Error { .. } => "error",
+        Reply::Pending { .. } => "pending",
+        Reply::Started { .. } => "started",
+        Reply::Exit(_) => "exit",
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Daemon { foreground, action } => {
+            let paths = Paths::resolve()?;
+            match (action, foreground) {
+                (Some(DaemonAction::Stop), _) => block_on(daemon_stop(&paths)),
+                (None, true) => {
+                    crate::logging::init_broker();
+                    block_on(async {
+                        crate::broker::serve(paths).await?;
+                        Ok(0)
+                    })
+                }
+                (None, false) => block_on(async {
+                    let r = client::call(&paths, &Request::Status).await?;
+                    let d = expect_ok(r)?;
+                    say(format!("broker running (pid {})", d["pid"]));
+                    Ok(0)
+                }),
+            }
+        }
+        Command::Mcp => crate::mcp::main(),
+        Command::Demo => crate::demo::main(),
+        other => {
+            crate::logging::init_cli();
+            let paths = Paths::resolve()?;
+            block_on(dispatch(&paths, other))
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<i32>>>(f: F) -> Result<i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+async fn daemon_stop(paths: &Paths) -> Result<i32> {
+    match Connection::open_existing(paths).await {
+        None => {
+            say("no broker is running");
+            Ok(0)
+        }
+        Some(mut c) => {
+            c.send(&Request::Shutdown).await?;
+            expect_ok(c.final_reply().await?)?;
+            // Wait until the socket is gone.
+            for _ in 0..100 {
+                if !paths.socket().exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            say("broker stopped");
+            Ok(0)
+        }
+    }
+}
+
+async fn call(paths: &Paths, req: Request) -> Result<Value> {
+    expect_ok(client::call(paths, &req).await?)
+}
+
+fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {
+    if from_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_line(&mut s)
+            .context("cannot read stdin")?;
+        let trimmed = s.trim_end_matches(['\n', '\r']).to_owned();
+        zeroize::Zeroize::zeroize(&mut s);
+        return Ok(Passphrase::new(trimmed));
+    }
+    rpassword::prompt_password(prompt).map(Passphrase::new).map_err(|e| {
+        Exit {
+            code: 2,
+            message: format!("cannot read from the terminal: {e}\nhint: use --passphrase-stdin (or --from-stdin) to read it from standard input"),
+        }
+        .into()
+    })
+}
+
+async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
+    match cmd {
+        Command::Init {
+            passphrase_stdin,
+            kdf_memory_kib,
+        } => {
+            if paths.vault().exists() {
+                return Err(Exit {
+                    code: 1,
+                    message: format!(
+                        "a vault already exists at {}\nhint: unlock it with `keyveil unlock`",
+                        paths.vault().display()
+                    ),
+                }
+                .into());
+            }
+            let p = read_secret_line(passphrase_stdin, "New vault passphrase: ")?;
+            if !passphrase_stdin {
+                let again = read_secret_line(false, "Repeat passphrase: ")?;
+                if again.expose() != p.expose() {
+                    return Err(Exit {
+                        code: 2,
+                        message: "the passphrases differ; nothing was created".into(),
+                    }
+                    .into());
+                }
+            }
+            call(
+                paths,
+                Request::Init {
+                    passphrase: p,
+                    kdf_memory_kib,
+                },
+            )
+            .await?;
+            say(format!(
+                "created vault {} (unlocked)",
+                paths.vault().display()
+            ));
+            say("next: keyveil env create NAME, then keyveil set NAME VAR");
+            Ok(0)
+        }
+        Command::Unlock { passphrase_stdin } => {
+            let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
+            call(paths, Request::Unlock { passphrase: p }).await?;
+            say("unlocked");
+            Ok(0)
+        }
+        Command::Lock => {
+            match Connection::open_existing(paths).await {
+                None => say("no broker is running (nothing is unlocked)"),
+                Some(mut c) => {
+                    c.send(&Request::Lock).await?;
+                    expect_ok(c.final_reply().await?)?;
+                    say("locked");
+                }
+            }
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let d = match Connection::open_existing(paths).await {
+                None => serde_json::json!({
+                    "running": false,
+                    "home": paths.home,
+                    "socket": paths.socket(),
+                    "vault_exists": paths.vault().exists(),
+                }),
+                Some(mut c) => {
+                    c.send(&Request::Status).await?;
+                    expect_ok(c.final_reply().await?)?
+                }
+            };
+            if json {
+                say(d.to_string());
+            } else if d["running"] == true {
+                say(format!(
+                    "broker: running (pid {})\nvault: {}\nsocket: {}\npending requests: {}\nlive grants: {}",
+                    d["pid"],
+                    if d["locked"] == true {
+                        "locked"
+                    } else {
+                        "unlocked"
+                    },
+                    d["socket"].as_str().unwrap_or(""),
+                    d["pending_requests"],
+                    d["live_grants"]
+                ));
+            } else {
+                say(format!(
+                    "broker: not running\nvault: {}\nhint: any keyveil command starts it; `keyveil unlock` to unlock",
+                    if d["vault_exists"] == true {
+                        "exists"
+                    } else {
+                        "none (run `keyveil init`)"
+                    }
+                ));
+            }
+            Ok(0)
+        }
+        Command::Env(e) => env(paths, e).await,
+        Command::Set {
+            env,
+            var,
+            from_stdin,
+        } => {
+            let value = if from_stdin {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("cannot read stdin")?;
+                if buf.ends_with(b"\n") {
+                    buf.pop();
+                    if buf.ends_with(b"\r") {
+                        buf.pop();
+                    }
+                }
+                let s = String::from_utf8(buf).map_err(|_| Exit {
+                    code: 2,
+                    message: "the value is not valid UTF-8; nothing was stored".into(),
+                })?;
+                Passphrase::new(s)
+            } else {
+                read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
+            };
+            let d = call(
+                paths,
+                Request::VarSet {
+                    environment: env.clone(),
+                    name: var.clone(),
+                    value,
+                },
+            )
+            .await?;
+            if d["short_value"] == true {
+                note(format!(
+                    "warning: the value of {var} is shorter than 8 bytes: it is redacted only where it stands as a whole token\nhint: prefer long random values (`keyveil generate {env} {var}`)"
+                ));
+            }
+            say(format!(
+                "{} {env}/{var}",
+                if d["replaced"] == true {
+                    "updated"
+                } else {
+                    "stored"
+                }
+            ));
+            Ok(0)
+        }
+        Command::Generate {
+            env,
+            var,
+            length,
+            charset,
+        } => {
+            call(
+                paths,
+                Request::VarGenerate {
+                    environment: env.clone(),
+                    name: var.clone(),
+                    length,
+                    charset,
+                },
+            )
+            .await?;
+            say(format!(
+                "generated {env}/{var} ({length} characters, never shown)"
+            ));
+            Ok(0)
+        }
+        Command::Unset { env, var } => {
+            call(
+                paths,
+                Request::VarUnset {
+                    environment: env.clone(),
+                    name: var.clone(),
+                },
+            )
+            .await?;
+            say(format!("removed {env}/{var}"));
+            Ok(0)
+        }
+        Command::Run(a) => run(paths, a).await,
+        Command::Requests { json } => {
+            let d = call(paths, Request::Requests).await?;
+            let list = d["requests"].as_array().cloned().unwrap_or_default();
+            if json {
+                say(Value::Array(list).to_string());
+            } else if list.is_empty() {
+                say("no pending requests");
+            } else {
+                for r in &list {
+                    say(crate::card::render(r));
+                }
+            }
+            Ok(0)
+        }
+        Command::Approve(a) => approve(paths, a).await,
+        Command::Deny { id, reason } => {
+            call(
+                paths,
+                Request::Deny {
+                    request_id: id,
+                    reason,
+                },
+            )
+            .await?;
+            say(format!("denied request #{id}"));
+            Ok(0)
+        }
+        Command::Grants { json } => {
+            let d = call(paths, Request::Grants { client: None }).await?;
+            let list = d["grants"].as_array().cloned().unwrap_or_default();
+            if json {
+                say(Value::Array(list).to_string());
+            } else if list.is_empty() {
+                say("no live grants");
+            } else {
+                for g in &list {
+                    say(format!(
+                        "{}  env={}  vars={}  command={}  client={}  expires={}  uses_left={}",
+                        g["id"].as_str().unwrap_or(""),
+                        g["environment"].as_str().unwrap_or(""),
+                        join(&g["variables"]),
+                        if g["argv"].is_null() {
+                            "ANY".to_owned()
+                        } else {
+                            crate::card::argv_inline(&g["argv"])
+                        },
+                        g["client"].as_str().unwrap_or(""),
+                        g["expires_at"].as_str().unwrap_or(""),
+                        if g["uses_left"].is_null() {
+                            "unlimited".to_owned()
+                        } else {
+                            g["uses_left"].to_string()
+                        },
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        Command::Revoke { grant_id, all } => {
+            if grant_id.is_none() && !all {
+                return Err(Exit {
+                    code: 2,
+                    message: "name a grant to revoke, or use --all\nhint: list grants with `keyveil grants`".into(),
+                }
+                .into());
+            }
+            let d = call(
+                paths,
+                Request::Revoke {
+                    grant_id,
+                    all,
+                    client: None,
+                },
+            )
+            .await?;
+            say(format!("revoked {} grant(s)", d["count"]));
+            Ok(0)
+        }
+        Command::Audit(a) => audit(paths, a).await,
+        Command::Daemon { .. } | Command::Mcp | Command::Demo => Ok(0),
+    }
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
+    match e {
+        EnvCommand::Create { name, description } => {
+            call(
+                paths,
+                Request::EnvCreate {
+                    name: name.clone(),
+                    description,
+                },
+            )
+            .await?;
+            say(format!("created environment {name}"));
+        }
+        EnvCommand::List { json } => {
+            let d = call(paths, Request::EnvList).await?;
+            if json {
+                say(d["environments"].to_string());
+            } else {
+                let list = d["environments"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    say("no environments (create one with `keyveil env create NAME`)");
+                }
+                for e in list {
+                    say(format!(
+                        "{}  [{}]  {}",
+                        e["name"].as_str().unwrap_or(""),
+                        join(&e["variables"]),
+                        e["description"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        EnvCommand::Show { name, json } => {
+            let d = call(paths, Request::EnvShow { name }).await?;
+            if json {
+                say(d.to_string());
+            } else {
+                say(format!(
+                    "{}: {}",
+                    d["name"].as_str().unwrap_or(""),
+                    d["description"].as_str().unwrap_or("")
+                ));
+                for v in d["variables"].as_array().cloned().unwrap_or_default() {
+                    say(format!(
+                        "  {:<24} {:<9} {:<10} {}",
+                        v["name"].as_str().unwrap_or(""),
+                        v["source"].as_str().unwrap_or(""),
+                        if v["set"] == true { "set" } else { "awaiting" },
+                        v["description"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        EnvCommand::Rm { name } => {
+            call(paths, Request::EnvRemove { name: name.clone() }).await?;
+            say(format!("removed environment {name}"));
+        }
+    }
+    Ok(0)
+}
+
+/// The CLI's identity as a requester.
+pub fn cli_client() -> ClientInfo {
+    ClientInfo {
+        kind: "cli".into(),
+        name: "keyveil".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+    }
+}
+
+async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
+    let cwd = match a.cwd {
+        Some(c) => std::path::absolute(c).context("bad --cwd")?,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let req = RunRequest {
+        client: cli_client(),
+        environment: a.environment,
+        variables: a.only,
+        argv: a.command,
+        cwd: cwd.to_string_lossy().into_owned(),
+        env: std::env::vars()
+            .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
+            .collect(),
+        stdin: None,
+        timeout_seconds: Some(a.timeout),
+        reason: a.reason,
+        ttl_seconds: None,
+        wait_seconds: a.wait,
+        output: OutputMode::Stream,
+    };
+    let mut c = Connection::open(paths).await?;
+    c.send(&Request::Run(req)).await?;
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    use tokio::io::AsyncWriteExt;
+    while let Some(ev) = c.next().await? {
+        match ev {
+            Event::Stdout(b) => {
+                out.write_all(&b).await?;
+                out.flush().await?;
+            }
+            Event::Stderr(b) => {
+                err.write_all(&b).await?;
+                err.flush().await?;
+            }
+            Event::Reply(Reply::Pending {
+                request_id,
+                is_final,
+                ..
+            }) => {
+                if is_final {
+                    return Err(Exit {
+                        code: 5,
+                        message: format!(
+                            "timed out waiting for approval of request #{request_id}\nhint: approve it with `keyveil approve {request_id}`, then run again"
+                        ),
+                    }
+                    .into());
+                }
+                note(format!(
+                    "keyveil: request #{request_id} waits for approval\nhint: in another terminal run `keyveil approve {request_id}` (or `keyveil deny {request_id}`)"
+                ));
+            }
+            Event::Reply(Reply::Started { .. }) => {}
+            Event::Reply(Reply::Exit(r)) => {
+                if r.timed_out {
+                    note(format!(
+                        "keyveil: the command timed out and was killed (run {})",
+                        r.run_id
+                    ));
+                }
+                if r.revoked {
+                    note(format!(
+                        "keyveil: grant {} was revoked; the command was killed",
+                        r.grant_id
+                    ));
+                }
+                return Ok(r.exit_code);
+            }
+            Event::Reply(other) => {
+                expect_ok(other)?;
+            }
+        }
+    }
+    bail!("the broker closed the connection before the command finished")
+}
+
+async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
+    if a.watch {
+        return Err(Exit {
+            code: 2,
+            message: "`keyveil approve --watch` is not available yet\nhint: list requests with `keyveil requests`, then `keyveil approve ID`".into(),
+        }
+        .into());
+    }
+    if a.totp.is_some() {
+        return Err(Exit {
+            code: 2,
+            message: "the TOTP factor is not enrolled in this version\nhint: approve with the vault passphrase (prompted, or --passphrase-stdin)".into(),
+        }
+        .into());
+    }
+    let Some(id) = a.id else {
+        return Err(Exit {
+            code: 2,
+            message:
+                "name the request to approve\nhint: list pending requests with `keyveil requests`"
+                    .into(),
+        }
+        .into());
+    };
+    let ttl_seconds = match a.ttl {
+        None => None,
+        Some(t) => Some(parse_duration(&t)?),
+    };
+    // Show the human what they approve before asking for the factor.
+    if !a.passphrase_stdin {
+        let d = call(paths, Request::Requests).await?;
+        match d["requests"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["id"] == id))
+        {
+            Some(r) => note(crate::card::render(r)),
+            None => {
+                return Err(Exit {
+                    code: 1,
+                    message: format!("no pending request #{id}\nhint: list pending requests with `keyveil requests`"),
+                }
+                .into());
+            }
+        }
+    }
+    let p = read_secret_line(a.passphrase_stdin, "Vault passphrase to approve: ")?;
+    let d = call(
+        paths,
+        Request::Approve {
+            request_id: id,
+            passphrase: p,
+            ttl_seconds,
+            uses: a.uses,
+            any_command: a.any_command,
+        },
+    )
+    .await?;
+    say(format!(
+        "approved request #{id}: grant {} until {} ({})",
+        d["grant_id"].as_str().unwrap_or(""),
+        d["expires_at"].as_str().unwrap_or(""),
+        if d["uses_left"].is_null() {
+            "unlimited uses".to_owned()
+        } else {
+            format!("{} use(s)", d["uses_left"])
+        }
+    ));
+    Ok(0)
+}
+
+/// Parses `90s`, `30m`, `8h`, `1d`, `1h30m` (jiff's friendly format) into seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let d: jiff::SignedDuration = s.parse().map_err(|e| Exit {
+        code: 2,
+        message: format!(
+            "cannot read the duration {s:?}: {e}\nhint: use forms like 90s, 30m, 8h, 1h30m"
+        ),
+    })?;
+    let secs = d.as_secs();
+    if secs <= 0 {
+        return Err(Exit {
+            code: 2,
+            message: format!("the duration {s:?} must be positive"),
+        }
+        .into());
+    }
+    Ok(secs.unsigned_abs())
+}
+
+async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
+    if let Some(AuditAction::Verify) = a.action {
+        let d = call(paths, Request::AuditVerify).await?;
+        say(format!(
+            "audit log OK: {} entries, chain and MACs verified",
+            d["entries"]
+        ));
+        return Ok(0);
+    }
+    let mut last_seq = 0u64;
+    loop {
+        let d = call(
+            paths,
+            Request::Audit {
+                limit: Some(a.limit),
+            },
+        )
+        .await?;
+        for e in d["entries"].as_array().cloned().unwrap_or_default() {
+            let seq = e["seq"].as_u64().unwrap_or(0);
+            if seq <= last_seq {
+                continue;
+            }
+            last_seq = seq;
+            if a.json {
+                say(e.to_string());
+            } else {
+                say(crate::card::audit_line(&e));
+            }
+        }
+        if !a.follow {
+            return Ok(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

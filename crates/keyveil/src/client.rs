@@ -1,0 +1,151 @@
+//! The broker client used by the CLI and the MCP server: connects to the socket, starting the
+//! broker when none answers (like `gpg-agent`), sends one [`Request`] and reads its replies.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::paths::Paths;
+use crate::protocol::{Frame, MAX_FRAME, Reply, Request};
+
+/// One event read from the broker.
+#[derive(Debug)]
+pub enum Event {
+    /// A JSON reply.
+    Reply(Reply),
+    /// Redacted stdout bytes of a run.
+    Stdout(bytes::Bytes),
+    /// Redacted stderr bytes of a run.
+    Stderr(bytes::Bytes),
+}
+
+/// The codec both ends use: 4-byte big-endian length, bodies up to [`MAX_FRAME`] bytes.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// A connection carrying one request.
+pub struct Connection {
+    framed: Framed<UnixStream, LengthDelimitedCodec>,
+}
+
+impl Connection {
+    /// Connects to the broker of `paths`, starting one if none answers (waits up to 10 s).
+    pub async fn open(paths: &Paths) -> Result<Connection> {
+        paths.check_socket_len()?;
+        if let Ok(s) = UnixStream::connect(paths.socket()).await {
+            return Ok(Connection::wrap(s));
+        }
+        start_broker(paths)?;
+        let mut delay = Duration::from_millis(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(paths.socket()).await {
+                Ok(s) => return Ok(Connection::wrap(s)),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(anyhow!(e)).context(format!(
+                        "the keyveil broker did not start (socket {})\nhint: see {} or run `keyveil daemon --foreground`",
+                        paths.socket().display(),
+                        paths.log().display()
+                    ));
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Connects only if a broker is running; `None` otherwise.
+    pub async fn open_existing(paths: &Paths) -> Option<Connection> {
+        UnixStream::connect(paths.socket())
+            .await
+            .ok()
+            .map(Connection::wrap)
+    }
+
+    fn wrap(s: UnixStream) -> Connection {
+        Connection {
+            framed: Framed::new(s, codec()),
+        }
+    }
+
+    /// Sends the request.
+    pub async fn send(&mut self, req: &Request) -> Result<()> {
+        let body = Frame::json(req).context("cannot encode the request")?;
+        self.framed
+            .send(body)
+            .await
+            .context("lost the connection to the broker while sending")
+    }
+
+    /// Reads the next event; `None` when the broker closed the connection.
+    pub async fn next(&mut self) -> Result<Option<Event>> {
+        let Some(frame) = self.framed.next().await else {
+            return Ok(None);
+        };
+        let frame = frame.context("lost the connection to the broker")?;
+        Ok(Some(match Frame::decode(frame)? {
+            Frame::Json(b) => Event::Reply(
+                serde_json::from_slice(&b).context("the broker sent a reply this client cannot read (version mismatch? run `keyveil daemon stop`)")?,
+            ),
+            Frame::Stdout(b) => Event::Stdout(b),
+            Frame::Stderr(b) => Event::Stderr(b),
+        }))
+    }
+
+    /// Reads events until the final reply and returns it (output frames are dropped).
+    pub async fn final_reply(&mut self) -> Result<Reply> {
+        while let Some(ev) = self.next().await? {
+            if let Event::Reply(r) = ev
+                && r.is_final()
+            {
+                return Ok(r);
+            }
+        }
+        bail!("the broker closed the connection before replying")
+    }
+}
+
+/// Sends one request on a fresh connection and returns the final reply.
+pub async fn call(paths: &Paths, req: &Request) -> Result<Reply> {
+    let mut c = Connection::open(paths).await?;
+    c.send(req).await?;
+    c.final_reply().await
+}
+
+/// Starts `keyveil daemon --foreground` detached: its own session, stdio on /dev/null and the
+/// log file.
+fn start_broker(paths: &Paths) -> Result<()> {
+    paths.ensure_dirs()?;
+    let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.log())
+        .with_context(|| format!("cannot open {}", paths.log().display()))?;
+    crate::paths::set_mode(&paths.log(), 0o600)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon")
+        .arg("--foreground")
+        .env("KEYVEIL_HOME", &paths.home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    crate::harden::detach(&mut cmd);
+    let child = cmd.spawn().context("cannot start the keyveil broker")?;
+    // Reap it in the background so it never lingers as a zombie of a long-lived client (the
+    // MCP server); the broker itself keeps running.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(())
+}

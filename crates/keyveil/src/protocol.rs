@@ -1,0 +1,545 @@
+//! The broker's IPC protocol: length-delimited frames over a Unix socket.
+//!
+//! Wire shape of one frame: a 4-byte big-endian length `N` (at most [`MAX_FRAME`] bytes),
+//! then `N` bytes whose first byte is a tag:
+//!
+//! | tag | payload |
+//! |---|---|
+//! | `0` ([`TAG_JSON`]) | one UTF-8 JSON document: a [`Request`] (client → broker) or a [`Reply`] (broker → client) |
+//! | `1` ([`TAG_STDOUT`]) | raw, already-redacted bytes of a run's stdout |
+//! | `2` ([`TAG_STDERR`]) | raw, already-redacted bytes of a run's stderr |
+//!
+//! A connection carries one request and the replies to it; the last reply of a request is
+//! always a JSON frame with [`Reply::is_final`] true.
+//!
+//! Secret *values* appear in exactly two request kinds, both sent by the human's CLI, never by
+//! the MCP server: [`Request::VarSet`] (the value to store) and the passphrase fields of
+//! [`Request::Init`], [`Request::Unlock`] and [`Request::Approve`]. No reply ever carries a
+//! value: output frames are redacted before they are written.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Largest frame accepted in either direction, in bytes (16 MiB).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Frame tag of a JSON document.
+pub const TAG_JSON: u8 = 0;
+/// Frame tag of redacted stdout bytes.
+pub const TAG_STDOUT: u8 = 1;
+/// Frame tag of redacted stderr bytes.
+pub const TAG_STDERR: u8 = 2;
+
+/// Who is asking: shown to the human at approval, and part of a grant's scope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// `cli` or `mcp`.
+    pub kind: String,
+    /// For MCP: the host's `clientInfo.name` (e.g. `codex-mcp-client`); for the CLI: `keyveil`.
+    pub name: String,
+    /// The client's self-declared version.
+    pub version: String,
+    /// Process id of the requesting process (the CLI or the MCP server).
+    pub pid: u32,
+}
+
+impl ClientInfo {
+    /// The identity a grant is bound to: `kind:name`.
+    pub fn scope_key(&self) -> String {
+        format!("{}:{}", self.kind, self.name)
+    }
+}
+
+/// How a run's output travels back.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum OutputMode {
+    /// Redacted output is sent as stdout/stderr frames as it arrives (the CLI).
+    Stream,
+    /// Redacted output is collected, each stream capped at `cap_bytes`, and returned in the
+    /// final [`RunResult`] (the MCP server).
+    Collect {
+        /// Cap per stream, in bytes; the rest is drained and dropped (`truncated: true`).
+        cap_bytes: usize,
+    },
+}
+
+/// Ask to run a command with an environment's values injected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Who asks.
+    pub client: ClientInfo,
+    /// Environment name.
+    pub environment: String,
+    /// Subset of variables to inject; `None` means every variable of the environment.
+    pub variables: Option<Vec<String>>,
+    /// The command: `argv[0]` and its arguments, never a shell string.
+    pub argv: Vec<String>,
+    /// Absolute working directory.
+    pub cwd: String,
+    /// Environment of the requester to pass through to the child (names and values of the
+    /// requester's own, non-secret environment).
+    pub env: Vec<(String, String)>,
+    /// Bytes to write to the child's stdin, then close it; `None` connects stdin to /dev/null.
+    pub stdin: Option<String>,
+    /// Kill the run's process group after this many seconds (default 600).
+    pub timeout_seconds: Option<u64>,
+    /// The requester's stated reason (shown to the human as the requester's claim).
+    pub reason: Option<String>,
+    /// Requested grant lifetime in seconds, if the human approves for a duration.
+    pub ttl_seconds: Option<u64>,
+    /// Seconds to wait for an approval before replying [`Reply::Pending`] as final.
+    pub wait_seconds: u64,
+    /// How output comes back.
+    pub output: OutputMode,
+}
+
+/// Ask for access without running anything yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessRequest {
+    /// Who asks.
+    pub client: ClientInfo,
+    /// Environment name.
+    pub environment: String,
+    /// Subset of variables; `None` means all.
+    pub variables: Option<Vec<String>>,
+    /// Command to bind the grant to; `None` asks for any command (shown as such to the human).
+    pub argv: Option<Vec<String>>,
+    /// Absolute working directory.
+    pub cwd: String,
+    /// Requested lifetime in seconds.
+    pub ttl_seconds: Option<u64>,
+    /// The requester's reason.
+    pub reason: Option<String>,
+}
+
+/// Character set of a generated value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Charset {
+    /// `A-Za-z0-9`.
+    Alnum,
+    /// `0-9a-f`.
+    Hex,
+    /// `A-Za-z0-9-_` (RFC 4648 §5 alphabet).
+    Base64url,
+    /// Printable ASCII without space (`!`..`~`).
+    Ascii,
+}
+
+/// A passphrase or value as sent over the socket: zeroized when dropped, and its `Debug`
+/// prints `[sensitive]` so a logged request never shows it.
+#[derive(Clone, Default)]
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    /// Wraps a string.
+    pub fn new(s: String) -> Passphrase {
+        Passphrase(Zeroizing::new(s))
+    }
+    /// The text, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[sensitive]")
+    }
+}
+
+impl Serialize for Passphrase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Passphrase {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Passphrase(Zeroizing::new(String::deserialize(d)?)))
+    }
+}
+
+/// Every request a client can send. Tagged by `op`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Broker state.
+    Status,
+    /// Create the vault and keep it unlocked.
+    Init {
+        /// New passphrase.
+        passphrase: Passphrase,
+        /// Argon2id memory in KiB (default: the vault crate's default).
+        kdf_memory_kib: Option<u32>,
+    },
+    /// Unlock the vault.
+    Unlock {
+        /// Passphrase.
+        passphrase: Passphrase,
+    },
+    /// Drop the decrypted vault from memory; revoke all grants.
+    Lock,
+    /// Stop the broker and its runs.
+    Shutdown,
+    /// Environments with variable names.
+    EnvList,
+    /// One environment in detail.
+    EnvShow {
+        /// Environment name.
+        name: String,
+    },
+    /// Create an environment.
+    EnvCreate {
+        /// Environment name.
+        name: String,
+        /// Free text.
+        description: String,
+    },
+    /// Remove an environment and all its variables.
+    EnvRemove {
+        /// Environment name.
+        name: String,
+    },
+    /// Store a value (from the human's CLI only).
+    VarSet {
+        /// Environment name.
+        environment: String,
+        /// Variable name.
+        name: String,
+        /// The value.
+        value: Passphrase,
+    },
+    /// Generate a random value inside the broker.
+    VarGenerate {
+        /// Environment name.
+        environment: String,
+        /// Variable name.
+        name: String,
+        /// Length in characters.
+        length: usize,
+        /// Alphabet.
+        charset: Charset,
+    },
+    /// Delete a variable.
+    VarUnset {
+        /// Environment name.
+        environment: String,
+        /// Variable name.
+        name: String,
+    },
+    /// Declare a variable (agent side): generated now, or awaiting a human's value.
+    VarDeclare {
+        /// Environment name.
+        environment: String,
+        /// Variable name.
+        name: String,
+        /// Free text.
+        description: Option<String>,
+        /// `true`: generate a value now; `false`: wait for a human to `keyveil set` it.
+        generate: bool,
+        /// Length of a generated value in characters.
+        length: Option<usize>,
+    },
+    /// Run a command under a grant (creating a request if none matches).
+    Run(RunRequest),
+    /// Create a request for access.
+    RequestAccess(AccessRequest),
+    /// State of a request.
+    AccessStatus {
+        /// Request id.
+        request_id: u64,
+    },
+    /// Pending requests.
+    Requests,
+    /// Approve a request with the human's factor.
+    Approve {
+        /// Request id.
+        request_id: u64,
+        /// The passphrase factor.
+        passphrase: Passphrase,
+        /// Grant lifetime in seconds (absent: a one-use grant valid for 15 minutes).
+        ttl_seconds: Option<u64>,
+        /// Number of uses (absent: 1 without a TTL, unlimited within a TTL).
+        uses: Option<u32>,
+        /// Let the grant cover any command in the environment.
+        any_command: bool,
+    },
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        request_id: u64,
+        /// Reason shown to the requester.
+        reason: Option<String>,
+    },
+    /// Live grants (of one client if `client` is set).
+    Grants {
+        /// Filter: a client scope key (`mcp:NAME`).
+        client: Option<String>,
+    },
+    /// Revoke one grant, or all.
+    Revoke {
+        /// Grant id; `None` with `all` revokes every grant.
+        grant_id: Option<String>,
+        /// Revoke every live grant.
+        all: bool,
+        /// Only grants of this client scope key (used by MCP `revoke_grant`).
+        client: Option<String>,
+    },
+    /// Recent audit entries.
+    Audit {
+        /// Last N entries.
+        limit: Option<usize>,
+    },
+    /// Verify the audit chain.
+    AuditVerify,
+}
+
+impl Request {
+    /// The `op` name for logs and audit (never the payload).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Init { .. } => "init",
+            Request::Unlock { .. } => "unlock",
+            Request::Lock => "lock",
+            Request::Shutdown => "shutdown",
+            Request::EnvList => "env_list",
+            Request::EnvShow { .. } => "env_show",
+            Request::EnvCreate { .. } => "env_create",
+            Request::EnvRemove { .. } => "env_remove",
+            Request::VarSet { .. } => "var_set",
+            Request::VarGenerate { .. } => "var_generate",
+            Request::VarUnset { .. } => "var_unset",
+            Request::VarDeclare { .. } => "var_declare",
+            Request::Run(_) => "run",
+            Request::RequestAccess(_) => "request_access",
+            Request::AccessStatus { .. } => "access_status",
+            Request::Requests => "requests",
+            Request::Approve { .. } => "approve",
+            Request::Deny { .. } => "deny",
+            Request::Grants { .. } => "grants",
+            Request::Revoke { .. } => "revoke",
+            Request::Audit { .. } => "audit",
+            Request::AuditVerify => "audit_verify",
+        }
+    }
+}
+
+/// Error classes; each maps to a CLI exit code (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Generic failure (exit 1).
+    Failed,
+    /// Bad input (exit 2).
+    Usage,
+    /// Denied by the human, by policy, a wrong factor or a revoked grant (exit 3).
+    Denied,
+    /// The vault is locked (exit 4).
+    Locked,
+    /// Timed out waiting for approval (exit 5).
+    Timeout,
+    /// Something named does not exist (exit 1).
+    NotFound,
+}
+
+impl ErrorCode {
+    /// CLI exit code for this class.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorCode::Failed | ErrorCode::NotFound => 1,
+            ErrorCode::Usage => 2,
+            ErrorCode::Denied => 3,
+            ErrorCode::Locked => 4,
+            ErrorCode::Timeout => 5,
+        }
+    }
+}
+
+/// The result of one finished run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Run id (`r-` + hex).
+    pub run_id: String,
+    /// Grant id the run used.
+    pub grant_id: String,
+    /// Exit code, or `128 + signal` when the child was killed by a signal.
+    pub exit_code: i32,
+    /// Signal number that ended the child, if any.
+    pub signal: Option<i32>,
+    /// Number of redactions made across stdout and stderr.
+    pub redactions: u64,
+    /// Collected redacted stdout (UTF-8, lossy) in `Collect` mode.
+    pub stdout: String,
+    /// Collected redacted stderr (UTF-8, lossy) in `Collect` mode.
+    pub stderr: String,
+    /// `true` if a stream went over the cap and was cut.
+    pub truncated: bool,
+    /// `true` if the run hit its timeout and was killed.
+    pub timed_out: bool,
+    /// `true` if the grant was revoked while the run was live and the run was killed.
+    pub revoked: bool,
+    /// Wall time from spawn to exit, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Broker → client JSON replies. Tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// Success with a request-specific JSON payload.
+    Ok {
+        /// Payload.
+        data: serde_json::Value,
+    },
+    /// Failure the user can act on.
+    Error {
+        /// Class.
+        code: ErrorCode,
+        /// What happened.
+        message: String,
+        /// What to do next.
+        hint: Option<String>,
+    },
+    /// A run waits for approval (`is_final` false while the broker keeps waiting).
+    Pending {
+        /// Request id to approve.
+        request_id: u64,
+        /// What the human should do.
+        hint: String,
+        /// `true` when the broker has stopped waiting and closes the exchange.
+        #[serde(rename = "final")]
+        is_final: bool,
+    },
+    /// A run started under a grant.
+    Started {
+        /// Run id.
+        run_id: String,
+        /// Grant id.
+        grant_id: String,
+    },
+    /// A run ended.
+    Exit(RunResult),
+}
+
+impl Reply {
+    /// Whether this reply ends the exchange.
+    pub fn is_final(&self) -> bool {
+        match self {
+            Reply::Ok { .. } | Reply::Error { .. } | Reply::Exit(_) => true,
+            Reply::Pending { is_final, .. } => *is_final,
+            Reply::Started { .. } => false,
+        }
+    }
+
+    /// Shorthand for an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>, hint: Option<String>) -> Reply {
+        Reply::Error {
+            code,
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// Shorthand for a success reply.
+    pub fn ok(data: serde_json::Value) -> Reply {
+        Reply::Ok { data }
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug)]
+pub enum Frame {
+    /// A JSON document (still to be parsed as [`Request`] or [`Reply`]).
+    Json(Bytes),
+    /// Redacted stdout bytes.
+    Stdout(Bytes),
+    /// Redacted stderr bytes.
+    Stderr(Bytes),
+}
+
+/// Errors decoding a frame body; the peer is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Zero-length frame (no tag byte).
+    #[error("empty frame")]
+    Empty,
+    /// Unknown tag byte.
+    #[error("unknown frame tag {0}")]
+    UnknownTag(u8),
+}
+
+impl Frame {
+    /// Splits a frame body (after the length prefix) into tag and payload.
+    pub fn decode(mut body: BytesMut) -> Result<Frame, FrameError> {
+        if body.is_empty() {
+            return Err(FrameError::Empty);
+        }
+        let tag = body.split_to(1);
+        let payload = body.freeze();
+        match tag.first().copied() {
+            Some(TAG_JSON) => Ok(Frame::Json(payload)),
+            Some(TAG_STDOUT) => Ok(Frame::Stdout(payload)),
+            Some(TAG_STDERR) => Ok(Frame::Stderr(payload)),
+            Some(t) => Err(FrameError::UnknownTag(t)),
+            None => Err(FrameError::Empty),
+        }
+    }
+
+    /// Encodes a tagged body (without the length prefix).
+    pub fn encode(tag: u8, payload: &[u8]) -> Bytes {
+        let mut b = BytesMut::with_capacity(payload.len() + 1);
+        b.extend_from_slice(&[tag]);
+        b.extend_from_slice(payload);
+        b.freeze()
+    }
+
+    /// Encodes a JSON value as a frame body.
+    pub fn json<T: Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
+        let v = serde_json::to_vec(value)?;
+        Ok(Frame::encode(TAG_JSON, &v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frame_round_trip_and_bad_tags() {
+        let body = Frame::encode(TAG_STDERR, b"abc");
+        match Frame::decode(BytesMut::from(&body[..])).unwrap() {
+            Frame::Stderr(p) => assert_eq!(&p[..], b"abc"),
+            other => panic!("wrong frame {other:?}"),
+        }
+        assert!(matches!(
+            Frame::decode(BytesMut::new()),
+            Err(FrameError::Empty)
+        ));
+        assert!(matches!(
+            Frame::decode(BytesMut::from(&[9u8, 1][..])),
+            Err(FrameError::UnknownTag(9))
+        ));
+    }
+
+    #[test]
+    fn debug_of_requests_never_shows_a_passphrase_or_value() {
+        let r = Request::VarSet {
+            environment: "e".into(),
+            name: "N".into(),
+            value: Passphrase::new("hunter2-planted-value".into()),
+        };
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("[sensitive]"));
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Request = serde_json::from_str(&json).unwrap();
+        match back {
+            Request::VarSet { value, .. } => assert_eq!(value.expose(), "hunter2-planted-value"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The approval flow through the CLI: no grant, no process; scope; expiry; factor.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+const TOKEN: &str = "tok_Zq8vN3kLp2XwR7yB5mHcT1dF";
+
+fn probe_cmd(marker: &std::path::Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "touch {}; printf 'sha=%s\\n' \"$(printf %s \"$API_TOKEN\" | sha256sum | cut -d' ' -f1)\"; echo \"raw=$API_TOKEN\"",
+            marker.display()
+        ),
+    ]
+}
+
+fn run_args(cmd: &[String], wait: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["run", "--env", "demo", "--wait", wait, "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend_from_slice(cmd);
+    v
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn approved_run_gets_the_value_and_output_is_redacted() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let marker = h.path().join("ran");
+    let cmd = probe_cmd(&marker);
+    let child = h.spawn_run(&strs(&run_args(&cmd, "30")));
+    let id = h.wait_request();
+    assert!(!marker.exists(), "the command ran before approval");
+    let a = h.approve(id, &[]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let o = wait_output(child, Duration::from_secs(30));
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    assert!(out.contains(&format!("sha={}", sha256_hex(TOKEN))), "{out}");
+    assert!(out.contains("raw=[REDACTED:API_TOKEN]"), "{out}");
+    assert!(marker.exists());
+    // The pending notice told the user what to do.
+    assert!(text(&o.stderr).contains(&format!("keyveil approve {id}")));
+    // Nothing keyveil wrote in plain text holds the value or its encodings.
+    let files = h.all_plain_files();
+    for enc in encodings(TOKEN) {
+        assert!(
+            !contains(&files, &enc),
+            "a plain file holds an encoding of the value"
+        );
+        assert!(!contains(&o.stdout, &enc) && !contains(&o.stderr, &enc));
+    }
+    // Once-grants are used up: the same command asks again.
+    let again = h.run(&strs(&run_args(&cmd, "1")));
+    assert_eq!(again.status.code(), Some(5), "{}", text(&again.stderr));
+}
+
+#[test]
+fn no_grant_no_process_and_a_grant_covers_only_its_argv() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let marker = h.path().join("ran");
+    let cmd = probe_cmd(&marker);
+    // No approval: times out with exit 5, command never started.
+    let o = h.run(&strs(&run_args(&cmd, "1")));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert!(!marker.exists());
+    // Approve it for 5 minutes, many uses.
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let ok = h.run(&strs(&run_args(&cmd, "5")));
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    // Another argv is not covered: `sh -c env`, or the same with one more argument.
+    let env_dump = vec!["sh".to_string(), "-c".to_string(), "env".to_string()];
+    let o = h.run(&strs(&run_args(&env_dump, "1")));
+    assert_eq!(o.status.code(), Some(5));
+    assert!(!contains(&o.stdout, TOKEN));
+    let mut longer = cmd.clone();
+    longer.push("extra".into());
+    assert_eq!(h.run(&strs(&run_args(&longer, "1"))).status.code(), Some(5));
+    // Another working directory is not covered either.
+    let other = tempfile::tempdir().unwrap();
+    let mut args = run_args(&cmd, "1");
+    args.insert(1, other.path().to_string_lossy().into_owned());
+    args.insert(1, "--cwd".into());
+    assert_eq!(h.run(&strs(&args)).status.code(), Some(5));
+}
+
+#[test]
+fn expired_grants_are_refused() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let cmd = vec!["true".to_string()];
+    let _ = h.run(&strs(&run_args(&cmd, "0")));
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "1s"]).status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = h.run(&strs(&run_args(&cmd, "0")));
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "an expired grant served a run: {}",
+        text(&o.stderr)
+    );
+    assert!(h.audit_text().contains("\"expired\""));
+}
+
+#[test]
+fn wrong_passphrase_is_refused_audited_and_rate_limited() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let _ = h.run(&strs(&run_args(&["true".to_string()], "0")));
+    let id = h.wait_request();
+    let ids = id.to_string();
+    for _ in 0..5 {
+        let o = h.run_stdin(
+            &["approve", &ids, "--passphrase-stdin"],
+            "not the passphrase\n",
+        );
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+        assert!(!text(&o.stderr).contains("not the passphrase"));
+    }
+    // Locked now, even with the right passphrase.
+    let o = h.approve(id, &[]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(text(&o.stderr).contains("locked"), "{}", text(&o.stderr));
+    let audit = h.audit_text();
+    assert_eq!(audit.matches("\"factor_failed\"").count(), 5);
+    assert!(audit.contains("\"factor_locked\""));
+    assert!(!audit.contains("not the passphrase") && !audit.contains(PASS));
+}
+
+#[test]
+fn revoke_kills_a_live_run_and_timeout_kills_too() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let cmd = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "sleep 30 & sleep 30; echo survived".to_string(),
+    ];
+    let child = h.spawn_run(&strs(&run_args(&cmd, "30")));
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    // Wait for the run to be live.
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = h.json(&["status", "--json"]);
+        if s["live_runs"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let grants = h.json(&["grants", "--json"]);
+    let gid = grants[0]["id"].as_str().unwrap().to_owned();
+    h.ok(&["revoke", &gid]);
+    let o = wait_output(child, Duration::from_secs(10));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!text(&o.stdout).contains("survived"));
+    assert!(text(&o.stderr).contains("revoked"), "{}", text(&o.stderr));
+
+    // Timeout: --timeout 1 on a sleeping command.
+    let cmd = vec!["sleep".to_string(), "20".to_string()];
+    let mut args = run_args(&cmd, "30");
+    args.insert(1, "1".into());
+    args.insert(1, "--timeout".into());
+    let child = h.spawn_run(&strs(&args));
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(15));
+    assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("timed out"));
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let o = h.run(&["run", "--env", "nope", "--wait", "0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("no environment named 'nope'") && e.contains("hint: environments: demo"),
+        "{e}"
+    );
+    let o = h.run_stdin(&["set", "demo", "1BAD-NAME", "--from-stdin"], "value-value");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("invalid variable name"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = h.run(&["run", "--env", "demo", "--wait", "0", "--"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "empty command must be a usage error"
+    );
+    let o = h.run(&[
+        "run", "--env", "demo", "--only", "MISSING", "--wait", "0", "--", "true",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("has no variable 'MISSING'"));
+    // Binary output passes through unchanged (and is still redacted).
+    let cmd = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "printf '\\000\\377\\376%s\\001' \"$API_TOKEN\"".to_string(),
+    ];
+    let child = h.spawn_run(&strs(&run_args(&cmd, "30")));
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(15));
+    let mut want = vec![0u8, 0xff, 0xfe];
+    want.extend_from_slice(b"[REDACTED:API_TOKEN]");
+    want.push(1);
+    assert_eq!(o.stdout, want);
+    // Short values warn.
+    let o = h.run_stdin(&["set", "demo", "PIN", "--from-stdin"], "4821\n");
+    assert!(o.status.success());
+    assert!(text(&o.stderr).contains("shorter than 8 bytes"));
+}
+
+#[test]
+fn a_second_broker_on_the_same_home_is_refused() {
+    let h = Home::new();
+    let o = h.run(&["daemon", "--foreground"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("another keyveil broker is already running"),
+        "{}",
+        text(&o.stderr)
+    );
+    // The first one still answers.
+    assert_eq!(h.json(&["status", "--json"])["running"], true);
+}
+
+#[test]
+fn lock_revokes_and_unlock_needs_the_passphrase() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    h.ok(&["lock"]);
+    let o = h.run(&["env", "list"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(text(&o.stderr).contains("keyveil unlock"));
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], "wrong one\n");
+    assert_eq!(o.status.code(), Some(3));
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(h.ok(&["env", "list"]).contains("API_TOKEN"));
+}

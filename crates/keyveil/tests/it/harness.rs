@@ -1,0 +1,249 @@
+//! A throwaway keyveil home with its broker, and helpers to drive the CLI.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The test passphrase (not a secret of anything real).
+pub const PASS: &str = "correct horse battery staple";
+
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keyveil"))
+}
+
+impl Home {
+    /// A fresh home, not initialised.
+    pub fn empty() -> Home {
+        let dir = tempfile::Builder::new()
+            .prefix("kv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Home { dir }
+    }
+
+    /// A fresh home with an unlocked vault and environment `demo`.
+    pub fn new() -> Home {
+        let h = Home::empty();
+        let o = h.run_stdin(
+            &["init", "--passphrase-stdin", "--kdf-memory-kib", "19456"],
+            &format!("{PASS}\n"),
+        );
+        assert!(o.status.success(), "init failed: {}", text(&o.stderr));
+        h.ok(&["env", "create", "demo", "--description", "test env"]);
+        h
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path())
+            .env("KEYVEIL_HOME", self.path())
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut c = self.cmd(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "keyveil {args:?} failed ({:?}): {}",
+            o.status.code(),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    pub fn set(&self, env: &str, var: &str, value: &str) {
+        let o = self.run_stdin(&["set", env, var, "--from-stdin"], value);
+        assert!(o.status.success(), "set failed: {}", text(&o.stderr));
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// Starts `keyveil run` in the background.
+    pub fn spawn_run(&self, args: &[&str]) -> Child {
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    }
+
+    /// Waits until a pending request exists and returns its id.
+    pub fn wait_request(&self) -> u64 {
+        let t0 = Instant::now();
+        loop {
+            let list = self.json(&["requests", "--json"]);
+            if let Some(id) = list
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(|r| r["id"].as_u64())
+            {
+                return id;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no request appeared"
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    pub fn approve(&self, id: u64, extra: &[&str]) -> Output {
+        let ids = id.to_string();
+        let mut args = vec!["approve", ids.as_str(), "--passphrase-stdin"];
+        args.extend_from_slice(extra);
+        self.run_stdin(&args, &format!("{PASS}\n"))
+    }
+
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(self.path().join("audit.jsonl")).unwrap_or_default()
+    }
+
+    /// Every file under the home, concatenated (vault excluded: it is ciphertext).
+    pub fn all_plain_files(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in walk(self.path()) {
+            if e.file_name().is_some_and(|n| n == "vault.kv") {
+                continue;
+            }
+            if let Ok(b) = std::fs::read(&e) {
+                out.extend_from_slice(&b);
+            }
+        }
+        out
+    }
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["daemon", "stop"]).output();
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Waits for a child with a deadline.
+pub fn wait_output(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("child {pid} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// Hex SHA-256 of a string, via the system's sha256sum (so the test does not share code with
+/// the thing it checks).
+pub fn sha256_hex(s: &str) -> String {
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    text(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The value and the encodings keyveil's redactor knows, for leak searches.
+pub fn encodings(value: &str) -> Vec<String> {
+    use std::fmt::Write as _;
+    let mut hex = String::new();
+    for b in value.as_bytes() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    let b64 = base64_std(value.as_bytes());
+    vec![
+        value.to_owned(),
+        hex.clone(),
+        hex.to_uppercase(),
+        b64.trim_end_matches('=').to_owned(),
+    ]
+}
+
+fn base64_std(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}

@@ -1,0 +1,13 @@
+//! keyveil's integration tests: one binary (ripgrep style), each module a theme. Every test
+//! gets its own `KEYVEIL_HOME` and its own broker, stopped on drop.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod corpus;
+mod flow;
+mod harness;
+mod tamper;

@@ -1,0 +1,90 @@
+//! Tampering with files the agent can write: the audit log and the vault.
+
+use crate::harness::*;
+
+const VALUE: &str = "val_9KxQ2mZr7TnB4vLc8PwY";
+
+fn audited_home() -> Home {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", VALUE);
+    h.ok(&["env", "create", "other"]);
+    h.ok(&["generate", "other", "GEN_KEY"]);
+    h
+}
+
+#[test]
+fn the_audit_log_never_holds_a_value_and_verifies() {
+    let h = audited_home();
+    let audit = h.audit_text();
+    assert!(audit.lines().count() >= 5, "{audit}");
+    for enc in encodings(VALUE) {
+        assert!(!audit.contains(&enc));
+    }
+    assert!(!audit.contains(PASS));
+    let out = h.ok(&["audit", "verify"]);
+    assert!(out.contains("audit log OK"), "{out}");
+    let listing = h.ok(&["audit"]);
+    assert!(listing.contains("var_set") && !listing.contains(VALUE));
+}
+
+#[test]
+fn editing_a_line_is_detected_and_named() {
+    let h = audited_home();
+    let p = h.path().join("audit.jsonl");
+    let text0 = std::fs::read_to_string(&p).unwrap();
+    let edited = text0.replacen("\"other\"", "\"0ther\"", 1);
+    assert_ne!(edited, text0);
+    let line = text0.lines().position(|l| l.contains("\"other\"")).unwrap() + 1;
+    std::fs::write(&p, edited).unwrap();
+    let o = h.run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains(&format!("line {line}")),
+        "expected line {line} named: {e}"
+    );
+}
+
+#[test]
+fn deleting_a_line_is_detected_and_named() {
+    let h = audited_home();
+    let p = h.path().join("audit.jsonl");
+    let text0 = std::fs::read_to_string(&p).unwrap();
+    let mut lines: Vec<&str> = text0.lines().collect();
+    lines.remove(1);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let o = h.run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("line 2"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn a_flipped_vault_byte_is_a_clear_error_and_nothing_is_overwritten() {
+    let h = audited_home();
+    h.ok(&["daemon", "stop"]);
+    let p = h.path().join("vault.kv");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let i = bytes.len() - 10;
+    bytes[i] ^= 0x01;
+    std::fs::write(&p, &bytes).unwrap();
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let e = text(&o.stderr).to_lowercase();
+    assert!(
+        e.contains("corrupt") || e.contains("tamper") || e.contains("damaged"),
+        "{e}"
+    );
+    assert!(!e.contains(VALUE.to_lowercase().as_str()));
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        bytes,
+        "the damaged vault was overwritten"
+    );
+    // A header byte too.
+    let mut bytes2 = bytes.clone();
+    bytes2[i] ^= 0x01; // restore
+    bytes2[12] ^= 0x40;
+    std::fs::write(&p, &bytes2).unwrap();
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert_ne!(o.status.code(), Some(0));
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# keyveil's whole test suite: Rust unit + integration tests, then the MCP tests driven by the
+# Python `mcp` SDK (a real client nobody here wrote). Installs what it needs (a venv under
+# .venv) and is safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keyveil-target}"
+
+echo "== cargo build"
+cargo build --workspace --locked --all-targets
+
+echo "== cargo test"
+cargo test --workspace --locked
+
+echo "== MCP client tests (Python mcp SDK)"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import mcp, pytest" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/mcp/requirements.txt
+fi
+export KEYVEIL_BIN="$CARGO_TARGET_DIR/debug/keyveil"
+.venv/bin/python -m pytest -q tests/mcp
