@@ -1,1 +1,298 @@
-//! Streaming redaction (placeholder).
+//! Streaming, sans-IO redaction of secret values and their encodings.
+//!
+//! keyveil gives granted child processes secret values in their environment and passes
+//! everything they print through a [`Redactor`] before an AI agent sees it. The redactor is
+//! built once per grant from `(name, value)` pairs; each value is expanded into its *variants*
+//! (raw, trimmed, base64 at three byte offsets, hex, percent-encoded, JSON/XML/shell/dotenv
+//! escapes, Unicode forms, lines and leaves of multi-line and structured values, 12-byte
+//! fragments of random-looking values, ...). Every occurrence of a variant is replaced by
+//! `[REDACTED:NAME]`.
+//!
+//! ```
+//! use keyveil_redact::Redactor;
+//!
+//! let r = Redactor::new([("GH_TOKEN", "ghp_m0xVQzJXtw3XVBOsrT5mH3DaWvTrmFLHBMUA")]);
+//! let (out, n) = r.redact(b"token=ghp_m0xVQzJXtw3XVBOsrT5mH3DaWvTrmFLHBMUA\n");
+//! assert_eq!(out, b"token=[REDACTED:GH_TOKEN]\n");
+//! assert_eq!(n, 1);
+//!
+//! // Streaming: split anywhere, same result.
+//! let mut s = r.stream();
+//! let mut out = Vec::new();
+//! s.push(b"token=ghp_m0xVQzJXtw3X", &mut out);
+//! s.push(b"VBOsrT5mH3DaWvTrmFLHBMUA\n", &mut out);
+//! s.finish(&mut out);
+//! assert_eq!(out, b"token=[REDACTED:GH_TOKEN]\n");
+//! ```
+//!
+//! See `docs/redaction.md` for the full list of variants, the matching semantics and the known
+//! limits.
+
+#![forbid(unsafe_code)]
+// Unit tests may index and unwrap; the non-test build is linted without this.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod entropy;
+pub mod expand;
+mod matcher;
+pub mod normalize;
+mod stream;
+pub mod variants;
+
+pub use stream::RedactStream;
+
+use matcher::{Pass, PassKind, Patterns};
+use std::sync::Arc;
+
+/// Values (after trimming whitespace) shorter than this many bytes are *short*: they are
+/// redacted only where they stand as a whole token. Derived patterns shorter than this are not
+/// registered at all.
+pub const MIN_LEN: usize = 8;
+
+/// Length in bytes of the fragments registered for random-looking values: any run of at least
+/// this many bytes of such a value is redacted (truncated prints, `cut -c1-20`).
+pub const FRAGMENT_LEN: usize = 12;
+
+/// A run of this many consecutive noise bytes (whitespace, escape sequences) ends any partial
+/// match in the normalised pass, which bounds how much a stream may hold back.
+pub const MAX_NOISE_RUN: u32 = 64;
+
+/// Everything shared by the streams of one redactor.
+pub(crate) struct Inner {
+    names: Vec<String>,
+    markers: Vec<Vec<u8>>,
+    short_names: Vec<String>,
+    raw: Option<Pass>,
+    normalized: Option<Pass>,
+    has_shared_patterns: bool,
+    failed: bool,
+}
+
+/// The redactor of one grant: all variants of all its secret values, compiled into automata.
+///
+/// Cheap to clone (an [`Arc`] inside), `Send` and `Sync`. Its [`Debug`](std::fmt::Debug) output
+/// shows counts only, never values.
+#[derive(Clone)]
+pub struct Redactor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("Redactor")
+            .field("secrets", &i.names.len())
+            .field("raw_patterns", &i.raw.as_ref().map_or(0, |p| p.info.len()))
+            .field(
+                "normalized_patterns",
+                &i.normalized.as_ref().map_or(0, |p| p.info.len()),
+            )
+            .field("failed", &i.failed)
+            .finish()
+    }
+}
+
+/// Statistics about a built redactor (for benchmarks and diagnostics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Number of secrets.
+    pub secrets: usize,
+    /// Patterns matched over the raw bytes (short values as whole tokens, and a few others).
+    pub raw_patterns: usize,
+    /// Patterns matched over the normalised view (whitespace and escapes removed).
+    pub normalized_patterns: usize,
+    /// Heap bytes used by the automata and pattern tables.
+    pub memory_bytes: usize,
+    /// Automaton kinds in use (`dfa`, `contiguous-nfa`, ...), raw pass first.
+    pub engines: Vec<&'static str>,
+}
+
+impl Redactor {
+    /// Builds a redactor from `(name, value)` pairs. `name` appears in the marker
+    /// `[REDACTED:NAME]`; `value` is any byte string (empty values are ignored).
+    ///
+    /// Never fails: if the automata cannot be built (only for absurd inputs), every stream of
+    /// this redactor withholds all output and emits a single
+    /// `[REDACTED:KEYVEIL_REDACTOR_UNAVAILABLE]` (fail closed).
+    pub fn new<I, N, V>(secrets: I) -> Redactor
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
+        V: AsRef<[u8]>,
+    {
+        let mut names = Vec::new();
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for (n, v) in secrets {
+            names.push(n.into());
+            values.push(v.as_ref().to_vec());
+        }
+        let markers: Vec<Vec<u8>> = names.iter().map(|n| marker(n)).collect();
+        let mut short_names: Vec<String> = names
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| expand::trim(v).len() < MIN_LEN)
+            .map(|(n, _)| n.clone())
+            .collect();
+        short_names.sort();
+        short_names.dedup();
+
+        let mut patterns = Patterns::new(markers.clone());
+        for (i, value) in values.iter().enumerate() {
+            let Ok(secret) = u32::try_from(i) else { break };
+            add_secret(&mut patterns, value, secret);
+        }
+        let has_shared_patterns =
+            !patterns.raw.extra_owners.is_empty() || !patterns.normalized.extra_owners.is_empty();
+        let raw = Pass::build(std::mem::take(&mut patterns.raw), PassKind::Raw);
+        let normalized = Pass::build(
+            std::mem::take(&mut patterns.normalized),
+            PassKind::Normalized,
+        );
+        let inner = match (raw, normalized) {
+            (Ok(raw), Ok(normalized)) => Inner {
+                names,
+                markers,
+                short_names,
+                raw,
+                normalized,
+                has_shared_patterns,
+                failed: false,
+            },
+            _ => Inner {
+                names,
+                markers,
+                short_names,
+                raw: None,
+                normalized: None,
+                has_shared_patterns,
+                failed: true,
+            },
+        };
+        Redactor {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// One-shot redaction of a complete output. Returns the redacted bytes and the number of
+    /// markers inserted. Identical to streaming the same bytes in any chunks.
+    pub fn redact(&self, input: &[u8]) -> (Vec<u8>, usize) {
+        let mut s = self.stream();
+        let mut out = Vec::with_capacity(input.len());
+        s.push(input, &mut out);
+        s.finish(&mut out);
+        (out, s.redactions())
+    }
+
+    /// A new streaming redactor (one per output stream: stdout and stderr each get their own).
+    pub fn stream(&self) -> RedactStream {
+        RedactStream::new(Arc::clone(&self.inner))
+    }
+
+    /// Names of the secrets any of whose variants occur in `input` (for scans of files a granted
+    /// process wrote), deduplicated and sorted.
+    pub fn find_leaks(&self, input: &[u8]) -> Vec<String> {
+        let mut s = self.stream();
+        let mut sink = Vec::new();
+        s.push(input, &mut sink);
+        s.finish(&mut sink);
+        let mut names: Vec<String> = s
+            .seen_secrets()
+            .filter_map(|i| self.inner.names.get(i).cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Names whose value (after trimming whitespace) is shorter than [`MIN_LEN`] bytes: they
+    /// are redacted only as whole tokens, and the CLI warns about them. Sorted, deduplicated.
+    pub fn short_value_names(&self) -> Vec<String> {
+        self.inner.short_names.clone()
+    }
+
+    /// The longest pattern in bytes: a stream holds back at most this many bytes minus one of
+    /// significant output (plus any whitespace and escape sequences inside them).
+    pub fn max_pattern_len(&self) -> usize {
+        let i = &self.inner;
+        i.raw
+            .as_ref()
+            .map_or(0, |p| p.max_len)
+            .max(i.normalized.as_ref().map_or(0, |p| p.max_len))
+    }
+
+    /// Pattern counts, memory use and automaton kinds.
+    pub fn stats(&self) -> Stats {
+        let i = &self.inner;
+        let passes = [i.raw.as_ref(), i.normalized.as_ref()];
+        Stats {
+            secrets: i.names.len(),
+            raw_patterns: i.raw.as_ref().map_or(0, |p| p.info.len()),
+            normalized_patterns: i.normalized.as_ref().map_or(0, |p| p.info.len()),
+            memory_bytes: passes.iter().flatten().map(|p| p.memory_usage()).sum(),
+            engines: passes.iter().flatten().map(|p| p.engine_name()).collect(),
+        }
+    }
+}
+
+/// The marker that replaces a value: `[REDACTED:NAME]`.
+pub fn marker(name: &str) -> Vec<u8> {
+    format!("[REDACTED:{name}]").into_bytes()
+}
+
+/// Registers every pattern of one secret value.
+fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
+    let e = expand::expand(value);
+    for atom in &e.atoms {
+        for enc in variants::encodings(atom) {
+            patterns.add_anywhere(&enc, secret);
+        }
+    }
+    for atom in &e.token_atoms {
+        for enc in variants::token_encodings(atom) {
+            patterns.add_token(&enc, secret);
+        }
+    }
+    for source in &e.fragment_sources {
+        for window in expand::fragments(source) {
+            patterns.add_anywhere(window, secret);
+        }
+        // Hex fragments (hexdumps of part of the value), lower case as dump tools print.
+        let hex = variants::hex_lower(source);
+        for window in hex.windows(2 * FRAGMENT_LEN).step_by(2) {
+            patterns.add_anywhere(window, secret);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactor_is_send_sync_clone() {
+        fn assert_traits<T: Send + Sync + Clone>() {}
+        assert_traits::<Redactor>();
+        fn assert_send<T: Send>() {}
+        assert_send::<RedactStream>();
+    }
+
+    #[test]
+    fn raw_value() {
+        let r = Redactor::new([("A", "s3cr3t-V4lue-xyz")]);
+        assert_eq!(r.redact(b"x s3cr3t-V4lue-xyz y").0, b"x [REDACTED:A] y");
+    }
+
+    #[test]
+    fn debug_hides_values() {
+        let r = Redactor::new([("A", "s3cr3t-V4lue-xyz")]);
+        assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+}

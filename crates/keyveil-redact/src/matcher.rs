@@ -1,0 +1,397 @@
+//! Pattern tables and the two automata that find them.
+//!
+//! All patterns of all secrets go into at most two Aho-Corasick automata (standard match
+//! semantics, so *every* occurrence of every pattern is reported, overlapping ones included):
+//!
+//! - the **normalised pass** runs over the normalised view of the output
+//!   ([`crate::normalize`]: whitespace and ANSI escape sequences removed) and holds every pattern
+//!   whose normalised form is at least [`MIN_LEN`] bytes. Matches are mapped back to original
+//!   byte offsets through a ring buffer, so a match covers the noise inside it (line wrapping,
+//!   hexdump spacing, colour codes, values interleaved with spaces, lines joined by any
+//!   whitespace run).
+//! - the **raw pass** runs over the original bytes and holds the patterns of short values
+//!   (matched only as whole tokens) and the rare patterns that normalisation would shrink below
+//!   [`MIN_LEN`].
+//!
+//! Each pass is driven one byte at a time through [`Automaton::next_state`], with its state kept
+//! between chunks, so the matches found do not depend on how the output is split.
+
+use crate::normalize::{Normalizer, Step, normalize};
+use crate::{MAX_NOISE_RUN, MIN_LEN};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::nfa::{contiguous, noncontiguous};
+use aho_corasick::{Anchored, MatchKind, dfa};
+use std::collections::HashMap;
+
+/// The DFA is used while its transition table stays under this many bytes; beyond it the
+/// contiguous NFA is used (slower per byte, far smaller).
+const DFA_MAX_BYTES: usize = 24 << 20;
+
+/// What a pattern stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PatternInfo {
+    /// Index of the (first) secret that produced the pattern.
+    pub secret: u32,
+    /// Pattern length in bytes (in the pass's own view).
+    pub len: u32,
+    /// Only matches bounded by non-alphanumeric bytes (or start/end of stream) count.
+    pub token: bool,
+}
+
+/// Which pass a pattern belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PassKind {
+    Raw,
+    Normalized,
+}
+
+/// Deduplicated patterns of one pass, before the automaton is built.
+#[derive(Debug, Default)]
+pub(crate) struct PatternSet {
+    pub bytes: Vec<Vec<u8>>,
+    pub info: Vec<PatternInfo>,
+    index: HashMap<Vec<u8>, u32>,
+    /// Further secrets sharing a pattern with an earlier one: `(pattern, secret)`, sorted.
+    pub extra_owners: Vec<(u32, u32)>,
+}
+
+impl PatternSet {
+    fn add(&mut self, bytes: Vec<u8>, secret: u32, token: bool) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some(&id) = self.index.get(&bytes) {
+            if let Some(info) = self.info.get_mut(id as usize) {
+                if info.secret != secret {
+                    self.extra_owners.push((id, secret));
+                }
+                // A pattern wanted both anywhere and as a token is matched anywhere.
+                info.token &= token;
+            }
+            return;
+        }
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            return;
+        };
+        let Ok(id) = u32::try_from(self.bytes.len()) else {
+            return;
+        };
+        self.index.insert(bytes.clone(), id);
+        self.bytes.push(bytes);
+        self.info.push(PatternInfo { secret, len, token });
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.bytes.iter().map(Vec::len).sum()
+    }
+}
+
+/// Collects the patterns of all secrets into the two passes.
+#[derive(Debug, Default)]
+pub(crate) struct Patterns {
+    pub raw: PatternSet,
+    pub normalized: PatternSet,
+    /// Texts the patterns must not match (the markers themselves).
+    forbidden: Vec<Vec<u8>>,
+}
+
+impl Patterns {
+    pub fn new(forbidden: Vec<Vec<u8>>) -> Patterns {
+        Patterns {
+            forbidden,
+            ..Patterns::default()
+        }
+    }
+
+    fn forbidden(&self, p: &[u8]) -> bool {
+        self.forbidden
+            .iter()
+            .any(|m| memchr::memmem::find(m, p).is_some())
+    }
+
+    /// Adds a pattern that may match anywhere.
+    pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
+        let n = normalize(bytes);
+        if n.len() >= MIN_LEN {
+            if !self.forbidden(&n) {
+                self.normalized.add(n, secret, false);
+            }
+        } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
+            self.raw.add(bytes.to_vec(), secret, false);
+        }
+    }
+
+    /// Adds a pattern that only matches as a whole token.
+    pub fn add_token(&mut self, bytes: &[u8], secret: u32) {
+        if !bytes.is_empty() && !self.forbidden(bytes) {
+            self.raw.add(bytes.to_vec(), secret, true);
+        }
+    }
+}
+
+/// A built automaton.
+#[derive(Clone, Debug)]
+pub(crate) enum Engine {
+    Dfa(dfa::DFA),
+    Contiguous(contiguous::NFA),
+    Noncontiguous(noncontiguous::NFA),
+}
+
+/// One built pass: automaton plus pattern table.
+#[derive(Clone, Debug)]
+pub(crate) struct Pass {
+    engine: Engine,
+    pub kind: PassKind,
+    pub info: Vec<PatternInfo>,
+    pub extra_owners: Vec<(u32, u32)>,
+    pub max_len: usize,
+    ring_len: usize,
+    start: StateID,
+}
+
+/// Error building an automaton (only for absurd pattern sets: billions of states).
+#[derive(Debug)]
+pub(crate) struct BuildFailed;
+
+impl Pass {
+    /// Builds the automaton for a pattern set; `None` for an empty set.
+    pub fn build(set: PatternSet, kind: PassKind) -> Result<Option<Pass>, BuildFailed> {
+        if set.bytes.is_empty() {
+            return Ok(None);
+        }
+        let max_len = set.bytes.iter().map(Vec::len).max().unwrap_or(1);
+        let nnfa = noncontiguous::Builder::new()
+            .match_kind(MatchKind::Standard)
+            .prefilter(false)
+            .build(&set.bytes)
+            .map_err(|_| BuildFailed)?;
+        let mut alphabet = [false; 256];
+        for p in &set.bytes {
+            for &b in p {
+                if let Some(slot) = alphabet.get_mut(usize::from(b)) {
+                    *slot = true;
+                }
+            }
+        }
+        let classes = alphabet.iter().filter(|&&x| x).count() + 1;
+        let dfa_bytes = set
+            .total_bytes()
+            .saturating_add(2)
+            .saturating_mul(classes.next_power_of_two())
+            .saturating_mul(4);
+        let engine = if dfa_bytes <= DFA_MAX_BYTES {
+            match dfa::Builder::new().build_from_noncontiguous(&nnfa) {
+                Ok(d) => Engine::Dfa(d),
+                Err(_) => contiguous_or(nnfa),
+            }
+        } else {
+            contiguous_or(nnfa)
+        };
+        let start = match &engine {
+            Engine::Dfa(a) => a.start_state(Anchored::No),
+            Engine::Contiguous(a) => a.start_state(Anchored::No),
+            Engine::Noncontiguous(a) => a.start_state(Anchored::No),
+        }
+        .map_err(|_| BuildFailed)?;
+        let mut extra_owners = set.extra_owners;
+        extra_owners.sort_unstable();
+        extra_owners.dedup();
+        Ok(Some(Pass {
+            engine,
+            kind,
+            info: set.info,
+            extra_owners,
+            max_len,
+            ring_len: max_len.next_power_of_two(),
+            start,
+        }))
+    }
+
+    /// A fresh per-stream state for this pass.
+    pub fn state(&self) -> PassState {
+        PassState {
+            sid: self.start,
+            fed: 0,
+            last_start: 0,
+            ring: if self.kind == PassKind::Normalized {
+                vec![0; self.ring_len]
+            } else {
+                Vec::new()
+            },
+            norm: Normalizer::new(),
+            noise_run: 0,
+        }
+    }
+
+    /// Feeds `chunk` (whose first byte is at absolute offset `base`) and appends every match
+    /// that ends inside it to `hits`, in order of end offset.
+    pub fn scan(&self, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
+        match (&self.engine, self.kind) {
+            (Engine::Dfa(a), PassKind::Raw) => self.scan_impl::<_, false>(a, st, chunk, base, hits),
+            (Engine::Dfa(a), PassKind::Normalized) => {
+                self.scan_impl::<_, true>(a, st, chunk, base, hits)
+            }
+            (Engine::Contiguous(a), PassKind::Raw) => {
+                self.scan_impl::<_, false>(a, st, chunk, base, hits)
+            }
+            (Engine::Contiguous(a), PassKind::Normalized) => {
+                self.scan_impl::<_, true>(a, st, chunk, base, hits)
+            }
+            (Engine::Noncontiguous(a), PassKind::Raw) => {
+                self.scan_impl::<_, false>(a, st, chunk, base, hits)
+            }
+            (Engine::Noncontiguous(a), PassKind::Normalized) => {
+                self.scan_impl::<_, true>(a, st, chunk, base, hits)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn scan_impl<A: Automaton, const NORM: bool>(
+        &self,
+        aut: &A,
+        st: &mut PassState,
+        chunk: &[u8],
+        base: u64,
+        hits: &mut Vec<Hit>,
+    ) {
+        let start = self.start;
+        let mask = (self.ring_len - 1) as u64;
+        let mut sid = st.sid;
+        let mut fed = st.fed;
+        let mut last_start = st.last_start;
+        let mut pos = base;
+        for &b in chunk {
+            pos += 1;
+            if NORM {
+                if st.norm.step(b) == Step::Drop {
+                    st.noise_run = st.noise_run.saturating_add(1);
+                    if st.noise_run >= MAX_NOISE_RUN && sid != start {
+                        sid = start;
+                        last_start = fed;
+                    }
+                    continue;
+                }
+                st.noise_run = 0;
+                if let Some(slot) = st.ring.get_mut((fed & mask) as usize) {
+                    *slot = pos - 1;
+                }
+            }
+            sid = aut.next_state(Anchored::No, sid, b);
+            fed += 1;
+            if aut.is_special(sid) && aut.is_match(sid) {
+                for k in 0..aut.match_len(sid) {
+                    let pattern = aut.match_pattern(sid, k).as_u32();
+                    let len = self
+                        .info
+                        .get(pattern as usize)
+                        .map_or(1, |p| u64::from(p.len));
+                    let start_at = if NORM {
+                        let idx = (fed.saturating_sub(len) & mask) as usize;
+                        st.ring.get(idx).copied().unwrap_or(pos - 1)
+                    } else {
+                        pos.saturating_sub(len)
+                    };
+                    hits.push(Hit {
+                        start: start_at,
+                        end: pos,
+                        pattern,
+                    });
+                }
+            }
+            if sid == start {
+                last_start = fed;
+            }
+        }
+        st.sid = sid;
+        st.fed = fed;
+        st.last_start = last_start;
+    }
+
+    /// The earliest absolute offset at which a match not yet reported could still start, or
+    /// `total` (the end of the input so far) if none can.
+    pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
+        if st.sid == self.start {
+            return total;
+        }
+        let k = st
+            .last_start
+            .max(st.fed.saturating_sub(self.max_len as u64 - 1));
+        if k >= st.fed {
+            return total;
+        }
+        match self.kind {
+            PassKind::Raw => k,
+            PassKind::Normalized => {
+                let mask = (self.ring_len - 1) as u64;
+                st.ring
+                    .get((k & mask) as usize)
+                    .copied()
+                    .unwrap_or(total)
+                    .min(total)
+            }
+        }
+    }
+
+    /// Every secret owning `pattern` (the first one, then those sharing it).
+    pub fn owners(&self, pattern: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.info.get(pattern as usize).map(|p| p.secret);
+        let lo = self.extra_owners.partition_point(|&(p, _)| p < pattern);
+        let rest = self
+            .extra_owners
+            .get(lo..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(move |&&(p, _)| p == pattern)
+            .map(|&(_, s)| s);
+        first.into_iter().chain(rest)
+    }
+
+    /// Heap memory used by the automaton, in bytes.
+    pub fn memory_usage(&self) -> usize {
+        let aut = match &self.engine {
+            Engine::Dfa(a) => a.memory_usage(),
+            Engine::Contiguous(a) => a.memory_usage(),
+            Engine::Noncontiguous(a) => a.memory_usage(),
+        };
+        aut + self.info.len() * std::mem::size_of::<PatternInfo>()
+    }
+
+    /// Name of the automaton kind in use (for benchmarks and diagnostics).
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            Engine::Dfa(_) => "dfa",
+            Engine::Contiguous(_) => "contiguous-nfa",
+            Engine::Noncontiguous(_) => "noncontiguous-nfa",
+        }
+    }
+}
+
+fn contiguous_or(nnfa: noncontiguous::NFA) -> Engine {
+    match contiguous::Builder::new().build_from_noncontiguous(&nnfa) {
+        Ok(c) => Engine::Contiguous(c),
+        Err(_) => Engine::Noncontiguous(nnfa),
+    }
+}
+
+/// Per-stream state of one pass.
+#[derive(Clone, Debug)]
+pub(crate) struct PassState {
+    sid: StateID,
+    /// Bytes fed to the automaton so far (for the normalised pass: normalised bytes).
+    fed: u64,
+    /// Value of `fed` the last time the automaton was in its start state.
+    last_start: u64,
+    /// Original offset of each of the last `ring_len` normalised bytes.
+    ring: Vec<u64>,
+    norm: Normalizer,
+    noise_run: u32,
+}
+
+/// A pattern occurrence in absolute original-byte offsets (`start..end`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub start: u64,
+    pub end: u64,
+    pub pattern: u32,
+}

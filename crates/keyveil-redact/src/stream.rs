@@ -1,0 +1,344 @@
+//! The sans-IO streaming redactor.
+//!
+//! [`RedactStream`] receives the output of a program in arbitrary chunks and returns redacted
+//! bytes as soon as they can no longer be part of a match. It never looks at a clock: a partial
+//! value stays held back however long the program pauses, and is released (redacted or not)
+//! only when later bytes or [`RedactStream::finish`] decide it.
+//!
+//! # How output is decided
+//!
+//! Every pass ([`crate::matcher`]) reports every pattern occurrence as an interval of absolute
+//! byte offsets. Occurrences of short values are kept only when bounded by non-alphanumeric
+//! bytes (or the start/end of the stream). Overlapping intervals are merged into *regions*; each
+//! region becomes one marker, named after its longest occurrence (then the earliest, then the
+//! secret given first to [`crate::Redactor::new`]).
+//!
+//! The stream emits bytes up to the *safe offset*: the earliest offset at which an occurrence
+//! not yet reported could still start (from each automaton's state), or the start of a short-value
+//! occurrence still waiting for the byte after it. A region is emitted only once it ends at or
+//! before the safe offset, since only then can no later occurrence overlap and extend it.
+//!
+//! Because the passes consume one byte at a time with their state carried across chunks, and
+//! output is a function of the final set of regions alone, the concatenated output is the same
+//! for every split of the input into chunks (this is checked by property tests and the fuzz
+//! target).
+
+use crate::Inner;
+use crate::matcher::{Hit, PassState};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A merged run of overlapping occurrences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    start: u64,
+    end: u64,
+    /// The occurrence that names the region: longest, then earliest, then lowest secret index.
+    best_len: u64,
+    best_start: u64,
+    best_secret: u32,
+}
+
+impl Region {
+    fn better_than(&self, other: &Region) -> bool {
+        (
+            self.best_len,
+            std::cmp::Reverse(self.best_start),
+            std::cmp::Reverse(self.best_secret),
+        ) > (
+            other.best_len,
+            std::cmp::Reverse(other.best_start),
+            std::cmp::Reverse(other.best_secret),
+        )
+    }
+}
+
+/// A streaming redactor for one output stream (stdout and stderr each get their own).
+///
+/// Created by [`crate::Redactor::stream`]. Feed chunks with [`RedactStream::push`] and end with
+/// [`RedactStream::finish`]. After `finish` the stream is reset and may be reused for a new
+/// stream (the redaction count keeps accumulating).
+#[derive(Clone)]
+pub struct RedactStream {
+    inner: Arc<Inner>,
+    raw: Option<PassState>,
+    normalized: Option<PassState>,
+    /// Bytes not yet emitted; `buf[0]` is at absolute offset `buf_start`.
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// Absolute offset one past the last byte received.
+    total: u64,
+    /// The byte just before `buf_start`, if any (for token boundaries).
+    prev_byte: Option<u8>,
+    hits: Vec<Hit>,
+    /// Short-value occurrences waiting for the byte after them.
+    pending_tokens: VecDeque<(Hit, u32)>,
+    regions: VecDeque<Region>,
+    redactions: usize,
+    seen: Vec<bool>,
+    fail_marker_sent: bool,
+}
+
+impl std::fmt::Debug for RedactStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedactStream")
+            .field("received", &self.total)
+            .field("held_back", &self.buf.len())
+            .field("redactions", &self.redactions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marker emitted (once) by a stream whose redactor could not be built: all output is withheld.
+pub(crate) const FAIL_MARKER: &[u8] = b"[REDACTED:KEYVEIL_REDACTOR_UNAVAILABLE]";
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+impl RedactStream {
+    pub(crate) fn new(inner: Arc<Inner>) -> RedactStream {
+        let raw = inner.raw.as_ref().map(|p| p.state());
+        let normalized = inner.normalized.as_ref().map(|p| p.state());
+        let seen = vec![false; inner.names.len()];
+        RedactStream {
+            inner,
+            raw,
+            normalized,
+            buf: Vec::new(),
+            buf_start: 0,
+            total: 0,
+            prev_byte: None,
+            hits: Vec::new(),
+            pending_tokens: VecDeque::new(),
+            regions: VecDeque::new(),
+            redactions: 0,
+            seen,
+            fail_marker_sent: false,
+        }
+    }
+
+    /// Feeds a chunk of output; appends to `out` every byte that can no longer be part of a
+    /// match (values are replaced by `[REDACTED:NAME]`). At most
+    /// [`crate::Redactor::max_pattern_len`] − 1 *significant* bytes are held back (whitespace
+    /// and escape sequences inside a possible match are held back with it).
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.inner.failed {
+            self.fail_closed(out);
+            return;
+        }
+        if chunk.is_empty() {
+            return;
+        }
+        let base = self.total;
+        self.buf.extend_from_slice(chunk);
+        self.total += chunk.len() as u64;
+
+        let inner = Arc::clone(&self.inner);
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        if let (Some(pass), Some(st)) = (inner.raw.as_ref(), self.raw.as_mut()) {
+            pass.scan(st, chunk, base, &mut hits);
+            for h in hits.drain(..) {
+                let info = pass.info.get(h.pattern as usize).copied();
+                if let Some(info) = info {
+                    if info.token {
+                        self.pending_tokens.push_back((h, info.secret));
+                    } else {
+                        self.accept(h, info.secret, |s| s.raw_owners(h.pattern));
+                    }
+                }
+            }
+        }
+        if let (Some(pass), Some(st)) = (inner.normalized.as_ref(), self.normalized.as_mut()) {
+            pass.scan(st, chunk, base, &mut hits);
+            for h in hits.drain(..) {
+                if let Some(info) = pass.info.get(h.pattern as usize).copied() {
+                    self.accept(h, info.secret, |s| s.normalized_owners(h.pattern));
+                }
+            }
+        }
+        self.hits = hits;
+        self.resolve_tokens(false);
+        let safe = self.safe_offset();
+        self.emit(safe, out);
+    }
+
+    /// Ends the stream: decides the held-back tail and appends it (redacted) to `out`, then
+    /// resets the stream for reuse.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.inner.failed {
+            self.fail_closed(out);
+            self.fail_marker_sent = false;
+            return;
+        }
+        self.resolve_tokens(true);
+        self.emit(self.total, out);
+        let redactions = self.redactions;
+        let seen = std::mem::take(&mut self.seen);
+        *self = RedactStream::new(Arc::clone(&self.inner));
+        self.redactions = redactions;
+        self.seen = seen;
+    }
+
+    /// Number of markers emitted so far.
+    pub fn redactions(&self) -> usize {
+        self.redactions
+    }
+
+    /// Indices of the secrets that had at least one occurrence so far.
+    pub(crate) fn seen_secrets(&self) -> impl Iterator<Item = usize> + '_ {
+        self.seen
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s)
+            .map(|(i, _)| i)
+    }
+
+    fn fail_closed(&mut self, out: &mut Vec<u8>) {
+        if !self.fail_marker_sent {
+            out.extend_from_slice(FAIL_MARKER);
+            self.fail_marker_sent = true;
+        }
+    }
+
+    fn raw_owners(&self, pattern: u32) -> Vec<u32> {
+        self.inner
+            .raw
+            .as_ref()
+            .map(|p| p.owners(pattern).collect())
+            .unwrap_or_default()
+    }
+
+    fn normalized_owners(&self, pattern: u32) -> Vec<u32> {
+        self.inner
+            .normalized
+            .as_ref()
+            .map(|p| p.owners(pattern).collect())
+            .unwrap_or_default()
+    }
+
+    fn byte_at(&self, offset: u64) -> Option<u8> {
+        if offset + 1 == self.buf_start {
+            return self.prev_byte;
+        }
+        let i = usize::try_from(offset.checked_sub(self.buf_start)?).ok()?;
+        self.buf.get(i).copied()
+    }
+
+    /// Accepts or rejects short-value occurrences whose following byte is now known.
+    fn resolve_tokens(&mut self, at_eof: bool) {
+        while let Some(&(h, secret)) = self.pending_tokens.front() {
+            if h.end >= self.total && !at_eof {
+                break;
+            }
+            self.pending_tokens.pop_front();
+            let before_ok =
+                h.start == 0 || self.byte_at(h.start - 1).is_none_or(|b| !is_word_byte(b));
+            let after_ok =
+                h.end >= self.total || self.byte_at(h.end).is_none_or(|b| !is_word_byte(b));
+            if before_ok && after_ok {
+                self.accept(h, secret, |s| s.raw_owners(h.pattern));
+            }
+        }
+    }
+
+    fn accept(&mut self, h: Hit, secret: u32, owners: impl Fn(&Self) -> Vec<u32>) {
+        let has_extra = self.inner.has_shared_patterns;
+        if has_extra {
+            for s in owners(self) {
+                if let Some(slot) = self.seen.get_mut(s as usize) {
+                    *slot = true;
+                }
+            }
+        } else if let Some(slot) = self.seen.get_mut(secret as usize) {
+            *slot = true;
+        }
+        let start = h.start.max(self.buf_start);
+        let mut region = Region {
+            start,
+            end: h.end,
+            best_len: h.end - h.start,
+            best_start: h.start,
+            best_secret: secret,
+        };
+        let i = self.regions.partition_point(|r| r.end <= region.start);
+        while let Some(r) = self.regions.get(i) {
+            if r.start >= region.end {
+                break;
+            }
+            let r = *r;
+            let keep_best = region.better_than(&r);
+            region.start = region.start.min(r.start);
+            region.end = region.end.max(r.end);
+            if !keep_best {
+                region.best_len = r.best_len;
+                region.best_start = r.best_start;
+                region.best_secret = r.best_secret;
+            }
+            self.regions.remove(i);
+        }
+        self.regions.insert(i, region);
+    }
+
+    fn safe_offset(&self) -> u64 {
+        let mut safe = self.total;
+        if let (Some(pass), Some(st)) = (self.inner.raw.as_ref(), self.raw.as_ref()) {
+            safe = safe.min(pass.hold_bound(st, self.total));
+        }
+        if let (Some(pass), Some(st)) = (self.inner.normalized.as_ref(), self.normalized.as_ref()) {
+            safe = safe.min(pass.hold_bound(st, self.total));
+        }
+        if let Some((h, _)) = self.pending_tokens.iter().min_by_key(|(h, _)| h.start) {
+            safe = safe.min(h.start);
+        }
+        safe.max(self.buf_start)
+    }
+
+    /// Emits everything before `safe` that is decided.
+    fn emit(&mut self, safe: u64, out: &mut Vec<u8>) {
+        let mut emitted = self.buf_start;
+        while let Some(r) = self.regions.front().copied() {
+            if r.start >= safe {
+                break;
+            }
+            self.copy_out(emitted, r.start, out);
+            emitted = r.start;
+            if r.end > safe {
+                break;
+            }
+            let marker = self
+                .inner
+                .markers
+                .get(r.best_secret as usize)
+                .map(Vec::as_slice)
+                .unwrap_or(FAIL_MARKER);
+            out.extend_from_slice(marker);
+            self.redactions += 1;
+            emitted = r.end;
+            self.regions.pop_front();
+        }
+        let undecided = self.regions.front().map_or(safe, |r| r.start.min(safe));
+        if undecided > emitted {
+            self.copy_out(emitted, undecided, out);
+            emitted = undecided;
+        }
+        let consumed = usize::try_from(emitted - self.buf_start).unwrap_or(0);
+        if consumed > 0 {
+            self.prev_byte = self.buf.get(consumed - 1).copied();
+            self.buf.drain(..consumed.min(self.buf.len()));
+            self.buf_start = emitted;
+        }
+    }
+
+    fn copy_out(&self, from: u64, to: u64, out: &mut Vec<u8>) {
+        if to <= from {
+            return;
+        }
+        let a = usize::try_from(from - self.buf_start).unwrap_or(0);
+        let b = usize::try_from(to - self.buf_start).unwrap_or(0);
+        if let Some(s) = self.buf.get(a..b) {
+            out.extend_from_slice(s);
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! Encodings of one *atom* (a value, or a piece of a value such as a line or a JSON leaf).
+//!
+//! Each function returns the byte strings under which the atom may appear in a program's output.
+//! [`encodings`] collects all of them (deduplicated); [`token_encodings`] is the smaller set used
+//! for short values, which are only ever matched as whole tokens.
+//!
+//! Sources of the formats:
+//! - base64: RFC 4648 §4 (standard alphabet) and §5 (URL- and filename-safe alphabet);
+//! - hex: RFC 4648 §8 (base16), both letter cases;
+//! - percent-encoding: RFC 3986 §2.1 (`%XX`, both hex cases) with the unreserved set of §2.3,
+//!   plus the variants real encoders produce: `encodeURIComponent` (ECMA-262), Python's
+//!   `urllib.parse.quote` (keeps `/`) and `application/x-www-form-urlencoded` (WHATWG URL §5,
+//!   space as `+`);
+//! - JSON string escapes: RFC 8259 §7, with the optional `\/` solidus escape, Go's HTML-safe
+//!   `\u003c \u003e \u0026` (plus `\u0027`), and `ensure_ascii`-style `\uXXXX` for non-ASCII;
+//! - XML/HTML character references: XML 1.0 §4.6 predefined entities and the numeric forms used by
+//!   Python's `html.escape` (`&#x27;`) and Go's `html.EscapeString` (`&#39;`, `&#34;`);
+//! - POSIX shell quoting (XCU §2.2): `'\''` (bash `set -x`) and `'"'"'` (Python `shlex.quote`)
+//!   inside single quotes, backslash escapes inside double quotes, and bash `printf %q` style;
+//! - dotenv double-quoted values (`\n`, `\"`, `\\`, optionally `\$`).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+/// The characters of base64 that are fully determined by `atom` when it is encoded at each of the
+/// three byte offsets (0, 1, 2 mod 3) inside a longer input, for both RFC 4648 alphabets.
+///
+/// A prefix (such as `user:` in an HTTP basic-auth header) shifts the atom to another offset and
+/// changes the characters that straddle its first byte; a suffix (a trailing newline) changes the
+/// last character and the padding. Only the characters whose 6 bits all come from `atom` are
+/// kept, so every occurrence of `atom` inside any base64 text contains one of these cores.
+pub fn base64_cores(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3usize {
+            let mut shifted = vec![0u8; offset];
+            shifted.extend_from_slice(atom);
+            let encoded = engine.encode(&shifted);
+            let first = (8 * offset).div_ceil(6);
+            let end = (8 * (offset + atom.len())) / 6;
+            if let Some(core) = encoded.as_bytes().get(first..end)
+                && !core.is_empty()
+            {
+                out.push(core.to_vec());
+            }
+        }
+    }
+    out
+}
+
+/// Complete base64 encodings of `atom` at offset 0 (padded and unpadded, both alphabets).
+pub fn base64_full(atom: &[u8]) -> Vec<Vec<u8>> {
+    [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        .iter()
+        .map(|e| e.encode(atom).into_bytes())
+        .collect()
+}
+
+/// Base16 (hex) in lower and upper case.
+pub fn hex(atom: &[u8]) -> [Vec<u8>; 2] {
+    [
+        hex_with(atom, b"0123456789abcdef"),
+        hex_with(atom, b"0123456789ABCDEF"),
+    ]
+}
+
+/// Lower-case hex of `atom`.
+pub fn hex_lower(atom: &[u8]) -> Vec<u8> {
+    hex_with(atom, b"0123456789abcdef")
+}
+
+fn hex_with(atom: &[u8], digits: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(atom.len() * 2);
+    for &b in atom {
+        push_hex_byte(&mut out, b, digits);
+    }
+    out
+}
+
+fn push_hex_byte(out: &mut Vec<u8>, b: u8, digits: &[u8; 16]) {
+    let hi = digits.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
+    let lo = digits.get(usize::from(b & 0xf)).copied().unwrap_or(b'0');
+    out.push(hi);
+    out.push(lo);
+}
+
+/// How a percent-encoder writes a space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Space {
+    Percent,
+    Plus,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn percent_with(atom: &[u8], keep: impl Fn(u8) -> bool, space: Space, upper: bool) -> Vec<u8> {
+    let digits: &[u8; 16] = if upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
+    let mut out = Vec::with_capacity(atom.len() * 3);
+    for &b in atom {
+        if b == b' ' && space == Space::Plus {
+            out.push(b'+');
+        } else if keep(b) {
+            out.push(b);
+        } else {
+            out.push(b'%');
+            push_hex_byte(&mut out, b, digits);
+        }
+    }
+    out
+}
+
+/// Percent-encodings (RFC 3986) as produced by common encoders: strict (unreserved kept), upper
+/// and lower hex, space as `%20` or `+`; `encodeURIComponent`; Python `quote` (keeps `/`); and
+/// `application/x-www-form-urlencoded`.
+pub fn percent_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for upper in [true, false] {
+        for space in [Space::Percent, Space::Plus] {
+            out.push(percent_with(atom, is_unreserved, space, upper));
+        }
+    }
+    let uri_component = |b: u8| is_unreserved(b) || matches!(b, b'!' | b'\'' | b'(' | b')' | b'*');
+    out.push(percent_with(atom, uri_component, Space::Percent, true));
+    out.push(percent_with(
+        atom,
+        |b| is_unreserved(b) || b == b'/',
+        Space::Percent,
+        true,
+    ));
+    let form = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+    out.push(percent_with(atom, form, Space::Plus, true));
+    out
+}
+
+/// The percent-*decoded* forms of `atom` if it contains at least one valid `%XX` escape: plain
+/// decoding (`+` kept) and form decoding (`+` as space). Empty if nothing decodes.
+pub fn percent_decoded(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut plain = Vec::with_capacity(atom.len());
+    let mut decoded_any = false;
+    let mut i = 0;
+    while let Some(&b) = atom.get(i) {
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
+                atom.get(i + 1).and_then(|&c| hex_val(c)),
+                atom.get(i + 2).and_then(|&c| hex_val(c)),
+            )
+        {
+            plain.push((h << 4) | l);
+            decoded_any = true;
+            i += 3;
+            continue;
+        }
+        plain.push(b);
+        i += 1;
+    }
+    if !decoded_any {
+        return Vec::new();
+    }
+    let form: Vec<u8> = {
+        let spaced: Vec<u8> = atom
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        // Decode again with '+' already turned into spaces.
+        percent_decoded_plain(&spaced)
+    };
+    vec![plain, form]
+}
+
+fn percent_decoded_plain(atom: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(atom.len());
+    let mut i = 0;
+    while let Some(&b) = atom.get(i) {
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
+                atom.get(i + 1).and_then(|&c| hex_val(c)),
+                atom.get(i + 2).and_then(|&c| hex_val(c)),
+            )
+        {
+            out.push((h << 4) | l);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Options of a JSON string escaper.
+#[derive(Clone, Copy, Debug, Default)]
+struct JsonStyle {
+    /// `/` written as `\/` (PHP `json_encode`, some Java encoders).
+    solidus: bool,
+    /// `<`, `>`, `&` written as `\u003c`, `\u003e`, `\u0026` (Go `encoding/json`).
+    html: bool,
+    /// Also `'` as `\u0027` (PHP `JSON_HEX_APOS`, Jackson with HTML escaping).
+    apos: bool,
+    /// Non-ASCII written as `\uXXXX` (Python `json.dumps` default `ensure_ascii=True`).
+    ascii: bool,
+    /// Upper-case hex digits in `\uXXXX`.
+    upper: bool,
+}
+
+fn json_escape_with(atom: &[u8], style: JsonStyle) -> Option<Vec<u8>> {
+    let digits: &[u8; 16] = if style.upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
+    let push_u = |out: &mut Vec<u8>, cp: u32| {
+        out.extend_from_slice(b"\\u");
+        for shift in [12u32, 8, 4, 0] {
+            let d = ((cp >> shift) & 0xf) as usize;
+            out.push(digits.get(d).copied().unwrap_or(b'0'));
+        }
+    };
+    let mut out = Vec::with_capacity(atom.len() + 8);
+    let text: Option<&str> = if style.ascii {
+        Some(std::str::from_utf8(atom).ok()?)
+    } else {
+        None
+    };
+    let escape_ascii = |out: &mut Vec<u8>, b: u8| match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        b'/' if style.solidus => out.extend_from_slice(b"\\/"),
+        b'<' | b'>' | b'&' if style.html => push_u(out, u32::from(b)),
+        b'\'' if style.apos => push_u(out, u32::from(b)),
+        0x00..=0x1f => push_u(out, u32::from(b)),
+        _ => out.push(b),
+    };
+    match text {
+        Some(text) => {
+            for ch in text.chars() {
+                let cp = u32::from(ch);
+                if cp < 0x80 {
+                    escape_ascii(&mut out, cp as u8);
+                } else {
+                    let mut units = [0u16; 2];
+                    for unit in ch.encode_utf16(&mut units) {
+                        push_u(&mut out, u32::from(*unit));
+                    }
+                }
+            }
+        }
+        None => {
+            for &b in atom {
+                escape_ascii(&mut out, b);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// JSON string-literal bodies (RFC 8259 §7) of `atom` in the styles real encoders use.
+pub fn json_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    let styles = [
+        JsonStyle::default(),
+        JsonStyle {
+            solidus: true,
+            ..JsonStyle::default()
+        },
+        JsonStyle {
+            html: true,
+            ..JsonStyle::default()
+        },
+        JsonStyle {
+            html: true,
+            apos: true,
+            ..JsonStyle::default()
+        },
+        JsonStyle {
+            ascii: true,
+            ..JsonStyle::default()
+        },
+        JsonStyle {
+            ascii: true,
+            upper: true,
+            ..JsonStyle::default()
+        },
+        JsonStyle {
+            ascii: true,
+            html: true,
+            solidus: true,
+            ..JsonStyle::default()
+        },
+    ];
+    styles
+        .iter()
+        .filter_map(|&s| json_escape_with(atom, s))
+        .collect()
+}
+
+/// `atom` with line breaks (and tabs) written as the two-character escapes `\n`, `\r`, `\t`
+/// and nothing else escaped (how many loggers and `repr`s print multi-line values).
+pub fn newline_escaped(atom: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(atom.len() + 8);
+    for &b in atom {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+fn replace_bytes(atom: &[u8], f: impl Fn(u8) -> Option<&'static [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(atom.len() + 8);
+    for &b in atom {
+        match f(b) {
+            Some(rep) => out.extend_from_slice(rep),
+            None => out.push(b),
+        }
+    }
+    out
+}
+
+/// XML 1.0 / HTML character-reference escapes of `atom` (text-content and attribute styles).
+pub fn xml_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    vec![
+        replace_bytes(atom, |b| match b {
+            b'&' => Some(b"&amp;"),
+            b'<' => Some(b"&lt;"),
+            b'>' => Some(b"&gt;"),
+            _ => None,
+        }),
+        replace_bytes(atom, |b| match b {
+            b'&' => Some(b"&amp;"),
+            b'<' => Some(b"&lt;"),
+            b'>' => Some(b"&gt;"),
+            b'"' => Some(b"&quot;"),
+            b'\'' => Some(b"&apos;"),
+            _ => None,
+        }),
+        replace_bytes(atom, |b| match b {
+            b'&' => Some(b"&amp;"),
+            b'<' => Some(b"&lt;"),
+            b'>' => Some(b"&gt;"),
+            b'"' => Some(b"&quot;"),
+            b'\'' => Some(b"&#x27;"),
+            _ => None,
+        }),
+        replace_bytes(atom, |b| match b {
+            b'&' => Some(b"&amp;"),
+            b'<' => Some(b"&lt;"),
+            b'>' => Some(b"&gt;"),
+            b'"' => Some(b"&#34;"),
+            b'\'' => Some(b"&#39;"),
+            _ => None,
+        }),
+    ]
+}
+
+/// POSIX shell quotings of `atom` (the part between the outer quotes).
+pub fn shell_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    vec![
+        // bash `set -x`, `printf '%s'` quoting: 'foo'\''bar'
+        replace_bytes(atom, |b| (b == b'\'').then_some(&b"'\\''"[..])),
+        // Python shlex.quote, ash/dash `set -x`: 'foo'"'"'bar'
+        replace_bytes(atom, |b| (b == b'\'').then_some(&b"'\"'\"'"[..])),
+        // inside double quotes
+        replace_bytes(atom, |b| match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'$' => Some(b"\\$"),
+            b'`' => Some(b"\\`"),
+            _ => None,
+        }),
+        // bash `printf %q`: backslash before every shell-special byte
+        {
+            let mut out = Vec::with_capacity(atom.len() * 2);
+            for &b in atom {
+                if !(b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'_' | b'-' | b'.' | b',' | b':' | b'/' | b'@' | b'%' | b'+' | b'='
+                    )
+                    || b >= 0x80)
+                {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            out
+        },
+    ]
+}
+
+/// dotenv double-quoted value bodies: `\\`, `\"`, `\n` (and a variant that also writes `\$`).
+pub fn dotenv_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    vec![
+        replace_bytes(atom, |b| match b {
+            b'\\' => Some(b"\\\\"),
+            b'"' => Some(b"\\\""),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            _ => None,
+        }),
+        replace_bytes(atom, |b| match b {
+            b'\\' => Some(b"\\\\"),
+            b'"' => Some(b"\\\""),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'$' => Some(b"\\$"),
+            _ => None,
+        }),
+    ]
+}
+
+/// `atom` reversed (by characters when it is UTF-8, by bytes otherwise).
+pub fn reversed(atom: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(atom) {
+        Ok(s) => s.chars().rev().collect::<String>().into_bytes(),
+        Err(_) => atom.iter().rev().copied().collect(),
+    }
+}
+
+/// UTF-16 little- and big-endian encodings (Windows tools, PowerShell, Java serialisation).
+pub fn utf16(atom: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(s) = std::str::from_utf8(atom) else {
+        return Vec::new();
+    };
+    let units: Vec<u16> = s.encode_utf16().collect();
+    vec![
+        units.iter().flat_map(|u| u.to_le_bytes()).collect(),
+        units.iter().flat_map(|u| u.to_be_bytes()).collect(),
+    ]
+}
+
+/// Every encoding of `atom` (deduplicated, `atom` itself first). Encodings that equal the raw
+/// form are dropped by deduplication.
+pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = vec![atom.to_vec()];
+    out.extend(base64_full(atom));
+    out.extend(base64_cores(atom));
+    out.extend(hex(atom));
+    out.extend(percent_encodings(atom));
+    out.extend(json_escapes(atom));
+    out.push(newline_escaped(atom));
+    out.extend(xml_escapes(atom));
+    out.extend(shell_escapes(atom));
+    out.extend(dotenv_escapes(atom));
+    out.push(reversed(atom));
+    out.extend(utf16(atom));
+    dedup(out)
+}
+
+/// Encodings used for short values matched only as whole tokens: the raw form and the escapes
+/// that keep it a single token (no base64 offset cores, no reversal).
+pub fn token_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = vec![atom.to_vec()];
+    out.extend(base64_full(atom));
+    out.extend(hex(atom));
+    out.extend(percent_encodings(atom));
+    out.extend(json_escapes(atom));
+    out.extend(xml_escapes(atom));
+    out.extend(shell_escapes(atom));
+    dedup(out)
+}
+
+/// Removes duplicates, keeping the first occurrence of each byte string.
+pub fn dedup(v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut seen = std::collections::HashSet::new();
+    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn base64_cores_found_at_every_offset() {
+        let v = b"dpl_SrGzZcythy2iVgyf0Eyf2eXfjGkldl";
+        let cores = base64_cores(v);
+        for prefix in [&b""[..], b"u", b"us", b"user:", b"octo-ci:"] {
+            for suffix in [&b""[..], b"\n", b"xy", b":tail"] {
+                let mut plain = prefix.to_vec();
+                plain.extend_from_slice(v);
+                plain.extend_from_slice(suffix);
+                for enc in [STANDARD.encode(&plain), URL_SAFE_NO_PAD.encode(&plain)] {
+                    assert!(
+                        cores.iter().any(|c| contains(enc.as_bytes(), c)),
+                        "no core in {enc}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn base64_case_from_corpus() {
+        let cores = base64_cores(b"ghp_PTT0aZN0dnruqXa71P2tD8vkQXRYO1NiJ7br");
+        let out = b"b2N0by1jaTpnaHBfUFRUMGFaTjBkbnJ1cVhhNzFQMnREOHZrUVhSWU8xTmlKN2Jy";
+        assert!(cores.iter().any(|c| contains(out, c)));
+    }
+
+    #[test]
+    fn hex_both_cases() {
+        assert_eq!(hex(b"g\xff"), [b"67ff".to_vec(), b"67FF".to_vec()]);
+    }
+
+    #[test]
+    fn percent_variants() {
+        let v = percent_encodings(b"K9#mQ@2x:L/p%7 z!");
+        assert!(v.contains(&b"K9%23mQ%402x%3AL%2Fp%257%20z%21".to_vec()));
+        assert!(v.contains(&b"K9%23mQ%402x%3AL%2Fp%257+z%21".to_vec()));
+        assert!(v.contains(&b"K9%23mQ%402x%3aL%2fp%257%20z%21".to_vec()));
+        assert!(v.contains(&b"K9%23mQ%402x%3AL/p%257%20z%21".to_vec()));
+        assert!(v.contains(&b"K9%23mQ%402x%3AL%2Fp%257%20z!".to_vec()));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        let d = percent_decoded(b"Xk9%25vQ%21m2Lp8+w");
+        assert_eq!(
+            d,
+            vec![b"Xk9%vQ!m2Lp8+w".to_vec(), b"Xk9%vQ!m2Lp8 w".to_vec()]
+        );
+        assert!(percent_decoded(b"no escapes %zz").is_empty());
+    }
+
+    #[test]
+    fn json_variants() {
+        let v = json_escapes(b"a\"b\\c/d<&>\n\xc3\xa9'");
+        assert!(v.contains(&b"a\\\"b\\\\c/d<&>\\n\xc3\xa9'".to_vec()));
+        assert!(v.contains(&b"a\\\"b\\\\c\\/d<&>\\n\xc3\xa9'".to_vec()));
+        assert!(v.contains(&b"a\\\"b\\\\c/d\\u003c\\u0026\\u003e\\n\xc3\xa9'".to_vec()));
+        assert!(v.contains(&b"a\\\"b\\\\c/d\\u003c\\u0026\\u003e\\n\xc3\xa9\\u0027".to_vec()));
+        assert!(v.contains(&b"a\\\"b\\\\c/d<&>\\n\\u00e9'".to_vec()));
+        assert!(v.contains(&b"a\\\"b\\\\c/d<&>\\n\\u00E9'".to_vec()));
+        // Astral characters become surrogate pairs.
+        let astral = json_escapes("x\u{1F600}".as_bytes());
+        assert!(astral.contains(&b"x\\ud83d\\ude00".to_vec()));
+    }
+
+    #[test]
+    fn shell_variants() {
+        let v = shell_escapes(b"s3cr'3t\"p@ss w0rd");
+        assert!(v.contains(&b"s3cr'\\''3t\"p@ss w0rd".to_vec()));
+        assert!(v.contains(&b"s3cr'\"'\"'3t\"p@ss w0rd".to_vec()));
+        assert!(v.contains(&b"s3cr'3t\\\"p@ss w0rd".to_vec()));
+        assert!(v.contains(&b"s3cr\\'3t\\\"p@ss\\ w0rd".to_vec()));
+    }
+
+    #[test]
+    fn xml_and_dotenv() {
+        let x = xml_escapes(b"a<b>&\"'");
+        assert!(x.contains(&b"a&lt;b&gt;&amp;\"'".to_vec()));
+        assert!(x.contains(&b"a&lt;b&gt;&amp;&quot;&apos;".to_vec()));
+        assert!(x.contains(&b"a&lt;b&gt;&amp;&quot;&#x27;".to_vec()));
+        assert!(x.contains(&b"a&lt;b&gt;&amp;&#34;&#39;".to_vec()));
+        let d = dotenv_escapes(b"a\"b\nc$");
+        assert!(d.contains(&b"a\\\"b\\nc$".to_vec()));
+        assert!(d.contains(&b"a\\\"b\\nc\\$".to_vec()));
+    }
+
+    #[test]
+    fn reversal_and_utf16() {
+        assert_eq!(reversed("ab\u{e9}".as_bytes()), "\u{e9}ba".as_bytes());
+        assert_eq!(utf16(b"ab")[0], b"a\0b\0".to_vec());
+        assert_eq!(utf16(b"ab")[1], b"\0a\0b".to_vec());
+    }
+
+    #[test]
+    fn encodings_are_deduplicated() {
+        let e = encodings(b"plainvalue123");
+        let set: std::collections::HashSet<_> = e.iter().collect();
+        assert_eq!(set.len(), e.len());
+        assert_eq!(e.first().map(Vec::as_slice), Some(&b"plainvalue123"[..]));
+    }
+}
