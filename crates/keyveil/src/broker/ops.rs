@@ -944,7 +944,12 @@ fn grants(broker: &Broker, client: Option<&str>) -> Value {
     let list: Vec<Value> = inner
         .grants
         .values()
-        .filter(|g| g.live(now) && client.is_none_or(|c| g.client == c))
+        .filter(|g| {
+            // Listed while usable, or while a run started under it is still live (a used-up
+            // once-grant can still be revoked to kill its run).
+            let running = inner.runs.values().any(|r| r.grant_id == g.id);
+            (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
+        })
         .map(|g| serde_json::to_value(g).unwrap_or(Value::Null))
         .collect();
     json!({"grants": list})
