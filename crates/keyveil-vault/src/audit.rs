@@ -617,7 +617,7 @@ impl AuditWriter {
 
     /// `mac` of the last entry (lowercase hex), `None` for an empty log. With
     /// [`AuditWriter::last_seq`], what to store as the vault's
-    /// [`AuditCheckpoint`](crate::AuditCheckpoint).
+    /// [`AuditCheckpoint`].
     pub fn last_mac(&self) -> Option<&str> {
         self.last_mac.as_deref()
     }

@@ -51,4 +51,4 @@ pub use model::{
     MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Source, Variable, VaultData,
     is_valid_environment_name, is_valid_name,
 };
-pub use vault::{AUDIT_KEY_INFO, Vault};
+pub use vault::{AUDIT_KEY_INFO, PassphraseChecker, Vault};

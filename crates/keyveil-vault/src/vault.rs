@@ -191,13 +191,23 @@ impl Vault {
     /// comparison of the unwrapped key is constant-time. Meant as the approval factor: the caller
     /// must rate-limit and audit failures.
     pub fn check_passphrase(&self, passphrase: &[u8]) -> bool {
-        let mut ok = subtle::Choice::from(0u8);
-        for slot in &self.slots {
-            if let Some(key) = slot.unseal(passphrase) {
-                ok |= key.as_ref().ct_eq(self.data_key.as_ref());
-            }
+        check_slots(
+            &self.slots,
+            &format::sha256(self.data_key.as_ref()),
+            passphrase,
+        )
+    }
+
+    /// An owned handle that does what [`Vault::check_passphrase`] does without borrowing the
+    /// vault, so a caller can run the (slow, ≈ 0.1–1 s) Argon2id check on another thread without
+    /// holding whatever lock guards the `Vault`. Holds the key slots and the SHA-256 of the data
+    /// key, not the data key itself. Reflects the slots at the time it was made (a later
+    /// [`Vault::change_passphrase`] is not seen).
+    pub fn passphrase_checker(&self) -> PassphraseChecker {
+        PassphraseChecker {
+            slots: self.slots.clone(),
+            key_digest: format::sha256(self.data_key.as_ref()),
         }
-        ok.into()
     }
 
     /// The decrypted data.
@@ -294,6 +304,41 @@ impl Vault {
     pub fn lock_path(path: &Path) -> PathBuf {
         fsutil::lock_path(path)
     }
+}
+
+/// Checks a passphrase against a vault's key slots; see [`Vault::passphrase_checker`].
+/// `Send + Sync + Clone`; `Debug` shows only the number of slots.
+#[derive(Clone)]
+pub struct PassphraseChecker {
+    slots: Vec<Slot>,
+    key_digest: [u8; 32],
+}
+
+impl PassphraseChecker {
+    /// Whether `passphrase` opens one of the slots and yields the vault's data key (compared by
+    /// SHA-256 digest, in constant time). One Argon2id derivation per slot.
+    pub fn check(&self, passphrase: &[u8]) -> bool {
+        check_slots(&self.slots, &self.key_digest, passphrase)
+    }
+}
+
+impl fmt::Debug for PassphraseChecker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PassphraseChecker")
+            .field("key_slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tries every slot (no early exit) and compares what unwraps with the expected key digest.
+fn check_slots(slots: &[Slot], key_digest: &[u8; 32], passphrase: &[u8]) -> bool {
+    let mut ok = subtle::Choice::from(0u8);
+    for slot in slots {
+        if let Some(key) = slot.unseal(passphrase) {
+            ok |= format::sha256(key.as_ref()).ct_eq(key_digest);
+        }
+    }
+    ok.into()
 }
 
 /// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under a 32-byte key.

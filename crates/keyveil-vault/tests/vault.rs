@@ -93,6 +93,18 @@ fn create_save_open_round_trip() {
     assert!(reopened.check_passphrase(PASS));
     assert!(!reopened.check_passphrase(b"wrong"));
     assert!(!reopened.check_passphrase(b""));
+    let checker = reopened.passphrase_checker();
+    drop(reopened);
+    let handle = std::thread::spawn(move || {
+        (
+            checker.check(PASS),
+            checker.check(b"wrong"),
+            format!("{checker:?}"),
+        )
+    });
+    let (right, wrong, debug) = handle.join().unwrap();
+    assert!(right && !wrong);
+    assert_eq!(debug, "PassphraseChecker { key_slots: 1, .. }");
 }
 
 #[test]
