@@ -149,19 +149,15 @@ impl std::fmt::Debug for Slot {
 impl Slot {
     /// The first 32 bytes of the slot: kind, reserved, params, salt.
     fn descriptor(&self) -> [u8; 32] {
+        let bytes = [SLOT_KIND_PASSPHRASE, 0, 0, 0]
+            .into_iter()
+            .chain(self.params.m_cost_kib.to_be_bytes())
+            .chain(self.params.t_cost.to_be_bytes())
+            .chain(self.params.p_cost.to_be_bytes())
+            .chain(self.salt);
         let mut out = [0u8; 32];
-        let parts: [&[u8]; 5] = [
-            &[SLOT_KIND_PASSPHRASE, 0, 0, 0],
-            &self.params.m_cost_kib.to_be_bytes(),
-            &self.params.t_cost.to_be_bytes(),
-            &self.params.p_cost.to_be_bytes(),
-            &self.salt,
-        ];
-        let mut it = out.iter_mut();
-        for byte in parts.iter().flat_map(|p| p.iter()) {
-            if let Some(slot) = it.next() {
-                *slot = *byte;
-            }
+        for (dst, src) in out.iter_mut().zip(bytes) {
+            *dst = src;
         }
         out
     }

@@ -421,7 +421,12 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
 
     /// A payload that authenticates but does not parse as `VaultData` must not have its text
@@ -474,5 +479,76 @@ mod tests {
             hex::encode(mac.as_ref()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    fn test_slot() -> &'static (Slot, [u8; KEY_LEN]) {
+        static SLOT: std::sync::OnceLock<(Slot, [u8; KEY_LEN])> = std::sync::OnceLock::new();
+        SLOT.get_or_init(|| {
+            let key = [5u8; KEY_LEN];
+            let slot = Slot::seal(
+                b"pw",
+                KdfParams::MINIMUM,
+                [6; SALT_LEN],
+                [7; NONCE_LEN],
+                &key,
+            )
+            .unwrap();
+            (slot, key)
+        })
+    }
+
+    mod props {
+        use super::*;
+        use crate::{Environment, SecretValue, Source, Variable};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any values (any Unicode, quotes, control characters) survive padding, sealing,
+            /// parsing and decryption unchanged.
+            #[test]
+            fn payload_round_trips(
+                values in proptest::collection::btree_map("[A-Z_][A-Z0-9_]{0,10}", any::<Option<String>>(), 0..6),
+                nonce in any::<[u8; NONCE_LEN]>(),
+            ) {
+                let (slot, key) = test_slot();
+                let mut env = Environment::new("prop");
+                for (name, value) in &values {
+                    env.variables.insert(
+                        name.clone(),
+                        Variable::new(value.clone().map(SecretValue::new), "", Source::Generated),
+                    );
+                }
+                let mut data = VaultData::default();
+                data.environments.insert("prop".into(), env);
+                let plaintext = format::padded_json(&data).unwrap();
+                prop_assert_eq!(plaintext.len() % format::PAD_BLOCK, 0);
+                let bytes = format::seal(std::slice::from_ref(slot), key, &nonce, plaintext).unwrap();
+                let parsed = format::parse(&bytes).unwrap();
+                let back: VaultData = serde_json::from_slice(&parsed.decrypt(key).unwrap()).unwrap();
+                let vars = &back.environments["prop"].variables;
+                prop_assert_eq!(vars.len(), values.len());
+                for (name, value) in &values {
+                    prop_assert_eq!(
+                        vars[name].value.as_ref().map(SecretValue::expose),
+                        value.as_deref()
+                    );
+                }
+            }
+
+            /// Arbitrary bytes, and every truncation of a valid file, are rejected without panic.
+            #[test]
+            fn garbage_is_rejected(mut junk in proptest::collection::vec(any::<u8>(), 0..600), cut in any::<prop::sample::Index>()) {
+                prop_assert!(format::parse(&junk).is_err());
+                junk.splice(0..0, format::MAGIC.iter().copied().chain([0, 1]));
+                prop_assert!(format::parse(&junk).is_err());
+                let (slot, key) = test_slot();
+                let plaintext = format::padded_json(&VaultData::default()).unwrap();
+                let bytes = format::seal(std::slice::from_ref(slot), key, &[0; NONCE_LEN], plaintext).unwrap();
+                let len = cut.index(bytes.len());
+                prop_assert!(format::parse(&bytes[..len]).is_err());
+            }
+        }
     }
 }
