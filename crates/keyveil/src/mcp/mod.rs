@@ -1,0 +1,757 @@
+//! `keyveil mcp`: the stdio MCP server for agent hosts (Codex, Claude Code, Gemini CLI, ...).
+//!
+//! The server is a thin client of the broker: every tool call becomes one broker request on a
+//! fresh connection ([`crate::client::Connection`]), and the only things that come back are
+//! names, ids, states and already-redacted output. No secret value ever reaches this process,
+//! so none can cross the MCP channel.
+//!
+//! Both protocol eras are served by rmcp's handshake layer: the 2025 `initialize` handshake
+//! (2024-11-05, 2025-03-26, 2025-06-18 and 2025-11-25 are echoed back) and 2026-07-28, where a
+//! client opens with `server/discover` (or a first request) and sends its identity in each
+//! request's `_meta`. [`RequestContext::client_info`] reads the client's name in either era;
+//! it becomes the grant scope `mcp:<name>`.
+//!
+//! Tool errors the user or the model can act on (unknown environment, empty command, locked
+//! vault, bad arguments) are tool results with `isError: true` and a message saying what to do,
+//! never JSON-RPC errors. Nothing blocks longer than `wait_seconds` (plus the command's own
+//! time once a grant covers it), and every broker exchange has a deadline.
+//!
+//! Logs go to stderr only (stdout is the protocol).
+
+pub mod tools;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::client::{Connection, Event};
+use crate::paths::Paths;
+use crate::protocol::{
+    AccessRequest, ClientInfo, ErrorCode, OutputMode, Reply, Request, RunRequest, RunResult,
+};
+use tools::*;
+
+/// Default seconds a `run` waits for the user's approval before answering `pending_approval`.
+pub const DEFAULT_WAIT_SECONDS: u64 = 20;
+/// Longest approval wait a call may ask for (agent hosts time tool calls out; Codex at 60 s).
+pub const MAX_WAIT_SECONDS: u64 = 50;
+/// Default timeout of a command started through MCP, in seconds.
+pub const DEFAULT_RUN_TIMEOUT_SECONDS: u64 = 120;
+/// Longest timeout a `run` may ask for, in seconds.
+pub const MAX_RUN_TIMEOUT_SECONDS: u64 = 3600;
+/// Cap on each collected output stream of a run, in bytes.
+pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
+/// Deadline of a broker exchange that runs nothing (includes starting the broker).
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// Extra time on top of wait + run timeout before a `run` call gives up on the broker.
+const RUN_SLACK: Duration = Duration::from_secs(30);
+/// Longest client name kept for the grant scope.
+const MAX_CLIENT_NAME: usize = 128;
+
+/// Runs the MCP server on stdio until the client closes stdin.
+pub fn main() -> Result<i32> {
+    crate::logging::init_cli();
+    let paths = Paths::resolve()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(paths))
+}
+
+async fn serve(paths: Paths) -> Result<i32> {
+    let server = KeyveilMcp::new(paths)?;
+    tracing::info!(home = %server.paths.home.display(), "keyveil mcp starting");
+    let transport = rmcp::transport::stdio_pipes();
+    let running = server
+        .serve(transport)
+        .await
+        .context("the MCP session did not start")?;
+    let reason = running.waiting().await;
+    tracing::info!(?reason, "keyveil mcp stopped");
+    Ok(0)
+}
+
+/// The MCP server: where the broker is, and what this process passes to the commands it asks
+/// to run.
+#[derive(Debug, Clone)]
+pub struct KeyveilMcp {
+    paths: Paths,
+    /// The server's working directory: the default `cwd` of runs and requests.
+    cwd: PathBuf,
+    /// The server's own (non-secret) environment, less `KEYVEIL_*`, passed to runs.
+    env: Vec<(String, String)>,
+    tools: Vec<Tool>,
+}
+
+impl KeyveilMcp {
+    /// A server for the broker of `paths`.
+    pub fn new(paths: Paths) -> Result<KeyveilMcp> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        Ok(KeyveilMcp {
+            paths,
+            cwd,
+            env: passthrough_env(),
+            tools: definitions(),
+        })
+    }
+
+    fn client(&self, ctx: &RequestContext<RoleServer>) -> ClientInfo {
+        let (name, version) = match ctx.client_info() {
+            Some(i) => (i.name, i.version),
+            None => ("unknown".to_owned(), String::new()),
+        };
+        let name = if name.trim().is_empty() {
+            "unknown".to_owned()
+        } else {
+            name.chars().take(MAX_CLIENT_NAME).collect()
+        };
+        ClientInfo {
+            kind: "mcp".to_owned(),
+            name,
+            version: version.chars().take(64).collect(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// An absolute working directory: `cwd` against the server's directory, default that.
+    fn resolve_cwd(&self, cwd: Option<&str>) -> String {
+        let p = match cwd.filter(|c| !c.trim().is_empty()) {
+            Some(c) => self.cwd.join(c),
+            None => self.cwd.clone(),
+        };
+        p.to_string_lossy().into_owned()
+    }
+
+    async fn dispatch(
+        &self,
+        name: &str,
+        args: Value,
+        ctx: RequestContext<RoleServer>,
+    ) -> Option<CallToolResult> {
+        Some(match name {
+            "list_environments" => self.list_environments().await,
+            "describe_environment" => match parse::<DescribeEnvironmentArgs>(name, args) {
+                Ok(a) => self.describe_environment(a).await,
+                Err(e) => e,
+            },
+            "create_environment" => match parse::<CreateEnvironmentArgs>(name, args) {
+                Ok(a) => self.create_environment(a).await,
+                Err(e) => e,
+            },
+            "declare_variable" => match parse::<DeclareVariableArgs>(name, args) {
+                Ok(a) => self.declare_variable(a).await,
+                Err(e) => e,
+            },
+            "run" => match parse::<RunArgs>(name, args) {
+                Ok(a) => self.run(a, &ctx).await,
+                Err(e) => e,
+            },
+            "request_access" => match parse::<RequestAccessArgs>(name, args) {
+                Ok(a) => self.request_access(a, &ctx).await,
+                Err(e) => e,
+            },
+            "access_status" => match parse::<AccessStatusArgs>(name, args) {
+                Ok(a) => self.access_status(a).await,
+                Err(e) => e,
+            },
+            "list_grants" => self.list_grants(&ctx).await,
+            "revoke_grant" => match parse::<RevokeGrantArgs>(name, args) {
+                Ok(a) => self.revoke_grant(a, &ctx).await,
+                Err(e) => e,
+            },
+            "audit_log" => match parse::<AuditLogArgs>(name, args) {
+                Ok(a) => self.audit_log(a).await,
+                Err(e) => e,
+            },
+            _ => return None,
+        })
+    }
+
+    // -- tools ---------------------------------------------------------------------------------
+
+    async fn list_environments(&self) -> CallToolResult {
+        match self
+            .call_ok::<ListEnvironmentsOutput>(&Request::EnvList)
+            .await
+        {
+            Ok(o) => structured(&o, render_environments(&o)),
+            Err(e) => e,
+        }
+    }
+
+    async fn describe_environment(&self, a: DescribeEnvironmentArgs) -> CallToolResult {
+        let req = Request::EnvShow {
+            name: a.environment,
+        };
+        match self.call_ok::<DescribeEnvironmentOutput>(&req).await {
+            Ok(o) => structured(&o, render_environment(&o)),
+            Err(e) => e,
+        }
+    }
+
+    async fn create_environment(&self, a: CreateEnvironmentArgs) -> CallToolResult {
+        let req = Request::EnvCreate {
+            name: a.name,
+            description: a.description.unwrap_or_default(),
+        };
+        match self.call_ok::<CreateEnvironmentOutput>(&req).await {
+            Ok(o) => {
+                let text = format!(
+                    "Created environment {}. Declare its variables with declare_variable.",
+                    o.name
+                );
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn declare_variable(&self, a: DeclareVariableArgs) -> CallToolResult {
+        let source = a.source.unwrap_or_default();
+        let (env, name) = (a.environment.clone(), a.name.clone());
+        let req = Request::VarDeclare {
+            environment: a.environment,
+            name: a.name,
+            description: a.description,
+            generate: source == DeclareSource::Generate,
+            length: a.length,
+        };
+        match self.call_ok::<DeclareVariableOutput>(&req).await {
+            Ok(mut o) => {
+                let text = match o.status {
+                    DeclareStatus::Set => format!(
+                        "{env}/{name} has a value{}",
+                        if source == DeclareSource::Generate {
+                            " (generated by keyveil; you will never see it)."
+                        } else {
+                            "."
+                        }
+                    ),
+                    DeclareStatus::AwaitingValue => {
+                        let hint = format!(
+                            "Ask the user to run `keyveil set {env} {name}` in their own terminal. Never ask them to paste the value into the chat."
+                        );
+                        o.hint = Some(hint.clone());
+                        format!("{env}/{name} is declared and awaits its value. {hint}")
+                    }
+                };
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn run(&self, a: RunArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        if a.command.is_empty() || a.command.first().is_some_and(|c| c.trim().is_empty()) {
+            return tool_error(
+                "The command is empty: give argv as a list, e.g. [\"npm\", \"test\"] or [\"sh\", \"-c\", \"echo $NAME\"].",
+            );
+        }
+        if a.environment.trim().is_empty() {
+            return tool_error(
+                "`environment` is empty: name one of the environments list_environments shows.",
+            );
+        }
+        let timeout = a.timeout_seconds.unwrap_or(DEFAULT_RUN_TIMEOUT_SECONDS);
+        if !(1..=MAX_RUN_TIMEOUT_SECONDS).contains(&timeout) {
+            return tool_error(format!(
+                "timeout_seconds must be between 1 and {MAX_RUN_TIMEOUT_SECONDS}, got {timeout}."
+            ));
+        }
+        let wait = a
+            .wait_seconds
+            .unwrap_or(DEFAULT_WAIT_SECONDS)
+            .min(MAX_WAIT_SECONDS);
+        let req = Request::Run(RunRequest {
+            client: self.client(ctx),
+            environment: a.environment,
+            variables: a.variables,
+            argv: a.command,
+            cwd: self.resolve_cwd(a.cwd.as_deref()),
+            env: self.env.clone(),
+            stdin: a.stdin,
+            timeout_seconds: Some(timeout),
+            reason: a.reason,
+            ttl_seconds: None,
+            wait_seconds: wait,
+            output: OutputMode::Collect {
+                cap_bytes: OUTPUT_CAP_BYTES,
+            },
+        });
+        let deadline = Duration::from_secs(wait + timeout) + RUN_SLACK;
+        let exchange = self.run_exchange(&req, ctx);
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(deadline, exchange) => r,
+            // The client cancelled the call: dropping the exchange closes the broker
+            // connection, and the broker ends the wait or kills the run.
+            _ = ctx.ct.cancelled() => {
+                return tool_error("The call was cancelled; if a command was running, keyveil stopped it.");
+            }
+        };
+        match outcome {
+            Ok(Ok(RunEnd::Done(r))) => {
+                let o = completed(r);
+                let text = render_run(&o);
+                structured(&o, text)
+            }
+            Ok(Ok(RunEnd::Pending(id))) => {
+                let o = RunOutput {
+                    status: RunStatus::PendingApproval,
+                    request_id: Some(id),
+                    hint: Some(pending_hint(id)),
+                    ..RunOutput::default()
+                };
+                let text = render_run(&o);
+                structured(&o, text)
+            }
+            Ok(Ok(RunEnd::Failed(e))) => e,
+            Ok(Err(e)) => broker_unreachable(&e),
+            Err(_) => tool_error(format!(
+                "keyveil did not answer within {} s; the command may still be running.\nhint: check `keyveil status` and `keyveil grants` in a terminal",
+                deadline.as_secs()
+            )),
+        }
+    }
+
+    /// Sends a run request and reads replies until the final one.
+    async fn run_exchange(
+        &self,
+        req: &Request,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<RunEnd> {
+        let mut conn = Connection::open(&self.paths).await?;
+        conn.send(req).await?;
+        let progress = ctx.meta.get_progress_token();
+        let mut step = 0.0;
+        loop {
+            let Some(ev) = conn.next().await? else {
+                anyhow::bail!("the broker closed the connection before the run ended");
+            };
+            let reply = match ev {
+                Event::Reply(r) => r,
+                // Collect mode returns output in the final reply; stray frames are dropped.
+                Event::Stdout(_) | Event::Stderr(_) => continue,
+            };
+            match reply {
+                Reply::Pending {
+                    request_id,
+                    is_final: true,
+                    ..
+                } => return Ok(RunEnd::Pending(request_id)),
+                Reply::Pending { request_id, .. } => {
+                    if let Some(token) = progress.clone() {
+                        step += 1.0;
+                        let mut p = ProgressNotificationParam::new(token, step);
+                        p.message = Some(format!(
+                            "waiting for the user to approve request #{request_id} (`keyveil approve {request_id}`)"
+                        ));
+                        let _ = ctx.peer.notify_progress(p).await;
+                    }
+                }
+                Reply::Started { run_id, .. } => {
+                    tracing::debug!(%run_id, "run started");
+                    if let Some(token) = progress.clone() {
+                        step += 1.0;
+                        let mut p = ProgressNotificationParam::new(token, step);
+                        p.message = Some(format!("approved; running ({run_id})"));
+                        let _ = ctx.peer.notify_progress(p).await;
+                    }
+                }
+                Reply::Exit(r) => return Ok(RunEnd::Done(r)),
+                Reply::Error {
+                    code,
+                    message,
+                    hint,
+                } => {
+                    return Ok(RunEnd::Failed(broker_error(
+                        code,
+                        &message,
+                        hint.as_deref(),
+                    )));
+                }
+                Reply::Ok { .. } => {
+                    return Ok(RunEnd::Failed(tool_error(
+                        "keyveil's broker answered a run with an unexpected reply (version mismatch?).\nhint: ask the user to run `keyveil daemon stop`; the next call starts a fresh broker",
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn request_access(
+        &self,
+        a: RequestAccessArgs,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        if let Some(c) = &a.command
+            && (c.is_empty() || c.first().is_some_and(|x| x.trim().is_empty()))
+        {
+            return tool_error(
+                "The command is empty: give argv as a list, or leave `command` out to ask for any command.",
+            );
+        }
+        let req = Request::RequestAccess(AccessRequest {
+            client: self.client(ctx),
+            environment: a.environment,
+            variables: a.variables,
+            argv: a.command,
+            cwd: self.resolve_cwd(a.cwd.as_deref()),
+            ttl_seconds: a.ttl_seconds,
+            reason: Some(a.reason),
+        });
+        match self.call_ok::<RequestAccessOutput>(&req).await {
+            Ok(mut o) => {
+                o.hint = Some(approve_hint(o.request_id));
+                let text = format!(
+                    "Request #{} is pending. {}",
+                    o.request_id,
+                    approve_hint(o.request_id)
+                );
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn access_status(&self, a: AccessStatusArgs) -> CallToolResult {
+        let id = a.request_id;
+        let req = Request::AccessStatus { request_id: id };
+        match self.call_ok::<AccessStatusOutput>(&req).await {
+            Ok(mut o) => {
+                let text = match o.status.as_str() {
+                    "pending" => {
+                        o.hint = Some(approve_hint(id));
+                        format!("Request #{id} is pending. {}", approve_hint(id))
+                    }
+                    "approved" => {
+                        o.hint = None;
+                        format!(
+                            "Request #{id} is approved: grant {} until {}. Call run with the same arguments.",
+                            o.grant_id.as_deref().unwrap_or("?"),
+                            o.expires_at.as_deref().unwrap_or("?")
+                        )
+                    }
+                    "denied" => {
+                        let why = o
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default();
+                        o.hint = Some(
+                            "Do not ask again in a loop; ask the user what they want instead."
+                                .to_owned(),
+                        );
+                        format!(
+                            "The user denied request #{id}{why}. Do not ask again in a loop; ask the user what they want instead."
+                        )
+                    }
+                    "expired" => format!(
+                        "Request #{id} expired unanswered; call run again to make a new request."
+                    ),
+                    other => format!(
+                        "Request #{id}: {other} (its grant is used up, expired or revoked)."
+                    ),
+                };
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn list_grants(&self, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        let req = Request::Grants {
+            client: Some(self.client(ctx).scope_key()),
+        };
+        match self.call_ok::<ListGrantsOutput>(&req).await {
+            Ok(o) => structured(&o, render_grants(&o)),
+            Err(e) => e,
+        }
+    }
+
+    async fn revoke_grant(
+        &self,
+        a: RevokeGrantArgs,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let req = Request::Revoke {
+            grant_id: Some(a.grant_id.clone()),
+            all: false,
+            client: Some(self.client(ctx).scope_key()),
+        };
+        match self.call_ok::<Value>(&req).await {
+            Ok(_) => {
+                let o = RevokeGrantOutput {
+                    revoked: true,
+                    grant_id: a.grant_id,
+                };
+                let text = format!("Grant {} is revoked.", o.grant_id);
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn audit_log(&self, a: AuditLogArgs) -> CallToolResult {
+        let limit = a.limit.unwrap_or(20).clamp(1, 500);
+        match self
+            .call_ok::<AuditLogOutput>(&Request::Audit { limit: Some(limit) })
+            .await
+        {
+            Ok(o) => structured(&o, render_audit(&o)),
+            Err(e) => e,
+        }
+    }
+
+    // -- broker plumbing -----------------------------------------------------------------------
+
+    /// One request that runs nothing; its `Ok` data parsed as `T`, or a tool error.
+    async fn call_ok<T: DeserializeOwned>(&self, req: &Request) -> Result<T, CallToolResult> {
+        let reply = match tokio::time::timeout(CALL_DEADLINE, crate::client::call(&self.paths, req))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(broker_unreachable(&e)),
+            Err(_) => {
+                return Err(tool_error(format!(
+                    "keyveil's broker did not answer within {} s.\nhint: ask the user to check `keyveil status`",
+                    CALL_DEADLINE.as_secs()
+                )));
+            }
+        };
+        match reply {
+            Reply::Ok { data } => serde_json::from_value(data).map_err(|e| {
+                tool_error(format!(
+                    "keyveil's broker answered `{}` in a shape this server does not know ({e}).\nhint: ask the user to run `keyveil daemon stop` so that the next call starts a broker of the same version",
+                    req.op()
+                ))
+            }),
+            Reply::Error {
+                code,
+                message,
+                hint,
+            } => Err(broker_error(code, &message, hint.as_deref())),
+            _ => Err(tool_error(format!(
+                "keyveil's broker answered `{}` with an unexpected reply.",
+                req.op()
+            ))),
+        }
+    }
+}
+
+/// How a run exchange ended.
+enum RunEnd {
+    Done(RunResult),
+    Pending(u64),
+    Failed(CallToolResult),
+}
+
+impl ServerHandler for KeyveilMcp {
+    fn get_info(&self) -> ServerConfig {
+        let mut server = Implementation::new("keyveil", env!("CARGO_PKG_VERSION"));
+        server.title = Some("keyveil secret broker".to_owned());
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(server)
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools.clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        tracing::debug!(tool = %name, "tool call");
+        match self.dispatch(&name, args, context).await {
+            Some(r) => Ok(CallToolResponse::Complete(r)),
+            None => Err(ErrorData::invalid_params(
+                format!(
+                    "unknown tool {:?}; the tools are: {}",
+                    crate::display::clip(&name, 80),
+                    TOOL_NAMES.join(", ")
+                ),
+                None,
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results and errors
+
+/// A successful result: `structuredContent` plus a short text rendering.
+fn structured<T: Serialize>(value: &T, text: String) -> CallToolResult {
+    match serde_json::to_value(value) {
+        Ok(v) => {
+            let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+            r.structured_content = Some(v);
+            r
+        }
+        Err(e) => tool_error(format!("cannot encode the result: {e}")),
+    }
+}
+
+/// A tool error (`isError: true`) with a message for the model.
+fn tool_error(text: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text.into())])
+}
+
+/// A broker error as a tool error that says what happened and what to do.
+fn broker_error(code: ErrorCode, message: &str, hint: Option<&str>) -> CallToolResult {
+    let default_hint = match code {
+        ErrorCode::Locked => {
+            Some("ask the user to run `keyveil unlock` in their terminal, then call again")
+        }
+        ErrorCode::Denied => Some("do not retry in a loop; ask the user what they want instead"),
+        ErrorCode::Timeout => Some("call run again to make a new request"),
+        _ => None,
+    };
+    let mut text = match code {
+        ErrorCode::Locked => format!("keyveil's vault is locked: {message}"),
+        ErrorCode::Denied => format!("denied: {message}"),
+        _ => message.to_owned(),
+    };
+    if let Some(h) = hint.or(default_hint) {
+        text.push_str("\nhint: ");
+        text.push_str(h);
+    }
+    tool_error(text)
+}
+
+/// The broker could not be reached (or started).
+fn broker_unreachable(e: &anyhow::Error) -> CallToolResult {
+    tool_error(format!(
+        "cannot reach keyveil's broker: {e:#}\nhint: ask the user to run `keyveil status` (or `keyveil daemon --foreground` to see why it does not start)"
+    ))
+}
+
+/// Parses tool arguments; a schema-invalid call becomes a tool error naming the problem.
+fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, CallToolResult> {
+    serde_json::from_value(args).map_err(|e| {
+        tool_error(format!(
+            "invalid arguments for {tool}: {e}. See the tool's input schema."
+        ))
+    })
+}
+
+fn approve_hint(id: u64) -> String {
+    format!(
+        "Ask the user to run `keyveil approve {id}` in their own terminal (it asks for their vault passphrase; never ask for it in the chat)."
+    )
+}
+
+fn pending_hint(id: u64) -> String {
+    format!(
+        "{} Then call run again with exactly the same arguments.",
+        approve_hint(id)
+    )
+}
+
+fn completed(r: RunResult) -> RunOutput {
+    RunOutput {
+        status: RunStatus::Completed,
+        exit_code: Some(r.exit_code),
+        signal: r.signal,
+        stdout: Some(r.stdout),
+        stderr: Some(r.stderr),
+        redactions: Some(r.redactions),
+        truncated: Some(r.truncated),
+        timed_out: Some(r.timed_out),
+        revoked: Some(r.revoked),
+        run_id: Some(r.run_id),
+        grant_id: Some(r.grant_id),
+        duration_ms: Some(r.duration_ms),
+        request_id: None,
+        hint: None,
+    }
+}
+
+/// The server's environment as passed to runs: UTF-8 entries only, without `KEYVEIL_*`.
+fn passthrough_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use std::path::Path;
+
+    fn text(r: &CallToolResult) -> String {
+        r.content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn bad_arguments_are_tool_errors_that_name_the_problem() {
+        let e = parse::<RunArgs>("run", serde_json::json!({"environment": "demo"})).unwrap_err();
+        assert_eq!(e.is_error, Some(true));
+        assert!(text(&e).contains("missing field `command`"), "{}", text(&e));
+        let e = parse::<RunArgs>(
+            "run",
+            serde_json::json!({"environment": 3, "command": ["x"]}),
+        )
+        .unwrap_err();
+        assert!(text(&e).contains("invalid type"), "{}", text(&e));
+    }
+
+    #[test]
+    fn broker_errors_carry_their_hint() {
+        let r = broker_error(ErrorCode::Locked, "the vault is locked", None);
+        assert_eq!(r.is_error, Some(true));
+        assert!(text(&r).contains("keyveil unlock"));
+        let r = broker_error(
+            ErrorCode::NotFound,
+            "no environment 'x'",
+            Some("known: demo"),
+        );
+        assert!(text(&r).contains("hint: known: demo"));
+    }
+
+    #[test]
+    fn the_environment_passed_on_has_no_keyveil_variables() {
+        assert!(
+            passthrough_env()
+                .iter()
+                .all(|(k, _)| !k.starts_with("KEYVEIL_"))
+        );
+    }
+
+    #[test]
+    fn cwd_is_resolved_against_the_server_directory() {
+        let s = KeyveilMcp::new(Paths::at(PathBuf::from("/tmp/k"))).unwrap();
+        assert!(Path::new(&s.resolve_cwd(None)).is_absolute());
+        assert!(Path::new(&s.resolve_cwd(Some("sub"))).is_absolute());
+        assert_eq!(s.resolve_cwd(Some("/abs")), "/abs");
+    }
+}
