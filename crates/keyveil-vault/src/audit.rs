@@ -549,7 +549,8 @@ impl AuditWriter {
     }
 
     /// Appends one entry with the next `seq`, the current time (UTC, microseconds), `event`,
-    /// the extra `fields`, `prev` and `mac`; writes it with one `write` call and fsyncs
+    /// the extra `fields`, `prev` and `mac`; writes the line and its newline from one buffer
+    /// (`write_all`, one `write` in practice) and fsyncs
     /// (`fdatasync`). Returns the entry as written.
     ///
     /// `event`: 1 to [`MAX_EVENT_LEN`] bytes, no control characters (convention: dotted
