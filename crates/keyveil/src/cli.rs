@@ -804,11 +804,7 @@ async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
 
 async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.watch {
-        return Err(Exit {
-            code: 2,
-            message: "`keyveil approve --watch` is not available yet\nhint: list requests with `keyveil requests`, then `keyveil approve ID`".into(),
-        }
-        .into());
+        return watch(paths).await;
     }
     if a.totp.is_some() {
         return Err(Exit {
@@ -923,6 +919,87 @@ async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
         }
         if !a.follow {
             return Ok(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `keyveil approve --watch`: a live approver that reads answers and the factor from
+/// `/dev/tty` only, never from stdin (an agent that controls our stdin cannot answer).
+async fn watch(paths: &Paths) -> Result<i32> {
+    use std::io::BufRead;
+    let tty_in = std::fs::File::open("/dev/tty").map_err(|e| Exit {
+        code: 2,
+        message: format!("`keyveil approve --watch` needs a terminal: cannot open /dev/tty: {e}\nhint: approve from a terminal with `keyveil approve ID`"),
+    })?;
+    let mut tty_out = std::fs::OpenOptions::new().write(true).open("/dev/tty")?;
+    let mut lines = std::io::BufReader::new(tty_in).lines();
+    let mut seen = std::collections::BTreeSet::new();
+    let _ = writeln!(tty_out, "keyveil: watching for requests (Ctrl-C to stop)");
+    loop {
+        let d = call(paths, Request::Requests).await?;
+        for r in d["requests"].as_array().cloned().unwrap_or_default() {
+            let Some(id) = r["id"].as_u64() else { continue };
+            if !seen.insert(id) {
+                continue;
+            }
+            let _ = writeln!(tty_out, "\n{}", crate::card::render(&r));
+            let _ = write!(
+                tty_out,
+                "[a]pprove once, approve for [t]30 minutes, [d]eny, [s]kip? "
+            );
+            let _ = tty_out.flush();
+            let answer = tokio::task::block_in_place(|| lines.next())
+                .transpose()?
+                .unwrap_or_default();
+            let (ttl, deny) = match answer.trim() {
+                "a" | "A" => (None, false),
+                "t" | "T" => (Some(1800), false),
+                "d" | "D" => (None, true),
+                _ => {
+                    let _ = writeln!(tty_out, "skipped #{id}");
+                    continue;
+                }
+            };
+            let outcome = if deny {
+                call(
+                    paths,
+                    Request::Deny {
+                        request_id: id,
+                        reason: Some("denied at the terminal".into()),
+                    },
+                )
+                .await
+                .map(|_| format!("denied #{id}"))
+            } else {
+                let p =
+                    tokio::task::block_in_place(|| read_secret_line(false, "Vault passphrase: "))?;
+                call(
+                    paths,
+                    Request::Approve {
+                        request_id: id,
+                        passphrase: p,
+                        ttl_seconds: ttl,
+                        uses: None,
+                        any_command: false,
+                    },
+                )
+                .await
+                .map(|d| {
+                    format!(
+                        "approved #{id}: grant {}",
+                        d["grant_id"].as_str().unwrap_or("")
+                    )
+                })
+            };
+            match outcome {
+                Ok(m) => {
+                    let _ = writeln!(tty_out, "{m}");
+                }
+                Err(e) => {
+                    let _ = writeln!(tty_out, "error: {e}");
+                }
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

@@ -180,15 +180,31 @@ async fn init(broker: &Arc<Broker>, pass: Passphrase, kdf_kib: Option<u32>) -> O
 }
 
 fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
+    use keyveil_vault::audit::{AuditError, AuditWriter, quarantine};
     let key = vault.audit_key();
-    let writer =
-        keyveil_vault::audit::AuditWriter::open(&broker.paths.audit(), &key).map_err(|e| {
-            OpError::new(ErrorCode::Failed, format!("cannot open the audit log: {e}"))
-                .hint("run `keyveil audit verify`; the audit log may have been tampered with")
-        })?;
+    let path = broker.paths.audit();
+    let cant = |e: AuditError| {
+        OpError::new(ErrorCode::Failed, format!("cannot open the audit log: {e}"))
+            .hint("check the permissions of KEYVEIL_HOME; `keyveil status` shows where it is")
+    };
+    // A log whose last line fails its MAC was edited by someone without the key. Refusing to
+    // unlock would let any same-user process lock the human out, so the bad log is moved
+    // aside as evidence, a new one is started, and the first entry of the new log says so.
+    let (writer, quarantined) = match AuditWriter::open(&path, &key) {
+        Ok(w) => (w, None),
+        Err(AuditError::BadLine { .. }) => {
+            let moved = quarantine(&path).map_err(cant)?;
+            (AuditWriter::open(&path, &key).map_err(cant)?, Some(moved))
+        }
+        Err(e) => return Err(cant(e)),
+    };
     let mut inner = broker.lock();
     inner.vault = Some(vault);
     inner.audit = Some(writer);
+    if let Some(moved) = quarantined {
+        tracing::warn!(moved = %moved.display(), "audit log failed verification and was quarantined");
+        inner.audit("audit_quarantined", json!({ "moved_to": moved }));
+    }
     Ok(())
 }
 
@@ -357,8 +373,13 @@ fn env_remove(broker: &Broker, name: &str) -> OpResult<Value> {
 
 fn save(v: &mut Vault) -> OpResult<()> {
     v.save().map_err(|e| {
-        OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}"))
-            .hint("nothing was changed on disk; check free space and permissions of KEYVEIL_HOME")
+        let hint = match e {
+            keyveil_vault::VaultError::ChangedOnDisk { .. } => {
+                "the vault file was replaced behind the broker's back; nothing was written. Run `keyveil lock` then `keyveil unlock` to reload it"
+            }
+            _ => "nothing was changed on disk; check free space and permissions of KEYVEIL_HOME",
+        };
+        OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")).hint(hint)
     })
 }
 
@@ -792,16 +813,10 @@ async fn approve(
         }
     }
     // Verify the factor outside the lock (Argon2id takes a moment), on a blocking thread.
-    let b = broker.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        let inner = b.lock();
-        inner
-            .vault
-            .as_ref()
-            .is_some_and(|v| v.check_passphrase(pass.expose().as_bytes()))
-    })
-    .await
-    .unwrap_or(false);
+    let checker = broker.lock().vault()?.passphrase_checker();
+    let ok = tokio::task::spawn_blocking(move || checker.check(pass.expose().as_bytes()))
+        .await
+        .unwrap_or(false);
 
     let mut inner = broker.lock();
     if !ok {

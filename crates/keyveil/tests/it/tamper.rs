@@ -88,3 +88,30 @@ fn a_flipped_vault_byte_is_a_clear_error_and_nothing_is_overwritten() {
     let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
     assert_ne!(o.status.code(), Some(0));
 }
+
+#[test]
+fn a_forged_last_audit_line_cannot_lock_the_human_out() {
+    let h = audited_home();
+    h.ok(&["lock"]);
+    let p = h.path().join("audit.jsonl");
+    let t = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, t.replacen("\"lock\"", "\"l0ck\"", 1)).unwrap();
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let fresh = h.audit_text();
+    assert!(
+        fresh.lines().next().unwrap().contains("audit_quarantined"),
+        "{fresh}"
+    );
+    let moved: Vec<_> = std::fs::read_dir(h.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("audit.jsonl.bad-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "the tampered log is kept as evidence");
+    h.ok(&["audit", "verify"]);
+}
