@@ -16,7 +16,7 @@
 //! Each pass is driven one byte at a time through [`Automaton::next_state`], with its state kept
 //! between chunks, so the matches found do not depend on how the output is split.
 
-use crate::normalize::{Normalizer, Step, normalize};
+use crate::normalize::{MAX_CSI_PARAMS, Normalizer, normalize, swallowable};
 use crate::{MAX_NOISE_RUN, MIN_LEN};
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::{contiguous, noncontiguous};
@@ -111,6 +111,10 @@ impl Patterns {
 
     /// Adds a pattern that may match anywhere.
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
+        if swallowable(bytes) && bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
+            // A preceding `ESC [` could hide its start from the normalised view.
+            self.raw.add(bytes.to_vec(), secret, false);
+        }
         let n = normalize(bytes);
         if n.len() >= MIN_LEN {
             if !self.forbidden(&n) {
@@ -210,16 +214,18 @@ impl Pass {
     /// A fresh per-stream state for this pass.
     pub fn state(&self) -> PassState {
         PassState {
-            sid: self.start,
-            fed: 0,
-            last_start: 0,
+            cursor: Cursor {
+                sid: self.start,
+                fed: 0,
+                last_start: 0,
+                noise_run: 0,
+            },
             ring: if self.kind == PassKind::Normalized {
                 vec![0; self.ring_len]
             } else {
                 Vec::new()
             },
             norm: Normalizer::new(),
-            noise_run: 0,
         }
     }
 
@@ -255,70 +261,125 @@ impl Pass {
         base: u64,
         hits: &mut Vec<Hit>,
     ) {
-        let start = self.start;
+        let mut c = st.cursor;
+        let mut norm = st.norm;
+        let ring = st.ring.as_mut_slice();
+        for (p, &b) in (base..).zip(chunk) {
+            if !NORM {
+                self.feed::<A, false>(aut, &mut c, ring, hits, b, p);
+                continue;
+            }
+            if norm.is_fast(b) {
+                self.feed::<A, true>(aut, &mut c, ring, hits, b, p);
+                continue;
+            }
+            let mut released = [(0u8, 0u64); MAX_CSI_PARAMS + 1];
+            let mut n = 0usize;
+            let dropped = norm.step(b, p, &mut |rb, rp| {
+                if let Some(slot) = released.get_mut(n) {
+                    *slot = (rb, rp);
+                    n += 1;
+                }
+            });
+            for &(rb, rp) in released.iter().take(n) {
+                self.feed::<A, true>(aut, &mut c, ring, hits, rb, rp);
+            }
+            self.noise(&mut c, dropped);
+        }
+        st.cursor = c;
+        st.norm = norm;
+    }
+
+    /// Accounts for `dropped` noise bytes: a long enough run ends any partial match.
+    #[inline]
+    fn noise(&self, c: &mut Cursor, dropped: usize) {
+        if dropped == 0 {
+            return;
+        }
+        c.noise_run = c.noise_run.saturating_add(dropped as u32);
+        if c.noise_run >= MAX_NOISE_RUN && c.sid != self.start {
+            c.sid = self.start;
+            c.last_start = c.fed;
+        }
+    }
+
+    /// Feeds one byte of the pass's view (at original offset `p`) to the automaton.
+    #[inline(always)]
+    fn feed<A: Automaton, const NORM: bool>(
+        &self,
+        aut: &A,
+        c: &mut Cursor,
+        ring: &mut [u64],
+        hits: &mut Vec<Hit>,
+        b: u8,
+        p: u64,
+    ) {
         let mask = (self.ring_len - 1) as u64;
-        let mut sid = st.sid;
-        let mut fed = st.fed;
-        let mut last_start = st.last_start;
-        let mut pos = base;
-        for &b in chunk {
-            pos += 1;
-            if NORM {
-                if st.norm.step(b) == Step::Drop {
-                    st.noise_run = st.noise_run.saturating_add(1);
-                    if st.noise_run >= MAX_NOISE_RUN && sid != start {
-                        sid = start;
-                        last_start = fed;
-                    }
-                    continue;
-                }
-                st.noise_run = 0;
-                if let Some(slot) = st.ring.get_mut((fed & mask) as usize) {
-                    *slot = pos - 1;
-                }
-            }
-            sid = aut.next_state(Anchored::No, sid, b);
-            fed += 1;
-            if aut.is_special(sid) && aut.is_match(sid) {
-                for k in 0..aut.match_len(sid) {
-                    let pattern = aut.match_pattern(sid, k).as_u32();
-                    let len = self
-                        .info
-                        .get(pattern as usize)
-                        .map_or(1, |p| u64::from(p.len));
-                    let start_at = if NORM {
-                        let idx = (fed.saturating_sub(len) & mask) as usize;
-                        st.ring.get(idx).copied().unwrap_or(pos - 1)
-                    } else {
-                        pos.saturating_sub(len)
-                    };
-                    hits.push(Hit {
-                        start: start_at,
-                        end: pos,
-                        pattern,
-                    });
-                }
-            }
-            if sid == start {
-                last_start = fed;
+        if NORM {
+            c.noise_run = 0;
+            if let Some(slot) = ring.get_mut((c.fed & mask) as usize) {
+                *slot = p;
             }
         }
-        st.sid = sid;
-        st.fed = fed;
-        st.last_start = last_start;
+        c.sid = aut.next_state(Anchored::No, c.sid, b);
+        c.fed += 1;
+        if aut.is_special(c.sid) && aut.is_match(c.sid) {
+            for k in 0..aut.match_len(c.sid) {
+                let pattern = aut.match_pattern(c.sid, k).as_u32();
+                let len = self
+                    .info
+                    .get(pattern as usize)
+                    .map_or(1, |i| u64::from(i.len));
+                let start = if NORM {
+                    let idx = (c.fed.saturating_sub(len) & mask) as usize;
+                    ring.get(idx).copied().unwrap_or(p)
+                } else {
+                    (p + 1).saturating_sub(len)
+                };
+                hits.push(Hit {
+                    start,
+                    end: p + 1,
+                    pattern,
+                });
+            }
+        }
+        if c.sid == self.start {
+            c.last_start = c.fed;
+        }
+    }
+
+    /// End of stream: releases bytes the normaliser still holds and reports their matches.
+    pub fn finish(&self, st: &mut PassState, hits: &mut Vec<Hit>) {
+        if self.kind != PassKind::Normalized {
+            return;
+        }
+        let mut released = Vec::new();
+        st.norm.finish(&mut |b, p| released.push((b, p)));
+        let mut c = st.cursor;
+        let ring = st.ring.as_mut_slice();
+        for (b, p) in released {
+            match &self.engine {
+                Engine::Dfa(a) => self.feed::<_, true>(a, &mut c, ring, hits, b, p),
+                Engine::Contiguous(a) => self.feed::<_, true>(a, &mut c, ring, hits, b, p),
+                Engine::Noncontiguous(a) => self.feed::<_, true>(a, &mut c, ring, hits, b, p),
+            }
+        }
+        st.cursor = c;
     }
 
     /// The earliest absolute offset at which a match not yet reported could still start, or
     /// `total` (the end of the input so far) if none can.
     pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
-        if st.sid == self.start {
-            return total;
+        let held = st.norm.held_from().unwrap_or(total).min(total);
+        let c = &st.cursor;
+        if c.sid == self.start {
+            return held;
         }
-        let k = st
+        let k = c
             .last_start
-            .max(st.fed.saturating_sub(self.max_len as u64 - 1));
-        if k >= st.fed {
-            return total;
+            .max(c.fed.saturating_sub(self.max_len as u64 - 1));
+        if k >= c.fed {
+            return held;
         }
         match self.kind {
             PassKind::Raw => k,
@@ -328,7 +389,7 @@ impl Pass {
                     .get((k & mask) as usize)
                     .copied()
                     .unwrap_or(total)
-                    .min(total)
+                    .min(held)
             }
         }
     }
@@ -377,14 +438,21 @@ fn contiguous_or(nnfa: noncontiguous::NFA) -> Engine {
 /// Per-stream state of one pass.
 #[derive(Clone, Debug)]
 pub(crate) struct PassState {
+    cursor: Cursor,
+    /// Original offset of each of the last `ring_len` normalised bytes.
+    ring: Vec<u64>,
+    norm: Normalizer,
+}
+
+/// The automaton's position in a stream.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
     sid: StateID,
     /// Bytes fed to the automaton so far (for the normalised pass: normalised bytes).
     fed: u64,
     /// Value of `fed` the last time the automaton was in its start state.
     last_start: u64,
-    /// Original offset of each of the last `ring_len` normalised bytes.
-    ring: Vec<u64>,
-    norm: Normalizer,
+    /// Consecutive noise bytes just dropped.
     noise_run: u32,
 }
 

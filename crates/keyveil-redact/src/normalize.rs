@@ -1,40 +1,56 @@
-//! The normalised view used by the second ("noise-tolerant") matching pass.
+//! The normalised view used by the noise-tolerant matching pass.
 //!
 //! Programs often print a secret with *noise* inside it: line wrapping (base64 wrapped at 64 or
 //! 76 columns by `base64`/PEM/MIME, hexdumps such as `od -tx1` that put a space between every
-//! byte and a newline every 16), values interleaved with spaces, or ANSI escape sequences
-//! (colours, cursor movement) spliced into a value by a terminal-aware program.
+//! byte and a newline every 16), values interleaved with spaces, lines joined by whatever
+//! whitespace, or colour codes spliced into a value by a terminal-aware program (`grep
+//! --color`, word diffs).
 //!
-//! The [`Normalizer`] is a byte-at-a-time state machine that decides for every input byte whether
-//! it belongs to the normalised view ([`Step::Keep`]) or is noise ([`Step::Drop`]). It keeps no
-//! look-ahead, so its decisions do not depend on how the input is split into chunks. Patterns are
-//! normalised with the same machine, so a value that appears contiguously in the output also
-//! appears contiguously in the normalised view (the matcher maps normalised offsets back to the
-//! original bytes, so a match also covers the noise inside it).
+//! The [`Normalizer`] is a byte-at-a-time state machine that removes that noise. Its decisions do
+//! not depend on how the input is split into chunks. Patterns are normalised by the same
+//! machine, and the matcher maps normalised offsets back to original offsets, so a match also
+//! covers the noise inside it.
 //!
 //! Noise is:
 //! - ASCII whitespace: space, `\t`, `\n`, `\r`, vertical tab, form feed;
-//! - ANSI / ECMA-48 escape sequences: CSI (`ESC [` parameters, intermediates, final byte),
-//!   OSC and other string sequences (`ESC ]`, `ESC P`, `ESC X`, `ESC ^`, `ESC _`, ended by BEL or
-//!   `ESC \`), and two-byte `ESC x` sequences. Runaway sequences are cut off after
-//!   [`MAX_CSI_LEN`] / [`MAX_STRING_LEN`] bytes.
+//! - the `ESC` byte (0x1B);
+//! - complete ECMA-48 *SGR* and *erase-in-line* control sequences: `ESC [`, up to
+//!   [`MAX_CSI_PARAMS`] parameter/intermediate bytes (0x20–0x3F), final byte `m` or `K`
+//!   (colours, bold, `\e[K` from progress bars).
+//!
+//! A control sequence in progress is *held* rather than dropped: if it turns out not to be an SGR
+//! or erase-in-line sequence (another final byte, a byte outside the allowed ranges, too many
+//! parameters, or the end of the stream), its bytes after `ESC [` are released into the view as
+//! ordinary bytes. So a value printed right after an unfinished `ESC [` is not swallowed. The
+//! one value shape that can still be hidden by a preceding `ESC [` is one that itself starts
+//! with a complete SGR tail (parameter bytes then `m` or `K`); the redactor also matches such
+//! values on the raw bytes.
 
-/// Longest CSI sequence (in bytes after `ESC [`) that is treated as noise.
-pub const MAX_CSI_LEN: u16 = 64;
-/// Longest OSC/DCS/APC/PM/SOS string (in bytes) that is treated as noise.
-pub const MAX_STRING_LEN: u16 = 512;
+/// Most parameter and intermediate bytes in a control sequence treated as noise.
+pub const MAX_CSI_PARAMS: usize = 16;
 
 const ESC: u8 = 0x1b;
-const BEL: u8 = 0x07;
 
-/// What to do with one input byte.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// The byte is part of the normalised view.
-    Keep,
-    /// The byte is noise (whitespace or part of an escape sequence).
-    Drop,
+/// Is `b` ASCII whitespace (removed from the normalised view)?
+#[inline]
+pub fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
+
+/// Bytes that leave the ground state's fast path (whitespace and `ESC`).
+// Indexing in a constant initialiser is checked at compile time.
+#[allow(clippy::indexing_slicing)]
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[0x0b] = true;
+    t[0x0c] = true;
+    t[ESC as usize] = true;
+    t
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum State {
@@ -42,26 +58,19 @@ enum State {
     Ground,
     /// After `ESC`.
     Esc,
-    /// After `ESC` followed by intermediate bytes (0x20..=0x2F).
-    EscIntermediate,
-    /// Inside `ESC [ ...`, with the number of bytes seen.
-    Csi(u16),
-    /// Inside a string sequence (`ESC ]`, `ESC P`, ...), with the number of bytes seen.
-    Str(u16),
-    /// Saw `ESC` inside a string sequence (possible `ESC \` terminator).
-    StrEsc(u16),
+    /// Inside `ESC [`, holding the parameter bytes seen so far.
+    Csi,
 }
 
-/// Streaming ANSI-escape and whitespace stripper. See the module documentation.
+/// Streaming whitespace and colour-code stripper. See the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Normalizer {
     state: State,
-}
-
-/// Is `b` ASCII whitespace (the bytes removed from the normalised view)?
-#[inline]
-pub fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    /// Parameter bytes of the control sequence in progress.
+    held: [u8; MAX_CSI_PARAMS],
+    held_len: u8,
+    /// Original offset of the first held byte.
+    held_pos: u64,
 }
 
 impl Normalizer {
@@ -70,122 +79,154 @@ impl Normalizer {
         Normalizer::default()
     }
 
-    /// True when the machine is in its ground state (no escape sequence open).
-    #[inline]
-    pub fn is_ground(&self) -> bool {
-        self.state == State::Ground
+    /// True if `b` takes the fast path: ground state, not whitespace, not `ESC` (it is simply
+    /// part of the view).
+    #[inline(always)]
+    pub fn is_fast(&self, b: u8) -> bool {
+        self.state == State::Ground && !SPECIAL.get(usize::from(b)).copied().unwrap_or(true)
     }
 
-    /// Classifies the next byte.
+    /// Original offset of the earliest byte the normaliser holds undecided, if any: a match
+    /// could still start there.
     #[inline]
-    pub fn step(&mut self, b: u8) -> Step {
+    pub fn held_from(&self) -> Option<u64> {
+        (self.state == State::Csi && self.held_len > 0).then_some(self.held_pos)
+    }
+
+    /// Classifies the byte `b` at original offset `pos`, calling `feed(byte, offset)` for each
+    /// byte that enters the normalised view (none, `b` itself, or held bytes released followed
+    /// by `b`). Returns the number of bytes definitely dropped as noise by this step.
+    #[inline(always)]
+    pub fn step(&mut self, b: u8, pos: u64, feed: &mut impl FnMut(u8, u64)) -> usize {
+        if self.state == State::Ground && !SPECIAL.get(usize::from(b)).copied().unwrap_or(false) {
+            feed(b, pos);
+            return 0;
+        }
+        self.step_slow(b, pos, feed)
+    }
+
+    #[inline(never)]
+    fn step_slow(&mut self, b: u8, pos: u64, feed: &mut impl FnMut(u8, u64)) -> usize {
         match self.state {
-            State::Ground => self.ground(b),
-            State::Esc => match b {
-                b'[' => {
-                    self.state = State::Csi(0);
-                    Step::Drop
-                }
-                b']' | b'P' | b'X' | b'^' | b'_' => {
-                    self.state = State::Str(0);
-                    Step::Drop
-                }
-                0x20..=0x2f => {
-                    self.state = State::EscIntermediate;
-                    Step::Drop
-                }
-                0x30..=0x7e => {
-                    self.state = State::Ground;
-                    Step::Drop
-                }
-                _ => {
-                    self.state = State::Ground;
-                    self.ground(b)
-                }
-            },
-            State::EscIntermediate => match b {
-                0x20..=0x2f => Step::Drop,
-                0x30..=0x7e => {
-                    self.state = State::Ground;
-                    Step::Drop
-                }
-                _ => {
-                    self.state = State::Ground;
-                    self.ground(b)
-                }
-            },
-            State::Csi(n) => match b {
-                0x20..=0x3f if n < MAX_CSI_LEN => {
-                    self.state = State::Csi(n + 1);
-                    Step::Drop
-                }
-                0x40..=0x7e => {
-                    self.state = State::Ground;
-                    Step::Drop
-                }
-                _ => {
-                    self.state = State::Ground;
-                    self.ground(b)
-                }
-            },
-            State::Str(n) => match b {
-                BEL => {
-                    self.state = State::Ground;
-                    Step::Drop
-                }
-                ESC => {
-                    self.state = State::StrEsc(n);
-                    Step::Drop
-                }
-                _ if n < MAX_STRING_LEN => {
-                    self.state = State::Str(n + 1);
-                    Step::Drop
-                }
-                _ => {
-                    self.state = State::Ground;
-                    self.ground(b)
-                }
-            },
-            State::StrEsc(n) => {
-                if b == b'\\' {
-                    self.state = State::Ground;
-                    Step::Drop
+            State::Ground => self.ground(b, pos, feed),
+            State::Esc => {
+                if b == b'[' {
+                    self.state = State::Csi;
+                    self.held_len = 0;
+                    self.held_pos = pos + 1;
+                    1
                 } else {
-                    // Not a string terminator: the ESC started a new sequence.
-                    let _ = n;
-                    self.state = State::Esc;
-                    self.step(b)
+                    self.state = State::Ground;
+                    self.ground(b, pos, feed)
+                }
+            }
+            State::Csi => {
+                let n = usize::from(self.held_len);
+                match b {
+                    0x20..=0x3f if n < MAX_CSI_PARAMS => {
+                        if let Some(slot) = self.held.get_mut(n) {
+                            *slot = b;
+                        }
+                        self.held_len += 1;
+                        0
+                    }
+                    b'm' | b'K' => {
+                        self.state = State::Ground;
+                        self.held_len = 0;
+                        n + 1
+                    }
+                    _ => {
+                        self.release(feed);
+                        self.ground(b, pos, feed)
+                    }
                 }
             }
         }
     }
 
     #[inline]
-    fn ground(&mut self, b: u8) -> Step {
+    fn ground(&mut self, b: u8, pos: u64, feed: &mut impl FnMut(u8, u64)) -> usize {
         if b == ESC {
             self.state = State::Esc;
-            Step::Drop
+            1
         } else if is_space(b) {
-            Step::Drop
+            1
         } else {
-            Step::Keep
+            feed(b, pos);
+            0
         }
+    }
+
+    /// Releases held bytes of an abandoned control sequence into the view.
+    fn release(&mut self, feed: &mut impl FnMut(u8, u64)) {
+        let n = usize::from(self.held_len);
+        for (i, &h) in self.held.iter().take(n).enumerate() {
+            feed(h, self.held_pos + i as u64);
+        }
+        self.held_len = 0;
+        self.state = State::Ground;
+    }
+
+    /// End of input: releases any held bytes and returns to the ground state.
+    pub fn finish(&mut self, feed: &mut impl FnMut(u8, u64)) {
+        if self.state == State::Csi {
+            self.release(feed);
+        }
+        self.state = State::Ground;
     }
 }
 
 /// Normalises a whole byte string (used for patterns).
 pub fn normalize(bytes: &[u8]) -> Vec<u8> {
     let mut n = Normalizer::new();
-    bytes
-        .iter()
-        .copied()
-        .filter(|&b| n.step(b) == Step::Keep)
-        .collect()
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut feed = |b: u8, _pos: u64| out.push(b);
+    for (i, &b) in bytes.iter().enumerate() {
+        n.step(b, i as u64, &mut feed);
+    }
+    n.finish(&mut feed);
+    out
+}
+
+/// Could the normalised view of `value` differ from `normalize(value)` when it is printed next
+/// to escape bytes (right after `ESC` or `ESC [`, or right before `m`)? Such values, for example
+/// `12mABC…` or `[1mXYZ…`, are also matched on the raw bytes.
+pub fn swallowable(value: &[u8]) -> bool {
+    let plain = normalize(value);
+    let from = |state: State| {
+        let mut n = Normalizer {
+            state,
+            ..Normalizer::default()
+        };
+        let mut out = Vec::with_capacity(value.len());
+        let mut feed = |b: u8, _pos: u64| out.push(b);
+        for (i, &b) in value.iter().enumerate() {
+            n.step(b, i as u64 + 1, &mut feed);
+        }
+        n.finish(&mut feed);
+        out
+    };
+    let mut with_m = value.to_vec();
+    with_m.push(b'm');
+    let mut plain_m = plain.clone();
+    plain_m.push(b'm');
+    from(State::Esc) != plain || from(State::Csi) != plain || normalize(&with_m) != plain_m
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn norm_positions(input: &[u8]) -> Vec<(u8, u64)> {
+        let mut n = Normalizer::new();
+        let mut out = Vec::new();
+        let mut feed = |b: u8, p: u64| out.push((b, p));
+        for (i, &b) in input.iter().enumerate() {
+            n.step(b, i as u64, &mut feed);
+        }
+        n.finish(&mut feed);
+        out
+    }
 
     #[test]
     fn strips_whitespace() {
@@ -193,38 +234,45 @@ mod tests {
     }
 
     #[test]
-    fn strips_csi_and_osc() {
-        assert_eq!(normalize(b"ab\x1b[31;1mcd\x1b[0mef"), b"abcdef");
-        assert_eq!(normalize(b"ab\x1b]0;title\x07cd"), b"abcd");
-        assert_eq!(normalize(b"ab\x1b]8;;http://x\x1b\\cd"), b"abcd");
-        assert_eq!(normalize(b"ab\x1b(Bcd"), b"abcd");
-        assert_eq!(normalize(b"ab\x1b7cd"), b"abcd");
+    fn strips_sgr_and_erase_line() {
+        assert_eq!(normalize(b"ab\x1b[31;1mcd\x1b[0mef\x1b[K"), b"abcdef");
+        assert_eq!(normalize(b"ab\x1b[mcd"), b"abcd");
     }
 
     #[test]
-    fn broken_sequences_keep_following_bytes() {
-        // CSI interrupted by a control byte: the byte after is treated normally.
-        assert_eq!(normalize(b"\x1b[12\x01xy"), b"\x01xy");
-        // Runaway CSI is cut off.
+    fn other_sequences_are_released() {
+        // Cursor movement is not noise: its parameters come back, ESC and '[' do not.
+        assert_eq!(normalize(b"ab\x1b[12Hcd"), b"ab12Hcd");
+        // A value printed after an unfinished sequence is not swallowed.
+        assert_eq!(normalize(b"\x1b[1234abcd"), b"1234abcd");
+        assert_eq!(normalize(b"\x1b[12"), b"12");
+        // ESC followed by anything but '[' only loses the ESC.
+        assert_eq!(normalize(b"\x1b(Bxy"), b"(Bxy");
+    }
+
+    #[test]
+    fn runaway_sequences_are_released() {
         let mut long = b"\x1b[".to_vec();
-        long.extend(std::iter::repeat_n(b'1', 100));
-        let n = normalize(&long);
-        assert!(n.len() < 100 && !n.is_empty());
+        long.extend(std::iter::repeat_n(b'1', 40));
+        long.push(b'm');
+        assert_eq!(normalize(&long).len(), 41);
     }
 
     #[test]
-    fn chunking_is_irrelevant() {
-        let input = b"a\x1b[3";
-        let mut n = Normalizer::new();
-        let kept: Vec<u8> = input
-            .iter()
-            .copied()
-            .filter(|&b| n.step(b) == Step::Keep)
-            .collect();
-        assert_eq!(kept, b"a");
-        assert!(!n.is_ground());
-        assert_eq!(n.step(b'1'), Step::Drop);
-        assert_eq!(n.step(b'm'), Step::Drop);
-        assert!(n.is_ground());
+    fn released_bytes_keep_their_offsets() {
+        assert_eq!(
+            norm_positions(b"a\x1b[12Xb"),
+            vec![(b'a', 0), (b'1', 3), (b'2', 4), (b'X', 5), (b'b', 6)]
+        );
+    }
+
+    #[test]
+    fn swallowable_values() {
+        assert!(swallowable(b"12mABCDEFGH"));
+        assert!(swallowable(b"KABCDEFGH"));
+        assert!(swallowable(b"[1mABCDEFGH"));
+        assert!(swallowable(b"ABCDEFGH\x1b[12"));
+        assert!(!swallowable(b"ghp_ABCDEFGH"));
+        assert!(!swallowable(b"1234abcd"));
     }
 }

@@ -24,7 +24,7 @@
 //! target).
 
 use crate::Inner;
-use crate::matcher::{Hit, PassState};
+use crate::matcher::{Hit, Pass, PassState};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -136,27 +136,15 @@ impl RedactStream {
 
         let inner = Arc::clone(&self.inner);
         let mut hits = std::mem::take(&mut self.hits);
-        hits.clear();
         if let (Some(pass), Some(st)) = (inner.raw.as_ref(), self.raw.as_mut()) {
+            hits.clear();
             pass.scan(st, chunk, base, &mut hits);
-            for h in hits.drain(..) {
-                let info = pass.info.get(h.pattern as usize).copied();
-                if let Some(info) = info {
-                    if info.token {
-                        self.pending_tokens.push_back((h, info.secret));
-                    } else {
-                        self.accept(h, info.secret, |s| s.raw_owners(h.pattern));
-                    }
-                }
-            }
+            self.absorb(pass, &mut hits);
         }
         if let (Some(pass), Some(st)) = (inner.normalized.as_ref(), self.normalized.as_mut()) {
+            hits.clear();
             pass.scan(st, chunk, base, &mut hits);
-            for h in hits.drain(..) {
-                if let Some(info) = pass.info.get(h.pattern as usize).copied() {
-                    self.accept(h, info.secret, |s| s.normalized_owners(h.pattern));
-                }
-            }
+            self.absorb(pass, &mut hits);
         }
         self.hits = hits;
         self.resolve_tokens(false);
@@ -171,6 +159,13 @@ impl RedactStream {
             self.fail_closed(out);
             self.fail_marker_sent = false;
             return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let mut hits = std::mem::take(&mut self.hits);
+        if let (Some(pass), Some(st)) = (inner.normalized.as_ref(), self.normalized.as_mut()) {
+            hits.clear();
+            pass.finish(st, &mut hits);
+            self.absorb(pass, &mut hits);
         }
         self.resolve_tokens(true);
         self.emit(self.total, out);
@@ -202,17 +197,24 @@ impl RedactStream {
         }
     }
 
+    /// Takes the hits of one pass: short-value occurrences wait for their following byte,
+    /// everything else becomes (part of) a region.
+    fn absorb(&mut self, pass: &Pass, hits: &mut Vec<Hit>) {
+        for h in hits.drain(..) {
+            let Some(info) = pass.info.get(h.pattern as usize).copied() else {
+                continue;
+            };
+            if info.token {
+                self.pending_tokens.push_back((h, info.secret));
+            } else {
+                self.accept(h, info.secret, |_| pass.owners(h.pattern).collect());
+            }
+        }
+    }
+
     fn raw_owners(&self, pattern: u32) -> Vec<u32> {
         self.inner
             .raw
-            .as_ref()
-            .map(|p| p.owners(pattern).collect())
-            .unwrap_or_default()
-    }
-
-    fn normalized_owners(&self, pattern: u32) -> Vec<u32> {
-        self.inner
-            .normalized
             .as_ref()
             .map(|p| p.owners(pattern).collect())
             .unwrap_or_default()
