@@ -171,10 +171,8 @@ fn bench(c: &mut Criterion) {
             .iter()
             .flat_map(|(_, v)| variants::encodings(v.as_bytes()))
             .collect();
-        let finders: Vec<memchr::memmem::Finder<'_>> = needles
-            .iter()
-            .map(|n| memchr::memmem::Finder::new(n))
-            .collect();
+        let finders: Vec<memchr::memmem::Finder<'_>> =
+            needles.iter().map(memchr::memmem::Finder::new).collect();
         let slice = &input[..input.len().min((64 << 20) / n.max(1)).max(1 << 16)];
         eprintln!(
             "naive values={n}: {} needles over {} bytes",
