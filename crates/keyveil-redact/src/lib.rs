@@ -144,7 +144,7 @@ impl Redactor {
         short_names.sort();
         short_names.dedup();
 
-        let mut patterns = Patterns::new(markers.clone());
+        let mut patterns = Patterns::new(&markers);
         for (i, value) in values.iter().enumerate() {
             let Ok(secret) = u32::try_from(i) else { break };
             add_secret(&mut patterns, value, secret);

@@ -91,22 +91,47 @@ impl PatternSet {
 pub(crate) struct Patterns {
     pub raw: PatternSet,
     pub normalized: PatternSet,
-    /// Texts the patterns must not match (the markers themselves).
-    forbidden: Vec<Vec<u8>>,
+    /// The markers, joined by NUL: patterns must not match inside any of them.
+    markers: Vec<u8>,
+    /// Bytes occurring in any marker (quick rejection).
+    marker_bytes: Vec<bool>,
+    max_marker_len: usize,
 }
 
 impl Patterns {
-    pub fn new(forbidden: Vec<Vec<u8>>) -> Patterns {
-        Patterns {
-            forbidden,
+    pub fn new(markers: &[Vec<u8>]) -> Patterns {
+        let mut p = Patterns {
+            marker_bytes: vec![false; 256],
             ..Patterns::default()
+        };
+        for m in markers {
+            p.markers.extend_from_slice(m);
+            p.markers.push(0);
+            p.max_marker_len = p.max_marker_len.max(m.len());
+            for &b in m {
+                if let Some(slot) = p.marker_bytes.get_mut(usize::from(b)) {
+                    *slot = true;
+                }
+            }
         }
+        p
     }
 
+    /// Does `p` occur inside one of the markers?
     fn forbidden(&self, p: &[u8]) -> bool {
-        self.forbidden
-            .iter()
-            .any(|m| memchr::memmem::find(m, p).is_some())
+        if p.len() > self.max_marker_len
+            || !p
+                .iter()
+                .all(|&b| self.marker_bytes.get(usize::from(b)).copied().unwrap_or(false))
+        {
+            return false;
+        }
+        // A hit spanning the NUL separator is not inside a single marker.
+        memchr::memmem::find_iter(&self.markers, p).any(|i| {
+            self.markers
+                .get(i..i + p.len())
+                .is_some_and(|w| !w.contains(&0))
+        })
     }
 
     /// Adds a pattern that may match anywhere.
