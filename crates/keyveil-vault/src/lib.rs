@@ -48,7 +48,7 @@ pub use error::VaultError;
 pub use format::{FORMAT_VERSION, KdfParams};
 pub use model::{
     AuditCheckpoint, DEFAULT_MAX_TTL_SECONDS, Environment, FactorKind, Factors,
-    MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Source, Variable, VaultData,
-    is_valid_environment_name, is_valid_name,
+    MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings, Source, Variable,
+    VaultData, is_valid_environment_name, is_valid_name,
 };
 pub use vault::{AUDIT_KEY_INFO, PassphraseChecker, Vault};

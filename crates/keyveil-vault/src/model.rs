@@ -35,6 +35,30 @@ pub struct VaultData {
     /// detected (see `docs/audit-format.md`). `None` until the broker records one.
     #[serde(default)]
     pub audit_checkpoint: Option<AuditCheckpoint>,
+    /// Vault-wide settings recorded from the human's own shell at `keyveil init`. Omitted from
+    /// the payload while at their defaults (so older vaults re-encrypt byte for byte).
+    #[serde(default, skip_serializing_if = "Settings::is_default")]
+    pub settings: Settings,
+}
+
+/// Vault-wide settings. They decide what a granted child runs and where, so they live inside
+/// the authenticated vault: a same-user process that edits files (or starts the broker with a
+/// poisoned environment) cannot change them (design guarantee G7).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// The `PATH` used to resolve `argv[0]` and given to granted children (`:`-separated
+    /// absolute directories). `None`: `/usr/local/bin:/usr/bin:/bin`.
+    pub path: Option<String>,
+    /// The `HOME` given to granted children. `None`: the broker's own `HOME`.
+    pub home: Option<String>,
+}
+
+impl Settings {
+    /// Whether every field is at its default.
+    pub fn is_default(&self) -> bool {
+        *self == Settings::default()
+    }
 }
 
 /// Approval factors enrolled for this vault, beyond the passphrase.
@@ -93,6 +117,9 @@ pub struct Policy {
     /// Whether variable names are hidden from agents (they see only the environment). Default:
     /// `false`.
     pub hide_names: bool,
+    /// `PATH` for this environment's children, overriding [`Settings::path`]. Default: `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl Default for Policy {
@@ -101,6 +128,7 @@ impl Default for Policy {
             factor: FactorKind::Passphrase,
             max_ttl_seconds: DEFAULT_MAX_TTL_SECONDS,
             hide_names: false,
+            path: None,
         }
     }
 }

@@ -6,9 +6,9 @@
 
 use serde_json::Value;
 
-/// Escapes one agent-supplied string for a terminal: control characters become `\u{..}`.
+/// Escapes one requester-supplied identifier for a terminal (see [`crate::display::visible`]).
 pub fn esc(s: &str) -> String {
-    crate::display::clip(s, usize::MAX)
+    crate::display::visible(s)
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -20,14 +20,30 @@ pub fn argv_inline(argv: &Value) -> String {
     argv.as_array()
         .map(|a| {
             a.iter()
-                .map(|x| format!("{:?}", x.as_str().unwrap_or("")))
+                .map(|x| crate::display::quoted(x.as_str().unwrap_or("")))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
         .unwrap_or_else(|| "ANY COMMAND".to_owned())
 }
 
+fn names(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(esc)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 /// The approval card of one request (a JSON object as `keyveil requests --json` prints it).
+///
+/// Facts the broker established come first; the requester's reason comes last, labelled as an
+/// unverified claim. argv is one element per line, quoted, never truncated, with its element
+/// count and total length so padding cannot hide a tail.
 pub fn render(r: &Value) -> String {
     let mut out = String::new();
     let client = r.get("client").cloned().unwrap_or(Value::Null);
@@ -39,30 +55,59 @@ pub fn render(r: &Value) -> String {
         esc(s(&client, "version")),
         client["pid"]
     ));
+    let flags = names(&r["risk"]);
+    if !flags.is_empty() {
+        out.push_str(&format!("  RISK:        {flags}\n"));
+    }
     out.push_str(&format!("  environment: {}\n", esc(s(r, "environment"))));
-    let vars = r["variables"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .map(esc)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    out.push_str(&format!("  variables:   {vars}\n"));
+    out.push_str(&format!("  variables:   {}\n", names(&r["variables"])));
+    let pass = names(&r["pass_env"]);
+    if !pass.is_empty() {
+        out.push_str(&format!("  passes through from the requester: {pass}\n"));
+    }
     out.push_str(&format!("  directory:   {}\n", esc(s(r, "cwd"))));
     match r["argv"].as_array() {
         None => out.push_str("  command:     ANY COMMAND (no command given)\n"),
         Some(a) => {
-            out.push_str("  command (one argument per line):\n");
+            let total: usize = a
+                .iter()
+                .map(|x| x.as_str().map(str::len).unwrap_or(0))
+                .sum();
+            out.push_str(&format!(
+                "  command ({} arguments, {total} bytes), one per line:\n",
+                a.len()
+            ));
             for (i, x) in a.iter().enumerate() {
-                out.push_str(&format!("    [{i}] {:?}\n", x.as_str().unwrap_or("")));
+                out.push_str(&format!(
+                    "    [{i}] {}\n",
+                    crate::display::quoted(x.as_str().unwrap_or(""))
+                ));
             }
         }
     }
+    if let Some(e) = r.get("executable").filter(|e| !e.is_null()) {
+        out.push_str(&format!(
+            "  executable:  {}  sha256 {}\n",
+            esc(s(e, "path")),
+            s(e, "sha256").get(..16).unwrap_or("")
+        ));
+    }
+    for i in r["inputs"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "  input:       {} ({}) sha256 {}\n",
+            esc(s(&i, "path")),
+            esc(s(&i, "role")),
+            s(&i, "sha256").get(..16).unwrap_or("")
+        ));
+        if let Some(d) = i["detail"].as_str() {
+            out.push_str(&format!("               {}\n", esc(d)));
+        }
+    }
     if let Some(reason) = r["reason"].as_str() {
-        out.push_str(&format!("  requester says (unverified): {}\n", esc(reason)));
+        out.push_str(&format!(
+            "  requester says (unverified): {}\n",
+            crate::display::visible_text(reason)
+        ));
     }
     out.push_str(&format!("  expires:     {}", s(r, "expires_at")));
     out
@@ -77,8 +122,8 @@ pub fn audit_line(e: &Value) -> String {
                 continue;
             }
             let shown = match v {
-                Value::String(x) => esc(x),
-                other => esc(&other.to_string()),
+                Value::String(x) => crate::display::visible_text(x),
+                other => crate::display::visible_text(&other.to_string()),
             };
             rest.push(format!("{k}={shown}"));
         }

@@ -182,6 +182,10 @@ struct RunArgs {
     /// Seconds to wait for approval before giving up (exit 5).
     #[arg(long, default_value_t = 600)]
     wait: u64,
+    /// Pass these variables of your environment through to the command (comma-separated;
+    /// shown at approval). The command's environment is otherwise built from scratch.
+    #[arg(long, value_delimiter = ',')]
+    pass_env: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -206,9 +210,23 @@ struct ApproveArgs {
     /// Let the grant cover any command in the environment.
     #[arg(long)]
     any_command: bool,
+    /// Also cover longer commands that start with the approved argv (token-wise; extra
+    /// code-executing options such as `-c`, `--exec`, `--upload-pack` still ask again).
+    #[arg(long)]
+    prefix: bool,
+    /// Also cover subdirectories of the approved working directory (canonical paths).
+    #[arg(long)]
+    subdirs: bool,
     /// Interactive approver on /dev/tty.
     #[arg(long)]
     watch: bool,
+    /// The local web approval page: prints a one-time link (valid 5 minutes) and opens it in
+    /// the browser when a desktop session is there.
+    #[arg(long, conflicts_with_all = ["id", "watch"])]
+    web: bool,
+    /// With `--web`: only print the link, never open a browser.
+    #[arg(long, requires = "web")]
+    print: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +427,8 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 Request::Init {
                     passphrase: p,
                     kdf_memory_kib,
+                    path: std::env::var("PATH").ok(),
+                    home: std::env::var("HOME").ok(),
                 },
             )
             .await?;
@@ -738,6 +758,7 @@ async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
         env: std::env::vars()
             .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
             .collect(),
+        pass_env: a.pass_env,
         stdin: None,
         timeout_seconds: Some(a.timeout),
         reason: a.reason,
@@ -806,6 +827,9 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.watch {
         return watch(paths).await;
     }
+    if a.web {
+        return approve_web(paths, a.print).await;
+    }
     if a.totp.is_some() {
         return Err(Exit {
             code: 2,
@@ -852,6 +876,8 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
             ttl_seconds,
             uses: a.uses,
             any_command: a.any_command,
+            prefix: a.prefix,
+            subdirs: a.subdirs,
         },
     )
     .await?;
@@ -865,6 +891,38 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
             format!("{} use(s)", d["uses_left"])
         }
     ));
+    Ok(0)
+}
+
+/// `approve --web`: asks the broker for a one-time link to its approval page; prints it, or
+/// opens it with `xdg-open` when there is a desktop session (and `--print` is not given).
+async fn approve_web(paths: &Paths, print_only: bool) -> Result<i32> {
+    let d = call(paths, Request::WebUrl).await?;
+    let Some(url) = d["url"].as_str() else {
+        bail!("the broker sent no approval-page link");
+    };
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if !print_only && desktop {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if opened.is_ok() {
+            note("opened the approval page in your browser (the link works once, for 5 minutes)");
+            note(
+                "hint: if no browser appeared, run `keyveil approve --web --print` and open that link",
+            );
+            return Ok(0);
+        }
+    }
+    say(url);
+    note(
+        "open this link in your browser: it works once, for 5 minutes; approving still needs your passphrase",
+    );
     Ok(0)
 }
 
@@ -982,6 +1040,8 @@ async fn watch(paths: &Paths) -> Result<i32> {
                         ttl_seconds: ttl,
                         uses: None,
                         any_command: false,
+                        prefix: false,
+                        subdirs: false,
                     },
                 )
                 .await

@@ -98,6 +98,8 @@ async fn flow(paths: &Paths) -> Result<bool> {
         &Request::Init {
             passphrase: passphrase.clone(),
             kdf_memory_kib: Some(19456),
+            path: std::env::var("PATH").ok(),
+            home: None,
         },
     )
     .await?)?;
@@ -271,6 +273,8 @@ async fn flow(paths: &Paths) -> Result<bool> {
             ttl_seconds: None,
             uses: None,
             any_command: false,
+            prefix: false,
+            subdirs: false,
         },
     )
     .await?)?;

@@ -39,13 +39,16 @@ pub fn harden_broker() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Arranges for a spawned child to be killed with SIGKILL when the broker (its parent) dies.
+/// Prepares a granted child: killed with SIGKILL when the broker (its parent) dies, and, when
+/// `keep_fd` is set, that descriptor (the verified executable) stays open across `exec` so the
+/// child can be executed through `/proc/self/fd/N`.
 #[cfg(target_os = "linux")]
-pub fn die_with_broker(cmd: &mut tokio::process::Command) {
+pub fn prepare_child(cmd: &mut tokio::process::Command, keep_fd: Option<i32>) {
     let broker_pid = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec; it only makes two raw system
-    // calls (prctl, getppid) through rustix, which neither allocate nor take locks, so it is
-    // async-signal-safe.
+    // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls
+    // (prctl, getppid, fcntl) through rustix, which neither allocate nor take locks, so it is
+    // async-signal-safe. `keep_fd` is a descriptor the parent holds open (the `File` outlives
+    // the spawn), so borrowing it in the child is valid.
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
@@ -57,6 +60,11 @@ pub fn die_with_broker(cmd: &mut tokio::process::Command) {
                     "broker exited before the child started",
                 ));
             }
+            if let Some(fd) = keep_fd {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+                    .map_err(std::io::Error::from)?;
+            }
             Ok(())
         });
     }
@@ -64,7 +72,7 @@ pub fn die_with_broker(cmd: &mut tokio::process::Command) {
 
 /// Non-Linux: not available yet.
 #[cfg(not(target_os = "linux"))]
-pub fn die_with_broker(_cmd: &mut tokio::process::Command) {}
+pub fn prepare_child(_cmd: &mut tokio::process::Command, _keep_fd: Option<i32>) {}
 
 /// Puts a spawned broker in its own process group so a terminal's Ctrl-C does not reach it.
 pub fn detach(cmd: &mut std::process::Command) {

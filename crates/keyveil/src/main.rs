@@ -11,9 +11,13 @@ mod display;
 mod harden;
 mod logging;
 mod mcp;
+mod notify;
 mod paths;
+mod pin;
 mod protocol;
 mod redact;
+mod risk;
+mod scan;
 
 use clap::Parser;
 

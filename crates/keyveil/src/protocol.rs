@@ -77,9 +77,14 @@ pub struct RunRequest {
     pub argv: Vec<String>,
     /// Absolute working directory.
     pub cwd: String,
-    /// Environment of the requester to pass through to the child (names and values of the
-    /// requester's own, non-secret environment).
+    /// The requester's own (non-secret) environment. The child's environment is built from
+    /// scratch: only locale and terminal variables (`LANG`, `LC_*`, `TERM`, `TZ`, ...) and the
+    /// names in `pass_env` are taken from here.
     pub env: Vec<(String, String)>,
+    /// Names of requester variables to pass through to the child; shown at approval and part of
+    /// the grant's scope. Code-injection names (`LD_PRELOAD`, `BASH_ENV`, ...) are refused.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// Bytes to write to the child's stdin, then close it; `None` connects stdin to /dev/null.
     pub stdin: Option<String>,
     /// Kill the run's process group after this many seconds (default 600).
@@ -105,6 +110,9 @@ pub struct AccessRequest {
     pub variables: Option<Vec<String>>,
     /// Command to bind the grant to; `None` asks for any command (shown as such to the human).
     pub argv: Option<Vec<String>>,
+    /// Names of requester variables to pass through (see [`RunRequest::pass_env`]).
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// Absolute working directory.
     pub cwd: String,
     /// Requested lifetime in seconds.
@@ -173,6 +181,12 @@ pub enum Request {
         passphrase: Passphrase,
         /// Argon2id memory in KiB (default: the vault crate's default).
         kdf_memory_kib: Option<u32>,
+        /// The human's `PATH`, recorded as the policy PATH of granted children.
+        #[serde(default)]
+        path: Option<String>,
+        /// The human's `HOME`, given to granted children.
+        #[serde(default)]
+        home: Option<String>,
     },
     /// Unlock the vault.
     Unlock {
@@ -265,6 +279,12 @@ pub enum Request {
         uses: Option<u32>,
         /// Let the grant cover any command in the environment.
         any_command: bool,
+        /// Cover longer argv that start with the approved one (token-wise, no code options).
+        #[serde(default)]
+        prefix: bool,
+        /// Cover canonical subdirectories of the approved working directory.
+        #[serde(default)]
+        subdirs: bool,
     },
     /// Deny a request.
     Deny {
@@ -294,6 +314,8 @@ pub enum Request {
     },
     /// Verify the audit chain.
     AuditVerify,
+    /// A one-time URL of the local web approval page (starts the page on first use).
+    WebUrl,
 }
 
 impl Request {
@@ -323,6 +345,7 @@ impl Request {
             Request::Revoke { .. } => "revoke",
             Request::Audit { .. } => "audit",
             Request::AuditVerify => "audit_verify",
+            Request::WebUrl => "web_url",
         }
     }
 }

@@ -2,9 +2,12 @@
 //! processes. Clients (the CLI, the MCP server) talk to it over a Unix socket in a 0700
 //! directory; the peer's uid must be ours (same uid is not authorization: the factor is).
 
+pub mod access;
 pub mod ops;
+pub mod runner;
 pub mod spawn;
 pub mod state;
+pub mod web;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,6 +31,8 @@ pub struct Broker {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// Cancelled by `daemon stop`.
     pub shutdown: CancellationToken,
+    /// The local web approval page, started on first use.
+    pub web: web::Web,
 }
 
 impl Broker {
@@ -90,6 +95,7 @@ pub async fn serve(paths: Paths) -> Result<()> {
         }),
         changed,
         shutdown: CancellationToken::new(),
+        web: web::Web::default(),
     });
     tracing::info!(pid = std::process::id(), socket = %sock.display(), "broker listening");
 
@@ -198,7 +204,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
     };
     tracing::debug!(op = req.op(), "request");
     match req {
-        Request::Run(r) => ops::run(&broker, r, framed).await,
+        Request::Run(r) => runner::run(&broker, r, framed).await,
         other => {
             let reply = ops::dispatch(&broker, other).await;
             let _ = send(&mut framed, &reply).await;

@@ -1,30 +1,20 @@
 //! The broker's operations, one function per request kind.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::{SinkExt, StreamExt};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use keyveil_vault::{Environment, KdfParams, Source, Variable, Vault};
 use serde_json::{Value, json};
-use tokio::net::UnixStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use super::spawn::{self, SpawnSpec};
-use super::state::{
-    AccessReq, DENIAL_MEMORY, Grant, Inner, LiveRun, ONCE_GRANT_TTL_SECONDS, OpError, OpResult,
-    RequestState, new_id, unknown_env,
-};
-use crate::protocol::{
-    AccessRequest, Charset, ClientInfo, ErrorCode, Frame, Passphrase, Reply, Request, RunRequest,
-};
+use super::access;
+use super::state::{Inner, OpError, OpResult, RequestState, unknown_env};
+use crate::protocol::{Charset, ErrorCode, Passphrase, Reply, Request};
 
 /// Longest value `generate` makes (characters).
 const MAX_GENERATED: usize = 4096;
 /// Longest argv accepted (elements).
-const MAX_ARGV: usize = 4096;
 
 fn usage(msg: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::Usage, msg)
@@ -69,7 +59,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::Init {
             passphrase,
             kdf_memory_kib,
-        } => init(broker, passphrase, kdf_memory_kib).await,
+            path,
+            home,
+        } => init(broker, passphrase, kdf_memory_kib, path, home).await,
         Request::Unlock { passphrase } => unlock(broker, passphrase).await,
         Request::Lock => Ok(lock(broker)),
         Request::Shutdown => {
@@ -99,27 +91,33 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             generate,
             length,
         } => var_declare(broker, &environment, &name, description, generate, length),
-        Request::RequestAccess(a) => request_access(broker, a),
-        Request::AccessStatus { request_id } => access_status(broker, request_id),
-        Request::Requests => Ok(requests(broker)),
+        Request::RequestAccess(a) => access::request_access(broker, a),
+        Request::AccessStatus { request_id } => access::access_status(broker, request_id),
+        Request::Requests => Ok(access::requests(broker)),
         Request::Approve {
             request_id,
             passphrase,
             ttl_seconds,
             uses,
             any_command,
+            prefix,
+            subdirs,
         } => {
-            approve(
+            access::approve(
                 broker,
                 request_id,
                 passphrase,
-                ttl_seconds,
-                uses,
-                any_command,
+                access::ApproveOptions {
+                    ttl_seconds,
+                    uses,
+                    any_command,
+                    prefix,
+                    subdirs,
+                },
             )
             .await
         }
-        Request::Deny { request_id, reason } => deny(broker, request_id, reason),
+        Request::Deny { request_id, reason } => access::deny(broker, request_id, reason),
         Request::Grants { client } => Ok(grants(broker, client.as_deref())),
         Request::Revoke {
             grant_id,
@@ -128,6 +126,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         } => revoke(broker, grant_id, all, client.as_deref()),
         Request::Audit { limit } => audit(broker, limit),
         Request::AuditVerify => audit_verify(broker),
+        Request::WebUrl => super::web::url(broker).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
     };
     match r {
@@ -152,7 +151,13 @@ fn status(broker: &Broker) -> Value {
     })
 }
 
-async fn init(broker: &Arc<Broker>, pass: Passphrase, kdf_kib: Option<u32>) -> OpResult<Value> {
+async fn init(
+    broker: &Arc<Broker>,
+    pass: Passphrase,
+    kdf_kib: Option<u32>,
+    policy_path: Option<String>,
+    home: Option<String>,
+) -> OpResult<Value> {
     if pass.expose().len() < 8 {
         return Err(usage("the passphrase is too short (at least 8 characters)"));
     }
@@ -175,7 +180,25 @@ async fn init(broker: &Arc<Broker>, pass: Passphrase, kdf_kib: Option<u32>) -> O
             .map_err(|e| OpError::new(ErrorCode::Failed, format!("vault creation failed: {e}")))?
             .map_err(vault_err)?;
     open_with(broker, vault)?;
-    broker.lock().audit("init", json!({}));
+    {
+        // Record the human's PATH (absolute entries only) and HOME: granted children get these,
+        // never the requester's.
+        let mut inner = broker.lock();
+        let v = inner.vault_mut()?;
+        let clean_path = policy_path.map(|p| {
+            let mut seen = Vec::new();
+            for d in p.split(':').filter(|d| d.starts_with('/')) {
+                if !seen.contains(&d) {
+                    seen.push(d);
+                }
+            }
+            seen.join(":")
+        });
+        v.data_mut().settings.path = clean_path.filter(|p| !p.is_empty());
+        v.data_mut().settings.home = home.filter(|h| h.starts_with('/'));
+        save(v)?;
+        inner.audit("init", json!({}));
+    }
     Ok(json!({"created": broker.paths.vault()}))
 }
 
@@ -587,372 +610,6 @@ fn var_declare(
     }))
 }
 
-fn canonical_cwd(cwd: &str) -> OpResult<String> {
-    let p = std::path::Path::new(cwd);
-    if !p.is_absolute() {
-        return Err(usage(format!(
-            "the working directory must be absolute, got {:?}",
-            crate::display::clip(cwd, 200)
-        )));
-    }
-    let c = std::fs::canonicalize(p).map_err(|e| {
-        OpError::new(
-            ErrorCode::NotFound,
-            format!(
-                "working directory {:?} is not usable: {e}",
-                crate::display::clip(cwd, 200)
-            ),
-        )
-    })?;
-    if !c.is_dir() {
-        return Err(usage(format!(
-            "{:?} is not a directory",
-            crate::display::clip(cwd, 200)
-        )));
-    }
-    c.into_os_string()
-        .into_string()
-        .map_err(|_| usage("the working directory is not valid UTF-8"))
-}
-
-fn approve_hint(id: u64) -> String {
-    format!(
-        "ask the user to approve it in a terminal: `keyveil approve {id}` (or deny: `keyveil deny {id}`); then call again"
-    )
-}
-
-/// Finds or creates the request for an ask. Returns `(request id, created)`.
-#[allow(clippy::too_many_arguments)]
-fn find_or_create_request(
-    inner: &mut Inner,
-    client: &ClientInfo,
-    env: &str,
-    vars: &[String],
-    argv: Option<&[String]>,
-    cwd: &str,
-    reason: Option<String>,
-    ttl_seconds: Option<u64>,
-) -> OpResult<(u64, bool)> {
-    inner.expire_requests();
-    for r in inner.requests.values() {
-        if !r.same_ask(client, env, vars, argv, cwd) {
-            continue;
-        }
-        match &r.state {
-            RequestState::Pending => return Ok((r.id, false)),
-            RequestState::Denied { reason }
-                if r.decided.is_some_and(|d| d.elapsed() < DENIAL_MEMORY) =>
-            {
-                return Err(OpError::new(
-                    ErrorCode::Denied,
-                    format!(
-                        "the user denied this request (#{}){}",
-                        r.id,
-                        reason
-                            .as_ref()
-                            .map(|x| format!(": {x}"))
-                            .unwrap_or_default()
-                    ),
-                )
-                .hint("do not ask again in a loop; ask the user what they want instead"));
-            }
-            _ => {}
-        }
-    }
-    let id = inner.next_request;
-    inner.next_request += 1;
-    let redactor = inner.env_redactor(env);
-    let shown_argv = argv.map(|a| scrub_argv(&redactor, a));
-    inner.requests.insert(
-        id,
-        AccessReq {
-            id,
-            client: client.clone(),
-            environment: env.to_owned(),
-            variables: vars.to_vec(),
-            argv: argv.map(<[String]>::to_vec),
-            cwd: cwd.to_owned(),
-            reason: reason.clone(),
-            ttl_seconds,
-            created_at: Timestamp::now(),
-            state: RequestState::Pending,
-            decided: None,
-        },
-    );
-    inner.audit(
-        "request",
-        json!({
-            "request_id": id,
-            "client": client.scope_key(),
-            "client_version": client.version,
-            "client_pid": client.pid,
-            "environment": env,
-            "variables": vars,
-            "argv": shown_argv,
-            "cwd": cwd,
-            "reason": reason.map(|r| scrub(&redactor, &r)),
-        }),
-    );
-    Ok((id, true))
-}
-
-/// Removes any value from a string before it is audited or shown.
-pub fn scrub(redactor: &crate::redact::Redactor, s: &str) -> String {
-    let (out, _) = redactor.redact(s.as_bytes());
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn scrub_argv(redactor: &crate::redact::Redactor, argv: &[String]) -> Vec<String> {
-    argv.iter().map(|a| scrub(redactor, a)).collect()
-}
-
-fn request_access(broker: &Broker, a: AccessRequest) -> OpResult<Value> {
-    let cwd = canonical_cwd(&a.cwd)?;
-    if let Some(argv) = &a.argv
-        && argv.is_empty()
-    {
-        return Err(usage("the command is empty"));
-    }
-    let mut inner = broker.lock();
-    let vars = inner.resolve_variables(&a.environment, a.variables.as_deref())?;
-    let (id, created) = find_or_create_request(
-        &mut inner,
-        &a.client,
-        &a.environment,
-        &vars,
-        a.argv.as_deref(),
-        &cwd,
-        a.reason,
-        a.ttl_seconds,
-    )?;
-    drop(inner);
-    if created {
-        broker.notify();
-    }
-    Ok(json!({"request_id": id, "status": "pending", "hint": approve_hint(id)}))
-}
-
-fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
-    let mut inner = broker.lock();
-    inner.expire_requests();
-    let r = inner
-        .requests
-        .get(&id)
-        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
-    Ok(match &r.state {
-        RequestState::Pending => json!({"status": "pending", "hint": approve_hint(id)}),
-        RequestState::Approved { grant_id } => {
-            let g = inner.grants.get(grant_id);
-            json!({
-                "status": if g.is_some_and(|g| g.live(Timestamp::now())) { "approved" } else { "ended" },
-                "grant_id": grant_id,
-                "expires_at": g.map(|g| g.expires_at),
-            })
-        }
-        RequestState::Denied { reason } => json!({"status": "denied", "reason": reason}),
-        RequestState::Expired => json!({"status": "expired"}),
-    })
-}
-
-fn requests(broker: &Broker) -> Value {
-    let mut inner = broker.lock();
-    inner.expire_requests();
-    let list: Vec<Value> = inner
-        .requests
-        .values()
-        .filter(|r| r.state == RequestState::Pending)
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("expires_at".into(), json!(r.expires_at()));
-            }
-            v
-        })
-        .collect();
-    json!({"requests": list})
-}
-
-async fn approve(
-    broker: &Arc<Broker>,
-    id: u64,
-    pass: Passphrase,
-    ttl_seconds: Option<u64>,
-    uses: Option<u32>,
-    any_command: bool,
-) -> OpResult<Value> {
-    {
-        let mut inner = broker.lock();
-        inner.vault()?;
-        inner.expire_requests();
-        match inner.requests.get(&id).map(|r| &r.state) {
-            None => {
-                return Err(
-                    OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
-                        .hint("list pending requests with `keyveil requests`"),
-                );
-            }
-            Some(RequestState::Pending) => {}
-            Some(s) => {
-                return Err(OpError::new(
-                    ErrorCode::Failed,
-                    format!("request #{id} is no longer pending ({})", state_word(s)),
-                ));
-            }
-        }
-        if let Err(secs) = inner.factor.check(Instant::now()) {
-            inner.audit(
-                "factor_locked",
-                json!({"request_id": id, "seconds_left": secs}),
-            );
-            return Err(OpError::new(
-                ErrorCode::Denied,
-                format!(
-                    "approvals are locked after repeated wrong passphrases; try again in {secs} s"
-                ),
-            ));
-        }
-    }
-    // Verify the factor outside the lock (Argon2id takes a moment), on a blocking thread.
-    let checker = broker.lock().vault()?.passphrase_checker();
-    let ok = tokio::task::spawn_blocking(move || checker.check(pass.expose().as_bytes()))
-        .await
-        .unwrap_or(false);
-
-    let mut inner = broker.lock();
-    if !ok {
-        let lockout = inner.factor.fail(Instant::now());
-        inner.audit(
-            "factor_failed",
-            json!({"request_id": id, "factor": "passphrase", "lockout_seconds": lockout.map(|d| d.as_secs())}),
-        );
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            "wrong passphrase; the request was not approved",
-        )
-        .hint(match lockout {
-            Some(d) => format!(
-                "too many failures: approvals are locked for {} s",
-                d.as_secs()
-            ),
-            None => "try again with the vault passphrase".to_owned(),
-        }));
-    }
-    inner.factor.succeed();
-    // Re-check under the lock: a concurrent approval may have won the race.
-    let Some(req) = inner.requests.get(&id).cloned() else {
-        return Err(OpError::new(
-            ErrorCode::NotFound,
-            format!("no request #{id}"),
-        ));
-    };
-    if req.state != RequestState::Pending {
-        return Err(OpError::new(
-            ErrorCode::Failed,
-            format!(
-                "request #{id} is no longer pending ({})",
-                state_word(&req.state)
-            ),
-        ));
-    }
-    let max_ttl = inner
-        .vault()?
-        .data()
-        .environments
-        .get(&req.environment)
-        .map(|e| e.policy.max_ttl_seconds)
-        .unwrap_or(ONCE_GRANT_TTL_SECONDS);
-    let (ttl, uses_left) = match ttl_seconds {
-        Some(t) => (t.min(max_ttl).max(1), uses),
-        None => (
-            ONCE_GRANT_TTL_SECONDS.min(max_ttl.max(60)),
-            Some(uses.unwrap_or(1)),
-        ),
-    };
-    let now = Timestamp::now();
-    let grant = Grant {
-        id: new_id("g-"),
-        request_id: id,
-        client: req.client.scope_key(),
-        environment: req.environment.clone(),
-        variables: req.variables.clone(),
-        argv: if any_command { None } else { req.argv.clone() },
-        cwd: req.cwd.clone(),
-        created_at: now,
-        expires_at: now
-            .saturating_add(SignedDuration::from_secs(
-                i64::try_from(ttl).unwrap_or(i64::MAX),
-            ))
-            .unwrap_or(now),
-        uses_left,
-        runs: 0,
-        revoked: false,
-        cancel: CancellationToken::new(),
-    };
-    let gid = grant.id.clone();
-    let out = json!({
-        "request_id": id,
-        "grant_id": gid,
-        "expires_at": grant.expires_at,
-        "uses_left": grant.uses_left,
-        "any_command": grant.argv.is_none(),
-    });
-    inner.audit(
-        "approve",
-        json!({
-            "request_id": id,
-            "grant_id": gid,
-            "factor": "passphrase",
-            "environment": grant.environment,
-            "variables": grant.variables,
-            "any_command": grant.argv.is_none(),
-            "ttl_seconds": ttl,
-            "uses": grant.uses_left,
-        }),
-    );
-    inner.grants.insert(gid.clone(), grant);
-    if let Some(r) = inner.requests.get_mut(&id) {
-        r.state = RequestState::Approved { grant_id: gid };
-        r.decided = Some(Instant::now());
-    }
-    drop(inner);
-    broker.notify();
-    Ok(out)
-}
-
-fn state_word(s: &RequestState) -> &'static str {
-    match s {
-        RequestState::Pending => "pending",
-        RequestState::Approved { .. } => "approved",
-        RequestState::Denied { .. } => "denied",
-        RequestState::Expired => "expired",
-    }
-}
-
-fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value> {
-    let mut inner = broker.lock();
-    let r = inner
-        .requests
-        .get_mut(&id)
-        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
-    if r.state != RequestState::Pending {
-        return Err(OpError::new(
-            ErrorCode::Failed,
-            format!(
-                "request #{id} is no longer pending ({})",
-                state_word(&r.state)
-            ),
-        ));
-    }
-    r.state = RequestState::Denied {
-        reason: reason.clone(),
-    };
-    r.decided = Some(Instant::now());
-    inner.audit("deny", json!({"request_id": id, "reason": reason}));
-    drop(inner);
-    broker.notify();
-    Ok(json!({"request_id": id, "status": "denied"}))
-}
-
 fn grants(broker: &Broker, client: Option<&str>) -> Value {
     let inner = broker.lock();
     let now = Timestamp::now();
@@ -1027,258 +684,4 @@ fn audit_verify(broker: &Broker) -> OpResult<Value> {
         Err(e) => Err(OpError::new(ErrorCode::Failed, format!("audit log verification failed: {e}"))
             .hint("the log was edited, truncated in the middle or reordered; keep a copy for investigation")),
     }
-}
-
-type Conn = Framed<UnixStream, LengthDelimitedCodec>;
-
-/// The `run` path: find a grant or wait for one, then spawn and relay.
-pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
-    let (mut sink, mut stream) = framed.split();
-    // Notice a client that hangs up (Ctrl-C of the CLI, a cancelled MCP call).
-    let gone = CancellationToken::new();
-    let gone2 = gone.clone();
-    let watcher = tokio::spawn(async move {
-        while let Some(Ok(_)) = stream.next().await {}
-        gone2.cancel();
-    });
-    let reply = run_inner(broker, req, &mut sink, &gone).await;
-    if let Some(r) = reply
-        && let Ok(body) = Frame::json(&r)
-    {
-        let _ = sink.send(body).await;
-    }
-    watcher.abort();
-}
-
-async fn run_inner(
-    broker: &Arc<Broker>,
-    mut req: RunRequest,
-    sink: &mut spawn::OutputSink,
-    gone: &CancellationToken,
-) -> Option<Reply> {
-    if req.argv.is_empty() || req.argv.first().is_some_and(String::is_empty) {
-        return Some(usage("the command is empty: give argv[0] and its arguments").reply());
-    }
-    if req.argv.len() > MAX_ARGV {
-        return Some(usage("the command has too many arguments").reply());
-    }
-    let cwd = match canonical_cwd(&req.cwd) {
-        Ok(c) => c,
-        Err(e) => return Some(e.reply()),
-    };
-    let vars = match broker
-        .lock()
-        .resolve_variables(&req.environment, req.variables.as_deref())
-    {
-        Ok(v) => v,
-        Err(e) => return Some(e.reply()),
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
-    let mut changed = broker.changed.subscribe();
-    let mut announced: Option<u64> = None;
-    let grant_id = loop {
-        // 1. A live grant covering exactly this run? Else 2. the request of this ask.
-        let step: Result<Result<String, (u64, bool, Option<RequestState>)>, OpError> = {
-            let mut inner = broker.lock();
-            if let Some(gid) =
-                inner.find_grant(&req.client, &req.environment, &vars, &req.argv, &cwd)
-            {
-                if let Some(g) = inner.grants.get_mut(&gid) {
-                    if let Some(u) = g.uses_left.as_mut() {
-                        *u = u.saturating_sub(1);
-                    }
-                    g.runs += 1;
-                }
-                Ok(Ok(gid))
-            } else {
-                find_or_create_request(
-                    &mut inner,
-                    &req.client,
-                    &req.environment,
-                    &vars,
-                    Some(&req.argv),
-                    &cwd,
-                    req.reason.clone(),
-                    req.ttl_seconds,
-                )
-                .map(|(id, created)| {
-                    Err((
-                        id,
-                        created,
-                        inner.requests.get(&id).map(|r| r.state.clone()),
-                    ))
-                })
-            }
-        };
-        {
-            let (id, created, state) = match step {
-                Err(e) => return Some(e.reply()),
-                Ok(Ok(gid)) => break gid,
-                Ok(Err(x)) => x,
-            };
-            if created {
-                broker.notify();
-            }
-            match state {
-                Some(RequestState::Denied { reason }) => {
-                    return Some(
-                        OpError::new(
-                            ErrorCode::Denied,
-                            format!(
-                                "the user denied request #{id}{}",
-                                reason.map(|r| format!(": {r}")).unwrap_or_default()
-                            ),
-                        )
-                        .reply(),
-                    );
-                }
-                Some(RequestState::Expired) => {
-                    return Some(
-                        OpError::new(
-                            ErrorCode::Timeout,
-                            format!("request #{id} expired unanswered"),
-                        )
-                        .reply(),
-                    );
-                }
-                _ => {}
-            }
-            if announced != Some(id) {
-                announced = Some(id);
-                if let Ok(body) = Frame::json(&Reply::Pending {
-                    request_id: id,
-                    hint: approve_hint(id),
-                    is_final: false,
-                }) {
-                    let _ = sink.send(body).await;
-                }
-            }
-        }
-        // 3. Wait for a change, the deadline, or the client going away.
-        tokio::select! {
-            r = changed.changed() => { if r.is_err() { return None; } }
-            _ = tokio::time::sleep_until(deadline) => {
-                let id = announced.unwrap_or(0);
-                return Some(Reply::Pending { request_id: id, hint: approve_hint(id), is_final: true });
-            }
-            _ = gone.cancelled() => return None,
-            _ = broker.shutdown.cancelled() => return Some(OpError::new(ErrorCode::Failed, "the broker is stopping").reply()),
-        }
-    };
-
-    // Spawn under the grant.
-    let (values, cancel, redactor, shown_argv) = {
-        let inner = broker.lock();
-        let values = match inner.values(&req.environment, &vars) {
-            Ok(v) => v,
-            Err(e) => return Some(e.reply()),
-        };
-        let cancel = inner
-            .grants
-            .get(&grant_id)
-            .map(|g| g.cancel.clone())
-            .unwrap_or_default();
-        let redactor = crate::redact::Redactor::new(
-            values
-                .iter()
-                .map(|(k, v)| (k.clone(), v.expose().as_bytes().to_vec())),
-        );
-        let env_red = inner.env_redactor(&req.environment);
-        let shown_argv = scrub_argv(&env_red, &req.argv);
-        (values, cancel, redactor, shown_argv)
-    };
-    let run_id = new_id("r-");
-    let timeout = Duration::from_secs(
-        req.timeout_seconds
-            .unwrap_or(spawn::DEFAULT_TIMEOUT_SECONDS)
-            .clamp(1, 86_400),
-    );
-    let mut spec = SpawnSpec {
-        argv: std::mem::take(&mut req.argv),
-        cwd: cwd.clone(),
-        env: std::mem::take(&mut req.env),
-        values,
-        stdin: req.stdin.take(),
-    };
-    let started = match spawn::start(&mut spec) {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = format!(
-                "cannot start {:?}: {e}",
-                shown_argv.first().map(String::as_str).unwrap_or("")
-            );
-            broker.lock().audit(
-                "run_failed",
-                json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": scrub(&redactor, &e.to_string())}),
-            );
-            return Some(
-                OpError::new(ErrorCode::Failed, msg)
-                    .hint("check that the command exists on the PATH of the requester")
-                    .reply(),
-            );
-        }
-    };
-    {
-        let mut inner = broker.lock();
-        inner.runs.insert(
-            run_id.clone(),
-            LiveRun {
-                id: run_id.clone(),
-                grant_id: grant_id.clone(),
-                pgid: started.pid,
-                argv: shown_argv.clone(),
-                started_at: Timestamp::now(),
-            },
-        );
-        inner.audit(
-            "run_start",
-            json!({
-                "run_id": run_id,
-                "grant_id": grant_id,
-                "client": req.client.scope_key(),
-                "environment": req.environment,
-                "variables": vars,
-                "argv": shown_argv,
-                "cwd": cwd,
-                "pid": started.pid,
-            }),
-        );
-    }
-    if let Ok(body) = Frame::json(&Reply::Started {
-        run_id: run_id.clone(),
-        grant_id: grant_id.clone(),
-    }) {
-        let _ = sink.send(body).await;
-    }
-    let mut result = spawn::relay(
-        started,
-        timeout,
-        req.output,
-        &redactor,
-        cancel,
-        gone.clone(),
-        sink,
-    )
-    .await;
-    result.run_id = run_id.clone();
-    result.grant_id = grant_id.clone();
-    {
-        let mut inner = broker.lock();
-        inner.runs.remove(&run_id);
-        inner.audit(
-            "run_end",
-            json!({
-                "run_id": run_id,
-                "grant_id": grant_id,
-                "exit_code": result.exit_code,
-                "signal": result.signal,
-                "redactions": result.redactions,
-                "timed_out": result.timed_out,
-                "revoked": result.revoked,
-                "truncated": result.truncated,
-                "duration_ms": result.duration_ms,
-            }),
-        );
-    }
-    Some(Reply::Exit(result))
 }

@@ -37,6 +37,10 @@ pub struct SpawnSpec {
     pub values: Vec<(String, SecretValue)>,
     /// Stdin bytes.
     pub stdin: Option<String>,
+    /// The verified, open executable (see `pin::open_verified`). ELF binaries are executed
+    /// through this descriptor (`/proc/self/fd/N`), so the bytes checked are the bytes run;
+    /// scripts are executed by their canonical path (an interpreter reads `$0` from it).
+    pub exe: std::fs::File,
 }
 
 /// Which stream a chunk came from.
@@ -68,11 +72,13 @@ pub struct Started {
 /// Spawns the child. Values are moved into the command's environment and the spec's copies are
 /// dropped (zeroized) before this returns.
 pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
-    let Some((prog, args)) = spec.argv.split_first() else {
+    let Some((argv0, args)) = spec.argv.split_first() else {
         return Err(std::io::Error::other("empty command"));
     };
-    let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(args)
+    let (program, keep_fd) = exec_target(&spec.exe)?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg0(argv0)
+        .args(args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -86,7 +92,7 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    crate::harden::die_with_broker(&mut cmd);
+    crate::harden::prepare_child(&mut cmd, keep_fd);
     let spawned = cmd.spawn();
     // The values now live only in the command (dropped below) and the child.
     spec.values.clear();
@@ -107,6 +113,26 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         stdout,
         stderr,
     })
+}
+
+/// What to execute for a verified open file: `/proc/self/fd/N` (kept open across `exec`) for an
+/// ELF binary on Linux; the canonical path for scripts and elsewhere.
+fn exec_target(exe: &std::fs::File) -> std::io::Result<(std::path::PathBuf, Option<i32>)> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    let mut magic = [0u8; 4];
+    let mut f = exe;
+    let n = f.read(&mut magic)?;
+    f.rewind()?;
+    let fd = exe.as_raw_fd();
+    if cfg!(target_os = "linux") && n == 4 && magic == *b"\x7fELF" {
+        return Ok((
+            std::path::PathBuf::from(format!("/proc/self/fd/{fd}")),
+            Some(fd),
+        ));
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    Ok((path, None))
 }
 
 /// Sends a signal to a process group, ignoring "no such process".

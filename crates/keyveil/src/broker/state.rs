@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::pin::{FilePin, InputPin};
 use crate::protocol::{ClientInfo, ErrorCode, Reply};
 
 /// A pending request lives this long before it expires unanswered (seconds).
@@ -63,6 +64,14 @@ pub struct AccessReq {
     pub reason: Option<String>,
     /// Requested lifetime (seconds).
     pub ttl_seconds: Option<u64>,
+    /// Names of the requester's environment variables to pass through (shown to the human).
+    pub pass_env: Vec<String>,
+    /// The executable `argv[0]` resolved to with the policy PATH, pinned.
+    pub executable: Option<FilePin>,
+    /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
+    pub inputs: Vec<InputPin>,
+    /// Risk flags computed by the broker (see `risk.rs`).
+    pub risk: Vec<String>,
     /// When it was made.
     pub created_at: Timestamp,
     /// State.
@@ -75,19 +84,13 @@ pub struct AccessReq {
 
 impl AccessReq {
     /// Whether `other` asks for the same thing as this request.
-    pub fn same_ask(
-        &self,
-        client: &ClientInfo,
-        env: &str,
-        vars: &[String],
-        argv: Option<&[String]>,
-        cwd: &str,
-    ) -> bool {
-        self.client.scope_key() == client.scope_key()
-            && self.environment == env
-            && self.variables == vars
-            && self.argv.as_deref() == argv
-            && self.cwd == cwd
+    pub fn same_ask(&self, ask: &Ask) -> bool {
+        self.client.scope_key() == ask.client.scope_key()
+            && self.environment == ask.environment
+            && self.variables == ask.variables
+            && self.argv == ask.argv
+            && self.cwd == ask.cwd
+            && self.pass_env == ask.pass_env
     }
 
     /// The deadline of a pending request.
@@ -97,6 +100,60 @@ impl AccessReq {
             .unwrap_or(self.created_at)
     }
 }
+
+/// What a requester asks for, normalised (canonical cwd, resolved variables).
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// Who asks.
+    pub client: ClientInfo,
+    /// Environment.
+    pub environment: String,
+    /// Resolved, sorted variable names.
+    pub variables: Vec<String>,
+    /// Exact argv, or `None` for any command.
+    pub argv: Option<Vec<String>>,
+    /// Canonical cwd.
+    pub cwd: String,
+    /// Pass-through names, sorted.
+    pub pass_env: Vec<String>,
+}
+
+/// Code-executing options: a prefix grant never covers extra arguments that start with one of
+/// these (`git fetch --upload-pack=...`, `ssh -o ProxyCommand=...`, `find -exec`, ...).
+pub const CODE_OPTIONS: &[&str] = &[
+    "-c",
+    "-e",
+    "-E",
+    "-r",
+    "-p",
+    "--eval",
+    "--print",
+    "--exec",
+    "-exec",
+    "-execdir",
+    "-ok",
+    "--upload-pack",
+    "--receive-pack",
+    "-u",
+    "--config",
+    "-o",
+    "--rsh",
+    "-e",
+    "--command",
+    "--run",
+    "--eval-command",
+    "-x",
+    "--init-file",
+    "--rcfile",
+    "--require",
+    "-r",
+    "--import",
+    "--loader",
+    "--experimental-loader",
+    "--preload",
+    "-I",
+    "-m",
+];
 
 /// What an approval creates.
 #[derive(Debug, Clone, Serialize)]
@@ -111,10 +168,21 @@ pub struct Grant {
     pub environment: String,
     /// Variables it serves.
     pub variables: Vec<String>,
-    /// Exact argv it covers; `None` covers any command.
+    /// The argv it covers; `None` covers any command.
     pub argv: Option<Vec<String>>,
+    /// `argv` is a token prefix: longer argv are covered unless an extra token is a
+    /// code-executing option ([`CODE_OPTIONS`]).
+    pub prefix: bool,
     /// Canonical working directory a run must use.
     pub cwd: String,
+    /// Runs in canonical subdirectories of `cwd` are covered too.
+    pub subdirs: bool,
+    /// Pass-through names it allows.
+    pub pass_env: Vec<String>,
+    /// The pinned executable (from the request); `None` for any-command grants (pinned per run).
+    pub executable: Option<FilePin>,
+    /// Pinned inputs; a change ends the grant.
+    pub inputs: Vec<InputPin>,
     /// Creation time.
     pub created_at: Timestamp,
     /// Deadline.
@@ -131,24 +199,43 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Whether the grant can serve this run now.
-    pub fn covers(
-        &self,
-        client: &ClientInfo,
-        env: &str,
-        vars: &[String],
-        argv: &[String],
-        cwd: &str,
-        now: Timestamp,
-    ) -> bool {
+    /// Whether the grant can serve this run now (pins are checked separately, at spawn).
+    pub fn covers(&self, ask: &Ask, now: Timestamp) -> bool {
+        let Some(argv) = ask.argv.as_deref() else {
+            return false;
+        };
         !self.revoked
             && self.expires_at > now
             && self.uses_left != Some(0)
-            && self.client == client.scope_key()
-            && self.environment == env
-            && vars.iter().all(|v| self.variables.contains(v))
-            && self.argv.as_ref().is_none_or(|a| a.as_slice() == argv)
-            && self.cwd == cwd
+            && self.client == ask.client.scope_key()
+            && self.environment == ask.environment
+            && ask.variables.iter().all(|v| self.variables.contains(v))
+            && ask.pass_env.iter().all(|v| self.pass_env.contains(v))
+            && self.argv_covers(argv)
+            && self.cwd_covers(&ask.cwd)
+    }
+
+    /// Token-wise argv matching: exact, or a prefix without code-executing extras. Bytes are
+    /// compared as they are (no Unicode normalisation that could drop invisible characters).
+    pub fn argv_covers(&self, argv: &[String]) -> bool {
+        match &self.argv {
+            None => true,
+            Some(a) if !self.prefix => a.as_slice() == argv,
+            Some(a) => {
+                argv.len() >= a.len()
+                    && argv.get(..a.len()) == Some(a.as_slice())
+                    && argv.get(a.len()..).unwrap_or_default().iter().all(|t| {
+                        let opt = t.split('=').next().unwrap_or(t);
+                        !CODE_OPTIONS.contains(&opt)
+                            && !(opt.starts_with("-o") && t.contains("Command"))
+                    })
+            }
+        }
+    }
+
+    /// Canonical cwd matching: equal, or a canonical descendant when `subdirs`.
+    pub fn cwd_covers(&self, cwd: &str) -> bool {
+        self.cwd == cwd || (self.subdirs && std::path::Path::new(cwd).starts_with(&self.cwd))
     }
 
     /// Whether it is still usable at `now`.
@@ -233,6 +320,12 @@ pub struct Inner {
     pub runs: BTreeMap<String, LiveRun>,
     /// Failed-factor rate limiting.
     pub factor: FactorGuard,
+    /// (environment, argv) pairs approved in this broker's life: for the `first-time` flag.
+    pub approved_argv: std::collections::HashSet<(String, Vec<String>)>,
+    /// argv denied recently, with when: for the `denied-before` flag.
+    pub denied_argv: std::collections::HashMap<Vec<String>, Instant>,
+    /// Request times per client scope key: for the `burst` flag.
+    pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].
@@ -409,20 +502,34 @@ impl Inner {
     }
 
     /// Live grants that cover a run, soonest-expiring first.
-    pub fn find_grant(
-        &self,
-        client: &ClientInfo,
-        env: &str,
-        vars: &[String],
-        argv: &[String],
-        cwd: &str,
-    ) -> Option<String> {
+    pub fn find_grant(&self, ask: &Ask) -> Option<String> {
         let now = Timestamp::now();
         self.grants
             .values()
-            .filter(|g| g.covers(client, env, vars, argv, cwd, now))
+            .filter(|g| g.covers(ask, now))
             .min_by_key(|g| g.expires_at)
             .map(|g| g.id.clone())
+    }
+
+    /// The `PATH` that resolves `argv[0]` and that children get, for an environment.
+    pub fn policy_path(&self, env: &str) -> String {
+        let v = self.vault.as_ref();
+        v.and_then(|v| {
+            v.data()
+                .environments
+                .get(env)
+                .and_then(|e| e.policy.path.clone())
+        })
+        .or_else(|| v.and_then(|v| v.data().settings.path.clone()))
+        .unwrap_or_else(|| crate::pin::DEFAULT_PATH.to_owned())
+    }
+
+    /// The `HOME` children get.
+    pub fn child_home(&self) -> Option<String> {
+        self.vault
+            .as_ref()
+            .and_then(|v| v.data().settings.home.clone())
+            .or_else(|| std::env::var("HOME").ok())
     }
 
     /// Marks expired pending requests.
@@ -507,7 +614,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn client(name: &str) -> ClientInfo {
+    pub(super) fn client(name: &str) -> ClientInfo {
         ClientInfo {
             kind: "mcp".into(),
             name: name.into(),
@@ -525,7 +632,12 @@ mod tests {
             environment: "demo".into(),
             variables: vec!["A".into(), "B".into()],
             argv,
+            prefix: false,
             cwd: "/w".into(),
+            subdirs: false,
+            pass_env: vec![],
+            executable: None,
+            inputs: vec![],
             created_at: now,
             expires_at: now
                 .saturating_add(jiff::SignedDuration::from_secs(60))
@@ -537,46 +649,80 @@ mod tests {
         }
     }
 
+    fn ask(client: &str, env: &str, vars: &[&str], argv: &[&str], cwd: &str) -> Ask {
+        Ask {
+            client: super::tests::client(client),
+            environment: env.into(),
+            variables: vars.iter().map(|s| s.to_string()).collect(),
+            argv: Some(argv.iter().map(|s| s.to_string()).collect()),
+            cwd: cwd.into(),
+            pass_env: vec![],
+        }
+    }
+
     #[test]
     fn a_grant_covers_only_its_scope() {
         let now = Timestamp::now();
-        let argv = vec!["echo".to_string(), "hi".to_string()];
-        let g = grant(Some(argv.clone()));
-        let c = client("host");
-        let a = vec!["A".to_string()];
-        assert!(g.covers(&c, "demo", &a, &argv, "/w", now));
+        let g = grant(Some(vec!["echo".to_string(), "hi".to_string()]));
+        assert!(g.covers(&ask("host", "demo", &["A"], &["echo", "hi"], "/w"), now));
         // another argv (a shell around it), another cwd, env, client, variable
         assert!(!g.covers(
-            &c,
-            "demo",
-            &a,
-            &["sh".into(), "-c".into(), "env".into()],
-            "/w",
+            &ask("host", "demo", &["A"], &["sh", "-c", "env"], "/w"),
             now
         ));
         assert!(!g.covers(
-            &c,
-            "demo",
-            &a,
-            &["echo".into(), "hi".into(), "x".into()],
-            "/w",
+            &ask("host", "demo", &["A"], &["echo", "hi", "x"], "/w"),
             now
         ));
-        assert!(!g.covers(&c, "demo", &a, &argv, "/w/sub", now));
-        assert!(!g.covers(&c, "prod", &a, &argv, "/w", now));
-        assert!(!g.covers(&client("other"), "demo", &a, &argv, "/w", now));
-        assert!(!g.covers(&c, "demo", &["C".into()], &argv, "/w", now));
+        assert!(!g.covers(
+            &ask("host", "demo", &["A"], &["echo", "hi\u{200b}"], "/w"),
+            now
+        ));
+        assert!(!g.covers(&ask("host", "demo", &["A"], &["echo", "hi"], "/w/sub"), now));
+        assert!(!g.covers(&ask("host", "prod", &["A"], &["echo", "hi"], "/w"), now));
+        assert!(!g.covers(&ask("other", "demo", &["A"], &["echo", "hi"], "/w"), now));
+        assert!(!g.covers(&ask("host", "demo", &["C"], &["echo", "hi"], "/w"), now));
+        let mut p = ask("host", "demo", &["A"], &["echo", "hi"], "/w");
+        p.pass_env = vec!["EXTRA".into()];
+        assert!(
+            !g.covers(&p, now),
+            "pass-through names are part of the scope"
+        );
         let mut used = g.clone();
         used.uses_left = Some(0);
-        assert!(!used.covers(&c, "demo", &a, &argv, "/w", now));
+        assert!(!used.covers(&ask("host", "demo", &["A"], &["echo", "hi"], "/w"), now));
         let mut revoked = g.clone();
         revoked.revoked = true;
-        assert!(!revoked.covers(&c, "demo", &a, &argv, "/w", now));
+        assert!(!revoked.covers(&ask("host", "demo", &["A"], &["echo", "hi"], "/w"), now));
         let later = now
             .saturating_add(jiff::SignedDuration::from_secs(61))
             .unwrap();
-        assert!(!g.covers(&c, "demo", &a, &argv, "/w", later));
-        assert!(grant(None).covers(&c, "demo", &a, &["anything".into()], "/w", now));
+        assert!(!g.covers(&ask("host", "demo", &["A"], &["echo", "hi"], "/w"), later));
+        assert!(grant(None).covers(&ask("host", "demo", &["A"], &["anything"], "/w"), now));
+    }
+
+    #[test]
+    fn prefix_grants_match_tokens_and_refuse_code_options() {
+        let mut g = grant(Some(vec!["git".to_string(), "fetch".to_string()]));
+        g.prefix = true;
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(g.argv_covers(&argv(&["git", "fetch"])));
+        assert!(g.argv_covers(&argv(&["git", "fetch", "origin"])));
+        assert!(!g.argv_covers(&argv(&["git", "fetch", "--upload-pack=touch /tmp/x"])));
+        assert!(!g.argv_covers(&argv(&["git", "fetchx"])));
+        assert!(!g.argv_covers(&argv(&["sh", "-c", "git fetch && curl x"])));
+        let mut s = grant(Some(vec!["ssh".to_string(), "host".to_string()]));
+        s.prefix = true;
+        assert!(!s.argv_covers(&argv(&["ssh", "host", "-oProxyCommand=sh"])));
+    }
+
+    #[test]
+    fn subdir_grants_compare_canonical_paths() {
+        let mut g = grant(None);
+        g.subdirs = true;
+        assert!(g.cwd_covers("/w/sub/deeper"));
+        assert!(!g.cwd_covers("/wx"));
+        assert!(!g.cwd_covers("/outside"));
     }
 
     #[test]

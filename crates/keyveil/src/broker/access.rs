@@ -1,0 +1,716 @@
+//! Requests and approvals: turning an ask into a request the human can judge (pinned
+//! executable, fingerprinted inputs, risk flags), and an approval into a scoped grant.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::Broker;
+use super::state::{
+    AccessReq, Ask, DENIAL_MEMORY, Grant, Inner, ONCE_GRANT_TTL_SECONDS, OpError, OpResult,
+    RequestState, new_id,
+};
+use crate::pin::{self, FilePin, InputPin};
+use crate::protocol::{AccessRequest, ErrorCode, Passphrase};
+use crate::risk;
+
+/// Most requests one client may have waiting at once; more are refused until the human answers
+/// (an approval flood must not bury one bad request among many good ones).
+pub const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
+/// How long a denial feeds the `denied-before` flag.
+const DENIED_FLAG_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Environment variables that make a process run code they name, or change how it finds code:
+/// never passed through from a requester.
+pub fn is_injection_var(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PROMPT_COMMAND",
+        "IFS",
+        "CDPATH",
+        "GLOBIGNORE",
+        "PS4",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "PYTHONINSPECT",
+        "PYTHONUSERBASE",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PERL5DB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+        "DOTNET_STARTUP_HOOKS",
+        "GCONV_PATH",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "RES_OPTIONS",
+        "TERMINFO",
+        "TERMINFO_DIRS",
+        "EDITOR",
+        "VISUAL",
+        "PAGER",
+        "GIT_EXEC_PATH",
+        "GIT_ASKPASS",
+        "SSH_ASKPASS",
+        "GIT_EDITOR",
+        "GIT_PAGER",
+        "GIT_TEMPLATE_DIR",
+        "GIT_PROXY_COMMAND",
+        "PATH",
+        "HOME",
+        "ZDOTDIR",
+        "XDG_CONFIG_HOME",
+        "NPM_CONFIG_USERCONFIG",
+        "npm_config_userconfig",
+        "CARGO_HOME",
+        "RUSTC_WRAPPER",
+        "RUSTC",
+        "CC",
+        "CXX",
+        "LESSOPEN",
+        "LESSCLOSE",
+    ];
+    const PREFIX: &[&str] = &[
+        "LD_",
+        "DYLD_",
+        "GIT_CONFIG",
+        "GIT_SSH",
+        "BASH_FUNC_",
+        "npm_config_",
+        "NPM_CONFIG_",
+        "MALLOC_",
+        "GLIBC_",
+    ];
+    EXACT.contains(&name) || PREFIX.iter().any(|p| name.starts_with(p))
+}
+
+/// Canonical absolute working directory (symlinks resolved), or a usable error.
+pub fn canonical_cwd(cwd: &str) -> OpResult<String> {
+    let p = Path::new(cwd);
+    if !p.is_absolute() {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            format!(
+                "the working directory must be absolute, got \"{}\"",
+                crate::display::clip(cwd, 200)
+            ),
+        ));
+    }
+    let c = std::fs::canonicalize(p).map_err(|e| {
+        OpError::new(
+            ErrorCode::NotFound,
+            format!(
+                "working directory \"{}\" is not usable: {e}",
+                crate::display::clip(cwd, 200)
+            ),
+        )
+    })?;
+    if !c.is_dir() {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            format!("\"{}\" is not a directory", crate::display::clip(cwd, 200)),
+        ));
+    }
+    c.into_os_string()
+        .into_string()
+        .map_err(|_| OpError::new(ErrorCode::Usage, "the working directory is not valid UTF-8"))
+}
+
+/// `cwd` with `.` and `..` removed lexically (no symlink resolution).
+fn lexical(cwd: &str) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in Path::new(cwd).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// What to tell the requester to do.
+pub fn approve_hint(id: u64) -> String {
+    format!(
+        "ask the user to approve it in a terminal: `keyveil approve {id}` (or deny: `keyveil deny {id}`); then call again with the same arguments"
+    )
+}
+
+/// Checks the pass-through names of a request.
+pub fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
+    let mut out = Vec::new();
+    for n in names {
+        if !keyveil_vault::is_valid_name(n) {
+            return Err(OpError::new(
+                ErrorCode::Usage,
+                format!(
+                    "invalid pass-through name \"{}\"",
+                    crate::display::clip(n, 80)
+                ),
+            ));
+        }
+        if is_injection_var(n) {
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                format!("refused to pass {n} through: it can make the granted process run other code"),
+            )
+            .hint("the child's environment is built from policy (PATH, HOME) and the granted values; drop this name"));
+        }
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The pinned executable and inputs of an argv, computed outside the broker lock.
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    /// The executable.
+    pub executable: Option<FilePin>,
+    /// The inputs.
+    pub inputs: Vec<InputPin>,
+    /// In a requester-writable place.
+    pub writable: bool,
+}
+
+/// Resolves and pins `argv[0]` and the command's inputs.
+pub fn prepare(
+    argv: &[String],
+    cwd: &str,
+    search_path: &str,
+    home: Option<&str>,
+) -> OpResult<Pins> {
+    let Some(argv0) = argv.first() else {
+        return Err(OpError::new(ErrorCode::Usage, "the command is empty"));
+    };
+    let exe = pin::resolve(argv0, search_path, Path::new(cwd)).map_err(|e| {
+        OpError::new(ErrorCode::NotFound, e.to_string()).hint(
+            "keyveil resolves commands with the PATH recorded in the vault at `keyveil init`, not the requester's; use an absolute path or ask the user to adjust the policy PATH",
+        )
+    })?;
+    let executable =
+        pin::pin_file(&exe).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    let writable = pin::requester_writable(&exe, Path::new(cwd), home.map(Path::new));
+    let inputs = pin::inputs(argv, Path::new(cwd), &exe);
+    Ok(Pins {
+        executable: Some(executable),
+        inputs,
+        writable,
+    })
+}
+
+/// Refuses a run whose working directory only looks like it is under a grant's directory: the
+/// path the requester gave is lexically inside, but the canonical one (symlinks resolved) is not.
+pub fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResult<()> {
+    let lex = lexical(given_cwd);
+    for g in inner.grants.values() {
+        if g.revoked || g.client != ask.client.scope_key() || g.environment != ask.environment {
+            continue;
+        }
+        let inside_lexically = lex == Path::new(&g.cwd) || (g.subdirs && lex.starts_with(&g.cwd));
+        if inside_lexically && !g.cwd_covers(&ask.cwd) {
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                format!(
+                    "the working directory \"{}\" resolves to \"{}\", outside the approved cwd \"{}\" (a symlink leads out of it)",
+                    crate::display::visible(given_cwd),
+                    crate::display::visible(&ask.cwd),
+                    crate::display::visible(&g.cwd)
+                ),
+            )
+            .hint("run from the approved directory itself; keyveil compares canonical paths"));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the pending request for an ask, or creates one. Returns `(request id, created)`.
+pub fn find_or_create_request(
+    inner: &mut Inner,
+    ask: &Ask,
+    pins: Pins,
+    reason: Option<String>,
+    ttl_seconds: Option<u64>,
+) -> OpResult<(u64, bool)> {
+    inner.expire_requests();
+    let mut open = 0;
+    for r in inner.requests.values() {
+        if r.client.scope_key() == ask.client.scope_key() && r.state == RequestState::Pending {
+            open += 1;
+        }
+        if !r.same_ask(ask) {
+            continue;
+        }
+        match &r.state {
+            RequestState::Pending if r.executable == pins.executable && r.inputs == pins.inputs => {
+                return Ok((r.id, false));
+            }
+            RequestState::Denied { reason }
+                if r.decided.is_some_and(|d| d.elapsed() < DENIAL_MEMORY) =>
+            {
+                return Err(OpError::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "the user denied this request (#{}){}",
+                        r.id,
+                        reason
+                            .as_ref()
+                            .map(|x| format!(": {}", crate::display::visible_text(x)))
+                            .unwrap_or_default()
+                    ),
+                )
+                .hint("do not ask again in a loop; ask the user what they want instead"));
+            }
+            _ => {}
+        }
+    }
+    if open >= MAX_OPEN_REQUESTS_PER_CLIENT {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("{open} requests of this client already wait for the user; no more are queued"),
+        )
+        .hint("wait until the user has answered them (`keyveil requests` lists them)"));
+    }
+    // Facts for the risk flags.
+    let key = ask.client.scope_key();
+    let now_i = Instant::now();
+    let recent = inner.recent.entry(key.clone()).or_default();
+    while recent
+        .front()
+        .is_some_and(|t| now_i.duration_since(*t) > Duration::from_secs(60))
+    {
+        recent.pop_front();
+    }
+    recent.push_back(now_i);
+    let recent_requests = recent.len();
+    let argv_key = ask.argv.clone().unwrap_or_default();
+    let facts = risk::Facts {
+        writable_executable: pins.writable,
+        approved_before: inner
+            .approved_argv
+            .contains(&(ask.environment.clone(), argv_key.clone())),
+        denied_before: inner
+            .denied_argv
+            .get(&argv_key)
+            .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
+        recent_requests,
+    };
+    let mut strings: Vec<&str> = vec![ask.cwd.as_str(), ask.environment.as_str()];
+    if let Some(r) = reason.as_deref() {
+        strings.push(r);
+    }
+    strings.extend(ask.variables.iter().map(String::as_str));
+    strings.extend(ask.pass_env.iter().map(String::as_str));
+    let mut flags = risk::assess(&argv_key, &strings, &ask.variables, &facts);
+    if ask.argv.is_none() {
+        flags.push("any-command".to_owned());
+    }
+    let id = inner.next_request;
+    inner.next_request += 1;
+    let redactor = inner.env_redactor(&ask.environment);
+    let shown_argv = ask.argv.as_ref().map(|a| scrub_argv(&redactor, a));
+    inner.requests.insert(
+        id,
+        AccessReq {
+            id,
+            client: ask.client.clone(),
+            environment: ask.environment.clone(),
+            variables: ask.variables.clone(),
+            argv: ask.argv.clone(),
+            cwd: ask.cwd.clone(),
+            reason: reason.clone(),
+            ttl_seconds,
+            pass_env: ask.pass_env.clone(),
+            executable: pins.executable.clone(),
+            inputs: pins.inputs.clone(),
+            risk: flags.clone(),
+            created_at: Timestamp::now(),
+            state: RequestState::Pending,
+            decided: None,
+        },
+    );
+    crate::notify::request_created(id, &key, &ask.environment, shown_argv.as_deref());
+    inner.audit(
+        "request",
+        json!({
+            "request_id": id,
+            "client": key,
+            "client_version": ask.client.version,
+            "client_pid": ask.client.pid,
+            "environment": ask.environment,
+            "variables": ask.variables,
+            "argv": shown_argv,
+            "cwd": ask.cwd,
+            "pass_env": ask.pass_env,
+            "executable": pins.executable.as_ref().map(|p| json!({"path": p.path, "sha256": p.sha256})),
+            "inputs": pins.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
+            "risk": flags,
+            "reason": reason.map(|r| scrub(&redactor, &r)),
+        }),
+    );
+    Ok((id, true))
+}
+
+/// Removes any value from a string before it is audited or shown.
+pub fn scrub(redactor: &crate::redact::Redactor, s: &str) -> String {
+    let (out, _) = redactor.redact(s.as_bytes());
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`scrub`] for each argv element.
+pub fn scrub_argv(redactor: &crate::redact::Redactor, argv: &[String]) -> Vec<String> {
+    argv.iter().map(|a| scrub(redactor, a)).collect()
+}
+
+/// `request_access`: a request for access, optionally bound to a command.
+pub fn request_access(broker: &Broker, a: AccessRequest) -> OpResult<Value> {
+    let cwd = canonical_cwd(&a.cwd)?;
+    if let Some(argv) = &a.argv
+        && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
+    {
+        return Err(OpError::new(ErrorCode::Usage, "the command is empty"));
+    }
+    let pass_env = check_pass_env(&a.pass_env)?;
+    let (vars, search_path, home) = {
+        let inner = broker.lock();
+        (
+            inner.resolve_variables(&a.environment, a.variables.as_deref())?,
+            inner.policy_path(&a.environment),
+            inner.child_home(),
+        )
+    };
+    let pins = match &a.argv {
+        Some(argv) => prepare(argv, &cwd, &search_path, home.as_deref())?,
+        None => Pins::default(),
+    };
+    let ask = Ask {
+        client: a.client,
+        environment: a.environment,
+        variables: vars,
+        argv: a.argv,
+        cwd,
+        pass_env,
+    };
+    let mut inner = broker.lock();
+    let (id, created) = find_or_create_request(&mut inner, &ask, pins, a.reason, a.ttl_seconds)?;
+    drop(inner);
+    if created {
+        broker.notify();
+    }
+    Ok(json!({"request_id": id, "status": "pending", "hint": approve_hint(id)}))
+}
+
+/// `access_status`.
+pub fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
+    let mut inner = broker.lock();
+    inner.expire_requests();
+    let r = inner
+        .requests
+        .get(&id)
+        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
+    Ok(match &r.state {
+        RequestState::Pending => json!({"status": "pending", "hint": approve_hint(id)}),
+        RequestState::Approved { grant_id } => {
+            let g = inner.grants.get(grant_id);
+            json!({
+                "status": if g.is_some_and(|g| g.live(Timestamp::now())) { "approved" } else { "ended" },
+                "grant_id": grant_id,
+                "expires_at": g.map(|g| g.expires_at),
+            })
+        }
+        RequestState::Denied { reason } => json!({"status": "denied", "reason": reason}),
+        RequestState::Expired => json!({"status": "expired"}),
+    })
+}
+
+/// Pending requests as JSON (what the CLI card and the web page render).
+pub fn requests(broker: &Broker) -> Value {
+    let mut inner = broker.lock();
+    inner.expire_requests();
+    let list: Vec<Value> = inner
+        .requests
+        .values()
+        .filter(|r| r.state == RequestState::Pending)
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("expires_at".into(), json!(r.expires_at()));
+            }
+            v
+        })
+        .collect();
+    json!({"requests": list})
+}
+
+/// Options of an approval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApproveOptions {
+    /// Lifetime (seconds); `None` = one use within 15 minutes.
+    pub ttl_seconds: Option<u64>,
+    /// Uses.
+    pub uses: Option<u32>,
+    /// Any command.
+    pub any_command: bool,
+    /// argv prefix.
+    pub prefix: bool,
+    /// Canonical subdirectories.
+    pub subdirs: bool,
+}
+
+/// Approves a request with the passphrase factor, creating a grant.
+pub async fn approve(
+    broker: &Arc<Broker>,
+    id: u64,
+    pass: Passphrase,
+    o: ApproveOptions,
+) -> OpResult<Value> {
+    {
+        let mut inner = broker.lock();
+        inner.vault()?;
+        inner.expire_requests();
+        match inner.requests.get(&id).map(|r| &r.state) {
+            None => {
+                return Err(
+                    OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
+                        .hint("list pending requests with `keyveil requests`"),
+                );
+            }
+            Some(RequestState::Pending) => {}
+            Some(s) => {
+                return Err(OpError::new(
+                    ErrorCode::Failed,
+                    format!("request #{id} is no longer pending ({})", state_word(s)),
+                ));
+            }
+        }
+        if let Err(secs) = inner.factor.check(Instant::now()) {
+            inner.audit(
+                "factor_locked",
+                json!({"request_id": id, "seconds_left": secs}),
+            );
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                format!(
+                    "approvals are locked after repeated wrong passphrases; try again in {secs} s"
+                ),
+            ));
+        }
+    }
+    // Verify the factor outside the lock (Argon2id takes a moment), on a blocking thread.
+    let checker = broker.lock().vault()?.passphrase_checker();
+    let ok = tokio::task::spawn_blocking(move || checker.check(pass.expose().as_bytes()))
+        .await
+        .unwrap_or(false);
+
+    let mut inner = broker.lock();
+    if !ok {
+        let lockout = inner.factor.fail(Instant::now());
+        inner.audit(
+            "factor_failed",
+            json!({"request_id": id, "factor": "passphrase", "lockout_seconds": lockout.map(|d| d.as_secs())}),
+        );
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            "wrong passphrase; the request was not approved",
+        )
+        .hint(match lockout {
+            Some(d) => format!(
+                "too many failures: approvals are locked for {} s",
+                d.as_secs()
+            ),
+            None => "try again with the vault passphrase".to_owned(),
+        }));
+    }
+    inner.factor.succeed();
+    // Re-check under the lock: a concurrent approval may have won the race.
+    let Some(req) = inner.requests.get(&id).cloned() else {
+        return Err(OpError::new(
+            ErrorCode::NotFound,
+            format!("no request #{id}"),
+        ));
+    };
+    if req.state != RequestState::Pending {
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            format!(
+                "request #{id} is no longer pending ({})",
+                state_word(&req.state)
+            ),
+        ));
+    }
+    let max_ttl = inner
+        .vault()?
+        .data()
+        .environments
+        .get(&req.environment)
+        .map(|e| e.policy.max_ttl_seconds)
+        .unwrap_or(ONCE_GRANT_TTL_SECONDS);
+    let (ttl, uses_left) = match o.ttl_seconds {
+        Some(t) => (t.min(max_ttl).max(1), o.uses),
+        None => (
+            ONCE_GRANT_TTL_SECONDS.min(max_ttl.max(60)),
+            Some(o.uses.unwrap_or(1)),
+        ),
+    };
+    let any = o.any_command || req.argv.is_none();
+    let now = Timestamp::now();
+    let grant = Grant {
+        id: new_id("g-"),
+        request_id: id,
+        client: req.client.scope_key(),
+        environment: req.environment.clone(),
+        variables: req.variables.clone(),
+        argv: if any { None } else { req.argv.clone() },
+        prefix: o.prefix && !any,
+        cwd: req.cwd.clone(),
+        subdirs: o.subdirs,
+        pass_env: req.pass_env.clone(),
+        executable: if any { None } else { req.executable.clone() },
+        inputs: if any { Vec::new() } else { req.inputs.clone() },
+        created_at: now,
+        expires_at: now
+            .saturating_add(SignedDuration::from_secs(
+                i64::try_from(ttl).unwrap_or(i64::MAX),
+            ))
+            .unwrap_or(now),
+        uses_left,
+        runs: 0,
+        revoked: false,
+        cancel: CancellationToken::new(),
+    };
+    let gid = grant.id.clone();
+    let out = json!({
+        "request_id": id,
+        "grant_id": gid,
+        "expires_at": grant.expires_at,
+        "uses_left": grant.uses_left,
+        "any_command": grant.argv.is_none(),
+        "prefix": grant.prefix,
+        "subdirs": grant.subdirs,
+    });
+    inner.audit(
+        "approve",
+        json!({
+            "request_id": id,
+            "grant_id": gid,
+            "factor": "passphrase",
+            "environment": grant.environment,
+            "variables": grant.variables,
+            "any_command": grant.argv.is_none(),
+            "prefix": grant.prefix,
+            "subdirs": grant.subdirs,
+            "ttl_seconds": ttl,
+            "uses": grant.uses_left,
+        }),
+    );
+    if let Some(a) = &req.argv {
+        inner
+            .approved_argv
+            .insert((req.environment.clone(), a.clone()));
+    }
+    inner.grants.insert(gid.clone(), grant);
+    if let Some(r) = inner.requests.get_mut(&id) {
+        r.state = RequestState::Approved { grant_id: gid };
+        r.decided = Some(Instant::now());
+    }
+    drop(inner);
+    broker.notify();
+    Ok(out)
+}
+
+/// A request state as one word.
+pub fn state_word(s: &RequestState) -> &'static str {
+    match s {
+        RequestState::Pending => "pending",
+        RequestState::Approved { .. } => "approved",
+        RequestState::Denied { .. } => "denied",
+        RequestState::Expired => "expired",
+    }
+}
+
+/// Denies a request.
+pub fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value> {
+    let mut inner = broker.lock();
+    let r = inner
+        .requests
+        .get_mut(&id)
+        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
+    if r.state != RequestState::Pending {
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            format!(
+                "request #{id} is no longer pending ({})",
+                state_word(&r.state)
+            ),
+        ));
+    }
+    r.state = RequestState::Denied {
+        reason: reason.clone(),
+    };
+    r.decided = Some(Instant::now());
+    let argv = r.argv.clone().unwrap_or_default();
+    inner.denied_argv.insert(argv, Instant::now());
+    inner.audit("deny", json!({"request_id": id, "reason": reason}));
+    drop(inner);
+    broker.notify();
+    Ok(json!({"request_id": id, "status": "denied"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injection_variables_are_recognised() {
+        for n in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "DYLD_INSERT_LIBRARIES",
+            "BASH_ENV",
+            "ENV",
+            "NODE_OPTIONS",
+            "PYTHONPATH",
+            "GIT_CONFIG_COUNT",
+            "GIT_SSH_COMMAND",
+            "PERL5OPT",
+            "JAVA_TOOL_OPTIONS",
+            "BASH_FUNC_x%%",
+        ] {
+            assert!(is_injection_var(n), "{n}");
+        }
+        for n in ["API_TOKEN", "CI", "NO_COLOR", "RUST_LOG"] {
+            assert!(!is_injection_var(n), "{n}");
+        }
+        assert!(check_pass_env(&["LD_PRELOAD".into()]).is_err());
+        assert_eq!(
+            check_pass_env(&["B".into(), "A".into(), "B".into()])
+                .map_err(|e| e.message)
+                .ok(),
+            Some(vec!["A".to_string(), "B".to_string()])
+        );
+    }
+
+    #[test]
+    fn lexical_cwd_normalises_without_resolving() {
+        assert_eq!(lexical("/a/b/../c/./d"), Path::new("/a/c/d"));
+    }
+}

@@ -1,0 +1,425 @@
+//! The `run` path: match a grant (or ask for one and wait), verify the pins, build the child's
+//! environment from scratch, spawn, relay redacted output, audit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use jiff::Timestamp;
+use serde_json::json;
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::Broker;
+use super::access::{self, Pins, approve_hint, check_pass_env, scrub, scrub_argv};
+use super::spawn::{self, SpawnSpec};
+use super::state::{Ask, Inner, LiveRun, OpError, RequestState, new_id};
+use crate::pin;
+use crate::protocol::{ErrorCode, Frame, Reply, RunRequest};
+
+/// Longest argv accepted (elements).
+const MAX_ARGV: usize = 4096;
+
+/// Requester variables a child always gets (locale and terminal only).
+const PASSED_ALWAYS: &[&str] = &[
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "COLORTERM",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "CLICOLOR",
+    "CLICOLOR_FORCE",
+    "COLUMNS",
+    "LINES",
+];
+
+/// Builds the child's environment from scratch: policy `PATH`, `HOME`, `USER`/`LOGNAME`,
+/// locale and terminal variables of the requester, the pass-through names the grant allows.
+/// The granted values are added by the spawn. Code-injection variables never pass.
+pub fn child_env(
+    inner: &Inner,
+    env_name: &str,
+    requester: &[(String, String)],
+    pass_env: &[String],
+) -> Vec<(String, String)> {
+    let mut out = vec![("PATH".to_owned(), inner.policy_path(env_name))];
+    if let Some(h) = inner.child_home() {
+        out.push(("HOME".to_owned(), h));
+    }
+    for k in ["USER", "LOGNAME"] {
+        if let Ok(v) = std::env::var(k) {
+            out.push((k.to_owned(), v));
+        }
+    }
+    for (k, v) in requester {
+        let wanted =
+            PASSED_ALWAYS.contains(&k.as_str()) || k.starts_with("LC_") || pass_env.contains(k);
+        if wanted && !access::is_injection_var(k) && !out.iter().any(|(o, _)| o == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+type Conn = Framed<UnixStream, LengthDelimitedCodec>;
+
+/// Serves one `run` request on its connection.
+pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
+    let (mut sink, mut stream) = framed.split();
+    // Notice a client that hangs up (Ctrl-C of the CLI, a cancelled MCP call).
+    let gone = CancellationToken::new();
+    let gone2 = gone.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(_)) = stream.next().await {}
+        gone2.cancel();
+    });
+    let reply = run_inner(broker, req, &mut sink, &gone).await;
+    if let Some(r) = reply
+        && let Ok(body) = Frame::json(&r)
+    {
+        let _ = sink.send(body).await;
+    }
+    watcher.abort();
+}
+
+enum Step {
+    Grant(String, Option<pin::FilePin>, Vec<pin::InputPin>),
+    Request(u64, bool, Option<RequestState>),
+}
+
+async fn run_inner(
+    broker: &Arc<Broker>,
+    mut req: RunRequest,
+    sink: &mut spawn::OutputSink,
+    gone: &CancellationToken,
+) -> Option<Reply> {
+    if req.argv.is_empty() || req.argv.first().is_some_and(String::is_empty) {
+        return Some(
+            OpError::new(
+                ErrorCode::Usage,
+                "the command is empty: give argv[0] and its arguments",
+            )
+            .reply(),
+        );
+    }
+    if req.argv.len() > MAX_ARGV {
+        return Some(OpError::new(ErrorCode::Usage, "the command has too many arguments").reply());
+    }
+    let cwd = match access::canonical_cwd(&req.cwd) {
+        Ok(c) => c,
+        Err(e) => return Some(e.reply()),
+    };
+    let pass_env = match check_pass_env(&req.pass_env) {
+        Ok(p) => p,
+        Err(e) => return Some(e.reply()),
+    };
+    let (vars, search_path, home) = {
+        let inner = broker.lock();
+        match inner.resolve_variables(&req.environment, req.variables.as_deref()) {
+            Ok(v) => (v, inner.policy_path(&req.environment), inner.child_home()),
+            Err(e) => return Some(e.reply()),
+        }
+    };
+    let ask = Ask {
+        client: req.client.clone(),
+        environment: req.environment.clone(),
+        variables: vars.clone(),
+        argv: Some(req.argv.clone()),
+        cwd: cwd.clone(),
+        pass_env: pass_env.clone(),
+    };
+    if let Err(e) = access::check_symlink_escape(&broker.lock(), &ask, &req.cwd) {
+        return Some(e.reply());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
+    let mut changed = broker.changed.subscribe();
+    let mut announced: Option<u64> = None;
+    let mut pins: Option<Pins> = None;
+    let (grant_id, exe) = loop {
+        let step = {
+            let inner = broker.lock();
+            inner.find_grant(&ask).map(|gid| {
+                let g = inner.grants.get(&gid);
+                Step::Grant(
+                    gid.clone(),
+                    g.and_then(|g| g.executable.clone()),
+                    g.map(|g| g.inputs.clone()).unwrap_or_default(),
+                )
+            })
+        };
+        let step = match step {
+            Some(s) => s,
+            None => {
+                // The pins a new request shows the human (computed outside the lock).
+                let p = match &pins {
+                    Some(p) => p.clone(),
+                    None => match access::prepare(&req.argv, &cwd, &search_path, home.as_deref()) {
+                        Ok(p) => {
+                            pins = Some(p.clone());
+                            p
+                        }
+                        Err(e) => return Some(e.reply()),
+                    },
+                };
+                let mut inner = broker.lock();
+                match access::find_or_create_request(
+                    &mut inner,
+                    &ask,
+                    p,
+                    req.reason.clone(),
+                    req.ttl_seconds,
+                ) {
+                    Ok((id, created)) => Step::Request(
+                        id,
+                        created,
+                        inner.requests.get(&id).map(|r| r.state.clone()),
+                    ),
+                    Err(e) => return Some(e.reply()),
+                }
+            }
+        };
+        match step {
+            Step::Grant(gid, exe_pin, inputs) => {
+                // Verify outside the lock: resolve again, open and check the file, re-hash inputs.
+                let verified = verify(&req.argv, &cwd, &search_path, exe_pin.as_ref(), &inputs);
+                let mut inner = broker.lock();
+                match verified {
+                    Err(e) => {
+                        inner.revoke(&gid, "pin mismatch");
+                        inner.audit(
+                            "pin_mismatch",
+                            json!({"grant_id": gid, "why": e.to_string()}),
+                        );
+                        drop(inner);
+                        broker.notify();
+                        return Some(
+                            OpError::new(ErrorCode::Denied, format!("{e}; grant {gid} was ended"))
+                                .hint("a new approval is needed: call run again to ask the user")
+                                .reply(),
+                        );
+                    }
+                    Ok(file) => {
+                        // Consume a use only if the grant still covers the run (it may have been
+                        // revoked or used up meanwhile).
+                        let now = Timestamp::now();
+                        if let Some(g) = inner.grants.get_mut(&gid)
+                            && g.covers(&ask, now)
+                        {
+                            if let Some(u) = g.uses_left.as_mut() {
+                                *u = u.saturating_sub(1);
+                            }
+                            g.runs += 1;
+                            break (gid, file);
+                        }
+                        continue;
+                    }
+                }
+            }
+            Step::Request(id, created, state) => {
+                if created {
+                    broker.notify();
+                }
+                match state {
+                    Some(RequestState::Denied { reason }) => {
+                        return Some(
+                            OpError::new(
+                                ErrorCode::Denied,
+                                format!(
+                                    "the user denied request #{id}{}",
+                                    reason
+                                        .map(|r| format!(": {}", crate::display::visible_text(&r)))
+                                        .unwrap_or_default()
+                                ),
+                            )
+                            .reply(),
+                        );
+                    }
+                    Some(RequestState::Expired) => {
+                        return Some(
+                            OpError::new(
+                                ErrorCode::Timeout,
+                                format!("request #{id} expired unanswered"),
+                            )
+                            .reply(),
+                        );
+                    }
+                    _ => {}
+                }
+                if announced != Some(id) {
+                    announced = Some(id);
+                    if let Ok(body) = Frame::json(&Reply::Pending {
+                        request_id: id,
+                        hint: approve_hint(id),
+                        is_final: false,
+                    }) {
+                        let _ = sink.send(body).await;
+                    }
+                }
+            }
+        }
+        // Wait for a change, the deadline, or the client going away.
+        tokio::select! {
+            r = changed.changed() => { if r.is_err() { return None; } }
+            _ = tokio::time::sleep_until(deadline) => {
+                let id = announced.unwrap_or(0);
+                return Some(Reply::Pending { request_id: id, hint: approve_hint(id), is_final: true });
+            }
+            _ = gone.cancelled() => return None,
+            _ = broker.shutdown.cancelled() => return Some(OpError::new(ErrorCode::Failed, "the broker is stopping").reply()),
+        }
+    };
+
+    // Spawn under the grant, with an environment built from scratch.
+    let (values, cancel, redactor, shown_argv, env) = {
+        let inner = broker.lock();
+        let values = match inner.values(&req.environment, &vars) {
+            Ok(v) => v,
+            Err(e) => return Some(e.reply()),
+        };
+        let cancel = inner
+            .grants
+            .get(&grant_id)
+            .map(|g| g.cancel.clone())
+            .unwrap_or_default();
+        let redactor = crate::redact::Redactor::new(
+            values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().as_bytes().to_vec())),
+        );
+        let env_red = inner.env_redactor(&req.environment);
+        let shown_argv = scrub_argv(&env_red, &req.argv);
+        let env = child_env(&inner, &req.environment, &req.env, &pass_env);
+        (values, cancel, redactor, shown_argv, env)
+    };
+    req.env.clear();
+    let run_id = new_id("r-");
+    let timeout = Duration::from_secs(
+        req.timeout_seconds
+            .unwrap_or(spawn::DEFAULT_TIMEOUT_SECONDS)
+            .clamp(1, 86_400),
+    );
+    let mut spec = SpawnSpec {
+        argv: std::mem::take(&mut req.argv),
+        cwd: cwd.clone(),
+        env,
+        values,
+        stdin: req.stdin.take(),
+        exe,
+    };
+    let started_at = std::time::SystemTime::now();
+    let started = match spawn::start(&mut spec) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!(
+                "cannot start \"{}\": {e}",
+                shown_argv
+                    .first()
+                    .map(|a| crate::display::visible(a))
+                    .unwrap_or_default()
+            );
+            broker.lock().audit(
+                "run_failed",
+                json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": scrub(&redactor, &e.to_string())}),
+            );
+            return Some(
+                OpError::new(ErrorCode::Failed, msg)
+                    .hint("check that the command exists and is executable")
+                    .reply(),
+            );
+        }
+    };
+    {
+        let mut inner = broker.lock();
+        inner.runs.insert(
+            run_id.clone(),
+            LiveRun {
+                id: run_id.clone(),
+                grant_id: grant_id.clone(),
+                pgid: started.pid,
+                argv: shown_argv.clone(),
+                started_at: Timestamp::now(),
+            },
+        );
+        inner.audit(
+            "run_start",
+            json!({
+                "run_id": run_id,
+                "grant_id": grant_id,
+                "client": req.client.scope_key(),
+                "environment": req.environment,
+                "variables": vars,
+                "argv": shown_argv,
+                "cwd": cwd,
+                "pid": started.pid,
+            }),
+        );
+    }
+    if let Ok(body) = Frame::json(&Reply::Started {
+        run_id: run_id.clone(),
+        grant_id: grant_id.clone(),
+    }) {
+        let _ = sink.send(body).await;
+    }
+    let mut result = spawn::relay(
+        started,
+        timeout,
+        req.output,
+        &redactor,
+        cancel,
+        gone.clone(),
+        sink,
+    )
+    .await;
+    result.run_id = run_id.clone();
+    result.grant_id = grant_id.clone();
+    let _ = started_at;
+    {
+        let mut inner = broker.lock();
+        inner.runs.remove(&run_id);
+        inner.audit(
+            "run_end",
+            json!({
+                "run_id": run_id,
+                "grant_id": grant_id,
+                "exit_code": result.exit_code,
+                "signal": result.signal,
+                "redactions": result.redactions,
+                "timed_out": result.timed_out,
+                "revoked": result.revoked,
+                "truncated": result.truncated,
+                "duration_ms": result.duration_ms,
+            }),
+        );
+    }
+    Some(Reply::Exit(result))
+}
+
+/// Checks that what would run now is what was approved; returns the open executable.
+fn verify(
+    argv: &[String],
+    cwd: &str,
+    search_path: &str,
+    pinned: Option<&pin::FilePin>,
+    inputs: &[pin::InputPin],
+) -> Result<std::fs::File, pin::PinError> {
+    let argv0 = argv.first().map(String::as_str).unwrap_or("");
+    let now = pin::resolve(argv0, search_path, std::path::Path::new(cwd))?;
+    let file = match pinned {
+        Some(p) => {
+            if now.to_string_lossy() != p.path {
+                return Err(pin::PinError::Moved {
+                    was: p.path.clone(),
+                    now: now.display().to_string(),
+                });
+            }
+            pin::open_verified(p)?
+        }
+        // Any-command grants pin at run time: check and exec the same open file.
+        None => pin::open_verified(&pin::pin_file(&now)?)?,
+    };
+    pin::check_inputs(inputs)?;
+    Ok(file)
+}
