@@ -55,6 +55,11 @@ pub fn render(r: &Value) -> String {
         esc(s(&client, "version")),
         client["pid"]
     ));
+    if let Some(n) = r["asks"].as_u64().filter(|n| *n > 1) {
+        out.push_str(&format!(
+            "  asked {n} times (identical asks are merged into this one request)\n"
+        ));
+    }
     let flags = names(&r["risk"]);
     if !flags.is_empty() {
         out.push_str(&format!("  RISK:        {flags}\n"));

@@ -60,7 +60,10 @@ pub struct InputPin {
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     /// `argv[0]` is not on the policy PATH.
-    #[error("{name:?} was not found on the policy PATH ({path})")]
+    #[error(
+        "\"{}\" was not found on the policy PATH ({path})",
+        crate::display::visible(name)
+    )]
     NotFound {
         /// argv[0].
         name: String,
@@ -129,6 +132,25 @@ pub fn resolve(argv0: &str, search_path: &str, cwd: &Path) -> Result<PathBuf, Pi
         }
     }
     Err(not_found())
+}
+
+/// What a requester's own `PATH` (relative entries included, resolved against `cwd`) would run
+/// for `argv[0]`: used to notice a PATH that shadows the policy's executable.
+pub fn resolve_as_requester(argv0: &str, requester_path: &str, cwd: &Path) -> Option<PathBuf> {
+    if argv0.contains('/') || argv0.is_empty() {
+        return None;
+    }
+    requester_path.split(':').find_map(|dir| {
+        let d = if dir.is_empty() {
+            cwd.to_path_buf()
+        } else {
+            cwd.join(dir)
+        };
+        let cand = d.join(argv0);
+        let m = std::fs::metadata(&cand).ok()?;
+        (m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .then(|| std::fs::canonicalize(&cand).ok())?
+    })
 }
 
 type Key = (u64, u64, u64, i64, i64);

@@ -252,8 +252,20 @@ pub fn find_or_create_request(
     ttl_seconds: Option<u64>,
 ) -> OpResult<(u64, bool)> {
     inner.expire_requests();
+    // Every ask counts towards the burst rate, coalesced or not.
+    let key = ask.client.scope_key();
+    let now_i = Instant::now();
+    let recent = inner.recent.entry(key.clone()).or_default();
+    while recent
+        .front()
+        .is_some_and(|t| now_i.duration_since(*t) > Duration::from_secs(60))
+    {
+        recent.pop_front();
+    }
+    recent.push_back(now_i);
+    let recent_requests = recent.len();
     let mut open = 0;
-    for r in inner.requests.values() {
+    for r in inner.requests.values_mut() {
         if r.client.scope_key() == ask.client.scope_key() && r.state == RequestState::Pending {
             open += 1;
         }
@@ -262,6 +274,11 @@ pub fn find_or_create_request(
         }
         match &r.state {
             RequestState::Pending if r.executable == pins.executable && r.inputs == pins.inputs => {
+                // Coalesce: the same ask again only counts, and a burst is flagged.
+                r.asks += 1;
+                if recent_requests >= 5 && !r.risk.iter().any(|f| f == "burst") {
+                    r.risk.push("burst".to_owned());
+                }
                 return Ok((r.id, false));
             }
             RequestState::Denied { reason }
@@ -290,18 +307,6 @@ pub fn find_or_create_request(
         )
         .hint("wait until the user has answered them (`keyveil requests` lists them)"));
     }
-    // Facts for the risk flags.
-    let key = ask.client.scope_key();
-    let now_i = Instant::now();
-    let recent = inner.recent.entry(key.clone()).or_default();
-    while recent
-        .front()
-        .is_some_and(|t| now_i.duration_since(*t) > Duration::from_secs(60))
-    {
-        recent.pop_front();
-    }
-    recent.push_back(now_i);
-    let recent_requests = recent.len();
     let argv_key = ask.argv.clone().unwrap_or_default();
     let facts = risk::Facts {
         writable_executable: pins.writable,
@@ -343,6 +348,7 @@ pub fn find_or_create_request(
             executable: pins.executable.clone(),
             inputs: pins.inputs.clone(),
             risk: flags.clone(),
+            asks: 1,
             created_at: Timestamp::now(),
             state: RequestState::Pending,
             decided: None,

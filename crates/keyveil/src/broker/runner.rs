@@ -134,6 +134,9 @@ async fn run_inner(
     if let Err(e) = access::check_symlink_escape(&broker.lock(), &ask, &req.cwd) {
         return Some(e.reply());
     }
+    if let Err(e) = check_path_shadow(&req, &cwd, &search_path, home.as_deref()) {
+        return Some(e.reply());
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
@@ -395,6 +398,43 @@ async fn run_inner(
         );
     }
     Some(Reply::Exit(result))
+}
+
+/// Refuses a command whose name the requester's own `PATH` resolves to a different file, in a
+/// place the requester can write (`./node_modules/.bin/npm` shadowing `/usr/bin/npm`): keyveil
+/// runs the policy's file, but an ambiguity like this is an attack or a mistake worth stopping.
+fn check_path_shadow(
+    req: &RunRequest,
+    cwd: &str,
+    search_path: &str,
+    home: Option<&str>,
+) -> Result<(), OpError> {
+    let Some(argv0) = req.argv.first() else {
+        return Ok(());
+    };
+    let Some((_, rpath)) = req.env.iter().find(|(k, _)| k == "PATH") else {
+        return Ok(());
+    };
+    let cwd_p = std::path::Path::new(cwd);
+    let Some(theirs) = pin::resolve_as_requester(argv0, rpath, cwd_p) else {
+        return Ok(());
+    };
+    let ours = pin::resolve(argv0, search_path, cwd_p).ok();
+    if ours.as_ref() != Some(&theirs)
+        && pin::requester_writable(&theirs, cwd_p, home.map(std::path::Path::new))
+    {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!(
+                "refused: the requester's PATH resolves the executable \"{}\" to {}, a file it can write, but the policy PATH resolves it to {}",
+                crate::display::visible(argv0),
+                crate::display::visible(&theirs.to_string_lossy()),
+                ours.map(|p| crate::display::visible(&p.to_string_lossy())).unwrap_or_else(|| "nothing".to_owned())
+            ),
+        )
+        .hint("run the intended program by its absolute path, or remove the shadowing directory from PATH"));
+    }
+    Ok(())
 }
 
 /// Checks that what would run now is what was approved; returns the open executable.

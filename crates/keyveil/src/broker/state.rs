@@ -72,6 +72,8 @@ pub struct AccessReq {
     pub inputs: Vec<InputPin>,
     /// Risk flags computed by the broker (see `risk.rs`).
     pub risk: Vec<String>,
+    /// How many times this same ask was made (identical asks coalesce into one request).
+    pub asks: u32,
     /// When it was made.
     pub created_at: Timestamp,
     /// State.

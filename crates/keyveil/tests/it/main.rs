@@ -7,7 +7,9 @@
     clippy::indexing_slicing
 )]
 
+mod approval;
 mod corpus;
 mod flow;
 mod harness;
 mod tamper;
+mod web;
