@@ -4,20 +4,27 @@
 //! semantics, so *every* occurrence of every pattern is reported, overlapping ones included):
 //!
 //! - the **normalised pass** runs over the normalised view of the output
-//!   ([`crate::normalize`]: whitespace and ANSI escape sequences removed) and holds every pattern
-//!   whose normalised form is at least [`MIN_LEN`] bytes. Matches are mapped back to original
-//!   byte offsets through a ring buffer, so a match covers the noise inside it (line wrapping,
+//!   ([`crate::normalize`]: whitespace and colour codes removed) and holds every pattern whose
+//!   normalised form is at least [`MIN_LEN`] bytes. Matches are mapped back to original byte
+//!   offsets through a ring buffer, so a match covers the noise inside it (line wrapping,
 //!   hexdump spacing, colour codes, values interleaved with spaces, lines joined by any
 //!   whitespace run).
 //! - the **raw pass** runs over the original bytes and holds the patterns of short values
 //!   (matched only as whole tokens) and the rare patterns that normalisation would shrink below
-//!   [`MIN_LEN`].
+//!   [`MIN_LEN`] or that escape bytes could hide from the normalised view.
 //!
-//! Each pass is driven one byte at a time through [`Automaton::next_state`], with its state kept
-//! between chunks, so the matches found do not depend on how the output is split.
+//! The raw pass is a classic unanchored Aho-Corasick scan. The normalised pass is *filtered*:
+//! every normalised offset whose next [`Q`] bytes are the first [`Q`] bytes of some pattern
+//! (a hashed bitmap, [`PrefixFilter`]) starts an anchored walk of the trie, which reports every
+//! pattern that starts there. Since all its patterns are at least [`MIN_LEN`] ≥ [`Q`] bytes
+//! long, no occurrence is missed, and ordinary text costs one bitmap probe per byte.
+//!
+//! Both passes consume one byte at a time with their state kept between chunks, so the matches
+//! found do not depend on how the output is split.
 
-use crate::normalize::{MAX_CSI_PARAMS, Normalizer, normalize, swallowable};
+use crate::normalize::{MAX_CSI_PARAMS, Normalizer, is_special, normalized_forms};
 use crate::{MAX_NOISE_RUN, MIN_LEN};
+use aho_corasick::StartKind;
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::{contiguous, noncontiguous};
 use aho_corasick::{Anchored, MatchKind, dfa};
@@ -120,9 +127,12 @@ impl Patterns {
     /// Does `p` occur inside one of the markers?
     fn forbidden(&self, p: &[u8]) -> bool {
         if p.len() > self.max_marker_len
-            || !p
-                .iter()
-                .all(|&b| self.marker_bytes.get(usize::from(b)).copied().unwrap_or(false))
+            || !p.iter().all(|&b| {
+                self.marker_bytes
+                    .get(usize::from(b))
+                    .copied()
+                    .unwrap_or(false)
+            })
         {
             return false;
         }
@@ -136,16 +146,16 @@ impl Patterns {
 
     /// Adds a pattern that may match anywhere.
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
-        if swallowable(bytes) && bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
-            // A preceding `ESC [` could hide its start from the normalised view.
-            self.raw.add(bytes.to_vec(), secret, false);
-        }
-        let n = normalize(bytes);
-        if n.len() >= MIN_LEN {
-            if !self.forbidden(&n) {
-                self.normalized.add(n, secret, false);
+        let mut any = false;
+        for n in normalized_forms(bytes) {
+            if n.len() >= MIN_LEN {
+                any = true;
+                if !self.forbidden(&n) {
+                    self.normalized.add(n, secret, false);
+                }
             }
-        } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
+        }
+        if !any && bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
             self.raw.add(bytes.to_vec(), secret, false);
         }
     }
@@ -158,12 +168,108 @@ impl Patterns {
     }
 }
 
+/// Length of the prefix the normalised pass filters on.
+pub(crate) const Q: usize = 4;
+
 /// A built automaton.
 #[derive(Clone, Debug)]
 pub(crate) enum Engine {
     Dfa(dfa::DFA),
     Contiguous(contiguous::NFA),
     Noncontiguous(noncontiguous::NFA),
+}
+
+/// Which pattern prefixes exist, for the normalised pass.
+///
+/// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
+/// (false positives only cost a short trie walk). `one`, `two` and `three` answer "could the
+/// last 1–3 bytes start a pattern?" so that a stream holds back nothing at the end of ordinary
+/// output (`two` is exact, `three` hashed).
+#[derive(Clone, Debug)]
+pub(crate) struct PrefixFilter {
+    four: Vec<u64>,
+    shift: u32,
+    one: [bool; 256],
+    two: Vec<u64>,
+    three: Vec<u64>,
+}
+
+const HASH_MUL: u32 = 0x9e37_79b1;
+const THREE_BITS: u32 = 16;
+
+fn set_bit(bits: &mut [u64], i: usize) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        *w |= 1 << (i % 64);
+    }
+}
+
+#[inline(always)]
+fn get_bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+impl PrefixFilter {
+    fn build(patterns: &[Vec<u8>]) -> PrefixFilter {
+        let mut prefixes: Vec<u32> = patterns
+            .iter()
+            .filter_map(|p| p.get(..Q))
+            .filter_map(|p| <[u8; Q]>::try_from(p).ok())
+            .map(u32::from_be_bytes)
+            .collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        let bits = (prefixes.len() * 32)
+            .next_power_of_two()
+            .clamp(1 << 12, 1 << 24);
+        let log = bits.trailing_zeros();
+        let mut f = PrefixFilter {
+            four: vec![0; bits / 64],
+            shift: 32 - log,
+            one: [false; 256],
+            two: vec![0; 65536 / 64],
+            three: vec![0; (1 << THREE_BITS) / 64],
+        };
+        for &w in &prefixes {
+            let h = f.hash4(w);
+            set_bit(&mut f.four, h);
+            let [a, b, c, _] = w.to_be_bytes();
+            if let Some(slot) = f.one.get_mut(usize::from(a)) {
+                *slot = true;
+            }
+            set_bit(&mut f.two, usize::from(u16::from_be_bytes([a, b])));
+            set_bit(&mut f.three, Self::hash3(u32::from_be_bytes([0, a, b, c])));
+        }
+        f
+    }
+
+    #[inline(always)]
+    fn hash4(&self, w: u32) -> usize {
+        (w.wrapping_mul(HASH_MUL) >> self.shift) as usize
+    }
+
+    fn hash3(w: u32) -> usize {
+        (w.wrapping_mul(HASH_MUL) >> (32 - THREE_BITS)) as usize
+    }
+
+    /// Could a pattern start with the four bytes of `w` (big-endian)?
+    #[inline(always)]
+    fn maybe4(&self, w: u32) -> bool {
+        get_bit(&self.four, self.hash4(w))
+    }
+
+    /// Could a pattern start with the last `n` (1 to 3) bytes of `w`?
+    fn maybe_short(&self, w: u32, n: usize) -> bool {
+        let [_, a, b, c] = w.to_be_bytes();
+        match n {
+            1 => self.one.get(usize::from(c)).copied().unwrap_or(true),
+            2 => get_bit(&self.two, usize::from(u16::from_be_bytes([b, c]))),
+            _ => get_bit(&self.three, Self::hash3(u32::from_be_bytes([0, a, b, c]))),
+        }
+    }
+
+    fn memory_usage(&self) -> usize {
+        (self.four.len() + self.two.len() + self.three.len()) * 8 + 256
+    }
 }
 
 /// One built pass: automaton plus pattern table.
@@ -175,7 +281,9 @@ pub(crate) struct Pass {
     pub extra_owners: Vec<(u32, u32)>,
     pub max_len: usize,
     ring_len: usize,
+    /// Unanchored start state (raw pass) or anchored start state (normalised pass).
     start: StateID,
+    filter: Option<PrefixFilter>,
 }
 
 /// Error building an automaton (only for absurd pattern sets: billions of states).
@@ -189,6 +297,7 @@ impl Pass {
             return Ok(None);
         }
         let max_len = set.bytes.iter().map(Vec::len).max().unwrap_or(1);
+        let anchored = kind == PassKind::Normalized;
         let nnfa = noncontiguous::Builder::new()
             .match_kind(MatchKind::Standard)
             .prefilter(false)
@@ -209,19 +318,33 @@ impl Pass {
             .saturating_mul(classes.next_power_of_two())
             .saturating_mul(4);
         let engine = if dfa_bytes <= DFA_MAX_BYTES {
-            match dfa::Builder::new().build_from_noncontiguous(&nnfa) {
+            let start_kind = if anchored {
+                StartKind::Anchored
+            } else {
+                StartKind::Unanchored
+            };
+            match dfa::Builder::new()
+                .start_kind(start_kind)
+                .build_from_noncontiguous(&nnfa)
+            {
                 Ok(d) => Engine::Dfa(d),
                 Err(_) => contiguous_or(nnfa),
             }
         } else {
             contiguous_or(nnfa)
         };
+        let mode = if anchored {
+            Anchored::Yes
+        } else {
+            Anchored::No
+        };
         let start = match &engine {
-            Engine::Dfa(a) => a.start_state(Anchored::No),
-            Engine::Contiguous(a) => a.start_state(Anchored::No),
-            Engine::Noncontiguous(a) => a.start_state(Anchored::No),
+            Engine::Dfa(a) => a.start_state(mode),
+            Engine::Contiguous(a) => a.start_state(mode),
+            Engine::Noncontiguous(a) => a.start_state(mode),
         }
         .map_err(|_| BuildFailed)?;
+        let filter = anchored.then(|| PrefixFilter::build(&set.bytes));
         let mut extra_owners = set.extra_owners;
         extra_owners.sort_unstable();
         extra_owners.dedup();
@@ -231,8 +354,9 @@ impl Pass {
             info: set.info,
             extra_owners,
             max_len,
-            ring_len: max_len.next_power_of_two(),
+            ring_len: (max_len + Q).next_power_of_two(),
             start,
+            filter,
         }))
     }
 
@@ -244,6 +368,8 @@ impl Pass {
                 fed: 0,
                 last_start: 0,
                 noise_run: 0,
+                window: 0,
+                window_len: 0,
             },
             ring: if self.kind == PassKind::Normalized {
                 vec![0; self.ring_len]
@@ -251,34 +377,39 @@ impl Pass {
                 Vec::new()
             },
             norm: Normalizer::new(),
+            walks: Vec::new(),
         }
     }
 
     /// Feeds `chunk` (whose first byte is at absolute offset `base`) and appends every match
     /// that ends inside it to `hits`, in order of end offset.
     pub fn scan(&self, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
-        match (&self.engine, self.kind) {
-            (Engine::Dfa(a), PassKind::Raw) => self.scan_impl::<_, false>(a, st, chunk, base, hits),
-            (Engine::Dfa(a), PassKind::Normalized) => {
-                self.scan_impl::<_, true>(a, st, chunk, base, hits)
-            }
-            (Engine::Contiguous(a), PassKind::Raw) => {
-                self.scan_impl::<_, false>(a, st, chunk, base, hits)
-            }
-            (Engine::Contiguous(a), PassKind::Normalized) => {
-                self.scan_impl::<_, true>(a, st, chunk, base, hits)
-            }
-            (Engine::Noncontiguous(a), PassKind::Raw) => {
-                self.scan_impl::<_, false>(a, st, chunk, base, hits)
-            }
-            (Engine::Noncontiguous(a), PassKind::Normalized) => {
-                self.scan_impl::<_, true>(a, st, chunk, base, hits)
-            }
+        match &self.engine {
+            Engine::Dfa(a) => self.scan_with(a, st, chunk, base, hits),
+            Engine::Contiguous(a) => self.scan_with(a, st, chunk, base, hits),
+            Engine::Noncontiguous(a) => self.scan_with(a, st, chunk, base, hits),
         }
     }
 
     #[inline(always)]
-    fn scan_impl<A: Automaton, const NORM: bool>(
+    fn scan_with<A: Automaton>(
+        &self,
+        aut: &A,
+        st: &mut PassState,
+        chunk: &[u8],
+        base: u64,
+        hits: &mut Vec<Hit>,
+    ) {
+        match (self.kind, self.filter.as_ref()) {
+            (PassKind::Normalized, Some(filter)) => {
+                self.scan_filtered(aut, filter, st, chunk, base, hits);
+            }
+            _ => self.scan_raw(aut, st, chunk, base, hits),
+        }
+    }
+
+    /// The raw pass: unanchored Aho-Corasick over every byte.
+    fn scan_raw<A: Automaton>(
         &self,
         aut: &A,
         st: &mut PassState,
@@ -287,106 +418,240 @@ impl Pass {
         hits: &mut Vec<Hit>,
     ) {
         let mut c = st.cursor;
-        let mut norm = st.norm;
-        let ring = st.ring.as_mut_slice();
         for (p, &b) in (base..).zip(chunk) {
-            if !NORM {
-                self.feed::<A, false>(aut, &mut c, ring, hits, b, p);
-                continue;
-            }
-            if norm.is_fast(b) {
-                self.feed::<A, true>(aut, &mut c, ring, hits, b, p);
-                continue;
-            }
-            let mut released = [(0u8, 0u64); MAX_CSI_PARAMS + 1];
-            let mut n = 0usize;
-            let dropped = norm.step(b, p, &mut |rb, rp| {
-                if let Some(slot) = released.get_mut(n) {
-                    *slot = (rb, rp);
-                    n += 1;
+            c.sid = aut.next_state(Anchored::No, c.sid, b);
+            c.fed += 1;
+            if aut.is_special(c.sid) && aut.is_match(c.sid) {
+                for k in 0..aut.match_len(c.sid) {
+                    let pattern = aut.match_pattern(c.sid, k).as_u32();
+                    let len = self
+                        .info
+                        .get(pattern as usize)
+                        .map_or(1, |i| u64::from(i.len));
+                    hits.push(Hit {
+                        start: (p + 1).saturating_sub(len),
+                        end: p + 1,
+                        pattern,
+                    });
                 }
-            });
-            for &(rb, rp) in released.iter().take(n) {
-                self.feed::<A, true>(aut, &mut c, ring, hits, rb, rp);
             }
-            self.noise(&mut c, dropped);
+            if c.sid == self.start {
+                c.last_start = c.fed;
+            }
+        }
+        st.cursor = c;
+    }
+
+    /// The normalised pass: normalise, filter on prefixes, walk the trie from candidates.
+    fn scan_filtered<A: Automaton>(
+        &self,
+        aut: &A,
+        filter: &PrefixFilter,
+        st: &mut PassState,
+        chunk: &[u8],
+        base: u64,
+        hits: &mut Vec<Hit>,
+    ) {
+        let mut c = st.cursor;
+        let mut norm = st.norm;
+        let mask = (self.ring_len - 1) as u64;
+        let ring = st.ring.as_mut_slice();
+        let walks = &mut st.walks;
+        let mut i = 0usize;
+        while i < chunk.len() {
+            if walks.is_empty() && norm.is_ground() {
+                // Hot loop: ordinary bytes, no walk in progress. Locals stay in registers.
+                let mut fed = c.fed;
+                let mut window = c.window;
+                let mut window_len = c.window_len;
+                let start_i = i;
+                while let Some(&b) = chunk.get(i) {
+                    if is_special(b) {
+                        break;
+                    }
+                    if let Some(slot) = ring.get_mut((fed & mask) as usize) {
+                        *slot = base + i as u64;
+                    }
+                    fed += 1;
+                    window = (window << 8) | u32::from(b);
+                    i += 1;
+                    if window_len >= Q as u8 - 1 {
+                        window_len = Q as u8;
+                        if filter.maybe4(window) {
+                            c.fed = fed;
+                            c.window = window;
+                            self.start_walk(aut, &mut c, walks);
+                            if !walks.is_empty() {
+                                break;
+                            }
+                        }
+                    } else {
+                        window_len += 1;
+                    }
+                }
+                c.fed = fed;
+                c.window = window;
+                c.window_len = window_len;
+                if i > start_i {
+                    c.noise_run = 0;
+                    continue;
+                }
+            }
+            let Some(&b) = chunk.get(i) else { break };
+            let p = base + i as u64;
+            i += 1;
+            if norm.is_fast(b) {
+                self.feed(aut, filter, &mut c, ring, walks, hits, b, p);
+            } else {
+                self.slow_byte(aut, filter, &mut c, &mut norm, ring, walks, hits, b, p);
+            }
         }
         st.cursor = c;
         st.norm = norm;
     }
 
-    /// Accounts for `dropped` noise bytes: a long enough run ends any partial match.
-    #[inline]
-    fn noise(&self, c: &mut Cursor, dropped: usize) {
-        if dropped == 0 {
-            return;
+    /// A byte that is noise, or that the normaliser holds or releases.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn slow_byte<A: Automaton>(
+        &self,
+        aut: &A,
+        filter: &PrefixFilter,
+        c: &mut Cursor,
+        norm: &mut Normalizer,
+        ring: &mut [u64],
+        walks: &mut Vec<Walk>,
+        hits: &mut Vec<Hit>,
+        b: u8,
+        p: u64,
+    ) {
+        let mut released = [(0u8, 0u64); MAX_CSI_PARAMS + 1];
+        let mut n = 0usize;
+        let dropped = norm.step(b, p, &mut |rb, rp| {
+            if let Some(slot) = released.get_mut(n) {
+                *slot = (rb, rp);
+                n += 1;
+            }
+        });
+        for &(rb, rp) in released.iter().take(n) {
+            self.feed(aut, filter, c, ring, walks, hits, rb, rp);
         }
-        c.noise_run = c.noise_run.saturating_add(dropped as u32);
-        if c.noise_run >= MAX_NOISE_RUN && c.sid != self.start {
-            c.sid = self.start;
-            c.last_start = c.fed;
+        if dropped > 0 {
+            c.noise_run = c.noise_run.saturating_add(dropped as u32);
+            if c.noise_run >= MAX_NOISE_RUN {
+                // A long run of noise ends every partial match.
+                walks.clear();
+                c.window_len = 0;
+            }
         }
     }
 
-    /// Feeds one byte of the pass's view (at original offset `p`) to the automaton.
-    #[inline(always)]
-    fn feed<A: Automaton, const NORM: bool>(
+    /// Feeds one byte of the normalised view (at original offset `p`).
+    #[allow(clippy::too_many_arguments)]
+    fn feed<A: Automaton>(
         &self,
         aut: &A,
+        filter: &PrefixFilter,
         c: &mut Cursor,
         ring: &mut [u64],
+        walks: &mut Vec<Walk>,
         hits: &mut Vec<Hit>,
         b: u8,
         p: u64,
     ) {
         let mask = (self.ring_len - 1) as u64;
-        if NORM {
-            c.noise_run = 0;
-            if let Some(slot) = ring.get_mut((c.fed & mask) as usize) {
-                *slot = p;
-            }
+        if let Some(slot) = ring.get_mut((c.fed & mask) as usize) {
+            *slot = p;
         }
-        c.sid = aut.next_state(Anchored::No, c.sid, b);
         c.fed += 1;
-        if aut.is_special(c.sid) && aut.is_match(c.sid) {
-            for k in 0..aut.match_len(c.sid) {
-                let pattern = aut.match_pattern(c.sid, k).as_u32();
-                let len = self
-                    .info
-                    .get(pattern as usize)
-                    .map_or(1, |i| u64::from(i.len));
-                let start = if NORM {
+        c.window = (c.window << 8) | u32::from(b);
+        c.noise_run = 0;
+        self.after_feed(aut, filter, c, ring, walks, hits, b, p);
+    }
+
+    /// Advances the walks in progress with the byte just fed, then checks whether a new walk
+    /// starts [`Q`] bytes back.
+    #[allow(clippy::too_many_arguments)]
+    fn after_feed<A: Automaton>(
+        &self,
+        aut: &A,
+        filter: &PrefixFilter,
+        c: &mut Cursor,
+        ring: &[u64],
+        walks: &mut Vec<Walk>,
+        hits: &mut Vec<Hit>,
+        b: u8,
+        p: u64,
+    ) {
+        let mask = (self.ring_len - 1) as u64;
+        let mut i = 0;
+        while let Some(w) = walks.get_mut(i) {
+            w.sid = aut.next_state(Anchored::Yes, w.sid, b);
+            if aut.is_dead(w.sid) {
+                walks.swap_remove(i);
+                continue;
+            }
+            if aut.is_match(w.sid) {
+                for k in 0..aut.match_len(w.sid) {
+                    let pattern = aut.match_pattern(w.sid, k).as_u32();
+                    let len = self
+                        .info
+                        .get(pattern as usize)
+                        .map_or(1, |x| u64::from(x.len));
                     let idx = (c.fed.saturating_sub(len) & mask) as usize;
-                    ring.get(idx).copied().unwrap_or(p)
-                } else {
-                    (p + 1).saturating_sub(len)
-                };
-                hits.push(Hit {
-                    start,
-                    end: p + 1,
-                    pattern,
-                });
+                    hits.push(Hit {
+                        start: ring.get(idx).copied().unwrap_or(p),
+                        end: p + 1,
+                        pattern,
+                    });
+                }
+            }
+            i += 1;
+        }
+        if c.window_len >= Q as u8 - 1 {
+            c.window_len = Q as u8;
+            if filter.maybe4(c.window) {
+                self.start_walk(aut, c, walks);
+            }
+        } else {
+            c.window_len += 1;
+        }
+    }
+
+    /// Starts an anchored walk at the first byte of the current window (no pattern is shorter
+    /// than [`Q`], so the window's own bytes cannot complete a match).
+    #[inline(never)]
+    fn start_walk<A: Automaton>(&self, aut: &A, c: &mut Cursor, walks: &mut Vec<Walk>) {
+        let mut sid = self.start;
+        for b in c.window.to_be_bytes() {
+            sid = aut.next_state(Anchored::Yes, sid, b);
+            if aut.is_dead(sid) {
+                return;
             }
         }
-        if c.sid == self.start {
-            c.last_start = c.fed;
-        }
+        walks.push(Walk {
+            sid,
+            start: c.fed - Q as u64,
+        });
     }
 
     /// End of stream: releases bytes the normaliser still holds and reports their matches.
     pub fn finish(&self, st: &mut PassState, hits: &mut Vec<Hit>) {
-        if self.kind != PassKind::Normalized {
+        let Some(filter) = self.filter.as_ref() else {
             return;
-        }
+        };
         let mut released = Vec::new();
         st.norm.finish(&mut |b, p| released.push((b, p)));
         let mut c = st.cursor;
         let ring = st.ring.as_mut_slice();
+        let walks = &mut st.walks;
         for (b, p) in released {
             match &self.engine {
-                Engine::Dfa(a) => self.feed::<_, true>(a, &mut c, ring, hits, b, p),
-                Engine::Contiguous(a) => self.feed::<_, true>(a, &mut c, ring, hits, b, p),
-                Engine::Noncontiguous(a) => self.feed::<_, true>(a, &mut c, ring, hits, b, p),
+                Engine::Dfa(a) => self.feed(a, filter, &mut c, ring, walks, hits, b, p),
+                Engine::Contiguous(a) => self.feed(a, filter, &mut c, ring, walks, hits, b, p),
+                Engine::Noncontiguous(a) => {
+                    self.feed(a, filter, &mut c, ring, walks, hits, b, p);
+                }
             }
         }
         st.cursor = c;
@@ -395,26 +660,33 @@ impl Pass {
     /// The earliest absolute offset at which a match not yet reported could still start, or
     /// `total` (the end of the input so far) if none can.
     pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
-        let held = st.norm.held_from().unwrap_or(total).min(total);
         let c = &st.cursor;
-        if c.sid == self.start {
-            return held;
-        }
-        let k = c
-            .last_start
-            .max(c.fed.saturating_sub(self.max_len as u64 - 1));
-        if k >= c.fed {
-            return held;
-        }
-        match self.kind {
-            PassKind::Raw => k,
-            PassKind::Normalized => {
+        match &self.filter {
+            None => {
+                if c.sid == self.start {
+                    return total;
+                }
+                let k = c
+                    .last_start
+                    .max(c.fed.saturating_sub(self.max_len as u64 - 1));
+                if k >= c.fed { total } else { k.min(total) }
+            }
+            Some(filter) => {
                 let mask = (self.ring_len - 1) as u64;
-                st.ring
-                    .get((k & mask) as usize)
-                    .copied()
-                    .unwrap_or(total)
-                    .min(held)
+                let at = |idx: u64| st.ring.get((idx & mask) as usize).copied().unwrap_or(0);
+                let mut bound = st.norm.held_from().unwrap_or(total).min(total);
+                if let Some(w) = st.walks.iter().map(|w| w.start).min() {
+                    bound = bound.min(at(w));
+                }
+                // Offsets among the last Q-1 normalised bytes not yet checked as candidates.
+                let pending = usize::from(c.window_len).min(Q - 1);
+                for n in (1..=pending).rev() {
+                    if filter.maybe_short(c.window, n) {
+                        bound = bound.min(at(c.fed - n as u64));
+                        break;
+                    }
+                }
+                bound
             }
         }
     }
@@ -433,7 +705,7 @@ impl Pass {
         first.into_iter().chain(rest)
     }
 
-    /// Heap memory used by the automaton, in bytes.
+    /// Heap memory used by the automaton, filter and pattern table, in bytes.
     pub fn memory_usage(&self) -> usize {
         let aut = match &self.engine {
             Engine::Dfa(a) => a.memory_usage(),
@@ -441,6 +713,7 @@ impl Pass {
             Engine::Noncontiguous(a) => a.memory_usage(),
         };
         aut + self.info.len() * std::mem::size_of::<PatternInfo>()
+            + self.filter.as_ref().map_or(0, PrefixFilter::memory_usage)
     }
 
     /// Name of the automaton kind in use (for benchmarks and diagnostics).
@@ -467,18 +740,33 @@ pub(crate) struct PassState {
     /// Original offset of each of the last `ring_len` normalised bytes.
     ring: Vec<u64>,
     norm: Normalizer,
+    /// Anchored walks in progress (normalised pass).
+    walks: Vec<Walk>,
 }
 
-/// The automaton's position in a stream.
+/// The pass's position in a stream.
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
+    /// Automaton state (raw pass).
     sid: StateID,
-    /// Bytes fed to the automaton so far (for the normalised pass: normalised bytes).
+    /// Bytes fed so far (for the normalised pass: normalised bytes).
     fed: u64,
-    /// Value of `fed` the last time the automaton was in its start state.
+    /// Value of `fed` the last time the automaton was in its start state (raw pass).
     last_start: u64,
-    /// Consecutive noise bytes just dropped.
+    /// Consecutive noise bytes just dropped (normalised pass).
     noise_run: u32,
+    /// The last four normalised bytes, most recent in the low byte.
+    window: u32,
+    /// How many of them are valid (0 to [`Q`]).
+    window_len: u8,
+}
+
+/// An anchored trie walk from a candidate offset.
+#[derive(Clone, Copy, Debug)]
+struct Walk {
+    sid: StateID,
+    /// Normalised index of the walk's first byte.
+    start: u64,
 }
 
 /// A pattern occurrence in absolute original-byte offsets (`start..end`).

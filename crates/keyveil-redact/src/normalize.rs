@@ -21,10 +21,9 @@
 //! A control sequence in progress is *held* rather than dropped: if it turns out not to be an SGR
 //! or erase-in-line sequence (another final byte, a byte outside the allowed ranges, too many
 //! parameters, or the end of the stream), its bytes after `ESC [` are released into the view as
-//! ordinary bytes. So a value printed right after an unfinished `ESC [` is not swallowed. The
-//! one value shape that can still be hidden by a preceding `ESC [` is one that itself starts
-//! with a complete SGR tail (parameter bytes then `m` or `K`); the redactor also matches such
-//! values on the raw bytes.
+//! ordinary bytes. So a value printed right after an unfinished `ESC [` is not swallowed. A value
+//! that itself starts with what completes a colour code (`12m…`, `K…`) is registered in every
+//! form it can take in the view ([`normalized_forms`]).
 
 /// Most parameter and intermediate bytes in a control sequence treated as noise.
 pub const MAX_CSI_PARAMS: usize = 16;
@@ -52,6 +51,12 @@ static SPECIAL: [bool; 256] = {
     t
 };
 
+/// Is `b` whitespace or `ESC` (a byte the normaliser must look at)?
+#[inline(always)]
+pub fn is_special(b: u8) -> bool {
+    SPECIAL.get(usize::from(b)).copied().unwrap_or(true)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum State {
     #[default]
@@ -77,6 +82,12 @@ impl Normalizer {
     /// A normaliser in its ground state.
     pub fn new() -> Normalizer {
         Normalizer::default()
+    }
+
+    /// True in the ground state (no escape sequence in progress).
+    #[inline(always)]
+    pub fn is_ground(&self) -> bool {
+        self.state == State::Ground
     }
 
     /// True if `b` takes the fast path: ground state, not whitespace, not `ESC` (it is simply
@@ -188,10 +199,12 @@ pub fn normalize(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Could the normalised view of `value` differ from `normalize(value)` when it is printed next
-/// to escape bytes (right after `ESC` or `ESC [`, or right before `m`)? Such values, for example
-/// `12mABC…` or `[1mXYZ…`, are also matched on the raw bytes.
-pub fn swallowable(value: &[u8]) -> bool {
+/// The normalised views `value` can have when printed next to escape bytes: after nothing,
+/// right after `ESC`, right after `ESC [` (a leading `12m`/`K`/`[1m` would then be taken as a
+/// colour code), and right before an `m` (a trailing unfinished `ESC [12` would then be one).
+/// Deduplicated, the plain [`normalize`] form first. Registering all of them keeps a program
+/// from hiding a value by printing escape bytes next to it.
+pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
     let plain = normalize(value);
     let from = |state: State| {
         let mut n = Normalizer {
@@ -208,9 +221,17 @@ pub fn swallowable(value: &[u8]) -> bool {
     };
     let mut with_m = value.to_vec();
     with_m.push(b'm');
-    let mut plain_m = plain.clone();
-    plain_m.push(b'm');
-    from(State::Esc) != plain || from(State::Csi) != plain || normalize(&with_m) != plain_m
+    let mut before_m = normalize(&with_m);
+    if before_m.last() == Some(&b'm') {
+        before_m.pop();
+    }
+    let mut forms = vec![plain];
+    for f in [from(State::Esc), from(State::Csi), before_m] {
+        if !forms.contains(&f) {
+            forms.push(f);
+        }
+    }
+    forms
 }
 
 #[cfg(test)]
@@ -267,12 +288,23 @@ mod tests {
     }
 
     #[test]
-    fn swallowable_values() {
-        assert!(swallowable(b"12mABCDEFGH"));
-        assert!(swallowable(b"KABCDEFGH"));
-        assert!(swallowable(b"[1mABCDEFGH"));
-        assert!(swallowable(b"ABCDEFGH\x1b[12"));
-        assert!(!swallowable(b"ghp_ABCDEFGH"));
-        assert!(!swallowable(b"1234abcd"));
+    fn forms_next_to_escapes() {
+        assert_eq!(
+            normalized_forms(b"12mABCDEFGH"),
+            vec![b"12mABCDEFGH".to_vec(), b"ABCDEFGH".to_vec()]
+        );
+        assert_eq!(
+            normalized_forms(b"[1mABCDEFGH"),
+            vec![b"[1mABCDEFGH".to_vec(), b"ABCDEFGH".to_vec()]
+        );
+        assert_eq!(
+            normalized_forms(b"ABCDEFGH\x1b[12"),
+            vec![b"ABCDEFGH12".to_vec(), b"ABCDEFGH".to_vec()]
+        );
+        assert_eq!(
+            normalized_forms(b"ghp_ABCDEFGH"),
+            vec![b"ghp_ABCDEFGH".to_vec()]
+        );
+        assert_eq!(normalized_forms(b"1234abcd"), vec![b"1234abcd".to_vec()]);
     }
 }
