@@ -276,7 +276,7 @@ impl KeyveilMcp {
             .unwrap_or(DEFAULT_WAIT_SECONDS)
             .min(MAX_WAIT_SECONDS);
         let req = Request::Run(RunRequest {
-            pass_env: Vec::new(),
+            pass_env: a.pass_env.unwrap_or_default(),
             client: self.client(ctx),
             environment: a.environment,
             variables: a.variables,
@@ -405,7 +405,7 @@ impl KeyveilMcp {
             );
         }
         let req = Request::RequestAccess(AccessRequest {
-            pass_env: Vec::new(),
+            pass_env: a.pass_env.unwrap_or_default(),
             client: self.client(ctx),
             environment: a.environment,
             variables: a.variables,

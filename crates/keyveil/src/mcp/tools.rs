@@ -108,6 +108,11 @@ pub struct RunArgs {
     /// Only these variables (default: all of the environment).
     #[serde(default)]
     pub variables: Option<Vec<String>>,
+    /// Names of variables of this server's own environment to pass to the command (e.g.
+    /// ["CI"]); the user sees them at approval. The command otherwise gets a clean environment
+    /// plus the secrets.
+    #[serde(default)]
+    pub pass_env: Option<Vec<String>>,
     /// Text written to the command's standard input.
     #[serde(default)]
     pub stdin: Option<String>,
@@ -139,6 +144,9 @@ pub struct RequestAccessArgs {
     /// Working directory runs will use (default: the server's directory).
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Names of variables of this server's environment the runs will pass through.
+    #[serde(default)]
+    pub pass_env: Option<Vec<String>>,
     /// Requested lifetime of the grant in seconds.
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
