@@ -259,13 +259,20 @@ async def test_run_waits_for_an_approval_given_during_the_call(home: Home):
                         return
                 time.sleep(0.2)
 
+        progress: list[str] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append(message or "")
+
         t = threading.Thread(target=approver)
         t.start()
         started = time.monotonic()
-        result = await call(client, "run", args)
+        with anyio.fail_after(60):
+            result = await client.call_tool("run", args, progress_callback=on_progress)
         t.join()
         assert approved, "the approver never saw the request"
         assert result.structured_content["status"] == "completed", result.structured_content
+        assert any(f"keyveil approve {approved[0]}" in m for m in progress), progress
         assert time.monotonic() - started < 25
 
         # Without an approval, the call returns at wait_seconds, not later.
@@ -275,6 +282,27 @@ async def test_run_waits_for_an_approval_given_during_the_call(home: Home):
         assert pending.structured_content["status"] == "pending_approval"
         assert 1.5 < elapsed < 6, elapsed
     home.assert_no_value_in_transcript()
+
+
+@pytest.mark.parametrize("era", ["2025-11-25", "2026-07-28"])
+async def test_cancelling_a_call_stops_the_command(home: Home, era: str):
+    args = {"environment": "demo", "command": ["sh", "-c", "sleep 30"], "wait_seconds": 0}
+    async with connect(home, era) as client:
+        first = await call(client, "run", args)
+        home.approve(first.structured_content["request_id"])
+        with anyio.move_on_after(2) as scope:
+            await client.call_tool("run", args)
+        assert scope.cancelled_caught, "the run should still be going after 2 s"
+        # The host cancelled: the broker kills the command's process group.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = json.loads(home.cli("status", "--json").stdout)
+            if status.get("live_runs") == 0:
+                break
+            await anyio.sleep(0.1)
+        assert status.get("live_runs") == 0, status
+        ok = await call(client, "list_environments")
+        assert not ok.is_error
 
 
 async def test_round_trip_of_a_granted_run(home: Home, capsys: pytest.CaptureFixture[str]):

@@ -51,4 +51,5 @@ pub use model::{
     MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings, Source, Variable,
     VaultData, is_valid_environment_name, is_valid_name,
 };
+pub use model::DynamicSource;
 pub use vault::{AUDIT_KEY_INFO, PassphraseChecker, Vault};

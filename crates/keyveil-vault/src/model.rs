@@ -159,6 +159,34 @@ pub struct Variable {
     pub created_at: jiff::Timestamp,
     /// When the value was last replaced (UTC), if ever.
     pub rotated_at: Option<jiff::Timestamp>,
+    /// For a variable of source [`Source::Dynamic`] or [`Source::Provider`]: how its value is
+    /// minted or fetched per grant (then `value` is `None`). Omitted when absent, so vaults
+    /// written before this field existed re-encrypt byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicSource>,
+}
+
+/// How a dynamic variable gets its value: the engine that mints it per grant (or the provider
+/// it is fetched from at run time), the engine's administrative credential and its settings.
+/// Interpreted by the broker (`crates/keyveil/src/dynamic`, see `docs/dynamic-credentials.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicSource {
+    /// Engine name: `postgres`, `redis`, `openbao-database` or `openbao-kv`.
+    pub engine: String,
+    /// The administrative credential: an admin connection URL (`postgres`, `redis`) or an
+    /// OpenBao token (`openbao-*`). A secret: never shown, never leaves the broker.
+    pub admin: SecretValue,
+    /// What a minted credential may do, written by the human: SQL statements with a `{{role}}`
+    /// placeholder (`postgres`) or ACL rules (`redis`). Empty for the OpenBao engines.
+    #[serde(default)]
+    pub template: String,
+    /// What is injected: `password`, `url` or `pg-env`.
+    #[serde(default)]
+    pub output: String,
+    /// Engine settings that are not secrets (`address`, `mount`, `role`, `path`, `key`,
+    /// `prefix`, `connect_url`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 impl Variable {
@@ -174,6 +202,7 @@ impl Variable {
             source,
             created_at: jiff::Timestamp::now(),
             rotated_at: None,
+            dynamic: None,
         }
     }
 }

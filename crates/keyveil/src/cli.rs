@@ -11,6 +11,8 @@ use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
 use crate::protocol::{Charset, ClientInfo, OutputMode, Passphrase, Reply, Request, RunRequest};
 
+mod dynamic;
+
 /// keyveil: let AI coding agents use secrets without ever holding them.
 #[derive(Debug, Parser)]
 #[command(name = "keyveil", version, about, long_about = None)]
@@ -117,6 +119,10 @@ enum Command {
         #[arg(long, conflicts_with = "grant_id")]
         all: bool,
     },
+    /// Dynamic variables: a credential minted per grant at its source (PostgreSQL role, Redis
+    /// ACL user, OpenBao lease) and destroyed when the grant ends, or OpenBao KV values.
+    #[command(subcommand)]
+    Dynamic(dynamic::DynamicCommand),
     /// The audit log.
     Audit(AuditArgs),
     /// Stdio MCP server for agent hosts.
@@ -633,6 +639,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                             g["uses_left"].to_string()
                         },
                     ));
+                    dynamic::print_grant_credentials(g);
                 }
             }
             Ok(0)
@@ -658,6 +665,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Audit(a) => audit(paths, a).await,
+        Command::Dynamic(d) => dynamic::run(paths, d).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo => Ok(0),
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod demo;
 mod display;
+mod dynamic;
 mod harden;
 mod logging;
 mod mcp;

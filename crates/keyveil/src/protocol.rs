@@ -316,6 +316,39 @@ pub enum Request {
     AuditVerify,
     /// A one-time URL of the local web approval page (starts the page on first use).
     WebUrl,
+    /// Declare a dynamic variable: a credential minted per grant at its source, or a value
+    /// fetched from OpenBao at each spawn. From the human's CLI only: it carries the engine's
+    /// admin credential.
+    DynamicAdd(DynamicAddRequest),
+}
+
+/// A dynamic variable to declare (see `docs/dynamic-credentials.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DynamicAddRequest {
+    /// Environment name.
+    pub environment: String,
+    /// Variable name; `None` for `openbao-kv` imports every field of the KV secret.
+    pub name: Option<String>,
+    /// `postgres`, `redis`, `openbao-database` or `openbao-kv`.
+    pub engine: String,
+    /// Admin connection URL (`postgres`, `redis`) or OpenBao token: a secret.
+    pub admin: Passphrase,
+    /// Role template: SQL with `{{role}}` (PostgreSQL), ACL rules (Redis).
+    #[serde(default)]
+    pub template: String,
+    /// `password`, `url` or `pg-env` (empty: `url`, or `password` through OpenBao without a
+    /// connect URL).
+    #[serde(default)]
+    pub output: String,
+    /// Non-secret settings: `address`, `mount`, `role`, `path`, `key`, `connect_url`, `prefix`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Connect with the admin credential before storing it.
+    #[serde(default)]
+    pub check: bool,
 }
 
 impl Request {
@@ -346,6 +379,7 @@ impl Request {
             Request::Audit { .. } => "audit",
             Request::AuditVerify => "audit_verify",
             Request::WebUrl => "web_url",
+            Request::DynamicAdd(_) => "dynamic_add",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! directory; the peer's uid must be ours (same uid is not authorization: the factor is).
 
 pub mod access;
+pub mod dynamic_ops;
 pub mod ops;
 pub mod runner;
 pub mod spawn;
@@ -161,6 +162,8 @@ async fn tick(broker: Arc<Broker>) {
             for id in &due {
                 inner.revoke(id, "expired");
             }
+            // Dynamic credentials of grants that ended; background results into the audit.
+            crate::dynamic::sweep(&mut inner);
             // Forget dead grants after an hour.
             inner.grants.retain(|_, g| {
                 !g.revoked

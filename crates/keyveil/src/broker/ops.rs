@@ -127,6 +127,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::Audit { limit } => audit(broker, limit),
         Request::AuditVerify => audit_verify(broker),
         Request::WebUrl => super::web::url(broker).await,
+        Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
     };
     match r {
@@ -261,6 +262,9 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
             let mut inner = broker.lock();
             inner.factor.succeed();
             inner.audit("unlock", json!({}));
+            drop(inner);
+            // Reap dynamic credentials that a crashed broker left behind.
+            crate::dynamic::on_unlock(broker);
             Ok(json!({"unlocked": true}))
         }
         Err(keyveil_vault::VaultError::WrongPassphrase) => {
@@ -335,7 +339,7 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
                 "name": n,
                 "description": var.description,
                 "source": var.source,
-                "set": var.value.is_some(),
+                "set": var.value.is_some() || var.dynamic.is_some(),
                 "created_at": var.created_at,
                 "rotated_at": var.rotated_at,
             })
@@ -428,6 +432,7 @@ fn store(
                 var.value = Some(keyveil_vault::SecretValue::new(val));
                 var.rotated_at = Some(now);
                 var.source = source;
+                var.dynamic = None;
             }
             if let Some(d) = description {
                 var.description = d;
@@ -442,6 +447,7 @@ fn store(
                     source,
                     created_at: now,
                     rotated_at: None,
+                    dynamic: None,
                 },
             );
         }
@@ -582,7 +588,7 @@ fn var_declare(
             .get(env)
             .ok_or_else(|| unknown_env(env, v))?;
         if let Some(var) = e.variables.get(name)
-            && var.value.is_some()
+            && (var.value.is_some() || var.dynamic.is_some())
         {
             // Declaring never overwrites: an agent must not be able to replace a value.
             return Ok(
@@ -622,7 +628,11 @@ fn grants(broker: &Broker, client: Option<&str>) -> Value {
             let running = inner.runs.values().any(|r| r.grant_id == g.id);
             (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
         })
-        .map(|g| serde_json::to_value(g).unwrap_or(Value::Null))
+        .map(|g| {
+            let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+            crate::dynamic::annotate_grant(&inner, &g.id, &mut v);
+            v
+        })
         .collect();
     json!({"grants": list})
 }

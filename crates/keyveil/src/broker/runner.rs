@@ -275,13 +275,21 @@ async fn run_inner(
         }
     };
 
-    // Spawn under the grant, with an environment built from scratch.
-    let (values, cancel, redactor, shown_argv, env) = {
-        let inner = broker.lock();
-        let values = match inner.values(&req.environment, &vars) {
+    // Just-in-time credentials: minted at the grant's first spawn (reused after), provider
+    // values fetched now.
+    let dynamic_values =
+        match crate::dynamic::values_for_grant(broker, &grant_id, &req.environment, &vars).await {
             Ok(v) => v,
             Err(e) => return Some(e.reply()),
         };
+    // Spawn under the grant, with an environment built from scratch.
+    let (values, cancel, redactor, shown_argv, env) = {
+        let inner = broker.lock();
+        let mut values = match inner.values(&req.environment, &vars) {
+            Ok(v) => v,
+            Err(e) => return Some(e.reply()),
+        };
+        values.extend(dynamic_values);
         let cancel = inner
             .grants
             .get(&grant_id)

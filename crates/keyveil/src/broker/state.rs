@@ -328,6 +328,8 @@ pub struct Inner {
     pub denied_argv: std::collections::HashMap<Vec<String>, Instant>,
     /// Request times per client scope key: for the `burst` flag.
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
+    /// Dynamic credentials minted for grants (`crate::dynamic`).
+    pub dynamic: crate::dynamic::Registry,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].
@@ -411,7 +413,7 @@ impl Inner {
             None => e
                 .variables
                 .iter()
-                .filter(|(_, v)| v.value.is_some())
+                .filter(|(_, v)| v.value.is_some() || v.dynamic.is_some())
                 .map(|(k, _)| k.clone())
                 .collect(),
             Some(list) => {
@@ -425,7 +427,7 @@ impl Inner {
                             )
                             .hint(format!("see its variables with `keyveil env show {env}` (MCP: describe_environment)")));
                         }
-                        Some(v) if v.value.is_none() => {
+                        Some(v) if v.value.is_none() && v.dynamic.is_none() => {
                             return Err(OpError::new(
                                 ErrorCode::Failed,
                                 format!("variable '{n}' in '{env}' has no value yet"),
@@ -467,6 +469,10 @@ impl Inner {
             .ok_or_else(|| unknown_env(env, vault))?;
         let mut out = Vec::with_capacity(vars.len());
         for n in vars {
+            if e.variables.get(n).is_some_and(|v| v.dynamic.is_some()) {
+                // Minted or fetched per grant: `crate::dynamic::values_for_grant`.
+                continue;
+            }
             let v = e
                 .variables
                 .get(n)
@@ -570,6 +576,8 @@ impl Inner {
                 json!({ "grant_id": grant_id, "environment": env, "why": why }),
             );
         }
+        // Destroy its dynamic credentials at their source (in the background, now).
+        crate::dynamic::end_grant(self, grant_id);
         was_live
     }
 }

@@ -1,0 +1,187 @@
+//! `dynamic add`: declares a dynamic variable (a credential minted per grant at its source) or
+//! an OpenBao KV-backed one, storing its configuration and admin credential in the vault.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use keyveil_vault::{Source, Variable};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::Broker;
+use super::state::{OpError, OpResult, unknown_env};
+use crate::dynamic::{self, DynamicError, DynamicSpec, EngineKind, OutputForm};
+use crate::protocol::{DynamicAddRequest, ErrorCode};
+
+/// Option names a request may set (everything else is refused, so a typo is not ignored).
+const OPTIONS: &[&str] = &[
+    "address",
+    "mount",
+    "role",
+    "path",
+    "key",
+    "connect_url",
+    "prefix",
+];
+
+fn usage(msg: impl Into<String>) -> OpError {
+    OpError::new(ErrorCode::Usage, msg)
+}
+
+fn failed(e: &DynamicError) -> OpError {
+    let code = match e {
+        DynamicError::Config(_) => ErrorCode::Usage,
+        _ => ErrorCode::Failed,
+    };
+    OpError::new(code, e.to_string())
+}
+
+/// Handles [`crate::protocol::Request::DynamicAdd`].
+pub async fn add(broker: &Arc<Broker>, req: DynamicAddRequest) -> OpResult<Value> {
+    broker.lock().vault()?;
+    let engine = EngineKind::parse(&req.engine).map_err(|e| failed(&e))?;
+    for k in req.options.keys() {
+        if !OPTIONS.contains(&k.as_str()) {
+            return Err(usage(format!(
+                "unknown dynamic option {:?}; known: {}",
+                crate::display::clip(k, 40),
+                OPTIONS.join(", ")
+            )));
+        }
+    }
+    let mut options = req.options.clone();
+    let output = if req.output.is_empty() {
+        if engine == EngineKind::OpenbaoDatabase && !options.contains_key("connect_url") {
+            OutputForm::Password
+        } else {
+            OutputForm::Url
+        }
+    } else {
+        OutputForm::parse(&req.output).map_err(|e| failed(&e))?
+    };
+    let prefix = match engine {
+        EngineKind::Postgres | EngineKind::Redis => match options.remove("prefix") {
+            Some(p) => p,
+            None => dynamic::new_prefix().map_err(|e| failed(&e))?,
+        },
+        _ => {
+            options.remove("prefix");
+            String::new()
+        }
+    };
+    let spec = DynamicSpec {
+        engine,
+        admin: keyveil_vault::SecretValue::new(req.admin.expose().to_owned()),
+        template: req.template.clone(),
+        output,
+        prefix,
+        options,
+    };
+    spec.check().map_err(|e| failed(&e))?;
+
+    // The variables: one named, or every field of an OpenBao KV secret.
+    let names: Vec<(String, Option<String>)> = match (&req.name, engine) {
+        (Some(n), _) => vec![(n.clone(), None)],
+        (None, EngineKind::OpenbaoKv) => {
+            #[cfg(feature = "openbao")]
+            {
+                let fields = dynamic::openbao::read_kv(&spec)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let mut out = Vec::new();
+                for k in fields.keys() {
+                    if keyveil_vault::is_valid_name(k) {
+                        out.push((k.clone(), Some(k.clone())));
+                    } else {
+                        tracing::warn!(
+                            "skipped a KV field whose name is not a valid variable name"
+                        );
+                    }
+                }
+                if out.is_empty() {
+                    return Err(OpError::new(
+                        ErrorCode::Failed,
+                        "the KV secret has no field whose name is a valid variable name",
+                    ));
+                }
+                out
+            }
+            #[cfg(not(feature = "openbao"))]
+            {
+                return Err(failed(&DynamicError::Unsupported("openbao-kv")));
+            }
+        }
+        (None, _) => return Err(usage("name the variable: keyveil dynamic add ENV VAR ...")),
+    };
+    for (n, _) in &names {
+        if !keyveil_vault::is_valid_name(n) {
+            return Err(usage(format!(
+                "invalid variable name {:?}: names follow environment-variable rules [A-Za-z_][A-Za-z0-9_]*",
+                crate::display::clip(n, 80)
+            )));
+        }
+    }
+    // (A KV import has just read the secret: that was the check.)
+    if req.check && !(engine == EngineKind::OpenbaoKv && req.name.is_none()) {
+        dynamic::check_admin(&spec).await.map_err(|e| {
+            failed(&e).hint("nothing was stored; fix the admin URL or token and try again")
+        })?;
+    }
+
+    let mut inner = broker.lock();
+    let vault = inner.vault_mut()?;
+    let now = Timestamp::now();
+    let Some(env) = vault.data_mut().environments.get_mut(&req.environment) else {
+        return Err(unknown_env(&req.environment, vault));
+    };
+    let source = if engine == EngineKind::OpenbaoKv {
+        Source::Provider
+    } else {
+        Source::Dynamic
+    };
+    let mut replaced = Vec::new();
+    for (n, key) in &names {
+        let mut s = spec.clone();
+        if let Some(k) = key {
+            s.options.insert("key".into(), k.clone());
+        }
+        let stored = s.to_source();
+        let description = req
+            .description
+            .clone()
+            .unwrap_or_else(|| format!("{} credential ({})", engine.name(), spec.shown_target()));
+        match env.variables.get_mut(n) {
+            Some(v) => {
+                v.value = None;
+                v.dynamic = Some(stored);
+                v.source = source;
+                v.description = description;
+                v.rotated_at = Some(now);
+                replaced.push(n.clone());
+            }
+            None => {
+                let mut v = Variable::new(None, description, source);
+                v.dynamic = Some(stored);
+                env.variables.insert(n.clone(), v);
+            }
+        }
+    }
+    vault.save().map_err(|e| {
+        OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}"))
+            .hint("nothing was changed on disk; check free space and permissions of KEYVEIL_HOME")
+    })?;
+    let variables: Vec<&String> = names.iter().map(|(n, _)| n).collect();
+    let template_sha256 = hex::encode(sha2::Sha256::digest(req.template.as_bytes()));
+    let summary = json!({
+        "environment": req.environment,
+        "variables": variables,
+        "engine": engine.name(),
+        "target": spec.shown_target(),
+        "output": output.name(),
+        "prefix": spec.prefix,
+        "template_sha256": template_sha256,
+        "replaced": replaced,
+    });
+    inner.audit("dynamic_add", summary.clone());
+    Ok(summary)
+}

@@ -1,0 +1,464 @@
+//! The broker side of dynamic credentials: which grant holds which minted credential, minting
+//! at a grant's first spawn, destroying at its end, reaping after a crash.
+//!
+//! Hook points in the broker (each one call):
+//!
+//! | where | call | why |
+//! |---|---|---|
+//! | `runner.rs`, after a grant is chosen, before the values are copied | [`values_for_grant`] | mint (or reuse) the grant's credentials, fetch provider values |
+//! | `state.rs`, `Inner::revoke` | [`end_grant`] | destroy at the source within milliseconds of a revoke |
+//! | `mod.rs`, `tick` (every 250 ms) | [`sweep`] | grants that expired or spent their uses; revocation results into the audit log |
+//! | `ops.rs`, `unlock` | [`on_unlock`] | reap what a crashed broker left behind |
+//! | `ops.rs`, `grants` | [`annotate_grant`] | `keyveil grants` shows handles and expiry (never a secret) |
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use jiff::Timestamp;
+use keyveil_vault::SecretValue;
+use serde_json::{Value, json};
+
+use super::{DynamicError, DynamicSpec, EngineKind, Minted};
+use crate::broker::Broker;
+use crate::broker::state::{Inner, OpError, OpResult};
+use crate::protocol::ErrorCode;
+
+/// Attempts to destroy a credential before giving up (the reaper gets it at the next unlock).
+const REVOKE_ATTEMPTS: u32 = 3;
+/// A used-up grant keeps its credentials this long after their last hand-out, so a run being
+/// started is never cut off before it is registered (milliseconds).
+const USED_UP_GRACE_MS: u128 = 2000;
+
+/// A credential held for a grant.
+#[derive(Debug, Clone)]
+struct Held {
+    variable: String,
+    spec: DynamicSpec,
+    minted: Minted,
+    minted_at: Timestamp,
+}
+
+#[derive(Debug)]
+struct GrantCreds {
+    creds: Vec<Held>,
+    last_use: Instant,
+}
+
+/// Results of background revocations and reaps, drained into the audit log by [`sweep`].
+type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
+
+/// Dynamic credentials held by the broker, per grant. Lives in the broker state (`Inner`).
+#[derive(Debug, Default)]
+pub struct Registry {
+    held: BTreeMap<String, GrantCreds>,
+    outbox: Outbox,
+    /// Reaps take it exclusively; mints share it: a reap never races a fresh mint.
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl Registry {
+    /// The credentials a grant holds, as shown by `keyveil grants` (no secret).
+    pub fn describe(&self, grant_id: &str) -> Vec<Value> {
+        self.held
+            .get(grant_id)
+            .map(|g| {
+                g.creds
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "variable": h.variable,
+                            "handle": h.minted.handle,
+                            "minted_at": h.minted_at,
+                            "expires_at": h.minted.expires_at,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Names of every minted user held, for the reaper's keep list.
+    fn held_users(&self) -> Vec<String> {
+        self.held
+            .values()
+            .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.user.clone()))
+            .collect()
+    }
+}
+
+fn lock_outbox(o: &Outbox) -> std::sync::MutexGuard<'_, Vec<(&'static str, Value)>> {
+    o.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds `"dynamic": [...]` (variable, handle, expiry; never a secret) to a grant's JSON.
+pub fn annotate_grant(inner: &Inner, grant_id: &str, grant: &mut Value) {
+    if let Value::Object(m) = grant {
+        m.insert(
+            "dynamic".into(),
+            Value::Array(inner.dynamic.describe(grant_id)),
+        );
+    }
+}
+
+fn op_err(variable: &str, e: &DynamicError) -> OpError {
+    let hint = match e {
+        DynamicError::Config(_) => {
+            "ask the user to fix it with `keyveil dynamic add` (it replaces the variable)"
+        }
+        _ => {
+            "the engine's server or admin credential may be wrong; `keyveil dynamic add` checks them again when the user replaces the variable"
+        }
+    };
+    OpError::new(
+        ErrorCode::Failed,
+        format!("cannot get a credential for {variable}: {e}"),
+    )
+    .hint(hint)
+}
+
+/// The values of the dynamic variables among `vars` for a spawn under `grant_id`: credentials
+/// minted at the grant's first spawn and reused by its later ones (until the grant ends),
+/// provider values fetched now. Static variables are not returned (`Inner::values` gives them).
+/// Extra variables of an output form (`<VAR>_USER`, `PG*`) come with them.
+///
+/// Errors: the grant ended while minting (`Denied`), an engine failed (`Failed`, scrubbed).
+/// Every mint and failure is audited (names and handles only).
+pub async fn values_for_grant(
+    broker: &Arc<Broker>,
+    grant_id: &str,
+    environment: &str,
+    vars: &[String],
+) -> OpResult<Vec<(String, SecretValue)>> {
+    // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
+    let (wanted, expires_at, gate) = {
+        let inner = broker.lock();
+        let vault = inner.vault()?;
+        let Some(env) = vault.data().environments.get(environment) else {
+            return Ok(Vec::new());
+        };
+        let wanted: Vec<(String, keyveil_vault::DynamicSource)> = vars
+            .iter()
+            .filter_map(|n| {
+                env.variables
+                    .get(n)
+                    .and_then(|v| v.dynamic.clone())
+                    .map(|d| (n.clone(), d))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expires_at = inner
+            .grants
+            .get(grant_id)
+            .map(|g| g.expires_at)
+            .unwrap_or_else(Timestamp::now);
+        (wanted, expires_at, inner.dynamic.gate.clone())
+    };
+    let _shared = gate.read().await;
+    let mut out: Vec<(String, SecretValue)> = Vec::new();
+    let mut fresh: Vec<Held> = Vec::new();
+    let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
+    let mut failure: Option<OpError> = None;
+    for (name, src) in wanted {
+        let spec = match DynamicSpec::from_source(&src) {
+            Ok(s) => s,
+            Err(e) => {
+                failure = Some(op_err(&name, &e));
+                break;
+            }
+        };
+        if spec.engine == EngineKind::OpenbaoKv {
+            match fetch_kv(&spec, &name, &mut kv_cache).await {
+                Ok(v) => out.push((name, v)),
+                Err(e) => {
+                    audit_failure(broker, grant_id, environment, &name, &spec, &e);
+                    failure = Some(op_err(&name, &e));
+                    break;
+                }
+            }
+            continue;
+        }
+        let reuse = {
+            let mut inner = broker.lock();
+            inner.dynamic.held.get_mut(grant_id).and_then(|g| {
+                g.last_use = Instant::now();
+                g.creds.iter().find(|h| h.variable == name).cloned()
+            })
+        };
+        let minted = match reuse {
+            Some(h) => h.minted,
+            None => {
+                let t0 = Instant::now();
+                match super::mint(&spec, &name, grant_id, expires_at).await {
+                    Ok(m) => {
+                        broker.lock().audit(
+                            "dynamic_mint",
+                            json!({
+                                "grant_id": grant_id,
+                                "environment": environment,
+                                "variable": name,
+                                "engine": spec.engine.name(),
+                                "handle": m.handle,
+                                "expires_at": m.expires_at,
+                                "ms": t0.elapsed().as_millis() as u64,
+                            }),
+                        );
+                        fresh.push(Held {
+                            variable: name.clone(),
+                            spec: spec.clone(),
+                            minted: m.clone(),
+                            minted_at: Timestamp::now(),
+                        });
+                        m
+                    }
+                    Err(e) => {
+                        audit_failure(broker, grant_id, environment, &name, &spec, &e);
+                        failure = Some(op_err(&name, &e));
+                        break;
+                    }
+                }
+            }
+        };
+        out.push((name, minted.value.clone()));
+        out.extend(minted.extra_env.iter().cloned());
+    }
+    // Register what was minted; if the grant ended meanwhile, destroy it at once.
+    if !fresh.is_empty() {
+        let mut inner = broker.lock();
+        let now = Timestamp::now();
+        let live = inner
+            .grants
+            .get(grant_id)
+            .is_some_and(|g| !g.revoked && g.expires_at > now);
+        if live {
+            let entry = inner
+                .dynamic
+                .held
+                .entry(grant_id.to_owned())
+                .or_insert_with(|| GrantCreds {
+                    creds: Vec::new(),
+                    last_use: Instant::now(),
+                });
+            entry.creds.extend(fresh);
+            entry.last_use = Instant::now();
+        } else {
+            let outbox = inner.dynamic.outbox.clone();
+            spawn_revocations(grant_id.to_owned(), fresh, outbox);
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                format!("grant {grant_id} ended while its credentials were being made"),
+            ));
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+async fn fetch_kv(
+    spec: &DynamicSpec,
+    variable: &str,
+    cache: &mut BTreeMap<String, BTreeMap<String, SecretValue>>,
+) -> Result<SecretValue, DynamicError> {
+    let key = spec.opt("key").unwrap_or(variable).to_owned();
+    let cache_key = spec.shown_target();
+    if !cache.contains_key(&cache_key) {
+        #[cfg(feature = "openbao")]
+        {
+            let fetched = super::openbao::read_kv(spec).await?;
+            cache.insert(cache_key.clone(), fetched);
+        }
+        #[cfg(not(feature = "openbao"))]
+        {
+            return Err(DynamicError::Unsupported("openbao-kv"));
+        }
+    }
+    cache
+        .get(&cache_key)
+        .and_then(|m| m.get(&key))
+        .cloned()
+        .ok_or_else(|| DynamicError::Refused {
+            engine: "openbao-kv",
+            target: cache_key.clone(),
+            action: "provide the value",
+            reason: format!(
+                "the secret has no field {:?}",
+                crate::display::clip(&key, 64)
+            ),
+        })
+}
+
+fn audit_failure(
+    broker: &Broker,
+    grant_id: &str,
+    environment: &str,
+    variable: &str,
+    spec: &DynamicSpec,
+    e: &DynamicError,
+) {
+    tracing::warn!(variable, engine = spec.engine.name(), error = %e, "dynamic credential failed");
+    broker.lock().audit(
+        "dynamic_mint_failed",
+        json!({
+            "grant_id": grant_id,
+            "environment": environment,
+            "variable": variable,
+            "engine": spec.engine.name(),
+            "target": spec.shown_target(),
+            "error": e.to_string(),
+        }),
+    );
+}
+
+/// Destroys, in the background, every credential `grant_id` holds (called when it is revoked
+/// or expires; a no-op for grants without dynamic credentials). The request is audited now,
+/// the outcome by the next [`sweep`].
+pub fn end_grant(inner: &mut Inner, grant_id: &str) {
+    let Some(g) = inner.dynamic.held.remove(grant_id) else {
+        return;
+    };
+    let handles: Vec<Value> = g
+        .creds
+        .iter()
+        .map(|h| json!({"variable": h.variable, "handle": h.minted.handle}))
+        .collect();
+    inner.audit(
+        "dynamic_revoke",
+        json!({ "grant_id": grant_id, "credentials": handles }),
+    );
+    let outbox = inner.dynamic.outbox.clone();
+    spawn_revocations(grant_id.to_owned(), g.creds, outbox);
+}
+
+fn spawn_revocations(grant_id: String, creds: Vec<Held>, outbox: Outbox) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(
+            grant_id,
+            "no async runtime to revoke dynamic credentials; the reaper will get them"
+        );
+        return;
+    };
+    rt.spawn(async move {
+        for h in creds {
+            let t0 = Instant::now();
+            let mut last = None;
+            for attempt in 0..REVOKE_ATTEMPTS {
+                match super::revoke(&h.spec, &h.minted.handle).await {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            200 * u64::from(attempt + 1),
+                        ))
+                        .await;
+                    }
+                }
+            }
+            let entry = match last {
+                None => (
+                    "dynamic_revoked",
+                    json!({"grant_id": grant_id, "variable": h.variable, "handle": h.minted.handle, "ms": t0.elapsed().as_millis() as u64}),
+                ),
+                Some(e) => {
+                    tracing::error!(grant_id, variable = h.variable, error = %e, "cannot revoke a dynamic credential");
+                    (
+                        "dynamic_revoke_failed",
+                        json!({"grant_id": grant_id, "variable": h.variable, "handle": h.minted.handle, "error": e.to_string()}),
+                    )
+                }
+            };
+            lock_outbox(&outbox).push(entry);
+        }
+    });
+}
+
+/// Ends the credentials of grants that are revoked, expired, forgotten, or used up with no run
+/// left; writes background results into the audit log. Called from the broker's tick.
+pub fn sweep(inner: &mut Inner) {
+    let done: Vec<(&'static str, Value)> = std::mem::take(&mut *lock_outbox(&inner.dynamic.outbox));
+    for (event, fields) in done {
+        inner.audit(event, fields);
+    }
+    if inner.dynamic.held.is_empty() {
+        return;
+    }
+    let now = Timestamp::now();
+    let ended: Vec<String> = inner
+        .dynamic
+        .held
+        .iter()
+        .filter(|(id, gc)| match inner.grants.get(*id) {
+            None => true,
+            Some(g) => {
+                g.revoked
+                    || g.expires_at <= now
+                    || (g.uses_left == Some(0)
+                        && !inner.runs.values().any(|r| &r.grant_id == *id)
+                        && gc.last_use.elapsed().as_millis() > USED_UP_GRACE_MS)
+            }
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ended {
+        end_grant(inner, &id);
+    }
+}
+
+/// After an unlock: reap, in the background, the users of every dynamic variable's prefix that
+/// this broker does not hold (a crashed broker's leftovers). Results are audited by [`sweep`].
+pub fn on_unlock(broker: &Arc<Broker>) {
+    let (specs, keep, outbox, gate) = {
+        let inner = broker.lock();
+        let Ok(vault) = inner.vault() else { return };
+        let mut seen = std::collections::BTreeSet::new();
+        let specs: Vec<(String, DynamicSpec)> = vault
+            .data()
+            .environments
+            .iter()
+            .flat_map(|(en, e)| {
+                e.variables.iter().filter_map(move |(vn, v)| {
+                    v.dynamic.as_ref().map(|d| (format!("{en}/{vn}"), d))
+                })
+            })
+            .filter_map(|(label, d)| DynamicSpec::from_source(d).ok().map(|s| (label, s)))
+            .filter(|(_, s)| s.engine.mints())
+            .filter(|(_, s)| seen.insert((s.engine.name(), s.shown_target(), s.prefix.clone())))
+            .collect();
+        (
+            specs,
+            inner.dynamic.held_users(),
+            inner.dynamic.outbox.clone(),
+            inner.dynamic.gate.clone(),
+        )
+    };
+    if specs.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let _exclusive = gate.write().await;
+        for (label, spec) in specs {
+            let r = super::reap(&spec, &keep).await;
+            let entry = match r {
+                Ok(0) => continue,
+                Ok(n) => (
+                    "dynamic_reaped",
+                    json!({"variable": label, "engine": spec.engine.name(), "target": spec.shown_target(), "count": n}),
+                ),
+                Err(e) => {
+                    tracing::warn!(variable = label, error = %e, "cannot reap leftover dynamic credentials");
+                    (
+                        "dynamic_reap_failed",
+                        json!({"variable": label, "engine": spec.engine.name(), "target": spec.shown_target(), "error": e.to_string()}),
+                    )
+                }
+            };
+            lock_outbox(&outbox).push(entry);
+        }
+    });
+}

@@ -1,0 +1,419 @@
+//! PostgreSQL engine: one login role per grant.
+//!
+//! Mint, in one transaction on the admin connection:
+//! `CREATE ROLE "<name>" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+//! PASSWORD '<SCRAM-SHA-256 verifier>' VALID UNTIL '<grant expiry>'`, then the human's template
+//! with `{{role}}` (and `{{database}}`) replaced by quoted identifiers. The password is hashed
+//! client-side (RFC 7677 SCRAM-SHA-256 verifier, as `libpq`'s `PQencryptPasswordConn` does), so
+//! the plaintext never reaches the server or its statement log.
+//!
+//! Revoke: `ALTER ROLE ... NOLOGIN`, `pg_terminate_backend` of its sessions, `DROP OWNED BY`,
+//! `DROP ROLE`. Reap: the same for every role whose name starts with the spec's prefix.
+//! Identifiers are always quoted ([`quote_ident`]); values travel as bind parameters or as
+//! quoted literals that we generated ourselves.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio_postgres::{Client, NoTls};
+
+use super::target::Target;
+use super::{
+    CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, PASSWORD_LEN, PREFIX_ROOT,
+    random_alnum, scrub, shape, timed, user_name,
+};
+
+/// URL schemes accepted for the admin URL.
+pub const SCHEMES: &[&str] = &["postgresql", "postgres"];
+/// Placeholders a template may use.
+const PLACEHOLDERS: &[&str] = &["{{role}}", "{{database}}"];
+
+/// `"ident"` with inner quotes doubled (PostgreSQL's `quote_ident`, always quoting).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'literal'` with inner quotes doubled; refuses backslashes and NUL (never in what we quote).
+fn quote_literal(s: &str) -> Result<String, DynamicError> {
+    if s.contains(['\\', '\0']) {
+        return Err(DynamicError::Config(
+            "internal: a literal with a backslash".into(),
+        ));
+    }
+    Ok(format!("'{}'", s.replace('\'', "''")))
+}
+
+/// Checks a template's placeholders: only `{{role}}` and `{{database}}`.
+pub fn check_template(template: &str) -> Result<(), DynamicError> {
+    let mut rest = template.to_owned();
+    for p in PLACEHOLDERS {
+        rest = rest.replace(p, "");
+    }
+    if rest.contains("{{") {
+        return Err(DynamicError::Config(
+            "the template has an unknown {{placeholder}}: use {{role}} (the minted role) and {{database}}".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An open admin connection.
+struct Admin {
+    client: Client,
+    target: Target,
+    shown: String,
+    secrets: Vec<String>,
+}
+
+impl Admin {
+    async fn open(spec: &DynamicSpec) -> Result<Admin, DynamicError> {
+        let target = Target::parse(spec.admin.expose(), SCHEMES, 5432)?;
+        let shown = target.shown();
+        let secrets = spec.secrets();
+        let user = target.user.clone().unwrap_or_else(|| "postgres".to_owned());
+        let db = if target.path.is_empty() {
+            user.clone()
+        } else {
+            target.path.clone()
+        };
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&target.host)
+            .port(target.port)
+            .user(&user)
+            .dbname(&db)
+            .application_name("keyveil")
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(p) = &target.password {
+            cfg.password(p.expose());
+        }
+        let connect = async {
+            cfg.connect(NoTls).await.map_err(|e| DynamicError::Connect {
+                engine: "postgres",
+                target: shown.clone(),
+                reason: reason(&e, &secrets),
+            })
+        };
+        let (client, conn) = timed(EngineKind::Postgres, &shown, connect).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Admin {
+            client,
+            target,
+            shown,
+            secrets,
+        })
+    }
+
+    fn refused(&self, action: &'static str, e: &tokio_postgres::Error) -> DynamicError {
+        DynamicError::Refused {
+            engine: "postgres",
+            target: self.shown.clone(),
+            action,
+            reason: reason(e, &self.secrets),
+        }
+    }
+
+    fn database(&self) -> String {
+        if self.target.path.is_empty() {
+            self.target
+                .user
+                .clone()
+                .unwrap_or_else(|| "postgres".to_owned())
+        } else {
+            self.target.path.clone()
+        }
+    }
+
+    /// Terminates the role's sessions and drops it; `Ok(false)` if it did not exist.
+    async fn drop_role(&self, name: &str) -> Result<bool, DynamicError> {
+        if !name.starts_with(PREFIX_ROOT) {
+            return Err(DynamicError::Config(
+                "refusing to drop a role keyveil did not create".into(),
+            ));
+        }
+        let exists = self
+            .client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(|e| self.refused("look up the role", &e))?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let id = quote_ident(name);
+        self.client
+            .batch_execute(&format!("ALTER ROLE {id} NOLOGIN"))
+            .await
+            .map_err(|e| self.refused("disable the role", &e))?;
+        self.client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.refused("end the role's sessions", &e))?;
+        self.client
+            .batch_execute(&format!("DROP OWNED BY {id}; DROP ROLE {id}"))
+            .await
+            .map_err(|e| self.refused("drop the role", &e))?;
+        Ok(true)
+    }
+}
+
+/// A driver error as text: SQLSTATE and message for server errors; scrubbed.
+fn reason(e: &tokio_postgres::Error, secrets: &[String]) -> String {
+    let text = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(c) = src {
+                s.push_str(": ");
+                s.push_str(&c.to_string());
+                src = c.source();
+            }
+            s
+        }
+    };
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    scrub(text, &refs)
+}
+
+/// Creates the role (see the module docs).
+pub async fn mint(
+    spec: &DynamicSpec,
+    variable: &str,
+    grant_id: &str,
+    expires_at: Timestamp,
+) -> Result<Minted, DynamicError> {
+    check_template(&spec.template)?;
+    let name = user_name(&spec.prefix, grant_id)?;
+    let password = random_alnum(PASSWORD_LEN)?;
+    let admin = Admin::open(spec).await?;
+    let shown = admin.shown.clone();
+    let work = async {
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let id = quote_ident(&name);
+        let template = spec
+            .template
+            .replace("{{role}}", &id)
+            .replace("{{database}}", &quote_ident(&admin.database()));
+        let sql = format!(
+            "BEGIN;\nCREATE ROLE {id} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {} VALID UNTIL {};\n{template};\nCOMMIT;",
+            quote_literal(&verifier)?,
+            quote_literal(&expires_at.to_string())?,
+        );
+        if let Err(e) = admin.client.batch_execute(&sql).await {
+            let _ = admin.client.batch_execute("ROLLBACK").await;
+            return Err(admin.refused("create the role and apply the template", &e));
+        }
+        Ok(())
+    };
+    timed(EngineKind::Postgres, &shown, work).await?;
+    let connect = match spec.opt("connect_url") {
+        Some(c) => Target::parse(c, SCHEMES, 5432)?,
+        None => admin.target.clone(),
+    };
+    let db = if connect.path.is_empty() {
+        admin.database()
+    } else {
+        connect.path.clone()
+    };
+    let (value, extra_env) = shape(
+        spec.output,
+        variable,
+        "postgresql",
+        &name,
+        &password,
+        (&connect.host, connect.port),
+        &db,
+    );
+    Ok(Minted {
+        value,
+        extra_env,
+        handle: CredentialHandle {
+            engine: EngineKind::Postgres,
+            user: name,
+            lease_id: String::new(),
+            target: shown,
+        },
+        expires_at,
+    })
+}
+
+/// Drops the role (see the module docs); succeeds if it is already gone.
+pub async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> {
+    let admin = Admin::open(spec).await?;
+    let shown = admin.shown.clone();
+    timed(EngineKind::Postgres, &shown, admin.drop_role(name)).await?;
+    Ok(())
+}
+
+/// Drops every role of the spec's prefix not in `keep`; returns how many.
+pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
+    super::check_prefix(&spec.prefix)?;
+    let admin = Admin::open(spec).await?;
+    let shown = admin.shown.clone();
+    let work = async {
+        let rows = admin
+            .client
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1)",
+                &[&spec.prefix],
+            )
+            .await
+            .map_err(|e| admin.refused("list roles", &e))?;
+        let mut n = 0;
+        for row in rows {
+            let name: String = row.get(0);
+            if !keep.contains(&name) && admin.drop_role(&name).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    };
+    timed(EngineKind::Postgres, &shown, work).await
+}
+
+/// Connects and checks that the admin may create roles.
+pub async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
+    let admin = Admin::open(spec).await?;
+    let row = admin
+        .client
+        .query_one(
+            "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| admin.refused("read the admin role", &e))?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(DynamicError::Refused {
+            engine: "postgres",
+            target: admin.shown.clone(),
+            action: "accept this admin",
+            reason: "the admin role has neither CREATEROLE nor SUPERUSER".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::dynamic::testutil::{pg_admin_url, pg_available, pg_exec, pg_role_exists, spec};
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's").unwrap(), "'it''s'");
+        assert!(quote_literal("a\\b").is_err());
+        assert!(check_template("GRANT SELECT ON t TO {{role}}").is_ok());
+        assert!(check_template("ALTER ROLE {{role}} PASSWORD '{{password}}'").is_err());
+    }
+
+    /// Mint → the role logs in and can do exactly what the template allows; revoke → login
+    /// fails and the role is gone; reap after a "crash" leaves no role of the prefix.
+    #[tokio::test]
+    async fn mint_use_revoke_reap() {
+        if !pg_available().await {
+            return;
+        }
+        let table = format!("kv_unit_{}", random_alnum(8).unwrap().to_lowercase());
+        pg_exec(&format!(
+            "CREATE TABLE {table} (x int); INSERT INTO {table} VALUES (1), (2)"
+        ))
+        .await;
+        let s = spec(
+            "postgres",
+            &pg_admin_url("adminpw-NOT-USED-trust"),
+            &format!("GRANT SELECT ON TABLE {table} TO {{{{role}}}}"),
+            "pg-env",
+        );
+        let exp = Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(300))
+            .unwrap();
+        let m = mint(&s, "DATABASE_URL", "g-0123456789ab", exp)
+            .await
+            .unwrap();
+        let user = m.handle.user.clone();
+        assert!(user.starts_with(&s.prefix));
+        assert!(m.value.expose().starts_with("postgresql://"));
+        assert_eq!(m.extra_env.len(), 5);
+        assert!(!format!("{:?}", m.handle).contains(m.value.expose()));
+
+        // Log in as the minted role: SELECT allowed, INSERT refused.
+        let cfg: tokio_postgres::Config = m.value.expose().parse().unwrap();
+        let (c, conn) = cfg.connect(NoTls).await.unwrap();
+        let live = tokio::spawn(conn);
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+        let e = c
+            .batch_execute(&format!("INSERT INTO {table} VALUES (3)"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
+        let who: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user);
+
+        // Revoke: the open session is terminated, the role is gone, login fails.
+        revoke(&s, &user).await.unwrap();
+        assert!(!pg_role_exists(&user).await);
+        let _ = tokio::time::timeout(Duration::from_secs(5), live).await;
+        assert!(c.query_one("SELECT 1", &[]).await.is_err());
+        assert!(cfg.connect(NoTls).await.is_err());
+        // Idempotent.
+        revoke(&s, &user).await.unwrap();
+
+        // A "crash": two roles minted, never revoked; reap keeps the held one only.
+        let a = mint(&s, "DATABASE_URL", "g-aaaaaaaaaaaa", exp)
+            .await
+            .unwrap();
+        let b = mint(&s, "DATABASE_URL", "g-bbbbbbbbbbbb", exp)
+            .await
+            .unwrap();
+        let n = reap(&s, std::slice::from_ref(&b.handle.user))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(!pg_role_exists(&a.handle.user).await);
+        assert!(pg_role_exists(&b.handle.user).await);
+        assert_eq!(reap(&s, &[]).await.unwrap(), 1);
+        assert!(!pg_role_exists(&b.handle.user).await);
+        pg_exec(&format!("DROP TABLE {table}")).await;
+    }
+
+    /// A wrong admin URL: the error names host, port and user only, never the password.
+    #[tokio::test]
+    async fn connection_errors_never_hold_the_password() {
+        let pw = "Wr0ngAdminPassw0rd-zz";
+        for url in [
+            format!("postgresql://nosuchuser_kv:{pw}@127.0.0.1:5432/test"),
+            format!("postgresql://postgres:{pw}@127.0.0.1:1/test"),
+            format!(
+                "postgresql://postgres:{}@127.0.0.1:1/test",
+                super::super::target::encode_userinfo(pw)
+            ),
+        ] {
+            let s = spec("postgres", &url, "", "url");
+            let e = mint(&s, "V", "g-000000000001", Timestamp::now())
+                .await
+                .unwrap_err();
+            let msg = e.to_string();
+            assert!(!msg.contains(pw) && !msg.contains("Wr0ng"), "{msg}");
+            assert!(msg.contains("127.0.0.1:"), "{msg}");
+            assert!(!format!("{e:?}").contains(pw));
+            let e = check_admin(&s).await.unwrap_err();
+            assert!(!e.to_string().contains(pw));
+        }
+    }
+}
