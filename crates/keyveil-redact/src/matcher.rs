@@ -22,7 +22,7 @@
 //! Both passes consume one byte at a time with their state kept between chunks, so the matches
 //! found do not depend on how the output is split.
 
-use crate::normalize::{MAX_CSI_PARAMS, Normalizer, is_special, normalized_forms};
+use crate::normalize::{ESC, MAX_CSI_PARAMS, Normalizer, is_special, normalized_forms};
 use crate::{MAX_NOISE_RUN, MIN_LEN};
 use aho_corasick::StartKind;
 use aho_corasick::automaton::{Automaton, StateID};
@@ -460,15 +460,29 @@ impl Pass {
         let mut i = 0usize;
         while i < chunk.len() {
             if walks.is_empty() && norm.is_ground() {
-                // Hot loop: ordinary bytes, no walk in progress. Locals stay in registers.
+                // Hot loop: ordinary bytes and whitespace, no walk in progress. Everything it
+                // touches is hoisted into locals so that it stays in registers.
                 let mut fed = c.fed;
                 let mut window = c.window;
                 let mut window_len = c.window_len;
+                let mut noise_run = c.noise_run;
+                let four = filter.four.as_slice();
+                let shift = filter.shift;
                 let start_i = i;
                 while let Some(&b) = chunk.get(i) {
                     if is_special(b) {
-                        break;
+                        if b == ESC {
+                            break;
+                        }
+                        // Whitespace: noise.
+                        i += 1;
+                        noise_run = noise_run.saturating_add(1);
+                        if noise_run >= MAX_NOISE_RUN {
+                            window_len = 0;
+                        }
+                        continue;
                     }
+                    noise_run = 0;
                     if let Some(slot) = ring.get_mut((fed & mask) as usize) {
                         *slot = base + i as u64;
                     }
@@ -477,7 +491,8 @@ impl Pass {
                     i += 1;
                     if window_len >= Q as u8 - 1 {
                         window_len = Q as u8;
-                        if filter.maybe4(window) {
+                        let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
+                        if get_bit(four, h) {
                             c.fed = fed;
                             c.window = window;
                             self.start_walk(aut, &mut c, walks);
@@ -492,8 +507,8 @@ impl Pass {
                 c.fed = fed;
                 c.window = window;
                 c.window_len = window_len;
+                c.noise_run = noise_run;
                 if i > start_i {
-                    c.noise_run = 0;
                     continue;
                 }
             }

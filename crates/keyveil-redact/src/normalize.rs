@@ -28,7 +28,8 @@
 /// Most parameter and intermediate bytes in a control sequence treated as noise.
 pub const MAX_CSI_PARAMS: usize = 16;
 
-const ESC: u8 = 0x1b;
+/// The escape byte that starts a control sequence.
+pub const ESC: u8 = 0x1b;
 
 /// Is `b` ASCII whitespace (removed from the normalised view)?
 #[inline]
