@@ -31,7 +31,7 @@ import pytest
 from mcp import Client
 from mcp.types import Implementation
 
-from conftest import Home
+from conftest import PASSPHRASE, Home
 
 pytestmark = pytest.mark.anyio
 
@@ -197,6 +197,22 @@ async def test_bad_input_is_a_tool_error_with_a_way_out(home: Home, era: str):
         # The session is still healthy after all that.
         ok = await call(client, "list_environments")
         assert not ok.is_error
+    home.assert_no_value_in_transcript()
+
+
+async def test_a_fresh_broker_is_started_and_a_locked_vault_says_how_to_unlock(home: Home):
+    # No broker runs: the server (with only HOME, PATH and KEYVEIL_HOME) starts one, whose vault
+    # is locked until the human unlocks it.
+    home.cli("daemon", "stop")
+    async with connect(home, "2025-11-25") as client:
+        locked = await call(client, "list_environments")
+        assert locked.is_error
+        assert "keyveil unlock" in text(locked), text(locked)
+        ran = await call(client, "run", RUN_ARGS)
+        assert ran.is_error and "keyveil unlock" in text(ran), text(ran)
+        home.cli("unlock", "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+        ok = await call(client, "list_environments")
+        assert not ok.is_error, text(ok)
     home.assert_no_value_in_transcript()
 
 

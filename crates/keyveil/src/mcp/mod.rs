@@ -634,7 +634,6 @@ fn broker_error(code: ErrorCode, message: &str, hint: Option<&str>) -> CallToolR
         _ => None,
     };
     let mut text = match code {
-        ErrorCode::Locked => format!("keyveil's vault is locked: {message}"),
         ErrorCode::Denied => format!("denied: {message}"),
         _ => message.to_owned(),
     };
