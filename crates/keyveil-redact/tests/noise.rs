@@ -1,0 +1,165 @@
+//! Values with noise inside: dumps, wrapping, colour codes, CRLF.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use keyveil_redact::{Redactor, variants};
+
+const TOKEN: &str = "ghs_om5lSe1ZklIsPymzeLltcppaWvV82bhzo0VK";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn redact(input: &[u8]) -> Vec<u8> {
+    let r = Redactor::new([("T", TOKEN)]);
+    let (one, _) = r.redact(input);
+    let mut s = r.stream();
+    let mut out = Vec::new();
+    for b in input {
+        s.push(std::slice::from_ref(b), &mut out);
+    }
+    s.finish(&mut out);
+    assert_eq!(one, out, "streaming differs");
+    one
+}
+
+/// `xxd` layout: offset, 8 groups of 2 bytes, ASCII column.
+fn xxd(data: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, line) in data.chunks(16).enumerate() {
+        out.push_str(&format!("{:08x}: ", i * 16));
+        for pair in line.chunks(2) {
+            for b in pair {
+                out.push_str(&format!("{b:02x}"));
+            }
+            out.push(' ');
+        }
+        out.push(' ');
+        out.extend(
+            line.iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// `hexdump -C` layout.
+fn hexdump_c(data: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, line) in data.chunks(16).enumerate() {
+        out.push_str(&format!("{:08x}  ", i * 16));
+        for (j, b) in line.iter().enumerate() {
+            out.push_str(&format!("{b:02x} "));
+            if j == 7 {
+                out.push(' ');
+            }
+        }
+        out.push_str(" |");
+        out.extend(
+            line.iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }),
+        );
+        out.push_str("|\n");
+    }
+    out
+}
+
+#[test]
+fn xxd_dump() {
+    let dump = xxd(format!("Authorization: Bearer {TOKEN}\n").as_bytes());
+    let out = redact(dump.as_bytes());
+    let out_s = String::from_utf8_lossy(&out);
+    assert!(out_s.contains("[REDACTED:T]"), "{out_s}");
+    // No 12 consecutive bytes of the token survive, in hex (spacing removed) or as text. (The
+    // second line holds only 10 token bytes, fewer than a fragment: it stays, see the limits
+    // in docs/redaction.md.)
+    let flat: String = out_s.chars().filter(|c| !c.is_whitespace()).collect();
+    let hex = String::from_utf8(variants::hex(TOKEN.as_bytes())[0].clone()).unwrap();
+    for w in 0..=TOKEN.len() - 12 {
+        assert!(!flat.contains(&hex[2 * w..2 * w + 24]), "{out_s}");
+        assert!(!out_s.contains(&TOKEN[w..w + 12]), "{out_s}");
+    }
+}
+
+#[test]
+fn hexdump_canonical() {
+    let dump = hexdump_c(TOKEN.as_bytes());
+    let out = redact(dump.as_bytes());
+    let out_s = String::from_utf8_lossy(&out);
+    assert!(!out_s.contains("67 68 73 5f 6f 6d 35 6c"), "{out_s}");
+    assert!(!out_s.contains("ghs_om5lSe1Z"), "{out_s}");
+}
+
+#[test]
+fn wrapped_base64() {
+    let doc = format!(
+        "{{\"token\":\"{TOKEN}\",\"padding\":\"{}\"}}",
+        "x".repeat(90)
+    );
+    let b64 = variants::base64_full(doc.as_bytes())[0].clone();
+    let wrapped: Vec<u8> = b64
+        .chunks(76)
+        .flat_map(|c| c.iter().copied().chain(*b"\r\n"))
+        .collect();
+    let out = redact(&wrapped);
+    assert!(contains(&out, b"[REDACTED:T]"));
+    let cores = variants::base64_cores(TOKEN.as_bytes());
+    let flat: Vec<u8> = out
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    assert!(!cores.iter().any(|c| contains(&flat, c)));
+}
+
+#[test]
+fn colour_codes_inside_value() {
+    let coloured = format!(
+        "match: {}\x1b[01;31m\x1b[K{}\x1b[m\x1b[K{}\n",
+        &TOKEN[..10],
+        &TOKEN[10..20],
+        &TOKEN[20..]
+    );
+    let out = redact(coloured.as_bytes());
+    assert_eq!(String::from_utf8_lossy(&out), "match: [REDACTED:T]\n");
+}
+
+#[test]
+fn escape_prefix_does_not_hide_value() {
+    for prefix in ["\x1b[", "\x1b[12", "\x1b", "\x1b[1;"] {
+        let input = format!("x {prefix}{TOKEN} y");
+        let out = redact(input.as_bytes());
+        assert!(!contains(&out, TOKEN.as_bytes()), "{prefix:?}");
+        assert!(contains(&out, b"[REDACTED:T]"));
+    }
+}
+
+#[test]
+fn crlf_and_tab_joined_lines() {
+    let key = "-----BEGIN KEY-----\nAsZ7nrsoTV75Y4sxVe9RWlBaTF6E9CPcgYBy\nG5c6qSYhzYTFQy6k1qJAH4DxD3EoA1zC\n-----END KEY-----";
+    let r = Redactor::new([("K", key)]);
+    for sep in ["\r\n", "\t", "   ", " \n "] {
+        let shown = key.replace('\n', sep);
+        let (out, n) = r.redact(format!("<{shown}>").as_bytes());
+        assert_eq!(out, b"<[REDACTED:K]>", "{sep:?}");
+        assert_eq!(n, 1);
+    }
+}
+
+#[test]
+fn long_noise_run_ends_a_match_and_bounds_hold_back() {
+    let r = Redactor::new([("T", TOKEN)]);
+    let mut s = r.stream();
+    let mut out = Vec::new();
+    s.push(&TOKEN.as_bytes()[..20], &mut out);
+    s.push(&[b' '; 200], &mut out);
+    // The 20 bytes are a fragment (redacted); after the run nothing is held back.
+    let mut expected = b"[REDACTED:T]".to_vec();
+    expected.extend_from_slice(&[b' '; 200]);
+    assert_eq!(out, expected);
+}
