@@ -187,6 +187,8 @@ async def test_bad_input_is_a_tool_error_with_a_way_out(home: Home, era: str):
         assert wrong.is_error and "invalid" in text(wrong)
         too_long = await call(client, "run", {**RUN_ARGS, "timeout_seconds": 999999})
         assert too_long.is_error and "3600" in text(too_long)
+        huge = await call(client, "run", {**RUN_ARGS, "stdin": "x" * (2 * 1024 * 1024)})
+        assert huge.is_error and "stdin" in text(huge)
         bad_name = await call(client, "declare_variable", {"environment": "demo", "name": "1 bad"})
         assert bad_name.is_error and "invalid" in text(bad_name)
         no_grant = await call(client, "revoke_grant", {"grant_id": "g-000000000000"})

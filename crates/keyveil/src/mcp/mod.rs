@@ -52,6 +52,8 @@ pub const DEFAULT_RUN_TIMEOUT_SECONDS: u64 = 120;
 pub const MAX_RUN_TIMEOUT_SECONDS: u64 = 3600;
 /// Cap on each collected output stream of a run, in bytes.
 pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
+/// Largest `stdin` a `run` may pass, in bytes.
+pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
 /// Deadline of a broker exchange that runs nothing (includes starting the broker).
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Extra time on top of wait + run timeout before a `run` call gives up on the broker.
@@ -264,6 +266,12 @@ impl KeyveilMcp {
             return tool_error(
                 "`environment` is empty: name one of the environments list_environments shows.",
             );
+        }
+        if a.stdin.as_ref().is_some_and(|s| s.len() > MAX_STDIN_BYTES) {
+            return tool_error(format!(
+                "stdin is over {} KiB; write large input to a file in the working directory and pass its path instead.",
+                MAX_STDIN_BYTES / 1024
+            ));
         }
         let timeout = a.timeout_seconds.unwrap_or(DEFAULT_RUN_TIMEOUT_SECONDS);
         if !(1..=MAX_RUN_TIMEOUT_SECONDS).contains(&timeout) {

@@ -113,7 +113,7 @@ pub struct RunArgs {
     /// plus the secrets.
     #[serde(default)]
     pub pass_env: Option<Vec<String>>,
-    /// Text written to the command's standard input.
+    /// Text written to the command's standard input (at most 1 MiB).
     #[serde(default)]
     pub stdin: Option<String>,
     /// Kill the command after this many seconds (1 to 3600, default 120).
