@@ -61,13 +61,53 @@ impl Settings {
     }
 }
 
-/// Approval factors enrolled for this vault, beyond the passphrase.
-///
-/// Placeholder: it has no fields yet. TOTP enrolment (RFC 6238 seed, last used step) will be
-/// added here; because it lives inside the authenticated vault, an agent cannot enrol or remove a
-/// factor by editing files (design guarantee G7).
+/// Approval factors enrolled for this vault, beyond the passphrase. They live inside the
+/// authenticated vault, so an agent cannot enrol or remove a factor by editing files (design
+/// guarantee G7).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Factors {}
+pub struct Factors {
+    /// The enrolled TOTP authenticator, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpFactor>,
+}
+
+/// An enrolled TOTP authenticator (RFC 6238: HMAC-SHA1, 6 digits, 30-second steps).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TotpFactor {
+    /// The shared seed, RFC 4648 base32 without padding (a secret: never shown after
+    /// enrolment).
+    pub seed_base32: SecretValue,
+    /// The last time step accepted (`unix_seconds / 30`); a code of this step or an earlier one
+    /// is refused as a replay (RFC 6238 §5.2).
+    pub last_step: u64,
+    /// When it was enrolled.
+    pub enrolled_at: jiff::Timestamp,
+}
+
+/// An auto-approve rule: asks matching it get a grant without a human at the time (the human
+/// created the rule with their factor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoApproveRule {
+    /// The argv, token by token.
+    pub argv: Vec<String>,
+    /// `argv` is a prefix (longer argv match, without code-executing options).
+    #[serde(default)]
+    pub prefix: bool,
+    /// Canonical directory; the ask's working directory must be it or below it.
+    pub cwd: String,
+    /// Lifetime of the grants it creates, in seconds.
+    pub ttl_seconds: u64,
+}
+
+/// A deny rule: asks matching it are refused without asking the human.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DenyRule {
+    /// The argv, token by token.
+    pub argv: Vec<String>,
+    /// `argv` is a prefix.
+    #[serde(default)]
+    pub prefix: bool,
+}
 
 /// A position in the audit log: the sequence number and MAC (lowercase hex, 64 characters) of an
 /// entry. Stored in the vault so that truncating the audit log after that entry is detectable.
@@ -120,6 +160,12 @@ pub struct Policy {
     /// `PATH` for this environment's children, overriding [`Settings::path`]. Default: `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Auto-approve rules. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auto_approve: Vec<AutoApproveRule>,
+    /// Deny rules. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<DenyRule>,
 }
 
 impl Default for Policy {
@@ -129,6 +175,8 @@ impl Default for Policy {
             max_ttl_seconds: DEFAULT_MAX_TTL_SECONDS,
             hide_names: false,
             path: None,
+            auto_approve: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }

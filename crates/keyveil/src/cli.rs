@@ -127,8 +127,122 @@ enum Command {
     Audit(AuditArgs),
     /// Stdio MCP server for agent hosts.
     Mcp,
+    /// Approval factors beyond the passphrase.
+    #[command(subcommand)]
+    Factor(FactorCommand),
+    /// An environment's policy: factor, maximum TTL, PATH, auto-approve and deny rules.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// The main job on a throwaway home, with its transcript.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum FactorCommand {
+    /// Enrol an authenticator app (RFC 6238 TOTP): shows an otpauth:// URI and a QR code, then
+    /// asks for a first code.
+    Enroll {
+        /// Only `totp` exists.
+        #[arg(value_parser = ["totp"])]
+        kind: String,
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Do not ask for the first code now; finish later with `keyveil factor confirm CODE`.
+        #[arg(long)]
+        no_confirm: bool,
+    },
+    /// Finish an enrolment with the code the authenticator shows.
+    Confirm {
+        /// The 6-digit code.
+        code: String,
+    },
+}
+
+/// The factor given for a policy change.
+#[derive(Debug, Args)]
+struct FactorArgs {
+    /// Read the passphrase from the first line of stdin.
+    #[arg(long, global = true)]
+    passphrase_stdin: bool,
+    /// A TOTP code instead of the passphrase.
+    #[arg(long, global = true)]
+    totp: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Show an environment's policy.
+    Show {
+        /// Environment.
+        env: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an environment's policy (needs your factor).
+    Set {
+        /// Environment.
+        env: String,
+        #[command(subcommand)]
+        change: PolicySetCommand,
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicySetCommand {
+    /// Factor approvals need: passphrase, totp (TOTP or passphrase) or confirm (none: warned).
+    Factor {
+        /// passphrase | totp | confirm.
+        #[arg(value_parser = ["passphrase", "totp", "confirm"])]
+        factor: String,
+    },
+    /// Longest grant lifetime, e.g. 8h.
+    MaxTtl {
+        /// Duration.
+        duration: String,
+    },
+    /// PATH of this environment's commands (`default` for the vault-wide one).
+    Path {
+        /// `:`-separated absolute directories, or `default`.
+        path: String,
+    },
+    /// Add an auto-approve rule: this command, under this directory, gets grants of this TTL.
+    AutoApprove {
+        /// Directory (the command must run in it or below it).
+        #[arg(long)]
+        cwd: PathBuf,
+        /// Lifetime of the grants, e.g. 8h.
+        #[arg(long)]
+        ttl: String,
+        /// Longer commands starting with these arguments match too.
+        #[arg(long)]
+        prefix: bool,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove auto-approve rule N (as `policy show` numbers them).
+    AutoApproveRm {
+        /// Index.
+        index: usize,
+    },
+    /// Add a deny rule: this command is refused without asking.
+    Deny {
+        /// Longer commands starting with these arguments match too.
+        #[arg(long)]
+        prefix: bool,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove deny rule N.
+    DenyRm {
+        /// Index.
+        index: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,9 +318,12 @@ struct ApproveArgs {
     /// Read the passphrase from the first line of stdin.
     #[arg(long)]
     passphrase_stdin: bool,
-    /// A TOTP code as the factor.
+    /// A TOTP code as the factor (where the environment's policy allows TOTP).
     #[arg(long)]
     totp: Option<String>,
+    /// Approve without a secret factor (only where the policy is `confirm`).
+    #[arg(long, conflicts_with_all = ["totp", "passphrase_stdin"])]
+    confirm: bool,
     /// Grant lifetime, e.g. `30m`, `8h` (default: one use within 15 minutes).
     #[arg(long)]
     ttl: Option<String>,
@@ -666,6 +783,8 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Audit(a) => audit(paths, a).await,
         Command::Dynamic(d) => dynamic::run(paths, d).await,
+        Command::Factor(f) => factor_cmd(paths, f).await,
+        Command::Policy(p) => policy_cmd(paths, p).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo => Ok(0),
     }
 }
@@ -838,13 +957,6 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.web {
         return approve_web(paths, a.print).await;
     }
-    if a.totp.is_some() {
-        return Err(Exit {
-            code: 2,
-            message: "the TOTP factor is not enrolled in this version\nhint: approve with the vault passphrase (prompted, or --passphrase-stdin)".into(),
-        }
-        .into());
-    }
     let Some(id) = a.id else {
         return Err(Exit {
             code: 2,
@@ -875,10 +987,16 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
             }
         }
     }
-    let p = read_secret_line(a.passphrase_stdin, "Vault passphrase to approve: ")?;
+    let p = if a.totp.is_some() || a.confirm {
+        Passphrase::new(String::new())
+    } else {
+        read_secret_line(a.passphrase_stdin, "Vault passphrase to approve: ")?
+    };
     let d = call(
         paths,
         Request::Approve {
+            totp: a.totp.clone(),
+            confirm: a.confirm,
             request_id: id,
             passphrase: p,
             ttl_seconds,
@@ -906,7 +1024,7 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
 /// opens it with `xdg-open` when there is a desktop session (and `--print` is not given).
 async fn approve_web(paths: &Paths, print_only: bool) -> Result<i32> {
     let d = call(paths, Request::WebUrl).await?;
-    let Some(url) = d["url"].as_str() else {
+    let Some(url) = d.get("url").and_then(serde_json::Value::as_str) else {
         bail!("the broker sent no approval-page link");
     };
     let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
@@ -936,6 +1054,17 @@ async fn approve_web(paths: &Paths, print_only: bool) -> Result<i32> {
 
 /// Parses `90s`, `30m`, `8h`, `1d`, `1h30m` (jiff's friendly format) into seconds.
 pub fn parse_duration(s: &str) -> Result<u64> {
+    // Whole days (`7d`) are not a fixed-length unit for jiff; take them as 24 h.
+    if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<u64>().ok()) {
+        if days == 0 {
+            return Err(Exit {
+                code: 2,
+                message: format!("the duration {s:?} must be positive"),
+            }
+            .into());
+        }
+        return Ok(days.saturating_mul(86_400));
+    }
     let d: jiff::SignedDuration = s.parse().map_err(|e| Exit {
         code: 2,
         message: format!(
@@ -1043,6 +1172,8 @@ async fn watch(paths: &Paths) -> Result<i32> {
                 call(
                     paths,
                     Request::Approve {
+                        totp: None,
+                        confirm: false,
                         request_id: id,
                         passphrase: p,
                         ttl_seconds: ttl,
@@ -1070,5 +1201,155 @@ async fn watch(paths: &Paths) -> Result<i32> {
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
+    match f {
+        FactorCommand::Enroll {
+            passphrase_stdin,
+            no_confirm,
+            ..
+        } => {
+            let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
+            let d = call(paths, Request::FactorEnroll { passphrase: p }).await?;
+            say(d["qr"].as_str().unwrap_or(""));
+            say(format!(
+                "Scan the QR code, or add this URI to your authenticator app:\n{}",
+                d["uri"].as_str().unwrap_or("")
+            ));
+            if no_confirm {
+                say("then finish with: keyveil factor confirm CODE");
+                return Ok(0);
+            }
+            let code = read_secret_line(false, "Code shown by the app: ")?;
+            call(
+                paths,
+                Request::FactorConfirm {
+                    code: code.expose().to_owned(),
+                },
+            )
+            .await?;
+            say(
+                "TOTP enrolled: approve with `keyveil approve ID --totp CODE` where the policy allows it",
+            );
+            Ok(0)
+        }
+        FactorCommand::Confirm { code } => {
+            call(paths, Request::FactorConfirm { code }).await?;
+            say("TOTP enrolled");
+            Ok(0)
+        }
+    }
+}
+
+async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
+    use crate::protocol::PolicyChange;
+    match p {
+        PolicyCommand::Show { env, json } => {
+            let d = call(paths, Request::PolicyShow { environment: env }).await?;
+            if json {
+                say(d.to_string());
+            } else {
+                let pol = &d["policy"];
+                say(format!(
+                    "environment: {}\nfactor: {}\nmax TTL: {} s\nPATH: {}\nTOTP enrolled: {}",
+                    crate::display::visible(d["environment"].as_str().unwrap_or("")),
+                    pol["factor"].as_str().unwrap_or(""),
+                    pol["max_ttl_seconds"],
+                    crate::display::visible(d["effective_path"].as_str().unwrap_or("")),
+                    d["totp_enrolled"]
+                ));
+                for (i, r) in pol["auto_approve"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    say(format!(
+                        "auto-approve #{i}: {}{} under {} for {} s",
+                        crate::card::argv_inline(&r["argv"]),
+                        if r["prefix"] == true { " …" } else { "" },
+                        crate::display::visible(r["cwd"].as_str().unwrap_or("")),
+                        r["ttl_seconds"]
+                    ));
+                }
+                for (i, r) in pol["deny"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    say(format!(
+                        "deny #{i}: {}{}",
+                        crate::card::argv_inline(&r["argv"]),
+                        if r["prefix"] == true { " …" } else { "" }
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        PolicyCommand::Set {
+            env,
+            change,
+            factor,
+        } => {
+            let change = match change {
+                PolicySetCommand::Factor { factor } => PolicyChange::Factor { factor },
+                PolicySetCommand::MaxTtl { duration } => PolicyChange::MaxTtl {
+                    seconds: parse_duration(&duration)?,
+                },
+                PolicySetCommand::Path { path } => PolicyChange::Path {
+                    path: (path != "default").then_some(path),
+                },
+                PolicySetCommand::AutoApprove {
+                    cwd,
+                    ttl,
+                    prefix,
+                    command,
+                } => PolicyChange::AutoApproveAdd {
+                    argv: command,
+                    prefix,
+                    cwd: std::path::absolute(cwd)
+                        .context("bad --cwd")?
+                        .to_string_lossy()
+                        .into_owned(),
+                    ttl_seconds: parse_duration(&ttl)?,
+                },
+                PolicySetCommand::AutoApproveRm { index } => {
+                    PolicyChange::AutoApproveRemove { index }
+                }
+                PolicySetCommand::Deny { prefix, command } => PolicyChange::DenyAdd {
+                    argv: command,
+                    prefix,
+                },
+                PolicySetCommand::DenyRm { index } => PolicyChange::DenyRemove { index },
+            };
+            let pass = if factor.totp.is_some() {
+                Passphrase::new(String::new())
+            } else {
+                read_secret_line(
+                    factor.passphrase_stdin,
+                    "Vault passphrase to change policy: ",
+                )?
+            };
+            let d = call(
+                paths,
+                Request::PolicySet {
+                    environment: env.clone(),
+                    passphrase: pass,
+                    totp: factor.totp,
+                    change,
+                },
+            )
+            .await?;
+            if let Some(w) = d["warning"].as_str() {
+                note(format!("warning: {w}"));
+            }
+            say(format!("policy of {env} updated"));
+            Ok(0)
+        }
     }
 }

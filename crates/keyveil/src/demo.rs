@@ -268,6 +268,8 @@ async fn flow(paths: &Paths) -> Result<bool> {
     let approved = ok(client::call(
         paths,
         &Request::Approve {
+            totp: None,
+            confirm: false,
             request_id,
             passphrase: passphrase.clone(),
             ttl_seconds: None,

@@ -9,6 +9,7 @@ mod client;
 mod demo;
 mod display;
 mod dynamic;
+mod factor;
 mod harden;
 mod logging;
 mod mcp;

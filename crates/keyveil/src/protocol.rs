@@ -271,8 +271,14 @@ pub enum Request {
     Approve {
         /// Request id.
         request_id: u64,
-        /// The passphrase factor.
+        /// The passphrase factor (empty when another factor is given).
         passphrase: Passphrase,
+        /// A TOTP code as the factor.
+        #[serde(default)]
+        totp: Option<String>,
+        /// No secret factor: allowed only where the environment's policy is `confirm`.
+        #[serde(default)]
+        confirm: bool,
         /// Grant lifetime in seconds (absent: a one-use grant valid for 15 minutes).
         ttl_seconds: Option<u64>,
         /// Number of uses (absent: 1 without a TTL, unlimited within a TTL).
@@ -306,6 +312,32 @@ pub enum Request {
         all: bool,
         /// Only grants of this client scope key (used by MCP `revoke_grant`).
         client: Option<String>,
+    },
+    /// Start TOTP enrolment (passphrase required); returns the `otpauth://` URI once.
+    FactorEnroll {
+        /// The passphrase factor.
+        passphrase: Passphrase,
+    },
+    /// Finish TOTP enrolment with a first code from the authenticator.
+    FactorConfirm {
+        /// The code.
+        code: String,
+    },
+    /// An environment's policy.
+    PolicyShow {
+        /// Environment.
+        environment: String,
+    },
+    /// Change an environment's policy (always needs a factor: passphrase or TOTP).
+    PolicySet {
+        /// Environment.
+        environment: String,
+        /// The passphrase factor (empty when a TOTP code is given).
+        passphrase: Passphrase,
+        /// A TOTP code as the factor.
+        totp: Option<String>,
+        /// The change.
+        change: PolicyChange,
     },
     /// Recent audit entries.
     Audit {
@@ -373,6 +405,10 @@ impl Request {
             Request::AccessStatus { .. } => "access_status",
             Request::Requests => "requests",
             Request::Approve { .. } => "approve",
+            Request::FactorEnroll { .. } => "factor_enroll",
+            Request::FactorConfirm { .. } => "factor_confirm",
+            Request::PolicyShow { .. } => "policy_show",
+            Request::PolicySet { .. } => "policy_set",
             Request::Deny { .. } => "deny",
             Request::Grants { .. } => "grants",
             Request::Revoke { .. } => "revoke",
@@ -382,6 +418,55 @@ impl Request {
             Request::DynamicAdd(_) => "dynamic_add",
         }
     }
+}
+
+/// One change to an environment's policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "set", rename_all = "snake_case")]
+pub enum PolicyChange {
+    /// The factor approvals need: `passphrase`, `totp` (TOTP or passphrase), `confirm` (none).
+    Factor {
+        /// `passphrase` | `totp` | `confirm`.
+        factor: String,
+    },
+    /// Upper bound of grant lifetimes, seconds.
+    MaxTtl {
+        /// Seconds.
+        seconds: u64,
+    },
+    /// `PATH` of this environment's children (`None`: the vault-wide one).
+    Path {
+        /// `:`-separated absolute directories.
+        path: Option<String>,
+    },
+    /// Add an auto-approve rule.
+    AutoApproveAdd {
+        /// argv tokens.
+        argv: Vec<String>,
+        /// argv is a prefix.
+        prefix: bool,
+        /// Directory (canonicalised by the broker).
+        cwd: String,
+        /// Grant lifetime, seconds.
+        ttl_seconds: u64,
+    },
+    /// Remove auto-approve rule number `index` (0-based, as `policy show` lists them).
+    AutoApproveRemove {
+        /// Index.
+        index: usize,
+    },
+    /// Add a deny rule.
+    DenyAdd {
+        /// argv tokens.
+        argv: Vec<String>,
+        /// argv is a prefix.
+        prefix: bool,
+    },
+    /// Remove deny rule number `index`.
+    DenyRemove {
+        /// Index.
+        index: usize,
+    },
 }
 
 /// Error classes; each maps to a CLI exit code (DESIGN.md §4).

@@ -10,13 +10,16 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
+use super::factor_ops::{Proof, rule_matches, verify_factor};
 use super::state::{
     AccessReq, Ask, DENIAL_MEMORY, Grant, Inner, ONCE_GRANT_TTL_SECONDS, OpError, OpResult,
     RequestState, new_id,
 };
 use crate::pin::{self, FilePin, InputPin};
-use crate::protocol::{AccessRequest, ErrorCode, Passphrase};
+use crate::protocol::AccessRequest;
+use crate::protocol::ErrorCode;
 use crate::risk;
+use keyveil_vault::FactorKind;
 
 /// Most requests one client may have waiting at once; more are refused until the human answers
 /// (an approval flood must not bury one bad request among many good ones).
@@ -329,6 +332,56 @@ pub fn find_or_create_request(
     if ask.argv.is_none() {
         flags.push("any-command".to_owned());
     }
+    // Policy rules, made by the human with their factor.
+    let (deny_hit, auto_hit) = {
+        let policy = inner
+            .vault()?
+            .data()
+            .environments
+            .get(&ask.environment)
+            .map(|e| e.policy.clone())
+            .unwrap_or_default();
+        let deny_hit = policy
+            .deny
+            .iter()
+            .position(|r| rule_matches(&r.argv, r.prefix, &argv_key));
+        // Auto-approval never covers a request carrying hidden-text or injection signs.
+        let suspicious = flags.iter().any(|f| {
+            matches!(
+                f.as_str(),
+                "control-characters"
+                    | "bidi-control"
+                    | "invisible-characters"
+                    | "confusable"
+                    | "padding"
+                    | "workspace-executable"
+            )
+        });
+        let auto_hit = if suspicious || ask.argv.is_none() {
+            None
+        } else {
+            policy.auto_approve.iter().enumerate().find_map(|(i, r)| {
+                (rule_matches(&r.argv, r.prefix, &argv_key)
+                    && Path::new(&ask.cwd).starts_with(&r.cwd))
+                .then_some((i, r.ttl_seconds))
+            })
+        };
+        (deny_hit, auto_hit)
+    };
+    if let Some(i) = deny_hit {
+        inner.audit(
+            "deny_rule",
+            json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv.as_ref().map(|a| scrub_argv(&inner.env_redactor(&ask.environment), a))}),
+        );
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!(
+                "refused by deny rule #{i} of environment '{}'",
+                ask.environment
+            ),
+        )
+        .hint("the user's policy forbids this command; ask the user instead of retrying"));
+    }
     let id = inner.next_request;
     inner.next_request += 1;
     let redactor = inner.env_redactor(&ask.environment);
@@ -354,7 +407,6 @@ pub fn find_or_create_request(
             decided: None,
         },
     );
-    crate::notify::request_created(id, &key, &ask.environment, shown_argv.as_deref());
     inner.audit(
         "request",
         json!({
@@ -373,6 +425,26 @@ pub fn find_or_create_request(
             "reason": reason.map(|r| scrub(&redactor, &r)),
         }),
     );
+    if let Some((rule, ttl)) = auto_hit {
+        let req = inner.requests.get(&id).cloned();
+        if let Some(req) = req {
+            grant_request(
+                inner,
+                &req,
+                ApproveOptions {
+                    ttl_seconds: Some(ttl),
+                    uses: None,
+                    any_command: false,
+                    prefix: false,
+                    subdirs: false,
+                },
+                "auto-approve rule",
+                Some(rule),
+            )?;
+        }
+        return Ok((id, true));
+    }
+    crate::notify::request_created(id, &key, &ask.environment, shown_argv.as_deref());
     Ok((id, true))
 }
 
@@ -482,71 +554,45 @@ pub struct ApproveOptions {
     pub subdirs: bool,
 }
 
-/// Approves a request with the passphrase factor, creating a grant.
+/// Approves a request with the human's factor, creating a grant.
 pub async fn approve(
     broker: &Arc<Broker>,
     id: u64,
-    pass: Passphrase,
+    proof: Proof,
     o: ApproveOptions,
 ) -> OpResult<Value> {
-    {
+    let required = {
         let mut inner = broker.lock();
         inner.vault()?;
         inner.expire_requests();
-        match inner.requests.get(&id).map(|r| &r.state) {
+        let env = match inner.requests.get(&id) {
             None => {
                 return Err(
                     OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
                         .hint("list pending requests with `keyveil requests`"),
                 );
             }
-            Some(RequestState::Pending) => {}
-            Some(s) => {
+            Some(r) if r.state != RequestState::Pending => {
                 return Err(OpError::new(
                     ErrorCode::Failed,
-                    format!("request #{id} is no longer pending ({})", state_word(s)),
+                    format!(
+                        "request #{id} is no longer pending ({})",
+                        state_word(&r.state)
+                    ),
                 ));
             }
-        }
-        if let Err(secs) = inner.factor.check(Instant::now()) {
-            inner.audit(
-                "factor_locked",
-                json!({"request_id": id, "seconds_left": secs}),
-            );
-            return Err(OpError::new(
-                ErrorCode::Denied,
-                format!(
-                    "approvals are locked after repeated wrong passphrases; try again in {secs} s"
-                ),
-            ));
-        }
-    }
-    // Verify the factor outside the lock (Argon2id takes a moment), on a blocking thread.
-    let checker = broker.lock().vault()?.passphrase_checker();
-    let ok = tokio::task::spawn_blocking(move || checker.check(pass.expose().as_bytes()))
-        .await
-        .unwrap_or(false);
-
+            Some(r) => r.environment.clone(),
+        };
+        inner
+            .vault()?
+            .data()
+            .environments
+            .get(&env)
+            .map(|e| e.policy.factor)
+            .unwrap_or(FactorKind::Passphrase)
+    };
+    let used = verify_factor(broker, proof, required, json!({"request_id": id})).await?;
     let mut inner = broker.lock();
-    if !ok {
-        let lockout = inner.factor.fail(Instant::now());
-        inner.audit(
-            "factor_failed",
-            json!({"request_id": id, "factor": "passphrase", "lockout_seconds": lockout.map(|d| d.as_secs())}),
-        );
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            "wrong passphrase; the request was not approved",
-        )
-        .hint(match lockout {
-            Some(d) => format!(
-                "too many failures: approvals are locked for {} s",
-                d.as_secs()
-            ),
-            None => "try again with the vault passphrase".to_owned(),
-        }));
-    }
-    inner.factor.succeed();
     // Re-check under the lock: a concurrent approval may have won the race.
     let Some(req) = inner.requests.get(&id).cloned() else {
         return Err(OpError::new(
@@ -563,6 +609,21 @@ pub async fn approve(
             ),
         ));
     }
+    let out = grant_request(&mut inner, &req, o, used, None)?;
+    drop(inner);
+    broker.notify();
+    Ok(out)
+}
+
+/// Creates the grant for a request (approved by `factor`, or by auto-approve rule `rule`).
+fn grant_request(
+    inner: &mut Inner,
+    req: &AccessReq,
+    o: ApproveOptions,
+    factor: &str,
+    rule: Option<usize>,
+) -> OpResult<Value> {
+    let id = req.id;
     let max_ttl = inner
         .vault()?
         .data()
@@ -614,11 +675,16 @@ pub async fn approve(
         "subdirs": grant.subdirs,
     });
     inner.audit(
-        "approve",
+        if rule.is_some() {
+            "auto_approve"
+        } else {
+            "approve"
+        },
         json!({
             "request_id": id,
             "grant_id": gid,
-            "factor": "passphrase",
+            "factor": factor,
+            "rule": rule,
             "environment": grant.environment,
             "variables": grant.variables,
             "any_command": grant.argv.is_none(),
@@ -638,8 +704,6 @@ pub async fn approve(
         r.state = RequestState::Approved { grant_id: gid };
         r.decided = Some(Instant::now());
     }
-    drop(inner);
-    broker.notify();
     Ok(out)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod dynamic_ops;
+pub mod factor_ops;
 pub mod ops;
 pub mod runner;
 pub mod spawn;

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::Broker;
 use super::access;
+use super::factor_ops;
 use super::state::{Inner, OpError, OpResult, RequestState, unknown_env};
 use crate::protocol::{Charset, ErrorCode, Passphrase, Reply, Request};
 
@@ -97,6 +98,8 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::Approve {
             request_id,
             passphrase,
+            totp,
+            confirm,
             ttl_seconds,
             uses,
             any_command,
@@ -106,7 +109,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             access::approve(
                 broker,
                 request_id,
-                passphrase,
+                factor_ops::Proof::from_fields(passphrase, totp, confirm),
                 access::ApproveOptions {
                     ttl_seconds,
                     uses,
@@ -114,6 +117,23 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
                     prefix,
                     subdirs,
                 },
+            )
+            .await
+        }
+        Request::FactorEnroll { passphrase } => factor_ops::enroll(broker, passphrase).await,
+        Request::FactorConfirm { code } => factor_ops::confirm(broker, &code),
+        Request::PolicyShow { environment } => factor_ops::policy_show(broker, &environment),
+        Request::PolicySet {
+            environment,
+            passphrase,
+            totp,
+            change,
+        } => {
+            factor_ops::policy_set(
+                broker,
+                &environment,
+                factor_ops::Proof::from_fields(passphrase, totp, false),
+                change,
             )
             .await
         }

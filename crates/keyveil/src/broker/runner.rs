@@ -249,6 +249,8 @@ async fn run_inner(
                             .reply(),
                         );
                     }
+                    // Approved at once (an auto-approve rule): match its grant now.
+                    Some(RequestState::Approved { .. }) if created => continue,
                     _ => {}
                 }
                 if announced != Some(id) {
@@ -289,7 +291,7 @@ async fn run_inner(
             Ok(v) => v,
             Err(e) => return Some(e.reply()),
         };
-        values.extend(dynamic_values);
+        values.extend(dynamic_values.values);
         let cancel = inner
             .grants
             .get(&grant_id)
@@ -302,7 +304,8 @@ async fn run_inner(
         );
         let env_red = inner.env_redactor(&req.environment);
         let shown_argv = scrub_argv(&env_red, &req.argv);
-        let env = child_env(&inner, &req.environment, &req.env, &pass_env);
+        let mut env = child_env(&inner, &req.environment, &req.env, &pass_env);
+        env.extend(dynamic_values.env);
         (values, cancel, redactor, shown_argv, env)
     };
     req.env.clear();

@@ -326,6 +326,8 @@ pub struct Inner {
     pub approved_argv: std::collections::HashSet<(String, Vec<String>)>,
     /// argv denied recently, with when: for the `denied-before` flag.
     pub denied_argv: std::collections::HashMap<Vec<String>, Instant>,
+    /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
+    pub pending_totp: Option<(SecretValue, Instant)>,
     /// Request times per client scope key: for the `burst` flag.
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
     /// Dynamic credentials minted for grants (`crate::dynamic`).

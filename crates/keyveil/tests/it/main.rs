@@ -9,7 +9,9 @@
 
 mod approval;
 mod corpus;
+mod dynamic;
 mod flow;
 mod harness;
+mod policy;
 mod tamper;
 mod web;

@@ -1,0 +1,252 @@
+//! Factors and policy: TOTP enrolment and approval (replay refused), policy changes need the
+//! factor, auto-approve and deny rules, the `confirm` opt-in.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+const TOKEN: &str = "tok_Pq7rS2tU9vW4xY1zA6bC";
+
+/// An RFC 6238 code computed by Python's standard library (independent of keyveil's code).
+fn totp_code(secret_b32: &str, step_offset: i64) -> String {
+    let py = "import hmac,hashlib,base64,struct,time,sys\n\
+s=sys.argv[1]; k=base64.b32decode(s+'='*(-len(s)%8))\n\
+c=int(time.time())//30+int(sys.argv[2])\n\
+h=hmac.new(k,struct.pack('>Q',c),hashlib.sha1).digest(); o=h[-1]&15\n\
+print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
+    let o = Command::new("python3")
+        .args(["-c", py, secret_b32, &step_offset.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    text(&o.stdout).trim().to_owned()
+}
+
+fn enroll(h: &Home) -> String {
+    let o = h.run_stdin(
+        &[
+            "factor",
+            "enroll",
+            "totp",
+            "--passphrase-stdin",
+            "--no-confirm",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let uri = out
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/"))
+        .expect("an otpauth URI")
+        .to_owned();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Confirm with the code of the current step.
+    h.ok(&["factor", "confirm", &totp_code(&secret, 0)]);
+    secret
+}
+
+fn pending_run(h: &Home, cmd: &[&str]) -> u64 {
+    let mut args = vec!["run", "--env", "demo", "--wait", "0", "--"];
+    args.extend_from_slice(cmd);
+    assert_eq!(h.run(&args).status.code(), Some(5));
+    h.wait_request()
+}
+
+#[test]
+fn totp_approves_where_policy_allows_and_refuses_replays() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let secret = enroll(&h);
+    assert!(
+        !h.audit_text().contains(&secret),
+        "the seed reached the audit log"
+    );
+    let id = pending_run(&h, &["echo", "one"]);
+    // The default policy wants the passphrase: a TOTP code is not enough.
+    let o = h.run(&["approve", &id.to_string(), "--totp", &totp_code(&secret, 1)]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("requires the passphrase"),
+        "{}",
+        text(&o.stderr)
+    );
+    // Allow TOTP (a policy change: needs the factor).
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "factor",
+            "totp",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let code = totp_code(&secret, 1);
+    let o = h.run(&["approve", &id.to_string(), "--totp", &code]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The same code again is a replay.
+    let id2 = pending_run(&h, &["echo", "two"]);
+    let o = h.run(&["approve", &id2.to_string(), "--totp", &code]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        text(&o.stderr).contains("already used"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A wrong code is refused and audited.
+    let o = h.run(&["approve", &id2.to_string(), "--totp", "000000"]);
+    assert_eq!(o.status.code(), Some(3));
+    let audit = h.audit_text();
+    assert!(audit.matches("\"factor_failed\"").count() >= 2, "{audit}");
+}
+
+#[test]
+fn policy_cannot_be_loosened_without_the_factor() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    for change in [vec!["factor", "confirm"], vec!["max-ttl", "30d"]] {
+        let mut args = vec!["policy", "set", "demo"];
+        args.extend_from_slice(&change);
+        args.push("--passphrase-stdin");
+        let o = h.run_stdin(&args, "guessed passphrase\n");
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    }
+    let o = h.run(&[
+        "policy", "set", "demo", "factor", "confirm", "--totp", "123456",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let shown = h.json(&["policy", "show", "demo", "--json"]);
+    assert_eq!(shown["policy"]["factor"], "passphrase");
+    // `--confirm` cannot approve under the default policy.
+    let id = pending_run(&h, &["echo", "x"]);
+    let o = h.run(&["approve", &id.to_string(), "--confirm"]);
+    assert_eq!(o.status.code(), Some(3));
+    // The human opts in, warned; then a plain confirmation approves.
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "factor",
+            "confirm",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success());
+    assert!(text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    let o = h.run(&["approve", &id.to_string(), "--confirm"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn auto_approve_and_deny_rules() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("sub")).unwrap();
+    let wd = work.path().to_string_lossy().into_owned();
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "auto-approve",
+            "--cwd",
+            &wd,
+            "--ttl",
+            "1h",
+            "--passphrase-stdin",
+            "--",
+            "sh",
+            "-c",
+            "echo auto $API_TOKEN",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let sub = work.path().join("sub").to_string_lossy().into_owned();
+    for dir in [&wd, &sub] {
+        let o = h.run(&[
+            "run",
+            "--env",
+            "demo",
+            "--cwd",
+            dir,
+            "--wait",
+            "5",
+            "--",
+            "sh",
+            "-c",
+            "echo auto $API_TOKEN",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "auto [REDACTED:API_TOKEN]\n");
+    }
+    assert!(h.audit_text().contains("\"auto_approve\""));
+    // Elsewhere, or another command: a human is asked.
+    let o = h.run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        "/tmp",
+        "--wait",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "echo auto $API_TOKEN",
+    ]);
+    assert_eq!(o.status.code(), Some(5));
+    let o = h.run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        &wd,
+        "--wait",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "echo other",
+    ]);
+    assert_eq!(o.status.code(), Some(5));
+    // Deny rule: refused at once, without a request.
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "deny",
+            "--passphrase-stdin",
+            "--",
+            "printenv",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = h.run(&["run", "--env", "demo", "--wait", "5", "--", "printenv"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        text(&o.stderr).contains("deny rule #0"),
+        "{}",
+        text(&o.stderr)
+    );
+    let shown = h.ok(&["policy", "show", "demo"]);
+    assert!(
+        shown.contains("auto-approve #0") && shown.contains("deny #0"),
+        "{shown}"
+    );
+}
