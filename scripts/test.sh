@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# keyveil's whole test suite: Rust unit + integration tests, then the MCP tests driven by the
-# Python `mcp` SDK (a real client nobody here wrote). Installs what it needs (a venv under
-# .venv) and is safe to re-run.
+# keyveil's whole test suite: Rust unit + integration tests, the approval page in headless
+# Chromium (playwright-core from npm, Debian's /usr/bin/chromium), then the MCP tests driven by
+# the Python `mcp` SDK (a real client nobody here wrote). Installs what it needs (a venv under
+# .venv, tests/browser/node_modules) and is safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keyveil-target}"
@@ -11,6 +12,12 @@ cargo build --workspace --locked --all-targets
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== browser end-to-end (approval page in headless Chromium, playwright-core)"
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+KEYVEIL_BIN="$CARGO_TARGET_DIR/debug/keyveil" node tests/browser/approve.mjs
 
 echo "== MCP client tests (Python mcp SDK)"
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import mcp, pytest" 2>/dev/null; then

@@ -117,6 +117,15 @@ fn op_err(variable: &str, e: &DynamicError) -> OpError {
     .hint(hint)
 }
 
+/// What [`values_for_grant`] hands to a spawn.
+#[derive(Debug, Default)]
+pub struct DynamicValues {
+    /// Secret values (the variables, `PGPASSWORD`): injected and redacted from output.
+    pub values: Vec<(String, SecretValue)>,
+    /// Plain extras (`<VAR>_USER`, `PGUSER`, `PGHOST`, ...): injected, not redacted.
+    pub env: Vec<(String, String)>,
+}
+
 /// The values of the dynamic variables among `vars` for a spawn under `grant_id`: credentials
 /// minted at the grant's first spawn and reused by its later ones (until the grant ends),
 /// provider values fetched now. Static variables are not returned (`Inner::values` gives them).
@@ -129,13 +138,13 @@ pub async fn values_for_grant(
     grant_id: &str,
     environment: &str,
     vars: &[String],
-) -> OpResult<Vec<(String, SecretValue)>> {
+) -> OpResult<DynamicValues> {
     // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
     let (wanted, expires_at, gate) = {
         let inner = broker.lock();
         let vault = inner.vault()?;
         let Some(env) = vault.data().environments.get(environment) else {
-            return Ok(Vec::new());
+            return Ok(DynamicValues::default());
         };
         let wanted: Vec<(String, keyveil_vault::DynamicSource)> = vars
             .iter()
@@ -147,7 +156,7 @@ pub async fn values_for_grant(
             })
             .collect();
         if wanted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(DynamicValues::default());
         }
         let expires_at = inner
             .grants
@@ -157,7 +166,7 @@ pub async fn values_for_grant(
         (wanted, expires_at, inner.dynamic.gate.clone())
     };
     let _shared = gate.read().await;
-    let mut out: Vec<(String, SecretValue)> = Vec::new();
+    let mut out = DynamicValues::default();
     let mut fresh: Vec<Held> = Vec::new();
     let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
     let mut failure: Option<OpError> = None;
@@ -171,7 +180,7 @@ pub async fn values_for_grant(
         };
         if spec.engine == EngineKind::OpenbaoKv {
             match fetch_kv(&spec, &name, &mut kv_cache).await {
-                Ok(v) => out.push((name, v)),
+                Ok(v) => out.values.push((name, v)),
                 Err(e) => {
                     audit_failure(broker, grant_id, environment, &name, &spec, &e);
                     failure = Some(op_err(&name, &e));
@@ -221,8 +230,9 @@ pub async fn values_for_grant(
                 }
             }
         };
-        out.push((name, minted.value.clone()));
-        out.extend(minted.extra_env.iter().cloned());
+        out.values.push((name, minted.value.clone()));
+        out.values.extend(minted.extra_env.iter().cloned());
+        out.env.extend(minted.plain_env.iter().cloned());
     }
     // Register what was minted; if the grant ended meanwhile, destroy it at once.
     if !fresh.is_empty() {

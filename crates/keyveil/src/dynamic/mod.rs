@@ -310,8 +310,12 @@ pub fn new_prefix() -> Result<String, DynamicError> {
 pub struct Minted {
     /// Injected under the variable's name.
     pub value: SecretValue,
-    /// Injected too, by the output form: `<VAR>_USER`, or `PG*` variables.
+    /// Secret variables injected too, by the output form (`PGPASSWORD`): redacted like the
+    /// value.
     pub extra_env: Vec<(String, SecretValue)>,
+    /// Plain variables injected too (`<VAR>_USER`, `PGUSER`, `PGHOST`, ...): not secrets, not
+    /// redacted (the user name is shown by `keyveil grants` anyway).
+    pub plain_env: Vec<(String, String)>,
     /// What [`revoke`] needs; no secret inside.
     pub handle: CredentialHandle,
     /// When the credential stops working at its source (`VALID UNTIL`, lease end); for Redis,
@@ -500,6 +504,17 @@ pub async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
     }
 }
 
+/// What an output form injects: the value, secret extras (`PGPASSWORD`) and plain extras
+/// (user, host, port, database: not secrets, so never redacted from output).
+pub struct Shaped {
+    /// Under the variable's name.
+    pub value: SecretValue,
+    /// Secret extras.
+    pub extra_env: Vec<(String, SecretValue)>,
+    /// Plain extras.
+    pub plain_env: Vec<(String, String)>,
+}
+
 /// The value and extra variables for an output form.
 fn shape(
     output: OutputForm,
@@ -509,8 +524,7 @@ fn shape(
     password: &str,
     host_port: (&str, u16),
     db: &str,
-) -> (SecretValue, Vec<(String, SecretValue)>) {
-    let s = |x: &str| SecretValue::new(x.to_owned());
+) -> Shaped {
     let (host, port) = host_port;
     let host_in_url = if host.contains(':') {
         format!("[{host}]")
@@ -525,18 +539,26 @@ fn shape(
         percent_encoding::utf8_percent_encode(db, percent_encoding::NON_ALPHANUMERIC)
     );
     match output {
-        OutputForm::Password => (s(password), vec![(format!("{variable}_USER"), s(user))]),
-        OutputForm::Url => (SecretValue::new(url), Vec::new()),
-        OutputForm::PgEnv => (
-            SecretValue::new(url),
-            vec![
-                ("PGHOST".into(), s(host)),
-                ("PGPORT".into(), s(&port.to_string())),
-                ("PGDATABASE".into(), s(db)),
-                ("PGUSER".into(), s(user)),
-                ("PGPASSWORD".into(), s(password)),
+        OutputForm::Password => Shaped {
+            value: SecretValue::new(password.to_owned()),
+            extra_env: Vec::new(),
+            plain_env: vec![(format!("{variable}_USER"), user.to_owned())],
+        },
+        OutputForm::Url => Shaped {
+            value: SecretValue::new(url),
+            extra_env: Vec::new(),
+            plain_env: Vec::new(),
+        },
+        OutputForm::PgEnv => Shaped {
+            value: SecretValue::new(url),
+            extra_env: vec![("PGPASSWORD".into(), SecretValue::new(password.to_owned()))],
+            plain_env: vec![
+                ("PGHOST".into(), host.to_owned()),
+                ("PGPORT".into(), port.to_string()),
+                ("PGDATABASE".into(), db.to_owned()),
+                ("PGUSER".into(), user.to_owned()),
             ],
-        ),
+        },
     }
 }
 
@@ -565,7 +587,7 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let (v, extra) = shape(
+        let sh = shape(
             OutputForm::PgEnv,
             "DB",
             "postgresql",
@@ -574,9 +596,12 @@ mod tests {
             ("127.0.0.1", 5432),
             "test",
         );
-        assert_eq!(v.expose(), "postgresql://keyveil_a:pw@127.0.0.1:5432/test");
-        assert_eq!(extra.len(), 5);
-        let (v, extra) = shape(
+        assert_eq!(
+            sh.value.expose(),
+            "postgresql://keyveil_a:pw@127.0.0.1:5432/test"
+        );
+        assert_eq!((sh.extra_env.len(), sh.plain_env.len()), (1, 4));
+        let sh = shape(
             OutputForm::Password,
             "R",
             "redis",
@@ -585,8 +610,8 @@ mod tests {
             ("::1", 6379),
             "",
         );
-        assert_eq!(v.expose(), "pw");
-        assert_eq!(extra.first().map(|(k, _)| k.as_str()), Some("R_USER"));
+        assert_eq!(sh.value.expose(), "pw");
+        assert_eq!(sh.plain_env, vec![("R_USER".to_owned(), "u".to_owned())]);
     }
 
     #[test]

@@ -30,7 +30,9 @@ use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
 use super::target::Target;
-use super::{CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, scrub, shape, timed};
+use super::{
+    CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, Shaped, scrub, shape, timed,
+};
 
 /// Checks a mount, role or path: `[A-Za-z0-9_.-]` segments separated by `/`, no `..`.
 pub fn check_path(what: &str, p: &str) -> Result<(), DynamicError> {
@@ -276,7 +278,11 @@ pub async fn mint(
             tracing::warn!(error = %e, "cannot shorten an OpenBao lease to its grant; it ends at its own TTL")
         }
     }
-    let (value, extra_env) = match spec.opt("connect_url") {
+    let Shaped {
+        value,
+        extra_env,
+        plain_env,
+    } = match spec.opt("connect_url") {
         Some(c) => {
             let t = Target::parse(c, &["postgresql", "postgres", "redis"], 5432)?;
             let scheme = if t.scheme == "redis" {
@@ -294,14 +300,16 @@ pub async fn mint(
                 &t.path,
             )
         }
-        None => (
-            password.clone(),
-            vec![(format!("{variable}_USER"), SecretValue::new(user.clone()))],
-        ),
+        None => Shaped {
+            value: password.clone(),
+            extra_env: Vec::new(),
+            plain_env: vec![(format!("{variable}_USER"), user.clone())],
+        },
     };
     Ok(Minted {
         value,
         extra_env,
+        plain_env,
         handle: CredentialHandle {
             engine: EngineKind::OpenbaoDatabase,
             user,

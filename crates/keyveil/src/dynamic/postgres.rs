@@ -20,7 +20,7 @@ use tokio_postgres::{Client, NoTls};
 use super::target::Target;
 use super::{
     CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, PASSWORD_LEN, PREFIX_ROOT,
-    random_alnum, scrub, shape, timed, user_name,
+    Shaped, random_alnum, scrub, shape, timed, user_name,
 };
 
 /// URL schemes accepted for the admin URL.
@@ -219,7 +219,11 @@ pub async fn mint(
     } else {
         connect.path.clone()
     };
-    let (value, extra_env) = shape(
+    let Shaped {
+        value,
+        extra_env,
+        plain_env,
+    } = shape(
         spec.output,
         variable,
         "postgresql",
@@ -231,6 +235,7 @@ pub async fn mint(
     Ok(Minted {
         value,
         extra_env,
+        plain_env,
         handle: CredentialHandle {
             engine: EngineKind::Postgres,
             user: name,
@@ -340,7 +345,7 @@ mod tests {
         let user = m.handle.user.clone();
         assert!(user.starts_with(&s.prefix));
         assert!(m.value.expose().starts_with("postgresql://"));
-        assert_eq!(m.extra_env.len(), 5);
+        assert_eq!((m.extra_env.len(), m.plain_env.len()), (1, 4));
         assert!(!format!("{:?}", m.handle).contains(m.value.expose()));
 
         // Log in as the minted role: SELECT allowed, INSERT refused.

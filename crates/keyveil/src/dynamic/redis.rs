@@ -15,7 +15,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use super::target::Target;
 use super::{
     CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, PASSWORD_LEN, PREFIX_ROOT,
-    random_alnum, scrub, shape, timed, user_name,
+    Shaped, random_alnum, scrub, shape, timed, user_name,
 };
 
 /// URL schemes accepted for the admin URL (plain TCP only: `rediss` needs TLS, not built in).
@@ -188,7 +188,11 @@ pub async fn mint(
         Some(c) => Target::parse(c, SCHEMES, 6379)?,
         None => admin.target.clone(),
     };
-    let (value, extra_env) = shape(
+    let Shaped {
+        value,
+        extra_env,
+        plain_env,
+    } = shape(
         spec.output,
         variable,
         "redis",
@@ -200,6 +204,7 @@ pub async fn mint(
     Ok(Minted {
         value,
         extra_env,
+        plain_env,
         handle: CredentialHandle {
             engine: EngineKind::Redis,
             user: name,

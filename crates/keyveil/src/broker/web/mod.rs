@@ -1,0 +1,854 @@
+//! The local web approval page: an HTTP/1 server on `127.0.0.1` at a random port, started
+//! inside the broker the first time a client asks for its URL (`keyveil approve --web`).
+//!
+//! The page is a front-end of the same operations the CLI uses (`Requests`, `Approve`, `Deny`
+//! through [`super::ops::dispatch`]); it adds no authority. Approving still needs the human's
+//! factor, checked and rate-limited by the `Approve` operation. What the page adds is a browser,
+//! and browsers are attack surface, so every request passes these checks (see
+//! `docs/approval-page.md`):
+//!
+//! - `Host` is exactly `127.0.0.1:PORT` or `localhost:PORT` (DNS rebinding);
+//! - an `Origin` header, when present, is this server's origin; a POST must carry a matching
+//!   `Origin`, or failing that a matching `Referer`; `Sec-Fetch-Site: cross-site|same-site` is
+//!   refused (cross-site request forgery, other servers on 127.0.0.1);
+//! - a session comes only from a one-time URL token (32 random bytes, 5 minutes, single use),
+//!   exchanged for an `HttpOnly; SameSite=Strict` cookie; every other route needs the session;
+//! - every POST carries the session's CSRF token;
+//! - no CORS headers, ever; a strict CSP with no inline script; no framing; no caching.
+//!
+//! Tokens and cookies are kept as SHA-256 digests, so a lookup's timing says nothing about a
+//! stored value, and none is ever logged.
+
+mod view;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Form, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::Broker;
+use super::state::{OpError, OpResult};
+use crate::protocol::{ErrorCode, Passphrase, Reply, Request};
+use view::prose;
+
+/// How long a URL token may wait for its first use.
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+/// How long a browser session lasts (absolute, from login).
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Unused URL tokens kept at once; minting more drops the oldest.
+const MAX_TOKENS: usize = 32;
+/// Sessions kept at once; a new login past this drops the oldest.
+const MAX_SESSIONS: usize = 16;
+/// Largest request body accepted (a form with a passphrase is far smaller).
+const MAX_BODY: usize = 16 * 1024;
+
+/// The `Content-Security-Policy` of every response.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'";
+
+/// `Referrer-Policy` of every response. Not `no-referrer`: under that policy browsers send
+/// `Origin: null` on same-origin form POSTs (Fetch standard, "append a request `Origin`
+/// header"), which would make the POST origin check impossible. `same-origin` sends a referrer
+/// only to this server itself and never to anyone else (the page loads nothing from elsewhere).
+pub const REFERRER_POLICY: &str = "same-origin";
+
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
+
+/// The approval page's place in the broker: empty until the first `WebUrl` request.
+#[derive(Default)]
+pub struct Web {
+    server: tokio::sync::OnceCell<Arc<Server>>,
+}
+
+type Digest32 = [u8; 32];
+
+struct Session {
+    csrf: String,
+    expires: Instant,
+    flash: Option<view::Flash>,
+}
+
+#[derive(Default)]
+struct Auth {
+    /// Digest of an unused URL token → its deadline.
+    tokens: HashMap<Digest32, Instant>,
+    /// Digest of a session cookie → the session.
+    sessions: HashMap<Digest32, Session>,
+}
+
+/// The running server: its port and its tokens and sessions (in memory only).
+pub struct Server {
+    port: u16,
+    auth: Mutex<Auth>,
+}
+
+fn digest(s: &str) -> Digest32 {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+fn random_hex() -> OpResult<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| {
+        OpError::new(
+            ErrorCode::Failed,
+            format!("the OS random source failed: {e}"),
+        )
+    })?;
+    Ok(hex::encode(b))
+}
+
+/// Compares two strings in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Server {
+    fn new(port: u16) -> Server {
+        Server {
+            port,
+            auth: Mutex::new(Auth::default()),
+        }
+    }
+
+    fn auth(&self) -> MutexGuard<'_, Auth> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a new one-time URL token valid for [`TOKEN_TTL`] from `now`.
+    fn mint(&self, now: Instant) -> OpResult<String> {
+        let token = random_hex()?;
+        let mut auth = self.auth();
+        auth.tokens.retain(|_, deadline| *deadline > now);
+        while auth.tokens.len() >= MAX_TOKENS {
+            let Some(oldest) = auth.tokens.iter().min_by_key(|(_, d)| **d).map(|(k, _)| *k) else {
+                break;
+            };
+            auth.tokens.remove(&oldest);
+        }
+        auth.tokens.insert(digest(&token), now + TOKEN_TTL);
+        Ok(token)
+    }
+
+    /// Spends a URL token: `true` if it existed and was still valid. It is gone either way.
+    fn redeem(&self, token: &str, now: Instant) -> bool {
+        self.auth()
+            .tokens
+            .remove(&digest(token))
+            .is_some_and(|deadline| deadline > now)
+    }
+
+    /// Opens a session; returns the cookie value.
+    fn open_session(&self, now: Instant) -> OpResult<String> {
+        let cookie = random_hex()?;
+        let csrf = random_hex()?;
+        let mut auth = self.auth();
+        auth.sessions.retain(|_, s| s.expires > now);
+        while auth.sessions.len() >= MAX_SESSIONS {
+            let Some(oldest) = auth
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            auth.sessions.remove(&oldest);
+        }
+        auth.sessions.insert(
+            digest(&cookie),
+            Session {
+                csrf,
+                expires: now + SESSION_TTL,
+                flash: None,
+            },
+        );
+        Ok(cookie)
+    }
+
+    fn cookie_name(&self) -> String {
+        format!("keyveil_session_{}", self.port)
+    }
+
+    /// The session a request's cookie names, if live.
+    fn session_of(&self, headers: &HeaderMap, now: Instant) -> Option<Digest32> {
+        let name = self.cookie_name();
+        let value = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim().to_owned())?;
+        let key = digest(&value);
+        let mut auth = self.auth();
+        match auth.sessions.get(&key) {
+            Some(s) if s.expires > now => Some(key),
+            Some(_) => {
+                auth.sessions.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn csrf_of(&self, key: &Digest32) -> Option<String> {
+        self.auth().sessions.get(key).map(|s| s.csrf.clone())
+    }
+
+    fn set_flash(&self, key: &Digest32, flash: view::Flash) {
+        if let Some(s) = self.auth().sessions.get_mut(key) {
+            s.flash = Some(flash);
+        }
+    }
+
+    fn take_flash(&self, key: &Digest32) -> Option<view::Flash> {
+        self.auth()
+            .sessions
+            .get_mut(key)
+            .and_then(|s| s.flash.take())
+    }
+
+    fn origins(&self) -> [String; 2] {
+        [
+            format!("http://127.0.0.1:{}", self.port),
+            format!("http://localhost:{}", self.port),
+        ]
+    }
+
+    fn host_ok(&self, host: &str) -> bool {
+        host == format!("127.0.0.1:{}", self.port)
+            || host.eq_ignore_ascii_case(&format!("localhost:{}", self.port))
+    }
+}
+
+/// The approval page's URL with a fresh one-time token, starting the server if needed:
+/// `{"url": "http://127.0.0.1:PORT/login?token=...", "expires_in_seconds": 300}`.
+///
+/// Errors: the loopback port cannot be bound; the OS random source fails.
+pub async fn url(broker: &Arc<Broker>) -> OpResult<Value> {
+    let server = broker
+        .web
+        .server
+        .get_or_try_init(|| start(broker.clone()))
+        .await?;
+    let token = server.mint(Instant::now())?;
+    Ok(json!({
+        "url": format!("http://127.0.0.1:{}/login?token={token}", server.port),
+        "expires_in_seconds": TOKEN_TTL.as_secs(),
+    }))
+}
+
+#[derive(Clone)]
+struct AppState {
+    broker: Arc<Broker>,
+    server: Arc<Server>,
+}
+
+async fn start(broker: Arc<Broker>) -> OpResult<Arc<Server>> {
+    let fail = |e: std::io::Error| {
+        OpError::new(
+            ErrorCode::Failed,
+            format!("cannot start the approval page on 127.0.0.1: {e}"),
+        )
+        .hint("approve in a terminal instead: `keyveil approve --watch`")
+    };
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(fail)?;
+    let port = listener.local_addr().map_err(fail)?.port();
+    let server = Arc::new(Server::new(port));
+    let app = router(AppState {
+        broker: broker.clone(),
+        server: server.clone(),
+    });
+    let stop = broker.shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the approval page stopped");
+        }
+    });
+    tracing::info!(port, "approval page listening on 127.0.0.1");
+    Ok(server)
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/login", get(login))
+        .route("/", get(index))
+        .route("/requests", get(fragment))
+        .route("/events", get(events))
+        .route("/approve", post(approve))
+        .route("/deny", post(deny))
+        .route("/static/app.js", get(js))
+        .route("/static/app.css", get(css))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks on every request, and headers on every response.
+
+fn notice(status: StatusCode, title: &str, text: &str) -> Response {
+    let body = view::Notice {
+        title: title.to_owned(),
+        text: text.to_owned(),
+    }
+    .render()
+    .unwrap_or_else(|_| title.to_owned());
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn forbidden(why: &str) -> Response {
+    tracing::warn!(why, "approval page refused a request");
+    notice(StatusCode::FORBIDDEN, "Refused", why)
+}
+
+fn one_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ()> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(());
+    }
+    match first {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| ()),
+    }
+}
+
+/// Host, Origin, Referer and Sec-Fetch-Site checks. `Err` says why the request is refused.
+fn check(
+    server: &Server,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
+    // DNS rebinding: a page of evil.example that re-resolves to 127.0.0.1 sends its own name.
+    let host = one_header(headers, &header::HOST)
+        .ok()
+        .flatten()
+        .ok_or("missing or repeated Host header")?;
+    if !server.host_ok(host) {
+        return Err(
+            "wrong Host header: this page answers only to 127.0.0.1 and localhost at its own port",
+        );
+    }
+    if let Some(a) = uri.authority()
+        && !server.host_ok(a.as_str())
+    {
+        return Err("wrong authority in the request line");
+    }
+    let origins = server.origins();
+    let origin = one_header(headers, &header::ORIGIN).map_err(|()| "repeated Origin header")?;
+    if let Some(o) = origin
+        && !origins.iter().any(|x| x == o)
+    {
+        return Err("a request from another origin");
+    }
+    // Fetch metadata: refuse requests another site (or another port of 127.0.0.1) started.
+    if let Ok(Some(site)) = one_header(headers, &HeaderName::from_static("sec-fetch-site"))
+        && matches!(site, "cross-site" | "same-site")
+    {
+        return Err(
+            "a request started by another site; open the link directly (paste it into the address bar)",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD && origin.is_none() {
+        // A state change must say where it comes from.
+        let referer = one_header(headers, &header::REFERER)
+            .ok()
+            .flatten()
+            .ok_or("a form post without Origin or Referer")?;
+        if !origins.iter().any(|o| {
+            referer
+                .strip_prefix(o.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        }) {
+            return Err("a form post from another origin");
+        }
+    }
+    Ok(())
+}
+
+fn harden(headers: &mut HeaderMap) {
+    let set = |h: &mut HeaderMap, k: HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(headers, header::CONTENT_SECURITY_POLICY, CSP);
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(headers, header::REFERRER_POLICY, REFERRER_POLICY);
+    set(headers, header::CACHE_CONTROL, "no-store");
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(
+        headers,
+        HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
+    set(
+        headers,
+        HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    );
+    // No CORS, ever: nothing here adds such headers; make sure nothing slipped in.
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for k in cors {
+        headers.remove(k);
+    }
+}
+
+async fn guard(State(st): State<AppState>, req: axum::extract::Request, next: Next) -> Response {
+    let mut resp = match check(&st.server, req.method(), req.uri(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(why) => forbidden(why),
+    };
+    harden(resp.headers_mut());
+    resp
+}
+
+fn no_session() -> Response {
+    notice(
+        StatusCode::UNAUTHORIZED,
+        "This page needs a fresh link",
+        "Run `keyveil approve --web` in your terminal and open the link it gives you. Links work once and for 5 minutes.",
+    )
+}
+
+/// A refusal response, boxed (a `Response` is large).
+type Refusal = Box<Response>;
+
+fn session(st: &AppState, headers: &HeaderMap) -> Result<Digest32, Refusal> {
+    st.server
+        .session_of(headers, Instant::now())
+        .ok_or_else(|| Box::new(no_session()))
+}
+
+fn html(body: askama::Result<String>) -> Response {
+    match body {
+        Ok(b) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            b,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "approval page template failed");
+            notice(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The page could not be drawn",
+                "See the broker log; approve in a terminal with `keyveil approve --watch`.",
+            )
+        }
+    }
+}
+
+fn see_other(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes.
+
+async fn login(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let token = q.as_deref().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v)
+    });
+    let now = Instant::now();
+    let valid = token.is_some_and(|t| {
+        t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) && st.server.redeem(t, now)
+    });
+    if !valid {
+        tracing::warn!("approval page: a missing, wrong, used or expired link");
+        return notice(
+            StatusCode::FORBIDDEN,
+            "This link is not valid",
+            "Links work once and for 5 minutes. Run `keyveil approve --web` in your terminal for a new one.",
+        );
+    }
+    let cookie = match st.server.open_session(now) {
+        Ok(c) => c,
+        Err(e) => return notice(StatusCode::INTERNAL_SERVER_ERROR, "No session", &e.message),
+    };
+    st.broker
+        .lock()
+        .audit("web_login", json!({"port": st.server.port}));
+    tracing::info!("approval page: a browser session was opened");
+    let set_cookie = format!(
+        "{}={cookie}; HttpOnly; SameSite=Strict; Path=/",
+        st.server.cookie_name()
+    );
+    let mut resp = see_other("/");
+    match HeaderValue::from_str(&set_cookie) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+            resp
+        }
+        Err(_) => notice(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No session",
+            "bad cookie",
+        ),
+    }
+}
+
+async fn pending(st: &AppState) -> Result<Vec<view::CardView>, Refusal> {
+    match super::ops::dispatch(&st.broker, Request::Requests).await {
+        Reply::Ok { data } => Ok(view::cards(&data)),
+        Reply::Error { message, .. } => Err(Box::new(notice(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot list requests",
+            &prose(&message),
+        ))),
+        _ => Err(Box::new(notice(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot list requests",
+            "unexpected reply",
+        ))),
+    }
+}
+
+async fn index(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let key = match session(&st, &headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let cards = match pending(&st).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let csrf = st.server.csrf_of(&key).unwrap_or_default();
+    let flash = st.server.take_flash(&key);
+    html(view::Page { cards, csrf, flash }.render())
+}
+
+async fn fragment(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let key = match session(&st, &headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let cards = match pending(&st).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let csrf = st.server.csrf_of(&key).unwrap_or_default();
+    html(view::List { cards, csrf }.render())
+}
+
+async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = session(&st, &headers) {
+        return *r;
+    }
+    let rx = st.broker.changed.subscribe();
+    let hello = futures::stream::once(async {
+        Ok::<Event, Infallible>(Event::default().event("hello").data("0"))
+    });
+    let changes = futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let n = *rx.borrow_and_update();
+        Some((
+            Ok::<Event, Infallible>(Event::default().event("changed").data(n.to_string())),
+            rx,
+        ))
+    });
+    let stop = st.broker.shutdown.clone();
+    let stream = hello
+        .chain(changes)
+        .take_until(async move { stop.cancelled().await });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// The approve form. Every field is optional so that a missing one gets the right refusal
+/// (no CSRF token: 403) rather than a generic parse error. The factor is a [`Passphrase`]:
+/// zeroized on drop, `[sensitive]` in any debug output, never echoed.
+#[derive(Deserialize)]
+struct ApproveForm {
+    csrf: Option<String>,
+    request_id: Option<String>,
+    factor: Option<Passphrase>,
+    duration: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DenyForm {
+    csrf: Option<String>,
+    request_id: Option<String>,
+}
+
+/// Session, then CSRF; returns the session key.
+fn post_checks(
+    st: &AppState,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Result<Digest32, Refusal> {
+    let key = session(st, headers)?;
+    let expected = st.server.csrf_of(&key).unwrap_or_default();
+    match csrf {
+        Some(c) if !expected.is_empty() && same(c, &expected) => Ok(key),
+        _ => Err(Box::new(forbidden(
+            "missing or wrong CSRF token; reload the page and try again",
+        ))),
+    }
+}
+
+fn bad_form() -> Response {
+    notice(
+        StatusCode::BAD_REQUEST,
+        "Malformed form",
+        "Reload the page and try again.",
+    )
+}
+
+fn is_totp(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_id(s: Option<&str>) -> Option<u64> {
+    s.and_then(|s| s.trim().parse().ok())
+}
+
+fn flash_of(reply: Reply, ok: impl FnOnce(&Value) -> String) -> view::Flash {
+    match reply {
+        Reply::Ok { data } => view::Flash {
+            ok: true,
+            text: ok(&data),
+            hint: None,
+        },
+        Reply::Error { message, hint, .. } => view::Flash {
+            ok: false,
+            text: prose(&message),
+            hint: hint.as_deref().map(prose),
+        },
+        _ => view::Flash {
+            ok: false,
+            text: "unexpected reply from the broker".into(),
+            hint: None,
+        },
+    }
+}
+
+async fn approve(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<ApproveForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        // Still say "no session" first when there is none.
+        return match session(&st, &headers) {
+            Err(r) => *r,
+            Ok(_) => bad_form(),
+        };
+    };
+    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let (Some(id), Some(factor)) = (parse_id(f.request_id.as_deref()), f.factor) else {
+        return bad_form();
+    };
+    let ttl_seconds = match f.duration.as_deref().unwrap_or("once") {
+        "once" => None,
+        "30m" => Some(30 * 60),
+        "8h" => Some(8 * 3600),
+        _ => return bad_form(),
+    };
+    // One field for the factor: six digits are a TOTP code (a vault passphrase has at least 8
+    // characters), anything else is the passphrase.
+    let (passphrase, totp) = if is_totp(factor.expose()) {
+        (Passphrase::default(), Some(factor.expose().to_owned()))
+    } else {
+        (factor, None)
+    };
+    let reply = super::ops::dispatch(
+        &st.broker,
+        Request::Approve {
+            request_id: id,
+            passphrase,
+            totp,
+            confirm: false,
+            ttl_seconds,
+            uses: None,
+            any_command: false,
+            prefix: false,
+            subdirs: false,
+        },
+    )
+    .await;
+    let flash = flash_of(reply, |d| {
+        let uses = match d.get("uses_left").and_then(Value::as_u64) {
+            Some(1) => "1 use".to_owned(),
+            Some(n) => format!("{n} uses"),
+            None => "any number of uses".to_owned(),
+        };
+        format!(
+            "Approved request #{id}: grant {}, {uses} until {}.",
+            prose(d.get("grant_id").and_then(Value::as_str).unwrap_or("")),
+            view::when(d.get("expires_at").and_then(Value::as_str).unwrap_or("")),
+        )
+    });
+    st.server.set_flash(&key, flash);
+    see_other("/")
+}
+
+async fn deny(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<DenyForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return match session(&st, &headers) {
+            Err(r) => *r,
+            Ok(_) => bad_form(),
+        };
+    };
+    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let Some(id) = parse_id(f.request_id.as_deref()) else {
+        return bad_form();
+    };
+    let reply = super::ops::dispatch(
+        &st.broker,
+        Request::Deny {
+            request_id: id,
+            reason: None,
+        },
+    )
+    .await;
+    let flash = flash_of(reply, |_| format!("Denied request #{id}."));
+    st.server.set_flash(&key, flash);
+    see_other("/")
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS).into_response()
+}
+
+async fn not_found() -> Response {
+    notice(StatusCode::NOT_FOUND, "Not found", "Nothing here.")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let s = Server::new(4242);
+        let t0 = Instant::now();
+        let a = s.mint(t0).unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(s.redeem(&a, t0));
+        assert!(!s.redeem(&a, t0), "replayed");
+        let b = s.mint(t0).unwrap();
+        assert!(!s.redeem(&b, t0 + TOKEN_TTL), "expired");
+        assert!(!s.redeem(&"0".repeat(64), t0));
+    }
+
+    #[test]
+    fn token_store_is_bounded() {
+        let s = Server::new(1);
+        let t0 = Instant::now();
+        let first = s.mint(t0).unwrap();
+        for i in 0..MAX_TOKENS {
+            s.mint(t0 + Duration::from_millis(i as u64 + 1)).unwrap();
+        }
+        assert!(s.auth().tokens.len() <= MAX_TOKENS);
+        assert!(!s.redeem(&first, t0), "the oldest was dropped");
+    }
+
+    #[test]
+    fn host_and_origin_checks() {
+        let s = Server::new(5555);
+        let mut h = HeaderMap::new();
+        let uri: Uri = "/".parse().unwrap();
+        assert!(check(&s, &Method::GET, &uri, &h).is_err(), "no Host");
+        h.insert(header::HOST, HeaderValue::from_static("evil.example:5555"));
+        assert!(check(&s, &Method::GET, &uri, &h).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:5556"));
+        assert!(check(&s, &Method::GET, &uri, &h).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:5555"));
+        assert!(check(&s, &Method::GET, &uri, &h).is_ok());
+        h.insert(header::HOST, HeaderValue::from_static("localhost:5555"));
+        assert!(check(&s, &Method::GET, &uri, &h).is_ok());
+        assert!(
+            check(&s, &Method::POST, &uri, &h).is_err(),
+            "POST without Origin/Referer"
+        );
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("http://127.0.0.1:5555.evil.example/"),
+        );
+        assert!(check(&s, &Method::POST, &uri, &h).is_err());
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("http://127.0.0.1:5555/"),
+        );
+        assert!(check(&s, &Method::POST, &uri, &h).is_ok());
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(check(&s, &Method::POST, &uri, &h).is_err(), "Origin: null");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://localhost:5555"),
+        );
+        assert!(check(&s, &Method::POST, &uri, &h).is_ok());
+        h.insert(
+            HeaderName::from_static("sec-fetch-site"),
+            HeaderValue::from_static("same-site"),
+        );
+        assert!(check(&s, &Method::POST, &uri, &h).is_err());
+        let abs: Uri = "http://evil.example:5555/".parse().unwrap();
+        h.remove("sec-fetch-site");
+        assert!(check(&s, &Method::GET, &abs, &h).is_err());
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+}

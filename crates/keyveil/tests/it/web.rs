@@ -1,0 +1,601 @@
+//! The local web approval page, attacked the way an agent with a shell and curl would: no or
+//! replayed link, no session, wrong Host (DNS rebinding), wrong Origin, no CSRF token, wrong
+//! factor. Only the human's factor with every check passed lets the pending run go ahead.
+//!
+//! The HTTP client is a few lines over `std::net::TcpStream` (HTTP/1.1, `Connection: close`),
+//! so each request says exactly which headers it sends.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const TOKEN: &str = "tok_web_Zq8vN3kLp2XwR7yB";
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'";
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The page's port and a one-time login path, from `keyveil approve --web --print`.
+struct Page {
+    port: u16,
+}
+
+impl Page {
+    fn link(h: &Home) -> (Page, String) {
+        let out = h.ok(&["approve", "--web", "--print"]);
+        let url = out.trim();
+        let rest = url
+            .strip_prefix("http://127.0.0.1:")
+            .unwrap_or_else(|| panic!("unexpected url {url:?}"));
+        let (port, path) = rest.split_once('/').unwrap();
+        (
+            Page {
+                port: port.parse().unwrap(),
+            },
+            format!("/{path}"),
+        )
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one request with exactly these headers (plus Content-Length for a body).
+    fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        parse(&buf)
+    }
+
+    /// A GET as a browser on this page would send it.
+    fn get(&self, path: &str, cookie: Option<&str>) -> Resp {
+        let host = self.host();
+        let mut h = vec![("Host", host.as_str())];
+        if let Some(c) = cookie {
+            h.push(("Cookie", c));
+        }
+        self.raw("GET", path, &h, "")
+    }
+
+    /// A POST as this page's own form would send it.
+    fn post(&self, path: &str, cookie: &str, body: &str) -> Resp {
+        let (host, origin) = (self.host(), self.origin());
+        self.raw(
+            "POST",
+            path,
+            &[("Host", &host), ("Origin", &origin), ("Cookie", cookie)],
+            body,
+        )
+    }
+
+    /// Logs in with a fresh link; returns the `Cookie` header value.
+    fn login(h: &Home) -> (Page, String) {
+        let (page, path) = Page::link(h);
+        let r = page.get(&path, None);
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(r.header("location"), Some("/"));
+        let set = r.header("set-cookie").unwrap().to_owned();
+        assert!(set.contains("HttpOnly"), "{set}");
+        assert!(set.contains("SameSite=Strict"), "{set}");
+        assert!(set.contains("Path=/"), "{set}");
+        let cookie = set.split(';').next().unwrap().trim().to_owned();
+        (page, cookie)
+    }
+
+    fn csrf(&self, cookie: &str) -> String {
+        let r = self.get("/", Some(cookie));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let at = r
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token");
+        let rest = &r.body[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+fn parse(buf: &[u8]) -> Resp {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn run_args(cmd: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["run", "--env", "demo", "--wait", "60", "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(cmd.iter().map(|s| s.to_string()));
+    v
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn pending_ids(h: &Home) -> Vec<u64> {
+    h.json(&["requests", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn links_are_one_time_and_every_route_needs_the_session() {
+    let h = Home::new();
+    let (page, path) = Page::link(&h);
+    // No token, a wrong token, a malformed token: refused.
+    assert_eq!(page.get("/login", None).status, 403);
+    assert_eq!(
+        page.get(&format!("/login?token={}", "0".repeat(64)), None)
+            .status,
+        403
+    );
+    assert_eq!(page.get("/login?token=../../etc", None).status, 403);
+    // The real one works once.
+    let first = page.get(&path, None);
+    assert_eq!(first.status, 303);
+    let cookie = first
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let replay = page.get(&path, None);
+    assert_eq!(
+        replay.status, 403,
+        "a replayed link must not open a session"
+    );
+    assert!(replay.header("set-cookie").is_none());
+    // No session, or a made-up one: 401 everywhere that matters.
+    for p in ["/", "/requests", "/events"] {
+        assert_eq!(page.get(p, None).status, 401, "{p}");
+        assert_eq!(
+            page.get(
+                p,
+                Some(&format!(
+                    "keyveil_session_{}={}",
+                    page.port,
+                    "ab".repeat(32)
+                ))
+            )
+            .status,
+            401,
+            "{p}"
+        );
+    }
+    let host = page.host();
+    let origin = page.origin();
+    let no_cookie = page.raw(
+        "POST",
+        "/approve",
+        &[("Host", &host), ("Origin", &origin)],
+        "request_id=1&factor=x&csrf=y",
+    );
+    assert_eq!(no_cookie.status, 401);
+    // The session works.
+    let ok = page.get("/", Some(&cookie));
+    assert_eq!(ok.status, 200);
+    assert!(ok.body.contains("No pending requests"), "{}", ok.body);
+}
+
+#[test]
+fn wrong_host_origin_or_csrf_is_refused() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let child = h.spawn_run(&strs(&run_args(&["sh", "-c", "echo ok-$API_TOKEN"])));
+    let id = h.wait_request();
+    let (page, cookie) = Page::login(&h);
+    let csrf = page.csrf(&cookie);
+    let ids = id.to_string();
+    let body = form(&[
+        ("request_id", &ids),
+        ("factor", PASS),
+        ("duration", "once"),
+        ("csrf", &csrf),
+    ]);
+    let port = page.port;
+    let (host, origin) = (page.host(), page.origin());
+
+    // DNS rebinding: the browser sends the attacker's name as Host, with our cookie... or not.
+    for bad_host in [
+        format!("evil.example:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "127.0.0.1".to_owned(),
+        format!("127.0.0.1.evil.example:{port}"),
+    ] {
+        let r = page.raw("GET", "/", &[("Host", &bad_host), ("Cookie", &cookie)], "");
+        assert_eq!(r.status, 403, "GET with Host {bad_host}");
+        let r = page.raw(
+            "POST",
+            "/approve",
+            &[
+                ("Host", &bad_host),
+                ("Origin", &origin),
+                ("Cookie", &cookie),
+            ],
+            &body,
+        );
+        assert_eq!(r.status, 403, "POST with Host {bad_host}");
+    }
+    let r = page.raw("GET", "/", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 403, "no Host at all");
+
+    // Another origin (a web page the human has open, or another server on 127.0.0.1).
+    for bad_origin in [
+        "http://evil.example".to_owned(),
+        "null".to_owned(),
+        format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        format!("https://127.0.0.1:{port}"),
+    ] {
+        let r = page.raw(
+            "POST",
+            "/approve",
+            &[
+                ("Host", &host),
+                ("Origin", &bad_origin),
+                ("Cookie", &cookie),
+            ],
+            &body,
+        );
+        assert_eq!(r.status, 403, "POST with Origin {bad_origin}");
+        let r = page.raw(
+            "GET",
+            "/requests",
+            &[
+                ("Host", &host),
+                ("Origin", &bad_origin),
+                ("Cookie", &cookie),
+            ],
+            "",
+        );
+        assert_eq!(r.status, 403, "GET with Origin {bad_origin}");
+    }
+    // A POST must say where it comes from: no Origin and no Referer is refused, a foreign
+    // Referer too; fetch metadata from another site is refused.
+    let r = page.raw(
+        "POST",
+        "/approve",
+        &[("Host", &host), ("Cookie", &cookie)],
+        &body,
+    );
+    assert_eq!(r.status, 403, "POST without Origin or Referer");
+    let r = page.raw(
+        "POST",
+        "/approve",
+        &[
+            ("Host", &host),
+            ("Referer", "http://evil.example/"),
+            ("Cookie", &cookie),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 403, "POST with a foreign Referer");
+    let r = page.raw(
+        "POST",
+        "/approve",
+        &[
+            ("Host", &host),
+            ("Origin", &origin),
+            ("Sec-Fetch-Site", "same-site"),
+            ("Cookie", &cookie),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 403, "POST started by another port of 127.0.0.1");
+
+    // CSRF token: missing, wrong, another session's.
+    let no_csrf = form(&[("request_id", &ids), ("factor", PASS), ("duration", "once")]);
+    assert_eq!(page.post("/approve", &cookie, &no_csrf).status, 403);
+    let wrong = form(&[
+        ("request_id", &ids),
+        ("factor", PASS),
+        ("duration", "once"),
+        ("csrf", &"f".repeat(64)),
+    ]);
+    assert_eq!(page.post("/approve", &cookie, &wrong).status, 403);
+    let (page2, cookie2) = Page::login(&h);
+    assert_eq!(page2.port, page.port, "one server per broker");
+    let other = page.csrf(&cookie2);
+    assert_ne!(other, csrf);
+    assert_eq!(
+        page.post(
+            "/approve",
+            &cookie,
+            &form(&[
+                ("request_id", &ids),
+                ("factor", PASS),
+                ("duration", "once"),
+                ("csrf", &other),
+            ])
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        page.post("/deny", &cookie, &form(&[("request_id", &ids)]))
+            .status,
+        403
+    );
+
+    // None of that approved or denied anything.
+    assert_eq!(pending_ids(&h), vec![id]);
+    assert!(!h.audit_text().contains("\"approve\""));
+
+    // Every response, refusals included, carries the hardening headers and no CORS.
+    for r in [
+        page.get("/", Some(&cookie)),
+        page.get("/", None),
+        page.raw("GET", "/", &[("Host", "evil.example")], ""),
+        page.get("/static/app.js", None),
+        page.raw(
+            "OPTIONS",
+            "/approve",
+            &[("Host", &host), ("Origin", &origin)],
+            "",
+        ),
+    ] {
+        assert_eq!(r.header("content-security-policy"), Some(CSP));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert!(r.header("referrer-policy").is_some());
+        assert!(
+            !r.headers
+                .iter()
+                .any(|(k, _)| k.to_ascii_lowercase().starts_with("access-control-")),
+            "CORS header in {:?}",
+            r.headers
+        );
+    }
+    let page_html = page.get("/", Some(&cookie)).body;
+    assert!(!page_html.contains("<script>"), "no inline script");
+    for handler in ["onclick=", "onload=", "onsubmit=", "onerror="] {
+        assert!(!page_html.contains(handler), "no inline event handler");
+    }
+
+    // Wrong factor: refused, audited, still pending.
+    let bad = form(&[
+        ("request_id", &ids),
+        ("factor", "not the passphrase"),
+        ("duration", "once"),
+        ("csrf", &csrf),
+    ]);
+    let r = page.post("/approve", &cookie, &bad);
+    assert_eq!(r.status, 303);
+    let shown = page.get("/", Some(&cookie)).body;
+    assert!(shown.contains("wrong passphrase"), "{shown}");
+    assert!(
+        !shown.contains("not the passphrase"),
+        "the factor is never echoed"
+    );
+    assert!(h.audit_text().contains("factor_failed"));
+    assert_eq!(pending_ids(&h), vec![id]);
+
+    // The human: right factor, every check passed. The run goes ahead.
+    let r = page.post("/approve", &cookie, &body);
+    assert_eq!(r.status, 303);
+    let shown = page.get("/", Some(&cookie)).body;
+    assert!(
+        shown.contains(&format!("Approved request #{id}")),
+        "{shown}"
+    );
+    let o = wait_output(child, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "ok-[REDACTED:API_TOKEN]");
+    // Neither the factor nor the value is anywhere keyveil wrote in plain text.
+    let files = h.all_plain_files();
+    assert!(!contains(&files, PASS) && !contains(&files, TOKEN));
+    assert!(h.audit_text().contains("web_login"));
+}
+
+#[test]
+fn deny_from_the_page_and_live_events() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let (page, cookie) = Page::login(&h);
+    // Subscribe to events before the request exists.
+    let mut s = TcpStream::connect(("127.0.0.1", page.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n",
+        page.host()
+    )
+    .unwrap();
+    let child = h.spawn_run(&strs(&run_args(&["true"])));
+    let id = h.wait_request();
+    let mut seen = String::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("event: changed") && t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(n) = s.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{seen}"
+    );
+    assert!(seen.contains("event: changed"), "no change event: {seen}");
+    // The fragment the script fetches lists the request.
+    let frag = page.get("/requests", Some(&cookie));
+    assert_eq!(frag.status, 200);
+    assert!(frag.body.contains(&format!("data-request-id=\"{id}\"")));
+
+    let csrf = page.csrf(&cookie);
+    let ids = id.to_string();
+    let r = page.post(
+        "/deny",
+        &cookie,
+        &form(&[("request_id", &ids), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303);
+    let o = wait_output(child, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(3), "denied: {}", text(&o.stderr));
+    assert!(
+        page.get("/", Some(&cookie))
+            .body
+            .contains(&format!("Denied request #{id}"))
+    );
+}
+
+#[test]
+fn five_wrong_factors_through_the_page_lock_approvals() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let child = h.spawn_run(&strs(&run_args(&["true"])));
+    let id = h.wait_request();
+    let (page, cookie) = Page::login(&h);
+    let csrf = page.csrf(&cookie);
+    let ids = id.to_string();
+    for i in 0..5 {
+        let guess = format!("guess number {i}");
+        let r = page.post(
+            "/approve",
+            &cookie,
+            &form(&[("request_id", &ids), ("factor", &guess), ("csrf", &csrf)]),
+        );
+        assert_eq!(r.status, 303);
+    }
+    // Now even the right factor is refused for a while.
+    let r = page.post(
+        "/approve",
+        &cookie,
+        &form(&[("request_id", &ids), ("factor", PASS), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303);
+    let shown = page.get("/", Some(&cookie)).body;
+    assert!(shown.contains("locked"), "{shown}");
+    assert_eq!(pending_ids(&h), vec![id]);
+    assert!(h.audit_text().matches("factor_failed").count() >= 5);
+    drop(child);
+}
+
+#[test]
+fn agent_supplied_text_is_escaped_and_made_visible() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let argv = [
+        "printf",
+        "<script>alert(1)</script>",
+        "\"><img src=x onerror=alert(1)>",
+        "safe\u{202e}txt.exe",
+        "\u{1b}[2J\u{1b}[1;1Hlooks clean",
+        "zero\u{200b}width",
+    ];
+    let mut args = run_args(&argv);
+    args.splice(
+        5..5,
+        ["--reason".to_owned(), "<b>trust me</b>\u{202e}".to_owned()],
+    );
+    let child = h.spawn_run(&strs(&args));
+    let _id = h.wait_request();
+    let (page, cookie) = Page::login(&h);
+    let html = page.get("/", Some(&cookie)).body;
+    for raw in [
+        "<script>alert",
+        "<img",
+        "<b>trust",
+        "\u{202e}",
+        "\u{1b}",
+        "\u{200b}",
+    ] {
+        assert!(!html.contains(raw), "raw {raw:?} on the page");
+    }
+    assert!(
+        html.contains("\\u{202e}"),
+        "bidi override shown as an escape"
+    );
+    assert!(
+        html.contains("\\u{1b}[2J"),
+        "ANSI escape shown as an escape"
+    );
+    assert!(
+        html.contains("\\u{200b}"),
+        "zero-width space shown as an escape"
+    );
+    assert!(html.contains("script&#62;alert") || html.contains("script&gt;alert"));
+    assert!(html.contains("The requester says (unverified)"));
+    // One argv element per line, in order, none truncated.
+    let at = |needle: &str| {
+        html.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing"))
+    };
+    assert!(at("printf") < at("alert(1)") && at("alert(1)") < at("looks clean"));
+    assert_eq!(html.matches("class=\"arg\"").count(), argv.len());
+    let _ = h.ok(&["deny", &pending_ids(&h)[0].to_string()]);
+    let _ = wait_output(child, Duration::from_secs(30));
+}
