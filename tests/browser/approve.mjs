@@ -5,13 +5,15 @@
 // the human opens the one-time link, sees the request (argv, one element per line), starts
 // typing the passphrase, a second request arrives live (server-sent events) without losing what
 // was typed, the human approves the first and denies the second. The first run must print the
-// redacted value and exit 0; the second must exit 3 (denied). Screenshots go to
+// redacted value and exit 0; the second must exit 3 (denied). Then TOTP is enrolled and a third
+// request is approved in the page with a code. Screenshots go to
 // $CARGO_TARGET_DIR (or target/): approve-page.png (two pending requests) and
 // approve-page-done.png (after approving).
 //
 // Run: KEYVEIL_BIN=/path/to/keyveil node tests/browser/approve.mjs
 
 import { spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -87,6 +89,21 @@ async function waitFor(what, fn, ms = 20_000) {
     if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+// RFC 6238 (SHA-1, 30 s, 6 digits), written here so the test shares no code with keyveil.
+function totp(secretB32, stepOffset = 0) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const ch of secretB32.replace(/=+$/, '').toUpperCase()) {
+    bits += alphabet.indexOf(ch).toString(2).padStart(5, '0');
+  }
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 1000 / 30) + stepOffset));
+  const h = crypto.createHmac('sha1', key).update(counter).digest();
+  const o = h[h.length - 1] & 15;
+  return String((h.readUInt32BE(o) & 0x7fffffff) % 1_000_000).padStart(6, '0');
 }
 
 function pending() {
@@ -180,6 +197,24 @@ try {
   check(r2.code === 3, `the denied run exits 3 (got ${r2.code})`);
   check((await page.locator('.flash').textContent()).includes(`Denied request #${req2.id}`), 'denial confirmed on the page');
   check(await page.locator('#empty').isVisible(), 'no pending requests left');
+
+  // TOTP: enrol, let the environment's policy accept a code, approve a third request with one.
+  const enrolled = kv(['factor', 'enroll', 'totp', '--passphrase-stdin', '--no-confirm'], `${PASS}\n`);
+  const secret = /secret=([A-Z2-7]+)/.exec(enrolled)[1];
+  kv(['factor', 'confirm', totp(secret, 0)]);
+  kv(['policy', 'set', 'demo', 'factor', 'totp', '--passphrase-stdin'], `${PASS}\n`);
+  const third = background(['run', '--env', 'demo', '--wait', '120', '--', 'sh', '-c', 'echo totp-$API_TOKEN']);
+  const req3 = await waitFor('the third request', () => pending().find((r) => r.id > req2.id));
+  const card3 = page.locator(`article[data-request-id="${req3.id}"]`);
+  await card3.waitFor({ timeout: 10_000 });
+  await card3.locator('input[name=factor]').fill(totp(secret, 1));
+  await Promise.all([
+    page.waitForURL((u) => new URL(u).pathname === '/', { waitUntil: 'load' }),
+    card3.locator('button.btn-approve').click(),
+  ]);
+  check((await page.locator('.flash').textContent()).includes(`Approved request #${req3.id}`), 'a TOTP code typed in the page approves');
+  const r3 = await third.done;
+  check(r3.code === 0 && r3.stdout.trim() === 'totp-[REDACTED:API_TOKEN]', `the TOTP-approved run completes: ${JSON.stringify(r3.stdout.trim())}`);
   check(problems.length === 0, `no console errors or CSP violations ${JSON.stringify(problems)}`);
 } catch (e) {
   failures += 1;

@@ -599,3 +599,102 @@ fn agent_supplied_text_is_escaped_and_made_visible() {
     let _ = h.ok(&["deny", &pending_ids(&h)[0].to_string()]);
     let _ = wait_output(child, Duration::from_secs(30));
 }
+
+/// An RFC 6238 code computed by Python's standard library (independent of keyveil's code).
+fn totp_code(secret_b32: &str, step_offset: i64) -> String {
+    let py = "import hmac,hashlib,base64,struct,time,sys\n\
+s=sys.argv[1]; k=base64.b32decode(s+'='*(-len(s)%8))\n\
+c=int(time.time())//30+int(sys.argv[2])\n\
+h=hmac.new(k,struct.pack('>Q',c),hashlib.sha1).digest(); o=h[-1]&15\n\
+print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
+    let o = std::process::Command::new("python3")
+        .args(["-c", py, secret_b32, &step_offset.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    text(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_totp_code_typed_in_the_page_approves_once() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let o = h.run_stdin(
+        &[
+            "factor",
+            "enroll",
+            "totp",
+            "--passphrase-stdin",
+            "--no-confirm",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let uri = out
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/"))
+        .unwrap();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    h.ok(&["factor", "confirm", &totp_code(&secret, 0)]);
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "factor",
+            "totp",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    let child = h.spawn_run(&strs(&run_args(&["sh", "-c", "echo ok-$API_TOKEN"])));
+    let id = h.wait_request();
+    let (page, cookie) = Page::login(&h);
+    let csrf = page.csrf(&cookie);
+    let ids = id.to_string();
+    let code = totp_code(&secret, 1);
+    let r = page.post(
+        "/approve",
+        &cookie,
+        &form(&[("request_id", &ids), ("factor", &code), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303);
+    let shown = page.get("/", Some(&cookie)).body;
+    assert!(
+        shown.contains(&format!("Approved request #{id}")),
+        "{shown}"
+    );
+    let o = wait_output(child, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "ok-[REDACTED:API_TOKEN]");
+
+    // The same code again, for a new request: a replay, refused.
+    let child = h.spawn_run(&strs(&run_args(&["sh", "-c", "echo again-$API_TOKEN"])));
+    let id2 = h.wait_request();
+    let ids2 = id2.to_string();
+    let r = page.post(
+        "/approve",
+        &cookie,
+        &form(&[("request_id", &ids2), ("factor", &code), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303);
+    let shown = page.get("/", Some(&cookie)).body;
+    assert!(
+        !shown.contains(&format!("Approved request #{id2}")),
+        "{shown}"
+    );
+    assert!(shown.contains("flash-err"), "{shown}");
+    assert_eq!(pending_ids(&h), vec![id2]);
+    let _ = h.ok(&["deny", &ids2]);
+    let _ = wait_output(child, Duration::from_secs(30));
+}
