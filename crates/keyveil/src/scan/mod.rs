@@ -1,0 +1,363 @@
+//! Write-side scan: after a granted run, find the secret values it wrote into files.
+//!
+//! A granted process may write a value into a file (a bundle, `.git/config`, `~/.npmrc`, a test
+//! report, a crash report, a git object) that the agent then reads with its own shell, past all
+//! output redaction. [`scan`] walks what the run changed and asks the run's
+//! [`Redactor`](keyveil_redact::Redactor) whether any variant of any value occurs in it, after
+//! undoing the encodings and containers the redactor does not see through itself.
+//!
+//! What is scanned (see `docs/write-side.md`):
+//! - every file, directory and symlink under the run's working directory whose mtime or ctime
+//!   is not older than the run's start (minus a slack for coarse clocks), recursively, with no
+//!   directory skipped (`node_modules`, `.git` and `target` included);
+//! - in `$HOME`: every file directly in it (shell and REPL histories, `.netrc`, `.npmrc`,
+//!   `.git-credentials`, ...) and every dot-directory recursively (`.config/gh`, `.aws`,
+//!   `.docker`, `.kube`, `.npm/_logs`, ...), except a short list of cache and toolchain
+//!   subtrees ([`home::HOME_SKIP`]).
+//!
+//! Each changed regular file is read (never through a symlink, never a FIFO, socket or device)
+//! and matched as stored, then decoded, by magic bytes and not by name: gzip (RFC 1952), zlib
+//! (RFC 1950: git loose objects), git packfiles, tar (POSIX ustar, GNU and v7 headers), zip
+//! (PKWARE APPNOTE: `.jar`, `.whl`, `.docx`, ...), UTF-16 text, and the text escapes that the
+//! redactor may not know in every combination (percent-encoding in any letter case, YAML
+//! single quotes, backslash escapes, HTML character references). Everything is bounded by
+//! [`ScanLimits`]; whatever a limit cut short sets [`ScanReport::truncated`].
+//!
+//! Leaks are reported by variable name and path, never by value: a path that itself contains
+//! a value (a file named after a token) is reported with that part replaced by the redactor's
+//! marker.
+
+// The broker calls `scan()` after each run; until it does, and in the benchmark that includes
+// this module by path, parts of it are unused.
+#![allow(dead_code)]
+
+mod decode;
+mod home;
+mod text;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use keyveil_redact::Redactor;
+
+/// What to scan after a run.
+#[derive(Clone, Debug)]
+pub struct ScanScope {
+    /// The run's working directory: files changed during the run under it, recursively.
+    pub cwd: PathBuf,
+    /// `$HOME` of the child: the files directly in it and its dot-directories (credential
+    /// stores, histories, tool logs), when changed during the run. `None` skips them.
+    pub home: Option<PathBuf>,
+    /// When the run started. Entries whose mtime and ctime are both older than this minus
+    /// [`ScanLimits::slack`] are not read.
+    pub since: SystemTime,
+    /// Bounds on the work done.
+    pub limits: ScanLimits,
+}
+
+/// Bounds on a scan. Whatever a bound cuts short is counted in [`ScanReport::skipped`] and sets
+/// [`ScanReport::truncated`]; nothing is skipped silently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// Most changed files read (archive members are not counted here).
+    pub max_files: u64,
+    /// Most directory entries examined (`lstat`ed), changed or not.
+    pub max_entries: u64,
+    /// Files up to this size are read whole and decoded; larger files are matched as stored
+    /// only, in overlapping windows of this size.
+    pub max_file_bytes: u64,
+    /// Most bytes matched in all: file bytes read plus bytes produced by decompression.
+    pub max_total_bytes: u64,
+    /// Most decoded bytes taken from one archive member, compressed stream or git object (a
+    /// zip bomb stops here).
+    pub max_member_bytes: u64,
+    /// Most members looked at in one archive or packfile.
+    pub max_members: u64,
+    /// Most decoding layers below a file: gzip, zlib, tar, zip, git pack and UTF-16 each count
+    /// one (a `.tar.gz` member is at depth 2, a `.jar` inside a `.tar.gz` at depth 3).
+    pub max_decode_depth: u32,
+    /// Deepest directory level walked below a root.
+    pub max_dir_depth: u32,
+    /// Entries changed up to this long before [`ScanScope::since`] still count as changed
+    /// (coarse file system clocks).
+    pub slack: Duration,
+    /// Wall-clock budget of the whole scan.
+    pub max_duration: Duration,
+}
+
+impl Default for ScanLimits {
+    fn default() -> ScanLimits {
+        ScanLimits {
+            max_files: 20_000,
+            max_entries: 2_000_000,
+            max_file_bytes: 16 << 20,
+            max_total_bytes: 256 << 20,
+            max_member_bytes: 16 << 20,
+            max_members: 10_000,
+            max_decode_depth: 3,
+            max_dir_depth: 256,
+            slack: Duration::from_secs(2),
+            max_duration: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One secret found in one place. Holds no value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Leak {
+    /// Name of the secret variable.
+    pub variable: String,
+    /// Where: the file's path (absolute, as reached from the scope's roots); for an archive
+    /// member `archive.tar.gz!inner/file`. Any part of it that is itself a value is replaced by
+    /// `[REDACTED:NAME]`.
+    pub path: PathBuf,
+    /// How it was found, outermost layer first, joined by `+`: `raw` (the bytes as stored, in
+    /// any variant the redactor knows: raw, base64, hex, JSON/shell/dotenv escapes, ...),
+    /// `gzip`, `zlib`, `git-object`, `git-pack`, `tar`, `zip`, `utf-16le`, `utf-16be`,
+    /// `percent`, `yaml-single-quoted`, `backslash-escape`, `html-entity`, `file-name`,
+    /// `symlink-target`, `member-name`; for example `gzip+tar` or `zip+percent`.
+    pub form: String,
+}
+
+/// The result of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScanReport {
+    /// Leaks found, sorted by path then variable; one per (path, variable).
+    pub leaks: Vec<Leak>,
+    /// Changed files read.
+    pub files_scanned: u64,
+    /// Bytes matched: file bytes read plus decompressed bytes.
+    pub bytes_scanned: u64,
+    /// Files, members or bytes left unscanned because of a limit, an encrypted archive member,
+    /// a read error or a format this scanner cannot decode.
+    pub skipped: u64,
+    /// True when some part of the scope was not fully scanned (see `skipped`).
+    pub truncated: bool,
+    /// Wall-clock time of the scan.
+    pub elapsed_ms: u64,
+}
+
+/// Scans what a run changed under `scope.cwd` and in `scope.home` for the values `redactor`
+/// knows. Never fails: unreadable parts are counted in [`ScanReport::skipped`].
+pub fn scan(scope: &ScanScope, redactor: &Redactor) -> ScanReport {
+    let start = Instant::now();
+    let mut sc = Scanner::new(redactor, &scope.limits, scope.since, start);
+    walk::run(&mut sc, scope);
+    sc.finish(start)
+}
+
+/// The state of one scan: budgets spent and leaks found.
+pub(crate) struct Scanner<'a> {
+    pub(crate) redactor: &'a Redactor,
+    pub(crate) limits: &'a ScanLimits,
+    /// Entries with an mtime or ctime at or after this are changed.
+    pub(crate) threshold: SystemTime,
+    deadline: Instant,
+    pub(crate) files_scanned: u64,
+    pub(crate) entries_seen: u64,
+    pub(crate) bytes_scanned: u64,
+    pub(crate) skipped: u64,
+    pub(crate) truncated: bool,
+    /// (path, variable) → form; the first form found wins.
+    found: BTreeMap<(PathBuf, String), String>,
+    /// Leaks of the file being scanned, before the most specific location is kept.
+    pending: Vec<(PathBuf, String, String)>,
+}
+
+impl<'a> Scanner<'a> {
+    pub(crate) fn new(
+        redactor: &'a Redactor,
+        limits: &'a ScanLimits,
+        since: SystemTime,
+        start: Instant,
+    ) -> Scanner<'a> {
+        let threshold = since.checked_sub(limits.slack).unwrap_or(since);
+        let deadline = start
+            .checked_add(limits.max_duration)
+            .unwrap_or_else(|| start + Duration::from_secs(3600));
+        Scanner {
+            redactor,
+            limits,
+            threshold,
+            deadline,
+            files_scanned: 0,
+            entries_seen: 0,
+            bytes_scanned: 0,
+            skipped: 0,
+            truncated: false,
+            found: BTreeMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn finish(self, start: Instant) -> ScanReport {
+        let leaks = self
+            .found
+            .into_iter()
+            .map(|((path, variable), form)| Leak {
+                variable,
+                path,
+                form,
+            })
+            .collect();
+        ScanReport {
+            leaks,
+            files_scanned: self.files_scanned,
+            bytes_scanned: self.bytes_scanned,
+            skipped: self.skipped,
+            truncated: self.truncated,
+            elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Something was left out because of a limit or an error.
+    pub(crate) fn skip(&mut self) {
+        self.skipped += 1;
+        self.truncated = true;
+    }
+
+    /// True (and marks the report truncated) once the time budget is spent.
+    pub(crate) fn out_of_time(&mut self) -> bool {
+        if Instant::now() >= self.deadline {
+            self.truncated = true;
+            return true;
+        }
+        false
+    }
+
+    /// Bytes that may still be matched.
+    pub(crate) fn bytes_left(&self) -> u64 {
+        self.limits
+            .max_total_bytes
+            .saturating_sub(self.bytes_scanned)
+    }
+
+    /// How many decoded bytes the next decoder may produce: the member limit within the total
+    /// budget.
+    pub(crate) fn decode_budget(&self) -> u64 {
+        self.limits.max_member_bytes.min(self.bytes_left())
+    }
+
+    /// Matches `data` and records each secret found at `location` under `form`.
+    pub(crate) fn match_bytes(&mut self, data: &[u8], location: &OsStr, form: &Forms) {
+        if data.is_empty() {
+            return;
+        }
+        for name in self.redactor.find_leaks(data) {
+            self.record(location, name, form.render());
+        }
+    }
+
+    /// Records one leak of the file being scanned (kept in `pending` until [`Self::flush`]).
+    fn record(&mut self, location: &OsStr, variable: String, form: String) {
+        // A location may itself contain a value (a file or member named after a token): never
+        // report it as is.
+        let shown = self.redacted_path(location);
+        self.pending.push((shown, variable, form));
+    }
+
+    /// Moves the pending leaks of one file into the result. When a variable was found both in
+    /// an archive's own bytes and inside one of its members (`a.tar` and `a.tar!x/y`), only
+    /// the member, the more specific location, is kept.
+    pub(crate) fn flush(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut containers: std::collections::HashSet<(Vec<u8>, &str)> =
+            std::collections::HashSet::new();
+        for (path, variable, _) in &pending {
+            let bytes = os_bytes(path.as_os_str());
+            for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'!') {
+                if let Some(outer) = bytes.get(..i) {
+                    containers.insert((outer.to_vec(), variable.as_str()));
+                }
+            }
+        }
+        let keep: Vec<bool> = pending
+            .iter()
+            .map(|(path, variable, _)| {
+                !containers.contains(&(os_bytes(path.as_os_str()), variable.as_str()))
+            })
+            .collect();
+        for ((path, variable, form), keep) in pending.into_iter().zip(keep) {
+            if keep {
+                self.found.entry((path, variable)).or_insert(form);
+            }
+        }
+    }
+
+    fn redacted_path(&self, location: &OsStr) -> PathBuf {
+        let bytes = os_bytes(location);
+        if self.redactor.find_leaks(&bytes).is_empty() {
+            return PathBuf::from(location);
+        }
+        let (redacted, _) = self.redactor.redact(&bytes);
+        PathBuf::from(os_from_bytes(redacted))
+    }
+}
+
+/// The decoding layers between a file and the bytes being matched, outermost first.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Forms(Vec<&'static str>);
+
+impl Forms {
+    /// One more layer.
+    pub(crate) fn with(&self, layer: &'static str) -> Forms {
+        let mut v = self.0.clone();
+        v.push(layer);
+        Forms(v)
+    }
+
+    /// Number of decoding layers.
+    pub(crate) fn depth(&self) -> u32 {
+        u32::try_from(self.0.len()).unwrap_or(u32::MAX)
+    }
+
+    /// `raw` for none, else the layers joined by `+`.
+    pub(crate) fn render(&self) -> String {
+        if self.0.is_empty() {
+            "raw".to_owned()
+        } else {
+            self.0.join("+")
+        }
+    }
+}
+
+/// `outer!inner`: the location of an archive member.
+pub(crate) fn member_location(outer: &OsStr, inner: &[u8]) -> OsString {
+    let mut s = OsString::from(outer);
+    s.push("!");
+    s.push(os_from_bytes(inner.to_vec()));
+    s
+}
+
+#[cfg(unix)]
+pub(crate) fn os_bytes(s: &OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt as _;
+    s.as_bytes().to_vec()
+}
+
+#[cfg(not(unix))]
+pub(crate) fn os_bytes(s: &OsStr) -> Vec<u8> {
+    s.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(unix)]
+pub(crate) fn os_from_bytes(b: Vec<u8>) -> OsString {
+    use std::os::unix::ffi::OsStringExt as _;
+    OsString::from_vec(b)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn os_from_bytes(b: Vec<u8>) -> OsString {
+    OsString::from(String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The path as bytes (for matching file names and symlink targets).
+pub(crate) fn path_bytes(p: &Path) -> Vec<u8> {
+    os_bytes(p.as_os_str())
+}
