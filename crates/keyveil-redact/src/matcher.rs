@@ -146,16 +146,15 @@ impl Patterns {
 
     /// Adds a pattern that may match anywhere.
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
-        let mut any = false;
-        for n in normalized_forms(bytes) {
-            if n.len() >= MIN_LEN {
-                any = true;
-                if !self.forbidden(&n) {
+        let forms = normalized_forms(bytes);
+        if forms.first().is_some_and(|plain| plain.len() >= MIN_LEN) {
+            for n in forms {
+                if n.len() >= MIN_LEN && !self.forbidden(&n) {
                     self.normalized.add(n, secret, false);
                 }
             }
-        }
-        if !any && bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
+        } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
+            // Mostly whitespace: too short once normalised, so matched on the raw bytes.
             self.raw.add(bytes.to_vec(), secret, false);
         }
     }

@@ -167,7 +167,13 @@ proptest! {
     ) {
         let planted = values[which % values.len()].clone();
         prop_assume!(planted.trim_ascii().len() >= MIN_LEN);
-        prop_assume!(!contains(b"[REDACTED:S0][REDACTED:S1][REDACTED:S2]", &planted));
+        // A value whose normalised form lies inside a marker text is not registered.
+        prop_assume!(!contains(
+            b"[REDACTED:S0][REDACTED:S1][REDACTED:S2]",
+            &keyveil_redact::normalize::normalize(&planted)
+        ));
+        // With a bracket, a marker and the bytes next to it can re-form the value.
+        prop_assume!(!planted.contains(&b'[') && !planted.contains(&b']'));
         let r = redactor(&values);
         let shown = match form {
             0 => planted.clone(),
