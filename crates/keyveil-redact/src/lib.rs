@@ -149,13 +149,14 @@ impl Redactor {
             let Ok(secret) = u32::try_from(i) else { break };
             add_secret(&mut patterns, value, secret);
         }
-        let has_shared_patterns =
-            !patterns.raw.extra_owners.is_empty() || !patterns.normalized.extra_owners.is_empty();
         let raw = Pass::build(std::mem::take(&mut patterns.raw), PassKind::Raw);
         let normalized = Pass::build(
             std::mem::take(&mut patterns.normalized),
             PassKind::Normalized,
         );
+        let has_shared_patterns = [&raw, &normalized]
+            .iter()
+            .any(|p| matches!(p, Ok(Some(p)) if !p.extra_owners.is_empty()));
         let inner = match (raw, normalized) {
             (Ok(raw), Ok(normalized)) => Inner {
                 names,

@@ -13,22 +13,22 @@
 //!   (matched only as whole tokens) and the rare patterns that normalisation would shrink below
 //!   [`MIN_LEN`] or that escape bytes could hide from the normalised view.
 //!
-//! The raw pass is a classic unanchored Aho-Corasick scan. The normalised pass is *filtered*:
-//! every normalised offset whose next [`Q`] bytes are the first [`Q`] bytes of some pattern
-//! (a hashed bitmap, [`PrefixFilter`]) starts an anchored walk of the trie, which reports every
-//! pattern that starts there. Since all its patterns are at least [`MIN_LEN`] ≥ [`Q`] bytes
-//! long, no occurrence is missed, and ordinary text costs one bitmap probe per byte.
+//! The raw pass (usually empty or tiny) is a classic unanchored Aho-Corasick scan. The
+//! normalised pass is *filtered*: every normalised offset whose next [`Q`] bytes are the first
+//! [`Q`] bytes of some pattern (a hashed bitmap, [`PrefixFilter`]) starts a *walk* of the sorted
+//! pattern table ([`SortedPatterns`]), narrowing with each following byte the range of patterns
+//! that still agree with the output and reporting each one completed. Since all its patterns
+//! are at least [`MIN_LEN`] ≥ [`Q`] bytes long, no occurrence is missed; ordinary text costs one
+//! bitmap probe per byte, and building needs no automaton (a sort).
 //!
 //! Both passes consume one byte at a time with their state kept between chunks, so the matches
 //! found do not depend on how the output is split.
 
 use crate::normalize::{ESC, MAX_CSI_PARAMS, Normalizer, is_special, normalized_forms};
 use crate::{MAX_NOISE_RUN, MIN_LEN};
-use aho_corasick::StartKind;
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::{contiguous, noncontiguous};
 use aho_corasick::{Anchored, MatchKind, dfa};
-use std::collections::HashMap;
 
 /// The DFA is used while its transition table stays under this many bytes; beyond it the
 /// contiguous NFA is used (slower per byte, far smaller).
@@ -52,44 +52,57 @@ pub(crate) enum PassKind {
     Normalized,
 }
 
-/// Deduplicated patterns of one pass, before the automaton is built.
+/// The patterns of one pass, before deduplication and building.
 #[derive(Debug, Default)]
 pub(crate) struct PatternSet {
-    pub bytes: Vec<Vec<u8>>,
-    pub info: Vec<PatternInfo>,
-    index: HashMap<Vec<u8>, u32>,
-    /// Further secrets sharing a pattern with an earlier one: `(pattern, secret)`, sorted.
-    pub extra_owners: Vec<(u32, u32)>,
+    /// `(bytes, secret, token)`; duplicates allowed.
+    entries: Vec<(Vec<u8>, u32, bool)>,
+}
+
+/// Deduplicated patterns in byte-lexicographic order, with their owners.
+struct Deduped {
+    bytes: Vec<Vec<u8>>,
+    info: Vec<PatternInfo>,
+    /// Further secrets sharing a pattern with a lower-numbered one: `(pattern, secret)`, sorted.
+    extra_owners: Vec<(u32, u32)>,
 }
 
 impl PatternSet {
     fn add(&mut self, bytes: Vec<u8>, secret: u32, token: bool) {
-        if bytes.is_empty() {
-            return;
+        if !bytes.is_empty() && u32::try_from(bytes.len()).is_ok() {
+            self.entries.push((bytes, secret, token));
         }
-        if let Some(&id) = self.index.get(&bytes) {
-            if let Some(info) = self.info.get_mut(id as usize) {
-                if info.secret != secret {
-                    self.extra_owners.push((id, secret));
-                }
-                // A pattern wanted both anywhere and as a token is matched anywhere.
-                info.token &= token;
-            }
-            return;
-        }
-        let Ok(len) = u32::try_from(bytes.len()) else {
-            return;
-        };
-        let Ok(id) = u32::try_from(self.bytes.len()) else {
-            return;
-        };
-        self.index.insert(bytes.clone(), id);
-        self.bytes.push(bytes);
-        self.info.push(PatternInfo { secret, len, token });
     }
 
-    pub fn total_bytes(&self) -> usize {
-        self.bytes.iter().map(Vec::len).sum()
+    /// Sorts and deduplicates: a pattern belongs to the lowest-numbered secret that produced it
+    /// (the others are kept as extra owners), and is token-only if every producer wanted that.
+    fn dedup(mut self) -> Deduped {
+        self.entries.sort_unstable();
+        let mut out = Deduped {
+            bytes: Vec::new(),
+            info: Vec::new(),
+            extra_owners: Vec::new(),
+        };
+        for (bytes, secret, token) in self.entries {
+            if out.bytes.last() == Some(&bytes) {
+                let id = (out.bytes.len() - 1) as u32;
+                if let Some(info) = out.info.last_mut() {
+                    if info.secret != secret {
+                        out.extra_owners.push((id, secret));
+                    }
+                    info.token &= token;
+                }
+                continue;
+            }
+            out.info.push(PatternInfo {
+                secret,
+                len: bytes.len() as u32,
+                token,
+            });
+            out.bytes.push(bytes);
+        }
+        out.extra_owners.dedup();
+        out
     }
 }
 
@@ -170,27 +183,12 @@ impl Patterns {
 /// Length of the prefix the normalised pass filters on.
 pub(crate) const Q: usize = 4;
 
-/// A built automaton.
+/// The raw pass's automaton.
 #[derive(Clone, Debug)]
 pub(crate) enum Engine {
     Dfa(dfa::DFA),
     Contiguous(contiguous::NFA),
     Noncontiguous(noncontiguous::NFA),
-}
-
-/// Which pattern prefixes exist, for the normalised pass.
-///
-/// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
-/// (false positives only cost a short trie walk). `one`, `two` and `three` answer "could the
-/// last 1–3 bytes start a pattern?" so that a stream holds back nothing at the end of ordinary
-/// output (`two` is exact, `three` hashed).
-#[derive(Clone, Debug)]
-pub(crate) struct PrefixFilter {
-    four: Vec<u64>,
-    shift: u32,
-    one: [bool; 256],
-    two: Vec<u64>,
-    three: Vec<u64>,
 }
 
 const HASH_MUL: u32 = 0x9e37_79b1;
@@ -207,28 +205,34 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
     bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
 }
 
+/// Which pattern prefixes exist, for the normalised pass.
+///
+/// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
+/// (about 1 bit in 32 set: false positives only cost a table lookup). `one`, `two` and `three`
+/// answer "could the last 1–3 bytes start a pattern?" so that a stream holds back nothing at the
+/// end of ordinary output (`one` and `two` exact, `three` hashed).
+#[derive(Clone, Debug)]
+pub(crate) struct PrefixFilter {
+    four: Vec<u64>,
+    shift: u32,
+    one: [bool; 256],
+    two: Vec<u64>,
+    three: Vec<u64>,
+}
+
 impl PrefixFilter {
-    fn build(patterns: &[Vec<u8>]) -> PrefixFilter {
-        let mut prefixes: Vec<u32> = patterns
-            .iter()
-            .filter_map(|p| p.get(..Q))
-            .filter_map(|p| <[u8; Q]>::try_from(p).ok())
-            .map(u32::from_be_bytes)
-            .collect();
-        prefixes.sort_unstable();
-        prefixes.dedup();
+    fn build(prefixes: &[u32]) -> PrefixFilter {
         let bits = (prefixes.len() * 32)
             .next_power_of_two()
             .clamp(1 << 12, 1 << 24);
-        let log = bits.trailing_zeros();
         let mut f = PrefixFilter {
             four: vec![0; bits / 64],
-            shift: 32 - log,
+            shift: 32 - bits.trailing_zeros(),
             one: [false; 256],
             two: vec![0; 65536 / 64],
             three: vec![0; (1 << THREE_BITS) / 64],
         };
-        for &w in &prefixes {
+        for &w in prefixes {
             let h = f.hash4(w);
             set_bit(&mut f.four, h);
             let [a, b, c, _] = w.to_be_bytes();
@@ -250,12 +254,6 @@ impl PrefixFilter {
         (w.wrapping_mul(HASH_MUL) >> (32 - THREE_BITS)) as usize
     }
 
-    /// Could a pattern start with the four bytes of `w` (big-endian)?
-    #[inline(always)]
-    fn maybe4(&self, w: u32) -> bool {
-        get_bit(&self.four, self.hash4(w))
-    }
-
     /// Could a pattern start with the last `n` (1 to 3) bytes of `w`?
     fn maybe_short(&self, w: u32, n: usize) -> bool {
         let [_, a, b, c] = w.to_be_bytes();
@@ -271,18 +269,111 @@ impl PrefixFilter {
     }
 }
 
-/// One built pass: automaton plus pattern table.
+/// The normalised pass's patterns, sorted, in one arena, with an index from each [`Q`]-byte
+/// prefix to the range of patterns that start with it.
+#[derive(Clone, Debug)]
+pub(crate) struct SortedPatterns {
+    arena: Vec<u8>,
+    /// `offsets[i]..offsets[i + 1]` is pattern `i` in `arena`.
+    offsets: Vec<u32>,
+    /// Open-addressing table: `(prefix, lo, hi)`, empty slots have `lo == hi`.
+    slots: Vec<(u32, u32, u32)>,
+    slot_shift: u32,
+}
+
+impl SortedPatterns {
+    /// `bytes` must be sorted, deduplicated and at least [`Q`] bytes each.
+    fn build(bytes: &[Vec<u8>]) -> (SortedPatterns, Vec<u32>) {
+        let mut arena = Vec::with_capacity(bytes.iter().map(Vec::len).sum());
+        let mut offsets = Vec::with_capacity(bytes.len() + 1);
+        offsets.push(0);
+        let mut ranges: Vec<(u32, u32, u32)> = Vec::new();
+        for (i, p) in bytes.iter().enumerate() {
+            arena.extend_from_slice(p);
+            offsets.push(arena.len() as u32);
+            let prefix = prefix_of(p);
+            match ranges.last_mut() {
+                Some(r) if r.0 == prefix => r.2 = i as u32 + 1,
+                _ => ranges.push((prefix, i as u32, i as u32 + 1)),
+            }
+        }
+        let size = (ranges.len() * 2).next_power_of_two().max(16);
+        let mut t = SortedPatterns {
+            arena,
+            offsets,
+            slots: vec![(0, 0, 0); size],
+            slot_shift: 32 - size.trailing_zeros(),
+        };
+        let mask = size - 1;
+        for &(prefix, lo, hi) in &ranges {
+            let mut h = (prefix.wrapping_mul(HASH_MUL) >> t.slot_shift) as usize;
+            while t.slots.get(h).is_some_and(|s| s.1 != s.2) {
+                h = (h + 1) & mask;
+            }
+            if let Some(slot) = t.slots.get_mut(h) {
+                *slot = (prefix, lo, hi);
+            }
+        }
+        let prefixes = ranges.iter().map(|r| r.0).collect();
+        (t, prefixes)
+    }
+
+    /// The range of patterns starting with `prefix`, if any.
+    #[inline]
+    fn range(&self, prefix: u32) -> Option<(u32, u32)> {
+        let mask = self.slots.len() - 1;
+        let mut h = (prefix.wrapping_mul(HASH_MUL) >> self.slot_shift) as usize;
+        loop {
+            let &(p, lo, hi) = self.slots.get(h)?;
+            if lo == hi {
+                return None;
+            }
+            if p == prefix {
+                return Some((lo, hi));
+            }
+            h = (h + 1) & mask;
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: u32) -> &[u8] {
+        let a = self.offsets.get(i as usize).copied().unwrap_or(0) as usize;
+        let b = self.offsets.get(i as usize + 1).copied().unwrap_or(0) as usize;
+        self.arena.get(a..b).unwrap_or_default()
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.arena.len() + self.offsets.len() * 4 + self.slots.len() * 12
+    }
+}
+
+fn prefix_of(p: &[u8]) -> u32 {
+    p.get(..Q)
+        .and_then(|x| <[u8; Q]>::try_from(x).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// How a pass finds its patterns.
+#[derive(Clone, Debug)]
+enum Finder {
+    /// Unanchored Aho-Corasick over every byte; `start` is its start state.
+    Automaton { engine: Engine, start: StateID },
+    /// Prefix filter and walks of the sorted table, over the normalised view.
+    Filtered {
+        filter: PrefixFilter,
+        table: SortedPatterns,
+    },
+}
+
+/// One built pass: finder plus pattern table.
 #[derive(Clone, Debug)]
 pub(crate) struct Pass {
-    engine: Engine,
+    finder: Finder,
     pub kind: PassKind,
     pub info: Vec<PatternInfo>,
     pub extra_owners: Vec<(u32, u32)>,
     pub max_len: usize,
     ring_len: usize,
-    /// Unanchored start state (raw pass) or anchored start state (normalised pass).
-    start: StateID,
-    filter: Option<PrefixFilter>,
 }
 
 /// Error building an automaton (only for absurd pattern sets: billions of states).
@@ -290,80 +381,42 @@ pub(crate) struct Pass {
 pub(crate) struct BuildFailed;
 
 impl Pass {
-    /// Builds the automaton for a pattern set; `None` for an empty set.
+    /// Builds a pass for a pattern set; `None` for an empty set.
     pub fn build(set: PatternSet, kind: PassKind) -> Result<Option<Pass>, BuildFailed> {
-        if set.bytes.is_empty() {
+        let d = set.dedup();
+        if d.bytes.is_empty() {
             return Ok(None);
         }
-        let max_len = set.bytes.iter().map(Vec::len).max().unwrap_or(1);
-        let anchored = kind == PassKind::Normalized;
-        let nnfa = noncontiguous::Builder::new()
-            .match_kind(MatchKind::Standard)
-            .prefilter(false)
-            .build(&set.bytes)
-            .map_err(|_| BuildFailed)?;
-        let mut alphabet = [false; 256];
-        for p in &set.bytes {
-            for &b in p {
-                if let Some(slot) = alphabet.get_mut(usize::from(b)) {
-                    *slot = true;
+        let max_len = d.bytes.iter().map(Vec::len).max().unwrap_or(1);
+        let finder = match kind {
+            PassKind::Normalized => {
+                let (table, prefixes) = SortedPatterns::build(&d.bytes);
+                Finder::Filtered {
+                    filter: PrefixFilter::build(&prefixes),
+                    table,
                 }
             }
-        }
-        let classes = alphabet.iter().filter(|&&x| x).count() + 1;
-        let dfa_bytes = set
-            .total_bytes()
-            .saturating_add(2)
-            .saturating_mul(classes.next_power_of_two())
-            .saturating_mul(4);
-        let engine = if dfa_bytes <= DFA_MAX_BYTES {
-            let start_kind = if anchored {
-                StartKind::Anchored
-            } else {
-                StartKind::Unanchored
-            };
-            match dfa::Builder::new()
-                .start_kind(start_kind)
-                .build_from_noncontiguous(&nnfa)
-            {
-                Ok(d) => Engine::Dfa(d),
-                Err(_) => contiguous_or(nnfa),
-            }
-        } else {
-            contiguous_or(nnfa)
+            PassKind::Raw => build_automaton(&d.bytes)?,
         };
-        let mode = if anchored {
-            Anchored::Yes
-        } else {
-            Anchored::No
-        };
-        let start = match &engine {
-            Engine::Dfa(a) => a.start_state(mode),
-            Engine::Contiguous(a) => a.start_state(mode),
-            Engine::Noncontiguous(a) => a.start_state(mode),
-        }
-        .map_err(|_| BuildFailed)?;
-        let filter = anchored.then(|| PrefixFilter::build(&set.bytes));
-        let mut extra_owners = set.extra_owners;
-        extra_owners.sort_unstable();
-        extra_owners.dedup();
         Ok(Some(Pass {
-            engine,
+            finder,
             kind,
-            info: set.info,
-            extra_owners,
+            info: d.info,
+            extra_owners: d.extra_owners,
             max_len,
             ring_len: (max_len + Q).next_power_of_two(),
-            start,
-            filter,
         }))
     }
 
     /// A fresh per-stream state for this pass.
     pub fn state(&self) -> PassState {
+        let sid = match &self.finder {
+            Finder::Automaton { start, .. } => Some(*start),
+            Finder::Filtered { .. } => None,
+        };
         PassState {
             cursor: Cursor {
-                sid: self.start,
+                sid,
                 fed: 0,
                 last_start: 0,
                 noise_run: 0,
@@ -383,27 +436,15 @@ impl Pass {
     /// Feeds `chunk` (whose first byte is at absolute offset `base`) and appends every match
     /// that ends inside it to `hits`, in order of end offset.
     pub fn scan(&self, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
-        match &self.engine {
-            Engine::Dfa(a) => self.scan_with(a, st, chunk, base, hits),
-            Engine::Contiguous(a) => self.scan_with(a, st, chunk, base, hits),
-            Engine::Noncontiguous(a) => self.scan_with(a, st, chunk, base, hits),
-        }
-    }
-
-    #[inline(always)]
-    fn scan_with<A: Automaton>(
-        &self,
-        aut: &A,
-        st: &mut PassState,
-        chunk: &[u8],
-        base: u64,
-        hits: &mut Vec<Hit>,
-    ) {
-        match (self.kind, self.filter.as_ref()) {
-            (PassKind::Normalized, Some(filter)) => {
-                self.scan_filtered(aut, filter, st, chunk, base, hits);
+        match &self.finder {
+            Finder::Automaton { engine, start } => match engine {
+                Engine::Dfa(a) => self.scan_raw(a, *start, st, chunk, base, hits),
+                Engine::Contiguous(a) => self.scan_raw(a, *start, st, chunk, base, hits),
+                Engine::Noncontiguous(a) => self.scan_raw(a, *start, st, chunk, base, hits),
+            },
+            Finder::Filtered { filter, table } => {
+                self.scan_filtered(filter, table, st, chunk, base, hits);
             }
-            _ => self.scan_raw(aut, st, chunk, base, hits),
         }
     }
 
@@ -411,18 +452,20 @@ impl Pass {
     fn scan_raw<A: Automaton>(
         &self,
         aut: &A,
+        start: StateID,
         st: &mut PassState,
         chunk: &[u8],
         base: u64,
         hits: &mut Vec<Hit>,
     ) {
         let mut c = st.cursor;
+        let mut sid = c.sid.unwrap_or(start);
         for (p, &b) in (base..).zip(chunk) {
-            c.sid = aut.next_state(Anchored::No, c.sid, b);
+            sid = aut.next_state(Anchored::No, sid, b);
             c.fed += 1;
-            if aut.is_special(c.sid) && aut.is_match(c.sid) {
-                for k in 0..aut.match_len(c.sid) {
-                    let pattern = aut.match_pattern(c.sid, k).as_u32();
+            if aut.is_special(sid) && aut.is_match(sid) {
+                for k in 0..aut.match_len(sid) {
+                    let pattern = aut.match_pattern(sid, k).as_u32();
                     let len = self
                         .info
                         .get(pattern as usize)
@@ -434,18 +477,19 @@ impl Pass {
                     });
                 }
             }
-            if c.sid == self.start {
+            if sid == start {
                 c.last_start = c.fed;
             }
         }
+        c.sid = Some(sid);
         st.cursor = c;
     }
 
-    /// The normalised pass: normalise, filter on prefixes, walk the trie from candidates.
-    fn scan_filtered<A: Automaton>(
+    /// The normalised pass: normalise, filter on prefixes, walk the sorted table.
+    fn scan_filtered(
         &self,
-        aut: &A,
         filter: &PrefixFilter,
+        table: &SortedPatterns,
         st: &mut PassState,
         chunk: &[u8],
         base: u64,
@@ -491,13 +535,8 @@ impl Pass {
                     if window_len >= Q as u8 - 1 {
                         window_len = Q as u8;
                         let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
-                        if get_bit(four, h) {
-                            c.fed = fed;
-                            c.window = window;
-                            self.start_walk(aut, &mut c, walks);
-                            if !walks.is_empty() {
-                                break;
-                            }
+                        if get_bit(four, h) && start_walk(table, window, fed, walks) {
+                            break;
                         }
                     } else {
                         window_len += 1;
@@ -515,9 +554,9 @@ impl Pass {
             let p = base + i as u64;
             i += 1;
             if norm.is_fast(b) {
-                self.feed(aut, filter, &mut c, ring, walks, hits, b, p);
+                self.feed(filter, table, &mut c, ring, walks, hits, b, p);
             } else {
-                self.slow_byte(aut, filter, &mut c, &mut norm, ring, walks, hits, b, p);
+                self.slow_byte(filter, table, &mut c, &mut norm, ring, walks, hits, b, p);
             }
         }
         st.cursor = c;
@@ -527,10 +566,10 @@ impl Pass {
     /// A byte that is noise, or that the normaliser holds or releases.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
-    fn slow_byte<A: Automaton>(
+    fn slow_byte(
         &self,
-        aut: &A,
         filter: &PrefixFilter,
+        table: &SortedPatterns,
         c: &mut Cursor,
         norm: &mut Normalizer,
         ring: &mut [u64],
@@ -548,7 +587,7 @@ impl Pass {
             }
         });
         for &(rb, rp) in released.iter().take(n) {
-            self.feed(aut, filter, c, ring, walks, hits, rb, rp);
+            self.feed(filter, table, c, ring, walks, hits, rb, rp);
         }
         if dropped > 0 {
             c.noise_run = c.noise_run.saturating_add(dropped as u32);
@@ -560,12 +599,13 @@ impl Pass {
         }
     }
 
-    /// Feeds one byte of the normalised view (at original offset `p`).
+    /// Feeds one byte of the normalised view (at original offset `p`): advances the walks in
+    /// progress, then checks whether a new walk starts [`Q`] bytes back.
     #[allow(clippy::too_many_arguments)]
-    fn feed<A: Automaton>(
+    fn feed(
         &self,
-        aut: &A,
         filter: &PrefixFilter,
+        table: &SortedPatterns,
         c: &mut Cursor,
         ring: &mut [u64],
         walks: &mut Vec<Walk>,
@@ -580,78 +620,37 @@ impl Pass {
         c.fed += 1;
         c.window = (c.window << 8) | u32::from(b);
         c.noise_run = 0;
-        self.after_feed(aut, filter, c, ring, walks, hits, b, p);
-    }
-
-    /// Advances the walks in progress with the byte just fed, then checks whether a new walk
-    /// starts [`Q`] bytes back.
-    #[allow(clippy::too_many_arguments)]
-    fn after_feed<A: Automaton>(
-        &self,
-        aut: &A,
-        filter: &PrefixFilter,
-        c: &mut Cursor,
-        ring: &[u64],
-        walks: &mut Vec<Walk>,
-        hits: &mut Vec<Hit>,
-        b: u8,
-        p: u64,
-    ) {
-        let mask = (self.ring_len - 1) as u64;
         let mut i = 0;
         while let Some(w) = walks.get_mut(i) {
-            w.sid = aut.next_state(Anchored::Yes, w.sid, b);
-            if aut.is_dead(w.sid) {
+            if !advance(table, w, b) {
                 walks.swap_remove(i);
                 continue;
             }
-            if aut.is_match(w.sid) {
-                for k in 0..aut.match_len(w.sid) {
-                    let pattern = aut.match_pattern(w.sid, k).as_u32();
-                    let len = self
-                        .info
-                        .get(pattern as usize)
-                        .map_or(1, |x| u64::from(x.len));
-                    let idx = (c.fed.saturating_sub(len) & mask) as usize;
-                    hits.push(Hit {
-                        start: ring.get(idx).copied().unwrap_or(p),
-                        end: p + 1,
-                        pattern,
-                    });
-                }
+            // Patterns completed by this byte come first in the narrowed range.
+            let mut k = w.lo;
+            while k < w.hi && table.get(k).len() == w.depth as usize {
+                hits.push(Hit {
+                    start: ring.get((w.start & mask) as usize).copied().unwrap_or(p),
+                    end: p + 1,
+                    pattern: k,
+                });
+                k += 1;
             }
             i += 1;
         }
         if c.window_len >= Q as u8 - 1 {
             c.window_len = Q as u8;
-            if filter.maybe4(c.window) {
-                self.start_walk(aut, c, walks);
+            if get_bit(&filter.four, filter.hash4(c.window)) {
+                start_walk(table, c.window, c.fed, walks);
             }
         } else {
             c.window_len += 1;
         }
     }
 
-    /// Starts an anchored walk at the first byte of the current window (no pattern is shorter
-    /// than [`Q`], so the window's own bytes cannot complete a match).
-    #[inline(never)]
-    fn start_walk<A: Automaton>(&self, aut: &A, c: &mut Cursor, walks: &mut Vec<Walk>) {
-        let mut sid = self.start;
-        for b in c.window.to_be_bytes() {
-            sid = aut.next_state(Anchored::Yes, sid, b);
-            if aut.is_dead(sid) {
-                return;
-            }
-        }
-        walks.push(Walk {
-            sid,
-            start: c.fed - Q as u64,
-        });
-    }
-
     /// End of stream: releases bytes the normaliser still holds and reports their matches.
     pub fn finish(&self, st: &mut PassState, hits: &mut Vec<Hit>) {
-        let Some(filter) = self.filter.as_ref() else {
+        let Finder::Filtered { filter, table } = &self.finder else {
             return;
         };
         let mut released = Vec::new();
@@ -660,13 +659,7 @@ impl Pass {
         let ring = st.ring.as_mut_slice();
         let walks = &mut st.walks;
         for (b, p) in released {
-            match &self.engine {
-                Engine::Dfa(a) => self.feed(a, filter, &mut c, ring, walks, hits, b, p),
-                Engine::Contiguous(a) => self.feed(a, filter, &mut c, ring, walks, hits, b, p),
-                Engine::Noncontiguous(a) => {
-                    self.feed(a, filter, &mut c, ring, walks, hits, b, p);
-                }
-            }
+            self.feed(filter, table, &mut c, ring, walks, hits, b, p);
         }
         st.cursor = c;
     }
@@ -675,9 +668,9 @@ impl Pass {
     /// `total` (the end of the input so far) if none can.
     pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
         let c = &st.cursor;
-        match &self.filter {
-            None => {
-                if c.sid == self.start {
+        match &self.finder {
+            Finder::Automaton { start, .. } => {
+                if c.sid.is_none_or(|s| s == *start) {
                     return total;
                 }
                 let k = c
@@ -685,7 +678,7 @@ impl Pass {
                     .max(c.fed.saturating_sub(self.max_len as u64 - 1));
                 if k >= c.fed { total } else { k.min(total) }
             }
-            Some(filter) => {
+            Finder::Filtered { filter, .. } => {
                 let mask = (self.ring_len - 1) as u64;
                 let at = |idx: u64| st.ring.get((idx & mask) as usize).copied().unwrap_or(0);
                 let mut bound = st.norm.held_from().unwrap_or(total).min(total);
@@ -719,25 +712,123 @@ impl Pass {
         first.into_iter().chain(rest)
     }
 
-    /// Heap memory used by the automaton, filter and pattern table, in bytes.
+    /// Heap memory used by the finder and pattern table, in bytes.
     pub fn memory_usage(&self) -> usize {
-        let aut = match &self.engine {
-            Engine::Dfa(a) => a.memory_usage(),
-            Engine::Contiguous(a) => a.memory_usage(),
-            Engine::Noncontiguous(a) => a.memory_usage(),
+        let finder = match &self.finder {
+            Finder::Automaton { engine, .. } => match engine {
+                Engine::Dfa(a) => a.memory_usage(),
+                Engine::Contiguous(a) => a.memory_usage(),
+                Engine::Noncontiguous(a) => a.memory_usage(),
+            },
+            Finder::Filtered { filter, table } => filter.memory_usage() + table.memory_usage(),
         };
-        aut + self.info.len() * std::mem::size_of::<PatternInfo>()
-            + self.filter.as_ref().map_or(0, PrefixFilter::memory_usage)
+        finder + self.info.len() * std::mem::size_of::<PatternInfo>()
     }
 
-    /// Name of the automaton kind in use (for benchmarks and diagnostics).
+    /// Name of the finder in use (for benchmarks and diagnostics).
     pub fn engine_name(&self) -> &'static str {
-        match self.engine {
-            Engine::Dfa(_) => "dfa",
-            Engine::Contiguous(_) => "contiguous-nfa",
-            Engine::Noncontiguous(_) => "noncontiguous-nfa",
+        match &self.finder {
+            Finder::Automaton { engine, .. } => match engine {
+                Engine::Dfa(_) => "dfa",
+                Engine::Contiguous(_) => "contiguous-nfa",
+                Engine::Noncontiguous(_) => "noncontiguous-nfa",
+            },
+            Finder::Filtered { .. } => "prefix-filter+sorted-table",
         }
     }
+}
+
+/// Starts a walk for the [`Q`] bytes of `window` ending at normalised index `fed`; returns
+/// whether one was started (some pattern begins with them).
+#[inline(never)]
+fn start_walk(table: &SortedPatterns, window: u32, fed: u64, walks: &mut Vec<Walk>) -> bool {
+    match table.range(window) {
+        Some((lo, hi)) => {
+            walks.push(Walk {
+                start: fed - Q as u64,
+                lo,
+                hi,
+                depth: Q as u32,
+            });
+            true
+        }
+        None => false,
+    }
+}
+
+/// Narrows a walk by its next byte; false if no pattern agrees any more.
+#[inline]
+fn advance(table: &SortedPatterns, w: &mut Walk, b: u8) -> bool {
+    let d = w.depth as usize;
+    // Patterns exactly `d` long were completed (and reported) by the previous byte.
+    let mut lo = w.lo;
+    while lo < w.hi && table.get(lo).len() == d {
+        lo += 1;
+    }
+    // Among the rest, byte `d` is sorted.
+    let span = w.hi - lo;
+    let first = lo + partition(span, |k| table.get(lo + k).get(d).is_some_and(|&x| x < b));
+    let end = lo + partition(span, |k| table.get(lo + k).get(d).is_some_and(|&x| x <= b));
+    if first == end {
+        return false;
+    }
+    w.lo = first;
+    w.hi = end;
+    w.depth += 1;
+    true
+}
+
+/// The first `k` in `0..n` for which `pred(k)` is false (`pred` must be true then false).
+#[inline]
+fn partition(n: u32, pred: impl Fn(u32) -> bool) -> u32 {
+    let (mut lo, mut hi) = (0u32, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// The raw pass's automaton: a DFA while small, else a contiguous NFA.
+fn build_automaton(bytes: &[Vec<u8>]) -> Result<Finder, BuildFailed> {
+    let nnfa = noncontiguous::Builder::new()
+        .match_kind(MatchKind::Standard)
+        .prefilter(false)
+        .build(bytes)
+        .map_err(|_| BuildFailed)?;
+    let mut alphabet = [false; 256];
+    for p in bytes {
+        for &b in p {
+            if let Some(slot) = alphabet.get_mut(usize::from(b)) {
+                *slot = true;
+            }
+        }
+    }
+    let classes = alphabet.iter().filter(|&&x| x).count() + 1;
+    let total: usize = bytes.iter().map(Vec::len).sum();
+    let dfa_bytes = total
+        .saturating_add(2)
+        .saturating_mul(classes.next_power_of_two())
+        .saturating_mul(4);
+    let engine = if dfa_bytes <= DFA_MAX_BYTES {
+        match dfa::Builder::new().build_from_noncontiguous(&nnfa) {
+            Ok(d) => Engine::Dfa(d),
+            Err(_) => contiguous_or(nnfa),
+        }
+    } else {
+        contiguous_or(nnfa)
+    };
+    let start = match &engine {
+        Engine::Dfa(a) => a.start_state(Anchored::No),
+        Engine::Contiguous(a) => a.start_state(Anchored::No),
+        Engine::Noncontiguous(a) => a.start_state(Anchored::No),
+    }
+    .map_err(|_| BuildFailed)?;
+    Ok(Finder::Automaton { engine, start })
 }
 
 fn contiguous_or(nnfa: noncontiguous::NFA) -> Engine {
@@ -754,7 +845,7 @@ pub(crate) struct PassState {
     /// Original offset of each of the last `ring_len` normalised bytes.
     ring: Vec<u64>,
     norm: Normalizer,
-    /// Anchored walks in progress (normalised pass).
+    /// Walks in progress (normalised pass).
     walks: Vec<Walk>,
 }
 
@@ -762,7 +853,7 @@ pub(crate) struct PassState {
 #[derive(Clone, Copy, Debug)]
 struct Cursor {
     /// Automaton state (raw pass).
-    sid: StateID,
+    sid: Option<StateID>,
     /// Bytes fed so far (for the normalised pass: normalised bytes).
     fed: u64,
     /// Value of `fed` the last time the automaton was in its start state (raw pass).
@@ -775,12 +866,15 @@ struct Cursor {
     window_len: u8,
 }
 
-/// An anchored trie walk from a candidate offset.
+/// A walk of the sorted pattern table from a candidate offset: the patterns in `lo..hi` all
+/// agree with the `depth` normalised bytes from `start` on.
 #[derive(Clone, Copy, Debug)]
 struct Walk {
-    sid: StateID,
     /// Normalised index of the walk's first byte.
     start: u64,
+    lo: u32,
+    hi: u32,
+    depth: u32,
 }
 
 /// A pattern occurrence in absolute original-byte offsets (`start..end`).

@@ -206,6 +206,13 @@ pub fn normalize(bytes: &[u8]) -> Vec<u8> {
 /// Deduplicated, the plain [`normalize`] form first. Registering all of them keeps a program
 /// from hiding a value by printing escape bytes next to it.
 pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
+    // Fast path (almost every pattern): nothing to remove, and no first byte that could
+    // complete or continue an escape sequence.
+    if !value.iter().any(|&b| is_special(b))
+        && !matches!(value.first(), Some(0x20..=0x3f | b'm' | b'K' | b'['))
+    {
+        return vec![value.to_vec()];
+    }
     let plain = normalize(value);
     let from = |state: State| {
         let mut n = Normalizer {
