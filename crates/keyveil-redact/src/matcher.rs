@@ -24,7 +24,9 @@
 //! Both passes consume one byte at a time with their state kept between chunks, so the matches
 //! found do not depend on how the output is split.
 
-use crate::normalize::{ESC, MAX_CSI_PARAMS, Normalizer, is_special, normalized_forms};
+use crate::normalize::{
+    CLASS_ESC, CLASS_PLAIN, MAX_CSI_PARAMS, Normalizer, byte_class, normalized_forms,
+};
 use crate::{MAX_NOISE_RUN, MIN_LEN};
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::{contiguous, noncontiguous};
@@ -507,46 +509,49 @@ impl Pass {
                 // touches is hoisted into locals so that it stays in registers.
                 let mut fed = c.fed;
                 let mut window = c.window;
-                let mut window_len = c.window_len;
+                let mut window_len = u32::from(c.window_len);
                 let mut noise_run = c.noise_run;
                 let four = filter.four.as_slice();
                 let shift = filter.shift;
-                let start_i = i;
-                while let Some(&b) = chunk.get(i) {
-                    if is_special(b) {
-                        if b == ESC {
-                            break;
-                        }
-                        // Whitespace: noise.
-                        i += 1;
-                        noise_run = noise_run.saturating_add(1);
-                        if noise_run >= MAX_NOISE_RUN {
-                            window_len = 0;
-                        }
-                        continue;
+                let rest = chunk.get(i..).unwrap_or_default();
+                let mut taken = 0usize;
+                for (pos, &b) in (base + i as u64..).zip(rest) {
+                    // Branch-free on whitespace (word boundaries are unpredictable): a space
+                    // leaves `fed` and `window` unchanged, and its ring slot is overwritten by
+                    // the next kept byte.
+                    let class = byte_class(b);
+                    if class == CLASS_ESC {
+                        break;
                     }
-                    noise_run = 0;
+                    let keep = u32::from(class == CLASS_PLAIN);
+                    let keep_mask = keep.wrapping_neg();
                     if let Some(slot) = ring.get_mut((fed & mask) as usize) {
-                        *slot = base + i as u64;
+                        *slot = pos;
                     }
-                    fed += 1;
-                    window = (window << 8) | u32::from(b);
-                    i += 1;
-                    if window_len >= Q as u8 - 1 {
-                        window_len = Q as u8;
-                        let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
-                        if get_bit(four, h) && start_walk(table, window, fed, walks) {
-                            break;
-                        }
-                    } else {
-                        window_len += 1;
+                    taken += 1;
+                    fed += u64::from(keep);
+                    window = (window & !keep_mask) | (((window << 8) | u32::from(b)) & keep_mask);
+                    noise_run = (noise_run + 1).min(MAX_NOISE_RUN) & !keep_mask;
+                    let ready = keep & u32::from(window_len >= Q as u32 - 1);
+                    window_len = (window_len + keep).min(Q as u32);
+                    if noise_run >= MAX_NOISE_RUN {
+                        window_len = 0;
+                    }
+                    // Probe unconditionally; the only branch left is on the (rare) hit.
+                    let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
+                    let word = four.get(h / 64).copied().unwrap_or(0);
+                    let bit = ((word >> (h % 64)) & 1) as u32;
+                    if bit & ready != 0 && start_walk(table, window, fed, walks) {
+                        break;
                     }
                 }
+                i += taken;
+                let window_len = window_len as u8;
                 c.fed = fed;
                 c.window = window;
                 c.window_len = window_len;
                 c.noise_run = noise_run;
-                if i > start_i {
+                if taken > 0 {
                     continue;
                 }
             }

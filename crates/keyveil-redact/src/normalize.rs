@@ -52,6 +52,34 @@ static SPECIAL: [bool; 256] = {
     t
 };
 
+/// [`byte_class`] of ordinary bytes.
+pub const CLASS_PLAIN: u8 = 0;
+/// [`byte_class`] of whitespace.
+pub const CLASS_SPACE: u8 = 1;
+/// [`byte_class`] of `ESC`.
+pub const CLASS_ESC: u8 = 2;
+
+/// Classes of all bytes: [`CLASS_PLAIN`], [`CLASS_SPACE`] or [`CLASS_ESC`].
+// Indexing in a constant initialiser is checked at compile time.
+#[allow(clippy::indexing_slicing)]
+static CLASSES: [u8; 256] = {
+    let mut t = [CLASS_PLAIN; 256];
+    t[b' ' as usize] = CLASS_SPACE;
+    t[b'\t' as usize] = CLASS_SPACE;
+    t[b'\n' as usize] = CLASS_SPACE;
+    t[b'\r' as usize] = CLASS_SPACE;
+    t[0x0b] = CLASS_SPACE;
+    t[0x0c] = CLASS_SPACE;
+    t[ESC as usize] = CLASS_ESC;
+    t
+};
+
+/// The class of `b` for the ground state: plain, whitespace (noise) or `ESC`.
+#[inline(always)]
+pub fn byte_class(b: u8) -> u8 {
+    CLASSES.get(usize::from(b)).copied().unwrap_or(CLASS_PLAIN)
+}
+
 /// Is `b` whitespace or `ESC` (a byte the normaliser must look at)?
 #[inline(always)]
 pub fn is_special(b: u8) -> bool {
