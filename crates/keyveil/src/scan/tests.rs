@@ -10,7 +10,6 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
 
 use keyveil_redact::Redactor;
 use serde_json::{Value, json};
