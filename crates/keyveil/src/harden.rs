@@ -4,7 +4,11 @@
 //! - [`harden_broker`]: the broker holds the decrypted data key and values. It makes itself
 //!   non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`: a same-user process can then neither ptrace it
 //!   nor read `/proc/<pid>/mem` or `environ`) and sets `RLIMIT_CORE` to 0 (no core file with
-//!   secrets in it). Both are safe calls through `rustix`.
+//!   secrets in it). Both are safe calls through `rustix`. It then locks its memory
+//!   (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`) so the data key and decrypted values
+//!   are never written to swap, when that is safe: only with an unlimited `RLIMIT_MEMLOCK` or
+//!   `CAP_IPC_LOCK`. Under a finite limit (8 MiB on most desktops) `MCL_FUTURE` would make later
+//!   allocations fail once the limit is reached, so the broker logs a warning and runs unlocked.
 //! - [`die_with_broker`]: a granted child gets `PR_SET_PDEATHSIG(SIGKILL)` set between `fork`
 //!   and `exec`, so no child keeps running with secrets if the broker dies (even by `kill -9`).
 //!   Registering code to run between `fork` and `exec` is `unsafe` in Rust
@@ -29,7 +33,49 @@ pub fn harden_broker() -> std::io::Result<()> {
             maximum: Some(0),
         },
     )?;
+    lock_memory();
     Ok(())
+}
+
+/// Locks every current and future page of the broker in RAM (keeps the key out of swap), when
+/// the memory-lock limit allows it; otherwise logs why not. Never fails the broker's start.
+#[cfg(target_os = "linux")]
+fn lock_memory() {
+    use rustix::io::Errno;
+    use rustix::mm::{MlockAllFlags, mlockall};
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Memlock).current;
+    let cap_ipc_lock = rustix::thread::capabilities(None)
+        .map(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+        })
+        .unwrap_or(false);
+    if let Some(bytes) = limit
+        && !cap_ipc_lock
+    {
+        tracing::warn!(
+            limit_kib = bytes / 1024,
+            "broker memory is not locked (values could reach swap): RLIMIT_MEMLOCK is finite, and \
+             locking all future memory under it would make later allocations fail; raise it \
+             (`ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`) to lock the broker's memory"
+        );
+        return;
+    }
+    // MCL_ONFAULT (Linux 4.4+) locks pages as they are touched instead of populating every
+    // mapping (thread stacks, allocator arenas) at once; older kernels answer EINVAL.
+    let all = MlockAllFlags::CURRENT | MlockAllFlags::FUTURE;
+    let locked = match mlockall(all | MlockAllFlags::ONFAULT) {
+        Err(Errno::INVAL) => mlockall(all),
+        other => other,
+    };
+    match locked {
+        Ok(()) => tracing::info!("broker memory locked (mlockall)"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "broker memory is not locked (values could reach swap): mlockall failed"
+        ),
+    }
 }
 
 /// Non-Linux: nothing to do yet.

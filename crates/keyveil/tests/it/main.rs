@@ -11,6 +11,7 @@ mod approval;
 mod corpus;
 mod dynamic;
 mod flow;
+mod hardening;
 mod harness;
 mod policy;
 mod tamper;
