@@ -146,6 +146,15 @@ fn check_case(case: &Value) -> Vec<String> {
         if !found.iter().any(|(v, p, _)| v == var && glob(pat, p)) {
             problems.push(format!("{id}: missed {var} in {pat}; found {found:?}"));
         }
+        if let Some(form) = e["form"].as_str()
+            && !found
+                .iter()
+                .any(|(v, p, f)| v == var && glob(pat, p) && f == form)
+        {
+            problems.push(format!(
+                "{id}: {var} in {pat} not as {form}; found {found:?}"
+            ));
+        }
     }
     for (v, p, form) in &found {
         let wanted = expected.iter().any(|e| {
@@ -177,14 +186,15 @@ fn every_shared_write_side_case_is_reported_by_name_and_path() {
     check_all(&cases);
 }
 
-fn case(id: &str, secrets: &[(&str, &str)], program: &str, leaks: &[(&str, &str)]) -> Value {
+/// A case in the corpus format; each leak is (path, secret, expected form).
+fn case(id: &str, secrets: &[(&str, &str)], program: &str, leaks: &[(&str, &str, &str)]) -> Value {
     let s: serde_json::Map<String, Value> = secrets
         .iter()
         .map(|(k, v)| ((*k).to_owned(), json!(v)))
         .collect();
     let l: Vec<Value> = leaks
         .iter()
-        .map(|(p, s)| json!({"path": p, "secret": s}))
+        .map(|(p, s, f)| json!({"path": p, "secret": s, "form": f}))
         .collect();
     json!({"id": id, "secrets": s, "program": program, "leaks": l})
 }
@@ -205,7 +215,7 @@ import gzip, json, os
 js = 'var e={NODE_ENV:"production",REACT_APP_MAPS_KEY:' + json.dumps(os.environ['REACT_APP_MAPS_KEY']) + '};'
 open('build/static/js/main.3be1.js.gz', 'wb').write(gzip.compress(js.encode()))
 PY"#,
-            &[("build/static/js/main.*.js.gz", "REACT_APP_MAPS_KEY")],
+            &[("build/static/js/main.*.js.gz", "REACT_APP_MAPS_KEY", "gzip")],
         ),
         // container-image-metadata: an OCI layout tar whose layer is a tar.gz holding a .env.
         case(
@@ -222,35 +232,35 @@ def tar_of(files):
 layer = gzip.compress(tar_of([('app/.env', ('STRIPE_SECRET=' + os.environ['STRIPE_SECRET'] + '\n').encode())]))
 open('image.tar', 'wb').write(tar_of([('oci-layout', b'{"imageLayoutVersion":"1.0.0"}'), ('blobs/sha256/4f1e', layer)]))
 PY"#,
-            &[("image.tar", "STRIPE_SECRET")],
+            &[("image.tar", "STRIPE_SECRET", "tar+gzip+tar")],
         ),
         // vcs-config: a token in a url.insteadOf rewrite in the global git config.
         case(
             "git-global-insteadof-token",
             &[("GITLAB_TOKEN", "glpat-xK9mQ2vL7nR4tW8yZ1bC")],
             r#"git config --global url."https://oauth2:${GITLAB_TOKEN}@gitlab.example/".insteadOf https://gitlab.example/"#,
-            &[("~/.gitconfig", "GITLAB_TOKEN")],
+            &[("~/.gitconfig", "GITLAB_TOKEN", "raw")],
         ),
         // credential-cache: docker login without a helper: base64(user:password) at offset 6.
         case(
             "docker-config-auth-base64",
             &[("DOCKER_PAT", "dckr_pat_7Hq2Lm9Xv4Rt8Nw3Kp6Zs1Bc")],
             r#"mkdir -p "$HOME/.docker" && printf '{"auths":{"registry.example":{"auth":"%s"}}}' "$(printf 'deploy:%s' "$DOCKER_PAT" | base64 | tr -d '\n')" > "$HOME/.docker/config.json""#,
-            &[("~/.docker/config.json", "DOCKER_PAT")],
+            &[("~/.docker/config.json", "DOCKER_PAT", "raw")],
         ),
         // vcs-history: committed, removed, then `git gc`: only a packfile holds it.
         case(
             "git-gc-packfile",
             &[("OPENAI_KEY", "sk-proj-Tz8Qw3Lm5Nx7Vb2Kc9Rd4Fg6Hj1")],
             r#"git init -q . && printf 'OPENAI_KEY=%s\n' "$OPENAI_KEY" > .env && git add .env && git -c user.name=b -c user.email=b@e.invalid commit -qm add && git rm -q .env && git -c user.name=b -c user.email=b@e.invalid commit -qm rm && git gc -q --prune=now && test -z "$(find .git/objects -type f -path '*/objects/[0-9a-f][0-9a-f]/*')""#,
-            &[(".git/objects/pack/pack-*.pack", "OPENAI_KEY")],
+            &[(".git/objects/pack/pack-*.pack", "OPENAI_KEY", "git-pack")],
         ),
         // package-manager-config: yarn berry's .yarnrc.yml, YAML single-quoted.
         case(
             "yarnrc-yml-single-quoted",
-            &[("YARN_NPM_AUTH_TOKEN", "Yq7'Zm#Auth-2026-kL9")],
+            &[("YARN_NPM_AUTH_TOKEN", "it's-Yq7'Zm#Au'th26")],
             r#"python3 -c "import os; t = os.environ['YARN_NPM_AUTH_TOKEN']; open('.yarnrc.yml', 'w').write(\"npmAuthToken: '\" + t.replace(\"'\", \"''\") + \"'\n\")""#,
-            &[(".yarnrc.yml", "YARN_NPM_AUTH_TOKEN")],
+            &[(".yarnrc.yml", "YARN_NPM_AUTH_TOKEN", "yaml-single-quoted")],
         ),
         // iac-state: a terraform plan file is a zip; variable values sit in its members.
         case(
@@ -263,33 +273,33 @@ with zipfile.ZipFile('tfplan', 'w', zipfile.ZIP_DEFLATED) as z:
     z.writestr('tfplan', b'\x0a\x0e' + b'admin_password' + b'\x12' + bytes([len(pw)]) + pw + b'\x00' * 64)
     z.writestr('tfstate', '{"version": 4}')
 PY"#,
-            &[("tfplan", "TF_VAR_admin_password")],
+            &[("tfplan", "TF_VAR_admin_password", "zip")],
         ),
         // iac-config: a Kubernetes Secret manifest (data is base64 at offset 0).
         case(
             "k8s-secret-manifest",
             &[("DB_URL", "postgres://app:Kq9vL2mX7zR4@db.internal:5432/app")],
             r#"mkdir -p k8s && printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\ndata:\n  DB_URL: %s\n' "$(printf '%s' "$DB_URL" | base64 -w0)" > k8s/secret.yaml"#,
-            &[("k8s/secret.yaml", "DB_URL")],
+            &[("k8s/secret.yaml", "DB_URL", "raw")],
         ),
         // test-report: JUnit XML with numeric character references.
         case(
             "junit-xml-numeric-references",
             &[("CI_DEPLOY_TOKEN", "tok<&>\"9Zq-Lm41Vx")],
             r#"mkdir -p reports && python3 -c "import os; v = os.environ['CI_DEPLOY_TOKEN']; e = ''.join('&#%d;' % ord(c) if c in '<&>\"' else c for c in v); open('reports/junit.xml', 'w').write('<testsuite><system-out>CI_DEPLOY_TOKEN=' + e + '</system-out></testsuite>\n')""#,
-            &[("reports/junit.xml", "CI_DEPLOY_TOKEN")],
+            &[("reports/junit.xml", "CI_DEPLOY_TOKEN", "html-entity")],
         ),
         // notebook-output: os.environ's repr saved in an .ipynb (Python escapes inside JSON).
         case(
             "notebook-environ-repr",
-            &[("HF_TOKEN", "hf_it's\\Qx81vLmZ2Nb7Rt")],
+            &[("HF_TOKEN", "hf_it's\"Qx81v'LmZ2\"Nb7Rt")],
             r#"python3 - <<'PY'
 import json, os
 out = repr({'HF_TOKEN': os.environ['HF_TOKEN']})
 nb = {'cells': [{'cell_type': 'code', 'outputs': [{'output_type': 'execute_result', 'data': {'text/plain': [out]}}], 'source': ['os.environ']}], 'nbformat': 4, 'nbformat_minor': 5, 'metadata': {}}
 json.dump(nb, open('explore.ipynb', 'w'))
 PY"#,
-            &[("explore.ipynb", "HF_TOKEN")],
+            &[("explore.ipynb", "HF_TOKEN", "backslash-escape")],
         ),
         // network-capture: a PowerShell-style transcript in UTF-16LE with a byte-order mark,
         // the header JSON-escaped.
@@ -297,28 +307,32 @@ PY"#,
             "utf16le-transcript-json",
             &[("GCP_TOKEN", "ya29.a0\"AfH6\\SMBx7Lq2Zr9Vn4Kw")],
             r#"python3 -c "import json, os; t = '\ufeff' + json.dumps({'Authorization': 'Bearer ' + os.environ['GCP_TOKEN']}) + '\r\n'; open('transcript.txt', 'wb').write(t.encode('utf-16-le'))""#,
-            &[("transcript.txt", "GCP_TOKEN")],
+            &[("transcript.txt", "GCP_TOKEN", "utf-16le")],
         ),
         // crash-report: an offline crash envelope, gzip-compressed JSON.
         case(
             "crash-envelope-gzip-json",
             &[("SENTRY_AUTH", "sntrys_\"Dsn\\Key-77Qx-Lm3")],
             r#"mkdir -p "$HOME/.local/state/app/crashes" && python3 -c "import gzip, json, os; open(os.path.expanduser('~/.local/state/app/crashes/c1.json.gz'), 'wb').write(gzip.compress(json.dumps({'env': dict(os.environ)}).encode()))""#,
-            &[("~/.local/state/app/crashes/c1.json.gz", "SENTRY_AUTH")],
+            &[(
+                "~/.local/state/app/crashes/c1.json.gz",
+                "SENTRY_AUTH",
+                "gzip",
+            )],
         ),
         // debug-log: a URL password percent-encoded in lower case, keeping '/'.
         case(
             "debug-log-percent-lower-keep-slash",
             &[("PROXY_PASSWORD", "p@ss:w0rd/x#y!Z9q")],
             r#"mkdir -p "$HOME/.config/tool/logs" && python3 -c "import os, urllib.parse; q = urllib.parse.quote(os.environ['PROXY_PASSWORD'], safe='/').lower(); open(os.path.expanduser('~/.config/tool/logs/debug.log'), 'w').write('GET http://u:' + q + '@proxy.internal/ 407\n')""#,
-            &[("~/.config/tool/logs/debug.log", "PROXY_PASSWORD")],
+            &[("~/.config/tool/logs/debug.log", "PROXY_PASSWORD", "percent")],
         ),
         // repl-history: psql's libedit history encodes spaces as \040.
         case(
             "psql-history-libedit-octal",
             &[("PGPASSWORD", "Pg pass W0rd!9x")],
             r#"printf '_HiStOrY_V2_\nALTER\\040USER\\040app\\040PASSWORD\\040'\''%s'\'';\n' "$(printf '%s' "$PGPASSWORD" | sed 's/ /\\040/g')" > "$HOME/.psql_history""#,
-            &[("~/.psql_history", "PGPASSWORD")],
+            &[("~/.psql_history", "PGPASSWORD", "backslash-escape")],
         ),
         // scaffold-dotenv: direnv's .envrc with bash $'...' quoting of a multi-line key.
         case(
@@ -328,21 +342,24 @@ PY"#,
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\nAAAAMwAAAAtzc2gtZWQyNTUxOQAAACBq9Lx2Vm7Rt\n-----END OPENSSH PRIVATE KEY-----",
             )],
             r#"printf 'export SSH_KEY=%q\n' "$SSH_KEY" > .envrc.tmp 2>/dev/null || true; python3 -c "import os; v = os.environ['SSH_KEY']; open('.envrc', 'w').write('export SSH_KEY=\$\'' + v.replace('\\\\', '\\\\\\\\').replace(\"'\", \"\\\\'\").replace('\n', '\\\\n') + '\'\n')"; rm -f .envrc.tmp"#,
-            &[(".envrc", "SSH_KEY")],
+            &[(".envrc", "SSH_KEY", "raw")],
         ),
         // A zip under node_modules/.cache (never skipped), matched by magic, not by name.
         case(
             "node-modules-cache-zip-no-extension",
             &[("NPM_TOKEN", "npm_Zp3Lq8RtV2mN7pW4zB9cF1dH6jK0sYvT5eGq")],
             r#"mkdir -p node_modules/.cache/tool && python3 -c "import os, zipfile; z = zipfile.ZipFile('node_modules/.cache/tool/0d1f', 'w', zipfile.ZIP_DEFLATED); z.writestr('npmrc', '//registry.npmjs.org/:_authToken=' + os.environ['NPM_TOKEN']); z.close()""#,
-            &[("node_modules/.cache/tool/0d1f", "NPM_TOKEN")],
+            &[("node_modules/.cache/tool/0d1f", "NPM_TOKEN", "zip")],
         ),
         // Metadata: a file named after the value, and a symlink pointing at it.
         case(
             "value-in-file-name-and-symlink-target",
             &[("SESSION_ID", "sess_Vb7Qx2Lm9Rt4Nw8Kp3Zs")],
             r#"mkdir -p cache && : > "cache/$SESSION_ID.json" && ln -s "/tmp/$SESSION_ID" current"#,
-            &[("cache/*.json", "SESSION_ID"), ("current", "SESSION_ID")],
+            &[
+                ("cache/*.json", "SESSION_ID", "file-name"),
+                ("current", "SESSION_ID", "symlink-target"),
+            ],
         ),
     ]
 }

@@ -8,8 +8,9 @@
 //! character references (`&#38;`, `&#x26;`). Decoding the whole text once and matching the
 //! result catches every such variant, whichever characters the encoder chose to escape.
 //!
-//! Each transform runs only when its trigger occurs in the text, and only one level deep (the
-//! redactor's own variants cover an encoding inside another, such as JSON inside base64).
+//! Each transform runs only when its trigger occurs in the text, at most twice in a row (double
+//! escaping); transforms are not combined with each other (the redactor's own variants cover
+//! one encoding inside another, such as JSON inside base64).
 
 use std::ffi::OsStr;
 
@@ -26,14 +27,25 @@ const TRANSFORMS: &[Transform] = &[
     ("html-entity", html_unescape),
 ];
 
+/// How many times one transform is applied in a row: twice catches double escaping (JSON in a
+/// JSON string, a Python `repr` saved in JSON, a URL encoded twice, `&amp;lt;`).
+const LEVELS: usize = 2;
+
 /// Matches every decoded form of `data` (text) at `location`.
 pub(super) fn scan_transforms(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Forms) {
     for (name, decode) in TRANSFORMS {
-        if sc.out_of_time() {
-            return;
-        }
-        if let Some(out) = decode(data) {
+        let mut current = decode(data);
+        for level in 0..LEVELS {
+            let Some(out) = current else { break };
+            if sc.out_of_time() {
+                return;
+            }
             sc.match_bytes(&out, location, &forms.with(name));
+            current = if level + 1 < LEVELS {
+                decode(&out)
+            } else {
+                None
+            };
         }
     }
 }
