@@ -11,7 +11,9 @@
 //!   (search only, no replacement; run on a slice so that 1000 values finish).
 //!
 //! `cargo bench -p keyveil-redact --bench throughput` (set `KEYVEIL_BENCH_MIB=256` for the
-//! figures in `docs/benchmarks.md`).
+//! figures in `docs/benchmarks.md`). With `KEYVEIL_BENCH_CPU_TIME=1` the redaction and build
+//! benchmarks measure the thread's *CPU* time (Linux `/proc/thread-self/schedstat`) instead of
+//! wall time, so that a busy machine does not distort the per-core figures.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -117,6 +119,34 @@ fn input_bytes() -> usize {
         << 20
 }
 
+/// On-CPU time of the calling thread, if the kernel reports it.
+fn thread_cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+fn cpu_time_mode() -> bool {
+    std::env::var("KEYVEIL_BENCH_CPU_TIME").is_ok_and(|v| v == "1") && thread_cpu_time().is_some()
+}
+
+/// Runs `f` `iters` times and returns the elapsed wall or CPU time.
+fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
+    if cpu_time_mode() {
+        let start = thread_cpu_time().unwrap_or_default();
+        for _ in 0..iters {
+            f();
+        }
+        thread_cpu_time().unwrap_or_default().saturating_sub(start)
+    } else {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        start.elapsed()
+    }
+}
+
 fn redact_stream(r: &Redactor, input: &[u8], chunk: usize, out: &mut Vec<u8>) -> usize {
     out.clear();
     let mut s = r.stream();
@@ -138,7 +168,7 @@ fn bench(c: &mut Criterion) {
         let r = Redactor::new(secrets.iter().cloned());
         let stats = r.stats();
         eprintln!(
-            "values={n}: {} + {} patterns, {:.1} MiB automata, engines {:?}, max pattern {} B",
+            "values={n}: {} + {} patterns, {:.1} MiB matchers, engines {:?}, max pattern {} B",
             stats.raw_patterns,
             stats.normalized_patterns,
             stats.memory_bytes as f64 / (1 << 20) as f64,
@@ -158,7 +188,11 @@ fn bench(c: &mut Criterion) {
             };
             g.throughput(Throughput::Bytes(data.len() as u64));
             g.bench_with_input(BenchmarkId::new("chunk", chunk), &chunk, |b, &chunk| {
-                b.iter(|| black_box(redact_stream(&r, data, chunk, &mut out)))
+                b.iter_custom(|iters| {
+                    timed(iters, || {
+                        black_box(redact_stream(&r, data, chunk, &mut out));
+                    })
+                })
             });
         }
         g.finish();
@@ -181,12 +215,14 @@ fn bench(c: &mut Criterion) {
         );
         g.throughput(Throughput::Bytes(slice.len() as u64));
         g.bench_function("memmem-per-variant", |b| {
-            b.iter(|| {
-                let mut hits = 0usize;
-                for f in &finders {
-                    hits += f.find_iter(slice).count();
-                }
-                black_box(hits)
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    let mut hits = 0usize;
+                    for f in &finders {
+                        hits += f.find_iter(slice).count();
+                    }
+                    black_box(hits);
+                })
             })
         });
         g.finish();
@@ -194,7 +230,11 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group("build");
         g.sample_size(10);
         g.bench_function(BenchmarkId::new("values", n), |b| {
-            b.iter(|| black_box(Redactor::new(secrets.iter().cloned())))
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    black_box(Redactor::new(secrets.iter().cloned()));
+                })
+            })
         });
         g.finish();
     }

@@ -76,7 +76,7 @@ pub(crate) struct Inner {
     failed: bool,
 }
 
-/// The redactor of one grant: all variants of all its secret values, compiled into automata.
+/// The redactor of one grant: all variants of all its secret values, compiled into matchers.
 ///
 /// Cheap to clone (an [`Arc`] inside), `Send` and `Sync`. Its [`Debug`](std::fmt::Debug) output
 /// shows counts only, never values.
@@ -109,9 +109,10 @@ pub struct Stats {
     pub raw_patterns: usize,
     /// Patterns matched over the normalised view (whitespace and escapes removed).
     pub normalized_patterns: usize,
-    /// Heap bytes used by the automata and pattern tables.
+    /// Heap bytes used by the matchers and pattern tables.
     pub memory_bytes: usize,
-    /// Automaton kinds in use (`dfa`, `contiguous-nfa`, ...), raw pass first.
+    /// Matcher kinds in use (`dfa`, `contiguous-nfa`, `prefix-filter+sorted-table`), raw pass
+    /// first.
     pub engines: Vec<&'static str>,
 }
 
@@ -119,7 +120,7 @@ impl Redactor {
     /// Builds a redactor from `(name, value)` pairs. `name` appears in the marker
     /// `[REDACTED:NAME]`; `value` is any byte string (empty values are ignored).
     ///
-    /// Never fails: if the automata cannot be built (only for absurd inputs), every stream of
+    /// Never fails: if the matchers cannot be built (only for absurd inputs), every stream of
     /// this redactor withholds all output and emits a single
     /// `[REDACTED:KEYVEIL_REDACTOR_UNAVAILABLE]` (fail closed).
     pub fn new<I, N, V>(secrets: I) -> Redactor
@@ -229,7 +230,7 @@ impl Redactor {
             .max(i.normalized.as_ref().map_or(0, |p| p.max_len))
     }
 
-    /// Pattern counts, memory use and automaton kinds.
+    /// Pattern counts, memory use and matcher kinds.
     pub fn stats(&self) -> Stats {
         let i = &self.inner;
         let passes = [i.raw.as_ref(), i.normalized.as_ref()];
@@ -267,7 +268,7 @@ fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
         }
         // Hex fragments (hexdumps of part of the value), lower case as dump tools print. Every
         // second byte offset suffices: a hex run of FRAGMENT_LEN + 1 value bytes contains one,
-        // and halving the windows halves their share of the automaton.
+        // and halving the windows halves their share of the pattern table.
         let hex = variants::hex_lower(source);
         for window in hex.windows(2 * FRAGMENT_LEN).step_by(4) {
             patterns.add_anywhere(window, secret);

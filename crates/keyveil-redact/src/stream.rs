@@ -14,7 +14,7 @@
 //! secret given first to [`crate::Redactor::new`]).
 //!
 //! The stream emits bytes up to the *safe offset*: the earliest offset at which an occurrence
-//! not yet reported could still start (from each automaton's state), or the start of a short-value
+//! not yet reported could still start (from each pass's state), or the start of a short-value
 //! occurrence still waiting for the byte after it. A region is emitted only once it ends at or
 //! before the safe offset, since only then can no later occurrence overlap and extend it.
 //!
