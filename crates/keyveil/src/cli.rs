@@ -135,6 +135,16 @@ enum Command {
     Policy(PolicyCommand),
     /// The main job on a throwaway home, with its transcript.
     Demo,
+    /// Run an agent host (e.g. `codex`) in a sandbox that cannot see the processes keyveil
+    /// starts nor the vault file (Linux: user, PID and mount namespaces).
+    Agent {
+        /// Internal: a step inside the sandbox.
+        #[arg(long, hide = true, value_enum)]
+        stage: Option<crate::sandbox::Stage>,
+        /// The agent host and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -456,6 +466,7 @@ pub fn main(cli: Cli) -> Result<i32> {
         }
         Command::Mcp => crate::mcp::main(),
         Command::Demo => crate::demo::main(),
+        Command::Agent { stage, command } => crate::sandbox::main(stage, command),
         other => {
             crate::logging::init_cli();
             let paths = Paths::resolve()?;
@@ -785,7 +796,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Dynamic(d) => dynamic::run(paths, d).await,
         Command::Factor(f) => factor_cmd(paths, f).await,
         Command::Policy(p) => policy_cmd(paths, p).await,
-        Command::Daemon { .. } | Command::Mcp | Command::Demo => Ok(0),
+        Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
     }
 }
 

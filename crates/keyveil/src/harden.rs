@@ -125,3 +125,15 @@ pub fn detach(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
 }
+
+/// Moves the calling process into a new user namespace and a new mount namespace (the last
+/// step of `keyveil agent`'s sandbox, see `sandbox.rs`). The kernel refuses a new user
+/// namespace to a multi-threaded process, so call it before any thread exists.
+#[cfg(target_os = "linux")]
+pub fn enter_user_and_mount_namespaces() -> std::io::Result<()> {
+    use rustix::thread::{UnshareFlags, unshare_unsafe};
+    // SAFETY: `unshare` is unsafe only because `UnshareFlags::FILES` would give this thread a
+    // descriptor table of its own while other threads keep using descriptors it no longer sees.
+    // We pass NEWUSER and NEWNS only, which change no state the Rust runtime relies on.
+    unsafe { unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }.map_err(Into::into)
+}

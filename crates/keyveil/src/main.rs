@@ -19,6 +19,7 @@ mod pin;
 mod protocol;
 mod redact;
 mod risk;
+mod sandbox;
 mod scan;
 
 use clap::Parser;

@@ -14,5 +14,6 @@ mod flow;
 mod hardening;
 mod harness;
 mod policy;
+mod sandbox;
 mod tamper;
 mod web;
