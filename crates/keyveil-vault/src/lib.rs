@@ -50,6 +50,6 @@ pub use model::DynamicSource;
 pub use model::{
     AuditCheckpoint, AutoApproveRule, DEFAULT_MAX_TTL_SECONDS, DenyRule, Environment, FactorKind,
     Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings, Source,
-    TotpFactor, Variable, VaultData, is_valid_environment_name, is_valid_name,
+    TotpFactor, Variable, VaultData, WriteLeakAction, is_valid_environment_name, is_valid_name,
 };
 pub use vault::{AUDIT_KEY_INFO, PassphraseChecker, Vault};

@@ -166,6 +166,29 @@ pub struct Policy {
     /// Deny rules. Default: none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<DenyRule>,
+    /// What to do when a run wrote a value into a file. Default: report.
+    #[serde(skip_serializing_if = "WriteLeakAction::is_report")]
+    pub write_leaks: WriteLeakAction,
+}
+
+/// What the broker does when the post-run scan finds a value in a file a run wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteLeakAction {
+    /// Report by variable and path in the run result and the audit log.
+    #[default]
+    Report,
+    /// Report, and move the file aside (`NAME.keyveil-quarantine`, mode 0600).
+    Quarantine,
+    /// Report, and fail the run (exit code 1 when it would have been 0).
+    Fail,
+}
+
+impl WriteLeakAction {
+    /// Whether this is the default.
+    pub fn is_report(&self) -> bool {
+        *self == WriteLeakAction::Report
+    }
 }
 
 impl Default for Policy {
@@ -177,6 +200,7 @@ impl Default for Policy {
             path: None,
             auto_approve: Vec::new(),
             deny: Vec::new(),
+            write_leaks: WriteLeakAction::Report,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
 use crate::protocol::{Charset, ClientInfo, OutputMode, Passphrase, Reply, Request, RunRequest};
 
+mod background;
 mod dynamic;
 
 /// keyveil: let AI coding agents use secrets without ever holding them.
@@ -66,6 +67,9 @@ enum Command {
         /// Read the value from stdin (one trailing newline is removed).
         #[arg(long)]
         from_stdin: bool,
+        /// Print a one-time link to a local page where you type the value in a browser.
+        #[arg(long, conflicts_with = "from_stdin")]
+        web: bool,
     },
     /// Generate a random value inside the broker; it is never shown.
     Generate {
@@ -135,6 +139,29 @@ enum Command {
     Policy(PolicyCommand),
     /// The main job on a throwaway home, with its transcript.
     Demo,
+    /// Write an agent host's MCP configuration for keyveil (keeps everything else; backs up).
+    Setup {
+        /// The host.
+        #[arg(value_enum)]
+        host: crate::setup::Host,
+        /// Only print the entry and what would change; write nothing.
+        #[arg(long)]
+        print: bool,
+        /// The project's file in the current directory instead of the user's.
+        #[arg(long)]
+        project: bool,
+    },
+    /// Check the set-up end to end and say how to fix each failure (exit 1 if any fails).
+    Doctor,
+    /// Start a long-running command (dev server, watcher) under a grant; prints its run id.
+    Start(background::StartArgs),
+    /// Redacted output of a background run.
+    Logs(background::LogsArgs),
+    /// Stop a background run (SIGTERM, SIGKILL after 2 s).
+    Stop {
+        /// Run id (`r-...`).
+        run_id: String,
+    },
     /// Run an agent host (e.g. `codex`) in a sandbox that cannot see the processes keyveil
     /// starts nor the vault file (Linux: user, PID and mount namespaces).
     Agent {
@@ -252,6 +279,13 @@ enum PolicySetCommand {
     DenyRm {
         /// Index.
         index: usize,
+    },
+    /// What to do when a run writes a value into a file: report, quarantine (move the file
+    /// aside) or fail (the run exits 1).
+    WriteLeaks {
+        /// report | quarantine | fail.
+        #[arg(value_parser = ["report", "quarantine", "fail"])]
+        action: String,
     },
 }
 
@@ -466,6 +500,15 @@ pub fn main(cli: Cli) -> Result<i32> {
         }
         Command::Mcp => crate::mcp::main(),
         Command::Demo => crate::demo::main(),
+        Command::Setup {
+            host,
+            print,
+            project,
+        } => crate::setup::setup_main(host, print, project),
+        Command::Doctor => {
+            crate::logging::init_cli();
+            crate::setup::doctor_main()
+        }
         Command::Agent { stage, command } => crate::sandbox::main(stage, command),
         other => {
             crate::logging::init_cli();
@@ -631,10 +674,12 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Env(e) => env(paths, e).await,
+        Command::Set { env, var, web, .. } if web => background::set_web(paths, &env, &var).await,
         Command::Set {
             env,
             var,
             from_stdin,
+            ..
         } => {
             let value = if from_stdin {
                 let mut buf = Vec::new();
@@ -794,9 +839,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Audit(a) => audit(paths, a).await,
         Command::Dynamic(d) => dynamic::run(paths, d).await,
+        Command::Start(a) => background::start(paths, a).await,
+        Command::Logs(a) => background::logs(paths, a).await,
+        Command::Stop { run_id } => background::stop(paths, &run_id).await,
         Command::Factor(f) => factor_cmd(paths, f).await,
         Command::Policy(p) => policy_cmd(paths, p).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
+        Command::Setup { .. } | Command::Doctor => Ok(0),
     }
 }
 
@@ -943,6 +992,15 @@ async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
                     note(format!(
                         "keyveil: the command timed out and was killed (run {})",
                         r.run_id
+                    ));
+                }
+                for l in &r.write_leaks {
+                    note(format!(
+                        "keyveil: warning: the command wrote the value of {} into {} ({}; {})",
+                        crate::display::visible(&l.variable),
+                        crate::display::visible(&l.path),
+                        l.form,
+                        l.action
                     ));
                 }
                 if r.revoked {
@@ -1337,6 +1395,7 @@ async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                     prefix,
                 },
                 PolicySetCommand::DenyRm { index } => PolicyChange::DenyRemove { index },
+                PolicySetCommand::WriteLeaks { action } => PolicyChange::WriteLeaks { action },
             };
             let pass = if factor.totp.is_some() {
                 Passphrase::new(String::new())

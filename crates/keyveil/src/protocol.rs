@@ -352,6 +352,41 @@ pub enum Request {
     /// fetched from OpenBao at each spawn. From the human's CLI only: it carries the engine's
     /// admin credential.
     DynamicAdd(DynamicAddRequest),
+    /// Start a long-running command (dev server, watcher) under a grant, like [`Request::Run`]
+    /// (same approval wait), but reply as soon as it is spawned: `Ok {run_id, grant_id, pid}`.
+    /// Its redacted output is read with [`Request::Logs`]; it ends on [`Request::Stop`], at its
+    /// timeout, or when its grant ends.
+    Start(RunRequest),
+    /// Redacted output of a background run, from a byte offset of its combined output.
+    Logs {
+        /// Run id (`r-...`).
+        run_id: String,
+        /// Offset to read from (0: the start; earlier output may have been dropped).
+        #[serde(default)]
+        from: u64,
+        /// Most bytes to return (default and cap 64 KiB).
+        #[serde(default)]
+        max_bytes: Option<usize>,
+        /// Only runs of this client scope key (`mcp:NAME`); `None` for the human's CLI.
+        #[serde(default)]
+        client: Option<String>,
+    },
+    /// Stop a background run: SIGTERM to its process group, SIGKILL after 2 s.
+    Stop {
+        /// Run id.
+        run_id: String,
+        /// Only runs of this client scope key; `None` for the human's CLI.
+        #[serde(default)]
+        client: Option<String>,
+    },
+    /// A one-time URL of the local page where the human types the value of a declared variable
+    /// that has none yet (the value goes from the browser to the broker, never through a client).
+    SetUrl {
+        /// Environment name.
+        environment: String,
+        /// Variable name.
+        name: String,
+    },
 }
 
 /// A dynamic variable to declare (see `docs/dynamic-credentials.md`).
@@ -416,6 +451,10 @@ impl Request {
             Request::AuditVerify => "audit_verify",
             Request::WebUrl => "web_url",
             Request::DynamicAdd(_) => "dynamic_add",
+            Request::Start(_) => "start",
+            Request::Logs { .. } => "logs",
+            Request::Stop { .. } => "stop",
+            Request::SetUrl { .. } => "set_url",
         }
     }
 }
@@ -466,6 +505,11 @@ pub enum PolicyChange {
     DenyRemove {
         /// Index.
         index: usize,
+    },
+    /// What to do when a run writes a value into a file: `report`, `quarantine`, `fail`.
+    WriteLeaks {
+        /// `report` | `quarantine` | `fail`.
+        action: String,
     },
 }
 
@@ -525,6 +569,40 @@ pub struct RunResult {
     pub revoked: bool,
     /// Wall time from spawn to exit, in milliseconds.
     pub duration_ms: u64,
+    /// Values the run wrote into files (found by the post-run scan): variable and path, never
+    /// the value.
+    #[serde(default)]
+    pub write_leaks: Vec<WriteLeak>,
+    /// What the post-run scan covered.
+    #[serde(default)]
+    pub write_scan: Option<WriteScanSummary>,
+}
+
+/// A value found in a file a run wrote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteLeak {
+    /// Variable name.
+    pub variable: String,
+    /// File (for archive members `archive!member`).
+    pub path: String,
+    /// The form it was found in (`raw`, `base64`, `utf-16le`, `gzip`, `git-object`, ...).
+    pub form: String,
+    /// What keyveil did: `reported`, `quarantined` (moved aside, mode 0600) or `failed` (the
+    /// run's exit code was forced to 1 after reporting).
+    pub action: String,
+}
+
+/// The extent of a post-run write scan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WriteScanSummary {
+    /// Files read.
+    pub files_scanned: u64,
+    /// Bytes read.
+    pub bytes_scanned: u64,
+    /// A limit cut the scan short.
+    pub truncated: bool,
+    /// Scan time, milliseconds.
+    pub elapsed_ms: u64,
 }
 
 /// Broker → client JSON replies. Tagged by `kind`.

@@ -325,6 +325,20 @@ pub async fn policy_set(
             }
             p.deny.remove(*index);
         }
+        PolicyChange::WriteLeaks { .. } => {}
+    }
+    if let PolicyChange::WriteLeaks { action } = &change {
+        p.write_leaks = match action.as_str() {
+            "report" => keyveil_vault::WriteLeakAction::Report,
+            "quarantine" => keyveil_vault::WriteLeakAction::Quarantine,
+            "fail" => keyveil_vault::WriteLeakAction::Fail,
+            other => {
+                return Err(OpError::new(
+                    ErrorCode::Usage,
+                    format!("unknown action {other:?}: use report, quarantine or fail"),
+                ));
+            }
+        };
     }
     let policy = p.clone();
     v.save()

@@ -3,6 +3,7 @@
 //! directory; the peer's uid must be ours (same uid is not authorization: the factor is).
 
 pub mod access;
+pub mod background;
 pub mod dynamic_ops;
 pub mod factor_ops;
 pub mod ops;
@@ -35,6 +36,8 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// The local web approval page, started on first use.
     pub web: web::Web,
+    /// Background runs (`keyveil start`, MCP `start`) and their output buffers.
+    pub background: background::Registry,
 }
 
 impl Broker {
@@ -98,6 +101,7 @@ pub async fn serve(paths: Paths) -> Result<()> {
         changed,
         shutdown: CancellationToken::new(),
         web: web::Web::default(),
+        background: background::Registry::default(),
     });
     tracing::info!(pid = std::process::id(), socket = %sock.display(), "broker listening");
 
@@ -126,6 +130,8 @@ pub async fn serve(paths: Paths) -> Result<()> {
     }
     ticker.abort();
     ops::stop_everything(&broker, "broker stopping");
+    // Let dynamic credentials be destroyed at their sources before the runtime goes.
+    crate::dynamic::settle(&broker, std::time::Duration::from_secs(5)).await;
     // Give killed runs a moment to be reaped and audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = std::fs::remove_file(&sock);
@@ -209,6 +215,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
     tracing::debug!(op = req.op(), "request");
     match req {
         Request::Run(r) => runner::run(&broker, r, framed).await,
+        Request::Start(r) => background::start(&broker, r, framed).await,
         other => {
             let reply = ops::dispatch(&broker, other).await;
             let _ = send(&mut framed, &reply).await;

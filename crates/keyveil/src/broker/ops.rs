@@ -149,6 +149,19 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::WebUrl => super::web::url(broker).await,
         Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
+        Request::Start(_) => Err(usage("start is handled on its own path")),
+        Request::Logs {
+            run_id,
+            from,
+            max_bytes,
+            client,
+        } => super::background::logs(broker, &run_id, from, max_bytes, client.as_deref()),
+        Request::Stop { run_id, client } => {
+            super::background::stop(broker, &run_id, client.as_deref()).await
+        }
+        Request::SetUrl { environment, name } => {
+            super::web::set_url(broker, &environment, &name).await
+        }
     };
     match r {
         Ok(v) => Reply::ok(v),
@@ -169,6 +182,7 @@ fn status(broker: &Broker) -> Value {
         "pending_requests": inner.requests.values().filter(|r| r.state == RequestState::Pending).count(),
         "live_grants": inner.grants.values().filter(|g| g.live(Timestamp::now())).count(),
         "live_runs": inner.runs.len(),
+        "runs": inner.runs.values().collect::<Vec<_>>(),
     })
 }
 

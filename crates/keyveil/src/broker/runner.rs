@@ -76,7 +76,7 @@ pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
         while let Some(Ok(_)) = stream.next().await {}
         gone2.cancel();
     });
-    let reply = run_inner(broker, req, &mut sink, &gone).await;
+    let reply = run_inner(broker, req, &mut sink, &gone, false).await;
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)
     {
@@ -90,11 +90,14 @@ enum Step {
     Request(u64, bool, Option<RequestState>),
 }
 
-async fn run_inner(
+/// The run path. With `detach` (a background `start`), the spawned child is handed to
+/// [`super::background::adopt`] and the reply is `Ok {run_id, ...}` at once.
+pub(super) async fn run_inner(
     broker: &Arc<Broker>,
     mut req: RunRequest,
     sink: &mut spawn::OutputSink,
     gone: &CancellationToken,
+    detach: bool,
 ) -> Option<Reply> {
     if req.argv.is_empty() || req.argv.first().is_some_and(String::is_empty) {
         return Some(
@@ -168,19 +171,37 @@ async fn run_inner(
                     },
                 };
                 let mut inner = broker.lock();
-                match access::find_or_create_request(
-                    &mut inner,
-                    &ask,
-                    p,
-                    req.reason.clone(),
-                    req.ttl_seconds,
-                ) {
-                    Ok((id, created)) => Step::Request(
+                // Already waiting on our request? Look at it, do not ask again (a wake-up is
+                // not a new ask). A decided one falls through: denied/expired end the call, an
+                // approved one whose grant no longer covers us needs a new request.
+                let known =
+                    announced.and_then(|id| inner.requests.get(&id).map(|r| (id, r.state.clone())));
+                let waiting = match &known {
+                    Some((
                         id,
-                        created,
-                        inner.requests.get(&id).map(|r| r.state.clone()),
-                    ),
-                    Err(e) => return Some(e.reply()),
+                        state @ (RequestState::Pending
+                        | RequestState::Denied { .. }
+                        | RequestState::Expired),
+                    )) => Some(Step::Request(*id, false, Some(state.clone()))),
+                    _ => None,
+                };
+                if let Some(w) = waiting {
+                    w
+                } else {
+                    match access::find_or_create_request(
+                        &mut inner,
+                        &ask,
+                        p,
+                        req.reason.clone(),
+                        req.ttl_seconds,
+                    ) {
+                        Ok((id, created)) => Step::Request(
+                            id,
+                            created,
+                            inner.requests.get(&id).map(|r| r.state.clone()),
+                        ),
+                        Err(e) => return Some(e.reply()),
+                    }
                 }
             }
         };
@@ -371,6 +392,24 @@ async fn run_inner(
             }),
         );
     }
+    if detach {
+        return Some(super::background::adopt(
+            broker,
+            super::background::Detached {
+                run_id,
+                grant_id,
+                client: req.client.scope_key(),
+                environment: req.environment,
+                argv: shown_argv,
+                cwd,
+                started,
+                timeout,
+                redactor,
+                cancel,
+                started_at,
+            },
+        ));
+    }
     if let Ok(body) = Frame::json(&Reply::Started {
         run_id: run_id.clone(),
         grant_id: grant_id.clone(),
@@ -389,7 +428,59 @@ async fn run_inner(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
-    let _ = started_at;
+    // Write-side scan: files the run changed under its cwd and the usual credential stores in
+    // HOME, for every granted value in every form the redactor knows (reported by name).
+    let (home_dir, action) = {
+        let inner = broker.lock();
+        let action = inner
+            .vault
+            .as_ref()
+            .and_then(|v| {
+                v.data()
+                    .environments
+                    .get(&req.environment)
+                    .map(|e| e.policy.write_leaks)
+            })
+            .unwrap_or_default();
+        (inner.child_home(), action)
+    };
+    let scope = crate::scan::ScanScope {
+        cwd: std::path::PathBuf::from(&cwd),
+        home: home_dir.map(std::path::PathBuf::from),
+        since: started_at,
+        limits: crate::scan::ScanLimits::default(),
+    };
+    let scan_redactor = redactor.clone();
+    if let Ok(report) =
+        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scan_redactor)).await
+    {
+        result.write_scan = Some(crate::protocol::WriteScanSummary {
+            files_scanned: report.files_scanned,
+            bytes_scanned: report.bytes_scanned,
+            truncated: report.truncated,
+            elapsed_ms: report.elapsed_ms,
+        });
+        for leak in report.leaks {
+            let path = leak.path.to_string_lossy().into_owned();
+            let act = match action {
+                keyveil_vault::WriteLeakAction::Report => "reported",
+                keyveil_vault::WriteLeakAction::Quarantine => quarantine(&leak.path),
+                keyveil_vault::WriteLeakAction::Fail => "failed",
+            };
+            result.write_leaks.push(crate::protocol::WriteLeak {
+                variable: leak.variable,
+                path,
+                form: leak.form,
+                action: act.to_owned(),
+            });
+        }
+        if action == keyveil_vault::WriteLeakAction::Fail
+            && !result.write_leaks.is_empty()
+            && result.exit_code == 0
+        {
+            result.exit_code = 1;
+        }
+    }
     {
         let mut inner = broker.lock();
         inner.runs.remove(&run_id);
@@ -405,6 +496,7 @@ async fn run_inner(
                 "revoked": result.revoked,
                 "truncated": result.truncated,
                 "duration_ms": result.duration_ms,
+                "write_leaks": result.write_leaks.iter().map(|l| json!({"variable": l.variable, "path": l.path, "form": l.form, "action": l.action})).collect::<Vec<_>>(),
             }),
         );
     }
@@ -446,6 +538,22 @@ fn check_path_shadow(
         .hint("run the intended program by its absolute path, or remove the shadowing directory from PATH"));
     }
     Ok(())
+}
+
+/// Moves a leaking file aside (`NAME.keyveil-quarantine`, mode 0600); archive members quarantine
+/// their archive. Returns the action word.
+fn quarantine(path: &std::path::Path) -> &'static str {
+    let s = path.to_string_lossy();
+    let file = std::path::PathBuf::from(s.split('!').next().unwrap_or(&s));
+    let mut target = file.clone().into_os_string();
+    target.push(".keyveil-quarantine");
+    match std::fs::rename(&file, &target) {
+        Ok(()) => {
+            let _ = crate::paths::set_mode(std::path::Path::new(&target), 0o600);
+            "quarantined"
+        }
+        Err(_) => "reported",
+    }
 }
 
 /// Checks that what would run now is what was approved; returns the open executable.

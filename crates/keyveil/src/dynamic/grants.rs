@@ -55,6 +55,8 @@ pub struct Registry {
     outbox: Outbox,
     /// Reaps take it exclusively; mints share it: a reap never races a fresh mint.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Revocations still running in the background (waited for by [`settle`]).
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Registry {
@@ -255,7 +257,8 @@ pub async fn values_for_grant(
             entry.last_use = Instant::now();
         } else {
             let outbox = inner.dynamic.outbox.clone();
-            spawn_revocations(grant_id.to_owned(), fresh, outbox);
+            let inflight = inner.dynamic.inflight.clone();
+            spawn_revocations(grant_id.to_owned(), fresh, outbox, inflight);
             return Err(OpError::new(
                 ErrorCode::Denied,
                 format!("grant {grant_id} ended while its credentials were being made"),
@@ -340,10 +343,17 @@ pub fn end_grant(inner: &mut Inner, grant_id: &str) {
         json!({ "grant_id": grant_id, "credentials": handles }),
     );
     let outbox = inner.dynamic.outbox.clone();
-    spawn_revocations(grant_id.to_owned(), g.creds, outbox);
+    let inflight = inner.dynamic.inflight.clone();
+    spawn_revocations(grant_id.to_owned(), g.creds, outbox, inflight);
 }
 
-fn spawn_revocations(grant_id: String, creds: Vec<Held>, outbox: Outbox) {
+fn spawn_revocations(
+    grant_id: String,
+    creds: Vec<Held>,
+    outbox: Outbox,
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         tracing::error!(
             grant_id,
@@ -351,6 +361,7 @@ fn spawn_revocations(grant_id: String, creds: Vec<Held>, outbox: Outbox) {
         );
         return;
     };
+    inflight.fetch_add(1, Ordering::SeqCst);
     rt.spawn(async move {
         for h in creds {
             let t0 = Instant::now();
@@ -385,6 +396,7 @@ fn spawn_revocations(grant_id: String, creds: Vec<Held>, outbox: Outbox) {
             };
             lock_outbox(&outbox).push(entry);
         }
+        inflight.fetch_sub(1, Ordering::SeqCst);
     });
 }
 
@@ -471,4 +483,16 @@ pub fn on_unlock(broker: &Arc<Broker>) {
             lock_outbox(&outbox).push(entry);
         }
     });
+}
+
+/// Waits (at most `limit`) for background revocations to finish: called when the broker stops,
+/// so `daemon stop` leaves nothing behind at the sources.
+pub async fn settle(broker: &Broker, limit: std::time::Duration) {
+    let inflight = broker.lock().dynamic.inflight.clone();
+    let t0 = Instant::now();
+    while inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < limit {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Their results into the audit log while it is still open.
+    sweep(&mut broker.lock());
 }

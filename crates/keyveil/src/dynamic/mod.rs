@@ -36,7 +36,7 @@ use jiff::Timestamp;
 use keyveil_vault::{DynamicSource, SecretValue};
 use serde::Serialize;
 
-pub use grants::{Registry, annotate_grant, end_grant, on_unlock, sweep, values_for_grant};
+pub use grants::{Registry, annotate_grant, end_grant, on_unlock, settle, sweep, values_for_grant};
 
 /// How long one engine operation (connect + statements) may take before it fails (10 s).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -562,6 +562,8 @@ fn shape(
     }
 }
 
+#[cfg(test)]
+mod bench;
 #[cfg(test)]
 pub(crate) mod testutil;
 

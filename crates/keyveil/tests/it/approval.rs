@@ -35,7 +35,7 @@ impl Ws {
             .prefix("kva")
             .tempdir_in("/tmp")
             .unwrap();
-        for d in ["app", "home/.local/bin", "outside"] {
+        for d in ["app/.cache", "home/.local/bin", "outside"] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         let attack = &case["attack"];
@@ -312,6 +312,27 @@ fn replay(case: &Value) {
             if o.status.code() == Some(5) {
                 check_display(id, &ws, checks, "");
                 check_flags(id, &ws, checks, &spec["command"]);
+                let names = strs(&checks["post_run_report_must_name"]);
+                if !names.is_empty() {
+                    // Approve and run it: the post-run scan must name every variable it wrote.
+                    let rid = ws.home.wait_request();
+                    assert!(ws.home.approve(rid, &[]).status.success());
+                    let o2 = ws.run(spec, &env, "5");
+                    let err = text(&o2.stderr);
+                    assert_no_payload(id, &all_output(&o2));
+                    for n in names {
+                        assert!(
+                            err.contains(&format!("wrote the value of {n} into")),
+                            "{id}: {n} not reported: {err}"
+                        );
+                    }
+                    assert!(err.contains("state.json"), "{err}");
+                    let audit = ws.home.audit_text();
+                    assert!(
+                        audit.contains("\"write_leaks\":[{"),
+                        "{id}: write leaks not audited"
+                    );
+                }
             } else {
                 // Refused before any request (e.g. a look-alike name that is on no policy
                 // PATH): the error must show the escaped name and nothing ran.
