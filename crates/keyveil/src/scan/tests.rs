@@ -874,6 +874,32 @@ fn large_files_are_matched_in_overlapping_windows() {
 }
 
 #[test]
+fn large_file_windows_lose_no_byte() {
+    // A value the redactor does not fragment: only the whole of it matches.
+    let value = "the-quick-brown-fox-jumps-over-the-lazy-dog";
+    let r = Redactor::new([("W", value)]);
+    let mut cut = value.as_bytes().to_vec();
+    cut.remove(20);
+    assert!(r.find_leaks(&cut).is_empty(), "the value is fragmented");
+    let window = 1usize << 20;
+    for at in [window - 20, window - 1, window, 2 * window - 7] {
+        let d = Dirs::new();
+        let since = SystemTime::now();
+        let mut data = vec![b'.'; at];
+        data.extend_from_slice(value.as_bytes());
+        data.extend(vec![b'.'; 3 * window]);
+        std::fs::write(d.cwd.path().join("big.js"), &data).unwrap();
+        let limits = ScanLimits {
+            max_file_bytes: window as u64,
+            ..ScanLimits::default()
+        };
+        let rep = scan(&d.scope(since, limits), &r);
+        assert_eq!(rep.leaks.len(), 1, "value at {at}: {rep:?}");
+        assert!(!rep.truncated);
+    }
+}
+
+#[test]
 fn home_scope_takes_top_files_and_dot_dirs_but_not_caches() {
     let d = Dirs::new();
     let since = SystemTime::now();

@@ -270,15 +270,24 @@ fn scan_large(sc: &mut Scanner<'_>, file: &mut File, path: &Path) {
     let mut first = true;
     loop {
         let want = window.min(sc.bytes_left());
-        if want == 0 || sc.out_of_time() {
-            sc.skip();
+        if want == 0 {
+            // Out of budget: truncated, unless the file ended exactly here.
+            if file.read(&mut [0u8; 1]).map_or(true, |k| k > 0) {
+                sc.skip();
+            }
             break;
         }
-        let before = buf.len();
-        let (chunk, _, err) = read_bounded(&mut *file, want);
+        if sc.out_of_time() {
+            break;
+        }
+        // Exactly `want` bytes at most: the next window starts where this one ends.
+        let mut chunk = Vec::new();
+        let err = (&mut *file).take(want).read_to_end(&mut chunk).is_err();
         let n = len_u64(&chunk);
-        buf.extend_from_slice(&chunk);
         if n == 0 {
+            if err {
+                sc.skip();
+            }
             break;
         }
         if first && decode::is_container(&chunk) {
@@ -287,9 +296,8 @@ fn scan_large(sc: &mut Scanner<'_>, file: &mut File, path: &Path) {
         }
         first = false;
         sc.bytes_scanned += n;
-        if buf.len() > before {
-            sc.match_bytes(&buf, path.as_os_str(), &Forms::default());
-        }
+        buf.extend_from_slice(&chunk);
+        sc.match_bytes(&buf, path.as_os_str(), &Forms::default());
         if err {
             sc.skip();
             break;
