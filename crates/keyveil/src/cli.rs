@@ -52,6 +52,9 @@ enum Command {
         /// Run in the foreground (logs to stderr).
         #[arg(long)]
         foreground: bool,
+        /// Internal: the broker proper, under its supervisor (see `supervise.rs`).
+        #[arg(long, hide = true)]
+        supervised: bool,
         #[command(subcommand)]
         action: Option<DaemonAction>,
     },
@@ -479,10 +482,18 @@ fn kind_of(r: &Reply) -> &'static str {
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Daemon { foreground, action } => {
+        Command::Daemon {
+            foreground,
+            action,
+            supervised,
+        } => {
             let paths = Paths::resolve()?;
             match (action, foreground) {
                 (Some(DaemonAction::Stop), _) => block_on(daemon_stop(&paths)),
+                (None, true) if !supervised => {
+                    crate::logging::init_broker();
+                    crate::supervise::main()
+                }
                 (None, true) => {
                     crate::logging::init_broker();
                     block_on(async {

@@ -9,6 +9,7 @@
 
 mod approval;
 mod corpus;
+mod crash;
 mod dynamic;
 mod flow;
 mod hardening;

@@ -1,0 +1,181 @@
+//! The broker's supervisor: what `keyveil daemon --foreground` really starts.
+//!
+//! A granted child gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the broker even on
+//! `kill -9`. But that covers the direct child only: its own children (the `sleep` of a shell
+//! script, a test runner's workers, anything that daemonises with `setsid`) would be re-parented
+//! to init and keep running with the values in their environment.
+//!
+//! So the daemon is two processes. The supervisor marks itself a *child subreaper*
+//! (`PR_SET_CHILD_SUBREAPER`) and starts the broker (`daemon --foreground --supervised`) as its
+//! child. Every process orphaned below the broker is then re-parented to the supervisor instead
+//! of init, whatever its process group or session. When the broker exits, for any reason
+//! (`daemon stop`, a crash, `kill -9`), the supervisor kills every process it holds, repeating
+//! until none is left (killing one re-parents its own children to us), and exits with the
+//! broker's status. While the broker runs, it reaps the orphans that exit.
+//!
+//! The supervisor holds no secret and never talks to clients; it forwards SIGTERM, SIGINT and
+//! SIGHUP to the broker, which stops gracefully. Limits: killing the supervisor first (it is a
+//! process of the same user) removes this safety net, not the broker's own clean-up; a process
+//! that is not a descendant of the broker is not ours to kill.
+//!
+//! Linux only (subreapers are a Linux feature); elsewhere the broker runs unsupervised.
+
+use anyhow::Result;
+
+/// Runs the supervisor (Linux) or the broker directly (elsewhere); returns the exit code.
+pub fn main() -> Result<i32> {
+    imp::main()
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use anyhow::{Context, Result};
+
+    pub fn main() -> Result<i32> {
+        let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
+        let status = std::process::Command::new(exe)
+            .args(["daemon", "--foreground", "--supervised"])
+            .status()
+            .context("cannot start the broker")?;
+        Ok(status.code().unwrap_or(1))
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result};
+    use rustix::process::{Pid, Signal, WaitOptions};
+
+    pub fn main() -> Result<i32> {
+        let _ =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .context("cannot become a child subreaper")?;
+        // Handlers first, so a signal that arrives while the broker starts is forwarded, not
+        // fatal to the supervisor.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let signals = rt
+            .block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                Ok::<_, std::io::Error>([
+                    (signal(SignalKind::terminate())?, Signal::TERM),
+                    (signal(SignalKind::interrupt())?, Signal::INT),
+                    (signal(SignalKind::hangup())?, Signal::HUP),
+                ])
+            })
+            .context("cannot install signal handlers")?;
+
+        let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
+        let broker = std::process::Command::new(exe)
+            .args(["daemon", "--foreground", "--supervised"])
+            .spawn()
+            .context("cannot start the broker")?;
+        let broker_pid = i32::try_from(broker.id()).context("pid out of range")?;
+        drop(broker); // reaped below, by `wait`
+        std::thread::spawn(move || forward(rt, signals, broker_pid));
+
+        let status = loop {
+            match rustix::process::wait(WaitOptions::empty()) {
+                Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == broker_pid => {
+                    break status;
+                }
+                // An orphan of a run exited: reaped.
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e).context("waiting for the broker"),
+            }
+        };
+        let killed = kill_orphans();
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                "the broker exited; killed the processes its runs left behind"
+            );
+        }
+        Ok(status
+            .exit_status()
+            .or_else(|| status.terminating_signal().map(|s| 128 + s))
+            .unwrap_or(1))
+    }
+
+    /// Forwards each signal received to the broker.
+    fn forward(
+        rt: tokio::runtime::Runtime,
+        signals: [(tokio::signal::unix::Signal, Signal); 3],
+        broker: i32,
+    ) {
+        let Some(broker) = Pid::from_raw(broker) else {
+            return;
+        };
+        let [(mut term, t), (mut int, i), (mut hup, h)] = signals;
+        rt.block_on(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = term.recv() => t,
+                    _ = int.recv() => i,
+                    _ = hup.recv() => h,
+                };
+                let _ = rustix::process::kill_process(broker, sig);
+            }
+        });
+    }
+
+    /// Kills every live child of this process until none is left (at most 2 s); returns how
+    /// many were killed. Only our own children are touched: a child's pid cannot be reused
+    /// before we reap it, so no unrelated process can be hit.
+    fn kill_orphans() -> usize {
+        let me = std::process::id();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut killed = 0;
+        loop {
+            reap();
+            let kids = live_children(me);
+            if kids.is_empty() || Instant::now() > deadline {
+                return killed;
+            }
+            for pid in kids {
+                if let Some(p) = Pid::from_raw(pid)
+                    && rustix::process::kill_process(p, Signal::KILL).is_ok()
+                {
+                    killed += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn reap() {
+        while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
+    }
+
+    /// Pids whose parent is `me` and that are not zombies, from `/proc/<pid>/stat`.
+    fn live_children(me: u32) -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(me) && state != Some("Z") {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}

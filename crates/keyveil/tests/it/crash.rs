@@ -1,0 +1,302 @@
+//! Crash safety: `kill -9` of the broker during a burst of vault saves, during a live run, and
+//! during audit appends. After a restart the vault opens (old or new state, never torn), every
+//! change the CLI reported as done is there, the audit chain verifies, and no process holding a
+//! value survives the broker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const TOKEN: &str = "tok_crash_Vb3nQ8sLk2RwT6yZ";
+
+fn broker_pid(h: &Home) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(h.path().join("run/broker.pid"))
+            && let Ok(p) = s.trim().parse()
+        {
+            return p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no broker.pid");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) holds nothing: count it as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// `kill -9` and wait until the process is gone.
+fn kill9(pid: i32) {
+    let p = rustix::process::Pid::from_raw(pid).unwrap();
+    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{pid} survived kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Live processes (not zombies) whose environment holds `needle`.
+fn holders_of(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && contains(&env, needle)
+            && alive(pid)
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, text(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+fn unlock(h: &Home) {
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(
+        o.status.success(),
+        "the vault does not open after kill -9: {}",
+        text(&o.stderr)
+    );
+}
+
+fn variable_names(h: &Home) -> Vec<String> {
+    h.json(&["env", "show", "demo", "--json"])["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn kill_9_during_a_burst_of_vault_saves_never_tears_the_vault() {
+    let h = Arc::new(Home::new());
+    h.set("demo", "API_TOKEN", TOKEN);
+    for round in 0..3u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Mutex::new(Vec::<String>::new()));
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let (h, stop, done) = (h.clone(), stop.clone(), done.clone());
+                std::thread::spawn(move || {
+                    for i in 0.. {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let name = format!("V{round}_{t}_{i}");
+                        let o = h.run_stdin(
+                            &["set", "demo", &name, "--from-stdin"],
+                            &format!("value-{name}-{TOKEN}"),
+                        );
+                        if !o.status.success() {
+                            break;
+                        }
+                        done.lock().unwrap().push(name);
+                    }
+                })
+            })
+            .collect();
+        // Let the burst run, then kill the broker in the middle of it.
+        let t0 = Instant::now();
+        while done.lock().unwrap().len() < 5 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no set succeeded");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(40 * round));
+        kill9(broker_pid(&h));
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        // A writer still running may have auto-started a new (locked) broker; either way the
+        // vault must open with the same passphrase.
+        unlock(&h);
+        let names = variable_names(&h);
+        let done = done.lock().unwrap();
+        for n in done.iter() {
+            assert!(
+                names.contains(n),
+                "{n} was reported stored but is gone after kill -9"
+            );
+        }
+        assert!(names.contains(&"API_TOKEN".to_owned()));
+        h.ok(&["audit", "verify"]);
+    }
+    // Leftover temporary files of an interrupted save (if any) are ciphertext like the vault.
+    let plain = h.all_plain_files();
+    for enc in encodings(TOKEN) {
+        for dir_entry in std::fs::read_dir(h.path()).unwrap().flatten() {
+            let name = dir_entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".vault.kv.") {
+                let b = std::fs::read(dir_entry.path()).unwrap_or_default();
+                assert!(!contains(&b, &enc), "{name} holds a value in plain text");
+            }
+        }
+        assert!(!contains(&plain, &enc), "a plain file holds the value");
+    }
+    // The values themselves survived: a granted run sees the original one.
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_TOKEN",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$API_TOKEN\" | sha256sum",
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    assert!(
+        text(&o.stdout).contains(&sha256_hex(TOKEN)),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn kill_9_during_a_live_run_leaves_no_process_holding_the_value() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    // A direct child (sh) and grandchildren: one in the run's process group, one that leaves
+    // it with setsid, as daemons do. Only the direct child gets PR_SET_PDEATHSIG.
+    let run = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300 & setsid sleep 301 & wait",
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let t0 = Instant::now();
+    while holders_of(TOKEN).len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the run did not start: {:?}",
+            holders_of(TOKEN)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill9(broker_pid(&h));
+    let t0 = Instant::now();
+    loop {
+        let left = holders_of(TOKEN);
+        if left.is_empty() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            for (pid, _) in &left {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(*pid).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            panic!("processes holding the value survived the broker: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The requester sees a lost connection, not a hang.
+    let o = wait_output(run, Duration::from_secs(20));
+    assert!(!o.status.success());
+    // After a restart the log still verifies.
+    unlock(&h);
+    h.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn kill_9_during_audit_appends_then_a_torn_tail_is_cut_and_logged() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    // Audit appends (each `env create` is one line), killed in the middle.
+    let burst = {
+        let dir = h.path().to_owned();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                let o = std::process::Command::new(bin())
+                    .args(["env", "create", &format!("e{i}")])
+                    .env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .env("KEYVEIL_HOME", &dir)
+                    .output()
+                    .unwrap();
+                if !o.status.success() {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(broker_pid(&h));
+    burst.join().unwrap();
+    let path = h.path().join("audit.jsonl");
+    // kill -9 cannot split one small write(2): the log ends with a newline and verifies.
+    let log = std::fs::read(&path).unwrap();
+    assert_eq!(log.last(), Some(&b'\n'));
+    unlock(&h);
+    h.ok(&["audit", "verify"]);
+
+    // A power cut or a full disk can: simulate a torn append (a partial next line).
+    h.ok(&["daemon", "stop"]);
+    let before = std::fs::read(&path).unwrap();
+    let torn = br#"{"environment":"demo","event":"var_set","mac":"7f3a"#;
+    let mut with_tail = before.clone();
+    with_tail.extend_from_slice(torn);
+    std::fs::write(&path, &with_tail).unwrap();
+    unlock(&h);
+    h.ok(&["audit", "verify"]);
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        after.starts_with(&before),
+        "lines before the torn tail changed"
+    );
+    let entries: Vec<serde_json::Value> = text(&after[before.len()..])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cut = entries
+        .iter()
+        .find(|e| e["event"] == "audit.tail_truncated")
+        .unwrap_or_else(|| panic!("no audit.tail_truncated entry: {entries:?}"));
+    assert_eq!(cut["bytes"], torn.len());
+
+    // A complete last entry that only lacks its newline is kept, not cut.
+    h.ok(&["daemon", "stop"]);
+    let full = std::fs::read(&path).unwrap();
+    let lines_before = full.iter().filter(|b| **b == b'\n').count();
+    std::fs::write(&path, &full[..full.len() - 1]).unwrap();
+    unlock(&h);
+    h.ok(&["audit", "verify"]);
+    let fixed = std::fs::read(&path).unwrap();
+    assert!(
+        fixed.starts_with(&full),
+        "the unterminated last entry was not kept"
+    );
+    assert!(fixed.iter().filter(|b| **b == b'\n').count() >= lines_before);
+    assert!(!text(&fixed[full.len()..]).contains("audit.tail_truncated"));
+}
