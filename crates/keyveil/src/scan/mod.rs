@@ -89,6 +89,9 @@ pub struct ScanLimits {
     pub slack: Duration,
     /// Wall-clock budget of the whole scan.
     pub max_duration: Duration,
+    /// Threads that walk and `lstat` the tree (0: one per core, at most 4). Reading and
+    /// matching the changed files is done by the calling thread.
+    pub threads: usize,
 }
 
 impl Default for ScanLimits {
@@ -104,6 +107,7 @@ impl Default for ScanLimits {
             max_dir_depth: 256,
             slack: Duration::from_secs(2),
             max_duration: Duration::from_secs(30),
+            threads: 0,
         }
     }
 }
@@ -220,6 +224,11 @@ impl<'a> Scanner<'a> {
     pub(crate) fn skip(&mut self) {
         self.skipped += 1;
         self.truncated = true;
+    }
+
+    /// When the time budget ends.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// True (and marks the report truncated) once the time budget is spent.

@@ -1,41 +1,57 @@
 //! Walking the scope: which entries changed during the run, and reading them safely.
 //!
+//! Two phases. First the tree is walked, by up to [`ScanLimits::threads`] threads, and every
+//! entry is `lstat`ed; those changed during the run are collected (this is most of the cost in
+//! a large, mostly unchanged tree). Then the changed entries are scanned one by one, in path
+//! order, so that the result does not depend on thread timing.
+//!
 //! Symlinks are never followed (a symlink's own name and target are matched, not what it points
 //! to); FIFOs, sockets and devices are never opened; a file is opened with `O_NOFOLLOW |
 //! O_NONBLOCK | O_NOCTTY` and read only if the opened descriptor is the regular file that was
-//! examined (same device and inode). Directories are walked iteratively (no recursion), each at
-//! most once (by device and inode: bind-mount loops end), down to
-//! [`ScanLimits::max_dir_depth`](super::ScanLimits::max_dir_depth). Pseudo file systems
-//! (`/proc`, `/sys`, ...) met below a root are not entered.
+//! examined (same device and inode). Directories are walked from a work list (no recursion),
+//! each at most once (by device and inode: bind-mount loops end), down to
+//! [`ScanLimits::max_dir_depth`]. Pseudo file systems (`/proc`, `/sys`, ...) met below a root
+//! are not entered.
+//!
+//! [`ScanLimits::threads`]: super::ScanLimits::threads
+//! [`ScanLimits::max_dir_depth`]: super::ScanLimits::max_dir_depth
 
 use std::collections::HashSet;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
 
-use super::{Forms, ScanScope, Scanner, decode, home, path_bytes};
+use super::{Forms, ScanLimits, ScanScope, Scanner, decode, home, path_bytes};
 
-/// How often (in entries) the walk looks at the clock.
+/// How often (in entries) a walker looks at the clock.
 const CLOCK_EVERY: u64 = 1024;
+
+/// Most walker threads when [`ScanLimits::threads`](super::ScanLimits::threads) is 0.
+const AUTO_THREADS: usize = 4;
 
 /// A directory's identity, to walk each directory once.
 type DirKey = (u64, u64);
 
+/// An entry that changed during the run.
+struct Changed {
+    path: PathBuf,
+    meta: Metadata,
+}
+
 /// Walks the scope and scans every changed entry.
 pub(super) fn run(sc: &mut Scanner<'_>, scope: &ScanScope) {
-    let mut visited: HashSet<DirKey> = HashSet::new();
-    let cwd = fs::canonicalize(&scope.cwd).ok();
-    if let Some(cwd) = &cwd {
-        walk_tree(sc, cwd, &HashSet::new(), &mut visited);
+    let mut changed = collect(scope, sc.limits, sc.threshold, sc.deadline(), sc);
+    changed.sort_by(|a, b| a.path.cmp(&b.path));
+    for c in changed {
+        if sc.out_of_time() {
+            sc.skip();
+            continue;
+        }
+        scan_changed(sc, &c.path, &c.meta);
     }
-    let Some(home) = scope.home.as_ref().and_then(|h| fs::canonicalize(h).ok()) else {
-        return;
-    };
-    if cwd.as_ref().is_some_and(|c| home.starts_with(c)) {
-        return; // the working directory's walk covered $HOME
-    }
-    walk_home(sc, &home, &mut visited);
 }
 
 /// Did this entry change during the run (mtime or ctime at or after the threshold)?
@@ -68,136 +84,298 @@ fn dir_key(_meta: &Metadata) -> Option<DirKey> {
     None
 }
 
-/// Counts one examined entry; false once the entry budget or the time budget is spent.
-fn tick(sc: &mut Scanner<'_>) -> bool {
-    sc.entries_seen += 1;
-    if sc.entries_seen > sc.limits.max_entries {
-        sc.skip();
-        return false;
-    }
-    !(sc.entries_seen.is_multiple_of(CLOCK_EVERY) && sc.out_of_time())
+#[cfg(unix)]
+fn dev_of(meta: &Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    meta.dev()
 }
 
-/// Walks `root` (a directory, already examined by the caller) and scans every changed entry
-/// below it, except the subtrees in `skip`.
-fn walk_tree(
-    sc: &mut Scanner<'_>,
-    root: &Path,
-    skip: &HashSet<PathBuf>,
-    visited: &mut HashSet<DirKey>,
-) {
-    let Ok(meta) = fs::symlink_metadata(root) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
+#[cfg(not(unix))]
+fn dev_of(_meta: &Metadata) -> u64 {
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// phase 1: collect the changed entries
+
+/// A directory to walk.
+struct Job {
+    dir: PathBuf,
+    depth: u32,
+    /// Device of the directory (to notice a mount point below it).
+    dev: u64,
+    /// Below a dot-directory of `$HOME`: the [`home::HOME_SKIP`] subtrees apply.
+    in_home: bool,
+}
+
+/// The work list shared by the walkers.
+struct Queue {
+    jobs: Vec<Job>,
+    /// Walkers holding a job.
+    active: usize,
+}
+
+/// What the walkers share.
+struct Walk<'a> {
+    limits: &'a ScanLimits,
+    threshold: SystemTime,
+    deadline: Instant,
+    home_skip: HashSet<PathBuf>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    visited: Mutex<HashSet<DirKey>>,
+    entries: AtomicU64,
+    collected: AtomicU64,
+    skipped: AtomicU64,
+    stop: AtomicBool,
+    truncated: AtomicBool,
+}
+
+/// Locks a mutex; a walker that panicked cannot leave the data inconsistent (every update is
+/// a single push, pop or counter change), so a poisoned lock is taken as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Walk<'_> {
+    fn skip(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        self.truncated.store(true, Ordering::Relaxed);
     }
-    if let Some(key) = dir_key(&meta)
-        && !visited.insert(key)
-    {
-        return;
+
+    /// Stops every walker (a budget is spent); the report is truncated.
+    fn halt(&self) {
+        self.skip();
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
     }
-    let mut stack: Vec<(PathBuf, u32, Metadata)> = vec![(root.to_path_buf(), 0, meta)];
-    while let Some((dir, depth, dir_meta)) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
+
+    /// First visit of this directory?
+    fn first_visit(&self, meta: &Metadata) -> bool {
+        dir_key(meta).is_none_or(|k| lock(&self.visited).insert(k))
+    }
+
+    /// Most changed entries kept for phase 2 (what phase 2 cannot read anyway is not kept).
+    fn collect_cap(&self) -> u64 {
+        self.limits.max_files.saturating_mul(4).max(100_000)
+    }
+
+    /// Counts one examined entry; false once a budget is spent.
+    fn tick(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let n = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.max_entries
+            || (n.is_multiple_of(CLOCK_EVERY) && Instant::now() >= self.deadline)
+        {
+            self.halt();
+            return false;
+        }
+        true
+    }
+
+    /// Keeps a changed entry.
+    fn keep(&self, out: &mut Vec<Changed>, path: PathBuf, meta: Metadata) {
+        if self.collected.fetch_add(1, Ordering::Relaxed) >= self.collect_cap() {
+            self.halt();
+            return;
+        }
+        out.push(Changed { path, meta });
+    }
+
+    /// A walker: takes directories from the work list until it is empty and no walker can add
+    /// more.
+    fn worker(&self) -> Vec<Changed> {
+        let mut out = Vec::new();
+        let mut found_dirs = Vec::new();
+        loop {
+            let job = {
+                let mut q = lock(&self.queue);
+                loop {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return out;
+                    }
+                    if let Some(job) = q.jobs.pop() {
+                        q.active += 1;
+                        break job;
+                    }
+                    if q.active == 0 {
+                        self.wake.notify_all();
+                        return out;
+                    }
+                    q = self
+                        .wake
+                        .wait(q)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            self.walk_dir(&job, &mut out, &mut found_dirs);
+            let mut q = lock(&self.queue);
+            q.jobs.append(&mut found_dirs);
+            q.active -= 1;
+            drop(q);
+            self.wake.notify_all();
+        }
+    }
+
+    /// Examines the entries of one directory: keeps the changed ones, lists the subdirectories.
+    fn walk_dir(&self, job: &Job, out: &mut Vec<Changed>, dirs: &mut Vec<Job>) {
+        let entries = match fs::read_dir(&job.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(_) => {
-                sc.skip();
-                continue;
+                self.skip();
+                return;
             }
         };
         for entry in entries {
-            if !tick(sc) {
+            if !self.tick() {
                 return;
             }
             let Ok(entry) = entry else {
-                sc.skip();
+                self.skip();
                 continue;
             };
             let Ok(ft) = entry.file_type() else { continue };
             let path = entry.path();
-            if ft.is_dir() {
-                if skip.contains(&path) {
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                if changed(&meta, sc.threshold) {
-                    entry_name(sc, &path);
-                    sc.flush();
-                }
-                if depth + 1 > sc.limits.max_dir_depth {
-                    sc.skip();
-                    continue;
-                }
-                if let Some(key) = dir_key(&meta)
-                    && !visited.insert(key)
-                {
-                    continue;
-                }
-                if crosses_into_pseudo_fs(&dir_meta, &meta, &path) {
-                    continue;
-                }
-                stack.push((path, depth + 1, meta));
-            } else {
-                let Ok(meta) = entry.metadata() else { continue };
-                scan_entry(sc, &path, &meta);
+            if ft.is_dir() && job.in_home && self.home_skip.contains(&path) {
+                continue;
             }
+            let Ok(meta) = entry.metadata() else { continue };
+            if !ft.is_dir() {
+                if changed(&meta, self.threshold) {
+                    self.keep(out, path, meta);
+                }
+                continue;
+            }
+            if job.depth + 1 > self.limits.max_dir_depth {
+                self.skip();
+                continue;
+            }
+            if !self.first_visit(&meta) || crosses_into_pseudo_fs(job.dev, &meta, &path) {
+                continue;
+            }
+            let dev = dev_of(&meta);
+            if changed(&meta, self.threshold) {
+                self.keep(out, path.clone(), meta);
+            }
+            dirs.push(Job {
+                dir: path,
+                depth: job.depth + 1,
+                dev,
+                in_home: job.in_home,
+            });
         }
     }
 }
 
-/// Walks `$HOME`: the files directly in it, and its dot-directories minus [`home::HOME_SKIP`].
-fn walk_home(sc: &mut Scanner<'_>, home_dir: &Path, visited: &mut HashSet<DirKey>) {
+/// Phase 1: the changed entries under the working directory and in `$HOME`'s scope.
+fn collect(
+    scope: &ScanScope,
+    limits: &ScanLimits,
+    threshold: SystemTime,
+    deadline: Instant,
+    sc: &mut Scanner<'_>,
+) -> Vec<Changed> {
+    let home = scope.home.as_ref().and_then(|h| fs::canonicalize(h).ok());
+    let walk = Walk {
+        limits,
+        threshold,
+        deadline,
+        home_skip: home
+            .as_ref()
+            .map(|h| home::HOME_SKIP.iter().map(|s| h.join(s)).collect())
+            .unwrap_or_default(),
+        queue: Mutex::new(Queue {
+            jobs: Vec::new(),
+            active: 0,
+        }),
+        wake: Condvar::new(),
+        visited: Mutex::new(HashSet::new()),
+        entries: AtomicU64::new(0),
+        collected: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        truncated: AtomicBool::new(false),
+    };
+    let mut out = Vec::new();
+    let cwd = fs::canonicalize(&scope.cwd).ok();
+    if let Some(cwd) = &cwd
+        && let Ok(meta) = fs::symlink_metadata(cwd)
+        && meta.is_dir()
+        && walk.first_visit(&meta)
+    {
+        lock(&walk.queue).jobs.push(Job {
+            dir: cwd.clone(),
+            depth: 0,
+            dev: dev_of(&meta),
+            in_home: false,
+        });
+    }
+    // $HOME, unless the working directory's walk covers it: the files directly in it, and
+    // its dot-directories as roots.
+    if let Some(home) = home.filter(|h| !cwd.as_ref().is_some_and(|c| h.starts_with(c))) {
+        seed_home(&walk, &home, &mut out);
+    }
+    let threads = match limits.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_THREADS)),
+        n => n,
+    };
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("keyveil-scan".into())
+                    .spawn_scoped(s, || walk.worker())
+                    .ok()
+            })
+            .collect();
+        out.extend(walk.worker());
+        for h in helpers {
+            match h.join() {
+                Ok(found) => out.extend(found),
+                Err(_) => walk.skip(),
+            }
+        }
+    });
+    sc.entries_seen += walk.entries.load(Ordering::Relaxed);
+    sc.skipped += walk.skipped.load(Ordering::Relaxed);
+    sc.truncated |= walk.truncated.load(Ordering::Relaxed);
+    out
+}
+
+/// The top level of `$HOME`: changed files are kept, dot-directories become roots.
+fn seed_home(walk: &Walk<'_>, home_dir: &Path, out: &mut Vec<Changed>) {
     let Ok(meta) = fs::symlink_metadata(home_dir) else {
         return;
     };
-    if let Some(key) = dir_key(&meta)
-        && !visited.insert(key)
-    {
+    if !meta.is_dir() || !walk.first_visit(&meta) {
         return;
     }
-    let skip: HashSet<PathBuf> = home::HOME_SKIP.iter().map(|s| home_dir.join(s)).collect();
-    let entries = match fs::read_dir(home_dir) {
-        Ok(e) => e,
-        Err(_) => {
-            sc.skip();
-            return;
-        }
+    let job = Job {
+        dir: home_dir.to_path_buf(),
+        depth: 0,
+        dev: dev_of(&meta),
+        in_home: true,
     };
-    for entry in entries {
-        if !tick(sc) {
-            return;
-        }
-        let Ok(entry) = entry else {
-            sc.skip();
-            continue;
-        };
-        let Ok(ft) = entry.file_type() else { continue };
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        if ft.is_dir() {
-            let name = super::os_bytes(&entry.file_name());
-            if !home::walks_top_dir(&name) || skip.contains(&path) {
-                continue;
-            }
-            if changed(&meta, sc.threshold) {
-                entry_name(sc, &path);
-                sc.flush();
-            }
-            walk_tree(sc, &path, &skip, visited);
-        } else {
-            scan_entry(sc, &path, &meta);
-        }
-    }
+    let mut dirs = Vec::new();
+    walk.walk_dir(&job, out, &mut dirs);
+    // Only the dot-directories below $HOME itself are walked.
+    dirs.retain(|j| {
+        j.dir
+            .file_name()
+            .is_some_and(|n| home::walks_top_dir(&super::os_bytes(n)))
+    });
+    let mut q = lock(&walk.queue);
+    q.jobs.append(&mut dirs);
 }
 
-/// A non-directory entry: if it changed, its name, and its content (regular file) or target
-/// (symlink).
-fn scan_entry(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
-    if !changed(meta, sc.threshold) {
-        return;
-    }
+// ---------------------------------------------------------------------------------------------
+// phase 2: scan each changed entry
+
+/// A changed entry: its name, and its content (regular file) or target (symlink).
+fn scan_changed(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
     entry_name(sc, path);
     let ft = meta.file_type();
     if ft.is_symlink() {
@@ -212,7 +390,7 @@ fn scan_entry(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
     } else if ft.is_file() {
         scan_file(sc, path, meta);
     }
-    // FIFOs, sockets and devices: the name only, never opened.
+    // Directories: the name only. FIFOs, sockets and devices: the name only, never opened.
     sc.flush();
 }
 
@@ -357,9 +535,9 @@ pub(super) fn len_u64(data: &[u8]) -> u64 {
 /// True when `child` (a directory below `parent`) is the root of a pseudo file system
 /// (`proc`, `sysfs`, `cgroup`, `debugfs`, ...), which is not entered.
 #[cfg(target_os = "linux")]
-fn crosses_into_pseudo_fs(parent: &Metadata, child: &Metadata, path: &Path) -> bool {
+fn crosses_into_pseudo_fs(parent_dev: u64, child: &Metadata, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    if parent.dev() == child.dev() {
+    if parent_dev == child.dev() {
         return false;
     }
     const PSEUDO: &[u64] = &[
@@ -384,6 +562,6 @@ fn crosses_into_pseudo_fs(parent: &Metadata, child: &Metadata, path: &Path) -> b
 }
 
 #[cfg(not(target_os = "linux"))]
-fn crosses_into_pseudo_fs(_parent: &Metadata, _child: &Metadata, _path: &Path) -> bool {
+fn crosses_into_pseudo_fs(_parent_dev: u64, _child: &Metadata, _path: &Path) -> bool {
     false
 }
