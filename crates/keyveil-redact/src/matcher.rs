@@ -515,6 +515,9 @@ impl Pass {
                 let shift = filter.shift;
                 let rest = chunk.get(i..).unwrap_or_default();
                 let mut taken = 0usize;
+                // Both lengths are powers of two: masking lets the compiler drop bounds checks.
+                let ring_mask = ring.len().wrapping_sub(1);
+                let four_mask = four.len().wrapping_sub(1);
                 for (pos, &b) in (base + i as u64..).zip(rest) {
                     // Branch-free on whitespace (word boundaries are unpredictable): a space
                     // leaves `fed` and `window` unchanged, and its ring slot is overwritten by
@@ -525,7 +528,7 @@ impl Pass {
                     }
                     let keep = u32::from(class == CLASS_PLAIN);
                     let keep_mask = keep.wrapping_neg();
-                    if let Some(slot) = ring.get_mut((fed & mask) as usize) {
+                    if let Some(slot) = ring.get_mut(fed as usize & ring_mask) {
                         *slot = pos;
                     }
                     taken += 1;
@@ -539,7 +542,7 @@ impl Pass {
                     }
                     // Probe unconditionally; the only branch left is on the (rare) hit.
                     let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
-                    let word = four.get(h / 64).copied().unwrap_or(0);
+                    let word = four.get((h / 64) & four_mask).copied().unwrap_or(0);
                     let bit = ((word >> (h % 64)) & 1) as u32;
                     if bit & ready != 0 && start_walk(table, window, fed, walks) {
                         break;
