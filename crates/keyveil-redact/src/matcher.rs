@@ -499,7 +499,6 @@ impl Pass {
     ) {
         let mut c = st.cursor;
         let mut norm = st.norm;
-        let mask = (self.ring_len - 1) as u64;
         let ring = st.ring.as_mut_slice();
         let walks = &mut st.walks;
         let mut i = 0usize;
