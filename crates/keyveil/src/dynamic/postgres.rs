@@ -7,8 +7,8 @@
 //! client-side (RFC 7677 SCRAM-SHA-256 verifier, as `libpq`'s `PQencryptPasswordConn` does), so
 //! the plaintext never reaches the server or its statement log.
 //!
-//! Revoke: `ALTER ROLE ... NOLOGIN`, `pg_terminate_backend` of its sessions, `DROP OWNED BY`,
-//! `DROP ROLE`. Reap: the same for every role whose name starts with the spec's prefix.
+//! Revoke, in one transaction: `ALTER ROLE ... NOLOGIN`, `pg_terminate_backend` of its sessions,
+//! `DROP OWNED BY`, `DROP ROLE`; then its sessions once more (any that logged in meanwhile). Reap: the same for every role whose name starts with the spec's prefix.
 //! Identifiers are always quoted ([`quote_ident`]); values travel as bind parameters or as
 //! quoted literals that we generated ourselves.
 
@@ -25,6 +25,9 @@ use super::{
 
 /// URL schemes accepted for the admin URL.
 pub const SCHEMES: &[&str] = &["postgresql", "postgres"];
+/// Transaction-level advisory lock taken by every mint and revoke (`pg_advisory_xact_lock`), so
+/// concurrent grants' `GRANT`s on the same objects never collide (`b"kv"` + `0x7665696c`).
+const LOCK_KEY: i64 = 0x6b76_7665_696c;
 /// Placeholders a template may use.
 const PLACEHOLDERS: &[&str] = &["{{role}}", "{{database}}"];
 
@@ -132,32 +135,54 @@ impl Admin {
                 "refusing to drop a role keyveil did not create".into(),
             ));
         }
-        let exists = self
+        let oid = self
             .client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .query_opt("SELECT oid FROM pg_roles WHERE rolname = $1", &[&name])
             .await
             .map_err(|e| self.refused("look up the role", &e))?;
-        if exists.is_none() {
+        let Some(oid) = oid.map(|r| r.get::<_, u32>(0)) else {
             return Ok(false);
-        }
+        };
+        // One transaction (one commit to wait for): no new logins, end the sessions, drop.
         let id = quote_ident(name);
-        self.client
-            .batch_execute(&format!("ALTER ROLE {id} NOLOGIN"))
-            .await
-            .map_err(|e| self.refused("disable the role", &e))?;
+        let sql = format!(
+            "BEGIN;\nSELECT pg_advisory_xact_lock({LOCK_KEY});\nALTER ROLE {id} NOLOGIN;\nSELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = {oid};\nDROP OWNED BY {id};\nDROP ROLE {id};\nCOMMIT;"
+        );
+        let mut attempt = 0;
+        loop {
+            match self.client.batch_execute(&sql).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                    attempt += 1;
+                    if attempt >= 4 || !is_concurrency_error(&e) {
+                        return Err(self.refused("drop the role", &e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+            }
+        }
+        // A session that logged in while the transaction ran (before NOLOGIN was committed).
         self.client
             .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-                &[&name],
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = $1",
+                &[&oid],
             )
             .await
             .map_err(|e| self.refused("end the role's sessions", &e))?;
-        self.client
-            .batch_execute(&format!("DROP OWNED BY {id}; DROP ROLE {id}"))
-            .await
-            .map_err(|e| self.refused("drop the role", &e))?;
         Ok(true)
     }
+}
+
+/// Whether an error is a concurrent catalog update worth retrying: two `GRANT`s on the same
+/// object from different sessions ("tuple concurrently updated", XX000), serialization failure
+/// (40001) or deadlock (40P01). keyveil's own mints and revokes are serialized by
+/// [`LOCK_KEY`]; this covers other writers (OpenBao, a human, another tool).
+fn is_concurrency_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        matches!(db.code().code(), "40001" | "40P01")
+            || (db.code().code() == "XX000" && db.message().contains("concurrently"))
+    })
 }
 
 /// A driver error as text: SQLSTATE and message for server errors; scrubbed.
@@ -199,15 +224,24 @@ pub async fn mint(
             .replace("{{role}}", &id)
             .replace("{{database}}", &quote_ident(&admin.database()));
         let sql = format!(
-            "BEGIN;\nCREATE ROLE {id} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {} VALID UNTIL {};\n{template};\nCOMMIT;",
+            "BEGIN;\nSELECT pg_advisory_xact_lock({LOCK_KEY});\nCREATE ROLE {id} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {} VALID UNTIL {};\n{template};\nCOMMIT;",
             quote_literal(&verifier)?,
             quote_literal(&expires_at.to_string())?,
         );
-        if let Err(e) = admin.client.batch_execute(&sql).await {
-            let _ = admin.client.batch_execute("ROLLBACK").await;
-            return Err(admin.refused("create the role and apply the template", &e));
+        let mut attempt = 0;
+        loop {
+            match admin.client.batch_execute(&sql).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let _ = admin.client.batch_execute("ROLLBACK").await;
+                    attempt += 1;
+                    if attempt >= 4 || !is_concurrency_error(&e) {
+                        return Err(admin.refused("create the role and apply the template", &e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+            }
         }
-        Ok(())
     };
     timed(EngineKind::Postgres, &shown, work).await?;
     let connect = match spec.opt("connect_url") {

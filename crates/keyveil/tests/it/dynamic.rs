@@ -327,6 +327,16 @@ fn a_crashed_broker_leaves_no_role_after_restart() {
     wait_until("the reap to be audited", Duration::from_secs(5), || {
         h.audit_text().contains("\"dynamic_reaped\"")
     });
+
+    // A clean `daemon stop` destroys live grants' roles before the broker exits.
+    let o = run_approved(&h, "DB", "psql -XAtc 'select 1'", &["--ttl", "5m"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(roles_with_prefix(&prefix).len(), 1);
+    assert!(h.run(&["daemon", "stop"]).status.success());
+    assert!(
+        roles_with_prefix(&prefix).is_empty(),
+        "daemon stop left a role behind"
+    );
 }
 
 #[test]
