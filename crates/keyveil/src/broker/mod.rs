@@ -3,7 +3,6 @@
 //! directory; the peer's uid must be ours (same uid is not authorization: the factor is).
 
 pub mod access;
-pub mod dynamic_ops;
 pub mod background;
 pub mod dynamic_ops;
 pub mod factor_ops;
