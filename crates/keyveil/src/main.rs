@@ -21,6 +21,7 @@ mod redact;
 mod risk;
 mod sandbox;
 mod scan;
+mod setup;
 mod supervise;
 
 use clap::Parser;

@@ -24,12 +24,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rmcp::model::ElicitationAction;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
     ServerConfig, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{ElicitationMode, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -58,6 +59,8 @@ pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Extra time on top of wait + run timeout before a `run` call gives up on the broker.
 const RUN_SLACK: Duration = Duration::from_secs(30);
+/// How long `declare_variable` waits for the human on the local value page (URL elicitation).
+const ELICIT_WAIT_SECONDS: u64 = 45;
 /// Longest client name kept for the grant scope.
 const MAX_CLIENT_NAME: usize = 128;
 
@@ -154,7 +157,7 @@ impl KeyveilMcp {
                 Err(e) => e,
             },
             "declare_variable" => match parse::<DeclareVariableArgs>(name, args) {
-                Ok(a) => self.declare_variable(a).await,
+                Ok(a) => self.declare_variable(a, &ctx).await,
                 Err(e) => e,
             },
             "run" => match parse::<RunArgs>(name, args) {
@@ -176,6 +179,18 @@ impl KeyveilMcp {
             },
             "audit_log" => match parse::<AuditLogArgs>(name, args) {
                 Ok(a) => self.audit_log(a).await,
+                Err(e) => e,
+            },
+            "start" => match parse::<StartArgs>(name, args) {
+                Ok(a) => self.start(a, &ctx).await,
+                Err(e) => e,
+            },
+            "logs" => match parse::<LogsArgs>(name, args) {
+                Ok(a) => self.logs(a, &ctx).await,
+                Err(e) => e,
+            },
+            "stop" => match parse::<StopArgs>(name, args) {
+                Ok(a) => self.stop(a, &ctx).await,
                 Err(e) => e,
             },
             _ => return None,
@@ -221,7 +236,11 @@ impl KeyveilMcp {
         }
     }
 
-    async fn declare_variable(&self, a: DeclareVariableArgs) -> CallToolResult {
+    async fn declare_variable(
+        &self,
+        a: DeclareVariableArgs,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
         let source = a.source.unwrap_or_default();
         let (env, name) = (a.environment.clone(), a.name.clone());
         let req = Request::VarDeclare {
@@ -243,11 +262,27 @@ impl KeyveilMcp {
                         }
                     ),
                     DeclareStatus::AwaitingValue => {
-                        let hint = format!(
-                            "Ask the user to run `keyveil set {env} {name}` in their own terminal. Never ask them to paste the value into the chat."
-                        );
-                        o.hint = Some(hint.clone());
-                        format!("{env}/{name} is declared and awaits its value. {hint}")
+                        match self.elicit_value(&env, &name, ctx).await {
+                            Elicited::Set => {
+                                o.status = DeclareStatus::Set;
+                                format!(
+                                    "{env}/{name} is declared and the user set its value on keyveil's local page."
+                                )
+                            }
+                            other => {
+                                let hint = format!(
+                                    "{}Ask the user to run `keyveil set {env} {name}` in their own terminal (or `keyveil set {env} {name} --web` for a one-time local page). Never ask them to paste the value into the chat.",
+                                    match other {
+                                        Elicited::Opened =>
+                                            "The user was sent to keyveil's local page but has not stored a value yet; call describe_environment later to check. Otherwise: ",
+                                        Elicited::Declined => "The user declined the local page. ",
+                                        _ => "",
+                                    }
+                                );
+                                o.hint = Some(hint.clone());
+                                format!("{env}/{name} is declared and awaits its value. {hint}")
+                            }
+                        }
                     }
                 };
                 structured(&o, text)
@@ -327,6 +362,9 @@ impl KeyveilMcp {
                 structured(&o, text)
             }
             Ok(Ok(RunEnd::Failed(e))) => e,
+            Ok(Ok(RunEnd::Ok(_))) => tool_error(
+                "keyveil's broker answered a run with an unexpected reply (version mismatch?).\nhint: ask the user to run `keyveil daemon stop`; the next call starts a fresh broker",
+            ),
             Ok(Err(e)) => broker_unreachable(&e),
             Err(_) => tool_error(format!(
                 "keyveil did not answer within {} s; the command may still be running.\nhint: check `keyveil status` and `keyveil grants` in a terminal",
@@ -391,11 +429,7 @@ impl KeyveilMcp {
                         hint.as_deref(),
                     )));
                 }
-                Reply::Ok { .. } => {
-                    return Ok(RunEnd::Failed(tool_error(
-                        "keyveil's broker answered a run with an unexpected reply (version mismatch?).\nhint: ask the user to run `keyveil daemon stop`; the next call starts a fresh broker",
-                    )));
-                }
+                Reply::Ok { data } => return Ok(RunEnd::Ok(data)),
             }
         }
     }
@@ -525,6 +559,221 @@ impl KeyveilMcp {
         }
     }
 
+    /// URL-mode elicitation of a variable's value: the client shows the human a one-time link
+    /// to keyveil's local page, where they type the value; it goes from the browser to the
+    /// broker, never through the client or this server. Only for clients that declared URL
+    /// mode (2025 era: 2026-07-28 forbids server-to-client requests); others get the hint.
+    async fn elicit_value(
+        &self,
+        env: &str,
+        name: &str,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Elicited {
+        if !ctx
+            .peer
+            .supported_elicitation_modes()
+            .contains(&ElicitationMode::Url)
+        {
+            return Elicited::Unsupported;
+        }
+        let req = Request::SetUrl {
+            environment: env.to_owned(),
+            name: name.to_owned(),
+        };
+        let Ok(link) = self.call_ok::<Value>(&req).await else {
+            return Elicited::Unsupported;
+        };
+        let Some(url) = link
+            .get("url")
+            .and_then(Value::as_str)
+            .and_then(|u| url::Url::parse(u).ok())
+        else {
+            return Elicited::Unsupported;
+        };
+        let mut id = [0u8; 12];
+        if getrandom::fill(&mut id).is_err() {
+            return Elicited::Unsupported;
+        }
+        let message = format!(
+            "keyveil needs the value of {env}/{name}. Open this local page (your computer only) and type it there; it never goes through the chat or the agent."
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(ELICIT_WAIT_SECONDS);
+        let answer = ctx
+            .peer
+            .elicit_url_with_timeout(
+                message,
+                url,
+                format!("keyveil-set-{}", hex::encode(id)),
+                Some(Duration::from_secs(ELICIT_WAIT_SECONDS)),
+            )
+            .await;
+        match answer {
+            Ok(ElicitationAction::Accept) => {}
+            Ok(_) => return Elicited::Declined,
+            Err(e) => {
+                tracing::debug!(error = %e, "URL elicitation failed");
+                return Elicited::Unsupported;
+            }
+        }
+        // The human accepted to open the page; wait a little for the value to arrive.
+        loop {
+            let show = Request::EnvShow {
+                name: env.to_owned(),
+            };
+            if let Ok(d) = self.call_ok::<DescribeEnvironmentOutput>(&show).await
+                && d.variables.iter().any(|v| v.name == name && v.set)
+            {
+                return Elicited::Set;
+            }
+            if tokio::time::Instant::now() >= deadline || ctx.ct.is_cancelled() {
+                return Elicited::Opened;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn start(&self, a: StartArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        if a.command.is_empty() || a.command.first().is_some_and(|c| c.trim().is_empty()) {
+            return tool_error(
+                "The command is empty: give argv as a list, e.g. [\"npm\", \"run\", \"dev\"].",
+            );
+        }
+        if let Some(t) = a.timeout_seconds
+            && !(1..=86_400).contains(&t)
+        {
+            return tool_error(format!(
+                "timeout_seconds must be between 1 and 86400, got {t}."
+            ));
+        }
+        let wait = a
+            .wait_seconds
+            .unwrap_or(DEFAULT_WAIT_SECONDS)
+            .min(MAX_WAIT_SECONDS);
+        let req = Request::Start(RunRequest {
+            pass_env: a.pass_env.unwrap_or_default(),
+            client: self.client(ctx),
+            environment: a.environment,
+            variables: a.variables,
+            argv: a.command,
+            cwd: self.resolve_cwd(a.cwd.as_deref()),
+            env: self.env.clone(),
+            stdin: None,
+            timeout_seconds: a.timeout_seconds,
+            reason: a.reason,
+            ttl_seconds: None,
+            wait_seconds: wait,
+            output: OutputMode::Collect { cap_bytes: 0 },
+        });
+        let deadline = Duration::from_secs(wait) + RUN_SLACK;
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(deadline, self.run_exchange(&req, ctx)) => r,
+            _ = ctx.ct.cancelled() => {
+                return tool_error("The call was cancelled before the command started.");
+            }
+        };
+        match outcome {
+            Ok(Ok(RunEnd::Ok(d))) => {
+                let o = StartOutput {
+                    status: StartStatus::Started,
+                    run_id: d.get("run_id").and_then(Value::as_str).map(str::to_owned),
+                    grant_id: d.get("grant_id").and_then(Value::as_str).map(str::to_owned),
+                    pid: d.get("pid").and_then(Value::as_i64),
+                    request_id: None,
+                    hint: Some(
+                        "Read its output with logs (from 0, then the returned next); end it with stop.".to_owned(),
+                    ),
+                };
+                let text = format!(
+                    "started {} (pid {}). Read its output with logs; end it with stop.",
+                    o.run_id.as_deref().unwrap_or("?"),
+                    o.pid.unwrap_or(0)
+                );
+                structured(&o, text)
+            }
+            Ok(Ok(RunEnd::Pending(id))) => {
+                let hint = format!(
+                    "{} Then call start again with exactly the same arguments. A background command lives as long as its grant: the user may approve with `--ttl 8h`.",
+                    approve_hint(id)
+                );
+                let o = StartOutput {
+                    status: StartStatus::PendingApproval,
+                    request_id: Some(id),
+                    hint: Some(hint.clone()),
+                    ..StartOutput::default()
+                };
+                structured(&o, format!("pending_approval: request #{id}. {hint}"))
+            }
+            Ok(Ok(RunEnd::Done(_))) => tool_error(
+                "keyveil's broker answered start with a run result (version mismatch?).\nhint: ask the user to run `keyveil daemon stop`",
+            ),
+            Ok(Ok(RunEnd::Failed(e))) => e,
+            Ok(Err(e)) => broker_unreachable(&e),
+            Err(_) => tool_error(format!(
+                "keyveil did not answer within {} s.\nhint: check `keyveil status` in a terminal",
+                deadline.as_secs()
+            )),
+        }
+    }
+
+    async fn logs(&self, a: LogsArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        let req = Request::Logs {
+            run_id: a.run_id,
+            from: a.from.unwrap_or(0),
+            max_bytes: a.max_bytes,
+            client: Some(self.client(ctx).scope_key()),
+        };
+        match self.call_ok::<LogsOutput>(&req).await {
+            Ok(o) => {
+                let mut text = format!(
+                    "{} {}, output {}..{}{}",
+                    o.run_id,
+                    if o.running {
+                        "running".to_owned()
+                    } else {
+                        format!("ended with exit code {}", o.exit_code.unwrap_or(-1))
+                    },
+                    o.from,
+                    o.next,
+                    if o.dropped > 0 {
+                        format!(" ({} bytes before it were dropped)", o.dropped)
+                    } else {
+                        String::new()
+                    }
+                );
+                if o.output.is_empty() {
+                    text.push_str("\n(no new output)");
+                } else {
+                    text.push('\n');
+                    text.push_str(&o.output);
+                }
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
+    async fn stop(&self, a: StopArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        let req = Request::Stop {
+            run_id: a.run_id,
+            client: Some(self.client(ctx).scope_key()),
+        };
+        match self.call_ok::<StopOutput>(&req).await {
+            Ok(o) => {
+                let text = match (o.stopped, o.exit_code) {
+                    (true, Some(c)) => format!("stopped {} (exit code {c})", o.run_id),
+                    (true, None) => format!("stopping {} (SIGKILL follows)", o.run_id),
+                    (false, c) => format!(
+                        "{} had already ended (exit code {})",
+                        o.run_id,
+                        c.unwrap_or(-1)
+                    ),
+                };
+                structured(&o, text)
+            }
+            Err(e) => e,
+        }
+    }
+
     // -- broker plumbing -----------------------------------------------------------------------
 
     /// One request that runs nothing; its `Ok` data parsed as `T`, or a tool error.
@@ -561,8 +810,22 @@ impl KeyveilMcp {
     }
 }
 
+/// How a URL elicitation of a value ended.
+enum Elicited {
+    /// The client cannot do URL mode (or the link could not be made).
+    Unsupported,
+    /// The human declined or dismissed it.
+    Declined,
+    /// The human accepted but no value arrived in time.
+    Opened,
+    /// The value is stored.
+    Set,
+}
+
 /// How a run exchange ended.
 enum RunEnd {
+    /// A `start` was spawned.
+    Ok(Value),
     Done(RunResult),
     Pending(u64),
     Failed(CallToolResult),

@@ -20,10 +20,11 @@ pub const INSTRUCTIONS: &str = "keyveil gives you access to secrets without cust
 - Never ask the user to paste a secret into the chat. If a variable is missing, call declare_variable: source \"generate\" makes a random value, source \"human\" lets the user set it in their own terminal with `keyveil set ENV NAME`.
 - To use secrets, call run with the command as an argv list. keyveil injects the values into that process only and returns its output with each value replaced by [REDACTED:NAME].
 - If run returns status \"pending_approval\", ask the user to run `keyveil approve ID` in their terminal, then call run again with exactly the same arguments. A different command needs a new approval.
+- For dev servers and watchers use start (returns a run_id), then logs and stop.
 - Do not try to reveal, transform or send values anywhere; every request and run is audited.";
 
 /// Every tool name, in the order `tools/list` shows them.
-pub const TOOL_NAMES: [&str; 10] = [
+pub const TOOL_NAMES: [&str; 13] = [
     "list_environments",
     "describe_environment",
     "create_environment",
@@ -34,6 +35,9 @@ pub const TOOL_NAMES: [&str; 10] = [
     "list_grants",
     "revoke_grant",
     "audit_log",
+    "start",
+    "logs",
+    "stop",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +181,60 @@ pub struct AuditLogArgs {
     #[serde(default)]
     #[schemars(range(min = 1, max = 500))]
     pub limit: Option<usize>,
+}
+
+/// Arguments of `start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StartArgs {
+    /// Environment whose variables are injected.
+    pub environment: String,
+    /// The command as an argv list, e.g. ["npm", "run", "dev"].
+    #[serde(deserialize_with = "argv")]
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// Working directory (absolute, or relative to the server's directory).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Only these variables (default: all of the environment).
+    #[serde(default)]
+    pub variables: Option<Vec<String>>,
+    /// Names of variables of this server's own environment to pass to the command.
+    #[serde(default)]
+    pub pass_env: Option<Vec<String>>,
+    /// Kill the command after this many seconds (default: a day; its grant usually ends it
+    /// sooner).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: Option<u64>,
+    /// Why you need this (shown to the user when they approve).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Seconds to wait for the user's approval before returning "pending_approval"
+    /// (0 to 50, default 20).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 50))]
+    pub wait_seconds: Option<u64>,
+}
+
+/// Arguments of `logs`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct LogsArgs {
+    /// Run id returned by `start`.
+    pub run_id: String,
+    /// Byte offset to read from: 0 the first time, then the `next` of the previous call.
+    #[serde(default)]
+    pub from: Option<u64>,
+    /// Most bytes to return (1 to 65536, default 65536).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_bytes: Option<usize>,
+}
+
+/// Arguments of `stop`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StopArgs {
+    /// Run id returned by `start`.
+    pub run_id: String,
 }
 
 /// An argv list; a plain string gets an error that says how to write it instead (the server
@@ -473,6 +531,80 @@ pub struct AuditLogOutput {
     pub entries: Vec<Map<String, Value>>,
 }
 
+/// How a `start` call ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartStatus {
+    /// The command runs in the background; read it with logs, end it with stop.
+    #[default]
+    Started,
+    /// No grant yet: the user has to approve request_id.
+    PendingApproval,
+}
+
+/// Result of `start`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct StartOutput {
+    /// "started" or "pending_approval".
+    pub status: StartStatus,
+    /// Run id, for logs and stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Grant the run uses (the run ends when the grant does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// Process id (also its process group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    /// The request the user must approve (pending_approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+    /// What to do next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Result of `logs`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct LogsOutput {
+    /// Run id.
+    pub run_id: String,
+    /// Redacted stdout and stderr, combined, from `from` to `next`.
+    pub output: String,
+    /// Offset this output starts at.
+    pub from: u64,
+    /// Offset to pass as `from` next time.
+    pub next: u64,
+    /// Bytes between the requested offset and the oldest byte kept (the buffer keeps the last
+    /// 1 MiB); they are lost.
+    pub dropped: u64,
+    /// Whether the command still runs.
+    pub running: bool,
+    /// Exit code once it ended (128 + signal if killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Whether it was ended by stop.
+    #[serde(default)]
+    pub stopped: bool,
+    /// Whether its grant ended (revoked or expired) and it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+}
+
+/// Result of `stop`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StopOutput {
+    /// Run id.
+    pub run_id: String,
+    /// Whether this call stopped it (false: it had already ended).
+    pub stopped: bool,
+    /// Whether it still runs (it gets SIGKILL 2 s after SIGTERM).
+    pub running: bool,
+    /// Its exit code, once ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Definitions
 
@@ -490,9 +622,11 @@ fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
         tracing::error!(tool = name, error = %e, "bad input schema");
         rmcp::handler::server::common::schema_for_empty_input()
     });
+    let input = Arc::new(single_types(input.as_ref().clone()));
+    let output = Arc::new(single_types(schema_for_output::<O>().as_ref().clone()));
     Tool::new(Cow::Borrowed(name), Cow::Borrowed(description), input)
         .with_title(title)
-        .with_raw_output_schema(schema_for_output::<O>())
+        .with_raw_output_schema(output)
         .with_annotations(
             ToolAnnotations::with_title(title)
                 .read_only(read_only)
@@ -502,7 +636,41 @@ fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
         )
 }
 
-/// The ten tools, with descriptions, annotations and schemas.
+/// Rewrites `"type": [T, "null"]` to `"type": T` everywhere: optional fields are simply left
+/// out (or ignored when null), and single types are what clients that map tool schemas onto
+/// an OpenAPI subset (Gemini function declarations) accept; the MCP Inspector's `--strict`
+/// portability check flags the array form.
+fn single_types(mut schema: JsonObject) -> JsonObject {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::Array(types)) = o.get("type") {
+                    let non_null: Vec<&Value> = types
+                        .iter()
+                        .filter(|t| t.as_str() != Some("null"))
+                        .collect();
+                    if non_null.len() == 1 && types.len() == 2 {
+                        let single = non_null.first().map(|t| (*t).clone());
+                        if let Some(t) = single {
+                            o.insert("type".to_owned(), t);
+                        }
+                    }
+                }
+                for child in o.values_mut() {
+                    walk(child);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    for v in schema.values_mut() {
+        walk(v);
+    }
+    schema
+}
+
+/// The tools, with descriptions, annotations and schemas.
 pub fn definitions() -> Vec<Tool> {
     vec![
         tool::<NoArgs, ListEnvironmentsOutput>(
@@ -564,6 +732,24 @@ pub fn definitions() -> Vec<Tool> {
             "Read the audit log",
             "Recent audit log entries: requests, approvals, runs and revocations (never values).",
             (true, false, true, false),
+        ),
+        tool::<StartArgs, StartOutput>(
+            "start",
+            "Start a long-running command with secrets",
+            "Start a dev server, watcher or other long-running command with an environment's values injected, and return at once with a run_id. Approval works as for run (\"pending_approval\": ask the user to run `keyveil approve ID`, then call start again). It runs until stop, its timeout, or its grant ends. Read its output with logs.",
+            (false, true, false, true),
+        ),
+        tool::<LogsArgs, LogsOutput>(
+            "logs",
+            "Read a background run's output",
+            "Redacted output (stdout and stderr combined) of a run started with start, from a byte offset: pass 0 first, then the returned next. Says whether it still runs, and its exit code once ended.",
+            (true, false, true, false),
+        ),
+        tool::<StopArgs, StopOutput>(
+            "stop",
+            "Stop a background run",
+            "Stop a run started with start: SIGTERM to its process group, SIGKILL after 2 s.",
+            (false, true, true, false),
         ),
     ]
 }

@@ -16,6 +16,12 @@
 //! - every POST carries the session's CSRF token;
 //! - no CORS headers, ever; a strict CSP with no inline script; no framing; no caching.
 //!
+//! The page also has a value-entry form (`/set`, see [`set_url`]): a one-time link bound to one
+//! declared variable that has no value yet opens a session that can do exactly one thing, store
+//! that variable's value, and nothing else (no approvals, no other variable). It is what MCP
+//! URL-mode elicitation sends the human to: the value goes from the browser to the broker and
+//! never through the agent host.
+//!
 //! Tokens and cookies are kept as SHA-256 digests, so a lookup's timing says nothing about a
 //! stored value, and none is ever logged.
 
@@ -54,6 +60,10 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const MAX_TOKENS: usize = 32;
 /// Sessions kept at once; a new login past this drops the oldest.
 const MAX_SESSIONS: usize = 16;
+/// How long a value-entry link may wait for its first use.
+pub const SET_TOKEN_TTL: Duration = Duration::from_secs(900);
+/// How long a value-entry session lasts.
+pub const SET_SESSION_TTL: Duration = Duration::from_secs(1800);
 /// Largest request body accepted (a form with a passphrase is far smaller).
 const MAX_BODY: usize = 16 * 1024;
 
@@ -83,12 +93,30 @@ struct Session {
     flash: Option<view::Flash>,
 }
 
+/// A value-entry link's or session's one variable, and its deadline.
+#[derive(Clone)]
+struct SetTarget {
+    environment: String,
+    name: String,
+    deadline: Instant,
+}
+
+/// A value-entry session: one variable, its own CSRF token.
+struct SetSession {
+    target: SetTarget,
+    csrf: String,
+}
+
 #[derive(Default)]
 struct Auth {
     /// Digest of an unused URL token → its deadline.
     tokens: HashMap<Digest32, Instant>,
     /// Digest of a session cookie → the session.
     sessions: HashMap<Digest32, Session>,
+    /// Digest of an unused value-entry token → its variable.
+    set_tokens: HashMap<Digest32, SetTarget>,
+    /// Digest of a value-entry cookie → its session.
+    set_sessions: HashMap<Digest32, SetSession>,
 }
 
 /// The running server: its port and its tokens and sessions (in memory only).
@@ -179,6 +207,99 @@ impl Server {
             },
         );
         Ok(cookie)
+    }
+
+    /// Makes a value-entry token for one variable, valid for [`SET_TOKEN_TTL`].
+    fn mint_set(&self, environment: &str, name: &str, now: Instant) -> OpResult<String> {
+        let token = random_hex()?;
+        let mut auth = self.auth();
+        auth.set_tokens.retain(|_, t| t.deadline > now);
+        while auth.set_tokens.len() >= MAX_TOKENS {
+            let Some(oldest) = auth
+                .set_tokens
+                .iter()
+                .min_by_key(|(_, t)| t.deadline)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            auth.set_tokens.remove(&oldest);
+        }
+        auth.set_tokens.insert(
+            digest(&token),
+            SetTarget {
+                environment: environment.to_owned(),
+                name: name.to_owned(),
+                deadline: now + SET_TOKEN_TTL,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Spends a value-entry token and opens its session: the cookie value and the variable.
+    fn redeem_set(&self, token: &str, now: Instant) -> OpResult<Option<(String, SetTarget)>> {
+        let Some(target) = self
+            .auth()
+            .set_tokens
+            .remove(&digest(token))
+            .filter(|t| t.deadline > now)
+        else {
+            return Ok(None);
+        };
+        let cookie = random_hex()?;
+        let csrf = random_hex()?;
+        let mut auth = self.auth();
+        auth.set_sessions.retain(|_, s| s.target.deadline > now);
+        while auth.set_sessions.len() >= MAX_SESSIONS {
+            let Some(oldest) = auth
+                .set_sessions
+                .iter()
+                .min_by_key(|(_, s)| s.target.deadline)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            auth.set_sessions.remove(&oldest);
+        }
+        let target = SetTarget {
+            deadline: now + SET_SESSION_TTL,
+            ..target
+        };
+        auth.set_sessions.insert(
+            digest(&cookie),
+            SetSession {
+                target: target.clone(),
+                csrf,
+            },
+        );
+        Ok(Some((cookie, target)))
+    }
+
+    fn set_cookie_name(&self) -> String {
+        format!("keyveil_set_{}", self.port)
+    }
+
+    /// The live value-entry session a request's cookie names: its key, variable and CSRF.
+    fn set_session_of(
+        &self,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<(Digest32, SetTarget, String)> {
+        let value = cookie_value(headers, &self.set_cookie_name())?;
+        let key = digest(&value);
+        let mut auth = self.auth();
+        match auth.set_sessions.get(&key) {
+            Some(s) if s.target.deadline > now => Some((key, s.target.clone(), s.csrf.clone())),
+            Some(_) => {
+                auth.set_sessions.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn end_set_session(&self, key: &Digest32) {
+        self.auth().set_sessions.remove(key);
     }
 
     fn cookie_name(&self) -> String {
@@ -299,6 +420,7 @@ fn router(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/approve", post(approve))
         .route("/deny", post(deny))
+        .route("/set", get(set_page).post(set_value))
         .route("/static/app.js", get(js))
         .route("/static/app.css", get(css))
         .fallback(not_found)
@@ -314,6 +436,7 @@ fn notice(status: StatusCode, title: &str, text: &str) -> Response {
     let body = view::Notice {
         title: title.to_owned(),
         text: text.to_owned(),
+        ok: false,
     }
     .render()
     .unwrap_or_else(|_| title.to_owned());
@@ -752,6 +875,258 @@ async fn deny(
     let flash = flash_of(reply, |_| format!("Denied request #{id}."));
     st.server.set_flash(&key, flash);
     see_other("/")
+}
+
+/// The value of cookie `name` in a request, if present.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+/// The state of one variable: `Ok(Some(description))` when it exists without a value,
+/// `Ok(None)` when it does not exist yet, an error when it already has a value (the page
+/// never replaces a value) or the environment is unknown or the vault locked.
+async fn awaiting(broker: &Arc<Broker>, environment: &str, name: &str) -> OpResult<Option<String>> {
+    let inner = broker.lock();
+    let v = inner.vault()?;
+    let env = v
+        .data()
+        .environments
+        .get(environment)
+        .ok_or_else(|| super::state::unknown_env(environment, v))?;
+    match env.variables.get(name) {
+        None => Ok(None),
+        Some(var) if var.value.is_some() || var.dynamic.is_some() => Err(OpError::new(
+            ErrorCode::Failed,
+            format!("{environment}/{name} already has a value"),
+        )
+        .hint(format!(
+            "the page only fills variables that await a value; to replace it, run `keyveil set {environment} {name}` in a terminal"
+        ))),
+        Some(var) => Ok(Some(var.description.clone())),
+    }
+}
+
+/// A one-time link to the value-entry form of one variable that has no value yet, starting the
+/// page if needed: `{"url": "http://127.0.0.1:PORT/set?token=...", "expires_in_seconds": 900}`.
+/// The link opens a session that can only store that variable's value, once.
+///
+/// Errors: the environment does not exist, the vault is locked, the variable already has a
+/// value, the name is invalid; the loopback port cannot be bound.
+pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpResult<Value> {
+    if !keyveil_vault::is_valid_name(name) {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            format!("invalid variable name {:?}", crate::display::clip(name, 80)),
+        ));
+    }
+    awaiting(broker, environment, name).await?;
+    let server = broker
+        .web
+        .server
+        .get_or_try_init(|| start(broker.clone()))
+        .await?;
+    let token = server.mint_set(environment, name, Instant::now())?;
+    broker.lock().audit(
+        "web_set_link",
+        json!({"environment": environment, "variable": name}),
+    );
+    Ok(json!({
+        "url": format!("http://127.0.0.1:{}/set?token={token}", server.port),
+        "expires_in_seconds": SET_TOKEN_TTL.as_secs(),
+    }))
+}
+
+fn no_set_session() -> Response {
+    notice(
+        StatusCode::UNAUTHORIZED,
+        "This page needs a fresh link",
+        "Run `keyveil set ENV VAR --web` in your terminal and open the link it gives you (or use `keyveil set ENV VAR` at a hidden prompt). Links work once.",
+    )
+}
+
+fn form_page(
+    environment: &str,
+    name: &str,
+    description: &str,
+    csrf: String,
+    error: Option<String>,
+) -> Response {
+    html(view::set_form(environment, name, description, csrf, error).render())
+}
+
+async fn set_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let now = Instant::now();
+    let token = q.as_deref().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_owned())
+    });
+    if let Some(t) = token {
+        let redeemed = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            st.server.redeem_set(&t, now)
+        } else {
+            Ok(None)
+        };
+        let (cookie, target) = match redeemed {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                tracing::warn!("value-entry page: a missing, wrong, used or expired link");
+                return notice(
+                    StatusCode::FORBIDDEN,
+                    "This link is not valid",
+                    "Links work once and for 15 minutes. Run `keyveil set ENV VAR --web` in your terminal for a new one.",
+                );
+            }
+            Err(e) => return notice(StatusCode::INTERNAL_SERVER_ERROR, "No session", &e.message),
+        };
+        st.broker.lock().audit(
+            "web_set_open",
+            json!({"environment": target.environment, "variable": target.name}),
+        );
+        // Drop the token from the address bar (history, referrers): the form lives at /set.
+        let mut resp = see_other("/set");
+        let set_cookie = format!(
+            "{}={cookie}; HttpOnly; SameSite=Strict; Path=/set",
+            st.server.set_cookie_name()
+        );
+        return match HeaderValue::from_str(&set_cookie) {
+            Ok(v) => {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+                resp
+            }
+            Err(_) => notice(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No session",
+                "bad cookie",
+            ),
+        };
+    }
+    let Some((_, target, csrf)) = st.server.set_session_of(&headers, now) else {
+        return no_set_session();
+    };
+    match awaiting(&st.broker, &target.environment, &target.name).await {
+        Ok(desc) => form_page(
+            &target.environment,
+            &target.name,
+            desc.as_deref().unwrap_or(""),
+            csrf,
+            None,
+        ),
+        Err(e) => notice(
+            StatusCode::CONFLICT,
+            "Nothing to set here",
+            &prose(&match e.hint {
+                Some(h) => format!("{} ({h})", e.message),
+                None => e.message,
+            }),
+        ),
+    }
+}
+
+/// The value form. The value is a [`Passphrase`]: zeroized on drop, `[sensitive]` in any
+/// debug output, never rendered back or logged.
+#[derive(Deserialize)]
+struct SetValueForm {
+    csrf: Option<String>,
+    value: Option<Passphrase>,
+}
+
+async fn set_value(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<SetValueForm>, FormRejection>,
+) -> Response {
+    let Some((key, target, csrf)) = st.server.set_session_of(&headers, Instant::now()) else {
+        return no_set_session();
+    };
+    let Ok(Form(f)) = form else {
+        return bad_form();
+    };
+    if !f.csrf.as_deref().is_some_and(|c| same(c, &csrf)) {
+        return forbidden("missing or wrong CSRF token; reload the page and try again");
+    }
+    let (environment, name) = (target.environment.clone(), target.name.clone());
+    let desc = match awaiting(&st.broker, &environment, &name).await {
+        Ok(d) => d.unwrap_or_default(),
+        Err(e) => {
+            st.server.end_set_session(&key);
+            return notice(
+                StatusCode::CONFLICT,
+                "Nothing to set here",
+                &prose(&e.message),
+            );
+        }
+    };
+    let Some(value) = f.value.filter(|v| !v.expose().is_empty()) else {
+        return form_page(
+            &environment,
+            &name,
+            &desc,
+            csrf,
+            Some("The value is empty.".to_owned()),
+        );
+    };
+    let reply = super::ops::dispatch(
+        &st.broker,
+        Request::VarSet {
+            environment: environment.clone(),
+            name: name.clone(),
+            value,
+        },
+    )
+    .await;
+    match reply {
+        Reply::Ok { data } => {
+            st.server.end_set_session(&key);
+            tracing::info!("value-entry page: a value was stored");
+            let short = if data.get("short_value").and_then(Value::as_bool) == Some(true) {
+                " It is shorter than 8 bytes, so it is redacted only where it stands as a whole token; prefer long random values."
+            } else {
+                ""
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                view::Notice {
+                    title: format!("Stored {}/{}", view::prose(&environment), view::prose(&name)),
+                    text: format!("The value is in your vault. You can close this page and tell the agent it is set.{short}"),
+                    ok: true,
+                }
+                .render()
+                .unwrap_or_else(|_| "Stored.".to_owned()),
+            )
+                .into_response()
+        }
+        Reply::Error { message, hint, .. } => form_page(
+            &environment,
+            &name,
+            &desc,
+            csrf,
+            Some(prose(&match hint {
+                Some(h) => format!("{message} ({h})"),
+                None => message,
+            })),
+        ),
+        _ => form_page(
+            &environment,
+            &name,
+            &desc,
+            csrf,
+            Some("unexpected reply from the broker".to_owned()),
+        ),
+    }
 }
 
 async fn js() -> Response {

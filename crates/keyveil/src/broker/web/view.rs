@@ -337,6 +337,40 @@ pub struct List {
     pub csrf: String,
 }
 
+/// The value-entry form of one declared variable (`/set`). It never carries a value: the
+/// password field starts empty and nothing typed is ever rendered back.
+#[derive(Template)]
+#[template(path = "web/set.html")]
+pub struct SetForm {
+    /// Environment (made visible).
+    pub environment: String,
+    /// Variable name (made visible).
+    pub name: String,
+    /// The variable's description, as the agent declared it (prose).
+    pub description: String,
+    /// The value-entry session's CSRF token.
+    pub csrf: String,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// Builds the form, making every requester-written string visible.
+pub fn set_form(
+    environment: &str,
+    name: &str,
+    description: &str,
+    csrf: String,
+    error: Option<String>,
+) -> SetForm {
+    SetForm {
+        environment: ident(environment),
+        name: ident(name),
+        description: prose(description),
+        csrf,
+        error,
+    }
+}
+
 /// An error page (no script, no form).
 #[derive(Template)]
 #[template(path = "web/notice.html")]
@@ -345,6 +379,8 @@ pub struct Notice {
     pub title: String,
     /// What to do.
     pub text: String,
+    /// A success (green) rather than a refusal (red).
+    pub ok: bool,
 }
 
 #[cfg(test)]
