@@ -16,5 +16,6 @@ mod hardening;
 mod harness;
 mod policy;
 mod sandbox;
+mod setup;
 mod tamper;
 mod web;
