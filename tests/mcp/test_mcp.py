@@ -48,6 +48,9 @@ TOOLS = {
     "list_grants",
     "revoke_grant",
     "audit_log",
+    "start",
+    "logs",
+    "stop",
 }
 ERAS = ["2025-11-25", "2025-06-18", "2026-07-28"]
 
