@@ -26,3 +26,6 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import mcp, pytest" 2>/de
 fi
 export KEYVEIL_BIN="$CARGO_TARGET_DIR/debug/keyveil"
 .venv/bin/python -m pytest -q tests/mcp
+
+echo "== MCP clients (MCP Inspector CLI, conformance suite through a stdio-to-HTTP bridge)"
+KEYVEIL_BIN="$CARGO_TARGET_DIR/debug/keyveil" bash tests/clients/run.sh

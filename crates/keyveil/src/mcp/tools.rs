@@ -636,7 +636,8 @@ fn tool<I: JsonSchema + 'static, O: JsonSchema + 'static>(
         )
 }
 
-/// Rewrites `"type": [T, "null"]` to `"type": T` everywhere: optional fields are simply left
+/// Rewrites `"type": [T, "null"]` to `"type": T` everywhere, and drops non-standard integer
+/// formats: optional fields are simply left
 /// out (or ignored when null), and single types are what clients that map tool schemas onto
 /// an OpenAPI subset (Gemini function declarations) accept; the MCP Inspector's `--strict`
 /// portability check flags the array form.
@@ -655,6 +656,38 @@ fn single_types(mut schema: JsonObject) -> JsonObject {
                             o.insert("type".to_owned(), t);
                         }
                     }
+                }
+                // `anyOf: [X, {"type": "null"}]` (an optional enum or struct) becomes X.
+                for key in ["anyOf", "oneOf"] {
+                    let branch = match o.get(key) {
+                        Some(Value::Array(b)) if b.len() == 2 => {
+                            let is_null =
+                                |v: &Value| v.get("type").and_then(Value::as_str) == Some("null");
+                            match (b.first(), b.get(1)) {
+                                (Some(x), Some(n)) | (Some(n), Some(x))
+                                    if is_null(n) && !is_null(x) =>
+                                {
+                                    Some(x.clone())
+                                }
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    if let Some(Value::Object(x)) = branch {
+                        o.remove(key);
+                        for (k, v) in x {
+                            o.entry(k).or_insert(v);
+                        }
+                    }
+                }
+                // schemars' integer formats (`uint64`, `int32`, ...) are not JSON Schema
+                // formats; validators warn about them (the bounds stay as minimum/maximum).
+                if o.get("format")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint") || f.starts_with("int"))
+                {
+                    o.remove("format");
                 }
                 for child in o.values_mut() {
                     walk(child);
@@ -917,6 +950,13 @@ mod tests {
             let out = t.output_schema.as_ref().expect("output schema");
             assert_eq!(out.get("type"), Some(&json!("object")), "{}", t.name);
             assert!(t.description.as_ref().is_some_and(|d| d.len() < 600));
+            let all = format!("{:?} {:?}", t.input_schema, t.output_schema);
+            assert!(
+                !all.contains("\"null\""),
+                "{}: nullable type arrays",
+                t.name
+            );
+            assert!(!all.contains("uint"), "{}: integer formats", t.name);
         }
         let run = tools.iter().find(|t| t.name == "run").unwrap();
         let req = run.input_schema.get("required").unwrap();
