@@ -4,6 +4,9 @@
 //! Accepted shape (RFC 3986 subset): `scheme://[user[:password]@]host[:port][/path][?query]`,
 //! with percent-encoded user and password. IPv6 hosts in brackets (`[::1]`).
 
+// Some parts serve only the OpenBao client.
+#![cfg_attr(not(feature = "openbao"), allow(dead_code))]
+
 use keyveil_vault::SecretValue;
 use percent_encoding::percent_decode_str;
 
