@@ -1,7 +1,7 @@
 //! `keyveil setup HOST` writes an agent host's MCP configuration; `keyveil doctor` checks the
 //! whole set-up end to end.
 //!
-//! Editing rules (see `docs/setup.md`):
+//! Editing rules (see `docs/mcp.md`, "Wiring it into a host"):
 //! - only the `keyveil` entry is touched, and in it only the keys keyveil manages (`command`,
 //!   `args`, the host's timeout and `type`, `env.KEYVEIL_HOME` when a non-default home is in
 //!   use); every other server, key, comment and the file's formatting stay as they were
