@@ -80,7 +80,7 @@ pub enum DeclareSource {
 pub struct DeclareVariableArgs {
     /// Environment name.
     pub environment: String,
-    /// Variable name, following environment-variable rules: [A-Za-z_][A-Za-z0-9_]*.
+    /// Variable name, following environment-variable rules: `[A-Za-z_][A-Za-z0-9_]*`.
     pub name: String,
     /// What the variable is for (shown to the user).
     #[serde(default)]
@@ -413,7 +413,7 @@ pub struct RunOutput {
     /// Signal that ended the command, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    /// Standard output, every secret value replaced by [REDACTED:NAME].
+    /// Standard output, every secret value replaced by `[REDACTED:NAME]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
     /// Standard error, redacted the same way.
@@ -727,7 +727,7 @@ pub fn definitions() -> Vec<Tool> {
         tool::<DeclareVariableArgs, DeclareVariableOutput>(
             "declare_variable",
             "Declare a variable",
-            "Declare a variable the project needs. source \"generate\": keyveil creates a random value now. source \"human\": the user sets it in their own terminal with `keyveil set ENV NAME`; never ask them to paste a value into the chat. Never overwrites an existing value.",
+            "Declare a variable the project needs. source \"generate\": keyveil creates a random value now. source \"human\": the user sets it themselves, in their terminal (`keyveil set ENV NAME`) or on keyveil's local page (hosts with URL elicitation open it); never ask them to paste a value into the chat. Never overwrites an existing value.",
             (false, false, true, false),
         ),
         tool::<RunArgs, RunOutput>(
