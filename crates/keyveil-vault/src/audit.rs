@@ -31,6 +31,9 @@ use crate::AuditCheckpoint;
 use crate::fsutil::private_options;
 use crate::vault::hmac_sha256;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// `prev` of the first entry: 64 zeros.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -19,6 +19,9 @@ use zeroize::Zeroizing;
 
 use crate::VaultError;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// The 8 magic bytes every vault file starts with: ASCII `KEYVEIL` and a NUL byte.
 pub const MAGIC: [u8; 8] = *b"KEYVEIL\0";
 

@@ -14,6 +14,7 @@ mod dynamic;
 mod flow;
 mod hardening;
 mod harness;
+mod hostile;
 mod policy;
 mod sandbox;
 mod setup;
