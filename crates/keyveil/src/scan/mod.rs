@@ -2,9 +2,9 @@
 //!
 //! A granted process may write a value into a file (a bundle, `.git/config`, `~/.npmrc`, a test
 //! report, a crash report, a git object) that the agent then reads with its own shell, past all
-//! output redaction. [`scan`] walks what the run changed and asks the run's
-//! [`Redactor`](keyveil_redact::Redactor) whether any variant of any value occurs in it, after
-//! undoing the encodings and containers the redactor does not see through itself.
+//! output redaction. [`scan`] walks what the run changed and asks the run's [`Redactor`]
+//! whether any variant of any value occurs in it, after undoing the encodings and containers
+//! the redactor does not see through itself.
 //!
 //! What is scanned (see `docs/write-side.md`):
 //! - every file, directory and symlink under the run's working directory whose mtime or ctime
