@@ -127,6 +127,11 @@ pub struct Leak {
     /// `percent`, `yaml-single-quoted`, `backslash-escape`, `html-entity`, `file-name`,
     /// `symlink-target`, `member-name`; for example `gzip+tar` or `zip+percent`.
     pub form: String,
+    /// The file on disk that holds it: `path` without any `!member` part (the archive for a
+    /// member; the entry itself for a file name or a symlink target). What a quarantine moves.
+    /// Redacted like `path`: when the file's own name holds a value, this is not an existing
+    /// path (the leak's form is then `file-name`).
+    pub file: PathBuf,
 }
 
 /// The result of a scan.
@@ -168,8 +173,10 @@ pub(crate) struct Scanner<'a> {
     pub(crate) bytes_scanned: u64,
     pub(crate) skipped: u64,
     pub(crate) truncated: bool,
-    /// (path, variable) → form; the first form found wins.
-    found: BTreeMap<(PathBuf, String), String>,
+    /// (path, variable) → (form, file); the first form found wins.
+    found: BTreeMap<(PathBuf, String), (String, PathBuf)>,
+    /// The entry being scanned (whose leaks are pending).
+    pub(crate) current: PathBuf,
     /// Leaks of the file being scanned, before the most specific location is kept.
     pending: Vec<(PathBuf, String, String)>,
 }
@@ -196,6 +203,7 @@ impl<'a> Scanner<'a> {
             skipped: 0,
             truncated: false,
             found: BTreeMap::new(),
+            current: PathBuf::new(),
             pending: Vec::new(),
         }
     }
@@ -204,10 +212,11 @@ impl<'a> Scanner<'a> {
         let leaks = self
             .found
             .into_iter()
-            .map(|((path, variable), form)| Leak {
+            .map(|((path, variable), (form, file))| Leak {
                 variable,
                 path,
                 form,
+                file,
             })
             .collect();
         ScanReport {
@@ -292,9 +301,12 @@ impl<'a> Scanner<'a> {
                 !containers.contains(&(os_bytes(path.as_os_str()), variable.as_str()))
             })
             .collect();
+        let file = self.redacted_path(self.current.as_os_str());
         for ((path, variable, form), keep) in pending.into_iter().zip(keep) {
             if keep {
-                self.found.entry((path, variable)).or_insert(form);
+                self.found
+                    .entry((path, variable))
+                    .or_insert_with(|| (form, file.clone()));
             }
         }
     }

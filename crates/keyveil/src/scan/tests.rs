@@ -135,6 +135,25 @@ fn check_case(case: &Value) -> Vec<String> {
     if report.truncated {
         problems.push(format!("{id}: truncated ({} skipped)", report.skipped));
     }
+    for l in &report.leaks {
+        // `file` is the file on disk to quarantine (the archive for a member).
+        let outer = l
+            .path
+            .to_string_lossy()
+            .split('!')
+            .next()
+            .unwrap()
+            .to_owned();
+        if l.file != Path::new(&outer) {
+            problems.push(format!(
+                "{id}: file {:?} is not the outer part of {:?}",
+                l.file, l.path
+            ));
+        }
+        if l.form != "file-name" && std::fs::symlink_metadata(&l.file).is_err() {
+            problems.push(format!("{id}: file {:?} does not exist", l.file));
+        }
+    }
     let found: Vec<(String, String, String)> = report
         .leaks
         .iter()
@@ -482,6 +501,7 @@ fn redactor() -> Redactor {
 fn scan_bytes(data: &[u8], limits: ScanLimits) -> (Vec<(String, String)>, bool, u64) {
     let r = redactor();
     let mut sc = Scanner::new(&r, &limits, SystemTime::now(), std::time::Instant::now());
+    sc.current = PathBuf::from("/f");
     decode::scan_blob(&mut sc, data, OsStr::new("/f"), &Forms::default());
     sc.flush();
     let truncated = sc.truncated;
@@ -501,6 +521,7 @@ fn scan_bytes(data: &[u8], limits: ScanLimits) -> (Vec<(String, String)>, bool, 
 fn scan_blob_with(r: &Redactor, data: &[u8]) -> ScanReport {
     let limits = ScanLimits::default();
     let mut sc = Scanner::new(r, &limits, SystemTime::now(), std::time::Instant::now());
+    sc.current = PathBuf::from("/f");
     decode::scan_blob(&mut sc, data, OsStr::new("/f"), &Forms::default());
     sc.flush();
     sc.finish(std::time::Instant::now())

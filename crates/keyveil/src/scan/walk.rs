@@ -376,6 +376,7 @@ fn seed_home(walk: &Walk<'_>, home_dir: &Path, out: &mut Vec<Changed>) {
 
 /// A changed entry: its name, and its content (regular file) or target (symlink).
 fn scan_changed(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
+    sc.current = path.to_path_buf();
     entry_name(sc, path);
     let ft = meta.file_type();
     if ft.is_symlink() {
