@@ -9,7 +9,7 @@
 //!   are never written to swap, when that is safe: only with an unlimited `RLIMIT_MEMLOCK` or
 //!   `CAP_IPC_LOCK`. Under a finite limit (8 MiB on most desktops) `MCL_FUTURE` would make later
 //!   allocations fail once the limit is reached, so the broker logs a warning and runs unlocked.
-//! - [`die_with_broker`]: a granted child gets `PR_SET_PDEATHSIG(SIGKILL)` set between `fork`
+//! - [`prepare_child`]: a granted child gets `PR_SET_PDEATHSIG(SIGKILL)` set between `fork`
 //!   and `exec`, so no child keeps running with secrets if the broker dies (even by `kill -9`).
 //!   Registering code to run between `fork` and `exec` is `unsafe` in Rust
 //!   (`CommandExt::pre_exec`): the closure may only call async-signal-safe functions. Ours calls

@@ -65,7 +65,7 @@ pub enum PinError {
         crate::display::visible(name)
     )]
     NotFound {
-        /// argv[0].
+        /// `argv[0]`.
         name: String,
         /// The PATH searched.
         path: String,

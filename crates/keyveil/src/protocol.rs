@@ -170,6 +170,8 @@ impl<'de> Deserialize<'de> for Passphrase {
 }
 
 /// Every request a client can send. Tagged by `op`.
+// `RequestAccess` mirrors the MCP tool `request_access`.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {

@@ -69,12 +69,12 @@ pub async fn verify_factor(
             ));
         }
     }
-    let allowed = match (&proof, required) {
-        (Proof::Passphrase(_), _) => true,
-        (Proof::Totp(_), FactorKind::Totp | FactorKind::Confirm) => true,
-        (Proof::Confirm, FactorKind::Confirm) => true,
-        _ => false,
-    };
+    let allowed = matches!(
+        (&proof, required),
+        (Proof::Passphrase(_), _)
+            | (Proof::Totp(_), FactorKind::Totp | FactorKind::Confirm)
+            | (Proof::Confirm, FactorKind::Confirm)
+    );
     if !allowed {
         return Err(OpError::new(
             ErrorCode::Denied,

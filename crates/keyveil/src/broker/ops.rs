@@ -15,8 +15,6 @@ use crate::protocol::{Charset, ErrorCode, Passphrase, Reply, Request};
 
 /// Longest value `generate` makes (characters).
 const MAX_GENERATED: usize = 4096;
-/// Longest argv accepted (elements).
-
 fn usage(msg: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::Usage, msg)
 }

@@ -464,7 +464,7 @@ pub(super) async fn run_inner(
             let path = leak.path.to_string_lossy().into_owned();
             let act = match action {
                 keyveil_vault::WriteLeakAction::Report => "reported",
-                keyveil_vault::WriteLeakAction::Quarantine => quarantine(&leak.path),
+                keyveil_vault::WriteLeakAction::Quarantine => quarantine(&leak.file),
                 keyveil_vault::WriteLeakAction::Fail => "failed",
             };
             result.write_leaks.push(crate::protocol::WriteLeak {

@@ -228,8 +228,11 @@ impl Grant {
                     && argv.get(..a.len()) == Some(a.as_slice())
                     && argv.get(a.len()..).unwrap_or_default().iter().all(|t| {
                         let opt = t.split('=').next().unwrap_or(t);
-                        !CODE_OPTIONS.contains(&opt)
-                            && !(opt.starts_with("-o") && t.contains("Command"))
+                        {
+                            let code_option = CODE_OPTIONS.contains(&opt);
+                            let proxy_command = opt.starts_with("-o") && t.contains("Command");
+                            !code_option && !proxy_command
+                        }
                     })
             }
         }

@@ -258,3 +258,45 @@ fn lock_revokes_and_unlock_needs_the_passphrase() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(h.ok(&["env", "list"]).contains("API_TOKEN"));
 }
+
+#[test]
+fn two_racing_approvals_make_one_grant() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let o = h.run(&strs(&run_args(&["true".to_string()], "0")));
+    assert_eq!(o.status.code(), Some(5));
+    let id = h.wait_request();
+    let ids = id.to_string();
+    let spawn = || {
+        let mut c = h.cmd(&["approve", &ids, "--passphrase-stdin"]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASS}\n").as_bytes())
+            .unwrap();
+        child
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(
+        ok,
+        1,
+        "exactly one approval wins: {} / {}",
+        text(&a.stderr),
+        text(&b.stderr)
+    );
+    let loser = if a.status.success() { &b } else { &a };
+    assert!(
+        text(&loser.stderr).contains("no longer pending"),
+        "{}",
+        text(&loser.stderr)
+    );
+    assert_eq!(h.json(&["grants", "--json"]).as_array().unwrap().len(), 1);
+}
