@@ -9,7 +9,9 @@
 //! - its own **mount namespace**, where `$KEYVEIL_HOME` is an empty read-only tmpfs holding only
 //!   `run/` (the broker's socket directory, bound read-only: connecting to a socket needs no
 //!   write access to its file system, while binding a rogue broker's socket there does) and
-//!   `audit.jsonl` (bound read-only). `vault.kv`, `broker.log` and the rest do not exist;
+//!   `audit.jsonl` (bound read-only). `vault.kv`, `broker.log` and the rest do not exist. The
+//!   `keyveil` executable itself is bound read-only over itself, so the agent cannot trojan the
+//!   binary the human runs;
 //! - its own **user namespaces**, nested twice: the mounts are made in the first (where the
 //!   set-up step is root), the agent runs in a second one created after them. Mounts inherited
 //!   from a more privileged user namespace are *locked*, so even a root-in-namespace agent cannot
@@ -182,6 +184,7 @@ mod imp {
         let home = std::fs::canonicalize(&paths.home)
             .with_context(|| format!("cannot resolve {}", paths.home.display()))?;
         hide_home(&home)?;
+        pin_executable()?;
         // Nothing secret lives here, but nothing in the sandbox needs to trace it either.
         let _ =
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
@@ -252,6 +255,16 @@ mod imp {
         )
         .with_context(|| format!("cannot make {} read-only", home.display()))?;
         Ok(())
+    }
+
+    /// Binds keyveil's own executable read-only over itself: inside the sandbox the agent cannot
+    /// replace or modify the `keyveil` the human runs (a write, or a rename onto a mount point,
+    /// fails). It can still put another `keyveil` earlier in a `PATH` it can write.
+    fn pin_executable() -> Result<()> {
+        let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
+        let fd = rustix::fs::open(&exe, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .with_context(|| format!("cannot open {}", exe.display()))?;
+        bind_read_only(&fd, &exe, mount_flags_of(&exe)?)
     }
 
     fn bind_read_only(src: &rustix::fd::OwnedFd, target: &Path, keep: MountFlags) -> Result<()> {

@@ -24,6 +24,9 @@ unshare -r -m sh -c "umount $KEYVEIL_HOME" 2>/dev/null && echo nested_umount_hom
 (echo forged >> "$KEYVEIL_HOME/audit.jsonl") 2>/dev/null && echo audit_write=ok || echo audit_write=refused
 test -s "$KEYVEIL_HOME/audit.jsonl" && echo audit_read=ok || echo audit_read=failed
 (: > "$KEYVEIL_HOME/run/broker.sock.rogue") 2>/dev/null && echo run_write=ok || echo run_write=refused
+(: >> "$1") 2>/dev/null && echo exe_write=ok || echo exe_write=refused
+(cp /bin/true "$1.new" && mv -f "$1.new" "$1") 2>/dev/null && echo exe_replace=ok || echo exe_replace=refused
+rm -f "$1.new"
 exit 7
 "#;
 
@@ -85,10 +88,23 @@ fn inside_the_sandbox_a_live_granted_run_is_invisible() {
         std::thread::sleep(Duration::from_millis(50));
     };
 
-    let kv = bin();
-    let kv = kv.to_str().unwrap();
-    let o = h
-        .cmd(&["agent", "--", "sh", "-c", PROBE, "sh", kv])
+    // The sandbox is started through a copy of keyveil, because the probe tries to overwrite
+    // the executable it runs under (the test binary must survive a failure).
+    let copy_dir = tempfile::Builder::new()
+        .prefix("kvx")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let copy = copy_dir.path().join("keyveil");
+    std::fs::copy(bin(), &copy).unwrap();
+    let kv = copy.to_str().unwrap();
+    let o = std::process::Command::new(&copy)
+        .args(["agent", "--", "sh", "-c", PROBE, "sh", kv])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.path())
+        .env("KEYVEIL_HOME", h.path())
+        .env("LANG", "C.UTF-8")
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let out = text(&o.stdout);
@@ -133,6 +149,8 @@ fn inside_the_sandbox_a_live_granted_run_is_invisible() {
         "audit_write=refused",
         "audit_read=ok",
         "run_write=refused",
+        "exe_write=refused",
+        "exe_replace=refused",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
