@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,7 @@ async def main() -> int:
                 run_ends += 1
     verify = subprocess.run([binary, "audit", "verify"], env=env, capture_output=True, text=True)
     kv("daemon", "stop")
+    shutil.rmtree(root, ignore_errors=True)
 
     total = a.clients * a.runs
     lat = sorted(latencies)
