@@ -130,6 +130,7 @@ pub async fn serve(paths: Paths) -> Result<()> {
     }
     ticker.abort();
     ops::stop_everything(&broker, "broker stopping");
+    broker.lock().seal_audit();
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
     crate::dynamic::settle(&broker, std::time::Duration::from_secs(5)).await;
     // Give killed runs a moment to be reaped and audited.
@@ -144,8 +145,14 @@ pub async fn serve(paths: Paths) -> Result<()> {
 /// Once a second: expire requests, revoke grants past their deadline.
 async fn tick(broker: Arc<Broker>) {
     let mut iv = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut ticks: u64 = 0;
     loop {
         iv.tick().await;
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(40) {
+            // Every 10 s: seal the audit log's end into the vault.
+            broker.lock().seal_audit();
+        }
         let changed = {
             let mut inner = broker.lock();
             let before = inner

@@ -254,10 +254,26 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
         }
         Err(e) => return Err(cant(e)),
     };
+    // Does the log still hold the entry the vault sealed last time?
+    let seal_broken = match (&quarantined, vault.data().audit_checkpoint.as_ref()) {
+        (None, Some(cp)) => keyveil_vault::audit::verify_checkpoint(&path, &key, cp)
+            .err()
+            .map(|e| e.to_string()),
+        _ => None,
+    };
     let mut inner = broker.lock();
     inner.vault = Some(vault);
     inner.audit = Some(writer);
+    if let Some(why) = &seal_broken {
+        tracing::warn!(%why, "the audit log does not match the vault's sealed checkpoint");
+        inner.audit("audit_seal_mismatch", json!({ "why": why }));
+    }
+    inner.audit_seal_broken = seal_broken;
     if let Some(moved) = quarantined {
+        // The seal belonged to the log that was moved aside.
+        if let Some(v) = inner.vault.as_mut() {
+            v.data_mut().audit_checkpoint = None;
+        }
         tracing::warn!(moved = %moved.display(), "audit log failed verification and was quarantined");
         inner.audit("audit_quarantined", json!({ "moved_to": moved }));
     }
@@ -313,6 +329,7 @@ fn lock(broker: &Broker) -> Value {
     stop_everything(broker, "vault locked");
     let mut inner = broker.lock();
     inner.audit("lock", json!({}));
+    inner.seal_audit();
     inner.vault = None;
     inner.audit = None;
     json!({"locked": true})
@@ -451,6 +468,16 @@ fn store(
     description: Option<String>,
 ) -> OpResult<bool> {
     check_name("variable", name)?;
+    if access::is_injection_var(name) {
+        // A vault variable is injected into granted children: one named BASH_ENV, LD_PRELOAD,
+        // PATH, NODE_OPTIONS, ... would let whoever sets it (no factor is needed to set a value)
+        // make an approved command run other code.
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("refused: a variable named {name} would make granted commands load or run other code"),
+        )
+        .hint("choose another name; keyveil never injects code-loading variables into a granted process"));
+    }
     let v = inner.vault_mut()?;
     let e = match v.data_mut().environments.get_mut(env) {
         Some(e) => e,
@@ -720,10 +747,28 @@ fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<Value> {
 }
 
 fn audit_verify(broker: &Broker) -> OpResult<Value> {
-    let key = broker.lock().vault()?.audit_key();
-    match keyveil_vault::audit::verify(&broker.paths.audit(), &key) {
-        Ok(n) => Ok(json!({"ok": true, "entries": n})),
-        Err(e) => Err(OpError::new(ErrorCode::Failed, format!("audit log verification failed: {e}"))
-            .hint("the log was edited, truncated in the middle or reordered; keep a copy for investigation")),
+    let (key, checkpoint) = {
+        let inner = broker.lock();
+        let v = inner.vault()?;
+        (v.audit_key(), v.data().audit_checkpoint.clone())
+    };
+    let path = broker.paths.audit();
+    // First against the last seal (detects entries cut off the end), then move the seal forward.
+    let r = match &checkpoint {
+        Some(cp) => keyveil_vault::audit::verify_checkpoint(&path, &key, cp),
+        None => keyveil_vault::audit::verify(&path, &key),
+    };
+    match r {
+        Ok(n) => {
+            broker.lock().seal_audit();
+            Ok(json!({"ok": true, "entries": n, "sealed_seq": checkpoint.map(|c| c.seq)}))
+        }
+        Err(e) => Err(OpError::new(
+            ErrorCode::Failed,
+            format!("audit log verification failed: {e}"),
+        )
+        .hint(
+            "the log was edited, truncated, reordered or replaced; keep a copy for investigation",
+        )),
     }
 }

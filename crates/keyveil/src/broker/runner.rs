@@ -309,7 +309,11 @@ pub(super) async fn run_inner(
     let (values, cancel, redactor, shown_argv, env) = {
         let inner = broker.lock();
         let mut values = match inner.values(&req.environment, &vars) {
-            Ok(v) => v,
+            // Defence in depth for vaults written before such names were refused.
+            Ok(v) => v
+                .into_iter()
+                .filter(|(k, _)| !access::is_injection_var(k))
+                .collect::<Vec<_>>(),
             Err(e) => return Some(e.reply()),
         };
         values.extend(dynamic_values.values);

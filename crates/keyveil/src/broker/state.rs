@@ -329,6 +329,9 @@ pub struct Inner {
     pub approved_argv: std::collections::HashSet<(String, Vec<String>)>,
     /// argv denied recently, with when: for the `denied-before` flag.
     pub denied_argv: std::collections::HashMap<Vec<String>, Instant>,
+    /// Why the audit log did not match the vault's sealed checkpoint at unlock (entries cut off
+    /// its end, or an older log swapped in); while set, the seal is not moved forward.
+    pub audit_seal_broken: Option<String>,
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
     pub pending_totp: Option<(SecretValue, Instant)>,
     /// Request times per client scope key: for the `burst` flag.
@@ -402,6 +405,29 @@ impl Inner {
                 }
             }
             None => tracing::info!(event, "audit log not open (vault locked)"),
+        }
+    }
+
+    /// Seals the audit log's current end into the vault (the sealed checkpoint), so that cutting
+    /// entries off the end of the log is detected by `keyveil audit verify`. Saves the vault only
+    /// when the checkpoint moved. Errors are logged.
+    pub fn seal_audit(&mut self) {
+        if self.audit_seal_broken.is_some() {
+            // Never move a seal forward over a log that did not match it.
+            return;
+        }
+        let Some(cp) = self.audit.as_ref().and_then(|w| w.checkpoint()) else {
+            return;
+        };
+        let Some(v) = self.vault.as_mut() else {
+            return;
+        };
+        if v.data().audit_checkpoint.as_ref() == Some(&cp) {
+            return;
+        }
+        v.data_mut().audit_checkpoint = Some(cp);
+        if let Err(e) = v.save() {
+            tracing::error!(error = %e, "cannot save the audit checkpoint into the vault");
         }
     }
 

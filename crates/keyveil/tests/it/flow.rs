@@ -300,3 +300,26 @@ fn two_racing_approvals_make_one_grant() {
     );
     assert_eq!(h.json(&["grants", "--json"]).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn code_loading_variable_names_cannot_be_stored() {
+    let h = Home::new();
+    for name in [
+        "BASH_ENV",
+        "LD_PRELOAD",
+        "PATH",
+        "NODE_OPTIONS",
+        "PYTHONSTARTUP",
+        "GIT_SSH_COMMAND",
+    ] {
+        let o = h.run_stdin(
+            &["set", "demo", name, "--from-stdin"],
+            "/tmp/evil-payload.sh\n",
+        );
+        assert_eq!(o.status.code(), Some(3), "{name}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("refused"), "{}", text(&o.stderr));
+        let o = h.run(&["generate", "demo", name]);
+        assert_eq!(o.status.code(), Some(3), "{name}");
+    }
+    assert!(!h.ok(&["env", "show", "demo"]).contains("BASH_ENV"));
+}

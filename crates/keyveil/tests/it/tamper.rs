@@ -115,3 +115,31 @@ fn a_forged_last_audit_line_cannot_lock_the_human_out() {
     assert_eq!(moved.len(), 1, "the tampered log is kept as evidence");
     h.ok(&["audit", "verify"]);
 }
+
+#[test]
+fn cutting_entries_off_the_end_is_detected_by_the_sealed_checkpoint() {
+    let h = audited_home();
+    h.ok(&["audit", "verify"]);
+    // Locking seals the log's end into the vault.
+    h.ok(&["lock"]);
+    let p = h.path().join("audit.jsonl");
+    let t = std::fs::read_to_string(&p).unwrap();
+    let mut lines: Vec<&str> = t.lines().collect();
+    lines.truncate(lines.len() - 2);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = h.run(&["audit", "verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a truncated log verified: {}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).to_lowercase().contains("checkpoint"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(h.audit_text().contains("audit_seal_mismatch"));
+}
