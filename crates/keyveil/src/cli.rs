@@ -580,7 +580,7 @@ fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {
     rpassword::prompt_password(prompt).map(Passphrase::new).map_err(|e| {
         Exit {
             code: 2,
-            message: format!("cannot read from the terminal: {e}\nhint: use --passphrase-stdin (or --from-stdin) to read it from standard input"),
+            message: format!("cannot read from the terminal: {e}\nhint: use --passphrase-stdin (`keyveil set` takes --from-stdin) to read it from standard input"),
         }
         .into()
     })
