@@ -485,6 +485,9 @@ fn store(
     };
     let now = Timestamp::now();
     let existed = e.variables.contains_key(name);
+    // Kept to undo the change in memory if the save fails: what the broker serves must be what
+    // the vault file holds.
+    let previous = e.variables.get(name).cloned();
     match e.variables.get_mut(name) {
         Some(var) => {
             if let Some(val) = value {
@@ -511,7 +514,19 @@ fn store(
             );
         }
     }
-    save(v)?;
+    if let Err(err) = save(v) {
+        if let Some(e) = v.data_mut().environments.get_mut(env) {
+            match previous {
+                Some(p) => {
+                    e.variables.insert(name.to_owned(), p);
+                }
+                None => {
+                    e.variables.remove(name);
+                }
+            }
+        }
+        return Err(err);
+    }
     Ok(existed)
 }
 

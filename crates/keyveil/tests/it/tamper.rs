@@ -143,3 +143,33 @@ fn cutting_entries_off_the_end_is_detected_by_the_sealed_checkpoint() {
     );
     assert!(h.audit_text().contains("audit_seal_mismatch"));
 }
+
+#[test]
+fn a_failed_save_changes_nothing_in_memory_either() {
+    let h = audited_home();
+    let p = h.path().join("vault.kv");
+    let old = std::fs::read(&p).unwrap();
+    h.set("demo", "SECOND", "second-value-0123456789");
+    // Put the older file back behind the broker's back: its next save must refuse.
+    std::fs::write(&p, &old).unwrap();
+    let o = h.run_stdin(
+        &["set", "demo", "THIRD", "--from-stdin"],
+        "third-value-0123456789\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("nothing was written"),
+        "{}",
+        text(&o.stderr)
+    );
+    let shown = h.ok(&["env", "show", "demo"]);
+    assert!(
+        !shown.contains("THIRD"),
+        "the refused change is still served from memory: {shown}"
+    );
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        old,
+        "the replaced file was overwritten"
+    );
+}
