@@ -247,3 +247,18 @@ fn base64_std(input: &[u8]) -> String {
 pub fn contains(hay: &[u8], needle: &str) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+/// An RFC 6238 code computed by Python's standard library (independent of keyveil's code).
+pub fn totp_code(secret_b32: &str, step_offset: i64) -> String {
+    let py = "import hmac,hashlib,base64,struct,time,sys\n\
+s=sys.argv[1]; k=base64.b32decode(s+'='*(-len(s)%8))\n\
+c=int(time.time())//30+int(sys.argv[2])\n\
+h=hmac.new(k,struct.pack('>Q',c),hashlib.sha1).digest(); o=h[-1]&15\n\
+print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
+    let o = Command::new("python3")
+        .args(["-c", py, secret_b32, &step_offset.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    text(&o.stdout).trim().to_owned()
+}

@@ -600,21 +600,6 @@ fn agent_supplied_text_is_escaped_and_made_visible() {
     let _ = wait_output(child, Duration::from_secs(30));
 }
 
-/// An RFC 6238 code computed by Python's standard library (independent of keyveil's code).
-fn totp_code(secret_b32: &str, step_offset: i64) -> String {
-    let py = "import hmac,hashlib,base64,struct,time,sys\n\
-s=sys.argv[1]; k=base64.b32decode(s+'='*(-len(s)%8))\n\
-c=int(time.time())//30+int(sys.argv[2])\n\
-h=hmac.new(k,struct.pack('>Q',c),hashlib.sha1).digest(); o=h[-1]&15\n\
-print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
-    let o = std::process::Command::new("python3")
-        .args(["-c", py, secret_b32, &step_offset.to_string()])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    text(&o.stdout).trim().to_owned()
-}
-
 #[test]
 fn a_totp_code_typed_in_the_page_approves_once() {
     let h = Home::new();
