@@ -945,20 +945,28 @@ pub fn cli_client() -> ClientInfo {
     }
 }
 
-async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
-    let cwd = match a.cwd {
+/// The requester's side of a run: its absolute working directory (`--cwd` or the current one)
+/// and its own environment without keyveil's variables (the broker picks from it).
+pub fn requester_context(cwd: Option<PathBuf>) -> Result<(String, Vec<(String, String)>)> {
+    let cwd = match cwd {
         Some(c) => std::path::absolute(c).context("bad --cwd")?,
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
+    let env = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
+        .collect();
+    Ok((cwd.to_string_lossy().into_owned(), env))
+}
+
+async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
+    let (cwd, env) = requester_context(a.cwd)?;
     let req = RunRequest {
         client: cli_client(),
         environment: a.environment,
         variables: a.only,
         argv: a.command,
-        cwd: cwd.to_string_lossy().into_owned(),
-        env: std::env::vars()
-            .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
-            .collect(),
+        cwd,
+        env,
         pass_env: a.pass_env,
         stdin: None,
         timeout_seconds: Some(a.timeout),

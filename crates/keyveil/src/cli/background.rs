@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
 
@@ -65,19 +65,14 @@ pub struct LogsArgs {
 
 /// Starts a background run; prints its run id on stdout.
 pub async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
-    let cwd = match a.cwd {
-        Some(c) => std::path::absolute(c).context("bad --cwd")?,
-        None => std::env::current_dir().context("cannot read the current directory")?,
-    };
+    let (cwd, env) = super::requester_context(a.cwd)?;
     let req = RunRequest {
         client: cli_client(),
         environment: a.environment,
         variables: a.only,
         argv: a.command,
-        cwd: cwd.to_string_lossy().into_owned(),
-        env: std::env::vars()
-            .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
-            .collect(),
+        cwd,
+        env,
         pass_env: a.pass_env,
         stdin: None,
         timeout_seconds: a.timeout,
