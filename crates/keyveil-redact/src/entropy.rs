@@ -67,11 +67,15 @@ mod tests {
 
     #[test]
     fn secret_like() {
-        assert!(looks_secret(b"b4b171b2f3a9f889eeaf77ee09a4496e0ed7afce"));
-        assert!(looks_secret(b"k_live_8aFotOVygKysRiIbsED1s3WLJ46f"));
+        let key_id = crate::fixtures::leaf("json-secret-leaves", "GCP_SA_KEY", "private_key_id");
+        let api_key = crate::fixtures::leaf("json-secret-brace-overmask", "APP_CONFIG", "api_key");
+        let pem = crate::fixtures::secret("pem-partial-lines", "TLS_KEY");
+        let armour = pem.lines().next().unwrap();
+        assert!(looks_secret(key_id.as_bytes()));
+        assert!(looks_secret(api_key.as_bytes()));
         assert!(!looks_secret(b"eu-west-1"));
         assert!(!looks_secret(b"service_account"));
-        assert!(!looks_secret(b"-----BEGIN EC PRIVATE KEY-----"));
+        assert!(!looks_secret(armour.as_bytes()));
         assert!(!looks_secret(b"{"));
     }
 

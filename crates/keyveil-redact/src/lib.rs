@@ -42,6 +42,8 @@
 
 pub mod entropy;
 pub mod expand;
+#[cfg(test)]
+mod fixtures;
 mod matcher;
 pub mod normalize;
 mod stream;
