@@ -369,12 +369,15 @@ mod tests {
 
     #[test]
     fn json_leaves_and_compact() {
-        let doc = "{\n  \"api_key\": \"k_live_8aFotOVygKysRiIbsED1s3WLJ46f\",\n  \"region\": \"eu-west-1\",\n  \"password\": \"hunter2\"\n}";
+        let key = crate::fixtures::leaf("json-secret-brace-overmask", "APP_CONFIG", "api_key");
+        let doc = format!(
+            "{{\n  \"api_key\": \"{key}\",\n  \"region\": \"eu-west-1\",\n  \"password\": \"hunter2\"\n}}"
+        );
         let e = expand(doc.as_bytes());
-        assert!(has(&e.atoms, "k_live_8aFotOVygKysRiIbsED1s3WLJ46f"));
+        assert!(has(&e.atoms, &key));
         assert!(has(
             &e.atoms,
-            "{\"api_key\":\"k_live_8aFotOVygKysRiIbsED1s3WLJ46f\",\"region\":\"eu-west-1\",\"password\":\"hunter2\"}"
+            &format!("{{\"api_key\":\"{key}\",\"region\":\"eu-west-1\",\"password\":\"hunter2\"}}")
         ));
         assert!(!has(&e.atoms, "eu-west-1"));
         assert!(!has(&e.atoms, "{"));

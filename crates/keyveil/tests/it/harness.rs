@@ -262,3 +262,35 @@ print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
     assert!(o.status.success());
     text(&o.stdout).trim().to_owned()
 }
+
+/// Enrols TOTP through the CLI (confirming with the current code); returns the base32 seed.
+pub fn enroll(h: &Home) -> String {
+    let o = h.run_stdin(
+        &[
+            "factor",
+            "enroll",
+            "totp",
+            "--passphrase-stdin",
+            "--no-confirm",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let uri = out
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/"))
+        .expect("an otpauth URI")
+        .to_owned();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Confirm with the code of the current step.
+    h.ok(&["factor", "confirm", &totp_code(&secret, 0)]);
+    secret
+}

@@ -5,37 +5,6 @@ use crate::harness::*;
 
 const TOKEN: &str = "tok_Pq7rS2tU9vW4xY1zA6bC";
 
-fn enroll(h: &Home) -> String {
-    let o = h.run_stdin(
-        &[
-            "factor",
-            "enroll",
-            "totp",
-            "--passphrase-stdin",
-            "--no-confirm",
-        ],
-        &format!("{PASS}\n"),
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let out = text(&o.stdout);
-    let uri = out
-        .lines()
-        .find(|l| l.starts_with("otpauth://totp/"))
-        .expect("an otpauth URI")
-        .to_owned();
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_owned();
-    // Confirm with the code of the current step.
-    h.ok(&["factor", "confirm", &totp_code(&secret, 0)]);
-    secret
-}
-
 fn pending_run(h: &Home, cmd: &[&str]) -> u64 {
     let mut args = vec!["run", "--env", "demo", "--wait", "0", "--"];
     args.extend_from_slice(cmd);

@@ -604,31 +604,7 @@ fn agent_supplied_text_is_escaped_and_made_visible() {
 fn a_totp_code_typed_in_the_page_approves_once() {
     let h = Home::new();
     h.set("demo", "API_TOKEN", TOKEN);
-    let o = h.run_stdin(
-        &[
-            "factor",
-            "enroll",
-            "totp",
-            "--passphrase-stdin",
-            "--no-confirm",
-        ],
-        &format!("{PASS}\n"),
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let out = text(&o.stdout);
-    let uri = out
-        .lines()
-        .find(|l| l.starts_with("otpauth://totp/"))
-        .unwrap();
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_owned();
-    h.ok(&["factor", "confirm", &totp_code(&secret, 0)]);
+    let secret = enroll(&h);
     let o = h.run_stdin(
         &[
             "policy",
