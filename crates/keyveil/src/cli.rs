@@ -575,6 +575,13 @@ fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {
             .context("cannot read stdin")?;
         let trimmed = s.trim_end_matches(['\n', '\r']).to_owned();
         zeroize::Zeroize::zeroize(&mut s);
+        if trimmed.is_empty() {
+            return Err(Exit {
+                code: 2,
+                message: "nothing was read from stdin (empty first line)\nhint: pipe the passphrase in, e.g. from your password manager, or drop --passphrase-stdin to be prompted".into(),
+            }
+            .into());
+        }
         return Ok(Passphrase::new(trimmed));
     }
     rpassword::prompt_password(prompt).map(Passphrase::new).map_err(|e| {

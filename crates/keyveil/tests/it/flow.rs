@@ -323,3 +323,15 @@ fn code_loading_variable_names_cannot_be_stored() {
     }
     assert!(!h.ok(&["env", "show", "demo"]).contains("BASH_ENV"));
 }
+
+#[test]
+fn an_empty_passphrase_on_stdin_is_a_usage_error_not_a_wrong_factor() {
+    let h = Home::new();
+    let o = h.run_stdin(&["approve", "1", "--passphrase-stdin"], "");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("nothing was read from stdin"));
+    assert!(
+        !h.audit_text().contains("factor_failed"),
+        "an empty read must not cost an attempt"
+    );
+}
