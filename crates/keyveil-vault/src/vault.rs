@@ -16,6 +16,12 @@ use crate::{VaultData, VaultError};
 /// Info string for deriving the audit-log HMAC key from the data key (see [`Vault::audit_key`]).
 pub const AUDIT_KEY_INFO: &[u8] = b"keyveil/v1/audit-hmac-key";
 
+/// HKDF info string of the key behind variable-name aliases (see [`Vault::name_alias`]).
+pub const ALIAS_KEY_INFO: &[u8] = b"keyveil/v1/name-alias-key";
+
+/// Prefix of every variable-name alias.
+pub const ALIAS_PREFIX: &str = "HIDDEN_";
+
 /// An open vault: its path, header (key slots), data key and decrypted data.
 ///
 /// The data key is held in a [`Zeroizing`] buffer and wiped on drop; secret values are wiped by
@@ -285,6 +291,26 @@ impl Vault {
     /// passphrase changes.
     pub fn audit_key(&self) -> Zeroizing<[u8; 32]> {
         hmac_sha256(&self.data_key, &[AUDIT_KEY_INFO, &[1u8]])
+    }
+
+    /// The alias agents see for variable `name` of environment `env` when the environment's
+    /// policy hides names (`hide_names`): [`ALIAS_PREFIX`] followed by 12 uppercase hex digits
+    /// (48 bits) of `HMAC-SHA256(alias_key, env || 0x00 || name)`, where `alias_key` is derived
+    /// from the data key like [`Vault::audit_key`] with info [`ALIAS_KEY_INFO`] (HKDF-Expand,
+    /// RFC 5869 §2.3).
+    ///
+    /// Stable for the life of the vault (an agent can keep using an alias across sessions),
+    /// different in every vault and environment, and it reveals nothing about the name without
+    /// the data key. The result is a valid environment-variable name.
+    pub fn name_alias(&self, env: &str, name: &str) -> String {
+        let key = hmac_sha256(&self.data_key, &[ALIAS_KEY_INFO, &[1u8]]);
+        let mac = hmac_sha256(&key, &[env.as_bytes(), &[0u8], name.as_bytes()]);
+        let mut out = String::with_capacity(ALIAS_PREFIX.len() + 12);
+        out.push_str(ALIAS_PREFIX);
+        for b in mac.iter().take(6) {
+            out.push_str(&format!("{b:02X}"));
+        }
+        out
     }
 
     /// The vault file's path.

@@ -469,3 +469,29 @@ fn payload_defaults_and_names() {
         assert!(!is_valid_environment_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn name_aliases_are_stable_keyed_and_valid_names() {
+    let (_dir, path, vault) = new_vault();
+    let alias = vault.name_alias("dev", "API_TOKEN");
+    assert!(alias.starts_with("HIDDEN_"), "{alias}");
+    assert_eq!(alias.len(), "HIDDEN_".len() + 12);
+    assert!(is_valid_name(&alias), "{alias} is a valid variable name");
+    assert!(
+        !alias.contains("API"),
+        "the alias reveals nothing of the name"
+    );
+    // Stable across reopening (agents keep their aliases between sessions).
+    let reopened = Vault::open(&path, PASS).unwrap();
+    assert_eq!(reopened.name_alias("dev", "API_TOKEN"), alias);
+    // Different per name and per environment, and the separator keeps (env, name) unambiguous.
+    assert_ne!(vault.name_alias("dev", "LATER"), alias);
+    assert_ne!(vault.name_alias("prod", "API_TOKEN"), alias);
+    assert_ne!(
+        vault.name_alias("de", "vAPI_TOKEN"),
+        vault.name_alias("dev", "API_TOKEN")
+    );
+    // Keyed by the vault's data key: another vault gives another alias for the same name.
+    let (_dir2, _path2, other) = new_vault();
+    assert_ne!(other.name_alias("dev", "API_TOKEN"), alias);
+}

@@ -293,6 +293,13 @@ enum PolicySetCommand {
         #[arg(value_parser = ["report", "quarantine", "fail"])]
         action: String,
     },
+    /// Hide variable names from agents: every client sees aliases (`HIDDEN_...`); the real
+    /// names reach only granted processes and `env show --reveal-names` (with your factor).
+    HideNames {
+        /// on | off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,6 +331,12 @@ enum EnvCommand {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Where the policy hides names: show the real name behind each alias (needs your
+        /// factor).
+        #[arg(long)]
+        reveal_names: bool,
+        #[command(flatten)]
+        factor: FactorArgs,
     },
     /// Remove an environment and its variables.
     Rm {
@@ -913,7 +926,48 @@ async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                 }
             }
         }
-        EnvCommand::Show { name, json } => {
+        EnvCommand::Show {
+            name,
+            json,
+            reveal_names: true,
+            factor,
+        } => {
+            let pass = if factor.totp.is_some() {
+                Passphrase::new(String::new())
+            } else {
+                read_secret_line(
+                    factor.passphrase_stdin,
+                    "Vault passphrase to reveal hidden names: ",
+                )?
+            };
+            let d = call(
+                paths,
+                Request::EnvReveal {
+                    name,
+                    passphrase: pass,
+                    totp: factor.totp,
+                },
+            )
+            .await?;
+            if json {
+                say(d.to_string());
+            } else {
+                if d["hide_names"] != true {
+                    note(
+                        "note: this environment does not hide its names; agents see them as they are",
+                    );
+                }
+                for v in d["names"].as_array().cloned().unwrap_or_default() {
+                    say(format!(
+                        "  {:<20} {:<24} {}",
+                        v["alias"].as_str().unwrap_or(""),
+                        crate::display::visible(v["real_name"].as_str().unwrap_or("")),
+                        crate::display::visible(v["description"].as_str().unwrap_or(""))
+                    ));
+                }
+            }
+        }
+        EnvCommand::Show { name, json, .. } => {
             let d = call(paths, Request::EnvShow { name }).await?;
             if json {
                 say(d.to_string());
@@ -1351,12 +1405,17 @@ async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
             } else {
                 let pol = &d["policy"];
                 say(format!(
-                    "environment: {}\nfactor: {}\nmax TTL: {} s\nPATH: {}\nTOTP enrolled: {}",
+                    "environment: {}\nfactor: {}\nmax TTL: {} s\nPATH: {}\nTOTP enrolled: {}\nhide names: {}",
                     crate::display::visible(d["environment"].as_str().unwrap_or("")),
                     pol["factor"].as_str().unwrap_or(""),
                     pol["max_ttl_seconds"],
                     crate::display::visible(d["effective_path"].as_str().unwrap_or("")),
-                    d["totp_enrolled"]
+                    d["totp_enrolled"],
+                    if pol["hide_names"] == true {
+                        "on"
+                    } else {
+                        "off"
+                    }
                 ));
                 for (i, r) in pol["auto_approve"]
                     .as_array()
@@ -1425,6 +1484,9 @@ async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                 },
                 PolicySetCommand::DenyRm { index } => PolicyChange::DenyRemove { index },
                 PolicySetCommand::WriteLeaks { action } => PolicyChange::WriteLeaks { action },
+                PolicySetCommand::HideNames { setting } => PolicyChange::HideNames {
+                    hide: setting == "on",
+                },
             };
             let pass = if factor.totp.is_some() {
                 Passphrase::new(String::new())

@@ -206,6 +206,16 @@ pub enum Request {
         /// Environment name.
         name: String,
     },
+    /// The real names behind an environment's aliases (`hide_names` policy): needs the factor.
+    EnvReveal {
+        /// Environment name.
+        name: String,
+        /// The passphrase factor (empty when a TOTP code is given).
+        passphrase: Passphrase,
+        /// A TOTP code as the factor.
+        #[serde(default)]
+        totp: Option<String>,
+    },
     /// Create an environment.
     EnvCreate {
         /// Environment name.
@@ -431,6 +441,7 @@ impl Request {
             Request::Shutdown => "shutdown",
             Request::EnvList => "env_list",
             Request::EnvShow { .. } => "env_show",
+            Request::EnvReveal { .. } => "env_reveal",
             Request::EnvCreate { .. } => "env_create",
             Request::EnvRemove { .. } => "env_remove",
             Request::VarSet { .. } => "var_set",
@@ -512,6 +523,11 @@ pub enum PolicyChange {
     WriteLeaks {
         /// `report` | `quarantine` | `fail`.
         action: String,
+    },
+    /// Hide variable names from every client (agents see aliases, `HIDDEN_` + 12 hex digits).
+    HideNames {
+        /// `true` to hide.
+        hide: bool,
     },
 }
 

@@ -326,6 +326,7 @@ pub async fn policy_set(
             p.deny.remove(*index);
         }
         PolicyChange::WriteLeaks { .. } => {}
+        PolicyChange::HideNames { hide } => p.hide_names = *hide,
     }
     if let PolicyChange::WriteLeaks { action } = &change {
         p.write_leaks = match action.as_str() {

@@ -6,6 +6,7 @@ pub mod access;
 pub mod background;
 pub mod dynamic_ops;
 pub mod factor_ops;
+pub mod names;
 pub mod ops;
 pub mod runner;
 pub mod spawn;

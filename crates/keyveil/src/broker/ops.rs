@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use keyveil_vault::{Environment, KdfParams, Source, Variable, Vault};
+use keyveil_vault::{Environment, FactorKind, KdfParams, Source, Variable, Vault};
 use serde_json::{Value, json};
 
 use super::Broker;
 use super::access;
-use super::factor_ops;
+use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RequestState, unknown_env};
 use crate::protocol::{Charset, ErrorCode, Passphrase, Reply, Request};
 
@@ -53,6 +53,8 @@ fn check_env_name(name: &str) -> OpResult<()> {
 
 /// Handles every request but `run`.
 pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
+    // The one reply that may carry real hidden names: it is given only for the factor.
+    let reveal = matches!(req, Request::EnvReveal { .. });
     let r = match req {
         Request::Status => Ok(status(broker)),
         Request::Init {
@@ -71,18 +73,32 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::EnvShow { name } => env_show(broker, &name),
         Request::EnvCreate { name, description } => env_create(broker, &name, description),
         Request::EnvRemove { name } => env_remove(broker, &name),
+        Request::EnvReveal {
+            name,
+            passphrase,
+            totp,
+        } => env_reveal(broker, &name, Proof::from_fields(passphrase, totp, false)).await,
         Request::VarSet {
             environment,
             name,
             value,
-        } => var_set(broker, &environment, &name, value),
+        } => {
+            let name = broker.lock().human_name(&environment, &name);
+            var_set(broker, &environment, &name, value)
+        }
         Request::VarGenerate {
             environment,
             name,
             length,
             charset,
-        } => var_generate(broker, &environment, &name, length, charset, None),
-        Request::VarUnset { environment, name } => var_unset(broker, &environment, &name),
+        } => {
+            let name = broker.lock().human_name(&environment, &name);
+            var_generate(broker, &environment, &name, length, charset, None)
+        }
+        Request::VarUnset { environment, name } => {
+            let name = broker.lock().human_name(&environment, &name);
+            var_unset(broker, &environment, &name)
+        }
         Request::VarDeclare {
             environment,
             name,
@@ -162,7 +178,13 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         }
     };
     match r {
-        Ok(v) => Reply::ok(v),
+        Ok(mut v) => {
+            if !reveal {
+                // Where a policy hides names, every reply carries aliases (see `names.rs`).
+                broker.lock().hide_names_in(&mut v);
+            }
+            Reply::ok(v)
+        }
         Err(e) => e.reply(),
     }
 }
@@ -365,11 +387,55 @@ fn env_list(broker: &Broker) -> OpResult<Value> {
             json!({
                 "name": name,
                 "description": e.description,
-                "variables": e.variables.keys().collect::<Vec<_>>(),
+                "variables": e.variables.keys().map(|n| inner.shown_name(name, n)).collect::<Vec<_>>(),
             })
         })
         .collect();
     Ok(json!({ "environments": envs }))
+}
+
+/// The aliases of an environment's variables with the real names behind them, for a caller
+/// who presents the factor (passphrase or TOTP; `confirm` is not enough). Audited.
+async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<Value> {
+    if matches!(proof, Proof::Confirm) {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            "revealing hidden names needs the passphrase or a TOTP code",
+        ));
+    }
+    {
+        let inner = broker.lock();
+        let v = inner.vault()?;
+        if !v.data().environments.contains_key(env) {
+            return Err(unknown_env(env, v));
+        }
+    }
+    factor_ops::verify_factor(broker, proof, FactorKind::Totp, json!({"env_reveal": env})).await?;
+    let mut inner = broker.lock();
+    let v = inner.vault()?;
+    let e = v
+        .data()
+        .environments
+        .get(env)
+        .ok_or_else(|| unknown_env(env, v))?;
+    let hidden = e.policy.hide_names;
+    let names: Vec<Value> = e
+        .variables
+        .iter()
+        .map(|(n, var)| {
+            json!({
+                "alias": v.name_alias(env, n),
+                "real_name": n,
+                "description": var.description,
+            })
+        })
+        .collect();
+    // The audit entry names the environment only (the names are what is being protected).
+    inner.audit(
+        "env_reveal",
+        json!({"environment": env, "count": names.len()}),
+    );
+    Ok(json!({"environment": env, "hide_names": hidden, "names": names}))
 }
 
 fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
@@ -384,9 +450,11 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
         .variables
         .iter()
         .map(|(n, var)| {
+            // A description can say what a hidden name would ("Stripe live key").
+            let hidden = e.policy.hide_names;
             json!({
-                "name": n,
-                "description": var.description,
+                "name": inner.shown_name(name, n),
+                "description": if hidden { String::new() } else { var.description.clone() },
                 "source": var.source,
                 "set": var.value.is_some() || var.dynamic.is_some(),
                 "created_at": var.created_at,

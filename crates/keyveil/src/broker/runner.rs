@@ -322,11 +322,14 @@ pub(super) async fn run_inner(
             .get(&grant_id)
             .map(|g| g.cancel.clone())
             .unwrap_or_default();
-        let redactor = crate::redact::Redactor::new(
-            values
-                .iter()
-                .map(|(k, v)| (k.clone(), v.expose().as_bytes().to_vec())),
-        );
+        // Markers and write-side leaks name variables as clients see them (aliases where
+        // the policy hides names).
+        let redactor = crate::redact::Redactor::new(values.iter().map(|(k, v)| {
+            (
+                inner.shown_name(&req.environment, k),
+                v.expose().as_bytes().to_vec(),
+            )
+        }));
         let env_red = inner.env_redactor(&req.environment);
         let shown_argv = scrub_argv(&env_red, &req.argv);
         let mut env = child_env(&inner, &req.environment, &req.env, &pass_env);

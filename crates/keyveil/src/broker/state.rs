@@ -393,7 +393,9 @@ impl Inner {
 
     /// Appends an audit entry. Failures are logged, never fatal to the caller, but a run is
     /// refused earlier if the audit log cannot be opened at all.
-    pub fn audit(&mut self, event: &str, fields: Value) {
+    pub fn audit(&mut self, event: &str, mut fields: Value) {
+        // Hidden names are audited by alias (see `names.rs`).
+        self.hide_names_in(&mut fields);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -449,8 +451,11 @@ impl Inner {
                 .collect(),
             Some(list) => {
                 let mut out = Vec::new();
-                for n in list {
-                    match e.variables.get(n) {
+                for given in list {
+                    // Where names are hidden, clients name variables by alias.
+                    let real = self.real_name(env, given);
+                    let n = given;
+                    match real.as_ref().and_then(|r| e.variables.get(r)) {
                         None => {
                             return Err(OpError::new(
                                 ErrorCode::NotFound,
@@ -468,8 +473,10 @@ impl Inner {
                             )));
                         }
                         Some(_) => {
-                            if !out.contains(n) {
-                                out.push(n.clone());
+                            if let Some(r) = real
+                                && !out.contains(&r)
+                            {
+                                out.push(r);
                             }
                         }
                     }
@@ -532,7 +539,7 @@ impl Inner {
                     .filter_map(|(k, v)| {
                         v.value
                             .as_ref()
-                            .map(|s| (k.clone(), s.expose().as_bytes().to_vec()))
+                            .map(|s| (self.shown_name(env, k), s.expose().as_bytes().to_vec()))
                     })
                     .collect()
             })

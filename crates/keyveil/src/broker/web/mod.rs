@@ -926,6 +926,9 @@ pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpR
             format!("invalid variable name {:?}", crate::display::clip(name, 80)),
         ));
     }
+    // Where names are hidden the agent names the variable by its alias.
+    let real = broker.lock().real_name(environment, name);
+    let name = real.as_deref().unwrap_or(name);
     awaiting(broker, environment, name).await?;
     let server = broker
         .web
@@ -1017,13 +1020,24 @@ async fn set_page(
         return no_set_session();
     };
     match awaiting(&st.broker, &target.environment, &target.name).await {
-        Ok(desc) => form_page(
-            &target.environment,
-            &target.name,
-            desc.as_deref().unwrap_or(""),
-            csrf,
-            None,
-        ),
+        Ok(desc) => {
+            // The link went through the agent, so the page shows what the agent may see.
+            let (shown, desc) = {
+                let inner = st.broker.lock();
+                let hidden = inner.hides_names(&target.environment);
+                (
+                    inner.shown_name(&target.environment, &target.name),
+                    if hidden { None } else { desc },
+                )
+            };
+            form_page(
+                &target.environment,
+                &shown,
+                desc.as_deref().unwrap_or(""),
+                csrf,
+                None,
+            )
+        }
         Err(e) => notice(
             StatusCode::CONFLICT,
             "Nothing to set here",
@@ -1069,10 +1083,18 @@ async fn set_value(
             );
         }
     };
+    let (shown, desc) = {
+        let inner = st.broker.lock();
+        let hidden = inner.hides_names(&environment);
+        (
+            inner.shown_name(&environment, &name),
+            if hidden { String::new() } else { desc },
+        )
+    };
     let Some(value) = f.value.filter(|v| !v.expose().is_empty()) else {
         return form_page(
             &environment,
-            &name,
+            &shown,
             &desc,
             csrf,
             Some("The value is empty.".to_owned()),
@@ -1100,7 +1122,7 @@ async fn set_value(
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
                 view::Notice {
-                    title: format!("Stored {}/{}", view::prose(&environment), view::prose(&name)),
+                    title: format!("Stored {}/{}", view::prose(&environment), view::prose(&shown)),
                     text: format!("The value is in your vault. You can close this page and tell the agent it is set.{short}"),
                     ok: true,
                 }
@@ -1111,7 +1133,7 @@ async fn set_value(
         }
         Reply::Error { message, hint, .. } => form_page(
             &environment,
-            &name,
+            &shown,
             &desc,
             csrf,
             Some(prose(&match hint {
@@ -1121,7 +1143,7 @@ async fn set_value(
         ),
         _ => form_page(
             &environment,
-            &name,
+            &shown,
             &desc,
             csrf,
             Some("unexpected reply from the broker".to_owned()),

@@ -1,0 +1,137 @@
+//! Hidden variable names (`policy.hide_names`): what clients see and what they may say.
+//!
+//! When an environment's policy hides names, every name the broker gives a client (MCP or CLI:
+//! the broker cannot tell an agent from a human without the factor) is the variable's alias,
+//! [`keyveil_vault::Vault::name_alias`] (`HIDDEN_` + 12 hex digits, keyed by the vault, stable),
+//! and clients must name variables by alias. The real names stay inside the broker and reach:
+//! - the granted child's environment (the program needs `STRIPE_KEY`, not an alias);
+//! - a caller presenting the factor (`keyveil env show ENV --reveal-names`).
+//!
+//! Nothing else: listings, descriptions of variables, request cards (terminal, web page,
+//! desktop notification), grants, run results (redaction markers, write-side leaks), error
+//! messages and the audit log all carry aliases. Entries audited before the policy changed keep
+//! the names they were written with.
+
+use serde_json::Value;
+
+use super::state::Inner;
+
+impl Inner {
+    /// Whether `env`'s policy hides variable names (`false` when locked or unknown).
+    pub fn hides_names(&self, env: &str) -> bool {
+        self.vault()
+            .ok()
+            .and_then(|v| v.data().environments.get(env))
+            .is_some_and(|e| e.policy.hide_names)
+    }
+
+    /// The name clients see for variable `name` of `env`: its alias when the environment hides
+    /// names, else the name itself.
+    pub fn shown_name(&self, env: &str, name: &str) -> String {
+        match self.vault() {
+            Ok(v) if self.hides_names(env) => v.name_alias(env, name),
+            _ => name.to_owned(),
+        }
+    }
+
+    /// The real name behind a name a client gave for a variable of `env`. Where names are
+    /// hidden only aliases are understood, so that a guessed real name cannot confirm that a
+    /// variable exists; `None` when nothing matches.
+    pub fn real_name(&self, env: &str, given: &str) -> Option<String> {
+        let v = self.vault().ok()?;
+        let e = v.data().environments.get(env)?;
+        if !e.policy.hide_names {
+            return e.variables.contains_key(given).then(|| given.to_owned());
+        }
+        e.variables
+            .keys()
+            .find(|n| v.name_alias(env, n) == given)
+            .cloned()
+    }
+
+    /// Like [`Inner::real_name`], for the human's own commands (`set`, `unset`, `generate`):
+    /// an alias is understood, and so is a real name (a new variable has no alias yet).
+    pub fn human_name(&self, env: &str, given: &str) -> String {
+        self.real_name(env, given)
+            .unwrap_or_else(|| given.to_owned())
+    }
+
+    /// Replaces real variable names by aliases in a payload about to leave the broker (a
+    /// reply or an audit entry). Inside any JSON object with a string `environment` whose
+    /// policy hides names (and everything nested in it), it rewrites `variable` (a string),
+    /// `variables` (strings, or objects with a `name`), and so `write_leaks[].variable`; in the
+    /// object that names the environment itself, `name` too (`{environment, name}` replies about
+    /// one variable). Names that are not variables of that environment are left alone, so it is
+    /// idempotent.
+    pub fn hide_names_in(&self, payload: &mut Value) {
+        if self.vault().is_err() {
+            return;
+        }
+        self.hide_walk(payload, None, 0);
+    }
+
+    fn hide_walk(&self, v: &mut Value, env: Option<&str>, depth: usize) {
+        // Payloads are the broker's own; the bound only keeps a pathological one from
+        // exhausting the stack.
+        if depth > 64 {
+            return;
+        }
+        match v {
+            Value::Array(items) => {
+                for item in items {
+                    self.hide_walk(item, env, depth + 1);
+                }
+            }
+            Value::Object(map) => {
+                let own = map
+                    .get("environment")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if let Some(env) = own.as_deref().filter(|e| self.hides_names(e))
+                    && let Some(Value::String(n)) = map.get_mut("name")
+                {
+                    // `{environment, name}`: a reply about one variable (`set`, `unset`).
+                    *n = self.alias_if_real(env, n);
+                }
+                let env = own.as_deref().or(env);
+                if let Some(env) = env.filter(|e| self.hides_names(e)) {
+                    if let Some(Value::String(n)) = map.get_mut("variable") {
+                        *n = self.alias_if_real(env, n);
+                    }
+                    if let Some(Value::Array(list)) = map.get_mut("variables") {
+                        for item in list {
+                            match item {
+                                Value::String(n) => *n = self.alias_if_real(env, n),
+                                Value::Object(o) => {
+                                    if let Some(Value::String(n)) = o.get_mut("name") {
+                                        *n = self.alias_if_real(env, n);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                for (key, child) in map.iter_mut() {
+                    if key != "variable" {
+                        self.hide_walk(child, env, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn alias_if_real(&self, env: &str, name: &str) -> String {
+        let known = self
+            .vault()
+            .ok()
+            .and_then(|v| v.data().environments.get(env))
+            .is_some_and(|e| e.variables.contains_key(name));
+        if known {
+            self.shown_name(env, name)
+        } else {
+            name.to_owned()
+        }
+    }
+}

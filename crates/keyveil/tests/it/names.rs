@@ -1,0 +1,224 @@
+//! Hidden variable names (`policy set ENV hide-names on`): clients see and use aliases only;
+//! the real names reach granted children and, with the factor, `env show --reveal-names`.
+
+use crate::harness::*;
+
+/// A fake value (never a real credential).
+const VALUE: &str = "kv_fake_Hn7tQ2wE9rY4uI1oP6aS";
+/// The names being protected: they say which services the user has.
+const REAL: &str = "STRIPE_LIVE_SECRET";
+const OTHER: &str = "PAYROLL_DB_PASSWORD";
+
+fn hide(h: &Home) {
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "hide-names",
+            "on",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// Everything a client can read about `demo` without the factor.
+fn client_view(h: &Home) -> String {
+    let mut all = String::new();
+    for args in [
+        vec!["env", "list", "--json"],
+        vec!["env", "show", "demo", "--json"],
+        vec!["env", "show", "demo"],
+        vec!["requests", "--json"],
+        vec!["grants", "--json"],
+        vec!["audit", "--json"],
+        vec!["policy", "show", "demo", "--json"],
+    ] {
+        let o = h.run(&args);
+        all.push_str(&text(&o.stdout));
+        all.push_str(&text(&o.stderr));
+    }
+    all
+}
+
+#[test]
+fn hidden_names_reach_clients_only_as_aliases() {
+    let h = Home::new();
+    h.set("demo", REAL, VALUE);
+    h.set("demo", OTHER, "kv_fake_other_Zx8cV3bN6mL1kJ4h");
+    // Before: names are visible (the default).
+    assert!(client_view(&h).contains(REAL));
+    hide(&h);
+    let audit_before = h.audit_text().len();
+
+    // Listings show aliases, and the descriptions are blanked.
+    let list = h.json(&["env", "show", "demo", "--json"]);
+    let names: Vec<String> = list["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.iter().all(|n| n.starts_with("HIDDEN_")), "{names:?}");
+    assert_eq!(list["policy"]["hide_names"], true);
+
+    // A guessed real name is not understood: no oracle for which names exist.
+    let o = h.run(&[
+        "run", "--env", "demo", "--only", REAL, "--wait", "0", "--", "true",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let o2 = h.run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "NO_SUCH_NAME",
+        "--wait",
+        "0",
+        "--",
+        "true",
+    ]);
+    assert_eq!(
+        err.replace(REAL, "X"),
+        text(&o2.stderr).replace("NO_SUCH_NAME", "X"),
+        "a real name and a made-up one must get the same answer"
+    );
+
+    // The alias works: the child gets the real name, the output marks the alias.
+    let alias = h.json(&["env", "show", "demo", "--json"])["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .find(|a| {
+            // Which alias is REAL's? Ask with the factor.
+            let o = h.run_stdin(
+                &[
+                    "env",
+                    "show",
+                    "demo",
+                    "--reveal-names",
+                    "--json",
+                    "--passphrase-stdin",
+                ],
+                &format!("{PASS}\n"),
+            );
+            let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            d["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["alias"] == a.as_str() && n["real_name"] == REAL)
+        })
+        .expect("the reveal maps an alias to the real name");
+    // The script finds the variable under its real name without spelling it (an argv is the
+    // agent's own text and is shown as written).
+    let script = "v=$(env | sed -n 's/^STRIPE_LIVE_SECRE[T]=//p'); \
+                  printf 'got=%s name-ok=%s\\n' \"$v\" \"${v:+yes}\"";
+    let child = h.spawn_run(&[
+        "run", "--env", "demo", "--only", &alias, "--wait", "30", "--", "sh", "-c", script,
+    ]);
+    let id = h.wait_request();
+    // The pending request, as any client sees it, names the alias only.
+    let pending = client_view(&h);
+    assert!(pending.contains(&alias), "{pending}");
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, std::time::Duration::from_secs(30));
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        out.contains("name-ok=yes"),
+        "the child got the real name: {out}"
+    );
+    assert!(out.contains(&format!("got=[REDACTED:{alias}]")), "{out}");
+
+    // Nothing a client can read names the hidden variables or holds the value.
+    let view = client_view(&h);
+    for secret in [REAL, OTHER, VALUE] {
+        assert!(!view.contains(secret), "{secret} reached a client: {view}");
+        assert!(!out.contains(secret) && !text(&o.stderr).contains(secret));
+    }
+    // The audit entries written since the policy change carry aliases.
+    let audit = h.audit_text();
+    let since = &audit[audit_before..];
+    assert!(since.contains(&alias), "{since}");
+    assert!(!since.contains(REAL) && !since.contains(OTHER), "{since}");
+    assert!(!audit.contains(VALUE));
+    let o = h.run(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn revealing_names_needs_the_factor() {
+    let h = Home::new();
+    h.set("demo", REAL, VALUE);
+    hide(&h);
+    let o = h.run_stdin(
+        &[
+            "env",
+            "show",
+            "demo",
+            "--reveal-names",
+            "--passphrase-stdin",
+        ],
+        "a guessed passphrase\n",
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).contains(REAL) && !text(&o.stderr).contains(REAL));
+    let o = h.run(&["env", "show", "demo", "--reveal-names", "--totp", "000000"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!text(&o.stdout).contains(REAL));
+    // With the passphrase: alias, real name.
+    let o = h.run_stdin(
+        &[
+            "env",
+            "show",
+            "demo",
+            "--reveal-names",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains(REAL) && out.contains("HIDDEN_"), "{out}");
+    assert!(!out.contains(VALUE));
+    // Turning hiding off is a policy change: it needs the factor too.
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "hide-names",
+            "off",
+            "--passphrase-stdin",
+        ],
+        "a guessed passphrase\n",
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(!client_view(&h).contains(REAL));
+}
+
+#[test]
+fn the_human_can_still_set_a_hidden_variable_by_alias_or_name() {
+    let h = Home::new();
+    h.set("demo", REAL, VALUE);
+    hide(&h);
+    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // By alias: replaces the same variable (no second one appears).
+    h.set("demo", &alias, "kv_fake_rotated_Qw3eR6tY9uI2oP5a");
+    let shown = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(shown["variables"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown["variables"][0]["name"], alias.as_str());
+    // By real name: the same variable again.
+    h.set("demo", REAL, VALUE);
+    let shown = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(shown["variables"].as_array().unwrap().len(), 1, "{shown}");
+}
