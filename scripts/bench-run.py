@@ -4,20 +4,68 @@
 1. `keyveil run --env demo -- true` with a live grant, against plain `true` (hyperfine when
    installed, else a timing loop): the cost of the CLI, the broker round trip, pin checks,
    the child environment and redaction.
-2. Revocation: 100 trials of a granted `sleep 30` (with a child of its own); from issuing
-   `keyveil revoke` to both processes being gone. p50/p99.
+2. `keyveil run -- cat FILE` against `cat FILE` (10 values in the grant).
+3. Revocation: 100 trials of a granted `sleep 30` (with a child of its own). The revoke is sent
+   straight to the broker's socket (no CLI start in the figure), and the script records when the
+   broker answers (the grant is unusable) and when no process of the run's process group is
+   left (polling /proc, no subprocess). p50/p99 of both.
 
 Usage: scripts/bench-run.py [--bin target/release/keyveil] [--trials 100]
 Prints a Markdown table for docs/benchmarks.md.
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, socket, statistics, struct, subprocess, sys, tempfile, time
+
+
+def broker_call(sock_path, request):
+    """One request on the broker socket: frames are a 4-byte big-endian length, then a tag byte
+    (0 = JSON) and the JSON body (crates/keyveil/src/protocol.rs). Returns the decoded reply."""
+    body = b"\x00" + json.dumps(request).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock_path)
+        s.sendall(struct.pack(">I", len(body)) + body)
+        head = b""
+        while len(head) < 4:
+            head += s.recv(4 - len(head))
+        (n,) = struct.unpack(">I", head)
+        data = b""
+        while len(data) < n:
+            data += s.recv(n - len(data))
+    return json.loads(data[1:])
+
+
+def _pgrp(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[-1].split()
+        return int(fields[2]) if fields[0] != b"Z" else -1
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def group_alive(pgid):
+    """Whether any process still has process group `pgid` (field 5 of /proc/PID/stat)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[-1].split()
+        # After the command name: state, ppid, pgrp, ...; a zombie no longer runs anything.
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "keyveil"))
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--cat-mib", type=int, default=256, help="size of the `keyveil run -- cat FILE` input")
+    ap.add_argument("--parts", default="run,cat,revoke", help="which measurements, comma-separated")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     home = tempfile.mkdtemp(prefix="kvb", dir="/tmp")
     env = {"PATH": os.environ["PATH"], "HOME": home, "KEYVEIL_HOME": home, "LANG": "C.UTF-8", "KEYVEIL_NO_NOTIFY": "1"}
     pw = "bench passphrase 123\n"
@@ -34,6 +82,18 @@ def main():
         kv("run", "--env", "demo", "--wait", "0", "--", "true", check=False)
         rid = json.loads(kv("requests", "--json").stdout)[-1]["id"]
         kv("approve", str(rid), "--passphrase-stdin", "--ttl", "1h", inp=pw)
+        if "run" in parts:
+            run_overhead(a, env)
+        if "cat" in parts:
+            cat_overhead(a, env, kv, home, pw)
+        if "revoke" in parts:
+            revocation(a, env, kv, pw)
+    finally:
+        subprocess.run([a.bin, "daemon", "stop"], env=env, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_overhead(a, env):
         cmd = f"{a.bin} run --env demo -- true"
         rows = []
         if shutil.which("hyperfine"):
@@ -52,6 +112,7 @@ def main():
         print("| command | mean (ms) | median (ms) |\n|---|---|---|")
         for c, mean, med in rows:
             print(f"| `{c}` | {mean:.2f} | {med:.2f} |")
+def cat_overhead(a, env, kv, home, pw):
         # 2. `keyveil run -- cat FILE` against `cat FILE`, 10 values in the grant.
         kv("env", "create", "ten")
         for i in range(10):
@@ -77,8 +138,10 @@ def main():
         t_kv = timed([a.bin, "run", "--env", "ten", "--", "cat", big])
         print(f"\n`cat` of {a.cat_mib} MiB: {t_cat*1000:.0f} ms; through `keyveil run` (10 values): {t_kv*1000:.0f} ms "
               f"({t_kv/t_cat:.1f}x, {a.cat_mib/t_kv:.0f} MiB/s end to end; best of 3)")
-        # 3. revocation latency.
-        lat = []
+def revocation(a, env, kv, pw):
+        # 3. revocation latency, broker side.
+        sock = json.loads(kv("status", "--json").stdout)["socket"]
+        answered, dead = [], []
         for i in range(a.trials):
             script = f"sleep 30 & sleep 30 # trial {i}"
             proc = subprocess.Popen([a.bin, "run", "--env", "demo", "--wait", "30", "--", "sh", "-c", script],
@@ -97,23 +160,27 @@ def main():
                     pid, gid = runs[0]["pgid"], runs[0]["grant_id"]
                 else:
                     time.sleep(0.005)
+            # Both sleeps started (the shell forks the first before it execs the second).
+            while sum(1 for d in os.listdir("/proc") if d.isdigit() and _pgrp(d) == pid) < 2:
+                time.sleep(0.001)
             t0 = time.perf_counter()
-            kv("revoke", gid)
-            while True:
-                # The whole process group is gone when no process has it as pgid.
-                alive = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 0
-                if not alive:
-                    break
-                time.sleep(0.0005)
-            lat.append((time.perf_counter() - t0) * 1000)
+            reply = broker_call(sock, {"op": "revoke", "grant_id": gid, "all": False, "client": None})
+            t1 = time.perf_counter()
+            assert "revoked" in json.dumps(reply), reply
+            while group_alive(pid):
+                pass
+            t2 = time.perf_counter()
+            answered.append((t1 - t0) * 1000)
+            dead.append((t2 - t0) * 1000)
             proc.wait(timeout=10)
-        lat.sort()
-        p50 = statistics.median(lat); p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        print(f"\nrevoke → process group gone, {len(lat)} trials: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms "
-              "(includes starting the `keyveil revoke` CLI process)")
-    finally:
-        subprocess.run([a.bin, "daemon", "stop"], env=env, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        def pct(xs):
+            xs = sorted(xs)
+            return statistics.median(xs), xs[min(len(xs) - 1, int(len(xs) * 0.99))], xs[-1]
+        for what, xs in (("revoke sent → broker's answer (grant unusable)", answered),
+                         ("revoke sent → no process of the run's group left", dead)):
+            p50, p99, mx = pct(xs)
+            print(f"\n{what}, {len(xs)} trials: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.2f} ms")
+
 
 if __name__ == "__main__":
     main()
