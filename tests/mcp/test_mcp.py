@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import secrets
 import statistics
 import subprocess
 import threading
@@ -31,7 +32,7 @@ import pytest
 from mcp import Client
 from mcp.types import Implementation
 
-from conftest import PASSPHRASE, Home
+from conftest import PASSPHRASE, Home, encodings
 
 pytestmark = pytest.mark.anyio
 
@@ -465,3 +466,47 @@ def test_raw_initialize_asking_for_2026_falls_back_to_a_handshake_version(home: 
         assert "demo" in json.dumps(listed["result"]["structuredContent"])
     finally:
         raw.close()
+
+
+async def test_hidden_names_reach_the_agent_only_as_aliases(home: Home):
+    """With `hide-names on`, the whole MCP transcript never names the variable; the agent runs
+    by alias and the child still gets the real name."""
+    real = "PAYMENTS_SIGNING_KEY"
+    value = secrets.token_urlsafe(30)
+    home.cli("set", "demo", real, "--from-stdin", stdin=value)
+    home.cli("policy", "set", "demo", "hide-names", "on", "--passphrase-stdin", stdin=PASSPHRASE + "\n")
+    revealed = json.loads(
+        home.cli("env", "show", "demo", "--reveal-names", "--json", "--passphrase-stdin", stdin=PASSPHRASE + "\n").stdout
+    )
+    alias = next(n["alias"] for n in revealed["names"] if n["real_name"] == real)
+    # The script reaches the variable without spelling its name (an argv is the agent's text).
+    script = "v=$(env | sed -n 's/^PAYMENTS_SIGNING_KE[Y]=//p'); echo \"got=$v\"; echo \"len=${#v}\""
+    async with connect(home, "2026-07-28") as client:
+        listed = await call(client, "list_environments")
+        names = listed.structured_content["environments"][0]["variables"]
+        assert alias in names and all(n.startswith("HIDDEN_") for n in names), names
+        described = await call(client, "describe_environment", {"environment": "demo"})
+        assert alias in [v["name"] for v in described.structured_content["variables"]]
+        args = {"environment": "demo", "command": ["sh", "-c", script], "variables": [alias], "wait_seconds": 0}
+        first = await call(client, "run", args)
+        assert first.structured_content["status"] == "pending_approval", text(first)
+        home.approve(first.structured_content["request_id"])
+        done = await call(client, "run", args)
+        out = done.structured_content["stdout"]
+        assert f"got=[REDACTED:{alias}]" in out, out
+        assert f"len={len(value)}" in out, out
+        grants = await call(client, "list_grants")
+        audit = await call(client, "audit_log", {"limit": 50})
+        assert alias in json.dumps(audit.structured_content)
+    # In that whole session the name never crossed the channel, either way (stderr included),
+    # and neither did the value in any encoding.
+    t = home.transcript()
+    assert real.encode() not in t
+    assert not [k for k, form in encodings(value.encode()).items() if form and form in t]
+    # A guessed real name gets the same answer as a made-up one (so it confirms nothing).
+    async with connect(home, "2026-07-28") as client:
+        guessed = await call(client, "run", {**RUN_ARGS, "variables": [real]})
+        made_up = await call(client, "run", {**RUN_ARGS, "variables": ["NOT_A_VAR"]})
+        assert guessed.is_error and made_up.is_error
+        assert text(guessed).replace(real, "X") == text(made_up).replace("NOT_A_VAR", "X")
+    home.assert_no_value_in_transcript()
