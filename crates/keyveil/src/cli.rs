@@ -12,7 +12,10 @@ use serde_json::Value;
 
 use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
-use crate::protocol::{Charset, ClientInfo, OutputMode, Passphrase, Reply, Request, RunRequest};
+use crate::protocol::{
+    Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, FactorProof, OutputMode, Passphrase, Reply,
+    Request, RunRequest,
+};
 
 mod background;
 mod dynamic;
@@ -76,6 +79,11 @@ enum Command {
         /// Print a one-time link to a local page where you type the value in a browser.
         #[arg(long, conflicts_with = "from_stdin")]
         web: bool,
+        /// Replacing a stored value needs your factor: asked at the terminal unless given here
+        /// (with --from-stdin, --passphrase-stdin reads the passphrase from the first line and
+        /// the value from the rest).
+        #[command(flatten)]
+        factor: FactorArgs,
     },
     /// Generate a random value inside the broker; it is never shown.
     Generate {
@@ -89,13 +97,19 @@ enum Command {
         /// Alphabet.
         #[arg(long, value_enum, default_value_t = Charset::Alnum)]
         charset: Charset,
+        /// Replacing a stored value needs your factor (asked at the terminal unless given).
+        #[command(flatten)]
+        factor: FactorArgs,
     },
-    /// Delete a variable.
+    /// Delete a variable (one with a value needs your factor).
     Unset {
         /// Environment.
         env: String,
         /// Variable name.
         var: String,
+        /// Your factor (asked at the terminal unless given).
+        #[command(flatten)]
+        factor: FactorArgs,
     },
     /// Run a command with an environment's values injected (waits for approval).
     Run(RunArgs),
@@ -338,10 +352,13 @@ enum EnvCommand {
         #[command(flatten)]
         factor: FactorArgs,
     },
-    /// Remove an environment and its variables.
+    /// Remove an environment and its variables (with stored values: needs your factor).
     Rm {
         /// Name.
         name: String,
+        /// Your factor (asked at the terminal unless given).
+        #[command(flatten)]
+        factor: FactorArgs,
     },
 }
 
@@ -580,6 +597,58 @@ async fn call(paths: &Paths, req: Request) -> Result<Value> {
     expect_ok(client::call(paths, &req).await?)
 }
 
+/// The factor given on the command line: a TOTP code, or (when `stdin_is_free`) the
+/// passphrase from the first line of stdin; `None` when neither was given.
+fn factor_from_args(f: &FactorArgs, stdin_is_free: bool) -> Result<Option<FactorProof>> {
+    if let Some(code) = &f.totp {
+        return Ok(Some(FactorProof {
+            passphrase: Passphrase::default(),
+            totp: Some(code.clone()),
+        }));
+    }
+    if f.passphrase_stdin && stdin_is_free {
+        return Ok(Some(FactorProof {
+            passphrase: read_secret_line(true, "")?,
+            totp: None,
+        }));
+    }
+    Ok(None)
+}
+
+/// Sends a change that may replace or remove stored values. When the broker answers that it
+/// needs the factor ([`FACTOR_NEEDED`]) and none was given, asks for the passphrase at the
+/// terminal (`/dev/tty`, never stdin) and sends the change once more with it.
+pub(crate) async fn call_guarded(
+    paths: &Paths,
+    given: Option<FactorProof>,
+    make: impl Fn(Option<FactorProof>) -> Request,
+) -> Result<Value> {
+    let had_factor = given.is_some();
+    let reply = client::call(paths, &make(given)).await?;
+    if let Reply::Error {
+        code: ErrorCode::Denied,
+        message,
+        ..
+    } = &reply
+        && !had_factor
+        && message.starts_with(FACTOR_NEEDED)
+    {
+        note(message);
+        let passphrase = read_secret_line(false, "Vault passphrase to confirm: ")?;
+        return expect_ok(
+            client::call(
+                paths,
+                &make(Some(FactorProof {
+                    passphrase,
+                    totp: None,
+                })),
+            )
+            .await?,
+        );
+    }
+    expect_ok(reply)
+}
+
 fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {
     if from_stdin {
         let mut s = String::new();
@@ -713,13 +782,27 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             env,
             var,
             from_stdin,
+            factor,
             ..
         } => {
+            let mut given = factor_from_args(&factor, !from_stdin)?;
             let value = if from_stdin {
                 let mut buf = Vec::new();
                 std::io::stdin()
                     .read_to_end(&mut buf)
                     .context("cannot read stdin")?;
+                if factor.passphrase_stdin {
+                    // First line: the passphrase; the rest: the value.
+                    let cut = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+                    let line: Vec<u8> = buf.drain(..cut.saturating_add(1).min(buf.len())).collect();
+                    let pass = String::from_utf8_lossy(&line)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned();
+                    given = Some(FactorProof {
+                        passphrase: Passphrase::new(pass),
+                        totp: None,
+                    });
+                }
                 if buf.ends_with(b"\n") {
                     buf.pop();
                     if buf.ends_with(b"\r") {
@@ -734,14 +817,12 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else {
                 read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
             };
-            let d = call(
-                paths,
-                Request::VarSet {
-                    environment: env.clone(),
-                    name: var.clone(),
-                    value,
-                },
-            )
+            let d = call_guarded(paths, given, |factor| Request::VarSet {
+                environment: env.clone(),
+                name: var.clone(),
+                value: value.clone(),
+                factor,
+            })
             .await?;
             if d["short_value"] == true {
                 note(format!(
@@ -763,30 +844,29 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             var,
             length,
             charset,
+            factor,
         } => {
-            call(
-                paths,
-                Request::VarGenerate {
-                    environment: env.clone(),
-                    name: var.clone(),
-                    length,
-                    charset,
-                },
-            )
+            let given = factor_from_args(&factor, true)?;
+            call_guarded(paths, given, |factor| Request::VarGenerate {
+                environment: env.clone(),
+                name: var.clone(),
+                length,
+                charset,
+                factor,
+            })
             .await?;
             say(format!(
                 "generated {env}/{var} ({length} characters, never shown)"
             ));
             Ok(0)
         }
-        Command::Unset { env, var } => {
-            call(
-                paths,
-                Request::VarUnset {
-                    environment: env.clone(),
-                    name: var.clone(),
-                },
-            )
+        Command::Unset { env, var, factor } => {
+            let given = factor_from_args(&factor, true)?;
+            call_guarded(paths, given, |factor| Request::VarUnset {
+                environment: env.clone(),
+                name: var.clone(),
+                factor,
+            })
             .await?;
             say(format!("removed {env}/{var}"));
             Ok(0)
@@ -988,8 +1068,13 @@ async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                 }
             }
         }
-        EnvCommand::Rm { name } => {
-            call(paths, Request::EnvRemove { name: name.clone() }).await?;
+        EnvCommand::Rm { name, factor } => {
+            let given = factor_from_args(&factor, true)?;
+            call_guarded(paths, given, |factor| Request::EnvRemove {
+                name: name.clone(),
+                factor,
+            })
+            .await?;
             say(format!("removed environment {name}"));
         }
     }

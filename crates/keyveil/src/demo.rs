@@ -122,6 +122,7 @@ async fn flow(paths: &Paths) -> Result<bool> {
             environment: "demo".into(),
             name: "API_TOKEN".into(),
             value: Passphrase::new(value.to_string()),
+            factor: None,
         },
     )
     .await?)?;

@@ -169,6 +169,22 @@ impl<'de> Deserialize<'de> for Passphrase {
     }
 }
 
+/// The human's factor attached to a change that needs it: replacing or removing a stored value
+/// (`set`, `generate`, `unset`, `env rm`). Either the passphrase or a TOTP code.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FactorProof {
+    /// The passphrase (empty when a TOTP code is given).
+    #[serde(default)]
+    pub passphrase: Passphrase,
+    /// A TOTP code.
+    #[serde(default)]
+    pub totp: Option<String>,
+}
+
+/// Start of the broker's error message when a change needs the factor and none was given; the
+/// CLI recognises it and asks for the passphrase at the terminal.
+pub const FACTOR_NEEDED: &str = "replacing or removing a stored value needs your factor";
+
 /// Every request a client can send. Tagged by `op`.
 // `RequestAccess` mirrors the MCP tool `request_access`.
 #[allow(clippy::enum_variant_names)]
@@ -223,10 +239,13 @@ pub enum Request {
         /// Free text.
         description: String,
     },
-    /// Remove an environment and all its variables.
+    /// Remove an environment and all its variables (with a stored value: needs the factor).
     EnvRemove {
         /// Environment name.
         name: String,
+        /// The human's factor, needed when a stored value would be removed.
+        #[serde(default)]
+        factor: Option<FactorProof>,
     },
     /// Store a value (from the human's CLI only).
     VarSet {
@@ -236,6 +255,9 @@ pub enum Request {
         name: String,
         /// The value.
         value: Passphrase,
+        /// The human's factor, needed when it replaces a stored value.
+        #[serde(default)]
+        factor: Option<FactorProof>,
     },
     /// Generate a random value inside the broker.
     VarGenerate {
@@ -247,13 +269,19 @@ pub enum Request {
         length: usize,
         /// Alphabet.
         charset: Charset,
+        /// The human's factor, needed when it replaces a stored value.
+        #[serde(default)]
+        factor: Option<FactorProof>,
     },
-    /// Delete a variable.
+    /// Delete a variable (with a stored value: needs the factor).
     VarUnset {
         /// Environment name.
         environment: String,
         /// Variable name.
         name: String,
+        /// The human's factor, needed when a stored value would be removed.
+        #[serde(default)]
+        factor: Option<FactorProof>,
     },
     /// Declare a variable (agent side): generated now, or awaiting a human's value.
     VarDeclare {
@@ -428,6 +456,9 @@ pub struct DynamicAddRequest {
     /// Connect with the admin credential before storing it.
     #[serde(default)]
     pub check: bool,
+    /// The human's factor, needed when the change replaces a variable that holds a value.
+    #[serde(default)]
+    pub factor: Option<FactorProof>,
 }
 
 impl Request {
@@ -769,8 +800,13 @@ mod tests {
             environment: "e".into(),
             name: "N".into(),
             value: Passphrase::new("hunter2-planted-value".into()),
+            factor: Some(FactorProof {
+                passphrase: Passphrase::new("planted-factor-passphrase".into()),
+                totp: None,
+            }),
         };
         let dbg = format!("{r:?}");
+        assert!(!dbg.contains("planted-factor"), "{dbg}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("[sensitive]"));
         let json = serde_json::to_string(&r).unwrap();

@@ -128,6 +128,15 @@ pub async fn add(broker: &Arc<Broker>, req: DynamicAddRequest) -> OpResult<Value
         })?;
     }
 
+    // Replacing a variable that holds a value needs the human's factor (see `ops::guard_stored`).
+    let stored: usize = {
+        let inner = broker.lock();
+        names
+            .iter()
+            .map(|(n, _)| inner.stored_names(&req.environment, Some(n)))
+            .sum()
+    };
+    super::ops::guard_stored(broker, &req.environment, stored, req.factor.clone()).await?;
     let mut inner = broker.lock();
     let vault = inner.vault_mut()?;
     let now = Timestamp::now();

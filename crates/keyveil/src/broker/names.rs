@@ -134,4 +134,21 @@ impl Inner {
             name.to_owned()
         }
     }
+
+    /// How many variables of `env` hold a value (or a dynamic source): all of them, or only
+    /// `name`. 0 when the environment or variable does not exist or the vault is locked.
+    pub fn stored_names(&self, env: &str, name: Option<&str>) -> usize {
+        let Some(e) = self
+            .vault()
+            .ok()
+            .and_then(|v| v.data().environments.get(env))
+        else {
+            return 0;
+        };
+        e.variables
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
+            .filter(|(_, v)| v.value.is_some() || v.dynamic.is_some())
+            .count()
+    }
 }

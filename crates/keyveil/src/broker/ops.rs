@@ -11,7 +11,7 @@ use super::Broker;
 use super::access;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RequestState, unknown_env};
-use crate::protocol::{Charset, ErrorCode, Passphrase, Reply, Request};
+use crate::protocol::{Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request};
 
 /// Longest value `generate` makes (characters).
 const MAX_GENERATED: usize = 4096;
@@ -72,7 +72,13 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::EnvList => env_list(broker),
         Request::EnvShow { name } => env_show(broker, &name),
         Request::EnvCreate { name, description } => env_create(broker, &name, description),
-        Request::EnvRemove { name } => env_remove(broker, &name),
+        Request::EnvRemove { name, factor } => {
+            let stored = broker.lock().stored_names(&name, None);
+            match guard_stored(broker, &name, stored, factor).await {
+                Ok(()) => env_remove(broker, &name),
+                Err(e) => Err(e),
+            }
+        }
         Request::EnvReveal {
             name,
             passphrase,
@@ -82,22 +88,52 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             environment,
             name,
             value,
+            factor,
         } => {
-            let name = broker.lock().human_name(&environment, &name);
-            var_set(broker, &environment, &name, value)
+            let (name, stored) = {
+                let inner = broker.lock();
+                let name = inner.human_name(&environment, &name);
+                let stored = inner.stored_names(&environment, Some(&name));
+                (name, stored)
+            };
+            match guard_stored(broker, &environment, stored, factor).await {
+                Ok(()) => var_set(broker, &environment, &name, value),
+                Err(e) => Err(e),
+            }
         }
         Request::VarGenerate {
             environment,
             name,
             length,
             charset,
+            factor,
         } => {
-            let name = broker.lock().human_name(&environment, &name);
-            var_generate(broker, &environment, &name, length, charset, None)
+            let (name, stored) = {
+                let inner = broker.lock();
+                let name = inner.human_name(&environment, &name);
+                let stored = inner.stored_names(&environment, Some(&name));
+                (name, stored)
+            };
+            match guard_stored(broker, &environment, stored, factor).await {
+                Ok(()) => var_generate(broker, &environment, &name, length, charset, None),
+                Err(e) => Err(e),
+            }
         }
-        Request::VarUnset { environment, name } => {
-            let name = broker.lock().human_name(&environment, &name);
-            var_unset(broker, &environment, &name)
+        Request::VarUnset {
+            environment,
+            name,
+            factor,
+        } => {
+            let (name, stored) = {
+                let inner = broker.lock();
+                let name = inner.human_name(&environment, &name);
+                let stored = inner.stored_names(&environment, Some(&name));
+                (name, stored)
+            };
+            match guard_stored(broker, &environment, stored, factor).await {
+                Ok(()) => var_unset(broker, &environment, &name),
+                Err(e) => Err(e),
+            }
         }
         Request::VarDeclare {
             environment,
@@ -187,6 +223,50 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         }
         Err(e) => e.reply(),
     }
+}
+
+/// Replacing or removing a stored value needs the human's factor (passphrase or TOTP;
+/// `confirm` is not enough). Without it an agent could swap `API_URL` for a host of its own and
+/// have the next approved run send `API_KEY` there, or delete values. `stored` is how many
+/// variables with a value (or a dynamic source) the change would replace or remove; storing a
+/// first value needs nothing (it discloses nothing).
+///
+/// Errors: [`ErrorCode::Denied`] starting with [`FACTOR_NEEDED`] when no factor was given, and
+/// the factor's own errors (wrong, replayed, locked out) when it was.
+pub(super) async fn guard_stored(
+    broker: &Arc<Broker>,
+    env: &str,
+    stored: usize,
+    factor: Option<FactorProof>,
+) -> OpResult<()> {
+    if stored == 0 {
+        return Ok(());
+    }
+    let Some(f) = factor else {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!(
+                "{FACTOR_NEEDED}: this would replace or remove {stored} stored value(s) in '{env}'; nothing was changed"
+            ),
+        )
+        .hint("run the command in your own terminal: keyveil asks for your passphrase (or add `--totp CODE`)"));
+    };
+    if f.totp.is_none() && f.passphrase.expose().is_empty() {
+        // Not counted as a failed attempt: nothing was tried.
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            "the factor is empty: give the passphrase or a TOTP code; nothing was changed",
+        ));
+    }
+    let proof = Proof::from_fields(f.passphrase, f.totp, false);
+    factor_ops::verify_factor(
+        broker,
+        proof,
+        FactorKind::Totp,
+        json!({"stored_change": env}),
+    )
+    .await
+    .map(|_| ())
 }
 
 fn status(broker: &Broker) -> Value {

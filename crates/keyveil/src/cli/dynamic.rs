@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::{Exit, call, read_secret_line, say};
+use super::{Exit, call_guarded, read_secret_line, say};
 use crate::paths::Paths;
 use crate::protocol::{DynamicAddRequest, Request};
 
@@ -136,20 +136,21 @@ pub async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     options.insert(k.to_owned(), v);
                 }
             }
-            let d = call(
-                paths,
+            // Replacing a variable that has a value needs the factor (asked at the terminal).
+            let d = call_guarded(paths, None, |factor| {
                 Request::DynamicAdd(DynamicAddRequest {
                     environment: env.clone(),
-                    name: var,
-                    engine,
-                    admin,
-                    template,
-                    output,
-                    options,
-                    description,
+                    name: var.clone(),
+                    engine: engine.clone(),
+                    admin: admin.clone(),
+                    template: template.clone(),
+                    output: output.clone(),
+                    options: options.clone(),
+                    description: description.clone(),
                     check: !no_check,
-                }),
-            )
+                    factor,
+                })
+            })
             .await?;
             let vars: Vec<&str> = d["variables"]
                 .as_array()

@@ -212,13 +212,21 @@ fn the_human_can_still_set_a_hidden_variable_by_alias_or_name() {
         .as_str()
         .unwrap()
         .to_owned();
-    // By alias: replaces the same variable (no second one appears).
-    h.set("demo", &alias, "kv_fake_rotated_Qw3eR6tY9uI2oP5a");
+    // By alias: replaces the same variable (no second one appears). Replacing needs the factor.
+    let o = h.run_stdin(
+        &["set", "demo", &alias, "--from-stdin", "--passphrase-stdin"],
+        &format!("{PASS}\nkv_fake_rotated_Qw3eR6tY9uI2oP5a"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let shown = h.json(&["env", "show", "demo", "--json"]);
     assert_eq!(shown["variables"].as_array().unwrap().len(), 1, "{shown}");
     assert_eq!(shown["variables"][0]["name"], alias.as_str());
     // By real name: the same variable again.
-    h.set("demo", REAL, VALUE);
+    let o = h.run_stdin(
+        &["set", "demo", REAL, "--from-stdin", "--passphrase-stdin"],
+        &format!("{PASS}\n{VALUE}"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let shown = h.json(&["env", "show", "demo", "--json"]);
     assert_eq!(shown["variables"].as_array().unwrap().len(), 1, "{shown}");
 }

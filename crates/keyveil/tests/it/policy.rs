@@ -202,3 +202,94 @@ fn auto_approve_and_deny_rules() {
         "{shown}"
     );
 }
+
+/// The value a granted run sees, as a SHA-256 prefix (never the value itself).
+fn value_sha(h: &Home) -> String {
+    let script = "printf %s \"$API_TOKEN\" | sha256sum | cut -c1-16";
+    let child = h.spawn_run(&[
+        "run", "--env", "demo", "--wait", "30", "--", "sh", "-c", script,
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, std::time::Duration::from_secs(30));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn replacing_or_removing_a_stored_value_needs_the_factor() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let before = value_sha(&h);
+    assert_eq!(before, &sha256_hex(TOKEN)[..16]);
+    let theirs = "kv_fake_agent_chosen_Lm4nB7vC1xZ9";
+    // What an agent with a shell could try: each is refused, says why, and changes nothing.
+    let attempts: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["set", "demo", "API_TOKEN", "--from-stdin"],
+            theirs.to_owned(),
+        ),
+        (vec!["generate", "demo", "API_TOKEN"], String::new()),
+        (vec!["unset", "demo", "API_TOKEN"], String::new()),
+        (vec!["env", "rm", "demo"], String::new()),
+        // A wrong passphrase is a failed factor attempt (audited).
+        (
+            vec![
+                "set",
+                "demo",
+                "API_TOKEN",
+                "--from-stdin",
+                "--passphrase-stdin",
+            ],
+            format!("guessed passphrase\n{theirs}"),
+        ),
+        (
+            vec!["unset", "demo", "API_TOKEN", "--totp", "123456"],
+            String::new(),
+        ),
+    ];
+    for (args, input) in &attempts {
+        let o = h.run_stdin(args, input);
+        let err = text(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{args:?} succeeded");
+        if args.contains(&"--passphrase-stdin") || args.contains(&"--totp") {
+            // A wrong factor: denied (exit 3).
+            assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+        } else {
+            // No factor: the broker says what is needed, and with no terminal to ask at, the
+            // CLI says how to give it.
+            assert!(err.contains("needs your factor"), "{args:?}: {err}");
+            assert!(
+                err.contains("cannot read from the terminal"),
+                "{args:?}: {err}"
+            );
+        }
+        assert!(!err.contains(TOKEN) && !err.contains(theirs), "{err}");
+    }
+    assert_eq!(value_sha(&h), before, "the stored value changed");
+    assert!(h.audit_text().contains("\"factor_failed\""));
+    // A new variable needs nothing (it discloses nothing and replaces nothing).
+    h.set("demo", "NEW_ONE", "kv_fake_new_value_Tr5eW2qA8sD3");
+    // The human, with the passphrase: replaced, then removed.
+    let o = h.run_stdin(
+        &[
+            "set",
+            "demo",
+            "API_TOKEN",
+            "--from-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n{theirs}"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("updated"));
+    assert_eq!(value_sha(&h), &sha256_hex(theirs)[..16]);
+    let o = h.run_stdin(
+        &["unset", "demo", "NEW_ONE", "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Nothing of either value reached the audit log.
+    let audit = h.audit_text();
+    assert!(!audit.contains(TOKEN) && !audit.contains(theirs));
+}

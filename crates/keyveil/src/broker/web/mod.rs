@@ -1106,6 +1106,7 @@ async fn set_value(
             environment: environment.clone(),
             name: name.clone(),
             value,
+            factor: None,
         },
     )
     .await;
