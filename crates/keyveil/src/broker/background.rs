@@ -224,6 +224,8 @@ pub struct Detached {
     pub cancel: CancellationToken,
     /// When it was spawned (for the write-side scan).
     pub started_at: SystemTime,
+    /// The run's private TMPDIR, scanned and deleted at its end (`private_tmp.rs`).
+    pub tmp_dir: Option<std::path::PathBuf>,
 }
 
 /// Serves one `start` request: the run path's approval wait and spawn, then a final reply.
@@ -283,6 +285,7 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         redactor,
         cancel,
         started_at,
+        tmp_dir,
     } = d;
     let pid = started.pid;
     let run = Arc::new(BgRun {
@@ -346,7 +349,10 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 }
             }
         };
-        finish(&broker2, &run2, result, &cwd, started_at, &redactor).await;
+        finish(
+            &broker2, &run2, result, &cwd, started_at, &redactor, tmp_dir,
+        )
+        .await;
     });
     Reply::ok(json!({
         "run_id": run_id,
@@ -363,6 +369,7 @@ async fn finish(
     cwd: &str,
     started_at: SystemTime,
     redactor: &Redactor,
+    tmp_dir: Option<std::path::PathBuf>,
 ) {
     result.run_id = run.id.clone();
     result.grant_id = run.grant_id.clone();
@@ -385,6 +392,10 @@ async fn finish(
                 action: "reported".to_owned(),
             });
         }
+    }
+    if let Some(dir) = tmp_dir {
+        let leaks = super::private_tmp::finish(dir, redactor, started_at).await;
+        result.write_leaks.extend(leaks);
     }
     let stopped = run.state().stopped;
     {

@@ -8,6 +8,7 @@ pub mod dynamic_ops;
 pub mod factor_ops;
 pub mod names;
 pub mod ops;
+pub mod private_tmp;
 pub mod runner;
 pub mod spawn;
 pub mod state;

@@ -343,6 +343,18 @@ pub(super) async fn run_inner(
             .unwrap_or(spawn::DEFAULT_TIMEOUT_SECONDS)
             .clamp(1, 86_400),
     );
+    // A private TMPDIR, scanned and deleted when the run ends (see `private_tmp.rs`).
+    let mut env = env;
+    let tmp_dir = match super::private_tmp::create(&broker.paths, &run_id) {
+        Ok(d) => {
+            super::private_tmp::point_env_at(&mut env, &d);
+            Some(d)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no private TMPDIR for this run");
+            None
+        }
+    };
     let mut spec = SpawnSpec {
         argv: std::mem::take(&mut req.argv),
         cwd: cwd.clone(),
@@ -355,6 +367,9 @@ pub(super) async fn run_inner(
     let started = match spawn::start(&mut spec) {
         Ok(s) => s,
         Err(e) => {
+            if let Some(d) = &tmp_dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
             let msg = format!(
                 "cannot start \"{}\": {e}",
                 shown_argv
@@ -414,6 +429,7 @@ pub(super) async fn run_inner(
                 redactor,
                 cancel,
                 started_at,
+                tmp_dir,
             },
         ));
     }
@@ -481,12 +497,16 @@ pub(super) async fn run_inner(
                 action: act.to_owned(),
             });
         }
-        if action == keyveil_vault::WriteLeakAction::Fail
-            && !result.write_leaks.is_empty()
-            && result.exit_code == 0
-        {
-            result.exit_code = 1;
-        }
+    }
+    if let Some(dir) = tmp_dir {
+        let leaks = super::private_tmp::finish(dir, &redactor, started_at).await;
+        result.write_leaks.extend(leaks);
+    }
+    if action == keyveil_vault::WriteLeakAction::Fail
+        && !result.write_leaks.is_empty()
+        && result.exit_code == 0
+    {
+        result.exit_code = 1;
     }
     {
         let mut inner = broker.lock();

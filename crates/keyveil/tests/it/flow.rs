@@ -335,3 +335,44 @@ fn an_empty_passphrase_on_stdin_is_a_usage_error_not_a_wrong_factor() {
         "an empty read must not cost an attempt"
     );
 }
+
+#[test]
+fn a_run_gets_a_private_tmpdir_that_is_scanned_and_removed() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    // A program that dumps its environment into a temporary file and leaves it behind.
+    let script = "printf 'tmp=%s\\n' \"$TMPDIR\"; \
+                  [ \"$TMP\" = \"$TMPDIR\" ] && [ \"$TEMP\" = \"$TMPDIR\" ] && echo same; \
+                  printf 'token=%s\\n' \"$API_TOKEN\" > \"$TMPDIR/debug-dump.txt\"; \
+                  mkdir \"$TMPDIR/cache\" && printf %s \"$API_TOKEN\" | base64 > \"$TMPDIR/cache/b64\"";
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", script]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let tmp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tmp="))
+        .expect("the run printed its TMPDIR")
+        .to_owned();
+    // Its own directory under the keyveil home, not /tmp, named by all four variables.
+    assert!(
+        tmp.starts_with(h.path().join("tmp").to_str().unwrap()),
+        "{tmp}"
+    );
+    assert!(out.contains("same"), "{out}");
+    // Both files were found (raw and base64), reported by name, and the directory is gone.
+    assert!(err.contains("wrote the value of API_TOKEN into"), "{err}");
+    assert!(
+        err.contains("debug-dump.txt") && err.contains("b64"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new(&tmp).exists(),
+        "the private TMPDIR outlived the run"
+    );
+    assert!(!out.contains(TOKEN) && !err.contains(TOKEN));
+    let audit = h.audit_text();
+    assert!(audit.contains("debug-dump.txt") && !audit.contains(TOKEN));
+}
