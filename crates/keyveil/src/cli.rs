@@ -948,7 +948,18 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 },
             )
             .await?;
-            say(format!("revoked {} grant(s)", d["count"]));
+            let (n, ended) = (
+                d["count"].as_u64().unwrap_or(0),
+                d["already_ended"].as_u64().unwrap_or(0),
+            );
+            let noun = if n == 1 { "grant" } else { "grants" };
+            if ended == 0 {
+                say(format!("revoked {n} {noun}"));
+            } else {
+                say(format!(
+                    "revoked {n} {noun} ({ended} had already ended: used up or expired; what still ran under it was stopped)"
+                ));
+            }
             Ok(0)
         }
         Command::Audit(a) => audit(paths, a).await,

@@ -888,15 +888,25 @@ fn revoke(
             .collect(),
         (None, false) => return Err(usage("name a grant id, or use --all")),
     };
-    let mut n = 0;
+    let now = Timestamp::now();
+    let (mut n, mut ended) = (0, 0);
     for id in &ids {
+        // A grant with no use left or past its expiry covers no new run; revoking it still
+        // stops whatever runs under it.
+        let had_ended = inner
+            .grants
+            .get(id)
+            .is_some_and(|g| !g.revoked && (g.uses_left == Some(0) || g.expires_at <= now));
         if inner.revoke(id, "revoked by request") {
             n += 1;
+            if had_ended {
+                ended += 1;
+            }
         }
     }
     drop(inner);
     broker.notify();
-    Ok(json!({"revoked": true, "count": n, "grant_ids": ids}))
+    Ok(json!({"revoked": true, "count": n, "already_ended": ended, "grant_ids": ids}))
 }
 
 fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<Value> {

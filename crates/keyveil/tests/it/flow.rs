@@ -376,3 +376,25 @@ fn a_run_gets_a_private_tmpdir_that_is_scanned_and_removed() {
     let audit = h.audit_text();
     assert!(audit.contains("debug-dump.txt") && !audit.contains(TOKEN));
 }
+
+#[test]
+fn revoking_a_used_up_grant_says_so() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "true"]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    assert!(wait_output(child, Duration::from_secs(30)).status.success());
+    let audit = h.audit_text();
+    let gid = audit
+        .split("\"grant_id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the approval is audited with its grant id")
+        .to_owned();
+    let out = h.ok(&["revoke", &gid]);
+    assert!(
+        out.contains("revoked 1 grant (1 had already ended: used up"),
+        "{out}"
+    );
+}
