@@ -52,4 +52,4 @@ pub use model::{
     Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings, Source,
     TotpFactor, Variable, VaultData, WriteLeakAction, is_valid_environment_name, is_valid_name,
 };
-pub use vault::{AUDIT_KEY_INFO, PassphraseChecker, Vault};
+pub use vault::{ALIAS_KEY_INFO, ALIAS_PREFIX, AUDIT_KEY_INFO, PassphraseChecker, Vault};
