@@ -269,6 +269,7 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
         inner.audit("audit_seal_mismatch", json!({ "why": why }));
     }
     inner.audit_seal_broken = seal_broken;
+    inner.audit_path_changed = None;
     if let Some(moved) = quarantined {
         // The seal belonged to the log that was moved aside.
         if let Some(v) = inner.vault.as_mut() {
@@ -763,7 +764,18 @@ fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<Value> {
 
 fn audit_verify(broker: &Broker) -> OpResult<Value> {
     let (key, checkpoint) = {
-        let inner = broker.lock();
+        let mut inner = broker.lock();
+        inner.vault()?;
+        inner.audit_ready().map_err(|e| {
+            let hint = e.hint.unwrap_or_default();
+            OpError::new(
+                ErrorCode::Failed,
+                format!("audit log verification failed: {}", e.message),
+            )
+            .hint(format!(
+                "the entries written before the change are in the moved file, which ends with an `audit.path_changed` entry; {hint}"
+            ))
+        })?;
         let v = inner.vault()?;
         (v.audit_key(), v.data().audit_checkpoint.clone())
     };
