@@ -862,6 +862,41 @@ impl ServerHandler for KeyveilMcp {
         self.tools.iter().find(|t| t.name == name).cloned()
     }
 
+    /// rmcp hands over, as a "custom" request, both unknown methods and known ones whose
+    /// `params` do not parse (`tools/call` with `arguments` that are not an object, a `name` that
+    /// is not a string). Its default answer is a bare "method not found" carrying only the method
+    /// name; this says which of the two it is.
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        let method = crate::display::clip(&request.method, 80);
+        let known = [
+            "initialize",
+            "ping",
+            "server/discover",
+            "tools/list",
+            "tools/call",
+        ];
+        Err(if known.contains(&request.method.as_str()) {
+            ErrorData::invalid_params(
+                format!(
+                    "the params of {method} do not have the shape MCP defines; for tools/call: {{\"name\": \"<tool>\", \"arguments\": {{...}}}} with `arguments` an object (or absent)"
+                ),
+                None,
+            )
+        } else {
+            ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!(
+                    "unknown method {method:?}; this server offers tools (tools/list, tools/call)"
+                ),
+                None,
+            )
+        })
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
