@@ -489,10 +489,14 @@ fn store(
     // Kept to undo the change in memory if the save fails: what the broker serves must be what
     // the vault file holds.
     let previous = e.variables.get(name).cloned();
+    let sealed = value
+        .map(|val| keyveil_vault::SealedValue::seal(keyveil_vault::SecretValue::new(val)))
+        .transpose()
+        .map_err(vault_err)?;
     match e.variables.get_mut(name) {
         Some(var) => {
-            if let Some(val) = value {
-                var.value = Some(keyveil_vault::SecretValue::new(val));
+            if let Some(val) = sealed {
+                var.value = Some(val);
                 var.rotated_at = Some(now);
                 var.source = source;
                 var.dynamic = None;
@@ -505,7 +509,7 @@ fn store(
             e.variables.insert(
                 name.to_owned(),
                 Variable {
-                    value: value.map(keyveil_vault::SecretValue::new),
+                    value: sealed,
                     description: description.unwrap_or_default(),
                     source,
                     created_at: now,

@@ -377,6 +377,12 @@ impl OpError {
 /// Shorthand result.
 pub type OpResult<T> = Result<T, OpError>;
 
+/// A value sealed in memory could not be opened (the broker's memory was changed).
+fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
+    OpError::new(ErrorCode::Failed, e.to_string())
+        .hint("ask the user to restart the broker: `keyveil daemon stop`, then `keyveil unlock`")
+}
+
 /// The locked error, with its hint.
 pub fn locked() -> OpError {
     OpError::new(ErrorCode::Locked, "the keyveil vault is locked")
@@ -584,7 +590,7 @@ impl Inner {
                         format!("variable '{n}' in '{env}' has no value"),
                     )
                 })?;
-            out.push((n.clone(), SecretValue::new(v.expose().to_owned())));
+            out.push((n.clone(), v.open().map_err(sealed_value_error)?));
         }
         Ok(out)
     }
@@ -600,9 +606,10 @@ impl Inner {
                 e.variables
                     .iter()
                     .filter_map(|(k, v)| {
-                        v.value
-                            .as_ref()
-                            .map(|s| (k.clone(), s.expose().as_bytes().to_vec()))
+                        // Opened for the moment the redactor is built; a value that cannot be
+                        // opened fails the run later, in `values`.
+                        let open = v.value.as_ref()?.open().ok()?;
+                        Some((k.clone(), open.expose().as_bytes().to_vec()))
                     })
                     .collect()
             })
