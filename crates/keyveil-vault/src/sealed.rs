@@ -67,8 +67,10 @@ fn sealer() -> Result<&'static Sealer, VaultError> {
 /// Read it only through [`SealedValue::open`], which returns a zeroizing [`SecretValue`]: drop
 /// that as soon as it has been used. `Debug` prints `[sealed]`; there is no `Display`.
 /// Serialised as the plain JSON string of the value (opened for the moment of serialisation:
-/// only ever inside the encrypted vault payload) and sealed again when deserialised.
-#[derive(Clone, PartialEq, Eq)]
+/// only ever inside the encrypted vault payload) and sealed again when deserialised. No
+/// `PartialEq`: two seals of one value differ, so comparing sealed bytes says nothing about the
+/// values (open both to compare).
+#[derive(Clone)]
 pub struct SealedValue {
     nonce: [u8; NONCE_LEN],
     /// Ciphertext followed by the 16-byte Poly1305 tag.
