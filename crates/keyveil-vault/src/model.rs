@@ -1,8 +1,8 @@
 //! The decrypted contents of a vault: environments, variables, policy.
 //!
 //! Everything here is serialised as JSON (the vault *payload*, see `docs/vault-format.md`) and is
-//! only ever held in memory after decryption. Variables' values are [`SealedValue`]s, encrypted in
-//! memory until used; other secrets (the TOTP seed, dynamic engines' admin credentials) are
+//! only ever held in memory after decryption. Variables' values and the TOTP seed are
+//! [`SealedValue`]s, encrypted in memory until used; dynamic engines' admin credentials are
 //! [`SecretValue`]s, which zeroize their memory on drop. Neither prints its contents through
 //! `Debug`, and neither has `Display`.
 
@@ -78,8 +78,8 @@ pub struct Factors {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TotpFactor {
     /// The shared seed, RFC 4648 base32 without padding (a secret: never shown after
-    /// enrolment).
-    pub seed_base32: SecretValue,
+    /// enrolment), sealed in memory like variables' values.
+    pub seed_base32: SealedValue,
     /// The last time step accepted (`unix_seconds / 30`); a code of this step or an earlier one
     /// is refused as a replay (RFC 6238 §5.2).
     pub last_step: u64,

@@ -363,8 +363,8 @@ fn root_still_reads_the_broker() {
 /// Values are sealed in the broker's memory (`keyveil_vault::SealedValue`): a broker that has
 /// just unlocked the vault, and run nothing, holds no value in plain text. Root (which can read
 /// any memory, see `root_still_reads_the_broker`) scans it: the description of an environment,
-/// a plain string of the same vault, is found (so the scan reads the broker's heap), the value is
-/// not. Runs open values for their spawn and redactor, so after a run this no longer holds.
+/// a plain string of the same vault, is found (so the scan reads the broker's heap), the value and
+/// the TOTP seed are not. Runs open values for their spawn and redactor, so after a run this no longer holds.
 #[test]
 fn after_unlock_a_value_is_sealed_in_the_brokers_memory() {
     let caps = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -382,6 +382,8 @@ fn after_unlock_a_value_is_sealed_in_the_brokers_memory() {
     h.set("demo", "API_TOKEN", &value);
     let described = marker("plaindescription");
     h.ok(&["env", "create", "other", "--description", &described]);
+    // The TOTP seed is sealed the same way.
+    let seed = enroll(&h);
     // A fresh broker that got the value only by decrypting the vault.
     h.ok(&["daemon", "stop"]);
     let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
@@ -415,5 +417,11 @@ fn after_unlock_a_value_is_sealed_in_the_brokers_memory() {
         r["mem"]["found"],
         Value::Bool(false),
         "the value is in the broker's memory in plain text: {r}"
+    );
+    let r = scan(&seed);
+    assert_eq!(
+        r["mem"]["found"],
+        Value::Bool(false),
+        "the TOTP seed is in the broker's memory in plain text: {r}"
     );
 }
