@@ -413,7 +413,8 @@ impl Inner {
             return;
         };
         match w.append(event, map) {
-            Ok(_) => {}
+            // The path names the file again (moved back): a later move is noticed anew.
+            Ok(_) => self.audit_path_changed = None,
             Err(AuditError::PathChanged { change, .. }) => {
                 self.note_audit_path_changed(change);
                 tracing::error!(
