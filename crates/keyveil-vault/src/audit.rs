@@ -51,6 +51,41 @@ pub const RESERVED_FIELDS: [&str; 5] = ["seq", "ts", "event", "prev", "mac"];
 /// `bytes` (how many bytes were cut) and `sha256` (hex SHA-256 of those bytes).
 pub const TAIL_TRUNCATED_EVENT: &str = "audit.tail_truncated";
 
+/// The event [`AuditWriter::record_path_change`] appends, as the last entry of a log whose path
+/// no longer names it. Extra fields: `path` (the log's path) and `change` (`"missing"`: nothing is
+/// at the path any more; `"replaced"`: another file is).
+pub const PATH_CHANGED_EVENT: &str = "audit.path_changed";
+
+/// How the audit log's path stopped naming the file a writer appends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathChange {
+    /// Nothing is at the path any more (the log was moved away or deleted).
+    Missing,
+    /// Another file is at the path (the log was moved away and something put in its place, or
+    /// a copy was renamed over it).
+    Replaced,
+}
+
+impl PathChange {
+    /// `"missing"` or `"replaced"`, as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathChange::Missing => "missing",
+            PathChange::Replaced => "replaced",
+        }
+    }
+}
+
+impl std::fmt::Display for PathChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathChange::Missing => "it was moved away or deleted",
+            PathChange::Replaced => "another file was put in its place",
+        })
+    }
+}
+
 /// Why one line of the audit log is bad. Its `Display` says what probably happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -142,6 +177,18 @@ pub enum AuditError {
         checkpoint_seq: u64,
         /// Number of entries in the log.
         entries: u64,
+    },
+    /// The log's path no longer names the file the writer appends to (checked before every
+    /// append: device and inode of the path against those of the open file). Nothing was
+    /// written; entries appended to the open file would land wherever it now is, out of sight.
+    #[error(
+        "the audit log {path} is no longer the file keyveil writes to: {change}; nothing was appended"
+    )]
+    PathChanged {
+        /// The log's path.
+        path: PathBuf,
+        /// What happened to it.
+        change: PathChange,
     },
     /// An operating-system error.
     #[error("audit log I/O error: {op} {path}: {source}")]
@@ -442,6 +489,8 @@ pub struct AuditWriter {
     /// Length of the file up to the end of the last good line.
     len: u64,
     torn_tail: Option<TornTail>,
+    /// Device and inode of the open file, taken at open.
+    identity: (u64, u64),
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -497,6 +546,11 @@ impl AuditWriter {
             }
         }
         drop(reader);
+        let identity = {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = file.metadata().map_err(io_err("stat", path))?;
+            (m.dev(), m.ino())
+        };
         let mut writer = AuditWriter {
             path: path.to_path_buf(),
             file,
@@ -506,6 +560,7 @@ impl AuditWriter {
             last_mac: None,
             len: good_len,
             torn_tail: None,
+            identity,
         };
         if let Some((line_no, bytes)) = last {
             let checked = check_line(line_no, &bytes, key)?;
@@ -564,8 +619,51 @@ impl AuditWriter {
     /// # Errors
     /// [`AuditError::InvalidEntry`] (nothing written); [`AuditError::Io`] (the file is cut back
     /// to its last good line when possible).
+    ///
+    /// Before writing, checks that the log's path still names the open file
+    /// ([`AuditWriter::check_path`]); if not, returns [`AuditError::PathChanged`] and writes
+    /// nothing (see [`AuditWriter::record_path_change`]).
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<Value, AuditError> {
+        self.check_path()?;
         self.append_at(event, fields, jiff::Timestamp::now())
+    }
+
+    /// Checks that the log's path still names the file this writer holds open: `stat` of the
+    /// path against the device and inode the file had at open. A log moved aside, deleted, or
+    /// replaced by another file (even an identical copy) fails.
+    ///
+    /// # Errors
+    /// [`AuditError::PathChanged`] with [`PathChange::Missing`] when nothing is at the path,
+    /// [`PathChange::Replaced`] when another file is; [`AuditError::Io`] when the path cannot be
+    /// examined for another reason (permissions).
+    pub fn check_path(&self) -> Result<(), AuditError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let change = match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => return Ok(()),
+            Ok(_) => PathChange::Replaced,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathChange::Missing,
+            Err(e) => return Err(io_err("stat", &self.path)(e)),
+        };
+        Err(AuditError::PathChanged {
+            path: self.path.clone(),
+            change,
+        })
+    }
+
+    /// Appends [`PATH_CHANGED_EVENT`] to the open file **without** the path check: the last
+    /// entry of this chain, written to the file wherever it now is, so the moved log itself
+    /// records when its writer noticed. Fields: `path` and `change` (`"missing"`/`"replaced"`).
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append`], except [`AuditError::PathChanged`].
+    pub fn record_path_change(&mut self, change: PathChange) -> Result<Value, AuditError> {
+        let mut fields = Map::new();
+        fields.insert(
+            "path".into(),
+            Value::from(self.path.to_string_lossy().into_owned()),
+        );
+        fields.insert("change".into(), Value::from(change.as_str()));
+        self.append_at(PATH_CHANGED_EVENT, fields, jiff::Timestamp::now())
     }
 
     /// [`AuditWriter::append`] with a given time (the known-answer tests use fixed times).

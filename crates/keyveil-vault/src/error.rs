@@ -98,6 +98,17 @@ pub enum VaultError {
         reason: String,
     },
 
+    /// A value sealed in memory ([`SealedValue`](crate::SealedValue)) could not be sealed or
+    /// opened: its ciphertext failed authentication, so the process's memory was changed. Nothing
+    /// to fix but a restart of the process (`keyveil daemon stop`, then unlock).
+    #[error(
+        "a value kept sealed in memory could not be used ({reason}): the broker's memory was changed; restart it with `keyveil daemon stop` and unlock again"
+    )]
+    SealedValue {
+        /// What failed. Never contains the value.
+        reason: &'static str,
+    },
+
     /// Another process holds the vault's lock file (another keyveil process is saving, or
     /// creating, this vault). Caller: retry later; if it persists, find the other process.
     #[error("the vault is locked by another keyveil process (lock file {path}); retry in a moment")]

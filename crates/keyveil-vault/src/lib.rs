@@ -9,20 +9,26 @@
 //!   atomic and locked. Byte layout: `docs/vault-format.md`.
 //! * [`audit`]: JSON Lines, each entry chained to the previous line by SHA-256 and authenticated
 //!   with HMAC-SHA256 (RFC 2104) under [`Vault::audit_key`]. Layout: `docs/audit-format.md`.
+//! * [`SealedValue`]: variables' values stay encrypted in memory under a per-process key and are
+//!   opened into a zeroizing [`SecretValue`] only for the moment they are used.
 //!
 //! Nothing in this crate prints, logs or puts into an error message a secret value, a
-//! passphrase or key material: [`SecretValue`] and [`Vault`] have redacting `Debug`
+//! passphrase or key material: [`SecretValue`], [`SealedValue`] and [`Vault`] have redacting `Debug`
 //! implementations and every error describes *what* failed, never *with what*.
 //!
 //! ```no_run
-//! use keyveil_vault::{Environment, KdfParams, SecretValue, Source, Variable, Vault};
+//! use keyveil_vault::{Environment, KdfParams, SealedValue, SecretValue, Source, Variable, Vault};
 //! # fn main() -> Result<(), keyveil_vault::VaultError> {
 //! let path = std::path::Path::new("/tmp/keyveil-example/vault");
 //! let mut vault = Vault::create(path, b"correct horse battery staple", KdfParams::DEFAULT)?;
 //! let mut env = Environment::new("local development");
 //! env.variables.insert(
 //!     "API_TOKEN".into(),
-//!     Variable::new(Some(SecretValue::new("s3cr3t".into())), "demo token", Source::Human),
+//!     Variable::new(
+//!         Some(SealedValue::seal(SecretValue::new("s3cr3t".into()))?),
+//!         "demo token",
+//!         Source::Human,
+//!     ),
 //! );
 //! vault.data_mut().environments.insert("dev".into(), env);
 //! vault.save()?;
@@ -38,6 +44,7 @@ mod error;
 pub mod format;
 mod fsutil;
 mod model;
+mod sealed;
 mod vault;
 
 #[cfg(test)]
@@ -52,4 +59,5 @@ pub use model::{
     Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings, Source,
     TotpFactor, Variable, VaultData, WriteLeakAction, is_valid_environment_name, is_valid_name,
 };
+pub use sealed::SealedValue;
 pub use vault::{ALIAS_KEY_INFO, ALIAS_PREFIX, AUDIT_KEY_INFO, PassphraseChecker, Vault};

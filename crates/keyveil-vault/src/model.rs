@@ -1,15 +1,18 @@
 //! The decrypted contents of a vault: environments, variables, policy.
 //!
 //! Everything here is serialised as JSON (the vault *payload*, see `docs/vault-format.md`) and is
-//! only ever held in memory after decryption. The one type that holds a secret, [`SecretValue`],
-//! zeroizes its memory on drop and never prints its contents through `Debug` (it has no
-//! `Display`).
+//! only ever held in memory after decryption. Variables' values and the TOTP seed are
+//! [`SealedValue`]s, encrypted in memory until used; dynamic engines' admin credentials are
+//! [`SecretValue`]s, which zeroize their memory on drop. Neither prints its contents through
+//! `Debug`, and neither has `Display`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
+
+use crate::SealedValue;
 
 /// Longest accepted variable name, in bytes (see [`is_valid_name`]).
 pub const MAX_NAME_LEN: usize = 128;
@@ -75,8 +78,8 @@ pub struct Factors {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TotpFactor {
     /// The shared seed, RFC 4648 base32 without padding (a secret: never shown after
-    /// enrolment).
-    pub seed_base32: SecretValue,
+    /// enrolment), sealed in memory like variables' values.
+    pub seed_base32: SealedValue,
     /// The last time step accepted (`unix_seconds / 30`); a code of this step or an earlier one
     /// is refused as a replay (RFC 6238 §5.2).
     pub last_step: u64,
@@ -221,8 +224,10 @@ pub enum FactorKind {
 /// One variable: a name (the map key in [`Environment::variables`]), its value and metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Variable {
-    /// The value; `None` means the variable is declared but still awaits a value from a human.
-    pub value: Option<SecretValue>,
+    /// The value, sealed in memory (read it with [`SealedValue::open`] where it is used);
+    /// `None` means the variable is declared but still awaits a value from a human. In the
+    /// payload: the plain JSON string.
+    pub value: Option<SealedValue>,
     /// Free text; never a secret.
     pub description: String,
     /// Where the value comes from.
@@ -264,7 +269,7 @@ pub struct DynamicSource {
 impl Variable {
     /// A new variable created now, never rotated.
     pub fn new(
-        value: Option<SecretValue>,
+        value: Option<SealedValue>,
         description: impl Into<String>,
         source: Source,
     ) -> Variable {

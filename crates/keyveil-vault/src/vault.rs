@@ -525,7 +525,7 @@ mod tests {
 
     mod props {
         use super::*;
-        use crate::{Environment, SecretValue, Source, Variable};
+        use crate::{Environment, SealedValue, SecretValue, Source, Variable};
         use proptest::prelude::*;
 
         proptest! {
@@ -543,7 +543,11 @@ mod tests {
                 for (name, value) in &values {
                     env.variables.insert(
                         name.clone(),
-                        Variable::new(value.clone().map(SecretValue::new), "", Source::Generated),
+                        Variable::new(
+                            value.clone().map(|v| SealedValue::seal(SecretValue::new(v)).unwrap()),
+                            "",
+                            Source::Generated,
+                        ),
                     );
                 }
                 let mut data = VaultData::default();
@@ -557,8 +561,8 @@ mod tests {
                 prop_assert_eq!(vars.len(), values.len());
                 for (name, value) in &values {
                     prop_assert_eq!(
-                        vars[name].value.as_ref().map(SecretValue::expose),
-                        value.as_deref()
+                        vars[name].value.as_ref().map(|v| v.open().unwrap().expose().to_owned()),
+                        value.clone()
                     );
                 }
             }

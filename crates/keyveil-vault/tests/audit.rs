@@ -443,3 +443,61 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_moved_or_replaced_log_refuses_appends_and_the_moved_file_records_why() {
+    use keyveil_vault::audit::{PATH_CHANGED_EVENT, PathChange};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut w = AuditWriter::open(&path, &KEY).unwrap();
+    w.append("test.event", Map::new()).unwrap();
+    w.check_path().unwrap();
+
+    // Moved aside: nothing at the path. The append is refused and writes nowhere.
+    let aside = dir.path().join("aside.jsonl");
+    std::fs::rename(&path, &aside).unwrap();
+    let before = std::fs::read(&aside).unwrap();
+    match w.append("test.event", Map::new()) {
+        Err(AuditError::PathChanged { path: p, change }) => {
+            assert_eq!(p, path);
+            assert_eq!(change, PathChange::Missing);
+        }
+        other => panic!("expected PathChanged, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        before,
+        "a refused append wrote"
+    );
+    assert!(!path.exists());
+    let msg = w.check_path().unwrap_err().to_string();
+    assert!(
+        msg.contains("moved away or deleted") && msg.contains("audit.jsonl"),
+        "{msg}"
+    );
+
+    // An identical copy renamed over the path is still another file.
+    std::fs::copy(&aside, dir.path().join("copy")).unwrap();
+    std::fs::rename(dir.path().join("copy"), &path).unwrap();
+    assert!(matches!(
+        w.check_path(),
+        Err(AuditError::PathChanged {
+            change: PathChange::Replaced,
+            ..
+        })
+    ));
+
+    // The writer can still close its chain in the moved file, which then verifies.
+    w.record_path_change(PathChange::Replaced).unwrap();
+    let moved = lines(&aside);
+    assert_eq!(moved.len(), 2);
+    assert!(moved[1].contains(PATH_CHANGED_EVENT) && moved[1].contains("\"replaced\""));
+    assert_eq!(audit::verify(&aside, &KEY).unwrap(), 2);
+    assert_eq!(lines(&path).len(), 1, "the copy at the path was written to");
+
+    // Moved back: appends work again and chain on.
+    std::fs::rename(&aside, &path).unwrap();
+    w.check_path().unwrap();
+    w.append("test.event", Map::new()).unwrap();
+    assert_eq!(audit::verify(&path, &KEY).unwrap(), 3);
+}

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use keyveil_vault::{
-    Environment, FactorKind, KdfParams, Policy, SecretValue, Source, Variable, Vault, VaultData,
-    VaultError, is_valid_environment_name, is_valid_name,
+    Environment, FactorKind, KdfParams, Policy, SealedValue, SecretValue, Source, Variable, Vault,
+    VaultData, VaultError, is_valid_environment_name, is_valid_name,
 };
 use sha2::{Digest, Sha256};
 
@@ -27,7 +27,7 @@ fn new_vault() -> (tempfile::TempDir, PathBuf, Vault) {
     env.variables.insert(
         "API_TOKEN".into(),
         Variable::new(
-            Some(SecretValue::new(SECRET.into())),
+            Some(SealedValue::seal(SecretValue::new(SECRET.into())).unwrap()),
             "token",
             Source::Human,
         ),
@@ -79,7 +79,10 @@ fn create_save_open_round_trip() {
     assert_eq!(env.policy, Policy::default());
     assert_eq!(env.policy.max_ttl_seconds, 28_800);
     let token = &env.variables["API_TOKEN"];
-    assert_eq!(token.value.as_ref().unwrap().expose(), SECRET);
+    assert_eq!(
+        token.value.as_ref().unwrap().open().unwrap().expose(),
+        SECRET
+    );
     assert_eq!(token.value.as_ref().unwrap().len(), SECRET.len());
     assert_eq!(token.source, Source::Human);
     assert_eq!(

@@ -623,6 +623,7 @@ fn grant_request(
     factor: &str,
     rule: Option<usize>,
 ) -> OpResult<Value> {
+    inner.audit_ready()?;
     let id = req.id;
     let max_ttl = inner
         .vault()?

@@ -142,7 +142,9 @@ fn check_totp(broker: &Broker, code: &str) -> Result<(), String> {
     let Some(t) = v.data().factors.totp.clone() else {
         return Err("no TOTP authenticator is enrolled (`keyveil factor enroll totp`)".to_owned());
     };
-    let seed = factor::from_base32(t.seed_base32.expose()).map_err(|e| e.to_string())?;
+    let seed_b32 = t.seed_base32.open().map_err(|e| e.to_string())?;
+    let seed = factor::from_base32(seed_b32.expose()).map_err(|e| e.to_string())?;
+    drop(seed_b32);
     let step = factor::verify(&seed, code, factor::now_seconds(), t.last_step)
         .map_err(|e| e.to_string())?;
     if let Some(t) = v.data_mut().factors.totp.as_mut() {
@@ -208,6 +210,8 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
                 .hint("type the code your authenticator shows now"));
         }
     };
+    let seed_b32 = keyveil_vault::SealedValue::seal(seed_b32)
+        .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let v = inner.vault_mut()?;
     v.data_mut().factors.totp = Some(TotpFactor {
         seed_base32: seed_b32,

@@ -371,6 +371,7 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
         inner.audit("audit_seal_mismatch", json!({ "why": why }));
     }
     inner.audit_seal_broken = seal_broken;
+    inner.audit_path_changed = None;
     if let Some(moved) = quarantined {
         // The seal belonged to the log that was moved aside.
         if let Some(v) = inner.vault.as_mut() {
@@ -636,10 +637,14 @@ fn store(
     // Kept to undo the change in memory if the save fails: what the broker serves must be what
     // the vault file holds.
     let previous = e.variables.get(name).cloned();
+    let sealed = value
+        .map(|val| keyveil_vault::SealedValue::seal(keyveil_vault::SecretValue::new(val)))
+        .transpose()
+        .map_err(vault_err)?;
     match e.variables.get_mut(name) {
         Some(var) => {
-            if let Some(val) = value {
-                var.value = Some(keyveil_vault::SecretValue::new(val));
+            if let Some(val) = sealed {
+                var.value = Some(val);
                 var.rotated_at = Some(now);
                 var.source = source;
                 var.dynamic = None;
@@ -652,7 +657,7 @@ fn store(
             e.variables.insert(
                 name.to_owned(),
                 Variable {
-                    value: value.map(keyveil_vault::SecretValue::new),
+                    value: sealed,
                     description: description.unwrap_or_default(),
                     source,
                     created_at: now,
@@ -921,7 +926,18 @@ fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<Value> {
 
 fn audit_verify(broker: &Broker) -> OpResult<Value> {
     let (key, checkpoint) = {
-        let inner = broker.lock();
+        let mut inner = broker.lock();
+        inner.vault()?;
+        inner.audit_ready().map_err(|e| {
+            let hint = e.hint.unwrap_or_default();
+            OpError::new(
+                ErrorCode::Failed,
+                format!("audit log verification failed: {}", e.message),
+            )
+            .hint(format!(
+                "the entries written before the change are in the moved file, which ends with an `audit.path_changed` entry; {hint}"
+            ))
+        })?;
         let v = inner.vault()?;
         (v.audit_key(), v.data().audit_checkpoint.clone())
     };

@@ -111,6 +111,9 @@ pub(super) async fn run_inner(
     if req.argv.len() > MAX_ARGV {
         return Some(OpError::new(ErrorCode::Usage, "the command has too many arguments").reply());
     }
+    if let Err(e) = broker.lock().audit_ready() {
+        return Some(e.reply());
+    }
     let cwd = match access::canonical_cwd(&req.cwd) {
         Ok(c) => c,
         Err(e) => return Some(e.reply()),
@@ -307,7 +310,10 @@ pub(super) async fn run_inner(
         };
     // Spawn under the grant, with an environment built from scratch.
     let (values, cancel, redactor, shown_argv, env) = {
-        let inner = broker.lock();
+        let mut inner = broker.lock();
+        if let Err(e) = inner.audit_ready() {
+            return Some(e.reply());
+        }
         let mut values = match inner.values(&req.environment, &vars) {
             // Defence in depth for vaults written before such names were refused.
             Ok(v) => v

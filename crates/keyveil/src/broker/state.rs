@@ -332,6 +332,9 @@ pub struct Inner {
     /// Why the audit log did not match the vault's sealed checkpoint at unlock (entries cut off
     /// its end, or an older log swapped in); while set, the seal is not moved forward.
     pub audit_seal_broken: Option<String>,
+    /// Set when the audit log's path stopped naming the open log file (moved, deleted or
+    /// replaced while the broker runs); cleared at unlock or when the file is back.
+    pub audit_path_changed: Option<keyveil_vault::audit::PathChange>,
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
     pub pending_totp: Option<(SecretValue, Instant)>,
     /// Request times per client scope key: for the `burst` flag.
@@ -374,6 +377,12 @@ impl OpError {
 /// Shorthand result.
 pub type OpResult<T> = Result<T, OpError>;
 
+/// A value sealed in memory could not be opened (the broker's memory was changed).
+fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
+    OpError::new(ErrorCode::Failed, e.to_string())
+        .hint("ask the user to restart the broker: `keyveil daemon stop`, then `keyveil unlock`")
+}
+
 /// The locked error, with its hint.
 pub fn locked() -> OpError {
     OpError::new(ErrorCode::Locked, "the keyveil vault is locked")
@@ -391,22 +400,90 @@ impl Inner {
         self.vault.as_mut().ok_or_else(locked)
     }
 
-    /// Appends an audit entry. Failures are logged, never fatal to the caller, but a run is
-    /// refused earlier if the audit log cannot be opened at all.
+    /// Appends an audit entry. Failures are logged, never fatal to the caller; grants and runs
+    /// check [`Inner::audit_ready`] first, so they are refused while the log cannot be written.
+    /// Hidden names are audited by alias (see `names.rs`).
     pub fn audit(&mut self, event: &str, mut fields: Value) {
-        // Hidden names are audited by alias (see `names.rs`).
+        use keyveil_vault::audit::AuditError;
         self.hide_names_in(&mut fields);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        match self.audit.as_mut() {
-            Some(w) => {
-                if let Err(e) = w.append(event, map) {
-                    tracing::error!(event, error = %e, "cannot append to the audit log");
-                }
+        let Some(w) = self.audit.as_mut() else {
+            tracing::info!(event, "audit log not open (vault locked)");
+            return;
+        };
+        match w.append(event, map) {
+            // The path names the file again (moved back): a later move is noticed anew.
+            Ok(_) => self.audit_path_changed = None,
+            Err(AuditError::PathChanged { change, .. }) => {
+                self.note_audit_path_changed(change);
+                tracing::error!(
+                    event,
+                    "audit entry not recorded: the audit log was moved or replaced"
+                );
             }
-            None => tracing::info!(event, "audit log not open (vault locked)"),
+            Err(e) => tracing::error!(event, error = %e, "cannot append to the audit log"),
+        }
+    }
+
+    /// First notice of a moved or replaced audit log: closes the chain in the moved file with
+    /// an `audit.path_changed` entry and logs what to do. Later notices only log.
+    fn note_audit_path_changed(&mut self, change: keyveil_vault::audit::PathChange) {
+        if self.audit_path_changed.is_some() {
+            return;
+        }
+        self.audit_path_changed = Some(change);
+        let Some(w) = self.audit.as_mut() else {
+            return;
+        };
+        tracing::error!(
+            path = %w.path().display(),
+            %change,
+            "the audit log is no longer at its path; grants and runs are refused until it is moved back, or until `keyveil lock` and `keyveil unlock` start a new log"
+        );
+        if let Err(e) = w.record_path_change(change) {
+            tracing::error!(error = %e, "cannot record the change in the moved audit log");
+        }
+    }
+
+    /// Whether grants and runs may proceed as far as the audit log is concerned: its path must
+    /// still name the file the broker appends to (checked now, by device and inode). `Ok` while
+    /// locked (the locked error comes from elsewhere).
+    ///
+    /// # Errors
+    /// [`ErrorCode::Failed`] saying the log was moved, deleted or replaced, with a hint (move it
+    /// back, or lock and unlock to start a new log); the first time, an `audit.path_changed`
+    /// entry is appended to the moved file.
+    pub fn audit_ready(&mut self) -> OpResult<()> {
+        use keyveil_vault::audit::AuditError;
+        let Some(w) = self.audit.as_ref() else {
+            return Ok(());
+        };
+        match w.check_path() {
+            Ok(()) => {
+                self.audit_path_changed = None;
+                Ok(())
+            }
+            Err(AuditError::PathChanged { path, change }) => {
+                self.note_audit_path_changed(change);
+                let path = path.display();
+                Err(OpError::new(
+                    ErrorCode::Failed,
+                    format!(
+                        "keyveil's audit log {path} was changed while the broker was running ({change}): it is no longer the file the broker writes to, so nothing done now could be recorded, and grants and runs are refused"
+                    ),
+                )
+                .hint(format!(
+                    "if the file was moved on purpose, move it back to {path}; otherwise the user runs `keyveil lock` then `keyveil unlock` (with their passphrase), which starts a new log there (`keyveil audit verify` then reports the break against the vault's sealed checkpoint)"
+                )))
+            }
+            Err(e) => Err(OpError::new(
+                ErrorCode::Failed,
+                format!("cannot check keyveil's audit log: {e}; grants and runs are refused"),
+            )
+            .hint("check the permissions of KEYVEIL_HOME; `keyveil status` shows where it is")),
         }
     }
 
@@ -521,7 +598,7 @@ impl Inner {
                         format!("variable '{n}' in '{env}' has no value"),
                     )
                 })?;
-            out.push((n.clone(), SecretValue::new(v.expose().to_owned())));
+            out.push((n.clone(), v.open().map_err(sealed_value_error)?));
         }
         Ok(out)
     }
@@ -537,9 +614,10 @@ impl Inner {
                 e.variables
                     .iter()
                     .filter_map(|(k, v)| {
-                        v.value
-                            .as_ref()
-                            .map(|s| (self.shown_name(env, k), s.expose().as_bytes().to_vec()))
+                        // Opened for the moment the redactor is built; a value that cannot be
+                        // opened fails the run later, in `values`.
+                        let open = v.value.as_ref()?.open().ok()?;
+                        Some((self.shown_name(env, k), open.expose().as_bytes().to_vec()))
                     })
                     .collect()
             })

@@ -18,6 +18,7 @@
 //!
 //! Logs go to stderr only (stdout is the protocol).
 
+mod stdio;
 pub mod tools;
 
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub const MAX_RUN_TIMEOUT_SECONDS: u64 = 3600;
 pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
 /// Largest `stdin` a `run` may pass, in bytes.
 pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
+/// Longest string a tool argument may hold (other than `run`'s `stdin`), in bytes.
+pub const MAX_ARG_BYTES: usize = 64 * 1024;
 /// Deadline of a broker exchange that runs nothing (includes starting the broker).
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Extra time on top of wait + run timeout before a `run` call gives up on the broker.
@@ -79,7 +82,8 @@ pub fn main() -> Result<i32> {
 async fn serve(paths: Paths) -> Result<i32> {
     let server = KeyveilMcp::new(paths)?;
     tracing::info!(home = %server.paths.home.display(), "keyveil mcp starting");
-    let transport = rmcp::transport::stdio_pipes();
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let transport = stdio::GuardedStdio::new(stdin, stdout);
     let running = server
         .serve(transport)
         .await
@@ -147,7 +151,10 @@ impl KeyveilMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Option<CallToolResult> {
         Some(match name {
-            "list_environments" => self.list_environments().await,
+            "list_environments" => match parse::<NoArgs>(name, args) {
+                Ok(_) => self.list_environments().await,
+                Err(e) => e,
+            },
             "describe_environment" => match parse::<DescribeEnvironmentArgs>(name, args) {
                 Ok(a) => self.describe_environment(a).await,
                 Err(e) => e,
@@ -172,7 +179,10 @@ impl KeyveilMcp {
                 Ok(a) => self.access_status(a).await,
                 Err(e) => e,
             },
-            "list_grants" => self.list_grants(&ctx).await,
+            "list_grants" => match parse::<NoArgs>(name, args) {
+                Ok(_) => self.list_grants(&ctx).await,
+                Err(e) => e,
+            },
             "revoke_grant" => match parse::<RevokeGrantArgs>(name, args) {
                 Ok(a) => self.revoke_grant(a, &ctx).await,
                 Err(e) => e,
@@ -852,6 +862,41 @@ impl ServerHandler for KeyveilMcp {
         self.tools.iter().find(|t| t.name == name).cloned()
     }
 
+    /// rmcp hands over, as a "custom" request, both unknown methods and known ones whose
+    /// `params` do not parse (`tools/call` with `arguments` that are not an object, a `name` that
+    /// is not a string). Its default answer is a bare "method not found" carrying only the method
+    /// name; this says which of the two it is.
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        let method = crate::display::clip(&request.method, 80);
+        let known = [
+            "initialize",
+            "ping",
+            "server/discover",
+            "tools/list",
+            "tools/call",
+        ];
+        Err(if known.contains(&request.method.as_str()) {
+            ErrorData::invalid_params(
+                format!(
+                    "the params of {method} do not have the shape MCP defines; for tools/call: {{\"name\": \"<tool>\", \"arguments\": {{...}}}} with `arguments` an object (or absent)"
+                ),
+                None,
+            )
+        } else {
+            ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!(
+                    "unknown method {method:?}; this server offers tools (tools/list, tools/call)"
+                ),
+                None,
+            )
+        })
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
@@ -922,13 +967,62 @@ fn broker_unreachable(e: &anyhow::Error) -> CallToolResult {
     ))
 }
 
-/// Parses tool arguments; a schema-invalid call becomes a tool error naming the problem.
+/// Parses tool arguments; a schema-invalid call becomes a tool error naming the argument at
+/// fault (`run.cwd: invalid type: ...`) and the problem. Unknown members are refused (a
+/// misspelt `variables` would otherwise silently ask for every variable), and so is any string
+/// longer than [`MAX_ARG_BYTES`] (`stdin`: [`MAX_STDIN_BYTES`]), before anything reaches the
+/// broker or an error message could echo it.
 fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, CallToolResult> {
-    serde_json::from_value(args).map_err(|e| {
+    if let Some(e) = oversized_string(&args, &mut String::new()) {
+        return Err(tool_error(format!(
+            "invalid arguments for {tool}: {e}. Write long text to a file in the working directory and pass its path instead."
+        )));
+    }
+    serde_path_to_error::deserialize(args).map_err(|e| {
+        let at = e.path().to_string();
+        let what = crate::display::clip(&e.into_inner().to_string(), 300);
+        let at = if at.is_empty() || at == "." {
+            String::new()
+        } else {
+            format!("`{at}`: ")
+        };
         tool_error(format!(
-            "invalid arguments for {tool}: {e}. See the tool's input schema."
+            "invalid arguments for {tool}: {at}{what}. See the tool's input schema."
         ))
     })
+}
+
+/// The first string in `v` over its limit, as "`path` is N bytes; the most is M". `path`
+/// accumulates the location (`command[2]`, `pass_env[0]`).
+fn oversized_string(v: &Value, path: &mut String) -> Option<String> {
+    match v {
+        Value::String(s) => {
+            let max = if path == "stdin" {
+                MAX_STDIN_BYTES
+            } else {
+                MAX_ARG_BYTES
+            };
+            (s.len() > max).then(|| format!("`{path}` is {} bytes; the most is {max}", s.len()))
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let r = oversized_string(item, path);
+            path.truncate(len);
+            r
+        }),
+        Value::Object(members) => members.iter().find_map(|(k, item)| {
+            let len = path.len();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&crate::display::clip(k, 80));
+            let r = oversized_string(item, path);
+            path.truncate(len);
+            r
+        }),
+        _ => None,
+    }
 }
 
 fn approve_hint(id: u64) -> String {
@@ -995,6 +1089,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(text(&e).contains("invalid type"), "{}", text(&e));
+        assert!(text(&e).contains("`environment`"), "{}", text(&e));
+        // A misspelt optional argument is refused, not ignored.
+        let e = parse::<RunArgs>(
+            "run",
+            serde_json::json!({"environment": "demo", "command": ["x"], "variabels": ["A"]}),
+        )
+        .unwrap_err();
+        assert!(
+            text(&e).contains("unknown field `variabels`"),
+            "{}",
+            text(&e)
+        );
+        // An oversized string is named with its place, and not echoed.
+        let big = "Q".repeat(MAX_ARG_BYTES + 1);
+        let e = parse::<RunArgs>(
+            "run",
+            serde_json::json!({"environment": "demo", "command": ["x", big]}),
+        )
+        .unwrap_err();
+        assert!(
+            text(&e).contains("`command[1]` is 65537 bytes"),
+            "{}",
+            text(&e)
+        );
+        assert!(text(&e).len() < 1024);
+        // stdin has its own, larger limit.
+        let stdin = "Q".repeat(MAX_ARG_BYTES + 1);
+        assert!(
+            parse::<RunArgs>(
+                "run",
+                serde_json::json!({"environment": "demo", "command": ["x"], "stdin": stdin}),
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -43,12 +43,14 @@ pub const TOOL_NAMES: [&str; 13] = [
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
-/// Arguments of tools that take none (anything passed is ignored).
+/// Arguments of tools that take none (an unknown member is an error naming it).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NoArgs {}
 
 /// Arguments of `describe_environment`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DescribeEnvironmentArgs {
     /// Environment name, e.g. "dev".
     pub environment: String,
@@ -56,6 +58,7 @@ pub struct DescribeEnvironmentArgs {
 
 /// Arguments of `create_environment`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateEnvironmentArgs {
     /// New environment name: letters, digits, '_' and '-', starting with a letter.
     pub name: String,
@@ -77,6 +80,7 @@ pub enum DeclareSource {
 
 /// Arguments of `declare_variable`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeclareVariableArgs {
     /// Environment name.
     pub environment: String,
@@ -97,6 +101,7 @@ pub struct DeclareVariableArgs {
 
 /// Arguments of `run`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// Environment whose variables are injected.
     pub environment: String,
@@ -136,6 +141,7 @@ pub struct RunArgs {
 
 /// Arguments of `request_access`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RequestAccessArgs {
     /// Environment name.
     pub environment: String,
@@ -160,6 +166,7 @@ pub struct RequestAccessArgs {
 
 /// Arguments of `access_status`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AccessStatusArgs {
     /// The request id returned by `run` or `request_access`.
     #[serde(deserialize_with = "request_id")]
@@ -169,6 +176,7 @@ pub struct AccessStatusArgs {
 
 /// Arguments of `revoke_grant`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeGrantArgs {
     /// Grant id (`g-...`), from `list_grants` or a completed run.
     pub grant_id: String,
@@ -176,6 +184,7 @@ pub struct RevokeGrantArgs {
 
 /// Arguments of `audit_log`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AuditLogArgs {
     /// Number of most recent entries (1 to 500, default 20).
     #[serde(default)]
@@ -185,6 +194,7 @@ pub struct AuditLogArgs {
 
 /// Arguments of `start`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StartArgs {
     /// Environment whose variables are injected.
     pub environment: String,
@@ -218,6 +228,7 @@ pub struct StartArgs {
 
 /// Arguments of `logs`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LogsArgs {
     /// Run id returned by `start`.
     pub run_id: String,
@@ -232,6 +243,7 @@ pub struct LogsArgs {
 
 /// Arguments of `stop`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StopArgs {
     /// Run id returned by `start`.
     pub run_id: String,

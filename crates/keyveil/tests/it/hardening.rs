@@ -359,3 +359,69 @@ fn root_still_reads_the_broker() {
     let vmlck = proc_field(pid, "status", "VmLck:");
     assert_ne!(vmlck.split_whitespace().nth(1), Some("0"), "{vmlck}");
 }
+
+/// Values are sealed in the broker's memory (`keyveil_vault::SealedValue`): a broker that has
+/// just unlocked the vault, and run nothing, holds no value in plain text. Root (which can read
+/// any memory, see `root_still_reads_the_broker`) scans it: the description of an environment,
+/// a plain string of the same vault, is found (so the scan reads the broker's heap), the value and
+/// the TOTP seed are not. Runs open values for their spawn and redactor, so after a run this no longer holds.
+#[test]
+fn after_unlock_a_value_is_sealed_in_the_brokers_memory() {
+    let caps = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_PTRACE: u64 = 1 << 19;
+    if !rustix::process::getuid().is_root() || eff & CAP_SYS_PTRACE == 0 {
+        return;
+    }
+    let h = Home::new();
+    let value = marker("sealedvalue");
+    h.set("demo", "API_TOKEN", &value);
+    let described = marker("plaindescription");
+    h.ok(&["env", "create", "other", "--description", &described]);
+    // The TOTP seed is sealed the same way.
+    let seed = enroll(&h);
+    // A fresh broker that got the value only by decrypting the vault.
+    h.ok(&["daemon", "stop"]);
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(h.ok(&["env", "show", "demo"]).contains("API_TOKEN"));
+    let pid: u32 = std::fs::read_to_string(h.path().join("run/broker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let scan = |needle: &str| -> Value {
+        let o = Command::new(python())
+            .arg("-c")
+            .arg(ATTACK_PY)
+            .arg(pid.to_string())
+            .arg(needle)
+            .output()
+            .unwrap();
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["mem"]["ok"], Value::Bool(true), "{r}");
+        r
+    };
+    let control = scan(&described);
+    assert_eq!(
+        control["mem"]["found"],
+        Value::Bool(true),
+        "the scan did not find a plain string of the vault: {control}"
+    );
+    let r = scan(&value);
+    assert_eq!(
+        r["mem"]["found"],
+        Value::Bool(false),
+        "the value is in the broker's memory in plain text: {r}"
+    );
+    let r = scan(&seed);
+    assert_eq!(
+        r["mem"]["found"],
+        Value::Bool(false),
+        "the TOTP seed is in the broker's memory in plain text: {r}"
+    );
+}

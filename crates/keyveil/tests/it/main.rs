@@ -15,6 +15,7 @@ mod flow;
 mod hardening;
 mod harness;
 mod hostile;
+mod mcp_hostile;
 mod names;
 mod policy;
 mod sandbox;

@@ -173,3 +173,118 @@ fn a_failed_save_changes_nothing_in_memory_either() {
         "the replaced file was overwritten"
     );
 }
+
+/// A value made at test time.
+fn fresh_value() -> String {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    format!(
+        "av_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+#[test]
+fn moving_the_audit_log_aside_while_the_broker_runs_refuses_grants_and_runs() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let marker = h.path().join("ran");
+    let script = format!("touch {}; echo \"v=$API_TOKEN\"", marker.display());
+    let run = |wait: &str| {
+        h.run(&[
+            "run", "--env", "demo", "--wait", wait, "--", "sh", "-c", &script,
+        ])
+    };
+    // A standing grant; the run works.
+    assert_eq!(run("1").status.code(), Some(5));
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let ok = run("5");
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+    // A second request, still pending when the log goes.
+    let pending = h.run(&["run", "--env", "demo", "--wait", "1", "--", "true"]);
+    assert_eq!(pending.status.code(), Some(5));
+    let pending_id = h.wait_request();
+
+    let log = h.path().join("audit.jsonl");
+    let aside = h.path().join("elsewhere.jsonl");
+    std::fs::rename(&log, &aside).unwrap();
+
+    // The run under the live grant is refused, with what happened and what to do.
+    let refused = run("5");
+    let err = text(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{err}");
+    assert!(!marker.exists(), "the command ran with the audit log gone");
+    assert!(
+        err.contains("audit log") && err.contains("moved away or deleted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint:") && err.contains("keyveil unlock"),
+        "{err}"
+    );
+    // So is approving the pending request.
+    let a = h.approve(pending_id, &[]);
+    let aerr = text(&a.stderr);
+    assert_ne!(a.status.code(), Some(0), "{aerr}");
+    assert!(aerr.contains("audit log"), "{aerr}");
+    // `audit verify` reports it.
+    let v = h.run(&["audit", "verify"]);
+    let verr = text(&v.stderr);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v.stdout));
+    assert!(verr.contains("moved away or deleted"), "{verr}");
+    // The moved file closes its chain with the notice, and nothing was written at the path.
+    assert!(!log.exists());
+    let moved = std::fs::read_to_string(&aside).unwrap();
+    let last = moved.lines().last().unwrap();
+    assert!(
+        last.contains("audit.path_changed") && last.contains("\"missing\""),
+        "{last}"
+    );
+    for out in [&refused.stdout, &refused.stderr, &a.stderr, &v.stderr] {
+        for enc in encodings(&value) {
+            assert!(!contains(out, &enc), "an error shows the value");
+        }
+    }
+
+    // Moved back: the grant works again and the log verifies, notice included.
+    std::fs::rename(&aside, &log).unwrap();
+    let ok = run("5");
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(marker.exists());
+    let out = h.ok(&["audit", "verify"]);
+    assert!(out.contains("audit log OK"), "{out}");
+
+    // Replaced by an identical copy: still another file, still refused.
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::copy(&log, h.path().join("copy")).unwrap();
+    std::fs::rename(h.path().join("copy"), &log).unwrap();
+    let refused = run("5");
+    let err = text(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{err}");
+    assert!(err.contains("another file was put in its place"), "{err}");
+    assert!(!marker.exists());
+
+    // Lock and unlock start a new log at the path; verify reports the break.
+    h.ok(&["lock"]);
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = h.run(&["audit", "verify"]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v.stdout));
+    assert!(
+        text(&v.stderr).to_lowercase().contains("checkpoint"),
+        "{}",
+        text(&v.stderr)
+    );
+    let files = h.all_plain_files();
+    for enc in encodings(&value) {
+        assert!(!contains(&files, &enc));
+    }
+}
