@@ -11,7 +11,9 @@
 //! of init, whatever its process group or session. When the broker exits, for any reason
 //! (`daemon stop`, a crash, `kill -9`), the supervisor kills every process it holds, repeating
 //! until none is left (killing one re-parents its own children to us), and exits with the
-//! broker's status. While the broker runs, it reaps the orphans that exit.
+//! broker's status. While the broker runs, it kills every orphan it is given within 100 ms (a
+//! process that left its run with `setsid` or a daemon's double fork, out of reach of the
+//! process-group signals of revocation) and reaps them.
 //!
 //! The supervisor holds no secret and never talks to clients; it forwards SIGTERM, SIGINT and
 //! SIGHUP to the broker, which stops gracefully. Limits: killing the supervisor first (it is a
@@ -78,6 +80,7 @@ mod imp {
         let broker_pid = i32::try_from(broker.id()).context("pid out of range")?;
         drop(broker); // reaped below, by `wait`
         std::thread::spawn(move || forward(rt, signals, broker_pid));
+        std::thread::spawn(move || sweep(broker_pid));
 
         let status = loop {
             match rustix::process::wait(WaitOptions::empty()) {
@@ -146,6 +149,54 @@ mod imp {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// While the broker runs, kills every other child of the supervisor within
+    /// [`SWEEP_EVERY`]: such a child is a process that left its run (`setsid`, a daemon's double
+    /// fork) and was re-parented to us. It still holds the run's values in its environment, and
+    /// revoking the grant (which signals the run's process group) could not reach it.
+    fn sweep(broker_pid: i32) {
+        let me = std::process::id();
+        loop {
+            std::thread::sleep(SWEEP_EVERY);
+            for pid in live_children(me) {
+                if pid == broker_pid {
+                    continue;
+                }
+                let Some(p) = Pid::from_raw(pid) else {
+                    continue;
+                };
+                // The main thread reaps concurrently: pin the process with a pidfd, then
+                // check it is still our child, so a reused pid is never signalled.
+                let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                else {
+                    continue;
+                };
+                if parent_of(pid) == Some(me)
+                    && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
+                {
+                    tracing::warn!(
+                        pid,
+                        "killed a process that left its run (setsid or a daemon's fork): nothing started under a grant outlives its run"
+                    );
+                }
+            }
+        }
+    }
+
+    /// How often [`sweep`] looks for escaped processes.
+    const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+    /// The parent pid of `pid` (`/proc/<pid>/stat`), if it is alive and not a zombie.
+    fn parent_of(pid: i32) -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?;
+        if state == "Z" {
+            return None;
+        }
+        fields.next()?.parse().ok()
     }
 
     fn reap() {

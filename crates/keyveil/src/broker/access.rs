@@ -87,6 +87,52 @@ pub fn is_injection_var(name: &str) -> bool {
         "CXX",
         "LESSOPEN",
         "LESSCLOSE",
+        // Found by a red-team pass: programs that run, load or fetch code these name.
+        "BROWSER",
+        "SHELL",
+        "MANPAGER",
+        "TMPDIR",
+        "TMP",
+        "TEMP",
+        "TEMPDIR",
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "GOFLAGS",
+        "GOROOT",
+        "GOTOOLCHAIN",
+        "GOPROXY",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "GNUMAKEFLAGS",
+        "CFLAGS",
+        "CXXFLAGS",
+        "CPPFLAGS",
+        "LDFLAGS",
+        "LIBRARY_PATH",
+        "CPATH",
+        "C_INCLUDE_PATH",
+        "CPLUS_INCLUDE_PATH",
+        "PKG_CONFIG_PATH",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "UV_INDEX_URL",
+        "UV_EXTRA_INDEX_URL",
+        "GEM_HOME",
+        "GEM_PATH",
+        "BUNDLE_GEMFILE",
+        // Trust and traffic: an agent-chosen CA or proxy sees what a granted run sends.
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
     ];
     const PREFIX: &[&str] = &[
         "LD_",
@@ -98,6 +144,16 @@ pub fn is_injection_var(name: &str) -> bool {
         "NPM_CONFIG_",
         "MALLOC_",
         "GLIBC_",
+        // Every git setting (GIT_DIR, GIT_EXTERNAL_DIFF, ...); `GH_TOKEN`, `GITHUB_TOKEN` pass.
+        "GIT_",
+        // Every interpreter setting (PYTHONWARNINGS, PYTHONBREAKPOINT, ...).
+        "PYTHON",
+        "RUSTC_",
+        // Cargo's build runners, wrappers and aliases (`CARGO_REGISTRY_TOKEN` passes).
+        "CARGO_BUILD_",
+        "CARGO_TARGET_",
+        "CARGO_ALIAS_",
+        "CARGO_UNSTABLE_",
     ];
     EXACT.contains(&name) || PREFIX.iter().any(|p| name.starts_with(p))
 }
@@ -765,10 +821,37 @@ mod tests {
             "PERL5OPT",
             "JAVA_TOOL_OPTIONS",
             "BASH_FUNC_x%%",
+            // The red-team list: each made an approved `python3 app.py` leak a value.
+            "PYTHONWARNINGS",
+            "PYTHONBREAKPOINT",
+            "BROWSER",
+            "GIT_EXTERNAL_DIFF",
+            "GIT_DIR",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "CARGO_BUILD_RUSTC_WRAPPER",
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER",
+            "RUSTFLAGS",
+            "GOFLAGS",
+            "MAKEFLAGS",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "NODE_EXTRA_CA_CERTS",
+            "SSL_CERT_FILE",
+            "SHELL",
+            "TMPDIR",
         ] {
             assert!(is_injection_var(n), "{n}");
         }
-        for n in ["API_TOKEN", "CI", "NO_COLOR", "RUST_LOG"] {
+        for n in [
+            "API_TOKEN",
+            "CI",
+            "NO_COLOR",
+            "RUST_LOG",
+            "GH_TOKEN",
+            "GITHUB_TOKEN",
+            "CARGO_REGISTRY_TOKEN",
+            "PYPI_TOKEN",
+        ] {
             assert!(!is_injection_var(n), "{n}");
         }
         assert!(check_pass_env(&["LD_PRELOAD".into()]).is_err());

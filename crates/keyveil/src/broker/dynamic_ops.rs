@@ -37,8 +37,12 @@ fn failed(e: &DynamicError) -> OpError {
 }
 
 /// Handles [`crate::protocol::Request::DynamicAdd`].
-pub async fn add(broker: &Arc<Broker>, req: DynamicAddRequest) -> OpResult<Value> {
+pub async fn add(broker: &Arc<Broker>, mut req: DynamicAddRequest) -> OpResult<Value> {
     broker.lock().vault()?;
+    // Where names are hidden, an alias names the variable it stands for.
+    if let Some(n) = req.name.take() {
+        req.name = Some(broker.lock().human_name(&req.environment, &n));
+    }
     let engine = EngineKind::parse(&req.engine).map_err(|e| failed(&e))?;
     for k in req.options.keys() {
         if !OPTIONS.contains(&k.as_str()) {

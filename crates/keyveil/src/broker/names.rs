@@ -59,7 +59,8 @@ impl Inner {
     /// Replaces real variable names by aliases in a payload about to leave the broker (a
     /// reply or an audit entry). Inside any JSON object with a string `environment` whose
     /// policy hides names (and everything nested in it), it rewrites `variable` (a string),
-    /// `variables` (strings, or objects with a `name`), and so `write_leaks[].variable`; in the
+    /// `variables` and `replaced` (strings, or objects with a `name`; sorted by alias), and so
+    /// `write_leaks[].variable`; in the
     /// object that names the environment itself, `name` too (`{environment, name}` replies about
     /// one variable). Names that are not variables of that environment are left alone, so it is
     /// idempotent.
@@ -98,17 +99,9 @@ impl Inner {
                     if let Some(Value::String(n)) = map.get_mut("variable") {
                         *n = self.alias_if_real(env, n);
                     }
-                    if let Some(Value::Array(list)) = map.get_mut("variables") {
-                        for item in list {
-                            match item {
-                                Value::String(n) => *n = self.alias_if_real(env, n),
-                                Value::Object(o) => {
-                                    if let Some(Value::String(n)) = o.get_mut("name") {
-                                        *n = self.alias_if_real(env, n);
-                                    }
-                                }
-                                _ => {}
-                            }
+                    for key in ["variables", "replaced"] {
+                        if let Some(Value::Array(list)) = map.get_mut(key) {
+                            self.alias_list(env, list);
                         }
                     }
                 }
@@ -120,6 +113,24 @@ impl Inner {
             }
             _ => {}
         }
+    }
+
+    /// Aliases a list of names (strings, or objects with a `name`) and sorts it by alias: the
+    /// order of real names would otherwise betray them (an agent adding a probe variable sees
+    /// where its alias lands).
+    fn alias_list(&self, env: &str, list: &mut [Value]) {
+        for item in list.iter_mut() {
+            match item {
+                Value::String(n) => *n = self.alias_if_real(env, n),
+                Value::Object(o) => {
+                    if let Some(Value::String(n)) = o.get_mut("name") {
+                        *n = self.alias_if_real(env, n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        list.sort_by(|a, b| sort_key(a).cmp(sort_key(b)));
     }
 
     fn alias_if_real(&self, env: &str, name: &str) -> String {
@@ -150,5 +161,14 @@ impl Inner {
             .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
             .filter(|(_, v)| v.value.is_some() || v.dynamic.is_some())
             .count()
+    }
+}
+
+/// The name a listed item sorts by: the string itself, or an object's `name`.
+fn sort_key(v: &Value) -> &str {
+    match v {
+        Value::String(s) => s,
+        Value::Object(o) => o.get("name").and_then(Value::as_str).unwrap_or(""),
+        _ => "",
     }
 }

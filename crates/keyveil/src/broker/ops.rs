@@ -468,7 +468,7 @@ fn env_list(broker: &Broker) -> OpResult<Value> {
             json!({
                 "name": name,
                 "description": e.description,
-                "variables": e.variables.keys().map(|n| inner.shown_name(name, n)).collect::<Vec<_>>(),
+                "variables": sorted_shown(&inner, name, e),
             })
         })
         .collect();
@@ -519,6 +519,18 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
     Ok(json!({"environment": env, "hide_names": hidden, "names": names}))
 }
 
+/// An environment's variable names as clients see them, sorted as shown: where names are
+/// hidden, the order of the real names would betray them.
+fn sorted_shown(inner: &Inner, env: &str, e: &Environment) -> Vec<String> {
+    let mut shown: Vec<String> = e
+        .variables
+        .keys()
+        .map(|n| inner.shown_name(env, n))
+        .collect();
+    shown.sort();
+    shown
+}
+
 fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
     let inner = broker.lock();
     let v = inner.vault()?;
@@ -527,7 +539,7 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
         .environments
         .get(name)
         .ok_or_else(|| unknown_env(name, v))?;
-    let vars: Vec<Value> = e
+    let mut vars: Vec<Value> = e
         .variables
         .iter()
         .map(|(n, var)| {
@@ -543,6 +555,8 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
             })
         })
         .collect();
+    // Sorted as shown (where names are hidden, the real names' order would betray them).
+    vars.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(json!({
         "name": name,
         "description": e.description,
@@ -781,6 +795,9 @@ pub fn generate(length: usize, charset: Charset) -> OpResult<String> {
 
 fn var_unset(broker: &Broker, env: &str, name: &str) -> OpResult<Value> {
     let mut inner = broker.lock();
+    // The name as clients see it, taken while the variable still exists (after the removal
+    // the alias rewriting no longer knows it).
+    let shown = inner.shown_name(env, name);
     let v = inner.vault_mut()?;
     let e = match v.data_mut().environments.get_mut(env) {
         Some(e) => e,
@@ -793,8 +810,8 @@ fn var_unset(broker: &Broker, env: &str, name: &str) -> OpResult<Value> {
         ));
     }
     save(v)?;
-    inner.audit("var_unset", json!({"environment": env, "variable": name}));
-    Ok(json!({"environment": env, "name": name, "status": "unset"}))
+    inner.audit("var_unset", json!({"environment": env, "variable": shown}));
+    Ok(json!({"environment": env, "name": shown, "status": "unset"}))
 }
 
 fn var_declare(

@@ -9,6 +9,11 @@
 //! `removed`, and the directory is deleted, whatever it holds: nothing a run left in its
 //! temporary directory outlives it.
 //!
+//! Before the scan, every directory in it is given back to its owner (mode 0700, never through
+//! a symbolic link), so a run cannot hide a file from the scan or the deletion with `chmod`. If
+//! the directory cannot be created the run is refused; if it cannot be removed, the leaks say
+//! so.
+//!
 //! Limits: a program that writes to `/tmp/...` by literal path, not through `$TMPDIR`, is not
 //! covered; while the run is live, the same user can read the directory (as any file of the
 //! run's). `keyveil agent` hides the keyveil home, this directory included, from the agent.
@@ -52,6 +57,10 @@ pub fn point_env_at(env: &mut Vec<(String, String)>, dir: &Path) {
 /// (by variable and path, never the value), each with the action `removed`. Deletion does not
 /// follow symbolic links (`std::fs::remove_dir_all`); a failure to delete is logged.
 pub async fn finish(dir: PathBuf, redactor: &Redactor, since: SystemTime) -> Vec<WriteLeak> {
+    // A run may have locked subdirectories (`chmod 000`) so that the scan cannot read them and
+    // the deletion cannot empty them: give every directory back to its owner first.
+    let unlock = dir.clone();
+    let _ = tokio::task::spawn_blocking(move || unlock_tree(&unlock)).await;
     let scope = crate::scan::ScanScope {
         cwd: dir.clone(),
         home: None,
@@ -61,7 +70,7 @@ pub async fn finish(dir: PathBuf, redactor: &Redactor, since: SystemTime) -> Vec
     let scan_redactor = redactor.clone();
     let report =
         tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scan_redactor)).await;
-    let leaks = match report {
+    let mut leaks: Vec<WriteLeak> = match report {
         Ok(r) => r
             .leaks
             .into_iter()
@@ -76,8 +85,102 @@ pub async fn finish(dir: PathBuf, redactor: &Redactor, since: SystemTime) -> Vec
     };
     let gone = dir.clone();
     let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone)).await;
-    if !matches!(removed, Ok(Ok(()))) {
+    if !matches!(removed, Ok(Ok(()))) || dir.exists() {
+        // Say so where the user looks (the run's result), not only in the broker log.
         tracing::warn!(dir = %dir.display(), "cannot remove a run's private TMPDIR");
+        for leak in &mut leaks {
+            leak.action = "kept: the run's TMPDIR could not be removed, delete it".to_owned();
+        }
     }
     leaks
+}
+
+/// Most directories [`unlock_tree`] visits.
+const UNLOCK_BUDGET: usize = 100_000;
+/// Deepest nesting [`unlock_tree`] follows.
+const UNLOCK_DEPTH: usize = 256;
+
+/// Sets every directory under `root` (root included) to mode 0700 without ever following a
+/// symbolic link: each directory is opened `O_PATH | O_NOFOLLOW` relative to its parent's
+/// descriptor and changed through `/proc/self/fd/N`, so swapping a directory for a link
+/// cannot redirect the change outside the tree. Best effort; bounded by [`UNLOCK_BUDGET`] and
+/// [`UNLOCK_DEPTH`].
+fn unlock_tree(root: &Path) {
+    use rustix::fs::{Mode, OFlags, open};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if let Ok(fd) = open(root, flags, Mode::empty()) {
+        let mut budget = UNLOCK_BUDGET;
+        unlock_dir(fd, &mut budget, 0);
+    }
+}
+
+fn unlock_dir(fd: rustix::fd::OwnedFd, budget: &mut usize, depth: usize) {
+    use rustix::fd::AsRawFd;
+    use rustix::fs::{Dir, FileType, Mode, OFlags, chmod, open, openat};
+    let through = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let _ = chmod(through.as_str(), Mode::from_raw_mode(0o700));
+    let Ok(listing) = open(
+        through.as_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let Ok(mut dir) = Dir::new(listing) else {
+        return;
+    };
+    let mut children = Vec::new();
+    while let Some(Ok(entry)) = dir.read() {
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if matches!(entry.file_type(), FileType::Directory | FileType::Unknown) {
+            children.push(entry.file_name().to_owned());
+        }
+    }
+    for name in children {
+        if *budget == 0 || depth >= UNLOCK_DEPTH {
+            return;
+        }
+        *budget -= 1;
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if let Ok(child) = openat(&fd, name.as_c_str(), flags, Mode::empty()) {
+            unlock_dir(child, budget, depth + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn unlock_gives_locked_directories_back_and_never_follows_links() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deep = root.path().join("locked/deeper");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o000)).unwrap();
+        std::fs::set_permissions(
+            root.path().join("locked"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        unlock_tree(root.path());
+        assert_eq!(mode(&root.path().join("locked")), 0o700);
+        assert_eq!(mode(&deep), 0o700);
+        // The link's target outside the tree is untouched.
+        assert_eq!(mode(outside.path()), 0o755);
+        // And the tree can now be removed.
+        std::fs::remove_dir_all(root.path().join("locked")).unwrap();
+    }
 }

@@ -357,8 +357,18 @@ pub(super) async fn run_inner(
             Some(d)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "no private TMPDIR for this run");
-            None
+            // Fail closed: without it, temporary files would land where nothing scans them.
+            return Some(
+                OpError::new(
+                    ErrorCode::Failed,
+                    format!("cannot create the run's private TMPDIR: {e}; nothing was started"),
+                )
+                .hint(format!(
+                    "check that {} is a directory you own (mode 0700); remove whatever is there otherwise",
+                    broker.paths.home.join("tmp").display()
+                ))
+                .reply(),
+            );
         }
     };
     let mut spec = SpawnSpec {

@@ -398,3 +398,58 @@ fn revoking_a_used_up_grant_says_so() {
         "{out}"
     );
 }
+
+#[test]
+fn a_run_without_its_private_tmpdir_is_refused() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    // Something else sits where the run directories go.
+    std::fs::write(h.path().join("tmp"), b"not a directory").unwrap();
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "true"]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("private TMPDIR") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN));
+}
+
+#[test]
+fn a_process_that_leaves_its_run_is_killed() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    // `setsid` takes the sleep out of the run's process group and session: revoking the grant
+    // (a signal to that group) could not reach it, and it holds the value in its environment.
+    let script = "setsid sleep 37 >/dev/null 2>&1 </dev/null & echo \"escaped=$!\"";
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", script]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let pid: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("escaped="))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the script printed the escaped pid");
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    let t0 = std::time::Instant::now();
+    while alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the escaped process {pid} is still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

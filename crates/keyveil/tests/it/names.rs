@@ -230,3 +230,76 @@ fn the_human_can_still_set_a_hidden_variable_by_alias_or_name() {
     let shown = h.json(&["env", "show", "demo", "--json"]);
     assert_eq!(shown["variables"].as_array().unwrap().len(), 1, "{shown}");
 }
+
+#[test]
+fn the_order_of_aliases_says_nothing_about_the_names() {
+    let h = Home::new();
+    // Six names in alphabetical order: listed in that order, their aliases would betray it
+    // (a probe variable's position tells the agent where a real name sorts).
+    let names = [
+        "AAA_KEY", "BBB_KEY", "CCC_KEY", "DDD_KEY", "EEE_KEY", "FFF_KEY",
+    ];
+    for n in names {
+        h.set("demo", n, "kv_fake_order_Vb8nM2xC5zL7kJ1h");
+    }
+    hide(&h);
+    let shown = h.json(&["env", "show", "demo", "--json"]);
+    let aliases: Vec<&str> = shown["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let mut sorted = aliases.clone();
+    sorted.sort_unstable();
+    assert_eq!(aliases, sorted, "listed in alias order");
+    let listed = h.json(&["env", "list", "--json"]);
+    let env = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == "demo"))
+        .cloned()
+        .unwrap_or_else(|| listed["environments"][0].clone());
+    let in_list: Vec<&str> = env["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(in_list, sorted);
+}
+
+#[test]
+fn removing_or_linking_a_hidden_variable_never_names_it() {
+    let h = Home::new();
+    h.set("demo", REAL, VALUE);
+    hide(&h);
+    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The value-entry link for a variable that has a value: refused, by alias.
+    let o = h.run(&["set", "demo", &alias, "--web"]);
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err.contains("already has a value") && err.contains(&alias),
+        "{err}"
+    );
+    assert!(!err.contains(REAL), "{err}");
+    // Removing it by alias (with the factor): reply and audit carry the alias.
+    let before = h.audit_text().len();
+    let o = h.run_stdin(
+        &["unset", "demo", &alias, "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let since = h.audit_text()[before..].to_owned();
+    assert!(
+        since.contains("var_unset") && since.contains(&alias),
+        "{since}"
+    );
+    assert!(
+        !since.contains(REAL) && !text(&o.stdout).contains(REAL),
+        "{since}"
+    );
+}

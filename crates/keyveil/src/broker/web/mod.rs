@@ -892,7 +892,15 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 /// The state of one variable: `Ok(Some(description))` when it exists without a value,
 /// `Ok(None)` when it does not exist yet, an error when it already has a value (the page
 /// never replaces a value) or the environment is unknown or the vault locked.
-async fn awaiting(broker: &Arc<Broker>, environment: &str, name: &str) -> OpResult<Option<String>> {
+/// Whether `name` (a real name) of `environment` awaits a value: `Ok(description)` if it does or
+/// does not exist yet. Messages name it as `shown` (what the caller may see: the name it gave,
+/// or the alias where names are hidden).
+async fn awaiting(
+    broker: &Arc<Broker>,
+    environment: &str,
+    name: &str,
+    shown: &str,
+) -> OpResult<Option<String>> {
     let inner = broker.lock();
     let v = inner.vault()?;
     let env = v
@@ -904,10 +912,10 @@ async fn awaiting(broker: &Arc<Broker>, environment: &str, name: &str) -> OpResu
         None => Ok(None),
         Some(var) if var.value.is_some() || var.dynamic.is_some() => Err(OpError::new(
             ErrorCode::Failed,
-            format!("{environment}/{name} already has a value"),
+            format!("{environment}/{shown} already has a value"),
         )
         .hint(format!(
-            "the page only fills variables that await a value; to replace it, run `keyveil set {environment} {name}` in a terminal"
+            "the page only fills variables that await a value; to replace it, run `keyveil set {environment} {shown}` in a terminal"
         ))),
         Some(var) => Ok(Some(var.description.clone())),
     }
@@ -927,9 +935,12 @@ pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpR
         ));
     }
     // Where names are hidden the agent names the variable by its alias.
+    // Messages repeat the name as given: never the alias of a guessed real name, never the
+    // real name behind an alias.
+    let given = name;
     let real = broker.lock().real_name(environment, name);
     let name = real.as_deref().unwrap_or(name);
-    awaiting(broker, environment, name).await?;
+    awaiting(broker, environment, name, given).await?;
     let server = broker
         .web
         .server
@@ -1019,7 +1030,11 @@ async fn set_page(
     let Some((_, target, csrf)) = st.server.set_session_of(&headers, now) else {
         return no_set_session();
     };
-    match awaiting(&st.broker, &target.environment, &target.name).await {
+    let shown_name = st
+        .broker
+        .lock()
+        .shown_name(&target.environment, &target.name);
+    match awaiting(&st.broker, &target.environment, &target.name, &shown_name).await {
         Ok(desc) => {
             // The link went through the agent, so the page shows what the agent may see.
             let (shown, desc) = {
@@ -1072,7 +1087,8 @@ async fn set_value(
         return forbidden("missing or wrong CSRF token; reload the page and try again");
     }
     let (environment, name) = (target.environment.clone(), target.name.clone());
-    let desc = match awaiting(&st.broker, &environment, &name).await {
+    let shown_name = st.broker.lock().shown_name(&environment, &name);
+    let desc = match awaiting(&st.broker, &environment, &name, &shown_name).await {
         Ok(d) => d.unwrap_or_default(),
         Err(e) => {
             st.server.end_set_session(&key);
