@@ -510,3 +510,18 @@ async def test_hidden_names_reach_the_agent_only_as_aliases(home: Home):
         assert guessed.is_error and made_up.is_error
         assert text(guessed).replace(real, "X") == text(made_up).replace("NOT_A_VAR", "X")
     home.assert_no_value_in_transcript()
+
+
+async def test_a_value_written_into_a_file_is_reported_to_the_agent(home: Home):
+    """The post-run scan's findings reach the agent (by variable and path, never the value)."""
+    args = {"environment": "demo", "command": ["sh", "-c", 'printf %s "$API_TOKEN" > leaked.txt; echo done'], "wait_seconds": 0}
+    async with connect(home, "2026-07-28") as client:
+        first = await call(client, "run", args)
+        home.approve(first.structured_content["request_id"])
+        done = await call(client, "run", args)
+        assert done.structured_content["status"] == "completed", text(done)
+        leaks = done.structured_content["write_leaks"]
+        assert [(l["variable"], l["path"].endswith("leaked.txt"), l["form"]) for l in leaks] == [("API_TOKEN", True, "raw")], leaks
+        assert "wrote the value of API_TOKEN into" in text(done)
+    (home.work / "leaked.txt").unlink()
+    home.assert_no_value_in_transcript()

@@ -1054,6 +1054,16 @@ fn completed(r: RunResult) -> RunOutput {
         duration_ms: Some(r.duration_ms),
         request_id: None,
         hint: None,
+        write_leaks: r
+            .write_leaks
+            .into_iter()
+            .map(|l| tools::WriteLeakOutput {
+                variable: l.variable,
+                path: l.path,
+                form: l.form,
+                action: l.action,
+            })
+            .collect(),
     }
 }
 

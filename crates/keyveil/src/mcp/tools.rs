@@ -458,6 +458,23 @@ pub struct RunOutput {
     /// What to do next (pending_approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Files the command wrote a secret value into (found by the post-run scan), by variable
+    /// and path, never the value. Tell the user; do not read those files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_leaks: Vec<WriteLeakOutput>,
+}
+
+/// A file a run wrote a value into.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct WriteLeakOutput {
+    /// The variable whose value was written (its alias where names are hidden).
+    pub variable: String,
+    /// The file (`archive!member` inside archives).
+    pub path: String,
+    /// The form it was found in (`raw`, `base64`, `utf-16le`, `gzip`, ...).
+    pub form: String,
+    /// What keyveil did: `reported`, `quarantined ...`, `failed`, `removed`.
+    pub action: String,
 }
 
 /// Result of `request_access`.
@@ -881,6 +898,12 @@ pub fn render_run(o: &RunOutput) -> String {
     if o.stdout.as_deref().unwrap_or("").is_empty() && o.stderr.as_deref().unwrap_or("").is_empty()
     {
         s.push_str("\n(no output)");
+    }
+    for l in &o.write_leaks {
+        s.push_str(&format!(
+            "\nwarning: the command wrote the value of {} into {} ({}; {}); tell the user, do not read that file",
+            l.variable, l.path, l.form, l.action
+        ));
     }
     s
 }
