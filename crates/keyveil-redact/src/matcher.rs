@@ -216,7 +216,7 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
 ///
 /// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
 /// (about 1 bit in 32 set: false positives only cost a table lookup). `strided` is the same
-/// for the [`Q`]-grams at every offset `0..STRIDE` of every pattern (about 1 bit in 16): since
+/// for the [`Q`]-grams at every offset `0..STRIDE` of every pattern (1 bit in 16 to 32): since
 /// every pattern is at least [`MIN_LEN`] = [`Q`] + [`STRIDE`] − 1 bytes long, probing it at
 /// every [`STRIDE`]-th position of the normalised view hits inside every occurrence (q-gram
 /// sampling; Navarro and Raffinot, *Flexible Pattern Matching in Strings*, 2002, §6.5). `one`,
@@ -233,6 +233,10 @@ pub(crate) struct PrefixFilter {
     three: Vec<u64>,
 }
 
+/// Bits of the strided bitmap per distinct q-gram (before rounding up to a power of two):
+/// fewer keep it in cache, more cut false candidates.
+const STRIDED_BITS_PER_GRAM: usize = 16;
+
 /// Probe distance of the block path: `MIN_LEN - Q + 1`.
 pub(crate) const STRIDE: usize = MIN_LEN - Q + 1;
 
@@ -243,7 +247,15 @@ impl PrefixFilter {
         let bits = (prefixes.len() * 32)
             .next_power_of_two()
             .clamp(1 << 12, 1 << 24);
-        let strided_bits = (patterns.len() * STRIDE * 16)
+        // Fragments of one value share most of their q-grams: size by the distinct ones.
+        let mut grams: Vec<u32> = patterns
+            .iter()
+            .flat_map(|p| p.windows(Q).take(STRIDE))
+            .map(|g| <[u8; Q]>::try_from(g).map_or(0, u32::from_be_bytes))
+            .collect();
+        grams.sort_unstable();
+        grams.dedup();
+        let strided_bits = (grams.len() * STRIDED_BITS_PER_GRAM)
             .next_power_of_two()
             .clamp(1 << 12, 1 << 24);
         let mut f = PrefixFilter {
@@ -265,12 +277,9 @@ impl PrefixFilter {
             set_bit(&mut f.two, usize::from(u16::from_be_bytes([a, b])));
             set_bit(&mut f.three, Self::hash3(u32::from_be_bytes([0, a, b, c])));
         }
-        for p in patterns {
-            for g in p.windows(Q).take(STRIDE) {
-                let w = <[u8; Q]>::try_from(g).map_or(0, u32::from_be_bytes);
-                let h = (w.wrapping_mul(HASH_MUL) >> f.strided_shift) as usize;
-                set_bit(&mut f.strided, h);
-            }
+        for w in grams {
+            let h = (w.wrapping_mul(HASH_MUL) >> f.strided_shift) as usize;
+            set_bit(&mut f.strided, h);
         }
         f
     }
@@ -604,7 +613,7 @@ impl Pass {
                 if let Some(slot) = sc.bytes.get_mut(n & NMASK) {
                     *slot = b;
                 }
-                n += usize::from(!is_space(b));
+                n += usize::from(KEEP.get(usize::from(b)).copied().unwrap_or(1));
             }
         }
         let n = n.min(NBUF);
@@ -987,8 +996,24 @@ struct Scratch {
     marks: [u32; BLOCK / MARK_EVERY],
 }
 
+/// 1 for the bytes a block keeps in its normalised view, 0 for whitespace (a table load is
+/// cheaper than the comparisons in the compaction loop).
+// Indexing in a constant initialiser is checked at compile time.
+#[allow(clippy::indexing_slicing)]
+static KEEP: [u8; 256] = {
+    let mut t = [1u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if is_space(b as u8) {
+            t[b] = 0;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Block bytes per entry of [`Scratch::marks`].
-const MARK_EVERY: usize = 64;
+const MARK_EVERY: usize = 16;
 
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1069,6 +1094,9 @@ impl Compact<'_> {
         walks: &mut Vec<Walk>,
         hits: &mut Vec<Hit>,
     ) {
+        let Some((lo, hi)) = table.range(window) else {
+            return;
+        };
         let far = |from: u64, to: u64| to - from > u64::from(MAX_NOISE_RUN);
         let mut offsets = self.offsets_from(j);
         let Some(start) = offsets.next() else {
@@ -1082,9 +1110,6 @@ impl Compact<'_> {
             }
             prev = p;
         }
-        let Some((lo, hi)) = table.range(window) else {
-            return;
-        };
         let mut w = Walk {
             start,
             lo,

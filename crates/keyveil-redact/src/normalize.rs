@@ -33,7 +33,7 @@ pub const ESC: u8 = 0x1b;
 
 /// Is `b` ASCII whitespace (removed from the normalised view)?
 #[inline]
-pub fn is_space(b: u8) -> bool {
+pub const fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
