@@ -301,4 +301,118 @@ mod tests {
         let r = Redactor::new([("A", "s3cr3t-V4lue-xyz")]);
         assert!(!format!("{r:?}").contains("s3cr3t"));
     }
+
+    /// Redacts `pre <form> post` and checks that exactly the form became one marker.
+    fn assert_form_redacted(r: &Redactor, form: &str) {
+        let input = format!("pre {form} post\n");
+        let (out, n) = r.redact(input.as_bytes());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "pre [REDACTED:S] post\n",
+            "form {form:?}"
+        );
+        assert_eq!(n, 1);
+    }
+
+    /// Text in the same encoding that is not the value stays as it is.
+    fn assert_untouched(r: &Redactor, text: &str) {
+        assert_eq!(r.redact(text.as_bytes()).0, text.as_bytes(), "{text:?}");
+    }
+
+    #[test]
+    fn yaml_single_quoted() {
+        let v = fixtures::secret("shell-quoted-xtrace", "DB_PASS");
+        assert!(v.contains('\''));
+        let r = Redactor::new([("S", &v)]);
+        let input = format!("key: '{}'\n", v.replace('\'', "''"));
+        assert_eq!(r.redact(input.as_bytes()).0, b"key: '[REDACTED:S]'\n");
+        assert_untouched(&r, "password: 'it''s a plain sentence, not the value'\n");
+    }
+
+    #[test]
+    fn percent_encoding_with_reserved_characters_and_mixed_case() {
+        let v = fixtures::secret("url-encoded-conn-string", "DB_PASSWORD");
+        let r = Redactor::new([("S", &v)]);
+        // encodeURI keeps `# @ : / !`; only `%` and space are escaped.
+        assert_form_redacted(&r, &v.replace('%', "%25").replace(' ', "%20"));
+        // Strict encoding with the hex digits in mixed case.
+        let mut escaped = 0;
+        let mixed: String = v
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    return (b as char).to_string();
+                }
+                escaped += 1;
+                if escaped % 2 == 1 {
+                    format!("%{b:02x}")
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        assert!(mixed.contains("%3a") && mixed.contains("%2F"), "{mixed}");
+        assert_form_redacted(&r, &mixed);
+        assert_untouched(&r, "GET /a%2Fb%3a/c?q=K9%23mQ%40x HTTP/1.1\n");
+    }
+
+    #[test]
+    fn html_numeric_and_named_references() {
+        let v = fixtures::secret("b64-of-json-config", "REGISTRY_PASSWORD");
+        let r = Redactor::new([("S", &v)]);
+        let numeric = |f: &dyn Fn(u8) -> String| -> String {
+            v.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        f(b)
+                    }
+                })
+                .collect()
+        };
+        assert_form_redacted(&r, &numeric(&|b| format!("&#{b};")));
+        assert_form_redacted(&r, &numeric(&|b| format!("&#x{b:x};")));
+        assert_form_redacted(&r, &numeric(&|b| format!("&#X{b:X};")));
+        // The five special characters only, named or numeric.
+        let q = fixtures::secret("json-escaped-password", "API_SECRET");
+        let r = Redactor::new([("S", &q)]);
+        assert_form_redacted(&r, &q.replace('"', "&#x22;"));
+        assert_form_redacted(&r, &q.replace('"', "&#X22;"));
+        assert_form_redacted(&r, &q.replace('"', "&#34;"));
+        let s = fixtures::secret("shell-quoted-xtrace", "DB_PASS");
+        let r = Redactor::new([("S", &s)]);
+        for (quot, apos) in [
+            ("&quot;", "&#39;"),
+            ("&quot;", "&#039;"),
+            ("&#x22;", "&#x27;"),
+        ] {
+            assert_form_redacted(&r, &s.replace('"', quot).replace('\'', apos));
+        }
+        assert_untouched(&r, "<p>Tom &amp; Jerry&#39;s &#x22;show&#x22; &#33;</p>\n");
+    }
+
+    #[test]
+    fn json_unicode_escapes_of_ascii() {
+        let v = fixtures::secret("json-escaped-slash-stderr", "SF_ACCESS_TOKEN");
+        let r = Redactor::new([("S", &v)]);
+        let esc = |all: bool, upper: bool| -> String {
+            v.bytes()
+                .map(|b| match (all || !b.is_ascii_alphanumeric(), upper) {
+                    (false, _) => (b as char).to_string(),
+                    (true, false) => format!("\\u{:04x}", b),
+                    (true, true) => format!("\\u{:04X}", b),
+                })
+                .collect()
+        };
+        for all in [false, true] {
+            for upper in [false, true] {
+                assert_form_redacted(&r, &esc(all, upper));
+            }
+        }
+        assert_untouched(
+            &r,
+            "{\"path\":\"\\u002fapi\\u002Fv1\",\"ok\":\"\\u0021\"}\n",
+        );
+    }
 }

@@ -31,7 +31,9 @@
 //! Both passes keep their state between chunks and find every occurrence whichever path they
 //! take, so the matches found do not depend on how the output is split.
 
-use crate::normalize::{ESC, MAX_CSI_PARAMS, Normalizer, is_space, normalized_forms};
+use crate::normalize::{
+    ESC, MAX_CSI_PARAMS, Normalizer, fold_percent_hex, fold_view, is_space, normalized_forms,
+};
 use crate::{MAX_NOISE_RUN, MIN_LEN};
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::{contiguous, noncontiguous};
@@ -607,16 +609,26 @@ impl Pass {
         }
         // (1) Compaction: every byte is stored, only kept bytes advance the cursor.
         let mut n = carry;
+        let mut flags = 0u8;
         for (mark, sub) in sc.marks.iter_mut().zip(block.chunks(MARK_EVERY)) {
             *mark = n as u32;
             for &b in sub {
                 if let Some(slot) = sc.bytes.get_mut(n & NMASK) {
                     *slot = b;
                 }
-                n += usize::from(KEEP.get(usize::from(b)).copied().unwrap_or(1));
+                let class = KEEP.get(usize::from(b)).copied().unwrap_or(1);
+                n += usize::from(class & 1);
+                flags |= class;
             }
         }
         let n = n.min(NBUF);
+        // Percent-escapes fold to lower case (see `normalize`), in view order.
+        let (p1, p2) = (c.window as u8, (c.window >> 8) as u8);
+        if (flags & PERCENT != 0 || p1 == b'%' || p2 == b'%')
+            && let Some(new) = sc.bytes.get_mut(carry..n)
+        {
+            fold_view(new, p1, p2);
+        }
         let view = Compact {
             bytes: sc.bytes.get(..n).unwrap_or_default(),
             block,
@@ -850,6 +862,7 @@ fn feed(
     b: u8,
     p: u64,
 ) {
+    let b = fold_percent_hex(b, c.window as u8, (c.window >> 8) as u8);
     c.set_recent(c.fed, p);
     c.fed += 1;
     c.window = (c.window << 8) | u32::from(b);
@@ -996,8 +1009,8 @@ struct Scratch {
     marks: [u32; BLOCK / MARK_EVERY],
 }
 
-/// 1 for the bytes a block keeps in its normalised view, 0 for whitespace (a table load is
-/// cheaper than the comparisons in the compaction loop).
+/// Bit 0: the byte is kept in the normalised view (0 for whitespace; a table load is cheaper
+/// than the comparisons in the compaction loop). Bit [`PERCENT`]: the byte is `%`.
 // Indexing in a constant initialiser is checked at compile time.
 #[allow(clippy::indexing_slicing)]
 static KEEP: [u8; 256] = {
@@ -1009,8 +1022,12 @@ static KEEP: [u8; 256] = {
         }
         b += 1;
     }
+    t[b'%' as usize] = 1 | PERCENT;
     t
 };
+
+/// [`KEEP`] flag of `%` (the block then needs its percent-escapes folded).
+const PERCENT: u8 = 2;
 
 /// Block bytes per entry of [`Scratch::marks`].
 const MARK_EVERY: usize = 16;

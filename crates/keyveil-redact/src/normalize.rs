@@ -18,6 +18,12 @@
 //!   [`MAX_CSI_PARAMS`] parameter/intermediate bytes (0x20–0x3F), final byte `m` or `K`
 //!   (colours, bold, `\e[K` from progress bars).
 //!
+//! The view also folds the case of percent-escapes: a hex letter `A`–`F` right after `%`, or
+//! right after `%` and a hex digit, becomes lower case ([`fold_percent_hex`]), so `%2F`, `%2f`
+//! and mixed forms such as `%2f%3A` match the same patterns (RFC 3986 §2.1: the hex digits of a
+//! percent-encoding are case-insensitive). The fold looks only at the two view bytes before,
+//! so it needs nothing held back.
+//!
 //! A control sequence in progress is *held* rather than dropped: if it turns out not to be an SGR
 //! or erase-in-line sequence (another final byte, a byte outside the allowed ranges, too many
 //! parameters, or the end of the stream), its bytes after `ESC [` are released into the view as
@@ -216,8 +222,36 @@ impl Normalizer {
     }
 }
 
-/// Normalises a whole byte string (used for patterns).
+/// The view byte for `b`, given the two view bytes before it (`p1` just before, then `p2`; 0 at
+/// the start): a hex letter `A`–`F` that follows `%`, or `%` and a hex digit, is lower-cased.
+#[inline(always)]
+pub fn fold_percent_hex(b: u8, p1: u8, p2: u8) -> u8 {
+    if matches!(b, b'A'..=b'F') && (p1 == b'%' || (p2 == b'%' && p1.is_ascii_hexdigit())) {
+        b | 0x20
+    } else {
+        b
+    }
+}
+
+/// Applies [`fold_percent_hex`] to consecutive view bytes, the two before `view[0]` being `p1`
+/// (just before) and `p2`.
+pub fn fold_view(view: &mut [u8], mut p1: u8, mut p2: u8) {
+    for b in view {
+        *b = fold_percent_hex(*b, p1, p2);
+        p2 = p1;
+        p1 = *b;
+    }
+}
+
+/// Normalises a whole byte string (used for patterns): noise removed, percent-escapes folded.
 pub fn normalize(bytes: &[u8]) -> Vec<u8> {
+    let mut out = strip(bytes);
+    fold_view(&mut out, 0, 0);
+    out
+}
+
+/// `bytes` with noise removed (no folding).
+fn strip(bytes: &[u8]) -> Vec<u8> {
     let mut n = Normalizer::new();
     let mut out = Vec::with_capacity(bytes.len());
     let mut feed = |b: u8, _pos: u64| out.push(b);
@@ -228,20 +262,35 @@ pub fn normalize(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// View bytes before a pattern that change how its first bytes fold: none, `%`, `%` and a hex
+/// digit (`(p1, p2)` as in [`fold_percent_hex`]).
+const FOLD_CONTEXTS: [(u8, u8); 3] = [(0, 0), (b'%', 0), (b'0', b'%')];
+
+/// Could a view that starts with `v` fold differently after `%` or `%h`?
+fn context_sensitive(v: &[u8]) -> bool {
+    match v {
+        [b'A'..=b'F', ..] => true,
+        [a, b'A'..=b'F', ..] => a.is_ascii_hexdigit(),
+        _ => false,
+    }
+}
+
 /// The normalised views `value` can have when printed next to escape bytes: after nothing,
 /// right after `ESC`, right after `ESC [` (a leading `12m`/`K`/`[1m` would then be taken as a
 /// colour code), and right before an `m` (a trailing unfinished `ESC [12` would then be one).
-/// Deduplicated, the plain [`normalize`] form first. Registering all of them keeps a program
-/// from hiding a value by printing escape bytes next to it.
+/// Each of them is also folded as if it followed `%` or `%` and a hex digit
+/// ([`fold_percent_hex`]). Deduplicated, the plain [`normalize`] form first. Registering all of
+/// them keeps a program from hiding a value by printing escape bytes or a `%` next to it.
 pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
-    // Fast path (almost every pattern): nothing to remove, and no first byte that could
-    // complete or continue an escape sequence.
-    if !value.iter().any(|&b| is_special(b))
+    // Fast path (almost every pattern): nothing to remove or fold, and no first byte that could
+    // complete or continue an escape sequence or a percent-escape.
+    if !value.iter().any(|&b| is_special(b) || b == b'%')
         && !matches!(value.first(), Some(0x20..=0x3f | b'm' | b'K' | b'['))
+        && !context_sensitive(value)
     {
         return vec![value.to_vec()];
     }
-    let plain = normalize(value);
+    let plain = strip(value);
     let from = |state: State| {
         let mut n = Normalizer {
             state,
@@ -257,14 +306,18 @@ pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
     };
     let mut with_m = value.to_vec();
     with_m.push(b'm');
-    let mut before_m = normalize(&with_m);
+    let mut before_m = strip(&with_m);
     if before_m.last() == Some(&b'm') {
         before_m.pop();
     }
-    let mut forms = vec![plain];
-    for f in [from(State::Esc), from(State::Csi), before_m] {
-        if !forms.contains(&f) {
-            forms.push(f);
+    let mut forms: Vec<Vec<u8>> = Vec::new();
+    for f in [plain, from(State::Esc), from(State::Csi), before_m] {
+        for (p1, p2) in FOLD_CONTEXTS {
+            let mut folded = f.clone();
+            fold_view(&mut folded, p1, p2);
+            if !forms.contains(&folded) {
+                forms.push(folded);
+            }
         }
     }
     forms
@@ -326,21 +379,47 @@ mod tests {
     #[test]
     fn forms_next_to_escapes() {
         assert_eq!(
-            normalized_forms(b"12mABCDEFGH"),
-            vec![b"12mABCDEFGH".to_vec(), b"ABCDEFGH".to_vec()]
+            normalized_forms(b"12mGHIJKLMN"),
+            vec![b"12mGHIJKLMN".to_vec(), b"GHIJKLMN".to_vec()]
         );
         assert_eq!(
-            normalized_forms(b"[1mABCDEFGH"),
-            vec![b"[1mABCDEFGH".to_vec(), b"ABCDEFGH".to_vec()]
+            normalized_forms(b"[1mGHIJKLMN"),
+            vec![b"[1mGHIJKLMN".to_vec(), b"GHIJKLMN".to_vec()]
         );
         assert_eq!(
-            normalized_forms(b"ABCDEFGH\x1b[12"),
-            vec![b"ABCDEFGH12".to_vec(), b"ABCDEFGH".to_vec()]
+            normalized_forms(b"GHIJKLMN\x1b[12"),
+            vec![b"GHIJKLMN12".to_vec(), b"GHIJKLMN".to_vec()]
         );
         assert_eq!(
-            normalized_forms(b"ghp_ABCDEFGH"),
-            vec![b"ghp_ABCDEFGH".to_vec()]
+            normalized_forms(b"ghp_GHIJKLMN"),
+            vec![b"ghp_GHIJKLMN".to_vec()]
         );
-        assert_eq!(normalized_forms(b"1234abcd"), vec![b"1234abcd".to_vec()]);
+        assert_eq!(normalized_forms(b"1234wxyz"), vec![b"1234wxyz".to_vec()]);
+    }
+
+    #[test]
+    fn percent_escapes_fold_to_lower_case() {
+        assert_eq!(normalize(b"a%2Fb%3a%C3%A9c"), b"a%2fb%3a%c3%a9c");
+        // Only the two digits after `%` fold.
+        assert_eq!(normalize(b"%ABCD ABCD"), b"%abCDABCD");
+        // Across noise, as in the view.
+        assert_eq!(normalize(b"%\x1b[1m2\nF"), b"%2f");
+    }
+
+    #[test]
+    fn forms_after_a_percent() {
+        assert_eq!(
+            normalized_forms(b"ABCDEFGH"),
+            vec![
+                b"ABCDEFGH".to_vec(),
+                b"abCDEFGH".to_vec(),
+                b"aBCDEFGH".to_vec()
+            ]
+        );
+        assert_eq!(
+            normalized_forms(b"1Fxyzxyz"),
+            vec![b"1Fxyzxyz".to_vec(), b"1fxyzxyz".to_vec()]
+        );
+        assert_eq!(normalized_forms(b"GHxyzxyz"), vec![b"GHxyzxyz".to_vec()]);
     }
 }
