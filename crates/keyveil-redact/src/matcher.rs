@@ -12,7 +12,8 @@
 //!   (matched only as whole tokens) and the rare patterns that normalisation would shrink below
 //!   [`MIN_LEN`] or that escape bytes could hide from the normalised view.
 //!
-//! The raw pass (usually empty or tiny) is a classic unanchored Aho-Corasick scan. The
+//! The raw pass (usually empty or tiny) starts a walk of its sorted table at every byte that
+//! begins some pattern ([`RawTable`]). The
 //! normalised pass is *filtered*: every normalised offset whose next [`Q`] bytes are the first
 //! [`Q`] bytes of some pattern (a hashed bitmap, [`PrefixFilter`]) starts a *walk* of the sorted
 //! pattern table ([`SortedPatterns`]), narrowing with each following byte the range of patterns
@@ -35,13 +36,7 @@ use crate::normalize::{
     ESC, MAX_CSI_PARAMS, Normalizer, fold_percent_hex, fold_view, is_space, normalized_forms,
 };
 use crate::{MAX_NOISE_RUN, MIN_LEN};
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::nfa::{contiguous, noncontiguous};
-use aho_corasick::{Anchored, MatchKind, dfa};
-
-/// The DFA is used while its transition table stays under this many bytes; beyond it the
-/// contiguous NFA is used (slower per byte, far smaller).
-const DFA_MAX_BYTES: usize = 24 << 20;
+use zeroize::Zeroize;
 
 /// What a pattern stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,10 +57,26 @@ pub(crate) enum PassKind {
 }
 
 /// The patterns of one pass, before deduplication and building.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct PatternSet {
     /// `(bytes, secret, token)`; duplicates allowed.
     entries: Vec<(Vec<u8>, u32, bool)>,
+}
+
+impl std::fmt::Debug for PatternSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatternSet")
+            .field("patterns", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Drop for PatternSet {
+    fn drop(&mut self) {
+        for (bytes, _, _) in &mut self.entries {
+            bytes.zeroize();
+        }
+    }
 }
 
 /// Deduplicated patterns in byte-lexicographic order, with their owners.
@@ -92,8 +103,9 @@ impl PatternSet {
             info: Vec::new(),
             extra_owners: Vec::new(),
         };
-        for (bytes, secret, token) in self.entries {
+        for (mut bytes, secret, token) in std::mem::take(&mut self.entries) {
             if out.bytes.last() == Some(&bytes) {
+                bytes.zeroize();
                 let id = (out.bytes.len() - 1) as u32;
                 if let Some(info) = out.info.last_mut() {
                     if info.secret != secret {
@@ -115,8 +127,16 @@ impl PatternSet {
     }
 }
 
+impl Drop for Deduped {
+    fn drop(&mut self) {
+        for b in &mut self.bytes {
+            b.zeroize();
+        }
+    }
+}
+
 /// Collects the patterns of all secrets into the two passes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Patterns {
     pub raw: PatternSet,
     pub normalized: PatternSet,
@@ -170,9 +190,11 @@ impl Patterns {
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
         let forms = normalized_forms(bytes);
         if forms.first().is_some_and(|plain| plain.len() >= MIN_LEN) {
-            for n in forms {
+            for mut n in forms {
                 if n.len() >= MIN_LEN && !self.forbidden(&n) {
                     self.normalized.add(n, secret, false);
+                } else {
+                    n.zeroize();
                 }
             }
         } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
@@ -192,12 +214,52 @@ impl Patterns {
 /// Length of the prefix the normalised pass filters on.
 pub(crate) const Q: usize = 4;
 
-/// The raw pass's automaton.
-#[derive(Clone, Debug)]
-pub(crate) enum Engine {
-    Dfa(dfa::DFA),
-    Contiguous(contiguous::NFA),
-    Noncontiguous(noncontiguous::NFA),
+/// The raw pass's table: its patterns sorted, and for every byte the range of patterns that
+/// begin with it. A walk starts at every byte that begins some pattern and is narrowed by each
+/// following byte as in the normalised pass, so every occurrence is reported, overlapping ones
+/// included. Raw patterns are few and short (short values and their escapes), so few walks are
+/// ever in progress.
+#[derive(Clone)]
+pub(crate) struct RawTable {
+    table: SortedPatterns,
+    /// `first[b]` = `[lo, hi]`: the patterns starting with byte `b`.
+    first: Vec<[u32; 2]>,
+}
+
+impl RawTable {
+    fn build(bytes: &[Vec<u8>]) -> RawTable {
+        let (table, _) = SortedPatterns::build(bytes);
+        let mut first = vec![[0u32; 2]; 256];
+        for (i, p) in bytes.iter().enumerate() {
+            let Some(&b) = p.first() else { continue };
+            if let Some(r) = first.get_mut(usize::from(b)) {
+                if r[0] == r[1] {
+                    *r = [i as u32, i as u32 + 1];
+                } else {
+                    r[1] = i as u32 + 1;
+                }
+            }
+        }
+        RawTable { table, first }
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.table.memory_usage() + self.first.len() * 8
+    }
+}
+
+impl Drop for RawTable {
+    fn drop(&mut self) {
+        self.first.zeroize();
+    }
+}
+
+impl std::fmt::Debug for RawTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTable")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 const HASH_MUL: u32 = 0x9e37_79b1;
@@ -224,7 +286,7 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
 /// sampling; Navarro and Raffinot, *Flexible Pattern Matching in Strings*, 2002, §6.5). `one`,
 /// `two` and `three` answer "could the last 1–3 bytes start a pattern?" so that a stream holds
 /// back nothing at the end of ordinary output (`one` and `two` exact, `three` hashed).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct PrefixFilter {
     four: Vec<u64>,
     shift: u32,
@@ -310,16 +372,64 @@ impl PrefixFilter {
     }
 }
 
+impl Drop for PrefixFilter {
+    fn drop(&mut self) {
+        self.four.zeroize();
+        self.strided.zeroize();
+        self.one.zeroize();
+        self.two.zeroize();
+        self.three.zeroize();
+    }
+}
+
+impl std::fmt::Debug for PrefixFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tables are derived from the patterns (`one` and `two` exactly): never printed.
+        f.debug_struct("PrefixFilter")
+            .field("bytes", &self.memory_usage())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The normalised pass's patterns, sorted, in one arena, with an index from each [`Q`]-byte
 /// prefix to the range of patterns that start with it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct SortedPatterns {
     arena: Vec<u8>,
     /// `offsets[i]..offsets[i + 1]` is pattern `i` in `arena`.
     offsets: Vec<u32>,
-    /// Open-addressing table: `(prefix, lo, hi)`, empty slots have `lo == hi`.
-    slots: Vec<(u32, u32, u32)>,
+    /// Open-addressing table: `[prefix, lo, hi]`, empty slots have `lo == hi`.
+    slots: Vec<[u32; 3]>,
     slot_shift: u32,
+}
+
+impl SortedPatterns {
+    /// Overwrites every pattern byte and prefix with zeros (volatile writes, so that they are
+    /// not optimised away), keeping the lengths. Runs on drop.
+    fn wipe(&mut self) {
+        self.arena.as_mut_slice().zeroize();
+        for slot in &mut self.slots {
+            slot.zeroize();
+        }
+    }
+}
+
+impl Drop for SortedPatterns {
+    fn drop(&mut self) {
+        self.wipe();
+        // Also the spare capacity.
+        self.arena.zeroize();
+        self.slots.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SortedPatterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedPatterns")
+            .field("patterns", &self.offsets.len().saturating_sub(1))
+            .field("bytes", &self.arena.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SortedPatterns {
@@ -342,17 +452,17 @@ impl SortedPatterns {
         let mut t = SortedPatterns {
             arena,
             offsets,
-            slots: vec![(0, 0, 0); size],
+            slots: vec![[0; 3]; size],
             slot_shift: 32 - size.trailing_zeros(),
         };
         let mask = size - 1;
         for &(prefix, lo, hi) in &ranges {
             let mut h = (prefix.wrapping_mul(HASH_MUL) >> t.slot_shift) as usize;
-            while t.slots.get(h).is_some_and(|s| s.1 != s.2) {
+            while t.slots.get(h).is_some_and(|s| s[1] != s[2]) {
                 h = (h + 1) & mask;
             }
             if let Some(slot) = t.slots.get_mut(h) {
-                *slot = (prefix, lo, hi);
+                *slot = [prefix, lo, hi];
             }
         }
         let prefixes = ranges.iter().map(|r| r.0).collect();
@@ -365,7 +475,7 @@ impl SortedPatterns {
         let mask = self.slots.len() - 1;
         let mut h = (prefix.wrapping_mul(HASH_MUL) >> self.slot_shift) as usize;
         loop {
-            let &(p, lo, hi) = self.slots.get(h)?;
+            let &[p, lo, hi] = self.slots.get(h)?;
             if lo == hi {
                 return None;
             }
@@ -397,11 +507,11 @@ fn prefix_of(p: &[u8]) -> u32 {
 /// How a pass finds its patterns.
 #[derive(Clone, Debug)]
 enum Finder {
-    /// Unanchored Aho-Corasick over every byte; `start` is its start state.
-    Automaton { engine: Engine, start: StateID },
+    /// A walk from every byte that begins a pattern, over the raw bytes.
+    Raw(RawTable),
     /// Prefix filter and walks of the sorted table, over the normalised view.
     Filtered {
-        filter: PrefixFilter,
+        filter: Box<PrefixFilter>,
         table: SortedPatterns,
     },
 }
@@ -423,7 +533,7 @@ pub(crate) struct BuildFailed;
 impl Pass {
     /// Builds a pass for a pattern set; `None` for an empty set.
     pub fn build(set: PatternSet, kind: PassKind) -> Result<Option<Pass>, BuildFailed> {
-        let d = set.dedup();
+        let mut d = set.dedup();
         if d.bytes.is_empty() {
             return Ok(None);
         }
@@ -432,32 +542,26 @@ impl Pass {
             PassKind::Normalized => {
                 let (table, prefixes) = SortedPatterns::build(&d.bytes);
                 Finder::Filtered {
-                    filter: PrefixFilter::build(&prefixes, &d.bytes),
+                    filter: Box::new(PrefixFilter::build(&prefixes, &d.bytes)),
                     table,
                 }
             }
-            PassKind::Raw => build_automaton(&d.bytes)?,
+            PassKind::Raw => Finder::Raw(RawTable::build(&d.bytes)),
         };
         Ok(Some(Pass {
             finder,
             kind,
-            info: d.info,
-            extra_owners: d.extra_owners,
+            info: std::mem::take(&mut d.info),
+            extra_owners: std::mem::take(&mut d.extra_owners),
             max_len,
         }))
     }
 
     /// A fresh per-stream state for this pass.
     pub fn state(&self) -> PassState {
-        let sid = match &self.finder {
-            Finder::Automaton { start, .. } => Some(*start),
-            Finder::Filtered { .. } => None,
-        };
         PassState {
             cursor: Cursor {
-                sid,
                 fed: 0,
-                last_start: 0,
                 noise_run: 0,
                 window: 0,
                 window_len: 0,
@@ -478,52 +582,11 @@ impl Pass {
     /// that ends inside it to `hits`, in order of end offset.
     pub fn scan(&self, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
         match &self.finder {
-            Finder::Automaton { engine, start } => match engine {
-                Engine::Dfa(a) => self.scan_raw(a, *start, st, chunk, base, hits),
-                Engine::Contiguous(a) => self.scan_raw(a, *start, st, chunk, base, hits),
-                Engine::Noncontiguous(a) => self.scan_raw(a, *start, st, chunk, base, hits),
-            },
+            Finder::Raw(raw) => scan_raw(raw, st, chunk, base, hits),
             Finder::Filtered { filter, table } => {
                 self.scan_filtered(filter, table, st, chunk, base, hits);
             }
         }
-    }
-
-    /// The raw pass: unanchored Aho-Corasick over every byte.
-    fn scan_raw<A: Automaton>(
-        &self,
-        aut: &A,
-        start: StateID,
-        st: &mut PassState,
-        chunk: &[u8],
-        base: u64,
-        hits: &mut Vec<Hit>,
-    ) {
-        let mut c = st.cursor;
-        let mut sid = c.sid.unwrap_or(start);
-        for (p, &b) in (base..).zip(chunk) {
-            sid = aut.next_state(Anchored::No, sid, b);
-            c.fed += 1;
-            if aut.is_special(sid) && aut.is_match(sid) {
-                for k in 0..aut.match_len(sid) {
-                    let pattern = aut.match_pattern(sid, k).as_u32();
-                    let len = self
-                        .info
-                        .get(pattern as usize)
-                        .map_or(1, |i| u64::from(i.len));
-                    hits.push(Hit {
-                        start: (p + 1).saturating_sub(len),
-                        end: p + 1,
-                        pattern,
-                    });
-                }
-            }
-            if sid == start {
-                c.last_start = c.fed;
-            }
-        }
-        c.sid = Some(sid);
-        st.cursor = c;
     }
 
     /// The normalised pass: normalise, filter on prefixes, walk the sorted table.
@@ -732,15 +795,7 @@ impl Pass {
     pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
         let c = &st.cursor;
         match &self.finder {
-            Finder::Automaton { start, .. } => {
-                if c.sid.is_none_or(|s| s == *start) {
-                    return total;
-                }
-                let k = c
-                    .last_start
-                    .max(c.fed.saturating_sub(self.max_len as u64 - 1));
-                if k >= c.fed { total } else { k.min(total) }
-            }
+            Finder::Raw(_) => st.walks.iter().map(|w| w.start).min().unwrap_or(total),
             Finder::Filtered { filter, .. } => {
                 let mut bound = st.norm.held_from().unwrap_or(total).min(total);
                 if let Some(w) = st.walks.iter().map(|w| w.start).min() {
@@ -776,11 +831,7 @@ impl Pass {
     /// Heap memory used by the finder and pattern table, in bytes.
     pub fn memory_usage(&self) -> usize {
         let finder = match &self.finder {
-            Finder::Automaton { engine, .. } => match engine {
-                Engine::Dfa(a) => a.memory_usage(),
-                Engine::Contiguous(a) => a.memory_usage(),
-                Engine::Noncontiguous(a) => a.memory_usage(),
-            },
+            Finder::Raw(raw) => raw.memory_usage(),
             Finder::Filtered { filter, table } => filter.memory_usage() + table.memory_usage(),
         };
         finder + self.info.len() * std::mem::size_of::<PatternInfo>()
@@ -789,11 +840,7 @@ impl Pass {
     /// Name of the finder in use (for benchmarks and diagnostics).
     pub fn engine_name(&self) -> &'static str {
         match &self.finder {
-            Finder::Automaton { engine, .. } => match engine {
-                Engine::Dfa(_) => "dfa",
-                Engine::Contiguous(_) => "contiguous-nfa",
-                Engine::Noncontiguous(_) => "noncontiguous-nfa",
-            },
+            Finder::Raw(_) => "first-byte+sorted-table",
             Finder::Filtered { .. } => "prefix-filter+sorted-table",
         }
     }
@@ -932,53 +979,54 @@ fn partition(n: u32, pred: impl Fn(u32) -> bool) -> u32 {
     lo
 }
 
-/// The raw pass's automaton: a DFA while small, else a contiguous NFA.
-fn build_automaton(bytes: &[Vec<u8>]) -> Result<Finder, BuildFailed> {
-    let nnfa = noncontiguous::Builder::new()
-        .match_kind(MatchKind::Standard)
-        .prefilter(false)
-        .build(bytes)
-        .map_err(|_| BuildFailed)?;
-    let mut alphabet = [false; 256];
-    for p in bytes {
-        for &b in p {
-            if let Some(slot) = alphabet.get_mut(usize::from(b)) {
-                *slot = true;
+/// The raw pass over `chunk` (whose first byte is at offset `base`): advances the walks in
+/// progress with each byte, reporting the patterns completed, then starts a walk if the byte
+/// begins some pattern.
+fn scan_raw(raw: &RawTable, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
+    let table = &raw.table;
+    let walks = &mut st.walks;
+    for (p, &b) in (base..).zip(chunk) {
+        let mut i = 0;
+        while let Some(w) = walks.get_mut(i) {
+            if !advance(table, w, b) {
+                walks.swap_remove(i);
+                continue;
             }
+            report(table, w, p + 1, hits);
+            i += 1;
+        }
+        let [lo, hi] = raw.first.get(usize::from(b)).copied().unwrap_or([0, 0]);
+        if lo < hi {
+            let w = Walk {
+                start: p,
+                lo,
+                hi,
+                depth: 1,
+            };
+            report(table, &w, p + 1, hits);
+            walks.push(w);
         }
     }
-    let classes = alphabet.iter().filter(|&&x| x).count() + 1;
-    let total: usize = bytes.iter().map(Vec::len).sum();
-    let dfa_bytes = total
-        .saturating_add(2)
-        .saturating_mul(classes.next_power_of_two())
-        .saturating_mul(4);
-    let engine = if dfa_bytes <= DFA_MAX_BYTES {
-        match dfa::Builder::new().build_from_noncontiguous(&nnfa) {
-            Ok(d) => Engine::Dfa(d),
-            Err(_) => contiguous_or(nnfa),
-        }
-    } else {
-        contiguous_or(nnfa)
-    };
-    let start = match &engine {
-        Engine::Dfa(a) => a.start_state(Anchored::No),
-        Engine::Contiguous(a) => a.start_state(Anchored::No),
-        Engine::Noncontiguous(a) => a.start_state(Anchored::No),
-    }
-    .map_err(|_| BuildFailed)?;
-    Ok(Finder::Automaton { engine, start })
+    st.cursor.fed += chunk.len() as u64;
 }
 
-fn contiguous_or(nnfa: noncontiguous::NFA) -> Engine {
-    match contiguous::Builder::new().build_from_noncontiguous(&nnfa) {
-        Ok(c) => Engine::Contiguous(c),
-        Err(_) => Engine::Noncontiguous(nnfa),
+/// Reports the patterns of walk `w` that end at its current depth (they come first in its
+/// range), as occurrences ending at offset `end`.
+fn report(table: &SortedPatterns, w: &Walk, end: u64, hits: &mut Vec<Hit>) {
+    let mut k = w.lo;
+    while k < w.hi && table.get(k).len() == w.depth as usize {
+        hits.push(Hit {
+            start: w.start,
+            end,
+            pattern: k,
+        });
+        k += 1;
     }
 }
 
-/// Per-stream state of one pass.
-#[derive(Clone, Debug)]
+/// Per-stream state of one pass. Holds output bytes (the last view bytes, bytes held by the
+/// normaliser, the compact block): its `Debug` prints none of them, and they are wiped on drop.
+#[derive(Clone)]
 pub(crate) struct PassState {
     cursor: Cursor,
     norm: Normalizer,
@@ -986,6 +1034,22 @@ pub(crate) struct PassState {
     walks: Vec<Walk>,
     /// Compact buffers of the block path (normalised pass only).
     scratch: Option<Box<Scratch>>,
+}
+
+impl std::fmt::Debug for PassState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassState")
+            .field("fed", &self.cursor.fed)
+            .field("walks", &self.walks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PassState {
+    fn drop(&mut self) {
+        self.cursor.window.zeroize();
+        self.norm.wipe();
+    }
 }
 
 /// Input bytes the block path of the normalised pass compacts and probes at a time.
@@ -1031,6 +1095,12 @@ const PERCENT: u8 = 2;
 
 /// Block bytes per entry of [`Scratch::marks`].
 const MARK_EVERY: usize = 16;
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
 
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1157,14 +1227,10 @@ impl Compact<'_> {
 }
 
 /// The pass's position in a stream.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 struct Cursor {
-    /// Automaton state (raw pass).
-    sid: Option<StateID>,
     /// Bytes fed so far (for the normalised pass: normalised bytes).
     fed: u64,
-    /// Value of `fed` the last time the automaton was in its start state (raw pass).
-    last_start: u64,
     /// Consecutive noise bytes just dropped (normalised pass), saturating at
     /// [`MAX_NOISE_RUN`] or above.
     noise_run: u32,
@@ -1211,4 +1277,71 @@ pub(crate) struct Hit {
     pub start: u64,
     pub end: u64,
     pub pattern: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_patterns_wipe_every_byte() {
+        let token = crate::fixtures::secret("hex-dump", "JOB_TOKEN");
+        let mut patterns: Vec<Vec<u8>> = token
+            .as_bytes()
+            .windows(crate::FRAGMENT_LEN)
+            .map(<[u8]>::to_vec)
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        let (mut t, prefixes) = SortedPatterns::build(&patterns);
+        assert!(
+            t.arena
+                .windows(token.len().min(12))
+                .any(|w| token.as_bytes().starts_with(w))
+        );
+        assert!(
+            t.slots
+                .iter()
+                .any(|s| prefixes.contains(&s[0]) && s[1] != s[2])
+        );
+        t.wipe();
+        assert!(!t.arena.is_empty());
+        assert!(t.arena.iter().all(|&b| b == 0));
+        assert!(t.slots.iter().all(|s| *s == [0, 0, 0]));
+    }
+
+    #[test]
+    fn raw_table_reports_overlapping_occurrences() {
+        let mut set = PatternSet::default();
+        for p in [&b"ab"[..], b"abc", b"bc", b"c"] {
+            set.add(p.to_vec(), 0, false);
+        }
+        let pass = Pass::build(set, PassKind::Raw).unwrap().unwrap();
+        let mut st = pass.state();
+        let mut hits = Vec::new();
+        pass.scan(&mut st, b"xab", 0, &mut hits);
+        // "abc" may still complete: held from its start.
+        assert_eq!(pass.hold_bound(&st, 3), 1);
+        pass.scan(&mut st, b"cab", 3, &mut hits);
+        let found: Vec<(u64, u64, &[u8])> = hits
+            .iter()
+            .map(|h| {
+                let Finder::Raw(raw) = &pass.finder else {
+                    unreachable!()
+                };
+                (h.start, h.end, raw.table.get(h.pattern))
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (1, 3, &b"ab"[..]),
+                (1, 4, &b"abc"[..]),
+                (2, 4, &b"bc"[..]),
+                (3, 4, &b"c"[..]),
+                (4, 6, &b"ab"[..]),
+            ]
+        );
+        assert_eq!(pass.hold_bound(&st, 6), 4);
+    }
 }

@@ -31,6 +31,8 @@
 //! that itself starts with what completes a colour code (`12m…`, `K…`) is registered in every
 //! form it can take in the view ([`normalized_forms`]).
 
+use zeroize::Zeroize;
+
 /// Most parameter and intermediate bytes in a control sequence treated as noise.
 pub const MAX_CSI_PARAMS: usize = 16;
 
@@ -211,6 +213,12 @@ impl Normalizer {
         }
         self.held_len = 0;
         self.state = State::Ground;
+    }
+
+    /// Overwrites the held bytes with zeros (they are output bytes, possibly secret).
+    pub fn wipe(&mut self) {
+        self.held.zeroize();
+        self.held_len = 0;
     }
 
     /// End of input: releases any held bytes and returns to the ground state.

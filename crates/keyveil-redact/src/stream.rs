@@ -27,6 +27,7 @@ use crate::Inner;
 use crate::matcher::{Hit, Pass, PassState};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// A merged run of overlapping occurrences.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,14 @@ pub struct RedactStream {
     redactions: usize,
     seen: Vec<bool>,
     fail_marker_sent: bool,
+}
+
+impl Drop for RedactStream {
+    fn drop(&mut self) {
+        // Held-back output may be (part of) a secret.
+        self.buf.zeroize();
+        self.prev_byte.zeroize();
+    }
 }
 
 impl std::fmt::Debug for RedactStream {

@@ -25,6 +25,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use zeroize::Zeroize;
 
 /// The characters of base64 that are fully determined by `atom` when it is encoded at each of the
 /// three byte offsets (0, 1, 2 mod 3) inside a longer input, for both RFC 4648 alphabets.
@@ -604,10 +605,22 @@ pub fn token_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     dedup(out)
 }
 
-/// Removes duplicates, keeping the first occurrence of each byte string.
+/// Removes duplicates, keeping the first occurrence of each byte string (the others are wiped:
+/// they are encodings of secret values).
 pub fn dedup(v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    use std::hash::BuildHasher as _;
+    let hasher = std::collections::hash_map::RandomState::new();
     let mut seen = std::collections::HashSet::new();
-    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(v.len());
+    for mut x in v {
+        let new_hash = seen.insert(hasher.hash_one(&x));
+        if new_hash || !out.contains(&x) {
+            out.push(x);
+        } else {
+            x.zeroize();
+        }
+    }
+    out
 }
 
 #[cfg(test)]
