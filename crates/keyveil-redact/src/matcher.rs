@@ -190,12 +190,19 @@ impl Patterns {
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
         let forms = normalized_forms(bytes);
         if forms.first().is_some_and(|plain| plain.len() >= MIN_LEN) {
+            let mut shrunk = false;
             for mut n in forms {
                 if n.len() >= MIN_LEN && !self.forbidden(&n) {
                     self.normalized.add(n, secret, false);
                 } else {
+                    shrunk |= n.len() < MIN_LEN;
                     n.zeroize();
                 }
+            }
+            if shrunk && !self.forbidden(bytes) {
+                // Printed after `ESC [`, the value would mostly turn into a colour code
+                // (`ESC [` + `%30<((((m` + 2 bytes): its raw bytes are matched as well.
+                self.raw.add(bytes.to_vec(), secret, false);
             }
         } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
             // Mostly whitespace: too short once normalised, so matched on the raw bytes.
