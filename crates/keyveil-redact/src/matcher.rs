@@ -97,7 +97,32 @@ impl PatternSet {
     /// Sorts and deduplicates: a pattern belongs to the lowest-numbered secret that produced it
     /// (the others are kept as extra owners), and is token-only if every producer wanted that.
     fn dedup(mut self) -> Deduped {
-        self.entries.sort_unstable();
+        // Sort by (first 8 bytes, then the rest): comparing a u64 key in a compact array is far
+        // cheaper than chasing every pattern's allocation for a `memcmp`.
+        let prefix8 = |b: &[u8]| {
+            let mut k = [0u8; 8];
+            for (d, s) in k.iter_mut().zip(b) {
+                *d = *s;
+            }
+            u64::from_be_bytes(k)
+        };
+        let mut order: Vec<(u64, u32)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (prefix8(&e.0), i as u32))
+            .collect();
+        let entries = &self.entries;
+        let full = |i: u32| entries.get(i as usize).map(|e| (&e.0[..], e.1, e.2));
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| full(a.1).cmp(&full(b.1))));
+        let mut slots: Vec<Option<(Vec<u8>, u32, bool)>> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.entries = order
+            .iter()
+            .filter_map(|&(_, i)| slots.get_mut(i as usize).and_then(Option::take))
+            .collect();
         let mut out = Deduped {
             bytes: Vec::new(),
             info: Vec::new(),

@@ -292,12 +292,36 @@ fn context_sensitive(v: &[u8]) -> bool {
 pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
     // Fast path (almost every pattern): nothing to remove or fold, and no first byte that could
     // complete or continue an escape sequence or a percent-escape.
-    if !value.iter().any(|&b| is_special(b) || b == b'%')
-        && !matches!(value.first(), Some(0x20..=0x3f | b'm' | b'K' | b'['))
-        && !context_sensitive(value)
-    {
+    let escapes = value.iter().any(|&b| is_special(b))
+        || matches!(value.first(), Some(0x20..=0x3f | b'm' | b'K' | b'['));
+    if !escapes && !value.contains(&b'%') && !context_sensitive(value) {
         return vec![value.to_vec()];
     }
+    let bases = if escapes {
+        escape_forms(value)
+    } else {
+        vec![value.to_vec()]
+    };
+    let mut forms: Vec<Vec<u8>> = Vec::new();
+    for f in bases {
+        let contexts = if context_sensitive(&f) {
+            &FOLD_CONTEXTS[..]
+        } else {
+            &FOLD_CONTEXTS[..1]
+        };
+        for &(p1, p2) in contexts {
+            let mut folded = f.clone();
+            fold_view(&mut folded, p1, p2);
+            if !forms.contains(&folded) {
+                forms.push(folded);
+            }
+        }
+    }
+    forms
+}
+
+/// The views of `value` (unfolded) after nothing, `ESC`, `ESC [`, and before an `m`.
+fn escape_forms(value: &[u8]) -> Vec<Vec<u8>> {
     let plain = strip(value);
     let from = |state: State| {
         let mut n = Normalizer {
@@ -318,17 +342,7 @@ pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
     if before_m.last() == Some(&b'm') {
         before_m.pop();
     }
-    let mut forms: Vec<Vec<u8>> = Vec::new();
-    for f in [plain, from(State::Esc), from(State::Csi), before_m] {
-        for (p1, p2) in FOLD_CONTEXTS {
-            let mut folded = f.clone();
-            fold_view(&mut folded, p1, p2);
-            if !forms.contains(&folded) {
-                forms.push(folded);
-            }
-        }
-    }
-    forms
+    vec![plain, from(State::Esc), from(State::Csi), before_m]
 }
 
 #[cfg(test)]

@@ -571,6 +571,30 @@ pub fn yaml_single_quoted(atom: &[u8]) -> Vec<u8> {
 /// Every encoding of `atom` (deduplicated, `atom` itself first). Encodings that equal the raw
 /// form are dropped by deduplication.
 pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {
+    if atom.iter().all(|&b| plain_token_byte(b)) {
+        // Every quoting, escaping and percent-encoding of such an atom is the atom itself
+        // (checked against `all_encodings` by a unit test): skip computing them.
+        let mut out: Vec<Vec<u8>> = vec![atom.to_vec()];
+        out.extend(base64_full(atom));
+        out.extend(base64_cores(atom));
+        out.extend(hex(atom));
+        out.extend(json_unicode_escapes(atom));
+        out.extend(html_numeric_escapes(atom));
+        out.push(reversed(atom));
+        out.extend(utf16(atom));
+        return dedup(out);
+    }
+    all_encodings(atom)
+}
+
+/// Bytes that no escaper or percent-encoder here rewrites: ASCII letters, digits, `-`, `_`, `.`
+/// (`~` is percent-encoded by form encoding and backslashed by `printf %q`).
+fn plain_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+/// [`encodings`] without the shortcut for plain tokens.
+fn all_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = vec![atom.to_vec()];
     out.extend(base64_full(atom));
     out.extend(base64_cores(atom));
@@ -608,16 +632,21 @@ pub fn token_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
 /// Removes duplicates, keeping the first occurrence of each byte string (the others are wiped:
 /// they are encodings of secret values).
 pub fn dedup(v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    use std::hash::BuildHasher as _;
-    let hasher = std::collections::hash_map::RandomState::new();
-    let mut seen = std::collections::HashSet::new();
+    // FNV-1a of each kept string; a hash seen before is confirmed by comparing the strings.
+    let fnv = |x: &[u8]| {
+        x.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let mut hashes: Vec<u64> = Vec::with_capacity(v.len());
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(v.len());
     for mut x in v {
-        let new_hash = seen.insert(hasher.hash_one(&x));
-        if new_hash || !out.contains(&x) {
-            out.push(x);
-        } else {
+        let h = fnv(&x);
+        if hashes.contains(&h) && out.contains(&x) {
             x.zeroize();
+        } else {
+            hashes.push(h);
+            out.push(x);
         }
     }
     out
@@ -655,6 +684,45 @@ mod tests {
         let cores = base64_cores(b"ghp_PTT0aZN0dnruqXa71P2tD8vkQXRYO1NiJ7br");
         let out = b"b2N0by1jaTpnaHBfUFRUMGFaTjBkbnJ1cVhhNzFQMnREOHZrUVhSWU8xTmlKN2Jy";
         assert!(cores.iter().any(|c| contains(out, c)));
+    }
+
+    #[test]
+    fn plain_token_shortcut_loses_nothing() {
+        let mut atoms: Vec<Vec<u8>> = vec![
+            b"abc-DEF_123.xyz".to_vec(),
+            b"........".to_vec(),
+            b"a".to_vec(),
+        ];
+        for (id, name) in [
+            ("chunk-split-delay", "GH_TOKEN"),
+            ("xtrace-stderr", "GITLAB_TOKEN"),
+            ("reversed-and-spaced", "OPENAI_API_KEY"),
+            ("printenv-aws", "AWS_SECRET_ACCESS_KEY"),
+        ] {
+            atoms.push(crate::fixtures::secret(id, name).into_bytes());
+        }
+        for atom in &atoms {
+            assert!(atom.iter().all(|&b| plain_token_byte(b)));
+            let mut fast = encodings(atom);
+            let mut slow = all_encodings(atom);
+            fast.sort();
+            slow.sort();
+            assert_eq!(fast, slow, "{}", String::from_utf8_lossy(atom));
+        }
+        // Every other printable ASCII byte is rewritten by some escaper.
+        for b in 0x20u8..0x7f {
+            if !plain_token_byte(b) {
+                let atom = [b'a', b, b'b'];
+                assert!(
+                    all_encodings(&atom)
+                        .iter()
+                        .skip(1)
+                        .any(|e| e.len() > 3 && e.starts_with(b"a") && e.ends_with(b"b")),
+                    "{}",
+                    b as char
+                );
+            }
+        }
     }
 
     #[test]
