@@ -293,7 +293,8 @@ pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
     // Fast path (almost every pattern): nothing to remove or fold, and no first byte that could
     // complete or continue an escape sequence or a percent-escape.
     let escapes = value.iter().any(|&b| is_special(b))
-        || matches!(value.first(), Some(0x20..=0x3f | b'm' | b'K' | b'['));
+        || value.first() == Some(&b'[')
+        || completes_csi(value);
     if !escapes && !value.contains(&b'%') && !context_sensitive(value) {
         return vec![value.to_vec()];
     }
@@ -318,6 +319,18 @@ pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     forms
+}
+
+/// Does `value` begin with what completes a colour code after `ESC [` (up to
+/// [`MAX_CSI_PARAMS`] parameter bytes, then `m` or `K`)? Only then (or with noise or `[` in it)
+/// can its views next to escape bytes differ from the plain one.
+fn completes_csi(value: &[u8]) -> bool {
+    let params = value
+        .iter()
+        .take(MAX_CSI_PARAMS + 1)
+        .take_while(|b| (0x20..=0x3f).contains(*b))
+        .count();
+    params <= MAX_CSI_PARAMS && matches!(value.get(params), Some(b'm' | b'K'))
 }
 
 /// The views of `value` (unfolded) after nothing, `ESC`, `ESC [`, and before an `m`.
@@ -426,6 +439,42 @@ mod tests {
         assert_eq!(normalize(b"%ABCD ABCD"), b"%abCDABCD");
         // Across noise, as in the view.
         assert_eq!(normalize(b"%\x1b[1m2\nF"), b"%2f");
+    }
+
+    #[test]
+    fn escape_forms_only_when_they_can_differ() {
+        // Digits that never reach an `m`/`K`: released as they are after `ESC [`.
+        assert_eq!(
+            normalized_forms(b"12345678xy"),
+            vec![b"12345678xy".to_vec()]
+        );
+        assert!(normalized_forms(b"12;4mxyzuvw").len() > 1);
+        assert!(normalized_forms(b"Kxyzuvwst").len() > 1);
+        assert!(normalized_forms(b"[1mxyzuvw").len() > 1);
+        // The shortcut agrees with computing every view.
+        for v in [
+            &b"0123456789abcdef"[..],
+            b"9;9;9;Kabcdefgh",
+            b"  12mabcdefgh",
+            b"1234567890123456m1",
+        ] {
+            let mut all: Vec<Vec<u8>> = Vec::new();
+            for f in escape_forms(v) {
+                let contexts = if context_sensitive(&f) {
+                    &FOLD_CONTEXTS[..]
+                } else {
+                    &FOLD_CONTEXTS[..1]
+                };
+                for &(p1, p2) in contexts {
+                    let mut g = f.clone();
+                    fold_view(&mut g, p1, p2);
+                    if !all.contains(&g) {
+                        all.push(g);
+                    }
+                }
+            }
+            assert_eq!(normalized_forms(v), all, "{}", String::from_utf8_lossy(v));
+        }
     }
 
     #[test]
