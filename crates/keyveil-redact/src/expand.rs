@@ -11,13 +11,14 @@ use crate::entropy::{fragmentable, looks_secret};
 use crate::variants::{dedup, percent_decoded};
 use crate::{FRAGMENT_LEN, MIN_LEN};
 use unicode_normalization::UnicodeNormalization as _;
+use zeroize::Zeroize;
 
 /// How deep structured values are unpacked (a JSON leaf that is itself a URL with credentials
 /// is unpacked once more).
 const MAX_DEPTH: u32 = 3;
 
-/// The atoms of one secret value.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The atoms of one secret value. Wiped on drop; its `Debug` prints counts only.
+#[derive(Default, Clone, PartialEq, Eq)]
 pub struct Expansion {
     /// Atoms of at least [`MIN_LEN`] bytes, matched anywhere in all their encodings.
     pub atoms: Vec<Vec<u8>>,
@@ -27,13 +28,37 @@ pub struct Expansion {
     pub fragment_sources: Vec<Vec<u8>>,
 }
 
+impl std::fmt::Debug for Expansion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expansion")
+            .field("atoms", &self.atoms.len())
+            .field("token_atoms", &self.token_atoms.len())
+            .field("fragment_sources", &self.fragment_sources.len())
+            .finish()
+    }
+}
+
+impl Drop for Expansion {
+    fn drop(&mut self) {
+        for v in [
+            &mut self.atoms,
+            &mut self.token_atoms,
+            &mut self.fragment_sources,
+        ] {
+            for a in v.iter_mut() {
+                a.zeroize();
+            }
+        }
+    }
+}
+
 /// Expands a secret value into its atoms.
 pub fn expand(value: &[u8]) -> Expansion {
     let mut e = Expansion::default();
     expand_into(value, 0, &mut e);
-    e.atoms = dedup(e.atoms);
-    e.token_atoms = dedup(e.token_atoms);
-    e.fragment_sources = dedup(e.fragment_sources);
+    e.atoms = dedup(std::mem::take(&mut e.atoms));
+    e.token_atoms = dedup(std::mem::take(&mut e.token_atoms));
+    e.fragment_sources = dedup(std::mem::take(&mut e.fragment_sources));
     e
 }
 

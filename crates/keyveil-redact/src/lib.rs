@@ -53,6 +53,7 @@ pub use stream::RedactStream;
 
 use matcher::{Pass, PassKind, Patterns};
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// Values (after trimming whitespace) shorter than this many bytes are *short*: they are
 /// redacted only where they stand as a whole token. Derived patterns shorter than this are not
@@ -81,7 +82,9 @@ pub(crate) struct Inner {
 /// The redactor of one grant: all variants of all its secret values, compiled into matchers.
 ///
 /// Cheap to clone (an [`Arc`] inside), `Send` and `Sync`. Its [`Debug`](std::fmt::Debug) output
-/// shows counts only, never values.
+/// shows counts only, never values. The values and every pattern derived from them are
+/// overwritten with zeros (`zeroize`) when the last clone is dropped; so are the bytes a stream
+/// holds back when it is dropped.
 #[derive(Clone)]
 pub struct Redactor {
     inner: Arc<Inner>,
@@ -113,8 +116,8 @@ pub struct Stats {
     pub normalized_patterns: usize,
     /// Heap bytes used by the matchers and pattern tables.
     pub memory_bytes: usize,
-    /// Matcher kinds in use (`dfa`, `contiguous-nfa`, `prefix-filter+sorted-table`), raw pass
-    /// first.
+    /// Matcher kinds in use (`first-byte+sorted-table` for the raw pass,
+    /// `prefix-filter+sorted-table` for the normalised pass), raw pass first.
     pub engines: Vec<&'static str>,
 }
 
@@ -151,6 +154,9 @@ impl Redactor {
         for (i, value) in values.iter().enumerate() {
             let Ok(secret) = u32::try_from(i) else { break };
             add_secret(&mut patterns, value, secret);
+        }
+        for v in &mut values {
+            v.zeroize();
         }
         let raw = Pass::build(std::mem::take(&mut patterns.raw), PassKind::Raw);
         let normalized = Pass::build(
@@ -255,13 +261,15 @@ pub fn marker(name: &str) -> Vec<u8> {
 fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
     let e = expand::expand(value);
     for atom in &e.atoms {
-        for enc in variants::encodings(atom) {
+        for mut enc in variants::encodings(atom) {
             patterns.add_anywhere(&enc, secret);
+            enc.zeroize();
         }
     }
     for atom in &e.token_atoms {
-        for enc in variants::token_encodings(atom) {
+        for mut enc in variants::token_encodings(atom) {
             patterns.add_token(&enc, secret);
+            enc.zeroize();
         }
     }
     for source in &e.fragment_sources {
@@ -271,10 +279,11 @@ fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
         // Hex fragments (hexdumps of part of the value), lower case as dump tools print. Every
         // second byte offset suffices: a hex run of FRAGMENT_LEN + 1 value bytes contains one,
         // and halving the windows halves their share of the pattern table.
-        let hex = variants::hex_lower(source);
+        let mut hex = variants::hex_lower(source);
         for window in hex.windows(2 * FRAGMENT_LEN).step_by(4) {
             patterns.add_anywhere(window, secret);
         }
+        hex.zeroize();
     }
 }
 
@@ -298,7 +307,150 @@ mod tests {
 
     #[test]
     fn debug_hides_values() {
-        let r = Redactor::new([("A", "s3cr3t-V4lue-xyz")]);
-        assert!(!format!("{r:?}").contains("s3cr3t"));
+        let token = fixtures::secret("chunk-split-delay", "GH_TOKEN");
+        let pin = fixtures::secret("short-secret-boundary", "DEPLOY_PIN");
+        let r = Redactor::new([("A", token.as_str()), ("B", pin.as_str())]);
+        // A stream holding back the first part of the token.
+        let mut s = r.stream();
+        let mut out = Vec::new();
+        s.push(format!("x {}", &token[..30]).as_bytes(), &mut out);
+        let shown = [
+            format!("{r:?}"),
+            format!("{r:#?}"),
+            format!("{s:?}"),
+            format!("{:?}", r.inner.raw),
+            format!("{:?}", r.inner.normalized),
+            format!("{:?}", r.inner.normalized.as_ref().map(|p| p.state())),
+            format!("{:?}", expand::expand(token.as_bytes())),
+        ];
+        for text in &shown {
+            assert!(!text.contains(&pin), "{text}");
+            // No run of 6 bytes of the token, nor of its hex.
+            let hex = String::from_utf8(variants::hex_lower(token.as_bytes())).unwrap();
+            for v in [&token, &hex] {
+                for w in v.as_bytes().windows(6) {
+                    assert!(!text.contains(std::str::from_utf8(w).unwrap()), "{text}");
+                }
+            }
+            // Nor byte lists (derived `Debug` of `Vec<u8>`).
+            let b = token.as_bytes();
+            let list = format!("{}, {}, {}", b[4], b[5], b[6]);
+            assert!(!text.contains(&list), "{text}");
+        }
+        assert!(shown[0].contains("secrets: 2"), "{}", shown[0]);
+    }
+
+    /// Redacts `pre <form> post` and checks that exactly the form became one marker.
+    fn assert_form_redacted(r: &Redactor, form: &str) {
+        let input = format!("pre {form} post\n");
+        let (out, n) = r.redact(input.as_bytes());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "pre [REDACTED:S] post\n",
+            "form {form:?}"
+        );
+        assert_eq!(n, 1);
+    }
+
+    /// Text in the same encoding that is not the value stays as it is.
+    fn assert_untouched(r: &Redactor, text: &str) {
+        assert_eq!(r.redact(text.as_bytes()).0, text.as_bytes(), "{text:?}");
+    }
+
+    #[test]
+    fn yaml_single_quoted() {
+        let v = fixtures::secret("shell-quoted-xtrace", "DB_PASS");
+        assert!(v.contains('\''));
+        let r = Redactor::new([("S", &v)]);
+        let input = format!("key: '{}'\n", v.replace('\'', "''"));
+        assert_eq!(r.redact(input.as_bytes()).0, b"key: '[REDACTED:S]'\n");
+        assert_untouched(&r, "password: 'it''s a plain sentence, not the value'\n");
+    }
+
+    #[test]
+    fn percent_encoding_with_reserved_characters_and_mixed_case() {
+        let v = fixtures::secret("url-encoded-conn-string", "DB_PASSWORD");
+        let r = Redactor::new([("S", &v)]);
+        // encodeURI keeps `# @ : / !`; only `%` and space are escaped.
+        assert_form_redacted(&r, &v.replace('%', "%25").replace(' ', "%20"));
+        // Strict encoding with the hex digits in mixed case.
+        let mut escaped = 0;
+        let mixed: String = v
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    return (b as char).to_string();
+                }
+                escaped += 1;
+                if escaped % 2 == 1 {
+                    format!("%{b:02x}")
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        assert!(mixed.contains("%3a") && mixed.contains("%2F"), "{mixed}");
+        assert_form_redacted(&r, &mixed);
+        assert_untouched(&r, "GET /a%2Fb%3a/c?q=K9%23mQ%40x HTTP/1.1\n");
+    }
+
+    #[test]
+    fn html_numeric_and_named_references() {
+        let v = fixtures::secret("b64-of-json-config", "REGISTRY_PASSWORD");
+        let r = Redactor::new([("S", &v)]);
+        let numeric = |f: &dyn Fn(u8) -> String| -> String {
+            v.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        f(b)
+                    }
+                })
+                .collect()
+        };
+        assert_form_redacted(&r, &numeric(&|b| format!("&#{b};")));
+        assert_form_redacted(&r, &numeric(&|b| format!("&#x{b:x};")));
+        assert_form_redacted(&r, &numeric(&|b| format!("&#X{b:X};")));
+        // The five special characters only, named or numeric.
+        let q = fixtures::secret("json-escaped-password", "API_SECRET");
+        let r = Redactor::new([("S", &q)]);
+        assert_form_redacted(&r, &q.replace('"', "&#x22;"));
+        assert_form_redacted(&r, &q.replace('"', "&#X22;"));
+        assert_form_redacted(&r, &q.replace('"', "&#34;"));
+        let s = fixtures::secret("shell-quoted-xtrace", "DB_PASS");
+        let r = Redactor::new([("S", &s)]);
+        for (quot, apos) in [
+            ("&quot;", "&#39;"),
+            ("&quot;", "&#039;"),
+            ("&#x22;", "&#x27;"),
+        ] {
+            assert_form_redacted(&r, &s.replace('"', quot).replace('\'', apos));
+        }
+        assert_untouched(&r, "<p>Tom &amp; Jerry&#39;s &#x22;show&#x22; &#33;</p>\n");
+    }
+
+    #[test]
+    fn json_unicode_escapes_of_ascii() {
+        let v = fixtures::secret("json-escaped-slash-stderr", "SF_ACCESS_TOKEN");
+        let r = Redactor::new([("S", &v)]);
+        let esc = |all: bool, upper: bool| -> String {
+            v.bytes()
+                .map(|b| match (all || !b.is_ascii_alphanumeric(), upper) {
+                    (false, _) => (b as char).to_string(),
+                    (true, false) => format!("\\u{:04x}", b),
+                    (true, true) => format!("\\u{:04X}", b),
+                })
+                .collect()
+        };
+        for all in [false, true] {
+            for upper in [false, true] {
+                assert_form_redacted(&r, &esc(all, upper));
+            }
+        }
+        assert_untouched(
+            &r,
+            "{\"path\":\"\\u002fapi\\u002Fv1\",\"ok\":\"\\u0021\"}\n",
+        );
     }
 }

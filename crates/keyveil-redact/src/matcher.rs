@@ -1,40 +1,42 @@
-//! Pattern tables and the two automata that find them.
+//! Pattern tables and the two finders that search them.
 //!
-//! All patterns of all secrets go into at most two Aho-Corasick automata (standard match
-//! semantics, so *every* occurrence of every pattern is reported, overlapping ones included):
+//! All patterns of all secrets go into at most two passes, each of which reports *every*
+//! occurrence of every pattern, overlapping ones included:
 //!
 //! - the **normalised pass** runs over the normalised view of the output
 //!   ([`crate::normalize`]: whitespace and colour codes removed) and holds every pattern whose
-//!   normalised form is at least [`MIN_LEN`] bytes. Matches are mapped back to original byte
-//!   offsets through a ring buffer, so a match covers the noise inside it (line wrapping,
-//!   hexdump spacing, colour codes, values interleaved with spaces, lines joined by any
-//!   whitespace run).
+//!   normalised form is at least [`MIN_LEN`] bytes. Matches are reported in original byte
+//!   offsets, so a match covers the noise inside it (line wrapping, hexdump spacing, colour
+//!   codes, values interleaved with spaces, lines joined by any whitespace run).
 //! - the **raw pass** runs over the original bytes and holds the patterns of short values
 //!   (matched only as whole tokens) and the rare patterns that normalisation would shrink below
 //!   [`MIN_LEN`] or that escape bytes could hide from the normalised view.
 //!
-//! The raw pass (usually empty or tiny) is a classic unanchored Aho-Corasick scan. The
+//! The raw pass (usually empty or tiny) starts a walk of its sorted table at every byte that
+//! begins some pattern ([`RawTable`]). The
 //! normalised pass is *filtered*: every normalised offset whose next [`Q`] bytes are the first
 //! [`Q`] bytes of some pattern (a hashed bitmap, [`PrefixFilter`]) starts a *walk* of the sorted
 //! pattern table ([`SortedPatterns`]), narrowing with each following byte the range of patterns
-//! that still agree with the output and reporting each one completed. Since all its patterns
-//! are at least [`MIN_LEN`] ≥ [`Q`] bytes long, no occurrence is missed; ordinary text costs one
-//! bitmap probe per byte, and building needs no automaton (a sort).
+//! that still agree with the output and reporting each one completed. Building needs no
+//! automaton (a sort).
 //!
-//! Both passes consume one byte at a time with their state kept between chunks, so the matches
-//! found do not depend on how the output is split.
+//! Ordinary output (no walk in progress, no escape sequence) is processed in blocks
+//! ([`Pass::scan_block`]): the block is compacted into its normalised bytes, and the
+//! [`Q`]-grams at every [`STRIDE`]-th compact position are probed against a second bitmap that
+//! holds the [`Q`]-grams at offsets `0..STRIDE` of every pattern. All patterns are at least
+//! [`MIN_LEN`] = [`Q`] + [`STRIDE`] − 1 bytes long, so every occurrence contains a probed
+//! position; the offsets a hit may have started at are then checked exactly. So ordinary text
+//! costs one store per byte and one probe per [`STRIDE`] normalised bytes. Near partial
+//! matches and escape bytes the pass goes byte by byte ([`feed`]), probing every offset.
+//!
+//! Both passes keep their state between chunks and find every occurrence whichever path they
+//! take, so the matches found do not depend on how the output is split.
 
 use crate::normalize::{
-    CLASS_ESC, CLASS_PLAIN, MAX_CSI_PARAMS, Normalizer, byte_class, normalized_forms,
+    ESC, MAX_CSI_PARAMS, Normalizer, fold_percent_hex, fold_view, is_space, normalized_forms,
 };
 use crate::{MAX_NOISE_RUN, MIN_LEN};
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::nfa::{contiguous, noncontiguous};
-use aho_corasick::{Anchored, MatchKind, dfa};
-
-/// The DFA is used while its transition table stays under this many bytes; beyond it the
-/// contiguous NFA is used (slower per byte, far smaller).
-const DFA_MAX_BYTES: usize = 24 << 20;
+use zeroize::Zeroize;
 
 /// What a pattern stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,10 +57,26 @@ pub(crate) enum PassKind {
 }
 
 /// The patterns of one pass, before deduplication and building.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct PatternSet {
     /// `(bytes, secret, token)`; duplicates allowed.
     entries: Vec<(Vec<u8>, u32, bool)>,
+}
+
+impl std::fmt::Debug for PatternSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatternSet")
+            .field("patterns", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Drop for PatternSet {
+    fn drop(&mut self) {
+        for (bytes, _, _) in &mut self.entries {
+            bytes.zeroize();
+        }
+    }
 }
 
 /// Deduplicated patterns in byte-lexicographic order, with their owners.
@@ -79,14 +97,40 @@ impl PatternSet {
     /// Sorts and deduplicates: a pattern belongs to the lowest-numbered secret that produced it
     /// (the others are kept as extra owners), and is token-only if every producer wanted that.
     fn dedup(mut self) -> Deduped {
-        self.entries.sort_unstable();
+        // Sort by (first 8 bytes, then the rest): comparing a u64 key in a compact array is far
+        // cheaper than chasing every pattern's allocation for a `memcmp`.
+        let prefix8 = |b: &[u8]| {
+            let mut k = [0u8; 8];
+            for (d, s) in k.iter_mut().zip(b) {
+                *d = *s;
+            }
+            u64::from_be_bytes(k)
+        };
+        let mut order: Vec<(u64, u32)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (prefix8(&e.0), i as u32))
+            .collect();
+        let entries = &self.entries;
+        let full = |i: u32| entries.get(i as usize).map(|e| (&e.0[..], e.1, e.2));
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| full(a.1).cmp(&full(b.1))));
+        let mut slots: Vec<Option<(Vec<u8>, u32, bool)>> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.entries = order
+            .iter()
+            .filter_map(|&(_, i)| slots.get_mut(i as usize).and_then(Option::take))
+            .collect();
         let mut out = Deduped {
             bytes: Vec::new(),
             info: Vec::new(),
             extra_owners: Vec::new(),
         };
-        for (bytes, secret, token) in self.entries {
+        for (mut bytes, secret, token) in std::mem::take(&mut self.entries) {
             if out.bytes.last() == Some(&bytes) {
+                bytes.zeroize();
                 let id = (out.bytes.len() - 1) as u32;
                 if let Some(info) = out.info.last_mut() {
                     if info.secret != secret {
@@ -108,8 +152,16 @@ impl PatternSet {
     }
 }
 
+impl Drop for Deduped {
+    fn drop(&mut self) {
+        for b in &mut self.bytes {
+            b.zeroize();
+        }
+    }
+}
+
 /// Collects the patterns of all secrets into the two passes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Patterns {
     pub raw: PatternSet,
     pub normalized: PatternSet,
@@ -163,10 +215,19 @@ impl Patterns {
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
         let forms = normalized_forms(bytes);
         if forms.first().is_some_and(|plain| plain.len() >= MIN_LEN) {
-            for n in forms {
+            let mut shrunk = false;
+            for mut n in forms {
                 if n.len() >= MIN_LEN && !self.forbidden(&n) {
                     self.normalized.add(n, secret, false);
+                } else {
+                    shrunk |= n.len() < MIN_LEN;
+                    n.zeroize();
                 }
+            }
+            if shrunk && !self.forbidden(bytes) {
+                // Printed after `ESC [`, the value would mostly turn into a colour code
+                // (`ESC [` + `%30<((((m` + 2 bytes): its raw bytes are matched as well.
+                self.raw.add(bytes.to_vec(), secret, false);
             }
         } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
             // Mostly whitespace: too short once normalised, so matched on the raw bytes.
@@ -185,12 +246,52 @@ impl Patterns {
 /// Length of the prefix the normalised pass filters on.
 pub(crate) const Q: usize = 4;
 
-/// The raw pass's automaton.
-#[derive(Clone, Debug)]
-pub(crate) enum Engine {
-    Dfa(dfa::DFA),
-    Contiguous(contiguous::NFA),
-    Noncontiguous(noncontiguous::NFA),
+/// The raw pass's table: its patterns sorted, and for every byte the range of patterns that
+/// begin with it. A walk starts at every byte that begins some pattern and is narrowed by each
+/// following byte as in the normalised pass, so every occurrence is reported, overlapping ones
+/// included. Raw patterns are few and short (short values and their escapes), so few walks are
+/// ever in progress.
+#[derive(Clone)]
+pub(crate) struct RawTable {
+    table: SortedPatterns,
+    /// `first[b]` = `[lo, hi]`: the patterns starting with byte `b`.
+    first: Vec<[u32; 2]>,
+}
+
+impl RawTable {
+    fn build(bytes: &[Vec<u8>]) -> RawTable {
+        let (table, _) = SortedPatterns::build(bytes);
+        let mut first = vec![[0u32; 2]; 256];
+        for (i, p) in bytes.iter().enumerate() {
+            let Some(&b) = p.first() else { continue };
+            if let Some(r) = first.get_mut(usize::from(b)) {
+                if r[0] == r[1] {
+                    *r = [i as u32, i as u32 + 1];
+                } else {
+                    r[1] = i as u32 + 1;
+                }
+            }
+        }
+        RawTable { table, first }
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.table.memory_usage() + self.first.len() * 8
+    }
+}
+
+impl Drop for RawTable {
+    fn drop(&mut self) {
+        self.first.zeroize();
+    }
+}
+
+impl std::fmt::Debug for RawTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTable")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 const HASH_MUL: u32 = 0x9e37_79b1;
@@ -210,26 +311,54 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
 /// Which pattern prefixes exist, for the normalised pass.
 ///
 /// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
-/// (about 1 bit in 32 set: false positives only cost a table lookup). `one`, `two` and `three`
-/// answer "could the last 1–3 bytes start a pattern?" so that a stream holds back nothing at the
-/// end of ordinary output (`one` and `two` exact, `three` hashed).
-#[derive(Clone, Debug)]
+/// (about 1 bit in 32 set: false positives only cost a table lookup). `strided` is the same
+/// for the [`Q`]-grams at every offset `0..STRIDE` of every pattern (1 bit in 16 to 32): since
+/// every pattern is at least [`MIN_LEN`] = [`Q`] + [`STRIDE`] − 1 bytes long, probing it at
+/// every [`STRIDE`]-th position of the normalised view hits inside every occurrence (q-gram
+/// sampling; Navarro and Raffinot, *Flexible Pattern Matching in Strings*, 2002, §6.5). `one`,
+/// `two` and `three` answer "could the last 1–3 bytes start a pattern?" so that a stream holds
+/// back nothing at the end of ordinary output (`one` and `two` exact, `three` hashed).
+#[derive(Clone)]
 pub(crate) struct PrefixFilter {
     four: Vec<u64>,
     shift: u32,
+    strided: Vec<u64>,
+    strided_shift: u32,
     one: [bool; 256],
     two: Vec<u64>,
     three: Vec<u64>,
 }
 
+/// Bits of the strided bitmap per distinct q-gram (before rounding up to a power of two):
+/// fewer keep it in cache, more cut false candidates.
+const STRIDED_BITS_PER_GRAM: usize = 16;
+
+/// Probe distance of the block path: `MIN_LEN - Q + 1`.
+pub(crate) const STRIDE: usize = MIN_LEN - Q + 1;
+
 impl PrefixFilter {
-    fn build(prefixes: &[u32]) -> PrefixFilter {
+    /// `prefixes`: the distinct [`Q`]-byte prefixes; `patterns`: all patterns (each at least
+    /// [`MIN_LEN`] bytes).
+    fn build(prefixes: &[u32], patterns: &[Vec<u8>]) -> PrefixFilter {
         let bits = (prefixes.len() * 32)
+            .next_power_of_two()
+            .clamp(1 << 12, 1 << 24);
+        // Fragments of one value share most of their q-grams: size by the distinct ones.
+        let mut grams: Vec<u32> = patterns
+            .iter()
+            .flat_map(|p| p.windows(Q).take(STRIDE))
+            .map(|g| <[u8; Q]>::try_from(g).map_or(0, u32::from_be_bytes))
+            .collect();
+        grams.sort_unstable();
+        grams.dedup();
+        let strided_bits = (grams.len() * STRIDED_BITS_PER_GRAM)
             .next_power_of_two()
             .clamp(1 << 12, 1 << 24);
         let mut f = PrefixFilter {
             four: vec![0; bits / 64],
             shift: 32 - bits.trailing_zeros(),
+            strided: vec![0; strided_bits / 64],
+            strided_shift: 32 - strided_bits.trailing_zeros(),
             one: [false; 256],
             two: vec![0; 65536 / 64],
             three: vec![0; (1 << THREE_BITS) / 64],
@@ -243,6 +372,10 @@ impl PrefixFilter {
             }
             set_bit(&mut f.two, usize::from(u16::from_be_bytes([a, b])));
             set_bit(&mut f.three, Self::hash3(u32::from_be_bytes([0, a, b, c])));
+        }
+        for w in grams {
+            let h = (w.wrapping_mul(HASH_MUL) >> f.strided_shift) as usize;
+            set_bit(&mut f.strided, h);
         }
         f
     }
@@ -267,20 +400,68 @@ impl PrefixFilter {
     }
 
     fn memory_usage(&self) -> usize {
-        (self.four.len() + self.two.len() + self.three.len()) * 8 + 256
+        (self.four.len() + self.strided.len() + self.two.len() + self.three.len()) * 8 + 256
+    }
+}
+
+impl Drop for PrefixFilter {
+    fn drop(&mut self) {
+        self.four.zeroize();
+        self.strided.zeroize();
+        self.one.zeroize();
+        self.two.zeroize();
+        self.three.zeroize();
+    }
+}
+
+impl std::fmt::Debug for PrefixFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tables are derived from the patterns (`one` and `two` exactly): never printed.
+        f.debug_struct("PrefixFilter")
+            .field("bytes", &self.memory_usage())
+            .finish_non_exhaustive()
     }
 }
 
 /// The normalised pass's patterns, sorted, in one arena, with an index from each [`Q`]-byte
 /// prefix to the range of patterns that start with it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct SortedPatterns {
     arena: Vec<u8>,
     /// `offsets[i]..offsets[i + 1]` is pattern `i` in `arena`.
     offsets: Vec<u32>,
-    /// Open-addressing table: `(prefix, lo, hi)`, empty slots have `lo == hi`.
-    slots: Vec<(u32, u32, u32)>,
+    /// Open-addressing table: `[prefix, lo, hi]`, empty slots have `lo == hi`.
+    slots: Vec<[u32; 3]>,
     slot_shift: u32,
+}
+
+impl SortedPatterns {
+    /// Overwrites every pattern byte and prefix with zeros (volatile writes, so that they are
+    /// not optimised away), keeping the lengths. Runs on drop.
+    fn wipe(&mut self) {
+        self.arena.as_mut_slice().zeroize();
+        for slot in &mut self.slots {
+            slot.zeroize();
+        }
+    }
+}
+
+impl Drop for SortedPatterns {
+    fn drop(&mut self) {
+        self.wipe();
+        // Also the spare capacity.
+        self.arena.zeroize();
+        self.slots.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SortedPatterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedPatterns")
+            .field("patterns", &self.offsets.len().saturating_sub(1))
+            .field("bytes", &self.arena.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SortedPatterns {
@@ -303,17 +484,17 @@ impl SortedPatterns {
         let mut t = SortedPatterns {
             arena,
             offsets,
-            slots: vec![(0, 0, 0); size],
+            slots: vec![[0; 3]; size],
             slot_shift: 32 - size.trailing_zeros(),
         };
         let mask = size - 1;
         for &(prefix, lo, hi) in &ranges {
             let mut h = (prefix.wrapping_mul(HASH_MUL) >> t.slot_shift) as usize;
-            while t.slots.get(h).is_some_and(|s| s.1 != s.2) {
+            while t.slots.get(h).is_some_and(|s| s[1] != s[2]) {
                 h = (h + 1) & mask;
             }
             if let Some(slot) = t.slots.get_mut(h) {
-                *slot = (prefix, lo, hi);
+                *slot = [prefix, lo, hi];
             }
         }
         let prefixes = ranges.iter().map(|r| r.0).collect();
@@ -326,7 +507,7 @@ impl SortedPatterns {
         let mask = self.slots.len() - 1;
         let mut h = (prefix.wrapping_mul(HASH_MUL) >> self.slot_shift) as usize;
         loop {
-            let &(p, lo, hi) = self.slots.get(h)?;
+            let &[p, lo, hi] = self.slots.get(h)?;
             if lo == hi {
                 return None;
             }
@@ -358,11 +539,11 @@ fn prefix_of(p: &[u8]) -> u32 {
 /// How a pass finds its patterns.
 #[derive(Clone, Debug)]
 enum Finder {
-    /// Unanchored Aho-Corasick over every byte; `start` is its start state.
-    Automaton { engine: Engine, start: StateID },
+    /// A walk from every byte that begins a pattern, over the raw bytes.
+    Raw(RawTable),
     /// Prefix filter and walks of the sorted table, over the normalised view.
     Filtered {
-        filter: PrefixFilter,
+        filter: Box<PrefixFilter>,
         table: SortedPatterns,
     },
 }
@@ -375,7 +556,6 @@ pub(crate) struct Pass {
     pub info: Vec<PatternInfo>,
     pub extra_owners: Vec<(u32, u32)>,
     pub max_len: usize,
-    ring_len: usize,
 }
 
 /// Error building an automaton (only for absurd pattern sets: billions of states).
@@ -385,7 +565,7 @@ pub(crate) struct BuildFailed;
 impl Pass {
     /// Builds a pass for a pattern set; `None` for an empty set.
     pub fn build(set: PatternSet, kind: PassKind) -> Result<Option<Pass>, BuildFailed> {
-        let d = set.dedup();
+        let mut d = set.dedup();
         if d.bytes.is_empty() {
             return Ok(None);
         }
@@ -394,44 +574,39 @@ impl Pass {
             PassKind::Normalized => {
                 let (table, prefixes) = SortedPatterns::build(&d.bytes);
                 Finder::Filtered {
-                    filter: PrefixFilter::build(&prefixes),
+                    filter: Box::new(PrefixFilter::build(&prefixes, &d.bytes)),
                     table,
                 }
             }
-            PassKind::Raw => build_automaton(&d.bytes)?,
+            PassKind::Raw => Finder::Raw(RawTable::build(&d.bytes)),
         };
         Ok(Some(Pass {
             finder,
             kind,
-            info: d.info,
-            extra_owners: d.extra_owners,
+            info: std::mem::take(&mut d.info),
+            extra_owners: std::mem::take(&mut d.extra_owners),
             max_len,
-            ring_len: (max_len + Q).next_power_of_two(),
         }))
     }
 
     /// A fresh per-stream state for this pass.
     pub fn state(&self) -> PassState {
-        let sid = match &self.finder {
-            Finder::Automaton { start, .. } => Some(*start),
-            Finder::Filtered { .. } => None,
-        };
         PassState {
             cursor: Cursor {
-                sid,
                 fed: 0,
-                last_start: 0,
                 noise_run: 0,
                 window: 0,
                 window_len: 0,
-            },
-            ring: if self.kind == PassKind::Normalized {
-                vec![0; self.ring_len]
-            } else {
-                Vec::new()
+                recent: [0; Q],
             },
             norm: Normalizer::new(),
             walks: Vec::new(),
+            scratch: (self.kind == PassKind::Normalized).then(|| {
+                Box::new(Scratch {
+                    bytes: [0; NBUF],
+                    marks: [0; BLOCK / MARK_EVERY],
+                })
+            }),
         }
     }
 
@@ -439,55 +614,20 @@ impl Pass {
     /// that ends inside it to `hits`, in order of end offset.
     pub fn scan(&self, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
         match &self.finder {
-            Finder::Automaton { engine, start } => match engine {
-                Engine::Dfa(a) => self.scan_raw(a, *start, st, chunk, base, hits),
-                Engine::Contiguous(a) => self.scan_raw(a, *start, st, chunk, base, hits),
-                Engine::Noncontiguous(a) => self.scan_raw(a, *start, st, chunk, base, hits),
-            },
+            Finder::Raw(raw) => scan_raw(raw, st, chunk, base, hits),
             Finder::Filtered { filter, table } => {
                 self.scan_filtered(filter, table, st, chunk, base, hits);
             }
         }
     }
 
-    /// The raw pass: unanchored Aho-Corasick over every byte.
-    fn scan_raw<A: Automaton>(
-        &self,
-        aut: &A,
-        start: StateID,
-        st: &mut PassState,
-        chunk: &[u8],
-        base: u64,
-        hits: &mut Vec<Hit>,
-    ) {
-        let mut c = st.cursor;
-        let mut sid = c.sid.unwrap_or(start);
-        for (p, &b) in (base..).zip(chunk) {
-            sid = aut.next_state(Anchored::No, sid, b);
-            c.fed += 1;
-            if aut.is_special(sid) && aut.is_match(sid) {
-                for k in 0..aut.match_len(sid) {
-                    let pattern = aut.match_pattern(sid, k).as_u32();
-                    let len = self
-                        .info
-                        .get(pattern as usize)
-                        .map_or(1, |i| u64::from(i.len));
-                    hits.push(Hit {
-                        start: (p + 1).saturating_sub(len),
-                        end: p + 1,
-                        pattern,
-                    });
-                }
-            }
-            if sid == start {
-                c.last_start = c.fed;
-            }
-        }
-        c.sid = Some(sid);
-        st.cursor = c;
-    }
-
     /// The normalised pass: normalise, filter on prefixes, walk the sorted table.
+    ///
+    /// While no walk is in progress and the normaliser is in its ground state, the chunk is
+    /// processed in blocks of up to [`BLOCK`] bytes without `ESC` ([`Pass::scan_block`]); every
+    /// other byte goes through the byte-at-a-time path ([`feed`], [`slow_byte`]).
+    /// Both paths leave the same state behind, so the split between them (which depends on the
+    /// chunking) does not change what is found.
     fn scan_filtered(
         &self,
         filter: &PrefixFilter,
@@ -497,161 +637,176 @@ impl Pass {
         base: u64,
         hits: &mut Vec<Hit>,
     ) {
-        let mut c = st.cursor;
-        let mut norm = st.norm;
-        let ring = st.ring.as_mut_slice();
-        let walks = &mut st.walks;
         let mut i = 0usize;
         while i < chunk.len() {
-            if walks.is_empty() && norm.is_ground() {
-                // Hot loop: ordinary bytes and whitespace, no walk in progress. Everything it
-                // touches is hoisted into locals so that it stays in registers.
-                let mut fed = c.fed;
-                let mut window = c.window;
-                let mut window_len = u32::from(c.window_len);
-                let mut noise_run = c.noise_run;
-                let four = filter.four.as_slice();
-                let shift = filter.shift;
+            if st.walks.is_empty() && st.norm.is_ground() && st.scratch.is_some() {
                 let rest = chunk.get(i..).unwrap_or_default();
-                let mut taken = 0usize;
-                // Both lengths are powers of two: masking lets the compiler drop bounds checks.
-                let ring_mask = ring.len().wrapping_sub(1);
-                let four_mask = four.len().wrapping_sub(1);
-                for (pos, &b) in (base + i as u64..).zip(rest) {
-                    // Branch-free on whitespace (word boundaries are unpredictable): a space
-                    // leaves `fed` and `window` unchanged, and its ring slot is overwritten by
-                    // the next kept byte.
-                    let class = byte_class(b);
-                    if class == CLASS_ESC {
-                        break;
-                    }
-                    let keep = u32::from(class == CLASS_PLAIN);
-                    let keep_mask = keep.wrapping_neg();
-                    if let Some(slot) = ring.get_mut(fed as usize & ring_mask) {
-                        *slot = pos;
-                    }
-                    taken += 1;
-                    fed += u64::from(keep);
-                    window = (window & !keep_mask) | (((window << 8) | u32::from(b)) & keep_mask);
-                    noise_run = (noise_run + 1).min(MAX_NOISE_RUN) & !keep_mask;
-                    let ready = keep & u32::from(window_len >= Q as u32 - 1);
-                    window_len = (window_len + keep).min(Q as u32);
-                    if noise_run >= MAX_NOISE_RUN {
-                        window_len = 0;
-                    }
-                    // Probe unconditionally; the only branch left is on the (rare) hit.
-                    let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
-                    let word = four.get((h / 64) & four_mask).copied().unwrap_or(0);
-                    let bit = ((word >> (h % 64)) & 1) as u32;
-                    if bit & ready != 0 && start_walk(table, window, fed, walks) {
-                        break;
-                    }
-                }
-                i += taken;
-                let window_len = window_len as u8;
-                c.fed = fed;
-                c.window = window;
-                c.window_len = window_len;
-                c.noise_run = noise_run;
-                if taken > 0 {
+                let rest = rest.get(..BLOCK).unwrap_or(rest);
+                let len = memchr::memchr(ESC, rest).unwrap_or(rest.len());
+                if len >= MIN_BLOCK {
+                    let block = rest.get(..len).unwrap_or_default();
+                    self.scan_block(filter, table, st, block, base + i as u64, hits);
+                    i += len;
                     continue;
                 }
             }
             let Some(&b) = chunk.get(i) else { break };
             let p = base + i as u64;
             i += 1;
+            let PassState {
+                cursor,
+                norm,
+                walks,
+                ..
+            } = st;
             if norm.is_fast(b) {
-                self.feed(filter, table, &mut c, ring, walks, hits, b, p);
+                feed(filter, table, cursor, walks, hits, b, p);
             } else {
-                self.slow_byte(filter, table, &mut c, &mut norm, ring, walks, hits, b, p);
-            }
-        }
-        st.cursor = c;
-        st.norm = norm;
-    }
-
-    /// A byte that is noise, or that the normaliser holds or releases.
-    #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
-    fn slow_byte(
-        &self,
-        filter: &PrefixFilter,
-        table: &SortedPatterns,
-        c: &mut Cursor,
-        norm: &mut Normalizer,
-        ring: &mut [u64],
-        walks: &mut Vec<Walk>,
-        hits: &mut Vec<Hit>,
-        b: u8,
-        p: u64,
-    ) {
-        let mut released = [(0u8, 0u64); MAX_CSI_PARAMS + 1];
-        let mut n = 0usize;
-        let dropped = norm.step(b, p, &mut |rb, rp| {
-            if let Some(slot) = released.get_mut(n) {
-                *slot = (rb, rp);
-                n += 1;
-            }
-        });
-        for &(rb, rp) in released.iter().take(n) {
-            self.feed(filter, table, c, ring, walks, hits, rb, rp);
-        }
-        if dropped > 0 {
-            c.noise_run = c.noise_run.saturating_add(dropped as u32);
-            if c.noise_run >= MAX_NOISE_RUN {
-                // A long run of noise ends every partial match.
-                walks.clear();
-                c.window_len = 0;
+                slow_byte(filter, table, cursor, norm, walks, hits, b, p);
             }
         }
     }
 
-    /// Feeds one byte of the normalised view (at original offset `p`): advances the walks in
-    /// progress, then checks whether a new walk starts [`Q`] bytes back.
-    #[allow(clippy::too_many_arguments)]
-    fn feed(
+    /// The block path of the normalised pass, for a block without `ESC` that starts in the
+    /// normaliser's ground state with no walk in progress (`block[0]` is at offset `base`).
+    ///
+    /// Two loops without a loop-carried dependency other than a counter: (1) compact the block
+    /// into its normalised bytes (whitespace removed; the last up to 3 normalised bytes before
+    /// the block first) and their offsets; (2) probe the [`Q`]-gram ending at every compact
+    /// position against the prefix bitmap. A rare candidate is checked against the exact prefix
+    /// index and walked to its end inside the compact buffer at once; a walk still alive at the
+    /// end of the block is handed to the byte-at-a-time path. The cursor is then brought to
+    /// the state the byte-at-a-time path would have reached.
+    fn scan_block(
         &self,
         filter: &PrefixFilter,
         table: &SortedPatterns,
-        c: &mut Cursor,
-        ring: &mut [u64],
-        walks: &mut Vec<Walk>,
+        st: &mut PassState,
+        block: &[u8],
+        base: u64,
         hits: &mut Vec<Hit>,
-        b: u8,
-        p: u64,
     ) {
-        let mask = (self.ring_len - 1) as u64;
-        if let Some(slot) = ring.get_mut((c.fed & mask) as usize) {
+        let c = &mut st.cursor;
+        let Some(sc) = st.scratch.as_deref_mut() else {
+            // Unreachable: the caller checks that the buffers exist.
+            return;
+        };
+        // Normalised bytes before the block that a window ending inside it may use.
+        let old_len = usize::from(c.window_len);
+        let carry = old_len.min(Q - 1);
+        let mut carried = [0u64; Q - 1];
+        for (k, slot) in carried.iter_mut().enumerate().take(carry) {
+            let back = (carry - k) as u64;
+            *slot = c.recent_pos(c.fed.wrapping_sub(back));
+            if let Some(b) = sc.bytes.get_mut(k) {
+                *b = (c.window >> (8 * (carry - 1 - k))) as u8;
+            }
+        }
+        // (1) Compaction: every byte is stored, only kept bytes advance the cursor.
+        let mut n = carry;
+        let mut flags = 0u8;
+        for (mark, sub) in sc.marks.iter_mut().zip(block.chunks(MARK_EVERY)) {
+            *mark = n as u32;
+            for &b in sub {
+                if let Some(slot) = sc.bytes.get_mut(n & NMASK) {
+                    *slot = b;
+                }
+                let class = KEEP.get(usize::from(b)).copied().unwrap_or(1);
+                n += usize::from(class & 1);
+                flags |= class;
+            }
+        }
+        let n = n.min(NBUF);
+        // Percent-escapes fold to lower case (see `normalize`), in view order.
+        let (p1, p2) = (c.window as u8, (c.window >> 8) as u8);
+        if (flags & PERCENT != 0 || p1 == b'%' || p2 == b'%')
+            && let Some(new) = sc.bytes.get_mut(carry..n)
+        {
+            fold_view(new, p1, p2);
+        }
+        let view = Compact {
+            bytes: sc.bytes.get(..n).unwrap_or_default(),
+            block,
+            marks: sc
+                .marks
+                .get(..block.len().div_ceil(MARK_EVERY))
+                .unwrap_or_default(),
+            carry,
+            carried,
+            base,
+        };
+        // (2) Probes: the strided filter at every STRIDE-th position finds every occurrence
+        // starting at or before `n - MIN_LEN`; later starts whose window is complete are
+        // checked one by one (the rest are checked once the window completes).
+        let strided = filter.strided.as_slice();
+        let strided_mask = strided.len().wrapping_sub(1);
+        let shift = filter.strided_shift;
+        for (j, w) in view.bytes.windows(Q).enumerate().step_by(STRIDE) {
+            let window = <[u8; Q]>::try_from(w).map_or(0, u32::from_be_bytes);
+            let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
+            let word = strided.get((h / 64) & strided_mask).copied().unwrap_or(0);
+            if (word >> (h % 64)) & 1 != 0 {
+                let first = j.saturating_sub(STRIDE - 1);
+                let last = j.min(n.saturating_sub(MIN_LEN));
+                if n >= MIN_LEN {
+                    for s in first..=last {
+                        view.start(filter, table, s, &mut st.walks, hits);
+                    }
+                }
+            }
+        }
+        for s in n.saturating_sub(MIN_LEN - 1)..=n.saturating_sub(Q) {
+            if n >= Q {
+                view.start(filter, table, s, &mut st.walks, hits);
+            }
+        }
+        // The cursor after the block.
+        let new = n - carry;
+        let old_fed = c.fed;
+        c.fed += new as u64;
+        // The last (up to Q) compact bytes and their offsets.
+        let from = n.saturating_sub(Q);
+        let mut tail = [0u64; Q];
+        for (slot, p) in tail.iter_mut().zip(view.offsets_from(from)) {
             *slot = p;
         }
-        c.fed += 1;
-        c.window = (c.window << 8) | u32::from(b);
-        c.noise_run = 0;
-        let mut i = 0;
-        while let Some(w) = walks.get_mut(i) {
-            if !advance(table, w, b) {
-                walks.swap_remove(i);
-                continue;
+        let tail = tail.get(..n - from).unwrap_or_default();
+        for (k, &p) in tail.iter().enumerate() {
+            let j = from + k;
+            if j >= carry {
+                let b = view.bytes.get(j).copied().unwrap_or(0);
+                c.window = (c.window << 8) | u32::from(b);
+                c.set_recent(old_fed + (j - carry) as u64, p);
             }
-            // Patterns completed by this byte come first in the narrowed range.
-            let mut k = w.lo;
-            while k < w.hi && table.get(k).len() == w.depth as usize {
-                hits.push(Hit {
-                    start: ring.get((w.start & mask) as usize).copied().unwrap_or(p),
-                    end: p + 1,
-                    pattern: k,
-                });
-                k += 1;
-            }
-            i += 1;
         }
-        if c.window_len >= Q as u8 - 1 {
-            c.window_len = Q as u8;
-            if get_bit(&filter.four, filter.hash4(c.window)) {
-                start_walk(table, c.window, c.fed, walks);
+        let trailing = match tail.last() {
+            Some(&last) if new > 0 => (base + block.len() as u64).saturating_sub(last + 1),
+            _ => u64::from(c.noise_run) + block.len() as u64,
+        };
+        c.noise_run = trailing.min(u64::from(MAX_NOISE_RUN)) as u32;
+        if new > 0 {
+            // Trailing normalised bytes not separated by a long noise run.
+            let mut valid = 1usize;
+            let mut k = tail.len() - 1;
+            while valid < Q && k > 0 {
+                let (Some(&a), Some(&b)) = (tail.get(k - 1), tail.get(k)) else {
+                    break;
+                };
+                if b - a > u64::from(MAX_NOISE_RUN) {
+                    break;
+                }
+                valid += 1;
+                k -= 1;
             }
-        } else {
-            c.window_len += 1;
+            if k == 0 && from == 0 && carry > 0 {
+                valid += old_len - carry;
+            }
+            c.window_len = valid.min(Q) as u8;
+        }
+        if c.noise_run >= MAX_NOISE_RUN {
+            // A long run of noise ends every partial match.
+            st.walks.clear();
+            c.window_len = 0;
         }
     }
 
@@ -662,13 +817,9 @@ impl Pass {
         };
         let mut released = Vec::new();
         st.norm.finish(&mut |b, p| released.push((b, p)));
-        let mut c = st.cursor;
-        let ring = st.ring.as_mut_slice();
-        let walks = &mut st.walks;
         for (b, p) in released {
-            self.feed(filter, table, &mut c, ring, walks, hits, b, p);
+            feed(filter, table, &mut st.cursor, &mut st.walks, hits, b, p);
         }
-        st.cursor = c;
     }
 
     /// The earliest absolute offset at which a match not yet reported could still start, or
@@ -676,27 +827,17 @@ impl Pass {
     pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
         let c = &st.cursor;
         match &self.finder {
-            Finder::Automaton { start, .. } => {
-                if c.sid.is_none_or(|s| s == *start) {
-                    return total;
-                }
-                let k = c
-                    .last_start
-                    .max(c.fed.saturating_sub(self.max_len as u64 - 1));
-                if k >= c.fed { total } else { k.min(total) }
-            }
+            Finder::Raw(_) => st.walks.iter().map(|w| w.start).min().unwrap_or(total),
             Finder::Filtered { filter, .. } => {
-                let mask = (self.ring_len - 1) as u64;
-                let at = |idx: u64| st.ring.get((idx & mask) as usize).copied().unwrap_or(0);
                 let mut bound = st.norm.held_from().unwrap_or(total).min(total);
                 if let Some(w) = st.walks.iter().map(|w| w.start).min() {
-                    bound = bound.min(at(w));
+                    bound = bound.min(w);
                 }
                 // Offsets among the last Q-1 normalised bytes not yet checked as candidates.
                 let pending = usize::from(c.window_len).min(Q - 1);
                 for n in (1..=pending).rev() {
                     if filter.maybe_short(c.window, n) {
-                        bound = bound.min(at(c.fed - n as u64));
+                        bound = bound.min(c.recent_pos(c.fed - n as u64));
                         break;
                     }
                 }
@@ -722,11 +863,7 @@ impl Pass {
     /// Heap memory used by the finder and pattern table, in bytes.
     pub fn memory_usage(&self) -> usize {
         let finder = match &self.finder {
-            Finder::Automaton { engine, .. } => match engine {
-                Engine::Dfa(a) => a.memory_usage(),
-                Engine::Contiguous(a) => a.memory_usage(),
-                Engine::Noncontiguous(a) => a.memory_usage(),
-            },
+            Finder::Raw(raw) => raw.memory_usage(),
             Finder::Filtered { filter, table } => filter.memory_usage() + table.memory_usage(),
         };
         finder + self.info.len() * std::mem::size_of::<PatternInfo>()
@@ -735,24 +872,20 @@ impl Pass {
     /// Name of the finder in use (for benchmarks and diagnostics).
     pub fn engine_name(&self) -> &'static str {
         match &self.finder {
-            Finder::Automaton { engine, .. } => match engine {
-                Engine::Dfa(_) => "dfa",
-                Engine::Contiguous(_) => "contiguous-nfa",
-                Engine::Noncontiguous(_) => "noncontiguous-nfa",
-            },
+            Finder::Raw(_) => "first-byte+sorted-table",
             Finder::Filtered { .. } => "prefix-filter+sorted-table",
         }
     }
 }
 
-/// Starts a walk for the [`Q`] bytes of `window` ending at normalised index `fed`; returns
-/// whether one was started (some pattern begins with them).
+/// Starts a walk for the [`Q`] bytes of `window`, the first of which is at original offset
+/// `start`; returns whether one was started (some pattern begins with them).
 #[inline(never)]
-fn start_walk(table: &SortedPatterns, window: u32, fed: u64, walks: &mut Vec<Walk>) -> bool {
+fn start_walk(table: &SortedPatterns, window: u32, start: u64, walks: &mut Vec<Walk>) -> bool {
     match table.range(window) {
         Some((lo, hi)) => {
             walks.push(Walk {
-                start: fed - Q as u64,
+                start,
                 lo,
                 hi,
                 depth: Q as u32,
@@ -760,6 +893,84 @@ fn start_walk(table: &SortedPatterns, window: u32, fed: u64, walks: &mut Vec<Wal
             true
         }
         None => false,
+    }
+}
+
+/// A byte that is noise, or that the normaliser holds or releases (byte-at-a-time path).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn slow_byte(
+    filter: &PrefixFilter,
+    table: &SortedPatterns,
+    c: &mut Cursor,
+    norm: &mut Normalizer,
+    walks: &mut Vec<Walk>,
+    hits: &mut Vec<Hit>,
+    b: u8,
+    p: u64,
+) {
+    let mut released = [(0u8, 0u64); MAX_CSI_PARAMS + 1];
+    let mut n = 0usize;
+    let dropped = norm.step(b, p, &mut |rb, rp| {
+        if let Some(slot) = released.get_mut(n) {
+            *slot = (rb, rp);
+            n += 1;
+        }
+    });
+    for &(rb, rp) in released.iter().take(n) {
+        feed(filter, table, c, walks, hits, rb, rp);
+    }
+    if dropped > 0 {
+        c.noise_run = c.noise_run.saturating_add(dropped as u32);
+        if c.noise_run >= MAX_NOISE_RUN {
+            // A long run of noise ends every partial match.
+            walks.clear();
+            c.window_len = 0;
+        }
+    }
+}
+
+/// Feeds one byte of the normalised view (at original offset `p`): advances the walks in
+/// progress, then checks whether a new walk starts [`Q`] bytes back.
+fn feed(
+    filter: &PrefixFilter,
+    table: &SortedPatterns,
+    c: &mut Cursor,
+    walks: &mut Vec<Walk>,
+    hits: &mut Vec<Hit>,
+    b: u8,
+    p: u64,
+) {
+    let b = fold_percent_hex(b, c.window as u8, (c.window >> 8) as u8);
+    c.set_recent(c.fed, p);
+    c.fed += 1;
+    c.window = (c.window << 8) | u32::from(b);
+    c.noise_run = 0;
+    let mut i = 0;
+    while let Some(w) = walks.get_mut(i) {
+        if !advance(table, w, b) {
+            walks.swap_remove(i);
+            continue;
+        }
+        // Patterns completed by this byte come first in the narrowed range.
+        let mut k = w.lo;
+        while k < w.hi && table.get(k).len() == w.depth as usize {
+            hits.push(Hit {
+                start: w.start,
+                end: p + 1,
+                pattern: k,
+            });
+            k += 1;
+        }
+        i += 1;
+    }
+    if c.window_len >= Q as u8 - 1 {
+        c.window_len = Q as u8;
+        if get_bit(&filter.four, filter.hash4(c.window)) {
+            start_walk(table, c.window, c.recent_pos(c.fed - Q as u64), walks);
+        }
+    } else {
+        c.window_len += 1;
     }
 }
 
@@ -800,84 +1011,292 @@ fn partition(n: u32, pred: impl Fn(u32) -> bool) -> u32 {
     lo
 }
 
-/// The raw pass's automaton: a DFA while small, else a contiguous NFA.
-fn build_automaton(bytes: &[Vec<u8>]) -> Result<Finder, BuildFailed> {
-    let nnfa = noncontiguous::Builder::new()
-        .match_kind(MatchKind::Standard)
-        .prefilter(false)
-        .build(bytes)
-        .map_err(|_| BuildFailed)?;
-    let mut alphabet = [false; 256];
-    for p in bytes {
-        for &b in p {
-            if let Some(slot) = alphabet.get_mut(usize::from(b)) {
-                *slot = true;
+/// The raw pass over `chunk` (whose first byte is at offset `base`): advances the walks in
+/// progress with each byte, reporting the patterns completed, then starts a walk if the byte
+/// begins some pattern.
+fn scan_raw(raw: &RawTable, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
+    let table = &raw.table;
+    let walks = &mut st.walks;
+    for (p, &b) in (base..).zip(chunk) {
+        let mut i = 0;
+        while let Some(w) = walks.get_mut(i) {
+            if !advance(table, w, b) {
+                walks.swap_remove(i);
+                continue;
             }
+            report(table, w, p + 1, hits);
+            i += 1;
+        }
+        let [lo, hi] = raw.first.get(usize::from(b)).copied().unwrap_or([0, 0]);
+        if lo < hi {
+            let w = Walk {
+                start: p,
+                lo,
+                hi,
+                depth: 1,
+            };
+            report(table, &w, p + 1, hits);
+            walks.push(w);
         }
     }
-    let classes = alphabet.iter().filter(|&&x| x).count() + 1;
-    let total: usize = bytes.iter().map(Vec::len).sum();
-    let dfa_bytes = total
-        .saturating_add(2)
-        .saturating_mul(classes.next_power_of_two())
-        .saturating_mul(4);
-    let engine = if dfa_bytes <= DFA_MAX_BYTES {
-        match dfa::Builder::new().build_from_noncontiguous(&nnfa) {
-            Ok(d) => Engine::Dfa(d),
-            Err(_) => contiguous_or(nnfa),
-        }
-    } else {
-        contiguous_or(nnfa)
-    };
-    let start = match &engine {
-        Engine::Dfa(a) => a.start_state(Anchored::No),
-        Engine::Contiguous(a) => a.start_state(Anchored::No),
-        Engine::Noncontiguous(a) => a.start_state(Anchored::No),
-    }
-    .map_err(|_| BuildFailed)?;
-    Ok(Finder::Automaton { engine, start })
+    st.cursor.fed += chunk.len() as u64;
 }
 
-fn contiguous_or(nnfa: noncontiguous::NFA) -> Engine {
-    match contiguous::Builder::new().build_from_noncontiguous(&nnfa) {
-        Ok(c) => Engine::Contiguous(c),
-        Err(_) => Engine::Noncontiguous(nnfa),
+/// Reports the patterns of walk `w` that end at its current depth (they come first in its
+/// range), as occurrences ending at offset `end`.
+fn report(table: &SortedPatterns, w: &Walk, end: u64, hits: &mut Vec<Hit>) {
+    let mut k = w.lo;
+    while k < w.hi && table.get(k).len() == w.depth as usize {
+        hits.push(Hit {
+            start: w.start,
+            end,
+            pattern: k,
+        });
+        k += 1;
     }
 }
 
-/// Per-stream state of one pass.
-#[derive(Clone, Debug)]
+/// Per-stream state of one pass. Holds output bytes (the last view bytes, bytes held by the
+/// normaliser, the compact block): its `Debug` prints none of them, and they are wiped on drop.
+#[derive(Clone)]
 pub(crate) struct PassState {
     cursor: Cursor,
-    /// Original offset of each of the last `ring_len` normalised bytes.
-    ring: Vec<u64>,
     norm: Normalizer,
     /// Walks in progress (normalised pass).
     walks: Vec<Walk>,
+    /// Compact buffers of the block path (normalised pass only).
+    scratch: Option<Box<Scratch>>,
+}
+
+impl std::fmt::Debug for PassState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassState")
+            .field("fed", &self.cursor.fed)
+            .field("walks", &self.walks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PassState {
+    fn drop(&mut self) {
+        self.cursor.window.zeroize();
+        self.norm.wipe();
+    }
+}
+
+/// Input bytes the block path of the normalised pass compacts and probes at a time.
+const BLOCK: usize = 4096;
+
+/// Shorter runs of ground-state bytes go through the byte-at-a-time path (its per-call cost
+/// is lower).
+const MIN_BLOCK: usize = 32;
+
+/// Capacity of the compact buffers: [`BLOCK`] plus the carried bytes, rounded up to a power of
+/// two so that masked indices need no bounds checks.
+const NBUF: usize = 2 * BLOCK;
+const NMASK: usize = NBUF - 1;
+
+/// The compact buffers of one block: normalised bytes and where each came from.
+#[derive(Clone)]
+struct Scratch {
+    bytes: [u8; NBUF],
+    /// `marks[k]`: compact index of the first normalised byte at or after block offset
+    /// `k * MARK_EVERY`.
+    marks: [u32; BLOCK / MARK_EVERY],
+}
+
+/// Bit 0: the byte is kept in the normalised view (0 for whitespace; a table load is cheaper
+/// than the comparisons in the compaction loop). Bit [`PERCENT`]: the byte is `%`.
+// Indexing in a constant initialiser is checked at compile time.
+#[allow(clippy::indexing_slicing)]
+static KEEP: [u8; 256] = {
+    let mut t = [1u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if is_space(b as u8) {
+            t[b] = 0;
+        }
+        b += 1;
+    }
+    t[b'%' as usize] = 1 | PERCENT;
+    t
+};
+
+/// [`KEEP`] flag of `%` (the block then needs its percent-escapes folded).
+const PERCENT: u8 = 2;
+
+/// Block bytes per entry of [`Scratch::marks`].
+const MARK_EVERY: usize = 16;
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Holds output bytes (possibly secret): never printed.
+        f.debug_struct("Scratch").finish_non_exhaustive()
+    }
+}
+
+/// A compacted block: the normalised bytes, and how to map them back to offsets.
+struct Compact<'a> {
+    /// The carried bytes, then the block's normalised bytes.
+    bytes: &'a [u8],
+    block: &'a [u8],
+    marks: &'a [u32],
+    carry: usize,
+    carried: [u64; Q - 1],
+    /// Offset of `block[0]`.
+    base: u64,
+}
+
+impl Compact<'_> {
+    /// Original offsets of compact bytes `j`, `j + 1`, ... (found by rescanning the block
+    /// from the nearest mark: only candidates need them).
+    fn offsets_from(&self, j: usize) -> impl Iterator<Item = u64> + '_ {
+        let carried = self.carried.get(j.min(self.carry)..self.carry);
+        let (from, skip) = if j < self.carry {
+            (0, 0)
+        } else {
+            let k = self
+                .marks
+                .partition_point(|&m| m as usize <= j)
+                .saturating_sub(1);
+            let mark = self.marks.get(k).map_or(self.carry, |&m| m as usize);
+            (k * MARK_EVERY, j - mark.min(j))
+        };
+        let base = self.base;
+        carried.unwrap_or_default().iter().copied().chain(
+            self.block
+                .iter()
+                .enumerate()
+                .skip(from)
+                .filter(|(_, b)| !is_space(**b))
+                .skip(skip)
+                .map(move |(o, _)| base + o as u64),
+        )
+    }
+
+    /// Checks whether an occurrence may start at compact index `s` (prefix bitmap, then
+    /// [`Compact::candidate`]).
+    #[inline]
+    fn start(
+        &self,
+        filter: &PrefixFilter,
+        table: &SortedPatterns,
+        s: usize,
+        walks: &mut Vec<Walk>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let Some(w) = self.bytes.get(s..s + Q) else {
+            return;
+        };
+        let window = <[u8; Q]>::try_from(w).map_or(0, u32::from_be_bytes);
+        if get_bit(&filter.four, filter.hash4(window)) {
+            self.candidate(table, s, window, walks, hits);
+        }
+    }
+
+    /// A bitmap hit for the [`Q`] bytes starting at compact index `j`: if some pattern starts
+    /// with them (and no long noise run splits them), walks the sorted table over the rest of
+    /// the block, reporting every pattern completed, and keeps the walk if it is still alive
+    /// at the end of the block.
+    #[inline(never)]
+    fn candidate(
+        &self,
+        table: &SortedPatterns,
+        j: usize,
+        window: u32,
+        walks: &mut Vec<Walk>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let Some((lo, hi)) = table.range(window) else {
+            return;
+        };
+        let far = |from: u64, to: u64| to - from > u64::from(MAX_NOISE_RUN);
+        let mut offsets = self.offsets_from(j);
+        let Some(start) = offsets.next() else {
+            return;
+        };
+        let mut prev = start;
+        for _ in 1..Q {
+            let Some(p) = offsets.next() else { return };
+            if far(prev, p) {
+                return;
+            }
+            prev = p;
+        }
+        let mut w = Walk {
+            start,
+            lo,
+            hi,
+            depth: Q as u32,
+        };
+        for &b in self.bytes.get(j + Q..).unwrap_or_default() {
+            let Some(p) = offsets.next() else { return };
+            if far(prev, p) {
+                return;
+            }
+            prev = p;
+            if !advance(table, &mut w, b) {
+                return;
+            }
+            let mut k = w.lo;
+            while k < w.hi && table.get(k).len() == w.depth as usize {
+                hits.push(Hit {
+                    start: w.start,
+                    end: p + 1,
+                    pattern: k,
+                });
+                k += 1;
+            }
+        }
+        walks.push(w);
+    }
 }
 
 /// The pass's position in a stream.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 struct Cursor {
-    /// Automaton state (raw pass).
-    sid: Option<StateID>,
     /// Bytes fed so far (for the normalised pass: normalised bytes).
     fed: u64,
-    /// Value of `fed` the last time the automaton was in its start state (raw pass).
-    last_start: u64,
-    /// Consecutive noise bytes just dropped (normalised pass).
+    /// Consecutive noise bytes just dropped (normalised pass), saturating at
+    /// [`MAX_NOISE_RUN`] or above.
     noise_run: u32,
     /// The last four normalised bytes, most recent in the low byte.
     window: u32,
     /// How many of them are valid (0 to [`Q`]).
     window_len: u8,
+    /// Original offsets of the last [`Q`] normalised bytes: normalised index `i` at `i % Q`.
+    recent: [u64; Q],
+}
+
+impl Cursor {
+    /// Original offset of normalised byte `i` (one of the last [`Q`]).
+    #[inline]
+    fn recent_pos(&self, i: u64) -> u64 {
+        self.recent
+            .get((i % Q as u64) as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[inline]
+    fn set_recent(&mut self, i: u64, p: u64) {
+        if let Some(slot) = self.recent.get_mut((i % Q as u64) as usize) {
+            *slot = p;
+        }
+    }
 }
 
 /// A walk of the sorted pattern table from a candidate offset: the patterns in `lo..hi` all
 /// agree with the `depth` normalised bytes from `start` on.
 #[derive(Clone, Copy, Debug)]
 struct Walk {
-    /// Normalised index of the walk's first byte.
+    /// Original offset of the walk's first byte.
     start: u64,
     lo: u32,
     hi: u32,
@@ -890,4 +1309,71 @@ pub(crate) struct Hit {
     pub start: u64,
     pub end: u64,
     pub pattern: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_patterns_wipe_every_byte() {
+        let token = crate::fixtures::secret("hex-dump", "JOB_TOKEN");
+        let mut patterns: Vec<Vec<u8>> = token
+            .as_bytes()
+            .windows(crate::FRAGMENT_LEN)
+            .map(<[u8]>::to_vec)
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        let (mut t, prefixes) = SortedPatterns::build(&patterns);
+        assert!(
+            t.arena
+                .windows(token.len().min(12))
+                .any(|w| token.as_bytes().starts_with(w))
+        );
+        assert!(
+            t.slots
+                .iter()
+                .any(|s| prefixes.contains(&s[0]) && s[1] != s[2])
+        );
+        t.wipe();
+        assert!(!t.arena.is_empty());
+        assert!(t.arena.iter().all(|&b| b == 0));
+        assert!(t.slots.iter().all(|s| *s == [0, 0, 0]));
+    }
+
+    #[test]
+    fn raw_table_reports_overlapping_occurrences() {
+        let mut set = PatternSet::default();
+        for p in [&b"ab"[..], b"abc", b"bc", b"c"] {
+            set.add(p.to_vec(), 0, false);
+        }
+        let pass = Pass::build(set, PassKind::Raw).unwrap().unwrap();
+        let mut st = pass.state();
+        let mut hits = Vec::new();
+        pass.scan(&mut st, b"xab", 0, &mut hits);
+        // "abc" may still complete: held from its start.
+        assert_eq!(pass.hold_bound(&st, 3), 1);
+        pass.scan(&mut st, b"cab", 3, &mut hits);
+        let found: Vec<(u64, u64, &[u8])> = hits
+            .iter()
+            .map(|h| {
+                let Finder::Raw(raw) = &pass.finder else {
+                    unreachable!()
+                };
+                (h.start, h.end, raw.table.get(h.pattern))
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (1, 3, &b"ab"[..]),
+                (1, 4, &b"abc"[..]),
+                (2, 4, &b"bc"[..]),
+                (3, 4, &b"c"[..]),
+                (4, 6, &b"ab"[..]),
+            ]
+        );
+        assert_eq!(pass.hold_bound(&st, 6), 4);
+    }
 }

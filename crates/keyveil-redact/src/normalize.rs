@@ -18,12 +18,20 @@
 //!   [`MAX_CSI_PARAMS`] parameter/intermediate bytes (0x20–0x3F), final byte `m` or `K`
 //!   (colours, bold, `\e[K` from progress bars).
 //!
+//! The view also folds the case of percent-escapes: a hex letter `A`–`F` right after `%`, or
+//! right after `%` and a hex digit, becomes lower case ([`fold_percent_hex`]), so `%2F`, `%2f`
+//! and mixed forms such as `%2f%3A` match the same patterns (RFC 3986 §2.1: the hex digits of a
+//! percent-encoding are case-insensitive). The fold looks only at the two view bytes before,
+//! so it needs nothing held back.
+//!
 //! A control sequence in progress is *held* rather than dropped: if it turns out not to be an SGR
 //! or erase-in-line sequence (another final byte, a byte outside the allowed ranges, too many
 //! parameters, or the end of the stream), its bytes after `ESC [` are released into the view as
 //! ordinary bytes. So a value printed right after an unfinished `ESC [` is not swallowed. A value
 //! that itself starts with what completes a colour code (`12m…`, `K…`) is registered in every
 //! form it can take in the view ([`normalized_forms`]).
+
+use zeroize::Zeroize;
 
 /// Most parameter and intermediate bytes in a control sequence treated as noise.
 pub const MAX_CSI_PARAMS: usize = 16;
@@ -33,7 +41,7 @@ pub const ESC: u8 = 0x1b;
 
 /// Is `b` ASCII whitespace (removed from the normalised view)?
 #[inline]
-pub fn is_space(b: u8) -> bool {
+pub const fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
@@ -207,6 +215,12 @@ impl Normalizer {
         self.state = State::Ground;
     }
 
+    /// Overwrites the held bytes with zeros (they are output bytes, possibly secret).
+    pub fn wipe(&mut self) {
+        self.held.zeroize();
+        self.held_len = 0;
+    }
+
     /// End of input: releases any held bytes and returns to the ground state.
     pub fn finish(&mut self, feed: &mut impl FnMut(u8, u64)) {
         if self.state == State::Csi {
@@ -216,8 +230,36 @@ impl Normalizer {
     }
 }
 
-/// Normalises a whole byte string (used for patterns).
+/// The view byte for `b`, given the two view bytes before it (`p1` just before, then `p2`; 0 at
+/// the start): a hex letter `A`–`F` that follows `%`, or `%` and a hex digit, is lower-cased.
+#[inline(always)]
+pub fn fold_percent_hex(b: u8, p1: u8, p2: u8) -> u8 {
+    if matches!(b, b'A'..=b'F') && (p1 == b'%' || (p2 == b'%' && p1.is_ascii_hexdigit())) {
+        b | 0x20
+    } else {
+        b
+    }
+}
+
+/// Applies [`fold_percent_hex`] to consecutive view bytes, the two before `view[0]` being `p1`
+/// (just before) and `p2`.
+pub fn fold_view(view: &mut [u8], mut p1: u8, mut p2: u8) {
+    for b in view {
+        *b = fold_percent_hex(*b, p1, p2);
+        p2 = p1;
+        p1 = *b;
+    }
+}
+
+/// Normalises a whole byte string (used for patterns): noise removed, percent-escapes folded.
 pub fn normalize(bytes: &[u8]) -> Vec<u8> {
+    let mut out = strip(bytes);
+    fold_view(&mut out, 0, 0);
+    out
+}
+
+/// `bytes` with noise removed (no folding).
+fn strip(bytes: &[u8]) -> Vec<u8> {
     let mut n = Normalizer::new();
     let mut out = Vec::with_capacity(bytes.len());
     let mut feed = |b: u8, _pos: u64| out.push(b);
@@ -228,20 +270,72 @@ pub fn normalize(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// View bytes before a pattern that change how its first bytes fold: none, `%`, `%` and a hex
+/// digit (`(p1, p2)` as in [`fold_percent_hex`]).
+const FOLD_CONTEXTS: [(u8, u8); 3] = [(0, 0), (b'%', 0), (b'0', b'%')];
+
+/// Could a view that starts with `v` fold differently after `%` or `%h`?
+fn context_sensitive(v: &[u8]) -> bool {
+    match v {
+        [b'A'..=b'F', ..] => true,
+        [a, b'A'..=b'F', ..] => a.is_ascii_hexdigit(),
+        _ => false,
+    }
+}
+
 /// The normalised views `value` can have when printed next to escape bytes: after nothing,
 /// right after `ESC`, right after `ESC [` (a leading `12m`/`K`/`[1m` would then be taken as a
 /// colour code), and right before an `m` (a trailing unfinished `ESC [12` would then be one).
-/// Deduplicated, the plain [`normalize`] form first. Registering all of them keeps a program
-/// from hiding a value by printing escape bytes next to it.
+/// Each of them is also folded as if it followed `%` or `%` and a hex digit
+/// ([`fold_percent_hex`]). Deduplicated, the plain [`normalize`] form first. Registering all of
+/// them keeps a program from hiding a value by printing escape bytes or a `%` next to it.
 pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
-    // Fast path (almost every pattern): nothing to remove, and no first byte that could
-    // complete or continue an escape sequence.
-    if !value.iter().any(|&b| is_special(b))
-        && !matches!(value.first(), Some(0x20..=0x3f | b'm' | b'K' | b'['))
-    {
+    // Fast path (almost every pattern): nothing to remove or fold, and no first byte that could
+    // complete or continue an escape sequence or a percent-escape.
+    let escapes = value.iter().any(|&b| is_special(b))
+        || value.first() == Some(&b'[')
+        || completes_csi(value);
+    if !escapes && !value.contains(&b'%') && !context_sensitive(value) {
         return vec![value.to_vec()];
     }
-    let plain = normalize(value);
+    let bases = if escapes {
+        escape_forms(value)
+    } else {
+        vec![value.to_vec()]
+    };
+    let mut forms: Vec<Vec<u8>> = Vec::new();
+    for f in bases {
+        let contexts = if context_sensitive(&f) {
+            &FOLD_CONTEXTS[..]
+        } else {
+            &FOLD_CONTEXTS[..1]
+        };
+        for &(p1, p2) in contexts {
+            let mut folded = f.clone();
+            fold_view(&mut folded, p1, p2);
+            if !forms.contains(&folded) {
+                forms.push(folded);
+            }
+        }
+    }
+    forms
+}
+
+/// Does `value` begin with what completes a colour code after `ESC [` (up to
+/// [`MAX_CSI_PARAMS`] parameter bytes, then `m` or `K`)? Only then (or with noise or `[` in it)
+/// can its views next to escape bytes differ from the plain one.
+fn completes_csi(value: &[u8]) -> bool {
+    let params = value
+        .iter()
+        .take(MAX_CSI_PARAMS + 1)
+        .take_while(|b| (0x20..=0x3f).contains(*b))
+        .count();
+    params <= MAX_CSI_PARAMS && matches!(value.get(params), Some(b'm' | b'K'))
+}
+
+/// The views of `value` (unfolded) after nothing, `ESC`, `ESC [`, and before an `m`.
+fn escape_forms(value: &[u8]) -> Vec<Vec<u8>> {
+    let plain = strip(value);
     let from = |state: State| {
         let mut n = Normalizer {
             state,
@@ -257,17 +351,11 @@ pub fn normalized_forms(value: &[u8]) -> Vec<Vec<u8>> {
     };
     let mut with_m = value.to_vec();
     with_m.push(b'm');
-    let mut before_m = normalize(&with_m);
+    let mut before_m = strip(&with_m);
     if before_m.last() == Some(&b'm') {
         before_m.pop();
     }
-    let mut forms = vec![plain];
-    for f in [from(State::Esc), from(State::Csi), before_m] {
-        if !forms.contains(&f) {
-            forms.push(f);
-        }
-    }
-    forms
+    vec![plain, from(State::Esc), from(State::Csi), before_m]
 }
 
 #[cfg(test)]
@@ -326,21 +414,83 @@ mod tests {
     #[test]
     fn forms_next_to_escapes() {
         assert_eq!(
-            normalized_forms(b"12mABCDEFGH"),
-            vec![b"12mABCDEFGH".to_vec(), b"ABCDEFGH".to_vec()]
+            normalized_forms(b"12mGHIJKLMN"),
+            vec![b"12mGHIJKLMN".to_vec(), b"GHIJKLMN".to_vec()]
         );
         assert_eq!(
-            normalized_forms(b"[1mABCDEFGH"),
-            vec![b"[1mABCDEFGH".to_vec(), b"ABCDEFGH".to_vec()]
+            normalized_forms(b"[1mGHIJKLMN"),
+            vec![b"[1mGHIJKLMN".to_vec(), b"GHIJKLMN".to_vec()]
         );
         assert_eq!(
-            normalized_forms(b"ABCDEFGH\x1b[12"),
-            vec![b"ABCDEFGH12".to_vec(), b"ABCDEFGH".to_vec()]
+            normalized_forms(b"GHIJKLMN\x1b[12"),
+            vec![b"GHIJKLMN12".to_vec(), b"GHIJKLMN".to_vec()]
         );
         assert_eq!(
-            normalized_forms(b"ghp_ABCDEFGH"),
-            vec![b"ghp_ABCDEFGH".to_vec()]
+            normalized_forms(b"ghp_GHIJKLMN"),
+            vec![b"ghp_GHIJKLMN".to_vec()]
         );
-        assert_eq!(normalized_forms(b"1234abcd"), vec![b"1234abcd".to_vec()]);
+        assert_eq!(normalized_forms(b"1234wxyz"), vec![b"1234wxyz".to_vec()]);
+    }
+
+    #[test]
+    fn percent_escapes_fold_to_lower_case() {
+        assert_eq!(normalize(b"a%2Fb%3a%C3%A9c"), b"a%2fb%3a%c3%a9c");
+        // Only the two digits after `%` fold.
+        assert_eq!(normalize(b"%ABCD ABCD"), b"%abCDABCD");
+        // Across noise, as in the view.
+        assert_eq!(normalize(b"%\x1b[1m2\nF"), b"%2f");
+    }
+
+    #[test]
+    fn escape_forms_only_when_they_can_differ() {
+        // Digits that never reach an `m`/`K`: released as they are after `ESC [`.
+        assert_eq!(
+            normalized_forms(b"12345678xy"),
+            vec![b"12345678xy".to_vec()]
+        );
+        assert!(normalized_forms(b"12;4mxyzuvw").len() > 1);
+        assert!(normalized_forms(b"Kxyzuvwst").len() > 1);
+        assert!(normalized_forms(b"[1mxyzuvw").len() > 1);
+        // The shortcut agrees with computing every view.
+        for v in [
+            &b"0123456789abcdef"[..],
+            b"9;9;9;Kabcdefgh",
+            b"  12mabcdefgh",
+            b"1234567890123456m1",
+        ] {
+            let mut all: Vec<Vec<u8>> = Vec::new();
+            for f in escape_forms(v) {
+                let contexts = if context_sensitive(&f) {
+                    &FOLD_CONTEXTS[..]
+                } else {
+                    &FOLD_CONTEXTS[..1]
+                };
+                for &(p1, p2) in contexts {
+                    let mut g = f.clone();
+                    fold_view(&mut g, p1, p2);
+                    if !all.contains(&g) {
+                        all.push(g);
+                    }
+                }
+            }
+            assert_eq!(normalized_forms(v), all, "{}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
+    fn forms_after_a_percent() {
+        assert_eq!(
+            normalized_forms(b"ABCDEFGH"),
+            vec![
+                b"ABCDEFGH".to_vec(),
+                b"abCDEFGH".to_vec(),
+                b"aBCDEFGH".to_vec()
+            ]
+        );
+        assert_eq!(
+            normalized_forms(b"1Fxyzxyz"),
+            vec![b"1Fxyzxyz".to_vec(), b"1fxyzxyz".to_vec()]
+        );
+        assert_eq!(normalized_forms(b"GHxyzxyz"), vec![b"GHxyzxyz".to_vec()]);
     }
 }

@@ -27,6 +27,7 @@ use crate::Inner;
 use crate::matcher::{Hit, Pass, PassState};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// A merged run of overlapping occurrences.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,14 @@ pub struct RedactStream {
     redactions: usize,
     seen: Vec<bool>,
     fail_marker_sent: bool,
+}
+
+impl Drop for RedactStream {
+    fn drop(&mut self) {
+        // Held-back output may be (part of) a secret.
+        self.buf.zeroize();
+        self.prev_byte.zeroize();
+    }
 }
 
 impl std::fmt::Debug for RedactStream {
@@ -131,7 +140,6 @@ impl RedactStream {
             return;
         }
         let base = self.total;
-        self.buf.extend_from_slice(chunk);
         self.total += chunk.len() as u64;
 
         let inner = Arc::clone(&self.inner);
@@ -147,6 +155,21 @@ impl RedactStream {
             self.absorb(pass, &mut hits);
         }
         self.hits = hits;
+        if self.buf.is_empty() && self.regions.is_empty() && self.pending_tokens.is_empty() {
+            // Nothing held and nothing found (the usual case): emit straight from the chunk and
+            // keep only the undecided tail.
+            let safe = self.safe_offset();
+            let cut = usize::try_from(safe - base).unwrap_or(0).min(chunk.len());
+            let (done, held) = chunk.split_at(cut);
+            out.extend_from_slice(done);
+            if let Some(&last) = done.last() {
+                self.prev_byte = Some(last);
+            }
+            self.buf.extend_from_slice(held);
+            self.buf_start = base + cut as u64;
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
         self.resolve_tokens(false);
         let safe = self.safe_offset();
         self.emit(safe, out);

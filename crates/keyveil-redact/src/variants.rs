@@ -8,19 +8,24 @@
 //! - base64: RFC 4648 §4 (standard alphabet) and §5 (URL- and filename-safe alphabet);
 //! - hex: RFC 4648 §8 (base16), both letter cases;
 //! - percent-encoding: RFC 3986 §2.1 (`%XX`, both hex cases) with the unreserved set of §2.3,
-//!   plus the variants real encoders produce: `encodeURIComponent` (ECMA-262), Python's
-//!   `urllib.parse.quote` (keeps `/`) and `application/x-www-form-urlencoded` (WHATWG URL §5,
-//!   space as `+`);
+//!   plus the variants real encoders produce: `encodeURIComponent` and `encodeURI` (ECMA-262),
+//!   Python's `urllib.parse.quote` (keeps `/`), `application/x-www-form-urlencoded` (WHATWG URL
+//!   §5, space as `+`) and the path characters of RFC 3986 §3.3 (`pchar` and `/`); hex digits in
+//!   mixed case are handled by the normalised view ([`crate::normalize::fold_percent_hex`]);
 //! - JSON string escapes: RFC 8259 §7, with the optional `\/` solidus escape, Go's HTML-safe
 //!   `\u003c \u003e \u0026` (plus `\u0027`), and `ensure_ascii`-style `\uXXXX` for non-ASCII;
+//! - JSON `\u00XX` escapes of ASCII characters (every non-alphanumeric one, or all of them);
 //! - XML/HTML character references: XML 1.0 §4.6 predefined entities and the numeric forms used by
-//!   Python's `html.escape` (`&#x27;`) and Go's `html.EscapeString` (`&#39;`, `&#34;`);
+//!   Python's `html.escape` (`&#x27;`), Go's `html.EscapeString` (`&#39;`, `&#34;`), Ruby
+//!   (`&#39;`) and PHP (`&#039;`); numeric references (XML 1.0 §4.1) in decimal and hex;
+//! - YAML 1.2 §7.3.2 single-quoted scalars (`''`);
 //! - POSIX shell quoting (XCU §2.2): `'\''` (bash `set -x`) and `'"'"'` (Python `shlex.quote`)
 //!   inside single quotes, backslash escapes inside double quotes, and bash `printf %q` style;
 //! - dotenv double-quoted values (`\n`, `\"`, `\\`, optionally `\$`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use zeroize::Zeroize;
 
 /// The characters of base64 that are fully determined by `atom` when it is encoded at each of the
 /// three byte offsets (0, 1, 2 mod 3) inside a longer input, for both RFC 4648 alphabets.
@@ -135,6 +140,37 @@ pub fn percent_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     ));
     let form = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
     out.push(percent_with(atom, form, Space::Plus, true));
+    // `encodeURI` (ECMA-262 §19.2.6.5): reserved characters and `#` stay as they are.
+    let uri = |b: u8| {
+        uri_component(b)
+            || matches!(
+                b,
+                b';' | b',' | b'/' | b'?' | b':' | b'@' | b'&' | b'=' | b'+' | b'$' | b'#'
+            )
+    };
+    out.push(percent_with(atom, uri, Space::Percent, true));
+    // RFC 3986 §3.3 path characters (`pchar`: unreserved, sub-delims, `:` and `@`) and `/`,
+    // as URL libraries leave them in paths and userinfo.
+    let pchar = |b: u8| {
+        is_unreserved(b)
+            || matches!(
+                b,
+                b'!' | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            )
+    };
+    out.push(percent_with(atom, pchar, Space::Percent, true));
     out
 }
 
@@ -371,6 +407,24 @@ pub fn xml_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
             b'\'' => Some(b"&#39;"),
             _ => None,
         }),
+        // Ruby `CGI.escapeHTML`, Rails `ERB::Util.html_escape`.
+        replace_bytes(atom, |b| match b {
+            b'&' => Some(b"&amp;"),
+            b'<' => Some(b"&lt;"),
+            b'>' => Some(b"&gt;"),
+            b'"' => Some(b"&quot;"),
+            b'\'' => Some(b"&#39;"),
+            _ => None,
+        }),
+        // PHP `htmlspecialchars(..., ENT_QUOTES)`.
+        replace_bytes(atom, |b| match b {
+            b'&' => Some(b"&amp;"),
+            b'<' => Some(b"&lt;"),
+            b'>' => Some(b"&gt;"),
+            b'"' => Some(b"&quot;"),
+            b'\'' => Some(b"&#039;"),
+            _ => None,
+        }),
     ]
 }
 
@@ -450,17 +504,108 @@ pub fn utf16(atom: &[u8]) -> Vec<Vec<u8>> {
     ]
 }
 
+/// JSON string bodies in which ASCII characters are written as `\u00XX` too: every character
+/// that is not a letter or digit (Jackson's `ESCAPE_NON_ASCII` with a custom character-escape
+/// table, OWASP's JSON sanitizer, hand-written `\uXXXX` escapers), or every character; lower
+/// and upper hex digits (RFC 8259 §7 allows either). Non-ASCII bytes are left as they are (their
+/// `\uXXXX` forms are in [`json_escapes`]).
+pub fn json_unicode_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for all in [false, true] {
+        for digits in [b"0123456789abcdef", b"0123456789ABCDEF"] {
+            let mut v = Vec::with_capacity(atom.len() * 6);
+            for &b in atom {
+                if b.is_ascii() && (all || !b.is_ascii_alphanumeric()) {
+                    v.extend_from_slice(b"\\u00");
+                    push_hex_byte(&mut v, b, digits);
+                } else {
+                    v.push(b);
+                }
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// HTML / XML numeric character references (XML 1.0 §4.1, HTML §13.2.5.72): the five special
+/// characters `& < > " '`, or every ASCII character that is not a letter or digit (OWASP Java
+/// Encoder, `htmlspecialchars`-style encoders that escape everything), written as `&#NN;`,
+/// `&#xhh;`, `&#xHH;` or `&#XHH;`.
+pub fn html_numeric_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    let special = |b: u8| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'');
+    let other = |b: u8| b.is_ascii() && !b.is_ascii_alphanumeric() && !b.is_ascii_control();
+    let styles: [(&[u8], Option<&[u8; 16]>); 4] = [
+        (b"&#", None),
+        (b"&#x", Some(b"0123456789abcdef")),
+        (b"&#x", Some(b"0123456789ABCDEF")),
+        (b"&#X", Some(b"0123456789ABCDEF")),
+    ];
+    let mut out = Vec::new();
+    for which in [&special as &dyn Fn(u8) -> bool, &other] {
+        for (prefix, digits) in styles {
+            let mut v = Vec::with_capacity(atom.len() + 16);
+            for &b in atom {
+                if which(b) {
+                    v.extend_from_slice(prefix);
+                    match digits {
+                        None => v.extend_from_slice(b.to_string().as_bytes()),
+                        Some(d) => push_hex_byte(&mut v, b, d),
+                    }
+                    v.push(b';');
+                } else {
+                    v.push(b);
+                }
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The body of a YAML single-quoted scalar (YAML 1.2 §7.3.2): `'` written as `''`.
+pub fn yaml_single_quoted(atom: &[u8]) -> Vec<u8> {
+    replace_bytes(atom, |b| (b == b'\'').then_some(&b"''"[..]))
+}
+
 /// Every encoding of `atom` (deduplicated, `atom` itself first). Encodings that equal the raw
 /// form are dropped by deduplication.
 pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {
+    if atom.iter().all(|&b| plain_token_byte(b)) {
+        // Every quoting, escaping and percent-encoding of such an atom is the atom itself
+        // (checked against `all_encodings` by a unit test): skip computing them.
+        let mut out: Vec<Vec<u8>> = vec![atom.to_vec()];
+        out.extend(base64_full(atom));
+        out.extend(base64_cores(atom));
+        out.extend(hex(atom));
+        out.extend(json_unicode_escapes(atom));
+        out.extend(html_numeric_escapes(atom));
+        out.push(reversed(atom));
+        out.extend(utf16(atom));
+        return dedup(out);
+    }
+    all_encodings(atom)
+}
+
+/// Bytes that no escaper or percent-encoder here rewrites: ASCII letters, digits, `-`, `_`, `.`
+/// (`~` is percent-encoded by form encoding and backslashed by `printf %q`).
+fn plain_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+/// [`encodings`] without the shortcut for plain tokens.
+fn all_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = vec![atom.to_vec()];
     out.extend(base64_full(atom));
     out.extend(base64_cores(atom));
     out.extend(hex(atom));
     out.extend(percent_encodings(atom));
     out.extend(json_escapes(atom));
+    out.extend(json_unicode_escapes(atom));
     out.push(newline_escaped(atom));
     out.extend(xml_escapes(atom));
+    out.extend(html_numeric_escapes(atom));
+    out.push(yaml_single_quoted(atom));
     out.extend(shell_escapes(atom));
     out.extend(dotenv_escapes(atom));
     out.push(reversed(atom));
@@ -476,15 +621,35 @@ pub fn token_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     out.extend(hex(atom));
     out.extend(percent_encodings(atom));
     out.extend(json_escapes(atom));
+    out.extend(json_unicode_escapes(atom));
     out.extend(xml_escapes(atom));
+    out.extend(html_numeric_escapes(atom));
+    out.push(yaml_single_quoted(atom));
     out.extend(shell_escapes(atom));
     dedup(out)
 }
 
-/// Removes duplicates, keeping the first occurrence of each byte string.
+/// Removes duplicates, keeping the first occurrence of each byte string (the others are wiped:
+/// they are encodings of secret values).
 pub fn dedup(v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    let mut seen = std::collections::HashSet::new();
-    v.into_iter().filter(|x| seen.insert(x.clone())).collect()
+    // FNV-1a of each kept string; a hash seen before is confirmed by comparing the strings.
+    let fnv = |x: &[u8]| {
+        x.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let mut hashes: Vec<u64> = Vec::with_capacity(v.len());
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(v.len());
+    for mut x in v {
+        let h = fnv(&x);
+        if hashes.contains(&h) && out.contains(&x) {
+            x.zeroize();
+        } else {
+            hashes.push(h);
+            out.push(x);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -519,6 +684,45 @@ mod tests {
         let cores = base64_cores(b"ghp_PTT0aZN0dnruqXa71P2tD8vkQXRYO1NiJ7br");
         let out = b"b2N0by1jaTpnaHBfUFRUMGFaTjBkbnJ1cVhhNzFQMnREOHZrUVhSWU8xTmlKN2Jy";
         assert!(cores.iter().any(|c| contains(out, c)));
+    }
+
+    #[test]
+    fn plain_token_shortcut_loses_nothing() {
+        let mut atoms: Vec<Vec<u8>> = vec![
+            b"abc-DEF_123.xyz".to_vec(),
+            b"........".to_vec(),
+            b"a".to_vec(),
+        ];
+        for (id, name) in [
+            ("chunk-split-delay", "GH_TOKEN"),
+            ("xtrace-stderr", "GITLAB_TOKEN"),
+            ("reversed-and-spaced", "OPENAI_API_KEY"),
+            ("printenv-aws", "AWS_SECRET_ACCESS_KEY"),
+        ] {
+            atoms.push(crate::fixtures::secret(id, name).into_bytes());
+        }
+        for atom in &atoms {
+            assert!(atom.iter().all(|&b| plain_token_byte(b)));
+            let mut fast = encodings(atom);
+            let mut slow = all_encodings(atom);
+            fast.sort();
+            slow.sort();
+            assert_eq!(fast, slow, "{}", String::from_utf8_lossy(atom));
+        }
+        // Every other printable ASCII byte is rewritten by some escaper.
+        for b in 0x20u8..0x7f {
+            if !plain_token_byte(b) {
+                let atom = [b'a', b, b'b'];
+                assert!(
+                    all_encodings(&atom)
+                        .iter()
+                        .skip(1)
+                        .any(|e| e.len() > 3 && e.starts_with(b"a") && e.ends_with(b"b")),
+                    "{}",
+                    b as char
+                );
+            }
+        }
     }
 
     #[test]

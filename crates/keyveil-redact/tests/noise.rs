@@ -139,6 +139,23 @@ fn escape_prefix_does_not_hide_value() {
     }
 }
 
+/// A value that begins like the parameters of a colour code: printed after `ESC [`, all but its
+/// last bytes become an SGR sequence in the normalised view (found by the fuzz target).
+#[test]
+fn value_that_completes_a_colour_code() {
+    let value: &[u8] = b"%30<((((m\xff$";
+    let r = Redactor::new([("V", value)]);
+    for prefix in [&b"\x1b["[..], b"\x1b", b"", b"\x1b[1"] {
+        let mut input = b"x ".to_vec();
+        input.extend_from_slice(prefix);
+        input.extend_from_slice(value);
+        input.extend_from_slice(b"\x1bR y");
+        let (out, _) = r.redact(&input);
+        assert!(!contains(&out, value), "{prefix:?}: {out:?}");
+        assert!(contains(&out, b"[REDACTED:V]"));
+    }
+}
+
 #[test]
 fn crlf_and_tab_joined_lines() {
     let key = "-----BEGIN KEY-----\nAsZ7nrsoTV75Y4sxVe9RWlBaTF6E9CPcgYBy\nG5c6qSYhzYTFQy6k1qJAH4DxD3EoA1zC\n-----END KEY-----";
