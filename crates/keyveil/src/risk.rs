@@ -135,7 +135,14 @@ pub struct Facts {
     pub denied_before: bool,
     /// Requests by this client in the last minute (this one included).
     pub recent_requests: usize,
+    /// A requested variable was added less than [`NEW_VARIABLE_SECONDS`] ago: storing a first
+    /// value needs no factor, so it may be the agent's own (a name that changes what the
+    /// program does).
+    pub new_variable: bool,
 }
+
+/// How long a variable counts as new for the `new-variable` flag (seconds): one day.
+pub const NEW_VARIABLE_SECONDS: i64 = 86_400;
 
 fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
@@ -284,6 +291,9 @@ pub fn assess(
     if facts.recent_requests >= 5 {
         f.insert("burst");
     }
+    if facts.new_variable {
+        f.insert("new-variable");
+    }
     f.into_iter().map(str::to_owned).collect()
 }
 
@@ -405,6 +415,7 @@ mod tests {
                 recent_requests: 6,
                 denied_before: true,
                 approved_before: false,
+                new_variable: true,
             },
         );
         for want in [
@@ -412,6 +423,7 @@ mod tests {
             "burst",
             "denied-before",
             "first-time",
+            "new-variable",
         ] {
             assert!(f.iter().any(|x| x == want), "{want} missing in {f:?}");
         }

@@ -377,6 +377,21 @@ pub fn find_or_create_request(
             .get(&argv_key)
             .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
         recent_requests,
+        new_variable: {
+            let cutoff =
+                Timestamp::now() - jiff::SignedDuration::from_secs(risk::NEW_VARIABLE_SECONDS);
+            inner
+                .vault()?
+                .data()
+                .environments
+                .get(&ask.environment)
+                .is_some_and(|e| {
+                    ask.variables
+                        .iter()
+                        .filter_map(|n| e.variables.get(n))
+                        .any(|v| v.created_at > cutoff)
+                })
+        },
     };
     let mut strings: Vec<&str> = vec![ask.cwd.as_str(), ask.environment.as_str()];
     if let Some(r) = reason.as_deref() {

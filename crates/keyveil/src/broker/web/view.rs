@@ -121,6 +121,10 @@ const FLAG_WORDS: &[(&str, &str)] = &[
     ("first-time", "this command was never approved before"),
     ("denied-before", "the same command was denied recently"),
     ("burst", "many requests from this client in the last minute"),
+    (
+        "new-variable",
+        "a variable added in the last day (adding one needs no factor: check it is yours)",
+    ),
 ];
 
 fn text(v: &Value, k: &str) -> String {
