@@ -90,12 +90,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             value,
             factor,
         } => {
-            let (name, stored) = {
-                let inner = broker.lock();
-                let name = inner.human_name(&environment, &name);
-                let stored = inner.stored_names(&environment, Some(&name));
-                (name, stored)
-            };
+            let (name, stored) = target_of_change(broker, &environment, &name);
             match guard_stored(broker, &environment, stored, factor).await {
                 Ok(()) => var_set(broker, &environment, &name, value),
                 Err(e) => Err(e),
@@ -108,12 +103,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             charset,
             factor,
         } => {
-            let (name, stored) = {
-                let inner = broker.lock();
-                let name = inner.human_name(&environment, &name);
-                let stored = inner.stored_names(&environment, Some(&name));
-                (name, stored)
-            };
+            let (name, stored) = target_of_change(broker, &environment, &name);
             match guard_stored(broker, &environment, stored, factor).await {
                 Ok(()) => var_generate(broker, &environment, &name, length, charset, None),
                 Err(e) => Err(e),
@@ -124,12 +114,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             name,
             factor,
         } => {
-            let (name, stored) = {
-                let inner = broker.lock();
-                let name = inner.human_name(&environment, &name);
-                let stored = inner.stored_names(&environment, Some(&name));
-                (name, stored)
-            };
+            let (name, stored) = target_of_change(broker, &environment, &name);
             match guard_stored(broker, &environment, stored, factor).await {
                 Ok(()) => var_unset(broker, &environment, &name),
                 Err(e) => Err(e),
@@ -223,6 +208,15 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         }
         Err(e) => e.reply(),
     }
+}
+
+/// The real name a human's `set`/`generate`/`unset` names (an alias is understood), and how
+/// many stored values the change would replace or remove (0 or 1).
+fn target_of_change(broker: &Broker, env: &str, given: &str) -> (String, usize) {
+    let inner = broker.lock();
+    let name = inner.human_name(env, given);
+    let stored = inner.stored_names(env, Some(&name));
+    (name, stored)
 }
 
 /// Replacing or removing a stored value needs the human's factor (passphrase or TOTP;

@@ -9,19 +9,32 @@ const VALUE: &str = "kv_fake_Hn7tQ2wE9rY4uI1oP6aS";
 const REAL: &str = "STRIPE_LIVE_SECRET";
 const OTHER: &str = "PAYROLL_DB_PASSWORD";
 
-fn hide(h: &Home) {
-    let o = h.run_stdin(
+/// `policy set demo hide-names SETTING` with `passphrase` on stdin.
+fn set_hiding(h: &Home, setting: &str, passphrase: &str) -> std::process::Output {
+    h.run_stdin(
         &[
             "policy",
             "set",
             "demo",
             "hide-names",
-            "on",
+            setting,
             "--passphrase-stdin",
         ],
-        &format!("{PASS}\n"),
-    );
+        &format!("{passphrase}\n"),
+    )
+}
+
+fn hide(h: &Home) {
+    let o = set_hiding(h, "on", PASS);
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// The alias of the first variable `env show demo` lists.
+fn first_alias(h: &Home) -> String {
+    h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Everything a client can read about `demo` without the factor.
@@ -190,17 +203,7 @@ fn revealing_names_needs_the_factor() {
     assert!(out.contains(REAL) && out.contains("HIDDEN_"), "{out}");
     assert!(!out.contains(VALUE));
     // Turning hiding off is a policy change: it needs the factor too.
-    let o = h.run_stdin(
-        &[
-            "policy",
-            "set",
-            "demo",
-            "hide-names",
-            "off",
-            "--passphrase-stdin",
-        ],
-        "a guessed passphrase\n",
-    );
+    let o = set_hiding(&h, "off", "a guessed passphrase");
     assert_eq!(o.status.code(), Some(3));
     assert!(!client_view(&h).contains(REAL));
 }
@@ -210,10 +213,7 @@ fn the_human_can_still_set_a_hidden_variable_by_alias_or_name() {
     let h = Home::new();
     h.set("demo", REAL, VALUE);
     hide(&h);
-    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alias = first_alias(&h);
     // By alias: replaces the same variable (no second one appears). Replacing needs the factor.
     let o = h.run_stdin(
         &["set", "demo", &alias, "--from-stdin", "--passphrase-stdin"],
@@ -275,10 +275,7 @@ fn removing_or_linking_a_hidden_variable_never_names_it() {
     let h = Home::new();
     h.set("demo", REAL, VALUE);
     hide(&h);
-    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alias = first_alias(&h);
     // The value-entry link for a variable that has a value: refused, by alias.
     let o = h.run(&["set", "demo", &alias, "--web"]);
     let err = text(&o.stderr);
