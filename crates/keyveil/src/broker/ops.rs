@@ -74,10 +74,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::EnvCreate { name, description } => env_create(broker, &name, description),
         Request::EnvRemove { name, factor } => {
             let stored = broker.lock().stored_names(&name, None);
-            match guard_stored(broker, &name, stored, factor).await {
-                Ok(()) => env_remove(broker, &name),
-                Err(e) => Err(e),
-            }
+            guard_stored(broker, &name, stored, factor)
+                .await
+                .and_then(|()| env_remove(broker, &name))
         }
         Request::EnvReveal {
             name,
@@ -91,10 +90,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             factor,
         } => {
             let (name, stored) = target_of_change(broker, &environment, &name);
-            match guard_stored(broker, &environment, stored, factor).await {
-                Ok(()) => var_set(broker, &environment, &name, value),
-                Err(e) => Err(e),
-            }
+            guard_stored(broker, &environment, stored, factor)
+                .await
+                .and_then(|()| var_set(broker, &environment, &name, value))
         }
         Request::VarGenerate {
             environment,
@@ -104,10 +102,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             factor,
         } => {
             let (name, stored) = target_of_change(broker, &environment, &name);
-            match guard_stored(broker, &environment, stored, factor).await {
-                Ok(()) => var_generate(broker, &environment, &name, length, charset, None),
-                Err(e) => Err(e),
-            }
+            guard_stored(broker, &environment, stored, factor)
+                .await
+                .and_then(|()| var_generate(broker, &environment, &name, length, charset, None))
         }
         Request::VarUnset {
             environment,
@@ -115,10 +112,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             factor,
         } => {
             let (name, stored) = target_of_change(broker, &environment, &name);
-            match guard_stored(broker, &environment, stored, factor).await {
-                Ok(()) => var_unset(broker, &environment, &name),
-                Err(e) => Err(e),
-            }
+            guard_stored(broker, &environment, stored, factor)
+                .await
+                .and_then(|()| var_unset(broker, &environment, &name))
         }
         Request::VarDeclare {
             environment,
