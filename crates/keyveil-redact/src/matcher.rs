@@ -558,7 +558,8 @@ pub(crate) struct Pass {
     pub max_len: usize,
 }
 
-/// Error building an automaton (only for absurd pattern sets: billions of states).
+/// Error building a pass: the patterns do not fit the tables' 32-bit offsets (over 4 GiB of
+/// patterns, or over 4 billion of them).
 #[derive(Debug)]
 pub(crate) struct BuildFailed;
 
@@ -568,6 +569,10 @@ impl Pass {
         let mut d = set.dedup();
         if d.bytes.is_empty() {
             return Ok(None);
+        }
+        let total: usize = d.bytes.iter().map(Vec::len).sum();
+        if u32::try_from(total).is_err() || u32::try_from(d.bytes.len() + 1).is_err() {
+            return Err(BuildFailed);
         }
         let max_len = d.bytes.iter().map(Vec::len).max().unwrap_or(1);
         let finder = match kind {
