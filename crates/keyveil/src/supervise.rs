@@ -157,8 +157,14 @@ mod imp {
     /// revoking the grant (which signals the run's process group) could not reach it.
     fn sweep(broker_pid: i32) {
         let me = std::process::id();
+        let mut killed_last = false;
         loop {
-            std::thread::sleep(SWEEP_EVERY);
+            // After a pass that killed something, look again at once: an escaped process may
+            // have forked before it died.
+            if !killed_last {
+                std::thread::sleep(SWEEP_EVERY);
+            }
+            killed_last = false;
             for pid in live_children(me) {
                 if pid == broker_pid {
                     continue;
@@ -175,6 +181,7 @@ mod imp {
                 if parent_of(pid) == Some(me)
                     && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
                 {
+                    killed_last = true;
                     tracing::warn!(
                         pid,
                         "killed a process that left its run (setsid or a daemon's fork): nothing started under a grant outlives its run"

@@ -39,9 +39,14 @@ fn failed(e: &DynamicError) -> OpError {
 /// Handles [`crate::protocol::Request::DynamicAdd`].
 pub async fn add(broker: &Arc<Broker>, mut req: DynamicAddRequest) -> OpResult<Value> {
     broker.lock().vault()?;
-    // Where names are hidden, an alias names the variable it stands for.
+    // Where names are hidden, an alias names the variable it stands for; any other name needs
+    // the factor (below), whether or not it exists.
+    let mut hidden_guess = false;
     if let Some(n) = req.name.take() {
-        req.name = Some(broker.lock().human_name(&req.environment, &n));
+        let inner = broker.lock();
+        hidden_guess =
+            inner.hides_names(&req.environment) && inner.real_name(&req.environment, &n).is_none();
+        req.name = Some(inner.human_name(&req.environment, &n));
     }
     let engine = EngineKind::parse(&req.engine).map_err(|e| failed(&e))?;
     for k in req.options.keys() {
@@ -140,8 +145,17 @@ pub async fn add(broker: &Arc<Broker>, mut req: DynamicAddRequest) -> OpResult<V
             .map(|(n, _)| inner.stored_names(&req.environment, Some(n)))
             .sum()
     };
-    super::ops::guard_stored(broker, &req.environment, stored, req.factor.clone()).await?;
+    let need = if hidden_guess {
+        super::ops::Need::HiddenName
+    } else {
+        super::ops::Need::stored(stored)
+    };
+    let verified =
+        super::ops::guard_stored(broker, &req.environment, need, req.factor.clone()).await?;
     let mut inner = broker.lock();
+    for (n, _) in &names {
+        super::ops::recheck(&inner, &req.environment, Some(n), verified)?;
+    }
     let vault = inner.vault_mut()?;
     let now = Timestamp::now();
     let Some(env) = vault.data_mut().environments.get_mut(&req.environment) else {

@@ -79,6 +79,9 @@ pub async fn serve(paths: Paths) -> Result<()> {
             return Err(e).context("cannot take the broker lock");
         }
     }
+    // Only the broker holding the lock: private TMPDIRs of runs that never finished (a crash,
+    // `kill -9`) are removed; nothing a run left there outlives it.
+    private_tmp::clear_leftovers(&paths);
     let sock = paths.socket();
     if sock.exists() {
         std::fs::remove_file(&sock)

@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use super::state::Inner;
+use super::state::{Inner, OpError};
 
 impl Inner {
     /// Whether `env`'s policy hides variable names (`false` when locked or unknown).
@@ -146,6 +146,22 @@ impl Inner {
         }
     }
 
+    /// An error about the granted variables `names` of `env` (an engine's failure, a value gone
+    /// missing), with each of those real names replaced by its alias where the environment
+    /// hides names. Only whole identifiers are replaced, and only these names, which the
+    /// client already knows by alias, so nothing is confirmed by the rewrite.
+    pub fn hide_names_in_error(&self, env: &str, names: &[String], mut e: OpError) -> OpError {
+        if !self.hides_names(env) {
+            return e;
+        }
+        for n in names {
+            let alias = self.shown_name(env, n);
+            e.message = replace_identifier(&e.message, n, &alias);
+            e.hint = e.hint.map(|h| replace_identifier(&h, n, &alias));
+        }
+        e
+    }
+
     /// How many variables of `env` hold a value (or a dynamic source): all of them, or only
     /// `name`. 0 when the environment or variable does not exist or the vault is locked.
     pub fn stored_names(&self, env: &str, name: Option<&str>) -> usize {
@@ -170,5 +186,52 @@ fn sort_key(v: &Value) -> &str {
         Value::String(s) => s,
         Value::Object(o) => o.get("name").and_then(Value::as_str).unwrap_or(""),
         _ => "",
+    }
+}
+
+/// `text` with every occurrence of `name` that stands as a whole identifier (not inside a
+/// longer run of `[A-Za-z0-9_]`) replaced by `with`.
+fn replace_identifier(text: &str, name: &str, with: &str) -> String {
+    if name.is_empty() {
+        return text.to_owned();
+    }
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(name) {
+        let (before, found) = rest.split_at(i);
+        out.push_str(before);
+        let after = found.strip_prefix(name).unwrap_or(found);
+        let left_ok = !out.chars().next_back().is_some_and(is_ident);
+        let right_ok = !after.chars().next().is_some_and(is_ident);
+        out.push_str(if left_ok && right_ok { with } else { name });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_identifier;
+
+    #[test]
+    fn only_whole_identifiers_are_replaced() {
+        assert_eq!(
+            replace_identifier(
+                "cannot get a credential for DB_URL: no field \"DB_URL\"",
+                "DB_URL",
+                "HIDDEN_X"
+            ),
+            "cannot get a credential for HIDDEN_X: no field \"HIDDEN_X\""
+        );
+        assert_eq!(
+            replace_identifier("MY_DB_URL DB_URLS DB_URL", "DB_URL", "A"),
+            "MY_DB_URL DB_URLS A"
+        );
+        assert_eq!(
+            replace_identifier("DB_URLDB_URL", "DB_URL", "A"),
+            "DB_URLDB_URL"
+        );
     }
 }

@@ -74,9 +74,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::EnvCreate { name, description } => env_create(broker, &name, description),
         Request::EnvRemove { name, factor } => {
             let stored = broker.lock().stored_names(&name, None);
-            guard_stored(broker, &name, stored, factor)
+            guard_stored(broker, &name, Need::stored(stored), factor)
                 .await
-                .and_then(|()| env_remove(broker, &name))
+                .and_then(|ok| env_remove(broker, &name, ok))
         }
         Request::EnvReveal {
             name,
@@ -89,10 +89,10 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             value,
             factor,
         } => {
-            let (name, stored) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, stored, factor)
+            let (name, need) = target_of_change(broker, &environment, &name);
+            guard_stored(broker, &environment, need, factor)
                 .await
-                .and_then(|()| var_set(broker, &environment, &name, value))
+                .and_then(|ok| var_set(broker, &environment, &name, value, ok))
         }
         Request::VarGenerate {
             environment,
@@ -101,20 +101,20 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             charset,
             factor,
         } => {
-            let (name, stored) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, stored, factor)
+            let (name, need) = target_of_change(broker, &environment, &name);
+            guard_stored(broker, &environment, need, factor)
                 .await
-                .and_then(|()| var_generate(broker, &environment, &name, length, charset, None))
+                .and_then(|ok| var_generate(broker, &environment, &name, length, charset, None, ok))
         }
         Request::VarUnset {
             environment,
             name,
             factor,
         } => {
-            let (name, stored) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, stored, factor)
+            let (name, need) = target_of_change(broker, &environment, &name);
+            guard_stored(broker, &environment, need, factor)
                 .await
-                .and_then(|()| var_unset(broker, &environment, &name))
+                .and_then(|ok| var_unset(broker, &environment, &name, ok))
         }
         Request::VarDeclare {
             environment,
@@ -206,13 +206,17 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
     }
 }
 
-/// The real name a human's `set`/`generate`/`unset` names (an alias is understood), and how
-/// many stored values the change would replace or remove (0 or 1).
-fn target_of_change(broker: &Broker, env: &str, given: &str) -> (String, usize) {
+/// The real name a human's `set`/`generate`/`unset` names (an alias is understood), and why the
+/// change needs the factor. Where names are hidden, a name that is not an alias always needs it,
+/// whether or not a variable of that name exists, so a guess confirms nothing.
+fn target_of_change(broker: &Broker, env: &str, given: &str) -> (String, Need) {
     let inner = broker.lock();
+    if inner.hides_names(env) && inner.real_name(env, given).is_none() {
+        return (given.to_owned(), Need::HiddenName);
+    }
     let name = inner.human_name(env, given);
     let stored = inner.stored_names(env, Some(&name));
-    (name, stored)
+    (name, Need::stored(stored))
 }
 
 /// Replacing or removing a stored value needs the human's factor (passphrase or TOTP;
@@ -226,20 +230,14 @@ fn target_of_change(broker: &Broker, env: &str, given: &str) -> (String, usize) 
 pub(super) async fn guard_stored(
     broker: &Arc<Broker>,
     env: &str,
-    stored: usize,
+    need: Need,
     factor: Option<FactorProof>,
-) -> OpResult<()> {
-    if stored == 0 {
-        return Ok(());
+) -> OpResult<bool> {
+    if need == Need::Nothing {
+        return Ok(false);
     }
     let Some(f) = factor else {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!(
-                "{FACTOR_NEEDED}: this would replace or remove {stored} stored value(s) in '{env}'; nothing was changed"
-            ),
-        )
-        .hint("run the command in your own terminal: keyveil asks for your passphrase (or add `--totp CODE`)"));
+        return Err(factor_needed(env, need));
     };
     if f.totp.is_none() && f.passphrase.expose().is_empty() {
         // Not counted as a failed attempt: nothing was tried.
@@ -256,7 +254,64 @@ pub(super) async fn guard_stored(
         json!({"stored_change": env}),
     )
     .await
-    .map(|_| ())
+    .map(|_| true)
+}
+
+/// Why a change needs the factor (see [`guard_stored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Need {
+    /// Nothing stored would be replaced or removed.
+    Nothing,
+    /// This many stored values would be replaced or removed.
+    Stored(usize),
+    /// The environment hides names and the change names a variable by something other than
+    /// its alias: answered the same whether or not such a variable exists (no oracle).
+    HiddenName,
+}
+
+impl Need {
+    /// From a count of stored values.
+    pub(super) fn stored(n: usize) -> Need {
+        if n == 0 {
+            Need::Nothing
+        } else {
+            Need::Stored(n)
+        }
+    }
+}
+
+/// The error for a change that needs the factor and came without one.
+fn factor_needed(env: &str, need: Need) -> OpError {
+    let what = match need {
+        Need::HiddenName => format!(
+            "names in '{env}' are hidden, and this change does not name a variable by its alias"
+        ),
+        Need::Stored(n) => format!("this would replace or remove {n} stored value(s) in '{env}'"),
+        Need::Nothing => String::new(),
+    };
+    OpError::new(
+        ErrorCode::Denied,
+        format!("{FACTOR_NEEDED}: {what}; nothing was changed"),
+    )
+    .hint("run the command in your own terminal: keyveil asks for your passphrase (or add `--totp CODE`)")
+}
+
+/// Under the lock that writes: refuses a change that would replace or remove a stored value
+/// when no factor was verified for it. `guard_stored` checked before the factor's `await`; this
+/// closes the window in which another request could store a value meanwhile.
+pub(super) fn recheck(
+    inner: &Inner,
+    env: &str,
+    name: Option<&str>,
+    verified: bool,
+) -> OpResult<()> {
+    if verified {
+        return Ok(());
+    }
+    match inner.stored_names(env, name) {
+        0 => Ok(()),
+        n => Err(factor_needed(env, Need::Stored(n))),
+    }
 }
 
 fn status(broker: &Broker) -> Value {
@@ -579,8 +634,9 @@ fn env_create(broker: &Broker, name: &str, description: String) -> OpResult<Valu
     Ok(json!({"name": name}))
 }
 
-fn env_remove(broker: &Broker, name: &str) -> OpResult<Value> {
+fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResult<Value> {
     let mut inner = broker.lock();
+    recheck(&inner, name, None, verified)?;
     let v = inner.vault_mut()?;
     if v.data_mut().environments.remove(name).is_none() {
         return Err(unknown_env(name, v));
@@ -687,7 +743,13 @@ fn store(
     Ok(existed)
 }
 
-fn var_set(broker: &Broker, env: &str, name: &str, value: Passphrase) -> OpResult<Value> {
+fn var_set(
+    broker: &Broker,
+    env: &str,
+    name: &str,
+    value: Passphrase,
+    verified: bool,
+) -> OpResult<Value> {
     if value.expose().is_empty() {
         return Err(usage("the value is empty; nothing was stored"));
     }
@@ -698,6 +760,7 @@ fn var_set(broker: &Broker, env: &str, name: &str, value: Passphrase) -> OpResul
     }
     let short = value.expose().len() < 8;
     let mut inner = broker.lock();
+    recheck(&inner, env, Some(name), verified)?;
     let existed = store(
         &mut inner,
         env,
@@ -722,6 +785,7 @@ fn var_generate(
     length: usize,
     charset: Charset,
     description: Option<String>,
+    verified: bool,
 ) -> OpResult<Value> {
     if !(8..=MAX_GENERATED).contains(&length) {
         return Err(usage(format!(
@@ -730,6 +794,7 @@ fn var_generate(
     }
     let value = generate(length, charset)?;
     let mut inner = broker.lock();
+    recheck(&inner, env, Some(name), verified)?;
     let existed = store(
         &mut inner,
         env,
@@ -783,8 +848,9 @@ pub fn generate(length: usize, charset: Charset) -> OpResult<String> {
     Ok(out)
 }
 
-fn var_unset(broker: &Broker, env: &str, name: &str) -> OpResult<Value> {
+fn var_unset(broker: &Broker, env: &str, name: &str, verified: bool) -> OpResult<Value> {
     let mut inner = broker.lock();
+    recheck(&inner, env, Some(name), verified)?;
     // The name as clients see it, taken while the variable still exists (after the removal
     // the alias rewriting no longer knows it).
     let shown = inner.shown_name(env, name);
@@ -813,6 +879,28 @@ fn var_declare(
     length: Option<usize>,
 ) -> OpResult<Value> {
     check_name("variable", name)?;
+    // Where names are hidden, only an alias names a variable; any other name gets one answer,
+    // whether or not it exists (a guess confirms nothing).
+    let aliased = {
+        let inner = broker.lock();
+        if inner.hides_names(env) {
+            match inner.real_name(env, name) {
+                Some(real) => Some(real),
+                None => {
+                    return Err(OpError::new(
+                        ErrorCode::Denied,
+                        format!("names in '{env}' are hidden: variables are added there by the user, not declared by an agent"),
+                    )
+                    .hint(format!(
+                        "ask the user to add it with `keyveil set {env} NAME` in their own terminal (it asks for their factor)"
+                    )));
+                }
+            }
+        } else {
+            None
+        }
+    };
+    let name = aliased.as_deref().unwrap_or(name);
     {
         let inner = broker.lock();
         let v = inner.vault()?;
@@ -838,10 +926,13 @@ fn var_declare(
             length.unwrap_or(32),
             Charset::Alnum,
             description,
+            false,
         )?;
         return Ok(json!({"status": "set"}));
     }
     let mut inner = broker.lock();
+    // Never over a value stored since the check above.
+    recheck(&inner, env, Some(name), false)?;
     store(&mut inner, env, name, None, Source::Human, description)?;
     inner.audit("var_declare", json!({"environment": env, "variable": name}));
     Ok(json!({

@@ -57,6 +57,17 @@ pub fn point_env_at(env: &mut Vec<(String, String)>, dir: &Path) {
 /// (by variable and path, never the value), each with the action `removed`. Deletion does not
 /// follow symbolic links (`std::fs::remove_dir_all`); a failure to delete is logged.
 pub async fn finish(dir: PathBuf, redactor: &Redactor, since: SystemTime) -> Vec<WriteLeak> {
+    // A run that replaced its directory by a link (or moved it away) must not steer the scan
+    // elsewhere, nor pass for clean: say so, scan nothing, remove only the link.
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        let _ = std::fs::remove_file(&dir);
+        return vec![WriteLeak {
+            variable: "(any)".to_owned(),
+            path: dir.to_string_lossy().into_owned(),
+            form: "tmpdir-replaced".to_owned(),
+            action: "kept: the run moved or replaced its TMPDIR, so it was not scanned; look for what it wrote".to_owned(),
+        }];
+    }
     // A run may have locked subdirectories (`chmod 000`) so that the scan cannot read them and
     // the deletion cannot empty them: give every directory back to its owner first.
     let unlock = dir.clone();
@@ -93,6 +104,34 @@ pub async fn finish(dir: PathBuf, redactor: &Redactor, since: SystemTime) -> Vec
         }
     }
     leaks
+}
+
+/// Deletes every run directory left under `KEYVEIL_HOME/tmp` (runs that never reached
+/// [`finish`]: the broker crashed or was killed). Called when the broker starts, before any
+/// run exists. Failures are logged.
+pub fn clear_leftovers(paths: &Paths) {
+    let parent = paths.home.join("tmp");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let gone = if is_dir {
+            unlock_tree(&path);
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match gone {
+            Ok(()) => {
+                tracing::warn!(dir = %path.display(), "removed the TMPDIR of a run that never finished")
+            }
+            Err(e) => {
+                tracing::error!(dir = %path.display(), error = %e, "cannot remove a leftover run TMPDIR")
+            }
+        }
+    }
 }
 
 /// Most directories [`unlock_tree`] visits.

@@ -306,7 +306,12 @@ pub(super) async fn run_inner(
     let dynamic_values =
         match crate::dynamic::values_for_grant(broker, &grant_id, &req.environment, &vars).await {
             Ok(v) => v,
-            Err(e) => return Some(e.reply()),
+            Err(e) => {
+                let e = broker
+                    .lock()
+                    .hide_names_in_error(&req.environment, &vars, e);
+                return Some(e.reply());
+            }
         };
     // Spawn under the grant, with an environment built from scratch.
     let (values, cancel, redactor, shown_argv, env) = {
@@ -320,7 +325,13 @@ pub(super) async fn run_inner(
                 .into_iter()
                 .filter(|(k, _)| !access::is_injection_var(k))
                 .collect::<Vec<_>>(),
-            Err(e) => return Some(e.reply()),
+            Err(e) => {
+                return Some(
+                    inner
+                        .hide_names_in_error(&req.environment, &vars, e)
+                        .reply(),
+                );
+            }
         };
         values.extend(dynamic_values.values);
         let cancel = inner

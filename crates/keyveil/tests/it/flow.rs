@@ -453,3 +453,39 @@ fn a_process_that_leaves_its_run_is_killed() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_leftover_run_tmpdir_is_removed_when_the_broker_starts() {
+    let h = Home::new();
+    // What a run killed with its broker (`kill -9`) would leave behind.
+    let left = h.path().join("tmp/r-leftover/cache");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("dump"), TOKEN).unwrap();
+    h.ok(&["daemon", "stop"]);
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        !h.path().join("tmp/r-leftover").exists(),
+        "the leftover TMPDIR survived a broker start"
+    );
+}
+
+#[test]
+fn a_run_that_replaces_its_tmpdir_with_a_link_is_reported() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let script = format!(
+        "mv \"$TMPDIR\" {0}/moved && ln -s {0}/moved \"$TMPDIR\" && printf %s \"$API_TOKEN\" > {0}/moved/f",
+        elsewhere.path().display()
+    );
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", &script]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert!(err.contains("tmpdir-replaced"), "{err}");
+    assert!(!err.contains(TOKEN));
+    // The link is gone; the moved directory is the user's to look at (named in the warning).
+    assert!(std::fs::symlink_metadata(h.path().join("tmp")).is_ok());
+}

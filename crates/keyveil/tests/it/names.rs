@@ -302,3 +302,45 @@ fn removing_or_linking_a_hidden_variable_never_names_it() {
         "{since}"
     );
 }
+
+#[test]
+fn without_the_factor_a_guessed_name_gets_the_answer_a_made_up_one_gets() {
+    let h = Home::new();
+    h.set("demo", REAL, VALUE);
+    hide(&h);
+    let made_up = "NOT_A_VARIABLE_AT_ALL";
+    for (args, input) in [
+        (vec!["unset", "demo"], ""),
+        (vec!["set", "demo"], "kv_fake_guess_Rt5yU8iO2pA4sD7f"),
+        (vec!["generate", "demo"], ""),
+        (vec!["set", "demo"], ""), // --web below
+    ] {
+        let web = args[0] == "set" && input.is_empty();
+        let answer = |name: &str| {
+            let mut a = args.clone();
+            a.push(name);
+            a.push(if web {
+                "--web"
+            } else if args[0] == "set" {
+                "--from-stdin"
+            } else {
+                "--json"
+            });
+            if a.last() == Some(&"--json") {
+                a.pop();
+            }
+            let o = h.run_stdin(&a, input);
+            (o.status.code(), text(&o.stderr).replace(name, "NAME"))
+        };
+        let (guess, other) = (answer(REAL), answer(made_up));
+        assert_eq!(
+            guess, other,
+            "{args:?}: a real name is answered differently"
+        );
+        assert_ne!(guess.0, Some(0), "{args:?} succeeded without the factor");
+    }
+    // Nothing changed: the one variable still has its value (a granted run sees it).
+    let shown = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(shown["variables"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown["variables"][0]["set"], true);
+}

@@ -938,7 +938,23 @@ pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpR
     // Messages repeat the name as given: never the alias of a guessed real name, never the
     // real name behind an alias.
     let given = name;
-    let real = broker.lock().real_name(environment, name);
+    let (hidden, real) = {
+        let inner = broker.lock();
+        (
+            inner.hides_names(environment),
+            inner.real_name(environment, name),
+        )
+    };
+    if hidden && real.is_none() {
+        // One answer for every name that is not an alias, existing or not.
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("names in '{environment}' are hidden: the value page opens only for a variable named by its alias"),
+        )
+        .hint(format!(
+            "list the aliases with describe_environment; new variables are added by the user with `keyveil set {environment} NAME`"
+        )));
+    }
     let name = real.as_deref().unwrap_or(name);
     awaiting(broker, environment, name, given).await?;
     let server = broker
