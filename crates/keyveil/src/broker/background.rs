@@ -225,7 +225,7 @@ pub struct Detached {
     /// When it was spawned (for the write-side scan).
     pub started_at: SystemTime,
     /// The run's private TMPDIR, scanned and deleted at its end (`private_tmp.rs`).
-    pub tmp_dir: Option<std::path::PathBuf>,
+    pub tmp_dir: Option<super::private_tmp::RunTmp>,
 }
 
 /// Serves one `start` request: the run path's approval wait and spawn, then a final reply.
@@ -369,7 +369,7 @@ async fn finish(
     cwd: &str,
     started_at: SystemTime,
     redactor: &Redactor,
-    tmp_dir: Option<std::path::PathBuf>,
+    tmp_dir: Option<super::private_tmp::RunTmp>,
 ) {
     result.run_id = run.id.clone();
     result.grant_id = run.grant_id.clone();

@@ -32,8 +32,8 @@ pub const TMP_VARS: [&str; 4] = ["TMPDIR", "TMP", "TEMP", "TEMPDIR"];
 ///
 /// Errors: the I/O error of creating it; the directory must not exist yet (a run id is
 /// random, so an existing one means something is wrong and is not reused).
-pub fn create(paths: &Paths, run_id: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+pub fn create(paths: &Paths, run_id: &str) -> std::io::Result<RunTmp> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let parent = paths.home.join("tmp");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -41,7 +41,20 @@ pub fn create(paths: &Paths, run_id: &str) -> std::io::Result<PathBuf> {
         .create(&parent)?;
     let dir = parent.join(run_id);
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
+    let m = std::fs::symlink_metadata(&dir)?;
+    Ok(RunTmp {
+        dir,
+        id: (m.dev(), m.ino()),
+    })
+}
+
+/// A run's private directory: its path and the identity (device, inode) it was created with,
+/// so that [`finish`] scans and deletes that directory and nothing the run put in its place.
+#[derive(Debug, Clone)]
+pub struct RunTmp {
+    /// `KEYVEIL_HOME/tmp/<run-id>`.
+    pub dir: PathBuf,
+    id: (u64, u64),
 }
 
 /// Points the temporary-directory variables of a child environment at `dir`.
@@ -56,11 +69,18 @@ pub fn point_env_at(env: &mut Vec<(String, String)>, dir: &Path) {
 /// Scans the whole directory for the run's values, then deletes it. Returns the leaks found
 /// (by variable and path, never the value), each with the action `removed`. Deletion does not
 /// follow symbolic links (`std::fs::remove_dir_all`); a failure to delete is logged.
-pub async fn finish(dir: PathBuf, redactor: &Redactor, since: SystemTime) -> Vec<WriteLeak> {
-    // A run that replaced its directory by a link (or moved it away) must not steer the scan
-    // elsewhere, nor pass for clean: say so, scan nothing, remove only the link.
-    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        let _ = std::fs::remove_file(&dir);
+pub async fn finish(tmp: RunTmp, redactor: &Redactor, since: SystemTime) -> Vec<WriteLeak> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp.dir;
+    // A run that replaced its directory (by a link, or by another directory) or moved it away
+    // must not steer the scan elsewhere, nor pass for clean: say so, scan nothing, and remove
+    // only a link put in its place.
+    let same =
+        std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == tmp.id);
+    if !same {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file(&dir);
+        }
         return vec![WriteLeak {
             variable: "(any)".to_owned(),
             path: dir.to_string_lossy().into_owned(),

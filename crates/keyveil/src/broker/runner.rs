@@ -364,7 +364,7 @@ pub(super) async fn run_inner(
     let mut env = env;
     let tmp_dir = match super::private_tmp::create(&broker.paths, &run_id) {
         Ok(d) => {
-            super::private_tmp::point_env_at(&mut env, &d);
+            super::private_tmp::point_env_at(&mut env, &d.dir);
             Some(d)
         }
         Err(e) => {
@@ -395,7 +395,7 @@ pub(super) async fn run_inner(
         Ok(s) => s,
         Err(e) => {
             if let Some(d) = &tmp_dir {
-                let _ = std::fs::remove_dir_all(d);
+                let _ = std::fs::remove_dir_all(&d.dir);
             }
             let msg = format!(
                 "cannot start \"{}\": {e}",

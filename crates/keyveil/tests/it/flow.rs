@@ -489,3 +489,22 @@ fn a_run_that_replaces_its_tmpdir_with_a_link_is_reported() {
     // The link is gone; the moved directory is the user's to look at (named in the warning).
     assert!(std::fs::symlink_metadata(h.path().join("tmp")).is_ok());
 }
+
+#[test]
+fn a_run_that_swaps_its_tmpdir_for_another_directory_is_reported() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let elsewhere = tempfile::tempdir().unwrap();
+    // The real TMPDIR (with the value) goes elsewhere; an empty look-alike takes its place.
+    let script = format!(
+        "printf %s \"$API_TOKEN\" > \"$TMPDIR/f\" && mv \"$TMPDIR\" {0}/moved && mkdir -m 700 \"$TMPDIR\"",
+        elsewhere.path().display()
+    );
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", &script]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert!(err.contains("tmpdir-replaced"), "{err}");
+    assert!(!err.contains(TOKEN));
+}
