@@ -173,10 +173,7 @@ fn revoke_kills_a_live_run_and_timeout_kills_too() {
     let mut args = run_args(&cmd, "30");
     args.insert(1, "1".into());
     args.insert(1, "--timeout".into());
-    let child = h.spawn_run(&strs(&args));
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(15));
+    let o = h.run_approved(&strs(&args), Duration::from_secs(15));
     assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("timed out"));
 }
@@ -216,10 +213,7 @@ fn bad_input_gets_clear_errors() {
         "-c".to_string(),
         "printf '\\000\\377\\376%s\\001' \"$API_TOKEN\"".to_string(),
     ];
-    let child = h.spawn_run(&strs(&run_args(&cmd, "30")));
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(15));
+    let o = h.run_approved(&strs(&run_args(&cmd, "30")), Duration::from_secs(15));
     let mut want = vec![0u8, 0xff, 0xfe];
     want.extend_from_slice(b"[REDACTED:API_TOKEN]");
     want.push(1);
@@ -345,10 +339,10 @@ fn a_run_gets_a_private_tmpdir_that_is_scanned_and_removed() {
                   [ \"$TMP\" = \"$TMPDIR\" ] && [ \"$TEMP\" = \"$TMPDIR\" ] && echo same; \
                   printf 'token=%s\\n' \"$API_TOKEN\" > \"$TMPDIR/debug-dump.txt\"; \
                   mkdir \"$TMPDIR/cache\" && printf %s \"$API_TOKEN\" | base64 > \"$TMPDIR/cache/b64\"";
-    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", script]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(30));
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--", "sh", "-c", script],
+        Duration::from_secs(30),
+    );
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{err}");
     let tmp = out
@@ -381,10 +375,14 @@ fn a_run_gets_a_private_tmpdir_that_is_scanned_and_removed() {
 fn revoking_a_used_up_grant_says_so() {
     let h = Home::new();
     h.set("demo", "API_TOKEN", TOKEN);
-    let child = h.spawn_run(&["run", "--env", "demo", "--", "true"]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    assert!(wait_output(child, Duration::from_secs(30)).status.success());
+    assert!(
+        h.run_approved(
+            &["run", "--env", "demo", "--", "true"],
+            Duration::from_secs(30)
+        )
+        .status
+        .success()
+    );
     let audit = h.audit_text();
     let gid = audit
         .split("\"grant_id\":\"")
@@ -405,10 +403,10 @@ fn a_run_without_its_private_tmpdir_is_refused() {
     h.set("demo", "API_TOKEN", TOKEN);
     // Something else sits where the run directories go.
     std::fs::write(h.path().join("tmp"), b"not a directory").unwrap();
-    let child = h.spawn_run(&["run", "--env", "demo", "--", "true"]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(30));
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--", "true"],
+        Duration::from_secs(30),
+    );
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -425,10 +423,10 @@ fn a_process_that_leaves_its_run_is_killed() {
     // `setsid` takes the sleep out of the run's process group and session: revoking the grant
     // (a signal to that group) could not reach it, and it holds the value in its environment.
     let script = "setsid sleep 37 >/dev/null 2>&1 </dev/null & echo \"escaped=$!\"";
-    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", script]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(30));
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--", "sh", "-c", script],
+        Duration::from_secs(30),
+    );
     let out = text(&o.stdout);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let pid: u32 = out
@@ -479,15 +477,22 @@ fn a_run_that_replaces_its_tmpdir_with_a_link_is_reported() {
         "mv \"$TMPDIR\" {0}/moved && ln -s {0}/moved \"$TMPDIR\" && printf %s \"$API_TOKEN\" > {0}/moved/f",
         elsewhere.path().display()
     );
-    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", &script]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(30));
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--", "sh", "-c", &script],
+        Duration::from_secs(30),
+    );
     let err = text(&o.stderr);
     assert!(err.contains("tmpdir-replaced"), "{err}");
     assert!(!err.contains(TOKEN));
-    // The link is gone; the moved directory is the user's to look at (named in the warning).
-    assert!(std::fs::symlink_metadata(h.path().join("tmp")).is_ok());
+    // The link the run left in its place is gone; the moved directory is the user's to look
+    // at (named in the warning).
+    let links: Vec<_> = std::fs::read_dir(h.path().join("tmp"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .map(|e| e.path())
+        .collect();
+    assert!(links.is_empty(), "{links:?}");
 }
 
 #[test]
@@ -500,10 +505,10 @@ fn a_run_that_swaps_its_tmpdir_for_another_directory_is_reported() {
         "printf %s \"$API_TOKEN\" > \"$TMPDIR/f\" && mv \"$TMPDIR\" {0}/moved && mkdir -m 700 \"$TMPDIR\"",
         elsewhere.path().display()
     );
-    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", &script]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, Duration::from_secs(30));
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--", "sh", "-c", &script],
+        Duration::from_secs(30),
+    );
     let err = text(&o.stderr);
     assert!(err.contains("tmpdir-replaced"), "{err}");
     assert!(!err.contains(TOKEN));

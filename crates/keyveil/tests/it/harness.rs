@@ -123,6 +123,16 @@ impl Home {
         }
     }
 
+    /// `keyveil run ARGS` in the background, approved (passphrase) once its request appears,
+    /// and its output once it ends (within `limit`).
+    pub fn run_approved(&self, args: &[&str], limit: Duration) -> Output {
+        let child = self.spawn_run(args);
+        let id = self.wait_request();
+        let a = self.approve(id, &[]);
+        assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+        wait_output(child, limit)
+    }
+
     pub fn approve(&self, id: u64, extra: &[&str]) -> Output {
         let ids = id.to_string();
         let mut args = vec!["approve", ids.as_str(), "--passphrase-stdin"];

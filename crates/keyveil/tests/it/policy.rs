@@ -206,12 +206,12 @@ fn auto_approve_and_deny_rules() {
 /// The value a granted run sees, as a SHA-256 prefix (never the value itself).
 fn value_sha(h: &Home) -> String {
     let script = "printf %s \"$API_TOKEN\" | sha256sum | cut -c1-16";
-    let child = h.spawn_run(&[
-        "run", "--env", "demo", "--wait", "30", "--", "sh", "-c", script,
-    ]);
-    let id = h.wait_request();
-    assert!(h.approve(id, &[]).status.success());
-    let o = wait_output(child, std::time::Duration::from_secs(30));
+    let o = h.run_approved(
+        &[
+            "run", "--env", "demo", "--wait", "30", "--", "sh", "-c", script,
+        ],
+        std::time::Duration::from_secs(30),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     text(&o.stdout).trim().to_owned()
 }
