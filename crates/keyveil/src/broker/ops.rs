@@ -584,12 +584,12 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
         .environments
         .get(name)
         .ok_or_else(|| unknown_env(name, v))?;
+    // A description can say what a hidden name would ("Stripe live key").
+    let hidden = e.policy.hide_names;
     let mut vars: Vec<Value> = e
         .variables
         .iter()
         .map(|(n, var)| {
-            // A description can say what a hidden name would ("Stripe live key").
-            let hidden = e.policy.hide_names;
             json!({
                 "name": inner.shown_name(name, n),
                 "description": if hidden { String::new() } else { var.description.clone() },

@@ -893,7 +893,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `Ok(None)` when it does not exist yet, an error when it already has a value (the page
 /// never replaces a value) or the environment is unknown or the vault locked.
 /// Whether `name` (a real name) of `environment` awaits a value: `Ok(description)` if it does or
-/// does not exist yet. Messages name it as `shown` (what the caller may see: the name it gave,
+/// does not exist yet (no description where the environment hides names). Messages name it as `shown` (what the caller may see: the name it gave,
 /// or the alias where names are hidden).
 async fn awaiting(
     broker: &Arc<Broker>,
@@ -917,6 +917,8 @@ async fn awaiting(
         .hint(format!(
             "the page only fills variables that await a value; to replace it, run `keyveil set {environment} {shown}` in a terminal"
         ))),
+        // A description can say what a hidden name would: blank where names are hidden.
+        Some(_) if env.policy.hide_names => Ok(None),
         Some(var) => Ok(Some(var.description.clone())),
     }
 }
@@ -1051,24 +1053,14 @@ async fn set_page(
         .lock()
         .shown_name(&target.environment, &target.name);
     match awaiting(&st.broker, &target.environment, &target.name, &shown_name).await {
-        Ok(desc) => {
-            // The link went through the agent, so the page shows what the agent may see.
-            let (shown, desc) = {
-                let inner = st.broker.lock();
-                let hidden = inner.hides_names(&target.environment);
-                (
-                    inner.shown_name(&target.environment, &target.name),
-                    if hidden { None } else { desc },
-                )
-            };
-            form_page(
-                &target.environment,
-                &shown,
-                desc.as_deref().unwrap_or(""),
-                csrf,
-                None,
-            )
-        }
+        // The link went through the agent, so the page shows what the agent may see.
+        Ok(desc) => form_page(
+            &target.environment,
+            &shown_name,
+            desc.as_deref().unwrap_or(""),
+            csrf,
+            None,
+        ),
         Err(e) => notice(
             StatusCode::CONFLICT,
             "Nothing to set here",
@@ -1115,14 +1107,7 @@ async fn set_value(
             );
         }
     };
-    let (shown, desc) = {
-        let inner = st.broker.lock();
-        let hidden = inner.hides_names(&environment);
-        (
-            inner.shown_name(&environment, &name),
-            if hidden { String::new() } else { desc },
-        )
-    };
+    let shown = shown_name;
     let Some(value) = f.value.filter(|v| !v.expose().is_empty()) else {
         return form_page(
             &environment,
