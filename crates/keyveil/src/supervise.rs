@@ -194,7 +194,8 @@ mod imp {
     /// How often [`sweep`] looks for escaped processes.
     const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-    /// The parent pid of `pid` (`/proc/<pid>/stat`), if it is alive and not a zombie.
+    /// The parent pid of `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid ...`; comm may
+    /// hold spaces and parentheses), if the process is alive and not a zombie.
     fn parent_of(pid: i32) -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let (_, rest) = stat.rsplit_once(')')?;
@@ -220,17 +221,7 @@ mod imp {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(me) && state != Some("Z") {
+            if parent_of(pid) == Some(me) {
                 out.push(pid);
             }
         }
