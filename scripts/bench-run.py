@@ -34,6 +34,7 @@ def broker_call(sock_path, request):
 
 
 def _pgrp(pid):
+    """Process group of `pid` (field 5 of /proc/PID/stat), or -1 if gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[-1].split()
@@ -43,54 +44,8 @@ def _pgrp(pid):
 
 
 def group_alive(pgid):
-    """Whether any process still has process group `pgid` (field 5 of /proc/PID/stat)."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(b")", 1)[-1].split()
-        # After the command name: state, ppid, pgrp, ...; a zombie no longer runs anything.
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "keyveil"))
-    ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--cat-mib", type=int, default=256, help="size of the `keyveil run -- cat FILE` input")
-    ap.add_argument("--parts", default="run,cat,revoke", help="which measurements, comma-separated")
-    a = ap.parse_args()
-    parts = set(a.parts.split(","))
-    home = tempfile.mkdtemp(prefix="kvb", dir="/tmp")
-    env = {"PATH": os.environ["PATH"], "HOME": home, "KEYVEIL_HOME": home, "LANG": "C.UTF-8", "KEYVEIL_NO_NOTIFY": "1"}
-    pw = "bench passphrase 123\n"
-    def kv(*args, inp=None, check=True):
-        p = subprocess.run([a.bin, *args], env=env, input=inp, capture_output=True, text=True)
-        if check and p.returncode != 0:
-            sys.exit(f"keyveil {args} failed: {p.stderr}")
-        return p
-    try:
-        kv("init", "--passphrase-stdin", "--kdf-memory-kib", "19456", inp=pw)
-        kv("env", "create", "demo")
-        kv("generate", "demo", "API_TOKEN")
-        # 1. run overhead with a standing grant.
-        kv("run", "--env", "demo", "--wait", "0", "--", "true", check=False)
-        rid = json.loads(kv("requests", "--json").stdout)[-1]["id"]
-        kv("approve", str(rid), "--passphrase-stdin", "--ttl", "1h", inp=pw)
-        if "run" in parts:
-            run_overhead(a, env)
-        if "cat" in parts:
-            cat_overhead(a, env, kv, home, pw)
-        if "revoke" in parts:
-            revocation(a, env, kv, pw)
-    finally:
-        subprocess.run([a.bin, "daemon", "stop"], env=env, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+    """Whether any live (non-zombie) process still has process group `pgid`."""
+    return any(_pgrp(d) == pgid for d in os.listdir("/proc") if d.isdigit())
 
 
 def run_overhead(a, env):
