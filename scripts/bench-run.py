@@ -48,6 +48,41 @@ def group_alive(pgid):
     return any(_pgrp(d) == pgid for d in os.listdir("/proc") if d.isdigit())
 
 
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "keyveil"))
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--cat-mib", type=int, default=256, help="size of the `keyveil run -- cat FILE` input")
+    ap.add_argument("--parts", default="run,cat,revoke", help="which measurements, comma-separated")
+    a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    home = tempfile.mkdtemp(prefix="kvb", dir="/tmp")
+    env = {"PATH": os.environ["PATH"], "HOME": home, "KEYVEIL_HOME": home, "LANG": "C.UTF-8", "KEYVEIL_NO_NOTIFY": "1"}
+    pw = "bench passphrase 123\n"
+    def kv(*args, inp=None, check=True):
+        p = subprocess.run([a.bin, *args], env=env, input=inp, capture_output=True, text=True)
+        if check and p.returncode != 0:
+            sys.exit(f"keyveil {args} failed: {p.stderr}")
+        return p
+    try:
+        kv("init", "--passphrase-stdin", "--kdf-memory-kib", "19456", inp=pw)
+        kv("env", "create", "demo")
+        kv("generate", "demo", "API_TOKEN")
+        # 1. run overhead with a standing grant.
+        kv("run", "--env", "demo", "--wait", "0", "--", "true", check=False)
+        rid = json.loads(kv("requests", "--json").stdout)[-1]["id"]
+        kv("approve", str(rid), "--passphrase-stdin", "--ttl", "1h", inp=pw)
+        if "run" in parts:
+            run_overhead(a, env)
+        if "cat" in parts:
+            cat_overhead(a, env, kv, home, pw)
+        if "revoke" in parts:
+            revocation(a, env, kv, pw)
+    finally:
+        subprocess.run([a.bin, "daemon", "stop"], env=env, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def run_overhead(a, env):
         cmd = f"{a.bin} run --env demo -- true"
         rows = []
