@@ -634,7 +634,14 @@ pub(crate) async fn call_guarded(
         && message.starts_with(FACTOR_NEEDED)
     {
         note(message);
-        let passphrase = read_secret_line(false, "Vault passphrase to confirm: ")?;
+        let passphrase = rpassword::prompt_password("Vault passphrase to confirm: ")
+            .map(Passphrase::new)
+            .map_err(|e| Exit {
+                code: 2,
+                message: format!(
+                    "cannot ask for your passphrase: no terminal ({e})\nhint: add `--totp CODE`, or `--passphrase-stdin` (with `set --from-stdin`: the passphrase on the first line, the value after it)"
+                ),
+            })?;
         return expect_ok(
             client::call(
                 paths,

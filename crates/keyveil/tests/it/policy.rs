@@ -260,7 +260,11 @@ fn replacing_or_removing_a_stored_value_needs_the_factor() {
             // CLI says how to give it.
             assert!(err.contains("needs your factor"), "{args:?}: {err}");
             assert!(
-                err.contains("cannot read from the terminal"),
+                err.contains("cannot ask for your passphrase: no terminal"),
+                "{args:?}: {err}"
+            );
+            assert!(
+                err.contains("hint: add `--totp CODE`, or `--passphrase-stdin`"),
                 "{args:?}: {err}"
             );
         }
