@@ -22,11 +22,12 @@
 //!
 //! Ordinary output (no walk in progress, no escape sequence) is processed in blocks
 //! ([`Pass::scan_block`]): the block is compacted into its normalised bytes, and the
-//! [`Q`]-grams at every [`STRIDE`]-th compact position are probed against a second bitmap that
-//! holds the [`Q`]-grams at offsets `0..STRIDE` of every pattern. All patterns are at least
-//! [`MIN_LEN`] = [`Q`] + [`STRIDE`] − 1 bytes long, so every occurrence contains a probed
-//! position; the offsets a hit may have started at are then checked exactly. So ordinary text
-//! costs one store per byte and one probe per [`STRIDE`] normalised bytes. Near partial
+//! [`Q`]-grams at every *stride*-th compact position are probed against a second bitmap that
+//! holds the [`Q`]-grams at offsets `0..stride` of every pattern. The stride is the shortest
+//! pattern's length − [`Q`] + 1 (5 to 13; 9 when the shortest patterns are the 12-byte
+//! fragments of random tokens), so every occurrence contains a probed position; the offsets a
+//! hit may have started at are then checked exactly. So ordinary text costs one store per byte
+//! and one probe per stride of normalised bytes. Near partial
 //! matches and escape bytes the pass goes byte by byte ([`feed`]), probing every offset.
 //!
 //! Both passes keep their state between chunks and find every occurrence whichever path they
@@ -235,6 +236,28 @@ impl Patterns {
         }
     }
 
+    /// Adds a fragment of a value ([`crate::FRAGMENT_LEN`] bytes, or its hex): like
+    /// [`Patterns::add_anywhere`], but without the views that a colour code before or after it
+    /// would shorten. Those views are runs of fewer value bytes than the fragment, which the
+    /// fragment rule does not cover (a longer run shows a whole fragment anyway); leaving them
+    /// out keeps the shortest pattern, and so the probe distance, at 12 bytes for random
+    /// tokens.
+    pub fn add_fragment(&mut self, bytes: &[u8], secret: u32) {
+        let forms = normalized_forms(bytes);
+        let plain = forms.first().map_or(0, Vec::len);
+        if plain < MIN_LEN {
+            self.add_anywhere(bytes, secret);
+            return;
+        }
+        for mut n in forms {
+            if n.len() >= plain && !self.forbidden(&n) {
+                self.normalized.add(n, secret, false);
+            } else {
+                n.zeroize();
+            }
+        }
+    }
+
     /// Adds a pattern that only matches as a whole token.
     pub fn add_token(&mut self, bytes: &[u8], secret: u32) {
         if !bytes.is_empty() && !self.forbidden(bytes) {
@@ -312,9 +335,9 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
 ///
 /// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
 /// (about 1 bit in 32 set: false positives only cost a table lookup). `strided` is the same
-/// for the [`Q`]-grams at every offset `0..STRIDE` of every pattern (1 bit in 16 to 32): since
-/// every pattern is at least [`MIN_LEN`] = [`Q`] + [`STRIDE`] − 1 bytes long, probing it at
-/// every [`STRIDE`]-th position of the normalised view hits inside every occurrence (q-gram
+/// for the [`Q`]-grams at every offset `0..stride` of every pattern (1 bit in 16 to 32): since
+/// every pattern is at least `stride` + [`Q`] − 1 bytes long, probing it at
+/// every `stride`-th position of the normalised view hits inside every occurrence (q-gram
 /// sampling; Navarro and Raffinot, *Flexible Pattern Matching in Strings*, 2002, §6.5). `one`,
 /// `two` and `three` answer "could the last 1–3 bytes start a pattern?" so that a stream holds
 /// back nothing at the end of ordinary output (`one` and `two` exact, `three` hashed).
@@ -324,6 +347,9 @@ pub(crate) struct PrefixFilter {
     shift: u32,
     strided: Vec<u64>,
     strided_shift: u32,
+    /// Probe distance of the block path: the shortest pattern's length − [`Q`] + 1, at least
+    /// [`MIN_STRIDE`] and at most [`MAX_STRIDE`].
+    stride: usize,
     one: [bool; 256],
     two: Vec<u64>,
     three: Vec<u64>,
@@ -333,20 +359,33 @@ pub(crate) struct PrefixFilter {
 /// fewer keep it in cache, more cut false candidates.
 const STRIDED_BITS_PER_GRAM: usize = 16;
 
-/// Probe distance of the block path: `MIN_LEN - Q + 1`.
-pub(crate) const STRIDE: usize = MIN_LEN - Q + 1;
+/// Shortest probe distance of the block path: `MIN_LEN - Q + 1` (every normalised pattern is
+/// at least [`MIN_LEN`] bytes long).
+const MIN_STRIDE: usize = MIN_LEN - Q + 1;
+
+/// Longest probe distance: a longer one would check more start offsets per bitmap hit and put
+/// more q-grams of each pattern into the bitmap than it saves in probes.
+const MAX_STRIDE: usize = 13;
 
 impl PrefixFilter {
     /// `prefixes`: the distinct [`Q`]-byte prefixes; `patterns`: all patterns (each at least
     /// [`MIN_LEN`] bytes).
+    ///
+    /// The probe distance adapts to the shortest pattern: with only 12-byte fragments and
+    /// longer patterns (random tokens of 12 bytes or more), the block path probes every 9th
+    /// normalised byte instead of every 5th.
     fn build(prefixes: &[u32], patterns: &[Vec<u8>]) -> PrefixFilter {
+        let shortest = patterns.iter().map(Vec::len).min().unwrap_or(MIN_LEN);
+        let stride = (shortest + 1)
+            .saturating_sub(Q)
+            .clamp(MIN_STRIDE, MAX_STRIDE);
         let bits = (prefixes.len() * 32)
             .next_power_of_two()
             .clamp(1 << 12, 1 << 24);
         // Fragments of one value share most of their q-grams: size by the distinct ones.
         let mut grams: Vec<u32> = patterns
             .iter()
-            .flat_map(|p| p.windows(Q).take(STRIDE))
+            .flat_map(|p| p.windows(Q).take(stride))
             .map(|g| <[u8; Q]>::try_from(g).map_or(0, u32::from_be_bytes))
             .collect();
         grams.sort_unstable();
@@ -359,6 +398,7 @@ impl PrefixFilter {
             shift: 32 - bits.trailing_zeros(),
             strided: vec![0; strided_bits / 64],
             strided_shift: 32 - strided_bits.trailing_zeros(),
+            stride,
             one: [false; 256],
             two: vec![0; 65536 / 64],
             three: vec![0; (1 << THREE_BITS) / 64],
@@ -647,10 +687,19 @@ impl Pass {
             if st.walks.is_empty() && st.norm.is_ground() && st.scratch.is_some() {
                 let rest = chunk.get(i..).unwrap_or_default();
                 let rest = rest.get(..BLOCK).unwrap_or(rest);
-                let len = memchr::memchr(ESC, rest).unwrap_or(rest.len());
+                // One pass finds the first `ESC` or `%`; a second only if `%` came first.
+                let (len, percent) = match memchr::memchr2(ESC, b'%', rest) {
+                    None => (rest.len(), false),
+                    Some(k) if rest.get(k) == Some(&ESC) => (k, false),
+                    Some(k) => (
+                        memchr::memchr(ESC, rest.get(k..).unwrap_or_default())
+                            .map_or(rest.len(), |e| k + e),
+                        true,
+                    ),
+                };
                 if len >= MIN_BLOCK {
                     let block = rest.get(..len).unwrap_or_default();
-                    self.scan_block(filter, table, st, block, base + i as u64, hits);
+                    self.scan_block(filter, table, st, block, percent, base + i as u64, hits);
                     i += len;
                     continue;
                 }
@@ -682,12 +731,14 @@ impl Pass {
     /// index and walked to its end inside the compact buffer at once; a walk still alive at the
     /// end of the block is handed to the byte-at-a-time path. The cursor is then brought to
     /// the state the byte-at-a-time path would have reached.
+    #[allow(clippy::too_many_arguments)]
     fn scan_block(
         &self,
         filter: &PrefixFilter,
         table: &SortedPatterns,
         st: &mut PassState,
         block: &[u8],
+        percent: bool,
         base: u64,
         hits: &mut Vec<Hit>,
     ) {
@@ -709,22 +760,24 @@ impl Pass {
         }
         // (1) Compaction: every byte is stored, only kept bytes advance the cursor.
         let mut n = carry;
-        let mut flags = 0u8;
-        for (mark, sub) in sc.marks.iter_mut().zip(block.chunks(MARK_EVERY)) {
+        let mut subs = block.chunks_exact(MARK_EVERY);
+        let mut marks = sc.marks.iter_mut();
+        // `subs` first: once it runs out, `zip` takes no further mark.
+        for (sub, mark) in subs.by_ref().zip(marks.by_ref()) {
             *mark = n as u32;
-            for &b in sub {
-                if let Some(slot) = sc.bytes.get_mut(n & NMASK) {
-                    *slot = b;
-                }
-                let class = KEEP.get(usize::from(b)).copied().unwrap_or(1);
-                n += usize::from(class & 1);
-                flags |= class;
+            if let Ok(sub) = <&[u8; MARK_EVERY]>::try_from(sub) {
+                n = compact_into(&mut sc.bytes, n, sub);
             }
+        }
+        let rest = subs.remainder();
+        if let Some(mark) = marks.next().filter(|_| !rest.is_empty()) {
+            *mark = n as u32;
+            n = compact_into(&mut sc.bytes, n, rest);
         }
         let n = n.min(NBUF);
         // Percent-escapes fold to lower case (see `normalize`), in view order.
         let (p1, p2) = (c.window as u8, (c.window >> 8) as u8);
-        if (flags & PERCENT != 0 || p1 == b'%' || p2 == b'%')
+        if (percent || p1 == b'%' || p2 == b'%')
             && let Some(new) = sc.bytes.get_mut(carry..n)
         {
             fold_view(new, p1, p2);
@@ -740,28 +793,34 @@ impl Pass {
             carried,
             base,
         };
-        // (2) Probes: the strided filter at every STRIDE-th position finds every occurrence
-        // starting at or before `n - MIN_LEN`; later starts whose window is complete are
-        // checked one by one (the rest are checked once the window completes).
+        // (2) Probes: the strided filter at every `stride`-th position finds every occurrence
+        // starting at or before `n - span` (every pattern is at least `span` long, so such an
+        // occurrence holds a probed position among its first `stride` offsets); later starts
+        // whose window is complete are checked one by one (the rest are checked once the
+        // window completes).
+        let stride = filter.stride;
+        let span = stride + Q - 1;
         let strided = filter.strided.as_slice();
         let strided_mask = strided.len().wrapping_sub(1);
         let shift = filter.strided_shift;
-        for (j, w) in view.bytes.windows(Q).enumerate().step_by(STRIDE) {
-            let window = <[u8; Q]>::try_from(w).map_or(0, u32::from_be_bytes);
-            let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
-            let word = strided.get((h / 64) & strided_mask).copied().unwrap_or(0);
-            if (word >> (h % 64)) & 1 != 0 {
-                let first = j.saturating_sub(STRIDE - 1);
-                let last = j.min(n.saturating_sub(MIN_LEN));
-                if n >= MIN_LEN {
-                    for s in first..=last {
+        let bytes = view.bytes;
+        if n >= span {
+            let last_start = n - span;
+            let mut j = 0;
+            while let Some(w) = bytes.get(j..j + Q) {
+                let window = <[u8; Q]>::try_from(w).map_or(0, u32::from_be_bytes);
+                let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
+                let word = strided.get((h / 64) & strided_mask).copied().unwrap_or(0);
+                if (word >> (h % 64)) & 1 != 0 {
+                    for s in j.saturating_sub(stride - 1)..=j.min(last_start) {
                         view.start(filter, table, s, &mut st.walks, hits);
                     }
                 }
+                j += stride;
             }
         }
-        for s in n.saturating_sub(MIN_LEN - 1)..=n.saturating_sub(Q) {
-            if n >= Q {
+        if n >= Q {
+            for s in n.saturating_sub(span - 1)..=n - Q {
                 view.start(filter, table, s, &mut st.walks, hits);
             }
         }
@@ -872,6 +931,14 @@ impl Pass {
             Finder::Filtered { filter, table } => filter.memory_usage() + table.memory_usage(),
         };
         finder + self.info.len() * std::mem::size_of::<PatternInfo>()
+    }
+
+    /// The block path's probe distance in normalised bytes (0 for the raw pass).
+    pub fn probe_stride(&self) -> usize {
+        match &self.finder {
+            Finder::Raw(_) => 0,
+            Finder::Filtered { filter, .. } => filter.stride,
+        }
     }
 
     /// Name of the finder in use (for benchmarks and diagnostics).
@@ -1110,8 +1177,8 @@ struct Scratch {
     marks: [u32; BLOCK / MARK_EVERY],
 }
 
-/// Bit 0: the byte is kept in the normalised view (0 for whitespace; a table load is cheaper
-/// than the comparisons in the compaction loop). Bit [`PERCENT`]: the byte is `%`.
+/// 1 for a byte kept in the normalised view, 0 for whitespace (a table load is cheaper than
+/// the comparisons in the compaction loop).
 // Indexing in a constant initialiser is checked at compile time.
 #[allow(clippy::indexing_slicing)]
 static KEEP: [u8; 256] = {
@@ -1123,12 +1190,22 @@ static KEEP: [u8; 256] = {
         }
         b += 1;
     }
-    t[b'%' as usize] = 1 | PERCENT;
     t
 };
 
-/// [`KEEP`] flag of `%` (the block then needs its percent-escapes folded).
-const PERCENT: u8 = 2;
+/// Stores every byte of `sub` at compact index `n` onwards, advancing only past kept bytes
+/// (so whitespace is overwritten by the next byte); returns the new compact length.
+/// Branch-free: one store, one table load and one add per byte.
+#[inline(always)]
+fn compact_into(bytes: &mut [u8; NBUF], mut n: usize, sub: &[u8]) -> usize {
+    for &b in sub {
+        if let Some(slot) = bytes.get_mut(n & NMASK) {
+            *slot = b;
+        }
+        n += usize::from(KEEP.get(usize::from(b)).copied().unwrap_or(1));
+    }
+    n
+}
 
 /// Block bytes per entry of [`Scratch::marks`].
 const MARK_EVERY: usize = 16;

@@ -156,6 +156,43 @@ fn value_that_completes_a_colour_code() {
     }
 }
 
+/// A random alphanumeric token of `len` bytes (xorshift64*, fixed seed): a fake value.
+fn random_token(len: usize, mut seed: u64) -> Vec<u8> {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            ALNUM[(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 58) as usize % ALNUM.len()]
+        })
+        .collect()
+}
+
+/// A truncated print of a random token that starts right after `ESC [` with bytes that complete
+/// the colour code (`7m`): the terminal shows the run after them. Fragments are registered
+/// without such shortened views (they keep the probe distance at 9), so this checks that every
+/// shown run of 12 bytes or more is still redacted, and the whole value in every context.
+#[test]
+fn truncated_print_after_a_colour_code_start() {
+    let mut v = random_token(32, 0x5eed);
+    v[10] = b'7';
+    v[11] = b'm';
+    let r = Redactor::new([("T", v.as_slice())]);
+    assert_eq!(r.stats().probe_stride, 9);
+    for shown in 12..=20 {
+        let input = [&b"x \x1b["[..], &v[10..12 + shown], b" y"].concat();
+        let (out, n) = r.redact(&input);
+        assert!(!contains(&out, &v[12..24]), "{shown} bytes shown: {out:?}");
+        assert_eq!(n, 1);
+    }
+    for prefix in [&b"\x1b["[..], b"\x1b", b""] {
+        let input = [&b"x "[..], prefix, &v, b" y"].concat();
+        let (out, _) = r.redact(&input);
+        assert!(!contains(&out, &v[12..24]), "{prefix:?}: {out:?}");
+    }
+}
+
 #[test]
 fn crlf_and_tab_joined_lines() {
     let key = "-----BEGIN KEY-----\nAsZ7nrsoTV75Y4sxVe9RWlBaTF6E9CPcgYBy\nG5c6qSYhzYTFQy6k1qJAH4DxD3EoA1zC\n-----END KEY-----";

@@ -272,13 +272,19 @@ fn hold_back_is_bounded() {
 }
 
 /// A piece of a long output: text, a whitespace run (long ones end partial matches), an escape
-/// sequence, or a value printed with `gap` spaces between its bytes.
+/// sequence, a value printed with `gap` spaces between its bytes, or a truncated print of a
+/// value (`len` bytes from `from`; only its 12-byte fragments can match it).
 #[derive(Clone, Debug)]
 enum Piece {
     Text(Vec<u8>),
     Space(usize, u8),
     Escape(Vec<u8>),
     Spaced(usize, usize),
+    Part {
+        value: usize,
+        from: usize,
+        len: usize,
+    },
 }
 
 fn piece() -> impl Strategy<Value = Piece> {
@@ -287,6 +293,7 @@ fn piece() -> impl Strategy<Value = Piece> {
         3 => (0usize..130, proptest::sample::select(&b" \n\t\r"[..])).prop_map(|(n, b)| Piece::Space(n, b)),
         1 => proptest::sample::select(vec![&b"\x1b[31m"[..], b"\x1b[0m", b"\x1b[K", b"\x1b[12H", b"\x1b[", b"\x1b"]).prop_map(|e| Piece::Escape(e.to_vec())),
         2 => (any::<usize>(), prop_oneof![3 => Just(0usize), 1 => 1usize..70]).prop_map(|(v, g)| Piece::Spaced(v, g)),
+        2 => (any::<usize>(), any::<usize>(), 12usize..20).prop_map(|(value, from, len)| Piece::Part { value, from, len }),
     ]
 }
 
@@ -298,6 +305,11 @@ fn long_input(values: &[Vec<u8>], pieces: &[Piece], repeat: usize) -> Vec<u8> {
                 Piece::Text(t) => out.extend_from_slice(t),
                 Piece::Space(n, b) => out.extend(std::iter::repeat_n(*b, *n)),
                 Piece::Escape(e) => out.extend_from_slice(e),
+                Piece::Part { value, from, len } => {
+                    let v = &values[value % values.len()];
+                    let from = from % v.len();
+                    out.extend_from_slice(&v[from..(from + len).min(v.len())]);
+                }
                 Piece::Spaced(v, gap) => {
                     for (i, &b) in values[v % values.len()].iter().enumerate() {
                         if i > 0 {
@@ -312,6 +324,30 @@ fn long_input(values: &[Vec<u8>], pieces: &[Piece], repeat: usize) -> Vec<u8> {
     out
 }
 
+/// Streaming `input` in chunks of `sizes`, and byte by byte, gives the one-shot output, and
+/// no value printed whole survives.
+fn check_long_output(
+    r: &Redactor,
+    values: &[Vec<u8>],
+    input: &[u8],
+    sizes: &[usize],
+) -> Result<(), TestCaseError> {
+    let (one, n_one) = r.redact(input);
+    let (streamed, n_streamed) = stream_in(r, input, sizes);
+    prop_assert_eq!(&one, &streamed);
+    prop_assert_eq!(n_one, n_streamed);
+    let (bytewise, _) = stream_in(r, input, &[1]);
+    prop_assert_eq!(&one, &bytewise);
+    for v in values {
+        prop_assert!(!contains(&one, v));
+    }
+    Ok(())
+}
+
+fn token_alphabet() -> proptest::sample::Select<u8> {
+    proptest::sample::select(&b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef0123456789_-"[..])
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases() / 4, ..ProptestConfig::default() })]
 
@@ -321,7 +357,7 @@ proptest! {
     #[test]
     fn long_outputs_stream_like_one_shot(
         values in proptest::collection::vec(
-            proptest::collection::vec(proptest::sample::select(&b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef0123456789_-"[..]), MIN_LEN..40),
+            proptest::collection::vec(token_alphabet(), MIN_LEN..40),
             1..4,
         ),
         pieces in proptest::collection::vec(piece(), 1..40),
@@ -329,15 +365,24 @@ proptest! {
         sizes in proptest::collection::vec(prop_oneof![1usize..8, 1usize..100, 1000usize..9000], 1..8),
     ) {
         let r = redactor(&values);
-        let input = long_input(&values, &pieces, repeat);
-        let (one, n_one) = r.redact(&input);
-        let (streamed, n_streamed) = stream_in(&r, &input, &sizes);
-        prop_assert_eq!(&one, &streamed);
-        prop_assert_eq!(n_one, n_streamed);
-        let (bytewise, _) = stream_in(&r, &input, &[1]);
-        prop_assert_eq!(&one, &bytewise);
-        for v in &values {
-            prop_assert!(!contains(&one, v));
-        }
+        check_long_output(&r, &values, &long_input(&values, &pieces, repeat), &sizes)?;
+    }
+
+    /// The same with values of 16 bytes or more only: the shortest pattern is then a 12-byte
+    /// fragment or longer, and the block path probes only every 9th to 13th normalised byte
+    /// (`Stats::probe_stride`), which this covers.
+    #[test]
+    fn long_outputs_with_long_values_stream_like_one_shot(
+        values in proptest::collection::vec(
+            proptest::collection::vec(token_alphabet(), 16..64),
+            1..4,
+        ),
+        pieces in proptest::collection::vec(piece(), 1..40),
+        repeat in 1usize..6,
+        sizes in proptest::collection::vec(prop_oneof![1usize..8, 1usize..100, 1000usize..9000], 1..8),
+    ) {
+        let r = redactor(&values);
+        prop_assert!(r.stats().probe_stride >= 9, "stride {}", r.stats().probe_stride);
+        check_long_output(&r, &values, &long_input(&values, &pieces, repeat), &sizes)?;
     }
 }
