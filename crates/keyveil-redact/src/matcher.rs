@@ -334,8 +334,9 @@ fn get_bit(bits: &[u64], i: usize) -> bool {
 /// Which pattern prefixes exist, for the normalised pass.
 ///
 /// `four` is a bitmap over a multiplicative hash of the first [`Q`] bytes of every pattern
-/// (about 1 bit in 32 set: false positives only cost a table lookup). `strided` is the same
-/// for the [`Q`]-grams at every offset `0..stride` of every pattern (1 bit in 16 to 32): since
+/// (about 1 bit in 32 set: false positives only cost a table lookup). `strided` is a blocked
+/// Bloom filter ([`strided_slot`]: two bits in one word, 16 to 32 bits per q-gram) of the
+/// [`Q`]-grams at every offset `0..stride` of every pattern: since
 /// every pattern is at least `stride` + [`Q`] − 1 bytes long, probing it at
 /// every `stride`-th position of the normalised view hits inside every occurrence (q-gram
 /// sampling; Navarro and Raffinot, *Flexible Pattern Matching in Strings*, 2002, §6.5). `one`,
@@ -353,6 +354,18 @@ pub(crate) struct PrefixFilter {
     one: [bool; 256],
     two: Vec<u64>,
     three: Vec<u64>,
+}
+
+/// The word of the strided bitmap (`64 - shift` bits of index) and the two bits in it that
+/// q-gram `w` sets (a blocked Bloom filter with k = 2: one memory access per probe, and about a
+/// quarter of the false positives of one bit per q-gram at the same size; Putze, Sanders and
+/// Singler, *Cache-, Hash- and Space-Efficient Bloom Filters*, 2007).
+#[inline(always)]
+fn strided_slot(w: u32, shift: u32) -> (usize, u64) {
+    let h = u64::from(w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let word = h.checked_shr(shift).unwrap_or(0) as usize;
+    let bits = (1u64 << ((h >> 34) & 63)) | (1u64 << ((h >> 40) & 63));
+    (word, bits)
 }
 
 /// Bits of the strided bitmap per distinct q-gram (before rounding up to a power of two):
@@ -397,7 +410,7 @@ impl PrefixFilter {
             four: vec![0; bits / 64],
             shift: 32 - bits.trailing_zeros(),
             strided: vec![0; strided_bits / 64],
-            strided_shift: 32 - strided_bits.trailing_zeros(),
+            strided_shift: 64 - (strided_bits / 64).trailing_zeros(),
             stride,
             one: [false; 256],
             two: vec![0; 65536 / 64],
@@ -414,8 +427,10 @@ impl PrefixFilter {
             set_bit(&mut f.three, Self::hash3(u32::from_be_bytes([0, a, b, c])));
         }
         for w in grams {
-            let h = (w.wrapping_mul(HASH_MUL) >> f.strided_shift) as usize;
-            set_bit(&mut f.strided, h);
+            let (word, bits) = strided_slot(w, f.strided_shift);
+            if let Some(slot) = f.strided.get_mut(word) {
+                *slot |= bits;
+            }
         }
         f
     }
@@ -801,7 +816,6 @@ impl Pass {
         let stride = filter.stride;
         let span = stride + Q - 1;
         let strided = filter.strided.as_slice();
-        let strided_mask = strided.len().wrapping_sub(1);
         let shift = filter.strided_shift;
         let bytes = view.bytes;
         if n >= span {
@@ -809,9 +823,9 @@ impl Pass {
             let mut j = 0;
             while let Some(w) = bytes.get(j..j + Q) {
                 let window = <[u8; Q]>::try_from(w).map_or(0, u32::from_be_bytes);
-                let h = (window.wrapping_mul(HASH_MUL) >> shift) as usize;
-                let word = strided.get((h / 64) & strided_mask).copied().unwrap_or(0);
-                if (word >> (h % 64)) & 1 != 0 {
+                let (at, bits) = strided_slot(window, shift);
+                let word = strided.get(at).copied().unwrap_or(u64::MAX);
+                if word & bits == bits {
                     for s in j.saturating_sub(stride - 1)..=j.min(last_start) {
                         view.start(filter, table, s, &mut st.walks, hits);
                     }
