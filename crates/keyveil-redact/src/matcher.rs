@@ -351,6 +351,9 @@ pub(crate) struct PrefixFilter {
     /// Probe distance of the block path: the shortest pattern's length − [`Q`] + 1, at least
     /// [`MIN_STRIDE`] and at most [`MAX_STRIDE`].
     stride: usize,
+    /// Some pattern could be the parameter bytes of a colour code (at most
+    /// [`MAX_CSI_PARAMS`] bytes, all in 0x20–0x3F: digits, `;`, ...).
+    param_patterns: bool,
     one: [bool; 256],
     two: Vec<u64>,
     three: Vec<u64>,
@@ -412,6 +415,9 @@ impl PrefixFilter {
             strided: vec![0; strided_bits / 64],
             strided_shift: 64 - (strided_bits / 64).trailing_zeros(),
             stride,
+            param_patterns: patterns
+                .iter()
+                .any(|p| p.len() <= MAX_CSI_PARAMS && p.iter().all(|b| (0x20..=0x3f).contains(b))),
             one: [false; 256],
             two: vec![0; 65536 / 64],
             three: vec![0; (1 << THREE_BITS) / 64],
@@ -995,6 +1001,19 @@ fn slow_byte(
     b: u8,
     p: u64,
 ) {
+    // A colour code completed by `b` is dropped from the view with its parameter bytes: a
+    // value printed as those bytes (`ESC [` 12345678 `m`) is looked for among them first.
+    let mut params = [0u8; MAX_CSI_PARAMS];
+    let mut params_at = None;
+    if filter.param_patterns
+        && matches!(b, b'm' | b'K')
+        && let Some((held, at)) = norm.held_params()
+        && held.len() >= MIN_LEN
+        && let Some(copy) = params.get_mut(..held.len())
+    {
+        copy.copy_from_slice(held);
+        params_at = Some((held.len(), at));
+    }
     let mut released = [(0u8, 0u64); MAX_CSI_PARAMS + 1];
     let mut n = 0usize;
     let dropped = norm.step(b, p, &mut |rb, rp| {
@@ -1003,6 +1022,10 @@ fn slow_byte(
             n += 1;
         }
     });
+    if let Some((len, at)) = params_at {
+        find_in_params(table, params.get(..len).unwrap_or_default(), at, hits);
+        params.zeroize();
+    }
     for &(rb, rp) in released.iter().take(n) {
         feed(filter, table, c, walks, hits, rb, rp);
     }
@@ -1012,6 +1035,31 @@ fn slow_byte(
             // A long run of noise ends every partial match.
             walks.clear();
             c.window_len = 0;
+        }
+    }
+}
+
+/// Reports every pattern occurring among the parameter bytes `params` of a completed colour
+/// code (the first at original offset `at`; they are contiguous in the output).
+#[inline(never)]
+fn find_in_params(table: &SortedPatterns, params: &[u8], at: u64, hits: &mut Vec<Hit>) {
+    for (i, w) in params.windows(Q).enumerate() {
+        let window = <[u8; Q]>::try_from(w).map_or(0, u32::from_be_bytes);
+        let Some((lo, hi)) = table.range(window) else {
+            continue;
+        };
+        let start = at + i as u64;
+        let mut walk = Walk {
+            start,
+            lo,
+            hi,
+            depth: Q as u32,
+        };
+        for (k, &b) in params.iter().enumerate().skip(i + Q) {
+            if !advance(table, &mut walk, b) {
+                break;
+            }
+            report(table, &walk, at + k as u64 + 1, hits);
         }
     }
 }

@@ -141,6 +141,20 @@ impl Normalizer {
         (self.state == State::Csi && self.held_len > 0).then_some(self.held_pos)
     }
 
+    /// The parameter bytes held of the control sequence in progress, and the original offset of
+    /// the first; `None` outside one. When the sequence completes as a colour code the view
+    /// drops them, so the matcher looks for values among them first.
+    pub fn held_params(&self) -> Option<(&[u8], u64)> {
+        (self.state == State::Csi).then(|| {
+            (
+                self.held
+                    .get(..usize::from(self.held_len))
+                    .unwrap_or_default(),
+                self.held_pos,
+            )
+        })
+    }
+
     /// Classifies the byte `b` at original offset `pos`, calling `feed(byte, offset)` for each
     /// byte that enters the normalised view (none, `b` itself, or held bytes released followed
     /// by `b`). Returns the number of bytes definitely dropped as noise by this step.

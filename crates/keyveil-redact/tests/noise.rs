@@ -193,6 +193,45 @@ fn truncated_print_after_a_colour_code_start() {
     }
 }
 
+/// A value made only of bytes that may be a colour code's parameters (digits, `;`, ...),
+/// printed as those parameters: the view drops the whole sequence, and the agent still reads
+/// the bytes. It is redacted inside the sequence, streamed in any split.
+#[test]
+fn value_printed_as_colour_code_parameters() {
+    let digits: Vec<u8> = random_token(64, 0xd161)
+        .iter()
+        .map(|b| b'0' + b % 10)
+        .collect();
+    for len in [8usize, 11, 12, 16] {
+        let v = &digits[..len];
+        let r = Redactor::new([("PIN", v)]);
+        let mut cases = vec![
+            [&b"a \x1b["[..], v, b"m b"].concat(),
+            [&b"a \x1b["[..], v, b"K b"].concat(),
+        ];
+        if len <= 13 {
+            cases.push([&b"a \x1b[1;"[..], v, b";4m b"].concat());
+        }
+        for input in cases {
+            let (out, n) = r.redact(&input);
+            assert!(!contains(&out, v), "{len}: {out:?}");
+            assert_eq!(n, 1, "{len}: {out:?}");
+            assert!(out.starts_with(b"a ") && out.ends_with(b" b"));
+            let mut s = r.stream();
+            let mut streamed = Vec::new();
+            for byte in &input {
+                s.push(std::slice::from_ref(byte), &mut streamed);
+            }
+            s.finish(&mut streamed);
+            assert_eq!(streamed, out);
+        }
+    }
+    // Ordinary colour codes around other values are left alone.
+    let r = Redactor::new([("PIN", &digits[..12])]);
+    let plain = b"\x1b[38;2;255;128;0mok\x1b[0m \x1b[1;31;40mfine\x1b[K";
+    assert_eq!(r.redact(plain).0, plain.to_vec());
+}
+
 #[test]
 fn crlf_and_tab_joined_lines() {
     let key = "-----BEGIN KEY-----\nAsZ7nrsoTV75Y4sxVe9RWlBaTF6E9CPcgYBy\nG5c6qSYhzYTFQy6k1qJAH4DxD3EoA1zC\n-----END KEY-----";
