@@ -1315,12 +1315,13 @@ impl Compact<'_> {
         let base = self.base;
         carried.unwrap_or_default().iter().copied().chain(
             self.block
+                .get(from..)
+                .unwrap_or_default()
                 .iter()
-                .enumerate()
-                .skip(from)
-                .filter(|(_, b)| !is_space(**b))
+                .zip(from as u64..)
+                .filter(|(b, _)| !is_space(**b))
                 .skip(skip)
-                .map(move |(o, _)| base + o as u64),
+                .map(move |(_, o)| base + o),
         )
     }
 
