@@ -1219,7 +1219,7 @@ impl Drop for PassState {
 }
 
 /// Input bytes the block path of the normalised pass compacts and probes at a time.
-const BLOCK: usize = 4096;
+const BLOCK: usize = 8192;
 
 /// Shorter runs of ground-state bytes go through the byte-at-a-time path (its per-call cost
 /// is lower).
