@@ -34,10 +34,30 @@
 //! take, so the matches found do not depend on how the output is split.
 
 use crate::normalize::{
-    ESC, MAX_CSI_PARAMS, Normalizer, fold_percent_hex, fold_view, is_space, normalized_forms,
+    ESC, MAX_CSI_PARAMS, Normalizer, fold_percent_hex, fold_view, is_space, is_special,
+    normalized_forms,
 };
 use crate::{MAX_NOISE_RUN, MIN_LEN};
 use zeroize::Zeroize;
+
+/// Where an occurrence of a pattern counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Scope {
+    /// Anywhere.
+    Anywhere,
+    /// Only bounded by non-alphanumeric bytes (or the start/end of the stream): short values.
+    Token,
+    /// Only starting right after a colour code (the byte after its final `m`/`K`): the view of
+    /// a fragment whose first bytes a colour code before it would take as its own.
+    AfterColourCode,
+}
+
+impl Scope {
+    /// The scope of a pattern produced with both scopes: the wider one.
+    fn widest(self, other: Scope) -> Scope {
+        if self == other { self } else { Scope::Anywhere }
+    }
+}
 
 /// What a pattern stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +66,8 @@ pub(crate) struct PatternInfo {
     pub secret: u32,
     /// Pattern length in bytes (in the pass's own view).
     pub len: u32,
-    /// Only matches bounded by non-alphanumeric bytes (or start/end of stream) count.
-    pub token: bool,
+    /// Where its occurrences count.
+    pub scope: Scope,
 }
 
 /// Which pass a pattern belongs to.
@@ -60,8 +80,8 @@ pub(crate) enum PassKind {
 /// The patterns of one pass, before deduplication and building.
 #[derive(Default)]
 pub(crate) struct PatternSet {
-    /// `(bytes, secret, token)`; duplicates allowed.
-    entries: Vec<(Vec<u8>, u32, bool)>,
+    /// `(bytes, secret, scope)`; duplicates allowed.
+    entries: Vec<(Vec<u8>, u32, Scope)>,
 }
 
 impl std::fmt::Debug for PatternSet {
@@ -89,9 +109,9 @@ struct Deduped {
 }
 
 impl PatternSet {
-    fn add(&mut self, bytes: Vec<u8>, secret: u32, token: bool) {
+    fn add(&mut self, bytes: Vec<u8>, secret: u32, scope: Scope) {
         if !bytes.is_empty() && u32::try_from(bytes.len()).is_ok() {
-            self.entries.push((bytes, secret, token));
+            self.entries.push((bytes, secret, scope));
         }
     }
 
@@ -116,7 +136,7 @@ impl PatternSet {
         let entries = &self.entries;
         let full = |i: u32| entries.get(i as usize).map(|e| (&e.0[..], e.1, e.2));
         order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| full(a.1).cmp(&full(b.1))));
-        let mut slots: Vec<Option<(Vec<u8>, u32, bool)>> = std::mem::take(&mut self.entries)
+        let mut slots: Vec<Option<(Vec<u8>, u32, Scope)>> = std::mem::take(&mut self.entries)
             .into_iter()
             .map(Some)
             .collect();
@@ -129,7 +149,7 @@ impl PatternSet {
             info: Vec::new(),
             extra_owners: Vec::new(),
         };
-        for (mut bytes, secret, token) in std::mem::take(&mut self.entries) {
+        for (mut bytes, secret, scope) in std::mem::take(&mut self.entries) {
             if out.bytes.last() == Some(&bytes) {
                 bytes.zeroize();
                 let id = (out.bytes.len() - 1) as u32;
@@ -137,14 +157,14 @@ impl PatternSet {
                     if info.secret != secret {
                         out.extra_owners.push((id, secret));
                     }
-                    info.token &= token;
+                    info.scope = info.scope.widest(scope);
                 }
                 continue;
             }
             out.info.push(PatternInfo {
                 secret,
                 len: bytes.len() as u32,
-                token,
+                scope,
             });
             out.bytes.push(bytes);
         }
@@ -219,7 +239,7 @@ impl Patterns {
             let mut shrunk = false;
             for mut n in forms {
                 if n.len() >= MIN_LEN && !self.forbidden(&n) {
-                    self.normalized.add(n, secret, false);
+                    self.normalized.add(n, secret, Scope::Anywhere);
                 } else {
                     shrunk |= n.len() < MIN_LEN;
                     n.zeroize();
@@ -228,40 +248,54 @@ impl Patterns {
             if shrunk && !self.forbidden(bytes) {
                 // Printed after `ESC [`, the value would mostly turn into a colour code
                 // (`ESC [` + `%30<((((m` + 2 bytes): its raw bytes are matched as well.
-                self.raw.add(bytes.to_vec(), secret, false);
+                self.raw.add(bytes.to_vec(), secret, Scope::Anywhere);
             }
         } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
             // Mostly whitespace: too short once normalised, so matched on the raw bytes.
-            self.raw.add(bytes.to_vec(), secret, false);
+            self.raw.add(bytes.to_vec(), secret, Scope::Anywhere);
         }
     }
 
     /// Adds a fragment of a value ([`crate::FRAGMENT_LEN`] bytes, or its hex): like
-    /// [`Patterns::add_anywhere`], but without the views that a colour code before or after it
-    /// would shorten. Those views are runs of fewer value bytes than the fragment, which the
-    /// fragment rule does not cover (a longer run shows a whole fragment anyway); leaving them
-    /// out keeps the shortest pattern, and so the probe distance, at 12 bytes for random
-    /// tokens.
+    /// [`Patterns::add_anywhere`], except that the views a colour code before the fragment
+    /// would shorten (its first bytes, `K` or `12m`, complete an `ESC [` printed before it)
+    /// count only where they start right after a colour code ([`Scope::AfterColourCode`]).
+    /// Anywhere else such a view is a run of fewer than 12 value bytes, which the fragment rule
+    /// does not cover; keeping it out of the block path's probes keeps the shortest pattern,
+    /// and so the probe distance, at 12 bytes for random tokens.
     pub fn add_fragment(&mut self, bytes: &[u8], secret: u32) {
-        let forms = normalized_forms(bytes);
-        let plain = forms.first().map_or(0, Vec::len);
-        if plain < MIN_LEN {
+        if bytes.iter().any(|&b| is_special(b)) {
+            // Whitespace or `ESC` inside: every view counts anywhere.
             self.add_anywhere(bytes, secret);
             return;
         }
+        let forms = normalized_forms(bytes);
+        let plain = forms.first().map_or(0, Vec::len);
+        let mut shrunk = false;
         for mut n in forms {
-            if n.len() >= plain && !self.forbidden(&n) {
-                self.normalized.add(n, secret, false);
+            if n.len() >= plain && n.len() >= MIN_LEN {
+                if !self.forbidden(&n) {
+                    self.normalized.add(n, secret, Scope::Anywhere);
+                }
+            } else if n.len() >= MIN_LEN {
+                if !self.forbidden(&n) {
+                    self.normalized.add(n, secret, Scope::AfterColourCode);
+                }
             } else {
+                shrunk = true;
                 n.zeroize();
             }
+        }
+        if shrunk && !self.forbidden(bytes) {
+            // Too short once a colour code takes its first bytes: the raw bytes are matched.
+            self.raw.add(bytes.to_vec(), secret, Scope::Anywhere);
         }
     }
 
     /// Adds a pattern that only matches as a whole token.
     pub fn add_token(&mut self, bytes: &[u8], secret: u32) {
         if !bytes.is_empty() && !self.forbidden(bytes) {
-            self.raw.add(bytes.to_vec(), secret, true);
+            self.raw.add(bytes.to_vec(), secret, Scope::Token);
         }
     }
 }
@@ -390,8 +424,19 @@ impl PrefixFilter {
     /// The probe distance adapts to the shortest pattern: with only 12-byte fragments and
     /// longer patterns (random tokens of 12 bytes or more), the block path probes every 9th
     /// normalised byte instead of every 5th.
-    fn build(prefixes: &[u32], patterns: &[Vec<u8>]) -> PrefixFilter {
-        let shortest = patterns.iter().map(Vec::len).min().unwrap_or(MIN_LEN);
+    ///
+    /// Patterns of [`Scope::AfterColourCode`] are left out of the strided bitmap and of the
+    /// shortest length: they can only start right after a colour code, which the block path
+    /// checks on its own ([`Compact::after_colour_code`]).
+    fn build(prefixes: &[u32], patterns: &[Vec<u8>], info: &[PatternInfo]) -> PrefixFilter {
+        let probed = || {
+            patterns
+                .iter()
+                .zip(info)
+                .filter(|(_, i)| i.scope != Scope::AfterColourCode)
+                .map(|(p, _)| p)
+        };
+        let shortest = probed().map(Vec::len).min().unwrap_or(MIN_LEN);
         let stride = (shortest + 1)
             .saturating_sub(Q)
             .clamp(MIN_STRIDE, MAX_STRIDE);
@@ -399,8 +444,7 @@ impl PrefixFilter {
             .next_power_of_two()
             .clamp(1 << 12, 1 << 24);
         // Fragments of one value share most of their q-grams: size by the distinct ones.
-        let mut grams: Vec<u32> = patterns
-            .iter()
+        let mut grams: Vec<u32> = probed()
             .flat_map(|p| p.windows(Q).take(stride))
             .map(|g| <[u8; Q]>::try_from(g).map_or(0, u32::from_be_bytes))
             .collect();
@@ -640,7 +684,7 @@ impl Pass {
             PassKind::Normalized => {
                 let (table, prefixes) = SortedPatterns::build(&d.bytes);
                 Finder::Filtered {
-                    filter: Box::new(PrefixFilter::build(&prefixes, &d.bytes)),
+                    filter: Box::new(PrefixFilter::build(&prefixes, &d.bytes, &d.info)),
                     table,
                 }
             }
@@ -664,6 +708,7 @@ impl Pass {
                 window: 0,
                 window_len: 0,
                 recent: [0; Q],
+                colour_code_end: u64::MAX,
             },
             norm: Normalizer::new(),
             walks: Vec::new(),
@@ -813,7 +858,9 @@ impl Pass {
             carry,
             carried,
             base,
+            colour_code_end: c.colour_code_end,
         };
+        view.after_colour_code(filter, table, &mut st.walks, hits);
         // (2) Probes: the strided filter at every `stride`-th position finds every occurrence
         // starting at or before `n - span` (every pattern is at least `span` long, so such an
         // occurrence holds a probed position among its first `stride` offsets); later starts
@@ -973,7 +1020,13 @@ impl Pass {
 /// Starts a walk for the [`Q`] bytes of `window`, the first of which is at original offset
 /// `start`; returns whether one was started (some pattern begins with them).
 #[inline(never)]
-fn start_walk(table: &SortedPatterns, window: u32, start: u64, walks: &mut Vec<Walk>) -> bool {
+fn start_walk(
+    table: &SortedPatterns,
+    window: u32,
+    start: u64,
+    after_colour_code: bool,
+    walks: &mut Vec<Walk>,
+) -> bool {
     match table.range(window) {
         Some((lo, hi)) => {
             walks.push(Walk {
@@ -981,6 +1034,7 @@ fn start_walk(table: &SortedPatterns, window: u32, start: u64, walks: &mut Vec<W
                 lo,
                 hi,
                 depth: Q as u32,
+                after_colour_code,
             });
             true
         }
@@ -1005,8 +1059,12 @@ fn slow_byte(
     // value printed as those bytes (`ESC [` 12345678 `m`) is looked for among them first.
     let mut params = [0u8; MAX_CSI_PARAMS];
     let mut params_at = None;
+    let completes = matches!(b, b'm' | b'K') && norm.held_params().is_some();
+    if completes {
+        c.colour_code_end = p + 1;
+    }
     if filter.param_patterns
-        && matches!(b, b'm' | b'K')
+        && completes
         && let Some((held, at)) = norm.held_params()
         && held.len() >= MIN_LEN
         && let Some(copy) = params.get_mut(..held.len())
@@ -1054,6 +1112,7 @@ fn find_in_params(table: &SortedPatterns, params: &[u8], at: u64, hits: &mut Vec
             lo,
             hi,
             depth: Q as u32,
+            after_colour_code: false,
         };
         for (k, &b) in params.iter().enumerate().skip(i + Q) {
             if !advance(table, &mut walk, b) {
@@ -1087,21 +1146,14 @@ fn feed(
             continue;
         }
         // Patterns completed by this byte come first in the narrowed range.
-        let mut k = w.lo;
-        while k < w.hi && table.get(k).len() == w.depth as usize {
-            hits.push(Hit {
-                start: w.start,
-                end: p + 1,
-                pattern: k,
-            });
-            k += 1;
-        }
+        report(table, w, p + 1, hits);
         i += 1;
     }
     if c.window_len >= Q as u8 - 1 {
         c.window_len = Q as u8;
         if get_bit(&filter.four, filter.hash4(c.window)) {
-            start_walk(table, c.window, c.recent_pos(c.fed - Q as u64), walks);
+            let start = c.recent_pos(c.fed - Q as u64);
+            start_walk(table, c.window, start, start == c.colour_code_end, walks);
         }
     } else {
         c.window_len += 1;
@@ -1168,6 +1220,7 @@ fn scan_raw(raw: &RawTable, st: &mut PassState, chunk: &[u8], base: u64, hits: &
                 lo,
                 hi,
                 depth: 1,
+                after_colour_code: false,
             };
             report(table, &w, p + 1, hits);
             walks.push(w);
@@ -1185,6 +1238,7 @@ fn report(table: &SortedPatterns, w: &Walk, end: u64, hits: &mut Vec<Hit>) {
             start: w.start,
             end,
             pattern: k,
+            after_colour_code: w.after_colour_code,
         });
         k += 1;
     }
@@ -1295,6 +1349,8 @@ struct Compact<'a> {
     carried: [u64; Q - 1],
     /// Offset of `block[0]`.
     base: u64,
+    /// Offset just after the last colour code ([`Cursor::colour_code_end`]).
+    colour_code_end: u64,
 }
 
 impl Compact<'_> {
@@ -1379,6 +1435,7 @@ impl Compact<'_> {
             lo,
             hi,
             depth: Q as u32,
+            after_colour_code: start == self.colour_code_end,
         };
         for &b in self.bytes.get(j + Q..).unwrap_or_default() {
             let Some(p) = offsets.next() else { return };
@@ -1389,17 +1446,31 @@ impl Compact<'_> {
             if !advance(table, &mut w, b) {
                 return;
             }
-            let mut k = w.lo;
-            while k < w.hi && table.get(k).len() == w.depth as usize {
-                hits.push(Hit {
-                    start: w.start,
-                    end: p + 1,
-                    pattern: k,
-                });
-                k += 1;
-            }
+            report(table, &w, p + 1, hits);
         }
         walks.push(w);
+    }
+
+    /// Checks the start right after the last colour code, if it is one of the compact bytes
+    /// whose start no probe of this block covers for [`Scope::AfterColourCode`] patterns (a
+    /// carried byte, or the block's first byte): a block holds no `ESC`, so a colour code can
+    /// only have ended just before it.
+    fn after_colour_code(
+        &self,
+        filter: &PrefixFilter,
+        table: &SortedPatterns,
+        walks: &mut Vec<Walk>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let end = self.colour_code_end;
+        let at = if let Some(k) = self.carried.iter().take(self.carry).position(|&p| p == end) {
+            k
+        } else if end == self.base && self.block.first().is_some_and(|&b| !is_space(b)) {
+            self.carry
+        } else {
+            return;
+        };
+        self.start(filter, table, at, walks, hits);
     }
 }
 
@@ -1417,6 +1488,9 @@ struct Cursor {
     window_len: u8,
     /// Original offsets of the last [`Q`] normalised bytes: normalised index `i` at `i % Q`.
     recent: [u64; Q],
+    /// Original offset just after the final byte (`m`/`K`) of the last colour code
+    /// (`u64::MAX` before the first): where [`Scope::AfterColourCode`] occurrences start.
+    colour_code_end: u64,
 }
 
 impl Cursor {
@@ -1446,6 +1520,8 @@ struct Walk {
     lo: u32,
     hi: u32,
     depth: u32,
+    /// The walk starts right after a colour code (the byte after its final `m`/`K`).
+    after_colour_code: bool,
 }
 
 /// A pattern occurrence in absolute original-byte offsets (`start..end`).
@@ -1454,6 +1530,8 @@ pub(crate) struct Hit {
     pub start: u64,
     pub end: u64,
     pub pattern: u32,
+    /// The occurrence starts right after a colour code (for [`Scope::AfterColourCode`]).
+    pub after_colour_code: bool,
 }
 
 #[cfg(test)]
@@ -1491,7 +1569,7 @@ mod tests {
     fn raw_table_reports_overlapping_occurrences() {
         let mut set = PatternSet::default();
         for p in [&b"ab"[..], b"abc", b"bc", b"c"] {
-            set.add(p.to_vec(), 0, false);
+            set.add(p.to_vec(), 0, Scope::Anywhere);
         }
         let pass = Pass::build(set, PassKind::Raw).unwrap().unwrap();
         let mut st = pass.state();

@@ -198,8 +198,8 @@ impl Normalizer {
                         n + 1
                     }
                     _ => {
-                        self.release(feed);
-                        self.ground(b, pos, feed)
+                        let spaces = self.release(feed);
+                        spaces + self.ground(b, pos, feed)
                     }
                 }
             }
@@ -219,14 +219,22 @@ impl Normalizer {
         }
     }
 
-    /// Releases held bytes of an abandoned control sequence into the view.
-    fn release(&mut self, feed: &mut impl FnMut(u8, u64)) {
+    /// Releases held bytes of an abandoned control sequence into the view; spaces among them
+    /// are noise like any other whitespace (so the view is the same as without the `ESC [`).
+    /// Returns how many were dropped.
+    fn release(&mut self, feed: &mut impl FnMut(u8, u64)) -> usize {
         let n = usize::from(self.held_len);
+        let mut spaces = 0;
         for (i, &h) in self.held.iter().take(n).enumerate() {
-            feed(h, self.held_pos + i as u64);
+            if is_space(h) {
+                spaces += 1;
+            } else {
+                feed(h, self.held_pos + i as u64);
+            }
         }
         self.held_len = 0;
         self.state = State::Ground;
+        spaces
     }
 
     /// Overwrites the held bytes with zeros (they are output bytes, possibly secret).

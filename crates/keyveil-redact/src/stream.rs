@@ -24,7 +24,7 @@
 //! target).
 
 use crate::Inner;
-use crate::matcher::{Hit, Pass, PassState};
+use crate::matcher::{Hit, Pass, PassState, Scope};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use zeroize::Zeroize;
@@ -227,10 +227,12 @@ impl RedactStream {
             let Some(info) = pass.info.get(h.pattern as usize).copied() else {
                 continue;
             };
-            if info.token {
-                self.pending_tokens.push_back((h, info.secret));
-            } else {
-                self.accept(h, info.secret, |_| pass.owners(h.pattern).collect());
+            match info.scope {
+                Scope::Token => self.pending_tokens.push_back((h, info.secret)),
+                Scope::AfterColourCode if !h.after_colour_code => {}
+                Scope::Anywhere | Scope::AfterColourCode => {
+                    self.accept(h, info.secret, |_| pass.owners(h.pattern).collect());
+                }
             }
         }
     }

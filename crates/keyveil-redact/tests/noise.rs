@@ -169,27 +169,54 @@ fn random_token(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A truncated print of a random token that starts right after `ESC [` with bytes that complete
-/// the colour code (`7m`): the terminal shows the run after them. Fragments are registered
-/// without such shortened views (they keep the probe distance at 9), so this checks that every
-/// shown run of 12 bytes or more is still redacted, and the whole value in every context.
+/// Whether some run of 12 bytes of `v` is in `out`.
+fn shows_a_fragment(out: &[u8], v: &[u8]) -> bool {
+    v.windows(12).any(|w| contains(out, w))
+}
+
+/// A truncated print of a random token that starts right after `ESC [` (or `ESC`) with bytes
+/// that complete the colour code (`7m`, `K`, `[K`): the view shows fewer than 12 value bytes,
+/// the raw output (what the agent reads) 12 or more. Such views of fragments count only right
+/// after a colour code (they stay out of the block path's probes, which keeps the probe
+/// distance at 9), so this checks both paths: a short output (byte by byte) and one followed by
+/// enough text for the block path to start right after the colour code.
 #[test]
 fn truncated_print_after_a_colour_code_start() {
-    let mut v = random_token(32, 0x5eed);
-    v[10] = b'7';
-    v[11] = b'm';
-    let r = Redactor::new([("T", v.as_slice())]);
-    assert_eq!(r.stats().probe_stride, 9);
-    for shown in 12..=20 {
-        let input = [&b"x \x1b["[..], &v[10..12 + shown], b" y"].concat();
-        let (out, n) = r.redact(&input);
-        assert!(!contains(&out, &v[12..24]), "{shown} bytes shown: {out:?}");
-        assert_eq!(n, 1);
-    }
-    for prefix in [&b"\x1b["[..], b"\x1b", b""] {
-        let input = [&b"x "[..], prefix, &v, b" y"].concat();
-        let (out, _) = r.redact(&input);
-        assert!(!contains(&out, &v[12..24]), "{prefix:?}: {out:?}");
+    let text = b" and then some ordinary log text that is long enough for a block".repeat(2);
+    for (introducer, completes) in [
+        (&b"\x1b["[..], &b"7m"[..]),
+        (b"\x1b[", b"K"),
+        (b"\x1b[", b"1;42m"),
+        (b"\x1b", b"[K"),
+    ] {
+        let mut v = random_token(32, 0x5eed);
+        v[10..10 + completes.len()].copy_from_slice(completes);
+        let r = Redactor::new([("T", v.as_slice())]);
+        assert_eq!(r.stats().probe_stride, 9);
+        for shown in 12..=20 {
+            for tail in [&b" y"[..], &text] {
+                let input = [&b"x "[..], introducer, &v[10..10 + shown], tail].concat();
+                let (out, n) = r.redact(&input);
+                assert!(!shows_a_fragment(&out, &v), "{shown} bytes: {out:?}");
+                assert_eq!(n, 1, "{shown} bytes: {out:?}");
+                let mut s = r.stream();
+                let mut streamed = Vec::new();
+                for byte in &input {
+                    s.push(std::slice::from_ref(byte), &mut streamed);
+                }
+                s.finish(&mut streamed);
+                assert_eq!(streamed, out);
+            }
+        }
+        // The same view elsewhere is a run of fewer than 12 value bytes: left alone.
+        let view = &v[10 + completes.len()..22];
+        let input = [&b"x "[..], view, &text].concat();
+        assert_eq!(r.redact(&input).1, 0);
+        for prefix in [&b"\x1b["[..], b"\x1b", b""] {
+            let input = [&b"x "[..], prefix, &v, b" y"].concat();
+            let (out, _) = r.redact(&input);
+            assert!(!shows_a_fragment(&out, &v), "{prefix:?}: {out:?}");
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Red-team property tests: planted values and 12-byte runs of random tokens next to escape
+//! Property tests from a red-team review: planted values and 12-byte runs of random tokens next to escape
 //! bytes, `%`, colour codes and whitespace inside, across 8 KiB blocks and chunk boundaries;
 //! streaming (1 byte to 20 KiB chunks) equals one-shot. `PROPTEST_CASES` sets the number of
 //! cases (default 64).
@@ -44,12 +44,29 @@ enum Piece {
     Encoded(usize, usize),
 }
 
-const PREFIXES: &[&[u8]] = &[b"", b" ", b"\x1b[31m", b"%", b"%4", b"=", b"\n", b"\x1b[0;1m"];
+const PREFIXES: &[&[u8]] = &[
+    b"",
+    b" ",
+    b"\x1b[31m",
+    b"%",
+    b"%4",
+    b"=",
+    b"\n",
+    b"\x1b[0;1m",
+];
 /// Prefixes that leave the normaliser inside an escape sequence (only the normalised view is
 /// checked after them: the raw bytes are known to leak, see `tests/redteam.rs`).
 const ESC_PREFIXES: &[&[u8]] = &[b"\x1b", b"\x1b[", b"\x1b[1;", b"%\x1b[", b"\x1b[%"];
 const SUFFIXES: &[&[u8]] = &[b"", b"m", b"\x1b[0m", b" ", b"%", b"K"];
-const NOISE: &[&[u8]] = &[b" ", b"\n", b"\x1b[1m", b"\x1b[K", b"\r\n", b"\x1b[38;5;196m", b"\t\t"];
+const NOISE: &[&[u8]] = &[
+    b" ",
+    b"\n",
+    b"\x1b[1m",
+    b"\x1b[K",
+    b"\r\n",
+    b"\x1b[38;5;196m",
+    b"\t\t",
+];
 
 fn piece() -> impl Strategy<Value = Piece> {
     prop_oneof![

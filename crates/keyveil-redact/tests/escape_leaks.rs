@@ -1,4 +1,4 @@
-//! Red-team tests: inputs that try to make a value (or a 12-byte run of a random-looking value)
+//! Inputs found by a red-team review: inputs that try to make a value (or a 12-byte run of a random-looking value)
 //! survive redaction, or make streaming differ from one-shot. Test values are generated (seeded
 //! xorshift), never written as literals.
 #![allow(
@@ -72,7 +72,12 @@ fn fragment_starting_with_k_after_csi_introducer() {
     input.extend_from_slice(&v[10..22]);
     input.extend_from_slice(b" done\n");
     let (out, _) = r.redact(&input);
-    assert_eq!(leaked_window(&out, &v), None, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        leaked_window(&out, &v),
+        None,
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 /// The same with `NNm` inside the token: `ESC [` + 14 value bytes (`42m` + 11 more) leaves 14
@@ -85,7 +90,12 @@ fn fragment_starting_with_sgr_params_after_csi_introducer() {
     input.extend_from_slice(&v[10..24]);
     input.extend_from_slice(b" y\n");
     let (out, _) = r.redact(&input);
-    assert_eq!(leaked_window(&out, &v), None, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        leaked_window(&out, &v),
+        None,
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 /// After a lone `ESC`, a run that starts with `[K`.
@@ -97,7 +107,12 @@ fn fragment_starting_with_bracket_k_after_esc() {
     input.extend_from_slice(&v[10..22]);
     input.extend_from_slice(b" y\n");
     let (out, _) = r.redact(&input);
-    assert_eq!(leaked_window(&out, &v), None, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        leaked_window(&out, &v),
+        None,
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 /// A value made of digit groups separated by spaces (a card or account number), printed after
