@@ -122,8 +122,11 @@ def cat_overhead(a, env, kv, home, pw):
         kv("run", "--env", "ten", "--wait", "0", "--", "cat", big, check=False)
         rid = json.loads(kv("requests", "--json").stdout)[-1]["id"]
         kv("approve", str(rid), "--passphrase-stdin", "--ttl", "1h", inp=pw)
-        # The output file lives next to the input (same file system), outside the run's cwd.
-        out_path = os.path.join(home, "out.bin")
+        # The output file: same file system, but outside the run's cwd and the keyveil/child HOME,
+        # so the post-run write-side scan does not read it back (a file written into HOME or
+        # the cwd is scanned for leaked values after the run: that is a separate cost).
+        out_dir = tempfile.mkdtemp(prefix="kvo", dir="/tmp")
+        out_path = os.path.join(out_dir, "out.bin")
 
         def once(c, sink):
             """Wall time of `c` with stdout to `sink` ("null", "wc" or "file"), seconds."""
@@ -162,6 +165,7 @@ def cat_overhead(a, env, kv, home, pw):
             mp, mk = statistics.median(tp), statistics.median(tk)
             print(f"| {label} | {mp*1000:.0f} ({min(tp)*1000:.0f}) | {mk*1000:.0f} ({min(tk)*1000:.0f}) "
                   f"| {mk/mp:.1f}x | {a.cat_mib/mk:.0f} |")
+        shutil.rmtree(out_dir, ignore_errors=True)
 def revocation(a, env, kv, pw):
         # 3. revocation latency, broker side.
         sock = json.loads(kv("status", "--json").stdout)["socket"]
