@@ -3,9 +3,10 @@
 //! The child gets its own process group (so revocation and timeouts kill it and everything it
 //! started), `PR_SET_PDEATHSIG(SIGKILL)` (so it dies with the broker), the requester's
 //! pass-through environment plus the granted values, and nothing else. Its stdout and stderr are
-//! pipes enlarged to [`PIPE_BYTES`] (Linux), read in chunks of up to [`READ_CHUNK`] bytes, each
-//! through its own [`keyveil_redact::RedactStream`], and only redacted bytes ever leave this
-//! module.
+//! pipes, read in chunks of up to [`READ_CHUNK`] bytes, each through its own
+//! [`keyveil_redact::RedactStream`], and only redacted bytes ever leave this module. A pipe that
+//! turns out busy (one read drained a full default-sized pipe) is enlarged to [`PIPE_BYTES`]
+//! (Linux), at most [`ENLARGED_PIPES_MAX`] at a time across the broker.
 //!
 //! The output path copies as little as it can: the redactor appends into a buffer that is moved
 //! (not copied) to the relay, written to the client as one frame with a vectored write
@@ -28,11 +29,19 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Read buffer size per stream (bytes): one read takes what the pipe holds, up to this much.
 const READ_CHUNK: usize = 1024 * 1024;
-/// Capacity asked for the child's stdout and stderr pipes (bytes; Linux `F_SETPIPE_SZ`). The
+/// Capacity asked for a busy child's stdout or stderr pipe (bytes; Linux `F_SETPIPE_SZ`). The
 /// default 64 KiB pipe makes a fast writer and the broker take turns every 64 KiB; 1 MiB is
 /// the largest an unprivileged process may ask for by default (`/proc/sys/fs/pipe-max-size`).
-/// When the kernel refuses (the per-user pipe quota), the pipe keeps its default size.
+/// When the kernel refuses, the pipe keeps its default size.
 pub const PIPE_BYTES: usize = 1024 * 1024;
+/// Most pipes enlarged at once across the broker. Pipe buffers count against the user's
+/// `pipe-user-pages-soft` quota (64 MiB by default), and past it *every* new pipe of the user,
+/// in any process, gets a minimal buffer: 16 × 1 MiB keeps the broker to a quarter of it.
+pub const ENLARGED_PIPES_MAX: usize = 16;
+/// Default Linux pipe capacity (bytes): a read of this much means the writer is ahead.
+const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
+/// Pipes currently enlarged (see [`ENLARGED_PIPES_MAX`]).
+static ENLARGED_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Redacted chunks in flight between the two readers and the relay (each up to
 /// [`READ_CHUNK`] bytes and a few markers).
 const IN_FLIGHT: usize = 4;
@@ -119,12 +128,6 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
     }
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    if let Some(p) = &stdout {
-        enlarge_pipe(p);
-    }
-    if let Some(p) = &stderr {
-        enlarge_pipe(p);
-    }
     Ok(Started {
         child,
         pid,
@@ -153,15 +156,43 @@ fn exec_target(exe: &std::fs::File) -> std::io::Result<(std::path::PathBuf, Opti
     Ok((path, None))
 }
 
-/// Asks for a [`PIPE_BYTES`] pipe; keeps the default size when the kernel refuses.
-fn enlarge_pipe(fd: &impl std::os::fd::AsFd) {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES) {
-        tracing::debug!(error = %e, "cannot enlarge a run's output pipe; keeping its size");
+/// One of the [`ENLARGED_PIPES_MAX`] slots, held while its pipe is being read.
+struct EnlargedPipe;
+
+impl EnlargedPipe {
+    /// Takes a slot and asks for a [`PIPE_BYTES`] pipe; `None` (the pipe keeps its size) when
+    /// no slot is free or the kernel refuses.
+    fn try_new(fd: std::os::fd::BorrowedFd<'_>) -> Option<EnlargedPipe> {
+        use std::sync::atomic::Ordering;
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        ENLARGED_PIPES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < ENLARGED_PIPES_MAX).then_some(n + 1)
+            })
+            .ok()?;
+        let slot = EnlargedPipe;
+        #[cfg(target_os = "linux")]
+        if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES) {
+            tracing::debug!(error = %e, "cannot enlarge a run's output pipe; keeping its size");
+            return None;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = fd;
+        Some(slot)
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = fd;
 }
+
+impl Drop for EnlargedPipe {
+    fn drop(&mut self) {
+        ENLARGED_PIPES.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A child's output pipe as the readers take it.
+trait OutputPipe: AsyncRead + std::os::fd::AsFd + Send + Unpin {}
+impl<T: AsyncRead + std::os::fd::AsFd + Send + Unpin> OutputPipe for T {}
 
 /// Sends a signal to a process group, ignoring "no such process".
 pub fn signal_group(pgid: i32, sig: rustix::process::Signal) {
@@ -195,14 +226,14 @@ pub async fn relay(
             started
                 .stdout
                 .take()
-                .map(|p| Box::new(p) as Box<dyn AsyncRead + Send + Unpin>),
+                .map(|p| Box::new(p) as Box<dyn OutputPipe>),
         ),
         (
             StreamKind::Stderr,
             started
                 .stderr
                 .take()
-                .map(|p| Box::new(p) as Box<dyn AsyncRead + Send + Unpin>),
+                .map(|p| Box::new(p) as Box<dyn OutputPipe>),
         ),
     ] {
         let Some(pipe) = pipe else { continue };
@@ -376,8 +407,8 @@ struct Chunk {
 
 /// Reads one pipe to EOF, redacting as it goes. Only what the redactor released is sent on;
 /// output buffers come back on `back` once written, so a long run reuses the same few.
-async fn pump<R: AsyncRead + Unpin>(
-    mut r: R,
+async fn pump(
+    mut r: Box<dyn OutputPipe>,
     kind: StreamKind,
     redactor: Redactor,
     tx: mpsc::Sender<Chunk>,
@@ -387,11 +418,18 @@ async fn pump<R: AsyncRead + Unpin>(
     let mut buf = vec![0u8; READ_CHUNK];
     let mut out = Vec::new();
     let mut seen = 0usize;
+    let mut enlarged: Option<EnlargedPipe> = None;
+    let mut tried = false;
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if !tried && n >= DEFAULT_PIPE_BYTES {
+            // The writer filled the default pipe: let it run further ahead of us.
+            tried = true;
+            enlarged = EnlargedPipe::try_new(r.as_fd());
+        }
         if out.capacity() == 0 {
             out = back
                 .try_recv()
@@ -414,6 +452,9 @@ async fn pump<R: AsyncRead + Unpin>(
         }
         seen = now;
     }
+    // The slot is free once the pipe is closed.
+    drop(r);
+    drop(enlarged);
     out.clear();
     stream.finish(&mut out);
     let now = stream.redactions();
