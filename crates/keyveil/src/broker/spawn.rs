@@ -284,8 +284,31 @@ pub async fn relay(
                             }
                             buf.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
                         }
-                        None => {
-                            if sink_open && !send_output(sink, kind, &bytes).await {
+                        None if sink_open => {
+                            // A client that stops reading blocks this write (the socket is
+                            // full); the timeout, a revocation or the client hanging up still
+                            // end the process group meanwhile. The write itself is finished
+                            // (never cut mid-frame), so the stream stays well formed.
+                            let write = send_output(sink, kind, &bytes);
+                            tokio::pin!(write);
+                            let sent = loop {
+                                tokio::select! {
+                                    ok = &mut write => break ok,
+                                    () = &mut deadline, if stop.is_none() => {
+                                        stop = Some(Stop::Timeout);
+                                        terminate_in_background(pgid);
+                                    }
+                                    _ = cancel.cancelled(), if stop.is_none() => {
+                                        stop = Some(Stop::Revoked);
+                                        terminate_in_background(pgid);
+                                    }
+                                    _ = client_gone.cancelled(), if stop.is_none() => {
+                                        stop = Some(Stop::ClientGone);
+                                        terminate_in_background(pgid);
+                                    }
+                                }
+                            };
+                            if !sent {
                                 sink_open = false;
                                 if stop.is_none() {
                                     stop = Some(Stop::ClientGone);
@@ -293,6 +316,7 @@ pub async fn relay(
                                 }
                             }
                         }
+                        None => {}
                     }
                     // Back to its reader for the next chunk (dropped when the reader is done).
                     if let Some(Some(back)) = recycle.get(kind as usize) {

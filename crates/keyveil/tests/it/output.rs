@@ -226,3 +226,103 @@ fn a_background_run_gets_values_split_across_writes_redacted() {
     let want = expected(&plan, "o").len() + expected(&plan, "e").len();
     assert_eq!(logs.len(), want);
 }
+
+#[test]
+fn revoking_a_run_whose_reader_stalled_still_kills_it() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    // The CLI's stdout is a pipe nobody reads: it fills, the CLI blocks, the broker's socket
+    // fills and its write of the next frame waits.
+    let mut child = h
+        .cmd(&[
+            "run",
+            "--env",
+            "demo",
+            "--wait",
+            "30",
+            "--",
+            "sh",
+            "-c",
+            "yes \"$API_TOKEN\"",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let t0 = Instant::now();
+    let pgid = loop {
+        let st = h.json(&["status", "--json"]);
+        if let Some(p) = st["runs"][0]["pgid"].as_i64() {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no live run: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // States of the live processes of the run's group.
+    let group_states = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let st = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let f: Vec<&str> = st
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                (f.first() != Some(&"Z") && f.get(2) == Some(&pgid.to_string().as_str()))
+                    .then(|| f[0].to_owned())
+            })
+            .collect()
+    };
+    let group_alive = || !group_states().is_empty();
+    // Wait until the back pressure reached the child: the broker has nothing left to redact
+    // (its CPU time stands still; pipes, channel and socket are full, the relay waits in a
+    // write) and `yes` sleeps in its write.
+    let broker = h.json(&["status", "--json"])["pid"].as_u64().unwrap();
+    let broker_ticks = || -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{broker}/stat")).unwrap();
+        let f: Vec<&str> = st.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let t0 = Instant::now();
+    loop {
+        let before = broker_ticks();
+        std::thread::sleep(Duration::from_millis(300));
+        let st = group_states();
+        if broker_ticks() <= before + 1 && !st.is_empty() && st.iter().all(|s| s == "S") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never stalled"
+        );
+    }
+    let grants = h.json(&["grants", "--json"]);
+    let gid = grants[0]["id"].as_str().unwrap().to_owned();
+    // The group dies although nobody reads the output (SIGTERM, SIGKILL after 2 s).
+    assert!(
+        group_alive(),
+        "the process group {pgid} is not found before the revocation"
+    );
+    h.ok(&["revoke", &gid]);
+    let t0 = Instant::now();
+    while group_alive() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the revoked run's process group is still alive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Reading now: only markers, then the run ends as revoked.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    stdout.read_to_end(&mut got).unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert_clean(&got, &value);
+    assert!(got.starts_with(format!("{MARK}\n").as_bytes()));
+}
