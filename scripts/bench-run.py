@@ -4,7 +4,9 @@
 1. `keyveil run --env demo -- true` with a live grant, against plain `true` (hyperfine when
    installed, else a timing loop): the cost of the CLI, the broker round trip, pin checks,
    the child environment and redaction.
-2. `keyveil run -- cat FILE` against `cat FILE` (10 values in the grant).
+2. `keyveil run -- cat FILE` against `cat FILE` (10 values in the grant), with stdout going to
+   /dev/null, through a pipe into `wc -c`, and into a file on disk; median (and min) of
+   `--cat-trials` interleaved trials each.
 3. Revocation: 100 trials of a granted `sleep 30` (with a child of its own). The revoke is sent
    straight to the broker's socket (no CLI start in the figure), and the script records when the
    broker answers (the grant is unusable) and when no process of the run's process group is
@@ -53,6 +55,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "keyveil"))
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--cat-mib", type=int, default=256, help="size of the `keyveil run -- cat FILE` input")
+    ap.add_argument("--cat-trials", type=int, default=7, help="trials per consumer of the cat figure (median reported)")
     ap.add_argument("--parts", default="run,cat,revoke", help="which measurements, comma-separated")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
@@ -73,7 +76,7 @@ def main():
         rid = json.loads(kv("requests", "--json").stdout)[-1]["id"]
         kv("approve", str(rid), "--passphrase-stdin", "--ttl", "1h", inp=pw)
         if "run" in parts:
-            run_overhead(a, env)
+            run_overhead(a, env, home)
         if "cat" in parts:
             cat_overhead(a, env, kv, home, pw)
         if "revoke" in parts:
@@ -83,7 +86,7 @@ def main():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run_overhead(a, env):
+def run_overhead(a, env, home):
         cmd = f"{a.bin} run --env demo -- true"
         rows = []
         if shutil.which("hyperfine"):
@@ -103,7 +106,9 @@ def run_overhead(a, env):
         for c, mean, med in rows:
             print(f"| `{c}` | {mean:.2f} | {med:.2f} |")
 def cat_overhead(a, env, kv, home, pw):
-        # 2. `keyveil run -- cat FILE` against `cat FILE`, 10 values in the grant.
+        # 2. `keyveil run -- cat FILE` against `cat FILE`, 10 values in the grant, into three
+        #    consumers: /dev/null (the floor: cat's output costs nothing to drop), a pipe into
+        #    `wc -c` (a realistic reader that has to receive every byte), and a file on disk.
         kv("env", "create", "ten")
         for i in range(10):
             kv("generate", "ten", f"V{i}")
@@ -113,21 +118,54 @@ def cat_overhead(a, env, kv, home, pw):
             chunk = line * (1024 * 1024 // len(line) + 1)
             for _ in range(a.cat_mib):
                 f.write(chunk[: 1024 * 1024])
+        size = os.path.getsize(big)
         kv("run", "--env", "ten", "--wait", "0", "--", "cat", big, check=False)
         rid = json.loads(kv("requests", "--json").stdout)[-1]["id"]
         kv("approve", str(rid), "--passphrase-stdin", "--ttl", "1h", inp=pw)
-        def timed(c):
-            best = None
-            for _ in range(3):
-                t0 = time.perf_counter()
+        # The output file: same file system, but outside the run's cwd and the keyveil/child HOME,
+        # so the post-run write-side scan does not read it back (a file written into HOME or
+        # the cwd is scanned for leaked values after the run: that is a separate cost).
+        out_dir = tempfile.mkdtemp(prefix="kvo", dir="/tmp")
+        out_path = os.path.join(out_dir, "out.bin")
+
+        def once(c, sink):
+            """Wall time of `c` with stdout to `sink` ("null", "wc" or "file"), seconds."""
+            t0 = time.perf_counter()
+            if sink == "null":
                 subprocess.run(c, env=env, stdout=subprocess.DEVNULL, check=True)
-                d = time.perf_counter() - t0
-                best = d if best is None else min(best, d)
-            return best
-        t_cat = timed(["cat", big])
-        t_kv = timed([a.bin, "run", "--env", "ten", "--", "cat", big])
-        print(f"\n`cat` of {a.cat_mib} MiB: {t_cat*1000:.0f} ms; through `keyveil run` (10 values): {t_kv*1000:.0f} ms "
-              f"({t_kv/t_cat:.1f}x, {a.cat_mib/t_kv:.0f} MiB/s end to end; best of 3)")
+            elif sink == "file":
+                with open(out_path, "wb") as f:
+                    subprocess.run(c, env=env, stdout=f, check=True)
+            else:
+                p1 = subprocess.Popen(c, env=env, stdout=subprocess.PIPE)
+                p2 = subprocess.Popen(["wc", "-c"], stdin=p1.stdout, stdout=subprocess.PIPE)
+                p1.stdout.close()
+                got = p2.communicate()[0]
+                if p1.wait() != 0 or int(got.split()[0]) != size:
+                    sys.exit(f"{c} | wc -c: exit {p1.returncode}, {got!r} bytes (want {size})")
+            d = time.perf_counter() - t0
+            if sink == "file":
+                if os.path.getsize(out_path) != size:
+                    sys.exit(f"{c} > FILE wrote {os.path.getsize(out_path)} bytes (want {size})")
+                os.unlink(out_path)
+            return d
+
+        plain = ["cat", big]
+        through = [a.bin, "run", "--env", "ten", "--", "cat", big]
+        print(f"\n`cat` of {a.cat_mib} MiB through `keyveil run` (10 values), {a.cat_trials} trials each, "
+              f"plain and keyveil interleaved; wall ms median (min):\n")
+        print("| consumer | `cat FILE` | `keyveil run -- cat FILE` | ratio (medians) | MiB/s end to end |")
+        print("|---|---:|---:|---:|---:|")
+        for sink, label in (("null", "`> /dev/null`"), ("wc", "`\\| wc -c`"), ("file", "`> FILE` (disk)")):
+            once(plain, sink); once(through, sink)  # warm-up: page cache, broker, pin hash
+            tp, tk = [], []
+            for _ in range(a.cat_trials):
+                tp.append(once(plain, sink))
+                tk.append(once(through, sink))
+            mp, mk = statistics.median(tp), statistics.median(tk)
+            print(f"| {label} | {mp*1000:.0f} ({min(tp)*1000:.0f}) | {mk*1000:.0f} ({min(tk)*1000:.0f}) "
+                  f"| {mk/mp:.1f}x | {a.cat_mib/mk:.0f} |")
+        shutil.rmtree(out_dir, ignore_errors=True)
 def revocation(a, env, kv, pw):
         # 3. revocation latency, broker side.
         sock = json.loads(kv("status", "--json").stdout)["socket"]

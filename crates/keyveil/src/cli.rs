@@ -1141,19 +1141,16 @@ async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
     };
     let mut c = Connection::open(paths).await?;
     c.send(&Request::Run(req)).await?;
-    let mut out = tokio::io::stdout();
-    let mut err = tokio::io::stderr();
-    use tokio::io::AsyncWriteExt;
+    // Output frames go straight to our stdout/stderr with plain blocking writes: no buffer in
+    // between (std's stdout is line-buffered; tokio's copies every chunk to a blocking thread).
+    // This future runs on the thread that called `block_on`, so a slow reader of our stdout
+    // stalls only this loop (and, through the socket, the broker's relay of this run).
+    let mut out = RawOutput::stdout();
+    let mut err = RawOutput::stderr();
     while let Some(ev) = c.next().await? {
         match ev {
-            Event::Stdout(b) => {
-                out.write_all(&b).await?;
-                out.flush().await?;
-            }
-            Event::Stderr(b) => {
-                err.write_all(&b).await?;
-                err.flush().await?;
-            }
+            Event::Stdout(b) => out.write_all(&b)?,
+            Event::Stderr(b) => err.write_all(&b)?,
             Event::Reply(Reply::Pending {
                 request_id,
                 is_final,
@@ -1203,6 +1200,45 @@ async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
         }
     }
     bail!("the broker closed the connection before the command finished")
+}
+
+/// The CLI's own stdout or stderr, written without buffering through a duplicate of the
+/// descriptor (opened on the first write, so a run that prints nothing never touches it).
+struct RawOutput {
+    which: fn() -> std::io::Result<std::os::fd::OwnedFd>,
+    file: Option<std::fs::File>,
+}
+
+impl RawOutput {
+    fn stdout() -> RawOutput {
+        RawOutput {
+            which: || {
+                use std::io::Write;
+                // Anything `say` left in std's buffer goes first.
+                let mut o = std::io::stdout().lock();
+                o.flush()?;
+                std::os::fd::AsFd::as_fd(&o).try_clone_to_owned()
+            },
+            file: None,
+        }
+    }
+
+    fn stderr() -> RawOutput {
+        RawOutput {
+            which: || std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned(),
+            file: None,
+        }
+    }
+
+    /// Writes all of `bytes` (blocking).
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let f = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(std::fs::File::from((self.which)()?)),
+        };
+        f.write_all(bytes)
+    }
 }
 
 async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {

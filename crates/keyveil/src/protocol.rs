@@ -772,6 +772,66 @@ impl Frame {
     }
 }
 
+/// Writes frames onto a byte stream without copying their payload: the 4-byte length and the
+/// tag byte go out together with the payload in vectored writes (the `LengthDelimitedCodec`
+/// sink copies every payload into its own buffer first). Readers decode the frames with the
+/// same codec as before ([`crate::client::codec`]).
+pub struct FrameWriter<W> {
+    io: W,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps the write side of a connection.
+    pub fn new(io: W) -> FrameWriter<W> {
+        FrameWriter { io }
+    }
+
+    /// Writes an already tagged frame body (the output of [`Frame::json`] or [`Frame::encode`]).
+    pub async fn send(&mut self, body: Bytes) -> std::io::Result<()> {
+        let Some((&tag, payload)) = body.split_first() else {
+            return Err(std::io::Error::other(FrameError::Empty));
+        };
+        self.write_frame(tag, payload).await
+    }
+
+    /// Writes `payload` as one or more frames tagged `tag` (a payload longer than
+    /// [`MAX_FRAME`] − 1 bytes is split, so the reader's length limit always holds).
+    pub async fn write_frame(&mut self, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut rest = payload;
+        loop {
+            let (now, later) = rest.split_at(rest.len().min(MAX_FRAME - 1));
+            self.write_one(tag, now).await?;
+            if later.is_empty() {
+                return Ok(());
+            }
+            rest = later;
+        }
+    }
+
+    async fn write_one(&mut self, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let len = u32::try_from(payload.len() + 1).map_err(std::io::Error::other)?;
+        let mut header = [0u8; 5];
+        header[..4].copy_from_slice(&len.to_be_bytes());
+        header[4] = tag;
+        let mut head: &[u8] = &header;
+        let mut body = payload;
+        while !head.is_empty() {
+            let n = self
+                .io
+                .write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)])
+                .await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = head.get(from_head..).unwrap_or_default();
+            body = body.get(n - from_head..).unwrap_or_default();
+        }
+        self.io.write_all(body).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -792,6 +852,41 @@ mod tests {
             Frame::decode(BytesMut::from(&[9u8, 1][..])),
             Err(FrameError::UnknownTag(9))
         ));
+    }
+
+    #[tokio::test]
+    async fn frame_writer_output_decodes_with_the_codec_and_splits_big_payloads() {
+        use futures::StreamExt;
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let big = vec![7u8; MAX_FRAME + 10];
+        let writer = tokio::spawn(async move {
+            let mut w = FrameWriter::new(a);
+            w.write_frame(TAG_STDOUT, b"hello").await.unwrap();
+            w.send(Frame::json(&serde_json::json!({"x": 1})).unwrap())
+                .await
+                .unwrap();
+            w.write_frame(TAG_STDERR, &big).await.unwrap();
+        });
+        let mut r = tokio_util::codec::FramedRead::new(b, crate::client::codec());
+        let mut got = Vec::new();
+        while let Some(f) = r.next().await {
+            got.push(Frame::decode(f.unwrap()).unwrap());
+        }
+        writer.await.unwrap();
+        assert!(matches!(&got[0], Frame::Stdout(p) if &p[..] == b"hello"));
+        assert!(matches!(&got[1], Frame::Json(p) if &p[..] == br#"{"x":1}"#));
+        let err: usize = got[2..]
+            .iter()
+            .map(|f| match f {
+                Frame::Stderr(p) => {
+                    assert!(p.iter().all(|&b| b == 7));
+                    p.len()
+                }
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(got.len(), 4);
+        assert_eq!(err, MAX_FRAME + 10);
     }
 
     #[test]

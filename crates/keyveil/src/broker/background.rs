@@ -234,8 +234,7 @@ pub async fn start(
     mut req: RunRequest,
     framed: Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
 ) {
-    use futures::SinkExt;
-    let (mut sink, mut stream) = framed.split();
+    let (mut stream, mut sink) = spawn::split_connection(framed);
     let gone = CancellationToken::new();
     let gone2 = gone.clone();
     let watcher = tokio::spawn(async move {
@@ -313,7 +312,8 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
     tokio::spawn(async move {
         let result = match pair {
             Ok((a, b)) => {
-                let (mut sink, _unused) = Framed::new(a, crate::client::codec()).split();
+                let (_unused, a) = a.into_split();
+                let mut sink = crate::protocol::FrameWriter::new(a);
                 let reader_run = run2.clone();
                 let reader = tokio::spawn(async move {
                     let mut frames = Framed::new(b, crate::client::codec());

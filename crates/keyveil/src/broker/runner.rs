@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
 use serde_json::json;
 use tokio::net::UnixStream;
@@ -68,7 +68,7 @@ type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
 /// Serves one `run` request on its connection.
 pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
-    let (mut sink, mut stream) = framed.split();
+    let (mut stream, mut sink) = spawn::split_connection(framed);
     // Notice a client that hangs up (Ctrl-C of the CLI, a cancelled MCP call).
     let gone = CancellationToken::new();
     let gone2 = gone.clone();

@@ -3,14 +3,19 @@
 //! The child gets its own process group (so revocation and timeouts kill it and everything it
 //! started), `PR_SET_PDEATHSIG(SIGKILL)` (so it dies with the broker), the requester's
 //! pass-through environment plus the granted values, and nothing else. Its stdout and stderr are
-//! read in chunks of up to 64 KiB, each through its own [`keyveil_redact::RedactStream`], and only
-//! redacted bytes ever leave this module.
+//! pipes, read in chunks of up to [`READ_CHUNK`] bytes, each through its own
+//! [`keyveil_redact::RedactStream`], and only redacted bytes ever leave this module. A pipe that
+//! turns out busy (one read drained a full default-sized pipe) is enlarged to [`PIPE_BYTES`]
+//! (Linux), at most [`ENLARGED_PIPES_MAX`] at a time across the broker.
+//!
+//! The output path copies as little as it can: the redactor appends into a buffer that is moved
+//! (not copied) to the relay, written to the client as one frame with a vectored write
+//! ([`crate::protocol::FrameWriter`]) and then handed back to its reader for reuse.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::redact::Redactor;
-use bytes::Bytes;
 use keyveil_vault::SecretValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -22,8 +27,24 @@ use crate::protocol::{OutputMode, RunResult};
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Default run timeout (seconds).
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
-/// Read buffer size per stream (bytes).
-const READ_CHUNK: usize = 64 * 1024;
+/// Read buffer size per stream (bytes): one read takes what the pipe holds, up to this much.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Capacity asked for a busy child's stdout or stderr pipe (bytes; Linux `F_SETPIPE_SZ`). The
+/// default 64 KiB pipe makes a fast writer and the broker take turns every 64 KiB; 1 MiB is
+/// the largest an unprivileged process may ask for by default (`/proc/sys/fs/pipe-max-size`).
+/// When the kernel refuses, the pipe keeps its default size.
+pub const PIPE_BYTES: usize = 1024 * 1024;
+/// Most pipes enlarged at once across the broker. Pipe buffers count against the user's
+/// `pipe-user-pages-soft` quota (64 MiB by default), and past it *every* new pipe of the user,
+/// in any process, gets a minimal buffer: 16 × 1 MiB keeps the broker to a quarter of it.
+pub const ENLARGED_PIPES_MAX: usize = 16;
+/// Default Linux pipe capacity (bytes): a read of this much means the writer is ahead.
+const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
+/// Pipes currently enlarged (see [`ENLARGED_PIPES_MAX`]).
+static ENLARGED_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Redacted chunks in flight between the two readers and the relay (each up to
+/// [`READ_CHUNK`] bytes and a few markers).
+const IN_FLIGHT: usize = 4;
 
 /// What to start.
 pub struct SpawnSpec {
@@ -135,6 +156,44 @@ fn exec_target(exe: &std::fs::File) -> std::io::Result<(std::path::PathBuf, Opti
     Ok((path, None))
 }
 
+/// One of the [`ENLARGED_PIPES_MAX`] slots, held while its pipe is being read.
+struct EnlargedPipe;
+
+impl EnlargedPipe {
+    /// Takes a slot and asks for a [`PIPE_BYTES`] pipe; `None` (the pipe keeps its size) when
+    /// no slot is free or the kernel refuses.
+    fn try_new(fd: std::os::fd::BorrowedFd<'_>) -> Option<EnlargedPipe> {
+        use std::sync::atomic::Ordering;
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        ENLARGED_PIPES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < ENLARGED_PIPES_MAX).then_some(n + 1)
+            })
+            .ok()?;
+        let slot = EnlargedPipe;
+        #[cfg(target_os = "linux")]
+        if let Err(e) = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES) {
+            tracing::debug!(error = %e, "cannot enlarge a run's output pipe; keeping its size");
+            return None;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = fd;
+        Some(slot)
+    }
+}
+
+impl Drop for EnlargedPipe {
+    fn drop(&mut self) {
+        ENLARGED_PIPES.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A child's output pipe as the readers take it.
+trait OutputPipe: AsyncRead + std::os::fd::AsFd + Send + Unpin {}
+impl<T: AsyncRead + std::os::fd::AsFd + Send + Unpin> OutputPipe for T {}
+
 /// Sends a signal to a process group, ignoring "no such process".
 pub fn signal_group(pgid: i32, sig: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
@@ -157,22 +216,37 @@ pub async fn relay(
     sink: &mut OutputSink,
 ) -> RunResult {
     let t0 = Instant::now();
-    let (tx, mut rx) = mpsc::channel::<(StreamKind, Bytes, usize)>(16);
+    let (tx, mut rx) = mpsc::channel::<Chunk>(IN_FLIGHT);
     let mut readers = Vec::new();
-    if let Some(out) = started.stdout.take() {
-        readers.push(tokio::spawn(pump(
-            out,
+    // Buffers go back to the reader they came from once written (index: StreamKind as usize).
+    let mut recycle: [Option<mpsc::Sender<Vec<u8>>>; 2] = [None, None];
+    for (kind, pipe) in [
+        (
             StreamKind::Stdout,
-            redactor.clone(),
-            tx.clone(),
-        )));
-    }
-    if let Some(err) = started.stderr.take() {
-        readers.push(tokio::spawn(pump(
-            err,
+            started
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn OutputPipe>),
+        ),
+        (
             StreamKind::Stderr,
+            started
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn OutputPipe>),
+        ),
+    ] {
+        let Some(pipe) = pipe else { continue };
+        let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT + 1);
+        if let Some(slot) = recycle.get_mut(kind as usize) {
+            *slot = Some(back_tx);
+        }
+        readers.push(tokio::spawn(pump(
+            pipe,
+            kind,
             redactor.clone(),
             tx.clone(),
+            back_rx,
         )));
     }
     drop(tx);
@@ -187,7 +261,8 @@ pub async fn relay(
     let mut err_buf: Vec<u8> = Vec::new();
     let mut stop: Option<Stop> = None;
     let mut status: Option<std::process::ExitStatus> = None;
-    let deadline = tokio::time::Instant::now() + spec_timeout;
+    let deadline = tokio::time::sleep(spec_timeout);
+    tokio::pin!(deadline);
     let mut sink_open = true;
     let mut streams_open = true;
 
@@ -198,8 +273,8 @@ pub async fn relay(
         }
         tokio::select! {
             msg = rx.recv(), if streams_open => match msg {
-                Some((kind, bytes, n)) => {
-                    result.redactions += n as u64;
+                Some(Chunk { kind, bytes, redactions }) => {
+                    result.redactions += redactions as u64;
                     match cap {
                         Some(cap) => {
                             let buf = if kind == StreamKind::Stdout { &mut out_buf } else { &mut err_buf };
@@ -209,8 +284,31 @@ pub async fn relay(
                             }
                             buf.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
                         }
-                        None => {
-                            if sink_open && !send_output(sink, kind, &bytes).await {
+                        None if sink_open => {
+                            // A client that stops reading blocks this write (the socket is
+                            // full); the timeout, a revocation or the client hanging up still
+                            // end the process group meanwhile. The write itself is finished
+                            // (never cut mid-frame), so the stream stays well formed.
+                            let write = send_output(sink, kind, &bytes);
+                            tokio::pin!(write);
+                            let sent = loop {
+                                tokio::select! {
+                                    ok = &mut write => break ok,
+                                    () = &mut deadline, if stop.is_none() => {
+                                        stop = Some(Stop::Timeout);
+                                        terminate_in_background(pgid);
+                                    }
+                                    _ = cancel.cancelled(), if stop.is_none() => {
+                                        stop = Some(Stop::Revoked);
+                                        terminate_in_background(pgid);
+                                    }
+                                    _ = client_gone.cancelled(), if stop.is_none() => {
+                                        stop = Some(Stop::ClientGone);
+                                        terminate_in_background(pgid);
+                                    }
+                                }
+                            };
+                            if !sent {
                                 sink_open = false;
                                 if stop.is_none() {
                                     stop = Some(Stop::ClientGone);
@@ -218,6 +316,11 @@ pub async fn relay(
                                 }
                             }
                         }
+                        None => {}
+                    }
+                    // Back to its reader for the next chunk (dropped when the reader is done).
+                    if let Some(Some(back)) = recycle.get(kind as usize) {
+                        let _ = back.try_send(bytes);
                     }
                 }
                 None => streams_open = false,
@@ -227,7 +330,7 @@ pub async fn relay(
                 // Nothing started under a grant outlives its leader: end the group now.
                 signal_group(pgid, rustix::process::Signal::KILL);
             }
-            _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
+            () = &mut deadline, if stop.is_none() => {
                 stop = Some(Stop::Timeout);
                 terminate_in_background(pgid);
             }
@@ -264,13 +367,35 @@ pub async fn relay(
 }
 
 /// Where streamed output frames go: the write half of the client's connection.
-pub type OutputSink = futures::stream::SplitSink<
-    tokio_util::codec::Framed<tokio::net::UnixStream, tokio_util::codec::LengthDelimitedCodec>,
-    Bytes,
+pub type OutputSink = crate::protocol::FrameWriter<tokio::net::unix::OwnedWriteHalf>;
+
+/// The read side of a client connection after [`split_connection`].
+pub type ConnReader = tokio_util::codec::Framed<
+    tokio::net::unix::OwnedReadHalf,
+    tokio_util::codec::LengthDelimitedCodec,
 >;
 
+/// Splits a client connection into its frame reader (keeping bytes already read past the
+/// request) and an [`OutputSink`] for the replies and output frames.
+pub fn split_connection(
+    framed: tokio_util::codec::Framed<
+        tokio::net::UnixStream,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
+) -> (ConnReader, OutputSink) {
+    let old = framed.into_parts();
+    // Nothing is pending: every frame written before this point was flushed by `send`.
+    debug_assert!(old.write_buf.is_empty());
+    let (rd, wr) = old.io.into_split();
+    let mut parts = tokio_util::codec::FramedParts::new::<bytes::Bytes>(rd, old.codec);
+    parts.read_buf = old.read_buf;
+    (
+        tokio_util::codec::Framed::from_parts(parts),
+        crate::protocol::FrameWriter::new(wr),
+    )
+}
+
 async fn send_output(sink: &mut OutputSink, kind: StreamKind, bytes: &[u8]) -> bool {
-    use futures::SinkExt;
     if bytes.is_empty() {
         return true;
     }
@@ -279,9 +404,7 @@ async fn send_output(sink: &mut OutputSink, kind: StreamKind, bytes: &[u8]) -> b
     } else {
         crate::protocol::TAG_STDERR
     };
-    sink.send(crate::protocol::Frame::encode(tag, bytes))
-        .await
-        .is_ok()
+    sink.write_frame(tag, bytes).await.is_ok()
 }
 
 /// SIGTERM the group now, SIGKILL after the grace period.
@@ -297,43 +420,73 @@ fn terminate_in_background(pgid: i32) {
     });
 }
 
-/// Reads one pipe to EOF, redacting as it goes.
-async fn pump<R: AsyncRead + Unpin>(
-    mut r: R,
+/// Redacted bytes of one stream, on their way from a reader to the relay.
+struct Chunk {
+    kind: StreamKind,
+    /// Redacted output (the reader's buffer, moved; handed back after it is written).
+    bytes: Vec<u8>,
+    /// Values replaced since the previous chunk of this stream.
+    redactions: usize,
+}
+
+/// Reads one pipe to EOF, redacting as it goes. Only what the redactor released is sent on;
+/// output buffers come back on `back` once written, so a long run reuses the same few.
+async fn pump(
+    mut r: Box<dyn OutputPipe>,
     kind: StreamKind,
     redactor: Redactor,
-    tx: mpsc::Sender<(StreamKind, Bytes, usize)>,
+    tx: mpsc::Sender<Chunk>,
+    mut back: mpsc::Receiver<Vec<u8>>,
 ) {
     let mut stream = redactor.stream();
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut out = Vec::with_capacity(READ_CHUNK + 256);
+    let mut out = Vec::new();
     let mut seen = 0usize;
+    let mut enlarged: Option<EnlargedPipe> = None;
+    let mut tried = false;
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if !tried && n >= DEFAULT_PIPE_BYTES {
+            // The writer filled the default pipe: let it run further ahead of us.
+            tried = true;
+            enlarged = EnlargedPipe::try_new(r.as_fd());
+        }
+        if out.capacity() == 0 {
+            out = back
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(READ_CHUNK + 1024));
+        }
         out.clear();
         stream.push(buf.get(..n).unwrap_or_default(), &mut out);
-        let now = stream.redactions();
-        if !out.is_empty()
-            && tx
-                .send((kind, Bytes::copy_from_slice(&out), now - seen))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        if out.is_empty() && now != seen {
-            // counted on the next send
+        if out.is_empty() {
+            // Held back (a possible match); its redactions are counted with the next send.
             continue;
+        }
+        let now = stream.redactions();
+        let chunk = Chunk {
+            kind,
+            bytes: std::mem::take(&mut out),
+            redactions: now - seen,
+        };
+        if tx.send(chunk).await.is_err() {
+            return;
         }
         seen = now;
     }
+    // The slot is free once the pipe is closed.
+    drop(r);
+    drop(enlarged);
     out.clear();
     stream.finish(&mut out);
     let now = stream.redactions();
     let _ = tx
-        .send((kind, Bytes::copy_from_slice(&out), now - seen))
+        .send(Chunk {
+            kind,
+            bytes: out,
+            redactions: now - seen,
+        })
         .await;
 }
