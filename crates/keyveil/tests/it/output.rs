@@ -326,3 +326,102 @@ fn revoking_a_run_whose_reader_stalled_still_kills_it() {
     assert_clean(&got, &value);
     assert!(got.starts_with(format!("{MARK}\n").as_bytes()));
 }
+
+/// A client that stays connected but never reads again must not keep a revoked run from
+/// ending: the group is killed, and the run must also end on the broker's side (live-run
+/// bookkeeping, the write-side scan, the `run_end` audit record), not wait for the client.
+#[test]
+fn a_revoked_run_whose_reader_stalled_ends_without_the_reader() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let mut child = h
+        .cmd(&[
+            "run",
+            "--env",
+            "demo",
+            "--wait",
+            "30",
+            "--",
+            "sh",
+            "-c",
+            "yes \"$API_TOKEN\"",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let t0 = Instant::now();
+    let pgid = loop {
+        let st = h.json(&["status", "--json"]);
+        if let Some(p) = st["runs"][0]["pgid"].as_i64() {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no live run: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let group_states = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let st = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let f: Vec<&str> = st
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                (f.first() != Some(&"Z") && f.get(2) == Some(&pgid.to_string().as_str()))
+                    .then(|| f[0].to_owned())
+            })
+            .collect()
+    };
+    let broker = h.json(&["status", "--json"])["pid"].as_u64().unwrap();
+    let broker_ticks = || -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{broker}/stat")).unwrap();
+        let f: Vec<&str> = st.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let t0 = Instant::now();
+    loop {
+        let before = broker_ticks();
+        std::thread::sleep(Duration::from_millis(300));
+        let st = group_states();
+        if broker_ticks() <= before + 1 && !st.is_empty() && st.iter().all(|s| s == "S") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never stalled"
+        );
+    }
+    let gid = h.json(&["grants", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.ok(&["revoke", &gid]);
+    // The client keeps its end open and never reads. Within a generous bound (kill grace
+    // + slack) the broker must have finished the run.
+    let t0 = Instant::now();
+    loop {
+        let st = h.json(&["status", "--json"]);
+        let ended = st["live_runs"] == 0 && h.audit_text().contains("\"run_end\"");
+        if ended {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "a revoked run is still live on the broker 15 s later because its client stopped \
+                 reading (no run_end audit, no write-side scan): {st}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
