@@ -778,12 +778,15 @@ impl Frame {
 /// same codec as before ([`crate::client::codec`]).
 pub struct FrameWriter<W> {
     io: W,
+    /// A frame write was started and not finished (its future was dropped): the stream is
+    /// no longer well formed and every later write fails.
+    torn: bool,
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps the write side of a connection.
     pub fn new(io: W) -> FrameWriter<W> {
-        FrameWriter { io }
+        FrameWriter { io, torn: false }
     }
 
     /// Writes an already tagged frame body (the output of [`Frame::json`] or [`Frame::encode`]).
@@ -810,7 +813,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
 
     async fn write_one(&mut self, tag: u8, payload: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
+        if self.torn {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
         let len = u32::try_from(payload.len() + 1).map_err(std::io::Error::other)?;
+        self.torn = true;
         let mut header = [0u8; 5];
         header[..4].copy_from_slice(&len.to_be_bytes());
         header[4] = tag;
@@ -828,7 +835,9 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
             head = head.get(from_head..).unwrap_or_default();
             body = body.get(n - from_head..).unwrap_or_default();
         }
-        self.io.write_all(body).await
+        self.io.write_all(body).await?;
+        self.torn = false;
+        Ok(())
     }
 }
 

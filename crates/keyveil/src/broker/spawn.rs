@@ -291,9 +291,18 @@ pub async fn relay(
                             // (never cut mid-frame), so the stream stays well formed.
                             let write = send_output(sink, kind, &bytes);
                             tokio::pin!(write);
+                            // Once the run is stopped, a client that still does not read is
+                            // abandoned (the frame may be cut: the connection is dropped).
+                            let give_up = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+                            tokio::pin!(give_up);
+                            if stop.is_some() {
+                                give_up.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE * 2);
+                            }
                             let sent = loop {
+                                let was_running = stop.is_none();
                                 tokio::select! {
                                     ok = &mut write => break ok,
+                                    () = &mut give_up, if stop.is_some() => break false,
                                     () = &mut deadline, if stop.is_none() => {
                                         stop = Some(Stop::Timeout);
                                         terminate_in_background(pgid);
@@ -306,6 +315,9 @@ pub async fn relay(
                                         stop = Some(Stop::ClientGone);
                                         terminate_in_background(pgid);
                                     }
+                                }
+                                if was_running && stop.is_some() {
+                                    give_up.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE * 2);
                                 }
                             };
                             if !sent {
