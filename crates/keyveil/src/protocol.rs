@@ -898,6 +898,40 @@ mod tests {
         assert_eq!(err, MAX_FRAME + 10);
     }
 
+    #[tokio::test]
+    async fn frame_writer_refuses_every_write_after_a_torn_frame() {
+        use tokio::io::AsyncReadExt;
+        let (a, mut b) = tokio::io::duplex(16);
+        let mut w = FrameWriter::new(a);
+        // The reader does not read: the write stops mid-frame and is given up on.
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            w.write_frame(TAG_STDOUT, &[1u8; 100]),
+        )
+        .await;
+        assert!(cut.is_err(), "the write should have blocked");
+        // Room again, yet nothing more may follow the cut frame.
+        let mut drained = [0u8; 64];
+        let n = b.read(&mut drained).await.unwrap();
+        assert!(n > 0);
+        let e = w.write_frame(TAG_STDOUT, b"x").await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        let e = w
+            .send(Frame::json(&serde_json::json!({"x": 1})).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        // A finished frame leaves the writer usable.
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut w = FrameWriter::new(a);
+        w.write_frame(TAG_STDOUT, b"one").await.unwrap();
+        w.write_frame(TAG_STDOUT, b"two").await.unwrap();
+        drop(w);
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 2 * (4 + 1 + 3));
+    }
+
     #[test]
     fn debug_of_requests_never_shows_a_passphrase_or_value() {
         let r = Request::VarSet {

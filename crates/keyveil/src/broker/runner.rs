@@ -80,7 +80,10 @@ pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)
     {
-        let _ = sink.send(body).await;
+        // A stopped run does not wait for a client that does not read (see `relay`).
+        let stopped =
+            gone.is_cancelled() || matches!(&r, Reply::Exit(x) if x.revoked || x.timed_out);
+        spawn::send_final(&mut sink, body, stopped.then_some(spawn::ABANDON_AFTER)).await;
     }
     watcher.abort();
 }

@@ -25,6 +25,9 @@ use crate::protocol::{OutputMode, RunResult};
 
 /// Grace period between SIGTERM and SIGKILL when a run is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long a stopped run (revoked, timed out, client hung up) waits on a client that does not
+/// read its output or its exit reply before abandoning the connection and ending without it.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(KILL_GRACE.as_secs() * 2);
 /// Default run timeout (seconds).
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Read buffer size per stream (bytes): one read takes what the pipe holds, up to this much.
@@ -42,6 +45,10 @@ pub const ENLARGED_PIPES_MAX: usize = 16;
 const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
 /// Pipes currently enlarged (see [`ENLARGED_PIPES_MAX`]).
 static ENLARGED_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Largest output buffer (capacity, bytes) handed back to its reader for reuse. Marker
+/// expansion can grow a buffer to many times [`READ_CHUNK`]; such a one is dropped instead of
+/// being kept for the rest of the run.
+const RECYCLE_MAX: usize = 2 * READ_CHUNK;
 /// Redacted chunks in flight between the two readers and the relay (each up to
 /// [`READ_CHUNK`] bytes and a few markers).
 const IN_FLIGHT: usize = 4;
@@ -286,23 +293,26 @@ pub async fn relay(
                         }
                         None if sink_open => {
                             // A client that stops reading blocks this write (the socket is
-                            // full); the timeout, a revocation or the client hanging up still
-                            // end the process group meanwhile. The write itself is finished
-                            // (never cut mid-frame), so the stream stays well formed.
+                            // full); the timeout, a revocation, the client hanging up and the
+                            // leader exiting still end the process group meanwhile. Until the
+                            // run is stopped the write is finished (never cut mid-frame);
+                            // once it is, a client that still does not read within
+                            // [`ABANDON_AFTER`] is abandoned: the write is dropped (the frame
+                            // may be cut, so the sink refuses every later write) and the run
+                            // ends without it.
                             let write = send_output(sink, kind, &bytes);
                             tokio::pin!(write);
-                            // Once the run is stopped, a client that still does not read is
-                            // abandoned (the frame may be cut: the connection is dropped).
-                            let give_up = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-                            tokio::pin!(give_up);
-                            if stop.is_some() {
-                                give_up.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE * 2);
-                            }
+                            let mut give_up = stop.map(|_| abandon_timer());
                             let sent = loop {
                                 let was_running = stop.is_none();
                                 tokio::select! {
                                     ok = &mut write => break ok,
-                                    () = &mut give_up, if stop.is_some() => break false,
+                                    () = expiry(give_up.as_mut()) => break false,
+                                    st = started.child.wait(), if status.is_none() => {
+                                        status = st.ok();
+                                        // As below: nothing outlives the leader.
+                                        signal_group(pgid, rustix::process::Signal::KILL);
+                                    }
                                     () = &mut deadline, if stop.is_none() => {
                                         stop = Some(Stop::Timeout);
                                         terminate_in_background(pgid);
@@ -317,7 +327,7 @@ pub async fn relay(
                                     }
                                 }
                                 if was_running && stop.is_some() {
-                                    give_up.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE * 2);
+                                    give_up = Some(abandon_timer());
                                 }
                             };
                             if !sent {
@@ -330,8 +340,11 @@ pub async fn relay(
                         }
                         None => {}
                     }
-                    // Back to its reader for the next chunk (dropped when the reader is done).
-                    if let Some(Some(back)) = recycle.get(kind as usize) {
+                    // Back to its reader for the next chunk (dropped when the reader is done,
+                    // or when marker expansion made it too big to keep).
+                    if recyclable(&bytes)
+                        && let Some(Some(back)) = recycle.get(kind as usize)
+                    {
                         let _ = back.try_send(bytes);
                     }
                 }
@@ -419,6 +432,41 @@ async fn send_output(sink: &mut OutputSink, kind: StreamKind, bytes: &[u8]) -> b
     sink.write_frame(tag, bytes).await.is_ok()
 }
 
+/// A timer for [`ABANDON_AFTER`], started now.
+fn abandon_timer() -> std::pin::Pin<Box<tokio::time::Sleep>> {
+    Box::pin(tokio::time::sleep(ABANDON_AFTER))
+}
+
+/// Completes when `timer` fires; never without one.
+async fn expiry(timer: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether an output buffer is small enough to be reused (see [`RECYCLE_MAX`]).
+fn recyclable(buf: &Vec<u8>) -> bool {
+    buf.capacity() <= RECYCLE_MAX
+}
+
+/// Sends the final reply of a run, giving up on a client that has not taken it within
+/// `bound` (the frame may be cut; the connection is about to be closed anyway). Without a
+/// bound the write waits for the client like every output frame. The run path bounds it by
+/// [`ABANDON_AFTER`] once a run was stopped (revoked, timed out, client hung up). Returns
+/// whether the reply was sent.
+pub async fn send_final<W: tokio::io::AsyncWrite + Unpin>(
+    sink: &mut crate::protocol::FrameWriter<W>,
+    body: bytes::Bytes,
+    bound: Option<Duration>,
+) -> bool {
+    let send = sink.send(body);
+    match bound {
+        Some(limit) => matches!(tokio::time::timeout(limit, send).await, Ok(Ok(()))),
+        None => send.await.is_ok(),
+    }
+}
+
 /// SIGTERM the group now, SIGKILL after the grace period.
 async fn terminate(pgid: i32) {
     terminate_in_background(pgid);
@@ -467,9 +515,14 @@ async fn pump(
             enlarged = EnlargedPipe::try_new(r.as_fd());
         }
         if out.capacity() == 0 {
-            out = back
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(READ_CHUNK + 1024));
+            out = loop {
+                match back.try_recv() {
+                    Ok(b) if recyclable(&b) => break b,
+                    // Too big to keep: dropped.
+                    Ok(_) => continue,
+                    Err(_) => break Vec::with_capacity(READ_CHUNK + 1024),
+                }
+            };
         }
         out.clear();
         stream.push(buf.get(..n).unwrap_or_default(), &mut out);
@@ -501,4 +554,69 @@ async fn pump(
             redactions: now - seen,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A client connection that is full (the client reads nothing).
+    fn full_sink() -> (
+        crate::protocol::FrameWriter<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (a, b) = tokio::io::duplex(8);
+        (crate::protocol::FrameWriter::new(a), b)
+    }
+
+    fn reply() -> bytes::Bytes {
+        crate::protocol::Frame::json(&serde_json::json!({"exit": 0})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bounded_final_reply_gives_up_on_a_client_that_does_not_read() {
+        let bound = Duration::from_millis(200);
+        let (mut sink, _client) = full_sink();
+        let t0 = Instant::now();
+        assert!(!send_final(&mut sink, reply(), Some(bound)).await);
+        assert!(t0.elapsed() >= bound && t0.elapsed() < Duration::from_secs(5));
+        // The cut frame is never followed by anything.
+        let next = sink.write_frame(crate::protocol::TAG_STDOUT, b"x").await;
+        assert!(next.is_err());
+        // Unbounded, the reply waits for its client (back pressure, as for output).
+        let (mut sink, _client) = full_sink();
+        let waited = tokio::time::timeout(bound * 3, send_final(&mut sink, reply(), None)).await;
+        assert!(waited.is_err(), "an unbounded reply was given up on");
+    }
+
+    #[tokio::test]
+    async fn oversized_output_buffers_are_not_reused() {
+        let (mut w, r) = tokio::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
+        let (back_tx, back_rx) = mpsc::channel(IN_FLIGHT + 1);
+        // One buffer grown by marker expansion, then one of the usual size.
+        back_tx
+            .try_send(Vec::with_capacity(RECYCLE_MAX + 1))
+            .unwrap();
+        back_tx.try_send(Vec::with_capacity(READ_CHUNK)).unwrap();
+        let pump = tokio::spawn(pump(
+            Box::new(r),
+            StreamKind::Stdout,
+            Redactor::new([("N", b"planted-value".to_vec())]),
+            tx,
+            back_rx,
+        ));
+        w.write_all(b"hello planted-value\n").await.unwrap();
+        drop(w);
+        let mut seen = Vec::new();
+        while let Some(c) = rx.recv().await {
+            assert!(recyclable(&c.bytes), "capacity {}", c.bytes.capacity());
+            seen.extend_from_slice(&c.bytes);
+        }
+        pump.await.unwrap();
+        assert_eq!(seen, b"hello [REDACTED:N]\n");
+        assert!(!recyclable(&Vec::with_capacity(RECYCLE_MAX + 1)));
+        assert!(recyclable(&Vec::with_capacity(READ_CHUNK + 1024)));
+    }
 }
