@@ -1149,8 +1149,16 @@ async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
     let mut err = RawOutput::stderr();
     while let Some(ev) = c.next().await? {
         match ev {
-            Event::Stdout(b) => out.write_all(&b)?,
-            Event::Stderr(b) => err.write_all(&b)?,
+            Event::Stdout(b) => {
+                if out.write_all(&b)? == Written::ReaderGone {
+                    return Ok(EXIT_BROKEN_PIPE);
+                }
+            }
+            Event::Stderr(b) => {
+                if err.write_all(&b)? == Written::ReaderGone {
+                    return Ok(EXIT_BROKEN_PIPE);
+                }
+            }
             Event::Reply(Reply::Pending {
                 request_id,
                 is_final,
@@ -1230,15 +1238,44 @@ impl RawOutput {
         }
     }
 
-    /// Writes all of `bytes` (blocking).
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes all of `bytes` (blocking). A closed descriptor (`EBADF`) swallows the output, as
+    /// std's own stdout does; a reader that went away (`EPIPE`) is reported, not an error.
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<Written> {
         use std::io::Write;
         let f = match &mut self.file {
             Some(f) => f,
-            None => self.file.insert(std::fs::File::from((self.which)()?)),
+            None => match (self.which)() {
+                Ok(fd) => self.file.insert(std::fs::File::from(fd)),
+                Err(e) if is_ebadf(&e) => return Ok(Written::Discarded),
+                Err(e) => return Err(e),
+            },
         };
-        f.write_all(bytes)
+        match f.write_all(bytes) {
+            Ok(()) => Ok(Written::Done),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Written::ReaderGone),
+            Err(e) if is_ebadf(&e) => Ok(Written::Discarded),
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// What became of output written by [`RawOutput::write_all`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Written.
+    Done,
+    /// Dropped: the descriptor is closed.
+    Discarded,
+    /// The reader closed its end of the pipe (`EPIPE`).
+    ReaderGone,
+}
+
+/// Exit status of a run whose output reader went away (`keyveil run ... | head -1`): the
+/// conventional 128 + SIGPIPE of a process killed by the broken pipe, with no message.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+fn is_ebadf(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::BADF.raw_os_error())
 }
 
 async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {

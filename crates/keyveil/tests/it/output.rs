@@ -144,7 +144,7 @@ fn a_reader_that_stops_early_gets_only_markers_and_the_run_ends() {
             .all(|c| line.as_bytes().starts_with(c)),
         "something other than whole marker lines arrived"
     );
-    // The CLI fails on the closed pipe, the broker ends the run and stays usable.
+    // The CLI ends (status 141) on the closed pipe, the broker ends the run and stays usable.
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -424,4 +424,63 @@ fn a_revoked_run_whose_reader_stalled_ends_without_the_reader() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `keyveil run ... | head -c 10`: the reader closing early ends the CLI quietly with the
+/// conventional 128 + SIGPIPE status (like `cat`), not with an error message, and the broker
+/// ends the run.
+#[test]
+fn a_reader_that_closes_early_ends_the_cli_quietly_with_status_141() {
+    use std::os::unix::process::ExitStatusExt;
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let mut child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        "yes \"$API_TOKEN\"",
+    ]);
+    let id = h.wait_request();
+    let a = h.approve(id, &[]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = [0u8; 10];
+    stdout.read_exact(&mut got).unwrap();
+    assert_eq!(&got, &MARK.as_bytes()[..10]);
+    drop(stdout);
+    let out = wait_output(child, Duration::from_secs(20));
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "status {:?} (signal {:?}), stderr: {}",
+        out.status,
+        out.status.signal(),
+        text(&out.stderr)
+    );
+    // Only the approval notice, nothing about the pipe.
+    let err = text(&out.stderr);
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with("keyveil: request #") || l.starts_with("hint: ")),
+        "unexpected stderr: {err}"
+    );
+    assert!(!err.contains("error"), "{err}");
+    let t0 = Instant::now();
+    loop {
+        let st = h.json(&["status", "--json"]);
+        if st["live_runs"] == 0 && h.audit_text().contains("\"run_end\"") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the run is still live: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
