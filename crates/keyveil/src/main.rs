@@ -10,6 +10,7 @@ mod demo;
 mod display;
 mod dynamic;
 mod factor;
+mod frame_writer;
 mod harden;
 mod logging;
 mod mcp;

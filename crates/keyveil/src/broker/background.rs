@@ -313,7 +313,7 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         let result = match pair {
             Ok((a, b)) => {
                 let (_unused, a) = a.into_split();
-                let mut sink = crate::protocol::FrameWriter::new(a);
+                let mut sink = crate::frame_writer::FrameWriter::new(a);
                 let reader_run = run2.clone();
                 let reader = tokio::spawn(async move {
                     let mut frames = Framed::new(b, crate::client::codec());

@@ -10,7 +10,7 @@
 //!
 //! The output path copies as little as it can: the redactor appends into a buffer that is moved
 //! (not copied) to the relay, written to the client as one frame with a vectored write
-//! ([`crate::protocol::FrameWriter`]) and then handed back to its reader for reuse.
+//! ([`crate::frame_writer::FrameWriter`]) and then handed back to its reader for reuse.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -392,7 +392,7 @@ pub async fn relay(
 }
 
 /// Where streamed output frames go: the write half of the client's connection.
-pub type OutputSink = crate::protocol::FrameWriter<tokio::net::unix::OwnedWriteHalf>;
+pub type OutputSink = crate::frame_writer::FrameWriter<tokio::net::unix::OwnedWriteHalf>;
 
 /// The read side of a client connection after [`split_connection`].
 pub type ConnReader = tokio_util::codec::Framed<
@@ -416,7 +416,7 @@ pub fn split_connection(
     parts.read_buf = old.read_buf;
     (
         tokio_util::codec::Framed::from_parts(parts),
-        crate::protocol::FrameWriter::new(wr),
+        crate::frame_writer::FrameWriter::new(wr),
     )
 }
 
@@ -456,7 +456,7 @@ fn recyclable(buf: &Vec<u8>) -> bool {
 /// [`ABANDON_AFTER`] once a run was stopped (revoked, timed out, client hung up). Returns
 /// whether the reply was sent.
 pub async fn send_final<W: tokio::io::AsyncWrite + Unpin>(
-    sink: &mut crate::protocol::FrameWriter<W>,
+    sink: &mut crate::frame_writer::FrameWriter<W>,
     body: bytes::Bytes,
     bound: Option<Duration>,
 ) -> bool {
@@ -563,11 +563,11 @@ mod tests {
 
     /// A client connection that is full (the client reads nothing).
     fn full_sink() -> (
-        crate::protocol::FrameWriter<tokio::io::DuplexStream>,
+        crate::frame_writer::FrameWriter<tokio::io::DuplexStream>,
         tokio::io::DuplexStream,
     ) {
         let (a, b) = tokio::io::duplex(8);
-        (crate::protocol::FrameWriter::new(a), b)
+        (crate::frame_writer::FrameWriter::new(a), b)
     }
 
     fn reply() -> bytes::Bytes {
