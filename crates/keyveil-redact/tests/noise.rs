@@ -169,6 +169,17 @@ fn random_token(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `input` streamed one byte per push.
+fn stream_bytewise(r: &Redactor, input: &[u8]) -> Vec<u8> {
+    let mut s = r.stream();
+    let mut out = Vec::new();
+    for byte in input {
+        s.push(std::slice::from_ref(byte), &mut out);
+    }
+    s.finish(&mut out);
+    out
+}
+
 /// Whether some run of 12 bytes of `v` is in `out`.
 fn shows_a_fragment(out: &[u8], v: &[u8]) -> bool {
     v.windows(12).any(|w| contains(out, w))
@@ -199,13 +210,7 @@ fn truncated_print_after_a_colour_code_start() {
                 let (out, n) = r.redact(&input);
                 assert!(!shows_a_fragment(&out, &v), "{shown} bytes: {out:?}");
                 assert_eq!(n, 1, "{shown} bytes: {out:?}");
-                let mut s = r.stream();
-                let mut streamed = Vec::new();
-                for byte in &input {
-                    s.push(std::slice::from_ref(byte), &mut streamed);
-                }
-                s.finish(&mut streamed);
-                assert_eq!(streamed, out);
+                assert_eq!(stream_bytewise(&r, &input), out);
             }
         }
         // The same view elsewhere is a run of fewer than 12 value bytes: left alone.
@@ -244,13 +249,7 @@ fn value_printed_as_colour_code_parameters() {
             assert!(!contains(&out, v), "{len}: {out:?}");
             assert_eq!(n, 1, "{len}: {out:?}");
             assert!(out.starts_with(b"a ") && out.ends_with(b" b"));
-            let mut s = r.stream();
-            let mut streamed = Vec::new();
-            for byte in &input {
-                s.push(std::slice::from_ref(byte), &mut streamed);
-            }
-            s.finish(&mut streamed);
-            assert_eq!(streamed, out);
+            assert_eq!(stream_bytewise(&r, &input), out);
         }
     }
     // Ordinary colour codes around other values are left alone.

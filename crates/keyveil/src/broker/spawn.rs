@@ -313,16 +313,8 @@ pub async fn relay(
                                         // As below: nothing outlives the leader.
                                         signal_group(pgid, rustix::process::Signal::KILL);
                                     }
-                                    () = &mut deadline, if stop.is_none() => {
-                                        stop = Some(Stop::Timeout);
-                                        terminate_in_background(pgid);
-                                    }
-                                    _ = cancel.cancelled(), if stop.is_none() => {
-                                        stop = Some(Stop::Revoked);
-                                        terminate_in_background(pgid);
-                                    }
-                                    _ = client_gone.cancelled(), if stop.is_none() => {
-                                        stop = Some(Stop::ClientGone);
+                                    why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
+                                        stop = Some(why);
                                         terminate_in_background(pgid);
                                     }
                                 }
@@ -355,16 +347,8 @@ pub async fn relay(
                 // Nothing started under a grant outlives its leader: end the group now.
                 signal_group(pgid, rustix::process::Signal::KILL);
             }
-            () = &mut deadline, if stop.is_none() => {
-                stop = Some(Stop::Timeout);
-                terminate_in_background(pgid);
-            }
-            _ = cancel.cancelled(), if stop.is_none() => {
-                stop = Some(Stop::Revoked);
-                terminate_in_background(pgid);
-            }
-            _ = client_gone.cancelled(), if stop.is_none() => {
-                stop = Some(Stop::ClientGone);
+            why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
+                stop = Some(why);
                 terminate_in_background(pgid);
             }
         }
@@ -435,6 +419,20 @@ async fn send_output(sink: &mut OutputSink, kind: StreamKind, bytes: &[u8]) -> b
 /// A timer for [`ABANDON_AFTER`], started now.
 fn abandon_timer() -> std::pin::Pin<Box<tokio::time::Sleep>> {
     Box::pin(tokio::time::sleep(ABANDON_AFTER))
+}
+
+/// Why the run stops, once the first of its stop signals comes: the run's timeout (`deadline`),
+/// the grant's revocation (`cancel`), or the client hanging up (`gone`).
+async fn next_stop(
+    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    cancel: &CancellationToken,
+    gone: &CancellationToken,
+) -> Stop {
+    tokio::select! {
+        () = deadline => Stop::Timeout,
+        () = cancel.cancelled() => Stop::Revoked,
+        () = gone.cancelled() => Stop::ClientGone,
+    }
 }
 
 /// Completes when `timer` fires; never without one.
