@@ -105,7 +105,10 @@ enum State {
 }
 
 /// Streaming whitespace and colour-code stripper. See the module documentation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// Its `Debug` shows the state and how many bytes it holds, never the bytes (they are output,
+/// possibly a value printed as a colour code's parameters).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct Normalizer {
     state: State,
     /// Parameter bytes of the control sequence in progress.
@@ -113,6 +116,15 @@ pub struct Normalizer {
     held_len: u8,
     /// Original offset of the first held byte.
     held_pos: u64,
+}
+
+impl std::fmt::Debug for Normalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Normalizer")
+            .field("state", &self.state)
+            .field("held", &self.held_len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Normalizer {
@@ -393,6 +405,22 @@ mod tests {
         }
         n.finish(&mut feed);
         out
+    }
+
+    #[test]
+    fn debug_never_shows_held_bytes() {
+        let mut n = Normalizer::new();
+        let mut feed = |_: u8, _: u64| {};
+        for (i, &b) in b"\x1b[40718295".iter().enumerate() {
+            n.step(b, i as u64, &mut feed);
+        }
+        assert_eq!(n.held_params().map(|(h, _)| h.len()), Some(8));
+        let shown = format!("{n:?} {n:#?}");
+        assert!(
+            !shown.contains("40718295") && !shown.contains("52, 48"),
+            "{shown}"
+        );
+        assert!(shown.contains("held: 8"), "{shown}");
     }
 
     #[test]
