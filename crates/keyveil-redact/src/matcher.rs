@@ -234,12 +234,42 @@ impl Patterns {
 
     /// Adds a pattern that may match anywhere.
     pub fn add_anywhere(&mut self, bytes: &[u8], secret: u32) {
+        self.add_views(bytes, secret, Scope::Anywhere);
+    }
+
+    /// Adds a fragment of a value ([`crate::FRAGMENT_LEN`] bytes, or its hex): like
+    /// [`Patterns::add_anywhere`], except that the views a colour code before the fragment
+    /// would shorten (its first bytes, `K` or `12m`, complete an `ESC [` printed before it)
+    /// count only where they start right after a colour code ([`Scope::AfterColourCode`]).
+    /// Anywhere else such a view is a run of fewer than 12 value bytes, which the fragment rule
+    /// does not cover; keeping it out of the block path's probes keeps the shortest pattern,
+    /// and so the probe distance, at 12 bytes for random tokens. A fragment with whitespace or
+    /// `ESC` inside has views shortened in other ways: they all count anywhere.
+    pub fn add_fragment(&mut self, bytes: &[u8], secret: u32) {
+        let shortened = if bytes.iter().any(|&b| is_special(b)) {
+            Scope::Anywhere
+        } else {
+            Scope::AfterColourCode
+        };
+        self.add_views(bytes, secret, shortened);
+    }
+
+    /// Registers every view of `bytes` ([`normalized_forms`]): in the normalised pass, the
+    /// views shorter than the plain one with scope `shortened`; views too short for it (or a
+    /// value that is mostly whitespace) as the raw bytes in the raw pass.
+    fn add_views(&mut self, bytes: &[u8], secret: u32, shortened: Scope) {
         let forms = normalized_forms(bytes);
-        if forms.first().is_some_and(|plain| plain.len() >= MIN_LEN) {
+        let plain = forms.first().map_or(0, Vec::len);
+        if plain >= MIN_LEN {
             let mut shrunk = false;
             for mut n in forms {
                 if n.len() >= MIN_LEN && !self.forbidden(&n) {
-                    self.normalized.add(n, secret, Scope::Anywhere);
+                    let scope = if n.len() < plain {
+                        shortened
+                    } else {
+                        Scope::Anywhere
+                    };
+                    self.normalized.add(n, secret, scope);
                 } else {
                     shrunk |= n.len() < MIN_LEN;
                     n.zeroize();
@@ -252,42 +282,6 @@ impl Patterns {
             }
         } else if bytes.len() >= MIN_LEN && !self.forbidden(bytes) {
             // Mostly whitespace: too short once normalised, so matched on the raw bytes.
-            self.raw.add(bytes.to_vec(), secret, Scope::Anywhere);
-        }
-    }
-
-    /// Adds a fragment of a value ([`crate::FRAGMENT_LEN`] bytes, or its hex): like
-    /// [`Patterns::add_anywhere`], except that the views a colour code before the fragment
-    /// would shorten (its first bytes, `K` or `12m`, complete an `ESC [` printed before it)
-    /// count only where they start right after a colour code ([`Scope::AfterColourCode`]).
-    /// Anywhere else such a view is a run of fewer than 12 value bytes, which the fragment rule
-    /// does not cover; keeping it out of the block path's probes keeps the shortest pattern,
-    /// and so the probe distance, at 12 bytes for random tokens.
-    pub fn add_fragment(&mut self, bytes: &[u8], secret: u32) {
-        if bytes.iter().any(|&b| is_special(b)) {
-            // Whitespace or `ESC` inside: every view counts anywhere.
-            self.add_anywhere(bytes, secret);
-            return;
-        }
-        let forms = normalized_forms(bytes);
-        let plain = forms.first().map_or(0, Vec::len);
-        let mut shrunk = false;
-        for mut n in forms {
-            if n.len() >= plain && n.len() >= MIN_LEN {
-                if !self.forbidden(&n) {
-                    self.normalized.add(n, secret, Scope::Anywhere);
-                }
-            } else if n.len() >= MIN_LEN {
-                if !self.forbidden(&n) {
-                    self.normalized.add(n, secret, Scope::AfterColourCode);
-                }
-            } else {
-                shrunk = true;
-                n.zeroize();
-            }
-        }
-        if shrunk && !self.forbidden(bytes) {
-            // Too short once a colour code takes its first bytes: the raw bytes are matched.
             self.raw.add(bytes.to_vec(), secret, Scope::Anywhere);
         }
     }
