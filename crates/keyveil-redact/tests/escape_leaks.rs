@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{contains, leaked_window, stream_bytewise};
 use keyveil_redact::Redactor;
 
 struct Rng(u64);
@@ -29,27 +31,6 @@ impl Rng {
 }
 
 const ALNUM: &[u8] = b"ABCDEFGHIJLMNOPQRSTUVWXYZabcdefghijklnopqrstuvwxyz0123456789";
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The first run of 12 bytes of `v` found in `out`, if any.
-fn leaked_window(out: &[u8], v: &[u8]) -> Option<String> {
-    v.windows(12)
-        .find(|w| contains(out, w))
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-}
-
-fn stream_bytewise(r: &Redactor, input: &[u8]) -> Vec<u8> {
-    let mut s = r.stream();
-    let mut out = Vec::new();
-    for b in input {
-        s.push(std::slice::from_ref(b), &mut out);
-    }
-    s.finish(&mut out);
-    out
-}
 
 /// A random token (no `K`, no `m`) with `insert` spliced in at offset 10.
 fn token_with(seed: u64, insert: &[u8]) -> Vec<u8> {

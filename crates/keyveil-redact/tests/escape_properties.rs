@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{contains, redactor, stream_in};
 use keyveil_redact::{Redactor, entropy, normalize::normalize, variants};
 use proptest::prelude::*;
 
@@ -145,39 +147,11 @@ fn build(values: &[Vec<u8>], pieces: &[Piece]) -> Vec<u8> {
     out
 }
 
-fn stream_in(r: &Redactor, input: &[u8], sizes: &[usize]) -> (Vec<u8>, usize) {
-    let mut s = r.stream();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut k = 0;
-    while !rest.is_empty() {
-        let n = sizes[k % sizes.len()].clamp(1, rest.len());
-        k += 1;
-        s.push(&rest[..n], &mut out);
-        rest = &rest[n..];
-    }
-    s.finish(&mut out);
-    (out, s.redactions())
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(64)
-}
-
-fn redactor(values: &[Vec<u8>]) -> Redactor {
-    Redactor::new(
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("S{i}"), v.clone())),
-    )
 }
 
 proptest! {

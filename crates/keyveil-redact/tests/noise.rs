@@ -6,13 +6,11 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{contains, leaked_window, stream_bytewise};
 use keyveil_redact::{Redactor, variants};
 
 const TOKEN: &str = "ghs_om5lSe1ZklIsPymzeLltcppaWvV82bhzo0VK";
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 fn redact(input: &[u8]) -> Vec<u8> {
     let r = Redactor::new([("T", TOKEN)]);
@@ -169,22 +167,6 @@ fn random_token(len: usize, mut seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// `input` streamed one byte per push.
-fn stream_bytewise(r: &Redactor, input: &[u8]) -> Vec<u8> {
-    let mut s = r.stream();
-    let mut out = Vec::new();
-    for byte in input {
-        s.push(std::slice::from_ref(byte), &mut out);
-    }
-    s.finish(&mut out);
-    out
-}
-
-/// Whether some run of 12 bytes of `v` is in `out`.
-fn shows_a_fragment(out: &[u8], v: &[u8]) -> bool {
-    v.windows(12).any(|w| contains(out, w))
-}
-
 /// A truncated print of a random token that starts right after `ESC [` (or `ESC`) with bytes
 /// that complete the colour code (`7m`, `K`, `[K`): the view shows fewer than 12 value bytes,
 /// the raw output (what the agent reads) 12 or more. Such views of fragments count only right
@@ -208,7 +190,7 @@ fn truncated_print_after_a_colour_code_start() {
             for tail in [&b" y"[..], &text] {
                 let input = [&b"x "[..], introducer, &v[10..10 + shown], tail].concat();
                 let (out, n) = r.redact(&input);
-                assert!(!shows_a_fragment(&out, &v), "{shown} bytes: {out:?}");
+                assert_eq!(leaked_window(&out, &v), None, "{shown} bytes: {out:?}");
                 assert_eq!(n, 1, "{shown} bytes: {out:?}");
                 assert_eq!(stream_bytewise(&r, &input), out);
             }
@@ -220,7 +202,7 @@ fn truncated_print_after_a_colour_code_start() {
         for prefix in [&b"\x1b["[..], b"\x1b", b""] {
             let input = [&b"x "[..], prefix, &v, b" y"].concat();
             let (out, _) = r.redact(&input);
-            assert!(!shows_a_fragment(&out, &v), "{prefix:?}: {out:?}");
+            assert_eq!(leaked_window(&out, &v), None, "{prefix:?}: {out:?}");
         }
     }
 }

@@ -6,6 +6,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{contains, redactor, stream_in};
 use keyveil_redact::{MIN_LEN, Redactor, variants};
 use proptest::prelude::*;
 
@@ -89,38 +91,6 @@ fn build_input(values: &[Vec<u8>], segs: &[Seg]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn stream_in(r: &Redactor, input: &[u8], sizes: &[usize]) -> (Vec<u8>, usize) {
-    let mut s = r.stream();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut k = 0;
-    while !rest.is_empty() {
-        let n = sizes
-            .get(k % sizes.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .clamp(1, rest.len());
-        k += 1;
-        s.push(&rest[..n], &mut out);
-        rest = &rest[n..];
-    }
-    s.finish(&mut out);
-    (out, s.redactions())
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn redactor(values: &[Vec<u8>]) -> Redactor {
-    Redactor::new(
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("S{i}"), v.clone())),
-    )
 }
 
 /// 160 cases by default (the whole crate's tests stay well under 30 s in debug); set

@@ -1,5 +1,11 @@
 //! Runs leak cases (the format of `tests/cases/README.md`) through the redactor.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    dead_code
+)]
 
 use keyveil_redact::Redactor;
 use serde::Deserialize;
@@ -44,7 +50,8 @@ pub fn run(case: &Case) -> (Vec<u8>, Vec<u8>) {
     (out.stdout, out.stderr)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+/// Whether `needle` occurs in `hay` (an empty needle always does).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -123,4 +130,47 @@ pub fn check_all(cases: &[Case]) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The first run of 12 bytes (a fragment) of `v` found in `out`, if any.
+pub fn leaked_window(out: &[u8], v: &[u8]) -> Option<String> {
+    v.windows(12)
+        .find(|w| contains(out, w))
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+}
+
+/// `input` streamed in chunks of the sizes in `sizes` (cycled, each at least 1 byte): the
+/// output and the number of markers.
+pub fn stream_in(r: &Redactor, input: &[u8], sizes: &[usize]) -> (Vec<u8>, usize) {
+    let mut s = r.stream();
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut k = 0;
+    while !rest.is_empty() {
+        let n = sizes
+            .get(k % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .clamp(1, rest.len());
+        k += 1;
+        s.push(&rest[..n], &mut out);
+        rest = &rest[n..];
+    }
+    s.finish(&mut out);
+    (out, s.redactions())
+}
+
+/// `input` streamed one byte per push.
+pub fn stream_bytewise(r: &Redactor, input: &[u8]) -> Vec<u8> {
+    stream_in(r, input, &[1]).0
+}
+
+/// A redactor for `values`, named `S0`, `S1`, ...
+pub fn redactor(values: &[Vec<u8>]) -> Redactor {
+    Redactor::new(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("S{i}"), v.clone())),
+    )
 }
