@@ -60,4 +60,7 @@ pub use model::{
     TotpFactor, Variable, VaultData, WriteLeakAction, is_valid_environment_name, is_valid_name,
 };
 pub use sealed::SealedValue;
-pub use vault::{ALIAS_KEY_INFO, ALIAS_PREFIX, AUDIT_KEY_INFO, PassphraseChecker, Vault};
+pub use vault::{
+    ALIAS_KEY_INFO, ALIAS_PREFIX, AUDIT_KEY_INFO, FACTOR_KEY_INFO, PassphraseChecker, Vault,
+    factor_key_from_file,
+};

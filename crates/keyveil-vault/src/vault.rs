@@ -19,6 +19,9 @@ pub const AUDIT_KEY_INFO: &[u8] = b"keyveil/v1/audit-hmac-key";
 /// HKDF info string of the key behind variable-name aliases (see [`Vault::name_alias`]).
 pub const ALIAS_KEY_INFO: &[u8] = b"keyveil/v1/name-alias-key";
 
+/// HKDF info string of the factor key (see [`Vault::factor_key`]).
+pub const FACTOR_KEY_INFO: &[u8] = b"keyveil/v1/factor-proof-key";
+
 /// Prefix of every variable-name alias.
 pub const ALIAS_PREFIX: &str = "HIDDEN_";
 
@@ -293,6 +296,19 @@ impl Vault {
         hmac_sha256(&self.data_key, &[AUDIT_KEY_INFO, &[1u8]])
     }
 
+    /// The 32-byte key with which the human's CLI proves it knows the passphrase without sending
+    /// it: `HMAC-SHA256(key = data_key, message = "keyveil/v1/factor-proof-key" || 0x01)`
+    /// (HKDF-Expand, RFC 5869 §2.3, info [`FACTOR_KEY_INFO`], length 32).
+    ///
+    /// The broker holds it while unlocked (it holds the data key anyway); the CLI derives the same
+    /// key from the passphrase and the vault file with [`factor_key_from_file`]. A process that
+    /// sees proofs made with it learns nothing it could not attack offline from the vault file
+    /// itself (each guess costs one Argon2id derivation). Stable across saves and passphrase
+    /// changes.
+    pub fn factor_key(&self) -> Zeroizing<[u8; 32]> {
+        hmac_sha256(&self.data_key, &[FACTOR_KEY_INFO, &[1u8]])
+    }
+
     /// The alias agents see for variable `name` of environment `env` when the environment's
     /// policy hides names (`hide_names`): [`ALIAS_PREFIX`] followed by 12 uppercase hex digits
     /// (48 bits) of `HMAC-SHA256(alias_key, env || 0x00 || name)`, where `alias_key` is derived
@@ -330,6 +346,28 @@ impl Vault {
     pub fn lock_path(path: &Path) -> PathBuf {
         fsutil::lock_path(path)
     }
+}
+
+/// The factor key ([`Vault::factor_key`]) of the vault file at `path`, derived from `passphrase`
+/// without decrypting the payload: parse the header, unwrap the data key from a key slot (one
+/// Argon2id derivation per slot, ≈ 0.1–1 s), derive. The human's CLI calls this so that the
+/// passphrase never leaves its process.
+///
+/// # Errors
+/// [`VaultError::NotFound`], [`VaultError::WrongPassphrase`], [`VaultError::Corrupt`],
+/// [`VaultError::UnsupportedVersion`], [`VaultError::WeakKdfParams`], [`VaultError::Io`].
+pub fn factor_key_from_file(
+    path: &Path,
+    passphrase: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, VaultError> {
+    let bytes = read_limited(path)?;
+    let parsed = format::parse(&bytes)?;
+    let data_key = parsed
+        .slots
+        .iter()
+        .find_map(|slot| slot.unseal(passphrase))
+        .ok_or(VaultError::WrongPassphrase)?;
+    Ok(hmac_sha256(&data_key, &[FACTOR_KEY_INFO, &[1u8]]))
 }
 
 /// Checks a passphrase against a vault's key slots; see [`Vault::passphrase_checker`].

@@ -498,3 +498,28 @@ fn name_aliases_are_stable_keyed_and_valid_names() {
     let (_dir2, _path2, other) = new_vault();
     assert_ne!(other.name_alias("dev", "API_TOKEN"), alias);
 }
+
+#[test]
+fn the_factor_key_from_the_file_is_the_open_vaults_and_needs_the_passphrase() {
+    let (dir, path, vault) = new_vault();
+    let from_file = keyveil_vault::factor_key_from_file(&path, PASS).unwrap();
+    assert_eq!(*from_file, *vault.factor_key());
+    // Not the audit key, nor the alias key: separate derivations of one data key.
+    assert_ne!(*vault.factor_key(), *vault.audit_key());
+    assert!(matches!(
+        keyveil_vault::factor_key_from_file(&path, b"not the passphrase"),
+        Err(VaultError::WrongPassphrase)
+    ));
+    // Another vault with the same passphrase has another key.
+    let other = Vault::create(&dir.path().join("other"), PASS, PARAMS).unwrap();
+    assert_ne!(*other.factor_key(), *vault.factor_key());
+    // A passphrase change keeps the key (the data key stays).
+    let mut vault = vault;
+    vault
+        .change_passphrase(b"a new passphrase", PARAMS)
+        .unwrap();
+    assert_eq!(
+        *keyveil_vault::factor_key_from_file(&path, b"a new passphrase").unwrap(),
+        *from_file
+    );
+}

@@ -10,11 +10,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
+use crate::authorize::{self, Authorized, FactorInput};
 use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
 use crate::protocol::{
-    Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, FactorProof, OutputMode, Passphrase, Reply,
-    Request, RunRequest,
+    Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, OutputMode, Passphrase, Reply, Request,
+    RunRequest,
 };
 
 mod background;
@@ -61,6 +62,10 @@ enum Command {
         /// Internal: the broker proper, under its supervisor (see `supervise.rs`).
         #[arg(long, hide = true)]
         supervised: bool,
+        /// Internal: read a bootstrap (init or unlock with the passphrase) as one JSON line on
+        /// stdin and answer it on stdout; only the CLI that started this broker holds the pipe.
+        #[arg(long, hide = true)]
+        bootstrap_stdin: bool,
         #[command(subcommand)]
         action: Option<DaemonAction>,
     },
@@ -216,15 +221,19 @@ enum FactorCommand {
     },
 }
 
-/// The factor given for a policy change.
+/// The factor given for a change that needs it. Never a factor on argv: every process of yours
+/// can read `/proc/PID/cmdline`.
 #[derive(Debug, Args)]
 struct FactorArgs {
     /// Read the passphrase from the first line of stdin.
     #[arg(long, global = true)]
     passphrase_stdin: bool,
-    /// A TOTP code instead of the passphrase.
-    #[arg(long, global = true)]
+    /// Use a TOTP code instead of the passphrase: asked for on the terminal.
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "", value_name = "")]
     totp: Option<String>,
+    /// Read a TOTP code from the first line of stdin.
+    #[arg(long, global = true, conflicts_with = "passphrase_stdin")]
+    totp_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,11 +407,15 @@ struct ApproveArgs {
     /// Read the passphrase from the first line of stdin.
     #[arg(long)]
     passphrase_stdin: bool,
-    /// A TOTP code as the factor (where the environment's policy allows TOTP).
-    #[arg(long)]
+    /// Approve with a TOTP code (where the environment's policy allows it): asked for on the
+    /// terminal, never taken from the command line.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "")]
     totp: Option<String>,
+    /// Read the TOTP code from the first line of stdin.
+    #[arg(long, conflicts_with = "passphrase_stdin")]
+    totp_stdin: bool,
     /// Approve without a secret factor (only where the policy is `confirm`).
-    #[arg(long, conflicts_with_all = ["totp", "passphrase_stdin"])]
+    #[arg(long, conflicts_with_all = ["totp", "passphrase_stdin", "totp_stdin"])]
     confirm: bool,
     /// Grant lifetime, e.g. `30m`, `8h` (default: one use within 15 minutes).
     #[arg(long)]
@@ -519,18 +532,19 @@ pub fn main(cli: Cli) -> Result<i32> {
             foreground,
             action,
             supervised,
+            bootstrap_stdin,
         } => {
             let paths = Paths::resolve()?;
             match (action, foreground) {
                 (Some(DaemonAction::Stop), _) => block_on(daemon_stop(&paths)),
                 (None, true) if !supervised => {
                     crate::logging::init_broker();
-                    crate::supervise::main()
+                    crate::supervise::main(bootstrap_stdin)
                 }
                 (None, true) => {
                     crate::logging::init_broker();
                     block_on(async {
-                        crate::broker::serve(paths).await?;
+                        crate::broker::serve(paths, bootstrap_stdin).await?;
                         Ok(0)
                     })
                 }
@@ -597,40 +611,72 @@ async fn call(paths: &Paths, req: Request) -> Result<Value> {
     expect_ok(client::call(paths, &req).await?)
 }
 
-/// The factor given on the command line: a TOTP code, or (when `stdin_is_free`) the
-/// passphrase from the first line of stdin; `None` when neither was given.
-fn factor_from_args(f: &FactorArgs, stdin_is_free: bool) -> Result<Option<FactorProof>> {
-    if let Some(code) = &f.totp {
-        return Ok(Some(FactorProof {
-            passphrase: Passphrase::default(),
-            totp: Some(code.clone()),
-        }));
+/// Refuses a factor on the command line: `/proc/PID/cmdline` is readable by every process of
+/// the user, and an agent polling it spends the code first.
+fn refuse_argv_factor(totp: Option<&String>) -> Result<()> {
+    if totp.is_some_and(|c| !c.is_empty()) {
+        return Err(Exit {
+            code: 2,
+            message: "a TOTP code on the command line is readable by every process of yours (/proc/PID/cmdline), and an agent can spend it before keyveil does; it was not used\nhint: `--totp` alone asks for the code on the terminal; `--totp-stdin` reads it from standard input".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The factor the human chose: a TOTP code (`--totp`: asked on the terminal; `--totp-stdin`),
+/// or the passphrase (`--passphrase-stdin`, or asked on the terminal with `prompt`).
+fn factor_input(
+    passphrase_stdin: bool,
+    totp: Option<&String>,
+    totp_stdin: bool,
+    prompt: &str,
+) -> Result<FactorInput> {
+    refuse_argv_factor(totp)?;
+    if totp_stdin {
+        return Ok(FactorInput::Totp(read_secret_line(true, "")?));
+    }
+    if totp.is_some() {
+        return Ok(FactorInput::Totp(read_secret_line(false, "TOTP code: ")?));
+    }
+    Ok(FactorInput::Passphrase(read_secret_line(
+        passphrase_stdin,
+        prompt,
+    )?))
+}
+
+/// The factor given up front for a change that may need it (`--totp`, `--totp-stdin`, or
+/// `--passphrase-stdin` when stdin is free); `None` when none was given.
+fn factor_from_args(f: &FactorArgs, stdin_is_free: bool) -> Result<Option<FactorInput>> {
+    refuse_argv_factor(f.totp.as_ref())?;
+    if f.totp.is_some() || (f.totp_stdin && stdin_is_free) {
+        return factor_input(false, f.totp.as_ref(), f.totp_stdin, "").map(Some);
     }
     if f.passphrase_stdin && stdin_is_free {
-        return Ok(Some(FactorProof {
-            passphrase: read_secret_line(true, "")?,
-            totp: None,
-        }));
+        return Ok(Some(FactorInput::Passphrase(read_secret_line(true, "")?)));
     }
     Ok(None)
 }
 
-/// Sends a change that may replace or remove stored values. When the broker answers that it
+/// Sends a change that may replace or remove stored values. With a factor, the broker is
+/// authenticated first and the request is signed (`authorize.rs`); `make` gets the
+/// authorisation so it can seal what travels with it. When the broker answers that the change
 /// needs the factor ([`FACTOR_NEEDED`]) and none was given, asks for the passphrase at the
-/// terminal (`/dev/tty`, never stdin) and sends the change once more with it.
+/// terminal (`/dev/tty`, never stdin) and sends the change once more, signed.
 pub(crate) async fn call_guarded(
     paths: &Paths,
-    given: Option<FactorProof>,
-    make: impl Fn(Option<FactorProof>) -> Request,
+    given: Option<FactorInput>,
+    make: impl Fn(Option<&Authorized>) -> Result<Request>,
 ) -> Result<Value> {
-    let had_factor = given.is_some();
-    let reply = client::call(paths, &make(given)).await?;
+    if let Some(input) = given {
+        return signed(paths, &input, &make).await;
+    }
+    let reply = client::call(paths, &make(None)?).await?;
     if let Reply::Error {
         code: ErrorCode::Denied,
         message,
         ..
     } = &reply
-        && !had_factor
         && message.starts_with(FACTOR_NEEDED)
     {
         note(message);
@@ -639,21 +685,83 @@ pub(crate) async fn call_guarded(
             .map_err(|e| Exit {
                 code: 2,
                 message: format!(
-                    "cannot ask for your passphrase: no terminal ({e})\nhint: add `--totp CODE`, or `--passphrase-stdin` (with `set --from-stdin`: the passphrase on the first line, the value after it)"
+                    "cannot ask for your passphrase: no terminal ({e})\nhint: add `--totp-stdin`, or `--passphrase-stdin` (with `set --from-stdin`: the passphrase on the first line, the value after it)"
                 ),
             })?;
-        return expect_ok(
-            client::call(
-                paths,
-                &make(Some(FactorProof {
-                    passphrase,
-                    totp: None,
-                })),
-            )
-            .await?,
-        );
+        return signed(paths, &FactorInput::Passphrase(passphrase), &make).await;
     }
     expect_ok(reply)
+}
+
+/// Authenticates the broker with `input`, builds the request, signs it and sends it.
+async fn signed(
+    paths: &Paths,
+    input: &FactorInput,
+    make: &impl Fn(Option<&Authorized>) -> Result<Request>,
+) -> Result<Value> {
+    let a = authorize::authorize(paths, input)
+        .await
+        .map_err(auth_exit)?;
+    let mut req = make(Some(&a))?;
+    a.sign(&mut req);
+    expect_ok(client::call(paths, &req).await?)
+}
+
+/// A refused factor exits 3 (denied) with its message; anything else stays an error.
+fn auth_exit(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<authorize::AuthError>() {
+        Some(a) => Exit {
+            code: 3,
+            message: a.to_string(),
+        }
+        .into(),
+        None => e,
+    }
+}
+
+/// Signs `req` with the factor and sends it.
+async fn call_signed(paths: &Paths, input: &FactorInput, req: Request) -> Result<Value> {
+    signed(paths, input, &|_| {
+        Ok(match &req {
+            Request::EnvReveal { name, .. } => Request::EnvReveal {
+                name: name.clone(),
+                factor: None,
+            },
+            Request::PolicySet {
+                environment,
+                change,
+                ..
+            } => Request::PolicySet {
+                environment: environment.clone(),
+                factor: None,
+                change: change.clone(),
+            },
+            Request::Approve {
+                request_id,
+                card,
+                confirm,
+                ttl_seconds,
+                uses,
+                any_command,
+                prefix,
+                subdirs,
+                ..
+            } => Request::Approve {
+                request_id: *request_id,
+                card: card.clone(),
+                factor: None,
+                confirm: *confirm,
+                ttl_seconds: *ttl_seconds,
+                uses: *uses,
+                any_command: *any_command,
+                prefix: *prefix,
+                subdirs: *subdirs,
+            },
+            Request::FactorEnroll { .. } => Request::FactorEnroll { factor: None },
+            _ => bail!("this request takes no factor"),
+        })
+    })
+    .await
 }
 
 fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {
@@ -709,16 +817,15 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                     .into());
                 }
             }
-            call(
+            authorize::init(
                 paths,
-                Request::Init {
-                    passphrase: p,
-                    kdf_memory_kib,
-                    path: std::env::var("PATH").ok(),
-                    home: std::env::var("HOME").ok(),
-                },
+                p,
+                kdf_memory_kib,
+                std::env::var("PATH").ok(),
+                std::env::var("HOME").ok(),
             )
-            .await?;
+            .await
+            .map_err(auth_exit)?;
             say(format!(
                 "created vault {} (unlocked)",
                 paths.vault().display()
@@ -728,8 +835,12 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Unlock { passphrase_stdin } => {
             let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
-            call(paths, Request::Unlock { passphrase: p }).await?;
-            say("unlocked");
+            let already = authorize::unlock(paths, p).await.map_err(auth_exit)?;
+            say(if already {
+                "the broker is already unlocked"
+            } else {
+                "unlocked"
+            });
             Ok(0)
         }
         Command::Lock => {
@@ -798,16 +909,19 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 std::io::stdin()
                     .read_to_end(&mut buf)
                     .context("cannot read stdin")?;
-                if factor.passphrase_stdin {
-                    // First line: the passphrase; the rest: the value.
+                if factor.passphrase_stdin || factor.totp_stdin {
+                    // First line: the passphrase (or TOTP code); the rest: the value.
                     let cut = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
                     let line: Vec<u8> = buf.drain(..cut.saturating_add(1).min(buf.len())).collect();
-                    let pass = String::from_utf8_lossy(&line)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_owned();
-                    given = Some(FactorProof {
-                        passphrase: Passphrase::new(pass),
-                        totp: None,
+                    let first = Passphrase::new(
+                        String::from_utf8_lossy(&line)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned(),
+                    );
+                    given = Some(if factor.totp_stdin {
+                        FactorInput::Totp(first)
+                    } else {
+                        FactorInput::Passphrase(first)
                     });
                 }
                 if buf.ends_with(b"\n") {
@@ -824,11 +938,25 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else {
                 read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
             };
-            let d = call_guarded(paths, given, |factor| Request::VarSet {
-                environment: env.clone(),
-                name: var.clone(),
-                value: value.clone(),
-                factor,
+            let aad = format!("{env}/{var}");
+            let d = call_guarded(paths, given, |auth| {
+                Ok(match auth {
+                    None => Request::VarSet {
+                        environment: env.clone(),
+                        name: var.clone(),
+                        value: Some(value.clone()),
+                        sealed_value: None,
+                        factor: None,
+                    },
+                    // With a factor the value travels sealed for the broker that proved itself.
+                    Some(a) => Request::VarSet {
+                        environment: env.clone(),
+                        name: var.clone(),
+                        value: None,
+                        sealed_value: Some(a.seal(aad.as_bytes(), value.expose().as_bytes())?),
+                        factor: None,
+                    },
+                })
             })
             .await?;
             if d["short_value"] == true {
@@ -854,12 +982,14 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             factor,
         } => {
             let given = factor_from_args(&factor, true)?;
-            call_guarded(paths, given, |factor| Request::VarGenerate {
-                environment: env.clone(),
-                name: var.clone(),
-                length,
-                charset,
-                factor,
+            call_guarded(paths, given, |_| {
+                Ok(Request::VarGenerate {
+                    environment: env.clone(),
+                    name: var.clone(),
+                    length,
+                    charset,
+                    factor: None,
+                })
             })
             .await?;
             say(format!(
@@ -869,10 +999,12 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Unset { env, var, factor } => {
             let given = factor_from_args(&factor, true)?;
-            call_guarded(paths, given, |factor| Request::VarUnset {
-                environment: env.clone(),
-                name: var.clone(),
-                factor,
+            call_guarded(paths, given, |_| {
+                Ok(Request::VarUnset {
+                    environment: env.clone(),
+                    name: var.clone(),
+                    factor: None,
+                })
             })
             .await?;
             say(format!("removed {env}/{var}"));
@@ -1030,23 +1162,13 @@ async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
             reveal_names: true,
             factor,
         } => {
-            let pass = if factor.totp.is_some() {
-                Passphrase::new(String::new())
-            } else {
-                read_secret_line(
-                    factor.passphrase_stdin,
-                    "Vault passphrase to reveal hidden names: ",
-                )?
-            };
-            let d = call(
-                paths,
-                Request::EnvReveal {
-                    name,
-                    passphrase: pass,
-                    totp: factor.totp,
-                },
-            )
-            .await?;
+            let input = factor_input(
+                factor.passphrase_stdin,
+                factor.totp.as_ref(),
+                factor.totp_stdin,
+                "Vault passphrase to reveal hidden names: ",
+            )?;
+            let d = call_signed(paths, &input, Request::EnvReveal { name, factor: None }).await?;
             if json {
                 say(d.to_string());
             } else {
@@ -1088,9 +1210,11 @@ async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
         }
         EnvCommand::Rm { name, factor } => {
             let given = factor_from_args(&factor, true)?;
-            call_guarded(paths, given, |factor| Request::EnvRemove {
-                name: name.clone(),
-                factor,
+            call_guarded(paths, given, |_| {
+                Ok(Request::EnvRemove {
+                    name: name.clone(),
+                    factor: None,
+                })
             })
             .await?;
             say(format!("removed environment {name}"));
@@ -1298,43 +1422,46 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         None => None,
         Some(t) => Some(parse_duration(&t)?),
     };
-    // Show the human what they approve before asking for the factor.
-    if !a.passphrase_stdin {
-        let d = call(paths, Request::Requests).await?;
-        match d["requests"]
-            .as_array()
-            .and_then(|l| l.iter().find(|r| r["id"] == id))
-        {
-            Some(r) => note(crate::card::render(r)),
-            None => {
-                return Err(Exit {
-                    code: 1,
-                    message: format!("no pending request #{id}\nhint: list pending requests with `keyveil requests`"),
-                }
-                .into());
-            }
+    refuse_argv_factor(a.totp.as_ref())?;
+    // Show the human what they approve before asking for the factor; the approval is bound to
+    // this card's digest, so what the broker grants is what was shown here.
+    let d = call(paths, Request::Requests).await?;
+    let Some(card) = d["requests"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["id"] == id))
+        .cloned()
+    else {
+        return Err(Exit {
+            code: 1,
+            message: format!(
+                "no pending request #{id}\nhint: list pending requests with `keyveil requests`"
+            ),
         }
-    }
-    let p = if a.totp.is_some() || a.confirm {
-        Passphrase::new(String::new())
-    } else {
-        read_secret_line(a.passphrase_stdin, "Vault passphrase to approve: ")?
+        .into());
     };
-    let d = call(
-        paths,
-        Request::Approve {
-            totp: a.totp.clone(),
-            confirm: a.confirm,
-            request_id: id,
-            passphrase: p,
-            ttl_seconds,
-            uses: a.uses,
-            any_command: a.any_command,
-            prefix: a.prefix,
-            subdirs: a.subdirs,
-        },
-    )
-    .await?;
+    note(crate::card::render(&card));
+    let req = Request::Approve {
+        request_id: id,
+        card: crate::factor_proof::card_digest(&card),
+        factor: None,
+        confirm: a.confirm,
+        ttl_seconds,
+        uses: a.uses,
+        any_command: a.any_command,
+        prefix: a.prefix,
+        subdirs: a.subdirs,
+    };
+    let d = if a.confirm {
+        call(paths, req).await?
+    } else {
+        let input = factor_input(
+            a.passphrase_stdin,
+            a.totp.as_ref(),
+            a.totp_stdin,
+            "Vault passphrase to approve: ",
+        )?;
+        call_signed(paths, &input, req).await?
+    };
     say(format!(
         "approved request #{id}: grant {} until {} ({})",
         d["grant_id"].as_str().unwrap_or(""),
@@ -1497,13 +1624,14 @@ async fn watch(paths: &Paths) -> Result<i32> {
             } else {
                 let p =
                     tokio::task::block_in_place(|| read_secret_line(false, "Vault passphrase: "))?;
-                call(
+                call_signed(
                     paths,
+                    &FactorInput::Passphrase(p),
                     Request::Approve {
-                        totp: None,
-                        confirm: false,
                         request_id: id,
-                        passphrase: p,
+                        card: crate::factor_proof::card_digest(&r),
+                        factor: None,
+                        confirm: false,
                         ttl_seconds: ttl,
                         uses: None,
                         any_command: false,
@@ -1540,11 +1668,24 @@ async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
             ..
         } => {
             let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
-            let d = call(paths, Request::FactorEnroll { passphrase: p }).await?;
-            say(d["qr"].as_str().unwrap_or(""));
+            // The seed comes back sealed under the factor key: only this process can read it.
+            let a = authorize::authorize(paths, &FactorInput::Passphrase(p))
+                .await
+                .map_err(auth_exit)?;
+            let mut req = Request::FactorEnroll { factor: None };
+            a.sign(&mut req);
+            let d = expect_ok(client::call(paths, &req).await?)?;
+            let open = |k: &str| -> Result<String> {
+                let sealed = d[k].as_str().unwrap_or_default();
+                let bytes = a.open(b"factor_enroll", sealed).context(
+                    "the enrolment reply did not come sealed from the broker that proved itself; nothing was enrolled",
+                )?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            };
+            say(open("sealed_qr")?);
             say(format!(
                 "Scan the QR code, or add this URI to your authenticator app:\n{}",
-                d["uri"].as_str().unwrap_or("")
+                open("sealed_uri")?
             ));
             if no_confirm {
                 say("then finish with: keyveil factor confirm CODE");
@@ -1559,7 +1700,7 @@ async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
             )
             .await?;
             say(
-                "TOTP enrolled: approve with `keyveil approve ID --totp CODE` where the policy allows it",
+                "TOTP enrolled: approve with `keyveil approve ID --totp` (the code is asked for) where the policy allows it",
             );
             Ok(0)
         }
@@ -1664,20 +1805,18 @@ async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                     hide: setting == "on",
                 },
             };
-            let pass = if factor.totp.is_some() {
-                Passphrase::new(String::new())
-            } else {
-                read_secret_line(
-                    factor.passphrase_stdin,
-                    "Vault passphrase to change policy: ",
-                )?
-            };
-            let d = call(
+            let input = factor_input(
+                factor.passphrase_stdin,
+                factor.totp.as_ref(),
+                factor.totp_stdin,
+                "Vault passphrase to change policy: ",
+            )?;
+            let d = call_signed(
                 paths,
+                &input,
                 Request::PolicySet {
                     environment: env.clone(),
-                    passphrase: pass,
-                    totp: factor.totp,
+                    factor: None,
                     change,
                 },
             )

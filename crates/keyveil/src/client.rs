@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::paths::Paths;
-use crate::protocol::{Frame, MAX_FRAME, Reply, Request};
+use crate::protocol::{Bootstrap, Frame, MAX_FRAME, Reply, Request};
 
 /// One event read from the broker.
 #[derive(Debug)]
@@ -121,10 +121,71 @@ pub async fn call(paths: &Paths, req: &Request) -> Result<Reply> {
     c.final_reply().await
 }
 
-/// Starts `keyveil daemon --foreground` detached: its own session, stdio on /dev/null and the
-/// log file.
-fn start_broker(paths: &Paths) -> Result<()> {
+/// Sends one request only if a broker answers at the socket (never starts one); `None` when
+/// nothing answers.
+pub async fn call_existing(paths: &Paths, req: &Request) -> Option<Result<Reply>> {
+    let mut c = Connection::open_existing(paths).await?;
+    Some(
+        async move {
+            c.send(req).await?;
+            c.final_reply().await
+        }
+        .await,
+    )
+}
+
+/// Starts a broker of our own with a [`Bootstrap`] (init or unlock): this very executable
+/// (`/proc/self/exe`), without the dynamic loader's variables (`LD_*`), detached like
+/// [`Connection::open`]'s broker, with the bootstrap written to its stdin pipe. Waits up to
+/// `timeout` for its one-line answer on its stdout pipe and returns it. Only this process holds
+/// the pipes: no one who can rename the socket sees the passphrase.
+///
+/// Errors: the broker cannot be started, or gives no answer in time (see its log).
+pub fn start_broker_with(paths: &Paths, bootstrap: &Bootstrap, timeout: Duration) -> Result<Reply> {
+    use std::io::{BufRead, Write};
     paths.ensure_dirs()?;
+    let mut cmd = broker_command(paths)?;
+    cmd.arg("--bootstrap-stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("cannot start the keyveil broker")?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        bail!("cannot talk to the broker that was just started");
+    };
+    let line = zeroize::Zeroizing::new(
+        serde_json::to_string(bootstrap).context("cannot encode the bootstrap")?,
+    );
+    stdin
+        .write_all(line.as_bytes())
+        .and_then(|()| stdin.write_all(b"\n"))
+        .context("cannot hand the broker its bootstrap")?;
+    drop(stdin);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut answer);
+        let _ = tx.send(answer);
+    });
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    let answer = rx.recv_timeout(timeout).map_err(|_| {
+        anyhow!(
+            "the broker that was started did not answer within {} s\nhint: see {}",
+            timeout.as_secs(),
+            paths.log().display()
+        )
+    })?;
+    serde_json::from_str(answer.trim()).with_context(|| {
+        format!(
+            "the broker that was started stopped without answering\nhint: see {}",
+            paths.log().display()
+        )
+    })
+}
+
+/// `keyveil daemon --foreground` from this executable, logging to the log file, detached.
+fn broker_command(paths: &Paths) -> Result<std::process::Command> {
     let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -139,7 +200,21 @@ fn start_broker(paths: &Paths) -> Result<()> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
+    // Code the loader would run before ours has no business in the broker.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LD_") {
+            cmd.env_remove(k);
+        }
+    }
     crate::harden::detach(&mut cmd);
+    Ok(cmd)
+}
+
+/// Starts `keyveil daemon --foreground` detached: its own session, stdio on /dev/null and the
+/// log file.
+fn start_broker(paths: &Paths) -> Result<()> {
+    paths.ensure_dirs()?;
+    let mut cmd = broker_command(paths)?;
     let child = cmd.spawn().context("cannot start the keyveil broker")?;
     // Reap it in the background so it never lingers as a zombie of a long-lived client (the
     // MCP server); the broker itself keeps running.

@@ -93,16 +93,14 @@ async fn flow(paths: &Paths) -> Result<bool> {
         "keyveil init",
         "vault created; the passphrase is random and only the demo (the human) knows it",
     );
-    ok(client::call(
+    crate::authorize::init(
         paths,
-        &Request::Init {
-            passphrase: passphrase.clone(),
-            kdf_memory_kib: Some(19456),
-            path: std::env::var("PATH").ok(),
-            home: None,
-        },
+        passphrase.clone(),
+        Some(19456),
+        std::env::var("PATH").ok(),
+        None,
     )
-    .await?)?;
+    .await?;
     human("keyveil env create demo", "");
     ok(client::call(
         paths,
@@ -121,7 +119,8 @@ async fn flow(paths: &Paths) -> Result<bool> {
         &Request::VarSet {
             environment: "demo".into(),
             name: "API_TOKEN".into(),
-            value: Passphrase::new(value.to_string()),
+            value: Some(Passphrase::new(value.to_string())),
+            sealed_value: None,
             factor: None,
         },
     )
@@ -266,13 +265,22 @@ async fn flow(paths: &Paths) -> Result<bool> {
     };
 
     // ---- the human approves
-    let approved = ok(client::call(
+    // As `keyveil approve` does: the card the human saw, bound into the signed approval.
+    let listing = ok(client::call(paths, &Request::Requests).await?)?;
+    let card = listing
+        .get("requests")
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().find(|r| r.get("id") == Some(&json!(request_id))))
+        .map(crate::factor_proof::card_digest)
+        .unwrap_or_default();
+    let approved = ok(crate::authorize::call(
         paths,
-        &Request::Approve {
-            totp: None,
-            confirm: false,
+        &crate::authorize::FactorInput::Passphrase(passphrase.clone()),
+        Request::Approve {
             request_id,
-            passphrase: passphrase.clone(),
+            card,
+            factor: None,
+            confirm: false,
             ttl_seconds: None,
             uses: None,
             any_command: false,

@@ -68,6 +68,17 @@ pub fn code_at(seed: &[u8], unix_seconds: u64) -> Result<String, TotpError> {
     Ok(totp(seed, "keyveil")?.generate(unix_seconds).to_string())
 }
 
+/// The 6-digit code of one 30-second time step (RFC 6238 §4: T = unix time / 30), as the
+/// broker's side of a TOTP exchange needs it.
+///
+/// # Errors
+/// [`TotpError::BadSeed`].
+pub fn code_for_step(seed: &[u8], step: u64) -> Result<String, TotpError> {
+    Ok(totp(seed, "keyveil")?
+        .generate(step.saturating_mul(STEP_SECONDS))
+        .to_string())
+}
+
 /// Checks `code` at `unix_seconds`; returns the matched step, refusing steps `<= last_step`.
 pub fn verify(
     seed: &[u8],

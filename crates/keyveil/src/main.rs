@@ -2,6 +2,7 @@
 //! never custody: see `docs/architecture.md`.
 #![deny(unsafe_code)]
 
+mod authorize;
 mod broker;
 mod card;
 mod cli;
@@ -10,6 +11,7 @@ mod demo;
 mod display;
 mod dynamic;
 mod factor;
+mod factor_proof;
 mod frame_writer;
 mod harden;
 mod logging;

@@ -12,10 +12,13 @@
 //! A connection carries one request and the replies to it; the last reply of a request is
 //! always a JSON frame with [`Reply::is_final`] true.
 //!
-//! Secret *values* appear in exactly two request kinds, both sent by the human's CLI, never by
-//! the MCP server: [`Request::VarSet`] (the value to store) and the passphrase fields of
-//! [`Request::Init`], [`Request::Unlock`] and [`Request::Approve`]. No reply ever carries a
-//! value: output frames are redacted before they are written.
+//! No factor (passphrase, TOTP code) ever travels over the socket: a change that needs one
+//! carries a [`FactorProof`] bound to the request's digest (`factor_proof.rs`), after the CLI
+//! has checked that the broker answering holds the vault's key. Passphrases reach a broker only
+//! through the stdin pipe of a broker the CLI started itself (`init`, `unlock`). A secret
+//! *value* appears in [`Request::VarSet`] (plain only for a first value, sealed under the factor
+//! key when it replaces one) and in [`DynamicAddRequest::admin`]. No reply ever carries a value:
+//! output frames are redacted before they are written.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -169,20 +172,67 @@ impl<'de> Deserialize<'de> for Passphrase {
     }
 }
 
-/// The human's factor attached to a change that needs it: replacing or removing a stored value
-/// (`set`, `generate`, `unset`, `env rm`). Either the passphrase or a TOTP code.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Proof of the human's factor attached to a change that needs it (approve, policy, enrolment,
+/// revealing names, replacing or removing a stored value). It holds no factor: see
+/// `factor_proof.rs` for how it is made and checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FactorProof {
-    /// The passphrase (empty when a TOTP code is given).
+    /// The challenge id from [`Request::FactorChallenge`]'s reply (used once).
+    pub challenge: String,
+    /// Which of the challenge's keys the proof uses (index into its `keys`).
+    pub key: usize,
+    /// 64 hex digits: `HMAC-SHA256(factor key, broker nonce ‖ request digest)`.
+    pub proof: String,
+}
+
+/// One key a broker offers in a challenge (the reply's `keys` list).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChallengeKey {
+    /// `passphrase` or `totp`.
+    pub kind: String,
+    /// 64 hex digits: the broker's `hello_mac` under this key over both nonces.
+    pub mac: String,
+    /// For `totp`: the broker's SPAKE2 message (hex) answering the CLI's message of the same index.
     #[serde(default)]
-    pub passphrase: Passphrase,
-    /// A TOTP code.
-    #[serde(default)]
-    pub totp: Option<String>,
+    pub msg: Option<String>,
+}
+
+/// The reply to [`Request::FactorChallenge`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Challenge {
+    /// Challenge id, for [`FactorProof::challenge`].
+    pub id: String,
+    /// 64 hex digits: the broker's nonce.
+    pub nonce: String,
+    /// The keys the broker holds, each with its proof of holding it.
+    pub keys: Vec<ChallengeKey>,
+}
+
+/// How a broker started by the CLI gets its passphrase: one JSON line on its stdin, written by
+/// the CLI that spawned it (never a socket anyone could have replaced).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Bootstrap {
+    /// Create the vault, then serve it unlocked.
+    Init {
+        /// New passphrase.
+        passphrase: Passphrase,
+        /// Argon2id memory in KiB (default: the vault crate's default).
+        kdf_memory_kib: Option<u32>,
+        /// The human's `PATH`, recorded as the policy PATH of granted children.
+        path: Option<String>,
+        /// The human's `HOME`, given to granted children.
+        home: Option<String>,
+    },
+    /// Unlock the vault, then serve it.
+    Unlock {
+        /// Passphrase.
+        passphrase: Passphrase,
+    },
 }
 
 /// Start of the broker's error message when a change needs the factor and none was given; the
-/// CLI recognises it and asks for the passphrase at the terminal.
+/// CLI recognises it and asks for the factor at the terminal.
 pub const FACTOR_NEEDED: &str = "replacing or removing a stored value needs your factor";
 
 /// Every request a client can send. Tagged by `op`.
@@ -193,23 +243,13 @@ pub const FACTOR_NEEDED: &str = "replacing or removing a stored value needs your
 pub enum Request {
     /// Broker state.
     Status,
-    /// Create the vault and keep it unlocked.
-    Init {
-        /// New passphrase.
-        passphrase: Passphrase,
-        /// Argon2id memory in KiB (default: the vault crate's default).
-        kdf_memory_kib: Option<u32>,
-        /// The human's `PATH`, recorded as the policy PATH of granted children.
+    /// A fresh challenge for proving a factor (see `factor_proof.rs`); replies [`Challenge`].
+    FactorChallenge {
+        /// 64 hex digits of the CLI's random nonce.
+        client_nonce: String,
+        /// For a TOTP code: the CLI's SPAKE2 messages (hex), one per candidate time step.
         #[serde(default)]
-        path: Option<String>,
-        /// The human's `HOME`, given to granted children.
-        #[serde(default)]
-        home: Option<String>,
-    },
-    /// Unlock the vault.
-    Unlock {
-        /// Passphrase.
-        passphrase: Passphrase,
+        totp: Vec<String>,
     },
     /// Drop the decrypted vault from memory; revoke all grants.
     Lock,
@@ -226,11 +266,9 @@ pub enum Request {
     EnvReveal {
         /// Environment name.
         name: String,
-        /// The passphrase factor (empty when a TOTP code is given).
-        passphrase: Passphrase,
-        /// A TOTP code as the factor.
+        /// Proof of the human's factor.
         #[serde(default)]
-        totp: Option<String>,
+        factor: Option<FactorProof>,
     },
     /// Create an environment.
     EnvCreate {
@@ -253,8 +291,13 @@ pub enum Request {
         environment: String,
         /// Variable name.
         name: String,
-        /// The value.
-        value: Passphrase,
+        /// The value in plain text: only without a factor (a first value).
+        #[serde(default)]
+        value: Option<Passphrase>,
+        /// The value sealed for the broker under the factor key (`factor_proof::seal_in_transit`,
+        /// associated data `ENV/NAME`): required with a factor, so a relay never sees it.
+        #[serde(default)]
+        sealed_value: Option<String>,
         /// The human's factor, needed when it replaces a stored value.
         #[serde(default)]
         factor: Option<FactorProof>,
@@ -311,11 +354,12 @@ pub enum Request {
     Approve {
         /// Request id.
         request_id: u64,
-        /// The passphrase factor (empty when another factor is given).
-        passphrase: Passphrase,
-        /// A TOTP code as the factor.
+        /// `factor_proof::card_digest` of the request as the human was shown it: the broker
+        /// refuses the approval if its request no longer has this digest.
+        card: String,
+        /// Proof of the human's factor (absent only with `confirm`).
         #[serde(default)]
-        totp: Option<String>,
+        factor: Option<FactorProof>,
         /// No secret factor: allowed only where the environment's policy is `confirm`.
         #[serde(default)]
         confirm: bool,
@@ -353,10 +397,12 @@ pub enum Request {
         /// Only grants of this client scope key (used by MCP `revoke_grant`).
         client: Option<String>,
     },
-    /// Start TOTP enrolment (passphrase required); returns the `otpauth://` URI once.
+    /// Start TOTP enrolment (passphrase required); returns the `otpauth://` URI once, sealed
+    /// under the factor key (`sealed_uri`, `sealed_qr`; associated data `factor_enroll`).
     FactorEnroll {
-        /// The passphrase factor.
-        passphrase: Passphrase,
+        /// Proof of the passphrase.
+        #[serde(default)]
+        factor: Option<FactorProof>,
     },
     /// Finish TOTP enrolment with a first code from the authenticator.
     FactorConfirm {
@@ -372,10 +418,9 @@ pub enum Request {
     PolicySet {
         /// Environment.
         environment: String,
-        /// The passphrase factor (empty when a TOTP code is given).
-        passphrase: Passphrase,
-        /// A TOTP code as the factor.
-        totp: Option<String>,
+        /// Proof of the human's factor.
+        #[serde(default)]
+        factor: Option<FactorProof>,
         /// The change.
         change: PolicyChange,
     },
@@ -462,12 +507,43 @@ pub struct DynamicAddRequest {
 }
 
 impl Request {
+    /// The factor proof this request carries, if any.
+    pub fn factor(&self) -> Option<&FactorProof> {
+        match self {
+            Request::EnvReveal { factor, .. }
+            | Request::EnvRemove { factor, .. }
+            | Request::VarSet { factor, .. }
+            | Request::VarGenerate { factor, .. }
+            | Request::VarUnset { factor, .. }
+            | Request::Approve { factor, .. }
+            | Request::FactorEnroll { factor }
+            | Request::PolicySet { factor, .. } => factor.as_ref(),
+            Request::DynamicAdd(d) => d.factor.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Puts a factor proof into this request (where it has a place for one).
+    pub fn set_factor(&mut self, proof: FactorProof) {
+        match self {
+            Request::EnvReveal { factor, .. }
+            | Request::EnvRemove { factor, .. }
+            | Request::VarSet { factor, .. }
+            | Request::VarGenerate { factor, .. }
+            | Request::VarUnset { factor, .. }
+            | Request::Approve { factor, .. }
+            | Request::FactorEnroll { factor }
+            | Request::PolicySet { factor, .. } => *factor = Some(proof),
+            Request::DynamicAdd(d) => d.factor = Some(proof),
+            _ => {}
+        }
+    }
+
     /// The `op` name for logs and audit (never the payload).
     pub fn op(&self) -> &'static str {
         match self {
             Request::Status => "status",
-            Request::Init { .. } => "init",
-            Request::Unlock { .. } => "unlock",
+            Request::FactorChallenge { .. } => "factor_challenge",
             Request::Lock => "lock",
             Request::Shutdown => "shutdown",
             Request::EnvList => "env_list",
@@ -799,21 +875,36 @@ mod tests {
         let r = Request::VarSet {
             environment: "e".into(),
             name: "N".into(),
-            value: Passphrase::new("hunter2-planted-value".into()),
-            factor: Some(FactorProof {
-                passphrase: Passphrase::new("planted-factor-passphrase".into()),
-                totp: None,
-            }),
+            value: Some(Passphrase::new("hunter2-planted-value".into())),
+            sealed_value: None,
+            factor: None,
         };
         let dbg = format!("{r:?}");
-        assert!(!dbg.contains("planted-factor"), "{dbg}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("[sensitive]"));
         let json = serde_json::to_string(&r).unwrap();
         let back: Request = serde_json::from_str(&json).unwrap();
         match back {
-            Request::VarSet { value, .. } => assert_eq!(value.expose(), "hunter2-planted-value"),
+            Request::VarSet { value, .. } => {
+                assert_eq!(value.unwrap().expose(), "hunter2-planted-value")
+            }
             other => panic!("{other:?}"),
+        }
+        let b = Bootstrap::Unlock {
+            passphrase: Passphrase::new("planted-factor-passphrase".into()),
+        };
+        assert!(!format!("{b:?}").contains("planted-factor"));
+    }
+
+    #[test]
+    fn no_request_carries_a_factor_field_that_could_hold_a_passphrase() {
+        // The old wire shapes (a passphrase or TOTP code in the request) are refused outright.
+        for old in [
+            r#"{"op":"unlock","passphrase":"p"}"#,
+            r#"{"op":"init","passphrase":"p","kdf_memory_kib":null}"#,
+            r#"{"op":"approve","request_id":1,"passphrase":"p","any_command":false,"ttl_seconds":null,"uses":null}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(old).is_err(), "{old}");
         }
     }
 }

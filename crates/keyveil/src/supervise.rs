@@ -25,18 +25,27 @@
 use anyhow::Result;
 
 /// Runs the supervisor (Linux) or the broker directly (elsewhere); returns the exit code.
-pub fn main() -> Result<i32> {
-    imp::main()
+/// `bootstrap` passes `--bootstrap-stdin` on to the broker (its stdin and stdout are inherited).
+pub fn main(bootstrap: bool) -> Result<i32> {
+    imp::main(bootstrap)
+}
+
+fn broker_args(bootstrap: bool) -> Vec<&'static str> {
+    let mut a = vec!["daemon", "--foreground", "--supervised"];
+    if bootstrap {
+        a.push("--bootstrap-stdin");
+    }
+    a
 }
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use anyhow::{Context, Result};
 
-    pub fn main() -> Result<i32> {
+    pub fn main(bootstrap: bool) -> Result<i32> {
         let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
         let status = std::process::Command::new(exe)
-            .args(["daemon", "--foreground", "--supervised"])
+            .args(super::broker_args(bootstrap))
             .status()
             .context("cannot start the broker")?;
         Ok(status.code().unwrap_or(1))
@@ -50,7 +59,7 @@ mod imp {
     use anyhow::{Context, Result};
     use rustix::process::{Pid, Signal, WaitOptions};
 
-    pub fn main() -> Result<i32> {
+    pub fn main(bootstrap: bool) -> Result<i32> {
         let _ =
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
@@ -74,7 +83,7 @@ mod imp {
 
         let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
         let broker = std::process::Command::new(exe)
-            .args(["daemon", "--foreground", "--supervised"])
+            .args(super::broker_args(bootstrap))
             .spawn()
             .context("cannot start the broker")?;
         let broker_pid = i32::try_from(broker.id()).context("pid out of range")?;

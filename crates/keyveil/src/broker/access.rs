@@ -610,6 +610,20 @@ pub fn requests(broker: &Broker) -> Value {
     json!({"requests": list})
 }
 
+/// The `factor_proof::card_digest` of pending request `id` as a `requests` listing shows it
+/// (names hidden where the policy hides them); `None` when it is not pending.
+pub fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
+    let listing = requests(broker);
+    let mut entry = listing
+        .get("requests")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("id").and_then(Value::as_u64) == Some(id))?
+        .clone();
+    broker.lock().hide_names_in(&mut entry);
+    Some(crate::factor_proof::card_digest(&entry))
+}
+
 /// Options of an approval.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApproveOptions {
@@ -626,9 +640,13 @@ pub struct ApproveOptions {
 }
 
 /// Approves a request with the human's factor, creating a grant.
+///
+/// `card` is the `factor_proof::card_digest` of the request as the human was shown it (the CLI
+/// and the approval page send it); the approval is refused when the request no longer has it.
 pub async fn approve(
     broker: &Arc<Broker>,
     id: u64,
+    card: Option<&str>,
     proof: Proof,
     o: ApproveOptions,
 ) -> OpResult<Value> {
@@ -662,7 +680,18 @@ pub async fn approve(
             .map(|e| e.policy.factor)
             .unwrap_or(FactorKind::Passphrase)
     };
-    let used = verify_factor(broker, proof, required, json!({"request_id": id})).await?;
+    if let Some(card) = card
+        && card_digest_of(broker, id).as_deref() != Some(card)
+    {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("request #{id} is not the one you were shown; nothing was approved"),
+        )
+        .hint("the request changed, or something between your terminal and the broker showed you another card: list requests again with `keyveil requests`"));
+    }
+    let used = verify_factor(broker, proof, required, json!({"request_id": id}))
+        .await?
+        .used;
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
     let Some(req) = inner.requests.get(&id).cloned() else {

@@ -37,7 +37,13 @@ fn failed(e: &DynamicError) -> OpError {
 }
 
 /// Handles [`crate::protocol::Request::DynamicAdd`].
-pub async fn add(broker: &Arc<Broker>, mut req: DynamicAddRequest) -> OpResult<Value> {
+///
+/// `digest` is the `factor_proof::request_digest` of the request, for its factor proof.
+pub async fn add(
+    broker: &Arc<Broker>,
+    mut req: DynamicAddRequest,
+    digest: Option<[u8; crate::factor_proof::LEN]>,
+) -> OpResult<Value> {
     broker.lock().vault()?;
     // Where names are hidden, an alias names the variable it stands for; any other name needs
     // the factor (below), whether or not it exists.
@@ -151,7 +157,9 @@ pub async fn add(broker: &Arc<Broker>, mut req: DynamicAddRequest) -> OpResult<V
         super::ops::Need::stored(stored)
     };
     let verified =
-        super::ops::guard_stored(broker, &req.environment, need, req.factor.clone()).await?;
+        super::ops::guard_stored(broker, &req.environment, need, req.factor.clone(), digest)
+            .await?
+            .is_some();
     let mut inner = broker.lock();
     for (n, _) in &names {
         super::ops::recheck(&inner, &req.environment, Some(n), verified)?;

@@ -11,50 +11,225 @@ use serde_json::{Value, json};
 use super::Broker;
 use super::state::{OpError, OpResult, unknown_env};
 use crate::factor;
-use crate::protocol::{ErrorCode, Passphrase, PolicyChange};
+use crate::factor_proof::{self, FactorKey};
+use crate::protocol::{Challenge, ChallengeKey, ErrorCode, FactorProof, Passphrase, PolicyChange};
 
 /// How long a started TOTP enrolment waits for its confirming code.
 const ENROLL_WINDOW: Duration = Duration::from_secs(600);
 
+/// Longest a challenge stays usable.
+const CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// Most challenges held at once (the oldest is dropped first).
+const MAX_CHALLENGES: usize = 32;
+
+/// Which factor a key a challenge holds stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldKind {
+    /// The passphrase's factor key (from the data key).
+    Passphrase,
+    /// A TOTP exchange for this 30-second step.
+    Totp(u64),
+}
+
+/// A challenge the broker handed out: its nonce and the keys a proof may use.
+#[derive(Debug)]
+pub struct HeldChallenge {
+    nonce: [u8; factor_proof::LEN],
+    keys: Vec<Option<(HeldKind, FactorKey)>>,
+    created: Instant,
+}
+
 /// The proof a human offers.
 pub enum Proof {
-    /// The vault passphrase.
-    Passphrase(Passphrase),
-    /// A TOTP code.
-    Totp(String),
+    /// Made by the human's CLI (`factor_proof.rs`), with the digest of the request it came in.
+    Bound {
+        /// The proof as sent.
+        factor: FactorProof,
+        /// `factor_proof::request_digest` of the request that carried it.
+        digest: [u8; factor_proof::LEN],
+    },
+    /// The passphrase typed into the approval page (posted to the broker's own HTTP server).
+    Typed(Passphrase),
+    /// A TOTP code typed into the approval page.
+    TypedTotp(String),
     /// No secret: a plain confirmation.
     Confirm,
+    /// Nothing was given.
+    Missing,
 }
 
 impl Proof {
-    /// From the request fields.
-    pub fn from_fields(passphrase: Passphrase, totp: Option<String>, confirm: bool) -> Proof {
-        match (totp, confirm) {
-            (Some(code), _) => Proof::Totp(code),
-            (None, true) if passphrase.expose().is_empty() => Proof::Confirm,
-            _ => Proof::Passphrase(passphrase),
+    /// From a request's fields: its factor proof (with the request's digest) or a confirmation.
+    pub fn from_request(
+        factor: Option<FactorProof>,
+        digest: Option<[u8; factor_proof::LEN]>,
+        confirm: bool,
+    ) -> Proof {
+        match (factor, digest) {
+            (Some(factor), Some(digest)) => Proof::Bound { factor, digest },
+            _ if confirm => Proof::Confirm,
+            _ => Proof::Missing,
         }
     }
+}
 
-    fn name(&self) -> &'static str {
-        match self {
-            Proof::Passphrase(_) => "passphrase",
-            Proof::Totp(_) => "totp",
-            Proof::Confirm => "confirm",
+/// What a verified factor was, and the key it used (for sealing a reply or opening a value that
+/// travelled with it).
+pub struct Verified {
+    /// `passphrase`, `totp` or `confirm`.
+    pub used: &'static str,
+    /// The factor key and the challenge nonce, for `factor_proof::{seal,open}_in_transit`.
+    pub transit: Option<(FactorKey, [u8; factor_proof::LEN])>,
+}
+
+/// The stronger of two factor requirements (`confirm` < `totp` < `passphrase`).
+pub fn stronger(a: FactorKind, b: FactorKind) -> FactorKind {
+    let rank = |k: FactorKind| match k {
+        FactorKind::Confirm => 0,
+        FactorKind::Totp => 1,
+        FactorKind::Passphrase => 2,
+    };
+    if rank(a) >= rank(b) { a } else { b }
+}
+
+/// The factor a change to `env`'s rules (policy, names, stored values) needs: at least the one its
+/// policy demands for approvals (its strongest action), and never less than a TOTP code. So a
+/// TOTP code cannot loosen an environment whose approvals need the passphrase.
+pub fn rule_change_factor(broker: &Broker, env: &str) -> FactorKind {
+    let inner = broker.lock();
+    let policy = inner
+        .vault()
+        .ok()
+        .and_then(|v| v.data().environments.get(env).map(|e| e.policy.factor))
+        .unwrap_or(FactorKind::Passphrase);
+    stronger(policy, FactorKind::Totp)
+}
+
+/// `factor_challenge`: a fresh nonce and, for each factor key the broker holds, the proof that it
+/// holds it (see `factor_proof.rs`). With `totp` messages (a TOTP code the human typed), one
+/// SPAKE2 answer per candidate step not yet used; such a challenge counts as a failed attempt
+/// until a proof made with it succeeds, so a process cannot test codes without the rate limit.
+pub fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) -> OpResult<Value> {
+    let bad = |m: &str| OpError::new(ErrorCode::Usage, m.to_owned());
+    let cn = factor_proof::parse32(client_nonce)
+        .map_err(|_| bad("client_nonce must be 64 hex digits"))?;
+    if !totp.is_empty() && totp.len() != factor_proof::TOTP_STEPS {
+        return Err(bad(
+            "a TOTP challenge carries one message per candidate step (3)",
+        ));
+    }
+    let mut inner = broker.lock();
+    let now = Instant::now();
+    if !totp.is_empty()
+        && let Err(secs) = inner.factor.check(now)
+    {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("approvals are locked after repeated wrong factors; try again in {secs} s"),
+        ));
+    }
+    let nonce =
+        factor_proof::random_nonce().map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    let v = inner.vault()?;
+    let pass_key = FactorKey::new(v.factor_key());
+    let mut shown = vec![ChallengeKey {
+        kind: "passphrase".into(),
+        mac: hex::encode(factor_proof::hello_mac(&pass_key, &cn, &nonce)),
+        msg: None,
+    }];
+    let mut held = vec![Some((HeldKind::Passphrase, pass_key))];
+    if !totp.is_empty() {
+        let Some(t) = v.data().factors.totp.clone() else {
+            return Err(
+                OpError::new(ErrorCode::Failed, "no TOTP authenticator is enrolled").hint(
+                    "approve with the passphrase, or enrol one with `keyveil factor enroll totp`",
+                ),
+            );
+        };
+        let seed_b32 = t
+            .seed_base32
+            .open()
+            .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+        let seed = factor::from_base32(seed_b32.expose())
+            .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+        drop(seed_b32);
+        let step_now = factor::now_seconds() / factor::STEP_SECONDS;
+        for (j, msg) in (0u64..).zip(totp) {
+            // Steps now-1, now, now+1 (RFC 6238 §5.2 skew); a used one is not offered again.
+            let step = (step_now + j).saturating_sub(1);
+            if step <= t.last_step {
+                shown.push(ChallengeKey {
+                    kind: "totp".into(),
+                    mac: String::new(),
+                    msg: None,
+                });
+                held.push(None);
+                continue;
+            }
+            let code = factor::code_for_step(&seed, step)
+                .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+            let (reply, key) = factor_proof::totp_broker(&code, msg)
+                .map_err(|e| OpError::new(ErrorCode::Usage, e.to_string()))?;
+            shown.push(ChallengeKey {
+                kind: "totp".into(),
+                mac: hex::encode(factor_proof::hello_mac(&key, &cn, &nonce)),
+                msg: Some(reply),
+            });
+            held.push(Some((HeldKind::Totp(step), key)));
+        }
+        // Counted until a proof made with it succeeds (`verify_factor` resets the count).
+        if let Some(d) = inner.factor.fail(now) {
+            inner.audit(
+                "factor_locked",
+                json!({"for": "totp_challenge", "seconds_left": d.as_secs()}),
+            );
         }
     }
+    let id = hex::encode(
+        factor_proof::random_nonce()
+            .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?
+            .get(..12)
+            .unwrap_or_default(),
+    );
+    inner
+        .challenges
+        .retain(|_, c| c.created.elapsed() <= CHALLENGE_TTL);
+    while inner.challenges.len() >= MAX_CHALLENGES {
+        let Some(oldest) = inner
+            .challenges
+            .iter()
+            .min_by_key(|(_, c)| c.created)
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        inner.challenges.remove(&oldest);
+    }
+    inner.challenges.insert(
+        id.clone(),
+        HeldChallenge {
+            nonce,
+            keys: held,
+            created: now,
+        },
+    );
+    let reply = Challenge {
+        id,
+        nonce: hex::encode(nonce),
+        keys: shown,
+    };
+    serde_json::to_value(reply).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))
 }
 
 /// Verifies a proof against the factor `required` (passphrase always satisfies; TOTP satisfies
 /// `totp` and `confirm`; a plain confirmation only `confirm`). Failures are rate-limited (5,
-/// then a doubling lockout) and audited with `purpose`. Returns the factor name used.
+/// then a doubling lockout) and audited with `purpose`.
 pub async fn verify_factor(
     broker: &Arc<Broker>,
     proof: Proof,
     required: FactorKind,
     purpose: Value,
-) -> OpResult<&'static str> {
-    let used = proof.name();
+) -> OpResult<Verified> {
     {
         let mut inner = broker.lock();
         inner.vault()?;
@@ -69,41 +244,62 @@ pub async fn verify_factor(
             ));
         }
     }
-    let allowed = matches!(
-        (&proof, required),
-        (Proof::Passphrase(_), _)
-            | (Proof::Totp(_), FactorKind::Totp | FactorKind::Confirm)
-            | (Proof::Confirm, FactorKind::Confirm)
-    );
-    if !allowed {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!("the policy requires the {} factor; a {used} is not enough here", factor_word(required)),
-        )
-        .hint("approve with the vault passphrase (prompted), or a TOTP code where the policy allows it"));
-    }
-    let ok = match proof {
-        Proof::Confirm => Ok(()),
-        Proof::Passphrase(p) => {
+    let outcome: Result<Verified, (&'static str, String)> = match proof {
+        Proof::Missing => {
+            // Not counted: nothing was tried.
+            return Err(OpError::new(ErrorCode::Denied, "this needs your factor; none was given")
+                .hint("run it from your terminal: keyveil asks for the passphrase (or `--totp` for a code)"));
+        }
+        Proof::Confirm => {
+            if required != FactorKind::Confirm {
+                return Err(not_enough(required, "confirm"));
+            }
+            Ok(Verified {
+                used: "confirm",
+                transit: None,
+            })
+        }
+        Proof::Typed(p) => {
             let checker = broker.lock().vault()?.passphrase_checker();
             let good = tokio::task::spawn_blocking(move || checker.check(p.expose().as_bytes()))
                 .await
                 .unwrap_or(false);
             if good {
-                Ok(())
+                Ok(Verified {
+                    used: "passphrase",
+                    transit: None,
+                })
             } else {
-                Err("wrong passphrase".to_owned())
+                Err(("passphrase", "wrong passphrase".to_owned()))
             }
         }
-        Proof::Totp(code) => check_totp(broker, &code),
+        Proof::TypedTotp(code) => {
+            if required == FactorKind::Passphrase {
+                return Err(not_enough(required, "totp"));
+            }
+            check_totp(broker, &code)
+                .map(|()| Verified {
+                    used: "totp",
+                    transit: None,
+                })
+                .map_err(|w| ("totp", w))
+        }
+        Proof::Bound { factor, digest } => {
+            let held = broker.lock().challenges.remove(&factor.challenge);
+            match check_bound(broker, held, &factor, &digest, required) {
+                Ok(v) => Ok(v),
+                Err(BoundError::NotEnough(used)) => return Err(not_enough(required, used)),
+                Err(BoundError::Failed(used, why)) => Err((used, why)),
+            }
+        }
     };
     let mut inner = broker.lock();
-    match ok {
-        Ok(()) => {
+    match outcome {
+        Ok(v) => {
             inner.factor.succeed();
-            Ok(used)
+            Ok(v)
         }
-        Err(why) => {
+        Err((used, why)) => {
             let lockout = inner.factor.fail(Instant::now());
             inner.audit(
                 "factor_failed",
@@ -122,6 +318,87 @@ pub async fn verify_factor(
             }))
         }
     }
+}
+
+fn not_enough(required: FactorKind, used: &str) -> OpError {
+    OpError::new(
+        ErrorCode::Denied,
+        format!(
+            "the policy requires the {} factor; a {used} is not enough here",
+            factor_word(required)
+        ),
+    )
+    .hint(match required {
+        FactorKind::Passphrase => "give the vault passphrase (keyveil prompts for it)",
+        _ => "give the vault passphrase (prompted), or a TOTP code with `--totp`",
+    })
+}
+
+enum BoundError {
+    NotEnough(&'static str),
+    Failed(&'static str, String),
+}
+
+/// Checks a CLI-made proof against the challenge it names (already removed: used once).
+fn check_bound(
+    broker: &Broker,
+    held: Option<HeldChallenge>,
+    f: &FactorProof,
+    digest: &[u8; factor_proof::LEN],
+    required: FactorKind,
+) -> Result<Verified, BoundError> {
+    let fail = |why: &str| BoundError::Failed("proof", why.to_owned());
+    let Some(ch) = held else {
+        return Err(fail("unknown or already used factor challenge"));
+    };
+    if ch.created.elapsed() > CHALLENGE_TTL {
+        return Err(fail("the factor challenge expired"));
+    }
+    let Some(Some((kind, key))) = ch.keys.get(f.key) else {
+        return Err(fail("the proof names a key the challenge does not hold"));
+    };
+    let used = match kind {
+        HeldKind::Passphrase => "passphrase",
+        HeldKind::Totp(_) => "totp",
+    };
+    let Ok(given) = factor_proof::parse32(&f.proof) else {
+        return Err(BoundError::Failed(used, "malformed factor proof".into()));
+    };
+    if !factor_proof::same(&factor_proof::client_proof(key, &ch.nonce, digest), &given) {
+        return Err(BoundError::Failed(
+            used,
+            match kind {
+                HeldKind::Passphrase => "the passphrase proof does not match this request".into(),
+                HeldKind::Totp(_) => "wrong or expired TOTP code".into(),
+            },
+        ));
+    }
+    if let HeldKind::Totp(step) = kind {
+        if required == FactorKind::Passphrase {
+            return Err(BoundError::NotEnough("totp"));
+        }
+        record_totp_step(broker, *step).map_err(|w| BoundError::Failed("totp", w))?;
+    }
+    Ok(Verified {
+        used,
+        transit: Some((key.clone(), ch.nonce)),
+    })
+}
+
+/// Records that a TOTP step was used (replay protection that survives restarts: the step is
+/// saved in the vault); refuses a step not after the last one used.
+fn record_totp_step(broker: &Broker, step: u64) -> Result<(), String> {
+    let mut inner = broker.lock();
+    let v = inner.vault_mut().map_err(|e| e.message)?;
+    let Some(t) = v.data_mut().factors.totp.as_mut() else {
+        return Err("no TOTP authenticator is enrolled".into());
+    };
+    if step <= t.last_step {
+        return Err(factor::TotpError::Replayed.to_string());
+    }
+    t.last_step = step;
+    v.save()
+        .map_err(|e| format!("cannot record the code's use: {e}"))
 }
 
 fn factor_word(k: FactorKind) -> &'static str {
@@ -155,15 +432,23 @@ fn check_totp(broker: &Broker, code: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts TOTP enrolment: passphrase required. Returns the URI and QR text once.
-pub async fn enroll(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
-    verify_factor(
+/// Starts TOTP enrolment: passphrase required. Returns the URI and QR text once, sealed under
+/// the factor key of the proof (`sealed_uri`, `sealed_qr`, associated data `factor_enroll`), so
+/// a process relaying the socket never sees the seed.
+pub async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value> {
+    let verified = verify_factor(
         broker,
-        Proof::Passphrase(pass),
+        proof,
         FactorKind::Passphrase,
         json!("factor_enroll"),
     )
     .await?;
+    let Some((key, nonce)) = verified.transit else {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            "enrolment needs a passphrase proof from the keyveil CLI",
+        ));
+    };
     let seed = factor::new_seed().map_err(|e| {
         OpError::new(
             ErrorCode::Failed,
@@ -174,15 +459,28 @@ pub async fn enroll(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
     let uri =
         factor::uri(&seed, &account).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let qr = factor::qr_text(&uri);
+    let seal = |t: &str| {
+        factor_proof::seal_in_transit(&key, &nonce, b"factor_enroll", t.as_bytes())
+            .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))
+    };
+    let (sealed_uri, sealed_qr) = (seal(&uri)?, seal(&qr)?);
     let mut inner = broker.lock();
     inner.pending_totp = Some((SecretValue::new(factor::to_base32(&seed)), Instant::now()));
     inner.audit("factor_enroll_started", json!({"factor": "totp"}));
-    Ok(json!({"uri": uri, "qr": qr}))
+    Ok(json!({"sealed_uri": sealed_uri, "sealed_qr": sealed_qr}))
 }
 
 /// Finishes enrolment with a first code.
+///
+/// Rate-limited like every factor check: wrong codes count towards the same lockout.
 pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
     let mut inner = broker.lock();
+    if let Err(secs) = inner.factor.check(Instant::now()) {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("factor checks are locked after repeated wrong factors; try again in {secs} s"),
+        ));
+    }
     let Some((seed_b32, at)) = inner.pending_totp.take() else {
         return Err(
             OpError::new(ErrorCode::Failed, "no TOTP enrolment is in progress")
@@ -202,14 +500,16 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
         Err(e) => {
             // Keep the enrolment open for another try.
             inner.pending_totp = Some((seed_b32, at));
+            let lockout = inner.factor.fail(Instant::now());
             inner.audit(
                 "factor_failed",
-                json!({"for": "factor_confirm", "factor": "totp", "why": e.to_string()}),
+                json!({"for": "factor_confirm", "factor": "totp", "why": e.to_string(), "lockout_seconds": lockout.map(|d| d.as_secs())}),
             );
             return Err(OpError::new(ErrorCode::Denied, e.to_string())
                 .hint("type the code your authenticator shows now"));
         }
     };
+    inner.factor.succeed();
     let seed_b32 = keyveil_vault::SealedValue::seal(seed_b32)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let v = inner.vault_mut()?;
@@ -241,20 +541,15 @@ pub fn policy_show(broker: &Broker, env: &str) -> OpResult<Value> {
     }))
 }
 
-/// Applies one policy change after verifying the factor (passphrase or TOTP; never a plain
-/// confirmation, whatever the policy says).
+/// Applies one policy change after verifying the factor: at least the one the environment's
+/// policy demands for approvals, and never less than a TOTP code ([`rule_change_factor`]), so a
+/// weaker factor never changes the rules of a stronger one.
 pub async fn policy_set(
     broker: &Arc<Broker>,
     env: &str,
     proof: Proof,
     change: PolicyChange,
 ) -> OpResult<Value> {
-    if matches!(proof, Proof::Confirm) {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            "changing policy needs the passphrase or a TOTP code",
-        ));
-    }
     {
         let inner = broker.lock();
         let v = inner.vault()?;
@@ -264,7 +559,8 @@ pub async fn policy_set(
     }
     // Validate before asking for the factor, so a typo costs no attempt.
     let change = normalise(change)?;
-    verify_factor(broker, proof, FactorKind::Totp, json!({"policy_set": env})).await?;
+    let required = rule_change_factor(broker, env);
+    verify_factor(broker, proof, required, json!({"policy_set": env})).await?;
     let mut inner = broker.lock();
     let v = inner.vault_mut()?;
     let Some(e) = v.data_mut().environments.get_mut(env) else {

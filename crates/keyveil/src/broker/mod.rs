@@ -57,9 +57,20 @@ impl Broker {
 
 /// Runs the broker in the foreground until `daemon stop` or SIGTERM/SIGINT.
 ///
+/// With `bootstrap`, first reads one [`crate::protocol::Bootstrap`] JSON line from stdin (the
+/// pipe of the CLI that started it: `keyveil init` or `unlock`), creates or unlocks the vault
+/// with it, and writes the outcome as one [`Reply`] JSON line on stdout before serving anyone.
+/// A failed bootstrap stops the broker.
+///
 /// Errors: another broker already holds this home's lock; the socket cannot be bound.
-pub async fn serve(paths: Paths) -> Result<()> {
+pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     crate::harden::harden_broker().context("cannot make the broker non-dumpable")?;
+    // Read the passphrase only once nothing else of ours can be read by another process.
+    let boot = if bootstrap {
+        Some(read_bootstrap().context("cannot read the bootstrap from stdin")?)
+    } else {
+        None
+    };
     paths.check_socket_len()?;
     paths.ensure_dirs()?;
     let lock = std::fs::OpenOptions::new()
@@ -114,6 +125,19 @@ pub async fn serve(paths: Paths) -> Result<()> {
         .context("cannot install the SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot install the SIGINT handler")?;
+    if let Some(b) = boot {
+        let reply = match ops::bootstrap(&broker, b).await {
+            Ok(v) => Reply::ok(v),
+            Err(e) => e.reply(),
+        };
+        let failed = !matches!(reply, Reply::Ok { .. });
+        answer_bootstrap(&reply);
+        if failed {
+            let _ = std::fs::remove_file(&sock);
+            let _ = std::fs::remove_file(paths.run_dir().join("broker.pid"));
+            bail!("the bootstrap failed; the broker stops");
+        }
+    }
     let ticker = tokio::spawn(tick(broker.clone()));
     let me = rustix::process::getuid();
     loop {
@@ -145,6 +169,28 @@ pub async fn serve(paths: Paths) -> Result<()> {
     tracing::info!("broker stopped");
     drop(lock);
     Ok(())
+}
+
+/// One JSON line from stdin: the [`crate::protocol::Bootstrap`] the starting CLI wrote.
+fn read_bootstrap() -> Result<crate::protocol::Bootstrap> {
+    use std::io::BufRead;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("stdin")?;
+    serde_json::from_str(&line).context("not a bootstrap line")
+}
+
+/// The bootstrap's outcome as one JSON line on stdout (the starting CLI reads it), then stdout
+/// is left alone: the broker never writes there again.
+fn answer_bootstrap(reply: &Reply) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Ok(line) = serde_json::to_string(reply) {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
 }
 
 /// Once a second: expire requests, revoke grants past their deadline.

@@ -4,14 +4,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use keyveil_vault::{Environment, FactorKind, KdfParams, Source, Variable, Vault};
+use keyveil_vault::{Environment, KdfParams, Source, Variable, Vault};
 use serde_json::{Value, json};
 
 use super::Broker;
 use super::access;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RequestState, unknown_env};
-use crate::protocol::{Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request};
+use crate::factor_proof;
+use crate::protocol::{
+    Bootstrap, Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request,
+};
 
 /// Longest value `generate` makes (characters).
 const MAX_GENERATED: usize = 4096;
@@ -51,19 +54,46 @@ fn check_env_name(name: &str) -> OpResult<()> {
     }
 }
 
-/// Handles every request but `run`.
-pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
-    // The one reply that may carry real hidden names: it is given only for the factor.
-    let reveal = matches!(req, Request::EnvReveal { .. });
-    let r = match req {
-        Request::Status => Ok(status(broker)),
-        Request::Init {
+/// What a broker started by the CLI does before it serves anyone: create or unlock the vault
+/// with the passphrase its parent wrote on its stdin (see [`Bootstrap`]).
+///
+/// Errors: those of `init` and `unlock` (a vault already exists, wrong passphrase, I/O).
+pub async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Value, OpError> {
+    match b {
+        Bootstrap::Init {
             passphrase,
             kdf_memory_kib,
             path,
             home,
         } => init(broker, passphrase, kdf_memory_kib, path, home).await,
-        Request::Unlock { passphrase } => unlock(broker, passphrase).await,
+        Bootstrap::Unlock { passphrase } => unlock(broker, passphrase).await,
+    }
+}
+
+/// Handles every request but `run`.
+pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
+    // The one reply that may carry real hidden names: it is given only for the factor.
+    let reveal = matches!(req, Request::EnvReveal { .. });
+    // What a factor proof in this request binds: the request itself, byte for byte.
+    if let Request::VarSet {
+        value: Some(_),
+        factor: Some(_),
+        ..
+    } = &req
+    {
+        return usage(
+            "with a factor, a value travels sealed (`sealed_value`), never in plain text",
+        )
+        .reply();
+    }
+    let digest = req
+        .factor()
+        .map(|_| factor_proof::request_digest(&serde_json::to_value(&req).unwrap_or(Value::Null)));
+    let r = match req {
+        Request::Status => Ok(status(broker)),
+        Request::FactorChallenge { client_nonce, totp } => {
+            factor_ops::challenge(broker, &client_nonce, &totp)
+        }
         Request::Lock => Ok(lock(broker)),
         Request::Shutdown => {
             broker.shutdown.cancel();
@@ -74,25 +104,35 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::EnvCreate { name, description } => env_create(broker, &name, description),
         Request::EnvRemove { name, factor } => {
             let stored = broker.lock().stored_names(&name, None);
-            guard_stored(broker, &name, Need::stored(stored), factor)
+            guard_stored(broker, &name, Need::stored(stored), factor, digest)
                 .await
-                .and_then(|ok| env_remove(broker, &name, ok))
+                .and_then(|ok| env_remove(broker, &name, ok.is_some()))
         }
-        Request::EnvReveal {
-            name,
-            passphrase,
-            totp,
-        } => env_reveal(broker, &name, Proof::from_fields(passphrase, totp, false)).await,
+        Request::EnvReveal { name, factor } => {
+            env_reveal(broker, &name, Proof::from_request(factor, digest, false)).await
+        }
         Request::VarSet {
             environment,
             name,
             value,
+            sealed_value,
             factor,
         } => {
+            // The associated data of a sealed value is the name as the CLI gave it.
+            let aad = format!("{environment}/{name}");
             let (name, need) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, need, factor)
-                .await
-                .and_then(|ok| var_set(broker, &environment, &name, value, ok))
+            let given = name.clone();
+            match guard_stored(broker, &environment, need, factor, digest).await {
+                Err(e) => Err(e),
+                Ok(verified) => {
+                    match value_of_set(value, sealed_value, verified.as_ref(), aad.as_bytes()) {
+                        Ok(value) => {
+                            var_set(broker, &environment, &given, value, verified.is_some())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
         }
         Request::VarGenerate {
             environment,
@@ -102,9 +142,19 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             factor,
         } => {
             let (name, need) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, need, factor)
+            guard_stored(broker, &environment, need, factor, digest)
                 .await
-                .and_then(|ok| var_generate(broker, &environment, &name, length, charset, None, ok))
+                .and_then(|ok| {
+                    var_generate(
+                        broker,
+                        &environment,
+                        &name,
+                        length,
+                        charset,
+                        None,
+                        ok.is_some(),
+                    )
+                })
         }
         Request::VarUnset {
             environment,
@@ -112,9 +162,9 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             factor,
         } => {
             let (name, need) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, need, factor)
+            guard_stored(broker, &environment, need, factor, digest)
                 .await
-                .and_then(|ok| var_unset(broker, &environment, &name, ok))
+                .and_then(|ok| var_unset(broker, &environment, &name, ok.is_some()))
         }
         Request::VarDeclare {
             environment,
@@ -128,8 +178,8 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::Requests => Ok(access::requests(broker)),
         Request::Approve {
             request_id,
-            passphrase,
-            totp,
+            card,
+            factor,
             confirm,
             ttl_seconds,
             uses,
@@ -140,7 +190,8 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             access::approve(
                 broker,
                 request_id,
-                factor_ops::Proof::from_fields(passphrase, totp, confirm),
+                Some(&card),
+                Proof::from_request(factor, digest, confirm),
                 access::ApproveOptions {
                     ttl_seconds,
                     uses,
@@ -151,19 +202,20 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             )
             .await
         }
-        Request::FactorEnroll { passphrase } => factor_ops::enroll(broker, passphrase).await,
+        Request::FactorEnroll { factor } => {
+            factor_ops::enroll(broker, Proof::from_request(factor, digest, false)).await
+        }
         Request::FactorConfirm { code } => factor_ops::confirm(broker, &code),
         Request::PolicyShow { environment } => factor_ops::policy_show(broker, &environment),
         Request::PolicySet {
             environment,
-            passphrase,
-            totp,
+            factor,
             change,
         } => {
             factor_ops::policy_set(
                 broker,
                 &environment,
-                factor_ops::Proof::from_fields(passphrase, totp, false),
+                Proof::from_request(factor, digest, false),
                 change,
             )
             .await
@@ -178,7 +230,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
         Request::Audit { limit } => audit(broker, limit),
         Request::AuditVerify => audit_verify(broker),
         Request::WebUrl => super::web::url(broker).await,
-        Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r).await,
+        Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r, digest).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
         Request::Logs {
@@ -232,29 +284,53 @@ pub(super) async fn guard_stored(
     env: &str,
     need: Need,
     factor: Option<FactorProof>,
-) -> OpResult<bool> {
-    if need == Need::Nothing {
-        return Ok(false);
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<Option<factor_ops::Verified>> {
+    if need == Need::Nothing && factor.is_none() {
+        return Ok(None);
     }
-    let Some(f) = factor else {
+    if factor.is_none() {
         return Err(factor_needed(env, need));
-    };
-    if f.totp.is_none() && f.passphrase.expose().is_empty() {
-        // Not counted as a failed attempt: nothing was tried.
-        return Err(OpError::new(
-            ErrorCode::Usage,
-            "the factor is empty: give the passphrase or a TOTP code; nothing was changed",
-        ));
     }
-    let proof = Proof::from_fields(f.passphrase, f.totp, false);
+    // A factor given for a change that needs none is still checked: it may carry a sealed value.
+    let required = factor_ops::rule_change_factor(broker, env);
     factor_ops::verify_factor(
         broker,
-        proof,
-        FactorKind::Totp,
+        Proof::from_request(factor, digest, false),
+        required,
         json!({"stored_change": env}),
     )
     .await
-    .map(|_| true)
+    .map(Some)
+}
+
+/// The value of a `set`: plain (a first value, no factor) or sealed under the factor key.
+fn value_of_set(
+    plain: Option<Passphrase>,
+    sealed: Option<String>,
+    verified: Option<&factor_ops::Verified>,
+    aad: &[u8],
+) -> OpResult<Passphrase> {
+    match (plain, sealed, verified.and_then(|v| v.transit.as_ref())) {
+        (Some(p), None, None) => Ok(p),
+        (None, Some(s), Some((key, nonce))) => {
+            let bytes = factor_proof::open_in_transit(key, nonce, aad, &s)
+                .map_err(|e| usage(format!("the sealed value cannot be opened: {e}")))?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| usage("the value is not UTF-8"))?
+                .to_owned();
+            Ok(Passphrase::new(text))
+        }
+        (None, Some(_), None) => Err(usage(
+            "a sealed value needs a factor proof from the keyveil CLI",
+        )),
+        (Some(_), _, Some(_)) => Err(usage(
+            "with a factor, a value travels sealed (`sealed_value`), never in plain text",
+        )),
+        _ => Err(usage(
+            "give the value (`value`) or, with a factor, `sealed_value`",
+        )),
+    }
 }
 
 /// Why a change needs the factor (see [`guard_stored`]).
@@ -480,6 +556,8 @@ fn lock(broker: &Broker) -> Value {
     inner.seal_audit();
     inner.vault = None;
     inner.audit = None;
+    inner.challenges.clear();
+    inner.pending_totp = None;
     json!({"locked": true})
 }
 
@@ -523,12 +601,6 @@ fn env_list(broker: &Broker) -> OpResult<Value> {
 /// The aliases of an environment's variables with the real names behind them, for a caller
 /// who presents the factor (passphrase or TOTP; `confirm` is not enough). Audited.
 async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<Value> {
-    if matches!(proof, Proof::Confirm) {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            "revealing hidden names needs the passphrase or a TOTP code",
-        ));
-    }
     {
         let inner = broker.lock();
         let v = inner.vault()?;
@@ -536,7 +608,8 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
             return Err(unknown_env(env, v));
         }
     }
-    factor_ops::verify_factor(broker, proof, FactorKind::Totp, json!({"env_reveal": env})).await?;
+    let required = factor_ops::rule_change_factor(broker, env);
+    factor_ops::verify_factor(broker, proof, required, json!({"env_reveal": env})).await?;
     let mut inner = broker.lock();
     let v = inner.vault()?;
     let e = v

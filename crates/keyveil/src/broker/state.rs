@@ -337,6 +337,8 @@ pub struct Inner {
     pub audit_path_changed: Option<keyveil_vault::audit::PathChange>,
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
     pub pending_totp: Option<(SecretValue, Instant)>,
+    /// Factor challenges handed out and not yet used (`factor_ops::challenge`), by id.
+    pub challenges: std::collections::HashMap<String, super::factor_ops::HeldChallenge>,
     /// Request times per client scope key: for the `burst` flag.
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
     /// Dynamic credentials minted for grants (`crate::dynamic`).

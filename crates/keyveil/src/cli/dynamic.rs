@@ -137,8 +137,8 @@ pub async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                 }
             }
             // Replacing a variable that has a value needs the factor (asked at the terminal).
-            let d = call_guarded(paths, None, |factor| {
-                Request::DynamicAdd(DynamicAddRequest {
+            let d = call_guarded(paths, None, |_| {
+                Ok(Request::DynamicAdd(DynamicAddRequest {
                     environment: env.clone(),
                     name: var.clone(),
                     engine: engine.clone(),
@@ -148,8 +148,8 @@ pub async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     options: options.clone(),
                     description: description.clone(),
                     check: !no_check,
-                    factor,
-                })
+                    factor: None,
+                }))
             })
             .await?;
             let vars: Vec<&str> = d["variables"]

@@ -48,6 +48,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Broker;
+use super::factor_ops::Proof;
 use super::state::{OpError, OpResult};
 use crate::protocol::{ErrorCode, Passphrase, Reply, Request};
 use view::prose;
@@ -721,6 +722,8 @@ async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
 struct ApproveForm {
     csrf: Option<String>,
     request_id: Option<String>,
+    /// `factor_proof::card_digest` of the request the page showed: the approval applies only to it.
+    card: Option<String>,
     factor: Option<Passphrase>,
     duration: Option<String>,
 }
@@ -809,19 +812,19 @@ async fn approve(
         _ => return bad_form(),
     };
     // One field for the factor: six digits are a TOTP code (a vault passphrase has at least 8
-    // characters), anything else is the passphrase.
-    let (passphrase, totp) = if is_totp(factor.expose()) {
-        (Passphrase::default(), Some(factor.expose().to_owned()))
+    // characters), anything else is the passphrase. The page posts it to the broker's own
+    // server: it never crosses the Unix socket.
+    let proof = if is_totp(factor.expose()) {
+        Proof::TypedTotp(factor.expose().to_owned())
     } else {
-        (factor, None)
+        Proof::Typed(factor)
     };
-    let reply = super::ops::dispatch(
+    let outcome = super::access::approve(
         &st.broker,
-        Request::Approve {
-            request_id: id,
-            passphrase,
-            totp,
-            confirm: false,
+        id,
+        f.card.as_deref(),
+        proof,
+        super::access::ApproveOptions {
             ttl_seconds,
             uses: None,
             any_command: false,
@@ -830,6 +833,10 @@ async fn approve(
         },
     )
     .await;
+    let reply = match outcome {
+        Ok(v) => Reply::ok(v),
+        Err(e) => e.reply(),
+    };
     let flash = flash_of(reply, |d| {
         let uses = match d.get("uses_left").and_then(Value::as_u64) {
             Some(1) => "1 use".to_owned(),
@@ -1122,7 +1129,8 @@ async fn set_value(
         Request::VarSet {
             environment: environment.clone(),
             name: name.clone(),
-            value,
+            value: Some(value),
+            sealed_value: None,
             factor: None,
         },
     )

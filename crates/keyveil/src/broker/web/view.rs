@@ -33,6 +33,9 @@ fn quoted(s: &str) -> String {
 pub struct CardView {
     /// Request id (a number the broker made).
     pub id: u64,
+    /// `factor_proof::card_digest` of the request as shown: the approval form posts it back and
+    /// applies only to this card.
+    pub digest: String,
     /// `kind:name version (pid N)`.
     pub client: String,
     /// Environment name.
@@ -283,6 +286,7 @@ pub fn card(r: &Value) -> Option<CardView> {
         .unwrap_or_default();
     Some(CardView {
         id,
+        digest: crate::factor_proof::card_digest(r),
         client,
         environment: text(r, "environment"),
         variables: names(r.get("variables")),
