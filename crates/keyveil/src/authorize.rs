@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::client;
 use crate::factor_proof::{self, FactorKey, TotpClient};
 use crate::paths::Paths;
-use crate::protocol::{Bootstrap, Challenge, ErrorCode, FactorProof, Passphrase, Reply, Request};
+use crate::protocol::{Bootstrap, Challenge, FactorProof, Passphrase, Reply, Request};
 
 /// Longest wait for a broker we started to create or unlock the vault (Argon2id takes ≈ 1 s).
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -146,12 +146,9 @@ async fn challenge(
     };
     let data = match reply {
         Reply::Ok { data } => data,
-        Reply::Error {
-            code: ErrorCode::Denied,
-            message,
-            hint,
-        } => {
-            // A lockout: say so plainly (it proves nothing either way).
+        Reply::Error { message, hint, .. } => {
+            // Locked, locked out, no TOTP enrolled: said plainly. It proves nothing either way,
+            // and nothing that depends on the factor was sent.
             bail!(
                 "{message}{}",
                 hint.map(|h| format!("\nhint: {h}")).unwrap_or_default()
@@ -194,6 +191,7 @@ async fn challenge(
         .map(|(i, k)| (i, k.msg.clone()))
         .collect();
     let msgs: Vec<Option<String>> = offered.iter().map(|(_, m)| m.clone()).collect();
+    let mut unproven = None;
     for ((index, _), key) in offered.iter().zip(totp.finish(&msgs)) {
         let (Some(key), Some(k)) = (key, ch.keys.get(*index)) else {
             continue;
@@ -206,8 +204,19 @@ async fn challenge(
                 nonce,
             }));
         }
+        unproven.get_or_insert((*index, key));
     }
-    Err(AuthError::WrongTotp.into())
+    // A wrong code (or a stale one): the request is still sent, signed with what the code gives
+    // (useless to anyone without the seed), so the broker judges, counts and audits it.
+    match unproven {
+        Some((index, key)) => Ok(Some(Authorized {
+            challenge: ch.id,
+            index,
+            key,
+            nonce,
+        })),
+        None => Err(AuthError::WrongTotp.into()),
+    }
 }
 
 /// Proves `input` to the broker of `paths` (starting one if none runs), after it proved it

@@ -685,7 +685,7 @@ pub(crate) async fn call_guarded(
             .map_err(|e| Exit {
                 code: 2,
                 message: format!(
-                    "cannot ask for your passphrase: no terminal ({e})\nhint: add `--totp-stdin`, or `--passphrase-stdin` (with `set --from-stdin`: the passphrase on the first line, the value after it)"
+                    "cannot ask for your passphrase: no terminal ({e})\nhint: add `--passphrase-stdin` or `--totp-stdin` (with `set --from-stdin`: the passphrase or code on the first line, the value after it)"
                 ),
             })?;
         return signed(paths, &FactorInput::Passphrase(passphrase), &make).await;
@@ -1418,11 +1418,25 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         }
         .into());
     };
-    let ttl_seconds = match a.ttl {
+    let ttl_seconds = match &a.ttl {
         None => None,
-        Some(t) => Some(parse_duration(&t)?),
+        Some(t) => Some(parse_duration(t)?),
     };
     refuse_argv_factor(a.totp.as_ref())?;
+    // A factor piped in is read first (a script); one typed at the terminal only after the card.
+    let ask = |a: &ApproveArgs| {
+        factor_input(
+            a.passphrase_stdin,
+            a.totp.as_ref(),
+            a.totp_stdin,
+            "Vault passphrase to approve: ",
+        )
+    };
+    let mut input = if !a.confirm && (a.passphrase_stdin || a.totp_stdin) {
+        Some(ask(&a)?)
+    } else {
+        None
+    };
     // Show the human what they approve before asking for the factor; the approval is bound to
     // this card's digest, so what the broker grants is what was shown here.
     let d = call(paths, Request::Requests).await?;
@@ -1454,12 +1468,10 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     let d = if a.confirm {
         call(paths, req).await?
     } else {
-        let input = factor_input(
-            a.passphrase_stdin,
-            a.totp.as_ref(),
-            a.totp_stdin,
-            "Vault passphrase to approve: ",
-        )?;
+        let input = match input.take() {
+            Some(i) => i,
+            None => ask(&a)?,
+        };
         call_signed(paths, &input, req).await?
     };
     say(format!(

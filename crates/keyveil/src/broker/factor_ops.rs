@@ -233,7 +233,12 @@ pub async fn verify_factor(
     {
         let mut inner = broker.lock();
         inner.vault()?;
-        if let Err(secs) = inner.factor.check(Instant::now()) {
+        // Only guesses made here count and lock out: a code or passphrase typed into the page,
+        // and TOTP exchanges (counted when handed out). A passphrase proof is no online guess
+        // (each guess costs an offline Argon2id derivation), so a wrong one is audited but never
+        // locks the human out, and the right one is always accepted.
+        let typed = matches!(proof, Proof::Typed(_) | Proof::TypedTotp(_));
+        if typed && let Err(secs) = inner.factor.check(Instant::now()) {
             inner.audit(
                 "factor_locked",
                 json!({"for": purpose, "seconds_left": secs}),
@@ -244,6 +249,8 @@ pub async fn verify_factor(
             ));
         }
     }
+    // Whether a failure here counts towards the lockout (see above).
+    let mut counted = true;
     let outcome: Result<Verified, (&'static str, String)> = match proof {
         Proof::Missing => {
             // Not counted: nothing was tried.
@@ -286,6 +293,8 @@ pub async fn verify_factor(
         }
         Proof::Bound { factor, digest } => {
             let held = broker.lock().challenges.remove(&factor.challenge);
+            // A TOTP challenge was counted when handed out; a passphrase proof never counts.
+            counted = false;
             match check_bound(broker, held, &factor, &digest, required) {
                 Ok(v) => Ok(v),
                 Err(BoundError::NotEnough(used)) => return Err(not_enough(required, used)),
@@ -300,7 +309,11 @@ pub async fn verify_factor(
             Ok(v)
         }
         Err((used, why)) => {
-            let lockout = inner.factor.fail(Instant::now());
+            let lockout = if counted {
+                inner.factor.fail(Instant::now())
+            } else {
+                None
+            };
             inner.audit(
                 "factor_failed",
                 json!({"for": purpose, "factor": used, "why": why, "lockout_seconds": lockout.map(|d| d.as_secs())}),

@@ -114,27 +114,31 @@ fn expired_grants_are_refused() {
 }
 
 #[test]
-fn wrong_passphrase_is_refused_audited_and_rate_limited() {
+fn a_wrong_passphrase_is_refused_by_the_cli_and_never_locks_the_human_out() {
     let h = Home::new();
     h.set("demo", "API_TOKEN", TOKEN);
     let _ = h.run(&strs(&run_args(&["true".to_string()], "0")));
     let id = h.wait_request();
     let ids = id.to_string();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let o = h.run_stdin(
             &["approve", &ids, "--passphrase-stdin"],
             "not the passphrase\n",
         );
         assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
-        assert!(!text(&o.stderr).contains("not the passphrase"));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("wrong passphrase") && err.contains("nothing was sent"),
+            "{err}"
+        );
+        assert!(!err.contains("not the passphrase"));
     }
-    // Locked now, even with the right passphrase.
+    // Typos cost the human nothing: the passphrase is checked against the vault file by the
+    // CLI (offline, as anyone holding the file could), and the right one still approves.
     let o = h.approve(id, &[]);
-    assert_eq!(o.status.code(), Some(3));
-    assert!(text(&o.stderr).contains("locked"), "{}", text(&o.stderr));
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let audit = h.audit_text();
-    assert_eq!(audit.matches("\"factor_failed\"").count(), 5);
-    assert!(audit.contains("\"factor_locked\""));
+    assert!(!audit.contains("\"factor_locked\""), "{audit}");
     assert!(!audit.contains("not the passphrase") && !audit.contains(PASS));
 }
 

@@ -23,7 +23,10 @@ fn totp_approves_where_policy_allows_and_refuses_replays() {
     );
     let id = pending_run(&h, &["echo", "one"]);
     // The default policy wants the passphrase: a TOTP code is not enough.
-    let o = h.run(&["approve", &id.to_string(), "--totp", &totp_code(&secret, 1)]);
+    let o = h.run_stdin(
+        &["approve", &id.to_string(), "--totp-stdin"],
+        &format!("{}\n", totp_code(&secret, 1)),
+    );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("requires the passphrase"),
@@ -43,23 +46,39 @@ fn totp_approves_where_policy_allows_and_refuses_replays() {
         &format!("{PASS}\n"),
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // A wrong code is refused and audited (the broker judges it: the CLI cannot tell).
+    let o = h.run_stdin(&["approve", &id.to_string(), "--totp-stdin"], "000000\n");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(h.audit_text().contains("\"factor_failed\""));
     let code = totp_code(&secret, 1);
-    let o = h.run(&["approve", &id.to_string(), "--totp", &code]);
+    let o = h.run_stdin(
+        &["approve", &id.to_string(), "--totp-stdin"],
+        &format!("{code}\n"),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    // The same code again is a replay.
+    // The same code again is a replay: its step is never offered again.
     let id2 = pending_run(&h, &["echo", "two"]);
-    let o = h.run(&["approve", &id2.to_string(), "--totp", &code]);
+    let o = h.run_stdin(
+        &["approve", &id2.to_string(), "--totp-stdin"],
+        &format!("{code}\n"),
+    );
     assert_eq!(o.status.code(), Some(3));
     assert!(
         text(&o.stderr).contains("already used"),
         "{}",
         text(&o.stderr)
     );
-    // A wrong code is refused and audited.
-    let o = h.run(&["approve", &id2.to_string(), "--totp", "000000"]);
-    assert_eq!(o.status.code(), Some(3));
-    let audit = h.audit_text();
-    assert!(audit.matches("\"factor_failed\"").count() >= 2, "{audit}");
+    // A code on the command line is refused before anything is sent: /proc/PID/cmdline is
+    // readable by every process of the user.
+    let fresh = totp_code(&secret, 1);
+    let o = h.run(&["approve", &id2.to_string(), "--totp", &fresh]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("/proc/PID/cmdline"));
+    assert_eq!(
+        h.json(&["requests", "--json"])[0]["id"],
+        id2,
+        "the request must still be pending"
+    );
 }
 
 #[test]
@@ -73,10 +92,11 @@ fn policy_cannot_be_loosened_without_the_factor() {
         let o = h.run_stdin(&args, "guessed passphrase\n");
         assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     }
-    let o = h.run(&[
-        "policy", "set", "demo", "factor", "confirm", "--totp", "123456",
-    ]);
-    assert_eq!(o.status.code(), Some(3));
+    let o = h.run_stdin(
+        &["policy", "set", "demo", "factor", "confirm", "--totp-stdin"],
+        "123456\n",
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let shown = h.json(&["policy", "show", "demo", "--json"]);
     assert_eq!(shown["policy"]["factor"], "passphrase");
     // `--confirm` cannot approve under the default policy.
@@ -244,17 +264,21 @@ fn replacing_or_removing_a_stored_value_needs_the_factor() {
             format!("guessed passphrase\n{theirs}"),
         ),
         (
-            vec!["unset", "demo", "API_TOKEN", "--totp", "123456"],
-            String::new(),
+            vec!["unset", "demo", "API_TOKEN", "--totp-stdin"],
+            "123456\n".to_owned(),
         ),
     ];
     for (args, input) in &attempts {
         let o = h.run_stdin(args, input);
         let err = text(&o.stderr);
         assert_ne!(o.status.code(), Some(0), "{args:?} succeeded");
-        if args.contains(&"--passphrase-stdin") || args.contains(&"--totp") {
-            // A wrong factor: denied (exit 3).
+        if args.contains(&"--passphrase-stdin") {
+            // A wrong passphrase: refused by the CLI itself, nothing sent (exit 3).
             assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+            assert!(err.contains("nothing was sent"), "{args:?}: {err}");
+        } else if args.contains(&"--totp-stdin") {
+            // No authenticator is enrolled: refused, nothing changed.
+            assert!(err.contains("no TOTP authenticator"), "{args:?}: {err}");
         } else {
             // No factor: the broker says what is needed, and with no terminal to ask at, the
             // CLI says how to give it.
@@ -264,14 +288,13 @@ fn replacing_or_removing_a_stored_value_needs_the_factor() {
                 "{args:?}: {err}"
             );
             assert!(
-                err.contains("hint: add `--totp CODE`, or `--passphrase-stdin`"),
+                err.contains("hint: add `--passphrase-stdin` or `--totp-stdin`"),
                 "{args:?}: {err}"
             );
         }
         assert!(!err.contains(TOKEN) && !err.contains(theirs), "{err}");
     }
     assert_eq!(value_sha(&h), before, "the stored value changed");
-    assert!(h.audit_text().contains("\"factor_failed\""));
     // A new variable needs nothing (it discloses nothing and replaces nothing).
     h.set("demo", "NEW_ONE", "kv_fake_new_value_Tr5eW2qA8sD3");
     // The human, with the passphrase: replaced, then removed.
