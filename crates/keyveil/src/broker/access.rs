@@ -680,18 +680,24 @@ pub async fn approve(
             .map(|e| e.policy.factor)
             .unwrap_or(FactorKind::Passphrase)
     };
+    // The factor first (so a forged proof is counted and audited whatever else it carries),
+    // then the card: an approval applies only to the request as the human was shown it.
+    let used = verify_factor(broker, proof, required, json!({"request_id": id}))
+        .await?
+        .used;
     if let Some(card) = card
         && card_digest_of(broker, id).as_deref() != Some(card)
     {
+        broker.lock().audit(
+            "approve_refused",
+            json!({"request_id": id, "why": "the card the human was shown is not this request"}),
+        );
         return Err(OpError::new(
             ErrorCode::Denied,
             format!("request #{id} is not the one you were shown; nothing was approved"),
         )
         .hint("the request changed, or something between your terminal and the broker showed you another card: list requests again with `keyveil requests`"));
     }
-    let used = verify_factor(broker, proof, required, json!({"request_id": id}))
-        .await?
-        .used;
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
     let Some(req) = inner.requests.get(&id).cloned() else {

@@ -286,10 +286,12 @@ impl FactorGuard {
         None
     }
 
-    /// Records a success.
+    /// Records a success, which also lifts a lockout: only the human's passphrase proof can
+    /// succeed while one is on (TOTP exchanges and the approval page are refused then).
     pub fn succeed(&mut self) {
         self.failures = 0;
         self.lockouts = 0;
+        self.locked_until = None;
     }
 }
 

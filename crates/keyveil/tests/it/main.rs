@@ -10,6 +10,7 @@
 mod approval;
 mod corpus;
 mod crash;
+mod custody;
 mod dynamic;
 mod flow;
 mod hardening;
