@@ -765,6 +765,8 @@ async fn call_signed(paths: &Paths, input: &FactorInput, req: Request) -> Result
 }
 
 fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {
+    // From here on this process holds a factor: no ptrace, no /proc/PID/mem, no core file.
+    crate::harden::harden_cli();
     if from_stdin {
         let mut s = String::new();
         std::io::stdin()

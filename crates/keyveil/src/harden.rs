@@ -78,6 +78,27 @@ fn lock_memory() {
     }
 }
 
+/// Makes the human's CLI non-dumpable and core-less before it reads a factor: it then holds the
+/// passphrase and derives the vault's factor key, and a same-user process must not ptrace it or
+/// read its memory meanwhile (where Yama's `ptrace_scope` is 0, any same-user process could otherwise
+/// attach). A failure is ignored: the CLI still works, as it did before.
+#[cfg(target_os = "linux")]
+pub fn harden_cli() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
+    let _ = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
+}
+
+/// Non-Linux: nothing to do yet.
+#[cfg(not(target_os = "linux"))]
+pub fn harden_cli() {}
+
 /// Non-Linux: nothing to do yet.
 #[cfg(not(target_os = "linux"))]
 pub fn harden_broker() -> std::io::Result<()> {

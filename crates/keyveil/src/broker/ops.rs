@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use keyveil_vault::{Environment, KdfParams, Source, Variable, Vault};
+use keyveil_vault::{Environment, FactorKind, KdfParams, Source, Variable, Vault};
 use serde_json::{Value, json};
 
 use super::Broker;
@@ -292,8 +292,13 @@ pub(super) async fn guard_stored(
     if factor.is_none() {
         return Err(factor_needed(env, need));
     }
-    // A factor given for a change that needs none is still checked: it may carry a sealed value.
-    let required = factor_ops::rule_change_factor(broker, env);
+    // A factor given for a change that needs none is still checked (it authenticates the broker
+    // and seals the value): any real factor does. Replacing or removing needs the policy's own.
+    let required = if need == Need::Nothing {
+        FactorKind::Totp
+    } else {
+        factor_ops::rule_change_factor(broker, env)
+    };
     factor_ops::verify_factor(
         broker,
         Proof::from_request(factor, digest, false),
