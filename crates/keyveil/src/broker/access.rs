@@ -442,7 +442,7 @@ pub fn find_or_create_request(
     if let Some(i) = deny_hit {
         inner.audit(
             "deny_rule",
-            json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv.as_ref().map(|a| scrub_argv(&inner.env_redactor(&ask.environment), a))}),
+            json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv}),
         );
         return Err(OpError::new(
             ErrorCode::Denied,
@@ -455,8 +455,10 @@ pub fn find_or_create_request(
     }
     let id = inner.next_request;
     inner.next_request += 1;
-    let redactor = inner.env_redactor(&ask.environment);
-    let shown_argv = ask.argv.as_ref().map(|a| scrub_argv(&redactor, a));
+    // Requester-supplied strings (argv, reason, cwd, names, client info) are stored and shown
+    // as given, never matched against values: which of them a matcher would mark is an oracle
+    // an agent reads back from the audit without any grant (issue 13, item 1). Humans see them
+    // through `display`'s escaper.
     inner.requests.insert(
         id,
         AccessReq {
@@ -487,13 +489,13 @@ pub fn find_or_create_request(
             "client_pid": ask.client.pid,
             "environment": ask.environment,
             "variables": ask.variables,
-            "argv": shown_argv,
+            "argv": ask.argv,
             "cwd": ask.cwd,
             "pass_env": ask.pass_env,
             "executable": pins.executable.as_ref().map(|p| json!({"path": p.path, "sha256": p.sha256})),
             "inputs": pins.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
             "risk": flags,
-            "reason": reason.map(|r| scrub(&redactor, &r)),
+            "reason": reason,
         }),
     );
     if let Some((rule, ttl)) = auto_hit {
@@ -515,19 +517,8 @@ pub fn find_or_create_request(
         }
         return Ok((id, true));
     }
-    crate::notify::request_created(id, &key, &ask.environment, shown_argv.as_deref());
+    crate::notify::request_created(id, &key, &ask.environment, ask.argv.as_deref());
     Ok((id, true))
-}
-
-/// Removes any value from a string before it is audited or shown.
-pub fn scrub(redactor: &crate::redact::Redactor, s: &str) -> String {
-    let (out, _) = redactor.redact(s.as_bytes());
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// [`scrub`] for each argv element.
-pub fn scrub_argv(redactor: &crate::redact::Redactor, argv: &[String]) -> Vec<String> {
-    argv.iter().map(|a| scrub(redactor, a)).collect()
 }
 
 /// `request_access`: a request for access, optionally bound to a command.

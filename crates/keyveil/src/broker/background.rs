@@ -210,7 +210,7 @@ pub struct Detached {
     pub client: String,
     /// Environment.
     pub environment: String,
-    /// argv as shown (values scrubbed).
+    /// argv as the requester gave it (never matched against values).
     pub argv: Vec<String>,
     /// Working directory.
     pub cwd: String,

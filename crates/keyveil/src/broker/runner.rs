@@ -12,7 +12,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use super::access::{self, Pins, approve_hint, check_pass_env, scrub, scrub_argv};
+use super::access::{self, Pins, approve_hint, check_pass_env};
 use super::spawn::{self, SpawnSpec};
 use super::state::{Ask, Inner, LiveRun, OpError, RequestState, new_id};
 use crate::pin;
@@ -350,8 +350,9 @@ pub(super) async fn run_inner(
                 v.expose().as_bytes().to_vec(),
             )
         }));
-        let env_red = inner.env_redactor(&req.environment);
-        let shown_argv = scrub_argv(&env_red, &req.argv);
+        // argv is the requester's, stored and shown as given: never matched against values
+        // (see `access::find_or_create_request`).
+        let shown_argv = req.argv.clone();
         let mut env = child_env(&inner, &req.environment, &req.env, &pass_env);
         env.extend(dynamic_values.env);
         (values, cancel, redactor, shown_argv, env)
@@ -409,7 +410,7 @@ pub(super) async fn run_inner(
             );
             broker.lock().audit(
                 "run_failed",
-                json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": scrub(&redactor, &e.to_string())}),
+                json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": e.to_string()}),
             );
             return Some(
                 OpError::new(ErrorCode::Failed, msg)

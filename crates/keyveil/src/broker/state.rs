@@ -302,7 +302,7 @@ pub struct LiveRun {
     pub grant_id: String,
     /// Process group id (= the child's pid).
     pub pgid: i32,
-    /// argv (redacted).
+    /// argv as the requester gave it (never matched against values).
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,
@@ -601,28 +601,6 @@ impl Inner {
             out.push((n.clone(), v.open().map_err(sealed_value_error)?));
         }
         Ok(out)
-    }
-
-    /// A redactor over every value of an environment: used to scrub argv before it is shown
-    /// or audited (a human may have typed a value on a command line).
-    pub fn env_redactor(&self, env: &str) -> crate::redact::Redactor {
-        let pairs: Vec<(String, Vec<u8>)> = self
-            .vault
-            .as_ref()
-            .and_then(|v| v.data().environments.get(env))
-            .map(|e| {
-                e.variables
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        // Opened for the moment the redactor is built; a value that cannot be
-                        // opened fails the run later, in `values`.
-                        let open = v.value.as_ref()?.open().ok()?;
-                        Some((self.shown_name(env, k), open.expose().as_bytes().to_vec()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        crate::redact::Redactor::new(pairs)
     }
 
     /// Live grants that cover a run, soonest-expiring first.

@@ -17,6 +17,7 @@ mod harness;
 mod hostile;
 mod mcp_hostile;
 mod names;
+mod oracle;
 mod output;
 mod policy;
 mod sandbox;
