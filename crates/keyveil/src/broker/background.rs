@@ -4,7 +4,9 @@
 //! grant matching, approval wait, pins, environment built from scratch and spawn. Instead of
 //! relaying to the requester, the child is adopted here: its output is redacted by the same
 //! relay ([`super::spawn::relay`], streaming into a socket pair whose far end fills a ring
-//! buffer) and kept, already redacted, in a bounded ring of [`RING_BYTES`] per run. Clients
+//! buffer) and kept, already redacted, in a bounded ring of [`RING_BYTES`] per run. The ring
+//! joins stdout and stderr, so what enters it is redacted once more as one stream: pieces of a
+//! value alternated between the two streams are marked where they meet. Clients
 //! read it incrementally with `logs` from a byte offset of the combined stdout+stderr stream;
 //! bytes that fell out of the ring before they were read are reported as `dropped`.
 //!
@@ -315,13 +317,27 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 let (_unused, a) = a.into_split();
                 let mut sink = crate::frame_writer::FrameWriter::new(a);
                 let reader_run = run2.clone();
+                let joined_redactor = redactor.clone();
                 let reader = tokio::spawn(async move {
                     let mut frames = Framed::new(b, crate::client::codec());
+                    // The relay redacts stdout and stderr each on its own; the ring joins
+                    // them, so pieces of a value alternated between the two would meet whole
+                    // there. What `logs` reads is therefore redacted again, as one stream.
+                    let mut joined = joined_redactor.stream();
+                    let mut out = Vec::new();
                     while let Some(Ok(f)) = frames.next().await {
                         if let Ok(Frame::Stdout(bytes) | Frame::Stderr(bytes)) = Frame::decode(f) {
-                            reader_run.state().ring.push(&bytes);
+                            out.clear();
+                            joined.push(&bytes, &mut out);
+                            if !out.is_empty() {
+                                reader_run.state().ring.push(&out);
+                            }
                         }
                     }
+                    out.clear();
+                    joined.finish(&mut out);
+                    reader_run.state().ring.push(&out);
+                    joined.redactions() as u64
                 });
                 let r = spawn::relay(
                     started,
@@ -335,7 +351,9 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 .await;
                 drop(sink);
                 drop(_unused);
-                let _ = reader.await;
+                let mut r = r;
+                // Values first marked where the two streams meet.
+                r.redactions += reader.await.unwrap_or(0);
                 r
             }
             Err(e) => {

@@ -8,6 +8,7 @@
 )]
 
 mod approval;
+mod background;
 mod corpus;
 mod crash;
 mod dynamic;
