@@ -231,10 +231,12 @@ pub struct Detached {
 }
 
 /// Serves one `start` request: the run path's approval wait and spawn, then a final reply.
+/// `peer` is the process at the other end of the socket (`peer.rs`).
 pub async fn start(
     broker: &Arc<Broker>,
     mut req: RunRequest,
     framed: Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    peer: super::peer::Peer,
 ) {
     let (mut stream, mut sink) = spawn::split_connection(framed);
     let gone = CancellationToken::new();
@@ -261,7 +263,7 @@ pub async fn start(
                 .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
                 .clamp(1, DEFAULT_TIMEOUT_SECONDS),
         );
-        super::runner::run_inner(broker, req, &mut sink, &gone, true).await
+        super::runner::run_inner(broker, req, &mut sink, &gone, true, peer).await
     };
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)

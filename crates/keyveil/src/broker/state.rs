@@ -50,8 +50,11 @@ pub enum RequestState {
 pub struct AccessReq {
     /// Sequential id the human types in `keyveil approve ID`.
     pub id: u64,
-    /// Who asked.
+    /// Who asked, as the requester claims it.
     pub client: ClientInfo,
+    /// The process that really asked: its pid, executable and parents, from the socket
+    /// (`peer.rs`). Shown next to the claim.
+    pub peer: super::peer::Peer,
     /// Environment name.
     pub environment: String,
     /// Variables asked for (resolved: never empty).
@@ -93,6 +96,8 @@ impl AccessReq {
             && self.argv == ask.argv
             && self.cwd == ask.cwd
             && self.pass_env == ask.pass_env
+            // Asks from different real origins stay apart: each card shows who asked.
+            && self.peer.origin == ask.peer.origin
     }
 
     /// The deadline of a pending request.
@@ -118,6 +123,9 @@ pub struct Ask {
     pub cwd: String,
     /// Pass-through names, sorted.
     pub pass_env: Vec<String>,
+    /// The process that really asked (from the socket, not the claim): caps and flags count
+    /// by it, and the card shows it.
+    pub peer: super::peer::Peer,
 }
 
 /// Code-executing options: a prefix grant never covers extra arguments that start with one of
@@ -761,6 +769,7 @@ mod tests {
             argv: Some(argv.iter().map(|s| s.to_string()).collect()),
             cwd: cwd.into(),
             pass_env: vec![],
+            peer: crate::broker::peer::Peer::of_pid(None),
         }
     }
 

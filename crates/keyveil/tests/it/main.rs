@@ -16,6 +16,7 @@ mod flow;
 mod hardening;
 mod harness;
 mod hostile;
+mod identity;
 mod mcp_hostile;
 mod names;
 mod oracle;
