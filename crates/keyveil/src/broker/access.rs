@@ -30,7 +30,7 @@ pub const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
 /// same-user process that starts each request from a new executable (a copy) to look like
 /// a new origin.
 pub const MAX_OPEN_REQUESTS: usize = 12;
-/// Key of [`Inner::recent`] that counts every request (origins are paths, `pid:N` or
+/// Key of [`Inner::recent`] that counts every request (origins are paths, `unreadable` or
 /// `unknown`, never empty).
 const ALL: &str = "";
 /// How long a denial feeds the `denied-before` flag.
@@ -337,6 +337,12 @@ pub fn find_or_create_request(
     };
     let recent_requests = count(&ask.peer.origin);
     let recent_all = count(ALL);
+    // Origins quiet for a minute are forgotten (a copy of an executable per request would
+    // otherwise grow the map for the broker's life).
+    inner.recent.retain(|_, d| {
+        d.back()
+            .is_some_and(|t| now_i.duration_since(*t) <= Duration::from_secs(60))
+    });
     let bursting = risk::bursting(recent_requests, recent_all);
     let mut open = 0;
     let mut open_all = 0;

@@ -26,6 +26,9 @@ use serde::Serialize;
 
 use crate::protocol::ClientInfo;
 
+/// Origin of every peer whose executable cannot be read.
+const UNREADABLE: &str = "unreadable";
+
 /// Parent levels read above the peer.
 const CHAIN: usize = 4;
 
@@ -58,7 +61,7 @@ pub struct Peer {
     /// Its parents, nearest first (at most a few levels, up to pid 1).
     pub parents: Vec<Proc>,
     /// What open requests and bursts are counted by: the origin's executable path (see the
-    /// module docs), `pid:N` when it cannot be read, `unknown` without a pid.
+    /// module docs), `unreadable` when it cannot be read, `unknown` without a pid.
     pub origin: String,
 }
 
@@ -163,10 +166,10 @@ impl Peer {
             .clone()
             .find(|p| !p.keyveil && !is_wrapper(p))
             .or_else(|| chain.last())
-            .map(|p| match &p.exe {
-                Some(e) => e.clone(),
-                None => format!("pid:{}", p.pid),
-            })
+            // A process that is gone (it connected, handed the socket on and exited) or whose
+            // executable cannot be read counts with every other such process: a fresh pid
+            // must not be a fresh allowance.
+            .map(|p| p.exe.clone().unwrap_or_else(|| UNREADABLE.to_owned()))
             .unwrap_or_else(|| "unknown".to_owned());
         Peer {
             process: Some(process),
@@ -245,6 +248,10 @@ mod tests {
         let unknown = Peer::of_pid(None);
         assert_eq!(unknown.origin, "unknown");
         assert_eq!(unknown.mismatch(&claim("cli", 1)), None);
+        // A pid that is gone: unreadable, one shared origin, and any claim disagrees.
+        let gone = Peer::of_pid(Some(u32::MAX - 7));
+        assert_eq!(gone.origin, UNREADABLE);
+        assert!(gone.mismatch(&claim("cli", u32::MAX - 7)).is_some());
     }
 
     #[test]

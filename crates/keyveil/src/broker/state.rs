@@ -345,7 +345,8 @@ pub struct Inner {
     pub audit_path_changed: Option<keyveil_vault::audit::PathChange>,
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
     pub pending_totp: Option<(SecretValue, Instant)>,
-    /// Request times per client scope key: for the `burst` flag.
+    /// Request times per real origin (`peer.rs`), and of all clients under the empty key: for
+    /// the `burst` flag.
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
     /// Dynamic credentials minted for grants (`crate::dynamic`).
     pub dynamic: crate::dynamic::Registry,
