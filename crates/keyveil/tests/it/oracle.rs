@@ -54,8 +54,8 @@ pub fn client(name: &str) -> Value {
     json!({"kind": "mcp", "name": name, "version": "1", "pid": 1})
 }
 
-/// `request_access` over the raw socket; returns the request id.
-fn request_access(h: &Home, env: &str, argv: &[String], reason: &str) -> u64 {
+/// `request_access` over the raw socket; returns the request id and the reply.
+fn request_access(h: &Home, env: &str, argv: &[String], reason: &str) -> (u64, Value) {
     let r = raw(
         h,
         &json!({"op": "request_access", "client": client("prober"), "environment": env,
@@ -63,11 +63,11 @@ fn request_access(h: &Home, env: &str, argv: &[String], reason: &str) -> u64 {
                 "ttl_seconds": null, "reason": reason}),
     );
     assert_eq!(r["kind"], "ok", "{r}");
-    r["data"]["request_id"].as_u64().unwrap()
+    (r["data"]["request_id"].as_u64().unwrap(), r)
 }
 
-/// `run` over the raw socket without waiting: a pending request; returns its id.
-fn run_pending(h: &Home, env: &str, argv: &[String], reason: &str) -> u64 {
+/// `run` over the raw socket without waiting: a pending request; returns its id and the reply.
+fn run_pending(h: &Home, env: &str, argv: &[String], reason: &str) -> (u64, Value) {
     let r = raw(
         h,
         &json!({"op": "run", "client": client("prober"), "environment": env,
@@ -76,12 +76,13 @@ fn run_pending(h: &Home, env: &str, argv: &[String], reason: &str) -> u64 {
                 "wait_seconds": 0, "output": {"mode": "collect", "cap_bytes": 1024}}),
     );
     assert_eq!(r["kind"], "pending", "{r}");
-    r["request_id"].as_u64().unwrap()
+    (r["request_id"].as_u64().unwrap(), r)
 }
 
-fn deny(h: &Home, id: u64) {
+fn deny(h: &Home, id: u64) -> Value {
     let r = raw(h, &json!({"op": "deny", "request_id": id, "reason": null}));
     assert_eq!(r["kind"], "ok", "{r}");
+    r
 }
 
 fn pending_requests(h: &Home) -> Vec<Value> {
@@ -201,6 +202,8 @@ fn normalise(v: &Value, candidates: &[String]) -> Value {
 
 /// Everything a requester can read about one request, before and after its denial.
 struct View {
+    /// The replies to the submission and to the denial.
+    replies: Value,
     listed: Value,
     status: Value,
     entry: Value,
@@ -210,7 +213,7 @@ struct View {
 /// back, denies it, reads it again.
 fn probe(h: &Home, env: &str, argv: &[String], via_run: bool) -> View {
     let reason = format!("because {}", argv[1..].join(" "));
-    let id = if via_run {
+    let (id, submitted) = if via_run {
         run_pending(h, env, argv, &reason)
     } else {
         request_access(h, env, argv, &reason)
@@ -220,10 +223,11 @@ fn probe(h: &Home, env: &str, argv: &[String], via_run: bool) -> View {
         .find(|r| r["id"] == id)
         .unwrap_or(Value::Null);
     let pending = access_status(h, id);
-    deny(h, id);
+    let denial = deny(h, id);
     let denied = access_status(h, id);
     let entry = request_entry(&audit_entries(h), id);
     View {
+        replies: json!([submitted, denial]),
         listed,
         status: json!([pending, denied]),
         entry,
@@ -293,6 +297,7 @@ fn requester_strings_are_stored_as_given_and_never_say_what_matches_a_value() {
         assert_verbatim(&a, &argv_frag);
         assert_verbatim(&b, &argv_decoy);
         for (x, y, what) in [
+            (&a.replies, &b.replies, "replies"),
             (&a.listed, &b.listed, "requests"),
             (&a.status, &b.status, "access_status"),
             (&a.entry, &b.entry, "audit entry"),
@@ -379,6 +384,10 @@ fn nothing_a_requester_reads_depends_on_whether_a_candidate_is_a_value() {
         argv_decoy.extend(decoys.iter().cloned());
         let a = probe(&h, &env, &argv_frag, via_run);
         let b = probe(&h, &env, &argv_decoy, via_run);
+        prop_assert_eq!(
+            normalise(&a.replies, &frags),
+            normalise(&b.replies, &decoys)
+        );
         prop_assert_eq!(normalise(&a.listed, &frags), normalise(&b.listed, &decoys));
         prop_assert_eq!(normalise(&a.status, &frags), normalise(&b.status, &decoys));
         prop_assert_eq!(normalise(&a.entry, &frags), normalise(&b.entry, &decoys));
