@@ -42,6 +42,46 @@ fn names(v: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The process that really connected, as the broker read it from the socket and `/proc`
+/// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`. Every string is
+/// escaped (a process names itself).
+pub fn connection(peer: &Value) -> String {
+    let proc_text = |p: &Value| {
+        let exe = p["exe"]
+            .as_str()
+            .map(esc)
+            .unwrap_or_else(|| "unreadable".to_owned());
+        let keyveil = if p["keyveil"] == true {
+            ", keyveil"
+        } else {
+            ""
+        };
+        format!("{} {} ({exe}{keyveil})", p["pid"], esc(s(p, "comm")))
+    };
+    let Some(p) = peer.get("process").filter(|p| p.is_object()) else {
+        return "unknown (the kernel gave no pid)".to_owned();
+    };
+    let mut out = format!(
+        "pid {} (exe {})",
+        p["pid"],
+        p["exe"]
+            .as_str()
+            .map(esc)
+            .unwrap_or_else(|| "unreadable".to_owned())
+    );
+    if let Some(m) = peer["keyveil_mode"].as_str() {
+        out.push_str(&format!(", keyveil {}", esc(m)));
+    }
+    let parents: Vec<String> = peer["parents"]
+        .as_array()
+        .map(|a| a.iter().map(proc_text).collect())
+        .unwrap_or_default();
+    if !parents.is_empty() {
+        out.push_str(&format!("; parents: {}", parents.join(" <- ")));
+    }
+    out
+}
+
 /// The approval card of one request (a JSON object as `keyveil requests --json` prints it).
 ///
 /// Facts the broker established come first; the requester's reason comes last, labelled as an
@@ -51,12 +91,17 @@ pub fn render(r: &Value) -> String {
     let mut out = String::new();
     let client = r.get("client").cloned().unwrap_or(Value::Null);
     out.push_str(&format!(
-        "request #{}  from {}:{} {} (pid {})\n",
+        "request #{}  claimed {}:{} {} (pid {})\n",
         r["id"],
         esc(s(&client, "kind")),
         esc(s(&client, "name")),
         esc(s(&client, "version")),
         client["pid"]
+    ));
+    // What the broker knows, not what the requester says.
+    out.push_str(&format!(
+        "  connection:  {}\n",
+        connection(r.get("peer").unwrap_or(&Value::Null))
     ));
     if let Some(n) = r["asks"].as_u64().filter(|n| *n > 1) {
         out.push_str(&format!(

@@ -5,10 +5,11 @@
 //! is spawned from a short-lived thread (never under the broker's lock), given 5 seconds, then
 //! killed; every failure is ignored. `KEYVEIL_NO_NOTIFY=1` turns it off.
 //!
-//! The text holds no value: the caller passes the request's scrubbed argv (values redacted, as
-//! in the audit log), its client key and environment; all of it is made visible with the
-//! project's escaper, cut to 400 characters, and its `<`, `>`, `&` are escaped because
-//! notification servers interpret a subset of HTML markup in the body.
+//! The text holds no value keyveil gave out: the caller passes the request's argv as the
+//! requester gave it (never matched against values: that would be an oracle, readable in
+//! `/proc/PID/cmdline` of `notify-send`), its client key and environment; all of it is made
+//! visible with the project's escaper, cut to 400 characters, and its `<`, `>`, `&` are escaped
+//! because notification servers interpret a subset of HTML markup in the body.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

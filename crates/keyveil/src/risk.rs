@@ -20,7 +20,8 @@
 //! | `workspace-executable` | the executable lives in a directory the requester can write |
 //! | `first-time` | this exact command was never approved before in this broker's life |
 //! | `denied-before` | the same command was denied recently |
-//! | `burst` | the client made 5 or more requests in the last minute |
+//! | `burst` | the client made 5 or more requests in the last minute, or all clients together 10 or more; a client is the process that connected (its origin, `broker/peer.rs`), not the name it claims |
+//! | `claimed-identity` | the claimed client (kind, pid) disagrees with the process that connected: not keyveil's own executable, another pid, or keyveil running the other mode (set in `broker/access.rs`) |
 
 use std::collections::BTreeSet;
 
@@ -133,12 +134,25 @@ pub struct Facts {
     pub approved_before: bool,
     /// This exact argv was denied recently.
     pub denied_before: bool,
-    /// Requests by this client in the last minute (this one included).
+    /// Requests by this client (its real origin) in the last minute (this one included).
     pub recent_requests: usize,
+    /// Requests by all clients together in the last minute (this one included).
+    pub recent_all: usize,
     /// A requested variable was added less than [`NEW_VARIABLE_SECONDS`] ago: storing a first
     /// value needs no factor, so it may be the agent's own (a name that changes what the
     /// program does).
     pub new_variable: bool,
+}
+
+/// Requests of one client in a minute that flag `burst`.
+pub const BURST_PER_CLIENT: usize = 5;
+/// Requests of all clients together in a minute that flag `burst`: a same-user process can
+/// look like many clients (a copy of an executable is a new origin), never like fewer requests.
+pub const BURST_ALL: usize = 10;
+
+/// Whether request counts of the last minute (one client's, everyone's) make a burst.
+pub fn bursting(client: usize, all: usize) -> bool {
+    client >= BURST_PER_CLIENT || all >= BURST_ALL
 }
 
 /// How long a variable counts as new for the `new-variable` flag (seconds): one day.
@@ -288,7 +302,7 @@ pub fn assess(
     if facts.denied_before {
         f.insert("denied-before");
     }
-    if facts.recent_requests >= 5 {
+    if bursting(facts.recent_requests, facts.recent_all) {
         f.insert("burst");
     }
     if facts.new_variable {
@@ -404,6 +418,14 @@ mod tests {
     }
 
     #[test]
+    fn bursts_count_one_client_or_everyone() {
+        assert!(!bursting(4, 9));
+        assert!(bursting(5, 5));
+        // Many "clients" (copies of an executable) each asking little are still a burst.
+        assert!(bursting(1, 10));
+    }
+
+    #[test]
     fn facts_become_flags() {
         let argv = vec!["npm".to_string()];
         let f = assess(
@@ -413,6 +435,7 @@ mod tests {
             &Facts {
                 writable_executable: true,
                 recent_requests: 6,
+                recent_all: 6,
                 denied_before: true,
                 approved_before: false,
                 new_variable: true,

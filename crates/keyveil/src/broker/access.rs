@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::factor_ops::{Proof, rule_matches, verify_factor};
+use super::peer::Peer;
 use super::state::{
     AccessReq, Ask, DENIAL_MEMORY, Grant, Inner, ONCE_GRANT_TTL_SECONDS, OpError, OpResult,
     RequestState, new_id,
@@ -22,8 +23,16 @@ use crate::risk;
 use keyveil_vault::FactorKind;
 
 /// Most requests one client may have waiting at once; more are refused until the human answers
-/// (an approval flood must not bury one bad request among many good ones).
+/// (an approval flood must not bury one bad request among many good ones). A client is the
+/// real origin of the connection (`peer.rs`), never the claimed name.
 pub const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
+/// Most requests waiting at once from all clients together: the bound that holds even for a
+/// same-user process that starts each request from a new executable (a copy) to look like
+/// a new origin.
+pub const MAX_OPEN_REQUESTS: usize = 12;
+/// Key of [`Inner::recent`] that counts every request (origins are paths, `unreadable` or
+/// `unknown`, never empty).
+const ALL: &str = "";
 /// How long a denial feeds the `denied-before` flag.
 const DENIED_FLAG_MEMORY: Duration = Duration::from_secs(3600);
 
@@ -311,22 +320,38 @@ pub fn find_or_create_request(
     ttl_seconds: Option<u64>,
 ) -> OpResult<(u64, bool)> {
     inner.expire_requests();
-    // Every ask counts towards the burst rate, coalesced or not.
+    // Every ask counts towards the burst rate, coalesced or not: per real origin (never the
+    // claimed client name, which any raw frame can vary) and across all origins.
     let key = ask.client.scope_key();
     let now_i = Instant::now();
-    let recent = inner.recent.entry(key.clone()).or_default();
-    while recent
-        .front()
-        .is_some_and(|t| now_i.duration_since(*t) > Duration::from_secs(60))
-    {
-        recent.pop_front();
-    }
-    recent.push_back(now_i);
-    let recent_requests = recent.len();
+    let mut count = |k: &str| {
+        let recent = inner.recent.entry(k.to_owned()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now_i.duration_since(*t) > Duration::from_secs(60))
+        {
+            recent.pop_front();
+        }
+        recent.push_back(now_i);
+        recent.len()
+    };
+    let recent_requests = count(&ask.peer.origin);
+    let recent_all = count(ALL);
+    // Origins quiet for a minute are forgotten (a copy of an executable per request would
+    // otherwise grow the map for the broker's life).
+    inner.recent.retain(|_, d| {
+        d.back()
+            .is_some_and(|t| now_i.duration_since(*t) <= Duration::from_secs(60))
+    });
+    let bursting = risk::bursting(recent_requests, recent_all);
     let mut open = 0;
+    let mut open_all = 0;
     for r in inner.requests.values_mut() {
-        if r.client.scope_key() == ask.client.scope_key() && r.state == RequestState::Pending {
-            open += 1;
+        if r.state == RequestState::Pending {
+            open_all += 1;
+            if r.peer.origin == ask.peer.origin {
+                open += 1;
+            }
         }
         if !r.same_ask(ask) {
             continue;
@@ -335,7 +360,7 @@ pub fn find_or_create_request(
             RequestState::Pending if r.executable == pins.executable && r.inputs == pins.inputs => {
                 // Coalesce: the same ask again only counts, and a burst is flagged.
                 r.asks += 1;
-                if recent_requests >= 5 && !r.risk.iter().any(|f| f == "burst") {
+                if bursting && !r.risk.iter().any(|f| f == "burst") {
                     r.risk.push("burst".to_owned());
                 }
                 return Ok((r.id, false));
@@ -362,7 +387,16 @@ pub fn find_or_create_request(
     if open >= MAX_OPEN_REQUESTS_PER_CLIENT {
         return Err(OpError::new(
             ErrorCode::Denied,
-            format!("{open} requests of this client already wait for the user; no more are queued"),
+            format!(
+                "{open} requests of this client already wait for the user; no more are queued (clients are counted by the process that connects, not by the name they give)"
+            ),
+        )
+        .hint("wait until the user has answered them (`keyveil requests` lists them)"));
+    }
+    if open_all >= MAX_OPEN_REQUESTS {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("{open_all} requests already wait for the user; no more are queued"),
         )
         .hint("wait until the user has answered them (`keyveil requests` lists them)"));
     }
@@ -377,6 +411,7 @@ pub fn find_or_create_request(
             .get(&argv_key)
             .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
         recent_requests,
+        recent_all,
         new_variable: {
             let cutoff =
                 Timestamp::now() - jiff::SignedDuration::from_secs(risk::NEW_VARIABLE_SECONDS);
@@ -403,6 +438,11 @@ pub fn find_or_create_request(
     if ask.argv.is_none() {
         flags.push("any-command".to_owned());
     }
+    // The claim (kind, pid) disagrees with the process that connected.
+    let claim_mismatch = ask.peer.mismatch(&ask.client);
+    if claim_mismatch.is_some() {
+        flags.push("claimed-identity".to_owned());
+    }
     // Policy rules, made by the human with their factor.
     let (deny_hit, auto_hit) = {
         let policy = inner
@@ -426,6 +466,7 @@ pub fn find_or_create_request(
                     | "confusable"
                     | "padding"
                     | "workspace-executable"
+                    | "claimed-identity"
             )
         });
         let auto_hit = if suspicious || ask.argv.is_none() {
@@ -442,7 +483,7 @@ pub fn find_or_create_request(
     if let Some(i) = deny_hit {
         inner.audit(
             "deny_rule",
-            json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv.as_ref().map(|a| scrub_argv(&inner.env_redactor(&ask.environment), a))}),
+            json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv}),
         );
         return Err(OpError::new(
             ErrorCode::Denied,
@@ -455,13 +496,16 @@ pub fn find_or_create_request(
     }
     let id = inner.next_request;
     inner.next_request += 1;
-    let redactor = inner.env_redactor(&ask.environment);
-    let shown_argv = ask.argv.as_ref().map(|a| scrub_argv(&redactor, a));
+    // Requester-supplied strings (argv, reason, cwd, names, client info) are stored and shown
+    // as given, never matched against values: which of them a matcher would mark is an oracle
+    // an agent reads back from the audit without any grant (issue 13, item 1). Humans see them
+    // through `display`'s escaper.
     inner.requests.insert(
         id,
         AccessReq {
             id,
             client: ask.client.clone(),
+            peer: ask.peer.clone(),
             environment: ask.environment.clone(),
             variables: ask.variables.clone(),
             argv: ask.argv.clone(),
@@ -485,15 +529,17 @@ pub fn find_or_create_request(
             "client": key,
             "client_version": ask.client.version,
             "client_pid": ask.client.pid,
+            "peer": ask.peer,
+            "claimed_identity": claim_mismatch,
             "environment": ask.environment,
             "variables": ask.variables,
-            "argv": shown_argv,
+            "argv": ask.argv,
             "cwd": ask.cwd,
             "pass_env": ask.pass_env,
             "executable": pins.executable.as_ref().map(|p| json!({"path": p.path, "sha256": p.sha256})),
             "inputs": pins.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
             "risk": flags,
-            "reason": reason.map(|r| scrub(&redactor, &r)),
+            "reason": reason,
         }),
     );
     if let Some((rule, ttl)) = auto_hit {
@@ -515,23 +561,13 @@ pub fn find_or_create_request(
         }
         return Ok((id, true));
     }
-    crate::notify::request_created(id, &key, &ask.environment, shown_argv.as_deref());
+    crate::notify::request_created(id, &key, &ask.environment, ask.argv.as_deref());
     Ok((id, true))
 }
 
-/// Removes any value from a string before it is audited or shown.
-pub fn scrub(redactor: &crate::redact::Redactor, s: &str) -> String {
-    let (out, _) = redactor.redact(s.as_bytes());
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// [`scrub`] for each argv element.
-pub fn scrub_argv(redactor: &crate::redact::Redactor, argv: &[String]) -> Vec<String> {
-    argv.iter().map(|a| scrub(redactor, a)).collect()
-}
-
 /// `request_access`: a request for access, optionally bound to a command.
-pub fn request_access(broker: &Broker, a: AccessRequest) -> OpResult<Value> {
+/// `peer` is the process at the other end of the socket (`peer.rs`).
+pub fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> OpResult<Value> {
     let cwd = canonical_cwd(&a.cwd)?;
     if let Some(argv) = &a.argv
         && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
@@ -558,6 +594,7 @@ pub fn request_access(broker: &Broker, a: AccessRequest) -> OpResult<Value> {
         argv: a.argv,
         cwd,
         pass_env,
+        peer,
     };
     let mut inner = broker.lock();
     let (id, created) = find_or_create_request(&mut inner, &ask, pins, a.reason, a.ttl_seconds)?;
@@ -910,6 +947,91 @@ mod tests {
                 .map_err(|e| e.message)
                 .ok(),
             Some(vec!["A".to_string(), "B".to_string()])
+        );
+    }
+
+    fn peer(origin: &str) -> Peer {
+        Peer {
+            origin: origin.to_owned(),
+            ..Peer::of_pid(None)
+        }
+    }
+
+    fn claimed(name: &str) -> crate::protocol::ClientInfo {
+        crate::protocol::ClientInfo {
+            kind: "mcp".into(),
+            name: name.into(),
+            version: "1".into(),
+            pid: 1,
+        }
+    }
+
+    fn pending(id: u64, name: &str, origin: &str) -> AccessReq {
+        AccessReq {
+            id,
+            client: claimed(name),
+            peer: peer(origin),
+            environment: "e".into(),
+            variables: vec!["V".into()],
+            argv: Some(vec!["echo".into(), id.to_string()]),
+            cwd: "/".into(),
+            reason: None,
+            ttl_seconds: None,
+            pass_env: vec![],
+            executable: None,
+            inputs: vec![],
+            risk: vec![],
+            asks: 1,
+            created_at: Timestamp::now(),
+            state: RequestState::Pending,
+            decided: None,
+        }
+    }
+
+    fn ask(name: &str, origin: &str) -> Ask {
+        Ask {
+            client: claimed(name),
+            environment: "e".into(),
+            variables: vec!["V".into()],
+            argv: Some(vec!["echo".into(), "new".into()]),
+            cwd: "/".into(),
+            pass_env: vec![],
+            peer: peer(origin),
+        }
+    }
+
+    fn refusal(inner: &mut Inner, a: &Ask) -> String {
+        match find_or_create_request(inner, a, Pins::default(), None, None) {
+            Err(e) => e.message,
+            Ok(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn open_requests_are_capped_per_real_origin_and_in_all() {
+        // Three open from one origin under three claimed names: a fourth name is refused.
+        let mut inner = Inner::default();
+        for i in 0..3 {
+            inner
+                .requests
+                .insert(i, pending(i, &format!("n{i}"), "/usr/bin/python3"));
+        }
+        let m = refusal(&mut inner, &ask("another-name", "/usr/bin/python3"));
+        assert!(m.contains("3 requests of this client"), "{m}");
+        // Another origin is not refused by that count (it gets as far as the locked vault).
+        let m = refusal(&mut inner, &ask("n0", "/usr/bin/node"));
+        assert!(!m.contains("no more are queued"), "{m}");
+        // Across origins (copies of an executable look like new ones): the global cap.
+        let mut inner = Inner::default();
+        for i in 0..MAX_OPEN_REQUESTS as u64 {
+            inner
+                .requests
+                .insert(i, pending(i, "same", &format!("/tmp/copy{i}")));
+        }
+        let m = refusal(&mut inner, &ask("same", "/tmp/copy-new"));
+        assert!(
+            m.contains(&format!("{MAX_OPEN_REQUESTS} requests already wait")),
+            "{m}"
         );
     }
 

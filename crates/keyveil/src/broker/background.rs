@@ -4,7 +4,9 @@
 //! grant matching, approval wait, pins, environment built from scratch and spawn. Instead of
 //! relaying to the requester, the child is adopted here: its output is redacted by the same
 //! relay ([`super::spawn::relay`], streaming into a socket pair whose far end fills a ring
-//! buffer) and kept, already redacted, in a bounded ring of [`RING_BYTES`] per run. Clients
+//! buffer) and kept, already redacted, in a bounded ring of [`RING_BYTES`] per run. The ring
+//! joins stdout and stderr, so what enters it is redacted once more as one stream: pieces of a
+//! value alternated between the two streams are marked where they meet. Clients
 //! read it incrementally with `logs` from a byte offset of the combined stdout+stderr stream;
 //! bytes that fell out of the ring before they were read are reported as `dropped`.
 //!
@@ -210,7 +212,7 @@ pub struct Detached {
     pub client: String,
     /// Environment.
     pub environment: String,
-    /// argv as shown (values scrubbed).
+    /// argv as the requester gave it (never matched against values).
     pub argv: Vec<String>,
     /// Working directory.
     pub cwd: String,
@@ -229,10 +231,12 @@ pub struct Detached {
 }
 
 /// Serves one `start` request: the run path's approval wait and spawn, then a final reply.
+/// `peer` is the process at the other end of the socket (`peer.rs`).
 pub async fn start(
     broker: &Arc<Broker>,
     mut req: RunRequest,
     framed: Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    peer: super::peer::Peer,
 ) {
     let (mut stream, mut sink) = spawn::split_connection(framed);
     let gone = CancellationToken::new();
@@ -259,7 +263,7 @@ pub async fn start(
                 .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
                 .clamp(1, DEFAULT_TIMEOUT_SECONDS),
         );
-        super::runner::run_inner(broker, req, &mut sink, &gone, true).await
+        super::runner::run_inner(broker, req, &mut sink, &gone, true, peer).await
     };
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)
@@ -315,13 +319,27 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 let (_unused, a) = a.into_split();
                 let mut sink = crate::frame_writer::FrameWriter::new(a);
                 let reader_run = run2.clone();
+                let joined_redactor = redactor.clone();
                 let reader = tokio::spawn(async move {
                     let mut frames = Framed::new(b, crate::client::codec());
+                    // The relay redacts stdout and stderr each on its own; the ring joins
+                    // them, so pieces of a value alternated between the two would meet whole
+                    // there. What `logs` reads is therefore redacted again, as one stream.
+                    let mut joined = joined_redactor.stream();
+                    let mut out = Vec::new();
                     while let Some(Ok(f)) = frames.next().await {
                         if let Ok(Frame::Stdout(bytes) | Frame::Stderr(bytes)) = Frame::decode(f) {
-                            reader_run.state().ring.push(&bytes);
+                            out.clear();
+                            joined.push(&bytes, &mut out);
+                            if !out.is_empty() {
+                                reader_run.state().ring.push(&out);
+                            }
                         }
                     }
+                    out.clear();
+                    joined.finish(&mut out);
+                    reader_run.state().ring.push(&out);
+                    joined.redactions() as u64
                 });
                 let r = spawn::relay(
                     started,
@@ -335,7 +353,9 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 .await;
                 drop(sink);
                 drop(_unused);
-                let _ = reader.await;
+                let mut r = r;
+                // Values first marked where the two streams meet.
+                r.redactions += reader.await.unwrap_or(0);
                 r
             }
             Err(e) => {

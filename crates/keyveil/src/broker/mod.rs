@@ -8,6 +8,7 @@ pub mod dynamic_ops;
 pub mod factor_ops;
 pub mod names;
 pub mod ops;
+pub mod peer;
 pub mod private_tmp;
 pub mod runner;
 pub mod spawn;
@@ -244,6 +245,8 @@ async fn tick(broker: Arc<Broker>) {
 
 /// One connection: one request, its replies.
 async fn handle(broker: Arc<Broker>, stream: UnixStream) {
+    // Read before the request arrives: who connected, from the kernel, not from the claim.
+    let peer = peer::Peer::of_stream(&stream);
     let mut framed = Framed::new(stream, codec());
     let first = match framed.next().await {
         Some(Ok(f)) => f,
@@ -272,10 +275,10 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
     };
     tracing::debug!(op = req.op(), "request");
     match req {
-        Request::Run(r) => runner::run(&broker, r, framed).await,
-        Request::Start(r) => background::start(&broker, r, framed).await,
+        Request::Run(r) => runner::run(&broker, r, framed, peer).await,
+        Request::Start(r) => background::start(&broker, r, framed, peer).await,
         other => {
-            let reply = ops::dispatch(&broker, other).await;
+            let reply = ops::dispatch_from(&broker, other, Some(&peer)).await;
             let _ = send(&mut framed, &reply).await;
         }
     }

@@ -70,8 +70,20 @@ pub async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Value, OpEr
     }
 }
 
-/// Handles every request but `run`.
+/// [`dispatch_from`] for requests the broker makes itself (the web page): no socket peer.
 pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
+    dispatch_from(broker, req, None).await
+}
+
+/// Handles every request but `run`.
+///
+/// `peer` is the process at the other end of the client's socket (`peer.rs`): what caps,
+/// flags and the approval card rest on instead of the request's claimed client.
+pub async fn dispatch_from(
+    broker: &Arc<Broker>,
+    req: Request,
+    peer: Option<&super::peer::Peer>,
+) -> Reply {
     // The one reply that may carry real hidden names: it is given only for the factor.
     let reveal = matches!(req, Request::EnvReveal { .. });
     // What a factor proof in this request binds: the request itself, byte for byte.
@@ -173,7 +185,12 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
             generate,
             length,
         } => var_declare(broker, &environment, &name, description, generate, length),
-        Request::RequestAccess(a) => access::request_access(broker, a),
+        Request::RequestAccess(a) => access::request_access(
+            broker,
+            a,
+            peer.cloned()
+                .unwrap_or_else(|| super::peer::Peer::of_pid(None)),
+        ),
         Request::AccessStatus { request_id } => access::access_status(broker, request_id),
         Request::Requests => Ok(access::requests(broker)),
         Request::Approve {

@@ -12,7 +12,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use super::access::{self, Pins, approve_hint, check_pass_env, scrub, scrub_argv};
+use super::access::{self, Pins, approve_hint, check_pass_env};
+use super::peer::Peer;
 use super::spawn::{self, SpawnSpec};
 use super::state::{Ask, Inner, LiveRun, OpError, RequestState, new_id};
 use crate::pin;
@@ -67,7 +68,8 @@ pub fn child_env(
 type Conn = Framed<UnixStream, LengthDelimitedCodec>;
 
 /// Serves one `run` request on its connection.
-pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
+/// `peer` is the process at the other end of the socket (`peer.rs`).
+pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn, peer: Peer) {
     let (mut stream, mut sink) = spawn::split_connection(framed);
     // Notice a client that hangs up (Ctrl-C of the CLI, a cancelled MCP call).
     let gone = CancellationToken::new();
@@ -76,7 +78,7 @@ pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn) {
         while let Some(Ok(_)) = stream.next().await {}
         gone2.cancel();
     });
-    let reply = run_inner(broker, req, &mut sink, &gone, false).await;
+    let reply = run_inner(broker, req, &mut sink, &gone, false, peer).await;
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)
     {
@@ -101,6 +103,7 @@ pub(super) async fn run_inner(
     sink: &mut spawn::OutputSink,
     gone: &CancellationToken,
     detach: bool,
+    peer: Peer,
 ) -> Option<Reply> {
     if req.argv.is_empty() || req.argv.first().is_some_and(String::is_empty) {
         return Some(
@@ -139,6 +142,7 @@ pub(super) async fn run_inner(
         argv: Some(req.argv.clone()),
         cwd: cwd.clone(),
         pass_env: pass_env.clone(),
+        peer,
     };
     if let Err(e) = access::check_symlink_escape(&broker.lock(), &ask, &req.cwd) {
         return Some(e.reply());
@@ -350,8 +354,9 @@ pub(super) async fn run_inner(
                 v.expose().as_bytes().to_vec(),
             )
         }));
-        let env_red = inner.env_redactor(&req.environment);
-        let shown_argv = scrub_argv(&env_red, &req.argv);
+        // argv is the requester's, stored and shown as given: never matched against values
+        // (see `access::find_or_create_request`).
+        let shown_argv = req.argv.clone();
         let mut env = child_env(&inner, &req.environment, &req.env, &pass_env);
         env.extend(dynamic_values.env);
         (values, cancel, redactor, shown_argv, env)
@@ -409,7 +414,7 @@ pub(super) async fn run_inner(
             );
             broker.lock().audit(
                 "run_failed",
-                json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": scrub(&redactor, &e.to_string())}),
+                json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": e.to_string()}),
             );
             return Some(
                 OpError::new(ErrorCode::Failed, msg)
@@ -436,6 +441,7 @@ pub(super) async fn run_inner(
                 "run_id": run_id,
                 "grant_id": grant_id,
                 "client": req.client.scope_key(),
+                "peer_pid": ask.peer.pid(),
                 "environment": req.environment,
                 "variables": vars,
                 "argv": shown_argv,

@@ -50,8 +50,11 @@ pub enum RequestState {
 pub struct AccessReq {
     /// Sequential id the human types in `keyveil approve ID`.
     pub id: u64,
-    /// Who asked.
+    /// Who asked, as the requester claims it.
     pub client: ClientInfo,
+    /// The process that really asked: its pid, executable and parents, from the socket
+    /// (`peer.rs`). Shown next to the claim.
+    pub peer: super::peer::Peer,
     /// Environment name.
     pub environment: String,
     /// Variables asked for (resolved: never empty).
@@ -93,6 +96,8 @@ impl AccessReq {
             && self.argv == ask.argv
             && self.cwd == ask.cwd
             && self.pass_env == ask.pass_env
+            // Asks from different real origins stay apart: each card shows who asked.
+            && self.peer.origin == ask.peer.origin
     }
 
     /// The deadline of a pending request.
@@ -118,6 +123,9 @@ pub struct Ask {
     pub cwd: String,
     /// Pass-through names, sorted.
     pub pass_env: Vec<String>,
+    /// The process that really asked (from the socket, not the claim): caps and flags count
+    /// by it, and the card shows it.
+    pub peer: super::peer::Peer,
 }
 
 /// Code-executing options: a prefix grant never covers extra arguments that start with one of
@@ -304,7 +312,7 @@ pub struct LiveRun {
     pub grant_id: String,
     /// Process group id (= the child's pid).
     pub pgid: i32,
-    /// argv (redacted).
+    /// argv as the requester gave it (never matched against values).
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,
@@ -341,7 +349,8 @@ pub struct Inner {
     pub pending_totp: Option<(SecretValue, Instant)>,
     /// Factor challenges handed out and not yet used (`factor_ops::challenge`), by id.
     pub challenges: std::collections::HashMap<String, super::factor_ops::HeldChallenge>,
-    /// Request times per client scope key: for the `burst` flag.
+    /// Request times per real origin (`peer.rs`), and of all clients under the empty key: for
+    /// the `burst` flag.
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
     /// Dynamic credentials minted for grants (`crate::dynamic`).
     pub dynamic: crate::dynamic::Registry,
@@ -607,28 +616,6 @@ impl Inner {
         Ok(out)
     }
 
-    /// A redactor over every value of an environment: used to scrub argv before it is shown
-    /// or audited (a human may have typed a value on a command line).
-    pub fn env_redactor(&self, env: &str) -> crate::redact::Redactor {
-        let pairs: Vec<(String, Vec<u8>)> = self
-            .vault
-            .as_ref()
-            .and_then(|v| v.data().environments.get(env))
-            .map(|e| {
-                e.variables
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        // Opened for the moment the redactor is built; a value that cannot be
-                        // opened fails the run later, in `values`.
-                        let open = v.value.as_ref()?.open().ok()?;
-                        Some((self.shown_name(env, k), open.expose().as_bytes().to_vec()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        crate::redact::Redactor::new(pairs)
-    }
-
     /// Live grants that cover a run, soonest-expiring first.
     pub fn find_grant(&self, ask: &Ask) -> Option<String> {
         let now = Timestamp::now();
@@ -787,6 +774,7 @@ mod tests {
             argv: Some(argv.iter().map(|s| s.to_string()).collect()),
             cwd: cwd.into(),
             pass_env: vec![],
+            peer: crate::broker::peer::Peer::of_pid(None),
         }
     }
 

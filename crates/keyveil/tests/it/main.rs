@@ -8,6 +8,7 @@
 )]
 
 mod approval;
+mod background;
 mod corpus;
 mod crash;
 mod custody;
@@ -16,8 +17,10 @@ mod flow;
 mod hardening;
 mod harness;
 mod hostile;
+mod identity;
 mod mcp_hostile;
 mod names;
+mod oracle;
 mod output;
 mod policy;
 mod sandbox;

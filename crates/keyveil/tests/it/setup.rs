@@ -636,15 +636,16 @@ fn the_value_page_stores_one_declared_variable_once_and_nothing_else() {
         .clone();
     assert_eq!(var["set"], true, "{env}");
     // The value really is the one typed (a run sees it), and no file keyveil wrote holds it.
-    let child = h.spawn_run(&[
-        "run",
-        "--env",
-        "demo",
-        "--",
-        "sh",
-        "-c",
-        "test \"$DB_PASSWORD\" = page-typed-value-Vb6Nm1Qz && echo same",
-    ]);
+    // The run compares digests: argv is stored as given (never matched against values, G12),
+    // so a value typed on argv would reach the audit.
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(value.as_bytes()))
+    };
+    let script = format!(
+        "test \"$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -c1-64)\" = {digest} && echo same"
+    );
+    let child = h.spawn_run(&["run", "--env", "demo", "--", "sh", "-c", &script]);
     let id = h.wait_request();
     assert!(h.approve(id, &[]).status.success());
     let o = wait_output(child, Duration::from_secs(30));

@@ -36,8 +36,10 @@ pub struct CardView {
     /// `factor_proof::card_digest` of the request as shown: the approval form posts it back and
     /// applies only to this card.
     pub digest: String,
-    /// `kind:name version (pid N)`.
+    /// `claimed kind:name version (pid N)`.
     pub client: String,
+    /// The process that really connected (`crate::card::connection`).
+    pub connection: String,
     /// Environment name.
     pub environment: String,
     /// Variable names.
@@ -65,6 +67,7 @@ pub struct CardView {
 const KNOWN: &[&str] = &[
     "id",
     "client",
+    "peer",
     "environment",
     "variables",
     "argv",
@@ -123,7 +126,14 @@ const FLAG_WORDS: &[(&str, &str)] = &[
     ),
     ("first-time", "this command was never approved before"),
     ("denied-before", "the same command was denied recently"),
-    ("burst", "many requests from this client in the last minute"),
+    (
+        "burst",
+        "many requests from this client (the process that connected) or from all clients in the last minute",
+    ),
+    (
+        "claimed-identity",
+        "the requester claims to be another client or process than the one that connected",
+    ),
     (
         "new-variable",
         "a variable added in the last day (adding one needs no factor: check it is yours)",
@@ -268,8 +278,9 @@ pub fn card(r: &Value) -> Option<CardView> {
         .and_then(Value::as_u64)
         .map(|p| format!(" (pid {p})"))
         .unwrap_or_default();
+    let connection = crate::card::connection(r.get("peer").unwrap_or(&Value::Null));
     let client = format!(
-        "{}:{} {}{pid}",
+        "claimed {}:{} {}{pid}",
         text(&client, "kind"),
         text(&client, "name"),
         text(&client, "version")
@@ -288,6 +299,7 @@ pub fn card(r: &Value) -> Option<CardView> {
         id,
         digest: crate::factor_proof::card_digest(r),
         client,
+        connection,
         environment: text(r, "environment"),
         variables: names(r.get("variables")),
         argv,

@@ -1,0 +1,277 @@
+//! Who is really on the other end of a connection.
+//!
+//! A request's [`ClientInfo`] (kind, name, version, pid) is what the client *says*; any process
+//! of the user can write a raw frame claiming `cli:keyveil` with pid 1. The broker therefore
+//! takes the peer's credentials from the socket at accept (`SO_PEERCRED`: the pid of the
+//! process that connected), reads that process's executable (`/proc/PID/exe`) and a few levels
+//! of its parent chain (`/proc/PID/stat`), and uses those facts for what must not rest on a
+//! claim: the cap on open requests, the `burst` flag, the `claimed-identity` flag and what the
+//! approval card shows.
+//!
+//! Requests are counted per *origin*: the first process of the chain (the peer itself, then its
+//! parents) that runs neither keyveil's own executable nor a shell or wrapper (`sh`, `bash`,
+//! `env`, `nohup`, ...), keyed by its executable's path. `keyveil run` typed in a terminal and
+//! `keyveil run` issued by an agent host's shell tool count apart (the terminal, the agent
+//! host), while every `keyveil mcp` child of one agent host and that host's shell commands
+//! count together.
+//!
+//! This identifies honest clients and makes a lie visible; it is not authentication. A process
+//! of the same user can hand a connected socket to another process (`fork`, `SCM_RIGHTS`) or
+//! `exec` after connecting, and can start processes from executables it copied, so caps also
+//! hold across all peers (see `access.rs`), and the factor stays the only authorization.
+
+use std::os::unix::fs::MetadataExt;
+
+use serde::Serialize;
+
+use crate::protocol::ClientInfo;
+
+/// Origin of every peer whose executable cannot be read.
+const UNREADABLE: &str = "unreadable";
+
+/// Parent levels read above the peer.
+const CHAIN: usize = 4;
+
+/// Executables that only start another program: skipped when looking for a peer's origin.
+const WRAPPERS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "ash", "busybox", "tcsh", "csh", "env",
+    "nohup", "timeout", "setsid", "stdbuf", "nice", "xargs", "sudo", "doas", "script",
+];
+
+/// One process of a peer's parent chain.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Proc {
+    /// Process id (in the broker's PID namespace).
+    pub pid: u32,
+    /// Its `comm` (the kernel's short name; the process can set it, so it is only a label).
+    pub comm: String,
+    /// The executable's path (`/proc/PID/exe`), when readable.
+    pub exe: Option<String>,
+    /// It runs keyveil's own executable (same device and inode as the broker's).
+    pub keyveil: bool,
+}
+
+/// The process at the other end of a connection, as the kernel and `/proc` tell it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Peer {
+    /// The connecting process (`None` when the kernel gave no pid, e.g. another PID namespace).
+    pub process: Option<Proc>,
+    /// For a keyveil peer: `mcp` when it runs `keyveil mcp`, `cli` otherwise.
+    pub keyveil_mode: Option<String>,
+    /// Its parents, nearest first (at most a few levels, up to pid 1).
+    pub parents: Vec<Proc>,
+    /// What open requests and bursts are counted by: the origin's executable path (see the
+    /// module docs), `unreadable` when it cannot be read, `unknown` without a pid.
+    pub origin: String,
+}
+
+fn self_exe_id() -> Option<(u64, u64)> {
+    std::fs::metadata("/proc/self/exe")
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// `(comm, ppid)` from `/proc/PID/stat` (`comm` may hold spaces and parentheses: it ends at
+/// the last `)`).
+fn stat(pid: u32) -> Option<(String, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s.get(open + 1..close)?.to_owned();
+    let mut rest = s.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+fn read_proc(pid: u32, me: Option<(u64, u64)>) -> (Proc, Option<u32>) {
+    let (comm, ppid) = match stat(pid) {
+        Some((c, p)) => (c, Some(p)),
+        None => (String::new(), None),
+    };
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe = std::fs::read_link(&exe_link)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let keyveil = me.is_some()
+        && std::fs::metadata(&exe_link)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+            == me;
+    (
+        Proc {
+            pid,
+            comm,
+            exe,
+            keyveil,
+        },
+        ppid,
+    )
+}
+
+fn basename(p: &str) -> &str {
+    p.trim_end_matches(" (deleted)")
+        .rsplit('/')
+        .next()
+        .unwrap_or(p)
+}
+
+fn is_wrapper(p: &Proc) -> bool {
+    p.exe.as_deref().is_some_and(|e| {
+        let b = basename(e);
+        // python3.12 -> python3 is not a wrapper; bash5 -> bash is.
+        let fam = b.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        WRAPPERS.contains(&b) || WRAPPERS.contains(&fam)
+    })
+}
+
+impl Peer {
+    /// The peer of a connected socket (its `SO_PEERCRED` pid, then `/proc`).
+    pub fn of_stream(stream: &tokio::net::UnixStream) -> Peer {
+        let pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
+        Peer::of_pid(pid)
+    }
+
+    /// The peer with this pid (`None`: unknown).
+    pub fn of_pid(pid: Option<u32>) -> Peer {
+        let Some(pid) = pid else {
+            return Peer {
+                origin: "unknown".to_owned(),
+                ..Peer::default()
+            };
+        };
+        let me = self_exe_id();
+        let (process, mut next) = read_proc(pid, me);
+        let keyveil_mode = process.keyveil.then(|| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mode = cmdline.split(|b| *b == 0).nth(1) == Some(b"mcp".as_slice());
+            if mode { "mcp" } else { "cli" }.to_owned()
+        });
+        let mut parents = Vec::new();
+        while let Some(p) = next.filter(|p| *p > 0) {
+            if parents.len() >= CHAIN {
+                break;
+            }
+            let (proc_, up) = read_proc(p, me);
+            parents.push(proc_);
+            next = up;
+        }
+        let chain = std::iter::once(&process).chain(parents.iter());
+        let origin = chain
+            .clone()
+            .find(|p| !p.keyveil && !is_wrapper(p))
+            .or_else(|| chain.last())
+            // A process that is gone (it connected, handed the socket on and exited) or whose
+            // executable cannot be read counts with every other such process: a fresh pid
+            // must not be a fresh allowance.
+            .map(|p| p.exe.clone().unwrap_or_else(|| UNREADABLE.to_owned()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Peer {
+            process: Some(process),
+            keyveil_mode,
+            parents,
+            origin,
+        }
+    }
+
+    /// The peer's pid, if known.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+
+    /// How a claim disagrees with the peer, if it does: the claimed pid is not the connecting
+    /// process, or the claim is `cli`/`mcp` (keyveil's own clients) from another executable or
+    /// from keyveil running the other mode. `None` when it agrees or the peer is unknown.
+    pub fn mismatch(&self, claim: &ClientInfo) -> Option<String> {
+        let p = self.process.as_ref()?;
+        if claim.pid != p.pid {
+            return Some(format!(
+                "claims pid {}, connected from pid {}",
+                claim.pid, p.pid
+            ));
+        }
+        match &self.keyveil_mode {
+            None => Some(format!(
+                "claims to be keyveil's {} client, connected from {}",
+                claim.kind,
+                p.exe.as_deref().unwrap_or("an unreadable executable")
+            )),
+            Some(mode) if *mode != claim.kind => Some(format!(
+                "claims kind {}, connected from keyveil running as {mode}",
+                claim.kind
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn claim(kind: &str, pid: u32) -> ClientInfo {
+        ClientInfo {
+            kind: kind.into(),
+            name: "keyveil".into(),
+            version: "1".into(),
+            pid,
+        }
+    }
+
+    #[test]
+    fn a_peer_is_read_from_proc_and_a_false_claim_is_named() {
+        let me = std::process::id();
+        let peer = Peer::of_pid(Some(me));
+        let p = peer.process.clone().unwrap();
+        assert_eq!(p.pid, me);
+        assert_eq!(
+            p.exe.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|e| e.to_str())
+        );
+        // The test binary is the broker's "own" executable here: keyveil, as cli.
+        assert!(p.keyveil);
+        assert_eq!(peer.keyveil_mode.as_deref(), Some("cli"));
+        assert!(!peer.parents.is_empty());
+        assert_eq!(peer.mismatch(&claim("cli", me)), None);
+        assert!(peer.mismatch(&claim("cli", 1)).unwrap().contains("pid 1"));
+        assert!(peer.mismatch(&claim("mcp", me)).is_some());
+        // Unknown peers: nothing to compare, counted together.
+        let unknown = Peer::of_pid(None);
+        assert_eq!(unknown.origin, "unknown");
+        assert_eq!(unknown.mismatch(&claim("cli", 1)), None);
+        // A pid that is gone: unreadable, one shared origin, and any claim disagrees.
+        let gone = Peer::of_pid(Some(u32::MAX - 7));
+        assert_eq!(gone.origin, UNREADABLE);
+        assert!(gone.mismatch(&claim("cli", u32::MAX - 7)).is_some());
+    }
+
+    #[test]
+    fn stat_parses_a_comm_with_spaces_and_parentheses() {
+        let (comm, ppid) = stat(std::process::id()).unwrap();
+        assert!(!comm.is_empty());
+        assert!(ppid > 0);
+    }
+
+    #[test]
+    fn wrappers_are_recognised_by_executable() {
+        let p = |e: &str| Proc {
+            pid: 2,
+            comm: String::new(),
+            exe: Some(e.to_owned()),
+            keyveil: false,
+        };
+        assert!(is_wrapper(&p("/usr/bin/bash")));
+        assert!(is_wrapper(&p("/bin/sh (deleted)")));
+        assert!(!is_wrapper(&p("/usr/bin/python3.12")));
+        assert!(!is_wrapper(&p("/usr/bin/node")));
+    }
+}
