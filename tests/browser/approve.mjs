@@ -65,7 +65,9 @@ const env = {
 };
 
 function kv(args, input) {
-  const r = spawnSync(bin, args, { env, input: input ?? '', encoding: 'utf8', timeout: 60_000 });
+  // setsid: a session of its own, no controlling terminal, so nothing can prompt on the
+  // developer's terminal.
+  const r = spawnSync('setsid', ['-w', bin, ...args], { env, input: input ?? '', encoding: 'utf8', timeout: 60_000 });
   if (r.status !== 0) {
     throw new Error(`keyveil ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
   }

@@ -46,9 +46,11 @@ cleanup() {
 trap cleanup EXIT
 pass="correct horse battery staple"
 value="clients-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')"
-echo "$pass" | "$bin" init --passphrase-stdin --kdf-memory-kib 19456 >/dev/null
-"$bin" env create demo --description "client tests" >/dev/null
-printf %s "$value" | "$bin" set demo API_TOKEN --from-stdin >/dev/null
+# The human's CLI runs in a session of its own (setsid): no controlling terminal, so nothing can
+# prompt on the developer's terminal.
+echo "$pass" | setsid -w "$bin" init --passphrase-stdin --kdf-memory-kib 19456 >/dev/null
+setsid -w "$bin" env create demo --description "client tests" >/dev/null
+printf %s "$value" | setsid -w "$bin" set demo API_TOKEN --from-stdin >/dev/null
 
 passed=0
 failed=0
@@ -84,7 +86,7 @@ inspector --method tools/call --tool-name run --tool-args-json "$args" >"$work/r
 rid="$(py 'import json,sys; d=json.load(open(sys.argv[1]))["result"]; assert d["structuredContent"]["status"]=="pending_approval", d; print(d["structuredContent"]["request_id"])' "$work/run1.json" 2>/dev/null || true)"
 if [ -n "$rid" ]; then
   ok "inspector tools/call run: pending_approval (request #$rid)"
-  echo "$pass" | "$bin" approve "$rid" --passphrase-stdin >/dev/null
+  echo "$pass" | setsid -w "$bin" approve "$rid" --passphrase-stdin >/dev/null
   inspector --method tools/call --tool-name run --tool-args-json "$args" >"$work/run2.json" 2>"$work/run2.err" || true
   if py 'import json,sys; d=json.load(open(sys.argv[1]))["result"]["structuredContent"]; assert d["status"]=="completed" and d["exit_code"]==0 and d["stdout"]=="token: [REDACTED:API_TOKEN]\n", d' "$work/run2.json"; then
     ok "inspector tools/call run after approval: completed, output redacted"

@@ -85,6 +85,9 @@ class Home:
             text=True,
             timeout=60,
             cwd=self.work,
+            # A session of its own: no controlling terminal, so nothing can prompt on the
+            # developer's terminal (a prompt fails with "no terminal", as in CI).
+            start_new_session=True,
         )
         if check and p.returncode != 0:
             raise AssertionError(f"keyveil {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")

@@ -216,7 +216,7 @@ def test_a_server_with_codex_whitelist_environment_finds_the_broker(home: Home, 
     h = tmp_path / "u"
     h.mkdir()
     env = {"HOME": str(h), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "USER": "u", "SHELL": "/bin/sh", "TERM": "dumb"}
-    run = lambda *a, stdin=None: subprocess.run([str(home.bin), *a], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    run = lambda *a, stdin=None: subprocess.run([str(home.bin), *a], env=env, input=stdin, capture_output=True, text=True, timeout=60, start_new_session=True)
     try:
         assert run("init", "--passphrase-stdin", "--kdf-memory-kib", "19456", stdin=PASSPHRASE + "\n").returncode == 0
         assert run("env", "create", "demo").returncode == 0

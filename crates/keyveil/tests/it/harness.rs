@@ -7,11 +7,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Longest a CLI command of a test may take before it is killed and the test fails.
+pub const CLI_LIMIT: Duration = Duration::from_secs(120);
+
 /// The test passphrase (not a secret of anything real).
 pub const PASS: &str = "correct horse battery staple";
 
 pub struct Home {
     pub dir: tempfile::TempDir,
+}
+
+/// `setsid` (util-linux), found on the test's own PATH (a test may give the CLI another PATH).
+pub fn setsid() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("setsid"))
+        .find(|p| p.is_file())
+        .expect("setsid (util-linux) is needed to keep test processes off the terminal")
 }
 
 pub fn bin() -> PathBuf {
@@ -44,9 +57,14 @@ impl Home {
         self.dir.path()
     }
 
+    /// `keyveil ARGS` for this home: a clean environment, stdin on /dev/null, and in a session
+    /// of its own (`setsid`), so it has no controlling terminal: nothing a test starts can ever
+    /// prompt on the developer's terminal (a prompt fails with "no terminal", as in CI).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.args(args)
+        let mut c = Command::new(setsid());
+        c.arg("-w")
+            .arg(bin())
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path())
@@ -56,23 +74,27 @@ impl Home {
         c
     }
 
+    /// Runs to the end (at most [`CLI_LIMIT`], then it is killed and the test fails).
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        wait_output(c.spawn().unwrap(), CLI_LIMIT)
     }
 
+    /// Runs with `input` on stdin (at most [`CLI_LIMIT`]).
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Output {
         let mut c = self.cmd(args);
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.as_bytes().to_vec();
+        // Written from a thread: a CLI that stops reading must not block the test.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        wait_output(child, CLI_LIMIT)
     }
 
     /// Runs and asserts success; returns stdout.
