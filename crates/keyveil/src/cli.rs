@@ -1,4 +1,4 @@
-//! The `keyveil` command line (DESIGN.md §4).
+//! The `keyveil` command line: the commands and flags the README and `--help` document.
 // Indexing here is on `serde_json::Value` (a missing key or index yields `Null`, never a
 // panic), which clippy cannot tell from slice indexing.
 #![allow(clippy::indexing_slicing)]

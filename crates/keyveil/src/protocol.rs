@@ -638,7 +638,8 @@ pub enum PolicyChange {
     },
 }
 
-/// Error classes; each maps to a CLI exit code (DESIGN.md §4).
+/// Error classes; each maps to a CLI exit code (0 ok, 1 error, 2 usage, 3 denied, 4 locked, 5
+/// timed out waiting for approval; see the README).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

@@ -1,4 +1,4 @@
-//! The MCP tools of DESIGN.md §4: their arguments, their structured results, their
+//! The MCP tools (`docs/mcp.md`): their arguments, their structured results, their
 //! definitions (description, annotations, input and output schemas) and the short text that
 //! goes with each result.
 //!
