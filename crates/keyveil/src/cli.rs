@@ -639,10 +639,18 @@ fn factor_input(
     if totp.is_some() {
         return Ok(FactorInput::Totp(read_secret_line(false, "TOTP code: ")?));
     }
-    Ok(FactorInput::Passphrase(read_secret_line(
-        passphrase_stdin,
-        prompt,
-    )?))
+    let typed = read_secret_line(passphrase_stdin, prompt)?;
+    // Six digits typed at the prompt are a TOTP code (a vault passphrase has at least 8
+    // characters), as on the approval page.
+    if !passphrase_stdin && is_totp_code(typed.expose()) {
+        return Ok(FactorInput::Totp(typed));
+    }
+    Ok(FactorInput::Passphrase(typed))
+}
+
+/// Whether `s` looks like a TOTP code: exactly six ASCII digits.
+fn is_totp_code(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The factor given up front for a change that may need it (`--totp`, `--totp-stdin`, or
@@ -1431,7 +1439,7 @@ async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
             a.passphrase_stdin,
             a.totp.as_ref(),
             a.totp_stdin,
-            "Vault passphrase to approve: ",
+            "Vault passphrase (or TOTP code) to approve: ",
         )
     };
     let mut input = if !a.confirm && (a.passphrase_stdin || a.totp_stdin) {
@@ -1636,11 +1644,12 @@ async fn watch(paths: &Paths) -> Result<i32> {
                 .await
                 .map(|_| format!("denied #{id}"))
             } else {
-                let p =
-                    tokio::task::block_in_place(|| read_secret_line(false, "Vault passphrase: "))?;
+                let input = tokio::task::block_in_place(|| {
+                    factor_input(false, None, false, "Vault passphrase (or TOTP code): ")
+                })?;
                 call_signed(
                     paths,
-                    &FactorInput::Passphrase(p),
+                    &input,
                     Request::Approve {
                         request_id: id,
                         card: crate::factor_proof::card_digest(&r),
@@ -1705,14 +1714,34 @@ async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                 say("then finish with: keyveil factor confirm CODE");
                 return Ok(0);
             }
-            let code = read_secret_line(false, "Code shown by the app: ")?;
-            call(
-                paths,
-                Request::FactorConfirm {
-                    code: code.expose().to_owned(),
-                },
-            )
-            .await?;
+            // A mistyped first code asks again (three tries; each counts towards the lockout).
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let code = read_secret_line(false, "Code shown by the app: ")?;
+                let reply = client::call(
+                    paths,
+                    &Request::FactorConfirm {
+                        code: code.expose().to_owned(),
+                    },
+                )
+                .await?;
+                match reply {
+                    Reply::Error {
+                        code: ErrorCode::Denied,
+                        message,
+                        ..
+                    } if tries < 3 && !message.contains("locked") => {
+                        note(format!(
+                            "{message}; try again with the code the app shows now"
+                        ));
+                    }
+                    other => {
+                        expect_ok(other)?;
+                        break;
+                    }
+                }
+            }
             say(
                 "TOTP enrolled: approve with `keyveil approve ID --totp` (the code is asked for) where the policy allows it",
             );
@@ -1823,7 +1852,7 @@ async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                 factor.passphrase_stdin,
                 factor.totp.as_ref(),
                 factor.totp_stdin,
-                "Vault passphrase to change policy: ",
+                "Vault passphrase (or TOTP code) to change policy: ",
             )?;
             let d = call_signed(
                 paths,
