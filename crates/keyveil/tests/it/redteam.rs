@@ -177,3 +177,174 @@ fn passphrase_stdin_of_the_cli_cannot_be_read_through_proc() {
     assert_no_passphrase(&loot, "keyveil approve --passphrase-stdin");
     let _ = h.run(&["daemon", "stop"]);
 }
+
+fn pending_in(h: &Home, env: &str, cmd: &[&str]) -> u64 {
+    let mut args = vec!["run", "--env", env, "--wait", "0", "--"];
+    args.extend_from_slice(cmd);
+    let o = h.run(&args);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    h.wait_request()
+}
+
+fn set_policy(h: &Home, env: &str, change: &[&str]) {
+    let mut args = vec!["policy", "set", env];
+    args.extend_from_slice(change);
+    args.insert(4.min(args.len()), "--passphrase-stdin");
+    let o = h.run_stdin(&args, &format!("{PASS}\n"));
+    assert!(o.status.success(), "{change:?}: {}", text(&o.stderr));
+}
+
+/// TOTP guesses are rate-limited (each TOTP challenge counts as a failure; 5 lock TOTP for a
+/// minute, doubling). But *any* successful factor check resets the count and lifts a lockout
+/// (`FactorState::succeed`), and a plain `--confirm` approval in an environment whose policy is
+/// `confirm` is a successful factor check the agent makes itself. So an agent interleaves four
+/// guesses with one confirm approval of its own request in the low-risk environment, forever:
+/// unlimited online guessing of the TOTP code that guards the `totp` environment (3 candidate
+/// steps per challenge, so about 3 in 10^6 per guess; hours, not years).
+#[test]
+fn confirm_approvals_of_the_agent_do_not_reset_the_totp_rate_limit() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "tok_redteam_Zk4pQ9vX2mB7");
+    let secret = enroll(&h);
+    set_policy(&h, "demo", &["factor", "totp"]);
+    h.ok(&["env", "create", "low"]);
+    h.set("low", "LOW_RISK", "low_risk_value_123456");
+    set_policy(&h, "low", &["factor", "confirm"]);
+    // The agent's targets: a request in the totp environment, guessed at.
+    let target = pending_in(&h, "demo", &["sh", "-c", "echo $API_TOKEN"]);
+    let valid: Vec<String> = (-1..=1).map(|o| totp_code(&secret, o)).collect();
+    let guess = (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|g| !valid.contains(g))
+        .unwrap();
+    let wrong = |h: &Home| {
+        let o = h.run_stdin(
+            &["approve", &target.to_string(), "--totp-stdin"],
+            &format!("{guess}\n"),
+        );
+        assert!(!o.status.success(), "a wrong code approved: {}", text(&o.stderr));
+        text(&o.stderr)
+    };
+    // The rate limit works on its own: five wrong codes, then TOTP is locked.
+    for _ in 0..5 {
+        let e = wrong(&h);
+        assert!(!e.contains("locked after"), "locked too early: {e}");
+    }
+    let e = wrong(&h);
+    assert!(e.contains("locked after"), "the rate limit did not lock: {e}");
+    // The agent approves a request of its own in the `confirm` environment...
+    let low = pending_in(&h, "low", &["true", "r1"]);
+    let o = h.run(&["approve", &low.to_string(), "--confirm"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // ... and may guess again at once.
+    let e = wrong(&h);
+    assert!(
+        e.contains("locked after"),
+        "a confirm approval by the agent lifted the TOTP lockout; the next guess was judged: {e}"
+    );
+    let _ = h.run(&["daemon", "stop"]);
+}
+
+/// The `requests` card is bound by its digest, but `policy show` is not: `deny-rm N` and
+/// `auto-approve-rm N` carry only an index the human read from a listing that came over the
+/// socket. A relay reverses the listing; the human removes "wget" as shown, with the right
+/// passphrase, and the broker removes "curl" instead.
+#[test]
+fn a_relay_cannot_make_the_human_remove_another_policy_rule_than_the_one_shown() {
+    let h = Home::new();
+    set_policy(&h, "demo", &["deny", "--", "curl"]);
+    set_policy(&h, "demo", &["deny", "--", "wget"]);
+    let relay = Relay::start(&h, |v: &mut Value| {
+        if let Some(d) = v["data"]["policy"]["deny"].as_array_mut() {
+            d.reverse();
+        }
+    });
+    let shown = h.json(&["policy", "show", "demo", "--json"]);
+    let wget = shown["policy"]["deny"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r["argv"] == json!(["wget"]))
+        .unwrap();
+    // The human removes the rule shown as "wget".
+    let o = h.run_stdin(
+        &["policy", "set", "demo", "deny-rm", &wget.to_string(), "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    relay.leave(&h);
+    assert!(o.status.success() || text(&o.stderr).contains("not the one"), "{}", text(&o.stderr));
+    let real = h.json(&["policy", "show", "demo", "--json"]);
+    let left: Vec<Value> = real["policy"]["deny"].as_array().unwrap().clone();
+    assert!(
+        left.iter().any(|r| r["argv"] == json!(["curl"])),
+        "the human removed what was shown as wget, and the broker removed curl: {left:?}"
+    );
+    let _ = h.run(&["daemon", "stop"]);
+}
+
+type Rewrite = fn(&mut Value);
+
+/// A relay at the socket path (as in custody.rs): requests pass as they are, replies are
+/// rewritten.
+struct Relay;
+
+impl Relay {
+    fn start(h: &Home, rep: Rewrite) -> Relay {
+        let sock = h.path().join("run/broker.sock");
+        let real = h.path().join("run/real.sock");
+        std::fs::rename(&sock, &real).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut broker) = UnixStream::connect(&real) else {
+                    continue;
+                };
+                let (mut c2, mut b2) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+                std::thread::spawn(move || pump(&mut client, &mut broker, |_| {}));
+                std::thread::spawn(move || pump(&mut b2, &mut c2, rep));
+            }
+        });
+        Relay
+    }
+
+    fn leave(self, h: &Home) {
+        let _ = std::fs::remove_file(h.path().join("run/broker.sock"));
+        std::fs::rename(
+            h.path().join("run/real.sock"),
+            h.path().join("run/broker.sock"),
+        )
+        .unwrap();
+    }
+}
+
+fn read_frame(s: &mut UnixStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn write_frame(s: &mut UnixStream, body: &[u8]) -> bool {
+    let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+    s.write_all(&len).and_then(|()| s.write_all(body)).is_ok()
+}
+
+fn pump(from: &mut UnixStream, to: &mut UnixStream, rewrite: Rewrite) {
+    while let Some(body) = read_frame(from) {
+        let out = match (body.first(), serde_json::from_slice::<Value>(&body[1..])) {
+            (Some(0), Ok(mut v)) => {
+                rewrite(&mut v);
+                let mut b = vec![0u8];
+                b.extend_from_slice(v.to_string().as_bytes());
+                b
+            }
+            _ => body,
+        };
+        if !write_frame(to, &out) {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
