@@ -285,8 +285,10 @@ fn a_relay_cannot_make_the_human_remove_another_policy_rule_than_the_one_shown()
 type Rewrite = fn(&mut Value);
 
 /// A relay at the socket path (as in custody.rs): requests pass as they are, replies are
-/// rewritten.
-struct Relay;
+/// rewritten; every frame is recorded in `seen`.
+struct Relay {
+    seen: Loot,
+}
 
 impl Relay {
     fn start(h: &Home, rep: Rewrite) -> Relay {
@@ -294,6 +296,8 @@ impl Relay {
         let real = h.path().join("run/real.sock");
         std::fs::rename(&sock, &real).unwrap();
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let seen: Loot = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(mut client) = client else { return };
@@ -301,11 +305,12 @@ impl Relay {
                     continue;
                 };
                 let (mut c2, mut b2) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
-                std::thread::spawn(move || pump(&mut client, &mut broker, |_| {}));
-                std::thread::spawn(move || pump(&mut b2, &mut c2, rep));
+                let (s1, s2) = (seen2.clone(), seen2.clone());
+                std::thread::spawn(move || pump(&mut client, &mut broker, &s1, |_| {}));
+                std::thread::spawn(move || pump(&mut b2, &mut c2, &s2, rep));
             }
         });
-        Relay
+        Relay { seen }
     }
 
     fn leave(self, h: &Home) {
@@ -331,8 +336,9 @@ fn write_frame(s: &mut UnixStream, body: &[u8]) -> bool {
     s.write_all(&len).and_then(|()| s.write_all(body)).is_ok()
 }
 
-fn pump(from: &mut UnixStream, to: &mut UnixStream, rewrite: Rewrite) {
+fn pump(from: &mut UnixStream, to: &mut UnixStream, seen: &Mutex<Vec<u8>>, rewrite: Rewrite) {
     while let Some(body) = read_frame(from) {
+        seen.lock().unwrap().extend_from_slice(&body);
         let out = match (body.first(), serde_json::from_slice::<Value>(&body[1..])) {
             (Some(0), Ok(mut v)) => {
                 rewrite(&mut v);
@@ -347,4 +353,32 @@ fn pump(from: &mut UnixStream, to: &mut UnixStream, rewrite: Rewrite) {
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Rotating a stored value from the terminal (`keyveil set demo API_TOKEN`, no factor flag):
+/// `call_guarded` first sends the request *without* a factor, with the new value in plain text
+/// (`value`), and only when the broker answers "needs your factor" asks for the passphrase and
+/// sends it again sealed. The first, plain copy already went to whatever listens at the socket.
+/// (`keyveil dynamic add` is worse: its `admin` credential is plain text in both attempts.)
+#[test]
+fn replacing_a_stored_value_never_sends_the_new_value_in_plain_text() {
+    const NEW: &str = "tok_rotated_Xw8yL2nQ5rT1vB6";
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "tok_redteam_Zk4pQ9vX2mB7");
+    let relay = Relay::start(&h, |_| {});
+    // The human rotates the token; the value is piped in (in a terminal it is typed at the
+    // prompt: the same request is sent).
+    let o = h.run_stdin(&["set", "demo", "API_TOKEN", "--from-stdin"], &format!("{NEW}\n"));
+    let seen = relay.seen.lock().unwrap().clone();
+    relay.leave(&h);
+    // No terminal here, so the CLI cannot ask for the passphrase and stops: it did already send.
+    assert!(!o.status.success(), "{}", text(&o.stderr));
+    for form in encodings(NEW) {
+        assert!(
+            !contains(&seen, &form),
+            "the relay read the new value of a stored variable in plain text: {}",
+            text(&seen)
+        );
+    }
+    let _ = h.run(&["daemon", "stop"]);
 }
