@@ -382,3 +382,31 @@ fn replacing_a_stored_value_never_sends_the_new_value_in_plain_text() {
     }
     let _ = h.run(&["daemon", "stop"]);
 }
+
+/// Hidden names are kept from the agent; `env show --reveal-names` gives them to the human for
+/// the factor. The request is signed, but the reply (every real name next to its alias) comes
+/// back over the socket in plain JSON: a faithful relay reads them all.
+#[test]
+fn revealing_hidden_names_to_the_human_does_not_reveal_them_to_a_relay() {
+    const NAME: &str = "STRIPE_LIVE_SECRET_QX";
+    let h = Home::new();
+    h.set("demo", NAME, "sk_redteam_Vn3cJ8wP1tR5yU0");
+    set_policy(&h, "demo", &["hide-names", "on"]);
+    let shown = h.ok(&["env", "show", "demo", "--json"]);
+    assert!(!shown.contains(NAME), "names are not hidden: {shown}");
+    let relay = Relay::start(&h, |_| {});
+    let o = h.run_stdin(
+        &["env", "show", "demo", "--reveal-names", "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    let seen = relay.seen.lock().unwrap().clone();
+    relay.leave(&h);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(NAME), "the human did not see the name");
+    assert!(
+        !contains(&seen, NAME),
+        "the relay read the hidden names the human revealed: {}",
+        text(&seen)
+    );
+    let _ = h.run(&["daemon", "stop"]);
+}
