@@ -23,6 +23,7 @@ mod names;
 mod oracle;
 mod output;
 mod policy;
+mod redteam;
 mod sandbox;
 mod setup;
 mod tamper;
