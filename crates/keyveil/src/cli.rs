@@ -569,6 +569,10 @@ pub fn main(cli: Cli) -> Result<i32> {
         }
         Command::Agent { stage, command } => crate::sandbox::main(stage, command),
         other => {
+            if handles_factors(&other) {
+                // Before anything else: this process will hold a factor (and maybe a value).
+                crate::harden::harden_cli();
+            }
             crate::logging::init_cli();
             let paths = Paths::resolve()?;
             block_on(dispatch(&paths, other))
@@ -609,6 +613,24 @@ async fn daemon_stop(paths: &Paths) -> Result<i32> {
 
 async fn call(paths: &Paths, req: Request) -> Result<Value> {
     expect_ok(client::call(paths, &req).await?)
+}
+
+/// Whether a command may read a factor or a value: it makes itself non-dumpable first thing.
+/// (Others stay dumpable so the broker can read their executable for the card.)
+fn handles_factors(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Init { .. }
+            | Command::Unlock { .. }
+            | Command::Approve(_)
+            | Command::Set { .. }
+            | Command::Generate { .. }
+            | Command::Unset { .. }
+            | Command::Env(_)
+            | Command::Factor(_)
+            | Command::Policy(_)
+            | Command::Dynamic(_)
+    )
 }
 
 /// Refuses a factor on the command line: `/proc/PID/cmdline` is readable by every process of
@@ -699,6 +721,36 @@ pub(crate) async fn call_guarded(
         return signed(paths, &FactorInput::Passphrase(passphrase), &make).await;
     }
     expect_ok(reply)
+}
+
+/// Asks the broker, without the value, whether storing `env/var` needs the factor. `None`: it
+/// does not (a first value, sent as given); otherwise the factor, asked at the terminal.
+async fn probe_set(paths: &Paths, env: &str, var: &str) -> Result<Option<FactorInput>> {
+    let probe = Request::VarSet {
+        environment: env.to_owned(),
+        name: var.to_owned(),
+        value: None,
+        sealed_value: None,
+        factor: None,
+    };
+    match client::call(paths, &probe).await? {
+        Reply::Error {
+            code: ErrorCode::Denied,
+            message,
+            ..
+        } if message.starts_with(FACTOR_NEEDED) => {
+            note(&message);
+            let passphrase = read_secret_line(false, "Vault passphrase to confirm: ").map_err(|_| Exit {
+                code: 2,
+                message: "cannot ask for your passphrase: no terminal\nhint: add `--passphrase-stdin` or `--totp-stdin` (with `set --from-stdin`: the passphrase or code on the first line, the value after it)".into(),
+            })?;
+            Ok(Some(FactorInput::Passphrase(passphrase)))
+        }
+        other => {
+            expect_ok(other)?;
+            Ok(None)
+        }
+    }
 }
 
 /// Authenticates the broker with `input`, builds the request, signs it and sends it.
@@ -948,6 +1000,21 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else {
                 read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
             };
+            if given.is_none() {
+                given = if from_stdin {
+                    // A value-free probe first: a value that would replace one is sent only
+                    // sealed, after the broker proved itself with the factor.
+                    probe_set(paths, &env, &var).await?
+                } else {
+                    // At the terminal the human is there: prove the broker before the value goes.
+                    Some(factor_input(
+                        false,
+                        None,
+                        false,
+                        "Vault passphrase (or TOTP code) to hand it to your broker sealed: ",
+                    )?)
+                };
+            }
             let aad = format!("{env}/{var}");
             let d = call_guarded(paths, given, |auth| {
                 Ok(match auth {
@@ -1178,7 +1245,21 @@ async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                 factor.totp_stdin,
                 "Vault passphrase to reveal hidden names: ",
             )?;
-            let d = call_signed(paths, &input, Request::EnvReveal { name, factor: None }).await?;
+            let a = authorize::authorize(paths, &input)
+                .await
+                .map_err(auth_exit)?;
+            let mut req = Request::EnvReveal { name, factor: None };
+            a.sign(&mut req);
+            let mut d = expect_ok(client::call(paths, &req).await?)?;
+            // The names come back sealed for this process only.
+            let sealed = d["sealed_names"].as_str().unwrap_or_default().to_owned();
+            let names = a
+                .open(b"env_reveal", &sealed)
+                .context("the names did not come sealed from the broker that proved itself")?;
+            d["names"] = serde_json::from_slice(&names).context("unreadable names")?;
+            if let Some(o) = d.as_object_mut() {
+                o.remove("sealed_names");
+            }
             if json {
                 say(d.to_string());
             } else {
@@ -1755,6 +1836,34 @@ async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
     }
 }
 
+/// The rule `index` of `kind` (`deny`, `auto_approve`) as the broker lists it: shown to the
+/// human, and its digest bound into the removal.
+async fn shown_rule(paths: &Paths, env: &str, kind: &str, index: usize) -> Result<String> {
+    let d = call(
+        paths,
+        Request::PolicyShow {
+            environment: env.to_owned(),
+        },
+    )
+    .await?;
+    let Some(rule) = d["policy"][kind].get(index) else {
+        return Err(Exit {
+            code: 1,
+            message: format!(
+                "no {} rule #{index} in {env}\nhint: list the rules with `keyveil policy show {env}`",
+                kind.replace('_', "-")
+            ),
+        }
+        .into());
+    };
+    note(format!(
+        "removing {} rule #{index}: {}",
+        kind.replace('_', "-"),
+        crate::display::clip(&rule.to_string(), 200)
+    ));
+    Ok(crate::factor_proof::card_digest(rule))
+}
+
 async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
     use crate::protocol::PolicyChange;
     match p {
@@ -1835,14 +1944,18 @@ async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                         .into_owned(),
                     ttl_seconds: parse_duration(&ttl)?,
                 },
-                PolicySetCommand::AutoApproveRm { index } => {
-                    PolicyChange::AutoApproveRemove { index }
-                }
+                PolicySetCommand::AutoApproveRm { index } => PolicyChange::AutoApproveRemove {
+                    index,
+                    rule: shown_rule(paths, &env, "auto_approve", index).await?,
+                },
                 PolicySetCommand::Deny { prefix, command } => PolicyChange::DenyAdd {
                     argv: command,
                     prefix,
                 },
-                PolicySetCommand::DenyRm { index } => PolicyChange::DenyRemove { index },
+                PolicySetCommand::DenyRm { index } => PolicyChange::DenyRemove {
+                    index,
+                    rule: shown_rule(paths, &env, "deny", index).await?,
+                },
                 PolicySetCommand::WriteLeaks { action } => PolicyChange::WriteLeaks { action },
                 PolicySetCommand::HideNames { setting } => PolicyChange::HideNames {
                     hide: setting == "on",

@@ -136,34 +136,37 @@ pub async fn call_existing(paths: &Paths, req: &Request) -> Option<Result<Reply>
 
 /// Starts a broker of our own with a [`Bootstrap`] (init or unlock): this very executable
 /// (`/proc/self/exe`), without the dynamic loader's variables (`LD_*`), detached like
-/// [`Connection::open`]'s broker, with the bootstrap written to its stdin pipe. Waits up to
-/// `timeout` for its one-line answer on its stdout pipe and returns it. Only this process holds
-/// the pipes: no one who can rename the socket sees the passphrase.
+/// [`Connection::open`]'s broker. The bootstrap travels over a Unix socket pair that is the
+/// child's stdin and stdout, never a pipe: a pipe can be reopened through `/proc/PID/fd/0` by any
+/// process of the user while the new broker is still dumpable (between `exec` and its
+/// hardening), a socket cannot (`ENXIO`). Waits up to `timeout` for its one-line answer and
+/// returns it.
 ///
 /// Errors: the broker cannot be started, or gives no answer in time (see its log).
 pub fn start_broker_with(paths: &Paths, bootstrap: &Bootstrap, timeout: Duration) -> Result<Reply> {
     use std::io::{BufRead, Write};
+    use std::os::fd::OwnedFd;
     paths.ensure_dirs()?;
+    let (mut ours, theirs) =
+        std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
+    let theirs_out = theirs.try_clone().context("cannot make a socket pair")?;
     let mut cmd = broker_command(paths)?;
     cmd.arg("--bootstrap-stdin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::from(OwnedFd::from(theirs_out)));
     let mut child = cmd.spawn().context("cannot start the keyveil broker")?;
-    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        bail!("cannot talk to the broker that was just started");
-    };
+    // Our copies of the child's end are gone with `cmd`'s stdio: only the child holds it.
+    drop(cmd);
     let line = zeroize::Zeroizing::new(
         serde_json::to_string(bootstrap).context("cannot encode the bootstrap")?,
     );
-    stdin
-        .write_all(line.as_bytes())
-        .and_then(|()| stdin.write_all(b"\n"))
+    ours.write_all(line.as_bytes())
+        .and_then(|()| ours.write_all(b"\n"))
         .context("cannot hand the broker its bootstrap")?;
-    drop(stdin);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut answer = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut answer);
+        let _ = std::io::BufReader::new(ours).read_line(&mut answer);
         let _ = tx.send(answer);
     });
     std::thread::spawn(move || {

@@ -613,6 +613,10 @@ pub enum PolicyChange {
     AutoApproveRemove {
         /// Index.
         index: usize,
+        /// `factor_proof::card_digest` of the rule as `policy show` listed it to the human: the
+        /// broker removes rule `index` only if it is that rule.
+        #[serde(default)]
+        rule: String,
     },
     /// Add a deny rule.
     DenyAdd {
@@ -625,6 +629,9 @@ pub enum PolicyChange {
     DenyRemove {
         /// Index.
         index: usize,
+        /// Digest of the rule as shown (see [`PolicyChange::AutoApproveRemove::rule`]).
+        #[serde(default)]
+        rule: String,
     },
     /// What to do when a run writes a value into a file: `report`, `quarantine`, `fail`.
     WriteLeaks {

@@ -305,7 +305,11 @@ pub async fn verify_factor(
     let mut inner = broker.lock();
     match outcome {
         Ok(v) => {
-            inner.factor.succeed();
+            // Only a real factor resets the count: a plain confirmation (which an agent can give
+            // in a `confirm` environment) must never lift a lockout of TOTP guesses.
+            if v.used != "confirm" {
+                inner.factor.succeed();
+            }
             Ok(v)
         }
         Err((used, why)) => {
@@ -616,26 +620,18 @@ pub async fn policy_set(
             cwd: cwd.clone(),
             ttl_seconds: *ttl_seconds,
         }),
-        PolicyChange::AutoApproveRemove { index } => {
-            if *index >= p.auto_approve.len() {
-                return Err(OpError::new(
-                    ErrorCode::NotFound,
-                    format!("no auto-approve rule #{index}"),
-                ));
-            }
+        PolicyChange::AutoApproveRemove { index, rule } => {
+            let shown = p.auto_approve.get(*index).map(rule_digest);
+            check_rule_shown(shown, rule, "auto-approve", *index)?;
             p.auto_approve.remove(*index);
         }
         PolicyChange::DenyAdd { argv, prefix } => p.deny.push(DenyRule {
             argv: argv.clone(),
             prefix: *prefix,
         }),
-        PolicyChange::DenyRemove { index } => {
-            if *index >= p.deny.len() {
-                return Err(OpError::new(
-                    ErrorCode::NotFound,
-                    format!("no deny rule #{index}"),
-                ));
-            }
+        PolicyChange::DenyRemove { index, rule } => {
+            let shown = p.deny.get(*index).map(rule_digest);
+            check_rule_shown(shown, rule, "deny", *index)?;
             p.deny.remove(*index);
         }
         PolicyChange::WriteLeaks { .. } => {}
@@ -659,6 +655,28 @@ pub async fn policy_set(
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")))?;
     inner.audit("policy_set", json!({"environment": env, "change": change}));
     Ok(json!({"environment": env, "policy": policy, "warning": warning}))
+}
+
+/// `factor_proof::card_digest` of a rule as `policy show` lists it.
+fn rule_digest<T: serde::Serialize>(rule: &T) -> String {
+    factor_proof::card_digest(&serde_json::to_value(rule).unwrap_or(Value::Null))
+}
+
+/// A rule is removed only if it is the one the human was shown (by digest), so a relay that
+/// reorders the listing cannot make the human remove another rule.
+fn check_rule_shown(actual: Option<String>, shown: &str, kind: &str, index: usize) -> OpResult<()> {
+    match actual {
+        None => Err(
+            OpError::new(ErrorCode::NotFound, format!("no {kind} rule #{index}"))
+                .hint("list the rules with `keyveil policy show ENV`"),
+        ),
+        Some(a) if a == shown => Ok(()),
+        Some(_) => Err(OpError::new(
+            ErrorCode::Denied,
+            format!("{kind} rule #{index} is not the one you were shown; nothing was changed"),
+        )
+        .hint("list the rules again with `keyveil policy show ENV`")),
+    }
 }
 
 fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {

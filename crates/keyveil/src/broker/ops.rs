@@ -134,8 +134,11 @@ pub async fn dispatch_from(
             let aad = format!("{environment}/{name}");
             let (name, need) = target_of_change(broker, &environment, &name);
             let given = name.clone();
+            let probe = value.is_none() && sealed_value.is_none() && factor.is_none();
             match guard_stored(broker, &environment, need, factor, digest).await {
                 Err(e) => Err(e),
+                // A value-free probe: nothing to store, and no factor needed.
+                Ok(_) if probe => Ok(json!({"probe": true, "needs_factor": false})),
                 Ok(verified) => {
                     match value_of_set(value, sealed_value, verified.as_ref(), aad.as_bytes()) {
                         Ok(value) => {
@@ -631,7 +634,8 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
         }
     }
     let required = factor_ops::rule_change_factor(broker, env);
-    factor_ops::verify_factor(broker, proof, required, json!({"env_reveal": env})).await?;
+    let verified =
+        factor_ops::verify_factor(broker, proof, required, json!({"env_reveal": env})).await?;
     let mut inner = broker.lock();
     let v = inner.vault()?;
     let e = v
@@ -656,7 +660,18 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
         "env_reveal",
         json!({"environment": env, "count": names.len()}),
     );
-    Ok(json!({"environment": env, "hide_names": hidden, "names": names}))
+    // The names travel sealed for the CLI that proved the factor: a relay at the socket reads
+    // nothing (the approval page, which has no transit key, gets them in the page over its own
+    // loopback connection).
+    match verified.transit {
+        Some((key, nonce)) => {
+            let plain = serde_json::to_vec(&names).unwrap_or_default();
+            let sealed = factor_proof::seal_in_transit(&key, &nonce, b"env_reveal", &plain)
+                .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+            Ok(json!({"environment": env, "hide_names": hidden, "sealed_names": sealed}))
+        }
+        None => Ok(json!({"environment": env, "hide_names": hidden, "names": names})),
+    }
 }
 
 /// An environment's variable names as clients see them, sorted as shown: where names are
