@@ -808,6 +808,27 @@ impl AuditWriter {
         result
     }
 
+    /// Appends one entry that records a refusal or a failure the requester can repeat at will
+    /// (a wrong factor, a locked-out attempt, a deny rule, a denial): written like
+    /// [`AuditWriter::append`], only while the reserve can be kept after it, so that repeating
+    /// it never drains the space kept for revocations and the ends of runs. Nothing is refused
+    /// because of it; when it cannot be written it is counted in the pending gap as
+    /// [`Unwritten::Lost`].
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append`].
+    pub fn append_if_room(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Value, AuditError> {
+        let result = self.append_gated(event, fields);
+        if let Err(e) = &result {
+            self.note_unwritten(event, Unwritten::Lost, e);
+        }
+        result
+    }
+
     fn append_gated(
         &mut self,
         event: &str,
@@ -952,7 +973,8 @@ impl AuditWriter {
     }
 
     /// Keeps `extra` + [`RESERVE_BYTES`] bytes allocated past the last good line (Linux
-    /// `fallocate(FALLOC_FL_KEEP_SIZE)`; the size does not change). A file system without
+    /// `fallocate(FALLOC_FL_KEEP_SIZE)`; the size does not change), and fails with ENOSPC when
+    /// the file system has no free block left after that (`fstatvfs`). A file system without
     /// `fallocate` gets no reserve (see [`AuditWriter::reserve_supported`]).
     fn reserve(&mut self, extra: u64) -> Result<(), AuditError> {
         if self.reserve_unsupported {
@@ -968,7 +990,15 @@ impl AuditWriter {
                 self.len,
                 extra.saturating_add(RESERVE_BYTES),
             ) {
-                Ok(()) => Ok(()),
+                // Room for this entry and the reserve, but none left on the file system: it is
+                // full, only blocks allocated earlier remain. Refused too, so that what happens
+                // on a full disk does not depend on how much of the last allocated block is left.
+                Ok(()) => match rustix::fs::fstatvfs(&self.file) {
+                    Ok(st) if st.f_bavail == 0 => Err(io_err("reserve space in", &self.path)(
+                        std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()),
+                    )),
+                    _ => Ok(()),
+                },
                 Err(e)
                     if [Errno::OPNOTSUPP, Errno::NOSYS, Errno::NODEV, Errno::INVAL]
                         .contains(&e) =>

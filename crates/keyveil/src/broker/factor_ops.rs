@@ -59,7 +59,7 @@ pub async fn verify_factor(
         let mut inner = broker.lock();
         inner.vault()?;
         if let Err(secs) = inner.factor.check(Instant::now()) {
-            inner.audit(
+            inner.audit_note(
                 "factor_locked",
                 json!({"for": purpose, "seconds_left": secs}),
             );
@@ -105,7 +105,7 @@ pub async fn verify_factor(
         }
         Err(why) => {
             let lockout = inner.factor.fail(Instant::now());
-            inner.audit(
+            inner.audit_note(
                 "factor_failed",
                 json!({"for": purpose, "factor": used, "why": why, "lockout_seconds": lockout.map(|d| d.as_secs())}),
             );
@@ -175,6 +175,7 @@ pub async fn enroll(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
         factor::uri(&seed, &account).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let qr = factor::qr_text(&uri);
     let mut inner = broker.lock();
+    inner.audit_ready("factor_enroll_started")?;
     inner.pending_totp = Some((SecretValue::new(factor::to_base32(&seed)), Instant::now()));
     inner.audit("factor_enroll_started", json!({"factor": "totp"}));
     Ok(json!({"uri": uri, "qr": qr}))
@@ -202,7 +203,7 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
         Err(e) => {
             // Keep the enrolment open for another try.
             inner.pending_totp = Some((seed_b32, at));
-            inner.audit(
+            inner.audit_note(
                 "factor_failed",
                 json!({"for": "factor_confirm", "factor": "totp", "why": e.to_string()}),
             );
@@ -210,6 +211,11 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
                 .hint("type the code your authenticator shows now"));
         }
     };
+    if let Err(e) = inner.audit_ready("factor_enrolled") {
+        // Keep the enrolment open: the code can be tried again once the log has room.
+        inner.pending_totp = Some((seed_b32, at));
+        return Err(e);
+    }
     let seed_b32 = keyveil_vault::SealedValue::seal(seed_b32)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let v = inner.vault_mut()?;
@@ -266,6 +272,7 @@ pub async fn policy_set(
     let change = normalise(change)?;
     verify_factor(broker, proof, FactorKind::Totp, json!({"policy_set": env})).await?;
     let mut inner = broker.lock();
+    inner.audit_ready("policy_set")?;
     let v = inner.vault_mut()?;
     let Some(e) = v.data_mut().environments.get_mut(env) else {
         return Err(OpError::new(

@@ -12,6 +12,7 @@ mod corpus;
 mod crash;
 mod dynamic;
 mod flow;
+mod fulldisk;
 mod hardening;
 mod harness;
 mod hostile;
