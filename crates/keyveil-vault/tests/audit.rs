@@ -513,6 +513,7 @@ struct SmallFs {
 }
 
 impl SmallFs {
+    #[allow(clippy::print_stderr)] // says why the test skips
     fn mount(size: &str) -> Option<SmallFs> {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("mount")

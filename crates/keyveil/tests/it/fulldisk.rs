@@ -4,6 +4,8 @@
 //! possible write, and `keyveil audit verify` reports it. The home is a small tmpfs (root
 //! only; the tests skip, saying so, where mounting is not permitted).
 
+#![allow(clippy::print_stderr)] // says why a test skips
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
