@@ -744,6 +744,8 @@ impl AuditWriter {
         if let Some(tail) = tail {
             writer.recover_tail(&tail)?;
         }
+        // Take the reserve now if there is room (a full disk is the caller's next error).
+        let _ = writer.reserve(0);
         Ok(writer)
     }
 
@@ -883,19 +885,19 @@ impl AuditWriter {
         result
     }
 
-    /// Makes the log ready for an action whose entry will be written after it (with
-    /// [`AuditWriter::append_record`]): the path still names the file, room for the pending gap
-    /// entry and one entry of up to 4 KiB plus [`RESERVE_BYTES`] is allocated, and the pending gap
-    /// entry is written. Writes nothing else.
+    /// Makes the log ready for an action whose entry (of about `entry_len` bytes; at least
+    /// 4 KiB are allowed for) will be written after it with [`AuditWriter::append_record`]: the
+    /// path still names the file, room for the pending gap entry, the entry and
+    /// [`RESERVE_BYTES`] is allocated, and the pending gap entry is written. Writes nothing else.
     ///
     /// # Errors
     /// As [`AuditWriter::append`]; a failure is counted in the pending gap as `event`
     /// [`Unwritten::Refused`].
-    pub fn ready(&mut self, event: &str) -> Result<(), AuditError> {
+    pub fn ready(&mut self, event: &str, entry_len: u64) -> Result<(), AuditError> {
         let result = self
             .check_path()
             .and_then(|()| self.gap_len())
-            .and_then(|gap| self.reserve(gap + 4096))
+            .and_then(|gap| self.reserve(gap + entry_len.max(4096)))
             .and_then(|()| self.write_gap());
         if let Err(e) = &result {
             self.note_unwritten(event, Unwritten::Refused, e);
@@ -977,36 +979,36 @@ impl AuditWriter {
     /// the file system has no free block left after that (`fstatvfs`). A file system without
     /// `fallocate` gets no reserve (see [`AuditWriter::reserve_supported`]).
     fn reserve(&mut self, extra: u64) -> Result<(), AuditError> {
-        if self.reserve_unsupported {
-            return Ok(());
-        }
         #[cfg(target_os = "linux")]
         {
             use rustix::fs::{FallocateFlags, fallocate};
             use rustix::io::Errno;
-            match fallocate(
-                &self.file,
-                FallocateFlags::KEEP_SIZE,
-                self.len,
-                extra.saturating_add(RESERVE_BYTES),
-            ) {
-                // Room for this entry and the reserve, but none left on the file system: it is
-                // full, only blocks allocated earlier remain. Refused too, so that what happens
-                // on a full disk does not depend on how much of the last allocated block is left.
-                Ok(()) => match rustix::fs::fstatvfs(&self.file) {
-                    Ok(st) if st.f_bavail == 0 => Err(io_err("reserve space in", &self.path)(
-                        std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()),
-                    )),
-                    _ => Ok(()),
-                },
-                Err(e)
-                    if [Errno::OPNOTSUPP, Errno::NOSYS, Errno::NODEV, Errno::INVAL]
-                        .contains(&e) =>
-                {
-                    self.reserve_unsupported = true;
-                    Ok(())
+            if !self.reserve_unsupported {
+                match fallocate(
+                    &self.file,
+                    FallocateFlags::KEEP_SIZE,
+                    self.len,
+                    extra.saturating_add(RESERVE_BYTES),
+                ) {
+                    Ok(()) => {}
+                    Err(e)
+                        if [Errno::OPNOTSUPP, Errno::NOSYS, Errno::NODEV, Errno::INVAL]
+                            .contains(&e) =>
+                    {
+                        self.reserve_unsupported = true;
+                    }
+                    Err(e) => return Err(io_err("reserve space in", &self.path)(e.into())),
                 }
-                Err(e) => Err(io_err("reserve space in", &self.path)(e.into())),
+            }
+            // Room for this entry and the reserve, but none left on the file system (or no
+            // reserve at all): it is full, only blocks allocated earlier remain. Refused too, so
+            // that what happens on a full disk does not depend on how much of the last allocated
+            // block is left.
+            match rustix::fs::fstatvfs(&self.file) {
+                Ok(st) if st.f_bavail == 0 => Err(io_err("reserve space in", &self.path)(
+                    std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()),
+                )),
+                _ => Ok(()),
             }
         }
         #[cfg(not(target_os = "linux"))]
@@ -1437,7 +1439,7 @@ mod failure_tests {
             .unwrap_err();
         let text = e.to_string();
         assert!(text.contains("No space left on device"), "{text}");
-        assert!(w.ready("run_start").is_err());
+        assert!(w.ready("run_start", 0).is_err());
         assert!(w.append_record("revoke", Map::new()).is_err());
         assert!(w.append_record("revoke", Map::new()).is_err());
         // InvalidEntry is the caller's bug, not a gap.

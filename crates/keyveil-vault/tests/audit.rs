@@ -592,7 +592,7 @@ fn on_a_full_disk_gated_entries_are_refused_records_use_the_reserve_and_the_gap_
     );
     // Refusals repeated at will never eat into the reserve: nothing is written for them.
     let seq_at_full = w.last_seq();
-    assert!(w.ready("run_start").is_err());
+    assert!(w.ready("run_start", 0).is_err());
     for _ in 0..1000 {
         assert!(w.append("approve", Map::new()).is_err());
     }

@@ -603,11 +603,20 @@ impl Inner {
     /// # Errors
     /// As [`Inner::must_audit`].
     pub fn audit_ready(&mut self, event: &str) -> OpResult<()> {
+        self.audit_ready_for(event, 0)
+    }
+
+    /// [`Inner::audit_ready`] for an entry of about `entry_len` bytes (a run's argv can be
+    /// long): the room checked for is that, or 4 KiB, whichever is more, plus the reserve.
+    ///
+    /// # Errors
+    /// As [`Inner::must_audit`].
+    pub fn audit_ready_for(&mut self, event: &str, entry_len: usize) -> OpResult<()> {
         self.check_audit_path()?;
         let Some(w) = self.audit.as_mut() else {
             return Ok(());
         };
-        w.ready(event).map_err(|e| {
+        w.ready(event, entry_len as u64).map_err(|e| {
             tracing::error!(event, error = %e, "the audit log cannot be written; the action is refused");
             audit_refusal(event, w.path(), &e)
         })
