@@ -942,6 +942,21 @@ impl AuditWriter {
         Ok(true)
     }
 
+    /// Writes the pending gap entry now, if there is one, **using the reserve** (checking the
+    /// path first): for the last moment a writer has, before it is closed (a broker stopping),
+    /// when nothing else will need the reserve. Returns whether one was written.
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append_record`]; the gap stays pending.
+    pub fn flush_gap_closing(&mut self) -> Result<bool, AuditError> {
+        if self.gap.is_none() {
+            return Ok(false);
+        }
+        self.check_path()?;
+        self.write_gap()?;
+        Ok(true)
+    }
+
     /// Counts an entry that could not be written in the pending gap (the writer does this itself
     /// for its own failures; `InvalidEntry` is never counted: it is the caller's bug, not a gap).
     pub fn note_unwritten(&mut self, event: &str, kind: Unwritten, error: &AuditError) {

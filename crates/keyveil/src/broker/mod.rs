@@ -137,7 +137,10 @@ pub async fn serve(paths: Paths) -> Result<()> {
     ops::stop_everything(&broker, "broker stopping");
     {
         let mut inner = broker.lock();
-        inner.flush_audit_gap();
+        // The last chance to record a pending gap: the reserve is no longer needed after this.
+        if let Some(w) = inner.audit.as_mut() {
+            let _ = w.flush_gap_closing();
+        }
         inner.seal_audit();
         if let Some(gap) = inner
             .audit

@@ -522,6 +522,10 @@ impl Inner {
 
     /// Closes the audit writer (at lock), keeping its pending gap for the next one.
     pub fn close_audit(&mut self) {
+        if let Some(w) = self.audit.as_mut() {
+            // Closing: the reserve is no longer needed, the gap may use it.
+            let _ = w.flush_gap_closing();
+        }
         if let Some(mut w) = self.audit.take()
             && let Some(gap) = w.take_gap()
         {

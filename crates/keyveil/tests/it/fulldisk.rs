@@ -330,3 +330,32 @@ fn when_even_the_reserve_is_gone_live_runs_are_stopped_and_verify_reports_lost_e
         assert!(!contains(&v.stdout, &enc));
     }
 }
+
+/// The agent stops the broker while a gap is pending (the disk still full), hoping the count
+/// dies with it: a stopping broker writes the gap into the reserve.
+#[test]
+fn stopping_the_broker_on_a_full_disk_still_records_the_gap() {
+    let Some((h, fs, value)) = home_on_tmpfs("4m") else {
+        return;
+    };
+    let _filler = fs.fill();
+    let refused = h.run(&["run", "--env", "demo", "--wait", "1", "--", "true"]);
+    assert_refused("a run", &refused, &value);
+    assert!(!h.audit_text().contains("audit.gap"));
+    let stop = h.run(&["daemon", "stop"]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    let t0 = Instant::now();
+    while !h.audit_text().contains("audit.gap") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the stopping broker did not record the gap"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gap = entries(&h)
+        .into_iter()
+        .find(|e| e["event"] == "audit.gap")
+        .unwrap();
+    assert_eq!(gap["refused"], 1, "{gap}");
+    assert_eq!(gap["events"]["run_start"], 1, "{gap}");
+}
