@@ -17,7 +17,7 @@
 //! bytes are exactly that form. The log never holds a secret value: it is the caller's job never
 //! to pass one in the extra fields.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs::{File, TryLockError};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,6 +55,113 @@ pub const TAIL_TRUNCATED_EVENT: &str = "audit.tail_truncated";
 /// no longer names it. Extra fields: `path` (the log's path) and `change` (`"missing"`: nothing is
 /// at the path any more; `"replaced"`: another file is).
 pub const PATH_CHANGED_EVENT: &str = "audit.path_changed";
+
+/// The event an [`AuditWriter`] appends, before any other entry, as soon as it can write again
+/// after one or more entries could not be written (a full disk, a quota, an I/O error, a short
+/// write, a failed `fdatasync`, a moved log). Extra fields: `lost` (entries of things that
+/// happened but are not in the log), `refused` (entries whose action was refused because they
+/// could not be written), `events` (object: event name → how many), `first` and `last` (when the
+/// first and last of them failed, same format as `ts`) and `error` (the first failure). See
+/// [`AuditGap`].
+pub const GAP_EVENT: &str = "audit.gap";
+
+/// Bytes an [`AuditWriter`] keeps allocated past the end of the log (Linux `fallocate` with
+/// `FALLOC_FL_KEEP_SIZE`: the file's size does not change). [`AuditWriter::append`] refuses an
+/// entry when it cannot keep this much free after it, so the entries that must be written
+/// whatever happens ([`AuditWriter::append_record`]: the gap entry, revocations, locks, the end
+/// of a run) find room on a full disk. 64 KiB hold a few hundred entries.
+pub const RESERVE_BYTES: u64 = 64 * 1024;
+
+/// Most distinct event names an [`AuditGap`] lists; further names are counted under `"other"`.
+const MAX_GAP_EVENT_NAMES: usize = 64;
+
+/// Whether an entry that could not be written recorded something that happened anyway, or an
+/// action that was refused because of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unwritten {
+    /// The event happened (a revocation, the end of a run, a lock) but its entry is missing.
+    Lost,
+    /// The action the entry would have recorded was refused; nothing happened.
+    Refused,
+}
+
+/// Entries that could not be written since the last successful append, kept in memory by the
+/// writer (and by the broker across a lock) and appended as one [`GAP_EVENT`] entry before
+/// anything else as soon as appends work again. Never holds entry contents, only event names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditGap {
+    /// Entries whose event happened but is not in the log.
+    pub lost: u64,
+    /// Entries whose action was refused.
+    pub refused: u64,
+    /// How many of each event name (at most 64 names; the rest under `"other"`).
+    pub events: BTreeMap<String, u64>,
+    /// When the first of them failed.
+    pub first: jiff::Timestamp,
+    /// When the last of them failed.
+    pub last: jiff::Timestamp,
+    /// The first failure, as text (an OS error such as "No space left on device (os error
+    /// 28)"; never entry contents).
+    pub error: String,
+}
+
+impl AuditGap {
+    /// Counts one more unwritten entry of `event`, failed at `at` with `error`.
+    fn note(&mut self, event: &str, kind: Unwritten, at: jiff::Timestamp) {
+        match kind {
+            Unwritten::Lost => self.lost += 1,
+            Unwritten::Refused => self.refused += 1,
+        }
+        let name = if self.events.contains_key(event) || self.events.len() < MAX_GAP_EVENT_NAMES {
+            event
+        } else {
+            "other"
+        };
+        *self.events.entry(name.to_owned()).or_default() += 1;
+        self.first = self.first.min(at);
+        self.last = self.last.max(at);
+    }
+
+    /// Adds `other` (an older or newer gap) into this one.
+    pub fn merge(&mut self, other: AuditGap) {
+        self.lost += other.lost;
+        self.refused += other.refused;
+        for (name, n) in other.events {
+            *self.events.entry(name).or_default() += n;
+        }
+        if other.first < self.first {
+            self.error = other.error;
+        }
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+    }
+
+    /// Total entries missing (lost and refused).
+    pub fn entries(&self) -> u64 {
+        self.lost + self.refused
+    }
+
+    /// The extra fields of the [`GAP_EVENT`] entry.
+    fn fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("lost".into(), Value::from(self.lost));
+        fields.insert("refused".into(), Value::from(self.refused));
+        fields.insert(
+            "events".into(),
+            Value::Object(
+                self.events
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(*v)))
+                    .collect(),
+            ),
+        );
+        fields.insert("first".into(), Value::from(format_ts(self.first)));
+        fields.insert("last".into(), Value::from(format_ts(self.last)));
+        fields.insert("error".into(), Value::from(self.error.clone()));
+        fields
+    }
+}
 
 /// How the audit log's path stopped naming the file a writer appends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +437,54 @@ struct Checked {
     seq: u64,
     prev: String,
     mac: String,
+    /// For a [`GAP_EVENT`] entry: what it says.
+    gap: Option<GapSeen>,
+}
+
+/// An [`GAP_EVENT`] entry as [`verify_report`] found it in a verified log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapSeen {
+    /// Its `seq` (= line number).
+    pub seq: u64,
+    /// Its `ts`: when the gap was written, i.e. when appends worked again.
+    pub ts: String,
+    /// Entries of things that happened but are missing from the log.
+    pub lost: u64,
+    /// Entries of actions that were refused.
+    pub refused: u64,
+    /// Event name → how many.
+    pub events: BTreeMap<String, u64>,
+    /// When the first missing entry failed (RFC 3339), empty if absent.
+    pub first: String,
+    /// When the last one failed, empty if absent.
+    pub last: String,
+}
+
+fn gap_seen(seq: u64, ts: &str, map: &Map<String, Value>) -> GapSeen {
+    let num = |k: &str| map.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    GapSeen {
+        seq,
+        ts: ts.to_owned(),
+        lost: num("lost"),
+        refused: num("refused"),
+        events: map
+            .get("events")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        first: text("first"),
+        last: text("last"),
+    }
 }
 
 /// Parses one line (without newline) and checks form, canonical bytes and MAC. Does not check
@@ -384,10 +539,12 @@ fn check_line(line_no: u64, bytes: &[u8], key: &[u8; 32]) -> Result<Checked, Aud
     if ts.parse::<jiff::Timestamp>().is_err() {
         return Err(bad(line_no, LineFault::BadField("ts")));
     }
+    let gap = (event == GAP_EVENT).then(|| gap_seen(seq, ts, &map));
     Ok(Checked {
         seq,
         prev: prev.to_owned(),
         mac: mac.to_owned(),
+        gap,
     })
 }
 
@@ -491,6 +648,20 @@ pub struct AuditWriter {
     torn_tail: Option<TornTail>,
     /// Device and inode of the open file, taken at open.
     identity: (u64, u64),
+    /// Entries that could not be written since the last successful append.
+    gap: Option<AuditGap>,
+    /// The file system refused `fallocate` (not Linux, or not supported): no reserve is kept.
+    reserve_unsupported: bool,
+}
+
+/// A line ready to be written.
+struct Built {
+    seq: u64,
+    ts: String,
+    event: String,
+    fields: Map<String, Value>,
+    line: String,
+    mac: String,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -561,6 +732,8 @@ impl AuditWriter {
             len: good_len,
             torn_tail: None,
             identity,
+            gap: None,
+            reserve_unsupported: false,
         };
         if let Some((line_no, bytes)) = last {
             let checked = check_line(line_no, &bytes, key)?;
@@ -571,6 +744,8 @@ impl AuditWriter {
         if let Some(tail) = tail {
             writer.recover_tail(&tail)?;
         }
+        // Take the reserve now if there is room (a full disk is the caller's next error).
+        let _ = writer.reserve(0);
         Ok(writer)
     }
 
@@ -603,13 +778,18 @@ impl AuditWriter {
         fields.insert("bytes".into(), Value::from(torn.bytes));
         fields.insert("sha256".into(), Value::from(torn.sha256.clone()));
         self.torn_tail = Some(torn);
-        self.append(TAIL_TRUNCATED_EVENT, fields).map(|_| ())
+        self.append_at(TAIL_TRUNCATED_EVENT, fields, jiff::Timestamp::now())
+            .map(|_| ())
     }
 
-    /// Appends one entry with the next `seq`, the current time (UTC, microseconds), `event`,
-    /// the extra `fields`, `prev` and `mac`; writes the line and its newline from one buffer
-    /// (`write_all`, one `write` in practice) and fsyncs
-    /// (`fdatasync`). Returns the entry as written.
+    /// Appends one entry **that gates an action**: the caller acts only if this returns `Ok`.
+    /// The entry gets the next `seq`, the current time (UTC, microseconds), `event`, the extra
+    /// `fields`, `prev` and `mac`. Before it, a pending [`GAP_EVENT`] entry is written (see
+    /// [`AuditWriter::gap`]). The line and its newline are written with one `write` (a short
+    /// write is an error and is cut back off), then `fdatasync`ed. On Linux the writer first
+    /// makes sure [`RESERVE_BYTES`] stay allocated past the new entry, and refuses the entry when
+    /// they cannot (the disk is full or nearly), so that [`AuditWriter::append_record`] always
+    /// finds room. Returns the entry as written.
     ///
     /// `event`: 1 to [`MAX_EVENT_LEN`] bytes, no control characters (convention: dotted
     /// lowercase, `grant.approved`). `fields`: any JSON except member names in
@@ -617,15 +797,247 @@ impl AuditWriter {
     /// so the canonical form is the same in every language). **Never pass a secret value.**
     ///
     /// # Errors
-    /// [`AuditError::InvalidEntry`] (nothing written); [`AuditError::Io`] (the file is cut back
-    /// to its last good line when possible).
-    ///
-    /// Before writing, checks that the log's path still names the open file
-    /// ([`AuditWriter::check_path`]); if not, returns [`AuditError::PathChanged`] and writes
-    /// nothing (see [`AuditWriter::record_path_change`]).
+    /// [`AuditError::InvalidEntry`] (nothing written); [`AuditError::PathChanged`] (nothing
+    /// written, see [`AuditWriter::record_path_change`]); [`AuditError::Io`] for a full disk,
+    /// a quota, an I/O error, a short write or a failed sync (the file is cut back to its last
+    /// good line when possible). Every failure but `InvalidEntry` is counted in the pending
+    /// gap as [`Unwritten::Refused`].
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<Value, AuditError> {
+        let result = self.append_gated(event, fields);
+        if let Err(e) = &result {
+            self.note_unwritten(event, Unwritten::Refused, e);
+        }
+        result
+    }
+
+    /// Appends one entry that records a refusal or a failure the requester can repeat at will
+    /// (a wrong factor, a locked-out attempt, a deny rule, a denial): written like
+    /// [`AuditWriter::append`], only while the reserve can be kept after it, so that repeating
+    /// it never drains the space kept for revocations and the ends of runs. Nothing is refused
+    /// because of it; when it cannot be written it is counted in the pending gap as
+    /// [`Unwritten::Lost`].
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append`].
+    pub fn append_if_room(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Value, AuditError> {
+        let result = self.append_gated(event, fields);
+        if let Err(e) = &result {
+            self.note_unwritten(event, Unwritten::Lost, e);
+        }
+        result
+    }
+
+    fn append_gated(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Value, AuditError> {
+        validate_entry(event, &fields)?;
         self.check_path()?;
-        self.append_at(event, fields, jiff::Timestamp::now())
+        // The gap entry and this one must both fit with the reserve kept after them: a refused
+        // entry never eats into the reserve, however often it is tried.
+        let len = self
+            .build(event, fields.clone(), jiff::Timestamp::now())?
+            .line
+            .len() as u64
+            + 1;
+        self.reserve(self.gap_len()? + len)?;
+        self.write_gap()?;
+        let built = self.build(event, fields, jiff::Timestamp::now())?;
+        self.commit(built)
+    }
+
+    /// Length of the pending gap entry's line with its newline (0 without a gap).
+    fn gap_len(&self) -> Result<u64, AuditError> {
+        match &self.gap {
+            None => Ok(0),
+            Some(gap) => Ok(self
+                .build(GAP_EVENT, gap.fields(), jiff::Timestamp::now())?
+                .line
+                .len() as u64
+                + 1),
+        }
+    }
+
+    /// Appends one entry **that records something that happens anyway** (a revocation, a lock,
+    /// the end of a run, a refusal): like [`AuditWriter::append`] but it may use the reserved
+    /// space, so it succeeds on a full disk as long as the reserve lasts.
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append`]; every failure but `InvalidEntry` is counted in the pending
+    /// gap as [`Unwritten::Lost`], to be written at the next possible append.
+    pub fn append_record(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Value, AuditError> {
+        let result = validate_entry(event, &fields)
+            .and_then(|()| self.check_path())
+            .and_then(|()| self.write_gap())
+            .and_then(|()| self.append_at(event, fields, jiff::Timestamp::now()));
+        if let Err(e) = &result {
+            self.note_unwritten(event, Unwritten::Lost, e);
+        }
+        result
+    }
+
+    /// Makes the log ready for an action whose entry (of about `entry_len` bytes; at least
+    /// 4 KiB are allowed for) will be written after it with [`AuditWriter::append_record`]: the
+    /// path still names the file, room for the pending gap entry, the entry and
+    /// [`RESERVE_BYTES`] is allocated, and the pending gap entry is written. Writes nothing else.
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append`]; a failure is counted in the pending gap as `event`
+    /// [`Unwritten::Refused`].
+    pub fn ready(&mut self, event: &str, entry_len: u64) -> Result<(), AuditError> {
+        let result = self
+            .check_path()
+            .and_then(|()| self.gap_len())
+            .and_then(|gap| self.reserve(gap + entry_len.max(4096)))
+            .and_then(|()| self.write_gap());
+        if let Err(e) = &result {
+            self.note_unwritten(event, Unwritten::Refused, e);
+        }
+        result
+    }
+
+    /// Entries that could not be written since the last successful append, if any. The next
+    /// append of any kind writes them first as one [`GAP_EVENT`] entry.
+    pub fn gap(&self) -> Option<&AuditGap> {
+        self.gap.as_ref()
+    }
+
+    /// Takes the pending gap out of the writer (before it is dropped: the broker keeps it across
+    /// a lock and hands it to the next writer with [`AuditWriter::carry_gap`]).
+    pub fn take_gap(&mut self) -> Option<AuditGap> {
+        self.gap.take()
+    }
+
+    /// Adds a gap left by an earlier writer; it is written before this writer's next entry.
+    pub fn carry_gap(&mut self, gap: AuditGap) {
+        match &mut self.gap {
+            Some(g) => g.merge(gap),
+            None => self.gap = Some(gap),
+        }
+    }
+
+    /// Writes the pending gap entry now, if there is one and the reserve can be kept after it
+    /// (checking the path first). Returns whether one was written. For a periodic retry: the
+    /// reserve is only for entries that record what happened, never for a gap made of refusals
+    /// an agent can repeat at will.
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append`]; the gap stays pending (and is not counted again).
+    pub fn flush_gap(&mut self) -> Result<bool, AuditError> {
+        if self.gap.is_none() {
+            return Ok(false);
+        }
+        self.check_path()?;
+        self.reserve(self.gap_len()?)?;
+        self.write_gap()?;
+        Ok(true)
+    }
+
+    /// Writes the pending gap entry now, if there is one, **using the reserve** (checking the
+    /// path first): for the last moment a writer has, before it is closed (a broker stopping),
+    /// when nothing else will need the reserve. Returns whether one was written.
+    ///
+    /// # Errors
+    /// As [`AuditWriter::append_record`]; the gap stays pending.
+    pub fn flush_gap_closing(&mut self) -> Result<bool, AuditError> {
+        if self.gap.is_none() {
+            return Ok(false);
+        }
+        self.check_path()?;
+        self.write_gap()?;
+        Ok(true)
+    }
+
+    /// Counts an entry that could not be written in the pending gap (the writer does this itself
+    /// for its own failures; `InvalidEntry` is never counted: it is the caller's bug, not a gap).
+    pub fn note_unwritten(&mut self, event: &str, kind: Unwritten, error: &AuditError) {
+        if matches!(error, AuditError::InvalidEntry { .. }) {
+            return;
+        }
+        let now = jiff::Timestamp::now();
+        let gap = self.gap.get_or_insert_with(|| AuditGap {
+            lost: 0,
+            refused: 0,
+            events: BTreeMap::new(),
+            first: now,
+            last: now,
+            error: match error {
+                AuditError::Io { op, source, .. } => format!("{op}: {source}"),
+                other => other.to_string(),
+            },
+        });
+        gap.note(event, kind, now);
+    }
+
+    /// Writes the pending gap entry without a path check; it stays pending on failure.
+    fn write_gap(&mut self) -> Result<(), AuditError> {
+        let Some(gap) = &self.gap else {
+            return Ok(());
+        };
+        let fields = gap.fields();
+        self.append_at(GAP_EVENT, fields, jiff::Timestamp::now())?;
+        self.gap = None;
+        Ok(())
+    }
+
+    /// Keeps `extra` + [`RESERVE_BYTES`] bytes allocated past the last good line (Linux
+    /// `fallocate(FALLOC_FL_KEEP_SIZE)`; the size does not change), and fails with ENOSPC when
+    /// the file system has no free block left after that (`fstatvfs`). A file system without
+    /// `fallocate` gets no reserve (see [`AuditWriter::reserve_supported`]).
+    fn reserve(&mut self, extra: u64) -> Result<(), AuditError> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{FallocateFlags, fallocate};
+            use rustix::io::Errno;
+            if !self.reserve_unsupported {
+                match fallocate(
+                    &self.file,
+                    FallocateFlags::KEEP_SIZE,
+                    self.len,
+                    extra.saturating_add(RESERVE_BYTES),
+                ) {
+                    Ok(()) => {}
+                    Err(e)
+                        if [Errno::OPNOTSUPP, Errno::NOSYS, Errno::NODEV, Errno::INVAL]
+                            .contains(&e) =>
+                    {
+                        self.reserve_unsupported = true;
+                    }
+                    Err(e) => return Err(io_err("reserve space in", &self.path)(e.into())),
+                }
+            }
+            // Room for this entry and the reserve, but none left on the file system (or no
+            // reserve at all): it is full, only blocks allocated earlier remain. Refused too, so
+            // that what happens on a full disk does not depend on how much of the last allocated
+            // block is left.
+            match rustix::fs::fstatvfs(&self.file) {
+                Ok(st) if st.f_bavail == 0 => Err(io_err("reserve space in", &self.path)(
+                    std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()),
+                )),
+                _ => Ok(()),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = extra;
+            self.reserve_unsupported = true;
+            Ok(())
+        }
+    }
+
+    /// Whether the writer keeps [`RESERVE_BYTES`] allocated past the log's end (false when the
+    /// file system refused `fallocate`, or not on Linux).
+    pub fn reserve_supported(&self) -> bool {
+        !self.reserve_unsupported
     }
 
     /// Checks that the log's path still names the file this writer holds open: `stat` of the
@@ -666,13 +1078,25 @@ impl AuditWriter {
         self.append_at(PATH_CHANGED_EVENT, fields, jiff::Timestamp::now())
     }
 
-    /// [`AuditWriter::append`] with a given time (the known-answer tests use fixed times).
+    /// Writes one entry at a given time (the known-answer tests use fixed times): no path check,
+    /// no gap, no reserve.
     pub(crate) fn append_at(
         &mut self,
         event: &str,
         fields: Map<String, Value>,
         at: jiff::Timestamp,
     ) -> Result<Value, AuditError> {
+        let built = self.build(event, fields, at)?;
+        self.commit(built)
+    }
+
+    /// Forms the next line.
+    fn build(
+        &self,
+        event: &str,
+        fields: Map<String, Value>,
+        at: jiff::Timestamp,
+    ) -> Result<Built, AuditError> {
         validate_entry(event, &fields)?;
         let seq = self.seq + 1;
         let ts = format_ts(at);
@@ -684,17 +1108,49 @@ impl AuditWriter {
                 reason: format!("the entry is longer than {MAX_LINE_LEN} bytes"),
             });
         }
+        Ok(Built {
+            seq,
+            ts,
+            event: event.to_owned(),
+            fields,
+            line,
+            mac,
+        })
+    }
+
+    /// Writes a built line and its newline with one `write`, then `fdatasync`s; a short write or
+    /// a failed sync cuts the file back to its last good line.
+    fn commit(&mut self, built: Built) -> Result<Value, AuditError> {
+        let Built {
+            seq,
+            ts,
+            event,
+            fields,
+            line,
+            mac,
+        } = built;
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let written = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // Cut a partial write back off so the chain stays intact; if that fails too, the next
-            // open() recovers the torn line.
-            let _ = self.file.set_len(self.len);
+        let written = loop {
+            match self.file.write(&buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        let synced = match written {
+            Ok(n) if n == buf.len() => self.file.sync_data(),
+            Ok(n) => Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!(
+                    "short write: {n} of {} bytes written (the file system is probably full)",
+                    buf.len()
+                ),
+            )),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            self.cut_back();
             return Err(io_err("append", &self.path)(e));
         }
         self.len += buf.len() as u64;
@@ -710,6 +1166,19 @@ impl AuditWriter {
         entry.insert("prev".into(), Value::from(prev));
         entry.insert("mac".into(), Value::from(mac));
         Ok(Value::Object(entry))
+    }
+
+    /// After a failed append: cuts a partial line back off so the chain stays intact (if that
+    /// fails too, the next [`AuditWriter::open`] recovers the torn line). Only when the file
+    /// grew: truncating to its own size releases the reserve on some file systems.
+    fn cut_back(&mut self) {
+        let grew = self.file.metadata().map_or(true, |m| m.len() != self.len);
+        if grew {
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.sync_data();
+            // The truncation may have released the reserve: take it back if there is room.
+            let _ = self.reserve(0);
+        }
     }
 
     /// `seq` of the last entry (0 for an empty log).
@@ -808,7 +1277,29 @@ fn open_existing(path: &Path) -> Result<File, AuditError> {
 /// [`AuditError::BadLine`] naming the first bad line (1-based) and why;
 /// [`AuditError::NotFound`]; [`AuditError::Io`].
 pub fn verify(path: &Path, key: &[u8; 32]) -> Result<u64, AuditError> {
-    verify_inner(path, key, None)
+    verify_report(path, key, None).map(|r| r.entries)
+}
+
+/// What [`verify_report`] found in a log that verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Number of entries.
+    pub entries: u64,
+    /// The [`GAP_EVENT`] entries, in order: each says how many entries could not be written
+    /// before it (the chain is intact, but the log is not complete).
+    pub gaps: Vec<GapSeen>,
+}
+
+/// [`verify`] (or, with `checkpoint`, [`verify_checkpoint`]) that also reports the log's gaps.
+///
+/// # Errors
+/// As [`verify_checkpoint`].
+pub fn verify_report(
+    path: &Path,
+    key: &[u8; 32],
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Result<VerifyReport, AuditError> {
+    verify_inner(path, key, checkpoint)
 }
 
 /// Like [`verify`], and also checks that the log contains the entry `checkpoint` names (same
@@ -821,15 +1312,16 @@ pub fn verify_checkpoint(
     key: &[u8; 32],
     checkpoint: &AuditCheckpoint,
 ) -> Result<u64, AuditError> {
-    verify_inner(path, key, Some(checkpoint))
+    verify_report(path, key, Some(checkpoint)).map(|r| r.entries)
 }
 
 fn verify_inner(
     path: &Path,
     key: &[u8; 32],
     checkpoint: Option<&AuditCheckpoint>,
-) -> Result<u64, AuditError> {
+) -> Result<VerifyReport, AuditError> {
     let file = open_existing(path)?;
+    let mut gaps = Vec::new();
     let mut reader = LineReader::new(file);
     let mut prev = GENESIS_PREV.to_owned();
     let mut checkpoint_found = checkpoint.is_none_or(|c| c.seq == 0);
@@ -852,6 +1344,7 @@ fn verify_inner(
             checkpoint_found = true;
         }
         prev = sha256_hex(&line.bytes);
+        gaps.extend(checked.gap);
     }
     let entries = reader.line_no;
     if !checkpoint_found {
@@ -860,7 +1353,7 @@ fn verify_inner(
             entries,
         });
     }
-    Ok(entries)
+    Ok(VerifyReport { entries, gaps })
 }
 
 /// Reads the entries of the log at `path` for display, without verifying MACs or the chain: all
@@ -922,4 +1415,143 @@ pub fn quarantine(path: &Path) -> Result<PathBuf, AuditError> {
     let target = path.with_file_name(name);
     std::fs::rename(path, &target).map_err(io_err("rename", path))?;
     Ok(target)
+}
+
+#[cfg(test)]
+mod failure_tests {
+    //! Appends that fail the way a full disk, a quota or a torn write makes them fail: the
+    //! writer's file is swapped for `/dev/full` (every write: ENOSPC) or a one-page
+    //! non-blocking pipe (a short write), then swapped back.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+    use super::*;
+    use serde_json::json;
+
+    const KEY: [u8; 32] = [9u8; 32];
+
+    fn fields(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn entries(path: &Path) -> Vec<Value> {
+        read_entries(path, None).unwrap()
+    }
+
+    #[test]
+    fn enospc_refuses_and_loses_nothing_silently_and_the_gap_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut w = AuditWriter::open(&path, &KEY).unwrap();
+        w.append("unlock", Map::new()).unwrap();
+        let before = std::fs::read(&path).unwrap();
+
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let real = std::mem::replace(&mut w.file, full);
+        let e = w
+            .append("approve", fields(json!({"grant_id": "g-1"})))
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("No space left on device"), "{text}");
+        assert!(w.ready("run_start", 0).is_err());
+        assert!(w.append_record("revoke", Map::new()).is_err());
+        assert!(w.append_record("revoke", Map::new()).is_err());
+        // InvalidEntry is the caller's bug, not a gap.
+        assert!(w.append("", Map::new()).is_err());
+        assert!(w.flush_gap().is_err(), "the gap cannot be written either");
+        let gap = w.gap().cloned().expect("a gap is pending");
+        assert_eq!((gap.lost, gap.refused, gap.entries()), (2, 2, 4));
+        assert_eq!(gap.events.get("approve"), Some(&1));
+        assert_eq!(gap.events.get("run_start"), Some(&1));
+        assert_eq!(gap.events.get("revoke"), Some(&2));
+        assert!(
+            gap.error.contains("No space left on device"),
+            "{}",
+            gap.error
+        );
+        assert!(gap.first <= gap.last);
+        assert_eq!(w.last_seq(), 1, "nothing was counted as written");
+
+        w.file = real;
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file is unchanged"
+        );
+        let e = w.append("request", Map::new()).unwrap();
+        assert_eq!(e["seq"], json!(3), "the gap entry went first");
+        assert!(w.gap().is_none());
+        let all = entries(&path);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1]["event"], json!(GAP_EVENT));
+        assert_eq!(all[1]["lost"], json!(2));
+        assert_eq!(all[1]["refused"], json!(2));
+        assert_eq!(
+            all[1]["events"],
+            json!({"approve": 1, "revoke": 2, "run_start": 1})
+        );
+        assert!(
+            all[1]["error"]
+                .as_str()
+                .unwrap()
+                .contains("No space left on device")
+        );
+        assert_eq!(all[2]["event"], json!("request"));
+        let report = verify_report(&path, &KEY, None).unwrap();
+        assert_eq!(report.entries, 3);
+        assert_eq!(report.gaps.len(), 1);
+        assert_eq!(report.gaps[0].seq, 2);
+        assert_eq!((report.gaps[0].lost, report.gaps[0].refused), (2, 2));
+        assert_eq!(report.gaps[0].events.get("revoke"), Some(&2));
+    }
+
+    #[test]
+    fn a_gap_carried_to_a_new_writer_is_written_before_its_first_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut w = AuditWriter::open(&path, &KEY).unwrap();
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let real = std::mem::replace(&mut w.file, full);
+        assert!(w.append_record("lock", Map::new()).is_err());
+        w.file = real;
+        let gap = w.take_gap().unwrap();
+        drop(w);
+        let mut w = AuditWriter::open(&path, &KEY).unwrap();
+        w.carry_gap(gap);
+        w.append_record("unlock", Map::new()).unwrap();
+        let all = entries(&path);
+        assert_eq!(all[0]["event"], json!(GAP_EVENT));
+        assert_eq!(all[0]["events"], json!({"lock": 1}));
+        assert_eq!(all[1]["event"], json!("unlock"));
+        verify(&path, &KEY).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_short_write_is_an_error_and_is_not_counted_as_written() {
+        use std::os::fd::AsFd as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut w = AuditWriter::open(&path, &KEY).unwrap();
+        w.append("unlock", Map::new()).unwrap();
+        // A one-page non-blocking pipe takes the first 4096 bytes of a longer line and no more.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        rustix::pipe::fcntl_setpipe_size(writer.as_fd(), 4096).unwrap();
+        rustix::fs::fcntl_setfl(writer.as_fd(), rustix::fs::OFlags::NONBLOCK).unwrap();
+        let real = std::mem::replace(&mut w.file, File::from(writer));
+        let long = "x".repeat(10_000);
+        let e = w
+            .append_record("run_end", fields(json!({ "note": long })))
+            .unwrap_err();
+        assert!(e.to_string().contains("short write"), "{e}");
+        assert_eq!(w.last_seq(), 1);
+        assert_eq!(w.gap().unwrap().lost, 1);
+        drop(reader);
+        w.file = real;
+        w.append("request", Map::new()).unwrap();
+        let report = verify_report(&path, &KEY, None).unwrap();
+        assert_eq!(report.entries, 3);
+        assert_eq!(report.gaps[0].events.get("run_end"), Some(&1));
+    }
 }

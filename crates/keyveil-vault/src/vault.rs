@@ -92,6 +92,21 @@ impl Vault {
     /// [`KdfParams::MAXIMUM`]; [`VaultError::BadPassphrase`] for an empty passphrase;
     /// [`VaultError::Locked`], [`VaultError::Io`], [`VaultError::NoRandomness`].
     pub fn create(path: &Path, passphrase: &[u8], params: KdfParams) -> Result<Vault, VaultError> {
+        Vault::create_with(path, passphrase, params, VaultData::default())
+    }
+
+    /// [`Vault::create`] with initial contents: the file's first and only write already holds
+    /// `data` (settings recorded at `keyveil init`, for one), so no half-made vault is ever on
+    /// disk.
+    ///
+    /// # Errors
+    /// As [`Vault::create`].
+    pub fn create_with(
+        path: &Path,
+        passphrase: &[u8],
+        params: KdfParams,
+        data: VaultData,
+    ) -> Result<Vault, VaultError> {
         check_new_passphrase(passphrase)?;
         params.validate()?;
         if path.symlink_metadata().is_ok() {
@@ -107,7 +122,7 @@ impl Vault {
             data_key,
             random_array::<SALT_LEN>()?,
             random_array::<NONCE_LEN>()?,
-            VaultData::default(),
+            data,
         )?;
         let bytes = vault.encode(&random_array::<NONCE_LEN>()?)?;
         let _lock = fsutil::lock_exclusive(&fsutil::lock_path(path))?;

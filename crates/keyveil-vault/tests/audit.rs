@@ -495,9 +495,13 @@ fn a_moved_or_replaced_log_refuses_appends_and_the_moved_file_records_why() {
     assert_eq!(audit::verify(&aside, &KEY).unwrap(), 2);
     assert_eq!(lines(&path).len(), 1, "the copy at the path was written to");
 
-    // Moved back: appends work again and chain on.
+    // Moved back: appends work again and chain on, after a gap entry for the refused one.
     std::fs::rename(&aside, &path).unwrap();
     w.check_path().unwrap();
     w.append("test.event", Map::new()).unwrap();
-    assert_eq!(audit::verify(&path, &KEY).unwrap(), 3);
+    let report = audit::verify_report(&path, &KEY, None).unwrap();
+    assert_eq!(report.entries, 4);
+    assert_eq!(report.gaps.len(), 1);
+    assert_eq!(report.gaps[0].refused, 1);
+    assert_eq!(report.gaps[0].events.get("test.event"), Some(&1));
 }

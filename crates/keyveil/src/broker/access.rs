@@ -481,7 +481,7 @@ pub fn find_or_create_request(
         (deny_hit, auto_hit)
     };
     if let Some(i) = deny_hit {
-        inner.audit(
+        inner.audit_note(
             "deny_rule",
             json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv}),
         );
@@ -495,34 +495,12 @@ pub fn find_or_create_request(
         .hint("the user's policy forbids this command; ask the user instead of retrying"));
     }
     let id = inner.next_request;
-    inner.next_request += 1;
     // Requester-supplied strings (argv, reason, cwd, names, client info) are stored and shown
     // as given, never matched against values: which of them a matcher would mark is an oracle
     // an agent reads back from the audit without any grant (issue 13, item 1). Humans see them
     // through `display`'s escaper.
-    inner.requests.insert(
-        id,
-        AccessReq {
-            id,
-            client: ask.client.clone(),
-            peer: ask.peer.clone(),
-            environment: ask.environment.clone(),
-            variables: ask.variables.clone(),
-            argv: ask.argv.clone(),
-            cwd: ask.cwd.clone(),
-            reason: reason.clone(),
-            ttl_seconds,
-            pass_env: ask.pass_env.clone(),
-            executable: pins.executable.clone(),
-            inputs: pins.inputs.clone(),
-            risk: flags.clone(),
-            asks: 1,
-            created_at: Timestamp::now(),
-            state: RequestState::Pending,
-            decided: None,
-        },
-    );
-    inner.audit(
+    // Recorded before the request exists: refused when the log cannot be written.
+    inner.must_audit(
         "request",
         json!({
             "request_id": id,
@@ -538,9 +516,32 @@ pub fn find_or_create_request(
             "pass_env": ask.pass_env,
             "executable": pins.executable.as_ref().map(|p| json!({"path": p.path, "sha256": p.sha256})),
             "inputs": pins.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
-            "risk": flags,
+            "risk": &flags,
             "reason": reason,
         }),
+    )?;
+    inner.next_request += 1;
+    inner.requests.insert(
+        id,
+        AccessReq {
+            id,
+            client: ask.client.clone(),
+            peer: ask.peer.clone(),
+            environment: ask.environment.clone(),
+            variables: ask.variables.clone(),
+            argv: ask.argv.clone(),
+            cwd: ask.cwd.clone(),
+            reason,
+            ttl_seconds,
+            pass_env: ask.pass_env.clone(),
+            executable: pins.executable.clone(),
+            inputs: pins.inputs.clone(),
+            risk: flags,
+            asks: 1,
+            created_at: Timestamp::now(),
+            state: RequestState::Pending,
+            decided: None,
+        },
     );
     if let Some((rule, ttl)) = auto_hit {
         let req = inner.requests.get(&id).cloned();
@@ -725,7 +726,7 @@ pub async fn approve(
     if let Some(card) = card
         && card_digest_of(broker, id).as_deref() != Some(card)
     {
-        broker.lock().audit(
+        broker.lock().audit_note(
             "approve_refused",
             json!({"request_id": id, "why": "the card the human was shown is not this request"}),
         );
@@ -766,7 +767,7 @@ fn grant_request(
     factor: &str,
     rule: Option<usize>,
 ) -> OpResult<Value> {
-    inner.audit_ready()?;
+    inner.audit_ready("approve")?;
     let id = req.id;
     let max_ttl = inner
         .vault()?
@@ -818,7 +819,8 @@ fn grant_request(
         "prefix": grant.prefix,
         "subdirs": grant.subdirs,
     });
-    inner.audit(
+    // Recorded before the grant exists: no grant the log does not show.
+    inner.must_audit(
         if rule.is_some() {
             "auto_approve"
         } else {
@@ -837,7 +839,7 @@ fn grant_request(
             "ttl_seconds": ttl,
             "uses": grant.uses_left,
         }),
-    );
+    )?;
     if let Some(a) = &req.argv {
         inner
             .approved_argv
@@ -883,7 +885,7 @@ pub fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value>
     r.decided = Some(Instant::now());
     let argv = r.argv.clone().unwrap_or_default();
     inner.denied_argv.insert(argv, Instant::now());
-    inner.audit("deny", json!({"request_id": id, "reason": reason}));
+    inner.audit_note("deny", json!({"request_id": id, "reason": reason}));
     drop(inner);
     broker.notify();
     Ok(json!({"request_id": id, "status": "denied"}))

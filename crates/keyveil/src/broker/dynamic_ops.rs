@@ -164,6 +164,7 @@ pub async fn add(
     for (n, _) in &names {
         super::ops::recheck(&inner, &req.environment, Some(n), verified)?;
     }
+    inner.audit_ready("dynamic_add")?;
     let vault = inner.vault_mut()?;
     let now = Timestamp::now();
     let Some(env) = vault.data_mut().environments.get_mut(&req.environment) else {

@@ -179,7 +179,7 @@ pub fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) -> OpResu
         }
         // Counted until a proof made with it succeeds (`verify_factor` resets the count).
         if let Some(d) = inner.factor.fail(now) {
-            inner.audit(
+            inner.audit_note(
                 "factor_locked",
                 json!({"for": "totp_challenge", "seconds_left": d.as_secs()}),
             );
@@ -239,7 +239,7 @@ pub async fn verify_factor(
         // locks the human out, and the right one is always accepted.
         let typed = matches!(proof, Proof::Typed(_) | Proof::TypedTotp(_));
         if typed && let Err(secs) = inner.factor.check(Instant::now()) {
-            inner.audit(
+            inner.audit_note(
                 "factor_locked",
                 json!({"for": purpose, "seconds_left": secs}),
             );
@@ -318,7 +318,7 @@ pub async fn verify_factor(
             } else {
                 None
             };
-            inner.audit(
+            inner.audit_note(
                 "factor_failed",
                 json!({"for": purpose, "factor": used, "why": why, "lockout_seconds": lockout.map(|d| d.as_secs())}),
             );
@@ -482,6 +482,7 @@ pub async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value> {
     };
     let (sealed_uri, sealed_qr) = (seal(&uri)?, seal(&qr)?);
     let mut inner = broker.lock();
+    inner.audit_ready("factor_enroll_started")?;
     inner.pending_totp = Some((SecretValue::new(factor::to_base32(&seed)), Instant::now()));
     inner.audit("factor_enroll_started", json!({"factor": "totp"}));
     Ok(json!({"sealed_uri": sealed_uri, "sealed_qr": sealed_qr}))
@@ -518,7 +519,7 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
             // Keep the enrolment open for another try.
             inner.pending_totp = Some((seed_b32, at));
             let lockout = inner.factor.fail(Instant::now());
-            inner.audit(
+            inner.audit_note(
                 "factor_failed",
                 json!({"for": "factor_confirm", "factor": "totp", "why": e.to_string(), "lockout_seconds": lockout.map(|d| d.as_secs())}),
             );
@@ -526,6 +527,11 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
                 .hint("type the code your authenticator shows now"));
         }
     };
+    if let Err(e) = inner.audit_ready("factor_enrolled") {
+        // Keep the enrolment open: the code can be tried again once the log has room.
+        inner.pending_totp = Some((seed_b32, at));
+        return Err(e);
+    }
     inner.factor.succeed();
     let seed_b32 = keyveil_vault::SealedValue::seal(seed_b32)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
@@ -579,6 +585,7 @@ pub async fn policy_set(
     let required = rule_change_factor(broker, env);
     verify_factor(broker, proof, required, json!({"policy_set": env})).await?;
     let mut inner = broker.lock();
+    inner.audit_ready("policy_set")?;
     let v = inner.vault_mut()?;
     let Some(e) = v.data_mut().environments.get_mut(env) else {
         return Err(OpError::new(

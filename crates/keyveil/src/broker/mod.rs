@@ -160,7 +160,26 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     }
     ticker.abort();
     ops::stop_everything(&broker, "broker stopping");
-    broker.lock().seal_audit();
+    {
+        let mut inner = broker.lock();
+        // The last chance to record a pending gap: the reserve is no longer needed after this.
+        if let Some(w) = inner.audit.as_mut() {
+            let _ = w.flush_gap_closing();
+        }
+        inner.seal_audit();
+        if let Some(gap) = inner
+            .audit
+            .as_ref()
+            .and_then(|w| w.gap())
+            .or(inner.audit_gap.as_ref())
+        {
+            tracing::error!(
+                lost = gap.lost,
+                refused = gap.refused,
+                "the broker stops with audit entries it could not write; the gap is not in the audit log"
+            );
+        }
+    }
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
     crate::dynamic::settle(&broker, std::time::Duration::from_secs(5)).await;
     // Give killed runs a moment to be reaped and audited.
@@ -201,6 +220,10 @@ async fn tick(broker: Arc<Broker>) {
     loop {
         iv.tick().await;
         ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(4) {
+            // Every second: record a pending audit gap as soon as the log has room again.
+            broker.lock().flush_audit_gap();
+        }
         if ticks.is_multiple_of(40) {
             // Every 10 s: seal the audit log's end into the vault.
             broker.lock().seal_audit();

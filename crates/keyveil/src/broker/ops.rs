@@ -443,6 +443,18 @@ async fn init(
         return Err(usage("the passphrase is too short (at least 8 characters)"));
     }
     let path = broker.paths.vault();
+    if broker.lock().vault.is_some() {
+        // Whatever is (or is not) at the vault's path now, this broker serves the human's vault:
+        // a second vault made here would be keyed to whoever typed this passphrase.
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            "the broker is unlocked, serving the vault it opened: `init` is refused while it runs unlocked; nothing was created",
+        )
+        .hint(format!(
+            "if {} was moved or deleted, move it back; to start a new vault, the user runs `keyveil lock` first",
+            path.display()
+        )));
+    }
     if path.exists() {
         return Err(OpError::new(
             ErrorCode::Failed,
@@ -455,18 +467,11 @@ async fn init(
         params.m_cost_kib = m.max(KdfParams::MINIMUM.m_cost_kib);
         params.t_cost = params.t_cost.min(KdfParams::MINIMUM.t_cost.max(2));
     }
-    let vault =
-        tokio::task::spawn_blocking(move || Vault::create(&path, pass.expose().as_bytes(), params))
-            .await
-            .map_err(|e| OpError::new(ErrorCode::Failed, format!("vault creation failed: {e}")))?
-            .map_err(vault_err)?;
-    open_with(broker, vault)?;
-    {
-        // Record the human's PATH (absolute entries only) and HOME: granted children get these,
-        // never the requester's.
-        let mut inner = broker.lock();
-        let v = inner.vault_mut()?;
-        let clean_path = policy_path.map(|p| {
+    // Record the human's PATH (absolute entries only) and HOME: granted children get these,
+    // never the requester's. They are in the vault's first and only write.
+    let mut data = keyveil_vault::VaultData::default();
+    data.settings.path = policy_path
+        .map(|p| {
             let mut seen = Vec::new();
             for d in p.split(':').filter(|d| d.starts_with('/')) {
                 if !seen.contains(&d) {
@@ -474,11 +479,33 @@ async fn init(
                 }
             }
             seen.join(":")
-        });
-        v.data_mut().settings.path = clean_path.filter(|p| !p.is_empty());
-        v.data_mut().settings.home = home.filter(|h| h.starts_with('/'));
-        save(v)?;
-        inner.audit("init", json!({}));
+        })
+        .filter(|p| !p.is_empty());
+    data.settings.home = home.filter(|h| h.starts_with('/'));
+    let create_path = path.clone();
+    let vault = tokio::task::spawn_blocking(move || {
+        Vault::create_with(&create_path, pass.expose().as_bytes(), params, data)
+    })
+    .await
+    .map_err(|e| OpError::new(ErrorCode::Failed, format!("vault creation failed: {e}")))?
+    .map_err(vault_err)?;
+    let written = std::fs::read(&path).ok();
+    // The audit log must open and record the creation; otherwise the new file goes again.
+    let undo = |broker: &Broker, e: OpError| {
+        let mut inner = broker.lock();
+        inner.vault = None;
+        inner.close_audit();
+        if std::fs::read(&path).ok() == written {
+            let _ = std::fs::remove_file(&path);
+        }
+        e
+    };
+    if let Err(e) = open_with(broker, vault) {
+        return Err(undo(broker, e));
+    }
+    let recorded = broker.lock().must_audit("init", json!({}));
+    if let Err(e) = recorded {
+        return Err(undo(broker, e));
     }
     Ok(json!({"created": broker.paths.vault()}))
 }
@@ -510,6 +537,11 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
         _ => None,
     };
     let mut inner = broker.lock();
+    let mut writer = writer;
+    if let Some(gap) = inner.audit_gap.take() {
+        // Entries the previous writer could not write: recorded first in this log.
+        writer.carry_gap(gap);
+    }
     inner.vault = Some(vault);
     inner.audit = Some(writer);
     if let Some(why) = &seal_broken {
@@ -580,7 +612,7 @@ fn lock(broker: &Broker) -> Value {
     inner.audit("lock", json!({}));
     inner.seal_audit();
     inner.vault = None;
-    inner.audit = None;
+    inner.close_audit();
     inner.challenges.clear();
     inner.pending_totp = None;
     json!({"locked": true})
@@ -637,6 +669,7 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
     let verified =
         factor_ops::verify_factor(broker, proof, required, json!({"env_reveal": env})).await?;
     let mut inner = broker.lock();
+    inner.audit_ready("env_reveal")?;
     let v = inner.vault()?;
     let e = v
         .data()
@@ -723,6 +756,7 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
 fn env_create(broker: &Broker, name: &str, description: String) -> OpResult<Value> {
     check_env_name(name)?;
     let mut inner = broker.lock();
+    inner.audit_ready("env_create")?;
     let v = inner.vault_mut()?;
     if v.data().environments.contains_key(name) {
         return Err(OpError::new(
@@ -747,6 +781,7 @@ fn env_create(broker: &Broker, name: &str, description: String) -> OpResult<Valu
 fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResult<Value> {
     let mut inner = broker.lock();
     recheck(&inner, name, None, verified)?;
+    inner.audit_ready("env_remove")?;
     let v = inner.vault_mut()?;
     if v.data_mut().environments.remove(name).is_none() {
         return Err(unknown_env(name, v));
@@ -871,6 +906,7 @@ fn var_set(
     let short = value.expose().len() < 8;
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
+    inner.audit_ready("var_set")?;
     let existed = store(
         &mut inner,
         env,
@@ -905,6 +941,7 @@ fn var_generate(
     let value = generate(length, charset)?;
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
+    inner.audit_ready("var_generate")?;
     let existed = store(
         &mut inner,
         env,
@@ -961,6 +998,7 @@ pub fn generate(length: usize, charset: Charset) -> OpResult<String> {
 fn var_unset(broker: &Broker, env: &str, name: &str, verified: bool) -> OpResult<Value> {
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
+    inner.audit_ready("var_unset")?;
     // The name as clients see it, taken while the variable still exists (after the removal
     // the alias rewriting no longer knows it).
     let shown = inner.shown_name(env, name);
@@ -1043,6 +1081,7 @@ fn var_declare(
     let mut inner = broker.lock();
     // Never over a value stored since the check above.
     recheck(&inner, env, Some(name), false)?;
+    inner.audit_ready("var_declare")?;
     store(&mut inner, env, name, None, Source::Human, description)?;
     inner.audit("var_declare", json!({"environment": env, "variable": name}));
     Ok(json!({
@@ -1136,7 +1175,7 @@ fn audit_verify(broker: &Broker) -> OpResult<Value> {
     let (key, checkpoint) = {
         let mut inner = broker.lock();
         inner.vault()?;
-        inner.audit_ready().map_err(|e| {
+        inner.check_audit_path().map_err(|e| {
             let hint = e.hint.unwrap_or_default();
             OpError::new(
                 ErrorCode::Failed,
@@ -1151,14 +1190,40 @@ fn audit_verify(broker: &Broker) -> OpResult<Value> {
     };
     let path = broker.paths.audit();
     // First against the last seal (detects entries cut off the end), then move the seal forward.
-    let r = match &checkpoint {
-        Some(cp) => keyveil_vault::audit::verify_checkpoint(&path, &key, cp),
-        None => keyveil_vault::audit::verify(&path, &key),
-    };
+    let r = keyveil_vault::audit::verify_report(&path, &key, checkpoint.as_ref());
     match r {
-        Ok(n) => {
-            broker.lock().seal_audit();
-            Ok(json!({"ok": true, "entries": n, "sealed_seq": checkpoint.map(|c| c.seq)}))
+        Ok(report) => {
+            let mut inner = broker.lock();
+            inner.seal_audit();
+            // Entries not written yet (the log is still full): they are not in the file.
+            let pending = inner
+                .audit
+                .as_ref()
+                .and_then(|w| w.gap())
+                .or(inner.audit_gap.as_ref())
+                .map(|g| json!({"lost": g.lost, "refused": g.refused, "events": g.events}));
+            let gaps: Vec<Value> = report
+                .gaps
+                .iter()
+                .map(|g| {
+                    json!({
+                        "seq": g.seq,
+                        "ts": g.ts,
+                        "lost": g.lost,
+                        "refused": g.refused,
+                        "events": g.events,
+                        "first": g.first,
+                        "last": g.last,
+                    })
+                })
+                .collect();
+            Ok(json!({
+                "ok": true,
+                "entries": report.entries,
+                "sealed_seq": checkpoint.map(|c| c.seq),
+                "gaps": gaps,
+                "pending_gap": pending,
+            }))
         }
         Err(e) => Err(OpError::new(
             ErrorCode::Failed,

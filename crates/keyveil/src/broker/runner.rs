@@ -117,7 +117,7 @@ pub(super) async fn run_inner(
     if req.argv.len() > MAX_ARGV {
         return Some(OpError::new(ErrorCode::Usage, "the command has too many arguments").reply());
     }
-    if let Err(e) = broker.lock().audit_ready() {
+    if let Err(e) = broker.lock().audit_ready("run_start") {
         return Some(e.reply());
     }
     let cwd = match access::canonical_cwd(&req.cwd) {
@@ -323,7 +323,11 @@ pub(super) async fn run_inner(
     // Spawn under the grant, with an environment built from scratch.
     let (values, cancel, redactor, shown_argv, env) = {
         let mut inner = broker.lock();
-        if let Err(e) = inner.audit_ready() {
+        // The run's start and end entries must fit: refused before anything is spawned. (The
+        // start entry holds the argv, shown with markers: allow twice its JSON length.)
+        let entry_len =
+            serde_json::to_string(&req.argv).map_or(0, |j| j.len()) * 2 + cwd.len() + 2048;
+        if let Err(e) = inner.audit_ready_for("run_start", entry_len) {
             return Some(e.reply());
         }
         let mut values = match inner.values(&req.environment, &vars) {

@@ -345,6 +345,12 @@ pub struct Inner {
     /// Set when the audit log's path stopped naming the open log file (moved, deleted or
     /// replaced while the broker runs); cleared at unlock or when the file is back.
     pub audit_path_changed: Option<keyveil_vault::audit::PathChange>,
+    /// Audit entries that could not be written, carried across a lock (the writer is closed
+    /// then) and handed to the next writer at unlock, which writes them first as `audit.gap`.
+    pub audit_gap: Option<keyveil_vault::audit::AuditGap>,
+    /// Set while live runs are being stopped because their ends could not be recorded (the
+    /// revocations' own entries fail too; this keeps that from recursing).
+    pub audit_stopping_runs: bool,
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
     pub pending_totp: Option<(SecretValue, Instant)>,
     /// Factor challenges handed out and not yet used (`factor_ops::challenge`), by id.
@@ -413,9 +419,15 @@ impl Inner {
         self.vault.as_mut().ok_or_else(locked)
     }
 
-    /// Appends an audit entry. Failures are logged, never fatal to the caller; grants and runs
-    /// check [`Inner::audit_ready`] first, so they are refused while the log cannot be written.
-    /// Hidden names are audited by alias (see `names.rs`).
+    /// Records an audit entry for something that happens whatever the log says: a revocation,
+    /// a lock, a refusal, the end of a run, a failed factor. It may use the log's reserved
+    /// space (`keyveil_vault::audit::RESERVE_BYTES`), so it is written on a full disk as long as
+    /// the reserve lasts. It never refuses: an entry that cannot be written is counted in the
+    /// writer's pending gap (written first, as `audit.gap`, at the next possible append), logged
+    /// to `broker.log`, and live runs are stopped (their ends could not be recorded either).
+    /// Actions that must not happen unrecorded use [`Inner::must_audit`], or
+    /// [`Inner::audit_ready`] before acting and this after. Hidden names are audited by alias
+    /// (see `names.rs`).
     pub fn audit(&mut self, event: &str, mut fields: Value) {
         use keyveil_vault::audit::AuditError;
         self.hide_names_in(&mut fields);
@@ -427,7 +439,7 @@ impl Inner {
             tracing::info!(event, "audit log not open (vault locked)");
             return;
         };
-        match w.append(event, map) {
+        match w.append_record(event, map) {
             // The path names the file again (moved back): a later move is noticed anew.
             Ok(_) => self.audit_path_changed = None,
             Err(AuditError::PathChanged { change, .. }) => {
@@ -437,7 +449,107 @@ impl Inner {
                     "audit entry not recorded: the audit log was moved or replaced"
                 );
             }
-            Err(e) => tracing::error!(event, error = %e, "cannot append to the audit log"),
+            Err(e) => {
+                tracing::error!(event, error = %e, "audit entry not recorded (kept as a gap, written when the log can be written again); live runs are stopped");
+                self.stop_runs_unrecordable();
+            }
+        }
+    }
+
+    /// Records a refusal or failure that a requester can repeat at will (a wrong or locked-out
+    /// factor, a deny rule, a denial): written only while the log keeps its reserve after it
+    /// (`AuditWriter::append_if_room`), so repeating it on a full disk never eats the space
+    /// kept for revocations and the ends of runs; otherwise counted in the pending gap as lost
+    /// and logged. Never refuses, never stops runs.
+    pub fn audit_note(&mut self, event: &str, mut fields: Value) {
+        self.hide_names_in(&mut fields);
+        let map = match fields {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let Some(w) = self.audit.as_mut() else {
+            tracing::info!(event, "audit log not open (vault locked)");
+            return;
+        };
+        if let Err(e) = w.append_if_room(event, map) {
+            tracing::error!(event, error = %e, "audit entry not recorded (counted in the gap)");
+        }
+    }
+
+    /// Appends an audit entry **before** the action it records; the action must not happen
+    /// unless this returns `Ok`. The entry is refused (and counted in the pending gap) when the
+    /// log cannot keep its reserve after it: a full disk, a quota, an I/O error, a short write,
+    /// a failed sync, a moved log. `Ok` while locked (no writer; the locked error comes from
+    /// elsewhere).
+    ///
+    /// # Errors
+    /// [`ErrorCode::Failed`]: "the audit log cannot be written: CAUSE; nothing was done" with a
+    /// hint to free space (see [`audit_refusal`]), or the moved-log error of
+    /// [`Inner::check_audit_path`].
+    pub fn must_audit(&mut self, event: &str, mut fields: Value) -> OpResult<()> {
+        self.check_audit_path()?;
+        self.hide_names_in(&mut fields);
+        let map = match fields {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let Some(w) = self.audit.as_mut() else {
+            return Ok(());
+        };
+        match w.append(event, map) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(event, error = %e, "audit entry refused; the action is refused");
+                Err(audit_refusal(event, w.path(), &e))
+            }
+        }
+    }
+
+    /// Stops every live run by revoking its grant (SIGTERM, then SIGKILL): called when an entry
+    /// could not be recorded even from the reserve, so the runs' ends could not be either.
+    fn stop_runs_unrecordable(&mut self) {
+        if self.audit_stopping_runs {
+            return;
+        }
+        self.audit_stopping_runs = true;
+        let grants: std::collections::BTreeSet<String> =
+            self.runs.values().map(|r| r.grant_id.clone()).collect();
+        for gid in grants {
+            self.revoke(&gid, "the audit log cannot be written");
+        }
+        self.audit_stopping_runs = false;
+    }
+
+    /// Writes a pending `audit.gap` entry if the log has room for it and its reserve (the
+    /// broker's 10-second tick calls this, so a gap is sealed even when nothing else happens).
+    pub fn flush_audit_gap(&mut self) {
+        if self.audit_path_changed.is_some() {
+            return;
+        }
+        if let Some(w) = self.audit.as_mut()
+            && let Ok(true) = w.flush_gap()
+        {
+            tracing::info!("audit log writable again; the gap was recorded");
+        }
+    }
+
+    /// Closes the audit writer (at lock), keeping its pending gap for the next one.
+    pub fn close_audit(&mut self) {
+        if let Some(w) = self.audit.as_mut() {
+            // Closing: the reserve is no longer needed, the gap may use it.
+            let _ = w.flush_gap_closing();
+        }
+        if let Some(mut w) = self.audit.take()
+            && let Some(gap) = w.take_gap()
+        {
+            tracing::error!(
+                entries = gap.entries(),
+                "audit entries could not be written; the gap is kept in memory and recorded at the next unlock"
+            );
+            match &mut self.audit_gap {
+                Some(g) => g.merge(gap),
+                None => self.audit_gap = Some(gap),
+            }
         }
     }
 
@@ -461,15 +573,14 @@ impl Inner {
         }
     }
 
-    /// Whether grants and runs may proceed as far as the audit log is concerned: its path must
-    /// still name the file the broker appends to (checked now, by device and inode). `Ok` while
-    /// locked (the locked error comes from elsewhere).
+    /// Whether the audit log's path still names the file the broker appends to (checked now, by
+    /// device and inode). `Ok` while locked (the locked error comes from elsewhere).
     ///
     /// # Errors
     /// [`ErrorCode::Failed`] saying the log was moved, deleted or replaced, with a hint (move it
     /// back, or lock and unlock to start a new log); the first time, an `audit.path_changed`
     /// entry is appended to the moved file.
-    pub fn audit_ready(&mut self) -> OpResult<()> {
+    pub fn check_audit_path(&mut self) -> OpResult<()> {
         use keyveil_vault::audit::AuditError;
         let Some(w) = self.audit.as_ref() else {
             return Ok(());
@@ -498,6 +609,34 @@ impl Inner {
             )
             .hint("check the permissions of KEYVEIL_HOME; `keyveil status` shows where it is")),
         }
+    }
+
+    /// Whether an action whose entry is written after it (with [`Inner::audit`]) may proceed:
+    /// the log's path must still name the open file ([`Inner::check_audit_path`]), a pending
+    /// gap is written, and the log must have room for the entry and its reserve, so that the
+    /// entry is written once the action is done. `event` names the entry, for the gap when it
+    /// is refused. `Ok` while locked.
+    ///
+    /// # Errors
+    /// As [`Inner::must_audit`].
+    pub fn audit_ready(&mut self, event: &str) -> OpResult<()> {
+        self.audit_ready_for(event, 0)
+    }
+
+    /// [`Inner::audit_ready`] for an entry of about `entry_len` bytes (a run's argv can be
+    /// long): the room checked for is that, or 4 KiB, whichever is more, plus the reserve.
+    ///
+    /// # Errors
+    /// As [`Inner::must_audit`].
+    pub fn audit_ready_for(&mut self, event: &str, entry_len: usize) -> OpResult<()> {
+        self.check_audit_path()?;
+        let Some(w) = self.audit.as_mut() else {
+            return Ok(());
+        };
+        w.ready(event, entry_len as u64).map_err(|e| {
+            tracing::error!(event, error = %e, "the audit log cannot be written; the action is refused");
+            audit_refusal(event, w.path(), &e)
+        })
     }
 
     /// Seals the audit log's current end into the vault (the sealed checkpoint), so that cutting
@@ -687,6 +826,36 @@ impl Inner {
         crate::dynamic::end_grant(self, grant_id);
         was_live
     }
+}
+
+/// The error for an action refused because its audit entry cannot be written: "the audit log
+/// cannot be written: CAUSE; nothing was run" (for a run) or "...; nothing was done", with a
+/// hint to free space where the log lives. Names no entry content.
+pub fn audit_refusal(
+    event: &str,
+    log: &std::path::Path,
+    e: &keyveil_vault::audit::AuditError,
+) -> OpError {
+    use keyveil_vault::audit::AuditError;
+    let cause = match e {
+        AuditError::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    let nothing = if event.starts_with("run") {
+        "nothing was run"
+    } else {
+        "nothing was done"
+    };
+    let dir = log
+        .parent()
+        .map_or_else(|| log.display().to_string(), |d| d.display().to_string());
+    OpError::new(
+        ErrorCode::Failed,
+        format!("the audit log cannot be written: {cause}; {nothing}"),
+    )
+    .hint(format!(
+        "free space in {dir} (see `df {dir}`), then try again; keyveil refuses to act on anything it cannot record, and records how many entries were missed as an `audit.gap` entry once it can write again"
+    ))
 }
 
 /// The "unknown environment" error, listing the ones that exist.

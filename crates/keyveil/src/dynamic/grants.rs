@@ -201,6 +201,11 @@ pub async fn values_for_grant(
         let minted = match reuse {
             Some(h) => h.minted,
             None => {
+                // A credential minted at its source must be on the record.
+                if let Err(e) = broker.lock().audit_ready("dynamic_mint") {
+                    failure = Some(e);
+                    break;
+                }
                 let t0 = Instant::now();
                 match super::mint(&spec, &name, grant_id, expires_at).await {
                     Ok(m) => {

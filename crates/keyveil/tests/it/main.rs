@@ -14,6 +14,7 @@ mod crash;
 mod custody;
 mod dynamic;
 mod flow;
+mod fulldisk;
 mod hardening;
 mod harness;
 mod hostile;

@@ -288,3 +288,49 @@ fn moving_the_audit_log_aside_while_the_broker_runs_refuses_grants_and_runs() {
         assert!(!contains(&files, &enc));
     }
 }
+
+/// Issue 13, item 6a: with the broker unlocked, the agent moves `vault.kv` aside and runs
+/// `init` with a passphrase of its own. Refused while the broker runs unlocked, and nothing is
+/// created; the human's vault, moved back, still opens with the human's passphrase.
+#[test]
+fn init_over_a_vault_moved_aside_while_unlocked_is_refused_and_creates_nothing() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let vault = h.path().join("vault.kv");
+    let aside = h.path().join("elsewhere.kv");
+    std::fs::rename(&vault, &aside).unwrap();
+    let audit_before = h.audit_text();
+
+    let o = h.run_stdin(
+        &["init", "--passphrase-stdin", "--kdf-memory-kib", "19456"],
+        "the agents own passphrase\n",
+    );
+    let err = text(&o.stderr);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "init succeeded: {}",
+        text(&o.stdout)
+    );
+    assert!(
+        err.contains("unlocked") && err.contains("nothing was created"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint:") && err.contains("move it back") && err.contains("keyveil lock"),
+        "{err}"
+    );
+    assert!(!vault.exists(), "init created a vault");
+    assert_eq!(h.audit_text(), audit_before, "the audit log changed");
+
+    // Moved back, the human's vault is the one served, and it still opens with their passphrase.
+    std::fs::rename(&aside, &vault).unwrap();
+    h.ok(&["lock"]);
+    let u = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(u.status.success(), "{}", text(&u.stderr));
+    let shown = h.ok(&["env", "show", "demo"]);
+    assert!(shown.contains("API_TOKEN"), "{shown}");
+    let v = h.ok(&["audit", "verify"]);
+    assert!(v.contains("audit log OK"), "{v}");
+}

@@ -621,6 +621,11 @@ async fn login(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
             "Links work once and for 5 minutes. Run `keyveil approve --web` in your terminal for a new one.",
         );
     }
+    // A session that approves must be on the record: refused when the log cannot be written.
+    if let Err(e) = st.broker.lock().audit_ready("web_login") {
+        let text = format!("{} ({})", e.message, e.hint.unwrap_or_default());
+        return notice(StatusCode::SERVICE_UNAVAILABLE, "Not opened", &text);
+    }
     let cookie = match st.server.open_session(now) {
         Ok(c) => c,
         Err(e) => return notice(StatusCode::INTERNAL_SERVER_ERROR, "No session", &e.message),
@@ -971,6 +976,8 @@ pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpR
         .server
         .get_or_try_init(|| start(broker.clone()))
         .await?;
+    // A link that lets a value be set must be on the record.
+    broker.lock().audit_ready("web_set_link")?;
     let token = server.mint_set(environment, name, Instant::now())?;
     broker.lock().audit(
         "web_set_link",
