@@ -353,7 +353,7 @@ pub async fn init(
         && data.get("locked").and_then(serde_json::Value::as_bool) == Some(false)
     {
         bail!(
-            "a broker is running unlocked for {} while no vault file is there (was it moved or deleted?); nothing was created\nhint: put the vault file back, or run `keyveil lock` first if you really mean to start a new vault",
+            "a broker is running unlocked for {} while no vault file is there (was it moved or deleted?); nothing was created\nhint: if the vault file was moved or deleted, move it back; to start a new vault, run `keyveil lock` first",
             paths.home.display()
         );
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Broker;
 use super::factor_ops::{Proof, rule_matches, verify_factor};
 use super::peer::Peer;
+use super::prefix::deny_covers;
 use super::state::{
     AccessReq, Ask, DENIAL_MEMORY, Grant, Inner, ONCE_GRANT_TTL_SECONDS, OpError, OpResult,
     RequestState, new_id,
@@ -455,7 +456,7 @@ pub fn find_or_create_request(
         let deny_hit = policy
             .deny
             .iter()
-            .position(|r| rule_matches(&r.argv, r.prefix, &argv_key));
+            .position(|r| deny_covers(&r.argv, r.prefix, &argv_key));
         // Auto-approval never covers a request carrying hidden-text or injection signs.
         let suspicious = flags.iter().any(|f| {
             matches!(

@@ -727,21 +727,14 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
     })
 }
 
-/// Whether a rule's argv matches an ask's argv (exact, or token prefix without code options).
+/// Whether an auto-approve rule's argv covers an ask's argv: exact, or (with `prefix`) followed
+/// only by the extras `prefix.rs` allows (positional arguments, the tool's safe options).
 pub fn rule_matches(rule_argv: &[String], prefix: bool, argv: &[String]) -> bool {
-    if !prefix {
-        return rule_argv == argv;
+    if prefix {
+        super::prefix::allowlist_covers(rule_argv, argv)
+    } else {
+        rule_argv == argv
     }
-    argv.len() >= rule_argv.len()
-        && argv.get(..rule_argv.len()) == Some(rule_argv)
-        && argv
-            .get(rule_argv.len()..)
-            .unwrap_or_default()
-            .iter()
-            .all(|t| {
-                let opt = t.split('=').next().unwrap_or(t);
-                !super::state::CODE_OPTIONS.contains(&opt)
-            })
 }
 
 #[cfg(test)]

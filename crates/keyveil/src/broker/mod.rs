@@ -9,6 +9,7 @@ pub mod factor_ops;
 pub mod names;
 pub mod ops;
 pub mod peer;
+pub mod prefix;
 pub mod private_tmp;
 pub mod runner;
 pub mod spawn;

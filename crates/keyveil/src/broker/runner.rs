@@ -647,5 +647,18 @@ fn verify(
         None => pin::open_verified(&pin::pin_file(&now)?)?,
     };
     pin::check_inputs(inputs)?;
+    if pinned.is_some() {
+        // What this argv executes from this directory (a `--subdirs` grant used in a
+        // subdirectory, extra arguments under a prefix grant): every input it would load must be
+        // one that was pinned and shown, with the same content.
+        for d in pin::inputs(argv, std::path::Path::new(cwd), &now) {
+            if !inputs
+                .iter()
+                .any(|p| p.path == d.path && p.sha256 == d.sha256)
+            {
+                return Err(pin::PinError::InputsChanged(d.path));
+            }
+        }
+    }
     Ok(file)
 }

@@ -128,43 +128,6 @@ pub struct Ask {
     pub peer: super::peer::Peer,
 }
 
-/// Code-executing options: a prefix grant never covers extra arguments that start with one of
-/// these (`git fetch --upload-pack=...`, `ssh -o ProxyCommand=...`, `find -exec`, ...).
-pub const CODE_OPTIONS: &[&str] = &[
-    "-c",
-    "-e",
-    "-E",
-    "-r",
-    "-p",
-    "--eval",
-    "--print",
-    "--exec",
-    "-exec",
-    "-execdir",
-    "-ok",
-    "--upload-pack",
-    "--receive-pack",
-    "-u",
-    "--config",
-    "-o",
-    "--rsh",
-    "-e",
-    "--command",
-    "--run",
-    "--eval-command",
-    "-x",
-    "--init-file",
-    "--rcfile",
-    "--require",
-    "-r",
-    "--import",
-    "--loader",
-    "--experimental-loader",
-    "--preload",
-    "-I",
-    "-m",
-];
-
 /// What an approval creates.
 #[derive(Debug, Clone, Serialize)]
 pub struct Grant {
@@ -180,8 +143,8 @@ pub struct Grant {
     pub variables: Vec<String>,
     /// The argv it covers; `None` covers any command.
     pub argv: Option<Vec<String>>,
-    /// `argv` is a token prefix: longer argv are covered unless an extra token is a
-    /// code-executing option ([`CODE_OPTIONS`]).
+    /// `argv` is a token prefix: longer argv are covered when every extra token is one
+    /// `prefix.rs` allows (positional, or a safe option of the tool).
     pub prefix: bool,
     /// Canonical working directory a run must use.
     pub cwd: String,
@@ -225,24 +188,14 @@ impl Grant {
             && self.cwd_covers(&ask.cwd)
     }
 
-    /// Token-wise argv matching: exact, or a prefix without code-executing extras. Bytes are
-    /// compared as they are (no Unicode normalisation that could drop invisible characters).
+    /// Token-wise argv matching: exact, or the prefix followed by allowed extras (`prefix.rs`).
+    /// Bytes are compared as they are (no Unicode normalisation that could drop invisible
+    /// characters).
     pub fn argv_covers(&self, argv: &[String]) -> bool {
         match &self.argv {
             None => true,
             Some(a) if !self.prefix => a.as_slice() == argv,
-            Some(a) => {
-                argv.len() >= a.len()
-                    && argv.get(..a.len()) == Some(a.as_slice())
-                    && argv.get(a.len()..).unwrap_or_default().iter().all(|t| {
-                        let opt = t.split('=').next().unwrap_or(t);
-                        {
-                            let code_option = CODE_OPTIONS.contains(&opt);
-                            let proxy_command = opt.starts_with("-o") && t.contains("Command");
-                            !code_option && !proxy_command
-                        }
-                    })
-            }
+            Some(a) => super::prefix::allowlist_covers(a, argv),
         }
     }
 

@@ -234,6 +234,8 @@ fn assert_no_payload(id: &str, out: &str) {
         "MECH-OUTSIDE-CWD",
         "MECH-LD-PRELOAD",
         "MECH-BASH-ENV",
+        "MECH-PREFIX-EXTRA",
+        "MECH-SUBDIR-SCRIPT",
     ] {
         assert!(!out.contains(bad), "{id}: the attack's payload ran ({bad})");
     }

@@ -1,0 +1,220 @@
+//! What a prefix grant (`approve --prefix`) or an auto-approve rule with `--prefix` covers
+//! beyond the approved argv: an allowlist, not a blocklist.
+//!
+//! Extra tokens after the approved prefix may be positional, non-option arguments only: no token
+//! that starts with `-` and no token with `=` (`make test SHELL=…`, `VAR=value` overrides, and
+//! `--opt=value` forms all change what a tool executes). The one exception is a per-tool table
+//! of options known to change nothing a tool executes ([`SAFE_OPTIONS`]). A blocklist of
+//! code-executing options cannot be complete: `make -f X.mk`, `npm test --script-shell=…`,
+//! `git … -c core.fsmonitor=…` each ran arbitrary code under a prefix grant that a blocklist
+//! allowed.
+//!
+//! Deny rules are the opposite: they match any longer argv ([`deny_covers`]), so an option can
+//! never take a command out of a deny rule.
+
+/// Options that change nothing a tool executes, per tool (the basename of `argv[0]`, or the
+/// module of `python -m MODULE`). Anything not listed is refused as an extra.
+pub const SAFE_OPTIONS: &[(&str, &[&str])] = &[
+    (
+        "cargo",
+        &[
+            "-q",
+            "--quiet",
+            "-v",
+            "--verbose",
+            "--release",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--doc",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--offline",
+            "--frozen",
+            "--no-run",
+        ],
+    ),
+    (
+        "pytest",
+        &[
+            "-q",
+            "-v",
+            "-vv",
+            "-x",
+            "--exitfirst",
+            "--lf",
+            "--ff",
+            "--tb=short",
+            "--tb=line",
+            "--tb=no",
+            "-ra",
+        ],
+    ),
+    (
+        "make",
+        &["-s", "--silent", "-k", "--keep-going", "-n", "--dry-run"],
+    ),
+    ("go", &["-v", "-race", "-short", "-cover", "-count=1"]),
+    (
+        "git",
+        &[
+            "--short",
+            "-s",
+            "--porcelain",
+            "--oneline",
+            "--stat",
+            "--no-color",
+        ],
+    ),
+    ("npm", &["--silent", "-s"]),
+    ("pnpm", &["--silent", "-s"]),
+    ("yarn", &["--silent", "-s"]),
+];
+
+/// The tool a prefix names, for [`SAFE_OPTIONS`]: `python3 -m pytest` → `pytest`, else the
+/// basename of `argv[0]` without a version suffix (`python3.12` → `python`).
+fn tool_of(prefix: &[String]) -> String {
+    let base = |s: &str| {
+        s.rsplit('/')
+            .next()
+            .unwrap_or(s)
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+            .to_owned()
+    };
+    let first = prefix.first().map(|s| base(s)).unwrap_or_default();
+    if first == "python" {
+        if let Some(i) = prefix.iter().position(|t| t == "-m") {
+            if let Some(m) = prefix.get(i + 1) {
+                return m.clone();
+            }
+        }
+    }
+    first
+}
+
+/// Whether one extra token is allowed after `prefix`.
+fn allowed_extra(tool: &str, token: &str) -> bool {
+    let option_like = token.starts_with('-') || token.contains('=');
+    if !option_like {
+        return !token.is_empty();
+    }
+    let safe = SAFE_OPTIONS
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map(|(_, opts)| *opts)
+        .unwrap_or_default();
+    // `make -j4`, `make -j 4` (the number is positional).
+    let jobs = tool == "make"
+        && token
+            .strip_prefix("-j")
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    safe.contains(&token) || jobs
+}
+
+/// Whether `argv` is `prefix` followed only by allowed extras (positional arguments, or options
+/// of the tool's [`SAFE_OPTIONS`]). Tokens are compared as bytes, without normalisation.
+pub fn allowlist_covers(prefix: &[String], argv: &[String]) -> bool {
+    let Some(extras) = argv
+        .get(..prefix.len())
+        .filter(|head| *head == prefix)
+        .and_then(|_| argv.get(prefix.len()..))
+    else {
+        return false;
+    };
+    let tool = tool_of(prefix);
+    extras.iter().all(|t| allowed_extra(&tool, t))
+}
+
+/// Whether a deny rule's argv `rule` covers `argv`: equal, or (with `prefix`) any longer argv
+/// that starts with it, whatever the extra tokens are.
+pub fn deny_covers(rule: &[String], prefix: bool, argv: &[String]) -> bool {
+    if prefix {
+        argv.get(..rule.len()) == Some(rule)
+    } else {
+        rule == argv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn extras_are_positional_unless_a_tool_names_an_option_safe() {
+        let make = v(&["make", "test"]);
+        assert!(allowlist_covers(&make, &v(&["make", "test"])));
+        assert!(allowlist_covers(&make, &v(&["make", "test", "unit"])));
+        assert!(allowlist_covers(&make, &v(&["make", "test", "-j4", "-s"])));
+        for bad in [
+            &["make", "test", "-f", "X.mk"][..],
+            &["make", "test", "-fX.mk"],
+            &["make", "test", "SHELL=/tmp/evil"],
+            &["make", "test", "--eval=x"],
+            &["make", "test", "-C", "/tmp"],
+        ] {
+            assert!(!allowlist_covers(&make, &v(bad)), "{bad:?}");
+        }
+        let npm = v(&["npm", "test"]);
+        assert!(!allowlist_covers(
+            &npm,
+            &v(&["npm", "test", "--script-shell=/tmp/x"])
+        ));
+        assert!(!allowlist_covers(
+            &npm,
+            &v(&["npm", "test", "--", "--require=evil.js"])
+        ));
+        assert!(allowlist_covers(&npm, &v(&["npm", "test", "--silent"])));
+        let git = v(&["git", "fetch"]);
+        assert!(allowlist_covers(&git, &v(&["git", "fetch", "origin"])));
+        assert!(!allowlist_covers(
+            &git,
+            &v(&["git", "fetch", "--upload-pack=touch /tmp/x"])
+        ));
+        assert!(!allowlist_covers(&git, &v(&["git", "fetchx"])));
+        let ssh = v(&["ssh", "host"]);
+        assert!(!allowlist_covers(
+            &ssh,
+            &v(&["ssh", "host", "-oProxyCommand=sh"])
+        ));
+        let cargo = v(&["cargo", "test"]);
+        assert!(allowlist_covers(
+            &cargo,
+            &v(&["cargo", "test", "--release", "name"])
+        ));
+        assert!(!allowlist_covers(
+            &cargo,
+            &v(&["cargo", "test", "--config", "x"])
+        ));
+        let pytest = v(&["python3", "-m", "pytest"]);
+        assert!(allowlist_covers(
+            &pytest,
+            &v(&["python3", "-m", "pytest", "-q", "tests/a.py"])
+        ));
+        assert!(!allowlist_covers(
+            &pytest,
+            &v(&["python3", "-m", "pytest", "-p", "evil"])
+        ));
+        // A shorter argv, or another head, is never covered.
+        assert!(!allowlist_covers(&make, &v(&["make"])));
+        assert!(!allowlist_covers(&make, &v(&["sh", "-c", "make test"])));
+    }
+
+    #[test]
+    fn deny_rules_cover_every_longer_argv() {
+        let rule = v(&["git", "push"]);
+        assert!(deny_covers(
+            &rule,
+            true,
+            &v(&["git", "push", "--upload-pack=x"])
+        ));
+        assert!(deny_covers(&rule, true, &v(&["git", "push"])));
+        assert!(!deny_covers(&rule, true, &v(&["git", "pull"])));
+        assert!(!deny_covers(&rule, false, &v(&["git", "push", "origin"])));
+    }
+}
