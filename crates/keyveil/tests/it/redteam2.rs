@@ -167,3 +167,61 @@ fn a_run_cut_off_the_log_after_killing_the_broker_is_detected_by_verify() {
         "audit verify passes over a run whose entries were cut off after a SIGKILL:\n{report}"
     );
 }
+
+/// A file name that says nothing by itself (no digits for the matcher to see).
+fn letters(n: u32) -> String {
+    let l = |k: u32| char::from(b'a' + u8::try_from(k % 26).unwrap());
+    format!("{}{}{}", l(n / 676), l(n / 26), l(n))
+}
+
+/// Item 1, the write-side scan of files the agent controls, with **no grant of the agent's own**.
+/// The agent plants candidate files (mtime in the future, so they count as "changed during" any
+/// later run) in the project directory where the human runs approved commands. The human runs
+/// one (`keyveil run ... -- true` in their terminal): the post-run scan finds the candidate that
+/// holds the value and the `run_end` audit entry names its path. The agent reads the audit log
+/// (as a file, or `audit_log` over MCP, or read-only inside `keyveil agent`) and has the value.
+/// The `redactions` count of `run_end` is the same kind of channel for a human run that prints
+/// files the agent wrote.
+#[test]
+fn the_scan_of_a_humans_run_never_tells_the_agent_which_planted_candidate_is_a_value() {
+    const PIN: &str = "0739";
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", PIN);
+    let project = tempfile::Builder::new()
+        .prefix("kvproj")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // The agent: 1,000 candidates, each a file holding one guess, dated in the future.
+    let cand = project.path().join(".cache-lint");
+    std::fs::create_dir(&cand).unwrap();
+    for n in 0..1000 {
+        std::fs::write(cand.join(letters(n)), format!("{n:04}\n")).unwrap();
+    }
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("touch -d '+1 hour' \"$0\"/*")
+        .arg(&cand)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Later, the human runs an approved command in the project.
+    let mut c = h.cmd(&["run", "--env", "demo", "--wait", "30", "--", "true"]);
+    c.current_dir(project.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(o.status.code().is_some(), "{}", text(&o.stderr));
+    // The agent reads the audit log.
+    let audit = h.audit_text();
+    let found: Vec<String> = (0..1000)
+        .filter(|n| audit.contains(&format!(".cache-lint/{}\"", letters(*n))))
+        .map(|n| format!("{n:04}"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the audit log of the human's run names the planted candidate holding the value: {found:?} (value {PIN})"
+    );
+}
