@@ -25,6 +25,7 @@ mod oracle;
 mod output;
 mod policy;
 mod redteam;
+mod redteam2;
 mod sandbox;
 mod setup;
 mod tamper;
