@@ -38,6 +38,11 @@ pub struct VaultData {
     /// detected (see `docs/audit-format.md`). `None` until the broker records one.
     #[serde(default)]
     pub audit_checkpoint: Option<AuditCheckpoint>,
+    /// A broker had the vault unlocked and has not closed its audit session (lock or stop)
+    /// since: found `true` at unlock, the previous broker ended uncleanly (killed), and entries
+    /// after [`VaultData::audit_checkpoint`] cannot be vouched for. Omitted while `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit_session_open: bool,
     /// Vault-wide settings recorded from the human's own shell at `keyveil init`. Omitted from
     /// the payload while at their defaults (so older vaults re-encrypt byte for byte).
     #[serde(default, skip_serializing_if = "Settings::is_default")]

@@ -1686,9 +1686,15 @@ fn audit_verified(d: &Value) -> i32 {
         .chain(pending)
         .map(|g| g["lost"].as_u64().unwrap_or(0))
         .sum();
-    if lost == 0 {
+    let unclean = d["unclean_ends"].as_array().cloned().unwrap_or_default();
+    if lost == 0 && unclean.is_empty() {
         say(format!(
             "audit log OK: {} entries, chain and MACs verified",
+            d["entries"]
+        ));
+    } else if lost == 0 {
+        say(format!(
+            "audit log INCOMPLETE: {} entries, chain and MACs verified, but a broker stopped without sealing the log:",
             d["entries"]
         ));
     } else {
@@ -1726,17 +1732,32 @@ fn audit_verified(d: &Value) -> i32 {
             events(&p["events"]),
         ));
     }
+    for u in &unclean {
+        say(format!(
+            "WARNING: at line {} the broker found that the one before it stopped without sealing the log (killed, or the host stopped): entries after line {} cannot be vouched for (a process of yours could have cut them off)",
+            u["seq"], u["sealed_seq"],
+        ));
+    }
     if gaps.is_empty() && pending.is_none() {
-        return 0;
+        return if unclean.is_empty() {
+            0
+        } else {
+            AUDIT_GAP_EXIT
+        };
     }
     note(
         "hint: a gap means the audit log could not be written (a full disk, a quota, an I/O error): free space where KEYVEIL_HOME is; what a lost entry recorded is not in the log",
     );
-    if lost == 0 { 0 } else { AUDIT_GAP_EXIT }
+    if lost == 0 && unclean.is_empty() {
+        0
+    } else {
+        AUDIT_GAP_EXIT
+    }
 }
 
 /// Exit code of `keyveil audit verify` when the chain verifies but events are missing from it
-/// (`audit.gap` entries counting lost entries).
+/// (`audit.gap` entries counting lost entries), or may be (`audit_unclean_end`: a broker was
+/// killed, and entries after its last seal cannot be vouched for).
 pub const AUDIT_GAP_EXIT: i32 = 3;
 
 /// `keyveil approve --watch`: a live approver that reads answers and the factor from

@@ -258,8 +258,59 @@ pub fn requester_writable(exe: &Path, cwd: &Path, home: Option<&Path>) -> bool {
         .is_some_and(|m| m.permissions().mode() & 0o002 != 0)
 }
 
+/// Directories the broker never reads an input from on a requester's behalf, besides the
+/// pseudo file systems: set once by the broker (its own `KEYVEIL_HOME`, which holds runs'
+/// private `TMPDIR`s and what `keyveil agent` hides).
+static PRIVATE_ROOTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Names the broker's private directories (see [`PRIVATE_ROOTS`]); the first call wins.
+pub fn set_private_roots(roots: Vec<PathBuf>) {
+    let roots = roots
+        .into_iter()
+        .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
+        .collect();
+    let _ = PRIVATE_ROOTS.set(roots);
+}
+
+/// Whether the broker may read `canon` (a canonical path) for a requester: never a file of
+/// `/proc`, `/sys` or `/dev` (a granted child's `/proc/PID/environ` hashed into a request's input
+/// pins was a value oracle), nor of the broker's own home. A requester that names such a file
+/// as a script gets no pin for it: the card shows the argv as it is.
+fn readable_for_requester(canon: &Path) -> bool {
+    let pseudo = ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|p| canon.starts_with(p));
+    let private = PRIVATE_ROOTS
+        .get()
+        .is_some_and(|roots| roots.iter().any(|r| canon.starts_with(r)));
+    !pseudo && !private && !on_pseudo_fs(canon)
+}
+
+/// Whether `path` lives on procfs, sysfs, devpts or debugfs wherever it is mounted.
+#[cfg(target_os = "linux")]
+fn on_pseudo_fs(path: &Path) -> bool {
+    const PROC: i64 = 0x9fa0;
+    const SYSFS: i64 = 0x6265_6572;
+    const DEVPTS: i64 = 0x1cd1;
+    const DEBUGFS: i64 = 0x6462_6720;
+    rustix::fs::statfs(path).map_or(true, |s| {
+        // `f_type` is a signed word on Linux targets (`__fsword_t`).
+        #[allow(clippy::unnecessary_cast)]
+        let t = s.f_type as i64;
+        t == PROC || t == SYSFS || t == DEVPTS || t == DEBUGFS
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn on_pseudo_fs(_path: &Path) -> bool {
+    false
+}
+
 fn pin_input(role: &str, path: &Path, detail: Option<String>) -> Option<InputPin> {
     let canon = std::fs::canonicalize(path).ok()?;
+    if !readable_for_requester(&canon) {
+        return None;
+    }
     let m = std::fs::metadata(&canon).ok()?;
     if !m.is_file() {
         return None;

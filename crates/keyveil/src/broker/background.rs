@@ -434,7 +434,9 @@ async fn finish(
                 "revoked": result.revoked,
                 "stopped": stopped,
                 "duration_ms": result.duration_ms,
-                "write_leaks": result.write_leaks.iter().map(|l| json!({"variable": l.variable, "path": l.path, "form": l.form, "action": l.action})).collect::<Vec<_>>(),
+                // By variable and form, never the path: the audit is readable by the agent, and a path
+                // would tell which of the files it planted holds a value (the requester sees paths).
+                "write_leaks": result.write_leaks.iter().map(|l| json!({"variable": l.variable, "form": l.form, "action": l.action})).collect::<Vec<_>>(),
             }),
         );
     }

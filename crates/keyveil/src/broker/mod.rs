@@ -95,6 +95,9 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     // Only the broker holding the lock: private TMPDIRs of runs that never finished (a crash,
     // `kill -9`) are removed; nothing a run left there outlives it.
     private_tmp::clear_leftovers(&paths);
+    // The broker never reads a requester's "input" from its own home (runs' private TMPDIRs,
+    // the vault, the audit): see `pin::readable_for_requester`.
+    crate::pin::set_private_roots(vec![paths.home.clone()]);
     let sock = paths.socket();
     if sock.exists() {
         std::fs::remove_file(&sock)
@@ -167,7 +170,7 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         if let Some(w) = inner.audit.as_mut() {
             let _ = w.flush_gap_closing();
         }
-        inner.seal_audit();
+        inner.seal_audit_final();
         if let Some(gap) = inner
             .audit
             .as_ref()

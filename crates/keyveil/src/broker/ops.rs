@@ -550,6 +550,7 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
     }
     inner.audit_seal_broken = seal_broken;
     inner.audit_path_changed = None;
+    inner.open_audit_session();
     if let Some(moved) = quarantined {
         // The seal belonged to the log that was moved aside.
         if let Some(v) = inner.vault.as_mut() {
@@ -610,7 +611,7 @@ fn lock(broker: &Broker) -> Value {
     stop_everything(broker, "vault locked");
     let mut inner = broker.lock();
     inner.audit("lock", json!({}));
-    inner.seal_audit();
+    inner.seal_audit_final();
     inner.vault = None;
     inner.close_audit();
     inner.challenges.clear();
@@ -1217,8 +1218,16 @@ fn audit_verify(broker: &Broker) -> OpResult<Value> {
                     })
                 })
                 .collect();
+            // Sessions that ended uncleanly (recorded at the next unlock).
+            let unclean: Vec<Value> = keyveil_vault::audit::read_entries(&path, None)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.get("event").and_then(Value::as_str) == Some("audit_unclean_end"))
+                .map(|e| json!({"seq": e.get("seq"), "sealed_seq": e.get("sealed_seq")}))
+                .collect();
             Ok(json!({
                 "ok": true,
+                "unclean_ends": unclean,
                 "entries": report.entries,
                 "sealed_seq": checkpoint.map(|c| c.seq),
                 "gaps": gaps,

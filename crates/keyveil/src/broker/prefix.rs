@@ -84,12 +84,11 @@ fn tool_of(prefix: &[String]) -> String {
             .to_owned()
     };
     let first = prefix.first().map(|s| base(s)).unwrap_or_default();
-    if first == "python" {
-        if let Some(i) = prefix.iter().position(|t| t == "-m") {
-            if let Some(m) = prefix.get(i + 1) {
-                return m.clone();
-            }
-        }
+    if first == "python"
+        && let Some(i) = prefix.iter().position(|t| t == "-m")
+        && let Some(m) = prefix.get(i + 1)
+    {
+        return m.clone();
     }
     first
 }

@@ -592,6 +592,52 @@ impl Inner {
         })
     }
 
+    /// Seals the audit log's end into the vault and closes the audit session (lock, stop): the
+    /// next unlock then knows this broker ended cleanly. See [`Inner::open_audit_session`].
+    pub fn seal_audit_final(&mut self) {
+        self.seal_audit();
+        if self.audit_seal_broken.is_some() {
+            return;
+        }
+        let Some(v) = self.vault.as_mut() else {
+            return;
+        };
+        if v.data().audit_session_open {
+            v.data_mut().audit_session_open = false;
+            if let Err(e) = v.save() {
+                tracing::error!(error = %e, "cannot close the audit session in the vault");
+            }
+        }
+    }
+
+    /// At unlock: if the previous broker never closed its audit session (it was killed, or the
+    /// host stopped), records `audit_unclean_end` naming the last sealed entry — anything a
+    /// same-user process cut off the log after it cannot be detected otherwise — then marks the
+    /// session open in the vault.
+    pub fn open_audit_session(&mut self) {
+        let Some(v) = self.vault.as_ref() else {
+            return;
+        };
+        let unclean = v.data().audit_session_open;
+        let sealed = v.data().audit_checkpoint.as_ref().map(|c| c.seq);
+        if unclean {
+            tracing::warn!(
+                ?sealed,
+                "the previous broker ended without closing its audit session"
+            );
+            self.audit(
+                "audit_unclean_end",
+                serde_json::json!({"sealed_seq": sealed, "why": "the previous broker stopped without sealing the log (killed, or the host stopped): entries after sealed_seq cannot be vouched for"}),
+            );
+        }
+        if let Some(v) = self.vault.as_mut() {
+            v.data_mut().audit_session_open = true;
+            if let Err(e) = v.save() {
+                tracing::error!(error = %e, "cannot mark the audit session open in the vault");
+            }
+        }
+    }
+
     /// Seals the audit log's current end into the vault (the sealed checkpoint), so that cutting
     /// entries off the end of the log is detected by `keyveil audit verify`. Saves the vault only
     /// when the checkpoint moved. Errors are logged.

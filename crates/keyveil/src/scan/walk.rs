@@ -54,10 +54,16 @@ pub(super) fn run(sc: &mut Scanner<'_>, scope: &ScanScope) {
     }
 }
 
-/// Did this entry change during the run (mtime or ctime at or after the threshold)?
+/// Did this entry change during the run? Its inode change time (ctime) at or after the
+/// threshold: any write or metadata change moves it, and no process can set it. The
+/// modification time is not used where a ctime exists: anyone can date a file in the future
+/// (`touch -d`), and an agent that planted candidate files so dated would have a human's run
+/// report which candidate holds a value. Without a ctime (not Unix), the mtime.
 pub(super) fn changed(meta: &Metadata, threshold: SystemTime) -> bool {
-    let modified = meta.modified().map_or(true, |m| m >= threshold);
-    modified || ctime(meta).is_some_and(|c| c >= threshold)
+    match ctime(meta) {
+        Some(c) => c >= threshold,
+        None => meta.modified().map_or(true, |m| m >= threshold),
+    }
 }
 
 #[cfg(unix)]
