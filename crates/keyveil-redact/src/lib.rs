@@ -44,6 +44,7 @@ pub mod entropy;
 pub mod expand;
 #[cfg(test)]
 mod fixtures;
+pub mod literals;
 mod matcher;
 pub mod normalize;
 mod stream;
@@ -289,6 +290,11 @@ fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
             patterns.add_fragment(window, secret);
         }
         hex.zeroize();
+    }
+    for source in &e.literal_fragment_sources {
+        for window in expand::fragments(source) {
+            patterns.add_fragment(window, secret);
+        }
     }
 }
 

@@ -563,6 +563,88 @@ pub fn html_numeric_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Byte-level dumps of `atom` as tools print byte arrays and memory, after whitespace is
+/// removed by the normalised view:
+///
+/// - every byte as `\xNN` (strace `-xx`, C and shell byte strings, Python `bytes` of binary
+///   data);
+/// - `0xNN` joined by `,` (`xxd -i`, C and Rust array initialisers);
+/// - decimal bytes joined by `,` (Rust `{:?}` of `&[u8]`, serde/JSON `Vec<u8>`, Python
+///   `list(b)`, Node `Uint8Array`, Java `Arrays.toString` of bytes below 0x80) and, for atoms
+///   with bytes of 0x80 and above, Java's signed bytes;
+/// - decimal bytes joined by spaces, seen as concatenated digits (Go `fmt.Println([]byte)`,
+///   `od -An -tu1`).
+pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
+    let mut x = Vec::with_capacity(atom.len() * 4);
+    let mut zero_x = Vec::with_capacity(atom.len() * 5);
+    let mut dec = Vec::with_capacity(atom.len() * 4);
+    let mut digits = Vec::with_capacity(atom.len() * 3);
+    let mut signed = Vec::with_capacity(atom.len() * 5);
+    for (i, &b) in atom.iter().enumerate() {
+        x.extend_from_slice(b"\\x");
+        push_hex_byte(&mut x, b, b"0123456789abcdef");
+        if i > 0 {
+            zero_x.push(b',');
+            dec.push(b',');
+            signed.push(b',');
+        }
+        zero_x.extend_from_slice(b"0x");
+        push_hex_byte(&mut zero_x, b, b"0123456789abcdef");
+        dec.extend_from_slice(b.to_string().as_bytes());
+        digits.extend_from_slice(b.to_string().as_bytes());
+        signed.extend_from_slice((b as i8).to_string().as_bytes());
+    }
+    let mut out = vec![x, zero_x, dec, digits];
+    if atom.iter().any(|&b| b >= 0x80) {
+        out.push(signed);
+    } else {
+        signed.zeroize();
+    }
+    out
+}
+
+/// Wide-character forms beyond UTF-16: UTF-32 little- and big-endian of non-ASCII text
+/// (`wchar_t` text on Linux and macOS, `iconv -t UTF-32`; of ASCII text they equal the atom
+/// in the normalised view, where NUL is noise), and the base64 cores of UTF-16LE at the three
+/// byte offsets (PowerShell `-EncodedCommand`, `iconv -t UTF-16LE | base64`, standard
+/// alphabet).
+pub fn wide_forms(atom: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(s) = std::str::from_utf8(atom) else {
+        return Vec::new();
+    };
+    let mut le32 = Vec::with_capacity(atom.len() * 4);
+    let mut be32 = Vec::with_capacity(atom.len() * 4);
+    for c in s.chars() {
+        le32.extend_from_slice(&u32::from(c).to_le_bytes());
+        be32.extend_from_slice(&u32::from(c).to_be_bytes());
+    }
+    let mut le16: Vec<u8> = s.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let mut out = Vec::new();
+    if s.is_ascii() {
+        le32.zeroize();
+        be32.zeroize();
+    } else {
+        out.push(le32);
+        out.push(be32);
+    }
+    for offset in 0..3usize {
+        let mut shifted = vec![0u8; offset];
+        shifted.extend_from_slice(&le16);
+        let mut encoded = STANDARD_NO_PAD.encode(&shifted).into_bytes();
+        let first = (8 * offset).div_ceil(6);
+        let end = (8 * (offset + le16.len())) / 6;
+        if let Some(core) = encoded.get(first..end)
+            && !core.is_empty()
+        {
+            out.push(core.to_vec());
+        }
+        shifted.zeroize();
+        encoded.zeroize();
+    }
+    le16.zeroize();
+    out
+}
+
 /// The body of a YAML single-quoted scalar (YAML 1.2 §7.3.2): `'` written as `''`.
 pub fn yaml_single_quoted(atom: &[u8]) -> Vec<u8> {
     replace_bytes(atom, |b| (b == b'\'').then_some(&b"''"[..]))
@@ -581,7 +663,13 @@ pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {
         out.extend(json_unicode_escapes(atom));
         out.extend(html_numeric_escapes(atom));
         out.push(reversed(atom));
-        out.extend(utf16(atom));
+        // UTF-16 and UTF-32 of ASCII text are the atom itself in the normalised view (NUL is
+        // noise there): no pattern of their own.
+        out.extend(byte_dumps(atom));
+        out.extend(wide_forms(atom));
+        // The RFC 2047 `Q` encoding rewrites `_` and `.`; no other literal form changes
+        // such an atom.
+        out.extend(crate::literals::quoted_printable(atom));
         return dedup(out);
     }
     all_encodings(atom)
@@ -609,7 +697,12 @@ fn all_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     out.extend(shell_escapes(atom));
     out.extend(dotenv_escapes(atom));
     out.push(reversed(atom));
-    out.extend(utf16(atom));
+    if !atom.is_ascii() {
+        out.extend(utf16(atom));
+    }
+    out.extend(byte_dumps(atom));
+    out.extend(wide_forms(atom));
+    out.extend(crate::literals::literal_forms(atom));
     dedup(out)
 }
 
@@ -626,6 +719,7 @@ pub fn token_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     out.extend(html_numeric_escapes(atom));
     out.push(yaml_single_quoted(atom));
     out.extend(shell_escapes(atom));
+    out.extend(crate::literals::literal_forms(atom));
     dedup(out)
 }
 
