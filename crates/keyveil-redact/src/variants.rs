@@ -604,45 +604,22 @@ pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// Wide-character forms beyond UTF-16: UTF-32 little- and big-endian of non-ASCII text
-/// (`wchar_t` text on Linux and macOS, `iconv -t UTF-32`; of ASCII text they equal the atom
-/// in the normalised view, where NUL is noise), and the base64 cores of UTF-16LE at the three
-/// byte offsets (PowerShell `-EncodedCommand`, `iconv -t UTF-16LE | base64`, standard
-/// alphabet).
+/// (`wchar_t` text on Linux and macOS, `iconv -t UTF-32`). Of ASCII text they equal the atom
+/// in the normalised view, where NUL is noise, and add no pattern.
 pub fn wide_forms(atom: &[u8]) -> Vec<Vec<u8>> {
     let Ok(s) = std::str::from_utf8(atom) else {
         return Vec::new();
     };
+    if s.is_ascii() {
+        return Vec::new();
+    }
     let mut le32 = Vec::with_capacity(atom.len() * 4);
     let mut be32 = Vec::with_capacity(atom.len() * 4);
     for c in s.chars() {
         le32.extend_from_slice(&u32::from(c).to_le_bytes());
         be32.extend_from_slice(&u32::from(c).to_be_bytes());
     }
-    let mut le16: Vec<u8> = s.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    let mut out = Vec::new();
-    if s.is_ascii() {
-        le32.zeroize();
-        be32.zeroize();
-    } else {
-        out.push(le32);
-        out.push(be32);
-    }
-    for offset in 0..3usize {
-        let mut shifted = vec![0u8; offset];
-        shifted.extend_from_slice(&le16);
-        let mut encoded = STANDARD_NO_PAD.encode(&shifted).into_bytes();
-        let first = (8 * offset).div_ceil(6);
-        let end = (8 * (offset + le16.len())) / 6;
-        if let Some(core) = encoded.get(first..end)
-            && !core.is_empty()
-        {
-            out.push(core.to_vec());
-        }
-        shifted.zeroize();
-        encoded.zeroize();
-    }
-    le16.zeroize();
-    out
+    vec![le32, be32]
 }
 
 /// The body of a YAML single-quoted scalar (YAML 1.2 §7.3.2): `'` written as `''`.
@@ -666,7 +643,6 @@ pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {
         // UTF-16 and UTF-32 of ASCII text are the atom itself in the normalised view (NUL is
         // noise there): no pattern of their own.
         out.extend(byte_dumps(atom));
-        out.extend(wide_forms(atom));
         // The RFC 2047 `Q` encoding rewrites `_` and `.`; no other literal form changes
         // such an atom.
         out.extend(crate::literals::quoted_printable(atom));
