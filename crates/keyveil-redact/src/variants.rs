@@ -22,6 +22,13 @@
 //! - POSIX shell quoting (XCU §2.2): `'\''` (bash `set -x`) and `'"'"'` (Python `shlex.quote`)
 //!   inside single quotes, backslash escapes inside double quotes, and bash `printf %q` style;
 //! - dotenv double-quoted values (`\n`, `\"`, `\\`, optionally `\$`).
+//! - byte dumps ([`byte_dumps`]): `\xNN` per byte (strace `-xx`), `xxd -i` (`0xNN,`), decimal
+//!   byte lists (Rust `{:?}` of `&[u8]`, serde `Vec<u8>`, Python `list(b)`, Java
+//!   `Arrays.toString`, Go `fmt.Println([]byte)`);
+//! - UTF-16 and UTF-32 of non-ASCII atoms (of ASCII ones they equal the atom in the normalised
+//!   view, where NUL is noise);
+//! - the string-literal forms of [`crate::literals`] (Python, Go, Rust, Ruby, Node, Java,
+//!   C/GNU, bash, Perl, YAML, TOML, SQL, CSV, .NET, HCL, PowerShell, cmd, quoted-printable).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
