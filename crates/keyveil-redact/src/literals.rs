@@ -682,12 +682,18 @@ pub fn windows_argv(atom: &[u8]) -> Vec<u8> {
 /// Then the RFC 2047 `Q` encoding of header words as Python's `email` writes it: letters,
 /// digits and `-!*+/` kept, space as `_`, everything else `=XX`.
 pub fn quoted_printable(atom: &[u8]) -> Vec<Vec<u8>> {
+    let upper = b"0123456789ABCDEF";
+    let push_eq = |out: &mut Vec<u8>, b: u8| {
+        out.push(b'=');
+        out.extend(upper.get(usize::from(b >> 4)).copied());
+        out.extend(upper.get(usize::from(b & 15)).copied());
+    };
     let qp = |keep_blank: bool| {
         map_bytes(atom, |b, out| {
             let keep =
                 (b'!'..=b'~').contains(&b) && b != b'=' || keep_blank && matches!(b, b' ' | b'\t');
             if !keep {
-                out.extend_from_slice(format!("={b:02X}").as_bytes());
+                push_eq(out, b);
             }
             !keep
         })
@@ -698,7 +704,7 @@ pub fn quoted_printable(atom: &[u8]) -> Vec<Vec<u8>> {
         } else if b.is_ascii_alphanumeric() || b"-!*+/".contains(&b) {
             return false;
         } else {
-            out.extend_from_slice(format!("={b:02X}").as_bytes());
+            push_eq(out, b);
         }
         true
     });

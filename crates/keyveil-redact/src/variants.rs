@@ -582,32 +582,52 @@ pub fn html_numeric_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
 /// - decimal bytes joined by spaces, seen as concatenated digits (Go `fmt.Println([]byte)`,
 ///   `od -An -tu1`).
 pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
+    let lower = b"0123456789abcdef";
     let mut x = Vec::with_capacity(atom.len() * 4);
     let mut zero_x = Vec::with_capacity(atom.len() * 5);
     let mut dec = Vec::with_capacity(atom.len() * 4);
     let mut digits = Vec::with_capacity(atom.len() * 3);
-    let mut signed = Vec::with_capacity(atom.len() * 5);
     for (i, &b) in atom.iter().enumerate() {
         x.extend_from_slice(b"\\x");
-        push_hex_byte(&mut x, b, b"0123456789abcdef");
+        push_hex_byte(&mut x, b, lower);
         if i > 0 {
             zero_x.push(b',');
             dec.push(b',');
-            signed.push(b',');
         }
         zero_x.extend_from_slice(b"0x");
-        push_hex_byte(&mut zero_x, b, b"0123456789abcdef");
-        dec.extend_from_slice(b.to_string().as_bytes());
-        digits.extend_from_slice(b.to_string().as_bytes());
-        signed.extend_from_slice((b as i8).to_string().as_bytes());
+        push_hex_byte(&mut zero_x, b, lower);
+        push_decimal(&mut dec, b);
+        push_decimal(&mut digits, b);
     }
     let mut out = vec![x, zero_x, dec, digits];
     if atom.iter().any(|&b| b >= 0x80) {
+        // Java's signed bytes.
+        let mut signed = Vec::with_capacity(atom.len() * 5);
+        for (i, &b) in atom.iter().enumerate() {
+            if i > 0 {
+                signed.push(b',');
+            }
+            if b >= 0x80 {
+                signed.push(b'-');
+                push_decimal(&mut signed, b.wrapping_neg());
+            } else {
+                push_decimal(&mut signed, b);
+            }
+        }
         out.push(signed);
-    } else {
-        signed.zeroize();
     }
     out
+}
+
+/// Appends `b` in decimal (no allocation).
+fn push_decimal(out: &mut Vec<u8>, b: u8) {
+    if b >= 100 {
+        out.push(b'0' + b / 100);
+    }
+    if b >= 10 {
+        out.push(b'0' + (b / 10) % 10);
+    }
+    out.push(b'0' + b % 10);
 }
 
 /// Wide-character forms beyond UTF-16: UTF-32 little- and big-endian of non-ASCII text
@@ -799,6 +819,24 @@ mod tests {
                     b as char
                 );
             }
+        }
+    }
+
+    #[test]
+    fn byte_dump_forms() {
+        let d = byte_dumps(b"\x00a\x7f\x80\xff");
+        for want in [
+            &b"\\x00\\x61\\x7f\\x80\\xff"[..],
+            b"0x00,0x61,0x7f,0x80,0xff",
+            b"0,97,127,128,255",
+            b"097127128255",
+            b"0,97,127,-128,-1",
+        ] {
+            assert!(
+                d.contains(&want.to_vec()),
+                "{}",
+                String::from_utf8_lossy(want)
+            );
         }
     }
 
