@@ -250,10 +250,10 @@ const STYLES: &[Style] = &[
         true,
         Wide::C1(Cp::Brace { upper: false }),
     ),
-    // Rust `str::escape_default`, `char::escape_default`.
+    // Rust `str::escape_default`, `char::escape_default` (NUL as `\u{0}`).
     style(
         b"\\\"'",
-        RUST_NAMED,
+        PY_NAMED,
         Num::BraceLower,
         true,
         Wide::All(Cp::Brace { upper: false }),
@@ -317,7 +317,7 @@ const STYLES: &[Style] = &[
         Wide::All(Cp::Yaml),
     ),
     style(b"\\\"", YAML_NAMED, Num::HexUpper, true, Wide::C1(Cp::Yaml)),
-    // TOML basic strings (toml-rs upper-case, Python writers lower-case hex).
+    // TOML basic strings (toml-rs; lower-case writers are the JSON style).
     style(b"\\\"", JSONISH_NAMED, Num::UUpper, true, Wide::Raw),
     // Redis `sdscatrepr` (`MONITOR`, `redis-cli`).
     style(b"\\\"", REDIS_NAMED, Num::HexLower, true, Wide::Bytes),
@@ -828,6 +828,25 @@ mod tests {
             "p\"a\\\"s$s.w=0rd%&",              // dotted text column
         ] {
             assert!(has(&f, want), "{want}");
+        }
+    }
+
+    /// The Rust styles against the standard library itself.
+    #[test]
+    fn rust_styles_match_std() {
+        for v in [
+            "t0k\ten'Q\"x\\y\u{1b}\u{7f}\u{1}\0",
+            "a\u{e9}\u{85}\u{1F600}\r\n",
+            "plain-token_1.x",
+        ] {
+            let f = literal_forms(v.as_bytes());
+            let debug = format!("{v:?}");
+            let body = &debug[1..debug.len() - 1];
+            assert!(has(&f, body), "{{:?}}: {body}");
+            let default = v.escape_default().to_string();
+            assert!(has(&f, &default), "escape_default: {default}");
+            let ascii = v.as_bytes().escape_ascii().to_string();
+            assert!(has(&f, &ascii), "escape_ascii: {ascii}");
         }
     }
 
