@@ -8,7 +8,7 @@
 //! PEM armour lines) are not atoms, so they are not masked wherever they appear.
 
 use crate::entropy::{fragmentable, looks_secret};
-use crate::variants::{dedup, percent_decoded};
+use crate::variants::{dedup, newline_escaped, percent_decoded};
 use crate::{FRAGMENT_LEN, MIN_LEN};
 use unicode_normalization::UnicodeNormalization as _;
 use zeroize::Zeroize;
@@ -24,8 +24,16 @@ pub struct Expansion {
     pub atoms: Vec<Vec<u8>>,
     /// Atoms shorter than [`MIN_LEN`] bytes, matched only as whole tokens.
     pub token_atoms: Vec<Vec<u8>>,
-    /// Random-looking atoms of which every run of [`FRAGMENT_LEN`] bytes is also a pattern.
+    /// Random-looking atoms of which every run of [`FRAGMENT_LEN`] bytes is also a pattern
+    /// (and every second window of their hex): whole atoms, or the printable runs of atoms
+    /// that hold whitespace or control characters.
     pub fragment_sources: Vec<Vec<u8>>,
+    /// Runs of the escaped form of atoms that hold whitespace or control characters (tab,
+    /// line feed and carriage return written as `\t`, `\n`, `\r`, as every string-literal
+    /// style writes them), split at spaces and other controls: their [`FRAGMENT_LEN`]-byte
+    /// windows are patterns too, so a truncated literal (`%.20r`, `reprlib`) is caught
+    /// across the escapes.
+    pub literal_fragment_sources: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Expansion {
@@ -34,6 +42,10 @@ impl std::fmt::Debug for Expansion {
             .field("atoms", &self.atoms.len())
             .field("token_atoms", &self.token_atoms.len())
             .field("fragment_sources", &self.fragment_sources.len())
+            .field(
+                "literal_fragment_sources",
+                &self.literal_fragment_sources.len(),
+            )
             .finish()
     }
 }
@@ -44,6 +56,7 @@ impl Drop for Expansion {
             &mut self.atoms,
             &mut self.token_atoms,
             &mut self.fragment_sources,
+            &mut self.literal_fragment_sources,
         ] {
             for a in v.iter_mut() {
                 a.zeroize();
@@ -59,6 +72,7 @@ pub fn expand(value: &[u8]) -> Expansion {
     e.atoms = dedup(std::mem::take(&mut e.atoms));
     e.token_atoms = dedup(std::mem::take(&mut e.token_atoms));
     e.fragment_sources = dedup(std::mem::take(&mut e.fragment_sources));
+    e.literal_fragment_sources = dedup(std::mem::take(&mut e.literal_fragment_sources));
     e
 }
 
@@ -114,15 +128,44 @@ fn expand_into(value: &[u8], depth: u32, e: &mut Expansion) {
             let line = trim(line);
             if looks_secret(line) {
                 e.atoms.push(line.to_vec());
-                if fragmentable(line) {
-                    e.fragment_sources.push(line.to_vec());
-                }
+                add_fragment_sources(line, e);
             }
         }
     }
-    if !multi_line && !structured && fragmentable(trimmed) {
-        e.fragment_sources.push(trimmed.to_vec());
+    if !multi_line && !structured {
+        add_fragment_sources(trimmed, e);
     }
+}
+
+/// Whether `b` ends a printable run: ASCII whitespace or a control character.
+fn breaks_run(b: u8) -> bool {
+    b.is_ascii_whitespace() || b.is_ascii_control()
+}
+
+/// The fragment rule for one piece (a value, a line): the whole piece when it is random
+/// enough ([`fragmentable`]); otherwise, if it holds whitespace or control characters, each
+/// of its printable runs that is random enough, and the runs of its `\t`/`\n`/`\r`-escaped
+/// form (split at spaces and other controls) that are.
+fn add_fragment_sources(piece: &[u8], e: &mut Expansion) {
+    if fragmentable(piece) {
+        e.fragment_sources.push(piece.to_vec());
+        return;
+    }
+    if !piece.iter().any(|&b| breaks_run(b)) {
+        return;
+    }
+    for run in piece.split(|&b| breaks_run(b)) {
+        if fragmentable(run) {
+            e.fragment_sources.push(run.to_vec());
+        }
+    }
+    let mut escaped = newline_escaped(piece);
+    for run in escaped.split(|&b| b == b' ' || b.is_ascii_control()) {
+        if fragmentable(run) && !piece.split(|&b| breaks_run(b)).any(|r| r == run) {
+            e.literal_fragment_sources.push(run.to_vec());
+        }
+    }
+    escaped.zeroize();
 }
 
 /// `s` with every bare `\n` written as `\r\n`.

@@ -4,9 +4,10 @@
 //! everything they print through a [`Redactor`] before an AI agent sees it. The redactor is
 //! built once per grant from `(name, value)` pairs; each value is expanded into its *variants*
 //! (raw, trimmed, base64 at three byte offsets, hex, percent-encoded, JSON/XML/shell/dotenv
-//! escapes, Unicode forms, lines and leaves of multi-line and structured values, 12-byte
-//! fragments of random-looking values, ...). Every occurrence of a variant is replaced by
-//! `[REDACTED:NAME]`.
+//! escapes, the string-literal forms of common languages, shells and serialisers
+//! ([`literals`]), byte dumps, Unicode forms, lines and leaves of multi-line and structured
+//! values, 12-byte fragments of random-looking values and of the printable runs of values with
+//! whitespace, ...). Every occurrence of a variant is replaced by `[REDACTED:NAME]`.
 //!
 //! ```
 //! use keyveil_redact::Redactor;
@@ -44,6 +45,7 @@ pub mod entropy;
 pub mod expand;
 #[cfg(test)]
 mod fixtures;
+pub mod literals;
 mod matcher;
 pub mod normalize;
 mod stream;
@@ -290,6 +292,11 @@ fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
         }
         hex.zeroize();
     }
+    for source in &e.literal_fragment_sources {
+        for window in expand::fragments(source) {
+            patterns.add_fragment(window, secret);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -472,5 +479,60 @@ mod tests {
             &r,
             "{\"path\":\"\\u002fapi\\u002Fv1\",\"ok\":\"\\u0021\"}\n",
         );
+    }
+
+    /// Issue 15 item 7: a value with a tab and both quotes printed inside a Python dict.
+    #[test]
+    fn python_dict_repr_of_a_value_with_tab_and_quotes() {
+        let v = "t0k\ten'Q\"Vb7mK2pLx9";
+        let r = Redactor::new([("S", v)]);
+        let printed = "{'k': 't0k\\ten\\'Q\"Vb7mK2pLx9'}\n";
+        assert_eq!(r.redact(printed.as_bytes()).0, b"{'k': '[REDACTED:S]'}\n");
+        // Truncated: a 12-byte run of the escaped form, across the `\t`.
+        assert_form_redacted(&r, "0k\\ten'Q\"Vb7");
+        // 12 bytes of the printable run `en'Q"Vb7mK2pLx9`, as a repr prints them.
+        assert_form_redacted(&r, "Q\"Vb7mK2pLx9");
+    }
+
+    #[test]
+    fn printable_runs_of_pass_phrases_are_not_fragments() {
+        let r = Redactor::new([("S", "correct horse\tbattery staple Zq8vLp2mXr7Kw4")]);
+        // Words are not random enough; the random run is.
+        assert_untouched(&r, "a correct horse, a battery staple\n");
+        assert_form_redacted(&r, "q8vLp2mXr7Kw");
+    }
+
+    #[test]
+    fn wide_text_and_nul_separated_lists() {
+        let token = fixtures::secret("chunk-split-delay", "GH_TOKEN");
+        let r = Redactor::new([("S", &token)]);
+        let utf16: Vec<u8> = token.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let mut input = b"pre ".to_vec();
+        input.extend_from_slice(&utf16);
+        input.extend_from_slice(b" post");
+        // The marker ends at the last value byte: the NUL of the last unit stays.
+        assert_eq!(r.redact(&input).0, b"pre [REDACTED:S]\0 post");
+        let environ = format!("HOME=/root\0GH_TOKEN={token}\0PATH=/bin\0");
+        assert_eq!(
+            r.redact(environ.as_bytes()).0,
+            b"HOME=/root\0GH_TOKEN=[REDACTED:S]\0PATH=/bin\0"
+        );
+    }
+
+    #[test]
+    fn byte_lists() {
+        let token = fixtures::secret("chunk-split-delay", "GH_TOKEN");
+        let r = Redactor::new([("S", &token)]);
+        let list = |sep: &str| -> String {
+            token
+                .bytes()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(sep)
+        };
+        assert_form_redacted(&r, &format!("[{}]", list(", ")).replace(['[', ']'], ""));
+        assert_form_redacted(&r, &list(" "));
+        let xxd: Vec<String> = token.bytes().map(|b| format!("0x{b:02x}")).collect();
+        assert_form_redacted(&r, &xxd.join(",\n  "));
     }
 }

@@ -12,7 +12,8 @@
 //! covers the noise inside it.
 //!
 //! Noise is:
-//! - ASCII whitespace: space, `\t`, `\n`, `\r`, vertical tab, form feed;
+//! - ASCII whitespace: space, `\t`, `\n`, `\r`, vertical tab, form feed; and NUL (so UTF-16
+//!   and UTF-32 text of ASCII characters, and NUL-separated lists, show the plain bytes);
 //! - the `ESC` byte (0x1B);
 //! - complete ECMA-48 *SGR* and *erase-in-line* control sequences: `ESC [`, up to
 //!   [`MAX_CSI_PARAMS`] parameter/intermediate bytes (0x20–0x3F), final byte `m` or `K`
@@ -39,10 +40,13 @@ pub const MAX_CSI_PARAMS: usize = 16;
 /// The escape byte that starts a control sequence.
 pub const ESC: u8 = 0x1b;
 
-/// Is `b` ASCII whitespace (removed from the normalised view)?
+/// Is `b` ASCII whitespace or NUL (removed from the normalised view)? NUL is noise so that
+/// wide-character text (UTF-16 and UTF-32 of ASCII characters: `iconv -t UTF-16LE`, `wchar_t`
+/// output, files Windows tools wrote) and NUL-separated output (`/proc/PID/environ`,
+/// `env -0`, `find -print0`) show the value's own bytes in the view.
 #[inline]
 pub const fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0)
 }
 
 /// Bytes that leave the ground state's fast path (whitespace and `ESC`).
@@ -56,6 +60,7 @@ static SPECIAL: [bool; 256] = {
     t[b'\r' as usize] = true;
     t[0x0b] = true;
     t[0x0c] = true;
+    t[0] = true;
     t[ESC as usize] = true;
     t
 };
@@ -78,6 +83,7 @@ static CLASSES: [u8; 256] = {
     t[b'\r' as usize] = CLASS_SPACE;
     t[0x0b] = CLASS_SPACE;
     t[0x0c] = CLASS_SPACE;
+    t[0] = CLASS_SPACE;
     t[ESC as usize] = CLASS_ESC;
     t
 };

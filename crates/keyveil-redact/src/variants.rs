@@ -22,6 +22,13 @@
 //! - POSIX shell quoting (XCU §2.2): `'\''` (bash `set -x`) and `'"'"'` (Python `shlex.quote`)
 //!   inside single quotes, backslash escapes inside double quotes, and bash `printf %q` style;
 //! - dotenv double-quoted values (`\n`, `\"`, `\\`, optionally `\$`).
+//! - byte dumps ([`byte_dumps`]): `\xNN` per byte (strace `-xx`), `xxd -i` (`0xNN,`), decimal
+//!   byte lists (Rust `{:?}` of `&[u8]`, serde `Vec<u8>`, Python `list(b)`, Java
+//!   `Arrays.toString`, Go `fmt.Println([]byte)`);
+//! - UTF-16 and UTF-32 of non-ASCII atoms (of ASCII ones they equal the atom in the normalised
+//!   view, where NUL is noise);
+//! - the string-literal forms of [`crate::literals`] (Python, Go, Rust, Ruby, Node, Java,
+//!   C/GNU, bash, Perl, YAML, TOML, SQL, CSV, .NET, HCL, PowerShell, cmd, quoted-printable).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -563,6 +570,85 @@ pub fn html_numeric_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Byte-level dumps of `atom` as tools print byte arrays and memory, after whitespace is
+/// removed by the normalised view:
+///
+/// - every byte as `\xNN` (strace `-xx`, C and shell byte strings, Python `bytes` of binary
+///   data);
+/// - `0xNN` joined by `,` (`xxd -i`, C and Rust array initialisers);
+/// - decimal bytes joined by `,` (Rust `{:?}` of `&[u8]`, serde/JSON `Vec<u8>`, Python
+///   `list(b)`, Node `Uint8Array`, Java `Arrays.toString` of bytes below 0x80) and, for atoms
+///   with bytes of 0x80 and above, Java's signed bytes;
+/// - decimal bytes joined by spaces, seen as concatenated digits (Go `fmt.Println([]byte)`,
+///   `od -An -tu1`).
+pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
+    let lower = b"0123456789abcdef";
+    let mut x = Vec::with_capacity(atom.len() * 4);
+    let mut zero_x = Vec::with_capacity(atom.len() * 5);
+    let mut dec = Vec::with_capacity(atom.len() * 4);
+    let mut digits = Vec::with_capacity(atom.len() * 3);
+    for (i, &b) in atom.iter().enumerate() {
+        x.extend_from_slice(b"\\x");
+        push_hex_byte(&mut x, b, lower);
+        if i > 0 {
+            zero_x.push(b',');
+            dec.push(b',');
+        }
+        zero_x.extend_from_slice(b"0x");
+        push_hex_byte(&mut zero_x, b, lower);
+        push_decimal(&mut dec, b);
+        push_decimal(&mut digits, b);
+    }
+    let mut out = vec![x, zero_x, dec, digits];
+    if atom.iter().any(|&b| b >= 0x80) {
+        // Java's signed bytes.
+        let mut signed = Vec::with_capacity(atom.len() * 5);
+        for (i, &b) in atom.iter().enumerate() {
+            if i > 0 {
+                signed.push(b',');
+            }
+            if b >= 0x80 {
+                signed.push(b'-');
+                push_decimal(&mut signed, b.wrapping_neg());
+            } else {
+                push_decimal(&mut signed, b);
+            }
+        }
+        out.push(signed);
+    }
+    out
+}
+
+/// Appends `b` in decimal (no allocation).
+fn push_decimal(out: &mut Vec<u8>, b: u8) {
+    if b >= 100 {
+        out.push(b'0' + b / 100);
+    }
+    if b >= 10 {
+        out.push(b'0' + (b / 10) % 10);
+    }
+    out.push(b'0' + b % 10);
+}
+
+/// Wide-character forms beyond UTF-16: UTF-32 little- and big-endian of non-ASCII text
+/// (`wchar_t` text on Linux and macOS, `iconv -t UTF-32`). Of ASCII text they equal the atom
+/// in the normalised view, where NUL is noise, and add no pattern.
+pub fn wide_forms(atom: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(s) = std::str::from_utf8(atom) else {
+        return Vec::new();
+    };
+    if s.is_ascii() {
+        return Vec::new();
+    }
+    let mut le32 = Vec::with_capacity(atom.len() * 4);
+    let mut be32 = Vec::with_capacity(atom.len() * 4);
+    for c in s.chars() {
+        le32.extend_from_slice(&u32::from(c).to_le_bytes());
+        be32.extend_from_slice(&u32::from(c).to_be_bytes());
+    }
+    vec![le32, be32]
+}
+
 /// The body of a YAML single-quoted scalar (YAML 1.2 §7.3.2): `'` written as `''`.
 pub fn yaml_single_quoted(atom: &[u8]) -> Vec<u8> {
     replace_bytes(atom, |b| (b == b'\'').then_some(&b"''"[..]))
@@ -581,7 +667,12 @@ pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {
         out.extend(json_unicode_escapes(atom));
         out.extend(html_numeric_escapes(atom));
         out.push(reversed(atom));
-        out.extend(utf16(atom));
+        // UTF-16 and UTF-32 of ASCII text are the atom itself in the normalised view (NUL is
+        // noise there): no pattern of their own.
+        out.extend(byte_dumps(atom));
+        // The RFC 2047 `Q` encoding rewrites `_` and `.`; no other literal form changes
+        // such an atom.
+        out.extend(crate::literals::quoted_printable(atom));
         return dedup(out);
     }
     all_encodings(atom)
@@ -609,7 +700,12 @@ fn all_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     out.extend(shell_escapes(atom));
     out.extend(dotenv_escapes(atom));
     out.push(reversed(atom));
-    out.extend(utf16(atom));
+    if !atom.is_ascii() {
+        out.extend(utf16(atom));
+    }
+    out.extend(byte_dumps(atom));
+    out.extend(wide_forms(atom));
+    out.extend(crate::literals::literal_forms(atom));
     dedup(out)
 }
 
@@ -626,6 +722,7 @@ pub fn token_encodings(atom: &[u8]) -> Vec<Vec<u8>> {
     out.extend(html_numeric_escapes(atom));
     out.push(yaml_single_quoted(atom));
     out.extend(shell_escapes(atom));
+    out.extend(crate::literals::literal_forms(atom));
     dedup(out)
 }
 
@@ -722,6 +819,24 @@ mod tests {
                     b as char
                 );
             }
+        }
+    }
+
+    #[test]
+    fn byte_dump_forms() {
+        let d = byte_dumps(b"\x00a\x7f\x80\xff");
+        for want in [
+            &b"\\x00\\x61\\x7f\\x80\\xff"[..],
+            b"0x00,0x61,0x7f,0x80,0xff",
+            b"0,97,127,128,255",
+            b"097127128255",
+            b"0,97,127,-128,-1",
+        ] {
+            assert!(
+                d.contains(&want.to_vec()),
+                "{}",
+                String::from_utf8_lossy(want)
+            );
         }
     }
 

@@ -356,3 +356,64 @@ proptest! {
         check_long_output(&r, &values, &long_input(&values, &pieces, repeat), &sizes)?;
     }
 }
+
+/// Values with tabs, line breaks, quotes, backslashes, other control characters, DEL and
+/// non-ASCII text: the values that string-literal styles escape.
+fn literal_value() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        4 => proptest::collection::vec(token_alphabet(), 1..12),
+        2 => proptest::sample::select(vec![
+            &b"\t"[..], b"\n", b"\r\n", b"'", b"\"", b"\\", b" ", b"\x1b", b"\x01", b"\x00",
+            b"\x7f", b"#{", b"${", b"$", b"`", b"=", b"%", b"&", b"<", b"^",
+            "\u{e9}".as_bytes(), "\u{20ac}".as_bytes(), "\u{1F600}".as_bytes(), "\u{85}".as_bytes(),
+        ]).prop_map(<[u8]>::to_vec),
+    ];
+    proptest::collection::vec(piece, 2..10).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_global_rejects: 1 << 20, ..ProptestConfig::default() })]
+
+    /// A value with characters that literals escape, printed through any of the
+    /// string-literal, quoting and dump forms (`literals::literal_forms`,
+    /// `variants::byte_dumps`, `variants::wide_forms`) inside quotes or a container, is
+    /// redacted; and streaming in any chunks equals one-shot.
+    #[test]
+    fn values_printed_as_literals_are_redacted(
+        values in proptest::collection::vec(literal_value(), 1..3),
+        which in any::<usize>(),
+        form in any::<usize>(),
+        around in proptest::collection::vec(noisy_bytes(16), 2..4),
+        quote in proptest::sample::select(vec![&b"'"[..], b"\"", b"`", b"$'", b"{'k': '", b"[\""]),
+        sizes in proptest::collection::vec(prop_oneof![3 => Just(1usize), 2 => 1usize..8, 1 => 1usize..200], 1..8),
+    ) {
+        let planted = values[which % values.len()].clone();
+        prop_assume!(planted.trim_ascii().len() >= MIN_LEN);
+        prop_assume!(!planted.contains(&b'[') && !planted.contains(&b']'));
+        let mut forms = keyveil_redact::literals::literal_forms(&planted);
+        forms.extend(variants::byte_dumps(&planted));
+        forms.extend(variants::wide_forms(&planted));
+        let shown = forms[form % forms.len()].clone();
+        let r = redactor(&values);
+        let mut input = Vec::new();
+        for (i, a) in around.iter().enumerate() {
+            if i > 0 {
+                input.extend_from_slice(quote);
+                input.extend_from_slice(&shown);
+                input.extend_from_slice(quote);
+            }
+            input.extend_from_slice(a);
+        }
+        let (out, n) = r.redact(&input);
+        prop_assert!(n >= 1);
+        prop_assert!(
+            !contains(&out, &shown),
+            "survived: {:?} in {:?}",
+            String::from_utf8_lossy(&shown),
+            String::from_utf8_lossy(&out)
+        );
+        let (streamed, n_streamed) = stream_in(&r, &input, &sizes);
+        prop_assert_eq!(&out, &streamed);
+        prop_assert_eq!(n, n_streamed);
+    }
+}
