@@ -1,0 +1,442 @@
+//! The command line's clap definitions: every command, subcommand and flag, and nothing
+//! else (what they do is in the sibling modules).
+#![allow(clippy::indexing_slicing)]
+
+use super::*;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the vault (passphrase from /dev/tty, or the first line of stdin).
+    Init {
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Argon2id memory in KiB (at least 19456; default 65536).
+        #[arg(long, hide = true)]
+        kdf_memory_kib: Option<u32>,
+    },
+    /// Unlock the broker's vault (starts the broker if needed).
+    Unlock {
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Lock the vault: values leave memory, grants are revoked, runs are killed.
+    Lock,
+    /// Is the broker running? Locked? Pending requests?
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The broker itself.
+    Daemon {
+        /// Run in the foreground (logs to stderr).
+        #[arg(long)]
+        foreground: bool,
+        /// Internal: the broker proper, under its supervisor (see `supervise.rs`).
+        #[arg(long, hide = true)]
+        supervised: bool,
+        /// Internal: read a bootstrap (init or unlock with the passphrase) as one JSON line on
+        /// stdin and answer it on stdout; only the CLI that started this broker holds the pipe.
+        #[arg(long, hide = true)]
+        bootstrap_stdin: bool,
+        #[command(subcommand)]
+        action: Option<DaemonAction>,
+    },
+    /// Environments: named sets of variables.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Store a value (from a hidden /dev/tty prompt, or stdin). Never from argv.
+    Set {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        var: String,
+        /// Read the value from stdin (one trailing newline is removed).
+        #[arg(long)]
+        from_stdin: bool,
+        /// Print a one-time link to a local page where you type the value in a browser.
+        #[arg(long, conflicts_with = "from_stdin")]
+        web: bool,
+        /// Replacing a stored value needs your factor: asked at the terminal unless given here
+        /// (with --from-stdin, --passphrase-stdin reads the passphrase from the first line and
+        /// the value from the rest).
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+    /// Generate a random value inside the broker; it is never shown.
+    Generate {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        var: String,
+        /// Length in characters.
+        #[arg(long, default_value_t = 32)]
+        length: usize,
+        /// Alphabet.
+        #[arg(long, value_enum, default_value_t = Charset::Alnum)]
+        charset: Charset,
+        /// Replacing a stored value needs your factor (asked at the terminal unless given).
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+    /// Delete a variable (one with a value needs your factor).
+    Unset {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        var: String,
+        /// Your factor (asked at the terminal unless given).
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+    /// Run a command with an environment's values injected (waits for approval).
+    Run(RunArgs),
+    /// Pending requests.
+    Requests {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request with your factor (the vault passphrase).
+    Approve(ApproveArgs),
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        id: u64,
+        /// Reason given to the requester.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Live grants.
+    Grants {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant (its runs are killed), or all grants.
+    Revoke {
+        /// Grant id.
+        grant_id: Option<String>,
+        /// Revoke every live grant.
+        #[arg(long, conflicts_with = "grant_id")]
+        all: bool,
+    },
+    /// Dynamic variables: a credential minted per grant at its source (PostgreSQL role, Redis
+    /// ACL user, OpenBao lease) and destroyed when the grant ends, or OpenBao KV values.
+    #[command(subcommand)]
+    Dynamic(dynamic::DynamicCommand),
+    /// The audit log.
+    Audit(AuditArgs),
+    /// Stdio MCP server for agent hosts.
+    Mcp,
+    /// Approval factors beyond the passphrase.
+    #[command(subcommand)]
+    Factor(FactorCommand),
+    /// An environment's policy: factor, maximum TTL, PATH, auto-approve and deny rules.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The main job on a throwaway home, with its transcript.
+    Demo,
+    /// Write an agent host's MCP configuration for keyveil (keeps everything else; backs up).
+    Setup {
+        /// The host.
+        #[arg(value_enum)]
+        host: crate::setup::Host,
+        /// Only print the entry and what would change; write nothing.
+        #[arg(long)]
+        print: bool,
+        /// The project's file in the current directory instead of the user's.
+        #[arg(long)]
+        project: bool,
+    },
+    /// Check the set-up end to end and say how to fix each failure (exit 1 if any fails).
+    Doctor,
+    /// Start a long-running command (dev server, watcher) under a grant; prints its run id.
+    Start(background::StartArgs),
+    /// Redacted output of a background run.
+    Logs(background::LogsArgs),
+    /// Stop a background run (SIGTERM, SIGKILL after 2 s).
+    Stop {
+        /// Run id (`r-...`).
+        run_id: String,
+    },
+    /// Run an agent host (e.g. `codex`) in a sandbox that cannot see the processes keyveil
+    /// starts nor the vault file (Linux: user, PID and mount namespaces).
+    Agent {
+        /// Internal: a step inside the sandbox.
+        #[arg(long, hide = true, value_enum)]
+        stage: Option<crate::sandbox::Stage>,
+        /// The agent host and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FactorCommand {
+    /// Enrol an authenticator app (RFC 6238 TOTP): shows an otpauth:// URI and a QR code, then
+    /// asks for a first code.
+    Enroll {
+        /// Only `totp` exists.
+        #[arg(value_parser = ["totp"])]
+        kind: String,
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Do not ask for the first code now; finish later with `keyveil factor confirm CODE`.
+        #[arg(long)]
+        no_confirm: bool,
+    },
+    /// Finish an enrolment with the code the authenticator shows.
+    Confirm {
+        /// The 6-digit code.
+        code: String,
+    },
+}
+
+/// The factor given for a change that needs it. Never a factor on argv: every process of yours
+/// can read `/proc/PID/cmdline`.
+#[derive(Debug, Args)]
+pub(crate) struct FactorArgs {
+    /// Read the passphrase from the first line of stdin.
+    #[arg(long, global = true)]
+    pub(crate) passphrase_stdin: bool,
+    /// Use a TOTP code instead of the passphrase: asked for on the terminal.
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "", value_name = "")]
+    pub(crate) totp: Option<String>,
+    /// Read a TOTP code from the first line of stdin.
+    #[arg(long, global = true, conflicts_with = "passphrase_stdin")]
+    pub(crate) totp_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Show an environment's policy.
+    Show {
+        /// Environment.
+        env: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an environment's policy (needs your factor).
+    Set {
+        /// Environment.
+        env: String,
+        #[command(subcommand)]
+        change: PolicySetCommand,
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicySetCommand {
+    /// Factor approvals need: passphrase, totp (TOTP or passphrase) or confirm (none: warned).
+    Factor {
+        /// passphrase | totp | confirm.
+        #[arg(value_parser = ["passphrase", "totp", "confirm"])]
+        factor: String,
+    },
+    /// Longest grant lifetime, e.g. 8h.
+    MaxTtl {
+        /// Duration.
+        duration: String,
+    },
+    /// PATH of this environment's commands (`default` for the vault-wide one).
+    Path {
+        /// `:`-separated absolute directories, or `default`.
+        path: String,
+    },
+    /// Add an auto-approve rule: this command, under this directory, gets grants of this TTL.
+    AutoApprove {
+        /// Directory (the command must run in it or below it).
+        #[arg(long)]
+        cwd: PathBuf,
+        /// Lifetime of the grants, e.g. 8h.
+        #[arg(long)]
+        ttl: String,
+        /// Longer commands starting with these arguments match too.
+        #[arg(long)]
+        prefix: bool,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove auto-approve rule N (as `policy show` numbers them).
+    AutoApproveRm {
+        /// Index.
+        index: usize,
+    },
+    /// Add a deny rule: this command is refused without asking.
+    Deny {
+        /// Longer commands starting with these arguments match too.
+        #[arg(long)]
+        prefix: bool,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove deny rule N.
+    DenyRm {
+        /// Index.
+        index: usize,
+    },
+    /// What to do when a run writes a value into a file: report, quarantine (move the file
+    /// aside) or fail (the run exits 1).
+    WriteLeaks {
+        /// report | quarantine | fail.
+        #[arg(value_parser = ["report", "quarantine", "fail"])]
+        action: String,
+    },
+    /// Hide variable names from agents: every client sees aliases (`HIDDEN_...`); the real
+    /// names reach only granted processes and `env show --reveal-names` (with your factor).
+    HideNames {
+        /// on | off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DaemonAction {
+    /// Stop the broker and its runs.
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EnvCommand {
+    /// Create an environment.
+    Create {
+        /// Name.
+        name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List environments and their variable names.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an environment's variables (names and metadata, never values).
+    Show {
+        /// Name.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Where the policy hides names: show the real name behind each alias (needs your
+        /// factor).
+        #[arg(long)]
+        reveal_names: bool,
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+    /// Remove an environment and its variables (with stored values: needs your factor).
+    Rm {
+        /// Name.
+        name: String,
+        /// Your factor (asked at the terminal unless given).
+        #[command(flatten)]
+        factor: FactorArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Environment.
+    #[arg(long = "env")]
+    pub(crate) environment: String,
+    /// Only these variables (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Option<Vec<String>>,
+    /// Why (shown to the approver).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+    /// Working directory (default: the current one).
+    #[arg(long)]
+    pub(crate) cwd: Option<PathBuf>,
+    /// Kill the command after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout: u64,
+    /// Seconds to wait for approval before giving up (exit 5).
+    #[arg(long, default_value_t = 600)]
+    pub(crate) wait: u64,
+    /// Pass these variables of your environment through to the command (comma-separated;
+    /// shown at approval). The command's environment is otherwise built from scratch.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) pass_env: Vec<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApproveArgs {
+    /// Request id.
+    pub(crate) id: Option<u64>,
+    /// Read the passphrase from the first line of stdin.
+    #[arg(long)]
+    pub(crate) passphrase_stdin: bool,
+    /// Approve with a TOTP code (where the environment's policy allows it): asked for on the
+    /// terminal, never taken from the command line.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "")]
+    pub(crate) totp: Option<String>,
+    /// Read the TOTP code from the first line of stdin.
+    #[arg(long, conflicts_with = "passphrase_stdin")]
+    pub(crate) totp_stdin: bool,
+    /// Approve without a secret factor (only where the policy is `confirm`).
+    #[arg(long, conflicts_with_all = ["totp", "passphrase_stdin", "totp_stdin"])]
+    pub(crate) confirm: bool,
+    /// Grant lifetime, e.g. `30m`, `8h` (default: one use within 15 minutes).
+    #[arg(long)]
+    pub(crate) ttl: Option<String>,
+    /// Number of uses.
+    #[arg(long)]
+    pub(crate) uses: Option<u32>,
+    /// Let the grant cover any command in the environment.
+    #[arg(long)]
+    pub(crate) any_command: bool,
+    /// Also cover longer commands that start with the approved argv (token-wise; extra
+    /// code-executing options such as `-c`, `--exec`, `--upload-pack` still ask again).
+    #[arg(long)]
+    pub(crate) prefix: bool,
+    /// Also cover subdirectories of the approved working directory (canonical paths).
+    #[arg(long)]
+    pub(crate) subdirs: bool,
+    /// Interactive approver on /dev/tty.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// The local web approval page: prints a one-time link (valid 5 minutes) and opens it in
+    /// the browser when a desktop session is there.
+    #[arg(long, conflicts_with_all = ["id", "watch"])]
+    pub(crate) web: bool,
+    /// With `--web`: only print the link, never open a browser.
+    #[arg(long, requires = "web")]
+    pub(crate) print: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<AuditAction>,
+    /// JSON lines output.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Keep printing new entries.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    /// Last N entries.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditAction {
+    /// Check the MAC chain of the whole log.
+    Verify,
+}

@@ -1,0 +1,599 @@
+//! The `keyveil` command line: dispatch of each command to its module, and the few helpers
+//! every command uses (printing, exit codes, one broker call). The clap definitions live in
+//! `args`, the factor prompts and signed calls in `factor`, and each group of commands in a
+//! module of its own (`approve`, `run`, `env`, `audit`, `policy`, `background`, `dynamic`).
+// Indexing here is on `serde_json::Value` (a missing key or index yields `Null`, never a
+// panic), which clippy cannot tell from slice indexing.
+#![allow(clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::authorize::{self, Authorized, FactorInput};
+use crate::client::{self, Connection, Event};
+use crate::paths::Paths;
+use crate::protocol::{
+    Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, OutputMode, Passphrase, Reply, Request,
+    RunRequest,
+};
+
+mod approve;
+mod args;
+mod audit;
+mod background;
+mod dynamic;
+mod env;
+mod factor;
+mod policy;
+mod run;
+
+use approve::*;
+use args::*;
+use audit::*;
+use env::*;
+use factor::*;
+use policy::*;
+use run::*;
+
+/// keyveil: let AI coding agents use secrets without ever holding them.
+#[derive(Debug, Parser)]
+#[command(name = "keyveil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Exit {
+    /// Exit code.
+    pub code: i32,
+    /// Message (may end with `hint:` lines).
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Writes a line to stdout (the one place the CLI prints results).
+pub fn say(s: impl AsRef<str>) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{}", s.as_ref());
+}
+
+/// Writes a line to stderr.
+pub fn note(s: impl AsRef<str>) {
+    let mut o = std::io::stderr().lock();
+    let _ = writeln!(o, "{}", s.as_ref());
+}
+
+/// Turns a broker reply into data or an [`Exit`] error.
+pub fn expect_ok(reply: Reply) -> Result<Value> {
+    match reply {
+        Reply::Ok { data } => Ok(data),
+        Reply::Error {
+            code,
+            message,
+            hint,
+        } => Err(Exit {
+            code: code.exit_code(),
+            message: match hint {
+                Some(h) => format!("{message}\nhint: {h}"),
+                None => message,
+            },
+        }
+        .into()),
+        other => bail!("unexpected reply from the broker: {}", kind_of(&other)),
+    }
+}
+
+fn kind_of(r: &Reply) -> &'static str {
+    match r {
+        Reply::Ok { .. } => "ok",
+        Reply::Error { .. } => "error",
+        Reply::Pending { .. } => "pending",
+        Reply::Started { .. } => "started",
+        Reply::Exit(_) => "exit",
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Daemon {
+            foreground,
+            action,
+            supervised,
+            bootstrap_stdin,
+        } => {
+            let paths = Paths::resolve()?;
+            match (action, foreground) {
+                (Some(DaemonAction::Stop), _) => block_on(daemon_stop(&paths)),
+                (None, true) if !supervised => {
+                    crate::logging::init_broker();
+                    crate::supervise::main(bootstrap_stdin)
+                }
+                (None, true) => {
+                    crate::logging::init_broker();
+                    block_on(async {
+                        crate::broker::serve(paths, bootstrap_stdin).await?;
+                        Ok(0)
+                    })
+                }
+                (None, false) => block_on(async {
+                    let r = client::call(&paths, &Request::Status).await?;
+                    let d = expect_ok(r)?;
+                    say(format!("broker running (pid {})", d["pid"]));
+                    Ok(0)
+                }),
+            }
+        }
+        Command::Mcp => crate::mcp::main(),
+        Command::Demo => crate::demo::main(),
+        Command::Setup {
+            host,
+            print,
+            project,
+        } => crate::setup::setup_main(host, print, project),
+        Command::Doctor => {
+            crate::logging::init_cli();
+            crate::setup::doctor_main()
+        }
+        Command::Agent { stage, command } => crate::sandbox::main(stage, command),
+        other => {
+            if handles_factors(&other) {
+                // Before anything else: this process will hold a factor (and maybe a value).
+                crate::harden::harden_cli();
+            }
+            crate::logging::init_cli();
+            let paths = Paths::resolve()?;
+            block_on(dispatch(&paths, other))
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<i32>>>(f: F) -> Result<i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+async fn daemon_stop(paths: &Paths) -> Result<i32> {
+    match Connection::open_existing(paths).await {
+        None => {
+            say("no broker is running");
+            Ok(0)
+        }
+        Some(mut c) => {
+            c.send(&Request::Shutdown).await?;
+            expect_ok(c.final_reply().await?)?;
+            // Wait until the socket is gone.
+            for _ in 0..100 {
+                if !paths.socket().exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            say("broker stopped");
+            Ok(0)
+        }
+    }
+}
+
+async fn call(paths: &Paths, req: Request) -> Result<Value> {
+    expect_ok(client::call(paths, &req).await?)
+}
+
+async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
+    match cmd {
+        Command::Init {
+            passphrase_stdin,
+            kdf_memory_kib,
+        } => {
+            if paths.vault().exists() {
+                return Err(Exit {
+                    code: 1,
+                    message: format!(
+                        "a vault already exists at {}\nhint: unlock it with `keyveil unlock`",
+                        paths.vault().display()
+                    ),
+                }
+                .into());
+            }
+            let p = read_secret_line(passphrase_stdin, "New vault passphrase: ")?;
+            if !passphrase_stdin {
+                let again = read_secret_line(false, "Repeat passphrase: ")?;
+                if again.expose() != p.expose() {
+                    return Err(Exit {
+                        code: 2,
+                        message: "the passphrases differ; nothing was created".into(),
+                    }
+                    .into());
+                }
+            }
+            authorize::init(
+                paths,
+                p,
+                kdf_memory_kib,
+                std::env::var("PATH").ok(),
+                std::env::var("HOME").ok(),
+            )
+            .await
+            .map_err(auth_exit)?;
+            say(format!(
+                "created vault {} (unlocked)",
+                paths.vault().display()
+            ));
+            say("next: keyveil env create NAME, then keyveil set NAME VAR");
+            Ok(0)
+        }
+        Command::Unlock { passphrase_stdin } => {
+            let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
+            let already = authorize::unlock(paths, p).await.map_err(auth_exit)?;
+            say(if already {
+                "the broker is already unlocked"
+            } else {
+                "unlocked"
+            });
+            Ok(0)
+        }
+        Command::Lock => {
+            match Connection::open_existing(paths).await {
+                None => say("no broker is running (nothing is unlocked)"),
+                Some(mut c) => {
+                    c.send(&Request::Lock).await?;
+                    expect_ok(c.final_reply().await?)?;
+                    say("locked");
+                }
+            }
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let d = match Connection::open_existing(paths).await {
+                None => serde_json::json!({
+                    "running": false,
+                    "home": paths.home,
+                    "socket": paths.socket(),
+                    "vault_exists": paths.vault().exists(),
+                }),
+                Some(mut c) => {
+                    c.send(&Request::Status).await?;
+                    expect_ok(c.final_reply().await?)?
+                }
+            };
+            if json {
+                say(d.to_string());
+            } else if d["running"] == true {
+                say(format!(
+                    "broker: running (pid {})\nvault: {}\nsocket: {}\npending requests: {}\nlive grants: {}",
+                    d["pid"],
+                    if d["locked"] == true {
+                        "locked"
+                    } else {
+                        "unlocked"
+                    },
+                    d["socket"].as_str().unwrap_or(""),
+                    d["pending_requests"],
+                    d["live_grants"]
+                ));
+            } else {
+                say(format!(
+                    "broker: not running\nvault: {}\nhint: any keyveil command starts it; `keyveil unlock` to unlock",
+                    if d["vault_exists"] == true {
+                        "exists"
+                    } else {
+                        "none (run `keyveil init`)"
+                    }
+                ));
+            }
+            Ok(0)
+        }
+        Command::Env(e) => env(paths, e).await,
+        Command::Set { env, var, web, .. } if web => background::set_web(paths, &env, &var).await,
+        Command::Set {
+            env,
+            var,
+            from_stdin,
+            factor,
+            ..
+        } => {
+            let mut given = factor_from_args(&factor, !from_stdin)?;
+            let value = if from_stdin {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("cannot read stdin")?;
+                if factor.passphrase_stdin || factor.totp_stdin {
+                    // First line: the passphrase (or TOTP code); the rest: the value.
+                    let cut = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+                    let line: Vec<u8> = buf.drain(..cut.saturating_add(1).min(buf.len())).collect();
+                    let first = Passphrase::new(
+                        String::from_utf8_lossy(&line)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned(),
+                    );
+                    given = Some(if factor.totp_stdin {
+                        FactorInput::Totp(first)
+                    } else {
+                        FactorInput::Passphrase(first)
+                    });
+                }
+                if buf.ends_with(b"\n") {
+                    buf.pop();
+                    if buf.ends_with(b"\r") {
+                        buf.pop();
+                    }
+                }
+                let s = String::from_utf8(buf).map_err(|_| Exit {
+                    code: 2,
+                    message: "the value is not valid UTF-8; nothing was stored".into(),
+                })?;
+                Passphrase::new(s)
+            } else {
+                read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
+            };
+            if given.is_none() {
+                given = if from_stdin {
+                    // A value-free probe first: a value that would replace one is sent only
+                    // sealed, after the broker proved itself with the factor.
+                    probe_set(paths, &env, &var).await?
+                } else {
+                    // At the terminal the human is there: prove the broker before the value goes.
+                    Some(factor_input(
+                        false,
+                        None,
+                        false,
+                        "Vault passphrase (or TOTP code) to hand it to your broker sealed: ",
+                    )?)
+                };
+            }
+            let aad = format!("{env}/{var}");
+            let d = call_guarded(paths, given, |auth| {
+                Ok(match auth {
+                    None => Request::VarSet {
+                        environment: env.clone(),
+                        name: var.clone(),
+                        value: Some(value.clone()),
+                        sealed_value: None,
+                        factor: None,
+                    },
+                    // With a factor the value travels sealed for the broker that proved itself.
+                    Some(a) => Request::VarSet {
+                        environment: env.clone(),
+                        name: var.clone(),
+                        value: None,
+                        sealed_value: Some(a.seal(aad.as_bytes(), value.expose().as_bytes())?),
+                        factor: None,
+                    },
+                })
+            })
+            .await?;
+            if d["short_value"] == true {
+                note(format!(
+                    "warning: the value of {var} is shorter than 8 bytes: it is redacted only where it stands as a whole token\nhint: prefer long random values (`keyveil generate {env} {var}`)"
+                ));
+            }
+            say(format!(
+                "{} {env}/{var}",
+                if d["replaced"] == true {
+                    "updated"
+                } else {
+                    "stored"
+                }
+            ));
+            Ok(0)
+        }
+        Command::Generate {
+            env,
+            var,
+            length,
+            charset,
+            factor,
+        } => {
+            let given = factor_from_args(&factor, true)?;
+            call_guarded(paths, given, |_| {
+                Ok(Request::VarGenerate {
+                    environment: env.clone(),
+                    name: var.clone(),
+                    length,
+                    charset,
+                    factor: None,
+                })
+            })
+            .await?;
+            say(format!(
+                "generated {env}/{var} ({length} characters, never shown)"
+            ));
+            Ok(0)
+        }
+        Command::Unset { env, var, factor } => {
+            let given = factor_from_args(&factor, true)?;
+            call_guarded(paths, given, |_| {
+                Ok(Request::VarUnset {
+                    environment: env.clone(),
+                    name: var.clone(),
+                    factor: None,
+                })
+            })
+            .await?;
+            say(format!("removed {env}/{var}"));
+            Ok(0)
+        }
+        Command::Run(a) => run(paths, a).await,
+        Command::Requests { json } => {
+            let d = call(paths, Request::Requests).await?;
+            let list = d["requests"].as_array().cloned().unwrap_or_default();
+            if json {
+                say(Value::Array(list).to_string());
+            } else if list.is_empty() {
+                say("no pending requests");
+            } else {
+                for r in &list {
+                    say(crate::card::render(r));
+                }
+            }
+            Ok(0)
+        }
+        Command::Approve(a) => approve(paths, a).await,
+        Command::Deny { id, reason } => {
+            call(
+                paths,
+                Request::Deny {
+                    request_id: id,
+                    reason,
+                },
+            )
+            .await?;
+            say(format!("denied request #{id}"));
+            Ok(0)
+        }
+        Command::Grants { json } => {
+            let d = call(paths, Request::Grants { client: None }).await?;
+            let list = d["grants"].as_array().cloned().unwrap_or_default();
+            if json {
+                say(Value::Array(list).to_string());
+            } else if list.is_empty() {
+                say("no live grants");
+            } else {
+                for g in &list {
+                    say(format!(
+                        "{}  env={}  vars={}  command={}  client={}  expires={}  uses_left={}",
+                        g["id"].as_str().unwrap_or(""),
+                        g["environment"].as_str().unwrap_or(""),
+                        join(&g["variables"]),
+                        if g["argv"].is_null() {
+                            "ANY".to_owned()
+                        } else {
+                            crate::card::argv_inline(&g["argv"])
+                        },
+                        g["client"].as_str().unwrap_or(""),
+                        g["expires_at"].as_str().unwrap_or(""),
+                        if g["uses_left"].is_null() {
+                            "unlimited".to_owned()
+                        } else {
+                            g["uses_left"].to_string()
+                        },
+                    ));
+                    dynamic::print_grant_credentials(g);
+                }
+            }
+            Ok(0)
+        }
+        Command::Revoke { grant_id, all } => {
+            if grant_id.is_none() && !all {
+                return Err(Exit {
+                    code: 2,
+                    message: "name a grant to revoke, or use --all\nhint: list grants with `keyveil grants`".into(),
+                }
+                .into());
+            }
+            let d = call(
+                paths,
+                Request::Revoke {
+                    grant_id,
+                    all,
+                    client: None,
+                },
+            )
+            .await?;
+            let (n, ended) = (
+                d["count"].as_u64().unwrap_or(0),
+                d["already_ended"].as_u64().unwrap_or(0),
+            );
+            let noun = if n == 1 { "grant" } else { "grants" };
+            if ended == 0 {
+                say(format!("revoked {n} {noun}"));
+            } else {
+                say(format!(
+                    "revoked {n} {noun} ({ended} had already ended: used up or expired; what still ran under it was stopped)"
+                ));
+            }
+            Ok(0)
+        }
+        Command::Audit(a) => audit(paths, a).await,
+        Command::Dynamic(d) => dynamic::run(paths, d).await,
+        Command::Start(a) => background::start(paths, a).await,
+        Command::Logs(a) => background::logs(paths, a).await,
+        Command::Stop { run_id } => background::stop(paths, &run_id).await,
+        Command::Factor(f) => factor_cmd(paths, f).await,
+        Command::Policy(p) => policy_cmd(paths, p).await,
+        Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
+        Command::Setup { .. } | Command::Doctor => Ok(0),
+    }
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// The CLI's identity as a requester.
+pub fn cli_client() -> ClientInfo {
+    ClientInfo {
+        kind: "cli".into(),
+        name: "keyveil".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+    }
+}
+
+/// The requester's side of a run: its absolute working directory (`--cwd` or the current one)
+/// and its own environment without keyveil's variables (the broker picks from it).
+pub fn requester_context(cwd: Option<PathBuf>) -> Result<(String, Vec<(String, String)>)> {
+    let cwd = match cwd {
+        Some(c) => std::path::absolute(c).context("bad --cwd")?,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let env = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("KEYVEIL_"))
+        .collect();
+    Ok((cwd.to_string_lossy().into_owned(), env))
+}
+
+/// Parses `90s`, `30m`, `8h`, `1d`, `1h30m` (jiff's friendly format) into seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    // Whole days (`7d`) are not a fixed-length unit for jiff; take them as 24 h.
+    if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<u64>().ok()) {
+        if days == 0 {
+            return Err(Exit {
+                code: 2,
+                message: format!("the duration {s:?} must be positive"),
+            }
+            .into());
+        }
+        return Ok(days.saturating_mul(86_400));
+    }
+    let d: jiff::SignedDuration = s.parse().map_err(|e| Exit {
+        code: 2,
+        message: format!(
+            "cannot read the duration {s:?}: {e}\nhint: use forms like 90s, 30m, 8h, 1h30m"
+        ),
+    })?;
+    let secs = d.as_secs();
+    if secs <= 0 {
+        return Err(Exit {
+            code: 2,
+            message: format!("the duration {s:?} must be positive"),
+        }
+        .into());
+    }
+    Ok(secs.unsigned_abs())
+}

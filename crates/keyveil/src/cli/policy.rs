@@ -1,0 +1,231 @@
+//! `keyveil factor` (TOTP enrolment) and `keyveil policy` (show, set).
+#![allow(clippy::indexing_slicing)]
+
+use super::*;
+
+pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
+    match f {
+        FactorCommand::Enroll {
+            passphrase_stdin,
+            no_confirm,
+            ..
+        } => {
+            let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
+            // The seed comes back sealed under the factor key: only this process can read it.
+            let a = authorize::authorize(paths, &FactorInput::Passphrase(p))
+                .await
+                .map_err(auth_exit)?;
+            let mut req = Request::FactorEnroll { factor: None };
+            a.sign(&mut req);
+            let d = expect_ok(client::call(paths, &req).await?)?;
+            let open = |k: &str| -> Result<String> {
+                let sealed = d[k].as_str().unwrap_or_default();
+                let bytes = a.open(b"factor_enroll", sealed).context(
+                    "the enrolment reply did not come sealed from the broker that proved itself; nothing was enrolled",
+                )?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            };
+            say(open("sealed_qr")?);
+            say(format!(
+                "Scan the QR code, or add this URI to your authenticator app:\n{}",
+                open("sealed_uri")?
+            ));
+            if no_confirm {
+                say("then finish with: keyveil factor confirm CODE");
+                return Ok(0);
+            }
+            // A mistyped first code asks again (three tries; each counts towards the lockout).
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let code = read_secret_line(false, "Code shown by the app: ")?;
+                let reply = client::call(
+                    paths,
+                    &Request::FactorConfirm {
+                        code: code.expose().to_owned(),
+                    },
+                )
+                .await?;
+                match reply {
+                    Reply::Error {
+                        code: ErrorCode::Denied,
+                        message,
+                        ..
+                    } if tries < 3 && !message.contains("locked") => {
+                        note(format!(
+                            "{message}; try again with the code the app shows now"
+                        ));
+                    }
+                    other => {
+                        expect_ok(other)?;
+                        break;
+                    }
+                }
+            }
+            say(
+                "TOTP enrolled: approve with `keyveil approve ID --totp` (the code is asked for) where the policy allows it",
+            );
+            Ok(0)
+        }
+        FactorCommand::Confirm { code } => {
+            call(paths, Request::FactorConfirm { code }).await?;
+            say("TOTP enrolled");
+            Ok(0)
+        }
+    }
+}
+
+/// The rule `index` of `kind` (`deny`, `auto_approve`) as the broker lists it: shown to the
+/// human, and its digest bound into the removal.
+pub(crate) async fn shown_rule(
+    paths: &Paths,
+    env: &str,
+    kind: &str,
+    index: usize,
+) -> Result<String> {
+    let d = call(
+        paths,
+        Request::PolicyShow {
+            environment: env.to_owned(),
+        },
+    )
+    .await?;
+    let Some(rule) = d["policy"][kind].get(index) else {
+        return Err(Exit {
+            code: 1,
+            message: format!(
+                "no {} rule #{index} in {env}\nhint: list the rules with `keyveil policy show {env}`",
+                kind.replace('_', "-")
+            ),
+        }
+        .into());
+    };
+    note(format!(
+        "removing {} rule #{index}: {}",
+        kind.replace('_', "-"),
+        crate::display::clip(&rule.to_string(), 200)
+    ));
+    Ok(crate::factor_proof::card_digest(rule))
+}
+
+pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
+    use crate::protocol::PolicyChange;
+    match p {
+        PolicyCommand::Show { env, json } => {
+            let d = call(paths, Request::PolicyShow { environment: env }).await?;
+            if json {
+                say(d.to_string());
+            } else {
+                let pol = &d["policy"];
+                say(format!(
+                    "environment: {}\nfactor: {}\nmax TTL: {} s\nPATH: {}\nTOTP enrolled: {}\nhide names: {}",
+                    crate::display::visible(d["environment"].as_str().unwrap_or("")),
+                    pol["factor"].as_str().unwrap_or(""),
+                    pol["max_ttl_seconds"],
+                    crate::display::visible(d["effective_path"].as_str().unwrap_or("")),
+                    d["totp_enrolled"],
+                    if pol["hide_names"] == true {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                ));
+                for (i, r) in pol["auto_approve"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    say(format!(
+                        "auto-approve #{i}: {}{} under {} for {} s",
+                        crate::card::argv_inline(&r["argv"]),
+                        if r["prefix"] == true { " …" } else { "" },
+                        crate::display::visible(r["cwd"].as_str().unwrap_or("")),
+                        r["ttl_seconds"]
+                    ));
+                }
+                for (i, r) in pol["deny"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    say(format!(
+                        "deny #{i}: {}{}",
+                        crate::card::argv_inline(&r["argv"]),
+                        if r["prefix"] == true { " …" } else { "" }
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        PolicyCommand::Set {
+            env,
+            change,
+            factor,
+        } => {
+            let change = match change {
+                PolicySetCommand::Factor { factor } => PolicyChange::Factor { factor },
+                PolicySetCommand::MaxTtl { duration } => PolicyChange::MaxTtl {
+                    seconds: parse_duration(&duration)?,
+                },
+                PolicySetCommand::Path { path } => PolicyChange::Path {
+                    path: (path != "default").then_some(path),
+                },
+                PolicySetCommand::AutoApprove {
+                    cwd,
+                    ttl,
+                    prefix,
+                    command,
+                } => PolicyChange::AutoApproveAdd {
+                    argv: command,
+                    prefix,
+                    cwd: std::path::absolute(cwd)
+                        .context("bad --cwd")?
+                        .to_string_lossy()
+                        .into_owned(),
+                    ttl_seconds: parse_duration(&ttl)?,
+                },
+                PolicySetCommand::AutoApproveRm { index } => PolicyChange::AutoApproveRemove {
+                    index,
+                    rule: shown_rule(paths, &env, "auto_approve", index).await?,
+                },
+                PolicySetCommand::Deny { prefix, command } => PolicyChange::DenyAdd {
+                    argv: command,
+                    prefix,
+                },
+                PolicySetCommand::DenyRm { index } => PolicyChange::DenyRemove {
+                    index,
+                    rule: shown_rule(paths, &env, "deny", index).await?,
+                },
+                PolicySetCommand::WriteLeaks { action } => PolicyChange::WriteLeaks { action },
+                PolicySetCommand::HideNames { setting } => PolicyChange::HideNames {
+                    hide: setting == "on",
+                },
+            };
+            let input = factor_input(
+                factor.passphrase_stdin,
+                factor.totp.as_ref(),
+                factor.totp_stdin,
+                "Vault passphrase (or TOTP code) to change policy: ",
+            )?;
+            let d = call_signed(
+                paths,
+                &input,
+                Request::PolicySet {
+                    environment: env.clone(),
+                    factor: None,
+                    change,
+                },
+            )
+            .await?;
+            if let Some(w) = d["warning"].as_str() {
+                note(format!("warning: {w}"));
+            }
+            say(format!("policy of {env} updated"));
+            Ok(0)
+        }
+    }
+}
