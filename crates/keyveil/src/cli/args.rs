@@ -191,8 +191,9 @@ pub(crate) enum FactorCommand {
     },
     /// Finish an enrolment with the code the authenticator shows.
     Confirm {
-        /// The 6-digit code.
-        code: String,
+        /// The 6-digit code; asked for on the terminal when absent (it is a factor: better not
+        /// on the command line, which every process of yours can read).
+        code: Option<String>,
     },
 }
 

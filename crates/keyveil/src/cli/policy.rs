@@ -68,6 +68,12 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
             Ok(0)
         }
         FactorCommand::Confirm { code } => {
+            let code = match code {
+                Some(c) => c,
+                None => read_secret_line(false, "Code shown by the app: ")?
+                    .expose()
+                    .to_owned(),
+            };
             call(paths, Request::FactorConfirm { code }).await?;
             say("TOTP enrolled");
             Ok(0)
