@@ -23,6 +23,7 @@ mod names;
 mod oracle;
 mod output;
 mod policy;
+mod revoke;
 mod sandbox;
 mod setup;
 mod tamper;
