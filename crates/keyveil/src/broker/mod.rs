@@ -159,7 +159,18 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         }
     }
     ticker.abort();
-    ops::stop_everything(&broker, "broker stopping");
+    let ended = ops::stop_everything(&broker, "broker stopping");
+    // Every run's tree is gone (or the wait is over) before the broker exits; what is left
+    // then is the supervisor's to kill.
+    let stopped = state::RunsStopped::wait(ended).await;
+    if stopped.runs > 0 {
+        tracing::info!(
+            runs = stopped.runs,
+            killed = stopped.killed,
+            unconfirmed = stopped.unconfirmed,
+            "runs stopped"
+        );
+    }
     broker.lock().seal_audit();
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
     crate::dynamic::settle(&broker, std::time::Duration::from_secs(5)).await;

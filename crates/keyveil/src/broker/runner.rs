@@ -430,9 +430,10 @@ pub(super) async fn run_inner(
             LiveRun {
                 id: run_id.clone(),
                 grant_id: grant_id.clone(),
-                pgid: started.pid,
+                pid: started.pid,
                 argv: shown_argv.clone(),
                 started_at: Timestamp::now(),
+                ended: started.watch_end(),
             },
         );
         inner.audit(
