@@ -166,6 +166,33 @@ impl RunHandle {
     }
 }
 
+/// The run's reaper (or, without one, its leader) exited: reads the reaper's report, which
+/// has the leader's own status and what became of the rest of the tree. Without a report (the
+/// reaper was killed, the agent can do that) or with processes left, its tree went to the
+/// supervisor, which is asked to kill it now: the output pipes stay open while any of it
+/// lives, so this cannot wait for the end of the output.
+fn reaper_exited(
+    handle: &RunHandle,
+    pipe: &mut Option<std::fs::File>,
+) -> Option<crate::reap::Report> {
+    handle.leader_exited();
+    let report = pipe.take().and_then(|mut f| {
+        use std::io::Read;
+        let mut line = String::new();
+        // Non-blocking: the line was written before the reaper exited, or never.
+        let _ = f.read_to_string(&mut line);
+        crate::reap::Report::parse(&line)
+    });
+    if cfg!(target_os = "linux") && report.is_none_or(|r| r.left > 0) {
+        tracing::warn!(
+            left = report.map(|r| r.left),
+            "a run's reaper did not confirm its processes gone; asking the supervisor to kill what it holds"
+        );
+        crate::supervise::request_sweep();
+    }
+    report
+}
+
 /// How long after the reaper was told to kill everything it is killed itself, if it has not
 /// exited by then.
 const REAPER_BACKSTOP: Duration = Duration::from_secs(3);
@@ -206,8 +233,8 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
     let mut keep_fds: Vec<i32> = keep_fd.into_iter().collect();
     #[cfg(target_os = "linux")]
     let (report_r, report_w) = {
-        use std::os::fd::AsRawFd;
         use rustix::pipe::PipeFlags;
+        use std::os::fd::AsRawFd;
         let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         keep_fds.push(w.as_raw_fd());
         (r, w)
@@ -259,9 +286,7 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
     let handle = RunHandle {
         pid,
         pidfd: rustix::process::Pid::from_raw(pid)
-            .and_then(|p| {
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-            })
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
             .map(std::sync::Arc::new),
     };
     #[cfg(not(target_os = "linux"))]
@@ -414,6 +439,7 @@ pub async fn relay(
     let mut err_buf: Vec<u8> = Vec::new();
     let mut stop: Option<Stop> = None;
     let mut status: Option<std::process::ExitStatus> = None;
+    let mut report: Option<crate::reap::Report> = None;
     let deadline = tokio::time::sleep(spec_timeout);
     tokio::pin!(deadline);
     let mut sink_open = true;
@@ -457,7 +483,7 @@ pub async fn relay(
                                     st = started.child.wait(), if status.is_none() => {
                                         status = st.ok();
                                         // As below: nothing outlives the leader.
-                                        handle.leader_exited();
+                                        report = reaper_exited(&handle, &mut started.report);
                                     }
                                     why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
                                         stop = Some(why);
@@ -492,7 +518,7 @@ pub async fn relay(
                 status = st.ok();
                 // Nothing started under a grant outlives its leader (the reaper has killed
                 // the rest of its tree before it exited).
-                handle.leader_exited();
+                report = reaper_exited(&handle, &mut started.report);
             }
             why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
                 stop = Some(why);
@@ -503,17 +529,6 @@ pub async fn relay(
     for r in readers {
         let _ = r.await;
     }
-    // The reaper's report has the leader's own status and what became of the rest.
-    let report = match (status, started.report.take()) {
-        (Some(_), Some(mut f)) => {
-            use std::io::Read;
-            let mut line = String::new();
-            f.read_to_string(&mut line)
-                .ok()
-                .and_then(|_| crate::reap::Report::parse(&line))
-        }
-        _ => None,
-    };
     let end = match report {
         Some(r) => TreeEnd {
             killed: r.killed,
@@ -522,14 +537,6 @@ pub async fn relay(
         },
         None => TreeEnd::default(),
     };
-    if cfg!(target_os = "linux") && !end.confirmed {
-        // The reaper was killed (or gave up): its tree went to the supervisor.
-        tracing::warn!(
-            left = end.left,
-            "a run's reaper did not confirm its processes gone; asking the supervisor to kill what it holds"
-        );
-        crate::supervise::request_sweep();
-    }
     let _ = started.ended.send(Some(end));
     let status_code = match report {
         Some(crate::reap::Report {

@@ -246,3 +246,30 @@ fn the_daemon_stopping_kills_a_run_that_left_its_group() {
     assert_none_left(value, Duration::from_secs(5), "daemon stop");
     let _ = wait_output(child, Duration::from_secs(15));
 }
+
+#[test]
+fn killing_the_runs_reaper_does_not_free_its_processes() {
+    let value = "tok_reaper_kill_9Pz4LsE6";
+    // The agent (same uid) kills the process that holds the run's tree: the tree goes to the
+    // supervisor, which the broker asks to kill it.
+    let (h, child) = live_run(
+        value,
+        "(setsid sleep 66 &); python3 -c \"$0\" & sleep 67; wait",
+        &[],
+    );
+    wait_holders(value, 3);
+    let audit = h.audit_text();
+    let reaper: i32 = audit
+        .lines()
+        .find(|l| l.contains("\"run_start\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["pid"].as_i64().or_else(|| v["data"]["pid"].as_i64()))
+        .map(|p| p as i32)
+        .unwrap_or_else(|| panic!("no run_start pid in {audit}"));
+    assert!(alive(reaper));
+    let p = rustix::process::Pid::from_raw(reaper).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::KILL).unwrap();
+    assert_none_left(value, Duration::from_secs(5), "kill -9 of the run's reaper");
+    let o = wait_output(child, Duration::from_secs(15));
+    assert_ne!(o.status.code(), Some(0));
+}
