@@ -552,12 +552,17 @@ impl KeyveilMcp {
                     grant_id: a.grant_id,
                 };
                 let runs = d.get("runs_stopped").and_then(Value::as_u64).unwrap_or(0);
-                let unconfirmed = d.get("runs_unconfirmed").and_then(Value::as_u64).unwrap_or(0);
+                let unconfirmed = d
+                    .get("runs_unconfirmed")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 let mut text = format!("Grant {} is revoked.", o.grant_id);
                 if runs > 0 {
                     text.push_str(&format!(
                         " {runs} live run(s) under it were stopped ({} process(es) killed).",
-                        d.get("processes_killed").and_then(Value::as_u64).unwrap_or(0)
+                        d.get("processes_killed")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0)
                     ));
                 }
                 if unconfirmed > 0 {
