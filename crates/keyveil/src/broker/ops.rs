@@ -572,15 +572,20 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
 }
 
 async fn lock(broker: &Broker) -> Value {
-    // The runs end before the vault leaves memory; the reply says what was stopped.
+    // The runs end before the vault leaves memory (their ends are still audited); the reply
+    // says what was stopped.
     let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;
     let mut inner = broker.lock();
+    // A grant approved while we waited ends in the same step as the vault leaves memory.
+    let _late = stop_all(&mut inner, "vault locked");
     inner.audit("lock", json!({}));
     inner.seal_audit();
     inner.vault = None;
     inner.audit = None;
     inner.challenges.clear();
     inner.pending_totp = None;
+    drop(inner);
+    broker.notify();
     let mut v = stopped.json();
     if let Some(o) = v.as_object_mut() {
         o.insert("locked".into(), json!(true));
@@ -591,7 +596,13 @@ async fn lock(broker: &Broker) -> Value {
 /// Revokes every grant (killing its runs) and denies every pending request; returns watches on
 /// the end of the runs that were live (see [`RunsStopped::wait`]).
 pub fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
-    let mut inner = broker.lock();
+    let ended = stop_all(&mut broker.lock(), why);
+    broker.notify();
+    ended
+}
+
+/// [`stop_everything`] under a lock already held (the caller notifies).
+fn stop_all(inner: &mut Inner, why: &str) -> RunEnds {
     let ids: Vec<String> = inner.grants.keys().cloned().collect();
     let ended = inner.runs_ended(&ids);
     for id in ids {
@@ -605,8 +616,6 @@ pub fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
             r.decided = Some(Instant::now());
         }
     }
-    drop(inner);
-    broker.notify();
     ended
 }
 

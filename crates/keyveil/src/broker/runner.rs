@@ -430,7 +430,7 @@ pub(super) async fn run_inner(
             LiveRun {
                 id: run_id.clone(),
                 grant_id: grant_id.clone(),
-                pid: started.pid,
+                pgid: started.pid,
                 argv: shown_argv.clone(),
                 started_at: Timestamp::now(),
                 ended: started.watch_end(),

@@ -174,6 +174,7 @@ impl RunHandle {
 fn reaper_exited(
     handle: &RunHandle,
     pipe: &mut Option<std::fs::File>,
+    ended: &tokio::sync::watch::Sender<Option<TreeEnd>>,
 ) -> Option<crate::reap::Report> {
     handle.leader_exited();
     let report = pipe.take().and_then(|mut f| {
@@ -190,7 +191,22 @@ fn reaper_exited(
         );
         crate::supervise::request_sweep();
     }
+    // Known now, not when the output ends (a client that does not read may hold that back):
+    // a revocation waiting on this run answers at once.
+    let _ = ended.send(Some(tree_end(report)));
     report
+}
+
+/// What a reaper's report (or its absence) says about the run's processes.
+fn tree_end(report: Option<crate::reap::Report>) -> TreeEnd {
+    match report {
+        Some(r) => TreeEnd {
+            killed: r.killed,
+            left: r.left,
+            confirmed: r.left == 0,
+        },
+        None => TreeEnd::default(),
+    }
 }
 
 /// How long after the reaper was told to kill everything it is killed itself, if it has not
@@ -220,6 +236,17 @@ impl Started {
     /// Kills every process of the run now.
     pub fn kill_now(&self) {
         self.handle.kill_now();
+    }
+}
+
+impl Drop for Started {
+    /// A run dropped before its reaper was seen to exit (a relay cut short) is killed whole:
+    /// the reaper is told to kill its tree (killing the reaper itself would hand the tree to
+    /// the supervisor), then exits and is reaped by the runtime.
+    fn drop(&mut self) {
+        if cfg!(target_os = "linux") && self.report.is_some() {
+            self.handle.kill_now();
+        }
     }
 }
 
@@ -270,7 +297,8 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
+        // Without a reaper, the command itself; with one, see `impl Drop for Started`.
+        .kill_on_drop(!cfg!(target_os = "linux"));
     crate::harden::prepare_child(cmd.as_std_mut(), keep_fds);
     let spawned = cmd.spawn();
     // The values now live only in the command (dropped below) and the child.
@@ -483,7 +511,7 @@ pub async fn relay(
                                     st = started.child.wait(), if status.is_none() => {
                                         status = st.ok();
                                         // As below: nothing outlives the leader.
-                                        report = reaper_exited(&handle, &mut started.report);
+                                        report = reaper_exited(&handle, &mut started.report, &started.ended);
                                     }
                                     why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
                                         stop = Some(why);
@@ -518,7 +546,7 @@ pub async fn relay(
                 status = st.ok();
                 // Nothing started under a grant outlives its leader (the reaper has killed
                 // the rest of its tree before it exited).
-                report = reaper_exited(&handle, &mut started.report);
+                report = reaper_exited(&handle, &mut started.report, &started.ended);
             }
             why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
                 stop = Some(why);
@@ -529,15 +557,10 @@ pub async fn relay(
     for r in readers {
         let _ = r.await;
     }
-    let end = match report {
-        Some(r) => TreeEnd {
-            killed: r.killed,
-            left: r.left,
-            confirmed: r.left == 0,
-        },
-        None => TreeEnd::default(),
-    };
-    let _ = started.ended.send(Some(end));
+    if status.is_none() {
+        // The exit was never seen (waiting failed): nothing is confirmed.
+        let _ = started.ended.send(Some(TreeEnd::default()));
+    }
     let status_code = match report {
         Some(crate::reap::Report {
             signal: Some(sig), ..

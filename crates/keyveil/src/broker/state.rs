@@ -310,8 +310,9 @@ pub struct LiveRun {
     pub id: String,
     /// Grant id.
     pub grant_id: String,
-    /// Pid of the run's reaper (Linux; the command is its child), or of the command.
-    pub pid: i32,
+    /// The process group the run started in: the pid of its reaper (Linux; the command is the
+    /// reaper's child and starts in that group, which it may leave), or of the command.
+    pub pgid: i32,
     /// argv as the requester gave it (never matched against values).
     pub argv: Vec<String>,
     /// Start.
