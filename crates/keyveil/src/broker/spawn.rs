@@ -257,6 +257,7 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         return Err(std::io::Error::other("empty command"));
     };
     let (program, keep_fd) = exec_target(&spec.exe)?;
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut keep_fds: Vec<i32> = keep_fd.into_iter().collect();
     #[cfg(target_os = "linux")]
     let (report_r, report_w) = {
@@ -784,6 +785,43 @@ mod tests {
         let (mut sink, _client) = full_sink();
         let waited = tokio::time::timeout(bound * 3, send_final(&mut sink, reply(), None)).await;
         assert!(waited.is_err(), "an unbounded reply was given up on");
+    }
+
+    #[tokio::test]
+    async fn a_revocation_counts_only_what_the_reapers_confirmed() {
+        use crate::broker::state::RunsStopped;
+        let confirmed = tokio::sync::watch::channel(None);
+        let left_some = tokio::sync::watch::channel(None);
+        let killed_reaper = tokio::sync::watch::channel(None);
+        let rx = vec![
+            confirmed.0.subscribe(),
+            left_some.0.subscribe(),
+            killed_reaper.0.subscribe(),
+        ];
+        let waiting = tokio::spawn(RunsStopped::wait(rx));
+        // The ends come after the wait started, from the relays.
+        let report = |l: &str| crate::reap::Report::parse(l);
+        confirmed
+            .0
+            .send(Some(tree_end(report("signal=15 killed=52 left=0\n"))))
+            .unwrap();
+        left_some
+            .0
+            .send(Some(tree_end(report("exit=0 killed=3 left=1\n"))))
+            .unwrap();
+        // A reaper killed by the agent wrote nothing.
+        killed_reaper.0.send(Some(tree_end(report("")))).unwrap();
+        let got = waiting.await.unwrap();
+        assert_eq!(
+            got,
+            RunsStopped {
+                runs: 3,
+                killed: 55,
+                unconfirmed: 2
+            }
+        );
+        assert_eq!(got.json()["processes_killed"], 55);
+        assert_eq!(RunsStopped::wait(Vec::new()).await, RunsStopped::default());
     }
 
     #[tokio::test]
