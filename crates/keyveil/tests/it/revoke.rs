@@ -71,6 +71,43 @@ fn wait_holders(value: &str, n: usize) {
     }
 }
 
+/// Waits until `n` Python processes holding `value` have left the process group their run
+/// started in (the attack really happened before the test revokes).
+fn wait_moved(h: &Home, value: &str, n: usize) {
+    let t0 = Instant::now();
+    let pgid = loop {
+        let st = h.json(&["status", "--json"]);
+        if let Some(p) = st["runs"][0]["pgid"].as_i64() {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no live run: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    loop {
+        let moved: Vec<_> = holders_of(value)
+            .into_iter()
+            .filter(|(pid, cmd)| {
+                let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .and_then(|(_, r)| r.split_whitespace().nth(2)?.parse::<i64>().ok())
+                    });
+                cmd.contains("python3") && group.is_some_and(|g| g != pgid)
+            })
+            .collect();
+        if moved.len() >= n {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "only {moved:?} left the run's process group {pgid}: {:?}",
+            holders_of(value)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Asserts that within `limit` no process holds `value` any more.
 fn assert_none_left(value: &str, limit: Duration, after: &str) {
     let t0 = Instant::now();
@@ -130,9 +167,7 @@ fn revoke_all_kills_a_run_that_moved_into_the_brokers_process_group() {
     ]);
     let id = h.wait_request();
     assert!(h.approve(id, &[]).status.success());
-    wait_holders(value, 2);
-    // Both really left the run's process group.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_moved(&h, value, 2);
     let out = h.ok(&["revoke", "--all"]);
     assert_none_left(value, Duration::from_secs(5), "revoke --all");
     assert!(out.contains("revoked 1 grant"), "{out}");
@@ -149,8 +184,7 @@ fn revoke_all_kills_a_run_that_moved_into_the_brokers_process_group() {
 fn lock_kills_a_run_that_moved_into_the_brokers_process_group() {
     let value = "tok_lock_pgid_8Hn2XcV5";
     let (h, child) = live_run(value, LEADER_MOVES, &[]);
-    wait_holders(value, 1);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_moved(&h, value, 1);
     let out = h.ok(&["lock"]);
     // `lock` answers once the run is gone, and says so.
     assert!(holders_of(value).is_empty(), "{:?}", holders_of(value));
@@ -183,7 +217,7 @@ fn timeout_kills_a_run_that_moved_into_the_brokers_process_group() {
     ]);
     let id = h.wait_request();
     assert!(h.approve(id, &[]).status.success());
-    wait_holders(value, 2);
+    wait_moved(&h, value, 2);
     let o = wait_output(child, Duration::from_secs(20));
     assert!(text(&o.stderr).contains("timed out"), "{}", text(&o.stderr));
     assert_none_left(value, Duration::from_secs(3), "the timeout");
@@ -237,6 +271,7 @@ fn stop_kills_a_background_run_that_left_its_group() {
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("no run id in {}", text(&o.stdout)));
     wait_holders(value, 3);
+    wait_moved(&h, value, 2);
     h.ok(&["stop", &run_id]);
     assert_none_left(value, Duration::from_secs(5), "stop");
 }
@@ -245,8 +280,7 @@ fn stop_kills_a_background_run_that_left_its_group() {
 fn the_daemon_stopping_kills_a_run_that_left_its_group() {
     let value = "tok_daemon_pgid_5Rx1TyU7";
     let (h, child) = live_run(value, LEADER_MOVES, &[]);
-    wait_holders(value, 1);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_moved(&h, value, 1);
     h.ok(&["daemon", "stop"]);
     assert_none_left(value, Duration::from_secs(5), "daemon stop");
     let _ = wait_output(child, Duration::from_secs(15));
@@ -263,6 +297,7 @@ fn killing_the_runs_reaper_does_not_free_its_processes() {
         &[],
     );
     wait_holders(value, 3);
+    wait_moved(&h, value, 1);
     let audit = h.audit_text();
     let reaper: i32 = audit
         .lines()
