@@ -188,8 +188,9 @@ def revocation(a, env, kv, pw):
                     pid, gid = runs[0]["pgid"], runs[0]["grant_id"]
                 else:
                     time.sleep(0.005)
-            # Both sleeps started (the shell forks the first before it execs the second).
-            while sum(1 for d in os.listdir("/proc") if d.isdigit() and _pgrp(d) == pid) < 2:
+            # Both sleeps started (the shell forks the first before it execs the second); `pid`
+            # is the run's reaper, which leads the group on Linux.
+            while sum(1 for d in os.listdir("/proc") if d.isdigit() and d != str(pid) and _pgrp(d) == pid) < 2:
                 time.sleep(0.001)
             t0 = time.perf_counter()
             reply = broker_call(sock, {"op": "revoke", "grant_id": gid, "all": False, "client": None})

@@ -9,11 +9,14 @@
 //!   are never written to swap, when that is safe: only with an unlimited `RLIMIT_MEMLOCK` or
 //!   `CAP_IPC_LOCK`. Under a finite limit (8 MiB on most desktops) `MCL_FUTURE` would make later
 //!   allocations fail once the limit is reached, so the broker logs a warning and runs unlocked.
-//! - [`prepare_child`]: a granted child gets `PR_SET_PDEATHSIG(SIGKILL)` set between `fork`
-//!   and `exec`, so no child keeps running with secrets if the broker dies (even by `kill -9`).
+//! - [`prepare_child`]: a run's reaper (a child of the broker, `reap.rs`) and the granted
+//!   command (a child of the reaper) get `PR_SET_PDEATHSIG(SIGKILL)` set between `fork` and
+//!   `exec`, so neither keeps running with secrets if its parent dies (even by `kill -9`).
 //!   Registering code to run between `fork` and `exec` is `unsafe` in Rust
 //!   (`CommandExt::pre_exec`): the closure may only call async-signal-safe functions. Ours calls
-//!   `prctl` and `getppid` (raw syscalls via rustix, no allocation, no locks).
+//!   `prctl`, `getppid` and `fcntl` (raw syscalls via rustix, no allocation, no locks).
+//! - [`adopt_inherited_fd`]: the reaper takes ownership of the report pipe it inherited
+//!   (`OwnedFd::from_raw_fd` is `unsafe`).
 //!
 //! Linux only; on other systems these are no-ops with a log line (macOS support is planned:
 //! `PT_DENY_ATTACH` and `kqueue` parent-death watching).
@@ -106,28 +109,30 @@ pub fn harden_broker() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prepares a granted child: killed with SIGKILL when the broker (its parent) dies, and, when
-/// `keep_fd` is set, that descriptor (the verified executable) stays open across `exec` so the
-/// child can be executed through `/proc/self/fd/N`.
+/// Prepares a child of the broker or of a run's reaper: killed with SIGKILL when its parent
+/// dies, and each descriptor of `keep_fds` (the verified executable, the reaper's report pipe)
+/// stays open across `exec`, so the child can execute `/proc/self/fd/N` or write to it.
 #[cfg(target_os = "linux")]
-pub fn prepare_child(cmd: &mut tokio::process::Command, keep_fd: Option<i32>) {
-    let broker_pid = std::process::id();
+pub fn prepare_child(cmd: &mut std::process::Command, keep_fds: Vec<i32>) {
+    use std::os::unix::process::CommandExt;
+    let parent_pid = std::process::id();
     // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls
     // (prctl, getppid, fcntl) through rustix, which neither allocate nor take locks, so it is
-    // async-signal-safe. `keep_fd` is a descriptor the parent holds open (the `File` outlives
-    // the spawn), so borrowing it in the child is valid.
+    // async-signal-safe (iterating the moved `Vec` reads memory, it does not allocate). Each
+    // descriptor of `keep_fds` is one the parent holds open until the spawn returns, so
+    // borrowing it in the child is valid.
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
                 .map_err(std::io::Error::from)?;
-            // The broker may have died between fork and prctl: then we were reparented already.
+            // The parent may have died between fork and prctl: then we were reparented already.
             let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
-            if parent != Some(broker_pid as i32) {
+            if parent != Some(parent_pid as i32) {
                 return Err(std::io::Error::other(
-                    "broker exited before the child started",
+                    "the parent exited before the child started",
                 ));
             }
-            if let Some(fd) = keep_fd {
+            for &fd in &keep_fds {
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
                     .map_err(std::io::Error::from)?;
@@ -139,7 +144,31 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, keep_fd: Option<i32>) {
 
 /// Non-Linux: not available yet.
 #[cfg(not(target_os = "linux"))]
-pub fn prepare_child(_cmd: &mut tokio::process::Command, _keep_fd: Option<i32>) {}
+pub fn prepare_child(_cmd: &mut std::process::Command, _keep_fds: Vec<i32>) {}
+
+/// Takes ownership of a descriptor this process inherited from its parent and was told about
+/// on its command line (the run reaper's report pipe, see `reap.rs`), and marks it
+/// close-on-exec so it reaches no further program. `None` when `fd` is not an open descriptor
+/// or is one of the standard streams.
+#[cfg(target_os = "linux")]
+pub fn adopt_inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd <= 2 {
+        return None;
+    }
+    // SAFETY: borrowing only to ask the kernel whether `fd` is open; an invalid number makes
+    // `fcntl` fail with EBADF, it touches no memory.
+    let open = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }).is_ok();
+    if !open {
+        return None;
+    }
+    // SAFETY: `fd` is open (checked above) and no other part of this process knows about it:
+    // the reaper was started with it left open for exactly this call, which is made once, at
+    // start, before any other descriptor is created; from here the `OwnedFd` is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).ok()?;
+    Some(owned)
+}
 
 /// Puts a spawned broker in its own process group so a terminal's Ctrl-C does not reach it.
 pub fn detach(cmd: &mut std::process::Command) {

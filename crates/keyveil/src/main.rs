@@ -20,6 +20,7 @@ mod notify;
 mod paths;
 mod pin;
 mod protocol;
+mod reap;
 mod redact;
 mod risk;
 mod sandbox;
@@ -30,6 +31,9 @@ mod supervise;
 use clap::Parser;
 
 fn main() {
+    // A run's reaper (`reap.rs`) is this executable started by the broker: it never parses
+    // the CLI.
+    reap::maybe_run();
     let cli = cli::Cli::parse();
     let code = match cli::main(cli) {
         Ok(code) => code,

@@ -11,9 +11,14 @@
 //! of init, whatever its process group or session. When the broker exits, for any reason
 //! (`daemon stop`, a crash, `kill -9`), the supervisor kills every process it holds, repeating
 //! until none is left (killing one re-parents its own children to us), and exits with the
-//! broker's status. While the broker runs, it kills every orphan it is given within 100 ms (a
-//! process that left its run with `setsid` or a daemon's double fork, out of reach of the
-//! process-group signals of revocation) and reaps them.
+//! broker's status.
+//!
+//! While the broker runs, a run's processes are not orphaned to the supervisor: each run has a
+//! reaper of its own (`reap.rs`) that holds its whole tree. Only when a reaper is killed (the
+//! agent can `kill -9` it) or gives up does its tree come here; the broker sees that (the
+//! reaper exits without its report) and sends the supervisor `SIGUSR1`, which kills every
+//! child it has but the broker, repeating until none is left. Nothing polls: the supervisor
+//! blocks in `wait` and in a signal wait, and costs no CPU while nothing happens.
 //!
 //! The supervisor holds no secret and never talks to clients; it forwards SIGTERM, SIGINT and
 //! SIGHUP to the broker, which stops gracefully. Limits: killing the supervisor first (it is a
@@ -23,6 +28,32 @@
 //! Linux only (subreapers are a Linux feature); elsewhere the broker runs unsupervised.
 
 use anyhow::Result;
+
+/// The supervisor's pid, recorded by a broker started with `--supervised` (its parent).
+static SUPERVISOR: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// Records that this process is a broker started by a supervisor (its parent), for
+/// [`request_sweep`].
+pub fn mark_supervised() {
+    if let Some(p) = rustix::process::getppid() {
+        let _ = SUPERVISOR.set(p.as_raw_nonzero().get());
+    }
+}
+
+/// Asks the supervisor to kill every process re-parented to it (a run whose reaper was killed
+/// left its tree there). A no-op for an unsupervised broker, or once the supervisor is gone
+/// (then this process is no longer its child, and the pid may name another process).
+pub fn request_sweep() {
+    let Some(&sup) = SUPERVISOR.get() else {
+        return;
+    };
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
+    if parent == Some(sup)
+        && let Some(p) = rustix::process::Pid::from_raw(sup)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::USR1);
+    }
+}
 
 /// Runs the supervisor (Linux) or the broker directly (elsewhere); returns the exit code.
 /// `bootstrap` passes `--bootstrap-stdin` on to the broker (its stdin and stdout are inherited).
@@ -73,11 +104,14 @@ mod imp {
         let signals = rt
             .block_on(async {
                 use tokio::signal::unix::{SignalKind, signal};
-                Ok::<_, std::io::Error>([
-                    (signal(SignalKind::terminate())?, Signal::TERM),
-                    (signal(SignalKind::interrupt())?, Signal::INT),
-                    (signal(SignalKind::hangup())?, Signal::HUP),
-                ])
+                Ok::<_, std::io::Error>((
+                    [
+                        (signal(SignalKind::terminate())?, Signal::TERM),
+                        (signal(SignalKind::interrupt())?, Signal::INT),
+                        (signal(SignalKind::hangup())?, Signal::HUP),
+                    ],
+                    signal(SignalKind::user_defined1())?,
+                ))
             })
             .context("cannot install signal handlers")?;
 
@@ -89,7 +123,6 @@ mod imp {
         let broker_pid = i32::try_from(broker.id()).context("pid out of range")?;
         drop(broker); // reaped below, by `wait`
         std::thread::spawn(move || forward(rt, signals, broker_pid));
-        std::thread::spawn(move || sweep(broker_pid));
 
         let status = loop {
             match rustix::process::wait(WaitOptions::empty()) {
@@ -114,22 +147,30 @@ mod imp {
             .unwrap_or(1))
     }
 
-    /// Forwards each signal received to the broker.
+    /// Forwards SIGTERM, SIGINT and SIGHUP to the broker; on SIGUSR1 (from the broker: a
+    /// run's reaper died and its tree was re-parented here) kills every orphan it holds.
     fn forward(
         rt: tokio::runtime::Runtime,
-        signals: [(tokio::signal::unix::Signal, Signal); 3],
-        broker: i32,
+        signals: (
+            [(tokio::signal::unix::Signal, Signal); 3],
+            tokio::signal::unix::Signal,
+        ),
+        broker_pid: i32,
     ) {
-        let Some(broker) = Pid::from_raw(broker) else {
+        let Some(broker) = Pid::from_raw(broker_pid) else {
             return;
         };
-        let [(mut term, t), (mut int, i), (mut hup, h)] = signals;
+        let ([(mut term, t), (mut int, i), (mut hup, h)], mut usr1) = signals;
         rt.block_on(async move {
             loop {
                 let sig = tokio::select! {
                     _ = term.recv() => t,
                     _ = int.recv() => i,
                     _ = hup.recv() => h,
+                    _ = usr1.recv() => {
+                        sweep(broker_pid);
+                        continue;
+                    }
                 };
                 let _ = rustix::process::kill_process(broker, sig);
             }
@@ -160,24 +201,22 @@ mod imp {
         }
     }
 
-    /// While the broker runs, kills every other child of the supervisor within
-    /// [`SWEEP_EVERY`]: such a child is a process that left its run (`setsid`, a daemon's double
-    /// fork) and was re-parented to us. It still holds the run's values in its environment, and
-    /// revoking the grant (which signals the run's process group) could not reach it.
+    /// Kills every child of the supervisor but the broker, repeating until none is left (at
+    /// most 2 s): each is a process of a run whose reaper was killed. It still holds the run's
+    /// values in its environment.
     fn sweep(broker_pid: i32) {
         let me = std::process::id();
-        let mut killed_last = false;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut killed = 0usize;
         loop {
-            // After a pass that killed something, look again at once: an escaped process may
-            // have forked before it died.
-            if !killed_last {
-                std::thread::sleep(SWEEP_EVERY);
+            let orphans: Vec<i32> = live_children(me)
+                .into_iter()
+                .filter(|&p| p != broker_pid)
+                .collect();
+            if orphans.is_empty() || Instant::now() > deadline {
+                break;
             }
-            killed_last = false;
-            for pid in live_children(me) {
-                if pid == broker_pid {
-                    continue;
-                }
+            for pid in orphans {
                 let Some(p) = Pid::from_raw(pid) else {
                     continue;
                 };
@@ -190,18 +229,18 @@ mod imp {
                 if parent_of(pid) == Some(me)
                     && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
                 {
-                    killed_last = true;
-                    tracing::warn!(
-                        pid,
-                        "killed a process that left its run (setsid or a daemon's fork): nothing started under a grant outlives its run"
-                    );
+                    killed += 1;
                 }
             }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                "killed processes of a run whose reaper was killed: nothing started under a grant outlives its run"
+            );
         }
     }
-
-    /// How often [`sweep`] looks for escaped processes.
-    const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
     /// The parent pid of `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid ...`; comm may
     /// hold spaces and parentheses), if the process is alive and not a zombie.

@@ -10,10 +10,11 @@
 //! read it incrementally with `logs` from a byte offset of the combined stdout+stderr stream;
 //! bytes that fell out of the ring before they were read are reported as `dropped`.
 //!
-//! A background run ends when it exits, on `stop` (SIGTERM to its process group, SIGKILL after
-//! [`super::spawn::KILL_GRACE`]), at its timeout, or when its grant ends: revocation, expiry,
-//! `keyveil lock` and `daemon stop` cancel the grant's token, which the relay watches, so the
-//! whole process group is killed as for a foreground run. Finished runs stay readable for
+//! A background run ends when it exits, on `stop` (SIGTERM to every process of the run,
+//! SIGKILL after [`super::spawn::KILL_GRACE`]), at its timeout, or when its grant ends:
+//! revocation, expiry, `keyveil lock` and `daemon stop` cancel the grant's token, which the
+//! relay watches, so the run's whole process tree is killed as for a foreground run
+//! (`crate::reap`). Finished runs stay readable for
 //! [`KEEP_FINISHED_FOR`] (at most [`MAX_FINISHED`] of them).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -360,7 +361,7 @@ pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot relay a background run; stopping it");
-                spawn::signal_group(started.pid, rustix::process::Signal::KILL);
+                started.kill_now();
                 drop(started);
                 RunResult {
                     exit_code: 137,
@@ -520,7 +521,7 @@ pub fn logs(
     Ok(v)
 }
 
-/// `stop`: SIGTERM to the run's process group, SIGKILL after the grace period; waits for the
+/// `stop`: SIGTERM to every process of the run, SIGKILL after the grace period; waits for the
 /// end (at most a few seconds) and returns `{run_id, stopped, running, exit_code?, signal?}`.
 pub async fn stop(broker: &Arc<Broker>, run_id: &str, client: Option<&str>) -> OpResult<Value> {
     let run = find(broker, run_id, client)?;

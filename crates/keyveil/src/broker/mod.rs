@@ -163,7 +163,18 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         }
     }
     ticker.abort();
-    ops::stop_everything(&broker, "broker stopping");
+    let ended = ops::stop_everything(&broker, "broker stopping");
+    // Every run's tree is gone (or the wait is over) before the broker exits; what is left
+    // then is the supervisor's to kill.
+    let stopped = state::RunsStopped::wait(ended).await;
+    if stopped.runs > 0 {
+        tracing::info!(
+            runs = stopped.runs,
+            killed = stopped.killed,
+            unconfirmed = stopped.unconfirmed,
+            "runs stopped"
+        );
+    }
     {
         let mut inner = broker.lock();
         // The last chance to record a pending gap: the reserve is no longer needed after this.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::Broker;
 use super::access;
 use super::factor_ops::{self, Proof};
-use super::state::{Inner, OpError, OpResult, RequestState, unknown_env};
+use super::state::{Inner, OpError, OpResult, RequestState, RunsStopped, unknown_env};
 use crate::factor_proof;
 use crate::protocol::{
     Bootstrap, Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request,
@@ -106,7 +106,7 @@ pub async fn dispatch_from(
         Request::FactorChallenge { client_nonce, totp } => {
             factor_ops::challenge(broker, &client_nonce, &totp)
         }
-        Request::Lock => Ok(lock(broker)),
+        Request::Lock => Ok(lock(broker).await),
         Request::Shutdown => {
             broker.shutdown.cancel();
             Ok(json!({"stopping": true}))
@@ -246,7 +246,7 @@ pub async fn dispatch_from(
             grant_id,
             all,
             client,
-        } => revoke(broker, grant_id, all, client.as_deref()),
+        } => revoke(broker, grant_id, all, client.as_deref()).await,
         Request::Audit { limit } => audit(broker, limit),
         Request::AuditVerify => audit_verify(broker),
         Request::WebUrl => super::web::url(broker).await,
@@ -607,22 +607,40 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
     }
 }
 
-fn lock(broker: &Broker) -> Value {
-    stop_everything(broker, "vault locked");
+async fn lock(broker: &Broker) -> Value {
+    // The runs end before the vault leaves memory (their ends are still audited); the reply
+    // says what was stopped.
+    let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;
     let mut inner = broker.lock();
+    // A grant approved while we waited ends in the same step as the vault leaves memory.
+    let _late = stop_all(&mut inner, "vault locked");
     inner.audit("lock", json!({}));
     inner.seal_audit_final();
     inner.vault = None;
     inner.close_audit();
     inner.challenges.clear();
     inner.pending_totp = None;
-    json!({"locked": true})
+    drop(inner);
+    broker.notify();
+    let mut v = stopped.json();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("locked".into(), json!(true));
+    }
+    v
 }
 
-/// Revokes every grant (killing its runs) and denies every pending request.
-pub fn stop_everything(broker: &Broker, why: &str) {
-    let mut inner = broker.lock();
+/// Revokes every grant (killing its runs) and denies every pending request; returns watches on
+/// the end of the runs that were live (see [`RunsStopped::wait`]).
+pub fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
+    let ended = stop_all(&mut broker.lock(), why);
+    broker.notify();
+    ended
+}
+
+/// [`stop_everything`] under a lock already held (the caller notifies).
+fn stop_all(inner: &mut Inner, why: &str) -> RunEnds {
     let ids: Vec<String> = inner.grants.keys().cloned().collect();
+    let ended = inner.runs_ended(&ids);
     for id in ids {
         inner.revoke(&id, why);
     }
@@ -634,8 +652,7 @@ pub fn stop_everything(broker: &Broker, why: &str) {
             r.decided = Some(Instant::now());
         }
     }
-    drop(inner);
-    broker.notify();
+    ended
 }
 
 fn env_list(broker: &Broker) -> OpResult<Value> {
@@ -1112,12 +1129,36 @@ fn grants(broker: &Broker, client: Option<&str>) -> Value {
     json!({"grants": list})
 }
 
-fn revoke(
+async fn revoke(
     broker: &Broker,
     grant_id: Option<String>,
     all: bool,
     client: Option<&str>,
 ) -> OpResult<Value> {
+    let (n, ended, ids, runs) = revoke_now(broker, grant_id, all, client)?;
+    broker.notify();
+    // Answer once the runs are gone, saying so: the CLI and MCP report what was stopped.
+    let stopped = RunsStopped::wait(runs).await;
+    let mut v = stopped.json();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("revoked".into(), json!(true));
+        o.insert("count".into(), json!(n));
+        o.insert("already_ended".into(), json!(ended));
+        o.insert("grant_ids".into(), json!(ids));
+    }
+    Ok(v)
+}
+
+/// Watches on the end of runs (see [`RunsStopped::wait`]).
+type RunEnds = Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>>;
+
+/// The revocation itself, under the lock: `(revoked, already ended, ids, their runs' ends)`.
+fn revoke_now(
+    broker: &Broker,
+    grant_id: Option<String>,
+    all: bool,
+    client: Option<&str>,
+) -> OpResult<(u32, u32, Vec<String>, RunEnds)> {
     let mut inner = broker.lock();
     let ids: Vec<String> = match (grant_id, all) {
         (Some(id), _) => {
@@ -1157,9 +1198,8 @@ fn revoke(
             }
         }
     }
-    drop(inner);
-    broker.notify();
-    Ok(json!({"revoked": true, "count": n, "already_ended": ended, "grant_ids": ids}))
+    let runs = inner.runs_ended(&ids);
+    Ok((n, ended, ids, runs))
 }
 
 fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<Value> {

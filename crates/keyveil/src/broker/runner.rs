@@ -437,6 +437,7 @@ pub(super) async fn run_inner(
                 pgid: started.pid,
                 argv: shown_argv.clone(),
                 started_at: Timestamp::now(),
+                ended: started.watch_end(),
             },
         );
         inner.audit(

@@ -1,8 +1,12 @@
 //! Starting a granted process and relaying its redacted output.
 //!
-//! The child gets its own process group (so revocation and timeouts kill it and everything it
-//! started), `PR_SET_PDEATHSIG(SIGKILL)` (so it dies with the broker), the requester's
-//! pass-through environment plus the granted values, and nothing else. Its stdout and stderr are
+//! On Linux the broker starts a run's *reaper* (`crate::reap`), a child subreaper that starts
+//! the command and holds every process the command starts, whatever process group or session
+//! it moves to; revocation, timeouts, `stop` and the leader's exit end that whole tree
+//! ([`RunHandle`]). Elsewhere the command is started directly in a process group of its own,
+//! which is what revocation signals. Either way the child gets `PR_SET_PDEATHSIG(SIGKILL)` (so
+//! it dies with its parent), the requester's pass-through environment plus the granted values,
+//! and nothing else. Its stdout and stderr are
 //! pipes, read in chunks of up to [`READ_CHUNK`] bytes, each through its own
 //! [`keyveil_redact::RedactStream`], and only redacted bytes ever leave this module. A pipe that
 //! turns out busy (one read drained a full default-sized pipe) is enlarged to [`PIPE_BYTES`]
@@ -88,13 +92,162 @@ enum Stop {
     ClientGone,
 }
 
+/// How a run ended for the processes it started: what the broker can say after a revocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeEnd {
+    /// Processes of the run that were signalled and are gone (the leader included when it was
+    /// stopped; 0 when everything had exited on its own).
+    pub killed: u32,
+    /// Processes the run's reaper could not kill within its bound.
+    pub left: u32,
+    /// Whether the reaper reported the whole tree gone. `false` when it reported `left`, when
+    /// it was itself killed before it could report (the supervisor is then asked to kill what
+    /// was re-parented to it), or on systems without a reaper.
+    pub confirmed: bool,
+}
+
+/// How the broker reaches a run's processes: its reaper (Linux, through a pidfd, so a reused
+/// pid is never signalled), or its process group (elsewhere).
+#[derive(Clone)]
+pub struct RunHandle {
+    pid: i32,
+    #[cfg(target_os = "linux")]
+    pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl RunHandle {
+    /// Sends `sig` to the reaper (Linux) or the process group; whether it was delivered.
+    fn signal(&self, sig: rustix::process::Signal) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            return rustix::process::pidfd_send_signal(fd, sig).is_ok();
+        }
+        signal_group(self.pid, sig);
+        true
+    }
+
+    /// Ends the run: SIGTERM to every process of it now, SIGKILL to whatever is left after
+    /// [`KILL_GRACE`] (the reaper does both; `SIGUSR1` tells it not to wait any longer). A
+    /// reaper that has not exited [`REAPER_BACKSTOP`] later is killed itself and the
+    /// supervisor is asked to kill what was re-parented to it.
+    pub fn terminate(&self) {
+        use rustix::process::Signal;
+        self.signal(Signal::TERM);
+        let h = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(KILL_GRACE).await;
+            if cfg!(target_os = "linux") {
+                h.signal(Signal::USR1);
+                tokio::time::sleep(REAPER_BACKSTOP).await;
+                if h.signal(Signal::KILL) {
+                    crate::supervise::request_sweep();
+                }
+            } else {
+                h.signal(Signal::KILL);
+            }
+        });
+    }
+
+    /// Kills every process of the run now (SIGKILL; through the reaper on Linux).
+    pub fn kill_now(&self) {
+        if cfg!(target_os = "linux") {
+            self.signal(rustix::process::Signal::USR1);
+        } else {
+            self.signal(rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The leader exited: without a reaper, the rest of its process group is killed (the
+    /// reaper kills its whole tree itself).
+    fn leader_exited(&self) {
+        if !cfg!(target_os = "linux") {
+            signal_group(self.pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The run's reaper (or, without one, its leader) exited: reads the reaper's report, which
+/// has the leader's own status and what became of the rest of the tree. Without a report (the
+/// reaper was killed, the agent can do that) or with processes left, its tree went to the
+/// supervisor, which is asked to kill it now: the output pipes stay open while any of it
+/// lives, so this cannot wait for the end of the output.
+fn reaper_exited(
+    handle: &RunHandle,
+    pipe: &mut Option<std::fs::File>,
+    ended: &tokio::sync::watch::Sender<Option<TreeEnd>>,
+) -> Option<crate::reap::Report> {
+    handle.leader_exited();
+    let report = pipe.take().and_then(|mut f| {
+        use std::io::Read;
+        let mut line = String::new();
+        // Non-blocking: the line was written before the reaper exited, or never.
+        let _ = f.read_to_string(&mut line);
+        crate::reap::Report::parse(&line)
+    });
+    if cfg!(target_os = "linux") && report.is_none_or(|r| r.left > 0) {
+        tracing::warn!(
+            left = report.map(|r| r.left),
+            "a run's reaper did not confirm its processes gone; asking the supervisor to kill what it holds"
+        );
+        crate::supervise::request_sweep();
+    }
+    // Known now, not when the output ends (a client that does not read may hold that back):
+    // a revocation waiting on this run answers at once.
+    let _ = ended.send(Some(tree_end(report)));
+    report
+}
+
+/// What a reaper's report (or its absence) says about the run's processes.
+fn tree_end(report: Option<crate::reap::Report>) -> TreeEnd {
+    match report {
+        Some(r) => TreeEnd {
+            killed: r.killed,
+            left: r.left,
+            confirmed: r.left == 0,
+        },
+        None => TreeEnd::default(),
+    }
+}
+
+/// How long after the reaper was told to kill everything it is killed itself, if it has not
+/// exited by then.
+const REAPER_BACKSTOP: Duration = Duration::from_secs(3);
+
 /// A started child.
 pub struct Started {
     child: tokio::process::Child,
-    /// Process id (also its process-group id).
+    /// Process id of the run's reaper (Linux; the command is its child) or of the command
+    /// (elsewhere, also its process-group id).
     pub pid: i32,
     stdout: Option<tokio::process::ChildStdout>,
     stderr: Option<tokio::process::ChildStderr>,
+    handle: RunHandle,
+    /// The read end of the reaper's report pipe (`crate::reap::Report`).
+    report: Option<std::fs::File>,
+    ended: tokio::sync::watch::Sender<Option<TreeEnd>>,
+}
+
+impl Started {
+    /// Tells how the run's processes ended, once they have (for revocation replies).
+    pub fn watch_end(&self) -> tokio::sync::watch::Receiver<Option<TreeEnd>> {
+        self.ended.subscribe()
+    }
+
+    /// Kills every process of the run now.
+    pub fn kill_now(&self) {
+        self.handle.kill_now();
+    }
+}
+
+impl Drop for Started {
+    /// A run dropped before its reaper was seen to exit (a relay cut short) is killed whole:
+    /// the reaper is told to kill its tree (killing the reaper itself would hand the tree to
+    /// the supervisor), then exits and is reaped by the runtime.
+    fn drop(&mut self) {
+        if cfg!(target_os = "linux") && self.report.is_some() {
+            self.handle.kill_now();
+        }
+    }
 }
 
 /// Spawns the child. Values are moved into the command's environment and the spec's copies are
@@ -104,10 +257,36 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         return Err(std::io::Error::other("empty command"));
     };
     let (program, keep_fd) = exec_target(&spec.exe)?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.arg0(argv0)
-        .args(args)
-        .current_dir(&spec.cwd)
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+    let mut keep_fds: Vec<i32> = keep_fd.into_iter().collect();
+    #[cfg(target_os = "linux")]
+    let (report_r, report_w) = {
+        use rustix::pipe::PipeFlags;
+        use std::os::fd::AsRawFd;
+        let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        keep_fds.push(w.as_raw_fd());
+        (r, w)
+    };
+    #[cfg(target_os = "linux")]
+    let mut cmd = {
+        use std::os::fd::AsRawFd;
+        // The reaper: this executable (the running file, whatever is at its path now).
+        let mut c = tokio::process::Command::new("/proc/self/exe");
+        c.arg0("keyveil")
+            .arg(crate::reap::FLAG)
+            .arg(report_w.as_raw_fd().to_string())
+            .arg(program)
+            .arg(argv0)
+            .args(args);
+        c
+    };
+    #[cfg(not(target_os = "linux"))]
+    let mut cmd = {
+        let mut c = tokio::process::Command::new(program);
+        c.arg0(argv0).args(args);
+        c
+    };
+    cmd.current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(spec.values.iter().map(|(k, v)| (k.as_str(), v.expose())))
@@ -119,14 +298,32 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
-    crate::harden::prepare_child(&mut cmd, keep_fd);
+        // Without a reaper, the command itself; with one, see `impl Drop for Started`.
+        .kill_on_drop(!cfg!(target_os = "linux"));
+    crate::harden::prepare_child(cmd.as_std_mut(), keep_fds);
     let spawned = cmd.spawn();
     // The values now live only in the command (dropped below) and the child.
     spec.values.clear();
     drop(cmd);
+    // Only the reaper writes its report: the broker keeps the read end.
+    #[cfg(target_os = "linux")]
+    drop(report_w);
     let mut child = spawned?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    // Our child cannot be reaped before we wait for it: the pidfd names the reaper itself.
+    #[cfg(target_os = "linux")]
+    let handle = RunHandle {
+        pid,
+        pidfd: rustix::process::Pid::from_raw(pid)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            .map(std::sync::Arc::new),
+    };
+    #[cfg(not(target_os = "linux"))]
+    let handle = RunHandle { pid };
+    #[cfg(target_os = "linux")]
+    let report = Some(std::fs::File::from(report_r));
+    #[cfg(not(target_os = "linux"))]
+    let report = None;
     if let (Some(input), Some(mut w)) = (spec.stdin.take(), child.stdin.take()) {
         tokio::spawn(async move {
             let _ = w.write_all(input.as_bytes()).await;
@@ -140,6 +337,9 @@ pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         pid,
         stdout,
         stderr,
+        handle,
+        report,
+        ended: tokio::sync::watch::channel(None).0,
     })
 }
 
@@ -202,7 +402,7 @@ trait OutputPipe: AsyncRead + std::os::fd::AsFd + Send + Unpin {}
 impl<T: AsyncRead + std::os::fd::AsFd + Send + Unpin> OutputPipe for T {}
 
 /// Sends a signal to a process group, ignoring "no such process".
-pub fn signal_group(pgid: i32, sig: rustix::process::Signal) {
+fn signal_group(pgid: i32, sig: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
         let _ = rustix::process::kill_process_group(pid, sig);
     }
@@ -258,7 +458,7 @@ pub async fn relay(
     }
     drop(tx);
 
-    let pgid = started.pid;
+    let handle = started.handle.clone();
     let mut result = RunResult::default();
     let cap = match output {
         OutputMode::Collect { cap_bytes } => Some(cap_bytes),
@@ -268,6 +468,7 @@ pub async fn relay(
     let mut err_buf: Vec<u8> = Vec::new();
     let mut stop: Option<Stop> = None;
     let mut status: Option<std::process::ExitStatus> = None;
+    let mut report: Option<crate::reap::Report> = None;
     let deadline = tokio::time::sleep(spec_timeout);
     tokio::pin!(deadline);
     let mut sink_open = true;
@@ -311,11 +512,11 @@ pub async fn relay(
                                     st = started.child.wait(), if status.is_none() => {
                                         status = st.ok();
                                         // As below: nothing outlives the leader.
-                                        signal_group(pgid, rustix::process::Signal::KILL);
+                                        report = reaper_exited(&handle, &mut started.report, &started.ended);
                                     }
                                     why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
                                         stop = Some(why);
-                                        terminate_in_background(pgid);
+                                        handle.terminate();
                                     }
                                 }
                                 if was_running && stop.is_some() {
@@ -326,7 +527,7 @@ pub async fn relay(
                                 sink_open = false;
                                 if stop.is_none() {
                                     stop = Some(Stop::ClientGone);
-                                    terminate(pgid).await;
+                                    handle.terminate();
                                 }
                             }
                         }
@@ -344,26 +545,37 @@ pub async fn relay(
             },
             st = started.child.wait(), if status.is_none() => {
                 status = st.ok();
-                // Nothing started under a grant outlives its leader: end the group now.
-                signal_group(pgid, rustix::process::Signal::KILL);
+                // Nothing started under a grant outlives its leader (the reaper has killed
+                // the rest of its tree before it exited).
+                report = reaper_exited(&handle, &mut started.report, &started.ended);
             }
             why = next_stop(deadline.as_mut(), &cancel, &client_gone), if stop.is_none() => {
                 stop = Some(why);
-                terminate_in_background(pgid);
+                handle.terminate();
             }
         }
     }
     for r in readers {
         let _ = r.await;
     }
-    let status_code = status.map(|s| {
-        use std::os::unix::process::ExitStatusExt;
-        match (s.code(), s.signal()) {
-            (Some(c), _) => (c, None),
-            (None, Some(sig)) => (128 + sig, Some(sig)),
-            (None, None) => (1, None),
-        }
-    });
+    if status.is_none() {
+        // The exit was never seen (waiting failed): nothing is confirmed.
+        let _ = started.ended.send(Some(TreeEnd::default()));
+    }
+    let status_code = match report {
+        Some(crate::reap::Report {
+            signal: Some(sig), ..
+        }) => Some((128 + sig, Some(sig))),
+        Some(crate::reap::Report { exit: Some(c), .. }) => Some((c, None)),
+        _ => status.map(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            match (s.code(), s.signal()) {
+                (Some(c), _) => (c, None),
+                (None, Some(sig)) => (128 + sig, Some(sig)),
+                (None, None) => (1, None),
+            }
+        }),
+    };
     let (code, sig) = status_code.unwrap_or((1, None));
     result.exit_code = code;
     result.signal = sig;
@@ -463,19 +675,6 @@ pub async fn send_final<W: tokio::io::AsyncWrite + Unpin>(
         Some(limit) => matches!(tokio::time::timeout(limit, send).await, Ok(Ok(()))),
         None => send.await.is_ok(),
     }
-}
-
-/// SIGTERM the group now, SIGKILL after the grace period.
-async fn terminate(pgid: i32) {
-    terminate_in_background(pgid);
-}
-
-fn terminate_in_background(pgid: i32) {
-    signal_group(pgid, rustix::process::Signal::TERM);
-    tokio::spawn(async move {
-        tokio::time::sleep(KILL_GRACE).await;
-        signal_group(pgid, rustix::process::Signal::KILL);
-    });
 }
 
 /// Redacted bytes of one stream, on their way from a reader to the relay.
@@ -586,6 +785,43 @@ mod tests {
         let (mut sink, _client) = full_sink();
         let waited = tokio::time::timeout(bound * 3, send_final(&mut sink, reply(), None)).await;
         assert!(waited.is_err(), "an unbounded reply was given up on");
+    }
+
+    #[tokio::test]
+    async fn a_revocation_counts_only_what_the_reapers_confirmed() {
+        use crate::broker::state::RunsStopped;
+        let confirmed = tokio::sync::watch::channel(None);
+        let left_some = tokio::sync::watch::channel(None);
+        let killed_reaper = tokio::sync::watch::channel(None);
+        let rx = vec![
+            confirmed.0.subscribe(),
+            left_some.0.subscribe(),
+            killed_reaper.0.subscribe(),
+        ];
+        let waiting = tokio::spawn(RunsStopped::wait(rx));
+        // The ends come after the wait started, from the relays.
+        let report = |l: &str| crate::reap::Report::parse(l);
+        confirmed
+            .0
+            .send(Some(tree_end(report("signal=15 killed=52 left=0\n"))))
+            .unwrap();
+        left_some
+            .0
+            .send(Some(tree_end(report("exit=0 killed=3 left=1\n"))))
+            .unwrap();
+        // A reaper killed by the agent wrote nothing.
+        killed_reaper.0.send(Some(tree_end(report("")))).unwrap();
+        let got = waiting.await.unwrap();
+        assert_eq!(
+            got,
+            RunsStopped {
+                runs: 3,
+                killed: 55,
+                unconfirmed: 2
+            }
+        );
+        assert_eq!(got.json()["processes_killed"], 55);
+        assert_eq!(RunsStopped::wait(Vec::new()).await, RunsStopped::default());
     }
 
     #[tokio::test]

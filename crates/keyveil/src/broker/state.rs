@@ -263,12 +263,67 @@ pub struct LiveRun {
     pub id: String,
     /// Grant id.
     pub grant_id: String,
-    /// Process group id (= the child's pid).
+    /// The process group the run started in: the pid of its reaper (Linux; the command is the
+    /// reaper's child and starts in that group, which it may leave), or of the command.
     pub pgid: i32,
     /// argv as the requester gave it (never matched against values).
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,
+    /// How the run's processes ended, once they have (see [`Inner::runs_ended`]).
+    #[serde(skip)]
+    pub ended: tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>,
+}
+
+/// What stopping some runs achieved: the reply to `revoke` and `lock` says it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunsStopped {
+    /// Runs that were live.
+    pub runs: u32,
+    /// Their processes that were signalled and are gone.
+    pub killed: u32,
+    /// Runs whose end was not confirmed: processes left alive, a reaper killed before it could
+    /// report, or no end within the wait.
+    pub unconfirmed: u32,
+}
+
+impl RunsStopped {
+    /// As reply fields: `runs_stopped`, `processes_killed`, `runs_unconfirmed`.
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "runs_stopped": self.runs,
+            "processes_killed": self.killed,
+            "runs_unconfirmed": self.unconfirmed,
+        })
+    }
+
+    /// Waits (at most [`super::spawn::KILL_GRACE`] + 5 s in all) until each run of `ended` has
+    /// ended, and adds up what became of their processes.
+    pub async fn wait(
+        ended: Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>>,
+    ) -> RunsStopped {
+        let deadline = tokio::time::Instant::now()
+            + super::spawn::KILL_GRACE
+            + std::time::Duration::from_secs(5);
+        let mut out = RunsStopped::default();
+        for mut rx in ended {
+            out.runs += 1;
+            let end = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|r| r.ok().and_then(|e| *e));
+            match end {
+                Some(e) => {
+                    out.killed += e.killed;
+                    if !e.confirmed {
+                        out.unconfirmed += 1;
+                    }
+                }
+                None => out.unconfirmed += 1,
+            }
+        }
+        out
+    }
 }
 
 /// Everything behind the broker's mutex.
@@ -804,6 +859,19 @@ impl Inner {
             r.state == RequestState::Pending
                 || r.decided.is_none_or(|d| d.elapsed() < DENIAL_MEMORY * 2)
         });
+    }
+
+    /// Watches on the end of every live run of these grants (to wait for them with
+    /// [`RunsStopped::wait`] once the lock is released).
+    pub fn runs_ended(
+        &self,
+        grant_ids: &[String],
+    ) -> Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>> {
+        self.runs
+            .values()
+            .filter(|r| grant_ids.contains(&r.grant_id))
+            .map(|r| r.ended.clone())
+            .collect()
     }
 
     /// Marks a grant revoked and cancels its runs. Returns whether it was live.

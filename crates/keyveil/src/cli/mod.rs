@@ -106,6 +106,32 @@ fn kind_of(r: &Reply) -> &'static str {
     }
 }
 
+/// What a `revoke` or `lock` reply says about the runs it stopped, as a clause ("" if none):
+/// only what the broker confirmed.
+fn runs_stopped(d: &serde_json::Value) -> String {
+    let runs = d["runs_stopped"].as_u64().unwrap_or(0);
+    if runs == 0 {
+        return String::new();
+    }
+    let killed = d["processes_killed"].as_u64().unwrap_or(0);
+    format!(
+        "; stopped {runs} {} ({killed} {} killed)",
+        if runs == 1 { "run" } else { "runs" },
+        if killed == 1 { "process" } else { "processes" }
+    )
+}
+
+/// Warns when the broker could not confirm that every process of a stopped run is gone.
+fn warn_unconfirmed(d: &serde_json::Value) {
+    let n = d["runs_unconfirmed"].as_u64().unwrap_or(0);
+    if n > 0 {
+        note(format!(
+            "warning: for {n} stopped {} the broker could not confirm that every process is gone (a process could not be killed, or the run's reaper was killed first; the supervisor was asked to kill what is left)\nhint: see broker.log; `keyveil daemon stop` kills everything started under a grant",
+            if n == 1 { "run" } else { "runs" }
+        ));
+    }
+}
+
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -124,6 +150,7 @@ pub fn main(cli: Cli) -> Result<i32> {
                 }
                 (None, true) => {
                     crate::logging::init_broker();
+                    crate::supervise::mark_supervised();
                     block_on(async {
                         crate::broker::serve(paths, bootstrap_stdin).await?;
                         Ok(0)
@@ -254,8 +281,9 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 None => say("no broker is running (nothing is unlocked)"),
                 Some(mut c) => {
                     c.send(&Request::Lock).await?;
-                    expect_ok(c.final_reply().await?)?;
-                    say("locked");
+                    let d = expect_ok(c.final_reply().await?)?;
+                    say(format!("locked{}", runs_stopped(&d)));
+                    warn_unconfirmed(&d);
                 }
             }
             Ok(0)
@@ -513,13 +541,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 d["already_ended"].as_u64().unwrap_or(0),
             );
             let noun = if n == 1 { "grant" } else { "grants" };
-            if ended == 0 {
-                say(format!("revoked {n} {noun}"));
-            } else {
-                say(format!(
-                    "revoked {n} {noun} ({ended} had already ended: used up or expired; what still ran under it was stopped)"
-                ));
+            let mut msg = format!("revoked {n} {noun}");
+            if ended > 0 {
+                msg.push_str(&format!(" ({ended} had already ended: used up or expired)"));
             }
+            msg.push_str(&runs_stopped(&d));
+            say(msg);
+            warn_unconfirmed(&d);
             Ok(0)
         }
         Command::Audit(a) => audit(paths, a).await,

@@ -546,12 +546,30 @@ impl KeyveilMcp {
             client: Some(self.client(ctx).scope_key()),
         };
         match self.call_ok::<Value>(&req).await {
-            Ok(_) => {
+            Ok(d) => {
                 let o = RevokeGrantOutput {
                     revoked: true,
                     grant_id: a.grant_id,
                 };
-                let text = format!("Grant {} is revoked.", o.grant_id);
+                let runs = d.get("runs_stopped").and_then(Value::as_u64).unwrap_or(0);
+                let unconfirmed = d
+                    .get("runs_unconfirmed")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let mut text = format!("Grant {} is revoked.", o.grant_id);
+                if runs > 0 {
+                    text.push_str(&format!(
+                        " {runs} live run(s) under it were stopped ({} process(es) killed).",
+                        d.get("processes_killed")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0)
+                    ));
+                }
+                if unconfirmed > 0 {
+                    text.push_str(&format!(
+                        " For {unconfirmed} of them the broker could not confirm that every process is gone."
+                    ));
+                }
                 structured(&o, text)
             }
             Err(e) => e,

@@ -26,6 +26,7 @@ mod output;
 mod policy;
 mod redteam;
 mod redteam2;
+mod revoke;
 mod sandbox;
 mod setup;
 mod tamper;

@@ -1,0 +1,315 @@
+//! Revocation reaches every descendant of a run (issue 15, item 1; G4). The granted command is
+//! hostile: it moves itself or its children into the broker's process group, starts a new
+//! session and double-forks, ignores SIGTERM, or forks 50 children. After `revoke --all`,
+//! `lock`, its own timeout or `stop`, no process with the value in its environment remains
+//! (every `/proc/*/environ` readable to us is scanned for the value).
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// Moves the calling process into the process group of the nearest ancestor in another group
+/// (the broker's, or whatever keyveil puts between them), then sleeps; prints `moved`.
+const INTO_BROKER_GROUP: &str = r#"import os, time
+me = os.getpgid(0); p = os.getppid(); moved = False
+while p > 1 and not moved:
+    g = os.getpgid(p)
+    if g != me:
+        try:
+            os.setpgid(0, g); moved = True
+        except OSError:
+            pass
+    p = int(open('/proc/%d/stat' % p).read().rsplit(')', 1)[1].split()[1])
+assert moved
+print('moved', flush=True)
+time.sleep(60)
+"#;
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Live processes (not zombies) whose environment holds `needle`, with their command lines.
+fn holders_of(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && contains(&env, &format!("={needle}"))
+            && alive(pid)
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, text(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Waits until at least `n` processes hold `value` (the run is set up).
+fn wait_holders(value: &str, n: usize) {
+    let t0 = Instant::now();
+    loop {
+        let h = holders_of(value);
+        if h.len() >= n {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "only {} processes hold the value: {h:?}",
+            h.len()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// Waits until `n` Python processes holding `value` have left the process group their run
+/// started in (the attack really happened before the test revokes).
+fn wait_moved(h: &Home, value: &str, n: usize) {
+    let t0 = Instant::now();
+    let pgid = loop {
+        let st = h.json(&["status", "--json"]);
+        if let Some(p) = st["runs"][0]["pgid"].as_i64() {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no live run: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    loop {
+        let moved: Vec<_> = holders_of(value)
+            .into_iter()
+            .filter(|(pid, cmd)| {
+                let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .and_then(|(_, r)| r.split_whitespace().nth(2)?.parse::<i64>().ok())
+                    });
+                cmd.contains("python3") && group.is_some_and(|g| g != pgid)
+            })
+            .collect();
+        if moved.len() >= n {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "only {moved:?} left the run's process group {pgid}: {:?}",
+            holders_of(value)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that within `limit` no process holds `value` any more.
+fn assert_none_left(value: &str, limit: Duration, after: &str) {
+    let t0 = Instant::now();
+    loop {
+        let h = holders_of(value);
+        if h.is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "after {after}, {} processes still hold the value: {h:?}",
+            h.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh home holding `value`, and `keyveil run` of `sh -c script INTO_BROKER_GROUP`
+/// (the Python program is the script's `$0`) started and approved.
+fn live_run(value: &str, script: &str, extra: &[&str]) -> (Home, Child) {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", value);
+    let mut args = vec!["run", "--env", "demo", "--wait", "30"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script, INTO_BROKER_GROUP]);
+    let child = h.spawn_run(&args);
+    let id = h.wait_request();
+    let a = h.approve(id, &[]);
+    assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+    (h, child)
+}
+
+/// The leader itself leaves its group: `exec`s the Python program given as `$0`.
+const LEADER_MOVES: &str = "exec python3 -c \"$0\"";
+/// A child leaves the group, and then the leader too.
+const BOTH_MOVE: &str = "python3 -c \"$0\" & exec python3 -c \"$0\"";
+
+#[test]
+fn revoke_all_kills_a_run_that_moved_into_the_brokers_process_group() {
+    let value = "tok_revoke_pgid_4Tq9ZkW2";
+    // The leader itself leaves its group (the group signal reaches nobody), and a child does
+    // the same from below a shell that stays.
+    let script = BOTH_MOVE;
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", value);
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        script,
+        INTO_BROKER_GROUP,
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    wait_moved(&h, value, 2);
+    let out = h.ok(&["revoke", "--all"]);
+    assert_none_left(value, Duration::from_secs(5), "revoke --all");
+    assert!(out.contains("revoked 1 grant"), "{out}");
+    assert!(
+        out.contains("processes killed") || out.contains("process killed"),
+        "{out}"
+    );
+    let o = wait_output(child, Duration::from_secs(15));
+    assert!(text(&o.stdout).contains("moved"), "{}", text(&o.stdout));
+    assert!(text(&o.stderr).contains("revoked"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn lock_kills_a_run_that_moved_into_the_brokers_process_group() {
+    let value = "tok_lock_pgid_8Hn2XcV5";
+    let (h, child) = live_run(value, LEADER_MOVES, &[]);
+    wait_moved(&h, value, 1);
+    let out = h.ok(&["lock"]);
+    // `lock` answers once the run is gone, and says so.
+    assert!(holders_of(value).is_empty(), "{:?}", holders_of(value));
+    assert!(
+        out.contains("locked; stopped 1 run (") && out.contains("killed)"),
+        "{out}"
+    );
+    let _ = wait_output(child, Duration::from_secs(15));
+}
+
+#[test]
+fn timeout_kills_a_run_that_moved_into_the_brokers_process_group() {
+    let value = "tok_timeout_pgid_2Wd7PqL3";
+    let script = BOTH_MOVE;
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", value);
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--timeout",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        script,
+        INTO_BROKER_GROUP,
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    wait_moved(&h, value, 2);
+    let o = wait_output(child, Duration::from_secs(20));
+    assert!(text(&o.stderr).contains("timed out"), "{}", text(&o.stderr));
+    assert_none_left(value, Duration::from_secs(3), "the timeout");
+}
+
+#[test]
+fn setsid_double_forks_and_sigterm_ignorers_die_on_revoke() {
+    let value = "tok_revoke_tree_6Jm3RbN8";
+    // A daemon's double fork into a new session, a process that ignores SIGTERM (and so does
+    // the shell that waits), and 50 children, all holding the value.
+    let script = "trap '' TERM; \
+        (setsid sh -c 'sleep 61 & sleep 62' &) ; \
+        sh -c \"trap '' TERM; sleep 63\" & \
+        i=0; while [ $i -lt 50 ]; do sleep 64 & i=$((i+1)); done; \
+        wait";
+    let (h, child) = live_run(value, script, &[]);
+    wait_holders(value, 54);
+    let t0 = Instant::now();
+    let out = h.ok(&["revoke", "--all"]);
+    assert_none_left(value, Duration::from_secs(5), "revoke --all");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    assert!(out.contains("processes killed"), "{out}");
+    let _ = wait_output(child, Duration::from_secs(15));
+}
+
+#[test]
+fn stop_kills_a_background_run_that_left_its_group() {
+    let value = "tok_stop_pgid_3Kc8VmQ1";
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", value);
+    let script = format!("(setsid sleep 65 &); {BOTH_MOVE}");
+    let child = h.spawn_run(&[
+        "start",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        INTO_BROKER_GROUP,
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let o = wait_output(child, Duration::from_secs(20));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let run_id = text(&o.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("run-") || w.starts_with("r-"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no run id in {}", text(&o.stdout)));
+    wait_holders(value, 3);
+    wait_moved(&h, value, 2);
+    h.ok(&["stop", &run_id]);
+    assert_none_left(value, Duration::from_secs(5), "stop");
+}
+
+#[test]
+fn the_daemon_stopping_kills_a_run_that_left_its_group() {
+    let value = "tok_daemon_pgid_5Rx1TyU7";
+    let (h, child) = live_run(value, LEADER_MOVES, &[]);
+    wait_moved(&h, value, 1);
+    h.ok(&["daemon", "stop"]);
+    assert_none_left(value, Duration::from_secs(5), "daemon stop");
+    let _ = wait_output(child, Duration::from_secs(15));
+}
+
+#[test]
+fn killing_the_runs_reaper_does_not_free_its_processes() {
+    let value = "tok_reaper_kill_9Pz4LsE6";
+    // The agent (same uid) kills the process that holds the run's tree: the tree goes to the
+    // supervisor, which the broker asks to kill it.
+    let (h, child) = live_run(
+        value,
+        "(setsid sleep 66 &); python3 -c \"$0\" & sleep 67; wait",
+        &[],
+    );
+    wait_holders(value, 3);
+    wait_moved(&h, value, 1);
+    let audit = h.audit_text();
+    let reaper: i32 = audit
+        .lines()
+        .find(|l| l.contains("\"run_start\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["pid"].as_i64().or_else(|| v["data"]["pid"].as_i64()))
+        .map(|p| p as i32)
+        .unwrap_or_else(|| panic!("no run_start pid in {audit}"));
+    assert!(alive(reaper));
+    let p = rustix::process::Pid::from_raw(reaper).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::KILL).unwrap();
+    assert_none_left(value, Duration::from_secs(5), "kill -9 of the run's reaper");
+    let o = wait_output(child, Duration::from_secs(15));
+    assert_ne!(o.status.code(), Some(0));
+}
