@@ -687,7 +687,11 @@ pub fn find_or_create_request(
             "inputs": pins.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
             "risk": &flags,
             "reason": reason,
-            "chosen_values": &chosen,
+            // Which values were shown and bound, by digest: the values stay out of the log.
+            "chosen_values": chosen.iter().map(|c| json!({
+                "origin": c.origin, "name": c.name, "variable": c.variable,
+                "stored_at": c.stored_at, "bytes": c.bytes, "sha256": c.sha256,
+            })).collect::<Vec<_>>(),
             "new_variables": &new_variables,
             "contradictions": &contradictions,
         }),

@@ -524,4 +524,37 @@ mod tests {
         assert!(html.contains("prints_env"));
         assert!(html.contains("name=\"factor\""));
     }
+
+    #[test]
+    fn page_shows_chosen_values_new_variables_and_contradictions() {
+        let data = json!({"requests": [{
+            "id": 4, "client": {"kind": "mcp", "name": "a", "version": "1", "pid": 9},
+            "environment": "demo", "variables": ["OPENAI_BASE_URL"], "cwd": "/w",
+            "argv": ["python3", "check.py"], "reason": "you approved this before",
+            "created_at": "t", "expires_at": "u",
+            "risk": ["new-variable", "agent-chosen-value", "reason-contradicts-facts"],
+            "contradictions": ["this command was never approved before"],
+            "new_variables": [{"variable": "OPENAI_BASE_URL", "created_at": "t",
+                "stored_at": "2026-12-06T10:00:00Z", "stored": "without the factor"}],
+            "chosen_values": [{"origin": "stored-without-factor", "variable": "OPENAI_BASE_URL",
+                "stored_at": "2026-12-06T10:00:00Z", "value": "http://127.0.0.1:9/<x>\u{1b}",
+                "bytes": 22, "clipped": false, "sha256": "ab"}]
+        }]});
+        let html = Page {
+            cards: cards(&data),
+            csrf: "c".into(),
+            flash: None,
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("<x>") && !html.contains('\u{1b}'));
+        assert!(html.contains("this command was never approved before"));
+        assert!(html.contains("But the broker's facts"));
+        assert!(
+            html.contains("OPENAI_BASE_URL = &#34;http://127.0.0.1:9/&#60;x&#62;\\u{1b}&#34;"),
+            "{html}"
+        );
+        assert!(html.contains("New variable"));
+        assert!(html.contains(": OPENAI_BASE_URL"));
+    }
 }
