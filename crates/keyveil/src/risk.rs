@@ -635,7 +635,7 @@ pub fn hosts(s: &str) -> Vec<String> {
     for (i, _) in s.match_indices("://") {
         let rest = s.get(i + 3..).unwrap_or("");
         let auth = rest
-            .split(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | ' ' | ')' | '`'))
+            .split(['/', '?', '#', '"', '\'', ' ', ')', '`'])
             .next()
             .unwrap_or("");
         let host = auth.rsplit('@').next().unwrap_or(auth);
