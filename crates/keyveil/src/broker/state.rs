@@ -232,12 +232,13 @@ pub struct Grant {
     /// Pinned inputs; a change ends the grant.
     pub inputs: Vec<InputPin>,
     /// SHA-256 of each pass-through value as the card showed it (`None`: not set); a run with
-    /// another value ends the grant.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// another value ends the grant. Not listed (`grants`): the request showed them.
+    #[serde(skip)]
     pub pass_values: BTreeMap<String, Option<String>>,
     /// SHA-256 of each granted variable's value that was stored without the factor, as the card
-    /// showed it; a run finding another value stored without the factor ends the grant.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// showed it; a run finding another value stored without the factor ends the grant. Not
+    /// listed: its keys are real variable names, which a policy may hide.
+    #[serde(skip)]
     pub chosen_vars: BTreeMap<String, String>,
     /// Creation time.
     pub created_at: Timestamp,
