@@ -246,6 +246,22 @@ pub struct Variable {
     /// written before this field existed re-encrypt byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<DynamicSource>,
+    /// Who stored the current value, and when: with the human's factor, or by a call that
+    /// proved none (a first value: anyone with the user's uid, an agent included, could have
+    /// chosen it). `None` for variables stored before this was recorded (then unknown). Omitted
+    /// when absent, so older vaults re-encrypt byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoreRecord>,
+}
+
+/// How a variable's current value (or declaration) was stored; see [`Variable::stored`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    /// When it was stored (UTC).
+    pub at: jiff::Timestamp,
+    /// The call proved the human's factor. `false`: a first value (or declaration) stored
+    /// without it, which an agent may have chosen.
+    pub factor: bool,
 }
 
 /// How a dynamic variable gets its value: the engine that mints it per grant (or the provider
@@ -285,6 +301,7 @@ impl Variable {
             created_at: jiff::Timestamp::now(),
             rotated_at: None,
             dynamic: None,
+            stored: None,
         }
     }
 }

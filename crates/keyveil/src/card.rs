@@ -108,15 +108,33 @@ pub fn render(r: &Value) -> String {
             "  asked {n} times (identical asks are merged into this one request)\n"
         ));
     }
-    let flags = names(&r["risk"]);
+    let flags = risk_flags(r);
     if !flags.is_empty() {
         out.push_str(&format!("  RISK:        {flags}\n"));
+    }
+    for c in r["contradictions"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  THE REASON IS CONTRADICTED: {}\n",
+            crate::display::visible_text(c.as_str().unwrap_or(""))
+        ));
+    }
+    for n in r["new_variables"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  NEW VARIABLE: {}\n", new_variable(n)));
     }
     out.push_str(&format!("  environment: {}\n", esc(s(r, "environment"))));
     out.push_str(&format!("  variables:   {}\n", names(&r["variables"])));
     let pass = names(&r["pass_env"]);
     if !pass.is_empty() {
         out.push_str(&format!("  passes through from the requester: {pass}\n"));
+    }
+    let chosen = r["chosen_values"].as_array().cloned().unwrap_or_default();
+    if !chosen.is_empty() {
+        out.push_str(
+            "  values the requester could have chosen (bound: another value ends the grant):\n",
+        );
+        for c in &chosen {
+            out.push_str(&format!("    {}\n", chosen_value(c)));
+        }
     }
     out.push_str(&format!("  directory:   {}\n", esc(s(r, "cwd"))));
     match r["argv"].as_array() {
@@ -161,9 +179,88 @@ pub fn render(r: &Value) -> String {
             "  requester says (unverified): {}\n",
             crate::display::visible_text(reason)
         ));
+        for c in r["contradictions"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    but the broker's facts: {}\n",
+                crate::display::visible_text(c.as_str().unwrap_or(""))
+            ));
+        }
     }
     out.push_str(&format!("  expires:     {}", s(r, "expires_at")));
     out
+}
+
+/// The risk flags of a request, `new-variable` followed by the variables it names.
+pub fn risk_flags(r: &Value) -> String {
+    let new: Vec<String> = r["new_variables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| esc(s(n, "variable")))
+        .collect();
+    r["risk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|f| {
+            if f == "new-variable" && !new.is_empty() {
+                format!("new-variable ({})", new.join(", "))
+            } else {
+                esc(f)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One entry of a request's `new_variables`: its name, and who stored it when.
+pub fn new_variable(n: &Value) -> String {
+    let when = n["stored_at"]
+        .as_str()
+        .or_else(|| n["created_at"].as_str())
+        .unwrap_or("");
+    match s(n, "stored") {
+        "without the factor" => format!(
+            "{} stored {when} without the factor (anyone with your uid, the agent too, could have stored it)",
+            esc(s(n, "variable"))
+        ),
+        _ => format!(
+            "{} created {when}, by whom is not recorded (stored before keyveil kept that)",
+            esc(s(n, "variable"))
+        ),
+    }
+}
+
+/// One entry of a request's `chosen_values`: `NAME = "value"` (escaped, with a marker when only
+/// part of it is shown) and where it comes from.
+pub fn chosen_value(c: &Value) -> String {
+    let name = c["name"]
+        .as_str()
+        .or_else(|| c["variable"].as_str())
+        .unwrap_or("");
+    let value = match c["value"].as_str() {
+        None => "not set".to_owned(),
+        Some(v) => {
+            let mut shown = crate::display::quoted(v);
+            if c["clipped"] == true {
+                shown.push_str(&format!(
+                    " … (clipped: {} bytes in all, sha256 {})",
+                    c["bytes"],
+                    s(c, "sha256").get(..16).unwrap_or("")
+                ));
+            }
+            shown
+        }
+    };
+    let origin = match s(c, "origin") {
+        "pass-env" => "passed through from the requester's environment".to_owned(),
+        _ => format!(
+            "stored {} without the factor",
+            c["stored_at"].as_str().unwrap_or("")
+        ),
+    };
+    format!("{} = {value}  ({origin})", esc(name))
 }
 
 /// One audit entry as a line.
@@ -211,5 +308,52 @@ mod tests {
             "{card}"
         );
         assert!(card.contains("requester says (unverified)"));
+    }
+
+    #[test]
+    fn card_shows_chosen_values_new_variables_and_contradictions() {
+        let long = format!("https://evil.example/{}", "a".repeat(300));
+        let r = json!({
+            "id": 8, "environment": "demo", "variables": ["OPENAI_API_KEY", "OPENAI_BASE_URL"],
+            "cwd": "/w", "argv": ["python3", "check.py"], "pass_env": ["API_HOST"],
+            "risk": ["agent-chosen-value", "new-variable", "reason-contradicts-facts"],
+            "reason": "you approved this before",
+            "contradictions": ["this command was never approved before"],
+            "new_variables": [{"variable": "OPENAI_BASE_URL", "created_at": "2026-12-06T10:00:00Z",
+                "stored_at": "2026-12-06T10:00:00Z", "stored": "without the factor"}],
+            "chosen_values": [
+                {"origin": "pass-env", "name": "API_HOST", "value": "http://127.0.0.1:9\u{1b}[2K",
+                 "bytes": 20, "clipped": false, "sha256": "ab"},
+                {"origin": "stored-without-factor", "variable": "OPENAI_BASE_URL",
+                 "stored_at": "2026-12-06T10:00:00Z", "value": &long[..200], "bytes": long.len(),
+                 "clipped": true, "sha256": "0123456789abcdef0123"}
+            ],
+            "expires_at": "2026-01-01T00:00:00Z"
+        });
+        let card = render(&r);
+        assert!(!card.contains('\u{1b}'), "{card}");
+        assert!(card.contains("new-variable (OPENAI_BASE_URL)"), "{card}");
+        assert!(
+            card.contains(
+                "NEW VARIABLE: OPENAI_BASE_URL stored 2026-12-06T10:00:00Z without the factor"
+            ),
+            "{card}"
+        );
+        assert!(
+            card.contains("API_HOST = \"http://127.0.0.1:9\\u{1b}[2K\"  (passed through"),
+            "{card}"
+        );
+        assert!(
+            card.contains("clipped: 321 bytes in all, sha256 0123456789abcdef"),
+            "{card}"
+        );
+        assert!(
+            card.contains("THE REASON IS CONTRADICTED: this command was never approved before"),
+            "{card}"
+        );
+        assert!(
+            card.contains("but the broker's facts: this command was never approved before"),
+            "{card}"
+        );
     }
 }

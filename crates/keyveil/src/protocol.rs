@@ -116,6 +116,10 @@ pub struct AccessRequest {
     /// Names of requester variables to pass through (see [`RunRequest::pass_env`]).
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// The requester's values of the `pass_env` names: the card shows them and the grant binds
+    /// them (a run with another value ends it). A name missing here is bound as unset.
+    #[serde(default)]
+    pub pass_values: Vec<(String, String)>,
     /// Absolute working directory.
     pub cwd: String,
     /// Requested lifetime in seconds.

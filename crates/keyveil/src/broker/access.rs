@@ -14,8 +14,8 @@ use super::factor_ops::{Proof, rule_matches, verify_factor};
 use super::peer::Peer;
 use super::prefix::deny_covers;
 use super::state::{
-    AccessReq, Ask, DENIAL_MEMORY, Grant, Inner, ONCE_GRANT_TTL_SECONDS, OpError, OpResult,
-    RequestState, new_id,
+    AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Inner, NewVariable, ONCE_GRANT_TTL_SECONDS,
+    OpError, OpResult, RequestState, new_id,
 };
 use crate::pin::{self, FilePin, InputPin};
 use crate::protocol::AccessRequest;
@@ -250,6 +250,129 @@ pub fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
     Ok(out)
 }
 
+/// The requester's value of each pass-through name, as the child would get it (the first
+/// occurrence in `env`, like `runner::child_env`); `None` when it is not set.
+pub fn pass_values(
+    pass_env: &[String],
+    env: &[(String, String)],
+) -> std::collections::BTreeMap<String, Option<String>> {
+    pass_env
+        .iter()
+        .map(|n| {
+            let v = env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            (n.clone(), v)
+        })
+        .collect()
+}
+
+/// The values of a request the requester could have chosen: its pass-through values, and the
+/// requested variables whose value was stored (as typed, not generated) by a call that proved no
+/// factor. Values stored with the factor are never read here.
+fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValue>> {
+    let mut out: Vec<ChosenValue> = ask
+        .pass_values
+        .iter()
+        .map(|(n, v)| ChosenValue {
+            name: Some(n.clone()),
+            ..ChosenValue::of(v.as_deref())
+        })
+        .collect();
+    // A locked broker refuses the request a little later; nothing to show then.
+    let Ok(vault) = inner.vault() else {
+        return Ok(out);
+    };
+    let Some(e) = vault.data().environments.get(&ask.environment) else {
+        return Ok(out);
+    };
+    for n in &ask.variables {
+        let Some(var) = e.variables.get(n) else {
+            continue;
+        };
+        if let Some(at) = agent_chosen(var) {
+            let Some(sealed) = var.value.as_ref() else {
+                continue;
+            };
+            let open = sealed.open().map_err(|e| {
+                OpError::new(
+                    ErrorCode::Failed,
+                    format!("cannot read a stored value: {e}"),
+                )
+            })?;
+            out.push(ChosenValue {
+                origin: "stored-without-factor",
+                variable: Some(n.clone()),
+                stored_at: Some(at),
+                ..ChosenValue::of(Some(open.expose()))
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// When `var`'s current value was stored without the factor, as given by the caller (so an
+/// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
+/// stored before keyveil recorded how.
+fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
+    match var.stored {
+        Some(r)
+            if !r.factor
+                && var.source == keyveil_vault::Source::Human
+                && var.dynamic.is_none()
+                && var.value.is_some() =>
+        {
+            Some(r.at)
+        }
+        _ => None,
+    }
+}
+
+/// Checks the values a grant bound by digest against a run: each pass-through value the run
+/// passes, and each granted variable whose value was stored without the factor. `Err` says,
+/// in words, which value changed since the approval.
+pub fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
+    use sha2::Digest as _;
+    let Some(g) = inner.grants.get(gid) else {
+        return Ok(());
+    };
+    for (n, v) in &ask.pass_values {
+        let now = v
+            .as_deref()
+            .map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes())));
+        if g.pass_values.get(n).cloned().unwrap_or(None) != now {
+            return Err(format!(
+                "the pass-through value of {} is not the one approved (changed since approval)",
+                crate::display::visible(n)
+            ));
+        }
+    }
+    let Ok(vault) = inner.vault() else {
+        return Ok(());
+    };
+    let Some(e) = vault.data().environments.get(&g.environment) else {
+        return Ok(());
+    };
+    for n in &g.variables {
+        let Some(var) = e.variables.get(n) else {
+            continue;
+        };
+        if agent_chosen(var).is_none() {
+            continue;
+        }
+        let now = var
+            .value
+            .as_ref()
+            .and_then(|s| s.open().ok())
+            .map(|v| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
+        if now.is_none() || g.chosen_vars.get(n) != now.as_ref() {
+            return Err(format!(
+                "{} holds a value stored without the factor that is not the one approved (changed since approval)",
+                inner.shown_name(&g.environment, n)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The pinned executable and inputs of an argv, computed outside the broker lock.
 #[derive(Debug, Clone, Default)]
 pub struct Pins {
@@ -345,6 +468,7 @@ pub fn find_or_create_request(
             .is_some_and(|t| now_i.duration_since(*t) <= Duration::from_secs(60))
     });
     let bursting = risk::bursting(recent_requests, recent_all);
+    let chosen = chosen_values(inner, ask)?;
     let mut open = 0;
     let mut open_all = 0;
     for r in inner.requests.values_mut() {
@@ -358,7 +482,11 @@ pub fn find_or_create_request(
             continue;
         }
         match &r.state {
-            RequestState::Pending if r.executable == pins.executable && r.inputs == pins.inputs => {
+            RequestState::Pending
+                if r.executable == pins.executable
+                    && r.inputs == pins.inputs
+                    && r.chosen_values == chosen =>
+            {
                 // Coalesce: the same ask again only counts, and a burst is flagged.
                 r.asks += 1;
                 if bursting && !r.risk.iter().any(|f| f == "burst") {
@@ -402,6 +530,47 @@ pub fn find_or_create_request(
         .hint("wait until the user has answered them (`keyveil requests` lists them)"));
     }
     let argv_key = ask.argv.clone().unwrap_or_default();
+    let cutoff = Timestamp::now() - jiff::SignedDuration::from_secs(risk::NEW_VARIABLE_SECONDS);
+    let (new_variables, all_variables) = {
+        let vault = inner.vault()?;
+        match vault.data().environments.get(&ask.environment) {
+            None => (Vec::new(), false),
+            Some(e) => {
+                let new: Vec<NewVariable> = ask
+                    .variables
+                    .iter()
+                    .filter_map(|n| e.variables.get(n).map(|v| (n, v)))
+                    .filter_map(|(n, v)| {
+                        // Stored without the factor recently, or before keyveil recorded how
+                        // (then by creation time); never a value stored with the factor.
+                        let (recent, how) = match v.stored {
+                            Some(r) if r.factor => (false, ""),
+                            Some(r) => (r.at > cutoff, "without the factor"),
+                            None => (v.created_at > cutoff, "unknown"),
+                        };
+                        recent.then(|| NewVariable {
+                            variable: n.clone(),
+                            created_at: v.created_at,
+                            stored_at: v.stored.map(|r| r.at),
+                            stored: how,
+                        })
+                    })
+                    .collect();
+                let all =
+                    e.variables.len() > 1 && e.variables.keys().all(|k| ask.variables.contains(k));
+                (new, all)
+            }
+        }
+    };
+    let behaviour = risk::behaviour(&argv_key);
+    let denied_behaviour: Vec<String> = inner
+        .denied_behaviour
+        .iter()
+        .filter(|(t, _)| t.elapsed() < DENIED_FLAG_MEMORY)
+        .flat_map(|(_, b)| risk::shared_behaviour(b, &behaviour))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let facts = risk::Facts {
         writable_executable: pins.writable,
         approved_before: inner
@@ -413,22 +582,11 @@ pub fn find_or_create_request(
             .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
         recent_requests,
         recent_all,
-        new_variable: {
-            let cutoff =
-                Timestamp::now() - jiff::SignedDuration::from_secs(risk::NEW_VARIABLE_SECONDS);
-            inner
-                .vault()?
-                .data()
-                .environments
-                .get(&ask.environment)
-                .is_some_and(|e| {
-                    ask.variables
-                        .iter()
-                        .filter_map(|n| e.variables.get(n))
-                        .any(|v| v.created_at > cutoff)
-                })
-        },
+        new_variable: !new_variables.is_empty(),
+        all_variables,
+        denied_behaviour,
     };
+    let contradictions = risk::contradictions(reason.as_deref(), &facts);
     let mut strings: Vec<&str> = vec![ask.cwd.as_str(), ask.environment.as_str()];
     if let Some(r) = reason.as_deref() {
         strings.push(r);
@@ -439,6 +597,13 @@ pub fn find_or_create_request(
     if ask.argv.is_none() {
         flags.push("any-command".to_owned());
     }
+    if !chosen.is_empty() {
+        flags.push("agent-chosen-value".to_owned());
+    }
+    if !contradictions.is_empty() {
+        flags.push("reason-contradicts-facts".to_owned());
+    }
+    flags.sort();
     // The claim (kind, pid) disagrees with the process that connected.
     let claim_mismatch = ask.peer.mismatch(&ask.client);
     if claim_mismatch.is_some() {
@@ -468,6 +633,9 @@ pub fn find_or_create_request(
                     | "padding"
                     | "workspace-executable"
                     | "claimed-identity"
+                    | "agent-chosen-value"
+                    | "new-variable"
+                    | "rephrased-denied"
             )
         });
         let auto_hit = if suspicious || ask.argv.is_none() {
@@ -519,6 +687,13 @@ pub fn find_or_create_request(
             "inputs": pins.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
             "risk": &flags,
             "reason": reason,
+            // Which values were shown and bound, by digest: the values stay out of the log.
+            "chosen_values": chosen.iter().map(|c| json!({
+                "origin": c.origin, "name": c.name, "variable": c.variable,
+                "stored_at": c.stored_at, "bytes": c.bytes, "sha256": c.sha256,
+            })).collect::<Vec<_>>(),
+            "new_variables": &new_variables,
+            "contradictions": &contradictions,
         }),
     )?;
     inner.next_request += 1;
@@ -538,6 +713,9 @@ pub fn find_or_create_request(
             executable: pins.executable.clone(),
             inputs: pins.inputs.clone(),
             risk: flags,
+            chosen_values: chosen,
+            new_variables,
+            contradictions,
             asks: 1,
             created_at: Timestamp::now(),
             state: RequestState::Pending,
@@ -595,6 +773,7 @@ pub fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> OpResult
         variables: vars,
         argv: a.argv,
         cwd,
+        pass_values: pass_values(&pass_env, &a.pass_values),
         pass_env,
         peer,
     };
@@ -799,6 +978,16 @@ fn grant_request(
         pass_env: req.pass_env.clone(),
         executable: if any { None } else { req.executable.clone() },
         inputs: if any { Vec::new() } else { req.inputs.clone() },
+        pass_values: req
+            .chosen_values
+            .iter()
+            .filter_map(|c| c.name.clone().map(|n| (n, c.sha256.clone())))
+            .collect(),
+        chosen_vars: req
+            .chosen_values
+            .iter()
+            .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
+            .collect(),
         created_at: now,
         expires_at: now
             .saturating_add(SignedDuration::from_secs(
@@ -885,7 +1074,12 @@ pub fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value>
     };
     r.decided = Some(Instant::now());
     let argv = r.argv.clone().unwrap_or_default();
-    inner.denied_argv.insert(argv, Instant::now());
+    let now = Instant::now();
+    inner
+        .denied_behaviour
+        .retain(|(t, _)| t.elapsed() < DENIED_FLAG_MEMORY);
+    inner.denied_behaviour.push((now, risk::behaviour(&argv)));
+    inner.denied_argv.insert(argv, now);
     inner.audit_note("deny", json!({"request_id": id, "reason": reason}));
     drop(inner);
     broker.notify();
@@ -984,6 +1178,9 @@ mod tests {
             executable: None,
             inputs: vec![],
             risk: vec![],
+            chosen_values: vec![],
+            new_variables: vec![],
+            contradictions: vec![],
             asks: 1,
             created_at: Timestamp::now(),
             state: RequestState::Pending,
@@ -999,6 +1196,7 @@ mod tests {
             argv: Some(vec!["echo".into(), "new".into()]),
             cwd: "/".into(),
             pass_env: vec![],
+            pass_values: Default::default(),
             peer: peer(origin),
         }
     }

@@ -838,6 +838,7 @@ fn store(
     value: Option<String>,
     source: Source,
     description: Option<String>,
+    verified: bool,
 ) -> OpResult<bool> {
     check_name("variable", name)?;
     if access::is_injection_var(name) {
@@ -871,6 +872,10 @@ fn store(
                 var.rotated_at = Some(now);
                 var.source = source;
                 var.dynamic = None;
+                var.stored = Some(keyveil_vault::StoreRecord {
+                    at: now,
+                    factor: verified,
+                });
             }
             if let Some(d) = description {
                 var.description = d;
@@ -886,6 +891,10 @@ fn store(
                     created_at: now,
                     rotated_at: None,
                     dynamic: None,
+                    stored: Some(keyveil_vault::StoreRecord {
+                        at: now,
+                        factor: verified,
+                    }),
                 },
             );
         }
@@ -932,6 +941,7 @@ fn var_set(
         Some(value.expose().to_owned()),
         Source::Human,
         None,
+        verified,
     )?;
     inner.audit(
         "var_set",
@@ -967,6 +977,7 @@ fn var_generate(
         Some(value),
         Source::Generated,
         description,
+        verified,
     )?;
     inner.audit(
         "var_generate",
@@ -1100,7 +1111,15 @@ fn var_declare(
     // Never over a value stored since the check above.
     recheck(&inner, env, Some(name), false)?;
     inner.audit_ready("var_declare")?;
-    store(&mut inner, env, name, None, Source::Human, description)?;
+    store(
+        &mut inner,
+        env,
+        name,
+        None,
+        Source::Human,
+        description,
+        false,
+    )?;
     inner.audit("var_declare", json!({"environment": env, "variable": name}));
     Ok(json!({
         "status": "awaiting_value",

@@ -142,6 +142,7 @@ pub(super) async fn run_inner(
         argv: Some(req.argv.clone()),
         cwd: cwd.clone(),
         pass_env: pass_env.clone(),
+        pass_values: access::pass_values(&pass_env, &req.env),
         peer,
     };
     if let Err(e) = access::check_symlink_escape(&broker.lock(), &ask, &req.cwd) {
@@ -220,6 +221,18 @@ pub(super) async fn run_inner(
                 // Verify outside the lock: resolve again, open and check the file, re-hash inputs.
                 let verified = verify(&req.argv, &cwd, &search_path, exe_pin.as_ref(), &inputs);
                 let mut inner = broker.lock();
+                // Values the agent could have chosen are bound by digest: another one ends it.
+                if let Err(why) = access::check_chosen(&inner, &gid, &ask) {
+                    inner.revoke(&gid, "value changed since approval");
+                    inner.audit("value_changed", json!({"grant_id": gid, "why": why}));
+                    drop(inner);
+                    broker.notify();
+                    return Some(
+                        OpError::new(ErrorCode::Denied, format!("{why}; grant {gid} was ended"))
+                            .hint("a new approval is needed: call run again to ask the user")
+                            .reply(),
+                    );
+                }
                 match verified {
                     Err(e) => {
                         inner.revoke(&gid, "pin mismatch");

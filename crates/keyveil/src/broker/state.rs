@@ -75,6 +75,18 @@ pub struct AccessReq {
     pub inputs: Vec<InputPin>,
     /// Risk flags computed by the broker (see `risk.rs`).
     pub risk: Vec<String>,
+    /// Values the requester could have chosen, shown on the card and bound into the grant:
+    /// pass-through values and variables stored without the factor (never one stored with it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chosen_values: Vec<ChosenValue>,
+    /// Requested variables stored in the last day without the factor (or before keyveil
+    /// recorded how): the `new-variable` flag, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_variables: Vec<NewVariable>,
+    /// Where the requester's reason claims what the broker's facts contradict, in plain words
+    /// (`risk::contradictions`): shown on every surface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contradictions: Vec<String>,
     /// How many times this same ask was made (identical asks coalesce into one request).
     pub asks: u32,
     /// When it was made.
@@ -108,6 +120,66 @@ impl AccessReq {
     }
 }
 
+/// Longest part of a chosen value shown on a card, in characters (the digest binds all of it).
+pub const SHOWN_VALUE_CHARS: usize = 200;
+
+/// A value an agent could have chosen, as a request shows it and a grant binds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChosenValue {
+    /// `pass-env` (from the requester's environment) or `stored-without-factor` (a vault
+    /// variable whose value was stored by a call that proved no factor).
+    pub origin: &'static str,
+    /// A pass-through name (set for `pass-env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A vault variable's name (set for `stored-without-factor`; aliased where names are
+    /// hidden).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// When the vault value was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<Timestamp>,
+    /// The value's first [`SHOWN_VALUE_CHARS`] characters, as given (escaped when shown);
+    /// `None` when it is not set.
+    pub value: Option<String>,
+    /// The value's length in bytes.
+    pub bytes: usize,
+    /// Only part of the value is in `value`.
+    pub clipped: bool,
+    /// SHA-256 (hex) of the whole value; `None` when it is not set.
+    pub sha256: Option<String>,
+}
+
+impl ChosenValue {
+    /// Describes `value` for the card.
+    pub fn of(value: Option<&str>) -> ChosenValue {
+        use sha2::Digest as _;
+        ChosenValue {
+            origin: "pass-env",
+            name: None,
+            variable: None,
+            stored_at: None,
+            value: value.map(|v| v.chars().take(SHOWN_VALUE_CHARS).collect()),
+            bytes: value.map_or(0, str::len),
+            clipped: value.is_some_and(|v| v.chars().count() > SHOWN_VALUE_CHARS),
+            sha256: value.map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes()))),
+        }
+    }
+}
+
+/// A requested variable stored recently without the factor (see [`AccessReq::new_variables`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewVariable {
+    /// Its name (aliased where names are hidden).
+    pub variable: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its value (or declaration) was stored, if recorded.
+    pub stored_at: Option<Timestamp>,
+    /// How it was stored: `without the factor`, or `unknown` (before keyveil recorded it).
+    pub stored: &'static str,
+}
+
 /// What a requester asks for, normalised (canonical cwd, resolved variables).
 #[derive(Debug, Clone)]
 pub struct Ask {
@@ -123,6 +195,9 @@ pub struct Ask {
     pub cwd: String,
     /// Pass-through names, sorted.
     pub pass_env: Vec<String>,
+    /// The requester's value of each pass-through name (`None`: not set), as the child would
+    /// get it: shown on the card and bound into the grant.
+    pub pass_values: BTreeMap<String, Option<String>>,
     /// The process that really asked (from the socket, not the claim): caps and flags count
     /// by it, and the card shows it.
     pub peer: super::peer::Peer,
@@ -156,6 +231,15 @@ pub struct Grant {
     pub executable: Option<FilePin>,
     /// Pinned inputs; a change ends the grant.
     pub inputs: Vec<InputPin>,
+    /// SHA-256 of each pass-through value as the card showed it (`None`: not set); a run with
+    /// another value ends the grant. Not listed (`grants`): the request showed them.
+    #[serde(skip)]
+    pub pass_values: BTreeMap<String, Option<String>>,
+    /// SHA-256 of each granted variable's value that was stored without the factor, as the card
+    /// showed it; a run finding another value stored without the factor ends the grant. Not
+    /// listed: its keys are real variable names, which a policy may hide.
+    #[serde(skip)]
+    pub chosen_vars: BTreeMap<String, String>,
     /// Creation time.
     pub created_at: Timestamp,
     /// Deadline.
@@ -347,6 +431,8 @@ pub struct Inner {
     pub approved_argv: std::collections::HashSet<(String, Vec<String>)>,
     /// argv denied recently, with when: for the `denied-before` flag.
     pub denied_argv: std::collections::HashMap<Vec<String>, Instant>,
+    /// What denied commands did (`risk::behaviour`), with when: for the `rephrased-denied` flag.
+    pub denied_behaviour: Vec<(Instant, Vec<String>)>,
     /// Why the audit log did not match the vault's sealed checkpoint at unlock (entries cut off
     /// its end, or an older log swapped in); while set, the seal is not moved forward.
     pub audit_seal_broken: Option<String>,
@@ -991,6 +1077,8 @@ mod tests {
             pass_env: vec![],
             executable: None,
             inputs: vec![],
+            pass_values: Default::default(),
+            chosen_vars: Default::default(),
             created_at: now,
             expires_at: now
                 .saturating_add(jiff::SignedDuration::from_secs(60))
@@ -1010,6 +1098,7 @@ mod tests {
             argv: Some(argv.iter().map(|s| s.to_string()).collect()),
             cwd: cwd.into(),
             pass_env: vec![],
+            pass_values: Default::default(),
             peer: crate::broker::peer::Peer::of_pid(None),
         }
     }

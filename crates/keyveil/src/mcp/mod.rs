@@ -456,8 +456,16 @@ impl KeyveilMcp {
                 "The command is empty: give argv as a list, or leave `command` out to ask for any command.",
             );
         }
+        let pass_env = a.pass_env.unwrap_or_default();
+        let pass_values = self
+            .env
+            .iter()
+            .filter(|(k, _)| pass_env.contains(k))
+            .cloned()
+            .collect();
         let req = Request::RequestAccess(AccessRequest {
-            pass_env: a.pass_env.unwrap_or_default(),
+            pass_env,
+            pass_values,
             client: self.client(ctx),
             environment: a.environment,
             variables: a.variables,

@@ -102,6 +102,15 @@ impl Ws {
             args.push("--reason".into());
             args.push(r.into());
         }
+        if let Some(p) = spec["pass_env"].as_array() {
+            args.push("--pass-env".into());
+            args.push(
+                p.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
         args.push("--cwd".into());
         args.push(
             self.cwd(spec["cwd"].as_str().unwrap_or("app"))
@@ -169,6 +178,38 @@ impl Ws {
         let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
         let a = self.home.approve(id, &refs);
         assert!(a.status.success(), "prior approval: {}", text(&a.stderr));
+    }
+
+    /// The agent's own moves before the attack: first values it stores without the factor
+    /// (`agent_set`), and a request the human denies (`denied_first`).
+    fn agent_moves(&self, case: &Value) {
+        for v in case["attack"]["agent_set"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            self.home.set_unverified(
+                v["environment"].as_str().unwrap(),
+                v["name"].as_str().unwrap(),
+                v["value"].as_str().unwrap(),
+            );
+        }
+        let d = &case["attack"]["denied_first"];
+        if d.is_null() {
+            return;
+        }
+        let mut spec = case["attack"]["run"].clone();
+        spec["command"] = d["command"].clone();
+        spec["reason"] = Value::Null;
+        let o = self.run(&spec, &BTreeMap::new(), "0");
+        assert_eq!(
+            o.status.code(),
+            Some(5),
+            "denied_first: {}",
+            text(&o.stderr)
+        );
+        let id = self.home.wait_request();
+        self.home.ok(&["deny", &id.to_string()]);
     }
 
     fn after_request(&self, case: &Value) {
@@ -304,6 +345,7 @@ fn replay(case: &Value) {
         assert!(ok, "{id}: cannot build the preload library (cc)");
     }
     ws.prior_grant(case);
+    ws.agent_moves(case);
     ws.after_request(case);
     let spec = &case["attack"]["run"];
     let o = ws.run(spec, &env, "1");

@@ -109,7 +109,18 @@ impl Home {
         text(&o.stdout)
     }
 
+    /// Stores a value as the human does: with the factor (a value stored without it counts as
+    /// one the agent may have chosen, and approval cards show it).
     pub fn set(&self, env: &str, var: &str, value: &str) {
+        let o = self.run_stdin(
+            &["set", env, var, "--from-stdin", "--passphrase-stdin"],
+            &format!("{PASS}\n{value}"),
+        );
+        assert!(o.status.success(), "set failed: {}", text(&o.stderr));
+    }
+
+    /// Stores a first value without the factor, as an agent can (`keyveil set --from-stdin`).
+    pub fn set_unverified(&self, env: &str, var: &str, value: &str) {
         let o = self.run_stdin(&["set", env, var, "--from-stdin"], value);
         assert!(o.status.success(), "set failed: {}", text(&o.stderr));
     }

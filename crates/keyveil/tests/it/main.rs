@@ -9,6 +9,7 @@
 
 mod approval;
 mod background;
+mod card;
 mod corpus;
 mod crash;
 mod custody;

@@ -139,8 +139,9 @@ fn hidden_names_reach_clients_only_as_aliases() {
     // The pending request, as any client sees it, names the alias only.
     let pending = client_view(&h);
     assert!(pending.contains(&alias), "{pending}");
-    // The variable was added minutes ago, and adding one needs no factor: flagged.
-    assert!(pending.contains("new-variable"), "{pending}");
+    // The variable was stored with the factor: not flagged new, and its value is not shown.
+    assert!(!pending.contains("new-variable"), "{pending}");
+    assert!(!pending.contains("\"chosen_values\":[{"), "{pending}");
     assert!(h.approve(id, &[]).status.success());
     let o = wait_output(child, std::time::Duration::from_secs(30));
     let out = text(&o.stdout);

@@ -58,6 +58,8 @@ pub struct CardView {
     pub ttl: Option<String>,
     /// Risk flags: (flag, what it means).
     pub risk: Vec<(String, String)>,
+    /// Where the reason claims what the broker's facts contradict, in plain words.
+    pub contradictions: Vec<String>,
     /// Facts the broker knows (pinned executable, fingerprinted inputs, pass-through names)
     /// and fields this page does not know yet, as (label, text).
     pub facts: Vec<(String, String)>,
@@ -81,6 +83,9 @@ const KNOWN: &[&str] = &[
     "executable",
     "inputs",
     "pass_env",
+    "chosen_values",
+    "new_variables",
+    "contradictions",
 ];
 
 /// What each risk flag of `risk.rs` means, in the page's words; unknown flags show as named.
@@ -136,7 +141,31 @@ const FLAG_WORDS: &[(&str, &str)] = &[
     ),
     (
         "new-variable",
-        "a variable added in the last day (adding one needs no factor: check it is yours)",
+        "a variable stored in the last day without the factor (adding one needs none: check it is yours)",
+    ),
+    (
+        "env-to-file",
+        "the command writes the whole environment to a file",
+    ),
+    (
+        "code-option",
+        "an option that makes a known tool run a command or load code",
+    ),
+    (
+        "all-variables",
+        "the request asks for every variable of the environment",
+    ),
+    (
+        "rephrased-denied",
+        "the command does what a request denied in the last hour did, phrased another way",
+    ),
+    (
+        "reason-contradicts-facts",
+        "the requester's reason claims what the broker's facts contradict (see below)",
+    ),
+    (
+        "agent-chosen-value",
+        "a value the requester could have chosen is injected: it is shown below and bound",
     ),
 ];
 
@@ -254,6 +283,25 @@ fn facts(r: &Value) -> Vec<(String, String)> {
     if !pass.is_empty() {
         out.push(("Passes through".to_owned(), pass.join(" ")));
     }
+    for n in r
+        .get("new_variables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push(("New variable".to_owned(), crate::card::new_variable(n)));
+    }
+    for c in r
+        .get("chosen_values")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push((
+            "Value the requester could have chosen (bound)".to_owned(),
+            crate::card::chosen_value(c),
+        ));
+    }
     if let Some(o) = r.as_object() {
         for (k, v) in o {
             if KNOWN.contains(&k.as_str()) || v.is_null() {
@@ -290,11 +338,36 @@ pub fn card(r: &Value) -> Option<CardView> {
             .map(|x| quoted(&x.as_str().map_or_else(|| x.to_string(), str::to_owned)))
             .collect()
     });
+    let new_vars: Vec<String> = r
+        .get("new_variables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|n| text(n, "variable"))
+        .collect();
     let risk = r
         .get("risk")
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(risk_item).collect())
+        .map(|a| {
+            a.iter()
+                .map(risk_item)
+                .map(|(f, w)| {
+                    if f == "new-variable" && !new_vars.is_empty() {
+                        (f, format!("{w}: {}", new_vars.join(", ")))
+                    } else {
+                        (f, w)
+                    }
+                })
+                .collect()
+        })
         .unwrap_or_default();
+    let contradictions = r
+        .get("contradictions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| prose(c.as_str().unwrap_or("")))
+        .collect();
     Some(CardView {
         id,
         digest: crate::factor_proof::card_digest(r),
@@ -312,6 +385,7 @@ pub fn card(r: &Value) -> Option<CardView> {
             .and_then(Value::as_u64)
             .map(|s| format!("a grant for {}", duration_words(s))),
         risk,
+        contradictions,
         facts: facts(r),
     })
 }
@@ -449,5 +523,38 @@ mod tests {
         assert!(html.contains("The requester says (unverified)"));
         assert!(html.contains("prints_env"));
         assert!(html.contains("name=\"factor\""));
+    }
+
+    #[test]
+    fn page_shows_chosen_values_new_variables_and_contradictions() {
+        let data = json!({"requests": [{
+            "id": 4, "client": {"kind": "mcp", "name": "a", "version": "1", "pid": 9},
+            "environment": "demo", "variables": ["OPENAI_BASE_URL"], "cwd": "/w",
+            "argv": ["python3", "check.py"], "reason": "you approved this before",
+            "created_at": "t", "expires_at": "u",
+            "risk": ["new-variable", "agent-chosen-value", "reason-contradicts-facts"],
+            "contradictions": ["this command was never approved before"],
+            "new_variables": [{"variable": "OPENAI_BASE_URL", "created_at": "t",
+                "stored_at": "2026-12-06T10:00:00Z", "stored": "without the factor"}],
+            "chosen_values": [{"origin": "stored-without-factor", "variable": "OPENAI_BASE_URL",
+                "stored_at": "2026-12-06T10:00:00Z", "value": "http://127.0.0.1:9/<x>\u{1b}",
+                "bytes": 22, "clipped": false, "sha256": "ab"}]
+        }]});
+        let html = Page {
+            cards: cards(&data),
+            csrf: "c".into(),
+            flash: None,
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("<x>") && !html.contains('\u{1b}'));
+        assert!(html.contains("this command was never approved before"));
+        assert!(html.contains("But the broker's facts"));
+        assert!(
+            html.contains("OPENAI_BASE_URL = &#34;http://127.0.0.1:9/&#60;x&#62;\\u{1b}&#34;"),
+            "{html}"
+        );
+        assert!(html.contains("New variable"));
+        assert!(html.contains(": OPENAI_BASE_URL"));
     }
 }
