@@ -306,7 +306,9 @@ fn on_pseudo_fs(_path: &Path) -> bool {
     false
 }
 
-fn pin_input(role: &str, path: &Path, detail: Option<String>) -> Option<InputPin> {
+/// Fingerprints one input file (canonical path, SHA-256); `None` when it does not exist, is not a
+/// regular file, or lies where the broker never reads for a requester.
+pub(crate) fn pin_input(role: &str, path: &Path, detail: Option<String>) -> Option<InputPin> {
     let canon = std::fs::canonicalize(path).ok()?;
     if !readable_for_requester(&canon) {
         return None;
@@ -356,8 +358,10 @@ fn npm_script(argv: &[String]) -> Option<String> {
     }
 }
 
-/// Fingerprints the inputs that decide what the command executes.
-pub fn inputs(argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
+/// Fingerprints the inputs that decide what the command executes: the task runner's file or the
+/// script operand, and the configuration each known tool executes code from
+/// ([`crate::loaders`]; `home` is the child's HOME, the vault's).
+pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> Vec<InputPin> {
     let mut out = Vec::new();
     let name = exe
         .file_name()
@@ -379,38 +383,28 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
     if is(&["npm", "yarn", "pnpm", "bun", "npx"]) {
         let pj = cwd.join("package.json");
         let detail = npm_script(argv).map(|s| {
-            let scripts = std::fs::read(&pj)
+            let json = std::fs::read(&pj)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| {
-                    v.get("scripts")
-                        .and_then(|x| x.get(&s))
-                        .and_then(|x| x.as_str().map(str::to_owned))
-                });
-            match scripts {
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            let script = |name: &str| {
+                json.as_ref()
+                    .and_then(|v| v.get("scripts"))
+                    .and_then(|x| x.get(name))
+                    .and_then(|x| x.as_str().map(str::to_owned))
+            };
+            let mut d = match script(&s) {
                 Some(text) => format!("script {s:?} runs: {text}"),
                 None => format!("script {s:?} is not defined in package.json"),
-            }
-        });
-        out.extend(pin_input("package.json", &pj, detail));
-        out.extend(pin_input("npmrc", &cwd.join(".npmrc"), None));
-    }
-    if is(&["make", "gmake"]) {
-        let f = argv
-            .iter()
-            .position(|a| a == "-f")
-            .and_then(|i| argv.get(i + 1));
-        match f {
-            Some(f) => out.extend(pin_input("makefile", &cwd.join(f), None)),
-            None => {
-                for n in ["GNUmakefile", "makefile", "Makefile"] {
-                    if let Some(p) = pin_input("makefile", &cwd.join(n), None) {
-                        out.push(p);
-                        break;
-                    }
+            };
+            // Lifecycle scripts npm runs around it (npm-scripts(7): pre<name>, post<name>).
+            for hook in [format!("pre{s}"), format!("post{s}")] {
+                if let Some(text) = script(&hook) {
+                    d.push_str(&format!("; {hook:?} runs: {text}"));
                 }
             }
-        }
+            d
+        });
+        out.extend(pin_input("package.json", &pj, detail));
     }
     if is(&["just"]) {
         for n in ["justfile", "Justfile", ".justfile"] {
@@ -470,6 +464,17 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
             }
         }
     }
+    let cx = crate::loaders::Ctx {
+        argv,
+        cwd,
+        exe,
+        home,
+    };
+    for p in crate::loaders::inputs(&family, &arg0, &cx) {
+        if !out.iter().any(|q| q.path == p.path) {
+            out.push(p);
+        }
+    }
     out
 }
 
@@ -523,8 +528,8 @@ mod tests {
         )
         .unwrap();
         let argv: Vec<String> = vec!["npm".into(), "test".into()];
-        let ins = inputs(&argv, d.path(), Path::new("/usr/bin/npm"));
-        assert_eq!(ins.len(), 1);
+        let ins = inputs(&argv, d.path(), Path::new("/usr/bin/npm"), None);
+        assert_eq!(ins[0].role, "package.json");
         assert_eq!(ins[0].detail.as_deref(), Some("script \"test\" runs: jest"));
         check_inputs(&ins).unwrap();
         std::fs::write(
@@ -543,9 +548,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("ci.sh"), "echo ci\n").unwrap();
         let a: Vec<String> = vec!["bash".into(), "-e".into(), "ci.sh".into()];
-        assert_eq!(inputs(&a, d.path(), Path::new("/bin/bash")).len(), 1);
+        assert_eq!(inputs(&a, d.path(), Path::new("/bin/bash"), None).len(), 1);
         let b: Vec<String> = vec!["sh".into(), "-c".into(), "ci.sh".into()];
-        assert!(inputs(&b, d.path(), Path::new("/bin/sh")).is_empty());
+        assert!(inputs(&b, d.path(), Path::new("/bin/sh"), None).is_empty());
     }
 
     #[test]
