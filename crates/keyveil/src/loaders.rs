@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pin::{InputPin, pin_input};
+use crate::pin::{InputPin, pin_input, pin_input_text, read_for_requester};
 
 /// Most files a single tool pins (hooks, `.pth` files, includes): beyond this the rest are not
 /// pinned, which the card shows as a `... more not pinned` detail.
@@ -173,7 +173,15 @@ pub fn is_loader_var(name: &str) -> bool {
         "BASH_ENV",
         "ENV",
     ];
-    const PREFIX: &[&str] = &["YARN_", "PNPM_", "COREPACK_", "RUSTUP_", "PIP_", "BUNFIG"];
+    const PREFIX: &[&str] = &[
+        "YARN_",
+        "PNPM_",
+        "COREPACK_",
+        "RUSTUP_",
+        "PIP_",
+        "PYENV_",
+        "BUNFIG",
+    ];
     EXACT.contains(&name)
         || PREFIX.iter().any(|p| name.starts_with(p))
         || NEUTRALISE.iter().any(|(k, _)| *k == name)
@@ -237,6 +245,24 @@ pub fn markdown() -> String {
 struct Pins(Vec<InputPin>);
 
 impl Pins {
+    /// Pins a text file and returns its text (the bytes hashed) when it was newly pinned.
+    fn add_text(
+        &mut self,
+        role: &str,
+        path: &Path,
+        detail: impl FnOnce(&str) -> Option<String>,
+    ) -> Option<String> {
+        if self.0.len() >= MAX_FILES * 4 {
+            return None;
+        }
+        let (p, text) = pin_input_text(role, path, detail)?;
+        if self.0.iter().any(|q| q.path == p.path) {
+            return None;
+        }
+        self.0.push(p);
+        Some(text)
+    }
+
     fn add(&mut self, role: &str, path: &Path, detail: Option<String>) -> bool {
         if self.0.len() >= MAX_FILES * 4 {
             return false;
@@ -381,17 +407,12 @@ struct GitConfig {
     hooks_path: Option<String>,
 }
 
-fn read_git_config(path: &Path, home: Option<&Path>) -> GitConfig {
-    let text = std::fs::read(path)
-        .ok()
-        .filter(|b| b.len() < 1 << 20)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+fn parse_git_config(text: &str, path: &Path, home: Option<&Path>) -> GitConfig {
     let mut shown = Vec::new();
     let mut includes = Vec::new();
     let mut hooks_path = None;
     let base = path.parent().unwrap_or(Path::new("/"));
-    for (section, sub, kv) in git_config_pairs(&text) {
+    for (section, sub, kv) in git_config_pairs(text) {
         let (key, value) = kv.split_once('=').unwrap_or((&kv, ""));
         if !git_key_runs_code(&section, &sub, key, value) {
             continue;
@@ -451,14 +472,13 @@ fn git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
         let gitdir = if m.is_dir() {
             dotgit
         } else if m.is_file() {
-            let t = std::fs::read_to_string(&dotgit).ok()?;
+            let t = read_for_requester(&dotgit)?;
             let p = t.trim().strip_prefix("gitdir:")?.trim();
             d.join(p)
         } else {
             continue;
         };
-        let common = std::fs::read_to_string(gitdir.join("commondir"))
-            .ok()
+        let common = read_for_requester(&gitdir.join("commondir"))
             .map(|c| gitdir.join(c.trim()))
             .unwrap_or_else(|| gitdir.clone());
         return Some((gitdir, common, d.to_path_buf()));
@@ -486,12 +506,15 @@ fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         if seen > MAX_FILES {
             break;
         }
-        let parsed = read_git_config(&c, cx.home);
-        if out.add("git-config", &c, parsed.detail) {
-            configs.extend(parsed.includes);
-            if parsed.hooks_path.is_some() {
-                hooks_path = parsed.hooks_path;
-            }
+        let home = cx.home;
+        let Some(text) = out.add_text("git-config", &c, |t| parse_git_config(t, &c, home).detail)
+        else {
+            continue;
+        };
+        let parsed = parse_git_config(&text, &c, home);
+        configs.extend(parsed.includes);
+        if parsed.hooks_path.is_some() {
+            hooks_path = parsed.hooks_path;
         }
     }
     let hooks_dir = match (&hooks_path, &dirs) {
@@ -518,7 +541,14 @@ fn existing_git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
 
 /// Pins the regular files of `dir` whose names pass `keep` (sorted, at most [`MAX_FILES`]).
 fn pin_dir(out: &mut Pins, role: &str, dir: &Path, keep: impl Fn(&str) -> bool) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    // Never list a directory the broker does not read for requesters (`/proc/PID`, ...).
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return;
+    };
+    if !crate::pin::readable_for_requester(&dir) {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(&dir) else {
         return;
     };
     let mut names: Vec<String> = rd
@@ -565,8 +595,7 @@ const NPMRC_CODE_KEYS: &[&str] = &[
     "global-pnpmfile",
 ];
 
-fn npmrc_detail(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+fn npmrc_detail(text: &str) -> Option<String> {
     let shown: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -591,9 +620,7 @@ fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
             ("yarnrc", ".yarnrc"),
             ("yarnrc", ".yarnrc.yml"),
         ] {
-            let p = d.join(name);
-            let detail = npmrc_detail(&p);
-            out.add(role, &p, detail);
+            out.add_text(role, &d.join(name), npmrc_detail);
         }
     }
     for (role, name) in [
@@ -603,8 +630,7 @@ fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         ("npmrc", ".config/pnpm/rc"),
     ] {
         if let Some(p) = home_file(cx, name) {
-            let detail = npmrc_detail(&p);
-            out.add(role, &p, detail);
+            out.add_text(role, &p, npmrc_detail);
         }
     }
     // Global and builtin config near the executable ($PREFIX/etc/npmrc, npm's own `npmrc`).
@@ -614,8 +640,7 @@ fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         globals.push(d.join("npmrc"));
     }
     for p in globals {
-        let detail = npmrc_detail(&p);
-        out.add("npmrc", &p, detail);
+        out.add_text("npmrc", &p, npmrc_detail);
     }
     out.add("pnpmfile", &cx.cwd.join(".pnpmfile.cjs"), None);
     out.add("pnpm-workspace", &cx.cwd.join("pnpm-workspace.yaml"), None);
@@ -624,9 +649,11 @@ fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
 // ---------------------------------------------------------------------------------------------
 // python, pip
 
-/// Interpreter prefixes for an executable: `P` for `P/bin/pythonX.Y`; every installed version
-/// for a pyenv shim (`~/.pyenv/shims/python3` runs one of `~/.pyenv/versions/*`).
-fn python_prefixes(exe: &Path) -> Vec<PathBuf> {
+/// Interpreter prefixes for an executable: `P` for `P/bin/pythonX.Y`; for a pyenv shim
+/// (`~/.pyenv/shims/python3`), the version pyenv selects (pyenv(1) "Choosing the Python
+/// version": the nearest `.python-version` up from `cwd`, else `$PYENV_ROOT/version`;
+/// `PYENV_VERSION` never passes), or every installed version when that cannot be told.
+fn python_prefixes(exe: &Path, cwd: &Path) -> Vec<PathBuf> {
     let Some(bin) = exe.parent() else {
         return Vec::new();
     };
@@ -634,11 +661,28 @@ fn python_prefixes(exe: &Path) -> Vec<PathBuf> {
         return Vec::new();
     };
     if bin.file_name().is_some_and(|n| n == "shims") {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(prefix.join("versions"))
+        let versions = prefix.join("versions");
+        let chosen = up(cwd)
+            .map(|d| d.join(".python-version"))
+            .chain(std::iter::once(prefix.join("version")))
+            .find_map(|f| read_for_requester(&f));
+        if let Some(text) = chosen {
+            let v: Vec<PathBuf> = text
+                .split_whitespace()
+                .filter(|n| !n.starts_with('#') && !n.contains('/') && *n != "system")
+                .map(|n| versions.join(n))
+                .filter(|p| p.is_dir())
+                .take(8)
+                .collect();
+            if !v.is_empty() {
+                return v;
+            }
+        }
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&versions)
             .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         v.sort();
-        v.truncate(8);
+        v.truncate(16);
         return v;
     }
     vec![prefix.to_path_buf()]
@@ -650,9 +694,7 @@ fn site_dirs(prefix: &Path, out: &mut Pins) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     let mut prefixes = vec![prefix.to_path_buf()];
     let cfg = prefix.join("pyvenv.cfg");
-    if out.add("python-venv", &cfg, None)
-        && let Ok(t) = std::fs::read_to_string(&cfg)
-    {
+    if let Some(t) = out.add_text("python-venv", &cfg, |_| None) {
         for l in t.lines() {
             if let Some((k, v)) = l.split_once('=')
                 && k.trim() == "home"
@@ -683,7 +725,7 @@ fn site_dirs(prefix: &Path, out: &mut Pins) -> Vec<PathBuf> {
 
 fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
     let pip = family == "pip" || argv_has_pair(cx.argv, "-m", "pip");
-    for prefix in python_prefixes(cx.exe) {
+    for prefix in python_prefixes(cx.exe, cx.cwd) {
         for dir in site_dirs(&prefix, out) {
             pin_dir(out, "python-site", &dir, |n| {
                 n.ends_with(".pth") || n == "sitecustomize.py" || n == "usercustomize.py"
@@ -703,7 +745,7 @@ fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
             .collect();
         confs.push(PathBuf::from("/etc/pip.conf"));
         confs.push(PathBuf::from("/etc/xdg/pip/pip.conf"));
-        for prefix in python_prefixes(cx.exe) {
+        for prefix in python_prefixes(cx.exe, cx.cwd) {
             confs.push(prefix.join("pip.conf"));
         }
         for c in confs {
@@ -785,9 +827,7 @@ fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     while !queue.is_empty() && n < MAX_FILES {
         let p = queue.remove(0);
         n += 1;
-        if out.add(role, &p, None)
-            && let Ok(t) = std::fs::read_to_string(&p)
-        {
+        if let Some(t) = out.add_text(role, &p, |_| None) {
             queue.extend(make_includes(&t).into_iter().map(|i| dir.join(i)));
         }
         if n >= files.len().max(1) {
@@ -892,7 +932,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("config");
         std::fs::write(&p, t).unwrap();
-        let c = read_git_config(&p, Some(Path::new("/h")));
+        let c = parse_git_config(t, &p, Some(Path::new("/h")));
         let detail = c.detail.unwrap();
         assert!(detail.contains("core.fsmonitor=./x.sh"), "{detail}");
         assert!(detail.contains("alias.p=!sh evil"), "{detail}");
@@ -962,7 +1002,7 @@ mod tests {
             "script-shell=./evil\n//r.example/:_authToken=x\nfund=false\n",
         )
         .unwrap();
-        let det = npmrc_detail(&p).unwrap();
+        let det = npmrc_detail(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert!(det.contains("script-shell=./evil"), "{det}");
         assert!(!det.contains("fund"), "{det}");
     }
@@ -1001,6 +1041,53 @@ mod tests {
             doc.contains(&table),
             "docs/hardening.md must hold the loaders table as rendered:\n{table}"
         );
+    }
+
+    #[test]
+    fn includes_into_proc_are_neither_read_nor_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(repo.join(".git")).unwrap();
+        std::fs::write(
+            repo.join(".git/config"),
+            "[include]\n\tpath = /proc/self/environ\n[core]\n\thooksPath = /proc/self\n",
+        )
+        .unwrap();
+        let argv = sv(&["git", "status"]);
+        let pins = inputs(
+            "git",
+            "git",
+            &ctx(&argv, &repo, Path::new("/usr/bin/git"), d.path()),
+        );
+        assert_eq!(pins.len(), 1, "{pins:?}");
+        assert!(pins.iter().all(|p| !p.path.starts_with("/proc")));
+        assert!(read_for_requester(Path::new("/proc/self/environ")).is_none());
+    }
+
+    #[test]
+    fn pyenv_shims_pin_the_selected_version_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join(".pyenv");
+        for v in ["3.11.7", "3.12.1"] {
+            let sp = root.join(format!("versions/{v}/lib/python3.x/site-packages"));
+            std::fs::create_dir_all(&sp).unwrap();
+            std::fs::write(sp.join(format!("v{v}.pth")), "import os\n").unwrap();
+        }
+        std::fs::create_dir_all(root.join("shims")).unwrap();
+        std::fs::write(root.join("shims/python3"), "#!/bin/sh\n").unwrap();
+        let app = d.path().join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join(".python-version"), "3.12.1\n").unwrap();
+        let argv = sv(&["python3", "x.py"]);
+        let exe = root.join("shims/python3");
+        let pins = inputs("python", "python3", &ctx(&argv, &app, &exe, d.path()));
+        let names: Vec<&str> = pins
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap())
+            .collect();
+        assert!(names.contains(&"v3.12.1.pth"), "{names:?}");
+        assert!(!names.contains(&"v3.11.7.pth"), "{names:?}");
+        assert!(names.contains(&".python-version"), "{names:?}");
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub fn set_private_roots(roots: Vec<PathBuf>) {
 /// `/proc`, `/sys` or `/dev` (a granted child's `/proc/PID/environ` hashed into a request's input
 /// pins was a value oracle), nor of the broker's own home. A requester that names such a file
 /// as a script gets no pin for it: the card shows the argv as it is.
-fn readable_for_requester(canon: &Path) -> bool {
+pub(crate) fn readable_for_requester(canon: &Path) -> bool {
     let pseudo = ["/proc", "/sys", "/dev"]
         .iter()
         .any(|p| canon.starts_with(p));
@@ -304,6 +304,48 @@ fn on_pseudo_fs(path: &Path) -> bool {
 #[cfg(not(target_os = "linux"))]
 fn on_pseudo_fs(_path: &Path) -> bool {
     false
+}
+
+/// Fingerprints a small text input and reads it from the same bytes (a config file whose
+/// settings the card quotes, a makefile whose includes are followed), so what the card quotes is
+/// what was hashed: only where [`pin_input`] would hash it (never `/proc`, `/sys`, `/dev` or the
+/// broker's home, whatever a symlink or include says). `detail` makes the input's detail from the
+/// text. A file over 1 MiB is pinned without being read (empty text).
+pub(crate) fn pin_input_text(
+    role: &str,
+    path: &Path,
+    detail: impl FnOnce(&str) -> Option<String>,
+) -> Option<(InputPin, String)> {
+    const MAX_TEXT: u64 = 1 << 20;
+    let canon = std::fs::canonicalize(path).ok()?;
+    if !readable_for_requester(&canon) {
+        return None;
+    }
+    let f = File::open(&canon).ok()?;
+    let m = f.metadata().ok()?;
+    if !m.is_file() {
+        return None;
+    }
+    if m.len() > MAX_TEXT {
+        return pin_input(role, &canon, None).map(|p| (p, String::new()));
+    }
+    let mut b = Vec::new();
+    f.take(MAX_TEXT).read_to_end(&mut b).ok()?;
+    let text = String::from_utf8_lossy(&b).into_owned();
+    Some((
+        InputPin {
+            role: role.to_owned(),
+            path: canon.display().to_string(),
+            sha256: hex::encode(Sha256::digest(&b)),
+            detail: detail(&text),
+        },
+        text,
+    ))
+}
+
+/// Reads a small text file on a requester's behalf, where [`pin_input_text`] would.
+pub(crate) fn read_for_requester(path: &Path) -> Option<String> {
+    pin_input_text("", path, |_| None).map(|(_, t)| t)
 }
 
 /// Fingerprints one input file (canonical path, SHA-256); `None` when it does not exist, is not a
@@ -382,10 +424,10 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> V
     let is = |names: &[&str]| names.contains(&family.as_str()) || names.contains(&arg0.as_str());
     if is(&["npm", "yarn", "pnpm", "bun", "npx"]) {
         let pj = cwd.join("package.json");
-        let detail = npm_script(argv).map(|s| {
-            let json = std::fs::read(&pj)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        // The script shown is read from the very bytes pinned.
+        let detail = |text: &str| {
+            let s = npm_script(argv)?;
+            let json = serde_json::from_str::<serde_json::Value>(text).ok();
             let script = |name: &str| {
                 json.as_ref()
                     .and_then(|v| v.get("scripts"))
@@ -402,9 +444,9 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> V
                     d.push_str(&format!("; {hook:?} runs: {text}"));
                 }
             }
-            d
-        });
-        out.extend(pin_input("package.json", &pj, detail));
+            Some(d)
+        };
+        out.extend(pin_input_text("package.json", &pj, detail).map(|(p, _)| p));
     }
     if is(&["just"]) {
         for n in ["justfile", "Justfile", ".justfile"] {
