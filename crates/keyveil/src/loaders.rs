@@ -445,22 +445,28 @@ fn expand(value: &str, base: &Path, home: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The directory git would treat as the start (`-C DIR` options applied in order).
-fn git_start(cx: &Ctx<'_>) -> PathBuf {
+/// The directory git would treat as the start (`-C DIR` options applied in order) and the git
+/// directory named by `--git-dir`, if any.
+fn git_start(cx: &Ctx<'_>) -> (PathBuf, Option<PathBuf>) {
     let mut d = cx.cwd.to_path_buf();
+    let mut git_dir = None;
     let mut it = cx.argv.iter().skip(1);
     while let Some(a) = it.next() {
         if a == "-C" {
             if let Some(x) = it.next() {
                 d = d.join(x);
             }
+        } else if a == "--git-dir" {
+            git_dir = it.next().map(|x| d.join(x));
+        } else if let Some(x) = a.strip_prefix("--git-dir=") {
+            git_dir = Some(d.join(x));
         } else if !a.starts_with('-') {
             break; // the subcommand
         } else if a == "-c" {
             it.next();
         }
     }
-    d
+    (d, git_dir)
 }
 
 /// `(git dir, common dir, work tree)` for a directory: the nearest `.git` directory, or a
@@ -487,13 +493,21 @@ fn git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
 }
 
 fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
-    let start = git_start(cx);
+    let (start, git_dir) = git_start(cx);
     // Global config: ~/.gitconfig and ~/.config/git/config (XDG_CONFIG_HOME never passes).
     let mut configs: Vec<PathBuf> = ["/.gitconfig", "/.config/git/config"]
         .iter()
         .filter_map(|r| home_file(cx, r.trim_start_matches('/')))
         .collect();
-    let dirs = existing_git_dirs(&start);
+    let dirs = match git_dir {
+        Some(g) => {
+            let common = read_for_requester(&g.join("commondir"))
+                .map(|c| g.join(c.trim()))
+                .unwrap_or_else(|| g.clone());
+            Some((g, common, start.clone()))
+        }
+        None => existing_git_dirs(&start),
+    };
     if let Some((gitdir, common, _)) = &dirs {
         configs.push(common.join("config"));
         configs.push(gitdir.join("config.worktree"));
@@ -954,6 +968,20 @@ mod tests {
         std::fs::write(repo.join(".git/hooks/pre-push.sample"), "#!/bin/sh\n").unwrap();
         std::fs::write(home.join(".gitconfig"), "[user]\n\tname = x\n").unwrap();
         let argv = sv(&["git", "status"]);
+        let elsewhere = sv(&["git", "--git-dir=../repo/.git", "status"]);
+        let other = d.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let by_flag = inputs(
+            "git",
+            "git",
+            &ctx(&elsewhere, &other, Path::new("/usr/bin/git"), &home),
+        );
+        assert!(
+            by_flag
+                .iter()
+                .any(|p| p.path.ends_with("/repo/.git/config")),
+            "{by_flag:?}"
+        );
         let sub = repo.join("sub");
         let exe = Path::new("/usr/bin/git");
         let pins = inputs("git", "git", &ctx(&argv, &sub, exe, &home));
