@@ -78,7 +78,9 @@ pub const TABLE: &[Loader] = &[
                  executable, /etc/npmrc, .yarnrc/.yarnrc.yml (directory, parents, home), \
                  .pnpmfile.cjs and pnpm-workspace.yaml",
         neutralised: "npm_config_script_shell=/bin/sh (a planted script-shell never runs); \
-                      npm_config_*, YARN_*, PNPM_*, COREPACK_* from the requester never pass",
+                      npm_config_*, YARN_YARN_PATH, YARN_RC_FILENAME, YARN_PLUGINS, registry \
+                      overrides, COREPACK_HOME, PNPM_HOME never pass (auth tokens such as \
+                      YARN_NPM_AUTH_TOKEN do)",
         pins: npm,
     },
     Loader {
@@ -92,8 +94,8 @@ pub const TABLE: &[Loader] = &[
                  directories (found from the executable, pyenv shims included), pyvenv.cfg, \
                  .python-version up the tree; for pip, every pip.conf",
         neutralised: "PYTHONNOUSERSITE=1 (the user site directory, its .pth files and \
-                      usercustomize are not loaded; venvs still work, unlike -I); PYTHON*, PIP_* \
-                      from the requester never pass",
+                      usercustomize are not loaded; venvs still work, unlike -I); PYTHON*, PYENV_*, \
+                      PIP_CONFIG_FILE and package-source overrides never pass",
         pins: python,
     },
     Loader {
@@ -115,8 +117,8 @@ pub const TABLE: &[Loader] = &[
                 rust-toolchain(.toml) (a `path` toolchain), ~/.rustup/settings.toml overrides",
         pinned: "Cargo.toml, build.rs, .cargo/config(.toml) in the directory and every parent, \
                  ~/.cargo/config(.toml), rust-toolchain(.toml) up the tree, ~/.rustup/settings.toml",
-        neutralised: "CARGO_HOME, CARGO_BUILD_*, CARGO_TARGET_*, RUSTC*, RUSTFLAGS, RUSTUP_* from \
-                      the requester never pass",
+        neutralised: "CARGO_HOME, CARGO_BUILD_*, CARGO_TARGET_*, RUSTC*, RUSTFLAGS, RUSTUP_HOME, \
+                      RUSTUP_TOOLCHAIN never pass",
         pins: cargo,
     },
     Loader {
@@ -163,25 +165,45 @@ pub const NEUTRALISE: &[(&str, &str)] = &[
 /// Environment names that make a tool load more code or configuration, never passed to a granted
 /// child (in addition to `broker::access::is_injection_var`).
 pub fn is_loader_var(name: &str) -> bool {
+    // Precise names, not prefixes: `YARN_NPM_AUTH_TOKEN`, `COREPACK_NPM_TOKEN` and friends are
+    // the secrets people keep in keyveil and must still reach the child.
     const EXACT: &[&str] = &[
+        // GNU make §9.7 / §5.7.3: more makefiles, options.
         "MAKEFILES",
         "MAKEFLAGS",
         "MFLAGS",
         "GNUMAKEFLAGS",
+        // Shells and readline.
         "INPUTRC",
         "ZDOTDIR",
         "BASH_ENV",
         "ENV",
+        // pip: another config file, other package sources.
+        "PIP_CONFIG_FILE",
+        "PIP_FIND_LINKS",
+        "PIP_TRUSTED_HOST",
+        // yarn (berry maps YARN_<KEY> to .yarnrc.yml keys): the yarn release run, rc file,
+        // plugins, registry.
+        "YARN_YARN_PATH",
+        "YARN_RC_FILENAME",
+        "YARN_PLUGINS",
+        "YARN_IGNORE_PATH",
+        "YARN_NPM_REGISTRY_SERVER",
+        "YARN_REGISTRY",
+        "YARN_GLOBAL_FOLDER",
+        // corepack and pnpm: where package managers are fetched from or installed.
+        "COREPACK_HOME",
+        "COREPACK_NPM_REGISTRY",
+        "PNPM_HOME",
+        // rustup: which toolchain runs, from where.
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTUP_DIST_SERVER",
+        "RUSTUP_UPDATE_ROOT",
+        "BUN_INSTALL",
     ];
-    const PREFIX: &[&str] = &[
-        "YARN_",
-        "PNPM_",
-        "COREPACK_",
-        "RUSTUP_",
-        "PIP_",
-        "PYENV_",
-        "BUNFIG",
-    ];
+    // pyenv: which interpreter a shim runs.
+    const PREFIX: &[&str] = &["PYENV_"];
     EXACT.contains(&name)
         || PREFIX.iter().any(|p| name.starts_with(p))
         || NEUTRALISE.iter().any(|(k, _)| *k == name)
