@@ -14,6 +14,7 @@ mod factor;
 mod factor_proof;
 mod frame_writer;
 mod harden;
+mod loaders;
 mod logging;
 mod mcp;
 mod notify;

@@ -276,7 +276,7 @@ pub fn set_private_roots(roots: Vec<PathBuf>) {
 /// `/proc`, `/sys` or `/dev` (a granted child's `/proc/PID/environ` hashed into a request's input
 /// pins was a value oracle), nor of the broker's own home. A requester that names such a file
 /// as a script gets no pin for it: the card shows the argv as it is.
-fn readable_for_requester(canon: &Path) -> bool {
+pub(crate) fn readable_for_requester(canon: &Path) -> bool {
     let pseudo = ["/proc", "/sys", "/dev"]
         .iter()
         .any(|p| canon.starts_with(p));
@@ -306,7 +306,51 @@ fn on_pseudo_fs(_path: &Path) -> bool {
     false
 }
 
-fn pin_input(role: &str, path: &Path, detail: Option<String>) -> Option<InputPin> {
+/// Fingerprints a small text input and reads it from the same bytes (a config file whose
+/// settings the card quotes, a makefile whose includes are followed), so what the card quotes is
+/// what was hashed: only where [`pin_input`] would hash it (never `/proc`, `/sys`, `/dev` or the
+/// broker's home, whatever a symlink or include says). `detail` makes the input's detail from the
+/// text. A file over 1 MiB is pinned without being read (empty text).
+pub(crate) fn pin_input_text(
+    role: &str,
+    path: &Path,
+    detail: impl FnOnce(&str) -> Option<String>,
+) -> Option<(InputPin, String)> {
+    const MAX_TEXT: u64 = 1 << 20;
+    let canon = std::fs::canonicalize(path).ok()?;
+    if !readable_for_requester(&canon) {
+        return None;
+    }
+    let f = File::open(&canon).ok()?;
+    let m = f.metadata().ok()?;
+    if !m.is_file() {
+        return None;
+    }
+    if m.len() > MAX_TEXT {
+        return pin_input(role, &canon, None).map(|p| (p, String::new()));
+    }
+    let mut b = Vec::new();
+    f.take(MAX_TEXT).read_to_end(&mut b).ok()?;
+    let text = String::from_utf8_lossy(&b).into_owned();
+    Some((
+        InputPin {
+            role: role.to_owned(),
+            path: canon.display().to_string(),
+            sha256: hex::encode(Sha256::digest(&b)),
+            detail: detail(&text),
+        },
+        text,
+    ))
+}
+
+/// Reads a small text file on a requester's behalf, where [`pin_input_text`] would.
+pub(crate) fn read_for_requester(path: &Path) -> Option<String> {
+    pin_input_text("", path, |_| None).map(|(_, t)| t)
+}
+
+/// Fingerprints one input file (canonical path, SHA-256); `None` when it does not exist, is not a
+/// regular file, or lies where the broker never reads for a requester.
+pub(crate) fn pin_input(role: &str, path: &Path, detail: Option<String>) -> Option<InputPin> {
     let canon = std::fs::canonicalize(path).ok()?;
     if !readable_for_requester(&canon) {
         return None;
@@ -356,8 +400,10 @@ fn npm_script(argv: &[String]) -> Option<String> {
     }
 }
 
-/// Fingerprints the inputs that decide what the command executes.
-pub fn inputs(argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
+/// Fingerprints the inputs that decide what the command executes: the task runner's file or the
+/// script operand, and the configuration each known tool executes code from
+/// ([`crate::loaders`]; `home` is the child's HOME, the vault's).
+pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> Vec<InputPin> {
     let mut out = Vec::new();
     let name = exe
         .file_name()
@@ -378,39 +424,29 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
     let is = |names: &[&str]| names.contains(&family.as_str()) || names.contains(&arg0.as_str());
     if is(&["npm", "yarn", "pnpm", "bun", "npx"]) {
         let pj = cwd.join("package.json");
-        let detail = npm_script(argv).map(|s| {
-            let scripts = std::fs::read(&pj)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| {
-                    v.get("scripts")
-                        .and_then(|x| x.get(&s))
-                        .and_then(|x| x.as_str().map(str::to_owned))
-                });
-            match scripts {
+        // The script shown is read from the very bytes pinned.
+        let detail = |text: &str| {
+            let s = npm_script(argv)?;
+            let json = serde_json::from_str::<serde_json::Value>(text).ok();
+            let script = |name: &str| {
+                json.as_ref()
+                    .and_then(|v| v.get("scripts"))
+                    .and_then(|x| x.get(name))
+                    .and_then(|x| x.as_str().map(str::to_owned))
+            };
+            let mut d = match script(&s) {
                 Some(text) => format!("script {s:?} runs: {text}"),
                 None => format!("script {s:?} is not defined in package.json"),
-            }
-        });
-        out.extend(pin_input("package.json", &pj, detail));
-        out.extend(pin_input("npmrc", &cwd.join(".npmrc"), None));
-    }
-    if is(&["make", "gmake"]) {
-        let f = argv
-            .iter()
-            .position(|a| a == "-f")
-            .and_then(|i| argv.get(i + 1));
-        match f {
-            Some(f) => out.extend(pin_input("makefile", &cwd.join(f), None)),
-            None => {
-                for n in ["GNUmakefile", "makefile", "Makefile"] {
-                    if let Some(p) = pin_input("makefile", &cwd.join(n), None) {
-                        out.push(p);
-                        break;
-                    }
+            };
+            // Lifecycle scripts npm runs around it (npm-scripts(7): pre<name>, post<name>).
+            for hook in [format!("pre{s}"), format!("post{s}")] {
+                if let Some(text) = script(&hook) {
+                    d.push_str(&format!("; {hook:?} runs: {text}"));
                 }
             }
-        }
+            Some(d)
+        };
+        out.extend(pin_input_text("package.json", &pj, detail).map(|(p, _)| p));
     }
     if is(&["just"]) {
         for n in ["justfile", "Justfile", ".justfile"] {
@@ -470,6 +506,17 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
             }
         }
     }
+    let cx = crate::loaders::Ctx {
+        argv,
+        cwd,
+        exe,
+        home,
+    };
+    for p in crate::loaders::inputs(&family, &arg0, &cx) {
+        if !out.iter().any(|q| q.path == p.path) {
+            out.push(p);
+        }
+    }
     out
 }
 
@@ -523,8 +570,8 @@ mod tests {
         )
         .unwrap();
         let argv: Vec<String> = vec!["npm".into(), "test".into()];
-        let ins = inputs(&argv, d.path(), Path::new("/usr/bin/npm"));
-        assert_eq!(ins.len(), 1);
+        let ins = inputs(&argv, d.path(), Path::new("/usr/bin/npm"), None);
+        assert_eq!(ins[0].role, "package.json");
         assert_eq!(ins[0].detail.as_deref(), Some("script \"test\" runs: jest"));
         check_inputs(&ins).unwrap();
         std::fs::write(
@@ -543,9 +590,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("ci.sh"), "echo ci\n").unwrap();
         let a: Vec<String> = vec!["bash".into(), "-e".into(), "ci.sh".into()];
-        assert_eq!(inputs(&a, d.path(), Path::new("/bin/bash")).len(), 1);
+        assert_eq!(inputs(&a, d.path(), Path::new("/bin/bash"), None).len(), 1);
         let b: Vec<String> = vec!["sh".into(), "-c".into(), "ci.sh".into()];
-        assert!(inputs(&b, d.path(), Path::new("/bin/sh")).is_empty());
+        assert!(inputs(&b, d.path(), Path::new("/bin/sh"), None).is_empty());
     }
 
     #[test]

@@ -37,9 +37,11 @@ const PASSED_ALWAYS: &[&str] = &[
     "LINES",
 ];
 
-/// Builds the child's environment from scratch: policy `PATH`, `HOME`, `USER`/`LOGNAME`,
-/// locale and terminal variables of the requester, the pass-through names the grant allows.
-/// The granted values are added by the spawn. Code-injection variables never pass.
+/// Builds the child's environment from scratch: policy `PATH`, `HOME`, `USER`/`LOGNAME`, the
+/// settings that neutralise code loaded from files the agent can write
+/// ([`crate::loaders::NEUTRALISE`]: `PYTHONNOUSERSITE`, `GIT_CONFIG_NOSYSTEM`, ...), locale and
+/// terminal variables of the requester, the pass-through names the grant allows. The granted
+/// values are added by the spawn. Code-injection and code-loading variables never pass.
 pub fn child_env(
     inner: &Inner,
     env_name: &str,
@@ -55,14 +57,23 @@ pub fn child_env(
             out.push((k.to_owned(), v));
         }
     }
+    for (k, v) in crate::loaders::NEUTRALISE {
+        out.push(((*k).to_owned(), (*v).to_owned()));
+    }
     for (k, v) in requester {
         let wanted =
             PASSED_ALWAYS.contains(&k.as_str()) || k.starts_with("LC_") || pass_env.contains(k);
-        if wanted && !access::is_injection_var(k) && !out.iter().any(|(o, _)| o == k) {
+        if wanted && !never_passed(k) && !out.iter().any(|(o, _)| o == k) {
             out.push((k.clone(), v.clone()));
         }
     }
     out
+}
+
+/// Names a granted child never gets from the requester or the vault: code injection
+/// (`access::is_injection_var`) and code loading (`loaders::is_loader_var`: `MAKEFILES`, ...).
+fn never_passed(name: &str) -> bool {
+    access::is_injection_var(name) || crate::loaders::is_loader_var(name)
 }
 
 type Conn = Framed<UnixStream, LengthDelimitedCodec>;
@@ -219,7 +230,14 @@ pub(super) async fn run_inner(
         match step {
             Step::Grant(gid, exe_pin, inputs) => {
                 // Verify outside the lock: resolve again, open and check the file, re-hash inputs.
-                let verified = verify(&req.argv, &cwd, &search_path, exe_pin.as_ref(), &inputs);
+                let verified = verify(
+                    &req.argv,
+                    &cwd,
+                    &search_path,
+                    home.as_deref(),
+                    exe_pin.as_ref(),
+                    &inputs,
+                );
                 let mut inner = broker.lock();
                 // Values the agent could have chosen are bound by digest: another one ends it.
                 if let Err(why) = access::check_chosen(&inner, &gid, &ask) {
@@ -347,7 +365,7 @@ pub(super) async fn run_inner(
             // Defence in depth for vaults written before such names were refused.
             Ok(v) => v
                 .into_iter()
-                .filter(|(k, _)| !access::is_injection_var(k))
+                .filter(|(k, _)| !never_passed(k))
                 .collect::<Vec<_>>(),
             Err(e) => {
                 return Some(
@@ -639,11 +657,15 @@ fn quarantine(path: &std::path::Path) -> &'static str {
     }
 }
 
-/// Checks that what would run now is what was approved; returns the open executable.
+/// Checks that what would run now is what was approved; returns the open executable. Inputs
+/// (task-runner files, scripts, and the configuration files `loaders.rs` names for the tool) are
+/// re-hashed, and re-derived for this argv and cwd with the child's `home`: one that changed,
+/// vanished or appeared since approval ends the grant.
 fn verify(
     argv: &[String],
     cwd: &str,
     search_path: &str,
+    home: Option<&str>,
     pinned: Option<&pin::FilePin>,
     inputs: &[pin::InputPin],
 ) -> Result<std::fs::File, pin::PinError> {
@@ -667,7 +689,8 @@ fn verify(
         // What this argv executes from this directory (a `--subdirs` grant used in a
         // subdirectory, extra arguments under a prefix grant): every input it would load must be
         // one that was pinned and shown, with the same content.
-        for d in pin::inputs(argv, std::path::Path::new(cwd), &now) {
+        let home = home.map(std::path::Path::new);
+        for d in pin::inputs(argv, std::path::Path::new(cwd), &now, home) {
             if !inputs
                 .iter()
                 .any(|p| p.path == d.path && p.sha256 == d.sha256)

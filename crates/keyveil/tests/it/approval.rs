@@ -39,6 +39,16 @@ impl Ws {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         let attack = &case["attack"];
+        // Setup commands run as the verifier runs them: in the root, HOME at root/home.
+        for cmd in strs(&attack["setup"]) {
+            let o = std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .current_dir(root.path())
+                .env("HOME", root.path().join("home"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "setup {cmd:?}: {}", text(&o.stderr));
+        }
         for f in attack["files"].as_array().cloned().unwrap_or_default() {
             write_file(&root.path().join(f["path"].as_str().unwrap()), &f);
         }
@@ -48,6 +58,7 @@ impl Ws {
             std::os::unix::fs::symlink(l["target"].as_str().unwrap(), &p).unwrap();
         }
         // The human's PATH has ~/.local/bin, as many do; it becomes the policy PATH at init.
+        // Their HOME (the granted children's) is the workspace's home/, as in the verifier.
         let home = Home::empty();
         let path = format!(
             "{}:{}",
@@ -57,6 +68,7 @@ impl Ws {
         let o = home
             .cmd(&["init", "--passphrase-stdin", "--kdf-memory-kib", "19456"])
             .env("PATH", &path)
+            .env("HOME", root.path().join("home"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -277,6 +289,15 @@ fn assert_no_payload(id: &str, out: &str) {
         "MECH-BASH-ENV",
         "MECH-PREFIX-EXTRA",
         "MECH-SUBDIR-SCRIPT",
+        // Code loaded from configuration the agent wrote (issue 15 item 2).
+        "MECH-PTH-PAYLOAD",
+        "MECH-FSMONITOR-PAYLOAD",
+        "MECH-GIT-CONFIG-REWRITTEN",
+        "MECH-NPMRC-PAYLOAD",
+        "MECH-NPMRC-REWRITTEN",
+        "MECH-MAKE-INCLUDE",
+        "MECH-CARGO-CONFIG",
+        "MECH-PROFILE-PAYLOAD",
     ] {
         assert!(!out.contains(bad), "{id}: the attack's payload ran ({bad})");
     }
@@ -318,10 +339,26 @@ fn check_flags(id: &str, ws: &Ws, checks: &Value, argv: &Value) {
     }
 }
 
+#[allow(clippy::print_stderr)] // says why a case skips
 fn replay(case: &Value) {
     let id = case["id"].as_str().unwrap();
     let checks = &case["checks"];
     let outcome = checks["outcome"].as_str().unwrap();
+    // Tools a case's mechanics need: without them the case cannot be replayed.
+    let mech = &case["mechanics"];
+    let checks_list = mech
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![mech.clone()]);
+    let missing: Vec<String> = checks_list
+        .iter()
+        .flat_map(|c| strs(&c["needs"]))
+        .filter(|t| !tool_installed(t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("SKIPPED {id}: {} not installed", missing.join(", "));
+        return;
+    }
     let ws = Ws::new(case);
     let env = attack_env(case);
     if outcome == "rate-limit" {
@@ -415,12 +452,21 @@ fn replay(case: &Value) {
             );
         }
         "strip-or-refuse" => {
-            // Approve the attack's request and run it: the injected variable must not reach it.
+            // Approve the attack's request and run it: the injected variable (or planted
+            // configuration) must not reach it, and the approved command itself must still work.
             if o.status.code() == Some(5) {
+                check_display(id, &ws, checks, "");
                 let rid = ws.home.wait_request();
                 assert!(ws.home.approve(rid, &[]).status.success());
-                let o2 = ws.run(spec, &env, "5");
-                assert_no_payload(id, &all_output(&o2));
+                let o2 = ws.run(spec, &env, "30");
+                let out2 = all_output(&o2);
+                assert_no_payload(id, &out2);
+                if let Some(want) = checks["must_run"].as_str() {
+                    assert!(
+                        out2.contains(want),
+                        "{id}: the approved command did not run ({want:?}): {out2}"
+                    );
+                }
             }
             for name in strs(&checks["child_env_must_not_contain"]) {
                 assert_child_env_lacks(&ws, &env, &name);
@@ -428,6 +474,14 @@ fn replay(case: &Value) {
         }
         other => panic!("{id}: unknown outcome {other}"),
     }
+}
+
+fn tool_installed(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Runs `env` under a grant with the attack's requester environment: the name must be absent.

@@ -1,0 +1,1157 @@
+//! Code loaded from files the agent can write: for each known tool, the configuration files and
+//! settings that decide what it executes, and what keyveil does about each (issue 15, item 2).
+//!
+//! A human who approves `git status` or `npm test` approves what those tools will execute, and
+//! that is decided as much by configuration (`core.fsmonitor` in `.git/config`, `script-shell`
+//! in `~/.npmrc`, a `.pth` file in site-packages) as by the argv. The agent runs as the same user
+//! and can write every one of those files. For each tool, keyveil either
+//!
+//! - **pins** the file: it is fingerprinted at request time, shown on the card as an input (role
+//!   `git-config`, `npmrc`, ...; its code-running settings quoted in the input's detail line),
+//!   re-hashed at every run under the grant, and re-derived for the actual cwd and argv (a file
+//!   created after approval counts as a change): a change ends the grant ("inputs changed since
+//!   approval"); or
+//! - **neutralises** it for every granted child, through the environment the broker builds from
+//!   scratch ([`NEUTRALISE`]), where that is cheap and does not break normal use; and
+//! - never passes the environment variables that would load more code ([`is_loader_var`], on top
+//!   of `broker::access::is_injection_var`).
+//!
+//! The table is [`TABLE`] (also rendered in `docs/threat-model.md`). Pinning stays cheap: a few
+//! `stat`s per candidate path, a directory listing for git hooks and Python site directories, and
+//! hashes cached by (dev, inode, size, mtime, ctime) in `pin.rs`.
+
+use std::path::{Path, PathBuf};
+
+use crate::pin::{InputPin, pin_input, pin_input_text, read_for_requester};
+
+/// Most files a single tool pins (hooks, `.pth` files, includes): beyond this the rest are not
+/// pinned, which the card shows as a `... more not pinned` detail.
+const MAX_FILES: usize = 64;
+
+/// One row of the table: a tool, where it reads code from, and what keyveil does about it.
+/// The prose fields are documentation: `docs/hardening.md` holds them, rendered by [`markdown`]
+/// (a unit test keeps the two equal).
+#[derive(Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct Loader {
+    /// The tool.
+    pub tool: &'static str,
+    /// `argv[0]` names (after trailing version digits are trimmed: `python3.12` is `python`).
+    pub names: &'static [&'static str],
+    /// Where the tool reads configuration or code from, with the documentation that says so.
+    pub reads: &'static str,
+    /// What keyveil pins (shown on the card, re-checked at every run).
+    pub pinned: &'static str,
+    /// What keyveil neutralises for every granted child.
+    pub neutralised: &'static str,
+    /// Adds the tool's pins (`family` is the trimmed executable or argv[0] name).
+    pins: fn(&Ctx<'_>, &str, &mut Pins),
+}
+
+/// The tools keyveil knows, and what it does about the code each loads from files.
+pub const TABLE: &[Loader] = &[
+    Loader {
+        tool: "git",
+        names: &["git"],
+        reads: "git-config(1) FILES: $(prefix)/etc/gitconfig, ~/.gitconfig, $XDG_CONFIG_HOME/git/config, \
+                $GIT_DIR/config, $GIT_DIR/config.worktree, include.path/includeIf; settings that run \
+                programs: core.fsmonitor, core.hooksPath, core.sshCommand, core.pager, core.editor, \
+                alias.* (`!cmd`), credential.helper, diff/filter/merge drivers, gpg.program, \
+                remote.*.uploadpack, url.*.insteadOf; githooks(5): $GIT_DIR/hooks/* or core.hooksPath",
+        pinned: "the repository's config (and config.worktree), ~/.gitconfig, ~/.config/git/config, \
+                 every file they include, every hook in the hooks directory (or core.hooksPath)",
+        neutralised: "GIT_CONFIG_NOSYSTEM=1 (no system config); core.fsmonitor=false through \
+                      GIT_CONFIG_COUNT (a planted fsmonitor command never runs); GIT_* from the \
+                      requester never passes",
+        pins: git,
+    },
+    Loader {
+        tool: "npm / npx / pnpm / yarn / bun",
+        names: &[
+            "npm", "npx", "pnpm", "pnpx", "yarn", "bun", "bunx", "corepack",
+        ],
+        reads: "npmrc(5): per-project .npmrc, per-user ~/.npmrc, global $PREFIX/etc/npmrc, builtin \
+                npm/npmrc; npm-run-script(1): script-shell, pre/post lifecycle scripts in package.json; \
+                pnpm: .pnpmfile.cjs, pnpm-workspace.yaml; yarn: .yarnrc, .yarnrc.yml (yarnPath, plugins)",
+        pinned: "package.json (the script and its pre/post scripts shown), .npmrc in the directory \
+                 and every parent, ~/.npmrc, $PREFIX/etc/npmrc and npm's builtin npmrc near the \
+                 executable, /etc/npmrc, .yarnrc/.yarnrc.yml (directory, parents, home), \
+                 .pnpmfile.cjs and pnpm-workspace.yaml",
+        neutralised: "npm_config_script_shell=/bin/sh (a planted script-shell never runs); \
+                      npm_config_*, YARN_YARN_PATH, YARN_RC_FILENAME, YARN_PLUGINS, registry \
+                      overrides, COREPACK_HOME, PNPM_HOME never pass (auth tokens such as \
+                      YARN_NPM_AUTH_TOKEN do)",
+        pins: npm,
+    },
+    Loader {
+        tool: "python / pip",
+        names: &["python", "pip", "pytest", "tox", "nox", "uv", "pipx"],
+        reads: "site(7) docs.python.org/3/library/site.html: *.pth files and sitecustomize/\
+                usercustomize in site-packages (user site ~/.local/lib/pythonX.Y/site-packages); \
+                pyvenv.cfg; pip config pip.pypa.io/en/stable/topics/configuration: \
+                ~/.config/pip/pip.conf, ~/.pip/pip.conf, /etc/pip.conf, $VIRTUAL_ENV/pip.conf",
+        pinned: "*.pth, sitecustomize.py and usercustomize.py in the interpreter's own site \
+                 directories (found from the executable, pyenv shims included), pyvenv.cfg, \
+                 .python-version up the tree; for pip, every pip.conf",
+        neutralised: "PYTHONNOUSERSITE=1 (the user site directory, its .pth files and \
+                      usercustomize are not loaded; venvs still work, unlike -I); PYTHON*, PYENV_*, \
+                      PIP_CONFIG_FILE and package-source overrides never pass",
+        pins: python,
+    },
+    Loader {
+        tool: "make",
+        names: &["make", "gmake"],
+        reads: "GNU make manual §3.2-3.4: GNUmakefile/makefile/Makefile or -f, `include`/`-include`/\
+                `sinclude` directives, the MAKEFILES and MAKEFLAGS environment variables",
+        pinned: "the makefile (with -f/--file and -C honoured) and the files it includes by a \
+                 literal name, recursively",
+        neutralised: "MAKEFILES, MAKEFLAGS, MFLAGS, GNUMAKEFLAGS never pass",
+        pins: make,
+    },
+    Loader {
+        tool: "cargo / rustup",
+        names: &["cargo", "rustup", "rustc"],
+        reads: "doc.rust-lang.org/cargo/reference/config.html: .cargo/config.toml in the directory \
+                and every parent, $CARGO_HOME/config.toml (aliases, runners, rustc wrappers, \
+                linkers, [env]); build.rs; rust-lang.github.io/rustup/overrides.html: \
+                rust-toolchain(.toml) (a `path` toolchain), ~/.rustup/settings.toml overrides",
+        pinned: "Cargo.toml, build.rs, .cargo/config(.toml) in the directory and every parent, \
+                 ~/.cargo/config(.toml), rust-toolchain(.toml) up the tree, ~/.rustup/settings.toml",
+        neutralised: "CARGO_HOME, CARGO_BUILD_*, CARGO_TARGET_*, RUSTC*, RUSTFLAGS, RUSTUP_HOME, \
+                      RUSTUP_TOOLCHAIN never pass",
+        pins: cargo,
+    },
+    Loader {
+        tool: "node / deno",
+        names: &["node", "nodejs", "deno"],
+        reads: "nodejs.org/api/cli.html: NODE_OPTIONS, NODE_PATH (no rc file is read by default; \
+                node.config.json only with --experimental-config-file, which is on argv)",
+        pinned: "the script operand",
+        neutralised: "NODE_OPTIONS, NODE_PATH, NODE_EXTRA_CA_CERTS never pass",
+        pins: none,
+    },
+    Loader {
+        tool: "shells",
+        names: &["sh", "bash", "dash", "zsh", "ksh", "ash"],
+        reads: "bash(1) INVOCATION: a non-interactive, non-login bash reads only $BASH_ENV; a login \
+                shell reads /etc/profile, ~/.bash_profile, ~/.bash_login, ~/.profile; an \
+                interactive one ~/.bashrc; zsh(1) STARTUP/SHUTDOWN FILES: ~/.zshenv always, \
+                .zprofile/.zlogin for login, .zshrc interactive; dash(1): ~/.profile for login, \
+                $ENV interactive",
+        pinned: "the startup files the invocation reads: ~/.zshenv for every zsh; the login and \
+                 interactive files when -l/--login/-i is on argv",
+        neutralised: "BASH_ENV, ENV, ZDOTDIR, SHELLOPTS, BASHOPTS, BASH_FUNC_* never pass; HOME is \
+                      the vault's",
+        pins: shell,
+    },
+];
+
+/// Set in every granted child's environment (after the policy PATH and HOME, before anything
+/// the requester passes, which can therefore not override them).
+pub const NEUTRALISE: &[(&str, &str)] = &[
+    // site(7): "If PYTHONNOUSERSITE is set, the user site-packages directory is not added".
+    ("PYTHONNOUSERSITE", "1"),
+    // git-config(1) ENVIRONMENT: skip $(prefix)/etc/gitconfig.
+    ("GIT_CONFIG_NOSYSTEM", "1"),
+    // git-config(1) GIT_CONFIG_COUNT: environment config wins over system, global and repo
+    // config (only `-c` on the shown argv wins over it).
+    ("GIT_CONFIG_COUNT", "1"),
+    ("GIT_CONFIG_KEY_0", "core.fsmonitor"),
+    ("GIT_CONFIG_VALUE_0", "false"),
+    // npm config: environment `npm_config_*` wins over every npmrc (npm, pnpm and yarn 1 read it).
+    ("npm_config_script_shell", "/bin/sh"),
+];
+
+/// Environment names that make a tool load more code or configuration, never passed to a granted
+/// child (in addition to `broker::access::is_injection_var`).
+pub fn is_loader_var(name: &str) -> bool {
+    // Precise names, not prefixes: `YARN_NPM_AUTH_TOKEN`, `COREPACK_NPM_TOKEN` and friends are
+    // the secrets people keep in keyveil and must still reach the child.
+    const EXACT: &[&str] = &[
+        // GNU make §9.7 / §5.7.3: more makefiles, options.
+        "MAKEFILES",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "GNUMAKEFLAGS",
+        // Shells and readline.
+        "INPUTRC",
+        "ZDOTDIR",
+        "BASH_ENV",
+        "ENV",
+        // pip: another config file, other package sources.
+        "PIP_CONFIG_FILE",
+        "PIP_FIND_LINKS",
+        "PIP_TRUSTED_HOST",
+        // yarn (berry maps YARN_<KEY> to .yarnrc.yml keys): the yarn release run, rc file,
+        // plugins, registry.
+        "YARN_YARN_PATH",
+        "YARN_RC_FILENAME",
+        "YARN_PLUGINS",
+        "YARN_IGNORE_PATH",
+        "YARN_NPM_REGISTRY_SERVER",
+        "YARN_REGISTRY",
+        "YARN_GLOBAL_FOLDER",
+        // corepack and pnpm: where package managers are fetched from or installed.
+        "COREPACK_HOME",
+        "COREPACK_NPM_REGISTRY",
+        "PNPM_HOME",
+        // rustup: which toolchain runs, from where.
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTUP_DIST_SERVER",
+        "RUSTUP_UPDATE_ROOT",
+        "BUN_INSTALL",
+    ];
+    // pyenv: which interpreter a shim runs.
+    const PREFIX: &[&str] = &["PYENV_"];
+    EXACT.contains(&name)
+        || PREFIX.iter().any(|p| name.starts_with(p))
+        || NEUTRALISE.iter().any(|(k, _)| *k == name)
+}
+
+/// What a command runs in: the argv, the working directory, the executable, the child's HOME.
+pub struct Ctx<'a> {
+    /// The argv.
+    pub argv: &'a [String],
+    /// The canonical working directory.
+    pub cwd: &'a Path,
+    /// The resolved executable (canonical).
+    pub exe: &'a Path,
+    /// The child's HOME (the vault's), if any.
+    pub home: Option<&'a Path>,
+}
+
+/// The pins for the tool `family` (or `arg0`), from [`TABLE`].
+pub fn inputs(family: &str, arg0: &str, cx: &Ctx<'_>) -> Vec<InputPin> {
+    let mut out = Pins::default();
+    for l in TABLE {
+        if l.names.contains(&family) || l.names.contains(&arg0) {
+            let name = if l.names.contains(&family) {
+                family
+            } else {
+                arg0
+            };
+            (l.pins)(cx, name, &mut out);
+        }
+    }
+    out.0
+}
+
+fn none(_: &Ctx<'_>, _: &str, _: &mut Pins) {}
+
+/// [`TABLE`] as a Markdown table (what `docs/hardening.md` shows).
+#[cfg(test)]
+pub fn markdown() -> String {
+    let mut s = String::from(
+        "| tool | reads code or configuration from | pinned (on the card, re-checked every run) | neutralised for granted children |\n|---|---|---|---|\n",
+    );
+    for l in TABLE {
+        let cell = |t: &str| {
+            t.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace('|', "\\|")
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            cell(l.tool),
+            cell(l.reads),
+            cell(l.pinned),
+            cell(l.neutralised)
+        ));
+    }
+    s
+}
+
+#[derive(Default)]
+struct Pins(Vec<InputPin>);
+
+impl Pins {
+    /// Pins a text file and returns its text (the bytes hashed) when it was newly pinned.
+    fn add_text(
+        &mut self,
+        role: &str,
+        path: &Path,
+        detail: impl FnOnce(&str) -> Option<String>,
+    ) -> Option<String> {
+        if self.0.len() >= MAX_FILES * 4 {
+            return None;
+        }
+        let (p, text) = pin_input_text(role, path, detail)?;
+        if self.0.iter().any(|q| q.path == p.path) {
+            return None;
+        }
+        self.0.push(p);
+        Some(text)
+    }
+
+    fn add(&mut self, role: &str, path: &Path, detail: Option<String>) -> bool {
+        if self.0.len() >= MAX_FILES * 4 {
+            return false;
+        }
+        match pin_input(role, path, detail) {
+            Some(p) if !self.0.iter().any(|q| q.path == p.path) => {
+                self.0.push(p);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn argv_has_pair(argv: &[String], a: &str, b: &str) -> bool {
+    argv.windows(2)
+        .any(|w| w.first().is_some_and(|x| x == a) && w.get(1).is_some_and(|x| x == b))
+}
+
+/// `dir` and its ancestors, nearest first.
+fn up(dir: &Path) -> impl Iterator<Item = &Path> {
+    dir.ancestors()
+}
+
+fn home_file(cx: &Ctx<'_>, rel: &str) -> Option<PathBuf> {
+    cx.home.map(|h| h.join(rel))
+}
+
+// ---------------------------------------------------------------------------------------------
+// git
+
+/// Settings that make git run a program (or send credentials elsewhere): `section.key`, with `*`
+/// for any subsection. git-config(1).
+const GIT_CODE_KEYS: &[&str] = &[
+    "core.fsmonitor",
+    "core.hookspath",
+    "core.sshcommand",
+    "core.pager",
+    "core.editor",
+    "core.askpass",
+    "core.gitproxy",
+    "core.alternaterefscommand",
+    "diff.external",
+    "sequence.editor",
+    "gpg.program",
+    "gpg.*.program",
+    "credential.helper",
+    "credential.*.helper",
+    "diff.*.textconv",
+    "diff.*.command",
+    "difftool.*.cmd",
+    "mergetool.*.cmd",
+    "filter.*.clean",
+    "filter.*.smudge",
+    "filter.*.process",
+    "merge.*.driver",
+    "remote.*.uploadpack",
+    "remote.*.receivepack",
+    "remote.*.proxy",
+    "http.proxy",
+    "url.*.insteadof",
+    "url.*.pushinsteadof",
+    "protocol.allow",
+    "protocol.*.allow",
+    "uploadpack.packobjectshook",
+    "include.path",
+    "includeif.*.path",
+    "pager.*",
+    "web.browser",
+    "browser.*.cmd",
+    "browser.*.path",
+    "man.*.cmd",
+    "man.*.path",
+    "submodule.*.update",
+    "ssh.variant",
+];
+
+/// Parses git config text into `(section[.subsection].key, value)` pairs (lower-case section and
+/// key; enough to find the settings above, not a full parser: continuation lines are ignored).
+fn git_config_pairs(text: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut sub = String::new();
+    for raw in text.lines() {
+        let mut line = raw.trim();
+        if line.starts_with('[') {
+            let end = line.find(']').unwrap_or(line.len());
+            let head = line.get(1..end).unwrap_or("").trim();
+            line = line.get(end + 1..).unwrap_or("").trim();
+            match head.split_once(|c: char| c.is_whitespace()) {
+                Some((s, rest)) => {
+                    section = s.to_ascii_lowercase();
+                    sub = rest.trim().trim_matches('"').to_owned();
+                }
+                None => match head.split_once('.') {
+                    Some((s, rest)) => {
+                        section = s.to_ascii_lowercase();
+                        sub = rest.to_owned();
+                    }
+                    None => {
+                        section = head.to_ascii_lowercase();
+                        sub.clear();
+                    }
+                },
+            }
+        }
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (line, "true"),
+        };
+        let v = v.trim_matches('"').to_owned();
+        out.push((
+            section.clone(),
+            sub.clone(),
+            format!("{}={v}", k.to_ascii_lowercase()),
+        ));
+    }
+    out
+}
+
+fn git_key_runs_code(section: &str, sub: &str, key: &str, value: &str) -> bool {
+    if section == "alias" {
+        return value.starts_with('!');
+    }
+    GIT_CODE_KEYS.iter().any(|pat| {
+        let parts: Vec<&str> = pat.split('.').collect();
+        match parts.as_slice() {
+            [s, k] if *k == "*" => *s == section && !key.is_empty(),
+            [s, k] => *s == section && sub.is_empty() && *k == key,
+            [s, "*", k] => *s == section && !sub.is_empty() && *k == key,
+            _ => false,
+        }
+    })
+}
+
+struct GitConfig {
+    detail: Option<String>,
+    includes: Vec<PathBuf>,
+    hooks_path: Option<String>,
+}
+
+fn parse_git_config(text: &str, path: &Path, home: Option<&Path>) -> GitConfig {
+    let mut shown = Vec::new();
+    let mut includes = Vec::new();
+    let mut hooks_path = None;
+    let base = path.parent().unwrap_or(Path::new("/"));
+    for (section, sub, kv) in git_config_pairs(text) {
+        let (key, value) = kv.split_once('=').unwrap_or((&kv, ""));
+        if !git_key_runs_code(&section, &sub, key, value) {
+            continue;
+        }
+        let name = if sub.is_empty() {
+            format!("{section}.{key}")
+        } else {
+            format!("{section}.{sub}.{key}")
+        };
+        shown.push(format!("{name}={value}"));
+        if key == "path" && (section == "include" || section == "includeif") {
+            includes.push(expand(value, base, home));
+        }
+        if section == "core" && key == "hookspath" {
+            hooks_path = Some(value.to_owned());
+        }
+    }
+    GitConfig {
+        detail: (!shown.is_empty()).then(|| format!("runs or redirects: {}", shown.join("; "))),
+        includes,
+        hooks_path,
+    }
+}
+
+/// A path from a config file: `~/` is the child's HOME, relative paths are relative to `base`.
+fn expand(value: &str, base: &Path, home: Option<&Path>) -> PathBuf {
+    match (value.strip_prefix("~/"), home) {
+        (Some(rest), Some(h)) => h.join(rest),
+        _ => base.join(value),
+    }
+}
+
+/// The directory git would treat as the start (`-C DIR` options applied in order) and the git
+/// directory named by `--git-dir`, if any.
+fn git_start(cx: &Ctx<'_>) -> (PathBuf, Option<PathBuf>) {
+    let mut d = cx.cwd.to_path_buf();
+    let mut git_dir = None;
+    let mut it = cx.argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "-C" {
+            if let Some(x) = it.next() {
+                d = d.join(x);
+            }
+        } else if a == "--git-dir" {
+            git_dir = it.next().map(|x| d.join(x));
+        } else if let Some(x) = a.strip_prefix("--git-dir=") {
+            git_dir = Some(d.join(x));
+        } else if !a.starts_with('-') {
+            break; // the subcommand
+        } else if a == "-c" {
+            it.next();
+        }
+    }
+    (d, git_dir)
+}
+
+/// `(git dir, common dir, work tree)` for a directory: the nearest `.git` directory, or a
+/// `.git` file (`gitdir: ...`, worktrees and submodules) with its `commondir`.
+fn git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    for d in up(start) {
+        let dotgit = d.join(".git");
+        let m = std::fs::metadata(&dotgit).ok()?;
+        let gitdir = if m.is_dir() {
+            dotgit
+        } else if m.is_file() {
+            let t = read_for_requester(&dotgit)?;
+            let p = t.trim().strip_prefix("gitdir:")?.trim();
+            d.join(p)
+        } else {
+            continue;
+        };
+        let common = read_for_requester(&gitdir.join("commondir"))
+            .map(|c| gitdir.join(c.trim()))
+            .unwrap_or_else(|| gitdir.clone());
+        return Some((gitdir, common, d.to_path_buf()));
+    }
+    None
+}
+
+fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
+    let (start, git_dir) = git_start(cx);
+    // Global config: ~/.gitconfig and ~/.config/git/config (XDG_CONFIG_HOME never passes).
+    let mut configs: Vec<PathBuf> = ["/.gitconfig", "/.config/git/config"]
+        .iter()
+        .filter_map(|r| home_file(cx, r.trim_start_matches('/')))
+        .collect();
+    let dirs = match git_dir {
+        Some(g) => {
+            let common = read_for_requester(&g.join("commondir"))
+                .map(|c| g.join(c.trim()))
+                .unwrap_or_else(|| g.clone());
+            Some((g, common, start.clone()))
+        }
+        None => existing_git_dirs(&start),
+    };
+    if let Some((gitdir, common, _)) = &dirs {
+        configs.push(common.join("config"));
+        configs.push(gitdir.join("config.worktree"));
+    }
+    let mut hooks_path = None;
+    let mut seen = 0;
+    while let Some(c) = configs.first().cloned() {
+        configs.remove(0);
+        seen += 1;
+        if seen > MAX_FILES {
+            break;
+        }
+        let home = cx.home;
+        let Some(text) = out.add_text("git-config", &c, |t| parse_git_config(t, &c, home).detail)
+        else {
+            continue;
+        };
+        let parsed = parse_git_config(&text, &c, home);
+        configs.extend(parsed.includes);
+        if parsed.hooks_path.is_some() {
+            hooks_path = parsed.hooks_path;
+        }
+    }
+    let hooks_dir = match (&hooks_path, &dirs) {
+        (Some(h), Some((_, _, work))) => Some(expand(h, work, cx.home)),
+        (Some(h), None) => Some(expand(h, &start, cx.home)),
+        (None, Some((_, common, _))) => Some(common.join("hooks")),
+        (None, None) => None,
+    };
+    if let Some(dir) = hooks_dir {
+        pin_dir(out, "git-hook", &dir, |n| !n.ends_with(".sample"));
+    }
+}
+
+fn existing_git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    // `git_dirs` stops at the first missing ancestor; walk from the canonical start instead.
+    let canon = std::fs::canonicalize(start).ok()?;
+    for d in up(&canon) {
+        if std::fs::symlink_metadata(d.join(".git")).is_ok() {
+            return git_dirs(d);
+        }
+    }
+    None
+}
+
+/// Pins the regular files of `dir` whose names pass `keep` (sorted, at most [`MAX_FILES`]).
+fn pin_dir(out: &mut Pins, role: &str, dir: &Path, keep: impl Fn(&str) -> bool) {
+    // Never list a directory the broker does not read for requesters (`/proc/PID`, ...).
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return;
+    };
+    if !crate::pin::readable_for_requester(&dir) {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| keep(n))
+        .collect();
+    names.sort();
+    for n in names.iter().take(MAX_FILES) {
+        out.add(role, &dir.join(n), None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// npm, pnpm, yarn
+
+/// npmrc keys that run a program, load code, or send tokens elsewhere (npm-config(7)).
+const NPMRC_CODE_KEYS: &[&str] = &[
+    "script-shell",
+    "shell",
+    "node-options",
+    "git",
+    "editor",
+    "browser",
+    "viewer",
+    "prefix",
+    "globalconfig",
+    "userconfig",
+    "registry",
+    "proxy",
+    "https-proxy",
+    "cafile",
+    "ca",
+    "init-module",
+    "ignore-scripts",
+    "yarn-path",
+    "yarnpath",
+    "plugins",
+    "unsafeHttpWhitelist",
+    "httpproxy",
+    "httpsproxy",
+    "npmregistryserver",
+    "pnpmfile",
+    "global-pnpmfile",
+];
+
+fn npmrc_detail(text: &str) -> Option<String> {
+    let shown: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=').or_else(|| l.split_once(':'))?;
+            let k = k.trim().trim_matches('"');
+            let last = k.rsplit(':').next().unwrap_or(k).to_ascii_lowercase();
+            NPMRC_CODE_KEYS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&last))
+                .then(|| format!("{k}={}", v.trim()))
+        })
+        .collect();
+    (!shown.is_empty()).then(|| format!("runs or redirects: {}", shown.join("; ")))
+}
+
+fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
+    for d in up(cx.cwd) {
+        for (role, name) in [
+            ("npmrc", ".npmrc"),
+            ("yarnrc", ".yarnrc"),
+            ("yarnrc", ".yarnrc.yml"),
+        ] {
+            out.add_text(role, &d.join(name), npmrc_detail);
+        }
+    }
+    for (role, name) in [
+        ("npmrc", ".npmrc"),
+        ("yarnrc", ".yarnrc"),
+        ("yarnrc", ".yarnrc.yml"),
+        ("npmrc", ".config/pnpm/rc"),
+    ] {
+        if let Some(p) = home_file(cx, name) {
+            out.add_text(role, &p, npmrc_detail);
+        }
+    }
+    // Global and builtin config near the executable ($PREFIX/etc/npmrc, npm's own `npmrc`).
+    let mut globals = vec![PathBuf::from("/etc/npmrc")];
+    for d in cx.exe.ancestors().skip(1).take(5) {
+        globals.push(d.join("etc/npmrc"));
+        globals.push(d.join("npmrc"));
+    }
+    for p in globals {
+        out.add_text("npmrc", &p, npmrc_detail);
+    }
+    out.add("pnpmfile", &cx.cwd.join(".pnpmfile.cjs"), None);
+    out.add("pnpm-workspace", &cx.cwd.join("pnpm-workspace.yaml"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// python, pip
+
+/// Interpreter prefixes for an executable: `P` for `P/bin/pythonX.Y`; for a pyenv shim
+/// (`~/.pyenv/shims/python3`), the version pyenv selects (pyenv(1) "Choosing the Python
+/// version": the nearest `.python-version` up from `cwd`, else `$PYENV_ROOT/version`;
+/// `PYENV_VERSION` never passes), or every installed version when that cannot be told.
+fn python_prefixes(exe: &Path, cwd: &Path) -> Vec<PathBuf> {
+    let Some(bin) = exe.parent() else {
+        return Vec::new();
+    };
+    let Some(prefix) = bin.parent() else {
+        return Vec::new();
+    };
+    if bin.file_name().is_some_and(|n| n == "shims") {
+        let versions = prefix.join("versions");
+        let chosen = up(cwd)
+            .map(|d| d.join(".python-version"))
+            .chain(std::iter::once(prefix.join("version")))
+            .find_map(|f| read_for_requester(&f));
+        if let Some(text) = chosen {
+            let v: Vec<PathBuf> = text
+                .split_whitespace()
+                .filter(|n| !n.starts_with('#') && !n.contains('/') && *n != "system")
+                .map(|n| versions.join(n))
+                .filter(|p| p.is_dir())
+                .take(8)
+                .collect();
+            if !v.is_empty() {
+                return v;
+            }
+        }
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&versions)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v.truncate(16);
+        return v;
+    }
+    vec![prefix.to_path_buf()]
+}
+
+/// Site directories of an interpreter prefix (`lib/pythonX.Y/site-packages`, Debian's
+/// `dist-packages`), and of its base interpreter for a venv (`home =` in `pyvenv.cfg`).
+fn site_dirs(prefix: &Path, out: &mut Pins) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut prefixes = vec![prefix.to_path_buf()];
+    let cfg = prefix.join("pyvenv.cfg");
+    if let Some(t) = out.add_text("python-venv", &cfg, |_| None) {
+        for l in t.lines() {
+            if let Some((k, v)) = l.split_once('=')
+                && k.trim() == "home"
+                && let Some(base) = Path::new(v.trim()).parent()
+            {
+                prefixes.push(base.to_path_buf());
+            }
+        }
+    }
+    for p in prefixes {
+        for lib in [p.join("lib"), p.join("lib64"), p.join("local/lib")] {
+            let Ok(rd) = std::fs::read_dir(&lib) else {
+                continue;
+            };
+            for e in rd.filter_map(Result::ok) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("python") {
+                    dirs.push(e.path().join("site-packages"));
+                    dirs.push(e.path().join("dist-packages"));
+                }
+            }
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
+    let pip = family == "pip" || argv_has_pair(cx.argv, "-m", "pip");
+    for prefix in python_prefixes(cx.exe, cx.cwd) {
+        for dir in site_dirs(&prefix, out) {
+            pin_dir(out, "python-site", &dir, |n| {
+                n.ends_with(".pth") || n == "sitecustomize.py" || n == "usercustomize.py"
+            });
+        }
+    }
+    for d in up(cx.cwd) {
+        out.add("python-version", &d.join(".python-version"), None);
+    }
+    if let Some(p) = home_file(cx, ".pyenv/version") {
+        out.add("python-version", &p, None);
+    }
+    if pip {
+        let mut confs: Vec<PathBuf> = [".config/pip/pip.conf", ".pip/pip.conf"]
+            .iter()
+            .filter_map(|r| home_file(cx, r))
+            .collect();
+        confs.push(PathBuf::from("/etc/pip.conf"));
+        confs.push(PathBuf::from("/etc/xdg/pip/pip.conf"));
+        for prefix in python_prefixes(cx.exe, cx.cwd) {
+            confs.push(prefix.join("pip.conf"));
+        }
+        for c in confs {
+            out.add("pip-config", &c, None);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// make
+
+/// `(directory make runs in, makefiles named on argv)`: `-C DIR`/`--directory=DIR` applied in
+/// order, `-f FILE`/`-fFILE`/`--file=FILE`/`--makefile=FILE`.
+pub fn make_args(argv: &[String], cwd: &Path) -> (PathBuf, Vec<String>) {
+    let mut dir = cwd.to_path_buf();
+    let mut files = Vec::new();
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "-C" || a == "--directory" {
+            if let Some(x) = it.next() {
+                dir = dir.join(x);
+            }
+        } else if let Some(x) = a.strip_prefix("--directory=") {
+            dir = dir.join(x);
+        } else if a == "-f" || a == "--file" || a == "--makefile" {
+            if let Some(x) = it.next() {
+                files.push(x.clone());
+            }
+        } else if let Some(x) = a
+            .strip_prefix("--file=")
+            .or_else(|| a.strip_prefix("--makefile="))
+        {
+            files.push(x.to_owned());
+        } else if let Some(x) = a.strip_prefix("-C").filter(|x| !x.is_empty()) {
+            dir = dir.join(x);
+        } else if let Some(x) = a.strip_prefix("-f").filter(|x| !x.is_empty()) {
+            files.push(x.to_owned());
+        }
+    }
+    (dir, files)
+}
+
+/// The names a makefile includes by a literal name (`include`, `-include`, `sinclude`; names
+/// with a `$` need make itself to expand and are not followed).
+fn make_includes(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            ["include ", "-include ", "sinclude "]
+                .iter()
+                .find_map(|k| l.strip_prefix(k))
+        })
+        .flat_map(|rest| {
+            rest.split('#')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .filter(|n| !n.contains('$'))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
+    let (dir, files) = make_args(cx.argv, cx.cwd);
+    let mut queue: Vec<PathBuf> = if files.is_empty() {
+        ["GNUmakefile", "makefile", "Makefile"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .into_iter()
+            .collect()
+    } else {
+        files.iter().map(|f| dir.join(f)).collect()
+    };
+    let mut n = 0;
+    let mut role = "makefile";
+    while !queue.is_empty() && n < MAX_FILES {
+        let p = queue.remove(0);
+        n += 1;
+        if let Some(t) = out.add_text(role, &p, |_| None) {
+            queue.extend(make_includes(&t).into_iter().map(|i| dir.join(i)));
+        }
+        if n >= files.len().max(1) {
+            role = "makefile-include";
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cargo, rustup
+
+fn cargo(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
+    for d in up(cx.cwd) {
+        for n in [".cargo/config.toml", ".cargo/config"] {
+            out.add("cargo-config", &d.join(n), None);
+        }
+        for n in ["rust-toolchain.toml", "rust-toolchain"] {
+            out.add("rust-toolchain", &d.join(n), None);
+        }
+    }
+    for n in [".cargo/config.toml", ".cargo/config"] {
+        if let Some(p) = home_file(cx, n) {
+            out.add("cargo-config", &p, None);
+        }
+    }
+    if let Some(p) = home_file(cx, ".rustup/settings.toml") {
+        out.add("rustup-settings", &p, None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// shells
+
+fn shell(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
+    let mut login = false;
+    let mut interactive = false;
+    for a in cx.argv.iter().skip(1) {
+        if a == "--login" {
+            login = true;
+        } else if a == "--" || !a.starts_with('-') {
+            break;
+        } else if !a.starts_with("--") {
+            login |= a.contains('l');
+            interactive |= a.contains('i');
+        }
+    }
+    let mut files: Vec<&str> = Vec::new();
+    let zsh = family == "zsh";
+    if zsh {
+        files.extend(["/etc/zsh/zshenv", "/etc/zshenv", "~/.zshenv"]);
+        if login {
+            files.extend(["/etc/zsh/zprofile", "~/.zprofile", "~/.zlogin"]);
+        }
+        if interactive {
+            files.extend(["/etc/zsh/zshrc", "~/.zshrc"]);
+        }
+    } else {
+        if login {
+            files.push("/etc/profile");
+            if family == "bash" {
+                files.extend(["~/.bash_profile", "~/.bash_login"]);
+            }
+            files.push("~/.profile");
+        }
+        if interactive && family == "bash" {
+            files.extend(["/etc/bash.bashrc", "~/.bashrc"]);
+        }
+    }
+    for f in files {
+        let p = match f.strip_prefix("~/") {
+            Some(rel) => match home_file(cx, rel) {
+                Some(p) => p,
+                None => continue,
+            },
+            None => PathBuf::from(f),
+        };
+        out.add("shell-startup", &p, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ctx<'a>(argv: &'a [String], cwd: &'a Path, exe: &'a Path, home: &'a Path) -> Ctx<'a> {
+        Ctx {
+            argv,
+            cwd,
+            exe,
+            home: Some(home),
+        }
+    }
+
+    fn sv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn git_config_code_settings_are_found_and_shown() {
+        let t = "[core]\n\tfsmonitor = ./x.sh\n\tbare = false\n[alias]\n\tst = status\n\tp = !sh evil\n[remote \"origin\"]\n\turl = x\n\tuploadpack = ./u\n[include]\n\tpath = ~/more.inc\n";
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("config");
+        std::fs::write(&p, t).unwrap();
+        let c = parse_git_config(t, &p, Some(Path::new("/h")));
+        let detail = c.detail.unwrap();
+        assert!(detail.contains("core.fsmonitor=./x.sh"), "{detail}");
+        assert!(detail.contains("alias.p=!sh evil"), "{detail}");
+        assert!(!detail.contains("alias.st"), "{detail}");
+        assert!(detail.contains("remote.origin.uploadpack=./u"), "{detail}");
+        assert_eq!(c.includes, vec![PathBuf::from("/h/more.inc")]);
+    }
+
+    #[test]
+    fn git_pins_repo_and_global_config_and_hooks() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(repo.join(".git/hooks")).unwrap();
+        std::fs::create_dir_all(repo.join("sub")).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(repo.join(".git/config"), "[core]\n\tbare = false\n").unwrap();
+        std::fs::write(repo.join(".git/hooks/pre-commit"), "#!/bin/sh\n").unwrap();
+        std::fs::write(repo.join(".git/hooks/pre-push.sample"), "#!/bin/sh\n").unwrap();
+        std::fs::write(home.join(".gitconfig"), "[user]\n\tname = x\n").unwrap();
+        let argv = sv(&["git", "status"]);
+        let elsewhere = sv(&["git", "--git-dir=../repo/.git", "status"]);
+        let other = d.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let by_flag = inputs(
+            "git",
+            "git",
+            &ctx(&elsewhere, &other, Path::new("/usr/bin/git"), &home),
+        );
+        assert!(
+            by_flag
+                .iter()
+                .any(|p| p.path.ends_with("/repo/.git/config")),
+            "{by_flag:?}"
+        );
+        let sub = repo.join("sub");
+        let exe = Path::new("/usr/bin/git");
+        let pins = inputs("git", "git", &ctx(&argv, &sub, exe, &home));
+        let roles: Vec<(&str, &str)> = pins
+            .iter()
+            .map(|p| (p.role.as_str(), p.path.rsplit('/').next().unwrap()))
+            .collect();
+        assert!(roles.contains(&("git-config", "config")), "{roles:?}");
+        assert!(roles.contains(&("git-config", ".gitconfig")), "{roles:?}");
+        assert!(roles.contains(&("git-hook", "pre-commit")), "{roles:?}");
+        assert!(!roles.iter().any(|r| r.1.ends_with(".sample")), "{roles:?}");
+    }
+
+    #[test]
+    fn make_follows_literal_includes_and_flags() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("sub")).unwrap();
+        std::fs::write(
+            d.path().join("sub/Makefile"),
+            "include rules.mk\n-include $(X).mk\nall:\n\ttrue\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("sub/rules.mk"), "sinclude deep.mk\n").unwrap();
+        std::fs::write(d.path().join("sub/deep.mk"), "x:\n").unwrap();
+        let argv = sv(&["make", "-C", "sub", "all"]);
+        let pins = inputs(
+            "make",
+            "make",
+            &ctx(&argv, d.path(), Path::new("/usr/bin/make"), d.path()),
+        );
+        let names: Vec<&str> = pins
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["Makefile", "rules.mk", "deep.mk"]);
+        assert_eq!(pins[0].role, "makefile");
+        assert_eq!(pins[1].role, "makefile-include");
+    }
+
+    #[test]
+    fn npmrc_code_settings_are_shown() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(".npmrc");
+        std::fs::write(
+            &p,
+            "script-shell=./evil\n//r.example/:_authToken=x\nfund=false\n",
+        )
+        .unwrap();
+        let det = npmrc_detail(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert!(det.contains("script-shell=./evil"), "{det}");
+        assert!(!det.contains("fund"), "{det}");
+    }
+
+    #[test]
+    fn shells_pin_startup_files_only_when_they_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [".profile", ".bashrc", ".zshenv", ".bash_profile"] {
+            std::fs::write(d.path().join(f), "echo x\n").unwrap();
+        }
+        let exe = Path::new("/bin/bash");
+        let plain = sv(&["bash", "ci.sh"]);
+        assert!(inputs("bash", "bash", &ctx(&plain, d.path(), exe, d.path())).is_empty());
+        let login = sv(&["bash", "-l", "ci.sh"]);
+        let n: Vec<String> = inputs("bash", "bash", &ctx(&login, d.path(), exe, d.path()))
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert!(n.iter().any(|p| p.ends_with("/.bash_profile")), "{n:?}");
+        assert!(n.iter().any(|p| p.ends_with("/.profile")), "{n:?}");
+        assert!(!n.iter().any(|p| p.ends_with("/.bashrc")), "{n:?}");
+        let z = sv(&["zsh", "ci.zsh"]);
+        let n = inputs(
+            "zsh",
+            "zsh",
+            &ctx(&z, d.path(), Path::new("/bin/zsh"), d.path()),
+        );
+        assert!(n.iter().any(|p| p.path.ends_with("/.zshenv")));
+    }
+
+    #[test]
+    fn the_documented_table_is_the_code_table() {
+        let doc = include_str!("../../../docs/hardening.md");
+        let table = markdown();
+        assert!(
+            doc.contains(&table),
+            "docs/hardening.md must hold the loaders table as rendered:\n{table}"
+        );
+    }
+
+    #[test]
+    fn includes_into_proc_are_neither_read_nor_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(repo.join(".git")).unwrap();
+        std::fs::write(
+            repo.join(".git/config"),
+            "[include]\n\tpath = /proc/self/environ\n[core]\n\thooksPath = /proc/self\n",
+        )
+        .unwrap();
+        let argv = sv(&["git", "status"]);
+        let pins = inputs(
+            "git",
+            "git",
+            &ctx(&argv, &repo, Path::new("/usr/bin/git"), d.path()),
+        );
+        assert_eq!(pins.len(), 1, "{pins:?}");
+        assert!(pins.iter().all(|p| !p.path.starts_with("/proc")));
+        assert!(read_for_requester(Path::new("/proc/self/environ")).is_none());
+    }
+
+    #[test]
+    fn pyenv_shims_pin_the_selected_version_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join(".pyenv");
+        for v in ["3.11.7", "3.12.1"] {
+            let sp = root.join(format!("versions/{v}/lib/python3.x/site-packages"));
+            std::fs::create_dir_all(&sp).unwrap();
+            std::fs::write(sp.join(format!("v{v}.pth")), "import os\n").unwrap();
+        }
+        std::fs::create_dir_all(root.join("shims")).unwrap();
+        std::fs::write(root.join("shims/python3"), "#!/bin/sh\n").unwrap();
+        let app = d.path().join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join(".python-version"), "3.12.1\n").unwrap();
+        let argv = sv(&["python3", "x.py"]);
+        let exe = root.join("shims/python3");
+        let pins = inputs("python", "python3", &ctx(&argv, &app, &exe, d.path()));
+        let names: Vec<&str> = pins
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap())
+            .collect();
+        assert!(names.contains(&"v3.12.1.pth"), "{names:?}");
+        assert!(!names.contains(&"v3.11.7.pth"), "{names:?}");
+        assert!(names.contains(&".python-version"), "{names:?}");
+    }
+
+    #[test]
+    fn loader_vars_and_neutralisers() {
+        for v in [
+            "MAKEFILES",
+            "YARN_YARN_PATH",
+            "PIP_CONFIG_FILE",
+            "RUSTUP_TOOLCHAIN",
+        ] {
+            assert!(is_loader_var(v), "{v}");
+        }
+        assert!(is_loader_var("PYTHONNOUSERSITE"));
+        assert!(!is_loader_var("NODE_ENV"));
+        assert!(NEUTRALISE.contains(&("PYTHONNOUSERSITE", "1")));
+    }
+}
