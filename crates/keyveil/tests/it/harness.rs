@@ -298,12 +298,29 @@ s=sys.argv[1]; k=base64.b32decode(s+'='*(-len(s)%8))\n\
 c=int(time.time())//30+int(sys.argv[2])\n\
 h=hmac.new(k,struct.pack('>Q',c),hashlib.sha1).digest(); o=h[-1]&15\n\
 print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
-    let o = Command::new("python3")
-        .args(["-c", py, secret_b32, &step_offset.to_string()])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    text(&o.stdout).trim().to_owned()
+    // The system's interpreter where there is one: a version manager's shim (pyenv) consults
+    // files and state outside the test's control.
+    let python = ["/usr/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or("python3");
+    let mut last = None;
+    for _ in 0..3 {
+        let o = Command::new(python)
+            .args(["-c", py, secret_b32, &step_offset.to_string()])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return text(&o.stdout).trim().to_owned();
+        }
+        last = Some(o);
+    }
+    let o = last.unwrap();
+    panic!(
+        "{python} could not compute a TOTP code ({:?}): {}",
+        o.status.code(),
+        text(&o.stderr)
+    );
 }
 
 /// Enrols TOTP through the CLI (confirming with the current code); returns the base32 seed.
