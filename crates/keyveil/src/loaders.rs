@@ -368,6 +368,9 @@ fn git_config_pairs(text: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let mut section = String::new();
     let mut sub = String::new();
+    // git skips a UTF-8 byte order mark at the start of a config file: so must we, or the first
+    // section's header is lost and its code-running keys go unflagged on the card.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for raw in text.lines() {
         let mut line = raw.trim();
         if line.starts_with('[') {
@@ -975,6 +978,15 @@ mod tests {
         assert!(!detail.contains("alias.st"), "{detail}");
         assert!(detail.contains("remote.origin.uploadpack=./u"), "{detail}");
         assert_eq!(c.includes, vec![PathBuf::from("/h/more.inc")]);
+        // A byte order mark (which git skips) does not hide the first section's keys.
+        let bom = "\u{feff}[filter \"y\"]\n\tclean = sh -c 'env > /tmp/f; cat'\n[core]\n\thooksPath = /tmp/h\n";
+        let c = parse_git_config(bom, &p, Some(Path::new("/h")));
+        let detail = c.detail.unwrap_or_default();
+        assert!(detail.contains("filter.y.clean="), "{detail}");
+        assert!(
+            detail.contains("core.hookspath=/tmp/h") || detail.contains("core.hooksPath=/tmp/h"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -93,8 +93,55 @@ fn tool_of(prefix: &[String]) -> String {
     first
 }
 
+/// Subcommands whose positional arguments are themselves a command or code to run: a prefix
+/// that ends in one of them (or stops before it, so that an extra names it) covers nothing
+/// longer. `git submodule foreach CMD`, `git bisect run CMD`, `npm exec PKG`, `cargo run`, ...
+const RUNS_ITS_ARGUMENTS: &[(&str, &[&str])] = &[
+    ("git", &["foreach", "run", "exec", "-c"]),
+    ("npm", &["exec", "x", "run", "run-script", "explore"]),
+    ("pnpm", &["exec", "dlx", "run"]),
+    ("yarn", &["exec", "dlx", "run", "node"]),
+    ("npx", &[]),
+    ("cargo", &["run", "script", "install"]),
+    ("go", &["run", "generate", "tool"]),
+    ("python", &["-c", "-m"]),
+    ("uv", &["run", "tool"]),
+    ("poetry", &["run"]),
+    ("pipx", &["run"]),
+    ("make", &[]),
+    ("xargs", &[]),
+    ("env", &[]),
+    ("sudo", &[]),
+    ("nohup", &[]),
+    ("timeout", &[]),
+    ("nice", &[]),
+    ("find", &[]),
+];
+
+/// Tools whose every positional argument may be code or a command to run: no prefix of them
+/// covers extra tokens at all.
+const ALL_ARGUMENTS_RUN: &[&str] = &[
+    "npx", "xargs", "env", "sudo", "nohup", "timeout", "nice", "find", "sh", "bash", "zsh", "dash",
+    "node", "deno", "perl", "ruby", "php",
+];
+
 /// Whether one extra token is allowed after `prefix`.
 fn allowed_extra(tool: &str, token: &str) -> bool {
+    // Shell syntax in an argument is for a shell somewhere down the line, never a plain
+    // positional (`git submodule foreach 'env > f'`).
+    if token
+        .chars()
+        .any(|c| c.is_whitespace() || "|&;<>()$`\\\"'*?[]{}!#~".contains(c))
+    {
+        return false;
+    }
+    let runs = RUNS_ITS_ARGUMENTS
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .is_some_and(|(_, subs)| subs.contains(&token));
+    if runs {
+        return false;
+    }
     let option_like = token.starts_with('-') || token.contains('=');
     if !option_like {
         return !token.is_empty();
@@ -123,6 +170,18 @@ pub fn allowlist_covers(prefix: &[String], argv: &[String]) -> bool {
         return false;
     };
     let tool = tool_of(prefix);
+    if extras.is_empty() {
+        return true;
+    }
+    // A prefix that already names a subcommand running its arguments, or a tool whose every
+    // argument may run, covers nothing longer.
+    let runs_args = RUNS_ITS_ARGUMENTS
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .is_some_and(|(_, subs)| prefix.iter().skip(1).any(|p| subs.contains(&p.as_str())));
+    if runs_args || ALL_ARGUMENTS_RUN.contains(&tool.as_str()) {
+        return false;
+    }
     extras.iter().all(|t| allowed_extra(&tool, t))
 }
 
@@ -202,6 +261,39 @@ mod tests {
         // A shorter argv, or another head, is never covered.
         assert!(!allowlist_covers(&make, &v(&["make"])));
         assert!(!allowlist_covers(&make, &v(&["sh", "-c", "make test"])));
+    }
+
+    #[test]
+    fn subcommands_that_run_their_arguments_extend_nothing() {
+        let sub = v(&["git", "submodule"]);
+        assert!(!allowlist_covers(
+            &sub,
+            &v(&["git", "submodule", "foreach", "env"])
+        ));
+        assert!(!allowlist_covers(
+            &sub,
+            &v(&["git", "submodule", "foreach", "env > /tmp/f"])
+        ));
+        assert!(allowlist_covers(&sub, &v(&["git", "submodule", "status"])));
+        let bisect = v(&["git", "bisect", "run"]);
+        assert!(!allowlist_covers(
+            &bisect,
+            &v(&["git", "bisect", "run", "evil"])
+        ));
+        let npm = v(&["npm"]);
+        assert!(!allowlist_covers(&npm, &v(&["npm", "exec", "evil-pkg"])));
+        let cargo = v(&["cargo"]);
+        assert!(!allowlist_covers(&cargo, &v(&["cargo", "run"])));
+        for tool in ["npx", "xargs", "env", "sh", "node"] {
+            assert!(
+                !allowlist_covers(&v(&[tool]), &v(&[tool, "anything"])),
+                "{tool}"
+            );
+        }
+        // Shell syntax is never a plain positional.
+        let make = v(&["make", "test"]);
+        assert!(!allowlist_covers(&make, &v(&["make", "test", "a;b"])));
+        assert!(!allowlist_covers(&make, &v(&["make", "test", "$(x)"])));
     }
 
     #[test]
