@@ -29,7 +29,7 @@ use crate::pin::{InputPin, pin_input, pin_input_text, read_for_requester};
 const MAX_FILES: usize = 64;
 
 /// One row of the table: a tool, where it reads code from, and what keyveil does about it.
-/// The prose fields are documentation: `docs/hardening.md` holds them, rendered by [`markdown`]
+/// The prose fields are documentation: `docs/hardening.md` holds them, rendered by `markdown`
 /// (a unit test keeps the two equal).
 #[derive(Debug)]
 #[cfg_attr(not(test), allow(dead_code))]
@@ -44,7 +44,7 @@ pub struct Loader {
     pub pinned: &'static str,
     /// What keyveil neutralises for every granted child.
     pub neutralised: &'static str,
-    /// Adds the tool's pins (`family` is the trimmed executable or argv[0] name).
+    /// Adds the tool's pins (`family` is the trimmed executable or `argv[0]` name).
     pins: fn(&Ctx<'_>, &str, &mut Pins),
 }
 
@@ -565,6 +565,45 @@ fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     if let Some(dir) = hooks_dir {
         pin_dir(out, "git-hook", &dir, |n| !n.ends_with(".sample"));
     }
+    if let Some((_, common, _)) = &dirs {
+        git_submodules(cx, &common.join("modules"), out);
+    }
+}
+
+/// Submodules' gitdirs under `$GIT_COMMON_DIR/modules` (nested ones too): `git status` and
+/// other commands recurse into them, reading each one's `config` (filters, fsmonitor, hooks
+/// path) and running its hooks. Each config and hooks directory is pinned like the
+/// superproject's.
+fn git_submodules(cx: &Ctx<'_>, modules: &Path, out: &mut Pins) {
+    let mut stack = vec![modules.to_path_buf()];
+    let mut visited = 0;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            visited += 1;
+            if visited > MAX_FILES {
+                return;
+            }
+            let d = e.path();
+            let config = d.join("config");
+            if config.is_file() {
+                let home = cx.home;
+                let hooks = out
+                    .add_text("git-config", &config, |t| {
+                        parse_git_config(t, &config, home).detail
+                    })
+                    .and_then(|t| parse_git_config(&t, &config, home).hooks_path)
+                    .map_or_else(|| d.join("hooks"), |h| expand(&h, &d, home));
+                pin_dir(out, "git-hook", &hooks, |n| !n.ends_with(".sample"));
+                stack.push(d.join("modules"));
+            } else if d.is_dir() {
+                // A submodule named `a/b` lives in `modules/a/b`.
+                stack.push(d);
+            }
+        }
+    }
 }
 
 fn existing_git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
@@ -986,6 +1025,49 @@ mod tests {
         assert!(
             detail.contains("core.hookspath=/tmp/h") || detail.contains("core.hooksPath=/tmp/h"),
             "{detail}"
+        );
+    }
+
+    #[test]
+    fn git_pins_submodule_configs_and_hooks() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("repo");
+        let m = repo.join(".git/modules/lib/sub");
+        std::fs::create_dir_all(m.join("hooks")).unwrap();
+        std::fs::create_dir_all(m.join("modules/inner/hooks")).unwrap();
+        std::fs::write(repo.join(".git/config"), "[core]\n\tbare = false\n").unwrap();
+        std::fs::write(m.join("config"), "[filter \"x\"]\n\tclean = sh evil\n").unwrap();
+        std::fs::write(m.join("hooks/post-checkout"), "#!/bin/sh\n").unwrap();
+        std::fs::write(m.join("modules/inner/config"), "[core]\n\tbare = false\n").unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let argv = sv(&["git", "status"]);
+        let pins = inputs(
+            "git",
+            "git",
+            &ctx(&argv, &repo, Path::new("/usr/bin/git"), &home),
+        );
+        let paths: Vec<String> = pins.iter().map(|p| p.path.clone()).collect();
+        let canon = |p: PathBuf| std::fs::canonicalize(p).unwrap().display().to_string();
+        assert!(paths.contains(&canon(m.join("config"))), "{paths:?}");
+        assert!(
+            paths.contains(&canon(m.join("hooks/post-checkout"))),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&canon(m.join("modules/inner/config"))),
+            "{paths:?}"
+        );
+        let sub = pins
+            .iter()
+            .find(|p| p.path == canon(m.join("config")))
+            .unwrap();
+        assert!(
+            sub.detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("filter.x.clean"),
+            "{sub:?}"
         );
     }
 
