@@ -234,14 +234,28 @@ pub async fn mint(
     check_path("mount", mount)?;
     check_path("role", role)?;
     let bao = Bao::new(spec)?;
-    let v = bao
-        .ok(
-            Method::GET,
-            &format!("{mount}/creds/{role}"),
-            None,
-            "issue database credentials",
-        )
-        .await?;
+    // PostgreSQL answers a role created while another is being created (two grants minting at
+    // once) with "tuple concurrently updated": a transient conflict, tried again (3 tries).
+    let mut tries = 0;
+    let v = loop {
+        tries += 1;
+        match bao
+            .ok(
+                Method::GET,
+                &format!("{mount}/creds/{role}"),
+                None,
+                "issue database credentials",
+            )
+            .await
+        {
+            Err(DynamicError::Refused { reason, .. })
+                if tries < 3 && reason.contains("concurrently updated") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            other => break other?,
+        }
+    };
     let lease_id = v["lease_id"].as_str().unwrap_or("").to_owned();
     let user = v["data"]["username"].as_str().unwrap_or("").to_owned();
     let Some(password) = v["data"]["password"].as_str() else {
