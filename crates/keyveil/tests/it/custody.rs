@@ -38,18 +38,18 @@ fn json_frame(v: &Value) -> Vec<u8> {
 }
 
 /// What the agent at the socket path does with each JSON frame.
-type Rewrite = fn(&mut Value);
+pub(crate) type Rewrite = fn(&mut Value);
 
-fn keep(_: &mut Value) {}
+pub(crate) fn keep(_: &mut Value) {}
 
 /// The agent's listener at the broker's socket path. Every byte it saw is in `seen`.
-struct Agent {
+pub(crate) struct Agent {
     seen: Arc<Mutex<Vec<u8>>>,
     path: PathBuf,
 }
 
 impl Agent {
-    fn seen(&self) -> Vec<u8> {
+    pub(crate) fn seen(&self) -> Vec<u8> {
         self.seen.lock().unwrap().clone()
     }
 
@@ -71,11 +71,21 @@ impl Agent {
     fn leave(self) {
         let _ = std::fs::remove_file(&self.path);
     }
+
+    /// Stops listening and puts the real broker's socket back where it was.
+    pub(crate) fn restore(self, h: &Home) {
+        self.leave();
+        std::fs::rename(
+            h.path().join("run/real.sock"),
+            h.path().join("run/broker.sock"),
+        )
+        .unwrap();
+    }
 }
 
 /// Moves the real socket aside and relays every connection to it, rewriting requests and
 /// replies with `req` and `rep`.
-fn relay(h: &Home, req: Rewrite, rep: Rewrite) -> Agent {
+pub(crate) fn relay(h: &Home, req: Rewrite, rep: Rewrite) -> Agent {
     let sock = h.path().join("run/broker.sock");
     let real = h.path().join("run/real.sock");
     std::fs::rename(&sock, &real).unwrap();
@@ -235,12 +245,7 @@ fn a_relay_at_the_socket_never_sees_the_passphrase_and_cannot_widen_an_approval(
         agent.requests().iter().any(|r| r["op"] == "approve"),
         "the relay saw no approval at all: the test proves nothing"
     );
-    agent.leave();
-    std::fs::rename(
-        h.path().join("run/real.sock"),
-        h.path().join("run/broker.sock"),
-    )
-    .unwrap();
+    agent.restore(&h);
     assert_eq!(
         h.json(&["grants", "--json"]).as_array().map(Vec::len),
         Some(0)
@@ -250,12 +255,7 @@ fn a_relay_at_the_socket_never_sees_the_passphrase_and_cannot_widen_an_approval(
     let o = h.approve(id, &[]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert_learned_nothing(&agent, &[TOKEN]);
-    agent.leave();
-    std::fs::rename(
-        h.path().join("run/real.sock"),
-        h.path().join("run/broker.sock"),
-    )
-    .unwrap();
+    agent.restore(&h);
     assert_eq!(
         h.json(&["grants", "--json"]).as_array().map(Vec::len),
         Some(0)
@@ -273,12 +273,7 @@ fn a_relay_at_the_socket_never_sees_the_passphrase_and_cannot_widen_an_approval(
         "{}",
         text(&o.stderr)
     );
-    agent.leave();
-    std::fs::rename(
-        h.path().join("run/real.sock"),
-        h.path().join("run/broker.sock"),
-    )
-    .unwrap();
+    agent.restore(&h);
     assert_eq!(
         h.json(&["grants", "--json"]).as_array().map(Vec::len),
         Some(0)
@@ -294,12 +289,7 @@ fn a_relay_at_the_socket_never_sees_the_passphrase_and_cannot_widen_an_approval(
         .into_iter()
         .find(|r| r["op"] == "approve")
         .unwrap();
-    agent.leave();
-    std::fs::rename(
-        h.path().join("run/real.sock"),
-        h.path().join("run/broker.sock"),
-    )
-    .unwrap();
+    agent.restore(&h);
     let grants = h.json(&["grants", "--json"]);
     assert_eq!(grants.as_array().map(Vec::len), Some(1), "{grants}");
     assert_eq!(grants[0]["uses_left"], 1, "{grants}");
@@ -348,12 +338,7 @@ fn a_policy_change_seen_by_a_relay_cannot_be_replayed() {
         .into_iter()
         .find(|r| r["op"] == "policy_set")
         .unwrap();
-    agent.leave();
-    std::fs::rename(
-        h.path().join("run/real.sock"),
-        h.path().join("run/broker.sock"),
-    )
-    .unwrap();
+    agent.restore(&h);
     // The same bytes again: the challenge was used.
     let o = raw(&h, &seen);
     assert_eq!(o["kind"], "error", "{o}");

@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::custody::{keep, relay};
 use crate::harness::*;
 
 /// `O_NONBLOCK` on Linux (x86_64 and aarch64).
@@ -227,7 +227,7 @@ fn a_relay_cannot_make_the_human_remove_another_policy_rule_than_the_one_shown()
     let h = Home::new();
     set_policy(&h, "demo", &["deny", "--", "curl"]);
     set_policy(&h, "demo", &["deny", "--", "wget"]);
-    let relay = Relay::start(&h, |v: &mut Value| {
+    let relay = relay(&h, keep, |v: &mut Value| {
         if let Some(d) = v["data"]["policy"]["deny"].as_array_mut() {
             d.reverse();
         }
@@ -251,7 +251,7 @@ fn a_relay_cannot_make_the_human_remove_another_policy_rule_than_the_one_shown()
         ],
         &format!("{PASS}\n"),
     );
-    relay.leave(&h);
+    relay.restore(&h);
     assert!(
         o.status.success() || text(&o.stderr).contains("not the one"),
         "{}",
@@ -266,79 +266,6 @@ fn a_relay_cannot_make_the_human_remove_another_policy_rule_than_the_one_shown()
     let _ = h.run(&["daemon", "stop"]);
 }
 
-type Rewrite = fn(&mut Value);
-
-/// A relay at the socket path (as in custody.rs): requests pass as they are, replies are
-/// rewritten; every frame is recorded in `seen`.
-struct Relay {
-    seen: Loot,
-}
-
-impl Relay {
-    fn start(h: &Home, rep: Rewrite) -> Relay {
-        let sock = h.path().join("run/broker.sock");
-        let real = h.path().join("run/real.sock");
-        std::fs::rename(&sock, &real).unwrap();
-        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let seen: Loot = Arc::new(Mutex::new(Vec::new()));
-        let seen2 = seen.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(mut client) = client else { return };
-                let Ok(mut broker) = UnixStream::connect(&real) else {
-                    continue;
-                };
-                let (mut c2, mut b2) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
-                let (s1, s2) = (seen2.clone(), seen2.clone());
-                std::thread::spawn(move || pump(&mut client, &mut broker, &s1, |_| {}));
-                std::thread::spawn(move || pump(&mut b2, &mut c2, &s2, rep));
-            }
-        });
-        Relay { seen }
-    }
-
-    fn leave(self, h: &Home) {
-        let _ = std::fs::remove_file(h.path().join("run/broker.sock"));
-        std::fs::rename(
-            h.path().join("run/real.sock"),
-            h.path().join("run/broker.sock"),
-        )
-        .unwrap();
-    }
-}
-
-fn read_frame(s: &mut UnixStream) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(body)
-}
-
-fn write_frame(s: &mut UnixStream, body: &[u8]) -> bool {
-    let len = u32::try_from(body.len()).unwrap().to_be_bytes();
-    s.write_all(&len).and_then(|()| s.write_all(body)).is_ok()
-}
-
-fn pump(from: &mut UnixStream, to: &mut UnixStream, seen: &Mutex<Vec<u8>>, rewrite: Rewrite) {
-    while let Some(body) = read_frame(from) {
-        seen.lock().unwrap().extend_from_slice(&body);
-        let out = match (body.first(), serde_json::from_slice::<Value>(&body[1..])) {
-            (Some(0), Ok(mut v)) => {
-                rewrite(&mut v);
-                let mut b = vec![0u8];
-                b.extend_from_slice(v.to_string().as_bytes());
-                b
-            }
-            _ => body,
-        };
-        if !write_frame(to, &out) {
-            break;
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Write);
-}
-
 /// Rotating a stored value from the terminal (`keyveil set demo API_TOKEN`, no factor flag):
 /// `call_guarded` first sends the request *without* a factor, with the new value in plain text
 /// (`value`), and only when the broker answers "needs your factor" asks for the passphrase and
@@ -349,15 +276,15 @@ fn replacing_a_stored_value_never_sends_the_new_value_in_plain_text() {
     const NEW: &str = "tok_rotated_Xw8yL2nQ5rT1vB6";
     let h = Home::new();
     h.set("demo", "API_TOKEN", "tok_redteam_Zk4pQ9vX2mB7");
-    let relay = Relay::start(&h, |_| {});
+    let relay = relay(&h, keep, keep);
     // The human rotates the token; the value is piped in (in a terminal it is typed at the
     // prompt: the same request is sent).
     let o = h.run_stdin(
         &["set", "demo", "API_TOKEN", "--from-stdin"],
         &format!("{NEW}\n"),
     );
-    let seen = relay.seen.lock().unwrap().clone();
-    relay.leave(&h);
+    let seen = relay.seen();
+    relay.restore(&h);
     // No terminal here, so the CLI cannot ask for the passphrase and stops: it did already send.
     assert!(!o.status.success(), "{}", text(&o.stderr));
     for form in encodings(NEW) {
@@ -381,7 +308,7 @@ fn revealing_hidden_names_to_the_human_does_not_reveal_them_to_a_relay() {
     set_policy(&h, "demo", &["hide-names", "on"]);
     let shown = h.ok(&["env", "show", "demo", "--json"]);
     assert!(!shown.contains(NAME), "names are not hidden: {shown}");
-    let relay = Relay::start(&h, |_| {});
+    let relay = relay(&h, keep, keep);
     let o = h.run_stdin(
         &[
             "env",
@@ -392,8 +319,8 @@ fn revealing_hidden_names_to_the_human_does_not_reveal_them_to_a_relay() {
         ],
         &format!("{PASS}\n"),
     );
-    let seen = relay.seen.lock().unwrap().clone();
-    relay.leave(&h);
+    let seen = relay.seen();
+    relay.restore(&h);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(
         text(&o.stdout).contains(NAME),
