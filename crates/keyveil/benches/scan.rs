@@ -14,15 +14,13 @@
 //! written). Run: `cargo bench -p keyveil --bench scan`.
 #![allow(
     missing_docs,
-    dead_code,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::print_stderr,
     clippy::indexing_slicing
 )]
 
-#[path = "../src/scan/mod.rs"]
-mod scan;
+use keyveil::scan;
 
 use std::hint::black_box;
 use std::io::Write as _;

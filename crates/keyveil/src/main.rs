@@ -1,52 +1,11 @@
-//! `keyveil`: a local secret broker for AI coding agents. Agents get access to secrets,
-//! never custody: see `docs/architecture.md`.
-#![deny(unsafe_code)]
-
-mod authorize;
-mod broker;
-mod card;
-mod cli;
-mod client;
-mod demo;
-mod display;
-mod dynamic;
-mod factor;
-mod factor_proof;
-mod frame_writer;
-mod harden;
-mod loaders;
-mod logging;
-mod mcp;
-mod notify;
-mod paths;
-mod pin;
-mod protocol;
-mod reap;
-mod redact;
-mod risk;
-mod sandbox;
-mod scan;
-mod setup;
-mod supervise;
+//! The `keyveil` executable: parses the command line and calls the library (`lib.rs`).
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 
 fn main() {
-    // A run's reaper (`reap.rs`) is this executable started by the broker: it never parses
-    // the CLI.
-    reap::maybe_run();
-    let cli = cli::Cli::parse();
-    let code = match cli::main(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            let code = e.downcast_ref::<cli::Exit>().map(|x| x.code).unwrap_or(1);
-            let mut msg = format!("error: {e}");
-            for cause in e.chain().skip(1) {
-                msg.push_str(&format!("\n  caused by: {cause}"));
-            }
-            cli::note(msg);
-            code
-        }
-    };
-    std::process::exit(code);
+    // A run's reaper is this executable started by the broker: it never parses the CLI.
+    keyveil::run_reaper_if_asked();
+    let cli = keyveil::Cli::parse();
+    std::process::exit(keyveil::run(cli));
 }

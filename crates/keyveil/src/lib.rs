@@ -1,0 +1,62 @@
+//! `keyveil`: a local secret broker for AI coding agents. Agents get access to secrets,
+//! never custody: see `docs/architecture.md` for the map of this crate.
+//!
+//! The `keyveil` executable (`src/main.rs`) only parses its arguments and calls [`run`]; a
+//! run's reaper is the same executable and starts through [`run_reaper_if_asked`]. Everything
+//! else is private to this library, except the write-side [`scan`] (measured on its own by
+//! `benches/scan.rs`).
+#![deny(unsafe_code)]
+
+mod authorize;
+mod broker;
+mod card;
+mod cli;
+mod client;
+mod demo;
+mod display;
+mod dynamic;
+mod factor;
+mod factor_proof;
+mod frame_writer;
+mod harden;
+mod loaders;
+mod logging;
+mod mcp;
+mod notify;
+mod paths;
+mod pin;
+mod protocol;
+mod reap;
+mod redact;
+mod risk;
+mod sandbox;
+pub mod scan;
+mod setup;
+mod supervise;
+
+pub use cli::Cli;
+
+/// Runs the reaper and exits when this process was started as a run's reaper (its first
+/// argument is the reaper flag, see `reap.rs`); returns otherwise. Call it before parsing the
+/// command line: a reaper never parses it.
+pub fn run_reaper_if_asked() {
+    reap::maybe_run();
+}
+
+/// Runs the command line; returns the process exit code (0 ok, 1 error, 2 usage, 3 denied,
+/// 4 locked, 5 timed out waiting for approval). An error is written to stderr with its causes
+/// and `hint:` lines.
+pub fn run(cli: Cli) -> i32 {
+    match cli::main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<cli::Exit>().map(|x| x.code).unwrap_or(1);
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!("\n  caused by: {cause}"));
+            }
+            cli::note(msg);
+            code
+        }
+    }
+}
