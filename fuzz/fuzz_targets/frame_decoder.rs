@@ -1,8 +1,7 @@
 //! Fuzz target for the broker's socket input: the length-delimited codec, the frame decoder
-//! (`protocol::Frame::decode`) and JSON `Request` / `Reply` parsing.
+//! (`keyveil_proto::Frame::decode`) and JSON `Request` / `Reply` parsing.
 //!
-//! `keyveil` is a binary crate, so its `protocol.rs` is compiled into this target directly (it
-//! depends only on serde, bytes, zeroize, clap and thiserror). Properties:
+//! It builds `keyveil-proto` alone (serde, bytes, zeroize and thiserror; no tokio). Properties:
 //! 1. a byte stream cut into frames by the codec never panics; an oversized length prefix is an
 //!    error (the broker closes the connection), never an allocation of that size;
 //! 2. a frame decodes to exactly one of JSON / stdout / stderr or a clear error (empty frame,
@@ -18,23 +17,15 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
-#[allow(dead_code)]
-#[path = "../../crates/keyveil/src/protocol.rs"]
-mod protocol;
+use keyveil_proto::{Frame, FrameCodec, FrameError, MAX_FRAME, Reply, Request};
 
-use protocol::{Frame, FrameError, MAX_FRAME, Reply, Request};
-
-/// Field names whose values are secrets (`Passphrase` in `protocol.rs`).
+/// Field names whose values are secrets (`Passphrase` in `keyveil-proto`).
 const SECRET_FIELDS: [&str; 3] = ["passphrase", "value", "admin"];
 
 fuzz_target!(|data: &[u8]| {
-    // The same codec as `client::codec()`.
-    let mut codec = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(MAX_FRAME)
-        .new_codec();
+    // The codec the broker and its clients use.
+    let mut codec = FrameCodec;
     let mut buf = BytesMut::from(data);
     let mut frames = 0;
     loop {
@@ -66,9 +57,9 @@ fn check_frame(body: BytesMut) {
         }
         Ok(frame) => {
             let (tag, payload) = match &frame {
-                Frame::Json(p) => (protocol::TAG_JSON, p),
-                Frame::Stdout(p) => (protocol::TAG_STDOUT, p),
-                Frame::Stderr(p) => (protocol::TAG_STDERR, p),
+                Frame::Json(p) => (keyveil_proto::TAG_JSON, p),
+                Frame::Stdout(p) => (keyveil_proto::TAG_STDOUT, p),
+                Frame::Stderr(p) => (keyveil_proto::TAG_STDERR, p),
             };
             assert_eq!(
                 Frame::encode(tag, payload),

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::client;
 use crate::factor_proof::{self, FactorKey, TotpClient};
 use crate::paths::Paths;
-use crate::protocol::{Bootstrap, Challenge, FactorProof, Passphrase, Reply, Request};
+use keyveil_proto::{Bootstrap, Challenge, FactorProof, Passphrase, Reply, Request};
 
 /// Longest wait for a broker we started to create or unlock the vault (Argon2id takes ≈ 1 s).
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,7 +1,7 @@
 //! Rendering requests and audit entries for a human.
 //!
 //! Everything an agent supplied (argv, reason, client name, cwd) is escaped with
-//! [`crate::display::clip`]-style control escaping; argv is shown one element per line, quoted
+//! [`keyveil_proto::display::clip`]-style control escaping; argv is shown one element per line, quoted
 //! and never truncated, so what the human reads is what will run.
 // Indexing here is on `serde_json::Value` (a missing key or index yields `Null`, never a
 // panic), which clippy cannot tell from slice indexing.
@@ -9,9 +9,9 @@
 
 use serde_json::Value;
 
-/// Escapes one requester-supplied identifier for a terminal (see [`crate::display::visible`]).
+/// Escapes one requester-supplied identifier for a terminal (see [`keyveil_proto::display::visible`]).
 pub fn esc(s: &str) -> String {
-    crate::display::visible(s)
+    keyveil_proto::display::visible(s)
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -23,7 +23,7 @@ pub fn argv_inline(argv: &Value) -> String {
     argv.as_array()
         .map(|a| {
             a.iter()
-                .map(|x| crate::display::quoted(x.as_str().unwrap_or("")))
+                .map(|x| keyveil_proto::display::quoted(x.as_str().unwrap_or("")))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
@@ -115,7 +115,7 @@ pub fn render(r: &Value) -> String {
     for c in r["contradictions"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  THE REASON IS CONTRADICTED: {}\n",
-            crate::display::visible_text(c.as_str().unwrap_or(""))
+            keyveil_proto::display::visible_text(c.as_str().unwrap_or(""))
         ));
     }
     for n in r["new_variables"].as_array().into_iter().flatten() {
@@ -151,7 +151,7 @@ pub fn render(r: &Value) -> String {
             for (i, x) in a.iter().enumerate() {
                 out.push_str(&format!(
                     "    [{i}] {}\n",
-                    crate::display::quoted(x.as_str().unwrap_or(""))
+                    keyveil_proto::display::quoted(x.as_str().unwrap_or(""))
                 ));
             }
         }
@@ -177,12 +177,12 @@ pub fn render(r: &Value) -> String {
     if let Some(reason) = r["reason"].as_str() {
         out.push_str(&format!(
             "  requester says (unverified): {}\n",
-            crate::display::visible_text(reason)
+            keyveil_proto::display::visible_text(reason)
         ));
         for c in r["contradictions"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "    but the broker's facts: {}\n",
-                crate::display::visible_text(c.as_str().unwrap_or(""))
+                keyveil_proto::display::visible_text(c.as_str().unwrap_or(""))
             ));
         }
     }
@@ -242,7 +242,7 @@ pub fn chosen_value(c: &Value) -> String {
     let value = match c["value"].as_str() {
         None => "not set".to_owned(),
         Some(v) => {
-            let mut shown = crate::display::quoted(v);
+            let mut shown = keyveil_proto::display::quoted(v);
             if c["clipped"] == true {
                 shown.push_str(&format!(
                     " … (clipped: {} bytes in all, sha256 {})",
@@ -272,8 +272,8 @@ pub fn audit_line(e: &Value) -> String {
                 continue;
             }
             let shown = match v {
-                Value::String(x) => crate::display::visible_text(x),
-                other => crate::display::visible_text(&other.to_string()),
+                Value::String(x) => keyveil_proto::display::visible_text(x),
+                other => keyveil_proto::display::visible_text(&other.to_string()),
             };
             rest.push(format!("{k}={shown}"));
         }

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
 use crate::paths::Paths;
-use crate::protocol::{Bootstrap, Frame, MAX_FRAME, Reply, Request};
+use keyveil_proto::{Bootstrap, Frame, FrameCodec, Reply, Request};
 
 /// One event read from the broker.
 #[derive(Debug)]
@@ -22,17 +22,15 @@ pub enum Event {
     Stderr(bytes::Bytes),
 }
 
-/// The codec both ends use: 4-byte big-endian length, bodies up to [`MAX_FRAME`] bytes.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(MAX_FRAME)
-        .new_codec()
+/// The codec both ends use: 4-byte big-endian length, bodies up to
+/// [`keyveil_proto::MAX_FRAME`] bytes.
+pub fn codec() -> FrameCodec {
+    FrameCodec
 }
 
 /// A connection carrying one request.
 pub struct Connection {
-    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    framed: Framed<UnixStream, FrameCodec>,
 }
 
 impl Connection {

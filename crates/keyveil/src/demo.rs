@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 use crate::cli::say;
 use crate::client::{self, Connection};
 use crate::paths::Paths;
-use crate::protocol::{Passphrase, Reply, Request};
+use keyveil_proto::{Passphrase, Reply, Request};
 
 /// Length of the demo's random `API_TOKEN`.
 const VALUE_LENGTH: usize = 40;
@@ -391,7 +391,10 @@ fn human(command: &str, note: &str) {
 }
 
 fn agent_says(what: &str) {
-    say(format!("  agent  -> {}", crate::display::clip(what, 400)));
+    say(format!(
+        "  agent  -> {}",
+        keyveil_proto::display::clip(what, 400)
+    ));
 }
 
 fn agent_sees(what: &str) {

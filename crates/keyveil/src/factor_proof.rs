@@ -12,12 +12,12 @@
 //!    - TOTP code: SPAKE2 (a password-authenticated key exchange over Ed25519) with the code as
 //!      the password, one exchange per candidate time step. A relay that plays the broker gets
 //!      one online guess of the code per exchange, never the code itself nor an offline test.
-//! 2. The CLI asks for a **challenge** ([`crate::protocol::Request::FactorChallenge`]) with a
+//! 2. The CLI asks for a **challenge** ([`keyveil_proto::Request::FactorChallenge`]) with a
 //!    random client nonce; the broker answers with its own nonce and, per key it holds, a
 //!    [`hello_mac`] over both nonces. The CLI checks it: a process that does not hold the
 //!    vault's key (or the TOTP seed) cannot produce it, so the CLI knows it talks to the real,
 //!    unlocked broker *before* it sends anything that depends on the factor.
-//! 3. The CLI sends the change with a [`crate::protocol::FactorProof`]: the challenge id and
+//! 3. The CLI sends the change with a [`keyveil_proto::FactorProof`]: the challenge id and
 //!    [`client_proof`] = HMAC(factor key, broker nonce ‖ [`request_digest`] of the request). The
 //!    broker recomputes the digest from the request it received: a relay that changes one byte
 //!    (another request id, `--any-command`, a longer TTL, another policy) breaks the proof, and a

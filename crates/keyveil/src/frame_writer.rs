@@ -1,13 +1,13 @@
-//! Writing frames of the broker protocol ([`crate::protocol`]) onto a connection.
+//! Writing frames of the broker protocol ([`keyveil_proto::frame`]) onto a connection.
 //!
-//! Kept apart from `protocol.rs`, which must build without tokio (the `frame_decoder` fuzz
-//! target compiles it in directly).
+//! Kept apart from `keyveil-proto`, which builds without tokio (the `frame_decoder` fuzz
+//! target builds it alone).
 
-use crate::protocol::{FrameError, MAX_FRAME};
 use bytes::Bytes;
+use keyveil_proto::{FrameError, MAX_FRAME};
 
 /// Writes frames onto a byte stream without copying their payload: the 4-byte length and the
-/// tag byte go out together with the payload in vectored writes (the `LengthDelimitedCodec`
+/// tag byte go out together with the payload in vectored writes (the `Framed`
 /// sink copies every payload into its own buffer first). Readers decode the frames with the
 /// same codec as before ([`crate::client::codec`]).
 pub struct FrameWriter<W> {
@@ -23,7 +23,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter { io, torn: false }
     }
 
-    /// Writes an already tagged frame body (the output of [`crate::protocol::Frame::json`] or [`crate::protocol::Frame::encode`]).
+    /// Writes an already tagged frame body (the output of [`keyveil_proto::Frame::json`] or [`keyveil_proto::Frame::encode`]).
     pub async fn send(&mut self, body: Bytes) -> std::io::Result<()> {
         let Some((&tag, payload)) = body.split_first() else {
             return Err(std::io::Error::other(FrameError::Empty));
@@ -79,7 +79,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
     use super::*;
-    use crate::protocol::{Frame, TAG_STDERR, TAG_STDOUT};
+    use keyveil_proto::{Frame, TAG_STDERR, TAG_STDOUT};
 
     #[tokio::test]
     async fn frame_writer_output_decodes_with_the_codec_and_splits_big_payloads() {

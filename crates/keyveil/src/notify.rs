@@ -54,17 +54,17 @@ pub fn text(id: u64, client: &str, env: &str, argv: Option<&[String]>) -> (Strin
     let command = match argv {
         Some(a) => a
             .iter()
-            .map(|x| crate::display::quoted(x))
+            .map(|x| keyveil_proto::display::quoted(x))
             .collect::<Vec<_>>()
             .join(" "),
         None => "ANY COMMAND".to_owned(),
     };
     let body = format!(
         "{} asks to run {command} in environment {}. Approve with `keyveil approve {id}` or `keyveil approve --web`.",
-        crate::display::visible(client),
-        crate::display::visible(env),
+        keyveil_proto::display::visible(client),
+        keyveil_proto::display::visible(env),
     );
-    let body = crate::display::clip(&body, MAX_BODY);
+    let body = keyveil_proto::display::clip(&body, MAX_BODY);
     (
         format!("keyveil: request #{id} waits for approval"),
         markup_escape(&body),

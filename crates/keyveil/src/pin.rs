@@ -62,7 +62,7 @@ pub enum PinError {
     /// `argv[0]` is not on the policy PATH.
     #[error(
         "\"{}\" was not found on the policy PATH ({path})",
-        crate::display::visible(name)
+        keyveil_proto::display::visible(name)
     )]
     NotFound {
         /// `argv[0]`.

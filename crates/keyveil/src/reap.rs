@@ -136,7 +136,7 @@ mod imp {
             Err(e) => {
                 eprintln_safe(&format!(
                     "keyveil: cannot start \"{}\": {e}",
-                    crate::display::visible(&argv0.to_string_lossy())
+                    keyveil_proto::display::visible(&argv0.to_string_lossy())
                 ));
                 let _ = report.write_all(Report::default().line().as_bytes());
                 return 127;

@@ -32,7 +32,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::display::{is_bidi_control, is_invisible, is_odd_space};
+use keyveil_proto::display::{is_bidi_control, is_invisible, is_odd_space};
 
 /// Shells whose `-c` takes a script.
 const SHELLS: &[&str] = &[

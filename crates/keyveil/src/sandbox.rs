@@ -100,9 +100,9 @@ mod imp {
             .build()
             .context("cannot start the async runtime")?
             .block_on(async {
-                let reply = crate::client::call(&paths, &crate::protocol::Request::Status).await?;
+                let reply = crate::client::call(&paths, &keyveil_proto::Request::Status).await?;
                 match reply {
-                    crate::protocol::Reply::Ok { .. } => Ok(()),
+                    keyveil_proto::Reply::Ok { .. } => Ok(()),
                     _ => Err(anyhow!("the broker did not answer `status`")),
                 }
             })?;

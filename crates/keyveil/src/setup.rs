@@ -906,7 +906,7 @@ pub fn doctor_main() -> Result<i32> {
     let _ = rt.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(15),
-            crate::client::call(&paths, &crate::protocol::Request::Status),
+            crate::client::call(&paths, &keyveil_proto::Request::Status),
         )
         .await
     });

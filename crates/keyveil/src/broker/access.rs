@@ -18,9 +18,9 @@ use super::state::{
     OpError, OpResult, RequestState, new_id,
 };
 use crate::pin::{self, FilePin, InputPin};
-use crate::protocol::AccessRequest;
-use crate::protocol::ErrorCode;
 use crate::risk;
+use keyveil_proto::AccessRequest;
+use keyveil_proto::ErrorCode;
 use keyveil_vault::FactorKind;
 
 /// Most requests one client may have waiting at once; more are refused until the human answers
@@ -176,7 +176,7 @@ pub fn canonical_cwd(cwd: &str) -> OpResult<String> {
             ErrorCode::Usage,
             format!(
                 "the working directory must be absolute, got \"{}\"",
-                crate::display::clip(cwd, 200)
+                keyveil_proto::display::clip(cwd, 200)
             ),
         ));
     }
@@ -185,14 +185,17 @@ pub fn canonical_cwd(cwd: &str) -> OpResult<String> {
             ErrorCode::NotFound,
             format!(
                 "working directory \"{}\" is not usable: {e}",
-                crate::display::clip(cwd, 200)
+                keyveil_proto::display::clip(cwd, 200)
             ),
         )
     })?;
     if !c.is_dir() {
         return Err(OpError::new(
             ErrorCode::Usage,
-            format!("\"{}\" is not a directory", crate::display::clip(cwd, 200)),
+            format!(
+                "\"{}\" is not a directory",
+                keyveil_proto::display::clip(cwd, 200)
+            ),
         ));
     }
     c.into_os_string()
@@ -231,7 +234,7 @@ pub fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
                 ErrorCode::Usage,
                 format!(
                     "invalid pass-through name \"{}\"",
-                    crate::display::clip(n, 80)
+                    keyveil_proto::display::clip(n, 80)
                 ),
             ));
         }
@@ -341,7 +344,7 @@ pub fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
         if g.pass_values.get(n).cloned().unwrap_or(None) != now {
             return Err(format!(
                 "the pass-through value of {} is not the one approved (changed since approval)",
-                crate::display::visible(n)
+                keyveil_proto::display::visible(n)
             ));
         }
     }
@@ -424,9 +427,9 @@ pub fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResu
                 ErrorCode::Denied,
                 format!(
                     "the working directory \"{}\" resolves to \"{}\", outside the approved cwd \"{}\" (a symlink leads out of it)",
-                    crate::display::visible(given_cwd),
-                    crate::display::visible(&ask.cwd),
-                    crate::display::visible(&g.cwd)
+                    keyveil_proto::display::visible(given_cwd),
+                    keyveil_proto::display::visible(&ask.cwd),
+                    keyveil_proto::display::visible(&g.cwd)
                 ),
             )
             .hint("run from the approved directory itself; keyveil compares canonical paths"));
@@ -504,7 +507,7 @@ pub fn find_or_create_request(
                         r.id,
                         reason
                             .as_ref()
-                            .map(|x| format!(": {}", crate::display::visible_text(x)))
+                            .map(|x| format!(": {}", keyveil_proto::display::visible_text(x)))
                             .unwrap_or_default()
                     ),
                 )
@@ -1154,8 +1157,8 @@ mod tests {
         }
     }
 
-    fn claimed(name: &str) -> crate::protocol::ClientInfo {
-        crate::protocol::ClientInfo {
+    fn claimed(name: &str) -> keyveil_proto::ClientInfo {
+        keyveil_proto::ClientInfo {
             kind: "mcp".into(),
             name: name.into(),
             version: "1".into(),

@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use super::Broker;
 use super::spawn;
 use super::state::{OpError, OpResult};
-use crate::protocol::{ErrorCode, Frame, OutputMode, Reply, RunRequest, RunResult};
 use crate::redact::Redactor;
+use keyveil_proto::{ErrorCode, Frame, OutputMode, Reply, RunRequest, RunResult};
 
 /// Output kept per run (redacted bytes, stdout and stderr combined).
 pub const RING_BYTES: usize = 1024 * 1024;
@@ -236,7 +236,7 @@ pub struct Detached {
 pub async fn start(
     broker: &Arc<Broker>,
     mut req: RunRequest,
-    framed: Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: Framed<UnixStream, keyveil_proto::FrameCodec>,
     peer: super::peer::Peer,
 ) {
     let (mut stream, mut sink) = spawn::split_connection(framed);
@@ -406,7 +406,7 @@ async fn finish(
         tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scan_redactor)).await
     {
         for leak in report.leaks {
-            result.write_leaks.push(crate::protocol::WriteLeak {
+            result.write_leaks.push(keyveil_proto::WriteLeak {
                 variable: leak.variable,
                 path: leak.path.to_string_lossy().into_owned(),
                 form: leak.form,
@@ -455,7 +455,7 @@ fn find(broker: &Broker, run_id: &str, client: Option<&str>) -> OpResult<Arc<BgR
             ErrorCode::NotFound,
             format!(
                 "no background run {}",
-                crate::display::visible(&crate::display::clip(run_id, 80))
+                keyveil_proto::display::visible(&keyveil_proto::display::clip(run_id, 80))
             ),
         )
         .hint("`start` returns the run id; finished runs are kept for an hour")

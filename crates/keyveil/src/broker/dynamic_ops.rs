@@ -11,7 +11,7 @@ use sha2::Digest;
 use super::Broker;
 use super::state::{OpError, OpResult, unknown_env};
 use crate::dynamic::{self, DynamicError, DynamicSpec, EngineKind, OutputForm};
-use crate::protocol::{DynamicAddRequest, ErrorCode};
+use keyveil_proto::{DynamicAddRequest, ErrorCode};
 
 /// Option names a request may set (everything else is refused, so a typo is not ignored).
 const OPTIONS: &[&str] = &[
@@ -36,7 +36,7 @@ fn failed(e: &DynamicError) -> OpError {
     OpError::new(code, e.to_string())
 }
 
-/// Handles [`crate::protocol::Request::DynamicAdd`].
+/// Handles [`keyveil_proto::Request::DynamicAdd`].
 ///
 /// `digest` is the `factor_proof::request_digest` of the request, for its factor proof.
 pub async fn add(
@@ -59,7 +59,7 @@ pub async fn add(
         if !OPTIONS.contains(&k.as_str()) {
             return Err(usage(format!(
                 "unknown dynamic option {:?}; known: {}",
-                crate::display::clip(k, 40),
+                keyveil_proto::display::clip(k, 40),
                 OPTIONS.join(", ")
             )));
         }
@@ -132,7 +132,7 @@ pub async fn add(
         if !keyveil_vault::is_valid_name(n) {
             return Err(usage(format!(
                 "invalid variable name {:?}: names follow environment-variable rules [A-Za-z_][A-Za-z0-9_]*",
-                crate::display::clip(n, 80)
+                keyveil_proto::display::clip(n, 80)
             )));
         }
     }

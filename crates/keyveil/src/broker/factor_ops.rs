@@ -12,7 +12,7 @@ use super::Broker;
 use super::state::{OpError, OpResult, unknown_env};
 use crate::factor;
 use crate::factor_proof::{self, FactorKey};
-use crate::protocol::{Challenge, ChallengeKey, ErrorCode, FactorProof, Passphrase, PolicyChange};
+use keyveil_proto::{Challenge, ChallengeKey, ErrorCode, FactorProof, Passphrase, PolicyChange};
 
 /// How long a started TOTP enrolment waits for its confirming code.
 const ENROLL_WINDOW: Duration = Duration::from_secs(600);

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::codec;
 use crate::paths::{Paths, set_mode};
-use crate::protocol::{ErrorCode, Frame, Reply, Request};
+use keyveil_proto::{ErrorCode, Frame, Reply, Request};
 use state::Inner;
 
 /// The broker's shared state.
@@ -59,7 +59,7 @@ impl Broker {
 
 /// Runs the broker in the foreground until `daemon stop` or SIGTERM/SIGINT.
 ///
-/// With `bootstrap`, first reads one [`crate::protocol::Bootstrap`] JSON line from stdin (the
+/// With `bootstrap`, first reads one [`keyveil_proto::Bootstrap`] JSON line from stdin (the
 /// pipe of the CLI that started it: `keyveil init` or `unlock`), creates or unlocks the vault
 /// with it, and writes the outcome as one [`Reply`] JSON line on stdout before serving anyone.
 /// A failed bootstrap stops the broker.
@@ -206,8 +206,8 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     Ok(())
 }
 
-/// One JSON line from stdin: the [`crate::protocol::Bootstrap`] the starting CLI wrote.
-fn read_bootstrap() -> Result<crate::protocol::Bootstrap> {
+/// One JSON line from stdin: the [`keyveil_proto::Bootstrap`] the starting CLI wrote.
+fn read_bootstrap() -> Result<keyveil_proto::Bootstrap> {
     use std::io::BufRead;
     let mut line = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
@@ -324,7 +324,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
 
 /// Writes one JSON reply frame.
 pub async fn send(
-    framed: &mut Framed<UnixStream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: &mut Framed<UnixStream, keyveil_proto::FrameCodec>,
     reply: &Reply,
 ) -> Result<()> {
     let body = Frame::json(reply)?;

@@ -12,7 +12,7 @@ use super::access;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RequestState, RunsStopped, unknown_env};
 use crate::factor_proof;
-use crate::protocol::{
+use keyveil_proto::{
     Bootstrap, Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request,
 };
 
@@ -28,7 +28,7 @@ fn check_name(kind: &str, name: &str) -> OpResult<()> {
     } else {
         Err(usage(format!(
             "invalid {kind} name {:?}: names follow environment-variable rules [A-Za-z_][A-Za-z0-9_]* (at most 128 characters)",
-            crate::display::clip(name, 80)
+            keyveil_proto::display::clip(name, 80)
         )))
     }
 }
@@ -49,7 +49,7 @@ fn check_env_name(name: &str) -> OpResult<()> {
     } else {
         Err(usage(format!(
             "invalid environment name {:?}: use letters, digits, '_' and '-', starting with a letter (at most 64)",
-            crate::display::clip(name, 80)
+            keyveil_proto::display::clip(name, 80)
         )))
     }
 }

@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
 
-use crate::protocol::ClientInfo;
+use keyveil_proto::ClientInfo;
 
 /// Origin of every peer whose executable cannot be read.
 const UNREADABLE: &str = "unreadable";

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::paths::Paths;
-use crate::protocol::WriteLeak;
 use crate::redact::Redactor;
+use keyveil_proto::WriteLeak;
 
 /// The variables that name the private directory in a run's environment.
 pub const TMP_VARS: [&str; 4] = ["TMPDIR", "TMP", "TEMP", "TEMPDIR"];

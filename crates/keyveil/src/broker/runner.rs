@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use keyveil_proto::FrameCodec;
 use serde_json::json;
 use tokio::net::UnixStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
@@ -17,7 +18,7 @@ use super::peer::Peer;
 use super::spawn::{self, SpawnSpec};
 use super::state::{Ask, Inner, LiveRun, OpError, RequestState, new_id};
 use crate::pin;
-use crate::protocol::{ErrorCode, Frame, Reply, RunRequest};
+use keyveil_proto::{ErrorCode, Frame, Reply, RunRequest};
 
 /// Longest argv accepted (elements).
 const MAX_ARGV: usize = 4096;
@@ -76,7 +77,7 @@ fn never_passed(name: &str) -> bool {
     access::is_injection_var(name) || crate::loaders::is_loader_var(name)
 }
 
-type Conn = Framed<UnixStream, LengthDelimitedCodec>;
+type Conn = Framed<UnixStream, FrameCodec>;
 
 /// Serves one `run` request on its connection.
 /// `peer` is the process at the other end of the socket (`peer.rs`).
@@ -295,7 +296,10 @@ pub(super) async fn run_inner(
                                 format!(
                                     "the user denied request #{id}{}",
                                     reason
-                                        .map(|r| format!(": {}", crate::display::visible_text(&r)))
+                                        .map(|r| format!(
+                                            ": {}",
+                                            keyveil_proto::display::visible_text(&r)
+                                        ))
                                         .unwrap_or_default()
                                 ),
                             )
@@ -444,7 +448,7 @@ pub(super) async fn run_inner(
                 "cannot start \"{}\": {e}",
                 shown_argv
                     .first()
-                    .map(|a| crate::display::visible(a))
+                    .map(|a| keyveil_proto::display::visible(a))
                     .unwrap_or_default()
             );
             broker.lock().audit(
@@ -549,7 +553,7 @@ pub(super) async fn run_inner(
     if let Ok(report) =
         tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scan_redactor)).await
     {
-        result.write_scan = Some(crate::protocol::WriteScanSummary {
+        result.write_scan = Some(keyveil_proto::WriteScanSummary {
             files_scanned: report.files_scanned,
             bytes_scanned: report.bytes_scanned,
             truncated: report.truncated,
@@ -562,7 +566,7 @@ pub(super) async fn run_inner(
                 keyveil_vault::WriteLeakAction::Quarantine => quarantine(&leak.file),
                 keyveil_vault::WriteLeakAction::Fail => "failed",
             };
-            result.write_leaks.push(crate::protocol::WriteLeak {
+            result.write_leaks.push(keyveil_proto::WriteLeak {
                 variable: leak.variable,
                 path,
                 form: leak.form,
@@ -631,9 +635,9 @@ fn check_path_shadow(
             ErrorCode::Denied,
             format!(
                 "refused: the requester's PATH resolves the executable \"{}\" to {}, a file it can write, but the policy PATH resolves it to {}",
-                crate::display::visible(argv0),
-                crate::display::visible(&theirs.to_string_lossy()),
-                ours.map(|p| crate::display::visible(&p.to_string_lossy())).unwrap_or_else(|| "nothing".to_owned())
+                keyveil_proto::display::visible(argv0),
+                keyveil_proto::display::visible(&theirs.to_string_lossy()),
+                ours.map(|p| keyveil_proto::display::visible(&p.to_string_lossy())).unwrap_or_else(|| "nothing".to_owned())
             ),
         )
         .hint("run the intended program by its absolute path, or remove the shadowing directory from PATH"));

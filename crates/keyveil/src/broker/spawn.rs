@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{OutputMode, RunResult};
+use keyveil_proto::{OutputMode, RunResult};
 
 /// Grace period between SIGTERM and SIGKILL when a run is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -591,18 +591,13 @@ pub async fn relay(
 pub type OutputSink = crate::frame_writer::FrameWriter<tokio::net::unix::OwnedWriteHalf>;
 
 /// The read side of a client connection after [`split_connection`].
-pub type ConnReader = tokio_util::codec::Framed<
-    tokio::net::unix::OwnedReadHalf,
-    tokio_util::codec::LengthDelimitedCodec,
->;
+pub type ConnReader =
+    tokio_util::codec::Framed<tokio::net::unix::OwnedReadHalf, keyveil_proto::FrameCodec>;
 
 /// Splits a client connection into its frame reader (keeping bytes already read past the
 /// request) and an [`OutputSink`] for the replies and output frames.
 pub fn split_connection(
-    framed: tokio_util::codec::Framed<
-        tokio::net::UnixStream,
-        tokio_util::codec::LengthDelimitedCodec,
-    >,
+    framed: tokio_util::codec::Framed<tokio::net::UnixStream, keyveil_proto::FrameCodec>,
 ) -> (ConnReader, OutputSink) {
     let old = framed.into_parts();
     // Nothing is pending: every frame written before this point was flushed by `send`.
@@ -621,9 +616,9 @@ async fn send_output(sink: &mut OutputSink, kind: StreamKind, bytes: &[u8]) -> b
         return true;
     }
     let tag = if kind == StreamKind::Stdout {
-        crate::protocol::TAG_STDOUT
+        keyveil_proto::TAG_STDOUT
     } else {
-        crate::protocol::TAG_STDERR
+        keyveil_proto::TAG_STDERR
     };
     sink.write_frame(tag, bytes).await.is_ok()
 }
@@ -768,7 +763,7 @@ mod tests {
     }
 
     fn reply() -> bytes::Bytes {
-        crate::protocol::Frame::json(&serde_json::json!({"exit": 0})).unwrap()
+        keyveil_proto::Frame::json(&serde_json::json!({"exit": 0})).unwrap()
     }
 
     #[tokio::test]
@@ -779,7 +774,7 @@ mod tests {
         assert!(!send_final(&mut sink, reply(), Some(bound)).await);
         assert!(t0.elapsed() >= bound && t0.elapsed() < Duration::from_secs(5));
         // The cut frame is never followed by anything.
-        let next = sink.write_frame(crate::protocol::TAG_STDOUT, b"x").await;
+        let next = sink.write_frame(keyveil_proto::TAG_STDOUT, b"x").await;
         assert!(next.is_err());
         // Unbounded, the reply waits for its client (back pressure, as for output).
         let (mut sink, _client) = full_sink();

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::pin::{FilePin, InputPin};
-use crate::protocol::{ClientInfo, ErrorCode, Reply};
+use keyveil_proto::{ClientInfo, ErrorCode, Reply};
 
 /// A pending request lives this long before it expires unanswered (seconds).
 pub const REQUEST_TTL_SECONDS: i64 = 600;

@@ -75,8 +75,8 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 32)]
         length: usize,
         /// Alphabet.
-        #[arg(long, value_enum, default_value_t = Charset::Alnum)]
-        charset: Charset,
+        #[arg(long, value_enum, default_value_t = CharsetArg::Alnum)]
+        charset: CharsetArg,
         /// Replacing a stored value needs your factor (asked at the terminal unless given).
         #[command(flatten)]
         factor: FactorArgs,
@@ -440,4 +440,28 @@ pub(crate) struct AuditArgs {
 pub(crate) enum AuditAction {
     /// Check the MAC chain of the whole log.
     Verify,
+}
+
+/// `--charset` of `generate` (the protocol's [`Charset`] has no clap derive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CharsetArg {
+    /// `A-Za-z0-9`.
+    Alnum,
+    /// `0-9a-f`.
+    Hex,
+    /// `A-Za-z0-9-_` (RFC 4648 §5 alphabet).
+    Base64url,
+    /// Printable ASCII without space (`!`..`~`).
+    Ascii,
+}
+
+impl From<CharsetArg> for Charset {
+    fn from(c: CharsetArg) -> Charset {
+        match c {
+            CharsetArg::Alnum => Charset::Alnum,
+            CharsetArg::Hex => Charset::Hex,
+            CharsetArg::Base64url => Charset::Base64url,
+            CharsetArg::Ascii => Charset::Ascii,
+        }
+    }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{Exit, call, cli_client, note, say};
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
-use crate::protocol::{OutputMode, Reply, Request, RunRequest};
+use keyveil_proto::{OutputMode, Reply, Request, RunRequest};
 
 /// A field of a reply (`null` when absent).
 fn f<'a>(v: &'a Value, key: &str) -> &'a Value {
@@ -178,8 +178,8 @@ pub async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
             for l in f(&d, "write_leaks").as_array().into_iter().flatten() {
                 note(format!(
                     "keyveil: warning: the command wrote the value of {} into {} ({})",
-                    crate::display::visible(f(l, "variable").as_str().unwrap_or("")),
-                    crate::display::visible(f(l, "path").as_str().unwrap_or("")),
+                    keyveil_proto::display::visible(f(l, "variable").as_str().unwrap_or("")),
+                    keyveil_proto::display::visible(f(l, "path").as_str().unwrap_or("")),
                     f(l, "form").as_str().unwrap_or("")
                 ));
             }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Exit, call_guarded, read_secret_line, say};
 use crate::paths::Paths;
-use crate::protocol::{DynamicAddRequest, Request};
+use keyveil_proto::{DynamicAddRequest, Request};
 
 /// `keyveil dynamic` subcommands.
 #[derive(Debug, Subcommand)]

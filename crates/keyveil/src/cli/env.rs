@@ -74,8 +74,8 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                     say(format!(
                         "  {:<20} {:<24} {}",
                         v["alias"].as_str().unwrap_or(""),
-                        crate::display::visible(v["real_name"].as_str().unwrap_or("")),
-                        crate::display::visible(v["description"].as_str().unwrap_or(""))
+                        keyveil_proto::display::visible(v["real_name"].as_str().unwrap_or("")),
+                        keyveil_proto::display::visible(v["description"].as_str().unwrap_or(""))
                     ));
                 }
             }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::authorize::{self, Authorized, FactorInput};
 use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
-use crate::protocol::{
+use keyveil_proto::{
     Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, OutputMode, Passphrase, Reply, Request,
     RunRequest,
 };
@@ -436,7 +436,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                     environment: env.clone(),
                     name: var.clone(),
                     length,
-                    charset,
+                    charset: charset.into(),
                     factor: None,
                 })
             })

@@ -109,13 +109,13 @@ pub(crate) async fn shown_rule(
     note(format!(
         "removing {} rule #{index}: {}",
         kind.replace('_', "-"),
-        crate::display::clip(&rule.to_string(), 200)
+        keyveil_proto::display::clip(&rule.to_string(), 200)
     ));
     Ok(crate::factor_proof::card_digest(rule))
 }
 
 pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
-    use crate::protocol::PolicyChange;
+    use keyveil_proto::PolicyChange;
     match p {
         PolicyCommand::Show { env, json } => {
             let d = call(paths, Request::PolicyShow { environment: env }).await?;
@@ -125,10 +125,10 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                 let pol = &d["policy"];
                 say(format!(
                     "environment: {}\nfactor: {}\nmax TTL: {} s\nPATH: {}\nTOTP enrolled: {}\nhide names: {}",
-                    crate::display::visible(d["environment"].as_str().unwrap_or("")),
+                    keyveil_proto::display::visible(d["environment"].as_str().unwrap_or("")),
                     pol["factor"].as_str().unwrap_or(""),
                     pol["max_ttl_seconds"],
-                    crate::display::visible(d["effective_path"].as_str().unwrap_or("")),
+                    keyveil_proto::display::visible(d["effective_path"].as_str().unwrap_or("")),
                     d["totp_enrolled"],
                     if pol["hide_names"] == true {
                         "on"
@@ -147,7 +147,7 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                         "auto-approve #{i}: {}{} under {} for {} s",
                         crate::card::argv_inline(&r["argv"]),
                         if r["prefix"] == true { " …" } else { "" },
-                        crate::display::visible(r["cwd"].as_str().unwrap_or("")),
+                        keyveil_proto::display::visible(r["cwd"].as_str().unwrap_or("")),
                         r["ttl_seconds"]
                     ));
                 }

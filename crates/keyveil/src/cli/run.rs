@@ -69,8 +69,8 @@ pub(crate) async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
                 for l in &r.write_leaks {
                     note(format!(
                         "keyveil: warning: the command wrote the value of {} into {} ({}; {})",
-                        crate::display::visible(&l.variable),
-                        crate::display::visible(&l.path),
+                        keyveil_proto::display::visible(&l.variable),
+                        keyveil_proto::display::visible(&l.path),
                         l.form,
                         l.action
                     ));

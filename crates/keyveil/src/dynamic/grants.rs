@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::{DynamicError, DynamicSpec, EngineKind, Minted};
 use crate::broker::Broker;
 use crate::broker::state::{Inner, OpError, OpResult};
-use crate::protocol::ErrorCode;
+use keyveil_proto::ErrorCode;
 
 /// Attempts to destroy a credential before giving up (the reaper gets it at the next unlock).
 const REVOKE_ATTEMPTS: u32 = 3;
@@ -304,7 +304,7 @@ async fn fetch_kv(
             action: "provide the value",
             reason: format!(
                 "the secret has no field {:?}",
-                crate::display::clip(&key, 64)
+                keyveil_proto::display::clip(&key, 64)
             ),
         })
 }

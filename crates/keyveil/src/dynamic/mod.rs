@@ -69,7 +69,7 @@ impl EngineKind {
             "openbao-kv" => Ok(EngineKind::OpenbaoKv),
             other => Err(DynamicError::Config(format!(
                 "unknown engine {:?}: use postgres, redis, openbao-database or openbao-kv",
-                crate::display::clip(other, 40)
+                keyveil_proto::display::clip(other, 40)
             ))),
         }
     }
@@ -111,7 +111,7 @@ impl OutputForm {
             "pg-env" | "pgenv" => Ok(OutputForm::PgEnv),
             other => Err(DynamicError::Config(format!(
                 "unknown output {:?}: use password, url or pg-env",
-                crate::display::clip(other, 40)
+                keyveil_proto::display::clip(other, 40)
             ))),
         }
     }

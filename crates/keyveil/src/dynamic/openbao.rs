@@ -181,7 +181,7 @@ fn errors_of(status: u16, v: &Value) -> String {
         .map(|a| {
             a.iter()
                 .filter_map(|e| e.as_str())
-                .map(|e| crate::display::clip(e, 200))
+                .map(|e| keyveil_proto::display::clip(e, 200))
                 .collect()
         })
         .unwrap_or_default();

@@ -39,7 +39,7 @@ pub fn rules(template: &str) -> Result<Vec<String>, DynamicError> {
         {
             return Err(DynamicError::Config(format!(
                 "the Redis template may not contain {:?}: keyveil sets the user's password and state itself",
-                crate::display::clip(r, 20)
+                keyveil_proto::display::clip(r, 20)
             )));
         }
     }

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
-use crate::protocol::{
+use keyveil_proto::{
     AccessRequest, ClientInfo, ErrorCode, OutputMode, Reply, Request, RunRequest, RunResult,
 };
 use tools::*;
@@ -897,7 +897,7 @@ impl ServerHandler for KeyveilMcp {
         request: rmcp::model::CustomRequest,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CustomResult, ErrorData> {
-        let method = crate::display::clip(&request.method, 80);
+        let method = keyveil_proto::display::clip(&request.method, 80);
         let known = [
             "initialize",
             "ping",
@@ -936,7 +936,7 @@ impl ServerHandler for KeyveilMcp {
             None => Err(ErrorData::invalid_params(
                 format!(
                     "unknown tool {:?}; the tools are: {}",
-                    crate::display::clip(&name, 80),
+                    keyveil_proto::display::clip(&name, 80),
                     TOOL_NAMES.join(", ")
                 ),
                 None,
@@ -1006,7 +1006,7 @@ fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, CallToolResu
     }
     serde_path_to_error::deserialize(args).map_err(|e| {
         let at = e.path().to_string();
-        let what = crate::display::clip(&e.into_inner().to_string(), 300);
+        let what = keyveil_proto::display::clip(&e.into_inner().to_string(), 300);
         let at = if at.is_empty() || at == "." {
             String::new()
         } else {
@@ -1042,7 +1042,7 @@ fn oversized_string(v: &Value, path: &mut String) -> Option<String> {
             if !path.is_empty() {
                 path.push('.');
             }
-            path.push_str(&crate::display::clip(k, 80));
+            path.push_str(&keyveil_proto::display::clip(k, 80));
             let r = oversized_string(item, path);
             path.truncate(len);
             r

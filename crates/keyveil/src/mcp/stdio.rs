@@ -197,7 +197,7 @@ where
             match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(body) {
                 Ok(message) => return Some(message),
                 Err(e) => {
-                    let reason = crate::display::clip(&e.to_string(), MAX_REASON_CHARS);
+                    let reason = keyveil_proto::display::clip(&e.to_string(), MAX_REASON_CHARS);
                     let error = match e.classify() {
                         serde_json::error::Category::Data => ErrorData::invalid_request(
                             format!("not a valid MCP request: {reason}"),

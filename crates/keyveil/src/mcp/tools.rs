@@ -256,7 +256,7 @@ fn argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         Value::String(s) => Err(serde::de::Error::custom(format!(
             "`command` must be a list of strings (argv), not one string: write {} (or [\"sh\", \"-c\", {}] for shell syntax)",
             suggest_argv(&s),
-            Value::String(crate::display::clip(&s, 200))
+            Value::String(keyveil_proto::display::clip(&s, 200))
         ))),
         Value::Array(items) => items
             .into_iter()
@@ -291,7 +291,7 @@ fn request_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     parsed.ok_or_else(|| {
         serde::de::Error::custom(format!(
             "`request_id` must be a request number such as 7, got {}",
-            crate::display::clip(&v.to_string(), 40)
+            keyveil_proto::display::clip(&v.to_string(), 40)
         ))
     })
 }
@@ -300,7 +300,7 @@ fn suggest_argv(s: &str) -> String {
     let words: Vec<Value> = s
         .split_whitespace()
         .take(8)
-        .map(|w| Value::String(crate::display::clip(w, 40)))
+        .map(|w| Value::String(keyveil_proto::display::clip(w, 40)))
         .collect();
     Value::Array(words).to_string()
 }
@@ -952,7 +952,7 @@ pub fn render_audit(o: &AuditLogOutput) -> String {
         }
         s.push_str(&format!(
             "#{seq} {ts} {event} {}\n",
-            crate::display::clip(&Value::Object(rest).to_string(), 300)
+            keyveil_proto::display::clip(&Value::Object(rest).to_string(), 300)
         ));
     }
     s.pop();

@@ -50,7 +50,7 @@ use sha2::{Digest, Sha256};
 use super::Broker;
 use super::factor_ops::Proof;
 use super::state::{OpError, OpResult};
-use crate::protocol::{ErrorCode, Passphrase, Reply, Request};
+use keyveil_proto::{ErrorCode, Passphrase, Reply, Request};
 use view::prose;
 
 /// How long a URL token may wait for its first use.
@@ -945,7 +945,10 @@ pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpR
     if !keyveil_vault::is_valid_name(name) {
         return Err(OpError::new(
             ErrorCode::Usage,
-            format!("invalid variable name {:?}", crate::display::clip(name, 80)),
+            format!(
+                "invalid variable name {:?}",
+                keyveil_proto::display::clip(name, 80)
+            ),
         ));
     }
     // Where names are hidden the agent names the variable by its alias.

@@ -2,7 +2,7 @@
 //! same JSON `keyveil requests --json` prints).
 //!
 //! Two layers, each with one job:
-//! 1. the project's one escaper ([`crate::display`]) turns characters a human cannot see
+//! 1. the project's one escaper ([`keyveil_proto::display`]) turns characters a human cannot see
 //!    (controls, ANSI escapes, bidi overrides, zero-width and other format characters, Unicode
 //!    tags, odd spaces, long space runs) into visible escapes, and identifiers (argv, paths,
 //!    names) into printable ASCII, so the text on screen is the text that will run;
@@ -13,20 +13,20 @@ use askama::Template;
 use serde_json::Value;
 
 /// An identifier (argv element, path, name): printable ASCII only, via the project's one
-/// escaper ([`crate::display::visible`]).
+/// escaper ([`keyveil_proto::display::visible`]).
 fn ident(s: &str) -> String {
-    crate::display::visible(s)
+    keyveil_proto::display::visible(s)
 }
 
 /// Prose (the reason, risk details, broker messages): letters of any script stay; controls,
-/// bidi, zero-width, tags and odd spaces are escaped ([`crate::display::visible_text`]).
+/// bidi, zero-width, tags and odd spaces are escaped ([`keyveil_proto::display::visible_text`]).
 pub fn prose(s: &str) -> String {
-    crate::display::visible_text(s)
+    keyveil_proto::display::visible_text(s)
 }
 
 /// One argv element, quoted: the quotes on screen are the element's bounds.
 fn quoted(s: &str) -> String {
-    crate::display::quoted(s)
+    keyveil_proto::display::quoted(s)
 }
 
 /// One request card. Every string is already made visible; askama HTML-escapes it.

@@ -1,37 +1,7 @@
-//! The broker's IPC protocol: length-delimited frames over a Unix socket.
-//!
-//! Wire shape of one frame: a 4-byte big-endian length `N` (at most [`MAX_FRAME`] bytes),
-//! then `N` bytes whose first byte is a tag:
-//!
-//! | tag | payload |
-//! |---|---|
-//! | `0` ([`TAG_JSON`]) | one UTF-8 JSON document: a [`Request`] (client → broker) or a [`Reply`] (broker → client) |
-//! | `1` ([`TAG_STDOUT`]) | raw, already-redacted bytes of a run's stdout |
-//! | `2` ([`TAG_STDERR`]) | raw, already-redacted bytes of a run's stderr |
-//!
-//! A connection carries one request and the replies to it; the last reply of a request is
-//! always a JSON frame with [`Reply::is_final`] true.
-//!
-//! No factor (passphrase, TOTP code) ever travels over the socket: a change that needs one
-//! carries a [`FactorProof`] bound to the request's digest (`factor_proof.rs`), after the CLI
-//! has checked that the broker answering holds the vault's key. Passphrases reach a broker only
-//! through the stdin pipe of a broker the CLI started itself (`init`, `unlock`). A secret
-//! *value* appears in [`Request::VarSet`] (plain only for a first value, sealed under the factor
-//! key when it replaces one) and in [`DynamicAddRequest::admin`]. No reply ever carries a value:
-//! output frames are redacted before they are written.
+//! Requests: what a client (the CLI, the MCP server, the web page) asks the broker.
 
-use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
-
-/// Largest frame accepted in either direction, in bytes (16 MiB).
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Frame tag of a JSON document.
-pub const TAG_JSON: u8 = 0;
-/// Frame tag of redacted stdout bytes.
-pub const TAG_STDOUT: u8 = 1;
-/// Frame tag of redacted stderr bytes.
-pub const TAG_STDERR: u8 = 2;
 
 /// Who is asking: shown to the human at approval, and part of a grant's scope.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,7 +30,7 @@ pub enum OutputMode {
     /// Redacted output is sent as stdout/stderr frames as it arrives (the CLI).
     Stream,
     /// Redacted output is collected, each stream capped at `cap_bytes`, and returned in the
-    /// final [`RunResult`] (the MCP server).
+    /// final [`RunResult`](crate::RunResult) (the MCP server).
     Collect {
         /// Cap per stream, in bytes; the rest is drained and dropped (`truncated: true`).
         cap_bytes: usize,
@@ -96,7 +66,7 @@ pub struct RunRequest {
     pub reason: Option<String>,
     /// Requested grant lifetime in seconds, if the human approves for a duration.
     pub ttl_seconds: Option<u64>,
-    /// Seconds to wait for an approval before replying [`Reply::Pending`] as final.
+    /// Seconds to wait for an approval before replying [`Reply::Pending`](crate::Reply::Pending) as final.
     pub wait_seconds: u64,
     /// How output comes back.
     pub output: OutputMode,
@@ -129,7 +99,7 @@ pub struct AccessRequest {
 }
 
 /// Character set of a generated value.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Charset {
     /// `A-Za-z0-9`.
@@ -649,238 +619,10 @@ pub enum PolicyChange {
     },
 }
 
-/// Error classes; each maps to a CLI exit code (0 ok, 1 error, 2 usage, 3 denied, 4 locked, 5
-/// timed out waiting for approval; see the README).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// Generic failure (exit 1).
-    Failed,
-    /// Bad input (exit 2).
-    Usage,
-    /// Denied by the human, by policy, a wrong factor or a revoked grant (exit 3).
-    Denied,
-    /// The vault is locked (exit 4).
-    Locked,
-    /// Timed out waiting for approval (exit 5).
-    Timeout,
-    /// Something named does not exist (exit 1).
-    NotFound,
-}
-
-impl ErrorCode {
-    /// CLI exit code for this class.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            ErrorCode::Failed | ErrorCode::NotFound => 1,
-            ErrorCode::Usage => 2,
-            ErrorCode::Denied => 3,
-            ErrorCode::Locked => 4,
-            ErrorCode::Timeout => 5,
-        }
-    }
-}
-
-/// The result of one finished run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunResult {
-    /// Run id (`r-` + hex).
-    pub run_id: String,
-    /// Grant id the run used.
-    pub grant_id: String,
-    /// Exit code, or `128 + signal` when the child was killed by a signal.
-    pub exit_code: i32,
-    /// Signal number that ended the child, if any.
-    pub signal: Option<i32>,
-    /// Number of redactions made across stdout and stderr.
-    pub redactions: u64,
-    /// Collected redacted stdout (UTF-8, lossy) in `Collect` mode.
-    pub stdout: String,
-    /// Collected redacted stderr (UTF-8, lossy) in `Collect` mode.
-    pub stderr: String,
-    /// `true` if a stream went over the cap and was cut.
-    pub truncated: bool,
-    /// `true` if the run hit its timeout and was killed.
-    pub timed_out: bool,
-    /// `true` if the grant was revoked while the run was live and the run was killed.
-    pub revoked: bool,
-    /// Wall time from spawn to exit, in milliseconds.
-    pub duration_ms: u64,
-    /// Values the run wrote into files (found by the post-run scan): variable and path, never
-    /// the value.
-    #[serde(default)]
-    pub write_leaks: Vec<WriteLeak>,
-    /// What the post-run scan covered.
-    #[serde(default)]
-    pub write_scan: Option<WriteScanSummary>,
-}
-
-/// A value found in a file a run wrote.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WriteLeak {
-    /// Variable name.
-    pub variable: String,
-    /// File (for archive members `archive!member`).
-    pub path: String,
-    /// The form it was found in (`raw`, `base64`, `utf-16le`, `gzip`, `git-object`, ...).
-    pub form: String,
-    /// What keyveil did: `reported`, `quarantined` (moved aside, mode 0600) or `failed` (the
-    /// run's exit code was forced to 1 after reporting).
-    pub action: String,
-}
-
-/// The extent of a post-run write scan.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WriteScanSummary {
-    /// Files read.
-    pub files_scanned: u64,
-    /// Bytes read.
-    pub bytes_scanned: u64,
-    /// A limit cut the scan short.
-    pub truncated: bool,
-    /// Scan time, milliseconds.
-    pub elapsed_ms: u64,
-}
-
-/// Broker → client JSON replies. Tagged by `kind`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Reply {
-    /// Success with a request-specific JSON payload.
-    Ok {
-        /// Payload.
-        data: serde_json::Value,
-    },
-    /// Failure the user can act on.
-    Error {
-        /// Class.
-        code: ErrorCode,
-        /// What happened.
-        message: String,
-        /// What to do next.
-        hint: Option<String>,
-    },
-    /// A run waits for approval (`is_final` false while the broker keeps waiting).
-    Pending {
-        /// Request id to approve.
-        request_id: u64,
-        /// What the human should do.
-        hint: String,
-        /// `true` when the broker has stopped waiting and closes the exchange.
-        #[serde(rename = "final")]
-        is_final: bool,
-    },
-    /// A run started under a grant.
-    Started {
-        /// Run id.
-        run_id: String,
-        /// Grant id.
-        grant_id: String,
-    },
-    /// A run ended.
-    Exit(RunResult),
-}
-
-impl Reply {
-    /// Whether this reply ends the exchange.
-    pub fn is_final(&self) -> bool {
-        match self {
-            Reply::Ok { .. } | Reply::Error { .. } | Reply::Exit(_) => true,
-            Reply::Pending { is_final, .. } => *is_final,
-            Reply::Started { .. } => false,
-        }
-    }
-
-    /// Shorthand for an error reply.
-    pub fn error(code: ErrorCode, message: impl Into<String>, hint: Option<String>) -> Reply {
-        Reply::Error {
-            code,
-            message: message.into(),
-            hint,
-        }
-    }
-
-    /// Shorthand for a success reply.
-    pub fn ok(data: serde_json::Value) -> Reply {
-        Reply::Ok { data }
-    }
-}
-
-/// A decoded frame.
-#[derive(Debug)]
-pub enum Frame {
-    /// A JSON document (still to be parsed as [`Request`] or [`Reply`]).
-    Json(Bytes),
-    /// Redacted stdout bytes.
-    Stdout(Bytes),
-    /// Redacted stderr bytes.
-    Stderr(Bytes),
-}
-
-/// Errors decoding a frame body; the peer is at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// Zero-length frame (no tag byte).
-    #[error("empty frame")]
-    Empty,
-    /// Unknown tag byte.
-    #[error("unknown frame tag {0}")]
-    UnknownTag(u8),
-}
-
-impl Frame {
-    /// Splits a frame body (after the length prefix) into tag and payload.
-    pub fn decode(mut body: BytesMut) -> Result<Frame, FrameError> {
-        if body.is_empty() {
-            return Err(FrameError::Empty);
-        }
-        let tag = body.split_to(1);
-        let payload = body.freeze();
-        match tag.first().copied() {
-            Some(TAG_JSON) => Ok(Frame::Json(payload)),
-            Some(TAG_STDOUT) => Ok(Frame::Stdout(payload)),
-            Some(TAG_STDERR) => Ok(Frame::Stderr(payload)),
-            Some(t) => Err(FrameError::UnknownTag(t)),
-            None => Err(FrameError::Empty),
-        }
-    }
-
-    /// Encodes a tagged body (without the length prefix).
-    pub fn encode(tag: u8, payload: &[u8]) -> Bytes {
-        let mut b = BytesMut::with_capacity(payload.len() + 1);
-        b.extend_from_slice(&[tag]);
-        b.extend_from_slice(payload);
-        b.freeze()
-    }
-
-    /// Encodes a JSON value as a frame body.
-    pub fn json<T: Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
-        let v = serde_json::to_vec(value)?;
-        Ok(Frame::encode(TAG_JSON, &v))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-
-    #[test]
-    fn frame_round_trip_and_bad_tags() {
-        let body = Frame::encode(TAG_STDERR, b"abc");
-        match Frame::decode(BytesMut::from(&body[..])).unwrap() {
-            Frame::Stderr(p) => assert_eq!(&p[..], b"abc"),
-            other => panic!("wrong frame {other:?}"),
-        }
-        assert!(matches!(
-            Frame::decode(BytesMut::new()),
-            Err(FrameError::Empty)
-        ));
-        assert!(matches!(
-            Frame::decode(BytesMut::from(&[9u8, 1][..])),
-            Err(FrameError::UnknownTag(9))
-        ));
-    }
 
     #[test]
     fn debug_of_requests_never_shows_a_passphrase_or_value() {
