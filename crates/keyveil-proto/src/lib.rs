@@ -26,6 +26,7 @@
 //! sans-IO (the `tokio-util` feature adds the `Decoder`/`Encoder` impls the broker uses), so
 //! the `frame_decoder` fuzz target builds it alone.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod display;
 pub mod frame;

@@ -21,7 +21,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// What the human typed.
 #[derive(Debug)]
-pub enum FactorInput {
+pub(crate) enum FactorInput {
     /// The vault passphrase.
     Passphrase(Passphrase),
     /// A 6-digit TOTP code.
@@ -30,7 +30,7 @@ pub enum FactorInput {
 
 /// Refusals the human must read as such (the CLI turns them into exit codes).
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// The passphrase does not open the vault file.
     #[error("wrong passphrase (checked against the vault file {path}); nothing was sent")]
     WrongPassphrase {
@@ -52,7 +52,7 @@ pub enum AuthError {
 
 /// A challenge the broker answered with a proof that it holds our factor key: what a request
 /// needs to be signed, and the key for sealing what travels with it.
-pub struct Authorized {
+pub(crate) struct Authorized {
     challenge: String,
     index: usize,
     key: FactorKey,
@@ -61,7 +61,7 @@ pub struct Authorized {
 
 impl Authorized {
     /// Puts the proof for `req`, exactly as it will be sent, into it.
-    pub fn sign(&self, req: &mut Request) {
+    pub(crate) fn sign(&self, req: &mut Request) {
         let digest = factor_proof::request_digest(&serde_json::to_value(&*req).unwrap_or_default());
         req.set_factor(FactorProof {
             challenge: self.challenge.clone(),
@@ -74,7 +74,7 @@ impl Authorized {
     ///
     /// # Errors
     /// The OS random source failed.
-    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<String> {
+    pub(crate) fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<String> {
         Ok(factor_proof::seal_in_transit(
             &self.key,
             &self.nonce,
@@ -87,7 +87,7 @@ impl Authorized {
     ///
     /// # Errors
     /// It does not authenticate: it did not come from the broker that proved itself.
-    pub fn open(&self, aad: &[u8], sealed: &str) -> Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &str) -> Result<Zeroizing<Vec<u8>>> {
         Ok(factor_proof::open_in_transit(
             &self.key,
             &self.nonce,
@@ -101,7 +101,7 @@ impl Authorized {
 ///
 /// # Errors
 /// [`AuthError::WrongPassphrase`]; the vault file cannot be read.
-pub async fn passphrase_key(paths: &Paths, pass: &Passphrase) -> Result<FactorKey> {
+pub(crate) async fn passphrase_key(paths: &Paths, pass: &Passphrase) -> Result<FactorKey> {
     let path = paths.vault();
     let pass = pass.clone();
     let shown = path.display().to_string();
@@ -224,7 +224,7 @@ async fn challenge(
 ///
 /// # Errors
 /// [`AuthError`] (wrong passphrase, wrong TOTP code, not our broker); I/O.
-pub async fn authorize(paths: &Paths, input: &FactorInput) -> Result<Authorized> {
+pub(crate) async fn authorize(paths: &Paths, input: &FactorInput) -> Result<Authorized> {
     let got = match input {
         FactorInput::Passphrase(p) => {
             let key = passphrase_key(paths, p).await?;
@@ -247,7 +247,7 @@ pub async fn authorize(paths: &Paths, input: &FactorInput) -> Result<Authorized>
 ///
 /// # Errors
 /// As [`authorize`], and the connection's.
-pub async fn call(paths: &Paths, input: &FactorInput, mut req: Request) -> Result<Reply> {
+pub(crate) async fn call(paths: &Paths, input: &FactorInput, mut req: Request) -> Result<Reply> {
     let a = authorize(paths, input).await?;
     a.sign(&mut req);
     client::call(paths, &req).await
@@ -314,7 +314,7 @@ async fn bootstrap(paths: &Paths, b: Bootstrap) -> Result<serde_json::Value> {
 /// # Errors
 /// [`AuthError::WrongPassphrase`]; another process holds the broker lock; the new broker failed
 /// or is not the one answering.
-pub async fn unlock(paths: &Paths, pass: Passphrase) -> Result<bool> {
+pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<bool> {
     let key = passphrase_key(paths, &pass).await?;
     if is_ours_unlocked(paths, &key).await {
         return Ok(true);
@@ -336,7 +336,7 @@ pub async fn unlock(paths: &Paths, pass: Passphrase) -> Result<bool> {
 ///
 /// # Errors
 /// A vault exists; a broker is unlocked; the creation failed.
-pub async fn init(
+pub(crate) async fn init(
     paths: &Paths,
     pass: Passphrase,
     kdf_memory_kib: Option<u32>,

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 /// Escapes one requester-supplied identifier for a terminal (see [`keyveil_proto::display::visible`]).
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     keyveil_proto::display::visible(s)
 }
 
@@ -19,7 +19,7 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 /// argv on one line, each element quoted (`"echo" "hi"`), for lists.
-pub fn argv_inline(argv: &Value) -> String {
+pub(crate) fn argv_inline(argv: &Value) -> String {
     argv.as_array()
         .map(|a| {
             a.iter()
@@ -45,7 +45,7 @@ fn names(v: &Value) -> String {
 /// The process that really connected, as the broker read it from the socket and `/proc`
 /// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`. Every string is
 /// escaped (a process names itself).
-pub fn connection(peer: &Value) -> String {
+pub(crate) fn connection(peer: &Value) -> String {
     let proc_text = |p: &Value| {
         let exe = p["exe"]
             .as_str()
@@ -87,7 +87,7 @@ pub fn connection(peer: &Value) -> String {
 /// Facts the broker established come first; the requester's reason comes last, labelled as an
 /// unverified claim. argv is one element per line, quoted, never truncated, with its element
 /// count and total length so padding cannot hide a tail.
-pub fn render(r: &Value) -> String {
+pub(crate) fn render(r: &Value) -> String {
     let mut out = String::new();
     let client = r.get("client").cloned().unwrap_or(Value::Null);
     out.push_str(&format!(
@@ -191,7 +191,7 @@ pub fn render(r: &Value) -> String {
 }
 
 /// The risk flags of a request, `new-variable` followed by the variables it names.
-pub fn risk_flags(r: &Value) -> String {
+pub(crate) fn risk_flags(r: &Value) -> String {
     let new: Vec<String> = r["new_variables"]
         .as_array()
         .into_iter()
@@ -215,7 +215,7 @@ pub fn risk_flags(r: &Value) -> String {
 }
 
 /// One entry of a request's `new_variables`: its name, and who stored it when.
-pub fn new_variable(n: &Value) -> String {
+pub(crate) fn new_variable(n: &Value) -> String {
     let when = n["stored_at"]
         .as_str()
         .or_else(|| n["created_at"].as_str())
@@ -234,7 +234,7 @@ pub fn new_variable(n: &Value) -> String {
 
 /// One entry of a request's `chosen_values`: `NAME = "value"` (escaped, with a marker when only
 /// part of it is shown) and where it comes from.
-pub fn chosen_value(c: &Value) -> String {
+pub(crate) fn chosen_value(c: &Value) -> String {
     let name = c["name"]
         .as_str()
         .or_else(|| c["variable"].as_str())
@@ -264,7 +264,7 @@ pub fn chosen_value(c: &Value) -> String {
 }
 
 /// One audit entry as a line.
-pub fn audit_line(e: &Value) -> String {
+pub(crate) fn audit_line(e: &Value) -> String {
     let mut rest = Vec::new();
     if let Some(o) = e.as_object() {
         for (k, v) in o {

@@ -13,7 +13,7 @@ use keyveil_proto::{Bootstrap, Frame, FrameCodec, Reply, Request};
 
 /// One event read from the broker.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// A JSON reply.
     Reply(Reply),
     /// Redacted stdout bytes of a run.
@@ -24,18 +24,18 @@ pub enum Event {
 
 /// The codec both ends use: 4-byte big-endian length, bodies up to
 /// [`keyveil_proto::MAX_FRAME`] bytes.
-pub fn codec() -> FrameCodec {
+pub(crate) fn codec() -> FrameCodec {
     FrameCodec
 }
 
 /// A connection carrying one request.
-pub struct Connection {
+pub(crate) struct Connection {
     framed: Framed<UnixStream, FrameCodec>,
 }
 
 impl Connection {
     /// Connects to the broker of `paths`, starting one if none answers (waits up to 10 s).
-    pub async fn open(paths: &Paths) -> Result<Connection> {
+    pub(crate) async fn open(paths: &Paths) -> Result<Connection> {
         paths.check_socket_len()?;
         if let Ok(s) = UnixStream::connect(paths.socket()).await {
             return Ok(Connection::wrap(s));
@@ -62,7 +62,7 @@ impl Connection {
     }
 
     /// Connects only if a broker is running; `None` otherwise.
-    pub async fn open_existing(paths: &Paths) -> Option<Connection> {
+    pub(crate) async fn open_existing(paths: &Paths) -> Option<Connection> {
         UnixStream::connect(paths.socket())
             .await
             .ok()
@@ -76,7 +76,7 @@ impl Connection {
     }
 
     /// Sends the request.
-    pub async fn send(&mut self, req: &Request) -> Result<()> {
+    pub(crate) async fn send(&mut self, req: &Request) -> Result<()> {
         let body = Frame::json(req).context("cannot encode the request")?;
         self.framed
             .send(body)
@@ -85,7 +85,7 @@ impl Connection {
     }
 
     /// Reads the next event; `None` when the broker closed the connection.
-    pub async fn next(&mut self) -> Result<Option<Event>> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Event>> {
         let Some(frame) = self.framed.next().await else {
             return Ok(None);
         };
@@ -100,7 +100,7 @@ impl Connection {
     }
 
     /// Reads events until the final reply and returns it (output frames are dropped).
-    pub async fn final_reply(&mut self) -> Result<Reply> {
+    pub(crate) async fn final_reply(&mut self) -> Result<Reply> {
         while let Some(ev) = self.next().await? {
             if let Event::Reply(r) = ev
                 && r.is_final()
@@ -113,7 +113,7 @@ impl Connection {
 }
 
 /// Sends one request on a fresh connection and returns the final reply.
-pub async fn call(paths: &Paths, req: &Request) -> Result<Reply> {
+pub(crate) async fn call(paths: &Paths, req: &Request) -> Result<Reply> {
     let mut c = Connection::open(paths).await?;
     c.send(req).await?;
     c.final_reply().await
@@ -121,7 +121,7 @@ pub async fn call(paths: &Paths, req: &Request) -> Result<Reply> {
 
 /// Sends one request only if a broker answers at the socket (never starts one); `None` when
 /// nothing answers.
-pub async fn call_existing(paths: &Paths, req: &Request) -> Option<Result<Reply>> {
+pub(crate) async fn call_existing(paths: &Paths, req: &Request) -> Option<Result<Reply>> {
     let mut c = Connection::open_existing(paths).await?;
     Some(
         async move {
@@ -141,7 +141,11 @@ pub async fn call_existing(paths: &Paths, req: &Request) -> Option<Result<Reply>
 /// returns it.
 ///
 /// Errors: the broker cannot be started, or gives no answer in time (see its log).
-pub fn start_broker_with(paths: &Paths, bootstrap: &Bootstrap, timeout: Duration) -> Result<Reply> {
+pub(crate) fn start_broker_with(
+    paths: &Paths,
+    bootstrap: &Bootstrap,
+    timeout: Duration,
+) -> Result<Reply> {
     use std::io::{BufRead, Write};
     use std::os::fd::OwnedFd;
     paths.ensure_dirs()?;

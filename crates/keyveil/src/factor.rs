@@ -5,13 +5,13 @@
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 
 /// Seed length in bytes (160 bits, RFC 4226 §4 recommends at least 128, SHA-1's block 160).
-pub const SEED_BYTES: usize = 20;
+pub(crate) const SEED_BYTES: usize = 20;
 /// Step length, seconds.
-pub const STEP_SECONDS: u64 = 30;
+pub(crate) const STEP_SECONDS: u64 = 30;
 
 /// Why a code was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TotpError {
+pub(crate) enum TotpError {
     /// Not a current code (wrong, or outside the ±1 step window).
     #[error("wrong or expired TOTP code")]
     Wrong,
@@ -24,7 +24,7 @@ pub enum TotpError {
 }
 
 /// A fresh random seed.
-pub fn new_seed() -> Result<Vec<u8>, getrandom::Error> {
+pub(crate) fn new_seed() -> Result<Vec<u8>, getrandom::Error> {
     let mut b = vec![0u8; SEED_BYTES];
     getrandom::fill(&mut b)?;
     Ok(b)
@@ -44,19 +44,19 @@ fn totp(seed: &[u8], account: &str) -> Result<Totp, TotpError> {
 }
 
 /// The seed as RFC 4648 base32 (what the vault stores).
-pub fn to_base32(seed: &[u8]) -> String {
+pub(crate) fn to_base32(seed: &[u8]) -> String {
     Secret::new(seed.to_vec().into_boxed_slice()).to_base32()
 }
 
 /// The seed from base32.
-pub fn from_base32(s: &str) -> Result<Vec<u8>, TotpError> {
+pub(crate) fn from_base32(s: &str) -> Result<Vec<u8>, TotpError> {
     Secret::try_from_base32(s)
         .map(|s| s.as_bytes().to_vec())
         .map_err(|_| TotpError::BadSeed)
 }
 
 /// The `otpauth://totp/...` URI an authenticator app imports (Key Uri Format).
-pub fn uri(seed: &[u8], account: &str) -> Result<String, TotpError> {
+pub(crate) fn uri(seed: &[u8], account: &str) -> Result<String, TotpError> {
     totp(seed, account)?
         .to_url()
         .map_err(|_| TotpError::BadSeed)
@@ -64,7 +64,7 @@ pub fn uri(seed: &[u8], account: &str) -> Result<String, TotpError> {
 
 /// The code for a time (tests).
 #[cfg(test)]
-pub fn code_at(seed: &[u8], unix_seconds: u64) -> Result<String, TotpError> {
+pub(crate) fn code_at(seed: &[u8], unix_seconds: u64) -> Result<String, TotpError> {
     Ok(totp(seed, "keyveil")?.generate(unix_seconds).to_string())
 }
 
@@ -73,14 +73,14 @@ pub fn code_at(seed: &[u8], unix_seconds: u64) -> Result<String, TotpError> {
 ///
 /// # Errors
 /// [`TotpError::BadSeed`].
-pub fn code_for_step(seed: &[u8], step: u64) -> Result<String, TotpError> {
+pub(crate) fn code_for_step(seed: &[u8], step: u64) -> Result<String, TotpError> {
     Ok(totp(seed, "keyveil")?
         .generate(step.saturating_mul(STEP_SECONDS))
         .to_string())
 }
 
 /// Checks `code` at `unix_seconds`; returns the matched step, refusing steps `<= last_step`.
-pub fn verify(
+pub(crate) fn verify(
     seed: &[u8],
     code: &str,
     unix_seconds: u64,
@@ -99,7 +99,7 @@ pub fn verify(
 }
 
 /// The URI as a QR code of Unicode half blocks, for a terminal.
-pub fn qr_text(uri: &str) -> String {
+pub(crate) fn qr_text(uri: &str) -> String {
     match qrcode::QrCode::new(uri.as_bytes()) {
         Ok(code) => code
             .render::<qrcode::render::unicode::Dense1x2>()
@@ -112,7 +112,7 @@ pub fn qr_text(uri: &str) -> String {
 }
 
 /// Seconds since the Unix epoch.
-pub fn now_seconds() -> u64 {
+pub(crate) fn now_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -35,11 +35,11 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 use zeroize::Zeroizing;
 
 /// Length of every nonce, key, MAC and digest here, in bytes.
-pub const LEN: usize = 32;
+pub(crate) const LEN: usize = 32;
 
 /// How many TOTP time steps a challenge offers: the previous, current and next 30-second step
 /// (RFC 6238 §5.2 allows this skew).
-pub const TOTP_STEPS: usize = 3;
+pub(crate) const TOTP_STEPS: usize = 3;
 
 const HELLO: &[u8] = b"keyveil/v1/factor-hello";
 const PROOF: &[u8] = b"keyveil/v1/factor-proof";
@@ -53,11 +53,11 @@ const ID_BROKER: &[u8] = b"keyveil-broker";
 /// A 32-byte key that proves a factor: the passphrase's (derived from the vault's data key) or
 /// the one a TOTP SPAKE2 exchange agreed. Wiped on drop; `Debug` shows nothing.
 #[derive(Clone)]
-pub struct FactorKey(Zeroizing<[u8; LEN]>);
+pub(crate) struct FactorKey(Zeroizing<[u8; LEN]>);
 
 impl FactorKey {
     /// Wraps 32 key bytes.
-    pub fn new(bytes: Zeroizing<[u8; LEN]>) -> FactorKey {
+    pub(crate) fn new(bytes: Zeroizing<[u8; LEN]>) -> FactorKey {
         FactorKey(bytes)
     }
 }
@@ -70,7 +70,7 @@ impl std::fmt::Debug for FactorKey {
 
 /// Why a proof step failed. No variant carries key material.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ProofError {
+pub(crate) enum ProofError {
     /// A hex field did not decode to the expected length (the peer sent garbage).
     #[error("a factor field is not {LEN} bytes of hex")]
     Malformed,
@@ -89,7 +89,7 @@ pub enum ProofError {
 ///
 /// # Errors
 /// [`ProofError::Random`] when the OS refuses.
-pub fn random_nonce() -> Result<[u8; LEN], ProofError> {
+pub(crate) fn random_nonce() -> Result<[u8; LEN], ProofError> {
     let mut n = [0u8; LEN];
     getrandom::fill(&mut n).map_err(|_| ProofError::Random)?;
     Ok(n)
@@ -99,7 +99,7 @@ pub fn random_nonce() -> Result<[u8; LEN], ProofError> {
 ///
 /// # Errors
 /// [`ProofError::Malformed`] for anything else.
-pub fn parse32(hex_text: &str) -> Result<[u8; LEN], ProofError> {
+pub(crate) fn parse32(hex_text: &str) -> Result<[u8; LEN], ProofError> {
     let mut out = [0u8; LEN];
     hex::decode_to_slice(hex_text, &mut out).map_err(|_| ProofError::Malformed)?;
     Ok(out)
@@ -118,19 +118,27 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; LEN] {
 }
 
 /// Constant-time equality of two 32-byte strings.
-pub fn same(a: &[u8; LEN], b: &[u8; LEN]) -> bool {
+pub(crate) fn same(a: &[u8; LEN], b: &[u8; LEN]) -> bool {
     subtle::ConstantTimeEq::ct_eq(&a[..], &b[..]).into()
 }
 
 /// The broker's answer to a challenge: `HMAC(key, "keyveil/v1/factor-hello" ‖ client_nonce ‖
 /// broker_nonce)`. Only a holder of the factor key can make it.
-pub fn hello_mac(key: &FactorKey, client_nonce: &[u8; LEN], broker_nonce: &[u8; LEN]) -> [u8; LEN] {
+pub(crate) fn hello_mac(
+    key: &FactorKey,
+    client_nonce: &[u8; LEN],
+    broker_nonce: &[u8; LEN],
+) -> [u8; LEN] {
     hmac(&key.0[..], &[HELLO, client_nonce, broker_nonce])
 }
 
 /// The CLI's proof for one request: `HMAC(key, "keyveil/v1/factor-proof" ‖ broker_nonce ‖
 /// digest)`.
-pub fn client_proof(key: &FactorKey, broker_nonce: &[u8; LEN], digest: &[u8; LEN]) -> [u8; LEN] {
+pub(crate) fn client_proof(
+    key: &FactorKey,
+    broker_nonce: &[u8; LEN],
+    digest: &[u8; LEN],
+) -> [u8; LEN] {
     hmac(&key.0[..], &[PROOF, broker_nonce, digest])
 }
 
@@ -143,7 +151,7 @@ fn canonical(v: &serde_json::Value) -> Vec<u8> {
 /// SHA-256 over `"keyveil/v1/request-digest\0"` and the canonical JSON of a request with its
 /// top-level `factor` field removed: what a [`client_proof`] binds. Both ends compute it from
 /// the request itself, so a changed byte anywhere breaks the proof.
-pub fn request_digest(request: &serde_json::Value) -> [u8; LEN] {
+pub(crate) fn request_digest(request: &serde_json::Value) -> [u8; LEN] {
     let mut v = request.clone();
     if let Some(o) = v.as_object_mut() {
         o.remove("factor");
@@ -169,7 +177,7 @@ const VOLATILE: &[&str] = &[
 /// SHA-256 (hex) of a pending request as the human was shown it (the JSON of one entry of the
 /// `requests` reply, volatile fields removed). The CLI puts it in `approve`, the broker
 /// recomputes it from the request it holds: an approval applies only to what was on the card.
-pub fn card_digest(card: &serde_json::Value) -> String {
+pub(crate) fn card_digest(card: &serde_json::Value) -> String {
     let mut v = card.clone();
     if let Some(o) = v.as_object_mut() {
         for k in VOLATILE {
@@ -192,7 +200,7 @@ fn transit_cipher(key: &FactorKey, broker_nonce: &[u8; LEN]) -> XChaCha20Poly130
 ///
 /// # Errors
 /// [`ProofError::Random`].
-pub fn seal_in_transit(
+pub(crate) fn seal_in_transit(
     key: &FactorKey,
     broker_nonce: &[u8; LEN],
     aad: &[u8],
@@ -213,7 +221,7 @@ pub fn seal_in_transit(
 /// # Errors
 /// [`ProofError::Malformed`] for bad hex or a short input; [`ProofError::Unseal`] when it does
 /// not authenticate.
-pub fn open_in_transit(
+pub(crate) fn open_in_transit(
     key: &FactorKey,
     broker_nonce: &[u8; LEN],
     aad: &[u8],
@@ -236,7 +244,7 @@ fn totp_key(shared: &[u8]) -> FactorKey {
 
 /// The CLI's side of a TOTP exchange: [`TOTP_STEPS`] SPAKE2 (side A) states, all with the code
 /// the human typed, one per candidate step.
-pub struct TotpClient {
+pub(crate) struct TotpClient {
     states: Vec<Spake2<Ed25519Group>>,
 }
 
@@ -249,7 +257,7 @@ impl std::fmt::Debug for TotpClient {
 impl TotpClient {
     /// Starts [`TOTP_STEPS`] exchanges with `code`; returns the state and the messages (hex) to
     /// send in the challenge.
-    pub fn start(code: &str) -> (TotpClient, Vec<String>) {
+    pub(crate) fn start(code: &str) -> (TotpClient, Vec<String>) {
         let pw = Password::new(code.trim().as_bytes());
         let mut states = Vec::with_capacity(TOTP_STEPS);
         let mut msgs = Vec::with_capacity(TOTP_STEPS);
@@ -267,7 +275,7 @@ impl TotpClient {
 
     /// Finishes each exchange with the broker's message for it (`None` where the broker offered
     /// none: a step already used) and returns the keys, in order.
-    pub fn finish(self, broker_msgs: &[Option<String>]) -> Vec<Option<FactorKey>> {
+    pub(crate) fn finish(self, broker_msgs: &[Option<String>]) -> Vec<Option<FactorKey>> {
         self.states
             .into_iter()
             .zip(broker_msgs.iter().chain(std::iter::repeat(&None)))
@@ -285,7 +293,7 @@ impl TotpClient {
 /// # Errors
 /// [`ProofError::Malformed`] for bad hex; [`ProofError::Exchange`] when SPAKE2 refuses the
 /// message.
-pub fn totp_broker(
+pub(crate) fn totp_broker(
     code_for_step: &str,
     client_msg_hex: &str,
 ) -> Result<(String, FactorKey), ProofError> {

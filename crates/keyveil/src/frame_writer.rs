@@ -10,7 +10,7 @@ use keyveil_proto::{FrameError, MAX_FRAME};
 /// tag byte go out together with the payload in vectored writes (the `Framed`
 /// sink copies every payload into its own buffer first). Readers decode the frames with the
 /// same codec as before ([`crate::client::codec`]).
-pub struct FrameWriter<W> {
+pub(crate) struct FrameWriter<W> {
     io: W,
     /// A frame write was started and not finished (its future was dropped): the stream is
     /// no longer well formed and every later write fails.
@@ -19,12 +19,12 @@ pub struct FrameWriter<W> {
 
 impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps the write side of a connection.
-    pub fn new(io: W) -> FrameWriter<W> {
+    pub(crate) fn new(io: W) -> FrameWriter<W> {
         FrameWriter { io, torn: false }
     }
 
     /// Writes an already tagged frame body (the output of [`keyveil_proto::Frame::json`] or [`keyveil_proto::Frame::encode`]).
-    pub async fn send(&mut self, body: Bytes) -> std::io::Result<()> {
+    pub(crate) async fn send(&mut self, body: Bytes) -> std::io::Result<()> {
         let Some((&tag, payload)) = body.split_first() else {
             return Err(std::io::Error::other(FrameError::Empty));
         };
@@ -33,7 +33,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes `payload` as one or more frames tagged `tag` (a payload longer than
     /// [`MAX_FRAME`] − 1 bytes is split, so the reader's length limit always holds).
-    pub async fn write_frame(&mut self, tag: u8, payload: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn write_frame(&mut self, tag: u8, payload: &[u8]) -> std::io::Result<()> {
         let mut rest = payload;
         loop {
             let (now, later) = rest.split_at(rest.len().min(MAX_FRAME - 1));

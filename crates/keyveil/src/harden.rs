@@ -26,7 +26,7 @@
 ///
 /// Errors are returned, not ignored: the broker refuses to start without them on Linux.
 #[cfg(target_os = "linux")]
-pub fn harden_broker() -> std::io::Result<()> {
+pub(crate) fn harden_broker() -> std::io::Result<()> {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
     setrlimit(
@@ -86,7 +86,7 @@ fn lock_memory() {
 /// read its memory meanwhile (where Yama's `ptrace_scope` is 0, any same-user process could otherwise
 /// attach). A failure is ignored: the CLI still works, as it did before.
 #[cfg(target_os = "linux")]
-pub fn harden_cli() {
+pub(crate) fn harden_cli() {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     let _ = set_dumpable_behavior(DumpableBehavior::NotDumpable);
     let _ = setrlimit(
@@ -113,7 +113,7 @@ pub fn harden_broker() -> std::io::Result<()> {
 /// dies, and each descriptor of `keep_fds` (the verified executable, the reaper's report pipe)
 /// stays open across `exec`, so the child can execute `/proc/self/fd/N` or write to it.
 #[cfg(target_os = "linux")]
-pub fn prepare_child(cmd: &mut std::process::Command, keep_fds: Vec<i32>) {
+pub(crate) fn prepare_child(cmd: &mut std::process::Command, keep_fds: Vec<i32>) {
     use std::os::unix::process::CommandExt;
     let parent_pid = std::process::id();
     // SAFETY: the closure runs in the forked child before exec; it only makes raw system calls
@@ -151,7 +151,7 @@ pub fn prepare_child(_cmd: &mut std::process::Command, _keep_fds: Vec<i32>) {}
 /// close-on-exec so it reaches no further program. `None` when `fd` is not an open descriptor
 /// or is one of the standard streams.
 #[cfg(target_os = "linux")]
-pub fn adopt_inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn adopt_inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     if fd <= 2 {
         return None;
@@ -171,7 +171,7 @@ pub fn adopt_inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
 }
 
 /// Puts a spawned broker in its own process group so a terminal's Ctrl-C does not reach it.
-pub fn detach(cmd: &mut std::process::Command) {
+pub(crate) fn detach(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
 }
@@ -180,7 +180,7 @@ pub fn detach(cmd: &mut std::process::Command) {
 /// step of `keyveil agent`'s sandbox, see `sandbox.rs`). The kernel refuses a new user
 /// namespace to a multi-threaded process, so call it before any thread exists.
 #[cfg(target_os = "linux")]
-pub fn enter_user_and_mount_namespaces() -> std::io::Result<()> {
+pub(crate) fn enter_user_and_mount_namespaces() -> std::io::Result<()> {
     use rustix::thread::{UnshareFlags, unshare_unsafe};
     // SAFETY: `unshare` is unsafe only because `UnshareFlags::FILES` would give this thread a
     // descriptor table of its own while other threads keep using descriptors it no longer sees.

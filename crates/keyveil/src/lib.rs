@@ -6,29 +6,42 @@
 //! else is private to this library, except the write-side [`scan`] (measured on its own by
 //! `benches/scan.rs`).
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod authorize;
 mod broker;
 mod card;
 mod cli;
 mod client;
+// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
+#[allow(unreachable_pub)]
 mod demo;
 mod dynamic;
 mod factor;
 mod factor_proof;
 mod frame_writer;
 mod harden;
+// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
+#[allow(unreachable_pub)]
 mod loaders;
 mod logging;
 mod mcp;
 mod notify;
 mod paths;
+// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
+#[allow(unreachable_pub)]
 mod pin;
+// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
+#[allow(unreachable_pub)]
 mod reap;
 mod redact;
+// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
+#[allow(unreachable_pub)]
 mod risk;
 mod sandbox;
 pub mod scan;
+// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
+#[allow(unreachable_pub)]
 mod setup;
 mod supervise;
 

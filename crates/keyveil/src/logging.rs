@@ -14,11 +14,11 @@ fn init(default: &str) {
 }
 
 /// The broker's logging (stderr, redirected to `broker.log` when auto-started).
-pub fn init_broker() {
+pub(crate) fn init_broker() {
     init("info");
 }
 
 /// CLI and MCP logging.
-pub fn init_cli() {
+pub(crate) fn init_cli() {
     init("warn");
 }

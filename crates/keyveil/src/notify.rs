@@ -50,7 +50,7 @@ fn desktop() -> bool {
 }
 
 /// Title and body of the notification for a new request (pure: tested without a desktop).
-pub fn text(id: u64, client: &str, env: &str, argv: Option<&[String]>) -> (String, String) {
+pub(crate) fn text(id: u64, client: &str, env: &str, argv: Option<&[String]>) -> (String, String) {
     let command = match argv {
         Some(a) => a
             .iter()
@@ -72,7 +72,7 @@ pub fn text(id: u64, client: &str, env: &str, argv: Option<&[String]>) -> (Strin
 }
 
 /// Shows a notification for request `id`, if a desktop and `notify-send` are there.
-pub fn request_created(id: u64, client: &str, env: &str, argv: Option<&[String]>) {
+pub(crate) fn request_created(id: u64, client: &str, env: &str, argv: Option<&[String]>) {
     if std::env::var_os("KEYVEIL_NO_NOTIFY").is_some_and(|v| v == "1") || !desktop() {
         return;
     }

@@ -21,7 +21,7 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// The set of paths of one keyveil home.
 #[derive(Debug, Clone)]
-pub struct Paths {
+pub(crate) struct Paths {
     /// The data directory.
     pub home: PathBuf,
 }
@@ -30,7 +30,7 @@ impl Paths {
     /// Resolves the home from `KEYVEIL_HOME`, `XDG_DATA_HOME` or `HOME`.
     ///
     /// Errors when none is set (hint: set `KEYVEIL_HOME`).
-    pub fn resolve() -> Result<Paths> {
+    pub(crate) fn resolve() -> Result<Paths> {
         if let Some(h) = std::env::var_os("KEYVEIL_HOME").filter(|h| !h.is_empty()) {
             return Ok(Paths {
                 home: absolute(Path::new(&h))?,
@@ -53,37 +53,37 @@ impl Paths {
 
     /// For a given directory.
     #[cfg(test)]
-    pub fn at(home: PathBuf) -> Paths {
+    pub(crate) fn at(home: PathBuf) -> Paths {
         Paths { home }
     }
 
     /// The vault file.
-    pub fn vault(&self) -> PathBuf {
+    pub(crate) fn vault(&self) -> PathBuf {
         self.home.join("vault.kv")
     }
     /// The audit log.
-    pub fn audit(&self) -> PathBuf {
+    pub(crate) fn audit(&self) -> PathBuf {
         self.home.join("audit.jsonl")
     }
     /// The broker's runtime directory (0700).
-    pub fn run_dir(&self) -> PathBuf {
+    pub(crate) fn run_dir(&self) -> PathBuf {
         self.home.join("run")
     }
     /// The broker's socket.
-    pub fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.run_dir().join("broker.sock")
     }
     /// The single-instance lock.
-    pub fn lock(&self) -> PathBuf {
+    pub(crate) fn lock(&self) -> PathBuf {
         self.run_dir().join("broker.lock")
     }
     /// The broker's log file.
-    pub fn log(&self) -> PathBuf {
+    pub(crate) fn log(&self) -> PathBuf {
         self.home.join("broker.log")
     }
 
     /// Checks that the socket path fits in `sun_path`.
-    pub fn check_socket_len(&self) -> Result<()> {
+    pub(crate) fn check_socket_len(&self) -> Result<()> {
         let len = self.socket().as_os_str().len();
         if len > MAX_SOCKET_PATH {
             bail!(
@@ -95,7 +95,7 @@ impl Paths {
     }
 
     /// Creates the home and run directories with mode 0700 (tightening them if they exist).
-    pub fn ensure_dirs(&self) -> Result<()> {
+    pub(crate) fn ensure_dirs(&self) -> Result<()> {
         for d in [self.home.clone(), self.run_dir()] {
             std::fs::create_dir_all(&d)
                 .with_context(|| format!("cannot create directory {}", d.display()))?;
@@ -110,7 +110,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Sets Unix permission bits on a path.
-pub fn set_mode(p: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", p.display()))

@@ -1,2 +1,2 @@
 //! The redactor used for every run: the `keyveil-redact` crate.
-pub use keyveil_redact::Redactor;
+pub(crate) use keyveil_redact::Redactor;

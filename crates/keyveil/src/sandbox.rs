@@ -36,7 +36,7 @@ use anyhow::Result;
 
 /// The internal steps of `keyveil agent` inside the namespaces (hidden from `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// PID 1 of the sandbox: mounts, then reaps.
     Mounts,
     /// Enter the agent's own user and mount namespaces, then exec the agent.
@@ -44,7 +44,7 @@ pub enum Stage {
 }
 
 /// `keyveil agent [--stage S] -- CMD`: returns the exit code (or never returns: `exec`).
-pub fn main(stage: Option<Stage>, command: Vec<String>) -> Result<i32> {
+pub(crate) fn main(stage: Option<Stage>, command: Vec<String>) -> Result<i32> {
     crate::logging::init_cli();
     imp::main(stage, command)
 }
@@ -74,7 +74,7 @@ mod imp {
     use super::Stage;
     use crate::paths::Paths;
 
-    pub fn main(stage: Option<Stage>, command: Vec<String>) -> Result<i32> {
+    pub(super) fn main(stage: Option<Stage>, command: Vec<String>) -> Result<i32> {
         if command.is_empty() {
             bail!("usage: keyveil agent -- CMD [ARGS..]");
         }

@@ -34,7 +34,7 @@ static SUPERVISOR: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
 
 /// Records that this process is a broker started by a supervisor (its parent), for
 /// [`request_sweep`].
-pub fn mark_supervised() {
+pub(crate) fn mark_supervised() {
     if let Some(p) = rustix::process::getppid() {
         let _ = SUPERVISOR.set(p.as_raw_nonzero().get());
     }
@@ -43,7 +43,7 @@ pub fn mark_supervised() {
 /// Asks the supervisor to kill every process re-parented to it (a run whose reaper was killed
 /// left its tree there). A no-op for an unsupervised broker, or once the supervisor is gone
 /// (then this process is no longer its child, and the pid may name another process).
-pub fn request_sweep() {
+pub(crate) fn request_sweep() {
     let Some(&sup) = SUPERVISOR.get() else {
         return;
     };
@@ -57,7 +57,7 @@ pub fn request_sweep() {
 
 /// Runs the supervisor (Linux) or the broker directly (elsewhere); returns the exit code.
 /// `bootstrap` passes `--bootstrap-stdin` on to the broker (its stdin and stdout are inherited).
-pub fn main(bootstrap: bool) -> Result<i32> {
+pub(crate) fn main(bootstrap: bool) -> Result<i32> {
     imp::main(bootstrap)
 }
 
@@ -90,7 +90,7 @@ mod imp {
     use anyhow::{Context, Result};
     use rustix::process::{Pid, Signal, WaitOptions};
 
-    pub fn main(bootstrap: bool) -> Result<i32> {
+    pub(super) fn main(bootstrap: bool) -> Result<i32> {
         let _ =
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))

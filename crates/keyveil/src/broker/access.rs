@@ -26,11 +26,11 @@ use keyveil_vault::FactorKind;
 /// Most requests one client may have waiting at once; more are refused until the human answers
 /// (an approval flood must not bury one bad request among many good ones). A client is the
 /// real origin of the connection (`peer.rs`), never the claimed name.
-pub const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
+pub(crate) const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
 /// Most requests waiting at once from all clients together: the bound that holds even for a
 /// same-user process that starts each request from a new executable (a copy) to look like
 /// a new origin.
-pub const MAX_OPEN_REQUESTS: usize = 12;
+pub(crate) const MAX_OPEN_REQUESTS: usize = 12;
 /// Key of [`Inner::recent`] that counts every request (origins are paths, `unreadable` or
 /// `unknown`, never empty).
 const ALL: &str = "";
@@ -39,7 +39,7 @@ const DENIED_FLAG_MEMORY: Duration = Duration::from_secs(3600);
 
 /// Environment variables that make a process run code they name, or change how it finds code:
 /// never passed through from a requester.
-pub fn is_injection_var(name: &str) -> bool {
+pub(crate) fn is_injection_var(name: &str) -> bool {
     const EXACT: &[&str] = &[
         "BASH_ENV",
         "ENV",
@@ -169,7 +169,7 @@ pub fn is_injection_var(name: &str) -> bool {
 }
 
 /// Canonical absolute working directory (symlinks resolved), or a usable error.
-pub fn canonical_cwd(cwd: &str) -> OpResult<String> {
+pub(crate) fn canonical_cwd(cwd: &str) -> OpResult<String> {
     let p = Path::new(cwd);
     if !p.is_absolute() {
         return Err(OpError::new(
@@ -219,14 +219,14 @@ fn lexical(cwd: &str) -> std::path::PathBuf {
 }
 
 /// What to tell the requester to do.
-pub fn approve_hint(id: u64) -> String {
+pub(crate) fn approve_hint(id: u64) -> String {
     format!(
         "ask the user to approve it in a terminal: `keyveil approve {id}` (or deny: `keyveil deny {id}`); then call again with the same arguments"
     )
 }
 
 /// Checks the pass-through names of a request.
-pub fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
+pub(crate) fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
     let mut out = Vec::new();
     for n in names {
         if !keyveil_vault::is_valid_name(n) {
@@ -255,7 +255,7 @@ pub fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
 
 /// The requester's value of each pass-through name, as the child would get it (the first
 /// occurrence in `env`, like `runner::child_env`); `None` when it is not set.
-pub fn pass_values(
+pub(crate) fn pass_values(
     pass_env: &[String],
     env: &[(String, String)],
 ) -> std::collections::BTreeMap<String, Option<String>> {
@@ -332,7 +332,7 @@ fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
 /// Checks the values a grant bound by digest against a run: each pass-through value the run
 /// passes, and each granted variable whose value was stored without the factor. `Err` says,
 /// in words, which value changed since the approval.
-pub fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
+pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
     use sha2::Digest as _;
     let Some(g) = inner.grants.get(gid) else {
         return Ok(());
@@ -378,7 +378,7 @@ pub fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
 
 /// The pinned executable and inputs of an argv, computed outside the broker lock.
 #[derive(Debug, Clone, Default)]
-pub struct Pins {
+pub(crate) struct Pins {
     /// The executable.
     pub executable: Option<FilePin>,
     /// The inputs.
@@ -388,7 +388,7 @@ pub struct Pins {
 }
 
 /// Resolves and pins `argv[0]` and the command's inputs.
-pub fn prepare(
+pub(crate) fn prepare(
     argv: &[String],
     cwd: &str,
     search_path: &str,
@@ -415,7 +415,7 @@ pub fn prepare(
 
 /// Refuses a run whose working directory only looks like it is under a grant's directory: the
 /// path the requester gave is lexically inside, but the canonical one (symlinks resolved) is not.
-pub fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResult<()> {
+pub(crate) fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResult<()> {
     let lex = lexical(given_cwd);
     for g in inner.grants.values() {
         if g.revoked || g.client != ask.client.scope_key() || g.environment != ask.environment {
@@ -439,7 +439,7 @@ pub fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResu
 }
 
 /// Finds the pending request for an ask, or creates one. Returns `(request id, created)`.
-pub fn find_or_create_request(
+pub(crate) fn find_or_create_request(
     inner: &mut Inner,
     ask: &Ask,
     pins: Pins,
@@ -750,7 +750,7 @@ pub fn find_or_create_request(
 
 /// `request_access`: a request for access, optionally bound to a command.
 /// `peer` is the process at the other end of the socket (`peer.rs`).
-pub fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> OpResult<Value> {
+pub(crate) fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> OpResult<Value> {
     let cwd = canonical_cwd(&a.cwd)?;
     if let Some(argv) = &a.argv
         && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
@@ -790,7 +790,7 @@ pub fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> OpResult
 }
 
 /// `access_status`.
-pub fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
+pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
     let mut inner = broker.lock();
     inner.expire_requests();
     let r = inner
@@ -813,7 +813,7 @@ pub fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
 }
 
 /// Pending requests as JSON (what the CLI card and the web page render).
-pub fn requests(broker: &Broker) -> Value {
+pub(crate) fn requests(broker: &Broker) -> Value {
     let mut inner = broker.lock();
     inner.expire_requests();
     let list: Vec<Value> = inner
@@ -833,7 +833,7 @@ pub fn requests(broker: &Broker) -> Value {
 
 /// The `factor_proof::card_digest` of pending request `id` as a `requests` listing shows it
 /// (names hidden where the policy hides them); `None` when it is not pending.
-pub fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
+pub(crate) fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
     let listing = requests(broker);
     let mut entry = listing
         .get("requests")?
@@ -847,7 +847,7 @@ pub fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
 
 /// Options of an approval.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApproveOptions {
+pub(crate) struct ApproveOptions {
     /// Lifetime (seconds); `None` = one use within 15 minutes.
     pub ttl_seconds: Option<u64>,
     /// Uses.
@@ -864,7 +864,7 @@ pub struct ApproveOptions {
 ///
 /// `card` is the `factor_proof::card_digest` of the request as the human was shown it (the CLI
 /// and the approval page send it); the approval is refused when the request no longer has it.
-pub async fn approve(
+pub(crate) async fn approve(
     broker: &Arc<Broker>,
     id: u64,
     card: Option<&str>,
@@ -1047,7 +1047,7 @@ fn grant_request(
 }
 
 /// A request state as one word.
-pub fn state_word(s: &RequestState) -> &'static str {
+pub(crate) fn state_word(s: &RequestState) -> &'static str {
     match s {
         RequestState::Pending => "pending",
         RequestState::Approved { .. } => "approved",
@@ -1057,7 +1057,7 @@ pub fn state_word(s: &RequestState) -> &'static str {
 }
 
 /// Denies a request.
-pub fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value> {
+pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value> {
     let mut inner = broker.lock();
     let r = inner
         .requests

@@ -35,11 +35,11 @@ use crate::redact::Redactor;
 use keyveil_proto::{ErrorCode, Frame, OutputMode, Reply, RunRequest, RunResult};
 
 /// Output kept per run (redacted bytes, stdout and stderr combined).
-pub const RING_BYTES: usize = 1024 * 1024;
+pub(crate) const RING_BYTES: usize = 1024 * 1024;
 /// Most bytes one `logs` call returns.
-pub const MAX_LOG_READ: usize = 64 * 1024;
+pub(crate) const MAX_LOG_READ: usize = 64 * 1024;
 /// Default timeout of a background run: a day (its grant usually ends it sooner).
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 86_400;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 86_400;
 /// Background runs alive at once.
 const MAX_LIVE: usize = 32;
 /// Finished runs kept for `logs`.
@@ -49,7 +49,7 @@ const KEEP_FINISHED_FOR: Duration = Duration::from_secs(3600);
 
 /// A bounded byte ring with absolute offsets.
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     buf: VecDeque<u8>,
     /// Absolute offset of `buf[0]`: the number of bytes dropped so far.
     start: u64,
@@ -58,7 +58,7 @@ pub struct Ring {
 
 impl Ring {
     /// An empty ring holding at most `cap` bytes.
-    pub fn new(cap: usize) -> Ring {
+    pub(crate) fn new(cap: usize) -> Ring {
         Ring {
             buf: VecDeque::new(),
             start: 0,
@@ -67,7 +67,7 @@ impl Ring {
     }
 
     /// Appends bytes, dropping the oldest beyond the capacity.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.buf.extend(bytes);
         let over = self.buf.len().saturating_sub(self.cap);
         if over > 0 {
@@ -77,19 +77,19 @@ impl Ring {
     }
 
     /// Offset one past the last byte written.
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.start + self.buf.len() as u64
     }
 
     /// Bytes dropped so far.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.start
     }
 
     /// Up to `max` bytes from `from`: `(offset actually read from, bytes)`. A `from` before
     /// the ring's start reads from the start; one past the end reads nothing. The cut never
     /// splits a UTF-8 sequence when more data follows.
-    pub fn read(&self, from: u64, max: usize) -> (u64, Vec<u8>) {
+    pub(crate) fn read(&self, from: u64, max: usize) -> (u64, Vec<u8>) {
         let at = from.clamp(self.start, self.end());
         let skip = usize::try_from(at - self.start).unwrap_or(usize::MAX);
         let mut out: Vec<u8> = self.buf.iter().skip(skip).take(max).copied().collect();
@@ -139,7 +139,7 @@ struct BgState {
 
 /// One background run.
 #[derive(Debug)]
-pub struct BgRun {
+pub(crate) struct BgRun {
     id: String,
     grant_id: String,
     client: String,
@@ -160,7 +160,7 @@ impl BgRun {
 
 /// The broker's background runs.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     runs: Mutex<BTreeMap<String, Arc<BgRun>>>,
 }
 
@@ -204,7 +204,7 @@ impl Registry {
 }
 
 /// A child spawned by the run path for a background `start`.
-pub struct Detached {
+pub(crate) struct Detached {
     /// Run id.
     pub run_id: String,
     /// The grant it runs under.
@@ -233,7 +233,7 @@ pub struct Detached {
 
 /// Serves one `start` request: the run path's approval wait and spawn, then a final reply.
 /// `peer` is the process at the other end of the socket (`peer.rs`).
-pub async fn start(
+pub(crate) async fn start(
     broker: &Arc<Broker>,
     mut req: RunRequest,
     framed: Framed<UnixStream, keyveil_proto::FrameCodec>,
@@ -276,7 +276,7 @@ pub async fn start(
 
 /// Takes over a spawned child: relays its redacted output into the run's ring until it ends.
 /// Returns the reply to `start`.
-pub fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
+pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
     let Detached {
         run_id,
         grant_id,
@@ -472,7 +472,7 @@ fn find(broker: &Broker, run_id: &str, client: Option<&str>) -> OpResult<Arc<BgR
 /// Reply: `{run_id, from, next, output, dropped, running, exit_code?, signal?, timed_out,
 /// revoked, stopped, redactions, argv, grant_id, started_at}`; `dropped` is the number of
 /// bytes between `from` and the oldest byte still kept (lost to the ring's bound).
-pub fn logs(
+pub(crate) fn logs(
     broker: &Broker,
     run_id: &str,
     from: u64,
@@ -523,7 +523,11 @@ pub fn logs(
 
 /// `stop`: SIGTERM to every process of the run, SIGKILL after the grace period; waits for the
 /// end (at most a few seconds) and returns `{run_id, stopped, running, exit_code?, signal?}`.
-pub async fn stop(broker: &Arc<Broker>, run_id: &str, client: Option<&str>) -> OpResult<Value> {
+pub(crate) async fn stop(
+    broker: &Arc<Broker>,
+    run_id: &str,
+    client: Option<&str>,
+) -> OpResult<Value> {
     let run = find(broker, run_id, client)?;
     let already = run.state().ended.is_some();
     if !already {

@@ -39,7 +39,7 @@ fn failed(e: &DynamicError) -> OpError {
 /// Handles [`keyveil_proto::Request::DynamicAdd`].
 ///
 /// `digest` is the `factor_proof::request_digest` of the request, for its factor proof.
-pub async fn add(
+pub(crate) async fn add(
     broker: &Arc<Broker>,
     mut req: DynamicAddRequest,
     digest: Option<[u8; crate::factor_proof::LEN]>,

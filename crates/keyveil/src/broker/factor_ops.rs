@@ -24,7 +24,7 @@ const MAX_CHALLENGES: usize = 32;
 
 /// Which factor a key a challenge holds stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeldKind {
+pub(crate) enum HeldKind {
     /// The passphrase's factor key (from the data key).
     Passphrase,
     /// A TOTP exchange for this 30-second step.
@@ -33,14 +33,14 @@ pub enum HeldKind {
 
 /// A challenge the broker handed out: its nonce and the keys a proof may use.
 #[derive(Debug)]
-pub struct HeldChallenge {
+pub(crate) struct HeldChallenge {
     nonce: [u8; factor_proof::LEN],
     keys: Vec<Option<(HeldKind, FactorKey)>>,
     created: Instant,
 }
 
 /// The proof a human offers.
-pub enum Proof {
+pub(crate) enum Proof {
     /// Made by the human's CLI (`factor_proof.rs`), with the digest of the request it came in.
     Bound {
         /// The proof as sent.
@@ -60,7 +60,7 @@ pub enum Proof {
 
 impl Proof {
     /// From a request's fields: its factor proof (with the request's digest) or a confirmation.
-    pub fn from_request(
+    pub(crate) fn from_request(
         factor: Option<FactorProof>,
         digest: Option<[u8; factor_proof::LEN]>,
         confirm: bool,
@@ -75,7 +75,7 @@ impl Proof {
 
 /// What a verified factor was, and the key it used (for sealing a reply or opening a value that
 /// travelled with it).
-pub struct Verified {
+pub(crate) struct Verified {
     /// `passphrase`, `totp` or `confirm`.
     pub used: &'static str,
     /// The factor key and the challenge nonce, for `factor_proof::{seal,open}_in_transit`.
@@ -83,7 +83,7 @@ pub struct Verified {
 }
 
 /// The stronger of two factor requirements (`confirm` < `totp` < `passphrase`).
-pub fn stronger(a: FactorKind, b: FactorKind) -> FactorKind {
+pub(crate) fn stronger(a: FactorKind, b: FactorKind) -> FactorKind {
     let rank = |k: FactorKind| match k {
         FactorKind::Confirm => 0,
         FactorKind::Totp => 1,
@@ -95,7 +95,7 @@ pub fn stronger(a: FactorKind, b: FactorKind) -> FactorKind {
 /// The factor a change to `env`'s rules (policy, names, stored values) needs: at least the one its
 /// policy demands for approvals (its strongest action), and never less than a TOTP code. So a
 /// TOTP code cannot loosen an environment whose approvals need the passphrase.
-pub fn rule_change_factor(broker: &Broker, env: &str) -> FactorKind {
+pub(crate) fn rule_change_factor(broker: &Broker, env: &str) -> FactorKind {
     let inner = broker.lock();
     let policy = inner
         .vault()
@@ -109,7 +109,7 @@ pub fn rule_change_factor(broker: &Broker, env: &str) -> FactorKind {
 /// holds it (see `factor_proof.rs`). With `totp` messages (a TOTP code the human typed), one
 /// SPAKE2 answer per candidate step not yet used; such a challenge counts as a failed attempt
 /// until a proof made with it succeeds, so a process cannot test codes without the rate limit.
-pub fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) -> OpResult<Value> {
+pub(crate) fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) -> OpResult<Value> {
     let bad = |m: &str| OpError::new(ErrorCode::Usage, m.to_owned());
     let cn = factor_proof::parse32(client_nonce)
         .map_err(|_| bad("client_nonce must be 64 hex digits"))?;
@@ -224,7 +224,7 @@ pub fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) -> OpResu
 /// Verifies a proof against the factor `required` (passphrase always satisfies; TOTP satisfies
 /// `totp` and `confirm`; a plain confirmation only `confirm`). Failures are rate-limited (5,
 /// then a doubling lockout) and audited with `purpose`.
-pub async fn verify_factor(
+pub(crate) async fn verify_factor(
     broker: &Arc<Broker>,
     proof: Proof,
     required: FactorKind,
@@ -452,7 +452,7 @@ fn check_totp(broker: &Broker, code: &str) -> Result<(), String> {
 /// Starts TOTP enrolment: passphrase required. Returns the URI and QR text once, sealed under
 /// the factor key of the proof (`sealed_uri`, `sealed_qr`, associated data `factor_enroll`), so
 /// a process relaying the socket never sees the seed.
-pub async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value> {
+pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value> {
     let verified = verify_factor(
         broker,
         proof,
@@ -491,7 +491,7 @@ pub async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value> {
 /// Finishes enrolment with a first code.
 ///
 /// Rate-limited like every factor check: wrong codes count towards the same lockout.
-pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
+pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
     let mut inner = broker.lock();
     if let Err(secs) = inner.factor.check(Instant::now()) {
         return Err(OpError::new(
@@ -548,7 +548,7 @@ pub fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
 }
 
 /// An environment's policy as JSON.
-pub fn policy_show(broker: &Broker, env: &str) -> OpResult<Value> {
+pub(crate) fn policy_show(broker: &Broker, env: &str) -> OpResult<Value> {
     let inner = broker.lock();
     let v = inner.vault()?;
     let e = v
@@ -567,7 +567,7 @@ pub fn policy_show(broker: &Broker, env: &str) -> OpResult<Value> {
 /// Applies one policy change after verifying the factor: at least the one the environment's
 /// policy demands for approvals, and never less than a TOTP code ([`rule_change_factor`]), so a
 /// weaker factor never changes the rules of a stronger one.
-pub async fn policy_set(
+pub(crate) async fn policy_set(
     broker: &Arc<Broker>,
     env: &str,
     proof: Proof,
@@ -729,7 +729,7 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
 
 /// Whether an auto-approve rule's argv covers an ask's argv: exact, or (with `prefix`) followed
 /// only by the extras `prefix.rs` allows (positional arguments, the tool's safe options).
-pub fn rule_matches(rule_argv: &[String], prefix: bool, argv: &[String]) -> bool {
+pub(crate) fn rule_matches(rule_argv: &[String], prefix: bool, argv: &[String]) -> bool {
     if prefix {
         super::prefix::allowlist_covers(rule_argv, argv)
     } else {

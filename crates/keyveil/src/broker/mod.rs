@@ -2,19 +2,19 @@
 //! processes. Clients (the CLI, the MCP server) talk to it over a Unix socket in a 0700
 //! directory; the peer's uid must be ours (same uid is not authorization: the factor is).
 
-pub mod access;
-pub mod background;
-pub mod dynamic_ops;
-pub mod factor_ops;
-pub mod names;
-pub mod ops;
-pub mod peer;
-pub mod prefix;
-pub mod private_tmp;
-pub mod runner;
-pub mod spawn;
-pub mod state;
-pub mod web;
+pub(crate) mod access;
+pub(crate) mod background;
+pub(crate) mod dynamic_ops;
+pub(crate) mod factor_ops;
+pub(crate) mod names;
+pub(crate) mod ops;
+pub(crate) mod peer;
+pub(crate) mod prefix;
+pub(crate) mod private_tmp;
+pub(crate) mod runner;
+pub(crate) mod spawn;
+pub(crate) mod state;
+pub(crate) mod web;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -30,7 +30,7 @@ use keyveil_proto::{ErrorCode, Frame, Reply, Request};
 use state::Inner;
 
 /// The broker's shared state.
-pub struct Broker {
+pub(crate) struct Broker {
     /// Its files.
     pub paths: Paths,
     inner: Mutex<Inner>,
@@ -47,12 +47,12 @@ pub struct Broker {
 impl Broker {
     /// Locks the state. A poisoned mutex (a panic while held) is recovered: every operation
     /// leaves the state consistent before it can panic.
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes everything waiting for a decision.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -65,7 +65,7 @@ impl Broker {
 /// A failed bootstrap stops the broker.
 ///
 /// Errors: another broker already holds this home's lock; the socket cannot be bound.
-pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
+pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     crate::harden::harden_broker().context("cannot make the broker non-dumpable")?;
     // Read the passphrase only once nothing else of ours can be read by another process.
     let boot = if bootstrap {
@@ -323,7 +323,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
 }
 
 /// Writes one JSON reply frame.
-pub async fn send(
+pub(crate) async fn send(
     framed: &mut Framed<UnixStream, keyveil_proto::FrameCodec>,
     reply: &Reply,
 ) -> Result<()> {

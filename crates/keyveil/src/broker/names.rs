@@ -18,7 +18,7 @@ use super::state::{Inner, OpError};
 
 impl Inner {
     /// Whether `env`'s policy hides variable names (`false` when locked or unknown).
-    pub fn hides_names(&self, env: &str) -> bool {
+    pub(crate) fn hides_names(&self, env: &str) -> bool {
         self.vault()
             .ok()
             .and_then(|v| v.data().environments.get(env))
@@ -27,7 +27,7 @@ impl Inner {
 
     /// The name clients see for variable `name` of `env`: its alias when the environment hides
     /// names, else the name itself.
-    pub fn shown_name(&self, env: &str, name: &str) -> String {
+    pub(crate) fn shown_name(&self, env: &str, name: &str) -> String {
         match self.vault() {
             Ok(v) if self.hides_names(env) => v.name_alias(env, name),
             _ => name.to_owned(),
@@ -37,7 +37,7 @@ impl Inner {
     /// The real name behind a name a client gave for a variable of `env`. Where names are
     /// hidden only aliases are understood, so that a guessed real name cannot confirm that a
     /// variable exists; `None` when nothing matches.
-    pub fn real_name(&self, env: &str, given: &str) -> Option<String> {
+    pub(crate) fn real_name(&self, env: &str, given: &str) -> Option<String> {
         let v = self.vault().ok()?;
         let e = v.data().environments.get(env)?;
         if !e.policy.hide_names {
@@ -51,7 +51,7 @@ impl Inner {
 
     /// Like [`Inner::real_name`], for the human's own commands (`set`, `unset`, `generate`):
     /// an alias is understood, and so is a real name (a new variable has no alias yet).
-    pub fn human_name(&self, env: &str, given: &str) -> String {
+    pub(crate) fn human_name(&self, env: &str, given: &str) -> String {
         self.real_name(env, given)
             .unwrap_or_else(|| given.to_owned())
     }
@@ -64,7 +64,7 @@ impl Inner {
     /// object that names the environment itself, `name` too (`{environment, name}` replies about
     /// one variable). Names that are not variables of that environment are left alone, so it is
     /// idempotent.
-    pub fn hide_names_in(&self, payload: &mut Value) {
+    pub(crate) fn hide_names_in(&self, payload: &mut Value) {
         if self.vault().is_err() {
             return;
         }
@@ -150,7 +150,12 @@ impl Inner {
     /// missing), with each of those real names replaced by its alias where the environment
     /// hides names. Only whole identifiers are replaced, and only these names, which the
     /// client already knows by alias, so nothing is confirmed by the rewrite.
-    pub fn hide_names_in_error(&self, env: &str, names: &[String], mut e: OpError) -> OpError {
+    pub(crate) fn hide_names_in_error(
+        &self,
+        env: &str,
+        names: &[String],
+        mut e: OpError,
+    ) -> OpError {
         if !self.hides_names(env) {
             return e;
         }
@@ -164,7 +169,7 @@ impl Inner {
 
     /// How many variables of `env` hold a value (or a dynamic source): all of them, or only
     /// `name`. 0 when the environment or variable does not exist or the vault is locked.
-    pub fn stored_names(&self, env: &str, name: Option<&str>) -> usize {
+    pub(crate) fn stored_names(&self, env: &str, name: Option<&str>) -> usize {
         let Some(e) = self
             .vault()
             .ok()

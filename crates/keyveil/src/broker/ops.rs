@@ -58,7 +58,7 @@ fn check_env_name(name: &str) -> OpResult<()> {
 /// with the passphrase its parent wrote on its stdin (see [`Bootstrap`]).
 ///
 /// Errors: those of `init` and `unlock` (a vault already exists, wrong passphrase, I/O).
-pub async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Value, OpError> {
+pub(crate) async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Value, OpError> {
     match b {
         Bootstrap::Init {
             passphrase,
@@ -71,7 +71,7 @@ pub async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Value, OpEr
 }
 
 /// [`dispatch_from`] for requests the broker makes itself (the web page): no socket peer.
-pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
+pub(crate) async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
     dispatch_from(broker, req, None).await
 }
 
@@ -79,7 +79,7 @@ pub async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
 ///
 /// `peer` is the process at the other end of the client's socket (`peer.rs`): what caps,
 /// flags and the approval card rest on instead of the request's claimed client.
-pub async fn dispatch_from(
+pub(crate) async fn dispatch_from(
     broker: &Arc<Broker>,
     req: Request,
     peer: Option<&super::peer::Peer>,
@@ -631,7 +631,7 @@ async fn lock(broker: &Broker) -> Value {
 
 /// Revokes every grant (killing its runs) and denies every pending request; returns watches on
 /// the end of the runs that were live (see [`RunsStopped::wait`]).
-pub fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
+pub(crate) fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
     let ended = stop_all(&mut broker.lock(), why);
     broker.notify();
     ended
@@ -987,7 +987,7 @@ fn var_generate(
 }
 
 /// A uniformly random string over the charset (rejection sampling, no modulo bias).
-pub fn generate(length: usize, charset: Charset) -> OpResult<String> {
+pub(crate) fn generate(length: usize, charset: Charset) -> OpResult<String> {
     let alphabet: Vec<u8> = match charset {
         Charset::Alnum => (b'A'..=b'Z')
             .chain(b'a'..=b'z')

@@ -40,7 +40,7 @@ const WRAPPERS: &[&str] = &[
 
 /// One process of a peer's parent chain.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Proc {
+pub(crate) struct Proc {
     /// Process id (in the broker's PID namespace).
     pub pid: u32,
     /// Its `comm` (the kernel's short name; the process can set it, so it is only a label).
@@ -53,7 +53,7 @@ pub struct Proc {
 
 /// The process at the other end of a connection, as the kernel and `/proc` tell it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The connecting process (`None` when the kernel gave no pid, e.g. another PID namespace).
     pub process: Option<Proc>,
     /// For a keyveil peer: `mcp` when it runs `keyveil mcp`, `cli` otherwise.
@@ -127,7 +127,7 @@ fn is_wrapper(p: &Proc) -> bool {
 
 impl Peer {
     /// The peer of a connected socket (its `SO_PEERCRED` pid, then `/proc`).
-    pub fn of_stream(stream: &tokio::net::UnixStream) -> Peer {
+    pub(crate) fn of_stream(stream: &tokio::net::UnixStream) -> Peer {
         let pid = stream
             .peer_cred()
             .ok()
@@ -138,7 +138,7 @@ impl Peer {
     }
 
     /// The peer with this pid (`None`: unknown).
-    pub fn of_pid(pid: Option<u32>) -> Peer {
+    pub(crate) fn of_pid(pid: Option<u32>) -> Peer {
         let Some(pid) = pid else {
             return Peer {
                 origin: "unknown".to_owned(),
@@ -180,14 +180,14 @@ impl Peer {
     }
 
     /// The peer's pid, if known.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.pid)
     }
 
     /// How a claim disagrees with the peer, if it does: the claimed pid is not the connecting
     /// process, or the claim is `cli`/`mcp` (keyveil's own clients) from another executable or
     /// from keyveil running the other mode. `None` when it agrees or the peer is unknown.
-    pub fn mismatch(&self, claim: &ClientInfo) -> Option<String> {
+    pub(crate) fn mismatch(&self, claim: &ClientInfo) -> Option<String> {
         let p = self.process.as_ref()?;
         if claim.pid != p.pid {
             return Some(format!(

@@ -14,7 +14,7 @@
 
 /// Options that change nothing a tool executes, per tool (the basename of `argv[0]`, or the
 /// module of `python -m MODULE`). Anything not listed is refused as an extra.
-pub const SAFE_OPTIONS: &[(&str, &[&str])] = &[
+pub(crate) const SAFE_OPTIONS: &[(&str, &[&str])] = &[
     (
         "cargo",
         &[
@@ -161,7 +161,7 @@ fn allowed_extra(tool: &str, token: &str) -> bool {
 
 /// Whether `argv` is `prefix` followed only by allowed extras (positional arguments, or options
 /// of the tool's [`SAFE_OPTIONS`]). Tokens are compared as bytes, without normalisation.
-pub fn allowlist_covers(prefix: &[String], argv: &[String]) -> bool {
+pub(crate) fn allowlist_covers(prefix: &[String], argv: &[String]) -> bool {
     let Some(extras) = argv
         .get(..prefix.len())
         .filter(|head| *head == prefix)
@@ -187,7 +187,7 @@ pub fn allowlist_covers(prefix: &[String], argv: &[String]) -> bool {
 
 /// Whether a deny rule's argv `rule` covers `argv`: equal, or (with `prefix`) any longer argv
 /// that starts with it, whatever the extra tokens are.
-pub fn deny_covers(rule: &[String], prefix: bool, argv: &[String]) -> bool {
+pub(crate) fn deny_covers(rule: &[String], prefix: bool, argv: &[String]) -> bool {
     if prefix {
         argv.get(..rule.len()) == Some(rule)
     } else {

@@ -26,13 +26,13 @@ use crate::redact::Redactor;
 use keyveil_proto::WriteLeak;
 
 /// The variables that name the private directory in a run's environment.
-pub const TMP_VARS: [&str; 4] = ["TMPDIR", "TMP", "TEMP", "TEMPDIR"];
+pub(crate) const TMP_VARS: [&str; 4] = ["TMPDIR", "TMP", "TEMP", "TEMPDIR"];
 
 /// Creates the run's private directory (and `KEYVEIL_HOME/tmp`, mode 0700, if missing).
 ///
 /// Errors: the I/O error of creating it; the directory must not exist yet (a run id is
 /// random, so an existing one means something is wrong and is not reused).
-pub fn create(paths: &Paths, run_id: &str) -> std::io::Result<RunTmp> {
+pub(crate) fn create(paths: &Paths, run_id: &str) -> std::io::Result<RunTmp> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let parent = paths.home.join("tmp");
     std::fs::DirBuilder::new()
@@ -51,14 +51,14 @@ pub fn create(paths: &Paths, run_id: &str) -> std::io::Result<RunTmp> {
 /// A run's private directory: its path and the identity (device, inode) it was created with,
 /// so that [`finish`] scans and deletes that directory and nothing the run put in its place.
 #[derive(Debug, Clone)]
-pub struct RunTmp {
+pub(crate) struct RunTmp {
     /// `KEYVEIL_HOME/tmp/<run-id>`.
     pub dir: PathBuf,
     id: (u64, u64),
 }
 
 /// Points the temporary-directory variables of a child environment at `dir`.
-pub fn point_env_at(env: &mut Vec<(String, String)>, dir: &Path) {
+pub(crate) fn point_env_at(env: &mut Vec<(String, String)>, dir: &Path) {
     env.retain(|(k, _)| !TMP_VARS.contains(&k.as_str()));
     let shown = dir.to_string_lossy().into_owned();
     for k in TMP_VARS {
@@ -69,7 +69,7 @@ pub fn point_env_at(env: &mut Vec<(String, String)>, dir: &Path) {
 /// Scans the whole directory for the run's values, then deletes it. Returns the leaks found
 /// (by variable and path, never the value), each with the action `removed`. Deletion does not
 /// follow symbolic links (`std::fs::remove_dir_all`); a failure to delete is logged.
-pub async fn finish(tmp: RunTmp, redactor: &Redactor, since: SystemTime) -> Vec<WriteLeak> {
+pub(crate) async fn finish(tmp: RunTmp, redactor: &Redactor, since: SystemTime) -> Vec<WriteLeak> {
     use std::os::unix::fs::MetadataExt;
     let dir = tmp.dir;
     // A run that replaced its directory (by a link, or by another directory) or moved it away
@@ -129,7 +129,7 @@ pub async fn finish(tmp: RunTmp, redactor: &Redactor, since: SystemTime) -> Vec<
 /// Deletes every run directory left under `KEYVEIL_HOME/tmp` (runs that never reached
 /// [`finish`]: the broker crashed or was killed). Called when the broker starts, before any
 /// run exists. Failures are logged.
-pub fn clear_leftovers(paths: &Paths) {
+pub(crate) fn clear_leftovers(paths: &Paths) {
     let parent = paths.home.join("tmp");
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return;

@@ -43,7 +43,7 @@ const PASSED_ALWAYS: &[&str] = &[
 /// ([`crate::loaders::NEUTRALISE`]: `PYTHONNOUSERSITE`, `GIT_CONFIG_NOSYSTEM`, ...), locale and
 /// terminal variables of the requester, the pass-through names the grant allows. The granted
 /// values are added by the spawn. Code-injection and code-loading variables never pass.
-pub fn child_env(
+pub(crate) fn child_env(
     inner: &Inner,
     env_name: &str,
     requester: &[(String, String)],
@@ -81,7 +81,7 @@ type Conn = Framed<UnixStream, FrameCodec>;
 
 /// Serves one `run` request on its connection.
 /// `peer` is the process at the other end of the socket (`peer.rs`).
-pub async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn, peer: Peer) {
+pub(crate) async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn, peer: Peer) {
     let (mut stream, mut sink) = spawn::split_connection(framed);
     // Notice a client that hangs up (Ctrl-C of the CLI, a cancelled MCP call).
     let gone = CancellationToken::new();

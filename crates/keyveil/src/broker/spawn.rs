@@ -28,23 +28,23 @@ use tokio_util::sync::CancellationToken;
 use keyveil_proto::{OutputMode, RunResult};
 
 /// Grace period between SIGTERM and SIGKILL when a run is stopped.
-pub const KILL_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopped run (revoked, timed out, client hung up) waits on a client that does not
 /// read its output or its exit reply before abandoning the connection and ending without it.
-pub const ABANDON_AFTER: Duration = Duration::from_secs(KILL_GRACE.as_secs() * 2);
+pub(crate) const ABANDON_AFTER: Duration = Duration::from_secs(KILL_GRACE.as_secs() * 2);
 /// Default run timeout (seconds).
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 /// Read buffer size per stream (bytes): one read takes what the pipe holds, up to this much.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Capacity asked for a busy child's stdout or stderr pipe (bytes; Linux `F_SETPIPE_SZ`). The
 /// default 64 KiB pipe makes a fast writer and the broker take turns every 64 KiB; 1 MiB is
 /// the largest an unprivileged process may ask for by default (`/proc/sys/fs/pipe-max-size`).
 /// When the kernel refuses, the pipe keeps its default size.
-pub const PIPE_BYTES: usize = 1024 * 1024;
+pub(crate) const PIPE_BYTES: usize = 1024 * 1024;
 /// Most pipes enlarged at once across the broker. Pipe buffers count against the user's
 /// `pipe-user-pages-soft` quota (64 MiB by default), and past it *every* new pipe of the user,
 /// in any process, gets a minimal buffer: 16 × 1 MiB keeps the broker to a quarter of it.
-pub const ENLARGED_PIPES_MAX: usize = 16;
+pub(crate) const ENLARGED_PIPES_MAX: usize = 16;
 /// Default Linux pipe capacity (bytes): a read of this much means the writer is ahead.
 const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
 /// Pipes currently enlarged (see [`ENLARGED_PIPES_MAX`]).
@@ -58,7 +58,7 @@ const RECYCLE_MAX: usize = 2 * READ_CHUNK;
 const IN_FLIGHT: usize = 4;
 
 /// What to start.
-pub struct SpawnSpec {
+pub(crate) struct SpawnSpec {
     /// argv.
     pub argv: Vec<String>,
     /// Working directory.
@@ -77,7 +77,7 @@ pub struct SpawnSpec {
 
 /// Which stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
+pub(crate) enum StreamKind {
     /// stdout.
     Stdout,
     /// stderr.
@@ -94,7 +94,7 @@ enum Stop {
 
 /// How a run ended for the processes it started: what the broker can say after a revocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TreeEnd {
+pub(crate) struct TreeEnd {
     /// Processes of the run that were signalled and are gone (the leader included when it was
     /// stopped; 0 when everything had exited on its own).
     pub killed: u32,
@@ -109,7 +109,7 @@ pub struct TreeEnd {
 /// How the broker reaches a run's processes: its reaper (Linux, through a pidfd, so a reused
 /// pid is never signalled), or its process group (elsewhere).
 #[derive(Clone)]
-pub struct RunHandle {
+pub(crate) struct RunHandle {
     pid: i32,
     #[cfg(target_os = "linux")]
     pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -130,7 +130,7 @@ impl RunHandle {
     /// [`KILL_GRACE`] (the reaper does both; `SIGUSR1` tells it not to wait any longer). A
     /// reaper that has not exited [`REAPER_BACKSTOP`] later is killed itself and the
     /// supervisor is asked to kill what was re-parented to it.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         use rustix::process::Signal;
         self.signal(Signal::TERM);
         let h = self.clone();
@@ -149,7 +149,7 @@ impl RunHandle {
     }
 
     /// Kills every process of the run now (SIGKILL; through the reaper on Linux).
-    pub fn kill_now(&self) {
+    pub(crate) fn kill_now(&self) {
         if cfg!(target_os = "linux") {
             self.signal(rustix::process::Signal::USR1);
         } else {
@@ -214,7 +214,7 @@ fn tree_end(report: Option<crate::reap::Report>) -> TreeEnd {
 const REAPER_BACKSTOP: Duration = Duration::from_secs(3);
 
 /// A started child.
-pub struct Started {
+pub(crate) struct Started {
     child: tokio::process::Child,
     /// Process id of the run's reaper (Linux; the command is its child) or of the command
     /// (elsewhere, also its process-group id).
@@ -229,12 +229,12 @@ pub struct Started {
 
 impl Started {
     /// Tells how the run's processes ended, once they have (for revocation replies).
-    pub fn watch_end(&self) -> tokio::sync::watch::Receiver<Option<TreeEnd>> {
+    pub(crate) fn watch_end(&self) -> tokio::sync::watch::Receiver<Option<TreeEnd>> {
         self.ended.subscribe()
     }
 
     /// Kills every process of the run now.
-    pub fn kill_now(&self) {
+    pub(crate) fn kill_now(&self) {
         self.handle.kill_now();
     }
 }
@@ -252,7 +252,7 @@ impl Drop for Started {
 
 /// Spawns the child. Values are moved into the command's environment and the spec's copies are
 /// dropped (zeroized) before this returns.
-pub fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
+pub(crate) fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
     let Some((argv0, args)) = spec.argv.split_first() else {
         return Err(std::io::Error::other("empty command"));
     };
@@ -413,7 +413,7 @@ fn signal_group(pgid: i32, sig: rustix::process::Signal) {
 /// `sink` receives `(stream, bytes)` in `Stream` mode; in `Collect` mode output is gathered into
 /// the result instead. Stops early (SIGTERM, then SIGKILL after [`KILL_GRACE`]) on timeout, on
 /// `cancel` (revocation) or on `client_gone`.
-pub async fn relay(
+pub(crate) async fn relay(
     mut started: Started,
     spec_timeout: Duration,
     output: OutputMode,
@@ -588,15 +588,15 @@ pub async fn relay(
 }
 
 /// Where streamed output frames go: the write half of the client's connection.
-pub type OutputSink = crate::frame_writer::FrameWriter<tokio::net::unix::OwnedWriteHalf>;
+pub(crate) type OutputSink = crate::frame_writer::FrameWriter<tokio::net::unix::OwnedWriteHalf>;
 
 /// The read side of a client connection after [`split_connection`].
-pub type ConnReader =
+pub(crate) type ConnReader =
     tokio_util::codec::Framed<tokio::net::unix::OwnedReadHalf, keyveil_proto::FrameCodec>;
 
 /// Splits a client connection into its frame reader (keeping bytes already read past the
 /// request) and an [`OutputSink`] for the replies and output frames.
-pub fn split_connection(
+pub(crate) fn split_connection(
     framed: tokio_util::codec::Framed<tokio::net::UnixStream, keyveil_proto::FrameCodec>,
 ) -> (ConnReader, OutputSink) {
     let old = framed.into_parts();
@@ -660,7 +660,7 @@ fn recyclable(buf: &Vec<u8>) -> bool {
 /// bound the write waits for the client like every output frame. The run path bounds it by
 /// [`ABANDON_AFTER`] once a run was stopped (revoked, timed out, client hung up). Returns
 /// whether the reply was sent.
-pub async fn send_final<W: tokio::io::AsyncWrite + Unpin>(
+pub(crate) async fn send_final<W: tokio::io::AsyncWrite + Unpin>(
     sink: &mut crate::frame_writer::FrameWriter<W>,
     body: bytes::Bytes,
     bound: Option<Duration>,

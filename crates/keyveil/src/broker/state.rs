@@ -15,20 +15,20 @@ use crate::pin::{FilePin, InputPin};
 use keyveil_proto::{ClientInfo, ErrorCode, Reply};
 
 /// A pending request lives this long before it expires unanswered (seconds).
-pub const REQUEST_TTL_SECONDS: i64 = 600;
+pub(crate) const REQUEST_TTL_SECONDS: i64 = 600;
 /// A grant approved without `--ttl` is one use, valid this long (seconds).
-pub const ONCE_GRANT_TTL_SECONDS: u64 = 900;
+pub(crate) const ONCE_GRANT_TTL_SECONDS: u64 = 900;
 /// A denial is remembered this long: the same ask from the same client is refused at once.
-pub const DENIAL_MEMORY: Duration = Duration::from_secs(300);
+pub(crate) const DENIAL_MEMORY: Duration = Duration::from_secs(300);
 /// Failed factor attempts allowed before approvals lock.
-pub const MAX_FACTOR_FAILURES: u32 = 5;
+pub(crate) const MAX_FACTOR_FAILURES: u32 = 5;
 /// First lockout after [`MAX_FACTOR_FAILURES`]; doubles with each further lockout.
-pub const FACTOR_LOCKOUT: Duration = Duration::from_secs(60);
+pub(crate) const FACTOR_LOCKOUT: Duration = Duration::from_secs(60);
 
 /// Where a request stands.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum RequestState {
+pub(crate) enum RequestState {
     /// Waiting for the human.
     Pending,
     /// Approved; the grant it created.
@@ -47,7 +47,7 @@ pub enum RequestState {
 
 /// An ask for access, waiting for (or past) a human decision.
 #[derive(Debug, Clone, Serialize)]
-pub struct AccessReq {
+pub(crate) struct AccessReq {
     /// Sequential id the human types in `keyveil approve ID`.
     pub id: u64,
     /// Who asked, as the requester claims it.
@@ -101,7 +101,7 @@ pub struct AccessReq {
 
 impl AccessReq {
     /// Whether `other` asks for the same thing as this request.
-    pub fn same_ask(&self, ask: &Ask) -> bool {
+    pub(crate) fn same_ask(&self, ask: &Ask) -> bool {
         self.client.scope_key() == ask.client.scope_key()
             && self.environment == ask.environment
             && self.variables == ask.variables
@@ -113,7 +113,7 @@ impl AccessReq {
     }
 
     /// The deadline of a pending request.
-    pub fn expires_at(&self) -> Timestamp {
+    pub(crate) fn expires_at(&self) -> Timestamp {
         self.created_at
             .saturating_add(jiff::SignedDuration::from_secs(REQUEST_TTL_SECONDS))
             .unwrap_or(self.created_at)
@@ -121,11 +121,11 @@ impl AccessReq {
 }
 
 /// Longest part of a chosen value shown on a card, in characters (the digest binds all of it).
-pub const SHOWN_VALUE_CHARS: usize = 200;
+pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
 
 /// A value an agent could have chosen, as a request shows it and a grant binds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChosenValue {
+pub(crate) struct ChosenValue {
     /// `pass-env` (from the requester's environment) or `stored-without-factor` (a vault
     /// variable whose value was stored by a call that proved no factor).
     pub origin: &'static str,
@@ -152,7 +152,7 @@ pub struct ChosenValue {
 
 impl ChosenValue {
     /// Describes `value` for the card.
-    pub fn of(value: Option<&str>) -> ChosenValue {
+    pub(crate) fn of(value: Option<&str>) -> ChosenValue {
         use sha2::Digest as _;
         ChosenValue {
             origin: "pass-env",
@@ -169,7 +169,7 @@ impl ChosenValue {
 
 /// A requested variable stored recently without the factor (see [`AccessReq::new_variables`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NewVariable {
+pub(crate) struct NewVariable {
     /// Its name (aliased where names are hidden).
     pub variable: String,
     /// When it was created.
@@ -182,7 +182,7 @@ pub struct NewVariable {
 
 /// What a requester asks for, normalised (canonical cwd, resolved variables).
 #[derive(Debug, Clone)]
-pub struct Ask {
+pub(crate) struct Ask {
     /// Who asks.
     pub client: ClientInfo,
     /// Environment.
@@ -205,7 +205,7 @@ pub struct Ask {
 
 /// What an approval creates.
 #[derive(Debug, Clone, Serialize)]
-pub struct Grant {
+pub(crate) struct Grant {
     /// `g-` and 12 hex digits.
     pub id: String,
     /// The request it came from.
@@ -257,7 +257,7 @@ pub struct Grant {
 
 impl Grant {
     /// Whether the grant can serve this run now (pins are checked separately, at spawn).
-    pub fn covers(&self, ask: &Ask, now: Timestamp) -> bool {
+    pub(crate) fn covers(&self, ask: &Ask, now: Timestamp) -> bool {
         let Some(argv) = ask.argv.as_deref() else {
             return false;
         };
@@ -275,7 +275,7 @@ impl Grant {
     /// Token-wise argv matching: exact, or the prefix followed by allowed extras (`prefix.rs`).
     /// Bytes are compared as they are (no Unicode normalisation that could drop invisible
     /// characters).
-    pub fn argv_covers(&self, argv: &[String]) -> bool {
+    pub(crate) fn argv_covers(&self, argv: &[String]) -> bool {
         match &self.argv {
             None => true,
             Some(a) if !self.prefix => a.as_slice() == argv,
@@ -284,19 +284,19 @@ impl Grant {
     }
 
     /// Canonical cwd matching: equal, or a canonical descendant when `subdirs`.
-    pub fn cwd_covers(&self, cwd: &str) -> bool {
+    pub(crate) fn cwd_covers(&self, cwd: &str) -> bool {
         self.cwd == cwd || (self.subdirs && std::path::Path::new(cwd).starts_with(&self.cwd))
     }
 
     /// Whether it is still usable at `now`.
-    pub fn live(&self, now: Timestamp) -> bool {
+    pub(crate) fn live(&self, now: Timestamp) -> bool {
         !self.revoked && self.expires_at > now && self.uses_left != Some(0)
     }
 }
 
 /// Rate limiting of failed factors.
 #[derive(Debug, Default)]
-pub struct FactorGuard {
+pub(crate) struct FactorGuard {
     /// Consecutive failures since the last success or lockout.
     pub failures: u32,
     /// Number of lockouts so far (the lockout doubles each time).
@@ -307,7 +307,7 @@ pub struct FactorGuard {
 
 impl FactorGuard {
     /// `Err(seconds left)` while locked out.
-    pub fn check(&mut self, now: Instant) -> Result<(), u64> {
+    pub(crate) fn check(&mut self, now: Instant) -> Result<(), u64> {
         match self.locked_until {
             Some(t) if t > now => Err(t.saturating_duration_since(now).as_secs().max(1)),
             Some(_) => {
@@ -319,7 +319,7 @@ impl FactorGuard {
     }
 
     /// Records a failure; returns the lockout length if this failure triggered one.
-    pub fn fail(&mut self, now: Instant) -> Option<Duration> {
+    pub(crate) fn fail(&mut self, now: Instant) -> Option<Duration> {
         self.failures += 1;
         if self.failures >= MAX_FACTOR_FAILURES {
             let d = FACTOR_LOCKOUT.saturating_mul(1u32 << self.lockouts.min(10));
@@ -333,7 +333,7 @@ impl FactorGuard {
 
     /// Records a success, which also lifts a lockout: only the human's passphrase proof can
     /// succeed while one is on (TOTP exchanges and the approval page are refused then).
-    pub fn succeed(&mut self) {
+    pub(crate) fn succeed(&mut self) {
         self.failures = 0;
         self.lockouts = 0;
         self.locked_until = None;
@@ -342,7 +342,7 @@ impl FactorGuard {
 
 /// A run in progress.
 #[derive(Debug, Clone, Serialize)]
-pub struct LiveRun {
+pub(crate) struct LiveRun {
     /// Run id.
     pub id: String,
     /// Grant id.
@@ -361,7 +361,7 @@ pub struct LiveRun {
 
 /// What stopping some runs achieved: the reply to `revoke` and `lock` says it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunsStopped {
+pub(crate) struct RunsStopped {
     /// Runs that were live.
     pub runs: u32,
     /// Their processes that were signalled and are gone.
@@ -373,7 +373,7 @@ pub struct RunsStopped {
 
 impl RunsStopped {
     /// As reply fields: `runs_stopped`, `processes_killed`, `runs_unconfirmed`.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         json!({
             "runs_stopped": self.runs,
             "processes_killed": self.killed,
@@ -383,7 +383,7 @@ impl RunsStopped {
 
     /// Waits (at most [`super::spawn::KILL_GRACE`] + 5 s in all) until each run of `ended` has
     /// ended, and adds up what became of their processes.
-    pub async fn wait(
+    pub(crate) async fn wait(
         ended: Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>>,
     ) -> RunsStopped {
         let deadline = tokio::time::Instant::now()
@@ -412,7 +412,7 @@ impl RunsStopped {
 
 /// Everything behind the broker's mutex.
 #[derive(Default)]
-pub struct Inner {
+pub(crate) struct Inner {
     /// The unlocked vault, or `None` while locked.
     pub vault: Option<Vault>,
     /// The audit writer (opened at unlock: its key comes from the vault).
@@ -458,7 +458,7 @@ pub struct Inner {
 
 /// Error of a broker operation: becomes a [`Reply::Error`].
 #[derive(Debug)]
-pub struct OpError {
+pub(crate) struct OpError {
     /// Class.
     pub code: ErrorCode,
     /// What happened.
@@ -469,7 +469,7 @@ pub struct OpError {
 
 impl OpError {
     /// New error.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
         OpError {
             code,
             message: message.into(),
@@ -477,18 +477,18 @@ impl OpError {
         }
     }
     /// With a hint.
-    pub fn hint(mut self, hint: impl Into<String>) -> OpError {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> OpError {
         self.hint = Some(hint.into());
         self
     }
     /// As a reply.
-    pub fn reply(self) -> Reply {
+    pub(crate) fn reply(self) -> Reply {
         Reply::error(self.code, self.message, self.hint)
     }
 }
 
 /// Shorthand result.
-pub type OpResult<T> = Result<T, OpError>;
+pub(crate) type OpResult<T> = Result<T, OpError>;
 
 /// A value sealed in memory could not be opened (the broker's memory was changed).
 fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
@@ -497,19 +497,19 @@ fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
 }
 
 /// The locked error, with its hint.
-pub fn locked() -> OpError {
+pub(crate) fn locked() -> OpError {
     OpError::new(ErrorCode::Locked, "the keyveil vault is locked")
         .hint("ask the user to run `keyveil unlock` in a terminal")
 }
 
 impl Inner {
     /// The vault, or the locked error.
-    pub fn vault(&self) -> OpResult<&Vault> {
+    pub(crate) fn vault(&self) -> OpResult<&Vault> {
         self.vault.as_ref().ok_or_else(locked)
     }
 
     /// The vault mutably, or the locked error.
-    pub fn vault_mut(&mut self) -> OpResult<&mut Vault> {
+    pub(crate) fn vault_mut(&mut self) -> OpResult<&mut Vault> {
         self.vault.as_mut().ok_or_else(locked)
     }
 
@@ -522,7 +522,7 @@ impl Inner {
     /// Actions that must not happen unrecorded use [`Inner::must_audit`], or
     /// [`Inner::audit_ready`] before acting and this after. Hidden names are audited by alias
     /// (see `names.rs`).
-    pub fn audit(&mut self, event: &str, mut fields: Value) {
+    pub(crate) fn audit(&mut self, event: &str, mut fields: Value) {
         use keyveil_vault::audit::AuditError;
         self.hide_names_in(&mut fields);
         let map = match fields {
@@ -555,7 +555,7 @@ impl Inner {
     /// (`AuditWriter::append_if_room`), so repeating it on a full disk never eats the space
     /// kept for revocations and the ends of runs; otherwise counted in the pending gap as lost
     /// and logged. Never refuses, never stops runs.
-    pub fn audit_note(&mut self, event: &str, mut fields: Value) {
+    pub(crate) fn audit_note(&mut self, event: &str, mut fields: Value) {
         self.hide_names_in(&mut fields);
         let map = match fields {
             Value::Object(m) => m,
@@ -580,7 +580,7 @@ impl Inner {
     /// [`ErrorCode::Failed`]: "the audit log cannot be written: CAUSE; nothing was done" with a
     /// hint to free space (see [`audit_refusal`]), or the moved-log error of
     /// [`Inner::check_audit_path`].
-    pub fn must_audit(&mut self, event: &str, mut fields: Value) -> OpResult<()> {
+    pub(crate) fn must_audit(&mut self, event: &str, mut fields: Value) -> OpResult<()> {
         self.check_audit_path()?;
         self.hide_names_in(&mut fields);
         let map = match fields {
@@ -616,7 +616,7 @@ impl Inner {
 
     /// Writes a pending `audit.gap` entry if the log has room for it and its reserve (the
     /// broker's 10-second tick calls this, so a gap is sealed even when nothing else happens).
-    pub fn flush_audit_gap(&mut self) {
+    pub(crate) fn flush_audit_gap(&mut self) {
         if self.audit_path_changed.is_some() {
             return;
         }
@@ -628,7 +628,7 @@ impl Inner {
     }
 
     /// Closes the audit writer (at lock), keeping its pending gap for the next one.
-    pub fn close_audit(&mut self) {
+    pub(crate) fn close_audit(&mut self) {
         if let Some(w) = self.audit.as_mut() {
             // Closing: the reserve is no longer needed, the gap may use it.
             let _ = w.flush_gap_closing();
@@ -674,7 +674,7 @@ impl Inner {
     /// [`ErrorCode::Failed`] saying the log was moved, deleted or replaced, with a hint (move it
     /// back, or lock and unlock to start a new log); the first time, an `audit.path_changed`
     /// entry is appended to the moved file.
-    pub fn check_audit_path(&mut self) -> OpResult<()> {
+    pub(crate) fn check_audit_path(&mut self) -> OpResult<()> {
         use keyveil_vault::audit::AuditError;
         let Some(w) = self.audit.as_ref() else {
             return Ok(());
@@ -713,7 +713,7 @@ impl Inner {
     ///
     /// # Errors
     /// As [`Inner::must_audit`].
-    pub fn audit_ready(&mut self, event: &str) -> OpResult<()> {
+    pub(crate) fn audit_ready(&mut self, event: &str) -> OpResult<()> {
         self.audit_ready_for(event, 0)
     }
 
@@ -722,7 +722,7 @@ impl Inner {
     ///
     /// # Errors
     /// As [`Inner::must_audit`].
-    pub fn audit_ready_for(&mut self, event: &str, entry_len: usize) -> OpResult<()> {
+    pub(crate) fn audit_ready_for(&mut self, event: &str, entry_len: usize) -> OpResult<()> {
         self.check_audit_path()?;
         let Some(w) = self.audit.as_mut() else {
             return Ok(());
@@ -735,7 +735,7 @@ impl Inner {
 
     /// Seals the audit log's end into the vault and closes the audit session (lock, stop): the
     /// next unlock then knows this broker ended cleanly. See [`Inner::open_audit_session`].
-    pub fn seal_audit_final(&mut self) {
+    pub(crate) fn seal_audit_final(&mut self) {
         self.seal_audit();
         if self.audit_seal_broken.is_some() {
             return;
@@ -755,7 +755,7 @@ impl Inner {
     /// host stopped), records `audit_unclean_end` naming the last sealed entry — anything a
     /// same-user process cut off the log after it cannot be detected otherwise — then marks the
     /// session open in the vault.
-    pub fn open_audit_session(&mut self) {
+    pub(crate) fn open_audit_session(&mut self) {
         let Some(v) = self.vault.as_ref() else {
             return;
         };
@@ -782,7 +782,7 @@ impl Inner {
     /// Seals the audit log's current end into the vault (the sealed checkpoint), so that cutting
     /// entries off the end of the log is detected by `keyveil audit verify`. Saves the vault only
     /// when the checkpoint moved. Errors are logged.
-    pub fn seal_audit(&mut self) {
+    pub(crate) fn seal_audit(&mut self) {
         if self.audit_seal_broken.is_some() {
             // Never move a seal forward over a log that did not match it.
             return;
@@ -804,7 +804,11 @@ impl Inner {
 
     /// Resolves the variables a request asks for: all set variables when `None`; errors name
     /// unknown or unset ones.
-    pub fn resolve_variables(&self, env: &str, asked: Option<&[String]>) -> OpResult<Vec<String>> {
+    pub(crate) fn resolve_variables(
+        &self,
+        env: &str,
+        asked: Option<&[String]>,
+    ) -> OpResult<Vec<String>> {
         let vault = self.vault()?;
         let e = vault
             .data()
@@ -867,7 +871,11 @@ impl Inner {
     }
 
     /// Copies out the values of `vars` for a spawn (zeroized when dropped).
-    pub fn values(&self, env: &str, vars: &[String]) -> OpResult<Vec<(String, SecretValue)>> {
+    pub(crate) fn values(
+        &self,
+        env: &str,
+        vars: &[String],
+    ) -> OpResult<Vec<(String, SecretValue)>> {
         let vault = self.vault()?;
         let e = vault
             .data()
@@ -896,7 +904,7 @@ impl Inner {
     }
 
     /// Live grants that cover a run, soonest-expiring first.
-    pub fn find_grant(&self, ask: &Ask) -> Option<String> {
+    pub(crate) fn find_grant(&self, ask: &Ask) -> Option<String> {
         let now = Timestamp::now();
         self.grants
             .values()
@@ -906,7 +914,7 @@ impl Inner {
     }
 
     /// The `PATH` that resolves `argv[0]` and that children get, for an environment.
-    pub fn policy_path(&self, env: &str) -> String {
+    pub(crate) fn policy_path(&self, env: &str) -> String {
         let v = self.vault.as_ref();
         v.and_then(|v| {
             v.data()
@@ -919,7 +927,7 @@ impl Inner {
     }
 
     /// The `HOME` children get.
-    pub fn child_home(&self) -> Option<String> {
+    pub(crate) fn child_home(&self) -> Option<String> {
         self.vault
             .as_ref()
             .and_then(|v| v.data().settings.home.clone())
@@ -927,7 +935,7 @@ impl Inner {
     }
 
     /// Marks expired pending requests.
-    pub fn expire_requests(&mut self) {
+    pub(crate) fn expire_requests(&mut self) {
         let now = Timestamp::now();
         let mut expired = Vec::new();
         for r in self.requests.values_mut() {
@@ -949,7 +957,7 @@ impl Inner {
 
     /// Watches on the end of every live run of these grants (to wait for them with
     /// [`RunsStopped::wait`] once the lock is released).
-    pub fn runs_ended(
+    pub(crate) fn runs_ended(
         &self,
         grant_ids: &[String],
     ) -> Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>> {
@@ -961,7 +969,7 @@ impl Inner {
     }
 
     /// Marks a grant revoked and cancels its runs. Returns whether it was live.
-    pub fn revoke(&mut self, grant_id: &str, why: &str) -> bool {
+    pub(crate) fn revoke(&mut self, grant_id: &str, why: &str) -> bool {
         let Some(g) = self.grants.get_mut(grant_id) else {
             return false;
         };
@@ -984,7 +992,7 @@ impl Inner {
 /// The error for an action refused because its audit entry cannot be written: "the audit log
 /// cannot be written: CAUSE; nothing was run" (for a run) or "...; nothing was done", with a
 /// hint to free space where the log lives. Names no entry content.
-pub fn audit_refusal(
+pub(crate) fn audit_refusal(
     event: &str,
     log: &std::path::Path,
     e: &keyveil_vault::audit::AuditError,
@@ -1012,7 +1020,7 @@ pub fn audit_refusal(
 }
 
 /// The "unknown environment" error, listing the ones that exist.
-pub fn unknown_env(env: &str, vault: &Vault) -> OpError {
+pub(crate) fn unknown_env(env: &str, vault: &Vault) -> OpError {
     let names: Vec<&str> = vault
         .data()
         .environments
@@ -1030,7 +1038,7 @@ pub fn unknown_env(env: &str, vault: &Vault) -> OpError {
 }
 
 /// A fresh random id: `prefix` + 12 hex digits.
-pub fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     let mut b = [0u8; 6];
     if getrandom::fill(&mut b).is_err() {
         // getrandom failing is unrecoverable for a security tool; fall back to time+pid so the

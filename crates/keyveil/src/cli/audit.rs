@@ -121,4 +121,4 @@ pub(crate) fn audit_verified(d: &Value) -> i32 {
 /// Exit code of `keyveil audit verify` when the chain verifies but events are missing from it
 /// (`audit.gap` entries counting lost entries), or may be (`audit_unclean_end`: a broker was
 /// killed, and entries after its last seal cannot be vouched for).
-pub const AUDIT_GAP_EXIT: i32 = 3;
+pub(super) const AUDIT_GAP_EXIT: i32 = 3;

@@ -22,7 +22,7 @@ fn f<'a>(v: &'a Value, key: &str) -> &'a Value {
 
 /// `keyveil start`.
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(super) struct StartArgs {
     /// Environment.
     #[arg(long = "env")]
     environment: String,
@@ -52,7 +52,7 @@ pub struct StartArgs {
 
 /// `keyveil logs`.
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub(super) struct LogsArgs {
     /// Run id (`r-...`).
     run_id: String,
     /// Byte offset to start from (the `next` of an earlier call).
@@ -64,7 +64,7 @@ pub struct LogsArgs {
 }
 
 /// Starts a background run; prints its run id on stdout.
-pub async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
+pub(super) async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
     let (cwd, env) = super::requester_context(a.cwd)?;
     let req = RunRequest {
         client: cli_client(),
@@ -121,7 +121,7 @@ pub async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
 }
 
 /// Prints a background run's output from an offset; with `--follow`, until it ends.
-pub async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
+pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
     let mut from = a.from;
     loop {
         let d = call(
@@ -202,7 +202,7 @@ pub async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
 }
 
 /// Stops a background run.
-pub async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
+pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
     let d = call(
         paths,
         Request::Stop {
@@ -229,7 +229,7 @@ pub async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
 }
 
 /// `keyveil set ENV VAR --web`: prints a one-time link to the value-entry page.
-pub async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> {
+pub(super) async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> {
     let d = call(
         paths,
         Request::SetUrl {

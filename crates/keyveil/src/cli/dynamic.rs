@@ -14,7 +14,7 @@ use keyveil_proto::{DynamicAddRequest, Request};
 
 /// `keyveil dynamic` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum DynamicCommand {
+pub(super) enum DynamicCommand {
     /// Declare a dynamic variable. The admin credential (admin URL, or OpenBao token) is read
     /// from a hidden /dev/tty prompt or, with --admin-stdin, from the first line of stdin:
     /// never from argv.
@@ -78,7 +78,7 @@ pub enum DynamicCommand {
 }
 
 /// Runs a `dynamic` subcommand.
-pub async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
+pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
     match cmd {
         DynamicCommand::Add {
             env,
@@ -173,7 +173,7 @@ pub async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
 }
 
 /// Prints the dynamic credentials of one grant (from `grants`): handle and expiry only.
-pub fn print_grant_credentials(grant: &Value) {
+pub(super) fn print_grant_credentials(grant: &Value) {
     for d in grant["dynamic"].as_array().into_iter().flatten() {
         let h = &d["handle"];
         say(format!(

@@ -49,7 +49,7 @@ pub struct Cli {
 
 /// An error that carries its exit code.
 #[derive(Debug)]
-pub struct Exit {
+pub(crate) struct Exit {
     /// Exit code.
     pub code: i32,
     /// Message (may end with `hint:` lines).
@@ -65,19 +65,19 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 /// Writes a line to stdout (the one place the CLI prints results).
-pub fn say(s: impl AsRef<str>) {
+pub(crate) fn say(s: impl AsRef<str>) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{}", s.as_ref());
 }
 
 /// Writes a line to stderr.
-pub fn note(s: impl AsRef<str>) {
+pub(crate) fn note(s: impl AsRef<str>) {
     let mut o = std::io::stderr().lock();
     let _ = writeln!(o, "{}", s.as_ref());
 }
 
 /// Turns a broker reply into data or an [`Exit`] error.
-pub fn expect_ok(reply: Reply) -> Result<Value> {
+pub(crate) fn expect_ok(reply: Reply) -> Result<Value> {
     match reply {
         Reply::Ok { data } => Ok(data),
         Reply::Error {
@@ -133,7 +133,7 @@ fn warn_unconfirmed(d: &serde_json::Value) {
 }
 
 /// Runs the CLI; returns the process exit code.
-pub fn main(cli: Cli) -> Result<i32> {
+pub(crate) fn main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Daemon {
             foreground,
@@ -574,7 +574,7 @@ fn join(v: &Value) -> String {
 }
 
 /// The CLI's identity as a requester.
-pub fn cli_client() -> ClientInfo {
+pub(crate) fn cli_client() -> ClientInfo {
     ClientInfo {
         kind: "cli".into(),
         name: "keyveil".into(),
@@ -585,7 +585,7 @@ pub fn cli_client() -> ClientInfo {
 
 /// The requester's side of a run: its absolute working directory (`--cwd` or the current one)
 /// and its own environment without keyveil's variables (the broker picks from it).
-pub fn requester_context(cwd: Option<PathBuf>) -> Result<(String, Vec<(String, String)>)> {
+pub(crate) fn requester_context(cwd: Option<PathBuf>) -> Result<(String, Vec<(String, String)>)> {
     let cwd = match cwd {
         Some(c) => std::path::absolute(c).context("bad --cwd")?,
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -597,7 +597,7 @@ pub fn requester_context(cwd: Option<PathBuf>) -> Result<(String, Vec<(String, S
 }
 
 /// Parses `90s`, `30m`, `8h`, `1d`, `1h30m` (jiff's friendly format) into seconds.
-pub fn parse_duration(s: &str) -> Result<u64> {
+pub(crate) fn parse_duration(s: &str) -> Result<u64> {
     // Whole days (`7d`) are not a fixed-length unit for jiff; take them as 24 h.
     if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<u64>().ok()) {
         if days == 0 {

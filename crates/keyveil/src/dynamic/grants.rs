@@ -50,7 +50,7 @@ type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
 
 /// Dynamic credentials held by the broker, per grant. Lives in the broker state (`Inner`).
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     held: BTreeMap<String, GrantCreds>,
     outbox: Outbox,
     /// Reaps take it exclusively; mints share it: a reap never races a fresh mint.
@@ -61,7 +61,7 @@ pub struct Registry {
 
 impl Registry {
     /// The credentials a grant holds, as shown by `keyveil grants` (no secret).
-    pub fn describe(&self, grant_id: &str) -> Vec<Value> {
+    pub(crate) fn describe(&self, grant_id: &str) -> Vec<Value> {
         self.held
             .get(grant_id)
             .map(|g| {
@@ -94,7 +94,7 @@ fn lock_outbox(o: &Outbox) -> std::sync::MutexGuard<'_, Vec<(&'static str, Value
 }
 
 /// Adds `"dynamic": [...]` (variable, handle, expiry; never a secret) to a grant's JSON.
-pub fn annotate_grant(inner: &Inner, grant_id: &str, grant: &mut Value) {
+pub(crate) fn annotate_grant(inner: &Inner, grant_id: &str, grant: &mut Value) {
     if let Value::Object(m) = grant {
         m.insert(
             "dynamic".into(),
@@ -121,7 +121,7 @@ fn op_err(variable: &str, e: &DynamicError) -> OpError {
 
 /// What [`values_for_grant`] hands to a spawn.
 #[derive(Debug, Default)]
-pub struct DynamicValues {
+pub(crate) struct DynamicValues {
     /// Secret values (the variables, `PGPASSWORD`): injected and redacted from output.
     pub values: Vec<(String, SecretValue)>,
     /// Plain extras (`<VAR>_USER`, `PGUSER`, `PGHOST`, ...): injected, not redacted.
@@ -135,7 +135,7 @@ pub struct DynamicValues {
 ///
 /// Errors: the grant ended while minting (`Denied`), an engine failed (`Failed`, scrubbed).
 /// Every mint and failure is audited (names and handles only).
-pub async fn values_for_grant(
+pub(crate) async fn values_for_grant(
     broker: &Arc<Broker>,
     grant_id: &str,
     environment: &str,
@@ -334,7 +334,7 @@ fn audit_failure(
 /// Destroys, in the background, every credential `grant_id` holds (called when it is revoked
 /// or expires; a no-op for grants without dynamic credentials). The request is audited now,
 /// the outcome by the next [`sweep`].
-pub fn end_grant(inner: &mut Inner, grant_id: &str) {
+pub(crate) fn end_grant(inner: &mut Inner, grant_id: &str) {
     let Some(g) = inner.dynamic.held.remove(grant_id) else {
         return;
     };
@@ -407,7 +407,7 @@ fn spawn_revocations(
 
 /// Ends the credentials of grants that are revoked, expired, forgotten, or used up with no run
 /// left; writes background results into the audit log. Called from the broker's tick.
-pub fn sweep(inner: &mut Inner) {
+pub(crate) fn sweep(inner: &mut Inner) {
     let done: Vec<(&'static str, Value)> = std::mem::take(&mut *lock_outbox(&inner.dynamic.outbox));
     for (event, fields) in done {
         inner.audit(event, fields);
@@ -439,7 +439,7 @@ pub fn sweep(inner: &mut Inner) {
 
 /// After an unlock: reap, in the background, the users of every dynamic variable's prefix that
 /// this broker does not hold (a crashed broker's leftovers). Results are audited by [`sweep`].
-pub fn on_unlock(broker: &Arc<Broker>) {
+pub(crate) fn on_unlock(broker: &Arc<Broker>) {
     let (specs, keep, outbox, gate) = {
         let inner = broker.lock();
         let Ok(vault) = inner.vault() else { return };
@@ -492,7 +492,7 @@ pub fn on_unlock(broker: &Arc<Broker>) {
 
 /// Waits (at most `limit`) for background revocations to finish: called when the broker stops,
 /// so `daemon stop` leaves nothing behind at the sources.
-pub async fn settle(broker: &Broker, limit: std::time::Duration) {
+pub(crate) async fn settle(broker: &Broker, limit: std::time::Duration) {
     let inflight = broker.lock().dynamic.inflight.clone();
     let t0 = Instant::now();
     while inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < limit {

@@ -22,12 +22,12 @@
 //! [`DynamicError`]: errors name the server as `user@host:port/db` only, and every reason text
 //! from a server or driver is scrubbed of the secrets in play before it is kept.
 
-pub mod grants;
+pub(crate) mod grants;
 #[cfg(feature = "openbao")]
-pub mod openbao;
-pub mod postgres;
-pub mod redis;
-pub mod target;
+pub(crate) mod openbao;
+pub(crate) mod postgres;
+pub(crate) mod redis;
+pub(crate) mod target;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,19 +36,21 @@ use jiff::Timestamp;
 use keyveil_vault::{DynamicSource, SecretValue};
 use serde::Serialize;
 
-pub use grants::{Registry, annotate_grant, end_grant, on_unlock, settle, sweep, values_for_grant};
+pub(crate) use grants::{
+    Registry, annotate_grant, end_grant, on_unlock, settle, sweep, values_for_grant,
+};
 
 /// How long one engine operation (connect + statements) may take before it fails (10 s).
-pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Length of minted passwords in characters (`A-Za-z0-9`: about 238 bits).
-pub const PASSWORD_LEN: usize = 40;
+pub(crate) const PASSWORD_LEN: usize = 40;
 /// Every name prefix starts with this, so a reaper can only ever touch keyveil's own users.
-pub const PREFIX_ROOT: &str = "keyveil_";
+pub(crate) const PREFIX_ROOT: &str = "keyveil_";
 
 /// The kinds of source a dynamic variable can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum EngineKind {
+pub(crate) enum EngineKind {
     /// A PostgreSQL login role per grant (`CREATE ROLE ... VALID UNTIL`).
     Postgres,
     /// A Redis ACL user per grant (`ACL SETUSER`).
@@ -61,7 +63,7 @@ pub enum EngineKind {
 
 impl EngineKind {
     /// Parses the name used on the command line and in the vault.
-    pub fn parse(s: &str) -> Result<EngineKind, DynamicError> {
+    pub(crate) fn parse(s: &str) -> Result<EngineKind, DynamicError> {
         match s {
             "postgres" | "postgresql" => Ok(EngineKind::Postgres),
             "redis" => Ok(EngineKind::Redis),
@@ -75,7 +77,7 @@ impl EngineKind {
     }
 
     /// The canonical name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             EngineKind::Postgres => "postgres",
             EngineKind::Redis => "redis",
@@ -85,7 +87,7 @@ impl EngineKind {
     }
 
     /// Whether a credential is minted per grant (and must be revoked).
-    pub fn mints(self) -> bool {
+    pub(crate) fn mints(self) -> bool {
         !matches!(self, EngineKind::OpenbaoKv)
     }
 }
@@ -93,7 +95,7 @@ impl EngineKind {
 /// What is injected under the variable's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum OutputForm {
+pub(crate) enum OutputForm {
     /// The password; the user name goes into `<VAR>_USER`.
     Password,
     /// A full connection URL with user and password (`postgresql://...`, `redis://...`).
@@ -104,7 +106,7 @@ pub enum OutputForm {
 
 impl OutputForm {
     /// Parses `password`, `url`, `pg-env`.
-    pub fn parse(s: &str) -> Result<OutputForm, DynamicError> {
+    pub(crate) fn parse(s: &str) -> Result<OutputForm, DynamicError> {
         match s {
             "password" => Ok(OutputForm::Password),
             "url" => Ok(OutputForm::Url),
@@ -117,7 +119,7 @@ impl OutputForm {
     }
 
     /// The canonical name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             OutputForm::Password => "password",
             OutputForm::Url => "url",
@@ -129,7 +131,7 @@ impl OutputForm {
 /// A dynamic variable's configuration, as stored (encrypted) in the vault with the variable
 /// ([`DynamicSource`]); the admin credential is itself a vault secret.
 #[derive(Debug, Clone)]
-pub struct DynamicSpec {
+pub(crate) struct DynamicSpec {
     /// The engine.
     pub engine: EngineKind,
     /// Admin connection URL (`postgres`, `redis`) or OpenBao token (`openbao-*`).
@@ -147,7 +149,7 @@ pub struct DynamicSpec {
 
 impl DynamicSpec {
     /// Reads a stored configuration, checking it.
-    pub fn from_source(src: &DynamicSource) -> Result<DynamicSpec, DynamicError> {
+    pub(crate) fn from_source(src: &DynamicSource) -> Result<DynamicSpec, DynamicError> {
         let engine = EngineKind::parse(&src.engine)?;
         let output = if src.output.is_empty() {
             OutputForm::Url
@@ -167,7 +169,7 @@ impl DynamicSpec {
     }
 
     /// The configuration to store in the vault.
-    pub fn to_source(&self) -> DynamicSource {
+    pub(crate) fn to_source(&self) -> DynamicSource {
         let mut options = self.options.clone();
         if self.engine.mints() && !self.prefix.is_empty() {
             options.insert("prefix".into(), self.prefix.clone());
@@ -182,7 +184,7 @@ impl DynamicSpec {
     }
 
     /// A non-secret option.
-    pub fn opt(&self, key: &str) -> Option<&str> {
+    pub(crate) fn opt(&self, key: &str) -> Option<&str> {
         self.options
             .get(key)
             .map(String::as_str)
@@ -190,7 +192,7 @@ impl DynamicSpec {
     }
 
     /// Checks the combination of engine, output, template and options.
-    pub fn check(&self) -> Result<(), DynamicError> {
+    pub(crate) fn check(&self) -> Result<(), DynamicError> {
         let cfg = |m: String| Err(DynamicError::Config(m));
         if self.engine.mints() && self.engine != EngineKind::OpenbaoDatabase {
             check_prefix(&self.prefix)?;
@@ -241,7 +243,7 @@ impl DynamicSpec {
     }
 
     /// Where the engine's server is, as `user@host:port/db` or an OpenBao address: no secret.
-    pub fn shown_target(&self) -> String {
+    pub(crate) fn shown_target(&self) -> String {
         match self.engine {
             EngineKind::Postgres => {
                 target::Target::parse(self.admin.expose(), postgres::SCHEMES, 5432)
@@ -283,7 +285,7 @@ impl DynamicSpec {
 }
 
 /// Checks a name prefix: `keyveil_` then lower-case letters, digits and `_`, at most 24 bytes.
-pub fn check_prefix(prefix: &str) -> Result<(), DynamicError> {
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), DynamicError> {
     if prefix.starts_with(PREFIX_ROOT)
         && prefix.len() <= 24
         && prefix
@@ -299,7 +301,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), DynamicError> {
 }
 
 /// A fresh prefix: `keyveil_` + 6 random hex digits + `_`.
-pub fn new_prefix() -> Result<String, DynamicError> {
+pub(crate) fn new_prefix() -> Result<String, DynamicError> {
     let mut b = [0u8; 3];
     getrandom::fill(&mut b).map_err(|_| DynamicError::Random)?;
     Ok(format!("{PREFIX_ROOT}{}_", hex::encode(b)))
@@ -307,7 +309,7 @@ pub fn new_prefix() -> Result<String, DynamicError> {
 
 /// A minted credential: what is injected, and the handle that destroys it.
 #[derive(Debug, Clone)]
-pub struct Minted {
+pub(crate) struct Minted {
     /// Injected under the variable's name.
     pub value: SecretValue,
     /// Secret variables injected too, by the output form (`PGPASSWORD`): redacted like the
@@ -325,7 +327,7 @@ pub struct Minted {
 
 /// Names a minted credential at its source. Holds no secret: shown by `keyveil grants`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CredentialHandle {
+pub(crate) struct CredentialHandle {
     /// The engine.
     pub engine: EngineKind,
     /// Role or user name (PostgreSQL, Redis, OpenBao's generated user).
@@ -339,7 +341,7 @@ pub struct CredentialHandle {
 
 /// Why an engine operation failed. Never holds a secret (see the module docs).
 #[derive(Debug, thiserror::Error)]
-pub enum DynamicError {
+pub(crate) enum DynamicError {
     /// The stored configuration or the command line is wrong (the human's to fix).
     #[error("invalid dynamic configuration: {0}")]
     Config(String),
@@ -383,7 +385,7 @@ pub enum DynamicError {
 }
 
 /// Removes every secret (at least 4 bytes long) from a reason text.
-pub fn scrub(reason: impl Into<String>, secrets: &[&str]) -> String {
+pub(crate) fn scrub(reason: impl Into<String>, secrets: &[&str]) -> String {
     let mut s: String = reason.into();
     for sec in secrets {
         if sec.len() >= 4 && s.contains(sec) {
@@ -394,7 +396,7 @@ pub fn scrub(reason: impl Into<String>, secrets: &[&str]) -> String {
 }
 
 /// Runs `fut` under [`OP_TIMEOUT`].
-pub async fn timed<T>(
+pub(crate) async fn timed<T>(
     engine: EngineKind,
     target: &str,
     fut: impl Future<Output = Result<T, DynamicError>>,
@@ -409,7 +411,7 @@ pub async fn timed<T>(
 }
 
 /// A random `A-Za-z0-9` string (rejection sampling: no modulo bias).
-pub fn random_alnum(len: usize) -> Result<String, DynamicError> {
+pub(crate) fn random_alnum(len: usize) -> Result<String, DynamicError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
@@ -430,7 +432,7 @@ pub fn random_alnum(len: usize) -> Result<String, DynamicError> {
 
 /// A user name for a grant: `<prefix><grant hex>_<6 random a-z0-9>` (at most 49 bytes, within
 /// PostgreSQL's 63).
-pub fn user_name(prefix: &str, grant_id: &str) -> Result<String, DynamicError> {
+pub(crate) fn user_name(prefix: &str, grant_id: &str) -> Result<String, DynamicError> {
     let grant: String = grant_id
         .strip_prefix("g-")
         .unwrap_or(grant_id)
@@ -446,7 +448,7 @@ pub fn user_name(prefix: &str, grant_id: &str) -> Result<String, DynamicError> {
 /// Mints a credential for `variable` under grant `grant_id`, valid until `expires_at`.
 ///
 /// Errors: [`DynamicError`] (never with a secret inside).
-pub async fn mint(
+pub(crate) async fn mint(
     spec: &DynamicSpec,
     variable: &str,
     grant_id: &str,
@@ -467,7 +469,10 @@ pub async fn mint(
 
 /// Destroys a minted credential at its source: ends its sessions, deletes the role or user, or
 /// revokes the lease. Succeeds if it is already gone.
-pub async fn revoke(spec: &DynamicSpec, handle: &CredentialHandle) -> Result<(), DynamicError> {
+pub(crate) async fn revoke(
+    spec: &DynamicSpec,
+    handle: &CredentialHandle,
+) -> Result<(), DynamicError> {
     match handle.engine {
         EngineKind::Postgres => postgres::revoke(spec, &handle.user).await,
         EngineKind::Redis => redis::revoke(spec, &handle.user).await,
@@ -482,7 +487,7 @@ pub async fn revoke(spec: &DynamicSpec, handle: &CredentialHandle) -> Result<(),
 /// Deletes every credential of this spec's prefix except those named in `keep` (held by a live
 /// grant): what a crashed broker left behind. Returns how many were deleted. OpenBao leases are
 /// not reaped: they end at the grant's expiry by themselves (see [`openbao`]).
-pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
+pub(crate) async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
     match spec.engine {
         EngineKind::Postgres => postgres::reap(spec, keep).await,
         EngineKind::Redis => redis::reap(spec, keep).await,
@@ -491,7 +496,7 @@ pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicErr
 }
 
 /// Checks that the admin credential works (connects and can manage users), without minting.
-pub async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
+pub(crate) async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
     match spec.engine {
         EngineKind::Postgres => postgres::check_admin(spec).await,
         EngineKind::Redis => redis::check_admin(spec).await,
@@ -506,7 +511,7 @@ pub async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
 
 /// What an output form injects: the value, secret extras (`PGPASSWORD`) and plain extras
 /// (user, host, port, database: not secrets, so never redacted from output).
-pub struct Shaped {
+pub(crate) struct Shaped {
     /// Under the variable's name.
     pub value: SecretValue,
     /// Secret extras.

@@ -35,7 +35,7 @@ use super::{
 };
 
 /// Checks a mount, role or path: `[A-Za-z0-9_.-]` segments separated by `/`, no `..`.
-pub fn check_path(what: &str, p: &str) -> Result<(), DynamicError> {
+pub(crate) fn check_path(what: &str, p: &str) -> Result<(), DynamicError> {
     let ok = !p.is_empty()
         && p.len() <= 512
         && p.split('/').all(|seg| {
@@ -194,7 +194,9 @@ fn errors_of(status: u16, v: &Value) -> String {
 
 /// Reads the KV v2 secret at the spec's `mount` (default `secret`) and `path`: every field, as
 /// a string (non-string JSON values in their JSON text).
-pub async fn read_kv(spec: &DynamicSpec) -> Result<BTreeMap<String, SecretValue>, DynamicError> {
+pub(crate) async fn read_kv(
+    spec: &DynamicSpec,
+) -> Result<BTreeMap<String, SecretValue>, DynamicError> {
     let mount = spec.opt("mount").unwrap_or("secret");
     let path = spec.opt("path").unwrap_or("");
     check_path("mount", mount)?;
@@ -224,7 +226,7 @@ pub async fn read_kv(spec: &DynamicSpec) -> Result<BTreeMap<String, SecretValue>
 }
 
 /// Draws a database credential (a lease) and shortens it to the grant's expiry.
-pub async fn mint(
+pub(crate) async fn mint(
     spec: &DynamicSpec,
     variable: &str,
     expires_at: Timestamp,
@@ -335,7 +337,7 @@ pub async fn mint(
 }
 
 /// Revokes a lease (OpenBao then drops the database user); succeeds if it is already gone.
-pub async fn revoke(spec: &DynamicSpec, lease_id: &str) -> Result<(), DynamicError> {
+pub(crate) async fn revoke(spec: &DynamicSpec, lease_id: &str) -> Result<(), DynamicError> {
     if lease_id.is_empty() {
         return Ok(());
     }
@@ -357,7 +359,7 @@ pub async fn revoke(spec: &DynamicSpec, lease_id: &str) -> Result<(), DynamicErr
 }
 
 /// Checks that the token can read the database role.
-pub async fn check_role(spec: &DynamicSpec) -> Result<(), DynamicError> {
+pub(crate) async fn check_role(spec: &DynamicSpec) -> Result<(), DynamicError> {
     let mount = spec.opt("mount").unwrap_or("database");
     let role = spec.opt("role").unwrap_or("");
     check_path("mount", mount)?;

@@ -24,7 +24,7 @@ use super::{
 };
 
 /// URL schemes accepted for the admin URL.
-pub const SCHEMES: &[&str] = &["postgresql", "postgres"];
+pub(crate) const SCHEMES: &[&str] = &["postgresql", "postgres"];
 /// Transaction-level advisory lock taken by every mint and revoke (`pg_advisory_xact_lock`), so
 /// concurrent grants' `GRANT`s on the same objects never collide (`b"kv"` + `0x7665696c`).
 const LOCK_KEY: i64 = 0x6b76_7665_696c;
@@ -32,7 +32,7 @@ const LOCK_KEY: i64 = 0x6b76_7665_696c;
 const PLACEHOLDERS: &[&str] = &["{{role}}", "{{database}}"];
 
 /// `"ident"` with inner quotes doubled (PostgreSQL's `quote_ident`, always quoting).
-pub fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -47,7 +47,7 @@ fn quote_literal(s: &str) -> Result<String, DynamicError> {
 }
 
 /// Checks a template's placeholders: only `{{role}}` and `{{database}}`.
-pub fn check_template(template: &str) -> Result<(), DynamicError> {
+pub(crate) fn check_template(template: &str) -> Result<(), DynamicError> {
     let mut rest = template.to_owned();
     for p in PLACEHOLDERS {
         rest = rest.replace(p, "");
@@ -205,7 +205,7 @@ fn reason(e: &tokio_postgres::Error, secrets: &[String]) -> String {
 }
 
 /// Creates the role (see the module docs).
-pub async fn mint(
+pub(crate) async fn mint(
     spec: &DynamicSpec,
     variable: &str,
     grant_id: &str,
@@ -281,7 +281,7 @@ pub async fn mint(
 }
 
 /// Drops the role (see the module docs); succeeds if it is already gone.
-pub async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> {
+pub(crate) async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> {
     let admin = Admin::open(spec).await?;
     let shown = admin.shown.clone();
     timed(EngineKind::Postgres, &shown, admin.drop_role(name)).await?;
@@ -289,7 +289,7 @@ pub async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> 
 }
 
 /// Drops every role of the spec's prefix not in `keep`; returns how many.
-pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
+pub(crate) async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
     super::check_prefix(&spec.prefix)?;
     let admin = Admin::open(spec).await?;
     let shown = admin.shown.clone();
@@ -315,7 +315,7 @@ pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicErr
 }
 
 /// Connects and checks that the admin may create roles.
-pub async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
+pub(crate) async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
     let admin = Admin::open(spec).await?;
     let row = admin
         .client

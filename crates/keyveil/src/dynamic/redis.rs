@@ -19,10 +19,10 @@ use super::{
 };
 
 /// URL schemes accepted for the admin URL (plain TCP only: `rediss` needs TLS, not built in).
-pub const SCHEMES: &[&str] = &["redis"];
+pub(crate) const SCHEMES: &[&str] = &["redis"];
 
 /// Splits and checks a template's ACL rules.
-pub fn rules(template: &str) -> Result<Vec<String>, DynamicError> {
+pub(crate) fn rules(template: &str) -> Result<Vec<String>, DynamicError> {
     let rules: Vec<String> = template.split_whitespace().map(str::to_owned).collect();
     if rules.is_empty() {
         return Err(DynamicError::Config(
@@ -150,7 +150,7 @@ fn reason(e: &redis::RedisError, secrets: &[String]) -> String {
 }
 
 /// Creates the ACL user (see the module docs).
-pub async fn mint(
+pub(crate) async fn mint(
     spec: &DynamicSpec,
     variable: &str,
     grant_id: &str,
@@ -216,7 +216,7 @@ pub async fn mint(
 }
 
 /// Deletes the ACL user and its connections; succeeds if it is already gone.
-pub async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> {
+pub(crate) async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> {
     let mut admin = Admin::open(spec).await?;
     let shown = admin.shown.clone();
     timed(EngineKind::Redis, &shown, admin.delete_user(name)).await?;
@@ -224,7 +224,7 @@ pub async fn revoke(spec: &DynamicSpec, name: &str) -> Result<(), DynamicError> 
 }
 
 /// Deletes every ACL user of the spec's prefix not in `keep`; returns how many.
-pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
+pub(crate) async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicError> {
     super::check_prefix(&spec.prefix)?;
     let mut admin = Admin::open(spec).await?;
     let shown = admin.shown.clone();
@@ -246,7 +246,7 @@ pub async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, DynamicErr
 }
 
 /// Connects and checks that the admin may manage ACL users (`ACL WHOAMI`, `ACL USERS`).
-pub async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
+pub(crate) async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
     let mut admin = Admin::open(spec).await?;
     let shown = admin.shown.clone();
     timed(EngineKind::Redis, &shown, async {

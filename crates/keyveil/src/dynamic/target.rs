@@ -14,7 +14,7 @@ use super::DynamicError;
 
 /// A parsed server URL. `password` is the only secret part; [`Target::shown`] leaves it out.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Lower-case scheme (`postgresql`, `redis`, `http`).
     pub scheme: String,
     /// User name, if any (percent-decoded).
@@ -34,7 +34,11 @@ pub struct Target {
 impl Target {
     /// Parses `url`; `default_port` applies when the URL gives none. Errors never quote the
     /// URL: it may hold a password.
-    pub fn parse(url: &str, schemes: &[&str], default_port: u16) -> Result<Target, DynamicError> {
+    pub(crate) fn parse(
+        url: &str,
+        schemes: &[&str],
+        default_port: u16,
+    ) -> Result<Target, DynamicError> {
         let bad = |what: &str| DynamicError::Config(format!("the admin URL is malformed: {what}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             bad("it has no scheme (expected e.g. postgresql://user@host:5432/db)")
@@ -117,7 +121,7 @@ impl Target {
     }
 
     /// `user@host:port/path` (no password): what errors, the audit log and `grants` show.
-    pub fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -139,7 +143,7 @@ impl Target {
     }
 
     /// `host:port` with brackets around an IPv6 host.
-    pub fn host_port(&self) -> String {
+    pub(crate) fn host_port(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -148,7 +152,7 @@ impl Target {
     }
 
     /// Whether the host is a loopback name or address.
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.host == "localhost"
             || self
                 .host
@@ -158,7 +162,7 @@ impl Target {
 
     /// The password, or "" (for servers with trust authentication).
     #[cfg(test)]
-    pub fn password_str(&self) -> &str {
+    pub(crate) fn password_str(&self) -> &str {
         self.password
             .as_ref()
             .map(SecretValue::expose)
@@ -167,7 +171,7 @@ impl Target {
 }
 
 /// Percent-encodes a URL user name or password (RFC 3986 userinfo).
-pub fn encode_userinfo(s: &str) -> String {
+pub(crate) fn encode_userinfo(s: &str) -> String {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     const SET: &AsciiSet = &NON_ALPHANUMERIC
         .remove(b'-')

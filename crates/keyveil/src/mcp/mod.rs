@@ -19,7 +19,7 @@
 //! Logs go to stderr only (stdout is the protocol).
 
 mod stdio;
-pub mod tools;
+pub(crate) mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,19 +45,19 @@ use keyveil_proto::{
 use tools::*;
 
 /// Default seconds a `run` waits for the user's approval before answering `pending_approval`.
-pub const DEFAULT_WAIT_SECONDS: u64 = 20;
+pub(crate) const DEFAULT_WAIT_SECONDS: u64 = 20;
 /// Longest approval wait a call may ask for (agent hosts time tool calls out; Codex at 60 s).
-pub const MAX_WAIT_SECONDS: u64 = 50;
+pub(crate) const MAX_WAIT_SECONDS: u64 = 50;
 /// Default timeout of a command started through MCP, in seconds.
-pub const DEFAULT_RUN_TIMEOUT_SECONDS: u64 = 120;
+pub(crate) const DEFAULT_RUN_TIMEOUT_SECONDS: u64 = 120;
 /// Longest timeout a `run` may ask for, in seconds.
-pub const MAX_RUN_TIMEOUT_SECONDS: u64 = 3600;
+pub(crate) const MAX_RUN_TIMEOUT_SECONDS: u64 = 3600;
 /// Cap on each collected output stream of a run, in bytes.
-pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;
+pub(crate) const OUTPUT_CAP_BYTES: usize = 64 * 1024;
 /// Largest `stdin` a `run` may pass, in bytes.
-pub const MAX_STDIN_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
 /// Longest string a tool argument may hold (other than `run`'s `stdin`), in bytes.
-pub const MAX_ARG_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ARG_BYTES: usize = 64 * 1024;
 /// Deadline of a broker exchange that runs nothing (includes starting the broker).
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Extra time on top of wait + run timeout before a `run` call gives up on the broker.
@@ -68,7 +68,7 @@ const ELICIT_WAIT_SECONDS: u64 = 45;
 const MAX_CLIENT_NAME: usize = 128;
 
 /// Runs the MCP server on stdio until the client closes stdin.
-pub fn main() -> Result<i32> {
+pub(crate) fn main() -> Result<i32> {
     crate::logging::init_cli();
     let paths = Paths::resolve()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -96,7 +96,7 @@ async fn serve(paths: Paths) -> Result<i32> {
 /// The MCP server: where the broker is, and what this process passes to the commands it asks
 /// to run.
 #[derive(Debug, Clone)]
-pub struct KeyveilMcp {
+pub(crate) struct KeyveilMcp {
     paths: Paths,
     /// The server's working directory: the default `cwd` of runs and requests.
     cwd: PathBuf,
@@ -107,7 +107,7 @@ pub struct KeyveilMcp {
 
 impl KeyveilMcp {
     /// A server for the broker of `paths`.
-    pub fn new(paths: Paths) -> Result<KeyveilMcp> {
+    pub(crate) fn new(paths: Paths) -> Result<KeyveilMcp> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
         Ok(KeyveilMcp {
             paths,

@@ -22,7 +22,7 @@ use rmcp::transport::async_rw::AsyncRwTransport;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 
 /// Longest accepted line (one message), in bytes: rmcp's own limit.
-pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+pub(super) const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an oversized line is kept to find its `id`.
 const HEAD_BYTES: usize = 64 * 1024;
 /// Longest parser message put into an error reply, in characters.
@@ -49,7 +49,7 @@ enum Step {
 }
 
 /// The server side of the stdio transport (see the module documentation).
-pub struct GuardedStdio<R, W: AsyncWrite> {
+pub(super) struct GuardedStdio<R, W: AsyncWrite> {
     read: BufReader<R>,
     /// The line being read (kept across cancelled `receive` calls).
     line: Vec<u8>,
@@ -66,7 +66,7 @@ where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     /// Reads requests from `read`, writes replies to `write`.
-    pub fn new(read: R, write: W) -> GuardedStdio<R, W> {
+    pub(super) fn new(read: R, write: W) -> GuardedStdio<R, W> {
         GuardedStdio {
             read: BufReader::with_capacity(64 * 1024, read),
             line: Vec::new(),

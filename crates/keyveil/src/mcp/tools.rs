@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 /// The server instructions: the habits the model should keep. Short on purpose.
-pub const INSTRUCTIONS: &str = "keyveil gives you access to secrets without custody: you see environment and variable names, never values.
+pub(crate) const INSTRUCTIONS: &str = "keyveil gives you access to secrets without custody: you see environment and variable names, never values.
 - Never ask the user to paste a secret into the chat. If a variable is missing, call declare_variable: source \"generate\" makes a random value, source \"human\" lets the user set it in their own terminal with `keyveil set ENV NAME`.
 - To use secrets, call run with the command as an argv list. keyveil injects the values into that process only and returns its output with each value replaced by [REDACTED:NAME].
 - If run returns status \"pending_approval\", ask the user to run `keyveil approve ID` in their terminal, then call run again with exactly the same arguments. A different command needs a new approval.
@@ -24,7 +24,7 @@ pub const INSTRUCTIONS: &str = "keyveil gives you access to secrets without cust
 - Do not try to reveal, transform or send values anywhere; every request and run is audited.";
 
 /// Every tool name, in the order `tools/list` shows them.
-pub const TOOL_NAMES: [&str; 13] = [
+pub(crate) const TOOL_NAMES: [&str; 13] = [
     "list_environments",
     "describe_environment",
     "create_environment",
@@ -46,12 +46,12 @@ pub const TOOL_NAMES: [&str; 13] = [
 /// Arguments of tools that take none (an unknown member is an error naming it).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NoArgs {}
+pub(crate) struct NoArgs {}
 
 /// Arguments of `describe_environment`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DescribeEnvironmentArgs {
+pub(crate) struct DescribeEnvironmentArgs {
     /// Environment name, e.g. "dev".
     pub environment: String,
 }
@@ -59,7 +59,7 @@ pub struct DescribeEnvironmentArgs {
 /// Arguments of `create_environment`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateEnvironmentArgs {
+pub(crate) struct CreateEnvironmentArgs {
     /// New environment name: letters, digits, '_' and '-', starting with a letter.
     pub name: String,
     /// What the environment is for.
@@ -70,7 +70,7 @@ pub struct CreateEnvironmentArgs {
 /// Where a declared variable's value comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum DeclareSource {
+pub(crate) enum DeclareSource {
     /// The user sets the value in their own terminal (`keyveil set ENV NAME`).
     #[default]
     Human,
@@ -81,7 +81,7 @@ pub enum DeclareSource {
 /// Arguments of `declare_variable`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeclareVariableArgs {
+pub(crate) struct DeclareVariableArgs {
     /// Environment name.
     pub environment: String,
     /// Variable name, following environment-variable rules: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -102,7 +102,7 @@ pub struct DeclareVariableArgs {
 /// Arguments of `run`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Environment whose variables are injected.
     pub environment: String,
     /// The command as an argv list, e.g. ["npm", "test"]; for shell syntax use
@@ -142,7 +142,7 @@ pub struct RunArgs {
 /// Arguments of `request_access`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RequestAccessArgs {
+pub(crate) struct RequestAccessArgs {
     /// Environment name.
     pub environment: String,
     /// Only these variables (default: all of the environment).
@@ -167,7 +167,7 @@ pub struct RequestAccessArgs {
 /// Arguments of `access_status`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AccessStatusArgs {
+pub(crate) struct AccessStatusArgs {
     /// The request id returned by `run` or `request_access`.
     #[serde(deserialize_with = "request_id")]
     #[schemars(with = "u64")]
@@ -177,7 +177,7 @@ pub struct AccessStatusArgs {
 /// Arguments of `revoke_grant`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RevokeGrantArgs {
+pub(crate) struct RevokeGrantArgs {
     /// Grant id (`g-...`), from `list_grants` or a completed run.
     pub grant_id: String,
 }
@@ -185,7 +185,7 @@ pub struct RevokeGrantArgs {
 /// Arguments of `audit_log`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AuditLogArgs {
+pub(crate) struct AuditLogArgs {
     /// Number of most recent entries (1 to 500, default 20).
     #[serde(default)]
     #[schemars(range(min = 1, max = 500))]
@@ -195,7 +195,7 @@ pub struct AuditLogArgs {
 /// Arguments of `start`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// Environment whose variables are injected.
     pub environment: String,
     /// The command as an argv list, e.g. ["npm", "run", "dev"].
@@ -229,7 +229,7 @@ pub struct StartArgs {
 /// Arguments of `logs`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     /// Run id returned by `start`.
     pub run_id: String,
     /// Byte offset to read from: 0 the first time, then the `next` of the previous call.
@@ -244,7 +244,7 @@ pub struct LogsArgs {
 /// Arguments of `stop`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StopArgs {
+pub(crate) struct StopArgs {
     /// Run id returned by `start`.
     pub run_id: String,
 }
@@ -306,7 +306,7 @@ fn suggest_argv(s: &str) -> String {
 }
 
 /// The JSON type of a value, for error messages.
-pub fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -322,7 +322,7 @@ pub fn json_type(v: &Value) -> &'static str {
 
 /// One environment in `list_environments`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct EnvironmentSummary {
+pub(crate) struct EnvironmentSummary {
     /// Environment name.
     pub name: String,
     /// Its description.
@@ -335,14 +335,14 @@ pub struct EnvironmentSummary {
 
 /// Result of `list_environments`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ListEnvironmentsOutput {
+pub(crate) struct ListEnvironmentsOutput {
     /// Every environment.
     pub environments: Vec<EnvironmentSummary>,
 }
 
 /// One variable in `describe_environment`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct VariableInfo {
+pub(crate) struct VariableInfo {
     /// Variable name.
     pub name: String,
     /// Its description.
@@ -362,7 +362,7 @@ pub struct VariableInfo {
 
 /// Result of `describe_environment`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct DescribeEnvironmentOutput {
+pub(crate) struct DescribeEnvironmentOutput {
     /// Environment name.
     pub name: String,
     /// Its description.
@@ -377,7 +377,7 @@ pub struct DescribeEnvironmentOutput {
 
 /// Result of `create_environment`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct CreateEnvironmentOutput {
+pub(crate) struct CreateEnvironmentOutput {
     /// The environment created.
     pub name: String,
 }
@@ -385,7 +385,7 @@ pub struct CreateEnvironmentOutput {
 /// State of a declared variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum DeclareStatus {
+pub(crate) enum DeclareStatus {
     /// It has a value.
     Set,
     /// It waits for the user to set it.
@@ -394,7 +394,7 @@ pub enum DeclareStatus {
 
 /// Result of `declare_variable`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct DeclareVariableOutput {
+pub(crate) struct DeclareVariableOutput {
     /// "set" or "awaiting_value".
     pub status: DeclareStatus,
     /// What to tell the user.
@@ -405,7 +405,7 @@ pub struct DeclareVariableOutput {
 /// How a `run` call ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum RunStatus {
+pub(crate) enum RunStatus {
     /// The command ran; see exit_code, stdout and stderr.
     #[default]
     Completed,
@@ -416,7 +416,7 @@ pub enum RunStatus {
 /// Result of `run`: `completed` (exit code and redacted output) or `pending_approval`
 /// (request id and what to ask the user).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct RunOutput {
+pub(crate) struct RunOutput {
     /// "completed" or "pending_approval".
     pub status: RunStatus,
     /// Exit code of the command (128 + signal if it was killed).
@@ -466,7 +466,7 @@ pub struct RunOutput {
 
 /// A file a run wrote a value into.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct WriteLeakOutput {
+pub(crate) struct WriteLeakOutput {
     /// The variable whose value was written (its alias where names are hidden).
     pub variable: String,
     /// The file (`archive!member` inside archives).
@@ -479,7 +479,7 @@ pub struct WriteLeakOutput {
 
 /// Result of `request_access`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct RequestAccessOutput {
+pub(crate) struct RequestAccessOutput {
     /// The request the user must approve.
     pub request_id: u64,
     /// "pending".
@@ -491,7 +491,7 @@ pub struct RequestAccessOutput {
 
 /// Result of `access_status`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct AccessStatusOutput {
+pub(crate) struct AccessStatusOutput {
     /// pending, approved, ended (approved, but the grant is used up, expired or revoked),
     /// denied or expired.
     pub status: String,
@@ -511,7 +511,7 @@ pub struct AccessStatusOutput {
 
 /// One grant in `list_grants`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct GrantView {
+pub(crate) struct GrantView {
     /// Grant id.
     pub id: String,
     /// The request it came from.
@@ -539,14 +539,14 @@ pub struct GrantView {
 
 /// Result of `list_grants`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ListGrantsOutput {
+pub(crate) struct ListGrantsOutput {
     /// Live grants of this client.
     pub grants: Vec<GrantView>,
 }
 
 /// Result of `revoke_grant`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct RevokeGrantOutput {
+pub(crate) struct RevokeGrantOutput {
     /// Always true on success.
     pub revoked: bool,
     /// The grant revoked.
@@ -555,7 +555,7 @@ pub struct RevokeGrantOutput {
 
 /// Result of `audit_log`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct AuditLogOutput {
+pub(crate) struct AuditLogOutput {
     /// Entries, oldest first: seq, ts, event and event fields (never a value).
     pub entries: Vec<Map<String, Value>>,
 }
@@ -563,7 +563,7 @@ pub struct AuditLogOutput {
 /// How a `start` call ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum StartStatus {
+pub(crate) enum StartStatus {
     /// The command runs in the background; read it with logs, end it with stop.
     #[default]
     Started,
@@ -573,7 +573,7 @@ pub enum StartStatus {
 
 /// Result of `start`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct StartOutput {
+pub(crate) struct StartOutput {
     /// "started" or "pending_approval".
     pub status: StartStatus,
     /// Run id, for logs and stop.
@@ -595,7 +595,7 @@ pub struct StartOutput {
 
 /// Result of `logs`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct LogsOutput {
+pub(crate) struct LogsOutput {
     /// Run id.
     pub run_id: String,
     /// Redacted stdout and stderr, combined, from `from` to `next`.
@@ -622,7 +622,7 @@ pub struct LogsOutput {
 
 /// Result of `stop`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct StopOutput {
+pub(crate) struct StopOutput {
     /// Run id.
     pub run_id: String,
     /// Whether this call stopped it (false: it had already ended).
@@ -733,7 +733,7 @@ fn single_types(mut schema: JsonObject) -> JsonObject {
 }
 
 /// The tools, with descriptions, annotations and schemas.
-pub fn definitions() -> Vec<Tool> {
+pub(crate) fn definitions() -> Vec<Tool> {
     vec![
         tool::<NoArgs, ListEnvironmentsOutput>(
             "list_environments",
@@ -820,7 +820,7 @@ pub fn definitions() -> Vec<Tool> {
 // Text renderings
 
 /// Short text for `list_environments`.
-pub fn render_environments(o: &ListEnvironmentsOutput) -> String {
+pub(crate) fn render_environments(o: &ListEnvironmentsOutput) -> String {
     if o.environments.is_empty() {
         return "No environments yet. Create one with create_environment (or ask the user to run `keyveil env create NAME`).".to_owned();
     }
@@ -842,7 +842,7 @@ pub fn render_environments(o: &ListEnvironmentsOutput) -> String {
 }
 
 /// Short text for `describe_environment`.
-pub fn render_environment(o: &DescribeEnvironmentOutput) -> String {
+pub(crate) fn render_environment(o: &DescribeEnvironmentOutput) -> String {
     let mut s = format!("environment {}", o.name);
     if !o.description.is_empty() {
         s.push_str(&format!(": {}", o.description));
@@ -861,7 +861,7 @@ pub fn render_environment(o: &DescribeEnvironmentOutput) -> String {
 }
 
 /// Short text for a `run` result.
-pub fn render_run(o: &RunOutput) -> String {
+pub(crate) fn render_run(o: &RunOutput) -> String {
     if o.status == RunStatus::PendingApproval {
         return format!(
             "pending_approval: request #{}. {}",
@@ -909,7 +909,7 @@ pub fn render_run(o: &RunOutput) -> String {
 }
 
 /// Short text for `list_grants`.
-pub fn render_grants(o: &ListGrantsOutput) -> String {
+pub(crate) fn render_grants(o: &ListGrantsOutput) -> String {
     if o.grants.is_empty() {
         return "No live grants for this client.".to_owned();
     }
@@ -937,7 +937,7 @@ pub fn render_grants(o: &ListGrantsOutput) -> String {
 }
 
 /// Short text for `audit_log`.
-pub fn render_audit(o: &AuditLogOutput) -> String {
+pub(crate) fn render_audit(o: &AuditLogOutput) -> String {
     if o.entries.is_empty() {
         return "The audit log is empty.".to_owned();
     }

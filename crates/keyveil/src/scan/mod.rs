@@ -13,7 +13,7 @@
 //! - in `$HOME`: every file directly in it (shell and REPL histories, `.netrc`, `.npmrc`,
 //!   `.git-credentials`, ...) and every dot-directory recursively (`.config/gh`, `.aws`,
 //!   `.docker`, `.kube`, `.npm/_logs`, ...), except a short list of cache and toolchain
-//!   subtrees ([`home::HOME_SKIP`]).
+//!   subtrees (`home::HOME_SKIP`).
 //!
 //! Each changed regular file is read (never through a symlink, never a FIFO, socket or device)
 //! and matched as stored, then decoded, by magic bytes and not by name: gzip (RFC 1952), zlib

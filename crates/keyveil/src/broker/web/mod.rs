@@ -54,35 +54,35 @@ use keyveil_proto::{ErrorCode, Passphrase, Reply, Request};
 use view::prose;
 
 /// How long a URL token may wait for its first use.
-pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// How long a browser session lasts (absolute, from login).
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Unused URL tokens kept at once; minting more drops the oldest.
 const MAX_TOKENS: usize = 32;
 /// Sessions kept at once; a new login past this drops the oldest.
 const MAX_SESSIONS: usize = 16;
 /// How long a value-entry link may wait for its first use.
-pub const SET_TOKEN_TTL: Duration = Duration::from_secs(900);
+pub(crate) const SET_TOKEN_TTL: Duration = Duration::from_secs(900);
 /// How long a value-entry session lasts.
-pub const SET_SESSION_TTL: Duration = Duration::from_secs(1800);
+pub(crate) const SET_SESSION_TTL: Duration = Duration::from_secs(1800);
 /// Largest request body accepted (a form with a passphrase is far smaller).
 const MAX_BODY: usize = 16 * 1024;
 
 /// The `Content-Security-Policy` of every response.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'";
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// `Referrer-Policy` of every response. Not `no-referrer`: under that policy browsers send
 /// `Origin: null` on same-origin form POSTs (Fetch standard, "append a request `Origin`
 /// header"), which would make the POST origin check impossible. `same-origin` sends a referrer
 /// only to this server itself and never to anyone else (the page loads nothing from elsewhere).
-pub const REFERRER_POLICY: &str = "same-origin";
+pub(crate) const REFERRER_POLICY: &str = "same-origin";
 
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
 
 /// The approval page's place in the broker: empty until the first `WebUrl` request.
 #[derive(Default)]
-pub struct Web {
+pub(crate) struct Web {
     server: tokio::sync::OnceCell<Arc<Server>>,
 }
 
@@ -121,7 +121,7 @@ struct Auth {
 }
 
 /// The running server: its port and its tokens and sessions (in memory only).
-pub struct Server {
+pub(crate) struct Server {
     port: u16,
     auth: Mutex<Auth>,
 }
@@ -364,7 +364,7 @@ impl Server {
 /// `{"url": "http://127.0.0.1:PORT/login?token=...", "expires_in_seconds": 300}`.
 ///
 /// Errors: the loopback port cannot be bound; the OS random source fails.
-pub async fn url(broker: &Arc<Broker>) -> OpResult<Value> {
+pub(crate) async fn url(broker: &Arc<Broker>) -> OpResult<Value> {
     let server = broker
         .web
         .server
@@ -941,7 +941,11 @@ async fn awaiting(
 ///
 /// Errors: the environment does not exist, the vault is locked, the variable already has a
 /// value, the name is invalid; the loopback port cannot be bound.
-pub async fn set_url(broker: &Arc<Broker>, environment: &str, name: &str) -> OpResult<Value> {
+pub(crate) async fn set_url(
+    broker: &Arc<Broker>,
+    environment: &str,
+    name: &str,
+) -> OpResult<Value> {
     if !keyveil_vault::is_valid_name(name) {
         return Err(OpError::new(
             ErrorCode::Usage,

@@ -20,7 +20,7 @@ fn ident(s: &str) -> String {
 
 /// Prose (the reason, risk details, broker messages): letters of any script stay; controls,
 /// bidi, zero-width, tags and odd spaces are escaped ([`keyveil_proto::display::visible_text`]).
-pub fn prose(s: &str) -> String {
+pub(super) fn prose(s: &str) -> String {
     keyveil_proto::display::visible_text(s)
 }
 
@@ -30,7 +30,7 @@ fn quoted(s: &str) -> String {
 }
 
 /// One request card. Every string is already made visible; askama HTML-escapes it.
-pub struct CardView {
+pub(super) struct CardView {
     /// Request id (a number the broker made).
     pub id: u64,
     /// `factor_proof::card_digest` of the request as shown: the approval form posts it back and
@@ -204,7 +204,7 @@ fn risk_item(v: &Value) -> (String, String) {
 }
 
 /// A broker timestamp in the local time zone, to the second (`2026-11-29 17:20:58 CET`).
-pub fn when(s: &str) -> String {
+pub(super) fn when(s: &str) -> String {
     match s.parse::<jiff::Timestamp>() {
         Ok(t) => t
             .to_zoned(jiff::tz::TimeZone::system())
@@ -318,7 +318,7 @@ fn facts(r: &Value) -> Vec<(String, String)> {
 }
 
 /// Builds a card from one element of `{"requests": [...]}`.
-pub fn card(r: &Value) -> Option<CardView> {
+pub(super) fn card(r: &Value) -> Option<CardView> {
     let id = r.get("id")?.as_u64()?;
     let client = r.get("client").cloned().unwrap_or(Value::Null);
     let pid = client
@@ -391,7 +391,7 @@ pub fn card(r: &Value) -> Option<CardView> {
 }
 
 /// Cards from the `Request::Requests` reply data.
-pub fn cards(data: &Value) -> Vec<CardView> {
+pub(super) fn cards(data: &Value) -> Vec<CardView> {
     data.get("requests")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(card).collect())
@@ -400,7 +400,7 @@ pub fn cards(data: &Value) -> Vec<CardView> {
 
 /// A message shown once at the top of the page after a POST.
 #[derive(Clone, Debug)]
-pub struct Flash {
+pub(super) struct Flash {
     /// Success (green) or failure (red).
     pub ok: bool,
     /// What happened.
@@ -412,7 +412,7 @@ pub struct Flash {
 /// The whole page.
 #[derive(Template)]
 #[template(path = "web/page.html")]
-pub struct Page {
+pub(super) struct Page {
     /// The pending requests.
     pub cards: Vec<CardView>,
     /// The session's CSRF token, put in every form.
@@ -424,7 +424,7 @@ pub struct Page {
 /// Only the list (what the page's script fetches on each change).
 #[derive(Template)]
 #[template(path = "web/list.html")]
-pub struct List {
+pub(super) struct List {
     /// The pending requests.
     pub cards: Vec<CardView>,
     /// The session's CSRF token.
@@ -435,7 +435,7 @@ pub struct List {
 /// password field starts empty and nothing typed is ever rendered back.
 #[derive(Template)]
 #[template(path = "web/set.html")]
-pub struct SetForm {
+pub(super) struct SetForm {
     /// Environment (made visible).
     pub environment: String,
     /// Variable name (made visible).
@@ -449,7 +449,7 @@ pub struct SetForm {
 }
 
 /// Builds the form, making every requester-written string visible.
-pub fn set_form(
+pub(super) fn set_form(
     environment: &str,
     name: &str,
     description: &str,
@@ -468,7 +468,7 @@ pub fn set_form(
 /// An error page (no script, no form).
 #[derive(Template)]
 #[template(path = "web/notice.html")]
-pub struct Notice {
+pub(super) struct Notice {
     /// Headline.
     pub title: String,
     /// What to do.
