@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 
 use super::testutil::{
-    BaoDev, pg_admin_url, pg_available, pg_role_exists, redis_available, spec, spec_with,
+    BaoDev, pg_admin_url, pg_ready, pg_role_exists, redis_ready, spec, spec_with,
 };
 use super::{DynamicSpec, mint, revoke};
 
@@ -72,7 +72,7 @@ async fn bench_dynamic_engines() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    assert!(pg_available().await && redis_available().await);
+    assert!(pg_ready() && redis_ready());
     println!("| engine | measure | n | p50 ms | p99 ms | mean ms | max ms |");
     println!("|---|---|---|---|---|---|---|");
     let native = spec(
@@ -83,10 +83,8 @@ async fn bench_dynamic_engines() {
     );
     pg_round(&native, n, "postgres (native)").await;
 
-    let bao = BaoDev::start()
-        .await
-        .expect("bao is needed for the benchmark");
-    assert!(bao.database_ready().await);
+    let bao = BaoDev::start().expect("bao is needed for the benchmark");
+    assert!(bao.database_ready());
     let via = spec_with(
         "openbao-database",
         &bao.token,

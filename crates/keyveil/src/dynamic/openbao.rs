@@ -401,7 +401,7 @@ mod tests {
     /// KV read, and a database lease that OpenBao turns into a real PostgreSQL role, revoked.
     #[tokio::test]
     async fn kv_and_database_leases() {
-        let Some(bao) = BaoDev::start().await else {
+        let Some(bao) = BaoDev::start() else {
             return;
         };
         bao.cli(&["kv", "put", "secret/app", "API_KEY=kv-value-123456", "N=7"]);
@@ -424,7 +424,7 @@ mod tests {
         let e = read_kv(&wrong).await.unwrap_err().to_string();
         assert!(e.contains("403") && !e.contains("not-the-token-zz"), "{e}");
 
-        if !bao.database_ready().await {
+        if !bao.database_ready() {
             return;
         }
         let db = spec_with(

@@ -341,7 +341,7 @@ pub(crate) async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::dynamic::testutil::{pg_admin_url, pg_available, pg_exec, pg_role_exists, spec};
+    use crate::dynamic::testutil::{pg_admin_url, pg_exec, pg_ready, pg_role_exists, spec};
 
     #[test]
     fn quoting() {
@@ -356,7 +356,7 @@ mod tests {
     /// fails and the role is gone; reap after a "crash" leaves no role of the prefix.
     #[tokio::test]
     async fn mint_use_revoke_reap() {
-        if !pg_available().await {
+        if !pg_ready() {
             return;
         }
         let table = format!("kv_unit_{}", random_alnum(8).unwrap().to_lowercase());

