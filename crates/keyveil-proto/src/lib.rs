@@ -21,7 +21,7 @@
 //! output frames are redacted before they are written.
 //!
 //! This crate holds the whole contract between the broker and its clients: [`request`],
-//! [`reply`], [`frame`] (frames and the length-delimited codec) and [`display`] (the escaper of
+//! [`op`] (one type per operation and its typed reply), [`reply`], [`frame`] (frames and the length-delimited codec) and [`display`] (the escaper of
 //! requester-supplied text). It has no async runtime and no command-line parser: the codec is
 //! sans-IO (the `tokio-util` feature adds the `Decoder`/`Encoder` impls the broker uses), so
 //! the `frame_decoder` fuzz target builds it alone.
@@ -30,6 +30,7 @@
 
 pub mod display;
 pub mod frame;
+pub mod op;
 pub mod reply;
 pub mod request;
 

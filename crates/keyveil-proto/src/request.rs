@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::op;
+
 /// Who is asking: shown to the human at approval, and part of a grant's scope.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClientInfo {
@@ -218,13 +220,7 @@ pub enum Request {
     /// Broker state.
     Status,
     /// A fresh challenge for proving a factor (see `factor_proof.rs`); replies [`Challenge`].
-    FactorChallenge {
-        /// 64 hex digits of the CLI's random nonce.
-        client_nonce: String,
-        /// For a TOTP code: the CLI's SPAKE2 messages (hex), one per candidate time step.
-        #[serde(default)]
-        totp: Vec<String>,
-    },
+    FactorChallenge(op::FactorChallenge),
     /// Drop the decrypted vault from memory; revoke all grants.
     Lock,
     /// Stop the broker and its runs.
@@ -232,177 +228,48 @@ pub enum Request {
     /// Environments with variable names.
     EnvList,
     /// One environment in detail.
-    EnvShow {
-        /// Environment name.
-        name: String,
-    },
+    EnvShow(op::EnvShow),
     /// The real names behind an environment's aliases (`hide_names` policy): needs the factor.
-    EnvReveal {
-        /// Environment name.
-        name: String,
-        /// Proof of the human's factor.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-    },
+    EnvReveal(op::EnvReveal),
     /// Create an environment.
-    EnvCreate {
-        /// Environment name.
-        name: String,
-        /// Free text.
-        description: String,
-    },
+    EnvCreate(op::EnvCreate),
     /// Remove an environment and all its variables (with a stored value: needs the factor).
-    EnvRemove {
-        /// Environment name.
-        name: String,
-        /// The human's factor, needed when a stored value would be removed.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-    },
+    EnvRemove(op::EnvRemove),
     /// Store a value (from the human's CLI only).
-    VarSet {
-        /// Environment name.
-        environment: String,
-        /// Variable name.
-        name: String,
-        /// The value in plain text: only without a factor (a first value).
-        #[serde(default)]
-        value: Option<Passphrase>,
-        /// The value sealed for the broker under the factor key (`factor_proof::seal_in_transit`,
-        /// associated data `ENV/NAME`): required with a factor, so a relay never sees it.
-        #[serde(default)]
-        sealed_value: Option<String>,
-        /// The human's factor, needed when it replaces a stored value.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-    },
+    VarSet(op::VarSet),
     /// Generate a random value inside the broker.
-    VarGenerate {
-        /// Environment name.
-        environment: String,
-        /// Variable name.
-        name: String,
-        /// Length in characters.
-        length: usize,
-        /// Alphabet.
-        charset: Charset,
-        /// The human's factor, needed when it replaces a stored value.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-    },
+    VarGenerate(op::VarGenerate),
     /// Delete a variable (with a stored value: needs the factor).
-    VarUnset {
-        /// Environment name.
-        environment: String,
-        /// Variable name.
-        name: String,
-        /// The human's factor, needed when a stored value would be removed.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-    },
+    VarUnset(op::VarUnset),
     /// Declare a variable (agent side): generated now, or awaiting a human's value.
-    VarDeclare {
-        /// Environment name.
-        environment: String,
-        /// Variable name.
-        name: String,
-        /// Free text.
-        description: Option<String>,
-        /// `true`: generate a value now; `false`: wait for a human to `keyveil set` it.
-        generate: bool,
-        /// Length of a generated value in characters.
-        length: Option<usize>,
-    },
+    VarDeclare(op::VarDeclare),
     /// Run a command under a grant (creating a request if none matches).
     Run(RunRequest),
     /// Create a request for access.
     RequestAccess(AccessRequest),
     /// State of a request.
-    AccessStatus {
-        /// Request id.
-        request_id: u64,
-    },
+    AccessStatus(op::AccessStatus),
     /// Pending requests.
     Requests,
     /// Approve a request with the human's factor.
-    Approve {
-        /// Request id.
-        request_id: u64,
-        /// `factor_proof::card_digest` of the request as the human was shown it: the broker
-        /// refuses the approval if its request no longer has this digest.
-        card: String,
-        /// Proof of the human's factor (absent only with `confirm`).
-        #[serde(default)]
-        factor: Option<FactorProof>,
-        /// No secret factor: allowed only where the environment's policy is `confirm`.
-        #[serde(default)]
-        confirm: bool,
-        /// Grant lifetime in seconds (absent: a one-use grant valid for 15 minutes).
-        ttl_seconds: Option<u64>,
-        /// Number of uses (absent: 1 without a TTL, unlimited within a TTL).
-        uses: Option<u32>,
-        /// Let the grant cover any command in the environment.
-        any_command: bool,
-        /// Cover longer argv that start with the approved one (token-wise, no code options).
-        #[serde(default)]
-        prefix: bool,
-        /// Cover canonical subdirectories of the approved working directory.
-        #[serde(default)]
-        subdirs: bool,
-    },
+    Approve(op::Approve),
     /// Deny a request.
-    Deny {
-        /// Request id.
-        request_id: u64,
-        /// Reason shown to the requester.
-        reason: Option<String>,
-    },
+    Deny(op::Deny),
     /// Live grants (of one client if `client` is set).
-    Grants {
-        /// Filter: a client scope key (`mcp:NAME`).
-        client: Option<String>,
-    },
+    Grants(op::Grants),
     /// Revoke one grant, or all.
-    Revoke {
-        /// Grant id; `None` with `all` revokes every grant.
-        grant_id: Option<String>,
-        /// Revoke every live grant.
-        all: bool,
-        /// Only grants of this client scope key (used by MCP `revoke_grant`).
-        client: Option<String>,
-    },
+    Revoke(op::Revoke),
     /// Start TOTP enrolment (passphrase required); returns the `otpauth://` URI once, sealed
     /// under the factor key (`sealed_uri`, `sealed_qr`; associated data `factor_enroll`).
-    FactorEnroll {
-        /// Proof of the passphrase.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-    },
+    FactorEnroll(op::FactorEnroll),
     /// Finish TOTP enrolment with a first code from the authenticator.
-    FactorConfirm {
-        /// The code.
-        code: String,
-    },
+    FactorConfirm(op::FactorConfirm),
     /// An environment's policy.
-    PolicyShow {
-        /// Environment.
-        environment: String,
-    },
+    PolicyShow(op::PolicyShow),
     /// Change an environment's policy (always needs a factor: passphrase or TOTP).
-    PolicySet {
-        /// Environment.
-        environment: String,
-        /// Proof of the human's factor.
-        #[serde(default)]
-        factor: Option<FactorProof>,
-        /// The change.
-        change: PolicyChange,
-    },
+    PolicySet(op::PolicySet),
     /// Recent audit entries.
-    Audit {
-        /// Last N entries.
-        limit: Option<usize>,
-    },
+    Audit(op::Audit),
     /// Verify the audit chain.
     AuditVerify,
     /// A one-time URL of the local web approval page (starts the page on first use).
@@ -417,35 +284,12 @@ pub enum Request {
     /// timeout, or when its grant ends.
     Start(RunRequest),
     /// Redacted output of a background run, from a byte offset of its combined output.
-    Logs {
-        /// Run id (`r-...`).
-        run_id: String,
-        /// Offset to read from (0: the start; earlier output may have been dropped).
-        #[serde(default)]
-        from: u64,
-        /// Most bytes to return (default and cap 64 KiB).
-        #[serde(default)]
-        max_bytes: Option<usize>,
-        /// Only runs of this client scope key (`mcp:NAME`); `None` for the human's CLI.
-        #[serde(default)]
-        client: Option<String>,
-    },
+    Logs(op::Logs),
     /// Stop a background run: SIGTERM to its process group, SIGKILL after 2 s.
-    Stop {
-        /// Run id.
-        run_id: String,
-        /// Only runs of this client scope key; `None` for the human's CLI.
-        #[serde(default)]
-        client: Option<String>,
-    },
+    Stop(op::Stop),
     /// A one-time URL of the local page where the human types the value of a declared variable
     /// that has none yet (the value goes from the browser to the broker, never through a client).
-    SetUrl {
-        /// Environment name.
-        environment: String,
-        /// Variable name.
-        name: String,
-    },
+    SetUrl(op::SetUrl),
 }
 
 /// A dynamic variable to declare (see `docs/dynamic-credentials.md`).
@@ -484,14 +328,14 @@ impl Request {
     /// The factor proof this request carries, if any.
     pub fn factor(&self) -> Option<&FactorProof> {
         match self {
-            Request::EnvReveal { factor, .. }
-            | Request::EnvRemove { factor, .. }
-            | Request::VarSet { factor, .. }
-            | Request::VarGenerate { factor, .. }
-            | Request::VarUnset { factor, .. }
-            | Request::Approve { factor, .. }
-            | Request::FactorEnroll { factor }
-            | Request::PolicySet { factor, .. } => factor.as_ref(),
+            Request::EnvReveal(op::EnvReveal { factor, .. })
+            | Request::EnvRemove(op::EnvRemove { factor, .. })
+            | Request::VarSet(op::VarSet { factor, .. })
+            | Request::VarGenerate(op::VarGenerate { factor, .. })
+            | Request::VarUnset(op::VarUnset { factor, .. })
+            | Request::Approve(op::Approve { factor, .. })
+            | Request::FactorEnroll(op::FactorEnroll { factor })
+            | Request::PolicySet(op::PolicySet { factor, .. }) => factor.as_ref(),
             Request::DynamicAdd(d) => d.factor.as_ref(),
             _ => None,
         }
@@ -500,14 +344,14 @@ impl Request {
     /// Puts a factor proof into this request (where it has a place for one).
     pub fn set_factor(&mut self, proof: FactorProof) {
         match self {
-            Request::EnvReveal { factor, .. }
-            | Request::EnvRemove { factor, .. }
-            | Request::VarSet { factor, .. }
-            | Request::VarGenerate { factor, .. }
-            | Request::VarUnset { factor, .. }
-            | Request::Approve { factor, .. }
-            | Request::FactorEnroll { factor }
-            | Request::PolicySet { factor, .. } => *factor = Some(proof),
+            Request::EnvReveal(op::EnvReveal { factor, .. })
+            | Request::EnvRemove(op::EnvRemove { factor, .. })
+            | Request::VarSet(op::VarSet { factor, .. })
+            | Request::VarGenerate(op::VarGenerate { factor, .. })
+            | Request::VarUnset(op::VarUnset { factor, .. })
+            | Request::Approve(op::Approve { factor, .. })
+            | Request::FactorEnroll(op::FactorEnroll { factor })
+            | Request::PolicySet(op::PolicySet { factor, .. }) => *factor = Some(proof),
             Request::DynamicAdd(d) => d.factor = Some(proof),
             _ => {}
         }
@@ -517,38 +361,38 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Status => "status",
-            Request::FactorChallenge { .. } => "factor_challenge",
+            Request::FactorChallenge(op::FactorChallenge { .. }) => "factor_challenge",
             Request::Lock => "lock",
             Request::Shutdown => "shutdown",
             Request::EnvList => "env_list",
-            Request::EnvShow { .. } => "env_show",
-            Request::EnvReveal { .. } => "env_reveal",
-            Request::EnvCreate { .. } => "env_create",
-            Request::EnvRemove { .. } => "env_remove",
-            Request::VarSet { .. } => "var_set",
-            Request::VarGenerate { .. } => "var_generate",
-            Request::VarUnset { .. } => "var_unset",
-            Request::VarDeclare { .. } => "var_declare",
+            Request::EnvShow(op::EnvShow { .. }) => "env_show",
+            Request::EnvReveal(op::EnvReveal { .. }) => "env_reveal",
+            Request::EnvCreate(op::EnvCreate { .. }) => "env_create",
+            Request::EnvRemove(op::EnvRemove { .. }) => "env_remove",
+            Request::VarSet(op::VarSet { .. }) => "var_set",
+            Request::VarGenerate(op::VarGenerate { .. }) => "var_generate",
+            Request::VarUnset(op::VarUnset { .. }) => "var_unset",
+            Request::VarDeclare(op::VarDeclare { .. }) => "var_declare",
             Request::Run(_) => "run",
             Request::RequestAccess(_) => "request_access",
-            Request::AccessStatus { .. } => "access_status",
+            Request::AccessStatus(op::AccessStatus { .. }) => "access_status",
             Request::Requests => "requests",
-            Request::Approve { .. } => "approve",
-            Request::FactorEnroll { .. } => "factor_enroll",
-            Request::FactorConfirm { .. } => "factor_confirm",
-            Request::PolicyShow { .. } => "policy_show",
-            Request::PolicySet { .. } => "policy_set",
-            Request::Deny { .. } => "deny",
-            Request::Grants { .. } => "grants",
-            Request::Revoke { .. } => "revoke",
-            Request::Audit { .. } => "audit",
+            Request::Approve(op::Approve { .. }) => "approve",
+            Request::FactorEnroll(op::FactorEnroll { .. }) => "factor_enroll",
+            Request::FactorConfirm(op::FactorConfirm { .. }) => "factor_confirm",
+            Request::PolicyShow(op::PolicyShow { .. }) => "policy_show",
+            Request::PolicySet(op::PolicySet { .. }) => "policy_set",
+            Request::Deny(op::Deny { .. }) => "deny",
+            Request::Grants(op::Grants { .. }) => "grants",
+            Request::Revoke(op::Revoke { .. }) => "revoke",
+            Request::Audit(op::Audit { .. }) => "audit",
             Request::AuditVerify => "audit_verify",
             Request::WebUrl => "web_url",
             Request::DynamicAdd(_) => "dynamic_add",
             Request::Start(_) => "start",
-            Request::Logs { .. } => "logs",
-            Request::Stop { .. } => "stop",
-            Request::SetUrl { .. } => "set_url",
+            Request::Logs(op::Logs { .. }) => "logs",
+            Request::Stop(op::Stop { .. }) => "stop",
+            Request::SetUrl(op::SetUrl { .. }) => "set_url",
         }
     }
 }
@@ -626,20 +470,20 @@ mod tests {
 
     #[test]
     fn debug_of_requests_never_shows_a_passphrase_or_value() {
-        let r = Request::VarSet {
+        let r = Request::VarSet(op::VarSet {
             environment: "e".into(),
             name: "N".into(),
             value: Some(Passphrase::new("hunter2-planted-value".into())),
             sealed_value: None,
             factor: None,
-        };
+        });
         let dbg = format!("{r:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("[sensitive]"));
         let json = serde_json::to_string(&r).unwrap();
         let back: Request = serde_json::from_str(&json).unwrap();
         match back {
-            Request::VarSet { value, .. } => {
+            Request::VarSet(op::VarSet { value, .. }) => {
                 assert_eq!(value.unwrap().expose(), "hunter2-planted-value")
             }
             other => panic!("{other:?}"),
@@ -659,6 +503,35 @@ mod tests {
             r#"{"op":"approve","request_id":1,"passphrase":"p","any_command":false,"ttl_seconds":null,"uses":null}"#,
         ] {
             assert!(serde_json::from_str::<Request>(old).is_err(), "{old}");
+        }
+    }
+
+    #[test]
+    fn an_operation_type_keeps_the_wire_shape_of_its_request() {
+        // Every operation is a type wrapped by its `Request` variant: the JSON is still one flat
+        // object tagged by `op` (what existing clients and the factor digests see).
+        let r = Request::EnvShow(op::EnvShow { name: "app".into() });
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"op": "env_show", "name": "app"})
+        );
+        let back: Request =
+            serde_json::from_str(r#"{"op":"revoke","grant_id":null,"all":true,"client":"mcp:x"}"#)
+                .unwrap();
+        match &back {
+            Request::Revoke(op::Revoke { all, client, .. }) => {
+                assert!(*all);
+                assert_eq!(client.as_deref(), Some("mcp:x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::json!({"op": "revoke", "grant_id": null, "all": true, "client": "mcp:x"})
+        );
+        for unit in [Request::Status, Request::Requests, Request::AuditVerify] {
+            let v = serde_json::to_value(&unit).unwrap();
+            assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
         }
     }
 }

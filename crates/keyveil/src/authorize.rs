@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::client;
 use crate::factor_proof::{self, FactorKey, TotpClient};
 use crate::paths::Paths;
+use keyveil_proto::op;
 use keyveil_proto::{Bootstrap, Challenge, FactorProof, Passphrase, Reply, Request};
 
 /// Longest wait for a broker we started to create or unlock the vault (Argon2id takes ≈ 1 s).
@@ -132,10 +133,10 @@ async fn challenge(
     start: bool,
 ) -> Result<Option<Authorized>> {
     let client_nonce = factor_proof::random_nonce()?;
-    let req = Request::FactorChallenge {
+    let req = Request::FactorChallenge(op::FactorChallenge {
         client_nonce: hex::encode(client_nonce),
         totp: totp_msgs,
-    };
+    });
     let reply = if start {
         client::call(paths, &req).await?
     } else {

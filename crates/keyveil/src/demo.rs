@@ -35,6 +35,7 @@ use zeroize::Zeroizing;
 use crate::cli::say;
 use crate::client::{self, Connection};
 use crate::paths::Paths;
+use keyveil_proto::op;
 use keyveil_proto::{Passphrase, Reply, Request};
 
 /// Length of the demo's random `API_TOKEN`.
@@ -104,10 +105,10 @@ async fn flow(paths: &Paths) -> Result<bool> {
     human("keyveil env create demo", "");
     ok(client::call(
         paths,
-        &Request::EnvCreate {
+        &Request::EnvCreate(op::EnvCreate {
             name: "demo".into(),
             description: "keyveil demo".into(),
-        },
+        }),
     )
     .await?)?;
     human(
@@ -116,13 +117,13 @@ async fn flow(paths: &Paths) -> Result<bool> {
     );
     ok(client::call(
         paths,
-        &Request::VarSet {
+        &Request::VarSet(op::VarSet {
             environment: "demo".into(),
             name: "API_TOKEN".into(),
             value: Some(Passphrase::new(value.to_string())),
             sealed_value: None,
             factor: None,
-        },
+        }),
     )
     .await?)?;
     let expected_sha = sha_prefix(value.as_bytes());
@@ -276,7 +277,7 @@ async fn flow(paths: &Paths) -> Result<bool> {
     let approved = ok(crate::authorize::call(
         paths,
         &crate::authorize::FactorInput::Passphrase(passphrase.clone()),
-        Request::Approve {
+        Request::Approve(op::Approve {
             request_id,
             card,
             factor: None,
@@ -286,7 +287,7 @@ async fn flow(paths: &Paths) -> Result<bool> {
             any_command: false,
             prefix: false,
             subdirs: false,
-        },
+        }),
     )
     .await?)?;
     human(

@@ -12,6 +12,7 @@ use super::access;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RequestState, RunsStopped, unknown_env};
 use crate::factor_proof;
+use keyveil_proto::op;
 use keyveil_proto::{
     Bootstrap, Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request,
 };
@@ -85,13 +86,13 @@ pub(crate) async fn dispatch_from(
     peer: Option<&super::peer::Peer>,
 ) -> Reply {
     // The one reply that may carry real hidden names: it is given only for the factor.
-    let reveal = matches!(req, Request::EnvReveal { .. });
+    let reveal = matches!(req, Request::EnvReveal(op::EnvReveal { .. }));
     // What a factor proof in this request binds: the request itself, byte for byte.
-    if let Request::VarSet {
+    if let Request::VarSet(op::VarSet {
         value: Some(_),
         factor: Some(_),
         ..
-    } = &req
+    }) = &req
     {
         return usage(
             "with a factor, a value travels sealed (`sealed_value`), never in plain text",
@@ -103,7 +104,7 @@ pub(crate) async fn dispatch_from(
         .map(|_| factor_proof::request_digest(&serde_json::to_value(&req).unwrap_or(Value::Null)));
     let r = match req {
         Request::Status => Ok(status(broker)),
-        Request::FactorChallenge { client_nonce, totp } => {
+        Request::FactorChallenge(op::FactorChallenge { client_nonce, totp }) => {
             factor_ops::challenge(broker, &client_nonce, &totp)
         }
         Request::Lock => Ok(lock(broker).await),
@@ -112,24 +113,26 @@ pub(crate) async fn dispatch_from(
             Ok(json!({"stopping": true}))
         }
         Request::EnvList => env_list(broker),
-        Request::EnvShow { name } => env_show(broker, &name),
-        Request::EnvCreate { name, description } => env_create(broker, &name, description),
-        Request::EnvRemove { name, factor } => {
+        Request::EnvShow(op::EnvShow { name }) => env_show(broker, &name),
+        Request::EnvCreate(op::EnvCreate { name, description }) => {
+            env_create(broker, &name, description)
+        }
+        Request::EnvRemove(op::EnvRemove { name, factor }) => {
             let stored = broker.lock().stored_names(&name, None);
             guard_stored(broker, &name, Need::stored(stored), factor, digest)
                 .await
                 .and_then(|ok| env_remove(broker, &name, ok.is_some()))
         }
-        Request::EnvReveal { name, factor } => {
+        Request::EnvReveal(op::EnvReveal { name, factor }) => {
             env_reveal(broker, &name, Proof::from_request(factor, digest, false)).await
         }
-        Request::VarSet {
+        Request::VarSet(op::VarSet {
             environment,
             name,
             value,
             sealed_value,
             factor,
-        } => {
+        }) => {
             // The associated data of a sealed value is the name as the CLI gave it.
             let aad = format!("{environment}/{name}");
             let (name, need) = target_of_change(broker, &environment, &name);
@@ -149,13 +152,13 @@ pub(crate) async fn dispatch_from(
                 }
             }
         }
-        Request::VarGenerate {
+        Request::VarGenerate(op::VarGenerate {
             environment,
             name,
             length,
             charset,
             factor,
-        } => {
+        }) => {
             let (name, need) = target_of_change(broker, &environment, &name);
             guard_stored(broker, &environment, need, factor, digest)
                 .await
@@ -171,32 +174,34 @@ pub(crate) async fn dispatch_from(
                     )
                 })
         }
-        Request::VarUnset {
+        Request::VarUnset(op::VarUnset {
             environment,
             name,
             factor,
-        } => {
+        }) => {
             let (name, need) = target_of_change(broker, &environment, &name);
             guard_stored(broker, &environment, need, factor, digest)
                 .await
                 .and_then(|ok| var_unset(broker, &environment, &name, ok.is_some()))
         }
-        Request::VarDeclare {
+        Request::VarDeclare(op::VarDeclare {
             environment,
             name,
             description,
             generate,
             length,
-        } => var_declare(broker, &environment, &name, description, generate, length),
+        }) => var_declare(broker, &environment, &name, description, generate, length),
         Request::RequestAccess(a) => access::request_access(
             broker,
             a,
             peer.cloned()
                 .unwrap_or_else(|| super::peer::Peer::of_pid(None)),
         ),
-        Request::AccessStatus { request_id } => access::access_status(broker, request_id),
+        Request::AccessStatus(op::AccessStatus { request_id }) => {
+            access::access_status(broker, request_id)
+        }
         Request::Requests => Ok(access::requests(broker)),
-        Request::Approve {
+        Request::Approve(op::Approve {
             request_id,
             card,
             factor,
@@ -206,7 +211,7 @@ pub(crate) async fn dispatch_from(
             any_command,
             prefix,
             subdirs,
-        } => {
+        }) => {
             access::approve(
                 broker,
                 request_id,
@@ -222,16 +227,18 @@ pub(crate) async fn dispatch_from(
             )
             .await
         }
-        Request::FactorEnroll { factor } => {
+        Request::FactorEnroll(op::FactorEnroll { factor }) => {
             factor_ops::enroll(broker, Proof::from_request(factor, digest, false)).await
         }
-        Request::FactorConfirm { code } => factor_ops::confirm(broker, &code),
-        Request::PolicyShow { environment } => factor_ops::policy_show(broker, &environment),
-        Request::PolicySet {
+        Request::FactorConfirm(op::FactorConfirm { code }) => factor_ops::confirm(broker, &code),
+        Request::PolicyShow(op::PolicyShow { environment }) => {
+            factor_ops::policy_show(broker, &environment)
+        }
+        Request::PolicySet(op::PolicySet {
             environment,
             factor,
             change,
-        } => {
+        }) => {
             factor_ops::policy_set(
                 broker,
                 &environment,
@@ -240,29 +247,29 @@ pub(crate) async fn dispatch_from(
             )
             .await
         }
-        Request::Deny { request_id, reason } => access::deny(broker, request_id, reason),
-        Request::Grants { client } => Ok(grants(broker, client.as_deref())),
-        Request::Revoke {
+        Request::Deny(op::Deny { request_id, reason }) => access::deny(broker, request_id, reason),
+        Request::Grants(op::Grants { client }) => Ok(grants(broker, client.as_deref())),
+        Request::Revoke(op::Revoke {
             grant_id,
             all,
             client,
-        } => revoke(broker, grant_id, all, client.as_deref()).await,
-        Request::Audit { limit } => audit(broker, limit),
+        }) => revoke(broker, grant_id, all, client.as_deref()).await,
+        Request::Audit(op::Audit { limit }) => audit(broker, limit),
         Request::AuditVerify => audit_verify(broker),
         Request::WebUrl => super::web::url(broker).await,
         Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r, digest).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
-        Request::Logs {
+        Request::Logs(op::Logs {
             run_id,
             from,
             max_bytes,
             client,
-        } => super::background::logs(broker, &run_id, from, max_bytes, client.as_deref()),
-        Request::Stop { run_id, client } => {
+        }) => super::background::logs(broker, &run_id, from, max_bytes, client.as_deref()),
+        Request::Stop(op::Stop { run_id, client }) => {
             super::background::stop(broker, &run_id, client.as_deref()).await
         }
-        Request::SetUrl { environment, name } => {
+        Request::SetUrl(op::SetUrl { environment, name }) => {
             super::web::set_url(broker, &environment, &name).await
         }
     };

@@ -3,6 +3,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
+use keyveil_proto::op;
 
 pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.watch {
@@ -56,7 +57,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         .into());
     };
     note(crate::card::render(&card));
-    let req = Request::Approve {
+    let req = Request::Approve(op::Approve {
         request_id: id,
         card: crate::factor_proof::card_digest(&card),
         factor: None,
@@ -66,7 +67,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         any_command: a.any_command,
         prefix: a.prefix,
         subdirs: a.subdirs,
-    };
+    });
     let d = if a.confirm {
         call(paths, req).await?
     } else {
@@ -161,10 +162,10 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
             let outcome = if deny {
                 call(
                     paths,
-                    Request::Deny {
+                    Request::Deny(op::Deny {
                         request_id: id,
                         reason: Some("denied at the terminal".into()),
-                    },
+                    }),
                 )
                 .await
                 .map(|_| format!("denied #{id}"))
@@ -175,7 +176,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                 call_signed(
                     paths,
                     &input,
-                    Request::Approve {
+                    Request::Approve(op::Approve {
                         request_id: id,
                         card: crate::factor_proof::card_digest(&r),
                         factor: None,
@@ -185,7 +186,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                         any_command: false,
                         prefix: false,
                         subdirs: false,
-                    },
+                    }),
                 )
                 .await
                 .map(|d| {

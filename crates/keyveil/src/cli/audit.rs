@@ -2,6 +2,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
+use keyveil_proto::op;
 
 pub(crate) async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
     if let Some(AuditAction::Verify) = a.action {
@@ -12,9 +13,9 @@ pub(crate) async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
     loop {
         let d = call(
             paths,
-            Request::Audit {
+            Request::Audit(op::Audit {
                 limit: Some(a.limit),
-            },
+            }),
         )
         .await?;
         for e in d["entries"].as_array().cloned().unwrap_or_default() {

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::{Exit, call, cli_client, note, say};
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
+use keyveil_proto::op;
 use keyveil_proto::{OutputMode, Reply, Request, RunRequest};
 
 /// A field of a reply (`null` when absent).
@@ -126,12 +127,12 @@ pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
     loop {
         let d = call(
             paths,
-            Request::Logs {
+            Request::Logs(op::Logs {
                 run_id: a.run_id.clone(),
                 from,
                 max_bytes: None,
                 client: None,
-            },
+            }),
         )
         .await?;
         let dropped = f(&d, "dropped").as_u64().unwrap_or(0);
@@ -205,10 +206,10 @@ pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
 pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
     let d = call(
         paths,
-        Request::Stop {
+        Request::Stop(op::Stop {
             run_id: run_id.to_owned(),
             client: None,
-        },
+        }),
     )
     .await?;
     if f(&d, "stopped") == true {
@@ -232,10 +233,10 @@ pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
 pub(super) async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> {
     let d = call(
         paths,
-        Request::SetUrl {
+        Request::SetUrl(op::SetUrl {
             environment: env.to_owned(),
             name: var.to_owned(),
-        },
+        }),
     )
     .await?;
     let url = f(&d, "url").as_str().unwrap_or("");

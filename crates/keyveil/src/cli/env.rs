@@ -2,16 +2,17 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
+use keyveil_proto::op;
 
 pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
     match e {
         EnvCommand::Create { name, description } => {
             call(
                 paths,
-                Request::EnvCreate {
+                Request::EnvCreate(op::EnvCreate {
                     name: name.clone(),
                     description,
-                },
+                }),
             )
             .await?;
             say(format!("created environment {name}"));
@@ -50,7 +51,7 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
             let a = authorize::authorize(paths, &input)
                 .await
                 .map_err(auth_exit)?;
-            let mut req = Request::EnvReveal { name, factor: None };
+            let mut req = Request::EnvReveal(op::EnvReveal { name, factor: None });
             a.sign(&mut req);
             let mut d = expect_ok(client::call(paths, &req).await?)?;
             // The names come back sealed for this process only.
@@ -81,7 +82,7 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
             }
         }
         EnvCommand::Show { name, json, .. } => {
-            let d = call(paths, Request::EnvShow { name }).await?;
+            let d = call(paths, Request::EnvShow(op::EnvShow { name })).await?;
             if json {
                 say(d.to_string());
             } else {
@@ -104,10 +105,10 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
         EnvCommand::Rm { name, factor } => {
             let given = factor_from_args(&factor, true)?;
             call_guarded(paths, given, |_| {
-                Ok(Request::EnvRemove {
+                Ok(Request::EnvRemove(op::EnvRemove {
                     name: name.clone(),
                     factor: None,
-                })
+                }))
             })
             .await?;
             say(format!("removed environment {name}"));

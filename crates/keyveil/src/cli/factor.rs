@@ -3,6 +3,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
+use keyveil_proto::op;
 
 /// Whether a command may read a factor or a value: it makes itself non-dumpable first thing.
 /// (Others stay dumpable so the broker can read their executable for the card.)
@@ -115,13 +116,13 @@ pub(crate) async fn call_guarded(
 /// Asks the broker, without the value, whether storing `env/var` needs the factor. `None`: it
 /// does not (a first value, sent as given); otherwise the factor, asked at the terminal.
 pub(crate) async fn probe_set(paths: &Paths, env: &str, var: &str) -> Result<Option<FactorInput>> {
-    let probe = Request::VarSet {
+    let probe = Request::VarSet(op::VarSet {
         environment: env.to_owned(),
         name: var.to_owned(),
         value: None,
         sealed_value: None,
         factor: None,
-    };
+    });
     match client::call(paths, &probe).await? {
         Reply::Error {
             code: ErrorCode::Denied,
@@ -172,20 +173,20 @@ pub(crate) fn auth_exit(e: anyhow::Error) -> anyhow::Error {
 pub(crate) async fn call_signed(paths: &Paths, input: &FactorInput, req: Request) -> Result<Value> {
     signed(paths, input, &|_| {
         Ok(match &req {
-            Request::EnvReveal { name, .. } => Request::EnvReveal {
+            Request::EnvReveal(op::EnvReveal { name, .. }) => Request::EnvReveal(op::EnvReveal {
                 name: name.clone(),
                 factor: None,
-            },
-            Request::PolicySet {
+            }),
+            Request::PolicySet(op::PolicySet {
                 environment,
                 change,
                 ..
-            } => Request::PolicySet {
+            }) => Request::PolicySet(op::PolicySet {
                 environment: environment.clone(),
                 factor: None,
                 change: change.clone(),
-            },
-            Request::Approve {
+            }),
+            Request::Approve(op::Approve {
                 request_id,
                 card,
                 confirm,
@@ -195,7 +196,7 @@ pub(crate) async fn call_signed(paths: &Paths, input: &FactorInput, req: Request
                 prefix,
                 subdirs,
                 ..
-            } => Request::Approve {
+            }) => Request::Approve(op::Approve {
                 request_id: *request_id,
                 card: card.clone(),
                 factor: None,
@@ -205,8 +206,10 @@ pub(crate) async fn call_signed(paths: &Paths, input: &FactorInput, req: Request
                 any_command: *any_command,
                 prefix: *prefix,
                 subdirs: *subdirs,
-            },
-            Request::FactorEnroll { .. } => Request::FactorEnroll { factor: None },
+            }),
+            Request::FactorEnroll(op::FactorEnroll { .. }) => {
+                Request::FactorEnroll(op::FactorEnroll { factor: None })
+            }
             _ => bail!("this request takes no factor"),
         })
     })

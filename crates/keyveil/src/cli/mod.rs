@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::authorize::{self, Authorized, FactorInput};
 use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
+use keyveil_proto::op;
 use keyveil_proto::{
     Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, OutputMode, Passphrase, Reply, Request,
     RunRequest,
@@ -390,21 +391,21 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             let aad = format!("{env}/{var}");
             let d = call_guarded(paths, given, |auth| {
                 Ok(match auth {
-                    None => Request::VarSet {
+                    None => Request::VarSet(op::VarSet {
                         environment: env.clone(),
                         name: var.clone(),
                         value: Some(value.clone()),
                         sealed_value: None,
                         factor: None,
-                    },
+                    }),
                     // With a factor the value travels sealed for the broker that proved itself.
-                    Some(a) => Request::VarSet {
+                    Some(a) => Request::VarSet(op::VarSet {
                         environment: env.clone(),
                         name: var.clone(),
                         value: None,
                         sealed_value: Some(a.seal(aad.as_bytes(), value.expose().as_bytes())?),
                         factor: None,
-                    },
+                    }),
                 })
             })
             .await?;
@@ -432,13 +433,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         } => {
             let given = factor_from_args(&factor, true)?;
             call_guarded(paths, given, |_| {
-                Ok(Request::VarGenerate {
+                Ok(Request::VarGenerate(op::VarGenerate {
                     environment: env.clone(),
                     name: var.clone(),
                     length,
                     charset: charset.into(),
                     factor: None,
-                })
+                }))
             })
             .await?;
             say(format!(
@@ -449,11 +450,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Unset { env, var, factor } => {
             let given = factor_from_args(&factor, true)?;
             call_guarded(paths, given, |_| {
-                Ok(Request::VarUnset {
+                Ok(Request::VarUnset(op::VarUnset {
                     environment: env.clone(),
                     name: var.clone(),
                     factor: None,
-                })
+                }))
             })
             .await?;
             say(format!("removed {env}/{var}"));
@@ -478,17 +479,17 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Deny { id, reason } => {
             call(
                 paths,
-                Request::Deny {
+                Request::Deny(op::Deny {
                     request_id: id,
                     reason,
-                },
+                }),
             )
             .await?;
             say(format!("denied request #{id}"));
             Ok(0)
         }
         Command::Grants { json } => {
-            let d = call(paths, Request::Grants { client: None }).await?;
+            let d = call(paths, Request::Grants(op::Grants { client: None })).await?;
             let list = d["grants"].as_array().cloned().unwrap_or_default();
             if json {
                 say(Value::Array(list).to_string());
@@ -529,11 +530,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             }
             let d = call(
                 paths,
-                Request::Revoke {
+                Request::Revoke(op::Revoke {
                     grant_id,
                     all,
                     client: None,
-                },
+                }),
             )
             .await?;
             let (n, ended) = (

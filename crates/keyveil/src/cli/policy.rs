@@ -2,6 +2,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
+use keyveil_proto::op;
 
 pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
     match f {
@@ -15,7 +16,7 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
             let a = authorize::authorize(paths, &FactorInput::Passphrase(p))
                 .await
                 .map_err(auth_exit)?;
-            let mut req = Request::FactorEnroll { factor: None };
+            let mut req = Request::FactorEnroll(op::FactorEnroll { factor: None });
             a.sign(&mut req);
             let d = expect_ok(client::call(paths, &req).await?)?;
             let open = |k: &str| -> Result<String> {
@@ -41,9 +42,9 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                 let code = read_secret_line(false, "Code shown by the app: ")?;
                 let reply = client::call(
                     paths,
-                    &Request::FactorConfirm {
+                    &Request::FactorConfirm(op::FactorConfirm {
                         code: code.expose().to_owned(),
-                    },
+                    }),
                 )
                 .await?;
                 match reply {
@@ -74,7 +75,7 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                     .expose()
                     .to_owned(),
             };
-            call(paths, Request::FactorConfirm { code }).await?;
+            call(paths, Request::FactorConfirm(op::FactorConfirm { code })).await?;
             say("TOTP enrolled");
             Ok(0)
         }
@@ -91,9 +92,9 @@ pub(crate) async fn shown_rule(
 ) -> Result<String> {
     let d = call(
         paths,
-        Request::PolicyShow {
+        Request::PolicyShow(op::PolicyShow {
             environment: env.to_owned(),
-        },
+        }),
     )
     .await?;
     let Some(rule) = d["policy"][kind].get(index) else {
@@ -118,7 +119,11 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
     use keyveil_proto::PolicyChange;
     match p {
         PolicyCommand::Show { env, json } => {
-            let d = call(paths, Request::PolicyShow { environment: env }).await?;
+            let d = call(
+                paths,
+                Request::PolicyShow(op::PolicyShow { environment: env }),
+            )
+            .await?;
             if json {
                 say(d.to_string());
             } else {
@@ -220,11 +225,11 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
             let d = call_signed(
                 paths,
                 &input,
-                Request::PolicySet {
+                Request::PolicySet(op::PolicySet {
                     environment: env.clone(),
                     factor: None,
                     change,
-                },
+                }),
             )
             .await?;
             if let Some(w) = d["warning"].as_str() {

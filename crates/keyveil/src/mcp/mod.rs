@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
+use keyveil_proto::op;
 use keyveil_proto::{
     AccessRequest, ClientInfo, ErrorCode, OutputMode, Reply, Request, RunRequest, RunResult,
 };
@@ -220,9 +221,9 @@ impl KeyveilMcp {
     }
 
     async fn describe_environment(&self, a: DescribeEnvironmentArgs) -> CallToolResult {
-        let req = Request::EnvShow {
+        let req = Request::EnvShow(op::EnvShow {
             name: a.environment,
-        };
+        });
         match self.call_ok::<DescribeEnvironmentOutput>(&req).await {
             Ok(o) => structured(&o, render_environment(&o)),
             Err(e) => e,
@@ -230,10 +231,10 @@ impl KeyveilMcp {
     }
 
     async fn create_environment(&self, a: CreateEnvironmentArgs) -> CallToolResult {
-        let req = Request::EnvCreate {
+        let req = Request::EnvCreate(op::EnvCreate {
             name: a.name,
             description: a.description.unwrap_or_default(),
-        };
+        });
         match self.call_ok::<CreateEnvironmentOutput>(&req).await {
             Ok(o) => {
                 let text = format!(
@@ -253,13 +254,13 @@ impl KeyveilMcp {
     ) -> CallToolResult {
         let source = a.source.unwrap_or_default();
         let (env, name) = (a.environment.clone(), a.name.clone());
-        let req = Request::VarDeclare {
+        let req = Request::VarDeclare(op::VarDeclare {
             environment: a.environment,
             name: a.name,
             description: a.description,
             generate: source == DeclareSource::Generate,
             length: a.length,
-        };
+        });
         match self.call_ok::<DeclareVariableOutput>(&req).await {
             Ok(mut o) => {
                 let text = match o.status {
@@ -490,7 +491,7 @@ impl KeyveilMcp {
 
     async fn access_status(&self, a: AccessStatusArgs) -> CallToolResult {
         let id = a.request_id;
-        let req = Request::AccessStatus { request_id: id };
+        let req = Request::AccessStatus(op::AccessStatus { request_id: id });
         match self.call_ok::<AccessStatusOutput>(&req).await {
             Ok(mut o) => {
                 let text = match o.status.as_str() {
@@ -534,9 +535,9 @@ impl KeyveilMcp {
     }
 
     async fn list_grants(&self, ctx: &RequestContext<RoleServer>) -> CallToolResult {
-        let req = Request::Grants {
+        let req = Request::Grants(op::Grants {
             client: Some(self.client(ctx).scope_key()),
-        };
+        });
         match self.call_ok::<ListGrantsOutput>(&req).await {
             Ok(o) => structured(&o, render_grants(&o)),
             Err(e) => e,
@@ -548,11 +549,11 @@ impl KeyveilMcp {
         a: RevokeGrantArgs,
         ctx: &RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let req = Request::Revoke {
+        let req = Request::Revoke(op::Revoke {
             grant_id: Some(a.grant_id.clone()),
             all: false,
             client: Some(self.client(ctx).scope_key()),
-        };
+        });
         match self.call_ok::<Value>(&req).await {
             Ok(d) => {
                 let o = RevokeGrantOutput {
@@ -587,7 +588,7 @@ impl KeyveilMcp {
     async fn audit_log(&self, a: AuditLogArgs) -> CallToolResult {
         let limit = a.limit.unwrap_or(20).clamp(1, 500);
         match self
-            .call_ok::<AuditLogOutput>(&Request::Audit { limit: Some(limit) })
+            .call_ok::<AuditLogOutput>(&Request::Audit(op::Audit { limit: Some(limit) }))
             .await
         {
             Ok(o) => structured(&o, render_audit(&o)),
@@ -612,10 +613,10 @@ impl KeyveilMcp {
         {
             return Elicited::Unsupported;
         }
-        let req = Request::SetUrl {
+        let req = Request::SetUrl(op::SetUrl {
             environment: env.to_owned(),
             name: name.to_owned(),
-        };
+        });
         let Ok(link) = self.call_ok::<Value>(&req).await else {
             return Elicited::Unsupported;
         };
@@ -653,9 +654,9 @@ impl KeyveilMcp {
         }
         // The human accepted to open the page; wait a little for the value to arrive.
         loop {
-            let show = Request::EnvShow {
+            let show = Request::EnvShow(op::EnvShow {
                 name: env.to_owned(),
-            };
+            });
             if let Ok(d) = self.call_ok::<DescribeEnvironmentOutput>(&show).await
                 && d.variables.iter().any(|v| v.name == name && v.set)
             {
@@ -752,12 +753,12 @@ impl KeyveilMcp {
     }
 
     async fn logs(&self, a: LogsArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
-        let req = Request::Logs {
+        let req = Request::Logs(op::Logs {
             run_id: a.run_id,
             from: a.from.unwrap_or(0),
             max_bytes: a.max_bytes,
             client: Some(self.client(ctx).scope_key()),
-        };
+        });
         match self.call_ok::<LogsOutput>(&req).await {
             Ok(o) => {
                 let mut text = format!(
@@ -789,10 +790,10 @@ impl KeyveilMcp {
     }
 
     async fn stop(&self, a: StopArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
-        let req = Request::Stop {
+        let req = Request::Stop(op::Stop {
             run_id: a.run_id,
             client: Some(self.client(ctx).scope_key()),
-        };
+        });
         match self.call_ok::<StopOutput>(&req).await {
             Ok(o) => {
                 let text = match (o.stopped, o.exit_code) {

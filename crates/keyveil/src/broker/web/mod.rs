@@ -50,6 +50,7 @@ use sha2::{Digest, Sha256};
 use super::Broker;
 use super::factor_ops::Proof;
 use super::state::{OpError, OpResult};
+use keyveil_proto::op;
 use keyveil_proto::{ErrorCode, Passphrase, Reply, Request};
 use view::prose;
 
@@ -878,10 +879,10 @@ async fn deny(
     };
     let reply = super::ops::dispatch(
         &st.broker,
-        Request::Deny {
+        Request::Deny(op::Deny {
             request_id: id,
             reason: None,
-        },
+        }),
     )
     .await;
     let flash = flash_of(reply, |_| format!("Denied request #{id}."));
@@ -1140,13 +1141,13 @@ async fn set_value(
     };
     let reply = super::ops::dispatch(
         &st.broker,
-        Request::VarSet {
+        Request::VarSet(op::VarSet {
             environment: environment.clone(),
             name: name.clone(),
             value: Some(value),
             sealed_value: None,
             factor: None,
-        },
+        }),
     )
     .await;
     match reply {

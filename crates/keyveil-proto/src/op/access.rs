@@ -1,0 +1,66 @@
+//! Requests for access, approvals and grants.
+
+use crate::request::FactorProof;
+use serde::{Deserialize, Serialize};
+
+/// State of a request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessStatus {
+    /// Request id.
+    pub request_id: u64,
+}
+
+/// Approve a request with the human's factor.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Approve {
+    /// Request id.
+    pub request_id: u64,
+    /// `factor_proof::card_digest` of the request as the human was shown it: the broker
+    /// refuses the approval if its request no longer has this digest.
+    pub card: String,
+    /// Proof of the human's factor (absent only with `confirm`).
+    #[serde(default)]
+    pub factor: Option<FactorProof>,
+    /// No secret factor: allowed only where the environment's policy is `confirm`.
+    #[serde(default)]
+    pub confirm: bool,
+    /// Grant lifetime in seconds (absent: a one-use grant valid for 15 minutes).
+    pub ttl_seconds: Option<u64>,
+    /// Number of uses (absent: 1 without a TTL, unlimited within a TTL).
+    pub uses: Option<u32>,
+    /// Let the grant cover any command in the environment.
+    pub any_command: bool,
+    /// Cover longer argv that start with the approved one (token-wise, no code options).
+    #[serde(default)]
+    pub prefix: bool,
+    /// Cover canonical subdirectories of the approved working directory.
+    #[serde(default)]
+    pub subdirs: bool,
+}
+
+/// Deny a request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Deny {
+    /// Request id.
+    pub request_id: u64,
+    /// Reason shown to the requester.
+    pub reason: Option<String>,
+}
+
+/// Live grants (of one client if `client` is set).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Grants {
+    /// Filter: a client scope key (`mcp:NAME`).
+    pub client: Option<String>,
+}
+
+/// Revoke one grant, or all.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Revoke {
+    /// Grant id; `None` with `all` revokes every grant.
+    pub grant_id: Option<String>,
+    /// Revoke every live grant.
+    pub all: bool,
+    /// Only grants of this client scope key (used by MCP `revoke_grant`).
+    pub client: Option<String>,
+}

@@ -1,0 +1,35 @@
+//! One type per operation: what a client asks (the payload of a [`Request`] variant) and,
+//! through [`Operation`], the one type of the broker's `Ok` reply to it.
+//!
+//! Like mini-redis's `cmd/` directory, each file holds a group of operations; each operation
+//! is a type, and so is its reply. The broker's dispatcher (`broker/ops.rs` in the `keyveil`
+//! crate) answers an operation only with its [`Operation::Reply`], and clients read that type:
+//! renaming a field breaks the build, not a client at run time. The JSON on the wire is the
+//! serde form of these types (field names are stable; see `docs/architecture.md`).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Request;
+
+mod access;
+mod audit;
+mod broker;
+mod env;
+mod policy;
+mod run;
+mod var;
+
+pub use access::*;
+pub use audit::*;
+pub use broker::*;
+pub use env::*;
+pub use policy::*;
+pub use run::*;
+pub use var::*;
+
+/// A request with one typed reply: the `data` of the broker's [`crate::Reply::Ok`].
+pub trait Operation: Into<Request> {
+    /// What the broker answers on success.
+    type Reply: Serialize + DeserializeOwned;
+}
