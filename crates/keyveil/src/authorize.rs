@@ -265,7 +265,7 @@ async fn is_ours_unlocked(paths: &Paths, key: &FactorKey) -> bool {
 /// Asks whatever answers at the socket to stop (a locked broker of ours does; anything else is
 /// ignored), then waits until no process holds the home's broker lock.
 async fn clear_the_way(paths: &Paths) -> Result<()> {
-    let _ = client::call_existing(paths, &Request::Shutdown).await;
+    let _ = client::call_existing(paths, &op::Shutdown.into()).await;
     paths.ensure_dirs()?;
     let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
@@ -350,8 +350,9 @@ pub(crate) async fn init(
             paths.vault().display()
         );
     }
-    if let Some(Ok(Reply::Ok { data })) = client::call_existing(paths, &Request::Status).await
-        && data.get("locked").and_then(serde_json::Value::as_bool) == Some(false)
+    if let Some(Ok(Reply::Ok { data })) = client::call_existing(paths, &op::Status.into()).await
+        && let Ok(status) = client::typed_data::<op::Status>(data)
+        && !status.locked
     {
         bail!(
             "a broker is running unlocked for {} while no vault file is there (was it moved or deleted?); nothing was created\nhint: if the vault file was moved or deleted, move it back; to start a new vault, run `keyveil lock` first",

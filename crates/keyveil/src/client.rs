@@ -9,6 +9,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use crate::paths::Paths;
+use keyveil_proto::op::Operation;
 use keyveil_proto::{Bootstrap, Frame, FrameCodec, Reply, Request};
 
 /// One event read from the broker.
@@ -110,6 +111,15 @@ impl Connection {
         }
         bail!("the broker closed the connection before replying")
     }
+}
+
+/// The data of the broker's `Ok` reply to operation `O`, as its type.
+///
+/// Errors: the data does not have the reply's shape (a broker of another version).
+pub(crate) fn typed_data<O: Operation>(data: serde_json::Value) -> Result<O::Reply> {
+    serde_json::from_value(data).context(
+        "the broker's reply does not have the shape this client knows (version mismatch? run `keyveil daemon stop`)",
+    )
 }
 
 /// Sends one request on a fresh connection and returns the final reply.

@@ -756,14 +756,14 @@ fn checks() -> Result<Vec<Check>> {
     if let Some(h) = std::env::var_os("KEYVEIL_HOME").filter(|h| !h.is_empty()) {
         cmd.env("KEYVEIL_HOME", h);
     }
-    let status: Option<Value> = cmd
+    let status: Option<StatusJson> = cmd
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| serde_json::from_slice(&o.stdout).ok());
     let sock = paths.socket();
     match &status {
-        Some(s) if s["running"] == true && s["socket"].as_str() == Some(&*sock.to_string_lossy()) => {
+        Some(s) if s.running && s.socket == sock => {
             out.push(Check {
                 ok: true,
                 what: format!(
@@ -773,11 +773,11 @@ fn checks() -> Result<Vec<Check>> {
                 hint: None,
             })
         }
-        Some(s) if s["running"] == true => out.push(Check {
+        Some(s) if s.running => out.push(Check {
             ok: false,
             what: format!(
                 "with only HOME and PATH set, keyveil finds another broker ({}) than this shell ({})",
-                s["socket"].as_str().unwrap_or("?"),
+                s.socket.display(),
                 sock.display()
             ),
             hint: Some(
@@ -797,12 +797,12 @@ fn checks() -> Result<Vec<Check>> {
 
     // 3. Vault exists and is unlocked.
     match &status {
-        Some(s) if s["vault_exists"] != true => out.push(Check {
+        Some(s) if !s.vault_exists => out.push(Check {
             ok: false,
             what: format!("no vault at {}", paths.vault().display()),
             hint: Some("create one with `keyveil init`".to_owned()),
         }),
-        Some(s) if s["locked"] == true || s["running"] != true => out.push(Check {
+        Some(s) if s.locked || !s.running => out.push(Check {
             ok: false,
             what: "the vault is locked".to_owned(),
             hint: Some("run `keyveil unlock`".to_owned()),
@@ -928,6 +928,18 @@ pub fn doctor_main() -> Result<i32> {
         say(format!("{failed} check(s) failed"));
         Ok(1)
     }
+}
+
+/// What `keyveil status --json` prints, as the doctor reads it: the broker's
+/// `keyveil_proto::op::BrokerStatus` when one runs, or the CLI's own `running: false` form.
+#[derive(Debug, serde::Deserialize)]
+struct StatusJson {
+    running: bool,
+    socket: PathBuf,
+    #[serde(default)]
+    vault_exists: bool,
+    #[serde(default)]
+    locked: bool,
 }
 
 #[cfg(test)]

@@ -64,3 +64,22 @@ pub struct Revoke {
     /// Only grants of this client scope key (used by MCP `revoke_grant`).
     pub client: Option<String>,
 }
+
+operation!(Revoke => Revoked);
+
+/// The reply to [`Revoke`], once the grants' runs are gone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Always `true`.
+    pub revoked: bool,
+    /// Grants revoked.
+    pub count: u32,
+    /// Of those, grants that had already ended (no use left, or expired): revoking them
+    /// stopped their runs.
+    pub already_ended: u32,
+    /// The grants named or matched.
+    pub grant_ids: Vec<String>,
+    /// The runs stopped.
+    #[serde(flatten)]
+    pub stopped: super::RunsStopped,
+}

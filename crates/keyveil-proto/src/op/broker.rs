@@ -1,6 +1,11 @@
 //! The broker itself: status, lock, shutdown, factor challenges, the web page's one-time links.
 
+use std::path::PathBuf;
+
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::request::Challenge;
 
 /// A fresh challenge for proving a factor (see `factor_proof.rs`); replies [`Challenge`].
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,4 +25,105 @@ pub struct SetUrl {
     pub environment: String,
     /// Variable name.
     pub name: String,
+}
+
+operation!(FactorChallenge => Challenge);
+operation!(SetUrl => OneTimeLink);
+
+unit_operation!(
+    /// Broker state.
+    Status => BrokerStatus
+);
+unit_operation!(
+    /// Drop the decrypted vault from memory; revoke all grants (their runs are stopped).
+    Lock => Locked
+);
+unit_operation!(
+    /// Stop the broker and its runs.
+    Shutdown => Stopping
+);
+unit_operation!(
+    /// A one-time URL of the local web approval page (starts the page on first use).
+    WebUrl => OneTimeLink
+);
+
+/// The reply to [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// Always `true` (a broker answered).
+    pub running: bool,
+    /// The broker's process id.
+    pub pid: u32,
+    /// The broker's version.
+    pub version: String,
+    /// Its `KEYVEIL_HOME`.
+    pub home: PathBuf,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Whether a vault file exists.
+    pub vault_exists: bool,
+    /// Whether the vault is locked (not in memory).
+    pub locked: bool,
+    /// Requests waiting for the human.
+    pub pending_requests: usize,
+    /// Grants still usable.
+    pub live_grants: usize,
+    /// Runs whose processes are still alive.
+    pub live_runs: usize,
+    /// Those runs.
+    pub runs: Vec<LiveRun>,
+}
+
+/// A run whose processes are alive (in [`BrokerStatus::runs`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveRun {
+    /// Run id.
+    pub id: String,
+    /// Grant id.
+    pub grant_id: String,
+    /// The run's process group (its reaper's pid).
+    pub pgid: i32,
+    /// argv as the requester gave it.
+    pub argv: Vec<String>,
+    /// Start.
+    pub started_at: Timestamp,
+}
+
+/// What stopping runs achieved (part of the replies to [`Lock`] and `Revoke`): only what the
+/// broker confirmed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunsStopped {
+    /// Runs that were live.
+    pub runs_stopped: u32,
+    /// Their processes that were signalled and are gone.
+    pub processes_killed: u32,
+    /// Runs whose end was not confirmed (processes left alive, a reaper killed first, no end
+    /// within the wait).
+    pub runs_unconfirmed: u32,
+}
+
+/// The reply to [`Lock`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Locked {
+    /// Always `true`.
+    pub locked: bool,
+    /// The runs the lock stopped.
+    #[serde(flatten)]
+    pub stopped: RunsStopped,
+}
+
+/// The reply to [`Shutdown`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Always `true`: the broker stops after answering.
+    pub stopping: bool,
+}
+
+/// The reply to [`WebUrl`] and [`SetUrl`]: a one-time link to a page on 127.0.0.1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OneTimeLink {
+    /// `http://127.0.0.1:PORT/...?token=...`.
+    pub url: String,
+    /// The token's lifetime, seconds.
+    pub expires_in_seconds: u64,
 }

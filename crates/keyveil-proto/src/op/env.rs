@@ -1,6 +1,7 @@
 //! Environments: list, show, reveal hidden names, create, remove.
 
 use crate::request::FactorProof;
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// One environment in detail.
@@ -37,4 +38,105 @@ pub struct EnvRemove {
     /// The human's factor, needed when a stored value would be removed.
     #[serde(default)]
     pub factor: Option<FactorProof>,
+}
+
+operation!(EnvShow => EnvDetail);
+operation!(EnvReveal => EnvRevealed);
+operation!(EnvCreate => EnvCreated);
+operation!(EnvRemove => EnvRemoved);
+
+unit_operation!(
+    /// Environments with their variable names.
+    EnvList => Environments
+);
+
+/// The reply to [`EnvList`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Environments {
+    /// Every environment, by name.
+    pub environments: Vec<EnvSummary>,
+}
+
+/// One environment in [`Environments`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvSummary {
+    /// Environment name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Its variable names as clients see them (aliases where names are hidden), sorted.
+    pub variables: Vec<String>,
+}
+
+/// The reply to [`EnvShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvDetail {
+    /// Environment name.
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// Its variables, sorted by the name shown.
+    pub variables: Vec<VariableInfo>,
+    /// Its policy as the vault stores it (`keyveil_vault::Policy`: factor, maximum grant
+    /// lifetime, rules, ...), passed on as it is.
+    pub policy: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One variable in [`EnvDetail`] (never its value).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariableInfo {
+    /// The name as clients see it (an alias where names are hidden).
+    pub name: String,
+    /// Its description (empty where names are hidden: it could say what the name would).
+    pub description: String,
+    /// Where its value comes from: `human`, `generated`, `dynamic` or `provider`.
+    pub source: String,
+    /// Whether it holds a value (or a dynamic source).
+    pub set: bool,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Its value last replaced.
+    pub rotated_at: Option<Timestamp>,
+}
+
+/// The reply to [`EnvReveal`]: the real names behind the aliases, sealed for the CLI that
+/// proved the factor (`sealed_names`), or in clear for the approval page (`names`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvRevealed {
+    /// Environment name.
+    pub environment: String,
+    /// Whether the environment hides its names.
+    pub hide_names: bool,
+    /// The JSON of `Vec<RevealedName>` sealed under the transit key (associated data
+    /// `env_reveal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_names: Option<String>,
+    /// The names, when not sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<RevealedName>>,
+}
+
+/// One name in [`EnvRevealed`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevealedName {
+    /// The alias agents see.
+    pub alias: String,
+    /// The real name.
+    pub real_name: String,
+    /// Its description.
+    pub description: String,
+}
+
+/// The reply to [`EnvCreate`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvCreated {
+    /// The environment created.
+    pub name: String,
+}
+
+/// The reply to [`EnvRemove`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvRemoved {
+    /// The environment removed.
+    pub removed: String,
 }

@@ -12,9 +12,41 @@ use serde::de::DeserializeOwned;
 
 use crate::Request;
 
+/// Pairs an operation type with its reply type and its [`Request`] variant.
+macro_rules! operation {
+    ($name:ident => $reply:ty) => {
+        impl From<$name> for $crate::Request {
+            fn from(o: $name) -> $crate::Request {
+                $crate::Request::$name(o)
+            }
+        }
+        impl $crate::op::Operation for $name {
+            type Reply = $reply;
+        }
+    };
+}
+
+/// An operation without fields: a marker type for its unit [`Request`] variant.
+macro_rules! unit_operation {
+    ($(#[$doc:meta])* $name:ident => $reply:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $name;
+        impl From<$name> for $crate::Request {
+            fn from(_: $name) -> $crate::Request {
+                $crate::Request::$name
+            }
+        }
+        impl $crate::op::Operation for $name {
+            type Reply = $reply;
+        }
+    };
+}
+
 mod access;
 mod audit;
 mod broker;
+mod dynamic;
 mod env;
 mod policy;
 mod run;
@@ -23,6 +55,7 @@ mod var;
 pub use access::*;
 pub use audit::*;
 pub use broker::*;
+pub use dynamic::*;
 pub use env::*;
 pub use policy::*;
 pub use run::*;

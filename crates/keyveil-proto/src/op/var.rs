@@ -64,3 +64,73 @@ pub struct VarDeclare {
     /// Length of a generated value in characters.
     pub length: Option<usize>,
 }
+
+operation!(VarSet => VarSetReply);
+operation!(VarGenerate => VarChanged);
+operation!(VarUnset => VarChanged);
+operation!(VarDeclare => Declared);
+
+/// What a variable holds after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarStatus {
+    /// It holds a value.
+    Set,
+    /// It was removed.
+    Unset,
+    /// It was declared and waits for the human's value.
+    AwaitingValue,
+}
+
+/// The reply to [`VarSet`]: a value stored, or the answer to a value-free probe (does this
+/// change need the factor?).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VarSetReply {
+    /// A probe (no value, no factor): nothing was stored.
+    Probe {
+        /// Always `true`.
+        probe: bool,
+        /// Whether storing would need the factor (`false`: the broker answers a probe only
+        /// when it does not).
+        needs_factor: bool,
+    },
+    /// The value was stored.
+    Stored(VarStored),
+}
+
+/// A value stored by [`VarSet`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VarStored {
+    /// Environment name.
+    pub environment: String,
+    /// The variable (its alias where names are hidden).
+    pub name: String,
+    /// [`VarStatus::Set`].
+    pub status: VarStatus,
+    /// Whether it replaced a value.
+    pub replaced: bool,
+    /// Whether the value is shorter than 8 characters (the CLI warns).
+    pub short_value: bool,
+}
+
+/// The reply to [`VarGenerate`] and [`VarUnset`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VarChanged {
+    /// Environment name.
+    pub environment: String,
+    /// The variable (its alias where names are hidden).
+    pub name: String,
+    /// [`VarStatus::Set`] or [`VarStatus::Unset`].
+    pub status: VarStatus,
+}
+
+/// The reply to [`VarDeclare`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Declared {
+    /// [`VarStatus::Set`] (it has a value) or [`VarStatus::AwaitingValue`].
+    pub status: VarStatus,
+    /// What to tell the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}

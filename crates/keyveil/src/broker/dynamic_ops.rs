@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use keyveil_vault::{Source, Variable};
-use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::Broker;
 use super::state::{OpError, OpResult, unknown_env};
 use crate::dynamic::{self, DynamicError, DynamicSpec, EngineKind, OutputForm};
+use keyveil_proto::op::DynamicAdded;
 use keyveil_proto::{DynamicAddRequest, ErrorCode};
 
 /// Option names a request may set (everything else is refused, so a typo is not ignored).
@@ -43,7 +43,7 @@ pub(crate) async fn add(
     broker: &Arc<Broker>,
     mut req: DynamicAddRequest,
     digest: Option<[u8; crate::factor_proof::LEN]>,
-) -> OpResult<Value> {
+) -> OpResult<DynamicAdded> {
     broker.lock().vault()?;
     // Where names are hidden, an alias names the variable it stands for; any other name needs
     // the factor (below), whether or not it exists.
@@ -206,18 +206,19 @@ pub(crate) async fn add(
         OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}"))
             .hint("nothing was changed on disk; check free space and permissions of KEYVEIL_HOME")
     })?;
-    let variables: Vec<&String> = names.iter().map(|(n, _)| n).collect();
-    let template_sha256 = hex::encode(sha2::Sha256::digest(req.template.as_bytes()));
-    let summary = json!({
-        "environment": req.environment,
-        "variables": variables,
-        "engine": engine.name(),
-        "target": spec.shown_target(),
-        "output": output.name(),
-        "prefix": spec.prefix,
-        "template_sha256": template_sha256,
-        "replaced": replaced,
-    });
-    inner.audit("dynamic_add", summary.clone());
+    let summary = DynamicAdded {
+        environment: req.environment.clone(),
+        variables: names.iter().map(|(n, _)| n.clone()).collect(),
+        engine: engine.name().to_owned(),
+        target: spec.shown_target(),
+        output: output.name().to_owned(),
+        prefix: spec.prefix.clone(),
+        template_sha256: hex::encode(sha2::Sha256::digest(req.template.as_bytes())),
+        replaced,
+    };
+    inner.audit(
+        "dynamic_add",
+        serde_json::to_value(&summary).unwrap_or_default(),
+    );
     Ok(summary)
 }

@@ -109,7 +109,11 @@ pub(crate) fn rule_change_factor(broker: &Broker, env: &str) -> FactorKind {
 /// holds it (see `factor_proof.rs`). With `totp` messages (a TOTP code the human typed), one
 /// SPAKE2 answer per candidate step not yet used; such a challenge counts as a failed attempt
 /// until a proof made with it succeeds, so a process cannot test codes without the rate limit.
-pub(crate) fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) -> OpResult<Value> {
+pub(crate) fn challenge(
+    broker: &Broker,
+    client_nonce: &str,
+    totp: &[String],
+) -> OpResult<Challenge> {
     let bad = |m: &str| OpError::new(ErrorCode::Usage, m.to_owned());
     let cn = factor_proof::parse32(client_nonce)
         .map_err(|_| bad("client_nonce must be 64 hex digits"))?;
@@ -213,12 +217,11 @@ pub(crate) fn challenge(broker: &Broker, client_nonce: &str, totp: &[String]) ->
             created: now,
         },
     );
-    let reply = Challenge {
+    Ok(Challenge {
         id,
         nonce: hex::encode(nonce),
         keys: shown,
-    };
-    serde_json::to_value(reply).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))
+    })
 }
 
 /// Verifies a proof against the factor `required` (passphrase always satisfies; TOTP satisfies

@@ -12,7 +12,7 @@ use super::access;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RequestState, RunsStopped, unknown_env};
 use crate::factor_proof;
-use keyveil_proto::op;
+use keyveil_proto::op::{self, Operation};
 use keyveil_proto::{
     Bootstrap, Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request,
 };
@@ -71,6 +71,21 @@ pub(crate) async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Valu
     }
 }
 
+/// [`dispatch`] of one operation with its reply typed, for the broker's own callers (the web
+/// page's handlers); `Err` is the error reply to show.
+pub(crate) async fn call<O: Operation>(broker: &Arc<Broker>, o: O) -> Result<O::Reply, Reply> {
+    match dispatch(broker, o.into()).await {
+        Reply::Ok { data } => serde_json::from_value(data).map_err(|e| {
+            Reply::error(
+                ErrorCode::Failed,
+                format!("the broker's reply does not decode as its type: {e}"),
+                None,
+            )
+        }),
+        other => Err(other),
+    }
+}
+
 /// [`dispatch_from`] for requests the broker makes itself (the web page): no socket peer.
 pub(crate) async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
     dispatch_from(broker, req, None).await
@@ -103,94 +118,134 @@ pub(crate) async fn dispatch_from(
         .factor()
         .map(|_| factor_proof::request_digest(&serde_json::to_value(&req).unwrap_or(Value::Null)));
     let r = match req {
-        Request::Status => Ok(status(broker)),
-        Request::FactorChallenge(op::FactorChallenge { client_nonce, totp }) => {
-            factor_ops::challenge(broker, &client_nonce, &totp)
+        Request::Status => answer(op::Status, Ok(status(broker))),
+        Request::FactorChallenge(o) => {
+            typed(&o).answer(factor_ops::challenge(broker, &o.client_nonce, &o.totp))
         }
-        Request::Lock => Ok(lock(broker).await),
+        Request::Lock => answer(op::Lock, Ok(lock(broker).await)),
         Request::Shutdown => {
             broker.shutdown.cancel();
-            Ok(json!({"stopping": true}))
+            answer(op::Shutdown, Ok(op::Stopping { stopping: true }))
         }
-        Request::EnvList => env_list(broker),
-        Request::EnvShow(op::EnvShow { name }) => env_show(broker, &name),
-        Request::EnvCreate(op::EnvCreate { name, description }) => {
-            env_create(broker, &name, description)
+        Request::EnvList => answer(op::EnvList, env_list(broker)),
+        Request::EnvShow(o) => typed(&o).answer(env_show(broker, &o.name)),
+        Request::EnvCreate(o) => {
+            let t = typed(&o);
+            t.answer(env_create(broker, &o.name, o.description))
         }
-        Request::EnvRemove(op::EnvRemove { name, factor }) => {
+        Request::EnvRemove(o) => {
+            let (t, op::EnvRemove { name, factor }) = (typed(&o), o);
             let stored = broker.lock().stored_names(&name, None);
-            guard_stored(broker, &name, Need::stored(stored), factor, digest)
-                .await
-                .and_then(|ok| env_remove(broker, &name, ok.is_some()))
+            t.answer(
+                guard_stored(broker, &name, Need::stored(stored), factor, digest)
+                    .await
+                    .and_then(|ok| env_remove(broker, &name, ok.is_some())),
+            )
         }
-        Request::EnvReveal(op::EnvReveal { name, factor }) => {
-            env_reveal(broker, &name, Proof::from_request(factor, digest, false)).await
+        Request::EnvReveal(o) => {
+            let (t, op::EnvReveal { name, factor }) = (typed(&o), o);
+            t.answer(env_reveal(broker, &name, Proof::from_request(factor, digest, false)).await)
         }
-        Request::VarSet(op::VarSet {
-            environment,
-            name,
-            value,
-            sealed_value,
-            factor,
-        }) => {
+        Request::VarSet(o) => {
+            let (
+                t,
+                op::VarSet {
+                    environment,
+                    name,
+                    value,
+                    sealed_value,
+                    factor,
+                },
+            ) = (typed(&o), o);
             // The associated data of a sealed value is the name as the CLI gave it.
             let aad = format!("{environment}/{name}");
             let (name, need) = target_of_change(broker, &environment, &name);
             let given = name.clone();
             let probe = value.is_none() && sealed_value.is_none() && factor.is_none();
-            match guard_stored(broker, &environment, need, factor, digest).await {
-                Err(e) => Err(e),
-                // A value-free probe: nothing to store, and no factor needed.
-                Ok(_) if probe => Ok(json!({"probe": true, "needs_factor": false})),
-                Ok(verified) => {
-                    match value_of_set(value, sealed_value, verified.as_ref(), aad.as_bytes()) {
-                        Ok(value) => {
-                            var_set(broker, &environment, &given, value, verified.is_some())
+            t.answer(
+                match guard_stored(broker, &environment, need, factor, digest).await {
+                    Err(e) => Err(e),
+                    // A value-free probe: nothing to store, and no factor needed.
+                    Ok(_) if probe => Ok(op::VarSetReply::Probe {
+                        probe: true,
+                        needs_factor: false,
+                    }),
+                    Ok(verified) => {
+                        match value_of_set(value, sealed_value, verified.as_ref(), aad.as_bytes()) {
+                            Ok(value) => {
+                                var_set(broker, &environment, &given, value, verified.is_some())
+                                    .map(op::VarSetReply::Stored)
+                            }
+                            Err(e) => Err(e),
                         }
-                        Err(e) => Err(e),
                     }
-                }
-            }
+                },
+            )
         }
-        Request::VarGenerate(op::VarGenerate {
-            environment,
-            name,
-            length,
-            charset,
-            factor,
-        }) => {
+        Request::VarGenerate(o) => {
+            let (
+                t,
+                op::VarGenerate {
+                    environment,
+                    name,
+                    length,
+                    charset,
+                    factor,
+                },
+            ) = (typed(&o), o);
             let (name, need) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, need, factor, digest)
-                .await
-                .and_then(|ok| {
-                    var_generate(
-                        broker,
-                        &environment,
-                        &name,
-                        length,
-                        charset,
-                        None,
-                        ok.is_some(),
-                    )
-                })
+            t.answer(
+                guard_stored(broker, &environment, need, factor, digest)
+                    .await
+                    .and_then(|ok| {
+                        var_generate(
+                            broker,
+                            &environment,
+                            &name,
+                            length,
+                            charset,
+                            None,
+                            ok.is_some(),
+                        )
+                    }),
+            )
         }
-        Request::VarUnset(op::VarUnset {
-            environment,
-            name,
-            factor,
-        }) => {
+        Request::VarUnset(o) => {
+            let (
+                t,
+                op::VarUnset {
+                    environment,
+                    name,
+                    factor,
+                },
+            ) = (typed(&o), o);
             let (name, need) = target_of_change(broker, &environment, &name);
-            guard_stored(broker, &environment, need, factor, digest)
-                .await
-                .and_then(|ok| var_unset(broker, &environment, &name, ok.is_some()))
+            t.answer(
+                guard_stored(broker, &environment, need, factor, digest)
+                    .await
+                    .and_then(|ok| var_unset(broker, &environment, &name, ok.is_some())),
+            )
         }
-        Request::VarDeclare(op::VarDeclare {
-            environment,
-            name,
-            description,
-            generate,
-            length,
-        }) => var_declare(broker, &environment, &name, description, generate, length),
+        Request::VarDeclare(o) => {
+            let (
+                t,
+                op::VarDeclare {
+                    environment,
+                    name,
+                    description,
+                    generate,
+                    length,
+                },
+            ) = (typed(&o), o);
+            t.answer(var_declare(
+                broker,
+                &environment,
+                &name,
+                description,
+                generate,
+                length,
+            ))
+        }
         Request::RequestAccess(a) => access::request_access(
             broker,
             a,
@@ -249,15 +304,17 @@ pub(crate) async fn dispatch_from(
         }
         Request::Deny(op::Deny { request_id, reason }) => access::deny(broker, request_id, reason),
         Request::Grants(op::Grants { client }) => Ok(grants(broker, client.as_deref())),
-        Request::Revoke(op::Revoke {
-            grant_id,
-            all,
-            client,
-        }) => revoke(broker, grant_id, all, client.as_deref()).await,
+        Request::Revoke(o) => {
+            let t = typed(&o);
+            t.answer(revoke(broker, o.grant_id, o.all, o.client.as_deref()).await)
+        }
         Request::Audit(op::Audit { limit }) => audit(broker, limit),
         Request::AuditVerify => audit_verify(broker),
-        Request::WebUrl => super::web::url(broker).await,
-        Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r, digest).await,
+        Request::WebUrl => answer(op::WebUrl, super::web::url(broker).await),
+        Request::DynamicAdd(r) => {
+            let t = typed(&r);
+            t.answer(super::dynamic_ops::add(broker, r, digest).await)
+        }
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
         Request::Logs(op::Logs {
@@ -269,8 +326,8 @@ pub(crate) async fn dispatch_from(
         Request::Stop(op::Stop { run_id, client }) => {
             super::background::stop(broker, &run_id, client.as_deref()).await
         }
-        Request::SetUrl(op::SetUrl { environment, name }) => {
-            super::web::set_url(broker, &environment, &name).await
+        Request::SetUrl(o) => {
+            typed(&o).answer(super::web::set_url(broker, &o.environment, &o.name).await)
         }
     };
     match r {
@@ -283,6 +340,32 @@ pub(crate) async fn dispatch_from(
         }
         Err(e) => e.reply(),
     }
+}
+
+/// The reply type of an operation, taken from the operation before its fields are moved out:
+/// the dispatcher answers each operation with its own [`Operation::Reply`] (the compiler
+/// checks it; `keyveil_proto::op`).
+struct Typed<O>(std::marker::PhantomData<O>);
+
+/// [`Typed`] of `o`.
+fn typed<O: Operation>(_: &O) -> Typed<O> {
+    Typed(std::marker::PhantomData)
+}
+
+impl<O: Operation> Typed<O> {
+    /// The operation's reply as the JSON the reply frame carries.
+    fn answer(self, r: OpResult<O::Reply>) -> OpResult<Value> {
+        r.and_then(|reply| {
+            serde_json::to_value(reply).map_err(|e| {
+                OpError::new(ErrorCode::Failed, format!("cannot encode the reply: {e}"))
+            })
+        })
+    }
+}
+
+/// [`Typed::answer`] for an operation without fields.
+fn answer<O: Operation>(o: O, r: OpResult<O::Reply>) -> OpResult<Value> {
+    typed(&o).answer(r)
 }
 
 /// The real name a human's `set`/`generate`/`unset` names (an alias is understood), and why the
@@ -422,21 +505,39 @@ pub(super) fn recheck(
     }
 }
 
-fn status(broker: &Broker) -> Value {
+fn status(broker: &Broker) -> op::BrokerStatus {
     let inner = broker.lock();
-    json!({
-        "running": true,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "home": broker.paths.home,
-        "socket": broker.paths.socket(),
-        "vault_exists": broker.paths.vault().exists(),
-        "locked": inner.vault.is_none(),
-        "pending_requests": inner.requests.values().filter(|r| r.state == RequestState::Pending).count(),
-        "live_grants": inner.grants.values().filter(|g| g.live(Timestamp::now())).count(),
-        "live_runs": inner.runs.len(),
-        "runs": inner.runs.values().collect::<Vec<_>>(),
-    })
+    op::BrokerStatus {
+        running: true,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        home: broker.paths.home.clone(),
+        socket: broker.paths.socket(),
+        vault_exists: broker.paths.vault().exists(),
+        locked: inner.vault.is_none(),
+        pending_requests: inner
+            .requests
+            .values()
+            .filter(|r| r.state == RequestState::Pending)
+            .count(),
+        live_grants: inner
+            .grants
+            .values()
+            .filter(|g| g.live(Timestamp::now()))
+            .count(),
+        live_runs: inner.runs.len(),
+        runs: inner
+            .runs
+            .values()
+            .map(|r| op::LiveRun {
+                id: r.id.clone(),
+                grant_id: r.grant_id.clone(),
+                pgid: r.pgid,
+                argv: r.argv.clone(),
+                started_at: r.started_at,
+            })
+            .collect(),
+    }
 }
 
 async fn init(
@@ -614,7 +715,7 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
     }
 }
 
-async fn lock(broker: &Broker) -> Value {
+async fn lock(broker: &Broker) -> op::Locked {
     // The runs end before the vault leaves memory (their ends are still audited); the reply
     // says what was stopped.
     let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;
@@ -629,11 +730,10 @@ async fn lock(broker: &Broker) -> Value {
     inner.pending_totp = None;
     drop(inner);
     broker.notify();
-    let mut v = stopped.json();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("locked".into(), json!(true));
+    op::Locked {
+        locked: true,
+        stopped: stopped.reply(),
     }
-    v
 }
 
 /// Revokes every grant (killing its runs) and denies every pending request; returns watches on
@@ -662,27 +762,25 @@ fn stop_all(inner: &mut Inner, why: &str) -> RunEnds {
     ended
 }
 
-fn env_list(broker: &Broker) -> OpResult<Value> {
+fn env_list(broker: &Broker) -> OpResult<op::Environments> {
     let inner = broker.lock();
     let v = inner.vault()?;
-    let envs: Vec<Value> = v
+    let environments = v
         .data()
         .environments
         .iter()
-        .map(|(name, e)| {
-            json!({
-                "name": name,
-                "description": e.description,
-                "variables": sorted_shown(&inner, name, e),
-            })
+        .map(|(name, e)| op::EnvSummary {
+            name: name.clone(),
+            description: e.description.clone(),
+            variables: sorted_shown(&inner, name, e),
         })
         .collect();
-    Ok(json!({ "environments": envs }))
+    Ok(op::Environments { environments })
 }
 
 /// The aliases of an environment's variables with the real names behind them, for a caller
 /// who presents the factor (passphrase or TOTP; `confirm` is not enough). Audited.
-async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<Value> {
+async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<op::EnvRevealed> {
     {
         let inner = broker.lock();
         let v = inner.vault()?;
@@ -702,15 +800,13 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
         .get(env)
         .ok_or_else(|| unknown_env(env, v))?;
     let hidden = e.policy.hide_names;
-    let names: Vec<Value> = e
+    let names: Vec<op::RevealedName> = e
         .variables
         .iter()
-        .map(|(n, var)| {
-            json!({
-                "alias": v.name_alias(env, n),
-                "real_name": n,
-                "description": var.description,
-            })
+        .map(|(n, var)| op::RevealedName {
+            alias: v.name_alias(env, n),
+            real_name: n.clone(),
+            description: var.description.clone(),
         })
         .collect();
     // The audit entry names the environment only (the names are what is being protected).
@@ -726,9 +822,19 @@ async fn env_reveal(broker: &Arc<Broker>, env: &str, proof: Proof) -> OpResult<V
             let plain = serde_json::to_vec(&names).unwrap_or_default();
             let sealed = factor_proof::seal_in_transit(&key, &nonce, b"env_reveal", &plain)
                 .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
-            Ok(json!({"environment": env, "hide_names": hidden, "sealed_names": sealed}))
+            Ok(op::EnvRevealed {
+                environment: env.to_owned(),
+                hide_names: hidden,
+                sealed_names: Some(sealed),
+                names: None,
+            })
         }
-        None => Ok(json!({"environment": env, "hide_names": hidden, "names": names})),
+        None => Ok(op::EnvRevealed {
+            environment: env.to_owned(),
+            hide_names: hidden,
+            sealed_names: None,
+            names: Some(names),
+        }),
     }
 }
 
@@ -744,7 +850,7 @@ fn sorted_shown(inner: &Inner, env: &str, e: &Environment) -> Vec<String> {
     shown
 }
 
-fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
+fn env_show(broker: &Broker, name: &str) -> OpResult<op::EnvDetail> {
     let inner = broker.lock();
     let v = inner.vault()?;
     let e = v
@@ -754,31 +860,42 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
         .ok_or_else(|| unknown_env(name, v))?;
     // A description can say what a hidden name would ("Stripe live key").
     let hidden = e.policy.hide_names;
-    let mut vars: Vec<Value> = e
+    let mut variables: Vec<op::VariableInfo> = e
         .variables
         .iter()
-        .map(|(n, var)| {
-            json!({
-                "name": inner.shown_name(name, n),
-                "description": if hidden { String::new() } else { var.description.clone() },
-                "source": var.source,
-                "set": var.value.is_some() || var.dynamic.is_some(),
-                "created_at": var.created_at,
-                "rotated_at": var.rotated_at,
-            })
+        .map(|(n, var)| op::VariableInfo {
+            name: inner.shown_name(name, n),
+            description: if hidden {
+                String::new()
+            } else {
+                var.description.clone()
+            },
+            source: source_name(var.source),
+            set: var.value.is_some() || var.dynamic.is_some(),
+            created_at: var.created_at,
+            rotated_at: var.rotated_at,
         })
         .collect();
     // Sorted as shown (where names are hidden, the real names' order would betray them).
-    vars.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(json!({
-        "name": name,
-        "description": e.description,
-        "variables": vars,
-        "policy": e.policy,
-    }))
+    variables.sort_by(|a, b| a.name.cmp(&b.name));
+    let policy = match serde_json::to_value(&e.policy) {
+        Ok(Value::Object(map)) => map,
+        _ => {
+            return Err(OpError::new(
+                ErrorCode::Failed,
+                "cannot encode the environment's policy",
+            ));
+        }
+    };
+    Ok(op::EnvDetail {
+        name: name.to_owned(),
+        description: e.description.clone(),
+        variables,
+        policy,
+    })
 }
 
-fn env_create(broker: &Broker, name: &str, description: String) -> OpResult<Value> {
+fn env_create(broker: &Broker, name: &str, description: String) -> OpResult<op::EnvCreated> {
     check_env_name(name)?;
     let mut inner = broker.lock();
     inner.audit_ready("env_create")?;
@@ -800,10 +917,12 @@ fn env_create(broker: &Broker, name: &str, description: String) -> OpResult<Valu
     );
     save(v)?;
     inner.audit("env_create", json!({"environment": name}));
-    Ok(json!({"name": name}))
+    Ok(op::EnvCreated {
+        name: name.to_owned(),
+    })
 }
 
-fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResult<Value> {
+fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResult<op::EnvRemoved> {
     let mut inner = broker.lock();
     recheck(&inner, name, None, verified)?;
     inner.audit_ready("env_remove")?;
@@ -823,7 +942,9 @@ fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResult<Value> {
         inner.revoke(&id, "environment removed");
     }
     inner.audit("env_remove", json!({"environment": name}));
-    Ok(json!({"removed": name}))
+    Ok(op::EnvRemoved {
+        removed: name.to_owned(),
+    })
 }
 
 fn save(v: &mut Vault) -> OpResult<()> {
@@ -928,7 +1049,7 @@ fn var_set(
     name: &str,
     value: Passphrase,
     verified: bool,
-) -> OpResult<Value> {
+) -> OpResult<op::VarStored> {
     if value.expose().is_empty() {
         return Err(usage("the value is empty; nothing was stored"));
     }
@@ -954,9 +1075,13 @@ fn var_set(
         "var_set",
         json!({"environment": env, "variable": name, "replaced": existed}),
     );
-    Ok(
-        json!({"environment": env, "name": name, "status": "set", "replaced": existed, "short_value": short}),
-    )
+    Ok(op::VarStored {
+        environment: env.to_owned(),
+        name: name.to_owned(),
+        status: op::VarStatus::Set,
+        replaced: existed,
+        short_value: short,
+    })
 }
 
 fn var_generate(
@@ -967,7 +1092,7 @@ fn var_generate(
     charset: Charset,
     description: Option<String>,
     verified: bool,
-) -> OpResult<Value> {
+) -> OpResult<op::VarChanged> {
     if !(8..=MAX_GENERATED).contains(&length) {
         return Err(usage(format!(
             "length must be between 8 and {MAX_GENERATED} characters"
@@ -990,7 +1115,11 @@ fn var_generate(
         "var_generate",
         json!({"environment": env, "variable": name, "length": length, "replaced": existed}),
     );
-    Ok(json!({"environment": env, "name": name, "status": "set"}))
+    Ok(op::VarChanged {
+        environment: env.to_owned(),
+        name: name.to_owned(),
+        status: op::VarStatus::Set,
+    })
 }
 
 /// A uniformly random string over the charset (rejection sampling, no modulo bias).
@@ -1031,7 +1160,7 @@ pub(crate) fn generate(length: usize, charset: Charset) -> OpResult<String> {
     Ok(out)
 }
 
-fn var_unset(broker: &Broker, env: &str, name: &str, verified: bool) -> OpResult<Value> {
+fn var_unset(broker: &Broker, env: &str, name: &str, verified: bool) -> OpResult<op::VarChanged> {
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
     inner.audit_ready("var_unset")?;
@@ -1051,7 +1180,11 @@ fn var_unset(broker: &Broker, env: &str, name: &str, verified: bool) -> OpResult
     }
     save(v)?;
     inner.audit("var_unset", json!({"environment": env, "variable": shown}));
-    Ok(json!({"environment": env, "name": shown, "status": "unset"}))
+    Ok(op::VarChanged {
+        environment: env.to_owned(),
+        name: shown,
+        status: op::VarStatus::Unset,
+    })
 }
 
 fn var_declare(
@@ -1061,7 +1194,7 @@ fn var_declare(
     description: Option<String>,
     generate_now: bool,
     length: Option<usize>,
-) -> OpResult<Value> {
+) -> OpResult<op::Declared> {
     check_name("variable", name)?;
     // Where names are hidden, only an alias names a variable; any other name gets one answer,
     // whether or not it exists (a guess confirms nothing).
@@ -1097,9 +1230,12 @@ fn var_declare(
             && (var.value.is_some() || var.dynamic.is_some())
         {
             // Declaring never overwrites: an agent must not be able to replace a value.
-            return Ok(
-                json!({"status": "set", "hint": "the variable already has a value; declaring again changes nothing"}),
-            );
+            return Ok(op::Declared {
+                status: op::VarStatus::Set,
+                hint: Some(
+                    "the variable already has a value; declaring again changes nothing".to_owned(),
+                ),
+            });
         }
     }
     if generate_now {
@@ -1112,7 +1248,10 @@ fn var_declare(
             description,
             false,
         )?;
-        return Ok(json!({"status": "set"}));
+        return Ok(op::Declared {
+            status: op::VarStatus::Set,
+            hint: None,
+        });
     }
     let mut inner = broker.lock();
     // Never over a value stored since the check above.
@@ -1128,10 +1267,12 @@ fn var_declare(
         false,
     )?;
     inner.audit("var_declare", json!({"environment": env, "variable": name}));
-    Ok(json!({
-        "status": "awaiting_value",
-        "hint": format!("ask the user to run `keyveil set {env} {name}` in their own terminal; never ask them to paste the value into the chat"),
-    }))
+    Ok(op::Declared {
+        status: op::VarStatus::AwaitingValue,
+        hint: Some(format!(
+            "ask the user to run `keyveil set {env} {name}` in their own terminal; never ask them to paste the value into the chat"
+        )),
+    })
 }
 
 fn grants(broker: &Broker, client: Option<&str>) -> Value {
@@ -1160,19 +1301,18 @@ async fn revoke(
     grant_id: Option<String>,
     all: bool,
     client: Option<&str>,
-) -> OpResult<Value> {
+) -> OpResult<op::Revoked> {
     let (n, ended, ids, runs) = revoke_now(broker, grant_id, all, client)?;
     broker.notify();
     // Answer once the runs are gone, saying so: the CLI and MCP report what was stopped.
     let stopped = RunsStopped::wait(runs).await;
-    let mut v = stopped.json();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("revoked".into(), json!(true));
-        o.insert("count".into(), json!(n));
-        o.insert("already_ended".into(), json!(ended));
-        o.insert("grant_ids".into(), json!(ids));
-    }
-    Ok(v)
+    Ok(op::Revoked {
+        revoked: true,
+        count: n,
+        already_ended: ended,
+        grant_ids: ids,
+        stopped: stopped.reply(),
+    })
 }
 
 /// Watches on the end of runs (see [`RunsStopped::wait`]).
@@ -1307,5 +1447,13 @@ fn audit_verify(broker: &Broker) -> OpResult<Value> {
         .hint(
             "the log was edited, truncated, reordered or replaced; keep a copy for investigation",
         )),
+    }
+}
+
+/// The serde name of a variable's source (`human`, `generated`, `dynamic`, `provider`).
+fn source_name(source: Source) -> String {
+    match serde_json::to_value(source) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
     }
 }

@@ -815,7 +815,7 @@ mod tests {
                 unconfirmed: 2
             }
         );
-        assert_eq!(got.json()["processes_killed"], 55);
+        assert_eq!(got.reply().processes_killed, 55);
         assert_eq!(RunsStopped::wait(Vec::new()).await, RunsStopped::default());
     }
 

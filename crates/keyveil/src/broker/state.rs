@@ -372,13 +372,13 @@ pub(crate) struct RunsStopped {
 }
 
 impl RunsStopped {
-    /// As reply fields: `runs_stopped`, `processes_killed`, `runs_unconfirmed`.
-    pub(crate) fn json(&self) -> serde_json::Value {
-        json!({
-            "runs_stopped": self.runs,
-            "processes_killed": self.killed,
-            "runs_unconfirmed": self.unconfirmed,
-        })
+    /// As the replies to `revoke` and `lock` carry it.
+    pub(crate) fn reply(&self) -> keyveil_proto::op::RunsStopped {
+        keyveil_proto::op::RunsStopped {
+            runs_stopped: self.runs,
+            processes_killed: self.killed,
+            runs_unconfirmed: self.unconfirmed,
+        }
     }
 
     /// Waits (at most [`super::spawn::KILL_GRACE`] + 5 s in all) until each run of `ended` has

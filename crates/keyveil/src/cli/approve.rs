@@ -42,7 +42,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     };
     // Show the human what they approve before asking for the factor; the approval is bound to
     // this card's digest, so what the broker grants is what was shown here.
-    let d = call(paths, Request::Requests).await?;
+    let d = call_untyped(paths, Request::Requests).await?;
     let Some(card) = d["requests"]
         .as_array()
         .and_then(|l| l.iter().find(|r| r["id"] == id))
@@ -69,7 +69,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         subdirs: a.subdirs,
     });
     let d = if a.confirm {
-        call(paths, req).await?
+        call_untyped(paths, req).await?
     } else {
         let input = match input.take() {
             Some(i) => i,
@@ -93,7 +93,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
 /// `approve --web`: asks the broker for a one-time link to its approval page; prints it, or
 /// opens it with `xdg-open` when there is a desktop session (and `--print` is not given).
 pub(crate) async fn approve_web(paths: &Paths, print_only: bool) -> Result<i32> {
-    let d = call(paths, Request::WebUrl).await?;
+    let d = call_untyped(paths, Request::WebUrl).await?;
     let Some(url) = d.get("url").and_then(serde_json::Value::as_str) else {
         bail!("the broker sent no approval-page link");
     };
@@ -135,7 +135,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
     let mut seen = std::collections::BTreeSet::new();
     let _ = writeln!(tty_out, "keyveil: watching for requests (Ctrl-C to stop)");
     loop {
-        let d = call(paths, Request::Requests).await?;
+        let d = call_untyped(paths, Request::Requests).await?;
         for r in d["requests"].as_array().cloned().unwrap_or_default() {
             let Some(id) = r["id"].as_u64() else { continue };
             if !seen.insert(id) {
@@ -160,7 +160,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                 }
             };
             let outcome = if deny {
-                call(
+                call_untyped(
                     paths,
                     Request::Deny(op::Deny {
                         request_id: id,

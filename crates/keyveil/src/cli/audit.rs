@@ -6,12 +6,12 @@ use keyveil_proto::op;
 
 pub(crate) async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
     if let Some(AuditAction::Verify) = a.action {
-        let d = call(paths, Request::AuditVerify).await?;
+        let d = call_untyped(paths, Request::AuditVerify).await?;
         return Ok(audit_verified(&d));
     }
     let mut last_seq = 0u64;
     loop {
-        let d = call(
+        let d = call_untyped(
             paths,
             Request::Audit(op::Audit {
                 limit: Some(a.limit),

@@ -10,7 +10,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
 
-use super::{Exit, call, cli_client, note, say};
+use super::{Exit, call_untyped, cli_client, note, say};
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
 use keyveil_proto::op;
@@ -125,7 +125,7 @@ pub(super) async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
 pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
     let mut from = a.from;
     loop {
-        let d = call(
+        let d = call_untyped(
             paths,
             Request::Logs(op::Logs {
                 run_id: a.run_id.clone(),
@@ -204,7 +204,7 @@ pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
 
 /// Stops a background run.
 pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
-    let d = call(
+    let d = call_untyped(
         paths,
         Request::Stop(op::Stop {
             run_id: run_id.to_owned(),
@@ -231,7 +231,7 @@ pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
 
 /// `keyveil set ENV VAR --web`: prints a one-time link to the value-entry page.
 pub(super) async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> {
-    let d = call(
+    let d = call_untyped(
         paths,
         Request::SetUrl(op::SetUrl {
             environment: env.to_owned(),

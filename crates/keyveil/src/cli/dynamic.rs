@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Exit, call_guarded, read_secret_line, say};
 use crate::paths::Paths;
-use keyveil_proto::{DynamicAddRequest, Request};
+use keyveil_proto::DynamicAddRequest;
 
 /// `keyveil dynamic` subcommands.
 #[derive(Debug, Subcommand)]
@@ -138,7 +138,7 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
             }
             // Replacing a variable that has a value needs the factor (asked at the terminal).
             let d = call_guarded(paths, None, |_| {
-                Ok(Request::DynamicAdd(DynamicAddRequest {
+                Ok(DynamicAddRequest {
                     environment: env.clone(),
                     name: var.clone(),
                     engine: engine.clone(),
@@ -149,22 +149,19 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     description: description.clone(),
                     check: !no_check,
                     factor: None,
-                }))
+                })
             })
             .await?;
-            let vars: Vec<&str> = d["variables"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
             say(format!(
                 "added {env}/{{{}}}: {} at {}, output {}{}",
-                vars.join(","),
-                d["engine"].as_str().unwrap_or(""),
-                d["target"].as_str().unwrap_or(""),
-                d["output"].as_str().unwrap_or(""),
-                match d["prefix"].as_str() {
-                    Some(p) if !p.is_empty() => format!(", users named {p}*"),
-                    _ => String::new(),
+                d.variables.join(","),
+                d.engine,
+                d.target,
+                d.output,
+                if d.prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!(", users named {}*", d.prefix)
                 }
             ));
             Ok(0)

@@ -9,29 +9,28 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
         EnvCommand::Create { name, description } => {
             call(
                 paths,
-                Request::EnvCreate(op::EnvCreate {
+                op::EnvCreate {
                     name: name.clone(),
                     description,
-                }),
+                },
             )
             .await?;
             say(format!("created environment {name}"));
         }
         EnvCommand::List { json } => {
-            let d = call(paths, Request::EnvList).await?;
+            let d = call(paths, op::EnvList).await?;
             if json {
-                say(d["environments"].to_string());
+                say(json_text(&d.environments)?);
             } else {
-                let list = d["environments"].as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
+                if d.environments.is_empty() {
                     say("no environments (create one with `keyveil env create NAME`)");
                 }
-                for e in list {
+                for e in d.environments {
                     say(format!(
                         "{}  [{}]  {}",
-                        e["name"].as_str().unwrap_or(""),
-                        join(&e["variables"]),
-                        e["description"].as_str().unwrap_or("")
+                        e.name,
+                        e.variables.join(","),
+                        e.description
                     ));
                 }
             }
@@ -53,51 +52,46 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                 .map_err(auth_exit)?;
             let mut req = Request::EnvReveal(op::EnvReveal { name, factor: None });
             a.sign(&mut req);
-            let mut d = expect_ok(client::call(paths, &req).await?)?;
+            let mut d = expect::<op::EnvReveal>(client::call(paths, &req).await?)?;
             // The names come back sealed for this process only.
-            let sealed = d["sealed_names"].as_str().unwrap_or_default().to_owned();
+            let sealed = d.sealed_names.take().unwrap_or_default();
             let names = a
                 .open(b"env_reveal", &sealed)
                 .context("the names did not come sealed from the broker that proved itself")?;
-            d["names"] = serde_json::from_slice(&names).context("unreadable names")?;
-            if let Some(o) = d.as_object_mut() {
-                o.remove("sealed_names");
-            }
+            let names: Vec<op::RevealedName> =
+                serde_json::from_slice(&names).context("unreadable names")?;
+            d.names = Some(names);
             if json {
-                say(d.to_string());
+                say(json_text(&d)?);
             } else {
-                if d["hide_names"] != true {
+                if !d.hide_names {
                     note(
                         "note: this environment does not hide its names; agents see them as they are",
                     );
                 }
-                for v in d["names"].as_array().cloned().unwrap_or_default() {
+                for v in d.names.unwrap_or_default() {
                     say(format!(
                         "  {:<20} {:<24} {}",
-                        v["alias"].as_str().unwrap_or(""),
-                        keyveil_proto::display::visible(v["real_name"].as_str().unwrap_or("")),
-                        keyveil_proto::display::visible(v["description"].as_str().unwrap_or(""))
+                        v.alias,
+                        keyveil_proto::display::visible(&v.real_name),
+                        keyveil_proto::display::visible(&v.description)
                     ));
                 }
             }
         }
         EnvCommand::Show { name, json, .. } => {
-            let d = call(paths, Request::EnvShow(op::EnvShow { name })).await?;
+            let d = call(paths, op::EnvShow { name }).await?;
             if json {
-                say(d.to_string());
+                say(json_text(&d)?);
             } else {
-                say(format!(
-                    "{}: {}",
-                    d["name"].as_str().unwrap_or(""),
-                    d["description"].as_str().unwrap_or("")
-                ));
-                for v in d["variables"].as_array().cloned().unwrap_or_default() {
+                say(format!("{}: {}", d.name, d.description));
+                for v in d.variables {
                     say(format!(
                         "  {:<24} {:<9} {:<10} {}",
-                        v["name"].as_str().unwrap_or(""),
-                        v["source"].as_str().unwrap_or(""),
-                        if v["set"] == true { "set" } else { "awaiting" },
-                        v["description"].as_str().unwrap_or("")
+                        v.name,
+                        v.source,
+                        if v.set { "set" } else { "awaiting" },
+                        v.description
                     ));
                 }
             }
@@ -105,10 +99,10 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
         EnvCommand::Rm { name, factor } => {
             let given = factor_from_args(&factor, true)?;
             call_guarded(paths, given, |_| {
-                Ok(Request::EnvRemove(op::EnvRemove {
+                Ok(op::EnvRemove {
                     name: name.clone(),
                     factor: None,
-                }))
+                })
             })
             .await?;
             say(format!("removed environment {name}"));

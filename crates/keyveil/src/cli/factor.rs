@@ -3,7 +3,7 @@
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
-use keyveil_proto::op;
+use keyveil_proto::op::{self, Operation};
 
 /// Whether a command may read a factor or a value: it makes itself non-dumpable first thing.
 /// (Others stay dumpable so the broker can read their executable for the card.)
@@ -83,13 +83,14 @@ pub(crate) fn factor_from_args(f: &FactorArgs, stdin_is_free: bool) -> Result<Op
 /// authorisation so it can seal what travels with it. When the broker answers that the change
 /// needs the factor ([`FACTOR_NEEDED`]) and none was given, asks for the passphrase at the
 /// terminal (`/dev/tty`, never stdin) and sends the change once more, signed.
-pub(crate) async fn call_guarded(
+pub(crate) async fn call_guarded<O: Operation>(
     paths: &Paths,
     given: Option<FactorInput>,
-    make: impl Fn(Option<&Authorized>) -> Result<Request>,
-) -> Result<Value> {
+    make: impl Fn(Option<&Authorized>) -> Result<O>,
+) -> Result<O::Reply> {
+    let make = |a: Option<&Authorized>| make(a).map(Into::into);
     if let Some(input) = given {
-        return signed(paths, &input, &make).await;
+        return expect::<O>(signed(paths, &input, &make).await?);
     }
     let reply = client::call(paths, &make(None)?).await?;
     if let Reply::Error {
@@ -108,9 +109,9 @@ pub(crate) async fn call_guarded(
                     "cannot ask for your passphrase: no terminal ({e})\nhint: add `--passphrase-stdin` or `--totp-stdin` (with `set --from-stdin`: the passphrase or code on the first line, the value after it)"
                 ),
             })?;
-        return signed(paths, &FactorInput::Passphrase(passphrase), &make).await;
+        return expect::<O>(signed(paths, &FactorInput::Passphrase(passphrase), &make).await?);
     }
-    expect_ok(reply)
+    expect::<O>(reply)
 }
 
 /// Asks the broker, without the value, whether storing `env/var` needs the factor. `None`: it
@@ -143,18 +144,19 @@ pub(crate) async fn probe_set(paths: &Paths, env: &str, var: &str) -> Result<Opt
     }
 }
 
-/// Authenticates the broker with `input`, builds the request, signs it and sends it.
+/// Authenticates the broker with `input`, builds the request, signs it and sends it; the
+/// broker's final reply.
 pub(crate) async fn signed(
     paths: &Paths,
     input: &FactorInput,
     make: &impl Fn(Option<&Authorized>) -> Result<Request>,
-) -> Result<Value> {
+) -> Result<Reply> {
     let a = authorize::authorize(paths, input)
         .await
         .map_err(auth_exit)?;
     let mut req = make(Some(&a))?;
     a.sign(&mut req);
-    expect_ok(client::call(paths, &req).await?)
+    client::call(paths, &req).await
 }
 
 /// A refused factor exits 3 (denied) with its message; anything else stays an error.
@@ -171,49 +173,53 @@ pub(crate) fn auth_exit(e: anyhow::Error) -> anyhow::Error {
 
 /// Signs `req` with the factor and sends it.
 pub(crate) async fn call_signed(paths: &Paths, input: &FactorInput, req: Request) -> Result<Value> {
-    signed(paths, input, &|_| {
-        Ok(match &req {
-            Request::EnvReveal(op::EnvReveal { name, .. }) => Request::EnvReveal(op::EnvReveal {
-                name: name.clone(),
-                factor: None,
-            }),
-            Request::PolicySet(op::PolicySet {
-                environment,
-                change,
-                ..
-            }) => Request::PolicySet(op::PolicySet {
-                environment: environment.clone(),
-                factor: None,
-                change: change.clone(),
-            }),
-            Request::Approve(op::Approve {
-                request_id,
-                card,
-                confirm,
-                ttl_seconds,
-                uses,
-                any_command,
-                prefix,
-                subdirs,
-                ..
-            }) => Request::Approve(op::Approve {
-                request_id: *request_id,
-                card: card.clone(),
-                factor: None,
-                confirm: *confirm,
-                ttl_seconds: *ttl_seconds,
-                uses: *uses,
-                any_command: *any_command,
-                prefix: *prefix,
-                subdirs: *subdirs,
-            }),
-            Request::FactorEnroll(op::FactorEnroll { .. }) => {
-                Request::FactorEnroll(op::FactorEnroll { factor: None })
-            }
-            _ => bail!("this request takes no factor"),
+    expect_ok(
+        signed(paths, input, &|_| {
+            Ok(match &req {
+                Request::EnvReveal(op::EnvReveal { name, .. }) => {
+                    Request::EnvReveal(op::EnvReveal {
+                        name: name.clone(),
+                        factor: None,
+                    })
+                }
+                Request::PolicySet(op::PolicySet {
+                    environment,
+                    change,
+                    ..
+                }) => Request::PolicySet(op::PolicySet {
+                    environment: environment.clone(),
+                    factor: None,
+                    change: change.clone(),
+                }),
+                Request::Approve(op::Approve {
+                    request_id,
+                    card,
+                    confirm,
+                    ttl_seconds,
+                    uses,
+                    any_command,
+                    prefix,
+                    subdirs,
+                    ..
+                }) => Request::Approve(op::Approve {
+                    request_id: *request_id,
+                    card: card.clone(),
+                    factor: None,
+                    confirm: *confirm,
+                    ttl_seconds: *ttl_seconds,
+                    uses: *uses,
+                    any_command: *any_command,
+                    prefix: *prefix,
+                    subdirs: *subdirs,
+                }),
+                Request::FactorEnroll(op::FactorEnroll { .. }) => {
+                    Request::FactorEnroll(op::FactorEnroll { factor: None })
+                }
+                _ => bail!("this request takes no factor"),
+            })
         })
-    })
-    .await
+        .await?,
+    )
 }
 
 pub(crate) fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphrase> {

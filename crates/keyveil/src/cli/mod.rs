@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::authorize::{self, Authorized, FactorInput};
 use crate::client::{self, Connection, Event};
 use crate::paths::Paths;
-use keyveil_proto::op;
+use keyveil_proto::op::{self, Operation};
 use keyveil_proto::{
     Charset, ClientInfo, ErrorCode, FACTOR_NEEDED, OutputMode, Passphrase, Reply, Request,
     RunRequest,
@@ -97,6 +97,18 @@ pub(crate) fn expect_ok(reply: Reply) -> Result<Value> {
     }
 }
 
+/// The typed data of the broker's reply to operation `O`, or an [`Exit`] error.
+pub(crate) fn expect<O: Operation>(reply: Reply) -> Result<O::Reply> {
+    client::typed_data::<O>(expect_ok(reply)?)
+}
+
+/// A reply as the JSON text `--json` prints (keys sorted, as the broker's own JSON).
+pub(crate) fn json_text<T: serde::Serialize>(reply: &T) -> Result<String> {
+    Ok(serde_json::to_value(reply)
+        .context("cannot encode the reply")?
+        .to_string())
+}
+
 fn kind_of(r: &Reply) -> &'static str {
     match r {
         Reply::Ok { .. } => "ok",
@@ -109,12 +121,12 @@ fn kind_of(r: &Reply) -> &'static str {
 
 /// What a `revoke` or `lock` reply says about the runs it stopped, as a clause ("" if none):
 /// only what the broker confirmed.
-fn runs_stopped(d: &serde_json::Value) -> String {
-    let runs = d["runs_stopped"].as_u64().unwrap_or(0);
+fn runs_stopped(d: &op::RunsStopped) -> String {
+    let runs = d.runs_stopped;
     if runs == 0 {
         return String::new();
     }
-    let killed = d["processes_killed"].as_u64().unwrap_or(0);
+    let killed = d.processes_killed;
     format!(
         "; stopped {runs} {} ({killed} {} killed)",
         if runs == 1 { "run" } else { "runs" },
@@ -123,8 +135,8 @@ fn runs_stopped(d: &serde_json::Value) -> String {
 }
 
 /// Warns when the broker could not confirm that every process of a stopped run is gone.
-fn warn_unconfirmed(d: &serde_json::Value) {
-    let n = d["runs_unconfirmed"].as_u64().unwrap_or(0);
+fn warn_unconfirmed(d: &op::RunsStopped) {
+    let n = d.runs_unconfirmed;
     if n > 0 {
         note(format!(
             "warning: for {n} stopped {} the broker could not confirm that every process is gone (a process could not be killed, or the run's reaper was killed first; the supervisor was asked to kill what is left)\nhint: see broker.log; `keyveil daemon stop` kills everything started under a grant",
@@ -158,9 +170,8 @@ pub(crate) fn main(cli: Cli) -> Result<i32> {
                     })
                 }
                 (None, false) => block_on(async {
-                    let r = client::call(&paths, &Request::Status).await?;
-                    let d = expect_ok(r)?;
-                    say(format!("broker running (pid {})", d["pid"]));
+                    let d = call(&paths, op::Status).await?;
+                    say(format!("broker running (pid {})", d.pid));
                     Ok(0)
                 }),
             }
@@ -205,8 +216,8 @@ async fn daemon_stop(paths: &Paths) -> Result<i32> {
             Ok(0)
         }
         Some(mut c) => {
-            c.send(&Request::Shutdown).await?;
-            expect_ok(c.final_reply().await?)?;
+            c.send(&op::Shutdown.into()).await?;
+            expect::<op::Shutdown>(c.final_reply().await?)?;
             // Wait until the socket is gone.
             for _ in 0..100 {
                 if !paths.socket().exists() {
@@ -220,7 +231,13 @@ async fn daemon_stop(paths: &Paths) -> Result<i32> {
     }
 }
 
-async fn call(paths: &Paths, req: Request) -> Result<Value> {
+/// Sends operation `o` on a fresh connection; its typed reply, or an [`Exit`] error.
+async fn call<O: Operation>(paths: &Paths, o: O) -> Result<O::Reply> {
+    expect::<O>(client::call(paths, &o.into()).await?)
+}
+
+/// [`call`] for an operation whose reply is not typed yet.
+async fn call_untyped(paths: &Paths, req: Request) -> Result<Value> {
     expect_ok(client::call(paths, &req).await?)
 }
 
@@ -281,51 +298,48 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             match Connection::open_existing(paths).await {
                 None => say("no broker is running (nothing is unlocked)"),
                 Some(mut c) => {
-                    c.send(&Request::Lock).await?;
-                    let d = expect_ok(c.final_reply().await?)?;
-                    say(format!("locked{}", runs_stopped(&d)));
-                    warn_unconfirmed(&d);
+                    c.send(&op::Lock.into()).await?;
+                    let d = expect::<op::Lock>(c.final_reply().await?)?;
+                    say(format!("locked{}", runs_stopped(&d.stopped)));
+                    warn_unconfirmed(&d.stopped);
                 }
             }
             Ok(0)
         }
         Command::Status { json } => {
             let d = match Connection::open_existing(paths).await {
-                None => serde_json::json!({
+                None => None,
+                Some(mut c) => {
+                    c.send(&op::Status.into()).await?;
+                    Some(expect::<op::Status>(c.final_reply().await?)?)
+                }
+            };
+            match d {
+                Some(d) if json => say(json_text(&d)?),
+                // Not running: what this client knows itself.
+                None if json => say(serde_json::json!({
                     "running": false,
                     "home": paths.home,
                     "socket": paths.socket(),
                     "vault_exists": paths.vault().exists(),
-                }),
-                Some(mut c) => {
-                    c.send(&Request::Status).await?;
-                    expect_ok(c.final_reply().await?)?
-                }
-            };
-            if json {
-                say(d.to_string());
-            } else if d["running"] == true {
-                say(format!(
+                })
+                .to_string()),
+                Some(d) => say(format!(
                     "broker: running (pid {})\nvault: {}\nsocket: {}\npending requests: {}\nlive grants: {}",
-                    d["pid"],
-                    if d["locked"] == true {
-                        "locked"
-                    } else {
-                        "unlocked"
-                    },
-                    d["socket"].as_str().unwrap_or(""),
-                    d["pending_requests"],
-                    d["live_grants"]
-                ));
-            } else {
-                say(format!(
+                    d.pid,
+                    if d.locked { "locked" } else { "unlocked" },
+                    d.socket.display(),
+                    d.pending_requests,
+                    d.live_grants
+                )),
+                None => say(format!(
                     "broker: not running\nvault: {}\nhint: any keyveil command starts it; `keyveil unlock` to unlock",
-                    if d["vault_exists"] == true {
+                    if paths.vault().exists() {
                         "exists"
                     } else {
                         "none (run `keyveil init`)"
                     }
-                ));
+                )),
             }
             Ok(0)
         }
@@ -391,36 +405,35 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             let aad = format!("{env}/{var}");
             let d = call_guarded(paths, given, |auth| {
                 Ok(match auth {
-                    None => Request::VarSet(op::VarSet {
+                    None => op::VarSet {
                         environment: env.clone(),
                         name: var.clone(),
                         value: Some(value.clone()),
                         sealed_value: None,
                         factor: None,
-                    }),
+                    },
                     // With a factor the value travels sealed for the broker that proved itself.
-                    Some(a) => Request::VarSet(op::VarSet {
+                    Some(a) => op::VarSet {
                         environment: env.clone(),
                         name: var.clone(),
                         value: None,
                         sealed_value: Some(a.seal(aad.as_bytes(), value.expose().as_bytes())?),
                         factor: None,
-                    }),
+                    },
                 })
             })
             .await?;
-            if d["short_value"] == true {
+            let op::VarSetReply::Stored(d) = d else {
+                bail!("the broker answered a value as if it were a probe");
+            };
+            if d.short_value {
                 note(format!(
                     "warning: the value of {var} is shorter than 8 bytes: it is redacted only where it stands as a whole token\nhint: prefer long random values (`keyveil generate {env} {var}`)"
                 ));
             }
             say(format!(
                 "{} {env}/{var}",
-                if d["replaced"] == true {
-                    "updated"
-                } else {
-                    "stored"
-                }
+                if d.replaced { "updated" } else { "stored" }
             ));
             Ok(0)
         }
@@ -433,13 +446,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         } => {
             let given = factor_from_args(&factor, true)?;
             call_guarded(paths, given, |_| {
-                Ok(Request::VarGenerate(op::VarGenerate {
+                Ok(op::VarGenerate {
                     environment: env.clone(),
                     name: var.clone(),
                     length,
                     charset: charset.into(),
                     factor: None,
-                }))
+                })
             })
             .await?;
             say(format!(
@@ -450,11 +463,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Unset { env, var, factor } => {
             let given = factor_from_args(&factor, true)?;
             call_guarded(paths, given, |_| {
-                Ok(Request::VarUnset(op::VarUnset {
+                Ok(op::VarUnset {
                     environment: env.clone(),
                     name: var.clone(),
                     factor: None,
-                }))
+                })
             })
             .await?;
             say(format!("removed {env}/{var}"));
@@ -462,7 +475,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Run(a) => run(paths, a).await,
         Command::Requests { json } => {
-            let d = call(paths, Request::Requests).await?;
+            let d = call_untyped(paths, Request::Requests).await?;
             let list = d["requests"].as_array().cloned().unwrap_or_default();
             if json {
                 say(Value::Array(list).to_string());
@@ -477,7 +490,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Approve(a) => approve(paths, a).await,
         Command::Deny { id, reason } => {
-            call(
+            call_untyped(
                 paths,
                 Request::Deny(op::Deny {
                     request_id: id,
@@ -489,7 +502,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Grants { json } => {
-            let d = call(paths, Request::Grants(op::Grants { client: None })).await?;
+            let d = call_untyped(paths, Request::Grants(op::Grants { client: None })).await?;
             let list = d["grants"].as_array().cloned().unwrap_or_default();
             if json {
                 say(Value::Array(list).to_string());
@@ -530,25 +543,22 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             }
             let d = call(
                 paths,
-                Request::Revoke(op::Revoke {
+                op::Revoke {
                     grant_id,
                     all,
                     client: None,
-                }),
+                },
             )
             .await?;
-            let (n, ended) = (
-                d["count"].as_u64().unwrap_or(0),
-                d["already_ended"].as_u64().unwrap_or(0),
-            );
+            let (n, ended) = (d.count, d.already_ended);
             let noun = if n == 1 { "grant" } else { "grants" };
             let mut msg = format!("revoked {n} {noun}");
             if ended > 0 {
                 msg.push_str(&format!(" ({ended} had already ended: used up or expired)"));
             }
-            msg.push_str(&runs_stopped(&d));
+            msg.push_str(&runs_stopped(&d.stopped));
             say(msg);
-            warn_unconfirmed(&d);
+            warn_unconfirmed(&d.stopped);
             Ok(0)
         }
         Command::Audit(a) => audit(paths, a).await,

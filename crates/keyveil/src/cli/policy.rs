@@ -75,7 +75,7 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                     .expose()
                     .to_owned(),
             };
-            call(paths, Request::FactorConfirm(op::FactorConfirm { code })).await?;
+            call_untyped(paths, Request::FactorConfirm(op::FactorConfirm { code })).await?;
             say("TOTP enrolled");
             Ok(0)
         }
@@ -90,7 +90,7 @@ pub(crate) async fn shown_rule(
     kind: &str,
     index: usize,
 ) -> Result<String> {
-    let d = call(
+    let d = call_untyped(
         paths,
         Request::PolicyShow(op::PolicyShow {
             environment: env.to_owned(),
@@ -119,7 +119,7 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
     use keyveil_proto::PolicyChange;
     match p {
         PolicyCommand::Show { env, json } => {
-            let d = call(
+            let d = call_untyped(
                 paths,
                 Request::PolicyShow(op::PolicyShow { environment: env }),
             )

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
-use keyveil_proto::op;
+use keyveil_proto::op::{self, Operation};
 use keyveil_proto::{
     AccessRequest, ClientInfo, ErrorCode, OutputMode, Reply, Request, RunRequest, RunResult,
 };
@@ -212,8 +212,9 @@ impl KeyveilMcp {
 
     async fn list_environments(&self) -> CallToolResult {
         match self
-            .call_ok::<ListEnvironmentsOutput>(&Request::EnvList)
+            .call_op(op::EnvList)
             .await
+            .map(ListEnvironmentsOutput::from)
         {
             Ok(o) => structured(&o, render_environments(&o)),
             Err(e) => e,
@@ -221,21 +222,25 @@ impl KeyveilMcp {
     }
 
     async fn describe_environment(&self, a: DescribeEnvironmentArgs) -> CallToolResult {
-        let req = Request::EnvShow(op::EnvShow {
+        let req = op::EnvShow {
             name: a.environment,
-        });
-        match self.call_ok::<DescribeEnvironmentOutput>(&req).await {
+        };
+        match self.call_op(req).await.map(DescribeEnvironmentOutput::from) {
             Ok(o) => structured(&o, render_environment(&o)),
             Err(e) => e,
         }
     }
 
     async fn create_environment(&self, a: CreateEnvironmentArgs) -> CallToolResult {
-        let req = Request::EnvCreate(op::EnvCreate {
+        let req = op::EnvCreate {
             name: a.name,
             description: a.description.unwrap_or_default(),
-        });
-        match self.call_ok::<CreateEnvironmentOutput>(&req).await {
+        };
+        match self
+            .call_op(req)
+            .await
+            .map(|c| CreateEnvironmentOutput { name: c.name })
+        {
             Ok(o) => {
                 let text = format!(
                     "Created environment {}. Declare its variables with declare_variable.",
@@ -254,14 +259,14 @@ impl KeyveilMcp {
     ) -> CallToolResult {
         let source = a.source.unwrap_or_default();
         let (env, name) = (a.environment.clone(), a.name.clone());
-        let req = Request::VarDeclare(op::VarDeclare {
+        let req = op::VarDeclare {
             environment: a.environment,
             name: a.name,
             description: a.description,
             generate: source == DeclareSource::Generate,
             length: a.length,
-        });
-        match self.call_ok::<DeclareVariableOutput>(&req).await {
+        };
+        match self.call_op(req).await.map(DeclareVariableOutput::from) {
             Ok(mut o) => {
                 let text = match o.status {
                     DeclareStatus::Set => format!(
@@ -549,29 +554,24 @@ impl KeyveilMcp {
         a: RevokeGrantArgs,
         ctx: &RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let req = Request::Revoke(op::Revoke {
+        let req = op::Revoke {
             grant_id: Some(a.grant_id.clone()),
             all: false,
             client: Some(self.client(ctx).scope_key()),
-        });
-        match self.call_ok::<Value>(&req).await {
+        };
+        match self.call_op(req).await {
             Ok(d) => {
                 let o = RevokeGrantOutput {
                     revoked: true,
                     grant_id: a.grant_id,
                 };
-                let runs = d.get("runs_stopped").and_then(Value::as_u64).unwrap_or(0);
-                let unconfirmed = d
-                    .get("runs_unconfirmed")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
+                let runs = d.stopped.runs_stopped;
+                let unconfirmed = d.stopped.runs_unconfirmed;
                 let mut text = format!("Grant {} is revoked.", o.grant_id);
                 if runs > 0 {
                     text.push_str(&format!(
                         " {runs} live run(s) under it were stopped ({} process(es) killed).",
-                        d.get("processes_killed")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0)
+                        d.stopped.processes_killed
                     ));
                 }
                 if unconfirmed > 0 {
@@ -613,18 +613,14 @@ impl KeyveilMcp {
         {
             return Elicited::Unsupported;
         }
-        let req = Request::SetUrl(op::SetUrl {
+        let req = op::SetUrl {
             environment: env.to_owned(),
             name: name.to_owned(),
-        });
-        let Ok(link) = self.call_ok::<Value>(&req).await else {
+        };
+        let Ok(link) = self.call_op(req).await else {
             return Elicited::Unsupported;
         };
-        let Some(url) = link
-            .get("url")
-            .and_then(Value::as_str)
-            .and_then(|u| url::Url::parse(u).ok())
-        else {
+        let Ok(url) = url::Url::parse(&link.url) else {
             return Elicited::Unsupported;
         };
         let mut id = [0u8; 12];
@@ -812,6 +808,11 @@ impl KeyveilMcp {
     }
 
     // -- broker plumbing -----------------------------------------------------------------------
+
+    /// One operation that runs nothing; its typed reply, or a tool error.
+    async fn call_op<O: Operation>(&self, o: O) -> Result<O::Reply, CallToolResult> {
+        self.call_ok::<O::Reply>(&o.into()).await
+    }
 
     /// One request that runs nothing; its `Ok` data parsed as `T`, or a tool error.
     async fn call_ok<T: DeserializeOwned>(&self, req: &Request) -> Result<T, CallToolResult> {

@@ -6,6 +6,7 @@
 //! whose JSON Schema (the serialize contract) is the tool's `outputSchema`, so a result always
 //! matches the schema a client validates it against.
 
+use keyveil_proto::op;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -632,6 +633,59 @@ pub(crate) struct StopOutput {
     /// Its exit code, once ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the broker's typed replies (`keyveil_proto::op`) to the tools' results
+
+impl From<op::Environments> for ListEnvironmentsOutput {
+    fn from(r: op::Environments) -> Self {
+        ListEnvironmentsOutput {
+            environments: r
+                .environments
+                .into_iter()
+                .map(|e| EnvironmentSummary {
+                    name: e.name,
+                    description: e.description,
+                    variables: e.variables,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<op::EnvDetail> for DescribeEnvironmentOutput {
+    fn from(r: op::EnvDetail) -> Self {
+        DescribeEnvironmentOutput {
+            name: r.name,
+            description: r.description,
+            variables: r
+                .variables
+                .into_iter()
+                .map(|v| VariableInfo {
+                    name: v.name,
+                    description: v.description,
+                    source: v.source,
+                    set: v.set,
+                    created_at: Some(v.created_at.to_string()),
+                    rotated_at: v.rotated_at.map(|t| t.to_string()),
+                })
+                .collect(),
+            policy: r.policy,
+        }
+    }
+}
+
+impl From<op::Declared> for DeclareVariableOutput {
+    fn from(r: op::Declared) -> Self {
+        DeclareVariableOutput {
+            status: match r.status {
+                op::VarStatus::AwaitingValue => DeclareStatus::AwaitingValue,
+                op::VarStatus::Set | op::VarStatus::Unset => DeclareStatus::Set,
+            },
+            hint: r.hint,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -362,20 +362,20 @@ impl Server {
 }
 
 /// The approval page's URL with a fresh one-time token, starting the server if needed:
-/// `{"url": "http://127.0.0.1:PORT/login?token=...", "expires_in_seconds": 300}`.
+/// a [`op::OneTimeLink`] to `http://127.0.0.1:PORT/login?token=...` (5 minutes).
 ///
 /// Errors: the loopback port cannot be bound; the OS random source fails.
-pub(crate) async fn url(broker: &Arc<Broker>) -> OpResult<Value> {
+pub(crate) async fn url(broker: &Arc<Broker>) -> OpResult<op::OneTimeLink> {
     let server = broker
         .web
         .server
         .get_or_try_init(|| start(broker.clone()))
         .await?;
     let token = server.mint(Instant::now())?;
-    Ok(json!({
-        "url": format!("http://127.0.0.1:{}/login?token={token}", server.port),
-        "expires_in_seconds": TOKEN_TTL.as_secs(),
-    }))
+    Ok(op::OneTimeLink {
+        url: format!("http://127.0.0.1:{}/login?token={token}", server.port),
+        expires_in_seconds: TOKEN_TTL.as_secs(),
+    })
 }
 
 #[derive(Clone)]
@@ -946,7 +946,7 @@ pub(crate) async fn set_url(
     broker: &Arc<Broker>,
     environment: &str,
     name: &str,
-) -> OpResult<Value> {
+) -> OpResult<op::OneTimeLink> {
     if !keyveil_vault::is_valid_name(name) {
         return Err(OpError::new(
             ErrorCode::Usage,
@@ -991,10 +991,10 @@ pub(crate) async fn set_url(
         "web_set_link",
         json!({"environment": environment, "variable": name}),
     );
-    Ok(json!({
-        "url": format!("http://127.0.0.1:{}/set?token={token}", server.port),
-        "expires_in_seconds": SET_TOKEN_TTL.as_secs(),
-    }))
+    Ok(op::OneTimeLink {
+        url: format!("http://127.0.0.1:{}/set?token={token}", server.port),
+        expires_in_seconds: SET_TOKEN_TTL.as_secs(),
+    })
 }
 
 fn no_set_session() -> Response {
@@ -1139,22 +1139,29 @@ async fn set_value(
             Some("The value is empty.".to_owned()),
         );
     };
-    let reply = super::ops::dispatch(
+    let reply = super::ops::call(
         &st.broker,
-        Request::VarSet(op::VarSet {
+        op::VarSet {
             environment: environment.clone(),
             name: name.clone(),
             value: Some(value),
             sealed_value: None,
             factor: None,
-        }),
+        },
     )
     .await;
     match reply {
-        Reply::Ok { data } => {
+        Ok(stored) => {
             st.server.end_set_session(&key);
             tracing::info!("value-entry page: a value was stored");
-            let short = if data.get("short_value").and_then(Value::as_bool) == Some(true) {
+            let short = matches!(
+                stored,
+                op::VarSetReply::Stored(op::VarStored {
+                    short_value: true,
+                    ..
+                })
+            );
+            let short = if short {
                 " It is shorter than 8 bytes, so it is redacted only where it stands as a whole token; prefer long random values."
             } else {
                 ""
@@ -1172,7 +1179,7 @@ async fn set_value(
             )
                 .into_response()
         }
-        Reply::Error { message, hint, .. } => form_page(
+        Err(Reply::Error { message, hint, .. }) => form_page(
             &environment,
             &shown,
             &desc,
@@ -1182,7 +1189,7 @@ async fn set_value(
                 None => message,
             })),
         ),
-        _ => form_page(
+        Err(_) => form_page(
             &environment,
             &shown,
             &desc,
