@@ -20,14 +20,18 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 
 /// argv on one line, each element quoted (`"echo" "hi"`), for lists.
 pub(crate) fn argv_inline(argv: &Value) -> String {
-    argv.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| keyveil_proto::display::quoted(x.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|| "ANY COMMAND".to_owned())
+    match argv.as_array() {
+        Some(a) => argv_words(a.iter().map(|x| x.as_str().unwrap_or(""))),
+        None => "ANY COMMAND".to_owned(),
+    }
+}
+
+/// An argv on one line, each word quoted where needed (`display::quoted`).
+pub(crate) fn argv_words<'a>(argv: impl IntoIterator<Item = &'a str>) -> String {
+    argv.into_iter()
+        .map(keyveil_proto::display::quoted)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn names(v: &Value) -> String {
@@ -264,25 +268,23 @@ pub(crate) fn chosen_value(c: &Value) -> String {
 }
 
 /// One audit entry as a line.
-pub(crate) fn audit_line(e: &Value) -> String {
+pub(crate) fn audit_line(e: &keyveil_proto::op::AuditEntry) -> String {
     let mut rest = Vec::new();
-    if let Some(o) = e.as_object() {
-        for (k, v) in o {
-            if matches!(k.as_str(), "seq" | "ts" | "event" | "prev" | "mac") || v.is_null() {
-                continue;
-            }
-            let shown = match v {
-                Value::String(x) => keyveil_proto::display::visible_text(x),
-                other => keyveil_proto::display::visible_text(&other.to_string()),
-            };
-            rest.push(format!("{k}={shown}"));
+    for (k, v) in &e.fields {
+        if matches!(k.as_str(), "prev" | "mac") || v.is_null() {
+            continue;
         }
+        let shown = match v {
+            Value::String(x) => keyveil_proto::display::visible_text(x),
+            other => keyveil_proto::display::visible_text(&other.to_string()),
+        };
+        rest.push(format!("{k}={shown}"));
     }
     format!(
         "{:>5} {} {:<16} {}",
-        e["seq"],
-        s(e, "ts"),
-        s(e, "event"),
+        e.seq.map_or_else(|| "null".to_owned(), |n| n.to_string()),
+        e.ts.as_deref().unwrap_or(""),
+        e.event.as_deref().unwrap_or(""),
         rest.join(" ")
     )
 }

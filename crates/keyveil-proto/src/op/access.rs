@@ -1,7 +1,10 @@
 //! Requests for access, approvals and grants.
 
 use crate::request::FactorProof;
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use crate::request::AccessRequest;
 
 /// State of a request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,4 +85,89 @@ pub struct Revoked {
     /// The runs stopped.
     #[serde(flatten)]
     pub stopped: super::RunsStopped,
+}
+
+operation!(AccessStatus => AccessState);
+operation!(Approve => Approved);
+operation!(Deny => Denied);
+
+impl From<AccessRequest> for crate::Request {
+    fn from(o: AccessRequest) -> crate::Request {
+        crate::Request::RequestAccess(o)
+    }
+}
+
+impl super::Operation for AccessRequest {
+    type Reply = AccessRequested;
+}
+
+/// The reply to [`AccessRequest`]: a request waits for the human.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessRequested {
+    /// The request to approve.
+    pub request_id: u64,
+    /// `pending`.
+    pub status: String,
+    /// What the human should do.
+    pub hint: String,
+}
+
+/// The reply to [`AccessStatus`], tagged by `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AccessState {
+    /// Waiting for the human.
+    Pending {
+        /// What the human should do.
+        hint: String,
+    },
+    /// Approved; the grant is usable.
+    Approved {
+        /// The grant.
+        grant_id: String,
+        /// When it expires (`None`: it is gone).
+        expires_at: Option<Timestamp>,
+    },
+    /// Approved, but the grant is used up, expired or revoked.
+    Ended {
+        /// The grant.
+        grant_id: String,
+        /// When it expired or would have (`None`: it is gone).
+        expires_at: Option<Timestamp>,
+    },
+    /// Denied.
+    Denied {
+        /// The human's reason.
+        reason: Option<String>,
+    },
+    /// Nobody decided in time.
+    Expired,
+}
+
+/// The reply to [`Approve`] (and what an auto-approve rule grants).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Approved {
+    /// The request approved.
+    pub request_id: u64,
+    /// The grant created.
+    pub grant_id: String,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Uses left (`None`: any number until it expires).
+    pub uses_left: Option<u32>,
+    /// It covers any command of the environment.
+    pub any_command: bool,
+    /// It covers longer argv starting with the approved one.
+    pub prefix: bool,
+    /// It covers subdirectories of the approved working directory.
+    pub subdirs: bool,
+}
+
+/// The reply to [`Deny`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Denied {
+    /// The request denied.
+    pub request_id: u64,
+    /// `denied`.
+    pub status: String,
 }

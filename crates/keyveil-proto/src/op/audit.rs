@@ -1,5 +1,7 @@
 //! The audit log.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Recent audit entries.
@@ -7,4 +9,92 @@ use serde::{Deserialize, Serialize};
 pub struct Audit {
     /// Last N entries.
     pub limit: Option<usize>,
+}
+
+operation!(Audit => AuditEntries);
+
+unit_operation!(
+    /// Verify the audit chain (and move its seal forward).
+    AuditVerify => AuditVerified
+);
+
+/// The reply to [`Audit`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntries {
+    /// The last entries, oldest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// One audit log entry (`docs/audit-format.md`): never a value. The chain's fields are
+/// optional here only so that a line someone edited is still shown as it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its line number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// When it was written (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+    /// The event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The event's own fields, and the chain's (`prev`, `mac`).
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The reply to [`AuditVerify`] when the chain verifies (a chain that does not is an error).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerified {
+    /// Always `true`.
+    pub ok: bool,
+    /// Entries in the log.
+    pub entries: u64,
+    /// The `seq` the vault had sealed before this check.
+    pub sealed_seq: Option<u64>,
+    /// `audit.gap` entries: what could not be written before each.
+    pub gaps: Vec<GapSeen>,
+    /// Entries not written yet (the log cannot be written now).
+    pub pending_gap: Option<PendingGap>,
+    /// `audit_unclean_end` entries: a broker stopped without sealing the log.
+    pub unclean_ends: Vec<UncleanEnd>,
+}
+
+/// An `audit.gap` entry in [`AuditVerified::gaps`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GapSeen {
+    /// Its line.
+    pub seq: u64,
+    /// When it was written.
+    pub ts: String,
+    /// Entries of events that happened and are missing.
+    pub lost: u64,
+    /// Entries of actions that were refused.
+    pub refused: u64,
+    /// Event name → how many.
+    pub events: BTreeMap<String, u64>,
+    /// When the first missing entry failed (RFC 3339), empty if unknown.
+    pub first: String,
+    /// When the last one failed, empty if unknown.
+    pub last: String,
+}
+
+/// Entries the broker holds because the log cannot be written now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingGap {
+    /// Events that happened.
+    pub lost: u64,
+    /// Actions refused.
+    pub refused: u64,
+    /// Event name → how many.
+    pub events: BTreeMap<String, u64>,
+}
+
+/// An `audit_unclean_end` entry in [`AuditVerified::unclean_ends`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UncleanEnd {
+    /// Its line.
+    pub seq: Option<u64>,
+    /// The last line the stopped broker had sealed.
+    pub sealed_seq: Option<u64>,
 }

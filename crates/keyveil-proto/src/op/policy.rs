@@ -37,3 +37,93 @@ pub struct PolicySet {
     /// The change.
     pub change: PolicyChange,
 }
+
+operation!(FactorEnroll => Enrolling);
+operation!(FactorConfirm => Enrolled);
+operation!(PolicyShow => PolicyShown);
+operation!(PolicySet => PolicyChanged);
+
+/// The reply to [`FactorEnroll`]: the `otpauth://` URI and its terminal QR code, each sealed
+/// under the transit key (associated data `factor_enroll`) for the CLI that proved the factor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrolling {
+    /// The sealed URI.
+    pub sealed_uri: String,
+    /// The sealed QR code (text).
+    pub sealed_qr: String,
+}
+
+/// The reply to [`FactorConfirm`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// `totp`.
+    pub enrolled: String,
+}
+
+/// The reply to [`PolicyShow`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyShown {
+    /// Environment name.
+    pub environment: String,
+    /// The policy as the vault stores it.
+    pub policy: PolicyView,
+    /// `PATH` of its children (the environment's own, or the vault-wide one).
+    pub effective_path: String,
+    /// Whether a TOTP factor is enrolled.
+    pub totp_enrolled: bool,
+}
+
+/// The reply to [`PolicySet`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyChanged {
+    /// Environment name.
+    pub environment: String,
+    /// The policy after the change.
+    pub policy: PolicyView,
+    /// What the change means for the human, if anything.
+    pub warning: Option<String>,
+}
+
+/// An environment's policy as clients read it (the vault's `Policy`; fields a client does not
+/// read are kept in `other`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// `passphrase`, `totp` or `confirm`.
+    pub factor: String,
+    /// Upper bound of grant lifetimes, seconds.
+    pub max_ttl_seconds: u64,
+    /// Whether names are hidden from clients.
+    #[serde(default)]
+    pub hide_names: bool,
+    /// Auto-approve rules, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auto_approve: Vec<AutoApproveRule>,
+    /// Deny rules, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<DenyRule>,
+    /// The rest of the policy.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An auto-approve rule in [`PolicyView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoApproveRule {
+    /// argv tokens.
+    pub argv: Vec<String>,
+    /// argv is a prefix.
+    pub prefix: bool,
+    /// Directory.
+    pub cwd: String,
+    /// Grant lifetime, seconds.
+    pub ttl_seconds: u64,
+}
+
+/// A deny rule in [`PolicyView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DenyRule {
+    /// argv tokens.
+    pub argv: Vec<String>,
+    /// argv is a prefix.
+    pub prefix: bool,
+}

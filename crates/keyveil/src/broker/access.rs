@@ -21,6 +21,7 @@ use crate::pin::{self, FilePin, InputPin};
 use crate::risk;
 use keyveil_proto::AccessRequest;
 use keyveil_proto::ErrorCode;
+use keyveil_proto::op;
 use keyveil_vault::FactorKind;
 
 /// Most requests one client may have waiting at once; more are refused until the human answers
@@ -750,7 +751,11 @@ pub(crate) fn find_or_create_request(
 
 /// `request_access`: a request for access, optionally bound to a command.
 /// `peer` is the process at the other end of the socket (`peer.rs`).
-pub(crate) fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> OpResult<Value> {
+pub(crate) fn request_access(
+    broker: &Broker,
+    a: AccessRequest,
+    peer: Peer,
+) -> OpResult<op::AccessRequested> {
     let cwd = canonical_cwd(&a.cwd)?;
     if let Some(argv) = &a.argv
         && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
@@ -786,11 +791,15 @@ pub(crate) fn request_access(broker: &Broker, a: AccessRequest, peer: Peer) -> O
     if created {
         broker.notify();
     }
-    Ok(json!({"request_id": id, "status": "pending", "hint": approve_hint(id)}))
+    Ok(op::AccessRequested {
+        request_id: id,
+        status: "pending".to_owned(),
+        hint: approve_hint(id),
+    })
 }
 
 /// `access_status`.
-pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
+pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessState> {
     let mut inner = broker.lock();
     inner.expire_requests();
     let r = inner
@@ -798,17 +807,28 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<Value> {
         .get(&id)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
     Ok(match &r.state {
-        RequestState::Pending => json!({"status": "pending", "hint": approve_hint(id)}),
+        RequestState::Pending => op::AccessState::Pending {
+            hint: approve_hint(id),
+        },
         RequestState::Approved { grant_id } => {
             let g = inner.grants.get(grant_id);
-            json!({
-                "status": if g.is_some_and(|g| g.live(Timestamp::now())) { "approved" } else { "ended" },
-                "grant_id": grant_id,
-                "expires_at": g.map(|g| g.expires_at),
-            })
+            let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at));
+            if g.is_some_and(|g| g.live(Timestamp::now())) {
+                op::AccessState::Approved {
+                    grant_id,
+                    expires_at,
+                }
+            } else {
+                op::AccessState::Ended {
+                    grant_id,
+                    expires_at,
+                }
+            }
         }
-        RequestState::Denied { reason } => json!({"status": "denied", "reason": reason}),
-        RequestState::Expired => json!({"status": "expired"}),
+        RequestState::Denied { reason } => op::AccessState::Denied {
+            reason: reason.clone(),
+        },
+        RequestState::Expired => op::AccessState::Expired,
     })
 }
 
@@ -870,7 +890,7 @@ pub(crate) async fn approve(
     card: Option<&str>,
     proof: Proof,
     o: ApproveOptions,
-) -> OpResult<Value> {
+) -> OpResult<op::Approved> {
     let required = {
         let mut inner = broker.lock();
         inner.vault()?;
@@ -949,7 +969,7 @@ fn grant_request(
     o: ApproveOptions,
     factor: &str,
     rule: Option<usize>,
-) -> OpResult<Value> {
+) -> OpResult<op::Approved> {
     inner.audit_ready("approve")?;
     let id = req.id;
     let max_ttl = inner
@@ -1003,15 +1023,15 @@ fn grant_request(
         cancel: CancellationToken::new(),
     };
     let gid = grant.id.clone();
-    let out = json!({
-        "request_id": id,
-        "grant_id": gid,
-        "expires_at": grant.expires_at,
-        "uses_left": grant.uses_left,
-        "any_command": grant.argv.is_none(),
-        "prefix": grant.prefix,
-        "subdirs": grant.subdirs,
-    });
+    let out = op::Approved {
+        request_id: id,
+        grant_id: gid.clone(),
+        expires_at: grant.expires_at,
+        uses_left: grant.uses_left,
+        any_command: grant.argv.is_none(),
+        prefix: grant.prefix,
+        subdirs: grant.subdirs,
+    };
     // Recorded before the grant exists: no grant the log does not show.
     inner.must_audit(
         if rule.is_some() {
@@ -1057,7 +1077,7 @@ pub(crate) fn state_word(s: &RequestState) -> &'static str {
 }
 
 /// Denies a request.
-pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<Value> {
+pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
     let r = inner
         .requests
@@ -1086,7 +1106,10 @@ pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult
     inner.audit_note("deny", json!({"request_id": id, "reason": reason}));
     drop(inner);
     broker.notify();
-    Ok(json!({"request_id": id, "status": "denied"}))
+    Ok(op::Denied {
+        request_id: id,
+        status: "denied".to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ use super::Broker;
 use super::spawn;
 use super::state::{OpError, OpResult};
 use crate::redact::Redactor;
+use keyveil_proto::op;
 use keyveil_proto::{ErrorCode, Frame, OutputMode, Reply, RunRequest, RunResult};
 
 /// Output kept per run (redacted bytes, stdout and stderr combined).
@@ -375,11 +376,18 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         )
         .await;
     });
-    Reply::ok(json!({
-        "run_id": run_id,
-        "grant_id": grant_id,
-        "pid": pid,
-    }))
+    match serde_json::to_value(op::Started {
+        run_id,
+        grant_id,
+        pid: i64::from(pid),
+    }) {
+        Ok(v) => Reply::ok(v),
+        Err(e) => Reply::error(
+            ErrorCode::Failed,
+            format!("cannot encode the reply: {e}"),
+            None,
+        ),
+    }
 }
 
 /// Records the end: result, audit, write-side scan, live-run bookkeeping.
@@ -478,47 +486,48 @@ pub(crate) fn logs(
     from: u64,
     max_bytes: Option<usize>,
     client: Option<&str>,
-) -> OpResult<Value> {
+) -> OpResult<op::RunLogs> {
     let run = find(broker, run_id, client)?;
     let max = max_bytes.unwrap_or(MAX_LOG_READ).clamp(1, MAX_LOG_READ);
     let st = run.state();
     let (at, bytes) = st.ring.read(from, max);
     let next = at + bytes.len() as u64;
-    let mut v = json!({
-        "run_id": run.id,
-        "grant_id": run.grant_id,
-        "environment": run.environment,
-        "argv": run.argv,
-        "pid": run.pid,
-        "started_at": run.started_at.to_string(),
-        "from": at,
-        "next": next,
-        "end": st.ring.end(),
-        "output": String::from_utf8_lossy(&bytes),
-        "dropped": at.saturating_sub(from),
-        "dropped_total": st.ring.dropped(),
-        "running": st.ended.is_none(),
-        "stopped": st.stopped,
-    });
-    if let (Some(e), Some(o)) = (&st.ended, v.as_object_mut()) {
-        let r = &e.result;
-        o.insert("exit_code".into(), json!(r.exit_code));
-        o.insert("signal".into(), json!(r.signal));
-        o.insert("timed_out".into(), json!(r.timed_out));
-        o.insert("revoked".into(), json!(r.revoked));
-        o.insert("redactions".into(), json!(r.redactions));
-        o.insert("duration_ms".into(), json!(r.duration_ms));
-        o.insert(
-            "write_leaks".into(),
-            json!(
-                r.write_leaks
+    Ok(op::RunLogs {
+        run_id: run.id.clone(),
+        grant_id: run.grant_id.clone(),
+        environment: run.environment.clone(),
+        argv: run.argv.clone(),
+        pid: i64::from(run.pid),
+        started_at: run.started_at.to_string(),
+        from: at,
+        next,
+        end: st.ring.end(),
+        output: String::from_utf8_lossy(&bytes).into_owned(),
+        dropped: at.saturating_sub(from),
+        dropped_total: st.ring.dropped(),
+        running: st.ended.is_none(),
+        stopped: st.stopped,
+        ended: st.ended.as_ref().map(|e| {
+            let r = &e.result;
+            op::LogsEnd {
+                exit_code: r.exit_code,
+                signal: r.signal,
+                timed_out: r.timed_out,
+                revoked: r.revoked,
+                redactions: r.redactions,
+                duration_ms: r.duration_ms,
+                write_leaks: r
+                    .write_leaks
                     .iter()
-                    .map(|l| json!({"variable": l.variable, "path": l.path, "form": l.form}))
-                    .collect::<Vec<_>>()
-            ),
-        );
-    }
-    Ok(v)
+                    .map(|l| op::LeakSeen {
+                        variable: l.variable.clone(),
+                        path: l.path.clone(),
+                        form: l.form.clone(),
+                    })
+                    .collect(),
+            }
+        }),
+    })
 }
 
 /// `stop`: SIGTERM to every process of the run, SIGKILL after the grace period; waits for the
@@ -527,7 +536,7 @@ pub(crate) async fn stop(
     broker: &Arc<Broker>,
     run_id: &str,
     client: Option<&str>,
-) -> OpResult<Value> {
+) -> OpResult<op::RunStopped> {
     let run = find(broker, run_id, client)?;
     let already = run.state().ended.is_some();
     if !already {
@@ -545,16 +554,15 @@ pub(crate) async fn stop(
         .await;
     }
     let st = run.state();
-    let mut v = json!({
-        "run_id": run.id,
-        "stopped": !already,
-        "running": st.ended.is_none(),
-    });
-    if let (Some(e), Some(o)) = (&st.ended, v.as_object_mut()) {
-        o.insert("exit_code".into(), json!(e.result.exit_code));
-        o.insert("signal".into(), json!(e.result.signal));
-    }
-    Ok(v)
+    Ok(op::RunStopped {
+        run_id: run.id.clone(),
+        stopped: !already,
+        running: st.ended.is_none(),
+        ended: st.ended.as_ref().map(|e| op::ExitSeen {
+            exit_code: e.result.exit_code,
+            signal: e.result.signal,
+        }),
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::Broker;
 use super::state::{OpError, OpResult, unknown_env};
 use crate::factor;
 use crate::factor_proof::{self, FactorKey};
+use keyveil_proto::op;
 use keyveil_proto::{Challenge, ChallengeKey, ErrorCode, FactorProof, Passphrase, PolicyChange};
 
 /// How long a started TOTP enrolment waits for its confirming code.
@@ -455,7 +456,7 @@ fn check_totp(broker: &Broker, code: &str) -> Result<(), String> {
 /// Starts TOTP enrolment: passphrase required. Returns the URI and QR text once, sealed under
 /// the factor key of the proof (`sealed_uri`, `sealed_qr`, associated data `factor_enroll`), so
 /// a process relaying the socket never sees the seed.
-pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value> {
+pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<op::Enrolling> {
     let verified = verify_factor(
         broker,
         proof,
@@ -488,13 +489,16 @@ pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<Value
     inner.audit_ready("factor_enroll_started")?;
     inner.pending_totp = Some((SecretValue::new(factor::to_base32(&seed)), Instant::now()));
     inner.audit("factor_enroll_started", json!({"factor": "totp"}));
-    Ok(json!({"sealed_uri": sealed_uri, "sealed_qr": sealed_qr}))
+    Ok(op::Enrolling {
+        sealed_uri,
+        sealed_qr,
+    })
 }
 
 /// Finishes enrolment with a first code.
 ///
 /// Rate-limited like every factor check: wrong codes count towards the same lockout.
-pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
+pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
     let mut inner = broker.lock();
     if let Err(secs) = inner.factor.check(Instant::now()) {
         return Err(OpError::new(
@@ -547,11 +551,13 @@ pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<Value> {
     v.save()
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")))?;
     inner.audit("factor_enrolled", json!({"factor": "totp"}));
-    Ok(json!({"enrolled": "totp"}))
+    Ok(op::Enrolled {
+        enrolled: "totp".to_owned(),
+    })
 }
 
-/// An environment's policy as JSON.
-pub(crate) fn policy_show(broker: &Broker, env: &str) -> OpResult<Value> {
+/// An environment's policy.
+pub(crate) fn policy_show(broker: &Broker, env: &str) -> OpResult<op::PolicyShown> {
     let inner = broker.lock();
     let v = inner.vault()?;
     let e = v
@@ -559,12 +565,12 @@ pub(crate) fn policy_show(broker: &Broker, env: &str) -> OpResult<Value> {
         .environments
         .get(env)
         .ok_or_else(|| unknown_env(env, v))?;
-    Ok(json!({
-        "environment": env,
-        "policy": e.policy,
-        "effective_path": inner.policy_path(env),
-        "totp_enrolled": v.data().factors.totp.is_some(),
-    }))
+    Ok(op::PolicyShown {
+        environment: env.to_owned(),
+        policy: policy_view(&e.policy),
+        effective_path: inner.policy_path(env),
+        totp_enrolled: v.data().factors.totp.is_some(),
+    })
 }
 
 /// Applies one policy change after verifying the factor: at least the one the environment's
@@ -575,7 +581,7 @@ pub(crate) async fn policy_set(
     env: &str,
     proof: Proof,
     change: PolicyChange,
-) -> OpResult<Value> {
+) -> OpResult<op::PolicyChanged> {
     {
         let inner = broker.lock();
         let v = inner.vault()?;
@@ -664,7 +670,51 @@ pub(crate) async fn policy_set(
     v.save()
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")))?;
     inner.audit("policy_set", json!({"environment": env, "change": change}));
-    Ok(json!({"environment": env, "policy": policy, "warning": warning}))
+    Ok(op::PolicyChanged {
+        environment: env.to_owned(),
+        policy: policy_view(&policy),
+        warning: warning.map(str::to_owned),
+    })
+}
+
+/// A policy as clients read it: the vault's fields, with the same JSON names and omissions.
+pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
+    let mut other = serde_json::Map::new();
+    if let Some(path) = &p.path {
+        other.insert("path".to_owned(), Value::String(path.clone()));
+    }
+    if !p.write_leaks.is_report()
+        && let Ok(v) = serde_json::to_value(p.write_leaks)
+    {
+        other.insert("write_leaks".to_owned(), v);
+    }
+    op::PolicyView {
+        factor: match serde_json::to_value(p.factor) {
+            Ok(Value::String(s)) => s,
+            _ => String::new(),
+        },
+        max_ttl_seconds: p.max_ttl_seconds,
+        hide_names: p.hide_names,
+        auto_approve: p
+            .auto_approve
+            .iter()
+            .map(|r| op::AutoApproveRule {
+                argv: r.argv.clone(),
+                prefix: r.prefix,
+                cwd: r.cwd.clone(),
+                ttl_seconds: r.ttl_seconds,
+            })
+            .collect(),
+        deny: p
+            .deny
+            .iter()
+            .map(|r| op::DenyRule {
+                argv: r.argv.clone(),
+                prefix: r.prefix,
+            })
+            .collect(),
+        other,
+    }
 }
 
 /// `factor_proof::card_digest` of a rule as `policy show` lists it.

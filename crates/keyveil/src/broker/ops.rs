@@ -246,70 +246,83 @@ pub(crate) async fn dispatch_from(
                 length,
             ))
         }
-        Request::RequestAccess(a) => access::request_access(
-            broker,
-            a,
-            peer.cloned()
-                .unwrap_or_else(|| super::peer::Peer::of_pid(None)),
-        ),
-        Request::AccessStatus(op::AccessStatus { request_id }) => {
-            access::access_status(broker, request_id)
+        Request::RequestAccess(a) => {
+            let t = typed(&a);
+            let peer = peer
+                .cloned()
+                .unwrap_or_else(|| super::peer::Peer::of_pid(None));
+            t.answer(access::request_access(broker, a, peer))
         }
+        Request::AccessStatus(o) => typed(&o).answer(access::access_status(broker, o.request_id)),
         Request::Requests => Ok(access::requests(broker)),
-        Request::Approve(op::Approve {
-            request_id,
-            card,
-            factor,
-            confirm,
-            ttl_seconds,
-            uses,
-            any_command,
-            prefix,
-            subdirs,
-        }) => {
-            access::approve(
-                broker,
-                request_id,
-                Some(&card),
-                Proof::from_request(factor, digest, confirm),
-                access::ApproveOptions {
+        Request::Approve(o) => {
+            let (
+                t,
+                op::Approve {
+                    request_id,
+                    card,
+                    factor,
+                    confirm,
                     ttl_seconds,
                     uses,
                     any_command,
                     prefix,
                     subdirs,
                 },
+            ) = (typed(&o), o);
+            t.answer(
+                access::approve(
+                    broker,
+                    request_id,
+                    Some(&card),
+                    Proof::from_request(factor, digest, confirm),
+                    access::ApproveOptions {
+                        ttl_seconds,
+                        uses,
+                        any_command,
+                        prefix,
+                        subdirs,
+                    },
+                )
+                .await,
             )
-            .await
         }
-        Request::FactorEnroll(op::FactorEnroll { factor }) => {
-            factor_ops::enroll(broker, Proof::from_request(factor, digest, false)).await
+        Request::FactorEnroll(o) => {
+            let (t, op::FactorEnroll { factor }) = (typed(&o), o);
+            t.answer(factor_ops::enroll(broker, Proof::from_request(factor, digest, false)).await)
         }
-        Request::FactorConfirm(op::FactorConfirm { code }) => factor_ops::confirm(broker, &code),
-        Request::PolicyShow(op::PolicyShow { environment }) => {
-            factor_ops::policy_show(broker, &environment)
-        }
-        Request::PolicySet(op::PolicySet {
-            environment,
-            factor,
-            change,
-        }) => {
-            factor_ops::policy_set(
-                broker,
-                &environment,
-                Proof::from_request(factor, digest, false),
-                change,
+        Request::FactorConfirm(o) => typed(&o).answer(factor_ops::confirm(broker, &o.code)),
+        Request::PolicyShow(o) => typed(&o).answer(factor_ops::policy_show(broker, &o.environment)),
+        Request::PolicySet(o) => {
+            let (
+                t,
+                op::PolicySet {
+                    environment,
+                    factor,
+                    change,
+                },
+            ) = (typed(&o), o);
+            t.answer(
+                factor_ops::policy_set(
+                    broker,
+                    &environment,
+                    Proof::from_request(factor, digest, false),
+                    change,
+                )
+                .await,
             )
-            .await
         }
-        Request::Deny(op::Deny { request_id, reason }) => access::deny(broker, request_id, reason),
+        Request::Deny(o) => {
+            let (t, op::Deny { request_id, reason }) = (typed(&o), o);
+            t.answer(access::deny(broker, request_id, reason))
+        }
         Request::Grants(op::Grants { client }) => Ok(grants(broker, client.as_deref())),
         Request::Revoke(o) => {
             let t = typed(&o);
             t.answer(revoke(broker, o.grant_id, o.all, o.client.as_deref()).await)
         }
-        Request::Audit(op::Audit { limit }) => audit(broker, limit),
-        Request::AuditVerify => audit_verify(broker),
+        Request::Audit(o) => typed(&o).answer(audit(broker, o.limit)),
+        Request::AuditVerify => answer(op::AuditVerify, audit_verify(broker)),
         Request::WebUrl => answer(op::WebUrl, super::web::url(broker).await),
         Request::DynamicAdd(r) => {
             let t = typed(&r);
@@ -317,14 +330,15 @@ pub(crate) async fn dispatch_from(
         }
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
-        Request::Logs(op::Logs {
-            run_id,
-            from,
-            max_bytes,
-            client,
-        }) => super::background::logs(broker, &run_id, from, max_bytes, client.as_deref()),
-        Request::Stop(op::Stop { run_id, client }) => {
-            super::background::stop(broker, &run_id, client.as_deref()).await
+        Request::Logs(o) => typed(&o).answer(super::background::logs(
+            broker,
+            &o.run_id,
+            o.from,
+            o.max_bytes,
+            o.client.as_deref(),
+        )),
+        Request::Stop(o) => {
+            typed(&o).answer(super::background::stop(broker, &o.run_id, o.client.as_deref()).await)
         }
         Request::SetUrl(o) => {
             typed(&o).answer(super::web::set_url(broker, &o.environment, &o.name).await)
@@ -1368,17 +1382,24 @@ fn revoke_now(
     Ok((n, ended, ids, runs))
 }
 
-fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<Value> {
+fn audit(broker: &Broker, limit: Option<usize>) -> OpResult<op::AuditEntries> {
     broker.lock().vault()?;
     let entries =
         keyveil_vault::audit::read_entries(&broker.paths.audit(), Some(limit.unwrap_or(50)))
             .map_err(|e| {
                 OpError::new(ErrorCode::Failed, format!("cannot read the audit log: {e}"))
             })?;
-    Ok(json!({"entries": entries}))
+    // Each entry as the log holds it: `seq`, `ts`, `event`, then its own fields.
+    let entries = serde_json::from_value(Value::Array(entries)).map_err(|e| {
+        OpError::new(
+            ErrorCode::Failed,
+            format!("an audit entry has no seq, ts or event: {e}"),
+        )
+    })?;
+    Ok(op::AuditEntries { entries })
 }
 
-fn audit_verify(broker: &Broker) -> OpResult<Value> {
+fn audit_verify(broker: &Broker) -> OpResult<op::AuditVerified> {
     let (key, checkpoint) = {
         let mut inner = broker.lock();
         inner.vault()?;
@@ -1408,37 +1429,42 @@ fn audit_verify(broker: &Broker) -> OpResult<Value> {
                 .as_ref()
                 .and_then(|w| w.gap())
                 .or(inner.audit_gap.as_ref())
-                .map(|g| json!({"lost": g.lost, "refused": g.refused, "events": g.events}));
-            let gaps: Vec<Value> = report
+                .map(|g| op::PendingGap {
+                    lost: g.lost,
+                    refused: g.refused,
+                    events: g.events.clone(),
+                });
+            let gaps = report
                 .gaps
-                .iter()
-                .map(|g| {
-                    json!({
-                        "seq": g.seq,
-                        "ts": g.ts,
-                        "lost": g.lost,
-                        "refused": g.refused,
-                        "events": g.events,
-                        "first": g.first,
-                        "last": g.last,
-                    })
+                .into_iter()
+                .map(|g| op::GapSeen {
+                    seq: g.seq,
+                    ts: g.ts,
+                    lost: g.lost,
+                    refused: g.refused,
+                    events: g.events,
+                    first: g.first,
+                    last: g.last,
                 })
                 .collect();
             // Sessions that ended uncleanly (recorded at the next unlock).
-            let unclean: Vec<Value> = keyveil_vault::audit::read_entries(&path, None)
+            let unclean_ends = keyveil_vault::audit::read_entries(&path, None)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|e| e.get("event").and_then(Value::as_str) == Some("audit_unclean_end"))
-                .map(|e| json!({"seq": e.get("seq"), "sealed_seq": e.get("sealed_seq")}))
+                .map(|e| op::UncleanEnd {
+                    seq: e.get("seq").and_then(Value::as_u64),
+                    sealed_seq: e.get("sealed_seq").and_then(Value::as_u64),
+                })
                 .collect();
-            Ok(json!({
-                "ok": true,
-                "unclean_ends": unclean,
-                "entries": report.entries,
-                "sealed_seq": checkpoint.map(|c| c.seq),
-                "gaps": gaps,
-                "pending_gap": pending,
-            }))
+            Ok(op::AuditVerified {
+                ok: true,
+                unclean_ends,
+                entries: report.entries,
+                sealed_seq: checkpoint.map(|c| c.seq),
+                gaps,
+                pending_gap: pending,
+            })
         }
         Err(e) => Err(OpError::new(
             ErrorCode::Failed,

@@ -57,7 +57,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         .into());
     };
     note(crate::card::render(&card));
-    let req = Request::Approve(op::Approve {
+    let req = op::Approve {
         request_id: id,
         card: crate::factor_proof::card_digest(&card),
         factor: None,
@@ -67,9 +67,9 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         any_command: a.any_command,
         prefix: a.prefix,
         subdirs: a.subdirs,
-    });
+    };
     let d = if a.confirm {
-        call_untyped(paths, req).await?
+        call(paths, req).await?
     } else {
         let input = match input.take() {
             Some(i) => i,
@@ -79,12 +79,11 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     };
     say(format!(
         "approved request #{id}: grant {} until {} ({})",
-        d["grant_id"].as_str().unwrap_or(""),
-        d["expires_at"].as_str().unwrap_or(""),
-        if d["uses_left"].is_null() {
-            "unlimited uses".to_owned()
-        } else {
-            format!("{} use(s)", d["uses_left"])
+        d.grant_id,
+        d.expires_at,
+        match d.uses_left {
+            None => "unlimited uses".to_owned(),
+            Some(n) => format!("{n} use(s)"),
         }
     ));
     Ok(0)
@@ -93,10 +92,8 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
 /// `approve --web`: asks the broker for a one-time link to its approval page; prints it, or
 /// opens it with `xdg-open` when there is a desktop session (and `--print` is not given).
 pub(crate) async fn approve_web(paths: &Paths, print_only: bool) -> Result<i32> {
-    let d = call_untyped(paths, Request::WebUrl).await?;
-    let Some(url) = d.get("url").and_then(serde_json::Value::as_str) else {
-        bail!("the broker sent no approval-page link");
-    };
+    let d = call(paths, op::WebUrl).await?;
+    let url = d.url.as_str();
     let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
@@ -160,12 +157,12 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                 }
             };
             let outcome = if deny {
-                call_untyped(
+                call(
                     paths,
-                    Request::Deny(op::Deny {
+                    op::Deny {
                         request_id: id,
                         reason: Some("denied at the terminal".into()),
-                    }),
+                    },
                 )
                 .await
                 .map(|_| format!("denied #{id}"))
@@ -176,7 +173,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                 call_signed(
                     paths,
                     &input,
-                    Request::Approve(op::Approve {
+                    op::Approve {
                         request_id: id,
                         card: crate::factor_proof::card_digest(&r),
                         factor: None,
@@ -186,15 +183,10 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                         any_command: false,
                         prefix: false,
                         subdirs: false,
-                    }),
+                    },
                 )
                 .await
-                .map(|d| {
-                    format!(
-                        "approved #{id}: grant {}",
-                        d["grant_id"].as_str().unwrap_or("")
-                    )
-                })
+                .map(|d| format!("approved #{id}: grant {}", d.grant_id))
             };
             match outcome {
                 Ok(m) => {

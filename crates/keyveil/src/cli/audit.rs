@@ -6,26 +6,26 @@ use keyveil_proto::op;
 
 pub(crate) async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
     if let Some(AuditAction::Verify) = a.action {
-        let d = call_untyped(paths, Request::AuditVerify).await?;
+        let d = call(paths, op::AuditVerify).await?;
         return Ok(audit_verified(&d));
     }
     let mut last_seq = 0u64;
     loop {
-        let d = call_untyped(
+        let d = call(
             paths,
-            Request::Audit(op::Audit {
+            op::Audit {
                 limit: Some(a.limit),
-            }),
+            },
         )
         .await?;
-        for e in d["entries"].as_array().cloned().unwrap_or_default() {
-            let seq = e["seq"].as_u64().unwrap_or(0);
+        for e in d.entries {
+            let seq = e.seq.unwrap_or(0);
             if seq <= last_seq {
                 continue;
             }
             last_seq = seq;
             if a.json {
-                say(e.to_string());
+                say(json_text(&e)?);
             } else {
                 say(crate::card::audit_line(&e));
             }
@@ -42,64 +42,60 @@ pub(crate) async fn audit(paths: &Paths, a: AuditArgs) -> Result<i32> {
 /// `audit.gap` entry (or a gap still in the broker's memory) counts **lost** entries, events
 /// that happened and are not in the log. Gaps made only of refused actions (nothing happened)
 /// are printed as warnings with exit 0. A chain that does not verify is an error reply: exit 1.
-pub(crate) fn audit_verified(d: &Value) -> i32 {
-    let gaps = d["gaps"].as_array().cloned().unwrap_or_default();
-    let pending = d.get("pending_gap").filter(|p| !p.is_null());
+pub(crate) fn audit_verified(d: &op::AuditVerified) -> i32 {
+    let (gaps, pending, unclean) = (&d.gaps, d.pending_gap.as_ref(), &d.unclean_ends);
     let lost: u64 = gaps
         .iter()
-        .chain(pending)
-        .map(|g| g["lost"].as_u64().unwrap_or(0))
+        .map(|g| g.lost)
+        .chain(pending.map(|p| p.lost))
         .sum();
-    let unclean = d["unclean_ends"].as_array().cloned().unwrap_or_default();
     if lost == 0 && unclean.is_empty() {
         say(format!(
             "audit log OK: {} entries, chain and MACs verified",
-            d["entries"]
+            d.entries
         ));
     } else if lost == 0 {
         say(format!(
             "audit log INCOMPLETE: {} entries, chain and MACs verified, but a broker stopped without sealing the log:",
-            d["entries"]
+            d.entries
         ));
     } else {
         say(format!(
             "audit log INCOMPLETE: {} entries, chain and MACs verified, but {lost} entries of events that happened could not be written:",
-            d["entries"]
+            d.entries
         ));
     }
-    let events = |e: &Value| {
-        e.as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| format!("{k} x{v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default()
+    let events = |e: &std::collections::BTreeMap<String, u64>| {
+        e.iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    for g in &gaps {
+    let or_null = |n: Option<u64>| n.map_or_else(|| "null".to_owned(), |n| n.to_string());
+    for g in gaps {
         say(format!(
             "WARNING: gap recorded at line {}: {} entries lost (the event happened, its entry is missing), {} refused (the action was not done because it could not be recorded), between {} and {}: {}",
-            g["seq"],
-            g["lost"],
-            g["refused"],
-            g["first"].as_str().unwrap_or("?"),
-            g["last"].as_str().unwrap_or("?"),
-            events(&g["events"]),
+            g.seq,
+            g.lost,
+            g.refused,
+            g.first,
+            g.last,
+            events(&g.events),
         ));
     }
     if let Some(p) = pending {
         say(format!(
             "WARNING: not written yet (the audit log cannot be written now): {} entries lost, {} refused: {}",
-            p["lost"],
-            p["refused"],
-            events(&p["events"]),
+            p.lost,
+            p.refused,
+            events(&p.events),
         ));
     }
-    for u in &unclean {
+    for u in unclean {
         say(format!(
             "WARNING: at line {} the broker found that the one before it stopped without sealing the log (killed, or the host stopped): entries after line {} cannot be vouched for (a process of yours could have cut them off)",
-            u["seq"], u["sealed_seq"],
+            or_null(u.seq),
+            or_null(u.sealed_seq),
         ));
     }
     if gaps.is_empty() && pending.is_none() {

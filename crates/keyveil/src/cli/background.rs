@@ -8,18 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::Value;
 
-use super::{Exit, call_untyped, cli_client, note, say};
+use super::{Exit, call, cli_client, note, say};
 use crate::client::{Connection, Event};
 use crate::paths::Paths;
 use keyveil_proto::op;
 use keyveil_proto::{OutputMode, Reply, Request, RunRequest};
-
-/// A field of a reply (`null` when absent).
-fn f<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.get(key).unwrap_or(&Value::Null)
-}
 
 /// `keyveil start`.
 #[derive(Debug, Args)]
@@ -104,12 +98,15 @@ pub(super) async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
                 "keyveil: request #{request_id} waits for approval\nhint: in another terminal run `keyveil approve {request_id} --ttl 8h` (a background run lives as long as its grant)"
             )),
             Reply::Ok { data } => {
-                let id = f(&data, "run_id").as_str().unwrap_or("");
+                let started: op::Started = anyhow::Context::context(
+                    serde_json::from_value(data),
+                    "the broker's reply does not have the shape this client knows (version mismatch? run `keyveil daemon stop`)",
+                )?;
+                let id = &started.run_id;
                 say(id);
                 note(format!(
                     "keyveil: started {id} (pid {}) under grant {}\nhint: `keyveil logs {id} --follow` shows its output; `keyveil stop {id}` ends it",
-                    f(&data, "pid"),
-                    f(&data, "grant_id").as_str().unwrap_or("")
+                    started.pid, started.grant_id
                 ));
                 return Ok(0);
             }
@@ -125,71 +122,61 @@ pub(super) async fn start(paths: &Paths, a: StartArgs) -> Result<i32> {
 pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
     let mut from = a.from;
     loop {
-        let d = call_untyped(
+        let d = call(
             paths,
-            Request::Logs(op::Logs {
+            op::Logs {
                 run_id: a.run_id.clone(),
                 from,
                 max_bytes: None,
                 client: None,
-            }),
+            },
         )
         .await?;
-        let dropped = f(&d, "dropped").as_u64().unwrap_or(0);
+        let dropped = d.dropped;
         if dropped > 0 {
             note(format!(
                 "keyveil: {dropped} bytes of output were dropped before they were read (the buffer keeps the last 1 MiB)"
             ));
         }
-        let output = f(&d, "output").as_str().unwrap_or("");
         {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(output.as_bytes());
+            let _ = out.write_all(d.output.as_bytes());
             let _ = out.flush();
         }
-        let next = f(&d, "next").as_u64().unwrap_or(from);
-        let end = f(&d, "end").as_u64().unwrap_or(next);
-        let running = f(&d, "running").as_bool() == Some(true);
+        let (next, end, running) = (d.next, d.end, d.running);
         if next < end {
             from = next;
             continue;
         }
         from = next;
         if !running {
+            let end = d.ended.as_ref();
             note(format!(
                 "keyveil: run {} ended: exit code {}{}{}{}",
                 a.run_id,
-                f(&d, "exit_code"),
-                if f(&d, "stopped") == true {
-                    ", stopped"
-                } else {
-                    ""
-                },
-                if f(&d, "revoked") == true {
+                end.map_or_else(|| "null".to_owned(), |e| e.exit_code.to_string()),
+                if d.stopped { ", stopped" } else { "" },
+                if end.is_some_and(|e| e.revoked) {
                     ", its grant ended"
                 } else {
                     ""
                 },
-                if f(&d, "timed_out") == true {
+                if end.is_some_and(|e| e.timed_out) {
                     ", timed out"
                 } else {
                     ""
                 },
             ));
-            for l in f(&d, "write_leaks").as_array().into_iter().flatten() {
+            for l in end.map(|e| e.write_leaks.as_slice()).unwrap_or_default() {
                 note(format!(
                     "keyveil: warning: the command wrote the value of {} into {} ({})",
-                    keyveil_proto::display::visible(f(l, "variable").as_str().unwrap_or("")),
-                    keyveil_proto::display::visible(f(l, "path").as_str().unwrap_or("")),
-                    f(l, "form").as_str().unwrap_or("")
+                    keyveil_proto::display::visible(&l.variable),
+                    keyveil_proto::display::visible(&l.path),
+                    l.form
                 ));
             }
-            let code = f(&d, "exit_code").as_i64().unwrap_or(1);
-            return Ok(if a.follow {
-                i32::try_from(code).unwrap_or(1)
-            } else {
-                0
-            });
+            let code = end.map_or(1, |e| e.exit_code);
+            return Ok(if a.follow { code } else { 0 });
         }
         if !a.follow {
             note(format!(
@@ -204,26 +191,27 @@ pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
 
 /// Stops a background run.
 pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
-    let d = call_untyped(
+    let d = call(
         paths,
-        Request::Stop(op::Stop {
+        op::Stop {
             run_id: run_id.to_owned(),
             client: None,
-        }),
+        },
     )
     .await?;
-    if f(&d, "stopped") == true {
+    if d.stopped {
         say(format!(
             "stopped {run_id}{}",
-            match f(&d, "exit_code").as_i64() {
-                Some(c) => format!(" (exit code {c})"),
+            match d.ended {
+                Some(e) => format!(" (exit code {})", e.exit_code),
                 None => " (still ending)".to_owned(),
             }
         ));
     } else {
         say(format!(
             "{run_id} had already ended (exit code {})",
-            f(&d, "exit_code")
+            d.ended
+                .map_or_else(|| "null".to_owned(), |e| e.exit_code.to_string())
         ));
     }
     Ok(0)
@@ -231,19 +219,18 @@ pub(super) async fn stop(paths: &Paths, run_id: &str) -> Result<i32> {
 
 /// `keyveil set ENV VAR --web`: prints a one-time link to the value-entry page.
 pub(super) async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> {
-    let d = call_untyped(
+    let d = call(
         paths,
-        Request::SetUrl(op::SetUrl {
+        op::SetUrl {
             environment: env.to_owned(),
             name: var.to_owned(),
-        }),
+        },
     )
     .await?;
-    let url = f(&d, "url").as_str().unwrap_or("");
-    say(url);
+    say(&d.url);
     note(format!(
         "keyveil: open this link in your browser and type the value of {env}/{var} there; it works once, for {} minutes",
-        f(&d, "expires_in_seconds").as_u64().unwrap_or(900) / 60
+        d.expires_in_seconds / 60
     ));
     Ok(0)
 }

@@ -172,8 +172,13 @@ pub(crate) fn auth_exit(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// Signs `req` with the factor and sends it.
-pub(crate) async fn call_signed(paths: &Paths, input: &FactorInput, req: Request) -> Result<Value> {
-    expect_ok(
+pub(crate) async fn call_signed<O: Operation>(
+    paths: &Paths,
+    input: &FactorInput,
+    o: O,
+) -> Result<O::Reply> {
+    let req: Request = o.into();
+    expect::<O>(
         signed(paths, input, &|_| {
             Ok(match &req {
                 Request::EnvReveal(op::EnvReveal { name, .. }) => {

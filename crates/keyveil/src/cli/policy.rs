@@ -18,18 +18,17 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                 .map_err(auth_exit)?;
             let mut req = Request::FactorEnroll(op::FactorEnroll { factor: None });
             a.sign(&mut req);
-            let d = expect_ok(client::call(paths, &req).await?)?;
-            let open = |k: &str| -> Result<String> {
-                let sealed = d[k].as_str().unwrap_or_default();
+            let d = expect::<op::FactorEnroll>(client::call(paths, &req).await?)?;
+            let open = |sealed: &str| -> Result<String> {
                 let bytes = a.open(b"factor_enroll", sealed).context(
                     "the enrolment reply did not come sealed from the broker that proved itself; nothing was enrolled",
                 )?;
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             };
-            say(open("sealed_qr")?);
+            say(open(&d.sealed_qr)?);
             say(format!(
                 "Scan the QR code, or add this URI to your authenticator app:\n{}",
-                open("sealed_uri")?
+                open(&d.sealed_uri)?
             ));
             if no_confirm {
                 say("then finish with: keyveil factor confirm CODE");
@@ -42,9 +41,10 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                 let code = read_secret_line(false, "Code shown by the app: ")?;
                 let reply = client::call(
                     paths,
-                    &Request::FactorConfirm(op::FactorConfirm {
+                    &op::FactorConfirm {
                         code: code.expose().to_owned(),
-                    }),
+                    }
+                    .into(),
                 )
                 .await?;
                 match reply {
@@ -58,7 +58,7 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                         ));
                     }
                     other => {
-                        expect_ok(other)?;
+                        expect::<op::FactorConfirm>(other)?;
                         break;
                     }
                 }
@@ -75,7 +75,7 @@ pub(crate) async fn factor_cmd(paths: &Paths, f: FactorCommand) -> Result<i32> {
                     .expose()
                     .to_owned(),
             };
-            call_untyped(paths, Request::FactorConfirm(op::FactorConfirm { code })).await?;
+            call(paths, op::FactorConfirm { code }).await?;
             say("TOTP enrolled");
             Ok(0)
         }
@@ -90,14 +90,18 @@ pub(crate) async fn shown_rule(
     kind: &str,
     index: usize,
 ) -> Result<String> {
-    let d = call_untyped(
+    let d = call(
         paths,
-        Request::PolicyShow(op::PolicyShow {
+        op::PolicyShow {
             environment: env.to_owned(),
-        }),
+        },
     )
     .await?;
-    let Some(rule) = d["policy"][kind].get(index) else {
+    let rule = match kind {
+        "auto_approve" => d.policy.auto_approve.get(index).map(serde_json::to_value),
+        _ => d.policy.deny.get(index).map(serde_json::to_value),
+    };
+    let Some(rule) = rule.transpose().context("cannot encode the rule")? else {
         return Err(Exit {
             code: 1,
             message: format!(
@@ -112,61 +116,41 @@ pub(crate) async fn shown_rule(
         kind.replace('_', "-"),
         keyveil_proto::display::clip(&rule.to_string(), 200)
     ));
-    Ok(crate::factor_proof::card_digest(rule))
+    Ok(crate::factor_proof::card_digest(&rule))
 }
 
 pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
     use keyveil_proto::PolicyChange;
     match p {
         PolicyCommand::Show { env, json } => {
-            let d = call_untyped(
-                paths,
-                Request::PolicyShow(op::PolicyShow { environment: env }),
-            )
-            .await?;
+            let d = call(paths, op::PolicyShow { environment: env }).await?;
             if json {
-                say(d.to_string());
+                say(json_text(&d)?);
             } else {
-                let pol = &d["policy"];
+                let pol = &d.policy;
                 say(format!(
                     "environment: {}\nfactor: {}\nmax TTL: {} s\nPATH: {}\nTOTP enrolled: {}\nhide names: {}",
-                    keyveil_proto::display::visible(d["environment"].as_str().unwrap_or("")),
-                    pol["factor"].as_str().unwrap_or(""),
-                    pol["max_ttl_seconds"],
-                    keyveil_proto::display::visible(d["effective_path"].as_str().unwrap_or("")),
-                    d["totp_enrolled"],
-                    if pol["hide_names"] == true {
-                        "on"
-                    } else {
-                        "off"
-                    }
+                    keyveil_proto::display::visible(&d.environment),
+                    pol.factor,
+                    pol.max_ttl_seconds,
+                    keyveil_proto::display::visible(&d.effective_path),
+                    d.totp_enrolled,
+                    if pol.hide_names { "on" } else { "off" }
                 ));
-                for (i, r) in pol["auto_approve"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
+                for (i, r) in pol.auto_approve.iter().enumerate() {
                     say(format!(
                         "auto-approve #{i}: {}{} under {} for {} s",
-                        crate::card::argv_inline(&r["argv"]),
-                        if r["prefix"] == true { " …" } else { "" },
-                        keyveil_proto::display::visible(r["cwd"].as_str().unwrap_or("")),
-                        r["ttl_seconds"]
+                        crate::card::argv_words(r.argv.iter().map(String::as_str)),
+                        if r.prefix { " …" } else { "" },
+                        keyveil_proto::display::visible(&r.cwd),
+                        r.ttl_seconds
                     ));
                 }
-                for (i, r) in pol["deny"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
+                for (i, r) in pol.deny.iter().enumerate() {
                     say(format!(
                         "deny #{i}: {}{}",
-                        crate::card::argv_inline(&r["argv"]),
-                        if r["prefix"] == true { " …" } else { "" }
+                        crate::card::argv_words(r.argv.iter().map(String::as_str)),
+                        if r.prefix { " …" } else { "" }
                     ));
                 }
             }
@@ -225,14 +209,14 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
             let d = call_signed(
                 paths,
                 &input,
-                Request::PolicySet(op::PolicySet {
+                op::PolicySet {
                     environment: env.clone(),
                     factor: None,
                     change,
-                }),
+                },
             )
             .await?;
-            if let Some(w) = d["warning"].as_str() {
+            if let Some(w) = &d.warning {
                 note(format!("warning: {w}"));
             }
             say(format!("policy of {env} updated"));

@@ -469,7 +469,7 @@ impl KeyveilMcp {
             .filter(|(k, _)| pass_env.contains(k))
             .cloned()
             .collect();
-        let req = Request::RequestAccess(AccessRequest {
+        let req = AccessRequest {
             pass_env,
             pass_values,
             client: self.client(ctx),
@@ -479,8 +479,8 @@ impl KeyveilMcp {
             cwd: self.resolve_cwd(a.cwd.as_deref()),
             ttl_seconds: a.ttl_seconds,
             reason: Some(a.reason),
-        });
-        match self.call_ok::<RequestAccessOutput>(&req).await {
+        };
+        match self.call_op(req).await.map(RequestAccessOutput::from) {
             Ok(mut o) => {
                 o.hint = Some(approve_hint(o.request_id));
                 let text = format!(
@@ -496,8 +496,8 @@ impl KeyveilMcp {
 
     async fn access_status(&self, a: AccessStatusArgs) -> CallToolResult {
         let id = a.request_id;
-        let req = Request::AccessStatus(op::AccessStatus { request_id: id });
-        match self.call_ok::<AccessStatusOutput>(&req).await {
+        let req = op::AccessStatus { request_id: id };
+        match self.call_op(req).await.map(AccessStatusOutput::from) {
             Ok(mut o) => {
                 let text = match o.status.as_str() {
                     "pending" => {
@@ -588,8 +588,9 @@ impl KeyveilMcp {
     async fn audit_log(&self, a: AuditLogArgs) -> CallToolResult {
         let limit = a.limit.unwrap_or(20).clamp(1, 500);
         match self
-            .call_ok::<AuditLogOutput>(&Request::Audit(op::Audit { limit: Some(limit) }))
+            .call_op(op::Audit { limit: Some(limit) })
             .await
+            .map(AuditLogOutput::from)
         {
             Ok(o) => structured(&o, render_audit(&o)),
             Err(e) => e,
@@ -650,10 +651,10 @@ impl KeyveilMcp {
         }
         // The human accepted to open the page; wait a little for the value to arrive.
         loop {
-            let show = Request::EnvShow(op::EnvShow {
+            let show = op::EnvShow {
                 name: env.to_owned(),
-            });
-            if let Ok(d) = self.call_ok::<DescribeEnvironmentOutput>(&show).await
+            };
+            if let Ok(d) = self.call_op(show).await
                 && d.variables.iter().any(|v| v.name == name && v.set)
             {
                 return Elicited::Set;
@@ -706,11 +707,16 @@ impl KeyveilMcp {
         };
         match outcome {
             Ok(Ok(RunEnd::Ok(d))) => {
+                let Ok(started) = serde_json::from_value::<op::Started>(d) else {
+                    return tool_error(
+                        "keyveil's broker answered start in a shape this server does not know.\nhint: ask the user to run `keyveil daemon stop` so that the next call starts a broker of the same version",
+                    );
+                };
                 let o = StartOutput {
                     status: StartStatus::Started,
-                    run_id: d.get("run_id").and_then(Value::as_str).map(str::to_owned),
-                    grant_id: d.get("grant_id").and_then(Value::as_str).map(str::to_owned),
-                    pid: d.get("pid").and_then(Value::as_i64),
+                    run_id: Some(started.run_id),
+                    grant_id: Some(started.grant_id),
+                    pid: Some(started.pid),
                     request_id: None,
                     hint: Some(
                         "Read its output with logs (from 0, then the returned next); end it with stop.".to_owned(),
@@ -749,13 +755,13 @@ impl KeyveilMcp {
     }
 
     async fn logs(&self, a: LogsArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
-        let req = Request::Logs(op::Logs {
+        let req = op::Logs {
             run_id: a.run_id,
             from: a.from.unwrap_or(0),
             max_bytes: a.max_bytes,
             client: Some(self.client(ctx).scope_key()),
-        });
-        match self.call_ok::<LogsOutput>(&req).await {
+        };
+        match self.call_op(req).await.map(LogsOutput::from) {
             Ok(o) => {
                 let mut text = format!(
                     "{} {}, output {}..{}{}",
@@ -786,11 +792,11 @@ impl KeyveilMcp {
     }
 
     async fn stop(&self, a: StopArgs, ctx: &RequestContext<RoleServer>) -> CallToolResult {
-        let req = Request::Stop(op::Stop {
+        let req = op::Stop {
             run_id: a.run_id,
             client: Some(self.client(ctx).scope_key()),
-        });
-        match self.call_ok::<StopOutput>(&req).await {
+        };
+        match self.call_op(req).await.map(StopOutput::from) {
             Ok(o) => {
                 let text = match (o.stopped, o.exit_code) {
                     (true, Some(c)) => format!("stopped {} (exit code {c})", o.run_id),

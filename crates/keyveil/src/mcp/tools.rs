@@ -688,6 +688,83 @@ impl From<op::Declared> for DeclareVariableOutput {
     }
 }
 
+impl From<op::AccessRequested> for RequestAccessOutput {
+    fn from(r: op::AccessRequested) -> Self {
+        RequestAccessOutput {
+            request_id: r.request_id,
+            status: r.status,
+            hint: Some(r.hint),
+        }
+    }
+}
+
+impl From<op::AccessState> for AccessStatusOutput {
+    fn from(r: op::AccessState) -> Self {
+        let (status, grant_id, expires_at, reason, hint) = match r {
+            op::AccessState::Pending { hint } => ("pending", None, None, None, Some(hint)),
+            op::AccessState::Approved {
+                grant_id,
+                expires_at,
+            } => ("approved", Some(grant_id), expires_at, None, None),
+            op::AccessState::Ended {
+                grant_id,
+                expires_at,
+            } => ("ended", Some(grant_id), expires_at, None, None),
+            op::AccessState::Denied { reason } => ("denied", None, None, reason, None),
+            op::AccessState::Expired => ("expired", None, None, None, None),
+        };
+        AccessStatusOutput {
+            status: status.to_owned(),
+            grant_id,
+            expires_at: expires_at.map(|t| t.to_string()),
+            reason,
+            hint,
+        }
+    }
+}
+
+impl From<op::AuditEntries> for AuditLogOutput {
+    fn from(r: op::AuditEntries) -> Self {
+        AuditLogOutput {
+            entries: r
+                .entries
+                .iter()
+                .filter_map(|e| match serde_json::to_value(e) {
+                    Ok(Value::Object(map)) => Some(map),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<op::RunLogs> for LogsOutput {
+    fn from(r: op::RunLogs) -> Self {
+        LogsOutput {
+            run_id: r.run_id,
+            output: r.output,
+            from: r.from,
+            next: r.next,
+            dropped: r.dropped,
+            running: r.running,
+            exit_code: r.ended.as_ref().map(|e| e.exit_code),
+            stopped: r.stopped,
+            revoked: r.ended.as_ref().map(|e| e.revoked),
+        }
+    }
+}
+
+impl From<op::RunStopped> for StopOutput {
+    fn from(r: op::RunStopped) -> Self {
+        StopOutput {
+            run_id: r.run_id,
+            stopped: r.stopped,
+            running: r.running,
+            exit_code: r.ended.map(|e| e.exit_code),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Definitions
 

@@ -44,7 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::Broker;
@@ -772,14 +772,14 @@ fn parse_id(s: Option<&str>) -> Option<u64> {
     s.and_then(|s| s.trim().parse().ok())
 }
 
-fn flash_of(reply: Reply, ok: impl FnOnce(&Value) -> String) -> view::Flash {
+fn flash_of<T>(reply: Result<T, Reply>, ok: impl FnOnce(&T) -> String) -> view::Flash {
     match reply {
-        Reply::Ok { data } => view::Flash {
+        Ok(data) => view::Flash {
             ok: true,
             text: ok(&data),
             hint: None,
         },
-        Reply::Error { message, hint, .. } => view::Flash {
+        Err(Reply::Error { message, hint, .. }) => view::Flash {
             ok: false,
             text: prose(&message),
             hint: hint.as_deref().map(prose),
@@ -839,20 +839,16 @@ async fn approve(
         },
     )
     .await;
-    let reply = match outcome {
-        Ok(v) => Reply::ok(v),
-        Err(e) => e.reply(),
-    };
-    let flash = flash_of(reply, |d| {
-        let uses = match d.get("uses_left").and_then(Value::as_u64) {
+    let flash = flash_of(outcome.map_err(|e| e.reply()), |d| {
+        let uses = match d.uses_left {
             Some(1) => "1 use".to_owned(),
             Some(n) => format!("{n} uses"),
             None => "any number of uses".to_owned(),
         };
         format!(
             "Approved request #{id}: grant {}, {uses} until {}.",
-            prose(d.get("grant_id").and_then(Value::as_str).unwrap_or("")),
-            view::when(d.get("expires_at").and_then(Value::as_str).unwrap_or("")),
+            prose(&d.grant_id),
+            view::when(&d.expires_at.to_string()),
         )
     });
     st.server.set_flash(&key, flash);
@@ -877,12 +873,12 @@ async fn deny(
     let Some(id) = parse_id(f.request_id.as_deref()) else {
         return bad_form();
     };
-    let reply = super::ops::dispatch(
+    let reply = super::ops::call(
         &st.broker,
-        Request::Deny(op::Deny {
+        op::Deny {
             request_id: id,
             reason: None,
-        }),
+        },
     )
     .await;
     let flash = flash_of(reply, |_| format!("Denied request #{id}."));
