@@ -18,14 +18,6 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
-/// argv on one line, each element quoted (`"echo" "hi"`), for lists.
-pub(crate) fn argv_inline(argv: &Value) -> String {
-    match argv.as_array() {
-        Some(a) => argv_words(a.iter().map(|x| x.as_str().unwrap_or(""))),
-        None => "ANY COMMAND".to_owned(),
-    }
-}
-
 /// An argv on one line, each word quoted where needed (`display::quoted`).
 pub(crate) fn argv_words<'a>(argv: impl IntoIterator<Item = &'a str>) -> String {
     argv.into_iter()

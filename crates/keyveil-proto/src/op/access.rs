@@ -171,3 +171,113 @@ pub struct Denied {
     /// `denied`.
     pub status: String,
 }
+
+operation!(Grants => GrantList);
+
+/// The reply to [`Grants`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantList {
+    /// Grants still usable, or with a run still live.
+    pub grants: Vec<GrantInfo>,
+}
+
+/// One grant in [`GrantList`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantInfo {
+    /// Grant id.
+    pub id: String,
+    /// The request it came from.
+    pub request_id: u64,
+    /// The client scope key it is bound to (`mcp:NAME`, `cli:keyveil`).
+    pub client: String,
+    /// Environment.
+    pub environment: String,
+    /// Variables it serves.
+    pub variables: Vec<String>,
+    /// The argv it covers; `None`: any command.
+    pub argv: Option<Vec<String>>,
+    /// It covers longer argv starting with `argv`.
+    pub prefix: bool,
+    /// Working directory runs must use.
+    pub cwd: String,
+    /// It covers subdirectories of `cwd`.
+    pub subdirs: bool,
+    /// Requester variables passed through.
+    pub pass_env: Vec<String>,
+    /// The executable pinned at approval.
+    pub executable: Option<FilePinInfo>,
+    /// Inputs pinned at approval (scripts, configuration the command executes).
+    pub inputs: Vec<InputPinInfo>,
+    /// Approved.
+    pub created_at: Timestamp,
+    /// Expires.
+    pub expires_at: Timestamp,
+    /// Uses left (`None`: any number until it expires).
+    pub uses_left: Option<u32>,
+    /// Runs started under it.
+    pub runs: u32,
+    /// Revoked.
+    pub revoked: bool,
+    /// Credentials minted for it (handles and expiry, never a secret).
+    #[serde(default)]
+    pub dynamic: Vec<DynamicCredential>,
+}
+
+/// A file pinned at approval: identity and content digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilePinInfo {
+    /// Absolute path.
+    pub path: String,
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size, bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// SHA-256 of the content (hex).
+    pub sha256: String,
+}
+
+/// An input pinned at approval (a script, a configuration file the command executes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputPinInfo {
+    /// What it is to the command (`script`, `config`, ...).
+    pub role: String,
+    /// Path.
+    pub path: String,
+    /// SHA-256 of the content (hex).
+    pub sha256: String,
+    /// What the card quotes of it.
+    pub detail: Option<String>,
+}
+
+/// A credential minted for a grant (in [`GrantInfo::dynamic`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DynamicCredential {
+    /// The variable it is injected as.
+    pub variable: String,
+    /// Where it lives.
+    pub handle: CredentialInfo,
+    /// Minted.
+    pub minted_at: Timestamp,
+    /// When it stops working at its source.
+    pub expires_at: Timestamp,
+}
+
+/// Names a minted credential at its source; no secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    /// `postgres`, `redis`, `openbao-database`.
+    pub engine: String,
+    /// Role or user name.
+    pub user: String,
+    /// The OpenBao lease id, else empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease_id: String,
+    /// The server (`user@host:port/db`, the OpenBao address).
+    pub target: String,
+}

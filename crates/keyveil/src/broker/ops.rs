@@ -316,7 +316,7 @@ pub(crate) async fn dispatch_from(
             let (t, op::Deny { request_id, reason }) = (typed(&o), o);
             t.answer(access::deny(broker, request_id, reason))
         }
-        Request::Grants(op::Grants { client }) => Ok(grants(broker, client.as_deref())),
+        Request::Grants(o) => typed(&o).answer(Ok(grants(broker, o.client.as_deref()))),
         Request::Revoke(o) => {
             let t = typed(&o);
             t.answer(revoke(broker, o.grant_id, o.all, o.client.as_deref()).await)
@@ -1289,10 +1289,10 @@ fn var_declare(
     })
 }
 
-fn grants(broker: &Broker, client: Option<&str>) -> Value {
+fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     let inner = broker.lock();
     let now = Timestamp::now();
-    let list: Vec<Value> = inner
+    let grants = inner
         .grants
         .values()
         .filter(|g| {
@@ -1301,13 +1301,51 @@ fn grants(broker: &Broker, client: Option<&str>) -> Value {
             let running = inner.runs.values().any(|r| r.grant_id == g.id);
             (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
         })
-        .map(|g| {
-            let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
-            crate::dynamic::annotate_grant(&inner, &g.id, &mut v);
-            v
+        .map(|g| op::GrantInfo {
+            id: g.id.clone(),
+            request_id: g.request_id,
+            client: g.client.clone(),
+            environment: g.environment.clone(),
+            variables: g.variables.clone(),
+            argv: g.argv.clone(),
+            prefix: g.prefix,
+            cwd: g.cwd.clone(),
+            subdirs: g.subdirs,
+            pass_env: g.pass_env.clone(),
+            executable: g.executable.as_ref().map(file_pin_info),
+            inputs: g.inputs.iter().map(input_pin_info).collect(),
+            created_at: g.created_at,
+            expires_at: g.expires_at,
+            uses_left: g.uses_left,
+            runs: g.runs,
+            revoked: g.revoked,
+            dynamic: inner.dynamic.describe(&g.id),
         })
         .collect();
-    json!({"grants": list})
+    op::GrantList { grants }
+}
+
+/// A pinned file as replies show it.
+pub(crate) fn file_pin_info(p: &crate::pin::FilePin) -> op::FilePinInfo {
+    op::FilePinInfo {
+        path: p.path.clone(),
+        dev: p.dev,
+        ino: p.ino,
+        size: p.size,
+        mtime_ns: p.mtime_ns,
+        ctime_ns: p.ctime_ns,
+        sha256: p.sha256.clone(),
+    }
+}
+
+/// A pinned input as replies show it.
+pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
+    op::InputPinInfo {
+        role: p.role.clone(),
+        path: p.path.clone(),
+        sha256: p.sha256.clone(),
+        detail: p.detail.clone(),
+    }
 }
 
 async fn revoke(

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use serde_json::Value;
 
 use super::{Exit, call_guarded, read_secret_line, say};
 use crate::paths::Paths;
@@ -170,16 +169,12 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
 }
 
 /// Prints the dynamic credentials of one grant (from `grants`): handle and expiry only.
-pub(super) fn print_grant_credentials(grant: &Value) {
-    for d in grant["dynamic"].as_array().into_iter().flatten() {
-        let h = &d["handle"];
+pub(super) fn print_grant_credentials(grant: &keyveil_proto::op::GrantInfo) {
+    for d in &grant.dynamic {
+        let h = &d.handle;
         say(format!(
             "    {}: {} {} at {}, dies {}",
-            d["variable"].as_str().unwrap_or(""),
-            h["engine"].as_str().unwrap_or(""),
-            h["user"].as_str().unwrap_or(""),
-            h["target"].as_str().unwrap_or(""),
-            d["expires_at"].as_str().unwrap_or("")
+            d.variable, h.engine, h.user, h.target, d.expires_at
         ));
     }
 }

@@ -490,42 +490,40 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Approve(a) => approve(paths, a).await,
         Command::Deny { id, reason } => {
-            call_untyped(
+            call(
                 paths,
-                Request::Deny(op::Deny {
+                op::Deny {
                     request_id: id,
                     reason,
-                }),
+                },
             )
             .await?;
             say(format!("denied request #{id}"));
             Ok(0)
         }
         Command::Grants { json } => {
-            let d = call_untyped(paths, Request::Grants(op::Grants { client: None })).await?;
-            let list = d["grants"].as_array().cloned().unwrap_or_default();
+            let d = call(paths, op::Grants { client: None }).await?;
+            let list = d.grants;
             if json {
-                say(Value::Array(list).to_string());
+                say(json_text(&list)?);
             } else if list.is_empty() {
                 say("no live grants");
             } else {
                 for g in &list {
                     say(format!(
                         "{}  env={}  vars={}  command={}  client={}  expires={}  uses_left={}",
-                        g["id"].as_str().unwrap_or(""),
-                        g["environment"].as_str().unwrap_or(""),
-                        join(&g["variables"]),
-                        if g["argv"].is_null() {
-                            "ANY".to_owned()
-                        } else {
-                            crate::card::argv_inline(&g["argv"])
+                        g.id,
+                        g.environment,
+                        g.variables.join(","),
+                        match &g.argv {
+                            None => "ANY".to_owned(),
+                            Some(argv) => crate::card::argv_words(argv.iter().map(String::as_str)),
                         },
-                        g["client"].as_str().unwrap_or(""),
-                        g["expires_at"].as_str().unwrap_or(""),
-                        if g["uses_left"].is_null() {
-                            "unlimited".to_owned()
-                        } else {
-                            g["uses_left"].to_string()
+                        g.client,
+                        g.expires_at,
+                        match g.uses_left {
+                            None => "unlimited".to_owned(),
+                            Some(n) => n.to_string(),
                         },
                     ));
                     dynamic::print_grant_credentials(g);
@@ -571,17 +569,6 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
         Command::Setup { .. } | Command::Doctor => Ok(0),
     }
-}
-
-fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
 }
 
 /// The CLI's identity as a requester.

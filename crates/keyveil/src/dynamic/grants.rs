@@ -9,7 +9,7 @@
 //! | `state.rs`, `Inner::revoke` | [`end_grant`] | destroy at the source within milliseconds of a revoke |
 //! | `mod.rs`, `tick` (every 250 ms) | [`sweep`] | grants that expired or spent their uses; revocation results into the audit log |
 //! | `ops.rs`, `unlock` | [`on_unlock`] | reap what a crashed broker left behind |
-//! | `ops.rs`, `grants` | [`annotate_grant`] | `keyveil grants` shows handles and expiry (never a secret) |
+//! | `ops.rs`, `grants` | [`Registry::describe`] | `keyveil grants` shows handles and expiry (never a secret) |
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -61,19 +61,22 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// The credentials a grant holds, as shown by `keyveil grants` (no secret).
-    pub(crate) fn describe(&self, grant_id: &str) -> Vec<Value> {
+    pub(crate) fn describe(&self, grant_id: &str) -> Vec<keyveil_proto::op::DynamicCredential> {
         self.held
             .get(grant_id)
             .map(|g| {
                 g.creds
                     .iter()
-                    .map(|h| {
-                        json!({
-                            "variable": h.variable,
-                            "handle": h.minted.handle,
-                            "minted_at": h.minted_at,
-                            "expires_at": h.minted.expires_at,
-                        })
+                    .map(|h| keyveil_proto::op::DynamicCredential {
+                        variable: h.variable.clone(),
+                        handle: keyveil_proto::op::CredentialInfo {
+                            engine: h.minted.handle.engine.name().to_owned(),
+                            user: h.minted.handle.user.clone(),
+                            lease_id: h.minted.handle.lease_id.clone(),
+                            target: h.minted.handle.target.clone(),
+                        },
+                        minted_at: h.minted_at,
+                        expires_at: h.minted.expires_at,
                     })
                     .collect()
             })
@@ -91,16 +94,6 @@ impl Registry {
 
 fn lock_outbox(o: &Outbox) -> std::sync::MutexGuard<'_, Vec<(&'static str, Value)>> {
     o.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Adds `"dynamic": [...]` (variable, handle, expiry; never a secret) to a grant's JSON.
-pub(crate) fn annotate_grant(inner: &Inner, grant_id: &str, grant: &mut Value) {
-    if let Value::Object(m) = grant {
-        m.insert(
-            "dynamic".into(),
-            Value::Array(inner.dynamic.describe(grant_id)),
-        );
-    }
 }
 
 fn op_err(variable: &str, e: &DynamicError) -> OpError {

@@ -36,9 +36,7 @@ use jiff::Timestamp;
 use keyveil_vault::{DynamicSource, SecretValue};
 use serde::Serialize;
 
-pub(crate) use grants::{
-    Registry, annotate_grant, end_grant, on_unlock, settle, sweep, values_for_grant,
-};
+pub(crate) use grants::{Registry, end_grant, on_unlock, settle, sweep, values_for_grant};
 
 /// How long one engine operation (connect + statements) may take before it fails (10 s).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -540,10 +540,10 @@ impl KeyveilMcp {
     }
 
     async fn list_grants(&self, ctx: &RequestContext<RoleServer>) -> CallToolResult {
-        let req = Request::Grants(op::Grants {
+        let req = op::Grants {
             client: Some(self.client(ctx).scope_key()),
-        });
-        match self.call_ok::<ListGrantsOutput>(&req).await {
+        };
+        match self.call_op(req).await.map(ListGrantsOutput::from) {
             Ok(o) => structured(&o, render_grants(&o)),
             Err(e) => e,
         }

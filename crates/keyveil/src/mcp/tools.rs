@@ -765,6 +765,29 @@ impl From<op::RunStopped> for StopOutput {
     }
 }
 
+impl From<op::GrantList> for ListGrantsOutput {
+    fn from(r: op::GrantList) -> Self {
+        ListGrantsOutput {
+            grants: r
+                .grants
+                .into_iter()
+                .map(|g| GrantView {
+                    id: g.id,
+                    request_id: g.request_id,
+                    environment: g.environment,
+                    variables: g.variables,
+                    argv: g.argv,
+                    cwd: g.cwd,
+                    created_at: g.created_at.to_string(),
+                    expires_at: g.expires_at.to_string(),
+                    uses_left: g.uses_left,
+                    runs: g.runs,
+                })
+                .collect(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Definitions
 
