@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 use crate::op;
 
 /// Who is asking: shown to the human at approval, and part of a grant's scope.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClientInfo {
     /// `cli` or `mcp`.
     pub kind: String,

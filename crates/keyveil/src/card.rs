@@ -3,19 +3,12 @@
 //! Everything an agent supplied (argv, reason, client name, cwd) is escaped with
 //! [`keyveil_proto::display::clip`]-style control escaping; argv is shown one element per line, quoted
 //! and never truncated, so what the human reads is what will run.
-// Indexing here is on `serde_json::Value` (a missing key or index yields `Null`, never a
-// panic), which clippy cannot tell from slice indexing.
-#![allow(clippy::indexing_slicing)]
-
+use keyveil_proto::op;
 use serde_json::Value;
 
 /// Escapes one requester-supplied identifier for a terminal (see [`keyveil_proto::display::visible`]).
 pub(crate) fn esc(s: &str) -> String {
     keyveil_proto::display::visible(s)
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 
 /// An argv on one line, each word quoted where needed (`display::quoted`).
@@ -26,120 +19,99 @@ pub(crate) fn argv_words<'a>(argv: impl IntoIterator<Item = &'a str>) -> String 
         .join(" ")
 }
 
-fn names(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .map(esc)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+fn names(v: &[String]) -> String {
+    v.iter().map(|x| esc(x)).collect::<Vec<_>>().join(", ")
+}
+
+/// The first 16 hex digits of a digest.
+fn short(sha256: &str) -> &str {
+    sha256.get(..16).unwrap_or("")
 }
 
 /// The process that really connected, as the broker read it from the socket and `/proc`
 /// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`. Every string is
 /// escaped (a process names itself).
-pub(crate) fn connection(peer: &Value) -> String {
-    let proc_text = |p: &Value| {
-        let exe = p["exe"]
-            .as_str()
-            .map(esc)
-            .unwrap_or_else(|| "unreadable".to_owned());
-        let keyveil = if p["keyveil"] == true {
-            ", keyveil"
-        } else {
-            ""
-        };
-        format!("{} {} ({exe}{keyveil})", p["pid"], esc(s(p, "comm")))
-    };
-    let Some(p) = peer.get("process").filter(|p| p.is_object()) else {
-        return "unknown (the kernel gave no pid)".to_owned();
-    };
-    let mut out = format!(
-        "pid {} (exe {})",
-        p["pid"],
-        p["exe"]
-            .as_str()
+pub(crate) fn connection(peer: &op::PeerInfo) -> String {
+    let exe = |p: &op::ProcInfo| {
+        p.exe
+            .as_deref()
             .map(esc)
             .unwrap_or_else(|| "unreadable".to_owned())
-    );
-    if let Some(m) = peer["keyveil_mode"].as_str() {
+    };
+    let proc_text = |p: &op::ProcInfo| {
+        let keyveil = if p.keyveil { ", keyveil" } else { "" };
+        format!("{} {} ({}{keyveil})", p.pid, esc(&p.comm), exe(p))
+    };
+    let Some(p) = &peer.process else {
+        return "unknown (the kernel gave no pid)".to_owned();
+    };
+    let mut out = format!("pid {} (exe {})", p.pid, exe(p));
+    if let Some(m) = &peer.keyveil_mode {
         out.push_str(&format!(", keyveil {}", esc(m)));
     }
-    let parents: Vec<String> = peer["parents"]
-        .as_array()
-        .map(|a| a.iter().map(proc_text).collect())
-        .unwrap_or_default();
+    let parents: Vec<String> = peer.parents.iter().map(proc_text).collect();
     if !parents.is_empty() {
         out.push_str(&format!("; parents: {}", parents.join(" <- ")));
     }
     out
 }
 
-/// The approval card of one request (a JSON object as `keyveil requests --json` prints it).
+/// The approval card of one request.
 ///
 /// Facts the broker established come first; the requester's reason comes last, labelled as an
 /// unverified claim. argv is one element per line, quoted, never truncated, with its element
 /// count and total length so padding cannot hide a tail.
-pub(crate) fn render(r: &Value) -> String {
+pub(crate) fn render(r: &op::RequestCard) -> String {
     let mut out = String::new();
-    let client = r.get("client").cloned().unwrap_or(Value::Null);
+    let client = &r.client;
     out.push_str(&format!(
         "request #{}  claimed {}:{} {} (pid {})\n",
-        r["id"],
-        esc(s(&client, "kind")),
-        esc(s(&client, "name")),
-        esc(s(&client, "version")),
-        client["pid"]
+        r.id,
+        esc(&client.kind),
+        esc(&client.name),
+        esc(&client.version),
+        client.pid
     ));
     // What the broker knows, not what the requester says.
-    out.push_str(&format!(
-        "  connection:  {}\n",
-        connection(r.get("peer").unwrap_or(&Value::Null))
-    ));
-    if let Some(n) = r["asks"].as_u64().filter(|n| *n > 1) {
+    out.push_str(&format!("  connection:  {}\n", connection(&r.peer)));
+    if r.asks > 1 {
         out.push_str(&format!(
-            "  asked {n} times (identical asks are merged into this one request)\n"
+            "  asked {} times (identical asks are merged into this one request)\n",
+            r.asks
         ));
     }
     let flags = risk_flags(r);
     if !flags.is_empty() {
         out.push_str(&format!("  RISK:        {flags}\n"));
     }
-    for c in r["contradictions"].as_array().into_iter().flatten() {
+    for c in &r.contradictions {
         out.push_str(&format!(
             "  THE REASON IS CONTRADICTED: {}\n",
-            keyveil_proto::display::visible_text(c.as_str().unwrap_or(""))
+            keyveil_proto::display::visible_text(c)
         ));
     }
-    for n in r["new_variables"].as_array().into_iter().flatten() {
+    for n in &r.new_variables {
         out.push_str(&format!("  NEW VARIABLE: {}\n", new_variable(n)));
     }
-    out.push_str(&format!("  environment: {}\n", esc(s(r, "environment"))));
-    out.push_str(&format!("  variables:   {}\n", names(&r["variables"])));
-    let pass = names(&r["pass_env"]);
+    out.push_str(&format!("  environment: {}\n", esc(&r.environment)));
+    out.push_str(&format!("  variables:   {}\n", names(&r.variables)));
+    let pass = names(&r.pass_env);
     if !pass.is_empty() {
         out.push_str(&format!("  passes through from the requester: {pass}\n"));
     }
-    let chosen = r["chosen_values"].as_array().cloned().unwrap_or_default();
-    if !chosen.is_empty() {
+    if !r.chosen_values.is_empty() {
         out.push_str(
             "  values the requester could have chosen (bound: another value ends the grant):\n",
         );
-        for c in &chosen {
+        for c in &r.chosen_values {
             out.push_str(&format!("    {}\n", chosen_value(c)));
         }
     }
-    out.push_str(&format!("  directory:   {}\n", esc(s(r, "cwd"))));
-    match r["argv"].as_array() {
+    out.push_str(&format!("  directory:   {}\n", esc(&r.cwd)));
+    match &r.argv {
         None => out.push_str("  command:     ANY COMMAND (no command given)\n"),
         Some(a) => {
-            let total: usize = a
-                .iter()
-                .map(|x| x.as_str().map(str::len).unwrap_or(0))
-                .sum();
+            let total: usize = a.iter().map(String::len).sum();
             out.push_str(&format!(
                 "  command ({} arguments, {total} bytes), one per line:\n",
                 a.len()
@@ -147,58 +119,50 @@ pub(crate) fn render(r: &Value) -> String {
             for (i, x) in a.iter().enumerate() {
                 out.push_str(&format!(
                     "    [{i}] {}\n",
-                    keyveil_proto::display::quoted(x.as_str().unwrap_or(""))
+                    keyveil_proto::display::quoted(x)
                 ));
             }
         }
     }
-    if let Some(e) = r.get("executable").filter(|e| !e.is_null()) {
+    if let Some(e) = &r.executable {
         out.push_str(&format!(
             "  executable:  {}  sha256 {}\n",
-            esc(s(e, "path")),
-            s(e, "sha256").get(..16).unwrap_or("")
+            esc(&e.path),
+            short(&e.sha256)
         ));
     }
-    for i in r["inputs"].as_array().cloned().unwrap_or_default() {
+    for i in &r.inputs {
         out.push_str(&format!(
             "  input:       {} ({}) sha256 {}\n",
-            esc(s(&i, "path")),
-            esc(s(&i, "role")),
-            s(&i, "sha256").get(..16).unwrap_or("")
+            esc(&i.path),
+            esc(&i.role),
+            short(&i.sha256)
         ));
-        if let Some(d) = i["detail"].as_str() {
+        if let Some(d) = &i.detail {
             out.push_str(&format!("               {}\n", esc(d)));
         }
     }
-    if let Some(reason) = r["reason"].as_str() {
+    if let Some(reason) = &r.reason {
         out.push_str(&format!(
             "  requester says (unverified): {}\n",
             keyveil_proto::display::visible_text(reason)
         ));
-        for c in r["contradictions"].as_array().into_iter().flatten() {
+        for c in &r.contradictions {
             out.push_str(&format!(
                 "    but the broker's facts: {}\n",
-                keyveil_proto::display::visible_text(c.as_str().unwrap_or(""))
+                keyveil_proto::display::visible_text(c)
             ));
         }
     }
-    out.push_str(&format!("  expires:     {}", s(r, "expires_at")));
+    out.push_str(&format!("  expires:     {}", r.expires_at));
     out
 }
 
 /// The risk flags of a request, `new-variable` followed by the variables it names.
-pub(crate) fn risk_flags(r: &Value) -> String {
-    let new: Vec<String> = r["new_variables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|n| esc(s(n, "variable")))
-        .collect();
-    r["risk"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+pub(crate) fn risk_flags(r: &op::RequestCard) -> String {
+    let new: Vec<String> = r.new_variables.iter().map(|n| esc(&n.variable)).collect();
+    r.risk
+        .iter()
         .map(|f| {
             if f == "new-variable" && !new.is_empty() {
                 format!("new-variable ({})", new.join(", "))
@@ -211,49 +175,43 @@ pub(crate) fn risk_flags(r: &Value) -> String {
 }
 
 /// One entry of a request's `new_variables`: its name, and who stored it when.
-pub(crate) fn new_variable(n: &Value) -> String {
-    let when = n["stored_at"]
-        .as_str()
-        .or_else(|| n["created_at"].as_str())
-        .unwrap_or("");
-    match s(n, "stored") {
+pub(crate) fn new_variable(n: &op::NewVariableInfo) -> String {
+    let when = n.stored_at.unwrap_or(n.created_at);
+    match n.stored.as_str() {
         "without the factor" => format!(
             "{} stored {when} without the factor (anyone with your uid, the agent too, could have stored it)",
-            esc(s(n, "variable"))
+            esc(&n.variable)
         ),
         _ => format!(
             "{} created {when}, by whom is not recorded (stored before keyveil kept that)",
-            esc(s(n, "variable"))
+            esc(&n.variable)
         ),
     }
 }
 
 /// One entry of a request's `chosen_values`: `NAME = "value"` (escaped, with a marker when only
 /// part of it is shown) and where it comes from.
-pub(crate) fn chosen_value(c: &Value) -> String {
-    let name = c["name"]
-        .as_str()
-        .or_else(|| c["variable"].as_str())
-        .unwrap_or("");
-    let value = match c["value"].as_str() {
+pub(crate) fn chosen_value(c: &op::ChosenValueInfo) -> String {
+    let name = c.name.as_deref().or(c.variable.as_deref()).unwrap_or("");
+    let value = match &c.value {
         None => "not set".to_owned(),
         Some(v) => {
             let mut shown = keyveil_proto::display::quoted(v);
-            if c["clipped"] == true {
+            if c.clipped {
                 shown.push_str(&format!(
                     " … (clipped: {} bytes in all, sha256 {})",
-                    c["bytes"],
-                    s(c, "sha256").get(..16).unwrap_or("")
+                    c.bytes,
+                    short(c.sha256.as_deref().unwrap_or(""))
                 ));
             }
             shown
         }
     };
-    let origin = match s(c, "origin") {
+    let origin = match c.origin.as_str() {
         "pass-env" => "passed through from the requester's environment".to_owned(),
         _ => format!(
             "stored {} without the factor",
-            c["stored_at"].as_str().unwrap_or("")
+            c.stored_at.map(|t| t.to_string()).unwrap_or_default()
         ),
     };
     format!("{} = {value}  ({origin})", esc(name))
@@ -283,6 +241,7 @@ pub(crate) fn audit_line(e: &keyveil_proto::op::AuditEntry) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
 
@@ -294,7 +253,7 @@ mod tests {
             "argv": ["sh", "-c", "echo ok\u{1b}[1A\u{1b}[2K"], "reason": "tests\u{7}",
             "expires_at": "2026-01-01T00:00:00Z"
         });
-        let card = render(&r);
+        let card = render(&serde_json::from_value(r).unwrap());
         assert!(!card.contains('\u{1b}'), "{card}");
         assert!(!card.contains('\u{7}'));
         assert!(
@@ -324,7 +283,7 @@ mod tests {
             ],
             "expires_at": "2026-01-01T00:00:00Z"
         });
-        let card = render(&r);
+        let card = render(&serde_json::from_value(r).unwrap());
         assert!(!card.contains('\u{1b}'), "{card}");
         assert!(card.contains("new-variable (OPENAI_BASE_URL)"), "{card}");
         assert!(

@@ -34,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::say;
 use crate::client::{self, Connection};
+use crate::mcp::tools::{ListEnvironmentsOutput, RunOutput, RunStatus};
 use crate::paths::Paths;
 use keyveil_proto::op;
 use keyveil_proto::{Passphrase, Reply, Request};
@@ -226,19 +227,11 @@ async fn flow(paths: &Paths) -> Result<bool> {
     agent_says("list_environments {}");
     let r = call(&service, "list_environments", json!({})).await?;
     agent_sees(&text_of(&r));
-    let lists_token = r
-        .structured_content
-        .as_ref()
-        .and_then(|s| s.get("environments"))
-        .and_then(Value::as_array)
-        .is_some_and(|envs| {
-            envs.iter().any(|e| {
-                e.get("name") == Some(&json!("demo"))
-                    && e.get("variables")
-                        .and_then(Value::as_array)
-                        .is_some_and(|v| v.contains(&json!("API_TOKEN")))
-            })
-        });
+    let lists_token = structured::<ListEnvironmentsOutput>(&r).is_some_and(|o| {
+        o.environments
+            .iter()
+            .any(|e| e.name == "demo" && e.variables.iter().any(|v| v == "API_TOKEN"))
+    });
     checks.check(
         lists_token,
         "the agent sees the environment demo and the name API_TOKEN",
@@ -254,9 +247,9 @@ async fn flow(paths: &Paths) -> Result<bool> {
     agent_says(&format!("run {args}"));
     let r = call(&service, "run", args.clone()).await?;
     agent_sees(&text_of(&r));
-    let s = r.structured_content.clone().unwrap_or(Value::Null);
-    let request_id = s.get("request_id").and_then(Value::as_u64);
-    let pending = s.get("status") == Some(&json!("pending_approval")) && request_id.is_some();
+    let s = structured::<RunOutput>(&r).unwrap_or_default();
+    let request_id = s.request_id;
+    let pending = s.status == RunStatus::PendingApproval && request_id.is_some();
     checks.check(
         pending,
         "without a grant the command does not run: pending_approval",
@@ -267,14 +260,15 @@ async fn flow(paths: &Paths) -> Result<bool> {
 
     // ---- the human approves
     // As `keyveil approve` does: the card the human saw, bound into the signed approval.
-    let listing = ok(client::call(paths, &Request::Requests).await?)?;
+    let listing =
+        client::typed_data::<op::Requests>(ok(client::call(paths, &op::Requests.into()).await?)?)?;
     let card = listing
-        .get("requests")
-        .and_then(Value::as_array)
-        .and_then(|l| l.iter().find(|r| r.get("id") == Some(&json!(request_id))))
-        .map(crate::factor_proof::card_digest)
+        .requests
+        .iter()
+        .find(|r| r.id == request_id)
+        .map(crate::factor_proof::request_card_digest)
         .unwrap_or_default();
-    let approved = ok(crate::authorize::call(
+    let approved = client::typed_data::<op::Approve>(ok(crate::authorize::call(
         paths,
         &crate::authorize::FactorInput::Passphrase(passphrase.clone()),
         Request::Approve(op::Approve {
@@ -289,15 +283,12 @@ async fn flow(paths: &Paths) -> Result<bool> {
             subdirs: false,
         }),
     )
-    .await?)?;
+    .await?)?)?;
     human(
         &format!("keyveil approve {request_id}"),
         &format!(
             "approved with the vault passphrase: grant {} for this one command, one use",
-            approved
-                .get("grant_id")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
+            approved.grant_id
         ),
     );
 
@@ -306,15 +297,15 @@ async fn flow(paths: &Paths) -> Result<bool> {
     let started = Instant::now();
     let r = call(&service, "run", args).await?;
     let round_trip = started.elapsed();
-    let s = r.structured_content.clone().unwrap_or(Value::Null);
-    let completed = s.get("status") == Some(&json!("completed"));
+    let s = structured::<RunOutput>(&r).unwrap_or_default();
+    let completed = s.status == RunStatus::Completed && !r.is_error.unwrap_or(false);
     agent_sees(text_of(&r).lines().next().unwrap_or("(no text)"));
-    let stdout = s.get("stdout").and_then(Value::as_str).unwrap_or("");
+    let stdout = s.stdout.as_deref().unwrap_or("");
     for line in stdout.lines() {
         say(format!("           | {line}"));
     }
     checks.check(
-        completed && s.get("exit_code") == Some(&json!(0)),
+        completed && s.exit_code == Some(0),
         &format!(
             "after approval the command ran (exit code 0; MCP round trip {} ms)",
             round_trip.as_millis()
@@ -457,6 +448,11 @@ fn text_of(r: &CallToolResult) -> String {
     } else {
         t
     }
+}
+
+/// A tool's structured result as the tool's result type (`mcp/tools.rs`).
+fn structured<T: serde::de::DeserializeOwned>(r: &CallToolResult) -> Option<T> {
+    serde_json::from_value(r.structured_content.clone()?).ok()
 }
 
 fn ok(reply: Reply) -> Result<Value> {

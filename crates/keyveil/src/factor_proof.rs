@@ -190,6 +190,11 @@ pub(crate) fn card_digest(card: &serde_json::Value) -> String {
     hex::encode(h.finalize())
 }
 
+/// [`card_digest`] of an approval card as the `requests` reply carries it.
+pub(crate) fn request_card_digest(card: &keyveil_proto::op::RequestCard) -> String {
+    card_digest(&serde_json::to_value(card).unwrap_or_default())
+}
+
 fn transit_cipher(key: &FactorKey, broker_nonce: &[u8; LEN]) -> XChaCha20Poly1305 {
     let k = Zeroizing::new(hmac(&key.0[..], &[TRANSIT, broker_nonce]));
     XChaCha20Poly1305::new((&*k).into())

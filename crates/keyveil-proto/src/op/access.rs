@@ -4,7 +4,7 @@ use crate::request::FactorProof;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::request::AccessRequest;
+use crate::request::{AccessRequest, ClientInfo};
 
 /// State of a request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -280,4 +280,226 @@ pub struct CredentialInfo {
     pub lease_id: String,
     /// The server (`user@host:port/db`, the OpenBao address).
     pub target: String,
+}
+
+unit_operation!(
+    /// Requests waiting for the human, as approval cards.
+    Requests => PendingRequests
+);
+
+/// The reply to [`Requests`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRequests {
+    /// Pending requests, by id.
+    pub requests: Vec<RequestCard>,
+}
+
+/// One pending request as the human is shown it (the terminal card, `approve --watch`, the
+/// web page). An approval names the card's digest (`factor_proof::card_digest` of its JSON,
+/// without `asks` and `expires_at`): the broker refuses it for any other card. Missing fields
+/// take their defaults only so that a partial card can be rendered in tests; the broker always
+/// sends every field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestCard {
+    /// Request id.
+    pub id: u64,
+    /// Who the requester claims to be.
+    pub client: ClientInfo,
+    /// The process that really connected.
+    pub peer: PeerInfo,
+    /// Environment.
+    pub environment: String,
+    /// Variables asked for.
+    pub variables: Vec<String>,
+    /// The command; `None`: any command.
+    pub argv: Option<Vec<String>>,
+    /// Canonical working directory.
+    pub cwd: String,
+    /// The requester's reason (a claim).
+    pub reason: Option<String>,
+    /// Requested grant lifetime, seconds.
+    pub ttl_seconds: Option<u64>,
+    /// Requester variables passed through.
+    pub pass_env: Vec<String>,
+    /// The executable pinned.
+    pub executable: Option<FilePinInfo>,
+    /// Inputs pinned.
+    pub inputs: Vec<InputPinInfo>,
+    /// Risk flags.
+    pub risk: Vec<String>,
+    /// Values the requester could have chosen, shown and bound.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chosen_values: Vec<ChosenValueInfo>,
+    /// Requested variables stored recently without the factor.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub new_variables: Vec<NewVariableInfo>,
+    /// Facts that contradict the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contradictions: Vec<String>,
+    /// Identical asks merged into this request.
+    pub asks: u32,
+    /// Created.
+    pub created_at: Timestamp,
+    /// `pending`.
+    pub state: String,
+    /// When it expires unanswered.
+    pub expires_at: Timestamp,
+}
+
+/// The process at the other end of a requester's connection (from the kernel and `/proc`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerInfo {
+    /// The connecting process (`None`: the kernel gave no pid).
+    pub process: Option<ProcInfo>,
+    /// For a keyveil peer: `mcp` or `cli`.
+    pub keyveil_mode: Option<String>,
+    /// Its parents, nearest first.
+    pub parents: Vec<ProcInfo>,
+    /// What open requests are counted by (the origin's executable path).
+    pub origin: String,
+}
+
+/// One process of a peer's chain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Its `comm` (set by the process itself: a label only).
+    pub comm: String,
+    /// Its executable, when readable.
+    pub exe: Option<String>,
+    /// It runs keyveil's own executable.
+    pub keyveil: bool,
+}
+
+/// A value an agent could have chosen, as the card shows it and a grant binds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChosenValueInfo {
+    /// `pass-env` or `stored-without-factor`.
+    pub origin: String,
+    /// The pass-through name (for `pass-env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The vault variable (for `stored-without-factor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// When the vault value was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<Timestamp>,
+    /// The value's first characters, as given (`None`: not set).
+    pub value: Option<String>,
+    /// The value's length, bytes.
+    pub bytes: usize,
+    /// Only part of the value is in `value`.
+    pub clipped: bool,
+    /// SHA-256 (hex) of the whole value.
+    pub sha256: Option<String>,
+}
+
+/// A requested variable stored recently without the factor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NewVariableInfo {
+    /// Its name.
+    pub variable: String,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Its value (or declaration) stored, if recorded.
+    pub stored_at: Option<Timestamp>,
+    /// `without the factor` or `unknown`.
+    pub stored: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An approval binds the digest of the card's JSON as the client re-encodes it: a card must
+    /// come back from its own JSON byte for byte, with every optional part set or not.
+    #[test]
+    fn a_request_card_round_trips_exactly() {
+        let t: Timestamp = "2026-12-06T10:00:00.123456789Z".parse().unwrap();
+        let full = RequestCard {
+            id: 7,
+            client: ClientInfo {
+                kind: "mcp".into(),
+                name: "codex".into(),
+                version: "1".into(),
+                pid: 42,
+            },
+            peer: PeerInfo {
+                process: Some(ProcInfo {
+                    pid: 42,
+                    comm: "node".into(),
+                    exe: None,
+                    keyveil: false,
+                }),
+                keyveil_mode: Some("mcp".into()),
+                parents: vec![ProcInfo::default()],
+                origin: "/usr/bin/node".into(),
+            },
+            environment: "demo".into(),
+            variables: vec!["API_TOKEN".into()],
+            argv: Some(vec!["make".into(), "test".into()]),
+            cwd: "/w".into(),
+            reason: None,
+            ttl_seconds: Some(60),
+            pass_env: vec!["API_HOST".into()],
+            executable: Some(FilePinInfo {
+                path: "/usr/bin/make".into(),
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: -4,
+                ctime_ns: 5,
+                sha256: "ab".into(),
+            }),
+            inputs: vec![InputPinInfo {
+                role: "makefile".into(),
+                path: "/w/Makefile".into(),
+                sha256: "cd".into(),
+                detail: None,
+            }],
+            risk: vec!["first-time".into()],
+            chosen_values: vec![ChosenValueInfo {
+                origin: "pass-env".into(),
+                name: Some("API_HOST".into()),
+                variable: None,
+                stored_at: None,
+                value: None,
+                bytes: 0,
+                clipped: false,
+                sha256: None,
+            }],
+            new_variables: vec![NewVariableInfo {
+                variable: "API_TOKEN".into(),
+                created_at: t,
+                stored_at: None,
+                stored: "unknown".into(),
+            }],
+            contradictions: vec!["x".into()],
+            asks: 2,
+            created_at: t,
+            state: "pending".into(),
+            expires_at: t,
+        };
+        let empty = RequestCard {
+            argv: None,
+            executable: None,
+            chosen_values: Vec::new(),
+            new_variables: Vec::new(),
+            contradictions: Vec::new(),
+            ..full.clone()
+        };
+        for card in [full, empty] {
+            let once = serde_json::to_string(&card).unwrap();
+            let back: RequestCard = serde_json::from_str(&once).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), once);
+        }
+    }
 }

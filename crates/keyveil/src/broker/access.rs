@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
@@ -832,35 +832,83 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessStat
     })
 }
 
-/// Pending requests as JSON (what the CLI card and the web page render).
-pub(crate) fn requests(broker: &Broker) -> Value {
+/// Pending requests as approval cards (what the CLI card and the web page render).
+pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     let mut inner = broker.lock();
     inner.expire_requests();
-    let list: Vec<Value> = inner
+    let requests = inner
         .requests
         .values()
         .filter(|r| r.state == RequestState::Pending)
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("expires_at".into(), json!(r.expires_at()));
-            }
-            v
-        })
+        .map(card_of)
         .collect();
-    json!({"requests": list})
+    op::PendingRequests { requests }
+}
+
+/// A request as its card shows it.
+fn card_of(r: &AccessReq) -> op::RequestCard {
+    let proc_info = |p: &super::peer::Proc| op::ProcInfo {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        exe: p.exe.clone(),
+        keyveil: p.keyveil,
+    };
+    op::RequestCard {
+        id: r.id,
+        client: r.client.clone(),
+        peer: op::PeerInfo {
+            process: r.peer.process.as_ref().map(proc_info),
+            keyveil_mode: r.peer.keyveil_mode.clone(),
+            parents: r.peer.parents.iter().map(proc_info).collect(),
+            origin: r.peer.origin.clone(),
+        },
+        environment: r.environment.clone(),
+        variables: r.variables.clone(),
+        argv: r.argv.clone(),
+        cwd: r.cwd.clone(),
+        reason: r.reason.clone(),
+        ttl_seconds: r.ttl_seconds,
+        pass_env: r.pass_env.clone(),
+        executable: r.executable.as_ref().map(super::ops::file_pin_info),
+        inputs: r.inputs.iter().map(super::ops::input_pin_info).collect(),
+        risk: r.risk.clone(),
+        chosen_values: r
+            .chosen_values
+            .iter()
+            .map(|c| op::ChosenValueInfo {
+                origin: c.origin.to_owned(),
+                name: c.name.clone(),
+                variable: c.variable.clone(),
+                stored_at: c.stored_at,
+                value: c.value.clone(),
+                bytes: c.bytes,
+                clipped: c.clipped,
+                sha256: c.sha256.clone(),
+            })
+            .collect(),
+        new_variables: r
+            .new_variables
+            .iter()
+            .map(|n| op::NewVariableInfo {
+                variable: n.variable.clone(),
+                created_at: n.created_at,
+                stored_at: n.stored_at,
+                stored: n.stored.to_owned(),
+            })
+            .collect(),
+        contradictions: r.contradictions.clone(),
+        asks: r.asks,
+        created_at: r.created_at,
+        state: state_word(&r.state).to_owned(),
+        expires_at: r.expires_at(),
+    }
 }
 
 /// The `factor_proof::card_digest` of pending request `id` as a `requests` listing shows it
 /// (names hidden where the policy hides them); `None` when it is not pending.
 pub(crate) fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
-    let listing = requests(broker);
-    let mut entry = listing
-        .get("requests")?
-        .as_array()?
-        .iter()
-        .find(|r| r.get("id").and_then(Value::as_u64) == Some(id))?
-        .clone();
+    let card = requests(broker).requests.into_iter().find(|r| r.id == id)?;
+    let mut entry = serde_json::to_value(card).ok()?;
     broker.lock().hide_names_in(&mut entry);
     Some(crate::factor_proof::card_digest(&entry))
 }

@@ -254,7 +254,7 @@ pub(crate) async fn dispatch_from(
             t.answer(access::request_access(broker, a, peer))
         }
         Request::AccessStatus(o) => typed(&o).answer(access::access_status(broker, o.request_id)),
-        Request::Requests => Ok(access::requests(broker)),
+        Request::Requests => answer(op::Requests, Ok(access::requests(broker))),
         Request::Approve(o) => {
             let (
                 t,

@@ -42,12 +42,8 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     };
     // Show the human what they approve before asking for the factor; the approval is bound to
     // this card's digest, so what the broker grants is what was shown here.
-    let d = call_untyped(paths, Request::Requests).await?;
-    let Some(card) = d["requests"]
-        .as_array()
-        .and_then(|l| l.iter().find(|r| r["id"] == id))
-        .cloned()
-    else {
+    let d = call(paths, op::Requests).await?;
+    let Some(card) = d.requests.into_iter().find(|r| r.id == id) else {
         return Err(Exit {
             code: 1,
             message: format!(
@@ -59,7 +55,7 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     note(crate::card::render(&card));
     let req = op::Approve {
         request_id: id,
-        card: crate::factor_proof::card_digest(&card),
+        card: crate::factor_proof::request_card_digest(&card),
         factor: None,
         confirm: a.confirm,
         ttl_seconds,
@@ -132,9 +128,9 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
     let mut seen = std::collections::BTreeSet::new();
     let _ = writeln!(tty_out, "keyveil: watching for requests (Ctrl-C to stop)");
     loop {
-        let d = call_untyped(paths, Request::Requests).await?;
-        for r in d["requests"].as_array().cloned().unwrap_or_default() {
-            let Some(id) = r["id"].as_u64() else { continue };
+        let d = call(paths, op::Requests).await?;
+        for r in d.requests {
+            let id = r.id;
             if !seen.insert(id) {
                 continue;
             }
@@ -175,7 +171,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                     &input,
                     op::Approve {
                         request_id: id,
-                        card: crate::factor_proof::card_digest(&r),
+                        card: crate::factor_proof::request_card_digest(&r),
                         factor: None,
                         confirm: false,
                         ttl_seconds: ttl,

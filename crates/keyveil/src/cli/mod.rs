@@ -236,11 +236,6 @@ async fn call<O: Operation>(paths: &Paths, o: O) -> Result<O::Reply> {
     expect::<O>(client::call(paths, &o.into()).await?)
 }
 
-/// [`call`] for an operation whose reply is not typed yet.
-async fn call_untyped(paths: &Paths, req: Request) -> Result<Value> {
-    expect_ok(client::call(paths, &req).await?)
-}
-
 async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
     match cmd {
         Command::Init {
@@ -475,10 +470,9 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Run(a) => run(paths, a).await,
         Command::Requests { json } => {
-            let d = call_untyped(paths, Request::Requests).await?;
-            let list = d["requests"].as_array().cloned().unwrap_or_default();
+            let list = call(paths, op::Requests).await?.requests;
             if json {
-                say(Value::Array(list).to_string());
+                say(json_text(&list)?);
             } else if list.is_empty() {
                 say("no pending requests");
             } else {

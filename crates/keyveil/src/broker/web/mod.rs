@@ -51,7 +51,7 @@ use super::Broker;
 use super::factor_ops::Proof;
 use super::state::{OpError, OpResult};
 use keyveil_proto::op;
-use keyveil_proto::{ErrorCode, Passphrase, Reply, Request};
+use keyveil_proto::{ErrorCode, Passphrase, Reply};
 use view::prose;
 
 /// How long a URL token may wait for its first use.
@@ -654,9 +654,9 @@ async fn login(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response {
 }
 
 async fn pending(st: &AppState) -> Result<Vec<view::CardView>, Refusal> {
-    match super::ops::dispatch(&st.broker, Request::Requests).await {
-        Reply::Ok { data } => Ok(view::cards(&data)),
-        Reply::Error { message, .. } => Err(Box::new(notice(
+    match super::ops::call(&st.broker, op::Requests).await {
+        Ok(data) => Ok(view::cards(&data)),
+        Err(Reply::Error { message, .. }) => Err(Box::new(notice(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Cannot list requests",
             &prose(&message),

@@ -1,5 +1,5 @@
-//! What the approval page shows: view models built from the JSON of `Request::Requests` (the
-//! same JSON `keyveil requests --json` prints).
+//! What the approval page shows: view models built from the reply to `op::Requests` (the same
+//! cards `keyveil requests --json` prints).
 //!
 //! Two layers, each with one job:
 //! 1. the project's one escaper ([`keyveil_proto::display`]) turns characters a human cannot see
@@ -10,6 +10,7 @@
 //!    into entities, so nothing a requester wrote can become markup.
 
 use askama::Template;
+use keyveil_proto::op;
 use serde_json::Value;
 
 /// An identifier (argv element, path, name): printable ASCII only, via the project's one
@@ -169,36 +170,11 @@ const FLAG_WORDS: &[(&str, &str)] = &[
     ),
 ];
 
-fn text(v: &Value, k: &str) -> String {
-    match v.get(k) {
-        Some(Value::String(s)) => ident(s),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => ident(&other.to_string()),
-    }
-}
-
-fn risk_item(v: &Value) -> (String, String) {
-    let (name, detail) = match v {
-        Value::String(s) => (s.as_str(), None),
-        Value::Object(o) => (
-            ["flag", "code", "kind", "name"]
-                .iter()
-                .find_map(|k| o.get(*k).and_then(Value::as_str))
-                .unwrap_or("flag"),
-            ["message", "detail", "why", "text"]
-                .iter()
-                .find_map(|k| o.get(*k).and_then(Value::as_str)),
-        ),
-        _ => ("flag", None),
-    };
-    let words = detail
-        .map(prose)
-        .or_else(|| {
-            FLAG_WORDS
-                .iter()
-                .find(|(f, _)| *f == name)
-                .map(|(_, w)| (*w).to_owned())
-        })
+fn risk_item(name: &str) -> (String, String) {
+    let words = FLAG_WORDS
+        .iter()
+        .find(|(f, _)| *f == name)
+        .map(|(_, w)| (*w).to_owned())
         .unwrap_or_default();
     (ident(name), words)
 }
@@ -229,11 +205,8 @@ fn label(key: &str) -> String {
     }
 }
 
-fn short_hash(v: &Value) -> String {
-    v.get("sha256")
-        .and_then(Value::as_str)
-        .map(|h| format!(" (sha256 {}…)", ident(h.get(..16).unwrap_or(h))))
-        .unwrap_or_default()
+fn short_hash(sha256: &str) -> String {
+    format!(" (sha256 {}…)", ident(sha256.get(..16).unwrap_or(sha256)))
 }
 
 fn duration_words(secs: u64) -> String {
@@ -246,64 +219,41 @@ fn duration_words(secs: u64) -> String {
     }
 }
 
-fn names(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().map_or_else(|| ident(&x.to_string()), ident))
-                .collect()
-        })
-        .unwrap_or_default()
+fn names(v: &[String]) -> Vec<String> {
+    v.iter().map(|x| ident(x)).collect()
 }
 
-fn facts(r: &Value) -> Vec<(String, String)> {
+fn facts(r: &op::RequestCard) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(exe) = r.get("executable").filter(|v| !v.is_null()) {
-        let path = exe.get("path").and_then(Value::as_str).unwrap_or("");
+    if let Some(exe) = &r.executable {
         out.push((
             "Executable".to_owned(),
-            format!("{}{}", ident(path), short_hash(exe)),
+            format!("{}{}", ident(&exe.path), short_hash(&exe.sha256)),
         ));
     }
-    for input in r
-        .get("inputs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let role = input.get("role").and_then(Value::as_str).unwrap_or("input");
-        let path = input.get("path").and_then(Value::as_str).unwrap_or("");
-        let mut line = format!("{}{}", ident(path), short_hash(input));
-        if let Some(d) = input.get("detail").and_then(Value::as_str) {
+    for input in &r.inputs {
+        let mut line = format!("{}{}", ident(&input.path), short_hash(&input.sha256));
+        if let Some(d) = &input.detail {
             line.push_str(&format!(" runs: {}", ident(d)));
         }
-        out.push((format!("Input ({})", ident(role)), line));
+        out.push((format!("Input ({})", ident(&input.role)), line));
     }
-    let pass = names(r.get("pass_env"));
+    let pass = names(&r.pass_env);
     if !pass.is_empty() {
         out.push(("Passes through".to_owned(), pass.join(" ")));
     }
-    for n in r
-        .get("new_variables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for n in &r.new_variables {
         out.push(("New variable".to_owned(), crate::card::new_variable(n)));
     }
-    for c in r
-        .get("chosen_values")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for c in &r.chosen_values {
         out.push((
             "Value the requester could have chosen (bound)".to_owned(),
             crate::card::chosen_value(c),
         ));
     }
-    if let Some(o) = r.as_object() {
-        for (k, v) in o {
+    // A field of the card this page does not render yet is still shown, generically.
+    if let Ok(Value::Object(o)) = serde_json::to_value(r) {
+        for (k, v) in &o {
             if KNOWN.contains(&k.as_str()) || v.is_null() {
                 continue;
             }
@@ -317,85 +267,57 @@ fn facts(r: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// Builds a card from one element of `{"requests": [...]}`.
-pub(super) fn card(r: &Value) -> Option<CardView> {
-    let id = r.get("id")?.as_u64()?;
-    let client = r.get("client").cloned().unwrap_or(Value::Null);
-    let pid = client
-        .get("pid")
-        .and_then(Value::as_u64)
-        .map(|p| format!(" (pid {p})"))
-        .unwrap_or_default();
-    let connection = crate::card::connection(r.get("peer").unwrap_or(&Value::Null));
+/// Builds the view of one approval card.
+pub(super) fn card(r: &op::RequestCard) -> CardView {
+    let c = &r.client;
     let client = format!(
-        "claimed {}:{} {}{pid}",
-        text(&client, "kind"),
-        text(&client, "name"),
-        text(&client, "version")
+        "claimed {}:{} {} (pid {})",
+        ident(&c.kind),
+        ident(&c.name),
+        ident(&c.version),
+        c.pid
     );
-    let argv = r.get("argv").and_then(Value::as_array).map(|a| {
-        a.iter()
-            .map(|x| quoted(&x.as_str().map_or_else(|| x.to_string(), str::to_owned)))
-            .collect()
-    });
-    let new_vars: Vec<String> = r
-        .get("new_variables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|n| text(n, "variable"))
-        .collect();
+    let argv = r
+        .argv
+        .as_ref()
+        .map(|a| a.iter().map(|x| quoted(x)).collect());
+    let new_vars: Vec<String> = r.new_variables.iter().map(|n| ident(&n.variable)).collect();
     let risk = r
-        .get("risk")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(risk_item)
-                .map(|(f, w)| {
-                    if f == "new-variable" && !new_vars.is_empty() {
-                        (f, format!("{w}: {}", new_vars.join(", ")))
-                    } else {
-                        (f, w)
-                    }
-                })
-                .collect()
+        .risk
+        .iter()
+        .map(|f| risk_item(f))
+        .map(|(f, w)| {
+            if f == "new-variable" && !new_vars.is_empty() {
+                (f, format!("{w}: {}", new_vars.join(", ")))
+            } else {
+                (f, w)
+            }
         })
-        .unwrap_or_default();
-    let contradictions = r
-        .get("contradictions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|c| prose(c.as_str().unwrap_or("")))
         .collect();
-    Some(CardView {
-        id,
-        digest: crate::factor_proof::card_digest(r),
+    CardView {
+        id: r.id,
+        digest: crate::factor_proof::card_digest(&serde_json::to_value(r).unwrap_or_default()),
         client,
-        connection,
-        environment: text(r, "environment"),
-        variables: names(r.get("variables")),
+        connection: crate::card::connection(&r.peer),
+        environment: ident(&r.environment),
+        variables: names(&r.variables),
         argv,
-        cwd: text(r, "cwd"),
-        reason: r.get("reason").and_then(Value::as_str).map(prose),
-        created_at: when(r.get("created_at").and_then(Value::as_str).unwrap_or("")),
-        expires_at: when(r.get("expires_at").and_then(Value::as_str).unwrap_or("")),
+        cwd: ident(&r.cwd),
+        reason: r.reason.as_deref().map(prose),
+        created_at: when(&r.created_at.to_string()),
+        expires_at: when(&r.expires_at.to_string()),
         ttl: r
-            .get("ttl_seconds")
-            .and_then(Value::as_u64)
+            .ttl_seconds
             .map(|s| format!("a grant for {}", duration_words(s))),
         risk,
-        contradictions,
+        contradictions: r.contradictions.iter().map(|c| prose(c)).collect(),
         facts: facts(r),
-    })
+    }
 }
 
-/// Cards from the `Request::Requests` reply data.
-pub(super) fn cards(data: &Value) -> Vec<CardView> {
-    data.get("requests")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(card).collect())
-        .unwrap_or_default()
+/// Cards from the reply to `op::Requests`.
+pub(super) fn cards(data: &op::PendingRequests) -> Vec<CardView> {
+    data.requests.iter().map(card).collect()
 }
 
 /// A message shown once at the top of the page after a POST.
@@ -490,14 +412,16 @@ mod tests {
             "client": {"kind": "mcp", "name": "<b>evil</b>", "version": "1\u{202e}", "pid": 9},
             "environment": "demo", "variables": ["API_TOKEN"], "cwd": "/w\"><x>",
             "argv": ["sh", "-c", "<script>alert(1)</script>", "\"><img src=x onerror=alert(1)>", "a\u{202e}b", "\u{1b}[31mred"],
-            "reason": "<i>trust me</i>", "created_at": "t", "expires_at": "u",
-            "risk": ["prints_env", {"flag": "net", "message": "<curl>"}],
-            "executable": {"path": "/bin/sh<", "sha256": "00112233445566778899"},
+            "reason": "<i>trust me</i>", "created_at": "2026-12-06T10:00:00Z",
+            "expires_at": "2026-12-06T10:15:00Z",
+            "risk": ["prints_env", "<curl>"],
+            "executable": {"path": "/bin/sh<", "dev": 1, "ino": 2, "size": 3, "mtime_ns": 4,
+                "ctime_ns": 5, "sha256": "00112233445566778899"},
             "inputs": [{"role": "package.json", "path": "/w/package.json", "sha256": "ab", "detail": "<x>\u{202e}"}],
-            "later_field": "<new>"
+            "asks": 2
         }]});
         let html = Page {
-            cards: cards(&data),
+            cards: cards(&serde_json::from_value(data).unwrap()),
             csrf: "c".into(),
             flash: None,
         }
@@ -518,7 +442,8 @@ mod tests {
         assert!(html.contains("\\u{202e}"));
         assert!(html.contains("Executable"));
         assert!(html.contains("sha256 0011223344556677…"));
-        assert!(html.contains("Later field"));
+        // A card field the page has no place for (`asks`) is still shown, generically.
+        assert!(html.contains("Times asked"));
         assert!(html.contains("\\u{1b}[31mred"));
         assert!(html.contains("The requester says (unverified)"));
         assert!(html.contains("prints_env"));
@@ -531,17 +456,17 @@ mod tests {
             "id": 4, "client": {"kind": "mcp", "name": "a", "version": "1", "pid": 9},
             "environment": "demo", "variables": ["OPENAI_BASE_URL"], "cwd": "/w",
             "argv": ["python3", "check.py"], "reason": "you approved this before",
-            "created_at": "t", "expires_at": "u",
+            "created_at": "2026-12-06T10:00:00Z", "expires_at": "2026-12-06T10:15:00Z",
             "risk": ["new-variable", "agent-chosen-value", "reason-contradicts-facts"],
             "contradictions": ["this command was never approved before"],
-            "new_variables": [{"variable": "OPENAI_BASE_URL", "created_at": "t",
+            "new_variables": [{"variable": "OPENAI_BASE_URL", "created_at": "2026-12-06T10:00:00Z",
                 "stored_at": "2026-12-06T10:00:00Z", "stored": "without the factor"}],
             "chosen_values": [{"origin": "stored-without-factor", "variable": "OPENAI_BASE_URL",
                 "stored_at": "2026-12-06T10:00:00Z", "value": "http://127.0.0.1:9/<x>\u{1b}",
                 "bytes": 22, "clipped": false, "sha256": "ab"}]
         }]});
         let html = Page {
-            cards: cards(&data),
+            cards: cards(&serde_json::from_value(data).unwrap()),
             csrf: "c".into(),
             flash: None,
         }
