@@ -13,7 +13,7 @@ use crate::client;
 use crate::factor_proof::{self, FactorKey, TotpClient};
 use crate::paths::Paths;
 use keyveil_proto::op;
-use keyveil_proto::{Bootstrap, Challenge, FactorProof, Passphrase, Reply, Request};
+use keyveil_proto::{Bootstrap, FactorProof, Passphrase, Reply, Request};
 
 /// Longest wait for a broker we started to create or unlock the vault (Argon2id takes ≈ 1 s).
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,7 +157,7 @@ async fn challenge(
         }
         _ => return Ok(None),
     };
-    let Ok(ch) = serde_json::from_value::<Challenge>(data) else {
+    let Ok(ch) = client::typed_data::<op::FactorChallenge>(data) else {
         return Ok(None);
     };
     let Ok(nonce) = factor_proof::parse32(&ch.nonce) else {
@@ -291,14 +291,15 @@ async fn clear_the_way(paths: &Paths) -> Result<()> {
 }
 
 /// Starts our own broker with `b` and checks its answer.
-async fn bootstrap(paths: &Paths, b: Bootstrap) -> Result<serde_json::Value> {
+async fn bootstrap(paths: &Paths, b: Bootstrap) -> Result<op::Bootstrapped> {
     let p = paths.clone();
     let reply =
         tokio::task::spawn_blocking(move || client::start_broker_with(&p, &b, BOOTSTRAP_TIMEOUT))
             .await
             .context("the broker start stopped")??;
     match reply {
-        Reply::Ok { data } => Ok(data),
+        Reply::Ok { data } => serde_json::from_value(data)
+            .context("the broker that was started gave an answer this client cannot read"),
         Reply::Error { message, hint, .. } => bail!(
             "{message}{}",
             hint.map(|h| format!("\nhint: {h}")).unwrap_or_default()
@@ -343,7 +344,7 @@ pub(crate) async fn init(
     kdf_memory_kib: Option<u32>,
     path: Option<String>,
     home: Option<String>,
-) -> Result<serde_json::Value> {
+) -> Result<op::Bootstrapped> {
     if paths.vault().exists() {
         bail!(
             "a vault already exists at {}\nhint: unlock it with `keyveil unlock`, or choose another KEYVEIL_HOME",

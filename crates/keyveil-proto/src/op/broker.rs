@@ -127,3 +127,23 @@ pub struct OneTimeLink {
     /// The token's lifetime, seconds.
     pub expires_in_seconds: u64,
 }
+
+/// The one-line answer of a broker started with a [`crate::Bootstrap`] (on its stdout, the
+/// socket pair of the CLI that started it), inside a [`crate::Reply::Ok`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bootstrapped {
+    /// `Bootstrap::Init`: the vault created.
+    Created {
+        /// The vault file.
+        created: PathBuf,
+    },
+    /// `Bootstrap::Unlock`: the vault is open.
+    Unlocked {
+        /// Always `true`.
+        unlocked: bool,
+        /// `Some(true)` when it already was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        already: Option<bool>,
+    },
+}

@@ -131,7 +131,14 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot install the SIGINT handler")?;
     if let Some(b) = boot {
-        let reply = match ops::bootstrap(&broker, b).await {
+        let reply = match ops::bootstrap(&broker, b).await.and_then(|v| {
+            serde_json::to_value(v).map_err(|e| {
+                state::OpError::new(
+                    keyveil_proto::ErrorCode::Failed,
+                    format!("cannot encode the answer: {e}"),
+                )
+            })
+        }) {
             Ok(v) => Reply::ok(v),
             Err(e) => e.reply(),
         };

@@ -59,7 +59,10 @@ fn check_env_name(name: &str) -> OpResult<()> {
 /// with the passphrase its parent wrote on its stdin (see [`Bootstrap`]).
 ///
 /// Errors: those of `init` and `unlock` (a vault already exists, wrong passphrase, I/O).
-pub(crate) async fn bootstrap(broker: &Arc<Broker>, b: Bootstrap) -> Result<Value, OpError> {
+pub(crate) async fn bootstrap(
+    broker: &Arc<Broker>,
+    b: Bootstrap,
+) -> Result<op::Bootstrapped, OpError> {
     match b {
         Bootstrap::Init {
             passphrase,
@@ -560,7 +563,7 @@ async fn init(
     kdf_kib: Option<u32>,
     policy_path: Option<String>,
     home: Option<String>,
-) -> OpResult<Value> {
+) -> OpResult<op::Bootstrapped> {
     if pass.expose().len() < 8 {
         return Err(usage("the passphrase is too short (at least 8 characters)"));
     }
@@ -629,7 +632,9 @@ async fn init(
     if let Err(e) = recorded {
         return Err(undo(broker, e));
     }
-    Ok(json!({"created": broker.paths.vault()}))
+    Ok(op::Bootstrapped::Created {
+        created: broker.paths.vault(),
+    })
 }
 
 fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
@@ -694,9 +699,12 @@ fn vault_err(e: keyveil_vault::VaultError) -> OpError {
     }
 }
 
-async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
+async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<op::Bootstrapped> {
     if broker.lock().vault.is_some() {
-        return Ok(json!({"unlocked": true, "already": true}));
+        return Ok(op::Bootstrapped::Unlocked {
+            unlocked: true,
+            already: Some(true),
+        });
     }
     if let Err(secs) = broker.lock().factor.check(Instant::now()) {
         return Err(OpError::new(
@@ -717,7 +725,10 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<Value> {
             drop(inner);
             // Reap dynamic credentials that a crashed broker left behind.
             crate::dynamic::on_unlock(broker);
-            Ok(json!({"unlocked": true}))
+            Ok(op::Bootstrapped::Unlocked {
+                unlocked: true,
+                already: None,
+            })
         }
         Err(keyveil_vault::VaultError::WrongPassphrase) => {
             let lockout = broker.lock().factor.fail(Instant::now());
