@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod demo;
 mod display;
+mod dotenv;
 mod dynamic;
 mod factor;
 mod factor_proof;

@@ -65,6 +65,9 @@ pub(crate) enum Command {
         #[command(flatten)]
         factor: FactorArgs,
     },
+    /// Bring existing secrets in: a `.env` file, `.env` text on stdin, or variables of the
+    /// current environment; reports names only, and offers to remove or rewrite the file.
+    Import(super::import::ImportArgs),
     /// Generate a random value inside the broker; it is never shown.
     Generate {
         /// Environment.

@@ -28,6 +28,7 @@ mod background;
 mod dynamic;
 mod env;
 mod factor;
+mod import;
 mod policy;
 mod run;
 
@@ -460,6 +461,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Run(a) => run(paths, a).await,
+        Command::Import(a) => import::import(paths, a).await,
         Command::Requests { json } => {
             let d = call(paths, Request::Requests).await?;
             let list = d["requests"].as_array().cloned().unwrap_or_default();

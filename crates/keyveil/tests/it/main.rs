@@ -20,6 +20,7 @@ mod hardening;
 mod harness;
 mod hostile;
 mod identity;
+mod import;
 mod mcp_hostile;
 mod names;
 mod oracle;
