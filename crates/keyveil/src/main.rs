@@ -30,13 +30,11 @@ mod scan;
 mod setup;
 mod supervise;
 
-use clap::Parser;
-
 fn main() {
     // A run's reaper (`reap.rs`) is this executable started by the broker: it never parses
     // the CLI.
     reap::maybe_run();
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let code = match cli::main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -11,14 +11,9 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.web {
         return approve_web(paths, a.print).await;
     }
-    let Some(id) = a.id else {
-        return Err(Exit {
-            code: 2,
-            message:
-                "name the request to approve\nhint: list pending requests with `keyveil requests`"
-                    .into(),
-        }
-        .into());
+    let id = match a.id {
+        Some(id) => id,
+        None => only_pending(paths).await?,
     };
     let ttl_seconds = match &a.ttl {
         None => None,
@@ -87,6 +82,47 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         }
     ));
     Ok(0)
+}
+
+/// The id of the one pending request, for `keyveil approve` without an id; when none or
+/// several are pending, an error that lists them and says how to choose.
+pub(crate) async fn only_pending(paths: &Paths) -> Result<u64> {
+    let d = call(paths, Request::Requests).await?;
+    let list = d["requests"].as_array().cloned().unwrap_or_default();
+    match list.as_slice() {
+        [] => Err(Exit {
+            code: 1,
+            message: "no request is pending\nhint: `keyveil approve --watch` waits for requests and shows each as it comes".into(),
+        }
+        .into()),
+        [one] => one["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("the broker sent a request without an id")),
+        many => {
+            let lines: Vec<String> = many
+                .iter()
+                .map(|r| {
+                    format!(
+                        "  #{}  {}  env={}  from {}",
+                        r["id"],
+                        crate::display::clip(&crate::card::argv_inline(&r["argv"]), 80),
+                        crate::display::visible(r["environment"].as_str().unwrap_or("")),
+                        crate::display::visible(r["client"]["name"].as_str().unwrap_or("?")),
+                    )
+                })
+                .collect();
+            Err(Exit {
+                code: 2,
+                message: format!(
+                    "{} requests are pending; name the one to approve:\n{}\nhint: `keyveil approve ID` (e.g. `keyveil approve {}`); `keyveil requests` shows each card",
+                    many.len(),
+                    lines.join("\n"),
+                    many.first().map(|r| r["id"].to_string()).unwrap_or_default()
+                ),
+            }
+            .into())
+        }
+    }
 }
 
 /// `approve --web`: asks the broker for a one-time link to its approval page; prints it, or

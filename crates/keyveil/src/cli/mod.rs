@@ -29,8 +29,12 @@ mod dynamic;
 mod env;
 mod factor;
 mod import;
+mod manual;
+mod parse;
 mod policy;
 mod run;
+
+pub use parse::parse;
 
 use approve::*;
 use args::*;
@@ -177,6 +181,8 @@ pub fn main(cli: Cli) -> Result<i32> {
             crate::setup::doctor_main()
         }
         Command::Agent { stage, command } => crate::sandbox::main(stage, command),
+        Command::Completions(a) => manual::completions(&a),
+        Command::Man(a) => manual::man(&a),
         other => {
             if handles_factors(&other) {
                 // Before anything else: this process will hold a factor (and maybe a value).
@@ -561,6 +567,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Policy(p) => policy_cmd(paths, p).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
         Command::Setup { .. } | Command::Doctor => Ok(0),
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
 
