@@ -186,7 +186,10 @@ pub fn render(r: &Value) -> String {
             ));
         }
     }
-    out.push_str(&format!("  expires:     {}", s(r, "expires_at")));
+    out.push_str(&format!(
+        "  expires:     {}",
+        crate::when::human_time(s(r, "expires_at"))
+    ));
     out
 }
 
@@ -216,10 +219,12 @@ pub fn risk_flags(r: &Value) -> String {
 
 /// One entry of a request's `new_variables`: its name, and who stored it when.
 pub fn new_variable(n: &Value) -> String {
-    let when = n["stored_at"]
-        .as_str()
-        .or_else(|| n["created_at"].as_str())
-        .unwrap_or("");
+    let when = crate::when::human_time(
+        n["stored_at"]
+            .as_str()
+            .or_else(|| n["created_at"].as_str())
+            .unwrap_or(""),
+    );
     match s(n, "stored") {
         "without the factor" => format!(
             "{} stored {when} without the factor (anyone with your uid, the agent too, could have stored it)",
@@ -257,7 +262,7 @@ pub fn chosen_value(c: &Value) -> String {
         "pass-env" => "passed through from the requester's environment".to_owned(),
         _ => format!(
             "stored {} without the factor",
-            c["stored_at"].as_str().unwrap_or("")
+            crate::when::human_time(c["stored_at"].as_str().unwrap_or(""))
         ),
     };
     format!("{} = {value}  ({origin})", esc(name))
@@ -281,7 +286,7 @@ pub fn audit_line(e: &Value) -> String {
     format!(
         "{:>5} {} {:<16} {}",
         e["seq"],
-        s(e, "ts"),
+        crate::when::local_stamp(s(e, "ts")),
         s(e, "event"),
         rest.join(" ")
     )
@@ -334,9 +339,10 @@ mod tests {
         assert!(!card.contains('\u{1b}'), "{card}");
         assert!(card.contains("new-variable (OPENAI_BASE_URL)"), "{card}");
         assert!(
-            card.contains(
-                "NEW VARIABLE: OPENAI_BASE_URL stored 2026-12-06T10:00:00Z without the factor"
-            ),
+            card.contains(&format!(
+                "NEW VARIABLE: OPENAI_BASE_URL stored {} without the factor",
+                crate::when::human_time("2026-12-06T10:00:00Z")
+            )),
             "{card}"
         );
         assert!(

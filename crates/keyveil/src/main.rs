@@ -29,6 +29,7 @@ mod sandbox;
 mod scan;
 mod setup;
 mod supervise;
+mod when;
 
 fn main() {
     // A run's reaper (`reap.rs`) is this executable started by the broker: it never parses

@@ -74,12 +74,8 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     say(format!(
         "approved request #{id}: grant {} until {} ({})",
         d["grant_id"].as_str().unwrap_or(""),
-        d["expires_at"].as_str().unwrap_or(""),
-        if d["uses_left"].is_null() {
-            "unlimited uses".to_owned()
-        } else {
-            format!("{} use(s)", d["uses_left"])
-        }
+        crate::when::human_time(d["expires_at"].as_str().unwrap_or("")),
+        super::words::uses_left(&d["uses_left"])
     ));
     Ok(0)
 }

@@ -33,6 +33,7 @@ mod manual;
 mod parse;
 mod policy;
 mod run;
+mod words;
 
 pub use parse::parse;
 
@@ -504,22 +505,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 say("no live grants");
             } else {
                 for g in &list {
-                    say(format!(
-                        "{}  env={}  vars={}  command={}  client={}  expires={}  uses_left={}",
-                        g["id"].as_str().unwrap_or(""),
-                        g["environment"].as_str().unwrap_or(""),
-                        join(&g["variables"]),
-                        if g["argv"].is_null() {
+                    say(words::grant_line(
+                        g,
+                        &join(&g["variables"]),
+                        &if g["argv"].is_null() {
                             "ANY".to_owned()
                         } else {
                             crate::card::argv_inline(&g["argv"])
-                        },
-                        g["client"].as_str().unwrap_or(""),
-                        g["expires_at"].as_str().unwrap_or(""),
-                        if g["uses_left"].is_null() {
-                            "unlimited".to_owned()
-                        } else {
-                            g["uses_left"].to_string()
                         },
                     ));
                     dynamic::print_grant_credentials(g);
@@ -535,6 +527,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 }
                 .into());
             }
+            let named = grant_id.clone();
             let d = call(
                 paths,
                 Request::Revoke {
@@ -544,15 +537,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 },
             )
             .await?;
-            let (n, ended) = (
-                d["count"].as_u64().unwrap_or(0),
-                d["already_ended"].as_u64().unwrap_or(0),
-            );
-            let noun = if n == 1 { "grant" } else { "grants" };
-            let mut msg = format!("revoked {n} {noun}");
-            if ended > 0 {
-                msg.push_str(&format!(" ({ended} had already ended: used up or expired)"));
-            }
+            let mut msg = words::revoke_message(&d, named.as_deref());
             msg.push_str(&runs_stopped(&d));
             say(msg);
             warn_unconfirmed(&d);

@@ -14,6 +14,7 @@ mod cli_ux;
 mod corpus;
 mod crash;
 mod custody;
+mod daily;
 mod dynamic;
 mod flow;
 mod fulldisk;
