@@ -139,3 +139,43 @@ fn approve_without_an_id_takes_the_only_pending_request() {
         let _ = wait_output(r, Duration::from_secs(30));
     }
 }
+
+/// `scripts/test.sh` checks what it needs before building: each missing tool is named with how
+/// to get it, and the check fails (here: a PATH holding only the shell's basics).
+#[test]
+fn the_test_script_names_each_missing_prerequisite_and_how_to_get_it() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bare = tempfile::tempdir().unwrap();
+    for t in ["bash", "dirname", "id", "sh"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d| d.join(t))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{t} not found"));
+        std::os::unix::fs::symlink(found, bare.path().join(t)).unwrap();
+    }
+    let o = std::process::Command::new(bare.path().join("bash"))
+        .arg(repo.join("scripts/prereqs.sh"))
+        .arg("--check")
+        .env_clear()
+        .env("PATH", bare.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    for name in [
+        "cargo",
+        "setsid",
+        "sha256sum",
+        "python3 with venv",
+        "node and npm",
+    ] {
+        assert!(out.contains(&format!("missing: {name}")), "{name}: {out}");
+    }
+    assert_eq!(
+        out.matches("missing: ").count(),
+        out.matches("  get it: ").count() - out.matches("optional, not found").count(),
+        "{out}"
+    );
+    assert!(out.contains("hint: "), "{out}");
+}
