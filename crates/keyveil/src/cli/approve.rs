@@ -50,7 +50,10 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         }
         .into());
     };
-    note(crate::card::render(&card));
+    note(crate::card::render_styled(
+        &card,
+        crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+    ));
     let req = Request::Approve {
         request_id: id,
         card: crate::factor_proof::card_digest(&card),
@@ -172,7 +175,11 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
             if !seen.insert(id) {
                 continue;
             }
-            let _ = writeln!(tty_out, "\n{}", crate::card::render(&r));
+            let _ = writeln!(
+                tty_out,
+                "\n{}",
+                crate::card::render_styled(&r, crate::card::Style::for_terminal(true))
+            );
             let _ = write!(
                 tty_out,
                 "[a]pprove once, approve for [t]30 minutes, [d]eny, [s]kip? "

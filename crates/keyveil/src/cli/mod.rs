@@ -477,8 +477,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else if list.is_empty() {
                 say("no pending requests");
             } else {
+                let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(
+                    &std::io::stdout(),
+                ));
                 for r in &list {
-                    say(crate::card::render(r));
+                    say(crate::card::render_styled(r, st));
                 }
             }
             Ok(0)

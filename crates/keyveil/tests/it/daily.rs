@@ -118,3 +118,38 @@ fn a_used_up_grant_with_a_run_still_going_is_not_listed_as_live() {
     let _ = wait_output(child, Duration::from_secs(30));
     assert_eq!(h.ok(&["grants"]).trim(), "no live grants");
 }
+
+#[test]
+fn the_terminal_card_explains_each_flag_and_a_pipe_gets_no_colour() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let o = h.run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "curl -s https://example.com",
+    ]);
+    assert_eq!(o.status.code(), Some(5));
+    let id = h.wait_request();
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let card = text(&o.stderr);
+    assert!(
+        card.contains(
+            "    shell-c: a shell script given with -c: approving approves the whole script"
+        ),
+        "{card}"
+    );
+    assert!(
+        card.contains("    network: a network tool or URL"),
+        "{card}"
+    );
+    assert!(!card.contains('\u{1b}'), "colour on a pipe: {card}");
+    let listed = h.ok(&["requests"]);
+    assert!(!listed.contains('\u{1b}'));
+}
