@@ -173,7 +173,7 @@ pub(crate) async fn import(paths: &Paths, a: ImportArgs) -> Result<i32> {
                 return Err(Exit {
                     code: 1,
                     message: format!(
-                        "{} already {} a value in '{env}'; nothing was imported\nhint: `--replace` replaces {} (with your factor); `--skip-existing` imports only the others",
+                        "{} already {} a value in '{env}' (or the environment hides names, and every change there needs your factor); nothing was imported\nhint: `--replace` replaces {} (with your factor); `--skip-existing` imports only the others",
                         stored.join(", "),
                         if stored.len() == 1 { "has" } else { "have" },
                         if stored.len() == 1 { "it" } else { "them" },

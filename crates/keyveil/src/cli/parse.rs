@@ -6,8 +6,8 @@ use clap::Parser;
 
 use super::Cli;
 
-/// Subcommands whose command to run goes after `--`.
-const TAKES_A_COMMAND: [&str; 3] = ["run", "start", "agent"];
+/// Subcommands whose command goes after `--` (`policy set ENV auto-approve|deny` too).
+const TAKES_A_COMMAND: [&str; 5] = ["run", "start", "agent", "auto-approve", "deny"];
 
 /// Parses `std::env::args_os()`; on an error prints it (with a `hint:` where we know better)
 /// and exits as clap does (2 for a usage error, 0 for `--help` and `--version`).
@@ -104,6 +104,17 @@ mod tests {
         assert_eq!(
             hint(&["keyveil", "start", "--env", "demo", "npm", "run", "dev"]).as_deref(),
             Some("keyveil start --env demo -- npm run dev")
+        );
+    }
+
+    #[test]
+    fn policy_rules_take_their_command_after_double_dash_too() {
+        assert_eq!(
+            hint(&[
+                "keyveil", "policy", "set", "demo", "deny", "--prefix", "printenv"
+            ])
+            .as_deref(),
+            Some("keyveil policy set demo deny --prefix -- printenv")
         );
     }
 
