@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real agent hosts from npm (pinned in package.json / package-lock.json: Claude Code, Codex CLI,
-# Gemini CLI), each configured with `keyveil setup HOST` and nothing else of keyveil's, driven by
+# Gemini CLI, OpenCode), each configured with `keyveil setup HOST` and nothing else of keyveil's, driven by
 # a scripted model on loopback (model.py: Anthropic Messages, OpenAI Responses, Gemini
 # streamGenerateContent):
 #
@@ -10,13 +10,15 @@
 # then every request the host sent to the model, the host's output and every file under the
 # test HOME are searched for the value in every encoding the redactor knows. A second run with
 # `keyveil setup HOST --host-prompts` must NOT complete (headless hosts refuse or drop a tool
-# they would have to ask about): the permission setup writes is what makes the first one work.
+# they would have to ask about): the permission setup writes is what makes the first one work
+# (not for OpenCode, whose default already lets MCP tools run; its `permission` entry keeps that
+# under a stricter default of the user's).
 #
 # The model endpoint and a dummy key are given to the host on its command line / environment;
 # Gemini CLI also needs the folder trusted (what a user answers in its trust dialog), written to
 # ~/.gemini/trustedFolders.json. When the npm registry cannot be reached, this says so and skips.
 #
-# Usage: KEYVEIL_BIN=target/debug/keyveil bash tests/hosts/run.sh [claude codex gemini]
+# Usage: KEYVEIL_BIN=target/debug/keyveil bash tests/hosts/run.sh [claude codex gemini opencode]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -24,13 +26,14 @@ bin="${KEYVEIL_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/keyveil}"
 bin="$(readlink -f "$bin")"
 [ -x "$bin" ] || { echo "no keyveil binary at $bin (build it or set KEYVEIL_BIN)"; exit 1; }
 hosts=("$@")
-[ ${#hosts[@]} -gt 0 ] || hosts=(claude codex gemini)
+[ ${#hosts[@]} -gt 0 ] || hosts=(claude codex gemini opencode)
 
 if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
   echo "skipped: the pinned host CLIs are installed for Linux x86_64 here"
   exit 0
 fi
-if [ ! -x "$here/node_modules/.bin/claude" ] || [ ! -x "$here/node_modules/.bin/codex" ] || [ ! -x "$here/node_modules/.bin/gemini" ]; then
+if [ ! -x "$here/node_modules/.bin/claude" ] || [ ! -x "$here/node_modules/.bin/codex" ] ||
+  [ ! -x "$here/node_modules/.bin/gemini" ] || [ ! -x "$here/node_modules/.bin/opencode" ]; then
   if ! timeout 20 npm ping --prefix "$here" >/dev/null 2>&1; then
     echo "SKIPPED (not passed): the npm registry cannot be reached, so the real host CLIs cannot be installed"
     exit 0
@@ -38,7 +41,7 @@ if [ ! -x "$here/node_modules/.bin/claude" ] || [ ! -x "$here/node_modules/.bin/
   npm ci --prefix "$here" --no-audit --no-fund --loglevel=error
 fi
 version() { node -p "require('$here/node_modules/$1/package.json').version"; }
-echo "claude-code $(version @anthropic-ai/claude-code), codex $(version @openai/codex), gemini-cli $(version @google/gemini-cli)"
+echo "claude-code $(version @anthropic-ai/claude-code), codex $(version @openai/codex), gemini-cli $(version @google/gemini-cli), opencode $(version opencode-ai)"
 
 work="$(mktemp -d /tmp/kvhost-XXXXXX)"
 pids=()
@@ -118,6 +121,10 @@ drive() {
         GOOGLE_GENAI_USE_VERTEXAI=true GOOGLE_API_KEY=test-dummy \
           GOOGLE_VERTEX_BASE_URL="http://127.0.0.1:$port" \
           timeout 120 "$cli" -p "$prompt" -m gemini-2.5-flash </dev/null ;;
+      opencode)
+        # The model provider comes from the environment, not from a file setup writes.
+        OPENCODE_CONFIG_CONTENT="{\"provider\":{\"anthropic\":{\"options\":{\"baseURL\":\"http://127.0.0.1:$port/v1\",\"apiKey\":\"sk-test-dummy\"}}}}" \
+          timeout 120 "$cli" run -m anthropic/claude-sonnet-4-5 "$prompt" </dev/null ;;
     esac
   ) >"$out" 2>&1 || true
 }
@@ -165,13 +172,17 @@ for host in "${hosts[@]}"; do
     bad "$host: the value leaked: $hits"
   fi
 
+  if [ "$host" = opencode ]; then
+    HOME="$home" "$bin" daemon stop >/dev/null 2>&1 || true
+    continue
+  fi
   # Without the permission (the host's own prompts kept), a headless host does not complete.
   (cd "$home/proj" && HOME="$home" "$bin" setup "$host" --host-prompts >/dev/null)
   : >"$w/requests.jsonl"
   drive "$host" "$home" "$port" "$w/host2.out"
   # (Claude Code and Codex refuse the call, Gemini CLI drops the tools from the model's list.)
   if [ -s "$w/requests.jsonl" ] && ! grep -q 'REDACTED:API_TOKEN' "$w/host2.out" "$w/requests.jsonl"; then
-    ok "$host: with --host-prompts (no permission) the headless host does not run keyveil's run: $(grep -o 'FINAL-ANSWER.\{0,90\}\|NO-KEYVEIL-TOOLS' "$w/host2.out" | head -1 | tr -d '\\')"
+    ok "$host: with --host-prompts (no permission) the headless host does not run keyveil's run: $(grep -o 'FINAL-ANSWER: .\{1,90\}\|MCP tool call requires approval.\{0,40\}\|NO-KEYVEIL-TOOLS' "$w/host2.out" | head -1 | tr -d '\\')"
   else
     bad "$host: with --host-prompts: $(tail -c 400 "$w/host2.out")"
   fi
