@@ -154,25 +154,39 @@ pub(crate) enum Command {
     Policy(PolicyCommand),
     /// The main job on a throwaway home, with its transcript.
     Demo,
-    /// Write an agent host's MCP configuration for keyveil (keeps everything else; backs up).
+    /// Make keyveil usable in an agent host: its MCP entry and the host's permission for
+    /// keyveil's tools (keeps everything else in the files; backs up; says what and why).
     #[command(after_help = "Examples:
   keyveil setup codex                    # ~/.codex/config.toml
   keyveil setup claude --project         # .mcp.json in this directory
   keyveil setup gemini --print           # show what would change; write nothing
+  keyveil setup copilot --remove         # undo exactly what setup wrote
   keyveil doctor                         # then check the set-up end to end")]
     Setup {
         /// The host.
         #[arg(value_enum)]
         host: crate::setup::Host,
-        /// Only print the entry and what would change; write nothing.
+        /// Only print what keyveil writes and what would change; write nothing.
         #[arg(long)]
         print: bool,
-        /// The project's file in the current directory instead of the user's.
+        /// The project's files in the current directory instead of the user's.
         #[arg(long)]
         project: bool,
+        /// Keep the host's own prompts before keyveil's tools: write no host permission (and
+        /// take out one keyveil wrote before).
+        #[arg(long, conflicts_with = "remove")]
+        host_prompts: bool,
+        /// Undo what setup writes: the keyveil entry and keyveil's permission, nothing else.
+        #[arg(long)]
+        remove: bool,
     },
-    /// Check the set-up end to end and say how to fix each failure (exit 1 if any fails).
-    Doctor,
+    /// Find what stops a host from using keyveil and say how to fix it (exit 1 if anything
+    /// does).
+    Doctor {
+        /// You keep the hosts' own prompts on purpose: a missing host permission is no failure.
+        #[arg(long)]
+        host_prompts: bool,
+    },
     /// Start a long-running command (dev server, watcher) under a grant; prints its run id.
     Start(background::StartArgs),
     /// Redacted output of a background run.

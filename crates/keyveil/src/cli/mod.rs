@@ -176,10 +176,18 @@ pub fn main(cli: Cli) -> Result<i32> {
             host,
             print,
             project,
-        } => crate::setup::setup_main(host, print, project),
-        Command::Doctor => {
+            host_prompts,
+            remove,
+        } => crate::setup::setup_main(crate::setup::SetupArgs {
+            host,
+            print,
+            project,
+            host_prompts,
+            remove,
+        }),
+        Command::Doctor { host_prompts } => {
             crate::logging::init_cli();
-            crate::setup::doctor_main()
+            crate::setup::doctor_main(host_prompts)
         }
         Command::Agent { stage, command } => crate::sandbox::main(stage, command),
         Command::Completions(a) => manual::completions(&a),
@@ -554,7 +562,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Factor(f) => factor_cmd(paths, f).await,
         Command::Policy(p) => policy_cmd(paths, p).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
-        Command::Setup { .. } | Command::Doctor => Ok(0),
+        Command::Setup { .. } | Command::Doctor { .. } => Ok(0),
         Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
