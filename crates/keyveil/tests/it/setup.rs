@@ -789,6 +789,37 @@ fn doctor_reports_the_hosts_own_mcp_listing_and_kills_one_that_hangs() {
         out.contains("ok   claude: `claude mcp list` says: keyveil: /x mcp - ✔ Connected"),
         "{out}"
     );
+    // OpenCode has no folder trust: its listing (which starts the servers a project's file
+    // names) runs in HOME unless keyveil was set up in this project.
+    assert!(
+        h.cmd(&["setup", "opencode"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    script("opencode", "echo \"✓ keyveil connected in $(pwd)\"");
+    let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let want = format!(
+        "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
+        h.path().display()
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        h.cmd(&["setup", "opencode", "--project"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let want = format!(
+        "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
+        proj.display()
+    );
+    assert!(out.contains(&want), "{out}");
     // A listing without keyveil: the host does not see the entry.
     script(
         "claude",
