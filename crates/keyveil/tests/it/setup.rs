@@ -724,6 +724,35 @@ fn doctor_fails_for_an_untrusted_gemini_folder_a_vanished_binary_and_an_unapprov
     assert_eq!(code, Some(0), "{out}");
 }
 
+/// A broker that is not running (after a reboot): doctor says so, starts one as a host's first
+/// call would, and the locked vault that follows fails with the fix.
+#[test]
+fn doctor_says_when_no_broker_ran_and_that_the_vault_then_is_locked() {
+    let h = Home::new();
+    let proj = h.path().join("p");
+    std::fs::create_dir_all(&proj).unwrap();
+    assert!(
+        h.cmd(&["setup", "cursor"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    h.ok(&["daemon", "stop"]);
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("warn no broker was running; doctor started one"),
+        "{out}"
+    );
+    let c = fail_line(&out, "FAIL the vault is locked");
+    assert!(c.contains("hint: run `keyveil unlock`"), "{c}");
+    // Running now: no warning.
+    let (_, out) = doctor_in(&h, &proj, None, &[]);
+    assert!(!out.contains("no broker was running"), "{out}");
+}
+
 /// The host's own MCP listing, where its CLI is on PATH: what it says is reported, a listing
 /// that hangs is killed after a few seconds (with whatever it started).
 #[test]
