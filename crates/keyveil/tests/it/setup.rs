@@ -555,6 +555,41 @@ fn setup_claude_project_approves_the_mcp_json_server_for_this_user_only() {
     assert!(!h.path().join(".copilot").exists() && !h.path().join(".gemini").exists());
 }
 
+#[test]
+fn setup_project_scope_of_every_host_writes_only_in_the_project_and_remove_leaves_nothing() {
+    let h = Home::empty();
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    for (host, files) in [
+        ("codex", &[".codex/config.toml"][..]),
+        ("claude", &[".mcp.json", ".claude/settings.local.json"]),
+        ("gemini", &[".gemini/settings.json"]),
+        ("cursor", &[".cursor/mcp.json"]),
+        ("vscode", &[".vscode/mcp.json"]),
+        ("opencode", &["opencode.json"]),
+    ] {
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert!(o.status.success(), "{host}: {}", text(&o.stderr));
+        for f in files {
+            assert!(read(&proj.join(f)).contains("keyveil"), "{host}: {f}");
+        }
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert!(text(&o.stdout).contains("already set up"), "{host}");
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project", "--remove"]);
+        assert!(o.status.success(), "{host}: {}", text(&o.stderr));
+        for f in files {
+            assert!(!proj.join(f).exists(), "{host}: {f} left behind");
+        }
+    }
+    // Nothing was written outside the project (HOME holds only the project).
+    let top: Vec<_> = std::fs::read_dir(h.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, ["proj"], "{top:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Doctor: what stops a host from using keyveil
 
