@@ -20,7 +20,8 @@
 # Gemini CLI also needs the folder trusted (what a user answers in its trust dialog), written to
 # ~/.gemini/trustedFolders.json. When the npm registry cannot be reached, this says so and skips.
 #
-# Usage: KEYVEIL_BIN=target/debug/keyveil bash tests/hosts/run.sh [claude codex gemini copilot opencode]
+# Usage: KEYVEIL_BIN=target/debug/keyveil bash tests/hosts/run.sh [HOST[-project]...]
+# (default: every host; HOST-project uses `keyveil setup HOST --project` in the project directory)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -28,7 +29,7 @@ bin="${KEYVEIL_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/keyveil}"
 bin="$(readlink -f "$bin")"
 [ -x "$bin" ] || { echo "no keyveil binary at $bin (build it or set KEYVEIL_BIN)"; exit 1; }
 hosts=("$@")
-[ ${#hosts[@]} -gt 0 ] || hosts=(claude codex gemini copilot opencode)
+[ ${#hosts[@]} -gt 0 ] || hosts=(claude claude-project codex gemini gemini-project copilot opencode opencode-project)
 
 if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
   echo "skipped: the pinned host CLIs are installed for Linux x86_64 here"
@@ -105,12 +106,12 @@ approver() {
 drive() {
   local host="$1" home="$2" port="$3" out="$4" allow="${5:-yes}"
   local prompt="Run the demo command with keyveil and tell me what it printed."
-  local cli="$here/node_modules/.bin/$host"
+  local cli="$here/node_modules/.bin/${host%-project}"
   (
     cd "$home/proj"
     export HOME="$home" PATH="$here/node_modules/.bin:/usr/local/bin:/usr/bin:/bin" NO_COLOR=1
     unset KEYVEIL_HOME
-    case "$host" in
+    case "${host%-project}" in
       claude)
         ANTHROPIC_BASE_URL="http://127.0.0.1:$port" ANTHROPIC_API_KEY=sk-test-dummy \
           CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 \
@@ -150,8 +151,12 @@ for host in "${hosts[@]}"; do
   echo "$pass" | HOME="$home" setsid -w "$bin" init --passphrase-stdin --kdf-memory-kib 19456 >/dev/null
   HOME="$home" setsid -w "$bin" env create demo --description "host test" >/dev/null
   printf %s "$value" | HOME="$home" setsid -w "$bin" set demo API_TOKEN --from-stdin >/dev/null
-  (cd "$home/proj" && HOME="$home" "$bin" setup "$host" >"$w/setup.out")
-  if [ "$host" = gemini ]; then
+  # HOST-project: the project's files (`setup HOST --project`) instead of the user's.
+  scope=()
+  [ "$host" != "${host%-project}" ] && scope=(--project)
+  (cd "$home/proj" && HOME="$home" "$bin" setup "${host%-project}" "${scope[@]}" >"$w/setup.out")
+  if [ "${host%-project}" = gemini ]; then
+    mkdir -p "$home/.gemini"
     printf '{"%s": "TRUST_FOLDER"}\n' "$home/proj" >"$home/.gemini/trustedFolders.json"
   fi
   python3 "$here/model.py" "$w/port" "$w/requests.jsonl" 2>"$w/model.err" &
@@ -182,12 +187,12 @@ for host in "${hosts[@]}"; do
     bad "$host: the value leaked: $hits"
   fi
 
-  if [ "$host" = opencode ]; then
+  if [ "${host%-project}" = opencode ]; then
     HOME="$home" "$bin" daemon stop >/dev/null 2>&1 || true
     continue
   fi
   # Without the permission (the host's own prompts kept), a headless host does not complete.
-  (cd "$home/proj" && HOME="$home" "$bin" setup "$host" --host-prompts >/dev/null)
+  (cd "$home/proj" && HOME="$home" "$bin" setup "${host%-project}" "${scope[@]}" --host-prompts >/dev/null)
   : >"$w/requests.jsonl"
   drive "$host" "$home" "$port" "$w/host2.out" no
   # (Claude Code and Codex refuse the call, Gemini CLI drops the tools from the model's list.)
