@@ -23,9 +23,9 @@ COMMAND = ["sh", "-c", "echo token: $API_TOKEN"]
 
 
 def tool_named(names, suffix):
-    """The host's name for keyveil's tool `suffix` (mcp__keyveil__run, keyveil_run, ...)."""
+    """The host's name for keyveil's tool `suffix` (mcp__keyveil__run, keyveil_run, keyveil-run)."""
     for n in names:
-        if "keyveil" in n and (n.endswith("__" + suffix) or n.endswith("_" + suffix) or n == suffix):
+        if "keyveil" in n and any(n.endswith(sep + suffix) for sep in ("__", "_", "-", ".", "/")):
             return n
     return None
 

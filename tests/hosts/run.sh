@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real agent hosts from npm (pinned in package.json / package-lock.json: Claude Code, Codex CLI,
-# Gemini CLI, OpenCode), each configured with `keyveil setup HOST` and nothing else of keyveil's, driven by
+# Gemini CLI, Copilot CLI, OpenCode), each configured with `keyveil setup HOST` and nothing else of keyveil's, driven by
 # a scripted model on loopback (model.py: Anthropic Messages, OpenAI Responses, Gemini
 # streamGenerateContent):
 #
@@ -12,13 +12,16 @@
 # `keyveil setup HOST --host-prompts` must NOT complete (headless hosts refuse or drop a tool
 # they would have to ask about): the permission setup writes is what makes the first one work
 # (not for OpenCode, whose default already lets MCP tools run; its `permission` entry keeps that
-# under a stricter default of the user's).
+# under a stricter default of the user's). Copilot CLI has no per-user permission setting keyveil
+# could write (its permissions.allow is for organisations): it runs with `--allow-tool=keyveil`,
+# the way its documentation gives for `-p`, and the second run is without that flag.
 #
 # The model endpoint and a dummy key are given to the host on its command line / environment;
 # Gemini CLI also needs the folder trusted (what a user answers in its trust dialog), written to
 # ~/.gemini/trustedFolders.json. When the npm registry cannot be reached, this says so and skips.
 #
-# Usage: KEYVEIL_BIN=target/debug/keyveil bash tests/hosts/run.sh [claude codex gemini opencode]
+# Usage: KEYVEIL_BIN=target/debug/keyveil bash tests/hosts/run.sh [HOST[-project]...]
+# (default: every host; HOST-project uses `keyveil setup HOST --project` in the project directory)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -26,14 +29,15 @@ bin="${KEYVEIL_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/keyveil}"
 bin="$(readlink -f "$bin")"
 [ -x "$bin" ] || { echo "no keyveil binary at $bin (build it or set KEYVEIL_BIN)"; exit 1; }
 hosts=("$@")
-[ ${#hosts[@]} -gt 0 ] || hosts=(claude codex gemini opencode)
+[ ${#hosts[@]} -gt 0 ] || hosts=(claude claude-project codex gemini gemini-project copilot opencode opencode-project)
 
 if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
   echo "skipped: the pinned host CLIs are installed for Linux x86_64 here"
   exit 0
 fi
 if [ ! -x "$here/node_modules/.bin/claude" ] || [ ! -x "$here/node_modules/.bin/codex" ] ||
-  [ ! -x "$here/node_modules/.bin/gemini" ] || [ ! -x "$here/node_modules/.bin/opencode" ]; then
+  [ ! -x "$here/node_modules/.bin/gemini" ] || [ ! -x "$here/node_modules/.bin/opencode" ] ||
+  [ ! -x "$here/node_modules/.bin/copilot" ]; then
   if ! timeout 20 npm ping --prefix "$here" >/dev/null 2>&1; then
     echo "SKIPPED (not passed): the npm registry cannot be reached, so the real host CLIs cannot be installed"
     exit 0
@@ -41,7 +45,7 @@ if [ ! -x "$here/node_modules/.bin/claude" ] || [ ! -x "$here/node_modules/.bin/
   npm ci --prefix "$here" --no-audit --no-fund --loglevel=error
 fi
 version() { node -p "require('$here/node_modules/$1/package.json').version"; }
-echo "claude-code $(version @anthropic-ai/claude-code), codex $(version @openai/codex), gemini-cli $(version @google/gemini-cli), opencode $(version opencode-ai)"
+echo "claude-code $(version @anthropic-ai/claude-code), codex $(version @openai/codex), gemini-cli $(version @google/gemini-cli), copilot $(version @github/copilot), opencode $(version opencode-ai)"
 
 work="$(mktemp -d /tmp/kvhost-XXXXXX)"
 pids=()
@@ -100,14 +104,14 @@ approver() {
 
 # Runs HOST's CLI in its project directory against the model at PORT; output to OUT.
 drive() {
-  local host="$1" home="$2" port="$3" out="$4"
+  local host="$1" home="$2" port="$3" out="$4" allow="${5:-yes}"
   local prompt="Run the demo command with keyveil and tell me what it printed."
-  local cli="$here/node_modules/.bin/$host"
+  local cli="$here/node_modules/.bin/${host%-project}"
   (
     cd "$home/proj"
     export HOME="$home" PATH="$here/node_modules/.bin:/usr/local/bin:/usr/bin:/bin" NO_COLOR=1
     unset KEYVEIL_HOME
-    case "$host" in
+    case "${host%-project}" in
       claude)
         ANTHROPIC_BASE_URL="http://127.0.0.1:$port" ANTHROPIC_API_KEY=sk-test-dummy \
           CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 \
@@ -121,6 +125,13 @@ drive() {
         GOOGLE_GENAI_USE_VERTEXAI=true GOOGLE_API_KEY=test-dummy \
           GOOGLE_VERTEX_BASE_URL="http://127.0.0.1:$port" \
           timeout 120 "$cli" -p "$prompt" -m gemini-2.5-flash </dev/null ;;
+      copilot)
+        # Its own BYOK provider settings, offline: no GitHub sign-in.
+        flags=()
+        [ "$allow" = yes ] && flags=(--allow-tool=keyveil)
+        COPILOT_OFFLINE=true COPILOT_PROVIDER_TYPE=anthropic COPILOT_PROVIDER_BASE_URL="http://127.0.0.1:$port" \
+          COPILOT_PROVIDER_API_KEY=sk-test-dummy COPILOT_MODEL=claude-sonnet-4-5 \
+          timeout 120 "$cli" -p "$prompt" "${flags[@]}" </dev/null ;;
       opencode)
         # The model provider comes from the environment, not from a file setup writes.
         OPENCODE_CONFIG_CONTENT="{\"provider\":{\"anthropic\":{\"options\":{\"baseURL\":\"http://127.0.0.1:$port/v1\",\"apiKey\":\"sk-test-dummy\"}}}}" \
@@ -140,8 +151,12 @@ for host in "${hosts[@]}"; do
   echo "$pass" | HOME="$home" setsid -w "$bin" init --passphrase-stdin --kdf-memory-kib 19456 >/dev/null
   HOME="$home" setsid -w "$bin" env create demo --description "host test" >/dev/null
   printf %s "$value" | HOME="$home" setsid -w "$bin" set demo API_TOKEN --from-stdin >/dev/null
-  (cd "$home/proj" && HOME="$home" "$bin" setup "$host" >"$w/setup.out")
-  if [ "$host" = gemini ]; then
+  # HOST-project: the project's files (`setup HOST --project`) instead of the user's.
+  scope=()
+  [ "$host" != "${host%-project}" ] && scope=(--project)
+  (cd "$home/proj" && HOME="$home" "$bin" setup "${host%-project}" "${scope[@]}" >"$w/setup.out")
+  if [ "${host%-project}" = gemini ]; then
+    mkdir -p "$home/.gemini"
     printf '{"%s": "TRUST_FOLDER"}\n' "$home/proj" >"$home/.gemini/trustedFolders.json"
   fi
   python3 "$here/model.py" "$w/port" "$w/requests.jsonl" 2>"$w/model.err" &
@@ -172,17 +187,20 @@ for host in "${hosts[@]}"; do
     bad "$host: the value leaked: $hits"
   fi
 
-  if [ "$host" = opencode ]; then
+  if [ "${host%-project}" = opencode ]; then
     HOME="$home" "$bin" daemon stop >/dev/null 2>&1 || true
     continue
   fi
   # Without the permission (the host's own prompts kept), a headless host does not complete.
-  (cd "$home/proj" && HOME="$home" "$bin" setup "$host" --host-prompts >/dev/null)
+  (cd "$home/proj" && HOME="$home" "$bin" setup "${host%-project}" "${scope[@]}" --host-prompts >/dev/null)
   : >"$w/requests.jsonl"
-  drive "$host" "$home" "$port" "$w/host2.out"
+  drive "$host" "$home" "$port" "$w/host2.out" no
   # (Claude Code and Codex refuse the call, Gemini CLI drops the tools from the model's list.)
+  if [ -s "$w/requests.jsonl" ] && ! grep -q 'list_environments' "$w/requests.jsonl"; then
+    echo "FINAL-ANSWER: (keyveil's tools were not in any request's tool list)" >>"$w/host2.out"
+  fi
   if [ -s "$w/requests.jsonl" ] && ! grep -q 'REDACTED:API_TOKEN' "$w/host2.out" "$w/requests.jsonl"; then
-    ok "$host: with --host-prompts (no permission) the headless host does not run keyveil's run: $(grep -o 'FINAL-ANSWER: .\{1,90\}\|MCP tool call requires approval.\{0,40\}\|NO-KEYVEIL-TOOLS' "$w/host2.out" | head -1 | tr -d '\\')"
+    ok "$host: $( [ "$host" = copilot ] && echo "without --allow-tool" || echo "with --host-prompts (no permission)"), the headless host does not run keyveil's run: $(grep -o 'FINAL-ANSWER: .\{1,90\}\|MCP tool call requires approval.\{0,40\}\|NO-KEYVEIL-TOOLS' "$w/host2.out" | head -1 | tr -d '\\')"
   else
     bad "$host: with --host-prompts: $(tail -c 400 "$w/host2.out")"
   fi

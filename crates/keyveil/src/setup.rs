@@ -374,7 +374,7 @@ pub fn plan(
             )
         }
         Host::Antigravity => {
-            notes.push("Antigravity CLI asks before each tool call unless you allow keyveil's tools in its /permissions (keyveil does not write that file: its format is not published)".to_owned());
+            notes.push("Antigravity CLI asks before each tool call unless you allow keyveil's tools in its /permissions (keyveil writes no permission for it: no documented file holds one)".to_owned());
             (
                 vec![FileSpec {
                     path: env.home.join(".gemini/config/mcp_config.json"),

@@ -561,6 +561,8 @@ fn checks(host_prompts: bool) -> Result<Vec<Check>> {
     // 4. Host configurations: present, pointing at this binary, with the host's permission.
     let entry = super::entry_here()?;
     let mut configured: Vec<Host> = Vec::new();
+    // Hosts whose project file in the current directory names keyveil (set up here on purpose).
+    let mut here: Vec<Host> = Vec::new();
     for host in super::HOSTS {
         for project in [None, Some(cwd.as_path())] {
             let Ok(p) = plan(host, &env, project, &entry) else {
@@ -599,6 +601,9 @@ fn checks(host_prompts: bool) -> Result<Vec<Check>> {
                 continue;
             };
             configured.push(host);
+            if project.is_some() {
+                here.push(host);
+            }
             let file = entry_file.path.display().to_string();
             let (command, args) = command_of(&kv);
             let resolved = if command.contains('/') {
@@ -709,7 +714,16 @@ fn checks(host_prompts: bool) -> Result<Vec<Check>> {
             continue;
         };
         let bin = bin.to_string_lossy().into_owned();
-        match run_listing(&bin, &["mcp", "list"], &cwd, HOST_LISTING_TIMEOUT) {
+        // A listing connects to the servers it lists. OpenCode has no folder trust: a project's
+        // opencode.json would have its servers started by doctor, so the listing runs in HOME
+        // unless keyveil was set up in this project. The other hosts start a project's servers
+        // only in a folder the user trusted (Codex lists without starting any).
+        let dir = if host == Host::Opencode && !here.contains(&host) {
+            home.as_path()
+        } else {
+            cwd.as_path()
+        };
+        match run_listing(&bin, &["mcp", "list"], dir, HOST_LISTING_TIMEOUT) {
             Ok(r) => out.push(judge_listing(host, cli, r)),
             Err(e) => out.push(Check {
                 level: Level::Warn,
@@ -730,14 +744,37 @@ pub fn doctor_main(host_prompts: bool) -> Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let _ = rt.block_on(async {
+    let was_running = rt.block_on(async {
         tokio::time::timeout(
-            std::time::Duration::from_secs(15),
-            crate::client::call(&paths, &crate::protocol::Request::Status),
+            std::time::Duration::from_secs(5),
+            crate::client::call_existing(&paths, &crate::protocol::Request::Status),
         )
         .await
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.is_ok())
     });
-    let list = checks(host_prompts)?;
+    if !was_running {
+        let _ = rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(15),
+                crate::client::call(&paths, &crate::protocol::Request::Status),
+            )
+            .await
+        });
+    }
+    let mut list = checks(host_prompts)?;
+    if !was_running {
+        // Not a failure: `keyveil mcp` starts it the same way on a host's first call.
+        list.insert(
+            0,
+            Check {
+                level: Level::Warn,
+                what: "no broker was running; doctor started one (a host's first keyveil call does the same)".to_owned(),
+                hint: None,
+            },
+        );
+    }
     let mut failed = 0;
     for c in &list {
         let tag = match c.level {

@@ -555,6 +555,41 @@ fn setup_claude_project_approves_the_mcp_json_server_for_this_user_only() {
     assert!(!h.path().join(".copilot").exists() && !h.path().join(".gemini").exists());
 }
 
+#[test]
+fn setup_project_scope_of_every_host_writes_only_in_the_project_and_remove_leaves_nothing() {
+    let h = Home::empty();
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    for (host, files) in [
+        ("codex", &[".codex/config.toml"][..]),
+        ("claude", &[".mcp.json", ".claude/settings.local.json"]),
+        ("gemini", &[".gemini/settings.json"]),
+        ("cursor", &[".cursor/mcp.json"]),
+        ("vscode", &[".vscode/mcp.json"]),
+        ("opencode", &["opencode.json"]),
+    ] {
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert!(o.status.success(), "{host}: {}", text(&o.stderr));
+        for f in files {
+            assert!(read(&proj.join(f)).contains("keyveil"), "{host}: {f}");
+        }
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert!(text(&o.stdout).contains("already set up"), "{host}");
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project", "--remove"]);
+        assert!(o.status.success(), "{host}: {}", text(&o.stderr));
+        for f in files {
+            assert!(!proj.join(f).exists(), "{host}: {f} left behind");
+        }
+    }
+    // Nothing was written outside the project (HOME holds only the project).
+    let top: Vec<_> = std::fs::read_dir(h.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, ["proj"], "{top:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Doctor: what stops a host from using keyveil
 
@@ -724,6 +759,35 @@ fn doctor_fails_for_an_untrusted_gemini_folder_a_vanished_binary_and_an_unapprov
     assert_eq!(code, Some(0), "{out}");
 }
 
+/// A broker that is not running (after a reboot): doctor says so, starts one as a host's first
+/// call would, and the locked vault that follows fails with the fix.
+#[test]
+fn doctor_says_when_no_broker_ran_and_that_the_vault_then_is_locked() {
+    let h = Home::new();
+    let proj = h.path().join("p");
+    std::fs::create_dir_all(&proj).unwrap();
+    assert!(
+        h.cmd(&["setup", "cursor"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    h.ok(&["daemon", "stop"]);
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("warn no broker was running; doctor started one"),
+        "{out}"
+    );
+    let c = fail_line(&out, "FAIL the vault is locked");
+    assert!(c.contains("hint: run `keyveil unlock`"), "{c}");
+    // Running now: no warning.
+    let (_, out) = doctor_in(&h, &proj, None, &[]);
+    assert!(!out.contains("no broker was running"), "{out}");
+}
+
 /// The host's own MCP listing, where its CLI is on PATH: what it says is reported, a listing
 /// that hangs is killed after a few seconds (with whatever it started).
 #[test]
@@ -789,6 +853,37 @@ fn doctor_reports_the_hosts_own_mcp_listing_and_kills_one_that_hangs() {
         out.contains("ok   claude: `claude mcp list` says: keyveil: /x mcp - ✔ Connected"),
         "{out}"
     );
+    // OpenCode has no folder trust: its listing (which starts the servers a project's file
+    // names) runs in HOME unless keyveil was set up in this project.
+    assert!(
+        h.cmd(&["setup", "opencode"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    script("opencode", "echo \"✓ keyveil connected in $(pwd)\"");
+    let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let want = format!(
+        "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
+        h.path().display()
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        h.cmd(&["setup", "opencode", "--project"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let want = format!(
+        "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
+        proj.display()
+    );
+    assert!(out.contains(&want), "{out}");
     // A listing without keyveil: the host does not see the entry.
     script(
         "claude",
