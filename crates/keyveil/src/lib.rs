@@ -1,7 +1,7 @@
 //! `keyveil`: a local secret broker for AI coding agents. Agents get access to secrets,
 //! never custody: see `docs/architecture.md` for the map of this crate.
 //!
-//! The `keyveil` executable (`src/main.rs`) only parses its arguments and calls [`run`]; a
+//! The `keyveil` executable (`src/main.rs`) only parses its arguments ([`parse`]) and calls [`run`]; a
 //! run's reaper is the same executable and starts through [`run_reaper_if_asked`]. Everything
 //! else is private to this library, except the write-side [`scan`] (measured on its own by
 //! `benches/scan.rs`).
@@ -16,6 +16,7 @@ mod client;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
 #[allow(unreachable_pub)]
 mod demo;
+mod dotenv;
 mod dynamic;
 mod factor;
 mod factor_proof;
@@ -44,8 +45,9 @@ pub mod scan;
 #[allow(unreachable_pub)]
 mod setup;
 mod supervise;
+mod when;
 
-pub use cli::Cli;
+pub use cli::{Cli, parse};
 
 /// Runs the reaper and exits when this process was started as a run's reaper (its first
 /// argument is the reaper flag, see `reap.rs`); returns otherwise. Call it before parsing the

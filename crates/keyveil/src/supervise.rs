@@ -16,8 +16,9 @@
 //! While the broker runs, a run's processes are not orphaned to the supervisor: each run has a
 //! reaper of its own (`reap.rs`) that holds its whole tree. Only when a reaper is killed (the
 //! agent can `kill -9` it) or gives up does its tree come here; the broker sees that (the
-//! reaper exits without its report) and sends the supervisor `SIGUSR1`, which kills every
-//! child it has but the broker, repeating until none is left. Nothing polls: the supervisor
+//! reaper exits without its report), kills every child of the supervisor but itself, and
+//! sends the supervisor `SIGUSR1`, which does the same (the broker does not rely on it alone:
+//! the agent can `SIGSTOP` the supervisor, and a stopped process acts on no signal). Nothing polls: the supervisor
 //! blocks in `wait` and in a signal wait, and costs no CPU while nothing happens.
 //!
 //! The supervisor holds no secret and never talks to clients; it forwards SIGTERM, SIGINT and
@@ -40,9 +41,12 @@ pub(crate) fn mark_supervised() {
     }
 }
 
-/// Asks the supervisor to kill every process re-parented to it (a run whose reaper was killed
-/// left its tree there). A no-op for an unsupervised broker, or once the supervisor is gone
-/// (then this process is no longer its child, and the pid may name another process).
+/// Kills every process re-parented to the supervisor (a run whose reaper was killed left its
+/// tree there): the broker does it itself, on a thread of its own, and also asks the
+/// supervisor (`SIGUSR1`). Doing it here too matters: the agent can `SIGSTOP` the supervisor
+/// (a process of the same user), which then acts on no signal, while its children can still
+/// be killed by us. A no-op for an unsupervised broker, or once the supervisor is gone (then
+/// this process is no longer its child, and the pid may name another process).
 pub(crate) fn request_sweep() {
     let Some(&sup) = SUPERVISOR.get() else {
         return;
@@ -52,6 +56,7 @@ pub(crate) fn request_sweep() {
         && let Some(p) = rustix::process::Pid::from_raw(sup)
     {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::USR1);
+        std::thread::spawn(move || imp::kill_other_children(sup));
     }
 }
 
@@ -73,7 +78,9 @@ fn broker_args(bootstrap: bool) -> Vec<&'static str> {
 mod imp {
     use anyhow::{Context, Result};
 
-    pub fn main(bootstrap: bool) -> Result<i32> {
+    pub(super) fn kill_other_children(_parent: i32) {}
+
+    pub(super) fn main(bootstrap: bool) -> Result<i32> {
         let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
         let status = std::process::Command::new(exe)
             .args(super::broker_args(bootstrap))
@@ -177,20 +184,17 @@ mod imp {
         });
     }
 
-    /// Kills every live child of this process until none is left (at most 2 s); returns how
-    /// many were killed. Only our own children are touched: a child's pid cannot be reused
-    /// before we reap it, so no unrelated process can be hit.
+    /// Kills every child of this process until it has none left at all (at most 2 s); returns
+    /// how many were killed. "None left" is what `wait` says (`ECHILD`), not a look at
+    /// `/proc`: a dying process whose leader is already a zombie still holds children that
+    /// come to us only when its last thread exits. Only our own children are touched: a
+    /// child's pid cannot be reused before we reap it, so no unrelated process can be hit.
     fn kill_orphans() -> usize {
-        let me = std::process::id();
+        let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut killed = 0;
-        loop {
-            reap();
-            let kids = live_children(me);
-            if kids.is_empty() || Instant::now() > deadline {
-                return killed;
-            }
-            for pid in kids {
+        while reap() && Instant::now() <= deadline {
+            for pid in crate::reap::tree::children(me) {
                 if let Some(p) = Pid::from_raw(pid)
                     && rustix::process::kill_process(p, Signal::KILL).is_ok()
                 {
@@ -199,41 +203,14 @@ mod imp {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        killed
     }
 
     /// Kills every child of the supervisor but the broker, repeating until none is left (at
     /// most 2 s): each is a process of a run whose reaper was killed. It still holds the run's
     /// values in its environment.
     fn sweep(broker_pid: i32) {
-        let me = std::process::id();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut killed = 0usize;
-        loop {
-            let orphans: Vec<i32> = live_children(me)
-                .into_iter()
-                .filter(|&p| p != broker_pid)
-                .collect();
-            if orphans.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in orphans {
-                let Some(p) = Pid::from_raw(pid) else {
-                    continue;
-                };
-                // The main thread reaps concurrently: pin the process with a pidfd, then
-                // check it is still our child, so a reused pid is never signalled.
-                let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                else {
-                    continue;
-                };
-                if parent_of(pid) == Some(me)
-                    && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
-                {
-                    killed += 1;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let killed = kill_children_but(std::process::id() as i32, broker_pid);
         if killed > 0 {
             tracing::warn!(
                 killed,
@@ -242,37 +219,59 @@ mod imp {
         }
     }
 
-    /// The parent pid of `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid ...`; comm may
-    /// hold spaces and parentheses), if the process is alive and not a zombie.
-    fn parent_of(pid: i32) -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (_, rest) = stat.rsplit_once(')')?;
-        let mut fields = rest.split_whitespace();
-        let state = fields.next()?;
-        if state == "Z" {
-            return None;
+    /// The broker's half of [`super::request_sweep`]: kills every child of `parent` (the
+    /// supervisor) but this process.
+    pub(super) fn kill_other_children(parent: i32) {
+        let killed = kill_children_but(parent, std::process::id() as i32);
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                "killed processes of a run whose reaper was killed (re-parented to the supervisor)"
+            );
         }
-        fields.next()?.parse().ok()
     }
 
-    fn reap() {
-        while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
+    /// Kills every running child of `parent` except `keep`, repeating until none is left (at
+    /// most 2 s; killing one re-parents its own children to `parent`); returns how many were
+    /// signalled. Each is pinned with a pidfd and checked to still be a child of `parent`, so
+    /// a pid reused meanwhile is never signalled.
+    fn kill_children_but(parent: i32, keep: i32) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut killed = 0usize;
+        loop {
+            let orphans: Vec<i32> = crate::reap::tree::children(parent)
+                .into_iter()
+                .filter(|&p| p != keep)
+                .collect();
+            if orphans.is_empty() || Instant::now() > deadline {
+                return killed;
+            }
+            for pid in orphans {
+                let Some(p) = Pid::from_raw(pid) else {
+                    continue;
+                };
+                let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                else {
+                    continue;
+                };
+                if crate::reap::tree::stat(pid).is_some_and(|st| st.ppid == parent)
+                    && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
+                {
+                    killed += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
-    /// Pids whose parent is `me` and that are not zombies, from `/proc/<pid>/stat`.
-    fn live_children(me: u32) -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if parent_of(pid) == Some(me) {
-                out.push(pid);
+    /// Reaps every child that has ended; `false` when this process has no child left at all.
+    fn reap() -> bool {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
-        out
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod ops;
 pub(crate) mod peer;
 pub(crate) mod prefix;
 pub(crate) mod private_tmp;
+pub(crate) mod request_ids;
 pub(crate) mod runner;
 pub(crate) mod spawn;
 pub(crate) mod state;
@@ -116,7 +117,8 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     let broker = Arc::new(Broker {
         paths: paths.clone(),
         inner: Mutex::new(Inner {
-            next_request: 1,
+            next_request: request_ids::load(&request_ids::file(&paths.run_dir())),
+            request_ids: Some(request_ids::file(&paths.run_dir())),
             ..Inner::default()
         }),
         changed,

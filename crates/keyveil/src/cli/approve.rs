@@ -12,14 +12,9 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.web {
         return approve_web(paths, a.print).await;
     }
-    let Some(id) = a.id else {
-        return Err(Exit {
-            code: 2,
-            message:
-                "name the request to approve\nhint: list pending requests with `keyveil requests`"
-                    .into(),
-        }
-        .into());
+    let id = match a.id {
+        Some(id) => id,
+        None => only_pending(paths).await?,
     };
     let ttl_seconds = match &a.ttl {
         None => None,
@@ -52,7 +47,10 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         }
         .into());
     };
-    note(crate::card::render(&card));
+    note(crate::card::render_styled(
+        &card,
+        crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+    ));
     let req = op::Approve {
         request_id: id,
         card: crate::factor_proof::request_card_digest(&card),
@@ -76,13 +74,56 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     say(format!(
         "approved request #{id}: grant {} until {} ({})",
         d.grant_id,
-        d.expires_at,
-        match d.uses_left {
-            None => "unlimited uses".to_owned(),
-            Some(n) => format!("{n} use(s)"),
-        }
+        crate::when::human_time(&d.expires_at.to_string()),
+        super::words::uses_left(d.uses_left)
     ));
     Ok(0)
+}
+
+/// The id of the one pending request, for `keyveil approve` without an id; when none or
+/// several are pending, an error that lists them and says how to choose.
+pub(crate) async fn only_pending(paths: &Paths) -> Result<u64> {
+    let list = call(paths, op::Requests).await?.requests;
+    match list.as_slice() {
+        [] => Err(Exit {
+            code: 1,
+            message: "no request is pending\nhint: `keyveil approve --watch` waits for requests and shows each as it comes".into(),
+        }
+        .into()),
+        [one] => Ok(one.id),
+        many => {
+            let lines: Vec<String> = many
+                .iter()
+                .map(|r| {
+                    format!(
+                        "  #{}  {}  env={}  from {}",
+                        r.id,
+                        keyveil_proto::display::clip(
+                            &match &r.argv {
+                                None => "ANY COMMAND".to_owned(),
+                                Some(argv) => {
+                                    crate::card::argv_words(argv.iter().map(String::as_str))
+                                }
+                            },
+                            80
+                        ),
+                        keyveil_proto::display::visible(&r.environment),
+                        keyveil_proto::display::visible(&r.client.name),
+                    )
+                })
+                .collect();
+            Err(Exit {
+                code: 2,
+                message: format!(
+                    "{} requests are pending; name the one to approve:\n{}\nhint: `keyveil approve ID` (e.g. `keyveil approve {}`); `keyveil requests` shows each card",
+                    many.len(),
+                    lines.join("\n"),
+                    many.first().map(|r| r.id.to_string()).unwrap_or_default()
+                ),
+            }
+            .into())
+        }
+    }
 }
 
 /// `approve --web`: asks the broker for a one-time link to its approval page; prints it, or
@@ -134,7 +175,11 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
             if !seen.insert(id) {
                 continue;
             }
-            let _ = writeln!(tty_out, "\n{}", crate::card::render(&r));
+            let _ = writeln!(
+                tty_out,
+                "\n{}",
+                crate::card::render_styled(&r, crate::card::Style::for_terminal(true))
+            );
             let _ = write!(
                 tty_out,
                 "[a]pprove once, approve for [t]30 minutes, [d]eny, [s]kip? "

@@ -174,7 +174,11 @@ pub(super) fn print_grant_credentials(grant: &keyveil_proto::op::GrantInfo) {
         let h = &d.handle;
         say(format!(
             "    {}: {} {} at {}, dies {}",
-            d.variable, h.engine, h.user, h.target, d.expires_at
+            d.variable,
+            h.engine,
+            h.user,
+            h.target,
+            crate::when::human_time(&d.expires_at.to_string())
         ));
     }
 }

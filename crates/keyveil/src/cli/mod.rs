@@ -29,8 +29,14 @@ mod background;
 mod dynamic;
 mod env;
 mod factor;
+mod import;
+mod manual;
+mod parse;
 mod policy;
 mod run;
+mod words;
+
+pub use parse::parse;
 
 use approve::*;
 use args::*;
@@ -182,12 +188,22 @@ pub(crate) fn main(cli: Cli) -> Result<i32> {
             host,
             print,
             project,
-        } => crate::setup::setup_main(host, print, project),
-        Command::Doctor => {
+            host_prompts,
+            remove,
+        } => crate::setup::setup_main(crate::setup::SetupArgs {
+            host,
+            print,
+            project,
+            host_prompts,
+            remove,
+        }),
+        Command::Doctor { host_prompts } => {
             crate::logging::init_cli();
-            crate::setup::doctor_main()
+            crate::setup::doctor_main(host_prompts)
         }
         Command::Agent { stage, command } => crate::sandbox::main(stage, command),
+        Command::Completions(a) => manual::completions(&a),
+        Command::Man(a) => manual::man(&a),
         other => {
             if handles_factors(&other) {
                 // Before anything else: this process will hold a factor (and maybe a value).
@@ -469,6 +485,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Run(a) => run(paths, a).await,
+        Command::Import(a) => import::import(paths, a).await,
         Command::Requests { json } => {
             let list = call(paths, op::Requests).await?.requests;
             if json {
@@ -476,8 +493,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else if list.is_empty() {
                 say("no pending requests");
             } else {
+                let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(
+                    &std::io::stdout(),
+                ));
                 for r in &list {
-                    say(crate::card::render(r));
+                    say(crate::card::render_styled(r, st));
                 }
             }
             Ok(0)
@@ -504,20 +524,12 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 say("no live grants");
             } else {
                 for g in &list {
-                    say(format!(
-                        "{}  env={}  vars={}  command={}  client={}  expires={}  uses_left={}",
-                        g.id,
-                        g.environment,
-                        g.variables.join(","),
-                        match &g.argv {
+                    say(words::grant_line(
+                        g,
+                        &g.variables.join(","),
+                        &match &g.argv {
                             None => "ANY".to_owned(),
                             Some(argv) => crate::card::argv_words(argv.iter().map(String::as_str)),
-                        },
-                        g.client,
-                        g.expires_at,
-                        match g.uses_left {
-                            None => "unlimited".to_owned(),
-                            Some(n) => n.to_string(),
                         },
                     ));
                     dynamic::print_grant_credentials(g);
@@ -533,6 +545,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 }
                 .into());
             }
+            let named = grant_id.clone();
             let d = call(
                 paths,
                 op::Revoke {
@@ -542,12 +555,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 },
             )
             .await?;
-            let (n, ended) = (d.count, d.already_ended);
-            let noun = if n == 1 { "grant" } else { "grants" };
-            let mut msg = format!("revoked {n} {noun}");
-            if ended > 0 {
-                msg.push_str(&format!(" ({ended} had already ended: used up or expired)"));
-            }
+            let mut msg = words::revoke_message(&d, named.as_deref());
             msg.push_str(&runs_stopped(&d.stopped));
             say(msg);
             warn_unconfirmed(&d.stopped);
@@ -561,7 +569,8 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Factor(f) => factor_cmd(paths, f).await,
         Command::Policy(p) => policy_cmd(paths, p).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
-        Command::Setup { .. } | Command::Doctor => Ok(0),
+        Command::Setup { .. } | Command::Doctor { .. } => Ok(0),
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
 

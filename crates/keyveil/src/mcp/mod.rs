@@ -569,9 +569,12 @@ impl KeyveilMcp {
                 let unconfirmed = d.stopped.runs_unconfirmed;
                 let mut text = format!("Grant {} is revoked.", o.grant_id);
                 if runs > 0 {
+                    let killed = d.stopped.processes_killed;
                     text.push_str(&format!(
-                        " {runs} live run(s) under it were stopped ({} process(es) killed).",
-                        d.stopped.processes_killed
+                        " {runs} live {} under it {} stopped ({killed} {} killed).",
+                        if runs == 1 { "run" } else { "runs" },
+                        if runs == 1 { "was" } else { "were" },
+                        if killed == 1 { "process" } else { "processes" },
                     ));
                 }
                 if unconfirmed > 0 {
