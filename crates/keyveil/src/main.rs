@@ -18,6 +18,7 @@ mod loaders;
 mod logging;
 mod mcp;
 mod notify;
+mod path_dirs;
 mod paths;
 mod pin;
 mod protocol;

@@ -24,6 +24,7 @@ mod mcp_hostile;
 mod names;
 mod oracle;
 mod output;
+mod pathdirs;
 mod policy;
 mod redteam;
 mod redteam2;
