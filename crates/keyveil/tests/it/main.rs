@@ -10,6 +10,7 @@
 mod approval;
 mod background;
 mod card;
+mod codeload;
 mod corpus;
 mod crash;
 mod custody;

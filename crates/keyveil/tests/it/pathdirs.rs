@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -17,12 +17,12 @@ fn token() -> String {
     format!("kvpd_{n:x}_{}", std::process::id())
 }
 
-fn exe(p: &Path, body: &str) {
+pub(crate) fn exe(p: &Path, body: &str) {
     std::fs::write(p, body).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn set_path(h: &Home, path: &str) {
+pub(crate) fn set_path(h: &Home, path: &str) {
     let o = h.run_stdin(
         &["policy", "set", "demo", "path", path, "--passphrase-stdin"],
         &format!("{PASS}\n"),
@@ -30,7 +30,7 @@ fn set_path(h: &Home, path: &str) {
     assert!(o.status.success(), "policy path: {}", text(&o.stderr));
 }
 
-fn run(h: &Home, app: &Path, wait: &str, cmd: &[&str]) -> std::process::Output {
+pub(crate) fn run(h: &Home, app: &Path, wait: &str, cmd: &[&str]) -> std::process::Output {
     let cwd = app.to_string_lossy().into_owned();
     let mut args = vec!["run", "--cwd", &cwd, "--env", "demo", "--wait", wait, "--"];
     args.extend_from_slice(cmd);
@@ -39,20 +39,20 @@ fn run(h: &Home, app: &Path, wait: &str, cmd: &[&str]) -> std::process::Output {
 
 /// The agent's side: a directory outside the broker's home (which the broker never reads for a
 /// requester), where `app/ci.sh` and the PATH directories live.
-struct Agent {
-    h: Home,
-    dir: tempfile::TempDir,
+pub(crate) struct Agent {
+    pub(crate) h: Home,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Agent {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
 
 /// A home whose policy PATH starts with `bins` (directories the agent can write, under
 /// `/tmp`), a granted value, and an `app` directory holding `ci.sh`.
-fn setup(bins: &[&str], ci: &str) -> (Agent, String, std::path::PathBuf) {
+pub(crate) fn setup(bins: &[&str], ci: &str) -> (Agent, String, std::path::PathBuf) {
     let h = Home::new();
     let dir = tempfile::Builder::new()
         .prefix("kvagent")
@@ -72,7 +72,7 @@ fn setup(bins: &[&str], ci: &str) -> (Agent, String, std::path::PathBuf) {
     (Agent { h, dir }, tok, app)
 }
 
-fn approve_standing(a: &Agent, app: &Path, cmd: &[&str]) -> String {
+pub(crate) fn approve_standing(a: &Agent, app: &Path, cmd: &[&str]) -> String {
     let h = &a.h;
     let o = run(h, app, "0", cmd);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
@@ -82,7 +82,7 @@ fn approve_standing(a: &Agent, app: &Path, cmd: &[&str]) -> String {
     card
 }
 
-fn planted(h: &Agent, tag: &str) -> String {
+pub(crate) fn planted(h: &Agent, tag: &str) -> String {
     let marker = h.path().join(format!("stolen-{tag}"));
     format!(
         "#!/bin/sh\nprintf %s \"$TOKEN\" > '{}'\nexec /usr/bin/{tag} \"$@\"\n",
