@@ -122,6 +122,29 @@ pub const TABLE: &[Loader] = &[
         pins: cargo,
     },
     Loader {
+        tool: "version managers: pyenv, rbenv, nodenv, asdf, mise, rustup, nvm",
+        names: &["pyenv", "rbenv", "nodenv", "asdf", "mise", "nvm"],
+        reads: "pyenv(1) / rbenv / nodenv README \"Choosing the version\": $X_VERSION, .python-version \
+                (.ruby-version, .node-version) in the directory and every parent, $ROOT/version; \
+                hooks sourced from $ROOT/X.d and $ROOT/plugins/*/etc/X.d (exec, which, \
+                version-name) before the program runs; asdf: .tool-versions up the tree and in \
+                HOME, ~/.asdfrc, plugins' bin/exec-env; mise: mise.toml, .mise.toml, \
+                mise.local.toml, .mise/config.toml, .config/mise.toml, .tool-versions up the tree, \
+                ~/.config/mise/config.toml ([env], [hooks], tasks); rustup overrides: \
+                rust-toolchain(.toml) up the tree, ~/.rustup/settings.toml, $RUSTUP_TOOLCHAIN; \
+                nvm: .nvmrc (nvm use)",
+        pinned: "for every command whose policy PATH holds a manager's shims or proxies (and for \
+                 the manager run by name): its selector files in the directory and every parent \
+                 and in HOME, the root's version file, its hook directories (each hook, three \
+                 levels down), its own code (libexec) and the installed versions or toolchains \
+                 (each one's bin and lib entries), by directory fingerprint",
+        neutralised: "PYENV_*, RBENV_VERSION/ROOT/DIR/HOOK_PATH, NODENV_VERSION/ROOT/DIR/HOOK_PATH, \
+                      ASDF_*_VERSION, ASDF_DATA_DIR/DIR/CONFIG_FILE, MISE_*_VERSION, \
+                      MISE_DATA_DIR/CONFIG_DIR/CONFIG_FILE/ENV, RUSTUP_HOME, RUSTUP_TOOLCHAIN, \
+                      NVM_DIR never pass",
+        pins: managers_by_name,
+    },
+    Loader {
         tool: "node / deno",
         names: &["node", "nodejs", "deno"],
         reads: "nodejs.org/api/cli.html: NODE_OPTIONS, NODE_PATH (no rc file is read by default; \
@@ -202,9 +225,38 @@ pub fn is_loader_var(name: &str) -> bool {
         "RUSTUP_UPDATE_ROOT",
         "BUN_INSTALL",
     ];
+    // Version managers: which interpreter or toolchain a shim runs, and where hooks come from.
+    const MANAGERS: &[&str] = &[
+        "RBENV_VERSION",
+        "RBENV_ROOT",
+        "RBENV_DIR",
+        "RBENV_HOOK_PATH",
+        "NODENV_VERSION",
+        "NODENV_ROOT",
+        "NODENV_DIR",
+        "NODENV_HOOK_PATH",
+        "ASDF_DATA_DIR",
+        "ASDF_DIR",
+        "ASDF_CONFIG_FILE",
+        "ASDF_DEFAULT_TOOL_VERSIONS_FILENAME",
+        "MISE_DATA_DIR",
+        "MISE_CONFIG_DIR",
+        "MISE_CONFIG_FILE",
+        "MISE_ENV",
+        "MISE_DEFAULT_CONFIG_FILENAME",
+        "MISE_DEFAULT_TOOL_VERSIONS_FILENAME",
+        "MISE_OVERRIDE_CONFIG_FILENAMES",
+        "MISE_SHIMS_DIR",
+        "NVM_DIR",
+    ];
     // pyenv: which interpreter a shim runs.
     const PREFIX: &[&str] = &["PYENV_"];
+    // `ASDF_PYTHON_VERSION`, `MISE_NODE_VERSION`: the version of one tool.
+    let tool_version =
+        (name.starts_with("ASDF_") || name.starts_with("MISE_")) && name.ends_with("_VERSION");
     EXACT.contains(&name)
+        || MANAGERS.contains(&name)
+        || tool_version
         || PREFIX.iter().any(|p| name.starts_with(p))
         || NEUTRALISE.iter().any(|(k, _)| *k == name)
 }
@@ -238,6 +290,201 @@ pub fn inputs(family: &str, arg0: &str, cx: &Ctx<'_>) -> Vec<InputPin> {
 }
 
 fn none(_: &Ctx<'_>, _: &str, _: &mut Pins) {}
+
+// ---------------------------------------------------------------------------------------------
+// version managers
+
+/// A version manager: how its root is recognised from a PATH directory, and what it reads.
+struct Manager {
+    name: &'static str,
+    /// A file (relative to the root) whose presence says the root is this manager's.
+    marker: &'static str,
+    /// Selector files looked up in the working directory and every parent.
+    selectors: &'static [&'static str],
+    /// Selector or configuration files relative to HOME.
+    home_files: &'static [&'static str],
+    /// Files relative to the root (the global version).
+    root_files: &'static [&'static str],
+    /// Hook directories relative to the root (`*` is any plugin).
+    hooks: &'static [&'static str],
+    /// The manager's code and installed versions, relative to the root.
+    code: &'static [&'static str],
+}
+
+/// Version managers whose shims or proxies run a program chosen from files the agent writes.
+const MANAGERS: &[Manager] = &[
+    Manager {
+        name: "pyenv",
+        marker: "libexec/pyenv",
+        selectors: &[".python-version"],
+        home_files: &[],
+        root_files: &["version"],
+        hooks: &["pyenv.d", "plugins/*/etc/pyenv.d"],
+        code: &["libexec", "plugins/*/bin", "versions"],
+    },
+    Manager {
+        name: "rbenv",
+        marker: "libexec/rbenv",
+        selectors: &[".ruby-version"],
+        home_files: &[],
+        root_files: &["version"],
+        hooks: &["rbenv.d", "plugins/*/etc/rbenv.d"],
+        code: &["libexec", "plugins/*/bin", "versions"],
+    },
+    Manager {
+        name: "nodenv",
+        marker: "libexec/nodenv",
+        selectors: &[".node-version"],
+        home_files: &[],
+        root_files: &["version"],
+        hooks: &["nodenv.d", "plugins/*/etc/nodenv.d"],
+        code: &["libexec", "plugins/*/bin", "versions"],
+    },
+    Manager {
+        name: "asdf",
+        marker: "installs",
+        selectors: &[".tool-versions"],
+        home_files: &[".tool-versions", ".asdfrc"],
+        root_files: &[],
+        hooks: &["plugins"],
+        code: &["installs", "bin", "lib"],
+    },
+    Manager {
+        name: "mise",
+        marker: "installs",
+        selectors: &[
+            "mise.toml",
+            ".mise.toml",
+            "mise.local.toml",
+            ".mise.local.toml",
+            ".mise/config.toml",
+            "mise/config.toml",
+            ".config/mise.toml",
+            ".config/mise/config.toml",
+            ".tool-versions",
+        ],
+        home_files: &[".config/mise/config.toml", ".tool-versions"],
+        root_files: &[],
+        hooks: &["plugins"],
+        code: &["installs"],
+    },
+    Manager {
+        name: "rustup",
+        marker: "",
+        selectors: &["rust-toolchain", "rust-toolchain.toml"],
+        home_files: &[".rustup/settings.toml"],
+        root_files: &[],
+        hooks: &[],
+        code: &["toolchains"],
+    },
+    Manager {
+        name: "nvm",
+        marker: "nvm.sh",
+        selectors: &[".nvmrc"],
+        home_files: &[],
+        root_files: &["alias/default"],
+        hooks: &[],
+        code: &[],
+    },
+];
+
+/// The manager and root a PATH directory belongs to: `ROOT/shims` (pyenv, rbenv, nodenv, asdf,
+/// mise), `ROOT/plugins/P/shims` and `ROOT/bin` (pyenv-virtualenv, the manager itself), a
+/// directory holding `rustup` (its proxies: the root is HOME's `.rustup`, as `RUSTUP_HOME`
+/// never passes), `ROOT/versions/node/V/bin` (nvm).
+fn manager_of(dir: &Path, home: Option<&Path>) -> Option<(&'static Manager, PathBuf)> {
+    let by_name = |n: &str| MANAGERS.iter().find(|m| m.name == n);
+    if dir.join("rustup").is_file() {
+        return Some((by_name("rustup")?, home?.join(".rustup")));
+    }
+    for root in dir.ancestors().skip(1).take(4) {
+        for m in MANAGERS.iter().filter(|m| !m.marker.is_empty()) {
+            let mise = m.name == "mise";
+            let asdf = m.name == "asdf";
+            let named = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let hit = if mise {
+                named == "mise" && root.join(m.marker).exists()
+            } else if asdf {
+                named != "mise" && root.join(m.marker).is_dir() && root.join("plugins").is_dir()
+            } else {
+                root.join(m.marker).exists()
+            };
+            if hit {
+                return Some((m, root.to_path_buf()));
+            }
+        }
+    }
+    None
+}
+
+/// Pins what a version manager reads for `root` (see [`MANAGERS`]).
+fn manager_pins(m: &Manager, root: &Path, cx: &Ctx<'_>, out: &mut Pins) {
+    let globbed = |rel: &str| -> Vec<PathBuf> {
+        match rel.split_once("/*/") {
+            Some((a, b)) => {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(a))
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .map(|e| e.path().join(b))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                v.sort();
+                v.truncate(MAX_FILES);
+                v
+            }
+            None => vec![root.join(rel)],
+        }
+    };
+    for d in up(cx.cwd) {
+        for f in m.selectors {
+            out.add("version-selector", &d.join(f), None);
+        }
+    }
+    for f in m.home_files {
+        if let Some(p) = home_file(cx, f) {
+            out.add("version-selector", &p, None);
+        }
+    }
+    for f in m.root_files {
+        out.add("version-selector", &root.join(f), None);
+    }
+    let what = format!("{} hooks, run before the program", m.name);
+    for h in m.hooks.iter().flat_map(|h| globbed(h)) {
+        out.add_dir("version-manager-hooks", &h, &what);
+    }
+    let what = format!("{} code and installed versions", m.name);
+    for c in m.code.iter().flat_map(|c| globbed(c)) {
+        if c.exists() {
+            out.add_dir("toolchain-dir", &c, &what);
+        }
+    }
+}
+
+/// Version-manager pins for every directory of the child's `search_path` that holds a
+/// manager's shims or proxies (see [`MANAGERS`]).
+pub fn manager_inputs(search_path: &str, cx: &Ctx<'_>) -> Vec<InputPin> {
+    let mut out = Pins::default();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for d in search_path.split(':').filter(|d| d.starts_with('/')) {
+        if let Some((m, root)) = manager_of(Path::new(d), cx.home)
+            && !roots.contains(&root)
+        {
+            manager_pins(m, &root, cx, &mut out);
+            roots.push(root);
+        }
+    }
+    out.0
+}
+
+/// The manager run by name (`pyenv exec ...`): its root from the executable's directory.
+fn managers_by_name(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
+    if let Some(dir) = cx.exe.parent()
+        && let Some((m, root)) = manager_of(dir, cx.home)
+    {
+        manager_pins(m, &root, cx, out);
+    }
+}
 
 /// [`TABLE`] as a Markdown table (what `docs/hardening.md` shows).
 #[cfg(test)]
@@ -283,6 +530,16 @@ impl Pins {
         }
         self.0.push(p);
         Some(text)
+    }
+
+    /// Pins a directory by fingerprint (`crate::path_dirs`), at the depth its role says.
+    fn add_dir(&mut self, role: &str, dir: &Path, what: &str) {
+        if self.0.len() >= MAX_FILES * 4 || self.0.iter().any(|q| Path::new(&q.path) == dir) {
+            return;
+        }
+        let depth = crate::path_dirs::depth_for(role);
+        self.0
+            .extend(crate::path_dirs::pin_dir(role, dir, depth, what));
     }
 
     /// Whether `path` (canonicalised) is pinned already.
@@ -1297,15 +1554,140 @@ mod tests {
     }
 
     #[test]
+    fn version_managers_are_found_from_path_and_their_files_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        let app = home.join("proj/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let mk = |rel: &str, body: &str| {
+            let p = home.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, body).unwrap();
+        };
+        // One fake install per manager.
+        for (root, marker) in [
+            (".pyenv", "libexec/pyenv"),
+            (".rbenv", "libexec/rbenv"),
+            (".nodenv", "libexec/nodenv"),
+            (".asdf", "installs/python/3.12/bin/python"),
+            (".local/share/mise", "installs/node/22/bin/node"),
+            (".nvm", "nvm.sh"),
+        ] {
+            mk(&format!("{root}/{marker}"), "#!/bin/sh\n");
+            mk(&format!("{root}/shims/tool"), "#!/bin/sh\n");
+        }
+        std::fs::create_dir_all(home.join(".asdf/plugins/python/bin")).unwrap();
+        mk(".asdf/plugins/python/bin/exec-env", "echo\n");
+        mk(".pyenv/pyenv.d/exec/hook.bash", "echo\n");
+        mk(
+            ".pyenv/plugins/pyenv-virtualenv/etc/pyenv.d/which/v.bash",
+            "echo\n",
+        );
+        mk(".pyenv/version", "3.12.1\n");
+        mk(".nvm/versions/node/v22.0.0/bin/node", "x");
+        mk(".cargo/bin/rustup", "x");
+        mk(".rustup/settings.toml", "default_toolchain = \"stable\"\n");
+        mk(".rustup/toolchains/stable/bin/cargo", "x");
+        for f in [
+            "proj/.python-version",
+            "proj/app/.ruby-version",
+            "proj/.node-version",
+            "proj/.tool-versions",
+            "proj/app/mise.toml",
+            "proj/.mise/config.toml",
+            "proj/app/.nvmrc",
+            "proj/rust-toolchain.toml",
+            ".config/mise/config.toml",
+            ".asdfrc",
+        ] {
+            mk(f, "x\n");
+        }
+        let path: Vec<String> = [
+            ".pyenv/shims",
+            ".pyenv/plugins/pyenv-virtualenv/shims",
+            ".rbenv/shims",
+            ".nodenv/shims",
+            ".asdf/shims",
+            ".local/share/mise/shims",
+            ".nvm/versions/node/v22.0.0/bin",
+            ".cargo/bin",
+        ]
+        .iter()
+        .map(|r| home.join(r).display().to_string())
+        .chain(["/usr/bin".to_owned()])
+        .collect();
+        let argv = sv(&["make", "test"]);
+        let cx = ctx(&argv, &app, Path::new("/usr/bin/make"), &home);
+        let pins = manager_inputs(&path.join(":"), &cx);
+        let has = |rel: &str, role: &str| {
+            let want = std::fs::canonicalize(home.join(rel))
+                .unwrap_or_else(|_| home.join(rel))
+                .display()
+                .to_string();
+            pins.iter().any(|p| {
+                (p.path == want || p.path == home.join(rel).display().to_string()) && p.role == role
+            })
+        };
+        for (rel, role) in [
+            ("proj/.python-version", "version-selector"),
+            (".pyenv/version", "version-selector"),
+            (".pyenv/pyenv.d", "version-manager-hooks"),
+            (
+                ".pyenv/plugins/pyenv-virtualenv/etc/pyenv.d",
+                "version-manager-hooks",
+            ),
+            (".pyenv/libexec", "toolchain-dir"),
+            ("proj/app/.ruby-version", "version-selector"),
+            (".rbenv/rbenv.d", "version-manager-hooks"),
+            ("proj/.node-version", "version-selector"),
+            ("proj/.tool-versions", "version-selector"),
+            (".asdfrc", "version-selector"),
+            (".asdf/plugins", "version-manager-hooks"),
+            (".asdf/installs", "toolchain-dir"),
+            ("proj/app/mise.toml", "version-selector"),
+            ("proj/.mise/config.toml", "version-selector"),
+            (".config/mise/config.toml", "version-selector"),
+            (".local/share/mise/installs", "toolchain-dir"),
+            ("proj/app/.nvmrc", "version-selector"),
+            ("proj/rust-toolchain.toml", "version-selector"),
+            (".rustup/settings.toml", "version-selector"),
+            (".rustup/toolchains", "toolchain-dir"),
+        ] {
+            assert!(has(rel, role), "{rel} ({role}) not pinned: {pins:#?}");
+        }
+        // A hook planted later changes the hooks' fingerprint; so does a selector.
+        let hooks = pins
+            .iter()
+            .find(|p| p.role == "version-manager-hooks" && p.path.ends_with("/.pyenv/pyenv.d"))
+            .unwrap();
+        assert!(crate::path_dirs::still_holds(hooks));
+        mk(".pyenv/pyenv.d/exec/evil.bash", "curl x\n");
+        assert!(!crate::path_dirs::still_holds(hooks));
+        // An asdf layout is not taken for mise's, nor the other way round.
+        let m = manager_of(&home.join(".local/share/mise/shims"), Some(&home)).unwrap();
+        assert_eq!(m.0.name, "mise");
+        let a = manager_of(&home.join(".asdf/shims"), Some(&home)).unwrap();
+        assert_eq!(a.0.name, "asdf");
+        assert!(manager_of(Path::new("/usr/bin"), Some(&home)).is_none());
+    }
+
+    #[test]
     fn loader_vars_and_neutralisers() {
         for v in [
             "MAKEFILES",
             "YARN_YARN_PATH",
             "PIP_CONFIG_FILE",
             "RUSTUP_TOOLCHAIN",
+            "PYENV_VERSION",
+            "RBENV_VERSION",
+            "NODENV_HOOK_PATH",
+            "ASDF_PYTHON_VERSION",
+            "MISE_NODE_VERSION",
+            "MISE_CONFIG_FILE",
         ] {
             assert!(is_loader_var(v), "{v}");
         }
+        assert!(!is_loader_var("MISE_GITHUB_TOKEN"));
         assert!(is_loader_var("PYTHONNOUSERSITE"));
         assert!(!is_loader_var("NODE_ENV"));
         assert!(NEUTRALISE.contains(&("PYTHONNOUSERSITE", "1")));

@@ -519,7 +519,8 @@ pub fn inputs(
         exe,
         home,
     };
-    let dirs = crate::path_dirs::path_pins(search_path, cwd, home);
+    let mut dirs = crate::path_dirs::path_pins(search_path, cwd, home);
+    dirs.extend(crate::loaders::manager_inputs(search_path, &cx));
     for p in crate::loaders::inputs(&family, &arg0, &cx)
         .into_iter()
         .chain(dirs)

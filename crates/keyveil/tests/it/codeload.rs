@@ -69,3 +69,123 @@ pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
 }
+
+/// The machine's pyenv root (`~/.pyenv` of the user running the tests) and its global version.
+fn real_pyenv() -> Option<(std::path::PathBuf, String)> {
+    let home = std::env::var_os("HOME")?;
+    let root = Path::new(&home).join(".pyenv");
+    let v = std::fs::read_to_string(root.join("version")).ok()?;
+    let v = v.split_whitespace().next()?.to_owned();
+    (root.join("libexec/pyenv").is_file() && root.join("versions").join(&v).is_dir())
+        .then_some((root, v))
+}
+
+/// A pyenv root of the agent's own, running the machine's pyenv and interpreter (symlinked,
+/// never changed), with a shim as `pyenv rehash` writes it.
+fn agent_pyenv(a: &Agent, real: &Path, version: &str) -> std::path::PathBuf {
+    let root = a.path().join(".pyenv");
+    std::fs::create_dir_all(root.join("shims")).unwrap();
+    std::fs::create_dir_all(root.join("versions")).unwrap();
+    std::os::unix::fs::symlink(real.join("libexec"), root.join("libexec")).unwrap();
+    std::os::unix::fs::symlink(
+        real.join("versions").join(version),
+        root.join("versions").join(version),
+    )
+    .unwrap();
+    std::fs::write(root.join("version"), format!("{version}\n")).unwrap();
+    exe(
+        &root.join("shims/python3"),
+        &format!(
+            "#!/usr/bin/env bash\nset -e\nprogram=\"${{0##*/}}\"\nexport PYENV_ROOT=\"{r}\"\nexec \"{r}/libexec/pyenv\" exec \"$program\" \"$@\"\n",
+            r = root.display()
+        ),
+    );
+    root
+}
+
+#[test]
+fn a_pyenv_exec_hook_or_version_file_planted_after_approval_never_runs() {
+    let Some((real, version)) = real_pyenv() else {
+        eprintln!("SKIPPED: no pyenv install with a global version in ~/.pyenv");
+        return;
+    };
+    // `make test`-like: a script that finds python3 by name, through the pyenv shims.
+    let (a, tok, app) = setup(&[".pyenv/shims"], "python3 -c 'print(\"py-\" + \"ok\")'\n");
+    let h = &a.h;
+    let root = agent_pyenv(&a, &real, &version);
+    let cmd = ["sh", "ci.sh"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("(version-manager-hooks)"), "{card}");
+    assert!(
+        card.contains("pyenv hooks, run before the program"),
+        "{card}"
+    );
+    assert!(card.contains("(toolchain-dir)"), "{card}");
+    let o = run(h, &app, "5", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("py-ok"), "{}", text(&o.stdout));
+
+    // The red-team attack: an exec hook, sourced by `pyenv exec` before the pinned script.
+    let marker = a.path().join("stolen-hook");
+    std::fs::create_dir_all(root.join("pyenv.d/exec")).unwrap();
+    std::fs::write(
+        root.join("pyenv.d/exec/zz.bash"),
+        format!("printf %s \"$TOKEN\" > '{}'\n", marker.display()),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("pyenv.d"), "{err}");
+    assert!(!marker.exists(), "the planted pyenv hook ran");
+    std::fs::remove_dir_all(root.join("pyenv.d")).unwrap();
+
+    // A new case of the class: the selector file that picks the interpreter, planted in the
+    // working directory after approval (`system`, or a version the agent built).
+    let _ = approve_standing(&a, &app, &cmd);
+    std::fs::write(app.join(".python-version"), "system\n").unwrap();
+    let o = run(h, &app, "0", &cmd);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains(".python-version"), "{err}");
+    assert!(!contains(&o.stdout, &tok) && !contains(&o.stderr, &tok));
+}
+
+#[test]
+fn a_rust_toolchain_file_planted_after_approval_ends_a_grant_that_runs_cargo_by_name() {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let rustup = Path::new(&home).join(".cargo/bin/rustup");
+    if !rustup.is_file() {
+        eprintln!("SKIPPED: rustup is not installed in ~/.cargo/bin");
+        return;
+    }
+    // rustup's proxies, as ~/.cargo/bin holds them: `cargo` is rustup under another name.
+    let (a, _tok, app) = setup(&["cargobin"], "cargo --version || true\necho ran\n");
+    let h = &a.h;
+    let bin = a.path().join("cargobin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for n in ["rustup", "cargo"] {
+        std::os::unix::fs::symlink(&rustup, bin.join(n)).unwrap();
+    }
+    let cmd = ["sh", "ci.sh"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "5", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ran"));
+    // A `path` toolchain of the agent's, chosen by a file in the working directory.
+    std::fs::write(
+        app.join("rust-toolchain.toml"),
+        format!(
+            "[toolchain]\npath = \"{}\"\n",
+            a.path().join("evil-tc").display()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("rust-toolchain.toml"), "{err}");
+    assert!(!text(&o.stdout).contains("ran"));
+}
