@@ -262,7 +262,7 @@ pub(super) async fn run_inner(
                         broker.notify();
                         return Some(
                             OpError::new(ErrorCode::Denied, format!("{e}; grant {gid} was ended"))
-                                .hint("a new approval is needed: call run again to ask the user")
+                                .hint(mismatch_hint(&e, &inputs))
                                 .reply(),
                         );
                     }
@@ -640,6 +640,26 @@ fn check_path_shadow(
         .hint("run the intended program by its absolute path, or remove the shadowing directory from PATH"));
     }
     Ok(())
+}
+
+/// The hint for a grant ended by a pin that no longer holds: for a directory a command finds
+/// programs in (a writable `PATH` directory, a version manager's hooks or versions), what
+/// changed and what to do about it.
+fn mismatch_hint(e: &pin::PinError, inputs: &[pin::InputPin]) -> String {
+    let dir = match e {
+        pin::PinError::InputsChanged(path) => inputs
+            .iter()
+            .find(|p| &p.path == path && crate::path_dirs::DIR_ROLES.contains(&p.role.as_str())),
+        _ => None,
+    };
+    match dir {
+        Some(p) => format!(
+            "a program was added, removed, replaced or written in {} (role {}), which the granted command can run by name; check what changed there (a program the agent planted runs with the granted values), then call run again to ask the user; to stop pinning it, leave it out of the policy PATH (`keyveil policy set ENV path ...`)",
+            crate::display::visible(&p.path),
+            p.role
+        ),
+        None => "a new approval is needed: call run again to ask the user".to_owned(),
+    }
 }
 
 /// "To the end": the directories a run finds programs in by name (agent-writable `PATH`

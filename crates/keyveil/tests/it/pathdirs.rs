@@ -117,6 +117,8 @@ fn a_program_planted_in_a_writable_path_dir_after_approval_never_runs() {
     assert!(err.contains("inputs changed since approval"), "{err}");
     assert!(err.contains("agentbin"), "{err}");
     assert!(err.contains("hint:"), "{err}");
+    assert!(err.contains("added, removed, replaced or written"), "{err}");
+    assert!(err.contains("policy PATH"), "{err}");
     assert!(!a.path().join("stolen-tr").exists(), "the planted tr ran");
     assert!(!contains(&o.stdout, &tok) && !contains(&o.stderr, &tok));
     // Removing it again does not bring the grant back.
