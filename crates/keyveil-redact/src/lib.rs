@@ -273,8 +273,24 @@ fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
             enc.zeroize();
         }
     }
+    // Every character escaped, and Unicode look-alikes: normalised-pass patterns whose
+    // q-grams (`&#11`, `\\u{7`, non-ASCII bytes) seldom occur in ordinary output, so the
+    // prefix filter's false-positive rate, and throughput, stay as they were.
+    for atom in &e.atoms {
+        let forms = variants::per_char_escapes(atom)
+            .into_iter()
+            .chain(variants::compat_lookalikes(atom));
+        for mut f in forms {
+            patterns.add_anywhere(&f, secret);
+            f.zeroize();
+        }
+    }
     for atom in &e.token_atoms {
-        for mut enc in variants::token_encodings(atom) {
+        let forms = variants::token_encodings(atom)
+            .into_iter()
+            .chain(variants::per_char_escapes(atom))
+            .chain(variants::compat_lookalikes(atom));
+        for mut enc in forms {
             patterns.add_token(&enc, secret);
             enc.zeroize();
         }
@@ -382,6 +398,105 @@ mod tests {
     /// Text in the same encoding that is not the value stays as it is.
     fn assert_untouched(r: &Redactor, text: &str) {
         assert_eq!(r.redact(text.as_bytes()).0, text.as_bytes(), "{text:?}");
+    }
+
+    #[test]
+    fn every_character_escaped_in_each_style_is_one_marker() {
+        let v = fixtures::secret("html-decimal-reference-every-char", "SITE_TOKEN");
+        let r = Redactor::new([("S", &v)]);
+        let each =
+            |f: &dyn Fn(u32) -> String| -> String { v.chars().map(|c| f(c as u32)).collect() };
+        for form in [
+            each(&|c| format!("&#{c};")),
+            each(&|c| format!("&#{c}")),
+            each(&|c| format!("&#x{c:x};")),
+            each(&|c| format!("&#x{c:X};")),
+            each(&|c| format!("&#x{c:x}")),
+            each(&|c| format!("&#x{c:04x};")),
+            each(&|c| format!("\\{c:x} ")).trim_end().to_owned() + " ",
+            each(&|c| format!("\\u{{{c:x}}}")),
+            each(&|c| format!("\\u{c:04x}")),
+            each(&|c| format!("\\x{c:02x}")),
+            each(&|c| format!("%{c:02x}")),
+            each(&|c| format!("%{c:02X}")),
+        ] {
+            let form = form.trim_end();
+            let input = format!("pre {form} post\n");
+            let (out, n) = r.redact(input.as_bytes());
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "pre [REDACTED:S] post\n",
+                "{form:?}"
+            );
+            assert_eq!(n, 1);
+            // Streamed one byte at a time: the same.
+            let mut s = r.stream();
+            let mut o = Vec::new();
+            for b in input.as_bytes() {
+                s.push(std::slice::from_ref(b), &mut o);
+            }
+            s.finish(&mut o);
+            assert_eq!(o, out, "{form:?}");
+        }
+        // Other text escaped the same way is left alone.
+        let other: String = "tok_8fQ2vLx9Rk3mZq"
+            .chars()
+            .map(|c| format!("&#{};", c as u32))
+            .collect();
+        assert_untouched(&r, &format!("{other}\n"));
+        assert_untouched(&r, "&#60;b&#62; \\u{1F600} %20%2F \\41 \n");
+    }
+
+    #[test]
+    fn per_character_forms_stay_out_of_the_raw_pass() {
+        // They are normalised-pass patterns (their q-grams seldom occur in ordinary output):
+        // tokens still need no raw pass, which would look at every byte of output.
+        let r = Redactor::new([("A", "ghp_Q7mZ2kR9Lx4pTv8w"), ("B", "9xoxb-Rt7Qm2Zx9Lp4Kv")]);
+        assert_eq!(r.stats().raw_patterns, 0);
+    }
+
+    #[test]
+    fn unicode_look_alikes_are_one_marker() {
+        let v = fixtures::secret("fullwidth-forms", "DB_PASSWORD");
+        let r = Redactor::new([("S", &v)]);
+        let wide: String = v
+            .chars()
+            .map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap())
+            .collect();
+        assert_form_redacted(&r, &wide);
+        for (a, z) in [(0x1D400, 0x1D7CE), (0x1D670, 0x1D7F6), (0x1D5D4, 0x1D7EC)] {
+            let styled: String = v
+                .chars()
+                .map(|c| match c {
+                    'A'..='Z' => char::from_u32(a + c as u32 - 65).unwrap(),
+                    'a'..='z' => char::from_u32(a + 26 + c as u32 - 97).unwrap(),
+                    '0'..='9' => char::from_u32(z + c as u32 - 48).unwrap(),
+                    _ => c,
+                })
+                .collect();
+            assert_form_redacted(&r, &styled);
+        }
+        // Script letters that live in Letterlike Symbols (`B` is U+212C, `e` U+212F).
+        let r = Redactor::new([("S", "Be7_Rqm2Lx9z")]);
+        let script: String = "Be7_Rqm2Lx9z"
+            .chars()
+            .map(|c| match c {
+                'B' => '\u{212C}',
+                'e' => '\u{212F}',
+                'R' => '\u{211B}',
+                'L' => '\u{2112}',
+                'A'..='Z' => char::from_u32(0x1D49C + c as u32 - 65).unwrap(),
+                'a'..='z' => char::from_u32(0x1D49C + 26 + c as u32 - 97).unwrap(),
+                _ => c,
+            })
+            .collect();
+        assert_form_redacted(&r, &script);
+        // Fullwidth text that is not the value stays.
+        assert_untouched(&r, "\u{FF34}\u{FF4F}\u{FF4B}\u{FF45}\u{FF4E} \u{3000}\n");
+        // A short value in fullwidth, as a whole token.
+        let r = Redactor::new([("S", "4821")]);
+        let (out, _) = r.redact("pin=\u{FF14}\u{FF18}\u{FF12}\u{FF11}\n".as_bytes());
+        assert_eq!(String::from_utf8_lossy(&out), "pin=[REDACTED:S]\n");
     }
 
     #[test]

@@ -307,6 +307,43 @@ pub(crate) struct RawTable {
     table: SortedPatterns,
     /// `first[b]` = `[lo, hi]`: the patterns starting with byte `b`.
     first: Vec<[u32; 2]>,
+    /// The bytes that begin some pattern, when there are at most six (two `memchr3` groups):
+    /// with no walk in progress the scan jumps to the next of them. `None`: every byte is
+    /// looked at.
+    starts: Option<Vec<u8>>,
+}
+
+impl RawTable {
+    /// The offset at or after `at` in `chunk` of the next byte that begins some pattern
+    /// (`chunk.len()` if none). `cache` holds each `memchr3` group's last answer, so that a
+    /// frequent byte of one group does not make the other group's scan run again to the end of
+    /// the chunk at each of its occurrences (the scan stays linear).
+    fn next_start(&self, chunk: &[u8], at: usize, cache: &mut [usize; 2]) -> usize {
+        let Some(s) = &self.starts else {
+            return chunk
+                .get(at..)
+                .unwrap_or_default()
+                .iter()
+                .position(|&b| self.first.get(usize::from(b)).is_some_and(|r| r[0] < r[1]))
+                .map_or(chunk.len(), |k| at + k);
+        };
+        let (a, b) = s.split_at(s.len().min(3));
+        let mut best = chunk.len();
+        for (g, slot) in [a, b].into_iter().zip(cache.iter_mut()) {
+            if *slot == usize::MAX || *slot < at {
+                let hay = chunk.get(at..).unwrap_or_default();
+                let found = match *g {
+                    [] => None,
+                    [x] => memchr::memchr(x, hay),
+                    [x, y] => memchr::memchr2(x, y, hay),
+                    [x, y, z, ..] => memchr::memchr3(x, y, z, hay),
+                };
+                *slot = found.map_or(chunk.len(), |k| at + k);
+            }
+            best = best.min(*slot);
+        }
+        best
+    }
 }
 
 impl RawTable {
@@ -323,7 +360,15 @@ impl RawTable {
                 }
             }
         }
-        RawTable { table, first }
+        let distinct: Vec<u8> = (0..=255u8)
+            .filter(|&b| first.get(usize::from(b)).is_some_and(|r| r[0] < r[1]))
+            .collect();
+        let starts = (distinct.len() <= 6).then_some(distinct);
+        RawTable {
+            table,
+            first,
+            starts,
+        }
     }
 
     fn memory_usage(&self) -> usize {
@@ -1197,7 +1242,19 @@ fn partition(n: u32, pred: impl Fn(u32) -> bool) -> u32 {
 fn scan_raw(raw: &RawTable, st: &mut PassState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
     let table = &raw.table;
     let walks = &mut st.walks;
-    for (p, &b) in (base..).zip(chunk) {
+    let mut at = 0usize;
+    let mut cache = [usize::MAX; 2];
+    while at < chunk.len() {
+        if walks.is_empty() {
+            // Nothing in progress: bytes that begin no pattern change nothing.
+            at = raw.next_start(chunk, at, &mut cache);
+            if at >= chunk.len() {
+                break;
+            }
+        }
+        let Some(&b) = chunk.get(at) else { break };
+        let p = base + at as u64;
+        at += 1;
         let mut i = 0;
         while let Some(w) = walks.get_mut(i) {
             if !advance(table, w, b) {
@@ -1557,6 +1614,38 @@ mod tests {
         assert!(!t.arena.is_empty());
         assert!(t.arena.iter().all(|&b| b == 0));
         assert!(t.slots.iter().all(|s| *s == [0, 0, 0]));
+    }
+
+    #[test]
+    fn the_raw_scan_skips_only_bytes_that_begin_no_pattern() {
+        // Up to six start bytes: memchr groups; more: a byte loop. Both find every occurrence.
+        for starts in [&b"&%"[..], b"&%\\\xef\xf0#", b"&%\\\xef\xf0#ab"] {
+            let mut set = PatternSet::default();
+            for (i, &s) in starts.iter().enumerate() {
+                set.add(
+                    vec![s, b'x', b'y', b'z', b'0' + i as u8],
+                    0,
+                    Scope::Anywhere,
+                );
+            }
+            let pass = Pass::build(set, PassKind::Raw).unwrap().unwrap();
+            let Finder::Raw(t) = &pass.finder else {
+                unreachable!()
+            };
+            assert_eq!(t.starts.is_some(), starts.len() <= 6);
+            let mut hay = b"..........".to_vec();
+            for (i, &s) in starts.iter().enumerate() {
+                hay.extend_from_slice(&[s, b'x', b'y', b'z', b'0' + i as u8, b'.']);
+            }
+            let mut st = pass.state();
+            let mut hits = Vec::new();
+            // Split anywhere: the same hits.
+            let (a, b) = hay.split_at(13);
+            pass.scan(&mut st, a, 0, &mut hits);
+            pass.scan(&mut st, b, a.len() as u64, &mut hits);
+            pass.finish(&mut st, &mut hits);
+            assert_eq!(hits.len(), starts.len(), "{starts:?}");
+        }
     }
 
     #[test]

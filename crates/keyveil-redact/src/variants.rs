@@ -654,6 +654,157 @@ pub fn yaml_single_quoted(atom: &[u8]) -> Vec<u8> {
     replace_bytes(atom, |b| (b == b'\'').then_some(&b"''"[..]))
 }
 
+/// The characters of `atom`: Unicode scalars when it is UTF-8, else its bytes as Latin-1.
+fn chars_of(atom: &[u8]) -> Vec<u32> {
+    match std::str::from_utf8(atom) {
+        Ok(s) => s.chars().map(u32::from).collect(),
+        Err(_) => atom.iter().map(|&b| u32::from(b)).collect(),
+    }
+}
+
+/// Per-character escapes: *every* character of `atom` written as an escape, as HTML/XML
+/// "encode everything" filters, CSS serialisers, obfuscating JavaScript and some URL encoders
+/// print them (forms that escape only special characters are in [`html_numeric_escapes`],
+/// [`json_unicode_escapes`], [`percent_encodings`], [`byte_dumps`]):
+///
+/// - HTML/XML numeric references (XML 1.0 §4.1; HTML §13.2.5.72 accepts a missing `;`):
+///   `&#116;`, `&#116` (no `;`), `&#x74;`, `&#x4A;` (upper hex), `&#x74` (no `;`), `&#x0074;`
+///   (zero-padded to 4);
+/// - CSS escapes (CSS Syntax §4.3.7, CSSOM "serialize an identifier"): `\74 ` (a space ends
+///   each);
+/// - JavaScript: `\u{74}` (ES2015 code point escape, also Rust and Swift);
+/// - URL: every byte as `%74` (either case of hex digits: the normalised view folds them).
+///
+/// Normalised-pass patterns: their q-grams seldom occur in ordinary output, and the view drops
+/// the spaces of the CSS form. Each form costs every value a pattern, and patterns cost
+/// throughput (the prefix filter grows): rarer spellings (`&#0116;`, `&#X4A;`, `\000074`,
+/// `\x4A`) are not registered.
+pub fn per_char_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
+    let chars = chars_of(atom);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let each = |f: &dyn Fn(u32) -> String| -> Vec<u8> {
+        chars.iter().map(|&c| f(c)).collect::<String>().into_bytes()
+    };
+    out.push(each(&|c| format!("&#{c};")));
+    out.push(each(&|c| format!("&#{c}")));
+    out.push(each(&|c| format!("&#x{c:x};")));
+    out.push(each(&|c| format!("&#x{c:X};")));
+    out.push(each(&|c| format!("&#x{c:x}")));
+    out.push(each(&|c| format!("&#x{c:04x};")));
+    out.push(each(&|c| format!("\\{c:x} ")));
+    out.push(each(&|c| format!("\\u{{{c:x}}}")));
+    // `%XX` of every byte: one pattern, the normalised view folds the hex digits' case.
+    let mut pct = Vec::with_capacity(atom.len() * 3);
+    for &b in atom {
+        pct.push(b'%');
+        push_hex_byte(&mut pct, b, b"0123456789abcdef");
+    }
+    out.push(pct);
+    dedup(out)
+}
+
+/// Mathematical alphanumeric styles (Unicode block U+1D400, "Mathematical Alphanumeric
+/// Symbols"): the code point of `A` in each style, the style's digit zero (if it has digits),
+/// in the order of the block. "Fancy text" generators and some chat clients print text this way.
+/// Eight of the thirteen styles, those such generators offer first: bold script, bold fraktur,
+/// sans-serif, and sans-serif italic and bold italic are not registered (each would cost every
+/// value a pattern).
+const MATH_STYLES: [(u32, Option<u32>); 8] = [
+    (0x1D400, Some(0x1D7CE)), // bold
+    (0x1D434, None),          // italic
+    (0x1D468, Some(0x1D7CE)), // bold italic (bold digits)
+    (0x1D49C, None),          // script
+    (0x1D504, None),          // fraktur
+    (0x1D538, Some(0x1D7D8)), // double-struck
+    (0x1D5D4, Some(0x1D7EC)), // sans-serif bold
+    (0x1D670, Some(0x1D7F6)), // monospace
+];
+
+/// Letters the block leaves out because an older character stands for them (Letterlike
+/// Symbols): `(code point in the block, the character used)`.
+const MATH_HOLES: [(u32, u32); 24] = [
+    (0x1D455, 0x210E),
+    (0x1D49D, 0x212C),
+    (0x1D4A0, 0x2130),
+    (0x1D4A1, 0x2131),
+    (0x1D4A3, 0x210B),
+    (0x1D4A4, 0x2110),
+    (0x1D4A7, 0x2112),
+    (0x1D4A8, 0x2133),
+    (0x1D4AD, 0x211B),
+    (0x1D4BA, 0x212F),
+    (0x1D4BC, 0x210A),
+    (0x1D4C4, 0x2134),
+    (0x1D506, 0x212D),
+    (0x1D50B, 0x210C),
+    (0x1D50C, 0x2111),
+    (0x1D515, 0x211C),
+    (0x1D51D, 0x2128),
+    (0x1D53A, 0x2102),
+    (0x1D53F, 0x210D),
+    (0x1D545, 0x2115),
+    (0x1D547, 0x2119),
+    (0x1D548, 0x211A),
+    (0x1D549, 0x211D),
+    (0x1D551, 0x2124),
+];
+
+/// Unicode compatibility look-alikes of an ASCII `atom`, which NFKC folds back to it:
+/// fullwidth forms (U+FF01–U+FF5E for `!`–`~`, U+3000 for space: CJK input methods, Japanese
+/// and Chinese logs, `unicodedata`-based "wide" filters), and eight mathematical
+/// alphanumeric styles of letters and digits (other characters kept). Non-ASCII atoms have
+/// none.
+pub fn compat_lookalikes(atom: &[u8]) -> Vec<Vec<u8>> {
+    if !atom.is_ascii() || atom.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let wide: String = atom
+        .iter()
+        .map(|&b| match b {
+            b' ' => '\u{3000}',
+            0x21..=0x7e => char::from_u32(u32::from(b) - 0x21 + 0xFF01).unwrap_or(char::from(b)),
+            _ => char::from(b),
+        })
+        .collect();
+    out.push(wide.into_bytes());
+    if atom.iter().any(u8::is_ascii_alphabetic) {
+        for (a, zero) in MATH_STYLES {
+            let styled: String = atom
+                .iter()
+                .map(|&b| {
+                    let cp = match b {
+                        b'A'..=b'Z' => Some(a + u32::from(b - b'A')),
+                        b'a'..=b'z' => Some(a + 26 + u32::from(b - b'a')),
+                        b'0'..=b'9' => zero.map(|z| z + u32::from(b - b'0')),
+                        _ => None,
+                    };
+                    let cp = cp.map(|c| {
+                        MATH_HOLES
+                            .iter()
+                            .find(|(h, _)| *h == c)
+                            .map_or(c, |(_, r)| *r)
+                    });
+                    cp.and_then(char::from_u32).unwrap_or(char::from(b))
+                })
+                .collect();
+            out.push(styled.into_bytes());
+        }
+    }
+    // Each pattern starts at its first character from the fullwidth, mathematical or
+    // letterlike blocks: a leading digit of a style without digits, `_` or `-` stay ASCII and
+    // would otherwise give each style an ASCII q-gram that ordinary output holds.
+    for p in &mut out {
+        let k = p
+            .iter()
+            .position(|&b| matches!(b, 0xE2 | 0xEF | 0xF0))
+            .unwrap_or(p.len());
+        p.drain(..k);
+    }
+    out.retain(|p| !p.is_empty());
+    dedup(out)
+}
+
 /// Every encoding of `atom` (deduplicated, `atom` itself first). Encodings that equal the raw
 /// form are dropped by deduplication.
 pub fn encodings(atom: &[u8]) -> Vec<Vec<u8>> {

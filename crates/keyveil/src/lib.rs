@@ -21,6 +21,7 @@ mod dynamic;
 mod factor;
 mod factor_proof;
 mod frame_writer;
+mod gitconfig;
 mod harden;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
 #[allow(unreachable_pub)]
@@ -28,6 +29,7 @@ mod loaders;
 mod logging;
 mod mcp;
 mod notify;
+mod path_dirs;
 mod paths;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
 #[allow(unreachable_pub)]

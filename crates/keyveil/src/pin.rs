@@ -402,8 +402,15 @@ fn npm_script(argv: &[String]) -> Option<String> {
 
 /// Fingerprints the inputs that decide what the command executes: the task runner's file or the
 /// script operand, and the configuration each known tool executes code from
-/// ([`crate::loaders`]; `home` is the child's HOME, the vault's).
-pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> Vec<InputPin> {
+/// ([`crate::loaders`]; `home` is the child's HOME, the vault's), and the directories of
+/// `search_path` (the child's PATH) the agent can write ([`crate::path_dirs`]).
+pub fn inputs(
+    argv: &[String],
+    cwd: &Path,
+    exe: &Path,
+    home: Option<&Path>,
+    search_path: &str,
+) -> Vec<InputPin> {
     let mut out = Vec::new();
     let name = exe
         .file_name()
@@ -512,7 +519,12 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> V
         exe,
         home,
     };
-    for p in crate::loaders::inputs(&family, &arg0, &cx) {
+    let mut dirs = crate::path_dirs::path_pins(search_path, cwd, home);
+    dirs.extend(crate::loaders::manager_inputs(search_path, &cx));
+    for p in crate::loaders::inputs(&family, &arg0, &cx)
+        .into_iter()
+        .chain(dirs)
+    {
         if !out.iter().any(|q| q.path == p.path) {
             out.push(p);
         }
@@ -523,6 +535,12 @@ pub fn inputs(argv: &[String], cwd: &Path, exe: &Path, home: Option<&Path>) -> V
 /// Re-fingerprints pinned inputs; `Err` names the first that changed or vanished.
 pub fn check_inputs(pinned: &[InputPin]) -> Result<(), PinError> {
     for p in pinned {
+        if crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()) {
+            if !crate::path_dirs::still_holds(p) {
+                return Err(PinError::InputsChanged(p.path.clone()));
+            }
+            continue;
+        }
         let now = pin_input(&p.role, Path::new(&p.path), None);
         match now {
             Some(n) if n.sha256 == p.sha256 => {}
@@ -570,7 +588,7 @@ mod tests {
         )
         .unwrap();
         let argv: Vec<String> = vec!["npm".into(), "test".into()];
-        let ins = inputs(&argv, d.path(), Path::new("/usr/bin/npm"), None);
+        let ins = inputs(&argv, d.path(), Path::new("/usr/bin/npm"), None, "");
         assert_eq!(ins[0].role, "package.json");
         assert_eq!(ins[0].detail.as_deref(), Some("script \"test\" runs: jest"));
         check_inputs(&ins).unwrap();
@@ -590,9 +608,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("ci.sh"), "echo ci\n").unwrap();
         let a: Vec<String> = vec!["bash".into(), "-e".into(), "ci.sh".into()];
-        assert_eq!(inputs(&a, d.path(), Path::new("/bin/bash"), None).len(), 1);
+        assert_eq!(
+            inputs(&a, d.path(), Path::new("/bin/bash"), None, "").len(),
+            1
+        );
         let b: Vec<String> = vec!["sh".into(), "-c".into(), "ci.sh".into()];
-        assert!(inputs(&b, d.path(), Path::new("/bin/sh"), None).is_empty());
+        assert!(inputs(&b, d.path(), Path::new("/bin/sh"), None, "").is_empty());
     }
 
     #[test]

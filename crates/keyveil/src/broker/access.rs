@@ -406,7 +406,7 @@ pub(crate) fn prepare(
     let executable =
         pin::pin_file(&exe).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let writable = pin::requester_writable(&exe, Path::new(cwd), home.map(Path::new));
-    let inputs = pin::inputs(argv, Path::new(cwd), &exe, home.map(Path::new));
+    let inputs = pin::inputs(argv, Path::new(cwd), &exe, home.map(Path::new), search_path);
     Ok(Pins {
         executable: Some(executable),
         inputs,

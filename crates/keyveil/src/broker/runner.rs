@@ -167,7 +167,7 @@ pub(super) async fn run_inner(
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
     let mut pins: Option<Pins> = None;
-    let (grant_id, exe) = loop {
+    let (grant_id, exe, grant_inputs) = loop {
         let step = {
             let inner = broker.lock();
             inner.find_grant(&ask).map(|gid| {
@@ -263,7 +263,7 @@ pub(super) async fn run_inner(
                         broker.notify();
                         return Some(
                             OpError::new(ErrorCode::Denied, format!("{e}; grant {gid} was ended"))
-                                .hint("a new approval is needed: call run again to ask the user")
+                                .hint(mismatch_hint(&e, &inputs))
                                 .reply(),
                         );
                     }
@@ -278,7 +278,7 @@ pub(super) async fn run_inner(
                                 *u = u.saturating_sub(1);
                             }
                             g.runs += 1;
-                            break (gid, file);
+                            break (gid, file, inputs);
                         }
                         continue;
                     }
@@ -527,6 +527,7 @@ pub(super) async fn run_inner(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
+    end_if_dirs_changed(broker, &grant_id, &run_id, &grant_inputs);
     // Write-side scan: files the run changed under its cwd and the usual credential stores in
     // HOME, for every granted value in every form the redactor knows (reported by name).
     let (home_dir, action) = {
@@ -645,6 +646,53 @@ fn check_path_shadow(
     Ok(())
 }
 
+/// The hint for a grant ended by a pin that no longer holds: for a directory a command finds
+/// programs in (a writable `PATH` directory, a version manager's hooks or versions), what
+/// changed and what to do about it.
+fn mismatch_hint(e: &pin::PinError, inputs: &[pin::InputPin]) -> String {
+    let dir = match e {
+        pin::PinError::InputsChanged(path) => inputs
+            .iter()
+            .find(|p| &p.path == path && crate::path_dirs::DIR_ROLES.contains(&p.role.as_str())),
+        _ => None,
+    };
+    match dir {
+        Some(p) => format!(
+            "a program was added, removed, replaced or written in {} (role {}), which the granted command can run by name; check what changed there (a program the agent planted runs with the granted values), then call run again to ask the user; to stop pinning it, leave it out of the policy PATH (`keyveil policy set ENV path ...`)",
+            keyveil_proto::display::visible(&p.path),
+            p.role
+        ),
+        None => "a new approval is needed: call run again to ask the user".to_owned(),
+    }
+}
+
+/// "To the end": the directories a run finds programs in by name (agent-writable `PATH`
+/// entries, version-manager hooks, toolchains; `path_dirs.rs`) are checked once more when the run
+/// ends. A program planted there while the run went on (and perhaps removed before the next
+/// run's check) ends the grant: the human is asked again.
+fn end_if_dirs_changed(
+    broker: &Arc<Broker>,
+    grant_id: &str,
+    run_id: &str,
+    inputs: &[pin::InputPin],
+) {
+    let dirs: Vec<pin::InputPin> = inputs
+        .iter()
+        .filter(|p| crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
+        .cloned()
+        .collect();
+    if let Err(e) = pin::check_inputs(&dirs) {
+        let mut inner = broker.lock();
+        inner.revoke(grant_id, "pin mismatch");
+        inner.audit(
+            "pin_mismatch",
+            json!({"grant_id": grant_id, "run_id": run_id, "why": format!("{e} (during the run)")}),
+        );
+        drop(inner);
+        broker.notify();
+    }
+}
+
 /// Moves a leaking file aside (`NAME.keyveil-quarantine`, mode 0600); archive members quarantine
 /// their archive. Returns the action word.
 fn quarantine(path: &std::path::Path) -> &'static str {
@@ -694,7 +742,7 @@ fn verify(
         // subdirectory, extra arguments under a prefix grant): every input it would load must be
         // one that was pinned and shown, with the same content.
         let home = home.map(std::path::Path::new);
-        for d in pin::inputs(argv, std::path::Path::new(cwd), &now, home) {
+        for d in pin::inputs(argv, std::path::Path::new(cwd), &now, home, search_path) {
             if !inputs
                 .iter()
                 .any(|p| p.path == d.path && p.sha256 == d.sha256)
