@@ -21,7 +21,7 @@ use jsonc_parser::ParseOptions;
 use jsonc_parser::cst::{CstInputValue, CstObject, CstRootNode};
 use serde_json::{Value, json};
 
-use crate::cli::{Exit, say};
+use crate::output::{Exit, say};
 
 /// Tool-call timeout written for hosts that have one, in seconds: a `run` may wait 50 s for an
 /// approval and then run the command.

@@ -869,8 +869,8 @@ fn card_of(r: &AccessReq) -> op::RequestCard {
         reason: r.reason.clone(),
         ttl_seconds: r.ttl_seconds,
         pass_env: r.pass_env.clone(),
-        executable: r.executable.as_ref().map(super::ops::file_pin_info),
-        inputs: r.inputs.iter().map(super::ops::input_pin_info).collect(),
+        executable: r.executable.as_ref().map(file_pin_info),
+        inputs: r.inputs.iter().map(input_pin_info).collect(),
         risk: r.risk.clone(),
         chosen_values: r
             .chosen_values
@@ -901,6 +901,29 @@ fn card_of(r: &AccessReq) -> op::RequestCard {
         created_at: r.created_at,
         state: state_word(&r.state).to_owned(),
         expires_at: r.expires_at(),
+    }
+}
+
+/// A pinned file as replies show it.
+pub(crate) fn file_pin_info(p: &crate::pin::FilePin) -> op::FilePinInfo {
+    op::FilePinInfo {
+        path: p.path.clone(),
+        dev: p.dev,
+        ino: p.ino,
+        size: p.size,
+        mtime_ns: p.mtime_ns,
+        ctime_ns: p.ctime_ns,
+        sha256: p.sha256.clone(),
+    }
+}
+
+/// A pinned input as replies show it.
+pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
+    op::InputPinInfo {
+        role: p.role.clone(),
+        path: p.path.clone(),
+        sha256: p.sha256.clone(),
+        detail: p.detail.clone(),
     }
 }
 

@@ -342,7 +342,7 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 let reader_run = run2.clone();
                 let joined_redactor = redactor.clone();
                 let reader = tokio::spawn(async move {
-                    let mut frames = Framed::new(b, crate::client::codec());
+                    let mut frames = Framed::new(b, keyveil_proto::FrameCodec);
                     // The relay redacts stdout and stderr each on its own; the ring joins
                     // them, so pieces of a value alternated between the two would meet whole
                     // there. What `logs` reads is therefore redacted again, as one stream.

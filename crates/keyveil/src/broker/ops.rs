@@ -1323,8 +1323,8 @@ fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             cwd: g.cwd.clone(),
             subdirs: g.subdirs,
             pass_env: g.pass_env.clone(),
-            executable: g.executable.as_ref().map(file_pin_info),
-            inputs: g.inputs.iter().map(input_pin_info).collect(),
+            executable: g.executable.as_ref().map(access::file_pin_info),
+            inputs: g.inputs.iter().map(access::input_pin_info).collect(),
             created_at: g.created_at,
             expires_at: g.expires_at,
             uses_left: g.uses_left,
@@ -1334,29 +1334,6 @@ fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
         })
         .collect();
     op::GrantList { grants }
-}
-
-/// A pinned file as replies show it.
-pub(crate) fn file_pin_info(p: &crate::pin::FilePin) -> op::FilePinInfo {
-    op::FilePinInfo {
-        path: p.path.clone(),
-        dev: p.dev,
-        ino: p.ino,
-        size: p.size,
-        mtime_ns: p.mtime_ns,
-        ctime_ns: p.ctime_ns,
-        sha256: p.sha256.clone(),
-    }
-}
-
-/// A pinned input as replies show it.
-pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
-    op::InputPinInfo {
-        role: p.role.clone(),
-        path: p.path.clone(),
-        sha256: p.sha256.clone(),
-        detail: p.detail.clone(),
-    }
 }
 
 async fn revoke(
