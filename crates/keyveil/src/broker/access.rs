@@ -169,41 +169,6 @@ pub(crate) fn is_injection_var(name: &str) -> bool {
     EXACT.contains(&name) || PREFIX.iter().any(|p| name.starts_with(p))
 }
 
-/// Canonical absolute working directory (symlinks resolved), or a usable error.
-pub(crate) fn canonical_cwd(cwd: &str) -> OpResult<String> {
-    let p = Path::new(cwd);
-    if !p.is_absolute() {
-        return Err(OpError::new(
-            ErrorCode::Usage,
-            format!(
-                "the working directory must be absolute, got \"{}\"",
-                keyveil_proto::display::clip(cwd, 200)
-            ),
-        ));
-    }
-    let c = std::fs::canonicalize(p).map_err(|e| {
-        OpError::new(
-            ErrorCode::NotFound,
-            format!(
-                "working directory \"{}\" is not usable: {e}",
-                keyveil_proto::display::clip(cwd, 200)
-            ),
-        )
-    })?;
-    if !c.is_dir() {
-        return Err(OpError::new(
-            ErrorCode::Usage,
-            format!(
-                "\"{}\" is not a directory",
-                keyveil_proto::display::clip(cwd, 200)
-            ),
-        ));
-    }
-    c.into_os_string()
-        .into_string()
-        .map_err(|_| OpError::new(ErrorCode::Usage, "the working directory is not valid UTF-8"))
-}
-
 /// `cwd` with `.` and `..` removed lexically (no symlink resolution).
 fn lexical(cwd: &str) -> std::path::PathBuf {
     let mut out = std::path::PathBuf::new();
@@ -756,7 +721,7 @@ pub(crate) fn request_access(
     a: AccessRequest,
     peer: Peer,
 ) -> OpResult<op::AccessRequested> {
-    let cwd = canonical_cwd(&a.cwd)?;
+    let cwd = super::cwd::canonical_cwd(&a.cwd)?;
     if let Some(argv) = &a.argv
         && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
     {

@@ -4,8 +4,10 @@
 
 pub(crate) mod access;
 pub(crate) mod background;
+mod cwd;
 pub(crate) mod dynamic_ops;
 pub(crate) mod factor_ops;
+mod guard;
 pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;

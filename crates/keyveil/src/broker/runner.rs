@@ -196,7 +196,7 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         ));
     }
     broker.lock().audit_ready("run_start")?;
-    let cwd = access::canonical_cwd(&req.cwd)?;
+    let cwd = super::cwd::canonical_cwd(&req.cwd)?;
     let pass_env = check_pass_env(&req.pass_env)?;
     let (vars, search_path, home) = {
         let inner = broker.lock();
