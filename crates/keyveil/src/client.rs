@@ -23,12 +23,6 @@ pub(crate) enum Event {
     Stderr(bytes::Bytes),
 }
 
-/// The codec both ends use: 4-byte big-endian length, bodies up to
-/// [`keyveil_proto::MAX_FRAME`] bytes.
-pub(crate) fn codec() -> FrameCodec {
-    FrameCodec
-}
-
 /// A connection carrying one request.
 pub(crate) struct Connection {
     framed: Framed<UnixStream, FrameCodec>,
@@ -72,7 +66,7 @@ impl Connection {
 
     fn wrap(s: UnixStream) -> Connection {
         Connection {
-            framed: Framed::new(s, codec()),
+            framed: Framed::new(s, FrameCodec),
         }
     }
 

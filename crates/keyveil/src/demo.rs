@@ -32,9 +32,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use zeroize::Zeroizing;
 
-use crate::cli::say;
 use crate::client::{self, Connection};
 use crate::mcp::tools::{ListEnvironmentsOutput, RunOutput, RunStatus};
+use crate::output::say;
 use crate::paths::Paths;
 use keyveil_proto::op;
 use keyveil_proto::{Passphrase, Reply, Request};
@@ -456,7 +456,7 @@ fn structured<T: serde::de::DeserializeOwned>(r: &CallToolResult) -> Option<T> {
 }
 
 fn ok(reply: Reply) -> Result<Value> {
-    crate::cli::expect_ok(reply)
+    crate::output::expect_ok(reply)
 }
 
 /// A fresh 0700 directory under /tmp with a short name (the socket path must stay short).

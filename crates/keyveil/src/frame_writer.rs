@@ -9,7 +9,7 @@ use keyveil_proto::{FrameError, MAX_FRAME};
 /// Writes frames onto a byte stream without copying their payload: the 4-byte length and the
 /// tag byte go out together with the payload in vectored writes (the `Framed`
 /// sink copies every payload into its own buffer first). Readers decode the frames with the
-/// same codec as before ([`crate::client::codec`]).
+/// same codec as before ([`keyveil_proto::FrameCodec`]).
 pub(crate) struct FrameWriter<W> {
     io: W,
     /// A frame write was started and not finished (its future was dropped): the stream is
@@ -94,7 +94,7 @@ mod tests {
                 .unwrap();
             w.write_frame(TAG_STDERR, &big).await.unwrap();
         });
-        let mut r = tokio_util::codec::FramedRead::new(b, crate::client::codec());
+        let mut r = tokio_util::codec::FramedRead::new(b, keyveil_proto::FrameCodec);
         let mut got = Vec::new();
         while let Some(f) = r.next().await {
             got.push(Frame::decode(f.unwrap()).unwrap());

@@ -29,6 +29,7 @@ mod loaders;
 mod logging;
 mod mcp;
 mod notify;
+mod output;
 mod path_dirs;
 mod paths;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
@@ -65,12 +66,15 @@ pub fn run(cli: Cli) -> i32 {
     match cli::main(cli) {
         Ok(code) => code,
         Err(e) => {
-            let code = e.downcast_ref::<cli::Exit>().map(|x| x.code).unwrap_or(1);
+            let code = e
+                .downcast_ref::<output::Exit>()
+                .map(|x| x.code)
+                .unwrap_or(1);
             let mut msg = format!("error: {e}");
             for cause in e.chain().skip(1) {
                 msg.push_str(&format!("\n  caused by: {cause}"));
             }
-            cli::note(msg);
+            output::note(msg);
             code
         }
     }

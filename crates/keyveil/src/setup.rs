@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 pub use doctor::doctor_main;
 
-use crate::cli::{Exit, say};
+use crate::output::{Exit, say};
 
 /// Tool-call timeout written for hosts that have one, in seconds: a `run` may wait 50 s for an
 /// approval and then run the command.

@@ -169,41 +169,6 @@ pub(crate) fn is_injection_var(name: &str) -> bool {
     EXACT.contains(&name) || PREFIX.iter().any(|p| name.starts_with(p))
 }
 
-/// Canonical absolute working directory (symlinks resolved), or a usable error.
-pub(crate) fn canonical_cwd(cwd: &str) -> OpResult<String> {
-    let p = Path::new(cwd);
-    if !p.is_absolute() {
-        return Err(OpError::new(
-            ErrorCode::Usage,
-            format!(
-                "the working directory must be absolute, got \"{}\"",
-                keyveil_proto::display::clip(cwd, 200)
-            ),
-        ));
-    }
-    let c = std::fs::canonicalize(p).map_err(|e| {
-        OpError::new(
-            ErrorCode::NotFound,
-            format!(
-                "working directory \"{}\" is not usable: {e}",
-                keyveil_proto::display::clip(cwd, 200)
-            ),
-        )
-    })?;
-    if !c.is_dir() {
-        return Err(OpError::new(
-            ErrorCode::Usage,
-            format!(
-                "\"{}\" is not a directory",
-                keyveil_proto::display::clip(cwd, 200)
-            ),
-        ));
-    }
-    c.into_os_string()
-        .into_string()
-        .map_err(|_| OpError::new(ErrorCode::Usage, "the working directory is not valid UTF-8"))
-}
-
 /// `cwd` with `.` and `..` removed lexically (no symlink resolution).
 fn lexical(cwd: &str) -> std::path::PathBuf {
     let mut out = std::path::PathBuf::new();
@@ -759,7 +724,7 @@ pub(crate) fn request_access(
     a: AccessRequest,
     peer: Peer,
 ) -> OpResult<op::AccessRequested> {
-    let cwd = canonical_cwd(&a.cwd)?;
+    let cwd = super::cwd::canonical_cwd(&a.cwd)?;
     if let Some(argv) = &a.argv
         && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
     {
@@ -872,8 +837,8 @@ fn card_of(r: &AccessReq) -> op::RequestCard {
         reason: r.reason.clone(),
         ttl_seconds: r.ttl_seconds,
         pass_env: r.pass_env.clone(),
-        executable: r.executable.as_ref().map(super::ops::file_pin_info),
-        inputs: r.inputs.iter().map(super::ops::input_pin_info).collect(),
+        executable: r.executable.as_ref().map(file_pin_info),
+        inputs: r.inputs.iter().map(input_pin_info).collect(),
         risk: r.risk.clone(),
         chosen_values: r
             .chosen_values
@@ -904,6 +869,29 @@ fn card_of(r: &AccessReq) -> op::RequestCard {
         created_at: r.created_at,
         state: state_word(&r.state).to_owned(),
         expires_at: r.expires_at(),
+    }
+}
+
+/// A pinned file as replies show it.
+pub(crate) fn file_pin_info(p: &crate::pin::FilePin) -> op::FilePinInfo {
+    op::FilePinInfo {
+        path: p.path.clone(),
+        dev: p.dev,
+        ino: p.ino,
+        size: p.size,
+        mtime_ns: p.mtime_ns,
+        ctime_ns: p.ctime_ns,
+        sha256: p.sha256.clone(),
+    }
+}
+
+/// A pinned input as replies show it.
+pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
+    op::InputPinInfo {
+        role: p.role.clone(),
+        path: p.path.clone(),
+        sha256: p.sha256.clone(),
+        detail: p.detail.clone(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Background runs: long-running processes (dev servers, watchers) started under a grant.
 //!
-//! `start` goes through the run path ([`super::runner::run_inner`] with `detach`): the same
+//! `start` goes through the run path's first steps ([`super::runner::start_run`]): the same
 //! grant matching, approval wait, pins, environment built from scratch and spawn. Instead of
 //! relaying to the requester, the child is adopted here: its output is redacted by the same
 //! relay ([`super::spawn::relay`], streaming into a socket pair whose far end fills a ring
@@ -265,7 +265,26 @@ pub(crate) async fn start(
                 .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
                 .clamp(1, DEFAULT_TIMEOUT_SECONDS),
         );
-        super::runner::run_inner(broker, req, &mut sink, &gone, true, peer).await
+        match super::runner::start_run(broker, req, &mut sink, &gone, peer).await {
+            Ok((req, a, l)) => Some(adopt(
+                broker,
+                Detached {
+                    run_id: l.run_id,
+                    grant_id: l.grant_id,
+                    client: req.client.scope_key(),
+                    environment: req.environment,
+                    argv: l.shown_argv,
+                    cwd: a.cwd,
+                    started: l.started,
+                    timeout: l.timeout,
+                    redactor: l.redactor,
+                    cancel: l.cancel,
+                    started_at: l.started_at,
+                    tmp_dir: l.tmp_dir,
+                },
+            )),
+            Err(r) => r,
+        }
     };
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)
@@ -323,7 +342,7 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                 let reader_run = run2.clone();
                 let joined_redactor = redactor.clone();
                 let reader = tokio::spawn(async move {
-                    let mut frames = Framed::new(b, crate::client::codec());
+                    let mut frames = Framed::new(b, keyveil_proto::FrameCodec);
                     // The relay redacts stdout and stderr each on its own; the ring joins
                     // them, so pieces of a value alternated between the two would meet whole
                     // there. What `logs` reads is therefore redacted again, as one stream.

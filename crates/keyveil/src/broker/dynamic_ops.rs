@@ -143,7 +143,7 @@ pub(crate) async fn add(
         })?;
     }
 
-    // Replacing a variable that holds a value needs the human's factor (see `ops::guard_stored`).
+    // Replacing a variable that holds a value needs the human's factor (see `guard::guard_stored`).
     let stored: usize = {
         let inner = broker.lock();
         names
@@ -152,17 +152,17 @@ pub(crate) async fn add(
             .sum()
     };
     let need = if hidden_guess {
-        super::ops::Need::HiddenName
+        super::guard::Need::HiddenName
     } else {
-        super::ops::Need::stored(stored)
+        super::guard::Need::stored(stored)
     };
     let verified =
-        super::ops::guard_stored(broker, &req.environment, need, req.factor.clone(), digest)
+        super::guard::guard_stored(broker, &req.environment, need, req.factor.clone(), digest)
             .await?
             .is_some();
     let mut inner = broker.lock();
     for (n, _) in &names {
-        super::ops::recheck(&inner, &req.environment, Some(n), verified)?;
+        super::guard::recheck(&inner, &req.environment, Some(n), verified)?;
     }
     inner.audit_ready("dynamic_add")?;
     let vault = inner.vault_mut()?;

@@ -9,6 +9,7 @@ use keyveil_vault::{AutoApproveRule, DenyRule, FactorKind, SecretValue, TotpFact
 use serde_json::{Value, json};
 
 use super::Broker;
+use super::state::{HeldChallenge, HeldKind};
 use super::state::{OpError, OpResult, unknown_env};
 use crate::factor;
 use crate::factor_proof::{self, FactorKey};
@@ -22,23 +23,6 @@ const ENROLL_WINDOW: Duration = Duration::from_secs(600);
 const CHALLENGE_TTL: Duration = Duration::from_secs(120);
 /// Most challenges held at once (the oldest is dropped first).
 const MAX_CHALLENGES: usize = 32;
-
-/// Which factor a key a challenge holds stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HeldKind {
-    /// The passphrase's factor key (from the data key).
-    Passphrase,
-    /// A TOTP exchange for this 30-second step.
-    Totp(u64),
-}
-
-/// A challenge the broker handed out: its nonce and the keys a proof may use.
-#[derive(Debug)]
-pub(crate) struct HeldChallenge {
-    nonce: [u8; factor_proof::LEN],
-    keys: Vec<Option<(HeldKind, FactorKey)>>,
-    created: Instant,
-}
 
 /// The proof a human offers.
 pub(crate) enum Proof {
@@ -753,7 +737,7 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
                     "an auto-approve rule needs a command",
                 ));
             }
-            let cwd = super::access::canonical_cwd(&cwd)?;
+            let cwd = super::cwd::canonical_cwd(&cwd)?;
             PolicyChange::AutoApproveAdd {
                 argv,
                 prefix,

@@ -4,8 +4,10 @@
 
 pub(crate) mod access;
 pub(crate) mod background;
+mod cwd;
 pub(crate) mod dynamic_ops;
 pub(crate) mod factor_ops;
+mod guard;
 pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;
@@ -25,7 +27,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::codec;
 use crate::paths::{Paths, set_mode};
 use keyveil_proto::{ErrorCode, Frame, Reply, Request};
 use state::Inner;
@@ -294,7 +295,7 @@ async fn tick(broker: Arc<Broker>) {
 async fn handle(broker: Arc<Broker>, stream: UnixStream) {
     // Read before the request arrives: who connected, from the kernel, not from the claim.
     let peer = peer::Peer::of_stream(&stream);
-    let mut framed = Framed::new(stream, codec());
+    let mut framed = Framed::new(stream, keyveil_proto::FrameCodec);
     let first = match framed.next().await {
         Some(Ok(f)) => f,
         _ => return,

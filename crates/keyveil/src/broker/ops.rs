@@ -4,18 +4,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use keyveil_vault::{Environment, FactorKind, KdfParams, Source, Variable, Vault};
+use keyveil_vault::{Environment, KdfParams, Source, Variable, Vault};
 use serde_json::{Value, json};
 
 use super::Broker;
 use super::access;
 use super::factor_ops::{self, Proof};
+use super::guard::{Need, guard_stored, recheck};
 use super::state::{Inner, OpError, OpResult, RequestState, RunsStopped, unknown_env};
 use crate::factor_proof;
 use keyveil_proto::op::{self, Operation};
-use keyveil_proto::{
-    Bootstrap, Charset, ErrorCode, FACTOR_NEEDED, FactorProof, Passphrase, Reply, Request,
-};
+use keyveil_proto::{Bootstrap, Charset, ErrorCode, Passphrase, Reply, Request};
 
 /// Longest value `generate` makes (characters).
 const MAX_GENERATED: usize = 4096;
@@ -398,44 +397,6 @@ fn target_of_change(broker: &Broker, env: &str, given: &str) -> (String, Need) {
     (name, Need::stored(stored))
 }
 
-/// Replacing or removing a stored value needs the human's factor (passphrase or TOTP;
-/// `confirm` is not enough). Without it an agent could swap `API_URL` for a host of its own and
-/// have the next approved run send `API_KEY` there, or delete values. `stored` is how many
-/// variables with a value (or a dynamic source) the change would replace or remove; storing a
-/// first value needs nothing (it discloses nothing).
-///
-/// Errors: [`ErrorCode::Denied`] starting with [`FACTOR_NEEDED`] when no factor was given, and
-/// the factor's own errors (wrong, replayed, locked out) when it was.
-pub(super) async fn guard_stored(
-    broker: &Arc<Broker>,
-    env: &str,
-    need: Need,
-    factor: Option<FactorProof>,
-    digest: Option<[u8; factor_proof::LEN]>,
-) -> OpResult<Option<factor_ops::Verified>> {
-    if need == Need::Nothing && factor.is_none() {
-        return Ok(None);
-    }
-    if factor.is_none() {
-        return Err(factor_needed(env, need));
-    }
-    // A factor given for a change that needs none is still checked (it authenticates the broker
-    // and seals the value): any real factor does. Replacing or removing needs the policy's own.
-    let required = if need == Need::Nothing {
-        FactorKind::Totp
-    } else {
-        factor_ops::rule_change_factor(broker, env)
-    };
-    factor_ops::verify_factor(
-        broker,
-        Proof::from_request(factor, digest, false),
-        required,
-        json!({"stored_change": env}),
-    )
-    .await
-    .map(Some)
-}
-
 /// The value of a `set`: plain (a first value, no factor) or sealed under the factor key.
 fn value_of_set(
     plain: Option<Passphrase>,
@@ -462,64 +423,6 @@ fn value_of_set(
         _ => Err(usage(
             "give the value (`value`) or, with a factor, `sealed_value`",
         )),
-    }
-}
-
-/// Why a change needs the factor (see [`guard_stored`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Need {
-    /// Nothing stored would be replaced or removed.
-    Nothing,
-    /// This many stored values would be replaced or removed.
-    Stored(usize),
-    /// The environment hides names and the change names a variable by something other than
-    /// its alias: answered the same whether or not such a variable exists (no oracle).
-    HiddenName,
-}
-
-impl Need {
-    /// From a count of stored values.
-    pub(super) fn stored(n: usize) -> Need {
-        if n == 0 {
-            Need::Nothing
-        } else {
-            Need::Stored(n)
-        }
-    }
-}
-
-/// The error for a change that needs the factor and came without one.
-fn factor_needed(env: &str, need: Need) -> OpError {
-    let what = match need {
-        Need::HiddenName => format!(
-            "names in '{env}' are hidden, and this change does not name a variable by its alias"
-        ),
-        Need::Stored(1) => format!("this would replace or remove a stored value in '{env}'"),
-        Need::Stored(n) => format!("this would replace or remove {n} stored values in '{env}'"),
-        Need::Nothing => String::new(),
-    };
-    OpError::new(
-        ErrorCode::Denied,
-        format!("{FACTOR_NEEDED}: {what}; nothing was changed"),
-    )
-    .hint("run the command in your own terminal: keyveil asks for your passphrase (or add `--totp CODE`)")
-}
-
-/// Under the lock that writes: refuses a change that would replace or remove a stored value
-/// when no factor was verified for it. `guard_stored` checked before the factor's `await`; this
-/// closes the window in which another request could store a value meanwhile.
-pub(super) fn recheck(
-    inner: &Inner,
-    env: &str,
-    name: Option<&str>,
-    verified: bool,
-) -> OpResult<()> {
-    if verified {
-        return Ok(());
-    }
-    match inner.stored_names(env, name) {
-        0 => Ok(()),
-        n => Err(factor_needed(env, Need::Stored(n))),
     }
 }
 
@@ -1324,8 +1227,8 @@ fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             cwd: g.cwd.clone(),
             subdirs: g.subdirs,
             pass_env: g.pass_env.clone(),
-            executable: g.executable.as_ref().map(file_pin_info),
-            inputs: g.inputs.iter().map(input_pin_info).collect(),
+            executable: g.executable.as_ref().map(access::file_pin_info),
+            inputs: g.inputs.iter().map(access::input_pin_info).collect(),
             created_at: g.created_at,
             expires_at: g.expires_at,
             uses_left: g.uses_left,
@@ -1335,29 +1238,6 @@ fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
         })
         .collect();
     op::GrantList { grants }
-}
-
-/// A pinned file as replies show it.
-pub(crate) fn file_pin_info(p: &crate::pin::FilePin) -> op::FilePinInfo {
-    op::FilePinInfo {
-        path: p.path.clone(),
-        dev: p.dev,
-        ino: p.ino,
-        size: p.size,
-        mtime_ns: p.mtime_ns,
-        ctime_ns: p.ctime_ns,
-        sha256: p.sha256.clone(),
-    }
-}
-
-/// A pinned input as replies show it.
-pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
-    op::InputPinInfo {
-        role: p.role.clone(),
-        path: p.path.clone(),
-        sha256: p.sha256.clone(),
-        detail: p.detail.clone(),
-    }
 }
 
 async fn revoke(

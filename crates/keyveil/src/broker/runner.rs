@@ -90,7 +90,7 @@ pub(crate) async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn, pee
         while let Some(Ok(_)) = stream.next().await {}
         gone2.cancel();
     });
-    let reply = run_inner(broker, req, &mut sink, &gone, false, peer).await;
+    let reply = run_inner(broker, req, &mut sink, &gone, peer).await;
     if let Some(r) = reply
         && let Ok(body) = Frame::json(&r)
     {
@@ -107,44 +107,105 @@ enum Step {
     Request(u64, bool, Option<RequestState>),
 }
 
-/// The run path. With `detach` (a background `start`), the spawned child is handed to
-/// [`super::background::adopt`] and the reply is `Ok {run_id, ...}` at once.
+/// What step 1 ([`admit`]) established about a run request.
+pub(super) struct Admitted {
+    /// The ask grants and requests are matched against.
+    pub(super) ask: Ask,
+    /// Canonical working directory.
+    pub(super) cwd: String,
+    /// Requester variables passed through (checked).
+    pub(super) pass_env: Vec<String>,
+    /// The variables to inject (real names).
+    pub(super) vars: Vec<String>,
+    /// The policy `PATH` of the environment.
+    pub(super) search_path: String,
+    /// `HOME` of granted children.
+    pub(super) home: Option<String>,
+}
+
+/// A run spawned by step 3 ([`launch`]): what relaying or adopting it needs.
+pub(super) struct Launched {
+    /// Run id.
+    pub(super) run_id: String,
+    /// The grant it runs under.
+    pub(super) grant_id: String,
+    /// The spawned tree.
+    pub(super) started: spawn::Started,
+    /// Kill it after this long.
+    pub(super) timeout: Duration,
+    /// Redacts its output.
+    pub(super) redactor: crate::redact::Redactor,
+    /// Cancelled when its grant ends.
+    pub(super) cancel: CancellationToken,
+    /// When it was spawned (the write-side scan looks at what changed since).
+    pub(super) started_at: std::time::SystemTime,
+    /// Its private TMPDIR.
+    pub(super) tmp_dir: Option<super::private_tmp::RunTmp>,
+    /// argv as the requester gave it.
+    pub(super) shown_argv: Vec<String>,
+    /// The grant's pinned inputs: its directories are checked once more when the run ends
+    /// ([`end_if_dirs_changed`]).
+    pub(super) inputs: Vec<pin::InputPin>,
+}
+
+/// The run path for `run`: [`admit`] → [`wait_for_grant`] → [`launch`] → [`relay`]. `None`:
+/// no reply is owed (the client went away).
 pub(super) async fn run_inner(
+    broker: &Arc<Broker>,
+    req: RunRequest,
+    sink: &mut spawn::OutputSink,
+    gone: &CancellationToken,
+    peer: Peer,
+) -> Option<Reply> {
+    let (req, a, l) = match start_run(broker, req, sink, gone, peer).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    Some(relay(broker, &req, &a, l, sink, gone).await)
+}
+
+/// Steps 1 to 3, shared by `run` and a background `start` (which adopts the run instead of
+/// relaying it): the request (its argv, stdin and environment taken), what admission found,
+/// and the spawned run. `Err`: the reply to send instead (`None`: the client went away).
+pub(super) async fn start_run(
     broker: &Arc<Broker>,
     mut req: RunRequest,
     sink: &mut spawn::OutputSink,
     gone: &CancellationToken,
-    detach: bool,
     peer: Peer,
-) -> Option<Reply> {
+) -> Result<(RunRequest, Admitted, Launched), Option<Reply>> {
+    let a = admit(broker, &req, peer).map_err(|e| Some(e.reply()))?;
+    let (grant_id, exe, inputs) = wait_for_grant(broker, &req, &a, sink, gone).await?;
+    let l = launch(broker, &mut req, &a, grant_id, exe, inputs)
+        .await
+        .map_err(Some)?;
+    Ok((req, a, l))
+}
+
+/// Step 1: refuses what can never run (an empty or oversized argv, a cwd that is not a
+/// directory, code-injection pass-through names, a symlinked cwd escaping a grant, a requester
+/// `PATH` shadowing the executable) and resolves the ask.
+fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpError> {
     if req.argv.is_empty() || req.argv.first().is_some_and(String::is_empty) {
-        return Some(
-            OpError::new(
-                ErrorCode::Usage,
-                "the command is empty: give argv[0] and its arguments",
-            )
-            .reply(),
-        );
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            "the command is empty: give argv[0] and its arguments",
+        ));
     }
     if req.argv.len() > MAX_ARGV {
-        return Some(OpError::new(ErrorCode::Usage, "the command has too many arguments").reply());
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            "the command has too many arguments",
+        ));
     }
-    if let Err(e) = broker.lock().audit_ready("run_start") {
-        return Some(e.reply());
-    }
-    let cwd = match access::canonical_cwd(&req.cwd) {
-        Ok(c) => c,
-        Err(e) => return Some(e.reply()),
-    };
-    let pass_env = match check_pass_env(&req.pass_env) {
-        Ok(p) => p,
-        Err(e) => return Some(e.reply()),
-    };
+    broker.lock().audit_ready("run_start")?;
+    let cwd = super::cwd::canonical_cwd(&req.cwd)?;
+    let pass_env = check_pass_env(&req.pass_env)?;
     let (vars, search_path, home) = {
         let inner = broker.lock();
         match inner.resolve_variables(&req.environment, req.variables.as_deref()) {
             Ok(v) => (v, inner.policy_path(&req.environment), inner.child_home()),
-            Err(e) => return Some(e.reply()),
+            Err(e) => return Err(e),
         }
     };
     let ask = Ask {
@@ -157,20 +218,43 @@ pub(super) async fn run_inner(
         pass_values: access::pass_values(&pass_env, &req.env),
         peer,
     };
-    if let Err(e) = access::check_symlink_escape(&broker.lock(), &ask, &req.cwd) {
-        return Some(e.reply());
-    }
-    if let Err(e) = check_path_shadow(&req, &cwd, &search_path, home.as_deref()) {
-        return Some(e.reply());
-    }
+    access::check_symlink_escape(&broker.lock(), &ask, &req.cwd)?;
+    check_path_shadow(req, &cwd, &search_path, home.as_deref())?;
+    Ok(Admitted {
+        ask,
+        cwd,
+        pass_env,
+        vars,
+        search_path,
+        home,
+    })
+}
+
+/// Step 2: a grant that covers the ask, its executable verified against the pins (a use is
+/// consumed); or a request for the human, announced with `Pending`, waited on until a
+/// decision, the deadline, the client going away or the broker stopping.
+async fn wait_for_grant(
+    broker: &Arc<Broker>,
+    req: &RunRequest,
+    a: &Admitted,
+    sink: &mut spawn::OutputSink,
+    gone: &CancellationToken,
+) -> Result<(String, std::fs::File, Vec<pin::InputPin>), Option<Reply>> {
+    let Admitted {
+        ask,
+        cwd,
+        search_path,
+        home,
+        ..
+    } = a;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
     let mut pins: Option<Pins> = None;
-    let (grant_id, exe, grant_inputs) = loop {
+    let granted = loop {
         let step = {
             let inner = broker.lock();
-            inner.find_grant(&ask).map(|gid| {
+            inner.find_grant(ask).map(|gid| {
                 let g = inner.grants.get(&gid);
                 Step::Grant(
                     gid.clone(),
@@ -185,12 +269,12 @@ pub(super) async fn run_inner(
                 // The pins a new request shows the human (computed outside the lock).
                 let p = match &pins {
                     Some(p) => p.clone(),
-                    None => match access::prepare(&req.argv, &cwd, &search_path, home.as_deref()) {
+                    None => match access::prepare(&req.argv, cwd, search_path, home.as_deref()) {
                         Ok(p) => {
                             pins = Some(p.clone());
                             p
                         }
-                        Err(e) => return Some(e.reply()),
+                        Err(e) => return Err(Some(e.reply())),
                     },
                 };
                 let mut inner = broker.lock();
@@ -213,7 +297,7 @@ pub(super) async fn run_inner(
                 } else {
                     match access::find_or_create_request(
                         &mut inner,
-                        &ask,
+                        ask,
                         p,
                         req.reason.clone(),
                         req.ttl_seconds,
@@ -223,7 +307,7 @@ pub(super) async fn run_inner(
                             created,
                             inner.requests.get(&id).map(|r| r.state.clone()),
                         ),
-                        Err(e) => return Some(e.reply()),
+                        Err(e) => return Err(Some(e.reply())),
                     }
                 }
             }
@@ -233,24 +317,24 @@ pub(super) async fn run_inner(
                 // Verify outside the lock: resolve again, open and check the file, re-hash inputs.
                 let verified = verify(
                     &req.argv,
-                    &cwd,
-                    &search_path,
+                    cwd,
+                    search_path,
                     home.as_deref(),
                     exe_pin.as_ref(),
                     &inputs,
                 );
                 let mut inner = broker.lock();
                 // Values the agent could have chosen are bound by digest: another one ends it.
-                if let Err(why) = access::check_chosen(&inner, &gid, &ask) {
+                if let Err(why) = access::check_chosen(&inner, &gid, ask) {
                     inner.revoke(&gid, "value changed since approval");
                     inner.audit("value_changed", json!({"grant_id": gid, "why": why}));
                     drop(inner);
                     broker.notify();
-                    return Some(
+                    return Err(Some(
                         OpError::new(ErrorCode::Denied, format!("{why}; grant {gid} was ended"))
                             .hint("a new approval is needed: call run again to ask the user")
                             .reply(),
-                    );
+                    ));
                 }
                 match verified {
                     Err(e) => {
@@ -261,18 +345,18 @@ pub(super) async fn run_inner(
                         );
                         drop(inner);
                         broker.notify();
-                        return Some(
+                        return Err(Some(
                             OpError::new(ErrorCode::Denied, format!("{e}; grant {gid} was ended"))
                                 .hint(mismatch_hint(&e, &inputs))
                                 .reply(),
-                        );
+                        ));
                     }
                     Ok(file) => {
                         // Consume a use only if the grant still covers the run (it may have been
                         // revoked or used up meanwhile).
                         let now = Timestamp::now();
                         if let Some(g) = inner.grants.get_mut(&gid)
-                            && g.covers(&ask, now)
+                            && g.covers(ask, now)
                         {
                             if let Some(u) = g.uses_left.as_mut() {
                                 *u = u.saturating_sub(1);
@@ -290,7 +374,7 @@ pub(super) async fn run_inner(
                 }
                 match state {
                     Some(RequestState::Denied { reason }) => {
-                        return Some(
+                        return Err(Some(
                             OpError::new(
                                 ErrorCode::Denied,
                                 format!(
@@ -304,16 +388,16 @@ pub(super) async fn run_inner(
                                 ),
                             )
                             .reply(),
-                        );
+                        ));
                     }
                     Some(RequestState::Expired) => {
-                        return Some(
+                        return Err(Some(
                             OpError::new(
                                 ErrorCode::Timeout,
                                 format!("request #{id} expired unanswered"),
                             )
                             .reply(),
-                        );
+                        ));
                     }
                     // Approved at once (an auto-approve rule): match its grant now.
                     Some(RequestState::Approved { .. }) if created => continue,
@@ -333,26 +417,44 @@ pub(super) async fn run_inner(
         }
         // Wait for a change, the deadline, or the client going away.
         tokio::select! {
-            r = changed.changed() => { if r.is_err() { return None; } }
+            r = changed.changed() => { if r.is_err() { return Err(None); } }
             _ = tokio::time::sleep_until(deadline) => {
                 let id = announced.unwrap_or(0);
-                return Some(Reply::Pending { request_id: id, hint: approve_hint(id), is_final: true });
+                return Err(Some(Reply::Pending { request_id: id, hint: approve_hint(id), is_final: true }));
             }
-            _ = gone.cancelled() => return None,
-            _ = broker.shutdown.cancelled() => return Some(OpError::new(ErrorCode::Failed, "the broker is stopping").reply()),
+            _ = gone.cancelled() => return Err(None),
+            _ = broker.shutdown.cancelled() => return Err(Some(OpError::new(ErrorCode::Failed, "the broker is stopping").reply())),
         }
     };
+    Ok(granted)
+}
 
+/// Step 3: the values (stored and minted), the environment built from scratch, a private
+/// TMPDIR, the spawn of the verified executable under the run's reaper, and the run recorded
+/// (live runs, audit).
+async fn launch(
+    broker: &Arc<Broker>,
+    req: &mut RunRequest,
+    a: &Admitted,
+    grant_id: String,
+    exe: std::fs::File,
+    inputs: Vec<pin::InputPin>,
+) -> Result<Launched, Reply> {
+    let Admitted {
+        ask,
+        cwd,
+        pass_env,
+        vars,
+        ..
+    } = a;
     // Just-in-time credentials: minted at the grant's first spawn (reused after), provider
     // values fetched now.
     let dynamic_values =
-        match crate::dynamic::values_for_grant(broker, &grant_id, &req.environment, &vars).await {
+        match crate::dynamic::values_for_grant(broker, &grant_id, &req.environment, vars).await {
             Ok(v) => v,
             Err(e) => {
-                let e = broker
-                    .lock()
-                    .hide_names_in_error(&req.environment, &vars, e);
-                return Some(e.reply());
+                let e = broker.lock().hide_names_in_error(&req.environment, vars, e);
+                return Err(e.reply());
             }
         };
     // Spawn under the grant, with an environment built from scratch.
@@ -363,20 +465,16 @@ pub(super) async fn run_inner(
         let entry_len =
             serde_json::to_string(&req.argv).map_or(0, |j| j.len()) * 2 + cwd.len() + 2048;
         if let Err(e) = inner.audit_ready_for("run_start", entry_len) {
-            return Some(e.reply());
+            return Err(e.reply());
         }
-        let mut values = match inner.values(&req.environment, &vars) {
+        let mut values = match inner.values(&req.environment, vars) {
             // Defence in depth for vaults written before such names were refused.
             Ok(v) => v
                 .into_iter()
                 .filter(|(k, _)| !never_passed(k))
                 .collect::<Vec<_>>(),
             Err(e) => {
-                return Some(
-                    inner
-                        .hide_names_in_error(&req.environment, &vars, e)
-                        .reply(),
-                );
+                return Err(inner.hide_names_in_error(&req.environment, vars, e).reply());
             }
         };
         values.extend(dynamic_values.values);
@@ -396,7 +494,7 @@ pub(super) async fn run_inner(
         // argv is the requester's, stored and shown as given: never matched against values
         // (see `access::find_or_create_request`).
         let shown_argv = req.argv.clone();
-        let mut env = child_env(&inner, &req.environment, &req.env, &pass_env);
+        let mut env = child_env(&inner, &req.environment, &req.env, pass_env);
         env.extend(dynamic_values.env);
         (values, cancel, redactor, shown_argv, env)
     };
@@ -416,7 +514,7 @@ pub(super) async fn run_inner(
         }
         Err(e) => {
             // Fail closed: without it, temporary files would land where nothing scans them.
-            return Some(
+            return Err(
                 OpError::new(
                     ErrorCode::Failed,
                     format!("cannot create the run's private TMPDIR: {e}; nothing was started"),
@@ -455,11 +553,9 @@ pub(super) async fn run_inner(
                 "run_failed",
                 json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": e.to_string()}),
             );
-            return Some(
-                OpError::new(ErrorCode::Failed, msg)
-                    .hint("check that the command exists and is executable")
-                    .reply(),
-            );
+            return Err(OpError::new(ErrorCode::Failed, msg)
+                .hint("check that the command exists and is executable")
+                .reply());
         }
     };
     {
@@ -490,25 +586,43 @@ pub(super) async fn run_inner(
             }),
         );
     }
-    if detach {
-        return Some(super::background::adopt(
-            broker,
-            super::background::Detached {
-                run_id,
-                grant_id,
-                client: req.client.scope_key(),
-                environment: req.environment,
-                argv: shown_argv,
-                cwd,
-                started,
-                timeout,
-                redactor,
-                cancel,
-                started_at,
-                tmp_dir,
-            },
-        ));
-    }
+    Ok(Launched {
+        run_id,
+        grant_id,
+        started,
+        timeout,
+        redactor,
+        cancel,
+        started_at,
+        tmp_dir,
+        shown_argv,
+        inputs,
+    })
+}
+
+/// Step 4: relays the redacted output to the client until the run ends, scans what it wrote,
+/// records its end; the final reply.
+async fn relay(
+    broker: &Arc<Broker>,
+    req: &RunRequest,
+    a: &Admitted,
+    l: Launched,
+    sink: &mut spawn::OutputSink,
+    gone: &CancellationToken,
+) -> Reply {
+    let Launched {
+        run_id,
+        grant_id,
+        started,
+        timeout,
+        redactor,
+        cancel,
+        started_at,
+        tmp_dir,
+        inputs,
+        ..
+    } = l;
+    let cwd = &a.cwd;
     if let Ok(body) = Frame::json(&Reply::Started {
         run_id: run_id.clone(),
         grant_id: grant_id.clone(),
@@ -527,7 +641,7 @@ pub(super) async fn run_inner(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
-    end_if_dirs_changed(broker, &grant_id, &run_id, &grant_inputs);
+    end_if_dirs_changed(broker, &grant_id, &run_id, &inputs);
     // Write-side scan: files the run changed under its cwd and the usual credential stores in
     // HOME, for every granted value in every form the redactor knows (reported by name).
     let (home_dir, action) = {
@@ -606,7 +720,7 @@ pub(super) async fn run_inner(
             }),
         );
     }
-    Some(Reply::Exit(result))
+    Reply::Exit(result)
 }
 
 /// Refuses a command whose name the requester's own `PATH` resolves to a different file, in a

@@ -451,7 +451,7 @@ pub(crate) struct Inner {
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
     pub pending_totp: Option<(SecretValue, Instant)>,
     /// Factor challenges handed out and not yet used (`factor_ops::challenge`), by id.
-    pub challenges: std::collections::HashMap<String, super::factor_ops::HeldChallenge>,
+    pub challenges: std::collections::HashMap<String, HeldChallenge>,
     /// Request times per real origin (`peer.rs`), and of all clients under the empty key: for
     /// the `burst` flag.
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
@@ -1057,6 +1057,26 @@ pub(crate) fn new_id(prefix: &str) -> String {
         );
     }
     format!("{prefix}{}", hex::encode(b))
+}
+
+/// Which factor a key a challenge holds stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeldKind {
+    /// The passphrase's factor key (from the data key).
+    Passphrase,
+    /// A TOTP exchange for this 30-second step.
+    Totp(u64),
+}
+
+/// A challenge the broker handed out: its nonce and the keys a proof may use.
+#[derive(Debug)]
+pub(crate) struct HeldChallenge {
+    /// The broker's nonce.
+    pub(crate) nonce: [u8; crate::factor_proof::LEN],
+    /// The keys a proof may use, by index (taken when used).
+    pub(crate) keys: Vec<Option<(HeldKind, crate::factor_proof::FactorKey)>>,
+    /// When it was handed out.
+    pub(crate) created: std::time::Instant,
 }
 
 #[cfg(test)]

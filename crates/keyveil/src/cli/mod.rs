@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
 
 use crate::authorize::{self, Authorized, FactorInput};
 use crate::client::{self, Connection, Event};
@@ -54,54 +53,7 @@ pub struct Cli {
     command: Command,
 }
 
-/// An error that carries its exit code.
-#[derive(Debug)]
-pub(crate) struct Exit {
-    /// Exit code.
-    pub code: i32,
-    /// Message (may end with `hint:` lines).
-    pub message: String,
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Exit {}
-
-/// Writes a line to stdout (the one place the CLI prints results).
-pub(crate) fn say(s: impl AsRef<str>) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{}", s.as_ref());
-}
-
-/// Writes a line to stderr.
-pub(crate) fn note(s: impl AsRef<str>) {
-    let mut o = std::io::stderr().lock();
-    let _ = writeln!(o, "{}", s.as_ref());
-}
-
-/// Turns a broker reply into data or an [`Exit`] error.
-pub(crate) fn expect_ok(reply: Reply) -> Result<Value> {
-    match reply {
-        Reply::Ok { data } => Ok(data),
-        Reply::Error {
-            code,
-            message,
-            hint,
-        } => Err(Exit {
-            code: code.exit_code(),
-            message: match hint {
-                Some(h) => format!("{message}\nhint: {h}"),
-                None => message,
-            },
-        }
-        .into()),
-        other => bail!("unexpected reply from the broker: {}", kind_of(&other)),
-    }
-}
+pub(crate) use crate::output::{Exit, expect_ok, note, say};
 
 /// The typed data of the broker's reply to operation `O`, or an [`Exit`] error.
 pub(crate) fn expect<O: Operation>(reply: Reply) -> Result<O::Reply> {
@@ -113,16 +65,6 @@ pub(crate) fn json_text<T: serde::Serialize>(reply: &T) -> Result<String> {
     Ok(serde_json::to_value(reply)
         .context("cannot encode the reply")?
         .to_string())
-}
-
-fn kind_of(r: &Reply) -> &'static str {
-    match r {
-        Reply::Ok { .. } => "ok",
-        Reply::Error { .. } => "error",
-        Reply::Pending { .. } => "pending",
-        Reply::Started { .. } => "started",
-        Reply::Exit(_) => "exit",
-    }
 }
 
 /// What a `revoke` or `lock` reply says about the runs it stopped, as a clause ("" if none):

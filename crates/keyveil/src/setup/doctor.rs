@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::{Format, Found, Host, HostEnv, Op, find, parse_value, plan, this_binary};
-use crate::cli::say;
+use crate::output::say;
 
 /// How long a host's own MCP listing may take before it is killed.
 pub const HOST_LISTING_TIMEOUT: Duration = Duration::from_secs(5);
