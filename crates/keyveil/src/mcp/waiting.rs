@@ -136,10 +136,6 @@ pub fn is_approval_link(url: &url::Url) -> bool {
         }
 }
 
-/// Marker in a request context: the call runs inside a task (the task offers the link itself).
-#[derive(Debug, Clone, Copy)]
-struct InTask;
-
 /// The server's waiting state: request ids whose link was offered, and its tasks.
 #[derive(Debug, Clone, Default)]
 pub struct Waiting {
@@ -217,11 +213,11 @@ impl KeyveilMcp {
     /// revision that allows server requests. In the background: the call goes on waiting, and
     /// the human's answer to the elicitation changes nothing (approving needs the factor).
     pub(super) async fn on_pending(&self, id: u64, ctx: &RequestContext<RoleServer>) {
-        if ctx.extensions.get::<InTask>().is_some()
-            || !url_mode(ctx)
-            || !server_requests_allowed(ctx)
-            || self.waiting.link_sent(id)
-        {
+        if let Some(task) = ctx.extensions.get::<TaskContext>().cloned() {
+            self.task_pending(id, ctx, task).await;
+            return;
+        }
+        if !url_mode(ctx) || !server_requests_allowed(ctx) || self.waiting.link_sent(id) {
             return;
         }
         let Some(url) = self.approval_link().await else {
@@ -244,6 +240,40 @@ impl KeyveilMcp {
         });
     }
 
+    /// Inside a task: the status message says what the task waits for, and a client that does
+    /// URL elicitation gets the approval link as task input (`input_required`), once.
+    async fn task_pending(&self, id: u64, ctx: &RequestContext<RoleServer>, task: TaskContext) {
+        task.set_status_message(format!(
+            "waiting for the user to approve request #{id}: `keyveil approve {id}` in their terminal"
+        ));
+        if !url_mode(ctx) || self.waiting.link_sent(id) {
+            return;
+        }
+        let Some(url) = self.approval_link().await else {
+            return;
+        };
+        if !self.waiting.first_offer(id) {
+            return;
+        }
+        let request = ElicitRequest::new(ElicitRequestParams::UrlElicitationParams {
+            meta: None,
+            message: link_message(id),
+            url: url.to_string(),
+            elicitation_id: format!("keyveil-approve-{id}"),
+        });
+        // The answer changes nothing (approving needs the factor): not awaited.
+        tokio::spawn(async move {
+            let answer = task
+                .request_input(format!("approve-{id}"), InputRequest::Elicitation(request))
+                .await;
+            tracing::debug!(
+                request_id = id,
+                ok = answer.is_ok(),
+                "approval link answered"
+            );
+        });
+    }
+
     /// `tools/call` of `run` or `start` as a task, for a client that declared the tasks
     /// extension; `None` for every other call (handled as usual). Invalid arguments are
     /// answered at once, not as a task.
@@ -262,7 +292,6 @@ impl KeyveilMcp {
         // notifications tied to a request that has been answered.
         tctx.ct = tokio_util::sync::CancellationToken::new();
         tctx.meta.remove("progressToken");
-        tctx.extensions.insert(InTask);
         let call = match name {
             "run" => parse::<RunArgs>(name, args.clone()).map(TaskCall::Run),
             _ => parse::<StartArgs>(name, args.clone()).map(TaskCall::Start),
@@ -276,10 +305,12 @@ impl KeyveilMcp {
             .with_poll_interval_ms(2_000)
             .with_status_message(format!("{name}: asking keyveil's broker"));
         let task = self.waiting.tasks().spawn(options, move |task| {
+            let mut tctx = tctx;
+            tctx.extensions.insert(task.clone());
             Box::pin(async move {
                 let ct = tctx.ct.clone();
                 tokio::select! {
-                    r = server.task_body(call, &tctx, &task) => r,
+                    r = server.task_body(call, &tctx) => r,
                     _ = task.cancelled() => {
                         ct.cancel();
                         Err(TaskExit::Cancelled)
@@ -291,13 +322,12 @@ impl KeyveilMcp {
     }
 
     /// The task: the call again and again (each waiting up to [`MAX_WAIT_SECONDS`]) while its
-    /// request is pending, for at most [`TASK_WAIT_SECONDS`]; the approval link offered as task
-    /// input once.
+    /// request is pending, for at most [`TASK_WAIT_SECONDS`] (the approval link is offered as
+    /// task input by [`KeyveilMcp::on_pending`]).
     async fn task_body(
         &self,
         call: TaskCall,
         ctx: &RequestContext<RoleServer>,
-        task: &TaskContext,
     ) -> Result<CallToolResult, TaskExit> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(TASK_WAIT_SECONDS);
         loop {
@@ -317,35 +347,8 @@ impl KeyveilMcp {
                 .filter(|s| s.get("status") == Some(&json!("pending_approval")))
                 .and_then(|s| s.get("request_id"))
                 .and_then(Value::as_u64);
-            let Some(id) = pending else {
+            if pending.is_none() {
                 return Ok(result);
-            };
-            task.set_status_message(format!(
-                "waiting for the user to approve request #{id}: `keyveil approve {id}` in their terminal"
-            ));
-            if url_mode(ctx)
-                && !self.waiting.link_sent(id)
-                && let Some(url) = self.approval_link().await
-                && self.waiting.first_offer(id)
-            {
-                let request = ElicitRequest::new(ElicitRequestParams::UrlElicitationParams {
-                    meta: None,
-                    message: link_message(id),
-                    url: url.to_string(),
-                    elicitation_id: format!("keyveil-approve-{id}"),
-                });
-                let task = task.clone();
-                // The answer changes nothing (approving needs the factor): not awaited.
-                tokio::spawn(async move {
-                    let answer = task
-                        .request_input(format!("approve-{id}"), InputRequest::Elicitation(request))
-                        .await;
-                    tracing::debug!(
-                        request_id = id,
-                        ok = answer.is_ok(),
-                        "approval link answered"
-                    );
-                });
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(result);
