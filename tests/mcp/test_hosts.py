@@ -108,10 +108,15 @@ def browser_sets_value(url: str, value: str) -> str:
 async def test_url_elicitation_sends_the_human_to_the_local_page(home: Home):
     typed = "typed-in-the-browser-" + os.urandom(6).hex()
     seen: list[types.ElicitRequestURLParams] = []
+    links: list[types.ElicitRequestURLParams] = []
 
     async def on_elicit(context, params):
         assert isinstance(params, types.ElicitRequestURLParams), params
         assert params.url.startswith("http://127.0.0.1:"), params.url
+        if params.elicitation_id.startswith("keyveil-approve-"):
+            # The approval page link for the pending run (the human approves in the terminal).
+            links.append(params)
+            return types.ElicitResult(action="decline")
         seen.append(params)
         await anyio.to_thread.run_sync(browser_sets_value, params.url, typed)
         return types.ElicitResult(action="accept")
@@ -138,8 +143,13 @@ async def test_url_elicitation_sends_the_human_to_the_local_page(home: Home):
                 "wait_seconds": 0,
             }
             first = await call(client, "run", args)
-            home.approve(first.structured_content["request_id"])
+            rid = first.structured_content["request_id"]
+            assert first.structured_content["waiting"]["approval_link_sent"] is True
+            home.approve(rid)
             done = await call(client, "run", args)
+            # One approval-page link, for that request, carrying nothing but the one-time token.
+            assert [p.elicitation_id for p in links] == [f"keyveil-approve-{rid}"]
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+/login\?token=[0-9a-f]{64}", links[0].url), links[0].url
             assert done.structured_content["exit_code"] == 0, done.structured_content
             assert done.structured_content["stdout"].strip() == hashlib.sha256(typed.encode()).hexdigest()[:16]
     # The page's link went through the client (that is URL mode), never the value.
