@@ -954,7 +954,8 @@ impl ServerHandler for KeyveilMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
-        let args = Value::Object(request.arguments.unwrap_or_default());
+        let retry = request.input_responses.is_some() || request.request_state.is_some();
+        let mut args = Value::Object(request.arguments.unwrap_or_default());
         tracing::debug!(tool = %name, "tool call");
         match self.call_as_task(&name, &args, &context) {
             Some(Ok(task)) => {
@@ -965,7 +966,15 @@ impl ServerHandler for KeyveilMcp {
             Some(Err(e)) => return Ok(CallToolResponse::Complete(e)),
             None => {}
         }
+        let round_trip = self.link_round_trip(&name, retry, &context);
+        if round_trip && let Some(a) = args.as_object_mut() {
+            a.insert("wait_seconds".to_owned(), Value::from(0));
+        }
         match self.dispatch(&name, args, context).await {
+            Some(r) if round_trip => Ok(match self.link_input_required(&r).await {
+                Some(ask) => CallToolResponse::InputRequired(ask),
+                None => CallToolResponse::Complete(r),
+            }),
             Some(r) => Ok(CallToolResponse::Complete(r)),
             None => Err(ErrorData::invalid_params(
                 format!(

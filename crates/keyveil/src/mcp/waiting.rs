@@ -10,8 +10,9 @@
 //!   the agent can mint one itself with `keyveil approve --web --print`; approving on the page
 //!   still needs the human's factor. The message is fixed text plus the request number: no
 //!   agent-chosen string, no value, no factor. Clients without URL mode get the text hint
-//!   only. In the 2026-07-28 era a server sends no requests of its own, so there the link
-//!   reaches the human only inside a task (`input_required`).
+//!   only. In the 2026-07-28 era a server sends no requests of its own: there a pending `run`
+//!   or `start` answers with an `InputRequiredResult` carrying the link (multi round-trip; the
+//!   first call does not wait, the client's retry does), or, inside a task, `input_required`.
 //! - **Tasks** (`io.modelcontextprotocol/tasks`, SEP-2663). A `run` or `start` from a client
 //!   that declared the extension becomes a task: `tools/call` returns a task id at once, the
 //!   task keeps waiting for the approval (up to the request's lifetime, 10 minutes) without any
@@ -354,6 +355,61 @@ impl KeyveilMcp {
                 return Ok(result);
             }
         }
+    }
+}
+
+impl KeyveilMcp {
+    /// Whether a `tools/call` of `name` answers a pending approval with the approval link as
+    /// an `InputRequiredResult` (multi round-trip, 2026-07-28): the client declared URL
+    /// elicitation on 2026-07-28 or later, the tool is `run` or `start`, and this is not the
+    /// retry of such a result (`retry`: it carries `inputResponses` or `requestState`). Such a
+    /// call is made with `wait_seconds` 0, so the link reaches the human at once; the retry
+    /// waits as the model asked.
+    pub(super) fn link_round_trip(
+        &self,
+        name: &str,
+        retry: bool,
+        ctx: &RequestContext<RoleServer>,
+    ) -> bool {
+        (name == "run" || name == "start")
+            && !retry
+            && url_mode(ctx)
+            && !server_requests_allowed(ctx)
+    }
+
+    /// The `InputRequiredResult` for a pending `result` (of a call for which
+    /// [`Self::link_round_trip`] held): the approval link as `inputRequests["approve-N"]`, once
+    /// per request; `None` when the result is not pending, the link was offered already, or
+    /// none could be made (then the plain pending result goes out).
+    pub(super) async fn link_input_required(
+        &self,
+        result: &CallToolResult,
+    ) -> Option<rmcp::model::InputRequiredResult> {
+        let id = result
+            .structured_content
+            .as_ref()
+            .filter(|s| s.get("status") == Some(&json!("pending_approval")))
+            .and_then(|s| s.get("request_id"))
+            .and_then(Value::as_u64)?;
+        if self.waiting.link_sent(id) {
+            return None;
+        }
+        let url = self.approval_link().await?;
+        if !self.waiting.first_offer(id) {
+            return None;
+        }
+        let request = ElicitRequest::new(ElicitRequestParams::UrlElicitationParams {
+            meta: None,
+            message: link_message(id),
+            url: url.to_string(),
+            elicitation_id: format!("keyveil-approve-{id}"),
+        });
+        let mut requests = rmcp::model::InputRequests::new();
+        requests.insert(format!("approve-{id}"), InputRequest::Elicitation(request));
+        Some(rmcp::model::InputRequiredResult::new(
+            Some(requests),
+            Some(format!("approve-{id}")),
+        ))
     }
 }
 
