@@ -59,7 +59,7 @@ pub struct WaitingOutput {
     /// The arguments of that call: `{"request_id": N}` for `access_status`; absent when they
     /// are the same arguments as this call's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_arguments: Option<Value>,
+    pub next_arguments: Option<NextArguments>,
     /// `wait_seconds` to pass on that call: it returns as soon as the user approves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_seconds: Option<u64>,
@@ -70,6 +70,13 @@ pub struct WaitingOutput {
     pub approval_link_sent: bool,
 }
 
+/// The arguments of the next call when they differ from this call's (`access_status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NextArguments {
+    /// The request to ask about.
+    pub request_id: u64,
+}
+
 /// The waiting instructions of a pending `tool` call (`run`, `start` or `request_access`) for
 /// request `id`; `link_sent`: the client was offered the approval page link.
 pub fn waiting(tool: &str, id: u64, link_sent: bool) -> WaitingOutput {
@@ -77,7 +84,7 @@ pub fn waiting(tool: &str, id: u64, link_sent: bool) -> WaitingOutput {
     WaitingOutput {
         approve_command: format!("keyveil approve {id}"),
         next_tool: if again { tool } else { "access_status" }.to_owned(),
-        next_arguments: (!again).then(|| json!({ "request_id": id })),
+        next_arguments: (!again).then_some(NextArguments { request_id: id }),
         wait_seconds: again.then_some(MAX_WAIT_SECONDS),
         poll_seconds: POLL_SECONDS,
         approval_link_sent: link_sent,
@@ -438,7 +445,7 @@ mod tests {
         assert!(t.contains("never ask for it in the chat"), "{t}");
         let w = waiting("request_access", 3, true);
         assert_eq!(w.next_tool, "access_status");
-        assert_eq!(w.next_arguments, Some(json!({"request_id": 3})));
+        assert_eq!(w.next_arguments, Some(NextArguments { request_id: 3 }));
         assert_eq!(w.wait_seconds, None);
         assert!(pending_text("start", 4, true).contains("approval page"));
     }
