@@ -44,6 +44,10 @@ pub const POLL_SECONDS: u64 = 10;
 pub const TASK_WAIT_SECONDS: u64 = crate::broker::state::REQUEST_TTL_SECONDS as u64;
 /// How long an approval-link elicitation may stay open, in seconds.
 const LINK_WAIT_SECONDS: u64 = TASK_WAIT_SECONDS;
+/// Most tasks of one session running at once (each holds a broker connection while it waits).
+const MAX_RUNNING_TASKS: usize = 32;
+/// Pause between two rounds of a task's wait, should a round return early.
+const TASK_ROUND_PAUSE: Duration = Duration::from_secs(1);
 /// How long a finished task's result is kept for `tasks/get`, in milliseconds.
 const TASK_TTL_MS: u64 = 30 * 60 * 1000;
 
@@ -308,6 +312,11 @@ impl KeyveilMcp {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
         };
+        if self.waiting.tasks().running_task_count() >= MAX_RUNNING_TASKS {
+            return Some(Err(super::tool_error(format!(
+                "{MAX_RUNNING_TASKS} keyveil tasks of this session are still running; wait for one to end (tasks/get) or cancel one (tasks/cancel).",
+            ))));
+        }
         let options = TaskOptions::new()
             .with_ttl_ms(TASK_TTL_MS)
             .with_poll_interval_ms(2_000)
@@ -361,6 +370,7 @@ impl KeyveilMcp {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(result);
             }
+            tokio::time::sleep(TASK_ROUND_PAUSE).await;
         }
     }
 }

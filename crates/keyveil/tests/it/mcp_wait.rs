@@ -447,3 +447,35 @@ fn the_desktop_notification_escapes_agent_text_and_holds_no_value() {
     let o = wait_output(run, CLI_LIMIT);
     assert!(!o.status.success());
 }
+
+#[test]
+fn a_cancelled_task_stops_waiting_and_an_approval_afterwards_runs_nothing() {
+    let (h, _value) = home_with_value();
+    let marker = h.path().join("ran");
+    let mut m = Raw::start(
+        &h,
+        json!({"extensions": {"io.modelcontextprotocol/tasks": {}}}),
+    );
+    let r = m.request(
+        "tools/call",
+        json!({"name": "run", "arguments": {"environment": "demo",
+               "command": ["touch", marker.to_str().unwrap()]}}),
+    );
+    let task_id = r["result"]["taskId"].as_str().unwrap().to_owned();
+    let id = h.wait_request();
+    let c = m.request("tasks/cancel", json!({"taskId": task_id}));
+    assert!(c.get("result").is_some(), "{c}");
+    let t0 = Instant::now();
+    loop {
+        let g = m.request("tasks/get", json!({"taskId": task_id}));
+        if g["result"]["status"] == "cancelled" {
+            break;
+        }
+        assert!(t0.elapsed() < BOUND, "never cancelled: {g}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The human approves afterwards: the cancelled task runs nothing.
+    let _ = h.approve(id, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!marker.exists(), "a cancelled task ran its command");
+}
