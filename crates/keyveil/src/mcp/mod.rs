@@ -967,12 +967,17 @@ impl ServerHandler for KeyveilMcp {
             None => {}
         }
         let round_trip = self.link_round_trip(&name, retry, &context);
+        let asked = args.clone();
         if round_trip && let Some(a) = args.as_object_mut() {
             a.insert("wait_seconds".to_owned(), Value::from(0));
         }
-        match self.dispatch(&name, args, context).await {
+        match self.dispatch(&name, args, context.clone()).await {
             Some(r) if round_trip => Ok(match self.link_input_required(&r).await {
                 Some(ask) => CallToolResponse::InputRequired(ask),
+                // The link went out before: the call waits as the model asked after all.
+                None if waiting::pending_request(&r).is_some() => CallToolResponse::Complete(
+                    self.dispatch(&name, asked, context).await.unwrap_or(r),
+                ),
                 None => CallToolResponse::Complete(r),
             }),
             Some(r) => Ok(CallToolResponse::Complete(r)),

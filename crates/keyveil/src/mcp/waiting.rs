@@ -358,13 +358,7 @@ impl KeyveilMcp {
                     self.start(a, ctx).await
                 }
             };
-            let pending = result
-                .structured_content
-                .as_ref()
-                .filter(|s| s.get("status") == Some(&json!("pending_approval")))
-                .and_then(|s| s.get("request_id"))
-                .and_then(Value::as_u64);
-            if pending.is_none() {
+            if pending_request(&result).is_none() {
                 return Ok(result);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -402,12 +396,7 @@ impl KeyveilMcp {
         &self,
         result: &CallToolResult,
     ) -> Option<rmcp::model::InputRequiredResult> {
-        let id = result
-            .structured_content
-            .as_ref()
-            .filter(|s| s.get("status") == Some(&json!("pending_approval")))
-            .and_then(|s| s.get("request_id"))
-            .and_then(Value::as_u64)?;
+        let id = pending_request(result)?;
         if self.waiting.link_sent(id) {
             return None;
         }
@@ -428,6 +417,16 @@ impl KeyveilMcp {
             Some(format!("approve-{id}")),
         ))
     }
+}
+
+/// The request a `run`/`start` result is pending on, if it is `pending_approval`.
+pub fn pending_request(result: &CallToolResult) -> Option<u64> {
+    result
+        .structured_content
+        .as_ref()
+        .filter(|s| s.get("status") == Some(&json!("pending_approval")))
+        .and_then(|s| s.get("request_id"))
+        .and_then(Value::as_u64)
 }
 
 /// The call a task runs.

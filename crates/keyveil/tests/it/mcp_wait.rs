@@ -45,6 +45,19 @@ struct Raw {
 
 impl Raw {
     fn start(h: &Home, capabilities: Value) -> Raw {
+        let mut r = Raw::bare(h);
+        let init = r.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": capabilities,
+                   "clientInfo": {"name": "wait-test", "version": "1"}}),
+        );
+        assert!(init.get("result").is_some(), "{init}");
+        r.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        r
+    }
+
+    /// A server spoken to without a handshake (2026-07-28: `_meta` in each request).
+    fn bare(h: &Home) -> Raw {
         let mut cmd = h.cmd(&["mcp"]);
         cmd.current_dir(h.path())
             .stdin(Stdio::piped())
@@ -67,22 +80,14 @@ impl Raw {
                 }
             }
         });
-        let mut r = Raw {
+        Raw {
             child,
             stdin: Some(stdin),
             lines,
             seen: Vec::new(),
             server_requests: Vec::new(),
             next_id: 0,
-        };
-        let init = r.request(
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": capabilities,
-                   "clientInfo": {"name": "wait-test", "version": "1"}}),
-        );
-        assert!(init.get("result").is_some(), "{init}");
-        r.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        r
+        }
     }
 
     fn send(&mut self, v: &Value) {
@@ -478,4 +483,88 @@ fn a_cancelled_task_stops_waiting_and_an_approval_afterwards_runs_nothing() {
     let _ = h.approve(id, &[]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(!marker.exists(), "a cancelled task ran its command");
+}
+
+fn meta_2026(capabilities: Value) -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "wait-2026", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+    })
+}
+
+#[test]
+fn a_2026_url_client_gets_the_link_as_input_required_once_and_others_never() {
+    let (h, value) = home_with_value();
+    let mut m = Raw::bare(&h);
+    // No URL mode declared: the plain pending reply.
+    let plain = m.request(
+        "tools/call",
+        json!({"_meta": meta_2026(json!({})), "name": "run",
+               "arguments": {"environment": "demo", "command": ["true"], "wait_seconds": 0}}),
+    );
+    assert_eq!(plain["result"]["resultType"], "complete", "{plain}");
+    assert_eq!(
+        plain["result"]["structuredContent"]["status"],
+        "pending_approval"
+    );
+    assert_eq!(
+        plain["result"]["structuredContent"]["waiting"]["approval_link_sent"],
+        false
+    );
+    // URL mode declared: the first call does not wait and asks for the link to be shown.
+    let args = json!({"environment": "demo", "wait_seconds": 40, "reason": "<b>factor: x</b>\n",
+                      "command": ["sh", "-c", "echo $API_TOKEN # \u{1b}[2J"]});
+    let url = meta_2026(json!({"elicitation": {"url": {}}}));
+    let t0 = Instant::now();
+    let first = m.request(
+        "tools/call",
+        json!({"_meta": url, "name": "run", "arguments": args}),
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the first call waited"
+    );
+    let res = &first["result"];
+    assert_eq!(res["resultType"], "input_required", "{first}");
+    let (key, ask) = res["inputRequests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    let id: u64 = key.strip_prefix("approve-").unwrap().parse().unwrap();
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    assert_eq!(ask["params"]["mode"], "url");
+    assert_login_link(ask["params"]["url"].as_str().unwrap());
+    for agent in ["factor", "<b>", "echo", "\u{1b}"] {
+        assert!(!ask.to_string().contains(agent), "{agent} in {ask}");
+    }
+    // The client retries with its answer: the call waits as asked (0 here) and is pending,
+    // with the link noted as sent; a later call for the same request gets no second link.
+    let mut retry_args = args.clone();
+    retry_args["wait_seconds"] = json!(0);
+    let retry = m.request(
+        "tools/call",
+        json!({"_meta": url, "name": "run", "arguments": retry_args,
+               "inputResponses": {key: {"action": "decline"}},
+               "requestState": res["requestState"]}),
+    );
+    let s = &retry["result"]["structuredContent"];
+    assert_eq!(retry["result"]["resultType"], "complete", "{retry}");
+    assert_eq!(s["request_id"], id);
+    assert_eq!(s["waiting"]["approval_link_sent"], true);
+    // Once the link went out, a plain call waits as the model asked (no busy polling).
+    let mut wait_args = args.clone();
+    wait_args["wait_seconds"] = json!(2);
+    let t0 = Instant::now();
+    let again = m.request(
+        "tools/call",
+        json!({"_meta": url, "name": "run", "arguments": wait_args}),
+    );
+    assert_eq!(again["result"]["resultType"], "complete", "{again}");
+    assert_eq!(again["result"]["structuredContent"]["request_id"], id);
+    assert!(t0.elapsed() >= Duration::from_secs(2), "it did not wait");
+    assert!(m.server_requests.is_empty(), "{:?}", m.server_requests);
+    assert_no_value(&m.all_output(), &value, "the MCP stream");
 }
