@@ -108,10 +108,15 @@ def browser_sets_value(url: str, value: str) -> str:
 async def test_url_elicitation_sends_the_human_to_the_local_page(home: Home):
     typed = "typed-in-the-browser-" + os.urandom(6).hex()
     seen: list[types.ElicitRequestURLParams] = []
+    links: list[types.ElicitRequestURLParams] = []
 
     async def on_elicit(context, params):
         assert isinstance(params, types.ElicitRequestURLParams), params
         assert params.url.startswith("http://127.0.0.1:"), params.url
+        if params.elicitation_id.startswith("keyveil-approve-"):
+            # The approval page link for the pending run (the human approves in the terminal).
+            links.append(params)
+            return types.ElicitResult(action="decline")
         seen.append(params)
         await anyio.to_thread.run_sync(browser_sets_value, params.url, typed)
         return types.ElicitResult(action="accept")
@@ -138,8 +143,13 @@ async def test_url_elicitation_sends_the_human_to_the_local_page(home: Home):
                 "wait_seconds": 0,
             }
             first = await call(client, "run", args)
-            home.approve(first.structured_content["request_id"])
+            rid = first.structured_content["request_id"]
+            assert first.structured_content["waiting"]["approval_link_sent"] is True
+            home.approve(rid)
             done = await call(client, "run", args)
+            # One approval-page link, for that request, carrying nothing but the one-time token.
+            assert [p.elicitation_id for p in links] == [f"keyveil-approve-{rid}"]
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+/login\?token=[0-9a-f]{64}", links[0].url), links[0].url
             assert done.structured_content["exit_code"] == 0, done.structured_content
             assert done.structured_content["stdout"].strip() == hashlib.sha256(typed.encode()).hexdigest()[:16]
     # The page's link went through the client (that is URL mode), never the value.
@@ -240,3 +250,42 @@ def test_a_server_with_codex_whitelist_environment_finds_the_broker(home: Home, 
             p.wait(timeout=10)
     finally:
         run("daemon", "stop")
+
+
+async def test_2026_url_client_gets_the_approval_link_as_input_required(home: Home):
+    """2026-07-28 has no server-to-client requests: a pending `run` answers with an
+    InputRequiredResult carrying the approval-page link; the SDK shows it (here: the test
+    approves in the terminal, as the human would after opening it) and retries the call, which
+    then completes. One model tool call, no polling."""
+    links: list[types.ElicitRequestURLParams] = []
+
+    async def on_elicit(context, params):
+        assert isinstance(params, types.ElicitRequestURLParams), params
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/login\?token=[0-9a-f]{64}", params.url), params.url
+        assert "printf" not in params.message and "deploy-now" not in params.message
+        links.append(params)
+        rid = int(params.elicitation_id.removeprefix("keyveil-approve-"))
+        await anyio.to_thread.run_sync(home.approve, rid)
+        return types.ElicitResult(action="accept")
+
+    args = {
+        "environment": "demo",
+        "command": ["sh", "-c", 'printf "token: %s\\n" "$API_TOKEN"'],
+        "reason": "deploy-now",
+        "wait_seconds": 30,
+    }
+    with anyio.fail_after(120):
+        async with Client(
+            home.server(),
+            mode="auto",
+            client_info=Implementation(name="pytest-agent", version="1.0"),
+            elicitation_callback=on_elicit,
+            read_timeout_seconds=90,
+        ) as client:
+            assert client.protocol_version == "2026-07-28"
+            r = await call(client, "run", args)
+            assert not r.is_error, text(r)
+            assert r.structured_content["status"] == "completed", r.structured_content
+            assert r.structured_content["stdout"] == "token: [REDACTED:API_TOKEN]\n"
+    assert len(links) == 1, links
+    home.assert_no_value_in_transcript()

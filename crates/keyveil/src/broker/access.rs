@@ -679,7 +679,7 @@ pub(crate) fn find_or_create_request(
             variables: ask.variables.clone(),
             argv: ask.argv.clone(),
             cwd: ask.cwd.clone(),
-            reason,
+            reason: reason.clone(),
             ttl_seconds,
             pass_env: ask.pass_env.clone(),
             executable: pins.executable.clone(),
@@ -713,7 +713,13 @@ pub(crate) fn find_or_create_request(
         }
         return Ok((id, true));
     }
-    crate::notify::request_created(id, &key, &ask.environment, ask.argv.as_deref());
+    crate::notify::request_created(
+        id,
+        &key,
+        &ask.environment,
+        ask.argv.as_deref(),
+        reason.as_deref(),
+    );
     Ok((id, true))
 }
 

@@ -175,9 +175,10 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
             if !seen.insert(id) {
                 continue;
             }
+            // The bell (BEL) first, so a terminal in the background flags the new request.
             let _ = writeln!(
                 tty_out,
-                "\n{}",
+                "\u{7}\n{}",
                 crate::card::render_styled(&r, crate::card::Style::for_terminal(true))
             );
             let _ = write!(

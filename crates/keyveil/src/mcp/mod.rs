@@ -20,6 +20,7 @@
 
 mod stdio;
 pub(crate) mod tools;
+pub(crate) mod waiting;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,6 +105,8 @@ pub(crate) struct KeyveilMcp {
     /// The server's own (non-secret) environment, less `KEYVEIL_*`, passed to runs.
     env: Vec<(String, String)>,
     tools: Vec<Tool>,
+    /// Approval links offered, and tasks (`waiting.rs`).
+    waiting: waiting::Waiting,
 }
 
 impl KeyveilMcp {
@@ -115,6 +118,7 @@ impl KeyveilMcp {
             cwd,
             env: passthrough_env(),
             tools: definitions(),
+            waiting: waiting::Waiting::default(),
         })
     }
 
@@ -368,10 +372,12 @@ impl KeyveilMcp {
                 structured(&o, text)
             }
             Ok(Ok(RunEnd::Pending(id))) => {
+                let sent = self.waiting.link_sent(id);
                 let o = RunOutput {
                     status: RunStatus::PendingApproval,
                     request_id: Some(id),
-                    hint: Some(pending_hint(id)),
+                    hint: Some(waiting::pending_text("run", id, sent)),
+                    waiting: Some(waiting::waiting("run", id, sent)),
                     ..RunOutput::default()
                 };
                 let text = render_run(&o);
@@ -399,6 +405,7 @@ impl KeyveilMcp {
         conn.send(req).await?;
         let progress = ctx.meta.get_progress_token();
         let mut step = 0.0;
+        let mut offered = false;
         loop {
             let Some(ev) = conn.next().await? else {
                 anyhow::bail!("the broker closed the connection before the run ended");
@@ -408,6 +415,12 @@ impl KeyveilMcp {
                 // Collect mode returns output in the final reply; stray frames are dropped.
                 Event::Stdout(_) | Event::Stderr(_) => continue,
             };
+            if let Reply::Pending { request_id, .. } = &reply
+                && !offered
+            {
+                offered = true;
+                self.on_pending(*request_id, ctx).await;
+            }
             match reply {
                 Reply::Pending {
                     request_id,
@@ -482,12 +495,12 @@ impl KeyveilMcp {
         };
         match self.call_op(req).await.map(RequestAccessOutput::from) {
             Ok(mut o) => {
-                o.hint = Some(approve_hint(o.request_id));
-                let text = format!(
-                    "Request #{} is pending. {}",
-                    o.request_id,
-                    approve_hint(o.request_id)
-                );
+                let id = o.request_id;
+                self.on_pending(id, ctx).await;
+                let sent = self.waiting.link_sent(id);
+                let text = waiting::pending_text("request_access", id, sent);
+                o.hint = Some(text.clone());
+                o.waiting = Some(waiting::waiting("request_access", id, sent));
                 structured(&o, text)
             }
             Err(e) => e,
@@ -721,6 +734,7 @@ impl KeyveilMcp {
                     grant_id: Some(started.grant_id),
                     pid: Some(started.pid),
                     request_id: None,
+                    waiting: None,
                     hint: Some(
                         "Read its output with logs (from 0, then the returned next); end it with stop.".to_owned(),
                     ),
@@ -733,14 +747,16 @@ impl KeyveilMcp {
                 structured(&o, text)
             }
             Ok(Ok(RunEnd::Pending(id))) => {
+                let sent = self.waiting.link_sent(id);
                 let hint = format!(
-                    "{} Then call start again with exactly the same arguments. A background command lives as long as its grant: the user may approve with `--ttl 8h`.",
-                    approve_hint(id)
+                    "{} A background command lives as long as its grant: the user may approve with `keyveil approve {id} --ttl 8h`.",
+                    waiting::pending_text("start", id, sent)
                 );
                 let o = StartOutput {
                     status: StartStatus::PendingApproval,
                     request_id: Some(id),
                     hint: Some(hint.clone()),
+                    waiting: Some(waiting::waiting("start", id, sent)),
                     ..StartOutput::default()
                 };
                 structured(&o, format!("pending_approval: request #{id}. {hint}"))
@@ -882,9 +898,14 @@ impl ServerHandler for KeyveilMcp {
     fn get_info(&self) -> ServerConfig {
         let mut server = Implementation::new("keyveil", env!("CARGO_PKG_VERSION"));
         server.title = Some("keyveil secret broker".to_owned());
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(server)
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(server)
+        .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_tools(
@@ -940,9 +961,32 @@ impl ServerHandler for KeyveilMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
-        let args = Value::Object(request.arguments.unwrap_or_default());
+        let retry = request.input_responses.is_some() || request.request_state.is_some();
+        let mut args = Value::Object(request.arguments.unwrap_or_default());
         tracing::debug!(tool = %name, "tool call");
-        match self.dispatch(&name, args, context).await {
+        match self.call_as_task(&name, &args, &context) {
+            Some(Ok(task)) => {
+                return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(
+                    task,
+                )));
+            }
+            Some(Err(e)) => return Ok(CallToolResponse::Complete(e)),
+            None => {}
+        }
+        let round_trip = self.link_round_trip(&name, retry, &context);
+        let asked = args.clone();
+        if round_trip && let Some(a) = args.as_object_mut() {
+            a.insert("wait_seconds".to_owned(), Value::from(0));
+        }
+        match self.dispatch(&name, args, context.clone()).await {
+            Some(r) if round_trip => Ok(match self.link_input_required(&r).await {
+                Some(ask) => CallToolResponse::InputRequired(ask),
+                // The link went out before: the call waits as the model asked after all.
+                None if waiting::pending_request(&r).is_some() => CallToolResponse::Complete(
+                    self.dispatch(&name, asked, context).await.unwrap_or(r),
+                ),
+                None => CallToolResponse::Complete(r),
+            }),
             Some(r) => Ok(CallToolResponse::Complete(r)),
             None => Err(ErrorData::invalid_params(
                 format!(
@@ -953,6 +997,35 @@ impl ServerHandler for KeyveilMcp {
                 None,
             )),
         }
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.waiting
+            .tasks()
+            .get_task(&request.task_id)
+            .map(rmcp::model::GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.waiting
+            .tasks()
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.waiting.tasks().cancel_task(&request.task_id)
     }
 }
 
@@ -1068,13 +1141,6 @@ fn approve_hint(id: u64) -> String {
     )
 }
 
-fn pending_hint(id: u64) -> String {
-    format!(
-        "{} Then call run again with exactly the same arguments.",
-        approve_hint(id)
-    )
-}
-
 fn completed(r: RunResult) -> RunOutput {
     RunOutput {
         status: RunStatus::Completed,
@@ -1091,6 +1157,7 @@ fn completed(r: RunResult) -> RunOutput {
         duration_ms: Some(r.duration_ms),
         request_id: None,
         hint: None,
+        waiting: None,
         write_leaks: r
             .write_leaks
             .into_iter()

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 pub(crate) const INSTRUCTIONS: &str = "keyveil gives you access to secrets without custody: you see environment and variable names, never values.
 - Never ask the user to paste a secret into the chat. If a variable is missing, call declare_variable: source \"generate\" makes a random value, source \"human\" lets the user set it in their own terminal with `keyveil set ENV NAME`.
 - To use secrets, call run with the command as an argv list. keyveil injects the values into that process only and returns its output with each value replaced by [REDACTED:NAME].
-- If run returns status \"pending_approval\", ask the user to run `keyveil approve ID` in their terminal, then call run again with exactly the same arguments. A different command needs a new approval.
+- If run returns status \"pending_approval\", ask the user to run `keyveil approve ID` in their terminal, then call run again with exactly the same arguments (with wait_seconds 50 it returns as soon as they approve). A different command needs a new approval.
 - For dev servers and watchers use start (returns a run_id), then logs and stop.
 - Do not try to reveal, transform or send values anywhere; every request and run is audited.";
 
@@ -101,7 +101,7 @@ pub(crate) struct DeclareVariableArgs {
 }
 
 /// Arguments of `run`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunArgs {
     /// Environment whose variables are injected.
@@ -194,7 +194,7 @@ pub(crate) struct AuditLogArgs {
 }
 
 /// Arguments of `start`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StartArgs {
     /// Environment whose variables are injected.
@@ -459,6 +459,9 @@ pub(crate) struct RunOutput {
     /// What to do next (pending_approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// How to keep waiting, and the command that approves (pending_approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<super::waiting::WaitingOutput>,
     /// Files the command wrote a secret value into (found by the post-run scan), by variable
     /// and path, never the value. Tell the user; do not read those files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -488,6 +491,9 @@ pub(crate) struct RequestAccessOutput {
     /// What to ask the user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// How to keep waiting, and the command that approves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<super::waiting::WaitingOutput>,
 }
 
 /// Result of `access_status`.
@@ -592,6 +598,9 @@ pub(crate) struct StartOutput {
     /// What to do next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// How to keep waiting, and the command that approves (pending_approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<super::waiting::WaitingOutput>,
 }
 
 /// Result of `logs`.
@@ -694,6 +703,7 @@ impl From<op::AccessRequested> for RequestAccessOutput {
             request_id: r.request_id,
             status: r.status,
             hint: Some(r.hint),
+            waiting: None,
         }
     }
 }

@@ -25,6 +25,7 @@ mod hostile;
 mod identity;
 mod import;
 mod mcp_hostile;
+mod mcp_wait;
 mod names;
 mod oracle;
 mod output;
