@@ -29,6 +29,7 @@ mod sandbox;
 mod scan;
 mod setup;
 mod supervise;
+mod sweep;
 mod when;
 
 fn main() {
