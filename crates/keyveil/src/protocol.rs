@@ -441,6 +441,9 @@ pub enum Request {
     /// fetched from OpenBao at each spawn. From the human's CLI only: it carries the engine's
     /// admin credential.
     DynamicAdd(DynamicAddRequest),
+    /// Search for copies of every stored value (`keyveil sweep`, `docs/sweep.md`): needs the
+    /// factor; the findings come back sealed for the CLI that proved it.
+    Sweep(crate::sweep::wire::SweepRequest),
     /// Start a long-running command (dev server, watcher) under a grant, like [`Request::Run`]
     /// (same approval wait), but reply as soon as it is spawned: `Ok {run_id, grant_id, pid}`.
     /// Its redacted output is read with [`Request::Logs`]; it ends on [`Request::Stop`], at its
@@ -523,6 +526,7 @@ impl Request {
             | Request::FactorEnroll { factor }
             | Request::PolicySet { factor, .. } => factor.as_ref(),
             Request::DynamicAdd(d) => d.factor.as_ref(),
+            Request::Sweep(s) => s.factor.as_ref(),
             _ => None,
         }
     }
@@ -539,6 +543,7 @@ impl Request {
             | Request::FactorEnroll { factor }
             | Request::PolicySet { factor, .. } => *factor = Some(proof),
             Request::DynamicAdd(d) => d.factor = Some(proof),
+            Request::Sweep(s) => s.factor = Some(proof),
             _ => {}
         }
     }
@@ -575,6 +580,7 @@ impl Request {
             Request::AuditVerify => "audit_verify",
             Request::WebUrl => "web_url",
             Request::DynamicAdd(_) => "dynamic_add",
+            Request::Sweep(_) => "sweep",
             Request::Start(_) => "start",
             Request::Logs { .. } => "logs",
             Request::Stop { .. } => "stop",

@@ -15,6 +15,7 @@ pub mod request_ids;
 pub mod runner;
 pub mod spawn;
 pub mod state;
+pub mod sweep_ops;
 pub mod web;
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -166,6 +166,8 @@ pub(super) fn sweep_repo(
         };
         for v in &h.variables {
             out.push(Finding {
+                environment: String::new(),
+                credential: String::new(),
                 variable: v.clone(),
                 kind: "git-history".into(),
                 location: Location::Git {

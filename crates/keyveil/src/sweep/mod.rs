@@ -22,16 +22,14 @@
 //! Memory is bounded: files are read whole only up to the scan's `max_file_bytes` and in windows
 //! beyond; git objects are streamed in windows of [`git::WINDOW`] bytes.
 
-// Wired to the broker in the next commit.
-#![allow(dead_code)]
-
 pub mod git;
 mod kinds;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -91,8 +89,16 @@ pub enum Location {
 /// One copy of one value. Holds no value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Finding {
-    /// The variable, as the redactor names it (the broker uses `ENV/NAME`).
+    /// The environment (filled in by the broker; empty from [`sweep`] itself).
+    #[serde(default)]
+    pub environment: String,
+    /// The variable: as the redactor names it from [`sweep`]; the broker then splits it into
+    /// [`Finding::environment`] and the name clients see (an alias where names are hidden).
     pub variable: String,
+    /// Which secret: `value` (a stored value), `minted` (a dynamic credential held by a live
+    /// grant) or `admin` (a dynamic variable's administrative credential). Set by the broker.
+    #[serde(default)]
+    pub credential: String,
     /// What kind of place: `codex`, `claude-code`, `gemini`, `copilot`, `vscode-cursor`,
     /// `shell-history`, `editor-backup`, `dotenv`, `credential-file`, `git-internal`,
     /// `git-history` or `file`.
@@ -205,6 +211,8 @@ pub fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
                 Vec::new()
             };
             findings.insert(Finding {
+                environment: String::new(),
+                credential: String::new(),
                 kind: kinds::classify(&leak.file, home.as_deref()).to_owned(),
                 recent: recent(&leak.file, now, plan.recent),
                 variable: leak.variable,
@@ -306,13 +314,4 @@ fn lines_of(file: &Path, variable: &str, redactor: &Redactor) -> Vec<u64> {
     }
     zeroize::Zeroize::zeroize(&mut data);
     out
-}
-
-/// Findings grouped by variable, for the human.
-pub fn by_variable(findings: &[Finding]) -> BTreeMap<&str, Vec<&Finding>> {
-    let mut m: BTreeMap<&str, Vec<&Finding>> = BTreeMap::new();
-    for f in findings {
-        m.entry(f.variable.as_str()).or_default().push(f);
-    }
-    m
 }

@@ -33,5 +33,6 @@ mod redteam2;
 mod revoke;
 mod sandbox;
 mod setup;
+mod sweep;
 mod tamper;
 mod web;
