@@ -293,3 +293,122 @@ fn contain_revokes_kills_marks_and_records_an_incident() {
         .clone();
     assert!(key["compromised"].is_null(), "{show}");
 }
+
+fn psql_admin(sql: &str) -> Option<Output> {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-XAtqc",
+            sql,
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+}
+
+#[test]
+fn contain_destroys_a_leaked_dynamic_postgres_credential_at_its_source() {
+    if psql_admin("select 1").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)"
+        );
+        return;
+    }
+    let h = Home::new();
+    let table = format!("kv_sweep_{}", &rand_value("")[..10]);
+    psql_admin(&format!("create table {table} (x int)")).unwrap();
+    let add = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "DATABASE_URL",
+            "--engine",
+            "postgres",
+            "--template",
+            &format!("GRANT SELECT ON TABLE {table} TO {{{{role}}}}"),
+            "--output",
+            "url",
+            "--admin-stdin",
+        ],
+        "postgresql://postgres:AdminPw-sweep-never-shown@127.0.0.1:5432/test\n",
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let out = text(&add.stdout);
+    let i = out.find("users named ").unwrap() + "users named ".len();
+    let prefix = out[i..].split('*').next().unwrap().to_owned();
+    let roles = || {
+        psql_admin(&format!(
+            "select rolname from pg_roles where starts_with(rolname, '{prefix}')"
+        ))
+        .map(|o| text(&o.stdout).lines().count())
+        .unwrap_or(0)
+    };
+    // A granted run leaks its minted URL into a project file (the write-side scan reports it;
+    // the file stays).
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let leak = proj.join("debug.log");
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "DATABASE_URL",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        &format!("printf 'url=%s\\n' \"$DATABASE_URL\" > {}", leak.display()),
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "10m"]).status.success());
+    let _ = wait_output(child, Duration::from_secs(60));
+    assert!(leak.exists());
+    assert_eq!(roles(), 1, "the grant's role exists while the grant lives");
+    let minted = std::fs::read_to_string(&leak).unwrap();
+    let o = sweep(
+        &h,
+        &["--contain", "--no-home", "--json", proj.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = &out["report"]["findings"];
+    assert!(
+        f.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["variable"] == "DATABASE_URL"
+                && x["credential"] == "minted"
+                && x["location"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("debug.log"))),
+        "{out}"
+    );
+    let c = &out["contained"][0];
+    assert_eq!(c["dynamic"], true, "{out}");
+    assert_eq!(c["grants_revoked"], 1, "{out}");
+    // Destroyed at the source within seconds.
+    let t0 = Instant::now();
+    while roles() != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the leaked role still exists"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_absent(
+        &o.stdout,
+        minted.trim().trim_start_matches("url="),
+        "stdout",
+    );
+    assert_absent(&o.stdout, "AdminPw-sweep-never-shown", "stdout");
+    let _ = psql_admin(&format!("drop table {table}"));
+}
