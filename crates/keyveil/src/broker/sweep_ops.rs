@@ -158,14 +158,21 @@ pub async fn sweep(
         (redactor, keys)
     };
     let run_plan = plan.clone();
-    let mut report = tokio::task::spawn_blocking(move || crate::sweep::sweep(&run_plan, &redactor))
-        .await
-        .map_err(|_| {
-            OpError::new(
-                ErrorCode::Failed,
-                "the sweep stopped unexpectedly; nothing was contained",
-            )
-        })?;
+    let scrub = req.contain && req.scrub_transcripts;
+    let (mut report, scrubbed) = tokio::task::spawn_blocking(move || {
+        let report = crate::sweep::sweep(&run_plan, &redactor);
+        let scrubbed = scrub.then(|| {
+            crate::sweep::scrub::scrub(&crate::sweep::scrub::targets(&report.findings), &redactor)
+        });
+        (report, scrubbed)
+    })
+    .await
+    .map_err(|_| {
+        OpError::new(
+            ErrorCode::Failed,
+            "the sweep stopped unexpectedly; nothing was contained",
+        )
+    })?;
     for f in &mut report.findings {
         if let Some((env, _, shown, what)) = keys.get(&f.variable) {
             f.environment.clone_from(env);
@@ -197,7 +204,23 @@ pub async fn sweep(
             "elapsed_ms": report.elapsed_ms,
         }),
     );
-    let outcome = SweepOutcome { report, contained };
+    let mut outcome = SweepOutcome {
+        report,
+        contained,
+        ..SweepOutcome::default()
+    };
+    if let Some(s) = scrubbed {
+        broker.lock().audit(
+            "sweep_scrub",
+            json!({"files": s.files.len(), "left": s.notes.len()}),
+        );
+        outcome.scrubbed = s
+            .files
+            .into_iter()
+            .map(|(p, n)| (p.to_string_lossy().into_owned(), n as u64))
+            .collect();
+        outcome.scrub_notes = s.notes;
+    }
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(&outcome).unwrap_or_default());
     let sealed = factor_proof::seal_in_transit(&key, &nonce, b"sweep", &plain)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;

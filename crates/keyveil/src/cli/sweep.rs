@@ -38,6 +38,11 @@ pub struct SweepArgs {
     /// destroyed at their source), mark it compromised, record an incident in the audit log.
     #[arg(long)]
     pub contain: bool,
+    /// With --contain: rewrite every copy found in an agent host's text transcript (Codex,
+    /// Claude Code, Gemini, Copilot, VS Code/Cursor) to `[REDACTED:ENV/NAME]`. Giving this flag
+    /// with your factor is your confirmation; SQLite stores are left as they are (with a note).
+    #[arg(long, requires = "contain")]
+    pub scrub_transcripts: bool,
     /// Do not sweep $HOME (its top-level files and dot-directories: agent transcripts, shell
     /// histories, credential files).
     #[arg(long)]
@@ -108,6 +113,7 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
         roots,
         home,
         contain: a.contain,
+        scrub_transcripts: a.scrub_transcripts,
         recent_seconds: None,
         max_seconds: a.max_seconds,
         factor: None,
@@ -205,6 +211,16 @@ pub fn render(o: &SweepOutcome) -> String {
             esc(&c.variable),
             what.join(", ")
         ));
+    }
+    for (path, n) in &o.scrubbed {
+        out.push(format!(
+            "rewrote {}: {n} {} now [REDACTED:...]",
+            esc(path),
+            if *n == 1 { "copy" } else { "copies" }
+        ));
+    }
+    for n in &o.scrub_notes {
+        out.push(format!("not rewritten: {}", esc(n)));
     }
     if r.truncated {
         out.push(String::new());

@@ -30,6 +30,9 @@ const MAX_DEPTH: usize = 24;
 const MAX_ENTRIES: u64 = 5_000_000;
 /// Commits listed per found object.
 const MAX_COMMITS: usize = 5;
+/// Found objects placed at their commits per repository (each costs a history walk); the
+/// rest are reported with their path only, and a note says so.
+const MAX_PLACED: usize = 100;
 
 /// `git` with the environment and configuration described in the module docs.
 fn git(repo: &Path) -> Command {
@@ -158,10 +161,19 @@ pub(super) fn sweep_repo(
     }
     let paths = paths_of(repo, &hits);
     let mut out = Vec::new();
-    for h in &hits {
+    if hits.len() > MAX_PLACED {
+        report.notes.push(format!(
+            "repository {}: {} objects hold values; the commits of the first {MAX_PLACED} are listed",
+            repo.display(),
+            hits.len()
+        ));
+    }
+    for (i, h) in hits.iter().enumerate() {
         let commits = match h.kind.as_str() {
             "commit" => vec![h.oid.clone()],
-            "blob" | "tree" => commits_with(repo, &h.oid),
+            "blob" | "tree" if i < MAX_PLACED && Instant::now() < deadline => {
+                commits_with(repo, &h.oid)
+            }
             _ => Vec::new(),
         };
         for v in &h.variables {

@@ -24,6 +24,7 @@
 
 pub mod git;
 mod kinds;
+pub mod scrub;
 pub mod wire;
 
 #[cfg(test)]

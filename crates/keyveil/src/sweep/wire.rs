@@ -21,6 +21,10 @@ pub struct SweepRequest {
     /// destroyed at their source), mark it compromised, record an incident.
     #[serde(default)]
     pub contain: bool,
+    /// With `contain`: also rewrite the copies found in agent host transcripts to the
+    /// redactor's marker (`sweep/scrub.rs`). Signed with the factor: the human's confirmation.
+    #[serde(default)]
+    pub scrub_transcripts: bool,
     /// Findings in files whose inode changed less than this many seconds ago are flagged
     /// `recent` (default 86 400).
     #[serde(default)]
@@ -50,6 +54,12 @@ pub struct SweepOutcome {
     /// What was contained (with `contain`), one per variable found.
     #[serde(default)]
     pub contained: Vec<Contained>,
+    /// Transcripts rewritten (with `scrub_transcripts`): path and markers put in.
+    #[serde(default)]
+    pub scrubbed: Vec<(String, u64)>,
+    /// Transcripts not rewritten, and why.
+    #[serde(default)]
+    pub scrub_notes: Vec<String>,
 }
 
 /// The containment of one variable.

@@ -412,3 +412,65 @@ fn contain_destroys_a_leaked_dynamic_postgres_credential_at_its_source() {
     assert_absent(&o.stdout, "AdminPw-sweep-never-shown", "stdout");
     let _ = psql_admin(&format!("drop table {table}"));
 }
+
+#[test]
+fn scrub_transcripts_rewrites_host_transcripts_to_the_marker_and_nothing_else() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let claude = h.path().join(".claude/projects/-w-app/7a.jsonl");
+    std::fs::create_dir_all(claude.parent().unwrap()).unwrap();
+    let lines = format!(
+        "{{\"type\":\"user\",\"message\":{{\"content\":\"my key is {v}\"}}}}\n{{\"type\":\"assistant\",\"message\":{{\"content\":\"ok\"}}}}\n"
+    );
+    std::fs::write(&claude, &lines).unwrap();
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let codex = h.path().join(".codex/sessions/2026/12/06/rollout-x.jsonl");
+    std::fs::create_dir_all(codex.parent().unwrap()).unwrap();
+    std::fs::write(&codex, format!("{{\"text\":\"{v}\"}}\n")).unwrap();
+    let history = h.path().join(".bash_history");
+    std::fs::write(&history, format!("export API_KEY={v}\n")).unwrap();
+    // Without --contain the flag is refused.
+    let o = sweep(&h, &["--scrub-transcripts", "--no-home", "/tmp"]);
+    assert_eq!(o.status.code(), Some(2));
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = sweep(
+        &h,
+        &[
+            "--contain",
+            "--scrub-transcripts",
+            "--json",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["scrubbed"].as_array().unwrap().len(), 2, "{out}");
+    let after = std::fs::read_to_string(&claude).unwrap();
+    assert!(!after.contains(&v));
+    assert!(after.contains("[REDACTED:demo/API_KEY]"), "{after}");
+    for l in after.lines() {
+        serde_json::from_str::<Value>(l).expect("still JSON lines");
+    }
+    assert_eq!(after.lines().count(), 2);
+    assert_eq!(
+        std::fs::metadata(&claude).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!std::fs::read_to_string(&codex).unwrap().contains(&v));
+    // Not a transcript: left for the human.
+    assert!(std::fs::read_to_string(&history).unwrap().contains(&v));
+    assert!(
+        !std::fs::read_dir(claude.parent().unwrap())
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("keyveil-scrub"))
+    );
+    assert!(h.audit_text().contains("\"sweep_scrub\""));
+    assert_absent(&o.stdout, &v, "stdout");
+}
