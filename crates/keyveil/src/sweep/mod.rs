@@ -170,9 +170,26 @@ pub fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
     roots.sort();
     roots.dedup();
     for r in &roots {
-        scopes.push(scope(r.clone(), None, Duration::ZERO));
+        if r.is_dir() {
+            scopes.push(scope(r.clone(), None, Duration::ZERO));
+        } else {
+            // A file named on its own: matched as stored (no decoding), in windows.
+            file_root(
+                r,
+                redactor,
+                now,
+                plan,
+                home.as_deref(),
+                &mut findings,
+                &mut report,
+            );
+        }
     }
-    if let Some(h) = &home {
+    // A root at or above $HOME already walks all of it.
+    if let Some(h) = home
+        .as_ref()
+        .filter(|h| !roots.iter().any(|r| h.starts_with(r)))
+    {
         scopes.push(scope(PathBuf::new(), Some(h.clone()), Duration::ZERO));
         for extra in kinds::HOME_EXTRA {
             let p = h.join(extra);
@@ -252,6 +269,80 @@ pub fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
         .sort_by(|a, b| (&a.variable, &a.location).cmp(&(&b.variable, &b.location)));
     report.elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     report
+}
+
+/// Matches one file given as a root, as stored, in overlapping windows of 16 MiB.
+fn file_root(
+    path: &Path,
+    redactor: &Redactor,
+    now: SystemTime,
+    plan: &SweepPlan,
+    home: Option<&Path>,
+    findings: &mut BTreeSet<Finding>,
+    report: &mut SweepReport,
+) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    const WINDOW: usize = 16 << 20;
+    let flags =
+        rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path);
+    let mut f = match opened {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        _ => {
+            report.skipped += 1;
+            report.truncated = true;
+            report.notes.push(format!(
+                "{}: not a regular file that can be read",
+                path.display()
+            ));
+            return;
+        }
+    };
+    report.files_scanned += 1;
+    let overlap = redactor.max_pattern_len().max(1);
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(WINDOW + overlap));
+    let mut vars = BTreeSet::new();
+    loop {
+        let start = buf.len();
+        buf.resize(start + WINDOW, 0);
+        let n = match f.read(buf.get_mut(start..).unwrap_or_default()) {
+            Ok(n) => n,
+            Err(e) => {
+                report.truncated = true;
+                report
+                    .notes
+                    .push(format!("{}: read error ({e})", path.display()));
+                0
+            }
+        };
+        buf.truncate(start + n);
+        if n == 0 {
+            break;
+        }
+        report.bytes_scanned += n as u64;
+        vars.extend(redactor.find_leaks(&buf));
+        let keep = buf.len().min(overlap);
+        let cut = buf.len() - keep;
+        buf.drain(..cut);
+    }
+    for variable in vars {
+        let lines = lines_of(path, &variable, redactor);
+        findings.insert(Finding {
+            environment: String::new(),
+            credential: String::new(),
+            kind: kinds::classify(path, home).to_owned(),
+            recent: recent(path, now, plan.recent),
+            location: Location::File {
+                path: path.to_string_lossy().into_owned(),
+                lines,
+            },
+            variable,
+            form: "raw".into(),
+        });
+    }
 }
 
 fn scope(cwd: PathBuf, home: Option<PathBuf>, _slack: Duration) -> ScanScope {

@@ -362,3 +362,45 @@ fn a_huge_git_object_is_matched_across_windows_with_bounded_memory() {
     let r = sweep(&plan(p, None), &redactor(&[("W", &v)]));
     assert!(!git_hits(&r, "W").is_empty(), "{:?}", r.findings);
 }
+
+#[test]
+fn a_file_given_as_a_root_is_matched_alone_and_home_is_walked_once() {
+    let home = tempfile::tempdir().unwrap();
+    let v = value("r");
+    let w = value("s");
+    write(
+        &home.path().join("notes/a.txt"),
+        format!("x\n{v}\n").as_bytes(),
+    );
+    write(
+        &home.path().join("notes/b.txt"),
+        format!("{w}\n").as_bytes(),
+    );
+    let r = sweep(
+        &SweepPlan {
+            roots: vec![home.path().join("notes/a.txt")],
+            home: None,
+            recent: Duration::from_secs(60),
+            max_duration: Duration::from_secs(60),
+        },
+        &redactor(&[("V", &v), ("W", &w)]),
+    );
+    assert_eq!(file_paths(&r, "V").len(), 1);
+    assert_eq!(file_paths(&r, "V")[0].1, &[2]);
+    assert!(file_paths(&r, "W").is_empty(), "a sibling was read");
+    // $HOME as a root: one walk, one finding per place.
+    write(
+        &home.path().join(".zsh_history"),
+        format!(": 1:0;echo {w}\n").as_bytes(),
+    );
+    let r = sweep(
+        &plan(home.path(), Some(home.path())),
+        &redactor(&[("W", &w)]),
+    );
+    let hits = file_paths(&r, "W");
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert!(
+        hits.iter()
+            .any(|(p, _, k)| p.ends_with(".zsh_history") && *k == "shell-history")
+    );
+}
