@@ -254,6 +254,7 @@ pub async fn dispatch_from(
         Request::Sweep(r) => super::sweep_ops::sweep(broker, r, digest).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
+        Request::SweepWatch(_) => Err(usage("a sweep watch is handled on its own path")),
         Request::Logs {
             run_id,
             from,

@@ -36,7 +36,7 @@ const RECENT_SECONDS: u64 = 86_400;
 const MAX_SECONDS: (u64, u64) = (600, 3600);
 
 /// What a redactor name stands for: `(environment, real name, shown name, credential)`.
-type Key = (String, String, String, &'static str);
+pub(super) type Key = (String, String, String, &'static str);
 /// Redactor names and the bytes of what they stand for.
 type Secrets = Vec<(String, zeroize::Zeroizing<Vec<u8>>)>;
 
@@ -45,7 +45,7 @@ fn usage(m: impl Into<String>) -> OpError {
 }
 
 /// Checks the request's paths and makes the plan.
-fn plan_of(req: &SweepRequest) -> OpResult<SweepPlan> {
+pub(super) fn plan_of(req: &SweepRequest) -> OpResult<SweepPlan> {
     if req.roots.len() > MAX_ROOTS {
         return Err(usage(format!("at most {MAX_ROOTS} paths per sweep")));
     }
@@ -124,6 +124,67 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     Ok((out, keys))
 }
 
+/// Checks the human's factor for a sweep: the transit key and nonce the findings are sealed
+/// with.
+pub(super) async fn authorize(
+    broker: &Arc<Broker>,
+    req: &SweepRequest,
+    plan: &SweepPlan,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<(factor_proof::FactorKey, [u8; factor_proof::LEN])> {
+    let required = required_factor(broker)?;
+    let verified = factor_ops::verify_factor(
+        broker,
+        Proof::from_request(req.factor.clone(), digest, false),
+        required,
+        json!({"sweep": {"paths": plan.roots.len(), "contain": req.contain}}),
+    )
+    .await?;
+    verified.transit.ok_or_else(|| {
+        OpError::new(
+            ErrorCode::Denied,
+            "a sweep's findings travel sealed for the keyveil CLI that proved your factor",
+        )
+        .hint("run `keyveil sweep` at your terminal")
+    })
+}
+
+/// A redactor of every secret the broker holds (see [`secrets`]), once `event` can be audited.
+pub(super) fn redactor(
+    broker: &Broker,
+    event: &str,
+) -> OpResult<(crate::redact::Redactor, BTreeMap<String, Key>)> {
+    let mut inner = broker.lock();
+    inner.audit_ready(event)?;
+    let (secrets, keys) = secrets(&inner)?;
+    let redactor =
+        crate::redact::Redactor::new(secrets.iter().map(|(k, v)| (k.clone(), v.as_slice())));
+    Ok((redactor, keys))
+}
+
+/// Replaces the redactor's names in `findings` by environment, shown name and credential.
+pub(super) fn name_findings(findings: &mut [Finding], keys: &BTreeMap<String, Key>) {
+    for f in findings {
+        if let Some((env, _, shown, what)) = keys.get(&f.variable) {
+            f.environment.clone_from(env);
+            f.variable.clone_from(shown);
+            f.credential = (*what).to_owned();
+        }
+    }
+}
+
+/// Seals `outcome` for the CLI that proved the factor.
+pub(super) fn seal(
+    key: &factor_proof::FactorKey,
+    nonce: &[u8; factor_proof::LEN],
+    outcome: &SweepOutcome,
+) -> OpResult<SweepReply> {
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(outcome).unwrap_or_default());
+    let sealed = factor_proof::seal_in_transit(key, nonce, b"sweep", &plain)
+        .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    Ok(SweepReply { sealed })
+}
+
 /// `sweep`: see the module docs. Replies [`SweepReply`].
 ///
 /// Errors: no factor or a wrong one (`Denied`), a relative path (`Usage`), the audit log not
@@ -134,29 +195,8 @@ pub async fn sweep(
     digest: Option<[u8; factor_proof::LEN]>,
 ) -> OpResult<Value> {
     let plan = plan_of(&req)?;
-    let required = required_factor(broker)?;
-    let verified = factor_ops::verify_factor(
-        broker,
-        Proof::from_request(req.factor.clone(), digest, false),
-        required,
-        json!({"sweep": {"paths": plan.roots.len(), "contain": req.contain}}),
-    )
-    .await?;
-    let Some((key, nonce)) = verified.transit else {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            "a sweep's findings travel sealed for the keyveil CLI that proved your factor",
-        )
-        .hint("run `keyveil sweep` at your terminal"));
-    };
-    let (redactor, keys) = {
-        let mut inner = broker.lock();
-        inner.audit_ready("sweep")?;
-        let (secrets, keys) = secrets(&inner)?;
-        let redactor =
-            crate::redact::Redactor::new(secrets.iter().map(|(k, v)| (k.clone(), v.as_slice())));
-        (redactor, keys)
-    };
+    let (key, nonce) = authorize(broker, &req, &plan, digest).await?;
+    let (redactor, keys) = redactor(broker, "sweep")?;
     let run_plan = plan.clone();
     let scrub = req.contain && req.scrub_transcripts;
     let (mut report, scrubbed) = tokio::task::spawn_blocking(move || {
@@ -173,13 +213,7 @@ pub async fn sweep(
             "the sweep stopped unexpectedly; nothing was contained",
         )
     })?;
-    for f in &mut report.findings {
-        if let Some((env, _, shown, what)) = keys.get(&f.variable) {
-            f.environment.clone_from(env);
-            f.variable.clone_from(shown);
-            f.credential = (*what).to_owned();
-        }
-    }
+    name_findings(&mut report.findings, &keys);
     let contained = if req.contain {
         contain(broker, &report.findings, &keys).await
     } else {
@@ -221,15 +255,12 @@ pub async fn sweep(
             .collect();
         outcome.scrub_notes = s.notes;
     }
-    let plain = zeroize::Zeroizing::new(serde_json::to_vec(&outcome).unwrap_or_default());
-    let sealed = factor_proof::seal_in_transit(&key, &nonce, b"sweep", &plain)
-        .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
-    serde_json::to_value(SweepReply { sealed })
+    serde_json::to_value(seal(&key, &nonce, &outcome)?)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))
 }
 
 /// Contains each variable found: revoke, mark, audit (see the module docs).
-async fn contain(
+pub(super) async fn contain(
     broker: &Arc<Broker>,
     findings: &[Finding],
     keys: &BTreeMap<String, Key>,

@@ -110,6 +110,7 @@ fn kind_of(r: &Reply) -> &'static str {
         Reply::Pending { .. } => "pending",
         Reply::Started { .. } => "started",
         Reply::Exit(_) => "exit",
+        Reply::Sweep(_) => "sweep",
     }
 }
 

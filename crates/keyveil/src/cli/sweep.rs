@@ -13,7 +13,7 @@ use super::{Exit, FactorArgs, auth_exit, expect_ok, factor_input, note, say};
 use crate::authorize;
 use crate::client;
 use crate::paths::Paths;
-use crate::protocol::Request;
+use crate::protocol::{Reply, Request};
 use crate::sweep::wire::{SweepOutcome, SweepReply, SweepRequest};
 use crate::sweep::{Finding, Location};
 
@@ -47,6 +47,11 @@ pub struct SweepArgs {
     /// histories, credential files).
     #[arg(long)]
     pub no_home: bool,
+    /// Keep watching agent host transcript folders, shell histories and the paths given, and
+    /// report (with --contain: contain) a value within a second of it landing there. Runs
+    /// until interrupted; nothing is swept first (run a sweep for what is already there).
+    #[arg(long, conflicts_with = "scrub_transcripts")]
+    pub watch: bool,
     /// Give up after this many seconds (default 600, at most 3600); what was left is said.
     #[arg(long, value_name = "SECONDS")]
     pub max_seconds: Option<u64>,
@@ -109,7 +114,7 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
     let auth = authorize::authorize(paths, &input)
         .await
         .map_err(auth_exit)?;
-    let mut req = Request::Sweep(SweepRequest {
+    let body = SweepRequest {
         roots,
         home,
         contain: a.contain,
@@ -117,7 +122,13 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
         recent_seconds: None,
         max_seconds: a.max_seconds,
         factor: None,
-    });
+    };
+    if a.watch {
+        let mut req = Request::SweepWatch(body);
+        auth.sign(&mut req);
+        return watch(paths, &auth, &req, a.json).await;
+    }
+    let mut req = Request::Sweep(body);
     auth.sign(&mut req);
     if !a.json {
         note("sweeping (this can take a while on a large home or history)...");
@@ -136,6 +147,69 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
         say(render(&outcome));
     }
     Ok(i32::from(!outcome.report.findings.is_empty()))
+}
+
+/// `--watch`: prints each batch of findings as it comes; ends when the broker closes.
+async fn watch(
+    paths: &Paths,
+    auth: &authorize::Authorized,
+    req: &Request,
+    json: bool,
+) -> Result<i32> {
+    let mut conn = client::Connection::open(paths).await?;
+    conn.send(req).await?;
+    let mut found = false;
+    while let Some(ev) = conn.next().await? {
+        let client::Event::Reply(reply) = ev else {
+            continue;
+        };
+        let sealed = match reply {
+            Reply::Sweep(r) => r.sealed,
+            other => {
+                expect_ok(other)?;
+                continue;
+            }
+        };
+        let plain = auth
+            .open(b"sweep", &sealed)
+            .context("the findings did not come sealed from the broker that proved itself")?;
+        let o: SweepOutcome =
+            serde_json::from_slice(&plain).context("unreadable findings from the broker")?;
+        found |= !o.report.findings.is_empty();
+        if json {
+            say(serde_json::to_string(&o).unwrap_or_default());
+            continue;
+        }
+        if o.report.findings.is_empty() {
+            for n in &o.report.notes {
+                note(crate::display::visible(n));
+            }
+            note("watching; stop with Ctrl-C");
+            continue;
+        }
+        let mut lines = vec![format!(
+            "{} found:",
+            jiff::Timestamp::now().strftime("%H:%M:%S")
+        )];
+        for f in &o.report.findings {
+            lines.push(format!(
+                "{}/{}{}",
+                crate::display::visible(&f.environment),
+                crate::display::visible(&f.variable),
+                line(f)
+            ));
+        }
+        let mut contained = o.clone();
+        contained.report.findings.clear();
+        let tail = render(&contained);
+        lines.extend(
+            tail.lines()
+                .filter(|l| l.starts_with("contained "))
+                .map(str::to_owned),
+        );
+        say(lines.join("\n"));
+    }
+    Ok(i32::from(found))
 }
 
 /// The human-readable report.

@@ -41,8 +41,8 @@ const CREDENTIAL_FILES: &[&str] = &[
     "kubeconfig",
 ];
 
-/// The label of `file` (`home`: the canonical `$HOME`, if swept).
-pub(super) fn classify(file: &Path, home: Option<&Path>) -> &'static str {
+/// The label of `file` (see `Finding::kind`) (`home`: the canonical `$HOME`, if swept).
+pub fn classify(file: &Path, home: Option<&Path>) -> &'static str {
     if let Some(rel) = home.and_then(|h| file.strip_prefix(h).ok()) {
         for (prefix, label) in HOSTS {
             if rel.starts_with(prefix) {

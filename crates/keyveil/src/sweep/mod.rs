@@ -24,6 +24,7 @@
 
 pub mod git;
 mod kinds;
+pub use kinds::classify;
 pub mod scrub;
 pub mod wire;
 

@@ -474,3 +474,89 @@ fn scrub_transcripts_rewrites_host_transcripts_to_the_marker_and_nothing_else() 
     assert!(h.audit_text().contains("\"sweep_scrub\""));
     assert_absent(&o.stdout, &v, "stdout");
 }
+
+#[test]
+fn watch_reports_and_contains_a_value_pasted_into_a_transcript_within_a_second() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let dir = h.path().join(".claude/projects/-w-app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let transcript = dir.join("s1.jsonl");
+    // A value already there before the watch is a sweep's business, not the watch's.
+    std::fs::write(&transcript, format!("{{\"old\":\"{v}\"}}\n")).unwrap();
+    // Without the factor: refused.
+    let o = h.run(&["sweep", "--watch"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Watch $HOME's host folders (the harness's HOME is the keyveil home).
+    let mut c = h.cmd(&[
+        "sweep",
+        "--watch",
+        "--contain",
+        "--json",
+        "--passphrase-stdin",
+    ]);
+    c.current_dir(h.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASS}\n").as_bytes())
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let hello: Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+    assert!(
+        hello["report"]["notes"].to_string().contains(".claude"),
+        "{hello}"
+    );
+    // The human pastes a key into a prompt.
+    let t0 = Instant::now();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&transcript)
+        .unwrap();
+    writeln!(
+        f,
+        "{{\"type\":\"user\",\"message\":{{\"content\":\"here: {v}\"}}}}"
+    )
+    .unwrap();
+    drop(f);
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no finding within 10 s");
+    let latency = t0.elapsed();
+    let got: Value = serde_json::from_str(&line).unwrap();
+    let f = &got["report"]["findings"][0];
+    assert_eq!(f["variable"], "API_KEY", "{got}");
+    assert_eq!(f["kind"], "claude-code");
+    assert!(
+        f["location"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("s1.jsonl")
+    );
+    assert_eq!(got["contained"][0]["marked"], true, "{got}");
+    assert!(latency < Duration::from_secs(1), "took {latency:?}");
+    assert_absent(line.as_bytes(), &v, "the watch's output");
+    // The broker stopping ends the watch; the CLI says a value was found (exit 1).
+    let _ = h.cmd(&["daemon", "stop"]).output();
+    let o = wait_output(child, Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_absent(&o.stderr, &v, "stderr");
+}
