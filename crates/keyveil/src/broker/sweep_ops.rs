@@ -35,8 +35,9 @@ const RECENT_SECONDS: u64 = 86_400;
 /// Default and largest [`SweepRequest::max_seconds`].
 const MAX_SECONDS: (u64, u64) = (600, 3600);
 
-/// What a redactor name stands for: `(environment, real name, shown name, credential)`.
-pub(super) type Key = (String, String, String, &'static str);
+/// What a redactor name stands for: `(environment, real name, shown name, credential,
+/// guessable)` (see [`guessable`]).
+pub(super) type Key = (String, String, String, &'static str, bool);
 /// Redactor names and the bytes of what they stand for.
 type Secrets = Vec<(String, zeroize::Zeroizing<Vec<u8>>)>;
 
@@ -100,7 +101,16 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
             "value" => format!("{env}/{shown}"),
             _ => format!("{env}/{shown}#{what}"),
         };
-        keys.insert(key.clone(), (env.to_owned(), real.to_owned(), shown, what));
+        keys.insert(
+            key.clone(),
+            (
+                env.to_owned(),
+                real.to_owned(),
+                shown,
+                what,
+                guessable(bytes),
+            ),
+        );
         out.push((key, zeroize::Zeroizing::new(bytes.to_vec())));
     };
     for (env, e) in &v.data().environments {
@@ -122,6 +132,35 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
         }
     }
     Ok((out, keys))
+}
+
+/// Whether a value could be found by planting guesses: shorter than 16 bytes (trimmed), or
+/// under 80 bits by a per-character estimate (digits 3.3, one letter case 4.7, letters and
+/// digits 5.9, more 6.5 bits a character). `sweep --watch` never contains such a value by
+/// itself: visible containment of it would answer an agent's planted guesses without limit
+/// (`docs/sweep.md`).
+pub(super) fn guessable(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    if v.len() < 16 {
+        return true;
+    }
+    let digits = v.iter().all(u8::is_ascii_digit);
+    let one_case = v
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        || v.iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    let alnum = v.iter().all(u8::is_ascii_alphanumeric);
+    let per_char = if digits {
+        3.3
+    } else if one_case {
+        4.7
+    } else if alnum {
+        5.9
+    } else {
+        6.5
+    };
+    (v.len() as f64) * per_char < 80.0
 }
 
 /// Checks the human's factor for a sweep: the transit key and nonce the findings are sealed
@@ -165,7 +204,7 @@ pub(super) fn redactor(
 /// Replaces the redactor's names in `findings` by environment, shown name and credential.
 pub(super) fn name_findings(findings: &mut [Finding], keys: &BTreeMap<String, Key>) {
     for f in findings {
-        if let Some((env, _, shown, what)) = keys.get(&f.variable) {
+        if let Some((env, _, shown, what, _)) = keys.get(&f.variable) {
             f.environment.clone_from(env);
             f.variable.clone_from(shown);
             f.credential = (*what).to_owned();
@@ -269,7 +308,7 @@ pub(super) async fn contain(
     let mut found: BTreeMap<(String, String), (String, BTreeSet<String>, u64)> = BTreeMap::new();
     let real_of: BTreeMap<(&str, &str), &str> = keys
         .values()
-        .map(|(e, r, s, _)| ((e.as_str(), s.as_str()), r.as_str()))
+        .map(|(e, r, s, ..)| ((e.as_str(), s.as_str()), r.as_str()))
         .collect();
     for f in findings {
         let Some(real) = real_of.get(&(f.environment.as_str(), f.variable.as_str())) else {
@@ -377,4 +416,18 @@ pub fn mark_json(inner: &Inner, env: &str, real: &str) -> Option<Value> {
 /// Whether any of `vars` (real names) of `env` carries a live compromise mark.
 pub fn any_compromised(inner: &Inner, env: &str, vars: &[String]) -> bool {
     vars.iter().any(|n| mark_json(inner, env, n).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guessable;
+
+    #[test]
+    fn short_and_low_entropy_values_are_guessable() {
+        assert!(guessable(b"hunter2"));
+        assert!(guessable(b"123456789012345678901234")); // 24 digits: 79 bits
+        assert!(guessable(b"  correcthorse  "));
+        assert!(!guessable(b"sk_live_4eC39HqLyjWDarjtT1zdp7dc"));
+        assert!(!guessable(b"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"));
+    }
 }

@@ -178,12 +178,27 @@ async fn run(
         if batch.is_empty() {
             continue;
         }
+        // Guessable values are reported, never contained by the watch itself (see
+        // `sweep_ops::guessable`); the redactor's names say which.
+        let unguessable: Vec<Finding> = batch
+            .iter()
+            .filter(|f| keys.get(&f.variable).is_some_and(|k| !k.4))
+            .cloned()
+            .collect();
+        let held_back = batch.len() - unguessable.len();
         sweep_ops::name_findings(&mut batch, &keys);
-        let contained = if req.contain {
-            sweep_ops::contain(broker, &batch, &keys).await
-        } else {
-            Vec::new()
-        };
+        let mut contained = Vec::new();
+        if req.contain {
+            let mut named = unguessable;
+            sweep_ops::name_findings(&mut named, &keys);
+            contained = sweep_ops::contain(broker, &named, &keys).await;
+        }
+        let mut notes = Vec::new();
+        if req.contain && held_back > 0 {
+            notes.push(format!(
+                "{held_back} copies of short or guessable values were not contained by the watch (an agent could plant guesses and watch for the containment); contain them with `keyveil sweep --contain`"
+            ));
+        }
         broker.lock().audit(
             "sweep_watch_found",
             json!({"copies": batch.len(), "contain": req.contain, "at": Timestamp::now()}),
@@ -191,6 +206,7 @@ async fn run(
         let outcome = SweepOutcome {
             report: SweepReport {
                 findings: batch,
+                notes,
                 ..SweepReport::default()
             },
             contained,
@@ -262,5 +278,20 @@ fn read_new(
     }
     let mut buf = zeroize::Zeroizing::new(Vec::new());
     let n = f.take(MAX_READ).read_to_end(&mut buf).unwrap_or(0) as u64;
-    (redactor.find_leaks(&buf).into_iter().collect(), from + n)
+    let mut found: BTreeSet<String> = redactor.find_leaks(&buf).into_iter().collect();
+    // The re-read tail was matched by the previous read: new are what the new bytes hold alone,
+    // and what only the tail and new bytes together hold (a value straddling the boundary).
+    let old = usize::try_from(start.saturating_sub(from))
+        .unwrap_or(0)
+        .min(buf.len());
+    if old > 0 {
+        let (tail, fresh) = buf.split_at(old);
+        let fresh: BTreeSet<String> = redactor.find_leaks(fresh).into_iter().collect();
+        for v in redactor.find_leaks(tail) {
+            if !fresh.contains(&v) {
+                found.remove(&v);
+            }
+        }
+    }
+    (found, from + n)
 }

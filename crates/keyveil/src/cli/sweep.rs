@@ -130,7 +130,7 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
     }
     let mut req = Request::Sweep(body);
     auth.sign(&mut req);
-    if !a.json {
+    if !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         note("sweeping (this can take a while on a large home or history)...");
     }
     let data = expect_ok(client::call(paths, &req).await?)?;

@@ -482,6 +482,9 @@ fn watch_reports_and_contains_a_value_pasted_into_a_transcript_within_a_second()
     let h = Home::new();
     let v = rand_value("sk_");
     h.set("demo", "API_KEY", &v);
+    // A guessable value: the agent could plant candidates and watch for the containment.
+    let pin = format!("pin-{}", &rand_value("")[..6]);
+    h.set("demo", "PIN", &pin);
     let dir = h.path().join(".claude/projects/-w-app");
     std::fs::create_dir_all(&dir).unwrap();
     let transcript = dir.join("s1.jsonl");
@@ -554,6 +557,37 @@ fn watch_reports_and_contains_a_value_pasted_into_a_transcript_within_a_second()
     assert_eq!(got["contained"][0]["marked"], true, "{got}");
     assert!(latency < Duration::from_secs(1), "took {latency:?}");
     assert_absent(line.as_bytes(), &v, "the watch's output");
+    // The guessable one is reported to the human, not contained: nothing the agent can read
+    // changes.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&transcript)
+        .unwrap();
+    writeln!(
+        f,
+        "{{\"type\":\"user\",\"message\":{{\"content\":\"pin {pin}\"}}}}"
+    )
+    .unwrap();
+    drop(f);
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no finding within 10 s");
+    let got: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(got["report"]["findings"][0]["variable"], "PIN", "{got}");
+    assert_eq!(got["contained"], json!([]), "{got}");
+    assert!(
+        got["report"]["notes"].to_string().contains("guessable"),
+        "{got}"
+    );
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    let p = show["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "PIN")
+        .unwrap()
+        .clone();
+    assert!(p["compromised"].is_null(), "{show}");
     // The broker stopping ends the watch; the CLI says a value was found (exit 1).
     let _ = h.cmd(&["daemon", "stop"]).output();
     let o = wait_output(child, Duration::from_secs(20));
