@@ -354,7 +354,8 @@ fn line(f: &Finding) -> String {
             let at = match commits.as_slice() {
                 [] => "no ref, reflog entry or stash reaches it".to_owned(),
                 [c] => format!("commit {}", short(c)),
-                [c, rest @ ..] => format!("commit {} (and {} more)", short(c), rest.len()),
+                // Newest first: the last listed is the oldest, where the copy came in.
+                [rest @ .., c] => format!("commit {} (and {} newer)", short(c), rest.len()),
             };
             let p = path
                 .as_deref()
