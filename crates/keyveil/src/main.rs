@@ -31,6 +31,7 @@ mod sandbox;
 mod scan;
 mod setup;
 mod supervise;
+mod sweep;
 mod when;
 
 fn main() {

@@ -441,6 +441,12 @@ pub enum Request {
     /// fetched from OpenBao at each spawn. From the human's CLI only: it carries the engine's
     /// admin credential.
     DynamicAdd(DynamicAddRequest),
+    /// Search for copies of every stored value (`keyveil sweep`, `docs/sweep.md`): needs the
+    /// factor; the findings come back sealed for the CLI that proved it.
+    Sweep(crate::sweep::wire::SweepRequest),
+    /// Watch host transcript folders and the roots (`keyveil sweep --watch`): the broker keeps
+    /// the connection and sends a [`Reply::Sweep`] per batch of findings until the client leaves.
+    SweepWatch(crate::sweep::wire::SweepRequest),
     /// Start a long-running command (dev server, watcher) under a grant, like [`Request::Run`]
     /// (same approval wait), but reply as soon as it is spawned: `Ok {run_id, grant_id, pid}`.
     /// Its redacted output is read with [`Request::Logs`]; it ends on [`Request::Stop`], at its
@@ -523,6 +529,7 @@ impl Request {
             | Request::FactorEnroll { factor }
             | Request::PolicySet { factor, .. } => factor.as_ref(),
             Request::DynamicAdd(d) => d.factor.as_ref(),
+            Request::Sweep(s) | Request::SweepWatch(s) => s.factor.as_ref(),
             _ => None,
         }
     }
@@ -539,6 +546,7 @@ impl Request {
             | Request::FactorEnroll { factor }
             | Request::PolicySet { factor, .. } => *factor = Some(proof),
             Request::DynamicAdd(d) => d.factor = Some(proof),
+            Request::Sweep(s) | Request::SweepWatch(s) => s.factor = Some(proof),
             _ => {}
         }
     }
@@ -575,6 +583,8 @@ impl Request {
             Request::AuditVerify => "audit_verify",
             Request::WebUrl => "web_url",
             Request::DynamicAdd(_) => "dynamic_add",
+            Request::Sweep(_) => "sweep",
+            Request::SweepWatch(_) => "sweep_watch",
             Request::Start(_) => "start",
             Request::Logs { .. } => "logs",
             Request::Stop { .. } => "stop",
@@ -779,6 +789,9 @@ pub enum Reply {
     },
     /// A run ended.
     Exit(RunResult),
+    /// Findings of `keyveil sweep --watch`, sealed for the CLI that proved the factor (not
+    /// final: the watch goes on).
+    Sweep(crate::sweep::wire::SweepReply),
 }
 
 impl Reply {
@@ -787,7 +800,7 @@ impl Reply {
         match self {
             Reply::Ok { .. } | Reply::Error { .. } | Reply::Exit(_) => true,
             Reply::Pending { is_final, .. } => *is_final,
-            Reply::Started { .. } => false,
+            Reply::Started { .. } | Reply::Sweep(_) => false,
         }
     }
 

@@ -15,6 +15,8 @@ pub mod request_ids;
 pub mod runner;
 pub mod spawn;
 pub mod state;
+pub mod sweep_ops;
+pub mod sweep_watch;
 pub mod web;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -317,6 +319,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
     match req {
         Request::Run(r) => runner::run(&broker, r, framed, peer).await,
         Request::Start(r) => background::start(&broker, r, framed, peer).await,
+        Request::SweepWatch(r) => sweep_watch::watch(&broker, r, framed).await,
         other => {
             let reply = ops::dispatch_from(&broker, other, Some(&peer)).await;
             let _ = send(&mut framed, &reply).await;

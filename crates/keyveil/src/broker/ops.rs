@@ -251,8 +251,10 @@ pub async fn dispatch_from(
         Request::AuditVerify => audit_verify(broker),
         Request::WebUrl => super::web::url(broker).await,
         Request::DynamicAdd(r) => super::dynamic_ops::add(broker, r, digest).await,
+        Request::Sweep(r) => super::sweep_ops::sweep(broker, r, digest).await,
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
+        Request::SweepWatch(_) => Err(usage("a sweep watch is handled on its own path")),
         Request::Logs {
             run_id,
             from,
@@ -759,6 +761,7 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<Value> {
                 "set": var.value.is_some() || var.dynamic.is_some(),
                 "created_at": var.created_at,
                 "rotated_at": var.rotated_at,
+                "compromised": super::sweep_ops::mark_json(&inner, name, n),
             })
         })
         .collect();

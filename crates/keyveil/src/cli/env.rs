@@ -98,6 +98,17 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                         if v["set"] == true { "set" } else { "awaiting" },
                         v["description"].as_str().unwrap_or("")
                     ));
+                    let c = &v["compromised"];
+                    if c.is_object() {
+                        say(format!(
+                            "    COMPROMISED: {} {} found by a sweep at {} ({}); {}",
+                            c["copies"],
+                            if c["copies"] == 1 { "copy" } else { "copies" },
+                            c["found_at"].as_str().unwrap_or(""),
+                            join(&c["kinds"]),
+                            c["hint"].as_str().unwrap_or("")
+                        ));
+                    }
                 }
             }
         }
