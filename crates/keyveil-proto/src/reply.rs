@@ -132,6 +132,9 @@ pub enum Reply {
     },
     /// A run ended.
     Exit(RunResult),
+    /// Findings of `keyveil sweep --watch`, sealed for the CLI that proved the factor (not
+    /// final: the watch goes on).
+    Sweep(crate::op::SweepReply),
 }
 
 impl Reply {
@@ -140,7 +143,7 @@ impl Reply {
         match self {
             Reply::Ok { .. } | Reply::Error { .. } | Reply::Exit(_) => true,
             Reply::Pending { is_final, .. } => *is_final,
-            Reply::Started { .. } => false,
+            Reply::Started { .. } | Reply::Sweep(_) => false,
         }
     }
 

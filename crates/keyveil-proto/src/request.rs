@@ -278,6 +278,12 @@ pub enum Request {
     /// fetched from OpenBao at each spawn. From the human's CLI only: it carries the engine's
     /// admin credential.
     DynamicAdd(DynamicAddRequest),
+    /// Search for copies of every stored value (`keyveil sweep`, `docs/sweep.md`): needs the
+    /// factor; the findings come back sealed for the CLI that proved it.
+    Sweep(op::Sweep),
+    /// Watch host transcript folders and the roots (`keyveil sweep --watch`): the broker keeps
+    /// the connection and sends a [`Reply::Sweep`] per batch of findings until the client leaves.
+    SweepWatch(op::Sweep),
     /// Start a long-running command (dev server, watcher) under a grant, like [`Request::Run`]
     /// (same approval wait), but reply as soon as it is spawned: `Ok {run_id, grant_id, pid}`.
     /// Its redacted output is read with [`Request::Logs`]; it ends on [`Request::Stop`], at its
@@ -337,6 +343,7 @@ impl Request {
             | Request::FactorEnroll(op::FactorEnroll { factor })
             | Request::PolicySet(op::PolicySet { factor, .. }) => factor.as_ref(),
             Request::DynamicAdd(d) => d.factor.as_ref(),
+            Request::Sweep(s) | Request::SweepWatch(s) => s.factor.as_ref(),
             _ => None,
         }
     }
@@ -353,6 +360,7 @@ impl Request {
             | Request::FactorEnroll(op::FactorEnroll { factor })
             | Request::PolicySet(op::PolicySet { factor, .. }) => *factor = Some(proof),
             Request::DynamicAdd(d) => d.factor = Some(proof),
+            Request::Sweep(s) | Request::SweepWatch(s) => s.factor = Some(proof),
             _ => {}
         }
     }
@@ -389,6 +397,8 @@ impl Request {
             Request::AuditVerify => "audit_verify",
             Request::WebUrl => "web_url",
             Request::DynamicAdd(_) => "dynamic_add",
+            Request::Sweep(_) => "sweep",
+            Request::SweepWatch(_) => "sweep_watch",
             Request::Start(_) => "start",
             Request::Logs(op::Logs { .. }) => "logs",
             Request::Stop(op::Stop { .. }) => "stop",
@@ -533,5 +543,34 @@ mod tests {
             let v = serde_json::to_value(&unit).unwrap();
             assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
         }
+    }
+
+    #[test]
+    fn a_sweep_is_a_typed_operation_with_the_same_wire_shape() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"sweep_watch","roots":["/w"],"home":null,"contain":true}"#,
+        )
+        .unwrap();
+        match &r {
+            Request::SweepWatch(op::Sweep { roots, contain, .. }) => {
+                assert_eq!(roots, &["/w".to_owned()]);
+                assert!(*contain);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.op(), "sweep_watch");
+        let sweep: Request = op::Sweep {
+            roots: Vec::new(),
+            home: None,
+            contain: false,
+            scrub_transcripts: false,
+            recent_seconds: None,
+            max_seconds: None,
+            factor: None,
+        }
+        .into();
+        assert_eq!(serde_json::to_value(&sweep).unwrap()["op"], "sweep");
+        // A watch's batches never end the exchange.
+        assert!(!crate::Reply::Sweep(op::SweepReply { sealed: "x".into() }).is_final());
     }
 }

@@ -55,10 +55,10 @@ pub use error::VaultError;
 pub use format::{FORMAT_VERSION, KdfParams};
 pub use model::DynamicSource;
 pub use model::{
-    AuditCheckpoint, AutoApproveRule, DEFAULT_MAX_TTL_SECONDS, DenyRule, Environment, FactorKind,
-    Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings, Source,
-    StoreRecord, TotpFactor, Variable, VaultData, WriteLeakAction, is_valid_environment_name,
-    is_valid_name,
+    AuditCheckpoint, AutoApproveRule, Compromise, DEFAULT_MAX_TTL_SECONDS, DenyRule, Environment,
+    FactorKind, Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue, Settings,
+    Source, StoreRecord, TotpFactor, Variable, VaultData, WriteLeakAction,
+    is_valid_environment_name, is_valid_name,
 };
 pub use sealed::SealedValue;
 pub use vault::{

@@ -47,6 +47,24 @@ pub struct VaultData {
     /// the payload while at their defaults (so older vaults re-encrypt byte for byte).
     #[serde(default, skip_serializing_if = "Settings::is_default")]
     pub settings: Settings,
+    /// Variables whose value `keyveil sweep --contain` found outside keyveil, by
+    /// `ENVIRONMENT/NAME` (real names). A mark older than the variable's `rotated_at` is spent.
+    /// Omitted while empty (so older vaults re-encrypt byte for byte).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub compromised: BTreeMap<String, Compromise>,
+}
+
+/// Where and when a sweep found copies of a variable's value (see
+/// [`VaultData::compromised`]). Kinds of place and counts only: the exact places went to the
+/// human who ran the sweep, never into the vault or a listing an agent can read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compromise {
+    /// When the sweep found it (UTC).
+    pub found_at: jiff::Timestamp,
+    /// Kinds of place (`claude-code`, `shell-history`, `git-history`, `file`, ...), sorted.
+    pub kinds: Vec<String>,
+    /// How many copies were found.
+    pub copies: u64,
 }
 
 /// Vault-wide settings. They decide what a granted child runs and where, so they live inside

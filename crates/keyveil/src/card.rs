@@ -310,6 +310,10 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
         "agent-chosen-value",
         "a value the requester could have chosen is injected: it is shown below and bound",
     ),
+    (
+        "compromised-value",
+        "a value `keyveil sweep` found outside keyveil and not rotated since: rotate it (`keyveil env show` says when and where)",
+    ),
 ];
 
 /// The one-line meaning of a risk flag (`net:HOST` included), if known.

@@ -48,6 +48,7 @@ pub mod scan;
 #[allow(unreachable_pub)]
 mod setup;
 mod supervise;
+mod sweep;
 mod when;
 
 pub use cli::{Cli, parse};

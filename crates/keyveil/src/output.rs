@@ -64,5 +64,6 @@ fn kind_of(r: &Reply) -> &'static str {
         Reply::Pending { .. } => "pending",
         Reply::Started { .. } => "started",
         Reply::Exit(_) => "exit",
+        Reply::Sweep(_) => "sweep",
     }
 }

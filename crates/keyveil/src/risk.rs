@@ -23,6 +23,7 @@
 //! | `rephrased-denied` | the command does what a request denied in the last hour did (interpreter with inline code, a network destination, an environment dump or write; [`behaviour`]), however it is phrased |
 //! | `reason-contradicts-facts` | the requester's reason claims a prior approval, the user's consent or urgency, and the broker's facts say otherwise (the card says what, in plain words: [`contradictions`]) |
 //! | `agent-chosen-value` | a value the requester could have chosen (a pass-through value, or a variable stored without the factor) is injected: the card shows it (set in `broker/access.rs`) |
+//! | `compromised-value` | a variable `keyveil sweep --contain` found outside keyveil and not rotated since (set in `broker/access.rs`; never auto-approved) |
 //! | `workspace-executable` | the executable lives in a directory the requester can write |
 //! | `first-time` | this exact command was never approved before in this broker's life |
 //! | `denied-before` | the same command was denied recently |

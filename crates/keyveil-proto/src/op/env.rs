@@ -97,6 +97,10 @@ pub struct VariableInfo {
     pub created_at: Timestamp,
     /// Its value last replaced.
     pub rotated_at: Option<Timestamp>,
+    /// A sweep found its value outside keyveil and it was not replaced since (`null`
+    /// otherwise).
+    #[serde(default)]
+    pub compromised: Option<super::CompromiseMark>,
 }
 
 /// The reply to [`EnvReveal`]: the real names behind the aliases, sealed for the CLI that

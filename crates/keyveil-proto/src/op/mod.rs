@@ -50,6 +50,7 @@ mod dynamic;
 mod env;
 mod policy;
 mod run;
+mod sweep;
 mod var;
 
 pub use access::*;
@@ -59,6 +60,7 @@ pub use dynamic::*;
 pub use env::*;
 pub use policy::*;
 pub use run::*;
+pub use sweep::*;
 pub use var::*;
 
 /// A request with one typed reply: the `data` of the broker's [`crate::Reply::Ok`].

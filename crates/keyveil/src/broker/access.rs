@@ -569,6 +569,9 @@ pub(crate) fn find_or_create_request(
     if !chosen.is_empty() {
         flags.push("agent-chosen-value".to_owned());
     }
+    if super::sweep_ops::any_compromised(inner, &ask.environment, &ask.variables) {
+        flags.push("compromised-value".to_owned());
+    }
     if !contradictions.is_empty() {
         flags.push("reason-contradicts-facts".to_owned());
     }
@@ -603,6 +606,7 @@ pub(crate) fn find_or_create_request(
                     | "workspace-executable"
                     | "claimed-identity"
                     | "agent-chosen-value"
+                    | "compromised-value"
                     | "new-variable"
                     | "rephrased-denied"
             )

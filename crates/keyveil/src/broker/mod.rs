@@ -17,6 +17,8 @@ pub(crate) mod request_ids;
 pub(crate) mod runner;
 pub(crate) mod spawn;
 pub(crate) mod state;
+pub(crate) mod sweep_ops;
+pub(crate) mod sweep_watch;
 pub(crate) mod web;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -325,6 +327,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
     match req {
         Request::Run(r) => runner::run(&broker, r, framed, peer).await,
         Request::Start(r) => background::start(&broker, r, framed, peer).await,
+        Request::SweepWatch(r) => sweep_watch::watch(&broker, r, framed).await,
         other => {
             let reply = ops::dispatch_from(&broker, other, Some(&peer)).await;
             let _ = send(&mut framed, &reply).await;

@@ -330,8 +330,13 @@ pub(crate) async fn dispatch_from(
             let t = typed(&r);
             t.answer(super::dynamic_ops::add(broker, r, digest).await)
         }
+        Request::Sweep(r) => {
+            let t = typed(&r);
+            t.answer(super::sweep_ops::sweep(broker, r, digest).await)
+        }
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
+        Request::SweepWatch(_) => Err(usage("a sweep watch is handled on its own path")),
         Request::Logs(o) => typed(&o).answer(super::background::logs(
             broker,
             &o.run_id,
@@ -803,6 +808,7 @@ fn env_show(broker: &Broker, name: &str) -> OpResult<op::EnvDetail> {
             set: var.value.is_some() || var.dynamic.is_some(),
             created_at: var.created_at,
             rotated_at: var.rotated_at,
+            compromised: super::sweep_ops::mark(&inner, name, n),
         })
         .collect();
     // Sorted as shown (where names are hidden, the real names' order would betray them).

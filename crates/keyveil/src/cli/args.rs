@@ -144,6 +144,9 @@ pub(crate) enum Command {
     Dynamic(dynamic::DynamicCommand),
     /// The audit log.
     Audit(AuditArgs),
+    /// Find every copy of a stored value outside keyveil (files, agent transcripts, shell
+    /// histories, git history) and, with --contain, contain it. Needs your factor.
+    Sweep(super::sweep::SweepArgs),
     /// Stdio MCP server for agent hosts.
     Mcp,
     /// Approval factors beyond the passphrase.

@@ -93,6 +93,16 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                         if v.set { "set" } else { "awaiting" },
                         v.description
                     ));
+                    if let Some(c) = &v.compromised {
+                        say(format!(
+                            "    COMPROMISED: {} {} found by a sweep at {} ({}); {}",
+                            c.copies,
+                            if c.copies == 1 { "copy" } else { "copies" },
+                            c.found_at,
+                            c.kinds.join(", "),
+                            c.hint
+                        ));
+                    }
                 }
             }
         }

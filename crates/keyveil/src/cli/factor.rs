@@ -21,6 +21,7 @@ pub(crate) fn handles_factors(cmd: &Command) -> bool {
             | Command::Factor(_)
             | Command::Policy(_)
             | Command::Dynamic(_)
+            | Command::Sweep(_)
     )
 }
 

@@ -33,6 +33,7 @@ mod manual;
 mod parse;
 mod policy;
 mod run;
+mod sweep;
 mod words;
 
 pub use parse::parse;
@@ -505,6 +506,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Audit(a) => audit(paths, a).await,
         Command::Dynamic(d) => dynamic::run(paths, d).await,
+        Command::Sweep(a) => sweep::run(paths, a).await,
         Command::Start(a) => background::start(paths, a).await,
         Command::Logs(a) => background::logs(paths, a).await,
         Command::Stop { run_id } => background::stop(paths, &run_id).await,

@@ -83,6 +83,21 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Every credential held, for `keyveil sweep` (broker only): `(grant id, variable, value)`,
+    /// the secret variables of an output form (`PGPASSWORD`) included under the variable's name.
+    pub(crate) fn held_values(&self) -> Vec<(String, String, SecretValue)> {
+        let mut out = Vec::new();
+        for (grant, g) in &self.held {
+            for h in &g.creds {
+                out.push((grant.clone(), h.variable.clone(), h.minted.value.clone()));
+                for (_, v) in &h.minted.extra_env {
+                    out.push((grant.clone(), h.variable.clone(), v.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Names of every minted user held, for the reaper's keep list.
     fn held_users(&self) -> Vec<String> {
         self.held

@@ -459,6 +459,8 @@ impl KeyveilMcp {
                     )));
                 }
                 Reply::Ok { data } => return Ok(RunEnd::Ok(data)),
+                // Only a sweep watch sends these, and never to a run.
+                Reply::Sweep(_) => continue,
             }
         }
     }

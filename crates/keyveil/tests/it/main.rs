@@ -36,5 +36,6 @@ mod redteam2;
 mod revoke;
 mod sandbox;
 mod setup;
+mod sweep;
 mod tamper;
 mod web;

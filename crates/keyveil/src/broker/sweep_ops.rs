@@ -1,0 +1,436 @@
+//! The broker's side of `keyveil sweep` (see `docs/sweep.md`).
+//!
+//! Only the broker holds values, so only the broker sweeps: it checks the human's factor (the
+//! strongest any environment's rule changes need, never less than a TOTP code), builds a
+//! redactor from every stored value, every dynamic credential held by a live grant and every
+//! dynamic variable's admin credential, runs [`crate::sweep::sweep`] on a blocking thread, and
+//! seals the findings for the CLI that proved the factor. A sweep is an oracle ("does this file
+//! hold a value?"), so it never answers without the factor, and nothing an agent can read
+//! (the socket, the audit log, listings) ever says *where* a value was found.
+//!
+//! With `contain`, for each variable found: its live grants are revoked (their runs killed;
+//! dynamic credentials destroyed at their source by `Inner::revoke`), it is marked compromised
+//! in the vault ([`keyveil_vault::Compromise`]: when, kinds of place, how many copies), and an
+//! `incident` is audited.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use keyveil_vault::{Compromise, FactorKind};
+use serde_json::json;
+
+use super::Broker;
+use super::factor_ops::{self, Proof};
+use super::state::{Inner, OpError, OpResult, RunsStopped};
+use crate::factor_proof;
+use crate::sweep::wire::{Contained, SweepOutcome};
+use crate::sweep::{Finding, SweepPlan};
+use keyveil_proto::ErrorCode;
+use keyveil_proto::op;
+
+/// Default of [`op::Sweep::recent_seconds`].
+const RECENT_SECONDS: u64 = 86_400;
+/// Default and largest [`op::Sweep::max_seconds`].
+const MAX_SECONDS: (u64, u64) = (600, 3600);
+
+/// What a redactor name stands for: `(environment, real name, shown name, credential,
+/// guessable)` (see [`guessable`]).
+pub(super) type Key = (String, String, String, &'static str, bool);
+/// Redactor names and the bytes of what they stand for.
+type Secrets = Vec<(String, zeroize::Zeroizing<Vec<u8>>)>;
+
+fn usage(m: impl Into<String>) -> OpError {
+    OpError::new(ErrorCode::Usage, m)
+}
+
+/// Checks the request's paths and makes the plan.
+pub(super) fn plan_of(req: &op::Sweep) -> OpResult<SweepPlan> {
+    if req.roots.len() > op::MAX_SWEEP_ROOTS {
+        return Err(usage(format!(
+            "at most {} paths per sweep",
+            op::MAX_SWEEP_ROOTS
+        )));
+    }
+    let abs = |p: &str| -> OpResult<PathBuf> {
+        let pb = PathBuf::from(p);
+        if pb.is_absolute() {
+            Ok(pb)
+        } else {
+            Err(usage("sweep paths must be absolute")
+                .hint("the CLI makes them absolute; use `keyveil sweep PATH`"))
+        }
+    };
+    Ok(SweepPlan {
+        roots: req.roots.iter().map(|r| abs(r)).collect::<OpResult<_>>()?,
+        home: req.home.as_deref().map(abs).transpose()?,
+        recent: Duration::from_secs(req.recent_seconds.unwrap_or(RECENT_SECONDS)),
+        max_duration: Duration::from_secs(
+            req.max_seconds
+                .unwrap_or(MAX_SECONDS.0)
+                .clamp(1, MAX_SECONDS.1),
+        ),
+    })
+}
+
+/// The factor a sweep needs: the strongest that a rule change of any environment needs.
+fn required_factor(broker: &Broker) -> OpResult<FactorKind> {
+    let envs: Vec<String> = broker
+        .lock()
+        .vault()?
+        .data()
+        .environments
+        .keys()
+        .cloned()
+        .collect();
+    Ok(envs.iter().fold(FactorKind::Totp, |k, e| {
+        factor_ops::stronger(k, factor_ops::rule_change_factor(broker, e))
+    }))
+}
+
+/// Every secret the broker holds, named `ENV/SHOWN` (`ENV/SHOWN#minted`, `ENV/SHOWN#admin`)
+/// for the redactor, with what each name stands for.
+fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
+    let v = inner.vault()?;
+    let mut out = Vec::new();
+    let mut keys = BTreeMap::new();
+    let mut add = |env: &str, real: &str, what: &'static str, bytes: &[u8]| {
+        if bytes.is_empty() {
+            return;
+        }
+        let shown = inner.shown_name(env, real);
+        let key = match what {
+            "value" => format!("{env}/{shown}"),
+            _ => format!("{env}/{shown}#{what}"),
+        };
+        keys.insert(
+            key.clone(),
+            (
+                env.to_owned(),
+                real.to_owned(),
+                shown,
+                what,
+                guessable(bytes),
+            ),
+        );
+        out.push((key, zeroize::Zeroizing::new(bytes.to_vec())));
+    };
+    for (env, e) in &v.data().environments {
+        for (name, var) in &e.variables {
+            if let Some(sealed) = &var.value
+                && let Ok(val) = sealed.open()
+            {
+                add(env, name, "value", val.expose().as_bytes());
+            }
+            if let Some(d) = &var.dynamic {
+                add(env, name, "admin", d.admin.expose().as_bytes());
+            }
+        }
+    }
+    for (grant, var, val) in inner.dynamic.held_values() {
+        if let Some(g) = inner.grants.get(&grant) {
+            let env = g.environment.clone();
+            add(&env, &var, "minted", val.expose().as_bytes());
+        }
+    }
+    Ok((out, keys))
+}
+
+/// Whether a value could be found by planting guesses: shorter than 16 bytes (trimmed), or
+/// under 80 bits by a per-character estimate (digits 3.3, one letter case 4.7, letters and
+/// digits 5.9, more 6.5 bits a character). `sweep --watch` never contains such a value by
+/// itself: visible containment of it would answer an agent's planted guesses without limit
+/// (`docs/sweep.md`).
+pub(super) fn guessable(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    if v.len() < 16 {
+        return true;
+    }
+    let digits = v.iter().all(u8::is_ascii_digit);
+    let one_case = v
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        || v.iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    let alnum = v.iter().all(u8::is_ascii_alphanumeric);
+    let per_char = if digits {
+        3.3
+    } else if one_case {
+        4.7
+    } else if alnum {
+        5.9
+    } else {
+        6.5
+    };
+    (v.len() as f64) * per_char < 80.0
+}
+
+/// Checks the human's factor for a sweep: the transit key and nonce the findings are sealed
+/// with.
+pub(super) async fn authorize(
+    broker: &Arc<Broker>,
+    req: &op::Sweep,
+    plan: &SweepPlan,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<(factor_proof::FactorKey, [u8; factor_proof::LEN])> {
+    let required = required_factor(broker)?;
+    let verified = factor_ops::verify_factor(
+        broker,
+        Proof::from_request(req.factor.clone(), digest, false),
+        required,
+        json!({"sweep": {"paths": plan.roots.len(), "contain": req.contain}}),
+    )
+    .await?;
+    verified.transit.ok_or_else(|| {
+        OpError::new(
+            ErrorCode::Denied,
+            "a sweep's findings travel sealed for the keyveil CLI that proved your factor",
+        )
+        .hint("run `keyveil sweep` at your terminal")
+    })
+}
+
+/// A redactor of every secret the broker holds (see [`secrets`]), once `event` can be audited.
+pub(super) fn redactor(
+    broker: &Broker,
+    event: &str,
+) -> OpResult<(crate::redact::Redactor, BTreeMap<String, Key>)> {
+    let mut inner = broker.lock();
+    inner.audit_ready(event)?;
+    let (secrets, keys) = secrets(&inner)?;
+    let redactor =
+        crate::redact::Redactor::new(secrets.iter().map(|(k, v)| (k.clone(), v.as_slice())));
+    Ok((redactor, keys))
+}
+
+/// Replaces the redactor's names in `findings` by environment, shown name and credential.
+pub(super) fn name_findings(findings: &mut [Finding], keys: &BTreeMap<String, Key>) {
+    for f in findings {
+        if let Some((env, _, shown, what, _)) = keys.get(&f.variable) {
+            f.environment.clone_from(env);
+            f.variable.clone_from(shown);
+            f.credential = (*what).to_owned();
+        }
+    }
+}
+
+/// Seals `outcome` for the CLI that proved the factor.
+pub(super) fn seal(
+    key: &factor_proof::FactorKey,
+    nonce: &[u8; factor_proof::LEN],
+    outcome: &SweepOutcome,
+) -> OpResult<op::SweepReply> {
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(outcome).unwrap_or_default());
+    let sealed = factor_proof::seal_in_transit(key, nonce, b"sweep", &plain)
+        .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
+    Ok(op::SweepReply { sealed })
+}
+
+/// `sweep`: see the module docs. Replies [`op::SweepReply`].
+///
+/// Errors: no factor or a wrong one (`Denied`), a relative path (`Usage`), the audit log not
+/// writable (`Failed`: nothing is swept).
+pub(crate) async fn sweep(
+    broker: &Arc<Broker>,
+    req: op::Sweep,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<op::SweepReply> {
+    let plan = plan_of(&req)?;
+    let (key, nonce) = authorize(broker, &req, &plan, digest).await?;
+    let (redactor, keys) = redactor(broker, "sweep")?;
+    let run_plan = plan.clone();
+    let scrub = req.contain && req.scrub_transcripts;
+    let (mut report, scrubbed) = tokio::task::spawn_blocking(move || {
+        let report = crate::sweep::sweep(&run_plan, &redactor);
+        let scrubbed = scrub.then(|| {
+            crate::sweep::scrub::scrub(&crate::sweep::scrub::targets(&report.findings), &redactor)
+        });
+        (report, scrubbed)
+    })
+    .await
+    .map_err(|_| {
+        OpError::new(
+            ErrorCode::Failed,
+            "the sweep stopped unexpectedly; nothing was contained",
+        )
+    })?;
+    name_findings(&mut report.findings, &keys);
+    let contained = if req.contain {
+        contain(broker, &report.findings, &keys).await
+    } else {
+        Vec::new()
+    };
+    let variables: BTreeSet<(&str, &str)> = report
+        .findings
+        .iter()
+        .map(|f| (f.environment.as_str(), f.variable.as_str()))
+        .collect();
+    // Counts only: the audit log is readable by every process of the user, an agent included,
+    // and a place would answer "which of my planted files holds a value".
+    broker.lock().audit(
+        "sweep",
+        json!({
+            "paths": plan.roots.len(),
+            "home": plan.home.is_some(),
+            "copies": report.findings.len(),
+            "variables": variables.len(),
+            "contain": req.contain,
+            "truncated": report.truncated,
+            "elapsed_ms": report.elapsed_ms,
+        }),
+    );
+    let mut outcome = SweepOutcome {
+        report,
+        contained,
+        ..SweepOutcome::default()
+    };
+    if let Some(s) = scrubbed {
+        broker.lock().audit(
+            "sweep_scrub",
+            json!({"files": s.files.len(), "left": s.notes.len()}),
+        );
+        outcome.scrubbed = s
+            .files
+            .into_iter()
+            .map(|(p, n)| (p.to_string_lossy().into_owned(), n as u64))
+            .collect();
+        outcome.scrub_notes = s.notes;
+    }
+    seal(&key, &nonce, &outcome)
+}
+
+/// Contains each variable found: revoke, mark, audit (see the module docs).
+pub(super) async fn contain(
+    broker: &Arc<Broker>,
+    findings: &[Finding],
+    keys: &BTreeMap<String, Key>,
+) -> Vec<Contained> {
+    // (environment, real name) → (shown, kinds, copies)
+    let mut found: BTreeMap<(String, String), (String, BTreeSet<String>, u64)> = BTreeMap::new();
+    let real_of: BTreeMap<(&str, &str), &str> = keys
+        .values()
+        .map(|(e, r, s, ..)| ((e.as_str(), s.as_str()), r.as_str()))
+        .collect();
+    for f in findings {
+        let Some(real) = real_of.get(&(f.environment.as_str(), f.variable.as_str())) else {
+            continue;
+        };
+        let e = found
+            .entry((f.environment.clone(), (*real).to_owned()))
+            .or_insert_with(|| (f.variable.clone(), BTreeSet::new(), 0));
+        e.1.insert(f.kind.clone());
+        e.2 += 1;
+    }
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    for ((env, real), (shown, kinds, copies)) in found {
+        let mut c = Contained {
+            environment: env.clone(),
+            variable: shown.clone(),
+            ..Contained::default()
+        };
+        let runs = {
+            let mut inner = broker.lock();
+            let ids: Vec<String> = inner
+                .grants
+                .values()
+                .filter(|g| !g.revoked && g.environment == env && g.variables.contains(&real))
+                .map(|g| g.id.clone())
+                .collect();
+            for id in &ids {
+                if inner.revoke(id, "its value was found outside keyveil by a sweep") {
+                    c.grants_revoked += 1;
+                }
+            }
+            c.dynamic = inner
+                .vault()
+                .ok()
+                .and_then(|v| v.data().environments.get(&env))
+                .and_then(|e| e.variables.get(&real))
+                .is_some_and(|v| v.dynamic.is_some());
+            let mark = Compromise {
+                found_at: now,
+                kinds: kinds.iter().cloned().collect(),
+                copies,
+            };
+            match inner.vault_mut() {
+                Ok(v) => {
+                    let id = format!("{env}/{real}");
+                    let before = v.data_mut().compromised.insert(id.clone(), mark);
+                    match v.save() {
+                        Ok(()) => c.marked = true,
+                        Err(e) => {
+                            match before {
+                                Some(b) => v.data_mut().compromised.insert(id, b),
+                                None => v.data_mut().compromised.remove(&id),
+                            };
+                            c.problems
+                                .push(format!("cannot save the mark in the vault: {e}"));
+                        }
+                    }
+                }
+                Err(e) => c.problems.push(e.message.clone()),
+            }
+            inner.audit(
+                "incident",
+                json!({
+                    "environment": env,
+                    "variable": shown,
+                    "kinds": kinds,
+                    "copies": copies,
+                    "grants_revoked": c.grants_revoked,
+                    "dynamic": c.dynamic,
+                    "marked": c.marked,
+                }),
+            );
+            inner.runs_ended(&ids)
+        };
+        broker.notify();
+        c.runs_stopped = RunsStopped::wait(runs).await.runs;
+        out.push(c);
+    }
+    out
+}
+
+/// The compromise mark of `env/real` as listings show it, unless spent (the value was replaced
+/// after the mark).
+pub(crate) fn mark(inner: &Inner, env: &str, real: &str) -> Option<op::CompromiseMark> {
+    let v = inner.vault().ok()?;
+    let m = v.data().compromised.get(&format!("{env}/{real}"))?;
+    let var = v.data().environments.get(env)?.variables.get(real)?;
+    if var.rotated_at.is_some_and(|r| r > m.found_at) {
+        return None;
+    }
+    let hint = if var.dynamic.is_some() {
+        "its credentials were destroyed at their source; replace the admin credential if the sweep found it (`keyveil dynamic add`)"
+    } else {
+        "rotate it at its source, then store the new value: keyveil set ENV NAME"
+    };
+    Some(op::CompromiseMark {
+        found_at: m.found_at,
+        kinds: m.kinds.clone(),
+        copies: m.copies,
+        hint: hint.to_owned(),
+    })
+}
+
+/// Whether any of `vars` (real names) of `env` carries a live compromise mark.
+pub(crate) fn any_compromised(inner: &Inner, env: &str, vars: &[String]) -> bool {
+    vars.iter().any(|n| mark(inner, env, n).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guessable;
+
+    #[test]
+    fn short_and_low_entropy_values_are_guessable() {
+        assert!(guessable(b"hunter2"));
+        assert!(guessable(b"123456789012345678901234")); // 24 digits: 79 bits
+        assert!(guessable(b"  correcthorse  "));
+        assert!(!guessable(b"sk_live_4eC39HqLyjWDarjtT1zdp7dc"));
+        assert!(!guessable(b"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"));
+    }
+}

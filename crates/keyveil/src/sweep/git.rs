@@ -1,0 +1,346 @@
+//! Git repositories: every object, placed at a commit and path.
+//!
+//! Objects are read by git itself (`git cat-file --batch-all-objects --batch`): loose and
+//! packed, deltas resolved, reachable from a branch, a tag, the reflog or the stash, or from
+//! nothing (a dropped stash, an amended commit not yet collected). Each object is matched in
+//! windows of [`WINDOW`] bytes that overlap by the redactor's longest pattern, so memory stays
+//! bounded whatever the object's size. Found objects are then placed: `git rev-list --objects
+//! --all --reflog` gives a path, `git log --all --reflog -m --find-object` the commits that add
+//! or remove them.
+//!
+//! git runs with no system or global configuration, no replace objects, no terminal prompt,
+//! no optional locks and no hooks or file-system monitor; the commands used run no diff driver,
+//! pager or hook.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use keyveil_redact::Redactor;
+
+use super::{Finding, Location, SweepReport};
+
+/// Bytes matched at once from one git object.
+pub(crate) const WINDOW: usize = 8 << 20;
+/// Deepest directory level searched for repositories below a root.
+const MAX_DEPTH: usize = 24;
+/// Most directory entries examined while looking for repositories.
+const MAX_ENTRIES: u64 = 5_000_000;
+/// Commits listed per found object.
+const MAX_COMMITS: usize = 5;
+/// Found objects placed at their commits per repository (each costs a history walk); the
+/// rest are reported with their path only, and a note says so.
+const MAX_PLACED: usize = 100;
+
+/// `git` with the environment and configuration described in the module docs.
+fn git(repo: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .env("LC_ALL", "C")
+        .arg("-c")
+        .arg("core.fsmonitor=false")
+        .arg("-c")
+        .arg("core.hooksPath=/dev/null")
+        .arg("-C")
+        .arg(repo)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// The git directory of a working tree (`.git`, or what a `.git` file points to), or the
+/// repository itself when bare.
+pub(crate) fn git_dir(repo: &Path) -> PathBuf {
+    let dot = repo.join(".git");
+    if dot.is_dir() {
+        return dot;
+    }
+    if let Ok(text) = std::fs::read_to_string(&dot)
+        && let Some(p) = text.strip_prefix("gitdir:")
+    {
+        let p = Path::new(p.trim());
+        return if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            repo.join(p)
+        };
+    }
+    repo.to_path_buf()
+}
+
+/// Whether `dir` is a bare repository (`HEAD`, `objects/`, `refs/`).
+fn is_bare(dir: &Path) -> bool {
+    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
+}
+
+/// Repositories at or below `roots` (and the one a root is inside of), each once. Symlinks are
+/// not followed.
+pub(super) fn discover(
+    roots: &[PathBuf],
+    deadline: Instant,
+    report: &mut SweepReport,
+) -> Vec<PathBuf> {
+    let mut found = BTreeSet::new();
+    let mut entries = 0u64;
+    for root in roots {
+        // The repository a root is inside of.
+        if let Ok(o) = git(root).args(["rev-parse", "--show-toplevel"]).output()
+            && o.status.success()
+        {
+            let top = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if !top.is_empty() {
+                found.insert(PathBuf::from(top));
+            }
+        }
+        let mut stack = vec![(root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            if Instant::now() >= deadline || entries > MAX_ENTRIES {
+                report.truncated = true;
+                report
+                    .notes
+                    .push("the search for git repositories was cut short".into());
+                return found.into_iter().collect();
+            }
+            if dir.join(".git").exists() {
+                found.insert(dir.clone());
+            } else if is_bare(&dir) {
+                found.insert(dir.clone());
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                entries += 1;
+                let Ok(t) = e.file_type() else { continue };
+                if t.is_dir() && e.file_name() != ".git" && depth < MAX_DEPTH {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// One object whose bytes hold a value.
+struct Hit {
+    oid: String,
+    kind: String,
+    variables: BTreeSet<String>,
+}
+
+/// Sweeps every object of `repo`. Findings name the repository, object, commits and path.
+pub(super) fn sweep_repo(
+    repo: &Path,
+    redactor: &Redactor,
+    deadline: Instant,
+    report: &mut SweepReport,
+) -> Vec<Finding> {
+    let hits = match match_objects(repo, redactor, deadline, report) {
+        Ok(h) => h,
+        Err(e) => {
+            report.skipped += 1;
+            report.truncated = true;
+            report.notes.push(format!(
+                "repository {}: cannot read its objects ({e})",
+                repo.display()
+            ));
+            return Vec::new();
+        }
+    };
+    if hits.is_empty() {
+        return Vec::new();
+    }
+    let paths = paths_of(repo, &hits);
+    let mut out = Vec::new();
+    if hits.len() > MAX_PLACED {
+        report.notes.push(format!(
+            "repository {}: {} objects hold values; the commits of the first {MAX_PLACED} are listed",
+            repo.display(),
+            hits.len()
+        ));
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let commits = match h.kind.as_str() {
+            "commit" => vec![h.oid.clone()],
+            "blob" | "tree" if i < MAX_PLACED && Instant::now() < deadline => {
+                commits_with(repo, &h.oid)
+            }
+            _ => Vec::new(),
+        };
+        for v in &h.variables {
+            out.push(Finding {
+                environment: String::new(),
+                credential: String::new(),
+                variable: v.clone(),
+                kind: "git-history".into(),
+                location: Location::Git {
+                    repo: repo.to_string_lossy().into_owned(),
+                    object: h.oid.clone(),
+                    object_type: h.kind.clone(),
+                    commits: commits.clone(),
+                    path: paths.get(&h.oid).cloned(),
+                },
+                form: "git-object".into(),
+                recent: false,
+            });
+        }
+    }
+    out
+}
+
+/// Streams every object of `repo` through the redactor.
+fn match_objects(
+    repo: &Path,
+    redactor: &Redactor,
+    deadline: Instant,
+    report: &mut SweepReport,
+) -> std::io::Result<Vec<Hit>> {
+    let mut child = git(repo)
+        .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let mut r = BufReader::with_capacity(1 << 16, stdout);
+    let overlap = redactor.max_pattern_len().max(1);
+    let mut hits = Vec::new();
+    let mut header = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap);
+    let mut result = Ok(());
+    loop {
+        if Instant::now() >= deadline {
+            report.truncated = true;
+            report.notes.push(format!(
+                "repository {}: out of time while reading objects",
+                repo.display()
+            ));
+            break;
+        }
+        header.clear();
+        match r.read_until(b'\n', &mut header) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        let line = String::from_utf8_lossy(&header).trim_end().to_owned();
+        let mut parts = line.split(' ');
+        let (Some(oid), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+            // `<oid> missing` and the like: nothing follows.
+            continue;
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            result = Err(std::io::Error::other("unexpected output from git cat-file"));
+            break;
+        };
+        report.git_objects += 1;
+        let mut vars = BTreeSet::new();
+        let mut left = size;
+        buf.clear();
+        while left > 0 {
+            let want = usize::try_from(left).unwrap_or(WINDOW).min(WINDOW);
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            if let Err(e) = r.read_exact(buf.get_mut(start..).unwrap_or_default()) {
+                result = Err(e);
+                break;
+            }
+            left -= want as u64;
+            report.bytes_scanned += want as u64;
+            vars.extend(redactor.find_leaks(&buf));
+            // Keep the tail: a value may straddle two windows.
+            let keep = buf.len().min(overlap);
+            let cut = buf.len() - keep;
+            buf.drain(..cut);
+        }
+        if result.is_err() {
+            break;
+        }
+        let mut nl = [0u8; 1];
+        if let Err(e) = r.read_exact(&mut nl) {
+            result = Err(e);
+            break;
+        }
+        if !vars.is_empty() {
+            hits.push(Hit {
+                oid: oid.to_owned(),
+                kind: kind.to_owned(),
+                variables: vars,
+            });
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut buf);
+    let _ = child.kill();
+    let status = child.wait()?;
+    result?;
+    if !status.success() && hits.is_empty() && report.git_objects == 0 {
+        return Err(std::io::Error::other("git cat-file failed"));
+    }
+    Ok(hits)
+}
+
+/// A path for each found blob or tree, from the trees reachable from any ref or reflog entry.
+fn paths_of(repo: &Path, hits: &[Hit]) -> HashMap<String, String> {
+    let wanted: BTreeSet<&str> = hits.iter().map(|h| h.oid.as_str()).collect();
+    let mut out = HashMap::new();
+    let Ok(mut child) = git(repo)
+        .args(["rev-list", "--objects", "--all", "--reflog"])
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        return out;
+    };
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some((oid, path)) = line.split_once(' ')
+                && wanted.contains(oid)
+                && !path.is_empty()
+            {
+                out.entry(oid.to_owned()).or_insert_with(|| path.to_owned());
+            }
+        }
+    }
+    let _ = child.wait();
+    out
+}
+
+/// Commits (newest first, at most [`MAX_COMMITS`]) whose change adds or removes `oid`, merges
+/// and stashes included.
+fn commits_with(repo: &Path, oid: &str) -> Vec<String> {
+    let Ok(o) = git(repo)
+        .args([
+            "log",
+            "--all",
+            "--reflog",
+            "-m",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--format=%H",
+        ])
+        .arg(format!("--find-object={oid}"))
+        .output()
+    else {
+        return Vec::new();
+    };
+    let mut seen = BTreeSet::new();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.is_empty() && seen.insert(l.to_string()))
+        .take(MAX_COMMITS)
+        .map(str::to_owned)
+        .collect()
+}
