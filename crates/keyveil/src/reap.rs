@@ -27,6 +27,8 @@
 //! the supervisor to kill what was re-parented to it (`supervise.rs`). The reaper is idle
 //! while the command runs: it blocks in `waitid` and in a signal wait, nothing polls.
 
+pub mod tree;
+
 /// The first argument that makes `keyveil` a run reaper (see the module docs).
 pub const FLAG: &str = "--keyveil-run-reaper";
 
@@ -89,7 +91,7 @@ mod imp {
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashSet;
     use std::ffi::OsString;
     use std::io::Write;
     use std::os::unix::process::CommandExt;
@@ -245,7 +247,7 @@ mod imp {
         let me = std::process::id() as i32;
         let deadline = Instant::now() + KILL_BOUND;
         loop {
-            let tree = descendants(me);
+            let tree = super::tree::descendants(me);
             if tree.is_empty() {
                 return 0;
             }
@@ -268,7 +270,7 @@ mod imp {
                 let Ok(fd) = rustix::process::pidfd_open(p, PidfdFlags::empty()) else {
                     continue;
                 };
-                if parent_of(pid).is_some_and(|pp| members.contains(&pp))
+                if super::tree::stat(pid).is_some_and(|st| members.contains(&st.ppid))
                     && rustix::process::pidfd_send_signal(&fd, sig).is_ok()
                     && let Ok(mut k) = killed.lock()
                 {
@@ -279,46 +281,10 @@ mod imp {
                 return 0;
             }
             // SIGKILL takes effect asynchronously: give it a moment before the next pass.
-            // (Our own children that died stay zombies, which the pass does not count.)
+            // (Our own children that died stay zombies, which the pass does not count; a
+            // zombie leader whose other threads still run is counted, see `tree`.)
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-
-    /// Live descendants of `root`, from one pass over `/proc/*/stat` (zombies excluded).
-    fn descendants(root: i32) -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Some(pp) = parent_of(pid) {
-                children.entry(pp).or_default().push(pid);
-            }
-        }
-        let mut out = Vec::new();
-        let mut todo = vec![root];
-        while let Some(p) = todo.pop() {
-            if let Some(kids) = children.remove(&p) {
-                out.extend_from_slice(&kids);
-                todo.extend(kids);
-            }
-        }
-        out
-    }
-
-    /// The parent pid of `pid` from `/proc/<pid>/stat` (`pid (comm) state ppid ...`; comm may
-    /// hold spaces and parentheses), if the process is alive and not a zombie.
-    pub fn parent_of(pid: i32) -> Option<i32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (_, rest) = stat.rsplit_once(')')?;
-        let mut fields = rest.split_whitespace();
-        if fields.next()? == "Z" {
-            return None;
-        }
-        fields.next()?.parse().ok()
     }
 }
 

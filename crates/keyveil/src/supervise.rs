@@ -177,20 +177,17 @@ mod imp {
         });
     }
 
-    /// Kills every live child of this process until none is left (at most 2 s); returns how
-    /// many were killed. Only our own children are touched: a child's pid cannot be reused
-    /// before we reap it, so no unrelated process can be hit.
+    /// Kills every child of this process until it has none left at all (at most 2 s); returns
+    /// how many were killed. "None left" is what `wait` says (`ECHILD`), not a look at
+    /// `/proc`: a dying process whose leader is already a zombie still holds children that
+    /// come to us only when its last thread exits. Only our own children are touched: a
+    /// child's pid cannot be reused before we reap it, so no unrelated process can be hit.
     fn kill_orphans() -> usize {
-        let me = std::process::id();
+        let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut killed = 0;
-        loop {
-            reap();
-            let kids = live_children(me);
-            if kids.is_empty() || Instant::now() > deadline {
-                return killed;
-            }
-            for pid in kids {
+        while reap() && Instant::now() <= deadline {
+            for pid in crate::reap::tree::children(me) {
                 if let Some(p) = Pid::from_raw(pid)
                     && rustix::process::kill_process(p, Signal::KILL).is_ok()
                 {
@@ -199,17 +196,18 @@ mod imp {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        killed
     }
 
     /// Kills every child of the supervisor but the broker, repeating until none is left (at
     /// most 2 s): each is a process of a run whose reaper was killed. It still holds the run's
     /// values in its environment.
     fn sweep(broker_pid: i32) {
-        let me = std::process::id();
+        let me = std::process::id() as i32;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut killed = 0usize;
         loop {
-            let orphans: Vec<i32> = live_children(me)
+            let orphans: Vec<i32> = crate::reap::tree::children(me)
                 .into_iter()
                 .filter(|&p| p != broker_pid)
                 .collect();
@@ -226,7 +224,7 @@ mod imp {
                 else {
                     continue;
                 };
-                if parent_of(pid) == Some(me)
+                if crate::reap::tree::stat(pid).is_some_and(|st| st.ppid == me)
                     && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
                 {
                     killed += 1;
@@ -242,37 +240,14 @@ mod imp {
         }
     }
 
-    /// The parent pid of `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid ...`; comm may
-    /// hold spaces and parentheses), if the process is alive and not a zombie.
-    fn parent_of(pid: i32) -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (_, rest) = stat.rsplit_once(')')?;
-        let mut fields = rest.split_whitespace();
-        let state = fields.next()?;
-        if state == "Z" {
-            return None;
-        }
-        fields.next()?.parse().ok()
-    }
-
-    fn reap() {
-        while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
-    }
-
-    /// Pids whose parent is `me` and that are not zombies, from `/proc/<pid>/stat`.
-    fn live_children(me: u32) -> Vec<i32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if parent_of(pid) == Some(me) {
-                out.push(pid);
+    /// Reaps every child that has ended; `false` when this process has no child left at all.
+    fn reap() -> bool {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
-        out
     }
 }

@@ -24,17 +24,6 @@ fn broker_pid(h: &Home) -> i32 {
     }
 }
 
-fn alive(pid: i32) -> bool {
-    // A zombie (exited, not yet reaped by its parent) holds nothing: count it as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 /// `kill -9` and wait until the process is gone.
 fn kill9(pid: i32) {
     let p = rustix::process::Pid::from_raw(pid).unwrap();
@@ -47,24 +36,6 @@ fn kill9(pid: i32) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Live processes (not zombies) whose environment holds `needle`.
-fn holders_of(needle: &str) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
-            && contains(&env, needle)
-            && alive(pid)
-        {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            out.push((pid, text(&cmd).replace('\0', " ")));
-        }
-    }
-    out
 }
 
 fn unlock(h: &Home) {
@@ -180,7 +151,9 @@ fn kill_9_during_a_live_run_leaves_no_process_holding_the_value() {
     let h = Home::new();
     h.set("demo", "API_TOKEN", TOKEN);
     // A direct child (sh) and grandchildren: one in the run's process group, one that leaves
-    // it with setsid, as daemons do. Only the direct child gets PR_SET_PDEATHSIG.
+    // it with setsid, as daemons do, and one whose leader thread exits so that `/proc` shows
+    // it as a zombie while it runs on (with a child of its own). Only the direct child gets
+    // PR_SET_PDEATHSIG.
     let run = h.spawn_run(&[
         "run",
         "--env",
@@ -190,12 +163,14 @@ fn kill_9_during_a_live_run_leaves_no_process_holding_the_value() {
         "--",
         "sh",
         "-c",
-        "sleep 300 & setsid sleep 301 & wait",
+        "sleep 300 & setsid sleep 301 & python3 -c \"$1\" & wait",
+        "sh",
+        crate::revoke::ZOMBIE_LEADER,
     ]);
     let id = h.wait_request();
     assert!(h.approve(id, &[]).status.success());
     let t0 = Instant::now();
-    while holders_of(TOKEN).len() < 3 {
+    while holders_of(TOKEN).len() < 5 {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the run did not start: {:?}",

@@ -354,3 +354,45 @@ pub fn enroll(h: &Home) -> String {
     h.ok(&["factor", "confirm", &totp_code(&secret, 0)]);
     secret
 }
+
+/// Whether process `pid` still runs any thread. A zombie leader whose other threads still run
+/// (its main thread called `pthread_exit`) is alive: it still holds its environment.
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')));
+    !zombie
+        || std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.flatten().any(|e| e.file_name() != *pid.to_string()))
+            .unwrap_or(false)
+}
+
+/// Live processes whose environment holds `NAME=needle`, with their command lines. Every
+/// thread's view is read (`/proc/PID/task/TID/environ`): a process whose leader thread exited
+/// shows an empty `/proc/PID/environ` while its other threads still hold the value.
+pub fn holders_of(needle: &str) -> Vec<(i32, String)> {
+    let want = format!("={needle}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        let holds = tasks.flatten().any(|t| {
+            std::fs::read(t.path().join("environ")).is_ok_and(|env| contains(&env, &want))
+        });
+        if holds && alive(pid) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, text(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}

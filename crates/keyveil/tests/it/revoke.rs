@@ -26,34 +26,6 @@ print('moved', flush=True)
 time.sleep(60)
 "#;
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// Live processes (not zombies) whose environment holds `needle`, with their command lines.
-fn holders_of(needle: &str) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
-            && contains(&env, &format!("={needle}"))
-            && alive(pid)
-        {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            out.push((pid, text(&cmd).replace('\0', " ")));
-        }
-    }
-    out
-}
-
 /// Waits until at least `n` processes hold `value` (the run is set up).
 fn wait_holders(value: &str, n: usize) {
     let t0 = Instant::now();
@@ -312,4 +284,62 @@ fn killing_the_runs_reaper_does_not_free_its_processes() {
     assert_none_left(value, Duration::from_secs(5), "kill -9 of the run's reaper");
     let o = wait_output(child, Duration::from_secs(15));
     assert_ne!(o.status.code(), Some(0));
+}
+
+/// A process whose main thread ends with `pthread_exit` while another thread runs: `/proc`
+/// shows its leader as a zombie (`Z`), its `/proc/PID/environ` reads empty, yet the process
+/// runs on with the value, and the child its other thread starts hangs below the "zombie".
+/// Prints `hidden` once both exist.
+pub(crate) const ZOMBIE_LEADER: &str = r#"import ctypes, os, subprocess, threading, time
+def keep():
+    subprocess.Popen(['sleep', '303'])
+    print('hidden', flush=True)
+    time.sleep(300)
+threading.Thread(target=keep).start()
+time.sleep(0.5)
+ctypes.CDLL(None).pthread_exit(None)
+"#;
+
+#[test]
+fn revoke_all_kills_a_process_that_hides_behind_a_zombie_leader() {
+    let value = "tok_revoke_zombie_8Wq2LmZs";
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", value);
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        "python3 -c \"$0\" & wait",
+        ZOMBIE_LEADER,
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    // sh, the python process (through its live thread) and its sleep.
+    wait_holders(value, 3);
+    let t0 = Instant::now();
+    // The attack happened: a holder whose leader is a zombie (its cmdline and environ read
+    // empty through the leader) still holds the value through its live thread.
+    let zombie = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    while !holders_of(value).iter().any(|(pid, _)| zombie(pid)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the leader did not exit: {:?}",
+            holders_of(value)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = h.run(&["revoke", "--all"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert_none_left(value, Duration::from_secs(10), "revoke --all");
+    drop(wait_output(child, Duration::from_secs(20)));
 }
