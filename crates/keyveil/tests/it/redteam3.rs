@@ -396,3 +396,212 @@ fn a_unittest_prefix_grant_never_runs_tests_from_a_directory_the_agent_names() {
         o.status.code()
     );
 }
+
+/// A project virtualenv run by path (`.venv/bin/python3 check.py`): keyveil canonicalises the
+/// executable (`.venv/bin/python3` is a symlink to `/usr/bin/python3`) and pins the site
+/// directories of `/usr`, but Python finds `pyvenv.cfg` next to `argv[0]` and loads the venv's
+/// `site-packages`, whose `.pth` files (an `import` line runs code) are pinned nowhere.
+///
+/// Gap: `loaders.rs::python_prefixes` works from `Ctx::exe` (canonical); the venv is known only
+/// from the path as given (`argv[0]`, or the PATH entry that held it). Fix: derive prefixes from
+/// the uncanonicalised path too (a `pyvenv.cfg` one or two levels above it), and pin the venv's
+/// site directories like the interpreter's.
+#[test]
+#[ignore = "LEAK: a .pth file in a project venv's site-packages runs under a `.venv/bin/python3 check.py` grant"]
+fn a_pth_file_in_a_project_venv_never_runs_under_a_grant() {
+    if !have("/usr/bin/python3") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let o = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--without-pip", ".venv"])
+        .current_dir(&app)
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        return; // no venv module on this machine
+    }
+    std::fs::write(app.join("check.py"), "print('checked')\n").unwrap();
+    let cmd = [".venv/bin/python3", "check.py"];
+    let card = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("checked"));
+
+    let marker = a.path().join("stolen-venv");
+    let site = std::fs::read_dir(app.join(".venv/lib"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("site-packages"))
+        .find(|p| p.is_dir())
+        .expect("the venv's site-packages");
+    std::fs::write(
+        site.join("zz_kv.pth"),
+        format!(
+            "import os; open({:?}, 'w').write(os.environ.get('TOKEN', ''))\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "a .pth in {} ran under the grant (venv pinned on the card: {}; exit {:?})",
+        site.display(),
+        card.contains(".venv/lib"),
+        o.status.code()
+    );
+}
+
+/// The hooks directory is pinned file by file, at most 64 names (`loaders.rs::pin_dir`,
+/// `MAX_FILES`), sorted, with nothing said about the rest. The agent fills `.git/hooks` with 64
+/// inert files whose names sort first (`aa00`...), then, after `git commit --allow-empty -m wip`
+/// was approved as a standing grant, creates `post-commit`: neither the check of the pins nor
+/// their re-derivation (which stops at the same 64 names) sees it.
+///
+/// Gap: truncation fails open (`loaders.rs::pin_dir`, `Pins::add*` at `MAX_FILES * 4`). Fix: pin
+/// the hooks directory (and Python site directories) by directory fingerprint
+/// (`path_dirs::fingerprint`), and refuse (or fingerprint) rather than drop what is over a cap.
+#[test]
+#[ignore = "LEAK: with 64 decoy files in .git/hooks, a post-commit hook created after approval runs under a `git commit` grant"]
+fn a_hook_beyond_the_pin_cap_never_runs_under_a_git_grant() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    git(&app, a.path(), &["config", "user.name", "kv"]);
+    git(&app, a.path(), &["config", "user.email", "kv@example.invalid"]);
+    let hooks = app.join(".git/hooks");
+    for n in 0..64 {
+        std::fs::write(hooks.join(format!("aa{n:02}")), "").unwrap();
+    }
+    let cmd = ["git", "commit", "-q", "--allow-empty", "-m", "wip"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-hook");
+    exe(
+        &hooks.join("post-commit"),
+        &format!("#!/bin/sh\n{}", stealer(&marker)),
+    );
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "a post-commit hook created after approval ran under the grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+/// A bare repository (a mirror) has no `.git` entry: git recognises the directory itself
+/// (`HEAD`, `objects/`, `refs/`). keyveil looks only for `.git` up the tree, so the mirror's
+/// `config` is neither shown nor pinned for `git fetch` run in it. After approval the agent sets
+/// `remote.origin.uploadpack` (run through the shell for a local remote).
+///
+/// Gap: `loaders.rs::existing_git_dirs` / `git_dirs` ignore bare repositories (and `GIT_DIR`-less
+/// discovery of a git directory itself). Fix: apply git's `is_git_directory` test to each
+/// directory up the tree as well as to its `.git`.
+#[test]
+#[ignore = "LEAK: a bare repository's config is never pinned; an uploadpack set after approval runs under a `git fetch` grant"]
+fn a_bare_repositorys_config_is_pinned_for_git_run_inside_it() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let src = a.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, a.path(), &["init", "-q"]);
+    git(&src, a.path(), &["commit", "-q", "--allow-empty", "-m", "i"]);
+    let mirror = app.join("mirror.git");
+    git(
+        &app,
+        a.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &src.display().to_string(),
+            "mirror.git",
+        ],
+    );
+    let cmd = ["git", "fetch", "-q"];
+    let card = approve_standing(&a, &mirror, &cmd);
+    let o = run(h, &mirror, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-bare");
+    let up = a.path().join("up.sh");
+    exe(
+        &up,
+        &format!("#!/bin/sh\n{}exec git-upload-pack \"$@\"\n", stealer(&marker)),
+    );
+    git(
+        &mirror,
+        a.path(),
+        &["config", "remote.origin.uploadpack", &up.display().to_string()],
+    );
+    let o = run(h, &mirror, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "an uploadpack set in the bare repository's config ran under the grant (config on the card: {}; exit {:?})",
+        card.contains("mirror.git/config"),
+        o.status.code()
+    );
+}
+
+/// A repository config over 1 MiB (padded with comments) is pinned by hash but never read
+/// (`pin.rs::pin_input_text`, `MAX_TEXT`): the card quotes none of its code-running settings and
+/// its includes are not followed. A clean filter defined in it runs on the first run of a single
+/// approved `git status --short`, with a card that shows the config as an input and nothing of
+/// the filter.
+///
+/// Gap: `pin_input_text` returns empty text for a big file. Fix: read the whole file for the
+/// tools that read it whole (git reads any size), or refuse a config too big to show ("cannot
+/// show what this config runs"), never show it as if it ran nothing.
+#[test]
+#[ignore = "LEAK: a clean filter in a 1 MiB .git/config is not quoted on the card and runs with one approval of `git status --short`"]
+fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    std::fs::write(app.join("f.txt"), "one\n").unwrap();
+    git(&app, a.path(), &["add", "."]);
+    git(&app, a.path(), &["commit", "-qm", "i"]);
+    let marker = a.path().join("stolen-bigcfg");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    let cfg = app.join(".git/config");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t.push_str(&format!("[filter \"kv\"]\n\tclean = {}\n", filter.display()));
+    let pad = "# ".to_owned() + &"x".repeat(1022) + "\n";
+    for _ in 0..1100 {
+        t.push_str(&pad);
+    }
+    std::fs::write(&cfg, t).unwrap();
+    std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
+    std::fs::write(app.join("f.txt"), "two\n").unwrap();
+    // One approval, of what the card shows.
+    let cmd = ["git", "status", "--short"];
+    let card = approve_standing(&a, &app, &cmd);
+    let shown = card.contains("filter.kv.clean");
+    let o = run(h, &app, "30", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        shown || !stolen(&marker, &tok),
+        "a clean filter not quoted on the card ran with the value (exit {:?})",
+        o.status.code()
+    );
+}
