@@ -8,7 +8,7 @@
 //! gap named in its comment; run it with `--ignored` to replay the leak. Values are generated;
 //! the tests assert on a marker file's existence and content, never print a value.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -474,7 +474,11 @@ fn a_hook_beyond_the_pin_cap_never_runs_under_a_git_grant() {
     let h = &a.h;
     git(&app, a.path(), &["init", "-q"]);
     git(&app, a.path(), &["config", "user.name", "kv"]);
-    git(&app, a.path(), &["config", "user.email", "kv@example.invalid"]);
+    git(
+        &app,
+        a.path(),
+        &["config", "user.email", "kv@example.invalid"],
+    );
     let hooks = app.join(".git/hooks");
     for n in 0..64 {
         std::fs::write(hooks.join(format!("aa{n:02}")), "").unwrap();
@@ -517,7 +521,11 @@ fn a_bare_repositorys_config_is_pinned_for_git_run_inside_it() {
     let src = a.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     git(&src, a.path(), &["init", "-q"]);
-    git(&src, a.path(), &["commit", "-q", "--allow-empty", "-m", "i"]);
+    git(
+        &src,
+        a.path(),
+        &["commit", "-q", "--allow-empty", "-m", "i"],
+    );
     let mirror = app.join("mirror.git");
     git(
         &app,
@@ -539,12 +547,19 @@ fn a_bare_repositorys_config_is_pinned_for_git_run_inside_it() {
     let up = a.path().join("up.sh");
     exe(
         &up,
-        &format!("#!/bin/sh\n{}exec git-upload-pack \"$@\"\n", stealer(&marker)),
+        &format!(
+            "#!/bin/sh\n{}exec git-upload-pack \"$@\"\n",
+            stealer(&marker)
+        ),
     );
     git(
         &mirror,
         a.path(),
-        &["config", "remote.origin.uploadpack", &up.display().to_string()],
+        &[
+            "config",
+            "remote.origin.uploadpack",
+            &up.display().to_string(),
+        ],
     );
     let o = run(h, &mirror, "0", &cmd);
     no_value_in(&o, &tok);
@@ -585,7 +600,10 @@ fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
     );
     let cfg = app.join(".git/config");
     let mut t = std::fs::read_to_string(&cfg).unwrap();
-    t.push_str(&format!("[filter \"kv\"]\n\tclean = {}\n", filter.display()));
+    t.push_str(&format!(
+        "[filter \"kv\"]\n\tclean = {}\n",
+        filter.display()
+    ));
     let pad = "# ".to_owned() + &"x".repeat(1022) + "\n";
     for _ in 0..1100 {
         t.push_str(&pad);
@@ -604,4 +622,236 @@ fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
         "a clean filter not quoted on the card ran with the value (exit {:?})",
         o.status.code()
     );
+}
+
+/// `-include *.d` (the usual dependency-file line of a C makefile): make expands the glob, and
+/// a `.d` file can hold any make syntax, `$(shell ...)` included, run while make reads it.
+/// keyveil follows literal include names only and takes `*.d` as a file name that does not
+/// exist: nothing is pinned, and a `.d` file planted after approval runs under the grant.
+///
+/// Gap: `loaders.rs::make_includes` (names with `*`, `?`, `[` are globs in make: pin the glob's
+/// directory by fingerprint, or expand it the way make does and pin each match plus the
+/// directory listing).
+#[test]
+#[ignore = "LEAK: a .d file planted after approval is included through `-include *.d` and runs under a `make test` grant"]
+fn a_makefile_glob_include_never_pulls_in_a_file_planted_after_approval() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("Makefile"),
+        "test:\n\t@echo tests-ok\n\n-include *.d\n",
+    )
+    .unwrap();
+    let cmd = ["make", "test"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-make-glob");
+    std::fs::write(
+        app.join("main.d"),
+        format!(
+            "X := $(shell printf %s \"$$TOKEN\" > '{}')\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "main.d planted after approval was included by `-include *.d` and ran (exit {:?})",
+        o.status.code()
+    );
+}
+
+/// A writable PATH directory with more than 10,000 entries is pinned by its listing's identity
+/// only (`path_dirs::fingerprint`, `MAX_ENTRIES`): rewriting a program in it in place changes the
+/// file's ctime, not the directory's. The card still says "10001 programs, pinned (a change ends
+/// the grant)".
+///
+/// Gap: `path_dirs::fingerprint` fails open past `MAX_ENTRIES`. Fix: refuse to pin (ask for a
+/// new approval at every run, or refuse the grant) a directory too big to fingerprint, or
+/// fingerprint only the names the command can look up, always.
+#[test]
+#[ignore = "LEAK: in a PATH dir with over 10,000 entries, a helper rewritten in place runs under a standing grant"]
+fn a_helper_rewritten_in_a_huge_path_dir_never_runs() {
+    let (a, tok, app) = setup(&["bigbin"], "echo abc | kvfmt\n");
+    let h = &a.h;
+    let bin = a.path().join("bigbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for n in 0..10_001 {
+        std::fs::write(bin.join(format!("f{n:05}")), "").unwrap();
+    }
+    exe(&bin.join("kvfmt"), "#!/bin/sh\ncat\n");
+    let cmd = ["sh", "ci.sh"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("(path-dir)"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("abc"));
+
+    let marker = a.path().join("stolen-bigdir");
+    // In place: same inode, the directory itself untouched.
+    std::fs::write(
+        bin.join("kvfmt"),
+        format!("#!/bin/sh\n{}cat\n", stealer(&marker)),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "kvfmt rewritten in a 10,002-entry PATH dir ran under the grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+/// The machine's pyenv (`~/.pyenv/libexec`), if any.
+fn pyenv_libexec() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    let l = Path::new(&home).join(".pyenv/libexec");
+    l.join("pyenv").is_file().then_some(l)
+}
+
+/// pyenv's installed versions are pinned as the listing of `$PYENV_ROOT/versions` (one level:
+/// `toolchain-dir` has depth 0), though the docs say "each one's bin and lib entries". The
+/// interpreter a shim runs, `versions/V/bin/python3` (a file the user owns: pyenv builds it in
+/// HOME), rewritten in place after approval, runs under the grant. (The version here is a
+/// small wrapper of the agent's around the system python: the machine's own install is never
+/// touched.)
+///
+/// Gap: `loaders.rs::MANAGERS` `code: ["versions"]` + `path_dirs::depth_for`. Fix: pin each
+/// selected version's `bin` (and the interpreter's stdlib and site directories) by fingerprint,
+/// not the `versions` listing.
+#[test]
+#[ignore = "LEAK: a pyenv version's bin/python3 rewritten in place runs under a standing grant (versions/ pinned one level deep)"]
+fn a_pyenv_interpreter_rewritten_in_place_never_runs() {
+    let Some(libexec) = pyenv_libexec() else {
+        return;
+    };
+    if !have("/usr/bin/python3") {
+        return;
+    }
+    let (a, tok, app) = setup(&[".pyenv/shims"], "python3 -c 'print(\"py-\" + \"ok\")'\n");
+    let h = &a.h;
+    let root = a.path().join(".pyenv");
+    std::fs::create_dir_all(root.join("shims")).unwrap();
+    std::fs::create_dir_all(root.join("versions/kv/bin")).unwrap();
+    std::os::unix::fs::symlink(&libexec, root.join("libexec")).unwrap();
+    std::fs::write(root.join("version"), "kv\n").unwrap();
+    let py = root.join("versions/kv/bin/python3");
+    exe(&py, "#!/bin/sh\nexec /usr/bin/python3 \"$@\"\n");
+    exe(
+        &root.join("shims/python3"),
+        &format!(
+            "#!/usr/bin/env bash\nset -e\nprogram=\"${{0##*/}}\"\nexport PYENV_ROOT=\"{r}\"\nexec \"{r}/libexec/pyenv\" exec \"$program\" \"$@\"\n",
+            r = root.display()
+        ),
+    );
+    let cmd = ["sh", "ci.sh"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("(toolchain-dir)"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("py-ok"), "{}", text(&o.stdout));
+
+    let marker = a.path().join("stolen-pyenv-bin");
+    std::fs::write(
+        &py,
+        format!(
+            "#!/bin/sh\n{}exec /usr/bin/python3 \"$@\"\n",
+            stealer(&marker)
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "versions/kv/bin/python3 rewritten in place ran under the grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Controls: the same attacks without the trick are blocked (regression tests)
+
+/// Control for `a_hook_beyond_the_pin_cap_never_runs_under_a_git_grant`: without decoys, a
+/// post-commit hook created after approval is a new input and ends the grant.
+#[test]
+fn a_hook_created_after_approval_ends_a_git_commit_grant() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    git(&app, a.path(), &["config", "user.name", "kv"]);
+    git(
+        &app,
+        a.path(),
+        &["config", "user.email", "kv@example.invalid"],
+    );
+    let cmd = ["git", "commit", "-q", "--allow-empty", "-m", "wip"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let marker = a.path().join("stolen-hook-control");
+    exe(
+        &app.join(".git/hooks/post-commit"),
+        &format!("#!/bin/sh\n{}", stealer(&marker)),
+    );
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(!stolen(&marker, &tok), "the planted hook ran");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("post-commit"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// Control for `an_empty_dot_git_in_cwd_never_hides_the_real_repositorys_config`: run from the
+/// subdirectory without the decoy `.git`, the repository's config is pinned and a filter added
+/// after approval ends the grant.
+#[test]
+fn a_filter_added_to_the_repository_config_ends_a_git_status_grant_from_a_subdirectory() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let sub = app.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&app, a.path(), &["init", "-q"]);
+    std::fs::write(sub.join("f.txt"), "one\n").unwrap();
+    git(&app, a.path(), &["add", "."]);
+    git(&app, a.path(), &["commit", "-qm", "i"]);
+    let cmd = ["git", "status", "--short"];
+    let card = approve_standing(&a, &sub, &cmd);
+    assert!(card.contains(".git/config (git-config)"), "{card}");
+    let marker = a.path().join("stolen-git-control");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    let cfg = app.join(".git/config");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t.push_str(&format!(
+        "[filter \"kv\"]\n\tclean = {}\n",
+        filter.display()
+    ));
+    std::fs::write(&cfg, t).unwrap();
+    std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
+    std::fs::write(sub.join("f.txt"), "two\n").unwrap();
+    let o = run(h, &sub, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(!stolen(&marker, &tok), "the planted filter ran");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
 }
