@@ -1049,3 +1049,103 @@ fn a_curlrc_never_sends_the_environment_to_the_agent() {
         o.status.code()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. What is taken for the script operand
+
+/// Shared body: approve `cmd` (which runs `ci.sh` from `app`) as a standing grant, check it
+/// runs, rewrite `ci.sh`, run again; returns whether the rewrite ran with the value.
+fn rewrite_after_approval(cmd: &[&str]) -> (bool, Option<i32>) {
+    let (a, tok, app) = setup(&[], "echo approved-step\n");
+    let h = &a.h;
+    let _ = approve_standing(&a, &app, cmd);
+    let o = run(h, &app, "30", cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("approved-step"));
+    let marker = a.path().join("stolen-operand");
+    std::fs::write(
+        app.join("ci.sh"),
+        format!("{}echo approved-step\n", stealer(&marker)),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", cmd);
+    no_value_in(&o, &tok);
+    (stolen(&marker, &tok), o.status.code())
+}
+
+/// `timeout 300 sh ci.sh` (or `nice`, `nohup`, `env`, `stdbuf -oL`, `time`, `xvfb-run`): the
+/// executable is the wrapper, so the family is `timeout` and no script operand, interpreter or
+/// tool input is pinned at all. The script rewritten after approval runs under the standing grant.
+///
+/// Gap: `pin.rs::inputs` (and `loaders::inputs`) look at `argv[0]` only. Fix: see through known
+/// wrappers (`timeout [opts] DURATION`, `nice [-n N]`, `nohup`, `env [NAME=V]...`, `stdbuf`,
+/// `time`, `setsid`, `xargs`?) and derive inputs for the command they run.
+#[test]
+#[ignore = "LEAK: `timeout 60 sh ci.sh` pins nothing; ci.sh rewritten after approval runs under the standing grant"]
+fn a_script_run_through_a_wrapper_is_still_pinned() {
+    let (leaked, code) = rewrite_after_approval(&["timeout", "60", "sh", "ci.sh"]);
+    assert!(
+        !leaked,
+        "ci.sh rewritten after approval ran under the `timeout 60 sh ci.sh` grant (exit {code:?})"
+    );
+}
+
+/// `bash -o pipefail ci.sh` (also `python3 -W error check.py`, `python3 -X dev app.py`,
+/// `perl -I lib t.pl`, `ruby -I lib x.rb`): the option's argument is taken for the script
+/// operand (`pipefail`, absent, so nothing is pinned) and the real script is never pinned.
+///
+/// Gap: `pin.rs::inputs`, the operand loop skips `-x` tokens but not their arguments. Fix: a
+/// per-interpreter table of options that take an argument (bash `-o`/`-O`/`+o`, python `-W`/`-X`/
+/// `-m`, perl/ruby `-I`/`-r`, node `-r`/`--require`/`--import`/`--loader`), and pin every operand
+/// candidate when unsure.
+#[test]
+#[ignore = "LEAK: in `bash -o pipefail ci.sh` the option argument is taken for the script; ci.sh is never pinned"]
+fn a_script_after_an_option_with_an_argument_is_still_pinned() {
+    let (leaked, code) = rewrite_after_approval(&["bash", "-o", "pipefail", "ci.sh"]);
+    assert!(
+        !leaked,
+        "ci.sh rewritten after approval ran under the `bash -o pipefail ci.sh` grant (exit {code:?})"
+    );
+}
+
+/// Control: `sh ci.sh` itself is pinned, and the same rewrite ends the grant.
+#[test]
+fn a_script_rewritten_after_approval_ends_a_plain_interpreter_grant() {
+    let (leaked, code) = rewrite_after_approval(&["sh", "ci.sh"]);
+    assert!(!leaked, "the rewritten ci.sh ran");
+    assert_eq!(code, Some(3));
+}
+
+/// `npm test` with a `package.json` that starts with a byte order mark: npm strips it and runs
+/// the script; keyveil's `serde_json` refuses the text, so the card says `script "test" is not
+/// defined in package.json` while the script runs with the value at the first, single approval.
+///
+/// Gap: `pin.rs::inputs` (package.json detail). Fix: strip a UTF-8 BOM as npm does, and when
+/// the file cannot be parsed say so on the card ("package.json cannot be read: npm may still run
+/// it"), never "not defined".
+#[test]
+#[ignore = "LEAK: a package.json with a BOM shows `not defined` on the card while npm runs the script with the value"]
+fn a_package_json_with_a_bom_never_hides_its_script_from_the_card() {
+    if !have("/usr/bin/npm") {
+        return;
+    }
+    let (h, dir, tok, _home, app) = setup_home();
+    let marker = dir.path().join("stolen-bom");
+    let script = format!("printf %s \\\"$TOKEN\\\" > '{}'", marker.display());
+    std::fs::write(
+        app.join("package.json"),
+        format!(
+            "\u{feff}{{\"name\":\"kvrt\",\"version\":\"1.0.0\",\"scripts\":{{\"test\":\"{script}\"}}}}"
+        ),
+    )
+    .unwrap();
+    let (card, o) = run_once(&h, &app, &["npm", "test"], CLI_LIMIT);
+    no_value_in(&o, &tok);
+    let shown = card.contains("printf");
+    assert!(
+        shown || !stolen(&marker, &tok),
+        "npm ran a script the card did not show (card says not defined: {}; exit {:?})",
+        card.contains("is not defined"),
+        o.status.code()
+    );
+}
