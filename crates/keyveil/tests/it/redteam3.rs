@@ -1149,3 +1149,81 @@ fn a_package_json_with_a_bom_never_hides_its_script_from_the_card() {
         o.status.code()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Auto-approve rules bind no inputs
+
+/// An auto-approve rule for `git status --short` in the project (the human's factor made it,
+/// trusting git's read-only status). The rule is argv + cwd only: each request it covers is
+/// granted with whatever inputs it has at that moment. The agent plants a clean filter in
+/// `.git/config` (and `.gitattributes`) and runs `git status --short`: no card, no approval, and
+/// the filter runs with the value. The same holds for a rule's subdirectories (a `Makefile` of
+/// the agent's in `proj/sub` under a `make test` rule for `proj`).
+///
+/// Gap: `broker/access.rs` (`auto_hit`: `rule_matches` + cwd prefix) and `factor_ops.rs`
+/// (`AutoApproveAdd` stores no pins). Fix: bind the inputs pinned when the rule is made (a rule
+/// covers a request only while its inputs equal those), or never auto-approve a request whose
+/// inputs carry code-running settings (`runs or redirects: ...` details, hooks) or are new.
+#[test]
+#[ignore = "LEAK: an auto-approve rule for `git status --short` runs a clean filter planted in .git/config with no approval at all"]
+fn an_auto_approve_rule_never_covers_config_planted_after_it_was_made() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    std::fs::write(app.join("f.txt"), "one\n").unwrap();
+    git(&app, a.path(), &["add", "."]);
+    git(&app, a.path(), &["commit", "-qm", "i"]);
+    let cwd = app.display().to_string();
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "auto-approve",
+            "--cwd",
+            &cwd,
+            "--ttl",
+            "8h",
+            "--passphrase-stdin",
+            "--",
+            "git",
+            "status",
+            "--short",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let cmd = ["git", "status", "--short"];
+    let o = run(h, &app, "5", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-auto");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    let cfg = app.join(".git/config");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t.push_str(&format!(
+        "[filter \"kv\"]\n\tclean = {}\n",
+        filter.display()
+    ));
+    std::fs::write(&cfg, t).unwrap();
+    std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
+    std::fs::write(app.join("f.txt"), "two\n").unwrap();
+    // The live grant sees the change and ends ("call run again to ask the user"); the agent
+    // calls run again, and the rule grants the new request at once.
+    let o = run(h, &app, "0", &cmd);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "the auto-approve rule granted `git status --short` with a planted clean filter, which ran (exit {:?})",
+        o.status.code()
+    );
+}
