@@ -1227,3 +1227,88 @@ fn an_auto_approve_rule_never_covers_config_planted_after_it_was_made() {
         o.status.code()
     );
 }
+
+/// Removes a file when dropped (a test that must write outside its temporary directory).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `[include] path = ~USER/.gitinc` (git expands `~user/` to that user's home, config.c
+/// `interpret_path`/`expand_user_path`): keyveil only knows `~/` and takes the rest as relative
+/// to the config's directory, so it pins nothing for this include (the card quotes the
+/// `include.path` line, which looks like a dotfile of the user's). The included file rewritten
+/// after approval (a clean filter) runs under the standing `git status --short` grant.
+///
+/// Gap: `loaders.rs::expand` (also `%(prefix)/`, and `gitdir:`-relative forms of `includeIf`
+/// conditions are ignored only where harmless). Fix: expand `~user/` with the user database and
+/// `%(prefix)/` with git's runtime prefix as git does; an include keyveil cannot resolve makes
+/// the request unpinnable (refuse standing grants, say so on the card).
+#[test]
+#[ignore = "LEAK: an include named `~user/...` is never pinned; rewritten after approval it runs a filter under a `git status` grant"]
+fn a_git_include_named_with_tilde_user_is_pinned() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let user = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .map(|o| text(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let real_home = std::process::Command::new("getent")
+        .args(["passwd", &user])
+        .output()
+        .ok()
+        .and_then(|o| text(&o.stdout).trim().split(':').nth(5).map(PathBuf::from));
+    let Some(real_home) = real_home.filter(|p| p.is_dir()) else {
+        return;
+    };
+    let name = format!(
+        ".kvrt3-{}-{}.gitinc",
+        std::process::id(),
+        crate::pathdirs::token()
+    );
+    let inc = real_home.join(&name);
+    if std::fs::write(&inc, "[user]\n\tname = kv\n").is_err() {
+        return;
+    }
+    let _guard = RemoveOnDrop(inc.clone());
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    std::fs::write(app.join("f.txt"), "one\n").unwrap();
+    git(&app, a.path(), &["add", "."]);
+    git(&app, a.path(), &["commit", "-qm", "i"]);
+    let cfg = app.join(".git/config");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t.push_str(&format!("[include]\n\tpath = ~{user}/{name}\n"));
+    std::fs::write(&cfg, t).unwrap();
+    std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
+    let cmd = ["git", "status", "--short"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-tilde");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    std::fs::write(
+        &inc,
+        format!("[filter \"kv\"]\n\tclean = {}\n", filter.display()),
+    )
+    .unwrap();
+    std::fs::write(app.join("f.txt"), "two\n").unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "the ~{user}/ include rewritten after approval ran a filter under the grant (exit {:?})",
+        o.status.code()
+    );
+}
