@@ -1312,3 +1312,58 @@ fn a_git_include_named_with_tilde_user_is_pinned() {
         o.status.code()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Directories the broker cannot list
+
+/// A writable PATH directory made search-only (`chmod 0111`, the agent's own directory): the
+/// kernel still finds `dir/tr` for `execve`, but the broker's `read_dir` fails, so
+/// `path_dirs::fingerprint` returns `None` and `path_pins` silently pins nothing (the card does
+/// not even name the directory). The agent plants `tr` (chmod u+w, write, chmod back) and it
+/// runs under the standing grant. The same fail-open holds for a git hooks directory
+/// (`loaders.rs::pin_dir` returns on a `read_dir` error).
+///
+/// Root reads any directory, so the test only shows the leak for a non-root user (it returns
+/// early under root: this was found by reading the code, not reproduced on the root test box).
+///
+/// Gap: `path_dirs::fingerprint` (`read_dir(..).ok()?`), `path_pins`, `loaders.rs::pin_dir`.
+/// Fix: a directory that cannot be listed is pinned as "unlistable" with its own identity
+/// (ctime), or the request is refused with a hint; never dropped.
+#[test]
+#[ignore = "LEAK (by reading, non-root only): a search-only PATH dir is never pinned; a program planted in it runs under a standing grant"]
+fn a_search_only_path_dir_is_still_pinned() {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| text(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if uid == "0" {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (a, tok, app) = setup(&["xbin"], "echo abc | tr a-z A-Z\n");
+    let h = &a.h;
+    let bin = a.path().join("xbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o111)).unwrap();
+    let cmd = ["sh", "ci.sh"];
+    let card = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let marker = a.path().join("stolen-xonly");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o711)).unwrap();
+    exe(
+        &bin.join("tr"),
+        &format!("#!/bin/sh\n{}exec /usr/bin/tr \"$@\"\n", stealer(&marker)),
+    );
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o111)).unwrap();
+    let o = run(h, &app, "0", &cmd);
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "tr planted in a search-only PATH dir ran under the grant (dir on the card: {}; exit {:?})",
+        card.contains("xbin"),
+        o.status.code()
+    );
+}
