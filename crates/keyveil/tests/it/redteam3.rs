@@ -1324,13 +1324,15 @@ fn a_git_include_named_with_tilde_user_is_pinned() {
 /// (`loaders.rs::pin_dir` returns on a `read_dir` error).
 ///
 /// Root reads any directory, so the test only shows the leak for a non-root user (it returns
-/// early under root: this was found by reading the code, not reproduced on the root test box).
+/// early under root). Reproduced as `nobody`: `setpriv --reuid=65534 --regid=65534
+/// --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp target/debug/deps/it-* redteam3::a_search
+/// --include-ignored`.
 ///
 /// Gap: `path_dirs::fingerprint` (`read_dir(..).ok()?`), `path_pins`, `loaders.rs::pin_dir`.
 /// Fix: a directory that cannot be listed is pinned as "unlistable" with its own identity
 /// (ctime), or the request is refused with a hint; never dropped.
 #[test]
-#[ignore = "LEAK (by reading, non-root only): a search-only PATH dir is never pinned; a program planted in it runs under a standing grant"]
+#[ignore = "LEAK (non-root users; reproduced as nobody): a search-only PATH dir is never pinned; a program planted in it runs under a standing grant"]
 fn a_search_only_path_dir_is_still_pinned() {
     let uid = std::process::Command::new("id")
         .arg("-u")
