@@ -1369,3 +1369,120 @@ fn a_search_only_path_dir_is_still_pinned() {
         o.status.code()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. More of the same classes
+
+/// A submodule added from a repository already in the work tree keeps its own `.git`
+/// directory (`git submodule add ./sub sub`: "Adding existing repo"), not one under
+/// `.git/modules`. `git status` recurses into it and runs the clean filter of `sub/.git/config`;
+/// keyveil pins submodules' configs only under `.git/modules` (`loaders.rs::git_submodules`).
+///
+/// Fix: walk the submodules git would walk (gitlinks in the index, `.gitmodules` paths) and pin
+/// each one's gitdir, wherever it lives (`sub/.git` directory or file).
+#[test]
+#[ignore = "LEAK: a clean filter in a non-absorbed submodule's own .git/config runs under a `git status` grant"]
+fn a_non_absorbed_submodules_config_is_pinned() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    git(
+        &app,
+        a.path(),
+        &["commit", "-q", "--allow-empty", "-m", "i"],
+    );
+    let sub = app.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&sub, a.path(), &["init", "-q"]);
+    std::fs::write(sub.join("f.txt"), "one\n").unwrap();
+    git(&sub, a.path(), &["add", "."]);
+    git(&sub, a.path(), &["commit", "-qm", "s"]);
+    git(
+        &app,
+        a.path(),
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "./sub",
+            "sub",
+        ],
+    );
+    git(&app, a.path(), &["commit", "-qm", "sm"]);
+    assert!(
+        sub.join(".git").is_dir(),
+        "the submodule keeps its own .git"
+    );
+    let cmd = ["git", "status", "--short"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    let marker = a.path().join("stolen-submodule");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    let cfg = sub.join(".git/config");
+    let mut t = std::fs::read_to_string(&cfg).unwrap();
+    t.push_str(&format!(
+        "[filter \"kv\"]\n\tclean = {}\n",
+        filter.display()
+    ));
+    std::fs::write(&cfg, t).unwrap();
+    std::fs::write(sub.join(".gitattributes"), "* filter=kv\n").unwrap();
+    std::fs::write(sub.join("f.txt"), "two\n").unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "the submodule's clean filter ran under the `git status --short` grant (exit {:?})",
+        o.status.code()
+    );
+}
+
+/// `npm start` in a project whose `package.json` has no `start` script: the card says
+/// `script "start" is not defined in package.json`, and npm runs its default, `node server.js`
+/// (npm-run-script(1): "If there is a server.js file in the root of your package, then npm will
+/// default the start command to node server.js"). `server.js` is the agent's and is not pinned.
+/// (`npm install` has the same kind of default: `node-gyp rebuild` when `binding.gyp` exists.)
+///
+/// Gap: `pin.rs::inputs` (npm detail) and `loaders.rs::npm`. Fix: model npm's defaults: pin
+/// `server.js` for `start`/`restart`, `binding.gyp` for `install`, and say on the card what runs.
+#[test]
+#[ignore = "LEAK: `npm start` with no start script runs server.js, which the card does not show (it says the script is not defined)"]
+fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
+    if !have("/usr/bin/npm") {
+        return;
+    }
+    let (h, dir, tok, _home, app) = setup_home();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"kvrt","version":"1.0.0","scripts":{"test":"echo ok"}}"#,
+    )
+    .unwrap();
+    let marker = dir.path().join("stolen-npm-start");
+    std::fs::write(
+        app.join("server.js"),
+        format!(
+            "require('fs').writeFileSync({:?}, process.env.TOKEN || '')\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (card, o) = run_once(&h, &app, &["npm", "start"], CLI_LIMIT);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "npm start ran server.js with the value (card says not defined: {}, server.js on the card: {}; exit {:?})",
+        card.contains("is not defined"),
+        card.contains("server.js"),
+        o.status.code()
+    );
+}
