@@ -1486,3 +1486,45 @@ fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
         o.status.code()
     );
 }
+
+/// `git st`, where `alias.st = -c filter.kv.clean=PROG status --short`: a git alias that does not
+/// start with `!` may still carry `-c` options (git applies global options in an alias), so it
+/// runs a program. The card quotes `alias.*` only when the value starts with `!`, so one
+/// approval of `git st` runs the filter with the value while the card quotes nothing.
+///
+/// Gap: `loaders.rs::git_key_runs_code` (`alias` needs `!`). Fix: quote every alias whose
+/// expansion holds an option (`-c`, `--exec-path`, `--git-dir`, `--config-env`...), or every
+/// alias the argv uses.
+#[test]
+#[ignore = "LEAK: a non-! git alias carrying `-c filter...clean=` runs a program under one approval of `git st`, unquoted on the card"]
+fn a_git_alias_with_dash_c_is_shown_on_the_card() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    git(&app, a.path(), &["init", "-q"]);
+    std::fs::write(app.join("f.txt"), "one\n").unwrap();
+    git(&app, a.path(), &["add", "."]);
+    git(&app, a.path(), &["commit", "-qm", "i"]);
+    let marker = a.path().join("stolen-alias");
+    let filter = a.path().join("filter.sh");
+    exe(
+        &filter,
+        &format!("#!/bin/sh\n{}exec cat\n", stealer(&marker)),
+    );
+    let alias = format!("-c filter.kv.clean={} status --short", filter.display());
+    git(&app, a.path(), &["config", "alias.st", &alias]);
+    std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
+    std::fs::write(app.join("f.txt"), "two\n").unwrap();
+    let cmd = ["git", "st"];
+    let card = approve_standing(&a, &app, &cmd);
+    let shown = card.contains("alias.st");
+    let o = run(h, &app, "30", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        shown || !stolen(&marker, &tok),
+        "the alias's filter ran with the value and the card did not quote the alias (exit {:?})",
+        o.status.code()
+    );
+}
