@@ -1528,3 +1528,101 @@ fn a_git_alias_with_dash_c_is_shown_on_the_card() {
         o.status.code()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. Redaction of encodings a program can choose
+
+/// Each printed form of the value (`python3 -c` under one approval) and whether its text reached
+/// the agent's stdout.
+fn printed_forms(forms: &[(&str, &str)]) -> Vec<(String, bool)> {
+    if !have("/usr/bin/python3") {
+        return Vec::new();
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let mut code = String::from("import os,sys\nv=os.environ['TOKEN']\n");
+    for (i, (_, expr)) in forms.iter().enumerate() {
+        code.push_str(&format!("sys.stdout.write('<{i}>'+({expr})+'</{i}>\\n')\n"));
+    }
+    let cmd = ["/usr/bin/python3", "-c", &code];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The same expressions, computed here on the value, to look for in what the agent got.
+    let mut check = String::from("import sys\nv=sys.argv[1]\n");
+    for (_, expr) in forms {
+        check.push_str(&format!("sys.stdout.write(({expr})+'\\x00')\n"));
+    }
+    let exp = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &check, &tok])
+        .output()
+        .unwrap();
+    let expected: Vec<String> = text(&exp.stdout).split('\0').map(str::to_owned).collect();
+    // Never a vacuous search: every form was computed, and the program printed every line.
+    assert!(
+        expected.iter().take(forms.len()).all(|e| e.len() >= 12),
+        "{}",
+        text(&exp.stderr)
+    );
+    for i in 0..forms.len() {
+        assert!(text(&o.stdout).contains(&format!("</{i}>")));
+    }
+    forms
+        .iter()
+        .zip(expected)
+        .map(|((name, _), e)| ((*name).to_owned(), contains(&o.stdout, &e)))
+        .collect()
+}
+
+/// Forms outside the redactor's table that a program can print in one line: decimal HTML
+/// references of every character, percent-encoding of every byte (unreserved ones too: the
+/// write-side scanner decodes it, `docs/write-side.md` says the redactor alone misses it), and
+/// fullwidth look-alikes (NFKC folds them back). `docs/redaction.md` §5 lists base32, XOR and
+/// separators as known limits; these three are not listed there.
+///
+/// Where: `keyveil-redact` `variants.rs` (HTML numeric references are registered only for
+/// non-alphanumeric characters; percent forms keep unreserved bytes). Fix: add the
+/// every-character forms (three patterns per value), or list them in §5.
+#[test]
+#[ignore = "LEAK: every-character &#N; references, every-byte %XX and fullwidth forms of the value reach the agent unredacted"]
+fn every_character_escapes_are_redacted() {
+    let got = printed_forms(&[
+        (
+            "html-decimal-every-char",
+            "''.join('&#%d;'%ord(c) for c in v)",
+        ),
+        (
+            "percent-every-byte",
+            "''.join('%%%02X'%b for b in v.encode())",
+        ),
+        (
+            "fullwidth",
+            "''.join(chr(ord(c)+0xFEE0) if '!'<=c<='~' else c for c in v)",
+        ),
+    ]);
+    let leaked: Vec<&String> = got.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
+    assert!(
+        leaked.is_empty(),
+        "forms that reached the agent: {leaked:?}"
+    );
+}
+
+/// Forms `docs/redaction.md` lists as covered, printed by the same program: they are redacted.
+#[test]
+fn listed_escape_forms_are_redacted() {
+    let got = printed_forms(&[
+        ("json-every-char", "''.join('\\\\u%04x'%ord(c) for c in v)"),
+        (
+            "html-hex-non-alnum",
+            "''.join(c if c.isalnum() else '&#x%x;'%ord(c) for c in v)",
+        ),
+        ("python-bytes-list", "str(list(v.encode()))"),
+        ("hex-spaced", "' '.join('%02x'%b for b in v.encode())"),
+        ("reversed", "v[::-1]"),
+    ]);
+    let leaked: Vec<&String> = got.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
+    assert!(
+        leaked.is_empty(),
+        "forms that reached the agent: {leaked:?}"
+    );
+}
