@@ -8,6 +8,7 @@
 //! gap named in its comment; run it with `--ignored` to replay the leak. Values are generated;
 //! the tests assert on a marker file's existence and content, never print a value.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -1756,4 +1757,113 @@ fn a_stopped_supervisor_and_a_killed_reaper_do_not_keep_a_run_alive() {
         left.is_empty(),
         "with the supervisor stopped and the reaper killed, revoke --all left holding the value: {left:?}"
     );
+}
+
+/// The agent makes `.git/config` a named pipe and sends a handful of `git status` requests
+/// from that directory. The broker pins a git config by opening and reading it
+/// (`pin.rs::pin_input_text`: `File::open` before the file type is checked), and opening a FIFO
+/// for reading blocks until a writer comes: each request parks one of the broker's runtime
+/// threads (the pins are computed synchronously inside the async request handler). With the
+/// threads parked, the human's `revoke --all` gets no answer and the run it should stop goes
+/// on holding the value. (The same open also lets the agent feed the broker one text and the
+/// tool another: what the card quotes is not what git reads.)
+///
+/// Gap: `pin.rs::pin_input_text` (and `read_for_requester`): open with `O_NONBLOCK` (or
+/// `symlink_metadata`/`fstat` first) and refuse anything but a regular file; compute pins on a
+/// blocking pool with a deadline (`spawn_blocking` + timeout), never on the runtime's threads.
+#[test]
+#[ignore = "LEAK: FIFOs as .git/config park the broker's threads while pinning; revoke --all hangs and a live run keeps the value"]
+fn a_fifo_input_never_stalls_revocation() {
+    if !have("/usr/bin/mkfifo") || (!have("/usr/local/bin/git") && !have("/usr/bin/git")) {
+        return;
+    }
+    let (answered, left) = revoke_while_asking(true);
+    assert!(
+        answered && left.is_empty(),
+        "revoke --all answered: {answered}; still holding the value: {left:?}"
+    );
+}
+
+/// Control: the same 16 requests with a regular `.git/config` do not delay `revoke --all`.
+#[test]
+fn revocation_answers_while_many_git_requests_wait() {
+    if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
+        return;
+    }
+    let (answered, left) = revoke_while_asking(false);
+    assert!(
+        answered && left.is_empty(),
+        "revoke --all answered: {answered}; still holding the value: {left:?}"
+    );
+}
+
+/// A live run, 16 `git status` requests from a directory whose `.git/config` is a FIFO (or a
+/// regular file), then `revoke --all`: whether it answered within 15 s, and who still holds
+/// the value.
+fn revoke_while_asking(fifo_config: bool) -> (bool, Vec<(i32, String)>) {
+    let value = format!("tok_fifo_{}", crate::pathdirs::token());
+    let (h, child, _reaper) = live(&value);
+    let dir = tempfile::Builder::new()
+        .prefix("kvfifo")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+    let fifo = dir.path().join(".git/config");
+    if fifo_config {
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    } else {
+        std::fs::write(&fifo, "[core]\n\tbare = false\n").unwrap();
+    }
+    let cwd = dir.path().display().to_string();
+    let asks: Vec<std::process::Child> = (0..16)
+        .map(|_| {
+            h.spawn_run(&[
+                "run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--", "git", "status",
+            ])
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The human revokes.
+    let mut c = h.cmd(&["revoke", "--all"]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut revoke = c.spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    let answered = loop {
+        if revoke.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let left = holders_after(&value, Duration::from_secs(if answered { 10 } else { 1 }));
+    // Unpark the broker: a writer for each blocked open.
+    for _ in 0..64 {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc_o_nonblock())
+            .open(&fifo);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = revoke.kill();
+    for mut a in asks {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    for (p, _) in &left {
+        signal(*p, rustix::process::Signal::KILL);
+    }
+    let _ = wait_output(child, Duration::from_secs(20));
+    (answered, left)
+}
+
+/// `O_NONBLOCK` (Linux): opening a FIFO for writing fails at once when no reader waits.
+fn libc_o_nonblock() -> i32 {
+    0o4000
 }
