@@ -1867,3 +1867,63 @@ fn revoke_while_asking(fifo_config: bool) -> (bool, Vec<(i32, String)>) {
 fn libc_o_nonblock() -> i32 {
     0o4000
 }
+
+/// `sh ci.sh` where `ci.sh` is a named pipe (FIFO) the agent writes into: `pin_input` returns
+/// `None` for anything but a regular file, so the script gets no pin and the card shows no
+/// script input, yet `sh` reads its program from the pipe. Under a standing grant every run
+/// executes whatever the agent writes into the pipe, and re-deriving the inputs finds the same
+/// nothing, so the grant never ends. (A symlink to `/dev/stdin`, fed by MCP `run`'s `stdin`, is
+/// the same: its canonical path does not resolve, nothing is pinned.)
+///
+/// Gap: `pin.rs::inputs` (script operand) and `pin_input`: an operand that is not a regular file
+/// counts as "nothing to pin". Fix: an operand that exists but is not a regular file (FIFO,
+/// device, a link into `/dev` or `/proc`) makes the request refused (or flagged and never
+/// standing); one that does not exist is pinned as absent.
+#[test]
+#[ignore = "LEAK: `sh ci.sh` with ci.sh a FIFO pins nothing; each run under the standing grant executes what the agent writes into it"]
+fn a_script_operand_that_is_not_a_regular_file_is_never_run_unpinned() {
+    if !have("/usr/bin/mkfifo") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let script = app.join("ci.sh");
+    std::fs::remove_file(&script).unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The agent's writer: blocks until `sh` opens the pipe, writes the program, closes.
+    let feed = |body: String| {
+        let p = script.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                let _ = f.write_all(body.as_bytes());
+            }
+        })
+    };
+    let cmd = ["sh", "ci.sh"];
+    let card = approve_standing(&a, &app, &cmd);
+    let w = feed("echo approved-step\n".to_owned());
+    let o = run(h, &app, "0", &cmd);
+    let _ = w.join();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("approved-step"),
+        "{}",
+        text(&o.stdout)
+    );
+    let marker = a.path().join("stolen-fifo-script");
+    let w = feed(stealer(&marker));
+    let o = run(h, &app, "0", &cmd);
+    let _ = w.join();
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "what the agent wrote into the ci.sh pipe ran under the grant (script pinned on the card: {}; exit {:?})",
+        card.contains("(script)"),
+        o.status.code()
+    );
+}
