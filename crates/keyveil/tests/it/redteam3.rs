@@ -1927,3 +1927,47 @@ fn a_script_operand_that_is_not_a_regular_file_is_never_run_unpinned() {
         o.status.code()
     );
 }
+
+/// `make -I mk test` with `include common.mk`: make looks for an include that is not in the
+/// working directory in each `-I` directory, then in its default include directories
+/// (`/usr/local/include`, `/usr/include`, ...). keyveil looks only in the working directory:
+/// `mk/common.mk` is never pinned, and rewritten after approval it runs under the grant.
+///
+/// Gap: `loaders.rs::make` / `make_args` (no `-I`/`--include-dir`, no default include
+/// directories). Fix: resolve includes as make does, and pin the absent candidates as absent.
+#[test]
+#[ignore = "LEAK: an include found through `make -I DIR` is never pinned; rewritten after approval it runs under a `make -I mk test` grant"]
+fn a_makefile_include_found_through_dash_i_is_pinned() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("Makefile"),
+        "include common.mk\ntest:\n\t@echo tests-ok\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(app.join("mk")).unwrap();
+    std::fs::write(app.join("mk/common.mk"), "X := 1\n").unwrap();
+    let cmd = ["make", "-I", "mk", "test"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let marker = a.path().join("stolen-make-i");
+    std::fs::write(
+        app.join("mk/common.mk"),
+        format!(
+            "X := $(shell printf %s \"$$TOKEN\" > '{}')\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "mk/common.mk rewritten after approval ran under the grant (exit {:?})",
+        o.status.code()
+    );
+}
