@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # keyveil's whole test suite: Rust unit + integration tests, the approval page in headless
 # Chromium (playwright-core from npm, Debian's /usr/bin/chromium), then the MCP tests driven by
-# the Python `mcp` SDK (a real client nobody here wrote). Installs what it needs (a venv under
-# .venv, tests/browser/node_modules) and is safe to re-run.
+# the Python `mcp` SDK (a real client nobody here wrote). Checks its prerequisites first
+# (scripts/prereqs.sh), installs what it needs (a venv under .venv, tests/browser/node_modules)
+# and is safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keyveil-target}"
+
+echo "== prerequisites (scripts/prereqs.sh)"
+# Checked before a long build: each missing one is named with how to get it; as root on
+# Debian/Ubuntu the needed ones are installed (as .ci/run does).
+bash scripts/prereqs.sh
 
 echo "== cargo build"
 cargo build --workspace --locked --all-targets

@@ -243,6 +243,23 @@ pub async fn authorize(paths: &Paths, input: &FactorInput) -> Result<Authorized>
     })
 }
 
+/// [`authorize`] with a passphrase key already derived by [`passphrase_key`]: one more
+/// challenge without a second Argon2id (a challenge proves one request; `keyveil import` signs
+/// one `VarSet` per variable).
+///
+/// # Errors
+/// [`AuthError::NotYourBroker`]; I/O.
+pub async fn authorize_with_key(paths: &Paths, key: &FactorKey) -> Result<Authorized> {
+    challenge(paths, Some(key), None, Vec::new(), true)
+        .await?
+        .ok_or_else(|| {
+            AuthError::NotYourBroker {
+                socket: paths.socket().display().to_string(),
+            }
+            .into()
+        })
+}
+
 /// Signs `req` with `input` and sends it; returns the broker's final reply.
 ///
 /// # Errors

@@ -82,17 +82,72 @@ pub fn connection(peer: &Value) -> String {
     out
 }
 
-/// The approval card of one request (a JSON object as `keyveil requests --json` prints it).
+/// How a card is drawn: plain, or with colour (ANSI SGR) on a terminal that wants it. Colour
+/// is only ever our own sequences around text that is already escaped: a requester's string
+/// can never bring one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    colour: bool,
+}
+
+impl Style {
+    /// No colour (pipes, files, tests).
+    pub const PLAIN: Style = Style { colour: false };
+
+    /// Colour when the stream is a terminal, `NO_COLOR` is unset or empty (no-color.org) and
+    /// `TERM` is not `dumb`.
+    pub fn for_terminal(is_terminal: bool) -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        Style {
+            colour: is_terminal && !no_color && !dumb,
+        }
+    }
+
+    fn paint(self, code: &str, s: &str) -> String {
+        if self.colour {
+            format!("\u{1b}[{code}m{s}\u{1b}[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+
+    /// Bold red: what should stop the human.
+    fn alarm(self, s: &str) -> String {
+        self.paint("1;31", s)
+    }
+
+    /// Yellow: what deserves a second look.
+    fn caution(self, s: &str) -> String {
+        self.paint("33", s)
+    }
+
+    /// Bold.
+    fn strong(self, s: &str) -> String {
+        self.paint("1", s)
+    }
+}
+
+/// The approval card of one request (a JSON object as `keyveil requests --json` prints it),
+/// without colour.
 ///
 /// Facts the broker established come first; the requester's reason comes last, labelled as an
 /// unverified claim. argv is one element per line, quoted, never truncated, with its element
-/// count and total length so padding cannot hide a tail.
+/// count and total length so padding cannot hide a tail. Each risk flag is followed by its
+/// one-line meaning.
+// Callers on a terminal use `render_styled`; this plain form is what tests and pipes read.
+#[allow(dead_code)]
 pub fn render(r: &Value) -> String {
+    render_styled(r, Style::PLAIN)
+}
+
+/// [`render`], drawn with `st`.
+pub fn render_styled(r: &Value, st: Style) -> String {
     let mut out = String::new();
     let client = r.get("client").cloned().unwrap_or(Value::Null);
+    out.push_str(&st.strong(&format!("request #{}", r["id"])));
     out.push_str(&format!(
-        "request #{}  claimed {}:{} {} (pid {})\n",
-        r["id"],
+        "  claimed {}:{} {} (pid {})\n",
         esc(s(&client, "kind")),
         esc(s(&client, "name")),
         esc(s(&client, "version")),
@@ -110,16 +165,31 @@ pub fn render(r: &Value) -> String {
     }
     let flags = risk_flags(r);
     if !flags.is_empty() {
-        out.push_str(&format!("  RISK:        {flags}\n"));
+        out.push_str(&format!("  {}        {flags}\n", st.alarm("RISK:")));
+        for f in r["risk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if let Some(m) = flag_meaning(f) {
+                out.push_str(&format!("    {}: {m}\n", st.caution(&esc(f))));
+            }
+        }
     }
     for c in r["contradictions"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "  THE REASON IS CONTRADICTED: {}\n",
+            "  {} {}\n",
+            st.alarm("THE REASON IS CONTRADICTED:"),
             crate::display::visible_text(c.as_str().unwrap_or(""))
         ));
     }
     for n in r["new_variables"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  NEW VARIABLE: {}\n", new_variable(n)));
+        out.push_str(&format!(
+            "  {} {}\n",
+            st.caution("NEW VARIABLE:"),
+            new_variable(n)
+        ));
     }
     out.push_str(&format!("  environment: {}\n", esc(s(r, "environment"))));
     out.push_str(&format!("  variables:   {}\n", names(&r["variables"])));
@@ -129,9 +199,12 @@ pub fn render(r: &Value) -> String {
     }
     let chosen = r["chosen_values"].as_array().cloned().unwrap_or_default();
     if !chosen.is_empty() {
-        out.push_str(
-            "  values the requester could have chosen (bound: another value ends the grant):\n",
-        );
+        out.push_str(&format!(
+            "  {}\n",
+            st.caution(
+                "values the requester could have chosen (bound: another value ends the grant):"
+            )
+        ));
         for c in &chosen {
             out.push_str(&format!("    {}\n", chosen_value(c)));
         }
@@ -186,8 +259,107 @@ pub fn render(r: &Value) -> String {
             ));
         }
     }
-    out.push_str(&format!("  expires:     {}", s(r, "expires_at")));
+    out.push_str(&format!(
+        "  expires:     {}",
+        crate::when::human_time(s(r, "expires_at"))
+    ));
     out
+}
+
+/// What each risk flag of `risk.rs` means, in one line: the terminal card and the approval page
+/// show it next to the flag; an unknown flag shows as named.
+pub const FLAG_WORDS: &[(&str, &str)] = &[
+    (
+        "control-characters",
+        "control characters in what the requester sent",
+    ),
+    (
+        "bidi-control",
+        "bidirectional controls that can reorder text on screen",
+    ),
+    (
+        "invisible-characters",
+        "zero-width or other invisible characters",
+    ),
+    (
+        "confusable",
+        "letters of another script that look like ASCII",
+    ),
+    (
+        "non-ascii",
+        "non-ASCII characters in the command or directory",
+    ),
+    ("padding", "long runs of spaces, or a very long command"),
+    (
+        "shell-c",
+        "a shell script given with -c: approving approves the whole script",
+    ),
+    (
+        "inline-code",
+        "an interpreter given code on the command line",
+    ),
+    ("network", "a network tool or URL"),
+    ("variable-reference", "the command names a granted variable"),
+    (
+        "env-dump",
+        "the command prints or copies the whole environment",
+    ),
+    (
+        "workspace-executable",
+        "the program lives where the requester can write",
+    ),
+    ("first-time", "this command was never approved before"),
+    ("denied-before", "the same command was denied recently"),
+    (
+        "burst",
+        "many requests from this client (the process that connected) or from all clients in the last minute",
+    ),
+    (
+        "claimed-identity",
+        "the requester claims to be another client or process than the one that connected",
+    ),
+    (
+        "new-variable",
+        "a variable stored in the last day without the factor (adding one needs none: check it is yours)",
+    ),
+    (
+        "env-to-file",
+        "the command writes the whole environment to a file",
+    ),
+    (
+        "code-option",
+        "an option that makes a known tool run a command or load code",
+    ),
+    (
+        "all-variables",
+        "the request asks for every variable of the environment",
+    ),
+    (
+        "rephrased-denied",
+        "the command does what a request denied in the last hour did, phrased another way",
+    ),
+    (
+        "reason-contradicts-facts",
+        "the requester's reason claims what the broker's facts contradict (see below)",
+    ),
+    (
+        "agent-chosen-value",
+        "a value the requester could have chosen is injected: it is shown below and bound",
+    ),
+];
+
+/// The one-line meaning of a risk flag (`net:HOST` included), if known.
+pub fn flag_meaning(flag: &str) -> Option<String> {
+    if let Some(host) = flag.strip_prefix("net:") {
+        return Some(format!(
+            "the command reaches the network host {}",
+            esc(host)
+        ));
+    }
+    FLAG_WORDS
+        .iter()
+        .find(|(f, _)| *f == flag)
+        .map(|(_, w)| (*w).to_owned())
 }
 
 /// The risk flags of a request, `new-variable` followed by the variables it names.
@@ -216,10 +388,12 @@ pub fn risk_flags(r: &Value) -> String {
 
 /// One entry of a request's `new_variables`: its name, and who stored it when.
 pub fn new_variable(n: &Value) -> String {
-    let when = n["stored_at"]
-        .as_str()
-        .or_else(|| n["created_at"].as_str())
-        .unwrap_or("");
+    let when = crate::when::human_time(
+        n["stored_at"]
+            .as_str()
+            .or_else(|| n["created_at"].as_str())
+            .unwrap_or(""),
+    );
     match s(n, "stored") {
         "without the factor" => format!(
             "{} stored {when} without the factor (anyone with your uid, the agent too, could have stored it)",
@@ -257,7 +431,7 @@ pub fn chosen_value(c: &Value) -> String {
         "pass-env" => "passed through from the requester's environment".to_owned(),
         _ => format!(
             "stored {} without the factor",
-            c["stored_at"].as_str().unwrap_or("")
+            crate::when::human_time(c["stored_at"].as_str().unwrap_or(""))
         ),
     };
     format!("{} = {value}  ({origin})", esc(name))
@@ -281,7 +455,7 @@ pub fn audit_line(e: &Value) -> String {
     format!(
         "{:>5} {} {:<16} {}",
         e["seq"],
-        s(e, "ts"),
+        crate::when::local_stamp(s(e, "ts")),
         s(e, "event"),
         rest.join(" ")
     )
@@ -311,6 +485,45 @@ mod tests {
     }
 
     #[test]
+    fn each_flag_has_its_meaning_and_colour_is_only_ours() {
+        let r = json!({
+            "id": 9, "environment": "demo", "variables": ["A"], "cwd": "/w",
+            "argv": ["sh", "-c", "curl x\u{1b}[31m"], "reason": "r\u{1b}]8;;evil\u{7}",
+            "risk": ["shell-c", "network", "made-up\u{1b}[2J"],
+            "expires_at": "2026-01-01T00:00:00Z"
+        });
+        let plain = render(&r);
+        assert!(
+            plain.contains(
+                "    shell-c: a shell script given with -c: approving approves the whole script\n"
+            ),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("    network: a network tool or URL\n"),
+            "{plain}"
+        );
+        assert!(!plain.contains('\u{1b}'), "{plain}");
+        let coloured = render_styled(&r, Style { colour: true });
+        assert!(
+            coloured.contains("\u{1b}[1;31mRISK:\u{1b}[0m"),
+            "{coloured}"
+        );
+        // Every escape in the coloured card is one of ours: removing them leaves the plain card.
+        let mut stripped = coloured.clone();
+        for code in ["\u{1b}[1;31m", "\u{1b}[33m", "\u{1b}[1m", "\u{1b}[0m"] {
+            stripped = stripped.replace(code, "");
+        }
+        assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn no_color_and_dumb_terminals_get_no_colour() {
+        // Only the rule: the environment is the process's, so it is not changed here.
+        assert_eq!(Style::for_terminal(false), Style::PLAIN);
+    }
+
+    #[test]
     fn card_shows_chosen_values_new_variables_and_contradictions() {
         let long = format!("https://evil.example/{}", "a".repeat(300));
         let r = json!({
@@ -334,9 +547,10 @@ mod tests {
         assert!(!card.contains('\u{1b}'), "{card}");
         assert!(card.contains("new-variable (OPENAI_BASE_URL)"), "{card}");
         assert!(
-            card.contains(
-                "NEW VARIABLE: OPENAI_BASE_URL stored 2026-12-06T10:00:00Z without the factor"
-            ),
+            card.contains(&format!(
+                "NEW VARIABLE: OPENAI_BASE_URL stored {} without the factor",
+                crate::when::human_time("2026-12-06T10:00:00Z")
+            )),
             "{card}"
         );
         assert!(

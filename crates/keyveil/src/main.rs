@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod demo;
 mod display;
+mod dotenv;
 mod dynamic;
 mod factor;
 mod factor_proof;
@@ -30,14 +31,13 @@ mod sandbox;
 mod scan;
 mod setup;
 mod supervise;
-
-use clap::Parser;
+mod when;
 
 fn main() {
     // A run's reaper (`reap.rs`) is this executable started by the broker: it never parses
     // the CLI.
     reap::maybe_run();
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let code = match cli::main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -1,18 +1,24 @@
-//! `keyveil setup HOST` writes an agent host's MCP configuration; `keyveil doctor` checks the
-//! whole set-up end to end.
+//! `keyveil setup HOST` makes keyveil usable in an agent host: the host's MCP entry that starts
+//! `keyveil mcp`, and the host-side permission for keyveil's tools; `setup HOST --remove` undoes
+//! it; `keyveil doctor` ([`doctor`]) finds what stops a host from using keyveil.
 //!
-//! Editing rules (see `docs/mcp.md`, "Wiring it into a host"):
-//! - only the `keyveil` entry is touched, and in it only the keys keyveil manages (`command`,
-//!   `args`, the host's timeout and `type`, `env.KEYVEIL_HOME` when a non-default home is in
-//!   use); every other server, key, comment and the file's formatting stay as they were
-//!   (`toml_edit` for TOML, a JSONC concrete syntax tree from `jsonc-parser` for JSON, so no
-//!   crate-wide `serde_json` feature changes the audit log's canonical form);
-//! - a file that does not parse, or whose `mcpServers` is not an object, is refused with a
-//!   message and nothing is written;
+//! Editing rules (see `docs/mcp.md`, "Wiring it into a host", and `docs/compatibility.md`):
+//! - only what keyveil manages is touched: the `keyveil` server entry (and in it only the keys
+//!   keyveil writes, plus `env.KEYVEIL_HOME` when a non-default home is in use), and one named
+//!   permission value (`"mcp__keyveil"` in Claude Code's `permissions.allow`, `"keyveil_*"` in
+//!   OpenCode's `permission`, ...); every other server, key, comment and the file's formatting
+//!   stay as they were (`toml_edit` for TOML, a JSONC concrete syntax tree from `jsonc-parser`
+//!   for JSON, so no crate-wide `serde_json` feature changes the audit log's canonical form);
+//! - a file that does not parse, or where a key keyveil must edit has another type, is refused
+//!   with a message and nothing is written (in any of the host's files);
 //! - a changed file is first copied to `FILE.keyveil-backup-<UTC time>`, then replaced
 //!   atomically (written beside it, renamed over it; a symlinked file is edited at its target)
 //!   with its permissions kept;
-//! - running it twice changes nothing the second time.
+//! - running it twice changes nothing the second time;
+//! - `--remove` deletes the `keyveil` entry and keyveil's permission values, then the arrays
+//!   and objects on their path that this left empty (and a file left as `{}`), nothing else.
+
+pub mod doctor;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +26,8 @@ use anyhow::{Context, Result};
 use jsonc_parser::ParseOptions;
 use jsonc_parser::cst::{CstInputValue, CstObject, CstRootNode};
 use serde_json::{Value, json};
+
+pub use doctor::doctor_main;
 
 use crate::cli::{Exit, say};
 
@@ -32,23 +40,33 @@ pub const TOOL_TIMEOUT_SECONDS: u64 = 180;
 pub enum Host {
     /// Codex CLI: `~/.codex/config.toml` (`.codex/config.toml` with `--project`).
     Codex,
-    /// Claude Code: `~/.claude.json` user scope (`.mcp.json` with `--project`).
+    /// Claude Code: `~/.claude.json` and `~/.claude/settings.json` (`.mcp.json` and
+    /// `.claude/settings.local.json` with `--project`).
     Claude,
     /// Gemini CLI: `~/.gemini/settings.json` (`.gemini/settings.json` with `--project`).
     Gemini,
+    /// Antigravity CLI (`agy`): `~/.gemini/config/mcp_config.json` (user scope only).
+    Antigravity,
+    /// GitHub Copilot CLI: `~/.copilot/mcp-config.json` (user scope only).
+    Copilot,
     /// Cursor: `~/.cursor/mcp.json` (`.cursor/mcp.json` with `--project`).
     Cursor,
     /// VS Code: the user profile's `mcp.json` (`.vscode/mcp.json` with `--project`).
     Vscode,
+    /// OpenCode: `~/.config/opencode/opencode.json` (`opencode.json` with `--project`).
+    Opencode,
 }
 
 /// Every host, in the order `doctor` checks them.
-pub const HOSTS: [Host; 5] = [
+pub const HOSTS: [Host; 8] = [
     Host::Codex,
     Host::Claude,
     Host::Gemini,
+    Host::Antigravity,
+    Host::Copilot,
     Host::Cursor,
     Host::Vscode,
+    Host::Opencode,
 ];
 
 impl Host {
@@ -58,55 +76,70 @@ impl Host {
             Host::Codex => "codex",
             Host::Claude => "claude",
             Host::Gemini => "gemini",
+            Host::Antigravity => "antigravity",
+            Host::Copilot => "copilot",
             Host::Cursor => "cursor",
             Host::Vscode => "vscode",
+            Host::Opencode => "opencode",
         }
     }
 
-    fn is_toml(self) -> bool {
-        self == Host::Codex
-    }
-
-    /// The key holding the servers: `mcp_servers` (Codex), `servers` (VS Code), `mcpServers`.
-    fn servers_key(self) -> &'static str {
+    /// The product's name, for messages.
+    pub fn title(self) -> &'static str {
         match self {
-            Host::Codex => "mcp_servers",
-            Host::Vscode => "servers",
-            _ => "mcpServers",
+            Host::Codex => "Codex CLI",
+            Host::Claude => "Claude Code",
+            Host::Gemini => "Gemini CLI",
+            Host::Antigravity => "Antigravity CLI",
+            Host::Copilot => "Copilot CLI",
+            Host::Cursor => "Cursor",
+            Host::Vscode => "VS Code",
+            Host::Opencode => "OpenCode",
         }
     }
 
-    /// The configuration file of this host: user scope under `home`, or project scope under
-    /// `project`.
-    pub fn config_path(self, home: &Path, project: Option<&Path>) -> PathBuf {
-        if let Some(p) = project {
-            return match self {
-                Host::Codex => p.join(".codex/config.toml"),
-                Host::Claude => p.join(".mcp.json"),
-                Host::Gemini => p.join(".gemini/settings.json"),
-                Host::Cursor => p.join(".cursor/mcp.json"),
-                Host::Vscode => p.join(".vscode/mcp.json"),
-            };
-        }
-        match self {
-            Host::Codex => match std::env::var_os("CODEX_HOME").filter(|h| !h.is_empty()) {
-                Some(h) => PathBuf::from(h).join("config.toml"),
-                None => home.join(".codex/config.toml"),
-            },
-            Host::Claude => home.join(".claude.json"),
-            Host::Gemini => home.join(".gemini/settings.json"),
-            Host::Cursor => home.join(".cursor/mcp.json"),
-            Host::Vscode => {
-                if cfg!(target_os = "macos") {
-                    home.join("Library/Application Support/Code/User/mcp.json")
-                } else {
-                    match std::env::var_os("XDG_CONFIG_HOME").filter(|h| !h.is_empty()) {
-                        Some(x) => PathBuf::from(x).join("Code/User/mcp.json"),
-                        None => home.join(".config/Code/User/mcp.json"),
-                    }
-                }
-            }
-        }
+    /// Whether the host has a project-scope configuration keyveil can write.
+    pub fn has_project_scope(self) -> bool {
+        !matches!(self, Host::Antigravity | Host::Copilot)
+    }
+}
+
+/// Environment a plan depends on (so that tests can give their own).
+#[derive(Debug, Clone, Default)]
+pub struct HostEnv {
+    /// `HOME`.
+    pub home: PathBuf,
+    /// `CODEX_HOME`, when set and not empty.
+    pub codex_home: Option<PathBuf>,
+    /// `CLAUDE_CONFIG_DIR`, when set and not empty.
+    pub claude_config_dir: Option<PathBuf>,
+    /// `COPILOT_HOME`, when set and not empty.
+    pub copilot_home: Option<PathBuf>,
+    /// `XDG_CONFIG_HOME`, when set and not empty.
+    pub xdg_config_home: Option<PathBuf>,
+}
+
+impl HostEnv {
+    /// This process's environment. Errors: `HOME` is not set.
+    pub fn current() -> Result<HostEnv> {
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Ok(HostEnv {
+            home: home_dir()?,
+            codex_home: var("CODEX_HOME"),
+            claude_config_dir: var("CLAUDE_CONFIG_DIR"),
+            copilot_home: var("COPILOT_HOME"),
+            xdg_config_home: var("XDG_CONFIG_HOME"),
+        })
+    }
+
+    fn xdg_config(&self) -> PathBuf {
+        self.xdg_config_home
+            .clone()
+            .unwrap_or_else(|| self.home.join(".config"))
     }
 }
 
@@ -119,22 +152,367 @@ pub struct Entry {
     pub keyveil_home: Option<String>,
 }
 
-impl Entry {
-    /// The managed keys of the entry for `host`, in the order they are written.
-    fn fields(&self, host: Host) -> Vec<(&'static str, Value)> {
-        let mut f = Vec::new();
-        if matches!(host, Host::Claude | Host::Vscode) {
-            f.push(("type", json!("stdio")));
+/// A file's syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML (Codex).
+    Toml,
+    /// JSON with comments and trailing commas.
+    Json,
+}
+
+/// One thing keyveil keeps in a host's file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// The object `keyveil` inside the object at `servers` (a key path from the top).
+    Entry {
+        /// Key path of the servers object (`["mcpServers"]`, `["mcp"]`, ...).
+        servers: Vec<&'static str>,
+        /// Keys always written, in order.
+        fields: Vec<(&'static str, Value)>,
+        /// Keys that grant the host's permission for keyveil's tools (not written with
+        /// `--host-prompts`).
+        grant: Vec<(&'static str, Value)>,
+        /// The key of the server's environment (`env`, OpenCode's `environment`).
+        env_key: &'static str,
+        /// `KEYVEIL_HOME` to put in it.
+        keyveil_home: Option<String>,
+    },
+    /// The string `value` is a member of the array at `path`.
+    Member {
+        /// Key path of the array.
+        path: Vec<&'static str>,
+        /// The member.
+        value: &'static str,
+        /// Whether this grants the host's permission (not written with `--host-prompts`).
+        grant: bool,
+    },
+    /// The object at `path` maps `key` to `value`.
+    Key {
+        /// Key path of the object.
+        path: Vec<&'static str>,
+        /// The key inside it.
+        key: &'static str,
+        /// Its value.
+        value: Value,
+        /// Whether this grants the host's permission (not written with `--host-prompts`).
+        grant: bool,
+    },
+}
+
+impl Op {
+    fn is_grant(&self) -> bool {
+        match self {
+            Op::Entry { grant, .. } => !grant.is_empty(),
+            Op::Member { grant, .. } | Op::Key { grant, .. } => *grant,
         }
-        f.push(("command", json!(self.command)));
-        f.push(("args", json!(["mcp"])));
-        match host {
-            Host::Codex => f.push(("tool_timeout_sec", json!(TOOL_TIMEOUT_SECONDS))),
-            Host::Gemini => f.push(("timeout", json!(TOOL_TIMEOUT_SECONDS * 1000))),
-            _ => {}
-        }
-        f
     }
+}
+
+/// One file of a host's set-up and what keyveil keeps in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// Its syntax.
+    pub format: Format,
+    /// What keyveil keeps in it.
+    pub ops: Vec<Op>,
+}
+
+/// Everything `keyveil setup HOST` writes, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The host.
+    pub host: Host,
+    /// Whether this is the project scope.
+    pub project: bool,
+    /// The files, in the order they are written.
+    pub files: Vec<FileSpec>,
+    /// Why the permission is written (empty when the host has none keyveil can write).
+    pub why_grant: &'static str,
+    /// What setup cannot do for this host, said after writing.
+    pub notes: Vec<String>,
+}
+
+fn path_of(base: &[&'static str]) -> Vec<&'static str> {
+    base.to_vec()
+}
+
+/// The plan of `host` for `entry`: user scope under `env.home`, or project scope in `project`.
+///
+/// Errors: the host has no project scope keyveil can write (Antigravity, Copilot).
+pub fn plan(
+    host: Host,
+    env: &HostEnv,
+    project: Option<&Path>,
+    entry: &Entry,
+) -> Result<Plan, String> {
+    if project.is_some() && !host.has_project_scope() {
+        return Err(format!(
+            "{} has no project-scope MCP file keyveil writes; run `keyveil setup {}` without --project (it is the user's file)",
+            host.title(),
+            host.name()
+        ));
+    }
+    let cmd = json!(entry.command);
+    let args = json!(["mcp"]);
+    let home = entry.keyveil_home.clone();
+    let entry_op = |servers: &[&'static str],
+                    fields: Vec<(&'static str, Value)>,
+                    grant: Vec<(&'static str, Value)>| Op::Entry {
+        servers: path_of(servers),
+        fields,
+        grant,
+        env_key: "env",
+        keyveil_home: home.clone(),
+    };
+    let timeout_ms = json!(TOOL_TIMEOUT_SECONDS * 1000);
+    let mut notes = Vec::new();
+    let (files, why_grant) = match host {
+        Host::Codex => {
+            let path = match project {
+                Some(p) => p.join(".codex/config.toml"),
+                None => env
+                    .codex_home
+                    .as_ref()
+                    .map(|h| h.join("config.toml"))
+                    .unwrap_or_else(|| env.home.join(".codex/config.toml")),
+            };
+            if project.is_some() {
+                notes.push("Codex reads .codex/config.toml only in a trusted project: trust it when Codex asks (or `[projects.\"<this dir>\"] trust_level = \"trusted\"` in ~/.codex/config.toml)".to_owned());
+            }
+            (
+                vec![FileSpec {
+                    path,
+                    format: Format::Toml,
+                    ops: vec![entry_op(
+                        &["mcp_servers"],
+                        vec![
+                            ("command", cmd),
+                            ("args", args),
+                            ("tool_timeout_sec", json!(TOOL_TIMEOUT_SECONDS)),
+                        ],
+                        vec![("default_tools_approval_mode", json!("approve"))],
+                    )],
+                }],
+                "default_tools_approval_mode = \"approve\": Codex calls keyveil's tools without its own approval prompt (with approval_policy = \"never\", as in `codex exec`, it would refuse `run` instead)",
+            )
+        }
+        Host::Claude => {
+            let entry_spec = FileSpec {
+                path: match project {
+                    Some(p) => p.join(".mcp.json"),
+                    None => env
+                        .claude_config_dir
+                        .as_ref()
+                        .unwrap_or(&env.home)
+                        .join(".claude.json"),
+                },
+                format: Format::Json,
+                ops: vec![entry_op(
+                    &["mcpServers"],
+                    vec![
+                        ("type", json!("stdio")),
+                        ("command", cmd),
+                        ("args", args),
+                        ("alwaysLoad", json!(true)),
+                    ],
+                    vec![],
+                )],
+            };
+            let mut settings_ops = vec![Op::Member {
+                path: vec!["permissions", "allow"],
+                value: "mcp__keyveil",
+                grant: true,
+            }];
+            let settings = match project {
+                Some(p) => {
+                    // A project's .mcp.json server starts only once approved for this user.
+                    settings_ops.push(Op::Member {
+                        path: vec!["enabledMcpjsonServers"],
+                        value: "keyveil",
+                        grant: false,
+                    });
+                    notes.push("Claude Code reads .claude/settings.local.json only in a folder you trusted (its first-run dialog; `claude -p` skips the dialog)".to_owned());
+                    p.join(".claude/settings.local.json")
+                }
+                None => env
+                    .claude_config_dir
+                    .clone()
+                    .unwrap_or_else(|| env.home.join(".claude"))
+                    .join("settings.json"),
+            };
+            (
+                vec![
+                    entry_spec,
+                    FileSpec {
+                        path: settings,
+                        format: Format::Json,
+                        ops: settings_ops,
+                    },
+                ],
+                "permissions.allow \"mcp__keyveil\": Claude Code runs keyveil's tools without its own prompt (`claude -p` refuses a tool it would have to ask about); alwaysLoad: the tools are in the model's list from the first turn, not behind tool search",
+            )
+        }
+        Host::Gemini => {
+            notes.push("Gemini CLI starts MCP servers only in a trusted folder: run `gemini` in the project once and trust it (it is saved in ~/.gemini/trustedFolders.json); `keyveil doctor` checks it".to_owned());
+            (
+                vec![FileSpec {
+                    path: match project {
+                        Some(p) => p.join(".gemini/settings.json"),
+                        None => env.home.join(".gemini/settings.json"),
+                    },
+                    format: Format::Json,
+                    ops: vec![entry_op(
+                        &["mcpServers"],
+                        vec![("command", cmd), ("args", args), ("timeout", timeout_ms)],
+                        vec![("trust", json!(true))],
+                    )],
+                }],
+                "trust: true: Gemini CLI calls keyveil's tools without its own confirmation (headless, it drops a tool that would need one from the model's list)",
+            )
+        }
+        Host::Antigravity => {
+            notes.push("Antigravity CLI asks before each tool call unless you allow keyveil's tools in its /permissions (keyveil writes no permission for it: no documented file holds one)".to_owned());
+            (
+                vec![FileSpec {
+                    path: env.home.join(".gemini/config/mcp_config.json"),
+                    format: Format::Json,
+                    ops: vec![entry_op(
+                        &["mcpServers"],
+                        vec![("command", cmd), ("args", args)],
+                        vec![],
+                    )],
+                }],
+                "",
+            )
+        }
+        Host::Copilot => {
+            notes.push("Copilot CLI keeps tool approvals only in its own state: in `copilot -p` add `--allow-tool=keyveil` (its per-user permissions.allow is for organisations only); interactively choose \"always allow\" for keyveil once".to_owned());
+            (
+                vec![FileSpec {
+                    path: env
+                        .copilot_home
+                        .clone()
+                        .unwrap_or_else(|| env.home.join(".copilot"))
+                        .join("mcp-config.json"),
+                    format: Format::Json,
+                    ops: vec![entry_op(
+                        &["mcpServers"],
+                        vec![
+                            ("type", json!("local")),
+                            ("command", cmd),
+                            ("args", args),
+                            ("tools", json!(["*"])),
+                            ("timeout", timeout_ms),
+                        ],
+                        vec![],
+                    )],
+                }],
+                "",
+            )
+        }
+        Host::Cursor => {
+            notes.push("Cursor asks before each MCP tool call unless keyveil's tools are on its auto-run allowlist (Settings; `--approve-mcps` for the headless agent); keyveil does not write ~/.cursor/permissions.json because it would replace that whole list".to_owned());
+            (
+                vec![FileSpec {
+                    path: match project {
+                        Some(p) => p.join(".cursor/mcp.json"),
+                        None => env.home.join(".cursor/mcp.json"),
+                    },
+                    format: Format::Json,
+                    ops: vec![entry_op(
+                        &["mcpServers"],
+                        vec![("command", cmd), ("args", args)],
+                        vec![],
+                    )],
+                }],
+                "",
+            )
+        }
+        Host::Vscode => {
+            notes.push("VS Code asks before each tool call; its \"Always allow\" for the keyveil server is kept in VS Code's own state".to_owned());
+            let path = match project {
+                Some(p) => p.join(".vscode/mcp.json"),
+                None if cfg!(target_os = "macos") => env
+                    .home
+                    .join("Library/Application Support/Code/User/mcp.json"),
+                None => env.xdg_config().join("Code/User/mcp.json"),
+            };
+            (
+                vec![FileSpec {
+                    path,
+                    format: Format::Json,
+                    ops: vec![entry_op(
+                        &["servers"],
+                        vec![("type", json!("stdio")), ("command", cmd), ("args", args)],
+                        vec![],
+                    )],
+                }],
+                "",
+            )
+        }
+        Host::Opencode => {
+            let dir = match project {
+                Some(p) => p.to_path_buf(),
+                None => env.xdg_config().join("opencode"),
+            };
+            // OpenCode reads opencode.jsonc as well; edit the one that exists.
+            let path = ["opencode.jsonc", "opencode.json"]
+                .iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| dir.join("opencode.json"));
+            (
+                vec![FileSpec {
+                    path,
+                    format: Format::Json,
+                    ops: vec![
+                        Op::Entry {
+                            servers: vec!["mcp"],
+                            fields: vec![
+                                ("type", json!("local")),
+                                ("command", json!([entry.command, "mcp"])),
+                                ("enabled", json!(true)),
+                                ("timeout", timeout_ms),
+                            ],
+                            grant: vec![],
+                            env_key: "environment",
+                            keyveil_home: home.clone(),
+                        },
+                        Op::Key {
+                            path: vec!["permission"],
+                            key: "keyveil_*",
+                            value: json!("allow"),
+                            grant: true,
+                        },
+                    ],
+                }],
+                "permission \"keyveil_*\": \"allow\": OpenCode runs keyveil's tools without asking, whatever your default permission is",
+            )
+        }
+    };
+    Ok(Plan {
+        host,
+        project: project.is_some(),
+        files,
+        why_grant,
+        notes,
+    })
+}
+
+/// What an edit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Write the entry, and the permission unless `host_prompts`; with `host_prompts`, a
+    /// permission keyveil wrote before is taken out again.
+    Setup {
+        /// Keep the host's own prompts.
+        host_prompts: bool,
+    },
+    /// Take out everything keyveil writes.
+    Remove,
 }
 
 /// Why a configuration file cannot be edited. Nothing is written in any of these cases.
@@ -163,22 +541,32 @@ pub enum SetupError {
 /// The result of editing one file's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edit {
-    /// The new text (equal to the old one when nothing changed).
-    pub text: String,
-    /// What changed, one line each; empty when the file was already set up.
+    /// The new text (equal to the old one when nothing changed); `None` when the file is left
+    /// holding nothing (`{}` after `--remove`) and is deleted.
+    pub text: Option<String>,
+    /// What changed, one line each; empty when the file already was as wanted.
     pub changes: Vec<String>,
 }
 
-/// Edits `old` (the file's text, `None` when it does not exist) so that it holds `entry` for
-/// `host`. Pure: no I/O. `path` only names the file in errors.
+/// Edits `old` (the file's text, `None` when it does not exist) so that it holds `ops` (or no
+/// longer holds them, in [`Mode::Remove`]). Pure: no I/O. `path` only names the file in errors.
 ///
 /// Errors: [`SetupError`] when the text cannot be parsed or has the wrong shape.
-pub fn edit(host: Host, old: Option<&str>, entry: &Entry, path: &str) -> Result<Edit, SetupError> {
-    if host.is_toml() {
-        edit_toml(old.unwrap_or(""), entry, path)
-    } else {
-        edit_json(host, old, entry, path)
+pub fn edit(
+    format: Format,
+    old: Option<&str>,
+    ops: &[Op],
+    mode: Mode,
+    path: &str,
+) -> Result<Edit, SetupError> {
+    match format {
+        Format::Toml => edit_toml(old.unwrap_or(""), ops, mode, path),
+        Format::Json => edit_json(old, ops, mode, path),
     }
+}
+
+fn dotted(path: &[&str]) -> String {
+    path.join(".")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,6 +578,7 @@ fn toml_matches(existing: Option<&toml_edit::Item>, want: &Value) -> bool {
     };
     match want {
         Value::String(s) => v.as_str() == Some(s.as_str()),
+        Value::Bool(b) => v.as_bool() == Some(*b),
         Value::Number(n) => match (v.as_integer(), v.as_float(), n.as_i64()) {
             (Some(i), _, Some(w)) => i == w,
             (_, Some(f), Some(w)) => (f - w as f64).abs() < f64::EPSILON,
@@ -208,6 +597,7 @@ fn toml_matches(existing: Option<&toml_edit::Item>, want: &Value) -> bool {
 fn toml_value(want: &Value) -> toml_edit::Value {
     match want {
         Value::String(s) => toml_edit::Value::from(s.as_str()),
+        Value::Bool(b) => toml_edit::Value::from(*b),
         Value::Number(n) => toml_edit::Value::from(n.as_i64().unwrap_or_default()),
         Value::Array(items) => {
             let mut a = toml_edit::Array::new();
@@ -220,7 +610,7 @@ fn toml_value(want: &Value) -> toml_edit::Value {
     }
 }
 
-fn edit_toml(old: &str, entry: &Entry, path: &str) -> Result<Edit, SetupError> {
+fn edit_toml(old: &str, ops: &[Op], mode: Mode, path: &str) -> Result<Edit, SetupError> {
     let shape = |detail: String| SetupError::Shape {
         path: path.to_owned(),
         detail,
@@ -233,72 +623,121 @@ fn edit_toml(old: &str, entry: &Entry, path: &str) -> Result<Edit, SetupError> {
                 detail: e.to_string().trim().replace('\n', " "),
             })?;
     let mut changes = Vec::new();
-    let root = doc.as_table_mut();
-    if !root.contains_key("mcp_servers") {
-        let mut t = toml_edit::Table::new();
-        t.set_implicit(true);
-        root.insert("mcp_servers", toml_edit::Item::Table(t));
-    }
-    let servers_item = root
-        .get_mut("mcp_servers")
-        .ok_or_else(|| shape("mcp_servers vanished".to_owned()))?;
-    let inline_servers = servers_item.is_inline_table();
-    let servers = servers_item
-        .as_table_like_mut()
-        .ok_or_else(|| shape("`mcp_servers` is not a table".to_owned()))?;
-    if servers.get("keyveil").is_none() {
-        let item = if inline_servers {
-            toml_edit::Item::Value(toml_edit::Value::InlineTable(toml_edit::InlineTable::new()))
-        } else {
-            toml_edit::Item::Table(toml_edit::Table::new())
+    for op in ops {
+        let Op::Entry {
+            servers,
+            fields,
+            grant,
+            env_key,
+            keyveil_home,
+        } = op
+        else {
+            return Err(shape(
+                "only server entries are kept in TOML files".to_owned(),
+            ));
         };
-        servers.insert("keyveil", item);
-        changes.push("added [mcp_servers.keyveil]".to_owned());
-    }
-    let kv = servers
-        .get_mut("keyveil")
-        .and_then(toml_edit::Item::as_table_like_mut)
-        .ok_or_else(|| shape("`mcp_servers.keyveil` is not a table".to_owned()))?;
-    for (key, want) in entry.fields(Host::Codex) {
-        if !toml_matches(kv.get(key), &want) {
-            kv.insert(key, toml_edit::Item::Value(toml_value(&want)));
-            changes.push(format!("set {key} = {want}"));
+        let [servers_key] = servers.as_slice() else {
+            return Err(shape("nested server tables are not supported".to_owned()));
+        };
+        let root = doc.as_table_mut();
+        if mode == Mode::Remove {
+            let Some(servers_item) = root.get_mut(servers_key) else {
+                continue;
+            };
+            let Some(servers) = servers_item.as_table_like_mut() else {
+                continue;
+            };
+            if servers.remove("keyveil").is_some() {
+                changes.push(format!("removed [{servers_key}.keyveil]"));
+                if servers.is_empty() {
+                    root.remove(servers_key);
+                }
+            }
+            continue;
         }
-    }
-    if let Some(h) = &entry.keyveil_home {
-        if kv.get("env").is_none() {
-            kv.insert(
-                "env",
-                toml_edit::Item::Value(
-                    toml_edit::Value::InlineTable(toml_edit::InlineTable::new()),
-                ),
-            );
+        let Mode::Setup { host_prompts } = mode else {
+            continue;
+        };
+        if !root.contains_key(servers_key) {
+            let mut t = toml_edit::Table::new();
+            t.set_implicit(true);
+            root.insert(servers_key, toml_edit::Item::Table(t));
         }
-        let env = kv
-            .get_mut("env")
+        let servers_item = root
+            .get_mut(servers_key)
+            .ok_or_else(|| shape(format!("{servers_key} vanished")))?;
+        let inline_servers = servers_item.is_inline_table();
+        let servers = servers_item
+            .as_table_like_mut()
+            .ok_or_else(|| shape(format!("`{servers_key}` is not a table")))?;
+        if servers.get("keyveil").is_none() {
+            let item = if inline_servers {
+                toml_edit::Item::Value(toml_edit::Value::InlineTable(toml_edit::InlineTable::new()))
+            } else {
+                toml_edit::Item::Table(toml_edit::Table::new())
+            };
+            servers.insert("keyveil", item);
+            changes.push(format!("added [{servers_key}.keyveil]"));
+        }
+        let kv = servers
+            .get_mut("keyveil")
             .and_then(toml_edit::Item::as_table_like_mut)
-            .ok_or_else(|| shape("`mcp_servers.keyveil.env` is not a table".to_owned()))?;
-        let want = json!(h);
-        if !toml_matches(env.get("KEYVEIL_HOME"), &want) {
-            env.insert("KEYVEIL_HOME", toml_edit::Item::Value(toml_value(&want)));
-            changes.push(format!("set env.KEYVEIL_HOME = {want}"));
+            .ok_or_else(|| shape(format!("`{servers_key}.keyveil` is not a table")))?;
+        for (key, want) in fields {
+            if !toml_matches(kv.get(key), want) {
+                kv.insert(key, toml_edit::Item::Value(toml_value(want)));
+                changes.push(format!("set {key} = {want}"));
+            }
+        }
+        for (key, want) in grant {
+            if host_prompts {
+                if toml_matches(kv.get(key), want) {
+                    kv.remove(key);
+                    changes.push(format!("removed {key} = {want} (the host's prompts stay)"));
+                }
+            } else if !toml_matches(kv.get(key), want) {
+                kv.insert(key, toml_edit::Item::Value(toml_value(want)));
+                changes.push(format!("set {key} = {want}"));
+            }
+        }
+        if let Some(h) = keyveil_home {
+            if kv.get(env_key).is_none() {
+                kv.insert(
+                    env_key,
+                    toml_edit::Item::Value(toml_edit::Value::InlineTable(
+                        toml_edit::InlineTable::new(),
+                    )),
+                );
+            }
+            let env = kv
+                .get_mut(env_key)
+                .and_then(toml_edit::Item::as_table_like_mut)
+                .ok_or_else(|| {
+                    shape(format!("`{servers_key}.keyveil.{env_key}` is not a table"))
+                })?;
+            let want = json!(h);
+            if !toml_matches(env.get("KEYVEIL_HOME"), &want) {
+                env.insert("KEYVEIL_HOME", toml_edit::Item::Value(toml_value(&want)));
+                changes.push(format!("set {env_key}.KEYVEIL_HOME = {want}"));
+            }
         }
     }
-    Ok(Edit {
-        text: if changes.is_empty() {
-            old.to_owned()
-        } else {
-            doc.to_string()
-        },
-        changes,
-    })
+    let text = if changes.is_empty() {
+        Some(old.to_owned())
+    } else {
+        let t = doc.to_string();
+        // A file that held only keyveil's entry goes with it.
+        (mode != Mode::Remove || !t.trim().is_empty()).then_some(t)
+    };
+    Ok(Edit { text, changes })
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON with comments (Claude Code, Gemini CLI, Cursor, VS Code)
+// JSON with comments
 
-/// What keyveil accepts in a JSON configuration file: comments and trailing commas (VS Code
-/// and Gemini CLI allow them), nothing looser (that would be a file the host cannot read).
+/// What keyveil accepts in a JSON configuration file: comments and trailing commas (VS Code,
+/// Gemini CLI and OpenCode allow them), nothing looser (that would be a file the host cannot
+/// read).
 fn json_options() -> ParseOptions {
     ParseOptions {
         allow_comments: true,
@@ -327,28 +766,85 @@ fn cst_input(v: &Value) -> CstInputValue {
     }
 }
 
-/// The object under `key` in `obj`, created when missing.
+/// The object under `key` in `obj`: created when missing and `create`, `None` when missing and
+/// not `create`.
 fn child_object(
     obj: &CstObject,
     key: &str,
+    create: bool,
     shape: &dyn Fn(String) -> SetupError,
     what: &str,
-) -> Result<(CstObject, bool), SetupError> {
+) -> Result<Option<CstObject>, SetupError> {
     match obj.get(key) {
         Some(p) => p
             .object_value()
-            .map(|o| (o, false))
+            .map(Some)
             .ok_or_else(|| shape(format!("`{what}` is not an object"))),
-        None => {
+        None if create => {
             let p = obj.append(key, CstInputValue::Object(Vec::new()));
             p.object_value()
-                .map(|o| (o, true))
+                .map(Some)
                 .ok_or_else(|| shape(format!("cannot create `{what}`")))
         }
+        None => Ok(None),
     }
 }
 
-fn edit_json(host: Host, old: Option<&str>, entry: &Entry, path: &str) -> Result<Edit, SetupError> {
+/// The object at `path` under `root` (each step created when `create`).
+fn object_at(
+    root: &CstObject,
+    path: &[&str],
+    create: bool,
+    shape: &dyn Fn(String) -> SetupError,
+) -> Result<Option<CstObject>, SetupError> {
+    let mut cur = root.clone();
+    for (i, k) in path.iter().enumerate() {
+        let what = dotted(path.get(..=i).unwrap_or(path));
+        match child_object(&cur, k, create, shape, &what)? {
+            Some(o) => cur = o,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(cur))
+}
+
+/// Removes the objects on `path` (deepest first) that are empty.
+fn prune(root: &CstObject, path: &[&str]) {
+    for depth in (1..=path.len()).rev() {
+        let Some((last, parent_path)) = path.get(..depth).and_then(<[&str]>::split_last) else {
+            return;
+        };
+        let parent = match object_at(root, parent_path, false, &|d| SetupError::Shape {
+            path: String::new(),
+            detail: d,
+        }) {
+            Ok(Some(p)) => p,
+            _ => return,
+        };
+        let Some(prop) = parent.get(last) else {
+            continue;
+        };
+        let empty = match prop.value() {
+            Some(v) => match (v.as_object(), v.as_array()) {
+                (Some(o), _) => o.properties().is_empty(),
+                (_, Some(a)) => a.elements().is_empty(),
+                _ => false,
+            },
+            None => false,
+        };
+        if !empty {
+            return;
+        }
+        prop.remove();
+    }
+}
+
+fn json_value(prop: Option<jsonc_parser::cst::CstObjectProp>) -> Option<Value> {
+    prop.and_then(|p| p.value())
+        .and_then(|v| v.to_serde_value())
+}
+
+fn edit_json(old: Option<&str>, ops: &[Op], mode: Mode, path: &str) -> Result<Edit, SetupError> {
     let shape = |detail: String| SetupError::Shape {
         path: path.to_owned(),
         detail,
@@ -368,138 +864,282 @@ fn edit_json(host: Host, old: Option<&str>, entry: &Entry, path: &str) -> Result
             .as_object()
             .ok_or_else(|| shape("the top level is not a JSON object".to_owned()))?,
     };
-    let key = host.servers_key();
     let mut changes = Vec::new();
-    let (servers, _) = child_object(&obj, key, &shape, key)?;
-    let what = format!("{key}.keyveil");
-    let (kv, created) = child_object(&servers, "keyveil", &shape, &what)?;
-    if created {
-        changes.push(format!("added {what}"));
-    }
-    let mut fields = entry.fields(host);
-    if let Some(h) = &entry.keyveil_home {
-        fields.push(("env", json!({ "KEYVEIL_HOME": h })));
-    }
-    for (k, want) in fields {
-        let current = kv.get(k);
-        if k == "env" {
-            // Only KEYVEIL_HOME inside env is ours; other variables stay.
-            let (env, _) = child_object(&kv, "env", &shape, &format!("{what}.env"))?;
-            let want_home = want.get("KEYVEIL_HOME").cloned().unwrap_or(Value::Null);
-            let have = env
-                .get("KEYVEIL_HOME")
-                .and_then(|p| p.value())
-                .and_then(|v| v.to_serde_value());
-            if have.as_ref() != Some(&want_home) {
-                match env.get("KEYVEIL_HOME") {
-                    Some(p) => p.set_value(cst_input(&want_home)),
-                    None => {
-                        env.append("KEYVEIL_HOME", cst_input(&want_home));
+    for op in ops {
+        let remove_grant = matches!(mode, Mode::Setup { host_prompts: true }) && op.is_grant();
+        match op {
+            Op::Entry {
+                servers,
+                fields,
+                grant,
+                env_key,
+                keyveil_home,
+            } => {
+                let what = format!("{}.keyveil", dotted(servers));
+                if mode == Mode::Remove {
+                    let Some(s) = object_at(&obj, servers, false, &shape)? else {
+                        continue;
+                    };
+                    if let Some(p) = s.get("keyveil") {
+                        p.remove();
+                        changes.push(format!("removed {what}"));
+                        prune(&obj, servers);
+                    }
+                    continue;
+                }
+                let s = object_at(&obj, servers, true, &shape)?
+                    .ok_or_else(|| shape(format!("cannot create `{}`", dotted(servers))))?;
+                let created = s.get("keyveil").is_none();
+                let kv = child_object(&s, "keyveil", true, &shape, &what)?
+                    .ok_or_else(|| shape(format!("cannot create `{what}`")))?;
+                if created {
+                    changes.push(format!("added {what}"));
+                }
+                for (k, want) in fields.iter().chain(grant.iter()) {
+                    let is_grant = grant.iter().any(|(g, _)| g == k);
+                    let current = kv.get(k);
+                    let have = json_value(current.clone());
+                    if is_grant && remove_grant {
+                        if have.as_ref() == Some(want) {
+                            if let Some(p) = current {
+                                p.remove();
+                            }
+                            changes.push(format!("removed {k} = {want} (the host's prompts stay)"));
+                        }
+                        continue;
+                    }
+                    if have.as_ref() != Some(want) {
+                        match current {
+                            Some(p) => p.set_value(cst_input(want)),
+                            None => {
+                                kv.append(k, cst_input(want));
+                            }
+                        }
+                        changes.push(format!("set {k} = {want}"));
                     }
                 }
-                changes.push(format!("set env.KEYVEIL_HOME = {want_home}"));
-            }
-            continue;
-        }
-        let have = current
-            .as_ref()
-            .and_then(|p| p.value())
-            .and_then(|v| v.to_serde_value());
-        if have.as_ref() != Some(&want) {
-            match current {
-                Some(p) => p.set_value(cst_input(&want)),
-                None => {
-                    kv.append(k, cst_input(&want));
+                if let Some(h) = keyveil_home {
+                    // Only KEYVEIL_HOME inside the environment is ours; other variables stay.
+                    let env =
+                        child_object(&kv, env_key, true, &shape, &format!("{what}.{env_key}"))?
+                            .ok_or_else(|| shape(format!("cannot create `{what}.{env_key}`")))?;
+                    let want = json!(h);
+                    let current = env.get("KEYVEIL_HOME");
+                    if json_value(current.clone()).as_ref() != Some(&want) {
+                        match current {
+                            Some(p) => p.set_value(cst_input(&want)),
+                            None => {
+                                env.append("KEYVEIL_HOME", cst_input(&want));
+                            }
+                        }
+                        changes.push(format!("set {env_key}.KEYVEIL_HOME = {want}"));
+                    }
                 }
             }
-            changes.push(format!("set {k} = {want}"));
+            Op::Member {
+                path: at, value, ..
+            } => {
+                let Some((last, parent_path)) = at.split_last() else {
+                    continue;
+                };
+                let what = dotted(at);
+                let want = json!(value);
+                let absent = mode == Mode::Remove || remove_grant;
+                let Some(parent) = object_at(&obj, parent_path, !absent, &shape)? else {
+                    continue;
+                };
+                let arr = match parent.get(last) {
+                    Some(p) => Some(
+                        p.array_value()
+                            .ok_or_else(|| shape(format!("`{what}` is not an array")))?,
+                    ),
+                    None if absent => None,
+                    None => parent
+                        .append(last, CstInputValue::Array(Vec::new()))
+                        .array_value(),
+                };
+                let Some(arr) = arr else {
+                    continue;
+                };
+                let found: Vec<_> = arr
+                    .elements()
+                    .into_iter()
+                    .filter(|e| e.to_serde_value().as_ref() == Some(&want))
+                    .collect();
+                if absent {
+                    if !found.is_empty() {
+                        for e in found {
+                            e.remove();
+                        }
+                        changes.push(format!(
+                            "removed {want} from {what}{}",
+                            if remove_grant {
+                                " (the host's prompts stay)"
+                            } else {
+                                ""
+                            }
+                        ));
+                        prune(&obj, at);
+                    }
+                } else if found.is_empty() {
+                    arr.append(cst_input(&want));
+                    changes.push(format!("added {want} to {what}"));
+                }
+            }
+            Op::Key {
+                path: at,
+                key,
+                value,
+                ..
+            } => {
+                let what = format!("{}.{key:?}", dotted(at));
+                let absent = mode == Mode::Remove || remove_grant;
+                let o = match object_at(&obj, at, !absent, &shape) {
+                    Ok(o) => o,
+                    Err(_) if absent => None,
+                    Err(_) => {
+                        return Err(shape(format!(
+                            "`{}` is not an object, so {what} cannot be added (use --host-prompts to leave it alone)",
+                            dotted(at)
+                        )));
+                    }
+                };
+                let Some(o) = o else {
+                    continue;
+                };
+                let current = o.get(key);
+                let have = json_value(current.clone());
+                if absent {
+                    if have.as_ref() == Some(value) {
+                        if let Some(p) = current {
+                            p.remove();
+                        }
+                        changes.push(format!(
+                            "removed {what} = {value}{}",
+                            if remove_grant {
+                                " (the host's prompts stay)"
+                            } else {
+                                ""
+                            }
+                        ));
+                        prune(&obj, at);
+                    }
+                } else if have.as_ref() != Some(value) {
+                    match current {
+                        Some(p) => p.set_value(cst_input(value)),
+                        None => {
+                            o.append(key, cst_input(value));
+                        }
+                    }
+                    changes.push(format!("set {what} = {value}"));
+                }
+            }
         }
     }
-    Ok(Edit {
-        text: if changes.is_empty() {
-            old.unwrap_or("").to_owned()
+    let text = if changes.is_empty() {
+        old.map(str::to_owned)
+    } else {
+        let mut t = root.to_string();
+        if !t.ends_with('\n') {
+            t.push('\n');
+        }
+        if mode == Mode::Remove && t.trim() == "{}" {
+            None
         } else {
-            let mut t = root.to_string();
-            if !t.ends_with('\n') {
-                t.push('\n');
-            }
-            t
-        },
-        changes,
-    })
+            Some(t)
+        }
+    };
+    Ok(Edit { text, changes })
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading an existing entry (doctor)
+// Reading a file back (doctor)
 
-/// What [`read_entry`] finds: `(command, args, timeout in seconds)`.
-pub type EntryInfo = (String, Vec<String>, Option<f64>);
-
-/// The `keyveil` entry of a configuration text: `(command, args, timeout)`; `None` when the
-/// text has no such entry. The timeout is Codex's `tool_timeout_sec` or Gemini's `timeout`
-/// (milliseconds), when present.
+/// A configuration text as JSON (TOML converted), for reading back.
 ///
-/// Errors: the text does not parse.
-pub fn read_entry(host: Host, text: &str) -> Result<Option<EntryInfo>, String> {
-    let v: Value = if host.is_toml() {
-        let doc: toml_edit::DocumentMut = text
-            .parse()
-            .map_err(|e: toml_edit::TomlError| e.to_string().trim().replace('\n', " "))?;
-        let Some(kv) = doc
-            .get("mcp_servers")
-            .and_then(|s| s.get("keyveil"))
-            .and_then(toml_edit::Item::as_table_like)
-        else {
-            return Ok(None);
-        };
-        let mut m = serde_json::Map::new();
-        for (k, item) in kv.iter() {
-            if let Some(val) = item.as_value() {
-                let j = match val {
-                    toml_edit::Value::String(s) => json!(s.value()),
-                    toml_edit::Value::Integer(i) => json!(i.value()),
-                    toml_edit::Value::Float(f) => json!(f.value()),
-                    toml_edit::Value::Array(a) => {
-                        Value::Array(a.iter().map(|x| json!(x.as_str().unwrap_or(""))).collect())
-                    }
-                    _ => Value::Null,
-                };
-                m.insert(k.to_owned(), j);
-            }
+/// Errors: the text does not parse (the parser's message).
+pub fn parse_value(format: Format, text: &str) -> Result<Value, String> {
+    match format {
+        Format::Toml => {
+            let doc: toml_edit::DocumentMut = text
+                .parse()
+                .map_err(|e: toml_edit::TomlError| e.to_string().trim().replace('\n', " "))?;
+            Ok(toml_to_json(doc.as_item()))
         }
-        json!({ "mcp_servers": { "keyveil": m } })
-    } else {
-        let root = CstRootNode::parse(text, &json_options()).map_err(|e| e.to_string())?;
-        root.value()
-            .and_then(|v| v.to_serde_value())
-            .unwrap_or(Value::Null)
-    };
-    let Some(kv) = v.get(host.servers_key()).and_then(|s| s.get("keyveil")) else {
-        return Ok(None);
-    };
-    let command = kv
-        .get("command")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let args = kv
-        .get("args")
-        .and_then(Value::as_array)
-        .map(|a| {
+        Format::Json => {
+            if text.trim().is_empty() {
+                return Ok(json!({}));
+            }
+            let root = CstRootNode::parse(text, &json_options()).map_err(|e| e.to_string())?;
+            Ok(root
+                .value()
+                .and_then(|v| v.to_serde_value())
+                .unwrap_or(Value::Null))
+        }
+    }
+}
+
+fn toml_to_json(item: &toml_edit::Item) -> Value {
+    match item {
+        toml_edit::Item::None => Value::Null,
+        toml_edit::Item::Value(v) => toml_value_to_json(v),
+        toml_edit::Item::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.to_owned(), toml_to_json(v)))
+                .collect(),
+        ),
+        toml_edit::Item::ArrayOfTables(a) => Value::Array(
             a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let timeout = match host {
-        Host::Codex => kv.get("tool_timeout_sec").and_then(Value::as_f64),
-        Host::Gemini => kv
-            .get("timeout")
-            .and_then(Value::as_f64)
-            .map(|ms| ms / 1000.0),
-        _ => None,
-    };
-    Ok(Some((command, args, timeout)))
+                .map(|t| toml_to_json(&toml_edit::Item::Table(t.clone())))
+                .collect(),
+        ),
+    }
+}
+
+fn toml_value_to_json(v: &toml_edit::Value) -> Value {
+    match v {
+        toml_edit::Value::String(s) => json!(s.value()),
+        toml_edit::Value::Integer(i) => json!(i.value()),
+        toml_edit::Value::Float(f) => json!(f.value()),
+        toml_edit::Value::Boolean(b) => json!(b.value()),
+        toml_edit::Value::Datetime(d) => json!(d.value().to_string()),
+        toml_edit::Value::Array(a) => Value::Array(a.iter().map(toml_value_to_json).collect()),
+        toml_edit::Value::InlineTable(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.to_owned(), toml_value_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn value_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(k))
+}
+
+/// What an op asks for, as found in a file's parsed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// A server entry: the entry object, `None` when absent.
+    Entry(Option<Value>),
+    /// A permission or membership: whether it holds.
+    Holds(bool),
+}
+
+/// Reads what `op` asks for in `v` (a whole file, from [`parse_value`]).
+pub fn find(op: &Op, v: &Value) -> Found {
+    match op {
+        Op::Entry { servers, .. } => {
+            Found::Entry(value_at(v, servers).and_then(|s| s.get("keyveil")).cloned())
+        }
+        Op::Member { path, value, .. } => Found::Holds(
+            value_at(v, path)
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(value))),
+        ),
+        Op::Key {
+            path, key, value, ..
+        } => Found::Holds(value_at(v, path).and_then(|o| o.get(key)) == Some(value)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -584,350 +1224,168 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     result
 }
 
-/// A short rendering of the entry, as it appears in the host's file.
-fn snippet(host: Host, entry: &Entry) -> String {
-    match edit(host, None, entry, "") {
-        Ok(e) => e.text,
-        Err(_) => String::new(),
-    }
+/// What `keyveil setup` was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetupArgs {
+    /// The host.
+    pub host: Host,
+    /// Only print what would change.
+    pub print: bool,
+    /// The project's files in the current directory.
+    pub project: bool,
+    /// Keep the host's own prompts: write no permission.
+    pub host_prompts: bool,
+    /// Undo what setup writes.
+    pub remove: bool,
 }
 
-/// `keyveil setup HOST [--print] [--project]`.
-pub fn setup_main(host: Host, print: bool, project: bool) -> Result<i32> {
+/// `keyveil setup HOST [--print] [--project] [--host-prompts] [--remove]`.
+pub fn setup_main(a: SetupArgs) -> Result<i32> {
+    let host = a.host;
     let entry = entry_here()?;
-    let home = home_dir()?;
+    let env = HostEnv::current()?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let path = host.config_path(&home, project.then_some(cwd.as_path()));
-    // Edit a symlinked file (dotfile managers) at its target.
-    let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-    let old = match std::fs::read_to_string(&real) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(Exit {
-                code: 1,
-                message: format!("cannot read {}: {e}; nothing was changed", real.display()),
-            }
-            .into());
+    let plan = plan(host, &env, a.project.then_some(cwd.as_path()), &entry).map_err(|e| Exit {
+        code: 2,
+        message: format!("{e}\nhint: nothing was changed"),
+    })?;
+    let mode = if a.remove {
+        Mode::Remove
+    } else {
+        Mode::Setup {
+            host_prompts: a.host_prompts,
         }
     };
-    let shown = path.display().to_string();
-    let edited = edit(host, old.as_deref(), &entry, &shown).map_err(|e| Exit {
-        code: 1,
-        message: format!(
-            "{e}; nothing was changed\nhint: fix the file (or move it aside) and run `keyveil setup {}{}` again, or add the entry by hand: `keyveil setup {} --print` shows it",
-            host.name(),
-            if project { " --project" } else { "" },
-            host.name()
-        ),
-    })?;
-    if print {
-        say(format!("# {} ({shown}): the keyveil entry", host.name()));
-        say(snippet(host, &entry).trim_end());
-        if edited.changes.is_empty() {
-            say(format!("# {shown} already holds it; nothing to do"));
-        } else {
-            say(format!(
-                "# {} would change: {}",
-                shown,
-                edited.changes.join("; ")
-            ));
+    let again = format!(
+        "keyveil setup {}{}{}",
+        host.name(),
+        if a.project { " --project" } else { "" },
+        if a.remove { " --remove" } else { "" }
+    );
+    // Every file is read and edited before any is written: one that cannot be edited leaves
+    // all of them as they were.
+    let mut edits = Vec::new();
+    for f in &plan.files {
+        // Edit a symlinked file (dotfile managers) at its target.
+        let real = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
+        let old = match std::fs::read_to_string(&real) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Exit {
+                    code: 1,
+                    message: format!("cannot read {}: {e}; nothing was changed", real.display()),
+                }
+                .into());
+            }
+        };
+        let shown = f.path.display().to_string();
+        let edited = edit(f.format, old.as_deref(), &f.ops, mode, &shown).map_err(|e| Exit {
+            code: 1,
+            message: format!(
+                "{e}; nothing was changed\nhint: fix the file (or move it aside) and run `{again}` again, or edit it by hand: `keyveil setup {} --print` shows what keyveil writes",
+                host.name()
+            ),
+        })?;
+        edits.push((f, real, shown, old, edited));
+    }
+    let name = host.name();
+    if a.print {
+        for (f, _, shown, _, edited) in &edits {
+            if !a.remove {
+                say(format!("# {name} ({shown}): what keyveil keeps there"));
+                if let Ok(e) = edit(f.format, None, &f.ops, mode, "") {
+                    say(e.text.unwrap_or_default().trim_end());
+                }
+            }
+            if edited.changes.is_empty() {
+                say(format!("# {shown}: nothing to change"));
+            } else {
+                say(format!(
+                    "# {shown} would change: {}",
+                    edited.changes.join("; ")
+                ));
+            }
         }
         return Ok(0);
     }
-    if edited.changes.is_empty() {
+    if edits.iter().all(|(.., e)| e.changes.is_empty()) {
+        say(if a.remove {
+            format!("{name}: keyveil is not set up there; nothing changed")
+        } else {
+            format!("{name}: already set up; nothing changed")
+        });
+        if !a.remove {
+            for n in &plan.notes {
+                say(format!("note: {n}"));
+            }
+        }
+        return Ok(0);
+    }
+    for (_, real, shown, old, edited) in &edits {
+        if edited.changes.is_empty() {
+            continue;
+        }
+        let backup = match old {
+            Some(text) => {
+                let b = backup_name(real);
+                std::fs::write(&b, text)
+                    .with_context(|| format!("cannot write {}", b.display()))?;
+                if let Ok(meta) = std::fs::metadata(real) {
+                    let _ = std::fs::set_permissions(&b, meta.permissions());
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        let verb = match (&edited.text, old) {
+            (Some(t), _) => {
+                write_atomic(real, t)?;
+                if old.is_some() { "updated" } else { "created" }
+            }
+            (None, Some(_)) => {
+                std::fs::remove_file(real)
+                    .with_context(|| format!("cannot remove {}", real.display()))?;
+                "removed (it held nothing else)"
+            }
+            (None, None) => continue,
+        };
+        say(format!("{name}: {verb} {shown}"));
+        for c in &edited.changes {
+            say(format!("  {c}"));
+        }
+        if let Some(b) = backup {
+            say(format!("  backup: {}", b.display()));
+        }
+    }
+    if a.remove {
         say(format!(
-            "{}: {shown} is already set up; nothing changed",
-            host.name()
+            "next: restart {} (it no longer starts keyveil)",
+            host.title()
         ));
         return Ok(0);
     }
-    let backup = match &old {
-        Some(text) => {
-            let b = backup_name(&real);
-            std::fs::write(&b, text).with_context(|| format!("cannot write {}", b.display()))?;
-            if let Ok(meta) = std::fs::metadata(&real) {
-                let _ = std::fs::set_permissions(&b, meta.permissions());
-            }
-            Some(b)
+    if !plan.why_grant.is_empty() {
+        if a.host_prompts {
+            say(format!(
+                "why: --host-prompts: {} asks you before each keyveil tool call, besides keyveil's own approval of every run",
+                host.title()
+            ));
+        } else {
+            say(format!(
+                "why: {}. keyveil's own approval (a factor the agent cannot produce) is the gate for every run; a second prompt in the host only trains clicking yes. `--host-prompts` keeps the host's prompts.",
+                plan.why_grant
+            ));
         }
-        None => None,
-    };
-    write_atomic(&real, &edited.text)?;
-    say(format!(
-        "{}: {} {shown}",
-        host.name(),
-        if old.is_some() { "updated" } else { "created" }
-    ));
-    for c in &edited.changes {
-        say(format!("  {c}"));
     }
-    if let Some(b) = backup {
-        say(format!("  backup: {}", b.display()));
+    for n in &plan.notes {
+        say(format!("note: {n}"));
     }
     say(format!(
         "next: restart {} so that it starts `keyveil mcp`; `keyveil doctor` checks the set-up",
-        match host {
-            Host::Codex => "Codex",
-            Host::Claude => "Claude Code",
-            Host::Gemini => "Gemini CLI",
-            Host::Cursor => "Cursor",
-            Host::Vscode => "VS Code",
-        }
+        host.title()
     ));
     Ok(0)
-}
-
-// ---------------------------------------------------------------------------------------------
-// `keyveil doctor`
-
-/// One check's outcome.
-struct Check {
-    ok: bool,
-    what: String,
-    hint: Option<String>,
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
-/// The first executable `name` on `path`.
-fn which(name: &str, path: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// The checks of `keyveil doctor`, in order.
-fn checks() -> Result<Vec<Check>> {
-    let me = this_binary()?;
-    let home = home_dir()?;
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let path_var = std::env::var("PATH").unwrap_or_default();
-    let mut out = Vec::new();
-
-    // 1. The binary on PATH is this one.
-    match which("keyveil", &path_var) {
-        Some(p) if same_file(&p, &me) => out.push(Check {
-            ok: true,
-            what: format!("keyveil on PATH is this binary ({})", p.display()),
-            hint: None,
-        }),
-        Some(p) => out.push(Check {
-            ok: false,
-            what: format!(
-                "keyveil on PATH is {}, not this binary ({})",
-                p.display(),
-                me.display()
-            ),
-            hint: Some(
-                "install one keyveil (`cargo install --locked --path crates/keyveil`) or run `keyveil setup HOST` with the binary the hosts should start (the config names it by absolute path)"
-                    .to_owned(),
-            ),
-        }),
-        None => out.push(Check {
-            ok: false,
-            what: "keyveil is not on PATH".to_owned(),
-            hint: Some(format!(
-                "add {} to PATH (hosts configured by `keyveil setup` use the absolute path, but you will want `keyveil approve` in your terminal)",
-                me.parent().map(|d| d.display().to_string()).unwrap_or_default()
-            )),
-        }),
-    }
-
-    // 2. The broker is reachable from a host-like environment (only HOME and PATH, plus
-    //    KEYVEIL_HOME when the host config passes it), and it is the same broker.
-    let paths = crate::paths::Paths::resolve()?;
-    let mut cmd = std::process::Command::new(&me);
-    cmd.args(["status", "--json"])
-        .env_clear()
-        .env("HOME", &home)
-        .env("PATH", &path_var)
-        .stdin(std::process::Stdio::null());
-    if let Some(h) = std::env::var_os("KEYVEIL_HOME").filter(|h| !h.is_empty()) {
-        cmd.env("KEYVEIL_HOME", h);
-    }
-    let status: Option<Value> = cmd
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
-    let sock = paths.socket();
-    match &status {
-        Some(s) if s["running"] == true && s["socket"].as_str() == Some(&*sock.to_string_lossy()) => {
-            out.push(Check {
-                ok: true,
-                what: format!(
-                    "broker reachable with only HOME and PATH set (socket {})",
-                    sock.display()
-                ),
-                hint: None,
-            })
-        }
-        Some(s) if s["running"] == true => out.push(Check {
-            ok: false,
-            what: format!(
-                "with only HOME and PATH set, keyveil finds another broker ({}) than this shell ({})",
-                s["socket"].as_str().unwrap_or("?"),
-                sock.display()
-            ),
-            hint: Some(
-                "hosts pass a short environment: set KEYVEIL_HOME in the host's config (`keyveil setup HOST` does it when KEYVEIL_HOME is set), or unset XDG_DATA_HOME/KEYVEIL_HOME here"
-                    .to_owned(),
-            ),
-        }),
-        _ => out.push(Check {
-            ok: false,
-            what: "no broker answers from a host-like environment".to_owned(),
-            hint: Some(
-                "run `keyveil unlock` (it starts the broker); if it does not start, `keyveil daemon --foreground` shows why"
-                    .to_owned(),
-            ),
-        }),
-    }
-
-    // 3. Vault exists and is unlocked.
-    match &status {
-        Some(s) if s["vault_exists"] != true => out.push(Check {
-            ok: false,
-            what: format!("no vault at {}", paths.vault().display()),
-            hint: Some("create one with `keyveil init`".to_owned()),
-        }),
-        Some(s) if s["locked"] == true || s["running"] != true => out.push(Check {
-            ok: false,
-            what: "the vault is locked".to_owned(),
-            hint: Some("run `keyveil unlock`".to_owned()),
-        }),
-        Some(_) => out.push(Check {
-            ok: true,
-            what: "vault exists and is unlocked".to_owned(),
-            hint: None,
-        }),
-        None => {}
-    }
-
-    // 4. Host configurations: present and pointing at this binary.
-    let mut configured = 0;
-    for host in HOSTS {
-        for project in [None, Some(cwd.as_path())] {
-            let file = host.config_path(&home, project);
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let fix = format!(
-                "run `keyveil setup {}{}`",
-                host.name(),
-                if project.is_some() { " --project" } else { "" }
-            );
-            match read_entry(host, &text) {
-                Err(e) => out.push(Check {
-                    ok: false,
-                    what: format!("{}: {} does not parse: {e}", host.name(), file.display()),
-                    hint: Some("fix the file; the host cannot read it either".to_owned()),
-                }),
-                Ok(None) => {}
-                Ok(Some((command, args, timeout))) => {
-                    configured += 1;
-                    let resolved = if command.contains('/') {
-                        Some(PathBuf::from(&command))
-                    } else {
-                        which(&command, &path_var)
-                    };
-                    let points_here = resolved.as_deref().is_some_and(|p| same_file(p, &me));
-                    let mut problems = Vec::new();
-                    if !points_here {
-                        problems.push(format!("its command {command:?} is not this binary"));
-                    }
-                    if args != ["mcp"] {
-                        problems.push(format!("its args are {args:?}, not [\"mcp\"]"));
-                    }
-                    if host == Host::Codex && timeout.unwrap_or(60.0) < 120.0 {
-                        problems.push(format!(
-                            "its tool_timeout_sec is {} s; a run may wait 50 s for approval and then run",
-                            timeout.unwrap_or(60.0)
-                        ));
-                    }
-                    out.push(if problems.is_empty() {
-                        Check {
-                            ok: true,
-                            what: format!(
-                                "{}: {} starts this keyveil",
-                                host.name(),
-                                file.display()
-                            ),
-                            hint: None,
-                        }
-                    } else {
-                        Check {
-                            ok: false,
-                            what: format!(
-                                "{}: {}: {}",
-                                host.name(),
-                                file.display(),
-                                problems.join("; ")
-                            ),
-                            hint: Some(fix),
-                        }
-                    });
-                }
-            }
-        }
-    }
-    if configured == 0 {
-        out.push(Check {
-            ok: false,
-            what: "no agent host is set up to start keyveil".to_owned(),
-            hint: Some(
-                "run `keyveil setup codex` (or claude, gemini, cursor, vscode; `--project` for this project only)"
-                    .to_owned(),
-            ),
-        });
-    }
-    Ok(out)
-}
-
-/// `keyveil doctor`: prints each check; exit 1 if any fails.
-pub fn doctor_main() -> Result<i32> {
-    // Start the broker if none runs (as a host's first call would).
-    let paths = crate::paths::Paths::resolve()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let _ = rt.block_on(async {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(15),
-            crate::client::call(&paths, &crate::protocol::Request::Status),
-        )
-        .await
-    });
-    let list = checks()?;
-    let mut failed = 0;
-    for c in &list {
-        say(format!("{} {}", if c.ok { "ok  " } else { "FAIL" }, c.what));
-        if !c.ok {
-            failed += 1;
-            if let Some(h) = &c.hint {
-                say(format!("     hint: {h}"));
-            }
-        }
-    }
-    if failed == 0 {
-        say("all checks passed");
-        Ok(0)
-    } else {
-        say(format!("{failed} check(s) failed"));
-        Ok(1)
-    }
 }
 
 #[cfg(test)]
@@ -942,62 +1400,158 @@ mod tests {
         }
     }
 
+    fn env() -> HostEnv {
+        HostEnv {
+            home: PathBuf::from("/home/u"),
+            ..HostEnv::default()
+        }
+    }
+
+    fn setup() -> Mode {
+        Mode::Setup {
+            host_prompts: false,
+        }
+    }
+
+    fn spec(host: Host, i: usize) -> FileSpec {
+        plan(host, &env(), None, &entry()).unwrap().files[i].clone()
+    }
+
     #[test]
     fn toml_keeps_other_servers_and_comments_and_is_idempotent() {
+        let f = spec(Host::Codex, 0);
         let old = "# my codex config\nmodel = \"o3\"   # pinned\n\n[mcp_servers.other]\ncommand = \"x\"  # keep me\nargs = [ \"a\",\"b\" ]\n";
-        let e = edit(Host::Codex, Some(old), &entry(), "c.toml").unwrap();
-        assert!(e.text.starts_with(old), "{}", e.text);
-        assert!(e.text.contains("[mcp_servers.keyveil]"), "{}", e.text);
-        assert!(e.text.contains("tool_timeout_sec = 180"), "{}", e.text);
-        let again = edit(Host::Codex, Some(&e.text), &entry(), "c.toml").unwrap();
+        let e = edit(f.format, Some(old), &f.ops, setup(), "c.toml").unwrap();
+        let text = e.text.unwrap();
+        assert!(text.starts_with(old), "{text}");
+        assert!(text.contains("[mcp_servers.keyveil]"), "{text}");
+        assert!(text.contains("tool_timeout_sec = 180"), "{text}");
+        assert!(
+            text.contains("default_tools_approval_mode = \"approve\""),
+            "{text}"
+        );
+        let again = edit(f.format, Some(&text), &f.ops, setup(), "c.toml").unwrap();
         assert!(again.changes.is_empty(), "{:?}", again.changes);
-        assert_eq!(again.text, e.text);
+        assert_eq!(again.text.as_deref(), Some(text.as_str()));
+        // Removing gives the original back, byte for byte.
+        let gone = edit(f.format, Some(&text), &f.ops, Mode::Remove, "c.toml").unwrap();
+        assert_eq!(gone.text.as_deref(), Some(old));
     }
 
     #[test]
     fn json_keeps_comments_and_order() {
+        let f = spec(Host::Cursor, 0);
         let old = "{\n  // servers\n  \"zeta\": 1,\n  \"mcpServers\": {\n    \"other\": { \"command\": \"x\" }, // trailing\n  },\n  \"alpha\": true\n}\n";
-        let e = edit(Host::Cursor, Some(old), &entry(), "m.json").unwrap();
-        assert!(e.text.contains("// servers"));
-        assert!(e.text.contains("// trailing"));
-        let z = e.text.find("zeta").unwrap();
-        let a = e.text.find("alpha").unwrap();
+        let e = edit(f.format, Some(old), &f.ops, setup(), "m.json").unwrap();
+        let text = e.text.unwrap();
+        assert!(text.contains("// servers"));
+        assert!(text.contains("// trailing"));
+        let z = text.find("zeta").unwrap();
+        let a = text.find("alpha").unwrap();
         assert!(z < a);
-        assert!(e.text.contains("\"keyveil\""), "{}", e.text);
-        let again = edit(Host::Cursor, Some(&e.text), &entry(), "m.json").unwrap();
+        assert!(text.contains("\"keyveil\""), "{text}");
+        let again = edit(f.format, Some(&text), &f.ops, setup(), "m.json").unwrap();
         assert!(again.changes.is_empty(), "{:?}", again.changes);
     }
 
     #[test]
     fn unparsable_and_wrong_shapes_are_refused() {
+        let claude = spec(Host::Claude, 0);
+        let settings = spec(Host::Claude, 1);
+        let codex = spec(Host::Codex, 0);
+        let opencode = spec(Host::Opencode, 0);
+        let ed = |f: &FileSpec, t: &str| edit(f.format, Some(t), &f.ops, setup(), "x");
         assert!(matches!(
-            edit(Host::Claude, Some("{ \"a\": "), &entry(), "x"),
+            ed(&claude, "{ \"a\": "),
             Err(SetupError::Parse { .. })
         ));
         assert!(matches!(
-            edit(Host::Claude, Some("{ \"mcpServers\": [] }"), &entry(), "x"),
+            ed(&claude, "{ \"mcpServers\": [] }"),
             Err(SetupError::Shape { .. })
         ));
         assert!(matches!(
-            edit(Host::Codex, Some("mcp_servers = 3\n"), &entry(), "x"),
+            ed(&settings, "{ \"permissions\": { \"allow\": \"mcp__x\" } }"),
             Err(SetupError::Shape { .. })
         ));
         assert!(matches!(
-            edit(Host::Codex, Some("[mcp_servers\n"), &entry(), "x"),
+            ed(&opencode, "{ \"permission\": \"ask\" }"),
+            Err(SetupError::Shape { .. })
+        ));
+        assert!(matches!(
+            ed(&codex, "mcp_servers = 3\n"),
+            Err(SetupError::Shape { .. })
+        ));
+        assert!(matches!(
+            ed(&codex, "[mcp_servers\n"),
             Err(SetupError::Parse { .. })
         ));
     }
 
+    /// Every host: setup then remove on a file holding only other things gives the file back;
+    /// setup then `--host-prompts` takes the permission out and leaves the entry.
     #[test]
-    fn entries_read_back() {
+    fn every_host_round_trips_and_host_prompts_drops_only_the_grant() {
         for host in HOSTS {
-            let e = edit(host, None, &entry(), "x").unwrap();
-            let (cmd, args, timeout) = read_entry(host, &e.text).unwrap().unwrap();
-            assert_eq!(cmd, "/opt/kv/bin/keyveil");
-            assert_eq!(args, ["mcp"]);
-            match host {
-                Host::Codex | Host::Gemini => assert_eq!(timeout, Some(180.0)),
-                _ => assert_eq!(timeout, None),
+            let p = plan(host, &env(), None, &entry()).unwrap();
+            for f in &p.files {
+                let old = match f.format {
+                    Format::Toml => "# mine\nmodel = \"o3\"\n".to_owned(),
+                    Format::Json => "{\n  // mine\n  \"theme\": \"dark\"\n}\n".to_owned(),
+                };
+                let set = edit(f.format, Some(&old), &f.ops, setup(), "x").unwrap();
+                let text = set.text.unwrap();
+                assert!(!set.changes.is_empty(), "{host:?}");
+                let v = parse_value(f.format, &text).unwrap();
+                for op in &f.ops {
+                    match find(op, &v) {
+                        Found::Entry(e) => assert!(e.is_some(), "{host:?}: {text}"),
+                        Found::Holds(h) => assert!(h, "{host:?} {op:?}: {text}"),
+                    }
+                }
+                let gone = edit(f.format, Some(&text), &f.ops, Mode::Remove, "x").unwrap();
+                assert_eq!(gone.text.as_deref(), Some(old.as_str()), "{host:?}");
+                // From nothing and back to nothing: the file goes.
+                if f.format == Format::Json {
+                    let fresh = edit(f.format, None, &f.ops, setup(), "x").unwrap();
+                    let gone =
+                        edit(f.format, fresh.text.as_deref(), &f.ops, Mode::Remove, "x").unwrap();
+                    assert_eq!(gone.text, None, "{host:?}");
+                }
+                let hp = edit(
+                    f.format,
+                    Some(&text),
+                    &f.ops,
+                    Mode::Setup { host_prompts: true },
+                    "x",
+                )
+                .unwrap();
+                let v = parse_value(f.format, hp.text.as_deref().unwrap()).unwrap();
+                for op in &f.ops {
+                    match (find(op, &v), op.is_grant()) {
+                        (Found::Entry(Some(e)), true) => {
+                            if let Op::Entry { grant, .. } = op {
+                                for (k, _) in grant {
+                                    assert!(e.get(k).is_none(), "{host:?}: {e}");
+                                }
+                            }
+                        }
+                        (Found::Entry(e), false) => assert!(e.is_some()),
+                        (Found::Holds(h), g) => assert_eq!(h, !g, "{host:?} {op:?}"),
+                        (Found::Entry(None), true) => panic!("{host:?}: entry gone"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn project_scope_only_where_the_host_has_one() {
+        let proj = Path::new("/w/p");
+        for host in HOSTS {
+            let r = plan(host, &env(), Some(proj), &entry());
+            assert_eq!(r.is_ok(), host.has_project_scope(), "{host:?}");
+            if let Ok(p) = r {
+                assert!(p.files.iter().all(|f| f.path.starts_with(proj)), "{p:?}");
             }
         }
     }

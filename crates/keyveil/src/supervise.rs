@@ -16,8 +16,9 @@
 //! While the broker runs, a run's processes are not orphaned to the supervisor: each run has a
 //! reaper of its own (`reap.rs`) that holds its whole tree. Only when a reaper is killed (the
 //! agent can `kill -9` it) or gives up does its tree come here; the broker sees that (the
-//! reaper exits without its report) and sends the supervisor `SIGUSR1`, which kills every
-//! child it has but the broker, repeating until none is left. Nothing polls: the supervisor
+//! reaper exits without its report), kills every child of the supervisor but itself, and
+//! sends the supervisor `SIGUSR1`, which does the same (the broker does not rely on it alone:
+//! the agent can `SIGSTOP` the supervisor, and a stopped process acts on no signal). Nothing polls: the supervisor
 //! blocks in `wait` and in a signal wait, and costs no CPU while nothing happens.
 //!
 //! The supervisor holds no secret and never talks to clients; it forwards SIGTERM, SIGINT and
@@ -40,9 +41,12 @@ pub fn mark_supervised() {
     }
 }
 
-/// Asks the supervisor to kill every process re-parented to it (a run whose reaper was killed
-/// left its tree there). A no-op for an unsupervised broker, or once the supervisor is gone
-/// (then this process is no longer its child, and the pid may name another process).
+/// Kills every process re-parented to the supervisor (a run whose reaper was killed left its
+/// tree there): the broker does it itself, on a thread of its own, and also asks the
+/// supervisor (`SIGUSR1`). Doing it here too matters: the agent can `SIGSTOP` the supervisor
+/// (a process of the same user), which then acts on no signal, while its children can still
+/// be killed by us. A no-op for an unsupervised broker, or once the supervisor is gone (then
+/// this process is no longer its child, and the pid may name another process).
 pub fn request_sweep() {
     let Some(&sup) = SUPERVISOR.get() else {
         return;
@@ -52,6 +56,7 @@ pub fn request_sweep() {
         && let Some(p) = rustix::process::Pid::from_raw(sup)
     {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::USR1);
+        std::thread::spawn(move || imp::kill_other_children(sup));
     }
 }
 
@@ -72,6 +77,8 @@ fn broker_args(bootstrap: bool) -> Vec<&'static str> {
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use anyhow::{Context, Result};
+
+    pub fn kill_other_children(_parent: i32) {}
 
     pub fn main(bootstrap: bool) -> Result<i32> {
         let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
@@ -203,40 +210,57 @@ mod imp {
     /// most 2 s): each is a process of a run whose reaper was killed. It still holds the run's
     /// values in its environment.
     fn sweep(broker_pid: i32) {
-        let me = std::process::id() as i32;
+        let killed = kill_children_but(std::process::id() as i32, broker_pid);
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                "killed processes of a run whose reaper was killed: nothing started under a grant outlives its run"
+            );
+        }
+    }
+
+    /// The broker's half of [`super::request_sweep`]: kills every child of `parent` (the
+    /// supervisor) but this process.
+    pub fn kill_other_children(parent: i32) {
+        let killed = kill_children_but(parent, std::process::id() as i32);
+        if killed > 0 {
+            tracing::warn!(
+                killed,
+                "killed processes of a run whose reaper was killed (re-parented to the supervisor)"
+            );
+        }
+    }
+
+    /// Kills every running child of `parent` except `keep`, repeating until none is left (at
+    /// most 2 s; killing one re-parents its own children to `parent`); returns how many were
+    /// signalled. Each is pinned with a pidfd and checked to still be a child of `parent`, so
+    /// a pid reused meanwhile is never signalled.
+    fn kill_children_but(parent: i32, keep: i32) -> usize {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut killed = 0usize;
         loop {
-            let orphans: Vec<i32> = crate::reap::tree::children(me)
+            let orphans: Vec<i32> = crate::reap::tree::children(parent)
                 .into_iter()
-                .filter(|&p| p != broker_pid)
+                .filter(|&p| p != keep)
                 .collect();
             if orphans.is_empty() || Instant::now() > deadline {
-                break;
+                return killed;
             }
             for pid in orphans {
                 let Some(p) = Pid::from_raw(pid) else {
                     continue;
                 };
-                // The main thread reaps concurrently: pin the process with a pidfd, then
-                // check it is still our child, so a reused pid is never signalled.
                 let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
                 else {
                     continue;
                 };
-                if crate::reap::tree::stat(pid).is_some_and(|st| st.ppid == me)
+                if crate::reap::tree::stat(pid).is_some_and(|st| st.ppid == parent)
                     && rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok()
                 {
                     killed += 1;
                 }
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
-        if killed > 0 {
-            tracing::warn!(
-                killed,
-                "killed processes of a run whose reaper was killed: nothing started under a grant outlives its run"
-            );
         }
     }
 

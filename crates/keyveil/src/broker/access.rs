@@ -697,6 +697,9 @@ pub fn find_or_create_request(
         }),
     )?;
     inner.next_request += 1;
+    if let Some(f) = &inner.request_ids {
+        super::request_ids::store(f, inner.next_request);
+    }
     inner.requests.insert(
         id,
         AccessReq {

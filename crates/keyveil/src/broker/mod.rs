@@ -11,6 +11,7 @@ pub mod ops;
 pub mod peer;
 pub mod prefix;
 pub mod private_tmp;
+pub mod request_ids;
 pub mod runner;
 pub mod spawn;
 pub mod state;
@@ -116,7 +117,8 @@ pub async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     let broker = Arc::new(Broker {
         paths: paths.clone(),
         inner: Mutex::new(Inner {
-            next_request: 1,
+            next_request: request_ids::load(&request_ids::file(&paths.run_dir())),
+            request_ids: Some(request_ids::file(&paths.run_dir())),
             ..Inner::default()
         }),
         changed,

@@ -387,7 +387,8 @@ fn factor_needed(env: &str, need: Need) -> OpError {
         Need::HiddenName => format!(
             "names in '{env}' are hidden, and this change does not name a variable by its alias"
         ),
-        Need::Stored(n) => format!("this would replace or remove {n} stored value(s) in '{env}'"),
+        Need::Stored(1) => format!("this would replace or remove a stored value in '{env}'"),
+        Need::Stored(n) => format!("this would replace or remove {n} stored values in '{env}'"),
         Need::Nothing => String::new(),
     };
     OpError::new(

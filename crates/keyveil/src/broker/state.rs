@@ -419,6 +419,9 @@ pub struct Inner {
     pub audit: Option<AuditWriter>,
     /// Next request id.
     pub next_request: u64,
+    /// Where the next request id is kept across restarts (`request_ids.rs`); `None` in tests
+    /// that build a broker state by hand.
+    pub request_ids: Option<std::path::PathBuf>,
     /// Requests by id.
     pub requests: BTreeMap<u64, AccessReq>,
     /// Grants by id.

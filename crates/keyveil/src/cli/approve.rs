@@ -11,14 +11,9 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.web {
         return approve_web(paths, a.print).await;
     }
-    let Some(id) = a.id else {
-        return Err(Exit {
-            code: 2,
-            message:
-                "name the request to approve\nhint: list pending requests with `keyveil requests`"
-                    .into(),
-        }
-        .into());
+    let id = match a.id {
+        Some(id) => id,
+        None => only_pending(paths).await?,
     };
     let ttl_seconds = match &a.ttl {
         None => None,
@@ -55,7 +50,10 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         }
         .into());
     };
-    note(crate::card::render(&card));
+    note(crate::card::render_styled(
+        &card,
+        crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+    ));
     let req = Request::Approve {
         request_id: id,
         card: crate::factor_proof::card_digest(&card),
@@ -79,14 +77,51 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     say(format!(
         "approved request #{id}: grant {} until {} ({})",
         d["grant_id"].as_str().unwrap_or(""),
-        d["expires_at"].as_str().unwrap_or(""),
-        if d["uses_left"].is_null() {
-            "unlimited uses".to_owned()
-        } else {
-            format!("{} use(s)", d["uses_left"])
-        }
+        crate::when::human_time(d["expires_at"].as_str().unwrap_or("")),
+        super::words::uses_left(&d["uses_left"])
     ));
     Ok(0)
+}
+
+/// The id of the one pending request, for `keyveil approve` without an id; when none or
+/// several are pending, an error that lists them and says how to choose.
+pub(crate) async fn only_pending(paths: &Paths) -> Result<u64> {
+    let d = call(paths, Request::Requests).await?;
+    let list = d["requests"].as_array().cloned().unwrap_or_default();
+    match list.as_slice() {
+        [] => Err(Exit {
+            code: 1,
+            message: "no request is pending\nhint: `keyveil approve --watch` waits for requests and shows each as it comes".into(),
+        }
+        .into()),
+        [one] => one["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("the broker sent a request without an id")),
+        many => {
+            let lines: Vec<String> = many
+                .iter()
+                .map(|r| {
+                    format!(
+                        "  #{}  {}  env={}  from {}",
+                        r["id"],
+                        crate::display::clip(&crate::card::argv_inline(&r["argv"]), 80),
+                        crate::display::visible(r["environment"].as_str().unwrap_or("")),
+                        crate::display::visible(r["client"]["name"].as_str().unwrap_or("?")),
+                    )
+                })
+                .collect();
+            Err(Exit {
+                code: 2,
+                message: format!(
+                    "{} requests are pending; name the one to approve:\n{}\nhint: `keyveil approve ID` (e.g. `keyveil approve {}`); `keyveil requests` shows each card",
+                    many.len(),
+                    lines.join("\n"),
+                    many.first().map(|r| r["id"].to_string()).unwrap_or_default()
+                ),
+            }
+            .into())
+        }
+    }
 }
 
 /// `approve --web`: asks the broker for a one-time link to its approval page; prints it, or
@@ -140,7 +175,11 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
             if !seen.insert(id) {
                 continue;
             }
-            let _ = writeln!(tty_out, "\n{}", crate::card::render(&r));
+            let _ = writeln!(
+                tty_out,
+                "\n{}",
+                crate::card::render_styled(&r, crate::card::Style::for_terminal(true))
+            );
             let _ = write!(
                 tty_out,
                 "[a]pprove once, approve for [t]30 minutes, [d]eny, [s]kip? "

@@ -45,9 +45,21 @@ pub(crate) enum Command {
         action: Option<DaemonAction>,
     },
     /// Environments: named sets of variables.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  keyveil env create demo --description \"local dev\"
+  keyveil env list
+  keyveil env show demo                  # names and metadata, never values
+  keyveil env rm demo                    # asks your passphrase when values are stored"
+    )]
     Env(EnvCommand),
     /// Store a value (from a hidden /dev/tty prompt, or stdin). Never from argv.
+    #[command(after_help = "Examples:
+  keyveil set demo API_TOKEN                              # hidden prompt, then your passphrase
+  pass show api/token | keyveil set demo API_TOKEN --from-stdin
+  keyveil set demo API_TOKEN --web                        # type it on a local page
+  keyveil import demo .env                                # many at once, from a .env file")]
     Set {
         /// Environment.
         env: String,
@@ -65,6 +77,9 @@ pub(crate) enum Command {
         #[command(flatten)]
         factor: FactorArgs,
     },
+    /// Bring existing secrets in: a `.env` file, `.env` text on stdin, or variables of the
+    /// current environment; reports names only, and offers to remove or rewrite the file.
+    Import(super::import::ImportArgs),
     /// Generate a random value inside the broker; it is never shown.
     Generate {
         /// Environment.
@@ -139,20 +154,39 @@ pub(crate) enum Command {
     Policy(PolicyCommand),
     /// The main job on a throwaway home, with its transcript.
     Demo,
-    /// Write an agent host's MCP configuration for keyveil (keeps everything else; backs up).
+    /// Make keyveil usable in an agent host: its MCP entry and the host's permission for
+    /// keyveil's tools (keeps everything else in the files; backs up; says what and why).
+    #[command(after_help = "Examples:
+  keyveil setup codex                    # ~/.codex/config.toml
+  keyveil setup claude --project         # .mcp.json in this directory
+  keyveil setup gemini --print           # show what would change; write nothing
+  keyveil setup copilot --remove         # undo exactly what setup wrote
+  keyveil doctor                         # then check the set-up end to end")]
     Setup {
         /// The host.
         #[arg(value_enum)]
         host: crate::setup::Host,
-        /// Only print the entry and what would change; write nothing.
+        /// Only print what keyveil writes and what would change; write nothing.
         #[arg(long)]
         print: bool,
-        /// The project's file in the current directory instead of the user's.
+        /// The project's files in the current directory instead of the user's.
         #[arg(long)]
         project: bool,
+        /// Keep the host's own prompts before keyveil's tools: write no host permission (and
+        /// take out one keyveil wrote before).
+        #[arg(long, conflicts_with = "remove")]
+        host_prompts: bool,
+        /// Undo what setup writes: the keyveil entry and keyveil's permission, nothing else.
+        #[arg(long)]
+        remove: bool,
     },
-    /// Check the set-up end to end and say how to fix each failure (exit 1 if any fails).
-    Doctor,
+    /// Find what stops a host from using keyveil and say how to fix it (exit 1 if anything
+    /// does).
+    Doctor {
+        /// You keep the hosts' own prompts on purpose: a missing host permission is no failure.
+        #[arg(long)]
+        host_prompts: bool,
+    },
     /// Start a long-running command (dev server, watcher) under a grant; prints its run id.
     Start(background::StartArgs),
     /// Redacted output of a background run.
@@ -162,6 +196,10 @@ pub(crate) enum Command {
         /// Run id (`r-...`).
         run_id: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(super::manual::CompletionsArgs),
+    /// Print the man page (`keyveil.1`), or write every page into a directory.
+    Man(super::manual::ManArgs),
     /// Run an agent host (e.g. `codex`) in a sandbox that cannot see the processes keyveil
     /// starts nor the vault file (Linux: user, PID and mount namespaces).
     Agent {
@@ -348,6 +386,13 @@ pub(crate) enum EnvCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  keyveil run --env demo -- ./deploy.sh
+  keyveil run --env demo --only DATABASE_URL --reason \"migrate\" -- cargo sqlx migrate run
+  keyveil run --env demo -- sh -c 'curl -H \"Authorization: Bearer $API_TOKEN\" https://api.example.com'
+
+The command goes after `--`. It waits for your approval (`keyveil approve` in another
+terminal), then prints the command's output with the values redacted and exits with its code.")]
 pub(crate) struct RunArgs {
     /// Environment.
     #[arg(long = "env")]
@@ -377,8 +422,15 @@ pub(crate) struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  keyveil approve                        # the one pending request (lists them when several)
+  keyveil approve 7                      # shows the card, asks your passphrase: one use
+  keyveil approve 7 --ttl 30m            # this exact command, for 30 minutes
+  keyveil approve 7 --totp               # with a TOTP code, where the policy allows it
+  keyveil approve --watch                # a live approver in this terminal
+  keyveil approve --web                  # the local approval page")]
 pub(crate) struct ApproveArgs {
-    /// Request id.
+    /// Request id (optional when exactly one request is pending).
     pub(crate) id: Option<u64>,
     /// Read the passphrase from the first line of stdin.
     #[arg(long)]

@@ -182,7 +182,7 @@ pub fn print_grant_credentials(grant: &Value) {
             h["engine"].as_str().unwrap_or(""),
             h["user"].as_str().unwrap_or(""),
             h["target"].as_str().unwrap_or(""),
-            d["expires_at"].as_str().unwrap_or("")
+            crate::when::human_time(d["expires_at"].as_str().unwrap_or(""))
         ));
     }
 }

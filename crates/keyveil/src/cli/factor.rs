@@ -13,6 +13,7 @@ pub(crate) fn handles_factors(cmd: &Command) -> bool {
             | Command::Unlock { .. }
             | Command::Approve(_)
             | Command::Set { .. }
+            | Command::Import(_)
             | Command::Generate { .. }
             | Command::Unset { .. }
             | Command::Env(_)

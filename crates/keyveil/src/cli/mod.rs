@@ -28,8 +28,14 @@ mod background;
 mod dynamic;
 mod env;
 mod factor;
+mod import;
+mod manual;
+mod parse;
 mod policy;
 mod run;
+mod words;
+
+pub use parse::parse;
 
 use approve::*;
 use args::*;
@@ -170,12 +176,22 @@ pub fn main(cli: Cli) -> Result<i32> {
             host,
             print,
             project,
-        } => crate::setup::setup_main(host, print, project),
-        Command::Doctor => {
+            host_prompts,
+            remove,
+        } => crate::setup::setup_main(crate::setup::SetupArgs {
+            host,
+            print,
+            project,
+            host_prompts,
+            remove,
+        }),
+        Command::Doctor { host_prompts } => {
             crate::logging::init_cli();
-            crate::setup::doctor_main()
+            crate::setup::doctor_main(host_prompts)
         }
         Command::Agent { stage, command } => crate::sandbox::main(stage, command),
+        Command::Completions(a) => manual::completions(&a),
+        Command::Man(a) => manual::man(&a),
         other => {
             if handles_factors(&other) {
                 // Before anything else: this process will hold a factor (and maybe a value).
@@ -460,6 +476,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Run(a) => run(paths, a).await,
+        Command::Import(a) => import::import(paths, a).await,
         Command::Requests { json } => {
             let d = call(paths, Request::Requests).await?;
             let list = d["requests"].as_array().cloned().unwrap_or_default();
@@ -468,8 +485,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else if list.is_empty() {
                 say("no pending requests");
             } else {
+                let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(
+                    &std::io::stdout(),
+                ));
                 for r in &list {
-                    say(crate::card::render(r));
+                    say(crate::card::render_styled(r, st));
                 }
             }
             Ok(0)
@@ -496,22 +516,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 say("no live grants");
             } else {
                 for g in &list {
-                    say(format!(
-                        "{}  env={}  vars={}  command={}  client={}  expires={}  uses_left={}",
-                        g["id"].as_str().unwrap_or(""),
-                        g["environment"].as_str().unwrap_or(""),
-                        join(&g["variables"]),
-                        if g["argv"].is_null() {
+                    say(words::grant_line(
+                        g,
+                        &join(&g["variables"]),
+                        &if g["argv"].is_null() {
                             "ANY".to_owned()
                         } else {
                             crate::card::argv_inline(&g["argv"])
-                        },
-                        g["client"].as_str().unwrap_or(""),
-                        g["expires_at"].as_str().unwrap_or(""),
-                        if g["uses_left"].is_null() {
-                            "unlimited".to_owned()
-                        } else {
-                            g["uses_left"].to_string()
                         },
                     ));
                     dynamic::print_grant_credentials(g);
@@ -527,6 +538,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 }
                 .into());
             }
+            let named = grant_id.clone();
             let d = call(
                 paths,
                 Request::Revoke {
@@ -536,15 +548,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 },
             )
             .await?;
-            let (n, ended) = (
-                d["count"].as_u64().unwrap_or(0),
-                d["already_ended"].as_u64().unwrap_or(0),
-            );
-            let noun = if n == 1 { "grant" } else { "grants" };
-            let mut msg = format!("revoked {n} {noun}");
-            if ended > 0 {
-                msg.push_str(&format!(" ({ended} had already ended: used up or expired)"));
-            }
+            let mut msg = words::revoke_message(&d, named.as_deref());
             msg.push_str(&runs_stopped(&d));
             say(msg);
             warn_unconfirmed(&d);
@@ -558,7 +562,8 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Factor(f) => factor_cmd(paths, f).await,
         Command::Policy(p) => policy_cmd(paths, p).await,
         Command::Daemon { .. } | Command::Mcp | Command::Demo | Command::Agent { .. } => Ok(0),
-        Command::Setup { .. } | Command::Doctor => Ok(0),
+        Command::Setup { .. } | Command::Doctor { .. } => Ok(0),
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
 

@@ -566,11 +566,15 @@ impl KeyveilMcp {
                     .unwrap_or(0);
                 let mut text = format!("Grant {} is revoked.", o.grant_id);
                 if runs > 0 {
+                    let killed = d
+                        .get("processes_killed")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     text.push_str(&format!(
-                        " {runs} live run(s) under it were stopped ({} process(es) killed).",
-                        d.get("processes_killed")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0)
+                        " {runs} live {} under it {} stopped ({killed} {} killed).",
+                        if runs == 1 { "run" } else { "runs" },
+                        if runs == 1 { "was" } else { "were" },
+                        if killed == 1 { "process" } else { "processes" },
                     ));
                 }
                 if unconfirmed > 0 {

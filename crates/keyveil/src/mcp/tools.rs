@@ -920,7 +920,8 @@ pub fn render_grants(o: &ListGrantsOutput) -> String {
             None => "any command".to_owned(),
         };
         let uses = match g.uses_left {
-            Some(n) => format!("{n} use(s) left"),
+            Some(1) => "1 use left".to_owned(),
+            Some(n) => format!("{n} uses left"),
             None => "unlimited uses".to_owned(),
         };
         s.push_str(&format!(

@@ -396,7 +396,15 @@ fn revoking_a_used_up_grant_says_so() {
         .to_owned();
     let out = h.ok(&["revoke", &gid]);
     assert!(
-        out.contains("revoked 1 grant (1 had already ended: used up"),
+        out.contains(&format!(
+            "revoked grant {gid} (it had already ended on its own: used up or expired)"
+        )),
+        "{out}"
+    );
+    // Once more: nothing to revoke, and it says so instead of "revoked 0 grants".
+    let out = h.ok(&["revoke", &gid]);
+    assert!(
+        out.contains(&format!("grant {gid} was already revoked; nothing changed")),
         "{out}"
     );
 }

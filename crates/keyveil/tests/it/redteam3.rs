@@ -1728,7 +1728,6 @@ fn a_stopped_reaper_does_not_keep_a_revoked_run_alive() {
 /// their sibling, same uid: scan `/proc` for children of the supervisor pid with pidfds), or use
 /// a per-run cgroup (`cgroup.kill`) where one is delegated.
 #[test]
-#[ignore = "LEAK: with the supervisor SIGSTOPped and the reaper SIGKILLed, revoke --all leaves the run's processes (and the value) alive"]
 fn a_stopped_supervisor_and_a_killed_reaper_do_not_keep_a_run_alive() {
     let value = format!("tok_stop_super_{}", crate::pathdirs::token());
     let (h, child, reaper) = live(&value);

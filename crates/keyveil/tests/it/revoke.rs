@@ -260,7 +260,17 @@ fn the_daemon_stopping_kills_a_run_that_left_its_group() {
 
 #[test]
 fn killing_the_runs_reaper_does_not_free_its_processes() {
-    let value = "tok_reaper_kill_9Pz4LsE6";
+    kill_the_reaper("tok_reaper_kill_9Pz4LsE6", false);
+}
+
+/// The same with the supervisor `SIGSTOP`ped first (a process of the agent's uid, which then
+/// acts on no signal): the broker kills what was re-parented to it itself.
+#[test]
+fn a_stopped_supervisor_and_a_killed_reaper_do_not_keep_a_run_alive() {
+    kill_the_reaper("tok_reaper_stopsup_3Lq8WzR1", true);
+}
+
+fn kill_the_reaper(value: &str, stop_supervisor: bool) {
     // The agent (same uid) kills the process that holds the run's tree: the tree goes to the
     // supervisor, which the broker asks to kill it.
     let (h, child) = live_run(
@@ -279,9 +289,50 @@ fn killing_the_runs_reaper_does_not_free_its_processes() {
         .map(|p| p as i32)
         .unwrap_or_else(|| panic!("no run_start pid in {audit}"));
     assert!(alive(reaper));
+    let supervisor = stop_supervisor.then(|| {
+        let broker: i32 = std::fs::read_to_string(h.path().join("run/broker.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{broker}/stat")).unwrap();
+        let sup: i32 = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let cmd = std::fs::read(format!("/proc/{sup}/cmdline")).unwrap();
+        assert!(
+            contains(&cmd, "daemon"),
+            "the broker's parent is not its supervisor"
+        );
+        let p = rustix::process::Pid::from_raw(sup).unwrap();
+        rustix::process::kill_process(p, rustix::process::Signal::STOP).unwrap();
+        p
+    });
     let p = rustix::process::Pid::from_raw(reaper).unwrap();
     rustix::process::kill_process(p, rustix::process::Signal::KILL).unwrap();
-    assert_none_left(value, Duration::from_secs(5), "kill -9 of the run's reaper");
+    let left = {
+        let t0 = Instant::now();
+        loop {
+            let l = holders_of(value);
+            if l.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+                break l;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    if let Some(sup) = supervisor {
+        rustix::process::kill_process(sup, rustix::process::Signal::CONT).unwrap();
+    }
+    assert!(
+        left.is_empty(),
+        "after kill -9 of the run's reaper, still holding the value: {left:?}"
+    );
     let o = wait_output(child, Duration::from_secs(15));
     assert_ne!(o.status.code(), Some(0));
 }

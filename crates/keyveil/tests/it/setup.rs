@@ -52,7 +52,7 @@ fn setup_codex_keeps_comments_other_servers_and_odd_formatting() {
     // Every original byte is still there, in order; the entry joins the other servers.
     let exe = std::fs::canonicalize(bin()).unwrap();
     let entry = format!(
-        "[mcp_servers.keyveil]\ncommand = \"{}\"\nargs = [\"mcp\"]\ntool_timeout_sec = 180\n\n",
+        "[mcp_servers.keyveil]\ncommand = \"{}\"\nargs = [\"mcp\"]\ntool_timeout_sec = 180\ndefault_tools_approval_mode = \"approve\"\n\n",
         exe.display()
     );
     let at = old.find("[profiles.fast]").unwrap();
@@ -151,11 +151,13 @@ fn setup_json_hosts_keep_other_entries_comments_and_formatting() {
         "// project settings\n",
         "\"theme\": \"GitHub\", // dark is too dark\n",
         "/* ours */",
-        "\"trust\": false",
     ] {
         assert!(new.contains(kept), "lost {kept:?} in\n{new}");
     }
     assert!(new.contains("\"timeout\": 180000"), "{new}");
+    // trust is keyveil's permission key now: set in place.
+    assert!(new.contains("\"trust\": true"), "{new}");
+    assert!(!new.contains("\"trust\": false"), "{new}");
     assert!(!new.contains("\"command\": \"keyveil\""), "{new}");
     assert_eq!(new.matches("\"keyveil\"").count(), 1, "{new}");
 
@@ -220,6 +222,8 @@ fn setup_refuses_a_config_it_cannot_parse_and_changes_nothing() {
         assert_eq!(read(&file), body, "{host}");
         assert!(backups(file.parent().unwrap()).is_empty(), "{host}");
     }
+    // Claude Code's second file (the permission) is not written when the first one is refused.
+    assert!(!h.path().join(".claude/settings.json").exists());
     // `--print` writes nothing either.
     let o = setup_cmd(&h, h.path(), &["setup", "vscode", "--project", "--print"]);
     assert!(o.status.success());
@@ -285,6 +289,612 @@ fn doctor_says_what_to_fix_and_passes_once_set_up() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("FAIL the vault is locked"), "{out}");
     assert!(out.contains("hint: run `keyveil unlock`"), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every host: the host's permission, `--host-prompts`, `--remove`, on files with user content
+
+/// One host's files before setup (user content, comments) and exactly after (`{exe}` stands for
+/// the binary's path). Files not listed do not exist before.
+struct Golden {
+    host: &'static str,
+    files: &'static [(&'static str, Option<&'static str>, &'static str)],
+}
+
+const GOLDENS: &[Golden] = &[
+    Golden {
+        host: "codex",
+        files: &[(
+            ".codex/config.toml",
+            Some(
+                "# mine\nmodel = \"o3\" # pinned\n\n[mcp_servers.docs]\nurl = \"https://example.com/mcp\"\n",
+            ),
+            "# mine\nmodel = \"o3\" # pinned\n\n[mcp_servers.docs]\nurl = \"https://example.com/mcp\"\n\n[mcp_servers.keyveil]\ncommand = \"{exe}\"\nargs = [\"mcp\"]\ntool_timeout_sec = 180\ndefault_tools_approval_mode = \"approve\"\n",
+        )],
+    },
+    Golden {
+        host: "claude",
+        files: &[
+            (
+                ".claude.json",
+                Some(
+                    "{\n  \"numStartups\": 3,\n  \"mcpServers\": {\n    \"github\": { \"type\": \"http\", \"url\": \"https://api.github.com/mcp\" }\n  }\n}\n",
+                ),
+                "{\n  \"numStartups\": 3,\n  \"mcpServers\": {\n    \"github\": { \"type\": \"http\", \"url\": \"https://api.github.com/mcp\" },\n    \"keyveil\": {\n      \"type\": \"stdio\",\n      \"command\": \"{exe}\",\n      \"args\": [\"mcp\"],\n      \"alwaysLoad\": true\n    }\n  }\n}\n",
+            ),
+            (
+                ".claude/settings.json",
+                Some(
+                    "{\n  // my settings\n  \"model\": \"opus\",\n  \"permissions\": {\n    \"allow\": [\"Bash(git status)\"], // mine\n    \"deny\": [\"Read(./.env)\"]\n  }\n}\n",
+                ),
+                "{\n  // my settings\n  \"model\": \"opus\",\n  \"permissions\": {\n    \"allow\": [\"Bash(git status)\", \"mcp__keyveil\"], // mine\n    \"deny\": [\"Read(./.env)\"]\n  }\n}\n",
+            ),
+        ],
+    },
+    Golden {
+        host: "gemini",
+        files: &[(
+            ".gemini/settings.json",
+            Some(
+                "{\n  \"theme\": \"GitHub\", // dark is too dark\n  \"mcpServers\": {\n    \"other\": { \"command\": \"o\" },\n  },\n}\n",
+            ),
+            "{\n  \"theme\": \"GitHub\", // dark is too dark\n  \"mcpServers\": {\n    \"other\": { \"command\": \"o\" },\n    \"keyveil\": {\n      \"command\": \"{exe}\",\n      \"args\": [\"mcp\"],\n      \"timeout\": 180000,\n      \"trust\": true\n    },\n  },\n}\n",
+        )],
+    },
+    Golden {
+        host: "antigravity",
+        files: &[(
+            ".gemini/config/mcp_config.json",
+            Some(
+                "{\n  \"mcpServers\": {\n    \"firebase\": {\n      \"command\": \"npx\",\n      \"args\": [\"-y\", \"firebase-tools@latest\", \"mcp\"]\n    }\n  }\n}\n",
+            ),
+            "{\n  \"mcpServers\": {\n    \"firebase\": {\n      \"command\": \"npx\",\n      \"args\": [\"-y\", \"firebase-tools@latest\", \"mcp\"]\n    },\n    \"keyveil\": {\n      \"command\": \"{exe}\",\n      \"args\": [\"mcp\"]\n    }\n  }\n}\n",
+        )],
+    },
+    Golden {
+        host: "copilot",
+        files: &[(
+            ".copilot/mcp-config.json",
+            Some(
+                "{\n  \"mcpServers\": {\n    \"github\": { \"type\": \"http\", \"url\": \"https://api.githubcopilot.com/mcp/\" }\n  }\n}\n",
+            ),
+            "{\n  \"mcpServers\": {\n    \"github\": { \"type\": \"http\", \"url\": \"https://api.githubcopilot.com/mcp/\" },\n    \"keyveil\": {\n      \"type\": \"local\",\n      \"command\": \"{exe}\",\n      \"args\": [\"mcp\"],\n      \"tools\": [\"*\"],\n      \"timeout\": 180000\n    }\n  }\n}\n",
+        )],
+    },
+    Golden {
+        host: "cursor",
+        files: &[(
+            ".cursor/mcp.json",
+            None,
+            "{\n  \"mcpServers\": {\n    \"keyveil\": {\n      \"command\": \"{exe}\",\n      \"args\": [\"mcp\"]\n    }\n  }\n}\n",
+        )],
+    },
+    Golden {
+        host: "vscode",
+        files: &[(
+            ".config/Code/User/mcp.json",
+            Some(
+                "// VS Code MCP\n{\n  \"inputs\": [],\n  \"servers\": {\n    \"gh\": { \"url\": \"https://api.github.com/mcp\" }\n  }\n}\n",
+            ),
+            "// VS Code MCP\n{\n  \"inputs\": [],\n  \"servers\": {\n    \"gh\": { \"url\": \"https://api.github.com/mcp\" },\n    \"keyveil\": {\n      \"type\": \"stdio\",\n      \"command\": \"{exe}\",\n      \"args\": [\"mcp\"]\n    }\n  }\n}\n",
+        )],
+    },
+    Golden {
+        host: "opencode",
+        files: &[(
+            ".config/opencode/opencode.json",
+            Some(
+                "{\n  \"$schema\": \"https://opencode.ai/config.json\",\n  // my model\n  \"model\": \"anthropic/claude-sonnet-4-5\",\n  \"permission\": {\n    \"bash\": \"ask\"\n  },\n  \"mcp\": {\n    \"docs\": { \"type\": \"remote\", \"url\": \"https://example.com/mcp\" },\n  },\n}\n",
+            ),
+            "{\n  \"$schema\": \"https://opencode.ai/config.json\",\n  // my model\n  \"model\": \"anthropic/claude-sonnet-4-5\",\n  \"permission\": {\n    \"bash\": \"ask\",\n    \"keyveil_*\": \"allow\"\n  },\n  \"mcp\": {\n    \"docs\": { \"type\": \"remote\", \"url\": \"https://example.com/mcp\" },\n    \"keyveil\": {\n      \"type\": \"local\",\n      \"command\": [\"{exe}\", \"mcp\"],\n      \"enabled\": true,\n      \"timeout\": 180000\n    },\n  },\n}\n",
+        )],
+    },
+];
+
+#[test]
+fn setup_every_host_golden_files_idempotent_and_remove_gives_the_files_back() {
+    let exe = std::fs::canonicalize(bin()).unwrap();
+    let exe = exe.to_string_lossy();
+    for g in GOLDENS {
+        let h = Home::empty();
+        for (rel, before, _) in g.files {
+            if let Some(b) = before {
+                let f = h.path().join(rel);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(&f, b).unwrap();
+            }
+        }
+        let o = setup_cmd(&h, h.path(), &["setup", g.host]);
+        assert!(o.status.success(), "{}: {}", g.host, text(&o.stderr));
+        let out = text(&o.stdout);
+        for (rel, _, after) in g.files {
+            let want = after.replace("{exe}", &exe);
+            assert_eq!(read(&h.path().join(rel)), want, "{}: {rel}", g.host);
+        }
+        // Said what and why (or, where keyveil writes no permission, what the user does).
+        assert!(
+            out.contains("why: ") || out.contains("note: "),
+            "{}: {out}",
+            g.host
+        );
+        let o = setup_cmd(&h, h.path(), &["setup", g.host]);
+        assert!(
+            text(&o.stdout).contains("already set up"),
+            "{}: {}",
+            g.host,
+            text(&o.stdout)
+        );
+        // --remove gives every file back as it was (or takes away the one setup created).
+        let o = setup_cmd(&h, h.path(), &["setup", g.host, "--remove"]);
+        assert!(o.status.success(), "{}: {}", g.host, text(&o.stderr));
+        for (rel, before, _) in g.files {
+            let f = h.path().join(rel);
+            match before {
+                Some(b) => assert_eq!(read(&f), *b, "{}: {rel}", g.host),
+                None => assert!(!f.exists(), "{}: {rel} left behind", g.host),
+            }
+        }
+        let o = setup_cmd(&h, h.path(), &["setup", g.host, "--remove"]);
+        assert!(
+            text(&o.stdout).contains("not set up there"),
+            "{}: {}",
+            g.host,
+            text(&o.stdout)
+        );
+    }
+}
+
+#[test]
+fn setup_host_prompts_writes_no_permission_and_takes_out_only_keyveils() {
+    let h = Home::empty();
+    // The user's own rules around keyveil's: they stay through every step.
+    let settings = h.path().join(".claude/settings.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    std::fs::write(
+        &settings,
+        "{ \"permissions\": { \"allow\": [\"mcp__github\"], \"ask\": [\"mcp__keyveil__stop\"] } }\n",
+    )
+    .unwrap();
+    let o = setup_cmd(&h, h.path(), &["setup", "claude", "--host-prompts"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("--host-prompts"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!read(&settings).contains("\"mcp__keyveil\""));
+    assert!(read(&h.path().join(".claude.json")).contains("\"alwaysLoad\": true"));
+
+    setup_cmd(&h, h.path(), &["setup", "claude"]);
+    assert!(
+        read(&settings).contains("\"mcp__keyveil\""),
+        "{}",
+        read(&settings)
+    );
+    let o = setup_cmd(&h, h.path(), &["setup", "claude", "--host-prompts"]);
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("removed \"mcp__keyveil\" from permissions.allow"),
+        "{out}"
+    );
+    let s = read(&settings);
+    assert!(!s.contains("\"mcp__keyveil\""), "{s}");
+    assert!(
+        s.contains("\"mcp__github\"") && s.contains("\"mcp__keyveil__stop\""),
+        "{s}"
+    );
+
+    // Codex and Gemini: the key in the entry goes, the entry stays; a user's own `trust: false`
+    // is not keyveil's to take out.
+    for (host, rel, key) in [
+        ("codex", ".codex/config.toml", "default_tools_approval_mode"),
+        ("gemini", ".gemini/settings.json", "\"trust\""),
+        ("opencode", ".config/opencode/opencode.json", "keyveil_*"),
+    ] {
+        setup_cmd(&h, h.path(), &["setup", host]);
+        assert!(read(&h.path().join(rel)).contains(key), "{host}");
+        setup_cmd(&h, h.path(), &["setup", host, "--host-prompts"]);
+        let t = read(&h.path().join(rel));
+        assert!(!t.contains(key), "{host}: {t}");
+        assert!(t.contains("keyveil"), "{host}: {t}");
+    }
+    let gemini = h.path().join(".gemini/settings.json");
+    std::fs::write(
+        &gemini,
+        "{ \"mcpServers\": { \"keyveil\": { \"command\": \"k\", \"trust\": false } } }\n",
+    )
+    .unwrap();
+    setup_cmd(&h, h.path(), &["setup", "gemini", "--host-prompts"]);
+    assert!(
+        read(&gemini).contains("\"trust\": false"),
+        "{}",
+        read(&gemini)
+    );
+    // --remove takes the whole entry, whatever else it held.
+    setup_cmd(&h, h.path(), &["setup", "gemini", "--remove"]);
+    assert!(!h.path().join(".gemini/settings.json").exists() || !read(&gemini).contains("keyveil"));
+}
+
+#[test]
+fn setup_claude_project_approves_the_mcp_json_server_for_this_user_only() {
+    let h = Home::empty();
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let o = setup_cmd(&h, &proj, &["setup", "claude", "--project"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mcp: serde_json::Value = serde_json::from_str(&read(&proj.join(".mcp.json"))).unwrap();
+    assert_eq!(mcp["mcpServers"]["keyveil"]["alwaysLoad"], true);
+    let local: serde_json::Value =
+        serde_json::from_str(&read(&proj.join(".claude/settings.local.json"))).unwrap();
+    assert_eq!(
+        local["permissions"]["allow"],
+        serde_json::json!(["mcp__keyveil"])
+    );
+    assert_eq!(
+        local["enabledMcpjsonServers"],
+        serde_json::json!(["keyveil"])
+    );
+    // The shared settings and the user's are not touched.
+    assert!(!proj.join(".claude/settings.json").exists());
+    assert!(!h.path().join(".claude/settings.json").exists());
+    let o = setup_cmd(&h, &proj, &["setup", "claude", "--project", "--remove"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!proj.join(".mcp.json").exists());
+    assert!(!proj.join(".claude/settings.local.json").exists());
+
+    // Hosts without a project file keyveil writes say so and write nothing.
+    for host in ["antigravity", "copilot"] {
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert_eq!(o.status.code(), Some(2), "{host}");
+        assert!(
+            text(&o.stderr).contains("without --project"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    assert!(!h.path().join(".copilot").exists() && !h.path().join(".gemini").exists());
+}
+
+#[test]
+fn setup_project_scope_of_every_host_writes_only_in_the_project_and_remove_leaves_nothing() {
+    let h = Home::empty();
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    for (host, files) in [
+        ("codex", &[".codex/config.toml"][..]),
+        ("claude", &[".mcp.json", ".claude/settings.local.json"]),
+        ("gemini", &[".gemini/settings.json"]),
+        ("cursor", &[".cursor/mcp.json"]),
+        ("vscode", &[".vscode/mcp.json"]),
+        ("opencode", &["opencode.json"]),
+    ] {
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert!(o.status.success(), "{host}: {}", text(&o.stderr));
+        for f in files {
+            assert!(read(&proj.join(f)).contains("keyveil"), "{host}: {f}");
+        }
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project"]);
+        assert!(text(&o.stdout).contains("already set up"), "{host}");
+        let o = setup_cmd(&h, &proj, &["setup", host, "--project", "--remove"]);
+        assert!(o.status.success(), "{host}: {}", text(&o.stderr));
+        for f in files {
+            assert!(!proj.join(f).exists(), "{host}: {f} left behind");
+        }
+    }
+    // Nothing was written outside the project (HOME holds only the project).
+    let top: Vec<_> = std::fs::read_dir(h.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, ["proj"], "{top:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Doctor: what stops a host from using keyveil
+
+/// `keyveil doctor` in `cwd` with PATH = this binary's directory, `extra` (fake host CLIs) and
+/// the system's own directories (no host CLI the machine may have installed).
+fn doctor_in(h: &Home, cwd: &Path, extra: Option<&Path>, args: &[&str]) -> (Option<i32>, String) {
+    let mut path = bin().parent().unwrap().display().to_string();
+    if let Some(e) = extra {
+        path = format!("{path}:{}", e.display());
+    }
+    path.push_str(":/usr/bin:/bin");
+    let mut all = vec!["doctor"];
+    all.extend_from_slice(args);
+    let mut c = h.cmd(&all);
+    c.env("PATH", &path).current_dir(cwd);
+    let o = c.output().unwrap();
+    (o.status.code(), text(&o.stdout))
+}
+
+fn fail_line<'a>(out: &'a str, what: &str) -> &'a str {
+    let i = out
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in\n{out}"));
+    &out[i..]
+}
+
+#[test]
+fn doctor_fails_with_a_hint_for_each_missing_host_permission() {
+    let h = Home::new();
+    let proj = h.path().join("p");
+    std::fs::create_dir_all(&proj).unwrap();
+    for host in ["codex", "claude", "opencode"] {
+        let o = h
+            .cmd(&["setup", host, "--host-prompts"])
+            .current_dir(&proj)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    let codex = fail_line(&out, "FAIL codex:");
+    assert!(codex.contains("default_tools_approval_mode"), "{codex}");
+    assert!(codex.contains("hint: run `keyveil setup codex`"), "{codex}");
+    let claude = fail_line(&out, "FAIL claude: no permissions.allow entry");
+    assert!(claude.contains("`claude -p` refuses them"), "{claude}");
+    assert!(
+        claude.contains("hint: run `keyveil setup claude`"),
+        "{claude}"
+    );
+    let opencode = fail_line(&out, "FAIL opencode:");
+    assert!(opencode.contains("keyveil_*"), "{opencode}");
+    // Chosen on purpose: not a failure.
+    let (code, out) = doctor_in(&h, &proj, None, &["--host-prompts"]);
+    assert_eq!(code, Some(0), "{out}");
+    // Written by setup: passes.
+    for host in ["codex", "claude", "opencode"] {
+        h.cmd(&["setup", host]).current_dir(&proj).output().unwrap();
+    }
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok   claude: permissions.allow holds mcp__keyveil"),
+        "{out}"
+    );
+    // A deny rule of the user's own beats the allow: said.
+    std::fs::write(
+        h.path().join(".claude/settings.json"),
+        "{\"permissions\": {\"allow\": [\"mcp__keyveil\"], \"deny\": [\"mcp__keyveil\"]}}",
+    )
+    .unwrap();
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL claude: a permissions.deny rule denies keyveil's tools"),
+        "{out}"
+    );
+}
+
+#[test]
+fn doctor_fails_for_an_untrusted_gemini_folder_a_vanished_binary_and_an_unapproved_project_server()
+{
+    let h = Home::new();
+    let proj = h.path().join("p");
+    std::fs::create_dir_all(&proj).unwrap();
+    assert!(
+        h.cmd(&["setup", "gemini"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    let g = fail_line(&out, "FAIL gemini: Gemini CLI does not trust");
+    assert!(g.contains("hint: run `gemini` in"), "{g}");
+    // Trusted (a parent's rule), then explicitly distrusted (a longer rule wins).
+    let trusted = h.path().join(".gemini/trustedFolders.json");
+    std::fs::write(
+        &trusted,
+        format!("{{\"{}\": \"TRUST_FOLDER\"}}", h.path().display()),
+    )
+    .unwrap();
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::write(
+        &trusted,
+        format!(
+            "{{\"{}\": \"TRUST_FOLDER\", \"{}\": \"DO_NOT_TRUST\"}}",
+            h.path().display(),
+            proj.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL gemini: Gemini CLI distrusts"), "{out}");
+    std::fs::remove_file(&trusted).unwrap();
+    h.cmd(&["setup", "gemini", "--remove"])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+
+    // An entry whose binary is gone (keyveil moved).
+    std::fs::create_dir_all(h.path().join(".cursor")).unwrap();
+    let gone = h.path().join("old/bin/keyveil");
+    std::fs::write(
+        h.path().join(".cursor/mcp.json"),
+        format!(
+            "{{\"mcpServers\": {{\"keyveil\": {{\"command\": \"{}\", \"args\": [\"mcp\"]}}}}}}",
+            gone.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    let c = fail_line(&out, "FAIL cursor:");
+    assert!(c.contains("does not exist"), "{c}");
+    assert!(c.contains("hint: run `keyveil setup cursor`"), "{c}");
+    std::fs::remove_file(h.path().join(".cursor/mcp.json")).unwrap();
+
+    // Claude Code: a project's .mcp.json server nobody approved.
+    std::fs::write(
+        proj.join(".mcp.json"),
+        format!(
+            "{{\"mcpServers\": {{\"keyveil\": {{\"command\": \"{}\", \"args\": [\"mcp\"]}}}}}}",
+            std::fs::canonicalize(bin()).unwrap().display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = doctor_in(&h, &proj, None, &["--host-prompts"]);
+    assert_eq!(code, Some(1), "{out}");
+    let c = fail_line(
+        &out,
+        "FAIL claude: the project's .mcp.json server keyveil is not approved",
+    );
+    assert!(
+        c.contains("hint: run `keyveil setup claude --project`"),
+        "{c}"
+    );
+    h.cmd(&["setup", "claude", "--project"])
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+/// A broker that is not running (after a reboot): doctor says so, starts one as a host's first
+/// call would, and the locked vault that follows fails with the fix.
+#[test]
+fn doctor_says_when_no_broker_ran_and_that_the_vault_then_is_locked() {
+    let h = Home::new();
+    let proj = h.path().join("p");
+    std::fs::create_dir_all(&proj).unwrap();
+    assert!(
+        h.cmd(&["setup", "cursor"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    h.ok(&["daemon", "stop"]);
+    let (code, out) = doctor_in(&h, &proj, None, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("warn no broker was running; doctor started one"),
+        "{out}"
+    );
+    let c = fail_line(&out, "FAIL the vault is locked");
+    assert!(c.contains("hint: run `keyveil unlock`"), "{c}");
+    // Running now: no warning.
+    let (_, out) = doctor_in(&h, &proj, None, &[]);
+    assert!(!out.contains("no broker was running"), "{out}");
+}
+
+/// The host's own MCP listing, where its CLI is on PATH: what it says is reported, a listing
+/// that hangs is killed after a few seconds (with whatever it started).
+#[test]
+fn doctor_reports_the_hosts_own_mcp_listing_and_kills_one_that_hangs() {
+    let h = Home::new();
+    let proj = h.path().join("p");
+    std::fs::create_dir_all(&proj).unwrap();
+    for host in ["claude", "codex"] {
+        assert!(
+            h.cmd(&["setup", host])
+                .current_dir(&proj)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
+    }
+    let fake = h.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let script = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = fake.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let pidfile = h.path().join("grandchild.pid");
+    script(
+        "claude",
+        "[ \"$1 $2\" = \"mcp list\" ] || exit 9\necho 'Checking MCP server health...'\necho 'keyveil: /x mcp - ⏸ Pending approval (run `claude` to approve)'",
+    );
+    script(
+        "codex",
+        &format!("sleep 300 & echo $! > {}\nwait", pidfile.display()),
+    );
+    let t0 = Instant::now();
+    let (code, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let took = t0.elapsed();
+    assert_eq!(code, Some(1), "{out}");
+    let c = fail_line(
+        &out,
+        "FAIL claude: `claude mcp list` says: keyveil: /x mcp - ⏸ Pending approval",
+    );
+    assert!(c.contains("hint: "), "{c}");
+    assert!(
+        out.contains("warn codex: `codex mcp list` did not answer within 5 s (killed)"),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    // What the hanging listing started went with it.
+    let pid: i32 = read(&pidfile).trim().parse().unwrap();
+    wait_for("the listing's child to die", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
+    });
+    // A healthy listing is ok.
+    script("claude", "echo 'keyveil: /x mcp - ✔ Connected'");
+    script(
+        "codex",
+        "printf 'Name     Command  Status\\nkeyveil  /x       enabled\\n'",
+    );
+    let (code, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok   claude: `claude mcp list` says: keyveil: /x mcp - ✔ Connected"),
+        "{out}"
+    );
+    // OpenCode has no folder trust: its listing (which starts the servers a project's file
+    // names) runs in HOME unless keyveil was set up in this project.
+    assert!(
+        h.cmd(&["setup", "opencode"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    script("opencode", "echo \"✓ keyveil connected in $(pwd)\"");
+    let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let want = format!(
+        "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
+        h.path().display()
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        h.cmd(&["setup", "opencode", "--project"])
+            .current_dir(&proj)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    let want = format!(
+        "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
+        proj.display()
+    );
+    assert!(out.contains(&want), "{out}");
+    // A listing without keyveil: the host does not see the entry.
+    script(
+        "claude",
+        "echo 'No MCP servers configured. Use `claude mcp add` to add a server.'",
+    );
+    let (code, out) = doctor_in(&h, &proj, Some(&fake), &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL claude: `claude mcp list` does not list keyveil"),
+        "{out}"
+    );
 }
 
 /// Codex passes MCP servers a short whitelist (HOME, PATH, LANG, USER, ...): no KEYVEIL_HOME,

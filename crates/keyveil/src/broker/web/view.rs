@@ -88,86 +88,8 @@ const KNOWN: &[&str] = &[
     "contradictions",
 ];
 
-/// What each risk flag of `risk.rs` means, in the page's words; unknown flags show as named.
-const FLAG_WORDS: &[(&str, &str)] = &[
-    (
-        "control-characters",
-        "control characters in what the requester sent",
-    ),
-    (
-        "bidi-control",
-        "bidirectional controls that can reorder text on screen",
-    ),
-    (
-        "invisible-characters",
-        "zero-width or other invisible characters",
-    ),
-    (
-        "confusable",
-        "letters of another script that look like ASCII",
-    ),
-    (
-        "non-ascii",
-        "non-ASCII characters in the command or directory",
-    ),
-    ("padding", "long runs of spaces, or a very long command"),
-    (
-        "shell-c",
-        "a shell script given with -c: approving approves the whole script",
-    ),
-    (
-        "inline-code",
-        "an interpreter given code on the command line",
-    ),
-    ("network", "a network tool or URL"),
-    ("variable-reference", "the command names a granted variable"),
-    (
-        "env-dump",
-        "the command prints or copies the whole environment",
-    ),
-    (
-        "workspace-executable",
-        "the program lives where the requester can write",
-    ),
-    ("first-time", "this command was never approved before"),
-    ("denied-before", "the same command was denied recently"),
-    (
-        "burst",
-        "many requests from this client (the process that connected) or from all clients in the last minute",
-    ),
-    (
-        "claimed-identity",
-        "the requester claims to be another client or process than the one that connected",
-    ),
-    (
-        "new-variable",
-        "a variable stored in the last day without the factor (adding one needs none: check it is yours)",
-    ),
-    (
-        "env-to-file",
-        "the command writes the whole environment to a file",
-    ),
-    (
-        "code-option",
-        "an option that makes a known tool run a command or load code",
-    ),
-    (
-        "all-variables",
-        "the request asks for every variable of the environment",
-    ),
-    (
-        "rephrased-denied",
-        "the command does what a request denied in the last hour did, phrased another way",
-    ),
-    (
-        "reason-contradicts-facts",
-        "the requester's reason claims what the broker's facts contradict (see below)",
-    ),
-    (
-        "agent-chosen-value",
-        "a value the requester could have chosen is injected: it is shown below and bound",
-    ),
-];
+/// What each risk flag means (shared with the terminal card).
+use crate::card::FLAG_WORDS;
 
 fn text(v: &Value, k: &str) -> String {
     match v.get(k) {
