@@ -162,7 +162,7 @@ fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
 /// sealed copy of the pinned script (a memfd with `F_SEAL_WRITE`, `/proc/self/fd/N` as the
 /// operand), or re-check file pins by (ino, ctime) as well as content when each run ends.
 #[test]
-#[ignore = "LEAK: an approved bash script rewritten during the run (and restored) runs unseen code with the value; the grant survives"]
+#[ignore = "LEAK (partly fixed): the line written during the run still runs with the value in that run; the grant now ends at the run's end (see a_script_rewritten_during_a_run_ends_the_grant)"]
 fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
     let original = "sleep 2\necho approved-step\n";
     let (a, tok, app) = setup(&[], original);
@@ -355,7 +355,6 @@ fn a_pinned_script_never_imports_a_module_planted_next_to_it() {
 /// for `python`, `unittest`, `pytest`, `go test`), or require every extra path to resolve inside
 /// the granted cwd and pin what it names.
 #[test]
-#[ignore = "LEAK: a prefix grant on `python3 -m unittest` runs test files from any directory named by a positional extra"]
 fn a_unittest_prefix_grant_never_runs_tests_from_a_directory_the_agent_names() {
     if !have("/usr/bin/python3") {
         return;
@@ -1082,7 +1081,6 @@ fn rewrite_after_approval(cmd: &[&str]) -> (bool, Option<i32>) {
 /// wrappers (`timeout [opts] DURATION`, `nice [-n N]`, `nohup`, `env [NAME=V]...`, `stdbuf`,
 /// `time`, `setsid`, `xargs`?) and derive inputs for the command they run.
 #[test]
-#[ignore = "LEAK: `timeout 60 sh ci.sh` pins nothing; ci.sh rewritten after approval runs under the standing grant"]
 fn a_script_run_through_a_wrapper_is_still_pinned() {
     let (leaked, code) = rewrite_after_approval(&["timeout", "60", "sh", "ci.sh"]);
     assert!(
@@ -1100,12 +1098,88 @@ fn a_script_run_through_a_wrapper_is_still_pinned() {
 /// `-m`, perl/ruby `-I`/`-r`, node `-r`/`--require`/`--import`/`--loader`), and pin every operand
 /// candidate when unsure.
 #[test]
-#[ignore = "LEAK: in `bash -o pipefail ci.sh` the option argument is taken for the script; ci.sh is never pinned"]
 fn a_script_after_an_option_with_an_argument_is_still_pinned() {
     let (leaked, code) = rewrite_after_approval(&["bash", "-o", "pipefail", "ci.sh"]);
     assert!(
         !leaked,
         "ci.sh rewritten after approval ran under the `bash -o pipefail ci.sh` grant (exit {code:?})"
+    );
+}
+
+/// More of finding 9's class: other wrappers (`nice -n`, `env NAME=V`, `stdbuf` around
+/// `timeout -s`), and option clusters with arguments (`bash -eo pipefail`, `bash +O extglob`).
+#[test]
+fn scripts_behind_other_wrappers_and_option_arguments_are_pinned() {
+    for cmd in [
+        &["nice", "-n", "5", "sh", "ci.sh"][..],
+        &["env", "CI=1", "sh", "ci.sh"],
+        &[
+            "stdbuf", "-oL", "timeout", "-s", "KILL", "60", "bash", "ci.sh",
+        ],
+        &["bash", "-eo", "pipefail", "+O", "extglob", "ci.sh"],
+    ] {
+        let (leaked, code) = rewrite_after_approval(cmd);
+        assert!(!leaked, "ci.sh rewritten after approval ran under {cmd:?}");
+        assert_eq!(code, Some(3), "{cmd:?}");
+    }
+}
+
+/// A wrapper that changes what runs by itself is refused, never pinned halfway: `env` setting a
+/// variable that runs code, `env -S` (splits a string into the command), an option keyveil
+/// does not know, `xargs` feeding an interpreter its script.
+#[test]
+fn wrappers_keyveil_cannot_follow_are_refused() {
+    let (a, _tok, app) = setup(&[], "echo ci\n");
+    let h = &a.h;
+    for cmd in [
+        &["env", "BASH_ENV=/tmp/x", "sh", "ci.sh"][..],
+        &["env", "-S", "sh ci.sh"],
+        &["timeout", "--no-such-option", "5", "sh", "ci.sh"],
+        &["xargs", "sh"],
+    ] {
+        let o = run(h, &app, "0", cmd);
+        let err = text(&o.stderr);
+        assert!(
+            o.status.code() != Some(0) && o.status.code() != Some(5),
+            "{cmd:?} was not refused (exit {:?}): {err}",
+            o.status.code()
+        );
+        assert!(
+            err.contains("cannot pin") && err.contains("hint:"),
+            "{cmd:?}: {err}"
+        );
+    }
+}
+
+/// Finding 3, what is fixed: a script written during a run (and put back before it ends) ends
+/// the grant when the run ends (its ctime moved), so the next run asks the human.
+#[test]
+fn a_script_rewritten_during_a_run_ends_the_grant() {
+    let original = "sleep 2\necho approved-step\n";
+    let (a, _tok, app) = setup(&[], original);
+    let h = &a.h;
+    let cmd = ["bash", "ci.sh"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let cwd = app.to_string_lossy().into_owned();
+    let child = h.spawn_run(&[
+        "run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--", "bash", "ci.sh",
+    ]);
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::write(app.join("ci.sh"), "sleep 2\necho other\n").unwrap();
+    std::fs::write(app.join("ci.sh"), original).unwrap();
+    let o = wait_output(child, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let again = run(h, &app, "0", &cmd);
+    assert_eq!(
+        again.status.code(),
+        Some(5),
+        "the grant survived a script written during its run: {}",
+        text(&again.stderr)
+    );
+    let log = h.ok(&["audit", "--limit", "50"]);
+    assert!(
+        log.contains("during the run") || log.contains("pin_mismatch"),
+        "{log}"
     );
 }
 
@@ -1166,7 +1240,6 @@ fn a_package_json_with_a_bom_never_hides_its_script_from_the_card() {
 /// covers a request only while its inputs equal those), or never auto-approve a request whose
 /// inputs carry code-running settings (`runs or redirects: ...` details, hooks) or are new.
 #[test]
-#[ignore = "LEAK: an auto-approve rule for `git status --short` runs a clean filter planted in .git/config with no approval at all"]
 fn an_auto_approve_rule_never_covers_config_planted_after_it_was_made() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -1227,6 +1300,52 @@ fn an_auto_approve_rule_never_covers_config_planted_after_it_was_made() {
         "the auto-approve rule granted `git status --short` with a planted clean filter, which ran (exit {:?})",
         o.status.code()
     );
+}
+
+/// More of finding 1's class: a rule for `sh ci.sh` binds the script as it was when the rule
+/// was made; after a rewrite the rule approves nothing, the human is asked, and the card says
+/// why (`changed-since-rule`).
+#[test]
+fn an_auto_approve_rule_never_covers_a_script_changed_after_it_was_made() {
+    let (a, tok, app) = setup(&[], "echo approved-step\n");
+    let h = &a.h;
+    let cwd = app.display().to_string();
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "auto-approve",
+            "--cwd",
+            &cwd,
+            "--ttl",
+            "8h",
+            "--passphrase-stdin",
+            "--",
+            "sh",
+            "ci.sh",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let cmd = ["sh", "ci.sh"];
+    let o = run(h, &app, "5", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("approved-step"));
+    let marker = a.path().join("stolen-auto-script");
+    std::fs::write(
+        app.join("ci.sh"),
+        format!("{}echo approved-step\n", stealer(&marker)),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert!(!stolen(&marker, &tok));
+    let card = h.ok(&["requests"]);
+    assert!(card.contains("changed-since-rule"), "{card}");
 }
 
 /// Removes a file when dropped (a test that must write outside its temporary directory).
@@ -1771,7 +1890,6 @@ fn a_stopped_supervisor_and_a_killed_reaper_do_not_keep_a_run_alive() {
 /// `symlink_metadata`/`fstat` first) and refuse anything but a regular file; compute pins on a
 /// blocking pool with a deadline (`spawn_blocking` + timeout), never on the runtime's threads.
 #[test]
-#[ignore = "LEAK: FIFOs as .git/config park the broker's threads while pinning; revoke --all hangs and a live run keeps the value"]
 fn a_fifo_input_never_stalls_revocation() {
     if !have("/usr/bin/mkfifo") || (!have("/usr/local/bin/git") && !have("/usr/bin/git")) {
         return;
@@ -1879,7 +1997,6 @@ fn libc_o_nonblock() -> i32 {
 /// device, a link into `/dev` or `/proc`) makes the request refused (or flagged and never
 /// standing); one that does not exist is pinned as absent.
 #[test]
-#[ignore = "LEAK: `sh ci.sh` with ci.sh a FIFO pins nothing; each run under the standing grant executes what the agent writes into it"]
 fn a_script_operand_that_is_not_a_regular_file_is_never_run_unpinned() {
     if !have("/usr/bin/mkfifo") {
         return;
@@ -1893,38 +2010,54 @@ fn a_script_operand_that_is_not_a_regular_file_is_never_run_unpinned() {
         .status()
         .unwrap();
     assert!(st.success());
-    // The agent's writer: blocks until `sh` opens the pipe, writes the program, closes.
-    let feed = |body: String| {
-        let p = script.clone();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&p) {
-                let _ = f.write_all(body.as_bytes());
-            }
-        })
-    };
     let cmd = ["sh", "ci.sh"];
-    let card = approve_standing(&a, &app, &cmd);
-    let w = feed("echo approved-step\n".to_owned());
+    // Fixed: the request is refused before any card (nothing to approve, so no grant a later
+    // run could use); the broker never opened the pipe (the refusal comes at once).
+    let t0 = std::time::Instant::now();
     let o = run(h, &app, "0", &cmd);
-    let _ = w.join();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
     assert!(
-        text(&o.stdout).contains("approved-step"),
-        "{}",
-        text(&o.stdout)
-    );
-    let marker = a.path().join("stolen-fifo-script");
-    let w = feed(stealer(&marker));
-    let o = run(h, &app, "0", &cmd);
-    let _ = w.join();
-    no_value_in(&o, &tok);
-    assert!(
-        !stolen(&marker, &tok),
-        "what the agent wrote into the ci.sh pipe ran under the grant (script pinned on the card: {}; exit {:?})",
-        card.contains("(script)"),
+        o.status.code() != Some(0) && o.status.code() != Some(5),
+        "a FIFO script operand was not refused (exit {:?}): {err}",
         o.status.code()
     );
+    assert!(err.contains("cannot pin") && err.contains("FIFO"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let listed = h.ok(&["requests"]);
+    assert!(!listed.contains("ci.sh"), "{listed}");
+    // And what the agent would write is never read: nobody holds the pipe open for reading.
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc_o_nonblock())
+        .open(&script);
+    assert!(w.is_err(), "something still reads the ci.sh pipe");
+    let _ = &tok;
+}
+
+/// More of finding 4's class: a socket, `/dev/stdin` named directly, and a link to it (MCP
+/// `run` feeds the child's stdin) are refused as script operands, with a hint.
+#[test]
+fn a_socket_or_stdin_script_operand_is_refused() {
+    let (a, _tok, app) = setup(&[], "echo ci\n");
+    let h = &a.h;
+    let _sock = std::os::unix::net::UnixListener::bind(app.join("s.sh")).unwrap();
+    std::os::unix::fs::symlink("/dev/stdin", app.join("in.sh")).unwrap();
+    for cmd in [
+        &["sh", "s.sh"][..],
+        &["bash", "/dev/stdin"],
+        &["sh", "in.sh"],
+        &["python3", "/proc/self/fd/0"],
+    ] {
+        let o = run(h, &app, "0", cmd);
+        let err = text(&o.stderr);
+        assert!(
+            o.status.code() != Some(0) && o.status.code() != Some(5),
+            "{cmd:?} was not refused (exit {:?}): {err}",
+            o.status.code()
+        );
+        assert!(err.contains("cannot pin"), "{cmd:?}: {err}");
+    }
 }
 
 /// `make -I mk test` with `include common.mk`: make looks for an include that is not in the
