@@ -188,12 +188,15 @@ pub async fn dispatch_from(
             generate,
             length,
         } => var_declare(broker, &environment, &name, description, generate, length),
-        Request::RequestAccess(a) => access::request_access(
-            broker,
-            a,
-            peer.cloned()
-                .unwrap_or_else(|| super::peer::Peer::of_pid(None)),
-        ),
+        Request::RequestAccess(a) => {
+            access::request_access(
+                broker,
+                a,
+                peer.cloned()
+                    .unwrap_or_else(|| super::peer::Peer::of_pid(None)),
+            )
+            .await
+        }
         Request::AccessStatus { request_id } => access::access_status(broker, request_id),
         Request::Requests => Ok(access::requests(broker)),
         Request::Approve {

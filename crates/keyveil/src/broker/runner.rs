@@ -166,7 +166,7 @@ pub(super) async fn run_inner(
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
     let mut pins: Option<Pins> = None;
-    let (grant_id, exe, grant_inputs) = loop {
+    let (grant_id, exe, stamps) = loop {
         let step = {
             let inner = broker.lock();
             inner.find_grant(&ask).map(|gid| {
@@ -184,7 +184,14 @@ pub(super) async fn run_inner(
                 // The pins a new request shows the human (computed outside the lock).
                 let p = match &pins {
                     Some(p) => p.clone(),
-                    None => match access::prepare(&req.argv, &cwd, &search_path, home.as_deref()) {
+                    None => match access::prepare_bounded(
+                        req.argv.clone(),
+                        cwd.clone(),
+                        search_path.clone(),
+                        home.clone(),
+                    )
+                    .await
+                    {
                         Ok(p) => {
                             pins = Some(p.clone());
                             p
@@ -230,14 +237,32 @@ pub(super) async fn run_inner(
         match step {
             Step::Grant(gid, exe_pin, inputs) => {
                 // Verify outside the lock: resolve again, open and check the file, re-hash inputs.
-                let verified = verify(
-                    &req.argv,
-                    &cwd,
-                    &search_path,
-                    home.as_deref(),
-                    exe_pin.as_ref(),
-                    &inputs,
-                );
+                // The files' identities are taken first: a write after this shows at the run's
+                // end even if the content is put back (`end_if_inputs_changed`).
+                let verified = {
+                    let (argv, cwd, sp, home, inputs) = (
+                        req.argv.clone(),
+                        cwd.clone(),
+                        search_path.clone(),
+                        home.clone(),
+                        inputs.clone(),
+                    );
+                    access::bounded(move || {
+                        let files = pin::stamps(&inputs);
+                        let dirs: Vec<pin::InputPin> = inputs
+                            .iter()
+                            .filter(|p| crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
+                            .cloned()
+                            .collect();
+                        verify(&argv, &cwd, &sp, home.as_deref(), exe_pin.as_ref(), &inputs)
+                            .map(|f| (f, (files, dirs)))
+                    })
+                    .await
+                };
+                let verified = match verified {
+                    Ok(v) => v,
+                    Err(e) => return Some(e.reply()),
+                };
                 let mut inner = broker.lock();
                 // Values the agent could have chosen are bound by digest: another one ends it.
                 if let Err(why) = access::check_chosen(&inner, &gid, &ask) {
@@ -266,7 +291,7 @@ pub(super) async fn run_inner(
                                 .reply(),
                         );
                     }
-                    Ok(file) => {
+                    Ok((file, stamps)) => {
                         // Consume a use only if the grant still covers the run (it may have been
                         // revoked or used up meanwhile).
                         let now = Timestamp::now();
@@ -277,7 +302,7 @@ pub(super) async fn run_inner(
                                 *u = u.saturating_sub(1);
                             }
                             g.runs += 1;
-                            break (gid, file, inputs);
+                            break (gid, file, stamps);
                         }
                         continue;
                     }
@@ -523,7 +548,7 @@ pub(super) async fn run_inner(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
-    end_if_dirs_changed(broker, &grant_id, &run_id, &grant_inputs);
+    end_if_inputs_changed(broker, &grant_id, &run_id, &stamps);
     // Write-side scan: files the run changed under its cwd and the usual credential stores in
     // HOME, for every granted value in every form the redactor knows (reported by name).
     let (home_dir, action) = {
@@ -662,27 +687,33 @@ fn mismatch_hint(e: &pin::PinError, inputs: &[pin::InputPin]) -> String {
     }
 }
 
-/// "To the end": the directories a run finds programs in by name (agent-writable `PATH`
-/// entries, version-manager hooks, toolchains; `path_dirs.rs`) are checked once more when the run
-/// ends. A program planted there while the run went on (and perhaps removed before the next
-/// run's check) ends the grant: the human is asked again.
-fn end_if_dirs_changed(
+/// "To the end": what a run executed is checked once more when it ends. The directories it
+/// finds programs in by name (agent-writable `PATH` entries, version-manager hooks, toolchains;
+/// `path_dirs.rs`) are re-fingerprinted, and every file input (the script, the task runner's
+/// file, the tool's config) is compared by identity (device, inode, ctime: one `stat` each) with
+/// what it was when the run was checked. A file written during the run, even if put back as it
+/// was, or a program planted in a directory, ends the grant: the human is asked again.
+fn end_if_inputs_changed(
     broker: &Arc<Broker>,
     grant_id: &str,
     run_id: &str,
-    inputs: &[pin::InputPin],
+    stamps: &(Vec<pin::Stamp>, Vec<pin::InputPin>),
 ) {
-    let dirs: Vec<pin::InputPin> = inputs
-        .iter()
-        .filter(|p| crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
-        .cloned()
-        .collect();
-    if let Err(e) = pin::check_inputs(&dirs) {
+    let (files, dirs) = stamps;
+    let why = match pin::changed_since(files) {
+        Some(path) => Some(format!(
+            "inputs changed during the run: {path} was written while it ran"
+        )),
+        None => pin::check_inputs(dirs)
+            .err()
+            .map(|e| format!("{e} (during the run)")),
+    };
+    if let Some(why) = why {
         let mut inner = broker.lock();
         inner.revoke(grant_id, "pin mismatch");
         inner.audit(
             "pin_mismatch",
-            json!({"grant_id": grant_id, "run_id": run_id, "why": format!("{e} (during the run)")}),
+            json!({"grant_id": grant_id, "run_id": run_id, "why": why}),
         );
         drop(inner);
         broker.notify();
@@ -739,6 +770,13 @@ fn verify(
         // one that was pinned and shown, with the same content.
         let home = home.map(std::path::Path::new);
         for d in pin::inputs(argv, std::path::Path::new(cwd), &now, home, search_path) {
+            if d.role == pin::UNPINNABLE {
+                return Err(pin::PinError::InputsChanged(format!(
+                    "{} ({})",
+                    d.path,
+                    d.detail.as_deref().unwrap_or("cannot be pinned")
+                )));
+            }
             if !inputs
                 .iter()
                 .any(|p| p.path == d.path && p.sha256 == d.sha256)
