@@ -123,6 +123,13 @@ pub struct AutoApproveRule {
     pub cwd: String,
     /// Lifetime of the grants it creates, in seconds.
     pub ttl_seconds: u64,
+    /// What the command ran when the human made the rule: the canonical path of its executable
+    /// and of each input keyveil pinned (script, task-runner file, tool configuration, PATH
+    /// directories) → its SHA-256 (or fingerprint). A request is auto-approved only while every
+    /// one of its pins is among these with the same digest; a rule without them (made before
+    /// keyveil bound them) approves nothing by itself.
+    #[serde(default)]
+    pub bound: std::collections::BTreeMap<String, String>,
 }
 
 /// A deny rule: asks matching it are refused without asking the human.

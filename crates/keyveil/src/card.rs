@@ -303,6 +303,10 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
         "the command does what a request denied in the last hour did, phrased another way",
     ),
     (
+        "changed-since-rule",
+        "an auto-approve rule names this command, but what it runs changed since the rule was made (so it was not approved automatically)",
+    ),
+    (
         "reason-contradicts-facts",
         "the requester's reason claims what the broker's facts contradict (see below)",
     ),

@@ -117,6 +117,11 @@ pub struct AutoApproveRule {
     pub cwd: String,
     /// Grant lifetime, seconds.
     pub ttl_seconds: u64,
+    /// What the command ran when the human made the rule: canonical path of the executable and
+    /// of each pinned input → its SHA-256 (or fingerprint). A request is auto-approved only
+    /// while all its pins are here with the same digest; an empty map approves nothing.
+    #[serde(default)]
+    pub bound: std::collections::BTreeMap<String, String>,
 }
 
 /// A deny rule in [`PolicyView`].

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use super::factor_ops::{Proof, rule_matches, verify_factor};
+use super::factor_ops::{Proof, rule_binds, rule_matches, verify_factor};
 use super::peer::Peer;
 use super::prefix::deny_covers;
 use super::state::{
@@ -372,11 +372,56 @@ pub(crate) fn prepare(
         pin::pin_file(&exe).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let writable = pin::requester_writable(&exe, Path::new(cwd), home.map(Path::new));
     let inputs = pin::inputs(argv, Path::new(cwd), &exe, home.map(Path::new), search_path);
+    // Fail closed: what cannot be pinned completely is never approved at all.
+    if let Some(what) = pin::first_unpinnable(&inputs) {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!("keyveil cannot pin what this command would run: {what}; nothing was asked"),
+        )
+        .hint("make it a regular file keyveil can read (not a pipe, socket, device, or a file under /dev or /proc), name the script directly, or run the command without keyveil"));
+    }
     Ok(Pins {
         executable: Some(executable),
         inputs,
         writable,
     })
+}
+
+/// Longest the broker spends pinning one command; past it the request is refused.
+pub(crate) const PIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// [`prepare`] on the blocking pool with a deadline ([`PIN_DEADLINE`]): pinning reads files the
+/// agent controls, and no read of theirs may park the broker's runtime threads (which answer
+/// `revoke`).
+pub(crate) async fn prepare_bounded(
+    argv: Vec<String>,
+    cwd: String,
+    search_path: String,
+    home: Option<String>,
+) -> OpResult<Pins> {
+    bounded(move || prepare(&argv, &cwd, &search_path, home.as_deref())).await?
+}
+
+/// Runs `f` (file work on a requester's behalf) on the blocking pool, at most
+/// [`PIN_DEADLINE`].
+pub(crate) async fn bounded<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> OpResult<T> {
+    match tokio::time::timeout(PIN_DEADLINE, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(OpError::new(
+            ErrorCode::Failed,
+            format!("pinning the command failed: {e}"),
+        )),
+        Err(_) => Err(OpError::new(
+            ErrorCode::Timeout,
+            format!(
+                "pinning the command's inputs took over {} s; nothing was asked",
+                PIN_DEADLINE.as_secs()
+            ),
+        )
+        .hint("a file the command reads may be on a slow or stalled file system; run it from a directory on a local disk")),
+    }
 }
 
 /// Refuses a run whose working directory only looks like it is under a grant's directory: the
@@ -611,15 +656,31 @@ pub(crate) fn find_or_create_request(
                     | "rephrased-denied"
             )
         });
+        // A rule covers a request only while what it runs is what the rule bound when the
+        // human made it: a config, script or program changed or added since goes to the human.
+        let mut unbound = None;
         let auto_hit = if suspicious || ask.argv.is_none() {
             None
         } else {
             policy.auto_approve.iter().enumerate().find_map(|(i, r)| {
-                (rule_matches(&r.argv, r.prefix, &argv_key)
-                    && Path::new(&ask.cwd).starts_with(&r.cwd))
-                .then_some((i, r.ttl_seconds))
+                let matches = rule_matches(&r.argv, r.prefix, &argv_key)
+                    && Path::new(&ask.cwd).starts_with(&r.cwd);
+                if matches && !rule_binds(r, &pins) {
+                    unbound.get_or_insert(i);
+                    return None;
+                }
+                matches.then_some((i, r.ttl_seconds))
             })
         };
+        if auto_hit.is_none()
+            && let Some(i) = unbound
+        {
+            flags.push("changed-since-rule".to_owned());
+            inner.audit_note(
+                "auto_approve_skipped",
+                json!({"rule": i, "why": "what the command runs is not what the rule bound when it was made"}),
+            );
+        }
         (deny_hit, auto_hit)
     };
     if let Some(i) = deny_hit {
@@ -729,7 +790,7 @@ pub(crate) fn find_or_create_request(
 
 /// `request_access`: a request for access, optionally bound to a command.
 /// `peer` is the process at the other end of the socket (`peer.rs`).
-pub(crate) fn request_access(
+pub(crate) async fn request_access(
     broker: &Broker,
     a: AccessRequest,
     peer: Peer,
@@ -750,7 +811,7 @@ pub(crate) fn request_access(
         )
     };
     let pins = match &a.argv {
-        Some(argv) => prepare(argv, &cwd, &search_path, home.as_deref())?,
+        Some(argv) => prepare_bounded(argv.clone(), cwd.clone(), search_path, home).await?,
         None => Pins::default(),
     };
     let ask = Ask {

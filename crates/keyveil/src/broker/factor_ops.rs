@@ -575,6 +575,24 @@ pub(crate) async fn policy_set(
     }
     // Validate before asking for the factor, so a typo costs no attempt.
     let change = normalise(change)?;
+    // An auto-approve rule binds what its command runs now (executable and inputs, pinned as a
+    // request would pin them): a request it covers later must run the same.
+    let bound = match &change {
+        PolicyChange::AutoApproveAdd { argv, cwd, .. } => {
+            let (search_path, home) = {
+                let inner = broker.lock();
+                (inner.policy_path(env), inner.child_home())
+            };
+            let pins = super::access::prepare_bounded(argv.clone(), cwd.clone(), search_path, home)
+                .await
+                .map_err(|e| {
+                    let message = format!("the rule's command cannot be pinned: {}", e.message);
+                    OpError { message, ..e }
+                })?;
+            Some(bind(&pins))
+        }
+        _ => None,
+    };
     let required = rule_change_factor(broker, env);
     verify_factor(broker, proof, required, json!({"policy_set": env})).await?;
     let mut inner = broker.lock();
@@ -619,6 +637,7 @@ pub(crate) async fn policy_set(
             prefix: *prefix,
             cwd: cwd.clone(),
             ttl_seconds: *ttl_seconds,
+            bound: bound.clone().unwrap_or_default(),
         }),
         PolicyChange::AutoApproveRemove { index, rule } => {
             let shown = p.auto_approve.get(*index).map(rule_digest);
@@ -653,7 +672,10 @@ pub(crate) async fn policy_set(
     let policy = p.clone();
     v.save()
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")))?;
-    inner.audit("policy_set", json!({"environment": env, "change": change}));
+    inner.audit(
+        "policy_set",
+        json!({"environment": env, "change": change, "bound": bound}),
+    );
     Ok(op::PolicyChanged {
         environment: env.to_owned(),
         policy: policy_view(&policy),
@@ -687,6 +709,7 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
                 prefix: r.prefix,
                 cwd: r.cwd.clone(),
                 ttl_seconds: r.ttl_seconds,
+                bound: r.bound.clone(),
             })
             .collect(),
         deny: p
@@ -764,6 +787,29 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
     })
 }
 
+/// What an auto-approve rule binds of a command's pins: canonical path → digest of the
+/// executable and of every input.
+pub(crate) fn bind(pins: &super::access::Pins) -> std::collections::BTreeMap<String, String> {
+    pins.executable
+        .iter()
+        .map(|e| (e.path.clone(), e.sha256.clone()))
+        .chain(
+            pins.inputs
+                .iter()
+                .map(|i| (i.path.clone(), i.sha256.clone())),
+        )
+        .collect()
+}
+
+/// Whether a request's pins are all bound by a rule (same paths, same digests). A rule that
+/// binds nothing (made before rules bound their inputs) covers no request.
+pub(crate) fn rule_binds(rule: &AutoApproveRule, pins: &super::access::Pins) -> bool {
+    !rule.bound.is_empty()
+        && bind(pins)
+            .iter()
+            .all(|(path, digest)| rule.bound.get(path) == Some(digest))
+}
+
 /// Whether an auto-approve rule's argv covers an ask's argv: exact, or (with `prefix`) followed
 /// only by the extras `prefix.rs` allows (positional arguments, the tool's safe options).
 pub(crate) fn rule_matches(rule_argv: &[String], prefix: bool, argv: &[String]) -> bool {
@@ -791,5 +837,50 @@ mod tests {
             &a(&["cargo", "test", "--config", "x"])
         ));
         assert!(!rule_matches(&r, true, &a(&["cargo"])));
+    }
+
+    #[test]
+    fn rules_bind_what_their_command_ran() {
+        use crate::pin::{FilePin, InputPin};
+        let pins = super::super::access::Pins {
+            executable: Some(FilePin {
+                path: "/usr/bin/git".into(),
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: 4,
+                ctime_ns: 5,
+                sha256: "e".into(),
+            }),
+            inputs: vec![InputPin {
+                role: "git-config".into(),
+                path: "/p/.git/config".into(),
+                sha256: "c".into(),
+                detail: None,
+            }],
+            writable: false,
+        };
+        let mut rule = AutoApproveRule {
+            argv: vec!["git".into(), "status".into()],
+            prefix: false,
+            cwd: "/p".into(),
+            ttl_seconds: 60,
+            bound: bind(&pins),
+        };
+        assert!(rule_binds(&rule, &pins));
+        // A changed input, a new input, or a rule that binds nothing: not covered.
+        let mut changed = pins.clone();
+        changed.inputs[0].sha256 = "d".into();
+        assert!(!rule_binds(&rule, &changed));
+        let mut more = pins.clone();
+        more.inputs.push(InputPin {
+            role: "git-hooks".into(),
+            path: "/p/.git/hooks/pre-commit".into(),
+            sha256: "h".into(),
+            detail: None,
+        });
+        assert!(!rule_binds(&rule, &more));
+        rule.bound.clear();
+        assert!(!rule_binds(&rule, &pins));
     }
 }

@@ -253,7 +253,7 @@ pub(crate) async fn dispatch_from(
             let peer = peer
                 .cloned()
                 .unwrap_or_else(|| super::peer::Peer::of_pid(None));
-            t.answer(access::request_access(broker, a, peer))
+            t.answer(access::request_access(broker, a, peer).await)
         }
         Request::AccessStatus(o) => typed(&o).answer(access::access_status(broker, o.request_id)),
         Request::Requests => answer(op::Requests, Ok(access::requests(broker))),

@@ -103,7 +103,7 @@ const RUNS_ITS_ARGUMENTS: &[(&str, &[&str])] = &[
     ("yarn", &["exec", "dlx", "run", "node"]),
     ("npx", &[]),
     ("cargo", &["run", "script", "install"]),
-    ("go", &["run", "generate", "tool"]),
+    ("go", &["run", "generate", "tool", "install", "get"]),
     ("python", &["-c", "-m"]),
     ("uv", &["run", "tool"]),
     ("poetry", &["run"]),
@@ -120,10 +120,41 @@ const RUNS_ITS_ARGUMENTS: &[(&str, &[&str])] = &[
 
 /// Tools whose every positional argument may be code or a command to run: no prefix of them
 /// covers extra tokens at all.
+/// Interpreters and test runners are here: their positionals name code (`python3 evil.py`,
+/// `python3 -m unittest discover /any/dir`, `pytest /any/dir`, `mocha x.js`, `prove t/`), and a
+/// prefix grant covers only the code the human was shown. So are wrappers, whose positionals
+/// are the command they run.
 const ALL_ARGUMENTS_RUN: &[&str] = &[
-    "npx", "xargs", "env", "sudo", "nohup", "timeout", "nice", "find", "sh", "bash", "zsh", "dash",
-    "node", "deno", "perl", "ruby", "php",
+    "npx", "xargs", "env", "sudo", "doas", "nohup", "timeout", "nice", "find", "sh", "bash", "zsh",
+    "dash", "ksh", "ash", "mksh", "yash", "fish", "node", "nodejs", "deno", "bun", "perl", "ruby",
+    "php", "python", "pypy", "lua", "luajit", "Rscript", "runpy", "pdb", "cProfile", "profile",
+    "timeit", "coverage", "tox", "nox", "ts-node", "tsx", "stdbuf", "ionice", "chrt", "taskset",
+    "setsid", "time", "flock", "unbuffer", "chronic", "watch", "parallel", "strace", "ltrace",
+    "valgrind", "gdb",
 ];
+
+/// Test runners: their positionals name the tests (code) to run. An extra positional is
+/// allowed only as a path inside the granted working directory (relative, no `..`, no `~`),
+/// never `discover /any/dir` or `pytest /tmp/x`; for `go`, a package path must start with `./`
+/// (`example.com/x` is fetched and built).
+const TEST_RUNNERS: &[&str] = &[
+    "unittest", "pytest", "py.test", "nose", "nose2", "trial", "doctest", "go", "jest", "mocha",
+    "vitest", "ava", "tap", "prove", "rspec", "bats", "phpunit", "cargo",
+];
+
+/// Whether a positional extra of test runner `tool` stays inside the working directory.
+fn inside_cwd(tool: &str, token: &str) -> bool {
+    let p = std::path::Path::new(token);
+    let plain = !token.starts_with('/')
+        && !token.starts_with('~')
+        && !p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    match tool {
+        "go" => plain && (token == "." || token.starts_with("./")),
+        _ => plain,
+    }
+}
 
 /// Whether one extra token is allowed after `prefix`.
 fn allowed_extra(tool: &str, token: &str) -> bool {
@@ -144,7 +175,7 @@ fn allowed_extra(tool: &str, token: &str) -> bool {
     }
     let option_like = token.starts_with('-') || token.contains('=');
     if !option_like {
-        return !token.is_empty();
+        return !token.is_empty() && (!TEST_RUNNERS.contains(&tool) || inside_cwd(tool, token));
     }
     let safe = SAFE_OPTIONS
         .iter()
@@ -257,6 +288,42 @@ mod tests {
         assert!(!allowlist_covers(
             &pytest,
             &v(&["python3", "-m", "pytest", "-p", "evil"])
+        ));
+        // Test runners: positionals only inside the working directory (red-team 3, finding 12).
+        let ut = v(&["python3", "-m", "unittest"]);
+        for extra in [
+            &["discover", "/tmp/evil"][..],
+            &["discover", "-s", "/tmp/evil"],
+            &["../other/test_x.py"],
+            &["~/evil"],
+        ] {
+            let mut a = ut.clone();
+            a.extend(extra.iter().map(|s| s.to_string()));
+            assert!(!allowlist_covers(&ut, &a), "{a:?}");
+        }
+        assert!(allowlist_covers(
+            &ut,
+            &v(&["python3", "-m", "unittest", "tests.test_a"])
+        ));
+        assert!(!allowlist_covers(
+            &pytest,
+            &v(&["python3", "-m", "pytest", "/tmp/evil"])
+        ));
+        let py = v(&["python3"]);
+        assert!(!allowlist_covers(&py, &v(&["python3", "evil.py"])));
+        let app = v(&["python3", "app.py"]);
+        assert!(!allowlist_covers(&app, &v(&["python3", "app.py", "x"])));
+        let go = v(&["go", "test"]);
+        assert!(allowlist_covers(&go, &v(&["go", "test", "./..."])));
+        assert!(!allowlist_covers(
+            &go,
+            &v(&["go", "test", "example.com/evil"])
+        ));
+        assert!(!allowlist_covers(&go, &v(&["go", "test", "/tmp/evil"])));
+        let mocha = v(&["npx", "mocha"]);
+        assert!(!allowlist_covers(
+            &mocha,
+            &v(&["npx", "mocha", "/tmp/x.js"])
         ));
         // A shorter argv, or another head, is never covered.
         assert!(!allowlist_covers(&make, &v(&["make"])));

@@ -143,10 +143,14 @@ pub(super) struct Launched {
     pub(super) tmp_dir: Option<super::private_tmp::RunTmp>,
     /// argv as the requester gave it.
     pub(super) shown_argv: Vec<String>,
-    /// The grant's pinned inputs: its directories are checked once more when the run ends
-    /// ([`end_if_dirs_changed`]).
-    pub(super) inputs: Vec<pin::InputPin>,
+    /// What the grant's inputs were when the run was checked: checked once more when it ends
+    /// ([`end_if_inputs_changed`]).
+    pub(super) stamps: InputStamps,
 }
+
+/// The identities of a run's file inputs and its pinned directories, taken when the grant was
+/// verified for it (see [`end_if_inputs_changed`]).
+type InputStamps = (Vec<pin::Stamp>, Vec<pin::InputPin>);
 
 /// The run path for `run`: [`admit`] → [`wait_for_grant`] → [`launch`] → [`relay`]. `None`:
 /// no reply is owed (the client went away).
@@ -175,8 +179,8 @@ pub(super) async fn start_run(
     peer: Peer,
 ) -> Result<(RunRequest, Admitted, Launched), Option<Reply>> {
     let a = admit(broker, &req, peer).map_err(|e| Some(e.reply()))?;
-    let (grant_id, exe, inputs) = wait_for_grant(broker, &req, &a, sink, gone).await?;
-    let l = launch(broker, &mut req, &a, grant_id, exe, inputs)
+    let (grant_id, exe, stamps) = wait_for_grant(broker, &req, &a, sink, gone).await?;
+    let l = launch(broker, &mut req, &a, grant_id, exe, stamps)
         .await
         .map_err(Some)?;
     Ok((req, a, l))
@@ -239,7 +243,7 @@ async fn wait_for_grant(
     a: &Admitted,
     sink: &mut spawn::OutputSink,
     gone: &CancellationToken,
-) -> Result<(String, std::fs::File, Vec<pin::InputPin>), Option<Reply>> {
+) -> Result<(String, std::fs::File, InputStamps), Option<Reply>> {
     let Admitted {
         ask,
         cwd,
@@ -269,7 +273,14 @@ async fn wait_for_grant(
                 // The pins a new request shows the human (computed outside the lock).
                 let p = match &pins {
                     Some(p) => p.clone(),
-                    None => match access::prepare(&req.argv, cwd, search_path, home.as_deref()) {
+                    None => match access::prepare_bounded(
+                        req.argv.clone(),
+                        cwd.clone(),
+                        search_path.clone(),
+                        home.clone(),
+                    )
+                    .await
+                    {
                         Ok(p) => {
                             pins = Some(p.clone());
                             p
@@ -315,14 +326,32 @@ async fn wait_for_grant(
         match step {
             Step::Grant(gid, exe_pin, inputs) => {
                 // Verify outside the lock: resolve again, open and check the file, re-hash inputs.
-                let verified = verify(
-                    &req.argv,
-                    cwd,
-                    search_path,
-                    home.as_deref(),
-                    exe_pin.as_ref(),
-                    &inputs,
-                );
+                // The files' identities are taken first: a write after this shows at the run's
+                // end even if the content is put back (`end_if_inputs_changed`).
+                let verified = {
+                    let (argv, cwd, sp, home, inputs) = (
+                        req.argv.clone(),
+                        cwd.clone(),
+                        search_path.clone(),
+                        home.clone(),
+                        inputs.clone(),
+                    );
+                    access::bounded(move || {
+                        let files = pin::stamps(&inputs);
+                        let dirs: Vec<pin::InputPin> = inputs
+                            .iter()
+                            .filter(|p| crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
+                            .cloned()
+                            .collect();
+                        verify(&argv, &cwd, &sp, home.as_deref(), exe_pin.as_ref(), &inputs)
+                            .map(|f| (f, (files, dirs)))
+                    })
+                    .await
+                };
+                let verified = match verified {
+                    Ok(v) => v,
+                    Err(e) => return Err(Some(e.reply())),
+                };
                 let mut inner = broker.lock();
                 // Values the agent could have chosen are bound by digest: another one ends it.
                 if let Err(why) = access::check_chosen(&inner, &gid, ask) {
@@ -351,7 +380,7 @@ async fn wait_for_grant(
                                 .reply(),
                         ));
                     }
-                    Ok(file) => {
+                    Ok((file, stamps)) => {
                         // Consume a use only if the grant still covers the run (it may have been
                         // revoked or used up meanwhile).
                         let now = Timestamp::now();
@@ -362,7 +391,7 @@ async fn wait_for_grant(
                                 *u = u.saturating_sub(1);
                             }
                             g.runs += 1;
-                            break (gid, file, inputs);
+                            break (gid, file, stamps);
                         }
                         continue;
                     }
@@ -438,7 +467,7 @@ async fn launch(
     a: &Admitted,
     grant_id: String,
     exe: std::fs::File,
-    inputs: Vec<pin::InputPin>,
+    stamps: InputStamps,
 ) -> Result<Launched, Reply> {
     let Admitted {
         ask,
@@ -596,7 +625,7 @@ async fn launch(
         started_at,
         tmp_dir,
         shown_argv,
-        inputs,
+        stamps,
     })
 }
 
@@ -619,7 +648,7 @@ async fn relay(
         cancel,
         started_at,
         tmp_dir,
-        inputs,
+        stamps,
         ..
     } = l;
     let cwd = &a.cwd;
@@ -641,7 +670,7 @@ async fn relay(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
-    end_if_dirs_changed(broker, &grant_id, &run_id, &inputs);
+    end_if_inputs_changed(broker, &grant_id, &run_id, &stamps);
     // Write-side scan: files the run changed under its cwd and the usual credential stores in
     // HOME, for every granted value in every form the redactor knows (reported by name).
     let (home_dir, action) = {
@@ -780,27 +809,28 @@ fn mismatch_hint(e: &pin::PinError, inputs: &[pin::InputPin]) -> String {
     }
 }
 
-/// "To the end": the directories a run finds programs in by name (agent-writable `PATH`
-/// entries, version-manager hooks, toolchains; `path_dirs.rs`) are checked once more when the run
-/// ends. A program planted there while the run went on (and perhaps removed before the next
-/// run's check) ends the grant: the human is asked again.
-fn end_if_dirs_changed(
-    broker: &Arc<Broker>,
-    grant_id: &str,
-    run_id: &str,
-    inputs: &[pin::InputPin],
-) {
-    let dirs: Vec<pin::InputPin> = inputs
-        .iter()
-        .filter(|p| crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
-        .cloned()
-        .collect();
-    if let Err(e) = pin::check_inputs(&dirs) {
+/// "To the end": what a run executed is checked once more when it ends. The directories it
+/// finds programs in by name (agent-writable `PATH` entries, version-manager hooks, toolchains;
+/// `path_dirs.rs`) are re-fingerprinted, and every file input (the script, the task runner's
+/// file, the tool's config) is compared by identity (device, inode, ctime: one `stat` each) with
+/// what it was when the run was checked. A file written during the run, even if put back as it
+/// was, or a program planted in a directory, ends the grant: the human is asked again.
+fn end_if_inputs_changed(broker: &Arc<Broker>, grant_id: &str, run_id: &str, stamps: &InputStamps) {
+    let (files, dirs) = stamps;
+    let why = match pin::changed_since(files) {
+        Some(path) => Some(format!(
+            "inputs changed during the run: {path} was written while it ran"
+        )),
+        None => pin::check_inputs(dirs)
+            .err()
+            .map(|e| format!("{e} (during the run)")),
+    };
+    if let Some(why) = why {
         let mut inner = broker.lock();
         inner.revoke(grant_id, "pin mismatch");
         inner.audit(
             "pin_mismatch",
-            json!({"grant_id": grant_id, "run_id": run_id, "why": format!("{e} (during the run)")}),
+            json!({"grant_id": grant_id, "run_id": run_id, "why": why}),
         );
         drop(inner);
         broker.notify();
@@ -857,6 +887,13 @@ fn verify(
         // one that was pinned and shown, with the same content.
         let home = home.map(std::path::Path::new);
         for d in pin::inputs(argv, std::path::Path::new(cwd), &now, home, search_path) {
+            if d.role == pin::UNPINNABLE {
+                return Err(pin::PinError::InputsChanged(format!(
+                    "{} ({})",
+                    d.path,
+                    d.detail.as_deref().unwrap_or("cannot be pinned")
+                )));
+            }
             if !inputs
                 .iter()
                 .any(|p| p.path == d.path && p.sha256 == d.sha256)

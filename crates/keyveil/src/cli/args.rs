@@ -292,7 +292,8 @@ pub(crate) enum PolicySetCommand {
         /// `:`-separated absolute directories, or `default`.
         path: String,
     },
-    /// Add an auto-approve rule: this command, under this directory, gets grants of this TTL.
+    /// Add an auto-approve rule: this command, under this directory, gets grants of this TTL,
+    /// while what it runs (executable and pinned inputs, bound now) is unchanged.
     AutoApprove {
         /// Directory (the command must run in it or below it).
         #[arg(long)]

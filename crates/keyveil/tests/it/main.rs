@@ -33,6 +33,7 @@ mod pathdirs;
 mod policy;
 mod redteam;
 mod redteam2;
+mod redteam3;
 mod revoke;
 mod sandbox;
 mod setup;
