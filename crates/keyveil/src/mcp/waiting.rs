@@ -294,7 +294,11 @@ impl KeyveilMcp {
         args: &Value,
         ctx: &RequestContext<RoleServer>,
     ) -> Option<Result<rmcp::model::Task, CallToolResult>> {
-        if !(name == "run" || name == "start") || !tasks_declared(ctx) {
+        // A call that asked not to wait (`wait_seconds: 0`) gets its answer at once, as a plain
+        // result: a task exists to wait, and a client that polls by itself (the MCP Inspector
+        // declares the extension by default) expects the pending result.
+        let no_wait = args.get("wait_seconds").and_then(Value::as_u64) == Some(0);
+        if !(name == "run" || name == "start") || !tasks_declared(ctx) || no_wait {
             return None;
         }
         let server = self.clone();
