@@ -1,5 +1,5 @@
-//! Fuzz target for `keyveil import`'s `.env` parser (`crates/keyveil/src/dotenv.rs`, compiled in
-//! directly: it depends only on zeroize). Properties:
+//! Fuzz target for `keyveil import`'s `.env` parser (the `keyveil-dotenv` crate, which depends
+//! only on zeroize). Properties:
 //! 1. any input parses or fails with a line number within the input, never a panic;
 //! 2. every entry's span lies inside the input, on character boundaries, starts at a line
 //!    start, and entries come in file order without overlapping;
@@ -11,9 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../crates/keyveil/src/dotenv.rs"]
-mod dotenv;
+use keyveil_dotenv as dotenv;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -16,7 +16,6 @@ mod client;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
 #[allow(unreachable_pub)]
 mod demo;
-mod dotenv;
 mod dynamic;
 mod factor;
 mod factor_proof;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 
 use super::*;
-use crate::dotenv;
+use keyveil_dotenv as dotenv;
 
 /// `keyveil import`'s arguments.
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! A `.env` file parser for `keyveil import`: exact, small, and with a pure API (`&str` in,
-//! entries or one error out) that the fuzz target `fuzz/fuzz_targets/dotenv_parse.rs` compiles
-//! in directly. It depends on nothing but `zeroize`.
+//! entries or one error out), a crate of its own so that the fuzz target
+//! `fuzz/fuzz_targets/dotenv_parse.rs` builds it alone. It depends on nothing but `zeroize`.
 //!
 //! The syntax is the common one of docker compose, python-dotenv and the `dotenv` libraries:
 //!
@@ -22,11 +22,12 @@
 //! Errors name the line and what is wrong, never a value (a value may be a secret): see
 //! [`ParseError`].
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 use zeroize::Zeroizing;
 
 /// One `NAME=VALUE` of a `.env` file.
-pub(crate) struct Entry {
+pub struct Entry {
     /// The variable's name.
     pub name: String,
     /// The value, unquoted and unescaped (zeroed on drop).
@@ -52,7 +53,7 @@ impl std::fmt::Debug for Entry {
 impl Entry {
     /// Whether the value holds something a shell or another loader would have expanded
     /// (`$NAME` or `${...}`): it is imported as written.
-    pub(crate) fn has_reference(&self) -> bool {
+    pub fn has_reference(&self) -> bool {
         let b = self.value.as_bytes();
         b.windows(2)
             .any(|w| matches!(w, [b'$', c] if *c == b'{' || *c == b'_' || c.is_ascii_alphabetic()))
@@ -62,7 +63,7 @@ impl Entry {
 /// Why a `.env` text cannot be read: where, and what was expected. Never contains any part of
 /// a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ParseError {
+pub struct ParseError {
     /// 1-based line.
     pub line: usize,
     /// What is wrong, in words (no input text except a variable name).
@@ -87,7 +88,7 @@ fn is_blank(c: u8) -> bool {
 /// # Errors
 /// The first line that is not blank, a comment or an entry; a quote that is never closed; text
 /// after a closing quote.
-pub(crate) fn parse(input: &str) -> Result<Vec<Entry>, ParseError> {
+pub fn parse(input: &str) -> Result<Vec<Entry>, ParseError> {
     let start = if input.starts_with('\u{feff}') { 3 } else { 0 };
     let b = input.as_bytes();
     let mut p = Parser {
