@@ -1153,6 +1153,57 @@ fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     }
     out.add("pnpmfile", &cx.cwd.join(".pnpmfile.cjs"), None);
     out.add("pnpm-workspace", &cx.cwd.join("pnpm-workspace.yaml"), None);
+    // npm-run-script(1): a script runs with `node_modules/.bin` of the package and of every
+    // parent first on PATH; a program planted there shadows `tr`, `sed`, `node`... Each is
+    // pinned like an agent-writable PATH directory (absent ones as absent).
+    for d in up(cx.cwd) {
+        out.add_dir(
+            crate::path_dirs::ROLE,
+            &d.join("node_modules/.bin"),
+            "npm puts it first on PATH",
+        );
+    }
+    npm_defaults(cx, out);
+}
+
+/// npm's default scripts (npm-run-script(1), package.json(5)): with no `start` script, `npm
+/// start` (and `restart`) runs `node server.js`; with no `install`/`preinstall` script and a
+/// `binding.gyp`, `npm install` runs `node-gyp rebuild`. The file that then runs is pinned and
+/// the card says so.
+fn npm_defaults(cx: &Ctx<'_>, out: &mut Pins) {
+    let cmd = cx
+        .argv
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(String::as_str);
+    let pj = read_for_requester(&cx.cwd.join("package.json")).unwrap_or_default();
+    let json = serde_json::from_str::<serde_json::Value>(pj.trim_start_matches('\u{feff}')).ok();
+    let has = |name: &str| {
+        json.as_ref()
+            .and_then(|v| v.get("scripts"))
+            .and_then(|x| x.get(name))
+            .is_some()
+    };
+    match cmd {
+        Some("start" | "restart") if !has("start") => {
+            out.add(
+                "npm-default-start",
+                &cx.cwd.join("server.js"),
+                Some("no start script: npm runs `node server.js`".to_owned()),
+            );
+        }
+        Some("install" | "i" | "ci" | "add" | "rebuild")
+            if !has("install") && !has("preinstall") =>
+        {
+            out.add(
+                "npm-default-install",
+                &cx.cwd.join("binding.gyp"),
+                Some("no install script: npm runs `node-gyp rebuild` with this file".to_owned()),
+            );
+        }
+        _ => {}
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1722,6 +1773,35 @@ mod tests {
         assert_eq!(names, ["Makefile", "rules.mk", "deep.mk"]);
         assert_eq!(pins[0].role, "makefile");
         assert_eq!(pins[1].role, "makefile-include");
+    }
+
+    #[test]
+    fn npm_pins_what_npm_itself_adds_to_a_run() {
+        let d = tempfile::tempdir().unwrap();
+        let app = d.path().join("ws/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("package.json"), "\u{feff}{\"scripts\":{}}").unwrap();
+        std::fs::write(app.join("binding.gyp"), "{}").unwrap();
+        let argv = sv(&["pnpm", "install"]);
+        let npm = Path::new("/usr/bin/pnpm");
+        let pins = inputs("pnpm", "pnpm", &ctx(&argv, &app, npm, d.path()));
+        let gyp = pins
+            .iter()
+            .find(|p| p.role == "npm-default-install")
+            .unwrap();
+        assert!(
+            gyp.detail.as_deref().unwrap().contains("node-gyp"),
+            "{gyp:?}"
+        );
+        // The parent's node_modules/.bin, absent now, is pinned as absent.
+        let parent_bin = d.path().join("ws/node_modules/.bin");
+        let p = pins
+            .iter()
+            .find(|p| Path::new(&p.path) == parent_bin)
+            .unwrap();
+        assert!(crate::path_dirs::still_holds(p));
+        std::fs::create_dir_all(&parent_bin).unwrap();
+        assert!(!crate::path_dirs::still_holds(p));
     }
 
     #[test]

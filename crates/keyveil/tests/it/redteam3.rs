@@ -71,7 +71,6 @@ fn no_value_in(o: &Output, tok: &str) {
 /// Gap: `loaders.rs::npm` pins rc files and `package.json`, and `path_dirs::path_pins` only
 /// looks at the policy PATH, never the directories npm itself prepends.
 #[test]
-#[ignore = "LEAK: a program planted in node_modules/.bin (put on PATH by npm itself) runs under a standing `npm test` grant"]
 fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
     if !have("/usr/bin/npm") {
         return;
@@ -1130,7 +1129,6 @@ fn a_script_rewritten_after_approval_ends_a_plain_interpreter_grant() {
 /// the file cannot be parsed say so on the card ("package.json cannot be read: npm may still run
 /// it"), never "not defined".
 #[test]
-#[ignore = "LEAK: a package.json with a BOM shows `not defined` on the card while npm runs the script with the value"]
 fn a_package_json_with_a_bom_never_hides_its_script_from_the_card() {
     if !have("/usr/bin/npm") {
         return;
@@ -1459,7 +1457,6 @@ fn a_non_absorbed_submodules_config_is_pinned() {
 /// Gap: `pin.rs::inputs` (npm detail) and `loaders.rs::npm`. Fix: model npm's defaults: pin
 /// `server.js` for `start`/`restart`, `binding.gyp` for `install`, and say on the card what runs.
 #[test]
-#[ignore = "LEAK: `npm start` with no start script runs server.js, which the card does not show (it says the script is not defined)"]
 fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
     if !have("/usr/bin/npm") {
         return;
@@ -1481,8 +1478,11 @@ fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
     .unwrap();
     let (card, o) = run_once(&h, &app, &["npm", "start"], CLI_LIMIT);
     no_value_in(&o, &tok);
+    // Secure: the card shows that `npm start` runs server.js (pinned), so the one approval is
+    // of what runs; or it never runs.
+    let shown = card.contains("server.js") && card.contains("node server.js");
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "npm start ran server.js with the value (card says not defined: {}, server.js on the card: {}; exit {:?})",
         card.contains("is not defined"),
         card.contains("server.js"),
