@@ -157,6 +157,53 @@ pub const TABLE: &[Loader] = &[
         pins: none,
     },
     Loader {
+        tool: "docker, kubectl, curl, wget, ssh, aws, mysql, psql",
+        names: &[
+            "docker",
+            "kubectl",
+            "helm",
+            "k9s",
+            "kubectx",
+            "kustomize",
+            "curl",
+            "wget",
+            "ssh",
+            "scp",
+            "sftp",
+            "rsync",
+            "git",
+            "ansible",
+            "mosh",
+            "aws",
+            "terraform",
+            "sam",
+            "cdk",
+            "mysql",
+            "mysqldump",
+            "mariadb",
+            "mysqladmin",
+            "psql",
+            "pg_dump",
+            "pg_restore",
+        ],
+        reads: "docker(1): ~/.docker/config.json (credsStore, credHelpers: programs run), CLI \
+                plugins in ~/.docker/cli-plugins (run with the environment); kubectl: \
+                ~/.kube/config users[].user.exec.command (a credential plugin run with the \
+                environment); curl(1): ~/.curlrc, $XDG_CONFIG_HOME/.curlrc (any option: proxy, \
+                data-binary @file, output); wget(1): ~/.wgetrc, /etc/wgetrc; ssh_config(5): \
+                ~/.ssh/config, /etc/ssh/ssh_config and their Includes (ProxyCommand, \
+                LocalCommand, Match exec, KnownHostsCommand; git runs ssh); aws: ~/.aws/config \
+                credential_process; mysql: ~/.my.cnf (pager, !include); psql: ~/.psqlrc (\\! runs \
+                a shell)",
+        pinned: "those files (their code-running lines quoted on the card), every file a literal \
+                 ssh Include names and the directory of a globbed one, each docker CLI plugin \
+                 in HOME and that directory",
+        neutralised: "KUBECONFIG, DOCKER_CONFIG, DOCKER_HOST, DOCKER_CONTEXT, CURL_HOME, WGETRC, \
+                      AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, MYSQL_HOME, PSQLRC, \
+                      PGSERVICEFILE never pass",
+        pins: home_tools,
+    },
+    Loader {
         tool: "shells",
         names: &["sh", "bash", "dash", "zsh", "ksh", "ash"],
         reads: "bash(1) INVOCATION: a non-interactive, non-login bash reads only $BASH_ENV; a login \
@@ -171,6 +218,201 @@ pub const TABLE: &[Loader] = &[
         pins: shell,
     },
 ];
+
+/// One row of [`HOME_TOOLS`]: a tool that reads configuration able to run code from HOME (or
+/// /etc), the files, and the settings the card quotes.
+struct HomeTool {
+    role: &'static str,
+    /// Files relative to the child's HOME (`~/`) or absolute.
+    files: &'static [&'static str],
+    /// Lower-case substrings of a line that make it shown (`*` for every non-comment line).
+    shown: &'static [&'static str],
+}
+
+/// The rows of [`TABLE`] for tools configured from HOME, by tool.
+fn home_tool(family: &str) -> Option<HomeTool> {
+    let t = match family {
+        "docker" => HomeTool {
+            role: "docker-config",
+            files: &["~/.docker/config.json"],
+            shown: &[
+                "credsstore",
+                "credhelpers",
+                "clipluginsextradirs",
+                "proxies",
+                "currentcontext",
+            ],
+        },
+        "kubectl" | "helm" | "k9s" | "kubectx" | "kustomize" => HomeTool {
+            role: "kubeconfig",
+            files: &["~/.kube/config"],
+            shown: &[
+                "command:",
+                "cmd-path",
+                "auth-provider",
+                "proxy-url",
+                "args:",
+            ],
+        },
+        "curl" => HomeTool {
+            role: "curlrc",
+            files: &["~/.curlrc", "~/.config/.curlrc", "~/_curlrc"],
+            shown: &["*"],
+        },
+        "wget" => HomeTool {
+            role: "wgetrc",
+            files: &["~/.wgetrc", "/etc/wgetrc", "/usr/local/etc/wgetrc"],
+            shown: &["*"],
+        },
+        "ssh" | "scp" | "sftp" | "rsync" | "git" | "ansible" | "mosh" => HomeTool {
+            role: "ssh-config",
+            files: &["~/.ssh/config", "/etc/ssh/ssh_config"],
+            shown: &[
+                "proxycommand",
+                "localcommand",
+                "permitlocalcommand",
+                "match",
+                "knownhostscommand",
+                "proxyjump",
+                "remotecommand",
+                "include",
+                "pkcs11provider",
+                "securitykeyprovider",
+                "sendenv",
+                "setenv",
+                "forwardagent",
+                "controlpath",
+            ],
+        },
+        "aws" | "terraform" | "sam" | "cdk" => HomeTool {
+            role: "aws-config",
+            files: &["~/.aws/config", "~/.aws/credentials"],
+            shown: &[
+                "credential_process",
+                "credential_source",
+                "endpoint_url",
+                "ca_bundle",
+                "[profile",
+                "source_profile",
+            ],
+        },
+        "mysql" | "mysqldump" | "mariadb" | "mysqladmin" => HomeTool {
+            role: "mysql-config",
+            files: &["~/.my.cnf", "/etc/my.cnf", "/etc/mysql/my.cnf"],
+            shown: &[
+                "pager",
+                "!include",
+                "plugin",
+                "init-command",
+                "init_command",
+                "system",
+                "tee",
+            ],
+        },
+        "psql" | "pg_dump" | "pg_restore" => HomeTool {
+            role: "psqlrc",
+            files: &[
+                "~/.psqlrc",
+                "~/.pg_service.conf",
+                "/etc/postgresql-common/psqlrc",
+            ],
+            shown: &["*"],
+        },
+        _ => return None,
+    };
+    Some(t)
+}
+
+/// Lines of a HOME configuration file the card quotes (`shown` substrings; `*` every line that
+/// is not a comment), at most 12.
+fn home_detail(text: &str, shown: &[&str]) -> Option<String> {
+    let all = shown.contains(&"*");
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('#') && !l.starts_with(';') && !l.starts_with("--")
+        })
+        .filter(|l| {
+            let low = l.to_ascii_lowercase();
+            all || shown.iter().any(|k| low.contains(k))
+        })
+        .map(|l| crate::display::clip(l, 160))
+        .collect();
+    let n = lines.len();
+    let mut v: Vec<String> = lines.into_iter().take(12).collect();
+    if n > 12 {
+        v.push(format!("... {} more lines", n - 12));
+    }
+    (!v.is_empty()).then(|| format!("runs or redirects: {}", v.join("; ")))
+}
+
+/// Pins the HOME and system configuration of a tool from [`home_tool`]; for docker, also every
+/// CLI plugin in `~/.docker/cli-plugins` (each on the card, the directory fingerprinted), and
+/// for ssh the files named by literal `Include` lines.
+fn home_tools(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
+    let Some(t) = home_tool(family) else { return };
+    let mut queue: Vec<PathBuf> = t
+        .files
+        .iter()
+        .filter_map(|f| match f.strip_prefix("~/") {
+            Some(rel) => home_file(cx, rel),
+            None => Some(PathBuf::from(f)),
+        })
+        .collect();
+    let mut n = 0;
+    while let Some(f) = queue.pop() {
+        n += 1;
+        if n > MAX_FILES {
+            out.unpinnable(&f, "more included configuration files than keyveil pins");
+            break;
+        }
+        let Some(text) = out.add_text(t.role, &f, |x| home_detail(x, t.shown)) else {
+            continue;
+        };
+        if t.role == "ssh-config" {
+            for l in text.lines() {
+                let l = l.trim();
+                let Some(rest) = l
+                    .get(..8)
+                    .filter(|k| k.eq_ignore_ascii_case("include "))
+                    .and_then(|_| l.get(8..))
+                else {
+                    continue;
+                };
+                for inc in rest.split_whitespace() {
+                    let p = match inc.strip_prefix("~/") {
+                        Some(r) => home_file(cx, r).unwrap_or_default(),
+                        None if inc.starts_with('/') => PathBuf::from(inc),
+                        // ssh_config(5): relative to ~/.ssh for the user's file, /etc/ssh else.
+                        None => f.parent().unwrap_or(Path::new("/")).join(inc),
+                    };
+                    if inc.contains(['*', '?', '[']) {
+                        if let Some(dir) = p.parent() {
+                            out.add_dir("config-dir", dir, "ssh Include directory");
+                            if let Ok(rd) = std::fs::read_dir(dir) {
+                                queue.extend(rd.filter_map(Result::ok).map(|e| e.path()));
+                            }
+                        }
+                    } else {
+                        queue.push(p);
+                    }
+                }
+            }
+        }
+    }
+    if family == "docker" {
+        // docker(1) CLI plugins: $DOCKER_CONFIG/cli-plugins (DOCKER_CONFIG never passes) first.
+        if let Some(dir) = home_file(cx, ".docker/cli-plugins") {
+            out.add_dir(
+                crate::path_dirs::ROLE,
+                &dir,
+                "docker CLI plugins (run with the environment)",
+            );
+            pin_dir(out, "docker-cli-plugin", &dir, |_| true);
+        }
+    }
+}
 
 /// Set in every granted child's environment (after the policy PATH and HOME, before anything
 /// the requester passes, which can therefore not override them).
@@ -227,6 +469,49 @@ pub fn is_loader_var(name: &str) -> bool {
         "RUSTUP_DIST_SERVER",
         "RUSTUP_UPDATE_ROOT",
         "BUN_INSTALL",
+        // Tools configured from HOME: another config file, context or plugin directory.
+        "KUBECONFIG",
+        "DOCKER_CONFIG",
+        "DOCKER_HOST",
+        "DOCKER_CONTEXT",
+        "CURL_HOME",
+        "WGETRC",
+        "SYSTEM_WGETRC",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "MYSQL_HOME",
+        "MYSQL_TEST_LOGIN_FILE",
+        "PSQLRC",
+        "PGSERVICEFILE",
+        "PGSYSCONFDIR",
+        "SSH_ASKPASS_REQUIRE",
+        "TAR_OPTIONS",
+        "RUSTDOC",
+        "CARGO_REGISTRY_CREDENTIAL_PROVIDER",
+        "CARGO_CREDENTIAL_PROVIDER",
+        // make's implicit variables that name programs (GNU make §10.3): an environment
+        // variable becomes a make variable, so `RM=./evil make clean` runs it.
+        "AR",
+        "AS",
+        "LD",
+        "RM",
+        "CPP",
+        "FC",
+        "PC",
+        "LEX",
+        "YACC",
+        "M4",
+        "MAKE",
+        "MAKEINFO",
+        "TEX",
+        "TEXI2DVI",
+        "WEAVE",
+        "CWEAVE",
+        "TANGLE",
+        "CTANGLE",
+        "LINT",
+        "CO",
+        "GET",
     ];
     // Version managers: which interpreter or toolchain a shim runs, and where hooks come from.
     const MANAGERS: &[&str] = &[
@@ -257,9 +542,13 @@ pub fn is_loader_var(name: &str) -> bool {
     // `ASDF_PYTHON_VERSION`, `MISE_NODE_VERSION`: the version of one tool.
     let tool_version =
         (name.starts_with("ASDF_") || name.starts_with("MISE_")) && name.ends_with("_VERSION");
+    // cargo's per-registry credential providers run a program.
+    let cargo_provider =
+        name.starts_with("CARGO_REGISTRIES_") && name.ends_with("_CREDENTIAL_PROVIDER");
     EXACT.contains(&name)
         || MANAGERS.contains(&name)
         || tool_version
+        || cargo_provider
         || PREFIX.iter().any(|p| name.starts_with(p))
         || NEUTRALISE.iter().any(|(k, _)| *k == name)
 }
@@ -1805,6 +2094,57 @@ mod tests {
     }
 
     #[test]
+    fn home_configs_that_run_code_are_pinned_and_quoted() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path();
+        std::fs::create_dir_all(home.join(".ssh/conf.d")).unwrap();
+        std::fs::create_dir_all(home.join(".aws")).unwrap();
+        std::fs::write(
+            home.join(".ssh/config"),
+            "Host *\n  User me\nInclude conf.d/*.conf\n",
+        )
+        .unwrap();
+        std::fs::write(
+            home.join(".ssh/conf.d/x.conf"),
+            "  ProxyCommand sh -c evil\n",
+        )
+        .unwrap();
+        std::fs::write(
+            home.join(".aws/config"),
+            "[profile p]\ncredential_process = /tmp/evil\nregion = x\n",
+        )
+        .unwrap();
+        std::fs::write(home.join(".psqlrc"), "\\! sh evil\n").unwrap();
+        let detail = |tool: &str| -> Vec<String> {
+            let argv = sv(&[tool]);
+            let exe = PathBuf::from(format!("/usr/bin/{tool}"));
+            inputs(tool, tool, &ctx(&argv, home, &exe, home))
+                .into_iter()
+                .filter(|p| p.path.starts_with(&*home.display().to_string()))
+                .filter_map(|p| p.detail)
+                .collect()
+        };
+        let ssh = detail("ssh").join(" | ");
+        assert!(ssh.contains("ProxyCommand sh -c evil"), "{ssh}");
+        assert!(!ssh.contains("User me"), "{ssh}");
+        assert!(
+            detail("aws")
+                .join(" ")
+                .contains("credential_process = /tmp/evil")
+        );
+        assert!(detail("psql").join(" ").contains("sh evil"));
+        for v in [
+            "KUBECONFIG",
+            "TAR_OPTIONS",
+            "RM",
+            "CARGO_REGISTRIES_X_CREDENTIAL_PROVIDER",
+            "CURL_HOME",
+        ] {
+            assert!(is_loader_var(v), "{v}");
+        }
+    }
+
+    #[test]
     fn npmrc_code_settings_are_shown() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(".npmrc");
@@ -1871,7 +2211,8 @@ mod tests {
             "git",
             &ctx(&argv, &repo, Path::new("/usr/bin/git"), d.path()),
         );
-        assert_eq!(pins.len(), 1, "{pins:?}");
+        let git: Vec<&InputPin> = pins.iter().filter(|p| p.role.starts_with("git")).collect();
+        assert_eq!(git.len(), 1, "{pins:?}");
         assert!(pins.iter().all(|p| !p.path.starts_with("/proc")));
         assert!(read_for_requester(Path::new("/proc/self/environ")).is_none());
     }

