@@ -107,7 +107,8 @@ pub const TABLE: &[Loader] = &[
         reads: "GNU make manual §3.2-3.4: GNUmakefile/makefile/Makefile or -f, `include`/`-include`/\
                 `sinclude` directives, the MAKEFILES and MAKEFLAGS environment variables",
         pinned: "the makefile (with -f/--file and -C honoured) and the files it includes by a \
-                 literal name, recursively",
+                 literal name (searched in -I/--include-dir directories too) or a wildcard (its \
+                 directory fingerprinted), recursively",
         neutralised: "MAKEFILES, MAKEFLAGS, MFLAGS, GNUMAKEFLAGS never pass",
         pins: make,
     },
@@ -1659,8 +1660,103 @@ fn make_includes(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `-I DIR`, `-IDIR`, `--include-dir=DIR` from make's argv (relative to `cwd`).
+fn make_include_dirs(argv: &[String], cwd: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "-I" || a == "--include-dir" {
+            v.extend(it.next().map(|x| cwd.join(x)));
+        } else if let Some(x) = a
+            .strip_prefix("--include-dir=")
+            .or_else(|| a.strip_prefix("-I").filter(|x| !x.is_empty()))
+        {
+            v.push(cwd.join(x));
+        }
+    }
+    v
+}
+
+/// Whether `name` matches a shell wildcard `pat` (`*`, `?`, `[a-z]`, `[!x]`).
+fn wildcard(pat: &[u8], name: &[u8]) -> bool {
+    match (pat.split_first(), name.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            wildcard(rest, name) || name.split_first().is_some_and(|(_, n)| wildcard(pat, n))
+        }
+        (Some((b'[', rest)), Some((c, n))) => match rest.iter().skip(1).position(|x| *x == b']') {
+            Some(e) => {
+                let class = rest.get(..e + 1).unwrap_or_default();
+                let (neg, class) = match class.split_first() {
+                    Some((b'!' | b'^', cl)) => (true, cl),
+                    _ => (false, class),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while let Some(a) = class.get(i) {
+                    if class.get(i + 1) == Some(&b'-')
+                        && let Some(b) = class.get(i + 2)
+                    {
+                        hit |= (a..=b).contains(&c);
+                        i += 3;
+                    } else {
+                        hit |= a == c;
+                        i += 1;
+                    }
+                }
+                hit != neg && wildcard(rest.get(e + 2..).unwrap_or_default(), n)
+            }
+            None => false,
+        },
+        (Some((p, rest)), Some((c, n))) => (*p == b'?' || p == c) && wildcard(rest, n),
+        _ => false,
+    }
+}
+
+/// The files an include name stands for (GNU make §3.3): a wildcard is expanded in its
+/// directory, which is pinned by fingerprint (a file planted later that matches is a change);
+/// a relative name not in make's directory is searched in the `-I` directories, in order.
+fn make_include_files(name: &str, dir: &Path, incdirs: &[PathBuf], out: &mut Pins) -> Vec<PathBuf> {
+    let p = dir.join(name);
+    if name.contains(['*', '?', '[']) {
+        let (Some(parent), Some(pat)) = (p.parent(), p.file_name()) else {
+            return Vec::new();
+        };
+        if parent.to_string_lossy().contains(['*', '?', '[']) {
+            out.unpinnable(&p, "a make include whose directory is a wildcard");
+            return Vec::new();
+        }
+        out.add_dir(
+            "make-include-dir",
+            parent,
+            "directory a make include wildcard reads",
+        );
+        let pat = pat.as_encoded_bytes().to_vec();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(parent)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| wildcard(&pat, e.file_name().as_encoded_bytes()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        return v;
+    }
+    if p.exists() || Path::new(name).is_absolute() {
+        return vec![p];
+    }
+    incdirs
+        .iter()
+        .map(|d| d.join(name))
+        .find(|c| c.exists())
+        .into_iter()
+        .collect()
+}
+
 fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     let (dir, files) = make_args(cx.argv, cx.cwd);
+    let incdirs = make_include_dirs(cx.argv, cx.cwd);
     let mut queue: Vec<PathBuf> = if files.is_empty() {
         ["GNUmakefile", "makefile", "Makefile"]
             .iter()
@@ -1677,7 +1773,9 @@ fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         let p = queue.remove(0);
         n += 1;
         if let Some(t) = out.add_text(role, &p, |_| None) {
-            queue.extend(make_includes(&t).into_iter().map(|i| dir.join(i)));
+            for i in make_includes(&t) {
+                queue.extend(make_include_files(&i, &dir, &incdirs, out));
+            }
         }
         if n >= files.len().max(1) {
             role = "makefile-include";
@@ -2142,6 +2240,36 @@ mod tests {
         ] {
             assert!(is_loader_var(v), "{v}");
         }
+    }
+
+    #[test]
+    fn make_includes_by_wildcard_and_include_dir_are_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("mk")).unwrap();
+        std::fs::create_dir_all(d.path().join("inc")).unwrap();
+        std::fs::write(
+            d.path().join("Makefile"),
+            "include mk/[ab]*.mk\nsinclude common.mk\nall:\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("mk/a1.mk"), "x:\n").unwrap();
+        std::fs::write(d.path().join("mk/zz.mk"), "x:\n").unwrap();
+        std::fs::write(d.path().join("inc/common.mk"), "x:\n").unwrap();
+        let argv = sv(&["make", "--include-dir=inc", "all"]);
+        let exe = Path::new("/usr/bin/make");
+        let pins = inputs("make", "make", &ctx(&argv, d.path(), exe, d.path()));
+        let names: Vec<&str> = pins
+            .iter()
+            .map(|p| p.path.rsplit('/').next().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"a1.mk") && names.contains(&"common.mk"),
+            "{names:?}"
+        );
+        assert!(!names.contains(&"zz.mk"), "{names:?}");
+        let dir = pins.iter().find(|p| p.role == "make-include-dir").unwrap();
+        std::fs::write(d.path().join("mk/b2.mk"), "x:\n").unwrap();
+        assert!(!crate::path_dirs::still_holds(dir));
     }
 
     #[test]

@@ -640,7 +640,6 @@ fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
 /// directory by fingerprint, or expand it the way make does and pin each match plus the
 /// directory listing).
 #[test]
-#[ignore = "LEAK: a .d file planted after approval is included through `-include *.d` and runs under a `make test` grant"]
 fn a_makefile_glob_include_never_pulls_in_a_file_planted_after_approval() {
     if !have("/usr/bin/make") {
         return;
@@ -1940,7 +1939,6 @@ fn a_script_operand_that_is_not_a_regular_file_is_never_run_unpinned() {
 /// Gap: `loaders.rs::make` / `make_args` (no `-I`/`--include-dir`, no default include
 /// directories). Fix: resolve includes as make does, and pin the absent candidates as absent.
 #[test]
-#[ignore = "LEAK: an include found through `make -I DIR` is never pinned; rewritten after approval it runs under a `make -I mk test` grant"]
 fn a_makefile_include_found_through_dash_i_is_pinned() {
     if !have("/usr/bin/make") {
         return;
