@@ -94,8 +94,10 @@ pub const TABLE: &[Loader] = &[
                 pyvenv.cfg; pip config pip.pypa.io/en/stable/topics/configuration: \
                 ~/.config/pip/pip.conf, ~/.pip/pip.conf, /etc/pip.conf, $VIRTUAL_ENV/pip.conf",
         pinned: "*.pth, sitecustomize.py and usercustomize.py in the interpreter's own site \
-                 directories (found from the executable, pyenv shims included), pyvenv.cfg, \
-                 .python-version up the tree; for pip, every pip.conf",
+                 directories (found from the executable, pyenv shims included, and from a venv's \
+                 executable as invoked), pyvenv.cfg, .python-version up the tree; sys.path[0] \
+                 (the script's directory, or the cwd for -m/-c) by fingerprint of what can be \
+                 imported from it, named on the card; for pip, every pip.conf",
         neutralised: "PYTHONNOUSERSITE=1 (the user site directory, its .pth files and \
                       usercustomize are not loaded; venvs still work, unlike -I); PYTHON*, PYENV_*, \
                       PIP_CONFIG_FILE and package-source overrides never pass",
@@ -1573,9 +1575,87 @@ fn site_dirs(prefix: &Path, out: &mut Pins) -> Vec<PathBuf> {
     dirs
 }
 
+/// The directory Python puts first on `sys.path` (`sys.path[0]`, docs.python.org/3/library/
+/// sys.html#sys.path): the script's directory (symlinks resolved), or the working directory for
+/// `-m`, `-c` and stdin; none with `-I`/`-P` (safe path).
+fn python_path0(cx: &Ctx<'_>) -> Option<PathBuf> {
+    let mut it = cx.argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-m" | "-c" | "-" => return Some(cx.cwd.to_path_buf()),
+            "-W" | "-X" | "--check-hash-based-pycs" => {
+                it.next();
+            }
+            s if s.starts_with("--") => {}
+            s if s.starts_with('-') => {
+                let flags = s.trim_start_matches('-');
+                if flags.contains(['I', 'P']) {
+                    return None;
+                }
+                if flags.contains(['m', 'c']) {
+                    return Some(cx.cwd.to_path_buf());
+                }
+            }
+            script => {
+                let p = std::fs::canonicalize(cx.cwd.join(script)).ok()?;
+                return p.parent().map(Path::to_path_buf);
+            }
+        }
+    }
+    Some(cx.cwd.to_path_buf())
+}
+
 fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
     let pip = family == "pip" || argv_has_pair(cx.argv, "-m", "pip");
-    for prefix in python_prefixes(cx.exe, cx.cwd) {
+    if family == "python"
+        && let Some(dir) = python_path0(cx)
+        && !out.0.iter().any(|q| Path::new(&q.path) == dir)
+    {
+        // A `json.py` or `json/` there shadows the standard library: its importable entries
+        // are fingerprinted (modules, packages one level down, `__pycache__`).
+        let role = "python-import-dir";
+        if let Some(f) = crate::path_dirs::fingerprint_filtered(
+            &dir,
+            crate::path_dirs::depth_for(role),
+            crate::path_dirs::python_importable,
+        ) {
+            // The card names what can be imported from there (a `json.py` is seen for what
+            // it is).
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.file_name())
+                        .filter(|n| crate::path_dirs::python_importable(n))
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            let more = names.len().saturating_sub(24);
+            names.truncate(24);
+            let mut what = format!(
+                "Python imports from here first (sys.path[0]), before the standard library: {}",
+                names.join(", ")
+            );
+            if more > 0 {
+                what.push_str(&format!(" and {more} more"));
+            }
+            out.0
+                .extend(crate::path_dirs::pin_fingerprint(role, &dir, f, &what));
+        }
+    }
+    // A venv run by its own path (`.venv/bin/python3`): Python finds `pyvenv.cfg` next to the
+    // executable as invoked, or one level up, not next to the symlink's target.
+    let mut prefixes = python_prefixes(cx.exe, cx.cwd);
+    if let Some(a0) = cx.argv.first().filter(|a| a.contains('/')) {
+        let bin = cx.cwd.join(a0);
+        for d in bin.ancestors().skip(1).take(2) {
+            if d.join("pyvenv.cfg").is_file() && !prefixes.contains(&d.to_path_buf()) {
+                prefixes.push(d.to_path_buf());
+            }
+        }
+    }
+    for prefix in prefixes {
         for dir in site_dirs(&prefix, out) {
             pin_dir(out, "python-site", &dir, |n| {
                 n.ends_with(".pth") || n == "sitecustomize.py" || n == "usercustomize.py"
@@ -2270,6 +2350,35 @@ mod tests {
         let dir = pins.iter().find(|p| p.role == "make-include-dir").unwrap();
         std::fs::write(d.path().join("mk/b2.mk"), "x:\n").unwrap();
         assert!(!crate::path_dirs::still_holds(dir));
+    }
+
+    #[test]
+    fn python_pins_the_directory_it_imports_from_first() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tools")).unwrap();
+        std::fs::write(d.path().join("tools/run.py"), "import json\n").unwrap();
+        std::fs::write(d.path().join("README.md"), "x").unwrap();
+        let exe = Path::new("/usr/bin/python3");
+        let argv = sv(&["python3", "-W", "error", "tools/run.py"]);
+        let pins = inputs("python", "python3", &ctx(&argv, d.path(), exe, d.path()));
+        let p = pins.iter().find(|p| p.role == "python-import-dir").unwrap();
+        assert!(p.path.ends_with("/tools"), "{p:?}");
+        assert!(p.detail.as_deref().unwrap().contains("run.py"), "{p:?}");
+        assert!(crate::path_dirs::still_holds(p));
+        // A compiled module planted in __pycache__ is a change; so is one in cwd for -m.
+        std::fs::create_dir_all(d.path().join("tools/__pycache__")).unwrap();
+        assert!(!crate::path_dirs::still_holds(p));
+        let m = sv(&["python3", "-m", "json.tool"]);
+        let pins = inputs("python", "python3", &ctx(&m, d.path(), exe, d.path()));
+        let p = pins.iter().find(|p| p.role == "python-import-dir").unwrap();
+        std::fs::write(d.path().join("NOTES.txt"), "x").unwrap();
+        assert!(crate::path_dirs::still_holds(p), "a data file is no module");
+        std::fs::write(d.path().join("json.py"), "x").unwrap();
+        assert!(!crate::path_dirs::still_holds(p));
+        // -I: no script directory on sys.path.
+        let i = sv(&["python3", "-I", "tools/run.py"]);
+        let pins = inputs("python", "python3", &ctx(&i, d.path(), exe, d.path()));
+        assert!(!pins.iter().any(|p| p.role == "python-import-dir"));
     }
 
     #[test]

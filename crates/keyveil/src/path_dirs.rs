@@ -95,15 +95,25 @@ fn ident(m: &std::fs::Metadata) -> String {
 /// whole toolchains). Every listing must succeed and at most [`MAX_ENTRIES`] entries are taken
 /// in all; otherwise the fingerprint says why it is `incomplete`.
 pub fn fingerprint(dir: &Path, depth: u32) -> Option<Fingerprint> {
-    fingerprint_filtered(dir, depth, |_| true)
+    fingerprint_of(dir, depth, &|_| true, false)
 }
 
 /// [`fingerprint`] of the top-level entries whose names pass `keep` (subdirectories below them
-/// are taken whole).
+/// are taken whole); the directory's own times are left out, so an entry that `keep` rejects
+/// (a data file) does not change it.
 pub fn fingerprint_filtered(
     dir: &Path,
     depth: u32,
     keep: impl Fn(&std::ffi::OsStr) -> bool,
+) -> Option<Fingerprint> {
+    fingerprint_of(dir, depth, &keep, true)
+}
+
+fn fingerprint_of(
+    dir: &Path,
+    depth: u32,
+    keep: &dyn Fn(&std::ffi::OsStr) -> bool,
+    filtered: bool,
 ) -> Option<Fingerprint> {
     let mut h = Sha256::new();
     let canon = match std::fs::canonicalize(dir) {
@@ -125,7 +135,20 @@ pub fn fingerprint_filtered(
     }
     let mut budget = MAX_ENTRIES;
     let mut programs = 0;
-    let incomplete = walk(&canon, depth, &keep, &mut budget, &mut h, &mut programs).err();
+    if filtered {
+        let m = std::fs::metadata(&canon).ok()?;
+        h.update(format!("filtered {}:{}\n", m.dev(), m.ino()).as_bytes());
+    }
+    let incomplete = walk(
+        &canon,
+        depth,
+        keep,
+        filtered,
+        &mut budget,
+        &mut h,
+        &mut programs,
+    )
+    .err();
     Some(Fingerprint {
         digest: hex::encode(h.finalize()),
         programs,
@@ -140,13 +163,16 @@ fn walk(
     canon: &Path,
     depth: u32,
     keep: &dyn Fn(&std::ffi::OsStr) -> bool,
+    skip_own_ident: bool,
     budget: &mut usize,
     h: &mut Sha256,
     programs: &mut usize,
 ) -> Result<(), String> {
     let m =
         std::fs::metadata(canon).map_err(|e| format!("cannot stat {}: {e}", canon.display()))?;
-    h.update(format!("{}\0{}\n", canon.display(), ident(&m)).as_bytes());
+    if !skip_own_ident {
+        h.update(format!("{}\0{}\n", canon.display(), ident(&m)).as_bytes());
+    }
     if !m.is_dir() {
         return Ok(());
     }
@@ -202,7 +228,15 @@ fn walk(
                     }
                     // A symlink loop or a link back up would be walked until the budget ends.
                     let mut sub_programs = 0;
-                    walk(&sub, depth - 1, &|_| true, budget, h, &mut sub_programs)?;
+                    walk(
+                        &sub,
+                        depth - 1,
+                        &|_| true,
+                        false,
+                        budget,
+                        h,
+                        &mut sub_programs,
+                    )?;
                 }
             }
             None => h.update(b"\0dangling"),
