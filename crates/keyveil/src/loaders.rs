@@ -222,7 +222,7 @@ pub const TABLE: &[Loader] = &[
     },
 ];
 
-/// One row of [`HOME_TOOLS`]: a tool that reads configuration able to run code from HOME (or
+/// One entry of [`home_tool`]: a tool that reads configuration able to run code from HOME (or
 /// /etc), the files, and the settings the card quotes.
 struct HomeTool {
     role: &'static str,
