@@ -554,3 +554,53 @@ fn rt16_doctor_lists_opencode_in_an_agent_planted_project() {
         "doctor ran the host listing in the agent's project (its opencode.json servers would start)"
     );
 }
+
+/// The human revokes every grant while a task's command runs: the command is killed and the
+/// task's result says so; the task cannot keep it going.
+#[test]
+fn rt16_a_task_does_not_outlive_a_revoke() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "rt16-generated-0005");
+    let started = h.path().join("started");
+    let finished = h.path().join("finished");
+    let script = format!(
+        "touch '{}'; sleep 4; touch '{}'",
+        started.display(),
+        finished.display()
+    );
+    let mut m = Mcp::start(
+        &h,
+        json!({"extensions": {"io.modelcontextprotocol/tasks": {}}}),
+        "host",
+    );
+    let r = m.request(
+        "tools/call",
+        json!({"name": "run", "arguments": {"environment": "demo",
+               "command": ["sh", "-c", script]}}),
+    );
+    let task_id = r["result"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task: {r}"))
+        .to_owned();
+    let id = h.wait_request();
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let t0 = Instant::now();
+    while !started.exists() {
+        assert!(t0.elapsed() < BOUND, "the approved task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h.ok(&["revoke", "--all"]);
+    let t0 = Instant::now();
+    let g = loop {
+        let g = m.request("tasks/get", json!({"taskId": task_id}));
+        let st = g["result"]["status"].as_str().unwrap_or("").to_owned();
+        if st != "working" && st != "input_required" {
+            break g;
+        }
+        assert!(t0.elapsed() < BOUND, "the task never ended: {g}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!finished.exists(), "the command outlived the revoke ({g})");
+}
