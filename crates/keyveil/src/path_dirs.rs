@@ -29,21 +29,36 @@ use crate::pin::InputPin;
 pub(crate) const ROLE: &str = "path-dir";
 
 /// Roles whose pins are directory fingerprints (see [`fingerprint`]), not file hashes.
-pub(crate) const DIR_ROLES: &[&str] = &[ROLE, "version-manager-hooks", "toolchain-dir"];
+pub(crate) const DIR_ROLES: &[&str] = &[
+    ROLE,
+    "version-manager-hooks",
+    "toolchain-dir",
+    "toolchain-lib",
+    "git-hooks-dir",
+    "python-import-dir",
+    "make-include-dir",
+    "config-dir",
+];
 
-/// Most entries fingerprinted one by one; a directory with more is pinned by its listing's
-/// identity (its own mtime and ctime change when an entry is added, removed or renamed).
-const MAX_ENTRIES: usize = 10_000;
+pub(crate) use crate::pin::unpinnable;
+
+/// Most entries fingerprinted in one directory pin, subdirectories included; a directory with
+/// more cannot be pinned (the request is refused, see [`crate::pin::UNPINNABLE`]). Each entry costs two
+/// `stat`s at request time and at every run.
+const MAX_ENTRIES: usize = 200_000;
 
 /// A directory's fingerprint: the digest and how many programs (executable regular files, after
 /// symlinks) it holds. `None` when it lies where the broker never reads for a requester.
 pub(crate) struct Fingerprint {
     /// Lowercase hex SHA-256 of the listing and every entry's identity.
     pub digest: String,
-    /// Executable regular files found (symlinks followed).
+    /// Executable regular files found (symlinks followed), at the top level.
     pub programs: usize,
     /// Whether the directory exists.
     pub exists: bool,
+    /// Why the fingerprint does not cover everything (a listing failed, too many entries): such
+    /// a directory is not pinned but refused ([`crate::pin::UNPINNABLE`]).
+    pub incomplete: Option<String>,
 }
 
 fn ident(m: &std::fs::Metadata) -> String {
@@ -62,10 +77,31 @@ fn ident(m: &std::fs::Metadata) -> String {
 }
 
 /// Fingerprints `dir` as a child would see it (the path as given, symlinks followed). With
-/// `depth` > 0, subdirectories are fingerprinted too, that many levels down (hook directories).
+/// `depth` > 0, subdirectories are fingerprinted too, that many levels down (hook directories,
+/// whole toolchains). Every listing must succeed and at most [`MAX_ENTRIES`] entries are taken
+/// in all; otherwise the fingerprint says why it is `incomplete`.
 pub(crate) fn fingerprint(dir: &Path, depth: u32) -> Option<Fingerprint> {
+    fingerprint_of(dir, depth, &|_| true, false)
+}
+
+/// [`fingerprint`] of the top-level entries whose names pass `keep` (subdirectories below them
+/// are taken whole); the directory's own times are left out, so an entry that `keep` rejects
+/// (a data file) does not change it.
+pub(crate) fn fingerprint_filtered(
+    dir: &Path,
+    depth: u32,
+    keep: impl Fn(&std::ffi::OsStr) -> bool,
+) -> Option<Fingerprint> {
+    fingerprint_of(dir, depth, &keep, true)
+}
+
+fn fingerprint_of(
+    dir: &Path,
+    depth: u32,
+    keep: &dyn Fn(&std::ffi::OsStr) -> bool,
+    filtered: bool,
+) -> Option<Fingerprint> {
     let mut h = Sha256::new();
-    let mut programs = 0;
     let canon = match std::fs::canonicalize(dir) {
         Ok(c) => c,
         Err(_) => {
@@ -76,35 +112,78 @@ pub(crate) fn fingerprint(dir: &Path, depth: u32) -> Option<Fingerprint> {
                 digest: hex::encode(h.finalize()),
                 programs: 0,
                 exists: false,
+                incomplete: None,
             });
         }
     };
     if !crate::pin::readable_for_requester(&canon) {
         return None;
     }
-    let m = std::fs::metadata(&canon).ok()?;
-    h.update(format!("{}\0{}\n", canon.display(), ident(&m)).as_bytes());
-    if !m.is_dir() {
-        return Some(Fingerprint {
-            digest: hex::encode(h.finalize()),
-            programs: 0,
-            exists: true,
-        });
+    let mut budget = MAX_ENTRIES;
+    let mut programs = 0;
+    if filtered {
+        let m = std::fs::metadata(&canon).ok()?;
+        h.update(format!("filtered {}:{}\n", m.dev(), m.ino()).as_bytes());
     }
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&canon)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
+    let incomplete = walk(
+        &canon,
+        depth,
+        keep,
+        filtered,
+        &mut budget,
+        &mut h,
+        &mut programs,
+    )
+    .err();
+    Some(Fingerprint {
+        digest: hex::encode(h.finalize()),
+        programs,
+        exists: true,
+        incomplete,
+    })
+}
+
+/// Hashes `canon` (canonical) and its entries into `h`; `Err` says why the result does not
+/// cover everything.
+fn walk(
+    canon: &Path,
+    depth: u32,
+    keep: &dyn Fn(&std::ffi::OsStr) -> bool,
+    skip_own_ident: bool,
+    budget: &mut usize,
+    h: &mut Sha256,
+    programs: &mut usize,
+) -> Result<(), String> {
+    let m =
+        std::fs::metadata(canon).map_err(|e| format!("cannot stat {}: {e}", canon.display()))?;
+    if !skip_own_ident {
+        h.update(format!("{}\0{}\n", canon.display(), ident(&m)).as_bytes());
+    }
+    if !m.is_dir() {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(canon).map_err(|e| {
+        format!(
+            "cannot list {} ({e}): a program planted there could not be seen",
+            canon.display()
+        )
+    })?;
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| format!("cannot list {}: {e}", canon.display()))?;
+        if keep(&e.file_name()) {
+            names.push(e.file_name());
+        }
+    }
     names.sort();
     h.update(format!("entries {}\n", names.len()).as_bytes());
-    if names.len() > MAX_ENTRIES {
-        return Some(Fingerprint {
-            digest: hex::encode(h.finalize()),
-            programs: names.len(),
-            exists: true,
-        });
+    if names.len() > *budget {
+        return Err(format!(
+            "{} holds more entries than keyveil fingerprints ({MAX_ENTRIES})",
+            canon.display()
+        ));
     }
+    *budget -= names.len();
     for n in names {
         let p = canon.join(&n);
         h.update(n.as_encoded_bytes());
@@ -125,29 +204,51 @@ pub(crate) fn fingerprint(dir: &Path, depth: u32) -> Option<Fingerprint> {
             Some(t) => {
                 h.update(format!("\0{}", ident(&t)).as_bytes());
                 if t.is_file() && t.mode() & 0o111 != 0 {
-                    programs += 1;
+                    *programs += 1;
                 }
                 if t.is_dir() && depth > 0 {
-                    let sub = fingerprint(&p, depth - 1);
-                    h.update(format!("\0{:?}", sub.map(|s| s.digest)).as_bytes());
+                    let sub = std::fs::canonicalize(&p)
+                        .map_err(|e| format!("cannot resolve {}: {e}", p.display()))?;
+                    if !crate::pin::readable_for_requester(&sub) {
+                        return Err(format!("{} leads where keyveil never reads", p.display()));
+                    }
+                    // A symlink loop or a link back up would be walked until the budget ends.
+                    let mut sub_programs = 0;
+                    walk(
+                        &sub,
+                        depth - 1,
+                        &|_| true,
+                        false,
+                        budget,
+                        h,
+                        &mut sub_programs,
+                    )?;
                 }
             }
             None => h.update(b"\0dangling"),
         }
         h.update(b"\n");
     }
-    Some(Fingerprint {
-        digest: hex::encode(h.finalize()),
-        programs,
-        exists: true,
-    })
+    Ok(())
 }
 
 /// Pins a directory by [`fingerprint`] as an input of role `role`, described by `what`
 /// (`"PATH dir the agent can write"`). The pin's path is the path as given (what the child
 /// looks up), not the canonical one.
 pub(crate) fn pin_dir(role: &str, dir: &Path, depth: u32, what: &str) -> Option<InputPin> {
-    let f = fingerprint(dir, depth)?;
+    pin_fingerprint(role, dir, fingerprint(dir, depth)?, what)
+}
+
+/// A pin from a fingerprint taken of `dir`; an incomplete one is an [`crate::pin::UNPINNABLE`] input.
+pub(crate) fn pin_fingerprint(
+    role: &str,
+    dir: &Path,
+    f: Fingerprint,
+    what: &str,
+) -> Option<InputPin> {
+    if let Some(why) = &f.incomplete {
+        return Some(unpinnable(dir, format!("{what}: {why}")));
+    }
     let detail = if f.exists {
         format!(
             "{what}: {} program{}, pinned (a change ends the grant)",
@@ -168,15 +269,38 @@ pub(crate) fn pin_dir(role: &str, dir: &Path, depth: u32, what: &str) -> Option<
 /// Re-fingerprints a directory pin; `true` when it still holds. `depth` is read back from the
 /// role (hook directories are pinned two levels down).
 pub(crate) fn still_holds(p: &InputPin) -> bool {
-    fingerprint(Path::new(&p.path), depth_for(&p.role)).is_some_and(|f| f.digest == p.sha256)
+    let f = if p.role == "python-import-dir" {
+        fingerprint_filtered(Path::new(&p.path), depth_for(&p.role), python_importable)
+    } else {
+        fingerprint(Path::new(&p.path), depth_for(&p.role))
+    };
+    f.is_some_and(|f| f.incomplete.is_none() && f.digest == p.sha256)
 }
 
-/// How deep a directory pin of `role` looks.
+/// How deep a directory pin of `role` looks: hook directories three levels down, an installed
+/// version's `lib` and the directory Python imports first from two (`lib/python3.12/os.py`;
+/// modules and each package's entries), `PATH`, `bin` and git hook directories at the top level.
 pub(crate) fn depth_for(role: &str) -> u32 {
-    if role == "version-manager-hooks" {
-        2
-    } else {
-        0
+    match role {
+        "version-manager-hooks" => 2,
+        "toolchain-lib" | "python-import-dir" => 1,
+        _ => 0,
+    }
+}
+
+/// The entries of `sys.path[0]` Python can import (modules, extension modules, compiled files,
+/// packages and `__pycache__`): a `json.py` or `json/` planted there shadows the standard
+/// library. Hidden entries and data files are left out, so editing a README does not end a
+/// grant.
+pub(crate) fn python_importable(name: &std::ffi::OsStr) -> bool {
+    let n = name.to_string_lossy();
+    if n.starts_with('.') {
+        return false;
+    }
+    let ext = n.rsplit_once('.').map(|(_, e)| e);
+    match ext {
+        None => true, // a package (or namespace package) directory, or a file that is neither
+        Some(e) => ["py", "pyc", "pyw", "so", "pth", "zip", "egg"].contains(&e),
     }
 }
 
@@ -305,6 +429,25 @@ mod tests {
         // What a symlink leads to, changed outside the directory.
         exe(&target, "#!/bin/sh\necho evil\n");
         assert!(!still_holds(p));
+    }
+
+    #[test]
+    fn what_cannot_be_fingerprinted_whole_is_unpinnable() {
+        let d = tempfile::tempdir().unwrap();
+        // A subdirectory that leads where keyveil never reads cannot be walked.
+        let t = d.path().join("t");
+        std::fs::create_dir_all(t.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/proc/1", t.join("bin/up")).unwrap();
+        let p = pin_dir("toolchain-lib", &t, 2, "x").unwrap();
+        assert_eq!(p.role, crate::pin::UNPINNABLE, "{p:?}");
+        // Within the budget a depth-1 pin sees a file rewritten one level down.
+        let lib = d.path().join("lib");
+        std::fs::create_dir_all(lib.join("python3.x")).unwrap();
+        std::fs::write(lib.join("python3.x/os.py"), "a").unwrap();
+        let p = pin_dir("toolchain-lib", &lib, depth_for("toolchain-lib"), "x").unwrap();
+        assert!(still_holds(&p));
+        std::fs::write(lib.join("python3.x/os.py"), "b").unwrap();
+        assert!(!still_holds(&p));
     }
 
     #[test]

@@ -599,7 +599,14 @@ fn inputs_at(
         // The script shown is read from the very bytes pinned.
         let detail = |text: &str| {
             let s = npm_script(argv)?;
-            let json = serde_json::from_str::<serde_json::Value>(text).ok();
+            // npm strips a byte order mark before parsing.
+            let json =
+                serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{feff}')).ok();
+            if json.is_none() {
+                return Some(format!(
+                    "package.json does not parse as JSON: keyveil cannot show what {s:?} runs"
+                ));
+            }
             let script = |name: &str| {
                 json.as_ref()
                     .and_then(|v| v.get("scripts"))

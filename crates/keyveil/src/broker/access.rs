@@ -204,7 +204,7 @@ pub(crate) fn check_pass_env(names: &[String]) -> OpResult<Vec<String>> {
                 ),
             ));
         }
-        if is_injection_var(n) {
+        if is_injection_var(n) || crate::loaders::is_loader_var(n) {
             return Err(OpError::new(
                 ErrorCode::Denied,
                 format!("refused to pass {n} through: it can make the granted process run other code"),
@@ -378,7 +378,7 @@ pub(crate) fn prepare(
             ErrorCode::Denied,
             format!("keyveil cannot pin what this command would run: {what}; nothing was asked"),
         )
-        .hint("make it a regular file keyveil can read (not a pipe, socket, device, or a file under /dev or /proc), name the script directly, or run the command without keyveil"));
+        .hint("make it pinnable: a regular file keyveil can read (not a pipe, socket, device, or a file under /dev or /proc), fewer files, a readable directory, a literal name; or name the script directly, or run the command without keyveil's values"));
     }
     Ok(Pins {
         executable: Some(executable),

@@ -32,6 +32,7 @@ mod output;
 mod pathdirs;
 mod policy;
 mod redteam;
+mod redteam16;
 mod redteam2;
 mod redteam3;
 mod revoke;

@@ -71,7 +71,6 @@ fn no_value_in(o: &Output, tok: &str) {
 /// Gap: `loaders.rs::npm` pins rc files and `package.json`, and `path_dirs::path_pins` only
 /// looks at the policy PATH, never the directories npm itself prepends.
 #[test]
-#[ignore = "LEAK: a program planted in node_modules/.bin (put on PATH by npm itself) runs under a standing `npm test` grant"]
 fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
     if !have("/usr/bin/npm") {
         return;
@@ -209,7 +208,6 @@ fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
 /// own test (or ask `git rev-parse --git-dir --git-common-dir` with the child's environment), and
 /// pin every `.git` candidate up the tree.
 #[test]
-#[ignore = "LEAK: an empty .git dir in cwd diverts keyveil's pinning from the repository git really reads; a clean filter planted there runs under a `git status` grant"]
 fn an_empty_dot_git_in_cwd_never_hides_the_real_repositorys_config() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -225,9 +223,11 @@ fn an_empty_dot_git_in_cwd_never_hides_the_real_repositorys_config() {
     std::fs::create_dir(sub.join(".git")).unwrap();
     let cmd = ["git", "status", "--short"];
     let card = approve_standing(&a, &sub, &cmd);
+    // git skips the empty `.git`: the repository it really reads is the one pinned and shown.
+    let real = std::fs::canonicalize(app.join(".git/config")).unwrap();
     assert!(
-        !card.contains(&format!("{}/.git/config", app.display())),
-        "the real config is pinned: {card}"
+        card.contains(&real.display().to_string()),
+        "the real config is not pinned: {card}"
     );
     let o = run(h, &sub, "30", &cmd);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -269,7 +269,6 @@ fn an_empty_dot_git_in_cwd_never_hides_the_real_repositorys_config() {
 /// directory: its `*.py`, packages and `__pycache__`), or set `PYTHONSAFEPATH=1` (3.11+) for
 /// granted children and say so.
 #[test]
-#[ignore = "LEAK: a package planted in cwd shadows the stdlib module run by `python3 -m` under a standing grant"]
 fn python_dash_m_never_imports_a_package_planted_in_the_working_directory() {
     if !have("/usr/bin/python3") {
         return;
@@ -308,7 +307,6 @@ fn python_dash_m_never_imports_a_package_planted_in_the_working_directory() {
 /// (`import json`). The script's directory comes first on `sys.path`: a `json.py` planted next
 /// to it runs instead, with the value, and the card of a single approval never shows it.
 #[test]
-#[ignore = "LEAK: json.py planted next to a pinned script shadows the stdlib import and runs under the grant"]
 fn a_pinned_script_never_imports_a_module_planted_next_to_it() {
     if !have("/usr/bin/python3") {
         return;
@@ -335,8 +333,10 @@ fn a_pinned_script_never_imports_a_module_planted_next_to_it() {
     let shown = card.contains("json.py");
     let o = run(h, &app, "30", &cmd);
     no_value_in(&o, &tok);
+    // Secure: the card names json.py as imported before the standard library (the directory
+    // is pinned: a json.py planted after approval ends the grant), or it never runs.
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "json.py next to check.py ran with the value (shown on the card: {shown}; exit {:?})",
         o.status.code()
     );
@@ -407,7 +407,6 @@ fn a_unittest_prefix_grant_never_runs_tests_from_a_directory_the_agent_names() {
 /// the uncanonicalised path too (a `pyvenv.cfg` one or two levels above it), and pin the venv's
 /// site directories like the interpreter's.
 #[test]
-#[ignore = "LEAK: a .pth file in a project venv's site-packages runs under a `.venv/bin/python3 check.py` grant"]
 fn a_pth_file_in_a_project_venv_never_runs_under_a_grant() {
     if !have("/usr/bin/python3") {
         return;
@@ -465,7 +464,6 @@ fn a_pth_file_in_a_project_venv_never_runs_under_a_grant() {
 /// the hooks directory (and Python site directories) by directory fingerprint
 /// (`path_dirs::fingerprint`), and refuse (or fingerprint) rather than drop what is over a cap.
 #[test]
-#[ignore = "LEAK: with 64 decoy files in .git/hooks, a post-commit hook created after approval runs under a `git commit` grant"]
 fn a_hook_beyond_the_pin_cap_never_runs_under_a_git_grant() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -511,7 +509,6 @@ fn a_hook_beyond_the_pin_cap_never_runs_under_a_git_grant() {
 /// discovery of a git directory itself). Fix: apply git's `is_git_directory` test to each
 /// directory up the tree as well as to its `.git`.
 #[test]
-#[ignore = "LEAK: a bare repository's config is never pinned; an uploadpack set after approval runs under a `git fetch` grant"]
 fn a_bare_repositorys_config_is_pinned_for_git_run_inside_it() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -581,7 +578,6 @@ fn a_bare_repositorys_config_is_pinned_for_git_run_inside_it() {
 /// tools that read it whole (git reads any size), or refuse a config too big to show ("cannot
 /// show what this config runs"), never show it as if it ran nothing.
 #[test]
-#[ignore = "LEAK: a clean filter in a 1 MiB .git/config is not quoted on the card and runs with one approval of `git status --short`"]
 fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -611,8 +607,17 @@ fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
     std::fs::write(&cfg, t).unwrap();
     std::fs::write(app.join(".gitattributes"), "* filter=kv\n").unwrap();
     std::fs::write(app.join("f.txt"), "two\n").unwrap();
-    // One approval, of what the card shows.
+    // One approval, of what the card shows; or, since keyveil cannot read a config this big,
+    // a refusal before any card (fail closed).
     let cmd = ["git", "status", "--short"];
+    let o = run(h, &app, "0", &cmd);
+    if o.status.code() != Some(5) {
+        no_value_in(&o, &tok);
+        assert!(!stolen(&marker, &tok));
+        let e = text(&o.stderr);
+        assert!(e.contains("over 1 MiB") && e.contains("hint:"), "{e}");
+        return;
+    }
     let card = approve_standing(&a, &app, &cmd);
     let shown = card.contains("filter.kv.clean");
     let o = run(h, &app, "30", &cmd);
@@ -633,7 +638,6 @@ fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
 /// directory by fingerprint, or expand it the way make does and pin each match plus the
 /// directory listing).
 #[test]
-#[ignore = "LEAK: a .d file planted after approval is included through `-include *.d` and runs under a `make test` grant"]
 fn a_makefile_glob_include_never_pulls_in_a_file_planted_after_approval() {
     if !have("/usr/bin/make") {
         return;
@@ -677,7 +681,6 @@ fn a_makefile_glob_include_never_pulls_in_a_file_planted_after_approval() {
 /// new approval at every run, or refuse the grant) a directory too big to fingerprint, or
 /// fingerprint only the names the command can look up, always.
 #[test]
-#[ignore = "LEAK: in a PATH dir with over 10,000 entries, a helper rewritten in place runs under a standing grant"]
 fn a_helper_rewritten_in_a_huge_path_dir_never_runs() {
     let (a, tok, app) = setup(&["bigbin"], "echo abc | kvfmt\n");
     let h = &a.h;
@@ -728,7 +731,6 @@ fn pyenv_libexec() -> Option<PathBuf> {
 /// selected version's `bin` (and the interpreter's stdlib and site directories) by fingerprint,
 /// not the `versions` listing.
 #[test]
-#[ignore = "LEAK: a pyenv version's bin/python3 rewritten in place runs under a standing grant (versions/ pinned one level deep)"]
 fn a_pyenv_interpreter_rewritten_in_place_never_runs() {
     let Some(libexec) = pyenv_libexec() else {
         return;
@@ -913,7 +915,6 @@ fn run_once(h: &Home, app: &Path, cmd: &[&str], limit: Duration) -> (String, Out
 /// `credsStore`, `credHelpers`, `cliPluginsExtraDirs`, `proxies`; `~/.docker/cli-plugins`, the
 /// system plugin dirs; `DOCKER_CONFIG`, `DOCKER_HOST` never pass) and pin them.
 #[test]
-#[ignore = "LEAK: a docker CLI plugin planted in ~/.docker/cli-plugins runs with the value under one approval of `docker compose version`"]
 fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
     if !have("/usr/local/bin/docker") && !have("/usr/bin/docker") {
         return;
@@ -931,8 +932,11 @@ fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
     );
     let (card, o) = run_once(&h, &app, &["docker", "compose", "version"], CLI_LIMIT);
     no_value_in(&o, &tok);
+    // Secure: the plugin is pinned and named on the card (what the one approval is of), or it
+    // never runs.
+    let shown = card.contains(".docker/cli-plugins/docker-compose");
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "~/.docker/cli-plugins/docker-compose ran with the value (plugin on the card: {}; exit {:?})",
         card.contains("cli-plugins"),
         o.status.code()
@@ -947,7 +951,6 @@ fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
 /// same class). Fix: pin `$HOME/.kube/config` (`KUBECONFIG` never passes), quote `exec.command`
 /// and `auth-provider` on the card.
 #[test]
-#[ignore = "LEAK: an exec credential plugin in ~/.kube/config runs with the value under one approval of `kubectl get pods`"]
 fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
     if !have("/usr/bin/kubectl") && !have("/usr/local/bin/kubectl") {
         return;
@@ -978,8 +981,10 @@ fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
         CLI_LIMIT,
     );
     no_value_in(&o, &tok);
+    // Secure: the exec plugin is quoted on the card (the file pinned), or it never runs.
+    let shown = card.contains(&format!("command: {}", steal.display()));
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "the kubeconfig exec plugin ran with the value (kube config on the card: {}; exit {:?})",
         card.contains(".kube/config"),
         o.status.code()
@@ -996,7 +1001,6 @@ fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
 /// `-q` is argv only; wget `WGETRC=/dev/null`) or pin `~/.curlrc`, `$XDG_CONFIG_HOME/.curlrc`,
 /// `~/.wgetrc`, `~/.ssh/config` and its `Include`s.
 #[test]
-#[ignore = "LEAK: ~/.curlrc sends curl's environment (with the value) to the agent's proxy under one approval of a health-check curl"]
 fn a_curlrc_never_sends_the_environment_to_the_agent() {
     if !have("/usr/bin/curl") {
         return;
@@ -1029,7 +1033,7 @@ fn a_curlrc_never_sends_the_environment_to_the_agent() {
         format!("proxy = \"http://127.0.0.1:{port}\"\ndata-binary = \"@/proc/self/environ\"\n"),
     )
     .unwrap();
-    let (_card, o) = run_once(
+    let (card, o) = run_once(
         &h,
         &app,
         &[
@@ -1043,8 +1047,10 @@ fn a_curlrc_never_sends_the_environment_to_the_agent() {
     );
     no_value_in(&o, &tok);
     let got = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    // Secure: ~/.curlrc is pinned and its options quoted on the card, or nothing leaks.
+    let shown = card.contains(".curlrc") && card.contains("data-binary");
     assert!(
-        !contains(&got, &tok),
+        shown || !contains(&got, &tok),
         "the agent's listener received the value through ~/.curlrc (exit {:?})",
         o.status.code()
     );
@@ -1199,7 +1205,6 @@ fn a_script_rewritten_after_approval_ends_a_plain_interpreter_grant() {
 /// the file cannot be parsed say so on the card ("package.json cannot be read: npm may still run
 /// it"), never "not defined".
 #[test]
-#[ignore = "LEAK: a package.json with a BOM shows `not defined` on the card while npm runs the script with the value"]
 fn a_package_json_with_a_bom_never_hides_its_script_from_the_card() {
     if !have("/usr/bin/npm") {
         return;
@@ -1368,7 +1373,6 @@ impl Drop for RemoveOnDrop {
 /// `%(prefix)/` with git's runtime prefix as git does; an include keyveil cannot resolve makes
 /// the request unpinnable (refuse standing grants, say so on the card).
 #[test]
-#[ignore = "LEAK: an include named `~user/...` is never pinned; rewritten after approval it runs a filter under a `git status` grant"]
 fn a_git_include_named_with_tilde_user_is_pinned() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -1452,7 +1456,6 @@ fn a_git_include_named_with_tilde_user_is_pinned() {
 /// Fix: a directory that cannot be listed is pinned as "unlistable" with its own identity
 /// (ctime), or the request is refused with a hint; never dropped.
 #[test]
-#[ignore = "LEAK (non-root users; reproduced as nobody): a search-only PATH dir is never pinned; a program planted in it runs under a standing grant"]
 fn a_search_only_path_dir_is_still_pinned() {
     let uid = std::process::Command::new("id")
         .arg("-u")
@@ -1501,7 +1504,6 @@ fn a_search_only_path_dir_is_still_pinned() {
 /// Fix: walk the submodules git would walk (gitlinks in the index, `.gitmodules` paths) and pin
 /// each one's gitdir, wherever it lives (`sub/.git` directory or file).
 #[test]
-#[ignore = "LEAK: a clean filter in a non-absorbed submodule's own .git/config runs under a `git status` grant"]
 fn a_non_absorbed_submodules_config_is_pinned() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -1576,7 +1578,6 @@ fn a_non_absorbed_submodules_config_is_pinned() {
 /// Gap: `pin.rs::inputs` (npm detail) and `loaders.rs::npm`. Fix: model npm's defaults: pin
 /// `server.js` for `start`/`restart`, `binding.gyp` for `install`, and say on the card what runs.
 #[test]
-#[ignore = "LEAK: `npm start` with no start script runs server.js, which the card does not show (it says the script is not defined)"]
 fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
     if !have("/usr/bin/npm") {
         return;
@@ -1598,8 +1599,11 @@ fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
     .unwrap();
     let (card, o) = run_once(&h, &app, &["npm", "start"], CLI_LIMIT);
     no_value_in(&o, &tok);
+    // Secure: the card shows that `npm start` runs server.js (pinned), so the one approval is
+    // of what runs; or it never runs.
+    let shown = card.contains("server.js") && card.contains("node server.js");
     assert!(
-        !stolen(&marker, &tok),
+        shown || !stolen(&marker, &tok),
         "npm start ran server.js with the value (card says not defined: {}, server.js on the card: {}; exit {:?})",
         card.contains("is not defined"),
         card.contains("server.js"),
@@ -1616,7 +1620,6 @@ fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
 /// expansion holds an option (`-c`, `--exec-path`, `--git-dir`, `--config-env`...), or every
 /// alias the argv uses.
 #[test]
-#[ignore = "LEAK: a non-! git alias carrying `-c filter...clean=` runs a program under one approval of `git st`, unquoted on the card"]
 fn a_git_alias_with_dash_c_is_shown_on_the_card() {
     if !have("/usr/local/bin/git") && !have("/usr/bin/git") {
         return;
@@ -2068,7 +2071,6 @@ fn a_socket_or_stdin_script_operand_is_refused() {
 /// Gap: `loaders.rs::make` / `make_args` (no `-I`/`--include-dir`, no default include
 /// directories). Fix: resolve includes as make does, and pin the absent candidates as absent.
 #[test]
-#[ignore = "LEAK: an include found through `make -I DIR` is never pinned; rewritten after approval it runs under a `make -I mk test` grant"]
 fn a_makefile_include_found_through_dash_i_is_pinned() {
     if !have("/usr/bin/make") {
         return;
