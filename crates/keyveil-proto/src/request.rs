@@ -282,7 +282,7 @@ pub enum Request {
     /// factor; the findings come back sealed for the CLI that proved it.
     Sweep(op::Sweep),
     /// Watch host transcript folders and the roots (`keyveil sweep --watch`): the broker keeps
-    /// the connection and sends a [`Reply::Sweep`] per batch of findings until the client leaves.
+    /// the connection and sends a [`crate::Reply::Sweep`] per batch of findings until the client leaves.
     SweepWatch(op::Sweep),
     /// Start a long-running command (dev server, watcher) under a grant, like [`Request::Run`]
     /// (same approval wait), but reply as soon as it is spawned: `Ok {run_id, grant_id, pid}`.

@@ -229,7 +229,12 @@ fn contain_revokes_kills_marks_and_records_an_incident() {
     let id = h.wait_request();
     assert!(h.approve(id, &["--ttl", "10m"]).status.success());
     let t0 = Instant::now();
-    while h.json(&["grants", "--json"]).as_array().map_or(0, Vec::len) == 0 {
+    // The run is live (its grant alone is not enough: the run starts a moment after it).
+    while h.json(&["status", "--json"])["live_runs"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
         assert!(t0.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(50));
     }
