@@ -292,9 +292,10 @@ fn a_task_waits_for_the_approval_and_returns_the_redacted_result() {
         &h,
         json!({"elicitation": {"url": {}}, "extensions": {"io.modelcontextprotocol/tasks": {}}}),
     );
+    // No `wait_seconds: 0`: a call that asks not to wait is answered at once, never as a task.
     let r = m.request(
         "tools/call",
-        json!({"name": "run", "arguments": {"environment": "demo", "wait_seconds": 0,
+        json!({"name": "run", "arguments": {"environment": "demo",
                "command": ["sh", "-c", "echo token=$API_TOKEN"]}}),
     );
     assert_eq!(r["result"]["resultType"], "task", "{r}");
