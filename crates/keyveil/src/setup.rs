@@ -1390,6 +1390,43 @@ pub fn setup_main(a: SetupArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Largest host configuration file setup reads (bytes): host configs are a few KiB.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// Reads a host configuration file: `None` when there is none. Never blocks and never reads
+/// without bound: a FIFO, socket or device planted in its place (another process of the user
+/// can put one there) is refused, like a file over [`MAX_CONFIG`] bytes.
+pub(crate) fn read_config(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let (f, m) = match crate::pin::open_regular(path) {
+        Ok(x) => x,
+        Err(crate::pin::Opened::Odd(kind)) => {
+            return Err(std::io::Error::other(format!(
+                "it is {kind}, not a regular file"
+            )));
+        }
+        Err(crate::pin::Opened::Missing) => {
+            return Err(std::io::Error::other(
+                "it cannot be opened as a regular file",
+            ));
+        }
+    };
+    if m.len() > MAX_CONFIG {
+        return Err(std::io::Error::other(format!(
+            "it holds {} bytes, more than setup reads ({MAX_CONFIG})",
+            m.len()
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG).read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1557,41 +1594,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Largest host configuration file setup reads (bytes): host configs are a few KiB.
-const MAX_CONFIG: u64 = 16 << 20;
-
-/// Reads a host configuration file: `None` when there is none. Never blocks and never reads
-/// without bound: a FIFO, socket or device planted in its place (another process of the user
-/// can put one there) is refused, like a file over [`MAX_CONFIG`] bytes.
-pub(crate) fn read_config(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-        Ok(_) => {}
-    }
-    let (f, m) = match crate::pin::open_regular(path) {
-        Ok(x) => x,
-        Err(crate::pin::Opened::Odd(kind)) => {
-            return Err(std::io::Error::other(format!(
-                "it is {kind}, not a regular file"
-            )));
-        }
-        Err(crate::pin::Opened::Missing) => {
-            return Err(std::io::Error::other(
-                "it cannot be opened as a regular file",
-            ));
-        }
-    };
-    if m.len() > MAX_CONFIG {
-        return Err(std::io::Error::other(format!(
-            "it holds {} bytes, more than setup reads ({MAX_CONFIG})",
-            m.len()
-        )));
-    }
-    let mut text = String::new();
-    f.take(MAX_CONFIG).read_to_string(&mut text)?;
-    Ok(Some(text))
 }
