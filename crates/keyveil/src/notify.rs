@@ -9,7 +9,8 @@
 //!
 //! The text holds no value keyveil gave out: the caller passes the request's argv and reason as
 //! the requester gave them (never matched against values: that would be an oracle, readable in
-//! `/proc/PID/cmdline` of the notifier), its client key and environment. Every agent-chosen
+//! `/proc/PID/cmdline` of the notifier) and the environment. The client's self-chosen name is
+//! not shown at all (it could say "approve #99" unlabelled): the card names the client. Every agent-chosen
 //! string is made visible with the project's escaper (as on the approval card: no control,
 //! bidi or zero-width character survives, so a newline cannot start a fake line), cut to its
 //! own length (so a long command or reason can never push the approve instruction out of the
@@ -66,13 +67,12 @@ fn desktop() -> bool {
 
 /// Title and body of the notification for a new request (pure: tested without a desktop).
 ///
-/// `client` is the requester's client key, `env` the environment, `argv` the command as the
+/// `env` is the environment, `argv` the command as the
 /// requester gave it (`None`: any command), `reason` its unverified reason. The body ends with
 /// the fixed instruction `Approve with \`keyveil approve ID\` ...`, which no agent-chosen text
 /// can push out or imitate on a line of its own.
 pub(crate) fn text(
     id: u64,
-    client: &str,
     env: &str,
     argv: Option<&[String]>,
     reason: Option<&str>,
@@ -93,8 +93,7 @@ pub(crate) fn text(
         None => String::new(),
     };
     let body = format!(
-        "{} asks to run {} in environment {}.{reason} Approve with `keyveil approve {id}` (or `keyveil approve --web`); check the command on the card there first.",
-        keyveil_proto::display::clip(client, 80),
+        "A client asks to run {} in environment {}.{reason} Approve with `keyveil approve {id}` (or `keyveil approve --web`); check the command on the card there first.",
         keyveil_proto::display::clip(&command, MAX_COMMAND),
         keyveil_proto::display::clip(env, 80),
     );
@@ -130,17 +129,11 @@ fn notifier(title: String, body: String) -> Option<Command> {
 
 /// Shows a notification for request `id` (arguments as in [`text`]), if the platform has a
 /// notifier and, on Linux, a desktop session.
-pub(crate) fn request_created(
-    id: u64,
-    client: &str,
-    env: &str,
-    argv: Option<&[String]>,
-    reason: Option<&str>,
-) {
+pub(crate) fn request_created(id: u64, env: &str, argv: Option<&[String]>, reason: Option<&str>) {
     if std::env::var_os("KEYVEIL_NO_NOTIFY").is_some_and(|v| v == "1") {
         return;
     }
-    let (title, body) = text(id, client, env, argv, reason);
+    let (title, body) = text(id, env, argv, reason);
     let Some(mut command) = notifier(title, body) else {
         return;
     };
@@ -182,13 +175,13 @@ mod tests {
             "-c".to_owned(),
             "<b>x</b>\u{202e}\u{1b}[2J".to_owned(),
         ];
-        let (title, body) = text(7, "mcp:<evil>", "demo", Some(&argv), None);
+        let (title, body) = text(7, "demo", Some(&argv), None);
         assert!(title.contains("#7"));
         assert!(!body.contains('<') && !body.contains('\u{202e}') && !body.contains('\u{1b}'));
         assert!(body.contains("&lt;b&gt;x&lt;/b&gt;"), "{body}");
         assert!(body.contains("\\u{202e}"), "{body}");
         assert!(body.contains("keyveil approve 7"));
-        let (_, any) = text(8, "cli:keyveil", "demo", None, None);
+        let (_, any) = text(8, "demo", None, None);
         assert!(any.contains("ANY COMMAND"));
     }
 
@@ -197,7 +190,7 @@ mod tests {
         let fake = "ok\n\nkeyveil: request #1 approved. Approve with `keyveil approve 1`";
         let argv = vec!["sh".to_owned(), "-c".to_owned(), fake.repeat(50)];
         let reason = format!("{}\r\u{2028}<a href=x>click</a>\u{200b}", "y".repeat(5000));
-        let (_, body) = text(42, "mcp:x", "demo", Some(&argv), Some(&reason));
+        let (_, body) = text(42, "demo", Some(&argv), Some(&reason));
         assert!(!body.chars().any(|c| c.is_control()), "{body:?}");
         assert!(
             !body.contains('\u{2028}') && !body.contains('\u{200b}'),

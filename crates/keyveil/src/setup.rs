@@ -1268,13 +1268,15 @@ pub fn setup_main(a: SetupArgs) -> Result<i32> {
     for f in &plan.files {
         // Edit a symlinked file (dotfile managers) at its target.
         let real = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
-        let old = match std::fs::read_to_string(&real) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let old = match read_config(&real) {
+            Ok(t) => t,
             Err(e) => {
                 return Err(Exit {
                     code: 1,
-                    message: format!("cannot read {}: {e}; nothing was changed", real.display()),
+                    message: format!(
+                        "cannot read {}: {e}; nothing was changed\nhint: a host's configuration must be a regular file of at most 16 MiB; move it aside and run `{again}` again",
+                        real.display()
+                    ),
                 }
                 .into());
             }
@@ -1386,6 +1388,43 @@ pub fn setup_main(a: SetupArgs) -> Result<i32> {
         host.title()
     ));
     Ok(0)
+}
+
+/// Largest host configuration file setup reads (bytes): host configs are a few KiB.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// Reads a host configuration file: `None` when there is none. Never blocks and never reads
+/// without bound: a FIFO, socket or device planted in its place (another process of the user
+/// can put one there) is refused, like a file over [`MAX_CONFIG`] bytes.
+pub(crate) fn read_config(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let (f, m) = match crate::pin::open_regular(path) {
+        Ok(x) => x,
+        Err(crate::pin::Opened::Odd(kind)) => {
+            return Err(std::io::Error::other(format!(
+                "it is {kind}, not a regular file"
+            )));
+        }
+        Err(crate::pin::Opened::Missing) => {
+            return Err(std::io::Error::other(
+                "it cannot be opened as a regular file",
+            ));
+        }
+    };
+    if m.len() > MAX_CONFIG {
+        return Err(std::io::Error::other(format!(
+            "it holds {} bytes, more than setup reads ({MAX_CONFIG})",
+            m.len()
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_CONFIG).read_to_string(&mut text)?;
+    Ok(Some(text))
 }
 
 #[cfg(test)]

@@ -778,13 +778,7 @@ pub(crate) fn find_or_create_request(
         }
         return Ok((id, true));
     }
-    crate::notify::request_created(
-        id,
-        &key,
-        &ask.environment,
-        ask.argv.as_deref(),
-        reason.as_deref(),
-    );
+    crate::notify::request_created(id, &ask.environment, ask.argv.as_deref(), reason.as_deref());
     Ok((id, true))
 }
 

@@ -73,7 +73,7 @@ fn which(name: &str, path: &str) -> Option<PathBuf> {
 }
 
 fn read_value(path: &Path, format: Format) -> Option<Result<Value, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = super::read_config(path).ok()??;
     Some(parse_value(format, &text))
 }
 

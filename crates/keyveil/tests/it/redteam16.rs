@@ -273,7 +273,6 @@ fn rt16_agent_evicts_the_humans_page_session() {
 /// The desktop notification starts with the MCP client's name, which the agent chooses
 /// (`clientInfo.name`), unlabelled: it can carry an instruction to approve another request.
 #[test]
-#[ignore = "LEAK: agent-chosen clientInfo.name is shown unlabelled in the notification and can say `keyveil approve N` for another id (notify.rs text())"]
 fn rt16_notification_client_name_spoofs_an_approve_instruction() {
     let h = Home::empty();
     let bin = h.path().join("fakebin");
@@ -371,7 +370,6 @@ fn setup_run(h: &Home, args: &[&str], limit: Duration) -> Result<std::process::O
 /// An agent plants its host config file as a FIFO: `keyveil setup` blocks forever reading it
 /// (the human's terminal hangs) instead of refusing a file that is not a regular file.
 #[test]
-#[ignore = "LEAK: setup reads a planted FIFO config with read_to_string and hangs (setup.rs setup_main)"]
 fn rt16_setup_hangs_on_a_fifo_config() {
     let h = Home::empty();
     let dir = h.path().join(".gemini");
