@@ -714,15 +714,12 @@ fn checks(host_prompts: bool) -> Result<Vec<Check>> {
             continue;
         };
         let bin = bin.to_string_lossy().into_owned();
-        // A listing connects to the servers it lists. OpenCode has no folder trust: a project's
-        // opencode.json would have its servers started by doctor, so the listing runs in HOME
-        // unless keyveil was set up in this project. The other hosts start a project's servers
-        // only in a folder the user trusted (Codex lists without starting any).
-        let dir = if host == Host::Opencode && !here.contains(&host) {
-            home.as_path()
-        } else {
-            cwd.as_path()
-        };
+        // A listing connects to the servers it lists, and the project files that name servers
+        // (and the files that say a folder is trusted) are files the agent can write: run in the
+        // project, a listing would start the agent's own server from the human's terminal, with
+        // the human's environment. So every listing runs in HOME; the project's files are read,
+        // never run, by the checks above.
+        let dir = home.as_path();
         match run_listing(&bin, &["mcp", "list"], dir, HOST_LISTING_TIMEOUT) {
             Ok(r) => out.push(judge_listing(host, cli, r)),
             Err(e) => out.push(Check {

@@ -507,7 +507,6 @@ fn rt16_cancelling_a_running_task_kills_its_command() {
 /// doctor takes the project as "set up here" and runs the listing in it, so the human's
 /// `keyveil doctor` would start the agent's server in the human's terminal session.
 #[test]
-#[ignore = "LEAK: a planted project opencode.json with a keyveil entry makes doctor run `opencode mcp list` in the project, starting the agent's servers (setup/doctor.rs `here`)"]
 fn rt16_doctor_lists_opencode_in_an_agent_planted_project() {
     let h = Home::new();
     let proj = h.path().join("p");

@@ -853,8 +853,9 @@ fn doctor_reports_the_hosts_own_mcp_listing_and_kills_one_that_hangs() {
         out.contains("ok   claude: `claude mcp list` says: keyveil: /x mcp - ✔ Connected"),
         "{out}"
     );
-    // OpenCode has no folder trust: its listing (which starts the servers a project's file
-    // names) runs in HOME unless keyveil was set up in this project.
+    // A listing starts the servers a project's file names, and those files (and the trust
+    // files) are the agent's to write: every listing runs in HOME, even for a project set up
+    // on purpose.
     assert!(
         h.cmd(&["setup", "opencode"])
             .current_dir(&proj)
@@ -881,7 +882,7 @@ fn doctor_reports_the_hosts_own_mcp_listing_and_kills_one_that_hangs() {
     let (_, out) = doctor_in(&h, &proj, Some(&fake), &[]);
     let want = format!(
         "ok   opencode: `opencode mcp list` says: ✓ keyveil connected in {}\n",
-        proj.display()
+        h.path().display()
     );
     assert!(out.contains(&want), "{out}");
     // A listing without keyveil: the host does not see the entry.
