@@ -42,7 +42,10 @@ if [ ! -x "$here/node_modules/.bin/claude" ] || [ ! -x "$here/node_modules/.bin/
     echo "SKIPPED (not passed): the npm registry cannot be reached, so the real host CLIs cannot be installed"
     exit 0
   fi
-  npm ci --prefix "$here" --no-audit --no-fund --loglevel=error
+  # `npm install --no-save`, not `npm ci`: the lock file records only the platform packages the
+  # registry here serves (opencode-ai's darwin/musl/windows optional packages are missing), and
+  # `npm ci` refuses such a lock; package.json pins every host CLI to an exact version.
+  npm install --prefix "$here" --no-save --no-audit --no-fund --loglevel=error
 fi
 version() { node -p "require('$here/node_modules/$1/package.json').version"; }
 echo "claude-code $(version @anthropic-ai/claude-code), codex $(version @openai/codex), gemini-cli $(version @google/gemini-cli), copilot $(version @github/copilot), opencode $(version opencode-ai)"
