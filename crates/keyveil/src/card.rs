@@ -404,13 +404,21 @@ pub(crate) fn audit_line(e: &keyveil_proto::op::AuditEntry) -> String {
             Value::String(x) => keyveil_proto::display::visible_text(x),
             other => keyveil_proto::display::visible_text(&other.to_string()),
         };
-        rest.push(format!("{k}={shown}"));
+        rest.push(format!(
+            "{}={shown}",
+            keyveil_proto::display::visible_text(k)
+        ));
     }
+    // Every part is escaped: the audit file is one the agent can edit (an edit fails `audit
+    // verify`, but `audit` still shows the line), so a key, an event name or a time must not
+    // reach the terminal as control sequences either.
     format!(
         "{:>5} {} {:<16} {}",
         e.seq.map_or_else(|| "null".to_owned(), |n| n.to_string()),
-        crate::when::local_stamp(e.ts.as_deref().unwrap_or("")),
-        e.event.as_deref().unwrap_or(""),
+        keyveil_proto::display::visible_text(&crate::when::local_stamp(
+            e.ts.as_deref().unwrap_or("")
+        )),
+        keyveil_proto::display::visible_text(e.event.as_deref().unwrap_or("")),
         rest.join(" ")
     )
 }
@@ -420,6 +428,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_edited_audit_line_never_sends_control_sequences() {
+        let e: keyveil_proto::op::AuditEntry = serde_json::from_value(json!({
+            "seq": 3,
+            "ts": "2026-12-06T10:00:00Z\u{1b}]0;owned\u{7}",
+            "event": "run_start\u{1b}[2J",
+            "k\u{1b}[31m": "v\u{202e}",
+        }))
+        .unwrap();
+        let line = audit_line(&e);
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{line:?}"
+        );
+        assert!(line.contains("run_start"), "{line}");
+    }
 
     #[test]
     fn card_shows_argv_per_line_and_escapes_controls() {
