@@ -1086,7 +1086,10 @@ fn revoking_the_grant_kills_a_background_run() {
         &h,
         &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
     );
-    wait_for("the grandchild", || pidfile.exists());
+    // The shell creates the file before `echo` writes to it: wait for the whole line.
+    wait_for("the grandchild", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
+    });
     let grandchild: i32 = read(&pidfile).trim().parse().unwrap();
     let grants = h.json(&["grants", "--json"]);
     let gid = grants[0]["id"].as_str().unwrap().to_owned();
