@@ -31,6 +31,9 @@ use crate::sweep::{Finding, SweepPlan};
 use keyveil_proto::ErrorCode;
 use keyveil_proto::op;
 
+/// The kind of place the compromise mark and the `incident` give every copy found in a file
+/// changed within [`op::Sweep::recent_seconds`] (counted once, whatever their number).
+pub(crate) const RECENT_KIND: &str = "recent";
 /// Default of [`op::Sweep::recent_seconds`].
 const RECENT_SECONDS: u64 = 86_400;
 /// Default and largest [`op::Sweep::max_seconds`].
@@ -262,20 +265,14 @@ pub(crate) async fn sweep(
     } else {
         Vec::new()
     };
-    let variables: BTreeSet<(&str, &str)> = report
-        .findings
-        .iter()
-        .map(|f| (f.environment.as_str(), f.variable.as_str()))
-        .collect();
-    // Counts only: the audit log is readable by every process of the user, an agent included,
-    // and a place would answer "which of my planted files holds a value".
+    // Nothing about what was found: the audit log is readable by every process of the user, an
+    // agent included, and a place, a count or even "found or not" would answer "does one of my
+    // planted files hold a value" (with --contain the `incident` entries say, one bit a sweep).
     broker.lock().audit(
         "sweep",
         json!({
             "paths": plan.roots.len(),
             "home": plan.home.is_some(),
-            "copies": report.findings.len(),
-            "variables": variables.len(),
             "contain": req.contain,
             "truncated": report.truncated,
             "elapsed_ms": report.elapsed_ms,
@@ -313,15 +310,29 @@ pub(super) async fn contain(
         .values()
         .map(|(e, r, s, ..)| ((e.as_str(), s.as_str()), r.as_str()))
         .collect();
+    // Copies in files changed recently (the watch's findings all are) may be the agent's
+    // planted guesses: their kinds and number would tell it which guess matched (guess k in k
+    // files, or in the k-th kind of place). What an agent can read (the mark in listings and
+    // on cards, the `incident`) counts them once, as the kind `recent`; the human's sealed
+    // report has every one.
+    let mut recent_seen: BTreeSet<(String, String)> = BTreeSet::new();
     for f in findings {
         let Some(real) = real_of.get(&(f.environment.as_str(), f.variable.as_str())) else {
             continue;
         };
+        let id = (f.environment.clone(), (*real).to_owned());
         let e = found
-            .entry((f.environment.clone(), (*real).to_owned()))
+            .entry(id.clone())
             .or_insert_with(|| (f.variable.clone(), BTreeSet::new(), 0));
-        e.1.insert(f.kind.clone());
-        e.2 += 1;
+        if f.recent {
+            if recent_seen.insert(id) {
+                e.1.insert(RECENT_KIND.to_owned());
+                e.2 += 1;
+            }
+        } else {
+            e.1.insert(f.kind.clone());
+            e.2 += 1;
+        }
     }
     let now = Timestamp::now();
     let mut out = Vec::new();

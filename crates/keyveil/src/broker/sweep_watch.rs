@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use jiff::Timestamp;
 use keyveil_proto::FrameCodec;
 use notify::Watcher as _;
 use serde_json::json;
@@ -49,6 +48,8 @@ const HOST_DIRS: &[&str] = &[
 const SETTLE: Duration = Duration::from_millis(50);
 /// Most bytes read from one file per event batch (the rest on the next event).
 const MAX_READ: u64 = 64 << 20;
+/// Files up to this size are read whole on each change (bytes).
+const WHOLE_MAX: u64 = 1 << 20;
 
 /// Runs a watch on `framed` until the client leaves. Errors are sent as the final reply.
 pub(crate) async fn watch(
@@ -127,14 +128,15 @@ async fn run(
         )
         .hint("give a directory to watch, or start an agent host first"));
     }
-    // Where each file was read to; files met for the first time are read from their end at
-    // the start of the watch (what was there before is a sweep's job), from 0 when created later.
-    let mut offsets: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    // What is known of each file: where it was read to, its inode, and the variables a whole
+    // read of it found. Files met for the first time are read from their end at the start of
+    // the watch (what was there before is a sweep's job), from 0 when created later.
+    let mut files: BTreeMap<PathBuf, Seen> = BTreeMap::new();
     for d in recursive.iter().chain(flat.iter()) {
         prime(
             d,
             d != plan.home.as_ref().unwrap_or(&PathBuf::new()),
-            &mut offsets,
+            &mut files,
         );
     }
     broker.lock().audit(
@@ -144,6 +146,11 @@ async fn run(
     let mut hello = SweepOutcome::default();
     hello.report.notes = watched.iter().map(|w| format!("watching {w}")).collect();
     send_sealed(framed, &key, &nonce, &hello).await?;
+    // Variables (redactor names) the watch has contained: each at most once. A containment
+    // is visible to the agent (a revoked grant, the mark, the `incident`), so every later one
+    // would answer one more planted guess (a 12-byte fragment of a long value, extended one
+    // character at a time): after the first, a variable is only reported.
+    let mut contained_once: BTreeSet<String> = BTreeSet::new();
     loop {
         let first = tokio::select! {
             p = rx.recv() => match p { Some(p) => p, None => break },
@@ -155,56 +162,77 @@ async fn run(
         while let Ok(p) = rx.try_recv() {
             paths.insert(p);
         }
+        // A directory created since the last batch: its files were written before it was
+        // watched (a host makes a project folder and writes a transcript in one go), so
+        // read them all.
+        let mut more = Vec::new();
+        for p in &paths {
+            if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+                new_files(p, &files, &mut more);
+            }
+        }
+        paths.extend(more);
         let home = plan.home.clone();
         let window = plan.recent;
         let mut batch = Vec::new();
         for p in paths {
-            let start = offsets.get(&p).copied().unwrap_or(0);
-            let (vars, end) = read_new(&p, start, overlap, &redactor);
-            offsets.insert(p.clone(), end);
+            let vars = read_new(&p, files.entry(p.clone()).or_default(), overlap, &redactor);
             for v in vars {
-                batch.push(Finding {
-                    environment: String::new(),
-                    credential: String::new(),
-                    variable: v,
-                    kind: crate::sweep::classify(&p, home.as_deref()).to_owned(),
-                    location: Location::File {
-                        path: p.to_string_lossy().into_owned(),
-                        lines: Vec::new(),
+                batch.push(crate::sweep::redact_finding(
+                    Finding {
+                        environment: String::new(),
+                        credential: String::new(),
+                        variable: v,
+                        kind: crate::sweep::classify(&p, home.as_deref()).to_owned(),
+                        location: Location::File {
+                            path: p.to_string_lossy().into_owned(),
+                            lines: Vec::new(),
+                        },
+                        form: "raw".into(),
+                        recent: !window.is_zero(),
                     },
-                    form: "raw".into(),
-                    recent: !window.is_zero(),
-                });
+                    &redactor,
+                ));
             }
         }
         if batch.is_empty() {
             continue;
         }
         // Guessable values are reported, never contained by the watch itself (see
-        // `sweep_ops::guessable`); the redactor's names say which.
-        let unguessable: Vec<Finding> = batch
+        // `sweep_ops::guessable`); the redactor's names say which. Nor is a variable contained
+        // twice.
+        let to_contain: Vec<Finding> = batch
             .iter()
             .filter(|f| keys.get(&f.variable).is_some_and(|k| !k.4))
+            .filter(|f| !contained_once.contains(&f.variable))
             .cloned()
             .collect();
-        let held_back = batch.len() - unguessable.len();
+        let guessable = batch
+            .iter()
+            .filter(|f| keys.get(&f.variable).is_none_or(|k| k.4))
+            .count();
+        let again = batch.len() - guessable - to_contain.len();
         sweep_ops::name_findings(&mut batch, &keys);
         let mut contained = Vec::new();
         if req.contain {
-            let mut named = unguessable;
+            contained_once.extend(to_contain.iter().map(|f| f.variable.clone()));
+            let mut named = to_contain;
             sweep_ops::name_findings(&mut named, &keys);
             contained = sweep_ops::contain(broker, &named, &keys).await;
         }
         let mut notes = Vec::new();
-        if req.contain && held_back > 0 {
+        if req.contain && guessable > 0 {
             notes.push(format!(
-                "{held_back} copies of short or guessable values were not contained by the watch (an agent could plant guesses and watch for the containment); contain them with `keyveil sweep --contain`"
+                "{guessable} copies of short or guessable values were not contained by the watch (an agent could plant guesses and watch for the containment); contain them with `keyveil sweep --contain`"
             ));
         }
-        broker.lock().audit(
-            "sweep_watch_found",
-            json!({"copies": batch.len(), "contain": req.contain, "at": Timestamp::now()}),
-        );
+        if req.contain && again > 0 {
+            notes.push(format!(
+                "{again} copies of variables this watch already contained were reported only (each containment would answer one more planted guess); rotate them"
+            ));
+        }
+        // No audit entry per batch: its existence would answer each planted guess, for
+        // guessable values too. Containments are audited (`incident`), once per variable.
         let outcome = SweepOutcome {
             report: SweepReport {
                 findings: batch,
@@ -216,13 +244,29 @@ async fn run(
         };
         send_sealed(framed, &key, &nonce, &outcome).await?;
     }
+    broker.lock().audit(
+        "sweep_watch_end",
+        json!({"contained": contained_once.len()}),
+    );
     drop(watcher);
     Ok(())
 }
 
-/// Records the current length of every regular file below `dir` (only its own entries unless
+/// What the watch knows of one file.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Bytes read so far (the file's length when the watch started, for a file already there).
+    offset: u64,
+    /// Its inode when last read (0: not yet known).
+    ino: u64,
+    /// Variables found by the last read of the whole file.
+    whole: BTreeSet<String>,
+}
+
+/// Records the length and inode of every regular file below `dir` (only its own entries unless
 /// `deep`), so a watch reads only what is added after it starts.
-fn prime(dir: &Path, deep: bool, offsets: &mut BTreeMap<PathBuf, u64>) {
+fn prime(dir: &Path, deep: bool, files: &mut BTreeMap<PathBuf, Seen>) {
+    use std::os::unix::fs::MetadataExt as _;
     let mut stack = vec![(dir.to_path_buf(), 0u32)];
     let mut seen = 0u32;
     while let Some((d, depth)) = stack.pop() {
@@ -234,26 +278,62 @@ fn prime(dir: &Path, deep: bool, offsets: &mut BTreeMap<PathBuf, u64>) {
             if seen > 1_000_000 {
                 return;
             }
-            let Ok(m) = e.metadata() else { continue };
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
             if m.is_file() {
-                offsets.insert(e.path(), m.len());
-            } else if m.is_dir() && deep && depth < 64 && !m.file_type().is_symlink() {
+                files.insert(
+                    e.path(),
+                    Seen {
+                        offset: m.len(),
+                        ino: m.ino(),
+                        whole: BTreeSet::new(),
+                    },
+                );
+            } else if m.is_dir() && deep && depth < 64 {
                 stack.push((e.path(), depth + 1));
             }
         }
     }
 }
 
-/// Reads `path` from `start` (less `overlap`), at most [`MAX_READ`] bytes, never through a
-/// symlink; returns the variables found and the offset read to. A file that shrank (rewritten)
-/// is read from 0.
+/// Regular files below the new directory `dir` that the watch has not met (at most 10,000,
+/// 16 levels deep; symlinks not followed).
+fn new_files(dir: &Path, files: &BTreeMap<PathBuf, Seen>, out: &mut Vec<PathBuf>) {
+    let mut stack = vec![(dir.to_path_buf(), 0u32)];
+    let mut n = 0u32;
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            n += 1;
+            if n > 10_000 {
+                return;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_file() && !files.contains_key(&e.path()) {
+                out.push(e.path());
+            } else if t.is_dir() && depth < 16 {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+}
+
+/// Reads what is new in `path` (never through a symlink, at most [`MAX_READ`] bytes) and
+/// returns the variables found in it. A file that grew in place is read from where the last
+/// read ended, less `overlap`; a file replaced (a new inode: written beside and renamed over,
+/// as hosts save whole JSON files), shrunk, or no larger than [`WHOLE_MAX`] is read whole, and
+/// only variables its previous whole read did not find are returned (so a copy that was there
+/// before the watch started is reported the first time such a file changes).
 fn read_new(
     path: &Path,
-    start: u64,
+    seen: &mut Seen,
     overlap: u64,
     redactor: &crate::redact::Redactor,
-) -> (BTreeSet<String>, u64) {
-    use std::os::unix::fs::OpenOptionsExt as _;
+) -> BTreeSet<String> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let flags =
         rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32;
     let Ok(mut f) = std::fs::OpenOptions::new()
@@ -261,26 +341,38 @@ fn read_new(
         .custom_flags(flags)
         .open(path)
     else {
-        return (BTreeSet::new(), start);
+        return BTreeSet::new();
     };
     let Ok(meta) = f.metadata() else {
-        return (BTreeSet::new(), start);
+        return BTreeSet::new();
     };
     if !meta.is_file() {
-        return (BTreeSet::new(), start);
+        return BTreeSet::new();
     }
     let len = meta.len();
-    let from = if len < start {
+    let start = seen.offset;
+    let replaced = seen.ino != 0 && seen.ino != meta.ino();
+    // Small files are read whole every time: a host may rewrite one in place with the new
+    // text in the middle (`~/.claude.json` keeps its prompt history newest first).
+    let whole = replaced || len < start || len <= WHOLE_MAX;
+    let from = if whole {
         0
     } else {
         start.saturating_sub(overlap)
     };
     if f.seek(std::io::SeekFrom::Start(from)).is_err() {
-        return (BTreeSet::new(), start);
+        return BTreeSet::new();
     }
     let mut buf = zeroize::Zeroizing::new(Vec::new());
-    let n = f.take(MAX_READ).read_to_end(&mut buf).unwrap_or(0) as u64;
+    let n = (&mut f).take(MAX_READ).read_to_end(&mut buf).unwrap_or(0) as u64;
+    seen.ino = meta.ino();
+    seen.offset = from + n;
     let mut found: BTreeSet<String> = redactor.find_leaks(&buf).into_iter().collect();
+    if whole {
+        let before = std::mem::replace(&mut seen.whole, found.clone());
+        found.retain(|v| !before.contains(v));
+        return found;
+    }
     // The re-read tail was matched by the previous read: new are what the new bytes hold alone,
     // and what only the tail and new bytes together hold (a value straddling the boundary).
     let old = usize::try_from(start.saturating_sub(from))
@@ -295,5 +387,8 @@ fn read_new(
             }
         }
     }
-    (found, from + n)
+    if from == 0 {
+        seen.whole.extend(found.iter().cloned());
+    }
+    found
 }

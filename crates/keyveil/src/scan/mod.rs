@@ -161,6 +161,39 @@ pub fn scan(scope: &ScanScope, redactor: &Redactor) -> ScanReport {
     sc.finish(start)
 }
 
+/// Most line numbers kept per (file, variable) by [`scan_with_lines`].
+pub(crate) const MAX_LINES: usize = 20;
+
+/// Line numbers of leaks: (path, variable) → 1-based lines (at most [`MAX_LINES`]).
+pub(crate) type Lines = BTreeMap<(PathBuf, String), Vec<u64>>;
+
+/// [`scan`], plus the 1-based lines on which each variable found as stored (`raw`) in a whole
+/// file (up to [`ScanLimits::max_file_bytes`]) occurs, computed from the bytes already read:
+/// a file is never opened a second time because it held a value (an agent watching its own
+/// files with inotify would see which of them did).
+pub(crate) fn scan_with_lines(scope: &ScanScope, redactor: &Redactor) -> (ScanReport, Lines) {
+    let start = Instant::now();
+    let mut sc = Scanner::new(redactor, &scope.limits, scope.since, start);
+    sc.lines = Some(BTreeMap::new());
+    walk::run(&mut sc, scope);
+    let lines = sc.lines.take().unwrap_or_default();
+    (sc.finish(start), lines)
+}
+
+/// The 1-based lines of `data` on which `variable` occurs whole (at most [`MAX_LINES`]).
+pub(crate) fn lines_in(data: &[u8], variable: &str, redactor: &Redactor) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+        if redactor.find_leaks(line).iter().any(|n| n == variable) {
+            out.push(i as u64 + 1);
+            if out.len() >= MAX_LINES {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The state of one scan: budgets spent and leaks found.
 pub(crate) struct Scanner<'a> {
     pub(crate) redactor: &'a Redactor,
@@ -179,6 +212,8 @@ pub(crate) struct Scanner<'a> {
     pub(crate) current: PathBuf,
     /// Leaks of the file being scanned, before the most specific location is kept.
     pending: Vec<(PathBuf, String, String)>,
+    /// With [`scan_with_lines`]: the lines of raw leaks in whole files.
+    pub(crate) lines: Option<Lines>,
 }
 
 impl<'a> Scanner<'a> {
@@ -205,6 +240,7 @@ impl<'a> Scanner<'a> {
             found: BTreeMap::new(),
             current: PathBuf::new(),
             pending: Vec::new(),
+            lines: None,
         }
     }
 
@@ -269,6 +305,27 @@ impl<'a> Scanner<'a> {
         }
         for name in self.redactor.find_leaks(data) {
             self.record(location, name, form.render());
+        }
+    }
+
+    /// With [`scan_with_lines`]: the lines of `data` (the whole of the file being scanned) on
+    /// which each variable found in it as stored occurs.
+    pub(crate) fn note_lines(&mut self, data: &[u8]) {
+        if self.lines.is_none() {
+            return;
+        }
+        let here = self.redacted_path(self.current.as_os_str());
+        let vars: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(p, _, form)| *p == here && form == "raw")
+            .map(|(_, v, _)| v.clone())
+            .collect();
+        for v in vars {
+            let l = lines_in(data, &v, self.redactor);
+            if let Some(map) = &mut self.lines {
+                map.entry((here.clone(), v)).or_insert(l);
+            }
         }
     }
 

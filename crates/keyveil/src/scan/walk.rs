@@ -441,6 +441,9 @@ fn scan_file(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
         sc.skip();
     }
     decode::scan_blob(sc, &data, path.as_os_str(), &Forms::default());
+    if !hit && !err {
+        sc.note_lines(&data);
+    }
 }
 
 /// A file larger than [`ScanLimits::max_file_bytes`](super::ScanLimits::max_file_bytes):

@@ -30,9 +30,6 @@ const MAX_DEPTH: usize = 24;
 const MAX_ENTRIES: u64 = 5_000_000;
 /// Commits listed per found object.
 const MAX_COMMITS: usize = 5;
-/// Found objects placed at their commits per repository (each costs a history walk); the
-/// rest are reported with their path only, and a note says so.
-const MAX_PLACED: usize = 100;
 
 /// `git` with the environment and configuration described in the module docs.
 fn git(repo: &Path) -> Command {
@@ -44,12 +41,26 @@ fn git(repo: &Path) -> Command {
         .env("GIT_NO_REPLACE_OBJECTS", "1")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_OPTIONAL_LOCKS", "0")
-        .env("LC_ALL", "C")
-        .arg("-c")
-        .arg("core.fsmonitor=false")
-        .arg("-c")
-        .arg("core.hooksPath=/dev/null")
-        .arg("-C")
+        // A partial clone would fetch a missing object from its promisor remote, running the
+        // transport the repository's own config names (`core.sshCommand`): never.
+        .env("GIT_NO_LAZY_FETCH", "1")
+        .env("LC_ALL", "C");
+    // The repository's config is the agent's to write: nothing it names is ever run (hooks,
+    // file-system monitor, a signature checker for `log.showSignature`, a transport).
+    for setting in [
+        "core.fsmonitor=false",
+        "core.hooksPath=/dev/null",
+        "log.showSignature=false",
+        "gpg.program=false",
+        "gpg.ssh.program=false",
+        "gpg.x509.program=false",
+        "protocol.allow=never",
+        "core.sshCommand=false",
+        "core.pager=cat",
+    ] {
+        c.arg("-c").arg(setting);
+    }
+    c.arg("-C")
         .arg(repo)
         .stdin(Stdio::null())
         .stderr(Stdio::null());
@@ -156,25 +167,16 @@ pub(super) fn sweep_repo(
             return Vec::new();
         }
     };
-    if hits.is_empty() {
-        return Vec::new();
-    }
-    let paths = paths_of(repo, &hits);
+    // Both history walks run whether or not anything was found, and name no object on their
+    // command line: an agent watching `/proc` for the broker's git processes (their arguments,
+    // how many, how long) must not learn which of its planted objects holds a value.
+    let paths = paths_of(repo, &hits, deadline);
+    let commits = commits_of(repo, &hits, deadline, report);
     let mut out = Vec::new();
-    if hits.len() > MAX_PLACED {
-        report.notes.push(format!(
-            "repository {}: {} objects hold values; the commits of the first {MAX_PLACED} are listed",
-            repo.display(),
-            hits.len()
-        ));
-    }
-    for (i, h) in hits.iter().enumerate() {
+    for h in &hits {
         let commits = match h.kind.as_str() {
             "commit" => vec![h.oid.clone()],
-            "blob" | "tree" if i < MAX_PLACED && Instant::now() < deadline => {
-                commits_with(repo, &h.oid)
-            }
-            _ => Vec::new(),
+            _ => commits.get(&h.oid).cloned().unwrap_or_default(),
         };
         for v in &h.variables {
             out.push(Finding {
@@ -218,6 +220,7 @@ fn match_objects(
     let mut header = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap);
     let mut result = Ok(());
+    let mut timed_out = false;
     loop {
         if Instant::now() >= deadline {
             report.truncated = true;
@@ -251,6 +254,11 @@ fn match_objects(
         let mut left = size;
         buf.clear();
         while left > 0 {
+            if Instant::now() >= deadline {
+                // One object may be gigabytes (a crafted pack inflates cheaply): stop mid-object.
+                timed_out = true;
+                break;
+            }
             let want = usize::try_from(left).unwrap_or(WINDOW).min(WINDOW);
             let start = buf.len();
             buf.resize(start + want, 0);
@@ -267,6 +275,21 @@ fn match_objects(
             buf.drain(..cut);
         }
         if result.is_err() {
+            break;
+        }
+        if timed_out {
+            if !vars.is_empty() {
+                hits.push(Hit {
+                    oid: oid.to_owned(),
+                    kind: kind.to_owned(),
+                    variables: vars,
+                });
+            }
+            report.truncated = true;
+            report.notes.push(format!(
+                "repository {}: out of time while reading objects",
+                repo.display()
+            ));
             break;
         }
         let mut nl = [0u8; 1];
@@ -293,7 +316,7 @@ fn match_objects(
 }
 
 /// A path for each found blob or tree, from the trees reachable from any ref or reflog entry.
-fn paths_of(repo: &Path, hits: &[Hit]) -> HashMap<String, String> {
+fn paths_of(repo: &Path, hits: &[Hit], deadline: Instant) -> HashMap<String, String> {
     let wanted: BTreeSet<&str> = hits.iter().map(|h| h.oid.as_str()).collect();
     let mut out = HashMap::new();
     let Ok(mut child) = git(repo)
@@ -306,6 +329,9 @@ fn paths_of(repo: &Path, hits: &[Hit]) -> HashMap<String, String> {
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            if Instant::now() >= deadline {
+                break;
+            }
             if let Some((oid, path)) = line.split_once(' ')
                 && wanted.contains(oid)
                 && !path.is_empty()
@@ -314,33 +340,82 @@ fn paths_of(repo: &Path, hits: &[Hit]) -> HashMap<String, String> {
             }
         }
     }
+    let _ = child.kill();
     let _ = child.wait();
     out
 }
 
-/// Commits (newest first, at most [`MAX_COMMITS`]) whose change adds or removes `oid`, merges
-/// and stashes included.
-fn commits_with(repo: &Path, oid: &str) -> Vec<String> {
-    let Ok(o) = git(repo)
+/// For each found blob or tree, the commits (newest first, at most [`MAX_COMMITS`]) whose change
+/// adds or removes it, merges and stashes included: one walk of the whole history (`git log
+/// --raw`), whatever was found.
+fn commits_of(
+    repo: &Path,
+    hits: &[Hit],
+    deadline: Instant,
+    report: &mut SweepReport,
+) -> HashMap<String, Vec<String>> {
+    let wanted: BTreeSet<&str> = hits
+        .iter()
+        .filter(|h| h.kind != "commit")
+        .map(|h| h.oid.as_str())
+        .collect();
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let Ok(mut child) = git(repo)
         .args([
             "log",
             "--all",
             "--reflog",
             "-m",
+            "--raw",
+            "-t",
+            "--no-abbrev",
+            "--no-renames",
             "--no-ext-diff",
             "--no-textconv",
-            "--format=%H",
+            "--no-show-signature",
+            "--format=%x00%H",
         ])
-        .arg(format!("--find-object={oid}"))
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
     else {
-        return Vec::new();
+        return out;
     };
-    let mut seen = BTreeSet::new();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| !l.is_empty() && seen.insert(l.to_string()))
-        .take(MAX_COMMITS)
-        .map(str::to_owned)
-        .collect()
+    let mut cut = false;
+    if let Some(stdout) = child.stdout.take() {
+        let mut commit = String::new();
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if Instant::now() >= deadline {
+                cut = true;
+                break;
+            }
+            if let Some(c) = line.strip_prefix(b"\0") {
+                commit = String::from_utf8_lossy(c).into_owned();
+                continue;
+            }
+            // `:100644 100644 <old> <new> M\tpath`
+            if line.first() != Some(&b':') || wanted.is_empty() {
+                continue;
+            }
+            let head = line.split(|&b| b == b'\t').next().unwrap_or_default();
+            for oid in String::from_utf8_lossy(head).split(' ').skip(2).take(2) {
+                if wanted.contains(oid) {
+                    let list = out.entry(oid.to_owned()).or_default();
+                    if list.len() < MAX_COMMITS && !list.contains(&commit) {
+                        list.push(commit.clone());
+                    }
+                }
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if cut {
+        report.truncated = true;
+        report.notes.push(format!(
+            "repository {}: out of time while placing objects at commits",
+            repo.display()
+        ));
+    }
+    out
 }

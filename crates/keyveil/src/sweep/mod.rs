@@ -41,11 +41,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::scan::{ScanLimits, ScanScope};
 
-/// Files up to this size get line numbers for their findings (bytes).
-const LINE_SCAN_MAX: u64 = 16 << 20;
-/// Most line numbers kept per finding.
-const MAX_LINES: usize = 20;
-
 /// What to sweep.
 #[derive(Clone, Debug)]
 pub(crate) struct SweepPlan {
@@ -209,7 +204,7 @@ pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
             continue;
         }
         s.limits = limits(left);
-        let r = crate::scan::scan(&s, redactor);
+        let (r, mut lines) = crate::scan::scan_with_lines(&s, redactor);
         report.files_scanned += r.files_scanned;
         report.bytes_scanned += r.bytes_scanned;
         report.skipped += r.skipped;
@@ -223,9 +218,11 @@ pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
         }
         for leak in r.leaks {
             let path = leak.path.to_string_lossy().into_owned();
-            let whole_file = leak.path == leak.file && leak.form == "raw";
-            let lines = if whole_file {
-                lines_of(&leak.file, &leak.variable, redactor)
+            // Computed while the file was read: never opened again because it held a value.
+            let lines = if leak.path == leak.file && leak.form == "raw" {
+                lines
+                    .remove(&(leak.path.clone(), leak.variable.clone()))
+                    .unwrap_or_default()
             } else {
                 Vec::new()
             };
@@ -264,7 +261,10 @@ pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
         findings.extend(found);
     }
 
-    report.findings = findings.into_iter().collect();
+    report.findings = findings.into_iter().map(|f| redact_finding(f, redactor)).collect();
+    for n in &mut report.notes {
+        *n = redact_text(n, redactor);
+    }
     report
         .findings
         .sort_by(|a, b| (&a.variable, &a.location).cmp(&(&b.variable, &b.location)));
@@ -306,6 +306,8 @@ fn file_root(
     let overlap = redactor.max_pattern_len().max(1);
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(WINDOW + overlap));
     let mut vars = BTreeSet::new();
+    let mut whole: Option<Vec<(String, Vec<u64>)>> = None;
+    let mut first = true;
     loop {
         let start = buf.len();
         buf.resize(start + WINDOW, 0);
@@ -324,13 +326,30 @@ fn file_root(
             break;
         }
         report.bytes_scanned += n as u64;
-        vars.extend(redactor.find_leaks(&buf));
+        let found = redactor.find_leaks(&buf);
+        if first && n < WINDOW {
+            // The whole file is in `buf`: its lines now, not by opening it again.
+            whole = Some(
+                found
+                    .iter()
+                    .map(|v| (v.clone(), crate::scan::lines_in(&buf, v, redactor)))
+                    .collect(),
+            );
+        } else {
+            whole = None;
+        }
+        first = false;
+        vars.extend(found);
         let keep = buf.len().min(overlap);
         let cut = buf.len() - keep;
         buf.drain(..cut);
     }
     for variable in vars {
-        let lines = lines_of(path, &variable, redactor);
+        let lines = whole
+            .as_ref()
+            .and_then(|w| w.iter().find(|(v, _)| *v == variable))
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default();
         findings.insert(Finding {
             environment: String::new(),
             credential: String::new(),
@@ -375,36 +394,25 @@ fn recent(file: &Path, now: SystemTime, window: Duration) -> bool {
     now.duration_since(ctime).map_or(true, |age| age < window)
 }
 
-/// The 1-based lines of `file` on which `variable` occurs whole (at most [`MAX_LINES`]); empty
-/// for files over [`LINE_SCAN_MAX`] or that cannot be read. Opened without following links.
-fn lines_of(file: &Path, variable: &str, redactor: &Redactor) -> Vec<u64> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(
-            rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32,
-        )
-        .open(file)
-    else {
-        return Vec::new();
-    };
-    match f.metadata() {
-        Ok(m) if m.is_file() && m.len() <= LINE_SCAN_MAX => {}
-        _ => return Vec::new(),
+/// `s` with any value (in any form the redactor knows) replaced by its marker: a path, a file
+/// or directory name, a git path may itself hold a value (a file named after a token).
+pub(crate) fn redact_text(s: &str, redactor: &Redactor) -> String {
+    if redactor.find_leaks(s.as_bytes()).is_empty() {
+        return s.to_owned();
     }
-    let mut data = Vec::new();
-    if f.take(LINE_SCAN_MAX).read_to_end(&mut data).is_err() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
-        if redactor.find_leaks(line).iter().any(|n| n == variable) {
-            out.push(i as u64 + 1);
-            if out.len() >= MAX_LINES {
-                break;
+    String::from_utf8_lossy(&redactor.redact(s.as_bytes()).0).into_owned()
+}
+
+/// `f` with every string it shows passed through [`redact_text`].
+pub(crate) fn redact_finding(mut f: Finding, redactor: &Redactor) -> Finding {
+    match &mut f.location {
+        Location::File { path, .. } => *path = redact_text(path, redactor),
+        Location::Git { repo, path, .. } => {
+            *repo = redact_text(repo, redactor);
+            if let Some(p) = path {
+                *p = redact_text(p, redactor);
             }
         }
     }
-    zeroize::Zeroize::zeroize(&mut data);
-    out
+    f
 }

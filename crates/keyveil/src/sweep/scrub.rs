@@ -11,7 +11,7 @@
 //! three times, and otherwise left as it is with a note.
 
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use keyveil_redact::Redactor;
@@ -71,15 +71,50 @@ pub(crate) fn scrub(files: &[PathBuf], redactor: &Redactor) -> Scrubbed {
     done
 }
 
-/// One attempt: `Ok(markers)` or why not.
+/// The directory `dir` (absolute), opened one component at a time without following a
+/// symbolic link: the agent can swap a folder of a transcript's path for a link between the
+/// sweep and the scrub, and the rewrite must then not land in the folder the link names.
+fn open_dir_nofollow(dir: &Path) -> Result<rustix::fd::OwnedFd, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::path::Component;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut fd = rustix::fs::open("/", flags, Mode::empty()).map_err(|e| e.to_string())?;
+    for c in dir.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(name) => {
+                fd = rustix::fs::openat(&fd, name, flags, Mode::empty()).map_err(|e| {
+                    if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+                        format!(
+                            "a folder on its path ({}) is a symbolic link or not a folder",
+                            Path::new(name).display()
+                        )
+                    } else {
+                        e.to_string()
+                    }
+                })?;
+            }
+            _ => return Err("not an absolute, normal path".into()),
+        }
+    }
+    Ok(fd)
+}
+
+/// One attempt: `Ok(markers)` or why not. Every step is relative to the transcript's folder,
+/// opened without following links ([`open_dir_nofollow`]), never through a path again.
 fn once(path: &Path, redactor: &Redactor) -> Result<usize, String> {
-    let nofollow =
-        rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow)
-        .open(path)
-        .map_err(|e| e.to_string())?;
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let dir = path.parent().ok_or("no parent directory")?;
+    let name = path.file_name().ok_or("no file name")?;
+    let dirfd = open_dir_nofollow(dir)?;
+    let fd = rustix::fs::openat(
+        &dirfd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::from(fd);
     let before = f.metadata().map_err(|e| e.to_string())?;
     if !before.is_file() {
         return Err("not a regular file".into());
@@ -97,39 +132,49 @@ fn once(path: &Path, redactor: &Redactor) -> Result<usize, String> {
     if n == 0 {
         return Ok(0);
     }
-    let dir = path.parent().ok_or("no parent directory")?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.keyveil-scrub-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut t = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(before.mode() & 0o7777)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&tmp)?;
-        t.set_permissions(std::fs::Permissions::from_mode(before.mode() & 0o7777))?;
-        t.write_all(&out)?;
-        t.sync_all()
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| e.to_string())?;
+    let tmp = format!(
+        ".{}.keyveil-scrub-{}",
+        name.to_string_lossy(),
+        hex::encode(rnd)
+    );
+    let mode = before.mode() & 0o7777;
+    let write = || -> Result<(), String> {
+        let fd = rustix::fs::openat(
+            &dirfd,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| e.to_string())?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| e.to_string())?;
+        let mut t = std::fs::File::from(fd);
+        t.write_all(&out).map_err(|e| e.to_string())?;
+        t.sync_all().map_err(|e| e.to_string())
+    };
+    let unlink = || {
+        let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
     };
     if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.to_string());
+        unlink();
+        return Err(e);
     }
     // The host may have appended meanwhile: then the rewrite would lose its lines.
-    let now = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    if now.ino() != before.ino()
-        || now.len() != before.len()
-        || now.mtime_nsec() != before.mtime_nsec()
-        || now.mtime() != before.mtime()
+    let now = rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+        unlink();
+        e.to_string()
+    })?;
+    if now.st_ino != before.ino()
+        || u64::try_from(now.st_size).unwrap_or(u64::MAX) != before.len()
+        || now.st_mtime != before.mtime()
+        || i64::try_from(now.st_mtime_nsec).unwrap_or(-1) != before.mtime_nsec()
     {
-        let _ = std::fs::remove_file(&tmp);
+        unlink();
         return Err("it changed while it was rewritten".into());
     }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+    rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, name).map_err(|e| {
+        unlink();
         e.to_string()
     })?;
     Ok(n)
