@@ -404,3 +404,134 @@ fn a_file_given_as_a_root_is_matched_alone_and_home_is_walked_once() {
             .any(|(p, _, k)| p.ends_with(".zsh_history") && *k == "shell-history")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Red team (issue 19): what an agent that can write the swept places can make the sweep do.
+
+/// A repository whose own config names programs (a signature checker for `log.showSignature`,
+/// an ssh command for a partial clone's lazy fetch): git under the broker runs none of them,
+/// and the value in it is still found.
+#[test]
+fn git_in_a_planted_repository_runs_nothing_its_config_names() {
+    let repo = tempfile::tempdir().unwrap();
+    let p = repo.path();
+    let v = value("g");
+    git(p, &["init", "-q", "-b", "main"]);
+    write(&p.join("a.txt"), format!("k={v}\n").as_bytes());
+    write(&p.join("d/b.txt"), b"x\n");
+    git(p, &["add", "."]);
+    git(p, &["commit", "-q", "-m", "one"]);
+    // A signed commit on top (any signature: git hands it to gpg.program to check).
+    let tree = git(p, &["rev-parse", "HEAD^{tree}"]);
+    let parent = git(p, &["rev-parse", "HEAD"]);
+    let body = format!(
+        "tree {tree}\nparent {parent}\nauthor t <t@x> 1700000000 +0000\ncommitter t <t@x> 1700000000 +0000\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n AAAA\n -----END PGP SIGNATURE-----\n\nsigned\n"
+    );
+    write(&p.join("c.txt"), body.as_bytes());
+    let c = git(p, &["hash-object", "-t", "commit", "-w", "c.txt"]);
+    std::fs::remove_file(p.join("c.txt")).unwrap();
+    git(p, &["update-ref", "refs/heads/main", &c]);
+    // A partial clone missing one tree, with an ssh promisor remote.
+    let sub = git(p, &["rev-parse", "HEAD:d"]);
+    std::fs::remove_file(p.join(format!(".git/objects/{}/{}", &sub[..2], &sub[2..]))).unwrap();
+    let marker = p.join("RAN");
+    let evil = p.join("evil.sh");
+    write(
+        &evil,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()).as_bytes(),
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = evil.to_str().unwrap();
+    for (k, val) in [
+        ("log.showSignature", "true"),
+        ("gpg.program", e),
+        ("core.repositoryformatversion", "1"),
+        ("extensions.partialClone", "origin"),
+        ("remote.origin.url", "ssh://example.invalid/x"),
+        ("remote.origin.promisor", "true"),
+        ("core.sshCommand", e),
+        ("core.pager", e),
+        ("diff.external", e),
+    ] {
+        git(p, &["config", k, val]);
+    }
+    let r = sweep(&plan(p, None), &redactor(&[("G", &v)]));
+    assert!(!marker.exists(), "git ran a program the repository named");
+    assert!(!git_hits(&r, "G").is_empty(), "{:?}", r.findings);
+}
+
+/// A value that is itself a git path or a repository's folder name is never shown.
+#[test]
+fn a_value_in_a_git_path_or_repository_name_is_never_shown() {
+    let top = tempfile::tempdir().unwrap();
+    let v = value("n");
+    let p = top.path().join(format!("clone-{v}"));
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main"]);
+    write(&p.join(format!("{v}.txt")), format!("{v}\n").as_bytes());
+    git(&p, &["add", "."]);
+    git(&p, &["commit", "-q", "-m", "one"]);
+    std::fs::remove_file(p.join(format!("{v}.txt"))).unwrap();
+    git(&p, &["commit", "-qam", "gone"]);
+    let r = sweep(&plan(top.path(), None), &redactor(&[("N", &v)]));
+    assert!(!git_hits(&r, "N").is_empty(), "{:?}", r.findings);
+    assert_clean(&r, &[&v]);
+    let shown = serde_json::to_string(&r).unwrap();
+    assert!(shown.contains("[REDACTED:N]"), "{shown}");
+}
+
+/// Line numbers come from the read that matched: a file that holds a value is not opened again
+/// (an agent watching its planted candidates with inotify would see which one was).
+#[test]
+fn a_file_that_holds_a_value_is_opened_no_more_often_than_one_that_does_not() {
+    use rustix::fs::inotify;
+    let dir = tempfile::tempdir().unwrap();
+    let v = value("o");
+    write(&dir.path().join("hit.txt"), format!("x\n{v}\n").as_bytes());
+    write(&dir.path().join("miss.txt"), b"x\nnot it at all, sorry\n");
+    let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).unwrap();
+    inotify::add_watch(&fd, dir.path(), inotify::WatchFlags::OPEN).unwrap();
+    let r = sweep(&plan(dir.path(), None), &redactor(&[("O", &v)]));
+    assert_eq!(file_paths(&r, "O")[0].1, &[2], "{:?}", r.findings);
+    let mut opens: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+    let mut rd = inotify::Reader::new(&fd, &mut buf);
+    while let Ok(e) = rd.next() {
+        if let Some(n) = e.file_name() {
+            *opens.entry(n.to_string_lossy().into_owned()).or_default() += 1;
+        }
+    }
+    assert!(opens.get("hit.txt").is_some(), "{opens:?}");
+    assert_eq!(opens.get("hit.txt"), opens.get("miss.txt"), "{opens:?}");
+}
+
+/// The agent swaps a transcript's folder for a symlink to another folder holding a file of the
+/// same name between the sweep and the scrub: the scrub writes nothing there.
+#[test]
+fn a_scrub_never_writes_through_a_folder_swapped_for_a_symlink() {
+    let home = tempfile::tempdir().unwrap();
+    let v = value("s");
+    let real = home.path().join(".claude/projects/-w");
+    write(&real.join("t.jsonl"), format!("{{\"m\":\"{v}\"}}\n").as_bytes());
+    let elsewhere = home.path().join("elsewhere");
+    write(&elsewhere.join("t.jsonl"), format!("keep {v}\n").as_bytes());
+    let red = redactor(&[("S", &v)]);
+    let targets = vec![real.join("t.jsonl")];
+    std::fs::rename(&real, home.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &real).unwrap();
+    let done = scrub::scrub(&targets, &red);
+    assert!(done.files.is_empty(), "{:?}", done.files);
+    assert!(done.notes[0].contains("symbolic link"), "{:?}", done.notes);
+    let other = std::fs::read_to_string(elsewhere.join("t.jsonl")).unwrap();
+    assert!(other.contains(&v), "the file behind the link was rewritten");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+    // The folder put back: rewritten in place, atomically, nothing left beside it.
+    std::fs::remove_file(&real).unwrap();
+    std::fs::rename(home.path().join("moved"), &real).unwrap();
+    let done = scrub::scrub(&targets, &red);
+    assert_eq!(done.files.len(), 1, "{:?}", done.notes);
+    let after = std::fs::read_to_string(real.join("t.jsonl")).unwrap();
+    assert!(!after.contains(&v) && after.contains("[REDACTED:S]"), "{after}");
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
+}
