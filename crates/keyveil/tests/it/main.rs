@@ -33,6 +33,7 @@ mod pathdirs;
 mod policy;
 mod redteam;
 mod redteam16;
+mod redteam19;
 mod redteam2;
 mod redteam3;
 mod revoke;

@@ -1,0 +1,374 @@
+//! Red team of `keyveil sweep` (issue 19), as the agent: same uid, a shell, `/proc`, the audit
+//! log, listings, every file it can write. A sweep is an oracle over files the agent can plant
+//! ("does this file hold a value?"); each test plants a candidate that holds the value and one
+//! that does not, and checks that nothing the agent can observe tells them apart.
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+fn rand_value(tag: &str) -> String {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    format!(
+        "{tag}{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+fn sweep(h: &Home, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["sweep", "--passphrase-stdin"];
+    a.extend_from_slice(args);
+    h.run_stdin(&a, &format!("{PASS}\n"))
+}
+
+/// The audit entries, parsed.
+fn audit(h: &Home) -> Vec<Value> {
+    h.audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// An audit entry without what differs between two runs of the same thing (time, chain).
+fn shape(e: &Value) -> Value {
+    let mut e = e.clone();
+    if let Some(m) = e.as_object_mut() {
+        for k in ["at", "time", "ts", "mac", "prev", "seq", "elapsed_ms", "id"] {
+            m.remove(k);
+        }
+        if let Some(f) = m.get_mut("fields").and_then(Value::as_object_mut) {
+            f.remove("elapsed_ms");
+        }
+    }
+    e
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
+}
+
+/// A plain sweep (no `--contain`) the human runs over the agent's planted candidates: the
+/// audit entry it leaves is the same whether a candidate held the value or not.
+#[test]
+fn the_audit_of_a_sweep_says_nothing_about_what_it_found() {
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("guess.txt"), "sk_not_the_value_0123456789abcdef\n").unwrap();
+    let o = sweep(&h, &["--no-home", proj.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let miss: Vec<Value> = audit(&h).into_iter().filter(|e| e["event"] == "sweep").collect();
+    // The agent's next guess is right, in three files.
+    for i in 0..3 {
+        std::fs::write(proj.join(format!("guess{i}.txt")), format!("{v}\n")).unwrap();
+    }
+    let o = sweep(&h, &["--no-home", proj.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let hit: Vec<Value> = audit(&h).into_iter().filter(|e| e["event"] == "sweep").collect();
+    assert_eq!(miss.len(), 1);
+    assert_eq!(hit.len(), 2);
+    assert_eq!(shape(&hit[0]), shape(&hit[1]), "the audit tells a hit from a miss");
+    let s = hit[1].to_string();
+    assert!(!s.contains("copies") && !s.contains("variables"), "{s}");
+}
+
+/// `git` as the broker runs it, logged: a wrapper first on the broker's PATH that records its
+/// arguments (what `/proc/PID/cmdline` shows the agent) and runs the real one.
+fn git_logger(h: &Home) -> (std::path::PathBuf, String) {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let bin = h.path().join("wrap-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = h.path().join("git-argv.log");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{real}' \"$@\"\n",
+        log.display()
+    );
+    let w = bin.join("git");
+    std::fs::write(&w, script).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (log, path)
+}
+
+/// The agent plants candidate blobs in a repository and watches `/proc` for the broker's git
+/// processes: which commands run, and their arguments, do not depend on whether a candidate
+/// held the value (no object id of a found object on a command line; the history walks run
+/// either way).
+#[test]
+fn the_git_commands_a_sweep_runs_do_not_depend_on_what_it_found() {
+    let h = Home::new();
+    let v = rand_value("ghp_");
+    h.set("demo", "TOKEN", &v);
+    let (log, path) = git_logger(&h);
+    // The broker restarted with the wrapper first on its PATH.
+    h.ok(&["daemon", "stop"]);
+    let mut c = h.cmd(&["unlock", "--passphrase-stdin"]);
+    c.env("PATH", &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASS}\n").as_bytes())
+        .unwrap();
+    let o = wait_output(child, CLI_LIMIT);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let repo = h.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("candidate.txt"), "ghp_wrong_guess_000000000000\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "guess"]);
+    std::fs::remove_file(repo.join("candidate.txt")).unwrap();
+    git(&repo, &["commit", "-qam", "gone"]);
+    let _ = std::fs::remove_file(&log);
+    let o = sweep(&h, &["--no-home", repo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let miss = std::fs::read_to_string(&log).unwrap_or_default();
+    // The right guess, committed and deleted the same way.
+    std::fs::write(repo.join("candidate.txt"), format!("{v}\n")).unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "guess"]);
+    std::fs::remove_file(repo.join("candidate.txt")).unwrap();
+    git(&repo, &["commit", "-qam", "gone"]);
+    let _ = std::fs::remove_file(&log);
+    let o = sweep(&h, &["--no-home", "--json", repo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let found = &out["report"]["findings"][0]["location"];
+    assert_eq!(found["type"], "git", "{out}");
+    assert_eq!(found["commits"].as_array().unwrap().len(), 2, "{out}");
+    let hit = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!miss.is_empty(), "the broker did not run the wrapper");
+    assert_eq!(miss, hit, "the agent sees different git commands for a hit");
+    assert!(!hit.contains(found["object"].as_str().unwrap()), "{hit}");
+}
+
+/// Starts `keyveil sweep --watch --contain --json` (HOME: the harness home) and returns the
+/// child and a channel of its output lines, after its first (hello) line.
+fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut c = h.cmd(&[
+        "sweep",
+        "--watch",
+        "--contain",
+        "--json",
+        "--passphrase-stdin",
+    ]);
+    c.current_dir(h.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASS}\n").as_bytes())
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let hello = rx.recv_timeout(Duration::from_secs(30)).expect("no hello");
+    assert!(hello.contains("watching"), "{hello}");
+    (child, rx)
+}
+
+fn next_batch(rx: &std::sync::mpsc::Receiver<String>) -> Value {
+    serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).expect("no batch in 10 s"))
+        .unwrap()
+}
+
+fn mark(h: &Home, var: &str) -> Value {
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    show["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == var)
+        .unwrap()["compromised"]
+        .clone()
+}
+
+/// The watch runs without limit while the human leaves it on: every planted guess the agent
+/// writes into a transcript folder is read. Nothing the agent can read answers one: no audit
+/// entry per batch (for a guessable PIN neither), and a long value, once contained, is never
+/// contained again (a second containment would answer a 12-byte fragment guess, and the next,
+/// one character at a time).
+#[test]
+fn a_watch_answers_no_planted_guess_through_the_audit_or_a_second_containment() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let pin = format!("pin-{}", &rand_value("")[..4]);
+    h.set("demo", "PIN", &pin);
+    let dir = h.path().join(".claude/projects/-w-app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (child, rx) = start_watch(&h);
+    let plant = |name: &str, body: &str| {
+        std::fs::write(dir.join(name), format!("{{\"content\":\"{body}\"}}\n")).unwrap();
+    };
+    let before = audit(&h).len();
+    // Guesses of the PIN, right and wrong: reported to the human only.
+    plant("g1.jsonl", "pin-zzzz");
+    plant("g2.jsonl", &pin);
+    let b = next_batch(&rx);
+    assert_eq!(b["report"]["findings"][0]["variable"], "PIN", "{b}");
+    assert_eq!(b["contained"], json!([]));
+    // Give the broker time to write whatever it would (the next batch is a barrier).
+    plant("g3.jsonl", "nothing here");
+    plant("first.jsonl", &v);
+    let b = next_batch(&rx);
+    assert_eq!(b["contained"][0]["variable"], "API_KEY", "{b}");
+    let after_first = audit(&h);
+    let new: Vec<&Value> = after_first[before..].iter().collect();
+    assert!(
+        new.iter().all(|e| e["event"] == "incident" || e["event"] == "revoke"),
+        "audit entries an agent can count per batch: {new:?}"
+    );
+    let m1 = mark(&h, "API_KEY");
+    assert_eq!(m1["copies"], 1, "{m1}");
+    assert_eq!(m1["kinds"], json!(["recent"]), "{m1}");
+    // Now a fragment guess (the first 12 bytes of the value, as a truncated print would be).
+    plant("frag.jsonl", &v[..12]);
+    let b = next_batch(&rx);
+    assert_eq!(b["report"]["findings"][0]["variable"], "API_KEY", "{b}");
+    assert_eq!(b["contained"], json!([]), "contained twice: {b}");
+    plant("again.jsonl", &v);
+    let b = next_batch(&rx);
+    assert_eq!(b["contained"], json!([]), "contained twice: {b}");
+    assert_eq!(audit(&h).len(), after_first.len(), "the audit grew");
+    assert_eq!(mark(&h, "API_KEY"), m1, "the mark changed");
+    let _ = h.cmd(&["daemon", "stop"]).output();
+    let o = wait_output(child, Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).contains(&v) && !text(&o.stdout).contains(&pin));
+}
+
+/// A host makes a new project folder and writes its transcript at once (before an inotify
+/// watch on the folder exists), or saves a whole JSON file beside and renames it over the old
+/// one with the value in its middle: the watch reports both.
+#[test]
+fn a_watch_reads_transcripts_in_new_folders_and_files_replaced_whole() {
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let w = rand_value("tok_");
+    h.set("demo", "OTHER", &w);
+    std::fs::create_dir_all(h.path().join(".claude/projects")).unwrap();
+    let gem = h.path().join(".gemini/tmp/abc/chats");
+    std::fs::create_dir_all(&gem).unwrap();
+    let chat = gem.join("session-1.json");
+    let filler = "x".repeat(2 << 20);
+    std::fs::write(
+        &chat,
+        format!("{{\"messages\":[{{\"text\":\"hello\"}}],\"pad\":\"{filler}\"}}"),
+    )
+    .unwrap();
+    let (child, rx) = start_watch(&h);
+    // mkdir -p and write in one go.
+    let deep = h.path().join(".claude/projects/-new-proj/sub");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("s.jsonl"), format!("{{\"content\":\"{v}\"}}\n")).unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|b: &Value| b.to_string().contains("API_KEY")) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "missed: {seen:?}");
+        seen.push(next_batch(&rx));
+    }
+    // The whole chat rewritten beside and renamed over, the value before the padding.
+    let tmp = gem.join(".session-1.json.tmp");
+    std::fs::write(
+        &tmp,
+        format!(
+            "{{\"messages\":[{{\"text\":\"hello\"}},{{\"text\":\"{w}\"}}],\"pad\":\"{filler}\"}}"
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &chat).unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|b: &Value| b.to_string().contains("OTHER")) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "missed: {seen:?}");
+        seen.push(next_batch(&rx));
+    }
+    let _ = h.cmd(&["daemon", "stop"]).output();
+    let _ = wait_output(child, Duration::from_secs(20));
+}
+
+/// `sweep --contain` over planted candidates: the mark and the incident (which the agent reads)
+/// count copies in files changed in the last day once, as the kind `recent`, so the number and
+/// kinds of planted files that matched (guess k in k files, or in the k-th kind of place) do
+/// not say which guess was right.
+#[test]
+fn a_contain_tells_the_agent_one_bit_not_which_of_its_planted_files_matched() {
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    for (i, name) in ["a.txt", ".env", "x.bak", ".netrc"].iter().enumerate() {
+        let d = proj.join(format!("d{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), format!("{v}\n")).unwrap();
+    }
+    let o = sweep(&h, &["--contain", "--no-home", "--json", proj.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The human's sealed report: every copy, with its kind.
+    assert_eq!(out["report"]["findings"].as_array().unwrap().len(), 4, "{out}");
+    let m = mark(&h, "API_KEY");
+    assert_eq!(m["copies"], 1, "{m}");
+    assert_eq!(m["kinds"], json!(["recent"]), "{m}");
+    let incident = audit(&h)
+        .into_iter()
+        .find(|e| e["event"] == "incident")
+        .unwrap();
+    let s = incident.to_string();
+    assert!(s.contains("\"recent\"") && !s.contains("dotenv"), "{s}");
+}
