@@ -13,8 +13,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keyveil-target}"
 VALUES=${VALUES:-100}
 TRANSCRIPT_MIB=${TRANSCRIPT_MIB:-1024}
 COMMITS=${COMMITS:-50000}
-cargo build --release --quiet --locked -p keyveil
-KV="$CARGO_TARGET_DIR/release/keyveil"
+# KEYVEIL_BIN=path: use that binary instead of building the release one.
+if [ -n "${KEYVEIL_BIN:-}" ]; then
+  KV="$KEYVEIL_BIN"
+else
+  cargo build --release --quiet --locked -p keyveil
+  KV="$CARGO_TARGET_DIR/release/keyveil"
+fi
 PASS="bench passphrase not secret"
 H=$(mktemp -d /tmp/kvsweep.XXXXXX)
 export KEYVEIL_HOME="$H/.keyveil" HOME="$H"

@@ -167,7 +167,9 @@ async fn run(
         // read them all.
         let mut more = Vec::new();
         for p in &paths {
-            if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            if recursive.iter().any(|r| p.starts_with(r))
+                && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+            {
                 new_files(p, &files, &mut more);
             }
         }

@@ -308,8 +308,19 @@ fn match_objects(
     zeroize::Zeroize::zeroize(&mut buf);
     let _ = child.kill();
     let status = child.wait()?;
-    result?;
-    if !status.success() && hits.is_empty() && report.git_objects == 0 {
+    if let Err(e) = result {
+        // A corrupt object (planted, to hide the rest) stops git: what was found before it is
+        // kept, and the report says the repository was not read to its end.
+        if hits.is_empty() && report.git_objects == 0 {
+            return Err(e);
+        }
+        report.skipped += 1;
+        report.truncated = true;
+        report.notes.push(format!(
+            "repository {}: git stopped reading its objects ({e}); the objects after that point were not matched",
+            repo.display()
+        ));
+    } else if !status.success() && hits.is_empty() && report.git_objects == 0 {
         return Err(std::io::Error::other("git cat-file failed"));
     }
     Ok(hits)

@@ -4,7 +4,8 @@
 //!
 //! Only text transcripts are rewritten: files of a host kind (`codex`, `claude-code`, `gemini`,
 //! `copilot`, `vscode-cursor`) whose copy was found as stored (form `raw`, no archive member),
-//! up to [`MAX_BYTES`], that are not SQLite databases. Each is read (never through a symlink),
+//! up to [`MAX_BYTES`], that are not SQLite databases and hold no NUL byte (binary stores:
+//! write-ahead logs, journals, LevelDB logs). Each is read (never through a symlink),
 //! redacted in memory (`Redactor::redact`: every variant it knows becomes `[REDACTED:ENV/NAME]`),
 //! written to a new file beside it with the same mode, synced, and renamed over it, unless the
 //! file changed while this was done (a host appending to it): then it is tried again, at most
@@ -126,6 +127,14 @@ fn once(path: &Path, redactor: &Redactor) -> Result<usize, String> {
     f.read_to_end(&mut data).map_err(|e| e.to_string())?;
     if data.starts_with(b"SQLite format 3\0") {
         return Err("a SQLite database (rewrite it with the host closed, or delete it)".into());
+    }
+    // Text transcripts hold no NUL byte; a binary store (a SQLite write-ahead log or journal,
+    // a LevelDB log) does, and has checksums a rewrite would break: the host would lose it.
+    if memchr::memchr(0, &data).is_some() {
+        return Err(
+            "not a text file (a database or log of the host: delete it with the host closed)"
+                .into(),
+        );
     }
     let (out, n) = redactor.redact(&data);
     let out = zeroize::Zeroizing::new(out);

@@ -535,3 +535,39 @@ fn a_scrub_never_writes_through_a_folder_swapped_for_a_symlink() {
     assert!(!after.contains(&v) && after.contains("[REDACTED:S]"), "{after}");
     assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
 }
+
+/// A host's binary store next to its transcripts (a SQLite write-ahead log, a LevelDB log:
+/// checksummed) that holds a value is never rewritten: the host would lose it.
+#[test]
+fn a_scrub_leaves_binary_stores_whole() {
+    let home = tempfile::tempdir().unwrap();
+    let v = value("b");
+    let wal = home.path().join(".codex/state_5.sqlite-wal");
+    let mut data = vec![0x37, 0x7f, 0x06, 0x82, 0, 0, 0, 0];
+    data.extend_from_slice(format!("INSERT {v}").as_bytes());
+    data.extend_from_slice(&[0, 0, 1, 2]);
+    write(&wal, &data);
+    let done = scrub::scrub(&[wal.clone()], &redactor(&[("B", &v)]));
+    assert!(done.files.is_empty(), "{:?}", done.files);
+    assert!(done.notes[0].contains("not a text file"), "{:?}", done.notes);
+    assert_eq!(std::fs::read(&wal).unwrap(), data);
+}
+
+/// A corrupt object planted in a repository (sorting first) does not hide the objects after it.
+#[test]
+fn a_corrupt_object_does_not_hide_what_was_found_before_it() {
+    let repo = tempfile::tempdir().unwrap();
+    let p = repo.path();
+    let v = value("c");
+    git(p, &["init", "-q", "-b", "main"]);
+    write(&p.join("a.txt"), format!("{v}\n").as_bytes());
+    git(p, &["add", "."]);
+    git(p, &["commit", "-q", "-m", "one"]);
+    for (d, name) in [("00", "0"), ("ff", "f")] {
+        let dir = p.join(".git/objects").join(d);
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir.join(name.repeat(38)), b"x\x9c garbage, not zlib");
+    }
+    let r = sweep(&plan(p, None), &redactor(&[("C", &v)]));
+    assert!(!git_hits(&r, "C").is_empty(), "{:?} {:?}", r.findings, r.notes);
+}
