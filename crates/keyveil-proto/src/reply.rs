@@ -135,6 +135,8 @@ pub enum Reply {
     /// Findings of `keyveil sweep --watch`, sealed for the CLI that proved the factor (not
     /// final: the watch goes on).
     Sweep(crate::op::SweepReply),
+    /// How far a sweep asked with `progress` has got (not final: the findings follow).
+    SweepProgress(crate::op::SweepProgress),
 }
 
 impl Reply {
@@ -143,7 +145,7 @@ impl Reply {
         match self {
             Reply::Ok { .. } | Reply::Error { .. } | Reply::Exit(_) => true,
             Reply::Pending { is_final, .. } => *is_final,
-            Reply::Started { .. } | Reply::Sweep(_) => false,
+            Reply::Started { .. } | Reply::Sweep(_) | Reply::SweepProgress(_) => false,
         }
     }
 

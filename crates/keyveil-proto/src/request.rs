@@ -566,11 +566,20 @@ mod tests {
             scrub_transcripts: false,
             recent_seconds: None,
             max_seconds: None,
+            progress: false,
             factor: None,
         }
         .into();
         assert_eq!(serde_json::to_value(&sweep).unwrap()["op"], "sweep");
         // A watch's batches never end the exchange.
         assert!(!crate::Reply::Sweep(op::SweepReply { sealed: "x".into() }).is_final());
+        assert!(!crate::Reply::SweepProgress(op::SweepProgress::default()).is_final());
+        // A sweep without progress serialises as before (its digest is unchanged).
+        assert!(
+            serde_json::to_value(&sweep)
+                .unwrap()
+                .get("progress")
+                .is_none()
+        );
     }
 }

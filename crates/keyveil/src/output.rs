@@ -65,5 +65,6 @@ fn kind_of(r: &Reply) -> &'static str {
         Reply::Started { .. } => "started",
         Reply::Exit(_) => "exit",
         Reply::Sweep(_) => "sweep",
+        Reply::SweepProgress(_) => "sweep_progress",
     }
 }

@@ -36,6 +36,10 @@ pub struct Sweep {
     /// Wall-clock budget in seconds (default 600, at most 3 600).
     #[serde(default)]
     pub max_seconds: Option<u64>,
+    /// Send [`crate::Reply::SweepProgress`] frames while sweeping (about four a second), before
+    /// the final reply (the CLI asks when it draws a progress line on a terminal).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress: bool,
     /// Proof of the human's factor (required).
     #[serde(default)]
     pub factor: Option<FactorProof>,
@@ -50,6 +54,22 @@ operation!(Sweep => SweepReply);
 pub struct SweepReply {
     /// The sealed findings (the `keyveil` crate's `SweepOutcome` as JSON).
     pub sealed: String,
+}
+
+/// How far a sweep has got ([`crate::Reply::SweepProgress`]): work done, never what was found
+/// (it travels in the clear, and a count of findings would answer a planted guess).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SweepProgress {
+    /// Files read so far.
+    pub files: u64,
+    /// Bytes matched so far (file bytes, decompressed bytes and git objects).
+    pub bytes: u64,
+    /// Git objects matched so far.
+    pub git_objects: u64,
+    /// Milliseconds since the sweep started.
+    pub elapsed_ms: u64,
+    /// The sweep's time budget, milliseconds.
+    pub budget_ms: u64,
 }
 
 /// A variable a sweep found outside keyveil and that was not replaced since (part of

@@ -328,6 +328,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
         Request::Run(r) => runner::run(&broker, r, framed, peer).await,
         Request::Start(r) => background::start(&broker, r, framed, peer).await,
         Request::SweepWatch(r) => sweep_watch::watch(&broker, r, framed).await,
+        Request::Sweep(r) if r.progress => sweep_ops::serve(&broker, r, framed).await,
         other => {
             let reply = ops::dispatch_from(&broker, other, Some(&peer)).await;
             let _ = send(&mut framed, &reply).await;

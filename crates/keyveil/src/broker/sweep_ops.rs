@@ -240,13 +240,23 @@ pub(crate) async fn sweep(
     req: op::Sweep,
     digest: Option<[u8; factor_proof::LEN]>,
 ) -> OpResult<op::SweepReply> {
+    sweep_with(broker, req, digest, None).await
+}
+
+/// [`sweep`], counting its work in `progress` (once the factor is proved).
+async fn sweep_with(
+    broker: &Arc<Broker>,
+    req: op::Sweep,
+    digest: Option<[u8; factor_proof::LEN]>,
+    progress: Option<Arc<crate::scan::Progress>>,
+) -> OpResult<op::SweepReply> {
     let plan = plan_of(&req)?;
     let (key, nonce) = authorize(broker, &req, &plan, digest).await?;
     let (redactor, keys) = redactor(broker, "sweep")?;
     let run_plan = plan.clone();
     let scrub = req.contain && req.scrub_transcripts;
     let (mut report, scrubbed) = tokio::task::spawn_blocking(move || {
-        let report = crate::sweep::sweep(&run_plan, &redactor);
+        let report = crate::sweep::sweep_with(&run_plan, &redactor, progress.as_deref());
         let scrubbed = scrub.then(|| {
             crate::sweep::scrub::scrub(&crate::sweep::scrub::targets(&report.findings), &redactor)
         });
@@ -297,6 +307,68 @@ pub(crate) async fn sweep(
     }
     seal(&key, &nonce, &outcome)
 }
+
+/// `sweep` with `progress`: the connection stays open and a [`Reply::SweepProgress`] frame
+/// (counts of work done, never of findings) goes out every [`PROGRESS_EVERY`] until the final
+/// reply, the same as without progress. Nothing is sent before the factor is proved.
+///
+/// [`Reply::SweepProgress`]: keyveil_proto::Reply::SweepProgress
+pub(crate) async fn serve(
+    broker: &Arc<Broker>,
+    req: op::Sweep,
+    mut framed: tokio_util::codec::Framed<tokio::net::UnixStream, keyveil_proto::FrameCodec>,
+) {
+    use futures::SinkExt as _;
+    use keyveil_proto::{Frame, Reply, Request};
+    use std::sync::atomic::Ordering::Relaxed;
+    let digest = factor_proof::request_digest(
+        &serde_json::to_value(Request::Sweep(req.clone())).unwrap_or_default(),
+    );
+    let budget_ms = plan_of(&req)
+        .map(|p| u64::try_from(p.max_duration.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let progress = Arc::new(crate::scan::Progress::default());
+    let start = std::time::Instant::now();
+    let work = sweep_with(broker, req, Some(digest), Some(Arc::clone(&progress)));
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => {
+                let files = progress.files.load(Relaxed);
+                let bytes = progress.bytes.load(Relaxed);
+                // Nothing read yet: the factor is still being checked (or was refused).
+                if files == 0 && bytes == 0 {
+                    continue;
+                }
+                let p = Reply::SweepProgress(op::SweepProgress {
+                    files,
+                    bytes,
+                    git_objects: progress.objects.load(Relaxed),
+                    elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    budget_ms,
+                });
+                if let Ok(f) = Frame::json(&p) {
+                    // A client that went away gets the sweep finished all the same.
+                    let _ = framed.send(f).await;
+                }
+            }
+        }
+    };
+    let reply = match result.and_then(|r| {
+        serde_json::to_value(r)
+            .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot encode the reply: {e}")))
+    }) {
+        Ok(data) => Reply::ok(data),
+        Err(e) => e.reply(),
+    };
+    let _ = super::send(&mut framed, &reply).await;
+}
+
+/// How often [`serve`] sends progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Contains each variable found: revoke, mark, audit (see the module docs).
 pub(super) async fn contain(

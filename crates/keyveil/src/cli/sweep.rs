@@ -121,6 +121,8 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
         scrub_transcripts: a.scrub_transcripts,
         recent_seconds: None,
         max_seconds: a.max_seconds,
+        // A progress line on a terminal; quiet otherwise.
+        progress: !a.watch && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         factor: None,
     };
     if a.watch {
@@ -128,12 +130,14 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
         auth.sign(&mut req);
         return watch(paths, &auth, &req, a.json).await;
     }
+    let progress = body.progress;
     let mut req = Request::Sweep(body);
     auth.sign(&mut req);
-    if !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        note("sweeping (this can take a while on a large home or history)...");
-    }
-    let reply = expect::<op::Sweep>(client::call(paths, &req).await?)?;
+    let reply = if progress {
+        expect::<op::Sweep>(with_progress(paths, &req).await?)?
+    } else {
+        expect::<op::Sweep>(client::call(paths, &req).await?)?
+    };
     let plain = auth
         .open(b"sweep", &reply.sealed)
         .context("the findings did not come sealed from the broker that proved itself")?;
@@ -145,6 +149,57 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
         say(render(&outcome));
     }
     Ok(i32::from(!outcome.report.findings.is_empty()))
+}
+
+/// Sends `req` and draws each [`Reply::SweepProgress`] on one line of the terminal (stderr),
+/// erased before the final reply is returned.
+async fn with_progress(paths: &Paths, req: &Request) -> Result<Reply> {
+    use std::io::Write as _;
+    let mut conn = client::Connection::open(paths).await?;
+    conn.send(req).await?;
+    let mut drawn = false;
+    let result = loop {
+        let Some(ev) = conn.next().await? else {
+            break Err(anyhow::anyhow!(
+                "the broker closed the connection before replying"
+            ));
+        };
+        match ev {
+            client::Event::Reply(Reply::SweepProgress(p)) => {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r\x1b[K{}", progress_line(&p));
+                let _ = err.flush();
+                drawn = true;
+            }
+            client::Event::Reply(r) if r.is_final() => break Ok(r),
+            _ => {}
+        }
+    };
+    if drawn {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[K");
+        let _ = err.flush();
+    }
+    result
+}
+
+/// One progress line: a bar of the time budget spent, and the work done so far.
+pub(crate) fn progress_line(p: &op::SweepProgress) -> String {
+    const WIDTH: u64 = 20;
+    let filled = (p.elapsed_ms.saturating_mul(WIDTH))
+        .checked_div(p.budget_ms)
+        .unwrap_or(0)
+        .min(WIDTH);
+    format!(
+        "sweeping [{}{}] {} files, {} MiB, {} git objects; {} s of at most {} s",
+        "#".repeat(usize::try_from(filled).unwrap_or(0)),
+        ".".repeat(usize::try_from(WIDTH - filled).unwrap_or(0)),
+        p.files,
+        p.bytes >> 20,
+        p.git_objects,
+        p.elapsed_ms / 1000,
+        p.budget_ms / 1000
+    )
 }
 
 /// `--watch`: prints each batch of findings as it comes; ends when the broker closes.

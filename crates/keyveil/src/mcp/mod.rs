@@ -460,7 +460,7 @@ impl KeyveilMcp {
                 }
                 Reply::Ok { data } => return Ok(RunEnd::Ok(data)),
                 // Only a sweep watch sends these, and never to a run.
-                Reply::Sweep(_) => continue,
+                Reply::Sweep(_) | Reply::SweepProgress(_) => continue,
             }
         }
     }

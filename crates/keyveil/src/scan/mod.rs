@@ -161,6 +161,26 @@ pub fn scan(scope: &ScanScope, redactor: &Redactor) -> ScanReport {
     sc.finish(start)
 }
 
+/// Work done so far, for a progress display (counts of work only, never of findings).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Files read.
+    pub files: std::sync::atomic::AtomicU64,
+    /// Bytes read from files and git objects.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Git objects matched.
+    pub objects: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// Adds `files` files and `bytes` bytes.
+    pub(crate) fn add(&self, files: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.files.fetch_add(files, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
 /// Most line numbers kept per (file, variable) by [`scan_with_lines`].
 pub(crate) const MAX_LINES: usize = 20;
 
@@ -171,10 +191,17 @@ pub(crate) type Lines = BTreeMap<(PathBuf, String), Vec<u64>>;
 /// file (up to [`ScanLimits::max_file_bytes`]) occurs, computed from the bytes already read:
 /// a file is never opened a second time because it held a value (an agent watching its own
 /// files with inotify would see which of them did).
-pub(crate) fn scan_with_lines(scope: &ScanScope, redactor: &Redactor) -> (ScanReport, Lines) {
+///
+/// `progress`, when given, counts files read and bytes matched as the scan goes.
+pub(crate) fn scan_with_lines(
+    scope: &ScanScope,
+    redactor: &Redactor,
+    progress: Option<&Progress>,
+) -> (ScanReport, Lines) {
     let start = Instant::now();
     let mut sc = Scanner::new(redactor, &scope.limits, scope.since, start);
     sc.lines = Some(BTreeMap::new());
+    sc.progress = progress;
     walk::run(&mut sc, scope);
     let lines = sc.lines.take().unwrap_or_default();
     (sc.finish(start), lines)
@@ -214,6 +241,8 @@ pub(crate) struct Scanner<'a> {
     pending: Vec<(PathBuf, String, String)>,
     /// With [`scan_with_lines`]: the lines of raw leaks in whole files.
     pub(crate) lines: Option<Lines>,
+    /// With [`scan_with_lines`]: work done, for a progress display.
+    pub(crate) progress: Option<&'a Progress>,
 }
 
 impl<'a> Scanner<'a> {
@@ -241,6 +270,7 @@ impl<'a> Scanner<'a> {
             current: PathBuf::new(),
             pending: Vec::new(),
             lines: None,
+            progress: None,
         }
     }
 

@@ -431,12 +431,18 @@ fn scan_file(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
     sc.files_scanned += 1;
     let size = file.metadata().map_or(meta.len(), |m| m.len());
     if size > sc.limits.max_file_bytes {
+        if let Some(p) = sc.progress {
+            p.add(1, 0);
+        }
         scan_large(sc, &mut file, path);
         return;
     }
     let budget = sc.bytes_left().min(sc.limits.max_file_bytes);
     let (data, hit, err) = read_bounded(&mut file, budget);
     sc.bytes_scanned += len_u64(&data);
+    if let Some(p) = sc.progress {
+        p.add(1, len_u64(&data));
+    }
     if hit || err {
         sc.skip();
     }
@@ -484,6 +490,9 @@ fn scan_large(sc: &mut Scanner<'_>, file: &mut File, path: &Path) {
         }
         first = false;
         sc.bytes_scanned += n;
+        if let Some(p) = sc.progress {
+            p.add(0, n);
+        }
         buf.extend_from_slice(&chunk);
         sc.match_bytes(&buf, path.as_os_str(), &Forms::default());
         if err {

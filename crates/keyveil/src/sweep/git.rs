@@ -154,8 +154,9 @@ pub(super) fn sweep_repo(
     redactor: &Redactor,
     deadline: Instant,
     report: &mut SweepReport,
+    progress: Option<&crate::scan::Progress>,
 ) -> Vec<Finding> {
-    let hits = match match_objects(repo, redactor, deadline, report) {
+    let hits = match match_objects(repo, redactor, deadline, report, progress) {
         Ok(h) => h,
         Err(e) => {
             report.skipped += 1;
@@ -205,6 +206,7 @@ fn match_objects(
     redactor: &Redactor,
     deadline: Instant,
     report: &mut SweepReport,
+    progress: Option<&crate::scan::Progress>,
 ) -> std::io::Result<Vec<Hit>> {
     let mut child = git(repo)
         .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
@@ -250,6 +252,10 @@ fn match_objects(
             break;
         };
         report.git_objects += 1;
+        if let Some(p) = progress {
+            p.objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            p.add(0, size);
+        }
         let mut vars = BTreeSet::new();
         let mut left = size;
         buf.clear();

@@ -145,7 +145,17 @@ fn limits(budget: Duration) -> ScanLimits {
 
 /// Sweeps `plan` for the values `redactor` knows. Never fails: what cannot be read is counted
 /// in [`SweepReport::skipped`] with a note.
+#[cfg(test)]
 pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
+    sweep_with(plan, redactor, None)
+}
+
+/// [`sweep`], counting its work in `progress` as it goes.
+pub(crate) fn sweep_with(
+    plan: &SweepPlan,
+    redactor: &Redactor,
+    progress: Option<&crate::scan::Progress>,
+) -> SweepReport {
     let start = Instant::now();
     let deadline = start + plan.max_duration;
     let now = SystemTime::now();
@@ -204,7 +214,7 @@ pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
             continue;
         }
         s.limits = limits(left);
-        let (r, mut lines) = crate::scan::scan_with_lines(&s, redactor);
+        let (r, mut lines) = crate::scan::scan_with_lines(&s, redactor, progress);
         report.files_scanned += r.files_scanned;
         report.bytes_scanned += r.bytes_scanned;
         report.skipped += r.skipped;
@@ -249,7 +259,7 @@ pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
             continue;
         }
         report.repositories += 1;
-        let found = git::sweep_repo(&repo, redactor, deadline, &mut report);
+        let found = git::sweep_repo(&repo, redactor, deadline, &mut report, progress);
         // The same copies met as raw files below `.git/objects` say less: drop them for the
         // variables the object sweep placed (what it could not place stays).
         let placed: BTreeSet<&str> = found.iter().map(|f| f.variable.as_str()).collect();
@@ -261,7 +271,10 @@ pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
         findings.extend(found);
     }
 
-    report.findings = findings.into_iter().map(|f| redact_finding(f, redactor)).collect();
+    report.findings = findings
+        .into_iter()
+        .map(|f| redact_finding(f, redactor))
+        .collect();
     for n in &mut report.notes {
         *n = redact_text(n, redactor);
     }

@@ -513,7 +513,10 @@ fn a_scrub_never_writes_through_a_folder_swapped_for_a_symlink() {
     let home = tempfile::tempdir().unwrap();
     let v = value("s");
     let real = home.path().join(".claude/projects/-w");
-    write(&real.join("t.jsonl"), format!("{{\"m\":\"{v}\"}}\n").as_bytes());
+    write(
+        &real.join("t.jsonl"),
+        format!("{{\"m\":\"{v}\"}}\n").as_bytes(),
+    );
     let elsewhere = home.path().join("elsewhere");
     write(&elsewhere.join("t.jsonl"), format!("keep {v}\n").as_bytes());
     let red = redactor(&[("S", &v)]);
@@ -532,7 +535,10 @@ fn a_scrub_never_writes_through_a_folder_swapped_for_a_symlink() {
     let done = scrub::scrub(&targets, &red);
     assert_eq!(done.files.len(), 1, "{:?}", done.notes);
     let after = std::fs::read_to_string(real.join("t.jsonl")).unwrap();
-    assert!(!after.contains(&v) && after.contains("[REDACTED:S]"), "{after}");
+    assert!(
+        !after.contains(&v) && after.contains("[REDACTED:S]"),
+        "{after}"
+    );
     assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
 }
 
@@ -549,7 +555,11 @@ fn a_scrub_leaves_binary_stores_whole() {
     write(&wal, &data);
     let done = scrub::scrub(&[wal.clone()], &redactor(&[("B", &v)]));
     assert!(done.files.is_empty(), "{:?}", done.files);
-    assert!(done.notes[0].contains("not a text file"), "{:?}", done.notes);
+    assert!(
+        done.notes[0].contains("not a text file"),
+        "{:?}",
+        done.notes
+    );
     assert_eq!(std::fs::read(&wal).unwrap(), data);
 }
 
@@ -569,5 +579,10 @@ fn a_corrupt_object_does_not_hide_what_was_found_before_it() {
         write(&dir.join(name.repeat(38)), b"x\x9c garbage, not zlib");
     }
     let r = sweep(&plan(p, None), &redactor(&[("C", &v)]));
-    assert!(!git_hits(&r, "C").is_empty(), "{:?} {:?}", r.findings, r.notes);
+    assert!(
+        !git_hits(&r, "C").is_empty(),
+        "{:?} {:?}",
+        r.findings,
+        r.notes
+    );
 }

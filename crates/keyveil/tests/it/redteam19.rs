@@ -76,20 +76,34 @@ fn the_audit_of_a_sweep_says_nothing_about_what_it_found() {
     h.set("demo", "API_KEY", &v);
     let proj = h.path().join("proj");
     std::fs::create_dir_all(&proj).unwrap();
-    std::fs::write(proj.join("guess.txt"), "sk_not_the_value_0123456789abcdef\n").unwrap();
+    std::fs::write(
+        proj.join("guess.txt"),
+        "sk_not_the_value_0123456789abcdef\n",
+    )
+    .unwrap();
     let o = sweep(&h, &["--no-home", proj.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let miss: Vec<Value> = audit(&h).into_iter().filter(|e| e["event"] == "sweep").collect();
+    let miss: Vec<Value> = audit(&h)
+        .into_iter()
+        .filter(|e| e["event"] == "sweep")
+        .collect();
     // The agent's next guess is right, in three files.
     for i in 0..3 {
         std::fs::write(proj.join(format!("guess{i}.txt")), format!("{v}\n")).unwrap();
     }
     let o = sweep(&h, &["--no-home", proj.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    let hit: Vec<Value> = audit(&h).into_iter().filter(|e| e["event"] == "sweep").collect();
+    let hit: Vec<Value> = audit(&h)
+        .into_iter()
+        .filter(|e| e["event"] == "sweep")
+        .collect();
     assert_eq!(miss.len(), 1);
     assert_eq!(hit.len(), 2);
-    assert_eq!(shape(&hit[0]), shape(&hit[1]), "the audit tells a hit from a miss");
+    assert_eq!(
+        shape(&hit[0]),
+        shape(&hit[1]),
+        "the audit tells a hit from a miss"
+    );
     let s = hit[1].to_string();
     assert!(!s.contains("copies") && !s.contains("variables"), "{s}");
 }
@@ -220,8 +234,11 @@ fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
 }
 
 fn next_batch(rx: &std::sync::mpsc::Receiver<String>) -> Value {
-    serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).expect("no batch in 10 s"))
-        .unwrap()
+    serde_json::from_str(
+        &rx.recv_timeout(Duration::from_secs(10))
+            .expect("no batch in 10 s"),
+    )
+    .unwrap()
 }
 
 fn mark(h: &Home, var: &str) -> Value {
@@ -268,7 +285,8 @@ fn a_watch_answers_no_planted_guess_through_the_audit_or_a_second_containment() 
     let after_first = audit(&h);
     let new: Vec<&Value> = after_first[before..].iter().collect();
     assert!(
-        new.iter().all(|e| e["event"] == "incident" || e["event"] == "revoke"),
+        new.iter()
+            .all(|e| e["event"] == "incident" || e["event"] == "revoke"),
         "audit entries an agent can count per batch: {new:?}"
     );
     let m1 = mark(&h, "API_KEY");
@@ -317,7 +335,10 @@ fn a_watch_reads_transcripts_in_new_folders_and_files_replaced_whole() {
     std::fs::write(deep.join("s.jsonl"), format!("{{\"content\":\"{v}\"}}\n")).unwrap();
     let t0 = Instant::now();
     let mut seen = Vec::new();
-    while !seen.iter().any(|b: &Value| b.to_string().contains("API_KEY")) {
+    while !seen
+        .iter()
+        .any(|b: &Value| b.to_string().contains("API_KEY"))
+    {
         assert!(t0.elapsed() < Duration::from_secs(10), "missed: {seen:?}");
         seen.push(next_batch(&rx));
     }
@@ -357,11 +378,18 @@ fn a_contain_tells_the_agent_one_bit_not_which_of_its_planted_files_matched() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(name), format!("{v}\n")).unwrap();
     }
-    let o = sweep(&h, &["--contain", "--no-home", "--json", proj.to_str().unwrap()]);
+    let o = sweep(
+        &h,
+        &["--contain", "--no-home", "--json", proj.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let out: Value = serde_json::from_slice(&o.stdout).unwrap();
     // The human's sealed report: every copy, with its kind.
-    assert_eq!(out["report"]["findings"].as_array().unwrap().len(), 4, "{out}");
+    assert_eq!(
+        out["report"]["findings"].as_array().unwrap().len(),
+        4,
+        "{out}"
+    );
     let m = mark(&h, "API_KEY");
     assert_eq!(m["copies"], 1, "{m}");
     assert_eq!(m["kinds"], json!(["recent"]), "{m}");
@@ -371,4 +399,59 @@ fn a_contain_tells_the_agent_one_bit_not_which_of_its_planted_files_matched() {
         .unwrap();
     let s = incident.to_string();
     assert!(s.contains("\"recent\"") && !s.contains("dotenv"), "{s}");
+}
+
+/// On a terminal a sweep draws a progress line (files, bytes, git objects, time) and erases it;
+/// what reaches the terminal holds no value. Without a terminal it is quiet (the other tests).
+#[test]
+fn a_sweep_on_a_terminal_shows_progress_and_no_value() {
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    // Enough to read for a few progress frames even in a debug build.
+    let line = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod\n";
+    let chunk = line.repeat((1 << 20) / line.len());
+    for i in 0..48 {
+        std::fs::write(proj.join(format!("f{i}.log")), &chunk).unwrap();
+    }
+    std::fs::write(proj.join("leak.txt"), format!("{v}\n")).unwrap();
+    let cmdline = format!(
+        "'{}' sweep --passphrase-stdin --no-home '{}'",
+        bin().display(),
+        proj.display()
+    );
+    let mut c = Command::new(setsid());
+    c.args(["-w", "script", "-qfec", &cmdline, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.path())
+        .env("KEYVEIL_HOME", h.path())
+        .env("LANG", "C.UTF-8")
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{PASS}\n").as_bytes()).unwrap();
+    let o = wait_output(child, CLI_LIMIT);
+    drop(stdin);
+    let shown = text(&o.stdout);
+    assert!(shown.contains("sweeping ["), "no progress line: {shown}");
+    assert!(
+        shown.contains("\r\x1b[K"),
+        "the progress line is not erased: {shown}"
+    );
+    assert!(
+        shown.contains("demo/API_KEY") && shown.contains("leak.txt"),
+        "{shown}"
+    );
+    for form in encodings(&v) {
+        assert!(
+            !shown.contains(&form),
+            "the terminal shows a form of the value"
+        );
+    }
 }

@@ -262,7 +262,11 @@ fn contain_revokes_kills_marks_and_records_an_incident() {
     let vars = show["variables"].as_array().unwrap();
     let key = vars.iter().find(|x| x["name"] == "API_KEY").unwrap();
     assert_eq!(key["compromised"]["copies"], 1, "{show}");
-    assert_eq!(key["compromised"]["kinds"], json!(["recent"]), "a copy in a file written just now counts as `recent`");
+    assert_eq!(
+        key["compromised"]["kinds"],
+        json!(["recent"]),
+        "a copy in a file written just now counts as `recent`"
+    );
     assert!(key["compromised"]["found_at"].is_string());
     assert!(!show.to_string().contains("notes.md"));
     let unrelated = vars.iter().find(|x| x["name"] == "UNRELATED").unwrap();
