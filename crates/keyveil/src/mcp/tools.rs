@@ -359,6 +359,10 @@ pub(crate) struct VariableInfo {
     /// When its value last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_at: Option<String>,
+    /// Set when `keyveil sweep --contain` found its value outside keyveil and it was not
+    /// replaced since: when, the kinds of place, and what the human should do (never where).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compromised: Option<String>,
 }
 
 /// Result of `describe_environment`.
@@ -678,6 +682,14 @@ impl From<op::EnvDetail> for DescribeEnvironmentOutput {
                     set: v.set,
                     created_at: Some(v.created_at.to_string()),
                     rotated_at: v.rotated_at.map(|t| t.to_string()),
+                    compromised: v.compromised.map(|c| {
+                        format!(
+                            "found outside keyveil at {} ({}); {}",
+                            c.found_at,
+                            c.kinds.join(", "),
+                            c.hint
+                        )
+                    }),
                 })
                 .collect(),
             policy: r.policy,
