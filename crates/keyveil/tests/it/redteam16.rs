@@ -229,7 +229,6 @@ fn rt16_waiting_and_elicitation_name_only_the_real_request() {
 /// broker's token table, so the human's click gets 403 (not the factor lockout: no factor is
 /// typed, nothing is audited as a failure).
 #[test]
-#[ignore = "LEAK: the agent can invalidate the human's elicited approval link by minting 32 links (web/mod.rs MAX_TOKENS drops the oldest)"]
 fn rt16_agent_flushes_the_humans_approval_link() {
     let h = Home::new();
     h.set("demo", "API_TOKEN", "rt16-generated-0002");
@@ -249,7 +248,6 @@ fn rt16_agent_flushes_the_humans_approval_link() {
 /// The agent logs the human out of the approval page: 16 logins of its own evict the human's
 /// session (MAX_SESSIONS drops the oldest), mid-approval.
 #[test]
-#[ignore = "LEAK: the agent can evict the human's approval-page session with 16 logins (web/mod.rs MAX_SESSIONS drops the oldest)"]
 fn rt16_agent_evicts_the_humans_page_session() {
     let h = Home::new();
     let human = agent_link(&h);
@@ -408,7 +406,6 @@ fn rt16_setup_hangs_on_a_fifo_config() {
 /// (`KEYVEIL_HOME`, where it could run a broker of its own that hands out a phishing "approval"
 /// link); `keyveil setup` (default home) keeps it and writes the host's permission for it.
 #[test]
-#[ignore = "LEAK: setup keeps an agent-planted env.KEYVEIL_HOME in the keyveil entry and grants it the host permission (setup.rs edit_json: only Some(home) is written)"]
 fn rt16_setup_keeps_a_planted_keyveil_home_redirect() {
     let h = Home::empty();
     let agent_home = h.path().join("agent-home");

@@ -110,10 +110,10 @@ fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
 /// $(CURDIR)/tools:$(PATH)`, common for vendored tools); its recipe uses `tr`. The agent plants
 /// `tools/tr` after approval.
 ///
-/// Gap: the makefile is pinned, but directories a pinned input adds to PATH are not
-/// (`loaders.rs::make`, `path_dirs::path_pins` sees only the policy PATH).
+/// Was a gap: the makefile was pinned, but directories a pinned input adds to PATH were not.
+/// Now `loaders.rs::make_path_dirs` finds every PATH assignment and pins each directory like a
+/// PATH directory (fingerprint, re-checked at every run).
 #[test]
-#[ignore = "LEAK: a program planted in a directory the approved Makefile adds to PATH runs under a standing `make test` grant"]
 fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
     if !have("/usr/bin/make") {
         return;
@@ -144,6 +144,85 @@ fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
         "tools/tr planted after approval ran under the `make test` grant (exit {:?})",
         o.status.code()
     );
+}
+
+/// The same class in a recipe: `PATH=bin:$$PATH tr ...` on the recipe's own line (and a
+/// target-specific `test: PATH := ...` in another makefile the first includes). The agent plants
+/// `bin/tr` after approval: the grant ends, the planted program never runs.
+#[test]
+fn make_recipe_path_prefix_dir_is_pinned() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("Makefile"),
+        "include rules.mk\ntest:\n\t@PATH=bin:$$PATH; echo abc | tr a-z A-Z\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("rules.mk"),
+        "lint: PATH := $(CURDIR)/lintbin:$(PATH)\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(app.join("bin")).unwrap();
+    let cmd = ["make", "test"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("lintbin"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ABC"));
+
+    let marker = a.path().join("stolen-make-recipe");
+    exe(
+        &app.join("bin/tr"),
+        &format!("#!/bin/sh\n{}exec /usr/bin/tr \"$@\"\n", stealer(&marker)),
+    );
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(!stolen(&marker, &tok), "bin/tr planted after approval ran");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+}
+
+/// What only make can expand is refused before anything is asked, with a hint: an include of a
+/// computed name (`-include $(SRCS:.c=.d)`) and a PATH entry from `$(shell ...)`. An include of
+/// a variable set to literal names is followed and pinned.
+#[test]
+fn make_inputs_only_make_can_expand_are_refused() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, _tok, app) = setup(&[], "");
+    let h = &a.h;
+    let cmd = ["make", "test"];
+    for mk in [
+        "SRCS = a.c\n-include $(SRCS:.c=.d)\ntest:\n\t@echo ok\n",
+        "export PATH := $(shell cat where):$(PATH)\ntest:\n\t@echo ok\n",
+        "BIN != cat where\nexport PATH := $(BIN):$(PATH)\ntest:\n\t@echo ok\n",
+    ] {
+        std::fs::write(app.join("Makefile"), mk).unwrap();
+        let o = run(h, &app, "0", &cmd);
+        let err = text(&o.stderr);
+        assert_ne!(
+            o.status.code(),
+            Some(5),
+            "asked the human for {mk:?}: {err}"
+        );
+        assert!(
+            err.contains("cannot pin") && err.contains("hint:"),
+            "{mk:?}: {err}"
+        );
+    }
+    // A variable of literal names is followed: the included file is pinned and on the card.
+    std::fs::write(
+        app.join("Makefile"),
+        "DEPS = extra.d\n-include $(DEPS)\ntest:\n\t@echo ok\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("extra.d"), "x: y\n").unwrap();
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("extra.d"), "{card}");
 }
 
 // ---------------------------------------------------------------------------------------------
