@@ -2184,3 +2184,100 @@ fn a_makefile_include_found_through_dash_i_is_pinned() {
         o.status.code()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 13. Programs the card cannot show: read from standard input, or from a task runner's config
+
+/// An interpreter that reads its program from standard input runs whatever the requester
+/// writes there (MCP `run` takes `stdin`), and the card would show only `python3 -` or `sh`.
+/// Each form is refused before anything is asked, with a hint; the same interpreters with a
+/// script, inline code, or only `--version` are asked as usual.
+#[test]
+fn an_interpreter_reading_its_program_from_stdin_is_refused() {
+    let (a, _tok, app) = setup(&[], "echo ok\n");
+    let h = &a.h;
+    std::fs::write(app.join("check.py"), "print('ok')\n").unwrap();
+    for cmd in [
+        &["python3", "-"][..],
+        &["python3"],
+        &["python3", "-i", "check.py"],
+        &["python3", "-Ei"],
+        &["sh"],
+        &["bash", "-s"],
+        &["bash", "-eus", "--", "x"],
+        &["dash", "-"],
+        &["node"],
+        &["perl"],
+    ] {
+        let o = run(h, &app, "0", cmd);
+        let err = text(&o.stderr);
+        assert_ne!(
+            o.status.code(),
+            Some(5),
+            "asked the human for {cmd:?}: {err}"
+        );
+        assert!(
+            err.contains("standard input") && err.contains("hint:"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let listed = h.json(&["requests", "--json"]);
+    assert_eq!(listed.as_array().map_or(0, Vec::len), 0, "{listed}");
+    for cmd in [
+        &["python3", "check.py"][..],
+        &["python3", "-Wignore", "check.py"],
+        &["sh", "ci.sh"],
+        &["python3", "--version"],
+    ] {
+        let o = run(h, &app, "0", cmd);
+        assert_eq!(o.status.code(), Some(5), "{cmd:?}: {}", text(&o.stderr));
+        let id = h.wait_request();
+        h.ok(&["deny", &id.to_string()]);
+    }
+}
+
+/// `deno task build` runs the command line of a task in `deno.json` (or `deno.jsonc`, with
+/// comments, or a `package.json` script), found in the working directory or a parent. The card
+/// quotes the task from the bytes pinned; a task rewritten after approval ends the grant. A
+/// stand-in `deno` (a shell script on the policy PATH that runs the task as deno would) keeps
+/// the test independent of an installed deno.
+#[test]
+fn deno_task_pins_and_shows_the_task_it_runs() {
+    let (a, tok, app) = setup(&["denobin"], "");
+    let h = &a.h;
+    let bin = a.path().join("denobin");
+    std::fs::create_dir_all(&bin).unwrap();
+    exe(
+        &bin.join("deno"),
+        "#!/bin/sh\n[ \"$1\" = task ] || exit 2\nt=$(python3 -c 'import json,sys; print(json.load(open(\"deno.json\"))[\"tasks\"][sys.argv[1]])' \"$2\")\nexec sh -c \"$t\"\n",
+    );
+    std::fs::write(
+        app.join("deno.json"),
+        r#"{"tasks": {"build": "echo abc | tr a-z A-Z"}}"#,
+    )
+    .unwrap();
+    let cmd = ["deno", "task", "build"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("deno.json"), "{card}");
+    assert!(card.contains("echo abc | tr a-z A-Z"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ABC"), "{}", text(&o.stdout));
+
+    let marker = a.path().join("stolen-deno");
+    std::fs::write(
+        app.join("deno.json"),
+        format!(
+            r#"{{"tasks": {{"build": "printf %s \"$TOKEN\" > '{}'"}}}}"#,
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "a rewritten deno task ran under the grant"
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+}
