@@ -1776,17 +1776,15 @@ fn printed_forms(forms: &[(&str, &str)]) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Forms outside the redactor's table that a program can print in one line: decimal HTML
-/// references of every character, percent-encoding of every byte (unreserved ones too: the
-/// write-side scanner decodes it, `docs/write-side.md` says the redactor alone misses it), and
-/// fullwidth look-alikes (NFKC folds them back). `docs/redaction.md` §5 lists base32, XOR and
-/// separators as known limits; these three are not listed there.
+/// Values printed one character (or byte) at a time as escapes or look-alikes, in spellings
+/// no pattern table lists: decimal references with leading zeros, hex references with `&#X`
+/// and zero padding, every byte as `%XX` (unreserved ones too), `\xHH`, `\U00000074`, CSS
+/// `\000074`, fullwidth forms, the mathematical styles bold script, bold fraktur and sans-serif
+/// italic, and mixes of styles within one value (escapes among plain characters too).
 ///
-/// Where: `keyveil-redact` `variants.rs` (HTML numeric references are registered only for
-/// non-alphanumeric characters; percent forms keep unreserved bytes). Fix: add the
-/// every-character forms (three patterns per value), or list them in §5.
+/// Was a leak: the redactor registered a fixed list of spellings. Now `keyveil-redact`'s
+/// decoding pass (`decode.rs`) decodes each escape to its character and matches the value.
 #[test]
-#[ignore = "LEAK: every-character &#N; references, every-byte %XX and fullwidth forms of the value reach the agent unredacted"]
 fn every_character_escapes_are_redacted() {
     let got = printed_forms(&[
         (
@@ -1794,12 +1792,35 @@ fn every_character_escapes_are_redacted() {
             "''.join('&#%d;'%ord(c) for c in v)",
         ),
         (
+            "html-decimal-zero-padded",
+            "''.join('&#%07d;'%ord(c) for c in v)",
+        ),
+        (
+            "html-hex-upper-x-padded",
+            "''.join('&#X%06X;'%ord(c) for c in v)",
+        ),
+        (
             "percent-every-byte",
             "''.join('%%%02X'%b for b in v.encode())",
         ),
+        ("c-hex-every-byte", "''.join('\\\\x%02X'%b for b in v.encode())"),
+        ("python-U-every-char", "''.join('\\\\U%08x'%ord(c) for c in v)"),
+        ("css-six-digits", "''.join('\\\\%06x'%ord(c) for c in v)"),
         (
             "fullwidth",
             "''.join(chr(ord(c)+0xFEE0) if '!'<=c<='~' else c for c in v)",
+        ),
+        (
+            "math-bold-script",
+            "''.join(chr(0x1D4D0+ord(c)-65) if 'A'<=c<='Z' else chr(0x1D4EA+ord(c)-97) if 'a'<=c<='z' else c for c in v)",
+        ),
+        (
+            "math-sans-italic-and-bold-fraktur-mixed",
+            "''.join((chr(0x1D608+ord(c)-65) if i%2 else chr(0x1D56C+ord(c)-65)) if 'A'<=c<='Z' else (chr(0x1D622+ord(c)-97) if i%2 else chr(0x1D586+ord(c)-97)) if 'a'<=c<='z' else c for i,c in enumerate(v))",
+        ),
+        (
+            "mixed-styles-and-plain",
+            "''.join([c, '&#%d'%ord(c), '%%%02x'%ord(c), '\\\\u%04X'%ord(c)][i%4] for i,c in enumerate(v))",
         ),
     ]);
     let leaked: Vec<&String> = got.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
