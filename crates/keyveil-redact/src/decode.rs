@@ -33,6 +33,16 @@ const TRIGGERS: [u8; 3] = [b'&', b'%', b'\\'];
 /// Longest run of digits accepted in a numeric reference (leading zeros included).
 const MAX_DIGITS: u8 = 10;
 
+/// Most plain (non-whitespace) bytes before the first escape that a match may start with: a
+/// longer plain run of a random value is a fragment the normalised pass redacts anyway.
+const LOOKBACK: usize = 16;
+/// Raw bytes before a trigger in which those plain bytes are looked for (whitespace among them
+/// is noise). The same rule for every split of the input keeps streaming equal to one-shot.
+const LOOKBACK_RAW: usize = 64;
+
+/// Base of the polynomial hash of atom prefixes.
+const HASH_BASE: u64 = 0x0100_0000_01b3;
+
 /// The atoms of all values, matched over the decoded view.
 pub(crate) struct DecodePass {
     atoms: Vec<Vec<u8>>,
@@ -42,6 +52,8 @@ pub(crate) struct DecodePass {
     by_suffix: HashMap<u64, Vec<u32>>,
     /// A 2^16-bit filter of the same words, checked before the map.
     filter: Vec<u64>,
+    /// Hashes (with lengths) of every atom prefix of up to [`LOOKBACK`] bytes.
+    prefixes: std::collections::HashSet<(u64, u8)>,
     max_len: usize,
 }
 
@@ -52,6 +64,7 @@ impl Drop for DecodePass {
         }
         self.by_suffix.clear();
         self.filter.zeroize();
+        self.prefixes.clear();
     }
 }
 
@@ -113,12 +126,21 @@ impl DecodePass {
                 .or_default()
                 .push(u32::try_from(i).unwrap_or(u32::MAX));
         }
+        let mut prefixes = std::collections::HashSet::new();
+        for a in &atoms {
+            let mut h = 0u64;
+            for (k, &x) in a.iter().take(LOOKBACK).enumerate() {
+                h = h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(x));
+                prefixes.insert((h, u8::try_from(k + 1).unwrap_or(u8::MAX)));
+            }
+        }
         let max_len = atoms.iter().map(Vec::len).max().unwrap_or(0);
         Some(DecodePass {
             atoms,
             owners,
             by_suffix,
             filter,
+            prefixes,
             max_len,
         })
     }
@@ -173,9 +195,13 @@ impl DecodePass {
             }
             i += 1;
         }
-        // Keep the last bytes for the look-back of a run starting early in the next chunk.
-        let keep = self.max_len.saturating_sub(1);
+        // Hold back the plain bytes at the end that a run starting in the next chunk could
+        // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
+        let before = self.lookback(st, chunk, base, chunk.len());
+        st.hold_from = self.plain_start(&before).map(|i| before.get(i).map_or(end, |b| b.1));
+        // Keep the last bytes for the look-back of a run starting early in the next chunk.
+        let keep = LOOKBACK_RAW;
         if chunk.len() >= keep {
             st.tail.clear();
             st.tail
@@ -200,45 +226,71 @@ impl DecodePass {
         if st.esc != Esc::Ground {
             b = b.min(st.esc_start);
         }
+        // The window can begin a match once it holds an escape, or while one is being read.
         if st.active
-            && st.has_escape
+            && (st.has_escape || st.esc != Esc::Ground)
             && let Some(&(_, s, _)) = st.window.first()
         {
             b = b.min(s);
         }
+        if let Some(h) = st.hold_from {
+            b = b.min(h);
+        }
         b
     }
 
-    /// Puts the plain bytes just before a trigger at `at` into the window (up to
-    /// `max_len - 1` decoded bytes), from this chunk and the previous ones' tail.
-    fn seed(&self, st: &mut DecodeState, chunk: &[u8], base: u64, at: usize) {
-        st.window.clear();
-        st.since_escape = 0;
-        st.has_escape = false;
-        let want = self.max_len.saturating_sub(1);
-        let here = chunk.get(..at).unwrap_or_default();
+    /// The non-whitespace bytes among the [`LOOKBACK_RAW`] raw bytes before `at` in `chunk`
+    /// (continuing into the previous chunks' tail), the last [`LOOKBACK`] of them, in order.
+    fn lookback(&self, st: &DecodeState, chunk: &[u8], base: u64, at: usize) -> Vec<(u8, u64)> {
         let mut pre: Vec<(u8, u64)> = Vec::new();
-        for (j, &b) in here.iter().enumerate().rev() {
-            if pre.len() >= want {
-                break;
-            }
+        let from = at.saturating_sub(LOOKBACK_RAW);
+        for (j, &b) in chunk.get(from..at).unwrap_or_default().iter().enumerate().rev() {
             if !crate::normalize::is_space(b) {
-                pre.push((b, base + j as u64));
+                pre.push((b, base + (from + j) as u64));
             }
         }
-        if pre.len() < want && at < want && st.tail_end == base {
+        let missing = LOOKBACK_RAW.saturating_sub(at);
+        if missing > 0 && st.tail_end == base {
             let tail_start = st.tail_end - st.tail.len() as u64;
-            for (j, &b) in st.tail.iter().enumerate().rev() {
-                if pre.len() >= want {
-                    break;
-                }
+            let skip = st.tail.len().saturating_sub(missing);
+            for (j, &b) in st.tail.iter().enumerate().skip(skip).rev() {
                 if !crate::normalize::is_space(b) {
                     pre.push((b, tail_start + j as u64));
                 }
             }
         }
-        for (b, p) in pre.into_iter().rev() {
-            st.window.push((b, p, p + 1));
+        pre.truncate(LOOKBACK);
+        pre.reverse();
+        pre
+    }
+
+    /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
+    fn plain_start(&self, bytes: &[(u8, u64)]) -> Option<usize> {
+        let mut h = 0u64;
+        let mut pw = 1u64;
+        let mut found = None;
+        for (i, &(x, _)) in bytes.iter().enumerate().rev() {
+            h = h.wrapping_add(u64::from(x).wrapping_mul(pw));
+            pw = pw.wrapping_mul(HASH_BASE);
+            let len = u8::try_from(bytes.len() - i).unwrap_or(u8::MAX);
+            if self.prefixes.contains(&(h, len)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    /// Puts the plain bytes just before a trigger at `at` that could begin an atom into the
+    /// window.
+    fn seed(&self, st: &mut DecodeState, chunk: &[u8], base: u64, at: usize) {
+        st.window.clear();
+        st.since_escape = 0;
+        st.has_escape = false;
+        let pre = self.lookback(st, chunk, base, at);
+        if let Some(i) = self.plain_start(&pre) {
+            for &(b, p) in pre.get(i..).unwrap_or_default() {
+                st.window.push((b, p, p + 1));
+            }
         }
     }
 
@@ -709,6 +761,8 @@ pub(crate) struct DecodeState {
     /// The last bytes of the previous chunks, ending at `tail_end`.
     tail: Vec<u8>,
     tail_end: u64,
+    /// Where the plain bytes at the end of the input so far that could begin a match start.
+    hold_from: Option<u64>,
 }
 
 impl Drop for DecodeState {
@@ -845,6 +899,33 @@ mod tests {
             "ｔｏｋ＿Ｊ４ｘ９",
         ] {
             assert!(find(v, t).is_empty(), "{t}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    /// A value whose first characters are printed plain and the rest escaped is one marker,
+    /// whatever the chunk size (the plain bytes that could begin a match are held back).
+    #[test]
+    fn plain_prefix_then_escapes_streams_like_one_shot() {
+        let v = "ps_Lq8Zm3Xv7Rk2Tn";
+        let r = crate::Redactor::new([("S", v)]);
+        let text = "v=p&#115;%5f\\u004Cq&#56;%5a\\u006D3&#88;%76\\u0037R&#107;%32\\u0054n\nps_L then text\n";
+        let (one, n) = r.redact(text.as_bytes());
+        assert_eq!(n, 1);
+        assert_eq!(
+            String::from_utf8_lossy(&one),
+            "v=[REDACTED:S]\nps_L then text\n"
+        );
+        for size in 1..9 {
+            let mut s = r.stream();
+            let mut out = Vec::new();
+            for c in text.as_bytes().chunks(size) {
+                s.push(c, &mut out);
+            }
+            s.finish(&mut out);
+            assert_eq!(out, one, "chunks of {size}");
         }
     }
 }
