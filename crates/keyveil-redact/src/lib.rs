@@ -7,7 +7,9 @@
 //! escapes, the string-literal forms of common languages, shells and serialisers
 //! ([`literals`]), byte dumps, Unicode forms, lines and leaves of multi-line and structured
 //! values, 12-byte fragments of random-looking values and of the printable runs of values with
-//! whitespace, ...). Every occurrence of a variant is replaced by `[REDACTED:NAME]`.
+//! whitespace, ...). Every occurrence of a variant is replaced by `[REDACTED:NAME]`. A
+//! decoding pass also finds values written one character at a time as escapes or Unicode
+//! look-alikes, in any spelling and mix (`&#0116;`, `%74`, `\x74`, `ｔ`, `𝐭`, ...).
 //!
 //! ```
 //! use keyveil_redact::Redactor;
