@@ -7,7 +7,9 @@
 //! escapes, the string-literal forms of common languages, shells and serialisers
 //! ([`literals`]), byte dumps, Unicode forms, lines and leaves of multi-line and structured
 //! values, 12-byte fragments of random-looking values and of the printable runs of values with
-//! whitespace, ...). Every occurrence of a variant is replaced by `[REDACTED:NAME]`.
+//! whitespace, ...). Every occurrence of a variant is replaced by `[REDACTED:NAME]`. A
+//! decoding pass also finds values written one character at a time as escapes or Unicode
+//! look-alikes, in any spelling and mix (`&#0116;`, `%74`, `\x74`, `ｔ`, `𝐭`, ...).
 //!
 //! ```
 //! use keyveil_redact::Redactor;
@@ -41,6 +43,7 @@
     )
 )]
 
+mod decode;
 pub mod entropy;
 pub mod expand;
 #[cfg(test)]
@@ -77,6 +80,8 @@ pub(crate) struct Inner {
     short_names: Vec<String>,
     raw: Option<Pass>,
     normalized: Option<Pass>,
+    /// Values written one character at a time as escapes or look-alikes (`decode.rs`).
+    decode: Option<decode::DecodePass>,
     has_shared_patterns: bool,
     failed: bool,
 }
@@ -157,10 +162,12 @@ impl Redactor {
         short_names.dedup();
 
         let mut patterns = Patterns::new(&markers);
+        let mut decoded_atoms = Vec::new();
         for (i, value) in values.iter().enumerate() {
             let Ok(secret) = u32::try_from(i) else { break };
-            add_secret(&mut patterns, value, secret);
+            add_secret(&mut patterns, &mut decoded_atoms, value, secret);
         }
+        let decode = decode::DecodePass::build(decoded_atoms);
         for v in &mut values {
             v.zeroize();
         }
@@ -171,7 +178,10 @@ impl Redactor {
         );
         let has_shared_patterns = [&raw, &normalized]
             .iter()
-            .any(|p| matches!(p, Ok(Some(p)) if !p.extra_owners.is_empty()));
+            .any(|p| matches!(p, Ok(Some(p)) if !p.extra_owners.is_empty()))
+            || decode
+                .as_ref()
+                .is_some_and(decode::DecodePass::shares_atoms);
         let inner = match (raw, normalized) {
             (Ok(raw), Ok(normalized)) => Inner {
                 names,
@@ -179,6 +189,7 @@ impl Redactor {
                 short_names,
                 raw,
                 normalized,
+                decode,
                 has_shared_patterns,
                 failed: false,
             },
@@ -188,6 +199,7 @@ impl Redactor {
                 short_names,
                 raw: None,
                 normalized: None,
+                decode: None,
                 has_shared_patterns,
                 failed: true,
             },
@@ -242,6 +254,7 @@ impl Redactor {
             .as_ref()
             .map_or(0, |p| p.max_len)
             .max(i.normalized.as_ref().map_or(0, |p| p.max_len))
+            .max(i.decode.as_ref().map_or(0, decode::DecodePass::max_len))
     }
 
     /// Pattern counts, memory use and matcher kinds.
@@ -252,7 +265,14 @@ impl Redactor {
             secrets: i.names.len(),
             raw_patterns: i.raw.as_ref().map_or(0, |p| p.info.len()),
             normalized_patterns: i.normalized.as_ref().map_or(0, |p| p.info.len()),
-            memory_bytes: passes.iter().flatten().map(|p| p.memory_usage()).sum(),
+            memory_bytes: passes
+                .iter()
+                .flatten()
+                .map(|p| p.memory_usage())
+                .sum::<usize>()
+                + i.decode
+                    .as_ref()
+                    .map_or(0, decode::DecodePass::memory_usage),
             engines: passes.iter().flatten().map(|p| p.engine_name()).collect(),
             probe_stride: i.normalized.as_ref().map_or(0, Pass::probe_stride),
         }
@@ -264,9 +284,15 @@ pub fn marker(name: &str) -> Vec<u8> {
     format!("[REDACTED:{name}]").into_bytes()
 }
 
-/// Registers every pattern of one secret value.
-fn add_secret(patterns: &mut Patterns, value: &[u8], secret: u32) {
+/// Registers every pattern of one secret value, and its atoms for the decoding pass.
+fn add_secret(
+    patterns: &mut Patterns,
+    decoded_atoms: &mut Vec<(Vec<u8>, u32)>,
+    value: &[u8],
+    secret: u32,
+) {
     let e = expand::expand(value);
+    decoded_atoms.extend(e.atoms.iter().map(|a| (a.clone(), secret)));
     for atom in &e.atoms {
         for mut enc in variants::encodings(atom) {
             patterns.add_anywhere(&enc, secret);

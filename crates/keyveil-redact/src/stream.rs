@@ -24,6 +24,7 @@
 //! target).
 
 use crate::Inner;
+use crate::decode::{DecodePass, DecodeState};
 use crate::matcher::{Hit, Pass, PassState, Scope};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub struct RedactStream {
     inner: Arc<Inner>,
     raw: Option<PassState>,
     normalized: Option<PassState>,
+    decode: Option<DecodeState>,
     /// Bytes not yet emitted; `buf[0]` is at absolute offset `buf_start`.
     buf: Vec<u8>,
     buf_start: u64,
@@ -109,11 +111,13 @@ impl RedactStream {
     pub(crate) fn new(inner: Arc<Inner>) -> RedactStream {
         let raw = inner.raw.as_ref().map(|p| p.state());
         let normalized = inner.normalized.as_ref().map(|p| p.state());
+        let decode = inner.decode.as_ref().map(DecodePass::state);
         let seen = vec![false; inner.names.len()];
         RedactStream {
             inner,
             raw,
             normalized,
+            decode,
             buf: Vec::new(),
             buf_start: 0,
             total: 0,
@@ -154,6 +158,11 @@ impl RedactStream {
             pass.scan(st, chunk, base, &mut hits);
             self.absorb(pass, &mut hits);
         }
+        if let (Some(pass), Some(st)) = (inner.decode.as_ref(), self.decode.as_mut()) {
+            hits.clear();
+            pass.scan(st, chunk, base, &mut hits);
+            self.absorb_decoded(pass, &mut hits);
+        }
         self.hits = hits;
         if self.buf.is_empty() && self.regions.is_empty() && self.pending_tokens.is_empty() {
             // Nothing held and nothing found (the usual case): emit straight from the chunk and
@@ -189,6 +198,11 @@ impl RedactStream {
             hits.clear();
             pass.finish(st, &mut hits);
             self.absorb(pass, &mut hits);
+        }
+        if let (Some(pass), Some(st)) = (inner.decode.as_ref(), self.decode.as_mut()) {
+            hits.clear();
+            pass.finish(st, &mut hits);
+            self.absorb_decoded(pass, &mut hits);
         }
         self.resolve_tokens(true);
         self.emit(self.total, out);
@@ -234,6 +248,17 @@ impl RedactStream {
                     self.accept(h, info.secret, |_| pass.owners(h.pattern).collect());
                 }
             }
+        }
+    }
+
+    /// Takes the hits of the decoding pass (atoms, never short values).
+    fn absorb_decoded(&mut self, pass: &DecodePass, hits: &mut Vec<Hit>) {
+        for h in hits.drain(..) {
+            let owners = pass.owners(h.pattern).to_vec();
+            let Some(&secret) = owners.first() else {
+                continue;
+            };
+            self.accept(h, secret, |_| owners.clone());
         }
     }
 
@@ -314,6 +339,9 @@ impl RedactStream {
             safe = safe.min(pass.hold_bound(st, self.total));
         }
         if let (Some(pass), Some(st)) = (self.inner.normalized.as_ref(), self.normalized.as_ref()) {
+            safe = safe.min(pass.hold_bound(st, self.total));
+        }
+        if let (Some(pass), Some(st)) = (self.inner.decode.as_ref(), self.decode.as_ref()) {
             safe = safe.min(pass.hold_bound(st, self.total));
         }
         if let Some((h, _)) = self.pending_tokens.iter().min_by_key(|(h, _)| h.start) {

@@ -109,8 +109,10 @@ pub const TABLE: &[Loader] = &[
         reads: "GNU make manual §3.2-3.4: GNUmakefile/makefile/Makefile or -f, `include`/`-include`/\
                 `sinclude` directives, the MAKEFILES and MAKEFLAGS environment variables",
         pinned: "the makefile (with -f/--file and -C honoured) and the files it includes by a \
-                 literal name (searched in -I/--include-dir directories too) or a wildcard (its \
-                 directory fingerprinted), recursively",
+                 literal name (searched in -I/--include-dir directories too), a wildcard (its \
+                 directory fingerprinted) or a variable set to literal names, recursively; every \
+                 directory a makefile or recipe puts on PATH, fingerprinted like a PATH \
+                 directory. Refused: an include or PATH entry only make can expand",
         neutralised: "MAKEFILES, MAKEFLAGS, MFLAGS, GNUMAKEFLAGS never pass",
         pins: make,
     },
@@ -1718,8 +1720,8 @@ pub fn make_args(argv: &[String], cwd: &Path) -> (PathBuf, Vec<String>) {
     (dir, files)
 }
 
-/// The names a makefile includes by a literal name (`include`, `-include`, `sinclude`; names
-/// with a `$` need make itself to expand and are not followed).
+/// The names a makefile includes (`include`, `-include`, `sinclude`), as written: a name with
+/// a `$` is expanded by [`make_expand_include`] or refused.
 fn make_includes(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
@@ -1733,11 +1735,153 @@ fn make_includes(text: &str) -> Vec<String> {
                 .next()
                 .unwrap_or("")
                 .split_whitespace()
-                .filter(|n| !n.contains('$'))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The value of `var` when the makefile `text` sets it once, to words without `$` (`DEPS =
+/// a.d b.d`, `DEPS := a.d`); `None` for anything only make can evaluate.
+fn make_literal_var(text: &str, var: &str) -> Option<Vec<String>> {
+    let mut found = None;
+    for l in text.lines() {
+        let l = l.trim_start();
+        let l = l.strip_prefix("override ").unwrap_or(l).trim_start();
+        let l = l.strip_prefix("export ").unwrap_or(l).trim_start();
+        let Some(rest) = l.strip_prefix(var) else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let value = ["::=", ":=", "?=", "+=", "!=", "="]
+            .iter()
+            .find_map(|op| rest.strip_prefix(op).map(|v| (*op, v)));
+        let Some((op, value)) = value else { continue };
+        let value = value.split('#').next().unwrap_or("");
+        if found.is_some() || op == "+=" || op == "!=" || value.contains(['$', '\\']) {
+            return None;
+        }
+        found = Some(value.split_whitespace().map(str::to_owned).collect());
+    }
+    found
+}
+
+/// What an include name with a `$` stands for, when keyveil can tell without make: a variable
+/// the makefile sets to literal words, or `$(wildcard PATTERN)`. `Err` otherwise (the command
+/// is refused: what make would read cannot be pinned).
+fn make_expand_include(name: &str, text: &str) -> Result<Vec<String>, String> {
+    let inner = name
+        .strip_prefix("$(")
+        .and_then(|n| n.strip_suffix(')'))
+        .or_else(|| name.strip_prefix("${").and_then(|n| n.strip_suffix('}')));
+    if let Some(inner) = inner {
+        if let Some(pat) = inner.strip_prefix("wildcard ") {
+            if !pat.contains('$') {
+                return Ok(pat.split_whitespace().map(str::to_owned).collect());
+            }
+        } else if inner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && let Some(words) = make_literal_var(text, inner)
+        {
+            return Ok(words);
+        }
+    }
+    Err(format!(
+        "a make include whose name only make can expand ({name}); name the files, or include \
+         a wildcard (`-include build/*.d`), which keyveil pins with its directory"
+    ))
+}
+
+/// Directories a makefile puts on `PATH` (GNU make §5.3.2: recipes run with the exported
+/// `PATH`, so a program planted in such a directory shadows the ones the recipe names): every
+/// assignment to `PATH` in make syntax (`export PATH := $(CURDIR)/tools:$(PATH)`, target-specific,
+/// `override`, `+=`, `define`, `$(eval ...)`) or in a recipe (`PATH=tools:$$PATH tr`). Entries
+/// are literal paths, relative ones resolved against make's directory, or start with
+/// `$(CURDIR)`, `$(PWD)`, `$(shell pwd)` or `$(abspath .)`; `$(PATH)`, `$$PATH` stand for the
+/// policy PATH (pinned already). `Err` for anything else: only make could tell the directory.
+fn make_path_dirs(text: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let l = line.split('#').next().unwrap_or("");
+        let bytes = l.as_bytes();
+        let mut from = 0;
+        while let Some(i) = l.get(from..).and_then(|r| r.find("PATH")).map(|i| i + from) {
+            from = i + 4;
+            let before = i.checked_sub(1).and_then(|j| bytes.get(j)).copied();
+            // `PATH` as a whole name (not `MANPATH`, `$(PATH)`, `$$PATH`, `PATH_X`).
+            if before.is_some_and(|b| {
+                b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'(' || b == b'{'
+            }) {
+                continue;
+            }
+            let rest = l.get(i + 4..).unwrap_or("");
+            if rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let r = rest.trim_start();
+            if l.trim_start().starts_with("define") {
+                return Err("a makefile defines PATH with `define`".to_owned());
+            }
+            let Some(value) = ["::=", ":=", "?=", "+=", "!=", "="]
+                .iter()
+                .find_map(|op| r.strip_prefix(op).map(|v| (op, v)))
+                .and_then(|(op, v)| (*op != "!=").then_some(v).or(Some("$(shell)")))
+            else {
+                continue;
+            };
+            // `$(shell pwd)` holds a space: the same as `$(CURDIR)` for a recipe's PATH.
+            let value = value
+                .replace("$(shell pwd)", "$(CURDIR)")
+                .replace("$$(pwd)", "$(CURDIR)");
+            let value = value
+                .trim()
+                .split(|c: char| c.is_whitespace() || c == ';')
+                .next()
+                .unwrap_or("")
+                .trim_matches(['"', '\'']);
+            // The `)` that closes `$(eval ...)` is not part of the value.
+            let mut value = value;
+            while value.matches(')').count() > value.matches('(').count()
+                && let Some(v) = value.strip_suffix(')')
+            {
+                value = v;
+            }
+            for part in value.split(':').filter(|p| !p.is_empty()) {
+                if matches!(
+                    part,
+                    "$(PATH)" | "${PATH}" | "$$PATH" | "$${PATH}" | "$(value PATH)"
+                ) {
+                    continue;
+                }
+                let resolved = [
+                    "$(CURDIR)",
+                    "${CURDIR}",
+                    "$(PWD)",
+                    "${PWD}",
+                    "$$PWD",
+                    "$${PWD}",
+                    "$(shell pwd)",
+                    "$(abspath .)",
+                    "$$(pwd)",
+                ]
+                .iter()
+                .find_map(|v| part.strip_prefix(v))
+                .map(|r| dir.join(r.trim_start_matches('/')));
+                let d = match resolved {
+                    Some(d) => d,
+                    None if !part.contains('$') => dir.join(part),
+                    None => {
+                        return Err(format!(
+                            "a makefile puts a directory only make can expand on PATH ({part})"
+                        ));
+                    }
+                };
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `-I DIR`, `-IDIR`, `--include-dir=DIR` from make's argv (relative to `cwd`).
@@ -1854,7 +1998,26 @@ fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         n += 1;
         if let Some(t) = out.add_text(role, &p, |_| None) {
             for i in make_includes(&t) {
-                queue.extend(make_include_files(&i, &dir, &incdirs, out));
+                if !i.contains('$') {
+                    queue.extend(make_include_files(&i, &dir, &incdirs, out));
+                    continue;
+                }
+                match make_expand_include(&i, &t) {
+                    Ok(names) => {
+                        for n in names {
+                            queue.extend(make_include_files(&n, &dir, &incdirs, out));
+                        }
+                    }
+                    Err(why) => out.unpinnable(&dir.join(&i), &why),
+                }
+            }
+            match make_path_dirs(&t, &dir) {
+                Ok(dirs) => {
+                    for d in dirs {
+                        out.add_dir(crate::path_dirs::ROLE, &d, "a makefile puts it on PATH");
+                    }
+                }
+                Err(why) => out.unpinnable(&p, &why),
             }
         }
         if n >= files.len().max(1) {
@@ -2233,6 +2396,9 @@ mod tests {
             "make",
             &ctx(&argv, d.path(), Path::new("/usr/bin/make"), d.path()),
         );
+        let (refused, pins): (Vec<_>, Vec<_>) = pins
+            .into_iter()
+            .partition(|p| p.role == crate::pin::UNPINNABLE);
         let names: Vec<&str> = pins
             .iter()
             .map(|p| p.path.rsplit('/').next().unwrap())
@@ -2240,6 +2406,67 @@ mod tests {
         assert_eq!(names, ["Makefile", "rules.mk", "deep.mk"]);
         assert_eq!(pins[0].role, "makefile");
         assert_eq!(pins[1].role, "makefile-include");
+        // An include only make can expand is refused (fail closed), not skipped.
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0]
+                .detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("$(X).mk"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn make_pins_what_a_makefile_puts_on_path_and_refuses_what_it_cannot_tell() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let cases: &[(&str, Result<Vec<&str>, ()>)] = &[
+            (
+                "export PATH := $(CURDIR)/tools:$(PATH)\n",
+                Ok(vec!["tools"]),
+            ),
+            ("override PATH = bin:${PATH}\n", Ok(vec!["bin"])),
+            ("test: PATH := $(PWD)/x/y:$(PATH)\n", Ok(vec!["x/y"])),
+            ("$(eval PATH := v:$(PATH))\n", Ok(vec!["v"])),
+            (
+                "t:\n\tPATH=node/bin:$$PATH npm test\n",
+                Ok(vec!["node/bin"]),
+            ),
+            ("t:\n\texport PATH=\"$$PWD/b:$$PATH\"; x\n", Ok(vec!["b"])),
+            (
+                "MANPATH = m\nX_PATH = y\nt:\n\techo $$PATH $(PATH)\n",
+                Ok(vec![]),
+            ),
+            ("export PATH := $(shell pwd)/sh:$(PATH)\n", Ok(vec!["sh"])),
+            ("export PATH := $(shell cat f):$(PATH)\n", Err(())),
+            ("PATH != echo x\n", Err(())),
+            ("define PATH\nx\nendef\n", Err(())),
+            ("PATH += $(TOOLS)\n", Err(())),
+        ];
+        for (text, want) in cases {
+            let got = make_path_dirs(text, dir);
+            match (want, got) {
+                (Ok(w), Ok(g)) => {
+                    let w: Vec<PathBuf> = w.iter().map(|x| dir.join(x)).collect();
+                    assert_eq!(g, w, "{text:?}");
+                }
+                (Err(()), Err(_)) => {}
+                (w, g) => panic!("{text:?}: want {w:?}, got {g:?}"),
+            }
+        }
+        assert_eq!(
+            make_expand_include("$(DEPS)", "DEPS = a.d b.d\n").unwrap(),
+            ["a.d", "b.d"]
+        );
+        assert_eq!(
+            make_expand_include("$(wildcard build/*.d)", "").unwrap(),
+            ["build/*.d"]
+        );
+        assert!(make_expand_include("$(DEPS)", "DEPS = $(SRCS:.c=.d)\n").is_err());
+        assert!(make_expand_include("$(DEPS)", "DEPS = a.d\nDEPS += b.d\n").is_err());
+        assert!(make_expand_include("$(DEPS)", "").is_err());
     }
 
     #[test]

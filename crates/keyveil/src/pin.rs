@@ -627,6 +627,9 @@ fn inputs_at(
         };
         out.extend(pin_input_text("package.json", &pj, detail).map(|(p, _)| p));
     }
+    if is(&["deno"]) && argv.get(1).is_some_and(|a| a == "task") {
+        deno_task(argv, cwd, &mut out);
+    }
     if is(&["just"]) {
         for n in ["justfile", "Justfile", ".justfile"] {
             out.extend(pin_input("justfile", &cwd.join(n), None));
@@ -657,6 +660,14 @@ fn inputs_at(
             .map_or_else(|| cwd.to_path_buf(), |d| cwd.join(d));
         if let Some(why) = o.unpinnable {
             out.push(unpinnable(exe, why));
+        }
+        if o.from_stdin {
+            out.push(unpinnable(
+                exe,
+                "it reads program text from standard input, which the requester writes and \
+                 no card shows; put the program in a file and name it (`python3 check.py`), \
+                 or pass it inline (`-c`/`-e`), which the card shows",
+            ));
         }
         if let Some(op) = o.script.and_then(|i| argv.get(i)) {
             out.extend(pin_operand("script", &here, op, kind == Interp::Python));
@@ -725,11 +736,84 @@ fn inputs_at(
         .into_iter()
         .chain(dirs)
     {
-        if !out.iter().any(|q| q.path == p.path) {
+        // A refusal marker is never merged away by a pin of the same path.
+        if !out.iter().any(|q| q.path == p.path && q.role == p.role)
+            && (p.role == UNPINNABLE || !out.iter().any(|q| q.path == p.path))
+        {
             out.push(p);
         }
     }
     out
+}
+
+/// `deno task [OPTIONS] [NAME]` (docs.deno.com, "deno task"): the task's command line comes
+/// from `deno.json`/`deno.jsonc` (found in the working directory or a parent, or named by
+/// `--config`/`-c`), or from a `package.json` script. Each candidate is pinned, the named task
+/// quoted on the card from the bytes pinned. `--cwd DIR` moves the search.
+fn deno_task(argv: &[String], cwd: &Path, out: &mut Vec<InputPin>) {
+    let mut config = None;
+    let mut dir = cwd.to_path_buf();
+    let mut name = None;
+    let mut i = 2;
+    while let Some(a) = argv.get(i) {
+        let next = argv.get(i + 1);
+        match a.as_str() {
+            "-c" | "--config" => {
+                config = next.cloned();
+                i += 1;
+            }
+            "--cwd" => {
+                if let Some(d) = next {
+                    dir = cwd.join(d);
+                }
+                i += 1;
+            }
+            "-f" | "--filter" => i += 1,
+            _ => {
+                if let Some(c) = a.strip_prefix("--config=") {
+                    config = Some(c.to_owned());
+                } else if let Some(d) = a.strip_prefix("--cwd=") {
+                    dir = cwd.join(d);
+                } else if !a.starts_with('-') && name.is_none() {
+                    name = Some(a.clone());
+                }
+            }
+        }
+        i += 1;
+    }
+    let show = |text: &str| {
+        let n = name.as_deref()?;
+        // deno.jsonc takes comments and trailing commas.
+        let v: Option<serde_json::Value> = jsonc_parser::cst::CstRootNode::parse(
+            text.trim_start_matches('\u{feff}'),
+            &jsonc_parser::ParseOptions::default(),
+        )
+        .ok()
+        .and_then(|r| r.value())
+        .and_then(|v| v.to_serde_value());
+        let Some(v) = v else {
+            return Some(format!(
+                "does not parse as JSON: keyveil cannot show what task {n:?} runs"
+            ));
+        };
+        let task = v
+            .get("tasks")
+            .and_then(|t| t.get(n))
+            .or_else(|| v.get("scripts").and_then(|t| t.get(n)))?;
+        Some(match task {
+            serde_json::Value::String(cmd) => format!("task {n:?} runs: {cmd}"),
+            other => format!("task {n:?} runs: {other}"),
+        })
+    };
+    if let Some(c) = config {
+        out.extend(pin_input_text("deno-config", &cwd.join(c), show).map(|(p, _)| p));
+        return;
+    }
+    for d in dir.ancestors() {
+        for f in ["deno.json", "deno.jsonc", "package.json"] {
+            out.extend(pin_input_text("deno-config", &d.join(f), show).map(|(p, _)| p));
+        }
+    }
 }
 
 /// The interpreters whose script operand is pinned, by family.
@@ -757,6 +841,9 @@ struct Operand {
     files: Vec<String>,
     chdir: Option<String>,
     unpinnable: Option<String>,
+    /// The interpreter reads program text from standard input (`python3 -`, a bare `sh`,
+    /// `bash -s`, `python3 -i x.py`, `deno repl`): the requester writes it, nobody pins it.
+    from_stdin: bool,
 }
 
 /// `php -d KEY=VALUE` keys that load or run code.
@@ -781,6 +868,34 @@ fn operand(kind: Interp, argv: &[String]) -> Operand {
     }
     if kind == Interp::Deno && argv.get(1).is_some_and(|a| a == "eval") {
         return o;
+    }
+    if kind == Interp::Deno && argv.get(1).is_some_and(|a| a == "repl") {
+        o.from_stdin = true;
+        return o;
+    }
+    // Options that print and exit: no program is read at all.
+    let info_only = argv.iter().skip(1).any(|a| {
+        matches!(a.as_str(), "--version" | "--help")
+            || (kind == Interp::Python && matches!(a.as_str(), "-V" | "-VV" | "-h"))
+            || (kind == Interp::Node && matches!(a.as_str(), "-v" | "-h"))
+    });
+    // Options that read program text from standard input after (or instead of) the script.
+    let interactive = argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {
+        let cluster = a.strip_prefix('-').filter(|c| !c.starts_with('-'));
+        // Short flags up to the first one that takes an argument (`-Wignore` is no `-i`).
+        let short_i = |stop: &str| {
+            cluster.is_some_and(|c| {
+                c.chars()
+                    .take_while(|x| !stop.contains(*x))
+                    .any(|x| x == 'i')
+            })
+        };
+        (kind == Interp::Python && short_i("WXcm"))
+            || (kind == Interp::Node && (short_i("rCep") || a == "--interactive"))
+            || (kind == Interp::Perl && a.starts_with("-d"))
+    });
+    if interactive {
+        o.from_stdin = true;
     }
     // Options whose argument is the next token unless attached (`--opt=v`, `-Wv`).
     let (long_arg, long_file, short_arg, short_file): (&[&str], &[&str], &str, &str) = match kind {
@@ -897,12 +1012,16 @@ fn operand(kind: Interp, argv: &[String]) -> Operand {
                 i += 1;
                 break;
             }
+            o.from_stdin = true;
             return o;
         }
         if let Some(long) = a.strip_prefix("--") {
             let name = format!("--{}", long.split('=').next().unwrap_or(long));
             if inline_long.contains(&name.as_str()) {
-                return Operand::default();
+                return Operand {
+                    from_stdin: o.from_stdin,
+                    ..Operand::default()
+                };
             }
             if long_arg.contains(&name.as_str()) {
                 let value = match long.split_once('=') {
@@ -935,10 +1054,14 @@ fn operand(kind: Interp, argv: &[String]) -> Operand {
         for (j, c) in cluster.char_indices() {
             let rest = cluster.get(j + c.len_utf8()..).unwrap_or("");
             if inline_short.contains(c) {
-                return Operand::default();
+                return Operand {
+                    from_stdin: o.from_stdin,
+                    ..Operand::default()
+                };
             }
             if shell && c == 's' {
                 // Commands from standard input; the rest are positional parameters.
+                o.from_stdin = true;
                 return o;
             }
             if kind == Interp::Python && c == 'm' {
@@ -998,6 +1121,10 @@ fn operand(kind: Interp, argv: &[String]) -> Operand {
     }
     if argv.get(i).is_some() {
         o.script = Some(i);
+    } else if !info_only && !matches!(kind, Interp::Bun | Interp::R) {
+        // No operand: shells, python, node, deno, perl, ruby, php and lua read the program
+        // from standard input (bun and Rscript print their usage).
+        o.from_stdin = true;
     }
     o
 }

@@ -4,7 +4,9 @@
 //!
 //! Editing rules (see `docs/mcp.md`, "Wiring it into a host", and `docs/compatibility.md`):
 //! - only what keyveil manages is touched: the `keyveil` server entry (and in it only the keys
-//!   keyveil writes, plus `env.KEYVEIL_HOME` when a non-default home is in use), and one named
+//!   keyveil writes; its environment is keyveil's as a whole: `env.KEYVEIL_HOME` when a
+//!   non-default home is in use and no other variable, since an agent can plant one that points
+//!   the trusted entry at another broker), and one named
 //!   permission value (`"mcp__keyveil"` in Claude Code's `permissions.allow`, `"keyveil_*"` in
 //!   OpenCode's `permission`, ...); every other server, key, comment and the file's formatting
 //!   stay as they were (`toml_edit` for TOML, a JSONC concrete syntax tree from `jsonc-parser`
@@ -700,25 +702,39 @@ fn edit_toml(old: &str, ops: &[Op], mode: Mode, path: &str) -> Result<Edit, Setu
                 changes.push(format!("set {key} = {want}"));
             }
         }
-        if let Some(h) = keyveil_home {
-            if kv.get(env_key).is_none() {
-                kv.insert(
-                    env_key,
-                    toml_edit::Item::Value(toml_edit::Value::InlineTable(
-                        toml_edit::InlineTable::new(),
-                    )),
-                );
+        // The entry's environment is keyveil's as a whole (see `edit_json`): only what setup
+        // writes stays.
+        if keyveil_home.is_some() && kv.get(env_key).is_none() {
+            kv.insert(
+                env_key,
+                toml_edit::Item::Value(
+                    toml_edit::Value::InlineTable(toml_edit::InlineTable::new()),
+                ),
+            );
+        }
+        if let Some(item) = kv.get_mut(env_key) {
+            let env = item.as_table_like_mut().ok_or_else(|| {
+                shape(format!("`{servers_key}.keyveil.{env_key}` is not a table"))
+            })?;
+            let planted: Vec<String> = env
+                .iter()
+                .map(|(k, _)| k.to_owned())
+                .filter(|k| keyveil_home.is_none() || k != "KEYVEIL_HOME")
+                .collect();
+            for k in planted {
+                env.remove(&k);
+                changes.push(format!(
+                    "removed {env_key}.{k} (keyveil's entry passes only what setup writes)"
+                ));
             }
-            let env = kv
-                .get_mut(env_key)
-                .and_then(toml_edit::Item::as_table_like_mut)
-                .ok_or_else(|| {
-                    shape(format!("`{servers_key}.keyveil.{env_key}` is not a table"))
-                })?;
-            let want = json!(h);
-            if !toml_matches(env.get("KEYVEIL_HOME"), &want) {
-                env.insert("KEYVEIL_HOME", toml_edit::Item::Value(toml_value(&want)));
-                changes.push(format!("set {env_key}.KEYVEIL_HOME = {want}"));
+            if let Some(h) = keyveil_home {
+                let want = json!(h);
+                if !toml_matches(env.get("KEYVEIL_HOME"), &want) {
+                    env.insert("KEYVEIL_HOME", toml_edit::Item::Value(toml_value(&want)));
+                    changes.push(format!("set {env_key}.KEYVEIL_HOME = {want}"));
+                }
+            } else {
+                kv.remove(env_key);
             }
         }
     }
@@ -918,21 +934,41 @@ fn edit_json(old: Option<&str>, ops: &[Op], mode: Mode, path: &str) -> Result<Ed
                         changes.push(format!("set {k} = {want}"));
                     }
                 }
-                if let Some(h) = keyveil_home {
-                    // Only KEYVEIL_HOME inside the environment is ours; other variables stay.
-                    let env =
-                        child_object(&kv, env_key, true, &shape, &format!("{what}.{env_key}"))?
-                            .ok_or_else(|| shape(format!("cannot create `{what}.{env_key}`")))?;
-                    let want = json!(h);
-                    let current = env.get("KEYVEIL_HOME");
-                    if json_value(current.clone()).as_ref() != Some(&want) {
-                        match current {
-                            Some(p) => p.set_value(cst_input(&want)),
-                            None => {
-                                env.append("KEYVEIL_HOME", cst_input(&want));
-                            }
+                // The entry's environment is keyveil's as a whole: setup is about to give this
+                // entry the host's permission, and a variable in it decides which broker the
+                // server talks to (`KEYVEIL_HOME`, `XDG_DATA_HOME`, `HOME`) or what it loads
+                // (`LD_PRELOAD`). An agent can plant any of them, so the entry keeps exactly
+                // what setup writes: `KEYVEIL_HOME` when a non-default home is in use, nothing
+                // otherwise.
+                let env_what = format!("{what}.{env_key}");
+                if let Some(env) =
+                    child_object(&kv, env_key, keyveil_home.is_some(), &shape, &env_what)?
+                {
+                    for p in env.properties() {
+                        let name = p.name().and_then(|n| n.decoded_value().ok());
+                        if keyveil_home.is_some() && name.as_deref() == Some("KEYVEIL_HOME") {
+                            continue;
                         }
-                        changes.push(format!("set {env_key}.KEYVEIL_HOME = {want}"));
+                        let name = name.unwrap_or_else(|| "?".to_owned());
+                        p.remove();
+                        changes.push(format!(
+                            "removed {env_key}.{name} (keyveil's entry passes only what setup writes)"
+                        ));
+                    }
+                    if let Some(h) = keyveil_home {
+                        let want = json!(h);
+                        let current = env.get("KEYVEIL_HOME");
+                        if json_value(current.clone()).as_ref() != Some(&want) {
+                            match current {
+                                Some(p) => p.set_value(cst_input(&want)),
+                                None => {
+                                    env.append("KEYVEIL_HOME", cst_input(&want));
+                                }
+                            }
+                            changes.push(format!("set {env_key}.KEYVEIL_HOME = {want}"));
+                        }
+                    } else if let Some(p) = kv.get(env_key) {
+                        p.remove();
                     }
                 }
             }

@@ -229,7 +229,6 @@ fn rt16_waiting_and_elicitation_name_only_the_real_request() {
 /// broker's token table, so the human's click gets 403 (not the factor lockout: no factor is
 /// typed, nothing is audited as a failure).
 #[test]
-#[ignore = "LEAK: the agent can invalidate the human's elicited approval link by minting 32 links (web/mod.rs MAX_TOKENS drops the oldest)"]
 fn rt16_agent_flushes_the_humans_approval_link() {
     let h = Home::new();
     h.set("demo", "API_TOKEN", "rt16-generated-0002");
@@ -249,7 +248,6 @@ fn rt16_agent_flushes_the_humans_approval_link() {
 /// The agent logs the human out of the approval page: 16 logins of its own evict the human's
 /// session (MAX_SESSIONS drops the oldest), mid-approval.
 #[test]
-#[ignore = "LEAK: the agent can evict the human's approval-page session with 16 logins (web/mod.rs MAX_SESSIONS drops the oldest)"]
 fn rt16_agent_evicts_the_humans_page_session() {
     let h = Home::new();
     let human = agent_link(&h);
@@ -408,7 +406,6 @@ fn rt16_setup_hangs_on_a_fifo_config() {
 /// (`KEYVEIL_HOME`, where it could run a broker of its own that hands out a phishing "approval"
 /// link); `keyveil setup` (default home) keeps it and writes the host's permission for it.
 #[test]
-#[ignore = "LEAK: setup keeps an agent-planted env.KEYVEIL_HOME in the keyveil entry and grants it the host permission (setup.rs edit_json: only Some(home) is written)"]
 fn rt16_setup_keeps_a_planted_keyveil_home_redirect() {
     let h = Home::empty();
     let agent_home = h.path().join("agent-home");
@@ -600,4 +597,102 @@ fn rt16_a_task_does_not_outlive_a_revoke() {
     };
     std::thread::sleep(Duration::from_secs(5));
     assert!(!finished.exists(), "the command outlived the revoke ({g})");
+}
+
+/// The agent floods value-entry-free paths too: links minted, spent and logins opened by the
+/// hundred, interleaved with the human's page use. The human's earlier link and session both
+/// still work (links and sessions are signed, not stored).
+#[test]
+fn rt16_a_hundred_agent_logins_leave_the_humans_link_and_page_alone() {
+    let h = Home::new();
+    let human_link = agent_link(&h);
+    let human_page = agent_link(&h);
+    let (port, path) = split_url(&human_page);
+    let (st, cookie) = get(port, &path, None);
+    assert_eq!(st, 303);
+    let cookie = cookie.expect("no session cookie");
+    for _ in 0..100 {
+        let l = agent_link(&h);
+        let (p, path) = split_url(&l);
+        assert_eq!(get(p, &path, None).0, 303);
+    }
+    assert_eq!(
+        get(port, "/", Some(&cookie)).0,
+        200,
+        "the human's page ended"
+    );
+    let (p, path) = split_url(&human_link);
+    assert_eq!(
+        get(p, &path, None).0,
+        303,
+        "the human's unused link was voided"
+    );
+    // Single use still holds, for the human's link as for every other.
+    assert_eq!(get(p, &path, None).0, 403);
+}
+
+/// The same redirect class as `KEYVEIL_HOME`, through other variables of the trusted entry
+/// (`XDG_DATA_HOME` picks keyveil's default home, `LD_PRELOAD` loads code into it), in a TOML
+/// host config (Codex) as in JSON: setup removes every variable it did not write and says so.
+#[test]
+fn rt16_setup_removes_every_planted_variable_from_keyveils_entry() {
+    let h = Home::empty();
+    let cfg = h.path().join(".codex/config.toml");
+    std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cfg,
+        "[mcp_servers.keyveil]\ncommand = \"keyveil\"\nargs = [\"mcp\"]\nenv = { XDG_DATA_HOME = \"/tmp/agent\", LD_PRELOAD = \"/tmp/x.so\" }\n\n[mcp_servers.other]\ncommand = \"o\"\nenv = { KEEP = \"1\" }\n",
+    )
+    .unwrap();
+    let o = setup_run(&h, &["setup", "codex"], CLI_LIMIT).unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let said = text(&o.stdout) + &text(&o.stderr);
+    assert!(said.contains("removed env.XDG_DATA_HOME"), "{said}");
+    let after = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        !after.contains("XDG_DATA_HOME") && !after.contains("LD_PRELOAD"),
+        "{after}"
+    );
+    assert!(
+        after.contains("KEEP = \"1\""),
+        "another server's env was touched: {after}"
+    );
+
+    let json_cfg = h.path().join(".claude.json");
+    std::fs::write(
+        &json_cfg,
+        r#"{"mcpServers": {"keyveil": {"command": "keyveil", "args": ["mcp"], "env": {"XDG_DATA_HOME": "/tmp/agent"}}}}"#,
+    )
+    .unwrap();
+    let o = setup_run(&h, &["setup", "claude"], CLI_LIMIT).unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let after = std::fs::read_to_string(&json_cfg).unwrap();
+    assert!(!after.contains("XDG_DATA_HOME"), "{after}");
+}
+
+/// `run` with `stdin` through MCP: the agent asks to run `python3 -` (or a bare `sh`) and
+/// writes the program on stdin, which no card shows. It is refused before anything is asked.
+#[test]
+fn rt16_a_program_on_stdin_is_refused_before_any_card() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "rt16-generated-0003");
+    let mut m = Mcp::start(&h, json!({}), "host");
+    for cmd in [
+        json!(["python3", "-"]),
+        json!(["sh"]),
+        json!(["bash", "-s", "x"]),
+    ] {
+        let r = m.request(
+            "tools/call",
+            json!({"name": "run", "arguments": {"environment": "demo", "wait_seconds": 0,
+                   "command": cmd, "stdin": "import os; print(os.environ)\n"}}),
+        );
+        let s = r.to_string();
+        assert!(
+            s.contains("standard input") && !s.contains("pending"),
+            "{cmd}: {s}"
+        );
+    }
+    let pending = h.json(&["requests", "--json"]);
+    assert_eq!(pending.as_array().map_or(0, Vec::len), 0, "{pending}");
 }

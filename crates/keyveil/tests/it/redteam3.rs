@@ -110,10 +110,10 @@ fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
 /// $(CURDIR)/tools:$(PATH)`, common for vendored tools); its recipe uses `tr`. The agent plants
 /// `tools/tr` after approval.
 ///
-/// Gap: the makefile is pinned, but directories a pinned input adds to PATH are not
-/// (`loaders.rs::make`, `path_dirs::path_pins` sees only the policy PATH).
+/// Was a gap: the makefile was pinned, but directories a pinned input adds to PATH were not.
+/// Now `loaders.rs::make_path_dirs` finds every PATH assignment and pins each directory like a
+/// PATH directory (fingerprint, re-checked at every run).
 #[test]
-#[ignore = "LEAK: a program planted in a directory the approved Makefile adds to PATH runs under a standing `make test` grant"]
 fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
     if !have("/usr/bin/make") {
         return;
@@ -144,6 +144,85 @@ fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
         "tools/tr planted after approval ran under the `make test` grant (exit {:?})",
         o.status.code()
     );
+}
+
+/// The same class in a recipe: `PATH=bin:$$PATH tr ...` on the recipe's own line (and a
+/// target-specific `test: PATH := ...` in another makefile the first includes). The agent plants
+/// `bin/tr` after approval: the grant ends, the planted program never runs.
+#[test]
+fn make_recipe_path_prefix_dir_is_pinned() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("Makefile"),
+        "include rules.mk\ntest:\n\t@PATH=bin:$$PATH; echo abc | tr a-z A-Z\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("rules.mk"),
+        "lint: PATH := $(CURDIR)/lintbin:$(PATH)\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(app.join("bin")).unwrap();
+    let cmd = ["make", "test"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("lintbin"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ABC"));
+
+    let marker = a.path().join("stolen-make-recipe");
+    exe(
+        &app.join("bin/tr"),
+        &format!("#!/bin/sh\n{}exec /usr/bin/tr \"$@\"\n", stealer(&marker)),
+    );
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(!stolen(&marker, &tok), "bin/tr planted after approval ran");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+}
+
+/// What only make can expand is refused before anything is asked, with a hint: an include of a
+/// computed name (`-include $(SRCS:.c=.d)`) and a PATH entry from `$(shell ...)`. An include of
+/// a variable set to literal names is followed and pinned.
+#[test]
+fn make_inputs_only_make_can_expand_are_refused() {
+    if !have("/usr/bin/make") {
+        return;
+    }
+    let (a, _tok, app) = setup(&[], "");
+    let h = &a.h;
+    let cmd = ["make", "test"];
+    for mk in [
+        "SRCS = a.c\n-include $(SRCS:.c=.d)\ntest:\n\t@echo ok\n",
+        "export PATH := $(shell cat where):$(PATH)\ntest:\n\t@echo ok\n",
+        "BIN != cat where\nexport PATH := $(BIN):$(PATH)\ntest:\n\t@echo ok\n",
+    ] {
+        std::fs::write(app.join("Makefile"), mk).unwrap();
+        let o = run(h, &app, "0", &cmd);
+        let err = text(&o.stderr);
+        assert_ne!(
+            o.status.code(),
+            Some(5),
+            "asked the human for {mk:?}: {err}"
+        );
+        assert!(
+            err.contains("cannot pin") && err.contains("hint:"),
+            "{mk:?}: {err}"
+        );
+    }
+    // A variable of literal names is followed: the included file is pinned and on the card.
+    std::fs::write(
+        app.join("Makefile"),
+        "DEPS = extra.d\n-include $(DEPS)\ntest:\n\t@echo ok\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("extra.d"), "x: y\n").unwrap();
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("extra.d"), "{card}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1697,17 +1776,15 @@ fn printed_forms(forms: &[(&str, &str)]) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Forms outside the redactor's table that a program can print in one line: decimal HTML
-/// references of every character, percent-encoding of every byte (unreserved ones too: the
-/// write-side scanner decodes it, `docs/write-side.md` says the redactor alone misses it), and
-/// fullwidth look-alikes (NFKC folds them back). `docs/redaction.md` §5 lists base32, XOR and
-/// separators as known limits; these three are not listed there.
+/// Values printed one character (or byte) at a time as escapes or look-alikes, in spellings
+/// no pattern table lists: decimal references with leading zeros, hex references with `&#X`
+/// and zero padding, every byte as `%XX` (unreserved ones too), `\xHH`, `\U00000074`, CSS
+/// `\000074`, fullwidth forms, the mathematical styles bold script, bold fraktur and sans-serif
+/// italic, and mixes of styles within one value (escapes among plain characters too).
 ///
-/// Where: `keyveil-redact` `variants.rs` (HTML numeric references are registered only for
-/// non-alphanumeric characters; percent forms keep unreserved bytes). Fix: add the
-/// every-character forms (three patterns per value), or list them in §5.
+/// Was a leak: the redactor registered a fixed list of spellings. Now `keyveil-redact`'s
+/// decoding pass (`decode.rs`) decodes each escape to its character and matches the value.
 #[test]
-#[ignore = "LEAK: every-character &#N; references, every-byte %XX and fullwidth forms of the value reach the agent unredacted"]
 fn every_character_escapes_are_redacted() {
     let got = printed_forms(&[
         (
@@ -1715,12 +1792,35 @@ fn every_character_escapes_are_redacted() {
             "''.join('&#%d;'%ord(c) for c in v)",
         ),
         (
+            "html-decimal-zero-padded",
+            "''.join('&#%07d;'%ord(c) for c in v)",
+        ),
+        (
+            "html-hex-upper-x-padded",
+            "''.join('&#X%06X;'%ord(c) for c in v)",
+        ),
+        (
             "percent-every-byte",
             "''.join('%%%02X'%b for b in v.encode())",
         ),
+        ("c-hex-every-byte", "''.join('\\\\x%02X'%b for b in v.encode())"),
+        ("python-U-every-char", "''.join('\\\\U%08x'%ord(c) for c in v)"),
+        ("css-six-digits", "''.join('\\\\%06x'%ord(c) for c in v)"),
         (
             "fullwidth",
             "''.join(chr(ord(c)+0xFEE0) if '!'<=c<='~' else c for c in v)",
+        ),
+        (
+            "math-bold-script",
+            "''.join(chr(0x1D4D0+ord(c)-65) if 'A'<=c<='Z' else chr(0x1D4EA+ord(c)-97) if 'a'<=c<='z' else c for c in v)",
+        ),
+        (
+            "math-sans-italic-and-bold-fraktur-mixed",
+            "''.join((chr(0x1D608+ord(c)-65) if i%2 else chr(0x1D56C+ord(c)-65)) if 'A'<=c<='Z' else (chr(0x1D622+ord(c)-97) if i%2 else chr(0x1D586+ord(c)-97)) if 'a'<=c<='z' else c for i,c in enumerate(v))",
+        ),
+        (
+            "mixed-styles-and-plain",
+            "''.join([c, '&#%d'%ord(c), '%%%02x'%ord(c), '\\\\u%04X'%ord(c)][i%4] for i,c in enumerate(v))",
         ),
     ]);
     let leaked: Vec<&String> = got.iter().filter(|(_, l)| *l).map(|(n, _)| n).collect();
@@ -2104,4 +2204,101 @@ fn a_makefile_include_found_through_dash_i_is_pinned() {
         "mk/common.mk rewritten after approval ran under the grant (exit {:?})",
         o.status.code()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Programs the card cannot show: read from standard input, or from a task runner's config
+
+/// An interpreter that reads its program from standard input runs whatever the requester
+/// writes there (MCP `run` takes `stdin`), and the card would show only `python3 -` or `sh`.
+/// Each form is refused before anything is asked, with a hint; the same interpreters with a
+/// script, inline code, or only `--version` are asked as usual.
+#[test]
+fn an_interpreter_reading_its_program_from_stdin_is_refused() {
+    let (a, _tok, app) = setup(&[], "echo ok\n");
+    let h = &a.h;
+    std::fs::write(app.join("check.py"), "print('ok')\n").unwrap();
+    for cmd in [
+        &["python3", "-"][..],
+        &["python3"],
+        &["python3", "-i", "check.py"],
+        &["python3", "-Ei"],
+        &["sh"],
+        &["bash", "-s"],
+        &["bash", "-eus", "--", "x"],
+        &["dash", "-"],
+        &["node"],
+        &["perl"],
+    ] {
+        let o = run(h, &app, "0", cmd);
+        let err = text(&o.stderr);
+        assert_ne!(
+            o.status.code(),
+            Some(5),
+            "asked the human for {cmd:?}: {err}"
+        );
+        assert!(
+            err.contains("standard input") && err.contains("hint:"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let listed = h.json(&["requests", "--json"]);
+    assert_eq!(listed.as_array().map_or(0, Vec::len), 0, "{listed}");
+    for cmd in [
+        &["python3", "check.py"][..],
+        &["python3", "-Wignore", "check.py"],
+        &["sh", "ci.sh"],
+        &["python3", "--version"],
+    ] {
+        let o = run(h, &app, "0", cmd);
+        assert_eq!(o.status.code(), Some(5), "{cmd:?}: {}", text(&o.stderr));
+        let id = h.wait_request();
+        h.ok(&["deny", &id.to_string()]);
+    }
+}
+
+/// `deno task build` runs the command line of a task in `deno.json` (or `deno.jsonc`, with
+/// comments, or a `package.json` script), found in the working directory or a parent. The card
+/// quotes the task from the bytes pinned; a task rewritten after approval ends the grant. A
+/// stand-in `deno` (a shell script on the policy PATH that runs the task as deno would) keeps
+/// the test independent of an installed deno.
+#[test]
+fn deno_task_pins_and_shows_the_task_it_runs() {
+    let (a, tok, app) = setup(&["denobin"], "");
+    let h = &a.h;
+    let bin = a.path().join("denobin");
+    std::fs::create_dir_all(&bin).unwrap();
+    exe(
+        &bin.join("deno"),
+        "#!/bin/sh\n[ \"$1\" = task ] || exit 2\nt=$(python3 -c 'import json,sys; print(json.load(open(\"deno.json\"))[\"tasks\"][sys.argv[1]])' \"$2\")\nexec sh -c \"$t\"\n",
+    );
+    std::fs::write(
+        app.join("deno.json"),
+        r#"{"tasks": {"build": "echo abc | tr a-z A-Z"}}"#,
+    )
+    .unwrap();
+    let cmd = ["deno", "task", "build"];
+    let card = approve_standing(&a, &app, &cmd);
+    assert!(card.contains("deno.json"), "{card}");
+    assert!(card.contains("echo abc | tr a-z A-Z"), "{card}");
+    let o = run(h, &app, "30", &cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ABC"), "{}", text(&o.stdout));
+
+    let marker = a.path().join("stolen-deno");
+    std::fs::write(
+        app.join("deno.json"),
+        format!(
+            r#"{{"tasks": {{"build": "printf %s \"$TOKEN\" > '{}'"}}}}"#,
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    no_value_in(&o, &tok);
+    assert!(
+        !stolen(&marker, &tok),
+        "a rewritten deno task ran under the grant"
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
 }

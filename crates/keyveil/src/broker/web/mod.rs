@@ -58,10 +58,17 @@ use view::prose;
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(300);
 /// How long a browser session lasts (absolute, from login).
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Unused URL tokens kept at once; minting more drops the oldest.
+/// Value-entry tokens kept at once; minting more drops the oldest.
 const MAX_TOKENS: usize = 32;
-/// Sessions kept at once; a new login past this drops the oldest.
+/// Value-entry sessions kept at once; a new one past this drops the oldest.
 const MAX_SESSIONS: usize = 16;
+/// Spent approval-page tokens remembered (each until its deadline) so that none is used twice.
+/// When full, a login is refused (fail closed) until the oldest expire; nothing live is ever
+/// dropped. Reaching it takes this many logins within [`TOKEN_TTL`].
+const MAX_SPENT: usize = 65_536;
+/// Flash messages (the outcome of the last approve or deny) kept at once; dropping one loses
+/// only that message.
+const MAX_FLASHES: usize = 256;
 /// How long a value-entry link may wait for its first use.
 pub(crate) const SET_TOKEN_TTL: Duration = Duration::from_secs(900);
 /// How long a value-entry session lasts.
@@ -89,11 +96,20 @@ pub(crate) struct Web {
 
 type Digest32 = [u8; 32];
 
-struct Session {
-    csrf: String,
-    expires: Instant,
-    flash: Option<view::Flash>,
+/// A signed approval-page token or session cookie: 8 random bytes, a deadline (milliseconds
+/// after the server started, big-endian) and the first 16 bytes of
+/// `HMAC-SHA256(server key, purpose ‖ nonce ‖ deadline)`: 32 bytes, 64 hex digits. The broker
+/// keeps no table of live tokens or sessions, so no number of links or logins the agent makes
+/// can push the human's out; only spent tokens are remembered, to keep each single-use.
+struct Signed {
+    nonce: [u8; 8],
+    deadline_ms: u64,
 }
+
+/// What a [`Signed`] string is for (part of the MAC, so one can never stand for the other).
+const LOGIN: &[u8] = b"keyveil/v1/web-login";
+const SESSION: &[u8] = b"keyveil/v1/web-session";
+const CSRF: &[u8] = b"keyveil/v1/web-csrf";
 
 /// A value-entry link's or session's one variable, and its deadline.
 #[derive(Clone)]
@@ -111,19 +127,22 @@ struct SetSession {
 
 #[derive(Default)]
 struct Auth {
-    /// Digest of an unused URL token → its deadline.
-    tokens: HashMap<Digest32, Instant>,
-    /// Digest of a session cookie → the session.
-    sessions: HashMap<Digest32, Session>,
+    /// Nonce of a spent URL token → its deadline (milliseconds after the server started).
+    spent: HashMap<[u8; 8], u64>,
+    /// Digest of a session cookie → the message to show on its next page.
+    flashes: HashMap<Digest32, view::Flash>,
     /// Digest of an unused value-entry token → its variable.
     set_tokens: HashMap<Digest32, SetTarget>,
     /// Digest of a value-entry cookie → its session.
     set_sessions: HashMap<Digest32, SetSession>,
 }
 
-/// The running server: its port and its tokens and sessions (in memory only).
+/// The running server: its port, the key that signs its tokens and sessions, and what it
+/// remembers of them (in memory only).
 pub(crate) struct Server {
     port: u16,
+    key: zeroize::Zeroizing<[u8; 32]>,
+    started: Instant,
     auth: Mutex<Auth>,
 }
 
@@ -148,67 +167,107 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC accepts keys of any length: `new_from_slice` cannot fail for 32 bytes.
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        return [0u8; 32];
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 impl Server {
-    fn new(port: u16) -> Server {
-        Server {
+    fn new(port: u16) -> OpResult<Server> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut key[..]).map_err(|e| {
+            OpError::new(
+                ErrorCode::Failed,
+                format!("the OS random source failed: {e}"),
+            )
+        })?;
+        Ok(Server {
             port,
+            key,
+            started: Instant::now(),
             auth: Mutex::new(Auth::default()),
-        }
+        })
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn tag(&self, purpose: &[u8], nonce: &[u8; 8], deadline_ms: u64) -> [u8; 32] {
+        hmac(&self.key, &[purpose, nonce, &deadline_ms.to_be_bytes()])
+    }
+
+    /// A new signed string for `purpose`, valid until `deadline`.
+    fn sign(&self, purpose: &[u8], deadline: Instant) -> OpResult<String> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| {
+            OpError::new(
+                ErrorCode::Failed,
+                format!("the OS random source failed: {e}"),
+            )
+        })?;
+        let deadline_ms = self.millis(deadline);
+        let tag = self.tag(purpose, &nonce, deadline_ms);
+        let mut out = [0u8; 32];
+        out[..8].copy_from_slice(&nonce);
+        out[8..16].copy_from_slice(&deadline_ms.to_be_bytes());
+        out[16..].copy_from_slice(&tag[..16]);
+        Ok(hex::encode(out))
+    }
+
+    /// The signed string `text` for `purpose`, if its MAC is right and it is live at `now`.
+    fn verify(&self, purpose: &[u8], text: &str, now: Instant) -> Option<Signed> {
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(text, &mut raw).ok()?;
+        let mut nonce = [0u8; 8];
+        nonce.copy_from_slice(&raw[..8]);
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&raw[8..16]);
+        let deadline_ms = u64::from_be_bytes(d);
+        let tag = self.tag(purpose, &nonce, deadline_ms);
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(&tag[..16], &raw[16..]).into();
+        (ok && deadline_ms > self.millis(now)).then_some(Signed { nonce, deadline_ms })
     }
 
     fn auth(&self) -> MutexGuard<'_, Auth> {
         self.auth.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes a new one-time URL token valid for [`TOKEN_TTL`] from `now`.
+    /// Makes a new one-time URL token valid for [`TOKEN_TTL`] from `now`. Nothing is stored:
+    /// the token is signed, so minting any number of them voids none.
     fn mint(&self, now: Instant) -> OpResult<String> {
-        let token = random_hex()?;
-        let mut auth = self.auth();
-        auth.tokens.retain(|_, deadline| *deadline > now);
-        while auth.tokens.len() >= MAX_TOKENS {
-            let Some(oldest) = auth.tokens.iter().min_by_key(|(_, d)| **d).map(|(k, _)| *k) else {
-                break;
-            };
-            auth.tokens.remove(&oldest);
-        }
-        auth.tokens.insert(digest(&token), now + TOKEN_TTL);
-        Ok(token)
+        self.sign(LOGIN, now + TOKEN_TTL)
     }
 
-    /// Spends a URL token: `true` if it existed and was still valid. It is gone either way.
+    /// Spends a URL token: `true` if it is genuine, live and not spent before (it is spent
+    /// now). `false` too when [`MAX_SPENT`] tokens were spent within the last [`TOKEN_TTL`].
     fn redeem(&self, token: &str, now: Instant) -> bool {
-        self.auth()
-            .tokens
-            .remove(&digest(token))
-            .is_some_and(|deadline| deadline > now)
+        let Some(t) = self.verify(LOGIN, token, now) else {
+            return false;
+        };
+        let now_ms = self.millis(now);
+        let mut auth = self.auth();
+        if auth.spent.len() >= MAX_SPENT {
+            auth.spent.retain(|_, deadline| *deadline > now_ms);
+        }
+        if auth.spent.contains_key(&t.nonce) || auth.spent.len() >= MAX_SPENT {
+            return false;
+        }
+        auth.spent.insert(t.nonce, t.deadline_ms);
+        true
     }
 
-    /// Opens a session; returns the cookie value.
+    /// Opens a session; returns the cookie value (signed: no session is stored, so no number of
+    /// other logins ends it).
     fn open_session(&self, now: Instant) -> OpResult<String> {
-        let cookie = random_hex()?;
-        let csrf = random_hex()?;
-        let mut auth = self.auth();
-        auth.sessions.retain(|_, s| s.expires > now);
-        while auth.sessions.len() >= MAX_SESSIONS {
-            let Some(oldest) = auth
-                .sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            auth.sessions.remove(&oldest);
-        }
-        auth.sessions.insert(
-            digest(&cookie),
-            Session {
-                csrf,
-                expires: now + SESSION_TTL,
-                flash: None,
-            },
-        );
-        Ok(cookie)
+        self.sign(SESSION, now + SESSION_TTL)
     }
 
     /// Makes a value-entry token for one variable, valid for [`SET_TOKEN_TTL`].
@@ -319,33 +378,25 @@ impl Server {
             .filter_map(|kv| kv.trim().split_once('='))
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.trim().to_owned())?;
-        let key = digest(&value);
-        let mut auth = self.auth();
-        match auth.sessions.get(&key) {
-            Some(s) if s.expires > now => Some(key),
-            Some(_) => {
-                auth.sessions.remove(&key);
-                None
-            }
-            None => None,
-        }
+        self.verify(SESSION, &value, now)?;
+        Some(digest(&value))
     }
 
+    /// The CSRF token of the session whose cookie digests to `key`: derived, not stored.
     fn csrf_of(&self, key: &Digest32) -> Option<String> {
-        self.auth().sessions.get(key).map(|s| s.csrf.clone())
+        Some(hex::encode(hmac(&self.key, &[CSRF, key])))
     }
 
     fn set_flash(&self, key: &Digest32, flash: view::Flash) {
-        if let Some(s) = self.auth().sessions.get_mut(key) {
-            s.flash = Some(flash);
+        let mut auth = self.auth();
+        if auth.flashes.len() >= MAX_FLASHES {
+            auth.flashes.clear();
         }
+        auth.flashes.insert(*key, flash);
     }
 
     fn take_flash(&self, key: &Digest32) -> Option<view::Flash> {
-        self.auth()
-            .sessions
-            .get_mut(key)
-            .and_then(|s| s.flash.take())
+        self.auth().flashes.remove(key)
     }
 
     fn origins(&self) -> [String; 2] {
@@ -396,7 +447,7 @@ async fn start(broker: Arc<Broker>) -> OpResult<Arc<Server>> {
         .await
         .map_err(fail)?;
     let port = listener.local_addr().map_err(fail)?.port();
-    let server = Arc::new(Server::new(port));
+    let server = Arc::new(Server::new(port)?);
     let app = router(AppState {
         broker: broker.clone(),
         server: server.clone(),
@@ -1218,7 +1269,7 @@ mod tests {
 
     #[test]
     fn tokens_are_single_use_and_expire() {
-        let s = Server::new(4242);
+        let s = Server::new(4242).unwrap();
         let t0 = Instant::now();
         let a = s.mint(t0).unwrap();
         assert_eq!(a.len(), 64);
@@ -1230,20 +1281,60 @@ mod tests {
     }
 
     #[test]
-    fn token_store_is_bounded() {
-        let s = Server::new(1);
+    fn no_number_of_new_links_or_logins_voids_an_earlier_one() {
+        let s = Server::new(1).unwrap();
         let t0 = Instant::now();
         let first = s.mint(t0).unwrap();
-        for i in 0..MAX_TOKENS {
-            s.mint(t0 + Duration::from_millis(i as u64 + 1)).unwrap();
+        let session = s.open_session(t0).unwrap();
+        for _ in 0..1000 {
+            let t = s.mint(t0).unwrap();
+            assert!(s.redeem(&t, t0));
+            s.open_session(t0).unwrap();
         }
-        assert!(s.auth().tokens.len() <= MAX_TOKENS);
-        assert!(!s.redeem(&first, t0), "the oldest was dropped");
+        assert!(s.redeem(&first, t0), "an earlier link was voided");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{}={session}", s.cookie_name())).unwrap(),
+        );
+        assert!(s.session_of(&h, t0).is_some(), "an earlier session ended");
+        assert!(s.session_of(&h, t0 + SESSION_TTL).is_none(), "expired");
+    }
+
+    #[test]
+    fn spent_tokens_are_bounded_and_fail_closed() {
+        let s = Server::new(1).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..MAX_SPENT {
+            let t = s.mint(t0).unwrap();
+            assert!(s.redeem(&t, t0));
+        }
+        let t = s.mint(t0).unwrap();
+        assert!(!s.redeem(&t, t0), "a login past the bound is refused");
+        assert!(s.auth().spent.len() <= MAX_SPENT);
+        // Once the spent ones expire, logins work again.
+        let later = t0 + TOKEN_TTL + Duration::from_millis(1);
+        let t = s.mint(later).unwrap();
+        assert!(s.redeem(&t, later));
+    }
+
+    #[test]
+    fn a_signed_string_is_bound_to_its_purpose_and_key() {
+        let s = Server::new(1).unwrap();
+        let other = Server::new(1).unwrap();
+        let t0 = Instant::now();
+        let cookie = s.open_session(t0).unwrap();
+        assert!(!s.redeem(&cookie, t0), "a session cookie is no login link");
+        let t = other.mint(t0).unwrap();
+        assert!(!s.redeem(&t, t0), "another server's link");
+        let mut forged = s.mint(t0).unwrap().into_bytes();
+        forged[20] = if forged[20] == b'0' { b'1' } else { b'0' };
+        assert!(!s.redeem(std::str::from_utf8(&forged).unwrap(), t0));
     }
 
     #[test]
     fn host_and_origin_checks() {
-        let s = Server::new(5555);
+        let s = Server::new(5555).unwrap();
         let mut h = HeaderMap::new();
         let uri: Uri = "/".parse().unwrap();
         assert!(check(&s, &Method::GET, &uri, &h).is_err(), "no Host");

@@ -1,0 +1,931 @@
+//! The decoding pass: values printed one character (or byte) at a time as escapes or
+//! look-alikes, in any spelling and any mix.
+//!
+//! Registering each spelling as a pattern cannot keep up with the class: `&#116;`, `&#0116;`,
+//! `&#x74;`, `&#X74;`, `&#x0074`, `%74`, `\x74`, `\u0074`, `\u{74}`, `\U00000074`, CSS `\74 `
+//! and `\000074`, fullwidth `ｔ`, thirteen mathematical alphanumeric styles, and any mix of them
+//! within one value are thousands of spellings. This pass decodes them instead: a streaming
+//! decoder turns every such escape into the character (or, for `%XX` and `\xHH`, the byte) it
+//! stands for, keeps plain bytes as they are, drops ASCII whitespace (noise, as in the
+//! normalised view), and looks for the value's atoms (raw bytes) in what it decoded. A match
+//! maps back to the original bytes of its first and last unit, so the marker covers the escapes.
+//!
+//! Cost: ordinary output has no escapes, so the pass sleeps until a *trigger* (`&`, `%`, `\`,
+//! or, in a chunk that is not all ASCII, a lead byte of a look-alike: `E2`, `E3`, `EF`, `F0`),
+//! found with `memchr3` and one vectorised `is_ascii` per chunk. From a trigger it decodes
+//! until [`DecodePass::max_len`] decoded bytes have passed without another escape, seeded with
+//! the plain bytes just before the trigger (so `abc&#100;ef` is caught too: within the chunk
+//! always; across a chunk boundary only while the earlier bytes were still held back by
+//! another pass).
+//!
+//! Not decoded here (other passes or known limits): C octal escapes (`\164` is CSS hex here;
+//! the literal styles register octal forms), named HTML entities (registered for special
+//! characters), base-N alphabets, homoglyphs that NFKC does not fold.
+
+use std::collections::HashMap;
+use zeroize::Zeroize;
+
+use crate::matcher::Hit;
+
+/// Bytes that can start an escape.
+const TRIGGERS: [u8; 3] = [b'&', b'%', b'\\'];
+
+/// Longest run of digits accepted in a numeric reference (leading zeros included).
+const MAX_DIGITS: u8 = 10;
+
+/// Most plain (non-whitespace) bytes before the first escape that a match may start with: a
+/// longer plain run of a random value is a fragment the normalised pass redacts anyway.
+const LOOKBACK: usize = 16;
+/// Raw bytes before a trigger in which those plain bytes are looked for (whitespace among them
+/// is noise). The same rule for every split of the input keeps streaming equal to one-shot.
+const LOOKBACK_RAW: usize = 64;
+
+/// Base of the polynomial hash of atom prefixes.
+const HASH_BASE: u64 = 0x0100_0000_01b3;
+
+/// The atoms of all values, matched over the decoded view.
+pub(crate) struct DecodePass {
+    atoms: Vec<Vec<u8>>,
+    /// Secrets owning each atom (the first is the one named).
+    owners: Vec<Vec<u32>>,
+    /// Last 8 bytes of an atom (big-endian word) → atoms ending so.
+    by_suffix: HashMap<u64, Vec<u32>>,
+    /// A 2^16-bit filter of the same words, checked before the map.
+    filter: Vec<u64>,
+    /// Hashes (with lengths) of every atom prefix of up to [`LOOKBACK`] bytes.
+    prefixes: std::collections::HashSet<(u64, u8)>,
+    max_len: usize,
+}
+
+impl Drop for DecodePass {
+    fn drop(&mut self) {
+        for a in &mut self.atoms {
+            a.zeroize();
+        }
+        self.by_suffix.clear();
+        self.filter.zeroize();
+        self.prefixes.clear();
+    }
+}
+
+impl std::fmt::Debug for DecodePass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodePass")
+            .field("atoms", &self.atoms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn filter_slot(w: u64) -> (usize, u64) {
+    let h = w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48;
+    ((h >> 6) as usize, 1u64 << (h & 63))
+}
+
+impl DecodePass {
+    /// Builds the pass from `(atom, secret)` pairs; atoms shorter than 8 bytes are skipped
+    /// (short values are matched as whole tokens by the other passes). `None` without atoms.
+    pub(crate) fn build(pairs: Vec<(Vec<u8>, u32)>) -> Option<DecodePass> {
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut atoms: Vec<Vec<u8>> = Vec::new();
+        let mut owners: Vec<Vec<u32>> = Vec::new();
+        for (mut a, s) in pairs {
+            if a.len() < crate::MIN_LEN {
+                a.zeroize();
+                continue;
+            }
+            match index.get(&a) {
+                Some(&i) => {
+                    if let Some(o) = owners.get_mut(i).filter(|o| !o.contains(&s)) {
+                        o.push(s);
+                    }
+                    a.zeroize();
+                }
+                None => {
+                    index.insert(a.clone(), atoms.len());
+                    atoms.push(a);
+                    owners.push(vec![s]);
+                }
+            }
+        }
+        for (mut k, _) in index.drain() {
+            k.zeroize();
+        }
+        if atoms.is_empty() {
+            return None;
+        }
+        let mut by_suffix: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut filter = vec![0u64; 1 << 10];
+        for (i, a) in atoms.iter().enumerate() {
+            let w = word(a.get(a.len().saturating_sub(8)..).unwrap_or_default());
+            let (slot, bit) = filter_slot(w);
+            if let Some(x) = filter.get_mut(slot) {
+                *x |= bit;
+            }
+            by_suffix
+                .entry(w)
+                .or_default()
+                .push(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        let mut prefixes = std::collections::HashSet::new();
+        for a in &atoms {
+            let mut h = 0u64;
+            for (k, &x) in a.iter().take(LOOKBACK).enumerate() {
+                h = h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(x));
+                prefixes.insert((h, u8::try_from(k + 1).unwrap_or(u8::MAX)));
+            }
+        }
+        let max_len = atoms.iter().map(Vec::len).max().unwrap_or(0);
+        Some(DecodePass {
+            atoms,
+            owners,
+            by_suffix,
+            filter,
+            prefixes,
+            max_len,
+        })
+    }
+
+    /// Whether some atom belongs to more than one secret.
+    pub(crate) fn shares_atoms(&self) -> bool {
+        self.owners.iter().any(|o| o.len() > 1)
+    }
+
+    /// Longest atom in bytes.
+    pub(crate) fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The secrets owning atom `pattern`.
+    pub(crate) fn owners(&self, pattern: u32) -> &[u32] {
+        self.owners
+            .get(pattern as usize)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Heap bytes used.
+    pub(crate) fn memory_usage(&self) -> usize {
+        self.atoms.iter().map(Vec::capacity).sum::<usize>()
+            + self.by_suffix.len() * 48
+            + self.filter.len() * 8
+    }
+
+    /// A fresh state for one stream.
+    pub(crate) fn state(&self) -> DecodeState {
+        DecodeState::default()
+    }
+
+    /// Feeds `chunk` (at absolute offset `base`); reports matches into `hits`.
+    pub(crate) fn scan(&self, st: &mut DecodeState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
+        let ascii = chunk.is_ascii();
+        let mut i = 0;
+        while i < chunk.len() {
+            if !st.active && st.esc == Esc::Ground {
+                let rest = chunk.get(i..).unwrap_or_default();
+                let Some(k) = next_trigger(rest, ascii) else {
+                    break;
+                };
+                let at = i + k;
+                self.seed(st, chunk, base, at);
+                st.active = true;
+                i = at;
+            }
+            if let Some(&b) = chunk.get(i) {
+                self.step(st, b, base + i as u64, hits);
+            }
+            i += 1;
+        }
+        // Hold back the plain bytes at the end that a run starting in the next chunk could
+        // begin with (the same bytes a one-shot pass would seed it with).
+        let end = base + chunk.len() as u64;
+        let before = self.lookback(st, chunk, base, chunk.len());
+        st.hold_from = self.plain_start(&before).map(|i| before.get(i).map_or(end, |b| b.1));
+        // Keep the last bytes for the look-back of a run starting early in the next chunk.
+        let keep = LOOKBACK_RAW;
+        if chunk.len() >= keep {
+            st.tail.clear();
+            st.tail
+                .extend_from_slice(chunk.get(chunk.len() - keep..).unwrap_or_default());
+        } else {
+            st.tail.extend_from_slice(chunk);
+            let drop = st.tail.len().saturating_sub(keep);
+            st.tail.drain(..drop);
+        }
+        st.tail_end = end;
+    }
+
+    /// Ends the stream: an escape still open at the end (`&#116` with no `;`) is decoded.
+    pub(crate) fn finish(&self, st: &mut DecodeState, hits: &mut Vec<Hit>) {
+        self.flush(st, st.total_end(), hits);
+        *st = DecodeState::default();
+    }
+
+    /// The earliest offset a match not yet reported could start at, or `total`.
+    pub(crate) fn hold_bound(&self, st: &DecodeState, total: u64) -> u64 {
+        let mut b = total;
+        if st.esc != Esc::Ground {
+            b = b.min(st.esc_start);
+        }
+        // The window can begin a match once it holds an escape, or while one is being read.
+        if st.active
+            && (st.has_escape || st.esc != Esc::Ground)
+            && let Some(&(_, s, _)) = st.window.first()
+        {
+            b = b.min(s);
+        }
+        if let Some(h) = st.hold_from {
+            b = b.min(h);
+        }
+        b
+    }
+
+    /// The non-whitespace bytes among the [`LOOKBACK_RAW`] raw bytes before `at` in `chunk`
+    /// (continuing into the previous chunks' tail), the last [`LOOKBACK`] of them, in order.
+    fn lookback(&self, st: &DecodeState, chunk: &[u8], base: u64, at: usize) -> Vec<(u8, u64)> {
+        let mut pre: Vec<(u8, u64)> = Vec::new();
+        let from = at.saturating_sub(LOOKBACK_RAW);
+        for (j, &b) in chunk.get(from..at).unwrap_or_default().iter().enumerate().rev() {
+            if !crate::normalize::is_space(b) {
+                pre.push((b, base + (from + j) as u64));
+            }
+        }
+        let missing = LOOKBACK_RAW.saturating_sub(at);
+        if missing > 0 && st.tail_end == base {
+            let tail_start = st.tail_end - st.tail.len() as u64;
+            let skip = st.tail.len().saturating_sub(missing);
+            for (j, &b) in st.tail.iter().enumerate().skip(skip).rev() {
+                if !crate::normalize::is_space(b) {
+                    pre.push((b, tail_start + j as u64));
+                }
+            }
+        }
+        pre.truncate(LOOKBACK);
+        pre.reverse();
+        pre
+    }
+
+    /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
+    fn plain_start(&self, bytes: &[(u8, u64)]) -> Option<usize> {
+        let mut h = 0u64;
+        let mut pw = 1u64;
+        let mut found = None;
+        for (i, &(x, _)) in bytes.iter().enumerate().rev() {
+            h = h.wrapping_add(u64::from(x).wrapping_mul(pw));
+            pw = pw.wrapping_mul(HASH_BASE);
+            let len = u8::try_from(bytes.len() - i).unwrap_or(u8::MAX);
+            if self.prefixes.contains(&(h, len)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+
+    /// Puts the plain bytes just before a trigger at `at` that could begin an atom into the
+    /// window.
+    fn seed(&self, st: &mut DecodeState, chunk: &[u8], base: u64, at: usize) {
+        st.window.clear();
+        st.since_escape = 0;
+        st.has_escape = false;
+        let pre = self.lookback(st, chunk, base, at);
+        if let Some(i) = self.plain_start(&pre) {
+            for &(b, p) in pre.get(i..).unwrap_or_default() {
+                st.window.push((b, p, p + 1));
+            }
+        }
+    }
+
+    fn step(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        match st.esc {
+            Esc::Ground => self.ground(st, b, pos, hits),
+            Esc::Amp => {
+                if b == b'#' {
+                    st.pend_push(b);
+                    st.esc = Esc::AmpHash;
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::AmpHash => {
+                if b == b'x' || b == b'X' {
+                    st.pend_push(b);
+                    st.esc = Esc::Num {
+                        radix: 16,
+                        end: b';',
+                        max: 8,
+                        min: 1,
+                        ws: false,
+                    };
+                } else if b.is_ascii_digit() {
+                    st.pend_push(b);
+                    st.acc = u32::from(b - b'0');
+                    st.ndig = 1;
+                    st.esc = Esc::Num {
+                        radix: 10,
+                        end: b';',
+                        max: MAX_DIGITS,
+                        min: 1,
+                        ws: false,
+                    };
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::Pct => {
+                if let Some(d) = hex(b) {
+                    st.pend_push(b);
+                    st.acc = d;
+                    st.esc = Esc::Pct1;
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::Pct1 | Esc::Bx1 => {
+                if let Some(d) = hex(b) {
+                    let v = (st.acc << 4) | d;
+                    let start = st.esc_start;
+                    st.clear_esc();
+                    self.unit_byte(st, u8::try_from(v).unwrap_or(0), start, pos + 1, hits);
+                } else if st.esc == Esc::Bx1 {
+                    // `\x4` followed by a non-hex byte: one digit.
+                    let v = st.acc;
+                    let start = st.esc_start;
+                    st.clear_esc();
+                    self.unit_byte(st, u8::try_from(v).unwrap_or(0), start, pos, hits);
+                    self.step(st, b, pos, hits);
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::Bs => match b {
+                b'x' => {
+                    st.pend_push(b);
+                    st.esc = Esc::Bx;
+                }
+                b'u' => {
+                    st.pend_push(b);
+                    st.esc = Esc::Bu;
+                }
+                b'U' => {
+                    st.pend_push(b);
+                    st.esc = Esc::Num {
+                        radix: 16,
+                        end: 0,
+                        max: 8,
+                        min: 8,
+                        ws: false,
+                    };
+                }
+                _ => {
+                    if let Some(d) = hex(b) {
+                        // CSS: 1 to 6 hex digits, then one optional whitespace.
+                        st.pend_push(b);
+                        st.acc = d;
+                        st.ndig = 1;
+                        st.esc = Esc::Num {
+                            radix: 16,
+                            end: 0,
+                            max: 6,
+                            min: 1,
+                            ws: true,
+                        };
+                    } else {
+                        self.fail(st, b, pos, hits);
+                    }
+                }
+            },
+            Esc::Bx => {
+                if let Some(d) = hex(b) {
+                    st.pend_push(b);
+                    st.acc = d;
+                    st.esc = Esc::Bx1;
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::Bu => {
+                if b == b'{' {
+                    st.pend_push(b);
+                    st.esc = Esc::Num {
+                        radix: 16,
+                        end: b'}',
+                        max: 6,
+                        min: 1,
+                        ws: false,
+                    };
+                } else if let Some(d) = hex(b) {
+                    st.pend_push(b);
+                    st.acc = d;
+                    st.ndig = 1;
+                    st.esc = Esc::Num {
+                        radix: 16,
+                        end: 0,
+                        max: 4,
+                        min: 4,
+                        ws: false,
+                    };
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::Num {
+                radix,
+                end,
+                max,
+                min,
+                ws,
+            } => {
+                let d = if radix == 10 {
+                    b.is_ascii_digit().then(|| u32::from(b - b'0'))
+                } else {
+                    hex(b)
+                };
+                if let Some(d) = d.filter(|_| st.ndig < max) {
+                    st.pend_push(b);
+                    st.acc = st.acc.saturating_mul(radix).saturating_add(d);
+                    st.ndig += 1;
+                    if end == 0 && !ws && st.ndig == max {
+                        // Fixed width (`\u0074`, `\U00000074`): complete now.
+                        self.close_num(st, pos + 1, None, hits);
+                    }
+                    return;
+                }
+                if st.ndig < min || (end == b'}' && b != b'}') {
+                    self.fail(st, b, pos, hits);
+                    return;
+                }
+                if end != 0 && b == end {
+                    self.close_num(st, pos + 1, None, hits);
+                } else if ws && crate::normalize::is_space(b) {
+                    // CSS: the whitespace belongs to the escape, but the marker leaves it.
+                    self.close_num(st, pos, None, hits);
+                } else if end == 0 && !ws {
+                    self.fail(st, b, pos, hits);
+                } else {
+                    // `&#116` with no `;`, CSS `\74x`: the reference ends before this byte.
+                    self.close_num(st, pos, Some(b), hits);
+                }
+            }
+            Esc::Utf8 { need } => {
+                if b & 0xC0 == 0x80 {
+                    st.pend_push(b);
+                    if st.pend_len == need {
+                        let s = std::str::from_utf8(st.pend())
+                            .ok()
+                            .and_then(|s| s.chars().next());
+                        let start = st.esc_start;
+                        match s.and_then(|c| lookalike(u32::from(c))) {
+                            Some(a) => {
+                                st.clear_esc();
+                                self.unit_byte(st, a, start, pos + 1, hits);
+                            }
+                            None => {
+                                // Any other character: plain bytes.
+                                let bytes: Vec<u8> = st.pend().to_vec();
+                                st.clear_esc();
+                                for (j, x) in bytes.iter().enumerate() {
+                                    self.plain(st, *x, start + j as u64, hits);
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+        }
+    }
+
+    fn ground(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        match b {
+            b'&' => st.open(Esc::Amp, b, pos),
+            b'%' => st.open(Esc::Pct, b, pos),
+            b'\\' => st.open(Esc::Bs, b, pos),
+            0xC2..=0xDF => st.open(Esc::Utf8 { need: 2 }, b, pos),
+            0xE0..=0xEF => st.open(Esc::Utf8 { need: 3 }, b, pos),
+            0xF0..=0xF4 => st.open(Esc::Utf8 { need: 4 }, b, pos),
+            _ if crate::normalize::is_space(b) => {}
+            _ => self.plain(st, b, pos, hits),
+        }
+    }
+
+    /// A numeric escape is complete: its code point (`acc`) as one unit ending at `end`; then
+    /// `next` is processed if the escape did not consume it.
+    fn close_num(&self, st: &mut DecodeState, end: u64, next: Option<u8>, hits: &mut Vec<Hit>) {
+        let start = st.esc_start;
+        let cp = st.acc;
+        st.clear_esc();
+        match char::from_u32(cp) {
+            Some(c) => {
+                let mut buf = [0u8; 4];
+                let s = c.encode_utf8(&mut buf);
+                let n = s.len();
+                for x in buf.iter().take(n) {
+                    self.push(st, *x, start, end, true, hits);
+                }
+                buf.zeroize();
+            }
+            None => st.end_run(),
+        }
+        if let Some(b) = next {
+            self.step(st, b, end, hits);
+        }
+    }
+
+    /// What looked like an escape is not one: its bytes are plain, and `b` is looked at anew.
+    fn fail(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        let start = st.esc_start;
+        let bytes: Vec<u8> = st.pend().to_vec();
+        st.clear_esc();
+        for (j, x) in bytes.iter().enumerate() {
+            self.plain(st, *x, start + j as u64, hits);
+        }
+        self.step(st, b, pos, hits);
+    }
+
+    /// At the end of the stream: an open escape is completed if it can be, else made plain.
+    fn flush(&self, st: &mut DecodeState, end: u64, hits: &mut Vec<Hit>) {
+        match st.esc {
+            Esc::Ground => {}
+            Esc::Num { min, end: term, .. } if st.ndig >= min && term != b'}' => {
+                self.close_num(st, end, None, hits);
+            }
+            Esc::Bx1 => {
+                let v = st.acc;
+                let start = st.esc_start;
+                st.clear_esc();
+                self.unit_byte(st, u8::try_from(v).unwrap_or(0), start, end, hits);
+            }
+            _ => st.clear_esc(),
+        }
+    }
+
+    fn unit_byte(&self, st: &mut DecodeState, b: u8, start: u64, end: u64, hits: &mut Vec<Hit>) {
+        self.push(st, b, start, end, true, hits);
+    }
+
+    fn plain(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        if !st.active {
+            return;
+        }
+        self.push(st, b, pos, pos + 1, false, hits);
+    }
+
+    /// Appends one decoded byte (from the unit `start..end`) and reports the atoms ending here.
+    fn push(
+        &self,
+        st: &mut DecodeState,
+        b: u8,
+        start: u64,
+        end: u64,
+        escaped: bool,
+        hits: &mut Vec<Hit>,
+    ) {
+        st.active = true;
+        if escaped {
+            st.since_escape = 0;
+            st.has_escape = true;
+        } else {
+            st.since_escape += 1;
+            if st.since_escape >= self.max_len {
+                st.end_run();
+                return;
+            }
+        }
+        st.window.push((b, start, end));
+        if st.window.len() > self.max_len {
+            let extra = st.window.len() - self.max_len;
+            st.window.drain(..extra);
+        }
+        let n = st.window.len();
+        if n < crate::MIN_LEN.min(8) {
+            return;
+        }
+        let tail = st.window.get(n.saturating_sub(8)..).unwrap_or_default();
+        let w = tail
+            .iter()
+            .fold(0u64, |acc, &(x, _, _)| (acc << 8) | u64::from(x));
+        let (slot, bit) = filter_slot(w);
+        if self.filter.get(slot).is_none_or(|x| x & bit == 0) {
+            return;
+        }
+        let Some(cands) = self.by_suffix.get(&w) else {
+            return;
+        };
+        for &c in cands {
+            let Some(atom) = self.atoms.get(c as usize) else {
+                continue;
+            };
+            if atom.len() > n {
+                continue;
+            }
+            let from = n - atom.len();
+            let Some(seg) = st.window.get(from..) else {
+                continue;
+            };
+            if seg.iter().zip(atom).all(|(&(x, _, _), &y)| x == y)
+                && let (Some(first), Some(last)) = (seg.first(), seg.last())
+            {
+                hits.push(Hit {
+                    start: first.1,
+                    end: last.2,
+                    pattern: c,
+                    after_colour_code: false,
+                });
+            }
+        }
+    }
+}
+
+fn word(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+}
+
+fn hex(b: u8) -> Option<u32> {
+    char::from(b).to_digit(16)
+}
+
+/// The next trigger in `rest`: an ASCII escape start, or in a non-ASCII chunk a lead byte of a
+/// look-alike (U+2100 block `E2`, U+3000 `E3`, fullwidth `EF`, mathematical `F0`).
+fn next_trigger(rest: &[u8], ascii: bool) -> Option<usize> {
+    let [a, b, c] = TRIGGERS;
+    let t = memchr::memchr3(a, b, c, rest);
+    if ascii {
+        return t;
+    }
+    let limit = t.unwrap_or(rest.len());
+    let u = rest
+        .get(..limit)
+        .unwrap_or_default()
+        .iter()
+        .position(|&x| matches!(x, 0xE2 | 0xE3 | 0xEF | 0xF0));
+    u.or(t)
+}
+
+/// The ASCII character a look-alike stands for (NFKC folds each of these to it): fullwidth
+/// forms, the ideographic space, the mathematical alphanumeric letters (13 styles) and digits
+/// (5 styles), and the Letterlike Symbols that fill the math block's holes.
+pub(crate) fn lookalike(cp: u32) -> Option<u8> {
+    let ascii = |x: u32| u8::try_from(x).ok();
+    match cp {
+        0xFF01..=0xFF5E => ascii(cp - 0xFEE0),
+        0x3000 => Some(b' '),
+        0x1D400..=0x1D6A3 => {
+            let i = (cp - 0x1D400) % 52;
+            if i < 26 {
+                ascii(u32::from(b'A') + i)
+            } else {
+                ascii(u32::from(b'a') + i - 26)
+            }
+        }
+        0x1D7CE..=0x1D7FF => ascii(u32::from(b'0') + (cp - 0x1D7CE) % 10),
+        _ => LETTERLIKE.iter().find(|(c, _)| *c == cp).map(|(_, a)| *a),
+    }
+}
+
+/// Letterlike Symbols used in place of the mathematical block's reserved code points.
+const LETTERLIKE: [(u32, u8); 24] = [
+    (0x210E, b'h'),
+    (0x212C, b'B'),
+    (0x2130, b'E'),
+    (0x2131, b'F'),
+    (0x210B, b'H'),
+    (0x2110, b'I'),
+    (0x2112, b'L'),
+    (0x2133, b'M'),
+    (0x211B, b'R'),
+    (0x212F, b'e'),
+    (0x210A, b'g'),
+    (0x2134, b'o'),
+    (0x212D, b'C'),
+    (0x210C, b'H'),
+    (0x2111, b'I'),
+    (0x211C, b'R'),
+    (0x2128, b'Z'),
+    (0x2102, b'C'),
+    (0x210D, b'H'),
+    (0x2115, b'N'),
+    (0x2119, b'P'),
+    (0x211A, b'Q'),
+    (0x211D, b'R'),
+    (0x2124, b'Z'),
+];
+
+/// The escape being read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Esc {
+    #[default]
+    Ground,
+    /// `&`.
+    Amp,
+    /// `&#`.
+    AmpHash,
+    /// Digits of a numeric escape: radix, terminator (0: none), most and fewest digits, and
+    /// whether one whitespace byte may end it (CSS).
+    Num {
+        radix: u32,
+        end: u8,
+        max: u8,
+        min: u8,
+        ws: bool,
+    },
+    /// `%`, `%h`.
+    Pct,
+    Pct1,
+    /// `\`, `\x`, `\xh`, `\u`.
+    Bs,
+    Bx,
+    Bx1,
+    Bu,
+    /// Inside a multi-byte UTF-8 character of `need` bytes.
+    Utf8 {
+        need: u8,
+    },
+}
+
+/// One stream's decoding state.
+#[derive(Clone, Default)]
+pub(crate) struct DecodeState {
+    esc: Esc,
+    esc_start: u64,
+    acc: u32,
+    ndig: u8,
+    pend: [u8; 16],
+    pend_len: u8,
+    /// A run is active: decoded bytes are collected and matched.
+    active: bool,
+    since_escape: usize,
+    /// Decoded bytes with the original span of the unit each came from.
+    window: Vec<(u8, u64, u64)>,
+    /// The window holds an escaped unit (only then is output held back for this pass).
+    has_escape: bool,
+    /// The last bytes of the previous chunks, ending at `tail_end`.
+    tail: Vec<u8>,
+    tail_end: u64,
+    /// Where the plain bytes at the end of the input so far that could begin a match start.
+    hold_from: Option<u64>,
+}
+
+impl Drop for DecodeState {
+    fn drop(&mut self) {
+        self.pend.zeroize();
+        self.tail.zeroize();
+        for w in &mut self.window {
+            w.0 = 0;
+        }
+    }
+}
+
+impl std::fmt::Debug for DecodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeState")
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecodeState {
+    fn open(&mut self, e: Esc, b: u8, pos: u64) {
+        self.esc = e;
+        self.esc_start = pos;
+        self.acc = 0;
+        self.ndig = 0;
+        self.pend_len = 0;
+        self.pend_push(b);
+    }
+
+    fn pend_push(&mut self, b: u8) {
+        if let Some(x) = self.pend.get_mut(usize::from(self.pend_len)) {
+            *x = b;
+            self.pend_len += 1;
+        }
+    }
+
+    fn pend(&self) -> &[u8] {
+        self.pend
+            .get(..usize::from(self.pend_len))
+            .unwrap_or_default()
+    }
+
+    fn clear_esc(&mut self) {
+        self.esc = Esc::Ground;
+        self.pend.zeroize();
+        self.pend_len = 0;
+        self.acc = 0;
+        self.ndig = 0;
+    }
+
+    fn end_run(&mut self) {
+        self.active = false;
+        self.has_escape = false;
+        self.since_escape = 0;
+        for w in &mut self.window {
+            w.0 = 0;
+        }
+        self.window.clear();
+    }
+
+    fn total_end(&self) -> u64 {
+        self.tail_end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(value: &str, text: &str) -> Vec<(u64, u64)> {
+        let p = DecodePass::build(vec![(value.as_bytes().to_vec(), 0)]).unwrap();
+        let mut st = p.state();
+        let mut hits = Vec::new();
+        p.scan(&mut st, text.as_bytes(), 0, &mut hits);
+        p.finish(&mut st, &mut hits);
+        hits.iter().map(|h| (h.start, h.end)).collect()
+    }
+
+    #[test]
+    fn every_spelling_and_mix_is_decoded() {
+        let v = "tok_J4x9q";
+        let forms = [
+            "&#116;&#111;&#107;&#95;&#74;&#52;&#120;&#57;&#113;",
+            "&#0116;&#00111;&#107&#95;&#74;&#52;&#120;&#57;&#113;",
+            "&#X74;&#x6F;&#x006b;&#x5f&#x4A;&#x34;&#x78;&#x39;&#x71;",
+            "%74%6F%6b%5F%4a%34%78%39%71",
+            "\\x74\\x6f\\x6B\\x5f\\x4A\\x34\\x78\\x39\\x71",
+            "\\u0074\\u006f\\u{6b}\\U0000005f\\u004A\\u0034\\u0078\\u0039\\u0071",
+            "\\000074\\6f \\6B\\5f \\4a \\34 \\78 \\39 \\71",
+            "ｔｏｋ＿Ｊ４ｘ９ｑ",
+            "𝐭𝐨𝐤_𝐉𝟒𝐱𝟗𝐪",
+            "𝓉ℴ𝓀_𝒥4𝓍9𝓆",
+            "tok_&#74;4x9q",
+            "tok_J4x%39q",
+        ];
+        for f in forms {
+            let text = format!("a {f} b");
+            let hits = find(v, &text);
+            assert!(
+                hits.iter().any(|&(s, e)| s == 2 && e == 2 + f.len() as u64),
+                "{f}: {hits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_splits_change_nothing() {
+        let v = "tok_J4x9q";
+        let text = "x &#0116;&#x6F;%6b\\x5f\\4a ｘ".replace('ｘ', "&#52;&#120;&#57;&#113; y");
+        let whole = find(v, &text);
+        assert_eq!(whole.len(), 1, "{whole:?}");
+        let p = DecodePass::build(vec![(v.as_bytes().to_vec(), 0)]).unwrap();
+        for n in 1..8 {
+            let mut st = p.state();
+            let mut hits = Vec::new();
+            let mut base = 0;
+            for c in text.as_bytes().chunks(n) {
+                p.scan(&mut st, c, base, &mut hits);
+                base += c.len() as u64;
+            }
+            p.finish(&mut st, &mut hits);
+            let got: Vec<(u64, u64)> = hits.iter().map(|h| (h.start, h.end)).collect();
+            assert_eq!(got, whole, "chunks of {n}");
+        }
+    }
+
+    #[test]
+    fn ordinary_escapes_are_left_alone() {
+        let v = "tok_J4x9q";
+        for t in [
+            "100% done &amp; more \\n\\t C:\\x\\y &#; &#x; %zz",
+            "tok_J4x9Q &#116;ok_J4x9",
+            "ｔｏｋ＿Ｊ４ｘ９",
+        ] {
+            assert!(find(v, t).is_empty(), "{t}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    /// A value whose first characters are printed plain and the rest escaped is one marker,
+    /// whatever the chunk size (the plain bytes that could begin a match are held back).
+    #[test]
+    fn plain_prefix_then_escapes_streams_like_one_shot() {
+        let v = "ps_Lq8Zm3Xv7Rk2Tn";
+        let r = crate::Redactor::new([("S", v)]);
+        let text = "v=p&#115;%5f\\u004Cq&#56;%5a\\u006D3&#88;%76\\u0037R&#107;%32\\u0054n\nps_L then text\n";
+        let (one, n) = r.redact(text.as_bytes());
+        assert_eq!(n, 1);
+        assert_eq!(
+            String::from_utf8_lossy(&one),
+            "v=[REDACTED:S]\nps_L then text\n"
+        );
+        for size in 1..9 {
+            let mut s = r.stream();
+            let mut out = Vec::new();
+            for c in text.as_bytes().chunks(size) {
+                s.push(c, &mut out);
+            }
+            s.finish(&mut out);
+            assert_eq!(out, one, "chunks of {size}");
+        }
+    }
+}
