@@ -23,6 +23,7 @@ mod hardening;
 mod harness;
 mod hostile;
 mod identity;
+mod locked;
 mod import;
 mod mcp_hostile;
 mod mcp_wait;
