@@ -98,7 +98,10 @@ fn locked_ask(id: Option<u64>, asks: Vec<op::LockedAsk>) -> Result<Option<op::Lo
         return Ok(asks.into_iter().find(|a| a.id == id));
     }
     if asks.len() > 1 {
-        let lines: Vec<String> = asks.iter().map(|a| format!("  {}", locked_line(a))).collect();
+        let lines: Vec<String> = asks
+            .iter()
+            .map(|a| format!("  {}", locked_line(a)))
+            .collect();
         return Err(Exit {
             code: 2,
             message: format!(
@@ -119,7 +122,10 @@ fn locked_line(a: &op::LockedAsk) -> String {
     format!(
         "#{}  {}  env={}  from {}",
         a.id,
-        clip(&crate::card::argv_words(a.argv.iter().map(String::as_str)), 80),
+        clip(
+            &crate::card::argv_words(a.argv.iter().map(String::as_str)),
+            80
+        ),
         visible(&a.environment),
         visible(&a.client),
     )
@@ -143,7 +149,9 @@ fn locked_card(a: &op::LockedAsk) -> String {
     if let Some(r) = &a.reason {
         out.push_str(&format!("  reason:      {}\n", visible_text(r)));
     }
-    out.push_str("  (pins and risk flags are shown from the unlocked vault before anything is granted)");
+    out.push_str(
+        "  (pins and risk flags are shown from the unlocked vault before anything is granted)",
+    );
     out
 }
 
@@ -172,7 +180,10 @@ async fn approve_locked(
     note(locked_card(&ask));
     let pass = read_secret_line(
         a.passphrase_stdin,
-        &format!("Vault passphrase (unlocks the vault and approves #{}): ", ask.id),
+        &format!(
+            "Vault passphrase (unlocks the vault and approves #{}): ",
+            ask.id
+        ),
     )?;
     authorize::unlock(paths, pass.clone())
         .await

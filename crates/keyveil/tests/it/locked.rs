@@ -93,13 +93,14 @@ fn a_request_while_locked_is_approved_with_one_passphrase_entry() {
             "{err}"
         );
         assert!(err.contains("unlocked; waiting for the agent"), "{err}");
-        assert!(text(&o.stdout).contains("approved request #"), "{}", text(&o.stdout));
+        assert!(
+            text(&o.stdout).contains("approved request #"),
+            "{}",
+            text(&o.stdout)
+        );
         let out = run.join().unwrap();
         let stdout = text(&out.stdout);
-        assert!(
-            stdout.contains(&format!("len={}", value.len())),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&format!("len={}", value.len())), "{stdout}");
         assert!(stdout.contains("raw=[REDACTED:API_TOKEN]"), "{stdout}");
         for enc in encodings(&value) {
             assert!(!contains(&out.stdout, &enc) && !contains(&out.stderr, &enc));
@@ -134,7 +135,10 @@ fn a_locked_ask_grants_nothing_without_the_passphrase() {
     let id = wait_locked_ask(&h);
     let ids = id.to_string();
     // A wrong passphrase: refused by the CLI itself, nothing unlocked.
-    let o = h.run_stdin(&["approve", &ids, "--passphrase-stdin"], "not the passphrase\ny\n");
+    let o = h.run_stdin(
+        &["approve", &ids, "--passphrase-stdin"],
+        "not the passphrase\ny\n",
+    );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     // A TOTP code or a plain confirmation cannot unlock.
     let o = h.run_stdin(&["approve", &ids, "--totp-stdin"], "123456\n");
@@ -172,14 +176,25 @@ fn a_no_at_the_full_card_approves_nothing() {
             let _ = h.run(CMD);
             std::thread::sleep(Duration::from_secs(1));
             h.run(&[
-                "run", "--env", "demo", "--wait", "8", "--", "sh", "-c",
+                "run",
+                "--env",
+                "demo",
+                "--wait",
+                "8",
+                "--",
+                "sh",
+                "-c",
                 "printf 'len=%s\\n' ${#API_TOKEN}; echo \"raw=$API_TOKEN\"",
             ])
         });
         wait_locked_ask(&h);
         let o = h.run_stdin(&["approve", "--passphrase-stdin"], &format!("{PASS}\nn\n"));
         assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-        assert!(text(&o.stdout).contains("not approved"), "{}", text(&o.stdout));
+        assert!(
+            text(&o.stdout).contains("not approved"),
+            "{}",
+            text(&o.stdout)
+        );
         let out = run.join().unwrap();
         assert!(!out.status.success());
         assert!(!text(&out.stdout).contains("len="), "{}", text(&out.stdout));
