@@ -54,7 +54,7 @@ pub mod normalize;
 mod stream;
 pub mod variants;
 
-pub use stream::RedactStream;
+pub use stream::{FLUSH_SHOWN_MAX, PARTIAL_MARKER, RedactStream};
 
 use matcher::{Pass, PassKind, Patterns};
 use std::sync::Arc;

@@ -3,7 +3,9 @@
 //! [`RedactStream`] receives the output of a program in arbitrary chunks and returns redacted
 //! bytes as soon as they can no longer be part of a match. It never looks at a clock: a partial
 //! value stays held back however long the program pauses, and is released (redacted or not)
-//! only when later bytes or [`RedactStream::finish`] decide it.
+//! only when later bytes or [`RedactStream::finish`] decide it, or when the caller, having seen
+//! the program go quiet, calls [`RedactStream::flush`] (which shows at most
+//! [`FLUSH_SHOWN_MAX`] bytes of a possible match).
 //!
 //! # How output is decided
 //!
@@ -80,7 +82,22 @@ pub struct RedactStream {
     redactions: usize,
     seen: Vec<bool>,
     fail_marker_sent: bool,
+    /// The possible match a [`RedactStream::flush`] last let out: where it starts, and how many
+    /// significant bytes of it were shown ([`MASKED`]: it was masked).
+    flushed_walk: Option<(u64, u64)>,
 }
+
+/// At a pause, a possible match of at most this many significant bytes (flushed ones included)
+/// is shown as it is; a longer one is masked with [`PARTIAL_MARKER`].
+pub const FLUSH_SHOWN_MAX: u64 = 3;
+
+/// What a pause shows instead of a held-back tail that could be the start of a value (more than
+/// [`FLUSH_SHOWN_MAX`] significant bytes of a possible match). Not a variable name (`?`), so it
+/// is never mistaken for, or registered as, a value's marker.
+pub const PARTIAL_MARKER: &[u8] = b"[REDACTED:?]";
+
+/// [`RedactStream::flushed_walk`]'s count for a possible match that was masked.
+const MASKED: u64 = u64::MAX;
 
 impl Drop for RedactStream {
     fn drop(&mut self) {
@@ -107,6 +124,11 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
+/// A byte the normalised view keeps (whitespace, NUL and `ESC` are noise there).
+fn is_significant(b: u8) -> bool {
+    !(b.is_ascii_whitespace() || b == 0 || b == 0x0b || b == 0x1b)
+}
+
 impl RedactStream {
     pub(crate) fn new(inner: Arc<Inner>) -> RedactStream {
         let raw = inner.raw.as_ref().map(|p| p.state());
@@ -128,6 +150,7 @@ impl RedactStream {
             redactions: 0,
             seen,
             fail_marker_sent: false,
+            flushed_walk: None,
         }
     }
 
@@ -211,6 +234,111 @@ impl RedactStream {
         *self = RedactStream::new(Arc::clone(&self.inner));
         self.redactions = redactions;
         self.seen = seen;
+    }
+
+    /// Whether output is held back (a possible match, or a match that could still grow).
+    pub fn is_holding(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Lets out what is held back when the program has gone quiet (the caller decides when:
+    /// keyveil's relay after 200 ms without output), without ending the stream and without
+    /// showing more of a value than a pause can:
+    ///
+    /// * complete occurrences are masked, and a short value's occurrence at the end counts as
+    ///   ended, as [`RedactStream::finish`] would decide them for the bytes so far;
+    /// * a tail that could still be the start of a value (a possible match) is shown as it is
+    ///   only while the possible match has at most [`FLUSH_SHOWN_MAX`] significant (not
+    ///   whitespace, NUL or `ESC`) bytes, counting those shown at earlier pauses; a longer one
+    ///   is replaced by [`PARTIAL_MARKER`];
+    /// * the matching state is kept: later bytes continue every possible match, so an occurrence
+    ///   that began before the pause is found when it completes and what follows the pause is
+    ///   masked (the marker then covers only the bytes not yet let out).
+    ///
+    /// So pausing anywhere shows at most [`FLUSH_SHOWN_MAX`] bytes of any run of a value that
+    /// one piece would have masked; no pattern is shorter than 8 bytes, so a program could print
+    /// those bytes alone, unmasked, anyway. See `docs/redaction.md` ("Pauses").
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        if self.inner.failed {
+            self.fail_closed(out);
+            return;
+        }
+        if self.buf.is_empty() {
+            return;
+        }
+        // Occurrences the normalised pass would report only at the end (an escape sequence it
+        // holds): found on a copy of its state; the real state carries on.
+        let inner = Arc::clone(&self.inner);
+        let mut hits = std::mem::take(&mut self.hits);
+        if let (Some(pass), Some(st)) = (inner.normalized.as_ref(), self.normalized.as_ref()) {
+            let mut st = st.clone();
+            hits.clear();
+            pass.finish(&mut st, &mut hits);
+            self.absorb(pass, &mut hits);
+        }
+        self.hits = hits;
+        self.resolve_tokens(true);
+        let walk = self.walk_start();
+        if walk >= self.total {
+            self.emit(self.total, out);
+            return;
+        }
+        // Bytes of the possible match a marker of a complete occurrence does not cover.
+        let from = walk.max(self.buf_start);
+        let shown_here = (from..self.total)
+            .filter(|&o| !self.regions.iter().any(|r| r.start <= o && o < r.end))
+            .filter(|&o| self.byte_at(o).is_some_and(is_significant))
+            .count() as u64;
+        let shown_before = match self.flushed_walk {
+            Some((w, n)) if w == walk => n,
+            // A possible match that began in bytes already let out: count them all.
+            _ => self.buf_start.saturating_sub(walk),
+        };
+        let shown = shown_before.saturating_add(shown_here);
+        if shown <= FLUSH_SHOWN_MAX {
+            self.emit(self.total, out);
+            self.flushed_walk = Some((walk, shown));
+            return;
+        }
+        // Too much of a possible match: complete occurrences get their markers, every other
+        // run of it one partial marker.
+        self.emit(from, out);
+        let mut at = self.buf_start;
+        while let Some(r) = self.regions.pop_front() {
+            if r.start > at {
+                out.extend_from_slice(PARTIAL_MARKER);
+            }
+            let marker = self
+                .inner
+                .markers
+                .get(r.best_secret as usize)
+                .map(Vec::as_slice)
+                .unwrap_or(FAIL_MARKER);
+            out.extend_from_slice(marker);
+            self.redactions += 1;
+            at = r.end;
+        }
+        if at < self.total {
+            out.extend_from_slice(PARTIAL_MARKER);
+        }
+        self.prev_byte = self.buf.last().copied();
+        self.buf.zeroize();
+        self.buf.clear();
+        self.buf_start = self.total;
+        self.flushed_walk = Some((walk, MASKED));
+    }
+
+    /// The earliest offset at which an occurrence not yet reported could start, not bounded
+    /// below by what was already let out ([`RedactStream::total`] when none).
+    fn walk_start(&self) -> u64 {
+        let mut start = self.total;
+        if let (Some(pass), Some(st)) = (self.inner.raw.as_ref(), self.raw.as_ref()) {
+            start = start.min(pass.hold_bound(st, self.total));
+        }
+        if let (Some(pass), Some(st)) = (self.inner.normalized.as_ref(), self.normalized.as_ref()) {
+            start = start.min(pass.hold_bound(st, self.total));
+        }
+        start
     }
 
     /// Number of markers emitted so far.
@@ -305,6 +433,11 @@ impl RedactStream {
             }
         } else if let Some(slot) = self.seen.get_mut(secret as usize) {
             *slot = true;
+        }
+        // Already let out (an occurrence a flush decided at a pause, reported again): nothing
+        // is left to mask.
+        if h.end <= self.buf_start {
+            return;
         }
         let start = h.start.max(self.buf_start);
         let mut region = Region {

@@ -338,8 +338,26 @@ pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<bool> {
     if is_ours_unlocked(paths, &key).await {
         return Ok(true);
     }
-    clear_the_way(paths).await?;
-    bootstrap(paths, Bootstrap::Unlock { passphrase: pass }).await?;
+    // An agent's call in the moment between the old broker's exit and ours can start a locked
+    // broker that takes the lock first (agents are told to call again while the human unlocks):
+    // clear the way again, at most three times. The passphrase only ever goes to our own child.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        clear_the_way(paths).await?;
+        match bootstrap(
+            paths,
+            Bootstrap::Unlock {
+                passphrase: pass.clone(),
+            },
+        )
+        .await
+        {
+            Ok(_) => break,
+            Err(e) if tries >= 3 => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "unlock: the broker start failed; trying again"),
+        }
+    }
     if !is_ours_unlocked(paths, &key).await {
         return Err(AuthError::NotYourBroker {
             socket: paths.socket().display().to_string(),

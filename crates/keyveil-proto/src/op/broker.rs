@@ -72,6 +72,35 @@ pub struct BrokerStatus {
     pub live_runs: usize,
     /// Those runs.
     pub runs: Vec<LiveRun>,
+    /// While the vault is locked: what agents asked for (the human's `keyveil approve` unlocks
+    /// the vault and approves the request the agent makes again, with one passphrase entry).
+    /// Empty while unlocked.
+    #[serde(default)]
+    pub locked_asks: Vec<LockedAsk>,
+}
+
+/// A run an agent asked for while the vault was locked (in [`BrokerStatus::locked_asks`]).
+/// A locked broker cannot resolve names, pins or risk: this is what the agent sent, as given
+/// (names as the agent wrote them); the full card comes from the unlocked broker when the
+/// agent asks again. Every string is requester-supplied: show it through `display`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedAsk {
+    /// Its number (taken from the request ids, so it never repeats).
+    pub id: u64,
+    /// The client's self-declared name.
+    pub client: String,
+    /// Environment name as asked.
+    pub environment: String,
+    /// Variable names as asked (`None`: every variable of the environment).
+    pub variables: Option<Vec<String>>,
+    /// The command.
+    pub argv: Vec<String>,
+    /// Working directory, made canonical.
+    pub cwd: String,
+    /// The agent's reason.
+    pub reason: Option<String>,
+    /// When it was last asked.
+    pub asked_at: Timestamp,
 }
 
 /// A run whose processes are alive (in [`BrokerStatus::runs`]).

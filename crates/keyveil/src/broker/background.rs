@@ -348,7 +348,24 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
                     // there. What `logs` reads is therefore redacted again, as one stream.
                     let mut joined = joined_redactor.stream();
                     let mut out = Vec::new();
-                    while let Some(Ok(f)) = frames.next().await {
+                    loop {
+                        let next = if joined.is_holding() {
+                            match tokio::time::timeout(spawn::QUIET, frames.next()).await {
+                                Ok(next) => next,
+                                Err(_) => {
+                                    // Quiet: what a pause may show (`RedactStream::flush`).
+                                    out.clear();
+                                    joined.flush(&mut out);
+                                    if !out.is_empty() {
+                                        reader_run.state().ring.push(&out);
+                                    }
+                                    continue;
+                                }
+                            }
+                        } else {
+                            frames.next().await
+                        };
+                        let Some(Ok(f)) = next else { break };
                         if let Ok(Frame::Stdout(bytes) | Frame::Stderr(bytes)) = Frame::decode(f) {
                             out.clear();
                             joined.push(&bytes, &mut out);

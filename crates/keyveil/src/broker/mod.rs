@@ -8,6 +8,7 @@ mod cwd;
 pub(crate) mod dynamic_ops;
 pub(crate) mod factor_ops;
 mod guard;
+pub(crate) mod locked_asks;
 pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;

@@ -441,6 +441,11 @@ fn status(broker: &Broker) -> op::BrokerStatus {
         socket: broker.paths.socket(),
         vault_exists: broker.paths.vault().exists(),
         locked: inner.vault.is_none(),
+        locked_asks: if inner.vault.is_none() {
+            inner.locked_asks.values().map(|(a, _)| a.clone()).collect()
+        } else {
+            Vec::new()
+        },
         pending_requests: inner
             .requests
             .values()

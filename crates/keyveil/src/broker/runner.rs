@@ -178,6 +178,10 @@ pub(super) async fn start_run(
     gone: &CancellationToken,
     peer: Peer,
 ) -> Result<(RunRequest, Admitted, Launched), Option<Reply>> {
+    // A locked vault: the ask waits as a number the human's `keyveil approve` unlocks with.
+    if broker.lock().vault.is_none() {
+        return Err(super::locked_asks::wait(broker, &req, sink, gone).await);
+    }
     let a = admit(broker, &req, peer).map_err(|e| Some(e.reply()))?;
     let (grant_id, exe, stamps) = wait_for_grant(broker, &req, &a, sink, gone).await?;
     let l = launch(broker, &mut req, &a, grant_id, exe, stamps)

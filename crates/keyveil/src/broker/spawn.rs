@@ -454,6 +454,8 @@ pub(crate) async fn relay(
             redactor.clone(),
             tx.clone(),
             back_rx,
+            // Someone watches a streamed run: a quiet program's held-back tail is let out.
+            matches!(output, OutputMode::Stream).then_some(QUIET),
         )));
     }
     drop(tx);
@@ -681,14 +683,20 @@ struct Chunk {
     redactions: usize,
 }
 
+/// How long a program may be quiet before the redactor lets out what it holds back
+/// (`RedactStream::flush`: never more of a value than a pause may show).
+pub(crate) const QUIET: Duration = Duration::from_millis(200);
+
 /// Reads one pipe to EOF, redacting as it goes. Only what the redactor released is sent on;
-/// output buffers come back on `back` once written, so a long run reuses the same few.
+/// output buffers come back on `back` once written, so a long run reuses the same few. With
+/// `quiet`, a held-back tail is flushed once the pipe has been silent that long.
 async fn pump(
     mut r: Box<dyn OutputPipe>,
     kind: StreamKind,
     redactor: Redactor,
     tx: mpsc::Sender<Chunk>,
     mut back: mpsc::Receiver<Vec<u8>>,
+    quiet: Option<Duration>,
 ) {
     let mut stream = redactor.stream();
     let mut buf = vec![0u8; READ_CHUNK];
@@ -697,7 +705,33 @@ async fn pump(
     let mut enlarged: Option<EnlargedPipe> = None;
     let mut tried = false;
     loop {
-        let n = match r.read(&mut buf).await {
+        let read = match quiet {
+            // `read` is cancel-safe: a timeout loses no byte.
+            Some(q) if stream.is_holding() => {
+                match tokio::time::timeout(q, r.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        let mut flushed = Vec::new();
+                        stream.flush(&mut flushed);
+                        if !flushed.is_empty() {
+                            let now = stream.redactions();
+                            let chunk = Chunk {
+                                kind,
+                                bytes: flushed,
+                                redactions: now - seen,
+                            };
+                            if tx.send(chunk).await.is_err() {
+                                return;
+                            }
+                            seen = now;
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => r.read(&mut buf).await,
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -835,6 +869,7 @@ mod tests {
             Redactor::new([("N", b"planted-value".to_vec())]),
             tx,
             back_rx,
+            None,
         ));
         w.write_all(b"hello planted-value\n").await.unwrap();
         drop(w);

@@ -457,6 +457,9 @@ pub(crate) struct Inner {
     pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
     /// Dynamic credentials minted for grants (`crate::dynamic`).
     pub dynamic: crate::dynamic::Registry,
+    /// Runs agents asked for while the vault is locked, by id, with when they were last asked
+    /// (`locked_asks.rs`); dropped at unlock (the broker that unlocks is a new process).
+    pub locked_asks: BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)>,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].

@@ -12,13 +12,21 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     if a.web {
         return approve_web(paths, a.print).await;
     }
-    let id = match a.id {
-        Some(id) => id,
-        None => only_pending(paths).await?,
-    };
     let ttl_seconds = match &a.ttl {
         None => None,
         Some(t) => Some(parse_duration(t)?),
+    };
+    // A locked vault: an agent's ask waits as a number; one passphrase entry unlocks and approves.
+    // (A status this client cannot read is left to the ordinary path, which says what is wrong.)
+    if let Ok(status) = call(paths, op::Status).await
+        && status.locked
+        && let Some(ask) = locked_ask(a.id, status.locked_asks)?
+    {
+        return approve_locked(paths, &a, ask, ttl_seconds).await;
+    }
+    let id = match a.id {
+        Some(id) => id,
+        None => only_pending(paths).await?,
     };
     refuse_argv_factor(a.totp.as_ref())?;
     // A factor piped in is read first (a script); one typed at the terminal only after the card.
@@ -78,6 +86,192 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         super::words::uses_left(d.uses_left)
     ));
     Ok(0)
+}
+
+/// The ask to approve while the vault is locked: the one named, or the only one; `None` when
+/// there is none (the ordinary path then says the vault is locked).
+///
+/// # Errors
+/// Several wait and none was named.
+fn locked_ask(id: Option<u64>, asks: Vec<op::LockedAsk>) -> Result<Option<op::LockedAsk>> {
+    if let Some(id) = id {
+        return Ok(asks.into_iter().find(|a| a.id == id));
+    }
+    if asks.len() > 1 {
+        let lines: Vec<String> = asks
+            .iter()
+            .map(|a| format!("  {}", locked_line(a)))
+            .collect();
+        return Err(Exit {
+            code: 2,
+            message: format!(
+                "the vault is locked and {} requests wait for it; name the one to approve:\n{}\nhint: `keyveil approve ID` (e.g. `keyveil approve {}`)",
+                asks.len(),
+                lines.join("\n"),
+                asks.first().map(|a| a.id.to_string()).unwrap_or_default()
+            ),
+        }
+        .into());
+    }
+    Ok(asks.into_iter().next())
+}
+
+/// One line about a locked ask (every part is the agent's text, escaped).
+fn locked_line(a: &op::LockedAsk) -> String {
+    use keyveil_proto::display::{clip, visible};
+    format!(
+        "#{}  {}  env={}  from {}",
+        a.id,
+        clip(
+            &crate::card::argv_words(a.argv.iter().map(String::as_str)),
+            80
+        ),
+        visible(&a.environment),
+        visible(&a.client),
+    )
+}
+
+/// What is known of an ask while the vault is locked, for the human's terminal.
+fn locked_card(a: &op::LockedAsk) -> String {
+    use keyveil_proto::display::{visible, visible_text};
+    let mut out = format!(
+        "request #{} (asked while the vault is locked)\n  client:      {}\n  environment: {}\n  variables:   {}\n  command:     {}\n  cwd:         {}\n",
+        a.id,
+        visible(&a.client),
+        visible(&a.environment),
+        match &a.variables {
+            None => "all of the environment".to_owned(),
+            Some(v) => v.iter().map(|n| visible(n)).collect::<Vec<_>>().join(", "),
+        },
+        crate::card::argv_words(a.argv.iter().map(String::as_str)),
+        visible(&a.cwd),
+    );
+    if let Some(r) = &a.reason {
+        out.push_str(&format!("  reason:      {}\n", visible_text(r)));
+    }
+    out.push_str(
+        "  (pins and risk flags are shown from the unlocked vault before anything is granted)",
+    );
+    out
+}
+
+/// How long `approve` waits, after unlocking, for the agent's call to reach the unlocked broker.
+const AGAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `keyveil approve` of an ask made while the vault is locked: shows what the agent sent,
+/// reads the passphrase once (terminal or `--passphrase-stdin`), unlocks (a broker of our own,
+/// as `keyveil unlock`), waits for the agent's call to come again, shows that request's full
+/// card, asks for a yes on the same channel as the passphrase, and approves it signed with the
+/// same passphrase. The factor is as required as ever: only the passphrase unlocks, and the
+/// approval carries its proof and the digest of the card shown.
+async fn approve_locked(
+    paths: &Paths,
+    a: &ApproveArgs,
+    ask: op::LockedAsk,
+    ttl_seconds: Option<u64>,
+) -> Result<i32> {
+    if a.confirm || a.totp.is_some() || a.totp_stdin {
+        return Err(Exit {
+            code: 2,
+            message: "the vault is locked: only the passphrase unlocks it (neither a TOTP code nor --confirm can)\nhint: run `keyveil approve` without --totp/--confirm and type the passphrase".into(),
+        }
+        .into());
+    }
+    note(locked_card(&ask));
+    let pass = read_secret_line(
+        a.passphrase_stdin,
+        &format!(
+            "Vault passphrase (unlocks the vault and approves #{}): ",
+            ask.id
+        ),
+    )?;
+    authorize::unlock(paths, pass.clone())
+        .await
+        .map_err(auth_exit)?;
+    note(format!(
+        "unlocked; waiting for the agent to ask again (up to {} s)",
+        AGAIN_WAIT.as_secs()
+    ));
+    let deadline = tokio::time::Instant::now() + AGAIN_WAIT;
+    let card = loop {
+        let d = call(paths, op::Requests).await?;
+        if let Some(c) = d.requests.into_iter().find(|r| {
+            r.client.name == ask.client
+                && r.environment == ask.environment
+                && r.argv.as_ref() == Some(&ask.argv)
+                && r.cwd == ask.cwd
+        }) {
+            break c;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Exit {
+                code: 1,
+                message: format!(
+                    "the vault is unlocked, but the agent did not ask again within {} s; nothing was approved\nhint: when it asks, approve with `keyveil approve` (the vault stays unlocked)",
+                    AGAIN_WAIT.as_secs()
+                ),
+            }
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    note(crate::card::render_styled(
+        &card,
+        crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+    ));
+    let question = format!("Approve request #{} as shown? [y/N] ", card.id);
+    let yes = tokio::task::block_in_place(|| read_yes(a.passphrase_stdin, &question))?;
+    if !yes {
+        say(format!(
+            "not approved; request #{} stays pending (`keyveil approve {}` or `keyveil deny {}`)",
+            card.id, card.id, card.id
+        ));
+        return Ok(1);
+    }
+    let req = op::Approve {
+        request_id: card.id,
+        card: crate::factor_proof::request_card_digest(&card),
+        factor: None,
+        confirm: false,
+        ttl_seconds,
+        uses: a.uses,
+        any_command: a.any_command,
+        prefix: a.prefix,
+        subdirs: a.subdirs,
+    };
+    let d = call_signed(paths, &FactorInput::Passphrase(pass), req).await?;
+    say(format!(
+        "approved request #{}: grant {} until {} ({})",
+        card.id,
+        d.grant_id,
+        crate::when::human_time(&d.expires_at.to_string()),
+        super::words::uses_left(d.uses_left)
+    ));
+    Ok(0)
+}
+
+/// A yes/no answer: the next line of stdin when the factor came from stdin (a script), else a
+/// line typed at `/dev/tty` (never stdin, which an agent may feed).
+fn read_yes(from_stdin: bool, question: &str) -> Result<bool> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    if from_stdin {
+        std::io::stdin().lock().read_line(&mut line)?;
+    } else {
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .map_err(|e| Exit {
+                code: 2,
+                message: format!("cannot open the terminal: {e}\nhint: approve from a terminal, or pipe the passphrase and the answer with --passphrase-stdin"),
+            })?;
+        let mut out = &tty;
+        write!(out, "{question}")?;
+        out.flush()?;
+        std::io::BufReader::new(&tty).read_line(&mut line)?;
+    }
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 /// The id of the one pending request, for `keyveil approve` without an id; when none or

@@ -283,9 +283,16 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                     d.pid,
                     if d.locked { "locked" } else { "unlocked" },
                     d.socket.display(),
-                    d.pending_requests,
+                    d.pending_requests + d.locked_asks.len(),
                     d.live_grants
-                )),
+                ) + &if d.locked_asks.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "\nhint: {} asked while the vault is locked: `keyveil approve` unlocks and approves with one passphrase entry",
+                        words::count(d.locked_asks.len() as u64, "request", "requests")
+                    )
+                }),
                 None => say(format!(
                     "broker: not running\nvault: {}\nhint: any keyveil command starts it; `keyveil unlock` to unlock",
                     if paths.vault().exists() {

@@ -484,3 +484,94 @@ fn a_reader_that_closes_early_ends_the_cli_quietly_with_status_141() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Reads `child`'s stdout on a thread; the bytes so far are in the returned buffer.
+fn collect_stdout(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().unwrap();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = out.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            g.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    got
+}
+
+/// Issue 17, item 8: a program that prints a line without its newline and then sleeps has the
+/// line shown while it sleeps (the relay flushes what the redactor holds after 200 ms of
+/// quiet), not when it ends.
+#[test]
+fn a_quiet_programs_last_line_is_shown_while_it_still_runs() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", &fresh_value());
+    let mut child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        "printf 'started with %.3s' \"$API_TOKEN\"; sleep 60; echo e",
+    ]);
+    let got = collect_stdout(&mut child);
+    let id = h.wait_request();
+    let a = h.approve(id, &[]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let t0 = Instant::now();
+    // The program sleeps 60 s: the line can only arrive now through the flush. Its last three
+    // bytes are the start of the value (`kvo`, the fixed start of every test value here),
+    // which the redactor holds back as a possible match and a pause may show.
+    while !contains(&got.lock().unwrap(), "started with kvo") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the quiet line was held back: {:?}",
+            text(&got.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The attack on that flush: the value printed three bytes at a time with pauses longer than
+/// the relay's 200 ms, so every piece is flushed on its own. No four bytes of it in a row ever
+/// arrive (in one piece all of it would be masked).
+#[test]
+fn a_value_printed_in_pieces_between_pauses_stays_unreadable() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let program = r#"
+import os, sys, time
+v = os.environ["API_TOKEN"]
+for sep in ["", " ", "\n"]:
+    for i in range(0, len(v), 3):
+        sys.stdout.write(v[i:i + 3] + sep); sys.stdout.flush(); time.sleep(0.3)
+    sys.stdout.write("|"); sys.stdout.flush(); time.sleep(0.3)
+print("end")
+"#;
+    let o = h.run_approved(
+        &[
+            "run", "--env", "demo", "--wait", "30", "--", "python3", "-c", program,
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.ends_with("end\n"), "{out}");
+    let v = value.as_bytes();
+    for w in v.windows(4) {
+        assert!(
+            !contains(&o.stdout, std::str::from_utf8(w).unwrap()),
+            "4 bytes of the value in a row arrived: {out}"
+        );
+    }
+}
