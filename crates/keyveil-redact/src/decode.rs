@@ -199,7 +199,9 @@ impl DecodePass {
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
         let before = self.lookback(st, chunk, base, chunk.len());
-        st.hold_from = self.plain_start(&before).map(|i| before.get(i).map_or(end, |b| b.1));
+        st.hold_from = self
+            .plain_start(&before)
+            .map(|i| before.get(i).map_or(end, |b| b.1));
         // Keep the last bytes for the look-back of a run starting early in the next chunk.
         let keep = LOOKBACK_RAW;
         if chunk.len() >= keep {
@@ -244,7 +246,13 @@ impl DecodePass {
     fn lookback(&self, st: &DecodeState, chunk: &[u8], base: u64, at: usize) -> Vec<(u8, u64)> {
         let mut pre: Vec<(u8, u64)> = Vec::new();
         let from = at.saturating_sub(LOOKBACK_RAW);
-        for (j, &b) in chunk.get(from..at).unwrap_or_default().iter().enumerate().rev() {
+        for (j, &b) in chunk
+            .get(from..at)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .rev()
+        {
             if !crate::normalize::is_space(b) {
                 pre.push((b, base + (from + j) as u64));
             }

@@ -116,8 +116,94 @@ pub(crate) fn render(r: &op::RequestCard) -> String {
     render_styled(r, Style::PLAIN)
 }
 
-/// [`render`], drawn with `st`.
+/// [`render`], drawn with `st`: the card a human reads before typing the factor, kept short
+/// enough to read (toolchain inputs beyond [`INPUTS_BEFORE_FOLDING`] are counted, not listed).
 pub(crate) fn render_styled(r: &op::RequestCard, st: Style) -> String {
+    render_card(r, st, false)
+}
+
+/// [`render_styled`] with every pinned input listed (`keyveil requests --details`).
+pub(crate) fn render_details(r: &op::RequestCard, st: Style) -> String {
+    render_card(r, st, true)
+}
+
+/// How many pinned inputs a card lists one per line before it folds the toolchain ones into a
+/// count.
+pub(crate) const INPUTS_BEFORE_FOLDING: usize = 8;
+
+/// Roles of inputs that come with the machine's toolchains rather than with the project:
+/// `PATH` directories, interpreter and version-manager directories. On a card with more than
+/// [`INPUTS_BEFORE_FOLDING`] inputs, those outside the request's directory and without a detail
+/// line are counted by role instead of listed (they are pinned all the same).
+const TOOLCHAIN_ROLES: &[&str] = &[
+    "path-dir",
+    "toolchain-dir",
+    "toolchain-lib",
+    "version-manager-hooks",
+    "version-selector",
+    "python-import-dir",
+    "python-site",
+    "site-packages",
+    "dist-packages",
+    "rust-toolchain",
+    "rustup-settings",
+];
+
+/// The inputs a card lists, and those it folds into a count (see [`TOOLCHAIN_ROLES`]).
+fn split_inputs(
+    r: &op::RequestCard,
+    details: bool,
+) -> (Vec<&op::InputPinInfo>, Vec<&op::InputPinInfo>) {
+    if details || r.inputs.len() <= INPUTS_BEFORE_FOLDING {
+        return (r.inputs.iter().collect(), Vec::new());
+    }
+    let in_project =
+        |p: &str| std::path::Path::new(p).starts_with(&r.cwd) && !r.cwd.is_empty() && r.cwd != "/";
+    r.inputs.iter().partition(|i| {
+        !TOOLCHAIN_ROLES.contains(&i.role.as_str()) || i.detail.is_some() || in_project(&i.path)
+    })
+}
+
+/// `path-dir 12, toolchain-dir 3`: folded inputs counted by role, most first.
+fn folded_roles(folded: &[&op::InputPinInfo]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for i in folded {
+        match counts.iter_mut().find(|(role, _)| *role == i.role) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((i.role.clone(), 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+        .iter()
+        .map(|(role, n)| format!("{} {n}", esc(role)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line recalling what is about to be approved, printed right above the factor prompt (a
+/// long card may have scrolled away): the request, the command, where, which variables, and the
+/// risk flags.
+pub(crate) fn recap(r: &op::RequestCard, st: Style) -> String {
+    let command = match &r.argv {
+        None => "ANY COMMAND".to_owned(),
+        Some(a) => argv_words(a.iter().map(String::as_str)),
+    };
+    let mut line = format!(
+        "approving request #{}: {command}  in {}  with {} of {}",
+        r.id,
+        esc(&r.cwd),
+        names(&r.variables),
+        esc(&r.environment)
+    );
+    let flags = risk_flags(r);
+    if !flags.is_empty() {
+        line.push_str(&format!("  {} {flags}", st.alarm("RISK:")));
+    }
+    line
+}
+
+fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
     let mut out = String::new();
     let client = &r.client;
     out.push_str(&st.strong(&format!("request #{}", r.id)));
@@ -200,7 +286,8 @@ pub(crate) fn render_styled(r: &op::RequestCard, st: Style) -> String {
             short(&e.sha256)
         ));
     }
-    for i in &r.inputs {
+    let (shown, folded) = split_inputs(r, details);
+    for i in shown {
         out.push_str(&format!(
             "  input:       {} ({}) sha256 {}\n",
             esc(&i.path),
@@ -210,6 +297,14 @@ pub(crate) fn render_styled(r: &op::RequestCard, st: Style) -> String {
         if let Some(d) = &i.detail {
             out.push_str(&format!("               {}\n", esc(d)));
         }
+    }
+    if !folded.is_empty() {
+        out.push_str(&format!(
+            "  and {} toolchain input{} pinned too ({}): a change to any ends the grant;\n    `keyveil requests --details` lists them\n",
+            folded.len(),
+            if folded.len() == 1 { "" } else { "s" },
+            folded_roles(&folded)
+        ));
     }
     if let Some(reason) = &r.reason {
         out.push_str(&format!(

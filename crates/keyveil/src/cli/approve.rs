@@ -55,10 +55,9 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
         }
         .into());
     };
-    note(crate::card::render_styled(
-        &card,
-        crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-    ));
+    let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    note(crate::card::render_styled(&card, st));
+    note(crate::card::recap(&card, st));
     let req = op::Approve {
         request_id: id,
         card: crate::factor_proof::request_card_digest(&card),
@@ -215,10 +214,9 @@ async fn approve_locked(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    note(crate::card::render_styled(
-        &card,
-        crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-    ));
+    let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    note(crate::card::render_styled(&card, st));
+    note(crate::card::recap(&card, st));
     let question = format!("Approve request #{} as shown? [y/N] ", card.id);
     let yes = tokio::task::block_in_place(|| read_yes(a.passphrase_stdin, &question))?;
     if !yes {

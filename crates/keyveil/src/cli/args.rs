@@ -113,6 +113,10 @@ pub(crate) enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// List every pinned input (a card folds toolchain inputs into a count when it has
+        /// many).
+        #[arg(long)]
+        details: bool,
     },
     /// Approve a request with your factor (the vault passphrase).
     Approve(ApproveArgs),

@@ -436,7 +436,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Run(a) => run(paths, a).await,
         Command::Import(a) => import::import(paths, a).await,
-        Command::Requests { json } => {
+        Command::Requests { json, details } => {
             let list = call(paths, op::Requests).await?.requests;
             if json {
                 say(json_text(&list)?);
@@ -447,7 +447,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                     &std::io::stdout(),
                 ));
                 for r in &list {
-                    say(crate::card::render_styled(r, st));
+                    say(if details {
+                        crate::card::render_details(r, st)
+                    } else {
+                        crate::card::render_styled(r, st)
+                    });
                 }
             }
             Ok(0)
