@@ -646,4 +646,69 @@ mod tests {
             "{card}"
         );
     }
+
+    /// A card of `sh -c` under a pyenv-style `PATH`: 30 toolchain directories, one project script,
+    /// one home config with a quoted setting, one toolchain directory inside the project.
+    fn crowded_card() -> op::RequestCard {
+        let mut inputs = Vec::new();
+        for n in 0..30 {
+            inputs.push(
+                json!({"role": if n % 3 == 0 { "path-dir" } else { "toolchain-dir" },
+                "path": format!("/home/u/.pyenv/versions/3.{n}/bin"), "sha256": "ab".repeat(32)}),
+            );
+        }
+        inputs.push(json!({"role": "script", "path": "/w/check.sh", "sha256": "cd".repeat(32)}));
+        inputs.push(json!({"role": "script-shell", "path": "/home/u/.npmrc",
+            "sha256": "ef".repeat(32), "detail": "script-shell=/tmp/evil"}));
+        inputs.push(json!({"role": "path-dir", "path": "/w/node_modules/.bin",
+            "sha256": "01".repeat(32)}));
+        serde_json::from_value(json!({
+            "id": 4, "environment": "demo", "variables": ["API_TOKEN"], "cwd": "/w",
+            "argv": ["sh", "-c", "./check.sh"], "risk": ["shell-c"], "inputs": inputs,
+            "expires_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crowded_card_folds_toolchain_inputs_but_never_project_files_or_quoted_settings() {
+        let r = crowded_card();
+        let card = render(&r);
+        assert!(card.contains("/w/check.sh (script)"), "{card}");
+        assert!(card.contains("script-shell=/tmp/evil"), "{card}");
+        assert!(card.contains("/w/node_modules/.bin (path-dir)"), "{card}");
+        assert!(!card.contains(".pyenv"), "{card}");
+        assert!(
+            card.contains("and 30 toolchain inputs pinned too (toolchain-dir 20, path-dir 10)"),
+            "{card}"
+        );
+        assert!(card.lines().count() < 20, "{card}");
+        let full = render_details(&r, Style::PLAIN);
+        assert_eq!(full.matches(".pyenv/versions/").count(), 30, "{full}");
+        assert!(!full.contains("toolchain inputs pinned too"), "{full}");
+    }
+
+    #[test]
+    fn a_short_card_lists_every_input() {
+        let mut r = crowded_card();
+        r.inputs.truncate(INPUTS_BEFORE_FOLDING);
+        let card = render(&r);
+        assert_eq!(
+            card.matches("  input:").count(),
+            INPUTS_BEFORE_FOLDING,
+            "{card}"
+        );
+    }
+
+    #[test]
+    fn the_recap_above_the_prompt_names_command_place_variables_and_risk_escaped() {
+        let mut r = crowded_card();
+        r.argv = Some(vec!["sh".into(), "-c".into(), "echo \u{1b}[2J".into()]);
+        let line = recap(&r, Style::PLAIN);
+        assert!(line.starts_with("approving request #4: \"sh\" \"-c\" "), "{line}");
+        assert!(line.contains("in /w  with API_TOKEN of demo"), "{line}");
+        assert!(line.contains("RISK: shell-c"), "{line}");
+        assert!(!line.contains('\u{1b}'), "{line}");
+        assert_eq!(line.lines().count(), 1);
+    }
 }
