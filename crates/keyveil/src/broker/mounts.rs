@@ -265,7 +265,13 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
     let key = path.display().to_string();
     {
         let inner = broker.lock();
-        inner.resolve_variables(&o.environment, None)?;
+        if !inner.vault()?.data().environments.contains_key(&o.environment) {
+            return Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("no environment {}", shown(&o.environment)),
+            )
+            .hint("`keyveil env list` shows them; `keyveil env create NAME` makes one"));
+        }
     }
     if broker.mounts.lock().contains_key(&key) {
         return Err(OpError::new(

@@ -26,6 +26,7 @@ mod identity;
 mod import;
 mod mcp_hostile;
 mod mcp_wait;
+mod mount;
 mod names;
 mod oracle;
 mod output;
