@@ -73,6 +73,9 @@ pub(crate) fn scrub(files: &[PathBuf], redactor: &Redactor) -> Scrubbed {
 
 /// One attempt: `Ok(markers)` or why not.
 fn once(path: &Path, redactor: &Redactor) -> Result<usize, String> {
+    if super::is_fifo(path) {
+        return Err("a named pipe (never opened)".to_owned());
+    }
     let nofollow =
         rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32;
     let mut f = std::fs::OpenOptions::new()

@@ -510,3 +510,29 @@ fn mount_errors_say_what_to_do() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("hint:"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn sweep_never_opens_a_mount_and_finds_no_leak_in_it() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let f = p.env_file();
+    for root in [p.path().to_str().unwrap(), f.to_str().unwrap()] {
+        let o = h.run_stdin(
+            &["sweep", "--passphrase-stdin", root],
+            &format!("{}\n", crate::harness::PASS),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let out = text(&o.stdout);
+        assert!(!out.contains("PLAIN") && !out.contains("QUOTE"), "{out}");
+        // A mount is not a file the sweep failed to read: it is known to hold nothing.
+        assert!(!out.contains("incomplete"), "{out}");
+    }
+    // Opening it would have made the sweep a reader: no request, nothing refused.
+    assert!(pending(&h).is_empty());
+    let m = h.json(&["mounts", "--json"]);
+    assert_eq!(m[0]["refused"], 0, "{m}");
+    assert!(!h.audit_text().contains("mount_refused"));
+}
