@@ -96,6 +96,9 @@ pub enum Unportable {
     /// A single quote together with a double quote, a backslash, `$` or a backtick: no quoting
     /// is read the same by python-dotenv, Node's `dotenv` and `sh`.
     MixedQuotes,
+    /// Two backslashes in a row, or one at the end: python-dotenv unescapes them in quotes,
+    /// Node's `dotenv` does not, and `sh` does outside quotes.
+    Backslashes,
 }
 
 impl std::fmt::Display for Unportable {
@@ -106,6 +109,9 @@ impl std::fmt::Display for Unportable {
                 "the value holds a carriage return, which python-dotenv and sh cannot read back"
             }
             Unportable::Reference => "the value holds `${`, which python-dotenv would expand",
+            Unportable::Backslashes => {
+                "the value holds two backslashes in a row or ends with one, which python-dotenv, Node's dotenv and sh read differently"
+            }
             Unportable::MixedQuotes => {
                 "the value holds a single quote and one of `\"`, `\\`, `$` or a backtick: no quoting reads the same in python-dotenv, Node's dotenv and sh"
             }
@@ -119,7 +125,11 @@ impl std::error::Error for Unportable {}
 /// `dotenv` and `sh` (no blank, quote, `#`, `$`, backtick, backslash, `~`, glob or shell
 /// operator).
 fn bare_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=' | '^')
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '_' | '-' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=' | '^'
+        )
 }
 
 /// Writes `value` as the right-hand side of `NAME=` so that [`parse`], python-dotenv (with its
@@ -127,13 +137,14 @@ fn bare_char(c: char) -> bool {
 /// `value`:
 ///
 /// - empty, or only [`bare_char`]s: as it is (`abc-1.2`);
-/// - no `'`, `\` or `${`: in single quotes (literal everywhere; newlines kept);
+/// - no `'` or `${`, and no backslash doubled or last: in single quotes (literal everywhere;
+///   newlines kept);
 /// - otherwise, with `'` but no `"`, `\`, `$` or backtick: in double quotes, written literally
 ///   (no reader then has anything to unescape or expand).
 ///
 /// # Errors
-/// [`Unportable`] when no form exists (a NUL, a carriage return, `${`, or a single quote
-/// mixed with `"`, `\`, `$` or a backtick).
+/// [`Unportable`] when no form exists (a NUL, a carriage return, `${`, two backslashes in a
+/// row or one at the end, or a single quote mixed with `"`, `\`, `$` or a backtick).
 pub fn format_value(value: &str) -> Result<String, Unportable> {
     if value.contains('\0') {
         return Err(Unportable::Nul);
@@ -147,7 +158,10 @@ pub fn format_value(value: &str) -> Result<String, Unportable> {
     if value.chars().all(bare_char) {
         return Ok(value.to_owned());
     }
-    if !value.contains('\'') && !value.contains('\\') {
+    if value.contains("\\\\") || value.ends_with('\\') {
+        return Err(Unportable::Backslashes);
+    }
+    if !value.contains('\'') {
         return Ok(format!("'{value}'"));
     }
     if !value.contains(['"', '\\', '$', '`']) {
@@ -177,7 +191,8 @@ impl std::error::Error for WriteError {}
 /// (`[A-Za-z_][A-Za-z0-9_]*`).
 pub fn valid_name(name: &str) -> bool {
     let mut c = name.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
@@ -621,7 +636,6 @@ mod tests {
         assert_eq!(pairs("\u{feff}A=1"), vec![("A".into(), "1".into())]);
     }
 
-
     /// Values every reader must get back exactly, with the form they are written in (the
     /// integration tests feed the same set to python-dotenv, Node's dotenv and sh).
     const VECTORS: &[(&str, &str)] = &[
@@ -640,10 +654,14 @@ mod tests {
         ("~/home", "'~/home'"),
         ("glob*?[x]", "'glob*?[x]'"),
         ("semi;amp&pipe|lt<gt>", "'semi;amp&pipe|lt<gt>'"),
-        ("p\u{e4}ss w\u{f6}rd \u{1f511}", "'p\u{e4}ss w\u{f6}rd \u{1f511}'"),
+        (
+            "p\u{e4}ss w\u{f6}rd \u{1f511}",
+            "'p\u{e4}ss w\u{f6}rd \u{1f511}'",
+        ),
         ("it's", "\"it's\""),
         ("it's a\nmulti line", "\"it's a\nmulti line\""),
         ("{json: 'x'}", "\"{json: 'x'}\""),
+        ("C:\\path\\n", "'C:\\path\\n'"),
     ];
 
     #[test]
@@ -665,6 +683,8 @@ mod tests {
             ("it's \\ back", Unportable::MixedQuotes),
             ("it's $5", Unportable::MixedQuotes),
             ("it's `x`", Unportable::MixedQuotes),
+            ("two \\\\ in a row", Unportable::Backslashes),
+            ("ends with \\", Unportable::Backslashes),
         ] {
             assert_eq!(format_value(v), Err(why), "{v:?}");
         }
@@ -680,8 +700,10 @@ mod tests {
         let v = [("A", "1"), ("B", "two words"), ("_C", "it's"), ("D", "")];
         let text = write(v).unwrap();
         let got = pairs(&text);
-        let want: Vec<(String, String)> =
-            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let want: Vec<(String, String)> = v
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -705,11 +727,14 @@ mod tests {
                     proptest::prop_assert_eq!(e.len(), 1);
                     proptest::prop_assert_eq!(e[0].value.as_str(), v.as_str());
                 }
-                Err(_) => proptest::prop_assert!(
-                    v.contains(['\0', '\r'])
+                Err(_) => {
+                    let explained = v.contains(['\0', '\r'])
                         || v.contains("${")
-                        || (v.contains('\'') && v.contains(['"', '\\', '$', '`']))
-                ),
+                        || v.contains("\\\\")
+                        || v.ends_with('\\')
+                        || (v.contains('\'') && v.contains(['"', '\\', '$', '`']));
+                    proptest::prop_assert!(explained, "refused without a reason");
+                }
             }
         }
 

@@ -53,18 +53,92 @@ const MAX_TEXT: usize = 1 << 20;
 
 /// Commands that show or copy a file rather than load it: a read by one is flagged `dumps-file`.
 const DUMPERS: &[&str] = &[
-    "cat", "tac", "less", "more", "most", "head", "tail", "cp", "mv", "dd", "tee", "xxd", "od",
-    "hexdump", "base64", "base32", "strings", "grep", "egrep", "fgrep", "rg", "ag", "sed", "awk",
-    "gawk", "mawk", "cut", "sort", "uniq", "nl", "paste", "bat", "batcat", "vi", "vim", "nvim",
-    "nano", "emacs", "ed", "view", "scp", "rsync", "curl", "wget", "nc", "ncat", "socat", "tar",
-    "zip", "gzip", "xz", "zstd", "openssl", "gpg", "jq", "yq", "diff", "cmp", "wc", "md5sum",
-    "sha256sum", "install", "ln", "file", "pv", "split", "iconv", "tr",
+    "cat",
+    "tac",
+    "less",
+    "more",
+    "most",
+    "head",
+    "tail",
+    "cp",
+    "mv",
+    "dd",
+    "tee",
+    "xxd",
+    "od",
+    "hexdump",
+    "base64",
+    "base32",
+    "strings",
+    "grep",
+    "egrep",
+    "fgrep",
+    "rg",
+    "ag",
+    "sed",
+    "awk",
+    "gawk",
+    "mawk",
+    "cut",
+    "sort",
+    "uniq",
+    "nl",
+    "paste",
+    "bat",
+    "batcat",
+    "vi",
+    "vim",
+    "nvim",
+    "nano",
+    "emacs",
+    "ed",
+    "view",
+    "scp",
+    "rsync",
+    "curl",
+    "wget",
+    "nc",
+    "ncat",
+    "socat",
+    "tar",
+    "zip",
+    "gzip",
+    "xz",
+    "zstd",
+    "openssl",
+    "gpg",
+    "jq",
+    "yq",
+    "diff",
+    "cmp",
+    "wc",
+    "md5sum",
+    "sha256sum",
+    "install",
+    "ln",
+    "file",
+    "pv",
+    "split",
+    "iconv",
+    "tr",
 ];
 
 /// Agent hosts: one among a reader's parents flags the read `agent-reader`.
 const AGENT_HOSTS: &[&str] = &[
-    "claude", "codex", "opencode", "gemini", "cursor-agent", "aider", "goose", "amp", "qwen",
-    "crush", "copilot", "cline", "kilo", "roo",
+    "claude",
+    "codex",
+    "opencode",
+    "gemini",
+    "cursor-agent",
+    "aider",
+    "goose",
+    "amp",
+    "qwen",
+    "crush",
+    "copilot",
+    "cline",
+    "kilo",
+    "roo",
 ];
 
 /// One mount as `mounts.json` keeps it.
@@ -169,7 +243,10 @@ impl Registry {
             } else {
                 e.reads += 1;
             }
-            e.last = Some(format!("{}: {last}", crate::when::human_time(&Timestamp::now().to_string())));
+            e.last = Some(format!(
+                "{}: {last}",
+                crate::when::human_time(&Timestamp::now().to_string())
+            ));
         }
     }
 }
@@ -265,7 +342,12 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
     let key = path.display().to_string();
     {
         let inner = broker.lock();
-        if !inner.vault()?.data().environments.contains_key(&o.environment) {
+        if !inner
+            .vault()?
+            .data()
+            .environments
+            .contains_key(&o.environment)
+        {
             return Err(OpError::new(
                 ErrorCode::NotFound,
                 format!("no environment {}", shown(&o.environment)),
@@ -290,7 +372,13 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
                 format!(
                     "{} is not a regular file ({}); nothing was replaced",
                     shown(&key),
-                    if m.file_type().is_fifo() { "a named pipe" } else if m.is_symlink() { "a symlink" } else { "not a file" }
+                    if m.file_type().is_fifo() {
+                        "a named pipe"
+                    } else if m.is_symlink() {
+                        "a symlink"
+                    } else {
+                        "not a file"
+                    }
                 ),
             ));
         }
@@ -490,7 +578,10 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
             // Sockets, pipes and anonymous inodes are not the FIFO: skip them unstat'ed.
             if let Ok(t) = std::fs::read_link(&link) {
                 let t = t.to_string_lossy();
-                if t.starts_with("socket:") || t.starts_with("pipe:") || t.starts_with("anon_inode:") {
+                if t.starts_with("socket:")
+                    || t.starts_with("pipe:")
+                    || t.starts_with("anon_inode:")
+                {
                     continue;
                 }
             }
@@ -577,7 +668,12 @@ fn base(p: &str) -> &str {
 /// The mount's own flags for a reader.
 fn reader_flags(r: &Reader) -> Vec<String> {
     let mut f = Vec::new();
-    let exe = r.peer.process.as_ref().and_then(|p| p.exe.as_deref()).unwrap_or("");
+    let exe = r
+        .peer
+        .process
+        .as_ref()
+        .and_then(|p| p.exe.as_deref())
+        .unwrap_or("");
     let words: Vec<&str> = std::iter::once(base(exe))
         .chain(r.argv.first().map(|a| base(a)))
         .collect();
@@ -702,7 +798,12 @@ async fn serve_read(broker: &Arc<Broker>, path: &str, env: &str, fd: OwnedFd, de
         }
     };
     let Some(r) = identify(&reader) else {
-        return refuse(broker, path, &hs, "the reader could not be identified (it exited, or its pid was reused)");
+        return refuse(
+            broker,
+            path,
+            &hs,
+            "the reader could not be identified (it exited, or its pid was reused)",
+        );
     };
     match ask_and_wait(broker, path, env, &r).await {
         Ok(grant_id) => write_once(broker, path, env, fd, &r, &grant_id, dev, ino).await,
@@ -815,7 +916,9 @@ async fn ask_and_wait(
             inner.audit("mount_reader_left", json!({"path": path, "request_id": id}));
             drop(inner);
             broker.notify();
-            return Err(format!("request #{id}: the reader closed the file before approval"));
+            return Err(format!(
+                "request #{id}: the reader closed the file before approval"
+            ));
         }
         tokio::select! {
             _ = changed.changed() => {}
@@ -831,7 +934,9 @@ fn holders_of_reader(path: &str, broker: &Broker, r: &Reader) -> bool {
         Some(e) => (e.stored.dev, e.stored.ino),
         None => return false,
     };
-    holders(dev, ino).iter().any(|h| h.pid == r.holder.pid && h.start == r.holder.start)
+    holders(dev, ino)
+        .iter()
+        .any(|h| h.pid == r.holder.pid && h.start == r.holder.start)
 }
 
 /// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), then
@@ -869,7 +974,11 @@ async fn write_once(
         let text = keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose())));
         match text {
             Ok(t) => t,
-            Err(e) => return fail(format!("cannot write a .env every reader reads the same: {e}")),
+            Err(e) => {
+                return fail(format!(
+                    "cannot write a .env every reader reads the same: {e}"
+                ));
+            }
         }
     };
     if text.len() > MAX_TEXT {
@@ -951,5 +1060,104 @@ async fn write_once(
             fail("the reader closed the file before it was written (EPIPE)".to_owned());
         }
         Err(e) => fail(format!("the write failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// Opens `path` for writing as the broker does, until a reader holds it (at most 10 s).
+    fn writer_when_read(path: &Path, dev: u64, ino: u64) -> OwnedFd {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(Some(fd)) = open_if_read(path.to_str().unwrap(), dev, ino) {
+                return fd;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no reader came");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn holder_of(child: &std::process::Child, dev: u64, ino: u64) -> Holder {
+        let pid = child.id();
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(h) = holders(dev, ino).into_iter().find(|h| h.pid == pid) {
+                return h;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the child never held it"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn holders_are_found_with_how_they_opened_the_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.env");
+        let (dev, ino) = make_fifo(&p).unwrap();
+        // A reader (`exec 3<`) blocks until a writer opens; one `O_RDWR` (`3<>`) does not.
+        let mut reader = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 3< \"$0\"; read -r _ <&3 || true",
+                p.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap();
+        let fd = writer_when_read(&p, dev, ino);
+        let h = holder_of(&reader, dev, ino);
+        assert!(h.read_only);
+        assert_eq!(Some(h.start), start_time(reader.id()));
+        drop(fd);
+        reader.wait().unwrap();
+        let mut rdwr = std::process::Command::new("sh")
+            .args(["-c", "exec 3<> \"$0\"; read -r _ <&3", p.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        let h = holder_of(&rdwr, dev, ino);
+        assert!(!h.read_only, "an O_RDWR opener is not a reader");
+        rdwr.kill().unwrap();
+        rdwr.wait().unwrap();
+    }
+
+    #[test]
+    fn a_file_put_in_place_of_the_fifo_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.env");
+        let (dev, ino) = make_fifo(&p).unwrap();
+        let s = p.to_str().unwrap();
+        assert!(
+            matches!(open_if_read(s, dev, ino), Ok(None)),
+            "no reader yet"
+        );
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Missing)));
+        std::fs::write(&p, "A=1\n").unwrap();
+        assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &p).unwrap();
+        assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+        // Another FIFO renamed to the path is not ours either. (One made after ours was
+        // deleted may reuse its inode number: it is still only a FIFO, whose readers are
+        // identified and approved like any.)
+        let other = dir.path().join("other");
+        make_fifo(&other).unwrap();
+        std::fs::rename(&other, &p).unwrap();
+        assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+    }
+
+    #[test]
+    fn no_fifo_support_is_told_with_a_hint() {
+        use rustix::io::Errno;
+        for e in [Errno::PERM, Errno::OPNOTSUPP, Errno::INVAL, Errno::NOSYS] {
+            assert!(no_fifos(e));
+        }
+        assert!(!no_fifos(Errno::EXIST));
+        assert!(!no_fifos(Errno::ACCESS));
     }
 }

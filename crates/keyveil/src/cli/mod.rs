@@ -456,7 +456,15 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Approve(a) => approve(paths, a).await,
         Command::Mount { env, path } => {
-            let d = call(paths, op::Mount { environment: env, path: absolute(&path)?, replace: false }).await?;
+            let d = call(
+                paths,
+                op::Mount {
+                    environment: env,
+                    path: absolute(&path)?,
+                    replace: false,
+                },
+            )
+            .await?;
             say(format!(
                 "mounted {} for environment {}: each read waits for your approval (`keyveil requests`)\nnote: a reader is not started by keyveil: its output is not redacted and revoking cannot stop it; prefer `keyveil run` where you can",
                 crate::card::esc(&d.mount.path),
@@ -465,7 +473,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Unmount { path } => {
-            let d = call(paths, op::Unmount { path: absolute(&path)? }).await?;
+            let d = call(
+                paths,
+                op::Unmount {
+                    path: absolute(&path)?,
+                },
+            )
+            .await?;
             if d.removed {
                 say(format!("unmounted {}", crate::card::esc(&d.path)));
             } else {
@@ -493,7 +507,10 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                         m.refused,
                         m.last
                             .as_deref()
-                            .map(|l| format!("\n    last: {}", keyveil_proto::display::visible_text(l)))
+                            .map(|l| format!(
+                                "\n    last: {}",
+                                keyveil_proto::display::visible_text(l)
+                            ))
                             .unwrap_or_default()
                     ));
                 }

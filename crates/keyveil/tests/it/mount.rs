@@ -2,6 +2,7 @@
 //! (python-dotenv, Node's dotenv, `sh`), an agent's `cat` denied, readers that misbehave, and
 //! the FIFO replaced or deleted under the broker. After every read no regular file under the
 //! project, the home or the reader's TMPDIR holds a value.
+#![allow(clippy::print_stderr)] // says why a test skips
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -31,8 +32,14 @@ struct Project {
 impl Project {
     fn new() -> Project {
         Project {
-            dir: tempfile::Builder::new().prefix("kvp").tempdir_in("/tmp").unwrap(),
-            tmp: tempfile::Builder::new().prefix("kvt").tempdir_in("/tmp").unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("kvp")
+                .tempdir_in("/tmp")
+                .unwrap(),
+            tmp: tempfile::Builder::new()
+                .prefix("kvt")
+                .tempdir_in("/tmp")
+                .unwrap(),
         }
     }
     fn path(&self) -> &Path {
@@ -69,6 +76,7 @@ fn values() -> Vec<(&'static str, String)> {
         ("LINES", format!("line1 {t}\nline2")),
         ("SHELLY", format!("$HOME # not a comment `x` \"q\" {t}")),
         ("UNI", format!("p\u{e4}ss w\u{f6}rd {t}")),
+        ("WIN", format!("C:\\dir\\new {t}")),
     ]
 }
 
@@ -119,16 +127,27 @@ fn assert_no_copy_on_disk(h: &Home, p: &Project, vals: &[(&str, String)]) {
         let b = std::fs::read(&f).unwrap_or_default();
         for (k, v) in vals {
             for enc in encodings(v) {
-                assert!(!contains(&b, &enc), "{} holds the value of {k}", f.display());
+                assert!(
+                    !contains(&b, &enc),
+                    "{} holds the value of {k}",
+                    f.display()
+                );
             }
             let t = v.rsplit(' ').find(|w| w.len() >= 16).unwrap_or(v);
-            assert!(!contains(&b, t.trim()), "{} holds the tag of {k}", f.display());
+            assert!(
+                !contains(&b, t.trim()),
+                "{} holds the tag of {k}",
+                f.display()
+            );
         }
     }
 }
 
 fn pending(h: &Home) -> Vec<serde_json::Value> {
-    h.json(&["requests", "--json"]).as_array().cloned().unwrap_or_default()
+    h.json(&["requests", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The request a reader made (waits for it), as `requests --json` shows it.
@@ -173,14 +192,20 @@ fn nul_pairs(out: &[u8]) -> Vec<(String, String)> {
 }
 
 fn want(vals: &[(&str, String)]) -> Vec<(String, String)> {
-    let mut w: Vec<(String, String)> = vals.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut w: Vec<(String, String)> = vals
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     w.sort();
     w
 }
 
 fn python_dotenv() -> bool {
     Command::new("python3")
-        .args(["-c", "import dotenv.main as m; assert hasattr(m, '_is_file_or_fifo')"])
+        .args([
+            "-c",
+            "import dotenv.main as m; assert hasattr(m, '_is_file_or_fifo')",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -190,7 +215,9 @@ fn python_dotenv() -> bool {
 #[test]
 fn python_dotenv_reads_exactly_the_approved_values_and_nothing_lands_on_disk() {
     if !python_dotenv() {
-        eprintln!("SKIPPED: python3 with python-dotenv >= 1.1 (reads FIFOs) is not installed; `pip install python-dotenv`");
+        eprintln!(
+            "SKIPPED: python3 with python-dotenv >= 1.1 (reads FIFOs) is not installed; `pip install python-dotenv`"
+        );
         return;
     }
     let h = Home::new();
@@ -202,7 +229,10 @@ fn python_dotenv_reads_exactly_the_approved_values_and_nothing_lands_on_disk() {
     let r = p.reader(&["python3", "-c", script], &[]);
     let card = wait_card(&h);
     assert_eq!(card["mount"]["path"], p.env_file().to_str().unwrap());
-    assert!(card["argv"][0].as_str().unwrap().contains("python"), "{card}");
+    assert!(
+        card["argv"][0].as_str().unwrap().contains("python"),
+        "{card}"
+    );
     assert_eq!(card["client"]["kind"], "mount");
     let shown = h.ok(&["requests"]);
     assert!(shown.contains("wants to read"), "{shown}");
@@ -214,7 +244,12 @@ fn python_dotenv_reads_exactly_the_approved_values_and_nothing_lands_on_disk() {
     assert_eq!(got, want(&vals));
     assert_no_copy_on_disk(&h, &p, &vals);
     // Still a FIFO (a fresh one) and still served.
-    assert!(std::fs::symlink_metadata(p.env_file()).unwrap().file_type().is_fifo());
+    assert!(
+        std::fs::symlink_metadata(p.env_file())
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     let m = h.json(&["mounts", "--json"]);
     assert_eq!(m[0]["reads"], 1, "{m}");
 }
@@ -229,11 +264,19 @@ fn node_dotenv() -> Option<PathBuf> {
     }
     std::fs::create_dir_all(&dir).ok()?;
     let mut c = Command::new(setsid());
-    c.args(["-w", "npm", "install", "--no-save", "--no-audit", "--no-fund", "dotenv@17"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    c.args([
+        "-w",
+        "npm",
+        "install",
+        "--no-save",
+        "--no-audit",
+        "--no-fund",
+        "dotenv@17",
+    ])
+    .current_dir(&dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let ok = c
         .spawn()
         .ok()
@@ -255,7 +298,10 @@ fn node_dotenv_reads_exactly_the_approved_values() {
     mount(&h, &p);
     let script = "const r = require('dotenv').config({ path: '.env', quiet: true });\nif (r.error) { throw r.error }\nprocess.stdout.write(Object.keys(r.parsed).sort().map(k => k + '\\0' + r.parsed[k] + '\\0').join(''))\n";
     let np = dir.join("node_modules");
-    let r = p.reader(&["node", "-e", script], &[("NODE_PATH", np.to_str().unwrap())]);
+    let r = p.reader(
+        &["node", "-e", script],
+        &[("NODE_PATH", np.to_str().unwrap())],
+    );
     let card = wait_card(&h);
     approve_card(&h, &card, &[]);
     let o = finished(r);
@@ -272,7 +318,7 @@ fn sh_sources_it_and_a_grant_with_a_ttl_serves_the_same_reader_again() {
     store(&h, &vals);
     let p = Project::new();
     mount(&h, &p);
-    let script = ". ./.env; for n in LINES PLAIN QUOTE SHELLY SPACED UNI; do eval \"v=\\$$n\"; printf '%s\\0%s\\0' \"$n\" \"$v\"; done";
+    let script = ". ./.env; for n in LINES PLAIN QUOTE SHELLY SPACED UNI WIN; do eval \"v=\\$$n\"; printf '%s\\0%s\\0' \"$n\" \"$v\"; done";
     let r = p.reader(&["sh", "-c", script], &[]);
     let card = wait_card(&h);
     approve_card(&h, &card, &["--ttl", "10m"]);
@@ -310,7 +356,11 @@ fn an_agents_cat_is_flagged_as_a_dump_and_a_denial_reads_nothing() {
     let o = h.run(&["deny", &card["id"].to_string()]);
     assert!(o.status.success());
     let o = finished(r);
-    assert!(o.stdout.is_empty(), "a denied read is empty, got {} bytes", o.stdout.len());
+    assert!(
+        o.stdout.is_empty(),
+        "a denied read is empty, got {} bytes",
+        o.stdout.len()
+    );
     assert_no_copy_on_disk(&h, &p, &vals);
 }
 
@@ -323,7 +373,11 @@ fn an_opener_for_writing_or_a_second_reader_gets_nothing() {
     mount(&h, &p);
     // O_RDWR by the agent itself, posing as a reader: refused at once, no request at all.
     let rdwr = p.reader(
-        &["python3", "-c", "import os, time\nfd = os.open('.env', os.O_RDWR)\ntime.sleep(2)\n"],
+        &[
+            "python3",
+            "-c",
+            "import os, time\nfd = os.open('.env', os.O_RDWR)\ntime.sleep(2)\n",
+        ],
         &[],
     );
     let t0 = Instant::now();
@@ -409,15 +463,25 @@ fn readers_that_never_read_or_leave_early_do_not_hurt_the_broker() {
     let _ = early.wait();
     let t0 = Instant::now();
     while !pending(&h).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the request stayed pending");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the request stayed pending"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(h.audit_text().contains("mount_reader_left"));
     let o = h.approve(card["id"].as_u64().unwrap(), &[]);
-    assert!(!o.status.success(), "a withdrawn request cannot be approved");
+    assert!(
+        !o.status.success(),
+        "a withdrawn request cannot be approved"
+    );
     // Opens, never reads, exits: the broker writes into the pipe and goes on.
     let lazy = p.reader(
-        &["python3", "-c", "import time\nf = open('.env')\ntime.sleep(1.5)\n"],
+        &[
+            "python3",
+            "-c",
+            "import time\nf = open('.env')\ntime.sleep(1.5)\n",
+        ],
         &[],
     );
     let card = wait_card(&h);
@@ -464,15 +528,32 @@ fn import_mount_puts_a_mount_in_place_of_the_plaintext_file() {
     let h = Home::new();
     let p = Project::new();
     let t = tag();
-    std::fs::write(p.env_file(), format!("API_TOKEN=tok-{t}\nexport NAME='a b {t}'\n")).unwrap();
+    std::fs::write(
+        p.env_file(),
+        format!("API_TOKEN=tok-{t}\nexport NAME='a b {t}'\n"),
+    )
+    .unwrap();
     let f = p.env_file();
     let o = h.run_stdin(
-        &["import", "demo", f.to_str().unwrap(), "--mount", "--passphrase-stdin"],
+        &[
+            "import",
+            "demo",
+            f.to_str().unwrap(),
+            "--mount",
+            "--passphrase-stdin",
+        ],
         &format!("{}\n", crate::harness::PASS),
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(std::fs::symlink_metadata(&f).unwrap().file_type().is_fifo());
-    let r = p.reader(&["sh", "-c", ". ./.env; printf '%s|%s' \"$API_TOKEN\" \"$NAME\""], &[]);
+    let r = p.reader(
+        &[
+            "sh",
+            "-c",
+            ". ./.env; printf '%s|%s' \"$API_TOKEN\" \"$NAME\"",
+        ],
+        &[],
+    );
     let card = wait_card(&h);
     approve_card(&h, &card, &[]);
     assert_eq!(text(&finished(r).stdout), format!("tok-{t}|a b {t}"));
