@@ -48,6 +48,9 @@ pub(crate) const POLL: Duration = Duration::from_millis(100);
 /// only the broker makes asks of this kind.
 pub(crate) const MOUNT_KIND: &str = "mount";
 
+/// Longest the broker looks for the process whose `open` let its own open succeed.
+const HOLDER_WAIT: Duration = Duration::from_secs(3);
+
 /// Largest dotenv text a mount serves (the pipe is enlarged to hold all of it at once).
 const MAX_TEXT: usize = 1 << 20;
 
@@ -774,9 +777,14 @@ fn refuse(broker: &Broker, path: &str, hs: &[Holder], why: &str) {
 
 /// Serves one opening of a mount's FIFO (`fd`, open for writing): see the module docs.
 async fn serve_read(broker: &Arc<Broker>, path: &str, env: &str, fd: OwnedFd, dev: u64, ino: u64) {
-    // The reader's open returns once ours did; give a process that opened it a moment to be
-    // visible in /proc (it is at once: the open has returned).
-    let hs = holders(dev, ino);
+    // Our open succeeds as soon as a reader is *in* its `open`; its descriptor shows in
+    // /proc only once that call has returned: look again for a moment before giving up.
+    let mut hs = holders(dev, ino);
+    let t0 = tokio::time::Instant::now();
+    while hs.is_empty() && t0.elapsed() < HOLDER_WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        hs = holders(dev, ino);
+    }
     let reader = match hs.as_slice() {
         [] => return,
         [h] if h.read_only => h.clone(),
