@@ -22,7 +22,7 @@
 //! Errors name the line and what is wrong, never a value (a value may be a secret): see
 //! [`ParseError`].
 //!
-//! The writer ([`write`], [`format_value`]) is the other direction, for `keyveil mount`: each value
+//! The writer ([`write()`], [`format_value`]) is the other direction, for `keyveil mount`: each value
 //! in the one form that this parser, python-dotenv, Node's `dotenv` and `sh` (`. ./.env`) all read
 //! back exactly, or a refusal ([`Unportable`]) naming the variable, never the value.
 #![forbid(unsafe_code)]
@@ -136,7 +136,7 @@ fn bare_char(c: char) -> bool {
 /// default interpolation), Node's `dotenv` and POSIX `sh` (`. ./.env`) all read back exactly
 /// `value`:
 ///
-/// - empty, or only [`bare_char`]s: as it is (`abc-1.2`);
+/// - empty, or only ASCII letters, digits and `_-./:@%+,=^`: as it is (`abc-1.2`);
 /// - no `'` or `${`, and no backslash doubled or last: in single quotes (literal everywhere;
 ///   newlines kept);
 /// - otherwise, with `'` but no `"`, `\`, `$` or backtick: in double quotes, written literally
@@ -170,7 +170,7 @@ pub fn format_value(value: &str) -> Result<String, Unportable> {
     Err(Unportable::MixedQuotes)
 }
 
-/// Why [`write`] refused: which entry, and why (never a value).
+/// Why [`write()`] refused: which entry, and why (never a value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteError {
     /// The variable's name (or the name as given, when the name itself is refused).

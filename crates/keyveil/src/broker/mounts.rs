@@ -967,27 +967,37 @@ async fn write_once(
         );
         broker.mounts.note(path, true, why);
     };
-    // The text first: nothing is swapped for a read that cannot be served.
-    let text = {
+    // The text first: nothing is swapped for a read that cannot be served. (The broker's
+    // lock is released before `fail`, which takes it.)
+    let text: Result<zeroize::Zeroizing<String>, String> = {
         let inner = broker.lock();
         let vars = inner
             .grants
             .get(grant_id)
             .map(|g| g.variables.clone())
             .unwrap_or_default();
-        let values = match inner.values(env, &vars) {
-            Ok(v) => v,
-            Err(e) => return fail(format!("cannot read the values: {}", e.message)),
-        };
-        let text = keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose())));
-        match text {
-            Ok(t) => t,
-            Err(e) => {
-                return fail(format!(
-                    "cannot write a .env every reader reads the same: {e}"
-                ));
+        match inner.values(env, &vars) {
+            Err(e) => Err(format!(
+                "cannot read the values: {}",
+                inner.hide_names_in_error(env, &vars, e).message
+            )),
+            Ok(values) => {
+                keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose()))).map_err(
+                    |e| {
+                        // The name as clients see it (an alias where the policy hides names).
+                        format!(
+                            "cannot write a .env every reader reads the same: {}: {}",
+                            inner.shown_name(env, &e.name),
+                            e.what
+                        )
+                    },
+                )
             }
         }
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(why) => return fail(why),
     };
     if text.len() > MAX_TEXT {
         return fail(format!("the .env text is over {MAX_TEXT} bytes"));
