@@ -617,3 +617,31 @@ fn sweep_never_opens_a_mount_and_finds_no_leak_in_it() {
     assert_eq!(m[0]["refused"], 0, "{m}");
     assert!(!h.audit_text().contains("mount_refused"));
 }
+
+#[test]
+fn a_value_readers_would_read_differently_makes_the_read_empty_not_partial() {
+    let h = Home::new();
+    let t = tag();
+    let vals = vec![
+        ("GOOD", format!("good-{t}")),
+        ("BAD", format!("it's \"both\" {t}")),
+    ];
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let r = p.reader(&["sh", "-c", ". ./.env; printf %s \"$GOOD\""], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    let o = finished(r);
+    assert!(
+        o.stdout.is_empty(),
+        "nothing, not the values that could be written"
+    );
+    // The broker says which variable, never its value, and goes on serving.
+    let m = h.json(&["mounts", "--json"]);
+    let last = m[0]["last"].as_str().unwrap_or_default().to_owned();
+    assert!(last.contains("BAD"), "{m}");
+    assert!(!last.contains(&t) && !h.audit_text().contains(&t));
+    h.ok(&["status"]);
+    assert_no_copy_on_disk(&h, &p, &vals);
+}
