@@ -556,7 +556,8 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     s.get(close + 1..)?.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Every process but the broker holding the file `(dev, ino)` open, from `/proc/*/fd` (each
+/// Every process holding the file `(dev, ino)` open (the broker's own write descriptors
+/// aside), from `/proc/*/fd` (each
 /// descriptor is stat'ed through its link, never opened) and `/proc/*/fdinfo` (how it was
 /// opened).
 pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
@@ -569,9 +570,6 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == me {
-            continue;
-        }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
@@ -606,6 +604,11 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
             });
             // O_ACCMODE: 0 read-only, 1 write-only, 2 read-write. Unknown counts as writing.
             let ro = flags.is_some_and(|f| f & 3 == 0);
+            // The broker's own writers are the server; a reader in the broker (nothing of
+            // keyveil should ever open a mount: the sweep and the scan never do) counts.
+            if pid == me && !ro {
+                continue;
+            }
             read_only = Some(read_only.unwrap_or(true) && ro);
         }
         if let Some(read_only) = read_only {

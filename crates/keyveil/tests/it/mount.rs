@@ -645,3 +645,35 @@ fn a_value_readers_would_read_differently_makes_the_read_empty_not_partial() {
     h.ok(&["status"]);
     assert_no_copy_on_disk(&h, &p, &vals);
 }
+
+#[test]
+fn the_write_side_scan_after_a_run_never_opens_a_mount() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    // The run changes the FIFO's times: the scan sees it among the changed entries.
+    let cwd = p.path().to_str().unwrap().to_owned();
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--cwd", &cwd, "--", "touch", ".env"],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        std::fs::symlink_metadata(p.env_file())
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // Opening it would have made the broker a reader: no request, nothing refused.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pending(&h).is_empty());
+    let m = h.json(&["mounts", "--json"]);
+    assert_eq!(
+        (m[0]["reads"].as_u64(), m[0]["refused"].as_u64()),
+        (Some(0), Some(0)),
+        "{m}"
+    );
+    assert_no_copy_on_disk(&h, &p, &vals);
+}
