@@ -21,6 +21,10 @@
 //!
 //! Errors name the line and what is wrong, never a value (a value may be a secret): see
 //! [`ParseError`].
+//!
+//! The writer ([`write()`], [`format_value`]) is the other direction, for `keyveil mount`: each value
+//! in the one form that this parser, python-dotenv, Node's `dotenv` and `sh` (`. ./.env`) all read
+//! back exactly, or a refusal ([`Unportable`]) naming the variable, never the value.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -77,6 +81,151 @@ impl std::fmt::Display for ParseError {
 }
 
 impl std::error::Error for ParseError {}
+
+/// Why a value cannot be written so that every common reader reads it back exactly (see
+/// [`format_value`]). Never carries any part of the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unportable {
+    /// A NUL byte: no environment variable can hold it.
+    Nul,
+    /// A carriage return: python-dotenv reads `.env` files with universal newlines, and `sh`
+    /// has no escape for it inside quotes.
+    CarriageReturn,
+    /// `${`: python-dotenv expands it in every quoting form.
+    Reference,
+    /// A single quote together with a double quote, a backslash, `$` or a backtick: no quoting
+    /// is read the same by python-dotenv, Node's `dotenv` and `sh`.
+    MixedQuotes,
+    /// Two backslashes in a row, or one at the end: python-dotenv unescapes them in quotes,
+    /// Node's `dotenv` does not, and `sh` does outside quotes.
+    Backslashes,
+}
+
+impl std::fmt::Display for Unportable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unportable::Nul => "the value holds a NUL byte, which no environment variable can hold",
+            Unportable::CarriageReturn => {
+                "the value holds a carriage return, which python-dotenv and sh cannot read back"
+            }
+            Unportable::Reference => "the value holds `${`, which python-dotenv would expand",
+            Unportable::Backslashes => {
+                "the value holds two backslashes in a row or ends with one, which python-dotenv, Node's dotenv and sh read differently"
+            }
+            Unportable::MixedQuotes => {
+                "the value holds a single quote and one of `\"`, `\\`, `$` or a backtick: no quoting reads the same in python-dotenv, Node's dotenv and sh"
+            }
+        })
+    }
+}
+
+impl std::error::Error for Unportable {}
+
+/// Characters an unquoted value may hold: read the same by this parser, python-dotenv, Node's
+/// `dotenv` and `sh` (no blank, quote, `#`, `$`, backtick, backslash, `~`, glob or shell
+/// operator).
+fn bare_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '_' | '-' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=' | '^'
+        )
+}
+
+/// Writes `value` as the right-hand side of `NAME=` so that [`parse`], python-dotenv (with its
+/// default interpolation), Node's `dotenv` and POSIX `sh` (`. ./.env`) all read back exactly
+/// `value`:
+///
+/// - empty, or only ASCII letters, digits and `_-./:@%+,=^`: as it is (`abc-1.2`);
+/// - no `'` or `${`, and no backslash doubled or last: in single quotes (literal everywhere;
+///   newlines kept);
+/// - otherwise, with `'` but no `"`, `\`, `$` or backtick: in double quotes, written literally
+///   (no reader then has anything to unescape or expand).
+///
+/// # Errors
+/// [`Unportable`] when no form exists (a NUL, a carriage return, `${`, two backslashes in a
+/// row or one at the end, or a single quote mixed with `"`, `\`, `$` or a backtick).
+pub fn format_value(value: &str) -> Result<String, Unportable> {
+    if value.contains('\0') {
+        return Err(Unportable::Nul);
+    }
+    if value.contains('\r') {
+        return Err(Unportable::CarriageReturn);
+    }
+    if value.contains("${") {
+        return Err(Unportable::Reference);
+    }
+    if value.chars().all(bare_char) {
+        return Ok(value.to_owned());
+    }
+    if value.contains("\\\\") || value.ends_with('\\') {
+        return Err(Unportable::Backslashes);
+    }
+    if !value.contains('\'') {
+        return Ok(format!("'{value}'"));
+    }
+    if !value.contains(['"', '\\', '$', '`']) {
+        return Ok(format!("\"{value}\""));
+    }
+    Err(Unportable::MixedQuotes)
+}
+
+/// Why [`write()`] refused: which entry, and why (never a value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteError {
+    /// The variable's name (or the name as given, when the name itself is refused).
+    pub name: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.what)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Whether `name` is a `.env` name this parser and the common loaders accept
+/// (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn valid_name(name: &str) -> bool {
+    let mut c = name.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+/// Writes `NAME=VALUE` lines (one per entry, in the order given, each ending in `\n`) that
+/// [`parse`], python-dotenv, Node's `dotenv` and `sh` read back exactly (see
+/// [`format_value`]). The text is zeroed on drop.
+///
+/// # Errors
+/// The first entry whose name is not [`valid_name`] or whose value is [`Unportable`]; nothing
+/// is returned then (never a partial text).
+pub fn write<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Zeroizing<String>, WriteError> {
+    let mut out = Zeroizing::new(String::new());
+    for (name, value) in entries {
+        if !valid_name(name) {
+            return Err(WriteError {
+                name: name.to_owned(),
+                what: "not a .env name (letters, digits and _, not starting with a digit)"
+                    .to_owned(),
+            });
+        }
+        let v = Zeroizing::new(format_value(value).map_err(|e| WriteError {
+            name: name.to_owned(),
+            what: e.to_string(),
+        })?);
+        out.push_str(name);
+        out.push('=');
+        out.push_str(&v);
+        out.push('\n');
+    }
+    Ok(out)
+}
 
 fn is_blank(c: u8) -> bool {
     c == b' ' || c == b'\t'
@@ -487,6 +636,77 @@ mod tests {
         assert_eq!(pairs("\u{feff}A=1"), vec![("A".into(), "1".into())]);
     }
 
+    /// Values every reader must get back exactly, with the form they are written in (the
+    /// integration tests feed the same set to python-dotenv, Node's dotenv and sh).
+    const VECTORS: &[(&str, &str)] = &[
+        ("", ""),
+        ("plain", "plain"),
+        ("a-b.c/d:e@f%g+h,i=j^k", "a-b.c/d:e@f%g+h,i=j^k"),
+        ("with space", "'with space'"),
+        (" lead and trail ", "' lead and trail '"),
+        ("hash # in", "'hash # in'"),
+        ("#start", "'#start'"),
+        ("dollar $HOME and $1", "'dollar $HOME and $1'"),
+        ("double \"quoted\"", "'double \"quoted\"'"),
+        ("back`tick`", "'back`tick`'"),
+        ("line1\nline2\n", "'line1\nline2\n'"),
+        ("tab\there", "'tab\there'"),
+        ("~/home", "'~/home'"),
+        ("glob*?[x]", "'glob*?[x]'"),
+        ("semi;amp&pipe|lt<gt>", "'semi;amp&pipe|lt<gt>'"),
+        (
+            "p\u{e4}ss w\u{f6}rd \u{1f511}",
+            "'p\u{e4}ss w\u{f6}rd \u{1f511}'",
+        ),
+        ("it's", "\"it's\""),
+        ("it's a\nmulti line", "\"it's a\nmulti line\""),
+        ("{json: 'x'}", "\"{json: 'x'}\""),
+        ("C:\\path\\n", "'C:\\path\\n'"),
+    ];
+
+    #[test]
+    fn the_vectors_are_written_as_expected_and_read_back() {
+        for (v, form) in VECTORS {
+            assert_eq!(format_value(v).unwrap(), *form, "{v:?}");
+            let text = write([("K", *v)]).unwrap();
+            assert_eq!(one(&text), *v, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn unportable_values_are_refused_without_showing_them() {
+        for (v, why) in [
+            ("a\0b", Unportable::Nul),
+            ("a\r\nb", Unportable::CarriageReturn),
+            ("x${HOME}", Unportable::Reference),
+            ("it's \"both\"", Unportable::MixedQuotes),
+            ("it's \\ back", Unportable::MixedQuotes),
+            ("it's $5", Unportable::MixedQuotes),
+            ("it's `x`", Unportable::MixedQuotes),
+            ("two \\\\ in a row", Unportable::Backslashes),
+            ("ends with \\", Unportable::Backslashes),
+        ] {
+            assert_eq!(format_value(v), Err(why), "{v:?}");
+        }
+        let e = write([("OK", "1"), ("BAD", "s3cr3t's \"v\"")]).unwrap_err();
+        assert_eq!(e.name, "BAD");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(write([("1BAD", "x")]).is_err());
+        assert!(write([("A B", "x")]).is_err());
+    }
+
+    #[test]
+    fn a_whole_text_reads_back_in_order() {
+        let v = [("A", "1"), ("B", "two words"), ("_C", "it's"), ("D", "")];
+        let text = write(v).unwrap();
+        let got = pairs(&text);
+        let want: Vec<(String, String)> = v
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
     proptest::proptest! {
         #[test]
         fn quote_round_trips(v in "\\PC*|[\\\\\"'$\\n\\r\\t #=]{0,20}") {
@@ -494,6 +714,28 @@ mod tests {
             let e = parse(&text).unwrap();
             proptest::prop_assert_eq!(e.len(), 1);
             proptest::prop_assert_eq!(e[0].value.as_str(), v.as_str());
+        }
+
+
+        #[test]
+        fn written_values_read_back_and_only_unportable_ones_are_refused(
+            v in "\\PC*|[\\\\\"'$`{}\\n\\r\\t #=a~]{0,24}"
+        ) {
+            match format_value(&v) {
+                Ok(form) => {
+                    let e = parse(&format!("K={form}\n")).unwrap();
+                    proptest::prop_assert_eq!(e.len(), 1);
+                    proptest::prop_assert_eq!(e[0].value.as_str(), v.as_str());
+                }
+                Err(_) => {
+                    let explained = v.contains(['\0', '\r'])
+                        || v.contains("${")
+                        || v.contains("\\\\")
+                        || v.ends_with('\\')
+                        || (v.contains('\'') && v.contains(['"', '\\', '$', '`']));
+                    proptest::prop_assert!(explained, "refused without a reason");
+                }
+            }
         }
 
         #[test]

@@ -296,6 +296,12 @@ pub enum Request {
     /// A one-time URL of the local page where the human types the value of a declared variable
     /// that has none yet (the value goes from the browser to the broker, never through a client).
     SetUrl(op::SetUrl),
+    /// Create a mount: a FIFO whose every read is a request (`docs/mounts.md`).
+    Mount(op::Mount),
+    /// Remove a mount and its FIFO.
+    Unmount(op::Unmount),
+    /// List mounts.
+    Mounts(op::Mounts),
 }
 
 /// A dynamic variable to declare (see `docs/dynamic-credentials.md`).
@@ -403,6 +409,9 @@ impl Request {
             Request::Logs(op::Logs { .. }) => "logs",
             Request::Stop(op::Stop { .. }) => "stop",
             Request::SetUrl(op::SetUrl { .. }) => "set_url",
+            Request::Mount(_) => "mount",
+            Request::Unmount(_) => "unmount",
+            Request::Mounts(_) => "mounts",
         }
     }
 }

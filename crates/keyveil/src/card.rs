@@ -214,6 +214,12 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
         esc(&client.version),
         client.pid
     ));
+    if let Some(m) = &r.mount {
+        out.push_str(&format!("  {}\n", st.strong(&mount_headline(r, m))));
+        for line in MOUNT_WARNING {
+            out.push_str(&format!("  {}\n", st.caution(line)));
+        }
+    }
     // What the broker knows, not what the requester says.
     out.push_str(&format!("  connection:  {}\n", connection(&r.peer)));
     if r.asks > 1 {
@@ -325,9 +331,43 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
     out
 }
 
+/// What a mount read cannot give, as every card of one says it.
+pub(crate) const MOUNT_WARNING: &[&str] = &[
+    "this program was not started by keyveil: its output is NOT redacted, and revoking",
+    "cannot stop it or take the values back once read. If you can change how it starts,",
+    "use `keyveil run --env ENV -- COMMAND` instead.",
+];
+
+/// "`ARGV` (pid N) wants to read `PATH` of environment ENV", escaped.
+pub(crate) fn mount_headline(r: &op::RequestCard, m: &op::MountRead) -> String {
+    let argv = r
+        .argv
+        .as_deref()
+        .map(|a| argv_words(a.iter().map(String::as_str)))
+        .unwrap_or_default();
+    format!(
+        "`{argv}` (pid {}) wants to read `{}` of environment {}",
+        m.pid,
+        esc(&m.path),
+        esc(&r.environment)
+    )
+}
+
 /// What each risk flag of `risk.rs` means, in one line: the terminal card and the approval page
 /// show it next to the flag; an unknown flag shows as named.
 pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
+    (
+        "dumps-file",
+        "the reader is a command that shows or copies files (cat, less, cp, ...): it would print or copy every value",
+    ),
+    (
+        "agent-reader",
+        "an agent host is among the reader's parents: the agent itself would read the values",
+    ),
+    (
+        "unpinned-executable",
+        "the reader's executable could not be pinned (deleted or replaced since it started)",
+    ),
     (
         "control-characters",
         "control characters in what the requester sent",

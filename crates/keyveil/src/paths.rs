@@ -61,6 +61,11 @@ impl Paths {
     pub(crate) fn vault(&self) -> PathBuf {
         self.home.join("vault.kv")
     }
+    /// The list of mounts (`keyveil mount`): paths and environment names, never a value.
+    pub(crate) fn mounts(&self) -> PathBuf {
+        self.home.join("mounts.json")
+    }
+
     /// The audit log.
     pub(crate) fn audit(&self) -> PathBuf {
         self.home.join("audit.jsonl")

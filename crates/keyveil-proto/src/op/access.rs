@@ -345,6 +345,20 @@ pub struct RequestCard {
     pub state: String,
     /// When it expires unanswered.
     pub expires_at: Timestamp,
+    /// Set when the request is a read of a mount (`docs/mounts.md`): the reader was not started
+    /// by keyveil, and the card says what that means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<MountRead>,
+}
+
+/// A read of a mount, as its card shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MountRead {
+    /// The FIFO's path.
+    pub path: String,
+    /// The reader's pid.
+    pub pid: u32,
 }
 
 /// The process at the other end of a requester's connection (from the kernel and `/proc`).
@@ -487,6 +501,10 @@ mod tests {
             created_at: t,
             state: "pending".into(),
             expires_at: t,
+            mount: Some(MountRead {
+                path: "/w/.env".into(),
+                pid: 42,
+            }),
         };
         let empty = RequestCard {
             argv: None,
@@ -494,6 +512,7 @@ mod tests {
             chosen_values: Vec::new(),
             new_variables: Vec::new(),
             contradictions: Vec::new(),
+            mount: None,
             ..full.clone()
         };
         for card in [full, empty] {

@@ -620,9 +620,18 @@ pub(crate) fn find_or_create_request(
     if !contradictions.is_empty() {
         flags.push("reason-contradicts-facts".to_owned());
     }
+    if let Some(m) = &ask.mount {
+        flags.extend(m.flags.iter().cloned());
+    }
     flags.sort();
-    // The claim (kind, pid) disagrees with the process that connected.
-    let claim_mismatch = ask.peer.mismatch(&ask.client);
+    flags.dedup();
+    // The claim (kind, pid) disagrees with the process that connected. A mount read has no
+    // claim: the broker itself made the ask from the reader it found.
+    let claim_mismatch = if ask.mount.is_some() {
+        None
+    } else {
+        ask.peer.mismatch(&ask.client)
+    };
     if claim_mismatch.is_some() {
         flags.push("claimed-identity".to_owned());
     }
@@ -659,7 +668,9 @@ pub(crate) fn find_or_create_request(
         // A rule covers a request only while what it runs is what the rule bound when the
         // human made it: a config, script or program changed or added since goes to the human.
         let mut unbound = None;
-        let auto_hit = if suspicious || ask.argv.is_none() {
+        // A mount read is never auto-approved: a rule was made for runs, whose output keyveil
+        // redacts; a mount's reader it does not.
+        let auto_hit = if suspicious || ask.argv.is_none() || ask.mount.is_some() {
             None
         } else {
             policy.auto_approve.iter().enumerate().find_map(|(i, r)| {
@@ -728,6 +739,7 @@ pub(crate) fn find_or_create_request(
             })).collect::<Vec<_>>(),
             "new_variables": &new_variables,
             "contradictions": &contradictions,
+            "mount": ask.mount.as_ref().map(|m| &m.path),
         }),
     )?;
     inner.next_request += 1;
@@ -753,6 +765,7 @@ pub(crate) fn find_or_create_request(
             chosen_values: chosen,
             new_variables,
             contradictions,
+            mount: ask.mount.as_ref().map(|m| m.path.clone()),
             asks: 1,
             created_at: Timestamp::now(),
             state: RequestState::Pending,
@@ -789,6 +802,12 @@ pub(crate) async fn request_access(
     a: AccessRequest,
     peer: Peer,
 ) -> OpResult<op::AccessRequested> {
+    if a.client.kind == super::mounts::MOUNT_KIND {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            "client kind `mount` is the broker's own (reads of a mount); no request may claim it",
+        ));
+    }
     let cwd = super::cwd::canonical_cwd(&a.cwd)?;
     if let Some(argv) = &a.argv
         && (argv.is_empty() || argv.first().is_some_and(String::is_empty))
@@ -817,6 +836,7 @@ pub(crate) async fn request_access(
         pass_values: pass_values(&pass_env, &a.pass_values),
         pass_env,
         peer,
+        mount: None,
     };
     let mut inner = broker.lock();
     let (id, created) = find_or_create_request(&mut inner, &ask, pins, a.reason, a.ttl_seconds)?;
@@ -934,6 +954,10 @@ fn card_of(r: &AccessReq) -> op::RequestCard {
         created_at: r.created_at,
         state: state_word(&r.state).to_owned(),
         expires_at: r.expires_at(),
+        mount: r.mount.as_ref().map(|p| op::MountRead {
+            path: p.clone(),
+            pid: r.client.pid,
+        }),
     }
 }
 
@@ -1311,6 +1335,7 @@ mod tests {
             chosen_values: vec![],
             new_variables: vec![],
             contradictions: vec![],
+            mount: None,
             asks: 1,
             created_at: Timestamp::now(),
             state: RequestState::Pending,
@@ -1328,6 +1353,7 @@ mod tests {
             pass_env: vec![],
             pass_values: Default::default(),
             peer: peer(origin),
+            mount: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub(crate) mod dynamic_ops;
 pub(crate) mod factor_ops;
 mod guard;
 pub(crate) mod locked_asks;
+pub(crate) mod mounts;
 pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;
@@ -47,6 +48,8 @@ pub(crate) struct Broker {
     pub web: web::Web,
     /// Background runs (`keyveil start`, MCP `start`) and their output buffers.
     pub background: background::Registry,
+    /// Mounts (`keyveil mount`): FIFOs served while the vault is unlocked.
+    pub mounts: mounts::Registry,
 }
 
 impl Broker {
@@ -129,6 +132,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         shutdown: CancellationToken::new(),
         web: web::Web::default(),
         background: background::Registry::default(),
+        mounts: mounts::Registry::load(paths.mounts()),
     });
     tracing::info!(pid = std::process::id(), socket = %sock.display(), "broker listening");
 
@@ -157,6 +161,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         }
     }
     let ticker = tokio::spawn(tick(broker.clone()));
+    let mount_server = tokio::spawn(mounts::supervise(broker.clone()));
     let me = rustix::process::getuid();
     loop {
         tokio::select! {
@@ -176,6 +181,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         }
     }
     ticker.abort();
+    mount_server.abort();
     let ended = ops::stop_everything(&broker, "broker stopping");
     // Every run's tree is gone (or the wait is over) before the broker exits; what is left
     // then is the supervisor's to kill.

@@ -350,6 +350,9 @@ pub(crate) async fn dispatch_from(
         Request::SetUrl(o) => {
             typed(&o).answer(super::web::set_url(broker, &o.environment, &o.name).await)
         }
+        Request::Mount(o) => typed(&o).answer(super::mounts::mount(broker, o)),
+        Request::Unmount(o) => typed(&o).answer(super::mounts::unmount(broker, o)),
+        Request::Mounts(o) => typed(&o).answer(Ok(super::mounts::list(broker))),
     };
     match r {
         Ok(mut v) => {

@@ -200,6 +200,12 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
             "the command is empty: give argv[0] and its arguments",
         ));
     }
+    if req.client.kind == super::mounts::MOUNT_KIND {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            "client kind `mount` is the broker's own (reads of a mount); no request may claim it",
+        ));
+    }
     if req.argv.len() > MAX_ARGV {
         return Err(OpError::new(
             ErrorCode::Usage,
@@ -225,6 +231,7 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         pass_env: pass_env.clone(),
         pass_values: access::pass_values(&pass_env, &req.env),
         peer,
+        mount: None,
     };
     access::check_symlink_escape(&broker.lock(), &ask, &req.cwd)?;
     check_path_shadow(req, &cwd, &search_path, home.as_deref())?;

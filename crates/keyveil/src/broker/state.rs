@@ -87,6 +87,9 @@ pub(crate) struct AccessReq {
     /// (`risk::contradictions`): shown on every surface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contradictions: Vec<String>,
+    /// The mount read (its path) when the request is one (`mounts.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
     /// How many times this same ask was made (identical asks coalesce into one request).
     pub asks: u32,
     /// When it was made.
@@ -110,6 +113,9 @@ impl AccessReq {
             && self.pass_env == ask.pass_env
             // Asks from different real origins stay apart: each card shows who asked.
             && self.peer.origin == ask.peer.origin
+            && self.mount.as_deref() == ask.mount.as_ref().map(|m| m.path.as_str())
+            // A mount read is one process's read: another process is another request.
+            && (self.mount.is_none() || self.client.pid == ask.client.pid)
     }
 
     /// The deadline of a pending request.
@@ -201,6 +207,18 @@ pub(crate) struct Ask {
     /// The process that really asked (from the socket, not the claim): caps and flags count
     /// by it, and the card shows it.
     pub peer: super::peer::Peer,
+    /// Set only by the broker itself, for a read of a mount (`mounts.rs`): never from a
+    /// request.
+    pub mount: Option<MountAsk>,
+}
+
+/// A read of a mount, as the ask carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountAsk {
+    /// The FIFO's path.
+    pub path: String,
+    /// The mount's own risk flags for this reader (`dumps-file`, `agent-reader`, ...).
+    pub flags: Vec<String>,
 }
 
 /// What an approval creates.
@@ -1134,6 +1152,7 @@ mod tests {
             pass_env: vec![],
             pass_values: Default::default(),
             peer: crate::broker::peer::Peer::of_pid(None),
+            mount: None,
         }
     }
 

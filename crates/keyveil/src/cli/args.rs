@@ -128,6 +128,33 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Put a `.env` at PATH that exists only for an approved reader: a named pipe the broker
+    /// serves; each read is a request with a card (docs/mounts.md).
+    #[command(after_help = "Examples:
+  keyveil mount demo .env                # then `docker compose up` reads it, once you approve
+  keyveil mounts                         # list them, with what happened last
+  keyveil unmount .env
+  keyveil import demo .env --mount       # import a plaintext .env and put a mount in its place
+
+A mount's reader is not started by keyveil: its output is not redacted and revoking cannot
+stop it. Where you can change how a program starts, prefer `keyveil run --env ENV -- CMD`.")]
+    Mount {
+        /// Environment whose variables a read gets.
+        env: String,
+        /// Where the `.env` should appear (its directory must exist; nothing may be there).
+        path: std::path::PathBuf,
+    },
+    /// Remove a mount and its named pipe.
+    Unmount {
+        /// The mount's path.
+        path: std::path::PathBuf,
+    },
+    /// List mounts.
+    Mounts {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Live grants.
     Grants {
         /// JSON output.

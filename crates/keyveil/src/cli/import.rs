@@ -53,6 +53,10 @@ pub(crate) struct ImportArgs {
     /// Leave FILE as it is, without asking.
     #[arg(long, requires = "file", conflicts_with = "remove_file")]
     pub(crate) keep_file: bool,
+    /// Once every value is stored, put a mount in FILE's place (one atomic rename): the `.env`
+    /// then exists only for a reader you approve (docs/mounts.md).
+    #[arg(long, requires = "file", conflicts_with_all = ["remove_file", "rewrite_file", "keep_file"])]
+    pub(crate) mount: bool,
     #[command(flatten)]
     pub(crate) factor: FactorArgs,
 }
@@ -71,6 +75,7 @@ enum FileAction {
     Keep,
     Remove,
     Rewrite,
+    Mount,
 }
 
 pub(crate) async fn import(paths: &Paths, a: ImportArgs) -> Result<i32> {
@@ -295,7 +300,9 @@ pub(crate) async fn import(paths: &Paths, a: ImportArgs) -> Result<i32> {
     }
     // 5. The plaintext file: removed or rewritten only when asked.
     if let (Some(path), Some(text)) = (a.file.as_deref(), file_text) {
-        let action = if a.remove_file {
+        let action = if a.mount {
+            FileAction::Mount
+        } else if a.remove_file {
             FileAction::Remove
         } else if a.rewrite_file {
             FileAction::Rewrite
@@ -311,6 +318,28 @@ pub(crate) async fn import(paths: &Paths, a: ImportArgs) -> Result<i32> {
                     "kept {}: it holds values that were not imported ({})\nhint: `--rewrite-file` turns the imported entries into comments",
                     path.display(),
                     kept.join(", ")
+                ));
+            }
+            FileAction::Mount if !all_in => {
+                note(format!(
+                    "kept {} and mounted nothing: it holds values that were not imported ({})\nhint: import them (`--replace`), then run the import again with `--mount`",
+                    path.display(),
+                    kept.join(", ")
+                ));
+            }
+            FileAction::Mount => {
+                let d = super::call(
+                    paths,
+                    op::Mount {
+                        environment: env.clone(),
+                        path: super::absolute(path)?,
+                        replace: true,
+                    },
+                )
+                .await?;
+                say(format!(
+                    "{} is now a mount of environment {env}: each read waits for your approval\nnote: the plaintext file's old blocks may remain on disk, in backups or in git history; `keyveil sweep` finds copies",
+                    crate::card::esc(&d.mount.path)
                 ));
             }
             FileAction::Remove => {

@@ -191,6 +191,15 @@ async fn daemon_stop(paths: &Paths) -> Result<i32> {
 }
 
 /// Sends operation `o` on a fresh connection; its typed reply, or an [`Exit`] error.
+/// `path` made absolute against the current directory (not resolved: the broker does that).
+pub(crate) fn absolute(path: &std::path::Path) -> Result<String> {
+    let p = std::path::absolute(path).map_err(|e| Exit {
+        code: 2,
+        message: format!("cannot make {} absolute: {e}", path.display()),
+    })?;
+    Ok(p.display().to_string())
+}
+
 async fn call<O: Operation>(paths: &Paths, o: O) -> Result<O::Reply> {
     expect::<O>(client::call(paths, &o.into()).await?)
 }
@@ -457,6 +466,68 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Approve(a) => approve(paths, a).await,
+        Command::Mount { env, path } => {
+            let d = call(
+                paths,
+                op::Mount {
+                    environment: env,
+                    path: absolute(&path)?,
+                    replace: false,
+                },
+            )
+            .await?;
+            say(format!(
+                "mounted {} for environment {}: each read waits for your approval (`keyveil requests`)\nnote: a reader is not started by keyveil: its output is not redacted and revoking cannot stop it; prefer `keyveil run` where you can",
+                crate::card::esc(&d.mount.path),
+                crate::card::esc(&d.mount.environment)
+            ));
+            Ok(0)
+        }
+        Command::Unmount { path } => {
+            let d = call(
+                paths,
+                op::Unmount {
+                    path: absolute(&path)?,
+                },
+            )
+            .await?;
+            if d.removed {
+                say(format!("unmounted {}", crate::card::esc(&d.path)));
+            } else {
+                say(format!(
+                    "unmounted {}; the named pipe was already gone or replaced by something else, which was left as it is",
+                    crate::card::esc(&d.path)
+                ));
+            }
+            Ok(0)
+        }
+        Command::Mounts { json } => {
+            let list = call(paths, op::Mounts {}).await?.mounts;
+            if json {
+                say(json_text(&list)?);
+            } else if list.is_empty() {
+                say("no mounts");
+            } else {
+                for m in &list {
+                    say(format!(
+                        "{}  environment {}  {}  reads {}, refused {}{}",
+                        crate::card::esc(&m.path),
+                        crate::card::esc(&m.environment),
+                        m.state,
+                        m.reads,
+                        m.refused,
+                        m.last
+                            .as_deref()
+                            .map(|l| format!(
+                                "\n    last: {}",
+                                keyveil_proto::display::visible_text(l)
+                            ))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            Ok(0)
+        }
         Command::Deny { id, reason } => {
             call(
                 paths,

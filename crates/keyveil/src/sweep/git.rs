@@ -74,7 +74,9 @@ pub(crate) fn git_dir(repo: &Path) -> PathBuf {
     if dot.is_dir() {
         return dot;
     }
-    if let Ok(text) = std::fs::read_to_string(&dot)
+    // Only a regular `.git` file is read (a planted named pipe would block the sweep).
+    if std::fs::symlink_metadata(&dot).is_ok_and(|m| m.is_file())
+        && let Ok(text) = std::fs::read_to_string(&dot)
         && let Some(p) = text.strip_prefix("gitdir:")
     {
         let p = Path::new(p.trim());

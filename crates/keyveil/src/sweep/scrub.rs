@@ -104,6 +104,9 @@ fn open_dir_nofollow(dir: &Path) -> Result<rustix::fd::OwnedFd, String> {
 /// One attempt: `Ok(markers)` or why not. Every step is relative to the transcript's folder,
 /// opened without following links ([`open_dir_nofollow`]), never through a path again.
 fn once(path: &Path, redactor: &Redactor) -> Result<usize, String> {
+    if super::is_fifo(path) {
+        return Err("a named pipe (never opened)".to_owned());
+    }
     use rustix::fs::{AtFlags, Mode, OFlags};
     let dir = path.parent().ok_or("no parent directory")?;
     let name = path.file_name().ok_or("no file name")?;

@@ -27,6 +27,7 @@ mod import;
 mod locked;
 mod mcp_hostile;
 mod mcp_wait;
+mod mount;
 mod names;
 mod oracle;
 mod output;

@@ -87,6 +87,7 @@ const KNOWN: &[&str] = &[
     "chosen_values",
     "new_variables",
     "contradictions",
+    "mount",
 ];
 
 /// What each risk flag means (shared with the terminal card).
@@ -147,6 +148,16 @@ fn names(v: &[String]) -> Vec<String> {
 
 fn facts(r: &op::RequestCard) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if let Some(m) = &r.mount {
+        out.push((
+            "Reads a mount".to_owned(),
+            prose(&crate::card::mount_headline(r, m)),
+        ));
+        out.push((
+            "What a mount cannot give".to_owned(),
+            prose(&crate::card::MOUNT_WARNING.join(" ")),
+        ));
+    }
     if let Some(exe) = &r.executable {
         out.push((
             "Executable".to_owned(),
