@@ -72,6 +72,22 @@ pub struct BrokerStatus {
     pub live_runs: usize,
     /// Those runs.
     pub runs: Vec<LiveRun>,
+    /// Lines of the broker's own log (`broker.log`) that could not be written since it started
+    /// (a full disk): the broker goes on without them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_lines_lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A run whose processes are alive (in [`BrokerStatus::runs`]).
@@ -105,11 +121,15 @@ pub struct RunsStopped {
 /// The reply to [`Lock`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Locked {
-    /// Always `true`.
+    /// Always `true`: the values left the broker's memory, whatever else failed.
     pub locked: bool,
     /// The runs the lock stopped.
     #[serde(flatten)]
     pub stopped: RunsStopped,
+    /// Whether the `lock` entry reached the audit log (`false` on a full disk: it is counted
+    /// in the gap the next unlock records first). Absent means `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub recorded: bool,
 }
 
 /// The reply to [`Shutdown`].
@@ -145,5 +165,9 @@ pub enum Bootstrapped {
         /// `Some(true)` when it already was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         already: Option<bool>,
+        /// What the human must know about this unlock (an audit log that failed verification
+        /// and was moved aside, with what is missing from it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
 }

@@ -199,8 +199,12 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
     if req.argv.len() > MAX_ARGV {
         return Err(OpError::new(
             ErrorCode::Usage,
-            "the command has too many arguments",
-        ));
+            format!(
+                "the command has {} arguments; keyveil runs at most {MAX_ARGV}; nothing was run",
+                req.argv.len()
+            ),
+        )
+        .hint("pass long lists of files through a file or stdin (for example `xargs` inside a script you run), not as arguments"));
     }
     broker.lock().audit_ready("run_start")?;
     let cwd = super::cwd::canonical_cwd(&req.cwd)?;
@@ -366,6 +370,16 @@ async fn wait_for_grant(
                     ));
                 }
                 match verified {
+                    // Nothing by that name exists (`pythn3`): nothing can run, nothing was
+                    // changed, so the grant stays; the next run is verified again anyway.
+                    Err(e @ pin::PinError::NotFound { .. }) => {
+                        drop(inner);
+                        return Err(Some(
+                            OpError::new(ErrorCode::NotFound, format!("{e}; nothing was run"))
+                                .hint("check the command's spelling; the grant is unchanged")
+                                .reply(),
+                        ));
+                    }
                     Err(e) => {
                         inner.revoke(&gid, "pin mismatch");
                         inner.audit(

@@ -24,6 +24,7 @@ mod harness;
 mod hostile;
 mod identity;
 mod import;
+mod limits;
 mod mcp_hostile;
 mod mcp_wait;
 mod names;
