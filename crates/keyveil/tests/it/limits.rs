@@ -136,3 +136,63 @@ fn a_mistyped_command_is_refused_and_the_standing_grant_stays() {
         text(&o.stderr)
     );
 }
+
+/// `keyveil ARGS` (with `input` on stdin) as root without the capabilities that bypass file
+/// permissions, so a directory without search permission stops it as it stops a normal user;
+/// the broker it starts inherits that.
+fn run_without_dac_override(h: &Home, args: &[&str], input: &str) -> std::process::Output {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+        .arg(setsid())
+        .arg("-w")
+        .arg(bin())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", h.path())
+        .env("KEYVEIL_HOME", h.path())
+        .env("LANG", "C.UTF-8")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.as_bytes().to_vec();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    wait_output(child, CLI_LIMIT)
+}
+
+#[test]
+fn a_working_directory_without_search_permission_is_named_as_the_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "tok_limits_Qm3vX8pLk2Rw");
+    let outside = tempfile::tempdir().unwrap();
+    let locked = outside.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o600)).unwrap();
+    h.ok(&["daemon", "stop"]);
+    let u = run_without_dac_override(&h, &["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    if !u.status.success() && text(&u.stderr).contains("setpriv") {
+        return; // no setpriv: nothing to check
+    }
+    assert!(u.status.success(), "{}", text(&u.stderr));
+    let cwd = locked.to_str().unwrap();
+    let o = run_without_dac_override(
+        &h,
+        &[
+            "run", "--env", "demo", "--wait", "1", "--cwd", cwd, "--", "true",
+        ],
+        "",
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot be entered") && err.contains("search") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!err.contains("the command exists"), "{err}");
+    h.ok(&["daemon", "stop"]);
+}
