@@ -512,7 +512,7 @@ impl OpError {
 pub(crate) type OpResult<T> = Result<T, OpError>;
 
 /// A value sealed in memory could not be opened (the broker's memory was changed).
-fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
+pub(crate) fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
     OpError::new(ErrorCode::Failed, e.to_string())
         .hint("ask the user to restart the broker: `keyveil daemon stop`, then `keyveil unlock`")
 }
@@ -951,12 +951,14 @@ impl Inner {
         Ok(names)
     }
 
-    /// Copies out the values of `vars` for a spawn (zeroized when dropped).
-    pub(crate) fn values(
+    /// The values of `vars` for a spawn, still sealed (a clone of each sealed value): the caller
+    /// opens them outside the broker's lock (opened values are zeroized when dropped). Dynamic
+    /// variables are skipped (minted or fetched per grant: `crate::dynamic::values_for_grant`).
+    pub(crate) fn sealed_values(
         &self,
         env: &str,
         vars: &[String],
-    ) -> OpResult<Vec<(String, SecretValue)>> {
+    ) -> OpResult<Vec<(String, keyveil_vault::SealedValue)>> {
         let vault = self.vault()?;
         let e = vault
             .data()
@@ -966,7 +968,6 @@ impl Inner {
         let mut out = Vec::with_capacity(vars.len());
         for n in vars {
             if e.variables.get(n).is_some_and(|v| v.dynamic.is_some()) {
-                // Minted or fetched per grant: `crate::dynamic::values_for_grant`.
                 continue;
             }
             let v = e
@@ -979,7 +980,7 @@ impl Inner {
                         format!("variable '{n}' in '{env}' has no value"),
                     )
                 })?;
-            out.push((n.clone(), v.open().map_err(sealed_value_error)?));
+            out.push((n.clone(), v.clone()));
         }
         Ok(out)
     }
