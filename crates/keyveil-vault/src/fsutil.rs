@@ -108,7 +108,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> 
     sync_dir(dir)
 }
 
-/// Removes the temporary files [`write_atomic`] leaves next to `path` when its process is
+/// Removes the temporary files an atomic save leaves next to `path` when its process is
 /// killed mid-save (`.<name>.<pid>.<n>.tmp`), under `path`'s lock: while it is held no save is
 /// running, so every such file is a leftover. Returns how many were removed. A file that cannot
 /// be removed is skipped.
