@@ -207,6 +207,27 @@ pub enum Bootstrap {
     },
 }
 
+/// The longest `NAME=value` string, in bytes with its terminating NUL, that Linux lets one
+/// environment entry of a new program be (`MAX_ARG_STRLEN`, 32 pages of 4 KiB): a longer one
+/// makes `execve` fail with `E2BIG`. `set` refuses values that could never be injected.
+pub const MAX_ENV_STRING: usize = 131_072;
+
+/// The message and hint when `NAME=value` is over [`MAX_ENV_STRING`], or `None` when it fits.
+pub fn env_string_too_long(name: &str, value_len: usize) -> Option<(String, String)> {
+    let total = name.len().saturating_add(value_len).saturating_add(2);
+    (total > MAX_ENV_STRING).then(|| {
+        (
+            format!(
+                "the value of {name} is {value_len} bytes: Linux cannot pass an environment entry (NAME=value) over {MAX_ENV_STRING} bytes to a program, so it could never be injected; nothing was stored"
+            ),
+            format!(
+                "keep values under {} bytes for this name; store a large secret (a key file, a bundle) in a file and keep its path or a short key to it in keyveil",
+                MAX_ENV_STRING.saturating_sub(name.len()).saturating_sub(2)
+            ),
+        )
+    })
+}
+
 /// Start of the broker's error message when a change needs the factor and none was given; the
 /// CLI recognises it and asks for the factor at the terminal.
 pub const FACTOR_NEEDED: &str = "replacing or removing a stored value needs your factor";

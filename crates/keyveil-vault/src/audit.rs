@@ -1356,6 +1356,91 @@ fn verify_inner(
     Ok(VerifyReport { entries, gaps })
 }
 
+/// What a log that cannot be continued (its last line fails its checks) still proves, against
+/// the vault's sealed checkpoint: how far it verifies from its start, and whether the entry the
+/// checkpoint names is in that verified part. See [`salvage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Salvage {
+    /// Entries from the first line on whose chain and MACs verify (the log is sound through
+    /// line `verified`).
+    pub verified: u64,
+    /// The first line that fails (1-based) and why; `None` when every complete line verifies.
+    pub first_bad: Option<(u64, String)>,
+    /// The `seq` of the checkpoint it was compared with, if any.
+    pub sealed_seq: Option<u64>,
+    /// Whether the checkpoint's entry (same `seq`, same `mac`) is among the verified lines.
+    pub sealed_found: bool,
+}
+
+impl Salvage {
+    /// Entries the checkpoint vouched for that the log no longer proves: lines
+    /// `verified + 1 ..= sealed_seq` when the checkpoint's entry was not found (cut off, or
+    /// replaced by what follows them), else 0.
+    pub fn missing(&self) -> u64 {
+        match self.sealed_seq {
+            Some(s) if !self.sealed_found => s.saturating_sub(self.verified),
+            _ => 0,
+        }
+    }
+}
+
+/// Verifies the log at `path` from its first line for as long as it verifies, and compares
+/// what verified with `checkpoint`: the evidence kept about a log that is moved aside
+/// ([`quarantine`]) because it cannot be continued. Never fails on a bad line (that is what it
+/// measures); a partial last line counts as bad.
+///
+/// # Errors
+/// [`AuditError::NotFound`]; [`AuditError::Io`].
+pub fn salvage(
+    path: &Path,
+    key: &[u8; 32],
+    checkpoint: Option<&AuditCheckpoint>,
+) -> Result<Salvage, AuditError> {
+    let file = open_existing(path)?;
+    let mut reader = LineReader::new(file);
+    let mut prev = GENESIS_PREV.to_owned();
+    let mut out = Salvage {
+        verified: 0,
+        first_bad: None,
+        sealed_seq: checkpoint.map(|c| c.seq),
+        sealed_found: checkpoint.is_none_or(|c| c.seq == 0),
+    };
+    loop {
+        let line = match reader.next_line(path) {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e @ AuditError::Io { .. }) => return Err(e),
+            Err(e) => {
+                out.first_bad = Some((out.verified + 1, e.to_string()));
+                break;
+            }
+        };
+        let line_no = reader.line_no;
+        let checked = if line.complete {
+            check_line(line_no, &line.bytes, key)
+                .and_then(|c| check_position(line_no, &c, &prev).map(|()| c))
+        } else {
+            Err(bad(line_no, LineFault::Incomplete))
+        };
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                out.first_bad = Some((line_no, e.to_string()));
+                break;
+            }
+        };
+        if let Some(c) = checkpoint
+            && c.seq == checked.seq
+            && c.mac == checked.mac
+        {
+            out.sealed_found = true;
+        }
+        prev = sha256_hex(&line.bytes);
+        out.verified = line_no;
+    }
+    Ok(out)
+}
+
 /// Reads the entries of the log at `path` for display, without verifying MACs or the chain: all
 /// of them, or the last `limit`. A missing file gives an empty list; an incomplete last line (a
 /// torn write) is skipped.

@@ -108,6 +108,49 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> 
     sync_dir(dir)
 }
 
+/// Removes the temporary files an atomic save leaves next to `path` when its process is
+/// killed mid-save (`.<name>.<pid>.<n>.tmp`), under `path`'s lock: while it is held no save is
+/// running, so every such file is a leftover. Returns how many were removed. A file that cannot
+/// be removed is skipped.
+///
+/// # Errors
+/// [`VaultError::Locked`] (a save is running elsewhere); [`VaultError::Io`] when the lock or
+/// the directory cannot be opened.
+pub fn remove_stale_temp_files(path: &Path) -> Result<usize, VaultError> {
+    let _guard = lock_exclusive(&lock_path(path))?;
+    let dir = parent_dir(path);
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let entries = std::fs::read_dir(dir).map_err(|e| VaultError::io("list", dir, e))?;
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(middle) = name
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        // `<pid>.<n>`: digits and one dot, nothing else (never another file's name).
+        let mut parts = middle.split('.');
+        let ours = matches!(
+            (parts.next(), parts.next(), parts.next()),
+            (Some(a), Some(b), None)
+                if !a.is_empty() && !b.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+        );
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if ours && regular && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// fsyncs a directory so a rename in it is durable (Unix; a no-op elsewhere).
 fn sync_dir(dir: &Path) -> Result<(), VaultError> {
     #[cfg(unix)]
@@ -119,4 +162,38 @@ fn sync_dir(dir: &Path) -> Result<(), VaultError> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn leftover_temporary_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault.kv");
+        write_atomic(&vault, b"current").unwrap();
+        for name in [".vault.kv.123.0.tmp", ".vault.kv.9.41.tmp"] {
+            std::fs::write(dir.path().join(name), b"left by a kill").unwrap();
+        }
+        let keep = [
+            ".vault.kv.x.0.tmp",
+            ".vault.kv.1.2.3.tmp",
+            ".other.kv.1.0.tmp",
+            "vault.kv.1.0.tmp",
+            ".vault.kv.1.0.tmp.keep",
+        ];
+        for name in keep {
+            std::fs::write(dir.path().join(name), b"not ours").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(".vault.kv.5.5.tmp")).unwrap();
+        assert_eq!(remove_stale_temp_files(&vault).unwrap(), 2);
+        for name in keep {
+            assert!(dir.path().join(name).exists(), "{name} was removed");
+        }
+        assert!(dir.path().join(".vault.kv.5.5.tmp").is_dir());
+        assert_eq!(std::fs::read(&vault).unwrap(), b"current");
+        assert_eq!(remove_stale_temp_files(&vault).unwrap(), 0);
+    }
 }

@@ -53,6 +53,7 @@ mod kat;
 pub use audit::{AuditError, AuditWriter};
 pub use error::VaultError;
 pub use format::{FORMAT_VERSION, KdfParams};
+pub use fsutil::remove_stale_temp_files;
 pub use model::DynamicSource;
 pub use model::{
     AuditCheckpoint, AutoApproveRule, Compromise, DEFAULT_MAX_TTL_SECONDS, DenyRule, Environment,

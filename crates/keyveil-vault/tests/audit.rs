@@ -505,3 +505,47 @@ fn a_moved_or_replaced_log_refuses_appends_and_the_moved_file_records_why() {
     assert_eq!(report.gaps[0].refused, 1);
     assert_eq!(report.gaps[0].events.get("test.event"), Some(&1));
 }
+
+/// Issue 21, item 7: a log cut short and ended with a garbage line cannot be continued; what
+/// it still proves is measured against the sealed checkpoint, so moving it aside cannot hide
+/// the cut.
+#[test]
+fn salvage_measures_a_cut_log_against_the_sealed_checkpoint() {
+    let (_d, path) = log_with(6);
+    let cp = AuditWriter::open(&path, &KEY)
+        .unwrap()
+        .checkpoint()
+        .unwrap();
+    assert_eq!(cp.seq, 6);
+    // Intact: everything verifies and the checkpoint is found.
+    let s = audit::salvage(&path, &KEY, Some(&cp)).unwrap();
+    assert_eq!(
+        (s.verified, s.first_bad.is_none(), s.sealed_found),
+        (6, true, true)
+    );
+    assert_eq!(s.missing(), 0);
+    // Cut the last two lines, append garbage.
+    let mut l = lines(&path);
+    l.truncate(4);
+    l.push("{\"seq\":5,\"garbage\":true}".to_owned());
+    write_lines(&path, &l);
+    assert!(matches!(
+        AuditWriter::open(&path, &KEY),
+        Err(AuditError::BadLine { .. })
+    ));
+    let s = audit::salvage(&path, &KEY, Some(&cp)).unwrap();
+    assert_eq!(s.verified, 4);
+    assert_eq!(s.first_bad.as_ref().map(|b| b.0), Some(5));
+    assert_eq!(s.sealed_seq, Some(6));
+    assert!(!s.sealed_found);
+    assert_eq!(s.missing(), 2);
+    // No checkpoint: nothing can be said to be missing.
+    assert_eq!(audit::salvage(&path, &KEY, None).unwrap().missing(), 0);
+    // A forged line in the middle: verified stops before it.
+    let (_d2, path2) = log_with(5);
+    let mut l = lines(&path2);
+    l[2] = l[2].replace("\"dev\"", "\"prod\"");
+    write_lines(&path2, &l);
+    let s = audit::salvage(&path2, &KEY, None).unwrap();
+    assert_eq!((s.verified, s.first_bad.map(|b| b.0)), (2, Some(3)));
+}

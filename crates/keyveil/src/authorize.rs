@@ -328,21 +328,22 @@ async fn bootstrap(paths: &Paths, b: Bootstrap) -> Result<op::Bootstrapped> {
 /// `keyveil unlock`: checks the passphrase against the vault file here; if our broker already
 /// runs unlocked, says so (`Ok(true)`); otherwise stops whatever answers at the socket and
 /// starts a broker of our own that gets the passphrase through its stdin pipe, then checks that
-/// the broker answering is it (`Ok(false)`).
+/// the broker answering is it (`Ok(false)`), with the warnings the unlock gave (an audit log
+/// moved aside).
 ///
 /// # Errors
 /// [`AuthError::WrongPassphrase`]; another process holds the broker lock; the new broker failed
 /// or is not the one answering.
-pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<bool> {
+pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<(bool, Vec<String>)> {
     let key = passphrase_key(paths, &pass).await?;
     if is_ours_unlocked(paths, &key).await {
-        return Ok(true);
+        return Ok((true, Vec::new()));
     }
     // An agent's call in the moment between the old broker's exit and ours can start a locked
     // broker that takes the lock first (agents are told to call again while the human unlocks):
     // clear the way again, at most three times. The passphrase only ever goes to our own child.
     let mut tries = 0;
-    loop {
+    let answer = loop {
         tries += 1;
         clear_the_way(paths).await?;
         match bootstrap(
@@ -353,18 +354,22 @@ pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<bool> {
         )
         .await
         {
-            Ok(_) => break,
+            Ok(answer) => break answer,
             Err(e) if tries >= 3 => return Err(e),
             Err(e) => tracing::debug!(error = %e, "unlock: the broker start failed; trying again"),
         }
-    }
+    };
     if !is_ours_unlocked(paths, &key).await {
         return Err(AuthError::NotYourBroker {
             socket: paths.socket().display().to_string(),
         }
         .into());
     }
-    Ok(false)
+    let warnings = match answer {
+        op::Bootstrapped::Unlocked { warnings, .. } => warnings,
+        op::Bootstrapped::Created { .. } => Vec::new(),
+    };
+    Ok((false, warnings))
 }
 
 /// `keyveil init`: refuses while a broker for this home says it is unlocked (its vault may have

@@ -43,8 +43,9 @@ impl Connection {
                 Ok(s) => return Ok(Connection::wrap(s)),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     return Err(anyhow!(e)).context(format!(
-                        "the keyveil broker did not start (socket {})\nhint: see {} or run `keyveil daemon --foreground`",
+                        "the keyveil broker did not start (socket {}){}\nhint: see {} or run `keyveil daemon --foreground`",
                         paths.socket().display(),
+                        paths.full_disk_hint(),
                         paths.log().display()
                     ));
                 }
@@ -73,6 +74,14 @@ impl Connection {
     /// Sends the request.
     pub(crate) async fn send(&mut self, req: &Request) -> Result<()> {
         let body = Frame::json(req).context("cannot encode the request")?;
+        if body.len() > keyveil_proto::MAX_FRAME {
+            bail!(
+                "the {} request is {} bytes, over the {} MiB limit of one message to the broker; nothing was sent\nhint: send large input as a file (a path) instead",
+                req.op(),
+                body.len(),
+                keyveil_proto::MAX_FRAME / (1024 * 1024)
+            );
+        }
         self.framed
             .send(body)
             .await
@@ -232,4 +241,38 @@ fn start_broker(paths: &Paths) -> Result<()> {
         let _ = child.wait();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keyveil_proto::{Passphrase, op};
+
+    /// A request over the broker's 16 MiB frame limit is refused here, with the limit stated
+    /// and nothing sent, instead of the connection being lost half-way.
+    #[tokio::test]
+    async fn a_request_over_the_frame_limit_is_refused_before_anything_is_sent() {
+        use tokio::io::AsyncReadExt;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut c = Connection::wrap(ours);
+        let req: Request = op::VarSet {
+            environment: "demo".into(),
+            name: "HUGE".into(),
+            value: Some(Passphrase::new("x".repeat(keyveil_proto::MAX_FRAME + 1))),
+            sealed_value: None,
+            factor: None,
+        }
+        .into();
+        let err = c.send(&req).await.unwrap_err().to_string();
+        assert!(
+            err.contains("16 MiB") && err.contains("nothing was sent") && err.contains("hint:"),
+            "{err}"
+        );
+        assert!(!err.contains("xxxxxxxx"));
+        drop(c);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{} bytes were sent", got.len());
+    }
 }

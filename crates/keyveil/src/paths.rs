@@ -99,6 +99,18 @@ impl Paths {
         Ok(())
     }
 
+    /// A `hint:` line (with its leading newline) when the file system holding the home has no
+    /// space or no inodes left for us; empty otherwise (or when that cannot be told).
+    pub(crate) fn full_disk_hint(&self) -> String {
+        match rustix::fs::statvfs(&self.home) {
+            Ok(s) if s.f_bavail == 0 || (s.f_files > 0 && s.f_favail == 0) => format!(
+                "\nhint: the file system holding {} is full; free some space there (or move KEYVEIL_HOME to a file system the agent cannot fill) and try again",
+                self.home.display()
+            ),
+            _ => String::new(),
+        }
+    }
+
     /// Creates the home and run directories with mode 0700 (tightening them if they exist).
     pub(crate) fn ensure_dirs(&self) -> Result<()> {
         for d in [self.home.clone(), self.run_dir()] {

@@ -58,6 +58,27 @@ pub struct AuditVerified {
     pub pending_gap: Option<PendingGap>,
     /// `audit_unclean_end` entries: a broker stopped without sealing the log.
     pub unclean_ends: Vec<UncleanEnd>,
+    /// `audit_quarantined` entries: a log that failed verification at unlock was moved aside
+    /// and this one started (what the sealed checkpoint knew and what is missing).
+    #[serde(default)]
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// An `audit_quarantined` entry in [`AuditVerified::quarantined`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// Its line in the current log.
+    pub seq: Option<u64>,
+    /// Where the old log was moved (as recorded; shown escaped).
+    pub moved_to: String,
+    /// Lines of the moved log that verify from its start.
+    pub verified_lines: Option<u64>,
+    /// Its first line that fails.
+    pub first_bad_line: Option<u64>,
+    /// The entries the vault's sealed checkpoint vouched for.
+    pub sealed_seq: Option<u64>,
+    /// Entries the checkpoint vouched for that the moved log no longer holds.
+    pub missing: u64,
 }
 
 /// An `audit.gap` entry in [`AuditVerified::gaps`].

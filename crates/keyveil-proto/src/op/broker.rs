@@ -77,6 +77,22 @@ pub struct BrokerStatus {
     /// Empty while unlocked.
     #[serde(default)]
     pub locked_asks: Vec<LockedAsk>,
+    /// Lines of the broker's own log (`broker.log`) that could not be written since it started
+    /// (a full disk): the broker goes on without them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_lines_lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A run an agent asked for while the vault was locked (in [`BrokerStatus::locked_asks`]).
@@ -134,11 +150,15 @@ pub struct RunsStopped {
 /// The reply to [`Lock`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Locked {
-    /// Always `true`.
+    /// Always `true`: the values left the broker's memory, whatever else failed.
     pub locked: bool,
     /// The runs the lock stopped.
     #[serde(flatten)]
     pub stopped: RunsStopped,
+    /// Whether the `lock` entry reached the audit log (`false` on a full disk: it is counted
+    /// in the gap the next unlock records first). Absent means `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub recorded: bool,
 }
 
 /// The reply to [`Shutdown`].
@@ -174,5 +194,9 @@ pub enum Bootstrapped {
         /// `Some(true)` when it already was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         already: Option<bool>,
+        /// What the human must know about this unlock (an audit log that failed verification
+        /// and was moved aside, with what is missing from it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
 }

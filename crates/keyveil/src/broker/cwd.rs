@@ -37,6 +37,18 @@ pub(crate) fn canonical_cwd(cwd: &str) -> OpResult<String> {
             ),
         ));
     }
+    // A directory the user cannot enter (no search permission) would make the child's `chdir`
+    // fail and the run look like a broken command: say what is wrong with the directory.
+    if rustix::fs::access(&c, rustix::fs::Access::EXEC_OK).is_err() {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            format!(
+                "the working directory \"{}\" cannot be entered: no search (x) permission for this user; nothing was run",
+                keyveil_proto::display::clip(cwd, 200)
+            ),
+        )
+        .hint("run from a directory you can enter, or give yourself access (`chmod u+x DIR`)"));
+    }
     c.into_os_string()
         .into_string()
         .map_err(|_| OpError::new(ErrorCode::Usage, "the working directory is not valid UTF-8"))

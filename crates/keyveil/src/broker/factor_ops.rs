@@ -112,10 +112,7 @@ pub(crate) fn challenge(
     if !totp.is_empty()
         && let Err(secs) = inner.factor.check(now)
     {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!("approvals are locked after repeated wrong factors; try again in {secs} s"),
-        ));
+        return Err(totp_locked(secs));
     }
     let nonce =
         factor_proof::random_nonce().map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
@@ -221,23 +218,24 @@ pub(crate) async fn verify_factor(
     {
         let mut inner = broker.lock();
         inner.vault()?;
-        // Only guesses made here count and lock out: a code or passphrase typed into the page,
-        // and TOTP exchanges (counted when handed out). A passphrase proof is no online guess
-        // (each guess costs an offline Argon2id derivation), so a wrong one is audited but never
-        // locks the human out, and the right one is always accepted.
-        let typed = matches!(proof, Proof::Typed(_) | Proof::TypedTotp(_));
-        if typed && let Err(secs) = inner.factor.check(Instant::now()) {
+        // Only guesses made here count: a code or passphrase typed into the page, and TOTP
+        // exchanges (counted when handed out). Only TOTP codes are ever locked out. The
+        // passphrase is never refused unjudged (an agent could otherwise lock the human out):
+        // a passphrase proof is no online guess at all (each guess costs an offline Argon2id
+        // derivation, as an attack on the vault file does), and a typed one is judged by an
+        // Argon2id check too, a wrong one answered only after a delay (`typed_delay`).
+        if matches!(proof, Proof::TypedTotp(_))
+            && let Err(secs) = inner.factor.check(Instant::now())
+        {
             inner.audit_note(
                 "factor_locked",
                 json!({"for": purpose, "seconds_left": secs}),
             );
-            return Err(OpError::new(
-                ErrorCode::Denied,
-                format!("approvals are locked after repeated wrong factors; try again in {secs} s"),
-            ));
+            return Err(totp_locked(secs));
         }
     }
     // Whether a failure here counts towards the lockout (see above).
+    let typed_passphrase = matches!(proof, Proof::Typed(_));
     let mut counted = true;
     let outcome: Result<Verified, (&'static str, String)> = match proof {
         Proof::Missing => {
@@ -290,39 +288,62 @@ pub(crate) async fn verify_factor(
             }
         }
     };
-    let mut inner = broker.lock();
-    match outcome {
+    let (used, why) = match outcome {
         Ok(v) => {
             // Only a real factor resets the count: a plain confirmation (which an agent can give
             // in a `confirm` environment) must never lift a lockout of TOTP guesses.
             if v.used != "confirm" {
-                inner.factor.succeed();
+                broker.lock().factor.succeed();
             }
-            Ok(v)
+            return Ok(v);
         }
-        Err((used, why)) => {
-            let lockout = if counted {
-                inner.factor.fail(Instant::now())
-            } else {
-                None
-            };
-            inner.audit_note(
-                "factor_failed",
-                json!({"for": purpose, "factor": used, "why": why, "lockout_seconds": lockout.map(|d| d.as_secs())}),
-            );
-            Err(OpError::new(
-                ErrorCode::Denied,
-                format!("{why}; nothing was approved or changed"),
-            )
-            .hint(match lockout {
-                Some(d) => format!(
-                    "too many failures: approvals are locked for {} s",
-                    d.as_secs()
-                ),
-                None => "try again with the right factor".to_owned(),
-            }))
-        }
+        Err(e) => e,
+    };
+    let (lockout, delay) = {
+        let mut inner = broker.lock();
+        let now = Instant::now();
+        let lockout = if counted {
+            inner.factor.fail(now)
+        } else {
+            None
+        };
+        let delay = if typed_passphrase {
+            inner.factor.typed_delay(now)
+        } else {
+            Duration::ZERO
+        };
+        inner.audit_note(
+            "factor_failed",
+            json!({"for": purpose, "factor": used, "why": why, "lockout_seconds": lockout.map(|d| d.as_secs()), "delay_seconds": delay.as_secs()}),
+        );
+        (lockout, delay)
+    };
+    // A speed bump, never a lock: the answer to a wrong typed passphrase waits (outside the
+    // broker's lock); the right one is never delayed or refused.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
+    Err(OpError::new(
+        ErrorCode::Denied,
+        format!("{why}; nothing was approved or changed"),
+    )
+    .hint(match lockout {
+        Some(d) => format!(
+            "too many failures: TOTP codes are locked for {} s; the passphrase is never locked out",
+            d.as_secs()
+        ),
+        None => "try again with the right factor".to_owned(),
+    }))
+}
+
+/// The refusal of a TOTP code while TOTP guessing is locked out: it names the way that always
+/// works (the passphrase, which satisfies every policy and is never locked out).
+fn totp_locked(secs: u64) -> OpError {
+    OpError::new(
+        ErrorCode::Denied,
+        format!("TOTP codes are locked after repeated wrong factors; try again in {secs} s"),
+    )
+    .hint("your passphrase is never locked out: approve at your terminal with `keyveil approve ID` (it asks for the passphrase)")
 }
 
 fn not_enough(required: FactorKind, used: &str) -> OpError {
@@ -485,10 +506,7 @@ pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<op::E
 pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
     let mut inner = broker.lock();
     if let Err(secs) = inner.factor.check(Instant::now()) {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!("factor checks are locked after repeated wrong factors; try again in {secs} s"),
-        ));
+        return Err(totp_locked(secs));
     }
     let Some((seed_b32, at)) = inner.pending_totp.take() else {
         return Err(

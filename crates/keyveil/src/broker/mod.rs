@@ -89,7 +89,13 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         .write(true)
         .read(true)
         .open(paths.lock())
-        .with_context(|| format!("cannot open {}", paths.lock().display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open {}{}",
+                paths.lock().display(),
+                paths.full_disk_hint()
+            )
+        })?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -103,6 +109,17 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     // Only the broker holding the lock: private TMPDIRs of runs that never finished (a crash,
     // `kill -9`) are removed; nothing a run left there outlives it.
     private_tmp::clear_leftovers(&paths);
+    // Temporary files of vault saves a kill interrupted (each a full copy of the vault).
+    match keyveil_vault::remove_stale_temp_files(&paths.vault()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed temporary files of interrupted vault saves"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot remove temporary files of interrupted vault saves")
+        }
+    }
     // The broker never reads a requester's "input" from its own home (runs' private TMPDIRs,
     // the vault, the audit): see `pin::readable_for_requester`.
     crate::pin::set_private_roots(vec![paths.home.clone()]);
@@ -111,14 +128,17 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         std::fs::remove_file(&sock)
             .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
     }
-    let listener =
-        UnixListener::bind(&sock).with_context(|| format!("cannot bind {}", sock.display()))?;
+    let listener = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot bind {}{}", sock.display(), paths.full_disk_hint()))?;
     set_mode(&sock, 0o600)?;
-    std::fs::write(
+    // Informational only (nothing reads it to find the broker: the socket and the lock do), so
+    // a full disk must not keep the broker from starting.
+    if let Err(e) = std::fs::write(
         paths.run_dir().join("broker.pid"),
         std::process::id().to_string(),
-    )
-    .context("cannot write broker.pid")?;
+    ) {
+        tracing::warn!(error = %e, "cannot write broker.pid; the broker runs without it");
+    }
 
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let broker = Arc::new(Broker {
@@ -163,10 +183,36 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     let ticker = tokio::spawn(tick(broker.clone()));
     let mount_server = tokio::spawn(mounts::supervise(broker.clone()));
     let me = rustix::process::getuid();
+    // After a failed accept (out of file descriptors: EMFILE, ENFILE; or memory) the pending
+    // connection is still there and `accept` fails again at once: without a pause the loop
+    // spins. It waits, doubling up to 1 s, and logs once per episode.
+    let mut backoff: Option<std::time::Duration> = None;
     loop {
         tokio::select! {
             conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
+                let stream = match conn {
+                    Ok((stream, _)) => {
+                        if backoff.take().is_some() {
+                            tracing::info!("accepting connections again");
+                        }
+                        stream
+                    }
+                    Err(e) => {
+                        let wait = match backoff {
+                            None => {
+                                tracing::error!(error = %e, "cannot accept connections (out of file descriptors?); retrying with a pause");
+                                std::time::Duration::from_millis(10)
+                            }
+                            Some(d) => (d * 2).min(std::time::Duration::from_secs(1)),
+                        };
+                        backoff = Some(wait);
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = broker.shutdown.cancelled() => break,
+                        }
+                        continue;
+                    }
+                };
                 match stream.peer_cred() {
                     Ok(c) if c.uid() == me.as_raw() => {
                         tokio::spawn(handle(broker.clone(), stream));
@@ -251,9 +297,21 @@ fn answer_bootstrap(reply: &Reply) {
 async fn tick(broker: Arc<Broker>) {
     let mut iv = tokio::time::interval(std::time::Duration::from_millis(250));
     let mut ticks: u64 = 0;
+    let home_id = dir_identity(&broker.paths.home);
     loop {
         iv.tick().await;
         ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(4)
+            && home_id.is_some()
+            && dir_identity(&broker.paths.home) != home_id
+        {
+            // The home was deleted (or replaced): nobody can reach this broker at its socket
+            // any more, and its vault file and audit log are gone. It must not run on, unlocked
+            // and unreachable: it stops (runs end, values leave memory).
+            tracing::error!(home = %broker.paths.home.display(), "KEYVEIL_HOME was deleted or replaced; the broker stops");
+            broker.shutdown.cancel();
+            return;
+        }
         if ticks.is_multiple_of(4) {
             // Every second: record a pending audit gap as soon as the log has room again.
             broker.lock().flush_audit_gap();
@@ -298,6 +356,14 @@ async fn tick(broker: Arc<Broker>) {
             broker.notify();
         }
     }
+}
+
+/// The device and inode of a directory, `None` when it is gone.
+fn dir_identity(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// One connection: one request, its replies.

@@ -979,7 +979,17 @@ async fn write_once(
             .get(grant_id)
             .map(|g| g.variables.clone())
             .unwrap_or_default();
-        match inner.values(env, &vars) {
+        let opened = inner.sealed_values(env, &vars).and_then(|sealed| {
+            sealed
+                .into_iter()
+                .map(|(k, v)| {
+                    v.open()
+                        .map(|o| (k, o))
+                        .map_err(super::state::sealed_value_error)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match opened {
             Err(e) => Err(format!(
                 "cannot read the values: {}",
                 inner.hide_names_in_error(env, &vars, e).message

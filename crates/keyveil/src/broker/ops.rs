@@ -459,6 +459,7 @@ fn status(broker: &Broker) -> op::BrokerStatus {
             .values()
             .filter(|g| g.live(Timestamp::now()))
             .count(),
+        log_lines_lost: crate::logging::lost_lines(),
         live_runs: inner.runs.len(),
         runs: inner
             .runs
@@ -554,7 +555,9 @@ async fn init(
     })
 }
 
-fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
+/// Opens the audit log for `vault` and puts both in the broker. Returns warnings for the
+/// human (a log that was moved aside, and what the sealed checkpoint says is missing).
+fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> {
     use keyveil_vault::audit::{AuditError, AuditWriter, quarantine};
     let key = vault.audit_key();
     let path = broker.paths.audit();
@@ -565,14 +568,23 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
     // A log whose last line fails its MAC was edited by someone without the key. Refusing to
     // unlock would let any same-user process lock the human out, so the bad log is moved
     // aside as evidence, a new one is started, and the first entry of the new log says so.
+    // What the moved log still proves is measured against the seal first: moving a cut log
+    // aside must not hide the cut (issue 21: the quarantine used to reset the seal silently).
     let (writer, quarantined) = match AuditWriter::open(&path, &key) {
         Ok(w) => (w, None),
         Err(AuditError::BadLine { .. }) => {
             let moved = quarantine(&path).map_err(cant)?;
-            (AuditWriter::open(&path, &key).map_err(cant)?, Some(moved))
+            let salvage =
+                keyveil_vault::audit::salvage(&moved, &key, vault.data().audit_checkpoint.as_ref())
+                    .ok();
+            (
+                AuditWriter::open(&path, &key).map_err(cant)?,
+                Some((moved, salvage)),
+            )
         }
         Err(e) => return Err(cant(e)),
     };
+    let mut warnings = Vec::new();
     // Does the log still hold the entry the vault sealed last time?
     let seal_broken = match (&quarantined, vault.data().audit_checkpoint.as_ref()) {
         (None, Some(cp)) => keyveil_vault::audit::verify_checkpoint(&path, &key, cp)
@@ -595,15 +607,70 @@ fn open_with(broker: &Broker, vault: Vault) -> OpResult<()> {
     inner.audit_seal_broken = seal_broken;
     inner.audit_path_changed = None;
     inner.open_audit_session();
-    if let Some(moved) = quarantined {
-        // The seal belonged to the log that was moved aside.
+    if let Some((moved, salvage)) = quarantined {
+        // The seal belonged to the log that was moved aside: what it knew is recorded in the
+        // new log's first entries (MAC'd), where `audit verify` finds and reports it.
         if let Some(v) = inner.vault.as_mut() {
             v.data_mut().audit_checkpoint = None;
         }
         tracing::warn!(moved = %moved.display(), "audit log failed verification and was quarantined");
-        inner.audit("audit_quarantined", json!({ "moved_to": moved }));
+        let (verified, first_bad, sealed_seq, missing) = match &salvage {
+            Some(s) => (
+                Some(s.verified),
+                s.first_bad.as_ref().map(|b| b.0),
+                s.sealed_seq,
+                s.missing(),
+            ),
+            None => (None, None, None, 0),
+        };
+        inner.audit(
+            "audit_quarantined",
+            json!({
+                "moved_to": moved,
+                "verified_lines": verified,
+                "first_bad_line": first_bad,
+                "sealed_seq": sealed_seq,
+                "missing": missing,
+            }),
+        );
+        warnings.push(quarantine_warning(
+            &moved, verified, first_bad, sealed_seq, missing,
+        ));
     }
-    Ok(())
+    Ok(warnings)
+}
+
+/// The human's warning about a log moved aside at unlock (also printed by `audit verify`).
+pub(crate) fn quarantine_warning(
+    moved: &std::path::Path,
+    verified: Option<u64>,
+    first_bad: Option<u64>,
+    sealed_seq: Option<u64>,
+    missing: u64,
+) -> String {
+    let shown = keyveil_proto::display::visible(&moved.display().to_string());
+    let mut w = format!(
+        "the audit log failed verification and was moved aside to {shown}; a new log was started"
+    );
+    if let Some(v) = verified {
+        w.push_str(&format!("; the moved log verifies through line {v}"));
+    }
+    if let Some(b) = first_bad {
+        w.push_str(&format!(
+            " and line {b} fails its MAC or chain (edited or forged)"
+        ));
+    }
+    match sealed_seq {
+        Some(s) if missing > 0 => w.push_str(&format!(
+            "; the vault's sealed checkpoint vouched for {s} entries, so {missing} entries (lines {}-{s}) are MISSING: they were cut off or overwritten",
+            s - missing + 1
+        )),
+        Some(s) => w.push_str(&format!(
+            "; the sealed checkpoint (line {s}) is among the lines that verify"
+        )),
+        None => w.push_str("; no sealed checkpoint existed to compare with"),
+    }
+    w
 }
 
 fn vault_err(e: keyveil_vault::VaultError) -> OpError {
@@ -621,21 +688,18 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<op::Bootstra
         return Ok(op::Bootstrapped::Unlocked {
             unlocked: true,
             already: Some(true),
+            warnings: Vec::new(),
         });
     }
-    if let Err(secs) = broker.lock().factor.check(Instant::now()) {
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!("too many wrong passphrases; try again in {secs} s"),
-        ));
-    }
+    // No lockout here: the passphrase is never refused unjudged (each guess costs an Argon2id
+    // derivation, as an offline attack on the vault file does).
     let path = broker.paths.vault();
     let opened = tokio::task::spawn_blocking(move || Vault::open(&path, pass.expose().as_bytes()))
         .await
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("unlock failed: {e}")))?;
     match opened {
         Ok(v) => {
-            open_with(broker, v)?;
+            let warnings = open_with(broker, v)?;
             let mut inner = broker.lock();
             inner.factor.succeed();
             inner.audit("unlock", json!({}));
@@ -645,13 +709,14 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<op::Bootstra
             Ok(op::Bootstrapped::Unlocked {
                 unlocked: true,
                 already: None,
+                warnings,
             })
         }
         Err(keyveil_vault::VaultError::WrongPassphrase) => {
             let lockout = broker.lock().factor.fail(Instant::now());
             tracing::warn!(?lockout, "wrong passphrase at unlock");
             Err(OpError::new(ErrorCode::Denied, "wrong passphrase")
-                .hint("try again; after 5 failures keyveil waits before accepting more"))
+                .hint("try again; the right passphrase is always accepted"))
         }
         Err(e) => Err(vault_err(e)),
     }
@@ -664,17 +729,25 @@ async fn lock(broker: &Broker) -> op::Locked {
     let mut inner = broker.lock();
     // A grant approved while we waited ends in the same step as the vault leaves memory.
     let _late = stop_all(&mut inner, "vault locked");
-    inner.audit("lock", json!({}));
+    let recorded = inner.audit_recorded("lock", json!({}));
     inner.seal_audit_final();
+    // The values leave memory whatever the disk said above (the sealed checkpoint and the
+    // audit entry are best effort here; what could not be written is kept as the gap).
     inner.vault = None;
     inner.close_audit();
     inner.challenges.clear();
     inner.pending_totp = None;
     drop(inner);
     broker.notify();
+    if !recorded {
+        tracing::error!(
+            "the vault was locked, but the lock could not be recorded in the audit log"
+        );
+    }
     op::Locked {
         locked: true,
         stopped: stopped.reply(),
+        recorded,
     }
 }
 
@@ -912,6 +985,12 @@ fn store(
     verified: bool,
 ) -> OpResult<bool> {
     check_name("variable", name)?;
+    if let Some((message, hint)) = value
+        .as_deref()
+        .and_then(|v| keyveil_proto::env_string_too_long(name, v.len()))
+    {
+        return Err(OpError::new(ErrorCode::Usage, message).hint(hint));
+    }
     if access::is_injection_var(name) {
         // A vault variable is injected into granted children: one named BASH_ENV, LD_PRELOAD,
         // PATH, NODE_OPTIONS, ... would let whoever sets it (no factor is needed to set a value)
@@ -1401,8 +1480,26 @@ fn audit_verify(broker: &Broker) -> OpResult<op::AuditVerified> {
                     sealed_seq: e.get("sealed_seq").and_then(Value::as_u64),
                 })
                 .collect();
+            let quarantined = keyveil_vault::audit::read_entries(&path, None)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.get("event").and_then(Value::as_str) == Some("audit_quarantined"))
+                .map(|e| op::Quarantined {
+                    seq: e.get("seq").and_then(Value::as_u64),
+                    moved_to: e
+                        .get("moved_to")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    verified_lines: e.get("verified_lines").and_then(Value::as_u64),
+                    first_bad_line: e.get("first_bad_line").and_then(Value::as_u64),
+                    sealed_seq: e.get("sealed_seq").and_then(Value::as_u64),
+                    missing: e.get("missing").and_then(Value::as_u64).unwrap_or(0),
+                })
+                .collect();
             Ok(op::AuditVerified {
                 ok: true,
+                quarantined,
                 unclean_ends,
                 entries: report.entries,
                 sealed_seq: checkpoint.map(|c| c.seq),

@@ -209,8 +209,12 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
     if req.argv.len() > MAX_ARGV {
         return Err(OpError::new(
             ErrorCode::Usage,
-            "the command has too many arguments",
-        ));
+            format!(
+                "the command has {} arguments; keyveil runs at most {MAX_ARGV}; nothing was run",
+                req.argv.len()
+            ),
+        )
+        .hint("pass long lists of files through a file or stdin (for example `xargs` inside a script you run), not as arguments"));
     }
     broker.lock().audit_ready("run_start")?;
     let cwd = super::cwd::canonical_cwd(&req.cwd)?;
@@ -377,6 +381,16 @@ async fn wait_for_grant(
                     ));
                 }
                 match verified {
+                    // Nothing by that name exists (`pythn3`): nothing can run, nothing was
+                    // changed, so the grant stays; the next run is verified again anyway.
+                    Err(e @ pin::PinError::NotFound { .. }) => {
+                        drop(inner);
+                        return Err(Some(
+                            OpError::new(ErrorCode::NotFound, format!("{e}; nothing was run"))
+                                .hint("check the command's spelling; the grant is unchanged")
+                                .reply(),
+                        ));
+                    }
                     Err(e) => {
                         inner.revoke(&gid, "pin mismatch");
                         inner.audit(
@@ -507,7 +521,10 @@ async fn launch(
         if let Err(e) = inner.audit_ready_for("run_start", entry_len) {
             return Err(e.reply());
         }
-        let mut values = match inner.values(&req.environment, vars) {
+        // Only the variables this run injects, still sealed: they are opened, and the
+        // redactor built, after the lock is released (with thousands of values, or a large
+        // one, that is the slow part of a run, and nothing else may wait for it).
+        let sealed = match inner.sealed_values(&req.environment, vars) {
             // Defence in depth for vaults written before such names were refused.
             Ok(v) => v
                 .into_iter()
@@ -517,25 +534,42 @@ async fn launch(
                 return Err(inner.hide_names_in_error(&req.environment, vars, e).reply());
             }
         };
-        values.extend(dynamic_values.values);
+        // Markers and write-side leaks name variables as clients see them (aliases where
+        // the policy hides names).
+        let mut shown: Vec<String> = sealed
+            .iter()
+            .map(|(k, _)| inner.shown_name(&req.environment, k))
+            .collect();
+        shown.extend(
+            dynamic_values
+                .values
+                .iter()
+                .map(|(k, _)| inner.shown_name(&req.environment, k)),
+        );
         let cancel = inner
             .grants
             .get(&grant_id)
             .map(|g| g.cancel.clone())
             .unwrap_or_default();
-        // Markers and write-side leaks name variables as clients see them (aliases where
-        // the policy hides names).
-        let redactor = crate::redact::Redactor::new(values.iter().map(|(k, v)| {
-            (
-                inner.shown_name(&req.environment, k),
-                v.expose().as_bytes().to_vec(),
-            )
-        }));
         // argv is the requester's, stored and shown as given: never matched against values
         // (see `access::find_or_create_request`).
         let shown_argv = req.argv.clone();
         let mut env = child_env(&inner, &req.environment, &req.env, pass_env);
         env.extend(dynamic_values.env);
+        drop(inner);
+        let mut values = Vec::with_capacity(sealed.len() + dynamic_values.values.len());
+        for (k, v) in sealed {
+            match v.open() {
+                Ok(v) => values.push((k, v)),
+                Err(e) => return Err(super::state::sealed_value_error(e).reply()),
+            }
+        }
+        values.extend(dynamic_values.values);
+        let redactor = crate::redact::Redactor::new(
+            shown
+                .into_iter()
+                .zip(values.iter().map(|(_, v)| v.expose().as_bytes().to_vec())),
+        );
         (values, cancel, redactor, shown_argv, env)
     };
     req.env.clear();

@@ -24,6 +24,11 @@ pub(crate) const DENIAL_MEMORY: Duration = Duration::from_secs(300);
 pub(crate) const MAX_FACTOR_FAILURES: u32 = 5;
 /// First lockout after [`MAX_FACTOR_FAILURES`]; doubles with each further lockout.
 pub(crate) const FACTOR_LOCKOUT: Duration = Duration::from_secs(60);
+/// The longest lockout of TOTP codes (the doubling stops there): an agent's guesses may make
+/// TOTP unusable for a while, never for hours; the passphrase is never locked out.
+pub(crate) const MAX_FACTOR_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// The longest wait before the answer to a wrong passphrase typed into the approval page.
+pub(crate) const MAX_TYPED_DELAY: Duration = Duration::from_secs(10);
 
 /// Where a request stands.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -340,7 +345,9 @@ impl FactorGuard {
     pub(crate) fn fail(&mut self, now: Instant) -> Option<Duration> {
         self.failures += 1;
         if self.failures >= MAX_FACTOR_FAILURES {
-            let d = FACTOR_LOCKOUT.saturating_mul(1u32 << self.lockouts.min(10));
+            let d = FACTOR_LOCKOUT
+                .saturating_mul(1u32 << self.lockouts.min(10))
+                .min(MAX_FACTOR_LOCKOUT);
             self.lockouts += 1;
             self.failures = 0;
             self.locked_until = Some(now + d);
@@ -349,8 +356,19 @@ impl FactorGuard {
         None
     }
 
-    /// Records a success, which also lifts a lockout: only the human's passphrase proof can
-    /// succeed while one is on (TOTP exchanges and the approval page are refused then).
+    /// How long the answer to a wrong passphrase typed into the approval page waits: while
+    /// TOTP is locked out, what is left of the lockout (at most [`MAX_TYPED_DELAY`]); after 3
+    /// failures in a row, 1 s; else nothing. A speed bump for a guesser, never a refusal.
+    pub(crate) fn typed_delay(&self, now: Instant) -> Duration {
+        match self.locked_until {
+            Some(t) if t > now => t.saturating_duration_since(now).min(MAX_TYPED_DELAY),
+            _ if self.failures >= 3 => Duration::from_secs(1),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records a success, which also lifts a lockout: only the human's passphrase can succeed
+    /// while one is on (TOTP codes are refused then).
     pub(crate) fn succeed(&mut self) {
         self.failures = 0;
         self.lockouts = 0;
@@ -515,7 +533,7 @@ impl OpError {
 pub(crate) type OpResult<T> = Result<T, OpError>;
 
 /// A value sealed in memory could not be opened (the broker's memory was changed).
-fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
+pub(crate) fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
     OpError::new(ErrorCode::Failed, e.to_string())
         .hint("ask the user to restart the broker: `keyveil daemon stop`, then `keyveil unlock`")
 }
@@ -546,7 +564,13 @@ impl Inner {
     /// Actions that must not happen unrecorded use [`Inner::must_audit`], or
     /// [`Inner::audit_ready`] before acting and this after. Hidden names are audited by alias
     /// (see `names.rs`).
-    pub(crate) fn audit(&mut self, event: &str, mut fields: Value) {
+    pub(crate) fn audit(&mut self, event: &str, fields: Value) {
+        self.audit_recorded(event, fields);
+    }
+
+    /// [`Inner::audit`], saying whether the entry reached the log (`false`: the vault is
+    /// locked, the log was moved, or the disk is full and the entry is counted in the gap).
+    pub(crate) fn audit_recorded(&mut self, event: &str, mut fields: Value) -> bool {
         use keyveil_vault::audit::AuditError;
         self.hide_names_in(&mut fields);
         let map = match fields {
@@ -555,21 +579,26 @@ impl Inner {
         };
         let Some(w) = self.audit.as_mut() else {
             tracing::info!(event, "audit log not open (vault locked)");
-            return;
+            return false;
         };
         match w.append_record(event, map) {
             // The path names the file again (moved back): a later move is noticed anew.
-            Ok(_) => self.audit_path_changed = None,
+            Ok(_) => {
+                self.audit_path_changed = None;
+                true
+            }
             Err(AuditError::PathChanged { change, .. }) => {
                 self.note_audit_path_changed(change);
                 tracing::error!(
                     event,
                     "audit entry not recorded: the audit log was moved or replaced"
                 );
+                false
             }
             Err(e) => {
                 tracing::error!(event, error = %e, "audit entry not recorded (kept as a gap, written when the log can be written again); live runs are stopped");
                 self.stop_runs_unrecordable();
+                false
             }
         }
     }
@@ -794,6 +823,7 @@ impl Inner {
                 "audit_unclean_end",
                 serde_json::json!({"sealed_seq": sealed, "why": "the previous broker stopped without sealing the log (killed, or the host stopped): entries after sealed_seq cannot be vouched for"}),
             );
+            self.record_runs_ended_by_crash();
         }
         if let Some(v) = self.vault.as_mut() {
             v.data_mut().audit_session_open = true;
@@ -801,6 +831,54 @@ impl Inner {
                 tracing::error!(error = %e, "cannot mark the audit session open in the vault");
             }
         }
+    }
+
+    /// After an unclean end: every run the log shows started (`run_start`) and never ended
+    /// (`run_end`) died with the broker that ran it (its reaper and command are killed by
+    /// `PR_SET_PDEATHSIG`, what they started by the supervisor); each gets a `run_end` marked
+    /// `broker_crashed`, so the log says how it ended. Returns how many.
+    pub(crate) fn record_runs_ended_by_crash(&mut self) -> usize {
+        let Some(path) = self.audit.as_ref().map(|w| w.path().to_path_buf()) else {
+            return 0;
+        };
+        let entries = keyveil_vault::audit::read_entries(&path, None).unwrap_or_default();
+        let mut open: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+        for e in &entries {
+            let Some(run_id) = e.get("run_id").and_then(Value::as_str) else {
+                continue;
+            };
+            match e.get("event").and_then(Value::as_str) {
+                Some("run_start") => {
+                    open.insert(
+                        run_id.to_owned(),
+                        e.get("grant_id").cloned().unwrap_or(Value::Null),
+                    );
+                }
+                Some("run_end") => {
+                    open.remove(run_id);
+                }
+                _ => {}
+            }
+        }
+        let n = open.len();
+        for (run_id, grant_id) in open {
+            self.audit(
+                "run_end",
+                serde_json::json!({
+                    "run_id": run_id,
+                    "grant_id": grant_id,
+                    "broker_crashed": true,
+                    "why": "the broker stopped (killed, or the host stopped) before this run's end was recorded; the run ended with it",
+                }),
+            );
+        }
+        if n > 0 {
+            tracing::warn!(
+                runs = n,
+                "recorded the end of runs a crashed broker left open"
+            );
+        }
+        n
     }
 
     /// Seals the audit log's current end into the vault (the sealed checkpoint), so that cutting
@@ -894,12 +972,14 @@ impl Inner {
         Ok(names)
     }
 
-    /// Copies out the values of `vars` for a spawn (zeroized when dropped).
-    pub(crate) fn values(
+    /// The values of `vars` for a spawn, still sealed (a clone of each sealed value): the caller
+    /// opens them outside the broker's lock (opened values are zeroized when dropped). Dynamic
+    /// variables are skipped (minted or fetched per grant: `crate::dynamic::values_for_grant`).
+    pub(crate) fn sealed_values(
         &self,
         env: &str,
         vars: &[String],
-    ) -> OpResult<Vec<(String, SecretValue)>> {
+    ) -> OpResult<Vec<(String, keyveil_vault::SealedValue)>> {
         let vault = self.vault()?;
         let e = vault
             .data()
@@ -909,7 +989,6 @@ impl Inner {
         let mut out = Vec::with_capacity(vars.len());
         for n in vars {
             if e.variables.get(n).is_some_and(|v| v.dynamic.is_some()) {
-                // Minted or fetched per grant: `crate::dynamic::values_for_grant`.
                 continue;
             }
             let v = e
@@ -922,7 +1001,7 @@ impl Inner {
                         format!("variable '{n}' in '{env}' has no value"),
                     )
                 })?;
-            out.push((n.clone(), v.open().map_err(sealed_value_error)?));
+            out.push((n.clone(), v.clone()));
         }
         Ok(out)
     }
@@ -1239,5 +1318,26 @@ mod tests {
             f.fail(t0);
         }
         assert_eq!(f.fail(t0), Some(FACTOR_LOCKOUT * 2));
+    }
+
+    #[test]
+    fn the_lockout_stops_doubling_and_typed_passphrases_only_wait() {
+        let mut f = FactorGuard::default();
+        let t0 = Instant::now();
+        let mut longest = Duration::ZERO;
+        for _ in 0..100 {
+            if let Some(d) = f.fail(t0) {
+                longest = longest.max(d);
+            }
+        }
+        assert_eq!(longest, MAX_FACTOR_LOCKOUT);
+        // While locked, a wrong typed passphrase waits at most MAX_TYPED_DELAY.
+        assert_eq!(f.typed_delay(t0), MAX_TYPED_DELAY);
+        assert_eq!(
+            f.typed_delay(t0 + MAX_FACTOR_LOCKOUT - Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        f.succeed();
+        assert_eq!(f.typed_delay(t0), Duration::ZERO);
     }
 }

@@ -49,7 +49,26 @@ pub(crate) fn audit_verified(d: &op::AuditVerified) -> i32 {
         .map(|g| g.lost)
         .chain(pending.map(|p| p.lost))
         .sum();
-    if lost == 0 && unclean.is_empty() {
+    if !d.quarantined.is_empty() {
+        // A log moved aside at unlock: this one verifies, but it is not the whole history.
+        say(format!(
+            "audit log INCOMPLETE: {} entries, chain and MACs verified, but an earlier log failed verification and was moved aside:",
+            d.entries
+        ));
+        for q in &d.quarantined {
+            say(format!(
+                "WARNING: {} (recorded at line {})",
+                crate::broker::ops::quarantine_warning(
+                    std::path::Path::new(&q.moved_to),
+                    q.verified_lines,
+                    q.first_bad_line,
+                    q.sealed_seq,
+                    q.missing,
+                ),
+                q.seq.map_or_else(|| "null".to_owned(), |n| n.to_string()),
+            ));
+        }
+    } else if lost == 0 && unclean.is_empty() {
         say(format!(
             "audit log OK: {} entries, chain and MACs verified",
             d.entries
@@ -99,7 +118,7 @@ pub(crate) fn audit_verified(d: &op::AuditVerified) -> i32 {
         ));
     }
     if gaps.is_empty() && pending.is_none() {
-        return if unclean.is_empty() {
+        return if unclean.is_empty() && d.quarantined.is_empty() {
             0
         } else {
             AUDIT_GAP_EXIT
@@ -108,7 +127,7 @@ pub(crate) fn audit_verified(d: &op::AuditVerified) -> i32 {
     note(
         "hint: a gap means the audit log could not be written (a full disk, a quota, an I/O error): free space where KEYVEIL_HOME is; what a lost entry recorded is not in the log",
     );
-    if lost == 0 && unclean.is_empty() {
+    if lost == 0 && unclean.is_empty() && d.quarantined.is_empty() {
         0
     } else {
         AUDIT_GAP_EXIT

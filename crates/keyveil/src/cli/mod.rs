@@ -171,6 +171,20 @@ fn block_on<F: std::future::Future<Output = Result<i32>>>(f: F) -> Result<i32> {
 async fn daemon_stop(paths: &Paths) -> Result<i32> {
     match Connection::open_existing(paths).await {
         None => {
+            // Nothing answers at the socket; a process may still hold the broker's lock (its
+            // socket was moved or deleted): say so rather than that none runs.
+            let held = std::fs::File::open(paths.lock())
+                .ok()
+                .is_some_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+            if held {
+                note(format!(
+                    "a keyveil broker holds {} but does not answer at {}; it was not stopped\nhint: it stops by itself when its home is deleted; otherwise find it with `fuser {}` and stop it with `kill PID`",
+                    paths.lock().display(),
+                    paths.socket().display(),
+                    paths.lock().display()
+                ));
+                return Ok(1);
+            }
             say("no broker is running");
             Ok(0)
         }
@@ -249,12 +263,20 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Unlock { passphrase_stdin } => {
             let p = read_secret_line(passphrase_stdin, "Vault passphrase: ")?;
-            let already = authorize::unlock(paths, p).await.map_err(auth_exit)?;
+            let (already, warnings) = authorize::unlock(paths, p).await.map_err(auth_exit)?;
             say(if already {
                 "the broker is already unlocked"
             } else {
                 "unlocked"
             });
+            for w in &warnings {
+                note(format!("WARNING: {w}"));
+            }
+            if !warnings.is_empty() {
+                note(
+                    "hint: keep the moved file as evidence; `keyveil audit verify` reports this until the log is rotated",
+                );
+            }
             Ok(0)
         }
         Command::Lock => {
@@ -263,8 +285,16 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 Some(mut c) => {
                     c.send(&op::Lock.into()).await?;
                     let d = expect::<op::Lock>(c.final_reply().await?)?;
-                    say(format!("locked{}", runs_stopped(&d.stopped)));
+                    say(format!(
+                        "locked{} (no value is left in the broker's memory)",
+                        runs_stopped(&d.stopped)
+                    ));
                     warn_unconfirmed(&d.stopped);
+                    if !d.recorded {
+                        note(
+                            "warning: the lock could not be recorded in the audit log (is the disk full?); it is counted in the gap the next unlock records\nhint: free space where KEYVEIL_HOME is, then `keyveil audit verify`",
+                        );
+                    }
                 }
             }
             Ok(0)
@@ -301,6 +331,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                         "\nhint: {} asked while the vault is locked: `keyveil approve` unlocks and approves with one passphrase entry",
                         words::count(d.locked_asks.len() as u64, "request", "requests")
                     )
+                } + &if d.log_lines_lost > 0 {
+                    format!(
+                        "\nwarning: {} lines of broker.log could not be written (is the disk full?)",
+                        d.log_lines_lost
+                    )
+                } else {
+                    String::new()
                 }),
                 None => say(format!(
                     "broker: not running\nvault: {}\nhint: any keyveil command starts it; `keyveil unlock` to unlock",
@@ -357,6 +394,15 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             } else {
                 read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
             };
+            if let Some((message, hint)) =
+                keyveil_proto::env_string_too_long(&var, value.expose().len())
+            {
+                return Err(Exit {
+                    code: 2,
+                    message: format!("{message}\nhint: {hint}"),
+                }
+                .into());
+            }
             if given.is_none() {
                 given = if from_stdin {
                     // A value-free probe first: a value that would replace one is sent only

@@ -130,24 +130,72 @@ where
     /// Answers a line that could not be taken as a message: an error reply to its request id
     /// when it has one, else only a log line.
     fn reject(&mut self, line: &[u8], error: ErrorData) {
+        if b_starts_array(line) {
+            self.reject_batch(line);
+            return;
+        }
         let scan = scan_top_level(line);
         match scan.id {
             Some(id) if scan.method || !scan.complete => {
                 tracing::warn!(%id, error = %error.message, "answered an MCP request that could not be parsed with an error");
-                let reply = TxJsonRpcMessage::<RoleServer>::error(error, Some(id));
-                // `send` returns a 'static future: spawned, so a cancelled `receive` cannot
-                // lose the reply once the line is consumed.
-                let sending = self.out.send(reply);
-                tokio::spawn(async move {
-                    if let Err(e) = sending.await {
-                        tracing::warn!(error = %e, "cannot write an error reply");
-                    }
-                });
+                self.answer(error, Some(id));
+            }
+            None if scan.id_unreadable && (scan.method || !scan.complete) => {
+                // An id that is neither a string nor a 64-bit integer (`1e400`, 2^64, 1.5, an
+                // object): the reply cannot carry it, so it carries none, as JSON-RPC and MCP
+                // say for a request whose id cannot be read.
+                tracing::warn!(error = %error.message, "answered an MCP request with an unreadable id with an error");
+                self.answer(
+                    ErrorData::invalid_request(
+                        format!(
+                            "the request id is not a string or an integer that fits in 64 bits; the request was not run ({})",
+                            error.message
+                        ),
+                        None,
+                    ),
+                    None,
+                );
             }
             _ => {
                 tracing::warn!(error = %error.message, "ignored an MCP message without a request id that could not be parsed");
             }
         }
+    }
+
+    /// A JSON-RPC batch (an array): MCP has no batches, so each request in it gets its own
+    /// error naming the rule, and a batch where no request id can be read (empty, garbage)
+    /// gets one error without an id.
+    fn reject_batch(&mut self, line: &[u8]) {
+        let scans = scan_array(line);
+        let error = || {
+            ErrorData::invalid_request(
+                "JSON-RPC batches (arrays) are not supported by MCP; send one request per line",
+                None,
+            )
+        };
+        let mut answered = 0usize;
+        for s in scans {
+            if let (Some(id), true) = (s.id, s.method) {
+                self.answer(error(), Some(id));
+                answered += 1;
+            }
+        }
+        if answered == 0 {
+            self.answer(error(), None);
+        }
+        tracing::warn!(answered, "answered a JSON-RPC batch with errors");
+    }
+
+    /// Sends an error reply. `send` returns a 'static future: spawned, so a cancelled `receive`
+    /// cannot lose the reply once the line is consumed.
+    fn answer(&mut self, error: ErrorData, id: Option<RequestId>) {
+        let reply = TxJsonRpcMessage::<RoleServer>::error(error, id);
+        let sending = self.out.send(reply);
+        tokio::spawn(async move {
+            if let Err(e) = sending.await {
+                tracing::warn!(error = %e, "cannot write an error reply");
+            }
+        });
     }
 }
 
@@ -235,6 +283,48 @@ struct Scan {
     method: bool,
     /// Whether the scan reached the object's closing brace.
     complete: bool,
+    /// Whether an `id` member was there but is no string nor 64-bit integer.
+    id_unreadable: bool,
+}
+
+/// Whether the line's first non-blank byte opens an array (a JSON-RPC batch).
+fn b_starts_array(b: &[u8]) -> bool {
+    b.get(skip_ws(b, 0)) == Some(&b'[')
+}
+
+/// Most elements of a batch looked at (each gets its own reply).
+const MAX_BATCH: usize = 1000;
+
+/// Scans each top-level element of the array `b` as [`scan_top_level`] does, up to
+/// [`MAX_BATCH`] elements, stopping at the first thing it cannot follow.
+fn scan_array(b: &[u8]) -> Vec<Scan> {
+    let mut out = Vec::new();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'[') {
+        return out;
+    }
+    i += 1;
+    while out.len() < MAX_BATCH {
+        i = skip_ws(b, i);
+        if matches!(b.get(i), None | Some(b']')) {
+            break;
+        }
+        let Some(end) = value_end(b, i) else {
+            if let Some(rest) = b.get(i..) {
+                out.push(scan_top_level(rest));
+            }
+            break;
+        };
+        if let Some(v) = b.get(i..end) {
+            out.push(scan_top_level(v));
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Scans the members of the top-level object of `b` without parsing their values (so nesting
@@ -271,10 +361,11 @@ fn scan_top_level(b: &[u8]) -> Scan {
             return s;
         };
         match key {
-            b"id" if s.id.is_none() => {
+            b"id" if s.id.is_none() && !s.id_unreadable => {
                 s.id = b
                     .get(i..value_end)
                     .and_then(|raw| serde_json::from_slice::<RequestId>(raw).ok());
+                s.id_unreadable = s.id.is_none() && b.get(i..value_end) != Some(b"null");
             }
             b"method" => s.method = true,
             _ => {}
@@ -384,6 +475,24 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_scanned_element_by_element() {
+        let s = scan_array(
+            br#" [{"jsonrpc":"2.0","id":1,"method":"ping"}, {"id":"b","method":"x"},{"method":"n"}, 7]"#,
+        );
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0].id, Some(NumberOrString::Number(1)));
+        assert_eq!(s[1].id, Some(NumberOrString::String("b".into())));
+        assert!(s[2].id.is_none() && s[2].method);
+        assert!(s[3].id.is_none());
+        assert!(scan_array(b"[]").is_empty());
+        assert!(b_starts_array(b"  [1]") && !b_starts_array(b"{}"));
+        // Cut short: what was read is kept.
+        let s = scan_array(br#"[{"id":3,"method":"m"},{"id":4,"meth"#);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].id, Some(NumberOrString::Number(4)));
+    }
+
+    #[test]
     fn the_scan_finds_nothing_where_there_is_no_request_id() {
         for line in [
             &b""[..],
@@ -398,6 +507,19 @@ mod tests {
         ] {
             assert_eq!(id_of(line), None, "{}", String::from_utf8_lossy(line));
         }
+        for line in [
+            &b"{\"id\":18446744073709551616,\"method\":\"m\"}"[..],
+            b"{\"id\":1e400,\"method\":\"m\"}",
+            b"{\"id\":1.5,\"method\":\"m\"}",
+        ] {
+            let s = scan_top_level(line);
+            assert!(
+                s.id.is_none() && s.id_unreadable,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert!(!scan_top_level(b"{\"id\":null,\"method\":\"m\"}").id_unreadable);
         // A response carries an id but no method: not a request.
         let s = scan_top_level(br#"{"jsonrpc":"2.0","id":5,"result":{}}"#);
         assert!(s.id.is_some() && !s.method && s.complete);

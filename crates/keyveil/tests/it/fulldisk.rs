@@ -359,3 +359,77 @@ fn stopping_the_broker_on_a_full_disk_still_records_the_gap() {
     assert_eq!(gap["refused"], 1, "{gap}");
     assert_eq!(gap["events"]["run_start"], 1, "{gap}");
 }
+
+/// Issue 21, item 6: with the home (and so `broker.log`) on a full disk, the broker's log lines
+/// cannot be written. That used to panic the task that logged (`failed printing to stderr`):
+/// `lock` stopped half-way and left the vault unlocked, `audit verify` and approvals ended with
+/// "the broker closed the connection", and no broker could start (it could not write
+/// `broker.pid`). Now every command answers, `lock` wipes the values and says whether it was
+/// recorded, and a broker starts and unlocks on the full disk.
+#[test]
+fn on_a_full_disk_every_command_answers_lock_locks_and_the_broker_restarts() {
+    let Some((h, fs, value)) = home_on_tmpfs("4m") else {
+        return;
+    };
+    let first = h.run(&["run", "--env", "demo", "--wait", "1", "--", "true"]);
+    assert_eq!(first.status.code(), Some(5));
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let filler = fs.fill();
+    // The last page of `broker.log` still has room for a few lines: the agent fills it too.
+    {
+        use std::io::Write as _;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(h.path().join("broker.log"))
+            .unwrap();
+        while log.write_all(b"x").is_ok() {}
+    }
+    let closed = |what: &str, o: &std::process::Output| {
+        let err = text(&o.stderr);
+        assert!(
+            !err.contains("closed the connection") && !err.contains("lost the connection"),
+            "{what}: the broker dropped the connection: {err}"
+        );
+    };
+    // A refused run and an audit check get their answers.
+    let r = h.run(&["run", "--env", "demo", "--wait", "1", "--", "true"]);
+    closed("run", &r);
+    assert_refused("run", &r, &value);
+    let v = h.run(&["audit", "verify"]);
+    closed("audit verify", &v);
+    assert!(
+        matches!(v.status.code(), Some(0 | 1 | 3)),
+        "{}",
+        text(&v.stderr)
+    );
+    // Lock: the values leave memory, and the command says so.
+    let l = h.run(&["lock"]);
+    closed("lock", &l);
+    assert!(l.status.success(), "{}", text(&l.stderr));
+    assert!(text(&l.stdout).contains("locked"), "{}", text(&l.stdout));
+    let s = h.json(&["status", "--json"]);
+    assert_eq!(s["locked"], true, "the vault stayed unlocked: {s}");
+    assert!(
+        s["log_lines_lost"].as_u64().unwrap_or(0) > 0,
+        "the lost log lines are not counted: {s}"
+    );
+    // A new broker starts on the full disk and the human can unlock.
+    let stop = h.run(&["daemon", "stop"]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    let u = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    closed("unlock", &u);
+    assert!(
+        u.status.success(),
+        "unlock on a full disk: {}",
+        text(&u.stderr)
+    );
+    assert_eq!(h.json(&["status", "--json"])["locked"], false);
+    // What needs recording is still refused.
+    let r = h.run(&["run", "--env", "demo", "--wait", "1", "--", "true"]);
+    assert_refused("run after restart", &r, &value);
+    std::fs::remove_file(&filler).unwrap();
+    for enc in encodings(&value) {
+        assert!(!contains(&l.stdout, &enc) && !contains(&l.stderr, &enc));
+    }
+}

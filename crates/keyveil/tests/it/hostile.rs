@@ -224,3 +224,57 @@ fn hostile_frames_get_an_error_or_a_closed_connection_and_the_broker_survives() 
     }
     h.ok(&["audit", "verify"]);
 }
+
+/// CPU time (user + system, in clock ticks) of a process, from `/proc/PID/stat`.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Issue 21, item 11: with its file descriptor limit reached, the broker's accept loop failed
+/// with EMFILE at once, again and again (42 % of a core, `status` timing out). Now it pauses
+/// between attempts, and answers again once descriptors are free.
+#[test]
+fn out_of_file_descriptors_the_broker_backs_off_and_recovers() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let pid = broker_pid(&h);
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = (open_fds + 4).to_string();
+    let o = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()
+        .expect("prlimit (util-linux) is needed");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Idle connections take the last descriptors; the rest wait in the backlog.
+    let held: Vec<UnixStream> = (0..20).map(|_| connect(&h)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(&pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_ticks(&pid) - before;
+    // 3 s of a spinning loop is about 300 ticks; a paused one a handful.
+    assert!(
+        spent < 60,
+        "the broker spent {spent} ticks of CPU in 3 s while out of descriptors"
+    );
+    drop(held);
+    let t0 = std::time::Instant::now();
+    loop {
+        let o = h.run(&["status", "--json"]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the broker did not recover: {}",
+            text(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(broker_pid(&h), pid);
+}

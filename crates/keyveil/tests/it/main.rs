@@ -25,6 +25,7 @@ mod hostile;
 mod identity;
 mod import;
 mod locked;
+mod limits;
 mod mcp_hostile;
 mod mcp_wait;
 mod mount;

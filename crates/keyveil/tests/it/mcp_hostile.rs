@@ -186,6 +186,25 @@ impl Mcp {
         }
     }
 
+    /// Waits for an error reply without an id (or with `id: null`), skipping other lines.
+    fn wait_for_error_without_id(&mut self, what: &str) -> Value {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "{what}: no error reply within {BOUND:?} (a hang). stderr:\n{}",
+                    self.stderr_text()
+                );
+            };
+            let msg: Value = serde_json::from_slice(&line).unwrap();
+            self.seen.push(line);
+            if msg.get("error").is_some() && msg.get("id").is_none_or(Value::is_null) {
+                return msg;
+            }
+        }
+    }
+
     /// Sends a request whose `params` are raw JSON text; returns the reply.
     fn request(&mut self, method: &str, params: &str, what: &str) -> Value {
         let id = self.id();
@@ -756,6 +775,9 @@ enum Expect {
     /// Nothing to correlate a reply with (no id, or not a request): a reply with a null id or
     /// none at all; the next request is still answered.
     NoIdNeeded,
+    /// A JSON-RPC invalid-request error whose id is absent or null (the request's id cannot be
+    /// carried, or there is none to carry).
+    ErrorWithoutId,
 }
 
 #[test]
@@ -795,11 +817,28 @@ fn malformed_json_rpc_frames_get_an_error_or_nothing_and_the_server_keeps_answer
         ("open brace", b"{".to_vec(), Expect::NoIdNeeded),
         ("null", b"null".to_vec(), Expect::NoIdNeeded),
         ("number", b"42".to_vec(), Expect::NoIdNeeded),
-        ("empty batch", b"[]".to_vec(), Expect::NoIdNeeded),
+        // Issue 21, item 12: batches and ids beyond 64 bits got no answer at all.
+        ("empty batch", b"[]".to_vec(), Expect::ErrorWithoutId),
         (
             "batch of one",
             br#"[{"jsonrpc":"2.0","id":800,"method":"ping"}]"#.to_vec(),
-            Expect::NoIdNeeded,
+            Expect::ErrorFor(json!(800)),
+        ),
+        (
+            "batch of two",
+            br#"[{"jsonrpc":"2.0","id":801,"method":"ping"},{"jsonrpc":"2.0","id":"b-802","method":"tools/list"}]"#.to_vec(),
+            Expect::ErrorFor(json!("b-802")),
+        ),
+        ("batch of garbage", b"[1,2,3]".to_vec(), Expect::ErrorWithoutId),
+        (
+            "an id of 2^64",
+            br#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}"#.to_vec(),
+            Expect::ErrorWithoutId,
+        ),
+        (
+            "an id of 2^63",
+            br#"{"jsonrpc":"2.0","id":9223372036854775808,"method":"tools/list"}"#.to_vec(),
+            Expect::ErrorWithoutId,
         ),
         ("object without anything", b"{}".to_vec(), Expect::NoIdNeeded),
         (
@@ -892,6 +931,15 @@ fn malformed_json_rpc_frames_get_an_error_or_nothing_and_the_server_keeps_answer
                     clip(&r)
                 );
                 assert!(msg.len() < 4096, "{what}: a {} byte error", msg.len());
+            }
+            Expect::ErrorWithoutId => {
+                let r = m.wait_for_error_without_id(what);
+                let msg = r["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    r["error"]["code"] == json!(-32600) && !msg.is_empty(),
+                    "{what}: expected an invalid-request error: {}",
+                    clip(&r)
+                );
             }
             Expect::NoIdNeeded => {}
         }

@@ -113,7 +113,56 @@ fn a_forged_last_audit_line_cannot_lock_the_human_out() {
         })
         .collect();
     assert_eq!(moved.len(), 1, "the tampered log is kept as evidence");
-    h.ok(&["audit", "verify"]);
+    // The new log verifies, but verify says an earlier one was moved aside (the forged line
+    // was the sealed one: one entry the seal vouched for is missing).
+    let v = h.run(&["audit", "verify"]);
+    let out = text(&v.stdout);
+    assert_eq!(v.status.code(), Some(3), "{out}{}", text(&v.stderr));
+    assert!(
+        out.contains("moved aside") && out.contains("1 entries"),
+        "{out}"
+    );
+}
+
+/// Issue 21, item 7: the agent cuts the last two lines of the log (what it did) and appends a
+/// line of garbage, so the next unlock cannot continue the log and moves it aside. That used to
+/// reset the sealed checkpoint silently: `audit verify` then said "audit log OK: 2 entries".
+/// Now unlock says it, and verify reports the moved file and what the seal knew is missing.
+#[test]
+fn a_cut_log_ended_with_garbage_cannot_be_laundered_by_the_quarantine() {
+    let h = audited_home();
+    h.ok(&["lock"]);
+    let p = h.path().join("audit.jsonl");
+    let t = std::fs::read_to_string(&p).unwrap();
+    let sealed = t.lines().count();
+    let mut lines: Vec<&str> = t.lines().collect();
+    lines.truncate(sealed - 2);
+    std::fs::write(
+        &p,
+        lines.join("\n") + "\n{\"seq\":999,\"event\":\"noise\"}\n",
+    )
+    .unwrap();
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("moved aside") && err.contains("MISSING") && err.contains("2 entries"),
+        "unlock did not say the log was moved aside: {err}"
+    );
+    let v = h.run(&["audit", "verify"]);
+    let out = text(&v.stdout);
+    assert_eq!(
+        v.status.code(),
+        Some(3),
+        "the laundered log verified: {out}"
+    );
+    assert!(!out.contains("audit log OK"), "{out}");
+    assert!(
+        out.contains("audit.jsonl.bad-")
+            && out.contains(&format!("vouched for {sealed} entries"))
+            && out.contains(&format!("lines {}-{sealed}", sealed - 1)),
+        "{out}"
+    );
 }
 
 #[test]
