@@ -136,8 +136,8 @@ impl DecodePass {
         let mut prefixes = vec![0u64; PREFIX_BITS / 64];
         let mut first = [false; 256];
         for a in &atoms {
-            if let Some(&f) = a.first() {
-                first[usize::from(f)] = true;
+            if let Some(slot) = a.first().and_then(|&f| first.get_mut(usize::from(f))) {
+                *slot = true;
             }
             let mut h = 0u64;
             for (k, &x) in a.iter().take(LOOKBACK).enumerate() {
@@ -271,7 +271,13 @@ impl DecodePass {
         let mut pre = [(0u8, 0u64); LOOKBACK];
         let mut n = 0;
         let from = at.saturating_sub(LOOKBACK_RAW);
-        for (j, &b) in chunk.get(from..at).unwrap_or_default().iter().enumerate().rev() {
+        for (j, &b) in chunk
+            .get(from..at)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .rev()
+        {
             if n == LOOKBACK {
                 break;
             }
@@ -693,7 +699,8 @@ impl DecodePass {
 }
 
 fn prefix_slot(h: u64, len: usize) -> (usize, u64) {
-    let m = (h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let m =
+        (h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     let i = (m >> 44) as usize % PREFIX_BITS;
     (i / 64, 1u64 << (i % 64))
 }

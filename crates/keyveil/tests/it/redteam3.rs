@@ -1803,8 +1803,14 @@ fn every_character_escapes_are_redacted() {
             "percent-every-byte",
             "''.join('%%%02X'%b for b in v.encode())",
         ),
-        ("c-hex-every-byte", "''.join('\\\\x%02X'%b for b in v.encode())"),
-        ("python-U-every-char", "''.join('\\\\U%08x'%ord(c) for c in v)"),
+        (
+            "c-hex-every-byte",
+            "''.join('\\\\x%02X'%b for b in v.encode())",
+        ),
+        (
+            "python-U-every-char",
+            "''.join('\\\\U%08x'%ord(c) for c in v)",
+        ),
         ("css-six-digits", "''.join('\\\\%06x'%ord(c) for c in v)"),
         (
             "fullwidth",
