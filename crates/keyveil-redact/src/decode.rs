@@ -42,7 +42,7 @@ const LOOKBACK_RAW: usize = 32;
 
 /// Bits in the filter of atom prefixes (a false positive only holds back or seeds a few bytes
 /// more, the same for every split of the input).
-const PREFIX_BITS: usize = 1 << 20;
+const PREFIX_BITS: usize = 1 << 17;
 
 /// Base of the polynomial hash of atom prefixes.
 const HASH_BASE: u64 = 0x0100_0000_01b3;
