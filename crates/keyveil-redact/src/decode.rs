@@ -38,7 +38,11 @@ const MAX_DIGITS: u8 = 10;
 const LOOKBACK: usize = 16;
 /// Raw bytes before a trigger in which those plain bytes are looked for (whitespace among them
 /// is noise). The same rule for every split of the input keeps streaming equal to one-shot.
-const LOOKBACK_RAW: usize = 64;
+const LOOKBACK_RAW: usize = 32;
+
+/// Bits in the filter of atom prefixes (a false positive only holds back or seeds a few bytes
+/// more, the same for every split of the input).
+const PREFIX_BITS: usize = 1 << 17;
 
 /// Base of the polynomial hash of atom prefixes.
 const HASH_BASE: u64 = 0x0100_0000_01b3;
@@ -52,8 +56,10 @@ pub(crate) struct DecodePass {
     by_suffix: HashMap<u64, Vec<u32>>,
     /// A 2^16-bit filter of the same words, checked before the map.
     filter: Vec<u64>,
-    /// Hashes (with lengths) of every atom prefix of up to [`LOOKBACK`] bytes.
-    prefixes: std::collections::HashSet<(u64, u8)>,
+    /// Filter of the hashes (with lengths) of every atom prefix of up to [`LOOKBACK`] bytes.
+    prefixes: Vec<u64>,
+    /// Bytes that begin some atom.
+    first: [bool; 256],
     max_len: usize,
 }
 
@@ -64,7 +70,8 @@ impl Drop for DecodePass {
         }
         self.by_suffix.clear();
         self.filter.zeroize();
-        self.prefixes.clear();
+        self.prefixes.zeroize();
+        self.first.zeroize();
     }
 }
 
@@ -126,12 +133,19 @@ impl DecodePass {
                 .or_default()
                 .push(u32::try_from(i).unwrap_or(u32::MAX));
         }
-        let mut prefixes = std::collections::HashSet::new();
+        let mut prefixes = vec![0u64; PREFIX_BITS / 64];
+        let mut first = [false; 256];
         for a in &atoms {
+            if let Some(slot) = a.first().and_then(|&f| first.get_mut(usize::from(f))) {
+                *slot = true;
+            }
             let mut h = 0u64;
             for (k, &x) in a.iter().take(LOOKBACK).enumerate() {
                 h = h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(x));
-                prefixes.insert((h, u8::try_from(k + 1).unwrap_or(u8::MAX)));
+                let (slot, bit) = prefix_slot(h, k + 1);
+                if let Some(w) = prefixes.get_mut(slot) {
+                    *w |= bit;
+                }
             }
         }
         let max_len = atoms.iter().map(Vec::len).max().unwrap_or(0);
@@ -141,6 +155,7 @@ impl DecodePass {
             by_suffix,
             filter,
             prefixes,
+            first,
             max_len,
         })
     }
@@ -198,9 +213,10 @@ impl DecodePass {
         // Hold back the plain bytes at the end that a run starting in the next chunk could
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
-        let before = self.lookback(st, chunk, base, chunk.len());
+        let (before, n) = self.lookback(st, chunk, base, chunk.len());
+        let before = before.get(..n).unwrap_or_default();
         st.hold_from = self
-            .plain_start(&before)
+            .plain_start(before)
             .map(|i| before.get(i).map_or(end, |b| b.1));
         // Keep the last bytes for the look-back of a run starting early in the next chunk.
         let keep = LOOKBACK_RAW;
@@ -229,9 +245,10 @@ impl DecodePass {
             b = b.min(st.esc_start);
         }
         // The window can begin a match once it holds an escape, or while one is being read.
+        let n = st.window.len();
         if st.active
             && (st.has_escape || st.esc != Esc::Ground)
-            && let Some(&(_, s, _)) = st.window.first()
+            && let Some(&(_, s, _)) = st.window.get(n.saturating_sub(self.max_len))
         {
             b = b.min(s);
         }
@@ -243,8 +260,16 @@ impl DecodePass {
 
     /// The non-whitespace bytes among the [`LOOKBACK_RAW`] raw bytes before `at` in `chunk`
     /// (continuing into the previous chunks' tail), the last [`LOOKBACK`] of them, in order.
-    fn lookback(&self, st: &DecodeState, chunk: &[u8], base: u64, at: usize) -> Vec<(u8, u64)> {
-        let mut pre: Vec<(u8, u64)> = Vec::new();
+    fn lookback(
+        &self,
+        st: &DecodeState,
+        chunk: &[u8],
+        base: u64,
+        at: usize,
+    ) -> ([(u8, u64); LOOKBACK], usize) {
+        // Collected nearest first, then reversed into order.
+        let mut pre = [(0u8, 0u64); LOOKBACK];
+        let mut n = 0;
         let from = at.saturating_sub(LOOKBACK_RAW);
         for (j, &b) in chunk
             .get(from..at)
@@ -253,8 +278,14 @@ impl DecodePass {
             .enumerate()
             .rev()
         {
-            if !crate::normalize::is_space(b) {
-                pre.push((b, base + (from + j) as u64));
+            if n == LOOKBACK {
+                break;
+            }
+            if !crate::normalize::is_space(b)
+                && let Some(slot) = pre.get_mut(n)
+            {
+                *slot = (b, base + (from + j) as u64);
+                n += 1;
             }
         }
         let missing = LOOKBACK_RAW.saturating_sub(at);
@@ -262,14 +293,21 @@ impl DecodePass {
             let tail_start = st.tail_end - st.tail.len() as u64;
             let skip = st.tail.len().saturating_sub(missing);
             for (j, &b) in st.tail.iter().enumerate().skip(skip).rev() {
-                if !crate::normalize::is_space(b) {
-                    pre.push((b, tail_start + j as u64));
+                if n == LOOKBACK {
+                    break;
+                }
+                if !crate::normalize::is_space(b)
+                    && let Some(slot) = pre.get_mut(n)
+                {
+                    *slot = (b, tail_start + j as u64);
+                    n += 1;
                 }
             }
         }
-        pre.truncate(LOOKBACK);
-        pre.reverse();
-        pre
+        if let Some(p) = pre.get_mut(..n) {
+            p.reverse();
+        }
+        (pre, n)
     }
 
     /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
@@ -280,8 +318,11 @@ impl DecodePass {
         for (i, &(x, _)) in bytes.iter().enumerate().rev() {
             h = h.wrapping_add(u64::from(x).wrapping_mul(pw));
             pw = pw.wrapping_mul(HASH_BASE);
-            let len = u8::try_from(bytes.len() - i).unwrap_or(u8::MAX);
-            if self.prefixes.contains(&(h, len)) {
+            if !self.first.get(usize::from(x)).copied().unwrap_or(false) {
+                continue;
+            }
+            let (slot, bit) = prefix_slot(h, bytes.len() - i);
+            if self.prefixes.get(slot).is_some_and(|w| w & bit != 0) {
                 found = Some(i);
             }
         }
@@ -294,8 +335,9 @@ impl DecodePass {
         st.window.clear();
         st.since_escape = 0;
         st.has_escape = false;
-        let pre = self.lookback(st, chunk, base, at);
-        if let Some(i) = self.plain_start(&pre) {
+        let (pre, n) = self.lookback(st, chunk, base, at);
+        let pre = pre.get(..n).unwrap_or_default();
+        if let Some(i) = self.plain_start(pre) {
             for &(b, p) in pre.get(i..).unwrap_or_default() {
                 st.window.push((b, p, p + 1));
             }
@@ -541,6 +583,14 @@ impl DecodePass {
 
     /// What looked like an escape is not one: its bytes are plain, and `b` is looked at anew.
     fn fail(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        if !st.has_escape {
+            // A trigger that began no escape (`50% done`, `a & b`): nothing to decode here,
+            // the other passes see plain text.
+            st.clear_esc();
+            st.end_run();
+            self.step(st, b, pos, hits);
+            return;
+        }
         let start = st.esc_start;
         let bytes: Vec<u8> = st.pend().to_vec();
         st.clear_esc();
@@ -600,8 +650,12 @@ impl DecodePass {
             }
         }
         st.window.push((b, start, end));
-        if st.window.len() > self.max_len {
+        // Trimmed in batches (amortised O(1) a byte); only the last `max_len` bytes matter.
+        if st.window.len() >= 2 * self.max_len.max(8) {
             let extra = st.window.len() - self.max_len;
+            for w in st.window.iter_mut().take(extra) {
+                w.0 = 0;
+            }
             st.window.drain(..extra);
         }
         let n = st.window.len();
@@ -642,6 +696,13 @@ impl DecodePass {
             }
         }
     }
+}
+
+fn prefix_slot(h: u64, len: usize) -> (usize, u64) {
+    let m =
+        (h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let i = (m >> 44) as usize % PREFIX_BITS;
+    (i / 64, 1u64 << (i % 64))
 }
 
 fn word(b: &[u8]) -> u64 {

@@ -157,7 +157,8 @@ impl RedactStream {
     /// Feeds a chunk of output; appends to `out` every byte that can no longer be part of a
     /// match (values are replaced by `[REDACTED:NAME]`). At most
     /// [`crate::Redactor::max_pattern_len`] − 1 *significant* bytes are held back (whitespace
-    /// and escape sequences inside a possible match are held back with it).
+    /// and escape sequences inside a possible match are held back with it, and so are the
+    /// character escapes the decoding pass reads: up to about 10 bytes each).
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         if self.inner.failed {
             self.fail_closed(out);

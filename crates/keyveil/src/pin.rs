@@ -873,11 +873,18 @@ fn operand(kind: Interp, argv: &[String]) -> Operand {
         o.from_stdin = true;
         return o;
     }
-    // Options that print and exit: no program is read at all.
+    // Options that print and exit, or name what runs otherwise (`node --test` discovers test
+    // files): no program is read from standard input.
     let info_only = argv.iter().skip(1).any(|a| {
         matches!(a.as_str(), "--version" | "--help")
             || (kind == Interp::Python && matches!(a.as_str(), "-V" | "-VV" | "-h"))
-            || (kind == Interp::Node && matches!(a.as_str(), "-v" | "-h"))
+            || (kind == Interp::Node
+                && (matches!(a.as_str(), "-v" | "-h" | "--test" | "--v8-options")
+                    || a.starts_with("--run")))
+            || (kind == Interp::Perl && matches!(a.as_str(), "-v" | "-V"))
+            || (kind == Interp::Ruby && a == "-v")
+            || (kind == Interp::Php && matches!(a.as_str(), "-v" | "-i" | "-m"))
+            || (kind == Interp::Lua && a == "-v")
     });
     // Options that read program text from standard input after (or instead of) the script.
     let interactive = argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {

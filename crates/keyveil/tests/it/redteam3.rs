@@ -240,7 +240,7 @@ fn make_inputs_only_make_can_expand_are_refused() {
 /// sealed copy of the pinned script (a memfd with `F_SEAL_WRITE`, `/proc/self/fd/N` as the
 /// operand), or re-check file pins by (ino, ctime) as well as content when each run ends.
 #[test]
-#[ignore = "LEAK (partly fixed): the line written during the run still runs with the value in that run; the grant now ends at the run's end (see a_script_rewritten_during_a_run_ends_the_grant)"]
+#[ignore = "LEAK (partly fixed): the line written during the run still runs with the value in that run; the grant ends at the run's end (a_script_rewritten_during_a_run_ends_the_grant). A sealed copy would change $0/BASH_SOURCE; the per-run mount-namespace design is in docs/threat-model.md"]
 fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
     let original = "sleep 2\necho approved-step\n";
     let (a, tok, app) = setup(&[], original);
