@@ -29,7 +29,7 @@ Examples:
 )]
 pub(crate) struct SweepArgs {
     /// Directories (or files) to sweep whole, with every git repository at or below them
-    /// (default: the current directory).
+    /// (default: the current directory; with --watch, none: only the host folders).
     pub paths: Vec<PathBuf>,
     /// JSON output.
     #[arg(long)]
@@ -77,7 +77,9 @@ pub(crate) async fn run(paths: &Paths, a: SweepArgs) -> Result<i32> {
 
 async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let given = if a.paths.is_empty() {
+    // A watch watches the host folders, and only the paths given: the current directory by
+    // default would put a recursive inotify watch on all of it (often the whole home).
+    let given = if a.paths.is_empty() && !a.watch {
         vec![cwd.clone()]
     } else {
         a.paths.clone()

@@ -207,7 +207,11 @@ fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
         "--json",
         "--passphrase-stdin",
     ]);
-    c.current_dir(h.path())
+    // Started in a project folder: a watch does not take the current directory (a recursive
+    // inotify watch on all of it, often the whole home), only the host folders.
+    let cwd = h.path().join("some-project");
+    std::fs::create_dir_all(&cwd).unwrap();
+    c.current_dir(&cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -230,6 +234,7 @@ fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
     });
     let hello = rx.recv_timeout(Duration::from_secs(30)).expect("no hello");
     assert!(hello.contains("watching"), "{hello}");
+    assert!(!hello.contains("some-project"), "{hello}");
     (child, rx)
 }
 
