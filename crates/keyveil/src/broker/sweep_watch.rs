@@ -48,6 +48,8 @@ const HOST_DIRS: &[&str] = &[
 const SETTLE: Duration = Duration::from_millis(50);
 /// Most bytes read from one file per event batch (the rest on the next event).
 const MAX_READ: u64 = 64 << 20;
+/// Most files the watch remembers (where each was read to).
+const MAX_FILES: usize = 500_000;
 /// Files up to this size are read whole on each change (bytes).
 const WHOLE_MAX: u64 = 1 << 20;
 
@@ -174,11 +176,22 @@ async fn run(
             }
         }
         paths.extend(more);
+        // Bounded memory whatever the agent creates: at MAX_FILES, forget files that are gone
+        // (once a batch); past it, new files are read without being remembered.
+        if files.len() >= MAX_FILES {
+            files.retain(|f, _| std::fs::symlink_metadata(f).is_ok());
+        }
         let home = plan.home.clone();
         let window = plan.recent;
         let mut batch = Vec::new();
         for p in paths {
-            let vars = read_new(&p, files.entry(p.clone()).or_default(), overlap, &redactor);
+            let mut scratch = Seen::default();
+            let seen = if files.len() < MAX_FILES || files.contains_key(&p) {
+                files.entry(p.clone()).or_default()
+            } else {
+                &mut scratch
+            };
+            let vars = read_new(&p, seen, overlap, &redactor);
             for v in vars {
                 batch.push(crate::sweep::redact_finding(
                     Finding {
@@ -277,7 +290,7 @@ fn prime(dir: &Path, deep: bool, files: &mut BTreeMap<PathBuf, Seen>) {
         };
         for e in rd.flatten() {
             seen += 1;
-            if seen > 1_000_000 {
+            if seen > 1_000_000 || files.len() >= MAX_FILES {
                 return;
             }
             let Ok(m) = std::fs::symlink_metadata(e.path()) else {

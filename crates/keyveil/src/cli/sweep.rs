@@ -29,7 +29,7 @@ Examples:
 )]
 pub(crate) struct SweepArgs {
     /// Directories (or files) to sweep whole, with every git repository at or below them
-    /// (default: the current directory).
+    /// (default: the current directory; with --watch, none: only the host folders).
     pub paths: Vec<PathBuf>,
     /// JSON output.
     #[arg(long)]
@@ -77,7 +77,9 @@ pub(crate) async fn run(paths: &Paths, a: SweepArgs) -> Result<i32> {
 
 async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let given = if a.paths.is_empty() {
+    // A watch watches the host folders, and only the paths given: the current directory by
+    // default would put a recursive inotify watch on all of it (often the whole home).
+    let given = if a.paths.is_empty() && !a.watch {
         vec![cwd.clone()]
     } else {
         a.paths.clone()
@@ -144,7 +146,9 @@ async fn sweep(paths: &Paths, a: SweepArgs) -> Result<i32> {
     let outcome: SweepOutcome =
         serde_json::from_slice(&plain).context("unreadable findings from the broker")?;
     if a.json {
-        say(serde_json::to_string(&outcome).unwrap_or_default());
+        say(ascii_json(
+            &serde_json::to_string(&outcome).unwrap_or_default(),
+        ));
     } else {
         say(render(&outcome));
     }
@@ -230,7 +234,7 @@ async fn watch(
             serde_json::from_slice(&plain).context("unreadable findings from the broker")?;
         found |= !o.report.findings.is_empty();
         if json {
-            say(serde_json::to_string(&o).unwrap_or_default());
+            say(ascii_json(&serde_json::to_string(&o).unwrap_or_default()));
             continue;
         }
         if o.report.findings.is_empty() {
@@ -263,6 +267,24 @@ async fn watch(
         say(lines.join("\n"));
     }
     Ok(i32::from(found))
+}
+
+/// `json` with every character outside printable ASCII written as a JSON `\uXXXX` escape: a
+/// planted file name may hold C1 controls (U+009B is CSI on some terminals) or bidi overrides,
+/// which serde_json leaves as they are, and `--json` is often read on a terminal.
+pub(crate) fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// The human-readable report.

@@ -5,11 +5,13 @@
 //! nothing (a dropped stash, an amended commit not yet collected). Each object is matched in
 //! windows of [`WINDOW`] bytes that overlap by the redactor's longest pattern, so memory stays
 //! bounded whatever the object's size. Found objects are then placed: `git rev-list --objects
-//! --all --reflog` gives a path, `git log --all --reflog -m --find-object` the commits that add
-//! or remove them.
+//! --all --reflog` gives a path, one walk of `git log --all --reflog -m --raw -t` the commits
+//! that add or remove them. Both run for every repository, found or not, and no command line
+//! names an object: the agent reads every process's arguments in `/proc`.
 //!
 //! git runs with no system or global configuration, no replace objects, no terminal prompt,
-//! no optional locks and no hooks or file-system monitor; the commands used run no diff driver,
+//! no optional locks, no lazy fetch or other transport, no signature checker and no hooks or
+//! file-system monitor (a repository's own config is the agent's to write); the commands used run no diff driver,
 //! pager or hook.
 
 use std::collections::{BTreeSet, HashMap};

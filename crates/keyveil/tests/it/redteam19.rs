@@ -207,7 +207,11 @@ fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
         "--json",
         "--passphrase-stdin",
     ]);
-    c.current_dir(h.path())
+    // Started in a project folder: a watch does not take the current directory (a recursive
+    // inotify watch on all of it, often the whole home), only the host folders.
+    let cwd = h.path().join("some-project");
+    std::fs::create_dir_all(&cwd).unwrap();
+    c.current_dir(&cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -230,6 +234,7 @@ fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
     });
     let hello = rx.recv_timeout(Duration::from_secs(30)).expect("no hello");
     assert!(hello.contains("watching"), "{hello}");
+    assert!(!hello.contains("some-project"), "{hello}");
     (child, rx)
 }
 
@@ -453,5 +458,49 @@ fn a_sweep_on_a_terminal_shows_progress_and_no_value() {
             !shown.contains(&form),
             "the terminal shows a form of the value"
         );
+    }
+}
+
+/// A planted file whose name holds terminal controls (ESC, the 8-bit CSI U+009B, a bidi
+/// override) and the value: neither the report nor `--json` sends one to the terminal, and the
+/// JSON still names the file exactly.
+#[test]
+fn planted_names_with_terminal_controls_reach_the_terminal_escaped() {
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let proj = h.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let name = "x\u{1b}[2J\u{9b}31m\u{202e}txt.exe";
+    std::fs::write(proj.join(name), format!("{v}\n")).unwrap();
+    for args in [vec!["--json"], vec![]] {
+        let mut a = vec!["--no-home"];
+        a.extend(args.iter().copied());
+        a.push(proj.to_str().unwrap());
+        let o = sweep(&h, &a);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+        for c in text(&o.stdout).chars().chain(text(&o.stderr).chars()) {
+            assert!(
+                c == '\n'
+                    || !(c.is_control()
+                        || keyveil_proto::display::is_bidi_control(c)
+                        || keyveil_proto::display::is_invisible(c)),
+                "a control character {:#x} reaches the terminal: {}",
+                c as u32,
+                text(&o.stdout)
+            );
+        }
+        let out = text(&o.stdout);
+        assert!(
+            !out.contains('\u{9b}') && !out.contains('\u{202e}'),
+            "{out}"
+        );
+        if args.contains(&"--json") {
+            let j: Value = serde_json::from_str(&out).unwrap();
+            let p = j["report"]["findings"][0]["location"]["path"]
+                .as_str()
+                .unwrap();
+            assert!(p.ends_with(name), "{p}");
+        }
     }
 }
