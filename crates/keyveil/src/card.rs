@@ -145,6 +145,13 @@ pub(crate) fn render_styled(r: &op::RequestCard, st: Style) -> String {
             }
         }
     }
+    for b in &r.bound {
+        out.push_str(&format!(
+            "  bound:       {} → placeholder; real value only to {}\n",
+            esc(&b.variable),
+            b.hosts.iter().map(|h| esc(h)).collect::<Vec<_>>().join(", ")
+        ));
+    }
     for c in &r.contradictions {
         out.push_str(&format!(
             "  {} {}\n",

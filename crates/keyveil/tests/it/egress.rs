@@ -2,7 +2,7 @@
 //! placeholder; the run's egress proxy swaps in the value only towards its host, blocks and
 //! reports the placeholder elsewhere, and serves no process outside the run.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -262,36 +262,36 @@ fn another_process_of_the_same_user_cannot_use_a_runs_proxy() {
     let value = fresh_value();
     let (api, ca_pem, api_seen) = https_api();
     let h = bound_home(api, &ca_pem, &value);
-    let mut child = h.spawn_run(&[
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let child = h.spawn_run(&[
         "run",
         "--env",
         "demo",
         "--only",
         "API_TOKEN",
+        "--cwd",
+        work.path().to_str().unwrap(),
         "--",
         "sh",
         "-c",
-        "echo \"PROXY=$HTTPS_PROXY\"; sleep 30",
+        "printf '%s\\n' \"$HTTPS_PROXY\" > proxy.tmp && mv proxy.tmp proxy.txt; sleep 30",
     ]);
     let id = h.wait_request();
     assert!(h.approve(id, &[]).status.success());
-    // Read the proxy's address from the run's output, as an agent can.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    // Read the proxy's address from what the run wrote, as an agent can (or from its
+    // /proc/PID/environ).
     let t0 = Instant::now();
     let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the run printed its proxy address");
-        if let Some(a) = line.strip_prefix("PROXY=http://") {
+        if let Ok(t) = std::fs::read_to_string(work.path().join("proxy.txt"))
+            && let Some(a) = t.trim().strip_prefix("http://")
+        {
             break a.to_owned();
         }
-        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the run did not write its proxy address"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     };
     // This test process (same uid, not in the run's tree) asks the proxy for the API.
     let mut s = TcpStream::connect(&addr).unwrap();
