@@ -306,6 +306,33 @@ async fn forward(
             );
         }
     }
+    // The request must be for the host the tunnel was opened to: a shared front (a CDN) routes
+    // by Host, so `CONNECT api.example.com` carrying `Host: attacker.example` would take the
+    // value to another origin behind the same front.
+    let named = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+        .map(|a| {
+            a.host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
+        .or_else(|| parts.uri.host().map(str::to_ascii_lowercase));
+    if named.as_deref() != Some(host) {
+        for b in &here {
+            s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
+        }
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "keyveil: blocked: a request through the tunnel to {} must name it in Host",
+                dest.shown()
+            ),
+        );
+    }
     // The path as audited: no query, each placeholder replaced by its variable's name.
     let mut audit_path = parts.uri.path().to_owned();
     for b in &s.bindings {
