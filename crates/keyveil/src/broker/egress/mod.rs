@@ -49,10 +49,7 @@ impl Dest {
     /// wildcards. The error says what is wrong.
     pub(crate) fn parse(s: &str) -> Result<Dest, String> {
         let s = s.trim().to_ascii_lowercase();
-        if s.is_empty()
-            || s.contains("://")
-            || s.contains(['/', '@', '*', '?', '#', ' '])
-        {
+        if s.is_empty() || s.contains("://") || s.contains(['/', '@', '*', '?', '#', ' ']) {
             return Err(format!(
                 "{s:?} is not a host: give a name such as api.example.com, optionally with :PORT"
             ));
@@ -130,6 +127,8 @@ pub(crate) struct Shared {
     pub(crate) local: SocketAddr,
     pub(crate) leaks: Mutex<Vec<WriteLeak>>,
     pub(crate) broker: Weak<Broker>,
+    /// Connections refused so far (processes outside the run).
+    pub(crate) refused: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -264,6 +263,7 @@ pub(crate) async fn start(
         local,
         leaks: Mutex::new(Vec::new()),
         broker: Arc::downgrade(broker),
+        refused: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::spawn(proxy::serve(listener, shared.clone()));
     let url = format!("http://{local}");
@@ -319,7 +319,15 @@ mod tests {
         );
         assert_eq!(Dest::parse("localhost:8443").unwrap().port, 8443);
         assert_eq!(Dest::parse("[::1]:8443").unwrap().host, "::1");
-        for bad in ["https://a.com", "a.com/x", "*.a.com", "u@a.com", "a.com:0", "a.com:x", ""] {
+        for bad in [
+            "https://a.com",
+            "a.com/x",
+            "*.a.com",
+            "u@a.com",
+            "a.com:0",
+            "a.com:x",
+            "",
+        ] {
             assert!(Dest::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Dest::parse("a.com:8443").unwrap().shown(), "a.com:8443");

@@ -13,7 +13,11 @@ pub(crate) fn socket_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
         (IpAddr::V4(p), IpAddr::V4(l)) => (
             "/proc/self/net/tcp",
             format!("{:08X}:{:04X}", u32::from_ne_bytes(p.octets()), peer.port()),
-            format!("{:08X}:{:04X}", u32::from_ne_bytes(l.octets()), local.port()),
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(l.octets()),
+                local.port()
+            ),
         ),
         (IpAddr::V6(p), IpAddr::V6(l)) => (
             "/proc/self/net/tcp6",
@@ -52,9 +56,8 @@ pub(crate) fn holder_in_tree(root: i32, inode: u64) -> Option<i32> {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             return false;
         };
-        dir.flatten().any(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str())
-        })
+        dir.flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
     })
 }
 
@@ -74,7 +77,10 @@ mod tests {
         assert_eq!(holder_in_tree(me, inode), Some(me));
         // A tree that does not hold it (pid 1's descendants exclude nothing, so use a child
         // that holds no socket).
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         assert_eq!(holder_in_tree(pid, inode), None);
         let _ = child.kill();

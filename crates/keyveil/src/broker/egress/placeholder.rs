@@ -4,6 +4,9 @@
 //! (so a swap never changes a `Content-Length`), keeping the value's public prefix
 //! ([`public_prefix`]) and the class of each character (digit, lower, upper), so the format
 //! checks SDKs make on keys (`sk-proj-…`, `ghp_…`) still pass.
+// Every index below is checked against the length first (the scans) or found by `memmem` in the
+// same buffer (the swap).
+#![allow(clippy::indexing_slicing)]
 
 use memchr::memmem;
 use zeroize::Zeroizing;
@@ -233,7 +236,10 @@ mod tests {
             assert_eq!(out, want, "chunk size {size}");
             assert_eq!(s.swapped, 3);
         }
-        assert_eq!(swap_all(b"xPLACEHOLDER1", &from, &to).unwrap(), b"xrealvalue123");
+        assert_eq!(
+            swap_all(b"xPLACEHOLDER1", &from, &to).unwrap(),
+            b"xrealvalue123"
+        );
         assert!(swap_all(b"nothing", &from, &to).is_none());
     }
 }

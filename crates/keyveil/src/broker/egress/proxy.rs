@@ -29,6 +29,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 type Upstream = tokio::sync::Mutex<Result<client_http1::SendRequest<Body>, String>>;
 
+/// Refused connections audited one by one per run (then one in 64).
+const REFUSALS_AUDITED: u64 = 8;
+
 /// Headers meant for the proxy, never forwarded.
 const PROXY_HEADERS: &[&str] = &["proxy-authorization", "proxy-connection"];
 
@@ -46,6 +49,8 @@ pub(super) async fn serve(listener: TcpListener, s: Arc<Shared>) {
                 }
             },
         };
+        // Small requests and answers go out at once (no Nagle delay against delayed ACKs).
+        let _ = stream.set_nodelay(true);
         let s = s.clone();
         tokio::spawn(async move {
             let root = s.root_pid.load(Ordering::SeqCst);
@@ -62,10 +67,15 @@ pub(super) async fn serve(listener: TcpListener, s: Arc<Shared>) {
             };
             if holder.is_none() {
                 drop(stream);
-                s.audit(
-                    "egress_refused",
-                    json!({"run_id": s.run_id, "why": "a process outside the run connected to its proxy"}),
-                );
+                // The first few per run are audited one by one, then one in 64 with the count:
+                // a process outside the run cannot flood the log by connecting in a loop.
+                let n = s.refused.fetch_add(1, Ordering::SeqCst) + 1;
+                if n <= REFUSALS_AUDITED || n.is_multiple_of(64) {
+                    s.audit(
+                        "egress_refused",
+                        json!({"run_id": s.run_id, "refused": n, "why": "a process outside the run connected to its proxy"}),
+                    );
+                }
                 return;
             }
             let s2 = s.clone();
@@ -134,6 +144,7 @@ async fn outer(req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Body>,
 /// A host no variable of the run is bound to: bytes both ways, untouched.
 async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, host: &str, port: u16) {
     if let Ok(mut up) = TcpStream::connect((host, port)).await {
+        let _ = up.set_nodelay(true);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
     }
 }
@@ -174,7 +185,10 @@ async fn plain(req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
         }
     }
     let tcp = match TcpStream::connect((host.as_str(), port)).await {
-        Ok(t) => t,
+        Ok(t) => {
+            let _ = t.set_nodelay(true);
+            t
+        }
         Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {dest}: {e}")),
     };
     let (mut sender, conn) = match client_http1::handshake(TokioIo::new(tcp)).await {
@@ -229,8 +243,9 @@ async fn intercept(
     let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(client).await else {
         return;
     };
-    let upstream: Arc<Upstream> =
-        Arc::new(tokio::sync::Mutex::new(connect_upstream(&s, &host, port).await));
+    let upstream: Arc<Upstream> = Arc::new(tokio::sync::Mutex::new(
+        connect_upstream(&s, &host, port).await,
+    ));
     let host = Arc::new(host);
     let svc = service_fn(move |req| {
         let s = s.clone();
@@ -251,6 +266,7 @@ async fn connect_upstream(
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
     let name = rustls_pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| format!("{host}: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(s.upstream.clone())

@@ -56,7 +56,8 @@ pub(crate) fn upstream_config(
     let (_added, _ignored) = roots.add_parsable_certificates(system.iter().cloned());
     if let Some(pem) = extra_pem {
         for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let c = c.map_err(|e| format!("the egress-roots policy holds a bad certificate: {e}"))?;
+            let c =
+                c.map_err(|e| format!("the egress-roots policy holds a bad certificate: {e}"))?;
             roots
                 .add(c)
                 .map_err(|e| format!("the egress-roots policy holds a bad certificate: {e}"))?;
@@ -86,9 +87,10 @@ impl RunCa {
     pub(crate) fn new(run_id: &str) -> Result<RunCa, TlsError> {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("keyveil egress CA for run {run_id}"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("keyveil egress CA for run {run_id}"),
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
