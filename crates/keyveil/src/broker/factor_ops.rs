@@ -719,12 +719,14 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
         other.insert("path".to_owned(), Value::String(path.clone()));
     }
     if !p.bindings.is_empty() {
-        let b: serde_json::Map<String, Value> = p
+        // A list of `{variable, hosts}`: the field name `variable` is aliased where names are
+        // hidden (a map keyed by names would not be).
+        let b: Vec<Value> = p
             .bindings
             .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
+            .map(|(k, v)| json!({"variable": k, "hosts": v}))
             .collect();
-        other.insert("bindings".to_owned(), Value::Object(b));
+        other.insert("bindings".to_owned(), Value::Array(b));
     }
     if let Some(pem) = &p.egress_roots {
         let n = pem.matches("-----BEGIN CERTIFICATE-----").count();

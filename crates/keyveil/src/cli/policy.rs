@@ -146,9 +146,10 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                         r.ttl_seconds
                     ));
                 }
-                if let Some(serde_json::Value::Object(b)) = pol.other.get("bindings") {
-                    for (var, hosts) in b {
-                        let hosts: Vec<String> = hosts
+                if let Some(serde_json::Value::Array(b)) = pol.other.get("bindings") {
+                    for entry in b {
+                        let var = entry["variable"].as_str().unwrap_or_default();
+                        let hosts: Vec<String> = entry["hosts"]
                             .as_array()
                             .map(|a| {
                                 a.iter()
