@@ -501,6 +501,25 @@ pub enum PolicyChange {
         /// `true` to hide.
         hide: bool,
     },
+    /// Bind a variable to hosts: runs get a placeholder, and the run's egress proxy sends the
+    /// value only to these destinations (`docs/egress.md`). Replaces an earlier binding.
+    Bind {
+        /// Variable name.
+        variable: String,
+        /// `host` or `host:port` (443 when absent), at least one.
+        hosts: Vec<String>,
+    },
+    /// Remove a variable's binding (runs get its value again).
+    Unbind {
+        /// Variable name.
+        variable: String,
+    },
+    /// Extra root certificates (PEM text) the egress proxy trusts upstream (`None`: the
+    /// system's only).
+    EgressRoots {
+        /// PEM certificates.
+        pem: Option<String>,
+    },
 }
 
 #[cfg(test)]

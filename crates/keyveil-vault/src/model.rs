@@ -202,6 +202,15 @@ pub struct Policy {
     /// What to do when a run wrote a value into a file. Default: report.
     #[serde(skip_serializing_if = "WriteLeakAction::is_report")]
     pub write_leaks: WriteLeakAction,
+    /// Host-bound variables: name → the destinations (`host` or `host:port`, lowercase) its
+    /// value may be sent to. A bound variable reaches a run as a placeholder; the run's egress
+    /// proxy swaps in the value only in HTTPS requests to these destinations. Default: none.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bindings: std::collections::BTreeMap<String, Vec<String>>,
+    /// Extra root certificates (PEM) the egress proxy trusts for upstream servers, on top of
+    /// the system's (a private CA, a test server). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_roots: Option<String>,
 }
 
 /// What the broker does when the post-run scan finds a value in a file a run wrote.
@@ -234,6 +243,8 @@ impl Default for Policy {
             auto_approve: Vec::new(),
             deny: Vec::new(),
             write_leaks: WriteLeakAction::Report,
+            bindings: std::collections::BTreeMap::new(),
+            egress_roots: None,
         }
     }
 }

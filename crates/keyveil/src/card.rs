@@ -237,6 +237,17 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
             }
         }
     }
+    for b in &r.bound {
+        out.push_str(&format!(
+            "  bound:       {} → placeholder; real value only to {}\n",
+            esc(&b.variable),
+            b.hosts
+                .iter()
+                .map(|h| esc(h))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     for c in &r.contradictions {
         out.push_str(&format!(
             "  {} {}\n",

@@ -337,6 +337,10 @@ pub struct RequestCard {
     /// Facts that contradict the reason.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub contradictions: Vec<String>,
+    /// Requested variables bound to hosts: the run gets placeholders, the value goes only to
+    /// these hosts through the run's egress proxy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound: Vec<BoundVariable>,
     /// Identical asks merged into this request.
     pub asks: u32,
     /// Created.
@@ -359,6 +363,15 @@ pub struct MountRead {
     pub path: String,
     /// The reader's pid.
     pub pid: u32,
+}
+
+/// A variable bound to hosts, as a card shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundVariable {
+    /// Variable name (an alias where names are hidden).
+    pub variable: String,
+    /// Destinations (`host` or `host:port`).
+    pub hosts: Vec<String>,
 }
 
 /// The process at the other end of a requester's connection (from the kernel and `/proc`).
@@ -497,6 +510,10 @@ mod tests {
                 stored: "unknown".into(),
             }],
             contradictions: vec!["x".into()],
+            bound: vec![BoundVariable {
+                variable: "API_TOKEN".into(),
+                hosts: vec!["api.example.com".into()],
+            }],
             asks: 2,
             created_at: t,
             state: "pending".into(),
@@ -507,6 +524,7 @@ mod tests {
             }),
         };
         let empty = RequestCard {
+            bound: Vec::new(),
             argv: None,
             executable: None,
             chosen_values: Vec::new(),

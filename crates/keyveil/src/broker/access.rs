@@ -893,13 +893,34 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
         .requests
         .values()
         .filter(|r| r.state == RequestState::Pending)
-        .map(card_of)
+        .map(|r| card_of(r, bound_on_card(&inner, r)))
         .collect();
     op::PendingRequests { requests }
 }
 
+/// The requested variables the environment's policy binds to hosts.
+fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
+    let Some(p) = inner
+        .vault
+        .as_ref()
+        .and_then(|v| v.data().environments.get(&r.environment))
+        .map(|e| &e.policy)
+    else {
+        return Vec::new();
+    };
+    r.variables
+        .iter()
+        .filter_map(|v| {
+            p.bindings.get(v).map(|hosts| op::BoundVariable {
+                variable: v.clone(),
+                hosts: hosts.clone(),
+            })
+        })
+        .collect()
+}
+
 /// A request as its card shows it.
-fn card_of(r: &AccessReq) -> op::RequestCard {
+fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
     let proc_info = |p: &super::peer::Proc| op::ProcInfo {
         pid: p.pid,
         comm: p.comm.clone(),
@@ -950,6 +971,7 @@ fn card_of(r: &AccessReq) -> op::RequestCard {
             })
             .collect(),
         contradictions: r.contradictions.clone(),
+        bound,
         asks: r.asks,
         created_at: r.created_at,
         state: state_word(&r.state).to_owned(),

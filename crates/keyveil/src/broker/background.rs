@@ -438,6 +438,9 @@ async fn finish(
 ) {
     result.run_id = run.id.clone();
     result.grant_id = run.grant_id.clone();
+    result
+        .write_leaks
+        .extend(super::runner::close_egress(broker, &run.id));
     let home = broker.lock().child_home();
     let scope = crate::scan::ScanScope {
         cwd: std::path::PathBuf::from(cwd),

@@ -593,6 +593,22 @@ pub(crate) async fn policy_set(
     }
     // Validate before asking for the factor, so a typo costs no attempt.
     let change = normalise(change)?;
+    if let PolicyChange::Bind { variable, .. } = &change {
+        let inner = broker.lock();
+        let v = inner.vault()?;
+        if !v
+            .data()
+            .environments
+            .get(env)
+            .is_some_and(|e| e.variables.contains_key(variable))
+        {
+            return Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("no variable named {variable:?} in {env}"),
+            )
+            .hint(format!("list the variables with `keyveil env show {env}`")));
+        }
+    }
     // An auto-approve rule binds what its command runs now (executable and inputs, pinned as a
     // request would pin them): a request it covers later must run the same.
     let bound = match &change {
@@ -673,6 +689,19 @@ pub(crate) async fn policy_set(
         }
         PolicyChange::WriteLeaks { .. } => {}
         PolicyChange::HideNames { hide } => p.hide_names = *hide,
+        PolicyChange::Bind { variable, hosts } => {
+            p.bindings.insert(variable.clone(), hosts.clone());
+        }
+        PolicyChange::Unbind { variable } => {
+            if p.bindings.remove(variable).is_none() {
+                return Err(OpError::new(
+                    ErrorCode::NotFound,
+                    format!("{variable} is not bound to hosts in {env}"),
+                )
+                .hint(format!("see the bindings with `keyveil policy show {env}`")));
+            }
+        }
+        PolicyChange::EgressRoots { pem } => p.egress_roots = pem.clone(),
     }
     if let PolicyChange::WriteLeaks { action } = &change {
         p.write_leaks = match action.as_str() {
@@ -706,6 +735,20 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
     let mut other = serde_json::Map::new();
     if let Some(path) = &p.path {
         other.insert("path".to_owned(), Value::String(path.clone()));
+    }
+    if !p.bindings.is_empty() {
+        // A list of `{variable, hosts}`: the field name `variable` is aliased where names are
+        // hidden (a map keyed by names would not be).
+        let b: Vec<Value> = p
+            .bindings
+            .iter()
+            .map(|(k, v)| json!({"variable": k, "hosts": v}))
+            .collect();
+        other.insert("bindings".to_owned(), Value::Array(b));
+    }
+    if let Some(pem) = &p.egress_roots {
+        let n = pem.matches("-----BEGIN CERTIFICATE-----").count();
+        other.insert("egress_roots".to_owned(), json!(n));
     }
     if !p.write_leaks.is_report()
         && let Ok(v) = serde_json::to_value(p.write_leaks)
@@ -794,6 +837,44 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
                 ));
             }
             PolicyChange::Path { path: Some(p) }
+        }
+        PolicyChange::Bind { variable, hosts } => {
+            if hosts.is_empty() {
+                return Err(OpError::new(
+                    ErrorCode::Usage,
+                    format!("binding {variable} needs at least one host"),
+                )
+                .hint("e.g. `keyveil policy set ENV bind API_TOKEN api.example.com`"));
+            }
+            let mut shown = Vec::new();
+            for h in &hosts {
+                let d = super::egress::Dest::parse(h).map_err(|e| {
+                    OpError::new(ErrorCode::Usage, e)
+                        .hint("give host names such as api.example.com or localhost:8443")
+                })?;
+                if !shown.contains(&d.shown()) {
+                    shown.push(d.shown());
+                }
+            }
+            PolicyChange::Bind {
+                variable,
+                hosts: shown,
+            }
+        }
+        PolicyChange::EgressRoots { pem: Some(pem) } => {
+            use rustls_pki_types::pem::PemObject;
+            let certs: Result<Vec<_>, _> =
+                rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+            match certs {
+                Ok(c) if !c.is_empty() => PolicyChange::EgressRoots { pem: Some(pem) },
+                _ => {
+                    return Err(OpError::new(
+                        ErrorCode::Usage,
+                        "no PEM certificate found in the egress roots",
+                    )
+                    .hint("give a file of -----BEGIN CERTIFICATE----- blocks, or `default`"));
+                }
+            }
         }
         PolicyChange::DenyAdd { argv, .. } if argv.is_empty() => {
             return Err(OpError::new(

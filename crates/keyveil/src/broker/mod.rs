@@ -6,6 +6,7 @@ pub(crate) mod access;
 pub(crate) mod background;
 mod cwd;
 pub(crate) mod dynamic_ops;
+pub(crate) mod egress;
 pub(crate) mod factor_ops;
 mod guard;
 pub(crate) mod locked_asks;

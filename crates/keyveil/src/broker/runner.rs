@@ -512,7 +512,7 @@ async fn launch(
             }
         };
     // Spawn under the grant, with an environment built from scratch.
-    let (values, cancel, redactor, shown_argv, env) = {
+    let (mut values, cancel, redactor, shown_argv, env, bound, extra_roots) = {
         let mut inner = broker.lock();
         // The run's start and end entries must fit: refused before anything is spawned. (The
         // start entry holds the argv, shown with markers: allow twice its JSON length.)
@@ -570,7 +570,18 @@ async fn launch(
                 .into_iter()
                 .zip(values.iter().map(|(_, v)| v.expose().as_bytes().to_vec())),
         );
-        (values, cancel, redactor, shown_argv, env)
+        // Host-bound variables (`docs/egress.md`): the child gets a placeholder, the run's
+        // egress proxy the value.
+        let (bound, extra_roots) = bound_values(&broker.lock(), &req.environment, &values);
+        (
+            values,
+            cancel,
+            redactor,
+            shown_argv,
+            env,
+            bound,
+            extra_roots,
+        )
     };
     req.env.clear();
     let run_id = new_id("r-");
@@ -600,6 +611,43 @@ async fn launch(
                 .reply(),
             );
         }
+    };
+    // The egress proxy of a run with bound variables: started before the child (its address
+    // and CA bundle are in the child's environment), closed at the run's end or its grant's.
+    let egress = match (&tmp_dir, bound.is_empty()) {
+        (_, true) => None,
+        (Some(d), false) => {
+            match super::egress::start(
+                broker,
+                &run_id,
+                bound,
+                extra_roots.as_deref(),
+                &cancel,
+                &d.dir,
+            )
+            .await
+            {
+                Ok((proxy, placeholders, proxy_env)) => {
+                    for (name, p) in placeholders {
+                        if let Some(slot) = values.iter_mut().find(|(k, _)| *k == name) {
+                            slot.1 = keyveil_vault::SecretValue::new(p);
+                        }
+                    }
+                    super::egress::set_env(&mut env, proxy_env);
+                    Some(std::sync::Arc::new(proxy))
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&d.dir);
+                    return Err(OpError::new(
+                        ErrorCode::Failed,
+                        format!("cannot start the run's egress proxy: {e}; nothing was started"),
+                    )
+                    .hint("a variable of this run is bound to hosts (`keyveil policy show ENV`); check the egress-roots policy, or unbind it")
+                    .reply());
+                }
+            }
+        }
+        (None, false) => None,
     };
     let mut spec = SpawnSpec {
         argv: std::mem::take(&mut req.argv),
@@ -632,6 +680,9 @@ async fn launch(
                 .reply());
         }
     };
+    if let Some(e) = &egress {
+        e.set_root(started.pid);
+    }
     {
         let mut inner = broker.lock();
         inner.runs.insert(
@@ -643,6 +694,7 @@ async fn launch(
                 argv: shown_argv.clone(),
                 started_at: Timestamp::now(),
                 ended: started.watch_end(),
+                egress,
             },
         );
         inner.audit(
@@ -715,6 +767,7 @@ async fn relay(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
+    result.write_leaks.extend(close_egress(broker, &run_id));
     end_if_inputs_changed(broker, &grant_id, &run_id, &stamps);
     // Write-side scan: files the run changed under its cwd and the usual credential stores in
     // HOME, for every granted value in every form the redactor knows (reported by name).
@@ -795,6 +848,51 @@ async fn relay(
         );
     }
     Reply::Exit(result)
+}
+
+/// The run's bound variables among `values` (real name, shown name, value, destinations), and
+/// the environment's extra upstream roots.
+fn bound_values(
+    inner: &Inner,
+    env: &str,
+    values: &[(String, keyveil_vault::SecretValue)],
+) -> (super::egress::Bound, Option<String>) {
+    let Some(policy) = inner
+        .vault
+        .as_ref()
+        .and_then(|v| v.data().environments.get(env).map(|e| e.policy.clone()))
+    else {
+        return (Vec::new(), None);
+    };
+    let bound = values
+        .iter()
+        .filter_map(|(k, v)| {
+            let hosts = policy.bindings.get(k)?;
+            let dests = hosts
+                .iter()
+                .filter_map(|h| super::egress::Dest::parse(h).ok())
+                .collect();
+            Some((k.clone(), inner.shown_name(env, k), v.clone(), dests))
+        })
+        .collect();
+    (bound, policy.egress_roots)
+}
+
+/// Closes a run's egress proxy (every session at once) and returns what it blocked, reported
+/// like write-side leaks (variable, destination, form `egress`, action `blocked`).
+pub(super) fn close_egress(broker: &Broker, run_id: &str) -> Vec<keyveil_proto::WriteLeak> {
+    let e = broker
+        .lock()
+        .runs
+        .get_mut(run_id)
+        .and_then(|r| r.egress.take());
+    match e {
+        Some(e) => {
+            e.close();
+            e.take_leaks()
+        }
+        None => Vec::new(),
+    }
 }
 
 /// Refuses a command whose name the requester's own `PATH` resolves to a different file, in a

@@ -393,6 +393,10 @@ pub(crate) struct LiveRun {
     /// How the run's processes ended, once they have (see [`Inner::runs_ended`]).
     #[serde(skip)]
     pub ended: tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>,
+    /// The run's egress proxy, when a variable of it is bound to hosts (closed when the run
+    /// ends, and by its grant's end).
+    #[serde(skip)]
+    pub egress: Option<std::sync::Arc<super::egress::RunEgress>>,
 }
 
 /// What stopping some runs achieved: the reply to `revoke` and `lock` says it.

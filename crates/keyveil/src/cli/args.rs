@@ -372,6 +372,26 @@ pub(crate) enum PolicySetCommand {
         #[arg(value_parser = ["on", "off"])]
         setting: String,
     },
+    /// Bind a variable to hosts: runs get a placeholder, and their egress proxy sends the value
+    /// only in HTTPS requests to these hosts (docs/egress.md).
+    Bind {
+        /// The variable.
+        variable: String,
+        /// Hosts (`api.example.com`, or `host:port` for a port other than 443).
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// Remove a variable's binding: runs get the value itself again.
+    Unbind {
+        /// The variable.
+        variable: String,
+    },
+    /// Root certificates (a PEM file) the egress proxy trusts upstream besides the system's,
+    /// or `default` for the system's only.
+    EgressRoots {
+        /// PEM file, or `default`.
+        file: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

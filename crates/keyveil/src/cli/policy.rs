@@ -146,6 +146,28 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                         r.ttl_seconds
                     ));
                 }
+                if let Some(serde_json::Value::Array(b)) = pol.other.get("bindings") {
+                    for entry in b {
+                        let var = entry["variable"].as_str().unwrap_or_default();
+                        let hosts: Vec<String> = entry["hosts"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|h| h.as_str())
+                                    .map(keyveil_proto::display::visible)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        say(format!(
+                            "bound: {} → placeholder; real value only to {}",
+                            keyveil_proto::display::visible(var),
+                            hosts.join(", ")
+                        ));
+                    }
+                }
+                if let Some(n) = pol.other.get("egress_roots") {
+                    say(format!("egress roots: system + {n} extra"));
+                }
                 for (i, r) in pol.deny.iter().enumerate() {
                     say(format!(
                         "deny #{i}: {}{}",
@@ -198,6 +220,19 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                 PolicySetCommand::WriteLeaks { action } => PolicyChange::WriteLeaks { action },
                 PolicySetCommand::HideNames { setting } => PolicyChange::HideNames {
                     hide: setting == "on",
+                },
+                PolicySetCommand::Bind { variable, hosts } => {
+                    PolicyChange::Bind { variable, hosts }
+                }
+                PolicySetCommand::Unbind { variable } => PolicyChange::Unbind { variable },
+                PolicySetCommand::EgressRoots { file } => PolicyChange::EgressRoots {
+                    pem: if file == "default" {
+                        None
+                    } else {
+                        Some(std::fs::read_to_string(&file).with_context(|| {
+                            format!("cannot read {file}\nhint: give a PEM file of root certificates, or `default`")
+                        })?)
+                    },
                 },
             };
             let input = factor_input(

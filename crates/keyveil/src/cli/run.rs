@@ -66,7 +66,15 @@ pub(crate) async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
                         r.run_id
                     ));
                 }
-                for l in &r.write_leaks {
+                for l in r.write_leaks.iter().filter(|l| l.form == "egress") {
+                    note(format!(
+                        "keyveil: warning: the command sent the placeholder of {} to {}, where it is not bound: {}",
+                        keyveil_proto::display::visible(&l.variable),
+                        keyveil_proto::display::visible(&l.path),
+                        l.action
+                    ));
+                }
+                for l in r.write_leaks.iter().filter(|l| l.form != "egress") {
                     note(format!(
                         "keyveil: warning: the command wrote the value of {} into {} ({}; {})",
                         keyveil_proto::display::visible(&l.variable),

@@ -17,6 +17,7 @@ mod crash;
 mod custody;
 mod daily;
 mod dynamic;
+mod egress;
 mod flow;
 mod fulldisk;
 mod hardening;

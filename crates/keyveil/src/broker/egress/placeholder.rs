@@ -1,0 +1,245 @@
+//! Placeholders of bound variables and the streaming swap between a placeholder and its value.
+//!
+//! A bound variable's child gets a placeholder: random per run, of the value's length in bytes
+//! (so a swap never changes a `Content-Length`), keeping the value's public prefix
+//! ([`public_prefix`]) and the class of each character (digit, lower, upper), so the format
+//! checks SDKs make on keys (`sk-proj-…`, `ghp_…`) still pass.
+// Every index below is checked against the length first (the scans) or found by `memmem` in the
+// same buffer (the swap).
+#![allow(clippy::indexing_slicing)]
+
+use memchr::memmem;
+use zeroize::Zeroizing;
+
+/// Longest public prefix kept, in bytes.
+const MAX_PREFIX: usize = 14;
+/// Longest segment of a public prefix (`github` in `github_pat_`).
+const MAX_SEGMENT: usize = 6;
+/// A prefix is kept only when at least this many bytes follow it.
+const MIN_REST: usize = 16;
+
+/// The non-secret leading part of a token-like value: one to three segments of lowercase
+/// letters and digits (each 1 to 6 long), each followed by `-` or `_`, at most 14 bytes in all,
+/// and only if at least 16 bytes follow (`sk-proj-`, `sk-ant-api03-`, `ghp_`, `xoxb-`,
+/// `github_pat_`, `glpat-`). A value without one (a password, a hex key) keeps nothing.
+pub(crate) fn public_prefix(value: &str) -> &str {
+    let b = value.as_bytes();
+    let mut end = 0;
+    let mut segments = 0;
+    let mut i = 0;
+    while segments < 3 {
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_lowercase() || b[i].is_ascii_digit()) {
+            i += 1;
+        }
+        let seg = i - start;
+        if seg == 0 || seg > MAX_SEGMENT || i >= b.len() || !matches!(b[i], b'-' | b'_') {
+            break;
+        }
+        i += 1;
+        if i > MAX_PREFIX {
+            break;
+        }
+        end = i;
+        segments += 1;
+    }
+    if b.len() - end < MIN_REST {
+        return "";
+    }
+    &value[..end]
+}
+
+/// A fresh placeholder for `value`: its public prefix, then random characters of the same
+/// class as the value's (digit for digit, lower for lower, upper for upper, a letter or digit
+/// for anything else, one per byte). Never equal to the value. Errors: the system's random
+/// source failed.
+pub(crate) fn placeholder(value: &str) -> Result<String, getrandom::Error> {
+    const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    const DIGIT: &[u8] = b"0123456789";
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let prefix = public_prefix(value);
+    loop {
+        let rest = &value.as_bytes()[prefix.len()..];
+        let mut random = Zeroizing::new(vec![0u8; rest.len()]);
+        getrandom::fill(&mut random)?;
+        let mut out = String::with_capacity(value.len());
+        out.push_str(prefix);
+        for (c, r) in rest.iter().zip(random.iter()) {
+            let set = if c.is_ascii_digit() {
+                DIGIT
+            } else if c.is_ascii_lowercase() {
+                LOWER
+            } else if c.is_ascii_uppercase() {
+                UPPER
+            } else {
+                ALNUM
+            };
+            out.push(char::from(set[usize::from(*r) % set.len()]));
+        }
+        if out != value {
+            return Ok(out);
+        }
+    }
+}
+
+/// Replaces every occurrence of each `from` by its `to` (same length) in a stream of chunks,
+/// holding back at most the longest pattern's length less one byte between chunks.
+pub(crate) struct Swap {
+    pairs: Vec<(memmem::Finder<'static>, Zeroizing<Vec<u8>>)>,
+    keep: usize,
+    carry: Zeroizing<Vec<u8>>,
+    /// How many replacements were made.
+    pub(crate) swapped: u64,
+}
+
+impl Swap {
+    /// A swap of each `(from, to)`; empty patterns are ignored.
+    pub(crate) fn new(pairs: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>) -> Swap {
+        let pairs: Vec<_> = pairs
+            .into_iter()
+            .filter(|(f, _)| !f.is_empty())
+            .map(|(f, t)| (memmem::Finder::new(&f).into_owned(), t))
+            .collect();
+        let keep = pairs
+            .iter()
+            .map(|(f, _)| f.needle().len())
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        Swap {
+            pairs,
+            keep,
+            carry: Zeroizing::new(Vec::new()),
+            swapped: 0,
+        }
+    }
+
+    /// Whether there is nothing to swap.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Feeds a chunk; returns what can be emitted now.
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.carry.extend_from_slice(chunk);
+        let (out, rest) = self.replace(false);
+        *self.carry = rest;
+        out
+    }
+
+    /// Ends the stream: everything held back.
+    pub(crate) fn finish(&mut self) -> Vec<u8> {
+        let (out, _) = self.replace(true);
+        self.carry.clear();
+        out
+    }
+
+    fn replace(&mut self, last: bool) -> (Vec<u8>, Vec<u8>) {
+        let buf = std::mem::take(&mut *self.carry);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut at = 0;
+        loop {
+            let next = self
+                .pairs
+                .iter()
+                .filter_map(|(f, t)| f.find(&buf[at..]).map(|i| (at + i, f.needle().len(), t)))
+                .min_by_key(|(i, _, _)| *i);
+            match next {
+                Some((i, len, to)) => {
+                    out.extend_from_slice(&buf[at..i]);
+                    out.extend_from_slice(to);
+                    at = i + len;
+                    self.swapped += 1;
+                }
+                None => break,
+            }
+        }
+        let hold = if last {
+            buf.len()
+        } else {
+            buf.len().saturating_sub(self.keep).max(at)
+        };
+        out.extend_from_slice(&buf[at..hold]);
+        let rest = buf[hold..].to_vec();
+        let mut buf = buf;
+        zeroize::Zeroize::zeroize(&mut buf);
+        (out, rest)
+    }
+}
+
+/// Replaces every `from` by `to` in `hay` (one buffer).
+pub(crate) fn swap_all(hay: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
+    if from.is_empty() || memmem::find(hay, from).is_none() {
+        return None;
+    }
+    let mut s = Swap::new(vec![(from.to_vec(), Zeroizing::new(to.to_vec()))]);
+    let mut out = s.push(hay);
+    out.extend(s.finish());
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn public_prefixes_are_kept_only_for_token_shapes() {
+        let long = "A1b2C3d4E5f6G7h8I9j0";
+        for (prefix, v) in [
+            ("sk-proj-", format!("sk-proj-{long}")),
+            ("sk-ant-api03-", format!("sk-ant-api03-{long}")),
+            ("ghp_", format!("ghp_{long}")),
+            ("xoxb-", format!("xoxb-1234567-{long}")),
+            ("github_pat_", format!("github_pat_{long}")),
+            ("", long.to_owned()),
+            ("", "correct-horse-battery-staple-xxxxxx".to_owned()),
+            ("", "sk-short".to_owned()),
+            ("", format!("Upper-{long}")),
+        ] {
+            assert_eq!(public_prefix(&v), prefix, "{v}");
+        }
+    }
+
+    #[test]
+    fn placeholders_keep_length_prefix_and_classes_but_not_the_value() {
+        let v = "sk-proj-Ab3dEf9hIj2kLm4nOp6qRs8t";
+        let p = placeholder(v).unwrap();
+        let q = placeholder(v).unwrap();
+        assert_eq!(p.len(), v.len());
+        assert!(p.starts_with("sk-proj-"));
+        assert_ne!(p, v);
+        assert_ne!(p, q, "random per call");
+        for (a, b) in v.bytes().zip(p.bytes()).skip(8) {
+            assert_eq!(a.is_ascii_digit(), b.is_ascii_digit());
+            assert_eq!(a.is_ascii_uppercase(), b.is_ascii_uppercase());
+        }
+        // Non-ASCII values keep their length in bytes.
+        let p = placeholder("pässwörd-ünïcode").unwrap();
+        assert_eq!(p.len(), "pässwörd-ünïcode".len());
+    }
+
+    #[test]
+    fn the_swap_finds_patterns_split_across_chunks() {
+        let from = b"PLACEHOLDER1".to_vec();
+        let to = Zeroizing::new(b"realvalue123".to_vec());
+        let text = b"a PLACEHOLDER1 b PLACEHOLDER1PLACEHOLDER1 c PLACEHOLDER".to_vec();
+        let want = b"a realvalue123 b realvalue123realvalue123 c PLACEHOLDER".to_vec();
+        for size in 1..text.len() {
+            let mut s = Swap::new(vec![(from.clone(), to.clone())]);
+            let mut out = Vec::new();
+            for c in text.chunks(size) {
+                out.extend(s.push(c));
+            }
+            out.extend(s.finish());
+            assert_eq!(out, want, "chunk size {size}");
+            assert_eq!(s.swapped, 3);
+        }
+        assert_eq!(
+            swap_all(b"xPLACEHOLDER1", &from, &to).unwrap(),
+            b"xrealvalue123"
+        );
+        assert!(swap_all(b"nothing", &from, &to).is_none());
+    }
+}

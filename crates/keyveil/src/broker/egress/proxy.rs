@@ -1,0 +1,553 @@
+//! The proxy's sessions: HTTP/1.1 from the child (hyper), `CONNECT` tunnels passed through or,
+//! to a bound host, TLS terminated (tokio-rustls, a leaf of the run's CA) and each request
+//! forwarded to the verified upstream with placeholders swapped for values; plain HTTP forwarded
+//! unless it carries a placeholder.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::client::conn::http1 as client_http1;
+use hyper::header::HeaderValue;
+use hyper::server::conn::http1 as server_http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use memchr::memmem;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use zeroize::Zeroizing;
+
+use super::placeholder::{Swap, swap_all};
+use super::{Binding, Shared, owner};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+type Upstream = tokio::sync::Mutex<Result<client_http1::SendRequest<Body>, String>>;
+
+/// Refused connections audited one by one per run (then one in 64).
+const REFUSALS_AUDITED: u64 = 8;
+
+/// Headers meant for the proxy, never forwarded.
+const PROXY_HEADERS: &[&str] = &["proxy-authorization", "proxy-connection"];
+
+/// Accepts the run's connections until the proxy is closed; each from a process outside the
+/// run's tree is refused (closed at once) and audited.
+pub(super) async fn serve(listener: TcpListener, s: Arc<Shared>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = s.token.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        // Small requests and answers go out at once (no Nagle delay against delayed ACKs).
+        let _ = stream.set_nodelay(true);
+        let s = s.clone();
+        tokio::spawn(async move {
+            let root = s.root_pid.load(Ordering::SeqCst);
+            let local = s.local;
+            let holder = if root > 0 {
+                tokio::task::spawn_blocking(move || {
+                    owner::socket_inode(peer, local).and_then(|i| owner::holder_in_tree(root, i))
+                })
+                .await
+                .ok()
+                .flatten()
+            } else {
+                None
+            };
+            if holder.is_none() {
+                drop(stream);
+                // The first few per run are audited one by one, then one in 64 with the count:
+                // a process outside the run cannot flood the log by connecting in a loop.
+                let n = s.refused.fetch_add(1, Ordering::SeqCst) + 1;
+                if n <= REFUSALS_AUDITED || n.is_multiple_of(64) {
+                    s.audit(
+                        "egress_refused",
+                        json!({"run_id": s.run_id, "refused": n, "why": "a process outside the run connected to its proxy"}),
+                    );
+                }
+                return;
+            }
+            let s2 = s.clone();
+            let svc = service_fn(move |req| outer(req, s2.clone()));
+            let conn = server_http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            tokio::select! {
+                () = s.token.cancelled() => {}
+                _ = conn => {}
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, msg: String) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg + "\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    r
+}
+
+async fn outer(req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Body>, Infallible> {
+    if req.method() == Method::CONNECT {
+        let Some(auth) = req.uri().authority().cloned() else {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: CONNECT needs host:port".into(),
+            ));
+        };
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = auth.port_u16().unwrap_or(443);
+        let token = s.token.clone();
+        tokio::spawn(async move {
+            let work = async move {
+                let Ok(up) = hyper::upgrade::on(req).await else {
+                    return;
+                };
+                if s.intercepts(&host, port) {
+                    intercept(TokioIo::new(up), host, port, s).await;
+                } else {
+                    tunnel(TokioIo::new(up), &host, port).await;
+                }
+            };
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = work => {}
+            }
+        });
+        let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *r.status_mut() = StatusCode::OK;
+        return Ok(r);
+    }
+    Ok(plain(req, &s).await)
+}
+
+/// A host no variable of the run is bound to: bytes both ways, untouched.
+async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, host: &str, port: u16) {
+    if let Ok(mut up) = TcpStream::connect((host, port)).await {
+        let _ = up.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+    }
+}
+
+/// Whether the placeholder appears in the request line or a header.
+fn carries(parts: &hyper::http::request::Parts, placeholder: &str) -> bool {
+    let p = placeholder.as_bytes();
+    memmem::find(parts.uri.to_string().as_bytes(), p).is_some()
+        || parts
+            .headers
+            .values()
+            .any(|v| memmem::find(v.as_bytes(), p).is_some())
+}
+
+/// Plain HTTP (absolute-form): forwarded as is, unless it carries a placeholder (a value never
+/// travels in clear, and a placeholder sent there is reported).
+async fn plain(req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let Some(host) = parts.uri.host().map(str::to_owned) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "keyveil: the proxy takes absolute http:// URLs and CONNECT".into(),
+        );
+    };
+    let port = parts.uri.port_u16().unwrap_or(80);
+    let dest = format!("http://{host}:{port}");
+    for b in &s.bindings {
+        if carries(&parts, &b.placeholder) {
+            s.report_blocked(&b.shown, &dest, "sent over plain HTTP");
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "keyveil: blocked: {} may only be sent to {} over HTTPS",
+                    b.shown,
+                    shown_dests(b)
+                ),
+            );
+        }
+    }
+    let tcp = match TcpStream::connect((host.as_str(), port)).await {
+        Ok(t) => {
+            let _ = t.set_nodelay(true);
+            t
+        }
+        Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {dest}: {e}")),
+    };
+    let (mut sender, conn) = match client_http1::handshake(TokioIo::new(tcp)).await {
+        Ok(x) => x,
+        Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {dest}: {e}")),
+    };
+    let token = s.token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            _ = conn => {}
+        }
+    });
+    parts.uri = match parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+    {
+        Ok(u) => u,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "keyveil: bad URL".into()),
+    };
+    for h in PROXY_HEADERS {
+        parts.headers.remove(*h);
+    }
+    let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    match sender.send_request(req).await {
+        Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("keyveil: {dest}: {e}")),
+    }
+}
+
+fn shown_dests(b: &Binding) -> String {
+    b.dests
+        .iter()
+        .map(super::Dest::shown)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A bound host: TLS terminated with the run's leaf for it, one verified upstream connection
+/// per session, each request forwarded with [`forward`].
+async fn intercept(
+    client: TokioIo<hyper::upgrade::Upgraded>,
+    host: String,
+    port: u16,
+    s: Arc<Shared>,
+) {
+    let Ok(cfg) = s.ca.server_config(&host) else {
+        return;
+    };
+    let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(client).await else {
+        return;
+    };
+    let upstream: Arc<Upstream> = Arc::new(tokio::sync::Mutex::new(
+        connect_upstream(&s, &host, port).await,
+    ));
+    let host = Arc::new(host);
+    let svc = service_fn(move |req| {
+        let s = s.clone();
+        let host = host.clone();
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(forward(req, &s, &host, port, &upstream).await) }
+    });
+    let _ = server_http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), svc)
+        .await;
+}
+
+async fn connect_upstream(
+    s: &Shared,
+    host: &str,
+    port: u16,
+) -> Result<client_http1::SendRequest<Body>, String> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(s.upstream.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("cannot verify {host}:{port}: {e}"))?;
+    let (sender, conn) = client_http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let token = s.token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            _ = conn => {}
+        }
+    });
+    Ok(sender)
+}
+
+/// One request to a bound host: refused if it carries the placeholder of a variable not bound
+/// there; otherwise each bound placeholder is swapped for its value (request line, headers,
+/// body), the response's copies of the value swapped back, and one audit entry written when
+/// the response's body ends.
+async fn forward(
+    req: Request<Incoming>,
+    s: &Arc<Shared>,
+    host: &str,
+    port: u16,
+    upstream: &Upstream,
+) -> Response<Body> {
+    let dest = super::Dest {
+        host: host.to_owned(),
+        port,
+    };
+    let shown_dest = format!("https://{}", dest.shown());
+    let (mut parts, body) = req.into_parts();
+    let here: Vec<&Binding> = s
+        .bindings
+        .iter()
+        .filter(|b| b.dests.contains(&dest))
+        .collect();
+    for b in s.bindings.iter().filter(|b| !b.dests.contains(&dest)) {
+        if carries(&parts, &b.placeholder) {
+            s.report_blocked(&b.shown, &shown_dest, "not bound to this host");
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "keyveil: blocked: {} is bound to {}, not {}",
+                    b.shown,
+                    shown_dests(b),
+                    dest.shown()
+                ),
+            );
+        }
+    }
+    // The request must be for the host the tunnel was opened to: a shared front (a CDN) routes
+    // by Host, so `CONNECT api.example.com` carrying `Host: attacker.example` would take the
+    // value to another origin behind the same front.
+    let named = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+        .map(|a| {
+            a.host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
+        .or_else(|| parts.uri.host().map(str::to_ascii_lowercase));
+    if named.as_deref() != Some(host) {
+        for b in &here {
+            s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
+        }
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "keyveil: blocked: a request through the tunnel to {} must name it in Host",
+                dest.shown()
+            ),
+        );
+    }
+    // The path as audited: no query, each placeholder replaced by its variable's name.
+    let mut audit_path = parts.uri.path().to_owned();
+    for b in &s.bindings {
+        audit_path = audit_path.replace(&b.placeholder, &format!("[{}]", b.shown));
+    }
+    let mut pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .as_bytes()
+        .to_vec();
+    for b in &here {
+        if let Some(x) = swap_all(&pq, b.placeholder.as_bytes(), &b.value) {
+            pq = x;
+        }
+    }
+    parts.uri = match hyper::Uri::try_from(pq) {
+        Ok(u) => u,
+        Err(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: the URL cannot carry this value (characters a URL may not hold)".into(),
+            );
+        }
+    };
+    for h in PROXY_HEADERS {
+        parts.headers.remove(*h);
+    }
+    for v in parts.headers.values_mut() {
+        for b in &here {
+            if let Some(x) = swap_all(v.as_bytes(), b.placeholder.as_bytes(), &b.value)
+                && let Ok(n) = HeaderValue::from_bytes(&x)
+            {
+                let mut n = n;
+                n.set_sensitive(true);
+                *v = n;
+            }
+        }
+    }
+    let to_value = Swap::new(
+        here.iter()
+            .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
+            .collect(),
+    );
+    let method = parts.method.to_string();
+    let req = Request::from_parts(parts, swapped(body, to_value, None));
+    let sent = {
+        let mut guard = upstream.lock().await;
+        let sender = match guard.as_mut() {
+            Ok(x) => x,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {e}")),
+        };
+        if sender.ready().await.is_err() {
+            *guard = connect_upstream(s, host, port).await;
+            match guard.as_mut() {
+                Ok(x) => x.send_request(req).await,
+                Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {e}")),
+            }
+        } else {
+            sender.send_request(req).await
+        }
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("keyveil: {}: {e}", dest.shown()),
+            );
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    for v in rparts.headers.values_mut() {
+        for b in &here {
+            if let Some(x) = swap_all(v.as_bytes(), &b.value, b.placeholder.as_bytes())
+                && let Ok(n) = HeaderValue::from_bytes(&x)
+            {
+                *v = n;
+            }
+        }
+    }
+    let to_placeholder = Swap::new(
+        here.iter()
+            .map(|b| {
+                (
+                    b.value.to_vec(),
+                    Zeroizing::new(b.placeholder.as_bytes().to_vec()),
+                )
+            })
+            .collect(),
+    );
+    let audit = AuditOnEnd {
+        s: s.clone(),
+        method,
+        host: dest.shown(),
+        path: audit_path,
+        status: rparts.status.as_u16(),
+        variables: here.iter().map(|b| b.shown.clone()).collect(),
+        bytes: 0,
+    };
+    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit)))
+}
+
+/// The audit entry of one request to a bound host, written when its response body ends (or is
+/// abandoned): method, host, path, status, response bytes, the variables swapped in.
+struct AuditOnEnd {
+    s: Arc<Shared>,
+    method: String,
+    host: String,
+    path: String,
+    status: u16,
+    variables: Vec<String>,
+    bytes: u64,
+}
+
+impl Drop for AuditOnEnd {
+    fn drop(&mut self) {
+        self.s.audit(
+            "egress_request",
+            json!({
+                "run_id": self.s.run_id,
+                "method": self.method,
+                "host": self.host,
+                "path": self.path,
+                "status": self.status,
+                "bytes": self.bytes,
+                "variables": self.variables,
+            }),
+        );
+    }
+}
+
+/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds).
+fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
+    struct St {
+        body: Incoming,
+        swap: Swap,
+        done: bool,
+        audit: Option<AuditOnEnd>,
+        trailers: Option<Frame<Bytes>>,
+    }
+    if swap.is_empty() && audit.is_none() && body.is_end_stream() {
+        return body.map_err(BoxError::from).boxed_unsync();
+    }
+    let st = St {
+        body,
+        swap,
+        done: false,
+        audit,
+        trailers: None,
+    };
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        if let Some(t) = st.trailers.take() {
+            return Some((Ok(t), st));
+        }
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Some(a) = &mut st.audit {
+                            a.bytes += data.len() as u64;
+                        }
+                        let out = if st.swap.is_empty() {
+                            data
+                        } else {
+                            Bytes::from(st.swap.push(&data))
+                        };
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Some((Ok(Frame::data(out)), st));
+                    }
+                    Err(frame) => {
+                        st.done = true;
+                        let rest = st.swap.finish();
+                        if rest.is_empty() {
+                            return Some((Ok(frame), st));
+                        }
+                        st.trailers = Some(frame);
+                        return Some((Ok(Frame::data(Bytes::from(rest))), st));
+                    }
+                },
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(BoxError::from(e)), st));
+                }
+                None => {
+                    st.done = true;
+                    let rest = st.swap.finish();
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(Frame::data(Bytes::from(rest))), st));
+                }
+            }
+        }
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
