@@ -37,6 +37,7 @@ mod policy;
 mod redteam;
 mod redteam16;
 mod redteam19;
+mod redteam22;
 mod redteam2;
 mod redteam3;
 mod revoke;
