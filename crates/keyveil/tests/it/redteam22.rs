@@ -203,3 +203,57 @@ fn lines_written_into_the_fifo_before_the_write_make_the_read_empty_of_values() 
         assert!(!contains(&o.stdout, v), "a value was served into a poisoned pipe");
     }
 }
+
+/// The card's argv is what the reader says of itself (`/proc/PID/cmdline`), which a process
+/// may rewrite: a Node script sets `process.title` to `vite` before it opens `.env`, and the
+/// card shows a lone `vite` word instead of the `-e` script that will print the values.
+#[test]
+#[ignore = "LEAK (card lies): argv on the card is /proc/PID/cmdline, rewritable by the reader (process.title, perl $0, prctl); the script that runs is not shown"]
+fn a_reader_that_rewrites_its_cmdline_shows_an_innocent_argv() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let evil = "process.title = 'vite';\nconst fs = require('fs');\nconst t = fs.readFileSync('.env', 'utf8');\nprocess.stdout.write(t);\n// padding so that the title fits in argv: ..................................................";
+    let r = p.reader(&["node", "-e", evil], &[]);
+    let card = wait_card(&h);
+    let argv: Vec<String> = card["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(argv, vec!["vite".to_owned()], "the card shows the rewritten argv");
+    assert!(!card.to_string().contains("readFileSync"));
+    approve_card(&h, &card, &[]);
+    let o = finished(r);
+    let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
+    assert!(contains(&o.stdout, plain), "the hidden script did not get the value");
+}
+
+/// The reader's environment is not on the card: `BASH_ENV` (like `LD_PRELOAD`,
+/// `NODE_OPTIONS`, `PYTHONSTARTUP`) makes an honest-looking `bash -c '. ./.env; ...'` run the
+/// agent's code, and the card is the same as the honest one's.
+#[test]
+#[ignore = "LEAK (card lies): the reader's environment (BASH_ENV, LD_PRELOAD, NODE_OPTIONS...) is neither shown nor flagged"]
+fn a_hostile_environment_is_not_on_the_card() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let evil = p.tmp.path().join("evil.sh");
+    std::fs::write(&evil, "trap 'set >&2' EXIT\n").unwrap();
+    let r = p.reader(
+        &["bash", "-c", ". ./.env; echo loaded"],
+        &[("BASH_ENV", evil.to_str().unwrap())],
+    );
+    let card = wait_card(&h);
+    let shown = card.to_string() + &h.ok(&["requests"]);
+    assert!(!shown.contains("BASH_ENV") && !shown.contains("evil.sh"), "{shown}");
+    approve_card(&h, &card, &[]);
+    let o = finished(r);
+    let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
+    assert!(contains(&o.stderr, plain), "BASH_ENV did not see the value");
+}
