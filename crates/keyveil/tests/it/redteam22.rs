@@ -257,3 +257,33 @@ fn a_hostile_environment_is_not_on_the_card() {
     let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
     assert!(contains(&o.stderr, plain), "BASH_ENV did not see the value");
 }
+
+/// Issue 21's stale temp-file cleanup at broker start, given names it matches that are not the
+/// broker's leftovers: a symlink to a file of the human's, a directory, a hard link. Held: only
+/// the hard link's name goes (a regular file in the home); what they point at stays.
+#[test]
+fn the_stale_temp_cleanup_follows_no_symlink_and_removes_no_directory() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", "fake-token-for-cleanup-test");
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("precious");
+    std::fs::write(&precious, b"the human's file").unwrap();
+    let link = h.path().join(".vault.kv.1.2.tmp");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let dir = h.path().join(".vault.kv.3.4.tmp");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("inside"), b"x").unwrap();
+    let hard = h.path().join(".vault.kv.5.6.tmp");
+    std::fs::hard_link(&precious, &hard).unwrap();
+    h.ok(&["daemon", "stop"]);
+    let o = h.run_stdin(
+        &["unlock", "--passphrase-stdin"],
+        &format!("{}\n", crate::harness::PASS),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(&precious).unwrap(), b"the human's file");
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "the symlink is not the broker's");
+    assert!(dir.join("inside").exists(), "a directory was emptied");
+    // The cleanup ran: the hard link (a regular file of the matched name) is gone.
+    assert!(!hard.exists(), "the cleanup did not run");
+}
