@@ -287,3 +287,51 @@ fn the_stale_temp_cleanup_follows_no_symlink_and_removes_no_directory() {
     // The cleanup ran: the hard link (a regular file of the matched name) is gone.
     assert!(!hard.exists(), "the cleanup did not run");
 }
+
+/// `dumps-file` is judged by name: `cat` under a symlink named `python3` is still flagged (the
+/// executable resolves to `cat`), held.
+#[test]
+fn cat_behind_a_symlink_named_python3_is_still_flagged_as_a_dump() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let cat = which("cat");
+    let fake = p.tmp.path().join("python3");
+    std::os::unix::fs::symlink(&cat, &fake).unwrap();
+    let r = p.reader(&[fake.to_str().unwrap(), ".env"], &[]);
+    let card = wait_card(&h);
+    assert!(card["risk"].to_string().contains("dumps-file"), "{}", card["risk"]);
+    assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
+    assert!(finished(r).stdout.is_empty());
+}
+
+/// A copy of `cat` named `python3` (a new inode, its own path) is not flagged `dumps-file`:
+/// the flag reads names only. The card still shows the copy's path and SHA-256.
+#[test]
+#[ignore = "LEAK (flag evasion): a renamed copy of cat is not flagged dumps-file; the flag matches names, not the pinned SHA-256 of known dumpers"]
+fn a_renamed_copy_of_cat_is_not_flagged_as_a_dump() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let fake = p.tmp.path().join("python3");
+    std::fs::copy(which("cat"), &fake).unwrap();
+    let r = p.reader(&[fake.to_str().unwrap(), ".env"], &[]);
+    let card = wait_card(&h);
+    assert!(!card["risk"].to_string().contains("dumps-file"), "{}", card["risk"]);
+    assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
+    assert!(finished(r).stdout.is_empty());
+}
+
+fn which(name: &str) -> std::path::PathBuf {
+    for d in ["/usr/bin", "/bin"] {
+        let p = std::path::Path::new(d).join(name);
+        if p.exists() {
+            return std::fs::canonicalize(p).unwrap();
+        }
+    }
+    panic!("no {name}");
+}
