@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::harness::{Home, contains, text, wait_output};
 use crate::mount::{
-    Project, approve_card, finished, mount, pending, store, values, wait_card, want, nul_pairs,
+    Project, approve_card, finished, mount, nul_pairs, pending, store, values, wait_card, want,
 };
 
 /// The agent's side: finds the honest reader holding the mount read-only, stops it
@@ -119,7 +119,10 @@ fn steal(mode: &str) {
     );
     // The honest reader got nothing, and the audit names no one else.
     assert_eq!(text(&honest.stdout), "0");
-    assert!(audit.contains("\"opened_during_write\":[]"), "audit names the thief");
+    assert!(
+        audit.contains("\"opened_during_write\":[]"),
+        "audit names the thief"
+    );
 }
 
 #[test]
@@ -198,9 +201,15 @@ fn lines_written_into_the_fifo_before_the_write_make_the_read_empty_of_values() 
     // The reader reads the agent's line and nothing of the broker's.
     assert_eq!(text(&o.stdout), "EVIL=1\n");
     assert_ne!(nul_pairs(&o.stdout), want(&vals));
-    assert!(h.audit_text().contains("something else was already written"));
+    assert!(
+        h.audit_text()
+            .contains("something else was already written")
+    );
     for (_, v) in &vals {
-        assert!(!contains(&o.stdout, v), "a value was served into a poisoned pipe");
+        assert!(
+            !contains(&o.stdout, v),
+            "a value was served into a poisoned pipe"
+        );
     }
 }
 
@@ -224,12 +233,19 @@ fn a_reader_that_rewrites_its_cmdline_shows_an_innocent_argv() {
         .iter()
         .map(|a| a.as_str().unwrap_or("").to_owned())
         .collect();
-    assert_eq!(argv, vec!["vite".to_owned()], "the card shows the rewritten argv");
+    assert_eq!(
+        argv,
+        vec!["vite".to_owned()],
+        "the card shows the rewritten argv"
+    );
     assert!(!card.to_string().contains("readFileSync"));
     approve_card(&h, &card, &[]);
     let o = finished(r);
     let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
-    assert!(contains(&o.stdout, plain), "the hidden script did not get the value");
+    assert!(
+        contains(&o.stdout, plain),
+        "the hidden script did not get the value"
+    );
 }
 
 /// The reader's environment is not on the card: `BASH_ENV` (like `LD_PRELOAD`,
@@ -251,7 +267,10 @@ fn a_hostile_environment_is_not_on_the_card() {
     );
     let card = wait_card(&h);
     let shown = card.to_string() + &h.ok(&["requests"]);
-    assert!(!shown.contains("BASH_ENV") && !shown.contains("evil.sh"), "{shown}");
+    assert!(
+        !shown.contains("BASH_ENV") && !shown.contains("evil.sh"),
+        "{shown}"
+    );
     approve_card(&h, &card, &[]);
     let o = finished(r);
     let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
@@ -282,7 +301,10 @@ fn the_stale_temp_cleanup_follows_no_symlink_and_removes_no_directory() {
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(std::fs::read(&precious).unwrap(), b"the human's file");
-    assert!(std::fs::symlink_metadata(&link).is_ok(), "the symlink is not the broker's");
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "the symlink is not the broker's"
+    );
     assert!(dir.join("inside").exists(), "a directory was emptied");
     // The cleanup ran: the hard link (a regular file of the matched name) is gone.
     assert!(!hard.exists(), "the cleanup did not run");
@@ -302,7 +324,11 @@ fn cat_behind_a_symlink_named_python3_is_still_flagged_as_a_dump() {
     std::os::unix::fs::symlink(&cat, &fake).unwrap();
     let r = p.reader(&[fake.to_str().unwrap(), ".env"], &[]);
     let card = wait_card(&h);
-    assert!(card["risk"].to_string().contains("dumps-file"), "{}", card["risk"]);
+    assert!(
+        card["risk"].to_string().contains("dumps-file"),
+        "{}",
+        card["risk"]
+    );
     assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
     assert!(finished(r).stdout.is_empty());
 }
@@ -321,7 +347,11 @@ fn a_renamed_copy_of_cat_is_not_flagged_as_a_dump() {
     std::fs::copy(which("cat"), &fake).unwrap();
     let r = p.reader(&[fake.to_str().unwrap(), ".env"], &[]);
     let card = wait_card(&h);
-    assert!(!card["risk"].to_string().contains("dumps-file"), "{}", card["risk"]);
+    assert!(
+        !card["risk"].to_string().contains("dumps-file"),
+        "{}",
+        card["risk"]
+    );
     assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
     assert!(finished(r).stdout.is_empty());
 }
