@@ -39,6 +39,7 @@ mod redteam;
 mod redteam16;
 mod redteam19;
 mod redteam2;
+mod redteam22;
 mod redteam3;
 mod revoke;
 mod sandbox;

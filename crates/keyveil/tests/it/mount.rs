@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{Home, contains, encodings, setsid, text, wait_output};
 
 /// Longest a reader may take once its request was answered.
-const READER_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const READER_LIMIT: Duration = Duration::from_secs(30);
 
 /// A fresh random tag (hex): every test value carries one, so any copy of it is findable.
 fn tag() -> String {
@@ -24,13 +24,13 @@ fn tag() -> String {
 }
 
 /// A project directory and a TMPDIR for its readers.
-struct Project {
+pub(crate) struct Project {
     dir: tempfile::TempDir,
-    tmp: tempfile::TempDir,
+    pub(crate) tmp: tempfile::TempDir,
 }
 
 impl Project {
-    fn new() -> Project {
+    pub(crate) fn new() -> Project {
         Project {
             dir: tempfile::Builder::new()
                 .prefix("kvp")
@@ -42,14 +42,14 @@ impl Project {
                 .unwrap(),
         }
     }
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
-    fn env_file(&self) -> PathBuf {
+    pub(crate) fn env_file(&self) -> PathBuf {
         self.path().join(".env")
     }
     /// A reader: `argv` in the project, detached from any terminal, TMPDIR its own.
-    fn reader(&self, argv: &[&str], extra_env: &[(&str, &str)]) -> Child {
+    pub(crate) fn reader(&self, argv: &[&str], extra_env: &[(&str, &str)]) -> Child {
         let mut c = Command::new(setsid());
         c.arg("-w")
             .args(argv)
@@ -67,7 +67,7 @@ impl Project {
 
 /// Values in every form the writer knows (bare, single-quoted, double-quoted, multi-line), each
 /// with a fresh tag.
-fn values() -> Vec<(&'static str, String)> {
+pub(crate) fn values() -> Vec<(&'static str, String)> {
     let t = tag();
     vec![
         ("PLAIN", format!("plain-{t}")),
@@ -80,13 +80,13 @@ fn values() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn store(h: &Home, vals: &[(&str, String)]) {
+pub(crate) fn store(h: &Home, vals: &[(&str, String)]) {
     for (k, v) in vals {
         h.set("demo", k, v);
     }
 }
 
-fn mount(h: &Home, p: &Project) {
+pub(crate) fn mount(h: &Home, p: &Project) {
     let f = p.env_file();
     h.ok(&["mount", "demo", f.to_str().unwrap()]);
     assert!(
@@ -115,7 +115,7 @@ fn regular_files(root: &Path, out: &mut Vec<PathBuf>) {
 
 /// No regular file under the project, the keyveil home (the CLI's HOME too) or the readers'
 /// TMPDIR holds any value, in any encoding the harness knows.
-fn assert_no_copy_on_disk(h: &Home, p: &Project, vals: &[(&str, String)]) {
+pub(crate) fn assert_no_copy_on_disk(h: &Home, p: &Project, vals: &[(&str, String)]) {
     let mut files = Vec::new();
     for root in [p.path(), h.path(), p.tmp.path()] {
         regular_files(root, &mut files);
@@ -143,7 +143,7 @@ fn assert_no_copy_on_disk(h: &Home, p: &Project, vals: &[(&str, String)]) {
     }
 }
 
-fn pending(h: &Home) -> Vec<serde_json::Value> {
+pub(crate) fn pending(h: &Home) -> Vec<serde_json::Value> {
     h.json(&["requests", "--json"])
         .as_array()
         .cloned()
@@ -151,7 +151,7 @@ fn pending(h: &Home) -> Vec<serde_json::Value> {
 }
 
 /// The request a reader made (waits for it), as `requests --json` shows it.
-fn wait_card(h: &Home) -> serde_json::Value {
+pub(crate) fn wait_card(h: &Home) -> serde_json::Value {
     let t0 = Instant::now();
     loop {
         if let Some(r) = pending(h).pop() {
@@ -168,20 +168,20 @@ fn wait_card(h: &Home) -> serde_json::Value {
     }
 }
 
-fn approve_card(h: &Home, card: &serde_json::Value, extra: &[&str]) {
+pub(crate) fn approve_card(h: &Home, card: &serde_json::Value, extra: &[&str]) {
     let o = h.approve(card["id"].as_u64().unwrap(), extra);
     assert!(o.status.success(), "approve failed: {}", text(&o.stderr));
 }
 
 /// A reader answered: its output, its stderr shown on failure.
-fn finished(c: Child) -> Output {
+pub(crate) fn finished(c: Child) -> Output {
     let o = wait_output(c, READER_LIMIT);
     assert!(o.status.success(), "reader failed: {}", text(&o.stderr));
     o
 }
 
 /// Parses `NAME\0VALUE\0...` as the readers below print it.
-fn nul_pairs(out: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn nul_pairs(out: &[u8]) -> Vec<(String, String)> {
     let s = text(out);
     let parts: Vec<&str> = s.split('\0').collect();
     parts
@@ -191,7 +191,7 @@ fn nul_pairs(out: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn want(vals: &[(&str, String)]) -> Vec<(String, String)> {
+pub(crate) fn want(vals: &[(&str, String)]) -> Vec<(String, String)> {
     let mut w: Vec<(String, String)> = vals
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
