@@ -537,6 +537,19 @@ fn open_if_read(path: &str, dev: u64, ino: u64) -> Result<Option<OwnedFd>, AtPat
     }
 }
 
+/// Whether process `pid` is stopped or traced (state `T` or `t` in `/proc/PID/stat`), or gone.
+fn stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may hold any byte.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 1..))
+        .and_then(|rest| rest.split_whitespace().next());
+    !matches!(state, Some(s) if s != "T" && s != "t")
+}
+
 /// A process holding a FIFO open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Holder {
@@ -1050,6 +1063,25 @@ async fn write_once(
         return fail(format!(
             "the file was opened by {} process(es) other than the approved reader",
             hs.iter().filter(|h| **h != r.holder).count()
+        ));
+    }
+    // After the swap the served FIFO must have no name left: a hard link the agent made
+    // elsewhere would let it open the FIFO by that name and share the read.
+    match rustix::fs::fstat(&fd) {
+        Ok(st) if st.st_nlink == 0 => {}
+        _ => {
+            return fail(
+                "the FIFO has another name (a hard link made elsewhere); nothing was written"
+                    .to_owned(),
+            );
+        }
+    }
+    // A stopped reader leaves the text in the pipe for as long as whoever stopped it likes,
+    // for anyone who opens the reader's descriptor through /proc.
+    if stopped(r.holder.pid) {
+        return fail(format!(
+            "the approved reader (pid {}) is stopped or traced; nothing was written",
+            r.holder.pid
         ));
     }
     match rustix::io::ioctl_fionread(&fd) {

@@ -42,13 +42,14 @@ while pid is None and time.time() - t0 < 20:
     time.sleep(0.01)
 assert pid is not None, "no reader"
 time.sleep(0.2)
-os.kill(pid, signal.SIGSTOP)
+if mode != "link-nostop":
+    os.kill(pid, signal.SIGSTOP)
 sys.stderr.write("stopped\n"); sys.stderr.flush()
 t0 = time.time()
 while os.stat(path).st_ino == ino and time.time() - t0 < 30:
     time.sleep(0.005)
 time.sleep(0.5)
-src = link if mode == "link" else f"/proc/{pid}/fd/{fdn}"
+src = link if mode.startswith("link") else f"/proc/{pid}/fd/{fdn}"
 fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
 data = b""
 while True:
@@ -59,11 +60,12 @@ while True:
     if not b:
         break
     data += b
-os.kill(pid, signal.SIGCONT)
+if mode != "link-nostop":
+    os.kill(pid, signal.SIGCONT)
 sys.stdout.buffer.write(data)
 "#;
 
-fn steal(mode: &str) {
+fn steal(mode: &str, why: &str) {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -100,41 +102,47 @@ fn steal(mode: &str) {
     assert!(card.to_string().contains("python3"));
     approve_card(&h, &card, &[]);
     let stolen = wait_output(thief, Duration::from_secs(60));
-    assert!(
-        stolen.status.success(),
-        "thief failed: {}",
-        text(&stolen.stderr)
-    );
     let honest = finished(reader);
     let leaked = vals
         .iter()
         .filter(|(_, v)| contains(&stolen.stdout, v.split(' ').next_back().unwrap_or(v)))
         .count();
-    let audit = h.audit_text();
-    assert!(
-        leaked > 0,
-        "the thief read nothing ({} bytes); honest reader read {}",
+    assert_eq!(
+        leaked,
+        0,
+        "the thief read values ({} bytes); honest reader read {}",
         stolen.stdout.len(),
         text(&honest.stdout)
     );
-    // The honest reader got nothing, and the audit names no one else.
-    assert_eq!(text(&honest.stdout), "0");
-    assert!(
-        audit.contains("\"opened_during_write\":[]"),
-        "audit names the thief"
+    // Nothing was written: the honest reader read zero bytes, and the audit says why.
+    let audit = h.audit_text();
+    assert_eq!(
+        text(&honest.stdout),
+        "0",
+        "{audit}\nthief: {}",
+        text(&stolen.stderr)
     );
+    assert!(audit.contains("mount_not_written"), "{audit}");
+    assert!(audit.contains(why), "{audit}");
 }
 
+/// The agent stops the approved reader and drains the pipe through `/proc/READER/fd/N` after
+/// the write. The broker now refuses to write to a stopped reader (`mounts.rs::stopped`), yet
+/// this replay still sees the honest reader served: the order of stop, approval and write in
+/// the replay is not yet understood.
 #[test]
-#[ignore = "LEAK: SIGSTOP the approved reader, then open /proc/READER/fd/N after the write and drain the pipe; audit opened_during_write is empty"]
-fn a_stopped_reader_lets_the_agent_drain_the_pipe_through_proc_fd() {
-    steal("proc");
+#[ignore = "LEAK (fix in, not yet shown): a stopped reader's pipe drained through /proc/READER/fd/N; the broker now checks the reader's state before writing, but this replay still sees the reader served"]
+fn a_stopped_reader_is_never_written_to() {
+    steal("proc", "is stopped or traced");
 }
 
+/// A hard link made to the FIFO before the read names the served FIFO after the swap. The
+/// broker now writes only when the served FIFO has no name left (`st_nlink == 0`), yet this
+/// replay still sees the honest reader served.
 #[test]
-#[ignore = "LEAK: a hard link made to the FIFO before the read still names the served FIFO after the swap"]
-fn a_hard_link_to_the_fifo_outlives_the_swap() {
-    steal("link");
+#[ignore = "LEAK (fix in, not yet shown): a hard link to the FIFO outlives the swap; the broker now checks st_nlink == 0 before writing, but this replay still sees the reader served"]
+fn a_fifo_with_a_hard_link_is_never_written_to() {
+    steal("link-nostop", "has another name");
 }
 
 /// A grant with a TTL is keyed by mount, argv, cwd and executable: not by the environment the
