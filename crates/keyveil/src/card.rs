@@ -745,7 +745,10 @@ mod tests {
         let mut r = crowded_card();
         r.argv = Some(vec!["sh".into(), "-c".into(), "echo \u{1b}[2J".into()]);
         let line = recap(&r, Style::PLAIN);
-        assert!(line.starts_with("approving request #4: \"sh\" \"-c\" "), "{line}");
+        assert!(
+            line.starts_with("approving request #4: \"sh\" \"-c\" "),
+            "{line}"
+        );
         assert!(line.contains("in /w  with API_TOKEN of demo"), "{line}");
         assert!(line.contains("RISK: shell-c"), "{line}");
         assert!(!line.contains('\u{1b}'), "{line}");
