@@ -41,6 +41,7 @@ mod redteam19;
 mod redteam2;
 mod redteam22;
 mod redteam3;
+mod redteam4;
 mod revoke;
 mod sandbox;
 mod setup;

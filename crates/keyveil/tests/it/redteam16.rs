@@ -127,14 +127,14 @@ impl Drop for Mcp {
 }
 
 /// `(port, path)` of `http://127.0.0.1:PORT/PATH`.
-fn split_url(url: &str) -> (u16, String) {
+pub(crate) fn split_url(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://127.0.0.1:").expect(url);
     let (port, path) = rest.split_once('/').expect(url);
     (port.parse().unwrap(), format!("/{path}"))
 }
 
 /// A GET as a browser would send it: `(status, Set-Cookie value if any)`.
-fn get(port: u16, path: &str, cookie: Option<&str>) -> (u16, Option<String>) {
+pub(crate) fn get(port: u16, path: &str, cookie: Option<&str>) -> (u16, Option<String>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let cookie = cookie
@@ -164,7 +164,7 @@ fn get(port: u16, path: &str, cookie: Option<&str>) -> (u16, Option<String>) {
 }
 
 /// The agent's own link: `keyveil approve --web --print`, as any same-uid process can run it.
-fn agent_link(h: &Home) -> String {
+pub(crate) fn agent_link(h: &Home) -> String {
     h.ok(&["approve", "--web", "--print"])
         .lines()
         .find(|l| l.contains("/login?token="))
