@@ -17,14 +17,15 @@ struct Watcher {
 
 impl Watcher {
     fn start(h: &Home) -> Watcher {
+        Watcher::on_pty(h, "approve --watch")
+    }
+
+    /// `keyveil ARGS` (words without quoting) on a pty of its own.
+    fn on_pty(h: &Home, args: &str) -> Watcher {
         let mut child = Command::new(setsid())
             .arg("-w")
             .arg("script")
-            .args([
-                "-qfec",
-                &format!("{} approve --watch", bin().display()),
-                "/dev/null",
-            ])
+            .args(["-qfec", &format!("{} {args}", bin().display()), "/dev/null"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", h.path())
@@ -127,4 +128,51 @@ fn a_key_that_means_nothing_skips_and_ctrl_c_stops_without_approving() {
         let o = wait_output(r, Duration::from_secs(40));
         assert!(!o.status.success());
     }
+}
+
+/// `set --web` at a terminal says when the value typed on the page was stored (issue 17,
+/// item 9), without ever showing it.
+#[test]
+fn set_web_at_a_terminal_confirms_when_the_value_is_stored() {
+    let h = Home::new();
+    let w = Watcher::on_pty(&h, "set demo DB_PASSWORD --web");
+    w.wait_for("waiting for the value");
+    let shown = text(&w.out.lock().unwrap());
+    let url = shown
+        .split_whitespace()
+        .find(|t| t.starts_with("http://127.0.0.1:"))
+        .unwrap()
+        .to_owned();
+    let rest = url.strip_prefix("http://127.0.0.1:").unwrap();
+    let (port, path) = rest.split_once('/').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let (status, head, _) = crate::setup::http(port, "GET", &format!("/{path}"), &[], "");
+    assert_eq!(status, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().split(';').next().unwrap().to_owned())
+        .unwrap();
+    let (_, _, form) = crate::setup::http(port, "GET", "/set", &[("Cookie", &cookie)], "");
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let origin = format!("http://127.0.0.1:{port}");
+    let value = "page-typed-value-Kq7Wm2Zx";
+    let (s, _, body) = crate::setup::http(
+        port,
+        "POST",
+        "/set",
+        &[("Cookie", &cookie), ("Origin", &origin)],
+        &format!("csrf={csrf}&value={value}"),
+    );
+    assert_eq!(s, 200, "{body}");
+    w.wait_for("stored: demo/DB_PASSWORD has its value");
+    assert!(!contains(&w.out.lock().unwrap(), value));
 }
