@@ -348,6 +348,28 @@ pub(crate) async fn approve_web(paths: &Paths, print_only: bool) -> Result<i32> 
     Ok(0)
 }
 
+/// The longer grant `approve --watch` offers (`8`): 8 hours, in seconds.
+const WATCH_LONG_TTL: u64 = 8 * 3600;
+
+/// Reads one key from the terminal `tty` without waiting for Enter: the terminal is put in raw
+/// mode for that one read and given its settings back before returning (also on Ctrl-C, which
+/// comes back as `'\u{3}'`). `None` when `tty` is not a terminal or cannot be switched.
+fn read_key(tty: &std::fs::File) -> Option<char> {
+    use rustix::termios::{OptionalActions, tcgetattr, tcsetattr};
+    use std::io::Read;
+    let saved = tcgetattr(tty).ok()?;
+    let mut raw = saved.clone();
+    raw.make_raw();
+    tcsetattr(tty, OptionalActions::Now, &raw).ok()?;
+    let mut b = [0u8; 1];
+    let got = (&*tty).read(&mut b);
+    let _ = tcsetattr(tty, OptionalActions::Now, &saved);
+    match got {
+        Ok(1) => Some(char::from(b[0])),
+        _ => Some('\u{4}'),
+    }
+}
+
 /// `keyveil approve --watch`: a live approver that reads answers and the factor from
 /// `/dev/tty` only, never from stdin (an agent that controls our stdin cannot answer).
 pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
@@ -357,7 +379,7 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
         message: format!("`keyveil approve --watch` needs a terminal: cannot open /dev/tty: {e}\nhint: approve from a terminal with `keyveil approve ID`"),
     })?;
     let mut tty_out = std::fs::OpenOptions::new().write(true).open("/dev/tty")?;
-    let mut lines = std::io::BufReader::new(tty_in).lines();
+    let mut lines = std::io::BufReader::new(tty_in.try_clone()?).lines();
     let mut seen = std::collections::BTreeSet::new();
     let _ = writeln!(tty_out, "keyveil: watching for requests (Ctrl-C to stop)");
     loop {
@@ -375,16 +397,32 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
             );
             let _ = write!(
                 tty_out,
-                "[a]pprove once, approve for [t]30 minutes, [d]eny, [s]kip? "
+                "[a]pprove once, for [t]30 minutes or [8] hours, [d]eny, [s]kip? "
             );
             let _ = tty_out.flush();
-            let answer = tokio::task::block_in_place(|| lines.next())
-                .transpose()?
-                .unwrap_or_default();
-            let (ttl, deny) = match answer.trim() {
-                "a" | "A" => (None, false),
-                "t" | "T" => (Some(1800), false),
-                "d" | "D" => (None, true),
+            // One key, no Enter (a terminal in raw mode for that one read); a line where the
+            // terminal cannot do that.
+            let answer = match tokio::task::block_in_place(|| read_key(&tty_in)) {
+                Some(k) => k,
+                None => tokio::task::block_in_place(|| lines.next())
+                    .transpose()?
+                    .unwrap_or_default()
+                    .trim()
+                    .chars()
+                    .next()
+                    .unwrap_or('s'),
+            };
+            let _ = writeln!(tty_out, "{}", answer.escape_default());
+            let (ttl, deny) = match answer {
+                'a' | 'A' => (None, false),
+                't' | 'T' => (Some(1800), false),
+                '8' => (Some(WATCH_LONG_TTL), false),
+                'd' | 'D' => (None, true),
+                // Ctrl-C, Ctrl-D (raw mode turns them into keys).
+                '\u{3}' | '\u{4}' => {
+                    let _ = writeln!(tty_out, "stopped watching");
+                    return Ok(130);
+                }
                 _ => {
                     let _ = writeln!(tty_out, "skipped #{id}");
                     continue;

@@ -232,5 +232,34 @@ pub(super) async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> 
         "keyveil: open this link in your browser and type the value of {env}/{var} there; it works once, for {} minutes",
         d.expires_in_seconds / 60
     ));
-    Ok(0)
+    // At a terminal, say when the value is stored (a script reading the link is not kept).
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return Ok(0);
+    }
+    note("waiting for the value to be stored (Ctrl-C stops waiting; the link stays valid)");
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(d.expires_in_seconds.saturating_add(60));
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Ok(shown) = call(
+            paths,
+            op::EnvShow {
+                name: env.to_owned(),
+            },
+        )
+        .await
+            && shown.variables.iter().any(|v| v.name == var && v.set)
+        {
+            say(format!(
+                "stored: {env}/{var} has its value (typed on the page, never shown here)"
+            ));
+            return Ok(0);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            note(format!(
+                "no value was stored for {env}/{var} before the link expired\nhint: run `keyveil set {env} {var} --web` again for a new link"
+            ));
+            return Ok(1);
+        }
+    }
 }

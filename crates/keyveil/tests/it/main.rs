@@ -47,4 +47,5 @@ mod sandbox;
 mod setup;
 mod sweep;
 mod tamper;
+mod watch;
 mod web;

@@ -1116,7 +1116,7 @@ fn revoking_the_grant_kills_a_background_run() {
 // ---------------------------------------------------------------------------------------------
 // The one-variable value page
 
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,

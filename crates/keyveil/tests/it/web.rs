@@ -703,3 +703,67 @@ fn a_totp_code_typed_in_the_page_approves_once() {
     let _ = h.ok(&["deny", &ids2]);
     let _ = wait_output(child, Duration::from_secs(30));
 }
+
+/// Issue 17, item 9: the page lists live grants, each with a revoke button; revoking needs the
+/// session and its CSRF token (like deny, it only takes access away), ends the grant and stops
+/// what runs under it.
+#[test]
+fn the_page_lists_live_grants_and_revokes_one() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let child = h.spawn_run(&strs(&run_args(&["sleep", "60"])));
+    let id = h.wait_request();
+    let a = h.approve(id, &["--ttl", "30m"]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let gid = h.json(&["grants", "--json"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (page, cookie) = Page::login(&h);
+    let r = page.get("/", Some(&cookie));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains(&format!("data-grant-id=\"{gid}\"")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("&#34;sleep&#34; &#34;60&#34;"),
+        "{}",
+        r.body
+    );
+    let csrf = page.csrf(&cookie);
+    // Without the CSRF token, or from another origin: refused, the grant stays.
+    let r = page.post("/revoke", &cookie, &form(&[("grant_id", &gid)]));
+    assert_eq!(r.status, 403);
+    let host = page.host();
+    let r = page.raw(
+        "POST",
+        "/revoke",
+        &[
+            ("Host", &host),
+            ("Origin", "http://evil.example"),
+            ("Cookie", &cookie),
+        ],
+        &form(&[("grant_id", &gid), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        h.json(&["grants", "--json"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    let r = page.post(
+        "/revoke",
+        &cookie,
+        &form(&[("grant_id", &gid), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let after = page.get("/", Some(&cookie)).body;
+    assert!(after.contains(&format!("Revoked grant {gid}")), "{after}");
+    assert!(after.contains("No live grants."), "{after}");
+    let o = wait_output(child, Duration::from_secs(30));
+    assert!(
+        !o.status.success(),
+        "the run under the revoked grant went on"
+    );
+}

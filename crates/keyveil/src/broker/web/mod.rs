@@ -473,6 +473,7 @@ fn router(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/approve", post(approve))
         .route("/deny", post(deny))
+        .route("/revoke", post(revoke))
         .route("/set", get(set_page).post(set_value))
         .route("/static/app.js", get(js))
         .route("/static/app.css", get(css))
@@ -729,9 +730,21 @@ async fn index(State(st): State<AppState>, headers: HeaderMap) -> Response {
         Ok(c) => c,
         Err(r) => return *r,
     };
+    let grants = match super::ops::call(&st.broker, op::Grants { client: None }).await {
+        Ok(d) => view::grants(&d, jiff::Timestamp::now()),
+        Err(_) => Vec::new(),
+    };
     let csrf = st.server.csrf_of(&key).unwrap_or_default();
     let flash = st.server.take_flash(&key);
-    html(view::Page { cards, csrf, flash }.render())
+    html(
+        view::Page {
+            cards,
+            grants,
+            csrf,
+            flash,
+        }
+        .render(),
+    )
 }
 
 async fn fragment(State(st): State<AppState>, headers: HeaderMap) -> Response {
@@ -789,6 +802,12 @@ struct ApproveForm {
 struct DenyForm {
     csrf: Option<String>,
     request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    csrf: Option<String>,
+    grant_id: Option<String>,
 }
 
 /// Session, then CSRF; returns the session key.
@@ -933,6 +952,50 @@ async fn deny(
     )
     .await;
     let flash = flash_of(reply, |_| format!("Denied request #{id}."));
+    st.server.set_flash(&key, flash);
+    see_other("/")
+}
+
+/// `POST /revoke`: ends one grant and stops its runs (session and CSRF, no factor: it only
+/// takes access away, as `keyveil revoke` does).
+async fn revoke(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<RevokeForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return match session(&st, &headers) {
+            Err(r) => *r,
+            Ok(_) => bad_form(),
+        };
+    };
+    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let Some(id) = f
+        .grant_id
+        .filter(|g| !g.is_empty() && g.len() <= 64 && g.bytes().all(|b| b.is_ascii_graphic()))
+    else {
+        return bad_form();
+    };
+    let reply = super::ops::call(
+        &st.broker,
+        op::Revoke {
+            grant_id: Some(id.clone()),
+            all: false,
+            client: None,
+        },
+    )
+    .await;
+    let flash = flash_of(reply, |d| {
+        let runs = match d.stopped.runs_stopped {
+            0 => String::new(),
+            1 => "; 1 run stopped".to_owned(),
+            n => format!("; {n} runs stopped"),
+        };
+        format!("Revoked grant {}{runs}.", prose(&id))
+    });
     st.server.set_flash(&key, flash);
     see_other("/")
 }

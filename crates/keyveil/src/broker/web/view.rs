@@ -264,12 +264,74 @@ pub(super) struct Flash {
     pub hint: Option<String>,
 }
 
+/// A live grant on the page, with its revoke button. Every requester-supplied part is made
+/// visible first (then HTML-escaped by the template).
+#[derive(Clone, Debug)]
+pub(super) struct GrantView {
+    /// Grant id (made by the broker).
+    pub id: String,
+    /// The command, as words (`ANY COMMAND` when none was named; `…` after a prefix grant).
+    pub command: String,
+    /// Working directory.
+    pub cwd: String,
+    /// Environment.
+    pub environment: String,
+    /// Variables, comma-separated.
+    pub variables: String,
+    /// Local end time.
+    pub expires_at: String,
+    /// Uses left, in words.
+    pub uses: String,
+}
+
+/// The grants still usable, for the page (`/`).
+pub(super) fn grants(data: &op::GrantList, now: jiff::Timestamp) -> Vec<GrantView> {
+    data.grants
+        .iter()
+        .filter(|g| g.expires_at > now && g.uses_left != Some(0))
+        .map(|g| GrantView {
+            id: ident(&g.id),
+            command: match &g.argv {
+                None => "ANY COMMAND".to_owned(),
+                Some(argv) => {
+                    let words = crate::card::argv_words(argv.iter().map(String::as_str));
+                    if g.prefix {
+                        format!("{words} …")
+                    } else {
+                        words
+                    }
+                }
+            },
+            cwd: format!(
+                "{}{}",
+                ident(&g.cwd),
+                if g.subdirs { " (and below)" } else { "" }
+            ),
+            environment: ident(&g.environment),
+            variables: g
+                .variables
+                .iter()
+                .map(|v| ident(v))
+                .collect::<Vec<_>>()
+                .join(", "),
+            expires_at: when(&g.expires_at.to_string()),
+            uses: match g.uses_left {
+                None => "any number of uses".to_owned(),
+                Some(1) => "1 use left".to_owned(),
+                Some(n) => format!("{n} uses left"),
+            },
+        })
+        .collect()
+}
+
 /// The whole page.
 #[derive(Template)]
 #[template(path = "web/page.html")]
 pub(super) struct Page {
     /// The pending requests.
     pub cards: Vec<CardView>,
+    /// The live grants, each with a revoke button.
+    pub grants: Vec<GrantView>,
     /// The session's CSRF token, put in every form.
     pub csrf: String,
     /// The result of the last POST, once.
@@ -354,6 +416,7 @@ mod tests {
             "asks": 2
         }]});
         let html = Page {
+            grants: Vec::new(),
             cards: cards(&serde_json::from_value(data).unwrap()),
             csrf: "c".into(),
             flash: None,
@@ -399,6 +462,7 @@ mod tests {
                 "bytes": 22, "clipped": false, "sha256": "ab"}]
         }]});
         let html = Page {
+            grants: Vec::new(),
             cards: cards(&serde_json::from_value(data).unwrap()),
             csrf: "c".into(),
             flash: None,
