@@ -154,16 +154,7 @@ fn revoke_kills_a_live_run_and_timeout_kills_too() {
     let child = h.spawn_run(&strs(&run_args(&cmd, "30")));
     let id = h.wait_request();
     assert!(h.approve(id, &[]).status.success());
-    // Wait for the run to be live.
-    let t0 = std::time::Instant::now();
-    loop {
-        let s = h.json(&["status", "--json"]);
-        if s["live_runs"].as_u64() == Some(1) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_live_runs(1);
     let grants = h.json(&["grants", "--json"]);
     let gid = grants[0]["id"].as_str().unwrap().to_owned();
     h.ok(&["revoke", &gid]);

@@ -166,6 +166,19 @@ impl Home {
         wait_output(child, limit)
     }
 
+    /// Waits (at most 10 s) until the broker reports `n` live runs: an approved `run` starts its
+    /// process only after the CLI sees the approval.
+    pub fn wait_live_runs(&self, n: u64) {
+        let t0 = std::time::Instant::now();
+        while self.json(&["status", "--json"])["live_runs"].as_u64() != Some(n) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{n} live runs never showed in status"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn approve(&self, id: u64, extra: &[&str]) -> Output {
         let ids = id.to_string();
         let mut args = vec!["approve", ids.as_str(), "--passphrase-stdin"];

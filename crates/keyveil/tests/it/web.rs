@@ -715,6 +715,8 @@ fn the_page_lists_live_grants_and_revokes_one() {
     let id = h.wait_request();
     let a = h.approve(id, &["--ttl", "30m"]);
     assert!(a.status.success(), "{}", text(&a.stderr));
+    // Revoked before the CLI starts its run, the run would ask again instead of being stopped.
+    h.wait_live_runs(1);
     let gid = h.json(&["grants", "--json"])[0]["id"]
         .as_str()
         .unwrap()
