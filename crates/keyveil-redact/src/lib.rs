@@ -14,16 +14,16 @@
 //! ```
 //! use keyveil_redact::Redactor;
 //!
-//! let r = Redactor::new([("GH_TOKEN", "ghp_m0xVQzJXtw3XVBOsrT5mH3DaWvTrmFLHBMUA")]);
-//! let (out, n) = r.redact(b"token=ghp_m0xVQzJXtw3XVBOsrT5mH3DaWvTrmFLHBMUA\n");
+//! let r = Redactor::new([("GH_TOKEN", "example-fake-token-0123456789abcdef")]);
+//! let (out, n) = r.redact(b"token=example-fake-token-0123456789abcdef\n");
 //! assert_eq!(out, b"token=[REDACTED:GH_TOKEN]\n");
 //! assert_eq!(n, 1);
 //!
 //! // Streaming: split anywhere, same result.
 //! let mut s = r.stream();
 //! let mut out = Vec::new();
-//! s.push(b"token=ghp_m0xVQzJXtw3X", &mut out);
-//! s.push(b"VBOsrT5mH3DaWvTrmFLHBMUA\n", &mut out);
+//! s.push(b"token=example-fake-tok", &mut out);
+//! s.push(b"en-0123456789abcdef\n", &mut out);
 //! s.finish(&mut out);
 //! assert_eq!(out, b"token=[REDACTED:GH_TOKEN]\n");
 //! ```
@@ -477,7 +477,9 @@ mod tests {
     fn per_character_forms_stay_out_of_the_raw_pass() {
         // They are normalised-pass patterns (their q-grams seldom occur in ordinary output):
         // tokens still need no raw pass, which would look at every byte of output.
-        let r = Redactor::new([("A", "ghp_Q7mZ2kR9Lx4pTv8w"), ("B", "9xoxb-Rt7Qm2Zx9Lp4Kv")]);
+        let gh = fixtures::secret("chunk-split-delay", "GH_TOKEN");
+        let short = fixtures::secret("utf16le-wide-text", "GH_TOKEN");
+        let r = Redactor::new([("A", gh.as_str()), ("B", short.as_str())]);
         assert_eq!(r.stats().raw_patterns, 0);
     }
 
