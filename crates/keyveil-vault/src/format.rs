@@ -15,7 +15,7 @@ use argon2::{Algorithm, Argon2, Version};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::VaultError;
 
@@ -242,12 +242,31 @@ fn derive_kek(
         Some(KEY_LEN),
     )
     .ok()?;
+    let blocks = argon_params.block_count();
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
-    argon
-        .hash_password_into(passphrase, salt, kek.as_mut())
-        .ok()?;
+    ARGON_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        let filled = &mut memory[..blocks];
+        let hashed =
+            argon.hash_password_into_with_memory(passphrase, salt, kek.as_mut(), &mut *filled);
+        filled.iter_mut().for_each(Zeroize::zeroize);
+        hashed.ok()
+    })?;
     Some(kek)
+}
+
+thread_local! {
+    /// Argon2id's working memory (`m_cost` KiB), kept by each thread that derives and wiped
+    /// after every derivation. Allocating it afresh each time (as `hash_password_into` does)
+    /// left it unwiped in freed memory, and in a process whose memory is locked (the broker:
+    /// `mlockall`) freed blocks were not given back: a burst of wrong guesses grew the broker by
+    /// the memory cost of each. One buffer per deriving thread bounds that to
+    /// `threads × m_cost` (the broker derives on a few dedicated threads).
+    static ARGON_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A parsed (not yet decrypted) vault file, borrowing from its bytes.

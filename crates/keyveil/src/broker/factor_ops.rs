@@ -254,7 +254,7 @@ pub(crate) async fn verify_factor(
         }
         Proof::Typed(p) => {
             let checker = broker.lock().vault()?.passphrase_checker();
-            let good = tokio::task::spawn_blocking(move || checker.check(p.expose().as_bytes()))
+            let good = super::kdf_gate::derive(move || checker.check(p.expose().as_bytes()))
                 .await
                 .unwrap_or(false);
             if good {

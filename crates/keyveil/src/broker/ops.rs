@@ -526,7 +526,7 @@ async fn init(
         .filter(|p| !p.is_empty());
     data.settings.home = home.filter(|h| h.starts_with('/'));
     let create_path = path.clone();
-    let vault = tokio::task::spawn_blocking(move || {
+    let vault = super::kdf_gate::derive(move || {
         Vault::create_with(&create_path, pass.expose().as_bytes(), params, data)
     })
     .await
@@ -694,7 +694,7 @@ async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<op::Bootstra
     // No lockout here: the passphrase is never refused unjudged (each guess costs an Argon2id
     // derivation, as an offline attack on the vault file does).
     let path = broker.paths.vault();
-    let opened = tokio::task::spawn_blocking(move || Vault::open(&path, pass.expose().as_bytes()))
+    let opened = super::kdf_gate::derive(move || Vault::open(&path, pass.expose().as_bytes()))
         .await
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("unlock failed: {e}")))?;
     match opened {

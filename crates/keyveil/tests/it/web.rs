@@ -769,3 +769,64 @@ fn the_page_lists_live_grants_and_revokes_one() {
         "the run under the revoked grant went on"
     );
 }
+
+/// The broker's peak resident memory (`VmHWM`), in KiB.
+fn peak_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// An agent that floods the page with wrong passphrases at once cannot run the broker out of
+/// memory: each guess costs one Argon2id derivation (19 MiB in tests, 64 MiB by default), and
+/// only a few run together. The human's passphrase, sent after the flood, is still judged.
+#[test]
+fn parallel_wrong_passphrases_cannot_exhaust_the_brokers_memory() {
+    const GUESSES: usize = 24;
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    let child = h.spawn_run(&strs(&run_args(&["true"])));
+    let id = h.wait_request();
+    let ids = id.to_string();
+    let (page, cookie) = Page::login(&h);
+    let csrf = page.csrf(&cookie);
+    let pid: i32 = std::fs::read_to_string(h.path().join("run/broker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let before = peak_kib(pid);
+    std::thread::scope(|s| {
+        for i in 0..GUESSES {
+            let (page, cookie, csrf, ids) = (&page, &cookie, &csrf, &ids);
+            s.spawn(move || {
+                let guess = format!("parallel guess {i}");
+                let r = page.post(
+                    "/approve",
+                    cookie,
+                    &form(&[("request_id", ids), ("factor", &guess), ("csrf", csrf)]),
+                );
+                assert_eq!(r.status, 303);
+            });
+        }
+    });
+    let grown = peak_kib(pid).saturating_sub(before);
+    // Unbounded, 24 derivations at once would add about 24 × 19 MiB = 456 MiB; at most four run
+    // together, on threads that reuse their Argon2id memory (measured: +19 MiB; 240 MiB before).
+    assert!(
+        grown < 8 * 19_456,
+        "the broker's peak memory grew by {grown} KiB under {GUESSES} parallel guesses"
+    );
+    assert_eq!(pending_ids(&h), vec![id]);
+    let r = page.post(
+        "/approve",
+        &cookie,
+        &form(&[("request_id", &ids), ("factor", PASS), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303);
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
