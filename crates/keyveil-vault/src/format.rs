@@ -250,7 +250,7 @@ fn derive_kek(
         if memory.len() < blocks {
             memory.resize(blocks, argon2::Block::default());
         }
-        let filled = &mut memory[..blocks];
+        let filled = memory.get_mut(..blocks)?;
         let hashed =
             argon.hash_password_into_with_memory(passphrase, salt, kek.as_mut(), &mut *filled);
         filled.iter_mut().for_each(Zeroize::zeroize);
