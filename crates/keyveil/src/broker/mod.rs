@@ -14,6 +14,7 @@ pub(crate) mod mounts;
 pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;
+pub(crate) mod policy_ops;
 pub(crate) mod prefix;
 pub(crate) mod private_tmp;
 pub(crate) mod request_ids;
