@@ -5,7 +5,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::factor_ops::{self, Proof};
-use super::guard::{Need, guard_stored};
 use super::state::{OpError, OpResult};
 use super::{Broker, access};
 use crate::factor_proof;
@@ -18,11 +17,11 @@ mod grants;
 mod lifecycle;
 mod vars;
 use audit::{audit, audit_verify};
-use envs::{env_create, env_list, env_remove, env_reveal, env_show};
+use envs::{env_create, env_list, env_reveal, env_show};
 use grants::{grants, revoke};
 use lifecycle::{init, lock, status, unlock};
 pub(crate) use lifecycle::{quarantine_warning, stop_everything};
-use vars::{target_of_change, value_of_set, var_declare, var_generate, var_set, var_unset};
+use vars::var_declare;
 
 fn usage(msg: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::Usage, msg)
@@ -125,7 +124,27 @@ pub(crate) async fn dispatch_from(
     let digest = req
         .factor()
         .map(|_| factor_proof::request_digest(&serde_json::to_value(&req).unwrap_or(Value::Null)));
-    let r = match req {
+    match answer_request(broker, req, peer, digest).await {
+        Ok(mut v) => {
+            if !reveal {
+                // Where a policy hides names, every reply carries aliases (see `names.rs`).
+                broker.lock().hide_names_in(&mut v);
+            }
+            Reply::ok(v)
+        }
+        Err(e) => e.reply(),
+    }
+}
+
+/// One request's operation, its reply as the JSON the reply frame carries. `digest` is what a
+/// factor proof in the request binds ([`factor_proof::request_digest`] of the request).
+async fn answer_request(
+    broker: &Arc<Broker>,
+    req: Request,
+    peer: Option<&super::peer::Peer>,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<Value> {
+    match req {
         Request::Status => answer(op::Status, Ok(status(broker))),
         Request::FactorChallenge(o) => {
             typed(&o).answer(factor_ops::challenge(broker, &o.client_nonce, &o.totp))
@@ -141,99 +160,16 @@ pub(crate) async fn dispatch_from(
             let t = typed(&o);
             t.answer(env_create(broker, &o.name, o.description))
         }
-        Request::EnvRemove(o) => {
-            let (t, op::EnvRemove { name, factor }) = (typed(&o), o);
-            let stored = broker.lock().stored_names(&name, None);
-            t.answer(
-                guard_stored(broker, &name, Need::stored(stored), factor, digest)
-                    .await
-                    .and_then(|ok| env_remove(broker, &name, ok.is_some())),
-            )
-        }
+        Request::EnvRemove(o) => typed(&o).answer(envs::remove_request(broker, o, digest).await),
         Request::EnvReveal(o) => {
             let (t, op::EnvReveal { name, factor }) = (typed(&o), o);
             t.answer(env_reveal(broker, &name, Proof::from_request(factor, digest, false)).await)
         }
-        Request::VarSet(o) => {
-            let (
-                t,
-                op::VarSet {
-                    environment,
-                    name,
-                    value,
-                    sealed_value,
-                    factor,
-                },
-            ) = (typed(&o), o);
-            // The associated data of a sealed value is the name as the CLI gave it.
-            let aad = format!("{environment}/{name}");
-            let (name, need) = target_of_change(broker, &environment, &name);
-            let given = name.clone();
-            let probe = value.is_none() && sealed_value.is_none() && factor.is_none();
-            t.answer(
-                match guard_stored(broker, &environment, need, factor, digest).await {
-                    Err(e) => Err(e),
-                    // A value-free probe: nothing to store, and no factor needed.
-                    Ok(_) if probe => Ok(op::VarSetReply::Probe {
-                        probe: true,
-                        needs_factor: false,
-                    }),
-                    Ok(verified) => {
-                        match value_of_set(value, sealed_value, verified.as_ref(), aad.as_bytes()) {
-                            Ok(value) => {
-                                var_set(broker, &environment, &given, value, verified.is_some())
-                                    .map(op::VarSetReply::Stored)
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                },
-            )
-        }
+        Request::VarSet(o) => typed(&o).answer(vars::set_request(broker, o, digest).await),
         Request::VarGenerate(o) => {
-            let (
-                t,
-                op::VarGenerate {
-                    environment,
-                    name,
-                    length,
-                    charset,
-                    factor,
-                },
-            ) = (typed(&o), o);
-            let (name, need) = target_of_change(broker, &environment, &name);
-            t.answer(
-                guard_stored(broker, &environment, need, factor, digest)
-                    .await
-                    .and_then(|ok| {
-                        var_generate(
-                            broker,
-                            &environment,
-                            &name,
-                            length,
-                            charset,
-                            None,
-                            ok.is_some(),
-                        )
-                    }),
-            )
+            typed(&o).answer(vars::generate_request(broker, o, digest).await)
         }
-        Request::VarUnset(o) => {
-            let (
-                t,
-                op::VarUnset {
-                    environment,
-                    name,
-                    factor,
-                },
-            ) = (typed(&o), o);
-            let (name, need) = target_of_change(broker, &environment, &name);
-            t.answer(
-                guard_stored(broker, &environment, need, factor, digest)
-                    .await
-                    .and_then(|ok| var_unset(broker, &environment, &name, ok.is_some())),
-            )
-        }
+        Request::VarUnset(o) => typed(&o).answer(vars::unset_request(broker, o, digest).await),
         Request::VarDeclare(o) => {
             let (
                 t,
@@ -263,38 +199,7 @@ pub(crate) async fn dispatch_from(
         }
         Request::AccessStatus(o) => typed(&o).answer(access::access_status(broker, o.request_id)),
         Request::Requests => answer(op::Requests, Ok(access::requests(broker))),
-        Request::Approve(o) => {
-            let (
-                t,
-                op::Approve {
-                    request_id,
-                    card,
-                    factor,
-                    confirm,
-                    ttl_seconds,
-                    uses,
-                    any_command,
-                    prefix,
-                    subdirs,
-                },
-            ) = (typed(&o), o);
-            t.answer(
-                access::approve(
-                    broker,
-                    request_id,
-                    Some(&card),
-                    Proof::from_request(factor, digest, confirm),
-                    access::ApproveOptions {
-                        ttl_seconds,
-                        uses,
-                        any_command,
-                        prefix,
-                        subdirs,
-                    },
-                )
-                .await,
-            )
-        }
+        Request::Approve(o) => typed(&o).answer(approve_request(broker, o, digest).await),
         Request::FactorEnroll(o) => {
             let (t, op::FactorEnroll { factor }) = (typed(&o), o);
             t.answer(factor_ops::enroll(broker, Proof::from_request(factor, digest, false)).await)
@@ -303,25 +208,7 @@ pub(crate) async fn dispatch_from(
         Request::PolicyShow(o) => {
             typed(&o).answer(super::policy_ops::policy_show(broker, &o.environment))
         }
-        Request::PolicySet(o) => {
-            let (
-                t,
-                op::PolicySet {
-                    environment,
-                    factor,
-                    change,
-                },
-            ) = (typed(&o), o);
-            t.answer(
-                super::policy_ops::policy_set(
-                    broker,
-                    &environment,
-                    Proof::from_request(factor, digest, false),
-                    change,
-                )
-                .await,
-            )
-        }
+        Request::PolicySet(o) => typed(&o).answer(policy_set_request(broker, o, digest).await),
         Request::Deny(o) => {
             let (t, op::Deny { request_id, reason }) = (typed(&o), o);
             t.answer(access::deny(broker, request_id, reason))
@@ -361,17 +248,50 @@ pub(crate) async fn dispatch_from(
         Request::Mount(o) => typed(&o).answer(super::mounts::mount(broker, o)),
         Request::Unmount(o) => typed(&o).answer(super::mounts::unmount(broker, o)),
         Request::Mounts(o) => typed(&o).answer(Ok(super::mounts::list(broker))),
-    };
-    match r {
-        Ok(mut v) => {
-            if !reveal {
-                // Where a policy hides names, every reply carries aliases (see `names.rs`).
-                broker.lock().hide_names_in(&mut v);
-            }
-            Reply::ok(v)
-        }
-        Err(e) => e.reply(),
     }
+}
+
+/// `approve` as a request: its factor proof (or confirmation) and its options.
+async fn approve_request(
+    broker: &Arc<Broker>,
+    o: op::Approve,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<op::Approved> {
+    let op::Approve {
+        request_id,
+        card,
+        factor,
+        confirm,
+        ttl_seconds,
+        uses,
+        any_command,
+        prefix,
+        subdirs,
+    } = o;
+    let options = access::ApproveOptions {
+        ttl_seconds,
+        uses,
+        any_command,
+        prefix,
+        subdirs,
+    };
+    let proof = Proof::from_request(factor, digest, confirm);
+    access::approve(broker, request_id, Some(&card), proof, options).await
+}
+
+/// `policy_set` as a request: its factor proof and its change.
+async fn policy_set_request(
+    broker: &Arc<Broker>,
+    o: op::PolicySet,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<op::PolicyChanged> {
+    let op::PolicySet {
+        environment,
+        factor,
+        change,
+    } = o;
+    let proof = Proof::from_request(factor, digest, false);
+    super::policy_ops::policy_set(broker, &environment, proof, change).await
 }
 
 /// The reply type of an operation, taken from the operation before its fields are moved out:

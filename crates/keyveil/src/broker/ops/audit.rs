@@ -3,7 +3,7 @@
 use crate::broker::Broker;
 use crate::broker::state::{OpError, OpResult};
 use keyveil_proto::ErrorCode;
-use keyveil_proto::op::{self};
+use keyveil_proto::op;
 use keyveil_vault::Source;
 use serde_json::Value;
 

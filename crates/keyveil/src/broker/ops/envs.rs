@@ -5,12 +5,12 @@ use super::check_env_name;
 use super::vars::save;
 use crate::broker::Broker;
 use crate::broker::factor_ops::{self, Proof};
-use crate::broker::guard::recheck;
+use crate::broker::guard::{Need, guard_stored, recheck};
 use crate::broker::state::{Inner, OpError, OpResult, unknown_env};
 use crate::factor_proof;
 use jiff::Timestamp;
 use keyveil_proto::ErrorCode;
-use keyveil_proto::op::{self};
+use keyveil_proto::op;
 use keyveil_vault::Environment;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -207,4 +207,16 @@ pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResul
     Ok(op::EnvRemoved {
         removed: name.to_owned(),
     })
+}
+
+/// `env_remove` as a request, after [`guard_stored`] (the factor where values are stored).
+pub(super) async fn remove_request(
+    broker: &Arc<Broker>,
+    o: op::EnvRemove,
+    digest: Option<[u8; crate::factor_proof::LEN]>,
+) -> OpResult<op::EnvRemoved> {
+    let op::EnvRemove { name, factor } = o;
+    let stored = broker.lock().stored_names(&name, None);
+    let verified = guard_stored(broker, &name, Need::stored(stored), factor, digest).await?;
+    env_remove(broker, &name, verified.is_some())
 }

@@ -7,7 +7,7 @@ use crate::broker::access;
 use crate::broker::state::{OpError, OpResult, RunsStopped};
 use jiff::Timestamp;
 use keyveil_proto::ErrorCode;
-use keyveil_proto::op::{self};
+use keyveil_proto::op;
 
 pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     let inner = broker.lock();

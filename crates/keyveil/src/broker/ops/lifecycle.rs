@@ -5,7 +5,7 @@ use super::usage;
 use crate::broker::Broker;
 use crate::broker::state::{Inner, OpError, OpResult, RequestState, RunsStopped};
 use jiff::Timestamp;
-use keyveil_proto::op::{self};
+use keyveil_proto::op;
 use keyveil_proto::{ErrorCode, Passphrase};
 use keyveil_vault::{KdfParams, Vault};
 use serde_json::json;

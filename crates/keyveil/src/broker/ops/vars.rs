@@ -5,15 +5,16 @@ use super::lifecycle::vault_err;
 use super::{check_name, usage};
 use crate::broker::Broker;
 use crate::broker::access;
-use crate::broker::factor_ops::{self};
-use crate::broker::guard::{Need, recheck};
+use crate::broker::factor_ops;
+use crate::broker::guard::{Need, guard_stored, recheck};
 use crate::broker::state::{Inner, OpError, OpResult, unknown_env};
 use crate::factor_proof;
 use jiff::Timestamp;
-use keyveil_proto::op::{self};
+use keyveil_proto::op;
 use keyveil_proto::{Charset, ErrorCode, Passphrase};
 use keyveil_vault::{Source, Variable, Vault};
 use serde_json::json;
+use std::sync::Arc;
 
 /// Longest value `generate` makes (characters).
 pub(super) const MAX_GENERATED: usize = 4096;
@@ -397,4 +398,79 @@ pub(super) fn var_declare(
             "ask the user to run `keyveil set {env} {name}` in their own terminal; never ask them to paste the value into the chat"
         )),
     })
+}
+
+/// The factor proof's digest of the request that carried it (`factor_proof::request_digest`).
+type Digest = Option<[u8; crate::factor_proof::LEN]>;
+
+/// `var_set` as a request: a value-free probe, a plain first value, or a value sealed under
+/// the factor key, after [`guard_stored`] (the factor where the change needs it).
+pub(super) async fn set_request(
+    broker: &Arc<Broker>,
+    o: op::VarSet,
+    digest: Digest,
+) -> OpResult<op::VarSetReply> {
+    let op::VarSet {
+        environment,
+        name,
+        value,
+        sealed_value,
+        factor,
+    } = o;
+    // The associated data of a sealed value is the name as the CLI gave it.
+    let aad = format!("{environment}/{name}");
+    let (given, need) = target_of_change(broker, &environment, &name);
+    let probe = value.is_none() && sealed_value.is_none() && factor.is_none();
+    let verified = guard_stored(broker, &environment, need, factor, digest).await?;
+    if probe {
+        // A value-free probe: nothing to store, and no factor needed.
+        return Ok(op::VarSetReply::Probe {
+            probe: true,
+            needs_factor: false,
+        });
+    }
+    let value = value_of_set(value, sealed_value, verified.as_ref(), aad.as_bytes())?;
+    var_set(broker, &environment, &given, value, verified.is_some()).map(op::VarSetReply::Stored)
+}
+
+/// `var_generate` as a request, after [`guard_stored`].
+pub(super) async fn generate_request(
+    broker: &Arc<Broker>,
+    o: op::VarGenerate,
+    digest: Digest,
+) -> OpResult<op::VarChanged> {
+    let op::VarGenerate {
+        environment,
+        name,
+        length,
+        charset,
+        factor,
+    } = o;
+    let (name, need) = target_of_change(broker, &environment, &name);
+    let verified = guard_stored(broker, &environment, need, factor, digest).await?;
+    var_generate(
+        broker,
+        &environment,
+        &name,
+        length,
+        charset,
+        None,
+        verified.is_some(),
+    )
+}
+
+/// `var_unset` as a request, after [`guard_stored`].
+pub(super) async fn unset_request(
+    broker: &Arc<Broker>,
+    o: op::VarUnset,
+    digest: Digest,
+) -> OpResult<op::VarChanged> {
+    let op::VarUnset {
+        environment,
+        name,
+        factor,
+    } = o;
+    let (name, need) = target_of_change(broker, &environment, &name);
+    let verified = guard_stored(broker, &environment, need, factor, digest).await?;
+    var_unset(broker, &environment, &name, verified.is_some())
 }
