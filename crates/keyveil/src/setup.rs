@@ -20,13 +20,13 @@
 //! - `--remove` deletes the `keyveil` entry and keyveil's permission values, then the arrays
 //!   and objects on their path that this left empty (and a file left as `{}`), nothing else.
 
-pub mod doctor;
+pub(crate) mod doctor;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-pub use doctor::doctor_main;
+pub(crate) use doctor::doctor_main;
 
 use crate::output::{Exit, say};
 
@@ -40,7 +40,7 @@ use files::{backup_name, write_atomic};
 pub(crate) use hosts::{Entry, Format, HOSTS, Host, HostEnv, Op, plan};
 
 /// The running binary, canonical.
-pub fn this_binary() -> Result<PathBuf> {
+pub(crate) fn this_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
     Ok(std::fs::canonicalize(&exe).unwrap_or(exe))
 }
@@ -59,7 +59,7 @@ fn home_dir() -> Result<PathBuf> {
 }
 
 /// The entry for this binary and this process's `KEYVEIL_HOME`.
-pub fn entry_here() -> Result<Entry> {
+pub(crate) fn entry_here() -> Result<Entry> {
     let command = this_binary()?.to_string_lossy().into_owned();
     let keyveil_home = std::env::var_os("KEYVEIL_HOME")
         .filter(|h| !h.is_empty())
@@ -78,21 +78,21 @@ pub fn entry_here() -> Result<Entry> {
 
 /// What `keyveil setup` was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SetupArgs {
+pub(crate) struct SetupArgs {
     /// The host.
-    pub host: Host,
+    pub(crate) host: Host,
     /// Only print what would change.
-    pub print: bool,
+    pub(crate) print: bool,
     /// The project's files in the current directory.
-    pub project: bool,
+    pub(crate) project: bool,
     /// Keep the host's own prompts: write no permission.
-    pub host_prompts: bool,
+    pub(crate) host_prompts: bool,
     /// Undo what setup writes.
-    pub remove: bool,
+    pub(crate) remove: bool,
 }
 
 /// `keyveil setup HOST [--print] [--project] [--host-prompts] [--remove]`.
-pub fn setup_main(a: SetupArgs) -> Result<i32> {
+pub(crate) fn setup_main(a: SetupArgs) -> Result<i32> {
     let host = a.host;
     let entry = entry_here()?;
     let env = HostEnv::current()?;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 /// What an edit does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Write the entry, and the permission unless `host_prompts`; with `host_prompts`, a
     /// permission keyveil wrote before is taken out again.
     Setup {
@@ -21,7 +21,7 @@ pub enum Mode {
 
 /// Why a configuration file cannot be edited. Nothing is written in any of these cases.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     /// The file is not valid TOML / JSON (with comments).
     #[error("cannot parse {path} as {format}: {detail}")]
     Parse {
@@ -44,19 +44,19 @@ pub enum SetupError {
 
 /// The result of editing one file's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Edit {
+pub(crate) struct Edit {
     /// The new text (equal to the old one when nothing changed); `None` when the file is left
     /// holding nothing (`{}` after `--remove`) and is deleted.
-    pub text: Option<String>,
+    pub(crate) text: Option<String>,
     /// What changed, one line each; empty when the file already was as wanted.
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
 }
 
 /// Edits `old` (the file's text, `None` when it does not exist) so that it holds `ops` (or no
 /// longer holds them, in [`Mode::Remove`]). Pure: no I/O. `path` only names the file in errors.
 ///
 /// Errors: [`SetupError`] when the text cannot be parsed or has the wrong shape.
-pub fn edit(
+pub(crate) fn edit(
     format: Format,
     old: Option<&str>,
     ops: &[Op],

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// A configuration text as JSON (TOML converted), for reading back.
 ///
 /// Errors: the text does not parse (the parser's message).
-pub fn parse_value(format: Format, text: &str) -> Result<Value, String> {
+pub(crate) fn parse_value(format: Format, text: &str) -> Result<Value, String> {
     match format {
         Format::Toml => {
             let doc: toml_edit::DocumentMut = text
@@ -71,7 +71,7 @@ pub(super) fn value_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
 
 /// What an op asks for, as found in a file's parsed value.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Found {
+pub(crate) enum Found {
     /// A server entry: the entry object, `None` when absent.
     Entry(Option<Value>),
     /// A permission or membership: whether it holds.
@@ -79,7 +79,7 @@ pub enum Found {
 }
 
 /// Reads what `op` asks for in `v` (a whole file, from [`parse_value`]).
-pub fn find(op: &Op, v: &Value) -> Found {
+pub(crate) fn find(op: &Op, v: &Value) -> Found {
     match op {
         Op::Entry { servers, .. } => {
             Found::Entry(value_at(v, servers).and_then(|s| s.get("keyveil")).cloned())

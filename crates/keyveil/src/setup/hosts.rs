@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 /// Tool-call timeout written for hosts that have one, in seconds: a `run` may wait 50 s for an
 /// approval and then run the command.
-pub const TOOL_TIMEOUT_SECONDS: u64 = 180;
+pub(crate) const TOOL_TIMEOUT_SECONDS: u64 = 180;
 
 /// An agent host keyveil can set itself up in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Host {
+pub(crate) enum Host {
     /// Codex CLI: `~/.codex/config.toml` (`.codex/config.toml` with `--project`).
     Codex,
     /// Claude Code: `~/.claude.json` and `~/.claude/settings.json` (`.mcp.json` and
@@ -33,7 +33,7 @@ pub enum Host {
 }
 
 /// Every host, in the order `doctor` checks them.
-pub const HOSTS: [Host; 8] = [
+pub(crate) const HOSTS: [Host; 8] = [
     Host::Codex,
     Host::Claude,
     Host::Gemini,
@@ -46,7 +46,7 @@ pub const HOSTS: [Host; 8] = [
 
 impl Host {
     /// The name used on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Host::Codex => "codex",
             Host::Claude => "claude",
@@ -60,7 +60,7 @@ impl Host {
     }
 
     /// The product's name, for messages.
-    pub fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Host::Codex => "Codex CLI",
             Host::Claude => "Claude Code",
@@ -74,29 +74,29 @@ impl Host {
     }
 
     /// Whether the host has a project-scope configuration keyveil can write.
-    pub fn has_project_scope(self) -> bool {
+    pub(crate) fn has_project_scope(self) -> bool {
         !matches!(self, Host::Antigravity | Host::Copilot)
     }
 }
 
 /// Environment a plan depends on (so that tests can give their own).
 #[derive(Debug, Clone, Default)]
-pub struct HostEnv {
+pub(crate) struct HostEnv {
     /// `HOME`.
-    pub home: PathBuf,
+    pub(crate) home: PathBuf,
     /// `CODEX_HOME`, when set and not empty.
-    pub codex_home: Option<PathBuf>,
+    pub(crate) codex_home: Option<PathBuf>,
     /// `CLAUDE_CONFIG_DIR`, when set and not empty.
-    pub claude_config_dir: Option<PathBuf>,
+    pub(crate) claude_config_dir: Option<PathBuf>,
     /// `COPILOT_HOME`, when set and not empty.
-    pub copilot_home: Option<PathBuf>,
+    pub(crate) copilot_home: Option<PathBuf>,
     /// `XDG_CONFIG_HOME`, when set and not empty.
-    pub xdg_config_home: Option<PathBuf>,
+    pub(crate) xdg_config_home: Option<PathBuf>,
 }
 
 impl HostEnv {
     /// This process's environment. Errors: `HOME` is not set.
-    pub fn current() -> Result<HostEnv> {
+    pub(crate) fn current() -> Result<HostEnv> {
         let var = |k: &str| {
             std::env::var_os(k)
                 .filter(|v| !v.is_empty())
@@ -120,16 +120,16 @@ impl HostEnv {
 
 /// What the `keyveil` entry must say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Absolute path of the keyveil binary.
-    pub command: String,
+    pub(crate) command: String,
     /// `KEYVEIL_HOME` to pass, when a non-default home is in use.
-    pub keyveil_home: Option<String>,
+    pub(crate) keyveil_home: Option<String>,
 }
 
 /// A file's syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// TOML (Codex).
     Toml,
     /// JSON with comments and trailing commas.
@@ -138,7 +138,7 @@ pub enum Format {
 
 /// One thing keyveil keeps in a host's file.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Op {
+pub(crate) enum Op {
     /// The object `keyveil` inside the object at `servers` (a key path from the top).
     Entry {
         /// Key path of the servers object (`["mcpServers"]`, `["mcp"]`, ...).
@@ -186,28 +186,28 @@ impl Op {
 
 /// One file of a host's set-up and what keyveil keeps in it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FileSpec {
+pub(crate) struct FileSpec {
     /// The file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Its syntax.
-    pub format: Format,
+    pub(crate) format: Format,
     /// What keyveil keeps in it.
-    pub ops: Vec<Op>,
+    pub(crate) ops: Vec<Op>,
 }
 
 /// Everything `keyveil setup HOST` writes, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The host.
-    pub host: Host,
+    pub(crate) host: Host,
     /// Whether this is the project scope.
-    pub project: bool,
+    pub(crate) project: bool,
     /// The files, in the order they are written.
-    pub files: Vec<FileSpec>,
+    pub(crate) files: Vec<FileSpec>,
     /// Why the permission is written (empty when the host has none keyveil can write).
-    pub why_grant: &'static str,
+    pub(crate) why_grant: &'static str,
     /// What setup cannot do for this host, said after writing.
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 pub(super) fn path_of(base: &[&'static str]) -> Vec<&'static str> {
@@ -217,7 +217,7 @@ pub(super) fn path_of(base: &[&'static str]) -> Vec<&'static str> {
 /// The plan of `host` for `entry`: user scope under `env.home`, or project scope in `project`.
 ///
 /// Errors: the host has no project scope keyveil can write (Antigravity, Copilot).
-pub fn plan(
+pub(crate) fn plan(
     host: Host,
     env: &HostEnv,
     project: Option<&Path>,
