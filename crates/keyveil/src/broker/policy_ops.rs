@@ -7,7 +7,7 @@ use super::factor_ops::rule_change_factor;
 use super::factor_ops::verify_factor;
 use crate::broker::Broker;
 use crate::broker::state::{OpError, OpResult, unknown_env};
-use crate::factor_proof::{self};
+use crate::factor_proof;
 use keyveil_proto::op;
 use keyveil_proto::{ErrorCode, PolicyChange};
 use keyveil_vault::{AutoApproveRule, DenyRule, FactorKind};
