@@ -100,8 +100,32 @@ pub(crate) async fn policy_set(
         ));
     };
     let p = &mut e.policy;
+    let warning = apply_change(p, &change, bound.as_ref(), env)?;
+    let policy = p.clone();
+    v.save()
+        .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")))?;
+    inner.audit(
+        "policy_set",
+        json!({"environment": env, "change": change, "bound": bound}),
+    );
+    Ok(op::PolicyChanged {
+        environment: env.to_owned(),
+        policy: policy_view(&policy),
+        warning: warning.map(str::to_owned),
+    })
+}
+
+/// One policy change applied to `p` in memory (the caller saves the vault); `bound` is what an
+/// added auto-approve rule binds. Returns the warning to show, if any. Errors (an unknown
+/// factor or action, a rule that is not the one shown, a variable not bound) leave `p` as it was.
+fn apply_change(
+    p: &mut keyveil_vault::Policy,
+    change: &PolicyChange,
+    bound: Option<&std::collections::BTreeMap<String, String>>,
+    env: &str,
+) -> OpResult<Option<&'static str>> {
     let mut warning = None;
-    match &change {
+    match change {
         PolicyChange::Factor { factor } => {
             p.factor = match factor.as_str() {
                 "passphrase" => FactorKind::Passphrase,
@@ -132,7 +156,7 @@ pub(crate) async fn policy_set(
             prefix: *prefix,
             cwd: cwd.clone(),
             ttl_seconds: *ttl_seconds,
-            bound: bound.clone().unwrap_or_default(),
+            bound: bound.cloned().unwrap_or_default(),
         }),
         PolicyChange::AutoApproveRemove { index, rule } => {
             let shown = p.auto_approve.get(*index).map(rule_digest);
@@ -164,7 +188,7 @@ pub(crate) async fn policy_set(
         }
         PolicyChange::EgressRoots { pem } => p.egress_roots = pem.clone(),
     }
-    if let PolicyChange::WriteLeaks { action } = &change {
+    if let PolicyChange::WriteLeaks { action } = change {
         p.write_leaks = match action.as_str() {
             "report" => keyveil_vault::WriteLeakAction::Report,
             "quarantine" => keyveil_vault::WriteLeakAction::Quarantine,
@@ -177,18 +201,7 @@ pub(crate) async fn policy_set(
             }
         };
     }
-    let policy = p.clone();
-    v.save()
-        .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")))?;
-    inner.audit(
-        "policy_set",
-        json!({"environment": env, "change": change, "bound": bound}),
-    );
-    Ok(op::PolicyChanged {
-        environment: env.to_owned(),
-        policy: policy_view(&policy),
-        warning: warning.map(str::to_owned),
-    })
+    Ok(warning)
 }
 
 /// A policy as clients read it: the vault's fields, with the same JSON names and omissions.
