@@ -19,8 +19,8 @@ mod vars;
 use audit::{audit, audit_verify};
 use envs::{env_create, env_list, env_reveal, env_show};
 use grants::{grants, revoke};
+pub(crate) use lifecycle::stop_everything;
 use lifecycle::{init, lock, status, unlock};
-pub(crate) use lifecycle::{quarantine_warning, stop_everything};
 use vars::var_declare;
 
 fn usage(msg: impl Into<String>) -> OpError {

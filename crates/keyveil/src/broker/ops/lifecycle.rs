@@ -211,44 +211,11 @@ pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> 
                 "missing": missing,
             }),
         );
-        warnings.push(quarantine_warning(
+        warnings.push(crate::card::quarantine_warning(
             &moved, verified, first_bad, sealed_seq, missing,
         ));
     }
     Ok(warnings)
-}
-
-/// The human's warning about a log moved aside at unlock (also printed by `audit verify`).
-pub(crate) fn quarantine_warning(
-    moved: &std::path::Path,
-    verified: Option<u64>,
-    first_bad: Option<u64>,
-    sealed_seq: Option<u64>,
-    missing: u64,
-) -> String {
-    let shown = keyveil_proto::display::visible(&moved.display().to_string());
-    let mut w = format!(
-        "the audit log failed verification and was moved aside to {shown}; a new log was started"
-    );
-    if let Some(v) = verified {
-        w.push_str(&format!("; the moved log verifies through line {v}"));
-    }
-    if let Some(b) = first_bad {
-        w.push_str(&format!(
-            " and line {b} fails its MAC or chain (edited or forged)"
-        ));
-    }
-    match sealed_seq {
-        Some(s) if missing > 0 => w.push_str(&format!(
-            "; the vault's sealed checkpoint vouched for {s} entries, so {missing} entries (lines {}-{s}) are MISSING: they were cut off or overwritten",
-            s - missing + 1
-        )),
-        Some(s) => w.push_str(&format!(
-            "; the sealed checkpoint (line {s}) is among the lines that verify"
-        )),
-        None => w.push_str("; no sealed checkpoint existed to compare with"),
-    }
-    w
 }
 
 pub(super) fn vault_err(e: keyveil_vault::VaultError) -> OpError {
