@@ -569,6 +569,39 @@ pub(crate) fn audit_line(e: &keyveil_proto::op::AuditEntry) -> String {
     )
 }
 
+/// The human's warning about a log moved aside at unlock (also printed by `audit verify`).
+pub(crate) fn quarantine_warning(
+    moved: &std::path::Path,
+    verified: Option<u64>,
+    first_bad: Option<u64>,
+    sealed_seq: Option<u64>,
+    missing: u64,
+) -> String {
+    let shown = keyveil_proto::display::visible(&moved.display().to_string());
+    let mut w = format!(
+        "the audit log failed verification and was moved aside to {shown}; a new log was started"
+    );
+    if let Some(v) = verified {
+        w.push_str(&format!("; the moved log verifies through line {v}"));
+    }
+    if let Some(b) = first_bad {
+        w.push_str(&format!(
+            " and line {b} fails its MAC or chain (edited or forged)"
+        ));
+    }
+    match sealed_seq {
+        Some(s) if missing > 0 => w.push_str(&format!(
+            "; the vault's sealed checkpoint vouched for {s} entries, so {missing} entries (lines {}-{s}) are MISSING: they were cut off or overwritten",
+            s - missing + 1
+        )),
+        Some(s) => w.push_str(&format!(
+            "; the sealed checkpoint (line {s}) is among the lines that verify"
+        )),
+        None => w.push_str("; no sealed checkpoint existed to compare with"),
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -46,7 +46,7 @@ const VALUE_LENGTH: usize = 40;
 const DEMO_SCRIPT: &str = "echo \"token sha256: $(printf %s \"$API_TOKEN\" | sha256sum | cut -c1-16)\"; echo \"token: $API_TOKEN\"";
 
 /// Runs the demo; exit code 0 only if every check passed.
-pub fn main() -> Result<i32> {
+pub(crate) fn main() -> Result<i32> {
     crate::logging::init_cli();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

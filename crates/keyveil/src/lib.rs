@@ -13,8 +13,6 @@ mod broker;
 mod card;
 mod cli;
 mod client;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod demo;
 mod dynamic;
 mod factor;
@@ -43,8 +41,6 @@ mod redact;
 mod risk;
 mod sandbox;
 pub mod scan;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod setup;
 mod supervise;
 mod sweep;

@@ -15,6 +15,7 @@ pub(crate) mod mounts;
 pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;
+pub(crate) mod policy_ops;
 pub(crate) mod prefix;
 pub(crate) mod private_tmp;
 pub(crate) mod request_ids;
@@ -85,29 +86,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     };
     paths.check_socket_len()?;
     paths.ensure_dirs()?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .read(true)
-        .open(paths.lock())
-        .with_context(|| {
-            format!(
-                "cannot open {}{}",
-                paths.lock().display(),
-                paths.full_disk_hint()
-            )
-        })?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another keyveil broker is already running for {}\nhint: use it, or stop it with `keyveil daemon stop`",
-            paths.home.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).context("cannot take the broker lock");
-        }
-    }
+    let lock = take_lock(&paths)?;
     // Only the broker holding the lock: private TMPDIRs of runs that never finished (a crash,
     // `kill -9`) are removed; nothing a run left there outlives it.
     private_tmp::clear_leftovers(&paths);
@@ -125,22 +104,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     // The broker never reads a requester's "input" from its own home (runs' private TMPDIRs,
     // the vault, the audit): see `pin::readable_for_requester`.
     crate::pin::set_private_roots(vec![paths.home.clone()]);
-    let sock = paths.socket();
-    if sock.exists() {
-        std::fs::remove_file(&sock)
-            .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
-    }
-    let listener = UnixListener::bind(&sock)
-        .with_context(|| format!("cannot bind {}{}", sock.display(), paths.full_disk_hint()))?;
-    set_mode(&sock, 0o600)?;
-    // Informational only (nothing reads it to find the broker: the socket and the lock do), so
-    // a full disk must not keep the broker from starting.
-    if let Err(e) = std::fs::write(
-        paths.run_dir().join("broker.pid"),
-        std::process::id().to_string(),
-    ) {
-        tracing::warn!(error = %e, "cannot write broker.pid; the broker runs without it");
-    }
+    let (listener, sock) = bind_socket(&paths)?;
 
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let broker = Arc::new(Broker {
@@ -184,6 +148,77 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     }
     let ticker = tokio::spawn(tick(broker.clone()));
     let mount_server = tokio::spawn(mounts::supervise(broker.clone()));
+    accept_loop(&broker, &listener, &mut sigterm, &mut sigint).await;
+    ticker.abort();
+    mount_server.abort();
+    stop_runs_and_seal(&broker).await;
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(paths.run_dir().join("broker.pid"));
+    tracing::info!("broker stopped");
+    drop(lock);
+    Ok(())
+}
+
+/// Opens and takes the home's broker lock (one broker per home); held until the broker stops.
+///
+/// Errors: another broker holds it ("already running", with a hint); the file cannot be opened.
+fn take_lock(paths: &Paths) -> Result<std::fs::File> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(paths.lock())
+        .with_context(|| {
+            format!(
+                "cannot open {}{}",
+                paths.lock().display(),
+                paths.full_disk_hint()
+            )
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another keyveil broker is already running for {}\nhint: use it, or stop it with `keyveil daemon stop`",
+            paths.home.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).context("cannot take the broker lock");
+        }
+    }
+    Ok(lock)
+}
+
+/// Binds the broker's socket (a stale one is removed first; mode 0600) and writes the
+/// informational `broker.pid`; returns the listener and the socket's path.
+fn bind_socket(paths: &Paths) -> Result<(UnixListener, std::path::PathBuf)> {
+    let sock = paths.socket();
+    if sock.exists() {
+        std::fs::remove_file(&sock)
+            .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
+    }
+    let listener = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot bind {}{}", sock.display(), paths.full_disk_hint()))?;
+    set_mode(&sock, 0o600)?;
+    // Informational only (nothing reads it to find the broker: the socket and the lock do), so
+    // a full disk must not keep the broker from starting.
+    if let Err(e) = std::fs::write(
+        paths.run_dir().join("broker.pid"),
+        std::process::id().to_string(),
+    ) {
+        tracing::warn!(error = %e, "cannot write broker.pid; the broker runs without it");
+    }
+    Ok((listener, sock))
+}
+
+/// Accepts connections of our own uid until `daemon stop`, SIGTERM or SIGINT, each handled
+/// on its own task ([`handle`]).
+async fn accept_loop(
+    broker: &Arc<Broker>,
+    listener: &UnixListener,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) {
     let me = rustix::process::getuid();
     // After a failed accept (out of file descriptors: EMFILE, ENFILE; or memory) the pending
     // connection is still there and `accept` fails again at once: without a pause the loop
@@ -228,9 +263,13 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
             _ = sigint.recv() => break,
         }
     }
-    ticker.abort();
-    mount_server.abort();
-    let ended = ops::stop_everything(&broker, "broker stopping");
+}
+
+/// The broker's last steps before it exits: every grant revoked and every run's tree stopped,
+/// the audit log's last entries and sealed checkpoint written, dynamic credentials destroyed at
+/// their sources, killed runs given a moment to be reaped.
+async fn stop_runs_and_seal(broker: &Arc<Broker>) {
+    let ended = ops::stop_everything(broker, "broker stopping");
     // Every run's tree is gone (or the wait is over) before the broker exits; what is left
     // then is the supervisor's to kill.
     let stopped = state::RunsStopped::wait(ended).await;
@@ -263,14 +302,9 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         }
     }
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
-    crate::dynamic::settle(&broker, std::time::Duration::from_secs(5)).await;
+    crate::dynamic::settle(broker, std::time::Duration::from_secs(5)).await;
     // Give killed runs a moment to be reaped and audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(paths.run_dir().join("broker.pid"));
-    tracing::info!("broker stopped");
-    drop(lock);
-    Ok(())
 }
 
 /// One JSON line from stdin: the [`keyveil_proto::Bootstrap`] the starting CLI wrote.

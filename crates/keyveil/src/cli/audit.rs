@@ -58,7 +58,7 @@ pub(crate) fn audit_verified(d: &op::AuditVerified) -> i32 {
         for q in &d.quarantined {
             say(format!(
                 "WARNING: {} (recorded at line {})",
-                crate::broker::ops::quarantine_warning(
+                crate::card::quarantine_warning(
                     std::path::Path::new(&q.moved_to),
                     q.verified_lines,
                     q.first_bad_line,
