@@ -152,6 +152,10 @@ struct Stored {
     created_at: Timestamp,
     dev: u64,
     ino: u64,
+    /// The FIFO's modification time when the broker made it (ns since the epoch): a write
+    /// into a FIFO moves it, so a change means someone else wrote into the pipe.
+    #[serde(default)]
+    mtime_ns: Option<i128>,
 }
 
 /// One mount and what the broker knows of it now.
@@ -280,8 +284,20 @@ fn no_fifos(e: rustix::io::Errno) -> bool {
     e == Errno::PERM || e == Errno::OPNOTSUPP || e == Errno::INVAL || e == Errno::NOSYS
 }
 
-/// Makes a FIFO (mode 0600) at `path`; the error says what to do.
+/// Makes a FIFO (mode 0600) at `path`: its device and inode.
+#[cfg(test)]
 fn make_fifo(path: &Path) -> OpResult<(u64, u64)> {
+    make_fifo_timed(path).map(|(dev, ino, _)| (dev, ino))
+}
+
+/// A modification time as ns since the epoch.
+fn mtime_ns(sec: i64, nsec: i64) -> i128 {
+    i128::from(sec) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// Makes a FIFO (mode 0600) at `path`: its device, inode and modification time (ns); the
+/// error says what to do.
+fn make_fifo_timed(path: &Path) -> OpResult<(u64, u64, i128)> {
     use rustix::fs::{CWD, Mode};
     rustix::fs::mkfifoat(CWD, path, Mode::RUSR | Mode::WUSR).map_err(|e| {
         if no_fifos(e) {
@@ -309,7 +325,7 @@ fn make_fifo(path: &Path) -> OpResult<(u64, u64)> {
     })?;
     let m = std::fs::symlink_metadata(path)
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot read the new FIFO: {e}")))?;
-    Ok((m.dev(), m.ino()))
+    Ok((m.dev(), m.ino(), mtime_ns(m.mtime(), m.mtime_nsec())))
 }
 
 /// A name next to `path` for a FIFO that is renamed over it.
@@ -393,9 +409,9 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
             .hint("move it away, or import it and put the mount in its place with `keyveil import ENV FILE --mount`"));
         }
     };
-    let (dev, ino) = if replaced {
+    let (dev, ino, mtime) = if replaced {
         let tmp = sibling(&path);
-        let id = make_fifo(&tmp)?;
+        let id = make_fifo_timed(&tmp)?;
         if let Err(e) = std::fs::rename(&tmp, &path) {
             let _ = std::fs::remove_file(&tmp);
             return Err(OpError::new(
@@ -405,7 +421,7 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         }
         id
     } else {
-        make_fifo(&path)?
+        make_fifo_timed(&path)?
     };
     let stored = Stored {
         path: key.clone(),
@@ -413,6 +429,7 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         created_at: Timestamp::now(),
         dev,
         ino,
+        mtime_ns: Some(mtime),
     };
     let entry = Entry {
         stored,
@@ -642,21 +659,58 @@ struct Reader {
     cwd: String,
     exe: Option<crate::pin::FilePin>,
     peer: super::peer::Peer,
+    /// The variables of its environment that make a program run or find other code (the
+    /// run path's list: `runner::never_passed`), sorted by name: shown on the card and bound
+    /// into a grant.
+    env: Vec<(String, String)>,
+    /// Its `/proc/PID/cmdline` ends in a run of NULs: the argv was overwritten in place
+    /// (`process.title`, `setproctitle`), its original words gone.
+    argv_rewritten: bool,
+}
+
+/// Parses `/proc/PID/cmdline`: the words, and whether it ends in more than one NUL (what a
+/// process that overwrote its argv area in place with a shorter title leaves behind).
+fn parse_cmdline(raw: &[u8]) -> (Vec<String>, bool) {
+    let mut argv: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // `a\0b\0` splits into a, b and one empty tail; one more is an honest empty last
+    // argument (`sh -c ''`); more than that is padding left by an in-place rewrite.
+    let mut empty_tail = 0;
+    while argv.last().is_some_and(String::is_empty) {
+        argv.pop();
+        empty_tail += 1;
+    }
+    let rewritten = empty_tail > 2 || (!raw.is_empty() && raw.last() != Some(&0));
+    (argv, rewritten)
+}
+
+/// The code-loading variables of `/proc/PID/environ` (`NAME=value` NUL-separated), sorted.
+fn code_loading_env(raw: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = raw
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            super::runner::never_passed(k).then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    // A stable sort by name: the first occurrence of a name stays first, and wins, as
+    // `getenv` reads it.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|b, a| a.0 == b.0);
+    out
 }
 
 fn identify(h: &Holder) -> Option<Reader> {
     let pid = h.pid;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let mut argv: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    while argv.last().is_some_and(String::is_empty) {
-        argv.pop();
-    }
+    let (argv, argv_rewritten) = parse_cmdline(&cmdline);
     if argv.is_empty() {
         return None;
     }
+    let env = code_loading_env(&std::fs::read(format!("/proc/{pid}/environ")).ok()?);
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
         .ok()?
         .to_string_lossy()
@@ -677,12 +731,80 @@ fn identify(h: &Holder) -> Option<Reader> {
         cwd,
         exe,
         peer,
+        env,
+        argv_rewritten,
     })
 }
 
 fn base(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
+
+/// Whether the reader's `argv[0]` names the executable it runs: as a path (from its cwd) or
+/// a word found on its `PATH`, resolved through symlinks to the same device and inode; a
+/// login shell's leading `-` aside. A process that rewrote its argv (`process.title =
+/// 'vite'`) usually fails this: what the card's argv says is then not what runs.
+fn argv0_names_exe(r: &Reader) -> bool {
+    let Some(exe) = &r.exe else {
+        return true;
+    };
+    let Some(a0) = r.argv.first() else {
+        return false;
+    };
+    let a0 = a0.strip_prefix('-').unwrap_or(a0);
+    let same =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.dev() == exe.dev && m.ino() == exe.ino);
+    if a0.contains('/') {
+        return same(&Path::new(&r.cwd).join(a0));
+    }
+    let path = r
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| same(&Path::new(&r.cwd).join(d).join(a0)))
+}
+
+/// SHA-256 of the known dumpers ([`DUMPERS`]) installed in the system's directories, computed
+/// once: a copy of one under another name is still a dumper. A digest shared with the system
+/// shell (a multi-call binary such as busybox) is left out, or every shell would be flagged.
+fn dumper_digests() -> &'static std::collections::BTreeSet<String> {
+    static DIGESTS: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    DIGESTS.get_or_init(|| {
+        let dirs = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"];
+        let digest = |p: &Path| {
+            std::fs::canonicalize(p)
+                .ok()
+                .and_then(|c| crate::pin::pin_file(&c).ok())
+                .map(|pin| pin.sha256)
+        };
+        let shells: Vec<String> = ["/bin/sh", "/bin/bash", "/usr/bin/sh", "/usr/bin/bash"]
+            .iter()
+            .filter_map(|p| digest(Path::new(p)))
+            .collect();
+        let mut out = std::collections::BTreeSet::new();
+        for name in DUMPERS {
+            for d in dirs {
+                if let Some(sha) = digest(&Path::new(d).join(name))
+                    && !shells.contains(&sha)
+                {
+                    out.insert(sha);
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Code-loading variables that almost every process has (`PATH`, `HOME`, ...): still shown
+/// on the card and bound into a grant, but no flag by themselves.
+const ORDINARY_ENV: &[&str] = &[
+    "PATH", "HOME", "SHELL", "TMPDIR", "TMP", "TEMP", "EDITOR", "VISUAL", "PAGER",
+];
 
 /// The mount's own flags for a reader.
 fn reader_flags(r: &Reader) -> Vec<String> {
@@ -696,7 +818,11 @@ fn reader_flags(r: &Reader) -> Vec<String> {
     let words: Vec<&str> = std::iter::once(base(exe))
         .chain(r.argv.first().map(|a| base(a)))
         .collect();
-    if words.iter().any(|w| DUMPERS.contains(w)) {
+    let dumper_by_digest = r
+        .exe
+        .as_ref()
+        .is_some_and(|p| dumper_digests().contains(&p.sha256));
+    if words.iter().any(|w| DUMPERS.contains(w)) || dumper_by_digest {
         f.push("dumps-file".to_owned());
     }
     let agent = r.peer.parents.iter().any(|p| {
@@ -709,12 +835,31 @@ fn reader_flags(r: &Reader) -> Vec<String> {
     if r.exe.is_none() {
         f.push("unpinned-executable".to_owned());
     }
+    if argv_untrusted(r) {
+        f.push("argv-not-the-executable".to_owned());
+    }
+    if r.env
+        .iter()
+        .any(|(k, _)| !ORDINARY_ENV.contains(&k.as_str()))
+    {
+        f.push("code-loading-environment".to_owned());
+    }
     f
+}
+
+/// The reader's argv is not evidence of what runs: rewritten in place, or its first word is
+/// not the executable. Such a reader always gets a card.
+fn argv_untrusted(r: &Reader) -> bool {
+    r.argv_rewritten || !argv0_names_exe(r)
 }
 
 /// Runs for the broker's life: looks at every mount each [`POLL`] while the vault is unlocked
 /// and starts [`serve_read`] for each new reader.
 pub(crate) async fn supervise(broker: Arc<Broker>) {
+    // The known dumpers' digests are hashed once, off the first reader's path.
+    tokio::task::spawn_blocking(|| {
+        dumper_digests();
+    });
     let mut iv = tokio::time::interval(POLL);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -862,8 +1007,14 @@ async fn ask_and_wait(
             variables,
             argv: Some(r.argv.clone()),
             cwd: r.cwd.clone(),
-            pass_env: Vec::new(),
-            pass_values: BTreeMap::new(),
+            // The reader's code-loading environment, as a run's pass-through values are: on
+            // the card, and bound by digest into the grant.
+            pass_env: r.env.iter().map(|(k, _)| k.clone()).collect(),
+            pass_values: r
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
             peer: r.peer.clone(),
             mount: Some(MountAsk {
                 path: path.to_owned(),
@@ -871,15 +1022,23 @@ async fn ask_and_wait(
             }),
         }
     };
-    // A live grant for this mount, argv and cwd, pinned to this executable.
-    {
+    // A live grant for this mount, argv and cwd, pinned to this executable, made for this
+    // very code-loading environment (the same names, each value the same by digest). A reader
+    // whose argv is not evidence of what runs is never served without a card.
+    if !argv_untrusted(r) {
         let mut inner = broker.lock();
         let now = Timestamp::now();
-        let hit = inner.grants.values_mut().find(|g| {
-            g.covers(&ask, now)
-                && matches!((&g.executable, &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
-        });
-        if let Some(g) = hit {
+        let hit = inner
+            .grants
+            .values()
+            .find(|g| {
+                g.covers(&ask, now)
+                    && g.pass_env == ask.pass_env
+                    && matches!((&g.executable, &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
+                    && super::access::check_chosen(&inner, &g.id, &ask).is_ok()
+            })
+            .map(|g| g.id.clone());
+        if let Some(g) = hit.and_then(|id| inner.grants.get_mut(&id)) {
             if let Some(u) = g.uses_left.as_mut() {
                 *u = u.saturating_sub(1);
             }
@@ -887,10 +1046,17 @@ async fn ask_and_wait(
             return Ok(g.id.clone());
         }
     }
+    let home = broker.lock().child_home();
     let pins = super::access::Pins {
+        writable: r.exe.as_ref().is_some_and(|e| {
+            crate::pin::requester_writable(
+                Path::new(&e.path),
+                Path::new(&r.cwd),
+                home.as_deref().map(Path::new),
+            )
+        }),
         executable: r.exe.clone(),
         inputs: Vec::new(),
-        writable: false,
     };
     let id = {
         let mut inner = broker.lock();
@@ -963,8 +1129,299 @@ fn holders_of_reader(path: &str, broker: &Broker, r: &Reader) -> bool {
         .any(|h| h.pid == r.holder.pid && h.start == r.holder.start)
 }
 
+/// The dotenv text of the grant's variables, or why there is none.
+fn dotenv_text(
+    broker: &Broker,
+    env: &str,
+    grant_id: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    let inner = broker.lock();
+    let vars = inner
+        .grants
+        .get(grant_id)
+        .map(|g| g.variables.clone())
+        .unwrap_or_default();
+    let opened = inner.sealed_values(env, &vars).and_then(|sealed| {
+        sealed
+            .into_iter()
+            .map(|(k, v)| {
+                v.open()
+                    .map(|o| (k, o))
+                    .map_err(super::state::sealed_value_error)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let text = match opened {
+        Err(e) => Err(format!(
+            "cannot read the values: {}",
+            inner.hide_names_in_error(env, &vars, e).message
+        )),
+        Ok(values) => {
+            keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose()))).map_err(
+                |e| {
+                    // The name as clients see it (an alias where the policy hides names).
+                    format!(
+                        "cannot write a .env every reader reads the same: {}: {}",
+                        inner.shown_name(env, &e.name),
+                        e.what
+                    )
+                },
+            )
+        }
+    }?;
+    if text.len() > MAX_TEXT {
+        return Err(format!("the .env text is over {MAX_TEXT} bytes"));
+    }
+    Ok(text)
+}
+
+/// Puts a fresh FIFO at `path` in place of the served one `(dev, ino)` (made next to it,
+/// renamed over it) and records it as the mount's: from now on the served FIFO can be opened
+/// only through descriptors already open (or a hard link, checked after).
+fn swap(broker: &Broker, path: &str, dev: u64, ino: u64) -> Result<(), String> {
+    let p = PathBuf::from(path);
+    if !matches!(at_path(path, dev, ino), AtPath::Ours) {
+        return Err("the FIFO was replaced or removed while the request waited".to_owned());
+    }
+    let tmp = sibling(&p);
+    let new_id =
+        make_fifo_timed(&tmp).map_err(|e| format!("cannot swap the FIFO: {}", e.message))?;
+    if let Err(e) = std::fs::rename(&tmp, &p) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot swap the FIFO: {e}"));
+    }
+    let mut m = broker.mounts.lock();
+    let Some(e) = m.get_mut(path) else {
+        // Unmounted meanwhile: the fresh FIFO goes too.
+        let _ = std::fs::remove_file(&p);
+        return Err("unmounted while the request waited".to_owned());
+    };
+    e.stored.dev = new_id.0;
+    e.stored.ino = new_id.1;
+    e.stored.mtime_ns = Some(new_id.2);
+    if let Err(e) = broker.mounts.save(&m) {
+        tracing::warn!(error = %e, "cannot write mounts.json");
+    }
+    Ok(())
+}
+
+/// Nothing was written into the served FIFO: nothing in the pipe now, and its modification
+/// time is the one it had when the broker made it (`made`): bytes another process wrote and
+/// the reader already drained moved it.
+fn untouched(fd: &OwnedFd, made: Option<i128>) -> Result<(), String> {
+    let moved = rustix::fs::fstat(fd).map_or(true, |st| {
+        made.is_some_and(|m| m != mtime_ns(st.st_mtime, st.st_mtime_nsec as i64))
+    });
+    match rustix::io::ioctl_fionread(fd) {
+        Ok(0) if !moved => Ok(()),
+        _ => Err("something else was already written into the FIFO".to_owned()),
+    }
+}
+
+/// The checks right before the write, on the served FIFO (`fd`, already swapped out): held by
+/// the approved reader alone, no name left, the reader running, the pipe empty.
+fn ready_to_write(
+    fd: &OwnedFd,
+    r: &Reader,
+    dev: u64,
+    ino: u64,
+    made: Option<i128>,
+) -> Result<(), String> {
+    untouched(fd, made)?;
+    let hs = holders(dev, ino);
+    if hs.as_slice() != std::slice::from_ref(&r.holder) {
+        return Err(format!(
+            "the file was opened by {} process(es) other than the approved reader",
+            hs.iter().filter(|h| **h != r.holder).count()
+        ));
+    }
+    // After the swap the served FIFO must have no name left: a hard link the agent made
+    // elsewhere would let it open the FIFO by that name and share the read.
+    match rustix::fs::fstat(fd) {
+        Ok(st) if st.st_nlink == 0 => {}
+        _ => {
+            return Err(
+                "the FIFO has another name (a hard link made elsewhere); nothing was written"
+                    .to_owned(),
+            );
+        }
+    }
+    // A stopped reader leaves the text in the pipe for as long as whoever stopped it likes,
+    // for anyone who opens the reader's descriptor through /proc.
+    if stopped(r.holder.pid) {
+        return Err(format!(
+            "the approved reader (pid {}) is stopped or traced; nothing was written",
+            r.holder.pid
+        ));
+    }
+    match rustix::io::ioctl_fionread(fd) {
+        Ok(0) => Ok(()),
+        _ => Err("something else was already written into the FIFO".to_owned()),
+    }
+}
+
+/// Longest the broker waits, after the approval, for the reader to be waiting for the text.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// What the threads of `pid` are doing, from `/proc/PID/task/*/wchan` (the kernel function
+/// each sleeps in): `Some(true)` when one sleeps in a pipe read or a poll (waiting for input),
+/// `Some(false)` when none does, `None` when the kernel does not say (every `wchan` is `0`).
+fn waiting_for_input(pid: u32) -> Option<bool> {
+    const WAITS: &[&str] = &[
+        "pipe_read",
+        "ep_poll",
+        "do_epoll_wait",
+        "do_sys_poll",
+        "do_select",
+        "core_sys_select",
+        "poll_schedule_timeout",
+    ];
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut told = false;
+    for t in tasks.flatten() {
+        let Ok(w) = std::fs::read_to_string(t.path().join("wchan")) else {
+            continue;
+        };
+        let w = w.trim();
+        if w.is_empty() || w == "0" {
+            continue;
+        }
+        told = true;
+        if WAITS.iter().any(|x| w.ends_with(x)) {
+            return Some(true);
+        }
+    }
+    told.then_some(false)
+}
+
+/// Waits (at most [`READ_WAIT`]) until the approved reader is waiting for input: the text is
+/// written only into a pipe its reader is about to drain, never left for a reader that is busy
+/// elsewhere (anyone opening `/proc/READER/fd/N` could read it meanwhile).
+async fn wait_reading(r: &Reader) -> Result<(), String> {
+    let t0 = tokio::time::Instant::now();
+    loop {
+        if stopped(r.holder.pid) {
+            return Err(format!(
+                "the approved reader (pid {}) is stopped or traced; nothing was written",
+                r.holder.pid
+            ));
+        }
+        match waiting_for_input(r.holder.pid) {
+            Some(true) | None => return Ok(()),
+            Some(false) if t0.elapsed() >= READ_WAIT => {
+                return Err(format!(
+                    "the reader did not start reading within {} s; nothing was written",
+                    READ_WAIT.as_secs()
+                ));
+            }
+            Some(false) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// How long the broker watches a written pipe for the reader to drain it. Text left unread
+/// after it, untouched, is taken back (the reader gets nothing).
+const DRAIN_WATCH: Duration = Duration::from_secs(10);
+
+/// How the text left the pipe.
+enum Drain {
+    /// The approved reader read all of it, and nothing else held the FIFO meanwhile.
+    Read,
+    /// The broker took back what was left (`bytes`), for the reason given; `tampered`: not
+    /// only because the reader left or was slow.
+    Reclaimed {
+        why: String,
+        bytes: usize,
+        tampered: bool,
+    },
+}
+
+/// Watches the pipe after the write until the reader has read all of it. While text is left
+/// in it, the approved reader stopping or being traced, leaving, or any other process holding
+/// the FIFO makes the broker take back what is left (see [`reclaim`]); so does text left
+/// untouched for [`DRAIN_WATCH`].
+async fn watch_drain(fd: &OwnedFd, r: &Reader, len: usize, dev: u64, ino: u64) -> Drain {
+    let t0 = tokio::time::Instant::now();
+    let mut round: u32 = 0;
+    let mut left_early = false;
+    loop {
+        let left = rustix::io::ioctl_fionread(fd).map_or(0, |n| n as usize);
+        if left == 0 {
+            return Drain::Read;
+        }
+        let gone = start_time(r.holder.pid) != Some(r.holder.start);
+        let why = if gone {
+            left_early = true;
+            Some("the reader exited before reading all of it".to_owned())
+        } else if stopped(r.holder.pid) {
+            Some(format!(
+                "the approved reader (pid {}) was stopped or traced with the text unread",
+                r.holder.pid
+            ))
+        } else if round % 8 == 0 {
+            let hs = holders(dev, ino);
+            if hs.iter().any(|h| *h != r.holder) {
+                Some("another process held the FIFO with the text unread".to_owned())
+            } else if hs.is_empty() {
+                left_early = true;
+                Some("the reader closed the file before reading all of it".to_owned())
+            } else {
+                None
+            }
+        } else if left == len && t0.elapsed() >= DRAIN_WATCH {
+            Some(format!(
+                "the reader did not read the text within {} s",
+                DRAIN_WATCH.as_secs()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Drain::Reclaimed {
+                why,
+                bytes: reclaim(fd),
+                tampered: !left_early,
+            };
+        }
+        round = round.wrapping_add(1);
+        // Tight at first (a reader drains the pipe at once), then gentler.
+        let pause = if t0.elapsed() < Duration::from_millis(200) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Takes back what is left in the pipe of the served FIFO (`fd`: the broker's write end): it
+/// opens the same FIFO for reading through its own descriptor (`/proc/self/fd/N`; the broker
+/// is not dumpable, so no other process can) and reads it out. Returns how many bytes it took.
+fn reclaim(fd: &OwnedFd) -> usize {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let Ok(rd) = rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return 0;
+    };
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
+    let mut took = 0;
+    while let Ok(n) = rustix::io::read(&rd, &mut buf[..]) {
+        if n == 0 {
+            break;
+        }
+        took += n;
+    }
+    took
+}
+
 /// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), then
-/// checks the holders once more and writes the text in one go. Nothing is written on any doubt.
+/// checks the holders once more, writes the text in one go, and watches the reader drain it.
+/// Nothing is written on any doubt; a read shared with another process ends the grant.
 #[allow(clippy::too_many_arguments)]
 async fn write_once(
     broker: &Arc<Broker>,
@@ -983,110 +1440,27 @@ async fn write_once(
         );
         broker.mounts.note(path, true, why);
     };
-    // The text first: nothing is swapped for a read that cannot be served. (The broker's
-    // lock is released before `fail`, which takes it.)
-    let text: Result<zeroize::Zeroizing<String>, String> = {
-        let inner = broker.lock();
-        let vars = inner
-            .grants
-            .get(grant_id)
-            .map(|g| g.variables.clone())
-            .unwrap_or_default();
-        let opened = inner.sealed_values(env, &vars).and_then(|sealed| {
-            sealed
-                .into_iter()
-                .map(|(k, v)| {
-                    v.open()
-                        .map(|o| (k, o))
-                        .map_err(super::state::sealed_value_error)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        });
-        match opened {
-            Err(e) => Err(format!(
-                "cannot read the values: {}",
-                inner.hide_names_in_error(env, &vars, e).message
-            )),
-            Ok(values) => {
-                keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose()))).map_err(
-                    |e| {
-                        // The name as clients see it (an alias where the policy hides names).
-                        format!(
-                            "cannot write a .env every reader reads the same: {}: {}",
-                            inner.shown_name(env, &e.name),
-                            e.what
-                        )
-                    },
-                )
-            }
-        }
-    };
-    let text = match text {
+    // The text first: nothing is swapped for a read that cannot be served.
+    let text = match dotenv_text(broker, env, grant_id) {
         Ok(t) => t,
         Err(why) => return fail(why),
     };
-    if text.len() > MAX_TEXT {
-        return fail(format!("the .env text is over {MAX_TEXT} bytes"));
+    let made = broker
+        .mounts
+        .lock()
+        .get(path)
+        .and_then(|e| e.stored.mtime_ns);
+    if let Err(why) = swap(broker, path, dev, ino) {
+        return fail(why);
     }
-    // Swap: a fresh FIFO renamed over the served one, if the path still holds it.
-    let p = PathBuf::from(path);
-    if !matches!(at_path(path, dev, ino), AtPath::Ours) {
-        return fail("the FIFO was replaced or removed while the request waited".to_owned());
+    if let Err(why) = untouched(&fd, made) {
+        return fail(why);
     }
-    let tmp = sibling(&p);
-    let new_id = match make_fifo(&tmp) {
-        Ok(id) => id,
-        Err(e) => return fail(format!("cannot swap the FIFO: {}", e.message)),
-    };
-    if let Err(e) = std::fs::rename(&tmp, &p) {
-        let _ = std::fs::remove_file(&tmp);
-        return fail(format!("cannot swap the FIFO: {e}"));
+    if let Err(why) = wait_reading(r).await {
+        return fail(why);
     }
-    {
-        let mut m = broker.mounts.lock();
-        if let Some(e) = m.get_mut(path) {
-            e.stored.dev = new_id.0;
-            e.stored.ino = new_id.1;
-        } else {
-            // Unmounted meanwhile: the fresh FIFO goes too.
-            let _ = std::fs::remove_file(&p);
-            drop(m);
-            return fail("unmounted while the request waited".to_owned());
-        }
-        if let Err(e) = broker.mounts.save(&m) {
-            tracing::warn!(error = %e, "cannot write mounts.json");
-        }
-    }
-    // The served FIFO is reachable now only through descriptors already open.
-    let hs = holders(dev, ino);
-    if hs.as_slice() != std::slice::from_ref(&r.holder) {
-        return fail(format!(
-            "the file was opened by {} process(es) other than the approved reader",
-            hs.iter().filter(|h| **h != r.holder).count()
-        ));
-    }
-    // After the swap the served FIFO must have no name left: a hard link the agent made
-    // elsewhere would let it open the FIFO by that name and share the read.
-    match rustix::fs::fstat(&fd) {
-        Ok(st) if st.st_nlink == 0 => {}
-        _ => {
-            return fail(
-                "the FIFO has another name (a hard link made elsewhere); nothing was written"
-                    .to_owned(),
-            );
-        }
-    }
-    // A stopped reader leaves the text in the pipe for as long as whoever stopped it likes,
-    // for anyone who opens the reader's descriptor through /proc.
-    if stopped(r.holder.pid) {
-        return fail(format!(
-            "the approved reader (pid {}) is stopped or traced; nothing was written",
-            r.holder.pid
-        ));
-    }
-    match rustix::io::ioctl_fionread(&fd) {
-        Ok(0) => {}
-        _ => return fail("something else was already written into the FIFO".to_owned()),
+    if let Err(why) = ready_to_write(&fd, r, dev, ino, made) {
+        return fail(why);
     }
     let cap = rustix::pipe::fcntl_setpipe_size(&fd, text.len().max(4096)).unwrap_or(0);
     if cap < text.len() {
@@ -1095,35 +1469,59 @@ async fn write_once(
     let len = text.len();
     let written = rustix::io::write(fd.as_fd(), text.as_bytes());
     drop(text);
+    let drained = match written {
+        Ok(n) if n == len => watch_drain(&fd, r, len, dev, ino).await,
+        Ok(_) => return fail("the write was cut short".to_owned()),
+        Err(rustix::io::Errno::PIPE) => {
+            return fail("the reader closed the file before it was written (EPIPE)".to_owned());
+        }
+        Err(e) => return fail(format!("the write failed: {e}")),
+    };
     let after = holders(dev, ino);
     drop(fd);
-    match written {
-        Ok(n) if n == len => {
-            let others: Vec<u32> = after
-                .iter()
-                .filter(|h| **h != r.holder)
-                .map(|h| h.pid)
-                .collect();
-            broker.lock().audit(
-                "mount_read",
-                json!({
-                    "path": path, "grant_id": grant_id, "pid": r.holder.pid,
-                    "argv": r.argv, "cwd": r.cwd,
-                    "opened_during_write": others,
-                }),
-            );
-            broker.mounts.note(
-                path,
-                false,
-                format!("served pid {} (grant {grant_id})", r.holder.pid),
-            );
+    let others: Vec<u32> = after
+        .iter()
+        .filter(|h| **h != r.holder)
+        .map(|h| h.pid)
+        .collect();
+    if let Drain::Reclaimed {
+        why,
+        bytes,
+        tampered,
+    } = drained
+    {
+        let mut inner = broker.lock();
+        inner.audit(
+            "mount_reclaimed",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "bytes_taken_back": bytes, "bytes_written": len, "holders_after": others}),
+        );
+        if tampered || !others.is_empty() {
+            inner.revoke(grant_id, "a mount read was tampered with");
         }
-        Ok(_) => fail("the write was cut short".to_owned()),
-        Err(rustix::io::Errno::PIPE) => {
-            fail("the reader closed the file before it was written (EPIPE)".to_owned());
-        }
-        Err(e) => fail(format!("the write failed: {e}")),
+        drop(inner);
+        broker.notify();
+        return broker.mounts.note(path, true, format!("taken back: {why}"));
     }
+    let mut inner = broker.lock();
+    inner.audit(
+        "mount_read",
+        json!({
+            "path": path, "grant_id": grant_id, "pid": r.holder.pid,
+            "argv": r.argv, "cwd": r.cwd,
+            "opened_during_write": others,
+        }),
+    );
+    // Someone else held the served FIFO while the text was in it: the grant serves no more.
+    if !others.is_empty() {
+        inner.revoke(grant_id, "a mount read was shared with another process");
+    }
+    drop(inner);
+    broker.mounts.note(
+        path,
+        false,
+        format!("served pid {} (grant {grant_id})", r.holder.pid),
+    );
 }
 
 #[cfg(test)]
@@ -1212,6 +1610,35 @@ mod tests {
         make_fifo(&other).unwrap();
         std::fs::rename(&other, &p).unwrap();
         assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+    }
+
+    #[test]
+    fn a_cmdline_overwritten_in_place_is_told_from_an_honest_one() {
+        let (argv, rewritten) = parse_cmdline(b"node\0-e\0code\0");
+        assert_eq!(argv, ["node", "-e", "code"]);
+        assert!(!rewritten);
+        // An honest empty last argument is one empty word, not padding.
+        let (argv, rewritten) = parse_cmdline(b"sh\0-c\0\0");
+        assert_eq!(argv, ["sh", "-c"]);
+        assert!(!rewritten);
+        // `process.title = 'vite'`: the title, then the rest of the area zeroed.
+        let (argv, rewritten) = parse_cmdline(b"vite\0\0\0\0\0\0");
+        assert_eq!(argv, ["vite"]);
+        assert!(rewritten);
+        // `setproctitle` that overwrote the final NUL.
+        assert!(parse_cmdline(b"vite: dev server").1);
+    }
+
+    #[test]
+    fn the_code_loading_environment_is_the_run_paths_list() {
+        let env = b"LANG=C\0BASH_ENV=/tmp/x\0LD_PRELOAD=/tmp/l.so\0NODE_OPTIONS=-r x\0API_TOKEN=t\0PATH=/bin\0BASH_ENV=/second\0";
+        let got = code_loading_env(env);
+        let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["BASH_ENV", "LD_PRELOAD", "NODE_OPTIONS", "PATH"]);
+        assert_eq!(got[0].1, "/tmp/x", "the first occurrence wins");
+        for (k, _) in &got {
+            assert!(super::super::runner::never_passed(k));
+        }
     }
 
     #[test]

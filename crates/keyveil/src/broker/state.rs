@@ -137,8 +137,9 @@ pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
 /// A value an agent could have chosen, as a request shows it and a grant binds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct ChosenValue {
-    /// `pass-env` (from the requester's environment) or `stored-without-factor` (a vault
-    /// variable whose value was stored by a call that proved no factor).
+    /// `pass-env` (from the requester's environment), `reader-env` (a code-loading variable
+    /// of a mount reader's own environment) or `stored-without-factor` (a vault variable
+    /// whose value was stored by a call that proved no factor).
     pub origin: &'static str,
     /// A pass-through name (set for `pass-env`).
     #[serde(skip_serializing_if = "Option::is_none")]
