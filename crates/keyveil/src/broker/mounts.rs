@@ -11,20 +11,27 @@
 //! (a scan of `/proc/*/fd`, comparing device and inode; `/proc/PID/fdinfo` says how each opened
 //! it), and serves only exactly one process that opened it read-only. Anything else (two
 //! readers, a process that opened it for writing or `O_RDWR` to pose as a reader) gets nothing,
-//! and is audited once. The one reader becomes an ask like a run's: its argv, pid, executable
-//! (pinned), cwd and parents are on the card, with the risk flags of its argv and the
-//! mount's own (`dumps-file`: a command that copies or shows a file; `agent-reader`: an agent
-//! host among its parents). A live grant of the same mount, environment, argv and cwd whose
-//! pinned executable is the reader's serves it without a card.
+//! and is audited once. The one reader becomes an ask like a run's: its executable (from
+//! `/proc/PID/exe`, pinned: the identity), argv (what it says of itself), pid, cwd, parents and
+//! code-loading environment (the run path's list, as pass-through values: on the card, bound
+//! by digest) are on the card, with the risk flags of its argv and the mount's own
+//! (`dumps-file`: a command that copies or shows a file, by name or by the digest of the
+//! installed ones; `agent-reader`: an agent host among its parents; `argv-not-the-executable`;
+//! `code-loading-environment`). A live grant of the same mount, environment, argv, cwd and
+//! code-loading environment whose pinned executable is the reader's serves it without a card,
+//! unless its argv is not evidence of what runs.
 //!
 //! On approval, the FIFO at the path is first swapped for a fresh one (a new FIFO renamed over
-//! it), so no process can open the served FIFO any more by its name; then the holders are read
-//! again (still exactly the reader, same pid *and* start time, read-only, nothing already in the
-//! pipe), the pipe is enlarged to hold the whole text, and the dotenv text is written in one
-//! non-blocking write that either fits or is not made (never a partial file). On denial,
-//! expiry, lock, or any doubt, the FIFO is closed unwritten: the reader reads end-of-file,
-//! zero bytes. A reader that closes early makes the write fail with `EPIPE`, which is only
-//! audited (Rust ignores `SIGPIPE`).
+//! it), so no process can open the served FIFO any more by its name; the broker waits for the
+//! reader to wait for input; then the holders are read again (still exactly the reader, same
+//! pid *and* start time, read-only, not stopped), the served FIFO must have no name left and
+//! nothing written into it (empty, modification time unchanged), the pipe is enlarged to hold
+//! the whole text, and the dotenv text is written in one non-blocking write that either fits
+//! or is not made. The pipe is then watched until the reader drained it: a stop, another
+//! holder or an exit with text unread makes the broker read the rest back out itself (and, on
+//! tampering, end the grant). On denial, expiry, lock, or any doubt, the FIFO is closed
+//! unwritten: the reader reads end-of-file, zero bytes. A reader that closes early makes the
+//! write fail with `EPIPE`, which is only audited (Rust ignores `SIGPIPE`).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
