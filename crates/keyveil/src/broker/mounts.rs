@@ -990,6 +990,66 @@ async fn serve_read(broker: &Arc<Broker>, path: &str, env: &str, fd: OwnedFd, de
     }
 }
 
+/// The ask a reader makes: its argv, cwd and code-loading environment, the mount's flags.
+fn mount_ask(broker: &Broker, path: &str, env: &str, r: &Reader) -> Result<Ask, String> {
+    let inner = broker.lock();
+    let variables = inner
+        .resolve_variables(env, None)
+        .map_err(|e| format!("environment {}: {}", shown(env), e.message))?;
+    Ok(Ask {
+        client: ClientInfo {
+            kind: MOUNT_KIND.to_owned(),
+            name: path.to_owned(),
+            version: String::new(),
+            pid: r.holder.pid,
+        },
+        environment: env.to_owned(),
+        variables,
+        argv: Some(r.argv.clone()),
+        cwd: r.cwd.clone(),
+        // The reader's code-loading environment, as a run's pass-through values are: on
+        // the card, and bound by digest into the grant.
+        pass_env: r.env.iter().map(|(k, _)| k.clone()).collect(),
+        pass_values: r
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
+        peer: r.peer.clone(),
+        mount: Some(MountAsk {
+            path: path.to_owned(),
+            flags: reader_flags(r),
+        }),
+    })
+}
+
+/// A live grant for this mount, argv and cwd, pinned to this executable, made for this very
+/// code-loading environment (the same names, each value the same by digest): its id, with one
+/// use counted. A reader whose argv is not evidence of what runs is never served by one.
+fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<String> {
+    if argv_untrusted(r) {
+        return None;
+    }
+    let mut inner = broker.lock();
+    let now = Timestamp::now();
+    let hit = inner
+        .grants
+        .values()
+        .find(|g| {
+            g.covers(ask, now)
+                && g.pass_env == ask.pass_env
+                && matches!((&g.executable, &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
+                && super::access::check_chosen(&inner, &g.id, ask).is_ok()
+        })
+        .map(|g| g.id.clone())?;
+    let g = inner.grants.get_mut(&hit)?;
+    if let Some(u) = g.uses_left.as_mut() {
+        *u = u.saturating_sub(1);
+    }
+    g.runs += 1;
+    Some(hit)
+}
+
 /// The grant that serves this reader: a live one, or the one the human's approval creates.
 /// `Err`: why nothing is written.
 async fn ask_and_wait(
@@ -998,60 +1058,9 @@ async fn ask_and_wait(
     env: &str,
     r: &Reader,
 ) -> Result<String, String> {
-    let ask = {
-        let inner = broker.lock();
-        let variables = inner
-            .resolve_variables(env, None)
-            .map_err(|e| format!("environment {}: {}", shown(env), e.message))?;
-        Ask {
-            client: ClientInfo {
-                kind: MOUNT_KIND.to_owned(),
-                name: path.to_owned(),
-                version: String::new(),
-                pid: r.holder.pid,
-            },
-            environment: env.to_owned(),
-            variables,
-            argv: Some(r.argv.clone()),
-            cwd: r.cwd.clone(),
-            // The reader's code-loading environment, as a run's pass-through values are: on
-            // the card, and bound by digest into the grant.
-            pass_env: r.env.iter().map(|(k, _)| k.clone()).collect(),
-            pass_values: r
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect(),
-            peer: r.peer.clone(),
-            mount: Some(MountAsk {
-                path: path.to_owned(),
-                flags: reader_flags(r),
-            }),
-        }
-    };
-    // A live grant for this mount, argv and cwd, pinned to this executable, made for this
-    // very code-loading environment (the same names, each value the same by digest). A reader
-    // whose argv is not evidence of what runs is never served without a card.
-    if !argv_untrusted(r) {
-        let mut inner = broker.lock();
-        let now = Timestamp::now();
-        let hit = inner
-            .grants
-            .values()
-            .find(|g| {
-                g.covers(&ask, now)
-                    && g.pass_env == ask.pass_env
-                    && matches!((&g.executable, &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
-                    && super::access::check_chosen(&inner, &g.id, &ask).is_ok()
-            })
-            .map(|g| g.id.clone());
-        if let Some(g) = hit.and_then(|id| inner.grants.get_mut(&id)) {
-            if let Some(u) = g.uses_left.as_mut() {
-                *u = u.saturating_sub(1);
-            }
-            g.runs += 1;
-            return Ok(g.id.clone());
-        }
+    let ask = mount_ask(broker, path, env, r)?;
+    if let Some(id) = live_grant(broker, &ask, r) {
+        return Ok(id);
     }
     let home = broker.lock().child_home();
     let pins = super::access::Pins {
@@ -1365,7 +1374,7 @@ async fn watch_drain(fd: &OwnedFd, r: &Reader, len: usize, dev: u64, ino: u64) -
                 "the approved reader (pid {}) was stopped or traced with the text unread",
                 r.holder.pid
             ))
-        } else if round % 8 == 0 {
+        } else if round.is_multiple_of(8) {
             let hs = holders(dev, ino);
             if hs.iter().any(|h| *h != r.holder) {
                 Some("another process held the FIFO with the text unread".to_owned())
