@@ -243,7 +243,7 @@ fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValue>> {
         .iter()
         .map(|(n, v)| ChosenValue {
             name: Some(n.clone()),
-            // A mount's reader passes nothing: these are its own environment (`mounts.rs`).
+            // A mount's reader passes nothing: these are its own environment (`broker/mounts/`).
             origin: if ask.mount.is_some() {
                 "reader-env"
             } else {

@@ -92,7 +92,7 @@ pub(crate) struct AccessReq {
     /// (`risk::contradictions`): shown on every surface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contradictions: Vec<String>,
-    /// The mount read (its path) when the request is one (`mounts.rs`).
+    /// The mount read (its path) when the request is one (`broker/mounts/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
     /// How many times this same ask was made (identical asks coalesce into one request).
@@ -213,7 +213,7 @@ pub(crate) struct Ask {
     /// The process that really asked (from the socket, not the claim): caps and flags count
     /// by it, and the card shows it.
     pub peer: super::peer::Peer,
-    /// Set only by the broker itself, for a read of a mount (`mounts.rs`): never from a
+    /// Set only by the broker itself, for a read of a mount (`broker/mounts/`): never from a
     /// request.
     pub mount: Option<MountAsk>,
 }
