@@ -265,7 +265,7 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
     out.push_str(&format!("  environment: {}\n", esc(&r.environment)));
     out.push_str(&format!("  variables:   {}\n", names(&r.variables)));
     let pass = names(&r.pass_env);
-    if !pass.is_empty() {
+    if !pass.is_empty() && r.mount.is_none() {
         out.push_str(&format!("  passes through from the requester: {pass}\n"));
     }
     if !r.chosen_values.is_empty() {
@@ -356,8 +356,14 @@ pub(crate) fn mount_headline(r: &op::RequestCard, m: &op::MountRead) -> String {
         .as_deref()
         .map(|a| argv_words(a.iter().map(String::as_str)))
         .unwrap_or_default();
+    // The executable is what runs; the argv is what the process says of itself.
+    let exe = r
+        .executable
+        .as_ref()
+        .map(|e| esc(&e.path))
+        .unwrap_or_else(|| "an executable that could not be pinned".to_owned());
     format!(
-        "`{argv}` (pid {}) wants to read `{}` of environment {}",
+        "`{argv}` (pid {}, running {exe}) wants to read `{}` of environment {}",
         m.pid,
         esc(&m.path),
         esc(&r.environment)
@@ -374,6 +380,14 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
     (
         "agent-reader",
         "an agent host is among the reader's parents: the agent itself would read the values",
+    ),
+    (
+        "argv-not-the-executable",
+        "the reader rewrote its command line, or its first word is not the program that runs: trust the executable line, not the command",
+    ),
+    (
+        "code-loading-environment",
+        "the reader's environment sets variables that make programs run other code (BASH_ENV, LD_PRELOAD, NODE_OPTIONS, ...): see their values below",
     ),
     (
         "unpinned-executable",
@@ -531,6 +545,9 @@ pub(crate) fn chosen_value(c: &op::ChosenValueInfo) -> String {
     };
     let origin = match c.origin.as_str() {
         "pass-env" => "passed through from the requester's environment".to_owned(),
+        "reader-env" => {
+            "in the reader's own environment: it can make the reader run other code".to_owned()
+        }
         _ => format!(
             "stored {} without the factor",
             crate::when::human_time(&c.stored_at.map(|t| t.to_string()).unwrap_or_default())

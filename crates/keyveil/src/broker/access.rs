@@ -243,6 +243,12 @@ fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValue>> {
         .iter()
         .map(|(n, v)| ChosenValue {
             name: Some(n.clone()),
+            // A mount's reader passes nothing: these are its own environment (`broker/mounts/`).
+            origin: if ask.mount.is_some() {
+                "reader-env"
+            } else {
+                "pass-env"
+            },
             ..ChosenValue::of(v.as_deref())
         })
         .collect();
@@ -611,7 +617,8 @@ pub(crate) fn find_or_create_request(
     if ask.argv.is_none() {
         flags.push("any-command".to_owned());
     }
-    if !chosen.is_empty() {
+    // A mount reader's environment has its own flag (`code-loading-environment`).
+    if chosen.iter().any(|c| c.origin != "reader-env") {
         flags.push("agent-chosen-value".to_owned());
     }
     if super::sweep_ops::any_compromised(inner, &ask.environment, &ask.variables) {

@@ -73,7 +73,7 @@ pub(crate) fn child_env(
 
 /// Names a granted child never gets from the requester or the vault: code injection
 /// (`access::is_injection_var`) and code loading (`loaders::is_loader_var`: `MAKEFILES`, ...).
-fn never_passed(name: &str) -> bool {
+pub(crate) fn never_passed(name: &str) -> bool {
     access::is_injection_var(name) || crate::loaders::is_loader_var(name)
 }
 

@@ -92,7 +92,7 @@ pub(crate) struct AccessReq {
     /// (`risk::contradictions`): shown on every surface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contradictions: Vec<String>,
-    /// The mount read (its path) when the request is one (`mounts.rs`).
+    /// The mount read (its path) when the request is one (`broker/mounts/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
     /// How many times this same ask was made (identical asks coalesce into one request).
@@ -137,8 +137,9 @@ pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
 /// A value an agent could have chosen, as a request shows it and a grant binds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct ChosenValue {
-    /// `pass-env` (from the requester's environment) or `stored-without-factor` (a vault
-    /// variable whose value was stored by a call that proved no factor).
+    /// `pass-env` (from the requester's environment), `reader-env` (a code-loading variable
+    /// of a mount reader's own environment) or `stored-without-factor` (a vault variable
+    /// whose value was stored by a call that proved no factor).
     pub origin: &'static str,
     /// A pass-through name (set for `pass-env`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,7 +213,7 @@ pub(crate) struct Ask {
     /// The process that really asked (from the socket, not the claim): caps and flags count
     /// by it, and the card shows it.
     pub peer: super::peer::Peer,
-    /// Set only by the broker itself, for a read of a mount (`mounts.rs`): never from a
+    /// Set only by the broker itself, for a read of a mount (`broker/mounts/`): never from a
     /// request.
     pub mount: Option<MountAsk>,
 }

@@ -7,19 +7,26 @@ use std::time::Duration;
 
 use crate::harness::{Home, contains, text, wait_output};
 use crate::mount::{
-    Project, approve_card, finished, mount, nul_pairs, pending, store, values, wait_card, want,
+    Project, approve_card, finished, mount, nul_pairs, store, values, wait_card, want,
 };
 
-/// The agent's side: finds the honest reader holding the mount read-only, stops it
-/// (`SIGSTOP`, same uid) so it cannot drain the pipe, waits for the approval's swap of the
-/// FIFO, then opens the served FIFO itself (`/proc/READER/fd/N`, or a hard link it made to the
-/// FIFO before the read: `argv[2] == "link"`) and reads what the broker wrote. Prints what it
-/// read on stdout (the test only searches it, never shows it).
+/// The agent's side: finds the honest reader holding the mount read-only, then, by `mode`:
+/// - `proc`: stops it (`SIGSTOP`, same uid) before the approval, waits for the approval's swap
+///   of the FIFO, opens the served FIFO through `/proc/READER/fd/N` and drains it;
+/// - `link-nostop`: made a hard link to the FIFO before the read, opens the served FIFO by that
+///   name after the swap;
+/// - `slow`: the reader is slow to read; right after the swap the thief opens
+///   `/proc/READER/fd/N` and keeps reading it (non-blocking) for 4 s, waiting for the write;
+/// - `partial-stop`: waits until the reader has read part of the text (`argv[5]` appears),
+///   stops it, waits, then drains the rest through `/proc/READER/fd/N`.
+///
+/// Touches `argv[4]` once it is in position (the test approves only then). Prints what it read
+/// on stdout (the test only searches it, never shows it).
 const THIEF: &str = r#"
 import os, sys, time, signal
-path, mode, link = sys.argv[1], sys.argv[2], sys.argv[3]
+path, mode, link, ready, started = sys.argv[1:6]
 st = os.stat(path); dev, ino = st.st_dev, st.st_ino
-if mode == "link":
+if mode == "link-nostop":
     os.link(path, link)
 me = os.getpid(); pid = fdn = None; t0 = time.time()
 while pid is None and time.time() - t0 < 20:
@@ -42,30 +49,57 @@ while pid is None and time.time() - t0 < 20:
     time.sleep(0.01)
 assert pid is not None, "no reader"
 time.sleep(0.2)
-if mode != "link-nostop":
+if mode == "proc":
     os.kill(pid, signal.SIGSTOP)
-sys.stderr.write("stopped\n"); sys.stderr.flush()
+open(ready, "w").close()
 t0 = time.time()
 while os.stat(path).st_ino == ino and time.time() - t0 < 30:
     time.sleep(0.005)
-time.sleep(0.5)
 src = link if mode.startswith("link") else f"/proc/{pid}/fd/{fdn}"
-fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
 data = b""
-while True:
+def drain(fd):
+    global data
+    while True:
+        try:
+            b = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not b:
+            return
+        data += b
+if mode == "slow":
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+    t0 = time.time()
+    while time.time() - t0 < 4:
+        drain(fd); time.sleep(0.001)
+elif mode == "partial-stop":
+    t0 = time.time()
+    while not os.path.exists(started) and time.time() - t0 < 20:
+        time.sleep(0.001)
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.5)
     try:
-        b = os.read(fd, 1 << 20)
-    except BlockingIOError:
-        break
-    if not b:
-        break
-    data += b
-if mode != "link-nostop":
-    os.kill(pid, signal.SIGCONT)
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+        drain(fd)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+else:
+    time.sleep(0.5)
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+    drain(fd)
+    if mode == "proc":
+        os.kill(pid, signal.SIGCONT)
 sys.stdout.buffer.write(data)
 "#;
 
-fn steal(mode: &str, why: &str) {
+/// An honest program that loads `.env` and prints only how many bytes it read.
+const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
+
+/// Runs the thief in `mode` against an honest reader (`reader`, python code run in the
+/// project; `{started}` in it is replaced by a marker path), approves the reader's card once
+/// the thief is in position, and checks that the thief read no value. Returns the honest
+/// reader's output and the audit.
+fn steal(mode: &str, reader: &str) -> (String, String) {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -73,6 +107,8 @@ fn steal(mode: &str, why: &str) {
     mount(&h, &p);
     let env_file = p.env_file();
     let link = p.tmp.path().join("hardlink");
+    let ready = p.tmp.path().join("thief-ready");
+    let started = p.tmp.path().join("reader-started");
     let thief = Command::new("python3")
         .args([
             "-c",
@@ -80,6 +116,8 @@ fn steal(mode: &str, why: &str) {
             env_file.to_str().unwrap(),
             mode,
             link.to_str().unwrap(),
+            ready.to_str().unwrap(),
+            started.to_str().unwrap(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -88,18 +126,19 @@ fn steal(mode: &str, why: &str) {
         .unwrap();
     // Give the thief time to stat (and link) the FIFO before the honest reader opens it.
     std::thread::sleep(Duration::from_millis(500));
-    // An honest program that loads `.env` and prints only how many bytes it read.
-    let reader = p.reader(
-        &[
-            "python3",
-            "-c",
-            "import sys\nsys.stdout.write(str(len(open('.env').read())))\n",
-        ],
-        &[],
-    );
+    let code = reader.replace("{started}", started.to_str().unwrap());
+    let reader = p.reader(&["python3", "-c", &code], &[]);
     let card = wait_card(&h);
     // The card is the honest reader's: nothing on it names the thief.
     assert!(card.to_string().contains("python3"));
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the thief never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     approve_card(&h, &card, &[]);
     let stolen = wait_output(thief, Duration::from_secs(60));
     let honest = finished(reader);
@@ -114,44 +153,77 @@ fn steal(mode: &str, why: &str) {
         stolen.stdout.len(),
         text(&honest.stdout)
     );
-    // Nothing was written: the honest reader read zero bytes, and the audit says why.
-    let audit = h.audit_text();
-    assert_eq!(
-        text(&honest.stdout),
-        "0",
-        "{audit}\nthief: {}",
+    assert!(
+        stolen.status.success(),
+        "thief failed: {}",
         text(&stolen.stderr)
     );
-    assert!(audit.contains("mount_not_written"), "{audit}");
-    assert!(audit.contains(why), "{audit}");
+    (text(&honest.stdout), h.audit_text())
 }
 
-/// The agent stops the approved reader and drains the pipe through `/proc/READER/fd/N` after
-/// the write. The broker now refuses to write to a stopped reader (`mounts.rs::stopped`), yet
-/// this replay still sees the honest reader served: the order of stop, approval and write in
-/// the replay is not yet understood.
+/// The agent stops the approved reader before the approval and drains the pipe through
+/// `/proc/READER/fd/N` after the write. Held: a stopped reader is never written to (the
+/// thief reads nothing, the reader reads zero bytes). (This replay used to approve without
+/// waiting for the stop, so the approval could land before it and the honest reader was
+/// served, with nothing for the thief: a race of the test, not a leak.)
 #[test]
-#[ignore = "LEAK (fix in, not yet shown): a stopped reader's pipe drained through /proc/READER/fd/N; the broker now checks the reader's state before writing, but this replay still sees the reader served"]
 fn a_stopped_reader_is_never_written_to() {
-    steal("proc", "is stopped or traced");
+    let (honest, audit) = steal("proc", HONEST);
+    assert_eq!(honest, "0", "{audit}");
+    assert!(audit.contains("mount_not_written"), "{audit}");
+    assert!(audit.contains("is stopped or traced"), "{audit}");
 }
 
-/// A hard link made to the FIFO before the read names the served FIFO after the swap. The
-/// broker now writes only when the served FIFO has no name left (`st_nlink == 0`), yet this
-/// replay still sees the honest reader served.
+/// A hard link made to the FIFO before the read names the served FIFO after the swap. Held:
+/// the broker writes only when the served FIFO has no name left (`st_nlink == 0`).
 #[test]
-#[ignore = "LEAK (fix in, not yet shown): a hard link to the FIFO outlives the swap; the broker now checks st_nlink == 0 before writing, but this replay still sees the reader served"]
 fn a_fifo_with_a_hard_link_is_never_written_to() {
-    steal("link-nostop", "has another name");
+    let (honest, audit) = steal("link-nostop", HONEST);
+    assert_eq!(honest, "0", "{audit}");
+    assert!(audit.contains("mount_not_written"), "{audit}");
+    assert!(audit.contains("has another name"), "{audit}");
 }
 
-/// A grant with a TTL is keyed by mount, argv, cwd and executable: not by the environment the
-/// reader was started with. The human approved `bash -c '. ./.env; echo loaded'`; the agent
-/// starts the very same argv with `BASH_ENV` pointing at its own script, which dumps every
-/// shell variable at exit. Served by the grant, no card.
+/// A reader slow to read (it opens `.env`, then works for 2 s): the thief opens
+/// `/proc/READER/fd/N` right after the swap and keeps reading, to get the text the broker
+/// would leave in the pipe. Held: the broker writes only once the reader waits for input,
+/// and then sees the thief holding the FIFO: nothing is written.
 #[test]
-#[ignore = "LEAK: a TTL grant serves the same argv/cwd/exe started with BASH_ENV (or LD_PRELOAD, NODE_OPTIONS, PYTHONSTARTUP...); the reader's environment is neither on the card nor in the grant"]
-fn a_ttl_grant_serves_the_same_argv_with_a_hostile_environment() {
+fn a_slow_readers_pipe_is_not_left_for_a_thief() {
+    let (honest, audit) = steal(
+        "slow",
+        "import sys, time\nf = open('.env')\ntime.sleep(2)\nsys.stdout.write(str(len(f.read())))\n",
+    );
+    assert_eq!(honest, "0", "{audit}");
+    assert!(audit.contains("other than the approved reader"), "{audit}");
+}
+
+/// A reader that reads part of the text (10 bytes), then is stopped by the agent, which drains
+/// the rest through `/proc/READER/fd/N` half a second later. Held: the broker sees the stop
+/// with text unread, takes back the rest itself and ends the grant; the thief reads nothing.
+/// (The reader keeps the 10 bytes it read: a tampered read is cut, not completed.)
+#[test]
+fn a_reader_stopped_after_reading_part_gets_the_rest_taken_back() {
+    let (honest, audit) = steal(
+        "partial-stop",
+        "import sys, time\nf = open('.env', 'rb', buffering=0)\na = f.read(10)\nopen('{started}', 'w').close()\ntime.sleep(1)\nb = f.read()\nsys.stdout.write(str(len(a) + len(b)))\n",
+    );
+    assert_eq!(honest, "10", "{audit}");
+    assert!(audit.contains("mount_reclaimed"), "{audit}");
+    assert!(
+        audit.contains("was stopped or traced with the text unread"),
+        "{audit}"
+    );
+    assert!(audit.contains("a mount read was tampered with"), "{audit}");
+}
+
+/// A grant with a TTL, made for `bash -c '. ./.env; echo loaded'`: the agent starts the very
+/// same argv from the same directory with `BASH_ENV` pointing at its own script, which dumps
+/// every shell variable at exit. Held: the grant is bound to the reader's code-loading
+/// environment (the run path's list, by digest): the hostile start is a new request with its
+/// own card, and denied it reads nothing.
+#[test]
+fn a_ttl_grant_does_not_serve_the_same_argv_with_a_hostile_environment() {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -162,15 +234,27 @@ fn a_ttl_grant_serves_the_same_argv_with_a_hostile_environment() {
     let card = wait_card(&h);
     approve_card(&h, &card, &["--ttl", "10m"]);
     assert_eq!(text(&finished(r).stdout), "loaded\n");
+    // The grant serves the same start again, without a card.
+    assert_eq!(text(&finished(p.reader(&argv, &[])).stdout), "loaded\n");
     let evil = p.tmp.path().join("evil.sh");
     std::fs::write(&evil, "trap 'set >&2' EXIT\n").unwrap();
-    let o = finished(p.reader(&argv, &[("BASH_ENV", evil.to_str().unwrap())]));
-    assert!(pending(&h).is_empty(), "no card was shown for it");
-    let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
+    let r = p.reader(&argv, &[("BASH_ENV", evil.to_str().unwrap())]);
+    let card = wait_card(&h);
     assert!(
-        contains(&o.stderr, plain),
-        "the hostile environment did not see the value"
+        card["risk"]
+            .to_string()
+            .contains("code-loading-environment"),
+        "{}",
+        card["risk"]
     );
+    assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
+    let o = finished(r);
+    for (_, v) in &vals {
+        assert!(
+            !contains(&o.stderr, v),
+            "the hostile environment saw a value"
+        );
+    }
 }
 
 /// Held: a process that writes into the FIFO while the approved reader waits (to add lines to
@@ -222,11 +306,12 @@ fn lines_written_into_the_fifo_before_the_write_make_the_read_empty_of_values() 
 }
 
 /// The card's argv is what the reader says of itself (`/proc/PID/cmdline`), which a process
-/// may rewrite: a Node script sets `process.title` to `vite` before it opens `.env`, and the
-/// card shows a lone `vite` word instead of the `-e` script that will print the values.
+/// may rewrite: a Node script sets `process.title` to `vite` before it opens `.env`. Held: the
+/// rewrite (argv padded with NULs, a first word that is not the program that runs) is flagged
+/// `argv-not-the-executable`, the headline names the executable that runs (`node`), and no
+/// grant serves such a reader without a card.
 #[test]
-#[ignore = "LEAK (card lies): argv on the card is /proc/PID/cmdline, rewritable by the reader (process.title, perl $0, prctl); the script that runs is not shown"]
-fn a_reader_that_rewrites_its_cmdline_shows_an_innocent_argv() {
+fn a_reader_that_rewrites_its_cmdline_is_flagged_and_named_by_its_executable() {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -235,33 +320,31 @@ fn a_reader_that_rewrites_its_cmdline_shows_an_innocent_argv() {
     let evil = "process.title = 'vite';\nconst fs = require('fs');\nconst t = fs.readFileSync('.env', 'utf8');\nprocess.stdout.write(t);\n// padding so that the title fits in argv: ..................................................";
     let r = p.reader(&["node", "-e", evil], &[]);
     let card = wait_card(&h);
-    let argv: Vec<String> = card["argv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap_or("").to_owned())
-        .collect();
-    assert_eq!(
-        argv,
-        vec!["vite".to_owned()],
-        "the card shows the rewritten argv"
-    );
-    assert!(!card.to_string().contains("readFileSync"));
-    approve_card(&h, &card, &[]);
-    let o = finished(r);
-    let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
     assert!(
-        contains(&o.stdout, plain),
-        "the hidden script did not get the value"
+        card["risk"].to_string().contains("argv-not-the-executable"),
+        "{}",
+        card["risk"]
     );
+    let exe = card["executable"]["path"].as_str().unwrap_or("").to_owned();
+    assert!(
+        exe.rsplit('/').next().unwrap_or("").starts_with("node"),
+        "{card}"
+    );
+    let shown = h.ok(&["requests"]);
+    assert!(shown.contains(&format!("running {exe}")), "{shown}");
+    assert!(shown.contains("argv-not-the-executable"), "{shown}");
+    assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
+    let o = wait_output(r, Duration::from_secs(30));
+    for (_, v) in &vals {
+        assert!(!contains(&o.stdout, v), "the hidden script got a value");
+    }
 }
 
-/// The reader's environment is not on the card: `BASH_ENV` (like `LD_PRELOAD`,
-/// `NODE_OPTIONS`, `PYTHONSTARTUP`) makes an honest-looking `bash -c '. ./.env; ...'` run the
-/// agent's code, and the card is the same as the honest one's.
+/// The reader's environment on the card: `BASH_ENV` (like `LD_PRELOAD`, `NODE_OPTIONS`,
+/// `PYTHONSTARTUP`) makes an honest-looking `bash -c '. ./.env; ...'` run the agent's code.
+/// Held: the card flags `code-loading-environment` and shows the variable and its value.
 #[test]
-#[ignore = "LEAK (card lies): the reader's environment (BASH_ENV, LD_PRELOAD, NODE_OPTIONS...) is neither shown nor flagged"]
-fn a_hostile_environment_is_not_on_the_card() {
+fn a_hostile_environment_is_on_the_card() {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -274,15 +357,24 @@ fn a_hostile_environment_is_not_on_the_card() {
         &[("BASH_ENV", evil.to_str().unwrap())],
     );
     let card = wait_card(&h);
-    let shown = card.to_string() + &h.ok(&["requests"]);
     assert!(
-        !shown.contains("BASH_ENV") && !shown.contains("evil.sh"),
+        card["risk"]
+            .to_string()
+            .contains("code-loading-environment"),
+        "{}",
+        card["risk"]
+    );
+    let shown = h.ok(&["requests"]);
+    assert!(
+        shown.contains("BASH_ENV") && shown.contains("evil.sh"),
         "{shown}"
     );
-    approve_card(&h, &card, &[]);
+    assert!(shown.contains("in the reader's own environment"), "{shown}");
+    assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
     let o = finished(r);
-    let plain = &vals.iter().find(|(k, _)| *k == "PLAIN").unwrap().1;
-    assert!(contains(&o.stderr, plain), "BASH_ENV did not see the value");
+    for (_, v) in &vals {
+        assert!(!contains(&o.stderr, v), "BASH_ENV saw a value");
+    }
 }
 
 /// Issue 21's stale temp-file cleanup at broker start, given names it matches that are not the
@@ -341,11 +433,11 @@ fn cat_behind_a_symlink_named_python3_is_still_flagged_as_a_dump() {
     assert!(finished(r).stdout.is_empty());
 }
 
-/// A copy of `cat` named `python3` (a new inode, its own path) is not flagged `dumps-file`:
-/// the flag reads names only. The card still shows the copy's path and SHA-256.
+/// A copy of `cat` named `python3` (a new inode, its own path). Held: `dumps-file` also goes
+/// by the SHA-256 of the known dumpers installed on the system, and the copy (in a directory
+/// the agent can write) is flagged `workspace-executable`.
 #[test]
-#[ignore = "LEAK (flag evasion): a renamed copy of cat is not flagged dumps-file; the flag matches names, not the pinned SHA-256 of known dumpers"]
-fn a_renamed_copy_of_cat_is_not_flagged_as_a_dump() {
+fn a_renamed_copy_of_cat_is_flagged_as_a_dump() {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -355,11 +447,9 @@ fn a_renamed_copy_of_cat_is_not_flagged_as_a_dump() {
     std::fs::copy(which("cat"), &fake).unwrap();
     let r = p.reader(&[fake.to_str().unwrap(), ".env"], &[]);
     let card = wait_card(&h);
-    assert!(
-        !card["risk"].to_string().contains("dumps-file"),
-        "{}",
-        card["risk"]
-    );
+    let risk = card["risk"].to_string();
+    assert!(risk.contains("dumps-file"), "{risk}");
+    assert!(risk.contains("workspace-executable"), "{risk}");
     assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
     assert!(finished(r).stdout.is_empty());
 }

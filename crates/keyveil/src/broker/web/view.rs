@@ -172,7 +172,7 @@ fn facts(r: &op::RequestCard) -> Vec<(String, String)> {
         out.push((format!("Input ({})", ident(&input.role)), line));
     }
     let pass = names(&r.pass_env);
-    if !pass.is_empty() {
+    if !pass.is_empty() && r.mount.is_none() {
         out.push(("Passes through".to_owned(), pass.join(" ")));
     }
     for n in &r.new_variables {
@@ -180,7 +180,11 @@ fn facts(r: &op::RequestCard) -> Vec<(String, String)> {
     }
     for c in &r.chosen_values {
         out.push((
-            "Value the requester could have chosen (bound)".to_owned(),
+            if c.origin == "reader-env" {
+                "In the reader's environment (bound)".to_owned()
+            } else {
+                "Value the requester could have chosen (bound)".to_owned()
+            },
             crate::card::chosen_value(c),
         ));
     }

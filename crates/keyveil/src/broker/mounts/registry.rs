@@ -1,0 +1,129 @@
+//! The list of mounts (`mounts.json`) and what the broker knows of each now.
+
+use super::*;
+
+/// One mount as `mounts.json` keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Stored {
+    pub(super) path: String,
+    pub(super) environment: String,
+    pub(super) created_at: Timestamp,
+    pub(super) dev: u64,
+    pub(super) ino: u64,
+    /// The FIFO's modification time when the broker made it (ns since the epoch): a write
+    /// into a FIFO moves it, so a change means someone else wrote into the pipe.
+    #[serde(default)]
+    pub(super) mtime_ns: Option<i128>,
+}
+
+/// One mount and what the broker knows of it now.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) stored: Stored,
+    pub(super) state: &'static str,
+    pub(super) reads: u64,
+    pub(super) refused: u64,
+    pub(super) last: Option<String>,
+    /// A read is being served (the FIFO is open for writing).
+    pub(super) busy: bool,
+    /// Holders last refused, by (pid, start time): refused again silently.
+    pub(super) refused_holders: Vec<(u32, u64)>,
+}
+
+/// The mounts of this broker's home, behind their own mutex (never held across an `await`, and
+/// never while the broker's state lock is taken).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    pub(super) file: Option<PathBuf>,
+    pub(super) mounts: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Registry {
+    /// The mounts listed in `file` (a missing or unreadable list is empty; one that cannot be
+    /// parsed is kept aside as `mounts.json.bad`).
+    pub(crate) fn load(file: PathBuf) -> Registry {
+        let stored: Vec<Stored> = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "mounts.json cannot be read; kept aside as mounts.json.bad");
+                let _ = std::fs::rename(&file, file.with_extension("json.bad"));
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let mounts = stored
+            .into_iter()
+            .map(|s| {
+                (
+                    s.path.clone(),
+                    Entry {
+                        stored: s,
+                        state: "locked",
+                        reads: 0,
+                        refused: 0,
+                        last: None,
+                        busy: false,
+                        refused_holders: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        Registry {
+            file: Some(file),
+            mounts: Mutex::new(mounts),
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the list (atomically: a temporary file renamed over it, mode 0600).
+    pub(super) fn save(&self, m: &BTreeMap<String, Entry>) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let list: Vec<&Stored> = m.values().map(|e| &e.stored).collect();
+        let text = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
+        let tmp = file.with_extension("json.tmp");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, file)
+    }
+
+    pub(super) fn note(&self, path: &str, refused: bool, last: String) {
+        let mut m = self.lock();
+        if let Some(e) = m.get_mut(path) {
+            if refused {
+                e.refused += 1;
+            } else {
+                e.reads += 1;
+            }
+            e.last = Some(format!(
+                "{}: {last}",
+                crate::when::human_time(&Timestamp::now().to_string())
+            ));
+        }
+    }
+}
+
+pub(super) fn info(e: &Entry) -> op::MountInfo {
+    op::MountInfo {
+        path: e.stored.path.clone(),
+        environment: e.stored.environment.clone(),
+        created_at: e.stored.created_at,
+        state: e.state.to_owned(),
+        reads: e.reads,
+        refused: e.refused,
+        last: e.last.clone(),
+    }
+}

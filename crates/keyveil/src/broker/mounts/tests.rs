@@ -1,0 +1,125 @@
+//! Unit tests of the mounts module.
+#![allow(clippy::unwrap_used, clippy::panic)]
+use super::*;
+
+/// Opens `path` for writing as the broker does, until a reader holds it (at most 10 s).
+fn writer_when_read(path: &Path, dev: u64, ino: u64) -> OwnedFd {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(Some(fd)) = open_if_read(path.to_str().unwrap(), dev, ino) {
+            return fd;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no reader came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn holder_of(child: &std::process::Child, dev: u64, ino: u64) -> Holder {
+    let pid = child.id();
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(h) = holders(dev, ino).into_iter().find(|h| h.pid == pid) {
+            return h;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the child never held it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn holders_are_found_with_how_they_opened_the_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.env");
+    let (dev, ino) = make_fifo(&p).unwrap();
+    // A reader (`exec 3<`) blocks until a writer opens; one `O_RDWR` (`3<>`) does not.
+    let mut reader = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 3< \"$0\"; read -r _ <&3 || true",
+            p.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    let fd = writer_when_read(&p, dev, ino);
+    let h = holder_of(&reader, dev, ino);
+    assert!(h.read_only);
+    assert_eq!(Some(h.start), start_time(reader.id()));
+    drop(fd);
+    reader.wait().unwrap();
+    let mut rdwr = std::process::Command::new("sh")
+        .args(["-c", "exec 3<> \"$0\"; read -r _ <&3", p.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let h = holder_of(&rdwr, dev, ino);
+    assert!(!h.read_only, "an O_RDWR opener is not a reader");
+    rdwr.kill().unwrap();
+    rdwr.wait().unwrap();
+}
+
+#[test]
+fn a_file_put_in_place_of_the_fifo_is_never_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.env");
+    let (dev, ino) = make_fifo(&p).unwrap();
+    let s = p.to_str().unwrap();
+    assert!(
+        matches!(open_if_read(s, dev, ino), Ok(None)),
+        "no reader yet"
+    );
+    std::fs::remove_file(&p).unwrap();
+    assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Missing)));
+    std::fs::write(&p, "A=1\n").unwrap();
+    assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &p).unwrap();
+    assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+    // Another FIFO renamed to the path is not ours either. (One made after ours was
+    // deleted may reuse its inode number: it is still only a FIFO, whose readers are
+    // identified and approved like any.)
+    let other = dir.path().join("other");
+    make_fifo(&other).unwrap();
+    std::fs::rename(&other, &p).unwrap();
+    assert!(matches!(open_if_read(s, dev, ino), Err(AtPath::Replaced)));
+}
+
+#[test]
+fn a_cmdline_overwritten_in_place_is_told_from_an_honest_one() {
+    let (argv, rewritten) = parse_cmdline(b"node\0-e\0code\0");
+    assert_eq!(argv, ["node", "-e", "code"]);
+    assert!(!rewritten);
+    // An honest empty last argument is one empty word, not padding.
+    let (argv, rewritten) = parse_cmdline(b"sh\0-c\0\0");
+    assert_eq!(argv, ["sh", "-c"]);
+    assert!(!rewritten);
+    // `process.title = 'vite'`: the title, then the rest of the area zeroed.
+    let (argv, rewritten) = parse_cmdline(b"vite\0\0\0\0\0\0");
+    assert_eq!(argv, ["vite"]);
+    assert!(rewritten);
+    // `setproctitle` that overwrote the final NUL.
+    assert!(parse_cmdline(b"vite: dev server").1);
+}
+
+#[test]
+fn the_code_loading_environment_is_the_run_paths_list() {
+    let env = b"LANG=C\0BASH_ENV=/tmp/x\0LD_PRELOAD=/tmp/l.so\0NODE_OPTIONS=-r x\0API_TOKEN=t\0PATH=/bin\0BASH_ENV=/second\0";
+    let got = code_loading_env(env);
+    let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["BASH_ENV", "LD_PRELOAD", "NODE_OPTIONS", "PATH"]);
+    assert_eq!(got[0].1, "/tmp/x", "the first occurrence wins");
+    for (k, _) in &got {
+        assert!(super::super::runner::never_passed(k));
+    }
+}
+
+#[test]
+fn no_fifo_support_is_told_with_a_hint() {
+    use rustix::io::Errno;
+    for e in [Errno::PERM, Errno::OPNOTSUPP, Errno::INVAL, Errno::NOSYS] {
+        assert!(no_fifos(e));
+    }
+    assert!(!no_fifos(Errno::EXIST));
+    assert!(!no_fifos(Errno::ACCESS));
+}
