@@ -263,6 +263,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     }
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
     crate::dynamic::settle(&broker, std::time::Duration::from_secs(5)).await;
+    crate::dynamic::close_logins(&broker, std::time::Duration::from_secs(1)).await;
     // Give killed runs a moment to be reaped and audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let _ = std::fs::remove_file(&sock);
