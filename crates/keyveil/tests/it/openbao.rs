@@ -68,16 +68,11 @@ fn sha_script() -> &'static str {
 
 #[test]
 fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
-    let Some(bao) = BaoDev::start() else { return };
     let audit_dir = tempfile::tempdir().unwrap();
     let audit_log = audit_dir.path().join("bao-audit.log");
-    bao.cli(&[
-        "audit",
-        "enable",
-        "file",
-        &format!("file_path={}", audit_log.display()),
-        "log_raw=true",
-    ]);
+    let Some(bao) = BaoDev::start_with_raw_audit(&audit_log) else {
+        return;
+    };
     let (role_id, secret_id) = approle(&bao);
     let api_key = format!("team-api-key-{}", rand_tag());
     bao.cli(&[
@@ -232,6 +227,7 @@ fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
                 "check": false, "factor": null}),
     );
     assert_eq!(r["kind"], "error", "{r}");
+    assert!(r.to_string().contains("factor"), "{r}");
     let cli = h.run_stdin(
         &[
             "dynamic",
@@ -265,6 +261,7 @@ fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
                 "check": false, "factor": null}),
     );
     assert_eq!(r["kind"], "error", "{r}");
+    assert!(r.to_string().contains("factor"), "{r}");
     assert_eq!(h.json(&["env", "show", "demo", "--json"]), before);
     let audit = h.audit_text();
     assert!(!audit.contains("127.0.0.1:9") && !audit.contains("agent-role"));
