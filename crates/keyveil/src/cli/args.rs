@@ -172,7 +172,7 @@ stop it. Where you can change how a program starts, prefer `keyveil run --env EN
     /// Dynamic variables: a credential minted per grant at its source (PostgreSQL role, Redis
     /// ACL user, OpenBao lease) and destroyed when the grant ends, or OpenBao KV values.
     #[command(subcommand)]
-    Dynamic(dynamic::DynamicCommand),
+    Dynamic(Box<dynamic::DynamicCommand>),
     /// The audit log.
     Audit(AuditArgs),
     /// Find every copy of a stored value outside keyveil (files, agent transcripts, shell

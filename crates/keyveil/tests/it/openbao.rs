@@ -266,3 +266,118 @@ fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
     let audit = h.audit_text();
     assert!(!audit.contains("127.0.0.1:9") && !audit.contains("agent-role"));
 }
+
+/// A compact `EdDSA` JWS of `claims` with `key`.
+fn sign_jwt(key: &rcgen::KeyPair, claims: &Value) -> String {
+    use base64::Engine;
+    use rcgen::SigningKey;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b64.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+        b64.encode(claims.to_string())
+    );
+    let sig = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64.encode(sig))
+}
+
+/// CI: the job's JWT is named on the command line (`--admin-env`), never given in argv; the
+/// broker logs in with it, the run gets the value, and the JWT is in no plain file or output.
+#[test]
+fn a_ci_job_logs_in_with_its_jwt_from_an_environment_variable() {
+    let Some(bao) = BaoDev::start() else { return };
+    bao.cli_stdin(
+        &["policy", "write", "team-app", "-"],
+        "path \"secret/data/team/app\" { capabilities = [\"read\"] }\n",
+    );
+    let api_key = format!("ci-api-key-{}", rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_KEY={api_key}"),
+    ]);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    bao.cli(&["auth", "enable", "jwt"]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys={}", key.public_key_pem()),
+        "jwt_supported_algs=EdDSA",
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/ci",
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=keyveil",
+        "token_policies=team-app",
+        "token_ttl=10m",
+    ]);
+    let now = jiff::Timestamp::now().as_second();
+    let jwt = sign_jwt(
+        &key,
+        &json!({"sub": "repo:team/app:ref:main", "aud": "keyveil", "iat": now, "exp": now + 600}),
+    );
+    let h = Home::new();
+    let args = [
+        "dynamic",
+        "add",
+        "demo",
+        "--engine",
+        "openbao-kv",
+        "--address",
+        &bao.address,
+        "--kv-path",
+        "team/app",
+        "--auth",
+        "jwt",
+        "--auth-role",
+        "ci",
+        "--admin-env",
+        "CI_JOB_JWT",
+    ];
+    let missing = h.run(&args);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing.stderr).contains("CI_JOB_JWT"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let mut c = h.cmd(&args);
+    c.env("CI_JOB_JWT", &jwt);
+    let add = wait_output(
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(60),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_KEY",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        sha_script(),
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(
+        text(&o.stdout).contains(&format!("sha={}", sha256_hex(&api_key))),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(!contains(&h.all_plain_files(), &jwt));
+    for out in [&missing, &add, &o] {
+        assert!(!contains(&out.stdout, &jwt) && !contains(&out.stderr, &jwt));
+    }
+}
