@@ -430,6 +430,32 @@ pub(crate) enum EnvCommand {
         #[command(flatten)]
         factor: FactorArgs,
     },
+    /// Back an environment by an OpenBao KV v2 secret: each field becomes a variable whose
+    /// value is fetched from OpenBao when a granted run starts (a value changed there is what
+    /// the next run gets). The same as `keyveil dynamic add ENV --engine openbao-kv`.
+    ///
+    /// Example:
+    ///   keyveil env link dev --openbao https://bao.corp:8200 --ca-file ca.pem \
+    ///       --namespace team --auth approle --role-id ROLE_ID --kv-path team/app
+    #[command(verbatim_doc_comment)]
+    Link {
+        /// Environment.
+        name: String,
+        /// OpenBao address: https://HOST:PORT, or http:// on loopback only.
+        #[arg(long)]
+        openbao: String,
+        /// KV v2 path under the mount.
+        #[arg(long)]
+        kv_path: String,
+        /// KV v2 mount (default: secret).
+        #[arg(long)]
+        mount: Option<String>,
+        /// Read the login secret (token, AppRole secret id, JWT) from the first line of stdin.
+        #[arg(long)]
+        admin_stdin: bool,
+        #[command(flatten)]
+        bao: super::dynamic::BaoArgs,
+    },
     /// Remove an environment and its variables (with stored values: needs your factor).
     Rm {
         /// Name.

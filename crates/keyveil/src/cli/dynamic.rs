@@ -13,7 +13,7 @@ use keyveil_proto::DynamicAddRequest;
 
 /// `keyveil dynamic` subcommands.
 #[derive(Debug, Subcommand)]
-pub(super) enum DynamicCommand {
+pub(crate) enum DynamicCommand {
     /// Declare a dynamic variable. The admin credential (admin URL, or OpenBao token) is read
     /// from a hidden /dev/tty prompt or, with --admin-stdin, from the first line of stdin:
     /// never from argv.
@@ -52,36 +52,9 @@ pub(super) enum DynamicCommand {
         /// OpenBao address: https://HOST:PORT (any host), or http:// on loopback only.
         #[arg(long)]
         address: Option<String>,
-        /// OpenBao namespace (sent as X-Vault-Namespace).
-        #[arg(long)]
-        namespace: Option<String>,
-        /// PEM file of the CA that signed the OpenBao nodes' certificates (default: the system
-        /// roots). Its content is stored sealed with the variable, not its path.
-        #[arg(long)]
-        ca_file: Option<std::path::PathBuf>,
-        /// PEM client certificate for OpenBao's TLS listener (read at each connection).
-        #[arg(long, requires = "client_key")]
-        client_cert: Option<std::path::PathBuf>,
-        /// PEM private key of --client-cert.
-        #[arg(long, requires = "client_cert")]
-        client_key: Option<std::path::PathBuf>,
-        /// How keyveil logs in to OpenBao: token | approle | jwt. The secret (token, AppRole
-        /// secret id, JWT) is read like the admin URL: /dev/tty, --admin-stdin or --admin-env.
-        #[arg(long, default_value = "token")]
-        auth: String,
-        /// Mount of the auth method (default: approle or jwt).
-        #[arg(long)]
-        auth_mount: Option<String>,
-        /// AppRole role id (not a secret by itself; the secret id is read like a token).
-        #[arg(long)]
-        role_id: Option<String>,
-        /// Role of OpenBao's JWT auth method.
-        #[arg(long)]
-        auth_role: Option<String>,
-        /// Read the admin secret (token, secret id, JWT) from this environment variable of the
-        /// CLI (a CI job's OIDC token): its name on the command line, never its value.
-        #[arg(long, conflicts_with = "admin_stdin")]
-        admin_env: Option<String>,
+        /// How to reach and log in to OpenBao.
+        #[command(flatten)]
+        bao: BaoArgs,
         /// OpenBao mount (default: database, or secret for KV).
         #[arg(long)]
         mount: Option<String>,
@@ -111,8 +84,43 @@ pub(super) enum DynamicCommand {
     },
 }
 
+/// How to reach an OpenBao node and log in to it (shared by `dynamic add` and `env link`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BaoArgs {
+    /// OpenBao namespace (sent as X-Vault-Namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// PEM file of the CA that signed the OpenBao nodes' certificates (default: the system
+    /// roots). Its content is stored sealed with the variable, not its path.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for OpenBao's TLS listener (read at each connection).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+    /// How keyveil logs in to OpenBao: token | approle | jwt. The secret (token, AppRole
+    /// secret id, JWT) is read like the admin URL: /dev/tty, --admin-stdin or --admin-env.
+    #[arg(long, default_value = "token")]
+    auth: String,
+    /// Mount of the auth method (default: approle or jwt).
+    #[arg(long)]
+    auth_mount: Option<String>,
+    /// AppRole role id (not a secret by itself; the secret id is read like a token).
+    #[arg(long)]
+    role_id: Option<String>,
+    /// Role of OpenBao's JWT auth method.
+    #[arg(long)]
+    auth_role: Option<String>,
+    /// Read the admin secret (token, secret id, JWT) from this environment variable of the
+    /// CLI (a CI job's OIDC token): its name on the command line, never its value.
+    #[arg(long)]
+    admin_env: Option<String>,
+}
+
 /// Runs a `dynamic` subcommand.
-pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
+pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
     match cmd {
         DynamicCommand::Add {
             env,
@@ -123,15 +131,18 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
             template_file,
             output,
             address,
-            namespace,
-            ca_file,
-            client_cert,
-            client_key,
-            auth,
-            auth_mount,
-            role_id,
-            auth_role,
-            admin_env,
+            bao:
+                BaoArgs {
+                    namespace,
+                    ca_file,
+                    client_cert,
+                    client_key,
+                    auth,
+                    auth_mount,
+                    role_id,
+                    auth_role,
+                    admin_env,
+                },
             mount,
             role,
             kv_path,
@@ -155,6 +166,13 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     _ => "OpenBao token",
                 }
             };
+            if admin_env.is_some() && admin_stdin {
+                return Err(Exit {
+                    code: 2,
+                    message: "give the secret with --admin-stdin or --admin-env, not both".into(),
+                }
+                .into());
+            }
             let admin = match &admin_env {
                 Some(var) => match std::env::var(var) {
                     Ok(v) => {

@@ -83,14 +83,13 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
     ]);
 
     let h = Home::new();
+    // `env link`: the environment's names come from OpenBao.
     let add = h.run_stdin(
         &[
-            "dynamic",
-            "add",
+            "env",
+            "link",
             "demo",
-            "--engine",
-            "openbao-kv",
-            "--address",
+            "--openbao",
             &bao.address,
             "--kv-path",
             "team/app",
@@ -103,6 +102,8 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
         &format!("{secret_id}\n"),
     );
     assert!(add.status.success(), "{}", text(&add.stderr));
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(show["variables"][0]["name"], "API_KEY", "{show}");
     let child = h.spawn_run(&[
         "run",
         "--env",
