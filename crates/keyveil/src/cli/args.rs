@@ -454,7 +454,7 @@ pub(crate) enum EnvCommand {
         #[arg(long)]
         admin_stdin: bool,
         #[command(flatten)]
-        bao: super::dynamic::BaoArgs,
+        bao: Box<super::dynamic::BaoArgs>,
     },
     /// Remove an environment and its variables (with stored values: needs your factor).
     Rm {

@@ -26,7 +26,7 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                     template_file: None,
                     output: String::new(),
                     address: Some(openbao),
-                    bao,
+                    bao: *bao,
                     mount,
                     role: None,
                     kv_path: Some(kv_path),
