@@ -2,7 +2,7 @@
 //! token lives in the broker's memory only (nowhere under KEYVEIL_HOME, in no output, in no
 //! argv) and is revoked at `lock`; the agent cannot change an environment's OpenBao address or
 //! login without the human's factor (raw socket and CLI). TLS, namespaces and JWT logins are
-//! tested against `bao server` in `crates/keyveil/src/dynamic/bao_conn.rs`.
+//! tested against `bao server` in `crates/keyveil/src/dynamic/bao_conn/tests.rs`.
 #![allow(clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
