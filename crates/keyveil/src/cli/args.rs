@@ -172,7 +172,7 @@ stop it. Where you can change how a program starts, prefer `keyveil run --env EN
     /// Dynamic variables: a credential minted per grant at its source (PostgreSQL role, Redis
     /// ACL user, OpenBao lease) and destroyed when the grant ends, or OpenBao KV values.
     #[command(subcommand)]
-    Dynamic(dynamic::DynamicCommand),
+    Dynamic(Box<dynamic::DynamicCommand>),
     /// The audit log.
     Audit(AuditArgs),
     /// Find every copy of a stored value outside keyveil (files, agent transcripts, shell
@@ -429,6 +429,32 @@ pub(crate) enum EnvCommand {
         reveal_names: bool,
         #[command(flatten)]
         factor: FactorArgs,
+    },
+    /// Back an environment by an OpenBao KV v2 secret: each field becomes a variable whose
+    /// value is fetched from OpenBao when a granted run starts (a value changed there is what
+    /// the next run gets). The same as `keyveil dynamic add ENV --engine openbao-kv`.
+    ///
+    /// Example:
+    ///   keyveil env link dev --openbao https://bao.corp:8200 --ca-file ca.pem \
+    ///       --namespace team --auth approle --role-id ROLE_ID --kv-path team/app
+    #[command(verbatim_doc_comment)]
+    Link {
+        /// Environment.
+        name: String,
+        /// OpenBao address: https://HOST:PORT, or http:// on loopback only.
+        #[arg(long)]
+        openbao: String,
+        /// KV v2 path under the mount.
+        #[arg(long)]
+        kv_path: String,
+        /// KV v2 mount (default: secret).
+        #[arg(long)]
+        mount: Option<String>,
+        /// Read the login secret (token, AppRole secret id, JWT) from the first line of stdin.
+        #[arg(long)]
+        admin_stdin: bool,
+        #[command(flatten)]
+        bao: Box<super::dynamic::BaoArgs>,
     },
     /// Remove an environment and its variables (with stored values: needs your factor).
     Rm {

@@ -13,7 +13,7 @@ use keyveil_proto::DynamicAddRequest;
 
 /// `keyveil dynamic` subcommands.
 #[derive(Debug, Subcommand)]
-pub(super) enum DynamicCommand {
+pub(crate) enum DynamicCommand {
     /// Declare a dynamic variable. The admin credential (admin URL, or OpenBao token) is read
     /// from a hidden /dev/tty prompt or, with --admin-stdin, from the first line of stdin:
     /// never from argv.
@@ -23,6 +23,11 @@ pub(super) enum DynamicCommand {
     ///       --template 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO {{role}}'
     ///   keyveil dynamic add dev REDIS_URL --engine redis --template '~app:* +get +set'
     ///   keyveil dynamic add dev --engine openbao-kv --address http://127.0.0.1:8200 --kv-path app
+    ///   keyveil dynamic add dev --engine openbao-kv --address https://bao.corp:8200 \
+    ///       --ca-file corp-ca.pem --namespace team --auth approle --role-id ROLE_ID \
+    ///       --kv-path team/app            # the secret id is asked at /dev/tty
+    ///   keyveil dynamic add ci --engine openbao-kv --address https://bao.corp:8200 \
+    ///       --auth jwt --auth-role ci --admin-env CI_JOB_JWT --kv-path team/app
     #[command(verbatim_doc_comment)]
     Add {
         /// Environment.
@@ -44,9 +49,12 @@ pub(super) enum DynamicCommand {
         /// What is injected: password (plus VAR_USER) | url | pg-env (url plus PG* variables).
         #[arg(long, default_value = "")]
         output: String,
-        /// OpenBao address (loopback HTTP, e.g. http://127.0.0.1:8200).
+        /// OpenBao address: https://HOST:PORT (any host), or http:// on loopback only.
         #[arg(long)]
         address: Option<String>,
+        /// How to reach and log in to OpenBao.
+        #[command(flatten)]
+        bao: BaoArgs,
         /// OpenBao mount (default: database, or secret for KV).
         #[arg(long)]
         mount: Option<String>,
@@ -76,8 +84,43 @@ pub(super) enum DynamicCommand {
     },
 }
 
+/// How to reach an OpenBao node and log in to it (shared by `dynamic add` and `env link`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BaoArgs {
+    /// OpenBao namespace (sent as X-Vault-Namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// PEM file of the CA that signed the OpenBao nodes' certificates (default: the system
+    /// roots). Its content is stored sealed with the variable, not its path.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for OpenBao's TLS listener (read at each connection).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+    /// How keyveil logs in to OpenBao: token | approle | jwt. The secret (token, AppRole
+    /// secret id, JWT) is read like the admin URL: /dev/tty, --admin-stdin or --admin-env.
+    #[arg(long, default_value = "token")]
+    auth: String,
+    /// Mount of the auth method (default: approle or jwt).
+    #[arg(long)]
+    auth_mount: Option<String>,
+    /// AppRole role id (not a secret by itself; the secret id is read like a token).
+    #[arg(long)]
+    role_id: Option<String>,
+    /// Role of OpenBao's JWT auth method.
+    #[arg(long)]
+    auth_role: Option<String>,
+    /// Read the admin secret (token, secret id, JWT) from this environment variable of the
+    /// CLI (a CI job's OIDC token): its name on the command line, never its value.
+    #[arg(long)]
+    admin_env: Option<String>,
+}
+
 /// Runs a `dynamic` subcommand.
-pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
+pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
     match cmd {
         DynamicCommand::Add {
             env,
@@ -88,6 +131,18 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
             template_file,
             output,
             address,
+            bao:
+                BaoArgs {
+                    namespace,
+                    ca_file,
+                    client_cert,
+                    client_key,
+                    auth,
+                    auth_mount,
+                    role_id,
+                    auth_role,
+                    admin_env,
+                },
             mount,
             role,
             kv_path,
@@ -102,18 +157,64 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     .with_context(|| format!("cannot read {}", p.display()))?,
                 None => template,
             };
-            let what = if engine.starts_with("openbao") {
-                "OpenBao token"
-            } else {
+            let what = if !engine.starts_with("openbao") {
                 "admin URL"
+            } else {
+                match auth.as_str() {
+                    "approle" => "AppRole secret id",
+                    "jwt" | "oidc" => "JWT",
+                    _ => "OpenBao token",
+                }
             };
-            let admin = read_secret_line(
-                admin_stdin,
-                &format!(
-                    "{what} for {env}/{} (hidden): ",
-                    var.as_deref().unwrap_or("*")
+            if admin_env.is_some() && admin_stdin {
+                return Err(Exit {
+                    code: 2,
+                    message: "give the secret with --admin-stdin or --admin-env, not both".into(),
+                }
+                .into());
+            }
+            let admin = match &admin_env {
+                Some(var) => match std::env::var(var) {
+                    Ok(v) => {
+                        crate::harden::harden_cli();
+                        keyveil_proto::Passphrase::new(v.trim().to_owned())
+                    }
+                    Err(_) => {
+                        return Err(Exit {
+                            code: 2,
+                            message: format!(
+                                "the environment variable {var} is not set (or not UTF-8)\nhint: in CI, expose the job's OIDC token under that name, or use --admin-stdin"
+                            ),
+                        }
+                        .into());
+                    }
+                },
+                None => read_secret_line(
+                    admin_stdin,
+                    &format!(
+                        "{what} for {env}/{} (hidden): ",
+                        var.as_deref().unwrap_or("*")
+                    ),
+                )?,
+            };
+            let ca_pem = match &ca_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read the CA file {}", p.display()))?,
                 ),
-            )?;
+                None => None,
+            };
+            let abs = |p: Option<std::path::PathBuf>| -> Result<Option<String>> {
+                p.map(|p| {
+                    std::fs::canonicalize(&p)
+                        .with_context(|| format!("cannot find {}", p.display()))
+                        .map(|p| p.display().to_string())
+                })
+                .transpose()
+            };
+            let client_cert = abs(client_cert)?;
+            let client_key = abs(client_key)?;
+            let auth = (auth != "token").then_some(auth);
             if admin.expose().is_empty() {
                 return Err(Exit {
                     code: 2,
@@ -130,6 +231,14 @@ pub(super) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                 ("key", kv_key),
                 ("connect_url", connect_url),
                 ("prefix", prefix),
+                ("namespace", namespace),
+                ("ca_pem", ca_pem),
+                ("client_cert", client_cert),
+                ("client_key", client_key),
+                ("auth", auth),
+                ("auth_mount", auth_mount),
+                ("role_id", role_id),
+                ("auth_role", auth_role),
             ] {
                 if let Some(v) = v {
                     options.insert(k.to_owned(), v);

@@ -1,4 +1,5 @@
-//! `keyveil env`: list, show (and reveal hidden names with the factor), create, remove.
+//! `keyveil env`: list, show (and reveal hidden names with the factor), create, remove, and link
+//! to an OpenBao KV v2 path.
 #![allow(clippy::indexing_slicing)]
 
 use super::*;
@@ -6,6 +7,38 @@ use keyveil_proto::op;
 
 pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
     match e {
+        EnvCommand::Link {
+            name,
+            openbao,
+            kv_path,
+            mount,
+            admin_stdin,
+            bao,
+        } => {
+            return super::dynamic::run(
+                paths,
+                super::dynamic::DynamicCommand::Add {
+                    env: name,
+                    var: None,
+                    engine: "openbao-kv".into(),
+                    admin_stdin,
+                    template: String::new(),
+                    template_file: None,
+                    output: String::new(),
+                    address: Some(openbao),
+                    bao: *bao,
+                    mount,
+                    role: None,
+                    kv_path: Some(kv_path),
+                    kv_key: None,
+                    connect_url: None,
+                    prefix: None,
+                    description: None,
+                    no_check: false,
+                },
+            )
+            .await;
+        }
         EnvCommand::Create { name, description } => {
             call(
                 paths,

@@ -633,7 +633,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Audit(a) => audit(paths, a).await,
-        Command::Dynamic(d) => dynamic::run(paths, d).await,
+        Command::Dynamic(d) => dynamic::run(paths, *d).await,
         Command::Sweep(a) => sweep::run(paths, a).await,
         Command::Start(a) => background::start(paths, a).await,
         Command::Logs(a) => background::logs(paths, a).await,

@@ -51,13 +51,19 @@ async fn pg_round(s: &DynamicSpec, n: usize, name: &str) {
             .checked_add(SignedDuration::from_secs(600))
             .unwrap();
         let t0 = Instant::now();
-        let m = mint(s, "DATABASE_URL", &format!("g-{i:012x}"), exp)
-            .await
-            .unwrap();
+        let m = mint(
+            s,
+            &Default::default(),
+            "DATABASE_URL",
+            &format!("g-{i:012x}"),
+            exp,
+        )
+        .await
+        .unwrap();
         pg_login(m.value.expose()).await;
         usable.push(t0.elapsed());
         let t1 = Instant::now();
-        revoke(s, &m.handle).await.unwrap();
+        revoke(s, &Default::default(), &m.handle).await.unwrap();
         assert!(!pg_role_exists(&m.handle.user).await);
         gone.push(t1.elapsed());
     }
@@ -108,9 +114,15 @@ async fn bench_dynamic_engines() {
     let mut gone = Vec::new();
     for i in 0..n {
         let t0 = Instant::now();
-        let m = mint(&r, "REDIS_URL", &format!("g-{i:012x}"), Timestamp::now())
-            .await
-            .unwrap();
+        let m = mint(
+            &r,
+            &Default::default(),
+            "REDIS_URL",
+            &format!("g-{i:012x}"),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
         let mut c = redis::Client::open(m.value.expose())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -119,7 +131,7 @@ async fn bench_dynamic_engines() {
         let _: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
         usable.push(t0.elapsed());
         let t1 = Instant::now();
-        revoke(&r, &m.handle).await.unwrap();
+        revoke(&r, &Default::default(), &m.handle).await.unwrap();
         gone.push(t1.elapsed());
     }
     stats("redis ACL user", "mint → usable (AUTH + PING)", usable);

@@ -57,6 +57,8 @@ pub(crate) struct Registry {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// Revocations still running in the background (waited for by [`settle`]).
     inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Tokens from OpenBao logins (memory only; revoked by [`close_logins`]).
+    pub(crate) logins: Arc<super::Logins>,
 }
 
 impl Registry {
@@ -124,7 +126,7 @@ fn op_err(variable: &str, e: &DynamicError) -> OpError {
         ErrorCode::Failed,
         format!("cannot get a credential for {variable}: {e}"),
     )
-    .hint(hint)
+    .hint(e.hint().unwrap_or(hint))
 }
 
 /// What [`values_for_grant`] hands to a spawn.
@@ -150,7 +152,7 @@ pub(crate) async fn values_for_grant(
     vars: &[String],
 ) -> OpResult<DynamicValues> {
     // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
-    let (wanted, expires_at, gate) = {
+    let (wanted, expires_at, gate, logins) = {
         let inner = broker.lock();
         let vault = inner.vault()?;
         let Some(env) = vault.data().environments.get(environment) else {
@@ -173,7 +175,12 @@ pub(crate) async fn values_for_grant(
             .get(grant_id)
             .map(|g| g.expires_at)
             .unwrap_or_else(Timestamp::now);
-        (wanted, expires_at, inner.dynamic.gate.clone())
+        (
+            wanted,
+            expires_at,
+            inner.dynamic.gate.clone(),
+            inner.dynamic.logins.clone(),
+        )
     };
     let _shared = gate.read().await;
     let mut out = DynamicValues::default();
@@ -189,7 +196,7 @@ pub(crate) async fn values_for_grant(
             }
         };
         if spec.engine == EngineKind::OpenbaoKv {
-            match fetch_kv(&spec, &name, &mut kv_cache).await {
+            match fetch_kv(&spec, &logins, &name, &mut kv_cache).await {
                 Ok(v) => out.values.push((name, v)),
                 Err(e) => {
                     audit_failure(broker, grant_id, environment, &name, &spec, &e);
@@ -215,7 +222,7 @@ pub(crate) async fn values_for_grant(
                     break;
                 }
                 let t0 = Instant::now();
-                match super::mint(&spec, &name, grant_id, expires_at).await {
+                match super::mint(&spec, &logins, &name, grant_id, expires_at).await {
                     Ok(m) => {
                         broker.lock().audit(
                             "dynamic_mint",
@@ -271,7 +278,7 @@ pub(crate) async fn values_for_grant(
         } else {
             let outbox = inner.dynamic.outbox.clone();
             let inflight = inner.dynamic.inflight.clone();
-            spawn_revocations(grant_id.to_owned(), fresh, outbox, inflight);
+            spawn_revocations(grant_id.to_owned(), fresh, outbox, inflight, logins);
             return Err(OpError::new(
                 ErrorCode::Denied,
                 format!("grant {grant_id} ended while its credentials were being made"),
@@ -284,8 +291,10 @@ pub(crate) async fn values_for_grant(
     }
 }
 
+#[cfg_attr(not(feature = "openbao"), allow(unused_variables))]
 async fn fetch_kv(
     spec: &DynamicSpec,
+    logins: &super::Logins,
     variable: &str,
     cache: &mut BTreeMap<String, BTreeMap<String, SecretValue>>,
 ) -> Result<SecretValue, DynamicError> {
@@ -294,7 +303,7 @@ async fn fetch_kv(
     if !cache.contains_key(&cache_key) {
         #[cfg(feature = "openbao")]
         {
-            let fetched = super::openbao::read_kv(spec).await?;
+            let fetched = super::openbao::read_kv(spec, logins).await?;
             cache.insert(cache_key.clone(), fetched);
         }
         #[cfg(not(feature = "openbao"))]
@@ -357,7 +366,8 @@ pub(crate) fn end_grant(inner: &mut Inner, grant_id: &str) {
     );
     let outbox = inner.dynamic.outbox.clone();
     let inflight = inner.dynamic.inflight.clone();
-    spawn_revocations(grant_id.to_owned(), g.creds, outbox, inflight);
+    let logins = inner.dynamic.logins.clone();
+    spawn_revocations(grant_id.to_owned(), g.creds, outbox, inflight, logins);
 }
 
 fn spawn_revocations(
@@ -365,6 +375,7 @@ fn spawn_revocations(
     creds: Vec<Held>,
     outbox: Outbox,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
+    logins: Arc<super::Logins>,
 ) {
     use std::sync::atomic::Ordering;
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -380,7 +391,7 @@ fn spawn_revocations(
             let t0 = Instant::now();
             let mut last = None;
             for attempt in 0..REVOKE_ATTEMPTS {
-                match super::revoke(&h.spec, &h.minted.handle).await {
+                match super::revoke(&h.spec, &logins, &h.minted.handle).await {
                     Ok(()) => {
                         last = None;
                         break;
@@ -420,6 +431,10 @@ pub(crate) fn sweep(inner: &mut Inner) {
     for (event, fields) in done {
         inner.audit(event, fields);
     }
+    #[cfg(feature = "openbao")]
+    if inner.vault().is_ok() {
+        inner.dynamic.logins.renew_due();
+    }
     if inner.dynamic.held.is_empty() {
         return;
     }
@@ -450,6 +465,8 @@ pub(crate) fn sweep(inner: &mut Inner) {
 pub(crate) fn on_unlock(broker: &Arc<Broker>) {
     let (specs, keep, outbox, gate) = {
         let inner = broker.lock();
+        #[cfg(feature = "openbao")]
+        inner.dynamic.logins.reopen();
         let Ok(vault) = inner.vault() else { return };
         let mut seen = std::collections::BTreeSet::new();
         let specs: Vec<(String, DynamicSpec)> = vault
@@ -508,4 +525,32 @@ pub(crate) async fn settle(broker: &Broker, limit: std::time::Duration) {
     }
     // Their results into the audit log while it is still open.
     sweep(&mut broker.lock());
+}
+
+/// At lock and at broker stop: waits (at most `limit`) for the revocations in flight (they may
+/// need a login's token), then revokes every OpenBao token the broker got by logging in and
+/// refuses new logins until the next unlock. Returns how many tokens were revoked and how many
+/// could not be (those end at their TTL); the accessors go to the log, never the tokens.
+pub(crate) async fn close_logins(broker: &Broker, limit: std::time::Duration) -> (usize, usize) {
+    let (inflight, logins) = {
+        let inner = broker.lock();
+        (inner.dynamic.inflight.clone(), inner.dynamic.logins.clone())
+    };
+    let t0 = Instant::now();
+    while inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < limit {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    #[cfg(feature = "openbao")]
+    {
+        let (revoked, failed) = logins.close().await;
+        if !revoked.is_empty() || failed > 0 {
+            tracing::info!(?revoked, failed, "OpenBao login tokens revoked");
+        }
+        (revoked.len(), failed)
+    }
+    #[cfg(not(feature = "openbao"))]
+    {
+        let _ = logins;
+        (0, 0)
+    }
 }

@@ -22,6 +22,8 @@
 //! [`DynamicError`]: errors name the server as `user@host:port/db` only, and every reason text
 //! from a server or driver is scrubbed of the secrets in play before it is kept.
 
+#[cfg(feature = "openbao")]
+pub(crate) mod bao_conn;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
 pub(crate) mod openbao;
@@ -36,7 +38,9 @@ use jiff::Timestamp;
 use keyveil_vault::{DynamicSource, SecretValue};
 use serde::Serialize;
 
-pub(crate) use grants::{Registry, end_grant, on_unlock, settle, sweep, values_for_grant};
+pub(crate) use grants::{
+    Registry, close_logins, end_grant, on_unlock, settle, sweep, values_for_grant,
+};
 
 /// How long one engine operation (connect + statements) may take before it fails (10 s).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,9 +228,12 @@ impl DynamicSpec {
         if matches!(
             self.engine,
             EngineKind::OpenbaoDatabase | EngineKind::OpenbaoKv
-        ) && self.opt("address").is_none()
-        {
-            return cfg("OpenBao needs --address (e.g. http://127.0.0.1:8200)".into());
+        ) {
+            if self.opt("address").is_none() {
+                return cfg("OpenBao needs --address (e.g. https://bao.example.com:8200)".into());
+            }
+            #[cfg(feature = "openbao")]
+            bao_conn::check_options(self)?;
         }
         if let Some(c) = self.opt("connect_url") {
             let t = target::Target::parse(c, &["postgresql", "postgres", "redis"], 5432)?;
@@ -373,6 +380,21 @@ pub(crate) enum DynamicError {
         /// `user@host:port/db` (no password).
         target: String,
     },
+    /// An OpenBao node refused or could not be reached: which node, what was attempted (with
+    /// the path and namespace), its reason (scrubbed) and what to do.
+    #[error("{engine} at {node} {what}: {reason}")]
+    Bao {
+        /// Engine name.
+        engine: &'static str,
+        /// The node's address.
+        node: String,
+        /// What happened, with the path and namespace (`refused to read ... (secret/data/x)`).
+        what: String,
+        /// OpenBao's or the TLS stack's reason, scrubbed of secrets.
+        reason: String,
+        /// What to do next.
+        hint: String,
+    },
     /// The OS random source failed.
     #[error("the OS random source failed")]
     Random,
@@ -381,6 +403,24 @@ pub(crate) enum DynamicError {
     #[error("this keyveil was built without the {0} engine (cargo feature `openbao`)")]
     Unsupported(&'static str),
 }
+
+impl DynamicError {
+    /// What to do next, when the error knows better than its caller's generic hint.
+    pub(crate) fn hint(&self) -> Option<&str> {
+        match self {
+            DynamicError::Bao { hint, .. } => Some(hint),
+            _ => None,
+        }
+    }
+}
+
+/// The broker's OpenBao logins (an empty stand-in without the `openbao` feature).
+#[cfg(feature = "openbao")]
+pub(crate) use bao_conn::Logins;
+/// The broker's OpenBao logins (an empty stand-in without the `openbao` feature).
+#[cfg(not(feature = "openbao"))]
+#[derive(Debug, Default)]
+pub(crate) struct Logins;
 
 /// Removes every secret (at least 4 bytes long) from a reason text.
 pub(crate) fn scrub(reason: impl Into<String>, secrets: &[&str]) -> String {
@@ -446,8 +486,10 @@ pub(crate) fn user_name(prefix: &str, grant_id: &str) -> Result<String, DynamicE
 /// Mints a credential for `variable` under grant `grant_id`, valid until `expires_at`.
 ///
 /// Errors: [`DynamicError`] (never with a secret inside).
+#[cfg_attr(not(feature = "openbao"), allow(unused_variables))]
 pub(crate) async fn mint(
     spec: &DynamicSpec,
+    logins: &Logins,
     variable: &str,
     grant_id: &str,
     expires_at: Timestamp,
@@ -456,7 +498,7 @@ pub(crate) async fn mint(
         EngineKind::Postgres => postgres::mint(spec, variable, grant_id, expires_at).await,
         EngineKind::Redis => redis::mint(spec, variable, grant_id, expires_at).await,
         #[cfg(feature = "openbao")]
-        EngineKind::OpenbaoDatabase => openbao::mint(spec, variable, expires_at).await,
+        EngineKind::OpenbaoDatabase => openbao::mint(spec, logins, variable, expires_at).await,
         #[cfg(not(feature = "openbao"))]
         EngineKind::OpenbaoDatabase => Err(DynamicError::Unsupported("openbao-database")),
         EngineKind::OpenbaoKv => Err(DynamicError::Config(
@@ -467,15 +509,17 @@ pub(crate) async fn mint(
 
 /// Destroys a minted credential at its source: ends its sessions, deletes the role or user, or
 /// revokes the lease. Succeeds if it is already gone.
+#[cfg_attr(not(feature = "openbao"), allow(unused_variables))]
 pub(crate) async fn revoke(
     spec: &DynamicSpec,
+    logins: &Logins,
     handle: &CredentialHandle,
 ) -> Result<(), DynamicError> {
     match handle.engine {
         EngineKind::Postgres => postgres::revoke(spec, &handle.user).await,
         EngineKind::Redis => redis::revoke(spec, &handle.user).await,
         #[cfg(feature = "openbao")]
-        EngineKind::OpenbaoDatabase => openbao::revoke(spec, &handle.lease_id).await,
+        EngineKind::OpenbaoDatabase => openbao::revoke(spec, logins, &handle.lease_id).await,
         #[cfg(not(feature = "openbao"))]
         EngineKind::OpenbaoDatabase => Err(DynamicError::Unsupported("openbao-database")),
         EngineKind::OpenbaoKv => Ok(()),
@@ -494,14 +538,15 @@ pub(crate) async fn reap(spec: &DynamicSpec, keep: &[String]) -> Result<u32, Dyn
 }
 
 /// Checks that the admin credential works (connects and can manage users), without minting.
-pub(crate) async fn check_admin(spec: &DynamicSpec) -> Result<(), DynamicError> {
+#[cfg_attr(not(feature = "openbao"), allow(unused_variables))]
+pub(crate) async fn check_admin(spec: &DynamicSpec, logins: &Logins) -> Result<(), DynamicError> {
     match spec.engine {
         EngineKind::Postgres => postgres::check_admin(spec).await,
         EngineKind::Redis => redis::check_admin(spec).await,
         #[cfg(feature = "openbao")]
-        EngineKind::OpenbaoDatabase => openbao::check_role(spec).await,
+        EngineKind::OpenbaoDatabase => openbao::check_role(spec, logins).await,
         #[cfg(feature = "openbao")]
-        EngineKind::OpenbaoKv => openbao::read_kv(spec).await.map(|_| ()),
+        EngineKind::OpenbaoKv => openbao::read_kv(spec, logins).await.map(|_| ()),
         #[cfg(not(feature = "openbao"))]
         _ => Err(DynamicError::Unsupported("openbao")),
     }

@@ -9,29 +9,25 @@
 //! `GET /v1/<mount>/roles/<role>` (check). The token travels in `X-Vault-Token`, marked
 //! sensitive.
 //!
-//! The client is a minimal HTTP/1.1 client over `hyper` (already in keyveil's tree for the web
-//! approval page): plain HTTP to a **loopback** address only. A team reaches its HA cluster
-//! through `bao proxy` on the developer's machine, which speaks TLS to the cluster; keyveil
-//! refuses to send a token in clear over a network (`docs/dynamic-credentials.md`).
+//! The connection (HTTP/1.1 over `hyper`, `https` through `rustls` to any host, plain HTTP to
+//! loopback only, namespaces) and the logins (token, AppRole, JWT) are in [`super::bao_conn`];
+//! errors name the node, the path and the namespace, and say what to do
+//! (`docs/dynamic-credentials.md`).
 
 // `serde_json::Value` indexing by key returns `Null` for a missing key: it never panics.
 #![allow(clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1;
-use hyper::header::HeaderValue;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use jiff::{SignedDuration, Timestamp};
 use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
+use super::bao_conn::{AuthKind, Conn, Logins, bao_error, ns_note};
 use super::target::Target;
 use super::{
-    CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, Shaped, scrub, shape, timed,
+    CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, Shaped, scrub, shape,
 };
 
 /// Checks a mount, role or path: `[A-Za-z0-9_.-]` segments separated by `/`, no `..`.
@@ -55,34 +51,23 @@ pub(crate) fn check_path(what: &str, p: &str) -> Result<(), DynamicError> {
     }
 }
 
-/// A connection target plus token.
+/// A node, the spec (for its login) and the broker's logins.
 struct Bao<'a> {
-    target: Target,
+    conn: Conn,
+    spec: &'a DynamicSpec,
+    logins: &'a Logins,
     address: String,
-    token: &'a SecretValue,
     engine: EngineKind,
 }
 
 impl<'a> Bao<'a> {
-    fn new(spec: &'a DynamicSpec) -> Result<Bao<'a>, DynamicError> {
-        let address = spec.opt("address").unwrap_or("").to_owned();
-        let target = Target::parse(&address, &["http"], 8200).map_err(|_| {
-            DynamicError::Config("the OpenBao address must look like http://127.0.0.1:8200".into())
-        })?;
-        if !target.is_loopback() {
-            return Err(DynamicError::Config(
-                "keyveil talks to OpenBao over plain HTTP on loopback only: run `bao proxy` locally (TLS to the cluster) and give its address, e.g. http://127.0.0.1:8100".into(),
-            ));
-        }
-        if target.user.is_some() || !target.path.is_empty() || target.query.is_some() {
-            return Err(DynamicError::Config(
-                "the OpenBao address is scheme://host:port only".into(),
-            ));
-        }
+    fn new(spec: &'a DynamicSpec, logins: &'a Logins) -> Result<Bao<'a>, DynamicError> {
+        let conn = Conn::new(spec)?;
         Ok(Bao {
-            target,
-            address,
-            token: &spec.admin,
+            address: conn.address.clone(),
+            conn,
+            spec,
+            logins,
             engine: spec.engine,
         })
     }
@@ -92,73 +77,39 @@ impl<'a> Bao<'a> {
             engine: self.engine.name(),
             target: self.address.clone(),
             action,
-            reason: scrub(reason, &[self.token.expose()]),
+            reason: scrub(reason, &[self.spec.admin.expose()]),
         }
     }
 
-    /// One request; returns the status and the JSON body (`Null` when empty).
+    /// One request with the variable's token; returns the status and the JSON body (`Null`
+    /// when empty). A token from a login that the node refuses (403: revoked or expired
+    /// there) is dropped and the request made once more with a fresh login.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-        action: &'static str,
+        _action: &'static str,
     ) -> Result<(u16, Value), DynamicError> {
-        let work = async {
-            let conn_err = |e: String| DynamicError::Connect {
-                engine: self.engine.name(),
-                target: self.address.clone(),
-                reason: scrub(e, &[self.token.expose()]),
-            };
-            let stream =
-                tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port))
-                    .await
-                    .map_err(|e| conn_err(e.to_string()))?;
-            let _ = stream.set_nodelay(true);
-            let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(|e| conn_err(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let mut token = HeaderValue::from_str(self.token.expose()).map_err(|_| {
-                DynamicError::Config("the OpenBao token has characters a header cannot hold".into())
-            })?;
-            token.set_sensitive(true);
-            let payload = match &body {
-                Some(v) => Bytes::from(v.to_string()),
-                None => Bytes::new(),
-            };
-            let req = Request::builder()
-                .method(method)
-                .uri(format!("/v1/{path}"))
-                .header("host", self.target.host_port())
-                .header("x-vault-token", token)
-                .header("content-type", "application/json")
-                .body(Full::new(payload))
-                .map_err(|e| self.fail(action, e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| conn_err(e.to_string()))?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| conn_err(e.to_string()))?
-                .to_bytes();
-            let v: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-            };
-            Ok((status, v))
-        };
-        timed(self.engine, &self.address, work).await
+        let mut retried = false;
+        loop {
+            let (token, from_login) = self.logins.token(self.spec).await?;
+            let secrets = [token.expose(), self.spec.admin.expose()];
+            let (status, v) = self
+                .conn
+                .request(method.clone(), path, body.as_ref(), Some(&token), &secrets)
+                .await?;
+            if status == 403 && from_login && !retried {
+                self.logins.forget(self.spec);
+                retried = true;
+                continue;
+            }
+            return Ok((status, v));
+        }
     }
 
-    /// Like [`Bao::call`] but a non-2xx status is an error carrying OpenBao's `errors`.
+    /// Like [`Bao::call`] but a non-2xx status is an error naming the node, the path and the
+    /// namespace, with OpenBao's `errors` and what to do.
     async fn ok(
         &self,
         method: Method,
@@ -168,14 +119,35 @@ impl<'a> Bao<'a> {
     ) -> Result<Value, DynamicError> {
         let (status, v) = self.call(method, path, body, action).await?;
         if (200..300).contains(&status) {
-            Ok(v)
-        } else {
-            Err(self.fail(action, errors_of(status, &v)))
+            return Ok(v);
         }
+        let ns = self.conn.namespace();
+        let hint = match status {
+            403 => format!(
+                "the {} keyveil uses here is not allowed this: ask your OpenBao operator for a policy with the right capability on {path}{}, or check the token has not expired",
+                if AuthKind::of(self.spec).ok() == Some(AuthKind::Token) { "token" } else { "login's token" },
+                ns_note(ns)
+            ),
+            404 => format!(
+                "nothing at {path}{}: check the mount, the path and the namespace",
+                ns_note(ns)
+            ),
+            503 => "the node is sealed or not ready: unseal it, or give the address of another node".into(),
+            429 | 472 | 473 => "the node is a standby or performance replica that cannot serve this: give the active node's address, or a load balancer in front of the cluster".into(),
+            _ => "see OpenBao's error above; the node's audit log has the request".into(),
+        };
+        Err(bao_error(
+            self.engine,
+            &self.address,
+            format!("refused to {action} ({path}{})", ns_note(ns)),
+            scrub(errors_of(status, &v), &[self.spec.admin.expose()]),
+            hint,
+        ))
     }
 }
 
-fn errors_of(status: u16, v: &Value) -> String {
+/// OpenBao's `errors` list as one line, after the HTTP status.
+pub(crate) fn errors_of(status: u16, v: &Value) -> String {
     let list: Vec<String> = v["errors"]
         .as_array()
         .map(|a| {
@@ -196,12 +168,13 @@ fn errors_of(status: u16, v: &Value) -> String {
 /// a string (non-string JSON values in their JSON text).
 pub(crate) async fn read_kv(
     spec: &DynamicSpec,
+    logins: &Logins,
 ) -> Result<BTreeMap<String, SecretValue>, DynamicError> {
     let mount = spec.opt("mount").unwrap_or("secret");
     let path = spec.opt("path").unwrap_or("");
     check_path("mount", mount)?;
     check_path("KV path", path)?;
-    let bao = Bao::new(spec)?;
+    let bao = Bao::new(spec, logins)?;
     let v = bao
         .ok(
             Method::GET,
@@ -228,6 +201,7 @@ pub(crate) async fn read_kv(
 /// Draws a database credential (a lease) and shortens it to the grant's expiry.
 pub(crate) async fn mint(
     spec: &DynamicSpec,
+    logins: &Logins,
     variable: &str,
     expires_at: Timestamp,
 ) -> Result<Minted, DynamicError> {
@@ -235,7 +209,7 @@ pub(crate) async fn mint(
     let role = spec.opt("role").unwrap_or("");
     check_path("mount", mount)?;
     check_path("role", role)?;
-    let bao = Bao::new(spec)?;
+    let bao = Bao::new(spec, logins)?;
     // PostgreSQL answers a role created while another is being created (two grants minting at
     // once) with "tuple concurrently updated": a transient conflict, tried again (3 tries).
     let mut tries = 0;
@@ -250,7 +224,7 @@ pub(crate) async fn mint(
             )
             .await
         {
-            Err(DynamicError::Refused { reason, .. })
+            Err(DynamicError::Bao { reason, .. })
                 if tries < 3 && reason.contains("concurrently updated") =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
@@ -337,11 +311,15 @@ pub(crate) async fn mint(
 }
 
 /// Revokes a lease (OpenBao then drops the database user); succeeds if it is already gone.
-pub(crate) async fn revoke(spec: &DynamicSpec, lease_id: &str) -> Result<(), DynamicError> {
+pub(crate) async fn revoke(
+    spec: &DynamicSpec,
+    logins: &Logins,
+    lease_id: &str,
+) -> Result<(), DynamicError> {
     if lease_id.is_empty() {
         return Ok(());
     }
-    let bao = Bao::new(spec)?;
+    let bao = Bao::new(spec, logins)?;
     let (status, v) = bao
         .call(
             Method::PUT,
@@ -359,12 +337,12 @@ pub(crate) async fn revoke(spec: &DynamicSpec, lease_id: &str) -> Result<(), Dyn
 }
 
 /// Checks that the token can read the database role.
-pub(crate) async fn check_role(spec: &DynamicSpec) -> Result<(), DynamicError> {
+pub(crate) async fn check_role(spec: &DynamicSpec, logins: &Logins) -> Result<(), DynamicError> {
     let mount = spec.opt("mount").unwrap_or("database");
     let role = spec.opt("role").unwrap_or("");
     check_path("mount", mount)?;
     check_path("role", role)?;
-    Bao::new(spec)?
+    Bao::new(spec, logins)?
         .ok(
             Method::GET,
             &format!("{mount}/roles/{role}"),
@@ -392,10 +370,10 @@ mod tests {
             "tok",
             &[("address", "http://10.0.0.1:8200"), ("path", "a")],
         );
-        assert!(Bao::new(&s).is_err(), "a non-loopback address is refused");
+        assert!(Conn::new(&s).is_err(), "a non-loopback address is refused");
         s.options
             .insert("address".into(), "http://127.0.0.1:8200".into());
-        assert!(Bao::new(&s).is_ok());
+        assert!(Conn::new(&s).is_ok());
     }
 
     /// KV read, and a database lease that OpenBao turns into a real PostgreSQL role, revoked.
@@ -410,7 +388,7 @@ mod tests {
             &bao.token,
             &[("address", &bao.address), ("path", "app")],
         );
-        let got = read_kv(&kv).await.unwrap();
+        let got = read_kv(&kv, &Logins::default()).await.unwrap();
         assert_eq!(
             got.get("API_KEY").map(|v| v.expose()),
             Some("kv-value-123456")
@@ -421,7 +399,10 @@ mod tests {
             "not-the-token-zz",
             &[("address", &bao.address), ("path", "app")],
         );
-        let e = read_kv(&wrong).await.unwrap_err().to_string();
+        let e = read_kv(&wrong, &Logins::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("403") && !e.contains("not-the-token-zz"), "{e}");
 
         if !bao.database_ready() {
@@ -436,18 +417,22 @@ mod tests {
                 ("connect_url", "postgresql://127.0.0.1:5432/test"),
             ],
         );
-        check_role(&db).await.unwrap();
+        check_role(&db, &Logins::default()).await.unwrap();
         let exp = Timestamp::now()
             .checked_add(SignedDuration::from_secs(120))
             .unwrap();
-        let m = mint(&db, "DB", exp).await.unwrap();
+        let m = mint(&db, &Logins::default(), "DB", exp).await.unwrap();
         assert!(!m.handle.lease_id.is_empty());
         assert!(m.expires_at <= exp);
         assert!(pg_role_exists(&m.handle.user).await);
         assert_eq!(bao.leases("ro").len(), 1);
-        revoke(&db, &m.handle.lease_id).await.unwrap();
+        revoke(&db, &Logins::default(), &m.handle.lease_id)
+            .await
+            .unwrap();
         assert!(bao.leases("ro").is_empty());
         assert!(!pg_role_exists(&m.handle.user).await);
-        revoke(&db, &m.handle.lease_id).await.unwrap();
+        revoke(&db, &Logins::default(), &m.handle.lease_id)
+            .await
+            .unwrap();
     }
 }

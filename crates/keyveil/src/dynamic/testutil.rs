@@ -71,3 +71,72 @@ pub(crate) async fn pg_role_exists(name: &str) -> bool {
         .unwrap()
         .is_some()
 }
+
+/// A test PKI made here: a CA, a server certificate for 127.0.0.1 signed by it (the material
+/// for [`keyveil_testkit::BaoDev::start_tls`]), and a client certificate signed by a second CA.
+pub(crate) struct TestPki {
+    /// The CA of the server certificate (PEM).
+    pub ca_pem: String,
+    /// For the TLS listeners.
+    pub tls: keyveil_testkit::BaoTls,
+    /// A client certificate the second listener accepts, and its key (PEM).
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+fn ca(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = p.self_signed(&key).unwrap();
+    (rcgen::Issuer::new(p, key), cert.pem())
+}
+
+fn leaf(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let c = p.signed_by(&key, issuer).unwrap();
+    (c.pem(), key.serialize_pem())
+}
+
+/// A fresh [`TestPki`].
+pub(crate) fn test_pki() -> TestPki {
+    let (server_ca, ca_pem) = ca("keyveil test CA");
+    let (client_ca, client_ca_pem) = ca("keyveil test client CA");
+    let (cert_pem, key_pem) = leaf(&server_ca, "127.0.0.1");
+    let (client_cert_pem, client_key_pem) = leaf(&client_ca, "keyveil-test-client");
+    TestPki {
+        ca_pem,
+        tls: keyveil_testkit::BaoTls {
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        },
+        client_cert_pem,
+        client_key_pem,
+    }
+}
+
+/// An Ed25519 key for signing test JWTs, and its public key (SPKI PEM) for OpenBao's
+/// `jwt_validation_pubkeys`.
+pub(crate) fn jwt_key() -> (rcgen::KeyPair, String) {
+    let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let public = k.public_key_pem();
+    (k, public)
+}
+
+/// A compact JWS (`EdDSA`) of `claims`.
+pub(crate) fn sign_jwt(key: &rcgen::KeyPair, claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    use rcgen::SigningKey;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let body = b64.encode(claims.to_string());
+    let input = format!("{head}.{body}");
+    let sig = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64.encode(sig))
+}

@@ -31,6 +31,7 @@ mod mcp_hostile;
 mod mcp_wait;
 mod mount;
 mod names;
+mod openbao;
 mod oracle;
 mod output;
 mod pathdirs;

@@ -272,19 +272,23 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
     // The runs end before the vault leaves memory (their ends are still audited); the reply
     // says what was stopped.
     let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;
-    let mut inner = broker.lock();
-    // A grant approved while we waited ends in the same step as the vault leaves memory.
-    let _late = stop_all(&mut inner, "vault locked");
-    let recorded = inner.audit_recorded("lock", json!({}));
-    inner.seal_audit_final();
-    // The values leave memory whatever the disk said above (the sealed checkpoint and the
-    // audit entry are best effort here; what could not be written is kept as the gap).
-    inner.vault = None;
-    inner.close_audit();
-    inner.challenges.clear();
-    inner.pending_totp = None;
-    drop(inner);
+    let recorded = {
+        let mut inner = broker.lock();
+        // A grant approved while we waited ends in the same step as the vault leaves memory.
+        let _late = stop_all(&mut inner, "vault locked");
+        let recorded = inner.audit_recorded("lock", json!({}));
+        inner.seal_audit_final();
+        // The values leave memory whatever the disk said above (the sealed checkpoint and the
+        // audit entry are best effort here; what could not be written is kept as the gap).
+        inner.vault = None;
+        inner.close_audit();
+        inner.challenges.clear();
+        inner.pending_totp = None;
+        recorded
+    };
     broker.notify();
+    // The OpenBao tokens of logins end with the vault (after the revocations in flight).
+    crate::dynamic::close_logins(broker, std::time::Duration::from_secs(5)).await;
     if !recorded {
         tracing::error!(
             "the vault was locked, but the lock could not be recorded in the audit log"

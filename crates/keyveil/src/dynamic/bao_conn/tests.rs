@@ -1,0 +1,310 @@
+//! Tests of the OpenBao connection and logins against `bao server` (TLS with a CA made here,
+//! client certificates, namespaces, AppRole, JWT).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use super::*;
+use crate::dynamic::openbao::read_kv;
+use crate::dynamic::testutil::{BaoDev, jwt_key, sign_jwt, spec_with, test_pki};
+
+fn kv_spec(token: &str, opts: &[(&str, &str)]) -> DynamicSpec {
+    let mut o = vec![("path", "app")];
+    o.extend_from_slice(opts);
+    spec_with("openbao-kv", token, &o)
+}
+
+async fn err_of(spec: &DynamicSpec) -> (String, String) {
+    let e = read_kv(spec, &Logins::default()).await.unwrap_err();
+    (e.to_string(), e.hint().unwrap_or("").to_owned())
+}
+
+/// TLS with the test's CA, a namespace, a client certificate, and the errors of each
+/// failure: which node, which path, what to do, and never the token.
+#[tokio::test]
+async fn tls_namespaces_client_certificates_and_their_errors() {
+    let pki = test_pki();
+    let Some(bao) = BaoDev::start_tls(&pki.tls) else {
+        return;
+    };
+    bao.cli(&["namespace", "create", "team"]);
+    bao.cli(&[
+        "secrets",
+        "enable",
+        "-namespace=team",
+        "-path=secret",
+        "kv-v2",
+    ]);
+    bao.cli(&[
+        "kv",
+        "put",
+        "-namespace=team",
+        "secret/app",
+        "API_KEY=ns-value-123456",
+    ]);
+    let tls = bao.tls_address.as_str();
+    let ca = pki.ca_pem.as_str();
+
+    let ok = kv_spec(
+        &bao.token,
+        &[("address", tls), ("ca_pem", ca), ("namespace", "team")],
+    );
+    let got = read_kv(&ok, &Logins::default()).await.unwrap();
+    assert_eq!(got["API_KEY"].expose(), "ns-value-123456");
+
+    // The system roots do not know the test CA.
+    let (e, hint) = err_of(&kv_spec(
+        &bao.token,
+        &[("address", tls), ("namespace", "team")],
+    ))
+    .await;
+    assert!(e.contains(tls) && e.contains("TLS"), "{e}");
+    assert!(hint.contains("--ca-file"), "{hint}");
+    // The certificate names 127.0.0.1, not localhost.
+    let by_name = tls.replace("127.0.0.1", "localhost");
+    let (e, hint) = err_of(&kv_spec(
+        &bao.token,
+        &[("address", &by_name), ("ca_pem", ca)],
+    ))
+    .await;
+    assert!(hint.contains("does not name"), "{e} / {hint}");
+    // Outside the namespace the secret is not there: the path and namespace are named.
+    let (e, hint) = err_of(&kv_spec(&bao.token, &[("address", tls), ("ca_pem", ca)])).await;
+    assert!(e.contains("secret/data/app") && e.contains("404"), "{e}");
+    assert!(hint.contains("namespace"), "{hint}");
+    // A token without the policy: 403, the path, the namespace, what to ask for.
+    let weak = bao
+        .cli(&[
+            "token",
+            "create",
+            "-namespace=team",
+            "-policy=default",
+            "-field=token",
+        ])
+        .trim()
+        .to_owned();
+    let (e, hint) = err_of(&kv_spec(
+        &weak,
+        &[("address", tls), ("ca_pem", ca), ("namespace", "team")],
+    ))
+    .await;
+    assert!(
+        e.contains("403") && e.contains("secret/data/app") && e.contains("namespace team"),
+        "{e}"
+    );
+    assert!(hint.contains("policy"), "{hint}");
+    assert!(!e.contains(&weak) && !hint.contains(&weak));
+    // Nothing listens: the node and a way to check it.
+    let (e, hint) = err_of(&kv_spec(
+        &bao.token,
+        &[("address", "https://127.0.0.1:9"), ("ca_pem", ca)],
+    ))
+    .await;
+    assert!(
+        e.contains("https://127.0.0.1:9") && hint.contains("bao status"),
+        "{e} / {hint}"
+    );
+
+    // The listener that requires a client certificate.
+    let mtls = bao.mtls_address.as_str();
+    let (e, hint) = err_of(&kv_spec(
+        &bao.token,
+        &[("address", mtls), ("ca_pem", ca), ("namespace", "team")],
+    ))
+    .await;
+    assert!(hint.contains("--client-cert"), "{e} / {hint}");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    std::fs::write(&cert, &pki.client_cert_pem).unwrap();
+    std::fs::write(&key, &pki.client_key_pem).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let with_cert = kv_spec(
+        &bao.token,
+        &[
+            ("address", mtls),
+            ("ca_pem", ca),
+            ("namespace", "team"),
+            ("client_cert", &cert),
+            ("client_key", &key),
+        ],
+    );
+    let got = read_kv(&with_cert, &Logins::default()).await.unwrap();
+    assert_eq!(got["API_KEY"].expose(), "ns-value-123456");
+
+    // Plain HTTP leaves loopback never; https goes anywhere.
+    assert!(Conn::new(&kv_spec("t", &[("address", "http://192.0.2.1:8200")])).is_err());
+    assert!(Conn::new(&kv_spec("t", &[("address", "https://192.0.2.1:8200")])).is_ok());
+}
+
+fn policy(bao: &BaoDev) {
+    bao.cli_stdin(
+        &["policy", "write", "app-read", "-"],
+        "path \"secret/data/app\" { capabilities = [\"read\"] }\n",
+    );
+    bao.cli(&["kv", "put", "secret/app", "API_KEY=login-value-123456"]);
+}
+
+/// AppRole: one login shared by every use, refused without the login, revoked at close, no
+/// login while closed, a fresh one after reopen; a token revoked behind keyveil's back is
+/// replaced by a fresh login.
+#[tokio::test]
+async fn approle_login_is_cached_renewed_and_revoked_at_close() {
+    let Some(bao) = BaoDev::start() else {
+        return;
+    };
+    policy(&bao);
+    bao.cli(&["auth", "enable", "approle"]);
+    bao.cli(&[
+        "write",
+        "auth/approle/role/app",
+        "token_policies=app-read",
+        "token_ttl=10m",
+        "token_max_ttl=1h",
+    ]);
+    let role_id = bao
+        .cli(&["read", "-field=role_id", "auth/approle/role/app/role-id"])
+        .trim()
+        .to_owned();
+    let secret_id = bao
+        .cli(&[
+            "write",
+            "-f",
+            "-field=secret_id",
+            "auth/approle/role/app/secret-id",
+        ])
+        .trim()
+        .to_owned();
+    let spec = kv_spec(
+        &secret_id,
+        &[
+            ("address", &bao.address),
+            ("auth", "approle"),
+            ("role_id", &role_id),
+        ],
+    );
+    let logins = Logins::default();
+    let before = bao.accessors().len();
+    for _ in 0..3 {
+        let got = read_kv(&spec, &logins).await.unwrap();
+        assert_eq!(got["API_KEY"].expose(), "login-value-123456");
+    }
+    assert_eq!(logins.held(), 1);
+    assert_eq!(
+        bao.accessors().len(),
+        before + 1,
+        "one login for three reads"
+    );
+
+    // Renewal: a token past half its TTL is renewed in place.
+    let accessor = {
+        let mut m = logins.sessions();
+        let s = m.values_mut().next().unwrap();
+        s.since = Instant::now() - Duration::from_secs(400);
+        s.accessor.clone()
+    };
+    let logins = Arc::new(logins);
+    logins.renew_due();
+    let t0 = Instant::now();
+    while logins.sessions().values().next().unwrap().since.elapsed() > Duration::from_secs(300) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not renewed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(bao.accessor_alive(&accessor));
+
+    // Revoked behind keyveil's back: the next read logs in again.
+    bao.cli(&["token", "revoke", "-accessor", &accessor]);
+    read_kv(&spec, &logins).await.unwrap();
+    let accessor2 = logins.sessions().values().next().unwrap().accessor.clone();
+    assert_ne!(accessor, accessor2);
+
+    let (revoked, failed) = logins.close().await;
+    assert_eq!((revoked, failed), (vec![accessor2.clone()], 0));
+    assert!(
+        !bao.accessor_alive(&accessor2),
+        "the token is revoked at the server"
+    );
+    let e = read_kv(&spec, &logins).await.unwrap_err().to_string();
+    assert!(e.contains("locked"), "{e}");
+    logins.reopen();
+    read_kv(&spec, &logins).await.unwrap();
+
+    // A wrong secret id: the login path and what to do; the secret id nowhere.
+    let bad = kv_spec(
+        "00000000-wrong-secret-id",
+        &[
+            ("address", &bao.address),
+            ("auth", "approle"),
+            ("role_id", &role_id),
+        ],
+    );
+    let e = read_kv(&bad, &Logins::default()).await.unwrap_err();
+    let (text, hint) = (e.to_string(), e.hint().unwrap_or("").to_owned());
+    assert!(
+        text.contains("auth/approle/login") && hint.contains("secret id"),
+        "{text} / {hint}"
+    );
+    assert!(!text.contains("wrong-secret-id") && !text.contains(&secret_id));
+}
+
+/// JWT login with a key made here (OpenBao's `jwt_validation_pubkeys`); an expired JWT and
+/// one signed by another key are refused with a hint.
+#[tokio::test]
+async fn jwt_login_with_a_key_made_by_the_test() {
+    let Some(bao) = BaoDev::start() else {
+        return;
+    };
+    policy(&bao);
+    let (key, public) = jwt_key();
+    bao.cli(&["auth", "enable", "jwt"]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys={public}"),
+        "jwt_supported_algs=EdDSA",
+        "bound_issuer=https://ci.example.invalid",
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/ci",
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=keyveil",
+        "token_policies=app-read",
+        "token_ttl=10m",
+    ]);
+    let now = jiff::Timestamp::now().as_second();
+    let claims = |exp: i64| json!({"iss": "https://ci.example.invalid", "sub": "repo:team/app", "aud": "keyveil", "iat": now, "nbf": now - 5, "exp": exp});
+    let jwt = sign_jwt(&key, &claims(now + 300));
+    let spec = kv_spec(
+        &jwt,
+        &[
+            ("address", &bao.address),
+            ("auth", "jwt"),
+            ("auth_role", "ci"),
+        ],
+    );
+    let logins = Logins::default();
+    let got = read_kv(&spec, &logins).await.unwrap();
+    assert_eq!(got["API_KEY"].expose(), "login-value-123456");
+    assert_eq!(logins.held(), 1);
+    let (revoked, _) = logins.close().await;
+    assert!(!bao.accessor_alive(&revoked[0]));
+
+    for bad in [
+        sign_jwt(&key, &claims(now - 120)),
+        sign_jwt(&jwt_key().0, &claims(now + 300)),
+    ] {
+        let s = kv_spec(
+            &bad,
+            &[
+                ("address", &bao.address),
+                ("auth", "jwt"),
+                ("auth_role", "ci"),
+            ],
+        );
+        let e = read_kv(&s, &Logins::default()).await.unwrap_err();
+        let (text, hint) = (e.to_string(), e.hint().unwrap_or("").to_owned());
+        assert!(
+            text.contains("auth/jwt/login") && hint.contains("fresh"),
+            "{text} / {hint}"
+        );
+        assert!(!text.contains(&bad));
+    }
+}

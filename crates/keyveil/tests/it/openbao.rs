@@ -1,0 +1,384 @@
+//! Issue 20, first slice: keyveil against a real OpenBao with team logins. An AppRole login's
+//! token lives in the broker's memory only (nowhere under KEYVEIL_HOME, in no output, in no
+//! argv) and is revoked at `lock`; the agent cannot change an environment's OpenBao address or
+//! login without the human's factor (raw socket and CLI). TLS, namespaces and JWT logins are
+//! tested against `bao server` in `crates/keyveil/src/dynamic/bao_conn/tests.rs`.
+#![allow(clippy::print_stderr)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use keyveil_testkit::{BaoDev, rand_tag};
+
+use crate::harness::*;
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An AppRole `app` that may read `secret/data/team/app`; returns (role id, secret id).
+fn approle(bao: &BaoDev) -> (String, String) {
+    bao.cli_stdin(
+        &["policy", "write", "team-app", "-"],
+        "path \"secret/data/team/app\" { capabilities = [\"read\"] }\n",
+    );
+    bao.cli(&["auth", "enable", "approle"]);
+    bao.cli(&[
+        "write",
+        "auth/approle/role/app",
+        "token_policies=team-app",
+        "token_ttl=10m",
+    ]);
+    let role_id = bao
+        .cli(&["read", "-field=role_id", "auth/approle/role/app/role-id"])
+        .trim()
+        .to_owned();
+    let secret_id = bao
+        .cli(&[
+            "write",
+            "-f",
+            "-field=secret_id",
+            "auth/approle/role/app/secret-id",
+        ])
+        .trim()
+        .to_owned();
+    (role_id, secret_id)
+}
+
+/// The tokens OpenBao handed out at AppRole logins, read from an audit device that logs raw
+/// values (a test-only setting): the test must know the token to look for it.
+fn login_tokens(audit_log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(audit_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "response" && v["request"]["path"] == "auth/approle/login")
+        .filter_map(|v| v["auth"]["client_token"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn sha_script() -> &'static str {
+    "printf 'sha=%s\\n' \"$(printf %s \"$API_KEY\" | sha256sum | cut -d' ' -f1)\""
+}
+
+#[test]
+fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_log = audit_dir.path().join("bao-audit.log");
+    let Some(bao) = BaoDev::start_with_raw_audit(&audit_log) else {
+        return;
+    };
+    let (role_id, secret_id) = approle(&bao);
+    let api_key = format!("team-api-key-{}", rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_KEY={api_key}"),
+    ]);
+
+    let h = Home::new();
+    // `env link`: the environment's names come from OpenBao.
+    let add = h.run_stdin(
+        &[
+            "env",
+            "link",
+            "demo",
+            "--openbao",
+            &bao.address,
+            "--kv-path",
+            "team/app",
+            "--auth",
+            "approle",
+            "--role-id",
+            &role_id,
+            "--admin-stdin",
+        ],
+        &format!("{secret_id}\n"),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(show["variables"][0]["name"], "API_KEY", "{show}");
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_KEY",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        sha_script(),
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(
+        text(&o.stdout).contains(&format!("sha={}", sha256_hex(&api_key))),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    // A value changed in OpenBao is what the next run gets (same grant, same login).
+    let new_key = format!("team-rotated-{}", rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_KEY={new_key}"),
+    ]);
+    let o2 = h.run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_KEY",
+        "--wait",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        sha_script(),
+    ]);
+    assert!(text(&o2.stdout).contains(&format!("sha={}", sha256_hex(&new_key))));
+
+    let tokens = login_tokens(&audit_log);
+    assert_eq!(tokens.len(), 1, "one login serves the add and both runs");
+    let token = tokens[0].clone();
+    let accessor: Value =
+        serde_json::from_str(&bao.cli(&["token", "lookup", "-format=json", &token])).unwrap();
+    let accessor = accessor["data"]["accessor"].as_str().unwrap().to_owned();
+
+    // The token and the secret id: in no file under the home (the sealed vault included: the
+    // token is not stored at all), no output, no process's argv or environment.
+    let mut all = h.all_plain_files();
+    all.extend(std::fs::read(h.path().join("vault.kv")).unwrap_or_default());
+    for s in [token.as_str(), secret_id.as_str()] {
+        assert!(
+            !contains(&all, s),
+            "a file under KEYVEIL_HOME holds a login secret"
+        );
+        for out in [&add, &o, &o2] {
+            assert!(!contains(&out.stdout, s) && !contains(&out.stderr, s));
+        }
+        assert!(holders_of(s).is_empty());
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            assert!(!contains(&cmd, s), "a command line holds a login secret");
+        }
+    }
+
+    // Lock: the token is revoked at OpenBao (a lookup fails).
+    assert!(bao.accessor_alive(&accessor));
+    let lock = h.run(&["lock"]);
+    assert!(lock.status.success(), "{}", text(&lock.stderr));
+    wait_until(
+        "the login token to be revoked",
+        Duration::from_secs(10),
+        || !bao.accessor_alive(&accessor),
+    );
+    assert!(bao.try_cli(&["token", "lookup", &token]).is_none());
+}
+
+/// The agent (no factor) cannot point an environment's OpenBao variables at another server or
+/// another login: over the raw socket and through the CLI, `dynamic add` over an existing
+/// variable is refused, and the stored address is unchanged.
+#[test]
+fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
+    let Some(bao) = BaoDev::start() else { return };
+    let (role_id, secret_id) = approle(&bao);
+    bao.cli(&["kv", "put", "secret/team/app", "API_KEY=first-value-123456"]);
+    let h = Home::new();
+    let add = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "--engine",
+            "openbao-kv",
+            "--address",
+            &bao.address,
+            "--kv-path",
+            "team/app",
+            "--auth",
+            "approle",
+            "--role-id",
+            &role_id,
+            "--admin-stdin",
+        ],
+        &format!("{secret_id}\n"),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let before = h.json(&["env", "show", "demo", "--json"]);
+
+    // The agent's own server (any loopback port) and its own token.
+    let theirs = "http://127.0.0.1:9";
+    let r = crate::oracle::raw(
+        &h,
+        &json!({"op": "dynamic_add", "environment": "demo", "name": "API_KEY",
+                "engine": "openbao-kv", "admin": "agent-chosen-token-zz",
+                "options": {"address": theirs, "path": "team/app"},
+                "check": false, "factor": null}),
+    );
+    assert_eq!(r["kind"], "error", "{r}");
+    assert!(r.to_string().contains("factor"), "{r}");
+    let cli = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "API_KEY",
+            "--engine",
+            "openbao-kv",
+            "--address",
+            theirs,
+            "--kv-path",
+            "team/app",
+            "--no-check",
+            "--admin-stdin",
+        ],
+        "agent-chosen-token-zz\n",
+    );
+    assert!(!cli.status.success());
+    assert!(
+        text(&cli.stderr).contains("factor") || text(&cli.stderr).contains("passphrase"),
+        "{}",
+        text(&cli.stderr)
+    );
+    // The login too: another role id with the same address.
+    let r = crate::oracle::raw(
+        &h,
+        &json!({"op": "dynamic_add", "environment": "demo", "name": "API_KEY",
+                "engine": "openbao-kv", "admin": "agent-secret-id-zz",
+                "options": {"address": bao.address, "path": "team/app", "auth": "approle",
+                            "role_id": "agent-role"},
+                "check": false, "factor": null}),
+    );
+    assert_eq!(r["kind"], "error", "{r}");
+    assert!(r.to_string().contains("factor"), "{r}");
+    assert_eq!(h.json(&["env", "show", "demo", "--json"]), before);
+    let audit = h.audit_text();
+    assert!(!audit.contains("127.0.0.1:9") && !audit.contains("agent-role"));
+}
+
+/// A compact `EdDSA` JWS of `claims` with `key`.
+fn sign_jwt(key: &rcgen::KeyPair, claims: &Value) -> String {
+    use base64::Engine;
+    use rcgen::SigningKey;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        b64.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+        b64.encode(claims.to_string())
+    );
+    let sig = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64.encode(sig))
+}
+
+/// CI: the job's JWT is named on the command line (`--admin-env`), never given in argv; the
+/// broker logs in with it, the run gets the value, and the JWT is in no plain file or output.
+#[test]
+fn a_ci_job_logs_in_with_its_jwt_from_an_environment_variable() {
+    let Some(bao) = BaoDev::start() else { return };
+    bao.cli_stdin(
+        &["policy", "write", "team-app", "-"],
+        "path \"secret/data/team/app\" { capabilities = [\"read\"] }\n",
+    );
+    let api_key = format!("ci-api-key-{}", rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_KEY={api_key}"),
+    ]);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    bao.cli(&["auth", "enable", "jwt"]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys={}", key.public_key_pem()),
+        "jwt_supported_algs=EdDSA",
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/ci",
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=keyveil",
+        "token_policies=team-app",
+        "token_ttl=10m",
+    ]);
+    let now = jiff::Timestamp::now().as_second();
+    let jwt = sign_jwt(
+        &key,
+        &json!({"sub": "repo:team/app:ref:main", "aud": "keyveil", "iat": now, "exp": now + 600}),
+    );
+    let h = Home::new();
+    let args = [
+        "dynamic",
+        "add",
+        "demo",
+        "--engine",
+        "openbao-kv",
+        "--address",
+        &bao.address,
+        "--kv-path",
+        "team/app",
+        "--auth",
+        "jwt",
+        "--auth-role",
+        "ci",
+        "--admin-env",
+        "CI_JOB_JWT",
+    ];
+    let missing = h.run(&args);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing.stderr).contains("CI_JOB_JWT"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let mut c = h.cmd(&args);
+    c.env("CI_JOB_JWT", &jwt);
+    let add = wait_output(
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(60),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_KEY",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        sha_script(),
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(
+        text(&o.stdout).contains(&format!("sha={}", sha256_hex(&api_key))),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(!contains(&h.all_plain_files(), &jwt));
+    for out in [&missing, &add, &o] {
+        assert!(!contains(&out.stdout, &jwt) && !contains(&out.stderr, &jwt));
+    }
+}
