@@ -738,6 +738,8 @@ async fn lock(broker: &Broker) -> op::Locked {
     inner.challenges.clear();
     inner.pending_totp = None;
     drop(inner);
+    // The approval page's sessions and links end with the unlock they were opened under.
+    broker.web.end_sessions();
     broker.notify();
     if !recorded {
         tracing::error!(

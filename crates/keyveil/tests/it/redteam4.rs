@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::harness::*;
-use crate::pathdirs::{Agent, approve_standing, exe, run, setup};
+use crate::pathdirs::{Agent, exe, run, setup};
 
 /// Runs each form and returns those the broker asked the human about (exit 5, a pending
 /// request) instead of refusing; each such request is denied again.
@@ -98,33 +98,78 @@ fn rt4_interactive_modes_reading_stdin() {
 }
 
 #[test]
-#[ignore = "LEAK: make -f - / -f /dev/stdin reads the makefile from stdin"]
 fn rt4_make_reading_its_makefile_from_stdin() {
     let got = probe(&[
         &["make", "-f", "-"],
         &["make", "-f", "/dev/stdin"],
         &["make", "--file=/proc/self/fd/0"],
         &["make", "-f-"],
+        &["make", "-sf", "-"],
+        &["make", "--fil", "/dev/fd/0"],
+        &["make", "-f", "ok.mk", "--makefile=-"],
     ]);
     assert!(got.is_empty(), "asked the human for: {got:?}");
 }
 
-/// Approves `make` over `makefile`, then rewrites `inc` (which the makefile pulls in) to
-/// write the value to a file; returns true when the run went ahead and the file holds it.
-fn make_include_attack(
+/// What became of a makefile attack: refused before any card (with the reason), or approved
+/// and replayed (whether the value reached the agent's file).
+#[derive(Debug)]
+enum MakeOutcome {
+    Refused(String),
+    Ran { leaked: bool, why: String },
+}
+
+impl MakeOutcome {
+    fn assert_held(&self) {
+        if let MakeOutcome::Ran { leaked: true, why } = self {
+            panic!("the value reached the agent: {why}");
+        }
+    }
+
+    fn assert_refused(&self, mentions: &str) {
+        match self {
+            MakeOutcome::Refused(err) => {
+                assert!(
+                    err.contains("cannot pin") && err.contains("hint:") && err.contains(mentions),
+                    "{err}"
+                );
+            }
+            other => panic!("asked the human instead of refusing: {other:?}"),
+        }
+    }
+}
+
+/// Asks for `make ARGS` over `makefile`; when it is asked (not refused), approves it standing,
+/// rewrites `inc` (which the makefile pulls in) to write the value to a file, and runs again.
+fn make_attack_argv(
+    args: &[&str],
     makefile: &str,
     inc_name: &str,
     inc_before: &str,
     inc_after: &str,
-) -> (bool, String) {
+) -> MakeOutcome {
     let (a, tok, app) = setup(&[], "");
     let h = &a.h;
     std::fs::write(app.join("Makefile"), makefile).unwrap();
     let inc = app.join(inc_name);
     std::fs::write(&inc, inc_before).unwrap();
     std::fs::set_permissions(&inc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let card = approve_standing(&a, &app, &["make"]);
-    let o = run(h, &app, "5", &["make"]);
+    let mut cmd = vec!["make"];
+    cmd.extend_from_slice(args);
+    let o = run(h, &app, "0", &cmd);
+    if o.status.code() != Some(5) {
+        assert!(
+            h.json(&["requests", "--json"])
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "a request was queued"
+        );
+        return MakeOutcome::Refused(text(&o.stderr));
+    }
+    let id = h.wait_request();
+    let card = h.ok(&["requests"]);
+    assert!(h.approve(id, &["--ttl", "8h"]).status.success());
+    let o = run(h, &app, "5", &cmd);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let stolen = a.path().join("stolen");
     std::fs::write(
@@ -132,30 +177,45 @@ fn make_include_attack(
         inc_after.replace("STOLEN", &stolen.display().to_string()),
     )
     .unwrap();
-    let o = run(h, &app, "0", &["make"]);
+    let o = run(h, &app, "0", &cmd);
     let got = std::fs::read_to_string(&stolen).unwrap_or_default();
-    (
-        got.trim() == tok,
-        format!(
+    MakeOutcome::Ran {
+        leaked: got.trim() == tok,
+        why: format!(
             "exit {:?}: {}\ncard:\n{card}",
             o.status.code(),
             text(&o.stderr)
         ),
-    )
+    }
+}
+
+fn make_attack(makefile: &str, inc_name: &str, inc_before: &str, inc_after: &str) -> MakeOutcome {
+    make_attack_argv(&[], makefile, inc_name, inc_before, inc_after)
+}
+
+/// The included file is pinned (shown, a change ends the grant): asked, then held.
+fn make_include_attack(
+    makefile: &str,
+    inc_name: &str,
+    inc_before: &str,
+    inc_after: &str,
+) -> (bool, String) {
+    match make_attack(makefile, inc_name, inc_before, inc_after) {
+        MakeOutcome::Ran { leaked, why } => (leaked, why),
+        MakeOutcome::Refused(err) => panic!("refused, expected a pinned include: {err}"),
+    }
 }
 
 const INC_OK: &str = "ok:\n\t@echo fine\n";
 const INC_BAD: &str = "ok:\n\t@printf %s \"$$TOKEN\" > STOLEN\n";
 
 #[test]
-#[ignore = "LEAK: `include<TAB>file` is not parsed as an include (only `include `), the file is unpinned"]
 fn rt4_make_include_with_a_tab_separator() {
     let (leak, why) = make_include_attack("include\tinc.mk\nall: ok\n", "inc.mk", INC_OK, INC_BAD);
     assert!(!leak, "{why}");
 }
 
 #[test]
-#[ignore = "LEAK: `include \\` + newline + file: the name on the next line is unpinned"]
 fn rt4_make_include_continued_on_the_next_line() {
     let (leak, why) =
         make_include_attack("include \\\n  inc.mk\nall: ok\n", "inc.mk", INC_OK, INC_BAD);
@@ -163,39 +223,100 @@ fn rt4_make_include_continued_on_the_next_line() {
 }
 
 #[test]
-#[ignore = "LEAK: `$(eval include f)` includes an unpinned file"]
 fn rt4_make_include_through_eval() {
-    let (leak, why) = make_include_attack(
+    let o = make_attack(
         "$(eval include inc.mk)\nall: ok\n",
         "inc.mk",
         INC_OK,
         INC_BAD,
     );
-    assert!(!leak, "{why}");
+    o.assert_held();
+    o.assert_refused("$(eval");
 }
 
 #[test]
-#[ignore = "LEAK: `$(eval $(shell cat f))` evaluates an unpinned file (doc says $(shell) includes are refused)"]
 fn rt4_make_include_through_eval_of_shell() {
-    let (leak, why) = make_include_attack(
+    let o = make_attack(
         "$(eval $(shell cat inc.mk))\nall:\n\t@true\n",
         "inc.mk",
         "X := 1\n",
         "$(shell printf %s \"$$TOKEN\" > STOLEN)\n",
     );
-    assert!(!leak, "{why}");
+    o.assert_held();
+    o.assert_refused("$(eval");
 }
 
 #[test]
-#[ignore = "LEAK: `SHELL := ./kvsh` runs every recipe through an unpinned agent file"]
 fn rt4_make_shell_variable_names_an_agent_file() {
-    let (leak, why) = make_include_attack(
+    let o = make_attack(
         "SHELL := ./kvsh\nall:\n\t@echo hi\n",
         "kvsh",
-        "#!/bin/sh\nexec /bin/sh \"$@\"\n",
-        "#!/bin/sh\nprintf %s \"$TOKEN\" > STOLEN\nexec /bin/sh \"$@\"\n",
+        KVSH_OK,
+        KVSH_BAD,
     );
-    assert!(!leak, "{why}");
+    o.assert_held();
+    o.assert_refused("SHELL");
+}
+
+const KVSH_OK: &str = "#!/bin/sh\nexec /bin/sh \"$@\"\n";
+const KVSH_BAD: &str = "#!/bin/sh\nprintf %s \"$TOKEN\" > STOLEN\nexec /bin/sh \"$@\"\n";
+
+/// New forms of the same classes: every other spelling of an include is pinned, and every
+/// construct only make can resolve (eval in a recipe, `load`, SHELL and friends in a makefile,
+/// on argv or through MAKEFLAGS, `--eval`) is refused before any card.
+#[test]
+fn rt4_make_other_include_spellings_are_pinned() {
+    for mk in [
+        "-include\tinc.mk\nall: ok\n",
+        "  include \\\n\t\\\n  inc.mk\nall: ok\n",
+        "include\\\ninc.mk\r\nall: ok\n",
+        "ifeq (1,1)\n\tinclude inc.mk\nendif\nall: ok\n",
+        "INCS = inc.mk\ninclude \\\n $(INCS)\nall: ok\n",
+    ] {
+        let (leak, why) = make_include_attack(mk, "inc.mk", INC_OK, INC_BAD);
+        assert!(!leak, "{mk:?}: {why}");
+    }
+}
+
+#[test]
+fn rt4_make_constructs_only_make_can_resolve_are_refused() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&[], "all:\n\t@echo $(eval include inc.mk)\n", "$(eval"),
+        (&[], "${eval include inc.mk}\nall: ok\n", "$(eval"),
+        (&[], "load ./inc.mk\nall:\n\t@true\n", "load"),
+        (&[], "all: SHELL := ./inc.mk\nall:\n\t@true\n", "SHELL"),
+        (
+            &[],
+            "override SHELL \\\n = ./inc.mk\nall:\n\t@true\n",
+            "SHELL",
+        ),
+        (&[], "SHELL := /bin/sh ./inc.mk\nall:\n\t@true\n", "SHELL"),
+        (
+            &[],
+            ".SHELLFLAGS := --rcfile inc.mk -ic\nall:\n\t@true\n",
+            ".SHELLFLAGS",
+        ),
+        (&[], "MAKEFLAGS += -f inc.mk\nall:\n\t@true\n", "MAKEFLAGS"),
+        (
+            &[],
+            "export MAKEFILES := inc.mk\nall:\n\t@true\n",
+            "MAKEFILES",
+        ),
+        (
+            &[],
+            "define SHELL\n./inc.mk\nendef\nall:\n\t@true\n",
+            "SHELL",
+        ),
+        (&["SHELL=./inc.mk"], "all:\n\t@true\n", "SHELL"),
+        (&["--eval=include inc.mk"], "all:\n\t@true\n", "--eval"),
+        (&["-sE", "include inc.mk"], "all:\n\t@true\n", "--eval"),
+        (&["--ev", "include inc.mk"], "all:\n\t@true\n", "--eval"),
+    ];
+    for (args, mk, mentions) in cases {
+        let o = make_attack_argv(args, mk, "inc.mk", KVSH_OK, KVSH_BAD);
+        o.assert_held();
+        o.assert_refused(mentions);
+    }
 }
 
 #[test]
@@ -211,7 +332,6 @@ fn rt4_make_recipe_runs_an_agent_script() {
 }
 
 #[test]
-#[ignore = "LEAK: `sinclude<TAB>file` unpinned"]
 fn rt4_make_oneshell_with_sinclude_in_recipe_text() {
     let (leak, why) = make_include_attack(
         ".ONESHELL:\nsinclude\tinc.mk\nall: ok\n",
@@ -307,13 +427,13 @@ fn rt4_web_links_and_cookies_cannot_be_forged_reused_or_swapped() {
     assert_eq!(get(port, &upper, None).0, 403);
 }
 
-/// After `keyveil lock` the page's session cookie still opens the page (sessions are signed,
-/// the key lives as long as the server, and `lock` does not rotate it).
+/// After `keyveil lock` a page session cookie and an unspent link no longer open the page
+/// (`lock` replaces the key that signs them).
 #[test]
-#[ignore = "LEAK (low): a page session survives `lock` (key not rotated on lock); the factor still gates approving"]
 fn rt4_web_session_does_not_survive_lock() {
     let h = Home::new();
     let (port, path) = split_url(&agent_link(&h));
+    let (_, spare) = split_url(&agent_link(&h));
     let (st, cookie) = get(port, &path, None);
     assert_eq!(st, 303);
     let cookie = cookie.unwrap();
@@ -324,4 +444,5 @@ fn rt4_web_session_does_not_survive_lock() {
         200,
         "the session outlived lock"
     );
+    assert_eq!(get(port, &spare, None).0, 403, "a link outlived lock");
 }

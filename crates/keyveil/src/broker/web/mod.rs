@@ -13,6 +13,8 @@
 //!   refused (cross-site request forgery, other servers on 127.0.0.1);
 //! - a session comes only from a one-time URL token (32 random bytes, 5 minutes, single use),
 //!   exchanged for an `HttpOnly; SameSite=Strict` cookie; every other route needs the session;
+//! - `keyveil lock` replaces the key that signs links, sessions and CSRF tokens, so every page
+//!   session and unspent link ends with the unlock it was opened under;
 //! - every POST carries the session's CSRF token;
 //! - no CORS headers, ever; a strict CSP with no inline script; no framing; no caching.
 //!
@@ -110,6 +112,8 @@ struct Signed {
 const LOGIN: &[u8] = b"keyveil/v1/web-login";
 const SESSION: &[u8] = b"keyveil/v1/web-session";
 const CSRF: &[u8] = b"keyveil/v1/web-csrf";
+/// Derives a new key from the old one when the OS random source fails at `lock`.
+const ROTATE: &[u8] = b"keyveil/v1/web-rotate";
 
 /// A value-entry link's or session's one variable, and its deadline.
 #[derive(Clone)]
@@ -141,7 +145,9 @@ struct Auth {
 /// remembers of them (in memory only).
 pub(crate) struct Server {
     port: u16,
-    key: zeroize::Zeroizing<[u8; 32]>,
+    /// Signs tokens, sessions and CSRF tokens; replaced by [`Web::end_sessions`] (on `lock`),
+    /// which voids every link and session signed before.
+    key: Mutex<zeroize::Zeroizing<[u8; 32]>>,
     started: Instant,
     auth: Mutex<Auth>,
 }
@@ -179,18 +185,23 @@ fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// A fresh signing key from the OS random source.
+fn new_key() -> OpResult<zeroize::Zeroizing<[u8; 32]>> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut key[..]).map_err(|e| {
+        OpError::new(
+            ErrorCode::Failed,
+            format!("the OS random source failed: {e}"),
+        )
+    })?;
+    Ok(key)
+}
+
 impl Server {
     fn new(port: u16) -> OpResult<Server> {
-        let mut key = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut key[..]).map_err(|e| {
-            OpError::new(
-                ErrorCode::Failed,
-                format!("the OS random source failed: {e}"),
-            )
-        })?;
         Ok(Server {
             port,
-            key,
+            key: Mutex::new(new_key()?),
             started: Instant::now(),
             auth: Mutex::new(Auth::default()),
         })
@@ -201,7 +212,7 @@ impl Server {
     }
 
     fn tag(&self, purpose: &[u8], nonce: &[u8; 8], deadline_ms: u64) -> [u8; 32] {
-        hmac(&self.key, &[purpose, nonce, &deadline_ms.to_be_bytes()])
+        hmac(&self.key(), &[purpose, nonce, &deadline_ms.to_be_bytes()])
     }
 
     /// A new signed string for `purpose`, valid until `deadline`.
@@ -234,6 +245,27 @@ impl Server {
         let tag = self.tag(purpose, &nonce, deadline_ms);
         let ok: bool = subtle::ConstantTimeEq::ct_eq(&tag[..16], &raw[16..]).into();
         (ok && deadline_ms > self.millis(now)).then_some(Signed { nonce, deadline_ms })
+    }
+
+    /// A copy of the current signing key.
+    fn key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the signing key and forgets every value-entry link and session and every
+    /// flash: no link, session cookie or CSRF token made before works after this.
+    /// Without the OS random source, the new key is derived from the old one (an HMAC under
+    /// it), which only the broker knows: old signatures fail either way.
+    fn rotate(&self) {
+        {
+            let mut key = self.key.lock().unwrap_or_else(|p| p.into_inner());
+            *key = new_key().unwrap_or_else(|_| zeroize::Zeroizing::new(hmac(&key, &[ROTATE])));
+        }
+        let mut auth = self.auth();
+        auth.flashes.clear();
+        auth.set_tokens.clear();
+        auth.set_sessions.clear();
+        auth.spent.clear();
     }
 
     fn auth(&self) -> MutexGuard<'_, Auth> {
@@ -384,7 +416,7 @@ impl Server {
 
     /// The CSRF token of the session whose cookie digests to `key`: derived, not stored.
     fn csrf_of(&self, key: &Digest32) -> Option<String> {
-        Some(hex::encode(hmac(&self.key, &[CSRF, key])))
+        Some(hex::encode(hmac(&self.key(), &[CSRF, key])))
     }
 
     fn set_flash(&self, key: &Digest32, flash: view::Flash) {
@@ -427,6 +459,17 @@ pub(crate) async fn url(broker: &Arc<Broker>) -> OpResult<op::OneTimeLink> {
         url: format!("http://127.0.0.1:{}/login?token={token}", server.port),
         expires_in_seconds: TOKEN_TTL.as_secs(),
     })
+}
+
+impl Web {
+    /// Ends every approval-page session, link and value-entry session (`keyveil lock`): the
+    /// page's signing key is replaced, so a browser (or an agent) holding an old cookie must
+    /// log in again with a new link. A page that was never started has nothing to end.
+    pub(crate) fn end_sessions(&self) {
+        if let Some(s) = self.server.get() {
+            s.rotate();
+        }
+    }
 }
 
 #[derive(Clone)]
