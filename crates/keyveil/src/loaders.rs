@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use crate::pin::{InputPin, pin_input, pin_input_text, read_for_requester};
 
+mod makefile;
+
 /// Most files a single tool pins (hooks, `.pth` files, includes): beyond this the rest are not
 /// pinned, which the card shows as a `... more not pinned` detail.
 const MAX_FILES: usize = 64;
@@ -107,12 +109,17 @@ pub const TABLE: &[Loader] = &[
         tool: "make",
         names: &["make", "gmake"],
         reads: "GNU make manual §3.2-3.4: GNUmakefile/makefile/Makefile or -f, `include`/`-include`/\
-                `sinclude` directives, the MAKEFILES and MAKEFLAGS environment variables",
-        pinned: "the makefile (with -f/--file and -C honoured) and the files it includes by a \
-                 literal name (searched in -I/--include-dir directories too), a wildcard (its \
-                 directory fingerprinted) or a variable set to literal names, recursively; every \
-                 directory a makefile or recipe puts on PATH, fingerprinted like a PATH \
-                 directory. Refused: an include or PATH entry only make can expand",
+                `sinclude` directives (any blank after the word, continued lines), `load`, \
+                `$(eval)`, SHELL/.SHELLFLAGS, the MAKEFILES and MAKEFLAGS variables",
+        pinned: "the makefile (with -f/--file and -C honoured, options read as getopt does) and \
+                 the files it includes by a literal name (searched in -I/--include-dir directories \
+                 too), a wildcard (its directory fingerprinted) or a variable set to literal \
+                 names, recursively; every directory a makefile or recipe puts on PATH, \
+                 fingerprinted like a PATH directory. Refused: an include or PATH entry only make \
+                 can expand, `$(eval ...)`, `$(guile ...)`, `load`, `--eval`, a makefile on \
+                 standard input or a device, and SHELL, .SHELLFLAGS, MAKEFILES or MAKEFLAGS set \
+                 (in a makefile or on argv) to anything but a system shell and flags that read \
+                 no file",
         neutralised: "MAKEFILES, MAKEFLAGS, MFLAGS, GNUMAKEFLAGS never pass",
         pins: make,
     },
@@ -1690,62 +1697,23 @@ fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
 // make
 
 /// `(directory make runs in, makefiles named on argv)`: `-C DIR`/`--directory=DIR` applied in
-/// order, `-f FILE`/`-fFILE`/`--file=FILE`/`--makefile=FILE`.
+/// order, `-f FILE`/`-fFILE`/`--file=FILE`/`--makefile=FILE`, in clusters (`-sf FILE`) and by
+/// unambiguous prefix (`--fil=FILE`), as make's `getopt_long` reads them.
 pub fn make_args(argv: &[String], cwd: &Path) -> (PathBuf, Vec<String>) {
+    let m = makefile::argv(argv);
     let mut dir = cwd.to_path_buf();
-    let mut files = Vec::new();
-    let mut it = argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        if a == "-C" || a == "--directory" {
-            if let Some(x) = it.next() {
-                dir = dir.join(x);
-            }
-        } else if let Some(x) = a.strip_prefix("--directory=") {
-            dir = dir.join(x);
-        } else if a == "-f" || a == "--file" || a == "--makefile" {
-            if let Some(x) = it.next() {
-                files.push(x.clone());
-            }
-        } else if let Some(x) = a
-            .strip_prefix("--file=")
-            .or_else(|| a.strip_prefix("--makefile="))
-        {
-            files.push(x.to_owned());
-        } else if let Some(x) = a.strip_prefix("-C").filter(|x| !x.is_empty()) {
-            dir = dir.join(x);
-        } else if let Some(x) = a.strip_prefix("-f").filter(|x| !x.is_empty()) {
-            files.push(x.to_owned());
-        }
+    for d in &m.dir {
+        dir = dir.join(d);
     }
-    (dir, files)
-}
-
-/// The names a makefile includes (`include`, `-include`, `sinclude`), as written: a name with
-/// a `$` is expanded by [`make_expand_include`] or refused.
-fn make_includes(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim_start();
-            ["include ", "-include ", "sinclude "]
-                .iter()
-                .find_map(|k| l.strip_prefix(k))
-        })
-        .flat_map(|rest| {
-            rest.split('#')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    (dir, m.files)
 }
 
 /// The value of `var` when the makefile `text` sets it once, to words without `$` (`DEPS =
 /// a.d b.d`, `DEPS := a.d`); `None` for anything only make can evaluate.
 fn make_literal_var(text: &str, var: &str) -> Option<Vec<String>> {
     let mut found = None;
-    for l in text.lines() {
+    for l in makefile::logical_lines(text) {
+        let l = l.as_str();
         let l = l.trim_start();
         let l = l.strip_prefix("override ").unwrap_or(l).trim_start();
         let l = l.strip_prefix("export ").unwrap_or(l).trim_start();
@@ -1802,7 +1770,7 @@ fn make_expand_include(name: &str, text: &str) -> Result<Vec<String>, String> {
 /// policy PATH (pinned already). `Err` for anything else: only make could tell the directory.
 fn make_path_dirs(text: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
-    for line in text.lines() {
+    for line in makefile::logical_lines(text) {
         let l = line.split('#').next().unwrap_or("");
         let bytes = l.as_bytes();
         let mut from = 0;
@@ -1886,19 +1854,20 @@ fn make_path_dirs(text: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// `-I DIR`, `-IDIR`, `--include-dir=DIR` from make's argv (relative to `cwd`).
 fn make_include_dirs(argv: &[String], cwd: &Path) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    let mut it = argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        if a == "-I" || a == "--include-dir" {
-            v.extend(it.next().map(|x| cwd.join(x)));
-        } else if let Some(x) = a
-            .strip_prefix("--include-dir=")
-            .or_else(|| a.strip_prefix("-I").filter(|x| !x.is_empty()))
-        {
-            v.push(cwd.join(x));
-        }
-    }
-    v
+    makefile::argv(argv)
+        .incdirs
+        .iter()
+        .map(|d| cwd.join(d))
+        .collect()
+}
+
+/// A makefile name make would read from something other than a regular file keyveil can pin:
+/// `-` (standard input), or a path under `/dev`, `/proc` or `/sys`.
+fn make_pseudo_file(name: &str, at: &Path) -> bool {
+    name == "-"
+        || ["/dev/", "/proc/", "/sys/"]
+            .iter()
+            .any(|p| at.to_string_lossy().starts_with(p))
 }
 
 /// Whether `name` matches a shell wildcard `pat` (`*`, `?`, `[a-z]`, `[!x]`).
@@ -1981,6 +1950,18 @@ fn make_include_files(name: &str, dir: &Path, incdirs: &[PathBuf], out: &mut Pin
 fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     let (dir, files) = make_args(cx.argv, cx.cwd);
     let incdirs = make_include_dirs(cx.argv, cx.cwd);
+    if let Some(why) = makefile::argv(cx.argv).refused {
+        out.unpinnable(cx.cwd, &why);
+    }
+    for f in &files {
+        if make_pseudo_file(f, &dir.join(f)) {
+            out.unpinnable(
+                &dir.join(f),
+                "make would read its makefile from standard input or a device; name a makefile \
+                 in a regular file",
+            );
+        }
+    }
     let mut queue: Vec<PathBuf> = if files.is_empty() {
         ["GNUmakefile", "makefile", "Makefile"]
             .iter()
@@ -1997,18 +1978,32 @@ fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         let p = queue.remove(0);
         n += 1;
         if let Some(t) = out.add_text(role, &p, |_| None) {
-            for i in make_includes(&t) {
-                if !i.contains('$') {
-                    queue.extend(make_include_files(&i, &dir, &incdirs, out));
-                    continue;
-                }
-                match make_expand_include(&i, &t) {
-                    Ok(names) => {
-                        for n in names {
-                            queue.extend(make_include_files(&n, &dir, &incdirs, out));
+            let parsed = makefile::parse(&t);
+            if let Some(why) = parsed.refused {
+                out.unpinnable(&p, &why);
+            }
+            for i in parsed.includes {
+                let names = if i.contains('$') {
+                    match make_expand_include(&i, &t) {
+                        Ok(names) => names,
+                        Err(why) => {
+                            out.unpinnable(&dir.join(&i), &why);
+                            continue;
                         }
                     }
-                    Err(why) => out.unpinnable(&dir.join(&i), &why),
+                } else {
+                    vec![i]
+                };
+                for n in names {
+                    if make_pseudo_file(&n, &dir.join(&n)) {
+                        out.unpinnable(
+                            &dir.join(&n),
+                            "a makefile includes standard input or a device; include regular \
+                             files",
+                        );
+                        continue;
+                    }
+                    queue.extend(make_include_files(&n, &dir, &incdirs, out));
                 }
             }
             match make_path_dirs(&t, &dir) {
