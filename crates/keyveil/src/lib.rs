@@ -46,6 +46,7 @@ pub mod scan;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
 #[allow(unreachable_pub)]
 mod setup;
+mod stdin_program;
 mod supervise;
 mod sweep;
 mod when;

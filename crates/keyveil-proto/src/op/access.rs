@@ -331,6 +331,10 @@ pub struct RequestCard {
     /// Values the requester could have chosen, shown and bound.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chosen_values: Vec<ChosenValueInfo>,
+    /// Standard input the requester supplies to the command, shown and bound (a run with other
+    /// bytes is another request); `None`: the command's standard input is `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinInfo>,
     /// Requested variables stored recently without the factor.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub new_variables: Vec<NewVariableInfo>,
@@ -425,6 +429,23 @@ pub struct ChosenValueInfo {
     pub clipped: bool,
     /// SHA-256 (hex) of the whole value.
     pub sha256: Option<String>,
+}
+
+/// Standard input a requester supplies to a run, as the card shows it and a grant binds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StdinInfo {
+    /// Its first characters, as given (escaped when shown).
+    pub text: String,
+    /// Its length, bytes.
+    pub bytes: usize,
+    /// Only part of it is in `text`.
+    pub clipped: bool,
+    /// SHA-256 (hex) of all of it.
+    pub sha256: String,
+    /// The command reads program text or commands from standard input (an interpreter or REPL
+    /// keyveil knows, or a `-`/`/dev/stdin` operand): the card says it is code.
+    pub program: bool,
 }
 
 /// A requested variable stored recently without the factor.

@@ -864,6 +864,7 @@ async fn ask_and_wait(
             cwd: r.cwd.clone(),
             pass_env: Vec::new(),
             pass_values: BTreeMap::new(),
+            stdin: None,
             peer: r.peer.clone(),
             mount: Some(MountAsk {
                 path: path.to_owned(),

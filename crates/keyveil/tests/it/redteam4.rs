@@ -65,36 +65,198 @@ fn rt4_stdin_program_forms_that_are_refused() {
     assert!(got.is_empty(), "asked the human for: {got:?}");
 }
 
-/// Forms probed one by one below are reported in this table when run with `--nocapture`.
+/// Forms that must be refused before any card (each is run through the CLI).
 fn probe(forms: &[&[&str]]) -> Vec<String> {
     let (a, _tok, app) = stdin_setup();
     asked(&a, &app, forms)
 }
 
-#[test]
-#[ignore = "LEAK: non-listed interpreters (awk/gawk -f -, tclsh, busybox sh, irb, jshell) read their program from stdin and are asked, card shows no program"]
-fn rt4_unlisted_interpreters_reading_stdin() {
-    let got = probe(&[
-        &["awk", "-f", "-"],
-        &["gawk", "-f", "/dev/stdin"],
-        &["tclsh"],
-        &["busybox", "sh"],
-        &["irb"],
-        &["jshell"],
-    ]);
-    assert!(got.is_empty(), "asked the human for: {got:?}");
+// ---------------------------------------------------------------------------------------------
+// Standard input is an input of the run: the bytes a requester supplies are shown on the card
+// (size, digest, text, and "program text" for a program that reads code from it) and bound into
+// the grant; a run with other bytes is another request. Without stdin the command gets
+// /dev/null, so `awk -f -`, `python3 -m code` or `irb` under a grant read no program at all.
+
+/// A `run` over the raw socket, as any same-uid agent can send it, with `stdin`.
+fn raw_run(
+    a: &Agent,
+    app: &Path,
+    argv: &[&str],
+    stdin: Option<&str>,
+    wait: u64,
+) -> serde_json::Value {
+    crate::oracle::raw(
+        &a.h,
+        &serde_json::json!({"op": "run", "client": crate::oracle::client("agent"),
+            "environment": "demo", "variables": null, "argv": argv,
+            "cwd": app.display().to_string(), "env": [], "pass_env": [], "stdin": stdin,
+            "timeout_seconds": 20, "reason": "run the check", "ttl_seconds": null,
+            "wait_seconds": wait, "output": {"mode": "collect", "cap_bytes": 65536}}),
+    )
+}
+
+/// The human approves (standing) a program-on-stdin run whose card shows the program; the
+/// agent then sends other program text under the same argv: it is a new request, never run.
+fn stdin_program_attack(argv: &[&str], harmless: &str, stealer: &str) {
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let r = raw_run(&a, &app, argv, Some(harmless), 0);
+    assert_eq!(r["kind"], "pending", "{argv:?}: {r}");
+    let card = h.ok(&["requests"]);
+    assert!(
+        card.contains("standard input, supplied by the requester")
+            && card.contains(&format!("{} bytes", harmless.len()))
+            && card.contains("PROGRAM TEXT")
+            && card.contains("stdin-program"),
+        "{argv:?}: {card}"
+    );
+    let first = harmless.lines().next().unwrap();
+    assert!(
+        card.contains(first),
+        "{argv:?}: the program is not on the card: {card}"
+    );
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "8h"]).status.success());
+    let r = raw_run(&a, &app, argv, Some(harmless), 10);
+    assert_eq!(r["kind"], "exit", "{argv:?}: {r}");
+    let stolen = a.path().join("stolen");
+    let evil = stealer.replace("STOLEN", &stolen.display().to_string());
+    let r = raw_run(&a, &app, argv, Some(&evil), 0);
+    assert_eq!(
+        r["kind"], "pending",
+        "{argv:?}: other stdin ran under the grant: {r}"
+    );
+    assert!(!stolen.exists(), "{argv:?}: the agent's program ran");
+    assert!(!r.to_string().contains(&tok));
+    // The human sees the new program on its own card.
+    let card = h.ok(&["requests"]);
+    assert!(
+        card.contains("PROGRAM TEXT") && card.contains("TOKEN"),
+        "{card}"
+    );
 }
 
 #[test]
-#[ignore = "LEAK: python3 -m code / -m pdb, lua -i, node inspect read program text (or debugger commands) from stdin; card shows only the argv"]
+fn rt4_unlisted_interpreters_reading_stdin() {
+    let have = |p: &str| {
+        ["/usr/bin/", "/bin/", "/usr/local/bin/"]
+            .iter()
+            .any(|d| Path::new(&format!("{d}{p}")).is_file())
+    };
+    stdin_program_attack(
+        &["awk", "-f", "-"],
+        "BEGIN { print \"ok\" }\n",
+        "BEGIN { printf \"%s\", ENVIRON[\"TOKEN\"] > \"STOLEN\" }\n",
+    );
+    for (bin, argv, ok, bad) in [
+        (
+            "tclsh",
+            &["tclsh"][..],
+            "puts ok\n",
+            "set f [open STOLEN w]; puts -nonewline $f $env(TOKEN); close $f\n",
+        ),
+        (
+            "busybox",
+            &["busybox", "sh"],
+            "echo ok\n",
+            "printf %s \"$TOKEN\" > STOLEN\n",
+        ),
+        (
+            "irb",
+            &["irb"],
+            "puts 1\n",
+            "File.write('STOLEN', ENV['TOKEN'])\n",
+        ),
+    ] {
+        if have(bin) {
+            stdin_program_attack(argv, ok, bad);
+        }
+    }
+}
+
+#[test]
 fn rt4_interactive_modes_reading_stdin() {
-    let got = probe(&[
+    stdin_program_attack(
         &["python3", "-m", "code"],
+        "print(1)\n",
+        "import os; open('STOLEN', 'w').write(os.environ['TOKEN'])\n",
+    );
+    // pdb takes debugger commands (`!` runs Python) from stdin.
+    let (a, _tok, app) = setup(&[], "");
+    std::fs::write(app.join("check.py"), "print('ok')\n").unwrap();
+    let r = raw_run(
+        &a,
+        &app,
         &["python3", "-m", "pdb", "check.py"],
-        &["lua", "-i", "check.lua"],
-        &["node", "inspect", "check.js"],
-    ]);
-    assert!(got.is_empty(), "asked the human for: {got:?}");
+        Some("c\n"),
+        0,
+    );
+    assert_eq!(r["kind"], "pending", "{r}");
+    let card = a.h.ok(&["requests"]);
+    assert!(card.contains("PROGRAM TEXT"), "{card}");
+}
+
+/// Without stdin in the request (every CLI run: `keyveil run` never forwards its own standard
+/// input), a program that reads code from stdin reads /dev/null: nothing the agent pipes into
+/// the CLI reaches it.
+#[test]
+fn rt4_a_cli_run_reads_no_program_from_the_clis_stdin() {
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    let cmd = ["awk", "-f", "-"];
+    let o = run(h, &app, "0", &cmd);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let card = h.ok(&["requests"]);
+    assert!(!card.contains("standard input, supplied"), "{card}");
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "8h"]).status.success());
+    let stolen = a.path().join("stolen");
+    let cwd = app.display().to_string();
+    let o = h.run_stdin(
+        &[
+            "run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--", "awk", "-f", "-",
+        ],
+        &format!(
+            "BEGIN {{ printf \"%s\", ENVIRON[\"TOKEN\"] > \"{}\" }}\n",
+            stolen.display()
+        ),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!stolen.exists(), "the CLI's stdin reached the command");
+    assert!(!contains(&o.stdout, &tok));
+    // And a raw run with stdin under that grant is a new request, not the granted run.
+    let r = raw_run(&a, &app, &cmd, Some("BEGIN { print 1 }\n"), 0);
+    assert_eq!(r["kind"], "pending", "{r}");
+}
+
+/// A standing grant for a command that takes data on stdin covers only the bytes shown; any
+/// other bytes ask again (and a request's stdin over 1 MiB is refused outright).
+#[test]
+fn rt4_stdin_data_is_bound_and_bounded() {
+    let (a, _tok, app) = setup(&[], "");
+    let h = &a.h;
+    let r = raw_run(&a, &app, &["wc", "-c"], Some("12345\n"), 0);
+    assert_eq!(r["kind"], "pending", "{r}");
+    let card = h.ok(&["requests"]);
+    assert!(
+        card.contains("standard input, supplied by the requester (6 bytes")
+            && !card.contains("PROGRAM TEXT"),
+        "{card}"
+    );
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "8h"]).status.success());
+    let r = raw_run(&a, &app, &["wc", "-c"], Some("12345\n"), 10);
+    assert_eq!(r["kind"], "exit", "{r}");
+    assert!(r.to_string().contains('6'), "{r}");
+    assert_eq!(
+        raw_run(&a, &app, &["wc", "-c"], Some("other\n"), 0)["kind"],
+        "pending"
+    );
+    assert_eq!(raw_run(&a, &app, &["wc", "-c"], None, 0)["kind"], "pending");
+    let big = "x".repeat(1024 * 1024 + 1);
+    let r = raw_run(&a, &app, &["wc", "-c"], Some(&big), 0);
+    assert_eq!(r["kind"], "error", "{r}");
+    assert!(r.to_string().contains("1024 KiB"), "{r}");
 }
 
 #[test]
