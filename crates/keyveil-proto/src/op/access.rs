@@ -524,6 +524,13 @@ mod tests {
                 clipped: false,
                 sha256: None,
             }],
+            stdin: Some(StdinInfo {
+                text: "print(1)\n".into(),
+                bytes: 9,
+                clipped: false,
+                sha256: "00".repeat(32),
+                program: true,
+            }),
             new_variables: vec![NewVariableInfo {
                 variable: "API_TOKEN".into(),
                 created_at: t,
@@ -549,6 +556,7 @@ mod tests {
             argv: None,
             executable: None,
             chosen_values: Vec::new(),
+            stdin: None,
             new_variables: Vec::new(),
             contradictions: Vec::new(),
             mount: None,

@@ -169,15 +169,14 @@ fn refused_assignment(line: &str) -> Option<String> {
     let mut words = line
         .split_whitespace()
         .skip_while(|w| matches!(*w, "override" | "export" | "private"));
-    if words.next() == Some("define") {
-        if let Some(n) = words.next()
-            && CONTROL_VARS.contains(&n.trim_end_matches(['=', ':', '?', '+', '!']))
-        {
-            return Some(format!(
-                "a makefile defines {n} with `define`; keyveil accepts it only as a one-line \
-                 assignment of a system shell or plain flags"
-            ));
-        }
+    if words.next() == Some("define")
+        && let Some(n) = words.next()
+        && CONTROL_VARS.contains(&n.trim_end_matches(['=', ':', '?', '+', '!']))
+    {
+        return Some(format!(
+            "a makefile defines {n} with `define`; keyveil accepts it only as a one-line \
+             assignment of a system shell or plain flags"
+        ));
     }
     for name in CONTROL_VARS {
         let mut from = 0;

@@ -481,6 +481,11 @@ fn rt4_make_constructs_only_make_can_resolve_are_refused() {
     }
 }
 
+/// Kept as a record: a recipe is shell text, so which files it runs (`./build.sh`, `cd x &&
+/// ./y`, `$$(ls tools/*)`, a rule that remakes an included makefile from another file) is only
+/// known when it runs. Pinning the names a recipe spells literally would catch this case and
+/// not the class; the sound fix is the per-run read-only view of the workspace (the mount
+/// namespace design in docs/threat-model.md), not built yet.
 #[test]
 #[ignore = "LEAK (documented limit, threat-model: a script a recipe runs by path is not pinned)"]
 fn rt4_make_recipe_runs_an_agent_script() {
