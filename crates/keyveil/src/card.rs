@@ -279,6 +279,12 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
             out.push_str(&format!("    {}\n", chosen_value(c)));
         }
     }
+    if let Some(s) = &r.stdin {
+        out.push_str(&format!("  {}\n", st.caution(&stdin_heading(s))));
+        for line in stdin_text(s).lines() {
+            out.push_str(&format!("    | {line}\n"));
+        }
+    }
     out.push_str(&format!("  directory:   {}\n", esc(&r.cwd)));
     match &r.argv {
         None => out.push_str("  command:     ANY COMMAND (no command given)\n"),
@@ -475,6 +481,10 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
         "a value the requester could have chosen is injected: it is shown below and bound",
     ),
     (
+        "stdin-program",
+        "the requester writes the command's standard input, which the command reads as program text: read it below",
+    ),
+    (
         "compromised-value",
         "a value `keyveil sweep` found outside keyveil and not rotated since: rotate it (`keyveil env show` says when and where)",
     ),
@@ -523,6 +533,36 @@ pub(crate) fn new_variable(n: &op::NewVariableInfo) -> String {
             esc(&n.variable)
         ),
     }
+}
+
+/// What the card says about the requester's standard input: who supplies it, its size and
+/// digest, whether the command reads it as program text, and that the grant binds it.
+pub(crate) fn stdin_heading(s: &op::StdinInfo) -> String {
+    format!(
+        "standard input, supplied by the requester ({} bytes, sha256 {}){}; bound: other bytes are another request:",
+        s.bytes,
+        short(&s.sha256),
+        if s.program {
+            ", which this command reads as PROGRAM TEXT (code that runs with the values)"
+        } else {
+            ", which the command reads"
+        }
+    )
+}
+
+/// The requester's standard input as shown: escaped line by line (controls, bidi and
+/// invisible characters made visible), with a marker when only its start is shown.
+pub(crate) fn stdin_text(s: &op::StdinInfo) -> String {
+    let mut out: String = s
+        .text
+        .split('\n')
+        .map(keyveil_proto::display::visible_text)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if s.clipped {
+        out.push_str(&format!("\n… (clipped: {} bytes in all)", s.bytes));
+    }
+    out
 }
 
 /// One entry of a request's `chosen_values`: `NAME = "value"` (escaped, with a marker when only

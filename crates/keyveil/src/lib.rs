@@ -42,6 +42,7 @@ mod risk;
 mod sandbox;
 pub mod scan;
 mod setup;
+mod stdin_program;
 mod supervise;
 mod sweep;
 mod when;

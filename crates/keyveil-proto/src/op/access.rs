@@ -331,6 +331,10 @@ pub struct RequestCard {
     /// Values the requester could have chosen, shown and bound.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chosen_values: Vec<ChosenValueInfo>,
+    /// Standard input the requester supplies to the command, shown and bound (a run with other
+    /// bytes is another request); `None`: the command's standard input is `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinInfo>,
     /// Requested variables stored recently without the factor.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub new_variables: Vec<NewVariableInfo>,
@@ -427,6 +431,23 @@ pub struct ChosenValueInfo {
     pub sha256: Option<String>,
 }
 
+/// Standard input a requester supplies to a run, as the card shows it and a grant binds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StdinInfo {
+    /// Its first characters, as given (escaped when shown).
+    pub text: String,
+    /// Its length, bytes.
+    pub bytes: usize,
+    /// Only part of it is in `text`.
+    pub clipped: bool,
+    /// SHA-256 (hex) of all of it.
+    pub sha256: String,
+    /// The command reads program text or commands from standard input (an interpreter or REPL
+    /// keyveil knows, or a `-`/`/dev/stdin` operand): the card says it is code.
+    pub program: bool,
+}
+
 /// A requested variable stored recently without the factor.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -503,6 +524,13 @@ mod tests {
                 clipped: false,
                 sha256: None,
             }],
+            stdin: Some(StdinInfo {
+                text: "print(1)\n".into(),
+                bytes: 9,
+                clipped: false,
+                sha256: "00".repeat(32),
+                program: true,
+            }),
             new_variables: vec![NewVariableInfo {
                 variable: "API_TOKEN".into(),
                 created_at: t,
@@ -528,6 +556,7 @@ mod tests {
             argv: None,
             executable: None,
             chosen_values: Vec::new(),
+            stdin: None,
             new_variables: Vec::new(),
             contradictions: Vec::new(),
             mount: None,

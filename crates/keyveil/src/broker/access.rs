@@ -621,6 +621,9 @@ pub(crate) fn find_or_create_request(
     if chosen.iter().any(|c| c.origin != "reader-env") {
         flags.push("agent-chosen-value".to_owned());
     }
+    if ask.stdin.as_ref().is_some_and(|s| s.program) {
+        flags.push("stdin-program".to_owned());
+    }
     if super::sweep_ops::any_compromised(inner, &ask.environment, &ask.variables) {
         flags.push("compromised-value".to_owned());
     }
@@ -676,20 +679,22 @@ pub(crate) fn find_or_create_request(
         // human made it: a config, script or program changed or added since goes to the human.
         let mut unbound = None;
         // A mount read is never auto-approved: a rule was made for runs, whose output keyveil
-        // redacts; a mount's reader it does not.
-        let auto_hit = if suspicious || ask.argv.is_none() || ask.mount.is_some() {
-            None
-        } else {
-            policy.auto_approve.iter().enumerate().find_map(|(i, r)| {
-                let matches = rule_matches(&r.argv, r.prefix, &argv_key)
-                    && Path::new(&ask.cwd).starts_with(&r.cwd);
-                if matches && !rule_binds(r, &pins) {
-                    unbound.get_or_insert(i);
-                    return None;
-                }
-                matches.then_some((i, r.ttl_seconds))
-            })
-        };
+        // redacts; a mount's reader it does not. Nor is a run carrying standard input: a rule
+        // binds a command and its files, never bytes the requester writes.
+        let auto_hit =
+            if suspicious || ask.argv.is_none() || ask.mount.is_some() || ask.stdin.is_some() {
+                None
+            } else {
+                policy.auto_approve.iter().enumerate().find_map(|(i, r)| {
+                    let matches = rule_matches(&r.argv, r.prefix, &argv_key)
+                        && Path::new(&ask.cwd).starts_with(&r.cwd);
+                    if matches && !rule_binds(r, &pins) {
+                        unbound.get_or_insert(i);
+                        return None;
+                    }
+                    matches.then_some((i, r.ttl_seconds))
+                })
+            };
         if auto_hit.is_none()
             && let Some(i) = unbound
         {
@@ -745,6 +750,8 @@ pub(crate) fn find_or_create_request(
                 "stored_at": c.stored_at, "bytes": c.bytes, "sha256": c.sha256,
             })).collect::<Vec<_>>(),
             "new_variables": &new_variables,
+            // The requester's standard input by size and digest (its text is on the card).
+            "stdin": ask.stdin.as_ref().map(|s| json!({"bytes": s.bytes, "sha256": s.sha256, "program": s.program})),
             "contradictions": &contradictions,
             "mount": ask.mount.as_ref().map(|m| &m.path),
         }),
@@ -770,6 +777,7 @@ pub(crate) fn find_or_create_request(
             inputs: pins.inputs.clone(),
             risk: flags,
             chosen_values: chosen,
+            stdin: ask.stdin.clone(),
             new_variables,
             contradictions,
             mount: ask.mount.as_ref().map(|m| m.path.clone()),
@@ -842,6 +850,8 @@ pub(crate) async fn request_access(
         cwd,
         pass_values: pass_values(&pass_env, &a.pass_values),
         pass_env,
+        // Runs under this grant get /dev/null (a run carrying stdin is another request).
+        stdin: None,
         peer,
         mount: None,
     };
@@ -967,6 +977,7 @@ fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
                 sha256: c.sha256.clone(),
             })
             .collect(),
+        stdin: r.stdin.clone(),
         new_variables: r
             .new_variables
             .iter()
@@ -1168,6 +1179,7 @@ fn grant_request(
             .iter()
             .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
             .collect(),
+        stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
         created_at: now,
         expires_at: now
             .saturating_add(SignedDuration::from_secs(
@@ -1362,6 +1374,7 @@ mod tests {
             inputs: vec![],
             risk: vec![],
             chosen_values: vec![],
+            stdin: None,
             new_variables: vec![],
             contradictions: vec![],
             mount: None,
@@ -1381,6 +1394,7 @@ mod tests {
             cwd: "/".into(),
             pass_env: vec![],
             pass_values: Default::default(),
+            stdin: None,
             peer: peer(origin),
             mount: None,
         }

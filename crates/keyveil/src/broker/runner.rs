@@ -216,6 +216,19 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         )
         .hint("pass long lists of files through a file or stdin (for example `xargs` inside a script you run), not as arguments"));
     }
+    if let Some(s) = &req.stdin
+        && s.len() > super::state::MAX_STDIN_BYTES
+    {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            format!(
+                "standard input of {} bytes; keyveil takes at most {} KiB (the card shows it and the grant binds it); nothing was run",
+                s.len(),
+                super::state::MAX_STDIN_BYTES / 1024
+            ),
+        )
+        .hint("write large input to a file in the working directory and pass its path instead"));
+    }
     broker.lock().audit_ready("run_start")?;
     let cwd = super::cwd::canonical_cwd(&req.cwd)?;
     let pass_env = check_pass_env(&req.pass_env)?;
@@ -234,6 +247,10 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         cwd: cwd.clone(),
         pass_env: pass_env.clone(),
         pass_values: access::pass_values(&pass_env, &req.env),
+        stdin: req
+            .stdin
+            .as_deref()
+            .map(|t| super::state::stdin_info(t, &req.argv)),
         peer,
         mount: None,
     };

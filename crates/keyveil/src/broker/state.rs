@@ -84,6 +84,10 @@ pub(crate) struct AccessReq {
     /// pass-through values and variables stored without the factor (never one stored with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chosen_values: Vec<ChosenValue>,
+    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
+    /// another request); `None`: `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<keyveil_proto::op::StdinInfo>,
     /// Requested variables stored in the last day without the factor (or before keyveil
     /// recorded how): the `new-variable` flag, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -116,6 +120,7 @@ impl AccessReq {
             && self.argv == ask.argv
             && self.cwd == ask.cwd
             && self.pass_env == ask.pass_env
+            && self.stdin.as_ref().map(|s| &s.sha256) == ask.stdin.as_ref().map(|s| &s.sha256)
             // Asks from different real origins stay apart: each card shows who asked.
             && self.peer.origin == ask.peer.origin
             && self.mount.as_deref() == ask.mount.as_ref().map(|m| m.path.as_str())
@@ -179,6 +184,24 @@ impl ChosenValue {
     }
 }
 
+/// Longest standard input a run request may carry, in bytes (the MCP `run` tool's limit too).
+pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
+
+/// Describes a requester's standard input for the card: its first [`SHOWN_VALUE_CHARS`] × 10
+/// characters, size, digest, and whether `argv` reads program text from it
+/// ([`crate::stdin_program::reads_program`]).
+pub(crate) fn stdin_info(text: &str, argv: &[String]) -> keyveil_proto::op::StdinInfo {
+    use sha2::Digest as _;
+    let shown = SHOWN_VALUE_CHARS * 10;
+    keyveil_proto::op::StdinInfo {
+        text: text.chars().take(shown).collect(),
+        bytes: text.len(),
+        clipped: text.chars().count() > shown,
+        sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        program: crate::stdin_program::reads_program(argv),
+    }
+}
+
 /// A requested variable stored recently without the factor (see [`AccessReq::new_variables`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct NewVariable {
@@ -210,6 +233,9 @@ pub(crate) struct Ask {
     /// The requester's value of each pass-through name (`None`: not set), as the child would
     /// get it: shown on the card and bound into the grant.
     pub pass_values: BTreeMap<String, Option<String>>,
+    /// Standard input the requester supplies (`None`: `/dev/null`): shown on the card and part
+    /// of what a grant covers.
+    pub stdin: Option<keyveil_proto::op::StdinInfo>,
     /// The process that really asked (from the socket, not the claim): caps and flags count
     /// by it, and the card shows it.
     pub peer: super::peer::Peer,
@@ -264,6 +290,10 @@ pub(crate) struct Grant {
     /// listed: its keys are real variable names, which a policy may hide.
     #[serde(skip)]
     pub chosen_vars: BTreeMap<String, String>,
+    /// SHA-256 of the standard input the card showed (`None`: `/dev/null`); a grant for a
+    /// command covers only runs with these same bytes on standard input. Not listed.
+    #[serde(skip)]
+    pub stdin_sha256: Option<String>,
     /// Creation time.
     pub created_at: Timestamp,
     /// Deadline.
@@ -294,6 +324,10 @@ impl Grant {
             && ask.pass_env.iter().all(|v| self.pass_env.contains(v))
             && self.argv_covers(argv)
             && self.cwd_covers(&ask.cwd)
+            // Standard input is an input: an any-command grant covers any, a command's grant
+            // only the bytes its card showed.
+            && (self.argv.is_none()
+                || self.stdin_sha256.as_deref() == ask.stdin.as_ref().map(|s| s.sha256.as_str()))
     }
 
     /// Token-wise argv matching: exact, or the prefix followed by allowed extras (`prefix.rs`).
@@ -1215,6 +1249,7 @@ mod tests {
             inputs: vec![],
             pass_values: Default::default(),
             chosen_vars: Default::default(),
+            stdin_sha256: None,
             created_at: now,
             expires_at: now
                 .saturating_add(jiff::SignedDuration::from_secs(60))
@@ -1235,6 +1270,7 @@ mod tests {
             cwd: cwd.into(),
             pass_env: vec![],
             pass_values: Default::default(),
+            stdin: None,
             peer: crate::broker::peer::Peer::of_pid(None),
             mount: None,
         }

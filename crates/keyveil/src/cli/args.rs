@@ -473,7 +473,9 @@ pub(crate) enum EnvCommand {
   keyveil run --env demo -- sh -c 'curl -H \"Authorization: Bearer $API_TOKEN\" https://api.example.com'
 
 The command goes after `--`. It waits for your approval (`keyveil approve` in another
-terminal), then prints the command's output with the values redacted and exits with its code.")]
+terminal), then prints the command's output with the values redacted and exits with its code.
+The command's standard input is /dev/null: `keyveil run` never forwards its own (a program
+that reads code from stdin gets none); interactive programs are not supported.")]
 pub(crate) struct RunArgs {
     /// Environment.
     #[arg(long = "env")]

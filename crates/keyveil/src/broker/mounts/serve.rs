@@ -167,6 +167,7 @@ pub(super) fn mount_ask(broker: &Broker, path: &str, env: &str, r: &Reader) -> R
             .iter()
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect(),
+        stdin: None,
         peer: r.peer.clone(),
         mount: Some(MountAsk {
             path: path.to_owned(),

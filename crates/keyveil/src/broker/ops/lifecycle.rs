@@ -286,6 +286,8 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         inner.pending_totp = None;
         recorded
     };
+    // The approval page's sessions and links end with the unlock they were opened under.
+    broker.web.end_sessions();
     broker.notify();
     // The OpenBao tokens of logins end with the vault (after the revocations in flight).
     crate::dynamic::close_logins(broker, std::time::Duration::from_secs(5)).await;

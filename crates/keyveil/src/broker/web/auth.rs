@@ -32,6 +32,8 @@ pub(super) const LOGIN: &[u8] = b"keyveil/v1/web-login";
 pub(super) const SESSION: &[u8] = b"keyveil/v1/web-session";
 
 pub(super) const CSRF: &[u8] = b"keyveil/v1/web-csrf";
+/// Derives a new key from the old one when the OS random source fails at `lock`.
+const ROTATE: &[u8] = b"keyveil/v1/web-rotate";
 
 /// A value-entry link's or session's one variable, and its deadline.
 #[derive(Clone)]
@@ -63,7 +65,9 @@ pub(super) struct Auth {
 /// remembers of them (in memory only).
 pub(crate) struct Server {
     pub(super) port: u16,
-    pub(super) key: zeroize::Zeroizing<[u8; 32]>,
+    /// Signs tokens, sessions and CSRF tokens; replaced by [`super::Web::end_sessions`] (on
+    /// `lock`), which voids every link and session signed before.
+    pub(super) key: Mutex<zeroize::Zeroizing<[u8; 32]>>,
     pub(super) started: Instant,
     pub(super) auth: Mutex<Auth>,
 }
@@ -101,18 +105,23 @@ pub(super) fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// A fresh signing key from the OS random source.
+fn new_key() -> OpResult<zeroize::Zeroizing<[u8; 32]>> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut key[..]).map_err(|e| {
+        OpError::new(
+            ErrorCode::Failed,
+            format!("the OS random source failed: {e}"),
+        )
+    })?;
+    Ok(key)
+}
+
 impl Server {
     pub(super) fn new(port: u16) -> OpResult<Server> {
-        let mut key = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::fill(&mut key[..]).map_err(|e| {
-            OpError::new(
-                ErrorCode::Failed,
-                format!("the OS random source failed: {e}"),
-            )
-        })?;
         Ok(Server {
             port,
-            key,
+            key: Mutex::new(new_key()?),
             started: Instant::now(),
             auth: Mutex::new(Auth::default()),
         })
@@ -123,7 +132,7 @@ impl Server {
     }
 
     pub(super) fn tag(&self, purpose: &[u8], nonce: &[u8; 8], deadline_ms: u64) -> [u8; 32] {
-        hmac(&self.key, &[purpose, nonce, &deadline_ms.to_be_bytes()])
+        hmac(&self.key(), &[purpose, nonce, &deadline_ms.to_be_bytes()])
     }
 
     /// A new signed string for `purpose`, valid until `deadline`.
@@ -156,6 +165,27 @@ impl Server {
         let tag = self.tag(purpose, &nonce, deadline_ms);
         let ok: bool = subtle::ConstantTimeEq::ct_eq(&tag[..16], &raw[16..]).into();
         (ok && deadline_ms > self.millis(now)).then_some(Signed { nonce, deadline_ms })
+    }
+
+    /// A copy of the current signing key.
+    fn key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the signing key and forgets every value-entry link and session and every
+    /// flash: no link, session cookie or CSRF token made before works after this.
+    /// Without the OS random source, the new key is derived from the old one (an HMAC under
+    /// it), which only the broker knows: old signatures fail either way.
+    pub(super) fn rotate(&self) {
+        {
+            let mut key = self.key.lock().unwrap_or_else(|p| p.into_inner());
+            *key = new_key().unwrap_or_else(|_| zeroize::Zeroizing::new(hmac(&key, &[ROTATE])));
+        }
+        let mut auth = self.auth();
+        auth.flashes.clear();
+        auth.set_tokens.clear();
+        auth.set_sessions.clear();
+        auth.spent.clear();
     }
 
     pub(super) fn auth(&self) -> MutexGuard<'_, Auth> {
@@ -310,7 +340,7 @@ impl Server {
 
     /// The CSRF token of the session whose cookie digests to `key`: derived, not stored.
     pub(super) fn csrf_of(&self, key: &Digest32) -> Option<String> {
-        Some(hex::encode(hmac(&self.key, &[CSRF, key])))
+        Some(hex::encode(hmac(&self.key(), &[CSRF, key])))
     }
 
     pub(super) fn set_flash(&self, key: &Digest32, flash: view::Flash) {

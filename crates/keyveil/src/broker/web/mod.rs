@@ -13,6 +13,8 @@
 //!   refused (cross-site request forgery, other servers on 127.0.0.1);
 //! - a session comes only from a one-time URL token (32 random bytes, 5 minutes, single use),
 //!   exchanged for an `HttpOnly; SameSite=Strict` cookie; every other route needs the session;
+//! - `keyveil lock` replaces the key that signs links, sessions and CSRF tokens, so every page
+//!   session and unspent link ends with the unlock it was opened under;
 //! - every POST carries the session's CSRF token;
 //! - no CORS headers, ever; a strict CSP with no inline script; no framing; no caching.
 //!
@@ -109,6 +111,17 @@ pub(crate) async fn url(broker: &Arc<Broker>) -> OpResult<op::OneTimeLink> {
         url: format!("http://127.0.0.1:{}/login?token={token}", server.port),
         expires_in_seconds: TOKEN_TTL.as_secs(),
     })
+}
+
+impl Web {
+    /// Ends every approval-page session, link and value-entry session (`keyveil lock`): the
+    /// page's signing key is replaced, so a browser (or an agent) holding an old cookie must
+    /// log in again with a new link. A page that was never started has nothing to end.
+    pub(crate) fn end_sessions(&self) {
+        if let Some(s) = self.server.get() {
+            s.rotate();
+        }
+    }
 }
 
 #[derive(Clone)]

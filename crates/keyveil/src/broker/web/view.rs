@@ -85,6 +85,7 @@ const KNOWN: &[&str] = &[
     "inputs",
     "pass_env",
     "chosen_values",
+    "stdin",
     "new_variables",
     "contradictions",
     "mount",
@@ -187,6 +188,9 @@ fn facts(r: &op::RequestCard) -> Vec<(String, String)> {
             },
             crate::card::chosen_value(c),
         ));
+    }
+    if let Some(s) = &r.stdin {
+        out.push((crate::card::stdin_heading(s), crate::card::stdin_text(s)));
     }
     // A field of the card this page does not render yet is still shown, generically.
     if let Ok(Value::Object(o)) = serde_json::to_value(r) {

@@ -1,0 +1,610 @@
+//! Reading a makefile as GNU make does, as far as what it loads and runs goes, failing closed.
+//!
+//! Make's own reader (`read.c`) joins a line ending in an odd number of backslashes with the
+//! next one, recognises `include`, `-include` and `sinclude` followed by any blank (space or tab)
+//! or nothing, and evaluates functions wherever they appear, recipes included. keyveil reads
+//! the same logical lines and returns the include names as written, and refuses (the request is
+//! never asked) every construct whose effect only make could tell: `$(eval ...)` and
+//! `$(guile ...)`, `load`, and assignments of `SHELL`, `.SHELLFLAGS`, `MAKEFILES` or the
+//! `MAKEFLAGS` family that would run or read anything but a system shell and harmless flags.
+//! Names that need expansion are left to the caller (`make_expand_include`).
+
+/// Directories whose programs a makefile may name as `SHELL` (written by root only on a sane
+/// system; the policy PATH pins cover what a shell finds by name).
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin/",
+    "/usr/bin/",
+    "/sbin/",
+    "/usr/sbin/",
+    "/usr/local/bin/",
+];
+
+/// Variables that decide which program runs a recipe or which makefiles are read.
+const CONTROL_VARS: &[&str] = &[
+    "SHELL",
+    ".SHELLFLAGS",
+    "MAKEFILES",
+    "MAKEFLAGS",
+    "GNUMAKEFLAGS",
+    "MFLAGS",
+    "MAKESHELL",
+];
+
+/// What a makefile's text makes make read, or why keyveil cannot tell.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Parsed {
+    /// Include names as written (`$` not expanded), in file order.
+    pub(super) includes: Vec<String>,
+    /// The first construct keyveil refuses, in words, when there is one.
+    pub(super) refused: Option<String>,
+}
+
+/// The logical lines of `text`: a line ending in an odd number of backslashes is joined to the
+/// next with one space (the backslash, the newline and the next line's leading blanks go), as
+/// make does; a trailing CR is dropped. Recipe and comment lines are joined the same way.
+pub(super) fn logical_lines(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for raw in text.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let piece = match &cur {
+            Some(_) => line.trim_start_matches([' ', '\t']),
+            None => line,
+        };
+        let trailing = piece.bytes().rev().take_while(|b| *b == b'\\').count();
+        let acc = cur.get_or_insert_with(String::new);
+        if trailing % 2 == 1 {
+            let body = piece.get(..piece.len() - 1).unwrap_or("");
+            acc.push_str(body.trim_end_matches([' ', '\t']));
+            acc.push(' ');
+        } else {
+            acc.push_str(piece);
+            out.extend(cur.take());
+        }
+    }
+    out.extend(cur.take());
+    out
+}
+
+/// `line` up to its first unescaped `#` (make's comment rule for makefile lines).
+fn uncommented(line: &str) -> &str {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while let Some(c) = b.get(i) {
+        if *c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if *c == b'#' {
+            return line.get(..i).unwrap_or("");
+        }
+        i += 1;
+    }
+    line
+}
+
+/// Whether `s` starts with a make assignment operator (after blanks).
+fn starts_with_assignment(s: &str) -> Option<(&'static str, &str)> {
+    let s = s.trim_start_matches([' ', '\t']);
+    [":::=", "::=", ":=", "?=", "+=", "!=", "="]
+        .iter()
+        .find_map(|op| s.strip_prefix(op).map(|rest| (*op, rest)))
+}
+
+/// Reads `text` (one makefile) as make would for loading: see the module documentation.
+pub(super) fn parse(text: &str) -> Parsed {
+    let mut p = Parsed::default();
+    for line in logical_lines(text) {
+        if let Some(why) = refused_function(&line) {
+            p.refused.get_or_insert(why);
+        }
+        if let Some(why) = refused_assignment(&line) {
+            p.refused.get_or_insert(why);
+        }
+        let l = uncommented(&line).trim_start_matches([' ', '\t']);
+        let word_end = l.find([' ', '\t']).unwrap_or(l.len());
+        let (word, rest) = l.split_at(word_end);
+        if starts_with_assignment(rest).is_some() {
+            // `include = x` assigns a variable named `include` (make tries assignments first).
+            continue;
+        }
+        match word {
+            "include" | "-include" | "sinclude" => {
+                p.includes
+                    .extend(rest.split_whitespace().map(str::to_owned));
+            }
+            "load" | "-load" => {
+                p.refused.get_or_insert_with(|| {
+                    format!(
+                        "a makefile `{word}`s a shared object into make ({}); keyveil does not pin \
+                         code make loads into itself",
+                        rest.trim()
+                    )
+                });
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+/// `$(eval ...)` or `$(guile ...)` (or with braces) anywhere in `line`, a `$` that make
+/// expands (not `$$`, which a recipe passes to the shell as `$`).
+fn refused_function(line: &str) -> Option<String> {
+    let b = line.as_bytes();
+    for (i, c) in b.iter().enumerate() {
+        if *c != b'(' && *c != b'{' {
+            continue;
+        }
+        let dollars = b
+            .get(..i)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take_while(|x| **x == b'$')
+            .count();
+        if dollars % 2 == 0 {
+            continue;
+        }
+        let after = line.get(i + 1..).unwrap_or("");
+        for f in ["eval", "guile"] {
+            if after
+                .strip_prefix(f)
+                .is_some_and(|r| r.starts_with([' ', '\t']))
+            {
+                return Some(format!(
+                    "a makefile uses `$({f} ...)`: only make can tell what it evaluates (an \
+                     include, a rule, a variable that runs code)"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// An assignment of a [`CONTROL_VARS`] variable anywhere in `line` (plain, `override`,
+/// `export`, target-specific, or a `NAME=value` argument of a sub-make in a recipe), or a
+/// `define` of one, whose value keyveil does not accept.
+fn refused_assignment(line: &str) -> Option<String> {
+    let mut words = line
+        .split_whitespace()
+        .skip_while(|w| matches!(*w, "override" | "export" | "private"));
+    if words.next() == Some("define")
+        && let Some(n) = words.next()
+        && CONTROL_VARS.contains(&n.trim_end_matches(['=', ':', '?', '+', '!']))
+    {
+        return Some(format!(
+            "a makefile defines {n} with `define`; keyveil accepts it only as a one-line \
+             assignment of a system shell or plain flags"
+        ));
+    }
+    for name in CONTROL_VARS {
+        let mut from = 0;
+        while let Some(i) = line
+            .get(from..)
+            .and_then(|r| r.find(name))
+            .map(|i| i + from)
+        {
+            from = i + name.len();
+            let before = i
+                .checked_sub(1)
+                .and_then(|j| line.as_bytes().get(j))
+                .copied();
+            if before.is_some_and(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'$' | b'(' | b'{' | b'-')
+            }) {
+                continue;
+            }
+            let after = line.get(from..).unwrap_or("");
+            if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                continue;
+            }
+            let Some((_, value)) = starts_with_assignment(after) else {
+                continue;
+            };
+            if let Err(why) = control_value_ok(name, uncommented(value)) {
+                return Some(why);
+            }
+        }
+    }
+    None
+}
+
+/// Whether `value` is one keyveil accepts for the control variable `name` (see
+/// [`CONTROL_VARS`]); `Err` says why not.
+pub(super) fn control_value_ok(name: &str, value: &str) -> Result<(), String> {
+    let words: Vec<&str> = value.split_whitespace().collect();
+    let refuse = |what: &str| {
+        Err(format!(
+            "a makefile or make argument sets {name} to {:?}: {what}",
+            value.trim()
+        ))
+    };
+    if words.iter().any(|w| w.contains(['$', '`'])) {
+        return refuse("only make can expand it");
+    }
+    match name {
+        "SHELL" | "MAKESHELL" => {
+            let Some((prog, flags)) = words.split_first() else {
+                return refuse("an empty shell");
+            };
+            if !SYSTEM_DIRS.iter().any(|d| prog.starts_with(d)) || prog.contains("/..") {
+                return refuse(
+                    "every recipe would run through a program outside the system directories \
+                     (/bin, /usr/bin, /usr/local/bin), which keyveil does not pin",
+                );
+            }
+            // `/usr/bin/env bash`: a plain name, found on the recipes' PATH (pinned).
+            let flags = match flags.split_first() {
+                Some((n, rest))
+                    if prog.ends_with("/env") && !n.starts_with('-') && !n.contains(['/', '=']) =>
+                {
+                    rest
+                }
+                _ => flags,
+            };
+            shell_flags_ok(flags).or_else(|w| refuse(&w))
+        }
+        ".SHELLFLAGS" => shell_flags_ok(&words).or_else(|w| refuse(&w)),
+        "MAKEFILES" => {
+            if words.is_empty() {
+                Ok(())
+            } else {
+                refuse("make would read those makefiles too, unpinned")
+            }
+        }
+        _ => {
+            for w in &words {
+                if !make_flag_ok(w) {
+                    return refuse(&format!(
+                        "{w:?} is not a flag keyveil knows to load nothing (allowed: -s, -r, -R, \
+                         -k, -w, -j N, -O, --no-print-directory, --silent and the like)"
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Shell flags that read no file: option clusters of letters that neither read startup files
+/// (`-i`, `-l`) nor commands from standard input (`-s`), `-o NAME`/`-O NAME` with a plain
+/// name, `--posix`, `--norc`, `--noprofile`, and `-c`.
+fn shell_flags_ok(flags: &[&str]) -> Result<(), String> {
+    let mut after_o = false;
+    for f in flags {
+        if after_o {
+            after_o = false;
+            if f.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !f.is_empty() {
+                continue;
+            }
+        }
+        if matches!(*f, "--posix" | "--norc" | "--noprofile") {
+            continue;
+        }
+        let cluster = f.strip_prefix('-').or_else(|| f.strip_prefix('+'));
+        match cluster {
+            Some(c)
+                if !c.is_empty() && c.bytes().all(|b| b"abcefhkmnoptuvxBCEHPTO".contains(&b)) =>
+            {
+                after_o = c.ends_with(['o', 'O']);
+            }
+            _ => {
+                return Err(format!(
+                    "{f:?} is not a shell flag keyveil knows to read nothing (startup files, \
+                     scripts and standard input are refused)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `MAKEFLAGS` word that makes make read or run nothing more: short-flag clusters of
+/// `s r R k w S B e i n q t`, `-j[N]`, `-O[TYPE]`, and the long forms of the same.
+fn make_flag_ok(w: &str) -> bool {
+    if w.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    const LONG: &[&str] = &[
+        "--no-print-directory",
+        "--print-directory",
+        "--silent",
+        "--quiet",
+        "--no-builtin-rules",
+        "--no-builtin-variables",
+        "--warn-undefined-variables",
+        "--keep-going",
+        "--no-keep-going",
+        "--stop",
+        "--environment-overrides",
+        "--ignore-errors",
+        "--always-make",
+        "--just-print",
+        "--dry-run",
+        "--question",
+        "--touch",
+        "--no-silent",
+    ];
+    if let Some(l) = w.strip_prefix("--") {
+        let name = l.split('=').next().unwrap_or(l);
+        return LONG.contains(&w)
+            || (matches!(name, "jobs" | "output-sync" | "load-average")
+                && l.split_once('=').is_none_or(|(_, v)| {
+                    v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+                }));
+    }
+    // A bare cluster (`MAKEFLAGS += rs`) is read as flags too.
+    let c = w.strip_prefix('-').unwrap_or(w);
+    if let Some(n) = c.strip_prefix('j').or_else(|| c.strip_prefix('l')) {
+        return n.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    }
+    if let Some(t) = c.strip_prefix('O') {
+        return t.bytes().all(|b| b.is_ascii_lowercase());
+    }
+    !c.is_empty() && c.bytes().all(|b| b"srRkwSBeinqt".contains(&b))
+}
+
+/// What make's argv says about the makefiles it reads (GNU make's options, parsed as its
+/// `getopt_long` does: short clusters, attached or separate arguments, unambiguous prefixes of
+/// long options).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct MakeArgv {
+    /// `-C`/`--directory` applied in order (relative to the working directory).
+    pub(super) dir: Vec<String>,
+    /// `-f`/`--file`/`--makefile` names.
+    pub(super) files: Vec<String>,
+    /// `-I`/`--include-dir` directories.
+    pub(super) incdirs: Vec<String>,
+    /// Why keyveil refuses this argv (`--eval`, a control variable set to an unaccepted
+    /// value), if it does.
+    pub(super) refused: Option<String>,
+}
+
+/// GNU make 4.4's long options: `(name, takes an argument: 0 no, 1 required, 2 optional)`.
+const LONG_OPTIONS: &[(&str, u8)] = &[
+    ("always-make", 0),
+    ("assume-new", 1),
+    ("assume-old", 1),
+    ("check-symlink-times", 0),
+    ("debug", 2),
+    ("directory", 1),
+    ("dry-run", 0),
+    ("environment-overrides", 0),
+    ("eval", 1),
+    ("file", 1),
+    ("help", 0),
+    ("ignore-errors", 0),
+    ("include-dir", 1),
+    ("jobs", 2),
+    ("jobserver-auth", 1),
+    ("jobserver-fds", 1),
+    ("jobserver-style", 1),
+    ("just-print", 0),
+    ("keep-going", 0),
+    ("load-average", 2),
+    ("makefile", 1),
+    ("max-load", 2),
+    ("new-file", 1),
+    ("no-builtin-rules", 0),
+    ("no-builtin-variables", 0),
+    ("no-keep-going", 0),
+    ("no-print-directory", 0),
+    ("no-silent", 0),
+    ("old-file", 1),
+    ("output-sync", 2),
+    ("print-data-base", 0),
+    ("print-directory", 0),
+    ("question", 0),
+    ("quiet", 0),
+    ("recon", 0),
+    ("shuffle", 2),
+    ("silent", 0),
+    ("stop", 0),
+    ("touch", 0),
+    ("trace", 0),
+    ("version", 0),
+    ("warn-undefined-variables", 0),
+    ("what-if", 1),
+];
+
+/// Reads make's `argv` (see [`MakeArgv`]).
+pub(super) fn argv(argv: &[String]) -> MakeArgv {
+    let mut m = MakeArgv::default();
+    let mut i = 1;
+    let mut options = true;
+    let take = |m: &mut MakeArgv, opt: &str, v: Option<&String>| {
+        let Some(v) = v else { return };
+        match opt {
+            "C" | "directory" => m.dir.push(v.clone()),
+            "f" | "file" | "makefile" => m.files.push(v.clone()),
+            "I" | "include-dir" => m.incdirs.push(v.clone()),
+            "E" | "eval" => {
+                m.refused.get_or_insert_with(|| {
+                    "make's --eval/-E evaluates makefile text keyveil does not parse; put it in \
+                     the makefile"
+                        .to_owned()
+                });
+            }
+            _ => {}
+        }
+    };
+    while let Some(a) = argv.get(i) {
+        i += 1;
+        if options && a == "--" {
+            options = false;
+            continue;
+        }
+        if options && let Some(long) = a.strip_prefix("--") {
+            let (name, value) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (long, None),
+            };
+            let hits: Vec<&(&str, u8)> = LONG_OPTIONS
+                .iter()
+                .filter(|(n, _)| n.starts_with(name))
+                .collect();
+            let opt = LONG_OPTIONS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .or(match hits.as_slice() {
+                    [one] => Some(*one),
+                    _ => None,
+                });
+            let Some((full, arg)) = opt else {
+                // Unknown or ambiguous: make stops with a usage error.
+                continue;
+            };
+            let v = match (value, arg) {
+                (Some(v), _) => Some(v),
+                (None, 1) => {
+                    i += 1;
+                    argv.get(i - 1).cloned()
+                }
+                _ => None,
+            };
+            take(&mut m, full, v.as_ref());
+            continue;
+        }
+        if options && a.len() > 1 && a.starts_with('-') {
+            let c = a.get(1..).unwrap_or("");
+            for (j, ch) in c.char_indices() {
+                let rest = c.get(j + ch.len_utf8()..).unwrap_or("");
+                if "CEfIoW".contains(ch) {
+                    let v = if rest.is_empty() {
+                        i += 1;
+                        argv.get(i - 1).cloned()
+                    } else {
+                        Some(rest.to_owned())
+                    };
+                    take(&mut m, &ch.to_string(), v.as_ref());
+                    break;
+                }
+                if "jlO".contains(ch) {
+                    // Optional argument: only the rest of this token.
+                    break;
+                }
+            }
+            continue;
+        }
+        // `NAME=value` (any assignment operator) sets a variable for every makefile.
+        if let Some(eq) = a.find('=') {
+            let name = a
+                .get(..eq)
+                .unwrap_or("")
+                .trim_end_matches([':', '?', '+', '!'])
+                .trim();
+            if CONTROL_VARS.contains(&name)
+                && let Err(why) = control_value_ok(name, a.get(eq + 1..).unwrap_or(""))
+            {
+                m.refused.get_or_insert(why);
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_include_is_found() {
+        for (mk, want) in [
+            ("include a.mk\n", vec!["a.mk"]),
+            ("include\ta.mk\n", vec!["a.mk"]),
+            ("  -include\t a.mk b.mk # c.mk\n", vec!["a.mk", "b.mk"]),
+            ("sinclude\ta.mk\n", vec!["a.mk"]),
+            ("include \\\n  a.mk\n", vec!["a.mk"]),
+            ("include\\\n\ta.mk \\\n b.mk\n", vec!["a.mk", "b.mk"]),
+            ("\tinclude a.mk\r\n", vec!["a.mk"]),
+            ("# a comment \\\ninclude a.mk\n", vec![]),
+            ("include = a.mk\n", vec![]),
+            ("includes a.mk\n", vec![]),
+        ] {
+            assert_eq!(parse(mk).includes, want, "{mk:?}");
+            assert_eq!(parse(mk).refused, None, "{mk:?}");
+        }
+    }
+
+    #[test]
+    fn what_only_make_can_tell_is_refused() {
+        for mk in [
+            "$(eval include a.mk)\n",
+            "${eval include a.mk}\n",
+            "$(eval $(shell cat a.mk))\n",
+            "all:\n\t@echo $(eval include x)\n",
+            "x := $(guile (display 1))\n",
+            "load ./ext.so\n",
+            "-load\text.so\n",
+            "SHELL := ./kvsh\n",
+            "SHELL=kvsh\n",
+            "override SHELL = /tmp/sh\n",
+            "export SHELL\t:= $(CURDIR)/sh\n",
+            "all: SHELL := ./sh\n",
+            "SHELL := /bin/bash ./evil.sh\n",
+            "SHELL := /bin/bash -l\n",
+            "SHELL := /usr/bin/../../tmp/sh\n",
+            ".SHELLFLAGS := -c 'source ./x;'\n",
+            ".SHELLFLAGS = --rcfile x -ic\n",
+            "MAKEFILES = extra.mk\n",
+            "MAKEFLAGS += -f other.mk\n",
+            "MAKEFLAGS += --eval=include\\ x\n",
+            "MAKEFLAGS += -I inc\n",
+            "define SHELL\n./x\nendef\n",
+            "all:\n\t$(MAKE) SHELL=./x all\n",
+            "SHELL \\\n := ./x\n",
+        ] {
+            assert!(parse(mk).refused.is_some(), "{mk:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn make_argv_is_read_as_getopt_does() {
+        let v = |a: &[&str]| argv(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(v(&["make", "-sf", "x.mk"]).files, ["x.mk"]);
+        assert_eq!(v(&["make", "-f-"]).files, ["-"]);
+        assert_eq!(
+            v(&["make", "--fil=a.mk", "--makef", "b.mk"]).files,
+            ["a.mk", "b.mk"]
+        );
+        assert_eq!(v(&["make", "-kC", "sub", "--dir=x"]).dir, ["sub", "x"]);
+        assert_eq!(v(&["make", "-Iinc", "--include=i2"]).incdirs, ["inc", "i2"]);
+        assert_eq!(
+            v(&["make", "-j4", "test", "--", "-f"]).files,
+            Vec::<String>::new()
+        );
+        for bad in [
+            &["make", "--eval=include x"][..],
+            &["make", "-E", "include x"],
+            &["make", "--ev", "include x"],
+            &["make", "-sE", "include x"],
+            &["make", "SHELL=./kvsh"],
+            &["make", "test", "SHELL:=/tmp/sh"],
+            &["make", ".SHELLFLAGS=-c . ./x;"],
+            &["make", "MAKEFLAGS=-f x.mk"],
+            &["make", "MAKEFILES=x.mk"],
+        ] {
+            assert!(v(bad).refused.is_some(), "{bad:?}");
+        }
+        assert_eq!(v(&["make", "SHELL=/bin/bash", "test", "V=1"]).refused, None);
+    }
+
+    #[test]
+    fn common_harmless_forms_are_accepted() {
+        for mk in [
+            "SHELL := /bin/bash\n",
+            "SHELL = /usr/bin/env bash\n",
+            "SHELL := /bin/bash -eu -o pipefail\n",
+            ".SHELLFLAGS := -eu -o pipefail -c\n",
+            "MAKEFLAGS += --no-print-directory -rR\n",
+            "MAKEFLAGS += -j4 --output-sync=target\n",
+            "all:\n\techo $$(eval echo hi)\n",
+            "EVAL = 1\nall:\n\t@echo $(EVAL) $(MYSHELL)\n",
+            "all:\n\tMYSHELL=x true\n",
+        ] {
+            assert_eq!(parse(mk).refused, None, "{mk:?}");
+        }
+    }
+}
