@@ -488,7 +488,7 @@ fn setup(
         .filter(|d| st.watches.dirs.contains(*d))
         .map(|w| format!("watching {}", w.display()))
         .collect();
-    notes.extend(st.watches.unwatched.drain(..));
+    notes.append(&mut st.watches.unwatched);
     if st.watches.unwatched_count > 20 {
         notes.push(format!(
             "{} folders in all are not watched",
@@ -528,8 +528,8 @@ async fn tick_batch(
                 paths.insert(p.clone());
             }
         }
-        let dirs: Vec<PathBuf> = st.watches.dirs.iter().cloned().collect();
-        paths.extend(dirs);
+        // And every folder is walked again from the top (folders created meanwhile).
+        paths.extend(st.recursive.iter().cloned());
         st.queue.push(Item::Note(
             "the kernel dropped file events (too many at once): every watched file was looked at again".into(),
         ));

@@ -805,3 +805,34 @@ fn next_batch_line(rx: &std::sync::mpsc::Receiver<String>) -> String {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("no batch in 10 s")
 }
+
+/// Measures (run by hand with `--ignored --nocapture`; figures in `docs/benchmarks.md`) the
+/// broker's CPU time over 10 s of an idle watch, now that it sends a frame every 250 ms.
+#[test]
+#[ignore = "a measurement, run by hand: see docs/benchmarks.md (Sweep)"]
+#[allow(clippy::print_stderr)]
+fn measure_an_idle_watch() {
+    let h = Home::new();
+    h.set("demo", "API_KEY", &rand_value("sk_"));
+    std::fs::create_dir_all(h.path().join(".claude/projects/-w")).unwrap();
+    let pid = std::fs::read_to_string(h.path().join("run/broker.pid")).unwrap();
+    let pid = pid.trim();
+    let cpu = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = &s[s.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(10));
+    let base = cpu() - before;
+    let (child, _rx) = start_watch(&h);
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(10));
+    let watching = cpu() - before;
+    eprintln!(
+        "broker CPU over 10 s: {base} ticks without a watch, {watching} ticks with an idle watch (100 ticks = 1 s)"
+    );
+    let _ = h.cmd(&["daemon", "stop"]).output();
+    let _ = wait_output(child, Duration::from_secs(20));
+}
