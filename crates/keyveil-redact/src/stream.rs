@@ -90,7 +90,7 @@ pub struct RedactStream {
     flushed_walk: Option<(u64, u64)>,
 }
 
-/// Most occurrences [`RedactStream::record_spans`] keeps per secret.
+/// Most occurrences [`crate::Redactor::find_leak_spans`] keeps per secret.
 pub const MAX_SPANS: usize = 1024;
 
 /// At a pause, a possible match of at most this many significant bytes (flushed ones included)
