@@ -54,7 +54,7 @@ pub mod normalize;
 mod stream;
 pub mod variants;
 
-pub use stream::{FLUSH_SHOWN_MAX, PARTIAL_MARKER, RedactStream};
+pub use stream::{FLUSH_SHOWN_MAX, MAX_SPANS, PARTIAL_MARKER, RedactStream};
 
 use matcher::{Pass, PassKind, Patterns};
 use std::sync::Arc;
@@ -238,6 +238,36 @@ impl Redactor {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// [`Redactor::find_leaks`], with where: for each name found, the byte ranges of `input`
+    /// (start, end exclusive) where one of its variants occurs, in the order found, at most
+    /// [`MAX_SPANS`] per secret. The same single pass as `find_leaks` (callers that
+    /// need line numbers get them without matching again, whatever was found).
+    pub fn find_leak_spans(&self, input: &[u8]) -> Vec<(String, Vec<(u64, u64)>)> {
+        let mut s = self.stream();
+        s.record_spans();
+        let mut sink = Vec::new();
+        s.push(input, &mut sink);
+        s.finish(&mut sink);
+        sink.zeroize();
+        let mut out: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
+        for i in s.seen_secrets() {
+            let Some(name) = self.inner.names.get(i) else {
+                continue;
+            };
+            let spans = s
+                .spans()
+                .and_then(|sp| sp.get(i))
+                .cloned()
+                .unwrap_or_default();
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, list)) => list.extend(spans),
+                None => out.push((name.clone(), spans)),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Names whose value (after trimming whitespace) is shorter than [`MIN_LEN`] bytes: they

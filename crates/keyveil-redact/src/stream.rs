@@ -81,11 +81,17 @@ pub struct RedactStream {
     regions: VecDeque<Region>,
     redactions: usize,
     seen: Vec<bool>,
+    /// With [`RedactStream::record_spans`]: per secret, the byte ranges of its occurrences
+    /// (at most [`MAX_SPANS`] each).
+    spans: Option<Vec<Vec<(u64, u64)>>>,
     fail_marker_sent: bool,
     /// The possible match a [`RedactStream::flush`] last let out: where it starts, and how many
     /// significant bytes of it were shown ([`MASKED`]: it was masked).
     flushed_walk: Option<(u64, u64)>,
 }
+
+/// Most occurrences [`crate::Redactor::find_leak_spans`] keeps per secret.
+pub const MAX_SPANS: usize = 1024;
 
 /// At a pause, a possible match of at most this many significant bytes (flushed ones included)
 /// is shown as it is; a longer one is masked with [`PARTIAL_MARKER`].
@@ -149,9 +155,21 @@ impl RedactStream {
             regions: VecDeque::new(),
             redactions: 0,
             seen,
+            spans: None,
             fail_marker_sent: false,
             flushed_walk: None,
         }
+    }
+
+    /// From now on, also keeps where each secret occurs (see [`RedactStream::spans`]).
+    pub(crate) fn record_spans(&mut self) {
+        self.spans = Some(vec![Vec::new(); self.seen.len()]);
+    }
+
+    /// With [`RedactStream::record_spans`]: per secret index, the byte ranges (absolute
+    /// offsets, end exclusive) of its occurrences, in the order found (at most [`MAX_SPANS`]).
+    pub(crate) fn spans(&self) -> Option<&[Vec<(u64, u64)>]> {
+        self.spans.as_deref()
     }
 
     /// Feeds a chunk of output; appends to `out` every byte that can no longer be part of a
@@ -232,9 +250,11 @@ impl RedactStream {
         self.emit(self.total, out);
         let redactions = self.redactions;
         let seen = std::mem::take(&mut self.seen);
+        let spans = self.spans.take();
         *self = RedactStream::new(Arc::clone(&self.inner));
         self.redactions = redactions;
         self.seen = seen;
+        self.spans = spans;
     }
 
     /// Whether output is held back (a possible match, or a match that could still grow).
@@ -424,16 +444,28 @@ impl RedactStream {
         }
     }
 
-    fn accept(&mut self, h: Hit, secret: u32, owners: impl Fn(&Self) -> Vec<u32>) {
-        let has_extra = self.inner.has_shared_patterns;
-        if has_extra {
-            for s in owners(self) {
-                if let Some(slot) = self.seen.get_mut(s as usize) {
-                    *slot = true;
-                }
-            }
-        } else if let Some(slot) = self.seen.get_mut(secret as usize) {
+    /// Secret `s` occurs at `h`.
+    fn mark_seen(&mut self, s: u32, h: &Hit) {
+        if let Some(slot) = self.seen.get_mut(s as usize) {
             *slot = true;
+        }
+        if let Some(list) = self
+            .spans
+            .as_mut()
+            .and_then(|sp| sp.get_mut(s as usize))
+            .filter(|l| l.len() < MAX_SPANS && l.last() != Some(&(h.start, h.end)))
+        {
+            list.push((h.start, h.end));
+        }
+    }
+
+    fn accept(&mut self, h: Hit, secret: u32, owners: impl Fn(&Self) -> Vec<u32>) {
+        if self.inner.has_shared_patterns {
+            for s in owners(self) {
+                self.mark_seen(s, &h);
+            }
+        } else {
+            self.mark_seen(secret, &h);
         }
         // Already let out (an occurrence a flush decided at a pause, reported again): nothing
         // is left to mask.

@@ -219,13 +219,31 @@ pub(super) fn name_findings(findings: &mut [Finding], keys: &BTreeMap<String, Ke
     }
 }
 
-/// Seals `outcome` for the CLI that proved the factor.
+/// Smallest padded size of a sealed sweep reply (plain bytes); larger ones are padded to this
+/// times a power of 4.
+pub(super) const SEALED_MIN: usize = 16 << 10;
+
+/// The padded length of `len` plain bytes: the smallest `min` × 4^k at or above it.
+pub(super) fn bucket(len: usize, min: usize) -> usize {
+    let mut b = min.max(1);
+    while b < len {
+        b = b.saturating_mul(4);
+    }
+    b
+}
+
+/// Seals `outcome` for the CLI that proved the factor, its JSON padded with spaces (which JSON
+/// ignores) to a fixed bucket ([`bucket`] of `min`): the sealed length says nothing of what
+/// was found.
 pub(super) fn seal(
     key: &factor_proof::FactorKey,
     nonce: &[u8; factor_proof::LEN],
     outcome: &SweepOutcome,
+    min: usize,
 ) -> OpResult<op::SweepReply> {
-    let plain = zeroize::Zeroizing::new(serde_json::to_vec(outcome).unwrap_or_default());
+    let mut plain = zeroize::Zeroizing::new(serde_json::to_vec(outcome).unwrap_or_default());
+    let padded = bucket(plain.len(), min);
+    plain.resize(padded, b' ');
     let sealed = factor_proof::seal_in_transit(key, nonce, b"sweep", &plain)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     Ok(op::SweepReply { sealed })
@@ -258,7 +276,9 @@ async fn sweep_with(
     let (mut report, scrubbed) = tokio::task::spawn_blocking(move || {
         let report = crate::sweep::sweep_with(&run_plan, &redactor, progress.as_deref());
         let scrubbed = scrub.then(|| {
-            crate::sweep::scrub::scrub(&crate::sweep::scrub::targets(&report.findings), &redactor)
+            let (files, left) =
+                crate::sweep::scrub::targets(&report.findings, run_plan.home.as_deref());
+            (crate::sweep::scrub::scrub(&files, &redactor), left)
         });
         (report, scrubbed)
     })
@@ -293,7 +313,7 @@ async fn sweep_with(
         contained,
         ..SweepOutcome::default()
     };
-    if let Some(s) = scrubbed {
+    if let Some((s, left)) = scrubbed {
         broker.lock().audit(
             "sweep_scrub",
             json!({"files": s.files.len(), "left": s.notes.len()}),
@@ -304,8 +324,9 @@ async fn sweep_with(
             .map(|(p, n)| (p.to_string_lossy().into_owned(), n as u64))
             .collect();
         outcome.scrub_notes = s.notes;
+        outcome.scrub_notes.extend(left);
     }
-    seal(&key, &nonce, &outcome)
+    seal(&key, &nonce, &outcome, SEALED_MIN)
 }
 
 /// `sweep` with `progress`: the connection stays open and a [`Reply::SweepProgress`] frame
@@ -506,7 +527,15 @@ pub(crate) fn any_compromised(inner: &Inner, env: &str, vars: &[String]) -> bool
 
 #[cfg(test)]
 mod tests {
-    use super::guessable;
+    use super::{bucket, guessable};
+
+    #[test]
+    fn sealed_replies_are_padded_to_fixed_buckets() {
+        assert_eq!(bucket(10, 16 << 10), 16 << 10);
+        assert_eq!(bucket(16 << 10, 16 << 10), 16 << 10);
+        assert_eq!(bucket((16 << 10) + 1, 16 << 10), 64 << 10);
+        assert_eq!(bucket(300 << 10, 16 << 10), 1 << 20);
+    }
 
     #[test]
     fn short_and_low_entropy_values_are_guessable() {

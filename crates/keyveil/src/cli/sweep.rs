@@ -216,6 +216,7 @@ async fn watch(
     let mut conn = client::Connection::open(paths).await?;
     conn.send(req).await?;
     let mut found = false;
+    let mut hello = true;
     while let Some(ev) = conn.next().await? {
         let client::Event::Reply(reply) = ev else {
             continue;
@@ -232,22 +233,33 @@ async fn watch(
             .context("the findings did not come sealed from the broker that proved itself")?;
         let o: SweepOutcome =
             serde_json::from_slice(&plain).context("unreadable findings from the broker")?;
+        // The broker sends a frame every quarter second, found or not (the stream must not
+        // say when something was found): most are empty, and nothing is shown for them.
+        let first = std::mem::replace(&mut hello, false);
+        if o.report.findings.is_empty() && o.report.notes.is_empty() && o.contained.is_empty() {
+            continue;
+        }
         found |= !o.report.findings.is_empty();
         if json {
             say(ascii_json(&serde_json::to_string(&o).unwrap_or_default()));
             continue;
         }
-        if o.report.findings.is_empty() {
-            for n in &o.report.notes {
-                note(keyveil_proto::display::visible(n));
-            }
+        for n in &o.report.notes {
+            note(keyveil_proto::display::visible(n));
+        }
+        if first {
             note("watching; stop with Ctrl-C");
+        }
+        if o.report.findings.is_empty() && o.contained.is_empty() {
             continue;
         }
-        let mut lines = vec![format!(
-            "{} found:",
-            jiff::Timestamp::now().strftime("%H:%M:%S")
-        )];
+        let mut lines = Vec::new();
+        if !o.report.findings.is_empty() {
+            lines.push(format!(
+                "{} found:",
+                jiff::Timestamp::now().strftime("%H:%M:%S")
+            ));
+        }
         for f in &o.report.findings {
             lines.push(format!(
                 "{}/{}{}",

@@ -207,18 +207,55 @@ pub(crate) fn scan_with_lines(
     (sc.finish(start), lines)
 }
 
-/// The 1-based lines of `data` on which `variable` occurs whole (at most [`MAX_LINES`]).
-pub(crate) fn lines_in(data: &[u8], variable: &str, redactor: &Redactor) -> Vec<u64> {
-    let mut out = Vec::new();
-    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
-        if redactor.find_leaks(line).iter().any(|n| n == variable) {
-            out.push(i as u64 + 1);
-            if out.len() >= MAX_LINES {
+/// Where each variable occurs in some bytes (`Redactor::find_leak_spans`).
+pub(crate) type Spans = Vec<(String, Vec<(u64, u64)>)>;
+
+/// The 1-based lines of `data` on which each variable of `spans` (where the one matching pass
+/// over `data` found it) occurs whole, at most [`MAX_LINES`] each.
+///
+/// The same work whatever was found: one walk over every newline of `data`, no match per line
+/// (which made a long file that held a value take measurably longer than one that did not,
+/// and an agent timing its planted candidates could tell which one matched).
+pub(crate) fn lines_of(data: &[u8], spans: &Spans) -> BTreeMap<String, Vec<u64>> {
+    // (start, end, variable index), by start.
+    let mut at: Vec<(u64, u64, usize)> = spans
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, list))| list.iter().map(move |&(a, b)| (a, b, i)))
+        .collect();
+    at.sort_unstable();
+    let mut lines: Vec<Vec<u64>> = vec![Vec::new(); spans.len()];
+    let mut next = at.iter().peekable();
+    let mut line = 1u64;
+    // An occurrence that ends by the end of its line is on that line.
+    let mut place = |end: u64, i: usize, line: u64, eol: u64| {
+        if let Some(l) = lines.get_mut(i)
+            && end <= eol
+            && l.len() < MAX_LINES
+            && l.last() != Some(&line)
+        {
+            l.push(line);
+        }
+    };
+    for nl in memchr::memchr_iter(b'\n', data) {
+        let nl = nl as u64;
+        while let Some(&&(a, b, i)) = next.peek() {
+            if a >= nl {
                 break;
             }
+            place(b, i, line, nl);
+            next.next();
         }
+        line += 1;
     }
-    out
+    for &(_, b, i) in next {
+        place(b, i, line, u64::MAX);
+    }
+    spans
+        .iter()
+        .zip(lines)
+        .map(|((v, _), l)| (v.clone(), l))
+        .collect()
 }
 
 /// The state of one scan: budgets spent and leaks found.
@@ -243,6 +280,8 @@ pub(crate) struct Scanner<'a> {
     pub(crate) lines: Option<Lines>,
     /// With [`scan_with_lines`]: work done, for a progress display.
     pub(crate) progress: Option<&'a Progress>,
+    /// With [`scan_with_lines`]: where the match of the file's own bytes found each variable.
+    spans: Spans,
 }
 
 impl<'a> Scanner<'a> {
@@ -271,6 +310,7 @@ impl<'a> Scanner<'a> {
             pending: Vec::new(),
             lines: None,
             progress: None,
+            spans: Vec::new(),
         }
     }
 
@@ -330,6 +370,16 @@ impl<'a> Scanner<'a> {
 
     /// Matches `data` and records each secret found at `location` under `form`.
     pub(crate) fn match_bytes(&mut self, data: &[u8], location: &OsStr, form: &Forms) {
+        if self.lines.is_some() && form.depth() == 0 && location == self.current.as_os_str() {
+            // The file's own bytes: where each value is, for its line numbers, from this same
+            // pass (never a second one because something was found).
+            let spans = self.redactor.find_leak_spans(data);
+            for (name, _) in &spans {
+                self.record(location, name.clone(), form.render());
+            }
+            self.spans = spans;
+            return;
+        }
         if data.is_empty() {
             return;
         }
@@ -345,6 +395,9 @@ impl<'a> Scanner<'a> {
             return;
         }
         let here = self.redacted_path(self.current.as_os_str());
+        let spans = std::mem::take(&mut self.spans);
+        // Every file's newlines are walked, found or not.
+        let mut lines = lines_of(data, &spans);
         let vars: Vec<String> = self
             .pending
             .iter()
@@ -352,7 +405,7 @@ impl<'a> Scanner<'a> {
             .map(|(_, v, _)| v.clone())
             .collect();
         for v in vars {
-            let l = lines_in(data, &v, self.redactor);
+            let l = lines.remove(&v).unwrap_or_default();
             if let Some(map) = &mut self.lines {
                 map.entry((here.clone(), v)).or_insert(l);
             }

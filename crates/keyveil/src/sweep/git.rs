@@ -16,9 +16,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use keyveil_redact::Redactor;
 
@@ -32,6 +35,11 @@ const MAX_DEPTH: usize = 24;
 const MAX_ENTRIES: u64 = 5_000_000;
 /// Commits listed per found object.
 const MAX_COMMITS: usize = 5;
+/// A git command that has written nothing this long after it started is killed: a planted
+/// named pipe (a config `include.path`, an alternates file) blocks git before its first output.
+const FIRST_OUTPUT: Duration = Duration::from_secs(20);
+/// Most entries of a git directory examined before git is run on it ([`refusal`]).
+const MAX_CHECKED: u64 = 2_000_000;
 
 /// `git` with the environment and configuration described in the module docs.
 fn git(repo: &Path) -> Command {
@@ -65,8 +73,171 @@ fn git(repo: &Path) -> Command {
     c.arg("-C")
         .arg(repo)
         .stdin(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        // Its own process group: the [`Watchdog`] kills git and anything it started at once.
+        .process_group(0);
     c
+}
+
+/// Kills a git process group at the sweep's deadline, or when it has written nothing
+/// [`FIRST_OUTPUT`] after it started (a named pipe the agent planted where git reads its
+/// configuration or objects blocks git in `open`, and the sweep's reads with it).
+///
+/// [`Watchdog::disarm`] must be called before the child is waited for: until then its process
+/// group id cannot name another process.
+pub(super) struct Watchdog {
+    /// (disarmed, fired), and the condition the thread waits on.
+    state: Arc<(Mutex<(bool, bool)>, Condvar)>,
+    /// Set by the reader once git has written something.
+    started: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Watches the process group of `child` (made its leader by [`git`]) until `deadline`.
+    pub(super) fn arm(child: &std::process::Child, deadline: Instant) -> Watchdog {
+        let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
+        let started = Arc::new(AtomicBool::new(false));
+        let pgid = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        let (st, go) = (Arc::clone(&state), Arc::clone(&started));
+        let first = Instant::now() + FIRST_OUTPUT;
+        let thread = std::thread::Builder::new()
+            .name("sweep-git-watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*st;
+                let Ok(mut g) = lock.lock() else { return };
+                loop {
+                    if g.0 {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let due = if go.load(Ordering::Relaxed) {
+                        deadline
+                    } else {
+                        deadline.min(first)
+                    };
+                    if now >= due {
+                        break;
+                    }
+                    match cv.wait_timeout(g, due - now) {
+                        Ok((ng, _)) => g = ng,
+                        Err(_) => return,
+                    }
+                }
+                // Still armed (the child is not reaped: its group id is its own).
+                if let Some(p) = pgid {
+                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                }
+                g.1 = true;
+            })
+            .ok();
+        Watchdog {
+            state,
+            started,
+            thread,
+        }
+    }
+
+    /// Git wrote something: from now on only the deadline kills it.
+    pub(super) fn started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops watching; returns whether the process group was killed.
+    pub(super) fn disarm(mut self) -> bool {
+        let (lock, cv) = &*self.state;
+        if let Ok(mut g) = lock.lock() {
+            g.0 = true;
+        }
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        lock.lock().map(|g| g.1).unwrap_or(false)
+    }
+}
+
+/// Why git must not be run on the repository whose git directory is `dir`, if it must not: an
+/// entry git may open (its `config`, `HEAD`, a ref, `objects/info/alternates`, an object, ...)
+/// that is not a regular file or a directory (a named pipe would block git, a device would
+/// feed it without end), here or in an object directory an alternates file names. Symbolic
+/// links are judged by what they point to, and not descended into.
+pub(super) fn refusal(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut checked = 0u64;
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut seen_alt = BTreeSet::new();
+    let mut stack: Vec<(PathBuf, u32)> = Vec::new();
+    while let Some(top) = dirs.pop() {
+        stack.push((top, 0));
+        while let Some((d, depth)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                checked += 1;
+                if checked > MAX_CHECKED {
+                    return Some(format!(
+                        "more than {MAX_CHECKED} entries in its git directory"
+                    ));
+                }
+                let Ok(t) = e.file_type() else { continue };
+                let p = e.path();
+                let t = if t.is_symlink() {
+                    match std::fs::metadata(&p) {
+                        Ok(m) => m.file_type(),
+                        Err(_) => continue, // dangling: git finds nothing there
+                    }
+                } else {
+                    t
+                };
+                if t.is_fifo() || t.is_socket() || t.is_block_device() || t.is_char_device() {
+                    let rel = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
+                    return Some(format!(
+                        "{rel} is not a regular file (a named pipe or device would block or feed git)"
+                    ));
+                }
+                if t.is_dir() && !e.file_type().is_ok_and(|t| t.is_symlink()) && depth < 16 {
+                    stack.push((p.clone(), depth + 1));
+                }
+                // A linked worktree's common directory is read by git too.
+                if depth == 0
+                    && e.file_name() == "commondir"
+                    && t.is_file()
+                    && let Ok(text) = std::fs::read_to_string(&p)
+                {
+                    let c = d.join(text.trim());
+                    if seen_alt.len() < 16 && seen_alt.insert(c.clone()) {
+                        dirs.push(c);
+                    }
+                }
+                // The object directories an alternates file names are read by git too.
+                if e.file_name() == "alternates"
+                    && t.is_file()
+                    && let Ok(text) = std::fs::read_to_string(&p)
+                {
+                    for line in text.lines().take(64) {
+                        let l = line.trim();
+                        if l.is_empty() || l.starts_with('#') {
+                            continue;
+                        }
+                        let objects = d.parent().map_or_else(|| d.clone(), Path::to_path_buf);
+                        let alt = if Path::new(l).is_absolute() {
+                            PathBuf::from(l)
+                        } else {
+                            objects.join(l)
+                        };
+                        if seen_alt.len() < 16 && seen_alt.insert(alt.clone()) {
+                            dirs.push(alt);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The git directory of a working tree (`.git`, or what a `.git` file points to), or the
@@ -106,14 +277,10 @@ pub(super) fn discover(
     let mut found = BTreeSet::new();
     let mut entries = 0u64;
     for root in roots {
-        // The repository a root is inside of.
-        if let Ok(o) = git(root).args(["rev-parse", "--show-toplevel"]).output()
-            && o.status.success()
-        {
-            let top = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            if !top.is_empty() {
-                found.insert(PathBuf::from(top));
-            }
+        // The repository a root is inside of (git killed at the deadline: its config may be
+        // a planted named pipe).
+        if let Some(top) = toplevel(root, deadline) {
+            found.insert(top);
         }
         let mut stack = vec![(root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
@@ -145,6 +312,84 @@ pub(super) fn discover(
     found.into_iter().collect()
 }
 
+/// Whether anything in the object store of the repository whose git directory is `dir` (its
+/// `objects` folder, each folder and file directly in it, in `objects/pack` and
+/// `objects/info`, and the same in every object directory an alternates file or `commondir`
+/// names) changed (inode change time) within `window` before now, or cannot be told.
+///
+/// A found object is placed by no file of its own (a pack holds many), and git keeps no date
+/// an agent cannot forge: so every object of a store that changed lately may be the agent's
+/// planted guess, and counts once as `recent`, like a file changed lately.
+pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let now = std::time::SystemTime::now();
+    let fresh = |p: &Path| -> bool {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return true;
+        };
+        let Ok(secs) = u64::try_from(m.ctime()) else {
+            return true;
+        };
+        let ctime = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        now.duration_since(ctime).map_or(true, |age| age < window)
+    };
+    let mut stores = vec![dir.join("objects")];
+    if let Ok(c) = std::fs::read_to_string(dir.join("commondir")) {
+        stores.push(dir.join(c.trim()).join("objects"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut checked = 0u64;
+    while let Some(objects) = stores.pop() {
+        if !seen.insert(objects.clone()) || seen.len() > 16 {
+            continue;
+        }
+        if fresh(&objects) {
+            return true;
+        }
+        for sub in [PathBuf::new(), PathBuf::from("pack"), PathBuf::from("info")] {
+            let Ok(rd) = std::fs::read_dir(objects.join(&sub)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                checked += 1;
+                if checked > MAX_CHECKED || fresh(&e.path()) {
+                    return true;
+                }
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(objects.join("info/alternates")) {
+            for l in text.lines().take(64).map(str::trim) {
+                if !l.is_empty() && !l.starts_with('#') {
+                    stores.push(objects.join(l));
+                }
+            }
+        }
+    }
+    false
+}
+
+/// `git rev-parse --show-toplevel` in `dir`, killed at `deadline` (and at most 10 s).
+fn toplevel(dir: &Path, deadline: Instant) -> Option<PathBuf> {
+    let mut child = git(dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let dog = Watchdog::arm(
+        &child,
+        deadline.min(Instant::now() + Duration::from_secs(10)),
+    );
+    let mut out = Vec::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.by_ref().take(64 << 10).read_to_end(&mut out);
+    }
+    let _ = child.kill();
+    dog.disarm();
+    let ok = child.wait().is_ok_and(|s| s.success());
+    let top = String::from_utf8_lossy(&out).trim().to_owned();
+    (ok && !top.is_empty()).then(|| PathBuf::from(top))
+}
+
 /// One object whose bytes hold a value.
 struct Hit {
     oid: String,
@@ -157,9 +402,21 @@ pub(super) fn sweep_repo(
     repo: &Path,
     redactor: &Redactor,
     deadline: Instant,
+    recent: Duration,
     report: &mut SweepReport,
     progress: Option<&crate::scan::Progress>,
 ) -> Vec<Finding> {
+    // A repository with a named pipe or device where git reads would block git: refused,
+    // with a note (the watchdog also kills git at the deadline for what this cannot see, such
+    // as a config `include.path` naming a pipe elsewhere).
+    if let Some(why) = refusal(&git_dir(repo)) {
+        report.skipped += 1;
+        report.truncated = true;
+        report
+            .notes
+            .push(format!("repository {}: not read: {why}", repo.display()));
+        return Vec::new();
+    }
     let hits = match match_objects(repo, redactor, deadline, report, progress) {
         Ok(h) => h,
         Err(e) => {
@@ -177,6 +434,8 @@ pub(super) fn sweep_repo(
     // how many, how long) must not learn which of its planted objects holds a value.
     let paths = paths_of(repo, &hits, deadline);
     let commits = commits_of(repo, &hits, deadline, report);
+    // Judged for every repository, found or not (the same work either way).
+    let fresh = store_recent(&git_dir(repo), recent);
     let mut out = Vec::new();
     for h in &hits {
         let commits = match h.kind.as_str() {
@@ -197,7 +456,7 @@ pub(super) fn sweep_repo(
                     path: paths.get(&h.oid).cloned(),
                 },
                 form: "git-object".into(),
-                recent: false,
+                recent: fresh,
             });
         }
     }
@@ -216,6 +475,7 @@ fn match_objects(
         .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
         .stdout(Stdio::piped())
         .spawn()?;
+    let dog = Watchdog::arm(&child, deadline);
     let stdout = child
         .stdout
         .take()
@@ -227,6 +487,7 @@ fn match_objects(
     let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap);
     let mut result = Ok(());
     let mut timed_out = false;
+    let mut objects = 0u64;
     loop {
         if Instant::now() >= deadline {
             report.truncated = true;
@@ -239,7 +500,7 @@ fn match_objects(
         header.clear();
         match r.read_until(b'\n', &mut header) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(_) => dog.started(),
             Err(e) => {
                 result = Err(e);
                 break;
@@ -256,6 +517,7 @@ fn match_objects(
             break;
         };
         report.git_objects += 1;
+        objects += 1;
         if let Some(p) = progress {
             p.objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             p.add(0, size);
@@ -317,11 +579,28 @@ fn match_objects(
     }
     zeroize::Zeroize::zeroize(&mut buf);
     let _ = child.kill();
+    let killed = dog.disarm();
     let status = child.wait()?;
+    if killed {
+        if objects == 0 {
+            return Err(std::io::Error::other(format!(
+                "git was stopped: it wrote nothing for {} s (a named pipe where it reads?) or the time budget ran out",
+                FIRST_OUTPUT.as_secs()
+            )));
+        }
+        // Out of time, or blocked after a while: what was read counts.
+        report.truncated = true;
+        report.notes.push(format!(
+            "repository {}: git was stopped (it wrote nothing for {} s, or the time budget ran out); the objects after that point were not matched",
+            repo.display(),
+            FIRST_OUTPUT.as_secs()
+        ));
+        return Ok(hits);
+    }
     if let Err(e) = result {
         // A corrupt object (planted, to hide the rest) stops git: what was found before it is
         // kept, and the report says the repository was not read to its end.
-        if hits.is_empty() && report.git_objects == 0 {
+        if hits.is_empty() && objects == 0 {
             return Err(e);
         }
         report.skipped += 1;
@@ -330,7 +609,7 @@ fn match_objects(
             "repository {}: git stopped reading its objects ({e}); the objects after that point were not matched",
             repo.display()
         ));
-    } else if !status.success() && hits.is_empty() && report.git_objects == 0 {
+    } else if !status.success() && hits.is_empty() && objects == 0 {
         return Err(std::io::Error::other("git cat-file failed"));
     }
     Ok(hits)
@@ -347,9 +626,11 @@ fn paths_of(repo: &Path, hits: &[Hit], deadline: Instant) -> HashMap<String, Str
     else {
         return out;
     };
+    let dog = Watchdog::arm(&child, deadline);
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            dog.started();
             if Instant::now() >= deadline {
                 break;
             }
@@ -362,6 +643,7 @@ fn paths_of(repo: &Path, hits: &[Hit], deadline: Instant) -> HashMap<String, Str
         }
     }
     let _ = child.kill();
+    dog.disarm();
     let _ = child.wait();
     out
 }
@@ -401,11 +683,13 @@ fn commits_of(
     else {
         return out;
     };
+    let dog = Watchdog::arm(&child, deadline);
     let mut cut = false;
     if let Some(stdout) = child.stdout.take() {
         let mut commit = String::new();
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
+            dog.started();
             if Instant::now() >= deadline {
                 cut = true;
                 break;
@@ -430,6 +714,7 @@ fn commits_of(
         }
     }
     let _ = child.kill();
+    cut |= dog.disarm();
     let _ = child.wait();
     if cut {
         report.truncated = true;

@@ -240,7 +240,11 @@ pub(crate) fn sweep_with(
                 environment: String::new(),
                 credential: String::new(),
                 kind: kinds::classify(&leak.file, home.as_deref()).to_owned(),
-                recent: recent(&leak.file, now, plan.recent),
+                // A name that holds a value may itself be the planted guess (a folder renamed
+                // to it keeps its old files' change times): such a copy is always recent.
+                recent: named_after_a_value(&leak.path)
+                    || named_after_a_value(&leak.file)
+                    || recent(&leak.file, now, plan.recent),
                 variable: leak.variable,
                 location: Location::File { path, lines },
                 form: leak.form,
@@ -259,7 +263,14 @@ pub(crate) fn sweep_with(
             continue;
         }
         report.repositories += 1;
-        let found = git::sweep_repo(&repo, redactor, deadline, &mut report, progress);
+        let found = git::sweep_repo(
+            &repo,
+            redactor,
+            deadline,
+            plan.recent,
+            &mut report,
+            progress,
+        );
         // The same copies met as raw files below `.git/objects` say less: drop them for the
         // variables the object sweep placed (what it could not place stays).
         let placed: BTreeSet<&str> = found.iter().map(|f| f.variable.as_str()).collect();
@@ -354,20 +365,13 @@ fn file_root(
             break;
         }
         report.bytes_scanned += n as u64;
-        let found = redactor.find_leaks(&buf);
-        if first && n < WINDOW {
-            // The whole file is in `buf`: its lines now, not by opening it again.
-            whole = Some(
-                found
-                    .iter()
-                    .map(|v| (v.clone(), crate::scan::lines_in(&buf, v, redactor)))
-                    .collect(),
-            );
-        } else {
-            whole = None;
-        }
+        let spans = redactor.find_leak_spans(&buf);
+        // The whole file is in `buf`: its lines from the same pass (and the same work whether
+        // or not it found something), not by matching or opening it again.
+        let lines = crate::scan::lines_of(&buf, &spans);
+        whole = (first && n < WINDOW).then(|| lines.into_iter().collect());
         first = false;
-        vars.extend(found);
+        vars.extend(spans.into_iter().map(|(v, _)| v));
         let keep = buf.len().min(overlap);
         let cut = buf.len() - keep;
         buf.drain(..cut);
@@ -409,14 +413,20 @@ fn shown_scope(s: &ScanScope) -> String {
     }
 }
 
-/// Whether `file`'s inode changed within `window` before `now`.
+/// Whether a shown path had a value in it (a part of it reads `[REDACTED:...]`).
+fn named_after_a_value(p: &Path) -> bool {
+    memchr::memmem::find(&crate::scan::path_bytes(p), b"[REDACTED:").is_some()
+}
+
+/// Whether `file`'s inode changed within `window` before `now`, or that cannot be told (a
+/// copy of unknown age counts as recent: it may be a planted guess).
 fn recent(file: &Path, now: SystemTime, window: Duration) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(meta) = std::fs::symlink_metadata(file) else {
-        return false;
+        return true;
     };
     let Ok(secs) = u64::try_from(meta.ctime()) else {
-        return false;
+        return true;
     };
     let ctime = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
     now.duration_since(ctime).map_or(true, |age| age < window)

@@ -33,19 +33,37 @@ pub(crate) struct Scrubbed {
     pub notes: Vec<String>,
 }
 
-/// The transcript files among `findings` that a scrub rewrites.
-pub(crate) fn targets(findings: &[Finding]) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = findings
+/// The transcript files among `findings` that a scrub rewrites: found as stored in a host's
+/// text transcript below `home` ([`super::kinds::TRANSCRIPTS`], by pattern: never a host's
+/// configuration or credential file), and the host files found that are left, with why.
+pub(crate) fn targets(findings: &[Finding], home: Option<&Path>) -> (Vec<PathBuf>, Vec<String>) {
+    let home = home.and_then(|h| std::fs::canonicalize(h).ok());
+    let mut out = Vec::new();
+    let mut left = Vec::new();
+    for f in findings
         .iter()
-        .filter(|f| HOST_KINDS.contains(&f.kind.as_str()) && f.form == "raw")
-        .filter_map(|f| match &f.location {
-            Location::File { path, .. } if !path.contains('!') => Some(PathBuf::from(path)),
-            _ => None,
-        })
-        .collect();
+        .filter(|f| HOST_KINDS.contains(&f.kind.as_str()))
+    {
+        let Location::File { path, .. } = &f.location else {
+            continue;
+        };
+        let p = PathBuf::from(path);
+        let transcript = home
+            .as_deref()
+            .is_some_and(|h| super::kinds::is_transcript(&p, h));
+        if transcript && f.form == "raw" && !path.contains('!') {
+            out.push(p);
+        } else if !transcript {
+            left.push(format!(
+                "{path}: not a host transcript (a configuration, credential or state file of the host): edit it yourself with the host closed"
+            ));
+        }
+    }
     out.sort();
     out.dedup();
-    out
+    left.sort();
+    left.dedup();
+    (out, left)
 }
 
 /// Rewrites each of `files` with every value `redactor` knows replaced by its marker.

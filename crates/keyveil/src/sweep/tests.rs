@@ -586,3 +586,223 @@ fn a_corrupt_object_does_not_hide_what_was_found_before_it() {
         r.notes
     );
 }
+
+/// A named pipe planted where git reads (an alternates file, a config, a ref) is refused before
+/// git runs, with a note and no finding; one the check cannot see (a config `include.path`
+/// naming a pipe elsewhere) blocks git, which is killed at the sweep's deadline.
+#[test]
+fn a_named_pipe_where_git_reads_neither_hangs_the_sweep_nor_passes_its_deadline() {
+    let top = tempfile::tempdir().unwrap();
+    let v = value("f");
+    let mk = |name: &str| {
+        let p = top.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        git(&p, &["init", "-q", "-b", "main"]);
+        write(&p.join("a.txt"), format!("k={v}\n").as_bytes());
+        git(&p, &["add", "."]);
+        git(&p, &["commit", "-q", "-m", "one"]);
+        p
+    };
+    let fifo = |p: &Path| {
+        let _ = std::fs::remove_file(p);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    };
+    let red = redactor(&[("F", &v)]);
+    for planted in [
+        "objects/info/alternates",
+        "config",
+        "refs/heads/side",
+        "packed-refs",
+    ] {
+        let p = mk(&format!("r-{}", planted.replace('/', "-")));
+        fifo(&p.join(".git").join(planted));
+        let t0 = std::time::Instant::now();
+        let mut pl = plan(&p, None);
+        pl.max_duration = Duration::from_secs(30);
+        let r = sweep(&pl, &red);
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{planted}: {:?}",
+            t0.elapsed()
+        );
+        assert!(git_hits(&r, "F").is_empty(), "{planted}: {:?}", r.findings);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("not read") && n.contains("not a regular file")),
+            "{planted}: {:?}",
+            r.notes
+        );
+        assert!(r.truncated);
+    }
+    // Out of the check's sight: the config includes a pipe outside the repository.
+    let p = mk("wrap/r-include");
+    let pipe = top.path().join("elsewhere.fifo");
+    fifo(&pipe);
+    git(&p, &["config", "include.path", pipe.to_str().unwrap()]);
+    // Swept from the folder above it: git is first run by the object sweep.
+    let mut pl = plan(&top.path().join("wrap"), None);
+    pl.max_duration = Duration::from_secs(3);
+    let t0 = std::time::Instant::now();
+    let r = sweep(&pl, &red);
+    let took = t0.elapsed();
+    // The deadline, plus what runs after it (the report), with room for a loaded machine.
+    assert!(took < Duration::from_secs(12), "the sweep took {took:?}");
+    assert!(r.truncated, "{:?}", r.notes);
+    assert!(
+        r.notes.iter().any(|n| n.contains("git was stopped")),
+        "{:?}",
+        r.notes
+    );
+    // And swept from inside it: the search for the repository a path is in stops too.
+    let mut pl = plan(&p, None);
+    pl.max_duration = Duration::from_secs(3);
+    let t0 = std::time::Instant::now();
+    let r = sweep(&pl, &red);
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+    assert!(r.truncated, "{:?}", r.notes);
+}
+
+/// Copies in git objects of a store that changed lately, and in files (or folders) named after
+/// the value, are `recent` (they count once in what the agent can read); a copy in an old file
+/// whose name holds nothing is not.
+#[test]
+fn copies_in_fresh_git_objects_and_in_names_are_recent() {
+    let top = tempfile::tempdir().unwrap();
+    let v = value("r");
+    let repo = top.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    for i in 0..3 {
+        write(
+            &repo.join(format!("g{i}.txt")),
+            format!("{i}:{v}\n").as_bytes(),
+        );
+    }
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "guesses"]);
+    for i in 0..3 {
+        std::fs::remove_file(repo.join(format!("g{i}.txt"))).unwrap();
+    }
+    git(&repo, &["commit", "-qam", "gone"]);
+    let red = redactor(&[("R", &v)]);
+    let mut pl = plan(&repo, None);
+    pl.recent = Duration::from_secs(3600);
+    let r = sweep(&pl, &red);
+    let g: Vec<&Finding> = r
+        .findings
+        .iter()
+        .filter(|f| matches!(f.location, Location::Git { .. }))
+        .collect();
+    assert!(g.len() >= 3, "{:?}", r.findings);
+    assert!(g.iter().all(|f| f.recent), "{g:?}");
+    // Older than the window: files changed over a second ago, with a one-second window.
+    let d = top.path().join("files");
+    write(&d.join("old.txt"), format!("{v}\n").as_bytes());
+    write(&d.join(format!("{v}.txt")), b"nothing\n");
+    write(&d.join(v.as_str()).join("inside.txt"), b"nothing\n");
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut pl = plan(&d, None);
+    pl.recent = Duration::from_secs(1);
+    let r = sweep(&pl, &red);
+    let by_path = |needle: &str| -> Vec<bool> {
+        r.findings
+            .iter()
+            .filter(|f| matches!(&f.location, Location::File { path, .. } if path.contains(needle)))
+            .map(|f| f.recent)
+            .collect()
+    };
+    assert_eq!(by_path("old.txt"), vec![false], "{:?}", r.findings);
+    let named = by_path("[REDACTED:R]");
+    assert!(
+        !named.is_empty() && named.iter().all(|r| *r),
+        "{:?}",
+        r.findings
+    );
+    // And the same repository, now older than a one-second window: not recent.
+    let mut pl = plan(&repo, None);
+    pl.recent = Duration::from_secs(1);
+    let r = sweep(&pl, &red);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| matches!(f.location, Location::Git { .. }) && !f.recent),
+        "{:?}",
+        r.findings
+    );
+}
+
+/// Line numbers come from the one matching pass: values on lines 1 and 3, one on the last
+/// line (without a newline), after one split over two lines.
+#[test]
+fn line_numbers_come_from_the_matching_pass() {
+    let v = value("l");
+    let w = value("m");
+    let red = redactor(&[("L", &v), ("M", &w)]);
+    let (a, b) = w.split_at(w.len() / 2);
+    let data = format!("{v}\nnothing\nx {v} y\n{a}\n{b}\nend {w}");
+    let spans = red.find_leak_spans(data.as_bytes());
+    let lines = crate::scan::lines_of(data.as_bytes(), &spans);
+    assert_eq!(lines["L"], vec![1, 3]);
+    assert_eq!(lines["M"].last(), Some(&6), "{lines:?}");
+    assert!(!lines["M"].contains(&2) && !lines["M"].contains(&3));
+    let none = crate::scan::lines_of(b"a\nb\n", &Vec::new());
+    assert!(none.is_empty());
+}
+
+/// Measures (not a test of speed: run it with `--ignored --nocapture`) the cost of a sweep of
+/// one long planted file that holds the value against one that does not, and of the old way of
+/// finding line numbers (one match per line) on the hit. Figures: `docs/benchmarks.md`.
+#[test]
+#[ignore = "a measurement, run by hand: see docs/benchmarks.md (Sweep)"]
+#[allow(clippy::print_stderr)]
+fn measure_a_hit_against_a_miss_in_a_long_file() {
+    let v = value("t");
+    let red = redactor(&[("T", &v)]);
+    let dir = tempfile::tempdir().unwrap();
+    let line = "lorem ipsum dolor sit amet consectetur\n";
+    let body = line.repeat((8 << 20) / line.len());
+    // The miss holds a wrong guess of the same shape (the same decoding work).
+    write(
+        &dir.path().join("miss/f.txt"),
+        format!("{body}{}\n", value("t")).as_bytes(),
+    );
+    write(
+        &dir.path().join("hit/f.txt"),
+        format!("{body}{v}\n").as_bytes(),
+    );
+    let once = |d: &str| {
+        let t0 = std::time::Instant::now();
+        let r = sweep(&plan(&dir.path().join(d), None), &red);
+        assert_eq!(r.findings.is_empty(), d == "miss");
+        t0.elapsed().as_millis()
+    };
+    // Interleaved, so the machine's load weighs on both alike.
+    let (mut m, mut h) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        m.push(once("miss"));
+        h.push(once("hit"));
+    }
+    m.sort_unstable();
+    h.sort_unstable();
+    let (miss, hit) = (m[3], h[3]);
+    // The old way on 1/64 of the file (it is slow), scaled up.
+    let data = std::fs::read(dir.path().join("hit/f.txt")).unwrap();
+    let part = &data[data.len() - data.len() / 64..];
+    let t0 = std::time::Instant::now();
+    let old = part
+        .split(|&b| b == b'\n')
+        .filter(|l| !red.find_leaks(l).is_empty())
+        .count();
+    let old_ms = t0.elapsed().as_millis() * 64;
+    eprintln!(
+        "8 MiB file, 220k lines: sweep miss {miss} ms, hit {hit} ms (median of 7, interleaved; all: {m:?} {h:?}); the old per-line pass on the hit added about {old_ms} ms ({old} line)"
+    );
+}

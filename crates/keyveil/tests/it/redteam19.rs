@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-fn rand_value(tag: &str) -> String {
+pub(crate) fn rand_value(tag: &str) -> String {
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -23,14 +23,14 @@ fn rand_value(tag: &str) -> String {
     )
 }
 
-fn sweep(h: &Home, args: &[&str]) -> std::process::Output {
+pub(crate) fn sweep(h: &Home, args: &[&str]) -> std::process::Output {
     let mut a = vec!["sweep", "--passphrase-stdin"];
     a.extend_from_slice(args);
     h.run_stdin(&a, &format!("{PASS}\n"))
 }
 
 /// The audit entries, parsed.
-fn audit(h: &Home) -> Vec<Value> {
+pub(crate) fn audit(h: &Home) -> Vec<Value> {
     h.audit_text()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -51,7 +51,7 @@ fn shape(e: &Value) -> Value {
     e
 }
 
-fn git(repo: &Path, args: &[&str]) {
+pub(crate) fn git(repo: &Path, args: &[&str]) {
     let o = Command::new("git")
         .arg("-C")
         .arg(repo)
@@ -199,7 +199,7 @@ fn the_git_commands_a_sweep_runs_do_not_depend_on_what_it_found() {
 
 /// Starts `keyveil sweep --watch --contain --json` (HOME: the harness home) and returns the
 /// child and a channel of its output lines, after its first (hello) line.
-fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+pub(crate) fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut c = h.cmd(&[
         "sweep",
         "--watch",
@@ -238,7 +238,7 @@ fn start_watch(h: &Home) -> (std::process::Child, std::sync::mpsc::Receiver<Stri
     (child, rx)
 }
 
-fn next_batch(rx: &std::sync::mpsc::Receiver<String>) -> Value {
+pub(crate) fn next_batch(rx: &std::sync::mpsc::Receiver<String>) -> Value {
     serde_json::from_str(
         &rx.recv_timeout(Duration::from_secs(10))
             .expect("no batch in 10 s"),
@@ -246,7 +246,7 @@ fn next_batch(rx: &std::sync::mpsc::Receiver<String>) -> Value {
     .unwrap()
 }
 
-fn mark(h: &Home, var: &str) -> Value {
+pub(crate) fn mark(h: &Home, var: &str) -> Value {
     let show = h.json(&["env", "show", "demo", "--json"]);
     show["variables"]
         .as_array()
