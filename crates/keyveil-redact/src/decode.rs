@@ -1,26 +1,33 @@
 //! The decoding pass: values printed one character (or byte) at a time as escapes or
 //! look-alikes, in any spelling and any mix.
 //!
-//! Registering each spelling as a pattern cannot keep up with the class: `&#116;`, `&#0116;`,
-//! `&#x74;`, `&#X74;`, `&#x0074`, `%74`, `\x74`, `\u0074`, `\u{74}`, `\U00000074`, CSS `\74 `
-//! and `\000074`, fullwidth `ｔ`, thirteen mathematical alphanumeric styles, and any mix of them
-//! within one value are thousands of spellings. This pass decodes them instead: a streaming
-//! decoder turns every such escape into the character (or, for `%XX` and `\xHH`, the byte) it
-//! stands for, keeps plain bytes as they are, drops ASCII whitespace (noise, as in the
-//! normalised view), and looks for the value's atoms (raw bytes) in what it decoded. A match
-//! maps back to the original bytes of its first and last unit, so the marker covers the escapes.
+//! Registering each spelling as a pattern cannot keep up with the class: `&#116;`,
+//! `&#0000000116;`, `&#x74;`, `&#X74;`, `&#x0074`, `&lpar;`, `%74`, `%u0074`, `%2574`, `\x74`,
+//! `\x{74}`, `\u0074`, `\u{74}`, `\U00000074`, `\N{LATIN SMALL LETTER T}`, CSS `\74 ` and
+//! `\000074`, fullwidth `ｔ`, thirteen mathematical alphanumeric styles, zero-width characters
+//! between plain ones, and any mix of them within one value are thousands of spellings. This
+//! pass decodes them instead: a streaming decoder turns every such escape into the character
+//! (or, for `%XX` and `\xHH`, the byte) it stands for, keeps plain bytes as they are, drops
+//! ASCII whitespace (noise, as in the normalised view) and invisible characters
+//! ([`tables::ignorable`]), and looks for the value's atoms (raw bytes) in what it decoded. A
+//! match maps back to the original bytes of its first and last unit, so the marker covers the
+//! escapes.
 //!
 //! Cost: ordinary output has no escapes, so the pass sleeps until a *trigger* (`&`, `%`, `\`,
-//! or, in a chunk that is not all ASCII, a lead byte of a look-alike: `E2`, `E3`, `EF`, `F0`),
-//! found with `memchr3` and one vectorised `is_ascii` per chunk. From a trigger it decodes
-//! until [`DecodePass::max_len`] decoded bytes have passed without another escape, seeded with
-//! the plain bytes just before the trigger (so `abc&#100;ef` is caught too: within the chunk
-//! always; across a chunk boundary only while the earlier bytes were still held back by
-//! another pass).
+//! or, in a chunk that is not all ASCII, a lead byte of a look-alike or an invisible character:
+//! `C2`, `CC`, `CD`, `E1`, `E2`, `E3`, `EF`, `F0`), found with `memchr3` and one vectorised
+//! `is_ascii` per chunk. From a trigger it decodes until [`DecodePass::max_len`] decoded bytes
+//! have passed without another escape, seeded with the plain bytes just before the trigger (so
+//! `abc&#100;ef` is caught too: within the chunk always; across a chunk boundary because the
+//! plain bytes at the end of every chunk that could begin an atom are held back).
 //!
-//! Not decoded here (other passes or known limits): C octal escapes (`\164` is CSS hex here;
-//! the literal styles register octal forms), named HTML entities (registered for special
-//! characters), base-N alphabets, homoglyphs that NFKC does not fold.
+//! At a pause ([`crate::RedactStream::flush`]) the stream asks [`DecodePass::pause_tail`] for
+//! the decoded units that could still become an atom and shows at most
+//! [`crate::FLUSH_SHOWN_MAX`] of them, as it does with the plain passes' bytes.
+//!
+//! Not decoded here (other passes or known limits, `docs/redaction.md` §5): C octal escapes
+//! (`\164` is CSS hex here; the literal styles register octal forms), escapes of several
+//! characters at once, base-N alphabets, homoglyphs that NFKC does not fold.
 
 use std::collections::HashMap;
 use zeroize::Zeroize;
@@ -68,6 +75,8 @@ pub(crate) struct DecodePass {
     prefixes: Vec<u64>,
     /// Bytes that begin some atom.
     first: [bool; 256],
+    /// The first two bytes of every atom, as a 2^16-bit table.
+    pairs: Vec<u64>,
     max_len: usize,
 }
 
@@ -80,6 +89,7 @@ impl Drop for DecodePass {
         self.filter.zeroize();
         self.prefixes.zeroize();
         self.first.zeroize();
+        self.pairs.zeroize();
     }
 }
 
@@ -143,7 +153,14 @@ impl DecodePass {
         }
         let mut prefixes = vec![0u64; PREFIX_BITS / 64];
         let mut first = [false; 256];
+        let mut pairs = vec![0u64; 1 << 10];
         for a in &atoms {
+            if let [x, y, ..] = a.as_slice() {
+                let p = (usize::from(*x) << 8) | usize::from(*y);
+                if let Some(w) = pairs.get_mut(p >> 6) {
+                    *w |= 1 << (p & 63);
+                }
+            }
             if let Some(slot) = a.first().and_then(|&f| first.get_mut(usize::from(f))) {
                 *slot = true;
             }
@@ -164,6 +181,7 @@ impl DecodePass {
             filter,
             prefixes,
             first,
+            pairs,
             max_len,
         })
     }
@@ -191,6 +209,8 @@ impl DecodePass {
         self.atoms.iter().map(Vec::capacity).sum::<usize>()
             + self.by_suffix.len() * 48
             + self.filter.len() * 8
+            + self.prefixes.len() * 8
+            + self.pairs.len() * 8
     }
 
     /// A fresh state for one stream.
@@ -359,22 +379,38 @@ impl DecodePass {
     }
 
     /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
+    ///
+    /// Run at every chunk end, so cheap first: a start must be a byte that begins some atom
+    /// and, unless it is the last byte, the pair of bytes there must begin some atom (an exact
+    /// 2^16-bit table); only such starts are hashed and probed in the prefix filter.
     fn plain_start(&self, bytes: &[(u8, u64)]) -> Option<usize> {
-        let mut h = 0u64;
-        let mut pw = 1u64;
-        let mut found = None;
-        for (i, &(x, _)) in bytes.iter().enumerate().rev() {
-            h = h.wrapping_add(u64::from(x).wrapping_mul(pw));
-            pw = pw.wrapping_mul(HASH_BASE);
-            if !self.first.get(usize::from(x)).copied().unwrap_or(false) {
+        let n = bytes.len();
+        for (i, &(x, _)) in bytes.iter().enumerate() {
+            let possible = match bytes.get(i + 1) {
+                Some(&(y, _)) => {
+                    let p = (usize::from(x) << 8) | usize::from(y);
+                    self.pairs
+                        .get(p >> 6)
+                        .is_some_and(|w| w & (1 << (p & 63)) != 0)
+                }
+                None => self.first.get(usize::from(x)).copied().unwrap_or(false),
+            };
+            if !possible {
                 continue;
             }
-            let (slot, bit) = prefix_slot(h, bytes.len() - i);
+            let h = bytes
+                .get(i..)
+                .unwrap_or_default()
+                .iter()
+                .fold(0u64, |h, &(b, _)| {
+                    h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(b))
+                });
+            let (slot, bit) = prefix_slot(h, n - i);
             if self.prefixes.get(slot).is_some_and(|w| w & bit != 0) {
-                found = Some(i);
+                return Some(i);
             }
         }
-        found
+        None
     }
 
     /// Puts the plain bytes just before a trigger at `at` that could begin an atom into the

@@ -255,6 +255,11 @@ impl RedactStream {
     ///   only while the possible match has at most [`FLUSH_SHOWN_MAX`] significant (not
     ///   whitespace, NUL or `ESC`) bytes, counting those shown at earlier pauses; a longer one
     ///   is replaced by [`PARTIAL_MARKER`];
+    /// * the same bound holds for the decoding pass in decoded characters: a tail that could
+    ///   still decode into the start of a value (`&#0000000116;&#111;…`, `t` + U+200B + `o`…)
+    ///   is shown only while it has at most [`FLUSH_SHOWN_MAX`] decoded characters, counting
+    ///   those shown at earlier pauses (an escape still open counts as one); a longer one is
+    ///   replaced by [`PARTIAL_MARKER`];
     /// * the matching state is kept: later bytes continue every possible match, so an occurrence
     ///   that began before the pause is found when it completes and what follows the pause is
     ///   masked (the marker then covers only the bytes not yet let out).
