@@ -59,6 +59,10 @@ const LOOKBACK_RAW: usize = 32;
 /// more, the same for every split of the input).
 const PREFIX_BITS: usize = 1 << 17;
 
+/// Bits (log 2) in the filter of 3-byte windows of atom starts.
+const TRI_LOG: u32 = 17;
+const TRI_BITS: usize = 1 << TRI_LOG;
+
 /// Base of the polynomial hash of atom prefixes.
 const HASH_BASE: u64 = 0x0100_0000_01b3;
 
@@ -77,6 +81,9 @@ pub(crate) struct DecodePass {
     first: [bool; 256],
     /// The first two bytes of every atom, as a 2^16-bit table.
     pairs: Vec<u64>,
+    /// Hashed filter ([`TRI_BITS`]) of every 3-byte window of the first [`LOOKBACK`] bytes of
+    /// every atom.
+    tris: Vec<u64>,
     max_len: usize,
 }
 
@@ -90,6 +97,7 @@ impl Drop for DecodePass {
         self.prefixes.zeroize();
         self.first.zeroize();
         self.pairs.zeroize();
+        self.tris.zeroize();
     }
 }
 
@@ -154,7 +162,20 @@ impl DecodePass {
         let mut prefixes = vec![0u64; PREFIX_BITS / 64];
         let mut first = [false; 256];
         let mut pairs = vec![0u64; 1 << 10];
+        let mut tris = vec![0u64; TRI_BITS / 64];
         for a in &atoms {
+            for w in a
+                .get(..a.len().min(LOOKBACK))
+                .unwrap_or_default()
+                .windows(3)
+            {
+                if let [x, y, z] = *w {
+                    let (slot, bit) = tri_slot(x, y, z);
+                    if let Some(t) = tris.get_mut(slot) {
+                        *t |= bit;
+                    }
+                }
+            }
             if let [x, y, ..] = a.as_slice() {
                 let p = (usize::from(*x) << 8) | usize::from(*y);
                 if let Some(w) = pairs.get_mut(p >> 6) {
@@ -182,6 +203,7 @@ impl DecodePass {
             prefixes,
             first,
             pairs,
+            tris,
             max_len,
         })
     }
@@ -211,6 +233,7 @@ impl DecodePass {
             + self.filter.len() * 8
             + self.prefixes.len() * 8
             + self.pairs.len() * 8
+            + self.tris.len() * 8
     }
 
     /// A fresh state for one stream.
@@ -241,11 +264,15 @@ impl DecodePass {
         // Hold back the plain bytes at the end that a run starting in the next chunk could
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
-        let (before, n) = self.lookback(st, chunk, base, chunk.len());
-        let before = before.get(..n).unwrap_or_default();
-        st.hold_from = self
-            .plain_start(before)
-            .map(|i| before.get(i).map_or(end, |b| b.1));
+        st.hold_from = match self.quick_hold(chunk, base) {
+            Some(hold) => hold,
+            None => {
+                let (before, n) = self.lookback(st, chunk, base, chunk.len());
+                let before = before.get(..n).unwrap_or_default();
+                self.plain_start(before)
+                    .map(|i| before.get(i).map_or(end, |b| b.1))
+            }
+        };
         // Keep the last bytes for the look-back of a run starting early in the next chunk.
         let keep = LOOKBACK_RAW;
         if chunk.len() >= keep {
@@ -378,6 +405,61 @@ impl DecodePass {
         (pre, n)
     }
 
+    /// The chunk-end hold without the full look-back, when its last three non-whitespace bytes
+    /// (among its last [`LOOKBACK_RAW`] bytes) are no 3-byte window of any atom's first
+    /// [`LOOKBACK`] bytes (a hashed filter: most chunk ends of ordinary output): then no
+    /// suffix of three bytes or more begins an atom, and the last two bytes are checked
+    /// exactly. `None` when the full look-back is needed. Never holds less than the full
+    /// look-back would for a suffix that really begins an atom.
+    fn quick_hold(&self, chunk: &[u8], base: u64) -> Option<Option<u64>> {
+        let from = chunk.len().saturating_sub(LOOKBACK_RAW);
+        let mut last = [(0u8, 0usize); 3];
+        let mut k = 0;
+        for (j, &b) in chunk
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .rev()
+        {
+            if crate::normalize::is_space(b) {
+                continue;
+            }
+            if let Some(slot) = last.get_mut(2 - k) {
+                *slot = (b, from + j);
+            }
+            k += 1;
+            if k == 3 {
+                break;
+            }
+        }
+        let [(x, _), (y, py), (z, pz)] = last;
+        if k < 3 || self.tri_has(x, y, z) {
+            return None;
+        }
+        let at = |p: usize| base + p as u64;
+        let hold = if self.pair_has(y, z) {
+            Some(at(py))
+        } else if self.first.get(usize::from(z)).copied().unwrap_or(false) {
+            Some(at(pz))
+        } else {
+            None
+        };
+        Some(hold)
+    }
+
+    fn pair_has(&self, x: u8, y: u8) -> bool {
+        let p = (usize::from(x) << 8) | usize::from(y);
+        self.pairs
+            .get(p >> 6)
+            .is_some_and(|w| w & (1 << (p & 63)) != 0)
+    }
+
+    fn tri_has(&self, x: u8, y: u8, z: u8) -> bool {
+        let (slot, bit) = tri_slot(x, y, z);
+        self.tris.get(slot).is_some_and(|w| w & bit != 0)
+    }
+
     /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
     ///
     /// Run at every chunk end, so cheap first: a start must be a byte that begins some atom
@@ -387,12 +469,7 @@ impl DecodePass {
         let n = bytes.len();
         for (i, &(x, _)) in bytes.iter().enumerate() {
             let possible = match bytes.get(i + 1) {
-                Some(&(y, _)) => {
-                    let p = (usize::from(x) << 8) | usize::from(y);
-                    self.pairs
-                        .get(p >> 6)
-                        .is_some_and(|w| w & (1 << (p & 63)) != 0)
-                }
+                Some(&(y, _)) => self.pair_has(x, y),
                 None => self.first.get(usize::from(x)).copied().unwrap_or(false),
             };
             if !possible {
@@ -884,6 +961,12 @@ impl DecodePass {
             }
         }
     }
+}
+
+fn tri_slot(x: u8, y: u8, z: u8) -> (usize, u64) {
+    let w = (u32::from(x) << 16) | (u32::from(y) << 8) | u32::from(z);
+    let i = (w.wrapping_mul(0x9E37_79B1) >> (32 - TRI_LOG)) as usize;
+    (i / 64, 1u64 << (i % 64))
 }
 
 fn prefix_slot(h: u64, len: usize) -> (usize, u64) {
