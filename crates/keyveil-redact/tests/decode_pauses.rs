@@ -106,7 +106,11 @@ fn parts(v: &[u8], forms: &[usize], pads: &[usize]) -> Vec<String> {
         .enumerate()
         .map(|(i, &c)| {
             let k = forms[i % forms.len()];
-            let k = if i == 0 && k % FORMS == 0 { 1 } else { k };
+            let k = if i == 0 && k.is_multiple_of(FORMS) {
+                1
+            } else {
+                k
+            };
             encode(c, k, pads[i % pads.len()])
         })
         .collect()
