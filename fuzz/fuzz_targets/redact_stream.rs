@@ -4,12 +4,16 @@
 //! 1. streaming the output in pseudo-random chunks (1 to 17 bytes) equals one-shot redaction,
 //!    markers counted the same;
 //! 2. every value of at least 8 bytes (after trimming, without `[` or `]`) planted in the middle
-//!    of the output does not survive redaction.
+//!    of the output does not survive redaction, streamed in pseudo-random chunks, nor with a
+//!    pause (`RedactStream::flush`, as the broker's relay calls after 200 ms of silence) after
+//!    pseudo-randomly chosen chunks;
+//! 3. where neither one-shot nor the paused stream masks anything, a pause changes nothing (it
+//!    only lets bytes out earlier).
 //!
 //! Run: `cargo +nightly fuzz run redact_stream -- -max_total_time=30`.
 #![no_main]
 
-use keyveil_redact::{MIN_LEN, Redactor};
+use keyveil_redact::{MIN_LEN, PARTIAL_MARKER, Redactor};
 use libfuzzer_sys::fuzz_target;
 
 fn split(data: &[u8]) -> Option<(Vec<Vec<u8>>, u8, &[u8])> {
@@ -30,7 +34,13 @@ fn split(data: &[u8]) -> Option<(Vec<Vec<u8>>, u8, &[u8])> {
     Some((values, seed, output))
 }
 
-fn streamed(r: &Redactor, input: &[u8], mut seed: u32) -> (Vec<u8>, usize) {
+fn streamed(r: &Redactor, input: &[u8], seed: u32) -> (Vec<u8>, usize) {
+    stream_with(r, input, seed, false)
+}
+
+/// Streams `input` in pseudo-random chunks of 1 to 17 bytes; with `pauses`, a flush follows
+/// about one chunk in three.
+fn stream_with(r: &Redactor, input: &[u8], mut seed: u32, pauses: bool) -> (Vec<u8>, usize) {
     let mut s = r.stream();
     let mut out = Vec::new();
     let mut rest = input;
@@ -39,6 +49,9 @@ fn streamed(r: &Redactor, input: &[u8], mut seed: u32) -> (Vec<u8>, usize) {
         let n = ((seed >> 16) % 17 + 1) as usize;
         let (chunk, r2) = rest.split_at(n.min(rest.len()));
         s.push(chunk, &mut out);
+        if pauses && (seed >> 8) % 3 == 0 {
+            s.flush(&mut out);
+        }
         rest = r2;
     }
     s.finish(&mut out);
@@ -60,6 +73,15 @@ fuzz_target!(|data: &[u8]| {
     let (chunked, n_chunked) = streamed(&r, output, u32::from(seed));
     assert_eq!(one, chunked, "streaming differs from one-shot");
     assert_eq!(n_one, n_chunked);
+    let (paused, n_paused) = stream_with(&r, output, u32::from(seed), true);
+    let partial = |b: &[u8]| {
+        b.windows(PARTIAL_MARKER.len())
+            .filter(|w| *w == PARTIAL_MARKER)
+            .count()
+    };
+    if n_one == 0 && n_paused == 0 && partial(&paused) == partial(&one) {
+        assert_eq!(one, paused, "a pause changed output that holds no value");
+    }
 
     let markers: Vec<u8> = names
         .iter()
@@ -81,5 +103,7 @@ fuzz_target!(|data: &[u8]| {
         planted.extend_from_slice(&output[half..]);
         let (out, _) = streamed(&r, &planted, u32::from(seed) ^ 0x5555);
         assert!(!contains(&out, v), "planted value survived");
+        let (out, _) = stream_with(&r, &planted, u32::from(seed) ^ 0xaaaa, true);
+        assert!(!contains(&out, v), "planted value survived a pause");
     }
 });

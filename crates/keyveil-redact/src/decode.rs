@@ -1,37 +1,52 @@
 //! The decoding pass: values printed one character (or byte) at a time as escapes or
 //! look-alikes, in any spelling and any mix.
 //!
-//! Registering each spelling as a pattern cannot keep up with the class: `&#116;`, `&#0116;`,
-//! `&#x74;`, `&#X74;`, `&#x0074`, `%74`, `\x74`, `\u0074`, `\u{74}`, `\U00000074`, CSS `\74 `
-//! and `\000074`, fullwidth `ｔ`, thirteen mathematical alphanumeric styles, and any mix of them
-//! within one value are thousands of spellings. This pass decodes them instead: a streaming
-//! decoder turns every such escape into the character (or, for `%XX` and `\xHH`, the byte) it
-//! stands for, keeps plain bytes as they are, drops ASCII whitespace (noise, as in the
-//! normalised view), and looks for the value's atoms (raw bytes) in what it decoded. A match
-//! maps back to the original bytes of its first and last unit, so the marker covers the escapes.
+//! Registering each spelling as a pattern cannot keep up with the class: `&#116;`,
+//! `&#0000000116;`, `&#x74;`, `&#X74;`, `&#x0074`, `&lpar;`, `%74`, `%u0074`, `%2574`, `\x74`,
+//! `\x{74}`, `\u0074`, `\u{74}`, `\U00000074`, `\N{LATIN SMALL LETTER T}`, CSS `\74 ` and
+//! `\000074`, fullwidth `ｔ`, thirteen mathematical alphanumeric styles, zero-width characters
+//! between plain ones, and any mix of them within one value are thousands of spellings. This
+//! pass decodes them instead: a streaming decoder turns every such escape into the character
+//! (or, for `%XX` and `\xHH`, the byte) it stands for, keeps plain bytes as they are, drops
+//! ASCII whitespace (noise, as in the normalised view) and invisible characters
+//! ([`tables::ignorable`]), and looks for the value's atoms (raw bytes) in what it decoded. A
+//! match maps back to the original bytes of its first and last unit, so the marker covers the
+//! escapes.
 //!
 //! Cost: ordinary output has no escapes, so the pass sleeps until a *trigger* (`&`, `%`, `\`,
-//! or, in a chunk that is not all ASCII, a lead byte of a look-alike: `E2`, `E3`, `EF`, `F0`),
-//! found with `memchr3` and one vectorised `is_ascii` per chunk. From a trigger it decodes
-//! until [`DecodePass::max_len`] decoded bytes have passed without another escape, seeded with
-//! the plain bytes just before the trigger (so `abc&#100;ef` is caught too: within the chunk
-//! always; across a chunk boundary only while the earlier bytes were still held back by
-//! another pass).
+//! or, in a chunk that is not all ASCII, a lead byte of a look-alike or an invisible character:
+//! `C2`, `CC`, `CD`, `E1`, `E2`, `E3`, `EF`, `F0`), found with `memchr3` and one vectorised
+//! `is_ascii` per chunk. From a trigger it decodes until [`DecodePass::max_len`] decoded bytes
+//! have passed without another escape, seeded with the plain bytes just before the trigger (so
+//! `abc&#100;ef` is caught too: within the chunk always; across a chunk boundary because the
+//! plain bytes at the end of every chunk that could begin an atom are held back).
 //!
-//! Not decoded here (other passes or known limits): C octal escapes (`\164` is CSS hex here;
-//! the literal styles register octal forms), named HTML entities (registered for special
-//! characters), base-N alphabets, homoglyphs that NFKC does not fold.
+//! At a pause ([`crate::RedactStream::flush`]) the stream asks [`DecodePass::pause_tail`] for
+//! the decoded units that could still become an atom and shows at most
+//! [`crate::FLUSH_SHOWN_MAX`] of them, as it does with the plain passes' bytes.
+//!
+//! Not decoded here (other passes or known limits, `docs/redaction.md` §5): C octal escapes
+//! (`\164` is CSS hex here; the literal styles register octal forms), escapes of several
+//! characters at once, base-N alphabets, homoglyphs that NFKC does not fold.
 
 use std::collections::HashMap;
 use zeroize::Zeroize;
 
 use crate::matcher::Hit;
+use crate::tables;
 
 /// Bytes that can start an escape.
 const TRIGGERS: [u8; 3] = [b'&', b'%', b'\\'];
 
-/// Longest run of digits accepted in a numeric reference (leading zeros included).
-const MAX_DIGITS: u8 = 10;
+/// Most digits of one variable-width numeric escape, leading zeros included (browsers accept
+/// any number of leading zeros; this bounds what an open escape holds back).
+const MAX_ESCAPE_DIGITS: u8 = 48;
+
+/// Longest HTML reference name read (the longest with an ASCII replacement has 16 bytes).
+const MAX_NAME: usize = 16;
+
+/// Longest character name read inside `\N{...}` (`LATIN CAPITAL LETTER A` has 22 bytes).
+const MAX_CHAR_NAME: usize = 24;
 
 /// Most plain (non-whitespace) bytes before the first escape that a match may start with: a
 /// longer plain run of a random value is a fragment the normalised pass redacts anyway.
@@ -43,6 +58,10 @@ const LOOKBACK_RAW: usize = 32;
 /// Bits in the filter of atom prefixes (a false positive only holds back or seeds a few bytes
 /// more, the same for every split of the input).
 const PREFIX_BITS: usize = 1 << 17;
+
+/// Bits (log 2) in the filter of 3-byte windows of atom starts.
+const TRI_LOG: u32 = 17;
+const TRI_BITS: usize = 1 << TRI_LOG;
 
 /// Base of the polynomial hash of atom prefixes.
 const HASH_BASE: u64 = 0x0100_0000_01b3;
@@ -60,6 +79,11 @@ pub(crate) struct DecodePass {
     prefixes: Vec<u64>,
     /// Bytes that begin some atom.
     first: [bool; 256],
+    /// The first two bytes of every atom, as a 2^16-bit table.
+    pairs: Vec<u64>,
+    /// Hashed filter ([`TRI_BITS`]) of every 3-byte window of the first [`LOOKBACK`] bytes of
+    /// every atom.
+    tris: Vec<u64>,
     max_len: usize,
 }
 
@@ -72,6 +96,8 @@ impl Drop for DecodePass {
         self.filter.zeroize();
         self.prefixes.zeroize();
         self.first.zeroize();
+        self.pairs.zeroize();
+        self.tris.zeroize();
     }
 }
 
@@ -135,7 +161,27 @@ impl DecodePass {
         }
         let mut prefixes = vec![0u64; PREFIX_BITS / 64];
         let mut first = [false; 256];
+        let mut pairs = vec![0u64; 1 << 10];
+        let mut tris = vec![0u64; TRI_BITS / 64];
         for a in &atoms {
+            for w in a
+                .get(..a.len().min(LOOKBACK))
+                .unwrap_or_default()
+                .windows(3)
+            {
+                if let [x, y, z] = *w {
+                    let (slot, bit) = tri_slot(x, y, z);
+                    if let Some(t) = tris.get_mut(slot) {
+                        *t |= bit;
+                    }
+                }
+            }
+            if let [x, y, ..] = a.as_slice() {
+                let p = (usize::from(*x) << 8) | usize::from(*y);
+                if let Some(w) = pairs.get_mut(p >> 6) {
+                    *w |= 1 << (p & 63);
+                }
+            }
             if let Some(slot) = a.first().and_then(|&f| first.get_mut(usize::from(f))) {
                 *slot = true;
             }
@@ -156,6 +202,8 @@ impl DecodePass {
             filter,
             prefixes,
             first,
+            pairs,
+            tris,
             max_len,
         })
     }
@@ -183,6 +231,9 @@ impl DecodePass {
         self.atoms.iter().map(Vec::capacity).sum::<usize>()
             + self.by_suffix.len() * 48
             + self.filter.len() * 8
+            + self.prefixes.len() * 8
+            + self.pairs.len() * 8
+            + self.tris.len() * 8
     }
 
     /// A fresh state for one stream.
@@ -213,11 +264,15 @@ impl DecodePass {
         // Hold back the plain bytes at the end that a run starting in the next chunk could
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
-        let (before, n) = self.lookback(st, chunk, base, chunk.len());
-        let before = before.get(..n).unwrap_or_default();
-        st.hold_from = self
-            .plain_start(before)
-            .map(|i| before.get(i).map_or(end, |b| b.1));
+        st.hold_from = match self.quick_hold(chunk, base) {
+            Some(hold) => hold,
+            None => {
+                let (before, n) = self.lookback(st, chunk, base, chunk.len());
+                let before = before.get(..n).unwrap_or_default();
+                self.plain_start(before)
+                    .map(|i| before.get(i).map_or(end, |b| b.1))
+            }
+        };
         // Keep the last bytes for the look-back of a run starting early in the next chunk.
         let keep = LOOKBACK_RAW;
         if chunk.len() >= keep {
@@ -256,6 +311,46 @@ impl DecodePass {
             b = b.min(h);
         }
         b
+    }
+
+    /// At a pause ([`crate::RedactStream::flush`]): the decoded tail that could still grow
+    /// into an atom, as the start offsets of its units in order (an escape still open counts
+    /// as one unit, at its start). Empty when none could.
+    ///
+    /// The tail is the longest run of decoded units at the end of the current run that some
+    /// atom begins with (compared exactly, byte by byte: a pause is rare and may take a few
+    /// microseconds), followed by the open escape if any.
+    pub(crate) fn pause_tail(&self, st: &DecodeState) -> Vec<u64> {
+        let open = st.esc != Esc::Ground;
+        let n = st.window.len();
+        let win = st
+            .window
+            .get(n.saturating_sub(self.max_len)..)
+            .unwrap_or_default();
+        let mut best = win.len();
+        for atom in &self.atoms {
+            let Some(&a0) = atom.first() else { continue };
+            for j in 0..best {
+                let Some(seg) = win.get(j..) else { break };
+                if seg.len() >= atom.len() || seg.first().is_none_or(|w| w.0 != a0) {
+                    continue;
+                }
+                if seg.iter().zip(atom).all(|(w, &y)| w.0 == y) {
+                    best = j;
+                    break;
+                }
+            }
+        }
+        let mut starts: Vec<u64> = Vec::new();
+        for &(_, s, _) in win.get(best..).unwrap_or_default() {
+            if starts.last() != Some(&s) {
+                starts.push(s);
+            }
+        }
+        if open {
+            starts.push(st.esc_start);
+        }
+        starts
     }
 
     /// The non-whitespace bytes among the [`LOOKBACK_RAW`] raw bytes before `at` in `chunk`
@@ -310,23 +405,89 @@ impl DecodePass {
         (pre, n)
     }
 
-    /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
-    fn plain_start(&self, bytes: &[(u8, u64)]) -> Option<usize> {
-        let mut h = 0u64;
-        let mut pw = 1u64;
-        let mut found = None;
-        for (i, &(x, _)) in bytes.iter().enumerate().rev() {
-            h = h.wrapping_add(u64::from(x).wrapping_mul(pw));
-            pw = pw.wrapping_mul(HASH_BASE);
-            if !self.first.get(usize::from(x)).copied().unwrap_or(false) {
+    /// The chunk-end hold without the full look-back, when its last three non-whitespace bytes
+    /// (among its last [`LOOKBACK_RAW`] bytes) are no 3-byte window of any atom's first
+    /// [`LOOKBACK`] bytes (a hashed filter: most chunk ends of ordinary output): then no
+    /// suffix of three bytes or more begins an atom, and the last two bytes are checked
+    /// exactly. `None` when the full look-back is needed. Never holds less than the full
+    /// look-back would for a suffix that really begins an atom.
+    fn quick_hold(&self, chunk: &[u8], base: u64) -> Option<Option<u64>> {
+        let from = chunk.len().saturating_sub(LOOKBACK_RAW);
+        let mut last = [(0u8, 0usize); 3];
+        let mut k = 0;
+        for (j, &b) in chunk
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .rev()
+        {
+            if crate::normalize::is_space(b) {
                 continue;
             }
-            let (slot, bit) = prefix_slot(h, bytes.len() - i);
-            if self.prefixes.get(slot).is_some_and(|w| w & bit != 0) {
-                found = Some(i);
+            if let Some(slot) = last.get_mut(2 - k) {
+                *slot = (b, from + j);
+            }
+            k += 1;
+            if k == 3 {
+                break;
             }
         }
-        found
+        let [(x, _), (y, py), (z, pz)] = last;
+        if k < 3 || self.tri_has(x, y, z) {
+            return None;
+        }
+        let at = |p: usize| base + p as u64;
+        let hold = if self.pair_has(y, z) {
+            Some(at(py))
+        } else if self.first.get(usize::from(z)).copied().unwrap_or(false) {
+            Some(at(pz))
+        } else {
+            None
+        };
+        Some(hold)
+    }
+
+    fn pair_has(&self, x: u8, y: u8) -> bool {
+        let p = (usize::from(x) << 8) | usize::from(y);
+        self.pairs
+            .get(p >> 6)
+            .is_some_and(|w| w & (1 << (p & 63)) != 0)
+    }
+
+    fn tri_has(&self, x: u8, y: u8, z: u8) -> bool {
+        let (slot, bit) = tri_slot(x, y, z);
+        self.tris.get(slot).is_some_and(|w| w & bit != 0)
+    }
+
+    /// The index in `bytes` of the earliest start of a suffix that is a prefix of some atom.
+    ///
+    /// Run at every chunk end, so cheap first: a start must be a byte that begins some atom
+    /// and, unless it is the last byte, the pair of bytes there must begin some atom (an exact
+    /// 2^16-bit table); only such starts are hashed and probed in the prefix filter.
+    fn plain_start(&self, bytes: &[(u8, u64)]) -> Option<usize> {
+        let n = bytes.len();
+        for (i, &(x, _)) in bytes.iter().enumerate() {
+            let possible = match bytes.get(i + 1) {
+                Some(&(y, _)) => self.pair_has(x, y),
+                None => self.first.get(usize::from(x)).copied().unwrap_or(false),
+            };
+            if !possible {
+                continue;
+            }
+            let h = bytes
+                .get(i..)
+                .unwrap_or_default()
+                .iter()
+                .fold(0u64, |h, &(b, _)| {
+                    h.wrapping_mul(HASH_BASE).wrapping_add(u64::from(b))
+                });
+            let (slot, bit) = prefix_slot(h, n - i);
+            if self.prefixes.get(slot).is_some_and(|w| w & bit != 0) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Puts the plain bytes just before a trigger at `at` that could begin an atom into the
@@ -351,6 +512,9 @@ impl DecodePass {
                 if b == b'#' {
                     st.pend_push(b);
                     st.esc = Esc::AmpHash;
+                } else if b.is_ascii_alphabetic() {
+                    st.pend_push(b);
+                    st.esc = Esc::Named;
                 } else {
                     self.fail(st, b, pos, hits);
                 }
@@ -358,33 +522,24 @@ impl DecodePass {
             Esc::AmpHash => {
                 if b == b'x' || b == b'X' {
                     st.pend_push(b);
-                    st.esc = Esc::Num {
-                        radix: 16,
-                        end: b';',
-                        max: 8,
-                        min: 1,
-                        ws: false,
-                    };
+                    st.esc = Esc::num(16, b';', 8, 1, true);
                 } else if b.is_ascii_digit() {
-                    st.pend_push(b);
-                    st.acc = u32::from(b - b'0');
-                    st.ndig = 1;
-                    st.esc = Esc::Num {
-                        radix: 10,
-                        end: b';',
-                        max: MAX_DIGITS,
-                        min: 1,
-                        ws: false,
-                    };
+                    st.esc = Esc::num(10, b';', 8, 1, true);
+                    self.step(st, b, pos, hits);
                 } else {
                     self.fail(st, b, pos, hits);
                 }
             }
+            Esc::Named => self.named(st, b, pos, hits),
             Esc::Pct => {
                 if let Some(d) = hex(b) {
                     st.pend_push(b);
                     st.acc = d;
                     st.esc = Esc::Pct1;
+                } else if (b == b'u' || b == b'U') && st.nest_end == 0 {
+                    // `%uXXXX` (JavaScript `escape`, IIS).
+                    st.pend_push(b);
+                    st.esc = Esc::num(16, 0, 4, 4, false);
                 } else {
                     self.fail(st, b, pos, hits);
                 }
@@ -392,6 +547,15 @@ impl DecodePass {
             Esc::Pct1 | Esc::Bx1 => {
                 if let Some(d) = hex(b) {
                     let v = (st.acc << 4) | d;
+                    if v == u32::from(b'%') && st.esc == Esc::Pct1 {
+                        // `%25`: a percent sign that may begin an escape of its own
+                        // (double percent-encoding, `%2574` for `t`).
+                        st.nest_end = pos + 1;
+                        st.pend_len = 0;
+                        st.acc = 0;
+                        st.esc = Esc::Pct;
+                        return;
+                    }
                     let start = st.esc_start;
                     st.clear_esc();
                     self.unit_byte(st, u8::try_from(v).unwrap_or(0), start, pos + 1, hits);
@@ -417,27 +581,20 @@ impl DecodePass {
                 }
                 b'U' => {
                     st.pend_push(b);
-                    st.esc = Esc::Num {
-                        radix: 16,
-                        end: 0,
-                        max: 8,
-                        min: 8,
-                        ws: false,
-                    };
+                    st.esc = Esc::num(16, 0, 8, 8, false);
+                }
+                b'N' => {
+                    st.pend_push(b);
+                    st.esc = Esc::BigN;
                 }
                 _ => {
-                    if let Some(d) = hex(b) {
+                    if hex(b).is_some() {
                         // CSS: 1 to 6 hex digits, then one optional whitespace.
-                        st.pend_push(b);
-                        st.acc = d;
-                        st.ndig = 1;
-                        st.esc = Esc::Num {
-                            radix: 16,
-                            end: 0,
-                            max: 6,
-                            min: 1,
-                            ws: true,
-                        };
+                        st.esc = Esc::num(16, 0, 6, 1, false);
+                        if let Esc::Num { ws, .. } = &mut st.esc {
+                            *ws = true;
+                        }
+                        self.step(st, b, pos, hits);
                     } else {
                         self.fail(st, b, pos, hits);
                     }
@@ -448,6 +605,10 @@ impl DecodePass {
                     st.pend_push(b);
                     st.acc = d;
                     st.esc = Esc::Bx1;
+                } else if b == b'{' {
+                    // Perl, PHP `\x{74}`.
+                    st.pend_push(b);
+                    st.esc = Esc::num(16, b'}', 8, 1, true);
                 } else {
                     self.fail(st, b, pos, hits);
                 }
@@ -455,49 +616,60 @@ impl DecodePass {
             Esc::Bu => {
                 if b == b'{' {
                     st.pend_push(b);
-                    st.esc = Esc::Num {
-                        radix: 16,
-                        end: b'}',
-                        max: 6,
-                        min: 1,
-                        ws: false,
-                    };
-                } else if let Some(d) = hex(b) {
-                    st.pend_push(b);
-                    st.acc = d;
-                    st.ndig = 1;
-                    st.esc = Esc::Num {
-                        radix: 16,
-                        end: 0,
-                        max: 4,
-                        min: 4,
-                        ws: false,
-                    };
+                    st.esc = Esc::num(16, b'}', 8, 1, true);
+                } else if hex(b).is_some() {
+                    st.esc = Esc::num(16, 0, 4, 4, false);
+                    self.step(st, b, pos, hits);
                 } else {
                     self.fail(st, b, pos, hits);
                 }
             }
+            Esc::BigN => {
+                if b == b'{' {
+                    st.pend_push(b);
+                    st.esc = Esc::NameBrace;
+                } else {
+                    self.fail(st, b, pos, hits);
+                }
+            }
+            Esc::NameBrace => self.name_brace(st, b, pos, hits),
             Esc::Num {
                 radix,
                 end,
                 max,
                 min,
                 ws,
+                lead0,
             } => {
                 let d = if radix == 10 {
                     b.is_ascii_digit().then(|| u32::from(b - b'0'))
                 } else {
                     hex(b)
                 };
-                if let Some(d) = d.filter(|_| st.ndig < max) {
-                    st.pend_push(b);
-                    st.acc = st.acc.saturating_mul(radix).saturating_add(d);
-                    st.ndig += 1;
-                    if end == 0 && !ws && st.ndig == max {
-                        // Fixed width (`\u0074`, `\U00000074`): complete now.
-                        self.close_num(st, pos + 1, None, hits);
+                if let Some(d) = d {
+                    // A leading zero of a variable-width escape does not count towards its
+                    // digits (`&#0000000116;`); the escape is bounded by MAX_ESCAPE_DIGITS.
+                    let zero = lead0 && d == 0 && st.acc == 0;
+                    let room = if !lead0 {
+                        st.ndig < max
+                    } else if zero {
+                        st.ndig < MAX_ESCAPE_DIGITS
+                    } else {
+                        st.sig < max
+                    };
+                    if room {
+                        st.pend_push(b);
+                        st.acc = st.acc.saturating_mul(radix).saturating_add(d);
+                        st.ndig += 1;
+                        if !zero {
+                            st.sig += 1;
+                        }
+                        if end == 0 && !ws && st.ndig == max {
+                            // Fixed width (`\u0074`, `\U00000074`, `%u0074`): complete now.
+                            self.close_num(st, pos + 1, None, hits);
+                        }
+                        return;
                     }
-                    return;
                 }
                 if st.ndig < min || (end == b'}' && b != b'}') {
                     self.fail(st, b, pos, hits);
@@ -519,22 +691,25 @@ impl DecodePass {
                 if b & 0xC0 == 0x80 {
                     st.pend_push(b);
                     if st.pend_len == need {
-                        let s = std::str::from_utf8(st.pend())
+                        let cp = std::str::from_utf8(st.pend())
                             .ok()
-                            .and_then(|s| s.chars().next());
+                            .and_then(|s| s.chars().next())
+                            .map(u32::from);
                         let start = st.esc_start;
-                        match s.and_then(|c| lookalike(u32::from(c))) {
-                            Some(a) => {
-                                st.clear_esc();
-                                self.unit_byte(st, a, start, pos + 1, hits);
-                            }
-                            None => {
-                                // Any other character: plain bytes.
-                                let bytes: Vec<u8> = st.pend().to_vec();
-                                st.clear_esc();
-                                for (j, x) in bytes.iter().enumerate() {
-                                    self.plain(st, *x, start + j as u64, hits);
-                                }
+                        if let Some(a) = cp.and_then(tables::lookalike) {
+                            st.clear_esc();
+                            self.unit_byte(st, a, start, pos + 1, hits);
+                        } else if cp.is_some_and(tables::ignorable) {
+                            // Nothing to decode, but it counts as an escape: a value with a
+                            // zero-width character between its letters is a run.
+                            st.clear_esc();
+                            st.mark_escape();
+                        } else {
+                            // Any other character: plain bytes.
+                            let bytes: Vec<u8> = st.pend().to_vec();
+                            st.clear_esc();
+                            for (j, x) in bytes.iter().enumerate() {
+                                self.plain(st, *x, start + j as u64, hits);
                             }
                         }
                     }
@@ -542,6 +717,72 @@ impl DecodePass {
                     self.fail(st, b, pos, hits);
                 }
             }
+        }
+    }
+
+    /// `&name`: a named character reference is read up to its `;` (or, for the legacy names,
+    /// up to the first byte that cannot continue a name).
+    fn named(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        if b.is_ascii_alphanumeric() && usize::from(st.pend_len) <= MAX_NAME {
+            st.pend_push(b);
+            return;
+        }
+        let name = st.pend().get(1..).unwrap_or_default();
+        let text = tables::named_reference(name);
+        match text {
+            Some(t) if b == b';' => self.close_text(st, t, pos + 1, None, hits),
+            Some(t) if tables::legacy_reference(name) && !b.is_ascii_alphanumeric() => {
+                self.close_text(st, t, pos, Some(b), hits);
+            }
+            _ => self.fail(st, b, pos, hits),
+        }
+    }
+
+    /// `\N{...}`: a Unicode character name of an ASCII character (Python) or `U+hex` (Perl).
+    fn name_brace(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        if b != b'}' {
+            if (b.is_ascii_alphanumeric() || matches!(b, b' ' | b'-' | b'+'))
+                && usize::from(st.pend_len) < 3 + MAX_CHAR_NAME
+            {
+                st.pend_push(b);
+            } else {
+                self.fail(st, b, pos, hits);
+            }
+            return;
+        }
+        let name = st.pend().get(3..).unwrap_or_default();
+        let cp = match name {
+            [b'U' | b'u', b'+', digits @ ..] if !digits.is_empty() && digits.len() <= 8 => digits
+                .iter()
+                .try_fold(0u32, |acc, &x| hex(x).map(|d| (acc << 4) | d)),
+            _ => tables::ascii_by_name(name).map(u32::from),
+        };
+        match cp {
+            Some(cp) => {
+                st.acc = cp;
+                self.close_num(st, pos + 1, None, hits);
+            }
+            None => self.fail(st, b, pos, hits),
+        }
+    }
+
+    /// An escape that stands for `text` (one or more ASCII bytes) is complete; then `next` is
+    /// processed if the escape did not consume it.
+    fn close_text(
+        &self,
+        st: &mut DecodeState,
+        text: &[u8],
+        end: u64,
+        next: Option<u8>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let start = st.esc_start;
+        st.clear_esc();
+        for &x in text {
+            self.push(st, x, start, end, true, hits);
+        }
+        if let Some(b) = next {
+            self.step(st, b, end, hits);
         }
     }
 
@@ -583,6 +824,18 @@ impl DecodePass {
 
     /// What looked like an escape is not one: its bytes are plain, and `b` is looked at anew.
     fn fail(&self, st: &mut DecodeState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        if st.nest_end != 0 {
+            // `%25` then no escape: a percent sign, then the bytes after it.
+            let (start, mid) = (st.esc_start, st.nest_end);
+            let bytes: Vec<u8> = st.pend().to_vec();
+            st.clear_esc();
+            self.unit_byte(st, b'%', start, mid, hits);
+            for (j, x) in bytes.iter().enumerate() {
+                self.plain(st, *x, mid + j as u64, hits);
+            }
+            self.step(st, b, pos, hits);
+            return;
+        }
         if !st.has_escape {
             // A trigger that began no escape (`50% done`, `a & b`): nothing to decode here,
             // the other passes see plain text.
@@ -612,6 +865,18 @@ impl DecodePass {
                 let start = st.esc_start;
                 st.clear_esc();
                 self.unit_byte(st, u8::try_from(v).unwrap_or(0), start, end, hits);
+            }
+            Esc::Named => {
+                let name = st.pend().get(1..).unwrap_or_default();
+                match tables::named_reference(name).filter(|_| tables::legacy_reference(name)) {
+                    Some(t) => self.close_text(st, t, end, None, hits),
+                    None => st.clear_esc(),
+                }
+            }
+            _ if st.nest_end != 0 => {
+                let (start, mid) = (st.esc_start, st.nest_end);
+                st.clear_esc();
+                self.unit_byte(st, b'%', start, mid, hits);
             }
             _ => st.clear_esc(),
         }
@@ -698,6 +963,12 @@ impl DecodePass {
     }
 }
 
+fn tri_slot(x: u8, y: u8, z: u8) -> (usize, u64) {
+    let w = (u32::from(x) << 16) | (u32::from(y) << 8) | u32::from(z);
+    let i = (w.wrapping_mul(0x9E37_79B1) >> (32 - TRI_LOG)) as usize;
+    (i / 64, 1u64 << (i % 64))
+}
+
 fn prefix_slot(h: u64, len: usize) -> (usize, u64) {
     let m =
         (h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -726,58 +997,9 @@ fn next_trigger(rest: &[u8], ascii: bool) -> Option<usize> {
         .get(..limit)
         .unwrap_or_default()
         .iter()
-        .position(|&x| matches!(x, 0xE2 | 0xE3 | 0xEF | 0xF0));
+        .position(|&x| matches!(x, 0xC2 | 0xCC | 0xCD | 0xE1 | 0xE2 | 0xE3 | 0xEF | 0xF0));
     u.or(t)
 }
-
-/// The ASCII character a look-alike stands for (NFKC folds each of these to it): fullwidth
-/// forms, the ideographic space, the mathematical alphanumeric letters (13 styles) and digits
-/// (5 styles), and the Letterlike Symbols that fill the math block's holes.
-pub(crate) fn lookalike(cp: u32) -> Option<u8> {
-    let ascii = |x: u32| u8::try_from(x).ok();
-    match cp {
-        0xFF01..=0xFF5E => ascii(cp - 0xFEE0),
-        0x3000 => Some(b' '),
-        0x1D400..=0x1D6A3 => {
-            let i = (cp - 0x1D400) % 52;
-            if i < 26 {
-                ascii(u32::from(b'A') + i)
-            } else {
-                ascii(u32::from(b'a') + i - 26)
-            }
-        }
-        0x1D7CE..=0x1D7FF => ascii(u32::from(b'0') + (cp - 0x1D7CE) % 10),
-        _ => LETTERLIKE.iter().find(|(c, _)| *c == cp).map(|(_, a)| *a),
-    }
-}
-
-/// Letterlike Symbols used in place of the mathematical block's reserved code points.
-const LETTERLIKE: [(u32, u8); 24] = [
-    (0x210E, b'h'),
-    (0x212C, b'B'),
-    (0x2130, b'E'),
-    (0x2131, b'F'),
-    (0x210B, b'H'),
-    (0x2110, b'I'),
-    (0x2112, b'L'),
-    (0x2133, b'M'),
-    (0x211B, b'R'),
-    (0x212F, b'e'),
-    (0x210A, b'g'),
-    (0x2134, b'o'),
-    (0x212D, b'C'),
-    (0x210C, b'H'),
-    (0x2111, b'I'),
-    (0x211C, b'R'),
-    (0x2128, b'Z'),
-    (0x2102, b'C'),
-    (0x210D, b'H'),
-    (0x2115, b'N'),
-    (0x2119, b'P'),
-    (0x211A, b'Q'),
-    (0x211D, b'R'),
-    (0x2124, b'Z'),
-];
 
 /// The escape being read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -788,14 +1010,18 @@ enum Esc {
     Amp,
     /// `&#`.
     AmpHash,
-    /// Digits of a numeric escape: radix, terminator (0: none), most and fewest digits, and
-    /// whether one whitespace byte may end it (CSS).
+    /// `&` and letters: a named reference.
+    Named,
+    /// Digits of a numeric escape: radix, terminator (0: none), most and fewest digits,
+    /// whether one whitespace byte may end it (CSS), and whether leading zeros are free (do
+    /// not count towards `max`).
     Num {
         radix: u32,
         end: u8,
         max: u8,
         min: u8,
         ws: bool,
+        lead0: bool,
     },
     /// `%`, `%h`.
     Pct,
@@ -805,11 +1031,30 @@ enum Esc {
     Bx,
     Bx1,
     Bu,
+    /// `\N`, `\N{` and a character name.
+    BigN,
+    NameBrace,
     /// Inside a multi-byte UTF-8 character of `need` bytes.
     Utf8 {
         need: u8,
     },
 }
+
+impl Esc {
+    fn num(radix: u32, end: u8, max: u8, min: u8, lead0: bool) -> Esc {
+        Esc::Num {
+            radix,
+            end,
+            max,
+            min,
+            ws: false,
+            lead0,
+        }
+    }
+}
+
+/// Bytes of an open escape kept for its replay as plain bytes.
+const PEND: usize = 32;
 
 /// One stream's decoding state.
 #[derive(Clone, Default)]
@@ -818,7 +1063,12 @@ pub(crate) struct DecodeState {
     esc_start: u64,
     acc: u32,
     ndig: u8,
-    pend: [u8; 16],
+    /// Digits after the leading zeros.
+    sig: u8,
+    /// After `%25`: where it ends (0: not inside a double percent-escape).
+    nest_end: u64,
+    /// The escape's bytes (the first [`PEND`], for a replay as plain bytes).
+    pend: [u8; PEND],
     pend_len: u8,
     /// A run is active: decoded bytes are collected and matched.
     active: bool,
@@ -858,6 +1108,8 @@ impl DecodeState {
         self.esc_start = pos;
         self.acc = 0;
         self.ndig = 0;
+        self.sig = 0;
+        self.nest_end = 0;
         self.pend_len = 0;
         self.pend_push(b);
     }
@@ -881,6 +1133,16 @@ impl DecodeState {
         self.pend_len = 0;
         self.acc = 0;
         self.ndig = 0;
+        self.sig = 0;
+        self.nest_end = 0;
+    }
+
+    /// A character that decodes to nothing was read (a zero-width character).
+    fn mark_escape(&mut self) {
+        if self.active {
+            self.since_escape = 0;
+            self.has_escape = true;
+        }
     }
 
     fn end_run(&mut self) {

@@ -52,6 +52,7 @@ pub mod literals;
 mod matcher;
 pub mod normalize;
 mod stream;
+mod tables;
 pub mod variants;
 
 pub use stream::{FLUSH_SHOWN_MAX, MAX_SPANS, PARTIAL_MARKER, RedactStream};

@@ -88,6 +88,8 @@ pub struct RedactStream {
     /// The possible match a [`RedactStream::flush`] last let out: where it starts, and how many
     /// significant bytes of it were shown ([`MASKED`]: it was masked).
     flushed_walk: Option<(u64, u64)>,
+    /// The same for the decoding pass's possible match, counted in decoded units.
+    flushed_dwalk: Option<(u64, u64)>,
 }
 
 /// Most occurrences [`crate::Redactor::find_leak_spans`] keeps per secret.
@@ -158,6 +160,7 @@ impl RedactStream {
             spans: None,
             fail_marker_sent: false,
             flushed_walk: None,
+            flushed_dwalk: None,
         }
     }
 
@@ -272,6 +275,11 @@ impl RedactStream {
     ///   only while the possible match has at most [`FLUSH_SHOWN_MAX`] significant (not
     ///   whitespace, NUL or `ESC`) bytes, counting those shown at earlier pauses; a longer one
     ///   is replaced by [`PARTIAL_MARKER`];
+    /// * the same bound holds for the decoding pass in decoded characters: a tail that could
+    ///   still decode into the start of a value (`&#0000000116;&#111;…`, `t` + U+200B + `o`…)
+    ///   is shown only while it has at most [`FLUSH_SHOWN_MAX`] decoded characters, counting
+    ///   those shown at earlier pauses (an escape still open counts as one); a longer one is
+    ///   replaced by [`PARTIAL_MARKER`];
     /// * the matching state is kept: later bytes continue every possible match, so an occurrence
     ///   that began before the pause is found when it completes and what follows the pause is
     ///   masked (the marker then covers only the bytes not yet let out).
@@ -287,8 +295,8 @@ impl RedactStream {
         if self.buf.is_empty() {
             return;
         }
-        // Occurrences the normalised pass would report only at the end (an escape sequence it
-        // holds): found on a copy of its state; the real state carries on.
+        // Occurrences the normalised and decoding passes would report only at the end (an
+        // escape sequence they hold): found on copies of their states; the real states carry on.
         let inner = Arc::clone(&self.inner);
         let mut hits = std::mem::take(&mut self.hits);
         if let (Some(pass), Some(st)) = (inner.normalized.as_ref(), self.normalized.as_ref()) {
@@ -297,32 +305,59 @@ impl RedactStream {
             pass.finish(&mut st, &mut hits);
             self.absorb(pass, &mut hits);
         }
+        if let (Some(pass), Some(st)) = (inner.decode.as_ref(), self.decode.as_ref()) {
+            let mut st = st.clone();
+            hits.clear();
+            pass.finish(&mut st, &mut hits);
+            self.absorb_decoded(pass, &mut hits);
+        }
         self.hits = hits;
         self.resolve_tokens(true);
+
+        // The plain passes' possible match: its significant bytes.
         let walk = self.walk_start();
-        if walk >= self.total {
-            self.emit(self.total, out);
-            return;
-        }
-        // Bytes of the possible match a marker of a complete occurrence does not cover.
-        let from = walk.max(self.buf_start);
-        let shown_here = (from..self.total)
-            .filter(|&o| !self.regions.iter().any(|r| r.start <= o && o < r.end))
-            .filter(|&o| self.byte_at(o).is_some_and(is_significant))
-            .count() as u64;
-        let shown_before = match self.flushed_walk {
-            Some((w, n)) if w == walk => n,
-            // A possible match that began in bytes already let out: count them all.
-            _ => self.buf_start.saturating_sub(walk),
+        let plain = (walk < self.total).then(|| {
+            let from = walk.max(self.buf_start);
+            let here = (from..self.total)
+                .filter(|&o| !self.in_region(o))
+                .filter(|&o| self.byte_at(o).is_some_and(is_significant))
+                .count() as u64;
+            let before = match self.flushed_walk {
+                Some((w, n)) if w == walk => n,
+                // A possible match that began in bytes already let out: count them all.
+                _ => self.buf_start.saturating_sub(walk),
+            };
+            (walk, before.saturating_add(here))
+        });
+        // The decoding pass's possible match: its decoded units (characters), the same bound.
+        let units = match (inner.decode.as_ref(), self.decode.as_ref()) {
+            (Some(pass), Some(st)) => pass.pause_tail(st),
+            _ => Vec::new(),
         };
-        let shown = shown_before.saturating_add(shown_here);
-        if shown <= FLUSH_SHOWN_MAX {
-            self.emit(self.total, out);
-            self.flushed_walk = Some((walk, shown));
-            return;
-        }
+        let decoded = units.first().map(|&dwalk| {
+            let here = units
+                .iter()
+                .filter(|&&s| s >= self.buf_start && !self.in_region(s))
+                .count() as u64;
+            let before = match self.flushed_dwalk {
+                Some((w, n)) if w == dwalk => n,
+                _ => units.iter().filter(|&&s| s < self.buf_start).count() as u64,
+            };
+            (dwalk, before.saturating_add(here))
+        });
+        let over = |p: Option<(u64, u64)>| p.filter(|&(_, n)| n > FLUSH_SHOWN_MAX).map(|p| p.0);
+        let mask_from = match (over(plain), over(decoded)) {
+            (None, None) => {
+                self.emit(self.total, out);
+                self.flushed_walk = plain.or(self.flushed_walk);
+                self.flushed_dwalk = decoded.or(self.flushed_dwalk);
+                return;
+            }
+            (a, b) => a.into_iter().chain(b).min().unwrap_or(self.total),
+        };
         // Too much of a possible match: complete occurrences get their markers, every other
-        // run of it one partial marker.
+        // run of it from `mask_from` on one partial marker.
+        let from = mask_from.max(self.buf_start);
         self.emit(from, out);
         let mut at = self.buf_start;
         while let Some(r) = self.regions.pop_front() {
@@ -346,7 +381,16 @@ impl RedactStream {
         self.buf.zeroize();
         self.buf.clear();
         self.buf_start = self.total;
-        self.flushed_walk = Some((walk, MASKED));
+        // A possible match wholly behind the marker stays masked; one that began before it
+        // keeps its (over-)count.
+        let mark = |p: (u64, u64)| if p.0 >= from { (p.0, MASKED) } else { p };
+        self.flushed_walk = plain.map(mark).or(self.flushed_walk);
+        self.flushed_dwalk = decoded.map(mark).or(self.flushed_dwalk);
+    }
+
+    /// Whether offset `o` lies in a region (a complete occurrence).
+    fn in_region(&self, o: u64) -> bool {
+        self.regions.iter().any(|r| r.start <= o && o < r.end)
     }
 
     /// The earliest offset at which an occurrence not yet reported could start, not bounded

@@ -575,3 +575,49 @@ print("end")
         );
     }
 }
+
+/// The same attack in the decoding pass's forms (issue 15): every character of the value
+/// written as its own escape (ten-digit decimal reference, `%uXXXX`, `\x{..}`, a plain
+/// character and a zero width space), one per write, with pauses longer than the relay's 200 ms.
+/// No four encoded characters in a row ever arrive.
+#[test]
+fn a_value_printed_one_escape_per_pause_stays_unreadable() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let program = r#"
+import os, sys, time
+v = os.environ["API_TOKEN"]
+forms = [lambda c: "&#%010d;" % ord(c), lambda c: "%%u%04X" % ord(c),
+         lambda c: "\\x{%x}" % ord(c), lambda c: c + "\u200b"]
+for i, c in enumerate(v):
+    sys.stdout.write(forms[i % 4](c)); sys.stdout.flush(); time.sleep(0.25)
+print("end")
+"#;
+    let o = h.run_approved(
+        &[
+            "run", "--env", "demo", "--wait", "30", "--", "python3", "-c", program,
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.ends_with("end\n"), "{out}");
+    let enc: Vec<String> = value
+        .chars()
+        .enumerate()
+        .map(|(i, c)| match i % 4 {
+            0 => format!("&#{:010};", c as u32),
+            1 => format!("%u{:04X}", c as u32),
+            2 => format!("\\x{{{:x}}}", c as u32),
+            _ => format!("{c}\u{200b}"),
+        })
+        .collect();
+    for w in enc.windows(4) {
+        let run = w.concat();
+        assert!(
+            !out.contains(&run),
+            "4 encoded characters in a row arrived: {out}"
+        );
+    }
+}
