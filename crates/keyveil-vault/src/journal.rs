@@ -144,21 +144,23 @@ pub(crate) fn replay(
         Err(e) => return Err(VaultError::io("open", &jpath, e)),
     };
     if bytes.len() > format::MAX_FILE_LEN {
-        return Err(VaultError::corrupt(
+        return Err(corrupt_journal(
             "the vault's journal is larger than the vault size limit",
         ));
     }
     // Shorter than a header: a crash while it was being started; nothing in it was acknowledged.
-    if bytes.len() < JOURNAL_HEADER_LEN {
+    let Some(found) = bytes.get(..JOURNAL_HEADER_LEN) else {
         return Ok(JournalState::default());
-    }
-    if bytes[..8] != JOURNAL_MAGIC || bytes[8..10] != JOURNAL_VERSION.to_be_bytes() {
-        return Err(VaultError::corrupt(
-            "the vault's journal (vault.journal) does not start with a journal header: it was damaged or edited",
+    };
+    if found.get(..8) != Some(&JOURNAL_MAGIC[..])
+        || found.get(8..10) != Some(&JOURNAL_VERSION.to_be_bytes()[..])
+    {
+        return Err(corrupt_journal(
+            "the vault's journal (`<vault>.journal`) does not start with a journal header: it was damaged or edited",
         ));
     }
     let head = header(base);
-    if bytes[..JOURNAL_HEADER_LEN] != head {
+    if found != head {
         // Written for another vault file: its changes are already in this one (a full save
         // ended right before the journal was reset), or the vault file was replaced.
         return Ok(JournalState::default());
@@ -172,8 +174,7 @@ pub(crate) fn replay(
         torn_bytes: 0,
     };
     let mut at = JOURNAL_HEADER_LEN;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
+    while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
         let torn = |state: &mut JournalState| state.torn_bytes = rest.len() as u64;
         let Some(len_bytes) = rest.get(..4) else {
             torn(&mut state);
@@ -190,34 +191,33 @@ pub(crate) fn replay(
                 torn(&mut state);
                 break;
             }
-            return Err(VaultError::corrupt(
+            return Err(corrupt_journal(
                 "a record of the vault's journal has an impossible length: the journal was damaged or edited",
             ));
         }
         // Running past the end: an append a crash cut short.
-        if end > rest.len() {
+        let (Some(nonce), Some(sealed)) =
+            (rest.get(4..RECORD_PREFIX), rest.get(RECORD_PREFIX..end))
+        else {
             torn(&mut state);
             break;
-        }
+        };
         let last = end == rest.len();
         let seq = state.seq + 1;
-        let mut buf = Zeroizing::new(rest[RECORD_PREFIX..end].to_vec());
-        let opened = cipher.decrypt_in_place(
-            XNonce::from_slice(&rest[4..RECORD_PREFIX]),
-            &aad(&head, seq),
-            &mut *buf,
-        );
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let opened =
+            cipher.decrypt_in_place(XNonce::from_slice(nonce), &aad(&head, seq), &mut *buf);
         if opened.is_err() {
             if last {
                 torn(&mut state);
                 break;
             }
-            return Err(VaultError::corrupt(format!(
+            return Err(corrupt_journal(format!(
                 "record {seq} of the vault's journal failed authentication: the journal was edited, reordered or damaged"
             )));
         }
         let change: Change = serde_json::from_slice(&buf).map_err(|e| {
-            VaultError::corrupt(format!(
+            corrupt_journal(format!(
                 "record {seq} of the vault's journal is not a valid change ({:?} error)",
                 e.classify()
             ))
@@ -239,7 +239,7 @@ fn apply(data: &mut VaultData, change: Change, seq: u64) -> Result<(), VaultErro
             variable,
         } => {
             let env = data.environments.get_mut(&environment).ok_or_else(|| {
-                VaultError::corrupt(format!(
+                corrupt_journal(format!(
                     "record {seq} of the vault's journal changes an environment the vault does not have"
                 ))
             })?;
@@ -257,11 +257,12 @@ fn apply(data: &mut VaultData, change: Change, seq: u64) -> Result<(), VaultErro
     Ok(())
 }
 
-/// Appends one change (a variable's new state, or the audit checkpoint) as record
-/// `state.seq + 1` and `fdatasync`s it; the caller holds the vault's lock file and has checked
+/// Writes one change (a variable's new state, or the audit checkpoint) as record
+/// `state.seq + 1` (not yet synced: see [`PendingAppend`]); the caller holds the vault's lock file and has checked
 /// that the vault file is still `base`. Starts the journal afresh (header for `base`) when it is
 /// stale or missing, and cuts off a torn tail first. On error the file is cut back to
-/// `state.len` (best effort) and `state` is unchanged.
+/// `state.len` (best effort) and `state` is unchanged; on success `state` already counts the
+/// record.
 ///
 /// # Errors
 /// [`VaultError::ChangedOnDisk`] when the journal is shorter than this vault wrote it or its
@@ -273,7 +274,7 @@ pub(crate) fn append(
     data_key: &[u8; KEY_LEN],
     state: &mut JournalState,
     change: &ChangeRef<'_>,
-) -> Result<(), VaultError> {
+) -> Result<PendingAppend, VaultError> {
     let jpath = journal_path(path);
     let head = header(base);
     let existed = jpath.symlink_metadata().is_ok();
@@ -321,24 +322,67 @@ pub(crate) fn append(
             file.set_len(start.len).map_err(io("truncate"))?;
         }
         file.seek(SeekFrom::Start(start.len)).map_err(io("seek"))?;
-        file.write_all(&out).map_err(io("append"))?;
-        file.sync_data().map_err(io("fdatasync"))?;
-        if !existed {
-            fsutil::sync_dir(fsutil::parent_dir(&jpath))?;
-        }
-        Ok(())
+        file.write_all(&out).map_err(io("append"))
     })();
     if let Err(e) = result {
         let _ = file.set_len(start.len);
         return Err(e);
     }
-    *state = JournalState {
-        current: true,
-        len: start.len + out.len() as u64,
-        seq,
-        torn_bytes: 0,
-    };
-    Ok(())
+    let before = std::mem::replace(
+        state,
+        JournalState {
+            current: true,
+            len: start.len + out.len() as u64,
+            seq,
+            torn_bytes: 0,
+        },
+    );
+    Ok(PendingAppend {
+        file,
+        path: jpath,
+        created: !existed,
+        cut_to: start.len,
+        before,
+    })
+}
+
+/// A record written to the journal but not yet durable: [`PendingAppend::sync`] makes it so
+/// (`fdatasync`, and the directory's `fsync` when the journal was just created). Until then the
+/// change must not be acknowledged. The sync needs no access to the vault, so it can run on
+/// another thread while the caller writes its audit entry.
+#[derive(Debug)]
+pub struct PendingAppend {
+    file: File,
+    path: PathBuf,
+    created: bool,
+    /// Length to cut the file back to if the sync fails.
+    cut_to: u64,
+    /// The journal state before this append.
+    before: JournalState,
+}
+
+impl PendingAppend {
+    /// Makes the record durable.
+    ///
+    /// # Errors
+    /// [`VaultError::Io`] when `fdatasync` (or the directory's `fsync`) fails: the record may or
+    /// may not be on disk; the caller must undo the change with [`crate::Vault::undo_append`].
+    pub fn sync(&self) -> Result<(), VaultError> {
+        self.file
+            .sync_data()
+            .map_err(|e| VaultError::io("fdatasync", &self.path, e))?;
+        if self.created {
+            fsutil::sync_dir(fsutil::parent_dir(&self.path))?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the record back off (best effort) and gives the journal state before it.
+    pub(crate) fn undo(self) -> JournalState {
+        let _ = self.file.set_len(self.cut_to);
+        let _ = self.file.sync_data();
+        self.before
+    }
 }
 
 /// Seals one record: length, fresh random nonce, ciphertext and tag.
@@ -382,4 +426,12 @@ pub(crate) fn reset(path: &Path, state: &mut JournalState) {
         }
     }
     *state = JournalState::default();
+}
+
+/// [`VaultError::Corrupt`] for the journal, saying how to open the vault without it.
+fn corrupt_journal(what: impl Into<String>) -> VaultError {
+    VaultError::corrupt(format!(
+        "{} (moving the journal file aside opens the vault as it was before the changes it holds)",
+        what.into()
+    ))
 }

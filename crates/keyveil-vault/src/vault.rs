@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::format::{self, KEY_LEN, KdfParams, NONCE_LEN, SALT_LEN, Slot};
 use crate::fsutil;
-use crate::journal::{self, JournalState};
+use crate::journal::{self, JournalState, PendingAppend};
 use crate::{VaultData, VaultError};
 
 /// Info string for deriving the audit-log HMAC key from the data key (see [`Vault::audit_key`]).
@@ -341,11 +341,30 @@ impl Vault {
     /// [`journal::MAX_RECORD_LEN`](crate::journal::MAX_RECORD_LEN); [`VaultError::Io`];
     /// [`VaultError::NoRandomness`].
     pub fn save_variable(&mut self, environment: &str, name: &str) -> Result<(), VaultError> {
+        match self.save_variable_unsynced(environment, name)? {
+            None => Ok(()),
+            Some(pending) => self.finish(pending),
+        }
+    }
+
+    /// [`Vault::save_variable`] in two steps, so that the journal's `fdatasync` can overlap other
+    /// work (the audit entry's own sync): writes the record and returns it pending, or `None`
+    /// when it did a full save instead (already durable). The caller acknowledges the change
+    /// only after [`PendingAppend::sync`] succeeded, and calls [`Vault::undo_append`] if it
+    /// failed. No other change may be saved in between.
+    ///
+    /// # Errors
+    /// As [`Vault::save_variable`].
+    pub fn save_variable_unsynced(
+        &mut self,
+        environment: &str,
+        name: &str,
+    ) -> Result<Option<PendingAppend>, VaultError> {
         let Some(env) = self.data.environments.get(environment) else {
-            return self.save();
+            return self.save().map(|()| None);
         };
         if self.journal.len >= journal::COMPACT_AT_BYTES {
-            return self.save();
+            return self.save().map(|()| None);
         }
         let change = journal::ChangeRef::Variable {
             environment,
@@ -360,6 +379,24 @@ impl Vault {
             &mut self.journal,
             &change,
         )
+        .map(Some)
+    }
+
+    /// After a failed [`PendingAppend::sync`]: cuts the record back off the journal (best
+    /// effort) and forgets it. The caller restores the data it changed in memory.
+    pub fn undo_append(&mut self, pending: PendingAppend) {
+        self.journal = pending.undo();
+    }
+
+    /// Syncs `pending`, undoing it on failure.
+    fn finish(&mut self, pending: PendingAppend) -> Result<(), VaultError> {
+        match pending.sync() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.undo_append(pending);
+                Err(e)
+            }
+        }
     }
 
     /// Persists [`VaultData::audit_checkpoint`] (and nothing else) like
@@ -374,14 +411,15 @@ impl Vault {
         let change = journal::ChangeRef::AuditCheckpoint {
             checkpoint: self.data.audit_checkpoint.as_ref(),
         };
-        Vault::append_change(
+        let pending = Vault::append_change(
             &self.path,
             &self.disk_digest,
             self.disk_meta.as_ref(),
             &self.data_key,
             &mut self.journal,
             &change,
-        )
+        )?;
+        self.finish(pending)
     }
 
     /// Under the lock file: checks that the vault file is still the one we know (size,
@@ -393,7 +431,7 @@ impl Vault {
         data_key: &[u8; KEY_LEN],
         state: &mut JournalState,
         change: &journal::ChangeRef<'_>,
-    ) -> Result<(), VaultError> {
+    ) -> Result<PendingAppend, VaultError> {
         let _lock = fsutil::lock_exclusive(&fsutil::lock_path(path))?;
         let now = std::fs::symlink_metadata(path)
             .ok()
