@@ -69,7 +69,7 @@ enum Change {
     Variable {
         environment: String,
         name: String,
-        variable: Option<Variable>,
+        variable: Option<Box<Variable>>,
     },
     AuditCheckpoint {
         checkpoint: Option<AuditCheckpoint>,
@@ -245,7 +245,7 @@ fn apply(data: &mut VaultData, change: Change, seq: u64) -> Result<(), VaultErro
             })?;
             match variable {
                 Some(v) => {
-                    env.variables.insert(name, v);
+                    env.variables.insert(name, *v);
                 }
                 None => {
                     env.variables.remove(&name);
@@ -420,10 +420,10 @@ fn seal_record(
 /// ignored.
 pub(crate) fn reset(path: &Path, state: &mut JournalState) {
     let jpath = journal_path(path);
-    if state.len > 0 || jpath.symlink_metadata().is_ok() {
-        if let Ok(f) = fsutil::private_options().write(true).open(&jpath) {
-            let _ = f.set_len(0);
-        }
+    if (state.len > 0 || jpath.symlink_metadata().is_ok())
+        && let Ok(f) = fsutil::private_options().write(true).open(&jpath)
+    {
+        let _ = f.set_len(0);
     }
     *state = JournalState::default();
 }
