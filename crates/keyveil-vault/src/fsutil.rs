@@ -67,7 +67,7 @@ pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, VaultError> 
 }
 
 /// The directory holding `path` (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -152,7 +152,7 @@ pub fn remove_stale_temp_files(path: &Path) -> Result<usize, VaultError> {
 }
 
 /// fsyncs a directory so a rename in it is durable (Unix; a no-op elsewhere).
-fn sync_dir(dir: &Path) -> Result<(), VaultError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), VaultError> {
     #[cfg(unix)]
     {
         File::open(dir)

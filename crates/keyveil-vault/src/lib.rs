@@ -43,6 +43,7 @@ pub mod audit;
 mod error;
 pub mod format;
 mod fsutil;
+pub mod journal;
 mod model;
 mod sealed;
 mod vault;

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::format::{self, KEY_LEN, KdfParams, NONCE_LEN, SALT_LEN, Slot};
 use crate::fsutil;
+use crate::journal::{self, JournalState, PendingAppend};
 use crate::{VaultData, VaultError};
 
 /// Info string for deriving the audit-log HMAC key from the data key (see [`Vault::audit_key`]).
@@ -42,6 +43,36 @@ pub struct Vault {
     data: VaultData,
     /// SHA-256 of the file as last read or written by us.
     disk_digest: [u8; 32],
+    /// Identity of that file (size, modification time, inode), compared before a journal
+    /// append instead of re-reading and hashing the whole file.
+    disk_meta: Option<FileMeta>,
+    /// What we know of the journal next to the file.
+    journal: JournalState,
+}
+
+/// Size, modification time and (on Unix) device and inode of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileMeta {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    node: (u64, u64),
+}
+
+impl FileMeta {
+    fn of(meta: &std::fs::Metadata) -> FileMeta {
+        #[cfg(unix)]
+        let node = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let node = (0, 0);
+        FileMeta {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            node,
+        }
+    }
 }
 
 impl fmt::Debug for Vault {
@@ -133,6 +164,11 @@ impl Vault {
         }
         fsutil::write_atomic(path, &bytes)?;
         vault.disk_digest = format::sha256(&bytes);
+        vault.disk_meta = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| FileMeta::of(&m));
+        // A journal left by an earlier vault of the same name names another file: reset it.
+        journal::reset(path, &mut vault.journal);
         Ok(vault)
     }
 
@@ -141,7 +177,9 @@ impl Vault {
     /// Checks, in order: size limit, magic, version, checksum, layout, KDF parameter bounds (all
     /// before any key derivation), then tries each key slot (one Argon2id derivation per slot),
     /// then authenticates and decrypts the payload with the header as associated data, then
-    /// parses the JSON. The file is never modified.
+    /// parses the JSON, then applies the changes recorded in the vault's journal
+    /// (`<file name>.journal`, see [`Vault::save_variable`]). No file is modified: call
+    /// [`Vault::compact`] to fold the journal into the vault file.
     ///
     /// # Errors
     /// [`VaultError::NotFound`]; [`VaultError::WrongPassphrase`];
@@ -150,8 +188,12 @@ impl Vault {
     /// [`VaultError::WeakKdfParams`] for parameters outside the accepted range;
     /// [`VaultError::Io`].
     pub fn open(path: &Path, passphrase: &[u8]) -> Result<Vault, VaultError> {
-        let bytes = read_limited(path)?;
-        Vault::decode(path, &bytes, passphrase)
+        let (bytes, meta) = read_limited_meta(path)?;
+        let mut vault = Vault::decode(path, &bytes, passphrase)?;
+        vault.disk_meta = meta;
+        vault.journal =
+            journal::replay(path, &vault.disk_digest, &vault.data_key, &mut vault.data)?;
+        Ok(vault)
     }
 
     /// Parses and decrypts `bytes` as the contents of the vault file at `path`.
@@ -179,6 +221,8 @@ impl Vault {
             data_key,
             data,
             disk_digest: format::sha256(bytes),
+            disk_meta: None,
+            journal: JournalState::default(),
         })
     }
 
@@ -200,6 +244,8 @@ impl Vault {
             data_key,
             data,
             disk_digest: [0u8; 32],
+            disk_meta: None,
+            journal: JournalState::default(),
         })
     }
 
@@ -272,7 +318,148 @@ impl Vault {
         }
         fsutil::write_atomic(&self.path, bytes)?;
         self.disk_digest = format::sha256(bytes);
+        self.disk_meta = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| FileMeta::of(&m));
+        // The new file holds every journaled change: the journal starts afresh.
+        journal::reset(&self.path, &mut self.journal);
         Ok(())
+    }
+
+    /// Persists the current state of one variable (`name` of `environment`, or its removal)
+    /// by appending a sealed record to the vault's journal and `fdatasync`ing it, without
+    /// rewriting the vault file: the cost is that of the variable, not of the vault. Call it
+    /// after changing only that variable through [`Vault::data_mut`]; any other change needs
+    /// [`Vault::save`]. Falls back to a full [`Vault::save`] (which empties the journal) when
+    /// the environment is not in the data or the journal has grown past
+    /// [`journal::COMPACT_AT_BYTES`](crate::journal::COMPACT_AT_BYTES).
+    ///
+    /// # Errors
+    /// [`VaultError::ChangedOnDisk`] if the vault file's size, modification time or inode, or
+    /// the journal, is not what this `Vault` last read or wrote: nothing is written.
+    /// [`VaultError::Locked`]; [`VaultError::TooLarge`] for a record over
+    /// [`journal::MAX_RECORD_LEN`](crate::journal::MAX_RECORD_LEN); [`VaultError::Io`];
+    /// [`VaultError::NoRandomness`].
+    pub fn save_variable(&mut self, environment: &str, name: &str) -> Result<(), VaultError> {
+        match self.save_variable_unsynced(environment, name)? {
+            None => Ok(()),
+            Some(pending) => self.finish(pending),
+        }
+    }
+
+    /// [`Vault::save_variable`] in two steps, so that the journal's `fdatasync` can overlap other
+    /// work (the audit entry's own sync): writes the record and returns it pending, or `None`
+    /// when it did a full save instead (already durable). The caller acknowledges the change
+    /// only after [`PendingAppend::sync`] succeeded, and calls [`Vault::undo_append`] if it
+    /// failed. No other change may be saved in between.
+    ///
+    /// # Errors
+    /// As [`Vault::save_variable`].
+    pub fn save_variable_unsynced(
+        &mut self,
+        environment: &str,
+        name: &str,
+    ) -> Result<Option<PendingAppend>, VaultError> {
+        let Some(env) = self.data.environments.get(environment) else {
+            return self.save().map(|()| None);
+        };
+        if self.journal.len >= journal::COMPACT_AT_BYTES {
+            return self.save().map(|()| None);
+        }
+        let change = journal::ChangeRef::Variable {
+            environment,
+            name,
+            variable: env.variables.get(name),
+        };
+        Vault::append_change(
+            &self.path,
+            &self.disk_digest,
+            self.disk_meta.as_ref(),
+            &self.data_key,
+            &mut self.journal,
+            &change,
+        )
+        .map(Some)
+    }
+
+    /// After a failed [`PendingAppend::sync`]: cuts the record back off the journal (best
+    /// effort) and forgets it. The caller restores the data it changed in memory.
+    pub fn undo_append(&mut self, pending: PendingAppend) {
+        self.journal = pending.undo();
+    }
+
+    /// Syncs `pending`, undoing it on failure.
+    fn finish(&mut self, pending: PendingAppend) -> Result<(), VaultError> {
+        match pending.sync() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.undo_append(pending);
+                Err(e)
+            }
+        }
+    }
+
+    /// Persists [`VaultData::audit_checkpoint`] (and nothing else) like
+    /// [`Vault::save_variable`]: one sealed journal record instead of a rewrite of the vault.
+    ///
+    /// # Errors
+    /// As [`Vault::save_variable`].
+    pub fn save_audit_checkpoint(&mut self) -> Result<(), VaultError> {
+        if self.journal.len >= journal::COMPACT_AT_BYTES {
+            return self.save();
+        }
+        let change = journal::ChangeRef::AuditCheckpoint {
+            checkpoint: self.data.audit_checkpoint.as_ref(),
+        };
+        let pending = Vault::append_change(
+            &self.path,
+            &self.disk_digest,
+            self.disk_meta.as_ref(),
+            &self.data_key,
+            &mut self.journal,
+            &change,
+        )?;
+        self.finish(pending)
+    }
+
+    /// Under the lock file: checks that the vault file is still the one we know (size,
+    /// modification time, inode), then appends `change` to the journal.
+    fn append_change(
+        path: &Path,
+        digest: &[u8; 32],
+        known: Option<&FileMeta>,
+        data_key: &[u8; KEY_LEN],
+        state: &mut JournalState,
+        change: &journal::ChangeRef<'_>,
+    ) -> Result<PendingAppend, VaultError> {
+        let _lock = fsutil::lock_exclusive(&fsutil::lock_path(path))?;
+        let now = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| FileMeta::of(&m));
+        if now.is_none() || now.as_ref() != known {
+            return Err(VaultError::ChangedOnDisk {
+                path: path.to_path_buf(),
+            });
+        }
+        journal::append(path, digest, data_key, state, change)
+    }
+
+    /// Folds the journal into the vault file (a full [`Vault::save`]) if it holds any record
+    /// or a torn tail; otherwise does nothing. Meant right after [`Vault::open`] (unlock).
+    ///
+    /// # Errors
+    /// As [`Vault::save`].
+    pub fn compact(&mut self) -> Result<(), VaultError> {
+        if self.journal.seq > 0 || self.journal.torn_bytes > 0 {
+            self.save()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// How many changes the journal holds that are not yet in the vault file.
+    pub fn journal_records(&self) -> u64 {
+        self.journal.seq
     }
 
     /// Replaces all key slots with one slot for `new_passphrase` (fresh salt, `params`) and
@@ -435,6 +622,22 @@ pub(crate) fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> Zeroizing<[u8; 32]
     Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
+/// [`read_limited`], with the identity of the file read (from the same handle).
+fn read_limited_meta(path: &Path) -> Result<(Vec<u8>, Option<FileMeta>), VaultError> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            VaultError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            VaultError::io("open", path, e)
+        }
+    })?;
+    let meta = file.metadata().ok().map(|m| FileMeta::of(&m));
+    let bytes = read_all_limited(file, path)?;
+    Ok((bytes, meta))
+}
+
 /// Reads the whole file, refusing more than [`format::MAX_FILE_LEN`] bytes.
 fn read_limited(path: &Path) -> Result<Vec<u8>, VaultError> {
     let file = std::fs::File::open(path).map_err(|e| {
@@ -446,6 +649,10 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, VaultError> {
             VaultError::io("open", path, e)
         }
     })?;
+    read_all_limited(file, path)
+}
+
+fn read_all_limited(file: std::fs::File, path: &Path) -> Result<Vec<u8>, VaultError> {
     let mut bytes = Vec::new();
     file.take(format::MAX_FILE_LEN as u64 + 1)
         .read_to_end(&mut bytes)

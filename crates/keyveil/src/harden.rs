@@ -18,6 +18,14 @@
 //! - [`adopt_inherited_fd`]: the reaper takes ownership of the report pipe it inherited
 //!   (`OwnedFd::from_raw_fd` is `unsafe`).
 //!
+//! - [`limit_allocator_arenas`] and [`release_free_memory`]: glibc's allocator keeps freed
+//!   memory in per-thread arenas (up to 8 per core) and rarely gives it back, so a broker that
+//!   served a burst of runs stayed at many times its idle size. The broker caps the arenas at two
+//!   (`mallopt(M_ARENA_MAX, 2)`, before its runtime starts any thread) and, a few seconds after
+//!   a burst of work, asks glibc to return free pages to the kernel (`malloc_trim(0)`). Both are
+//!   glibc functions called through FFI (`unsafe`); they take plain integers and touch no
+//!   memory of ours. Other C libraries: no-ops.
+//!
 //! Linux only; on other systems these are no-ops with a log line (macOS support is planned:
 //! `PT_DENY_ATTACH` and `kqueue` parent-death watching).
 #![allow(unsafe_code)]
@@ -186,4 +194,46 @@ pub(crate) fn enter_user_and_mount_namespaces() -> std::io::Result<()> {
     // descriptor table of its own while other threads keep using descriptors it no longer sees.
     // We pass NEWUSER and NEWNS only, which change no state the Rust runtime relies on.
     unsafe { unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS) }.map_err(Into::into)
+}
+
+/// glibc's `mallopt` parameter for the maximum number of arenas (`malloc.h`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const M_ARENA_MAX: std::ffi::c_int = -8;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" {
+    fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    fn malloc_trim(pad: usize) -> std::ffi::c_int;
+}
+
+/// Caps glibc's allocator at two arenas, so memory freed by one thread is reused by the others
+/// instead of each worker thread keeping its own high-water mark. Call before any thread is
+/// started (the broker's runtime). Returns whether glibc accepted it; a no-op elsewhere.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn limit_allocator_arenas() -> bool {
+    // SAFETY: `mallopt` only changes an allocator tunable; it takes two integers and reads or
+    // writes no memory we own. Called before other threads exist.
+    unsafe { mallopt(M_ARENA_MAX, 2) == 1 }
+}
+
+/// Non-glibc: nothing to tune.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn limit_allocator_arenas() -> bool {
+    false
+}
+
+/// Returns the allocator's free memory to the kernel (glibc `malloc_trim(0)`: the top of each
+/// heap and whole free pages inside them). Takes a few milliseconds on a large heap; call it off
+/// the broker's lock. Returns whether any memory was released; `false` elsewhere.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn release_free_memory() -> bool {
+    // SAFETY: `malloc_trim` walks the allocator's own free lists under the allocator's locks; it
+    // takes an integer and touches no memory we own.
+    unsafe { malloc_trim(0) == 1 }
+}
+
+/// Non-glibc: nothing to release.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn release_free_memory() -> bool {
+    false
 }

@@ -301,9 +301,10 @@ fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
     }
 }
 
-/// Checks the values a grant bound by digest against a run: each pass-through value the run
-/// passes, and each granted variable whose value was stored without the factor. `Err` says,
-/// in words, which value changed since the approval.
+/// Checks the pass-through values a grant bound by digest against a run. `Err` says, in
+/// words, which value changed since the approval. Cheap (the run's own values, already in the
+/// request): the stored values the agent could have chosen are checked by [`chosen_expected`]
+/// and [`check_chosen_values`] on the very copies the run injects, outside the broker's lock.
 pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
     use sha2::Digest as _;
     let Some(g) = inner.grants.get(gid) else {
@@ -320,28 +321,56 @@ pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), St
             ));
         }
     }
+    Ok(())
+}
+
+/// For the variables among `names` (of grant `gid`'s environment) whose value was stored
+/// without the factor, the SHA-256 (hex) the grant bound at approval (`None`: none bound, so
+/// no value may be injected), with the name as clients see it. Taken under the lock with the
+/// sealed copies the run will inject; nothing is opened here.
+pub(crate) fn chosen_expected(
+    inner: &Inner,
+    gid: &str,
+    names: &[String],
+) -> Vec<(String, Option<String>, String)> {
+    let Some(g) = inner.grants.get(gid) else {
+        return Vec::new();
+    };
     let Ok(vault) = inner.vault() else {
-        return Ok(());
+        return Vec::new();
     };
     let Some(e) = vault.data().environments.get(&g.environment) else {
-        return Ok(());
+        return Vec::new();
     };
-    for n in &g.variables {
-        let Some(var) = e.variables.get(n) else {
-            continue;
-        };
-        if agent_chosen(var).is_none() {
-            continue;
-        }
-        let now = var
-            .value
-            .as_ref()
-            .and_then(|s| s.open().ok())
-            .map(|v| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
-        if now.is_none() || g.chosen_vars.get(n) != now.as_ref() {
+    names
+        .iter()
+        .filter(|n| e.variables.get(*n).and_then(agent_chosen).is_some())
+        .map(|n| {
+            (
+                n.clone(),
+                g.chosen_vars.get(n).cloned(),
+                inner.shown_name(&g.environment, n),
+            )
+        })
+        .collect()
+}
+
+/// Compares the opened values a run is about to inject with the digests [`chosen_expected`]
+/// gave. Outside the lock: opening and hashing thousands of values must not stall the broker.
+/// `Err` says which variable holds a value that is not the one approved.
+pub(crate) fn check_chosen_values(
+    expected: &[(String, Option<String>, String)],
+    values: &[(String, keyveil_vault::SecretValue)],
+) -> Result<(), String> {
+    use sha2::Digest as _;
+    for (name, want, shown) in expected {
+        let now = values
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
+        if now.is_none() || want.as_ref() != now.as_ref() {
             return Err(format!(
-                "{} holds a value stored without the factor that is not the one approved (changed since approval)",
-                inner.shown_name(&g.environment, n)
+                "{shown} holds a value stored without the factor that is not the one approved (changed since approval)"
             ));
         }
     }

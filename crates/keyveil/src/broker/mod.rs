@@ -335,9 +335,14 @@ async fn tick(broker: Arc<Broker>) {
     let mut iv = tokio::time::interval(std::time::Duration::from_millis(250));
     let mut ticks: u64 = 0;
     let home_id = dir_identity(&broker.paths.home);
+    let mut trim = Trim::default();
     loop {
         iv.tick().await;
         ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(8) && trim.due() {
+            // Every 2 s: after a burst of work has ended, give freed memory back.
+            tokio::task::spawn_blocking(crate::harden::release_free_memory);
+        }
         if ticks.is_multiple_of(4)
             && home_id.is_some()
             && dir_identity(&broker.paths.home) != home_id
@@ -395,6 +400,33 @@ async fn tick(broker: Arc<Broker>) {
     }
 }
 
+/// Connections accepted so far (a measure of activity for [`Trim`]).
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// When to give freed memory back to the kernel (issue 21, performance item 4): once a burst of
+/// connections has ended (none in the last check period) and not again until new ones came.
+#[derive(Debug, Default)]
+struct Trim {
+    /// [`CONNECTIONS`] at the last check.
+    seen: u64,
+    /// Connections came since the last trim.
+    dirty: bool,
+}
+
+impl Trim {
+    /// Whether to trim now: activity happened earlier and none since the previous check.
+    fn due(&mut self) -> bool {
+        let now = CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
+        let busy = now != self.seen;
+        self.seen = now;
+        if busy {
+            self.dirty = true;
+            return false;
+        }
+        std::mem::take(&mut self.dirty)
+    }
+}
+
 /// The device and inode of a directory, `None` when it is gone.
 fn dir_identity(p: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -405,6 +437,7 @@ fn dir_identity(p: &std::path::Path) -> Option<(u64, u64)> {
 
 /// One connection: one request, its replies.
 async fn handle(broker: Arc<Broker>, stream: UnixStream) {
+    CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Read before the request arrives: who connected, from the kernel, not from the claim.
     let peer = peer::Peer::of_stream(&stream);
     let mut framed = Framed::new(stream, keyveil_proto::FrameCodec);

@@ -177,11 +177,12 @@ impl Inner {
         else {
             return 0;
         };
-        e.variables
-            .iter()
-            .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
-            .filter(|(_, v)| v.value.is_some() || v.dynamic.is_some())
-            .count()
+        let stored = |v: &keyveil_vault::Variable| v.value.is_some() || v.dynamic.is_some();
+        match name {
+            // One lookup, not a walk of every variable (a `set` asks this under the lock).
+            Some(want) => e.variables.get(want).is_some_and(stored).into(),
+            None => e.variables.values().filter(|v| stored(v)).count(),
+        }
     }
 }
 

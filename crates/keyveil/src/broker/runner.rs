@@ -385,7 +385,9 @@ async fn wait_for_grant(
                     Err(e) => return Err(Some(e.reply())),
                 };
                 let mut inner = broker.lock();
-                // Values the agent could have chosen are bound by digest: another one ends it.
+                // Pass-through values are bound by digest: another one ends the grant. (Stored
+                // values the agent could have chosen are checked at launch, on the copies
+                // injected.)
                 if let Err(why) = access::check_chosen(&inner, &gid, ask) {
                     inner.revoke(&gid, "value changed since approval");
                     inner.audit("value_changed", json!({"grant_id": gid, "why": why}));
@@ -573,6 +575,10 @@ async fn launch(
         let shown_argv = req.argv.clone();
         let mut env = child_env(&inner, &req.environment, &req.env, pass_env);
         env.extend(dynamic_values.env);
+        // Values the agent could have chosen are bound by digest: checked below on these very
+        // copies, so a `set` racing the run cannot slip an unapproved value in.
+        let names: Vec<String> = sealed.iter().map(|(k, _)| k.clone()).collect();
+        let expected = access::chosen_expected(&inner, &grant_id, &names);
         drop(inner);
         let mut values = Vec::with_capacity(sealed.len() + dynamic_values.values.len());
         for (k, v) in sealed {
@@ -580,6 +586,19 @@ async fn launch(
                 Ok(v) => values.push((k, v)),
                 Err(e) => return Err(super::state::sealed_value_error(e).reply()),
             }
+        }
+        if let Err(why) = access::check_chosen_values(&expected, &values) {
+            let mut inner = broker.lock();
+            inner.revoke(&grant_id, "value changed since approval");
+            inner.audit("value_changed", json!({"grant_id": grant_id, "why": why}));
+            drop(inner);
+            broker.notify();
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                format!("{why}; grant {grant_id} was ended"),
+            )
+            .hint("a new approval is needed: call run again to ask the user")
+            .reply());
         }
         values.extend(dynamic_values.values);
         let redactor = crate::redact::Redactor::new(

@@ -938,7 +938,8 @@ impl Inner {
             return;
         }
         v.data_mut().audit_checkpoint = Some(cp);
-        if let Err(e) = v.save() {
+        // One sealed journal record, not a rewrite of the whole vault under the lock.
+        if let Err(e) = v.save_audit_checkpoint() {
             tracing::error!(error = %e, "cannot save the audit checkpoint into the vault");
         }
     }

@@ -113,6 +113,8 @@ pub(crate) fn main(cli: Cli) -> Result<i32> {
                 (None, true) => {
                     crate::logging::init_broker();
                     crate::supervise::mark_supervised();
+                    // Before the runtime's threads exist (see `harden.rs`).
+                    crate::harden::limit_allocator_arenas();
                     block_on(async {
                         crate::broker::serve(paths, bootstrap_stdin).await?;
                         Ok(0)

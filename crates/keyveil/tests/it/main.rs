@@ -25,6 +25,7 @@ mod harness;
 mod hostile;
 mod identity;
 mod import;
+mod journal;
 mod limits;
 mod locked;
 mod mcp_hostile;

@@ -224,6 +224,9 @@ pub(super) fn vault_err(e: keyveil_vault::VaultError) -> OpError {
         E::WrongPassphrase => OpError::new(ErrorCode::Denied, "wrong passphrase"),
         E::NotFound { .. } => OpError::new(ErrorCode::NotFound, "no vault exists yet")
             .hint("create one with `keyveil init`"),
+        e @ E::Corrupt { .. } => OpError::new(ErrorCode::Failed, e.to_string()).hint(
+            "nothing was changed; restore the vault file from a backup, or, if the message names the journal, move the journal file next to the vault aside and unlock again",
+        ),
         other => OpError::new(ErrorCode::Failed, other.to_string()),
     }
 }
@@ -239,10 +242,17 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
     // No lockout here: the passphrase is never refused unjudged (each guess costs an Argon2id
     // derivation, as an offline attack on the vault file does).
     let path = broker.paths.vault();
-    let opened =
-        crate::broker::kdf_gate::derive(move || Vault::open(&path, pass.expose().as_bytes()))
-            .await
-            .map_err(|e| OpError::new(ErrorCode::Failed, format!("unlock failed: {e}")))?;
+    let opened = crate::broker::kdf_gate::derive(move || {
+        let mut v = Vault::open(&path, pass.expose().as_bytes())?;
+        // Fold the changes journaled by the last session into the vault file (a full save, off
+        // the broker's lock). Not fatal: the journal keeps them until the next compaction.
+        if let Err(e) = v.compact() {
+            tracing::warn!(error = %e, "cannot fold the vault's journal into the vault file");
+        }
+        Ok::<Vault, keyveil_vault::VaultError>(v)
+    })
+    .await
+    .map_err(|e| OpError::new(ErrorCode::Failed, format!("unlock failed: {e}")))?;
     match opened {
         Ok(v) => {
             let warnings = open_with(broker, v)?;

@@ -62,7 +62,17 @@ pub(super) fn value_of_set(
 }
 
 pub(super) fn save(v: &mut Vault) -> OpResult<()> {
-    v.save().map_err(|e| {
+    v.save().map_err(save_err)
+}
+
+/// Persists one variable's change through the vault's journal (one small sealed append and its
+/// sync, not a rewrite of the whole vault; see `Vault::save_variable`).
+pub(super) fn save_variable(v: &mut Vault, env: &str, name: &str) -> OpResult<()> {
+    v.save_variable(env, name).map_err(save_err)
+}
+
+pub(super) fn save_err(e: keyveil_vault::VaultError) -> OpError {
+    {
         let hint = match e {
             keyveil_vault::VaultError::ChangedOnDisk { .. } => {
                 "the vault file was replaced behind the broker's back; nothing was written. Run `keyveil lock` then `keyveil unlock` to reload it"
@@ -70,9 +80,14 @@ pub(super) fn save(v: &mut Vault) -> OpResult<()> {
             _ => "nothing was changed on disk; check free space and permissions of KEYVEIL_HOME",
         };
         OpError::new(ErrorCode::Failed, format!("cannot save the vault: {e}")).hint(hint)
-    })
+    }
 }
 
+/// Stores (or declares) variable `name` of `env` and records `audit(existed)`'s entry; returns
+/// whether the variable existed. The change goes to the vault's journal; its `fdatasync`
+/// overlaps the audit entry's own sync, and the change is acknowledged (and kept in memory)
+/// only once both are done.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn store(
     inner: &mut Inner,
     env: &str,
@@ -81,6 +96,7 @@ pub(super) fn store(
     source: Source,
     description: Option<String>,
     verified: bool,
+    audit: impl FnOnce(bool) -> (&'static str, serde_json::Value),
 ) -> OpResult<bool> {
     check_name("variable", name)?;
     if let Some((message, hint)) = value
@@ -147,20 +163,56 @@ pub(super) fn store(
             );
         }
     }
-    if let Err(err) = save(v) {
-        if let Some(e) = v.data_mut().environments.get_mut(env) {
-            match previous {
-                Some(p) => {
-                    e.variables.insert(name.to_owned(), p);
-                }
-                None => {
-                    e.variables.remove(name);
-                }
-            }
+    let pending = match v.save_variable_unsynced(env, name).map_err(save_err) {
+        Ok(p) => p,
+        Err(err) => {
+            put_back(v, env, name, previous);
+            return Err(err);
         }
-        return Err(err);
+    };
+    let (event, fields) = audit(existed);
+    let Some(pending) = pending else {
+        // A full save (already durable).
+        inner.audit(event, fields);
+        return Ok(existed);
+    };
+    let synced = std::thread::scope(|s| {
+        let sync = s.spawn(|| pending.sync().map_err(|e| e.to_string()));
+        inner.audit(event, fields);
+        sync.join()
+            .unwrap_or_else(|_| Err("the journal's sync thread panicked".to_owned()))
+    });
+    if let Err(why) = synced {
+        if let Ok(v) = inner.vault_mut() {
+            v.undo_append(pending);
+            put_back(v, env, name, previous);
+        }
+        inner.audit(
+            "store_failed",
+            json!({"environment": env, "variable": name, "event": event}),
+        );
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            format!("cannot save the vault: {why}; the change was undone"),
+        )
+        .hint("nothing was changed; check free space and the disk of KEYVEIL_HOME, then retry"));
     }
     Ok(existed)
+}
+
+/// Puts a variable back as it was before a change that could not be saved: what the broker
+/// serves must be what the vault file holds.
+pub(super) fn put_back(v: &mut Vault, env: &str, name: &str, previous: Option<Variable>) {
+    if let Some(e) = v.data_mut().environments.get_mut(env) {
+        match previous {
+            Some(p) => {
+                e.variables.insert(name.to_owned(), p);
+            }
+            None => {
+                e.variables.remove(name);
+            }
+        }
+    }
 }
 
 pub(super) fn var_set(
@@ -190,11 +242,13 @@ pub(super) fn var_set(
         Source::Human,
         None,
         verified,
+        |existed| {
+            (
+                "var_set",
+                json!({"environment": env, "variable": name, "replaced": existed}),
+            )
+        },
     )?;
-    inner.audit(
-        "var_set",
-        json!({"environment": env, "variable": name, "replaced": existed}),
-    );
     Ok(op::VarStored {
         environment: env.to_owned(),
         name: name.to_owned(),
@@ -222,7 +276,7 @@ pub(super) fn var_generate(
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
     inner.audit_ready("var_generate")?;
-    let existed = store(
+    store(
         &mut inner,
         env,
         name,
@@ -230,11 +284,13 @@ pub(super) fn var_generate(
         Source::Generated,
         description,
         verified,
+        |existed| {
+            (
+                "var_generate",
+                json!({"environment": env, "variable": name, "length": length, "replaced": existed}),
+            )
+        },
     )?;
-    inner.audit(
-        "var_generate",
-        json!({"environment": env, "variable": name, "length": length, "replaced": existed}),
-    );
     Ok(op::VarChanged {
         environment: env.to_owned(),
         name: name.to_owned(),
@@ -303,7 +359,7 @@ pub(super) fn var_unset(
             format!("environment '{env}' has no variable '{name}'"),
         ));
     }
-    save(v)?;
+    save_variable(v, env, name)?;
     inner.audit("var_unset", json!({"environment": env, "variable": shown}));
     Ok(op::VarChanged {
         environment: env.to_owned(),
@@ -390,8 +446,8 @@ pub(super) fn var_declare(
         Source::Human,
         description,
         false,
+        |_| ("var_declare", json!({"environment": env, "variable": name})),
     )?;
-    inner.audit("var_declare", json!({"environment": env, "variable": name}));
     Ok(op::Declared {
         status: op::VarStatus::AwaitingValue,
         hint: Some(format!(
