@@ -40,6 +40,7 @@ mod redteam16;
 mod redteam19;
 mod redteam2;
 mod redteam22;
+mod redteam22b;
 mod redteam3;
 mod redteam4;
 mod revoke;

@@ -130,6 +130,22 @@ pub(super) fn ready_to_write(
             r.holder.pid
         ));
     }
+    // The executable on the card is the one the text is written to: a reader that exec'd
+    // another program since (same pid, same start time, the FIFO inherited) gets nothing.
+    if let Some(exe) = &r.exe
+        && !std::fs::metadata(format!("/proc/{}/exe", r.holder.pid))
+            .is_ok_and(|m| m.dev() == exe.dev && m.ino() == exe.ino)
+    {
+        return Err(format!(
+            "the approved reader (pid {}) now runs another executable than the one approved; nothing was written",
+            r.holder.pid
+        ));
+    }
+    // A reader kept off the CPU leaves the text in the pipe as a stopped one does. Looked at
+    // last, right before the write.
+    if let Some(why) = starved(r.holder.pid) {
+        return Err(format!("{why}; nothing was written"));
+    }
     match rustix::io::ioctl_fionread(fd) {
         Ok(0) => Ok(()),
         _ => Err("something else was already written into the FIFO".to_owned()),
@@ -150,6 +166,9 @@ pub(super) async fn wait_reading(r: &Reader) -> Result<(), String> {
                 "the approved reader (pid {}) is stopped or traced; nothing was written",
                 r.holder.pid
             ));
+        }
+        if let Some(why) = starved(r.holder.pid) {
+            return Err(format!("{why}; nothing was written"));
         }
         match waiting_for_input(r.holder.pid) {
             Some(true) | None => return Ok(()),
@@ -203,6 +222,8 @@ pub(super) async fn watch_drain(fd: &OwnedFd, r: &Reader, len: usize, dev: u64, 
                 "the approved reader (pid {}) was stopped or traced with the text unread",
                 r.holder.pid
             ))
+        } else if let Some(why) = starved(r.holder.pid) {
+            Some(format!("{why}, with the text unread"))
         } else if round.is_multiple_of(8) {
             let hs = holders(dev, ino);
             if hs.iter().any(|h| *h != r.holder) {
