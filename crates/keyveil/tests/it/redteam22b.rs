@@ -206,32 +206,53 @@ fn a_starved_reader_with_a_ring_held_fifo_is_never_written_to() {
     assert!(audit.contains("mount_not_written"), "{audit}");
 }
 
-/// An honest event-loop reader: it opens `.env`, then sleeps in `epoll_wait` (its loop) for 2 s
-/// before reading. The broker's "waiting for input" test (a thread in a pipe read *or a
-/// poll/select/epoll*, from `wchan`) says yes, so the text is written at once and waits 2 s
-/// in the pipe; the agent, spinning on `stat(/proc/READER/fd/N)` (no descriptor), sees the
-/// write move the FIFO's mtime, opens, drains and closes in microseconds. The broker's look
-/// at the holders (every 8 ms) does not catch it: the audit says `mount_read` for the honest
-/// pid with `opened_during_write: []`, and the honest reader reads zero bytes.
+/// An honest event-loop reader: it opens `.env`, then sleeps in `epoll_wait` (its loop) for
+/// 2 s before reading. The broker's "waiting for input" test (any thread in a pipe read or
+/// in a poll/select/epoll, from `wchan`) said yes, so the text was written at once and
+/// waited 2 s in the pipe; the agent, spinning on `stat(/proc/READER/fd/N)` (no descriptor),
+/// saw the write move the FIFO's mtime, opened, drained and closed in microseconds, unseen by
+/// the broker's look at the holders (audit: `mount_read`, `opened_during_write: []`; the
+/// honest reader read zero bytes). Held since this round: an epoll wait counts only when an
+/// epoll instance of the reader watches the FIFO (`tfd:` in its fdinfo), a poll/select wait
+/// not at all; the text is written once the reader sits in its read.
 #[test]
-#[ignore = "LEAK: an event-loop reader (any thread in select/poll/epoll) counts as waiting for the FIFO; the text waits in the pipe and a /proc/READER/fd/N opener drains it unseen"]
 fn an_event_loop_readers_pipe_is_not_drained_by_a_thief() {
     let (leaked, honest, audit) = steal("plain", LOOP);
     assert_eq!(
         leaked, 0,
         "the thief read values (honest read {honest}); {audit}"
     );
+    assert_ne!(honest, "0", "{audit}");
+    assert!(audit.contains("\"mount_read\""), "{audit}");
 }
 
-/// As above, with the thief holding the served FIFO through an io_uring instance (registered
-/// file, own descriptor closed) from before the approval: `/proc/THIEF/fd` shows only
-/// `anon_inode:[io_uring]`, which the holders scan skips, so no check before, during or after
-/// the write sees a second holder. Not fixable by looking harder at `/proc`: a ring can
-/// itself be registered and its descriptor closed.
+/// A reader one of whose threads sleeps reading another pipe (a worker reading a child's
+/// output, a self-pipe) while its main thread has opened `.env` and reads it 2 s later.
+const OTHER_PIPE: &str = "import os, sys, threading, time\nf = open('.env')\nr, w = os.pipe()\nthreading.Thread(target=os.read, args=(r, 1), daemon=True).start()\ntime.sleep(2)\nsys.stdout.write(str(len(f.read())))\n";
+
+/// The reader has a thread blocked in a read of *another* pipe: `wchan` says `pipe_read`,
+/// and which pipe is not told (`/proc/PID/task/TID/syscall` would say, but needs ptrace
+/// access that Yama denies the broker). The text is written at once and waits 2 s; the
+/// agent's `/proc/READER/fd/N` opener drains it unseen.
 #[test]
-#[ignore = "LEAK: a FIFO held only by an io_uring registered file is invisible to the /proc/*/fd scan; with an event-loop reader the thief reads the text"]
+#[ignore = "LEAK: a reader with any thread blocked reading another pipe counts as waiting for the FIFO; the text waits in the pipe and a /proc/READER/fd/N opener drains it unseen"]
+fn a_reader_reading_another_pipe_is_not_taken_for_waiting() {
+    let (leaked, honest, audit) = steal("plain", OTHER_PIPE);
+    assert_eq!(
+        leaked, 0,
+        "the thief read values (honest read {honest}); {audit}"
+    );
+}
+
+/// The thief holds the served FIFO only through an io_uring instance (registered file, its
+/// own descriptor closed) from before the approval: `/proc/THIEF/fd` shows only
+/// `anon_inode:[io_uring]`, which the holders scan skips, so no check before, during or
+/// after the write sees a second holder, and the audit names no one. Not fixable by looking
+/// harder at `/proc`: a ring can itself be registered and its descriptor closed.
+#[test]
+#[ignore = "LEAK: a FIFO held only by an io_uring registered file is invisible to the /proc/*/fd scan; whenever the text waits in the pipe the ring reads it"]
 fn a_ring_held_fifo_is_seen_as_a_second_holder() {
-    let (leaked, honest, audit) = steal("uring", LOOP);
+    let (leaked, honest, audit) = steal("uring", OTHER_PIPE);
     assert_eq!(
         leaked, 0,
         "the thief read values (honest read {honest}); {audit}"

@@ -100,21 +100,45 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
     out
 }
 
+/// The descriptor numbers under which `pid` holds the file `(dev, ino)`.
+fn fds_of(pid: u32, dev: u64, ino: u64) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .map(|fd| fd.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Whether one of `pid`'s epoll instances watches one of `fifo_fds` (its
+/// `/proc/PID/fdinfo/N` lists each watched descriptor as `tfd: N`).
+fn epoll_watches(pid: u32, fifo_fds: &[String]) -> bool {
+    let Ok(infos) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    infos.flatten().any(|i| {
+        std::fs::read_to_string(i.path()).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("tfd:")
+                    .and_then(|v| v.split_whitespace().next())
+                    .is_some_and(|n| fifo_fds.iter().any(|f| f == n))
+            })
+        })
+    })
+}
+
 /// What the threads of `pid` are doing, from `/proc/PID/task/*/wchan` (the kernel function
-/// each sleeps in): `Some(true)` when one sleeps in a pipe read or a poll (waiting for input),
+/// each sleeps in): `Some(true)` when one sleeps in a pipe read, or in an epoll wait on an
+/// epoll instance that watches the FIFO `(dev, ino)` (Go's netpoller reads a FIFO so);
 /// `Some(false)` when none does, `None` when the kernel does not say (every `wchan` is `0`).
-pub(super) fn waiting_for_input(pid: u32) -> Option<bool> {
-    const WAITS: &[&str] = &[
-        "pipe_read",
-        "ep_poll",
-        "do_epoll_wait",
-        "do_sys_poll",
-        "do_select",
-        "core_sys_select",
-        "poll_schedule_timeout",
-    ];
+/// A thread in an event loop's epoll that does not watch the FIFO is not waiting for it (the
+/// text would wait in the pipe meanwhile), nor is one in `poll`/`select`, whose descriptors
+/// `/proc` does not show.
+pub(super) fn waiting_for_input(pid: u32, dev: u64, ino: u64) -> Option<bool> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut told = false;
+    let mut in_epoll = false;
     for t in tasks.flatten() {
         let Ok(w) = std::fs::read_to_string(t.path().join("wchan")) else {
             continue;
@@ -124,9 +148,16 @@ pub(super) fn waiting_for_input(pid: u32) -> Option<bool> {
             continue;
         }
         told = true;
-        if WAITS.iter().any(|x| w.ends_with(x)) {
+        // `poll_schedule_timeout.constprop.0`: the compiler's suffix aside.
+        let f = w.split('.').next().unwrap_or(w);
+        // `pipe_read`, `anon_pipe_read` (6.16 on, FIFOs too).
+        if f.ends_with("pipe_read") {
             return Some(true);
         }
+        in_epoll |= f == "ep_poll" || f == "do_epoll_wait";
+    }
+    if in_epoll && epoll_watches(pid, &fds_of(pid, dev, ino)) {
+        return Some(true);
     }
     told.then_some(false)
 }

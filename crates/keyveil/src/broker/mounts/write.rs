@@ -158,7 +158,7 @@ pub(super) const READ_WAIT: Duration = Duration::from_secs(5);
 /// Waits (at most [`READ_WAIT`]) until the approved reader is waiting for input: the text is
 /// written only into a pipe its reader is about to drain, never left for a reader that is busy
 /// elsewhere (anyone opening `/proc/READER/fd/N` could read it meanwhile).
-pub(super) async fn wait_reading(r: &Reader) -> Result<(), String> {
+pub(super) async fn wait_reading(r: &Reader, dev: u64, ino: u64) -> Result<(), String> {
     let t0 = tokio::time::Instant::now();
     loop {
         if stopped(r.holder.pid) {
@@ -170,7 +170,7 @@ pub(super) async fn wait_reading(r: &Reader) -> Result<(), String> {
         if let Some(why) = starved(r.holder.pid) {
             return Err(format!("{why}; nothing was written"));
         }
-        match waiting_for_input(r.holder.pid) {
+        match waiting_for_input(r.holder.pid, dev, ino) {
             Some(true) | None => return Ok(()),
             Some(false) if t0.elapsed() >= READ_WAIT => {
                 return Err(format!(
@@ -322,7 +322,7 @@ pub(super) async fn write_once(
     if let Err(why) = untouched(&fd, made) {
         return fail(why);
     }
-    if let Err(why) = wait_reading(r).await {
+    if let Err(why) = wait_reading(r, dev, ino).await {
         return fail(why);
     }
     if let Err(why) = ready_to_write(&fd, r, dev, ino, made) {
