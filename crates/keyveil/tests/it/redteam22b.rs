@@ -320,3 +320,23 @@ fn a_reader_that_execs_another_program_after_the_card_gets_nothing() {
     let audit = h.audit_text();
     assert!(audit.contains("another executable"), "{audit}");
 }
+
+/// An honest reader that waits for the FIFO through epoll, as Go's `os.ReadFile` does (the
+/// netpoller): it registers the descriptor in an epoll instance and sleeps in `epoll_wait`.
+/// Still served: the epoll instance watches the FIFO (`tfd:` in its fdinfo).
+#[test]
+fn a_reader_waiting_in_epoll_on_the_fifo_is_served() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let code = "import os, select, sys\nfd = os.open('.env', os.O_RDONLY | os.O_NONBLOCK)\ne = select.epoll()\ne.register(fd, select.EPOLLIN)\ndata = b''\nwhile True:\n    e.poll(20)\n    try:\n        b = os.read(fd, 1 << 16)\n    except BlockingIOError:\n        continue\n    if not b:\n        break\n    data += b\nsys.stdout.write(str(len(data)))\n";
+    let reader = p.reader(&["python3", "-c", code], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    let o = finished(reader);
+    let audit = h.audit_text();
+    assert!(audit.contains("\"mount_read\""), "{audit}");
+    assert_ne!(text(&o.stdout), "0", "{audit}");
+}
