@@ -100,21 +100,45 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
     out
 }
 
+/// The descriptor numbers under which `pid` holds the file `(dev, ino)`.
+fn fds_of(pid: u32, dev: u64, ino: u64) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .map(|fd| fd.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Whether one of `pid`'s epoll instances watches one of `fifo_fds` (its
+/// `/proc/PID/fdinfo/N` lists each watched descriptor as `tfd: N`).
+fn epoll_watches(pid: u32, fifo_fds: &[String]) -> bool {
+    let Ok(infos) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    infos.flatten().any(|i| {
+        std::fs::read_to_string(i.path()).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix("tfd:")
+                    .and_then(|v| v.split_whitespace().next())
+                    .is_some_and(|n| fifo_fds.iter().any(|f| f == n))
+            })
+        })
+    })
+}
+
 /// What the threads of `pid` are doing, from `/proc/PID/task/*/wchan` (the kernel function
-/// each sleeps in): `Some(true)` when one sleeps in a pipe read or a poll (waiting for input),
+/// each sleeps in): `Some(true)` when one sleeps in a pipe read, or in an epoll wait on an
+/// epoll instance that watches the FIFO `(dev, ino)` (Go's netpoller reads a FIFO so);
 /// `Some(false)` when none does, `None` when the kernel does not say (every `wchan` is `0`).
-pub(super) fn waiting_for_input(pid: u32) -> Option<bool> {
-    const WAITS: &[&str] = &[
-        "pipe_read",
-        "ep_poll",
-        "do_epoll_wait",
-        "do_sys_poll",
-        "do_select",
-        "core_sys_select",
-        "poll_schedule_timeout",
-    ];
+/// A thread in an event loop's epoll that does not watch the FIFO is not waiting for it (the
+/// text would wait in the pipe meanwhile), nor is one in `poll`/`select`, whose descriptors
+/// `/proc` does not show.
+pub(super) fn waiting_for_input(pid: u32, dev: u64, ino: u64) -> Option<bool> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut told = false;
+    let mut in_epoll = false;
     for t in tasks.flatten() {
         let Ok(w) = std::fs::read_to_string(t.path().join("wchan")) else {
             continue;
@@ -124,9 +148,100 @@ pub(super) fn waiting_for_input(pid: u32) -> Option<bool> {
             continue;
         }
         told = true;
-        if WAITS.iter().any(|x| w.ends_with(x)) {
+        // `poll_schedule_timeout.constprop.0`: the compiler's suffix aside.
+        let f = w.split('.').next().unwrap_or(w);
+        // `pipe_read`, `anon_pipe_read` (6.16 on, FIFOs too).
+        if f.ends_with("pipe_read") {
             return Some(true);
         }
+        in_epoll |= f == "ep_poll" || f == "do_epoll_wait";
+    }
+    if in_epoll && epoll_watches(pid, &fds_of(pid, dev, ino)) {
+        return Some(true);
     }
     told.then_some(false)
+}
+
+/// How many CPUs a `Cpus_allowed_list` (`0-3,6`) names.
+pub(super) fn cpu_count(list: &str) -> usize {
+    list.trim()
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum()
+}
+
+/// The `Cpus_allowed_list` of a `/proc/.../status` file.
+pub(super) fn cpus_allowed(status: &str) -> Option<usize> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(cpu_count)
+}
+
+/// Why the approved reader would not run at once when the text arrives, or `None`. A process
+/// of the same uid may lower another's CPU priority (`SCHED_IDLE`, `SCHED_BATCH`, a positive
+/// nice, its autogroup's nice) and pin it to fewer CPUs, then keep those CPUs busy: the
+/// reader then sleeps in its `read`, neither stopped nor traced, while the text waits in the
+/// pipe for anyone who opens `/proc/READER/fd/N`. Every thread of `pid` is looked at
+/// (`/proc/PID/task/*/stat`: nice is field 19, the policy field 41).
+pub(super) fn starved(pid: u32) -> Option<String> {
+    const BATCH: u32 = 3;
+    const IDLE: u32 = 5;
+    let ours = cpus_allowed("/proc/self/status");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 1..))
+            .map(|rest| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // Field n of stat is fields[n - 3] (the pid and the name come before).
+        let nice = fields.get(16).and_then(|v| v.parse::<i64>().ok());
+        let policy = fields.get(38).and_then(|v| v.parse::<u32>().ok());
+        let tid = t.file_name().to_string_lossy().into_owned();
+        if matches!(policy, Some(BATCH | IDLE)) {
+            return Some(format!(
+                "thread {tid} of the approved reader (pid {pid}) runs under SCHED_IDLE or SCHED_BATCH"
+            ));
+        }
+        if nice.is_some_and(|n| n > 0) {
+            return Some(format!(
+                "thread {tid} of the approved reader (pid {pid}) runs at a lower priority (nice {})",
+                nice.unwrap_or_default()
+            ));
+        }
+        let theirs = cpus_allowed(&t.path().join("status").to_string_lossy());
+        if let (Some(a), Some(b)) = (ours, theirs)
+            && b < a
+        {
+            return Some(format!(
+                "thread {tid} of the approved reader (pid {pid}) may run on {b} CPU(s), fewer than the {a} the broker may"
+            ));
+        }
+    }
+    // Autogroups (`/proc/PID/autogroup`: "/autogroup-N nice K"): a positive nice starves the
+    // whole session of the reader.
+    let ag = std::fs::read_to_string(format!("/proc/{pid}/autogroup")).unwrap_or_default();
+    let ag_nice = ag
+        .split_whitespace()
+        .skip_while(|w| *w != "nice")
+        .nth(1)
+        .and_then(|v| v.parse::<i64>().ok());
+    if let Some(n) = ag_nice.filter(|n| *n > 0) {
+        return Some(format!(
+            "the approved reader (pid {pid}) is in an autogroup of lower priority (nice {n})"
+        ));
+    }
+    None
 }

@@ -123,3 +123,42 @@ fn no_fifo_support_is_told_with_a_hint() {
     assert!(!no_fifos(Errno::EXIST));
     assert!(!no_fifos(Errno::ACCESS));
 }
+
+#[test]
+fn cpu_lists_are_counted() {
+    assert_eq!(cpu_count("0-3\n"), 4);
+    assert_eq!(cpu_count("0,2-3,7"), 4);
+    assert_eq!(cpu_count("5"), 1);
+    assert_eq!(cpu_count(""), 0);
+}
+
+#[test]
+fn a_reader_kept_off_the_cpu_is_starved() {
+    let run = |argv: &[&str]| {
+        let mut c = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let why = starved(c.id());
+        let _ = c.kill();
+        let _ = c.wait();
+        why
+    };
+    // Only meaningful when the test itself runs at normal priority on all its CPUs.
+    if starved(std::process::id()).is_some() {
+        return;
+    }
+    assert_eq!(run(&["sleep", "5"]), None);
+    let why = run(&["nice", "-n", "5", "sleep", "5"]).unwrap();
+    assert!(why.contains("nice 5"), "{why}");
+    if std::path::Path::new("/usr/bin/chrt").exists() {
+        let why = run(&["chrt", "--idle", "0", "sleep", "5"]).unwrap();
+        assert!(why.contains("SCHED_IDLE"), "{why}");
+    }
+    let cpus = cpus_allowed("/proc/self/status").unwrap_or(0);
+    if cpus > 1 && std::path::Path::new("/usr/bin/taskset").exists() {
+        let why = run(&["taskset", "-c", "0", "sleep", "5"]).unwrap();
+        assert!(why.contains("CPU(s)"), "{why}");
+    }
+}

@@ -130,6 +130,22 @@ pub(super) fn ready_to_write(
             r.holder.pid
         ));
     }
+    // The executable on the card is the one the text is written to: a reader that exec'd
+    // another program since (same pid, same start time, the FIFO inherited) gets nothing.
+    if let Some(exe) = &r.exe
+        && !std::fs::metadata(format!("/proc/{}/exe", r.holder.pid))
+            .is_ok_and(|m| m.dev() == exe.dev && m.ino() == exe.ino)
+    {
+        return Err(format!(
+            "the approved reader (pid {}) now runs another executable than the one approved; nothing was written",
+            r.holder.pid
+        ));
+    }
+    // A reader kept off the CPU leaves the text in the pipe as a stopped one does. Looked at
+    // last, right before the write.
+    if let Some(why) = starved(r.holder.pid) {
+        return Err(format!("{why}; nothing was written"));
+    }
     match rustix::io::ioctl_fionread(fd) {
         Ok(0) => Ok(()),
         _ => Err("something else was already written into the FIFO".to_owned()),
@@ -142,7 +158,7 @@ pub(super) const READ_WAIT: Duration = Duration::from_secs(5);
 /// Waits (at most [`READ_WAIT`]) until the approved reader is waiting for input: the text is
 /// written only into a pipe its reader is about to drain, never left for a reader that is busy
 /// elsewhere (anyone opening `/proc/READER/fd/N` could read it meanwhile).
-pub(super) async fn wait_reading(r: &Reader) -> Result<(), String> {
+pub(super) async fn wait_reading(r: &Reader, dev: u64, ino: u64) -> Result<(), String> {
     let t0 = tokio::time::Instant::now();
     loop {
         if stopped(r.holder.pid) {
@@ -151,7 +167,10 @@ pub(super) async fn wait_reading(r: &Reader) -> Result<(), String> {
                 r.holder.pid
             ));
         }
-        match waiting_for_input(r.holder.pid) {
+        if let Some(why) = starved(r.holder.pid) {
+            return Err(format!("{why}; nothing was written"));
+        }
+        match waiting_for_input(r.holder.pid, dev, ino) {
             Some(true) | None => return Ok(()),
             Some(false) if t0.elapsed() >= READ_WAIT => {
                 return Err(format!(
@@ -203,6 +222,8 @@ pub(super) async fn watch_drain(fd: &OwnedFd, r: &Reader, len: usize, dev: u64, 
                 "the approved reader (pid {}) was stopped or traced with the text unread",
                 r.holder.pid
             ))
+        } else if let Some(why) = starved(r.holder.pid) {
+            Some(format!("{why}, with the text unread"))
         } else if round.is_multiple_of(8) {
             let hs = holders(dev, ino);
             if hs.iter().any(|h| *h != r.holder) {
@@ -301,7 +322,7 @@ pub(super) async fn write_once(
     if let Err(why) = untouched(&fd, made) {
         return fail(why);
     }
-    if let Err(why) = wait_reading(r).await {
+    if let Err(why) = wait_reading(r, dev, ino).await {
         return fail(why);
     }
     if let Err(why) = ready_to_write(&fd, r, dev, ino, made) {

