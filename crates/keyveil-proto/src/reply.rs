@@ -122,6 +122,11 @@ pub enum Reply {
         /// `true` when the broker has stopped waiting and closes the exchange.
         #[serde(rename = "final")]
         is_final: bool,
+        /// `true` when the request waits for the locked vault (`docs/factors.md`): only
+        /// `keyveil approve ID` at the human's terminal can approve it (one passphrase entry
+        /// unlocks and approves); the approval page cannot act while the vault is locked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        vault_locked: bool,
     },
     /// A run started under a grant.
     Started {

@@ -127,6 +127,7 @@ pub(super) async fn wait(
         request_id: id,
         hint: locked_hint(id),
         is_final: false,
+        vault_locked: true,
     }) {
         let _ = sink.send(body).await;
     }
@@ -136,6 +137,7 @@ pub(super) async fn wait(
             request_id: id,
             hint: locked_hint(id),
             is_final: true,
+            vault_locked: true,
         }),
         _ = gone.cancelled() => None,
         _ = broker.shutdown.cancelled() => Some(

@@ -482,6 +482,7 @@ async fn wait_for_grant(
                         request_id: id,
                         hint: approve_hint(id),
                         is_final: false,
+                        vault_locked: false,
                     }) {
                         let _ = sink.send(body).await;
                     }
@@ -493,7 +494,7 @@ async fn wait_for_grant(
             r = changed.changed() => { if r.is_err() { return Err(None); } }
             _ = tokio::time::sleep_until(deadline) => {
                 let id = announced.unwrap_or(0);
-                return Err(Some(Reply::Pending { request_id: id, hint: approve_hint(id), is_final: true }));
+                return Err(Some(Reply::Pending { request_id: id, hint: approve_hint(id), is_final: true, vault_locked: false }));
             }
             _ = gone.cancelled() => return Err(None),
             _ = broker.shutdown.cancelled() => return Err(Some(OpError::new(ErrorCode::Failed, "the broker is stopping").reply())),

@@ -23,7 +23,8 @@ pub(super) enum RunEnd {
     /// A `start` was spawned.
     Ok(Value),
     Done(RunResult),
-    Pending(u64),
+    /// The request waits for approval; `true` when it waits for the locked vault.
+    Pending(u64, bool),
     Failed(CallToolResult),
 }
 
@@ -118,13 +119,20 @@ impl KeyveilMcp {
                 let text = render_run(&o);
                 structured(&o, text)
             }
-            Ok(Ok(RunEnd::Pending(id))) => {
+            Ok(Ok(RunEnd::Pending(id, locked))) => {
                 let sent = self.waiting.link_sent(id);
                 let o = RunOutput {
                     status: RunStatus::PendingApproval,
                     request_id: Some(id),
-                    hint: Some(waiting::pending_text("run", id, sent)),
-                    waiting: Some(waiting::waiting("run", id, sent)),
+                    hint: Some(if locked {
+                        waiting::locked_text("run", id)
+                    } else {
+                        waiting::pending_text("run", id, sent)
+                    }),
+                    waiting: Some(waiting::WaitingOutput {
+                        vault_locked: locked,
+                        ..waiting::waiting("run", id, sent)
+                    }),
                     ..RunOutput::default()
                 };
                 let text = render_run(&o);
@@ -162,7 +170,13 @@ impl KeyveilMcp {
                 // Collect mode returns output in the final reply; stray frames are dropped.
                 Event::Stdout(_) | Event::Stderr(_) => continue,
             };
-            if let Reply::Pending { request_id, .. } = &reply
+            // No approval-page link for a request that waits for the locked vault: the page
+            // cannot approve it (only `keyveil approve ID` at the terminal unlocks and approves).
+            if let Reply::Pending {
+                request_id,
+                vault_locked: false,
+                ..
+            } = &reply
                 && !offered
             {
                 offered = true;
@@ -172,8 +186,9 @@ impl KeyveilMcp {
                 Reply::Pending {
                     request_id,
                     is_final: true,
+                    vault_locked,
                     ..
-                } => return Ok(RunEnd::Pending(request_id)),
+                } => return Ok(RunEnd::Pending(request_id, vault_locked)),
                 Reply::Pending { request_id, .. } => {
                     if let Some(token) = progress.clone() {
                         step += 1.0;
@@ -280,17 +295,24 @@ impl KeyveilMcp {
                 );
                 structured(&o, text)
             }
-            Ok(Ok(RunEnd::Pending(id))) => {
+            Ok(Ok(RunEnd::Pending(id, locked))) => {
                 let sent = self.waiting.link_sent(id);
                 let hint = format!(
                     "{} A background command lives as long as its grant: the user may approve with `keyveil approve {id} --ttl 8h`.",
-                    waiting::pending_text("start", id, sent)
+                    if locked {
+                        waiting::locked_text("start", id)
+                    } else {
+                        waiting::pending_text("start", id, sent)
+                    }
                 );
                 let o = StartOutput {
                     status: StartStatus::PendingApproval,
                     request_id: Some(id),
                     hint: Some(hint.clone()),
-                    waiting: Some(waiting::waiting("start", id, sent)),
+                    waiting: Some(waiting::WaitingOutput {
+                        vault_locked: locked,
+                        ..waiting::waiting("start", id, sent)
+                    }),
                     ..StartOutput::default()
                 };
                 structured(&o, format!("pending_approval: request #{id}. {hint}"))

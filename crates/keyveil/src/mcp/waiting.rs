@@ -71,6 +71,10 @@ pub(crate) struct WaitingOutput {
     /// Whether the user's MCP client was sent a link to keyveil's approval page (URL
     /// elicitation).
     pub approval_link_sent: bool,
+    /// Whether the request waits for keyveil's locked vault: then only `approve_command` in the
+    /// user's terminal can approve it (the approval page cannot), and no page link is offered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vault_locked: bool,
 }
 
 /// The arguments of the next call when they differ from this call's (`access_status`).
@@ -91,7 +95,18 @@ pub(crate) fn waiting(tool: &str, id: u64, link_sent: bool) -> WaitingOutput {
         wait_seconds: again.then_some(MAX_WAIT_SECONDS),
         poll_seconds: POLL_SECONDS,
         approval_link_sent: link_sent,
+        vault_locked: false,
     }
+}
+
+/// The text of a pending `run` or `start` that waits for the locked vault: only
+/// `keyveil approve ID` at the human's terminal can approve it (one passphrase entry unlocks the
+/// vault and approves); the approval page cannot act while the vault is locked, so it is not
+/// offered.
+pub(crate) fn locked_text(tool: &str, id: u64) -> String {
+    format!(
+        "Request #{id} waits for the user's approval, and keyveil's vault is locked. Ask the user to run `keyveil approve {id}` in their own terminal: one passphrase entry unlocks the vault and approves (the approval page cannot approve while the vault is locked). Never ask for the passphrase in the chat. Then call {tool} again with exactly the same arguments and \"wait_seconds\": {MAX_WAIT_SECONDS}. If the user denies, do not ask again in a loop."
+    )
 }
 
 /// The text of a pending reply, for the model (which passes the human's part on).
@@ -400,7 +415,7 @@ impl KeyveilMcp {
         result: &CallToolResult,
     ) -> Option<rmcp::model::InputRequiredResult> {
         let id = pending_request(result)?;
-        if self.waiting.link_sent(id) {
+        if self.waiting.link_sent(id) || waits_for_locked_vault(result) {
             return None;
         }
         let url = self.approval_link().await?;
@@ -420,6 +435,16 @@ impl KeyveilMcp {
             Some(format!("approve-{id}")),
         ))
     }
+}
+
+/// Whether a pending `run`/`start` result waits for the locked vault (its `waiting.vault_locked`).
+fn waits_for_locked_vault(result: &CallToolResult) -> bool {
+    result
+        .structured_content
+        .as_ref()
+        .and_then(|s| s.get("waiting"))
+        .and_then(|w| w.get("vault_locked"))
+        == Some(&json!(true))
 }
 
 /// The request a `run`/`start` result is pending on, if it is `pending_approval`.
@@ -443,6 +468,15 @@ enum TaskCall {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_locked_vault_is_named_and_the_page_is_not_offered() {
+        let t = locked_text("run", 7);
+        assert!(t.contains("keyveil approve 7"), "{t}");
+        assert!(t.contains("vault is locked"), "{t}");
+        assert!(!t.contains("approve --web"), "{t}");
+        assert!(t.contains("call run again"), "{t}");
+    }
 
     #[test]
     fn pending_text_names_the_next_call_and_the_approve_command() {

@@ -569,3 +569,29 @@ fn a_2026_url_client_gets_the_link_as_input_required_once_and_others_never() {
     assert!(m.server_requests.is_empty(), "{:?}", m.server_requests);
     assert_no_value(&m.all_output(), &value, "the MCP stream");
 }
+
+/// A run asked while the vault is locked waits as a request that only `keyveil approve N` at the
+/// terminal can approve (one passphrase entry unlocks and approves): the reply says the vault is
+/// locked, offers no approval page, and a URL-mode client is sent no page link (the page cannot
+/// act while the vault is locked).
+#[test]
+fn a_run_asked_while_locked_names_the_lock_and_offers_no_page_link() {
+    let (h, value) = home_with_value();
+    h.ok(&["lock"]);
+    let mut m = Raw::start(&h, json!({"elicitation": {"url": {}}}));
+    let args = json!({"environment": "demo", "wait_seconds": 1,
+                      "command": ["sh", "-c", "echo $API_TOKEN"]});
+    let r = m.request("tools/call", json!({"name": "run", "arguments": args}));
+    let s = &r["result"]["structuredContent"];
+    assert_eq!(s["status"], "pending_approval", "{r}");
+    let id = s["request_id"].as_u64().unwrap();
+    assert_eq!(s["waiting"]["vault_locked"], true, "{r}");
+    assert_eq!(s["waiting"]["approval_link_sent"], false, "{r}");
+    let hint = s["hint"].as_str().unwrap();
+    assert!(hint.contains("vault is locked"), "{hint}");
+    assert!(hint.contains(&format!("keyveil approve {id}")), "{hint}");
+    assert!(!hint.contains("--web"), "{hint}");
+    m.drain(Duration::from_millis(500));
+    assert!(m.elicitations().is_empty(), "{:?}", m.elicitations());
+    assert_no_value(&m.all_output(), &value, "the MCP stream");
+}
