@@ -110,6 +110,18 @@ impl Inner {
                         self.hide_walk(child, env, depth + 1);
                     }
                 }
+                // Egress bindings (`[{variable, hosts}]`, sorted by real name in the vault):
+                // once aliased, sorted by alias, or their order would betray the real names.
+                if env.is_some_and(|e| self.hides_names(e))
+                    && let Some(Value::Array(list)) = map.get_mut("bindings")
+                {
+                    list.sort_by(|a, b| {
+                        let key = |v: &Value| {
+                            v.get("variable").and_then(Value::as_str).map(str::to_owned)
+                        };
+                        key(a).cmp(&key(b))
+                    });
+                }
             }
             _ => {}
         }

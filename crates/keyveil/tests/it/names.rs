@@ -244,8 +244,37 @@ fn the_order_of_aliases_says_nothing_about_the_names() {
     ];
     for n in names {
         h.set("demo", n, "kv_fake_order_Vb8nM2xC5zL7kJ1h");
+        let o = h.run_stdin(
+            &[
+                "policy",
+                "set",
+                "demo",
+                "bind",
+                n,
+                "api.example.test",
+                "--passphrase-stdin",
+            ],
+            &format!("{PASS}\n"),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
     }
     hide(&h);
+    // Egress bindings, kept sorted by real name in the vault, are listed in alias order too.
+    let policy = h.json(&["policy", "show", "demo", "--json"]);
+    let bindings = policy["bindings"]
+        .as_array()
+        .or_else(|| policy["policy"]["bindings"].as_array())
+        .unwrap_or_else(|| panic!("no bindings in {policy}"));
+    let bound: Vec<&str> = bindings
+        .iter()
+        .map(|b| b["variable"].as_str().unwrap())
+        .collect();
+    let mut bound_sorted = bound.clone();
+    bound_sorted.sort_unstable();
+    assert_eq!(bound, bound_sorted, "bindings listed in alias order");
+    for n in names {
+        assert!(!policy.to_string().contains(n), "{n} in {policy}");
+    }
     let shown = h.json(&["env", "show", "demo", "--json"]);
     let aliases: Vec<&str> = shown["variables"]
         .as_array()
