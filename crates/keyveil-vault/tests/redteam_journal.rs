@@ -193,3 +193,56 @@ fn a_symlinked_journal_is_not_written_through() {
     let _ = vault.save();
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
+
+/// Records from another vault of the same user (same passphrase, its own data key), put under
+/// this vault's journal header, never apply: the record key comes from the data key.
+#[test]
+fn records_spliced_from_another_vault_with_the_same_passphrase_never_apply() {
+    let (_dir, path, mut vault) = new_vault();
+    put(&mut vault, "API", 1);
+    vault.save_variable("dev", "API").unwrap();
+    let ours = std::fs::read(journal(&path)).unwrap();
+    let (_dir2, path2, mut other) = new_vault();
+    put(&mut other, "API", 9);
+    other.save_variable("dev", "API").unwrap();
+    put(&mut other, "API", 8);
+    other.save_variable("dev", "API").unwrap();
+    let theirs = std::fs::read(journal(&path2)).unwrap();
+    // Our header, then their two records.
+    let mut spliced = ours[..JOURNAL_HEADER_LEN].to_vec();
+    spliced.extend_from_slice(&theirs[JOURNAL_HEADER_LEN..]);
+    std::fs::write(journal(&path), &spliced).unwrap();
+    match Vault::open(&path, PASS) {
+        Err(VaultError::Corrupt { .. }) => {}
+        other => panic!("spliced records: {other:?}"),
+    }
+}
+
+/// Bytes appended past the end the broker wrote (to smuggle records in, or to push the journal
+/// over the compaction threshold) are cut off by its next append and never counted.
+#[test]
+fn junk_appended_behind_the_brokers_back_is_cut_off() {
+    let (_dir, path, mut vault) = new_vault();
+    put(&mut vault, "API", 1);
+    vault.save_variable("dev", "API").unwrap();
+    let before = std::fs::metadata(journal(&path)).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal(&path))
+            .unwrap();
+        f.write_all(&vec![0x41; 5 << 20]).unwrap();
+    }
+    put(&mut vault, "API", 2);
+    vault.save_variable("dev", "API").unwrap();
+    assert_eq!(
+        vault.journal_records(),
+        2,
+        "still journaled, no forced full save"
+    );
+    let after = std::fs::metadata(journal(&path)).unwrap().len();
+    assert!(after < before * 2 + 64, "junk kept: {after} bytes");
+    let v = Vault::open(&path, PASS).unwrap();
+    assert_eq!(get(&v, "API"), Some(value(2)));
+}
