@@ -132,6 +132,11 @@ pub(crate) fn replay(
     data: &mut VaultData,
 ) -> Result<JournalState, VaultError> {
     let jpath = journal_path(path);
+    if not_regular(&jpath) {
+        return Err(corrupt_journal(
+            "the vault's journal (`<vault>.journal`) is not a regular file (a link, FIFO or device was put in its place)",
+        ));
+    }
     let bytes = match File::open(&jpath) {
         Ok(f) => {
             let mut bytes = Vec::new();
@@ -277,6 +282,10 @@ pub(crate) fn append(
 ) -> Result<PendingAppend, VaultError> {
     let jpath = journal_path(path);
     let head = header(base);
+    // Never follow a link or open a FIFO (which could block) in the journal's place.
+    if not_regular(&jpath) {
+        return Err(VaultError::ChangedOnDisk { path: jpath });
+    }
     let existed = jpath.symlink_metadata().is_ok();
     let mut file = fsutil::private_options()
         .read(true)
@@ -420,12 +429,24 @@ fn seal_record(
 /// ignored.
 pub(crate) fn reset(path: &Path, state: &mut JournalState) {
     let jpath = journal_path(path);
-    if (state.len > 0 || jpath.symlink_metadata().is_ok())
+    if not_regular(&jpath) {
+        // A link, FIFO or device in its place: removed, never followed or opened.
+        let _ = std::fs::remove_file(&jpath);
+    } else if (state.len > 0 || jpath.symlink_metadata().is_ok())
         && let Ok(f) = fsutil::private_options().write(true).open(&jpath)
     {
         let _ = f.set_len(0);
     }
     *state = JournalState::default();
+}
+
+/// Whether something other than a regular file (a symbolic link, FIFO, socket, device or
+/// directory) is at `jpath`. Checked before each open so that a link put there by another
+/// process of the user is not followed and a FIFO does not block the broker; the window
+/// between the check and the open is not closed (the same user can write the vault's
+/// directory anyway).
+fn not_regular(jpath: &Path) -> bool {
+    matches!(jpath.symlink_metadata(), Ok(m) if !m.file_type().is_file())
 }
 
 /// [`VaultError::Corrupt`] for the journal, saying how to open the vault without it.

@@ -43,19 +43,23 @@ pub struct Vault {
     data: VaultData,
     /// SHA-256 of the file as last read or written by us.
     disk_digest: [u8; 32],
-    /// Identity of that file (size, modification time, inode), compared before a journal
+    /// Identity of that file (size, modification time, inode, status-change time), compared before a journal
     /// append instead of re-reading and hashing the whole file.
     disk_meta: Option<FileMeta>,
     /// What we know of the journal next to the file.
     journal: JournalState,
 }
 
-/// Size, modification time and (on Unix) device and inode of a file.
+/// Size, modification time and (on Unix) device, inode and status-change time of a file. The
+/// status-change time (`ctime`) cannot be set back by the file's owner, unlike the
+/// modification time: an older file of the same size written over this one in place, with its
+/// modification time restored, still changes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileMeta {
     len: u64,
     modified: Option<std::time::SystemTime>,
     node: (u64, u64),
+    changed: (i64, i64),
 }
 
 impl FileMeta {
@@ -63,14 +67,15 @@ impl FileMeta {
         #[cfg(unix)]
         let node = {
             use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino())
+            ((meta.dev(), meta.ino()), (meta.ctime(), meta.ctime_nsec()))
         };
         #[cfg(not(unix))]
-        let node = (0, 0);
+        let node = ((0, 0), (0, 0));
         FileMeta {
             len: meta.len(),
             modified: meta.modified().ok(),
-            node,
+            node: node.0,
+            changed: node.1,
         }
     }
 }
@@ -423,7 +428,7 @@ impl Vault {
     }
 
     /// Under the lock file: checks that the vault file is still the one we know (size,
-    /// modification time, inode), then appends `change` to the journal.
+    /// modification time, inode, status-change time), then appends `change` to the journal.
     fn append_change(
         path: &Path,
         digest: &[u8; 32],
