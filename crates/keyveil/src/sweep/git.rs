@@ -313,8 +313,8 @@ pub(super) fn discover(
 }
 
 /// Whether anything in the object store of the repository whose git directory is `dir` (its
-/// `objects` folder, each folder and file directly in it, in `objects/pack` and
-/// `objects/info`, and the same in every object directory an alternates file or `commondir`
+/// `objects` folder, each folder and file directly in it, in each of its folders (the loose
+/// objects), in `objects/pack` and `objects/info`, and the same in every object directory an alternates file or `commondir`
 /// names) changed (inode change time) within `window` before now, or cannot be told.
 ///
 /// A found object is placed by no file of its own (a pack holds many), and git keeps no date
@@ -354,6 +354,23 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
                 checked += 1;
                 if checked > MAX_CHECKED || fresh(&e.path()) {
                     return true;
+                }
+                // A loose object's fan-out folder (`objects/ab`) keeps its change time when a
+                // file in it is rewritten in place, and git reads a rewritten loose object
+                // without checking its hash: every file in it counts too.
+                let name = e.file_name();
+                if sub.as_os_str().is_empty()
+                    && name != "pack"
+                    && name != "info"
+                    && e.path().is_dir()
+                    && let Ok(inner) = std::fs::read_dir(e.path())
+                {
+                    for x in inner.flatten() {
+                        checked += 1;
+                        if checked > MAX_CHECKED || fresh(&x.path()) {
+                            return true;
+                        }
+                    }
                 }
             }
         }

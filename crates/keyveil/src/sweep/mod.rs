@@ -30,6 +30,8 @@ pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_round3;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

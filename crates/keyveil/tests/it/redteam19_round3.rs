@@ -1,0 +1,160 @@
+//! Red team of `keyveil sweep` (issue 19), third round, as the agent (same uid, a shell, every
+//! file it can write, the audit log): the scrub as an oracle, and `git` found on the broker's
+//! `PATH`. The attacks at the sweep's own level (a loose object rewritten in place, promisor
+//! remotes a repository allows, a hard-linked transcript) are in `src/sweep/tests_round3.rs`.
+
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::process::{Command, Stdio};
+
+use crate::harness::*;
+use crate::redteam19::{audit, git, rand_value, sweep};
+
+/// Plants three guesses, one right, each in its own Claude Code transcript, and returns their
+/// paths.
+fn plant_transcripts(h: &Home, v: &str) -> Vec<std::path::PathBuf> {
+    let dir = h.path().join(".claude/projects/-w-probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let guesses = [rand_value("sk_live_"), v.to_owned(), rand_value("sk_live_")];
+    guesses
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let p = dir.join(format!("g{i}.jsonl"));
+            std::fs::write(&p, format!("{{\"content\":\"{g}\"}}\n")).unwrap();
+            p
+        })
+        .collect()
+}
+
+fn scrub_sweep(h: &Home) -> std::process::Output {
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    sweep(
+        h,
+        &[
+            "--contain",
+            "--scrub-transcripts",
+            "--json",
+            empty.to_str().unwrap(),
+        ],
+    )
+}
+
+/// One `sweep --contain --scrub-transcripts` the human authorises, over transcripts the agent
+/// planted (guess k in its own file): the scrub rewrites the file that matched and only it (a
+/// new inode, a second open an inotify watch sees), so the agent learns which guess was right,
+/// not the one bit `--contain` gives.
+#[test]
+#[ignore = "LEAK: --scrub-transcripts rewrites only the planted transcript that matched: its new inode says which guess was right"]
+fn a_scrub_does_not_tell_the_agent_which_planted_transcript_matched() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let files = plant_transcripts(&h, &v);
+    let ino = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().ino();
+    let before: Vec<u64> = files.iter().map(ino).collect();
+    let o = scrub_sweep(&h);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let changed: Vec<bool> = files
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| ino(p) != *b)
+        .collect();
+    assert!(
+        changed.iter().all(|c| *c == changed[0]),
+        "the agent sees which planted transcript was rewritten: {changed:?}"
+    );
+}
+
+/// The audit's `sweep_scrub` entry (readable by the agent) says that a scrub ran, not how many
+/// files it rewrote or left: guess k planted in k transcripts would be answered by the count.
+#[test]
+fn the_audit_of_a_scrub_counts_nothing() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    plant_transcripts(&h, &v);
+    let o = scrub_sweep(&h);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["scrubbed"].as_array().unwrap().len(), 1, "{out}");
+    let e = audit(&h)
+        .into_iter()
+        .find(|e| e["event"] == "sweep_scrub")
+        .expect("a sweep_scrub entry");
+    let s = e.to_string();
+    assert!(
+        !s.contains("\"files\"") && !s.contains("\"left\""),
+        "the audit counts the files a scrub rewrote: {s}"
+    );
+}
+
+/// The human's `PATH` holds `~/.local/bin` (as most do) when the broker starts: the agent
+/// writes a `git` there, and the next sweep runs it under the broker (whose git runs are
+/// supposed to run nothing the agent names).
+#[test]
+#[ignore = "LEAK: the sweep runs the first git on the broker's PATH, which may be a folder the agent writes (~/.local/bin)"]
+fn a_sweep_never_runs_a_git_the_agent_put_on_the_brokers_path() {
+    let h = Home::new();
+    let v = rand_value("ghp_");
+    h.set("demo", "TOKEN", &v);
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let bin = h.path().join(".local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The broker started by the human, with that PATH.
+    h.ok(&["daemon", "stop"]);
+    let mut c = h.cmd(&["unlock", "--passphrase-stdin"]);
+    c.env("PATH", &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASS}\n").as_bytes())
+        .unwrap();
+    let o = wait_output(child, CLI_LIMIT);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The agent, later: a git of its own, which runs the real one so nothing looks wrong.
+    let marker = h.path().join("RAN-UNDER-BROKER");
+    let w = bin.join("git");
+    std::fs::write(
+        &w,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec '{real}' \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = h.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("a.txt"), "nothing here\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    let o = sweep(&h, &["--no-home", repo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !marker.exists(),
+        "the broker ran a git the agent wrote in a folder on its PATH"
+    );
+}
