@@ -41,9 +41,53 @@ const FIRST_OUTPUT: Duration = Duration::from_secs(20);
 /// Most entries of a git directory examined before git is run on it ([`refusal`]).
 const MAX_CHECKED: u64 = 2_000_000;
 
+/// Environment variable (read from the broker's own environment) naming the `git` a sweep
+/// runs, as an absolute path: the human's choice, taken as given.
+pub(crate) const GIT_ENV: &str = "KEYVEIL_GIT";
+
+/// The `git` a sweep runs: [`GIT_ENV`] when set, else the first `git` on the broker's `PATH`
+/// that lies, links resolved, in a folder the agent cannot write
+/// ([`crate::path_dirs::agent_writable`]: a `git` the agent put in `~/.local/bin` or another
+/// folder of the user's on `PATH` would run under the broker). Errors say why none is usable.
+fn git_program() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(g) = std::env::var_os(GIT_ENV).filter(|g| !g.is_empty()) {
+        let g = PathBuf::from(g);
+        return if g.is_absolute() {
+            Ok(g)
+        } else {
+            Err(std::io::Error::other(format!(
+                "{GIT_ENV} is not an absolute path\nhint: set it to git's full path, or unset it, and restart the broker"
+            )))
+        };
+    }
+    let root = Path::new("/");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path).filter(|d| d.is_absolute()) {
+        let cand = d.join("git");
+        let Ok(real) = std::fs::canonicalize(&cand) else {
+            continue;
+        };
+        let executable = std::fs::metadata(&real)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        let folders = [Some(d.as_path()), real.parent()];
+        if executable
+            && folders
+                .iter()
+                .flatten()
+                .all(|f| !crate::path_dirs::agent_writable(f, root, None))
+        {
+            return Ok(cand);
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "no git on the broker's PATH outside folders the agent can write (a git there would run under the broker)\nhint: install git system-wide (/usr/bin/git), or start the broker with {GIT_ENV} set to git's full path"
+    )))
+}
+
 /// `git` with the environment and configuration described in the module docs.
-fn git(repo: &Path) -> Command {
-    let mut c = Command::new("git");
+fn git(repo: &Path) -> std::io::Result<Command> {
+    let mut c = Command::new(git_program()?);
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -76,7 +120,7 @@ fn git(repo: &Path) -> Command {
         .stderr(Stdio::null())
         // Its own process group: the [`Watchdog`] kills git and anything it started at once.
         .process_group(0);
-    c
+    Ok(c)
 }
 
 /// Kills a git process group at the sweep's deadline, or when it has written nothing
@@ -388,6 +432,7 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
 /// `git rev-parse --show-toplevel` in `dir`, killed at `deadline` (and at most 10 s).
 fn toplevel(dir: &Path, deadline: Instant) -> Option<PathBuf> {
     let mut child = git(dir)
+        .ok()?
         .args(["rev-parse", "--show-toplevel"])
         .stdout(Stdio::piped())
         .spawn()
@@ -488,7 +533,7 @@ fn match_objects(
     report: &mut SweepReport,
     progress: Option<&crate::scan::Progress>,
 ) -> std::io::Result<Vec<Hit>> {
-    let mut child = git(repo)
+    let mut child = git(repo)?
         .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -636,11 +681,11 @@ fn match_objects(
 fn paths_of(repo: &Path, hits: &[Hit], deadline: Instant) -> HashMap<String, String> {
     let wanted: BTreeSet<&str> = hits.iter().map(|h| h.oid.as_str()).collect();
     let mut out = HashMap::new();
-    let Ok(mut child) = git(repo)
-        .args(["rev-list", "--objects", "--all", "--reflog"])
-        .stdout(Stdio::piped())
-        .spawn()
-    else {
+    let Ok(mut child) = git(repo).and_then(|mut c| {
+        c.args(["rev-list", "--objects", "--all", "--reflog"])
+            .stdout(Stdio::piped())
+            .spawn()
+    }) else {
         return out;
     };
     let dog = Watchdog::arm(&child, deadline);
@@ -680,8 +725,8 @@ fn commits_of(
         .map(|h| h.oid.as_str())
         .collect();
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    let Ok(mut child) = git(repo)
-        .args([
+    let Ok(mut child) = git(repo).and_then(|mut c| {
+        c.args([
             "log",
             "--all",
             "--reflog",
@@ -697,7 +742,7 @@ fn commits_of(
         ])
         .stdout(Stdio::piped())
         .spawn()
-    else {
+    }) else {
         return out;
     };
     let dog = Watchdog::arm(&child, deadline);

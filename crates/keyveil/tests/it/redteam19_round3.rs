@@ -91,10 +91,9 @@ fn the_audit_of_a_scrub_counts_nothing() {
 }
 
 /// The human's `PATH` holds `~/.local/bin` (as most do) when the broker starts: the agent
-/// writes a `git` there, and the next sweep runs it under the broker (whose git runs are
-/// supposed to run nothing the agent names).
+/// writes a `git` there. The sweep used to run it under the broker (the first git on its
+/// `PATH`); it now skips every folder the agent can write and runs the system's git.
 #[test]
-#[ignore = "LEAK: the sweep runs the first git on the broker's PATH, which may be a folder the agent writes (~/.local/bin)"]
 fn a_sweep_never_runs_a_git_the_agent_put_on_the_brokers_path() {
     let h = Home::new();
     let v = rand_value("ghp_");
@@ -151,8 +150,13 @@ fn a_sweep_never_runs_a_git_the_agent_put_on_the_brokers_path() {
     std::fs::write(repo.join("a.txt"), "nothing here\n").unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "one"]);
-    let o = sweep(&h, &["--no-home", repo.to_str().unwrap()]);
+    let o = sweep(&h, &["--no-home", "--json", repo.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        out["report"]["git_objects"].as_u64().unwrap() >= 3,
+        "the system's git read the repository: {out}"
+    );
     assert!(
         !marker.exists(),
         "the broker ran a git the agent wrote in a folder on its PATH"
