@@ -246,22 +246,32 @@ pub(super) fn refusal(dir: &Path) -> Option<String> {
                 if t.is_dir() && !e.file_type().is_ok_and(|t| t.is_symlink()) && depth < 16 {
                     stack.push((p.clone(), depth + 1));
                 }
+                // Read without blocking: a file checked above may be a named pipe by now.
+                let read = |p: &Path| {
+                    read_small(p).map_err(|_| {
+                        format!(
+                            "{} changed while it was checked",
+                            p.strip_prefix(dir).unwrap_or(p).display()
+                        )
+                    })
+                };
                 // A linked worktree's common directory is read by git too.
-                if depth == 0
-                    && e.file_name() == "commondir"
-                    && t.is_file()
-                    && let Ok(text) = std::fs::read_to_string(&p)
-                {
+                if depth == 0 && e.file_name() == "commondir" && t.is_file() {
+                    let text = match read(&p) {
+                        Ok(t) => t,
+                        Err(why) => return Some(why),
+                    };
                     let c = d.join(text.trim());
                     if seen_alt.len() < 16 && seen_alt.insert(c.clone()) {
                         dirs.push(c);
                     }
                 }
                 // The object directories an alternates file names are read by git too.
-                if e.file_name() == "alternates"
-                    && t.is_file()
-                    && let Ok(text) = std::fs::read_to_string(&p)
-                {
+                if e.file_name() == "alternates" && t.is_file() {
+                    let text = match read(&p) {
+                        Ok(t) => t,
+                        Err(why) => return Some(why),
+                    };
                     for line in text.lines().take(64) {
                         let l = line.trim();
                         if l.is_empty() || l.starts_with('#') {
@@ -284,6 +294,28 @@ pub(super) fn refusal(dir: &Path) -> Option<String> {
     None
 }
 
+/// The text of a small file git reads (`commondir`, an alternates file, a `.git` file), at
+/// most 64 KiB, opened without blocking and read only if it is a regular file (links followed,
+/// as git does). The agent can swap a file checked a moment before for a named pipe: a plain
+/// read would then wait for a writer, and the sweep with it, for good. Errors: absent
+/// (`NotFound`), not a regular file (`InvalidInput`), or unreadable.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    f.take(64 << 10).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The git directory of a working tree (`.git`, or what a `.git` file points to), or the
 /// repository itself when bare.
 pub(crate) fn git_dir(repo: &Path) -> PathBuf {
@@ -293,7 +325,7 @@ pub(crate) fn git_dir(repo: &Path) -> PathBuf {
     }
     // Only a regular `.git` file is read (a planted named pipe would block the sweep).
     if std::fs::symlink_metadata(&dot).is_ok_and(|m| m.is_file())
-        && let Ok(text) = std::fs::read_to_string(&dot)
+        && let Ok(text) = read_small(&dot)
         && let Some(p) = text.strip_prefix("gitdir:")
     {
         let p = Path::new(p.trim());
@@ -378,8 +410,17 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
         now.duration_since(ctime).map_or(true, |age| age < window)
     };
     let mut stores = vec![dir.join("objects")];
-    if let Ok(c) = std::fs::read_to_string(dir.join("commondir")) {
-        stores.push(dir.join(c.trim()).join("objects"));
+    // Read without blocking (a named pipe swapped in after git ran); one that is there but
+    // cannot be read leaves the store's age unknown: recent.
+    let read = |p: &Path| match read_small(p) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(_) => Err(()),
+    };
+    match read(&dir.join("commondir")) {
+        Ok(Some(c)) => stores.push(dir.join(c.trim()).join("objects")),
+        Ok(None) => {}
+        Err(()) => return true,
     }
     let mut seen = BTreeSet::new();
     let mut checked = 0u64;
@@ -418,7 +459,10 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
                 }
             }
         }
-        if let Ok(text) = std::fs::read_to_string(objects.join("info/alternates")) {
+        let Ok(alternates) = read(&objects.join("info/alternates")) else {
+            return true;
+        };
+        if let Some(text) = alternates {
             for l in text.lines().take(64).map(str::trim) {
                 if !l.is_empty() && !l.starts_with('#') {
                     stores.push(objects.join(l));

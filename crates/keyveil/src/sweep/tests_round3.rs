@@ -130,3 +130,55 @@ fn a_scrub_of_a_hard_linked_transcript_leaves_the_other_name_whole() {
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), body);
     assert!(!std::fs::read_to_string(&t).unwrap().contains(&v));
 }
+
+/// Runs `f` on a thread and waits at most `limit` for its answer; then opens every named pipe
+/// in `fifos` for writing (without blocking) so a thread stuck opening one is let go.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    fifos: &[std::path::PathBuf],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let got = rx.recv_timeout(limit).ok();
+    for p in fifos {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(p);
+    }
+    got
+}
+
+/// After git ran (the check before it passed), the agent swaps the repository's `commondir`
+/// and its alternates file for named pipes: judging whether the store changed lately must not
+/// open them and wait for a writer (the sweep would never end, holding a broker thread), and a
+/// store it cannot judge counts as changed.
+#[test]
+fn a_named_pipe_swapped_in_after_git_ran_never_blocks_the_sweep() {
+    for swapped in ["commondir", "objects/info/alternates"] {
+        let repo = tempfile::tempdir().unwrap();
+        let p = repo.path();
+        git(p, &["init", "-q", "-b", "main"]);
+        let dir = p.join(".git");
+        let fifo = dir.join(swapped);
+        std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&fifo);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let d = dir.clone();
+        let got = within(Duration::from_secs(3), &[fifo], move || {
+            git::store_recent(&d, Duration::from_secs(3600))
+        });
+        assert_eq!(got, Some(true), "{swapped}: blocked, or judged old");
+    }
+}
