@@ -86,10 +86,16 @@ fn git_program() -> std::io::Result<PathBuf> {
 }
 
 /// `git` with the environment and configuration described in the module docs.
-fn git(repo: &Path) -> std::io::Result<Command> {
+pub(super) fn git(repo: &Path) -> std::io::Result<Command> {
     let mut c = Command::new(git_program()?);
+    // git finds remote helpers (`git-remote-NAME`) on `PATH`: only folders the agent cannot
+    // write stay on it.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let safe: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|d| d.is_absolute() && !crate::path_dirs::agent_writable(d, Path::new("/"), None))
+        .collect();
     c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PATH", std::env::join_paths(safe).unwrap_or_default())
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_NO_REPLACE_OBJECTS", "1")
@@ -109,6 +115,16 @@ fn git(repo: &Path) -> std::io::Result<Command> {
         "gpg.ssh.program=false",
         "gpg.x509.program=false",
         "protocol.allow=never",
+        // A repository's own `protocol.NAME.allow=always` beats `protocol.allow=never`: a git
+        // older than 2.44 ignores `GIT_NO_LAZY_FETCH` and would fetch through it.
+        "protocol.ext.allow=never",
+        "protocol.file.allow=never",
+        "protocol.ssh.allow=never",
+        "protocol.git.allow=never",
+        "protocol.http.allow=never",
+        "protocol.https.allow=never",
+        "protocol.ftp.allow=never",
+        "protocol.ftps.allow=never",
         "core.sshCommand=false",
         "core.pager=cat",
     ] {
