@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use crate::harness::*;
 use crate::redteam19::{audit, git, rand_value, sweep};
+use crate::redteam19_round2::FrameSpy;
 
 /// Plants three guesses, one right, each in its own Claude Code transcript, and returns their
 /// paths.
@@ -160,5 +161,46 @@ fn a_sweep_never_runs_a_git_the_agent_put_on_the_brokers_path() {
     assert!(
         !marker.exists(),
         "the broker ran a git the agent wrote in a folder on its PATH"
+    );
+}
+
+/// The agent plants the same guess in 200 files and relays the socket: a hit made 200
+/// findings, whose sealed report outgrew the smallest padding bucket, so the reply's length
+/// said whether the guess matched (no need to know the report's length to the byte). Findings
+/// in recently changed files are now listed up to a fixed size, the rest counted in a note.
+#[test]
+fn one_guess_in_many_files_does_not_grow_the_sealed_reply() {
+    let h = Home::new();
+    let v = rand_value("sk_");
+    h.set("demo", "API_KEY", &v);
+    let proj = h.path().join("proj");
+    let plant = |g: &str| {
+        for i in 0..200 {
+            let d = proj.join(format!("d{i:03}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("guess.txt"), format!("{g}\n")).unwrap();
+        }
+    };
+    plant(&rand_value("sk_"));
+    let spy = FrameSpy::start(&h);
+    let o = sweep(&h, &["--no-home", proj.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let miss = spy.lengths();
+    plant(&v);
+    let o = sweep(&h, &["--no-home", proj.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let all = spy.lengths();
+    let hit = &all[miss.len()..];
+    assert_eq!(miss, hit, "the reply's length tells a hit from a miss");
+    // The human's report says how many are not listed.
+    let o = sweep(&h, &["--no-home", "--json", proj.to_str().unwrap()]);
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let listed = out["report"]["findings"].as_array().unwrap().len();
+    assert!((1..200).contains(&listed), "{listed}");
+    assert!(
+        out["report"]["notes"]
+            .to_string()
+            .contains(&format!("{} more copies", 200 - listed)),
+        "{out}"
     );
 }
