@@ -23,6 +23,7 @@
 //! beyond; git objects are streamed in windows of [`git::WINDOW`] bytes.
 
 pub(crate) mod git;
+mod git_run;
 mod kinds;
 pub(crate) use kinds::classify;
 pub(crate) mod scrub;
