@@ -222,6 +222,37 @@ pub(super) fn name_findings(findings: &mut [Finding], keys: &BTreeMap<String, Ke
 /// Smallest padded size of a sealed sweep reply (plain bytes); larger ones are padded to this
 /// times a power of 4.
 pub(super) const SEALED_MIN: usize = 16 << 10;
+/// Most bytes of JSON that findings in recently changed places (`recent`) take in a sealed
+/// reply; the rest are counted in a note ([`cap_recent`]).
+pub(super) const RECENT_LISTED: usize = 6 << 10;
+
+/// Keeps the `recent` findings of `report` (copies the agent may have planted) to
+/// [`RECENT_LISTED`] bytes of JSON, in order, and counts the others in a note. One guess planted
+/// in many files would otherwise make a hit's report outgrow the padding bucket a miss stays in
+/// ([`SEALED_MIN`]), and the reply's length, which a relay at the socket sees, would say
+/// whether it matched. Containment and the scrub use every finding; only the listing is cut.
+pub(super) fn cap_recent(report: &mut crate::sweep::SweepReport) {
+    let mut spent = 0usize;
+    let mut unlisted = 0u64;
+    report.findings.retain(|f| {
+        if !f.recent {
+            return true;
+        }
+        let n = serde_json::to_vec(f).map_or(usize::MAX, |v| v.len());
+        if unlisted == 0 && spent.saturating_add(n) <= RECENT_LISTED {
+            spent += n;
+            true
+        } else {
+            unlisted += 1;
+            false
+        }
+    });
+    if unlisted > 0 {
+        report.notes.push(format!(
+            "{unlisted} more copies in places changed in the last day are not listed (a reply that grew with them would tell an agent that planted one guess in many files whether it matched); sweep a narrower path to list them"
+        ));
+    }
+}
 
 /// The padded length of `len` plain bytes: the smallest `min` × 4^k at or above it.
 pub(super) fn bucket(len: usize, min: usize) -> usize {
@@ -308,16 +339,16 @@ async fn sweep_with(
             "elapsed_ms": report.elapsed_ms,
         }),
     );
+    cap_recent(&mut report);
     let mut outcome = SweepOutcome {
         report,
         contained,
         ..SweepOutcome::default()
     };
     if let Some((s, left)) = scrubbed {
-        broker.lock().audit(
-            "sweep_scrub",
-            json!({"files": s.files.len(), "left": s.notes.len()}),
-        );
+        // No count either: guess k planted in k transcripts would be answered by the number
+        // of files rewritten. The human's sealed report names each.
+        broker.lock().audit("sweep_scrub", json!({"ran": true}));
         outcome.scrubbed = s
             .files
             .into_iter()

@@ -16,15 +16,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use keyveil_redact::Redactor;
 
+pub(super) use super::git_run::git;
+use super::git_run::{FIRST_OUTPUT, MAX_CHECKED, Watchdog, read_small, refusal};
 use super::{Finding, Location, SweepReport};
 
 /// Bytes matched at once from one git object.
@@ -35,211 +34,6 @@ const MAX_DEPTH: usize = 24;
 const MAX_ENTRIES: u64 = 5_000_000;
 /// Commits listed per found object.
 const MAX_COMMITS: usize = 5;
-/// A git command that has written nothing this long after it started is killed: a planted
-/// named pipe (a config `include.path`, an alternates file) blocks git before its first output.
-const FIRST_OUTPUT: Duration = Duration::from_secs(20);
-/// Most entries of a git directory examined before git is run on it ([`refusal`]).
-const MAX_CHECKED: u64 = 2_000_000;
-
-/// `git` with the environment and configuration described in the module docs.
-fn git(repo: &Path) -> Command {
-    let mut c = Command::new("git");
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_NO_REPLACE_OBJECTS", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_OPTIONAL_LOCKS", "0")
-        // A partial clone would fetch a missing object from its promisor remote, running the
-        // transport the repository's own config names (`core.sshCommand`): never.
-        .env("GIT_NO_LAZY_FETCH", "1")
-        .env("LC_ALL", "C");
-    // The repository's config is the agent's to write: nothing it names is ever run (hooks,
-    // file-system monitor, a signature checker for `log.showSignature`, a transport).
-    for setting in [
-        "core.fsmonitor=false",
-        "core.hooksPath=/dev/null",
-        "log.showSignature=false",
-        "gpg.program=false",
-        "gpg.ssh.program=false",
-        "gpg.x509.program=false",
-        "protocol.allow=never",
-        "core.sshCommand=false",
-        "core.pager=cat",
-    ] {
-        c.arg("-c").arg(setting);
-    }
-    c.arg("-C")
-        .arg(repo)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own process group: the [`Watchdog`] kills git and anything it started at once.
-        .process_group(0);
-    c
-}
-
-/// Kills a git process group at the sweep's deadline, or when it has written nothing
-/// [`FIRST_OUTPUT`] after it started (a named pipe the agent planted where git reads its
-/// configuration or objects blocks git in `open`, and the sweep's reads with it).
-///
-/// [`Watchdog::disarm`] must be called before the child is waited for: until then its process
-/// group id cannot name another process.
-pub(super) struct Watchdog {
-    /// (disarmed, fired), and the condition the thread waits on.
-    state: Arc<(Mutex<(bool, bool)>, Condvar)>,
-    /// Set by the reader once git has written something.
-    started: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    /// Watches the process group of `child` (made its leader by [`git`]) until `deadline`.
-    pub(super) fn arm(child: &std::process::Child, deadline: Instant) -> Watchdog {
-        let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
-        let started = Arc::new(AtomicBool::new(false));
-        let pgid = i32::try_from(child.id())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw);
-        let (st, go) = (Arc::clone(&state), Arc::clone(&started));
-        let first = Instant::now() + FIRST_OUTPUT;
-        let thread = std::thread::Builder::new()
-            .name("sweep-git-watchdog".into())
-            .spawn(move || {
-                let (lock, cv) = &*st;
-                let Ok(mut g) = lock.lock() else { return };
-                loop {
-                    if g.0 {
-                        return;
-                    }
-                    let now = Instant::now();
-                    let due = if go.load(Ordering::Relaxed) {
-                        deadline
-                    } else {
-                        deadline.min(first)
-                    };
-                    if now >= due {
-                        break;
-                    }
-                    match cv.wait_timeout(g, due - now) {
-                        Ok((ng, _)) => g = ng,
-                        Err(_) => return,
-                    }
-                }
-                // Still armed (the child is not reaped: its group id is its own).
-                if let Some(p) = pgid {
-                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
-                }
-                g.1 = true;
-            })
-            .ok();
-        Watchdog {
-            state,
-            started,
-            thread,
-        }
-    }
-
-    /// Git wrote something: from now on only the deadline kills it.
-    pub(super) fn started(&self) {
-        self.started.store(true, Ordering::Relaxed);
-    }
-
-    /// Stops watching; returns whether the process group was killed.
-    pub(super) fn disarm(mut self) -> bool {
-        let (lock, cv) = &*self.state;
-        if let Ok(mut g) = lock.lock() {
-            g.0 = true;
-        }
-        cv.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        lock.lock().map(|g| g.1).unwrap_or(false)
-    }
-}
-
-/// Why git must not be run on the repository whose git directory is `dir`, if it must not: an
-/// entry git may open (its `config`, `HEAD`, a ref, `objects/info/alternates`, an object, ...)
-/// that is not a regular file or a directory (a named pipe would block git, a device would
-/// feed it without end), here or in an object directory an alternates file names. Symbolic
-/// links are judged by what they point to, and not descended into.
-pub(super) fn refusal(dir: &Path) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt as _;
-    let mut checked = 0u64;
-    let mut dirs = vec![dir.to_path_buf()];
-    let mut seen_alt = BTreeSet::new();
-    let mut stack: Vec<(PathBuf, u32)> = Vec::new();
-    while let Some(top) = dirs.pop() {
-        stack.push((top, 0));
-        while let Some((d, depth)) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                checked += 1;
-                if checked > MAX_CHECKED {
-                    return Some(format!(
-                        "more than {MAX_CHECKED} entries in its git directory"
-                    ));
-                }
-                let Ok(t) = e.file_type() else { continue };
-                let p = e.path();
-                let t = if t.is_symlink() {
-                    match std::fs::metadata(&p) {
-                        Ok(m) => m.file_type(),
-                        Err(_) => continue, // dangling: git finds nothing there
-                    }
-                } else {
-                    t
-                };
-                if t.is_fifo() || t.is_socket() || t.is_block_device() || t.is_char_device() {
-                    let rel = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
-                    return Some(format!(
-                        "{rel} is not a regular file (a named pipe or device would block or feed git)"
-                    ));
-                }
-                if t.is_dir() && !e.file_type().is_ok_and(|t| t.is_symlink()) && depth < 16 {
-                    stack.push((p.clone(), depth + 1));
-                }
-                // A linked worktree's common directory is read by git too.
-                if depth == 0
-                    && e.file_name() == "commondir"
-                    && t.is_file()
-                    && let Ok(text) = std::fs::read_to_string(&p)
-                {
-                    let c = d.join(text.trim());
-                    if seen_alt.len() < 16 && seen_alt.insert(c.clone()) {
-                        dirs.push(c);
-                    }
-                }
-                // The object directories an alternates file names are read by git too.
-                if e.file_name() == "alternates"
-                    && t.is_file()
-                    && let Ok(text) = std::fs::read_to_string(&p)
-                {
-                    for line in text.lines().take(64) {
-                        let l = line.trim();
-                        if l.is_empty() || l.starts_with('#') {
-                            continue;
-                        }
-                        let objects = d.parent().map_or_else(|| d.clone(), Path::to_path_buf);
-                        let alt = if Path::new(l).is_absolute() {
-                            PathBuf::from(l)
-                        } else {
-                            objects.join(l)
-                        };
-                        if seen_alt.len() < 16 && seen_alt.insert(alt.clone()) {
-                            dirs.push(alt);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    None
-}
-
 /// The git directory of a working tree (`.git`, or what a `.git` file points to), or the
 /// repository itself when bare.
 pub(crate) fn git_dir(repo: &Path) -> PathBuf {
@@ -249,7 +43,7 @@ pub(crate) fn git_dir(repo: &Path) -> PathBuf {
     }
     // Only a regular `.git` file is read (a planted named pipe would block the sweep).
     if std::fs::symlink_metadata(&dot).is_ok_and(|m| m.is_file())
-        && let Ok(text) = std::fs::read_to_string(&dot)
+        && let Ok(text) = read_small(&dot)
         && let Some(p) = text.strip_prefix("gitdir:")
     {
         let p = Path::new(p.trim());
@@ -313,8 +107,8 @@ pub(super) fn discover(
 }
 
 /// Whether anything in the object store of the repository whose git directory is `dir` (its
-/// `objects` folder, each folder and file directly in it, in `objects/pack` and
-/// `objects/info`, and the same in every object directory an alternates file or `commondir`
+/// `objects` folder, each folder and file directly in it, in each of its folders (the loose
+/// objects), in `objects/pack` and `objects/info`, and the same in every object directory an alternates file or `commondir`
 /// names) changed (inode change time) within `window` before now, or cannot be told.
 ///
 /// A found object is placed by no file of its own (a pack holds many), and git keeps no date
@@ -334,8 +128,17 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
         now.duration_since(ctime).map_or(true, |age| age < window)
     };
     let mut stores = vec![dir.join("objects")];
-    if let Ok(c) = std::fs::read_to_string(dir.join("commondir")) {
-        stores.push(dir.join(c.trim()).join("objects"));
+    // Read without blocking (a named pipe swapped in after git ran); one that is there but
+    // cannot be read leaves the store's age unknown: recent.
+    let read = |p: &Path| match read_small(p) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(_) => Err(()),
+    };
+    match read(&dir.join("commondir")) {
+        Ok(Some(c)) => stores.push(dir.join(c.trim()).join("objects")),
+        Ok(None) => {}
+        Err(()) => return true,
     }
     let mut seen = BTreeSet::new();
     let mut checked = 0u64;
@@ -355,9 +158,29 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
                 if checked > MAX_CHECKED || fresh(&e.path()) {
                     return true;
                 }
+                // A loose object's fan-out folder (`objects/ab`) keeps its change time when a
+                // file in it is rewritten in place, and git reads a rewritten loose object
+                // without checking its hash: every file in it counts too.
+                let name = e.file_name();
+                if sub.as_os_str().is_empty()
+                    && name != "pack"
+                    && name != "info"
+                    && e.path().is_dir()
+                    && let Ok(inner) = std::fs::read_dir(e.path())
+                {
+                    for x in inner.flatten() {
+                        checked += 1;
+                        if checked > MAX_CHECKED || fresh(&x.path()) {
+                            return true;
+                        }
+                    }
+                }
             }
         }
-        if let Ok(text) = std::fs::read_to_string(objects.join("info/alternates")) {
+        let Ok(alternates) = read(&objects.join("info/alternates")) else {
+            return true;
+        };
+        if let Some(text) = alternates {
             for l in text.lines().take(64).map(str::trim) {
                 if !l.is_empty() && !l.starts_with('#') {
                     stores.push(objects.join(l));
@@ -371,6 +194,7 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
 /// `git rev-parse --show-toplevel` in `dir`, killed at `deadline` (and at most 10 s).
 fn toplevel(dir: &Path, deadline: Instant) -> Option<PathBuf> {
     let mut child = git(dir)
+        .ok()?
         .args(["rev-parse", "--show-toplevel"])
         .stdout(Stdio::piped())
         .spawn()
@@ -471,7 +295,7 @@ fn match_objects(
     report: &mut SweepReport,
     progress: Option<&crate::scan::Progress>,
 ) -> std::io::Result<Vec<Hit>> {
-    let mut child = git(repo)
+    let mut child = git(repo)?
         .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -619,11 +443,11 @@ fn match_objects(
 fn paths_of(repo: &Path, hits: &[Hit], deadline: Instant) -> HashMap<String, String> {
     let wanted: BTreeSet<&str> = hits.iter().map(|h| h.oid.as_str()).collect();
     let mut out = HashMap::new();
-    let Ok(mut child) = git(repo)
-        .args(["rev-list", "--objects", "--all", "--reflog"])
-        .stdout(Stdio::piped())
-        .spawn()
-    else {
+    let Ok(mut child) = git(repo).and_then(|mut c| {
+        c.args(["rev-list", "--objects", "--all", "--reflog"])
+            .stdout(Stdio::piped())
+            .spawn()
+    }) else {
         return out;
     };
     let dog = Watchdog::arm(&child, deadline);
@@ -663,8 +487,8 @@ fn commits_of(
         .map(|h| h.oid.as_str())
         .collect();
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    let Ok(mut child) = git(repo)
-        .args([
+    let Ok(mut child) = git(repo).and_then(|mut c| {
+        c.args([
             "log",
             "--all",
             "--reflog",
@@ -680,7 +504,7 @@ fn commits_of(
         ])
         .stdout(Stdio::piped())
         .spawn()
-    else {
+    }) else {
         return out;
     };
     let dog = Watchdog::arm(&child, deadline);

@@ -23,6 +23,7 @@
 //! beyond; git objects are streamed in windows of [`git::WINDOW`] bytes.
 
 pub(crate) mod git;
+mod git_run;
 mod kinds;
 pub(crate) use kinds::classify;
 pub(crate) mod scrub;
@@ -30,6 +31,8 @@ pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_round3;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

@@ -11,20 +11,20 @@ use keyveil_redact::Redactor;
 use super::*;
 
 /// A random-looking value of 32 characters, different in each test run.
-fn value(tag: &str) -> String {
+pub(super) fn value(tag: &str) -> String {
     let mut b = [0u8; 12];
     getrandom::fill(&mut b).unwrap();
     format!("{tag}{}", hex::encode(b))
 }
 
-fn redactor(vals: &[(&str, &str)]) -> Redactor {
+pub(super) fn redactor(vals: &[(&str, &str)]) -> Redactor {
     Redactor::new(
         vals.iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
     )
 }
 
-fn plan(root: &Path, home: Option<&Path>) -> SweepPlan {
+pub(super) fn plan(root: &Path, home: Option<&Path>) -> SweepPlan {
     SweepPlan {
         roots: vec![root.to_path_buf()],
         home: home.map(Path::to_path_buf),
@@ -33,12 +33,12 @@ fn plan(root: &Path, home: Option<&Path>) -> SweepPlan {
     }
 }
 
-fn write(p: &Path, data: &[u8]) {
+pub(super) fn write(p: &Path, data: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, data).unwrap();
 }
 
-fn git(repo: &Path, args: &[&str]) -> String {
+pub(super) fn git(repo: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
         .arg("-C")
         .arg(repo)
@@ -72,7 +72,7 @@ fn file_paths<'a>(r: &'a SweepReport, var: &str) -> Vec<(&'a str, &'a [u64], &'a
         .collect()
 }
 
-fn git_hits<'a>(r: &'a SweepReport, var: &str) -> Vec<&'a Location> {
+pub(super) fn git_hits<'a>(r: &'a SweepReport, var: &str) -> Vec<&'a Location> {
     r.findings
         .iter()
         .filter(|f| f.variable == var && matches!(f.location, Location::Git { .. }))

@@ -41,6 +41,7 @@ mod redteam;
 mod redteam16;
 mod redteam19;
 mod redteam19_round2;
+mod redteam19_round3;
 mod redteam2;
 mod redteam22;
 mod redteam22b;

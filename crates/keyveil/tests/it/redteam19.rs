@@ -108,8 +108,10 @@ fn the_audit_of_a_sweep_says_nothing_about_what_it_found() {
     assert!(!s.contains("copies") && !s.contains("variables"), "{s}");
 }
 
-/// `git` as the broker runs it, logged: a wrapper first on the broker's PATH that records its
-/// arguments (what `/proc/PID/cmdline` shows the agent) and runs the real one.
+/// `git` as the broker runs it, logged: a wrapper that records its arguments (what
+/// `/proc/PID/cmdline` shows the agent) and runs the real one, named to the broker by
+/// `KEYVEIL_GIT` (a git in a folder of the user's on `PATH` is never run:
+/// `redteam19_round3.rs::a_sweep_never_runs_a_git_the_agent_put_on_the_brokers_path`).
 fn git_logger(h: &Home) -> (std::path::PathBuf, String) {
     let real = String::from_utf8(
         Command::new("sh")
@@ -132,12 +134,7 @@ fn git_logger(h: &Home) -> (std::path::PathBuf, String) {
     std::fs::write(&w, script).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    (log, path)
+    (log, w.display().to_string())
 }
 
 /// The agent plants candidate blobs in a repository and watches `/proc` for the broker's git
@@ -149,11 +146,11 @@ fn the_git_commands_a_sweep_runs_do_not_depend_on_what_it_found() {
     let h = Home::new();
     let v = rand_value("ghp_");
     h.set("demo", "TOKEN", &v);
-    let (log, path) = git_logger(&h);
-    // The broker restarted with the wrapper first on its PATH.
+    let (log, wrapper) = git_logger(&h);
+    // The broker restarted with the wrapper as its git.
     h.ok(&["daemon", "stop"]);
     let mut c = h.cmd(&["unlock", "--passphrase-stdin"]);
-    c.env("PATH", &path)
+    c.env("KEYVEIL_GIT", &wrapper)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

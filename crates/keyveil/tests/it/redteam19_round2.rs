@@ -14,12 +14,12 @@ use crate::redteam19::{audit, git, mark, next_batch, rand_value, start_watch, sw
 
 /// The agent at the socket path: relays every connection to the real broker and records the
 /// length and arrival time of each frame the broker sends, per connection.
-struct FrameSpy {
+pub(crate) struct FrameSpy {
     frames: std::sync::Arc<std::sync::Mutex<Vec<(usize, Instant, usize)>>>,
 }
 
 impl FrameSpy {
-    fn start(h: &Home) -> FrameSpy {
+    pub(crate) fn start(h: &Home) -> FrameSpy {
         use std::os::unix::net::{UnixListener, UnixStream};
         let sock = h.path().join("run/broker.sock");
         let real = h.path().join("run/real.sock");
@@ -73,7 +73,7 @@ impl FrameSpy {
     }
 
     /// Lengths of every frame, in order, per connection.
-    fn lengths(&self) -> Vec<Vec<usize>> {
+    pub(crate) fn lengths(&self) -> Vec<Vec<usize>> {
         let all = self.frames.lock().unwrap().clone();
         let mut by: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
         for (c, _, n) in all {
