@@ -40,6 +40,7 @@ mod redteam;
 mod redteam16;
 mod redteam19;
 mod redteam2;
+mod redteam20;
 mod redteam22;
 mod redteam3;
 mod redteam4;
