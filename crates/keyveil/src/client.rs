@@ -202,6 +202,19 @@ pub(crate) fn start_broker_with(
     })
 }
 
+/// Environment variables of this process that a broker it starts must not inherit: a login
+/// secret named by `--admin-env` is read by the CLI and sent sealed; left in the broker's
+/// environment it would outlive the call there and reach the broker's children (the notifier).
+static WITHHELD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps environment variable `name` out of any broker this process starts (see [`WITHHELD`]).
+pub(crate) fn withhold_from_broker(name: &str) {
+    let mut w = WITHHELD.lock().unwrap_or_else(|p| p.into_inner());
+    if !w.iter().any(|n| n == name) {
+        w.push(name.to_owned());
+    }
+}
+
 /// `keyveil daemon --foreground` from this executable, logging to the log file, detached.
 fn broker_command(paths: &Paths) -> Result<std::process::Command> {
     let exe = std::env::current_exe().context("cannot find keyveil's own executable")?;
@@ -223,6 +236,9 @@ fn broker_command(paths: &Paths) -> Result<std::process::Command> {
         if k.to_string_lossy().starts_with("LD_") {
             cmd.env_remove(k);
         }
+    }
+    for k in WITHHELD.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        cmd.env_remove(k);
     }
     crate::harden::detach(&mut cmd);
     Ok(cmd)

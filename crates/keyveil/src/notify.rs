@@ -51,6 +51,23 @@ fn markup_escape(s: &str) -> String {
     out
 }
 
+/// The environment a notifier keeps: its desktop session, locale and home.
+const NOTIFIER_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "XDG_SESSION_TYPE",
+    "XDG_CURRENT_DESKTOP",
+    "XAUTHORITY",
+    "TMPDIR",
+];
+
 fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
@@ -137,6 +154,15 @@ pub(crate) fn request_created(id: u64, env: &str, argv: Option<&[String]>, reaso
     let Some(mut command) = notifier(title, body) else {
         return;
     };
+    // The notifier gets what it needs to reach the desktop, not the broker's environment
+    // (whatever the process that started the broker had in its own).
+    command.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if NOTIFIER_ENV.contains(&name.as_ref()) || name.starts_with("LC_") {
+            command.env(&k, &v);
+        }
+    }
     let spawned = std::thread::Builder::new()
         .name("notify".into())
         .spawn(move || {

@@ -118,12 +118,20 @@ pub(crate) async fn add(
                     .map_err(|e| failed(&e))?;
                 let mut out = Vec::new();
                 for k in fields.keys() {
-                    if keyveil_vault::is_valid_name(k) {
-                        out.push((k.clone(), Some(k.clone())));
-                    } else {
+                    if !keyveil_vault::is_valid_name(k) {
                         tracing::warn!(
                             "skipped a KV field whose name is not a valid variable name"
                         );
+                    } else if super::access::is_injection_var(k) || crate::loaders::is_loader_var(k)
+                    {
+                        // The server names the variables: one named BASH_ENV, NODE_OPTIONS,
+                        // ... would make granted commands run code its value names.
+                        tracing::warn!(
+                            field = k.as_str(),
+                            "skipped a KV field named like a code-loading variable"
+                        );
+                    } else {
+                        out.push((k.clone(), Some(k.clone())));
                     }
                 }
                 if out.is_empty() {
@@ -148,6 +156,15 @@ pub(crate) async fn add(
                 keyveil_proto::display::clip(n, 80)
             )));
         }
+        if super::access::is_injection_var(n) || crate::loaders::is_loader_var(n) {
+            // As `set` refuses them: the value (chosen by whoever runs the server) would make
+            // granted commands load or run other code.
+            return Err(OpError::new(
+                ErrorCode::Denied,
+                format!("refused: a variable named {n} would make granted commands load or run other code"),
+            )
+            .hint("choose another name; keyveil never injects code-loading variables into a granted process"));
+        }
     }
     // (A KV import has just read the secret: that was the check.)
     if req.check && !(engine == EngineKind::OpenbaoKv && req.name.is_none()) {
@@ -169,6 +186,12 @@ pub(crate) async fn add(
             .map(|(n, _)| inner.stored_names(&req.environment, Some(n)))
             .sum()
     };
+    // Where names are hidden, a KV import names variables by what the server holds, not by
+    // alias: answered like any guess (the factor, whether or not they exist), so it is no
+    // oracle for hidden names.
+    if req.name.is_none() && broker.lock().hides_names(&req.environment) {
+        hidden_guess = true;
+    }
     let need = if hidden_guess {
         super::guard::Need::HiddenName
     } else {
@@ -193,6 +216,12 @@ pub(crate) async fn add(
     } else {
         Source::Dynamic
     };
+    // Who chose the source (and so, for a KV path, the values): with the factor or without
+    // (an agent may have); approval cards flag a variable stored without it.
+    let record = keyveil_vault::StoreRecord {
+        at: now,
+        factor: verified,
+    };
     let mut replaced = Vec::new();
     for (n, key) in &names {
         let mut s = spec.clone();
@@ -211,11 +240,13 @@ pub(crate) async fn add(
                 v.source = source;
                 v.description = description;
                 v.rotated_at = Some(now);
+                v.stored = Some(record);
                 replaced.push(n.clone());
             }
             None => {
                 let mut v = Variable::new(None, description, source);
                 v.dynamic = Some(stored);
+                v.stored = Some(record);
                 env.variables.insert(n.clone(), v);
             }
         }

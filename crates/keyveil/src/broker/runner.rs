@@ -523,7 +523,7 @@ async fn launch(
     } = a;
     // Just-in-time credentials: minted at the grant's first spawn (reused after), provider
     // values fetched now.
-    let dynamic_values =
+    let mut dynamic_values =
         match crate::dynamic::values_for_grant(broker, &grant_id, &req.environment, vars).await {
             Ok(v) => v,
             Err(e) => {
@@ -531,6 +531,10 @@ async fn launch(
                 return Err(e.reply());
             }
         };
+    // Defence in depth, as for stored values: no code-loading name from a source (a KV field,
+    // a minted credential's companion variables).
+    dynamic_values.values.retain(|(k, _)| !never_passed(k));
+    dynamic_values.env.retain(|(k, _)| !never_passed(k));
     // Spawn under the grant, with an environment built from scratch.
     let (mut values, cancel, redactor, shown_argv, env, bound, extra_roots) = {
         let mut inner = broker.lock();

@@ -177,6 +177,7 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                 Some(var) => match std::env::var(var) {
                     Ok(v) => {
                         crate::harden::harden_cli();
+                        crate::client::withhold_from_broker(var);
                         keyveil_proto::Passphrase::new(v.trim().to_owned())
                     }
                     Err(_) => {

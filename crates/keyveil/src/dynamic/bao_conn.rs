@@ -371,7 +371,7 @@ fn client_config(spec: &DynamicSpec) -> Result<Arc<rustls::ClientConfig>, Dynami
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let read = |p: &str, what: &str| {
-                std::fs::read(p).map_err(|e| {
+                read_pem_file(p).map_err(|e| {
                     cfg(format!("cannot read the client {what} {p}: {e} (give it again with `keyveil dynamic add ... --client-{what} PATH`)"))
                 })
             };
@@ -391,6 +391,37 @@ fn client_config(spec: &DynamicSpec) -> Result<Arc<rustls::ClientConfig>, Dynami
     };
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(c))
+}
+
+/// The most a client certificate or key file may hold.
+const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Reads a client certificate or key file (read at each connection, so whoever can write the
+/// path decides what is there): a regular file of at most [`MAX_PEM_FILE`] bytes, opened
+/// without blocking, outside `/proc`, `/sys` and `/dev`. A FIFO (which would block a broker
+/// thread until some writer came), a device (`/dev/zero`: an endless read) or the broker's own
+/// `/proc/self` files are refused. Symlinks are followed (certificate renewers use them).
+fn read_pem_file(p: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let odd = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
+    let canon = std::fs::canonicalize(p)?;
+    if ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|root| canon.starts_with(root))
+    {
+        return Err(odd("it is under /proc, /sys or /dev, not a PEM file"));
+    }
+    let (f, m) = crate::pin::open_regular(&canon)
+        .map_err(|_| odd("it is not a regular file (a FIFO, socket, device or directory)"))?;
+    if m.len() > MAX_PEM_FILE {
+        return Err(odd("it is larger than 1 MiB"));
+    }
+    let mut out = Vec::new();
+    f.take(MAX_PEM_FILE + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_PEM_FILE {
+        return Err(odd("it is larger than 1 MiB"));
+    }
+    Ok(out)
 }
 
 /// A token the broker got by logging in.

@@ -43,6 +43,7 @@ mod redteam19;
 mod redteam19_round2;
 mod redteam19_round3;
 mod redteam2;
+mod redteam20;
 mod redteam22;
 mod redteam22b;
 mod redteam3;

@@ -1,0 +1,560 @@
+//! Red team of issue 20's first slice (remote OpenBao, logins, `env link`), as a prompt-injected
+//! agent with the human's uid and no factor: a KV server of the agent's own (a new variable
+//! needs no factor) naming code-loading variables or hidden names, values it chose passed off as
+//! trusted, client-certificate paths swapped for a FIFO or a device, the stored CA, repointing a
+//! linked environment. Each attack is replayed here; see `docs/dynamic-credentials.md`.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// The agent's own token for its own server (obviously fake).
+const AGENT_TOKEN: &str = "agent-own-fake-token-zz";
+
+/// What the fake server saw: each request head.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A fake KV v2 server on loopback plain HTTP (allowed: loopback), run by the agent: every GET
+/// answers `fields` as the secret's data. Returns (address, what it saw).
+fn agent_kv_server(fields: Value) -> (String, Seen) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            seen2.lock().unwrap().push(head);
+            let body = json!({"data": {"data": fields, "metadata": {"version": 1}}}).to_string();
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// `keyveil env link ENV --openbao ADDR --kv-path agent/app`, as the agent (no factor).
+fn link(h: &Home, env: &str, addr: &str) -> std::process::Output {
+    h.run_stdin(
+        &[
+            "env",
+            "link",
+            env,
+            "--openbao",
+            addr,
+            "--kv-path",
+            "agent/app",
+            "--admin-stdin",
+        ],
+        &format!("{AGENT_TOKEN}\n"),
+    )
+}
+
+fn names(h: &Home, env: &str) -> Vec<String> {
+    h.json(&["env", "show", env, "--json"])["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A KV secret of the agent's server names BASH_ENV, NODE_OPTIONS, MAKEFLAGS: `set` refuses
+/// such names (they make a granted command run code their value names), and so must `env link`
+/// and `dynamic add`; a run never gets them, nor any OpenBao token.
+#[test]
+fn kv_fields_named_like_code_loaders_are_never_variables() {
+    let h = Home::new();
+    let (addr, seen) = agent_kv_server(json!({
+        "BASH_ENV": "/tmp/agent-hook.sh",
+        "NODE_OPTIONS": "--require /tmp/agent-hook.js",
+        "MAKEFLAGS": "-f /tmp/agent.mk",
+        "GREETING": "hello-from-kv",
+    }));
+    let o = link(&h, "demo", &addr);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(names(&h, "demo"), vec!["GREETING".to_owned()]);
+    for (var, key) in [("BASH_ENV", "BASH_ENV"), ("NODE_OPTIONS", "NODE_OPTIONS")] {
+        let o = h.run_stdin(
+            &[
+                "dynamic",
+                "add",
+                "demo",
+                var,
+                "--engine",
+                "openbao-kv",
+                "--address",
+                &addr,
+                "--kv-path",
+                "agent/app",
+                "--kv-key",
+                key,
+                "--admin-stdin",
+            ],
+            &format!("{AGENT_TOKEN}\n"),
+        );
+        assert!(!o.status.success(), "{var} was added");
+        assert!(
+            text(&o.stderr).contains("load or run other code"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    assert_eq!(names(&h, "demo"), vec!["GREETING".to_owned()]);
+    // The run gets the KV value, and no OpenBao token in its environment.
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--only",
+            "GREETING",
+            "--wait",
+            "30",
+            "--",
+            "sh",
+            "-c",
+            "env; printf 'sha=%s\\n' \"$(printf %s \"$GREETING\" | sha256sum | cut -d' ' -f1)\"",
+        ],
+        Duration::from_secs(60),
+    );
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(&format!("sha={}", sha256_hex("hello-from-kv"))),
+        "{out}\n{}",
+        text(&o.stderr)
+    );
+    for bad in [
+        "VAULT_TOKEN",
+        "BAO_TOKEN",
+        AGENT_TOKEN,
+        "BASH_ENV=/tmp",
+        "NODE_OPTIONS",
+    ] {
+        assert!(!out.contains(bad), "{bad} reached the child");
+    }
+    // The token went only in the header, to the address the variable names.
+    let heads = seen.lock().unwrap().join("\n");
+    assert!(
+        heads.contains("x-vault-token: agent-own") || heads.contains("X-Vault-Token: agent-own"),
+        "{heads}"
+    );
+}
+
+/// A KV-backed variable the agent linked to its own server without the factor holds values the
+/// agent chose: the approval card must say it was stored without the factor (like `set`), not
+/// "by whom is not recorded", and must not pass it off as the human's.
+#[test]
+fn kv_linked_without_the_factor_is_flagged_on_the_card() {
+    let h = Home::new();
+    h.set("demo", "API_KEY", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
+    let (addr, _seen) = agent_kv_server(json!({"API_BASE_URL": "http://127.0.0.1:9/collect"}));
+    let o = link(&h, "demo", &addr);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut c = h.cmd(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "0",
+        "--",
+        "printenv",
+        "API_BASE_URL",
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o = wait_output(c.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let list = h.json(&["requests", "--json"]);
+    let r = &list[0];
+    let nv = r["new_variables"].as_array().unwrap();
+    let e = nv
+        .iter()
+        .find(|v| v["variable"] == "API_BASE_URL")
+        .unwrap_or_else(|| panic!("the linked variable is not flagged new: {r}"));
+    assert_eq!(e["stored"], "without the factor", "{r}");
+    assert!(
+        r["risk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "new-variable"),
+        "{r}"
+    );
+}
+
+/// The value of a KV variable on the agent's server is neither quoted on the card nor bound by
+/// digest to the approval, as a value `set` without the factor is: the agent changes it after
+/// the human approved (a value changed in OpenBao is what the next run gets).
+#[test]
+#[ignore = "LEAK: a KV value from a server the agent linked without the factor is not shown on the card nor bound to the approval (chosen_values covers stored values only); flagged new-variable only"]
+fn kv_value_from_the_agents_server_is_quoted_and_bound() {
+    let h = Home::new();
+    let (addr, _seen) = agent_kv_server(json!({"API_BASE_URL": "http://127.0.0.1:9/collect"}));
+    assert!(link(&h, "demo", &addr).status.success());
+    let mut c = h.cmd(&[
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "0",
+        "--",
+        "printenv",
+        "API_BASE_URL",
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o = wait_output(c.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let r = &h.json(&["requests", "--json"])[0];
+    assert!(
+        r["risk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "agent-chosen-value"),
+        "the card does not quote the agent's KV value: {r}"
+    );
+}
+
+/// Where names are hidden, linking a KV secret whose fields guess hidden names must answer the
+/// same whether a guess exists or not (no oracle), and add nothing without the factor.
+#[test]
+fn kv_link_is_no_oracle_for_hidden_names() {
+    let h = Home::new();
+    h.set("demo", "STRIPE_LIVE_SECRET", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "hide-names",
+            "on",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let before = h.ok(&["env", "show", "demo", "--json"]);
+    let (hit, _) = agent_kv_server(json!({"STRIPE_LIVE_SECRET": "x", "ZZ_GUESS_A": "y"}));
+    let (miss, _) = agent_kv_server(json!({"ZZ_GUESS_B": "x", "ZZ_GUESS_C": "y"}));
+    let a = link(&h, "demo", &hit);
+    let b = link(&h, "demo", &miss);
+    assert!(!a.status.success() && !b.status.success());
+    assert_eq!(a.status.code(), b.status.code());
+    let (ea, eb) = (text(&a.stderr), text(&b.stderr));
+    assert_eq!(ea, eb, "the answers differ: an oracle for hidden names");
+    assert!(ea.contains("hidden"), "{ea}");
+    assert_eq!(
+        h.ok(&["env", "show", "demo", "--json"]),
+        before,
+        "something was added"
+    );
+}
+
+/// The agent declares a variable whose client certificate "file" is a FIFO (or /dev/zero):
+/// the broker reads it at each connection. It must refuse at once, not block a broker thread
+/// until a writer comes (two such calls froze the whole broker: no `lock`, no timers).
+#[test]
+fn client_cert_fifo_or_device_does_not_hang_the_broker() {
+    let h = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("client.pem");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let fifo = fifo.to_str().unwrap().to_owned();
+    let add = |var: &str, cert: &str| {
+        let mut c = h.cmd(&[
+            "dynamic",
+            "add",
+            "demo",
+            var,
+            "--engine",
+            "openbao-kv",
+            "--address",
+            "https://127.0.0.1:1",
+            "--kv-path",
+            "a",
+            "--client-cert",
+            cert,
+            "--client-key",
+            cert,
+            "--admin-stdin",
+            "--no-check",
+        ]);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut ch = c.spawn().unwrap();
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{AGENT_TOKEN}\n").as_bytes())
+            .unwrap();
+        ch
+    };
+    let t0 = Instant::now();
+    let kids = [
+        add("ONE", &fifo),
+        add("TWO", &fifo),
+        add("THREE", "/dev/zero"),
+    ];
+    for k in kids {
+        let o = wait_output(k, Duration::from_secs(30));
+        assert!(!o.status.success());
+        assert!(
+            text(&o.stderr).contains("regular file") || text(&o.stderr).contains("/dev"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the broker blocked on the FIFO"
+    );
+    assert!(names(&h, "demo").is_empty());
+    // The broker still answers, and locks.
+    assert!(h.run(&["status", "--json"]).status.success());
+    assert!(h.run(&["lock"]).status.success());
+}
+
+/// The CA given with --ca-file is stored sealed in the vault (not its path, not in clear):
+/// replacing the file afterwards changes nothing, and no plain file under the home holds it.
+#[test]
+fn ca_file_is_stored_sealed_not_by_path() {
+    let h = Home::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&key).unwrap().pem();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ca.pem");
+    std::fs::write(&f, &ca).unwrap();
+    let o = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "CA_VAR",
+            "--engine",
+            "openbao-kv",
+            "--address",
+            "https://127.0.0.1:1",
+            "--kv-path",
+            "a",
+            "--ca-file",
+            f.to_str().unwrap(),
+            "--admin-stdin",
+            "--no-check",
+        ],
+        &format!("{AGENT_TOKEN}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // A line of the certificate's base64 body.
+    let body_line = ca.lines().nth(2).unwrap();
+    let vault = std::fs::read(h.path().join("vault.kv")).unwrap_or_default();
+    assert!(
+        !contains(&vault, body_line),
+        "the CA is in clear in the vault file"
+    );
+    assert!(!contains(&h.all_plain_files(), body_line));
+    assert!(
+        !contains(&h.all_plain_files(), f.to_str().unwrap()),
+        "the CA's path is kept"
+    );
+    for args in [
+        vec!["env", "show", "demo", "--json"],
+        vec!["status", "--json"],
+    ] {
+        let o = h.run(&args);
+        assert!(!text(&o.stdout).contains(body_line));
+    }
+}
+
+/// The agent re-links an environment the human linked, or re-adds one of its variables, to a
+/// server of its own: each replaces a variable with a source, so each needs the factor (raw
+/// `dynamic add` without it is refused), and the server it names is never contacted for the
+/// variables it would replace.
+#[test]
+fn agent_cannot_repoint_a_linked_environment() {
+    let h = Home::new();
+    let (human, _) = agent_kv_server(json!({"API_KEY": "kv_fake_Hn7tQ2wE9rY4uI1oP6aS"}));
+    assert!(link(&h, "demo", &human).status.success());
+    let (evil, _) = agent_kv_server(json!({"API_KEY": "agent-chosen"}));
+    let a = link(&h, "demo", &evil);
+    assert!(!a.status.success());
+    assert!(
+        text(&a.stderr).contains("factor") || text(&a.stderr).contains("passphrase"),
+        "{}",
+        text(&a.stderr)
+    );
+    let b = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "API_KEY",
+            "--engine",
+            "openbao-kv",
+            "--address",
+            &evil,
+            "--kv-path",
+            "agent/app",
+            "--admin-stdin",
+        ],
+        &format!("{AGENT_TOKEN}\n"),
+    );
+    assert!(!b.status.success());
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    assert!(!show.to_string().contains(&evil), "{show}");
+}
+
+/// A CI job (or a human) gives the login JWT with `--admin-env VAR`: never argv. A broker
+/// started by that very CLI call inherits the CLI's environment: it must not keep VAR, and the
+/// notifier the broker runs for each request (`notify-send`, found on the PATH it inherited:
+/// here the agent's own script first) gets only its desktop variables. (The broker that call
+/// starts is locked and `unlock` replaces it; the check holds for both.)
+#[test]
+fn admin_env_secret_is_not_handed_to_the_brokers_children() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    h.set("demo", "API_KEY", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
+    h.ok(&["daemon", "stop"]);
+    let bin = tempfile::tempdir().unwrap();
+    let spy = bin.path().join("notify-send");
+    let seen = bin.path().join("seen.env");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\nenv > {}.tmp && mv {0}.tmp {0}\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let jwt = format!("fake-ci-login-jwt-{}", keyveil_testkit::rand_tag());
+    let other = format!("fake-shell-only-{}", keyveil_testkit::rand_tag());
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let desktop = |c: &mut std::process::Command| {
+        c.env("PATH", &path)
+            .env("DISPLAY", ":99")
+            .env("CI_FAKE_JWT", &jwt)
+            .env("SHELL_ONLY_VALUE", &other)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    };
+    let mut c = h.cmd(&[
+        "dynamic",
+        "add",
+        "demo",
+        "CI_KV",
+        "--engine",
+        "openbao-kv",
+        "--address",
+        "http://127.0.0.1:1",
+        "--kv-path",
+        "a",
+        "--auth",
+        "jwt",
+        "--auth-role",
+        "ci",
+        "--admin-env",
+        "CI_FAKE_JWT",
+        "--no-check",
+    ]);
+    desktop(&mut c);
+    let a = wait_output(c.spawn().unwrap(), Duration::from_secs(60));
+    assert!(text(&a.stderr).contains("locked"), "{}", text(&a.stderr));
+    // The human unlocks from the same kind of shell (the broker is replaced), the agent asks.
+    let mut u = h.cmd(&["unlock", "--passphrase-stdin"]);
+    desktop(&mut u);
+    u.stdin(Stdio::piped());
+    let mut uc = u.spawn().unwrap();
+    uc.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASS}\n").as_bytes())
+        .unwrap();
+    let uo = wait_output(uc, Duration::from_secs(60));
+    assert!(uo.status.success(), "{}", text(&uo.stderr));
+    let mut r = h.cmd(&["run", "--env", "demo", "--wait", "0", "--", "true"]);
+    r.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let ro = wait_output(r.spawn().unwrap(), Duration::from_secs(60));
+    assert_eq!(ro.status.code(), Some(5), "{}", text(&ro.stderr));
+    let t0 = Instant::now();
+    while !seen.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let env = std::fs::read_to_string(&seen).unwrap_or_default();
+    assert!(env.contains("DISPLAY"), "the notifier did not run: {env:?}");
+    assert!(
+        !env.contains(&jwt),
+        "the --admin-env secret reached a child of the broker"
+    );
+    assert!(
+        !env.contains(&other),
+        "the broker's whole environment reached the notifier"
+    );
+}
+
+/// The docs advise a local `bao proxy` on plain HTTP loopback. Any process of the user's uid
+/// (the agent) can listen on that port while the proxy is down (or after killing it): the
+/// broker then sends the stored token (or the AppRole secret id at login) to the agent.
+#[test]
+#[ignore = "LEAK: over plain-HTTP loopback the broker sends the stored token / secret id to whatever listens on the port; a same-uid agent can hold it while the proxy is down"]
+fn stored_token_never_goes_to_a_squatted_loopback_port() {
+    let h = Home::new();
+    let (addr, seen) = agent_kv_server(json!({"API_KEY": "kv_fake_Hn7tQ2wE9rY4uI1oP6aS"}));
+    // The human links an environment to "the proxy" (here already the agent's listener).
+    let human_token = format!("human-stored-token-{}", keyveil_testkit::rand_tag());
+    let o = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "API_KEY",
+            "--engine",
+            "openbao-kv",
+            "--address",
+            &addr,
+            "--kv-path",
+            "agent/app",
+            "--kv-key",
+            "API_KEY",
+            "--admin-stdin",
+        ],
+        &format!("{human_token}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let heads = seen.lock().unwrap().join("\n");
+    assert!(
+        !heads.contains(&human_token),
+        "the stored token went to the port's listener"
+    );
+}
