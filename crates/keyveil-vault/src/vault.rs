@@ -404,27 +404,21 @@ impl Vault {
         }
     }
 
-    /// Persists [`VaultData::audit_checkpoint`] (and nothing else) like
-    /// [`Vault::save_variable`]: one sealed journal record instead of a rewrite of the vault.
+    /// Persists [`VaultData::audit_checkpoint`] with a full save ([`Vault::save`]), never as a
+    /// journal record.
+    ///
+    /// The checkpoint is what lets `audit verify` notice a truncated audit log, and a journal
+    /// can be cut at a record boundary by anyone who can write its directory: journaled, a cut
+    /// would bring back the checkpoint of the last compaction (hours old), and with it every
+    /// variable change since. The full save also folds the journal into the vault file, so a cut
+    /// can only undo changes made after the last checkpoint (the broker seals one within 10 s of
+    /// the audit log moving, which every change does). Journals written before this rule may
+    /// still hold checkpoint records; they are read as before.
     ///
     /// # Errors
-    /// As [`Vault::save_variable`].
+    /// As [`Vault::save`].
     pub fn save_audit_checkpoint(&mut self) -> Result<(), VaultError> {
-        if self.journal.len >= journal::COMPACT_AT_BYTES {
-            return self.save();
-        }
-        let change = journal::ChangeRef::AuditCheckpoint {
-            checkpoint: self.data.audit_checkpoint.as_ref(),
-        };
-        let pending = Vault::append_change(
-            &self.path,
-            &self.disk_digest,
-            self.disk_meta.as_ref(),
-            &self.data_key,
-            &mut self.journal,
-            &change,
-        )?;
-        self.finish(pending)
+        self.save()
     }
 
     /// Under the lock file: checks that the vault file is still the one we know (size,

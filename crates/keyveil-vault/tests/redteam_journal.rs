@@ -70,7 +70,6 @@ fn checkpoint(vault: &mut Vault, seq: u64) {
 /// the human rotated before the agent was compromised. Restoring an old vault file needs a copy
 /// taken back then; before the journal, the checkpoint was in the vault file within 10 s.
 #[test]
-#[ignore = "LEAK: a journal cut at a record boundary retroactively rolls back the audit checkpoint and a rotation made before the agent had any copy"]
 fn a_journal_cut_cannot_roll_back_past_what_the_agent_could_have_copied() {
     let (_dir, path, mut vault) = new_vault();
     // Unlock: the compacted vault file holds checkpoint 5 and the compromised value.

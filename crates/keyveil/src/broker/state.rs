@@ -938,7 +938,8 @@ impl Inner {
             return;
         }
         v.data_mut().audit_checkpoint = Some(cp);
-        // One sealed journal record, not a rewrite of the whole vault under the lock.
+        // A full save, never a journal record (a journal cut must not bring back an old
+        // checkpoint); it also folds the journaled variable changes into the vault file.
         if let Err(e) = v.save_audit_checkpoint() {
             tracing::error!(error = %e, "cannot save the audit checkpoint into the vault");
         }
