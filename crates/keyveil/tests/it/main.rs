@@ -36,6 +36,7 @@ mod output;
 mod pathdirs;
 mod policy;
 mod redteam;
+mod redteam15;
 mod redteam16;
 mod redteam19;
 mod redteam2;
