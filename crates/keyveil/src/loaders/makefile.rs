@@ -102,8 +102,10 @@ fn starts_with_assignment(s: &str) -> Option<(&'static str, &str)> {
 
 /// Reads `text` (one makefile) as make would for loading: see the module documentation.
 pub(super) fn parse(text: &str) -> Parsed {
-    let mut p = Parsed::default();
-    p.second_expansion = text.contains(".SECONDEXPANSION");
+    let mut p = Parsed {
+        second_expansion: text.contains(".SECONDEXPANSION"),
+        ..Parsed::default()
+    };
     for line in logical_lines(text) {
         if let Some(why) = refused_function(&line, false) {
             p.refused.get_or_insert(why);
