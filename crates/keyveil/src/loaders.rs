@@ -125,12 +125,13 @@ pub const TABLE: &[Loader] = &[
                  a makefile or recipe puts on PATH, fingerprinted like a PATH directory. Refused: \
                  an include or PATH entry only make can expand, an include name starting with \
                  `~` or holding `\\` (make expands the home directory and joins `a\\ b`), \
-                 `$(eval ...)`, `$(guile ...)` (also through `$(call eval,...)` and after any \
-                 blank), `$$(eval ...)` when a makefile names `.SECONDEXPANSION`, an assignment or \
+                 `$(eval ...)`, `$(guile ...)` (also through `$(call eval,...)`, `$(call $(V),...)` \
+                 and after any blank), `$$(eval ...)` when a makefile names `.SECONDEXPANSION`, an assignment or \
                  `define` whose variable name make computes (`SHE$()LL := ...`), `load`, \
                  `--eval`, a makefile on standard input, a device or a FIFO (a `GNUmakefile` FIFO \
                  before a pinned `Makefile` too), a makefile or include NAME beside a `NAME.sh` \
-                 (make's built-in rule `%: %.sh` would rewrite NAME from it and read it again; \
+                 (make's built-in rule `%: %.sh` would rewrite NAME from it and read it again, \
+                 and `%.out: %` NAME.out from NAME; \
                  re-derived at every run, so one planted after approval ends the grant), and \
                  SHELL, .SHELLFLAGS, MAKEFILES or MAKEFLAGS set (in a makefile or on argv) to \
                  anything but a system shell and flags that read no file",

@@ -174,6 +174,18 @@ pub(super) fn make_include_dirs(argv: &[String], dir: &Path) -> Vec<PathBuf> {
 /// makefile, an include (present or not) or a default makefile name. Re-derived at every run,
 /// so a `.sh` planted after approval ends the grant.
 fn make_remade_by_builtin(name: &str, dir: &Path, out: &mut Pins) {
+    // `%.out: %` (`cp $< $@`) makes `NAME.out` from `NAME` the same way.
+    if let Some(stem) = name.strip_suffix(".out")
+        && std::fs::symlink_metadata(dir.join(stem)).is_ok()
+    {
+        out.unpinnable(
+            &dir.join(stem),
+            &format!(
+                "make's built-in rule `%.out: %` would rewrite {name} from {stem} and read it \
+                 as a makefile; rename the makefile"
+            ),
+        );
+    }
     let sh = dir.join(format!("{name}.sh"));
     if std::fs::symlink_metadata(&sh).is_ok() {
         out.unpinnable(

@@ -178,10 +178,19 @@ fn refused_function(line: &str, deferred: bool) -> Option<String> {
             continue;
         }
         let after = line.get(i + 1..).unwrap_or("");
-        let after = after
+        let called = after
             .strip_prefix("call")
             .filter(|r| r.starts_with(BLANKS))
-            .map_or(after, |r| r.trim_start_matches(BLANKS));
+            .map(|r| r.trim_start_matches(BLANKS));
+        if called.is_some_and(|r| r.starts_with('$')) {
+            // `$(call $(V),...)` with `V := eval` invokes the built-in.
+            return Some(
+                "a makefile uses `$(call ...)` with a function name make computes: it could \
+                 be `$(eval ...)`; only make can tell what it evaluates"
+                    .to_owned(),
+            );
+        }
+        let after = called.unwrap_or(after);
         for f in ["eval", "guile"] {
             if after
                 .strip_prefix(f)
@@ -671,6 +680,8 @@ mod tests {
             "SHELL \\\n := ./x\n",
             "$(call eval,include x.mk)\n",
             "$(call\teval, include x.mk)\n",
+            "V := eval\n$(call $(V),include x.mk)\n",
+            "$(call ${V}al,include x.mk)\n",
             "$(eval\x0cinclude x.mk)\n",
             "$(eval\rinclude x.mk)\n",
             "SHE$()LL := ./kvsh\n",

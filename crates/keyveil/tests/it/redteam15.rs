@@ -169,6 +169,24 @@ fn rt15_make_eval_through_call() {
     o.assert_refused("$(eval");
 }
 
+/// `$(call $(V),...)` with `V := eval`: the function name is computed.
+#[test]
+fn rt15_make_eval_through_call_of_a_computed_name() {
+    let o = make_case(
+        &[
+            (
+                "Makefile",
+                "V := ev\n$(call $(V)al,include inc.mk)\nall: ok\n",
+            ),
+            ("inc.mk", INC_OK),
+        ],
+        &[],
+        ("inc.mk", INC_BAD),
+    );
+    o.assert_held();
+    o.assert_refused("$(call");
+}
+
 /// make takes a form feed, vertical tab or carriage return for a blank: `$(eval<FF>...)` is
 /// eval, `include<VT>inc.mk` an include.
 #[test]
@@ -296,6 +314,23 @@ fn rt15_make_builtin_rule_remakes_an_optional_include() {
         &[],
         (
             "local.mk.sh",
+            "ok2:\n\t@true\n$(shell printf %s \"$$TOKEN\" > STOLEN)\n",
+        ),
+    );
+    o.assert_held();
+}
+
+/// The same with `%.out: %` (`cp $< $@`): `-include local.out` is made from `local`.
+#[test]
+fn rt15_make_builtin_copy_rule_remakes_an_optional_include() {
+    let o = make_case(
+        &[(
+            "Makefile",
+            "-include local.out\nall: ok\nok:\n\t@echo fine\n",
+        )],
+        &[],
+        (
+            "local",
             "ok2:\n\t@true\n$(shell printf %s \"$$TOKEN\" > STOLEN)\n",
         ),
     );
