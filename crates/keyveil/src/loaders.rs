@@ -126,7 +126,9 @@ pub const TABLE: &[Loader] = &[
                  an include or PATH entry only make can expand, an include name starting with \
                  `~` or holding `\\` (make expands the home directory and joins `a\\ b`), \
                  `$(eval ...)`, `$(guile ...)` (also through `$(call eval,...)`, `$(call $(V),...)` \
-                 and after any blank), `$$(eval ...)` when a makefile names `.SECONDEXPANSION`, an assignment or \
+                 and after any blank), `$$(eval ...)` outside a recipe (`.SECONDEXPANSION`, which a computed target can \
+                 name, evaluates it) and in a recipe when a makefile names `.SECONDEXPANSION`, \
+                 an assignment or \
                  `define` whose variable name make computes (`SHE$()LL := ...`), `load`, \
                  `--eval`, a makefile on standard input, a device or a FIFO (a `GNUmakefile` FIFO \
                  before a pinned `Makefile` too), a makefile or include NAME beside a `NAME.sh` \

@@ -106,12 +106,29 @@ pub(super) fn parse(text: &str) -> Parsed {
         second_expansion: text.contains(".SECONDEXPANSION"),
         ..Parsed::default()
     };
+    // A recipe line starts with a tab after a rule; a tab line before any rule, or any line
+    // when the recipe prefix changes, is makefile text.
+    let custom_prefix = text.contains(".RECIPEPREFIX");
+    let mut rule_seen = false;
     for line in logical_lines(text) {
         if let Some(why) = refused_function(&line, false) {
             p.refused.get_or_insert(why);
         }
+        let recipe = rule_seen && !custom_prefix && line.starts_with('\t');
         if let Some(why) = refused_function(&line, true) {
-            p.deferred_function.get_or_insert(why);
+            // Behind `$$` outside a recipe, `.SECONDEXPANSION` (which a computed target can
+            // name) would evaluate it: refused. In a recipe it is shell text, refused only
+            // with `.SECONDEXPANSION` named (see `make`).
+            if recipe {
+                p.deferred_function.get_or_insert(why);
+            } else {
+                p.refused.get_or_insert(format!(
+                    "{why} (behind `$$` outside a recipe, which `.SECONDEXPANSION` evaluates)"
+                ));
+            }
+        }
+        if !line.starts_with('\t') && is_rule(&line) {
+            rule_seen = true;
         }
         if let Some(why) = refused_assignment(&line) {
             p.refused.get_or_insert(why);
@@ -204,6 +221,29 @@ fn refused_function(line: &str, deferred: bool) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether `line` (not a recipe line) is a rule: a `:` outside `$(...)` that is not part of
+/// an assignment operator (`:=`, `::=`, `:::=`).
+fn is_rule(line: &str) -> bool {
+    let l = uncommented(line);
+    let b = l.as_bytes();
+    let mut depth = 0usize;
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'(' | b'{' => depth += 1,
+            b')' | b'}' => depth = depth.saturating_sub(1),
+            b'=' if depth == 0 => return false,
+            b':' if depth == 0 => {
+                let rest = l.get(i..).unwrap_or("");
+                return !(rest.starts_with(":=")
+                    || rest.starts_with("::=")
+                    || rest.starts_with(":::="));
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// An assignment in `line` (a makefile line, not a recipe's shell words) whose variable name
@@ -697,13 +737,18 @@ mod tests {
 
     #[test]
     fn eval_behind_dollars_is_noted_for_second_expansion() {
-        let p = parse(".SECONDEXPANSION:\nall: $$(eval include x.mk)\n");
-        assert!(p.second_expansion && p.deferred_function.is_some() && p.refused.is_none());
-        assert!(
-            parse("all:\n\techo $$(eval echo hi)\n")
-                .deferred_function
-                .is_some()
-        );
+        for mk in [
+            ".SECONDEXPANSION:\nall: $$(eval include x.mk)\n",
+            "S := .SECONDEX$()PANSION\n$(S):\nall: $$(eval include x.mk)\n",
+            "\tX = $$(eval include x.mk)\nall: $(X)\n",
+            ".RECIPEPREFIX = >\nall:\n\tX = $$(eval include x.mk)\n",
+        ] {
+            assert!(parse(mk).refused.is_some(), "{mk:?}");
+        }
+        let p = parse("all:\n\techo $$(eval echo hi)\n");
+        assert!(p.deferred_function.is_some() && p.refused.is_none());
+        let p = parse("X := 1\nall: a\n\techo $$(eval echo hi)\n");
+        assert!(p.deferred_function.is_some() && p.refused.is_none());
         assert!(!parse("all:\n\techo hi\n").second_expansion);
     }
 

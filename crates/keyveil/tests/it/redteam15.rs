@@ -249,6 +249,24 @@ fn rt15_make_eval_in_second_expansion() {
     o.assert_refused(".SECONDEXPANSION");
 }
 
+/// `.SECONDEXPANSION` named by a computed target (`$(S):` with `S := .SECONDEX$()PANSION`).
+#[test]
+fn rt15_make_eval_in_second_expansion_named_by_a_computed_target() {
+    let o = make_case(
+        &[
+            (
+                "Makefile",
+                "S := .SECONDEX$()PANSION\n$(S):\nall: $$(eval include inc.mk) ok\nok:\n\t@echo fine\n",
+            ),
+            ("inc.mk", "X := 1\n"),
+        ],
+        &[],
+        ("inc.mk", "$(shell printf %s \"$$TOKEN\" > STOLEN)\n"),
+    );
+    o.assert_held();
+    o.assert_refused("$(eval");
+}
+
 /// make expands `~` in an include name and joins `a\ b` into one name.
 #[test]
 fn rt15_make_include_names_make_rewrites() {
