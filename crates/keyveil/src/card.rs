@@ -543,7 +543,7 @@ pub(crate) fn stdin_heading(s: &op::StdinInfo) -> String {
         s.bytes,
         short(&s.sha256),
         if s.program {
-            ", which this command reads as PROGRAM TEXT (code that runs with the values)"
+            ", which this command may read as PROGRAM TEXT (code that runs with the values)"
         } else {
             ", which the command reads"
         }

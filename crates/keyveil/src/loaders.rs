@@ -113,18 +113,30 @@ pub const TABLE: &[Loader] = &[
     Loader {
         tool: "make",
         names: &["make", "gmake"],
-        reads: "GNU make manual §3.2-3.4: GNUmakefile/makefile/Makefile or -f, `include`/`-include`/\
-                `sinclude` directives (any blank after the word, continued lines), `load`, \
+        reads: "GNU make manual §3.2-3.4, §3.5 (remaking makefiles), §6.3.2 (computed names), \
+                §3.8 (secondary expansion): GNUmakefile/makefile/Makefile (the first that exists, \
+                whatever it is) or -f, `include`/`-include`/`sinclude` directives (any blank make \
+                reads as one: space, tab, vertical tab, form feed, CR; continued lines), `load`, \
                 `$(eval)`, SHELL/.SHELLFLAGS, the MAKEFILES and MAKEFLAGS variables",
         pinned: "the makefile (with -f/--file and -C honoured, options read as getopt does) and \
                  the files it includes by a literal name (searched in -I/--include-dir directories \
-                 too), a wildcard (its directory fingerprinted) or a variable set to literal \
-                 names, recursively; every directory a makefile or recipe puts on PATH, \
-                 fingerprinted like a PATH directory. Refused: an include or PATH entry only make \
-                 can expand, `$(eval ...)`, `$(guile ...)`, `load`, `--eval`, a makefile on \
-                 standard input or a device, and SHELL, .SHELLFLAGS, MAKEFILES or MAKEFLAGS set \
-                 (in a makefile or on argv) to anything but a system shell and flags that read \
-                 no file",
+                 too, relative to the directory -C chose), a wildcard (its directory \
+                 fingerprinted) or a variable set to literal names, recursively; every directory \
+                 a makefile or recipe puts on PATH, fingerprinted like a PATH directory. Refused: \
+                 an include or PATH entry only make can expand, an include name starting with \
+                 `~` or holding `\\` (make expands the home directory and joins `a\\ b`), \
+                 `$(eval ...)`, `$(guile ...)` (also through `$(call eval,...)`, `$(call $(V),...)` \
+                 and after any blank), `$$(eval ...)` outside a recipe (`.SECONDEXPANSION`, which a computed target can \
+                 name, evaluates it) and in a recipe when a makefile names `.SECONDEXPANSION`, \
+                 an assignment or \
+                 `define` whose variable name make computes (`SHE$()LL := ...`), `load`, \
+                 `--eval`, a makefile on standard input, a device or a FIFO (a `GNUmakefile` FIFO \
+                 before a pinned `Makefile` too), a makefile or include NAME beside a `NAME.sh` \
+                 (make's built-in rule `%: %.sh` would rewrite NAME from it and read it again, \
+                 and `%.out: %` NAME.out from NAME; \
+                 re-derived at every run, so one planted after approval ends the grant), and \
+                 SHELL, .SHELLFLAGS, MAKEFILES or MAKEFLAGS set (in a makefile or on argv) to \
+                 anything but a system shell and flags that read no file",
         neutralised: "MAKEFILES, MAKEFLAGS, MFLAGS, GNUMAKEFLAGS never pass",
         pins: make,
     },

@@ -1,123 +1,95 @@
-//! Whether a command reads program text or commands from its standard input.
+//! Whether a command may read program text or commands from its standard input.
 //!
 //! This decides only what the card says about the standard input a requester supplies: every
 //! supplied byte is shown (up to a size), its digest is bound into the grant, and a run with
-//! other bytes is another request, whatever this says. The list names programs that read code
-//! or commands from standard input in their usual forms (interpreters and REPLs given no
-//! script, debuggers, `-`/`/dev/stdin` operands), so the card can say "program text" instead
-//! of "data".
+//! other bytes is another request, whatever this says. It fails closed: the card says "data"
+//! only for a program known to read standard input as data ([`DATA_READERS`]: `cat`, `wc`,
+//! `sort`, ...) run by its own name, with no operand naming standard input as a file of code
+//! (`-f -`, `--file=/dev/stdin`) and no interactive flag; everything else may read code from
+//! it. A list of programs that do read code could never be complete: an interpreter under a
+//! wrapper (`timeout 9 tclsh`), under another name (`vim.basic -es`, a link `./t` to
+//! `tclsh`), a shell a tool starts (`git -c alias.x=!sh x`, `find -exec sh`, `fakeroot`,
+//! `script`), or a pinned script that runs `eval "$(cat)"`.
 
-/// Programs that, given standard input, commonly read it as code or commands: interpreters
-/// (with no script operand), REPLs, debuggers, shells, editors and calculators with a shell
-/// escape, database shells.
-const READERS: &[&str] = &[
-    "awk",
-    "gawk",
-    "mawk",
-    "nawk",
-    "busybox",
-    "toybox",
-    "tclsh",
-    "wish",
-    "expect",
-    "irb",
-    "jshell",
-    "ghci",
-    "julia",
-    "R",
-    "Rscript",
-    "sqlite3",
-    "duckdb",
-    "bc",
-    "dc",
-    "ed",
-    "ex",
-    "vi",
-    "vim",
-    "nvim",
-    "gdb",
-    "lldb",
-    "pdb",
-    "psql",
-    "mysql",
-    "mariadb",
-    "mongosh",
-    "redis-cli",
-    "node",
-    "nodejs",
-    "deno",
-    "bun",
-    "python",
-    "pypy",
-    "lua",
-    "luajit",
-    "ruby",
-    "perl",
-    "php",
-    "sh",
-    "bash",
-    "dash",
-    "zsh",
-    "ksh",
-    "ash",
-    "mksh",
-    "yash",
-    "fish",
-    "csh",
-    "tcsh",
-    "pwsh",
-    "powershell",
-    "make",
-    "gmake",
-    "sed",
-    "jq",
-    "osascript",
-    "scala",
-    "groovysh",
-    "clojure",
-    "erl",
-    "iex",
-    "elixir",
-    "swift",
-    "guile",
-    "racket",
-    "sbcl",
-    "ocaml",
-    "octave",
-    "matlab",
-    "m4",
-    "xargs",
-    "env",
-    "nix",
-    "nix-shell",
-    "tclsh8",
-    "lua5",
+/// Programs that read standard input as data only (filters, counters, digests, compressors),
+/// by base name.
+const DATA_READERS: &[&str] = &[
+    "cat",
+    "tac",
+    "wc",
+    "sort",
+    "uniq",
+    "head",
+    "tail",
+    "grep",
+    "egrep",
+    "fgrep",
+    "rg",
+    "cut",
+    "tr",
+    "nl",
+    "fold",
+    "fmt",
+    "rev",
+    "paste",
+    "expand",
+    "unexpand",
+    "column",
+    "od",
+    "xxd",
+    "hexdump",
+    "base64",
+    "base32",
+    "basenc",
+    "md5sum",
+    "sha1sum",
+    "sha224sum",
+    "sha256sum",
+    "sha384sum",
+    "sha512sum",
+    "b2sum",
+    "cksum",
+    "sum",
+    "gzip",
+    "gunzip",
+    "zcat",
+    "bzip2",
+    "bunzip2",
+    "xz",
+    "unxz",
+    "zstd",
+    "iconv",
+    "true",
+    "false",
 ];
 
 /// Operands that name standard input.
 const STDIN_NAMES: &[&str] = &["-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"];
 
-/// Whether `argv` reads program text or commands from standard input (see the module
-/// documentation): its program is one of [`READERS`] (by base name, version digits and dots
-/// trimmed: `python3.12`, `tclsh8.6`), or an argument names standard input (`-f -`,
-/// `--file=/dev/stdin`), or asks for an interactive mode (`-i`, `--interactive`).
+/// Whether `argv` may read program text or commands from standard input (see the module
+/// documentation): `false` only for one of [`DATA_READERS`] named by its base name, with no
+/// argument naming standard input as a file of code (`-f -`, `-f/dev/stdin`,
+/// `--file=/dev/stdin`) and none asking for an interactive mode (`-i`, `--interactive`).
 pub(crate) fn reads_program(argv: &[String]) -> bool {
     let Some(arg0) = argv.first() else {
         return false;
     };
     let base = arg0.rsplit('/').next().unwrap_or(arg0);
-    let family = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
-    if READERS.contains(&base) || READERS.contains(&family) {
+    if !DATA_READERS.contains(&base) {
         return true;
     }
-    argv.iter().skip(1).any(|a| {
-        let value = a.split_once('=').map_or(a.as_str(), |(_, v)| v);
-        STDIN_NAMES.contains(&a.as_str())
-            || STDIN_NAMES.contains(&value)
-            || a.strip_prefix("-f")
-                .is_some_and(|v| STDIN_NAMES.contains(&v))
-            || matches!(a.as_str(), "-i" | "--interactive" | "--repl")
-    })
+    let file_of_code = argv.windows(2).skip(1).any(|w| {
+        matches!(w, [f, n] if matches!(f.as_str(), "-f" | "--file")
+            && STDIN_NAMES.contains(&n.as_str()))
+    });
+    file_of_code
+        || argv.iter().skip(1).any(|a| {
+            let value = a.split_once('=').map_or(a.as_str(), |(_, v)| v);
+            (a.starts_with("--") && STDIN_NAMES.contains(&value))
+                || a.strip_prefix("-f")
+                    .is_some_and(|v| STDIN_NAMES.contains(&v))
+                || matches!(a.as_str(), "-i" | "--interactive" | "--repl")
+        })
 }
 
 #[cfg(test)]
@@ -146,6 +118,14 @@ mod tests {
             &["mytool", "--script=/dev/stdin"],
             &["mytool", "-f-"],
             &["mytool", "-i"],
+            &["mytool"],
+            &["timeout", "9", "tclsh"],
+            &["vim.basic", "-es"],
+            &["./t"],
+            &["git", "-c", "alias.x=!sh", "x"],
+            &["find", ".", "-exec", "sh", ";"],
+            &["bash", "ci.sh"],
+            &["grep", "-f", "-", "x"],
         ] {
             assert!(reads_program(&v(a)), "{a:?}");
         }
@@ -153,7 +133,14 @@ mod tests {
 
     #[test]
     fn other_programs_read_data() {
-        for a in [&["cat"][..], &["grep", "x"], &["wc", "-l"], &["sort", "-u"]] {
+        for a in [
+            &["cat"][..],
+            &["/usr/bin/cat", "-"],
+            &["grep", "x"],
+            &["wc", "-l"],
+            &["sort", "-u"],
+            &["sha256sum", "-"],
+        ] {
             assert!(!reads_program(&v(a)), "{a:?}");
         }
     }

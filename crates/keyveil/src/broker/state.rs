@@ -188,7 +188,7 @@ impl ChosenValue {
 pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
 
 /// Describes a requester's standard input for the card: its first [`SHOWN_VALUE_CHARS`] × 10
-/// characters, size, digest, and whether `argv` reads program text from it
+/// characters, size, digest, and whether `argv` may read program text from it
 /// ([`crate::stdin_program::reads_program`]).
 pub(crate) fn stdin_info(text: &str, argv: &[String]) -> keyveil_proto::op::StdinInfo {
     use sha2::Digest as _;

@@ -159,13 +159,43 @@ pub(super) fn make_path_dirs(text: &str, dir: &Path) -> Result<Vec<PathBuf>, Str
     Ok(out)
 }
 
-/// `-I DIR`, `-IDIR`, `--include-dir=DIR` from make's argv (relative to `cwd`).
-pub(super) fn make_include_dirs(argv: &[String], cwd: &Path) -> Vec<PathBuf> {
+/// `-I DIR`, `-IDIR`, `--include-dir=DIR` from make's argv, relative to `dir`: the directory
+/// make runs in after its `-C` options (make changes directory before it searches them).
+pub(super) fn make_include_dirs(argv: &[String], dir: &Path) -> Vec<PathBuf> {
     makefile::argv(argv)
         .incdirs
         .iter()
-        .map(|d| cwd.join(d))
+        .map(|d| dir.join(d))
         .collect()
+}
+
+/// Refuses a makefile name `name` (as make names it, relative to `dir`) that make's built-in
+/// rule `%: %.sh` (`cat $< >$@`) would remake from `NAME.sh` before reading it again: a
+/// makefile, an include (present or not) or a default makefile name. Re-derived at every run,
+/// so a `.sh` planted after approval ends the grant.
+fn make_remade_by_builtin(name: &str, dir: &Path, out: &mut Pins) {
+    // `%.out: %` (`cp $< $@`) makes `NAME.out` from `NAME` the same way.
+    if let Some(stem) = name.strip_suffix(".out")
+        && std::fs::symlink_metadata(dir.join(stem)).is_ok()
+    {
+        out.unpinnable(
+            &dir.join(stem),
+            &format!(
+                "make's built-in rule `%.out: %` would rewrite {name} from {stem} and read it \
+                 as a makefile; rename the makefile"
+            ),
+        );
+    }
+    let sh = dir.join(format!("{name}.sh"));
+    if std::fs::symlink_metadata(&sh).is_ok() {
+        out.unpinnable(
+            &sh,
+            &format!(
+                "make's built-in rule `%: %.sh` would rewrite {name} from {name}.sh and read it \
+                 as a makefile; remove {name}.sh or rename it"
+            ),
+        );
+    }
 }
 
 /// A makefile name make would read from something other than a regular file keyveil can pin:
@@ -261,7 +291,7 @@ pub(super) fn make_include_files(
 
 pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     let (dir, files) = make_args(cx.argv, cx.cwd);
-    let incdirs = make_include_dirs(cx.argv, cx.cwd);
+    let incdirs = make_include_dirs(cx.argv, &dir);
     if let Some(why) = makefile::argv(cx.argv).refused {
         out.unpinnable(cx.cwd, &why);
     }
@@ -275,17 +305,27 @@ pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         }
     }
     let mut queue: Vec<PathBuf> = if files.is_empty() {
+        // make takes the first name that exists, whatever it is (a FIFO or a link to a device
+        // is read too; `add_text` refuses what is no regular file).
+        for n in ["GNUmakefile", "makefile", "Makefile"] {
+            make_remade_by_builtin(n, &dir, out);
+        }
         ["GNUmakefile", "makefile", "Makefile"]
             .iter()
             .map(|n| dir.join(n))
-            .find(|p| p.is_file())
+            .find(|p| p.exists())
             .into_iter()
             .collect()
     } else {
+        for f in &files {
+            make_remade_by_builtin(f, &dir, out);
+        }
         files.iter().map(|f| dir.join(f)).collect()
     };
     let mut n = 0;
     let mut role = "makefile";
+    let mut second_expansion = false;
+    let mut deferred: Option<(PathBuf, String)> = None;
     while !queue.is_empty() && n < MAX_FILES {
         let p = queue.remove(0);
         n += 1;
@@ -293,6 +333,10 @@ pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
             let parsed = makefile::parse(&t);
             if let Some(why) = parsed.refused {
                 out.unpinnable(&p, &why);
+            }
+            second_expansion |= parsed.second_expansion;
+            if let Some(why) = parsed.deferred_function {
+                deferred.get_or_insert((p.clone(), why));
             }
             for i in parsed.includes {
                 let names = if i.contains('$') {
@@ -307,6 +351,7 @@ pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
                     vec![i]
                 };
                 for n in names {
+                    make_remade_by_builtin(&n, &dir, out);
                     if make_pseudo_file(&n, &dir.join(&n)) {
                         out.unpinnable(
                             &dir.join(&n),
@@ -330,5 +375,13 @@ pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
         if n >= files.len().max(1) {
             role = "makefile-include";
         }
+    }
+    // Under `.SECONDEXPANSION` (in any makefile make reads), `$$(eval ...)` in a prerequisite
+    // list is evaluated by make.
+    if second_expansion && let Some((p, why)) = deferred {
+        out.unpinnable(
+            &p,
+            &format!("{why} (behind `$$`, which `.SECONDEXPANSION` evaluates a second time)"),
+        );
     }
 }

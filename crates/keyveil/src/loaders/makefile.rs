@@ -19,6 +19,10 @@ const SYSTEM_DIRS: &[&str] = &[
     "/usr/local/bin/",
 ];
 
+/// What make's reader takes for a blank between words (its `MAP_SPACE`: space, tab, and the
+/// other `isspace` characters, vertical tab, form feed, carriage return).
+const BLANKS: [char; 5] = [' ', '\t', '\x0b', '\x0c', '\r'];
+
 /// Variables that decide which program runs a recipe or which makefiles are read.
 const CONTROL_VARS: &[&str] = &[
     "SHELL",
@@ -37,6 +41,11 @@ pub(super) struct Parsed {
     pub(super) includes: Vec<String>,
     /// The first construct keyveil refuses, in words, when there is one.
     pub(super) refused: Option<String>,
+    /// The text names `.SECONDEXPANSION` (then a prerequisite's `$$(eval ...)` runs).
+    pub(super) second_expansion: bool,
+    /// A function only make can tell behind `$$` (`$$(eval ...)`): harmless shell text in a
+    /// recipe, make's own code in a prerequisite under `.SECONDEXPANSION`.
+    pub(super) deferred_function: Option<String>,
 }
 
 /// The logical lines of `text`: a line ending in an odd number of backslashes is joined to the
@@ -93,16 +102,42 @@ fn starts_with_assignment(s: &str) -> Option<(&'static str, &str)> {
 
 /// Reads `text` (one makefile) as make would for loading: see the module documentation.
 pub(super) fn parse(text: &str) -> Parsed {
-    let mut p = Parsed::default();
+    let mut p = Parsed {
+        second_expansion: text.contains(".SECONDEXPANSION"),
+        ..Parsed::default()
+    };
+    // A recipe line starts with a tab after a rule; a tab line before any rule, or any line
+    // when the recipe prefix changes, is makefile text.
+    let custom_prefix = text.contains(".RECIPEPREFIX");
+    let mut rule_seen = false;
     for line in logical_lines(text) {
-        if let Some(why) = refused_function(&line) {
+        if let Some(why) = refused_function(&line, false) {
             p.refused.get_or_insert(why);
+        }
+        let recipe = rule_seen && !custom_prefix && line.starts_with('\t');
+        if let Some(why) = refused_function(&line, true) {
+            // Behind `$$` outside a recipe, `.SECONDEXPANSION` (which a computed target can
+            // name) would evaluate it: refused. In a recipe it is shell text, refused only
+            // with `.SECONDEXPANSION` named (see `make`).
+            if recipe {
+                p.deferred_function.get_or_insert(why);
+            } else {
+                p.refused.get_or_insert(format!(
+                    "{why} (behind `$$` outside a recipe, which `.SECONDEXPANSION` evaluates)"
+                ));
+            }
+        }
+        if !line.starts_with('\t') && is_rule(&line) {
+            rule_seen = true;
         }
         if let Some(why) = refused_assignment(&line) {
             p.refused.get_or_insert(why);
         }
-        let l = uncommented(&line).trim_start_matches([' ', '\t']);
-        let word_end = l.find([' ', '\t']).unwrap_or(l.len());
+        if let Some(why) = computed_name(&line) {
+            p.refused.get_or_insert(why);
+        }
+        let l = uncommented(&line).trim_start_matches(BLANKS);
+        let word_end = l.find(BLANKS).unwrap_or(l.len());
         let (word, rest) = l.split_at(word_end);
         if starts_with_assignment(rest).is_some() {
             // `include = x` assigns a variable named `include` (make tries assignments first).
@@ -110,8 +145,19 @@ pub(super) fn parse(text: &str) -> Parsed {
         }
         match word {
             "include" | "-include" | "sinclude" => {
-                p.includes
-                    .extend(rest.split_whitespace().map(str::to_owned));
+                for name in uncommented(rest).split(BLANKS).filter(|n| !n.is_empty()) {
+                    if name.starts_with('~') || name.contains('\\') {
+                        // make expands `~` to a home directory and joins `a\ b` into one name.
+                        p.refused.get_or_insert_with(|| {
+                            format!(
+                                "a makefile includes {name:?}: make expands a leading `~` to a \
+                                 home directory and reads `\\ ` as a blank inside a name; name \
+                                 the file by a plain relative or absolute path"
+                            )
+                        });
+                    }
+                    p.includes.push(name.to_owned());
+                }
             }
             "load" | "-load" => {
                 p.refused.get_or_insert_with(|| {
@@ -128,9 +174,11 @@ pub(super) fn parse(text: &str) -> Parsed {
     p
 }
 
-/// `$(eval ...)` or `$(guile ...)` (or with braces) anywhere in `line`, a `$` that make
-/// expands (not `$$`, which a recipe passes to the shell as `$`).
-fn refused_function(line: &str) -> Option<String> {
+/// `$(eval ...)` or `$(guile ...)` (or with braces, or through `$(call eval,...)`, which
+/// invokes the built-in) anywhere in `line`, a `$` that make expands (not `$$`, which a recipe
+/// passes to the shell as `$`); with `deferred`, behind an even number of `$` instead (what a
+/// second expansion evaluates).
+fn refused_function(line: &str, deferred: bool) -> Option<String> {
     let b = line.as_bytes();
     for (i, c) in b.iter().enumerate() {
         if *c != b'(' && *c != b'{' {
@@ -143,14 +191,27 @@ fn refused_function(line: &str) -> Option<String> {
             .rev()
             .take_while(|x| **x == b'$')
             .count();
-        if dollars % 2 == 0 {
+        if dollars == 0 || (dollars % 2 == 0) != deferred {
             continue;
         }
         let after = line.get(i + 1..).unwrap_or("");
+        let called = after
+            .strip_prefix("call")
+            .filter(|r| r.starts_with(BLANKS))
+            .map(|r| r.trim_start_matches(BLANKS));
+        if called.is_some_and(|r| r.starts_with('$')) {
+            // `$(call $(V),...)` with `V := eval` invokes the built-in.
+            return Some(
+                "a makefile uses `$(call ...)` with a function name make computes: it could \
+                 be `$(eval ...)`; only make can tell what it evaluates"
+                    .to_owned(),
+            );
+        }
+        let after = called.unwrap_or(after);
         for f in ["eval", "guile"] {
             if after
                 .strip_prefix(f)
-                .is_some_and(|r| r.starts_with([' ', '\t']))
+                .is_some_and(|r| r.starts_with(BLANKS) || r.starts_with([',', ')', '}']))
             {
                 return Some(format!(
                     "a makefile uses `$({f} ...)`: only make can tell what it evaluates (an \
@@ -162,6 +223,105 @@ fn refused_function(line: &str) -> Option<String> {
     None
 }
 
+/// Whether `line` (not a recipe line) is a rule: a `:` outside `$(...)` that is not part of
+/// an assignment operator (`:=`, `::=`, `:::=`).
+fn is_rule(line: &str) -> bool {
+    let l = uncommented(line);
+    let b = l.as_bytes();
+    let mut depth = 0usize;
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'(' | b'{' => depth += 1,
+            b')' | b'}' => depth = depth.saturating_sub(1),
+            b'=' if depth == 0 => return false,
+            b':' if depth == 0 => {
+                let rest = l.get(i..).unwrap_or("");
+                return !(rest.starts_with(":=")
+                    || rest.starts_with("::=")
+                    || rest.starts_with(":::="));
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// An assignment in `line` (a makefile line, not a recipe's shell words) whose variable name
+/// holds a `$`: make computes the name (`SHE$()LL := ./x` sets `SHELL`), so keyveil cannot
+/// tell which variable it sets.
+fn computed_name(line: &str) -> Option<String> {
+    let l = uncommented(line);
+    // The first `=` outside `$(...)`/`${...}`.
+    let b = l.as_bytes();
+    let mut depth = 0usize;
+    let mut eq = None;
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'(' | b'{' if i > 0 && b.get(i - 1) == Some(&b'$') || depth > 0 => depth += 1,
+            b')' | b'}' if depth > 0 => depth -= 1,
+            b'=' if depth == 0 => {
+                eq = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let lhs = l.get(..eq?)?.trim_end_matches([':', '?', '+', '!']);
+    // A target-specific assignment: the name follows the rule's `:`.
+    let name = lhs.rsplit(':').next().unwrap_or(lhs);
+    let mut words: Vec<&str> = name.split(BLANKS).filter(|w| !w.is_empty()).collect();
+    while words
+        .first()
+        .is_some_and(|w| matches!(*w, "override" | "export" | "private" | "define"))
+    {
+        words.remove(0);
+    }
+    // A name with its references taken out is one word of name characters (not a recipe's
+    // `$(CC) -DX=1` or `env $(N)=v cmd`).
+    let joined = words.join(" ");
+    if !joined.contains('$') {
+        return None;
+    }
+    let mut bare = String::new();
+    let mut d = 0usize;
+    let jb = joined.as_bytes();
+    let mut i = 0;
+    while let Some(c) = jb.get(i) {
+        if *c == b'$' && d == 0 {
+            match jb.get(i + 1) {
+                Some(b'(' | b'{') => {
+                    d = 1;
+                    i += 2;
+                }
+                _ => i += 2,
+            }
+            continue;
+        }
+        if d > 0 {
+            match c {
+                b'(' | b'{' => d += 1,
+                b')' | b'}' => d -= 1,
+                _ => {}
+            }
+        } else {
+            bare.push(char::from(*c));
+        }
+        i += 1;
+    }
+    if bare
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.'))
+    {
+        Some(format!(
+            "a makefile assigns a variable whose name make computes ({}): it could be SHELL, \
+             MAKEFLAGS or another that decides what runs; spell the name out",
+            joined.trim()
+        ))
+    } else {
+        None
+    }
+}
+
 /// An assignment of a [`CONTROL_VARS`] variable anywhere in `line` (plain, `override`,
 /// `export`, target-specific, or a `NAME=value` argument of a sub-make in a recipe), or a
 /// `define` of one, whose value keyveil does not accept.
@@ -171,11 +331,12 @@ fn refused_assignment(line: &str) -> Option<String> {
         .skip_while(|w| matches!(*w, "override" | "export" | "private"));
     if words.next() == Some("define")
         && let Some(n) = words.next()
-        && CONTROL_VARS.contains(&n.trim_end_matches(['=', ':', '?', '+', '!']))
+        && (CONTROL_VARS.contains(&n.trim_end_matches(['=', ':', '?', '+', '!']))
+            || n.contains('$'))
     {
         return Some(format!(
-            "a makefile defines {n} with `define`; keyveil accepts it only as a one-line \
-             assignment of a system shell or plain flags"
+            "a makefile defines {n} with `define`; keyveil accepts SHELL and the like only as \
+             a one-line assignment of a system shell or plain flags, and no name make computes"
         ));
     }
     for name in CONTROL_VARS {
@@ -522,6 +683,8 @@ mod tests {
             ("# a comment \\\ninclude a.mk\n", vec![]),
             ("include = a.mk\n", vec![]),
             ("includes a.mk\n", vec![]),
+            ("include\x0ba.mk\n", vec!["a.mk"]),
+            ("include\x0ca.mk\rb.mk\n", vec!["a.mk", "b.mk"]),
         ] {
             assert_eq!(parse(mk).includes, want, "{mk:?}");
             assert_eq!(parse(mk).refused, None, "{mk:?}");
@@ -555,9 +718,38 @@ mod tests {
             "define SHELL\n./x\nendef\n",
             "all:\n\t$(MAKE) SHELL=./x all\n",
             "SHELL \\\n := ./x\n",
+            "$(call eval,include x.mk)\n",
+            "$(call\teval, include x.mk)\n",
+            "V := eval\n$(call $(V),include x.mk)\n",
+            "$(call ${V}al,include x.mk)\n",
+            "$(eval\x0cinclude x.mk)\n",
+            "$(eval\rinclude x.mk)\n",
+            "SHE$()LL := ./kvsh\n",
+            "export SH$(subst x,,xE)LL = ./kvsh\n",
+            "all: SH$(E)ELL := ./kvsh\n",
+            "define SH$()ELL\n./x\nendef\n",
+            "include ~/x.mk\n",
+            "include a\\ b.mk\n",
         ] {
             assert!(parse(mk).refused.is_some(), "{mk:?} was accepted");
         }
+    }
+
+    #[test]
+    fn eval_behind_dollars_is_noted_for_second_expansion() {
+        for mk in [
+            ".SECONDEXPANSION:\nall: $$(eval include x.mk)\n",
+            "S := .SECONDEX$()PANSION\n$(S):\nall: $$(eval include x.mk)\n",
+            "\tX = $$(eval include x.mk)\nall: $(X)\n",
+            ".RECIPEPREFIX = >\nall:\n\tX = $$(eval include x.mk)\n",
+        ] {
+            assert!(parse(mk).refused.is_some(), "{mk:?}");
+        }
+        let p = parse("all:\n\techo $$(eval echo hi)\n");
+        assert!(p.deferred_function.is_some() && p.refused.is_none());
+        let p = parse("X := 1\nall: a\n\techo $$(eval echo hi)\n");
+        assert!(p.deferred_function.is_some() && p.refused.is_none());
+        assert!(!parse("all:\n\techo hi\n").second_expansion);
     }
 
     #[test]
@@ -603,6 +795,11 @@ mod tests {
             "all:\n\techo $$(eval echo hi)\n",
             "EVAL = 1\nall:\n\t@echo $(EVAL) $(MYSHELL)\n",
             "all:\n\tMYSHELL=x true\n",
+            "$(OBJS): CFLAGS += -O2\n",
+            "$(info CC=$(CC))\n",
+            "all:\n\t$(CC) -DX=1 -o $@ $(SRC)\n",
+            "all:\n\tenv $(N)=v true\n",
+            "X := $(if a,b=c)\n",
         ] {
             assert_eq!(parse(mk).refused, None, "{mk:?}");
         }

@@ -38,6 +38,7 @@ mod output;
 mod pathdirs;
 mod policy;
 mod redteam;
+mod redteam15;
 mod redteam16;
 mod redteam19;
 mod redteam19_round2;

@@ -78,7 +78,7 @@ fn probe(forms: &[&[&str]]) -> Vec<String> {
 // /dev/null, so `awk -f -`, `python3 -m code` or `irb` under a grant read no program at all.
 
 /// A `run` over the raw socket, as any same-uid agent can send it, with `stdin`.
-fn raw_run(
+pub(crate) fn raw_run(
     a: &Agent,
     app: &Path,
     argv: &[&str],
@@ -276,19 +276,19 @@ fn rt4_make_reading_its_makefile_from_stdin() {
 /// What became of a makefile attack: refused before any card (with the reason), or approved
 /// and replayed (whether the value reached the agent's file).
 #[derive(Debug)]
-enum MakeOutcome {
+pub(crate) enum MakeOutcome {
     Refused(String),
     Ran { leaked: bool, why: String },
 }
 
 impl MakeOutcome {
-    fn assert_held(&self) {
+    pub(crate) fn assert_held(&self) {
         if let MakeOutcome::Ran { leaked: true, why } = self {
             panic!("the value reached the agent: {why}");
         }
     }
 
-    fn assert_refused(&self, mentions: &str) {
+    pub(crate) fn assert_refused(&self, mentions: &str) {
         match self {
             MakeOutcome::Refused(err) => {
                 assert!(
@@ -368,8 +368,8 @@ fn make_include_attack(
     }
 }
 
-const INC_OK: &str = "ok:\n\t@echo fine\n";
-const INC_BAD: &str = "ok:\n\t@printf %s \"$$TOKEN\" > STOLEN\n";
+pub(crate) const INC_OK: &str = "ok:\n\t@echo fine\n";
+pub(crate) const INC_BAD: &str = "ok:\n\t@printf %s \"$$TOKEN\" > STOLEN\n";
 
 #[test]
 fn rt4_make_include_with_a_tab_separator() {
@@ -420,8 +420,8 @@ fn rt4_make_shell_variable_names_an_agent_file() {
     o.assert_refused("SHELL");
 }
 
-const KVSH_OK: &str = "#!/bin/sh\nexec /bin/sh \"$@\"\n";
-const KVSH_BAD: &str = "#!/bin/sh\nprintf %s \"$TOKEN\" > STOLEN\nexec /bin/sh \"$@\"\n";
+pub(crate) const KVSH_OK: &str = "#!/bin/sh\nexec /bin/sh \"$@\"\n";
+pub(crate) const KVSH_BAD: &str = "#!/bin/sh\nprintf %s \"$TOKEN\" > STOLEN\nexec /bin/sh \"$@\"\n";
 
 /// New forms of the same classes: every other spelling of an include is pinned, and every
 /// construct only make can resolve (eval in a recipe, `load`, SHELL and friends in a makefile,
