@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::format::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::fsutil;
-use crate::{AuditCheckpoint, Variable, VaultData, VaultError};
+use crate::{Variable, VaultData, VaultError};
 
 /// First 8 bytes of a journal: ASCII `KVJOURN` and NUL.
 pub const JOURNAL_MAGIC: [u8; 8] = *b"KVJOURN\0";
@@ -47,7 +47,7 @@ pub const COMPACT_AT_BYTES: u64 = 4 << 20;
 const RECORD_PREFIX: usize = 4 + NONCE_LEN;
 
 /// One change as sealed in a record: a variable's whole new state (`null` when it was
-/// removed), or the audit log's new checkpoint.
+/// removed). The audit checkpoint is never journaled (`Vault::save_audit_checkpoint`).
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum ChangeRef<'a> {
@@ -56,10 +56,6 @@ pub(crate) enum ChangeRef<'a> {
         environment: &'a str,
         name: &'a str,
         variable: Option<&'a Variable>,
-    },
-    /// [`VaultData::audit_checkpoint`] is now `checkpoint`.
-    AuditCheckpoint {
-        checkpoint: Option<&'a AuditCheckpoint>,
     },
 }
 
@@ -70,9 +66,6 @@ enum Change {
         environment: String,
         name: String,
         variable: Option<Box<Variable>>,
-    },
-    AuditCheckpoint {
-        checkpoint: Option<AuditCheckpoint>,
     },
 }
 
@@ -257,7 +250,6 @@ fn apply(data: &mut VaultData, change: Change, seq: u64) -> Result<(), VaultErro
                 }
             }
         }
-        Change::AuditCheckpoint { checkpoint } => data.audit_checkpoint = checkpoint,
     }
     Ok(())
 }
