@@ -587,6 +587,24 @@ impl DecodePass {
                     st.pend_push(b);
                     st.esc = Esc::BigN;
                 }
+                b'o' => {
+                    // Perl, C++23 `\o{164}`; a bare `\o` is an identity escape.
+                    st.pend_push(b);
+                    st.esc = Esc::Bo;
+                }
+                b'\n' | b'\r' => {
+                    // A line continuation (C, Python, shells): the backslash and line break
+                    // stand for nothing; like an invisible character, they count as an escape.
+                    st.clear_esc();
+                    st.mark_escape();
+                }
+                _ if b.is_ascii_graphic() && hex(b).is_none() => {
+                    // An identity escape: `\k` is `k` in CSS, JavaScript, Perl, Ruby and
+                    // shells (C-family `\n` `\t` `\r` are read as the letters too).
+                    let start = st.esc_start;
+                    st.clear_esc();
+                    self.unit_byte(st, b, start, pos + 1, hits);
+                }
                 _ => {
                     if hex(b).is_some() {
                         // CSS: 1 to 6 hex digits, then one optional whitespace.
@@ -624,6 +642,18 @@ impl DecodePass {
                     self.fail(st, b, pos, hits);
                 }
             }
+            Esc::Bo => {
+                if b == b'{' {
+                    st.pend_push(b);
+                    st.esc = Esc::num(8, b'}', 8, 1, true);
+                } else {
+                    // `\o` then anything else: the letter `o`, then `b` looked at anew.
+                    let start = st.esc_start;
+                    st.clear_esc();
+                    self.unit_byte(st, b'o', start, pos, hits);
+                    self.step(st, b, pos, hits);
+                }
+            }
             Esc::BigN => {
                 if b == b'{' {
                     st.pend_push(b);
@@ -641,11 +671,23 @@ impl DecodePass {
                 ws,
                 lead0,
             } => {
-                let d = if radix == 10 {
-                    b.is_ascii_digit().then(|| u32::from(b - b'0'))
-                } else {
-                    hex(b)
+                let d = match radix {
+                    8 => (b'0'..=b'7').contains(&b).then(|| u32::from(b - b'0')),
+                    10 => b.is_ascii_digit().then(|| u32::from(b - b'0')),
+                    _ => hex(b),
                 };
+                if d.is_none()
+                    && b == b'_'
+                    && end == b'}'
+                    && st.ndig > 0
+                    && st.ndig < MAX_ESCAPE_DIGITS
+                {
+                    // Rust allows underscores between the digits of `\u{…}` (bounded with
+                    // the digits).
+                    st.pend_push(b);
+                    st.ndig += 1;
+                    return;
+                }
                 if let Some(d) = d {
                     // A leading zero of a variable-width escape does not count towards its
                     // digits (`&#0000000116;`); the escape is bounded by MAX_ESCAPE_DIGITS.
@@ -836,6 +878,21 @@ impl DecodePass {
             self.step(st, b, pos, hits);
             return;
         }
+        if let [b'\\', l @ (b'x' | b'u' | b'U' | b'N'), digits @ ..] = st.pend()
+            && digits.iter().all(u8::is_ascii_hexdigit)
+        {
+            // `\u12` then no more digits, `\N` without `{`: not the numeric escape, so an
+            // identity escape of the letter (CSS, JavaScript, Perl), then the digits.
+            let (l, start) = (*l, st.esc_start);
+            let digits: Vec<u8> = digits.to_vec();
+            st.clear_esc();
+            self.unit_byte(st, l, start, start + 2, hits);
+            for (j, x) in digits.iter().enumerate() {
+                self.plain(st, *x, start + 2 + j as u64, hits);
+            }
+            self.step(st, b, pos, hits);
+            return;
+        }
         if !st.has_escape {
             // A trigger that began no escape (`50% done`, `a & b`): nothing to decode here,
             // the other passes see plain text.
@@ -985,7 +1042,10 @@ fn hex(b: u8) -> Option<u32> {
 }
 
 /// The next trigger in `rest`: an ASCII escape start, or in a non-ASCII chunk a lead byte of a
-/// look-alike (U+2100 block `E2`, U+3000 `E3`, fullwidth `EF`, mathematical `F0`).
+/// look-alike (U+2100 block `E2`, U+3000 `E3`, fullwidth `EF`, mathematical `F0`) or of an
+/// invisible character (`C2`, `CC`, `CD`, `E1`, `E2`, `E3`, `EF`, `F0`, tags and variation
+/// selectors `F3`, the Arabic letter mark `D8`: Arabic text then goes byte by byte, as CJK
+/// text after `E3` does).
 fn next_trigger(rest: &[u8], ascii: bool) -> Option<usize> {
     let [a, b, c] = TRIGGERS;
     let t = memchr::memchr3(a, b, c, rest);
@@ -993,11 +1053,12 @@ fn next_trigger(rest: &[u8], ascii: bool) -> Option<usize> {
         return t;
     }
     let limit = t.unwrap_or(rest.len());
-    let u = rest
-        .get(..limit)
-        .unwrap_or_default()
-        .iter()
-        .position(|&x| matches!(x, 0xC2 | 0xCC | 0xCD | 0xE1 | 0xE2 | 0xE3 | 0xEF | 0xF0));
+    let u = rest.get(..limit).unwrap_or_default().iter().position(|&x| {
+        matches!(
+            x,
+            0xC2 | 0xCC | 0xCD | 0xD8 | 0xE1 | 0xE2 | 0xE3 | 0xEF | 0xF0 | 0xF3
+        )
+    });
     u.or(t)
 }
 
@@ -1026,11 +1087,12 @@ enum Esc {
     /// `%`, `%h`.
     Pct,
     Pct1,
-    /// `\`, `\x`, `\xh`, `\u`.
+    /// `\`, `\x`, `\xh`, `\u`, `\o`.
     Bs,
     Bx,
     Bx1,
     Bu,
+    Bo,
     /// `\N`, `\N{` and a character name.
     BigN,
     NameBrace,

@@ -237,16 +237,36 @@ const LETTERLIKE: [(u32, u8); 24] = [
 ];
 
 /// Characters that show nothing (or only a mark on the character before) and that a printed
-/// value may carry between its characters, read past by the decoding pass: the soft hyphen
-/// (U+00AD), the combining diacritical marks (U+0300–U+036F, so `a\u{335}` reads as `a`),
-/// the combining grapheme joiner (U+034F), the Mongolian vowel separator (U+180E), zero width
-/// space, non-joiner and joiner and the direction marks (U+200B–U+200F), the word joiner and
-/// invisible operators (U+2060–U+2064), the variation selectors (U+FE00–U+FE0F) and the byte
-/// order mark / zero width no-break space (U+FEFF). All are `Default_Ignorable_Code_Point` or
-/// combining marks in the Unicode Character Database.
+/// value may carry between its characters, read past by the decoding pass: every
+/// `Default_Ignorable_Code_Point` of the Unicode Character Database (the soft hyphen U+00AD,
+/// U+034F, U+061C, the Hangul fillers U+115F, U+1160, U+3164, U+FFA0, U+17B4–U+17B5, the
+/// Mongolian free variation selectors and vowel separator U+180B–U+180F, U+200B–U+200F,
+/// the bidirectional embeddings U+202A–U+202E, U+2060–U+206F, the variation selectors
+/// U+FE00–U+FE0F and U+E0100–U+E01EF, U+FEFF, U+FFF0–U+FFF8, U+1BCA0–U+1BCA3,
+/// U+1D173–U+1D17A, the tags U+E0000–U+E0FFF) and the blocks of combining marks (U+0300–U+036F,
+/// U+1AB0–U+1AFF, U+1DC0–U+1DFF, U+20D0–U+20FF, U+FE20–U+FE2F), so `a\u{335}` reads as `a`.
 pub(crate) fn ignorable(cp: u32) -> bool {
     matches!(
         cp,
-        0xAD | 0x300..=0x36F | 0x180E | 0x200B..=0x200F | 0x2060..=0x2064 | 0xFE00..=0xFE0F | 0xFEFF
+        0xAD | 0x300..=0x36F
+            | 0x61C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x1AB0..=0x1AFF
+            | 0x1DC0..=0x1DFF
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x20D0..=0x20FF
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFE20..=0xFE2F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
     )
 }

@@ -1,0 +1,190 @@
+//! Red team 15 (decoding pass, pause rule): a value printed one character at a time in
+//! spellings the claimed syntaxes accept, with separators the pass should read past, and with
+//! writes and pauses arranged to reset the pause rule's count. A form "leaks" when the output
+//! still holds 4 consecutive encoded characters of the value (more than a pause may show).
+//! Values are generated, never literals.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::{contains, stream_bytewise};
+use keyveil_redact::Redactor;
+
+/// Letters and digits that are not hex digits' look-alikes of anything special.
+const ALNUM: &[u8] = b"ABCDEFGHIJLMNOPQRSTUVWXYZabcdefghijklnopqrstuvwxyz0123456789";
+
+fn value(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALNUM[(x % ALNUM.len() as u64) as usize]
+        })
+        .collect()
+}
+
+/// The first run of 4 consecutive encoded characters still in `out`.
+fn leaked(out: &[u8], parts: &[String]) -> Option<String> {
+    parts
+        .windows(4)
+        .map(|w| w.concat())
+        .find(|w| contains(out, w.as_bytes()))
+}
+
+/// Leaks of `parts` (printed after `prefix`) one-shot, byte by byte, and one part per write
+/// with a pause after each.
+fn leaks_of(r: &Redactor, prefix: &str, parts: &[String]) -> Vec<String> {
+    let mut input = prefix.as_bytes().to_vec();
+    input.extend(parts.concat().into_bytes());
+    input.extend_from_slice(b"\n");
+    let one = r.redact(&input).0;
+    let bytewise = stream_bytewise(r, &input);
+    let mut s = r.stream();
+    let mut paused = Vec::new();
+    s.push(prefix.as_bytes(), &mut paused);
+    for p in parts {
+        s.push(p.as_bytes(), &mut paused);
+        s.flush(&mut paused);
+    }
+    s.push(b"\n", &mut paused);
+    s.finish(&mut paused);
+    [
+        ("one-shot", one),
+        ("bytewise", bytewise),
+        ("paused", paused),
+    ]
+    .into_iter()
+    .filter_map(|(mode, out)| {
+        leaked(&out, parts).map(|w| format!("{mode}: {w} in {}", String::from_utf8_lossy(&out)))
+    })
+    .collect()
+}
+
+fn leaks(f: &dyn Fn(usize, u8) -> String) -> Vec<String> {
+    let v = value(0x5eed_1515_abcd_0001, 32);
+    let r = Redactor::new([("TOK", &v)]);
+    let parts: Vec<String> = v.iter().enumerate().map(|(i, &c)| f(i, c)).collect();
+    leaks_of(&r, "value: ", &parts)
+}
+
+macro_rules! held {
+    ($name:ident, $f:expr) => {
+        #[test]
+        fn $name() {
+            let l = leaks(&$f);
+            assert!(l.is_empty(), "{}", l.join("\n"));
+        }
+    };
+    ($name:ident, $f:expr, $why:literal) => {
+        #[test]
+        #[ignore = $why]
+        fn $name() {
+            let l = leaks(&$f);
+            assert!(l.is_empty(), "{}", l.join("\n"));
+        }
+    };
+}
+
+fn hexdig(c: u8) -> bool {
+    c.is_ascii_hexdigit()
+}
+
+// Spellings.
+held!(hex_reference_upper_x_mixed_case, |i, c| if i % 2 == 0 {
+    format!("&#X{c:X};")
+} else {
+    format!("&#x{c:x}")
+});
+held!(python_big_u_mixed_case, |i, c| if i % 2 == 0 {
+    format!("\\U{c:08X}")
+} else {
+    format!("\\U{c:08x}")
+});
+held!(percent_mixed_case_and_u, |i, c| match i % 3 {
+    0 => format!("%{c:02x}"),
+    1 => format!("%{c:02X}"),
+    _ => format!("%U{c:04x}"),
+});
+held!(percent_encoded_three_times, |_, c| format!("%2525{c:02x}"));
+held!(html_json_url_alternating, |i, c| match i % 3 {
+    0 => format!("&#{c}"),
+    1 => format!("%{c:02X}"),
+    _ => format!("\\u{c:04X}"),
+});
+/// `sed 's/[^0-9a-fA-F]/\\&/g'`: every character that is not a hex digit after a backslash
+/// (CSS, JavaScript, Perl, Ruby and shells read `\k` as `k`), of a value without `x` (below).
+#[test]
+fn identity_escapes() {
+    let v: Vec<u8> = value(0x5eed_1515_abcd_0002, 32)
+        .into_iter()
+        .map(|c| if c == b'x' { b'y' } else { c })
+        .collect();
+    let r = Redactor::new([("TOK", &v)]);
+    let parts: Vec<String> = v
+        .iter()
+        .map(|&c| {
+            if hexdig(c) {
+                (c as char).to_string()
+            } else {
+                format!("\\{}", c as char)
+            }
+        })
+        .collect();
+    let l = leaks_of(&r, "value: ", &parts);
+    assert!(l.is_empty(), "{}", l.join("\n"));
+}
+
+/// `\x` before a hex digit is C's `\xHH` for the pass; CSS reads `\x1` as `x1`. One
+/// decoded view cannot read both, so a value holding `x` and then a hex digit, written with
+/// identity escapes, is not caught.
+#[test]
+#[ignore = "LEAK: identity escape `\\x` before a hex digit is read as C `\\xH` (needs a second decoded view)"]
+fn identity_escape_x_before_hex_digit() {
+    let mut v = value(0x5eed_1515_abcd_0003, 32);
+    v[10] = b'x';
+    v[11] = b'1';
+    let r = Redactor::new([("TOK", &v)]);
+    let parts: Vec<String> = v
+        .iter()
+        .map(|&c| {
+            if hexdig(c) {
+                (c as char).to_string()
+            } else {
+                format!("\\{}", c as char)
+            }
+        })
+        .collect();
+    let l = leaks_of(&r, "value: ", &parts);
+    assert!(l.is_empty(), "{}", l.join("\n"));
+}
+held!(perl_octal_braced, |_, c| format!("\\o{{{c:o}}}"));
+held!(line_continuations, |_, c| format!("{}\\\n", c as char));
+held!(rust_braced_underscore, |_, c| format!(
+    "\\u{{{:x}_{:x}}}",
+    c >> 4,
+    c & 15
+));
+// Invisible characters.
+fn between(cp: char) -> impl Fn(usize, u8) -> String {
+    move |_, c| format!("{}{cp}", c as char)
+}
+held!(lri_isolate, between('\u{2066}'));
+held!(bidi_embedding, between('\u{202A}'));
+held!(tag_space, between('\u{E0020}'));
+held!(hangul_filler, between('\u{3164}'));
+held!(hangul_choseong_filler, between('\u{115F}'));
+held!(mongolian_fvs, between('\u{180B}'));
+held!(arabic_letter_mark, between('\u{061C}'));
+held!(halfwidth_hangul_filler, between('\u{FFA0}'));
+held!(variation_selector_supplement, between('\u{E0100}'));
+held!(combining_half_marks, between('\u{FE20}'));
+held!(combining_marks_supplement, between('\u{1AB0}'));
+held!(combining_marks_for_symbols, between('\u{20D0}'));
+held!(khmer_inherent, between('\u{17B4}'));
+held!(musical_invisible, between('\u{1D173}'));
