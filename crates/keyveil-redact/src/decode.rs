@@ -51,9 +51,10 @@ const MAX_CHAR_NAME: usize = 24;
 /// Most plain (non-whitespace) bytes before the first escape that a match may start with: a
 /// longer plain run of a random value is a fragment the normalised pass redacts anyway.
 const LOOKBACK: usize = 16;
-/// Raw bytes before a trigger in which those plain bytes are looked for (whitespace among them
-/// is noise). The same rule for every split of the input keeps streaming equal to one-shot.
-const LOOKBACK_RAW: usize = 32;
+/// A run of this many whitespace bytes between plain bytes ends the look-back for them (the
+/// noise bound of the other passes: whitespace is noise, but not without end). The same rule
+/// for every split of the input keeps streaming equal to one-shot.
+const GAP_MAX: u64 = 64;
 
 /// Bits in the filter of atom prefixes (a false positive only holds back or seeds a few bytes
 /// more, the same for every split of the input).
@@ -121,7 +122,15 @@ impl DecodePass {
         let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut atoms: Vec<Vec<u8>> = Vec::new();
         let mut owners: Vec<Vec<u32>> = Vec::new();
-        for (mut a, s) in pairs {
+        for (mut given, s) in pairs {
+            // Whitespace is noise to the pass (dropped, escaped or not), so atoms are kept
+            // without it: a pass-phrase may be printed with escaped letters and plain spaces.
+            let mut a: Vec<u8> = given
+                .iter()
+                .copied()
+                .filter(|&b| !crate::normalize::is_space(b))
+                .collect();
+            given.zeroize();
             if a.len() < crate::MIN_LEN {
                 a.zeroize();
                 continue;
@@ -264,26 +273,18 @@ impl DecodePass {
         // Hold back the plain bytes at the end that a run starting in the next chunk could
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
-        st.hold_from = match self.quick_hold(chunk, base) {
+        let (pre, n) = self.lookback(st, chunk, base, chunk.len());
+        let pre = pre.get(..n).unwrap_or_default();
+        st.hold_from = match self.quick_hold(pre) {
             Some(hold) => hold,
-            None => {
-                let (before, n) = self.lookback(st, chunk, base, chunk.len());
-                let before = before.get(..n).unwrap_or_default();
-                self.plain_start(before)
-                    .map(|i| before.get(i).map_or(end, |b| b.1))
-            }
+            None => self.plain_start(pre).and_then(|i| pre.get(i)).map(|b| b.1),
         };
-        // Keep the last bytes for the look-back of a run starting early in the next chunk.
-        let keep = LOOKBACK_RAW;
-        if chunk.len() >= keep {
-            st.tail.clear();
-            st.tail
-                .extend_from_slice(chunk.get(chunk.len() - keep..).unwrap_or_default());
-        } else {
-            st.tail.extend_from_slice(chunk);
-            let drop = st.tail.len().saturating_sub(keep);
-            st.tail.drain(..drop);
+        // Keep the plain bytes for the look-back of a run starting early in the next chunk.
+        for w in &mut st.tail {
+            *w = (0, 0);
         }
+        st.tail.clear();
+        st.tail.extend_from_slice(pre);
         st.tail_end = end;
     }
 
@@ -353,8 +354,8 @@ impl DecodePass {
         starts
     }
 
-    /// The non-whitespace bytes among the [`LOOKBACK_RAW`] raw bytes before `at` in `chunk`
-    /// (continuing into the previous chunks' tail), the last [`LOOKBACK`] of them, in order.
+    /// The last [`LOOKBACK`] non-whitespace bytes before `at` in `chunk` (continuing into the
+    /// previous chunks' ones), in order, stopping at a whitespace run of [`GAP_MAX`] bytes.
     fn lookback(
         &self,
         st: &DecodeState,
@@ -365,37 +366,32 @@ impl DecodePass {
         // Collected nearest first, then reversed into order.
         let mut pre = [(0u8, 0u64); LOOKBACK];
         let mut n = 0;
-        let from = at.saturating_sub(LOOKBACK_RAW);
-        for (j, &b) in chunk
-            .get(from..at)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .rev()
-        {
-            if n == LOOKBACK {
+        let mut next = base + at as u64;
+        let mut stopped = false;
+        for (j, &b) in chunk.get(..at).unwrap_or_default().iter().enumerate().rev() {
+            let p = base + j as u64;
+            if n == LOOKBACK || next - p > GAP_MAX {
+                stopped = true;
                 break;
             }
-            if !crate::normalize::is_space(b)
-                && let Some(slot) = pre.get_mut(n)
-            {
-                *slot = (b, base + (from + j) as u64);
+            if crate::normalize::is_space(b) {
+                continue;
+            }
+            if let Some(slot) = pre.get_mut(n) {
+                *slot = (b, p);
                 n += 1;
+                next = p;
             }
         }
-        let missing = LOOKBACK_RAW.saturating_sub(at);
-        if missing > 0 && st.tail_end == base {
-            let tail_start = st.tail_end - st.tail.len() as u64;
-            let skip = st.tail.len().saturating_sub(missing);
-            for (j, &b) in st.tail.iter().enumerate().skip(skip).rev() {
-                if n == LOOKBACK {
+        if !stopped && st.tail_end == base {
+            for &(b, p) in st.tail.iter().rev() {
+                if n == LOOKBACK || next.saturating_sub(p) > GAP_MAX {
                     break;
                 }
-                if !crate::normalize::is_space(b)
-                    && let Some(slot) = pre.get_mut(n)
-                {
-                    *slot = (b, tail_start + j as u64);
+                if let Some(slot) = pre.get_mut(n) {
+                    *slot = (b, p);
                     n += 1;
+                    next = p;
                 }
             }
         }
@@ -405,43 +401,22 @@ impl DecodePass {
         (pre, n)
     }
 
-    /// The chunk-end hold without the full look-back, when its last three non-whitespace bytes
-    /// (among its last [`LOOKBACK_RAW`] bytes) are no 3-byte window of any atom's first
-    /// [`LOOKBACK`] bytes (a hashed filter: most chunk ends of ordinary output): then no
-    /// suffix of three bytes or more begins an atom, and the last two bytes are checked
-    /// exactly. `None` when the full look-back is needed. Never holds less than the full
-    /// look-back would for a suffix that really begins an atom.
-    fn quick_hold(&self, chunk: &[u8], base: u64) -> Option<Option<u64>> {
-        let from = chunk.len().saturating_sub(LOOKBACK_RAW);
-        let mut last = [(0u8, 0usize); 3];
-        let mut k = 0;
-        for (j, &b) in chunk
-            .get(from..)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .rev()
-        {
-            if crate::normalize::is_space(b) {
-                continue;
-            }
-            if let Some(slot) = last.get_mut(2 - k) {
-                *slot = (b, from + j);
-            }
-            k += 1;
-            if k == 3 {
-                break;
-            }
-        }
-        let [(x, _), (y, py), (z, pz)] = last;
-        if k < 3 || self.tri_has(x, y, z) {
+    /// The chunk-end hold without the prefix filter, when the last three look-back bytes
+    /// `pre` are no 3-byte window of any atom's first [`LOOKBACK`] bytes (a hashed filter: most
+    /// chunk ends of ordinary output): then no suffix of three bytes or more begins an atom,
+    /// and the last two bytes are checked exactly. `None` when the prefix filter is needed.
+    /// Never holds less than it would for a suffix that really begins an atom.
+    fn quick_hold(&self, pre: &[(u8, u64)]) -> Option<Option<u64>> {
+        let [.., (x, _), (y, py), (z, pz)] = *pre else {
+            return None;
+        };
+        if self.tri_has(x, y, z) {
             return None;
         }
-        let at = |p: usize| base + p as u64;
         let hold = if self.pair_has(y, z) {
-            Some(at(py))
+            Some(py)
         } else if self.first.get(usize::from(z)).copied().unwrap_or(false) {
-            Some(at(pz))
+            Some(pz)
         } else {
             None
         };
@@ -961,6 +936,13 @@ impl DecodePass {
         hits: &mut Vec<Hit>,
     ) {
         st.active = true;
+        if crate::normalize::is_space(b) {
+            // Dropped like plain whitespace (`&#32;`, `\t`): the atoms have none.
+            if escaped {
+                st.mark_escape();
+            }
+            return;
+        }
         if escaped {
             st.since_escape = 0;
             st.has_escape = true;
@@ -1139,8 +1121,8 @@ pub(crate) struct DecodeState {
     window: Vec<(u8, u64, u64)>,
     /// The window holds an escaped unit (only then is output held back for this pass).
     has_escape: bool,
-    /// The last bytes of the previous chunks, ending at `tail_end`.
-    tail: Vec<u8>,
+    /// The look-back bytes at the end of the previous chunks (which ended at `tail_end`).
+    tail: Vec<(u8, u64)>,
     tail_end: u64,
     /// Where the plain bytes at the end of the input so far that could begin a match start.
     hold_from: Option<u64>,
@@ -1149,7 +1131,9 @@ pub(crate) struct DecodeState {
 impl Drop for DecodeState {
     fn drop(&mut self) {
         self.pend.zeroize();
-        self.tail.zeroize();
+        for w in &mut self.tail {
+            *w = (0, 0);
+        }
         for w in &mut self.window {
             w.0 = 0;
         }

@@ -188,3 +188,74 @@ held!(combining_marks_supplement, between('\u{1AB0}'));
 held!(combining_marks_for_symbols, between('\u{20D0}'));
 held!(khmer_inherent, between('\u{17B4}'));
 held!(musical_invisible, between('\u{1D173}'));
+
+/// A pass-phrase (words and spaces) with its letters escaped and its spaces printed as they
+/// are: plain characters among the escapes.
+#[test]
+fn pass_phrase_letters_escaped_spaces_plain() {
+    let words: Vec<Vec<u8>> = (0..4)
+        .map(|k| value(0x5eed_1515_abcd_0010 + k, 6).to_ascii_lowercase())
+        .collect();
+    let v = words.join(&b' ');
+    let r = Redactor::new([("PHRASE", &v)]);
+    for esc in [
+        &(|c: u8| format!("&#{c};")) as &dyn Fn(u8) -> String,
+        &|c: u8| char::from_u32(u32::from(c) + 0xFEE0).unwrap().to_string(),
+    ] {
+        let parts: Vec<String> = v
+            .iter()
+            .map(|&c| if c == b' ' { " ".to_string() } else { esc(c) })
+            .collect();
+        let l = leaks_of(&r, "phrase: ", &parts);
+        assert!(l.is_empty(), "{}", l.join("\n"));
+    }
+}
+
+/// The plain start of a value (fewer than 12 bytes: no fragment) spread over more than the
+/// look-back's 32 raw bytes by whitespace, then the rest escaped: whitespace is noise
+/// everywhere else (the pass drops it between escapes).
+#[test]
+fn plain_start_spread_by_whitespace() {
+    let v = value(0x5eed_1515_abcd_0004, 32);
+    let r = Redactor::new([("TOK", &v)]);
+    for gap in [
+        " ",
+        "  ",
+        "   ",
+        "\n",
+        "\t\t\t",
+        "\r\n\r\n",
+        &" ".repeat(40),
+    ] {
+        let parts: Vec<String> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                if i < 11 {
+                    format!("{}{gap}", c as char)
+                } else {
+                    format!("&#{c};")
+                }
+            })
+            .collect();
+        let mut input = b"value: ".to_vec();
+        input.extend(parts.concat().into_bytes());
+        input.push(b'\n');
+        let out = r.redact(&input).0;
+        for size in [1, 2, 3, 5, 7, 13, 64] {
+            let (streamed, _) = common::stream_in(&r, &input, &[size]);
+            assert_eq!(streamed, out, "gap {gap:?}, chunks of {size}");
+        }
+        let shown: Vec<u8> = out
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        let first: Vec<u8> = v[..11].to_vec();
+        assert!(
+            !contains(&shown, &first) || !contains(&out, parts[11..15].concat().as_bytes()),
+            "gap {gap:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}
