@@ -189,7 +189,8 @@ pub(crate) fn ascii_by_name(name: &[u8]) -> Option<u8> {
 
 /// The ASCII character a look-alike stands for (NFKC folds each of these to it): fullwidth
 /// forms, the ideographic space, the mathematical alphanumeric letters (13 styles) and digits
-/// (5 styles), and the Letterlike Symbols that fill the math block's holes.
+/// (5 styles), the Letterlike Symbols that fill the math block's holes or fold to one letter,
+/// and the Roman numerals of one letter.
 pub(crate) fn lookalike(cp: u32) -> Option<u8> {
     let ascii = |x: u32| u8::try_from(x).ok();
     match cp {
@@ -204,12 +205,44 @@ pub(crate) fn lookalike(cp: u32) -> Option<u8> {
             }
         }
         0x1D7CE..=0x1D7FF => ascii(u32::from(b'0') + (cp - 0x1D7CE) % 10),
+        // Segmented digits (Symbols for Legacy Computing), the ordinal indicators `ª º` and
+        // the long s `ſ`: NFKC folds them to `0`–`9`, `a`, `o`, `s`.
+        0x1FBF0..=0x1FBF9 => ascii(u32::from(b'0') + cp - 0x1FBF0),
+        0xAA => Some(b'a'),
+        0xBA => Some(b'o'),
+        0x17F => Some(b's'),
+        // Roman numerals of one letter (U+2160–U+217F): NFKC folds them to `I V X L C D M`
+        // and `i v x l c d m`.
+        0x2160 => Some(b'I'),
+        0x2164 => Some(b'V'),
+        0x2169 => Some(b'X'),
+        0x216C => Some(b'L'),
+        0x216D => Some(b'C'),
+        0x216E => Some(b'D'),
+        0x216F => Some(b'M'),
+        0x2170 => Some(b'i'),
+        0x2174 => Some(b'v'),
+        0x2179 => Some(b'x'),
+        0x217C => Some(b'l'),
+        0x217D => Some(b'c'),
+        0x217E => Some(b'd'),
+        0x217F => Some(b'm'),
         _ => LETTERLIKE.iter().find(|(c, _)| *c == cp).map(|(_, a)| *a),
     }
 }
 
-/// Letterlike Symbols used in place of the mathematical block's reserved code points.
-const LETTERLIKE: [(u32, u8); 24] = [
+/// Letterlike Symbols used in place of the mathematical block's reserved code points, and
+/// the others that NFKC folds to one ASCII letter (Kelvin sign, script small l, information
+/// source, double-struck italic `D d e i j`).
+const LETTERLIKE: [(u32, u8); 32] = [
+    (0x212A, b'K'),
+    (0x2113, b'l'),
+    (0x2139, b'i'),
+    (0x2145, b'D'),
+    (0x2146, b'd'),
+    (0x2147, b'e'),
+    (0x2148, b'i'),
+    (0x2149, b'j'),
     (0x210E, b'h'),
     (0x212C, b'B'),
     (0x2130, b'E'),

@@ -259,3 +259,120 @@ fn plain_start_spread_by_whitespace() {
         );
     }
 }
+
+/// `pieces` written one per push with a pause after each.
+fn paused(r: &Redactor, pieces: &[String]) -> Vec<u8> {
+    let mut s = r.stream();
+    let mut out = Vec::new();
+    for p in pieces {
+        s.push(p.as_bytes(), &mut out);
+        s.flush(&mut out);
+    }
+    s.finish(&mut out);
+    out
+}
+
+/// Every escape cut at every byte, a pause after each byte (so the count is kept across
+/// open escapes), with newlines, tabs and carriage returns (whitespace, the view drops it)
+/// between the characters.
+#[test]
+fn pause_after_every_byte_of_every_escape() {
+    let v = value(0x5eed_1515_abcd_0005, 32);
+    let r = Redactor::new([("TOK", &v)]);
+    let forms: [&dyn Fn(u8) -> String; 6] = [
+        &|c| format!("&#000{c};"),
+        &|c| format!("&#X{c:X};"),
+        &|c| format!("%25{c:02x}"),
+        &|c| format!("\\U{c:08x}"),
+        &|c| format!("\\N{{U+{c:X}}}"),
+        &|c| format!("\\u{{{:x}_{:x}}}", c >> 4, c & 15),
+    ];
+    for (k, f) in forms.iter().enumerate() {
+        let parts: Vec<String> = v.iter().map(|&c| f(c)).collect();
+        for sep in ["", "\r", "\n", "\t"] {
+            let mut pieces = vec!["v: ".to_string()];
+            for p in &parts {
+                pieces.extend(p.chars().map(String::from));
+                if !sep.is_empty() {
+                    pieces.push(sep.to_string());
+                }
+            }
+            let out = paused(&r, &pieces);
+            let joined: Vec<u8> = out
+                .iter()
+                .copied()
+                .filter(|b| !b"\r\n\t".contains(b))
+                .collect();
+            assert!(
+                leaked(&joined, &parts).is_none(),
+                "form {k} sep {sep:?}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+}
+
+/// Two values of the grant that share their first 10 characters: the count follows the
+/// longest run that begins either, whichever continues.
+#[test]
+fn pause_two_values_sharing_a_prefix() {
+    let a = value(0x5eed_1515_abcd_0006, 32);
+    let mut b = a[..10].to_vec();
+    b.extend(value(0x5eed_1515_abcd_0007, 22));
+    let r = Redactor::new([("A", &a), ("B", &b)]);
+    for v in [&a, &b] {
+        let parts: Vec<String> = v.iter().map(|&c| format!("&#{c};")).collect();
+        let mut pieces = vec!["v: ".to_string()];
+        pieces.extend(parts.iter().cloned());
+        let out = paused(&r, &pieces);
+        assert!(
+            leaked(&out, &parts).is_none(),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}
+
+/// Letterlike symbols and number forms that NFKC folds to ASCII letters, outside the
+/// mathematical block's holes: Kelvin sign (canonically `K`), script small l, double-struck
+/// italic d e i j, Roman numerals.
+#[test]
+fn letterlike_and_roman_numeral_look_alikes() {
+    let table: &[(u8, char)] = &[
+        (b'K', '\u{212A}'),
+        (b'l', '\u{2113}'),
+        (b'i', '\u{2139}'),
+        (b'D', '\u{2145}'),
+        (b'd', '\u{2146}'),
+        (b'e', '\u{2147}'),
+        (b'j', '\u{2149}'),
+        (b'I', '\u{2160}'),
+        (b'V', '\u{2164}'),
+        (b'X', '\u{2169}'),
+        (b'L', '\u{216C}'),
+        (b'C', '\u{216D}'),
+        (b'M', '\u{216F}'),
+        (b'v', '\u{2174}'),
+        (b'x', '\u{2179}'),
+        (b'c', '\u{217D}'),
+        (b'm', '\u{217F}'),
+        (b'a', '\u{AA}'),
+        (b'o', '\u{BA}'),
+        (b's', '\u{17F}'),
+        (b'7', '\u{1FBF7}'),
+    ];
+    let mut v = value(0x5eed_1515_abcd_0008, 32);
+    for (k, &(c, _)) in table.iter().enumerate() {
+        v[k + 4] = c;
+    }
+    let r = Redactor::new([("TOK", &v)]);
+    let parts: Vec<String> = v
+        .iter()
+        .map(|&c| match table.iter().find(|t| t.0 == c) {
+            Some(&(_, l)) => l.to_string(),
+            None => char::from_u32(u32::from(c) + 0xFEE0).unwrap().to_string(),
+        })
+        .collect();
+    let l = leaks_of(&r, "value: ", &parts);
+    assert!(l.is_empty(), "{}", l.join("\n"));
+}
