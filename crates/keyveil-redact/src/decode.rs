@@ -55,6 +55,9 @@ const LOOKBACK: usize = 16;
 /// noise bound of the other passes: whitespace is noise, but not without end). The same rule
 /// for every split of the input keeps streaming equal to one-shot.
 const GAP_MAX: u64 = 64;
+/// Raw bytes at the end of the previous chunks kept for the look-back (a copy per chunk); the
+/// plain bytes before them are kept too, only when these hold fewer than [`LOOKBACK`].
+const LOOKBACK_RAW: usize = 32;
 
 /// Bits in the filter of atom prefixes (a false positive only holds back or seeds a few bytes
 /// more, the same for every split of the input).
@@ -273,18 +276,62 @@ impl DecodePass {
         // Hold back the plain bytes at the end that a run starting in the next chunk could
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
-        let (pre, n) = self.lookback(st, chunk, base, chunk.len());
-        let pre = pre.get(..n).unwrap_or_default();
-        st.hold_from = match self.quick_hold(pre) {
+        st.hold_from = match self.quick_hold_raw(chunk, base) {
             Some(hold) => hold,
-            None => self.plain_start(pre).and_then(|i| pre.get(i)).map(|b| b.1),
+            None => {
+                let (pre, n) = self.lookback(st, chunk, base, chunk.len());
+                let pre = pre.get(..n).unwrap_or_default();
+                self.plain_start(pre).and_then(|i| pre.get(i)).map(|b| b.1)
+            }
         };
-        // Keep the plain bytes for the look-back of a run starting early in the next chunk.
-        for w in &mut st.tail {
-            *w = (0, 0);
+        // Keep the last raw bytes for the look-back of a run starting early in the next chunk,
+        // and the plain bytes before them if those raw bytes hold fewer than LOOKBACK.
+        // Bytes above space are plain; counting only those (a vectorised count) may count
+        // too few, which only keeps plain bytes that are not needed.
+        let plain = |b: &[u8]| b.iter().filter(|&&x| x > b' ').count();
+        let keep = LOOKBACK_RAW.min(chunk.len());
+        let plain_kept = plain(chunk.get(chunk.len() - keep..).unwrap_or_default());
+        let from = (st.tail.len() + keep).saturating_sub(LOOKBACK_RAW);
+        if chunk.len() >= LOOKBACK_RAW {
+            if plain_kept >= LOOKBACK {
+                if !st.older.is_empty() {
+                    clear_older(&mut st.older);
+                }
+            } else {
+                let (pre, n) = self.lookback(st, chunk, base, chunk.len() - keep);
+                clear_older(&mut st.older);
+                st.older.extend_from_slice(pre.get(..n).unwrap_or_default());
+            }
+            st.tail.zeroize();
+            st.tail.clear();
+            st.tail
+                .extend_from_slice(chunk.get(chunk.len() - keep..).unwrap_or_default());
+        } else {
+            if plain_kept + plain(st.tail.get(from.min(st.tail.len())..).unwrap_or_default())
+                >= LOOKBACK
+            {
+                clear_older(&mut st.older);
+            } else if from > 0 {
+                // Raw bytes leaving the tail: their plain bytes join the older ones.
+                let tail_start = st.tail_end - st.tail.len() as u64;
+                for (j, &b) in st.tail.iter().enumerate().take(from) {
+                    if !crate::normalize::is_space(b) {
+                        st.older.push((b, tail_start + j as u64));
+                    }
+                }
+                let extra = st.older.len().saturating_sub(LOOKBACK);
+                for w in st.older.iter_mut().take(extra) {
+                    *w = (0, 0);
+                }
+                st.older.drain(..extra);
+            }
+            st.tail.extend_from_slice(chunk);
+            let drop = st.tail.len().saturating_sub(LOOKBACK_RAW);
+            for b in st.tail.iter_mut().take(drop) {
+                *b = 0;
+            }
+            st.tail.drain(..drop);
         }
-        st.tail.clear();
-        st.tail.extend_from_slice(pre);
         st.tail_end = end;
     }
 
@@ -384,7 +431,25 @@ impl DecodePass {
             }
         }
         if !stopped && st.tail_end == base {
-            for &(b, p) in st.tail.iter().rev() {
+            let tail_start = st.tail_end - st.tail.len() as u64;
+            for (j, &b) in st.tail.iter().enumerate().rev() {
+                let p = tail_start + j as u64;
+                if n == LOOKBACK || next - p > GAP_MAX {
+                    stopped = true;
+                    break;
+                }
+                if crate::normalize::is_space(b) {
+                    continue;
+                }
+                if let Some(slot) = pre.get_mut(n) {
+                    *slot = (b, p);
+                    n += 1;
+                    next = p;
+                }
+            }
+        }
+        if !stopped && st.tail_end == base {
+            for &(b, p) in st.older.iter().rev() {
                 if n == LOOKBACK || next.saturating_sub(p) > GAP_MAX {
                     break;
                 }
@@ -399,6 +464,37 @@ impl DecodePass {
             p.reverse();
         }
         (pre, n)
+    }
+
+    /// [`DecodePass::quick_hold`] on the last three non-whitespace bytes among the last
+    /// [`LOOKBACK_RAW`] raw bytes of `chunk` (the last three of the look-back, when there are
+    /// three: no whitespace run between them reaches [`GAP_MAX`]); `None` when there are fewer.
+    fn quick_hold_raw(&self, chunk: &[u8], base: u64) -> Option<Option<u64>> {
+        let from = chunk.len().saturating_sub(LOOKBACK_RAW);
+        let mut last = [(0u8, 0u64); 3];
+        let mut k = 0;
+        for (j, &b) in chunk
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .rev()
+        {
+            if crate::normalize::is_space(b) {
+                continue;
+            }
+            if let Some(slot) = last.get_mut(2 - k) {
+                *slot = (b, base + (from + j) as u64);
+            }
+            k += 1;
+            if k == 3 {
+                break;
+            }
+        }
+        if k < 3 {
+            return None;
+        }
+        self.quick_hold(&last)
     }
 
     /// The chunk-end hold without the prefix filter, when the last three look-back bytes
@@ -1002,6 +1098,14 @@ impl DecodePass {
     }
 }
 
+/// Wipes and empties the kept plain bytes.
+fn clear_older(older: &mut Vec<(u8, u64)>) {
+    for w in older.iter_mut() {
+        *w = (0, 0);
+    }
+    older.clear();
+}
+
 fn tri_slot(x: u8, y: u8, z: u8) -> (usize, u64) {
     let w = (u32::from(x) << 16) | (u32::from(y) << 8) | u32::from(z);
     let i = (w.wrapping_mul(0x9E37_79B1) >> (32 - TRI_LOG)) as usize;
@@ -1121,8 +1225,11 @@ pub(crate) struct DecodeState {
     window: Vec<(u8, u64, u64)>,
     /// The window holds an escaped unit (only then is output held back for this pass).
     has_escape: bool,
-    /// The look-back bytes at the end of the previous chunks (which ended at `tail_end`).
-    tail: Vec<(u8, u64)>,
+    /// The last raw bytes of the previous chunks (which ended at `tail_end`).
+    tail: Vec<u8>,
+    /// Plain bytes (with their offsets) before `tail`, kept only while `tail` holds fewer
+    /// than [`LOOKBACK`] plain bytes.
+    older: Vec<(u8, u64)>,
     tail_end: u64,
     /// Where the plain bytes at the end of the input so far that could begin a match start.
     hold_from: Option<u64>,
@@ -1131,9 +1238,8 @@ pub(crate) struct DecodeState {
 impl Drop for DecodeState {
     fn drop(&mut self) {
         self.pend.zeroize();
-        for w in &mut self.tail {
-            *w = (0, 0);
-        }
+        self.tail.zeroize();
+        clear_older(&mut self.older);
         for w in &mut self.window {
             w.0 = 0;
         }

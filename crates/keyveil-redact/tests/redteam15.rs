@@ -225,7 +225,9 @@ fn plain_start_spread_by_whitespace() {
         "\n",
         "\t\t\t",
         "\r\n\r\n",
+        &" ".repeat(20),
         &" ".repeat(40),
+        &" ".repeat(62),
     ] {
         let parts: Vec<String> = v
             .iter()
@@ -242,7 +244,7 @@ fn plain_start_spread_by_whitespace() {
         input.extend(parts.concat().into_bytes());
         input.push(b'\n');
         let out = r.redact(&input).0;
-        for size in [1, 2, 3, 5, 7, 13, 64] {
+        for size in [1, 2, 3, 5, 7, 13, 31, 32, 33, 64, 100] {
             let (streamed, _) = common::stream_in(&r, &input, &[size]);
             assert_eq!(streamed, out, "gap {gap:?}, chunks of {size}");
         }
