@@ -51,8 +51,12 @@ const MAX_CHAR_NAME: usize = 24;
 /// Most plain (non-whitespace) bytes before the first escape that a match may start with: a
 /// longer plain run of a random value is a fragment the normalised pass redacts anyway.
 const LOOKBACK: usize = 16;
-/// Raw bytes before a trigger in which those plain bytes are looked for (whitespace among them
-/// is noise). The same rule for every split of the input keeps streaming equal to one-shot.
+/// A run of this many whitespace bytes between plain bytes ends the look-back for them (the
+/// noise bound of the other passes: whitespace is noise, but not without end). The same rule
+/// for every split of the input keeps streaming equal to one-shot.
+const GAP_MAX: u64 = 64;
+/// Raw bytes at the end of the previous chunks kept for the look-back (a copy per chunk); the
+/// plain bytes before them are kept too, only when these hold fewer than [`LOOKBACK`].
 const LOOKBACK_RAW: usize = 32;
 
 /// Bits in the filter of atom prefixes (a false positive only holds back or seeds a few bytes
@@ -121,7 +125,15 @@ impl DecodePass {
         let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut atoms: Vec<Vec<u8>> = Vec::new();
         let mut owners: Vec<Vec<u32>> = Vec::new();
-        for (mut a, s) in pairs {
+        for (mut given, s) in pairs {
+            // Whitespace is noise to the pass (dropped, escaped or not), so atoms are kept
+            // without it: a pass-phrase may be printed with escaped letters and plain spaces.
+            let mut a: Vec<u8> = given
+                .iter()
+                .copied()
+                .filter(|&b| !crate::normalize::is_space(b))
+                .collect();
+            given.zeroize();
             if a.len() < crate::MIN_LEN {
                 a.zeroize();
                 continue;
@@ -264,24 +276,60 @@ impl DecodePass {
         // Hold back the plain bytes at the end that a run starting in the next chunk could
         // begin with (the same bytes a one-shot pass would seed it with).
         let end = base + chunk.len() as u64;
-        st.hold_from = match self.quick_hold(chunk, base) {
+        st.hold_from = match self.quick_hold_raw(chunk, base) {
             Some(hold) => hold,
             None => {
-                let (before, n) = self.lookback(st, chunk, base, chunk.len());
-                let before = before.get(..n).unwrap_or_default();
-                self.plain_start(before)
-                    .map(|i| before.get(i).map_or(end, |b| b.1))
+                let (pre, n) = self.lookback(st, chunk, base, chunk.len());
+                let pre = pre.get(..n).unwrap_or_default();
+                self.plain_start(pre).and_then(|i| pre.get(i)).map(|b| b.1)
             }
         };
-        // Keep the last bytes for the look-back of a run starting early in the next chunk.
-        let keep = LOOKBACK_RAW;
-        if chunk.len() >= keep {
+        // Keep the last raw bytes for the look-back of a run starting early in the next chunk,
+        // and the plain bytes before them if those raw bytes hold fewer than LOOKBACK.
+        // Bytes above space are plain; counting only those (a vectorised count) may count
+        // too few, which only keeps plain bytes that are not needed.
+        let plain = |b: &[u8]| b.iter().filter(|&&x| x > b' ').count();
+        let keep = LOOKBACK_RAW.min(chunk.len());
+        let plain_kept = plain(chunk.get(chunk.len() - keep..).unwrap_or_default());
+        let from = (st.tail.len() + keep).saturating_sub(LOOKBACK_RAW);
+        if chunk.len() >= LOOKBACK_RAW {
+            if plain_kept >= LOOKBACK {
+                if !st.older.is_empty() {
+                    clear_older(&mut st.older);
+                }
+            } else {
+                let (pre, n) = self.lookback(st, chunk, base, chunk.len() - keep);
+                clear_older(&mut st.older);
+                st.older.extend_from_slice(pre.get(..n).unwrap_or_default());
+            }
+            st.tail.zeroize();
             st.tail.clear();
             st.tail
                 .extend_from_slice(chunk.get(chunk.len() - keep..).unwrap_or_default());
         } else {
+            if plain_kept + plain(st.tail.get(from.min(st.tail.len())..).unwrap_or_default())
+                >= LOOKBACK
+            {
+                clear_older(&mut st.older);
+            } else if from > 0 {
+                // Raw bytes leaving the tail: their plain bytes join the older ones.
+                let tail_start = st.tail_end - st.tail.len() as u64;
+                for (j, &b) in st.tail.iter().enumerate().take(from) {
+                    if !crate::normalize::is_space(b) {
+                        st.older.push((b, tail_start + j as u64));
+                    }
+                }
+                let extra = st.older.len().saturating_sub(LOOKBACK);
+                for w in st.older.iter_mut().take(extra) {
+                    *w = (0, 0);
+                }
+                st.older.drain(..extra);
+            }
             st.tail.extend_from_slice(chunk);
-            let drop = st.tail.len().saturating_sub(keep);
+            let drop = st.tail.len().saturating_sub(LOOKBACK_RAW);
+            for b in st.tail.iter_mut().take(drop) {
+                *b = 0;
+            }
             st.tail.drain(..drop);
         }
         st.tail_end = end;
@@ -353,8 +401,8 @@ impl DecodePass {
         starts
     }
 
-    /// The non-whitespace bytes among the [`LOOKBACK_RAW`] raw bytes before `at` in `chunk`
-    /// (continuing into the previous chunks' tail), the last [`LOOKBACK`] of them, in order.
+    /// The last [`LOOKBACK`] non-whitespace bytes before `at` in `chunk` (continuing into the
+    /// previous chunks' ones), in order, stopping at a whitespace run of [`GAP_MAX`] bytes.
     fn lookback(
         &self,
         st: &DecodeState,
@@ -365,37 +413,50 @@ impl DecodePass {
         // Collected nearest first, then reversed into order.
         let mut pre = [(0u8, 0u64); LOOKBACK];
         let mut n = 0;
-        let from = at.saturating_sub(LOOKBACK_RAW);
-        for (j, &b) in chunk
-            .get(from..at)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .rev()
-        {
-            if n == LOOKBACK {
+        let mut next = base + at as u64;
+        let mut stopped = false;
+        for (j, &b) in chunk.get(..at).unwrap_or_default().iter().enumerate().rev() {
+            let p = base + j as u64;
+            if n == LOOKBACK || next - p > GAP_MAX {
+                stopped = true;
                 break;
             }
-            if !crate::normalize::is_space(b)
-                && let Some(slot) = pre.get_mut(n)
-            {
-                *slot = (b, base + (from + j) as u64);
+            if crate::normalize::is_space(b) {
+                continue;
+            }
+            if let Some(slot) = pre.get_mut(n) {
+                *slot = (b, p);
                 n += 1;
+                next = p;
             }
         }
-        let missing = LOOKBACK_RAW.saturating_sub(at);
-        if missing > 0 && st.tail_end == base {
+        if !stopped && st.tail_end == base {
             let tail_start = st.tail_end - st.tail.len() as u64;
-            let skip = st.tail.len().saturating_sub(missing);
-            for (j, &b) in st.tail.iter().enumerate().skip(skip).rev() {
-                if n == LOOKBACK {
+            for (j, &b) in st.tail.iter().enumerate().rev() {
+                let p = tail_start + j as u64;
+                if n == LOOKBACK || next - p > GAP_MAX {
+                    stopped = true;
                     break;
                 }
-                if !crate::normalize::is_space(b)
-                    && let Some(slot) = pre.get_mut(n)
-                {
-                    *slot = (b, tail_start + j as u64);
+                if crate::normalize::is_space(b) {
+                    continue;
+                }
+                if let Some(slot) = pre.get_mut(n) {
+                    *slot = (b, p);
                     n += 1;
+                    next = p;
+                }
+            }
+        }
+        if !stopped && st.tail_end == base {
+            for &(b, p) in st.older.iter().rev() {
+                if n == LOOKBACK || next.saturating_sub(p) > GAP_MAX {
+                    break;
+                }
+                if let Some(slot) = pre.get_mut(n) {
+                    *slot = (b, p);
+                    n += 1;
+                    next = p;
                 }
             }
         }
@@ -405,15 +466,12 @@ impl DecodePass {
         (pre, n)
     }
 
-    /// The chunk-end hold without the full look-back, when its last three non-whitespace bytes
-    /// (among its last [`LOOKBACK_RAW`] bytes) are no 3-byte window of any atom's first
-    /// [`LOOKBACK`] bytes (a hashed filter: most chunk ends of ordinary output): then no
-    /// suffix of three bytes or more begins an atom, and the last two bytes are checked
-    /// exactly. `None` when the full look-back is needed. Never holds less than the full
-    /// look-back would for a suffix that really begins an atom.
-    fn quick_hold(&self, chunk: &[u8], base: u64) -> Option<Option<u64>> {
+    /// [`DecodePass::quick_hold`] on the last three non-whitespace bytes among the last
+    /// [`LOOKBACK_RAW`] raw bytes of `chunk` (the last three of the look-back, when there are
+    /// three: no whitespace run between them reaches [`GAP_MAX`]); `None` when there are fewer.
+    fn quick_hold_raw(&self, chunk: &[u8], base: u64) -> Option<Option<u64>> {
         let from = chunk.len().saturating_sub(LOOKBACK_RAW);
-        let mut last = [(0u8, 0usize); 3];
+        let mut last = [(0u8, 0u64); 3];
         let mut k = 0;
         for (j, &b) in chunk
             .get(from..)
@@ -426,22 +484,35 @@ impl DecodePass {
                 continue;
             }
             if let Some(slot) = last.get_mut(2 - k) {
-                *slot = (b, from + j);
+                *slot = (b, base + (from + j) as u64);
             }
             k += 1;
             if k == 3 {
                 break;
             }
         }
-        let [(x, _), (y, py), (z, pz)] = last;
-        if k < 3 || self.tri_has(x, y, z) {
+        if k < 3 {
             return None;
         }
-        let at = |p: usize| base + p as u64;
+        self.quick_hold(&last)
+    }
+
+    /// The chunk-end hold without the prefix filter, when the last three look-back bytes
+    /// `pre` are no 3-byte window of any atom's first [`LOOKBACK`] bytes (a hashed filter: most
+    /// chunk ends of ordinary output): then no suffix of three bytes or more begins an atom,
+    /// and the last two bytes are checked exactly. `None` when the prefix filter is needed.
+    /// Never holds less than it would for a suffix that really begins an atom.
+    fn quick_hold(&self, pre: &[(u8, u64)]) -> Option<Option<u64>> {
+        let [.., (x, _), (y, py), (z, pz)] = *pre else {
+            return None;
+        };
+        if self.tri_has(x, y, z) {
+            return None;
+        }
         let hold = if self.pair_has(y, z) {
-            Some(at(py))
+            Some(py)
         } else if self.first.get(usize::from(z)).copied().unwrap_or(false) {
-            Some(at(pz))
+            Some(pz)
         } else {
             None
         };
@@ -587,6 +658,24 @@ impl DecodePass {
                     st.pend_push(b);
                     st.esc = Esc::BigN;
                 }
+                b'o' => {
+                    // Perl, C++23 `\o{164}`; a bare `\o` is an identity escape.
+                    st.pend_push(b);
+                    st.esc = Esc::Bo;
+                }
+                b'\n' | b'\r' => {
+                    // A line continuation (C, Python, shells): the backslash and line break
+                    // stand for nothing; like an invisible character, they count as an escape.
+                    st.clear_esc();
+                    st.mark_escape();
+                }
+                _ if b.is_ascii_graphic() && hex(b).is_none() => {
+                    // An identity escape: `\k` is `k` in CSS, JavaScript, Perl, Ruby and
+                    // shells (C-family `\n` `\t` `\r` are read as the letters too).
+                    let start = st.esc_start;
+                    st.clear_esc();
+                    self.unit_byte(st, b, start, pos + 1, hits);
+                }
                 _ => {
                     if hex(b).is_some() {
                         // CSS: 1 to 6 hex digits, then one optional whitespace.
@@ -624,6 +713,18 @@ impl DecodePass {
                     self.fail(st, b, pos, hits);
                 }
             }
+            Esc::Bo => {
+                if b == b'{' {
+                    st.pend_push(b);
+                    st.esc = Esc::num(8, b'}', 8, 1, true);
+                } else {
+                    // `\o` then anything else: the letter `o`, then `b` looked at anew.
+                    let start = st.esc_start;
+                    st.clear_esc();
+                    self.unit_byte(st, b'o', start, pos, hits);
+                    self.step(st, b, pos, hits);
+                }
+            }
             Esc::BigN => {
                 if b == b'{' {
                     st.pend_push(b);
@@ -641,11 +742,23 @@ impl DecodePass {
                 ws,
                 lead0,
             } => {
-                let d = if radix == 10 {
-                    b.is_ascii_digit().then(|| u32::from(b - b'0'))
-                } else {
-                    hex(b)
+                let d = match radix {
+                    8 => (b'0'..=b'7').contains(&b).then(|| u32::from(b - b'0')),
+                    10 => b.is_ascii_digit().then(|| u32::from(b - b'0')),
+                    _ => hex(b),
                 };
+                if d.is_none()
+                    && b == b'_'
+                    && end == b'}'
+                    && st.ndig > 0
+                    && st.ndig < MAX_ESCAPE_DIGITS
+                {
+                    // Rust allows underscores between the digits of `\u{…}` (bounded with
+                    // the digits).
+                    st.pend_push(b);
+                    st.ndig += 1;
+                    return;
+                }
                 if let Some(d) = d {
                     // A leading zero of a variable-width escape does not count towards its
                     // digits (`&#0000000116;`); the escape is bounded by MAX_ESCAPE_DIGITS.
@@ -836,6 +949,21 @@ impl DecodePass {
             self.step(st, b, pos, hits);
             return;
         }
+        if let [b'\\', l @ (b'x' | b'u' | b'U' | b'N'), digits @ ..] = st.pend()
+            && digits.iter().all(u8::is_ascii_hexdigit)
+        {
+            // `\u12` then no more digits, `\N` without `{`: not the numeric escape, so an
+            // identity escape of the letter (CSS, JavaScript, Perl), then the digits.
+            let (l, start) = (*l, st.esc_start);
+            let digits: Vec<u8> = digits.to_vec();
+            st.clear_esc();
+            self.unit_byte(st, l, start, start + 2, hits);
+            for (j, x) in digits.iter().enumerate() {
+                self.plain(st, *x, start + 2 + j as u64, hits);
+            }
+            self.step(st, b, pos, hits);
+            return;
+        }
         if !st.has_escape {
             // A trigger that began no escape (`50% done`, `a & b`): nothing to decode here,
             // the other passes see plain text.
@@ -904,6 +1032,13 @@ impl DecodePass {
         hits: &mut Vec<Hit>,
     ) {
         st.active = true;
+        if crate::normalize::is_space(b) {
+            // Dropped like plain whitespace (`&#32;`, `\t`): the atoms have none.
+            if escaped {
+                st.mark_escape();
+            }
+            return;
+        }
         if escaped {
             st.since_escape = 0;
             st.has_escape = true;
@@ -963,6 +1098,14 @@ impl DecodePass {
     }
 }
 
+/// Wipes and empties the kept plain bytes.
+fn clear_older(older: &mut Vec<(u8, u64)>) {
+    for w in older.iter_mut() {
+        *w = (0, 0);
+    }
+    older.clear();
+}
+
 fn tri_slot(x: u8, y: u8, z: u8) -> (usize, u64) {
     let w = (u32::from(x) << 16) | (u32::from(y) << 8) | u32::from(z);
     let i = (w.wrapping_mul(0x9E37_79B1) >> (32 - TRI_LOG)) as usize;
@@ -985,7 +1128,10 @@ fn hex(b: u8) -> Option<u32> {
 }
 
 /// The next trigger in `rest`: an ASCII escape start, or in a non-ASCII chunk a lead byte of a
-/// look-alike (U+2100 block `E2`, U+3000 `E3`, fullwidth `EF`, mathematical `F0`).
+/// look-alike (U+2100 block `E2`, U+3000 `E3`, fullwidth `EF`, mathematical `F0`) or of an
+/// invisible character (`C2`, `CC`, `CD`, `E1`, `E2`, `E3`, `EF`, `F0`, tags and variation
+/// selectors `F3`, the Arabic letter mark `D8`: Arabic text then goes byte by byte, as CJK
+/// text after `E3` does).
 fn next_trigger(rest: &[u8], ascii: bool) -> Option<usize> {
     let [a, b, c] = TRIGGERS;
     let t = memchr::memchr3(a, b, c, rest);
@@ -993,11 +1139,12 @@ fn next_trigger(rest: &[u8], ascii: bool) -> Option<usize> {
         return t;
     }
     let limit = t.unwrap_or(rest.len());
-    let u = rest
-        .get(..limit)
-        .unwrap_or_default()
-        .iter()
-        .position(|&x| matches!(x, 0xC2 | 0xCC | 0xCD | 0xE1 | 0xE2 | 0xE3 | 0xEF | 0xF0));
+    let u = rest.get(..limit).unwrap_or_default().iter().position(|&x| {
+        matches!(
+            x,
+            0xC2 | 0xCC | 0xCD | 0xD8 | 0xE1 | 0xE2 | 0xE3 | 0xEF | 0xF0 | 0xF3
+        )
+    });
     u.or(t)
 }
 
@@ -1026,11 +1173,12 @@ enum Esc {
     /// `%`, `%h`.
     Pct,
     Pct1,
-    /// `\`, `\x`, `\xh`, `\u`.
+    /// `\`, `\x`, `\xh`, `\u`, `\o`.
     Bs,
     Bx,
     Bx1,
     Bu,
+    Bo,
     /// `\N`, `\N{` and a character name.
     BigN,
     NameBrace,
@@ -1077,8 +1225,11 @@ pub(crate) struct DecodeState {
     window: Vec<(u8, u64, u64)>,
     /// The window holds an escaped unit (only then is output held back for this pass).
     has_escape: bool,
-    /// The last bytes of the previous chunks, ending at `tail_end`.
+    /// The last raw bytes of the previous chunks (which ended at `tail_end`).
     tail: Vec<u8>,
+    /// Plain bytes (with their offsets) before `tail`, kept only while `tail` holds fewer
+    /// than [`LOOKBACK`] plain bytes.
+    older: Vec<(u8, u64)>,
     tail_end: u64,
     /// Where the plain bytes at the end of the input so far that could begin a match start.
     hold_from: Option<u64>,
@@ -1088,6 +1239,7 @@ impl Drop for DecodeState {
     fn drop(&mut self) {
         self.pend.zeroize();
         self.tail.zeroize();
+        clear_older(&mut self.older);
         for w in &mut self.window {
             w.0 = 0;
         }

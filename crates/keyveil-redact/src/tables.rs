@@ -189,7 +189,8 @@ pub(crate) fn ascii_by_name(name: &[u8]) -> Option<u8> {
 
 /// The ASCII character a look-alike stands for (NFKC folds each of these to it): fullwidth
 /// forms, the ideographic space, the mathematical alphanumeric letters (13 styles) and digits
-/// (5 styles), and the Letterlike Symbols that fill the math block's holes.
+/// (5 styles), the Letterlike Symbols that fill the math block's holes or fold to one letter,
+/// and the Roman numerals of one letter.
 pub(crate) fn lookalike(cp: u32) -> Option<u8> {
     let ascii = |x: u32| u8::try_from(x).ok();
     match cp {
@@ -204,12 +205,44 @@ pub(crate) fn lookalike(cp: u32) -> Option<u8> {
             }
         }
         0x1D7CE..=0x1D7FF => ascii(u32::from(b'0') + (cp - 0x1D7CE) % 10),
+        // Segmented digits (Symbols for Legacy Computing), the ordinal indicators `ª º` and
+        // the long s `ſ`: NFKC folds them to `0`–`9`, `a`, `o`, `s`.
+        0x1FBF0..=0x1FBF9 => ascii(u32::from(b'0') + cp - 0x1FBF0),
+        0xAA => Some(b'a'),
+        0xBA => Some(b'o'),
+        0x17F => Some(b's'),
+        // Roman numerals of one letter (U+2160–U+217F): NFKC folds them to `I V X L C D M`
+        // and `i v x l c d m`.
+        0x2160 => Some(b'I'),
+        0x2164 => Some(b'V'),
+        0x2169 => Some(b'X'),
+        0x216C => Some(b'L'),
+        0x216D => Some(b'C'),
+        0x216E => Some(b'D'),
+        0x216F => Some(b'M'),
+        0x2170 => Some(b'i'),
+        0x2174 => Some(b'v'),
+        0x2179 => Some(b'x'),
+        0x217C => Some(b'l'),
+        0x217D => Some(b'c'),
+        0x217E => Some(b'd'),
+        0x217F => Some(b'm'),
         _ => LETTERLIKE.iter().find(|(c, _)| *c == cp).map(|(_, a)| *a),
     }
 }
 
-/// Letterlike Symbols used in place of the mathematical block's reserved code points.
-const LETTERLIKE: [(u32, u8); 24] = [
+/// Letterlike Symbols used in place of the mathematical block's reserved code points, and
+/// the others that NFKC folds to one ASCII letter (Kelvin sign, script small l, information
+/// source, double-struck italic `D d e i j`).
+const LETTERLIKE: [(u32, u8); 32] = [
+    (0x212A, b'K'),
+    (0x2113, b'l'),
+    (0x2139, b'i'),
+    (0x2145, b'D'),
+    (0x2146, b'd'),
+    (0x2147, b'e'),
+    (0x2148, b'i'),
+    (0x2149, b'j'),
     (0x210E, b'h'),
     (0x212C, b'B'),
     (0x2130, b'E'),
@@ -237,16 +270,36 @@ const LETTERLIKE: [(u32, u8); 24] = [
 ];
 
 /// Characters that show nothing (or only a mark on the character before) and that a printed
-/// value may carry between its characters, read past by the decoding pass: the soft hyphen
-/// (U+00AD), the combining diacritical marks (U+0300–U+036F, so `a\u{335}` reads as `a`),
-/// the combining grapheme joiner (U+034F), the Mongolian vowel separator (U+180E), zero width
-/// space, non-joiner and joiner and the direction marks (U+200B–U+200F), the word joiner and
-/// invisible operators (U+2060–U+2064), the variation selectors (U+FE00–U+FE0F) and the byte
-/// order mark / zero width no-break space (U+FEFF). All are `Default_Ignorable_Code_Point` or
-/// combining marks in the Unicode Character Database.
+/// value may carry between its characters, read past by the decoding pass: every
+/// `Default_Ignorable_Code_Point` of the Unicode Character Database (the soft hyphen U+00AD,
+/// U+034F, U+061C, the Hangul fillers U+115F, U+1160, U+3164, U+FFA0, U+17B4–U+17B5, the
+/// Mongolian free variation selectors and vowel separator U+180B–U+180F, U+200B–U+200F,
+/// the bidirectional embeddings U+202A–U+202E, U+2060–U+206F, the variation selectors
+/// U+FE00–U+FE0F and U+E0100–U+E01EF, U+FEFF, U+FFF0–U+FFF8, U+1BCA0–U+1BCA3,
+/// U+1D173–U+1D17A, the tags U+E0000–U+E0FFF) and the blocks of combining marks (U+0300–U+036F,
+/// U+1AB0–U+1AFF, U+1DC0–U+1DFF, U+20D0–U+20FF, U+FE20–U+FE2F), so `a\u{335}` reads as `a`.
 pub(crate) fn ignorable(cp: u32) -> bool {
     matches!(
         cp,
-        0xAD | 0x300..=0x36F | 0x180E | 0x200B..=0x200F | 0x2060..=0x2064 | 0xFE00..=0xFE0F | 0xFEFF
+        0xAD | 0x300..=0x36F
+            | 0x61C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x1AB0..=0x1AFF
+            | 0x1DC0..=0x1DFF
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x20D0..=0x20FF
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFE20..=0xFE2F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
     )
 }
