@@ -229,6 +229,21 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         )
         .hint("write large input to a file in the working directory and pass its path instead"));
     }
+    // Program text longer than the card shows would be approved unseen.
+    if let Some(s) = &req.stdin
+        && crate::stdin_program::reads_program(&req.argv)
+        && s.chars().count() > super::state::SHOWN_STDIN_CHARS
+    {
+        return Err(OpError::new(
+            ErrorCode::Usage,
+            format!(
+                "standard input of {} characters may be program text for this command, and the card shows at most {}: no one could read what they approve; nothing was run",
+                s.chars().count(),
+                super::state::SHOWN_STDIN_CHARS
+            ),
+        )
+        .hint("put the program in a file in the working directory and run that file (the card pins it), or send a shorter input"));
+    }
     broker.lock().audit_ready("run_start")?;
     let cwd = super::cwd::canonical_cwd(&req.cwd)?;
     let pass_env = check_pass_env(&req.pass_env)?;

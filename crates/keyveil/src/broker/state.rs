@@ -184,15 +184,18 @@ impl ChosenValue {
     }
 }
 
+/// How many characters of a requester's standard input the card shows.
+pub(crate) const SHOWN_STDIN_CHARS: usize = SHOWN_VALUE_CHARS * 10;
+
 /// Longest standard input a run request may carry, in bytes (the MCP `run` tool's limit too).
 pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
 
-/// Describes a requester's standard input for the card: its first [`SHOWN_VALUE_CHARS`] × 10
+/// Describes a requester's standard input for the card: its first [`SHOWN_STDIN_CHARS`]
 /// characters, size, digest, and whether `argv` may read program text from it
 /// ([`crate::stdin_program::reads_program`]).
 pub(crate) fn stdin_info(text: &str, argv: &[String]) -> keyveil_proto::op::StdinInfo {
     use sha2::Digest as _;
-    let shown = SHOWN_VALUE_CHARS * 10;
+    let shown = SHOWN_STDIN_CHARS;
     keyveil_proto::op::StdinInfo {
         text: text.chars().take(shown).collect(),
         bytes: text.len(),

@@ -397,3 +397,32 @@ fn rt15_make_default_makefile_that_is_a_fifo() {
         "{err}"
     );
 }
+
+/// Program text longer than the card shows (2,000 characters) is refused before any card: a
+/// clipped PROGRAM TEXT card would have the human approve code no one read. The same length of
+/// data for a known data filter still becomes a request (its card says it is clipped).
+#[test]
+fn rt15_program_text_longer_than_the_card_is_refused() {
+    let (a, _tok, app) = setup(&[], "");
+    let h = &a.h;
+    // A harmless first screen, the payload past what the card shows.
+    let long = format!(
+        "{}\necho payload-past-the-card\n",
+        "# padding\n".repeat(250)
+    );
+    assert!(long.chars().count() > 2000);
+    let r = raw_run(&a, &app, &["sh", "-s"], Some(&long), 0);
+    assert_eq!(r["kind"], "error", "{r}");
+    let r = raw_run(&a, &app, &["timeout", "9", "sh"], Some(&long), 0);
+    assert_eq!(r["kind"], "error", "{r}");
+    let msg = r.to_string();
+    assert!(msg.contains("card shows at most 2000"), "{msg}");
+    assert!(msg.contains("hint"), "{msg}");
+    assert!(!h.ok(&["requests"]).contains("payload-past-the-card"));
+    // Data for a known data filter: asked, shown clipped.
+    let r = raw_run(&a, &app, &["wc", "-l"], Some(&long), 0);
+    assert_eq!(r["kind"], "pending", "{r}");
+    let card = h.ok(&["requests"]);
+    assert!(card.contains("clipped"), "{card}");
+    assert!(!card.contains("PROGRAM TEXT"), "{card}");
+}
