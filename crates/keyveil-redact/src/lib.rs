@@ -325,6 +325,13 @@ fn add_secret(
     let e = expand::expand(value);
     decoded_atoms.extend(e.atoms.iter().map(|a| (a.clone(), secret)));
     for atom in &e.atoms {
+        decoded_atoms.extend(
+            variants::identity_escape_collapses(atom)
+                .into_iter()
+                .map(|a| (a, secret)),
+        );
+    }
+    for atom in &e.atoms {
         for mut enc in variants::encodings(atom) {
             patterns.add_anywhere(&enc, secret);
             enc.zeroize();
@@ -355,11 +362,21 @@ fn add_secret(
     for source in &e.fragment_sources {
         for window in expand::fragments(source) {
             patterns.add_fragment(window, secret);
+            // Base64 of part of the value: every window, each starting a group.
+            for mut b in variants::base64_aligned(window) {
+                patterns.add_fragment(&b, secret);
+                b.zeroize();
+            }
         }
-        // Hex fragments (hexdumps of part of the value), lower case as dump tools print. Every
-        // second byte offset suffices: a hex run of FRAGMENT_LEN + 1 value bytes contains one,
-        // and halving the windows halves their share of the pattern table.
+        // Hex fragments (hexdumps of part of the value), in lower case as dump tools print and
+        // in upper case (`xxd -p -u`, `%02X`). Every second byte offset suffices: a hex run of
+        // FRAGMENT_LEN + 1 value bytes contains one, and halving the windows halves their
+        // share of the pattern table.
         let mut hex = variants::hex_lower(source);
+        for window in hex.windows(2 * FRAGMENT_LEN).step_by(4) {
+            patterns.add_fragment(window, secret);
+        }
+        hex.make_ascii_uppercase();
         for window in hex.windows(2 * FRAGMENT_LEN).step_by(4) {
             patterns.add_fragment(window, secret);
         }

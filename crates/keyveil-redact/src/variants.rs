@@ -580,14 +580,24 @@ pub fn html_numeric_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
 ///   `list(b)`, Node `Uint8Array`, Java `Arrays.toString` of bytes below 0x80) and, for atoms
 ///   with bytes of 0x80 and above, Java's signed bytes;
 /// - decimal bytes joined by spaces, seen as concatenated digits (Go `fmt.Println([]byte)`,
-///   `od -An -tu1`).
+///   `od -An -tu1`);
+/// - every byte as a C octal escape `\NNN` (three digits, as `printf '\\%03o'` and GNU
+///   `sed -n l` print them; ISO C §6.4.4.4), and three-digit octal bytes joined by spaces, seen
+///   as concatenated digits (`od -An -b`).
 pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
     let lower = b"0123456789abcdef";
     let mut x = Vec::with_capacity(atom.len() * 4);
     let mut zero_x = Vec::with_capacity(atom.len() * 5);
     let mut dec = Vec::with_capacity(atom.len() * 4);
     let mut digits = Vec::with_capacity(atom.len() * 3);
+    let mut octal = Vec::with_capacity(atom.len() * 4);
+    let mut octal_digits = Vec::with_capacity(atom.len() * 3);
     for (i, &b) in atom.iter().enumerate() {
+        octal.push(b'\\');
+        for d in [b >> 6, (b >> 3) & 7, b & 7] {
+            octal.push(b'0' + d);
+            octal_digits.push(b'0' + d);
+        }
         x.extend_from_slice(b"\\x");
         push_hex_byte(&mut x, b, lower);
         if i > 0 {
@@ -599,7 +609,7 @@ pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
         push_decimal(&mut dec, b);
         push_decimal(&mut digits, b);
     }
-    let mut out = vec![x, zero_x, dec, digits];
+    let mut out = vec![x, zero_x, dec, digits, octal, octal_digits];
     if atom.iter().any(|&b| b >= 0x80) {
         // Java's signed bytes.
         let mut signed = Vec::with_capacity(atom.len() * 5);
@@ -701,6 +711,101 @@ pub fn per_char_escapes(atom: &[u8]) -> Vec<Vec<u8>> {
     }
     out.push(pct);
     dedup(out)
+}
+
+/// The decoded views of `atom` written with identity escapes (every character that is not a
+/// hex digit after a backslash, as `sed 's/[^0-9a-fA-F]/\\&/g'` does, and as CSS,
+/// JavaScript, Perl, Ruby and shells read `\\k` as `k`) where the decoding pass reads an escape
+/// of another language instead: `\\x` before one or two hex digits is C's `\\xHH` (one byte),
+/// `\\u` before four is `\\uXXXX`, `\\U` before eight is `\\UXXXXXXXX` (one character, as
+/// UTF-8). The writer chooses, at each such place, whether to escape the letter, so every
+/// combination of the first [`MAX_COLLAPSE_SITES`] places is returned (at most 2^4 - 1 forms,
+/// the atom itself not included); none when the atom has no such place. Atoms for the decoding
+/// pass, which matches whole atoms.
+pub fn identity_escape_collapses(atom: &[u8]) -> Vec<Vec<u8>> {
+    // (start, consumed bytes, decoded bytes) of each place.
+    let mut sites: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut i = 0;
+    while i < atom.len() && sites.len() < MAX_COLLAPSE_SITES {
+        let hex_run = |from: usize, max: usize| {
+            atom.get(from..)
+                .unwrap_or_default()
+                .iter()
+                .take(max)
+                .take_while(|b| b.is_ascii_hexdigit())
+                .count()
+        };
+        let digits_value = |from: usize, n: usize| {
+            atom.get(from..from + n)
+                .unwrap_or_default()
+                .iter()
+                .fold(0u32, |acc, &b| {
+                    (acc << 4) | u32::from(hex_val(b).unwrap_or(0))
+                })
+        };
+        let site = match atom.get(i) {
+            Some(b'x') => {
+                let n = hex_run(i + 1, 2);
+                (n > 0).then(|| {
+                    (
+                        1 + n,
+                        vec![u8::try_from(digits_value(i + 1, n)).unwrap_or(0)],
+                    )
+                })
+            }
+            Some(&l @ (b'u' | b'U')) => {
+                let want = if l == b'u' { 4 } else { 8 };
+                (hex_run(i + 1, want) == want)
+                    .then(|| char::from_u32(digits_value(i + 1, want)))
+                    .flatten()
+                    .map(|c| {
+                        let mut buf = [0u8; 4];
+                        (1 + want, c.encode_utf8(&mut buf).as_bytes().to_vec())
+                    })
+            }
+            _ => None,
+        };
+        match site {
+            Some((len, bytes)) => {
+                sites.push((i, len, bytes));
+                i += len;
+            }
+            None => i += 1,
+        }
+    }
+    let mut out = Vec::new();
+    for mask in 1u32..(1 << sites.len()) {
+        let mut v = Vec::with_capacity(atom.len());
+        let mut at = 0;
+        for (k, (start, len, bytes)) in sites.iter().enumerate() {
+            if mask & (1 << k) == 0 {
+                continue;
+            }
+            v.extend_from_slice(atom.get(at..*start).unwrap_or_default());
+            v.extend_from_slice(bytes);
+            at = start + len;
+        }
+        v.extend_from_slice(atom.get(at..).unwrap_or_default());
+        out.push(v);
+    }
+    out
+}
+
+/// How many places of one atom [`identity_escape_collapses`] combines (a random 40-byte value
+/// holds about 0.2 of them; past this many the later places are not combined).
+pub const MAX_COLLAPSE_SITES: usize = 4;
+
+/// Base64 of part of a value (`printf %s "${TOK:5}" | base64`): the encodings, in both RFC 4648
+/// alphabets (§4, §5), of `window` starting a 3-byte group. Every base64 text of
+/// `FRAGMENT_LEN + 2` or more consecutive bytes of a value holds one window of
+/// `FRAGMENT_LEN` bytes that starts a group, whose characters it then fully determines.
+pub fn base64_aligned(window: &[u8]) -> Vec<Vec<u8>> {
+    dedup(
+        [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD]
+            .iter()
+            .map(|e| e.encode(window).into_bytes())
+            .collect(),
+    )
 }
 
 /// Mathematical alphanumeric styles (Unicode block U+1D400, "Mathematical Alphanumeric

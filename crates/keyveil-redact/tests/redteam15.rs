@@ -140,11 +140,10 @@ fn identity_escapes() {
     assert!(l.is_empty(), "{}", l.join("\n"));
 }
 
-/// `\x` before a hex digit is C's `\xHH` for the pass; CSS reads `\x1` as `x1`. One
-/// decoded view cannot read both, so a value holding `x` and then a hex digit, written with
-/// identity escapes, is not caught.
+/// `\x` before a hex digit is C's `\xHH` for the pass; CSS reads `\x1` as `x1`. The pass
+/// keeps one decoded view; the value's collapsed forms are atoms of their own
+/// (`variants::identity_escape_collapses`).
 #[test]
-#[ignore = "LEAK: identity escape `\\x` before a hex digit is read as C `\\xH` (needs a second decoded view)"]
 fn identity_escape_x_before_hex_digit() {
     let mut v = value(0x5eed_1515_abcd_0003, 32);
     v[10] = b'x';
@@ -419,10 +418,9 @@ fn lower_hex_of_a_value_without_its_first_bytes() {
 }
 
 /// Base64 and upper-case hex of a value without its first bytes (`printf %s "${TOK:1}" |
-/// base64`): the base64 cores need the atom's first byte, and there are no base64 or
-/// upper-case hex fragments, so 31 of 32 bytes come back.
+/// base64`): the base64 cores need the atom's first byte; base64 fragments (a window starting
+/// a group) and upper-case hex fragments catch a part.
 #[test]
-#[ignore = "LEAK: base64 / upper-case hex of a part of a value (no base64 or upper-hex fragments)"]
 fn base64_and_upper_hex_of_a_value_without_its_first_bytes() {
     const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let v = value(0x5eed_1515_abcd_0009, 32);
@@ -438,4 +436,95 @@ fn base64_and_upper_hex_of_a_value_without_its_first_bytes() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every identity-escape collapse the pass could read, each place chosen independently: `x`
+/// before one or two hex digits, `u` before four, `U` before eight (a valid code point), up to
+/// four places in one value, escaped or not at each.
+#[test]
+fn identity_escape_collapses_in_every_combination() {
+    // No other place than the four planted (past four, places are not combined).
+    let mut v: Vec<u8> = value(0x5eed_1515_abcd_0010, 40)
+        .into_iter()
+        .map(|c| {
+            if matches!(c, b'x' | b'u' | b'U') {
+                b'y'
+            } else {
+                c
+            }
+        })
+        .collect();
+    v[3] = b'x';
+    v[4] = b'a';
+    v[5] = b'7';
+    v[12] = b'u';
+    v[13..17].copy_from_slice(b"00e9");
+    v[22] = b'U';
+    v[23..31].copy_from_slice(b"0001F600");
+    v[34] = b'x';
+    v[35] = b'5';
+    v[36] = b'Q';
+    let sites = [3usize, 12, 22, 34];
+    let r = Redactor::new([("TOK", &v)]);
+    let mut failures = Vec::new();
+    for mask in 0u32..16 {
+        let parts: Vec<String> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let site = sites.iter().position(|&s| s == i);
+                let escape = match site {
+                    Some(k) => mask & (1 << k) != 0,
+                    None => !hexdig(c),
+                };
+                if escape {
+                    format!("\\{}", c as char)
+                } else {
+                    (c as char).to_string()
+                }
+            })
+            .collect();
+        for l in leaks_of(&r, "value: ", &parts) {
+            failures.push(format!("mask {mask:04b}: {l}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Base64 of a part of a value behind any prefix (`Basic` of `user:` and the value without its
+/// first or last bytes), in both alphabets: one window of the part starts a group.
+#[test]
+fn base64_of_a_part_behind_a_prefix() {
+    const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let v = value(0x5eed_1515_abcd_0011, 36);
+    let r = Redactor::new([("TOK", &v)]);
+    let mut failures = Vec::new();
+    for prefix in [&b""[..], b"u:", b"user:", b"x"] {
+        for (from, to) in [(1, 36), (2, 36), (5, 36), (0, 30), (3, 20), (7, 22)] {
+            let mut data = prefix.to_vec();
+            data.extend_from_slice(&v[from..to]);
+            for alphabet in [STD, URL] {
+                let f = b64(&data, alphabet);
+                if let Some(w) = shifted_leak(&r, &f) {
+                    failures.push(format!("{from}..{to}: {w}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// C octal escapes of every byte (`printf '\\%03o'`, `sed -n l`) and `od -An -b`'s octal bytes
+/// joined by spaces.
+#[test]
+fn c_octal_and_od_octal_bytes() {
+    let v = value(0x5eed_1515_abcd_0012, 32);
+    let r = Redactor::new([("TOK", &v)]);
+    let escaped: Vec<String> = v.iter().map(|c| format!("\\{c:03o}")).collect();
+    let l = leaks_of(&r, "value: ", &escaped);
+    assert!(l.is_empty(), "{}", l.join("\n"));
+    let od: Vec<String> = v.iter().map(|c| format!(" {c:03o}")).collect();
+    let l = leaks_of(&r, "0000000", &od);
+    assert!(l.is_empty(), "{}", l.join("\n"));
 }
