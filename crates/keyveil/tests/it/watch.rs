@@ -176,3 +176,38 @@ fn set_web_at_a_terminal_confirms_when_the_value_is_stored() {
     w.wait_for("stored: demo/DB_PASSWORD has its value");
     assert!(!contains(&w.out.lock().unwrap(), value));
 }
+
+/// Issue 17, item 4: six digits typed at `keyveil approve ID`'s hidden prompt are a TOTP code
+/// where the policy takes one (it once answered "wrong passphrase"); and, item 7, with hidden
+/// names the same terminal then shows `ALIAS = REAL_NAME` and a yes typed there approves.
+#[test]
+fn a_totp_code_typed_at_the_prompt_approves_and_hidden_names_are_shown_there() {
+    const REAL: &str = "PAYROLL_BANK_TOKEN";
+    let h = Home::new();
+    h.set("demo", REAL, "kvwatch_fake_Zq81mN4pV7");
+    let secret = enroll(&h);
+    for change in [["factor", "totp"], ["hide-names", "on"]] {
+        let mut args = vec!["policy", "set", "demo"];
+        args.extend_from_slice(&change);
+        args.push("--passphrase-stdin");
+        let o = h.run_stdin(&args, &format!("{PASS}\n"));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = h.spawn_run(&[
+        "run", "--env", "demo", "--only", &alias, "--wait", "60", "--", "true",
+    ]);
+    let id = h.wait_request();
+    let mut w = Watcher::on_pty(&h, &format!("approve {id}"));
+    w.wait_for("to approve: ");
+    w.type_in(&format!("{}\n", totp_code(&secret, 1)));
+    w.wait_for(&format!("{alias} = {REAL}"));
+    w.wait_for("as shown? [y/N]");
+    w.type_in("y\n");
+    w.wait_for(&format!("approved request #{id}"));
+    let o = wait_output(run, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
