@@ -211,3 +211,30 @@ fn a_totp_code_typed_at_the_prompt_approves_and_hidden_names_are_shown_there() {
     let o = wait_output(run, Duration::from_secs(30));
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
+
+/// Issue 17, item 4: at enrolment, a mistyped first code asks again at the terminal (it once
+/// ended the enrolment), and the right code then enrols.
+#[test]
+fn a_wrong_first_code_at_enrolment_asks_again() {
+    let h = Home::new();
+    let mut w = Watcher::on_pty(&h, "factor enroll totp");
+    w.wait_for("assphrase");
+    w.type_in(&format!("{PASS}\n"));
+    w.wait_for("Code shown by the app: ");
+    let shown = text(&w.out.lock().unwrap());
+    let secret = shown
+        .split("secret=")
+        .nth(1)
+        .expect("an otpauth URI")
+        .split(['&', '\r', '\n'])
+        .next()
+        .unwrap()
+        .to_owned();
+    // A code 50 steps (25 minutes) away: not one the broker takes now.
+    w.type_in(&format!("{}\n", totp_code(&secret, 50)));
+    w.wait_for("try again with the code the app shows now");
+    w.type_in(&format!("{}\n", totp_code(&secret, 0)));
+    w.wait_for("TOTP enrolled");
+    let shown = h.json(&["policy", "show", "demo", "--json"]);
+    assert_eq!(shown["totp_enrolled"], true, "{shown}");
+}
