@@ -274,6 +274,11 @@ pub enum Request {
     Requests,
     /// Approve a request with the human's factor.
     Approve(op::Approve),
+    /// Approve with hidden names, step one: check the factor, hold the approval, reveal the
+    /// request's real names sealed for the CLI (`op::ApproveReveal`).
+    ApproveReveal(op::ApproveReveal),
+    /// Approve with hidden names, step two: the held approval's ticket (`op::ApproveConfirm`).
+    ApproveConfirm(op::ApproveConfirm),
     /// Deny a request.
     Deny(op::Deny),
     /// Live grants (of one client if `client` is set).
@@ -367,6 +372,7 @@ impl Request {
             | Request::VarGenerate(op::VarGenerate { factor, .. })
             | Request::VarUnset(op::VarUnset { factor, .. })
             | Request::Approve(op::Approve { factor, .. })
+            | Request::ApproveReveal(op::ApproveReveal { factor, .. })
             | Request::FactorEnroll(op::FactorEnroll { factor })
             | Request::PolicySet(op::PolicySet { factor, .. }) => factor.as_ref(),
             Request::DynamicAdd(d) => d.factor.as_ref(),
@@ -384,6 +390,7 @@ impl Request {
             | Request::VarGenerate(op::VarGenerate { factor, .. })
             | Request::VarUnset(op::VarUnset { factor, .. })
             | Request::Approve(op::Approve { factor, .. })
+            | Request::ApproveReveal(op::ApproveReveal { factor, .. })
             | Request::FactorEnroll(op::FactorEnroll { factor })
             | Request::PolicySet(op::PolicySet { factor, .. }) => *factor = Some(proof),
             Request::DynamicAdd(d) => d.factor = Some(proof),
@@ -413,6 +420,8 @@ impl Request {
             Request::AccessStatus(op::AccessStatus { .. }) => "access_status",
             Request::Requests => "requests",
             Request::Approve(op::Approve { .. }) => "approve",
+            Request::ApproveReveal(op::ApproveReveal { .. }) => "approve_reveal",
+            Request::ApproveConfirm(op::ApproveConfirm { .. }) => "approve_confirm",
             Request::FactorEnroll(op::FactorEnroll { .. }) => "factor_enroll",
             Request::FactorConfirm(op::FactorConfirm { .. }) => "factor_confirm",
             Request::PolicyShow(op::PolicyShow { .. }) => "policy_show",

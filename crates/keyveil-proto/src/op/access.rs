@@ -41,6 +41,66 @@ pub struct Approve {
     pub subdirs: bool,
 }
 
+/// Step one of approving a request in an environment that hides its names (the human's CLI):
+/// the factor is checked and the card matched as for [`Approve`], but nothing is granted yet.
+/// The reply carries the real names of the request's variables and a one-time ticket, sealed
+/// for the CLI that proved the factor; the human reads the names and, on a yes, sends the ticket
+/// with [`ApproveConfirm`]. The options are fixed here: the ticket grants exactly these.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApproveReveal {
+    /// Request id.
+    pub request_id: u64,
+    /// `factor_proof::card_digest` of the request as the human was shown it.
+    pub card: String,
+    /// Proof of the human's factor (passphrase or TOTP; never a plain confirmation).
+    #[serde(default)]
+    pub factor: Option<FactorProof>,
+    /// Grant lifetime in seconds (as [`Approve::ttl_seconds`]).
+    pub ttl_seconds: Option<u64>,
+    /// Number of uses (as [`Approve::uses`]).
+    pub uses: Option<u32>,
+    /// Let the grant cover any command in the environment.
+    pub any_command: bool,
+    /// Cover longer argv that start with the approved one.
+    #[serde(default)]
+    pub prefix: bool,
+    /// Cover canonical subdirectories of the approved working directory.
+    #[serde(default)]
+    pub subdirs: bool,
+}
+
+/// Step two: the human said yes to the names [`ApproveReveal`] showed; the ticket (64 hex
+/// digits, single use, 2 minutes) stands for the factor checked in step one and grants the
+/// request with the options given there, if its card is still the one shown.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApproveConfirm {
+    /// Request id (must be the ticket's).
+    pub request_id: u64,
+    /// The ticket from the sealed reply to [`ApproveReveal`].
+    pub ticket: String,
+}
+
+/// The reply to [`ApproveReveal`]: nothing granted yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalHeld {
+    /// The request held.
+    pub request_id: u64,
+    /// The JSON of [`HeldReveal`] sealed under the transit key of the factor proof
+    /// (associated data `approve_reveal`).
+    pub sealed: String,
+    /// How long the ticket waits for [`ApproveConfirm`], in seconds.
+    pub expires_in_seconds: u64,
+}
+
+/// What [`ApprovalHeld::sealed`] opens to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldReveal {
+    /// The ticket for [`ApproveConfirm`].
+    pub ticket: String,
+    /// The request's variables: alias and real name (no description).
+    pub names: Vec<super::RevealedName>,
+}
+
 /// Deny a request.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Deny {
@@ -89,6 +149,8 @@ pub struct Revoked {
 
 operation!(AccessStatus => AccessState);
 operation!(Approve => Approved);
+operation!(ApproveReveal => ApprovalHeld);
+operation!(ApproveConfirm => Approved);
 operation!(Deny => Denied);
 
 impl From<AccessRequest> for crate::Request {

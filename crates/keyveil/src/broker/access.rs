@@ -1088,54 +1088,77 @@ pub(crate) async fn approve(
     proof: Proof,
     o: ApproveOptions,
 ) -> OpResult<op::Approved> {
-    let required = {
-        let mut inner = broker.lock();
-        inner.vault()?;
-        inner.expire_requests();
-        let env = match inner.requests.get(&id) {
-            None => {
-                return Err(
-                    OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
-                        .hint("list pending requests with `keyveil requests`"),
-                );
-            }
-            Some(r) if r.state != RequestState::Pending => {
-                return Err(OpError::new(
-                    ErrorCode::Failed,
-                    format!(
-                        "request #{id} is no longer pending ({})",
-                        state_word(&r.state)
-                    ),
-                ));
-            }
-            Some(r) => r.environment.clone(),
-        };
-        inner
-            .vault()?
-            .data()
-            .environments
-            .get(&env)
-            .map(|e| e.policy.factor)
-            .unwrap_or(FactorKind::Passphrase)
-    };
+    let required = pending_factor(broker, id)?;
     // The factor first (so a forged proof is counted and audited whatever else it carries),
     // then the card: an approval applies only to the request as the human was shown it.
     let used = verify_factor(broker, proof, required, json!({"request_id": id}))
         .await?
         .used;
-    if let Some(card) = card
-        && card_digest_of(broker, id).as_deref() != Some(card)
-    {
-        broker.lock().audit_note(
-            "approve_refused",
-            json!({"request_id": id, "why": "the card the human was shown is not this request"}),
-        );
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!("request #{id} is not the one you were shown; nothing was approved"),
-        )
-        .hint("the request changed, or something between your terminal and the broker showed you another card: list requests again with `keyveil requests`"));
+    if let Some(card) = card {
+        check_card(broker, id, card)?;
     }
+    grant_pending(broker, id, o, used)
+}
+
+/// The factor approving pending request `id` needs (its environment's policy).
+///
+/// # Errors
+/// The vault is locked; no such request; it is no longer pending.
+pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
+    let mut inner = broker.lock();
+    inner.vault()?;
+    inner.expire_requests();
+    let env = match inner.requests.get(&id) {
+        None => {
+            return Err(
+                OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
+                    .hint("list pending requests with `keyveil requests`"),
+            );
+        }
+        Some(r) if r.state != RequestState::Pending => {
+            return Err(OpError::new(
+                ErrorCode::Failed,
+                format!(
+                    "request #{id} is no longer pending ({})",
+                    state_word(&r.state)
+                ),
+            ));
+        }
+        Some(r) => r.environment.clone(),
+    };
+    Ok(inner
+        .vault()?
+        .data()
+        .environments
+        .get(&env)
+        .map(|e| e.policy.factor)
+        .unwrap_or(FactorKind::Passphrase))
+}
+
+/// Refuses (and audits) an approval of request `id` whose card is not `card`, the digest of
+/// the request as the human was shown it.
+pub(crate) fn check_card(broker: &Broker, id: u64, card: &str) -> OpResult<()> {
+    if card_digest_of(broker, id).as_deref() == Some(card) {
+        return Ok(());
+    }
+    broker.lock().audit_note(
+        "approve_refused",
+        json!({"request_id": id, "why": "the card the human was shown is not this request"}),
+    );
+    Err(OpError::new(
+        ErrorCode::Denied,
+        format!("request #{id} is not the one you were shown; nothing was approved"),
+    )
+    .hint("the request changed, or something between your terminal and the broker showed you another card: list requests again with `keyveil requests`"))
+}
+
+/// Grants pending request `id` (its factor, `used`, already checked) with options `o`.
+pub(crate) fn grant_pending(
+    broker: &Broker,
+    id: u64,
+    o: ApproveOptions,
+    used: &str,
+) -> OpResult<op::Approved> {
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
     let Some(req) = inner.requests.get(&id).cloned() else {

@@ -9,6 +9,7 @@ pub(crate) mod dynamic_ops;
 pub(crate) mod egress;
 pub(crate) mod factor_ops;
 mod guard;
+pub(crate) mod held_approvals;
 pub(crate) mod kdf_gate;
 pub(crate) mod locked_asks;
 pub(crate) mod mounts;

@@ -7,6 +7,10 @@
 //! - the granted child's environment (the program needs `STRIPE_KEY`, not an alias);
 //! - a caller presenting the factor (`keyveil env show ENV --reveal-names`).
 //!
+//! - the human's approval page, in a browser session opened by the factor (`POST /reveal`,
+//!   [`Inner::page_names`]);
+//! - the human's `keyveil approve`, after the factor and before the yes (`held_approvals.rs`).
+//!
 //! Nothing else: listings, descriptions of variables, request cards (terminal, web page,
 //! desktop notification), grants, run results (redaction markers, write-side leaks), error
 //! messages and the audit log all carry aliases. Entries audited before the policy changed keep
@@ -23,6 +27,40 @@ impl Inner {
             .ok()
             .and_then(|v| v.data().environments.get(env))
             .is_some_and(|e| e.policy.hide_names)
+    }
+
+    /// Whether any environment hides its names (the approval page then offers `POST /reveal`).
+    pub(crate) fn any_hides_names(&self) -> bool {
+        self.vault()
+            .is_ok_and(|v| v.data().environments.values().any(|e| e.policy.hide_names))
+    }
+
+    /// For an approval-page session opened by the factor `used` (`passphrase` or `totp`): per
+    /// environment that hides names and whose names that factor may reveal (at least what
+    /// `env show --reveal-names` needs there: a TOTP code does not reveal a passphrase
+    /// environment's), alias → real name.
+    pub(crate) fn page_names(
+        &self,
+        used: &str,
+    ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+        use keyveil_vault::FactorKind;
+        let Ok(v) = self.vault() else {
+            return Default::default();
+        };
+        v.data()
+            .environments
+            .iter()
+            .filter(|(_, e)| e.policy.hide_names)
+            .filter(|(_, e)| used == "passphrase" || e.policy.factor != FactorKind::Passphrase)
+            .map(|(env, e)| {
+                let map = e
+                    .variables
+                    .keys()
+                    .map(|n| (v.name_alias(env, n), n.clone()))
+                    .collect();
+                (env.clone(), map)
+            })
+            .collect()
     }
 
     /// The name clients see for variable `name` of `env`: its alias when the environment hides

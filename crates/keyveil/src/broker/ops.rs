@@ -200,6 +200,36 @@ async fn answer_request(
         Request::AccessStatus(o) => typed(&o).answer(access::access_status(broker, o.request_id)),
         Request::Requests => answer(op::Requests, Ok(access::requests(broker))),
         Request::Approve(o) => typed(&o).answer(approve_request(broker, o, digest).await),
+        Request::ApproveReveal(o) => {
+            let t = typed(&o);
+            let op::ApproveReveal {
+                request_id,
+                card,
+                factor,
+                ttl_seconds,
+                uses,
+                any_command,
+                prefix,
+                subdirs,
+            } = o;
+            let options = access::ApproveOptions {
+                ttl_seconds,
+                uses,
+                any_command,
+                prefix,
+                subdirs,
+            };
+            let proof = Proof::from_request(factor, digest, false);
+            t.answer(super::held_approvals::reveal(broker, request_id, &card, proof, options).await)
+        }
+        Request::ApproveConfirm(o) => {
+            let t = typed(&o);
+            t.answer(super::held_approvals::confirm(
+                broker,
+                o.request_id,
+                &o.ticket,
+            ))
+        }
         Request::FactorEnroll(o) => {
             let (t, op::FactorEnroll { factor }) = (typed(&o), o);
             t.answer(factor_ops::enroll(broker, Proof::from_request(factor, digest, false)).await)

@@ -538,6 +538,9 @@ pub(crate) struct Inner {
     /// Runs agents asked for while the vault is locked, by id, with when they were last asked
     /// (`locked_asks.rs`); dropped at unlock (the broker that unlocks is a new process).
     pub locked_asks: BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)>,
+    /// Approvals held between the factor and the human's yes where names are hidden
+    /// (`held_approvals.rs`), by SHA-256 of their ticket.
+    pub held_approvals: std::collections::HashMap<[u8; 32], super::held_approvals::Held>,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].

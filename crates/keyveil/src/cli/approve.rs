@@ -58,6 +58,8 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
     let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     note(crate::card::render_styled(&card, st));
     note(crate::card::recap(&card, st));
+    // Hidden names: the card shows aliases; the factor reveals the real ones before a yes.
+    let hidden = !a.confirm && hides_names(paths, &card.environment).await;
     let req = op::Approve {
         request_id: id,
         card: crate::factor_proof::request_card_digest(&card),
@@ -76,7 +78,15 @@ pub(crate) async fn approve(paths: &Paths, a: ApproveArgs) -> Result<i32> {
             Some(i) => i,
             None => ask(&a)?,
         };
-        call_signed(paths, &input, req).await?
+        if hidden {
+            let from_stdin = a.passphrase_stdin || a.totp_stdin;
+            match approve_revealing(paths, &input, req, from_stdin).await? {
+                Some(d) => d,
+                None => return Ok(1),
+            }
+        } else {
+            call_signed(paths, &input, req).await?
+        }
     };
     say(format!(
         "approved request #{id}: grant {} until {} ({})",
@@ -217,13 +227,8 @@ async fn approve_locked(
     let st = crate::card::Style::for_terminal(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     note(crate::card::render_styled(&card, st));
     note(crate::card::recap(&card, st));
-    let question = format!("Approve request #{} as shown? [y/N] ", card.id);
-    let yes = tokio::task::block_in_place(|| read_yes(a.passphrase_stdin, &question))?;
-    if !yes {
-        say(format!(
-            "not approved; request #{} stays pending (`keyveil approve {}` or `keyveil deny {}`)",
-            card.id, card.id, card.id
-        ));
+    let hidden = hides_names(paths, &card.environment).await;
+    if !hidden && !confirm_approval(a.passphrase_stdin, card.id)? {
         return Ok(1);
     }
     let req = op::Approve {
@@ -237,7 +242,16 @@ async fn approve_locked(
         prefix: a.prefix,
         subdirs: a.subdirs,
     };
-    let d = call_signed(paths, &FactorInput::Passphrase(pass), req).await?;
+    let input = FactorInput::Passphrase(pass);
+    let d = if hidden {
+        // The same yes, after the real names (the passphrase typed once proves the factor).
+        match approve_revealing(paths, &input, req, a.passphrase_stdin).await? {
+            Some(d) => d,
+            None => return Ok(1),
+        }
+    } else {
+        call_signed(paths, &input, req).await?
+    };
     say(format!(
         "approved request #{}: grant {} until {} ({})",
         card.id,
@@ -246,6 +260,93 @@ async fn approve_locked(
         super::words::uses_left(d.uses_left)
     ));
     Ok(0)
+}
+
+/// Whether `env`'s policy hides its names (readable without the factor). A policy that cannot
+/// be read counts as not hiding them: the card then stays as shown, with aliases.
+async fn hides_names(paths: &Paths, env: &str) -> bool {
+    call(
+        paths,
+        op::PolicyShow {
+            environment: env.to_owned(),
+        },
+    )
+    .await
+    .is_ok_and(|p| p.policy.hide_names)
+}
+
+/// Asks "Approve request #ID as shown? [y/N]" (see [`read_yes`] for where the answer comes
+/// from); on anything but a yes, says the request stays pending. The one confirmation of the
+/// locked approve and of the hidden-names reveal.
+fn confirm_approval(from_stdin: bool, id: u64) -> Result<bool> {
+    let question = format!("Approve request #{id} as shown? [y/N] ");
+    let yes = tokio::task::block_in_place(|| read_yes(from_stdin, &question))?;
+    if !yes {
+        say(format!(
+            "not approved; request #{id} stays pending (`keyveil approve {id}` or `keyveil deny {id}`)"
+        ));
+    }
+    Ok(yes)
+}
+
+/// The real names of a request's variables, for the human who proved the factor.
+fn revealed_lines(names: &[op::RevealedName]) -> String {
+    use keyveil_proto::display::visible;
+    let mut out = String::from("variables (real names, shown only to you):");
+    for n in names {
+        out.push_str(&format!(
+            "\n  {} = {}",
+            visible(&n.alias),
+            visible(&n.real_name)
+        ));
+    }
+    out
+}
+
+/// Approves `req` where the environment hides its names: the broker checks the factor `input`
+/// and holds the approval (`op::ApproveReveal`; nothing is granted yet), the real names of the
+/// request's variables come back sealed for this process and are shown, and only a yes
+/// ([`confirm_approval`]) sends the one-time ticket that grants it (`op::ApproveConfirm`).
+/// `Ok(None)`: the human said no; the request stays pending and the ticket lapses.
+async fn approve_revealing(
+    paths: &Paths,
+    input: &FactorInput,
+    req: op::Approve,
+    from_stdin: bool,
+) -> Result<Option<op::Approved>> {
+    let id = req.request_id;
+    let auth = authorize::authorize(paths, input)
+        .await
+        .map_err(auth_exit)?;
+    let mut r = Request::ApproveReveal(op::ApproveReveal {
+        request_id: id,
+        card: req.card,
+        factor: None,
+        ttl_seconds: req.ttl_seconds,
+        uses: req.uses,
+        any_command: req.any_command,
+        prefix: req.prefix,
+        subdirs: req.subdirs,
+    });
+    auth.sign(&mut r);
+    let held = expect::<op::ApproveReveal>(client::call(paths, &r).await?)?;
+    let plain = auth
+        .open(b"approve_reveal", &held.sealed)
+        .context("the names did not come sealed from the broker that proved itself")?;
+    let revealed: op::HeldReveal = serde_json::from_slice(&plain).context("unreadable names")?;
+    note(revealed_lines(&revealed.names));
+    if !confirm_approval(from_stdin, id)? {
+        return Ok(None);
+    }
+    let d = call(
+        paths,
+        op::ApproveConfirm {
+            request_id: id,
+            ticket: revealed.ticket,
+        },
+    )
+    .await?;
+    Ok(Some(d))
 }
 
 /// A yes/no answer: the next line of stdin when the factor came from stdin (a script), else a
@@ -442,23 +543,29 @@ pub(crate) async fn watch(paths: &Paths) -> Result<i32> {
                 let input = tokio::task::block_in_place(|| {
                     factor_input(false, None, false, "Vault passphrase (or TOTP code): ")
                 })?;
-                call_signed(
-                    paths,
-                    &input,
-                    op::Approve {
-                        request_id: id,
-                        card: crate::factor_proof::request_card_digest(&r),
-                        factor: None,
-                        confirm: false,
-                        ttl_seconds: ttl,
-                        uses: None,
-                        any_command: false,
-                        prefix: false,
-                        subdirs: false,
-                    },
-                )
-                .await
-                .map(|d| format!("approved #{id}: grant {}", d.grant_id))
+                let req = op::Approve {
+                    request_id: id,
+                    card: crate::factor_proof::request_card_digest(&r),
+                    factor: None,
+                    confirm: false,
+                    ttl_seconds: ttl,
+                    uses: None,
+                    any_command: false,
+                    prefix: false,
+                    subdirs: false,
+                };
+                if hides_names(paths, &r.environment).await {
+                    approve_revealing(paths, &input, req, false)
+                        .await
+                        .map(|d| match d {
+                            Some(d) => format!("approved #{id}: grant {}", d.grant_id),
+                            None => format!("#{id} left pending"),
+                        })
+                } else {
+                    call_signed(paths, &input, req)
+                        .await
+                        .map(|d| format!("approved #{id}: grant {}", d.grant_id))
+                }
             };
             match outcome {
                 Ok(m) => {

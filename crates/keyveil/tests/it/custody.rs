@@ -308,7 +308,7 @@ fn a_relay_at_the_socket_never_sees_the_passphrase_and_cannot_widen_an_approval(
 }
 
 /// One request on the real socket, as an agent with a shell would send it.
-fn raw(h: &Home, req: &Value) -> Value {
+pub(crate) fn raw(h: &Home, req: &Value) -> Value {
     let mut s = UnixStream::connect(h.path().join("run/broker.sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     assert!(write_frame(&mut s, &json_frame(req)));

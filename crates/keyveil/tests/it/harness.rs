@@ -179,11 +179,13 @@ impl Home {
         }
     }
 
+    /// `keyveil approve ID --passphrase-stdin EXTRA`: the passphrase, then a yes (asked only
+    /// where names are hidden, after they are shown; otherwise never read).
     pub fn approve(&self, id: u64, extra: &[&str]) -> Output {
         let ids = id.to_string();
         let mut args = vec!["approve", ids.as_str(), "--passphrase-stdin"];
         args.extend_from_slice(extra);
-        self.run_stdin(&args, &format!("{PASS}\n"))
+        self.run_stdin(&args, &format!("{PASS}\ny\n"))
     }
 
     pub fn audit_text(&self) -> String {

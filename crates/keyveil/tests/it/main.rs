@@ -32,6 +32,7 @@ mod mcp_hostile;
 mod mcp_wait;
 mod mount;
 mod names;
+mod names_human;
 mod openbao;
 mod oracle;
 mod output;

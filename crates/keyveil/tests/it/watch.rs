@@ -176,3 +176,65 @@ fn set_web_at_a_terminal_confirms_when_the_value_is_stored() {
     w.wait_for("stored: demo/DB_PASSWORD has its value");
     assert!(!contains(&w.out.lock().unwrap(), value));
 }
+
+/// Issue 17, item 4: six digits typed at `keyveil approve ID`'s hidden prompt are a TOTP code
+/// where the policy takes one (it once answered "wrong passphrase"); and, item 7, with hidden
+/// names the same terminal then shows `ALIAS = REAL_NAME` and a yes typed there approves.
+#[test]
+fn a_totp_code_typed_at_the_prompt_approves_and_hidden_names_are_shown_there() {
+    const REAL: &str = "PAYROLL_BANK_TOKEN";
+    let h = Home::new();
+    h.set("demo", REAL, "kvwatch_fake_Zq81mN4pV7");
+    let secret = enroll(&h);
+    for change in [["factor", "totp"], ["hide-names", "on"]] {
+        let mut args = vec!["policy", "set", "demo"];
+        args.extend_from_slice(&change);
+        args.push("--passphrase-stdin");
+        let o = h.run_stdin(&args, &format!("{PASS}\n"));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = h.spawn_run(&[
+        "run", "--env", "demo", "--only", &alias, "--wait", "60", "--", "true",
+    ]);
+    let id = h.wait_request();
+    let mut w = Watcher::on_pty(&h, &format!("approve {id}"));
+    w.wait_for("to approve: ");
+    w.type_in(&format!("{}\n", totp_code(&secret, 1)));
+    w.wait_for(&format!("{alias} = {REAL}"));
+    w.wait_for("as shown? [y/N]");
+    w.type_in("y\n");
+    w.wait_for(&format!("approved request #{id}"));
+    let o = wait_output(run, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// Issue 17, item 4: at enrolment, a mistyped first code asks again at the terminal (it once
+/// ended the enrolment), and the right code then enrols.
+#[test]
+fn a_wrong_first_code_at_enrolment_asks_again() {
+    let h = Home::new();
+    let mut w = Watcher::on_pty(&h, "factor enroll totp");
+    w.wait_for("assphrase");
+    w.type_in(&format!("{PASS}\n"));
+    w.wait_for("Code shown by the app: ");
+    let shown = text(&w.out.lock().unwrap());
+    let secret = shown
+        .split("secret=")
+        .nth(1)
+        .expect("an otpauth URI")
+        .split(['&', '\r', '\n'])
+        .next()
+        .unwrap()
+        .to_owned();
+    // A code 50 steps (25 minutes) away: not one the broker takes now.
+    w.type_in(&format!("{}\n", totp_code(&secret, 50)));
+    w.wait_for("try again with the code the app shows now");
+    w.type_in(&format!("{}\n", totp_code(&secret, 0)));
+    w.wait_for("TOTP enrolled");
+    let shown = h.json(&["policy", "show", "demo", "--json"]);
+    assert_eq!(shown["totp_enrolled"], true, "{shown}");
+}

@@ -830,3 +830,194 @@ fn parallel_wrong_passphrases_cannot_exhaust_the_brokers_memory() {
     let out = wait_output(child, Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The value of the first `name="NAME" value="..."` field on a page.
+fn field(body: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let at = body.find(&key).unwrap_or_else(|| panic!("no {name} field"));
+    let rest = &body[at + key.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Issue 17, item 7: with hidden names, a page session alone (which the agent can open with its
+/// own link) shows aliases; a wrong factor, no session or a forged cookie reveal nothing; the
+/// human's factor opens a new session whose cards and grants name the variables (escaped as
+/// everything else), and approving from it still binds the card the broker sent (aliases).
+#[test]
+fn hidden_names_on_the_page_need_a_session_opened_by_the_factor() {
+    const REAL: &str = "PAYROLL_BANK_TOKEN";
+    let h = Home::new();
+    h.set("demo", REAL, TOKEN);
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "hide-names",
+            "on",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let alias = h.json(&["env", "show", "demo", "--json"])["variables"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A live grant (for the grants view), then a pending request.
+    let first = h.spawn_run(&strs(&run_args(&["echo", "one"])));
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "30m"]).status.success());
+    assert!(wait_output(first, Duration::from_secs(30)).status.success());
+    let child = h.spawn_run(&strs(&run_args(&["echo", "two"])));
+    let id = h.wait_request();
+
+    // The agent's view: its own link and session, the fragment, a wrong factor.
+    let (page, cookie) = Page::login(&h);
+    let body = page.get("/", Some(&cookie)).body;
+    assert!(body.contains(&alias) && !body.contains(REAL), "{body}");
+    assert!(
+        body.contains("action=\"/reveal\""),
+        "no reveal form: {body}"
+    );
+    let csrf = page.csrf(&cookie);
+    for wrong in ["a guessed passphrase", "123456"] {
+        let r = page.post(
+            "/reveal",
+            &cookie,
+            &form(&[("factor", wrong), ("csrf", &csrf)]),
+        );
+        assert_eq!(r.status, 303);
+        assert!(
+            r.header("set-cookie").is_none(),
+            "a wrong factor got a cookie"
+        );
+        let body = page.get("/", Some(&cookie)).body;
+        assert!(!body.contains(REAL) && body.contains("flash-err"), "{body}");
+    }
+    // No session, a forged cookie, no CSRF token: refused before any factor is checked.
+    let r = page.raw(
+        "POST",
+        "/reveal",
+        &[("Host", &page.host()), ("Origin", &page.origin())],
+        &form(&[("factor", PASS)]),
+    );
+    assert_eq!(r.status, 401);
+    // A forged cookie: the session's own with its last hex digit changed.
+    let last = if cookie.ends_with('0') { "1" } else { "0" };
+    let forged = format!("{}{last}", &cookie[..cookie.len() - 1]);
+    assert_eq!(page.get("/", Some(&forged)).status, 401);
+    let r = page.post(
+        "/reveal",
+        &forged,
+        &form(&[("factor", PASS), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 401);
+    let r = page.post("/reveal", &cookie, &form(&[("factor", PASS)]));
+    assert_eq!(r.status, 403);
+
+    // The human's factor: a new session that names the variables.
+    let r = page.post(
+        "/reveal",
+        &cookie,
+        &form(&[("factor", PASS), ("csrf", &csrf)]),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let set = r.header("set-cookie").expect("a new session").to_owned();
+    let human = set.split(';').next().unwrap().trim().to_owned();
+    assert_ne!(human, cookie);
+    let body = page.get("/", Some(&human)).body;
+    assert!(body.contains("Real variable names are shown"), "{body}");
+    assert!(
+        body.contains(&format!("<code class=\"var\">{REAL}</code>")),
+        "the card does not name the variable: {body}"
+    );
+    assert!(
+        body.contains(&format!("· {REAL} ·")),
+        "the grant does not name the variable: {body}"
+    );
+    assert!(!body.contains("action=\"/reveal\""));
+    assert!(page.get("/requests", Some(&human)).body.contains(REAL));
+    // The old cookie (the agent's) still shows aliases; so does every client of the socket.
+    let body = page.get("/", Some(&cookie)).body;
+    assert!(!body.contains(REAL), "{body}");
+    assert!(!page.get("/requests", Some(&cookie)).body.contains(REAL));
+    for args in [["requests", "--json"], ["grants", "--json"]] {
+        assert!(!h.ok(&args).contains(REAL));
+    }
+    // Approving from the revealed page binds the card the broker sent.
+    let body = page.get("/", Some(&human)).body;
+    let (card, csrf2) = (field(&body, "card"), field(&body, "csrf"));
+    let ids = id.to_string();
+    let r = page.post(
+        "/approve",
+        &human,
+        &form(&[
+            ("request_id", &ids),
+            ("card", &card),
+            ("factor", PASS),
+            ("csrf", &csrf2),
+        ]),
+    );
+    assert_eq!(r.status, 303);
+    let shown = page.get("/", Some(&human)).body;
+    assert!(
+        shown.contains(&format!("Approved request #{id}")),
+        "{shown}"
+    );
+    assert!(wait_output(child, Duration::from_secs(30)).status.success());
+    // Locking ends the revealed session with every other.
+    h.ok(&["lock"]);
+    assert_eq!(page.get("/", Some(&human)).status, 401);
+    let audit = h.audit_text();
+    assert!(audit.contains("\"web_reveal\""));
+}
+
+/// Issue 17, item 5 on the page: while the vault is locked, the page cannot unlock it (the
+/// passphrase goes only to a broker the CLI starts itself). It says which asks wait and sends the
+/// human to `keyveil approve ID` (one passphrase entry unlocks and approves, `locked.rs`); a
+/// passphrase posted to it unlocks and grants nothing.
+#[test]
+fn a_locked_vault_sends_the_page_to_the_terminal() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", TOKEN);
+    h.ok(&["lock"]);
+    let mut child = h.spawn_run(&strs(&run_args(&["true"])));
+    let t0 = Instant::now();
+    let id = loop {
+        let s = h.json(&["status", "--json"]);
+        if let Some(id) = s["locked_asks"][0]["id"].as_u64() {
+            break id;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no ask: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (page, cookie) = Page::login(&h);
+    let r = page.get("/", Some(&cookie));
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("The vault is locked"), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("keyveil approve {id}")),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("name=\"factor\""),
+        "a factor field: {}",
+        r.body
+    );
+    // A passphrase posted anyway (by hand, or by an old form) unlocks and grants nothing.
+    let csrf = "0".repeat(64);
+    let ids = id.to_string();
+    let r = page.post(
+        "/approve",
+        &cookie,
+        &form(&[("request_id", &ids), ("factor", PASS), ("csrf", &csrf)]),
+    );
+    assert!(r.status == 303 || r.status == 403, "{}", r.status);
+    let s = h.json(&["status", "--json"]);
+    assert_eq!(s["locked"], true, "{s}");
+    assert_eq!(s["live_grants"], 0, "{s}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

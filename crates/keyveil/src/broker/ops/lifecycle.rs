@@ -293,6 +293,7 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         inner.vault = None;
         inner.close_audit();
         inner.challenges.clear();
+        inner.held_approvals.clear();
         inner.pending_totp = None;
         recorded
     };

@@ -69,9 +69,21 @@ pub(super) async fn login(State(st): State<AppState>, RawQuery(q): RawQuery) -> 
     }
 }
 
-pub(super) async fn pending(st: &AppState) -> Result<Vec<view::CardView>, Refusal> {
+/// The real names this session may see (`reveal.rs`): per environment, alias → real name;
+/// empty for a session not opened by the factor.
+pub(super) fn names_for(st: &AppState, key: &super::auth::Digest32) -> view::NameMap {
+    match st.server.revealed_by(key, Instant::now()) {
+        Some(used) => st.broker.lock().page_names(used),
+        None => view::NameMap::new(),
+    }
+}
+
+pub(super) async fn pending(
+    st: &AppState,
+    names: &view::NameMap,
+) -> Result<Vec<view::CardView>, Refusal> {
     match crate::broker::ops::call(&st.broker, op::Requests).await {
-        Ok(data) => Ok(view::cards(&data)),
+        Ok(data) => Ok(view::cards(&data, names)),
         Err(Reply::Error { message, .. }) => Err(Box::new(notice(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Cannot list requests",
@@ -85,27 +97,63 @@ pub(super) async fn pending(st: &AppState) -> Result<Vec<view::CardView>, Refusa
     }
 }
 
+/// While the vault is locked, what the page says instead of cards: which asks wait, and that
+/// approving them is done at the terminal (one passphrase entry unlocks and approves). The page
+/// cannot unlock: the passphrase goes only to a broker the CLI starts itself (a locked process
+/// cannot prove it is the human's broker), and the unlocked broker is a new process with a page
+/// of its own. `None` when the vault is unlocked.
+fn locked_notice(st: &AppState) -> Option<Response> {
+    let inner = st.broker.lock();
+    if inner.vault.is_some() {
+        return None;
+    }
+    let ids: Vec<String> = inner
+        .locked_asks
+        .keys()
+        .map(|id| format!("#{id}"))
+        .collect();
+    drop(inner);
+    let text = match ids.first() {
+        None => "No request waits. Unlock it at your terminal with `keyveil unlock`; this page cannot unlock the vault.".to_owned(),
+        Some(first) => format!(
+            "{} waiting for it: {}. Approve at your terminal with `keyveil approve {}`: one passphrase entry unlocks the vault and approves. This page cannot unlock the vault (the passphrase goes only to a broker your terminal starts itself); after the unlock, open a new link with `keyveil approve --web`.",
+            if ids.len() == 1 { "1 request is" } else { "Requests are" },
+            ids.join(", "),
+            first.trim_start_matches('#'),
+        ),
+    };
+    Some(notice(StatusCode::OK, "The vault is locked", &text))
+}
+
 pub(super) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let key = match session(&st, &headers) {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    let cards = match pending(&st).await {
+    if let Some(r) = locked_notice(&st) {
+        return r;
+    }
+    let names = names_for(&st, &key);
+    let cards = match pending(&st, &names).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
     let grants = match crate::broker::ops::call(&st.broker, op::Grants { client: None }).await {
-        Ok(d) => view::grants(&d, jiff::Timestamp::now()),
+        Ok(d) => view::grants(&d, jiff::Timestamp::now(), &names),
         Err(_) => Vec::new(),
     };
     let csrf = st.server.csrf_of(&key).unwrap_or_default();
     let flash = st.server.take_flash(&key);
+    let names_shown = st.server.revealed_by(&key, Instant::now()).is_some();
+    let offer_reveal = !names_shown && st.broker.lock().any_hides_names();
     html(
         view::Page {
             cards,
             grants,
             csrf,
             flash,
+            names_shown,
+            offer_reveal,
         }
         .render(),
     )
@@ -116,7 +164,8 @@ pub(super) async fn fragment(State(st): State<AppState>, headers: HeaderMap) -> 
         Ok(k) => k,
         Err(r) => return *r,
     };
-    let cards = match pending(&st).await {
+    let names = names_for(&st, &key);
+    let cards = match pending(&st, &names).await {
         Ok(c) => c,
         Err(r) => return *r,
     };

@@ -3,8 +3,8 @@
 //! sessions). Tokens and cookies are kept as SHA-256 digests.
 
 use super::{
-    MAX_FLASHES, MAX_SESSIONS, MAX_SPENT, MAX_TOKENS, SESSION_TTL, SET_SESSION_TTL, SET_TOKEN_TTL,
-    TOKEN_TTL, view,
+    MAX_FLASHES, MAX_REVEALED, MAX_SESSIONS, MAX_SPENT, MAX_TOKENS, SESSION_TTL, SET_SESSION_TTL,
+    SET_TOKEN_TTL, TOKEN_TTL, view,
 };
 use crate::broker::state::{OpError, OpResult};
 use axum::http::{HeaderMap, header};
@@ -59,6 +59,9 @@ pub(super) struct Auth {
     pub(super) set_tokens: HashMap<Digest32, SetTarget>,
     /// Digest of a value-entry cookie → its session.
     pub(super) set_sessions: HashMap<Digest32, SetSession>,
+    /// Digest of a session cookie opened by a factor (`POST /reveal`) → the factor
+    /// (`passphrase` or `totp`) and the session's deadline: its pages show hidden names.
+    pub(super) revealed: HashMap<Digest32, (&'static str, Instant)>,
 }
 
 /// The running server: its port, the key that signs its tokens and sessions, and what it
@@ -185,6 +188,7 @@ impl Server {
         auth.flashes.clear();
         auth.set_tokens.clear();
         auth.set_sessions.clear();
+        auth.revealed.clear();
         auth.spent.clear();
     }
 
@@ -336,6 +340,36 @@ impl Server {
             .map(|(_, v)| v.trim().to_owned())?;
         self.verify(SESSION, &value, now)?;
         Some(digest(&value))
+    }
+
+    /// Records that the session whose cookie digests to `key` was opened by the factor `used`
+    /// (`POST /reveal`), until `deadline`. At most [`MAX_REVEALED`] are kept (only a factor
+    /// adds one; dropping the oldest only hides its names again).
+    pub(super) fn reveal(&self, key: Digest32, used: &'static str, deadline: Instant) {
+        let mut auth = self.auth();
+        let now = Instant::now();
+        auth.revealed.retain(|_, (_, d)| *d > now);
+        while auth.revealed.len() >= MAX_REVEALED {
+            let Some(oldest) = auth
+                .revealed
+                .iter()
+                .min_by_key(|(_, (_, d))| *d)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            auth.revealed.remove(&oldest);
+        }
+        auth.revealed.insert(key, (used, deadline));
+    }
+
+    /// The factor that opened session `key`, if it was opened by one and is live.
+    pub(super) fn revealed_by(&self, key: &Digest32, now: Instant) -> Option<&'static str> {
+        self.auth()
+            .revealed
+            .get(key)
+            .filter(|(_, d)| *d > now)
+            .map(|(used, _)| *used)
     }
 
     /// The CSRF token of the session whose cookie digests to `key`: derived, not stored.

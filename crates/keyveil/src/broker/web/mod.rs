@@ -49,10 +49,12 @@ use keyveil_proto::op;
 mod approvals;
 mod auth;
 mod checks;
+mod reveal;
 mod set_value;
 use approvals::{approve, deny, events, fragment, index, login, revoke};
 pub(crate) use auth::Server;
 use checks::guard;
+use reveal::reveal;
 pub(crate) use set_value::set_url;
 use set_value::{set_page, set_value};
 
@@ -68,6 +70,8 @@ const MAX_SESSIONS: usize = 16;
 /// When full, a login is refused (fail closed) until the oldest expire; nothing live is ever
 /// dropped. Reaching it takes this many logins within [`TOKEN_TTL`].
 const MAX_SPENT: usize = 65_536;
+/// Sessions opened by a factor (`POST /reveal`, showing hidden names) kept at once.
+const MAX_REVEALED: usize = 64;
 /// Flash messages (the outcome of the last approve or deny) kept at once; dropping one loses
 /// only that message.
 const MAX_FLASHES: usize = 256;
@@ -169,6 +173,7 @@ fn router(state: AppState) -> Router {
         .route("/approve", post(approve))
         .route("/deny", post(deny))
         .route("/revoke", post(revoke))
+        .route("/reveal", post(reveal))
         .route("/set", get(set_page).post(set_value))
         .route("/static/app.js", get(js))
         .route("/static/app.css", get(css))

@@ -208,8 +208,54 @@ fn facts(r: &op::RequestCard) -> Vec<(String, String)> {
     out
 }
 
-/// Builds the view of one approval card.
-pub(super) fn card(r: &op::RequestCard) -> CardView {
+/// Real names a session may see (`reveal.rs`): environment → alias → real name.
+pub(super) type NameMap =
+    std::collections::HashMap<String, std::collections::HashMap<String, String>>;
+
+/// `name` with its real name where `names` has one for `env`.
+fn real(names: &NameMap, env: &str, name: &str) -> String {
+    names
+        .get(env)
+        .and_then(|m| m.get(name))
+        .cloned()
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// The card with the real names of its variables where `names` has them (the fields that
+/// name variables; never the requester's own text: argv, reason, cwd stay as written).
+fn with_real_names(r: &op::RequestCard, names: &NameMap) -> op::RequestCard {
+    let mut r = r.clone();
+    let env = r.environment.clone();
+    for v in &mut r.variables {
+        *v = real(names, &env, v);
+    }
+    for n in &mut r.new_variables {
+        n.variable = real(names, &env, &n.variable);
+    }
+    for c in &mut r.chosen_values {
+        if let Some(v) = &mut c.variable {
+            *v = real(names, &env, v);
+        }
+    }
+    for b in &mut r.bound {
+        b.variable = real(names, &env, &b.variable);
+    }
+    r
+}
+
+/// Builds the view of one approval card, with the real names in `names`. The digest the
+/// approve form posts is always the card's as the broker sent it (with aliases): what the
+/// broker compares.
+pub(super) fn card_named(r: &op::RequestCard, names: &NameMap) -> CardView {
+    let digest = crate::factor_proof::card_digest(&serde_json::to_value(r).unwrap_or_default());
+    let shown = with_real_names(r, names);
+    CardView {
+        digest,
+        ..card_view(&shown)
+    }
+}
+
+fn card_view(r: &op::RequestCard) -> CardView {
     let c = &r.client;
     let client = format!(
         "claimed {}:{} {} (pid {})",
@@ -256,9 +302,9 @@ pub(super) fn card(r: &op::RequestCard) -> CardView {
     }
 }
 
-/// Cards from the reply to `op::Requests`.
-pub(super) fn cards(data: &op::PendingRequests) -> Vec<CardView> {
-    data.requests.iter().map(card).collect()
+/// Cards from the reply to `op::Requests`, with the real names in `names`.
+pub(super) fn cards(data: &op::PendingRequests, names: &NameMap) -> Vec<CardView> {
+    data.requests.iter().map(|r| card_named(r, names)).collect()
 }
 
 /// A message shown once at the top of the page after a POST.
@@ -293,7 +339,11 @@ pub(super) struct GrantView {
 }
 
 /// The grants still usable, for the page (`/`).
-pub(super) fn grants(data: &op::GrantList, now: jiff::Timestamp) -> Vec<GrantView> {
+pub(super) fn grants(
+    data: &op::GrantList,
+    now: jiff::Timestamp,
+    names: &NameMap,
+) -> Vec<GrantView> {
     data.grants
         .iter()
         .filter(|g| g.expires_at > now && g.uses_left != Some(0))
@@ -319,7 +369,7 @@ pub(super) fn grants(data: &op::GrantList, now: jiff::Timestamp) -> Vec<GrantVie
             variables: g
                 .variables
                 .iter()
-                .map(|v| ident(v))
+                .map(|v| ident(&real(names, &g.environment, v)))
                 .collect::<Vec<_>>()
                 .join(", "),
             expires_at: when(&g.expires_at.to_string()),
@@ -344,6 +394,10 @@ pub(super) struct Page {
     pub csrf: String,
     /// The result of the last POST, once.
     pub flash: Option<Flash>,
+    /// This session was opened by the factor: hidden names are shown as they are.
+    pub names_shown: bool,
+    /// Some environment hides its names and this session shows aliases: offer the reveal form.
+    pub offer_reveal: bool,
 }
 
 /// Only the list (what the page's script fetches on each change).
@@ -425,9 +479,11 @@ mod tests {
         }]});
         let html = Page {
             grants: Vec::new(),
-            cards: cards(&serde_json::from_value(data).unwrap()),
+            cards: cards(&serde_json::from_value(data).unwrap(), &NameMap::new()),
             csrf: "c".into(),
             flash: None,
+            names_shown: false,
+            offer_reveal: false,
         }
         .render()
         .unwrap();
@@ -471,9 +527,11 @@ mod tests {
         }]});
         let html = Page {
             grants: Vec::new(),
-            cards: cards(&serde_json::from_value(data).unwrap()),
+            cards: cards(&serde_json::from_value(data).unwrap(), &NameMap::new()),
             csrf: "c".into(),
             flash: None,
+            names_shown: false,
+            offer_reveal: false,
         }
         .render()
         .unwrap();
