@@ -92,6 +92,25 @@ pub(crate) fn reads_program(argv: &[String]) -> bool {
         })
 }
 
+/// [`reads_program`] for the executable `argv[0]` resolves to (`exe`, canonical, as
+/// [`crate::pin::resolve`] gives it): a program is also assumed to read program text when it
+/// could not be resolved, when the file it runs is not itself one of [`DATA_READERS`] by its
+/// own name (a link `./wc` to `sh`), or when it lies where the requester can write
+/// (`writable`: a script the agent wrote and named `./cat`). The base name of `argv[0]` alone
+/// is the requester's choice.
+pub(crate) fn reads_program_at(
+    argv: &[String],
+    exe: Option<&std::path::Path>,
+    writable: bool,
+) -> bool {
+    let is_data_reader = |p: &std::path::Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| DATA_READERS.contains(&n))
+    };
+    reads_program(argv) || writable || !exe.is_some_and(is_data_reader)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +162,32 @@ mod tests {
         ] {
             assert!(!reads_program(&v(a)), "{a:?}");
         }
+    }
+
+    #[test]
+    fn a_data_readers_name_is_not_enough() {
+        use std::path::Path;
+        let cat = v(&["./cat"]);
+        assert!(!reads_program_at(
+            &cat,
+            Some(Path::new("/usr/bin/cat")),
+            false
+        ));
+        assert!(reads_program_at(
+            &cat,
+            Some(Path::new("/work/app/cat")),
+            true
+        ));
+        assert!(reads_program_at(
+            &cat,
+            Some(Path::new("/usr/bin/dash")),
+            false
+        ));
+        assert!(reads_program_at(&cat, None, false));
+        assert!(reads_program_at(
+            &v(&["sh"]),
+            Some(Path::new("/usr/bin/cat")),
+            false
+        ));
     }
 }

@@ -113,6 +113,12 @@ pub struct LockedAsk {
     pub argv: Vec<String>,
     /// Working directory, made canonical.
     pub cwd: String,
+    /// Pass-through names as asked (empty: none).
+    #[serde(default)]
+    pub pass_env: Vec<String>,
+    /// SHA-256 (hex) of the standard input the agent supplies (`None`: `/dev/null`).
+    #[serde(default)]
+    pub stdin_sha256: Option<String>,
     /// The agent's reason.
     pub reason: Option<String>,
     /// When it was last asked.

@@ -52,6 +52,8 @@ pub(crate) fn record(inner: &mut Inner, mut ask: op::LockedAsk) -> Result<u64, O
             && a.variables == ask.variables
             && a.argv == ask.argv
             && a.cwd == ask.cwd
+            && a.pass_env == ask.pass_env
+            && a.stdin_sha256 == ask.stdin_sha256
     });
     if let Some((id, (a, at))) = same {
         a.reason = ask.reason;
@@ -112,6 +114,16 @@ pub(super) async fn wait(
         variables: req.variables.clone(),
         argv: req.argv.clone(),
         cwd,
+        pass_env: {
+            let mut p = req.pass_env.clone();
+            p.sort();
+            p.dedup();
+            p
+        },
+        stdin_sha256: req.stdin.as_ref().map(|t| {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(t.as_bytes()))
+        }),
         reason: req.reason.clone(),
         asked_at: Timestamp::now(),
     };
@@ -163,6 +175,8 @@ mod tests {
             variables: None,
             argv: argv.iter().map(|s| (*s).to_owned()).collect(),
             cwd: "/tmp".into(),
+            pass_env: Vec::new(),
+            stdin_sha256: None,
             reason: None,
             asked_at: Timestamp::now(),
         }

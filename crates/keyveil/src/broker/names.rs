@@ -81,10 +81,16 @@ impl Inner {
         if !e.policy.hide_names {
             return e.variables.contains_key(given).then(|| given.to_owned());
         }
-        e.variables
-            .keys()
-            .find(|n| v.name_alias(env, n) == given)
-            .cloned()
+        // Every alias is computed, not only those up to the match: a search that stopped at
+        // the match would take longer the later the real name sorts (a timing oracle on the
+        // order of the hidden names).
+        let mut found = None;
+        for n in e.variables.keys() {
+            if v.name_alias(env, n) == given && found.is_none() {
+                found = Some(n.clone());
+            }
+        }
+        found
     }
 
     /// Like [`Inner::real_name`], for the human's own commands (`set`, `unset`, `generate`):
@@ -98,7 +104,8 @@ impl Inner {
     /// reply or an audit entry). Inside any JSON object with a string `environment` whose
     /// policy hides names (and everything nested in it), it rewrites `variable` (a string),
     /// `variables` and `replaced` (strings, or objects with a `name`; sorted by alias), and so
-    /// `write_leaks[].variable`; in the
+    /// `write_leaks[].variable`, and sorts `bindings`, `bound` and `new_variables` (objects with
+    /// a `variable`) by alias; in the
     /// object that names the environment itself, `name` too (`{environment, name}` replies about
     /// one variable). Names that are not variables of that environment are left alone, so it is
     /// idempotent.
@@ -148,17 +155,21 @@ impl Inner {
                         self.hide_walk(child, env, depth + 1);
                     }
                 }
-                // Egress bindings (`[{variable, hosts}]`, sorted by real name in the vault):
-                // once aliased, sorted by alias, or their order would betray the real names.
-                if env.is_some_and(|e| self.hides_names(e))
-                    && let Some(Value::Array(list)) = map.get_mut("bindings")
-                {
-                    list.sort_by(|a, b| {
-                        let key = |v: &Value| {
-                            v.get("variable").and_then(Value::as_str).map(str::to_owned)
-                        };
-                        key(a).cmp(&key(b))
-                    });
+                // Lists of `{variable, ...}` kept in real-name order (egress `bindings` sorted
+                // in the vault; a card's `bound` and `new_variables`, taken from the request's
+                // real names): once aliased, sorted by alias, or their order would betray the
+                // real names.
+                if env.is_some_and(|e| self.hides_names(e)) {
+                    for key in ["bindings", "bound", "new_variables"] {
+                        if let Some(Value::Array(list)) = map.get_mut(key) {
+                            list.sort_by(|a, b| {
+                                let key = |v: &Value| {
+                                    v.get("variable").and_then(Value::as_str).map(str::to_owned)
+                                };
+                                key(a).cmp(&key(b))
+                            });
+                        }
+                    }
                 }
             }
             _ => {}

@@ -229,9 +229,44 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         )
         .hint("write large input to a file in the working directory and pass its path instead"));
     }
+    broker.lock().audit_ready("run_start")?;
+    let cwd = super::cwd::canonical_cwd(&req.cwd)?;
+    let pass_env = check_pass_env(&req.pass_env)?;
+    let (vars, search_path, home) = {
+        let inner = broker.lock();
+        match inner.resolve_variables(&req.environment, req.variables.as_deref()) {
+            Ok(v) => (v, inner.policy_path(&req.environment), inner.child_home()),
+            Err(e) => return Err(e),
+        }
+    };
+    // Whether the command may read its stdin as program text: judged on the file argv[0]
+    // runs (a script named `./cat`, a link `./wc` to `sh`), not on the name alone.
+    let program = req.stdin.is_some() && {
+        let exe = req
+            .argv
+            .first()
+            .and_then(|a| crate::pin::resolve(a, &search_path, std::path::Path::new(&cwd)).ok());
+        let (cwd_p, home_p) = (
+            std::path::Path::new(&cwd),
+            home.as_deref().map(std::path::Path::new),
+        );
+        // Where the agent could have put it or can rewrite it: its usual places, a folder it
+        // owns or can write, or a file of its own.
+        let writable = exe.as_deref().is_some_and(|e| {
+            crate::pin::requester_writable(e, cwd_p, home_p)
+                || e.parent()
+                    .is_some_and(|d| crate::path_dirs::agent_writable(d, cwd_p, home_p))
+                || std::fs::metadata(e).is_ok_and(|m| {
+                    // (A broker run as root owns the system's programs too.)
+                    let me = rustix::process::geteuid();
+                    !me.is_root() && std::os::unix::fs::MetadataExt::uid(&m) == me.as_raw()
+                })
+        });
+        crate::stdin_program::reads_program_at(&req.argv, exe.as_deref(), writable)
+    };
     // Program text longer than the card shows would be approved unseen.
     if let Some(s) = &req.stdin
-        && crate::stdin_program::reads_program(&req.argv)
+        && program
         && s.chars().count() > super::state::SHOWN_STDIN_CHARS
     {
         return Err(OpError::new(
@@ -244,16 +279,6 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         )
         .hint("put the program in a file in the working directory and run that file (the card pins it), or send a shorter input"));
     }
-    broker.lock().audit_ready("run_start")?;
-    let cwd = super::cwd::canonical_cwd(&req.cwd)?;
-    let pass_env = check_pass_env(&req.pass_env)?;
-    let (vars, search_path, home) = {
-        let inner = broker.lock();
-        match inner.resolve_variables(&req.environment, req.variables.as_deref()) {
-            Ok(v) => (v, inner.policy_path(&req.environment), inner.child_home()),
-            Err(e) => return Err(e),
-        }
-    };
     let ask = Ask {
         client: req.client.clone(),
         environment: req.environment.clone(),
@@ -265,7 +290,7 @@ fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpEr
         stdin: req
             .stdin
             .as_deref()
-            .map(|t| super::state::stdin_info(t, &req.argv)),
+            .map(|t| super::state::stdin_info(t, program)),
         peer,
         mount: None,
     };

@@ -191,9 +191,9 @@ pub(crate) const SHOWN_STDIN_CHARS: usize = SHOWN_VALUE_CHARS * 10;
 pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
 
 /// Describes a requester's standard input for the card: its first [`SHOWN_STDIN_CHARS`]
-/// characters, size, digest, and whether `argv` may read program text from it
-/// ([`crate::stdin_program::reads_program`]).
-pub(crate) fn stdin_info(text: &str, argv: &[String]) -> keyveil_proto::op::StdinInfo {
+/// characters, size, digest, and whether the command may read program text from it
+/// (`program`: [`crate::stdin_program::reads_program_at`]).
+pub(crate) fn stdin_info(text: &str, program: bool) -> keyveil_proto::op::StdinInfo {
     use sha2::Digest as _;
     let shown = SHOWN_STDIN_CHARS;
     keyveil_proto::op::StdinInfo {
@@ -201,7 +201,7 @@ pub(crate) fn stdin_info(text: &str, argv: &[String]) -> keyveil_proto::op::Stdi
         bytes: text.len(),
         clipped: text.chars().count() > shown,
         sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
-        program: crate::stdin_program::reads_program(argv),
+        program,
     }
 }
 

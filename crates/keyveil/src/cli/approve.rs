@@ -155,6 +155,22 @@ fn locked_card(a: &op::LockedAsk) -> String {
         crate::card::argv_words(a.argv.iter().map(String::as_str)),
         visible(&a.cwd),
     );
+    if !a.pass_env.is_empty() {
+        out.push_str(&format!(
+            "  pass-env:    {}\n",
+            a.pass_env
+                .iter()
+                .map(|n| visible(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(d) = &a.stdin_sha256 {
+        out.push_str(&format!(
+            "  stdin:       supplied by the requester (sha256 {}); shown in full after the unlock\n",
+            d.get(..16).unwrap_or(d)
+        ));
+    }
     if let Some(r) = &a.reason {
         out.push_str(&format!("  reason:      {}\n", visible_text(r)));
     }
@@ -162,6 +178,31 @@ fn locked_card(a: &op::LockedAsk) -> String {
         "  (pins and risk flags are shown from the unlocked vault before anything is granted)",
     );
     out
+}
+
+/// Whether `card` (a request of the unlocked broker) is the call the locked card showed: the
+/// same client, environment, argv and cwd, and no more than it showed: the same variables
+/// (when it named them), pass-through names and standard input. The agent may send other
+/// calls with the same argv first; the one the human read is the one approved.
+fn same_as_locked(card: &op::RequestCard, ask: &op::LockedAsk) -> bool {
+    let variables = ask.variables.as_ref().is_none_or(|v| {
+        let mut v = v.clone();
+        v.sort();
+        v.dedup();
+        let mut shown = card.variables.clone();
+        shown.sort();
+        v == shown
+    });
+    let mut pass_env = card.pass_env.clone();
+    pass_env.sort();
+    pass_env.dedup();
+    card.client.name == ask.client
+        && card.environment == ask.environment
+        && card.argv.as_ref() == Some(&ask.argv)
+        && card.cwd == ask.cwd
+        && variables
+        && pass_env == ask.pass_env
+        && card.stdin.as_ref().map(|s| &s.sha256) == ask.stdin_sha256.as_ref()
 }
 
 /// How long `approve` waits, after unlocking, for the agent's call to reach the unlocked broker.
@@ -204,12 +245,7 @@ async fn approve_locked(
     let deadline = tokio::time::Instant::now() + AGAIN_WAIT;
     let card = loop {
         let d = call(paths, op::Requests).await?;
-        if let Some(c) = d.requests.into_iter().find(|r| {
-            r.client.name == ask.client
-                && r.environment == ask.environment
-                && r.argv.as_ref() == Some(&ask.argv)
-                && r.cwd == ask.cwd
-        }) {
+        if let Some(c) = d.requests.into_iter().find(|r| same_as_locked(r, &ask)) {
             break c;
         }
         if tokio::time::Instant::now() >= deadline {

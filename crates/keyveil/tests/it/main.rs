@@ -50,6 +50,7 @@ mod redteam22;
 mod redteam22b;
 mod redteam3;
 mod redteam4;
+mod redteam_s8;
 mod revoke;
 mod sandbox;
 mod setup;
