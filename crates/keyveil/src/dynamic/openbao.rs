@@ -133,7 +133,8 @@ impl<'a> Bao<'a> {
                 ns_note(ns)
             ),
             503 => "the node is sealed or not ready: unseal it, or give the address of another node".into(),
-            429 | 472 | 473 => "the node is a standby or performance replica that cannot serve this: give the active node's address, or a load balancer in front of the cluster".into(),
+            307 | 429 | 472 | 473 => "the node is a standby that cannot serve this now (keyveil follows no redirect): list every node of the cluster, comma-separated, in --address (replacing the variable asks for your factor), or give a load balancer in front of it".into(),
+            500 | 502 | 504 if self.conn.node_count() > 1 => "no node of the cluster could serve it within 20 s: check that the cluster has a leader (`bao operator raft list-peers`)".into(),
             _ => "see OpenBao's error above; the node's audit log has the request".into(),
         };
         Err(bao_error(

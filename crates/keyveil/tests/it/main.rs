@@ -33,6 +33,7 @@ mod mcp_wait;
 mod mount;
 mod names;
 mod openbao;
+mod openbao_cluster;
 mod oracle;
 mod output;
 mod pathdirs;
