@@ -108,6 +108,17 @@ impl<'a> Bao<'a> {
         }
     }
 
+    /// One request with the variable's token, and no second login on a 403: for a request the
+    /// token may well be refused (a capability the policy need not grant) without being
+    /// revoked.
+    async fn call_once(&self, method: Method, path: &str) -> Result<(u16, Value), DynamicError> {
+        let (token, _) = self.logins.token(self.spec).await?;
+        let secrets = [token.expose(), self.spec.admin.expose()];
+        self.conn
+            .request(method, path, None, Some(&token), &secrets)
+            .await
+    }
+
     /// Like [`Bao::call`] but a non-2xx status is an error naming the node, the path and the
     /// namespace, with OpenBao's `errors` and what to do.
     async fn ok(
@@ -197,6 +208,39 @@ pub(crate) async fn read_kv(
             (k.clone(), SecretValue::new(s))
         })
         .collect())
+}
+
+/// The current version of the KV v2 secret at the spec's `mount` and `path`: from its metadata
+/// (`GET <mount>/metadata/<path>`, `data.current_version`) or, when the token may not read
+/// metadata (403: a policy that grants `data/` only), from a read of the secret
+/// (`data.metadata.version`; the values read are dropped at once).
+pub(crate) async fn kv_version(spec: &DynamicSpec, logins: &Logins) -> Result<u64, DynamicError> {
+    let mount = spec.opt("mount").unwrap_or("secret");
+    let path = spec.opt("path").unwrap_or("");
+    check_path("mount", mount)?;
+    check_path("KV path", path)?;
+    let bao = Bao::new(spec, logins)?;
+    let meta = format!("{mount}/metadata/{path}");
+    let (status, v) = bao.call_once(Method::GET, &meta).await?;
+    if (200..300).contains(&status)
+        && let Some(n) = v["data"]["current_version"].as_u64()
+    {
+        return Ok(n);
+    }
+    let v = bao
+        .ok(
+            Method::GET,
+            &format!("{mount}/data/{path}"),
+            None,
+            "read the KV secret",
+        )
+        .await?;
+    v["data"]["metadata"]["version"].as_u64().ok_or_else(|| {
+        bao.fail(
+            "read the KV secret",
+            "the answer has no data.metadata.version",
+        )
+    })
 }
 
 /// Draws a database credential (a lease) and shortens it to the grant's expiry.

@@ -114,6 +114,8 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
     assert!(add.status.success(), "{}", text(&add.stderr));
     let show = h.json(&["env", "show", "demo", "--json"]);
     assert_eq!(show["variables"][0]["name"], "API_KEY", "{show}");
+    // The KV v2 version (the role may not read metadata: read from the secret's own answer).
+    assert_eq!(show["variables"][0]["kv_version"], 1, "{show}");
     let child = h.spawn_run(&[
         "run",
         "--env",
@@ -158,6 +160,13 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
         sha_script(),
     ]);
     assert!(text(&o2.stdout).contains(&format!("sha={}", sha256_hex(&new_key))));
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(show["variables"][0]["kv_version"], 2, "{show}");
+    let shown = h.ok(&["env", "show", "demo"]);
+    assert!(
+        shown.contains("KV v2") && !shown.contains(&new_key),
+        "{shown}"
+    );
 
     let tokens = login_tokens(&audit_log);
     assert_eq!(tokens.len(), 1, "one login serves the add and both runs");

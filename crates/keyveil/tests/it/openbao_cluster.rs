@@ -217,6 +217,8 @@ fn the_agent_cannot_add_a_node_to_the_list_without_the_factor() {
     );
     assert!(add.status.success(), "{}", text(&add.stderr));
     let before = h.json(&["env", "show", "demo", "--json"]);
+    // The root token reads the metadata: the version comes from there.
+    assert_eq!(before["variables"][0]["kv_version"], 1, "{before}");
     let agents = "http://127.0.0.1:9";
     for list in [
         format!("{},{agents}", bao.address),
