@@ -11,8 +11,9 @@ pub struct EnvShow {
     pub name: String,
     /// Also ask OpenBao for the KV v2 version of each variable linked to a KV path
     /// ([`VariableInfo::kv_version`]): one request per path, so the CLI's `env show` sets it
-    /// and the MCP server does not.
-    #[serde(default)]
+    /// and the MCP server does not. Left out of the JSON when `false` (the request's shape is
+    /// then the one older brokers know).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub versions: bool,
 }
 
