@@ -46,15 +46,15 @@ struct GrantCreds {
 }
 
 /// Results of background revocations and reaps, drained into the audit log by [`sweep`].
-type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
+pub(super) type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
 
 /// Dynamic credentials held by the broker, per grant. Lives in the broker state (`Inner`).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     held: BTreeMap<String, GrantCreds>,
-    outbox: Outbox,
+    pub(super) outbox: Outbox,
     /// Reaps take it exclusively; mints share it: a reap never races a fresh mint.
-    gate: Arc<tokio::sync::RwLock<()>>,
+    pub(super) gate: Arc<tokio::sync::RwLock<()>>,
     /// Revocations still running in the background (waited for by [`settle`]).
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Tokens from OpenBao logins (memory only; revoked by [`close_logins`]).
@@ -101,12 +101,27 @@ impl Registry {
     }
 
     /// Names of every minted user held, for the reaper's keep list.
+    /// The OpenBao lease ids live grants hold.
+    #[cfg(feature = "openbao")]
+    fn held_leases(&self) -> std::collections::BTreeSet<String> {
+        self.held
+            .values()
+            .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.lease_id.clone()))
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
     fn held_users(&self) -> Vec<String> {
         self.held
             .values()
             .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.user.clone()))
             .collect()
     }
+}
+
+/// Queues an audit entry for the broker's next sweep (entries from background tasks).
+pub(crate) fn push_outbox(o: &Outbox, event: &'static str, fields: Value) {
+    lock_outbox(o).push((event, fields));
 }
 
 fn lock_outbox(o: &Outbox) -> std::sync::MutexGuard<'_, Vec<(&'static str, Value)>> {
@@ -463,10 +478,17 @@ pub(crate) fn sweep(inner: &mut Inner) {
 /// After an unlock: reap, in the background, the users of every dynamic variable's prefix that
 /// this broker does not hold (a crashed broker's leftovers). Results are audited by [`sweep`].
 pub(crate) fn on_unlock(broker: &Arc<Broker>) {
+    #[cfg(feature = "openbao")]
+    {
+        let leases = {
+            let inner = broker.lock();
+            inner.dynamic.logins.reopen();
+            inner.dynamic.held_leases()
+        };
+        super::lease_reap::on_unlock(broker, leases);
+    }
     let (specs, keep, outbox, gate) = {
         let inner = broker.lock();
-        #[cfg(feature = "openbao")]
-        inner.dynamic.logins.reopen();
         let Ok(vault) = inner.vault() else { return };
         let mut seen = std::collections::BTreeSet::new();
         let specs: Vec<(String, DynamicSpec)> = vault

@@ -26,6 +26,8 @@
 pub(crate) mod bao_conn;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
+pub(crate) mod lease_reap;
+#[cfg(feature = "openbao")]
 pub(crate) mod openbao;
 pub(crate) mod postgres;
 pub(crate) mod redis;

@@ -34,6 +34,7 @@ mod mount;
 mod names;
 mod openbao;
 mod openbao_cluster;
+mod openbao_reap;
 mod oracle;
 mod output;
 mod pathdirs;
