@@ -201,6 +201,7 @@ pub(crate) async fn values_for_grant(
     let mut out = DynamicValues::default();
     let mut fresh: Vec<Held> = Vec::new();
     let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
+    let mut kv_reads: Vec<Value> = Vec::new();
     let mut failure: Option<OpError> = None;
     for (name, src) in wanted {
         let spec = match DynamicSpec::from_source(&src) {
@@ -211,7 +212,7 @@ pub(crate) async fn values_for_grant(
             }
         };
         if spec.engine == EngineKind::OpenbaoKv {
-            match fetch_kv(&spec, &logins, &name, &mut kv_cache).await {
+            match fetch_kv(&spec, &logins, &name, &mut kv_cache, &mut kv_reads).await {
                 Ok(v) => out.values.push((name, v)),
                 Err(e) => {
                     audit_failure(broker, grant_id, environment, &name, &spec, &e);
@@ -271,6 +272,18 @@ pub(crate) async fn values_for_grant(
         out.values.extend(minted.extra_env.iter().cloned());
         out.env.extend(minted.plain_env.iter().cloned());
     }
+    // Each KV read on the record, with OpenBao's request id (joins its audit device) and the
+    // version read: never a value.
+    if !kv_reads.is_empty() {
+        let mut inner = broker.lock();
+        for mut r in kv_reads {
+            if let Value::Object(m) = &mut r {
+                m.insert("grant_id".into(), json!(grant_id));
+                m.insert("environment".into(), json!(environment));
+            }
+            inner.audit("kv_fetch", r);
+        }
+    }
     // Register what was minted; if the grant ended meanwhile, destroy it at once.
     if !fresh.is_empty() {
         let mut inner = broker.lock();
@@ -312,14 +325,25 @@ async fn fetch_kv(
     logins: &super::Logins,
     variable: &str,
     cache: &mut BTreeMap<String, BTreeMap<String, SecretValue>>,
+    reads: &mut Vec<Value>,
 ) -> Result<SecretValue, DynamicError> {
     let key = spec.opt("key").unwrap_or(variable).to_owned();
     let cache_key = spec.shown_target();
     if !cache.contains_key(&cache_key) {
         #[cfg(feature = "openbao")]
         {
-            let fetched = super::openbao::read_kv(spec, logins).await?;
-            cache.insert(cache_key.clone(), fetched);
+            let r = super::openbao::read_kv_full(spec, logins).await?;
+            reads.push(json!({
+                "target": cache_key,
+                "namespace": spec.opt("namespace"),
+                "version": r.version,
+                "request_id": r.request_id,
+            }));
+            cache.insert(cache_key.clone(), r.fields);
+        }
+        #[cfg(not(feature = "openbao"))]
+        {
+            let _ = reads;
         }
         #[cfg(not(feature = "openbao"))]
         {

@@ -176,12 +176,43 @@ pub(crate) fn errors_of(status: u16, v: &Value) -> String {
     }
 }
 
+/// OpenBao's `request_id` of an answer (a UUID its audit device logs as `request.id`), kept
+/// only when it looks like one (hex digits and dashes, at most 64 characters): it goes into
+/// keyveil's audit log.
+pub(crate) fn request_id_of(v: &Value) -> String {
+    let id = v["request_id"].as_str().unwrap_or("");
+    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        id.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// A KV v2 read: the fields, OpenBao's request id and the secret's version (for the audit
+/// log; no secret).
+pub(crate) struct KvRead {
+    /// Every field, as a string (non-string JSON values in their JSON text).
+    pub(crate) fields: BTreeMap<String, SecretValue>,
+    /// OpenBao's request id ([`request_id_of`]), or empty.
+    pub(crate) request_id: String,
+    /// `data.metadata.version`, or 0 when absent.
+    pub(crate) version: u64,
+}
+
 /// Reads the KV v2 secret at the spec's `mount` (default `secret`) and `path`: every field, as
 /// a string (non-string JSON values in their JSON text).
 pub(crate) async fn read_kv(
     spec: &DynamicSpec,
     logins: &Logins,
 ) -> Result<BTreeMap<String, SecretValue>, DynamicError> {
+    read_kv_full(spec, logins).await.map(|r| r.fields)
+}
+
+/// [`read_kv`] with the request id and version of the read.
+pub(crate) async fn read_kv_full(
+    spec: &DynamicSpec,
+    logins: &Logins,
+) -> Result<KvRead, DynamicError> {
     let mount = spec.opt("mount").unwrap_or("secret");
     let path = spec.opt("path").unwrap_or("");
     check_path("mount", mount)?;
@@ -198,7 +229,7 @@ pub(crate) async fn read_kv(
     let Some(data) = v["data"]["data"].as_object() else {
         return Err(bao.fail("read the KV secret", "the answer has no data.data object"));
     };
-    Ok(data
+    let fields = data
         .iter()
         .map(|(k, v)| {
             let s = match v {
@@ -207,7 +238,12 @@ pub(crate) async fn read_kv(
             };
             (k.clone(), SecretValue::new(s))
         })
-        .collect())
+        .collect();
+    Ok(KvRead {
+        fields,
+        request_id: request_id_of(&v),
+        version: v["data"]["metadata"]["version"].as_u64().unwrap_or(0),
+    })
 }
 
 /// The current version of the KV v2 secret at the spec's `mount` and `path`: from its metadata
@@ -278,6 +314,7 @@ pub(crate) async fn mint(
         }
     };
     let lease_id = v["lease_id"].as_str().unwrap_or("").to_owned();
+    let request_id = request_id_of(&v);
     let user = v["data"]["username"].as_str().unwrap_or("").to_owned();
     let Some(password) = v["data"]["password"].as_str() else {
         return Err(bao.fail(
@@ -349,6 +386,7 @@ pub(crate) async fn mint(
             engine: EngineKind::OpenbaoDatabase,
             user,
             lease_id,
+            request_id,
             target: spec.shown_target(),
         },
         expires_at: lease_end.min(expires_at),

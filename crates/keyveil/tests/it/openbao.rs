@@ -168,6 +168,31 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
         "{shown}"
     );
 
+    // Each run's KV read is in keyveil's audit with OpenBao's request id, which OpenBao's own
+    // audit device logs for that read (the join a security team makes), and the version read;
+    // never a value or a token.
+    let fetches: Vec<Value> = h
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "kv_fetch")
+        .collect();
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert_eq!(fetches[0]["version"], 1);
+    assert_eq!(fetches[1]["version"], 2);
+    let bao_audit = std::fs::read_to_string(&audit_log).unwrap();
+    for f in &fetches {
+        let rid = f["request_id"].as_str().unwrap();
+        assert!(rid.len() >= 32, "{f}");
+        assert!(
+            bao_audit
+                .lines()
+                .any(|l| l.contains(rid) && l.contains("secret/data/team/app")),
+            "OpenBao's audit has no read with request id {rid}"
+        );
+    }
+    let audit = h.audit_text();
+    assert!(!audit.contains(&api_key) && !audit.contains(&new_key));
     let tokens = login_tokens(&audit_log);
     assert_eq!(tokens.len(), 1, "one login serves the add and both runs");
     let token = tokens[0].clone();

@@ -89,6 +89,12 @@ fn leases_of_a_crashed_broker_are_revoked_at_unlock_and_no_others() {
         .find(|e| e["event"] == "dynamic_mint")
         .unwrap();
     let ours = mint["handle"]["lease_id"].as_str().unwrap().to_owned();
+    // OpenBao's request id of the creds call rides along (a UUID), for joining the two audits.
+    let rid = mint["handle"]["request_id"].as_str().unwrap();
+    assert!(
+        rid.len() == 36 && rid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+        "{mint}"
+    );
     assert!(lease_alive(&bao, &ours));
     // A teammate's lease on the same role.
     let theirs: Value =
