@@ -578,7 +578,10 @@ mod tests {
     fn an_operation_type_keeps_the_wire_shape_of_its_request() {
         // Every operation is a type wrapped by its `Request` variant: the JSON is still one flat
         // object tagged by `op` (what existing clients and the factor digests see).
-        let r = Request::EnvShow(op::EnvShow { name: "app".into() });
+        let r = Request::EnvShow(op::EnvShow {
+            name: "app".into(),
+            versions: false,
+        });
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             serde_json::json!({"op": "env_show", "name": "app"})

@@ -15,6 +15,9 @@
     clippy::print_stderr
 )]
 
+mod cluster;
+pub use cluster::BaoCluster;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

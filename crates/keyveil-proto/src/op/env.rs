@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 pub struct EnvShow {
     /// Environment name.
     pub name: String,
+    /// Also ask OpenBao for the KV v2 version of each variable linked to a KV path
+    /// ([`VariableInfo::kv_version`]): one request per path, so the CLI's `env show` sets it
+    /// and the MCP server does not. Left out of the JSON when `false` (the request's shape is
+    /// then the one older brokers know).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub versions: bool,
 }
 
 /// The real names behind an environment's aliases (`hide_names` policy): needs the factor.
@@ -101,6 +107,11 @@ pub struct VariableInfo {
     /// otherwise).
     #[serde(default)]
     pub compromised: Option<super::CompromiseMark>,
+    /// For a variable linked to an OpenBao KV v2 path, asked with [`EnvShow::versions`]: the
+    /// secret's current version at OpenBao (KV v2 versions are per path, so every field of a
+    /// path shows the same), or `null` when not asked, not linked, or OpenBao did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_version: Option<u64>,
 }
 
 /// The reply to [`EnvReveal`]: the real names behind the aliases, sealed for the CLI that

@@ -30,6 +30,7 @@ const OPTIONS: &[&str] = &[
     "auth_mount",
     "role_id",
     "auth_role",
+    "username",
 ];
 
 fn usage(msg: impl Into<String>) -> OpError {

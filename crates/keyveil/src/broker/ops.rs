@@ -17,7 +17,7 @@ mod grants;
 mod lifecycle;
 mod vars;
 use audit::{audit, audit_verify};
-use envs::{env_create, env_list, env_reveal, env_show};
+use envs::{env_create, env_list, env_reveal};
 use grants::{grants, revoke};
 pub(crate) use lifecycle::stop_everything;
 use lifecycle::{init, lock, status, unlock};
@@ -155,7 +155,10 @@ async fn answer_request(
             answer(op::Shutdown, Ok(op::Stopping { stopping: true }))
         }
         Request::EnvList => answer(op::EnvList, env_list(broker)),
-        Request::EnvShow(o) => typed(&o).answer(env_show(broker, &o.name)),
+        Request::EnvShow(o) => {
+            let t = typed(&o);
+            t.answer(envs::env_show_versions(broker, &o.name, o.versions).await)
+        }
         Request::EnvCreate(o) => {
             let t = typed(&o);
             t.answer(env_create(broker, &o.name, o.description))

@@ -245,6 +245,7 @@ pub(super) async fn set_web(paths: &Paths, env: &str, var: &str) -> Result<i32> 
             paths,
             op::EnvShow {
                 name: env.to_owned(),
+                versions: false,
             },
         )
         .await

@@ -100,11 +100,12 @@ pub(crate) struct BaoArgs {
     /// PEM private key of --client-cert.
     #[arg(long, requires = "client_cert")]
     client_key: Option<std::path::PathBuf>,
-    /// How keyveil logs in to OpenBao: token | approle | jwt. The secret (token, AppRole
-    /// secret id, JWT) is read like the admin URL: /dev/tty, --admin-stdin or --admin-env.
+    /// How keyveil logs in to OpenBao: token | approle | jwt | userpass. The secret (token,
+    /// AppRole secret id, JWT, password) is read like the admin URL: /dev/tty, --admin-stdin
+    /// or --admin-env.
     #[arg(long, default_value = "token")]
     auth: String,
-    /// Mount of the auth method (default: approle or jwt).
+    /// Mount of the auth method (default: approle, jwt or userpass).
     #[arg(long)]
     auth_mount: Option<String>,
     /// AppRole role id (not a secret by itself; the secret id is read like a token).
@@ -113,6 +114,10 @@ pub(crate) struct BaoArgs {
     /// Role of OpenBao's JWT auth method.
     #[arg(long)]
     auth_role: Option<String>,
+    /// User name of a userpass login (the password is read like a token: /dev/tty or
+    /// --admin-stdin, never argv).
+    #[arg(long)]
+    username: Option<String>,
     /// Read the admin secret (token, secret id, JWT) from this environment variable of the
     /// CLI (a CI job's OIDC token): its name on the command line, never its value.
     #[arg(long)]
@@ -141,6 +146,7 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     auth_mount,
                     role_id,
                     auth_role,
+                    username,
                     admin_env,
                 },
             mount,
@@ -163,6 +169,7 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                 match auth.as_str() {
                     "approle" => "AppRole secret id",
                     "jwt" | "oidc" => "JWT",
+                    "userpass" => "OpenBao password",
                     _ => "OpenBao token",
                 }
             };
@@ -240,6 +247,7 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                 ("auth_mount", auth_mount),
                 ("role_id", role_id),
                 ("auth_role", auth_role),
+                ("username", username),
             ] {
                 if let Some(v) = v {
                     options.insert(k.to_owned(), v);

@@ -113,14 +113,26 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
             }
         }
         EnvCommand::Show { name, json, .. } => {
-            let d = call(paths, op::EnvShow { name }).await?;
+            let d = call(
+                paths,
+                op::EnvShow {
+                    name,
+                    versions: true,
+                },
+            )
+            .await?;
             if json {
                 say(json_text(&d)?);
             } else {
                 say(format!("{}: {}", d.name, d.description));
                 for v in d.variables {
+                    // A variable linked to OpenBao KV v2: the secret's version there.
+                    let version = v
+                        .kv_version
+                        .map(|n| format!("KV v{n}  "))
+                        .unwrap_or_default();
                     say(format!(
-                        "  {:<24} {:<9} {:<10} {}",
+                        "  {:<24} {:<9} {:<10} {version}{}",
                         v.name,
                         v.source,
                         if v.set { "set" } else { "awaiting" },

@@ -152,7 +152,14 @@ pub(crate) async fn import(paths: &Paths, a: ImportArgs) -> Result<i32> {
     }
     // 2. The environment must exist; then which names would replace a stored value (a probe
     //    without the value, as `keyveil set --from-stdin` makes).
-    call(paths, op::EnvShow { name: env.clone() }).await?;
+    call(
+        paths,
+        op::EnvShow {
+            name: env.clone(),
+            versions: false,
+        },
+    )
+    .await?;
     let mut stored = Vec::new();
     for it in &items {
         if needs_factor(paths, &env, &it.name).await? {

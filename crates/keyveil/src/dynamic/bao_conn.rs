@@ -11,8 +11,8 @@
 //! A namespace goes into `X-Vault-Namespace` on every request.
 //!
 //! Logins (option `auth`): `token` (the stored secret is the token), `approle` (the stored
-//! secret is the secret id; option `role_id`) and `jwt` (the stored secret is the JWT; option
-//! `auth_role`). A login's token lives in [`Logins`], in the broker's memory only: renewed at
+//! secret is the secret id; option `role_id`), `jwt` (the stored secret is the JWT; option
+//! `auth_role`) and `userpass` (the stored secret is the password; option `username`). A login's token lives in [`Logins`], in the broker's memory only: renewed at
 //! half its TTL while the vault is unlocked, revoked (`auth/token/revoke-self`) when the vault
 //! is locked or the broker stops. It is never written to disk, an argument, a log or an error.
 
@@ -59,6 +59,8 @@ pub(crate) enum AuthKind {
     AppRole,
     /// JWT auth: `auth_role` option, the stored secret is the JWT.
     Jwt,
+    /// Userpass: `username` option, the stored secret is the password.
+    Userpass,
 }
 
 impl AuthKind {
@@ -68,8 +70,9 @@ impl AuthKind {
             "token" => Ok(AuthKind::Token),
             "approle" => Ok(AuthKind::AppRole),
             "jwt" | "oidc" => Ok(AuthKind::Jwt),
+            "userpass" => Ok(AuthKind::Userpass),
             other => Err(DynamicError::Config(format!(
-                "unknown OpenBao login {:?}: use token, approle or jwt",
+                "unknown OpenBao login {:?}: use token, approle, jwt or userpass",
                 keyveil_proto::display::clip(other, 40)
             ))),
         }
@@ -80,6 +83,7 @@ impl AuthKind {
             AuthKind::Token => "token",
             AuthKind::AppRole => "approle",
             AuthKind::Jwt => "jwt",
+            AuthKind::Userpass => "userpass",
         }
     }
 }
@@ -98,19 +102,60 @@ pub(crate) fn check_options(spec: &DynamicSpec) -> Result<(), DynamicError> {
         AuthKind::Jwt if spec.opt("auth_role").is_none() => Err(DynamicError::Config(
             "a JWT login needs --auth-role (the role of OpenBao's JWT auth method)".into(),
         )),
+        AuthKind::Userpass => match spec.opt("username") {
+            Some(u) if valid_username(u) => Ok(()),
+            Some(_) => Err(DynamicError::Config(
+                "the OpenBao user name must be 1 to 128 letters, digits, '_', '-', '.' or '@'"
+                    .into(),
+            )),
+            None => Err(DynamicError::Config(
+                "a userpass login needs --username (the password is read like a token: from /dev/tty or --admin-stdin, never from argv)".into(),
+            )),
+        },
         _ => Ok(()),
     }
 }
 
-/// One node of an OpenBao cluster, as a variable names it.
+/// The nodes of an OpenBao cluster, as a variable names them (option `address`: one address,
+/// or several separated by commas, tried in turn; see [`Conn::request`]).
 pub(crate) struct Conn {
-    /// `scheme://host:port`, shown in errors.
+    /// The address option as given (`scheme://host:port[,scheme://host:port...]`), shown in
+    /// errors and used as the key of the node last found serving.
     pub(crate) address: String,
-    target: Target,
+    nodes: Vec<Node>,
     tls: Option<Arc<rustls::ClientConfig>>,
     namespace: Option<String>,
     engine: EngineKind,
 }
+
+/// A userpass user name goes into the login's URL path: letters, digits, `_-.@`, 1 to 128.
+fn valid_username(u: &str) -> bool {
+    (1..=128).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+}
+
+/// One node: `scheme://host:port` and its parsed form.
+struct Node {
+    address: String,
+    target: Target,
+}
+
+/// The most nodes one variable may list.
+const MAX_NODES: usize = 9;
+
+/// How long a request to a cluster (two nodes or more) keeps trying the listed nodes while
+/// none serves it (a leader election, a node restarting): OpenBao's Raft elects a new leader
+/// within a few heartbeat timeouts (1 to 5 s each, after `performance_multiplier`).
+const FAILOVER_WINDOW: Duration = Duration::from_secs(20);
+
+/// A TCP connect to one node gives up after this long (a black-holed node must not eat the
+/// window: the next node is tried).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The node of each cluster (by address option) that served last: tried first next time.
+static SERVING: std::sync::LazyLock<Mutex<HashMap<String, usize>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// An error with the node, what was attempted, the reason and what to do.
 pub(crate) fn bao_error(
@@ -129,35 +174,91 @@ pub(crate) fn bao_error(
     }
 }
 
+/// Whether an answer means "this node cannot serve now, another may": a standby's redirect to
+/// the active node (307: keyveil follows no redirect, whose target the node chooses; it tries
+/// the nodes the human listed), a standby or performance-standby refusal (429, 472, 473), a
+/// sealed or unready node (503), a gateway error (502, 504), or a standby that cannot forward
+/// to the active node (500 naming forwarding or the active node: during an election).
+fn node_cannot_serve(status: u16, v: &Value) -> bool {
+    match status {
+        307 | 429 | 472 | 473 | 502 | 503 | 504 => true,
+        500 => {
+            let e = v["errors"].to_string().to_ascii_lowercase();
+            [
+                "forward",
+                "active node",
+                "active cluster node",
+                "standby",
+                "leader",
+            ]
+            .iter()
+            .any(|w| e.contains(w))
+        }
+        _ => false,
+    }
+}
+
 impl Conn {
-    /// Reads the address, TLS and namespace options. Errors: `Config` for a malformed address,
-    /// plain HTTP to a non-loopback host, a bad CA or client certificate.
+    /// Reads the address, TLS and namespace options. Errors: `Config` for a malformed address
+    /// (or one of a list), plain HTTP to a non-loopback host, a bad CA or client certificate.
     pub(crate) fn new(spec: &DynamicSpec) -> Result<Conn, DynamicError> {
         let address = spec
             .opt("address")
             .unwrap_or("")
+            .trim()
             .trim_end_matches('/')
             .to_owned();
-        let target = Target::parse(&address, &["http", "https"], 8200).map_err(|_| {
-            DynamicError::Config(
-                "the OpenBao address must look like https://bao.example.com:8200 (or http://127.0.0.1:8200 on loopback)".into(),
-            )
-        })?;
-        if target.user.is_some() || !target.path.is_empty() || target.query.is_some() {
+        let mut nodes = Vec::new();
+        for one in address.split(',') {
+            let one = one.trim().trim_end_matches('/');
+            let target = Target::parse(one, &["http", "https"], 8200).map_err(|_| {
+                DynamicError::Config(
+                    "the OpenBao address must look like https://bao.example.com:8200 (or http://127.0.0.1:8200 on loopback); the nodes of a cluster are separated by commas".into(),
+                )
+            })?;
+            if target.user.is_some() || !target.path.is_empty() || target.query.is_some() {
+                return Err(DynamicError::Config(
+                    "the OpenBao address is scheme://host:port only".into(),
+                ));
+            }
+            if target.scheme == "http" && !target.is_loopback() {
+                return Err(DynamicError::Config(
+                    "keyveil sends a token over plain HTTP to loopback only: use https://HOST:PORT (with --ca-file if the cluster has its own CA), or run `bao proxy` locally and give its address, e.g. http://127.0.0.1:8100".into(),
+                ));
+            }
+            if nodes.iter().any(|n: &Node| n.address == one) {
+                return Err(DynamicError::Config(format!(
+                    "the OpenBao node {one} is listed twice"
+                )));
+            }
+            nodes.push(Node {
+                address: one.to_owned(),
+                target,
+            });
+        }
+        if nodes.len() > MAX_NODES {
+            return Err(DynamicError::Config(format!(
+                "at most {MAX_NODES} OpenBao nodes per variable"
+            )));
+        }
+        if nodes
+            .iter()
+            .any(|n| n.target.scheme != nodes[0].target.scheme)
+        {
             return Err(DynamicError::Config(
-                "the OpenBao address is scheme://host:port only".into(),
+                "the nodes of a cluster are all https:// (or all http:// on loopback)".into(),
             ));
         }
-        if target.scheme == "http" && !target.is_loopback() {
-            return Err(DynamicError::Config(
-                "keyveil sends a token over plain HTTP to loopback only: use https://HOST:PORT (with --ca-file if the cluster has its own CA), or run `bao proxy` locally and give its address, e.g. http://127.0.0.1:8100".into(),
-            ));
-        }
+        let address = nodes
+            .iter()
+            .map(|n| n.address.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let namespace = spec.opt("namespace").map(str::to_owned);
         if let Some(ns) = &namespace {
             super::openbao::check_path("namespace", ns)?;
         }
-        let tls = if target.scheme == "https" {
+        let tls = if nodes[0].target.scheme == "https" {
             Some(client_config(spec)?)
         } else {
             if spec.opt("ca_pem").is_some() || spec.opt("client_cert").is_some() {
@@ -169,7 +270,7 @@ impl Conn {
         };
         Ok(Conn {
             address,
-            target,
+            nodes,
             tls,
             namespace,
             engine: spec.engine,
@@ -181,9 +282,22 @@ impl Conn {
         self.namespace.as_deref()
     }
 
+    /// How many nodes are listed.
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// One request with `token` (if any); returns the status and JSON body (`Null` if empty).
-    /// A transport failure is a [`DynamicError::Bao`] that names the node and says what to do;
-    /// `secrets` are scrubbed from every reason.
+    ///
+    /// One node: one attempt (10 s at most). Several: the node that served last is tried
+    /// first, then the others in the order listed; a node that cannot be reached or cannot
+    /// serve now ([`node_cannot_serve`]) passes the request to the next, round after round
+    /// (100 ms, then up to 1 s apart) for up to [`FAILOVER_WINDOW`]. Only listed nodes are
+    /// ever sent the token: a redirect is never followed. When no node serves, the last
+    /// answer is returned (or the last transport error, naming every node).
+    ///
+    /// A transport failure is a [`DynamicError::Bao`] that names the node and says what to
+    /// do; `secrets` are scrubbed from every reason.
     pub(crate) async fn request(
         &self,
         method: Method,
@@ -192,51 +306,136 @@ impl Conn {
         token: Option<&SecretValue>,
         secrets: &[&str],
     ) -> Result<(u16, Value), DynamicError> {
-        let work = async {
-            let mut req = Request::builder()
-                .method(method)
-                .uri(format!("/v1/{path}"))
-                .header("host", self.target.host_port())
-                .header("content-type", "application/json");
-            if let Some(t) = token {
-                let mut h = HeaderValue::from_str(t.expose()).map_err(|_| {
-                    DynamicError::Config(
-                        "the OpenBao token has characters a header cannot hold".into(),
-                    )
-                })?;
-                h.set_sensitive(true);
-                req = req.header("x-vault-token", h);
+        if self.nodes.len() == 1 {
+            return timed(
+                self.engine,
+                &self.address,
+                self.request_node(0, method, path, body, token, secrets),
+            )
+            .await;
+        }
+        let first = SERVING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.address)
+            .copied()
+            .unwrap_or(0)
+            % self.nodes.len();
+        let t0 = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        let mut rounds = 0u32;
+        loop {
+            rounds += 1;
+            let mut last = None;
+            for k in 0..self.nodes.len() {
+                let i = (first + k) % self.nodes.len();
+                let node = &self.nodes[i].address;
+                let got = timed(
+                    self.engine,
+                    node,
+                    self.request_node(i, method.clone(), path, body, token, secrets),
+                )
+                .await;
+                match got {
+                    Ok((status, v)) if !node_cannot_serve(status, &v) => {
+                        if i != first || rounds > 1 {
+                            tracing::info!(
+                                node,
+                                rounds,
+                                waited_ms = t0.elapsed().as_millis() as u64,
+                                "OpenBao: another node serves"
+                            );
+                        }
+                        SERVING
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(self.address.clone(), i);
+                        return Ok((status, v));
+                    }
+                    other => last = Some(other),
+                }
             }
-            if let Some(ns) = &self.namespace {
-                req = req.header("x-vault-namespace", ns.as_str());
+            if t0.elapsed() + pause >= FAILOVER_WINDOW {
+                return match last {
+                    Some(Err(DynamicError::Bao { reason, .. })) => Err(bao_error(
+                        self.engine,
+                        &self.address,
+                        format!(
+                            "has no node that serves (tried each for {} s)",
+                            t0.elapsed().as_secs()
+                        ),
+                        reason,
+                        "check the cluster (`bao operator raft list-peers`, `bao status` on each node): a leader may be missing or the nodes sealed",
+                    )),
+                    Some(other) => other,
+                    None => Err(DynamicError::Config("no OpenBao node".into())),
+                };
             }
-            let payload = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
-            let req = req
-                .body(Full::new(payload))
-                .map_err(|e| DynamicError::Config(format!("cannot build the request: {e}")))?;
-            let (status, bytes) = self
-                .exchange(req)
-                .await
-                .map_err(|(stage, e)| self.transport_error(stage, &scrub(e, secrets)))?;
-            let v: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-            };
-            Ok((status, v))
-        };
-        timed(self.engine, &self.address, work).await
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), (Stage, String)> {
-        let tcp = tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port))
+    /// One request to node `i`.
+    async fn request_node(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&SecretValue>,
+        secrets: &[&str],
+    ) -> Result<(u16, Value), DynamicError> {
+        let node = &self.nodes[i];
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("/v1/{path}"))
+            .header("host", node.target.host_port())
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            let mut h = HeaderValue::from_str(t.expose()).map_err(|_| {
+                DynamicError::Config("the OpenBao token has characters a header cannot hold".into())
+            })?;
+            h.set_sensitive(true);
+            req = req.header("x-vault-token", h);
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("x-vault-namespace", ns.as_str());
+        }
+        let payload = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| DynamicError::Config(format!("cannot build the request: {e}")))?;
+        let (status, bytes) = self
+            .exchange(node, req)
             .await
-            .map_err(|e| (Stage::Connect, e.to_string()))?;
+            .map_err(|(stage, e)| self.transport_error(node, stage, &scrub(e, secrets)))?;
+        let v: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, v))
+    }
+
+    async fn exchange(
+        &self,
+        node: &Node,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(u16, Bytes), (Stage, String)> {
+        let target = &node.target;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await
+        .map_err(|_| (Stage::Connect, "connect timed out".to_owned()))?
+        .map_err(|e| (Stage::Connect, e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => exchange_on(TokioIo::new(tcp), req).await,
             Some(cfg) => {
-                let name = ServerName::try_from(self.target.host.clone())
+                let name = ServerName::try_from(target.host.clone())
                     .map_err(|e| (Stage::Tls, e.to_string()))?;
                 let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, tcp)
@@ -247,29 +446,29 @@ impl Conn {
         }
     }
 
-    fn transport_error(&self, stage: Stage, reason: &str) -> DynamicError {
+    fn transport_error(&self, node: &Node, stage: Stage, reason: &str) -> DynamicError {
+        let address = &node.address;
         let (what, hint) = match stage {
             Stage::Connect => (
                 "cannot be reached",
                 format!(
-                    "check that OpenBao listens at {} (`bao status -address={}`) and that this machine may reach it",
-                    self.address, self.address
+                    "check that OpenBao listens at {address} (`bao status -address={address}`) and that this machine may reach it"
                 ),
             ),
             Stage::Tls => (
                 "refused the TLS handshake",
-                tls_hint(reason, &self.target.host),
+                tls_hint(reason, &node.target.host),
             ),
             Stage::Http => {
                 let hint = if reason.contains("alert") || reason.contains("Certificate") {
-                    tls_hint(reason, &self.target.host)
+                    tls_hint(reason, &node.target.host)
                 } else {
                     "the node closed the connection: check its logs, or try another node".into()
                 };
                 ("did not answer the request", hint)
             }
         };
-        bao_error(self.engine, &self.address, what, reason, hint)
+        bao_error(self.engine, address, what, reason, hint)
     }
 }
 
@@ -464,6 +663,7 @@ fn login_key(spec: &DynamicSpec) -> [u8; 32] {
         "auth_mount",
         "role_id",
         "auth_role",
+        "username",
         "ca_pem",
         "client_cert",
     ] {
@@ -599,7 +799,18 @@ impl Logins {
 async fn login(spec: &DynamicSpec, auth: AuthKind) -> Result<Session, DynamicError> {
     let conn = Conn::new(spec)?;
     let mount = spec.opt("auth_mount").unwrap_or(auth.default_mount());
-    let path = format!("auth/{mount}/login");
+    let path = match auth {
+        AuthKind::Userpass => {
+            let user = spec.opt("username").unwrap_or("");
+            if !valid_username(user) {
+                return Err(DynamicError::Config(
+                    "the OpenBao user name is malformed".into(),
+                ));
+            }
+            format!("auth/{mount}/login/{user}")
+        }
+        _ => format!("auth/{mount}/login"),
+    };
     let body = match auth {
         AuthKind::AppRole => {
             json!({"role_id": spec.opt("role_id").unwrap_or(""), "secret_id": spec.admin.expose()})
@@ -607,6 +818,7 @@ async fn login(spec: &DynamicSpec, auth: AuthKind) -> Result<Session, DynamicErr
         AuthKind::Jwt => {
             json!({"role": spec.opt("auth_role").unwrap_or(""), "jwt": spec.admin.expose()})
         }
+        AuthKind::Userpass => json!({"password": spec.admin.expose()}),
         AuthKind::Token => return Err(DynamicError::Config("a token needs no login".into())),
     };
     let secrets = [spec.admin.expose()];
@@ -619,10 +831,15 @@ async fn login(spec: &DynamicSpec, auth: AuthKind) -> Result<Session, DynamicErr
         let hint = match (auth, status) {
             (_, 404) | (_, 405) => format!(
                 "no {} auth method is mounted at auth/{mount}{}: check --auth-mount",
-                if auth == AuthKind::Jwt { "JWT" } else { "AppRole" },
+                match auth {
+                    AuthKind::Jwt => "JWT",
+                    AuthKind::Userpass => "userpass",
+                    _ => "AppRole",
+                },
                 ns_note(conn.namespace())
             ),
             (AuthKind::AppRole, _) => "the role id or secret id is wrong, expired or used up: get a new secret id from your OpenBao operator and give it with `keyveil dynamic add ... --auth approle` (replacing the variable asks for your factor)".into(),
+            (AuthKind::Userpass, _) => "the user name or password was refused: give the right password with `keyveil dynamic add ... --auth userpass --username NAME` (asked at the terminal; replacing the variable asks for your factor)".into(),
             _ => "the JWT was refused (expired, wrong audience or issuer, or not signed by a key the role trusts): give a fresh one with `keyveil dynamic add ... --auth jwt --admin-stdin` (or --admin-env VAR in CI)".into(),
         };
         return Err(bao_error(

@@ -46,15 +46,15 @@ struct GrantCreds {
 }
 
 /// Results of background revocations and reaps, drained into the audit log by [`sweep`].
-type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
+pub(super) type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
 
 /// Dynamic credentials held by the broker, per grant. Lives in the broker state (`Inner`).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     held: BTreeMap<String, GrantCreds>,
-    outbox: Outbox,
+    pub(super) outbox: Outbox,
     /// Reaps take it exclusively; mints share it: a reap never races a fresh mint.
-    gate: Arc<tokio::sync::RwLock<()>>,
+    pub(super) gate: Arc<tokio::sync::RwLock<()>>,
     /// Revocations still running in the background (waited for by [`settle`]).
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Tokens from OpenBao logins (memory only; revoked by [`close_logins`]).
@@ -101,12 +101,27 @@ impl Registry {
     }
 
     /// Names of every minted user held, for the reaper's keep list.
+    /// The OpenBao lease ids live grants hold.
+    #[cfg(feature = "openbao")]
+    fn held_leases(&self) -> std::collections::BTreeSet<String> {
+        self.held
+            .values()
+            .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.lease_id.clone()))
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
     fn held_users(&self) -> Vec<String> {
         self.held
             .values()
             .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.user.clone()))
             .collect()
     }
+}
+
+/// Queues an audit entry for the broker's next sweep (entries from background tasks).
+pub(crate) fn push_outbox(o: &Outbox, event: &'static str, fields: Value) {
+    lock_outbox(o).push((event, fields));
 }
 
 fn lock_outbox(o: &Outbox) -> std::sync::MutexGuard<'_, Vec<(&'static str, Value)>> {
@@ -186,6 +201,7 @@ pub(crate) async fn values_for_grant(
     let mut out = DynamicValues::default();
     let mut fresh: Vec<Held> = Vec::new();
     let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
+    let mut kv_reads: Vec<Value> = Vec::new();
     let mut failure: Option<OpError> = None;
     for (name, src) in wanted {
         let spec = match DynamicSpec::from_source(&src) {
@@ -196,7 +212,7 @@ pub(crate) async fn values_for_grant(
             }
         };
         if spec.engine == EngineKind::OpenbaoKv {
-            match fetch_kv(&spec, &logins, &name, &mut kv_cache).await {
+            match fetch_kv(&spec, &logins, &name, &mut kv_cache, &mut kv_reads).await {
                 Ok(v) => out.values.push((name, v)),
                 Err(e) => {
                     audit_failure(broker, grant_id, environment, &name, &spec, &e);
@@ -256,6 +272,18 @@ pub(crate) async fn values_for_grant(
         out.values.extend(minted.extra_env.iter().cloned());
         out.env.extend(minted.plain_env.iter().cloned());
     }
+    // Each KV read on the record, with OpenBao's request id (joins its audit device) and the
+    // version read: never a value.
+    if !kv_reads.is_empty() {
+        let mut inner = broker.lock();
+        for mut r in kv_reads {
+            if let Value::Object(m) = &mut r {
+                m.insert("grant_id".into(), json!(grant_id));
+                m.insert("environment".into(), json!(environment));
+            }
+            inner.audit("kv_fetch", r);
+        }
+    }
     // Register what was minted; if the grant ended meanwhile, destroy it at once.
     if !fresh.is_empty() {
         let mut inner = broker.lock();
@@ -297,14 +325,25 @@ async fn fetch_kv(
     logins: &super::Logins,
     variable: &str,
     cache: &mut BTreeMap<String, BTreeMap<String, SecretValue>>,
+    reads: &mut Vec<Value>,
 ) -> Result<SecretValue, DynamicError> {
     let key = spec.opt("key").unwrap_or(variable).to_owned();
     let cache_key = spec.shown_target();
     if !cache.contains_key(&cache_key) {
         #[cfg(feature = "openbao")]
         {
-            let fetched = super::openbao::read_kv(spec, logins).await?;
-            cache.insert(cache_key.clone(), fetched);
+            let r = super::openbao::read_kv_full(spec, logins).await?;
+            reads.push(json!({
+                "target": cache_key,
+                "namespace": spec.opt("namespace"),
+                "version": r.version,
+                "request_id": r.request_id,
+            }));
+            cache.insert(cache_key.clone(), r.fields);
+        }
+        #[cfg(not(feature = "openbao"))]
+        {
+            let _ = reads;
         }
         #[cfg(not(feature = "openbao"))]
         {
@@ -463,10 +502,17 @@ pub(crate) fn sweep(inner: &mut Inner) {
 /// After an unlock: reap, in the background, the users of every dynamic variable's prefix that
 /// this broker does not hold (a crashed broker's leftovers). Results are audited by [`sweep`].
 pub(crate) fn on_unlock(broker: &Arc<Broker>) {
+    #[cfg(feature = "openbao")]
+    {
+        let leases = {
+            let inner = broker.lock();
+            inner.dynamic.logins.reopen();
+            inner.dynamic.held_leases()
+        };
+        super::lease_reap::on_unlock(broker, leases);
+    }
     let (specs, keep, outbox, gate) = {
         let inner = broker.lock();
-        #[cfg(feature = "openbao")]
-        inner.dynamic.logins.reopen();
         let Ok(vault) = inner.vault() else { return };
         let mut seen = std::collections::BTreeSet::new();
         let specs: Vec<(String, DynamicSpec)> = vault

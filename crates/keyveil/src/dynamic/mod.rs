@@ -26,6 +26,8 @@
 pub(crate) mod bao_conn;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
+pub(crate) mod lease_reap;
+#[cfg(feature = "openbao")]
 pub(crate) mod openbao;
 pub(crate) mod postgres;
 pub(crate) mod redis;
@@ -340,6 +342,10 @@ pub(crate) struct CredentialHandle {
     /// The OpenBao lease id (database engine), else empty.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub lease_id: String,
+    /// OpenBao's request id of the call that drew the lease (its audit device logs it as
+    /// `request.id`), else empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
     /// The server, `user@host:port/db` or the OpenBao address (no secret).
     pub target: String,
 }

@@ -108,6 +108,17 @@ impl<'a> Bao<'a> {
         }
     }
 
+    /// One request with the variable's token, and no second login on a 403: for a request the
+    /// token may well be refused (a capability the policy need not grant) without being
+    /// revoked.
+    async fn call_once(&self, method: Method, path: &str) -> Result<(u16, Value), DynamicError> {
+        let (token, _) = self.logins.token(self.spec).await?;
+        let secrets = [token.expose(), self.spec.admin.expose()];
+        self.conn
+            .request(method, path, None, Some(&token), &secrets)
+            .await
+    }
+
     /// Like [`Bao::call`] but a non-2xx status is an error naming the node, the path and the
     /// namespace, with OpenBao's `errors` and what to do.
     async fn ok(
@@ -133,7 +144,8 @@ impl<'a> Bao<'a> {
                 ns_note(ns)
             ),
             503 => "the node is sealed or not ready: unseal it, or give the address of another node".into(),
-            429 | 472 | 473 => "the node is a standby or performance replica that cannot serve this: give the active node's address, or a load balancer in front of the cluster".into(),
+            307 | 429 | 472 | 473 => "the node is a standby that cannot serve this now (keyveil follows no redirect): list every node of the cluster, comma-separated, in --address (replacing the variable asks for your factor), or give a load balancer in front of it".into(),
+            500 | 502 | 504 if self.conn.node_count() > 1 => "no node of the cluster could serve it within 20 s: check that the cluster has a leader (`bao operator raft list-peers`)".into(),
             _ => "see OpenBao's error above; the node's audit log has the request".into(),
         };
         Err(bao_error(
@@ -164,12 +176,43 @@ pub(crate) fn errors_of(status: u16, v: &Value) -> String {
     }
 }
 
+/// OpenBao's `request_id` of an answer (a UUID its audit device logs as `request.id`), kept
+/// only when it looks like one (hex digits and dashes, at most 64 characters): it goes into
+/// keyveil's audit log.
+pub(crate) fn request_id_of(v: &Value) -> String {
+    let id = v["request_id"].as_str().unwrap_or("");
+    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        id.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// A KV v2 read: the fields, OpenBao's request id and the secret's version (for the audit
+/// log; no secret).
+pub(crate) struct KvRead {
+    /// Every field, as a string (non-string JSON values in their JSON text).
+    pub(crate) fields: BTreeMap<String, SecretValue>,
+    /// OpenBao's request id ([`request_id_of`]), or empty.
+    pub(crate) request_id: String,
+    /// `data.metadata.version`, or 0 when absent.
+    pub(crate) version: u64,
+}
+
 /// Reads the KV v2 secret at the spec's `mount` (default `secret`) and `path`: every field, as
 /// a string (non-string JSON values in their JSON text).
 pub(crate) async fn read_kv(
     spec: &DynamicSpec,
     logins: &Logins,
 ) -> Result<BTreeMap<String, SecretValue>, DynamicError> {
+    read_kv_full(spec, logins).await.map(|r| r.fields)
+}
+
+/// [`read_kv`] with the request id and version of the read.
+pub(crate) async fn read_kv_full(
+    spec: &DynamicSpec,
+    logins: &Logins,
+) -> Result<KvRead, DynamicError> {
     let mount = spec.opt("mount").unwrap_or("secret");
     let path = spec.opt("path").unwrap_or("");
     check_path("mount", mount)?;
@@ -186,7 +229,7 @@ pub(crate) async fn read_kv(
     let Some(data) = v["data"]["data"].as_object() else {
         return Err(bao.fail("read the KV secret", "the answer has no data.data object"));
     };
-    Ok(data
+    let fields = data
         .iter()
         .map(|(k, v)| {
             let s = match v {
@@ -195,7 +238,45 @@ pub(crate) async fn read_kv(
             };
             (k.clone(), SecretValue::new(s))
         })
-        .collect())
+        .collect();
+    Ok(KvRead {
+        fields,
+        request_id: request_id_of(&v),
+        version: v["data"]["metadata"]["version"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The current version of the KV v2 secret at the spec's `mount` and `path`: from its metadata
+/// (`GET <mount>/metadata/<path>`, `data.current_version`) or, when the token may not read
+/// metadata (403: a policy that grants `data/` only), from a read of the secret
+/// (`data.metadata.version`; the values read are dropped at once).
+pub(crate) async fn kv_version(spec: &DynamicSpec, logins: &Logins) -> Result<u64, DynamicError> {
+    let mount = spec.opt("mount").unwrap_or("secret");
+    let path = spec.opt("path").unwrap_or("");
+    check_path("mount", mount)?;
+    check_path("KV path", path)?;
+    let bao = Bao::new(spec, logins)?;
+    let meta = format!("{mount}/metadata/{path}");
+    let (status, v) = bao.call_once(Method::GET, &meta).await?;
+    if (200..300).contains(&status)
+        && let Some(n) = v["data"]["current_version"].as_u64()
+    {
+        return Ok(n);
+    }
+    let v = bao
+        .ok(
+            Method::GET,
+            &format!("{mount}/data/{path}"),
+            None,
+            "read the KV secret",
+        )
+        .await?;
+    v["data"]["metadata"]["version"].as_u64().ok_or_else(|| {
+        bao.fail(
+            "read the KV secret",
+            "the answer has no data.metadata.version",
+        )
+    })
 }
 
 /// Draws a database credential (a lease) and shortens it to the grant's expiry.
@@ -233,6 +314,7 @@ pub(crate) async fn mint(
         }
     };
     let lease_id = v["lease_id"].as_str().unwrap_or("").to_owned();
+    let request_id = request_id_of(&v);
     let user = v["data"]["username"].as_str().unwrap_or("").to_owned();
     let Some(password) = v["data"]["password"].as_str() else {
         return Err(bao.fail(
@@ -304,6 +386,7 @@ pub(crate) async fn mint(
             engine: EngineKind::OpenbaoDatabase,
             user,
             lease_id,
+            request_id,
             target: spec.shown_target(),
         },
         expires_at: lease_end.min(expires_at),

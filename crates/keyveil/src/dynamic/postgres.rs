@@ -274,6 +274,7 @@ pub(crate) async fn mint(
             engine: EngineKind::Postgres,
             user: name,
             lease_id: String::new(),
+            request_id: String::new(),
             target: shown,
         },
         expires_at,

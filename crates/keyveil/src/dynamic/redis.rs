@@ -209,6 +209,7 @@ pub(crate) async fn mint(
             engine: EngineKind::Redis,
             user: name,
             lease_id: String::new(),
+            request_id: String::new(),
             target: shown,
         },
         expires_at,

@@ -38,6 +38,7 @@ impl KeyveilMcp {
     pub(super) async fn describe_environment(&self, a: DescribeEnvironmentArgs) -> CallToolResult {
         let req = op::EnvShow {
             name: a.environment,
+            versions: false,
         };
         match self.call_op(req).await.map(DescribeEnvironmentOutput::from) {
             Ok(o) => structured(&o, render_environment(&o)),
@@ -177,6 +178,7 @@ impl KeyveilMcp {
         loop {
             let show = op::EnvShow {
                 name: env.to_owned(),
+                versions: false,
             };
             if let Ok(d) = self.call_op(show).await
                 && d.variables.iter().any(|v| v.name == name && v.set)

@@ -34,6 +34,8 @@ mod mount;
 mod names;
 mod names_human;
 mod openbao;
+mod openbao_cluster;
+mod openbao_reap;
 mod oracle;
 mod output;
 mod pathdirs;

@@ -53,11 +53,21 @@ fn approle(bao: &BaoDev) -> (String, String) {
 /// The tokens OpenBao handed out at AppRole logins, read from an audit device that logs raw
 /// values (a test-only setting): the test must know the token to look for it.
 fn login_tokens(audit_log: &std::path::Path) -> Vec<String> {
+    tokens_of(audit_log, "auth/approle/login")
+}
+
+/// The tokens OpenBao answered to logins at paths starting with `prefix`.
+fn tokens_of(audit_log: &std::path::Path, prefix: &str) -> Vec<String> {
     std::fs::read_to_string(audit_log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "response" && v["request"]["path"] == "auth/approle/login")
+        .filter(|v| {
+            v["type"] == "response"
+                && v["request"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(prefix))
+        })
         .filter_map(|v| v["auth"]["client_token"].as_str().map(str::to_owned))
         .collect()
 }
@@ -104,6 +114,8 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
     assert!(add.status.success(), "{}", text(&add.stderr));
     let show = h.json(&["env", "show", "demo", "--json"]);
     assert_eq!(show["variables"][0]["name"], "API_KEY", "{show}");
+    // The KV v2 version (the role may not read metadata: read from the secret's own answer).
+    assert_eq!(show["variables"][0]["kv_version"], 1, "{show}");
     let child = h.spawn_run(&[
         "run",
         "--env",
@@ -148,7 +160,39 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
         sha_script(),
     ]);
     assert!(text(&o2.stdout).contains(&format!("sha={}", sha256_hex(&new_key))));
+    let show = h.json(&["env", "show", "demo", "--json"]);
+    assert_eq!(show["variables"][0]["kv_version"], 2, "{show}");
+    let shown = h.ok(&["env", "show", "demo"]);
+    assert!(
+        shown.contains("KV v2") && !shown.contains(&new_key),
+        "{shown}"
+    );
 
+    // Each run's KV read is in keyveil's audit with OpenBao's request id, which OpenBao's own
+    // audit device logs for that read (the join a security team makes), and the version read;
+    // never a value or a token.
+    let fetches: Vec<Value> = h
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "kv_fetch")
+        .collect();
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert_eq!(fetches[0]["version"], 1);
+    assert_eq!(fetches[1]["version"], 2);
+    let bao_audit = std::fs::read_to_string(&audit_log).unwrap();
+    for f in &fetches {
+        let rid = f["request_id"].as_str().unwrap();
+        assert!(rid.len() >= 32, "{f}");
+        assert!(
+            bao_audit
+                .lines()
+                .any(|l| l.contains(rid) && l.contains("secret/data/team/app")),
+            "OpenBao's audit has no read with request id {rid}"
+        );
+    }
+    let audit = h.audit_text();
+    assert!(!audit.contains(&api_key) && !audit.contains(&new_key));
     let tokens = login_tokens(&audit_log);
     assert_eq!(tokens.len(), 1, "one login serves the add and both runs");
     let token = tokens[0].clone();
@@ -381,4 +425,131 @@ fn a_ci_job_logs_in_with_its_jwt_from_an_environment_variable() {
     for out in [&missing, &add, &o] {
         assert!(!contains(&out.stdout, &jwt) && !contains(&out.stderr, &jwt));
     }
+}
+
+/// Userpass: the password comes from stdin (never argv), the broker logs in with it, and
+/// neither the password nor the login's token is in any file under the home, any output, any
+/// process's argv or environment; the token is revoked at `lock`. A user name the server does
+/// not know is refused at `link` with a hint, and nothing is stored.
+#[test]
+fn userpass_password_and_token_live_in_broker_memory_only() {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_log = audit_dir.path().join("bao-audit.log");
+    let Some(bao) = BaoDev::start_with_raw_audit(&audit_log) else {
+        return;
+    };
+    bao.cli_stdin(
+        &["policy", "write", "team-app", "-"],
+        "path \"secret/data/team/app\" { capabilities = [\"read\"] }\n",
+    );
+    bao.cli(&["auth", "enable", "userpass"]);
+    let password = format!("pw-{}{}", rand_tag(), rand_tag());
+    bao.cli_stdin(
+        &[
+            "write",
+            "auth/userpass/users/dev1",
+            "password=-",
+            "token_policies=team-app",
+            "token_ttl=10m",
+        ],
+        &password,
+    );
+    let api_key = format!("userpass-api-key-{}", rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_KEY={api_key}"),
+    ]);
+    let h = Home::new();
+    let link = |user: &str, pw: &str| {
+        h.run_stdin(
+            &[
+                "env",
+                "link",
+                "demo",
+                "--openbao",
+                &bao.address,
+                "--kv-path",
+                "team/app",
+                "--auth",
+                "userpass",
+                "--username",
+                user,
+                "--admin-stdin",
+            ],
+            &format!("{pw}\n"),
+        )
+    };
+    let wrong = link("dev1", "not-the-password-zz");
+    assert!(!wrong.status.success());
+    let e = text(&wrong.stderr);
+    assert!(
+        e.contains("auth/userpass/login/dev1") && e.contains("hint:"),
+        "{e}"
+    );
+    assert!(!e.contains("not-the-password-zz"), "{e}");
+    assert_eq!(
+        h.json(&["env", "show", "demo", "--json"])["variables"],
+        json!([])
+    );
+    let add = link("dev1", &password);
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_KEY",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        sha_script(),
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "5m"]).status.success());
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(
+        text(&o.stdout).contains(&format!("sha={}", sha256_hex(&api_key))),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let tokens = tokens_of(&audit_log, "auth/userpass/login/");
+    assert_eq!(tokens.len(), 1, "one login serves the link and the run");
+    let token = tokens[0].clone();
+    let accessor: Value =
+        serde_json::from_str(&bao.cli(&["token", "lookup", "-format=json", &token])).unwrap();
+    let accessor = accessor["data"]["accessor"].as_str().unwrap().to_owned();
+    let plain = h.all_plain_files();
+    // The password is sealed in the vault (it is the stored login secret); the token is not
+    // stored at all.
+    let vault = std::fs::read(h.path().join("vault.kv")).unwrap_or_default();
+    assert!(!contains(&vault, &token) && !contains(&vault, &password));
+    for s in [token.as_str(), password.as_str()] {
+        assert!(
+            !contains(&plain, s),
+            "a file under KEYVEIL_HOME holds a login secret"
+        );
+        for out in [&wrong, &add, &o] {
+            assert!(!contains(&out.stdout, s) && !contains(&out.stderr, s));
+        }
+        assert!(
+            holders_of(s).is_empty(),
+            "a process's environment holds a login secret"
+        );
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            assert!(!contains(&cmd, s), "a command line holds a login secret");
+        }
+    }
+    assert!(bao.accessor_alive(&accessor));
+    assert!(h.run(&["lock"]).status.success());
+    wait_until(
+        "the userpass token to be revoked",
+        Duration::from_secs(10),
+        || !bao.accessor_alive(&accessor),
+    );
 }

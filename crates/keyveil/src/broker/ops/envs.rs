@@ -132,6 +132,7 @@ pub(super) fn env_show(broker: &Broker, name: &str) -> OpResult<op::EnvDetail> {
             created_at: var.created_at,
             rotated_at: var.rotated_at,
             compromised: crate::broker::sweep_ops::mark(&inner, name, n),
+            kv_version: None,
         })
         .collect();
     // Sorted as shown (where names are hidden, the real names' order would betray them).
@@ -151,6 +152,69 @@ pub(super) fn env_show(broker: &Broker, name: &str) -> OpResult<op::EnvDetail> {
         variables,
         policy,
     })
+}
+
+/// [`env_show`], plus (with `versions`) the KV v2 version of each variable linked to an
+/// OpenBao KV path: one request per (node list, namespace, mount, path), with the variable's
+/// own login; a path OpenBao does not answer for shows no version (the broker log says why).
+pub(super) async fn env_show_versions(
+    broker: &Broker,
+    name: &str,
+    versions: bool,
+) -> OpResult<op::EnvDetail> {
+    let mut d = env_show(broker, name)?;
+    if !versions {
+        return Ok(d);
+    }
+    #[cfg(feature = "openbao")]
+    {
+        use crate::dynamic::{DynamicSpec, EngineKind};
+        let (linked, logins) = {
+            let inner = broker.lock();
+            let v = inner.vault()?;
+            let mut linked = Vec::new();
+            if let Some(e) = v.data().environments.get(name) {
+                for (n, var) in &e.variables {
+                    if let Some(spec) = var
+                        .dynamic
+                        .as_ref()
+                        .and_then(|src| DynamicSpec::from_source(src).ok())
+                        .filter(|s| s.engine == EngineKind::OpenbaoKv)
+                    {
+                        linked.push((inner.shown_name(name, n), spec));
+                    }
+                }
+            }
+            (linked, inner.dynamic.logins.clone())
+        };
+        let mut seen: std::collections::HashMap<String, Option<u64>> = Default::default();
+        for (shown, spec) in linked {
+            let key = format!(
+                "{}\0{}\0{}",
+                spec.shown_target(),
+                spec.opt("namespace").unwrap_or(""),
+                spec.opt("auth").unwrap_or("")
+            );
+            let version = match seen.get(&key) {
+                Some(v) => *v,
+                None => {
+                    let v = match crate::dynamic::openbao::kv_version(&spec, &logins).await {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read a KV version for env show");
+                            None
+                        }
+                    };
+                    seen.insert(key, v);
+                    v
+                }
+            };
+            if let Some(info) = d.variables.iter_mut().find(|i| i.name == shown) {
+                info.kv_version = version;
+            }
+        }
+    }
+    Ok(d)
 }
 
 pub(super) fn env_create(

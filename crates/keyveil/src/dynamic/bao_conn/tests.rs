@@ -308,3 +308,78 @@ async fn jwt_login_with_a_key_made_by_the_test() {
         assert!(!text.contains(&bad));
     }
 }
+
+/// A node list: every node is checked (plain HTTP to loopback only, one scheme, no
+/// duplicates, at most nine).
+#[test]
+fn node_lists_are_checked_node_by_node() {
+    let s = |a: &str| kv_spec("t", &[("address", a)]);
+    let ok = Conn::new(&s("http://127.0.0.1:8200, http://127.0.0.1:8201/")).unwrap();
+    assert_eq!(ok.node_count(), 2);
+    assert_eq!(ok.address, "http://127.0.0.1:8200,http://127.0.0.1:8201");
+    for bad in [
+        "http://127.0.0.1:8200,http://10.0.0.1:8200",
+        "http://127.0.0.1:8200,https://127.0.0.1:8201",
+        "http://127.0.0.1:8200,http://127.0.0.1:8200",
+        "http://127.0.0.1:8200,",
+        "http://127.0.0.1:8200,http://127.0.0.1:8201/v1",
+    ] {
+        assert!(Conn::new(&s(bad)).is_err(), "{bad}");
+    }
+    let ten: Vec<String> = (0..10)
+        .map(|i| format!("http://127.0.0.1:{}", 8200 + i))
+        .collect();
+    assert!(Conn::new(&s(&ten.join(","))).is_err());
+}
+
+/// A node that redirects (as a standby does, to where it says the active node is) never makes
+/// the broker send the token there: the redirect is not followed, the next listed node
+/// serves; with only that node listed, the error says to list the cluster's nodes.
+#[tokio::test]
+async fn a_redirect_is_never_followed_and_the_next_listed_node_serves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(bao) = BaoDev::start() else {
+        return;
+    };
+    bao.cli(&["kv", "put", "secret/app", "API_KEY=cluster-value-123456"]);
+    // The agent's listener: counts every connection it gets.
+    let thief = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_addr = thief.local_addr().unwrap();
+    let stolen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = stolen.clone();
+    tokio::spawn(async move {
+        while let Ok((_c, _)) = thief.accept().await {
+            s2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // A "standby" that answers every request with a 307 to the thief.
+    let standby = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let standby_addr = format!("http://{}", standby.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = standby.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{thief_addr}/v1/secret/data/app\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = c.write_all(answer.as_bytes()).await;
+        }
+    });
+    let both = format!("{standby_addr},{}", bao.address);
+    let got = read_kv(
+        &kv_spec(&bao.token, &[("address", &both)]),
+        &Logins::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got["API_KEY"].expose(), "cluster-value-123456");
+    let (e, hint) = err_of(&kv_spec(&bao.token, &[("address", &standby_addr)])).await;
+    assert!(e.contains("307") && !e.contains(&bao.token), "{e}");
+    assert!(hint.contains("list every node"), "{hint}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stolen.load(Ordering::SeqCst),
+        0,
+        "the broker connected to the redirect's target"
+    );
+}
