@@ -538,6 +538,8 @@ pub(crate) struct Inner {
     /// Runs agents asked for while the vault is locked, by id, with when they were last asked
     /// (`locked_asks.rs`); dropped at unlock (the broker that unlocks is a new process).
     pub locked_asks: BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)>,
+    /// The redactor cards and request entries go through (`card_redact.rs`); dropped at `lock`.
+    pub card_redactor: Option<super::card_redact::CardRedactor>,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].
