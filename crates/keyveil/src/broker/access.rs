@@ -287,7 +287,7 @@ fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValue>> {
 /// When `var`'s current value was stored without the factor, as given by the caller (so an
 /// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
 /// stored before keyveil recorded how.
-fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
+pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
     match var.stored {
         Some(r)
             if !r.factor
@@ -750,14 +750,13 @@ pub(crate) fn find_or_create_request(
         .hint("the user's policy forbids this command; ask the user instead of retrying"));
     }
     let id = inner.next_request;
-    // Requester-supplied strings (argv, reason, cwd, names, client info) are stored and shown
-    // as given, never matched against values: which of them a matcher would mark is an oracle
-    // an agent reads back from the audit without any grant (issue 13, item 1). Humans see them
-    // through `display`'s escaper.
-    // Recorded before the request exists: refused when the log cannot be written.
-    inner.must_audit(
-        "request",
-        json!({
+    // Requester-supplied strings (argv, reason, cwd, names, client info) are stored as given
+    // and matched only against values no agent can guess (`card_redact.rs`): which of them a
+    // matcher marks is otherwise an oracle an agent reads back from the audit without any grant
+    // (issue 13, item 1). Humans see them through `display`'s escaper.
+    // Recorded before the request exists: refused when the log cannot be written. Its strings
+    // go through the card redactor, as the card's do (`card_redact.rs`).
+    let mut entry = json!({
             "request_id": id,
             "client": key,
             "client_version": ask.client.version,
@@ -783,8 +782,11 @@ pub(crate) fn find_or_create_request(
             "stdin": ask.stdin.as_ref().map(|s| json!({"bytes": s.bytes, "sha256": s.sha256, "program": s.program})),
             "contradictions": &contradictions,
             "mount": ask.mount.as_ref().map(|m| &m.path),
-        }),
-    )?;
+    });
+    if let Some(r) = inner.card_redactor() {
+        super::card_redact::redact_json(&r, &mut entry);
+    }
+    inner.must_audit("request", entry)?;
     inner.next_request += 1;
     if let Some(f) = &inner.request_ids {
         super::request_ids::store(f, inner.next_request);
@@ -932,14 +934,22 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessStat
 }
 
 /// Pending requests as approval cards (what the CLI card and the web page render).
+///
+/// Every card's strings go through the card redactor (`card_redact.rs`): what a card shows of a
+/// process may hold a value a granted child has.
 pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     let mut inner = broker.lock();
     inner.expire_requests();
+    let redactor = inner.card_redactor();
     let requests = inner
         .requests
         .values()
         .filter(|r| r.state == RequestState::Pending)
         .map(|r| card_of(r, bound_on_card(&inner, r)))
+        .map(|c| match &redactor {
+            Some(red) => super::card_redact::redact_card(red, c),
+            None => c,
+        })
         .collect();
     op::PendingRequests { requests }
 }

@@ -4,6 +4,7 @@
 
 pub(crate) mod access;
 pub(crate) mod background;
+pub(crate) mod card_redact;
 mod cwd;
 pub(crate) mod dynamic_ops;
 pub(crate) mod egress;

@@ -541,6 +541,8 @@ pub(crate) struct Inner {
     /// Approvals held between the factor and the human's yes where names are hidden
     /// (`held_approvals.rs`), by SHA-256 of their ticket.
     pub held_approvals: std::collections::HashMap<[u8; 32], super::held_approvals::Held>,
+    /// The redactor cards and request entries go through (`card_redact.rs`); dropped at `lock`.
+    pub card_redactor: Option<super::card_redact::CardRedactor>,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].

@@ -146,7 +146,7 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
 /// digits 5.9, more 6.5 bits a character). `sweep --watch` never contains such a value by
 /// itself: visible containment of it would answer an agent's planted guesses without limit
 /// (`docs/sweep.md`).
-pub(super) fn guessable(value: &[u8]) -> bool {
+pub(crate) fn guessable(value: &[u8]) -> bool {
     let v = value.trim_ascii();
     if v.len() < 16 {
         return true;

@@ -10,6 +10,7 @@
 mod approval;
 mod background;
 mod card;
+mod card_values;
 mod cli_ux;
 mod codeload;
 mod corpus;

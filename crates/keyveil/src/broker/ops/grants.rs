@@ -10,8 +10,14 @@ use keyveil_proto::ErrorCode;
 use keyveil_proto::op;
 
 pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
-    let inner = broker.lock();
+    let mut inner = broker.lock();
     let now = Timestamp::now();
+    // A grant's argv and cwd are its request's, shown as its card showed them.
+    let redactor = inner.card_redactor();
+    let shown = |s: &str| match &redactor {
+        Some(r) => crate::broker::card_redact::redact_str(r, s),
+        None => s.to_owned(),
+    };
     let grants = inner
         .grants
         .values()
@@ -27,9 +33,12 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             client: g.client.clone(),
             environment: g.environment.clone(),
             variables: g.variables.clone(),
-            argv: g.argv.clone(),
+            argv: g
+                .argv
+                .as_ref()
+                .map(|a| a.iter().map(|w| shown(w)).collect()),
             prefix: g.prefix,
-            cwd: g.cwd.clone(),
+            cwd: shown(&g.cwd),
             subdirs: g.subdirs,
             pass_env: g.pass_env.clone(),
             executable: g.executable.as_ref().map(access::file_pin_info),

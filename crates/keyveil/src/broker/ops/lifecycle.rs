@@ -291,6 +291,7 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         // The values leave memory whatever the disk said above (the sealed checkpoint and the
         // audit entry are best effort here; what could not be written is kept as the gap).
         inner.vault = None;
+        inner.card_redactor = None;
         inner.close_audit();
         inner.challenges.clear();
         inner.held_approvals.clear();
