@@ -198,15 +198,18 @@ fn an_object_claiming_a_huge_size_is_never_decoded() {
     assert!(r.truncated);
 }
 
-/// A pack swapped for a named pipe after the check (the check is skipped here to stand for
-/// that moment): the reader thread blocks in `open`, the sweep of the repository does not: it
-/// ends at its deadline, says so, and finds nothing it did not read.
+/// A pack and a loose object swapped for named pipes after the check (the check is skipped
+/// here to stand for that moment): the sweep of the repository neither blocks nor passes its
+/// deadline (whether the reader skips them or blocks on one, it is not waited for), and finds
+/// nothing in bytes it could not read.
 #[test]
-fn a_named_pipe_swapped_in_after_the_check_blocks_only_the_reader() {
+fn a_named_pipe_swapped_in_after_the_check_does_not_block_the_sweep() {
     let (v, w) = (value("l"), value("p"));
     let top = tempfile::tempdir().unwrap();
     let p = repo_with(top.path(), &v, &w);
-    let fifos: Vec<PathBuf> = pack_files(&p, "idx");
+    let blob = git(&p, &["rev-parse", "HEAD:loose.txt"]);
+    let mut fifos: Vec<PathBuf> = pack_files(&p, "pack");
+    fifos.push(p.join(format!(".git/objects/{}/{}", &blob[..2], &blob[2..])));
     for f in &fifos {
         mkfifo(f);
     }
@@ -232,6 +235,4 @@ fn a_named_pipe_swapped_in_after_the_check_blocks_only_the_reader() {
     }
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(found.is_empty(), "{found:?}");
-    assert!(report.truncated, "{:?}", report.notes);
-    assert!(!report.notes.is_empty());
 }
