@@ -1,15 +1,15 @@
 //! Walking the scope: which entries changed during the run, and reading them safely.
 //!
-//! Two phases. First the tree is walked, by up to [`ScanLimits::threads`] threads, and every
-//! entry is `lstat`ed; those changed during the run are collected (this is most of the cost in
+//! Two phases. First the tree is walked, by up to [`ScanLimits::threads`] threads of the
+//! `ignore` crate's parallel walker (ripgrep's, with every filter off), and every entry is
+//! `lstat`ed; those changed during the run are collected (this is most of the cost in
 //! a large, mostly unchanged tree). Then the changed entries are scanned one by one, in path
 //! order, so that the result does not depend on thread timing.
 //!
 //! Symlinks are never followed (a symlink's own name and target are matched, not what it points
 //! to); FIFOs, sockets and devices are never opened; a file is opened with `O_NOFOLLOW |
 //! O_NONBLOCK | O_NOCTTY` and read only if the opened descriptor is the regular file that was
-//! examined (same device and inode). Directories are walked from a work list (no recursion),
-//! each at most once (by device and inode: bind-mount loops end), down to
+//! examined (same device and inode). Directories are walked each at most once (by device and inode: bind-mount loops end), down to
 //! [`ScanLimits::max_dir_depth`]. Pseudo file systems (`/proc`, `/sys`, ...) met below a root
 //! are not entered.
 //!
@@ -21,7 +21,7 @@ use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use super::{Forms, ScanLimits, ScanScope, Scanner, decode, home, path_bytes};
@@ -104,31 +104,14 @@ fn dev_of(_meta: &Metadata) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // phase 1: collect the changed entries
 
-/// A directory to walk.
-struct Job {
-    dir: PathBuf,
-    depth: u32,
-    /// Device of the directory (to notice a mount point below it).
-    dev: u64,
-    /// Below a dot-directory of `$HOME`: the [`home::HOME_SKIP`] subtrees apply.
-    in_home: bool,
-}
-
-/// The work list shared by the walkers.
-struct Queue {
-    jobs: Vec<Job>,
-    /// Walkers holding a job.
-    active: usize,
-}
-
 /// What the walkers share.
 struct Walk<'a> {
     limits: &'a ScanLimits,
     threshold: SystemTime,
     deadline: Instant,
+    /// `$HOME` when walked as such (its top-level files and dot-directories only).
+    home: Option<PathBuf>,
     home_skip: HashSet<PathBuf>,
-    queue: Mutex<Queue>,
-    wake: Condvar,
     visited: Mutex<HashSet<DirKey>>,
     entries: AtomicU64,
     collected: AtomicU64,
@@ -138,7 +121,7 @@ struct Walk<'a> {
 }
 
 /// Locks a mutex; a walker that panicked cannot leave the data inconsistent (every update is
-/// a single push, pop or counter change), so a poisoned lock is taken as is.
+/// a single insert or push), so a poisoned lock is taken as is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -153,7 +136,6 @@ impl Walk<'_> {
     fn halt(&self) {
         self.skip();
         self.stop.store(true, Ordering::Relaxed);
-        self.wake.notify_all();
     }
 
     /// First visit of this directory?
@@ -190,93 +172,118 @@ impl Walk<'_> {
         out.push(Changed { path, meta });
     }
 
-    /// A walker: takes directories from the work list until it is empty and no walker can add
-    /// more.
-    fn worker(&self) -> Vec<Changed> {
-        let mut out = Vec::new();
-        let mut found_dirs = Vec::new();
-        loop {
-            let job = {
-                let mut q = lock(&self.queue);
-                loop {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return out;
-                    }
-                    if let Some(job) = q.jobs.pop() {
-                        q.active += 1;
-                        break job;
-                    }
-                    if q.active == 0 {
-                        self.wake.notify_all();
-                        return out;
-                    }
-                    q = self
-                        .wake
-                        .wait(q)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-            };
-            self.walk_dir(&job, &mut out, &mut found_dirs);
-            let mut q = lock(&self.queue);
-            q.jobs.append(&mut found_dirs);
-            q.active -= 1;
-            drop(q);
-            self.wake.notify_all();
-        }
-    }
-
-    /// Examines the entries of one directory: keeps the changed ones, lists the subdirectories.
-    fn walk_dir(&self, job: &Job, out: &mut Vec<Changed>, dirs: &mut Vec<Job>) {
-        let entries = match fs::read_dir(&job.dir) {
+    /// One entry met by a walker: a changed one is kept; a directory is entered unless it is
+    /// skipped (below a [`home::HOME_SKIP`] subtree, a top-level folder of `$HOME` that is not
+    /// a dot-directory, too deep, already walked, or a pseudo file system).
+    fn visit(
+        &self,
+        res: Result<ignore::DirEntry, ignore::Error>,
+        out: &mut Vec<Changed>,
+    ) -> ignore::WalkState {
+        use ignore::WalkState::{Continue, Quit, Skip};
+        let entry = match res {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(_) => {
-                self.skip();
-                return;
+            Err(e) => {
+                if e.io_error()
+                    .is_none_or(|io| io.kind() != io::ErrorKind::NotFound)
+                {
+                    self.skip();
+                }
+                return if self.stop.load(Ordering::Relaxed) {
+                    Quit
+                } else {
+                    Continue
+                };
             }
         };
-        for entry in entries {
-            if !self.tick() {
-                return;
-            }
-            let Ok(entry) = entry else {
-                self.skip();
-                continue;
-            };
-            let Ok(ft) = entry.file_type() else { continue };
-            let path = entry.path();
-            if ft.is_dir() && job.in_home && self.home_skip.contains(&path) {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            if !ft.is_dir() {
-                if changed(&meta, self.threshold) {
-                    self.keep(out, path, meta);
-                }
-                continue;
-            }
-            if job.depth + 1 > self.limits.max_dir_depth {
-                self.skip();
-                continue;
-            }
-            if !self.first_visit(&meta) || crosses_into_pseudo_fs(job.dev, &meta, &path) {
-                continue;
-            }
-            let dev = dev_of(&meta);
-            if changed(&meta, self.threshold) {
-                self.keep(out, path.clone(), meta);
-            }
-            dirs.push(Job {
-                dir: path,
-                depth: job.depth + 1,
-                dev,
-                in_home: job.in_home,
-            });
+        // A root: checked (and marked visited) before the walk.
+        if entry.depth() == 0 {
+            return Continue;
         }
+        if !self.tick() {
+            return Quit;
+        }
+        let Some(ft) = entry.file_type() else {
+            return Continue;
+        };
+        let path = entry.path();
+        // Not followed: the link's own metadata.
+        let Ok(meta) = entry.metadata() else {
+            return Continue;
+        };
+        if !ft.is_dir() {
+            if changed(&meta, self.threshold) {
+                self.keep(out, entry.into_path(), meta);
+            }
+            return Continue;
+        }
+        if let Some(h) = &self.home
+            && path.starts_with(h)
+        {
+            let top = path.parent() == Some(h.as_path());
+            if self.home_skip.contains(path)
+                || (top && !home::walks_top_dir(&super::os_bytes(entry.file_name())))
+            {
+                return Skip;
+            }
+        }
+        if u32::try_from(entry.depth()).unwrap_or(u32::MAX) > self.limits.max_dir_depth {
+            self.skip();
+            return Skip;
+        }
+        let parent_dev = path
+            .parent()
+            .and_then(|p| fs::symlink_metadata(p).ok())
+            .map_or(0, |m| dev_of(&m));
+        if !self.first_visit(&meta) || crosses_into_pseudo_fs(parent_dev, &meta, path) {
+            return Skip;
+        }
+        if changed(&meta, self.threshold) {
+            self.keep(out, entry.into_path(), meta);
+        }
+        Continue
     }
 }
 
-/// Phase 1: the changed entries under the working directory and in `$HOME`'s scope.
+/// A walker's changed entries, handed over when the walker ends.
+struct Collector<'a> {
+    walk: &'a Walk<'a>,
+    out: Vec<Changed>,
+    all: &'a Mutex<Vec<Changed>>,
+}
+
+impl ignore::ParallelVisitor for Collector<'_> {
+    fn visit(&mut self, res: Result<ignore::DirEntry, ignore::Error>) -> ignore::WalkState {
+        self.walk.visit(res, &mut self.out)
+    }
+}
+
+impl Drop for Collector<'_> {
+    fn drop(&mut self) {
+        lock(self.all).append(&mut self.out);
+    }
+}
+
+/// Makes one [`Collector`] per walker thread.
+struct Collectors<'a> {
+    walk: &'a Walk<'a>,
+    all: &'a Mutex<Vec<Changed>>,
+}
+
+impl<'s> ignore::ParallelVisitorBuilder<'s> for Collectors<'s> {
+    fn build(&mut self) -> Box<dyn ignore::ParallelVisitor + 's> {
+        Box::new(Collector {
+            walk: self.walk,
+            out: Vec::new(),
+            all: self.all,
+        })
+    }
+}
+
+/// Phase 1: the changed entries under the working directory and in `$HOME`'s scope, walked
+/// in parallel by the `ignore` crate (ripgrep's walker) with every filter off: hidden files,
+/// ignored files (a gitignored `.env`) and `.git` itself are walked; symlinks are not followed
+/// and no file is opened (FIFOs and devices included): entries are only `lstat`ed.
 fn collect(
     scope: &ScanScope,
     limits: &ScanLimits,
@@ -285,19 +292,18 @@ fn collect(
     sc: &mut Scanner<'_>,
 ) -> Vec<Changed> {
     let home = scope.home.as_ref().and_then(|h| fs::canonicalize(h).ok());
-    let walk = Walk {
+    let cwd = fs::canonicalize(&scope.cwd).ok();
+    // $HOME, unless the working directory's walk covers it.
+    let home = home.filter(|h| !cwd.as_ref().is_some_and(|c| h.starts_with(c)));
+    let mut walk = Walk {
         limits,
         threshold,
         deadline,
+        home: None,
         home_skip: home
             .as_ref()
             .map(|h| home::HOME_SKIP.iter().map(|s| h.join(s)).collect())
             .unwrap_or_default(),
-        queue: Mutex::new(Queue {
-            jobs: Vec::new(),
-            active: 0,
-        }),
-        wake: Condvar::new(),
         visited: Mutex::new(HashSet::new()),
         entries: AtomicU64::new(0),
         collected: AtomicU64::new(0),
@@ -305,76 +311,46 @@ fn collect(
         stop: AtomicBool::new(false),
         truncated: AtomicBool::new(false),
     };
-    let mut out = Vec::new();
-    let cwd = fs::canonicalize(&scope.cwd).ok();
-    if let Some(cwd) = &cwd
-        && let Ok(meta) = fs::symlink_metadata(cwd)
-        && meta.is_dir()
-        && walk.first_visit(&meta)
-    {
-        lock(&walk.queue).jobs.push(Job {
-            dir: cwd.clone(),
-            depth: 0,
-            dev: dev_of(&meta),
-            in_home: false,
-        });
-    }
-    // $HOME, unless the working directory's walk covers it: the files directly in it, and
-    // its dot-directories as roots.
-    if let Some(home) = home.filter(|h| !cwd.as_ref().is_some_and(|c| h.starts_with(c))) {
-        seed_home(&walk, &home, &mut out);
-    }
-    let threads = match limits.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_THREADS)),
-        n => n,
-    };
-    std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads)
-            .filter_map(|_| {
-                std::thread::Builder::new()
-                    .name("keyveil-scan".into())
-                    .spawn_scoped(s, || walk.worker())
-                    .ok()
-            })
-            .collect();
-        out.extend(walk.worker());
-        for h in helpers {
-            match h.join() {
-                Ok(found) => out.extend(found),
-                Err(_) => walk.skip(),
+    let mut roots = Vec::new();
+    for (root, is_home) in [(cwd, false), (home, true)] {
+        if let Some(r) = root
+            && let Ok(meta) = fs::symlink_metadata(&r)
+            && meta.is_dir()
+            && walk.first_visit(&meta)
+        {
+            if is_home {
+                walk.home = Some(r.clone());
             }
+            roots.push(r);
         }
-    });
+    }
+    let mut out = Vec::new();
+    if let Some((first, rest)) = roots.split_first() {
+        let threads = match limits.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(AUTO_THREADS)),
+            n => n,
+        };
+        let mut b = ignore::WalkBuilder::new(first);
+        for r in rest {
+            b.add(r);
+        }
+        b.standard_filters(false)
+            .follow_links(false)
+            .same_file_system(false)
+            .threads(threads);
+        let all = Mutex::new(Vec::new());
+        b.build_parallel().visit(&mut Collectors {
+            walk: &walk,
+            all: &all,
+        });
+        out = all
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
     sc.entries_seen += walk.entries.load(Ordering::Relaxed);
     sc.skipped += walk.skipped.load(Ordering::Relaxed);
     sc.truncated |= walk.truncated.load(Ordering::Relaxed);
     out
-}
-
-/// The top level of `$HOME`: changed files are kept, dot-directories become roots.
-fn seed_home(walk: &Walk<'_>, home_dir: &Path, out: &mut Vec<Changed>) {
-    let Ok(meta) = fs::symlink_metadata(home_dir) else {
-        return;
-    };
-    if !meta.is_dir() || !walk.first_visit(&meta) {
-        return;
-    }
-    let job = Job {
-        dir: home_dir.to_path_buf(),
-        depth: 0,
-        dev: dev_of(&meta),
-        in_home: true,
-    };
-    let mut dirs = Vec::new();
-    walk.walk_dir(&job, out, &mut dirs);
-    // Only the dot-directories below $HOME itself are walked.
-    dirs.retain(|j| {
-        j.dir
-            .file_name()
-            .is_some_and(|n| home::walks_top_dir(&super::os_bytes(n)))
-    });
-    let mut q = lock(&walk.queue);
-    q.jobs.append(&mut dirs);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,39 +1,64 @@
 //! Git repositories: every object, placed at a commit and path.
 //!
-//! Objects are read by git itself (`git cat-file --batch-all-objects --batch`): loose and
-//! packed, deltas resolved, reachable from a branch, a tag, the reflog or the stash, or from
-//! nothing (a dropped stash, an amended commit not yet collected). Each object is matched in
-//! windows of [`WINDOW`] bytes that overlap by the redactor's longest pattern, so memory stays
-//! bounded whatever the object's size. Found objects are then placed: `git rev-list --objects
-//! --all --reflog` gives a path, one walk of `git log --all --reflog -m --raw -t` the commits
-//! that add or remove them. Both run for every repository, found or not, and no command line
-//! names an object: the agent reads every process's arguments in `/proc`.
+//! Objects, refs and reflogs are read in process by gitoxide's plumbing crates (`gix-odb` and
+//! `gix-pack` for loose and packed objects, deltas resolved; `gix-ref` for loose and packed refs;
+//! `gix-object` to parse commits, tags, trees and reflog lines). No git process is started and
+//! the repository's configuration is never read: nothing it names (hooks, a file-system
+//! monitor, a signature checker, a pager, a transport for a lazy fetch, replace objects) can
+//! run or apply. Before anything is read, [`refusal`] checks every entry of the git directory
+//! and of each object directory an alternates file names: a named pipe or device where the
+//! reader opens files refuses the repository.
 //!
-//! git runs with no system or global configuration, no replace objects, no terminal prompt,
-//! no optional locks, no lazy fetch or other transport, no signature checker and no hooks or
-//! file-system monitor (a repository's own config is the agent's to write); the commands used run no diff driver,
-//! pager or hook.
+//! Every object of the store is matched (reachable from a branch, a tag, the reflog or the
+//! stash, or from nothing: a dropped stash, an amended commit not yet collected), in windows of
+//! [`WINDOW`] bytes that overlap by the redactor's longest pattern. An object larger than
+//! [`MAX_OBJECT`] is never decoded (its size is read from its header first, and the store
+//! refuses to allocate more): it is left out with a note, so memory stays bounded whatever a
+//! crafted pack claims. Found objects are then placed: one walk of every commit reachable
+//! from a ref, `HEAD` or any reflog entry (the stash is `refs/stash` and its reflog) gives,
+//! for each found blob or tree, a path and the commits (newest first) that add or remove it.
+//! The walk runs for every repository, found or not.
+//!
+//! The reading runs on a thread of its own, fed to the matcher through a small channel: a
+//! named pipe swapped in after the check blocks that thread, never the sweep, which gives up
+//! on the repository when nothing arrives for [`FIRST_OUTPUT`] or at its deadline.
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::rc::Rc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use gix_hash::ObjectId;
 use keyveil_redact::Redactor;
 
-pub(super) use super::git_run::git;
-use super::git_run::{FIRST_OUTPUT, MAX_CHECKED, Watchdog, read_small, refusal};
+use super::git_check::{MAX_CHECKED, read_reflog, read_small, refusal};
 use super::{Finding, Location, SweepReport};
 
 /// Bytes matched at once from one git object.
 pub(crate) const WINDOW: usize = 8 << 20;
+/// Largest object decoded, in bytes: a larger one is left out with a note.
+pub(crate) const MAX_OBJECT: usize = 48 << 20;
+/// The reader of a repository that has sent nothing for this long (no object, no sign of
+/// progress) is given up on: a named pipe swapped in where it opens a file blocks it in `open`.
+pub(super) const FIRST_OUTPUT: Duration = Duration::from_secs(20);
+/// Memory the pack reader may keep for decoded delta bases, in bytes.
+const PACK_CACHE: usize = 32 << 20;
 /// Deepest directory level searched for repositories below a root.
 const MAX_DEPTH: usize = 24;
 /// Most directory entries examined while looking for repositories.
 const MAX_ENTRIES: u64 = 5_000_000;
 /// Commits listed per found object.
 const MAX_COMMITS: usize = 5;
+/// Deepest tree nesting followed while placing objects.
+const MAX_TREE_DEPTH: usize = 256;
+/// Most places kept per tree for the found objects below it.
+const MAX_PLACES: usize = 64;
+/// Objects queued between the reader and the matcher.
+const QUEUE: usize = 2;
+/// Objects read by the history walk between two [`Msg::Tick`]s.
+const TICK: u64 = 1024;
+
 /// The git directory of a working tree (`.git`, or what a `.git` file points to), or the
 /// repository itself when bare.
 pub(crate) fn git_dir(repo: &Path) -> PathBuf {
@@ -61,6 +86,14 @@ fn is_bare(dir: &Path) -> bool {
     dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
 }
 
+/// The repository `dir` is inside of: the nearest folder at or above it with a `.git`, or a
+/// bare repository. Nothing is run and no file is opened.
+fn enclosing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|a| std::fs::symlink_metadata(a.join(".git")).is_ok() || is_bare(a))
+        .map(Path::to_path_buf)
+}
+
 /// Repositories at or below `roots` (and the one a root is inside of), each once. Symlinks are
 /// not followed.
 pub(super) fn discover(
@@ -71,9 +104,10 @@ pub(super) fn discover(
     let mut found = BTreeSet::new();
     let mut entries = 0u64;
     for root in roots {
-        // The repository a root is inside of (git killed at the deadline: its config may be
-        // a planted named pipe).
-        if let Some(top) = toplevel(root, deadline) {
+        // A file named alone is matched alone: its repository is not swept.
+        if root.is_dir()
+            && let Some(top) = enclosing(root)
+        {
             found.insert(top);
         }
         let mut stack = vec![(root.clone(), 0usize)];
@@ -85,7 +119,7 @@ pub(super) fn discover(
                     .push("the search for git repositories was cut short".into());
                 return found.into_iter().collect();
             }
-            if dir.join(".git").exists() {
+            if std::fs::symlink_metadata(dir.join(".git")).is_ok() {
                 found.insert(dir.clone());
             } else if is_bare(&dir) {
                 found.insert(dir.clone());
@@ -191,33 +225,41 @@ pub(super) fn store_recent(dir: &Path, window: Duration) -> bool {
     false
 }
 
-/// `git rev-parse --show-toplevel` in `dir`, killed at `deadline` (and at most 10 s).
-fn toplevel(dir: &Path, deadline: Instant) -> Option<PathBuf> {
-    let mut child = git(dir)
-        .ok()?
-        .args(["rev-parse", "--show-toplevel"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let dog = Watchdog::arm(
-        &child,
-        deadline.min(Instant::now() + Duration::from_secs(10)),
-    );
-    let mut out = Vec::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.by_ref().take(64 << 10).read_to_end(&mut out);
-    }
-    let _ = child.kill();
-    dog.disarm();
-    let ok = child.wait().is_ok_and(|s| s.success());
-    let top = String::from_utf8_lossy(&out).trim().to_owned();
-    (ok && !top.is_empty()).then(|| PathBuf::from(top))
+/// What the reader thread sends the matcher.
+enum Msg {
+    /// One object's bytes.
+    Object {
+        oid: ObjectId,
+        kind: gix_object::Kind,
+        data: zeroize::Zeroizing<Vec<u8>>,
+    },
+    /// An object not read (larger than [`MAX_OBJECT`], or corrupt): why, without its bytes.
+    Skipped { oid: ObjectId, why: String },
+    /// The store could not be opened or listed.
+    Failed(String),
+    /// Every object was sent.
+    Done,
+    /// The history walk is still going (sent every [`TICK`] objects it reads).
+    Tick,
+    /// Where the found objects are.
+    Placed(Placement),
+}
+
+/// For each found blob or tree: a path, and the commits (newest first) that add or remove it.
+#[derive(Default)]
+struct Placement {
+    paths: HashMap<ObjectId, String>,
+    commits: HashMap<ObjectId, Vec<ObjectId>>,
+    /// The walk stopped at the deadline.
+    cut: bool,
+    /// Refs, reflogs or objects of the history that could not be read.
+    unread: u64,
 }
 
 /// One object whose bytes hold a value.
 struct Hit {
-    oid: String,
-    kind: String,
+    oid: ObjectId,
+    kind: gix_object::Kind,
     variables: BTreeSet<String>,
 }
 
@@ -230,10 +272,24 @@ pub(super) fn sweep_repo(
     report: &mut SweepReport,
     progress: Option<&crate::scan::Progress>,
 ) -> Vec<Finding> {
-    // A repository with a named pipe or device where git reads would block git: refused,
-    // with a note (the watchdog also kills git at the deadline for what this cannot see, such
-    // as a config `include.path` naming a pipe elsewhere).
-    if let Some(why) = refusal(&git_dir(repo)) {
+    sweep_repo_checked(repo, redactor, deadline, recent, report, progress, true)
+}
+
+/// [`sweep_repo`]; `check: false` skips [`refusal`] (tests: what the reader does with a named
+/// pipe the check did not see, as when one is swapped in after it).
+pub(super) fn sweep_repo_checked(
+    repo: &Path,
+    redactor: &Redactor,
+    deadline: Instant,
+    recent: Duration,
+    report: &mut SweepReport,
+    progress: Option<&crate::scan::Progress>,
+    check: bool,
+) -> Vec<Finding> {
+    let dir = git_dir(repo);
+    // A repository with a named pipe or device where the reader opens files would block it:
+    // refused, with a note.
+    if let Some(why) = check.then(|| refusal(&dir)).flatten() {
         report.skipped += 1;
         report.truncated = true;
         report
@@ -241,7 +297,25 @@ pub(super) fn sweep_repo(
             .push(format!("repository {}: not read: {why}", repo.display()));
         return Vec::new();
     }
-    let hits = match match_objects(repo, redactor, deadline, report, progress) {
+    let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+    let (wanted_tx, wanted_rx) = mpsc::channel::<HashSet<ObjectId>>();
+    let reader_dir = dir.clone();
+    // Detached: a reader blocked for good in `open` (a named pipe swapped in after the check)
+    // is left behind, and the sweep goes on.
+    let spawned = std::thread::Builder::new()
+        .name("keyveil-sweep-git".into())
+        .stack_size(16 << 20)
+        .spawn(move || read_repo(&reader_dir, deadline, &tx, &wanted_rx));
+    if let Err(e) = spawned {
+        report.skipped += 1;
+        report.truncated = true;
+        report.notes.push(format!(
+            "repository {}: cannot read its objects ({e})",
+            repo.display()
+        ));
+        return Vec::new();
+    }
+    let hits = match match_objects(repo, redactor, deadline, &rx, report, progress) {
         Ok(h) => h,
         Err(e) => {
             report.skipped += 1;
@@ -253,18 +327,42 @@ pub(super) fn sweep_repo(
             return Vec::new();
         }
     };
-    // Both history walks run whether or not anything was found, and name no object on their
-    // command line: an agent watching `/proc` for the broker's git processes (their arguments,
-    // how many, how long) must not learn which of its planted objects holds a value.
-    let paths = paths_of(repo, &hits, deadline);
-    let commits = commits_of(repo, &hits, deadline, report);
+    // The history walk runs whether or not anything was found: the same work either way.
+    let wanted: HashSet<ObjectId> = hits
+        .iter()
+        .filter(|h| h.kind != gix_object::Kind::Commit)
+        .map(|h| h.oid)
+        .collect();
+    let _ = wanted_tx.send(wanted);
+    let placed = wait_placement(&rx, deadline).unwrap_or_else(|| Placement {
+        cut: true,
+        ..Placement::default()
+    });
+    if placed.cut {
+        report.truncated = true;
+        report.notes.push(format!(
+            "repository {}: out of time while placing objects at commits",
+            repo.display()
+        ));
+    }
+    if placed.unread > 0 {
+        report.notes.push(format!(
+            "repository {}: {} refs, reflogs or history objects could not be read",
+            repo.display(),
+            placed.unread
+        ));
+    }
     // Judged for every repository, found or not (the same work either way).
-    let fresh = store_recent(&git_dir(repo), recent);
+    let fresh = store_recent(&dir, recent);
     let mut out = Vec::new();
     for h in &hits {
-        let commits = match h.kind.as_str() {
-            "commit" => vec![h.oid.clone()],
-            _ => commits.get(&h.oid).cloned().unwrap_or_default(),
+        let commits = match h.kind {
+            gix_object::Kind::Commit => vec![h.oid.to_string()],
+            _ => placed
+                .commits
+                .get(&h.oid)
+                .map(|c| c.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
         };
         for v in &h.variables {
             out.push(Finding {
@@ -274,10 +372,10 @@ pub(super) fn sweep_repo(
                 kind: "git-history".into(),
                 location: Location::Git {
                     repo: repo.to_string_lossy().into_owned(),
-                    object: h.oid.clone(),
-                    object_type: h.kind.clone(),
+                    object: h.oid.to_string(),
+                    object_type: h.kind.to_string(),
                     commits: commits.clone(),
-                    path: paths.get(&h.oid).cloned(),
+                    path: placed.paths.get(&h.oid).cloned(),
                 },
                 form: "git-object".into(),
                 recent: fresh,
@@ -287,265 +385,495 @@ pub(super) fn sweep_repo(
     out
 }
 
-/// Streams every object of `repo` through the redactor.
+/// Waits for the reader's [`Placement`] until `deadline`, or until it has sent nothing for
+/// [`FIRST_OUTPUT`]; `None` when none came.
+fn wait_placement(rx: &mpsc::Receiver<Msg>, deadline: Instant) -> Option<Placement> {
+    loop {
+        let due = deadline.min(Instant::now() + FIRST_OUTPUT);
+        match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(Msg::Placed(p)) => return Some(p),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Matches every object the reader sends through the redactor, each in windows.
 fn match_objects(
     repo: &Path,
     redactor: &Redactor,
     deadline: Instant,
+    rx: &mpsc::Receiver<Msg>,
     report: &mut SweepReport,
     progress: Option<&crate::scan::Progress>,
 ) -> std::io::Result<Vec<Hit>> {
-    let mut child = git(repo)?
-        .args(["cat-file", "--batch-all-objects", "--batch", "--unordered"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let dog = Watchdog::arm(&child, deadline);
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stdout"))?;
-    let mut r = BufReader::with_capacity(1 << 16, stdout);
     let overlap = redactor.max_pattern_len().max(1);
     let mut hits = Vec::new();
-    let mut header = Vec::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap);
-    let mut result = Ok(());
-    let mut timed_out = false;
     let mut objects = 0u64;
+    let mut skipped = Vec::new();
     loop {
-        if Instant::now() >= deadline {
-            report.truncated = true;
-            report.notes.push(format!(
-                "repository {}: out of time while reading objects",
-                repo.display()
-            ));
-            break;
-        }
-        header.clear();
-        match r.read_until(b'\n', &mut header) {
-            Ok(0) => break,
-            Ok(_) => dog.started(),
-            Err(e) => {
-                result = Err(e);
+        let due = deadline.min(Instant::now() + FIRST_OUTPUT);
+        let msg = match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                let why = format!(
+                    "nothing could be read for {} s (a named pipe where objects are read?)",
+                    FIRST_OUTPUT.as_secs()
+                );
+                if objects == 0 {
+                    return Err(std::io::Error::other(why));
+                }
+                report.truncated = true;
+                report.notes.push(format!(
+                    "repository {}: {why}; the objects after that point were not matched",
+                    repo.display()
+                ));
                 break;
             }
-        }
-        let line = String::from_utf8_lossy(&header).trim_end().to_owned();
-        let mut parts = line.split(' ');
-        let (Some(oid), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
-            // `<oid> missing` and the like: nothing follows.
-            continue;
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                report.truncated = true;
+                report.notes.push(format!(
+                    "repository {}: out of time while reading objects",
+                    repo.display()
+                ));
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                report.truncated = true;
+                report.notes.push(format!(
+                    "repository {}: the object reader stopped early",
+                    repo.display()
+                ));
+                break;
+            }
         };
-        let Ok(size) = size.parse::<u64>() else {
-            result = Err(std::io::Error::other("unexpected output from git cat-file"));
-            break;
+        let (oid, kind, data) = match msg {
+            Msg::Object { oid, kind, data } => (oid, kind, data),
+            Msg::Skipped { oid, why } => {
+                objects += 1;
+                skipped.push(format!("{oid} ({why})"));
+                continue;
+            }
+            Msg::Failed(why) => {
+                if objects == 0 {
+                    return Err(std::io::Error::other(why));
+                }
+                report.truncated = true;
+                report.notes.push(format!(
+                    "repository {}: reading its objects stopped ({why}); the objects after that point were not matched",
+                    repo.display()
+                ));
+                break;
+            }
+            Msg::Done => break,
+            Msg::Tick | Msg::Placed(_) => continue,
         };
-        report.git_objects += 1;
         objects += 1;
+        report.git_objects += 1;
+        let size = data.len() as u64;
         if let Some(p) = progress {
             p.objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             p.add(0, size);
         }
+        report.bytes_scanned += size;
         let mut vars = BTreeSet::new();
-        let mut left = size;
-        buf.clear();
-        while left > 0 {
-            if Instant::now() >= deadline {
-                // One object may be gigabytes (a crafted pack inflates cheaply): stop mid-object.
-                timed_out = true;
+        let mut at = 0usize;
+        loop {
+            let end = (at + WINDOW).min(data.len());
+            vars.extend(redactor.find_leaks(data.get(at..end).unwrap_or_default()));
+            if end >= data.len() {
                 break;
             }
-            let want = usize::try_from(left).unwrap_or(WINDOW).min(WINDOW);
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            if let Err(e) = r.read_exact(buf.get_mut(start..).unwrap_or_default()) {
-                result = Err(e);
-                break;
-            }
-            left -= want as u64;
-            report.bytes_scanned += want as u64;
-            vars.extend(redactor.find_leaks(&buf));
-            // Keep the tail: a value may straddle two windows.
-            let keep = buf.len().min(overlap);
-            let cut = buf.len() - keep;
-            buf.drain(..cut);
-        }
-        if result.is_err() {
-            break;
-        }
-        if timed_out {
-            if !vars.is_empty() {
-                hits.push(Hit {
-                    oid: oid.to_owned(),
-                    kind: kind.to_owned(),
-                    variables: vars,
-                });
-            }
-            report.truncated = true;
-            report.notes.push(format!(
-                "repository {}: out of time while reading objects",
-                repo.display()
-            ));
-            break;
-        }
-        let mut nl = [0u8; 1];
-        if let Err(e) = r.read_exact(&mut nl) {
-            result = Err(e);
-            break;
+            // The next window starts `overlap` bytes back: a value may straddle two.
+            at = end - overlap.min(end - at);
         }
         if !vars.is_empty() {
             hits.push(Hit {
-                oid: oid.to_owned(),
-                kind: kind.to_owned(),
+                oid,
+                kind,
                 variables: vars,
             });
         }
     }
-    zeroize::Zeroize::zeroize(&mut buf);
-    let _ = child.kill();
-    let killed = dog.disarm();
-    let status = child.wait()?;
-    if killed {
-        if objects == 0 {
-            return Err(std::io::Error::other(format!(
-                "git was stopped: it wrote nothing for {} s (a named pipe where it reads?) or the time budget ran out",
-                FIRST_OUTPUT.as_secs()
-            )));
-        }
-        // Out of time, or blocked after a while: what was read counts.
+    if !skipped.is_empty() {
+        report.skipped += skipped.len() as u64;
         report.truncated = true;
+        let n = skipped.len();
+        skipped.truncate(5);
         report.notes.push(format!(
-            "repository {}: git was stopped (it wrote nothing for {} s, or the time budget ran out); the objects after that point were not matched",
+            "repository {}: {n} objects not matched (larger than {} MiB or corrupt): {}",
             repo.display(),
-            FIRST_OUTPUT.as_secs()
+            MAX_OBJECT >> 20,
+            skipped.join(", ")
         ));
-        return Ok(hits);
-    }
-    if let Err(e) = result {
-        // A corrupt object (planted, to hide the rest) stops git: what was found before it is
-        // kept, and the report says the repository was not read to its end.
-        if hits.is_empty() && objects == 0 {
-            return Err(e);
-        }
-        report.skipped += 1;
-        report.truncated = true;
-        report.notes.push(format!(
-            "repository {}: git stopped reading its objects ({e}); the objects after that point were not matched",
-            repo.display()
-        ));
-    } else if !status.success() && hits.is_empty() && objects == 0 {
-        return Err(std::io::Error::other("git cat-file failed"));
     }
     Ok(hits)
 }
 
-/// A path for each found blob or tree, from the trees reachable from any ref or reflog entry.
-fn paths_of(repo: &Path, hits: &[Hit], deadline: Instant) -> HashMap<String, String> {
-    let wanted: BTreeSet<&str> = hits.iter().map(|h| h.oid.as_str()).collect();
-    let mut out = HashMap::new();
-    let Ok(mut child) = git(repo).and_then(|mut c| {
-        c.args(["rev-list", "--objects", "--all", "--reflog"])
-            .stdout(Stdio::piped())
-            .spawn()
-    }) else {
-        return out;
+/// The reader thread: sends every object of the store at `dir`, then waits for the found
+/// objects and sends where they are. Stops when the matcher hangs up or at `deadline`.
+fn read_repo(
+    dir: &Path,
+    deadline: Instant,
+    tx: &mpsc::SyncSender<Msg>,
+    wanted_rx: &mpsc::Receiver<HashSet<ObjectId>>,
+) {
+    use gix_object::{Find as _, FindHeader as _};
+    let common = common_dir(dir);
+    let objects = common.join("objects");
+    let opts = gix_odb::store::init::Options {
+        // A crafted pack or loose object may claim any size: never allocate more than this.
+        alloc_limit_bytes: Some(MAX_OBJECT),
+        // Relative alternates resolve from the object directory, not the broker's own.
+        current_dir: Some(objects.clone()),
+        ..Default::default()
     };
-    let dog = Watchdog::arm(&child, deadline);
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            dog.started();
-            if Instant::now() >= deadline {
-                break;
+    let mut db = match gix_odb::at_opts(&objects, gix_hash::Kind::Sha1, std::iter::empty(), opts) {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = tx.send(Msg::Failed(format!("cannot open its object store: {e}")));
+            return;
+        }
+    };
+    db.set_pack_cache(|| Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE)));
+    let all = match db.iter() {
+        Ok(i) => i.with_ordering(
+            gix_odb::store::iter::Ordering::PackAscendingOffsetThenLooseLexicographical,
+        ),
+        Err(e) => {
+            let _ = tx.send(Msg::Failed(format!("cannot list its objects: {e}")));
+            return;
+        }
+    };
+    let mut seen = HashSet::new();
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    for oid in all {
+        if Instant::now() >= deadline {
+            return;
+        }
+        let oid = match oid {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = tx.send(Msg::Failed(format!("cannot list its objects: {e}")));
+                return;
             }
-            if let Some((oid, path)) = line.split_once(' ')
-                && wanted.contains(oid)
-                && !path.is_empty()
-            {
-                out.entry(oid.to_owned()).or_insert_with(|| path.to_owned());
-            }
+        };
+        // Packs and loose files may hold the same object more than once.
+        if !seen.insert(oid) {
+            continue;
+        }
+        let msg = match db.try_header(&oid) {
+            Ok(Some(h)) if h.size > MAX_OBJECT as u64 => Msg::Skipped {
+                oid,
+                why: format!("{} bytes", h.size),
+            },
+            Ok(None) => continue,
+            Err(e) => Msg::Skipped {
+                oid,
+                why: format!("corrupt: {e}"),
+            },
+            Ok(Some(_)) => match db.try_find(&oid, &mut buf) {
+                Ok(Some(d)) => Msg::Object {
+                    oid,
+                    kind: d.kind,
+                    data: zeroize::Zeroizing::new(d.data.to_vec()),
+                },
+                Ok(None) => continue,
+                Err(e) => Msg::Skipped {
+                    oid,
+                    why: format!("corrupt: {e}"),
+                },
+            },
+        };
+        if tx.send(msg).is_err() {
+            return;
         }
     }
-    let _ = child.kill();
-    dog.disarm();
-    let _ = child.wait();
-    out
+    drop(buf);
+    if tx.send(Msg::Done).is_err() {
+        return;
+    }
+    let Ok(wanted) = wanted_rx.recv() else { return };
+    let placed = place(dir, &common, &db, &wanted, deadline, &|| {
+        let _ = tx.try_send(Msg::Tick);
+    });
+    let _ = tx.send(Msg::Placed(placed));
 }
 
-/// For each found blob or tree, the commits (newest first, at most [`MAX_COMMITS`]) whose change
-/// adds or removes it, merges and stashes included: one walk of the whole history (`git log
-/// --raw`), whatever was found.
-fn commits_of(
-    repo: &Path,
-    hits: &[Hit],
+/// The common git directory of a linked worktree (its `commondir`), else `dir` itself.
+fn common_dir(dir: &Path) -> PathBuf {
+    match read_small(&dir.join("commondir")) {
+        Ok(c) if !c.trim().is_empty() => dir.join(c.trim()),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// A commit of the history walk.
+struct Commit {
+    tree: ObjectId,
+    parents: Vec<ObjectId>,
+    seconds: i64,
+}
+
+/// Where the `wanted` objects are: every commit reachable from a ref, `HEAD` or a reflog
+/// entry is read, and the found objects in its tree compared with those in each parent's.
+fn place(
+    dir: &Path,
+    common: &Path,
+    db: &gix_odb::Handle,
+    wanted: &HashSet<ObjectId>,
     deadline: Instant,
-    report: &mut SweepReport,
-) -> HashMap<String, Vec<String>> {
-    let wanted: BTreeSet<&str> = hits
-        .iter()
-        .filter(|h| h.kind != "commit")
-        .map(|h| h.oid.as_str())
-        .collect();
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    let Ok(mut child) = git(repo).and_then(|mut c| {
-        c.args([
-            "log",
-            "--all",
-            "--reflog",
-            "-m",
-            "--raw",
-            "-t",
-            "--no-abbrev",
-            "--no-renames",
-            "--no-ext-diff",
-            "--no-textconv",
-            "--no-show-signature",
-            "--format=%x00%H",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-    }) else {
-        return out;
+    tick: &dyn Fn(),
+) -> Placement {
+    use gix_object::Find as _;
+    let mut out = Placement::default();
+    let mut tips = Vec::new();
+    // Refs, loose and packed, and the pseudo refs (`HEAD`, ...), of the worktree and its
+    // common directory.
+    let store = if common == dir {
+        gix_ref::file::Store::at(dir.to_path_buf(), Default::default())
+    } else {
+        gix_ref::file::Store::for_linked_worktree(
+            dir.to_path_buf(),
+            common.to_path_buf(),
+            gix_hash::Kind::Sha1,
+        )
     };
-    let dog = Watchdog::arm(&child, deadline);
-    let mut cut = false;
-    if let Some(stdout) = child.stdout.take() {
-        let mut commit = String::new();
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            dog.started();
-            if Instant::now() >= deadline {
-                cut = true;
-                break;
-            }
-            if let Some(c) = line.strip_prefix(b"\0") {
-                commit = String::from_utf8_lossy(c).into_owned();
-                continue;
-            }
-            // `:100644 100644 <old> <new> M\tpath`
-            if line.first() != Some(&b':') || wanted.is_empty() {
-                continue;
-            }
-            let head = line.split(|&b| b == b'\t').next().unwrap_or_default();
-            for oid in String::from_utf8_lossy(head).split(' ').skip(2).take(2) {
-                if wanted.contains(oid) {
-                    let list = out.entry(oid.to_owned()).or_default();
-                    if list.len() < MAX_COMMITS && !list.contains(&commit) {
-                        list.push(commit.clone());
+    match store.iter() {
+        Ok(platform) => {
+            for refs in [platform.all(), platform.pseudo()] {
+                let Ok(refs) = refs else {
+                    out.unread += 1;
+                    continue;
+                };
+                for r in refs {
+                    match r {
+                        Ok(r) => {
+                            if let gix_ref::Target::Object(oid) = r.target {
+                                tips.push(oid);
+                            }
+                        }
+                        Err(_) => out.unread += 1,
                     }
                 }
             }
         }
+        Err(_) => out.unread += 1,
     }
-    let _ = child.kill();
-    cut |= dog.disarm();
-    let _ = child.wait();
-    if cut {
-        report.truncated = true;
-        report.notes.push(format!(
-            "repository {}: out of time while placing objects at commits",
-            repo.display()
-        ));
+    // Every reflog (the stash's included), both sides of each entry.
+    let mut logs = vec![dir.join("logs")];
+    if common != dir {
+        logs.push(common.join("logs"));
     }
+    let mut checked = 0u64;
+    while let Some(d) = logs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            checked += 1;
+            if checked > MAX_CHECKED {
+                out.unread += 1;
+                logs.clear();
+                break;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                logs.push(e.path());
+                continue;
+            }
+            match read_reflog(&e.path()) {
+                Ok(bytes) => {
+                    for line in gix_ref::file::log::iter::forward(&bytes) {
+                        match line {
+                            Ok(l) => {
+                                tips.push(l.previous_oid());
+                                tips.push(l.new_oid());
+                            }
+                            Err(_) => out.unread += 1,
+                        }
+                    }
+                }
+                Err(_) => out.unread += 1,
+            }
+        }
+    }
+    // The commits reachable from them (tags peeled).
+    let mut commits: HashMap<ObjectId, Commit> = HashMap::new();
+    let mut roots: Vec<ObjectId> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    let mut n = 0u64;
+    while let Some(oid) = tips.pop() {
+        if oid.is_null() || !seen.insert(oid) {
+            continue;
+        }
+        n += 1;
+        if n.is_multiple_of(TICK) {
+            tick();
+            if Instant::now() >= deadline {
+                out.cut = true;
+                return out;
+            }
+        }
+        let data = match db.try_find(&oid, &mut buf) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(_) => {
+                out.unread += 1;
+                continue;
+            }
+        };
+        match data.kind {
+            gix_object::Kind::Tag => {
+                match gix_object::TagRefIter::from_bytes(data.data, gix_hash::Kind::Sha1)
+                    .target_id()
+                {
+                    Ok(t) => tips.push(t),
+                    Err(_) => out.unread += 1,
+                }
+            }
+            gix_object::Kind::Commit => {
+                let Ok(c) = gix_object::CommitRef::from_bytes(data.data, gix_hash::Kind::Sha1)
+                else {
+                    out.unread += 1;
+                    continue;
+                };
+                let parents: Vec<ObjectId> = c.parents().collect();
+                tips.extend(parents.iter().copied());
+                commits.insert(
+                    oid,
+                    Commit {
+                        tree: c.tree(),
+                        parents,
+                        seconds: c.time().map_or(0, |t| t.seconds),
+                    },
+                );
+            }
+            gix_object::Kind::Tree => roots.push(oid),
+            gix_object::Kind::Blob => {}
+        }
+    }
+    // Newest first.
+    let mut order: Vec<(&ObjectId, &Commit)> = commits.iter().collect();
+    order.sort_by(|a, b| b.1.seconds.cmp(&a.1.seconds).then(a.0.cmp(b.0)));
+    let mut walk = TreeWalk {
+        db,
+        wanted,
+        memo: HashMap::new(),
+        buf: Vec::new(),
+        unread: 0,
+        tick,
+    };
+    let empty: Places = Rc::new(Vec::new());
+    for (i, (oid, c)) in order.iter().enumerate() {
+        if i % 256 == 0 {
+            tick();
+            if Instant::now() >= deadline {
+                out.cut = true;
+                break;
+            }
+        }
+        let mine = walk.places(c.tree, 0);
+        for (o, p) in mine.iter() {
+            out.paths.entry(*o).or_insert_with(|| p.clone());
+        }
+        // What differs from each parent (from nothing for a root commit).
+        let theirs: Vec<Places> = if c.parents.is_empty() {
+            vec![Rc::clone(&empty)]
+        } else {
+            c.parents
+                .iter()
+                .map(|p| {
+                    commits
+                        .get(p)
+                        .map_or_else(|| Rc::clone(&empty), |pc| walk.places(pc.tree, 0))
+                })
+                .collect()
+        };
+        for t in &theirs {
+            for (o, _) in changed(&mine, t) {
+                let list = out.commits.entry(o).or_default();
+                if list.len() < MAX_COMMITS && !list.contains(oid) {
+                    list.push(**oid);
+                }
+            }
+        }
+    }
+    for t in roots {
+        for (o, p) in walk.places(t, 0).iter() {
+            out.paths.entry(*o).or_insert_with(|| p.clone());
+        }
+    }
+    out.unread += walk.unread;
     out
+}
+
+/// The found objects below a tree, each with its path in it.
+type Places = Rc<Vec<(ObjectId, String)>>;
+
+/// The objects one side has at a path and the other has not there, both ways.
+fn changed(a: &Places, b: &Places) -> Vec<(ObjectId, String)> {
+    if Rc::ptr_eq(a, b) {
+        return Vec::new();
+    }
+    let mut out: Vec<(ObjectId, String)> = a.iter().filter(|x| !b.contains(x)).cloned().collect();
+    out.extend(b.iter().filter(|x| !a.contains(x)).cloned());
+    out
+}
+
+/// Finds the wanted objects below trees, each tree read once.
+struct TreeWalk<'a> {
+    db: &'a gix_odb::Handle,
+    wanted: &'a HashSet<ObjectId>,
+    memo: HashMap<ObjectId, Places>,
+    buf: Vec<u8>,
+    unread: u64,
+    /// Called every [`TICK`] trees read.
+    tick: &'a dyn Fn(),
+}
+
+impl TreeWalk<'_> {
+    /// The wanted objects below `tree` (at most [`MAX_PLACES`]), with their paths.
+    fn places(&mut self, tree: ObjectId, depth: usize) -> Places {
+        use gix_object::Find as _;
+        if let Some(p) = self.memo.get(&tree) {
+            return Rc::clone(p);
+        }
+        if (self.memo.len() as u64).is_multiple_of(TICK) {
+            (self.tick)();
+        }
+        let mut here: Vec<(ObjectId, String, bool)> = Vec::new();
+        match self.db.try_find(&tree, &mut self.buf) {
+            Ok(Some(d)) if d.kind == gix_object::Kind::Tree => {
+                for e in gix_object::TreeRefIter::from_bytes(d.data, gix_hash::Kind::Sha1) {
+                    let Ok(e) = e else {
+                        self.unread += 1;
+                        break;
+                    };
+                    let name = String::from_utf8_lossy(e.filename).into_owned();
+                    here.push((e.oid.to_owned(), name, e.mode.is_tree()));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => self.unread += 1,
+        }
+        let mut out = Vec::new();
+        for (oid, name, is_tree) in here {
+            if self.wanted.contains(&oid) && out.len() < MAX_PLACES {
+                out.push((oid, name.clone()));
+            }
+            if is_tree && depth < MAX_TREE_DEPTH {
+                for (o, p) in self.places(oid, depth + 1).iter() {
+                    if out.len() >= MAX_PLACES {
+                        break;
+                    }
+                    out.push((*o, format!("{name}/{p}")));
+                }
+            }
+        }
+        let out = Rc::new(out);
+        self.memo.insert(tree, Rc::clone(&out));
+        out
+    }
 }

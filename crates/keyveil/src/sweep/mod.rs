@@ -15,15 +15,16 @@
 //!   storage, fish history, editor state), minus the cache subtrees of the write-side scan;
 //!   on macOS also `~/Library/Application Support/{Code,Cursor}/User`;
 //! - git: every repository at or below a root ([`git`]): every object of the repository
-//!   (`git cat-file --batch-all-objects`: reachable from any ref, the reflog, the stash, or
-//!   from nothing at all; loose or packed, deltas resolved by git itself), each found object
-//!   then placed at a commit and path.
+//!   (reachable from any ref, the reflog, the stash, or from nothing at all; loose or packed,
+//!   deltas resolved), read in process by gitoxide's plumbing crates with no git process and no
+//!   configuration read, each found object then placed at a commit and path.
 //!
 //! Memory is bounded: files are read whole only up to the scan's `max_file_bytes` and in windows
-//! beyond; git objects are streamed in windows of [`git::WINDOW`] bytes.
+//! beyond; git objects are matched in windows of [`git::WINDOW`] bytes, and none larger than
+//! [`git::MAX_OBJECT`] is decoded.
 
 pub(crate) mod git;
-mod git_run;
+mod git_check;
 mod kinds;
 pub(crate) use kinds::classify;
 pub(crate) mod scrub;
@@ -31,6 +32,8 @@ pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_gix;
 #[cfg(test)]
 mod tests_round3;
 

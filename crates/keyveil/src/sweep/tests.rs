@@ -409,8 +409,8 @@ fn a_file_given_as_a_root_is_matched_alone_and_home_is_walked_once() {
 // Red team (issue 19): what an agent that can write the swept places can make the sweep do.
 
 /// A repository whose own config names programs (a signature checker for `log.showSignature`,
-/// an ssh command for a partial clone's lazy fetch): git under the broker runs none of them,
-/// and the value in it is still found.
+/// an ssh command for a partial clone's lazy fetch): the sweep runs none of them (it runs no
+/// git and reads no configuration), and the value in it is still found.
 #[test]
 fn git_in_a_planted_repository_runs_nothing_its_config_names() {
     let repo = tempfile::tempdir().unwrap();
@@ -587,9 +587,9 @@ fn a_corrupt_object_does_not_hide_what_was_found_before_it() {
     );
 }
 
-/// A named pipe planted where git reads (an alternates file, a config, a ref) is refused before
-/// git runs, with a note and no finding; one the check cannot see (a config `include.path`
-/// naming a pipe elsewhere) blocks git, which is killed at the sweep's deadline.
+/// A named pipe planted where a reader might open it (an alternates file, a config, a ref) is
+/// refused before anything is read, with a note and no finding; one the check cannot see (a
+/// config `include.path` naming a pipe elsewhere) is never opened: no configuration is read.
 #[test]
 fn a_named_pipe_where_git_reads_neither_hangs_the_sweep_nor_passes_its_deadline() {
     let top = tempfile::tempdir().unwrap();
@@ -642,32 +642,25 @@ fn a_named_pipe_where_git_reads_neither_hangs_the_sweep_nor_passes_its_deadline(
         );
         assert!(r.truncated);
     }
-    // Out of the check's sight: the config includes a pipe outside the repository.
+    // Out of the check's sight: the config includes a pipe outside the repository. The
+    // configuration is never read: the repository is read whole, at once.
     let p = mk("wrap/r-include");
     let pipe = top.path().join("elsewhere.fifo");
     fifo(&pipe);
     git(&p, &["config", "include.path", pipe.to_str().unwrap()]);
-    // Swept from the folder above it: git is first run by the object sweep.
-    let mut pl = plan(&top.path().join("wrap"), None);
-    pl.max_duration = Duration::from_secs(3);
-    let t0 = std::time::Instant::now();
-    let r = sweep(&pl, &red);
-    let took = t0.elapsed();
-    // The deadline, plus what runs after it (the report), with room for a loaded machine.
-    assert!(took < Duration::from_secs(12), "the sweep took {took:?}");
-    assert!(r.truncated, "{:?}", r.notes);
-    assert!(
-        r.notes.iter().any(|n| n.contains("git was stopped")),
-        "{:?}",
-        r.notes
-    );
-    // And swept from inside it: the search for the repository a path is in stops too.
-    let mut pl = plan(&p, None);
-    pl.max_duration = Duration::from_secs(3);
-    let t0 = std::time::Instant::now();
-    let r = sweep(&pl, &red);
-    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
-    assert!(r.truncated, "{:?}", r.notes);
+    for root in [top.path().join("wrap"), p.clone()] {
+        let mut pl = plan(&root, None);
+        pl.max_duration = Duration::from_secs(30);
+        let t0 = std::time::Instant::now();
+        let r = sweep(&pl, &red);
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        assert!(
+            !git_hits(&r, "F").is_empty(),
+            "{:?} {:?}",
+            r.findings,
+            r.notes
+        );
+    }
 }
 
 /// Copies in git objects of a store that changed lately, and in files (or folders) named after

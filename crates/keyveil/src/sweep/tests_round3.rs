@@ -23,8 +23,9 @@ fn a_loose_object_rewritten_in_place_makes_its_store_recent() {
     git(p, &["add", "."]);
     git(p, &["commit", "-q", "-m", "one"]);
     let oid = git(p, &["rev-parse", "HEAD:a.txt"]);
-    let window = Duration::from_secs(2);
-    std::thread::sleep(Duration::from_millis(2300));
+    // Wide enough for a debug-build sweep on a loaded machine to judge the store within it.
+    let window = Duration::from_secs(8);
+    std::thread::sleep(Duration::from_millis(8300));
     let dir = p.join(".git");
     assert!(!git::store_recent(&dir, window), "nothing changed yet");
     // The guess, the same length, written into the old file (chmod touches that file only).
@@ -44,14 +45,14 @@ fn a_loose_object_rewritten_in_place_makes_its_store_recent() {
         fan,
         "the fan-out folder's change time moved (the attack needs it not to)"
     );
+    assert!(git::store_recent(&dir, window), "the rewrite was not seen");
     let mut pl = plan(p, None);
     pl.recent = window;
     let r = sweep(&pl, &redactor(&[("L", &v)]));
     assert!(
         !git_hits(&r, "L").is_empty(),
-        "git read the rewritten object"
+        "the rewritten object was not read"
     );
-    assert!(git::store_recent(&dir, window), "the rewrite was not seen");
     assert!(
         r.findings
             .iter()
@@ -64,9 +65,8 @@ fn a_loose_object_rewritten_in_place_makes_its_store_recent() {
 
 /// A partial clone whose promisor remotes the repository's config explicitly allows
 /// (`protocol.ext.allow=always` with an `ext::` URL, `protocol.file.allow=always` with a
-/// planted `uploadpack`): a per-protocol setting beats `protocol.allow=never`, so the broker
-/// sets each protocol to `never` too; with `GIT_NO_LAZY_FETCH` ignored (a git older than
-/// 2.44), the lazy fetch still runs nothing.
+/// planted `uploadpack`): objects are read in process, the configuration never is, and no
+/// missing object is ever fetched: nothing runs, and the value is still found.
 #[test]
 fn a_promisor_remote_the_repository_allows_explicitly_runs_nothing() {
     let top = tempfile::tempdir().unwrap();
@@ -111,22 +111,6 @@ fn a_promisor_remote_the_repository_allows_explicitly_runs_nothing() {
         "git ran a transport the repository allowed"
     );
     assert!(!git_hits(&r, "X").is_empty(), "{:?}", r.findings);
-    // A git older than 2.44 ignores GIT_NO_LAZY_FETCH: the missing tree is then fetched, and
-    // the transports the repository allows must still be refused.
-    for walk in [
-        &["rev-list", "--objects", "--all"][..],
-        &["log", "--all", "--raw", "-t", "--format=%H"][..],
-    ] {
-        let mut c = git::git(&p).unwrap();
-        c.env_remove("GIT_NO_LAZY_FETCH")
-            .args(walk)
-            .stdout(std::process::Stdio::null());
-        let _ = c.status().unwrap();
-        assert!(
-            !marker.exists(),
-            "{walk:?}: a lazy fetch ran the repository's transport"
-        );
-    }
 }
 
 /// A transcript hard-linked to a file elsewhere (the human's notes): the scrub replaces the

@@ -108,10 +108,9 @@ fn the_audit_of_a_sweep_says_nothing_about_what_it_found() {
     assert!(!s.contains("copies") && !s.contains("variables"), "{s}");
 }
 
-/// `git` as the broker runs it, logged: a wrapper that records its arguments (what
-/// `/proc/PID/cmdline` shows the agent) and runs the real one, named to the broker by
-/// `KEYVEIL_GIT` (a git in a folder of the user's on `PATH` is never run:
-/// `redteam19_round3.rs::a_sweep_never_runs_a_git_the_agent_put_on_the_brokers_path`).
+/// A `git` that logs its arguments (what `/proc/PID/cmdline` would show the agent) and runs
+/// the real one: given to the broker every way it once took one (`KEYVEIL_GIT`, first on its
+/// `PATH`), to show it is never run.
 fn git_logger(h: &Home) -> (std::path::PathBuf, String) {
     let real = String::from_utf8(
         Command::new("sh")
@@ -138,11 +137,10 @@ fn git_logger(h: &Home) -> (std::path::PathBuf, String) {
 }
 
 /// The agent plants candidate blobs in a repository and watches `/proc` for the broker's git
-/// processes: which commands run, and their arguments, do not depend on whether a candidate
-/// held the value (no object id of a found object on a command line; the history walks run
-/// either way).
+/// processes: there are none, hit or miss (objects are read in process), and the hit is still
+/// found and placed at both commits.
 #[test]
-fn the_git_commands_a_sweep_runs_do_not_depend_on_what_it_found() {
+fn a_sweep_runs_no_git_whatever_it_finds() {
     let h = Home::new();
     let v = rand_value("ghp_");
     h.set("demo", "TOKEN", &v);
@@ -150,7 +148,14 @@ fn the_git_commands_a_sweep_runs_do_not_depend_on_what_it_found() {
     // The broker restarted with the wrapper as its git.
     h.ok(&["daemon", "stop"]);
     let mut c = h.cmd(&["unlock", "--passphrase-stdin"]);
+    let wrap_dir = std::path::Path::new(&wrapper).parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        wrap_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     c.env("KEYVEIL_GIT", &wrapper)
+        .env("PATH", &path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -189,9 +194,8 @@ fn the_git_commands_a_sweep_runs_do_not_depend_on_what_it_found() {
     assert_eq!(found["type"], "git", "{out}");
     assert_eq!(found["commits"].as_array().unwrap().len(), 2, "{out}");
     let hit = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!miss.is_empty(), "the broker did not run the wrapper");
-    assert_eq!(miss, hit, "the agent sees different git commands for a hit");
-    assert!(!hit.contains(found["object"].as_str().unwrap()), "{hit}");
+    assert!(miss.is_empty(), "the broker ran git: {miss}");
+    assert!(hit.is_empty(), "the broker ran git: {hit}");
 }
 
 /// Starts `keyveil sweep --watch --contain --json` (HOME: the harness home) and returns the
