@@ -36,8 +36,6 @@ mod pin;
 #[allow(unreachable_pub)]
 mod reap;
 mod redact;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod risk;
 mod sandbox;
 pub mod scan;
