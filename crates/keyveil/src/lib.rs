@@ -29,8 +29,6 @@ mod notify;
 mod output;
 mod path_dirs;
 mod paths;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod pin;
 // `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
 #[allow(unreachable_pub)]
