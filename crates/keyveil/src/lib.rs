@@ -20,8 +20,6 @@ mod factor_proof;
 mod frame_writer;
 mod gitconfig;
 mod harden;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod loaders;
 mod logging;
 mod mcp;
@@ -30,8 +28,6 @@ mod output;
 mod path_dirs;
 mod paths;
 mod pin;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod reap;
 mod redact;
 mod risk;
