@@ -18,7 +18,7 @@
 //!
 //! The table is [`TABLE`] (also rendered in `docs/threat-model.md`). Pinning stays cheap: a few
 //! `stat`s per candidate path, a directory listing for git hooks and Python site directories, and
-//! hashes cached by (dev, inode, size, mtime, ctime) in `pin.rs`.
+//! hashes cached by (dev, inode, size, mtime, ctime) in `pin/`.
 
 use std::path::{Path, PathBuf};
 
@@ -94,7 +94,7 @@ impl Pins {
             return None;
         }
         // A file whose settings the card quotes (or whose includes are followed) is read whole
-        // or refused: over 1 MiB it is pinned by hash only in `pin.rs`, which would hide them.
+        // or refused: over 1 MiB it is pinned by hash only in `pin/`, which would hide them.
         if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > MAX_TEXT) {
             self.unpinnable(
                 path,

@@ -131,7 +131,7 @@ pub(crate) enum Opened {
 /// Opens `canon` (a canonical path) for reading without ever blocking: `O_NONBLOCK` (opening a
 /// FIFO does not wait for a writer), `O_NOFOLLOW` (a symlink swapped in after canonicalising is
 /// refused), `O_NOCTTY`; then checks the open file (`fstat`) is a regular file. Every read the
-/// broker does on a requester's behalf goes through here: a shared helper for `loaders.rs`.
+/// broker does on a requester's behalf goes through here: a shared helper for `loaders/`.
 pub(crate) fn open_regular(canon: &Path) -> Result<(File, std::fs::Metadata), Opened> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags =

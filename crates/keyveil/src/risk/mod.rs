@@ -22,15 +22,15 @@
 //! | `all-variables` | the request asks for every variable of an environment that has more than one |
 //! | `rephrased-denied` | the command does what a request denied in the last hour did (interpreter with inline code, a network destination, an environment dump or write; [`behaviour()`]), however it is phrased |
 //! | `reason-contradicts-facts` | the requester's reason claims a prior approval, the user's consent or urgency, and the broker's facts say otherwise (the card says what, in plain words: [`contradictions()`]) |
-//! | `agent-chosen-value` | a value the requester could have chosen (a pass-through value, or a variable stored without the factor) is injected: the card shows it (set in `broker/access.rs`) |
-//! | `stdin-program` | the requester supplies the command's standard input and the command may read program text from it (anything but a known data filter such as `cat`, `wc`, `sort` named by its own name, or a filter given `-f -`/`--file=/dev/stdin`: `stdin_program.rs`); the card shows the text, the grant binds its digest, no auto-approve rule covers it (set in `broker/access.rs`) |
-//! | `compromised-value` | a variable `keyveil sweep --contain` found outside keyveil and not rotated since (set in `broker/access.rs`; never auto-approved) |
+//! | `agent-chosen-value` | a value the requester could have chosen (a pass-through value, or a variable stored without the factor) is injected: the card shows it (set in `broker/access/`) |
+//! | `stdin-program` | the requester supplies the command's standard input and the command may read program text from it (anything but a known data filter such as `cat`, `wc`, `sort` named by its own name, or a filter given `-f -`/`--file=/dev/stdin`: `stdin_program.rs`); the card shows the text, the grant binds its digest, no auto-approve rule covers it (set in `broker/access/`) |
+//! | `compromised-value` | a variable `keyveil sweep --contain` found outside keyveil and not rotated since (set in `broker/access/`; never auto-approved) |
 //! | `workspace-executable` | the executable lives in a directory the requester can write |
 //! | `first-time` | this exact command was never approved before in this broker's life |
 //! | `denied-before` | the same command was denied recently |
 //! | `new-variable` | a requested variable was stored in the last day without the factor (or before keyveil recorded how); the card names it and when it was stored. Never for values stored with the factor |
 //! | `burst` | the client made 5 or more requests in the last minute, or all clients together 10 or more; a client is the process that connected (its origin, `broker/peer.rs`), not the name it claims |
-//! | `claimed-identity` | the claimed client (kind, pid) disagrees with the process that connected: not keyveil's own executable, another pid, or keyveil running the other mode (set in `broker/access.rs`) |
+//! | `claimed-identity` | the claimed client (kind, pid) disagrees with the process that connected: not keyveil's own executable, another pid, or keyveil running the other mode (set in `broker/access/`) |
 
 mod behaviour;
 mod claims;
