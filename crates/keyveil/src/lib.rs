@@ -20,8 +20,6 @@ mod factor_proof;
 mod frame_writer;
 mod gitconfig;
 mod harden;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod loaders;
 mod logging;
 mod mcp;
@@ -29,15 +27,9 @@ mod notify;
 mod output;
 mod path_dirs;
 mod paths;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod pin;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod reap;
 mod redact;
-// `unreachable_pub` in this module waits for the branches that edit it now (issue 14).
-#[allow(unreachable_pub)]
 mod risk;
 mod sandbox;
 pub mod scan;

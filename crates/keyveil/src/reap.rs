@@ -27,13 +27,13 @@
 //! the supervisor to kill what was re-parented to it (`supervise.rs`). The reaper is idle
 //! while the command runs: it blocks in `waitid` and in a signal wait, nothing polls.
 
-pub mod tree;
+pub(crate) mod tree;
 
 /// The first argument that makes `keyveil` a run reaper (see the module docs).
-pub const FLAG: &str = "--keyveil-run-reaper";
+pub(crate) const FLAG: &str = "--keyveil-run-reaper";
 
 /// Runs the reaper and exits when the process was started as one; returns otherwise.
-pub fn maybe_run() {
+pub(crate) fn maybe_run() {
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == FLAG) {
         std::process::exit(imp::main(args.collect()));
@@ -42,20 +42,20 @@ pub fn maybe_run() {
 
 /// What a run's reaper reported when it ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// The leader's exit code, when it exited.
-    pub exit: Option<i32>,
+    pub(crate) exit: Option<i32>,
     /// The signal that killed the leader, when one did.
-    pub signal: Option<i32>,
+    pub(crate) signal: Option<i32>,
     /// Processes of the run the reaper signalled and that are gone.
-    pub killed: u32,
+    pub(crate) killed: u32,
     /// Processes of the run still alive when the reaper gave up (its bound is 3 s).
-    pub left: u32,
+    pub(crate) left: u32,
 }
 
 impl Report {
     /// The report line (see the module docs).
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let status = match (self.exit, self.signal) {
             (_, Some(s)) => format!("signal={s}"),
             (Some(c), None) => format!("exit={c}"),
@@ -65,7 +65,7 @@ impl Report {
     }
 
     /// Parses a report line; `None` when it is not one (a reaper killed mid-write).
-    pub fn parse(line: &str) -> Option<Report> {
+    pub(crate) fn parse(line: &str) -> Option<Report> {
         let line = line.strip_suffix('\n')?;
         let mut r = Report::default();
         for field in line.split(' ') {
@@ -84,7 +84,7 @@ impl Report {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
-    pub fn main(_args: Vec<std::ffi::OsString>) -> i32 {
+    pub(crate) fn main(_args: Vec<std::ffi::OsString>) -> i32 {
         127
     }
 }
@@ -106,7 +106,7 @@ mod imp {
     const KILL_BOUND: Duration = Duration::from_secs(3);
 
     /// `args`: report fd, program, argv0, arguments.
-    pub fn main(args: Vec<OsString>) -> i32 {
+    pub(crate) fn main(args: Vec<OsString>) -> i32 {
         let _ =
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
         let report_fd = args
@@ -243,7 +243,7 @@ mod imp {
     /// reaps) until none is left or [`KILL_BOUND`] has passed. Returns how many descendants
     /// are still alive at the end. Pids signalled are added to `killed` (and removed again if
     /// they are found alive at the end).
-    pub fn kill_tree(sig: Signal, killed: &Mutex<HashSet<i32>>, until_gone: bool) -> u32 {
+    pub(crate) fn kill_tree(sig: Signal, killed: &Mutex<HashSet<i32>>, until_gone: bool) -> u32 {
         let me = std::process::id() as i32;
         let deadline = Instant::now() + KILL_BOUND;
         loop {

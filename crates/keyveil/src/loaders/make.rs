@@ -6,7 +6,7 @@ use super::*;
 /// `(directory make runs in, makefiles named on argv)`: `-C DIR`/`--directory=DIR` applied in
 /// order, `-f FILE`/`-fFILE`/`--file=FILE`/`--makefile=FILE`, in clusters (`-sf FILE`) and by
 /// unambiguous prefix (`--fil=FILE`), as make's `getopt_long` reads them.
-pub fn make_args(argv: &[String], cwd: &Path) -> (PathBuf, Vec<String>) {
+pub(super) fn make_args(argv: &[String], cwd: &Path) -> (PathBuf, Vec<String>) {
     let m = makefile::argv(argv);
     let mut dir = cwd.to_path_buf();
     for d in &m.dir {

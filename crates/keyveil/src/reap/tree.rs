@@ -13,22 +13,22 @@ use std::collections::HashMap;
 
 /// What `/proc/PID/stat` says of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
+pub(crate) struct Stat {
     /// The leader's state letter (`R`, `S`, `Z`, ...).
-    pub state: char,
+    pub(crate) state: char,
     /// The parent's pid (the thread-group id of the thread that is its parent).
-    pub ppid: i32,
+    pub(crate) ppid: i32,
 }
 
 /// Parses `/proc/PID/stat` (`pid (comm) state ppid ...`; `comm` may hold spaces and
 /// parentheses, so the last `)` ends it). `None` when the process does not exist.
-pub fn stat(pid: i32) -> Option<Stat> {
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text)
 }
 
 /// The parsing half of [`stat`].
-pub fn parse_stat(text: &str) -> Option<Stat> {
+pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
     let (_, rest) = text.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
@@ -38,7 +38,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 
 /// Whether `pid` still runs any thread: not a zombie, or a zombie leader whose process still
 /// has other threads (see the module docs).
-pub fn runs(pid: i32, st: Stat) -> bool {
+pub(crate) fn runs(pid: i32, st: Stat) -> bool {
     if st.state != 'Z' && st.state != 'X' {
         return true;
     }
@@ -55,7 +55,7 @@ pub fn runs(pid: i32, st: Stat) -> bool {
 /// Every process whose parent is `root`, or a descendant of it, that still [`runs`]; found by
 /// one pass over `/proc`. Zombies are walked through (their children are still below `root`)
 /// but not returned unless they run.
-pub fn descendants(root: i32) -> Vec<i32> {
+pub(crate) fn descendants(root: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -82,7 +82,7 @@ pub fn descendants(root: i32) -> Vec<i32> {
 }
 
 /// The direct children of `root` that still [`runs`].
-pub fn children(root: i32) -> Vec<i32> {
+pub(crate) fn children(root: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -1,0 +1,274 @@
+//! Approvals (a grant created, scoped as the human chose) and denials.
+
+use super::*;
+
+/// Options of an approval.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ApproveOptions {
+    /// Lifetime (seconds); `None` = one use within 15 minutes.
+    pub ttl_seconds: Option<u64>,
+    /// Uses.
+    pub uses: Option<u32>,
+    /// Any command.
+    pub any_command: bool,
+    /// argv prefix.
+    pub prefix: bool,
+    /// Canonical subdirectories.
+    pub subdirs: bool,
+}
+
+/// Approves a request with the human's factor, creating a grant.
+///
+/// `card` is the `factor_proof::card_digest` of the request as the human was shown it (the CLI
+/// and the approval page send it); the approval is refused when the request no longer has it.
+pub(crate) async fn approve(
+    broker: &Arc<Broker>,
+    id: u64,
+    card: Option<&str>,
+    proof: Proof,
+    o: ApproveOptions,
+) -> OpResult<op::Approved> {
+    let required = pending_factor(broker, id)?;
+    // The factor first (so a forged proof is counted and audited whatever else it carries),
+    // then the card: an approval applies only to the request as the human was shown it.
+    let used = verify_factor(broker, proof, required, json!({"request_id": id}))
+        .await?
+        .used;
+    if let Some(card) = card {
+        check_card(broker, id, card)?;
+    }
+    grant_pending(broker, id, o, used)
+}
+
+/// The factor approving pending request `id` needs (its environment's policy).
+///
+/// # Errors
+/// The vault is locked; no such request; it is no longer pending.
+pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
+    let mut inner = broker.lock();
+    inner.vault()?;
+    inner.expire_requests();
+    let env = match inner.requests.get(&id) {
+        None => {
+            return Err(
+                OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
+                    .hint("list pending requests with `keyveil requests`"),
+            );
+        }
+        Some(r) if r.state != RequestState::Pending => {
+            return Err(OpError::new(
+                ErrorCode::Failed,
+                format!(
+                    "request #{id} is no longer pending ({})",
+                    state_word(&r.state)
+                ),
+            ));
+        }
+        Some(r) => r.environment.clone(),
+    };
+    Ok(inner
+        .vault()?
+        .data()
+        .environments
+        .get(&env)
+        .map(|e| e.policy.factor)
+        .unwrap_or(FactorKind::Passphrase))
+}
+
+/// Refuses (and audits) an approval of request `id` whose card is not `card`, the digest of
+/// the request as the human was shown it.
+pub(crate) fn check_card(broker: &Broker, id: u64, card: &str) -> OpResult<()> {
+    if card_digest_of(broker, id).as_deref() == Some(card) {
+        return Ok(());
+    }
+    broker.lock().audit_note(
+        "approve_refused",
+        json!({"request_id": id, "why": "the card the human was shown is not this request"}),
+    );
+    Err(OpError::new(
+        ErrorCode::Denied,
+        format!("request #{id} is not the one you were shown; nothing was approved"),
+    )
+    .hint("the request changed, or something between your terminal and the broker showed you another card: list requests again with `keyveil requests`"))
+}
+
+/// Grants pending request `id` (its factor, `used`, already checked) with options `o`.
+pub(crate) fn grant_pending(
+    broker: &Broker,
+    id: u64,
+    o: ApproveOptions,
+    used: &str,
+) -> OpResult<op::Approved> {
+    let mut inner = broker.lock();
+    // Re-check under the lock: a concurrent approval may have won the race.
+    let Some(req) = inner.requests.get(&id).cloned() else {
+        return Err(OpError::new(
+            ErrorCode::NotFound,
+            format!("no request #{id}"),
+        ));
+    };
+    if req.state != RequestState::Pending {
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            format!(
+                "request #{id} is no longer pending ({})",
+                state_word(&req.state)
+            ),
+        ));
+    }
+    let out = grant_request(&mut inner, &req, o, used, None)?;
+    drop(inner);
+    broker.notify();
+    Ok(out)
+}
+
+/// Creates the grant for a request (approved by `factor`, or by auto-approve rule `rule`).
+pub(super) fn grant_request(
+    inner: &mut Inner,
+    req: &AccessReq,
+    o: ApproveOptions,
+    factor: &str,
+    rule: Option<usize>,
+) -> OpResult<op::Approved> {
+    inner.audit_ready("approve")?;
+    let id = req.id;
+    let max_ttl = inner
+        .vault()?
+        .data()
+        .environments
+        .get(&req.environment)
+        .map(|e| e.policy.max_ttl_seconds)
+        .unwrap_or(ONCE_GRANT_TTL_SECONDS);
+    let (ttl, uses_left) = match o.ttl_seconds {
+        Some(t) => (t.min(max_ttl).max(1), o.uses),
+        None => (
+            ONCE_GRANT_TTL_SECONDS.min(max_ttl.max(60)),
+            Some(o.uses.unwrap_or(1)),
+        ),
+    };
+    let any = o.any_command || req.argv.is_none();
+    let now = Timestamp::now();
+    let grant = Grant {
+        id: new_id("g-"),
+        request_id: id,
+        client: req.client.scope_key(),
+        environment: req.environment.clone(),
+        variables: req.variables.clone(),
+        argv: if any { None } else { req.argv.clone() },
+        prefix: o.prefix && !any,
+        cwd: req.cwd.clone(),
+        subdirs: o.subdirs,
+        pass_env: req.pass_env.clone(),
+        executable: if any { None } else { req.executable.clone() },
+        inputs: if any { Vec::new() } else { req.inputs.clone() },
+        pass_values: req
+            .chosen_values
+            .iter()
+            .filter_map(|c| c.name.clone().map(|n| (n, c.sha256.clone())))
+            .collect(),
+        chosen_vars: req
+            .chosen_values
+            .iter()
+            .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
+            .collect(),
+        stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
+        created_at: now,
+        expires_at: now
+            .saturating_add(SignedDuration::from_secs(
+                i64::try_from(ttl).unwrap_or(i64::MAX),
+            ))
+            .unwrap_or(now),
+        uses_left,
+        runs: 0,
+        revoked: false,
+        cancel: CancellationToken::new(),
+    };
+    let gid = grant.id.clone();
+    let out = op::Approved {
+        request_id: id,
+        grant_id: gid.clone(),
+        expires_at: grant.expires_at,
+        uses_left: grant.uses_left,
+        any_command: grant.argv.is_none(),
+        prefix: grant.prefix,
+        subdirs: grant.subdirs,
+    };
+    // Recorded before the grant exists: no grant the log does not show.
+    inner.must_audit(
+        if rule.is_some() {
+            "auto_approve"
+        } else {
+            "approve"
+        },
+        json!({
+            "request_id": id,
+            "grant_id": gid,
+            "factor": factor,
+            "rule": rule,
+            "environment": grant.environment,
+            "variables": grant.variables,
+            "any_command": grant.argv.is_none(),
+            "prefix": grant.prefix,
+            "subdirs": grant.subdirs,
+            "ttl_seconds": ttl,
+            "uses": grant.uses_left,
+        }),
+    )?;
+    if let Some(a) = &req.argv {
+        inner
+            .approved_argv
+            .insert((req.environment.clone(), a.clone()));
+    }
+    inner.grants.insert(gid.clone(), grant);
+    if let Some(r) = inner.requests.get_mut(&id) {
+        r.state = RequestState::Approved { grant_id: gid };
+        r.decided = Some(Instant::now());
+    }
+    Ok(out)
+}
+
+/// A request state as one word.
+pub(crate) fn state_word(s: &RequestState) -> &'static str {
+    match s {
+        RequestState::Pending => "pending",
+        RequestState::Approved { .. } => "approved",
+        RequestState::Denied { .. } => "denied",
+        RequestState::Expired => "expired",
+    }
+}
+
+/// Denies a request.
+pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
+    let mut inner = broker.lock();
+    let r = inner
+        .requests
+        .get_mut(&id)
+        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
+    if r.state != RequestState::Pending {
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            format!(
+                "request #{id} is no longer pending ({})",
+                state_word(&r.state)
+            ),
+        ));
+    }
+    r.state = RequestState::Denied {
+        reason: reason.clone(),
+    };
+    r.decided = Some(Instant::now());
+    let argv = r.argv.clone().unwrap_or_default();
+    let now = Instant::now();
+    inner
+        .denied_behaviour
+        .retain(|(t, _)| t.elapsed() < DENIED_FLAG_MEMORY);
+    inner.denied_behaviour.push((now, risk::behaviour(&argv)));
+    inner.denied_argv.insert(argv, now);
+    inner.audit_note("deny", json!({"request_id": id, "reason": reason}));
+    drop(inner);
+    broker.notify();
+    Ok(op::Denied {
+        request_id: id,
+        status: "denied".to_owned(),
+    })
+}

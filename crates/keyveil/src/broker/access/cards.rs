@@ -1,0 +1,143 @@
+//! The pending requests as cards (typed replies for the CLI, MCP and the page), and a card's
+//! digest.
+
+use super::*;
+
+/// Pending requests as approval cards (what the CLI card and the web page render).
+///
+/// Every card's strings go through the card redactor (`card_redact.rs`): what a card shows of a
+/// process may hold a value a granted child has.
+pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
+    let mut inner = broker.lock();
+    inner.expire_requests();
+    let redactor = inner.card_redactor();
+    let requests = inner
+        .requests
+        .values()
+        .filter(|r| r.state == RequestState::Pending)
+        .map(|r| card_of(r, bound_on_card(&inner, r)))
+        .map(|c| match &redactor {
+            Some(red) => crate::broker::card_redact::redact_card(red, c),
+            None => c,
+        })
+        .collect();
+    op::PendingRequests { requests }
+}
+
+/// The requested variables the environment's policy binds to hosts.
+fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
+    let Some(p) = inner
+        .vault
+        .as_ref()
+        .and_then(|v| v.data().environments.get(&r.environment))
+        .map(|e| &e.policy)
+    else {
+        return Vec::new();
+    };
+    r.variables
+        .iter()
+        .filter_map(|v| {
+            p.bindings.get(v).map(|hosts| op::BoundVariable {
+                variable: v.clone(),
+                hosts: hosts.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A request as its card shows it.
+fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
+    let proc_info = |p: &crate::broker::peer::Proc| op::ProcInfo {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        exe: p.exe.clone(),
+        keyveil: p.keyveil,
+    };
+    op::RequestCard {
+        id: r.id,
+        client: r.client.clone(),
+        peer: op::PeerInfo {
+            process: r.peer.process.as_ref().map(proc_info),
+            keyveil_mode: r.peer.keyveil_mode.clone(),
+            parents: r.peer.parents.iter().map(proc_info).collect(),
+            origin: r.peer.origin.clone(),
+        },
+        environment: r.environment.clone(),
+        variables: r.variables.clone(),
+        argv: r.argv.clone(),
+        cwd: r.cwd.clone(),
+        reason: r.reason.clone(),
+        ttl_seconds: r.ttl_seconds,
+        pass_env: r.pass_env.clone(),
+        executable: r.executable.as_ref().map(file_pin_info),
+        inputs: r.inputs.iter().map(input_pin_info).collect(),
+        risk: r.risk.clone(),
+        chosen_values: r
+            .chosen_values
+            .iter()
+            .map(|c| op::ChosenValueInfo {
+                origin: c.origin.to_owned(),
+                name: c.name.clone(),
+                variable: c.variable.clone(),
+                stored_at: c.stored_at,
+                value: c.value.clone(),
+                bytes: c.bytes,
+                clipped: c.clipped,
+                sha256: c.sha256.clone(),
+            })
+            .collect(),
+        stdin: r.stdin.clone(),
+        new_variables: r
+            .new_variables
+            .iter()
+            .map(|n| op::NewVariableInfo {
+                variable: n.variable.clone(),
+                created_at: n.created_at,
+                stored_at: n.stored_at,
+                stored: n.stored.to_owned(),
+            })
+            .collect(),
+        contradictions: r.contradictions.clone(),
+        bound,
+        asks: r.asks,
+        created_at: r.created_at,
+        state: state_word(&r.state).to_owned(),
+        expires_at: r.expires_at(),
+        mount: r.mount.as_ref().map(|p| op::MountRead {
+            path: p.clone(),
+            pid: r.client.pid,
+        }),
+    }
+}
+
+/// A pinned file as replies show it.
+pub(crate) fn file_pin_info(p: &crate::pin::FilePin) -> op::FilePinInfo {
+    op::FilePinInfo {
+        path: p.path.clone(),
+        dev: p.dev,
+        ino: p.ino,
+        size: p.size,
+        mtime_ns: p.mtime_ns,
+        ctime_ns: p.ctime_ns,
+        sha256: p.sha256.clone(),
+    }
+}
+
+/// A pinned input as replies show it.
+pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
+    op::InputPinInfo {
+        role: p.role.clone(),
+        path: p.path.clone(),
+        sha256: p.sha256.clone(),
+        detail: p.detail.clone(),
+    }
+}
+
+/// The `factor_proof::card_digest` of pending request `id` as a `requests` listing shows it
+/// (names hidden where the policy hides them); `None` when it is not pending.
+pub(crate) fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
+    let card = requests(broker).requests.into_iter().find(|r| r.id == id)?;
+    let mut entry = serde_json::to_value(card).ok()?;
+    broker.lock().hide_names_in(&mut entry);
+    Some(crate::factor_proof::card_digest(&entry))
+}

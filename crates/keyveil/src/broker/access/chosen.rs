@@ -1,0 +1,147 @@
+//! Values the requester could have chosen (pass-through values, variables stored without the
+//! factor): found at request time, shown on the card, bound into the grant and checked at a run.
+
+use super::*;
+
+/// The values of a request the requester could have chosen: its pass-through values, and the
+/// requested variables whose value was stored (as typed, not generated) by a call that proved no
+/// factor. Values stored with the factor are never read here.
+pub(super) fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValue>> {
+    let mut out: Vec<ChosenValue> = ask
+        .pass_values
+        .iter()
+        .map(|(n, v)| ChosenValue {
+            name: Some(n.clone()),
+            // A mount's reader passes nothing: these are its own environment (`broker/mounts/`).
+            origin: if ask.mount.is_some() {
+                "reader-env"
+            } else {
+                "pass-env"
+            },
+            ..ChosenValue::of(v.as_deref())
+        })
+        .collect();
+    // A locked broker refuses the request a little later; nothing to show then.
+    let Ok(vault) = inner.vault() else {
+        return Ok(out);
+    };
+    let Some(e) = vault.data().environments.get(&ask.environment) else {
+        return Ok(out);
+    };
+    for n in &ask.variables {
+        let Some(var) = e.variables.get(n) else {
+            continue;
+        };
+        if let Some(at) = agent_chosen(var) {
+            let Some(sealed) = var.value.as_ref() else {
+                continue;
+            };
+            let open = sealed.open().map_err(|e| {
+                OpError::new(
+                    ErrorCode::Failed,
+                    format!("cannot read a stored value: {e}"),
+                )
+            })?;
+            out.push(ChosenValue {
+                origin: "stored-without-factor",
+                variable: Some(n.clone()),
+                stored_at: Some(at),
+                ..ChosenValue::of(Some(open.expose()))
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// When `var`'s current value was stored without the factor, as given by the caller (so an
+/// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
+/// stored before keyveil recorded how.
+pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
+    match var.stored {
+        Some(r)
+            if !r.factor
+                && var.source == keyveil_vault::Source::Human
+                && var.dynamic.is_none()
+                && var.value.is_some() =>
+        {
+            Some(r.at)
+        }
+        _ => None,
+    }
+}
+
+/// Checks the pass-through values a grant bound by digest against a run. `Err` says, in
+/// words, which value changed since the approval. Cheap (the run's own values, already in the
+/// request): the stored values the agent could have chosen are checked by [`chosen_expected`]
+/// and [`check_chosen_values`] on the very copies the run injects, outside the broker's lock.
+pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
+    use sha2::Digest as _;
+    let Some(g) = inner.grants.get(gid) else {
+        return Ok(());
+    };
+    for (n, v) in &ask.pass_values {
+        let now = v
+            .as_deref()
+            .map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes())));
+        if g.pass_values.get(n).cloned().unwrap_or(None) != now {
+            return Err(format!(
+                "the pass-through value of {} is not the one approved (changed since approval)",
+                keyveil_proto::display::visible(n)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// For the variables among `names` (of grant `gid`'s environment) whose value was stored
+/// without the factor, the SHA-256 (hex) the grant bound at approval (`None`: none bound, so
+/// no value may be injected), with the name as clients see it. Taken under the lock with the
+/// sealed copies the run will inject; nothing is opened here.
+pub(crate) fn chosen_expected(
+    inner: &Inner,
+    gid: &str,
+    names: &[String],
+) -> Vec<(String, Option<String>, String)> {
+    let Some(g) = inner.grants.get(gid) else {
+        return Vec::new();
+    };
+    let Ok(vault) = inner.vault() else {
+        return Vec::new();
+    };
+    let Some(e) = vault.data().environments.get(&g.environment) else {
+        return Vec::new();
+    };
+    names
+        .iter()
+        .filter(|n| e.variables.get(*n).and_then(agent_chosen).is_some())
+        .map(|n| {
+            (
+                n.clone(),
+                g.chosen_vars.get(n).cloned(),
+                inner.shown_name(&g.environment, n),
+            )
+        })
+        .collect()
+}
+
+/// Compares the opened values a run is about to inject with the digests [`chosen_expected`]
+/// gave. Outside the lock: opening and hashing thousands of values must not stall the broker.
+/// `Err` says which variable holds a value that is not the one approved.
+pub(crate) fn check_chosen_values(
+    expected: &[(String, Option<String>, String)],
+    values: &[(String, keyveil_vault::SecretValue)],
+) -> Result<(), String> {
+    use sha2::Digest as _;
+    for (name, want, shown) in expected {
+        let now = values
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
+        if now.is_none() || want.as_ref() != now.as_ref() {
+            return Err(format!(
+                "{shown} holds a value stored without the factor that is not the one approved (changed since approval)"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Requests and approvals: turning an ask into a request the human can judge (pinned
+//! executable, fingerprinted inputs, risk flags), and an approval into a scoped grant.
+
+mod approve;
+mod cards;
+mod chosen;
+mod env_vars;
+mod pins;
+mod request;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::Broker;
+use super::factor_ops::{Proof, rule_binds, rule_matches, verify_factor};
+use super::peer::Peer;
+use super::prefix::deny_covers;
+use super::state::{
+    AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Inner, NewVariable, ONCE_GRANT_TTL_SECONDS,
+    OpError, OpResult, RequestState, new_id,
+};
+use crate::pin::{self, FilePin, InputPin};
+use crate::risk;
+use keyveil_proto::AccessRequest;
+use keyveil_proto::ErrorCode;
+use keyveil_proto::op;
+use keyveil_vault::FactorKind;
+
+pub(crate) use approve::{
+    ApproveOptions, approve, check_card, deny, grant_pending, pending_factor, state_word,
+};
+pub(crate) use cards::{card_digest_of, file_pin_info, input_pin_info, requests};
+pub(crate) use chosen::{agent_chosen, check_chosen, check_chosen_values, chosen_expected};
+pub(crate) use env_vars::{check_pass_env, is_injection_var, pass_values};
+pub(crate) use pins::{Pins, bounded, check_symlink_escape, prepare_bounded};
+pub(crate) use request::{access_status, find_or_create_request, request_access};
+
+use approve::grant_request;
+use chosen::chosen_values;
+
+/// Most requests one client may have waiting at once; more are refused until the human answers
+/// (an approval flood must not bury one bad request among many good ones). A client is the
+/// real origin of the connection (`peer.rs`), never the claimed name.
+pub(crate) const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
+
+/// Most requests waiting at once from all clients together: the bound that holds even for a
+/// same-user process that starts each request from a new executable (a copy) to look like
+/// a new origin.
+pub(crate) const MAX_OPEN_REQUESTS: usize = 12;
+
+/// Key of [`Inner::recent`] that counts every request (origins are paths, `unreadable` or
+/// `unknown`, never empty).
+const ALL: &str = "";
+
+/// How long a denial feeds the `denied-before` flag.
+const DENIED_FLAG_MEMORY: Duration = Duration::from_secs(3600);
+
+/// What to tell the requester to do.
+pub(crate) fn approve_hint(id: u64) -> String {
+    format!(
+        "ask the user to approve it in a terminal: `keyveil approve {id}` (or deny: `keyveil deny {id}`); then call again with the same arguments"
+    )
+}
+
+#[cfg(test)]
+mod tests;
