@@ -38,6 +38,7 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
             .filter(|g| g.live(Timestamp::now()))
             .count(),
         log_lines_lost: crate::logging::lost_lines(),
+        kept_redactors: inner.run_redactors.len(),
         live_runs: inner.runs.len(),
         runs: inner
             .runs
@@ -291,6 +292,7 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         // The values leave memory whatever the disk said above (the sealed checkpoint and the
         // audit entry are best effort here; what could not be written is kept as the gap).
         inner.vault = None;
+        inner.run_redactors.clear();
         inner.close_audit();
         inner.challenges.clear();
         inner.pending_totp = None;
