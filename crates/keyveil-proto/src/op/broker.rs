@@ -81,6 +81,10 @@ pub struct BrokerStatus {
     /// (a full disk): the broker goes on without them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_lines_lost: u64,
+    /// Redactors the broker keeps between the runs of live grants (a count; each is dropped
+    /// with its grant, after five idle minutes, and when the vault locks).
+    #[serde(default)]
+    pub kept_redactors: usize,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -20,6 +20,7 @@ pub(crate) mod peer;
 pub(crate) mod policy_ops;
 pub(crate) mod prefix;
 pub(crate) mod private_tmp;
+pub(crate) mod redactor_cache;
 pub(crate) mod request_ids;
 pub(crate) mod runner;
 pub(crate) mod spawn;
@@ -389,6 +390,15 @@ async fn tick(broker: Arc<Broker>) {
             }
             // Dynamic credentials of grants that ended; background results into the audit.
             crate::dynamic::sweep(&mut inner);
+            // Redactors of ended grants (revocation drops them too) and idle ones.
+            let Inner {
+                grants,
+                run_redactors,
+                ..
+            } = &mut *inner;
+            run_redactors.prune(std::time::Instant::now(), |id| {
+                grants.get(id).is_some_and(|g| !g.revoked)
+            });
             // Forget dead grants after an hour.
             inner.grants.retain(|_, g| {
                 !g.revoked

@@ -646,11 +646,7 @@ async fn launch(
             .reply());
         }
         values.extend(dynamic_values.values);
-        let redactor = crate::redact::Redactor::new(
-            shown
-                .into_iter()
-                .zip(values.iter().map(|(_, v)| v.expose().as_bytes().to_vec())),
-        );
+        let redactor = run_redactor(broker, &grant_id, shown, &values);
         // Host-bound variables (`docs/egress.md`): the child gets a placeholder, the run's
         // egress proxy the value.
         let (bound, extra_roots) = bound_values(&broker.lock(), &req.environment, &values);
@@ -929,6 +925,41 @@ async fn relay(
         );
     }
     Reply::Exit(result)
+}
+
+/// The redactor of a run under `grant_id` that injects `values`, named `shown`: the grant's
+/// kept redactor when it was built from exactly these names and values, else a new one, built
+/// outside the broker's lock and kept for the grant's next runs (`redactor_cache.rs`). Not kept
+/// when the grant ended or the vault locked while it was built.
+fn run_redactor(
+    broker: &Broker,
+    grant_id: &str,
+    shown: Vec<String>,
+    values: &[(String, keyveil_vault::SecretValue)],
+) -> crate::redact::Redactor {
+    let key = super::redactor_cache::key(
+        shown
+            .iter()
+            .zip(values)
+            .map(|(n, (_, v))| (n.as_str(), v.expose().as_bytes())),
+    );
+    let now = std::time::Instant::now();
+    if let Some(r) = broker.lock().run_redactors.get(grant_id, &key, now) {
+        return r;
+    }
+    let redactor = crate::redact::Redactor::new(
+        shown
+            .into_iter()
+            .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
+    );
+    let mut inner = broker.lock();
+    let live = inner.vault.is_some() && inner.grants.get(grant_id).is_some_and(|g| !g.revoked);
+    if live {
+        inner
+            .run_redactors
+            .put(grant_id, key, redactor.clone(), std::time::Instant::now());
+    }
+    redactor
 }
 
 /// The run's bound variables among `values` (real name, shown name, value, destinations), and

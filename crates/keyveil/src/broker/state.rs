@@ -312,6 +312,17 @@ pub(crate) struct Grant {
     pub cancel: CancellationToken,
 }
 
+/// Whether every name of `wanted` is in `have`: by a hash set when both are long (a grant of
+/// every variable of an environment of thousands, checked under the broker's lock on each run,
+/// would otherwise compare every pair).
+pub(crate) fn includes_all(have: &[String], wanted: &[String]) -> bool {
+    if wanted.len() <= 16 || have.len() <= 16 {
+        return wanted.iter().all(|v| have.contains(v));
+    }
+    let have: std::collections::HashSet<&str> = have.iter().map(String::as_str).collect();
+    wanted.iter().all(|v| have.contains(v.as_str()))
+}
+
 impl Grant {
     /// Whether the grant can serve this run now (pins are checked separately, at spawn).
     pub(crate) fn covers(&self, ask: &Ask, now: Timestamp) -> bool {
@@ -323,7 +334,7 @@ impl Grant {
             && self.uses_left != Some(0)
             && self.client == ask.client.scope_key()
             && self.environment == ask.environment
-            && ask.variables.iter().all(|v| self.variables.contains(v))
+            && includes_all(&self.variables, &ask.variables)
             && ask.pass_env.iter().all(|v| self.pass_env.contains(v))
             && self.argv_covers(argv)
             && self.cwd_covers(&ask.cwd)
@@ -543,6 +554,9 @@ pub(crate) struct Inner {
     pub held_approvals: std::collections::HashMap<[u8; 32], super::held_approvals::Held>,
     /// The redactor cards and request entries go through (`card_redact.rs`); dropped at `lock`.
     pub card_redactor: Option<super::card_redact::CardRedactor>,
+    /// Redactors kept between the runs of live grants (`redactor_cache.rs`): dropped with their
+    /// grant, after idling, and when the vault locks.
+    pub run_redactors: super::redactor_cache::RedactorCache,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].
@@ -1128,6 +1142,7 @@ impl Inner {
         let was_live = !g.revoked;
         g.revoked = true;
         g.cancel.cancel();
+        self.run_redactors.forget_grant(grant_id);
         if was_live {
             let env = g.environment.clone();
             self.audit(

@@ -27,6 +27,7 @@ mod hostile;
 mod identity;
 mod import;
 mod journal;
+mod kept_redactor;
 mod limits;
 mod locked;
 mod mcp_hostile;

@@ -132,11 +132,13 @@ pub(crate) fn check_chosen_values(
     values: &[(String, keyveil_vault::SecretValue)],
 ) -> Result<(), String> {
     use sha2::Digest as _;
+    // By name: with thousands of values a scan per expected name would be quadratic.
+    let by_name: std::collections::HashMap<&str, &keyveil_vault::SecretValue> =
+        values.iter().map(|(k, v)| (k.as_str(), v)).collect();
     for (name, want, shown) in expected {
-        let now = values
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
+        let now = by_name
+            .get(name.as_str())
+            .map(|v| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
         if now.is_none() || want.as_ref() != now.as_ref() {
             return Err(format!(
                 "{shown} holds a value stored without the factor that is not the one approved (changed since approval)"

@@ -257,7 +257,8 @@ fn new_variables(inner: &Inner, ask: &Ask) -> OpResult<(Vec<NewVariable>, bool)>
             })
         })
         .collect();
-    let all = e.variables.len() > 1 && e.variables.keys().all(|k| ask.variables.contains(k));
+    let names: Vec<String> = e.variables.keys().cloned().collect();
+    let all = names.len() > 1 && crate::broker::state::includes_all(&ask.variables, &names);
     Ok((new, all))
 }
 

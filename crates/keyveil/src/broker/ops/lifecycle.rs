@@ -38,6 +38,7 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
             .filter(|g| g.live(Timestamp::now()))
             .count(),
         log_lines_lost: crate::logging::lost_lines(),
+        kept_redactors: inner.run_redactors.len(),
         live_runs: inner.runs.len(),
         runs: inner
             .runs
@@ -292,6 +293,7 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         // audit entry are best effort here; what could not be written is kept as the gap).
         inner.vault = None;
         inner.card_redactor = None;
+        inner.run_redactors.clear();
         inner.close_audit();
         inner.challenges.clear();
         inner.held_approvals.clear();
