@@ -403,14 +403,11 @@ async fn forward(
     // value to another origin behind the same front.
     // HTTP/2 names it in `:authority` (the URI), HTTP/1.1 in `Host`: each one given must
     // name the tunnel's host, and at least one must be given.
-    let host_header = match parts.headers.get(hyper::header::HOST) {
-        None => None,
-        Some(h) => Some(
-            h.to_str()
-                .ok()
-                .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok()),
-        ),
-    };
+    let host_header = parts.headers.get(hyper::header::HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+    });
     let norm = |a: &hyper::http::uri::Authority| {
         a.host()
             .trim_start_matches('[')
