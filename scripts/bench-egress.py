@@ -10,7 +10,12 @@ A local HTTPS "API" (Python's http.server, HTTP/1.1 keep-alive, a test CA made w
   2. throughput: a 256 MiB response body read in 1 MiB reads, direct and through the proxy.
 The direct figures use the same client and server, so the difference is the proxy's.
 
+  3. memory: the broker's RSS with one idle proxied session, then with --idle more; the
+     difference per session.
+Direct and proxied requests and downloads are interleaved so both see the same machine load.
+
 Usage: scripts/bench-egress.py [--bin target/release/keyveil] [--requests 500] [--mib 256]
+                               [--rounds 3] [--idle 200]
 Prints a Markdown table for docs/benchmarks.md.
 """
 import argparse, json, os, subprocess, sys, tempfile, threading, time, ssl, secrets
@@ -20,7 +25,7 @@ PASS = "bench passphrase, not a secret"
 
 CHILD = r'''
 import http.client, json, os, ssl, statistics, sys, time
-port, n, mib, ca = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+port, n, mib, ca, rounds, idle = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 proxy = os.environ["HTTPS_PROXY"].removeprefix("http://")
 ph, pp = proxy.rsplit(":", 1)
 hdr = {"Authorization": "Bearer " + os.environ["API_TOKEN"]}
@@ -33,30 +38,58 @@ def conn(via_proxy):
         ctx = ssl.create_default_context(cafile=ca)
         c = http.client.HTTPSConnection("localhost", port, context=ctx)
     return c
-out = {}
-for name, via in (("direct", False), ("proxy", True)):
-    c = conn(via)
-    c.request("GET", "/small", headers=hdr); r = c.getresponse(); r.read()  # handshake
-    ts = []
-    for _ in range(n):
+def get(c, path):
+    c.request("GET", path, headers=hdr); r = c.getresponse(); body = r.read()
+    assert r.status == 200, (r.status, body)
+out = {"load_before": os.getloadavg()[0]}
+conns = {"direct": conn(False), "proxy": conn(True)}
+for c in conns.values():
+    get(c, "/small")  # handshake
+# Latency: direct and proxy requests interleaved, so both see the same machine load.
+ts = {"direct": [], "proxy": []}
+for _ in range(n):
+    for name, c in conns.items():
         t0 = time.perf_counter()
-        c.request("GET", "/small", headers=hdr); r = c.getresponse(); body = r.read()
-        ts.append(time.perf_counter() - t0)
-        assert r.status == 200, (r.status, body)
-    ts.sort()
-    out[name + "_p50_ms"] = ts[len(ts) // 2] * 1000
-    out[name + "_p90_ms"] = ts[int(len(ts) * 0.9)] * 1000
-    t0 = time.perf_counter()
-    c.request("GET", "/big", headers=hdr); r = c.getresponse()
-    got = 0
-    while True:
-        b = r.read(1 << 20)
-        if not b: break
-        got += len(b)
-    dt = time.perf_counter() - t0
-    assert got == mib << 20, got
-    out[name + "_mb_s"] = got / dt / 1e6
+        get(c, "/small")
+        ts[name].append(time.perf_counter() - t0)
+for name, t in ts.items():
+    t.sort()
+    out[name + "_p50_ms"] = t[len(t) // 2] * 1000
+    out[name + "_p90_ms"] = t[int(len(t) * 0.9)] * 1000
+# Throughput: rounds of one direct and one proxied download, alternated; the median of each.
+mbs = {"direct": [], "proxy": []}
+for _ in range(rounds):
+    for name, c in conns.items():
+        t0 = time.perf_counter()
+        c.request("GET", "/big", headers=hdr); r = c.getresponse()
+        got = 0
+        while True:
+            b = r.read(1 << 20)
+            if not b: break
+            got += len(b)
+        dt = time.perf_counter() - t0
+        assert got == mib << 20, got
+        mbs[name].append(got / dt / 1e6)
+for name, v in mbs.items():
+    out[name + "_mb_s"] = statistics.median(v)
+    out[name + "_mb_s_all"] = [round(x) for x in v]
+out["load_after"] = os.getloadavg()[0]
+for c in conns.values():
     c.close()
+# Idle sessions: the bench samples the broker's RSS with one session open, then with `idle`
+# more (each CONNECT + TLS both ways + one request, then kept alive and idle).
+def wait_for(f):
+    while not os.path.exists(f):
+        time.sleep(0.02)
+if idle:
+    keep = [conn(True)]
+    get(keep[0], "/small")
+    open("warm", "w").close(); wait_for("go1")
+    for _ in range(idle):
+        c = conn(True); get(c, "/small"); keep.append(c)
+    open("opened", "w").close(); wait_for("go2")
+    for c in keep:
+        c.close()
 print("BENCH " + json.dumps(out))
 '''
 
@@ -104,11 +137,30 @@ def serve(d, mib):
     return srv.server_address[1]
 
 
+def kib(pid, field):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def wait_file(path, run):
+    for _ in range(6000):
+        if os.path.exists(path):
+            return
+        if run.poll() is not None:
+            sys.exit(f"the run ended early: {run.communicate()}")
+        time.sleep(0.05)
+    sys.exit(f"timed out waiting for {path}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "keyveil"))
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3, help="downloads each way, alternated")
+    ap.add_argument("--idle", type=int, default=200, help="idle sessions for the memory figure (0: none)")
     a = ap.parse_args()
     home = tempfile.mkdtemp(prefix="kvbench", dir="/tmp")
     env = {"PATH": os.environ["PATH"], "HOME": home, "KEYVEIL_HOME": home, "LANG": "C.UTF-8"}
@@ -133,7 +185,8 @@ def main():
         with open(child_py, "w") as f:
             f.write(CHILD)
         run = subprocess.Popen(["setsid", "-w", a.bin, "run", "--env", "demo", "--timeout", "600", "--cwd", work, "--",
-                                "python3", child_py, str(port), str(a.requests), str(a.mib), os.path.join(home, "ca.pem")],
+                                "python3", child_py, str(port), str(a.requests), str(a.mib), os.path.join(home, "ca.pem"),
+                                str(a.rounds), str(a.idle)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(400):
             reqs = json.loads(kv("requests", "--json"))
@@ -144,6 +197,18 @@ def main():
             out, err = run.communicate(timeout=60)
             sys.exit(f"no request appeared: {out}\n{err}")
         kv("approve", str(reqs[-1]["id"]), "--passphrase-stdin", stdin=PASS + "\n")
+        idle_kib = None
+        if a.idle:
+            pid = int(open(os.path.join(home, "run", "broker.pid")).read().strip())
+            wait_file(os.path.join(work, "warm"), run)
+            time.sleep(1)
+            rss0 = kib(pid, "VmRSS")
+            open(os.path.join(work, "go1"), "w").close()
+            wait_file(os.path.join(work, "opened"), run)
+            time.sleep(1)
+            rss1 = kib(pid, "VmRSS")
+            open(os.path.join(work, "go2"), "w").close()
+            idle_kib = (rss1 - rss0) / a.idle
         out, err = run.communicate(timeout=600)
         line = next((l for l in out.splitlines() if l.startswith("BENCH ")), None)
         if not line:
@@ -153,7 +218,11 @@ def main():
         print(f"|---|---|---|---|")
         print(f"| GET latency p50, kept-alive, {a.requests} requests | {r['direct_p50_ms']:.3f} ms | {r['proxy_p50_ms']:.3f} ms | {r['proxy_p50_ms'] - r['direct_p50_ms']:.3f} ms |")
         print(f"| GET latency p90 | {r['direct_p90_ms']:.3f} ms | {r['proxy_p90_ms']:.3f} ms | {r['proxy_p90_ms'] - r['direct_p90_ms']:.3f} ms |")
-        print(f"| {a.mib} MiB response body | {r['direct_mb_s']:.0f} MB/s | {r['proxy_mb_s']:.0f} MB/s | |")
+        print(f"| {a.mib} MiB response body, median of {a.rounds} | {r['direct_mb_s']:.0f} MB/s | {r['proxy_mb_s']:.0f} MB/s | |")
+        if idle_kib is not None:
+            print(f"| broker RSS per idle proxied session ({a.idle} kept alive) | | {idle_kib:.1f} KiB | |")
+        print(f"\nload average (1 min) before/after the latency and throughput runs: {r['load_before']:.1f} / {r['load_after']:.1f}; "
+              f"downloads direct {r['direct_mb_s_all']} MB/s, proxy {r['proxy_mb_s_all']} MB/s")
     finally:
         subprocess.run(["setsid", "-w", a.bin, "daemon", "stop"], env=env, capture_output=True)
         subprocess.run(["rm", "-rf", home])

@@ -440,7 +440,7 @@ async fn finish(
     result.grant_id = run.grant_id.clone();
     result
         .write_leaks
-        .extend(super::runner::close_egress(broker, &run.id));
+        .extend(super::runner::close_egress(broker, &run.id).await);
     let home = broker.lock().child_home();
     let scope = crate::scan::ScanScope {
         cwd: std::path::PathBuf::from(cwd),

@@ -844,7 +844,9 @@ async fn relay(
     .await;
     result.run_id = run_id.clone();
     result.grant_id = grant_id.clone();
-    result.write_leaks.extend(close_egress(broker, &run_id));
+    result
+        .write_leaks
+        .extend(close_egress(broker, &run_id).await);
     end_if_inputs_changed(broker, &grant_id, &run_id, &stamps);
     // Write-side scan: files the run changed under its cwd and the usual credential stores in
     // HOME, for every granted value in every form the redactor knows (reported by name).
@@ -992,7 +994,9 @@ fn bound_values(
 
 /// Closes a run's egress proxy (every session at once) and returns what it blocked, reported
 /// like write-side leaks (variable, destination, form `egress`, action `blocked`).
-pub(super) fn close_egress(broker: &Broker, run_id: &str) -> Vec<keyveil_proto::WriteLeak> {
+/// Waits until the proxy's audit entries are written (see `RunEgress::close`): call it before
+/// the run's end entry.
+pub(super) async fn close_egress(broker: &Broker, run_id: &str) -> Vec<keyveil_proto::WriteLeak> {
     let e = broker
         .lock()
         .runs
@@ -1000,7 +1004,7 @@ pub(super) fn close_egress(broker: &Broker, run_id: &str) -> Vec<keyveil_proto::
         .and_then(|r| r.egress.take());
     match e {
         Some(e) => {
-            e.close();
+            e.close().await;
             e.take_leaks()
         }
         None => Vec::new(),

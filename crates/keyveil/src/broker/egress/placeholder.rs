@@ -84,7 +84,8 @@ pub(crate) fn placeholder(value: &str) -> Result<String, getrandom::Error> {
 }
 
 /// Replaces every occurrence of each `from` by its `to` (same length) in a stream of chunks,
-/// holding back at most the longest pattern's length less one byte between chunks.
+/// holding back between chunks only a chunk's tail that starts some pattern (at most the
+/// longest pattern's length less one byte; usually nothing).
 pub(crate) struct Swap {
     pairs: Vec<(memmem::Finder<'static>, Zeroizing<Vec<u8>>)>,
     keep: usize,
@@ -118,6 +119,35 @@ impl Swap {
     /// Whether there is nothing to swap.
     pub(crate) fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+
+    /// Feeds a chunk; returns what can be emitted now. A chunk without any pattern, and with
+    /// nothing held back before it, is passed on without a copy (only a tail that could start
+    /// a pattern is held back): a large body that carries no value is not copied at all.
+    pub(crate) fn push_bytes(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if self.carry.is_empty() && self.pairs.iter().all(|(f, _)| f.find(&chunk).is_none()) {
+            let hold = self.tail_to_hold(&chunk, 0);
+            if hold == 0 {
+                return chunk;
+            }
+            let cut = chunk.len() - hold;
+            self.carry.extend_from_slice(&chunk[cut..]);
+            return chunk.slice(..cut);
+        }
+        bytes::Bytes::from(self.push(&chunk))
+    }
+
+    /// How many bytes at the end of `buf` (none before `from`) could be the start of a pattern
+    /// that the next chunk completes: the longest such tail. A pattern starting earlier would
+    /// fit in `buf` whole and would have been found.
+    fn tail_to_hold(&self, buf: &[u8], from: usize) -> usize {
+        let start = buf.len().saturating_sub(self.keep).max(from);
+        (start..buf.len())
+            .find(|&i| {
+                let tail = &buf[i..];
+                self.pairs.iter().any(|(f, _)| f.needle().starts_with(tail))
+            })
+            .map_or(0, |i| buf.len() - i)
     }
 
     /// Feeds a chunk; returns what can be emitted now.
@@ -158,7 +188,7 @@ impl Swap {
         let hold = if last {
             buf.len()
         } else {
-            buf.len().saturating_sub(self.keep).max(at)
+            buf.len() - self.tail_to_hold(&buf, at)
         };
         out.extend_from_slice(&buf[at..hold]);
         let rest = buf[hold..].to_vec();
@@ -243,5 +273,33 @@ mod tests {
             b"xrealvalue123"
         );
         assert!(swap_all(b"nothing", &from, &to).is_none());
+    }
+
+    #[test]
+    fn the_zero_copy_swap_agrees_with_the_copying_one_and_copies_no_clean_chunk() {
+        let from = b"PLACEHOLDER1".to_vec();
+        let to = Zeroizing::new(b"realvalue123".to_vec());
+        let text = b"PLAC PLACEHOLDER1 PPLACEHOLDER1PLACEHOLDER1 xPLACEHOLDER".to_vec();
+        let want = b"PLAC realvalue123 Prealvalue123realvalue123 xPLACEHOLDER".to_vec();
+        for size in 1..=text.len() {
+            let mut s = Swap::new(vec![(from.clone(), to.clone())]);
+            let mut out = Vec::new();
+            for c in text.chunks(size) {
+                out.extend_from_slice(&s.push_bytes(bytes::Bytes::copy_from_slice(c)));
+            }
+            out.extend(s.finish());
+            assert_eq!(out, want, "chunk size {size}");
+        }
+        // A chunk that holds no pattern and does not end with the start of one goes through
+        // as the same buffer; one that ends with a start has that tail held back only.
+        let mut s = Swap::new(vec![(from.clone(), to.clone())]);
+        let clean = bytes::Bytes::from(vec![b'x'; 1 << 16]);
+        let out = s.push_bytes(clean.clone());
+        assert_eq!(out.as_ptr(), clean.as_ptr());
+        assert_eq!(out.len(), clean.len());
+        let out = s.push_bytes(bytes::Bytes::from_static(b"xxxxPLACE"));
+        assert_eq!(&out[..], b"xxxx");
+        let out = s.push_bytes(bytes::Bytes::from_static(b"HOLDER1 done"));
+        assert_eq!(&out[..], b"realvalue123 done");
     }
 }

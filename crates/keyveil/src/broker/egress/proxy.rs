@@ -1,6 +1,7 @@
 //! The proxy's sessions: HTTP/1.1 from the child (hyper), `CONNECT` tunnels passed through or,
-//! to a bound host, TLS terminated (tokio-rustls, a leaf of the run's CA) and each request
-//! forwarded to the verified upstream with placeholders swapped for values; plain HTTP forwarded
+//! to a bound host, TLS terminated (tokio-rustls, a leaf of the run's CA; HTTP/2 or HTTP/1.1 as
+//! the child's ALPN chooses) and each request forwarded to the verified upstream (HTTP/2 when
+//! it offers it, else HTTP/1.1) with placeholders swapped for values; plain HTTP forwarded
 //! unless it carries a placeholder.
 
 use std::convert::Infallible;
@@ -12,11 +13,13 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body as _, Frame, Incoming};
 use hyper::client::conn::http1 as client_http1;
+use hyper::client::conn::http2 as client_http2;
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1 as server_http1;
+use hyper::server::conn::http2 as server_http2;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use memchr::memmem;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +30,23 @@ use super::{Binding, Shared, owner};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
-type Upstream = tokio::sync::Mutex<Result<client_http1::SendRequest<Body>, String>>;
+type Upstream = tokio::sync::Mutex<Result<Sender, String>>;
+
+/// A session's connection to the upstream server: HTTP/2 when its ALPN chose it (requests
+/// multiplexed), else HTTP/1.1 (requests take turns).
+enum Sender {
+    H1(client_http1::SendRequest<Body>),
+    H2(client_http2::SendRequest<Body>),
+}
+
+/// Headers of one HTTP/1.1 connection, never sent over HTTP/2 (RFC 9113, 8.2.2).
+const CONNECTION_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Refused connections audited one by one per run (then one in 64).
 const REFUSALS_AUDITED: u64 = 8;
@@ -149,14 +168,56 @@ async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, host: &str, port:
     }
 }
 
-/// Whether the placeholder appears in the request line or a header.
+/// Whether the placeholder appears in the request line or a header, as it is or inside an
+/// HTTP Basic credential (`Authorization: Basic base64(user:password)`).
 fn carries(parts: &hyper::http::request::Parts, placeholder: &str) -> bool {
     let p = placeholder.as_bytes();
     memmem::find(parts.uri.to_string().as_bytes(), p).is_some()
-        || parts
-            .headers
-            .values()
-            .any(|v| memmem::find(v.as_bytes(), p).is_some())
+        || parts.headers.values().any(|v| {
+            memmem::find(v.as_bytes(), p).is_some()
+                || basic_credential(v).is_some_and(|c| memmem::find(&c, p).is_some())
+        })
+}
+
+/// The decoded `user:password` of an HTTP Basic credential (`Basic base64`, RFC 7617; the
+/// scheme's name in any case), or `None` for any other header value.
+fn basic_credential(v: &HeaderValue) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::Engine as _;
+    let b = v.as_bytes();
+    let scheme = b.get(..6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let rest = b.get(6..)?.trim_ascii();
+    base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// `v` with each placeholder of `here` swapped for its value inside an HTTP Basic credential
+/// (decoded, swapped, encoded again: the same length, since a placeholder has its value's),
+/// or `None` when `v` is no Basic credential holding one.
+fn swap_in_basic(v: &HeaderValue, here: &[&Binding]) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    let mut cred = basic_credential(v)?;
+    let mut changed = false;
+    for b in here {
+        if let Some(x) = swap_all(&cred, b.placeholder.as_bytes(), &b.value) {
+            cred = Zeroizing::new(x);
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let encoded = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(&*cred)
+    ));
+    let mut n = HeaderValue::from_str(&encoded).ok()?;
+    n.set_sensitive(true);
+    Some(n)
 }
 
 /// Plain HTTP (absolute-form): forwarded as is, unless it carries a placeholder (a value never
@@ -247,22 +308,25 @@ async fn intercept(
         connect_upstream(&s, &host, port).await,
     ));
     let host = Arc::new(host);
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let svc = service_fn(move |req| {
         let s = s.clone();
         let host = host.clone();
         let upstream = upstream.clone();
         async move { Ok::<_, Infallible>(forward(req, &s, &host, port, &upstream).await) }
     });
-    let _ = server_http1::Builder::new()
-        .serve_connection(TokioIo::new(tls), svc)
-        .await;
+    if h2 {
+        let _ = server_http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    } else {
+        let _ = server_http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    }
 }
 
-async fn connect_upstream(
-    s: &Shared,
-    host: &str,
-    port: u16,
-) -> Result<client_http1::SendRequest<Body>, String> {
+async fn connect_upstream(s: &Shared, host: &str, port: u16) -> Result<Sender, String> {
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
@@ -273,17 +337,29 @@ async fn connect_upstream(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("cannot verify {host}:{port}: {e}"))?;
+    let token = s.token.clone();
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let (sender, conn) = client_http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                _ = conn => {}
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = client_http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| format!("{host}:{port}: {e}"))?;
-    let token = s.token.clone();
     tokio::spawn(async move {
         tokio::select! {
             () = token.cancelled() => {}
             _ = conn => {}
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 /// One request to a bound host: refused if it carries the placeholder of a variable not bound
@@ -325,19 +401,25 @@ async fn forward(
     // The request must be for the host the tunnel was opened to: a shared front (a CDN) routes
     // by Host, so `CONNECT api.example.com` carrying `Host: attacker.example` would take the
     // value to another origin behind the same front.
-    let named = parts
-        .headers
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
-        .map(|a| {
-            a.host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase()
-        })
-        .or_else(|| parts.uri.host().map(str::to_ascii_lowercase));
-    if named.as_deref() != Some(host) {
+    // HTTP/2 names it in `:authority` (the URI), HTTP/1.1 in `Host`: each one given must
+    // name the tunnel's host, and at least one must be given.
+    let host_header = parts.headers.get(hyper::header::HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+    });
+    let norm = |a: &hyper::http::uri::Authority| {
+        a.host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    };
+    let named: Vec<Option<String>> = host_header
+        .iter()
+        .map(|a| a.as_ref().map(norm))
+        .chain(parts.uri.authority().map(|a| Some(norm(a))))
+        .collect();
+    if named.is_empty() || named.iter().any(|n| n.as_deref() != Some(host)) {
         for b in &here {
             s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
         }
@@ -349,6 +431,10 @@ async fn forward(
             ),
         );
     }
+    let authority = host_header
+        .flatten()
+        .or_else(|| parts.uri.authority().cloned())
+        .map_or_else(|| dest.shown(), |a| a.to_string());
     // The path as audited: no query, each placeholder replaced by its variable's name.
     let mut audit_path = parts.uri.path().to_owned();
     for b in &s.bindings {
@@ -378,6 +464,9 @@ async fn forward(
         parts.headers.remove(*h);
     }
     for v in parts.headers.values_mut() {
+        if let Some(n) = swap_in_basic(v, &here) {
+            *v = n;
+        }
         for b in &here {
             if let Some(x) = swap_all(v.as_bytes(), b.placeholder.as_bytes(), &b.value)
                 && let Ok(n) = HeaderValue::from_bytes(&x)
@@ -394,21 +483,62 @@ async fn forward(
             .collect(),
     );
     let method = parts.method.to_string();
-    let req = Request::from_parts(parts, swapped(body, to_value, None));
     let sent = {
         let mut guard = upstream.lock().await;
-        let sender = match guard.as_mut() {
-            Ok(x) => x,
-            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {e}")),
+        let alive = match guard.as_mut() {
+            Ok(Sender::H1(x)) => x.ready().await.is_ok(),
+            Ok(Sender::H2(x)) => x.ready().await.is_ok(),
+            Err(_) => false,
         };
-        if sender.ready().await.is_err() {
+        if !alive {
             *guard = connect_upstream(s, host, port).await;
-            match guard.as_mut() {
-                Ok(x) => x.send_request(req).await,
-                Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {e}")),
+        }
+        match guard.as_mut() {
+            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {e}")),
+            // HTTP/1.1: origin-form and `Host`; the connection is this request's until its
+            // response's head is in.
+            Ok(Sender::H1(x)) => {
+                parts.version = Version::HTTP_11;
+                if !parts.headers.contains_key(hyper::header::HOST) {
+                    match HeaderValue::from_str(&authority) {
+                        Ok(v) => {
+                            parts.headers.insert(hyper::header::HOST, v);
+                        }
+                        Err(_) => {
+                            return text(StatusCode::BAD_REQUEST, "keyveil: bad authority".into());
+                        }
+                    }
+                }
+                let req = Request::from_parts(parts, swapped(body, to_value, None));
+                x.send_request(req).await
             }
-        } else {
-            sender.send_request(req).await
+            // HTTP/2: the authority in the URI, no connection headers; streams multiplexed
+            // (the lock is not held while this one waits).
+            Ok(Sender::H2(x)) => {
+                let mut x = x.clone();
+                drop(guard);
+                parts.version = Version::HTTP_2;
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                parts.uri = match hyper::Uri::try_from(format!("https://{authority}{pq}")) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return text(StatusCode::BAD_REQUEST, "keyveil: bad authority".into());
+                    }
+                };
+                parts.headers.remove(hyper::header::HOST);
+                for h in CONNECTION_HEADERS {
+                    parts.headers.remove(*h);
+                }
+                if parts
+                    .headers
+                    .get(hyper::header::TE)
+                    .is_some_and(|v| v.as_bytes() != b"trailers")
+                {
+                    parts.headers.remove(hyper::header::TE);
+                }
+                let req = Request::from_parts(parts, swapped(body, to_value, None));
+                x.send_request(req).await
+            }
         }
     };
     let resp = match sent {
@@ -517,7 +647,7 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
                         let out = if st.swap.is_empty() {
                             data
                         } else {
-                            Bytes::from(st.swap.push(&data))
+                            st.swap.push_bytes(data)
                         };
                         if out.is_empty() {
                             continue;
@@ -550,4 +680,50 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
         }
     });
     StreamBody::new(stream).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use base64::Engine as _;
+
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn a_placeholder_inside_basic_is_seen_and_swapped_for_its_value_only() {
+        let value = format!("v{}", "7".repeat(20));
+        let placeholder = super::super::placeholder::placeholder(&value).unwrap();
+        let b = Binding {
+            shown: "API_TOKEN".into(),
+            placeholder: placeholder.clone(),
+            value: Zeroizing::new(value.clone().into_bytes()),
+            dests: Vec::new(),
+        };
+        let basic =
+            HeaderValue::from_str(&format!("Basic {}", b64(&format!("me:{placeholder}")))).unwrap();
+        let req = Request::get("https://api.example/")
+            .header("authorization", basic.clone())
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        assert!(carries(&parts, &placeholder), "seen inside base64");
+        let lower =
+            HeaderValue::from_str(&format!("basic {}", b64(&format!("{placeholder}:x")))).unwrap();
+        assert!(basic_credential(&lower).is_some(), "the scheme in any case");
+        let swapped = swap_in_basic(&basic, &[&b]).unwrap();
+        assert_eq!(
+            swapped.to_str().unwrap(),
+            format!("Basic {}", b64(&format!("me:{value}")))
+        );
+        assert_eq!(swapped.len(), basic.len());
+        // Not a Basic credential, or one without the placeholder: left alone.
+        let other = HeaderValue::from_str(&format!("Basic {}", b64("me:other"))).unwrap();
+        assert!(swap_in_basic(&other, &[&b]).is_none());
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", b64(&placeholder))).unwrap();
+        assert!(basic_credential(&bearer).is_none());
+    }
 }

@@ -47,7 +47,8 @@ pub(crate) fn system_roots() -> (Vec<CertificateDer<'static>>, String) {
 }
 
 /// The client side towards upstream servers: the system roots plus `extra_pem` (the
-/// environment's `egress-roots` policy, set with the human's factor), TLS 1.2 and 1.3, HTTP/1.1.
+/// environment's `egress-roots` policy, set with the human's factor), TLS 1.2 and 1.3; ALPN
+/// offers HTTP/2 and HTTP/1.1 (the proxy speaks what the server picks).
 pub(crate) fn upstream_config(
     system: &[CertificateDer<'static>],
     extra_pem: Option<&str>,
@@ -68,7 +69,7 @@ pub(crate) fn upstream_config(
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(c))
 }
 
@@ -103,7 +104,7 @@ impl RunCa {
     }
 
     /// The server configuration presenting a leaf for `host` (a name or an IP address),
-    /// minted once per host and run.
+    /// minted once per host and run; ALPN offers HTTP/2 and HTTP/1.1 to the child.
     pub(crate) fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, TlsError> {
         let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = leaves.get(host) {
@@ -123,7 +124,7 @@ impl RunCa {
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.cert_der.clone()], key_der)
             .map_err(|e| e.to_string())?;
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let c = Arc::new(c);
         leaves.insert(host.to_owned(), c.clone());
         Ok(c)
