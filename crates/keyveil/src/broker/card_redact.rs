@@ -5,7 +5,9 @@
 //! granted child, which holds values: `sh -c 'tool --password "$DB_PASSWORD"'` where `tool` reads
 //! a mounted `.env`, or asks `keyveil run` itself. The agent reads cards and the audit log
 //! without any factor, so the broker redacts them with a redactor of the values that are secret
-//! from the agent before they leave it: a card's strings, and the `request` audit entry.
+//! from the agent before they leave it: a card's strings, a grant listing's argv, cwd and pinned
+//! paths, every audit entry (`Inner::scrub_entry`), and the desktop notification's text (the
+//! notifier's command line is readable in `/proc`).
 //!
 //! Which values, and why not all: requester-supplied strings that a matcher marks are an oracle
 //! (plant a guess in an argv, read whether the card masks it). So only values no agent can
@@ -14,6 +16,10 @@
 //! agent may have chosen itself (stored without the factor: shown on cards by design,
 //! `access::chosen_values`). A guessable value a granted child puts on a command line can still
 //! reach a card: `docs/threat-model.md` says so.
+//! The check is of the whole value only: its 12-byte fragments (a value with a known part
+//! longer than 11 bytes, read one character per request) and its structured leaves (a short
+//! JSON `password`) still answer planted guesses (`tests/it/redteam_s8b.rs`, ignored `LEAK`
+//! tests; the threat model's honest limits).
 //!
 //! The redactor is cached in [`Inner`] under a digest of which secret values exist (names,
 //! creation, rotation and storing times, held dynamic credentials), built again only after one
