@@ -4,18 +4,24 @@
 //! code-loading environment, the requester's pass-through values, its parents) can come from a
 //! granted child, which holds values: `sh -c 'tool --password "$DB_PASSWORD"'` where `tool` reads
 //! a mounted `.env`, or asks `keyveil run` itself. The agent reads cards and the audit log
-//! without any factor, so the broker redacts them with a redactor of the values that are secret
-//! from the agent before they leave it: a card's strings, and the `request` audit entry.
+//! without any factor, so the broker masks in them every value that is secret from the agent
+//! before they leave it: a card's strings, a grant listing's argv, cwd and pinned
+//! paths, every audit entry (`Inner::scrub_entry`), and the desktop notification's text (the
+//! notifier's command line is readable in `/proc`).
 //!
-//! Which values, and why not all: requester-supplied strings that a matcher marks are an oracle
-//! (plant a guess in an argv, read whether the card masks it). So only values no agent can
-//! guess are matched ([`super::sweep_ops::guessable`]: 16 bytes or more and about 80 bits or
-//! more; the redactor's fragments of such a value are 12 bytes of it), and never a value the
-//! agent may have chosen itself (stored without the factor: shown on cards by design,
-//! `access::chosen_values`). A guessable value a granted child puts on a command line can still
-//! reach a card: `docs/threat-model.md` says so.
+//! Which values, and what is matched: requester-supplied strings that a matcher marks are an
+//! oracle (plant a guess in an argv, read whether the card masks it). So the match is of the
+//! **whole value, as stored, byte for byte** ([`WholeValues`]), never of fragments, encodings or
+//! parts of it (a value with a known part would then be read one character per request, a
+//! short JSON `password` inside a value guessed among 10,000: `tests/it/redteam_s8b.rs`), and
+//! only of values no agent can guess ([`super::sweep_ops::guessable`]: 16 bytes or more and
+//! about 80 bits or more), never a value the agent may have chosen itself (stored without the
+//! factor: shown on cards by design, `access::chosen_values`). Confirming a planted guess of a
+//! whole value of 80 bits or more tells the agent nothing it did not have. A guessable value, or
+//! a value written encoded or in part, that a granted child puts on a command line still reaches
+//! a card: `docs/threat-model.md` says so.
 //!
-//! The redactor is cached in [`Inner`] under a digest of which secret values exist (names,
+//! The matcher is cached in [`Inner`] under a digest of which secret values exist (names,
 //! creation, rotation and storing times, held dynamic credentials), built again only after one
 //! of them changes, and dropped with the vault at `lock`.
 
@@ -26,12 +32,56 @@ use sha2::Digest as _;
 use zeroize::Zeroizing;
 
 use super::state::Inner;
-use crate::redact::Redactor;
 
-/// The cached redactor and the digest of the secret values it was built from.
+/// Whole secret values, matched exactly (raw bytes), each replaced by `[REDACTED:NAME]`
+/// (the name as clients see it: an alias where the policy hides names). Leftmost match first;
+/// at one position the longest value wins. Holds the values in plain form (wiped on drop).
+pub(crate) struct WholeValues {
+    values: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for WholeValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WholeValues")
+            .field("values", &self.values.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WholeValues {
+    /// `input` with every whole value masked, and how many were.
+    pub(crate) fn redact(&self, input: &[u8]) -> (Vec<u8>, usize) {
+        let mut out = Vec::with_capacity(input.len());
+        let (mut at, mut n) = (0usize, 0usize);
+        loop {
+            let rest = input.get(at..).unwrap_or_default();
+            let mut best: Option<(usize, usize, &str)> = None;
+            for (name, v) in &self.values {
+                if v.len() > rest.len() {
+                    continue;
+                }
+                if let Some(p) = memchr::memmem::find(rest, v)
+                    && best.is_none_or(|(bp, bl, _)| p < bp || (p == bp && v.len() > bl))
+                {
+                    best = Some((p, v.len(), name));
+                }
+            }
+            let Some((p, len, name)) = best else {
+                out.extend_from_slice(rest);
+                return (out, n);
+            };
+            out.extend_from_slice(rest.get(..p).unwrap_or_default());
+            out.extend_from_slice(format!("[REDACTED:{name}]").as_bytes());
+            at += p + len;
+            n += 1;
+        }
+    }
+}
+
+/// The cached matcher and the digest of the secret values it was built from.
 pub(crate) struct CardRedactor {
     key: [u8; 32],
-    redactor: Arc<Redactor>,
+    matcher: Arc<WholeValues>,
 }
 
 impl std::fmt::Debug for CardRedactor {
@@ -40,30 +90,29 @@ impl std::fmt::Debug for CardRedactor {
     }
 }
 
-/// A secret value for the card redactor: what the marker names (`ENV/SHOWN`) and the bytes.
+/// A secret value for the card matcher: what the marker names and the bytes.
 type Secret = (String, Zeroizing<Vec<u8>>);
 
 impl Inner {
-    /// The redactor of every value that is secret from the agent, built when the set of such
-    /// values changed since the last call; `None` while the vault is locked.
-    pub(crate) fn card_redactor(&mut self) -> Option<Arc<Redactor>> {
+    /// The matcher of every whole value that is secret from the agent, built again when the set
+    /// of such values changed since the last call; `None` while the vault is locked.
+    pub(crate) fn card_redactor(&mut self) -> Option<Arc<WholeValues>> {
         let key = self.secrets_key()?;
         if let Some(c) = &self.card_redactor
             && c.key == key
         {
-            return Some(c.redactor.clone());
+            return Some(c.matcher.clone());
         }
-        let secrets = self.card_secrets();
-        let redactor = Arc::new(Redactor::new(
-            secrets.iter().map(|(k, v)| (k.clone(), v.as_slice())),
-        ));
+        let mut values = self.card_secrets();
+        // Longest first, so that at one position the longest value is found first too.
+        values.sort_by_key(|v| std::cmp::Reverse(v.1.len()));
+        let matcher = Arc::new(WholeValues { values });
         self.card_redactor = Some(CardRedactor {
             key,
-            redactor: redactor.clone(),
+            matcher: matcher.clone(),
         });
-        Some(redactor)
+        Some(matcher)
     }
-
     /// A digest of which secret values exist: environment, name, creation, rotation and storing
     /// times of every variable with a value, and the held dynamic credentials by grant. No value
     /// is opened; a value the agent stored changes nothing.
@@ -133,7 +182,7 @@ fn is_secret(var: &keyveil_vault::Variable) -> bool {
 }
 
 /// `s` redacted by `r` (the same string when nothing matched).
-pub(crate) fn redact_str(r: &Redactor, s: &str) -> String {
+pub(crate) fn redact_str(r: &WholeValues, s: &str) -> String {
     let (out, n) = r.redact(s.as_bytes());
     if n > 0 {
         String::from_utf8_lossy(&out).into_owned()
@@ -143,7 +192,7 @@ pub(crate) fn redact_str(r: &Redactor, s: &str) -> String {
 }
 
 /// Redacts every string inside `v` (object keys included) with `r`.
-pub(crate) fn redact_json(r: &Redactor, v: &mut Value) {
+pub(crate) fn redact_json(r: &WholeValues, v: &mut Value) {
     match v {
         Value::String(s) => {
             let (out, n) = r.redact(s.as_bytes());
@@ -169,15 +218,14 @@ pub(crate) fn redact_json(r: &Redactor, v: &mut Value) {
     }
 }
 
-/// `card` with every string redacted by `r` (the typed card goes through its JSON form, so a
-/// field added later is covered too); the card unchanged if that form does not read back.
+/// `card` with every whole value masked by `r` (the typed card goes through its JSON form, so a
+/// field added later is covered too); `None` when that form does not read back (the card is then
+/// not listed, so it cannot be shown or approved: fail closed).
 pub(crate) fn redact_card(
-    r: &Redactor,
+    r: &WholeValues,
     card: keyveil_proto::op::RequestCard,
-) -> keyveil_proto::op::RequestCard {
-    let Ok(mut v) = serde_json::to_value(&card) else {
-        return card;
-    };
+) -> Option<keyveil_proto::op::RequestCard> {
+    let mut v = serde_json::to_value(&card).ok()?;
     redact_json(r, &mut v);
-    serde_json::from_value(v).unwrap_or(card)
+    serde_json::from_value(v).ok()
 }

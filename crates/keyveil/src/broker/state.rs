@@ -616,6 +616,17 @@ impl Inner {
         self.vault.as_mut().ok_or_else(locked)
     }
 
+    /// An audit entry as it may be written: real names hidden where the policy hides them,
+    /// and every string through the card redactor (`card_redact.rs`): argv, cwd, paths and
+    /// reasons in entries (`run_start`, `deny_rule`, `mount_read`, ...) can come from a granted
+    /// child holding values, and the agent reads the log without a factor.
+    fn scrub_entry(&mut self, fields: &mut Value) {
+        self.hide_names_in(fields);
+        if let Some(r) = self.card_redactor() {
+            super::card_redact::redact_json(&r, fields);
+        }
+    }
+
     /// Records an audit entry for something that happens whatever the log says: a revocation,
     /// a lock, a refusal, the end of a run, a failed factor. It may use the log's reserved
     /// space (`keyveil_vault::audit::RESERVE_BYTES`), so it is written on a full disk as long as
@@ -633,7 +644,7 @@ impl Inner {
     /// locked, the log was moved, or the disk is full and the entry is counted in the gap).
     pub(crate) fn audit_recorded(&mut self, event: &str, mut fields: Value) -> bool {
         use keyveil_vault::audit::AuditError;
-        self.hide_names_in(&mut fields);
+        self.scrub_entry(&mut fields);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -704,7 +715,7 @@ impl Inner {
     /// kept for revocations and the ends of runs; otherwise counted in the pending gap as lost
     /// and logged. Never refuses, never stops runs.
     pub(crate) fn audit_note(&mut self, event: &str, mut fields: Value) {
-        self.hide_names_in(&mut fields);
+        self.scrub_entry(&mut fields);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -730,7 +741,7 @@ impl Inner {
     /// [`Inner::check_audit_path`].
     pub(crate) fn must_audit(&mut self, event: &str, mut fields: Value) -> OpResult<()> {
         self.check_audit_path()?;
-        self.hide_names_in(&mut fields);
+        self.scrub_entry(&mut fields);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),

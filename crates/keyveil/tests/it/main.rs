@@ -55,6 +55,7 @@ mod redteam22b;
 mod redteam3;
 mod redteam4;
 mod redteam_s8;
+mod redteam_s8b;
 mod revoke;
 mod sandbox;
 mod setup;

@@ -276,7 +276,10 @@ fn requester_strings_are_stored_as_given_and_never_say_what_matches_a_value() {
     let h = Home::new();
     let value = random_alnum(40);
     h.set("demo", "API_TOKEN", &value);
-    let frags = probes(&value);
+    // The whole value is masked on cards and in the audit where it is not guessable (G19):
+    // confirming a whole guess of 80 bits or more tells nothing. Its parts and encodings are
+    // never matched.
+    let frags: Vec<String> = probes(&value).into_iter().filter(|p| p != &value).collect();
     let decoys: Vec<String> = frags.iter().map(|f| decoy(f, &value)).collect();
     let mut argv_frag = vec!["echo".to_owned()];
     argv_frag.extend(frags.iter().cloned());
@@ -364,8 +367,8 @@ fn nothing_a_requester_reads_depends_on_whether_a_candidate_is_a_value() {
         let env = format!("p{}", n.get());
         h.ok(&["env", "create", &env]);
         h.set(&env, "SECRET", &value);
-        // Candidates: fragments of at least 12 bytes (what the redactor would mark), and the
-        // whole value; decoys of the same lengths that are no fragment of it.
+        // Candidates: fragments of at least 12 bytes (what the redactor would mark); decoys of
+        // the same lengths that are no fragment of it.
         let mut frags: Vec<String> = picks
             .iter()
             .map(|(start, len)| {
@@ -374,7 +377,10 @@ fn nothing_a_requester_reads_depends_on_whether_a_candidate_is_a_value() {
                 value[s..s + l].to_owned()
             })
             .collect();
-        frags.push(value.clone());
+        // Not the whole value: it is masked on cards and in the audit where it is not guessable
+        // (G19; a whole guess of 80 bits or more tells nothing). Parts are never matched.
+        frags.retain(|f| f != &value);
+        proptest::prop_assume!(!frags.is_empty());
         frags.sort();
         frags.dedup();
         let decoys: Vec<String> = frags.iter().map(|f| decoy(f, &value)).collect();

@@ -16,9 +16,9 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
         .values()
         .filter(|r| r.state == RequestState::Pending)
         .map(|r| card_of(r, bound_on_card(&inner, r)))
-        .map(|c| match &redactor {
+        .filter_map(|c| match &redactor {
             Some(red) => crate::broker::card_redact::redact_card(red, c),
-            None => c,
+            None => Some(c),
         })
         .collect();
     op::PendingRequests { requests }

@@ -124,7 +124,22 @@ pub(crate) fn find_or_create_request(
         }
         return Ok((id, true));
     }
-    crate::notify::request_created(id, &ask.environment, ask.argv.as_deref(), reason.as_deref());
+    // The notifier's command line (readable in `/proc` by the agent) carries the argv and
+    // reason: redacted as the card is.
+    let (argv, reason) = match inner.card_redactor() {
+        Some(r) => (
+            ask.argv.as_ref().map(|a| {
+                a.iter()
+                    .map(|w| crate::broker::card_redact::redact_str(&r, w))
+                    .collect::<Vec<_>>()
+            }),
+            reason
+                .as_deref()
+                .map(|s| crate::broker::card_redact::redact_str(&r, s)),
+        ),
+        None => (ask.argv.clone(), reason.clone()),
+    };
+    crate::notify::request_created(id, &ask.environment, argv.as_deref(), reason.as_deref());
     Ok((id, true))
 }
 

@@ -12,7 +12,7 @@ use keyveil_proto::op;
 pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     let mut inner = broker.lock();
     let now = Timestamp::now();
-    // A grant's argv and cwd are its request's, shown as its card showed them.
+    // A grant's argv, cwd and pinned paths are its request's, shown as its card showed them.
     let redactor = inner.card_redactor();
     let shown = |s: &str| match &redactor {
         Some(r) => crate::broker::card_redact::redact_str(r, s),
@@ -41,8 +41,23 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             cwd: shown(&g.cwd),
             subdirs: g.subdirs,
             pass_env: g.pass_env.clone(),
-            executable: g.executable.as_ref().map(access::file_pin_info),
-            inputs: g.inputs.iter().map(access::input_pin_info).collect(),
+            // Pinned paths come from the argv too (a program under a directory a granted
+            // child named after a value).
+            executable: g.executable.as_ref().map(|p| {
+                let mut i = access::file_pin_info(p);
+                i.path = shown(&i.path);
+                i
+            }),
+            inputs: g
+                .inputs
+                .iter()
+                .map(|p| {
+                    let mut i = access::input_pin_info(p);
+                    i.path = shown(&i.path);
+                    i.detail = i.detail.as_deref().map(&shown);
+                    i
+                })
+                .collect(),
             created_at: g.created_at,
             expires_at: g.expires_at,
             uses_left: g.uses_left,
