@@ -1384,7 +1384,24 @@ pub fn verify_report(
     key: &[u8; 32],
     checkpoint: Option<&AuditCheckpoint>,
 ) -> Result<VerifyReport, AuditError> {
-    verify_inner(path, key, checkpoint)
+    verify_inner(path, key, checkpoint, None).map(|(r, _)| r)
+}
+
+/// [`verify_report`] that also returns the last `limit` entries (parsed JSON objects, oldest
+/// first) of the very bytes it verified, in one read of the file. A caller that acts on the
+/// entries (the OpenBao lease reaper) must use this rather than [`verify_report`] followed by
+/// [`read_entries`]: between two opens of the path, a process that can write the directory
+/// can swap in a file whose entries were never verified.
+///
+/// # Errors
+/// As [`verify_report`].
+pub fn verify_and_read(
+    path: &Path,
+    key: &[u8; 32],
+    checkpoint: Option<&AuditCheckpoint>,
+    limit: usize,
+) -> Result<(VerifyReport, Vec<Value>), AuditError> {
+    verify_inner(path, key, checkpoint, Some(limit))
 }
 
 /// Like [`verify`], and also checks that the log contains the entry `checkpoint` names (same
@@ -1404,7 +1421,9 @@ fn verify_inner(
     path: &Path,
     key: &[u8; 32],
     checkpoint: Option<&AuditCheckpoint>,
-) -> Result<VerifyReport, AuditError> {
+    keep: Option<usize>,
+) -> Result<(VerifyReport, Vec<Value>), AuditError> {
+    let mut kept: VecDeque<Vec<u8>> = VecDeque::new();
     let file = open_existing(path)?;
     let mut gaps = Vec::new();
     let mut reader = LineReader::new(file);
@@ -1430,6 +1449,14 @@ fn verify_inner(
         }
         prev = sha256_hex(&line.bytes);
         gaps.extend(checked.gap);
+        if let Some(limit) = keep {
+            if kept.len() == limit {
+                kept.pop_front();
+            }
+            if limit > 0 {
+                kept.push_back(line.bytes);
+            }
+        }
     }
     let entries = reader.line_no;
     if !checkpoint_found {
@@ -1438,7 +1465,12 @@ fn verify_inner(
             entries,
         });
     }
-    Ok(VerifyReport { entries, gaps })
+    // Each kept line passed `check_line`, which parsed it as a JSON object.
+    let values = kept
+        .into_iter()
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .collect();
+    Ok((VerifyReport { entries, gaps }, values))
 }
 
 /// What a log that cannot be continued (its last line fails its checks) still proves, against

@@ -549,3 +549,29 @@ fn salvage_measures_a_cut_log_against_the_sealed_checkpoint() {
     let s = audit::salvage(&path2, &KEY, None).unwrap();
     assert_eq!((s.verified, s.first_bad.map(|b| b.0)), (2, Some(3)));
 }
+
+/// `verify_and_read` gives the last `limit` entries of the very bytes it verified (the lease
+/// reaper acts on them), and nothing when any line fails: a forged line anywhere is an error,
+/// never an entry.
+#[test]
+fn verify_and_read_returns_only_what_it_verified() {
+    let (_d, path) = log_with(5);
+    let (report, entries) = audit::verify_and_read(&path, &KEY, None, 3).unwrap();
+    assert_eq!(report.entries, 5);
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    assert!(
+        audit::verify_and_read(&path, &KEY, None, 0)
+            .unwrap()
+            .1
+            .is_empty()
+    );
+
+    // A forged first line (the agent's): the whole read fails.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let forged = json!({"seq": 1, "ts": "2026-01-01T00:00:00Z", "event": "dynamic_mint",
+        "prev": GENESIS_PREV, "mac": "00".repeat(32)});
+    text.insert_str(0, &format!("{forged}\n"));
+    std::fs::write(&path, text).unwrap();
+    assert!(audit::verify_and_read(&path, &KEY, None, 100).is_err());
+}

@@ -126,6 +126,10 @@ pub(crate) struct Conn {
     tls: Option<Arc<rustls::ClientConfig>>,
     namespace: Option<String>,
     engine: EngineKind,
+    /// The key of this connection's entry in [`SERVING`]: [`login_key`] of its spec (nodes,
+    /// namespace, login, CA, client certificate and secret), so one variable's failover never
+    /// reorders another's nodes.
+    serving_key: [u8; 32],
 }
 
 /// A userpass user name goes into the login's URL path: letters, digits, `_-.@`, 1 to 128.
@@ -153,8 +157,11 @@ const FAILOVER_WINDOW: Duration = Duration::from_secs(20);
 /// window: the next node is tried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The node of each cluster (by address option) that served last: tried first next time.
-static SERVING: std::sync::LazyLock<Mutex<HashMap<String, usize>>> =
+/// The node of each cluster that served last: tried first next time. Keyed per login
+/// ([`login_key`]), not per address list: a variable the agent adds (no factor) listing the
+/// same nodes with its own CA or token must not move the human's variable to a node the agent
+/// serves (a listed node's port the agent squats while it is down).
+static SERVING: std::sync::LazyLock<Mutex<HashMap<[u8; 32], usize>>> =
     std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// An error with the node, what was attempted, the reason and what to do.
@@ -274,6 +281,7 @@ impl Conn {
             tls,
             namespace,
             engine: spec.engine,
+            serving_key: login_key(spec),
         })
     }
 
@@ -317,7 +325,7 @@ impl Conn {
         let first = SERVING
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&self.address)
+            .get(&self.serving_key)
             .copied()
             .unwrap_or(0)
             % self.nodes.len();
@@ -349,7 +357,7 @@ impl Conn {
                         SERVING
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(self.address.clone(), i);
+                            .insert(self.serving_key, i);
                         return Ok((status, v));
                     }
                     other => last = Some(other),

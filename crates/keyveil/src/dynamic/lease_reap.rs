@@ -7,9 +7,9 @@
 //! expiry: no secret) before the run that uses it starts, and its end in `dynamic_revoked`.
 //! The log's entries are MACed under a key sealed in the vault, so an agent that writes the
 //! file cannot add a lease for the broker to revoke: the log is verified (against the sealed
-//! checkpoint) before it is read, and only entries within the verified count are used. A mint
-//! not followed by a revocation or a reap, whose expiry is still ahead and that no live grant
-//! holds, is revoked with the variable's own login (`sys/leases/revoke`, idempotent) and a
+//! checkpoint) in the same read that yields the entries used, so no file swapped in after the
+//! verification is ever read. A mint not followed by a revocation or a reap, whose expiry is
+//! still ahead and that no live grant holds, is revoked with the variable's own login (`sys/leases/revoke`, idempotent) and a
 //! `dynamic_lease_reaped` entry records its lease id.
 
 // `serde_json::Value` indexing by key returns `Null` for a missing key: it never panics.
@@ -68,18 +68,15 @@ fn orphans(broker: &Broker, held: &BTreeSet<String>) -> Result<Vec<Orphan>, Stri
         return Ok(Vec::new());
     }
     let path = broker.paths.audit();
-    let report = keyveil_vault::audit::verify_report(&path, &key, checkpoint.as_ref())
-        .map_err(|e| format!("the audit log does not verify ({e})"))?;
-    let entries = keyveil_vault::audit::read_entries(&path, Some(MAX_ENTRIES))
-        .map_err(|e| format!("cannot read the audit log: {e}"))?;
+    // One read: the entries used are the very bytes verified (a verify then a second read of
+    // the path would read whatever file the agent swapped in between).
+    let (_, entries) =
+        keyveil_vault::audit::verify_and_read(&path, &key, checkpoint.as_ref(), MAX_ENTRIES)
+            .map_err(|e| format!("the audit log does not verify ({e})"))?;
     let now = Timestamp::now();
     let mut minted: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut ended: BTreeSet<String> = BTreeSet::new();
     for e in &entries {
-        // Entries past the verified count were not vouched for.
-        if e["seq"].as_u64().is_none_or(|s| s > report.entries) {
-            continue;
-        }
         let lease = e["handle"]["lease_id"].as_str().unwrap_or("");
         let ev = e["event"].as_str().unwrap_or("");
         match ev {

@@ -188,6 +188,21 @@ pub(crate) fn request_id_of(v: &Value) -> String {
     }
 }
 
+/// Whether a lease id looks like OpenBao's (`database/creds/ro/AbC123`, with a `.nsid`
+/// suffix in a namespace): 1 to 256 letters, digits and `/._-`. Anything else is refused.
+pub(crate) fn lease_id_ok(id: &str) -> bool {
+    (1..=256).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+}
+
+/// Whether a database user name from the server is printable ASCII without spaces, 1 to 128
+/// bytes (OpenBao's `v-<display>-<role>-<random>-<time>`, or a role's username template).
+fn user_ok(u: &str) -> bool {
+    (1..=128).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A KV v2 read: the fields, OpenBao's request id and the secret's version (for the audit
 /// log; no secret).
 pub(crate) struct KvRead {
@@ -316,6 +331,14 @@ pub(crate) async fn mint(
     let lease_id = v["lease_id"].as_str().unwrap_or("").to_owned();
     let request_id = request_id_of(&v);
     let user = v["data"]["username"].as_str().unwrap_or("").to_owned();
+    // Both go into the audit log, `keyveil grants` and the reaper's revoke call: a server
+    // (one the agent runs, behind a variable it added) must not write free text there.
+    if !lease_id_ok(&lease_id) || !user_ok(&user) {
+        return Err(bao.fail(
+            "issue database credentials",
+            "the answer's lease_id or data.username is not of OpenBao's form (a lease id is letters, digits and /._- up to 256 characters; a user name printable ASCII up to 128): is this an OpenBao server?",
+        ));
+    }
     let Some(password) = v["data"]["password"].as_str() else {
         return Err(bao.fail(
             "issue database credentials",

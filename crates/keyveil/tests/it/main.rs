@@ -50,6 +50,7 @@ mod redteam19_round2;
 mod redteam19_round3;
 mod redteam2;
 mod redteam20;
+mod redteam20b;
 mod redteam22;
 mod redteam22b;
 mod redteam3;
