@@ -129,8 +129,14 @@ pub(super) fn discover(
                     .push("the search for git repositories was cut short".into());
                 return found.into_iter().collect();
             }
-            if std::fs::symlink_metadata(dir.join(".git")).is_ok() {
+            if let Ok(m) = std::fs::symlink_metadata(dir.join(".git")) {
                 found.insert(dir.clone());
+                // Submodules keep their git directories here, and one whose working tree is
+                // gone is reached from nowhere else.
+                let modules = dir.join(".git/modules");
+                if m.is_dir() && modules.is_dir() && depth < MAX_DEPTH {
+                    stack.push((modules, depth + 1));
+                }
             } else if is_bare(&dir) {
                 found.insert(dir.clone());
                 continue;
@@ -157,7 +163,20 @@ pub(super) fn discover(
             "{too_deep} folders more than {MAX_DEPTH} levels below a path were not searched for git repositories (their files were still read): sweep a deeper path to include them"
         ));
     }
-    found.into_iter().collect()
+    // A submodule with a working tree is found twice (the working tree, and its git directory
+    // under the parent's `.git/modules`): read once, under its working tree.
+    let mut dirs = HashSet::new();
+    let (modules, trees): (Vec<PathBuf>, Vec<PathBuf>) = found
+        .into_iter()
+        .partition(|r| r.components().any(|c| c.as_os_str() == ".git"));
+    let mut out = Vec::new();
+    for r in trees.into_iter().chain(modules) {
+        let key = std::fs::canonicalize(git_dir(&r)).unwrap_or_else(|_| git_dir(&r));
+        if dirs.insert(key) {
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// Whether anything in the object store of the repository whose git directory is `dir` (its

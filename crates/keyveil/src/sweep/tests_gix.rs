@@ -421,3 +421,60 @@ fn listing_the_commits_of_a_found_object_is_bounded_work() {
         r.notes
     );
 }
+
+/// A submodule whose working tree was removed (`git submodule deinit`, then the folder
+/// deleted) keeps its objects in the parent's `.git/modules/NAME`, which the search for
+/// repositories never entered (it skips `.git`): a value committed there was read only as raw
+/// file bytes (not at all once packed as a delta). It is read as a repository, once.
+#[test]
+fn a_submodule_left_only_under_dot_git_modules_is_read() {
+    let v = value("s");
+    let top = tempfile::tempdir().unwrap();
+    let sub = top.path().join("sub-src");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&sub, &["init", "-q", "-b", "main"]);
+    write(&sub.join("k.txt"), format!("{v}\n").as_bytes());
+    git(&sub, &["add", "."]);
+    git(&sub, &["commit", "-q", "-m", "k"]);
+    let p = top.path().join("r");
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main"]);
+    git(
+        &p,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            sub.to_str().unwrap(),
+            "m",
+        ],
+    );
+    git(&p, &["commit", "-q", "-m", "sub"]);
+    assert!(p.join(".git/modules/m/objects").is_dir());
+    std::fs::remove_dir_all(&sub).unwrap();
+    // With its working tree there, the submodule is read once, under its working tree.
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    let repos: Vec<&str> = git_hits(&r, "V")
+        .iter()
+        .filter_map(|l| match l {
+            super::Location::Git { repo, .. } => Some(repo.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!repos.is_empty(), "{:?}", r.findings);
+    assert!(repos.iter().all(|r| r.ends_with("/m")), "{repos:?}");
+    git(&p, &["submodule", "deinit", "-q", "-f", "m"]);
+    let _ = std::fs::remove_dir_all(p.join("m"));
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    assert!(
+        git_hits(&r, "V").iter().any(|l| matches!(
+            l,
+            super::Location::Git { repo, .. } if repo.ends_with(".git/modules/m")
+        )),
+        "{:?} {:?}",
+        r.findings,
+        r.notes
+    );
+}
