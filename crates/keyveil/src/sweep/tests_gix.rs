@@ -478,3 +478,28 @@ fn a_submodule_left_only_under_dot_git_modules_is_read() {
         r.notes
     );
 }
+
+/// A SHA-256 repository (its loose objects' names and its packs' indexes mean nothing to a
+/// SHA-1 reader) holding a value: the report says it was not read and is incomplete. It used
+/// to say nothing: its objects were passed over in silence.
+#[test]
+fn a_sha256_repository_is_named_as_not_read() {
+    let v = value("h");
+    let top = tempfile::tempdir().unwrap();
+    let p = top.path().join("r");
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main", "--object-format=sha256"]);
+    write(&p.join("k.txt"), format!("{v}\n").as_bytes());
+    git(&p, &["add", "."]);
+    git(&p, &["commit", "-q", "-m", "k"]);
+    std::fs::remove_file(p.join("k.txt")).unwrap();
+    git(&p, &["commit", "-q", "-a", "-m", "gone"]);
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    assert!(
+        r.notes.iter().any(|n| n.contains("SHA-256")),
+        "{:?} {:?}",
+        r.findings,
+        r.notes
+    );
+    assert!(r.truncated);
+}
