@@ -54,6 +54,14 @@ const MAX_COMMITS: usize = 5;
 const MAX_TREE_DEPTH: usize = 256;
 /// Most places kept per tree for the found objects below it.
 const MAX_PLACES: usize = 64;
+/// Most work (place comparisons, all commits and parents together) spent listing the commits
+/// that add or remove found objects: a planted history of many commits with many parents,
+/// each side holding the found blob at many paths, would otherwise make a hit take hours
+/// longer than a miss (which compares nothing), and the audit shows a sweep's time.
+const MAX_COMPARED: u64 = 1_000_000;
+/// Longest path reported for a found object, in bytes: a planted tree may nest long names
+/// deep, and a longer path is cut (ending `...`).
+pub(crate) const MAX_PATH: usize = 4096;
 /// Objects queued between the reader and the matcher.
 const QUEUE: usize = 2;
 /// Objects read by the history walk between two [`Msg::Tick`]s.
@@ -103,6 +111,8 @@ pub(super) fn discover(
 ) -> Vec<PathBuf> {
     let mut found = BTreeSet::new();
     let mut entries = 0u64;
+    // Folders below the deepest level searched: never searched, and said so.
+    let mut too_deep = 0u64;
     for root in roots {
         // A file named alone is matched alone: its repository is not swept.
         if root.is_dir()
@@ -119,8 +129,14 @@ pub(super) fn discover(
                     .push("the search for git repositories was cut short".into());
                 return found.into_iter().collect();
             }
-            if std::fs::symlink_metadata(dir.join(".git")).is_ok() {
+            if let Ok(m) = std::fs::symlink_metadata(dir.join(".git")) {
                 found.insert(dir.clone());
+                // Submodules keep their git directories here, and one whose working tree is
+                // gone is reached from nowhere else.
+                let modules = dir.join(".git/modules");
+                if m.is_dir() && modules.is_dir() && depth < MAX_DEPTH {
+                    stack.push((modules, depth + 1));
+                }
             } else if is_bare(&dir) {
                 found.insert(dir.clone());
                 continue;
@@ -131,13 +147,36 @@ pub(super) fn discover(
             for e in rd.flatten() {
                 entries += 1;
                 let Ok(t) = e.file_type() else { continue };
-                if t.is_dir() && e.file_name() != ".git" && depth < MAX_DEPTH {
-                    stack.push((e.path(), depth + 1));
+                if t.is_dir() && e.file_name() != ".git" {
+                    if depth < MAX_DEPTH {
+                        stack.push((e.path(), depth + 1));
+                    } else {
+                        too_deep += 1;
+                    }
                 }
             }
         }
     }
-    found.into_iter().collect()
+    if too_deep > 0 {
+        report.truncated = true;
+        report.notes.push(format!(
+            "{too_deep} folders more than {MAX_DEPTH} levels below a path were not searched for git repositories (their files were still read): sweep a deeper path to include them"
+        ));
+    }
+    // A submodule with a working tree is found twice (the working tree, and its git directory
+    // under the parent's `.git/modules`): read once, under its working tree.
+    let mut dirs = HashSet::new();
+    let (modules, trees): (Vec<PathBuf>, Vec<PathBuf>) = found
+        .into_iter()
+        .partition(|r| r.components().any(|c| c.as_os_str() == ".git"));
+    let mut out = Vec::new();
+    for r in trees.into_iter().chain(modules) {
+        let key = std::fs::canonicalize(git_dir(&r)).unwrap_or_else(|_| git_dir(&r));
+        if dirs.insert(key) {
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// Whether anything in the object store of the repository whose git directory is `dir` (its
@@ -254,6 +293,8 @@ struct Placement {
     cut: bool,
     /// Refs, reflogs or objects of the history that could not be read.
     unread: u64,
+    /// The work of listing commits reached [`MAX_COMPARED`]: some commits are not listed.
+    unlisted: bool,
 }
 
 /// One object whose bytes hold a value.
@@ -295,6 +336,18 @@ pub(super) fn sweep_repo_checked(
         report
             .notes
             .push(format!("repository {}: not read: {why}", repo.display()));
+        return Vec::new();
+    }
+    // Read as SHA-1, a SHA-256 store would show nothing: its loose objects' names are skipped
+    // and its pack indexes do not parse. Said, not passed over in silence.
+    if sha256(&common_dir(&dir)) {
+        report.skipped += 1;
+        report.truncated = true;
+        report.notes.push(format!(
+            "repository {}: not read: a SHA-256 repository (only SHA-1 ones are read); hint: search its history yourself (`git -C {} log -p --all`)",
+            repo.display(),
+            repo.display()
+        ));
         return Vec::new();
     }
     let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
@@ -342,6 +395,13 @@ pub(super) fn sweep_repo_checked(
         report.truncated = true;
         report.notes.push(format!(
             "repository {}: out of time while placing objects at commits",
+            repo.display()
+        ));
+    }
+    if placed.unlisted {
+        // Not `truncated`: the audit says whether a sweep was cut short, and only a hit gets here.
+        report.notes.push(format!(
+            "repository {}: its history is too intricate to list every commit that adds or removes a found object; some are not listed",
             repo.display()
         ));
     }
@@ -600,6 +660,22 @@ fn read_repo(
     let _ = tx.send(Msg::Placed(placed));
 }
 
+/// Whether the repository whose common git directory is `common` says its objects are named
+/// by SHA-256 (`extensions.objectFormat` in its `config`, the one setting read: nothing in it
+/// runs or applies). A config that cannot be read says no.
+fn sha256(common: &Path) -> bool {
+    read_small(&common.join("config")).is_ok_and(|t| {
+        t.lines().any(|l| {
+            let l: String = l
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .to_ascii_lowercase();
+            l.starts_with("objectformat=") && l.contains("sha256")
+        })
+    })
+}
+
 /// The common git directory of a linked worktree (its `commondir`), else `dir` itself.
 fn common_dir(dir: &Path) -> PathBuf {
     match read_small(&dir.join("commondir")) {
@@ -764,9 +840,12 @@ fn place(
         buf: Vec::new(),
         unread: 0,
         tick,
+        hasher: std::collections::hash_map::RandomState::new(),
     };
     let empty: Places = Rc::new(Vec::new());
-    for (i, (oid, c)) in order.iter().enumerate() {
+    // Commit and parent pairs compared, and the work spent comparing found objects' places.
+    let (mut pairs, mut compared) = (0u64, 0u64);
+    'commits: for (i, (oid, c)) in order.iter().enumerate() {
         if i % 256 == 0 {
             tick();
             if Instant::now() >= deadline {
@@ -776,23 +855,39 @@ fn place(
         }
         let mine = walk.places(c.tree, 0);
         for (o, p) in mine.iter() {
-            out.paths.entry(*o).or_insert_with(|| p.clone());
+            out.paths.entry(*o).or_insert_with(|| p.render());
         }
         // What differs from each parent (from nothing for a root commit).
-        let theirs: Vec<Places> = if c.parents.is_empty() {
-            vec![Rc::clone(&empty)]
+        let sides: Vec<Option<ObjectId>> = if c.parents.is_empty() {
+            vec![None]
         } else {
             c.parents
                 .iter()
-                .map(|p| {
-                    commits
-                        .get(p)
-                        .map_or_else(|| Rc::clone(&empty), |pc| walk.places(pc.tree, 0))
-                })
+                .map(|p| commits.get(p).map(|pc| pc.tree))
                 .collect()
         };
-        for t in &theirs {
-            for (o, _) in changed(&mine, t) {
+        for side in sides {
+            pairs += 1;
+            if pairs.is_multiple_of(TICK) {
+                tick();
+                if Instant::now() >= deadline {
+                    out.cut = true;
+                    break 'commits;
+                }
+            }
+            let theirs = side.map_or_else(|| Rc::clone(&empty), |t| walk.places(t, 0));
+            if mine.is_empty() && theirs.is_empty() {
+                continue;
+            }
+            // Only found objects cost anything here: bounded, so a planted history cannot make
+            // a hit take much longer than a miss.
+            let cost = (mine.len() * theirs.len() + mine.len() + theirs.len()) as u64;
+            if compared + cost > MAX_COMPARED {
+                out.unlisted = true;
+                continue;
+            }
+            compared += cost;
+            for o in changed(&mine, &theirs) {
                 let list = out.commits.entry(o).or_default();
                 if list.len() < MAX_COMMITS && !list.contains(oid) {
                     list.push(**oid);
@@ -802,23 +897,63 @@ fn place(
     }
     for t in roots {
         for (o, p) in walk.places(t, 0).iter() {
-            out.paths.entry(*o).or_insert_with(|| p.clone());
+            out.paths.entry(*o).or_insert_with(|| p.render());
         }
     }
     out.unread += walk.unread;
     out
 }
 
+/// A found object's path below a tree: its first name, then the path below that name (shared
+/// with the subtree's own places). A deep tree of long names costs one small node per level
+/// and found object, never a copy of the path at each level: a planted tree of 256 levels of
+/// 64 names of 4 KiB each would otherwise build gigabytes of paths, and only when the object
+/// below held a value.
+struct Node {
+    name: Rc<str>,
+    rest: Option<Rc<Node>>,
+    /// A keyed hash of the whole path: two places are the same when object and key are.
+    key: u64,
+}
+
+impl Node {
+    /// The path, `/`-separated, cut at [`MAX_PATH`] bytes (then ending `...`).
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let mut node = Some(self);
+        while let Some(n) = node {
+            if !out.is_empty() {
+                out.push('/');
+            }
+            out.push_str(&n.name);
+            if out.len() > MAX_PATH {
+                let mut cut = MAX_PATH;
+                while !out.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.truncate(cut);
+                out.push_str("...");
+                break;
+            }
+            node = n.rest.as_deref();
+        }
+        out
+    }
+}
+
 /// The found objects below a tree, each with its path in it.
-type Places = Rc<Vec<(ObjectId, String)>>;
+type Places = Rc<Vec<(ObjectId, Rc<Node>)>>;
 
 /// The objects one side has at a path and the other has not there, both ways.
-fn changed(a: &Places, b: &Places) -> Vec<(ObjectId, String)> {
+fn changed(a: &Places, b: &Places) -> Vec<ObjectId> {
     if Rc::ptr_eq(a, b) {
         return Vec::new();
     }
-    let mut out: Vec<(ObjectId, String)> = a.iter().filter(|x| !b.contains(x)).cloned().collect();
-    out.extend(b.iter().filter(|x| !a.contains(x)).cloned());
+    let has = |side: &Places, (o, n): &(ObjectId, Rc<Node>)| {
+        side.iter().any(|(p, m)| p == o && m.key == n.key)
+    };
+    let mut out: Vec<ObjectId> = a.iter().filter(|x| !has(b, x)).map(|x| x.0).collect();
+    out.extend(b.iter().filter(|x| !has(a, x)).map(|x| x.0));
     out
 }
 
@@ -831,6 +966,8 @@ struct TreeWalk<'a> {
     unread: u64,
     /// Called every [`TICK`] trees read.
     tick: &'a dyn Fn(),
+    /// Keys the path hashes (a planted name cannot be chosen to collide).
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl TreeWalk<'_> {
@@ -843,7 +980,8 @@ impl TreeWalk<'_> {
         if (self.memo.len() as u64).is_multiple_of(TICK) {
             (self.tick)();
         }
-        let mut here: Vec<(ObjectId, String, bool)> = Vec::new();
+        use std::hash::BuildHasher as _;
+        let mut here: Vec<(ObjectId, Rc<str>, bool)> = Vec::new();
         match self.db.try_find(&tree, &mut self.buf) {
             Ok(Some(d)) if d.kind == gix_object::Kind::Tree => {
                 for e in gix_object::TreeRefIter::from_bytes(d.data, gix_hash::Kind::Sha1) {
@@ -851,7 +989,7 @@ impl TreeWalk<'_> {
                         self.unread += 1;
                         break;
                     };
-                    let name = String::from_utf8_lossy(e.filename).into_owned();
+                    let name: Rc<str> = String::from_utf8_lossy(e.filename).into();
                     here.push((e.oid.to_owned(), name, e.mode.is_tree()));
                 }
             }
@@ -861,14 +999,26 @@ impl TreeWalk<'_> {
         let mut out = Vec::new();
         for (oid, name, is_tree) in here {
             if self.wanted.contains(&oid) && out.len() < MAX_PLACES {
-                out.push((oid, name.clone()));
+                let key = self.hasher.hash_one((&*name, None::<u64>));
+                let node = Node {
+                    name: Rc::clone(&name),
+                    rest: None,
+                    key,
+                };
+                out.push((oid, Rc::new(node)));
             }
             if is_tree && depth < MAX_TREE_DEPTH {
                 for (o, p) in self.places(oid, depth + 1).iter() {
                     if out.len() >= MAX_PLACES {
                         break;
                     }
-                    out.push((*o, format!("{name}/{p}")));
+                    let key = self.hasher.hash_one((&*name, Some(p.key)));
+                    let node = Node {
+                        name: Rc::clone(&name),
+                        rest: Some(Rc::clone(p)),
+                        key,
+                    };
+                    out.push((*o, Rc::new(node)));
                 }
             }
         }

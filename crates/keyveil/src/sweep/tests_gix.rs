@@ -236,3 +236,270 @@ fn a_named_pipe_swapped_in_after_the_check_does_not_block_the_sweep() {
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(found.is_empty(), "{found:?}");
 }
+
+/// `git mktree` of `lines` (`MODE TYPE OID\tNAME`) in `repo`: the tree's id.
+fn mktree(repo: &Path, lines: &str) -> String {
+    let mut c = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["mktree"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A blob that holds a value below 64 levels of trees, each of 32 entries named with 1,000
+/// bytes that all point to the next level: the blob is found and placed, with a path cut at
+/// [`git::MAX_PATH`] bytes. The walk used to copy every path in full at every level (here
+/// about 64 MiB of strings, and gigabytes with 256 levels of 4 KiB names), and only when the
+/// blob below held a value: the broker's memory answered the planted guess, or it died.
+#[test]
+fn a_value_below_deep_trees_of_long_names_is_placed_in_bounded_memory() {
+    let v = value("d");
+    let top = tempfile::tempdir().unwrap();
+    let p = top.path().join("r");
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main"]);
+    write(&p.join("guess.txt"), format!("{v}\n").as_bytes());
+    let blob = git(&p, &["hash-object", "-w", "guess.txt"]);
+    std::fs::remove_file(p.join("guess.txt")).unwrap();
+    let mut tree = mktree(&p, &format!("100644 blob {blob}\tguess.txt\n"));
+    for level in 0..64 {
+        let lines: String = (0..32)
+            .map(|i| {
+                let name = format!("{level:02}{i:02}{}", "n".repeat(996));
+                format!("040000 tree {tree}\t{name}\n")
+            })
+            .collect();
+        tree = mktree(&p, &lines);
+    }
+    let commit = git(&p, &["commit-tree", &tree, "-m", "deep"]);
+    git(&p, &["update-ref", "refs/heads/main", &commit]);
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    let hits = git_hits(&r, "V");
+    let placed = hits
+        .iter()
+        .find_map(|l| match l {
+            super::Location::Git {
+                object_type,
+                path: Some(path),
+                commits,
+                ..
+            } if object_type == "blob" => Some((path, commits)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{:?} {:?}", r.findings, r.notes));
+    assert!(placed.0.starts_with("6300"), "{}", &placed.0[..16]);
+    assert!(placed.0.len() <= git::MAX_PATH + 3, "{}", placed.0.len());
+    assert!(placed.0.ends_with("..."));
+    assert_eq!(placed.1, &vec![commit]);
+}
+
+/// Garbage planted in the object store (an index and pack of noise, an empty pair, a
+/// multi-pack index of noise, a folder or a corrupt file named as a loose object, a file of
+/// an odd name in a fan-out folder) stops nothing: the loose and the packed value are found.
+#[test]
+fn garbage_planted_in_the_object_store_hides_nothing() {
+    let (v, w) = (value("l"), value("p"));
+    for what in [
+        "idx",
+        "midx",
+        "loosedir",
+        "loosefile",
+        "looseodd",
+        "emptyidx",
+    ] {
+        let top = tempfile::tempdir().unwrap();
+        let p = repo_with(top.path(), &v, &w);
+        let pack = p.join(".git/objects/pack");
+        match what {
+            "idx" => {
+                write(
+                    &pack.join(format!("pack-{}.idx", "0".repeat(40))),
+                    &[0xffu8; 4096],
+                );
+                write(
+                    &pack.join(format!("pack-{}.pack", "0".repeat(40))),
+                    b"PACK garbage",
+                );
+            }
+            "emptyidx" => {
+                write(&pack.join(format!("pack-{}.idx", "0".repeat(40))), b"");
+                write(&pack.join(format!("pack-{}.pack", "0".repeat(40))), b"");
+            }
+            "midx" => write(&pack.join("multi-pack-index"), &[0x4du8; 4096]),
+            "loosedir" => {
+                std::fs::create_dir_all(p.join(".git/objects/00").join("0".repeat(38))).unwrap();
+            }
+            "loosefile" => write(&p.join(".git/objects/00").join("0".repeat(38)), b"garbage"),
+            _ => write(&p.join(".git/objects/00").join("zz"), b"garbage"),
+        }
+        let r = sweep_within(&p, &[("V", &v), ("W", &w)], &[]).expect("blocked");
+        assert!(!git_hits(&r, "V").is_empty(), "{what}: {:?}", r.notes);
+        assert!(!git_hits(&r, "W").is_empty(), "{what}: {:?}", r.notes);
+    }
+}
+
+/// A repository 30 folders below the path swept, deeper than the search for repositories goes:
+/// the report says folders were left unsearched and is incomplete (it used to say nothing, so
+/// a value committed there and packed as a delta passed unseen and unmentioned).
+#[test]
+fn a_repository_too_deep_to_search_is_named_in_a_note() {
+    let (v, w) = (value("l"), value("p"));
+    let top = tempfile::tempdir().unwrap();
+    let mut deep = top.path().to_path_buf();
+    for _ in 0..30 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    repo_with(&deep, &v, &w);
+    let r = sweep_within(top.path(), &[("V", &v), ("W", &w)], &[]).expect("the sweep blocked");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("not searched for git repositories")),
+        "{:?}",
+        r.notes
+    );
+    assert!(r.truncated);
+}
+
+/// A blob that holds a value at 64 paths in one tree and at 64 others in a second, and a
+/// commit of the first tree with 600 parents of the second: listing the commits that add or
+/// remove it compared 600 × 64 × 64 places, and only for a hit (a miss compares nothing), so
+/// a planted history of many such commits made a hit hours longer than a miss, in an elapsed
+/// time the audit shows. The work is bounded: the blob is still found and placed, and a note
+/// says some commits are not listed.
+#[test]
+fn listing_the_commits_of_a_found_object_is_bounded_work() {
+    let v = value("l");
+    let top = tempfile::tempdir().unwrap();
+    let p = top.path().join("r");
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main"]);
+    write(&p.join("guess.txt"), format!("{v}\n").as_bytes());
+    let blob = git(&p, &["hash-object", "-w", "guess.txt"]);
+    std::fs::remove_file(p.join("guess.txt")).unwrap();
+    let tree = |prefix: &str| {
+        let lines: String = (0..64)
+            .map(|i| format!("100644 blob {blob}\t{prefix}{i:02}\n"))
+            .collect();
+        mktree(&p, &lines)
+    };
+    let (a, b) = (tree("a"), tree("b"));
+    let parents: Vec<String> = (0..600)
+        .map(|i| git(&p, &["commit-tree", &b, "-m", &format!("side {i}")]))
+        .collect();
+    let mut args = vec!["commit-tree".to_string(), a, "-m".into(), "many".into()];
+    for q in &parents {
+        args.push("-p".into());
+        args.push(q.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tip = git(&p, &args);
+    git(&p, &["update-ref", "refs/heads/main", &tip]);
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    assert!(
+        git_hits(&r, "V").iter().any(|l| matches!(
+            l,
+            super::Location::Git { object_type, path: Some(_), .. } if object_type == "blob"
+        )),
+        "{:?} {:?}",
+        r.findings,
+        r.notes
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("too intricate")),
+        "{:?}",
+        r.notes
+    );
+}
+
+/// A submodule whose working tree was removed (`git submodule deinit`, then the folder
+/// deleted) keeps its objects in the parent's `.git/modules/NAME`, which the search for
+/// repositories never entered (it skips `.git`): a value committed there was read only as raw
+/// file bytes (not at all once packed as a delta). It is read as a repository, once.
+#[test]
+fn a_submodule_left_only_under_dot_git_modules_is_read() {
+    let v = value("s");
+    let top = tempfile::tempdir().unwrap();
+    let sub = top.path().join("sub-src");
+    std::fs::create_dir_all(&sub).unwrap();
+    git(&sub, &["init", "-q", "-b", "main"]);
+    write(&sub.join("k.txt"), format!("{v}\n").as_bytes());
+    git(&sub, &["add", "."]);
+    git(&sub, &["commit", "-q", "-m", "k"]);
+    let p = top.path().join("r");
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main"]);
+    git(
+        &p,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            sub.to_str().unwrap(),
+            "m",
+        ],
+    );
+    git(&p, &["commit", "-q", "-m", "sub"]);
+    assert!(p.join(".git/modules/m/objects").is_dir());
+    std::fs::remove_dir_all(&sub).unwrap();
+    // With its working tree there, the submodule is read once, under its working tree.
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    let repos: Vec<&str> = git_hits(&r, "V")
+        .iter()
+        .filter_map(|l| match l {
+            super::Location::Git { repo, .. } => Some(repo.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!repos.is_empty(), "{:?}", r.findings);
+    assert!(repos.iter().all(|r| r.ends_with("/m")), "{repos:?}");
+    git(&p, &["submodule", "deinit", "-q", "-f", "m"]);
+    let _ = std::fs::remove_dir_all(p.join("m"));
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    assert!(
+        git_hits(&r, "V").iter().any(|l| matches!(
+            l,
+            super::Location::Git { repo, .. } if repo.ends_with(".git/modules/m")
+        )),
+        "{:?} {:?}",
+        r.findings,
+        r.notes
+    );
+}
+
+/// A SHA-256 repository (its loose objects' names and its packs' indexes mean nothing to a
+/// SHA-1 reader) holding a value: the report says it was not read and is incomplete. It used
+/// to say nothing: its objects were passed over in silence.
+#[test]
+fn a_sha256_repository_is_named_as_not_read() {
+    let v = value("h");
+    let top = tempfile::tempdir().unwrap();
+    let p = top.path().join("r");
+    std::fs::create_dir_all(&p).unwrap();
+    git(&p, &["init", "-q", "-b", "main", "--object-format=sha256"]);
+    write(&p.join("k.txt"), format!("{v}\n").as_bytes());
+    git(&p, &["add", "."]);
+    git(&p, &["commit", "-q", "-m", "k"]);
+    std::fs::remove_file(p.join("k.txt")).unwrap();
+    git(&p, &["commit", "-q", "-a", "-m", "gone"]);
+    let r = sweep_within(&p, &[("V", &v)], &[]).expect("the sweep blocked");
+    assert!(
+        r.notes.iter().any(|n| n.contains("SHA-256")),
+        "{:?} {:?}",
+        r.findings,
+        r.notes
+    );
+    assert!(r.truncated);
+}
