@@ -445,9 +445,13 @@ fn a_fake_broker_at_the_socket_gets_no_factor_and_no_approval() {
         .filter_map(|r| r["op"].as_str().map(str::to_owned))
         .collect();
     assert!(
-        // `status` (approve asks whether the vault is locked first) carries nothing either.
-        ops.iter()
-            .all(|o| o == "requests" || o == "factor_challenge" || o == "status"),
+        // `status` (approve asks whether the vault is locked first) and `policy_show` (approve
+        // asks whether the environment hides names, to reveal them after the factor) carry
+        // nothing either.
+        ops.iter().all(|o| o == "requests"
+            || o == "factor_challenge"
+            || o == "status"
+            || o == "policy_show"),
         "the CLI sent {ops:?} to a broker that never proved itself"
     );
     agent.leave();
