@@ -426,19 +426,31 @@ pub(crate) async fn revoke(
         return Ok(());
     }
     let bao = Bao::new(spec, logins)?;
-    let (status, v) = bao
-        .call(
-            Method::PUT,
-            "sys/leases/revoke",
-            Some(json!({ "lease_id": lease_id })),
-            "revoke the lease",
-        )
-        .await?;
-    let gone = status == 400 && errors_of(status, &v).contains("invalid lease");
-    if (200..300).contains(&status) || gone {
-        Ok(())
-    } else {
-        Err(bao.fail("revoke the lease", errors_of(status, &v)))
+    // A database's revocation statements can meet a concurrent change of its catalog
+    // (PostgreSQL: "tuple concurrently updated" when roles are created or dropped at the same
+    // time): the lease stays and the same call succeeds a moment later, so it is tried again
+    // (at most 4 times, 250 ms apart) before the failure is reported.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (status, v) = bao
+            .call(
+                Method::PUT,
+                "sys/leases/revoke",
+                Some(json!({ "lease_id": lease_id })),
+                "revoke the lease",
+            )
+            .await?;
+        let why = errors_of(status, &v);
+        let gone = status == 400 && why.contains("invalid lease");
+        if (200..300).contains(&status) || gone {
+            return Ok(());
+        }
+        if attempt < 4 && why.contains("concurrently updated") {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            continue;
+        }
+        return Err(bao.fail("revoke the lease", why));
     }
 }
 
