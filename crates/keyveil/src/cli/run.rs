@@ -21,7 +21,55 @@ pub(crate) async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
         output: OutputMode::Stream,
     };
     let mut c = Connection::open(paths).await?;
+    // An unlock restarts the broker: a run that waited for the locked vault is asked again, as
+    // the human's `keyveil approve` expects (it unlocks, then approves the same call).
+    for _ in 0..REASKS {
+        c.send(&Request::Run(req.clone())).await?;
+        match relay(&mut c).await? {
+            Relayed::Exit(code) => return Ok(code),
+            Relayed::BrokerRestarted => {
+                note("keyveil: the vault is being unlocked; asking again");
+                c = reconnect(paths).await?;
+            }
+        }
+    }
     c.send(&Request::Run(req)).await?;
+    match relay(&mut c).await? {
+        Relayed::Exit(code) => Ok(code),
+        Relayed::BrokerRestarted => bail!(
+            "the broker stopped {} times while this run waited for the locked vault\nhint: run the command again once `keyveil status` says the vault is unlocked",
+            REASKS + 1
+        ),
+    }
+}
+
+/// How many times a run that waited for the locked vault is asked again after the broker
+/// restarted (an unlock restarts it).
+const REASKS: usize = 2;
+
+/// How a relay ended: the command's exit code, or the broker stopped while the run waited for
+/// the locked vault (the human's unlock restarts it).
+enum Relayed {
+    Exit(i32),
+    BrokerRestarted,
+}
+
+/// A connection to the broker that the unlock started, waiting up to 30 s for its socket (then
+/// starting one as any command does).
+async fn reconnect(paths: &Paths) -> Result<Connection> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Some(c) = Connection::open_existing(paths).await {
+            return Ok(c);
+        }
+    }
+    Connection::open(paths).await
+}
+
+/// Relays one run's frames to our stdout and stderr until it ends.
+async fn relay(c: &mut Connection) -> Result<Relayed> {
+    let mut waited_locked = false;
     // Output frames go straight to our stdout/stderr with plain blocking writes: no buffer in
     // between (std's stdout is line-buffered; tokio's copies every chunk to a blocking thread).
     // This future runs on the thread that called `block_on`, so a slow reader of our stdout
@@ -32,19 +80,21 @@ pub(crate) async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
         match ev {
             Event::Stdout(b) => {
                 if out.write_all(&b)? == Written::ReaderGone {
-                    return Ok(EXIT_BROKEN_PIPE);
+                    return Ok(Relayed::Exit(EXIT_BROKEN_PIPE));
                 }
             }
             Event::Stderr(b) => {
                 if err.write_all(&b)? == Written::ReaderGone {
-                    return Ok(EXIT_BROKEN_PIPE);
+                    return Ok(Relayed::Exit(EXIT_BROKEN_PIPE));
                 }
             }
             Event::Reply(Reply::Pending {
                 request_id,
                 is_final,
+                vault_locked,
                 ..
             }) => {
+                waited_locked |= vault_locked;
                 if is_final {
                     return Err(Exit {
                         code: 5,
@@ -89,12 +139,21 @@ pub(crate) async fn run(paths: &Paths, a: RunArgs) -> Result<i32> {
                         r.grant_id
                     ));
                 }
-                return Ok(r.exit_code);
+                return Ok(Relayed::Exit(r.exit_code));
+            }
+            Event::Reply(Reply::Error { code, .. })
+                if waited_locked && code == keyveil_proto::ErrorCode::Failed =>
+            {
+                // "the broker stopped while request #N waited for the locked vault".
+                return Ok(Relayed::BrokerRestarted);
             }
             Event::Reply(other) => {
                 expect_ok(other)?;
             }
         }
+    }
+    if waited_locked {
+        return Ok(Relayed::BrokerRestarted);
     }
     bail!("the broker closed the connection before the command finished")
 }

@@ -203,3 +203,37 @@ fn a_no_at_the_full_card_approves_nothing() {
     assert_eq!(s["locked"], false, "{s}");
     assert_eq!(s["live_grants"], 0, "{s}");
 }
+
+/// `keyveil run` itself asks again after the unlock restarts the broker: one call of our own
+/// CLI, one passphrase entry at `approve`, and the command runs (found by a new-user trial: the
+/// run exited with "the broker stopped" and the approve waited 60 s for a second call).
+#[test]
+fn keyveil_run_asks_again_by_itself_after_the_unlock() {
+    let h = Home::new();
+    let value = token();
+    h.set("demo", "API_TOKEN", &value);
+    h.ok(&["lock"]);
+    std::thread::scope(|s| {
+        let run = s.spawn(|| h.run(CMD));
+        let id = wait_locked_ask(&h);
+        let o = h.run_stdin(&["approve", "--passphrase-stdin"], &format!("{PASS}\ny\n"));
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("request #{id} (asked while the vault is locked)")),
+            "{err}"
+        );
+        let out = run.join().unwrap();
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        assert!(stdout.contains("raw=[REDACTED:API_TOKEN]"), "{stdout}");
+        assert!(
+            text(&out.stderr).contains("asking again"),
+            "{}",
+            text(&out.stderr)
+        );
+        for enc in encodings(&value) {
+            assert!(!contains(&out.stdout, &enc) && !contains(&out.stderr, &enc));
+        }
+    });
+}
