@@ -35,46 +35,140 @@ use super::state::Inner;
 
 /// Whole secret values, matched exactly (raw bytes), each replaced by `[REDACTED:NAME]`
 /// (the name as clients see it: an alias where the policy hides names). Leftmost match first;
-/// at one position the longest value wins. Holds the values in plain form (wiped on drop).
+/// at one position the longest value wins.
+///
+/// It holds no value in plain form (the broker keeps values sealed in memory, `docs/hardening.md`
+/// §1): per value only its length, a polynomial hash modulo 2^61 − 1 under a random base (to
+/// find candidate windows in one pass per length) and a SHA-256 keyed by a random key (to
+/// confirm a candidate). Both keys are made per build and never leave the broker; the values are
+/// not guessable (80 bits or more), so neither digest can be searched back to a value.
 pub(crate) struct WholeValues {
-    values: Vec<(String, Zeroizing<Vec<u8>>)>,
+    key: Zeroizing<[u8; 32]>,
+    base: u64,
+    by_len: std::collections::BTreeMap<usize, ByHash>,
 }
+
+/// Values of one length by rolling hash: their keyed digests and names.
+type ByHash = std::collections::HashMap<u64, Vec<([u8; 32], String)>>;
 
 impl std::fmt::Debug for WholeValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WholeValues")
-            .field("values", &self.values.len())
+            .field("lengths", &self.by_len.len())
             .finish_non_exhaustive()
     }
 }
 
+/// The Mersenne prime 2^61 − 1, the rolling hash's modulus.
+const P61: u64 = (1 << 61) - 1;
+
+fn mulmod(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    let lo = (r as u64) & P61;
+    let hi = (r >> 61) as u64;
+    let s = lo + hi;
+    if s >= P61 { s - P61 } else { s }
+}
+
+fn addmod(a: u64, b: u64) -> u64 {
+    let s = a + b;
+    if s >= P61 { s - P61 } else { s }
+}
+
 impl WholeValues {
+    /// A matcher of `values` (name, bytes); the bytes are only hashed.
+    pub(crate) fn new(values: &[Secret]) -> WholeValues {
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut b = [0u8; 8];
+        // The OS random source failing leaves zero keys: the matcher still works, its digests
+        // are then unkeyed (no value is stored either way).
+        let _ = getrandom::fill(key.as_mut());
+        let _ = getrandom::fill(&mut b);
+        let base = (u64::from_le_bytes(b) % (P61 - 256)) + 256;
+        let mut m = WholeValues {
+            key,
+            base,
+            by_len: Default::default(),
+        };
+        for (name, v) in values {
+            if v.is_empty() {
+                continue;
+            }
+            let h = m.hash(v);
+            let d = m.digest(v);
+            m.by_len
+                .entry(v.len())
+                .or_default()
+                .entry(h)
+                .or_default()
+                .push((d, name.clone()));
+        }
+        m
+    }
+
+    fn hash(&self, w: &[u8]) -> u64 {
+        w.iter()
+            .fold(0, |h, &x| addmod(mulmod(h, self.base), u64::from(x) + 1))
+    }
+
+    fn digest(&self, w: &[u8]) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.key.as_slice());
+        h.update(w);
+        h.finalize().into()
+    }
+
+    /// Every match in `input`: (start, length, name).
+    fn matches<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str)> {
+        let mut found = Vec::new();
+        for (&len, table) in &self.by_len {
+            if len > input.len() {
+                continue;
+            }
+            // base^(len-1): what the window's first byte weighs when it leaves.
+            let top = (1..len).fold(1u64, |p, _| mulmod(p, self.base));
+            let mut h = self.hash(input.get(..len).unwrap_or_default());
+            let mut at = 0usize;
+            loop {
+                if let Some(cands) = table.get(&h) {
+                    let w = input.get(at..at + len).unwrap_or_default();
+                    let d = self.digest(w);
+                    if let Some((_, name)) = cands.iter().find(|(x, _)| *x == d) {
+                        found.push((at, len, name.as_str()));
+                    }
+                }
+                let (Some(&out), Some(&inc)) = (input.get(at), input.get(at + len)) else {
+                    break;
+                };
+                let without = addmod(h, P61 - mulmod(u64::from(out) + 1, top));
+                h = addmod(mulmod(without, self.base), u64::from(inc) + 1);
+                at += 1;
+            }
+        }
+        // Leftmost first, the longest at one position.
+        found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        found
+    }
+
     /// `input` with every whole value masked, and how many were.
     pub(crate) fn redact(&self, input: &[u8]) -> (Vec<u8>, usize) {
+        let found = self.matches(input);
+        if found.is_empty() {
+            return (input.to_vec(), 0);
+        }
         let mut out = Vec::with_capacity(input.len());
         let (mut at, mut n) = (0usize, 0usize);
-        loop {
-            let rest = input.get(at..).unwrap_or_default();
-            let mut best: Option<(usize, usize, &str)> = None;
-            for (name, v) in &self.values {
-                if v.len() > rest.len() {
-                    continue;
-                }
-                if let Some(p) = memchr::memmem::find(rest, v)
-                    && best.is_none_or(|(bp, bl, _)| p < bp || (p == bp && v.len() > bl))
-                {
-                    best = Some((p, v.len(), name));
-                }
+        for (p, len, name) in found {
+            if p < at {
+                continue;
             }
-            let Some((p, len, name)) = best else {
-                out.extend_from_slice(rest);
-                return (out, n);
-            };
-            out.extend_from_slice(rest.get(..p).unwrap_or_default());
+            out.extend_from_slice(input.get(at..p).unwrap_or_default());
             out.extend_from_slice(format!("[REDACTED:{name}]").as_bytes());
-            at += p + len;
+            at = p + len;
             n += 1;
         }
+        out.extend_from_slice(input.get(at..).unwrap_or_default());
+        (out, n)
     }
 }
 
@@ -91,7 +185,7 @@ impl std::fmt::Debug for CardRedactor {
 }
 
 /// A secret value for the card matcher: what the marker names and the bytes.
-type Secret = (String, Zeroizing<Vec<u8>>);
+pub(crate) type Secret = (String, Zeroizing<Vec<u8>>);
 
 impl Inner {
     /// The matcher of every whole value that is secret from the agent, built again when the set
@@ -103,10 +197,8 @@ impl Inner {
         {
             return Some(c.matcher.clone());
         }
-        let mut values = self.card_secrets();
-        // Longest first, so that at one position the longest value is found first too.
-        values.sort_by_key(|v| std::cmp::Reverse(v.1.len()));
-        let matcher = Arc::new(WholeValues { values });
+        let values = self.card_secrets();
+        let matcher = Arc::new(WholeValues::new(&values));
         self.card_redactor = Some(CardRedactor {
             key,
             matcher: matcher.clone(),
@@ -228,4 +320,46 @@ pub(crate) fn redact_card(
     let mut v = serde_json::to_value(&card).ok()?;
     redact_json(r, &mut v);
     serde_json::from_value(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(name: &str, v: &[u8]) -> Secret {
+        (name.to_owned(), Zeroizing::new(v.to_vec()))
+    }
+
+    #[test]
+    fn whole_values_only_leftmost_then_longest() {
+        let m = WholeValues::new(&[
+            secret("A", b"q7Rt2vX9kLp3Zw8N"),
+            secret("B", b"q7Rt2vX9kLp3Zw8Nab1"),
+        ]);
+        let (out, n) = m
+            .redact(b"x q7Rt2vX9kLp3Zw8Nab1 y q7Rt2vX9kLp3Zw8N z q7Rt2vX9kLp3Zw8 q7Rt2vX9kLp3Zw8N");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "x [REDACTED:B] y [REDACTED:A] z q7Rt2vX9kLp3Zw8 [REDACTED:A]"
+        );
+        assert_eq!(n, 3);
+        // A part of a value, or nothing at all, is left as it is.
+        assert_eq!(m.redact(b"Rt2vX9kLp3Zw8Nab").1, 0);
+        assert_eq!(m.redact(b"").1, 0);
+    }
+
+    #[test]
+    fn the_matcher_holds_no_value() {
+        let v = b"q7Rt2vX9kLp3Zw8Nab1";
+        let m = WholeValues::new(&[secret("A", v)]);
+        let shown = format!("{m:?}");
+        assert!(!shown.contains("q7Rt2"));
+        for table in m.by_len.values() {
+            for cands in table.values() {
+                for (d, _) in cands {
+                    assert!(!d.windows(4).any(|w| v.windows(4).any(|x| x == w)));
+                }
+            }
+        }
+    }
 }
