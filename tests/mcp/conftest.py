@@ -94,7 +94,8 @@ class Home:
         return p
 
     def approve(self, request_id: int, *extra: str) -> str:
-        return self.cli("approve", str(request_id), "--passphrase-stdin", *extra, stdin=PASSPHRASE + "\n").stdout
+        # The "y" answers the confirmation asked after the factor where names are hidden.
+        return self.cli("approve", str(request_id), "--passphrase-stdin", *extra, stdin=PASSPHRASE + "\ny\n").stdout
 
     def server(self) -> StdioServerParameters:
         """Parameters for the SDK's stdio client: `keyveil mcp` behind a recording wrapper."""
