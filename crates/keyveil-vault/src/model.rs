@@ -57,7 +57,7 @@ pub struct VaultData {
 /// Where and when a sweep found copies of a variable's value (see
 /// [`VaultData::compromised`]). Kinds of place and counts only: the exact places went to the
 /// human who ran the sweep, never into the vault or a listing an agent can read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Compromise {
     /// When the sweep found it (UTC).
     pub found_at: jiff::Timestamp,
@@ -65,6 +65,14 @@ pub struct Compromise {
     pub kinds: Vec<String>,
     /// How many copies were found.
     pub copies: u64,
+    /// The value the variable held when the sweep found it, kept sealed once the variable is
+    /// rotated (a value stored after `found_at`) so that later sweeps still find its copies and
+    /// `--scrub-transcripts` can rewrite them: a scrub rewrites copies of a rotated value only,
+    /// never of a current one, whose rewritten copies would tell whoever planted guesses which
+    /// one was right. `None` for a dynamic variable and for marks written before this field
+    /// existed (omitted then, so older vaults re-encrypt byte for byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<SealedValue>,
 }
 
 /// Vault-wide settings. They decide what a granted child runs and where, so they live inside

@@ -39,6 +39,19 @@ const RECENT_SECONDS: u64 = 86_400;
 /// Default and largest [`op::Sweep::max_seconds`].
 const MAX_SECONDS: (u64, u64) = (600, 3600);
 
+/// The credential of a finding of a value a variable held when a sweep marked it compromised and
+/// that was replaced since (see [`keyveil_vault::Compromise::value`]).
+pub(crate) const FORMER: &str = "former";
+
+/// Whether `--scrub-transcripts` may rewrite copies of a finding's `credential`: a former value
+/// (replaced since it was found) or a minted credential (destroyed at its source by the
+/// containment that runs before the scrub). Never a current stored value or admin credential:
+/// a rewrite of only the transcripts that hold it would tell whoever planted guesses, one per
+/// transcript, which guess was right.
+pub(crate) fn scrubbable(credential: &str) -> bool {
+    credential == FORMER || credential == "minted"
+}
+
 /// What a redactor name stands for: `(environment, real name, shown name, credential,
 /// guessable)` (see [`guessable`]).
 pub(super) type Key = (String, String, String, &'static str, bool);
@@ -93,8 +106,8 @@ fn required_factor(broker: &Broker) -> OpResult<FactorKind> {
     }))
 }
 
-/// Every secret the broker holds, named `ENV/SHOWN` (`ENV/SHOWN#minted`, `ENV/SHOWN#admin`)
-/// for the redactor, with what each name stands for.
+/// Every secret the broker holds, named `ENV/SHOWN` (`ENV/SHOWN#minted`, `ENV/SHOWN#admin`,
+/// `ENV/SHOWN#former`) for the redactor, with what each name stands for.
 fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     let v = inner.vault()?;
     let mut out = Vec::new();
@@ -122,13 +135,28 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     };
     for (env, e) in &v.data().environments {
         for (name, var) in &e.variables {
-            if let Some(sealed) = &var.value
-                && let Ok(val) = sealed.open()
-            {
+            let current = var.value.as_ref().and_then(|s| s.open().ok());
+            if let Some(val) = &current {
                 add(env, name, "value", val.expose().as_bytes());
             }
             if let Some(d) = &var.dynamic {
                 add(env, name, "admin", d.admin.expose().as_bytes());
+            }
+            // The value a sweep found, if the variable was rotated since (a spent mark) and the
+            // value really changed.
+            let former = v
+                .data()
+                .compromised
+                .get(&format!("{env}/{name}"))
+                .filter(|m| var.rotated_at.is_some_and(|r| r > m.found_at))
+                .and_then(|m| m.value.as_ref())
+                .and_then(|s| s.open().ok());
+            if let Some(old) = former
+                && current
+                    .as_ref()
+                    .is_none_or(|c| c.expose().as_bytes() != old.expose().as_bytes())
+            {
+                add(env, name, FORMER, old.expose().as_bytes());
             }
         }
     }
@@ -200,12 +228,35 @@ pub(super) fn redactor(
     broker: &Broker,
     event: &str,
 ) -> OpResult<(crate::redact::Redactor, BTreeMap<String, Key>)> {
+    let (redactor, keys, _) = redactors(broker, event, false)?;
+    Ok((redactor, keys))
+}
+
+/// [`redactor`], and with `scrub` the scrub's: only the secrets a scrub may rewrite
+/// ([`scrubbable`]), each under its marker `ENV/SHOWN`. Both are made from one read of the
+/// broker's state, before containment destroys the minted credentials.
+fn redactors(
+    broker: &Broker,
+    event: &str,
+    scrub: bool,
+) -> OpResult<(
+    crate::redact::Redactor,
+    BTreeMap<String, Key>,
+    Option<crate::redact::Redactor>,
+)> {
     let mut inner = broker.lock();
     inner.audit_ready(event)?;
     let (secrets, keys) = secrets(&inner)?;
+    drop(inner);
     let redactor =
         crate::redact::Redactor::new(secrets.iter().map(|(k, v)| (k.clone(), v.as_slice())));
-    Ok((redactor, keys))
+    let scrubber = scrub.then(|| {
+        crate::redact::Redactor::new(secrets.iter().filter_map(|(k, v)| {
+            let (env, _, shown, what, _) = keys.get(k)?;
+            scrubbable(what).then(|| (format!("{env}/{shown}"), v.as_slice()))
+        }))
+    });
+    Ok((redactor, keys, scrubber))
 }
 
 /// Replaces the redactor's names in `findings` by environment, shown name and credential.
@@ -301,17 +352,11 @@ async fn sweep_with(
 ) -> OpResult<op::SweepReply> {
     let plan = plan_of(&req)?;
     let (key, nonce) = authorize(broker, &req, &plan, digest).await?;
-    let (redactor, keys) = redactor(broker, "sweep")?;
-    let run_plan = plan.clone();
     let scrub = req.contain && req.scrub_transcripts;
-    let (mut report, scrubbed) = tokio::task::spawn_blocking(move || {
-        let report = crate::sweep::sweep_with(&run_plan, &redactor, progress.as_deref());
-        let scrubbed = scrub.then(|| {
-            let (files, left) =
-                crate::sweep::scrub::targets(&report.findings, run_plan.home.as_deref());
-            (crate::sweep::scrub::scrub(&files, &redactor), left)
-        });
-        (report, scrubbed)
+    let (redactor, keys, scrubber) = redactors(broker, "sweep", scrub)?;
+    let run_plan = plan.clone();
+    let mut report = tokio::task::spawn_blocking(move || {
+        crate::sweep::sweep_with(&run_plan, &redactor, progress.as_deref())
     })
     .await
     .map_err(|_| {
@@ -325,6 +370,11 @@ async fn sweep_with(
         contain(broker, &report.findings, &keys).await
     } else {
         Vec::new()
+    };
+    // After containment: the minted credentials it found are destroyed at their source.
+    let scrubbed = match scrubber {
+        Some(scrubber) => Some(scrub_after(&report.findings, plan.home.clone(), scrubber).await),
+        None => None,
     };
     // Nothing about what was found: the audit log is readable by every process of the user, an
     // agent included, and a place, a count or even "found or not" would answer "does one of my
@@ -358,6 +408,60 @@ async fn sweep_with(
         outcome.scrub_notes.extend(left);
     }
     seal(&key, &nonce, &outcome, SEALED_MIN)
+}
+
+/// Rewrites the host transcripts that hold a copy of a [`scrubbable`] secret among `findings`
+/// with `scrubber` (which knows only those), and says, in notes for the human's sealed report,
+/// which current values' copies it left and why.
+async fn scrub_after(
+    findings: &[Finding],
+    home: Option<PathBuf>,
+    scrubber: crate::redact::Redactor,
+) -> (crate::sweep::scrub::Scrubbed, Vec<String>) {
+    use crate::sweep::scrub;
+    let (_, mut left) = scrub::targets(findings, home.as_deref());
+    let of = |keep: bool| -> Vec<Finding> {
+        findings
+            .iter()
+            .filter(|f| scrubbable(&f.credential) == keep)
+            .cloned()
+            .collect()
+    };
+    let (files, _) = scrub::targets(&of(true), home.as_deref());
+    let (held, _) = scrub::targets(&of(false), home.as_deref());
+    let current: BTreeSet<(String, String, bool)> = findings
+        .iter()
+        .filter(|f| !scrubbable(&f.credential))
+        .filter(|f| match &f.location {
+            crate::sweep::Location::File { path, .. } => held.contains(&PathBuf::from(path)),
+            _ => false,
+        })
+        .map(|f| {
+            let admin = f.credential == "admin";
+            (f.environment.clone(), f.variable.clone(), admin)
+        })
+        .collect();
+    const WHY: &str = "the value is current, and rewriting only the transcripts that hold it would tell whoever planted guesses there which one was right";
+    for (env, var, admin) in current {
+        left.push(if admin {
+            format!(
+                "{env}/{var}: copies of its admin credential in host transcripts were not rewritten: {WHY}; replace it at its source and in keyveil (`keyveil dynamic add`), then delete those transcripts with the host closed"
+            )
+        } else {
+            format!(
+                "{env}/{var}: its copies in host transcripts were not rewritten: {WHY}; rotate it at its source and store the new value (`keyveil set {env} {var}`), then run `keyveil sweep --contain --scrub-transcripts` again: keyveil keeps the value it found sealed, and that scrub rewrites its copies"
+            )
+        });
+    }
+    let done = tokio::task::spawn_blocking(move || scrub::scrub(&files, &scrubber))
+        .await
+        .unwrap_or_else(|_| scrub::Scrubbed {
+            files: Vec::new(),
+            notes: vec![
+                "the scrub stopped unexpectedly; transcripts were left as they were".to_owned(),
+            ],
+        });
+    (done, left)
 }
 
 /// `sweep` with `progress`: the connection stays open and a [`Reply::SweepProgress`] frame
@@ -441,6 +545,10 @@ pub(super) async fn contain(
     // report has every one.
     let mut recent_seen: BTreeSet<(String, String)> = BTreeSet::new();
     for f in findings {
+        // A former value was replaced already: there is nothing of the variable's now to contain.
+        if f.credential == FORMER {
+            continue;
+        }
         let Some(real) = real_of.get(&(f.environment.as_str(), f.variable.as_str())) else {
             continue;
         };
@@ -479,16 +587,18 @@ pub(super) async fn contain(
                     c.grants_revoked += 1;
                 }
             }
-            c.dynamic = inner
+            let var = inner
                 .vault()
                 .ok()
                 .and_then(|v| v.data().environments.get(&env))
-                .and_then(|e| e.variables.get(&real))
-                .is_some_and(|v| v.dynamic.is_some());
+                .and_then(|e| e.variables.get(&real));
+            c.dynamic = var.is_some_and(|v| v.dynamic.is_some());
             let mark = Compromise {
                 found_at: now,
                 kinds: kinds.iter().cloned().collect(),
                 copies,
+                // Kept for later sweeps once the variable is rotated (`FORMER`).
+                value: var.and_then(|v| v.value.clone()),
             };
             match inner.vault_mut() {
                 Ok(v) => {

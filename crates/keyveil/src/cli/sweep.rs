@@ -38,9 +38,11 @@ pub(crate) struct SweepArgs {
     /// destroyed at their source), mark it compromised, record an incident in the audit log.
     #[arg(long)]
     pub contain: bool,
-    /// With --contain: rewrite every copy found in an agent host's text transcript (Codex,
-    /// Claude Code, Gemini, Copilot, VS Code/Cursor) to `[REDACTED:ENV/NAME]`. Giving this flag
-    /// with your factor is your confirmation; SQLite stores are left as they are (with a note).
+    /// With --contain: rewrite copies found in an agent host's text transcript (Codex, Claude
+    /// Code, Gemini, Copilot, VS Code/Cursor) to `[REDACTED:ENV/NAME]`: copies of values
+    /// rotated since a sweep found them, and of minted credentials (destroyed first). A current
+    /// value's copies are left with a note: rotate it, then scrub. Giving this flag with your
+    /// factor is your confirmation; SQLite stores are left as they are (with a note).
     #[arg(long, requires = "contain")]
     pub scrub_transcripts: bool,
     /// Do not sweep $HOME (its top-level files and dot-directories: agent transcripts, shell
@@ -410,6 +412,7 @@ fn line(f: &Finding) -> String {
     let what = match f.credential.as_str() {
         "minted" => " (a minted credential of a live grant)",
         "admin" => " (the dynamic variable's admin credential)",
+        "former" => " (the value it had when a sweep found it, replaced since)",
         _ => "",
     };
     let form = match f.form.as_str() {

@@ -99,7 +99,8 @@ pub(crate) struct Finding {
     /// [`Finding::environment`] and the name clients see (an alias where names are hidden).
     pub variable: String,
     /// Which secret: `value` (a stored value), `minted` (a dynamic credential held by a live
-    /// grant) or `admin` (a dynamic variable's administrative credential). Set by the broker.
+    /// grant), `admin` (a dynamic variable's administrative credential) or `former` (the value a
+    /// compromise mark kept of a variable rotated since). Set by the broker.
     #[serde(default)]
     pub credential: String,
     /// What kind of place: `codex`, `claude-code`, `gemini`, `copilot`, `vscode-cursor`,

@@ -29,6 +29,21 @@ pub(crate) fn sweep(h: &Home, args: &[&str]) -> std::process::Output {
     h.run_stdin(&a, &format!("{PASS}\n"))
 }
 
+/// What a human does before a scrub can rewrite a value's copies: `sweep --contain` (in an empty
+/// folder, `$HOME` included) finds and marks `ENV/NAME`, then a new value is stored. Returns the
+/// new value; the old one is from then on a former value the scrub may rewrite.
+pub(crate) fn contain_then_rotate(h: &Home, env: &str, name: &str) -> String {
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = sweep(h, &["--contain", "--json", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    // `rotated_at` must come after the mark's `found_at`.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let new = rand_value("rotated_");
+    h.set(env, name, &new);
+    new
+}
+
 /// The audit entries, parsed.
 pub(crate) fn audit(h: &Home) -> Vec<Value> {
     h.audit_text()

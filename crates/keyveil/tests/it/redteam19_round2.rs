@@ -212,8 +212,8 @@ fn scrub_never_rewrites_a_hosts_configuration_or_credential_file() {
         std::fs::write(c, &body).unwrap();
         before.push(body);
     }
+    crate::redteam19::contain_then_rotate(&h, "demo", "API_KEY");
     let empty = h.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
     let o = sweep(
         &h,
         &[

@@ -43,11 +43,13 @@ fn scrub_sweep(h: &Home) -> std::process::Output {
 }
 
 /// One `sweep --contain --scrub-transcripts` the human authorises, over transcripts the agent
-/// planted (guess k in its own file): the scrub rewrites the file that matched and only it (a
-/// new inode, a second open an inotify watch sees), so the agent learns which guess was right,
-/// not the one bit `--contain` gives.
+/// planted (guess k in its own file): the scrub used to rewrite the file that matched and only
+/// it (a new inode, a second open an inotify watch sees, new text), so the agent learned which
+/// guess was right, not the one bit `--contain` gives. Held: a scrub never rewrites copies of
+/// a current value (a note tells the human to rotate first); after the rotation the value it
+/// rewrites is a former one, and which planted guess held it tells nothing of the new value
+/// (`a_scrub_after_rotation_tells_nothing_of_the_new_value`).
 #[test]
-#[ignore = "LEAK: --scrub-transcripts rewrites only the planted transcript that matched: its new inode says which guess was right"]
 fn a_scrub_does_not_tell_the_agent_which_planted_transcript_matched() {
     let h = Home::new();
     let v = rand_value("sk_live_");
@@ -66,6 +68,44 @@ fn a_scrub_does_not_tell_the_agent_which_planted_transcript_matched() {
         changed.iter().all(|c| *c == changed[0]),
         "the agent sees which planted transcript was rewritten: {changed:?}"
     );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        out["scrub_notes"].to_string().contains("rotate it"),
+        "{out}"
+    );
+}
+
+/// After the human rotates a value a sweep marked, the agent plants guesses of the *new* value
+/// beside a copy of the former one: the scrub rewrites the former value's copy only; no
+/// planted guess of the current value, right or wrong, is touched.
+#[test]
+fn a_scrub_after_rotation_tells_nothing_of_the_new_value() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let dir = h.path().join(".claude/projects/-w-old");
+    std::fs::create_dir_all(&dir).unwrap();
+    let old_copy = dir.join("old.jsonl");
+    std::fs::write(&old_copy, format!("{{\"content\":\"{v}\"}}\n")).unwrap();
+    let new = crate::redteam19::contain_then_rotate(&h, "demo", "API_KEY");
+    let files = plant_transcripts(&h, &new);
+    let ino = |p: &std::path::PathBuf| std::fs::metadata(p).unwrap().ino();
+    let before: Vec<(u64, String)> = files
+        .iter()
+        .map(|p| (ino(p), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    let o = scrub_sweep(&h);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    for (p, b) in files.iter().zip(&before) {
+        assert_eq!(
+            (ino(p), std::fs::read_to_string(p).unwrap()),
+            b.clone(),
+            "a planted guess of the current value was rewritten"
+        );
+    }
+    let after = std::fs::read_to_string(&old_copy).unwrap();
+    assert!(!after.contains(&v), "the former value's copy stayed");
+    assert!(after.contains("[REDACTED:demo/API_KEY]"), "{after}");
 }
 
 /// The audit's `sweep_scrub` entry (readable by the agent) says that a scrub ran, not how many
@@ -76,6 +116,7 @@ fn the_audit_of_a_scrub_counts_nothing() {
     let v = rand_value("sk_live_");
     h.set("demo", "API_KEY", &v);
     plant_transcripts(&h, &v);
+    crate::redteam19::contain_then_rotate(&h, "demo", "API_KEY");
     let o = scrub_sweep(&h);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -445,18 +445,46 @@ fn scrub_transcripts_rewrites_host_transcripts_to_the_marker_and_nothing_else() 
     assert_eq!(o.status.code(), Some(2));
     let empty = h.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = sweep(
-        &h,
-        &[
-            "--contain",
-            "--scrub-transcripts",
-            "--json",
-            empty.to_str().unwrap(),
-        ],
+    let scrub = || {
+        sweep(
+            &h,
+            &[
+                "--contain",
+                "--scrub-transcripts",
+                "--json",
+                empty.to_str().unwrap(),
+            ],
+        )
+    };
+    // A current value's copies are left, with a note saying to rotate first.
+    let o = scrub();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["scrubbed"].as_array().unwrap().len(), 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&claude).unwrap(), lines);
+    let notes = out["scrub_notes"].to_string();
+    assert!(
+        notes.contains("demo/API_KEY") && notes.contains("keyveil set demo API_KEY"),
+        "{out}"
     );
+    // Rotated: the value found is a former value, and the next scrub rewrites its copies.
+    std::thread::sleep(Duration::from_millis(20));
+    let new = crate::redteam19::rand_value("rotated_");
+    h.set("demo", "API_KEY", &new);
+    let o = scrub();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let out: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(out["scrubbed"].as_array().unwrap().len(), 2, "{out}");
+    // A former value is not contained again: the new value carries no mark.
+    assert_eq!(out["contained"].as_array().map_or(0, Vec::len), 0, "{out}");
+    assert!(
+        out["report"]["findings"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|f| f["credential"] == "former")),
+        "{out}"
+    );
+    let env = h.ok(&["env", "show", "demo", "--json"]);
+    assert!(!env.contains("found_at"), "the new value is marked: {env}");
     let after = std::fs::read_to_string(&claude).unwrap();
     assert!(!after.contains(&v));
     assert!(after.contains("[REDACTED:demo/API_KEY]"), "{after}");
