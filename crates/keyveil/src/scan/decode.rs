@@ -26,7 +26,7 @@ use std::io::{Cursor, Read};
 use flate2::read::{MultiGzDecoder, ZlibDecoder};
 
 use super::walk::{len_u64, read_bounded};
-use super::{Forms, Scanner, member_location, text};
+use super::{Forms, OUT_OF_TIME, OVER_BYTES, Scanner, member_location, text};
 
 /// What a byte string is, by its first (and for zip, last) bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,11 +101,11 @@ pub(super) fn scan_blob(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, for
     match kind {
         Kind::Text => text::scan_transforms(sc, data, location, forms),
         Kind::Binary => {}
-        _ if !can_nest => sc.skip(),
+        _ if !can_nest => sc.skip("nested in archives too deep"),
         Kind::Gzip => {
             let (out, hit) = inflate(sc, MultiGzDecoder::new(data));
             if hit {
-                sc.skip();
+                sc.skip(OVER_BYTES);
             }
             scan_blob(sc, &out, location, &forms.with("gzip"));
         }
@@ -119,7 +119,7 @@ pub(super) fn scan_blob(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, for
                 return;
             }
             if hit {
-                sc.skip();
+                sc.skip(OVER_BYTES);
             }
             let layer = if is_git_object(&out) {
                 "git-object"
@@ -192,14 +192,19 @@ fn pack_objects(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &For
     const BATCH: usize = 4 << 20;
     for i in 0..count {
         if i >= sc.limits.max_members || sc.out_of_time() {
-            sc.skip();
+            let why = if sc.out_of_time() {
+                OUT_OF_TIME
+            } else {
+                "over the archive member limit"
+            };
+            sc.skip(why);
             break;
         }
         let Some((kind, size, body)) = pack_entry_header(data, pos) else {
             break;
         };
         if size > sc.decode_budget() {
-            sc.skip(); // an object too large for the budget: the rest is not parsed
+            sc.skip("a git pack object over the decode budget"); // an object too large for the budget: the rest is not parsed
             break;
         }
         let Some(input) = data.get(body..) else { break };
@@ -386,7 +391,12 @@ fn tar_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
     };
     for (i, entry) in entries.enumerate() {
         if u64::try_from(i).unwrap_or(u64::MAX) >= sc.limits.max_members || sc.out_of_time() {
-            sc.skip();
+            let why = if sc.out_of_time() {
+                OUT_OF_TIME
+            } else {
+                "over the archive member limit"
+            };
+            sc.skip(why);
             break;
         }
         let Ok(mut entry) = entry else {
@@ -404,13 +414,13 @@ fn tar_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
         }
         let budget = sc.decode_budget();
         if budget == 0 {
-            sc.skip();
+            sc.skip(OVER_BYTES);
             break;
         }
         let (out, hit, _) = read_bounded(&mut entry, budget);
         sc.bytes_scanned += len_u64(&out);
         if hit {
-            sc.skip();
+            sc.skip(OVER_BYTES);
         }
         scan_blob(sc, &out, &loc, &forms);
     }
@@ -438,12 +448,17 @@ fn zip_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
     let forms = forms.with("zip");
     for i in 0..archive.len() {
         if u64::try_from(i).unwrap_or(u64::MAX) >= sc.limits.max_members || sc.out_of_time() {
-            sc.skip();
+            let why = if sc.out_of_time() {
+                OUT_OF_TIME
+            } else {
+                "over the archive member limit"
+            };
+            sc.skip(why);
             break;
         }
         let budget = sc.decode_budget();
         if budget == 0 {
-            sc.skip();
+            sc.skip(OVER_BYTES);
             break;
         }
         let (name, out, hit) = match archive.by_index(i) {
@@ -458,7 +473,7 @@ fn zip_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
             }
             Err(_) => {
                 // Encrypted, or a compression method not built in (only stored and deflate).
-                sc.skip();
+                sc.skip("an encrypted or unsupported zip member");
                 continue;
             }
         };
@@ -466,7 +481,7 @@ fn zip_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
         sc.match_bytes(&name, &loc, &forms.with("member-name"));
         sc.bytes_scanned += len_u64(&out);
         if hit {
-            sc.skip();
+            sc.skip(OVER_BYTES);
         }
         scan_blob(sc, &out, &loc, &forms);
     }

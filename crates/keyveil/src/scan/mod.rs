@@ -134,6 +134,13 @@ pub struct Leak {
     pub file: PathBuf,
 }
 
+/// Why something was left out ([`ScanReport::left_out`]): the time budget was spent.
+pub(crate) const OUT_OF_TIME: &str = "over the time budget";
+/// ... the byte budget (or a file's share of it) was spent.
+pub(crate) const OVER_BYTES: &str = "over the byte budget";
+/// ... a read failed.
+pub(crate) const UNREADABLE: &str = "unreadable";
+
 /// The result of a scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScanReport {
@@ -146,6 +153,10 @@ pub struct ScanReport {
     /// Files, members or bytes left unscanned because of a limit, an encrypted archive member,
     /// a read error or a format this scanner cannot decode.
     pub skipped: u64,
+    /// [`ScanReport::skipped`] by reason (a short phrase such as `over the time budget`).
+    /// Counts only: never a path or anything read. Omitted while empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub left_out: BTreeMap<&'static str, u64>,
     /// True when some part of the scope was not fully scanned (see `skipped`).
     pub truncated: bool,
     /// Wall-clock time of the scan.
@@ -269,6 +280,7 @@ pub(crate) struct Scanner<'a> {
     pub(crate) entries_seen: u64,
     pub(crate) bytes_scanned: u64,
     pub(crate) skipped: u64,
+    pub(crate) left_out: BTreeMap<&'static str, u64>,
     pub(crate) truncated: bool,
     /// (path, variable) → (form, file); the first form found wins.
     found: BTreeMap<(PathBuf, String), (String, PathBuf)>,
@@ -304,6 +316,7 @@ impl<'a> Scanner<'a> {
             entries_seen: 0,
             bytes_scanned: 0,
             skipped: 0,
+            left_out: BTreeMap::new(),
             truncated: false,
             found: BTreeMap::new(),
             current: PathBuf::new(),
@@ -330,14 +343,17 @@ impl<'a> Scanner<'a> {
             files_scanned: self.files_scanned,
             bytes_scanned: self.bytes_scanned,
             skipped: self.skipped,
+            left_out: self.left_out,
             truncated: self.truncated,
             elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    /// Something was left out because of a limit or an error.
-    pub(crate) fn skip(&mut self) {
+    /// Something was left out because of a limit or an error: `why`, a short phrase counted in
+    /// [`ScanReport::left_out`].
+    pub(crate) fn skip(&mut self, why: &'static str) {
         self.skipped += 1;
+        *self.left_out.entry(why).or_default() += 1;
         self.truncated = true;
     }
 

@@ -846,6 +846,12 @@ fn limits_on_files_entries_and_time_mark_the_report_truncated() {
     );
     assert_eq!(r.files_scanned, 5);
     assert!(r.truncated && r.skipped == 15, "{r:?}");
+    // Each thing left out is counted by why.
+    assert_eq!(
+        r.left_out.get("over the file count limit"),
+        Some(&15),
+        "{r:?}"
+    );
     let r = scan(
         &d.scope(
             since,
@@ -857,6 +863,10 @@ fn limits_on_files_entries_and_time_mark_the_report_truncated() {
         &redactor(),
     );
     assert!(r.truncated, "{r:?}");
+    assert!(
+        r.left_out.contains_key("over the entry count limit"),
+        "{r:?}"
+    );
     let r = scan(
         &d.scope(
             since,
@@ -868,6 +878,7 @@ fn limits_on_files_entries_and_time_mark_the_report_truncated() {
         &redactor(),
     );
     assert!(r.truncated, "{r:?}");
+    assert!(r.left_out.contains_key(super::OUT_OF_TIME), "{r:?}");
 }
 
 #[test]

@@ -16,7 +16,7 @@
 //! [`ScanLimits::threads`]: super::ScanLimits::threads
 //! [`ScanLimits::max_dir_depth`]: super::ScanLimits::max_dir_depth
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use super::{Forms, ScanLimits, ScanScope, Scanner, decode, home, path_bytes};
+use super::{
+    Forms, OUT_OF_TIME, OVER_BYTES, ScanLimits, ScanScope, Scanner, UNREADABLE, decode, home,
+    path_bytes,
+};
 
 /// How often (in entries) a walker looks at the clock.
 const CLOCK_EVERY: u64 = 1024;
@@ -47,7 +50,7 @@ pub(super) fn run(sc: &mut Scanner<'_>, scope: &ScanScope) {
     changed.sort_by(|a, b| a.path.cmp(&b.path));
     for c in changed {
         if sc.out_of_time() {
-            sc.skip();
+            sc.skip(OUT_OF_TIME);
             continue;
         }
         scan_changed(sc, &c.path, &c.meta);
@@ -116,6 +119,7 @@ struct Walk<'a> {
     entries: AtomicU64,
     collected: AtomicU64,
     skipped: AtomicU64,
+    left_out: Mutex<BTreeMap<&'static str, u64>>,
     stop: AtomicBool,
     truncated: AtomicBool,
 }
@@ -127,14 +131,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Walk<'_> {
-    fn skip(&self) {
+    fn skip(&self, why: &'static str) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.left_out).entry(why).or_default() += 1;
         self.truncated.store(true, Ordering::Relaxed);
     }
 
-    /// Stops every walker (a budget is spent); the report is truncated.
-    fn halt(&self) {
-        self.skip();
+    /// Stops every walker (a budget is spent: `why`); the report is truncated.
+    fn halt(&self, why: &'static str) {
+        self.skip(why);
         self.stop.store(true, Ordering::Relaxed);
     }
 
@@ -154,10 +159,12 @@ impl Walk<'_> {
             return false;
         }
         let n = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.limits.max_entries
-            || (n.is_multiple_of(CLOCK_EVERY) && Instant::now() >= self.deadline)
-        {
-            self.halt();
+        if n > self.limits.max_entries {
+            self.halt("over the entry count limit");
+            return false;
+        }
+        if n.is_multiple_of(CLOCK_EVERY) && Instant::now() >= self.deadline {
+            self.halt(OUT_OF_TIME);
             return false;
         }
         true
@@ -166,7 +173,7 @@ impl Walk<'_> {
     /// Keeps a changed entry.
     fn keep(&self, out: &mut Vec<Changed>, path: PathBuf, meta: Metadata) {
         if self.collected.fetch_add(1, Ordering::Relaxed) >= self.collect_cap() {
-            self.halt();
+            self.halt("over the changed-entry limit");
             return;
         }
         out.push(Changed { path, meta });
@@ -187,7 +194,7 @@ impl Walk<'_> {
                 if e.io_error()
                     .is_none_or(|io| io.kind() != io::ErrorKind::NotFound)
                 {
-                    self.skip();
+                    self.skip("unreadable folder or entry");
                 }
                 return if self.stop.load(Ordering::Relaxed) {
                     Quit
@@ -228,7 +235,7 @@ impl Walk<'_> {
             }
         }
         if u32::try_from(entry.depth()).unwrap_or(u32::MAX) > self.limits.max_dir_depth {
-            self.skip();
+            self.skip("folders nested too deep");
             return Skip;
         }
         let parent_dev = path
@@ -308,6 +315,7 @@ fn collect(
         entries: AtomicU64::new(0),
         collected: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
+        left_out: Mutex::new(BTreeMap::new()),
         stop: AtomicBool::new(false),
         truncated: AtomicBool::new(false),
     };
@@ -349,6 +357,9 @@ fn collect(
     }
     sc.entries_seen += walk.entries.load(Ordering::Relaxed);
     sc.skipped += walk.skipped.load(Ordering::Relaxed);
+    for (why, n) in std::mem::take(&mut *lock(&walk.left_out)) {
+        *sc.left_out.entry(why).or_default() += n;
+    }
     sc.truncated |= walk.truncated.load(Ordering::Relaxed);
     out
 }
@@ -391,8 +402,12 @@ fn entry_name(sc: &mut Scanner<'_>, path: &Path) {
 
 /// Reads one changed regular file and scans its bytes.
 fn scan_file(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
-    if sc.files_scanned >= sc.limits.max_files || sc.out_of_time() {
-        sc.skip();
+    if sc.out_of_time() {
+        sc.skip(OUT_OF_TIME);
+        return;
+    }
+    if sc.files_scanned >= sc.limits.max_files {
+        sc.skip("over the file count limit");
         return;
     }
     let mut file = match open_regular(path, meta) {
@@ -400,7 +415,7 @@ fn scan_file(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
         Ok(None) => return, // replaced by something else since it was examined
         Err(e) if e.kind() == io::ErrorKind::NotFound => return,
         Err(_) => {
-            sc.skip();
+            sc.skip(UNREADABLE);
             return;
         }
     };
@@ -419,8 +434,10 @@ fn scan_file(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
     if let Some(p) = sc.progress {
         p.add(1, len_u64(&data));
     }
-    if hit || err {
-        sc.skip();
+    if hit {
+        sc.skip(OVER_BYTES);
+    } else if err {
+        sc.skip(UNREADABLE);
     }
     decode::scan_blob(sc, &data, path.as_os_str(), &Forms::default());
     if !hit && !err {
@@ -443,7 +460,7 @@ fn scan_large(sc: &mut Scanner<'_>, file: &mut File, path: &Path) {
         if want == 0 {
             // Out of budget: truncated, unless the file ended exactly here.
             if file.read(&mut [0u8; 1]).map_or(true, |k| k > 0) {
-                sc.skip();
+                sc.skip(OVER_BYTES);
             }
             break;
         }
@@ -456,13 +473,13 @@ fn scan_large(sc: &mut Scanner<'_>, file: &mut File, path: &Path) {
         let n = len_u64(&chunk);
         if n == 0 {
             if err {
-                sc.skip();
+                sc.skip(UNREADABLE);
             }
             break;
         }
         if first && decode::is_container(&chunk) {
             // Compressed or archived content this large is not decoded.
-            sc.skip();
+            sc.skip("a compressed file or archive too large to decode");
         }
         first = false;
         sc.bytes_scanned += n;
@@ -472,7 +489,7 @@ fn scan_large(sc: &mut Scanner<'_>, file: &mut File, path: &Path) {
         buf.extend_from_slice(&chunk);
         sc.match_bytes(&buf, path.as_os_str(), &Forms::default());
         if err {
-            sc.skip();
+            sc.skip(UNREADABLE);
             break;
         }
         if n < want {

@@ -227,10 +227,16 @@ pub(crate) fn sweep_with(
         report.skipped += r.skipped;
         if r.truncated {
             report.truncated = true;
+            let why: Vec<String> = r
+                .left_out
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
             report.notes.push(format!(
-                "{}: {} entries left out (unreadable, too large or over a limit)",
+                "{}: {} entries left out ({})",
                 shown_scope(&s),
-                r.skipped
+                r.skipped,
+                why.join(", ")
             ));
         }
         for leak in r.leaks {
