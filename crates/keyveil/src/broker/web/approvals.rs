@@ -1,7 +1,7 @@
 //! The approval page's routes: login with a one-time link, the list of pending requests and live
 //! grants (with live updates), and the approve, deny and revoke forms.
 
-use super::checks::{Refusal, post_checks, session};
+use super::checks::{CsrfForm, Refusal, bad_form, checked_form, session};
 use super::view::prose;
 use super::{AppState, html, notice, see_other, view};
 use crate::broker::factor_ops::Proof;
@@ -211,10 +211,22 @@ pub(super) struct ApproveForm {
     pub(super) duration: Option<String>,
 }
 
+impl CsrfForm for ApproveForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct DenyForm {
     pub(super) csrf: Option<String>,
     pub(super) request_id: Option<String>,
+}
+
+impl CsrfForm for DenyForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
 }
 
 #[derive(Deserialize)]
@@ -223,12 +235,10 @@ pub(super) struct RevokeForm {
     pub(super) grant_id: Option<String>,
 }
 
-pub(super) fn bad_form() -> Response {
-    notice(
-        StatusCode::BAD_REQUEST,
-        "Malformed form",
-        "Reload the page and try again.",
-    )
+impl CsrfForm for RevokeForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
 }
 
 pub(super) fn is_totp(s: &str) -> bool {
@@ -264,15 +274,8 @@ pub(super) async fn approve(
     headers: HeaderMap,
     form: Result<Form<ApproveForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
-        // Still say "no session" first when there is none.
-        return match session(&st, &headers) {
-            Err(r) => *r,
-            Ok(_) => bad_form(),
-        };
-    };
-    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
-        Ok(k) => k,
+    let (f, key) = match checked_form(&st, &headers, form) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let (Some(id), Some(factor)) = (parse_id(f.request_id.as_deref()), f.factor) else {
@@ -327,14 +330,8 @@ pub(super) async fn deny(
     headers: HeaderMap,
     form: Result<Form<DenyForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
-        return match session(&st, &headers) {
-            Err(r) => *r,
-            Ok(_) => bad_form(),
-        };
-    };
-    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
-        Ok(k) => k,
+    let (f, key) = match checked_form(&st, &headers, form) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let Some(id) = parse_id(f.request_id.as_deref()) else {
@@ -360,14 +357,8 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     form: Result<Form<RevokeForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
-        return match session(&st, &headers) {
-            Err(r) => *r,
-            Ok(_) => bad_form(),
-        };
-    };
-    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
-        Ok(k) => k,
+    let (f, key) = match checked_form(&st, &headers, form) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let Some(id) = f

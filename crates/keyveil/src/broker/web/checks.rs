@@ -3,7 +3,8 @@
 
 use super::auth::{Digest32, Server, same};
 use super::{AppState, CSP, REFERRER_POLICY, notice};
-use axum::extract::State;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -144,6 +145,39 @@ pub(super) fn session(st: &AppState, headers: &HeaderMap) -> Result<Digest32, Re
 }
 
 /// Session, then CSRF; returns the session key.
+/// A posted form that carries the session's CSRF token.
+pub(super) trait CsrfForm {
+    /// The token the form posted, if any.
+    fn csrf(&self) -> Option<&str>;
+}
+
+/// The preamble of every POST handler of a session page: the form and the session's key, or
+/// the refusal, in the order a visitor learns them: no (or an expired) session first, whatever
+/// the form; then a malformed form; then a missing or wrong CSRF token.
+pub(super) fn checked_form<F: CsrfForm>(
+    st: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<F>, FormRejection>,
+) -> Result<(F, Digest32), Refusal> {
+    let Ok(Form(f)) = form else {
+        return Err(match session(st, headers) {
+            Err(r) => r,
+            Ok(_) => Box::new(bad_form()),
+        });
+    };
+    let key = post_checks(st, headers, f.csrf())?;
+    Ok((f, key))
+}
+
+/// The answer to a form that does not parse.
+pub(super) fn bad_form() -> Response {
+    notice(
+        StatusCode::BAD_REQUEST,
+        "Malformed form",
+        "Reload the page and try again.",
+    )
+}
+
 pub(super) fn post_checks(
     st: &AppState,
     headers: &HeaderMap,

@@ -8,8 +8,8 @@
 //! browser (or got from its own link) never becomes one that shows names.
 
 use super::AppState;
-use super::approvals::{bad_form, flash_of, is_totp};
-use super::checks::{post_checks, session};
+use super::approvals::{flash_of, is_totp};
+use super::checks::{CsrfForm, bad_form, checked_form};
 use super::{SESSION_TTL, notice, see_other, view};
 use crate::broker::factor_ops::{self, Proof};
 use axum::extract::rejection::FormRejection;
@@ -29,19 +29,19 @@ pub(super) struct RevealForm {
     factor: Option<Passphrase>,
 }
 
+impl CsrfForm for RevealForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 pub(super) async fn reveal(
     State(st): State<AppState>,
     headers: HeaderMap,
     form: Result<Form<RevealForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
-        return match session(&st, &headers) {
-            Err(r) => *r,
-            Ok(_) => bad_form(),
-        };
-    };
-    let key = match post_checks(&st, &headers, f.csrf.as_deref()) {
-        Ok(k) => k,
+    let (f, key) = match checked_form(&st, &headers, form) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let Some(factor) = f.factor else {

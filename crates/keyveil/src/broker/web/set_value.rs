@@ -1,8 +1,8 @@
 //! The value-entry form (`/set`): a one-time link bound to one declared variable without a value
 //! opens a session that can only store that value, once.
 
-use super::approvals::bad_form;
 use super::auth::same;
+use super::checks::bad_form;
 use super::checks::forbidden;
 use super::view::prose;
 use super::{AppState, SET_TOKEN_TTL, html, notice, see_other, start, view};
