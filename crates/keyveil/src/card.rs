@@ -376,7 +376,7 @@ pub(crate) fn mount_headline(r: &op::RequestCard, m: &op::MountRead) -> String {
     )
 }
 
-/// What each risk flag of `risk.rs` means, in one line: the terminal card and the approval page
+/// What each risk flag of `risk/` means, in one line: the terminal card and the approval page
 /// show it next to the flag; an unknown flag shows as named.
 pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
     (

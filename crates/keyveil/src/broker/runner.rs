@@ -1113,7 +1113,7 @@ fn quarantine(path: &std::path::Path) -> &'static str {
 }
 
 /// Checks that what would run now is what was approved; returns the open executable. Inputs
-/// (task-runner files, scripts, and the configuration files `loaders.rs` names for the tool) are
+/// (task-runner files, scripts, and the configuration files `loaders/` names for the tool) are
 /// re-hashed, and re-derived for this argv and cwd with the child's `home`: one that changed,
 /// vanished or appeared since approval ends the grant.
 fn verify(

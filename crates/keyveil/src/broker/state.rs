@@ -78,7 +78,7 @@ pub(crate) struct AccessReq {
     pub executable: Option<FilePin>,
     /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
     pub inputs: Vec<InputPin>,
-    /// Risk flags computed by the broker (see `risk.rs`).
+    /// Risk flags computed by the broker (see `risk/`).
     pub risk: Vec<String>,
     /// Values the requester could have chosen, shown on the card and bound into the grant:
     /// pass-through values and variables stored without the factor (never one stored with it).

@@ -68,7 +68,7 @@ fn no_value_in(o: &Output, tok: &str) {
 /// run under the standing grant runs it with the value. Planted before the request, the card of
 /// a single approval does not show it either: nothing under `node_modules` is pinned.
 ///
-/// Gap: `loaders.rs::npm` pins rc files and `package.json`, and `path_dirs::path_pins` only
+/// Gap: `loaders::npm` pins rc files and `package.json`, and `path_dirs::path_pins` only
 /// looks at the policy PATH, never the directories npm itself prepends.
 #[test]
 fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
@@ -111,7 +111,7 @@ fn npm_test_never_runs_a_program_planted_in_node_modules_bin() {
 /// `tools/tr` after approval.
 ///
 /// Was a gap: the makefile was pinned, but directories a pinned input adds to PATH were not.
-/// Now `loaders.rs::make_path_dirs` finds every PATH assignment and pins each directory like a
+/// Now `loaders::make_path_dirs` finds every PATH assignment and pins each directory like a
 /// PATH directory (fingerprint, re-checked at every run).
 #[test]
 fn make_test_never_runs_a_program_planted_in_a_dir_the_makefile_puts_on_path() {
@@ -282,7 +282,7 @@ fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
 /// After approval of `git status --short` in `sub`, the filter is planted and runs with the
 /// value.
 ///
-/// Gap: `loaders.rs::existing_git_dirs` takes the first `.git` entry up the tree; git takes the
+/// Gap: `loaders::existing_git_dirs` takes the first `.git` entry up the tree; git takes the
 /// first that is a valid repository (`HEAD`, `objects/`, `refs/` or `commondir`). Fix: apply git's
 /// own test (or ask `git rev-parse --git-dir --git-common-dir` with the child's environment), and
 /// pin every `.git` candidate up the tree.
@@ -343,7 +343,7 @@ fn an_empty_dot_git_in_cwd_never_hides_the_real_repositorys_config() {
 /// `json/` package planted there is imported instead of the standard library's. Nothing in the
 /// working directory is pinned for `-m` (the "script operand" is taken to be the module name).
 ///
-/// Gap: `pin.rs::inputs` (script operand) and `loaders.rs::python`. Fix: for `-m MOD` and for a
+/// Gap: `pin::inputs` (script operand) and `loaders::python`. Fix: for `-m MOD` and for a
 /// script, pin what shadows imports: the fingerprint of `sys.path[0]` (the cwd or the script's
 /// directory: its `*.py`, packages and `__pycache__`), or set `PYTHONSAFEPATH=1` (3.11+) for
 /// granted children and say so.
@@ -481,7 +481,7 @@ fn a_unittest_prefix_grant_never_runs_tests_from_a_directory_the_agent_names() {
 /// directories of `/usr`, but Python finds `pyvenv.cfg` next to `argv[0]` and loads the venv's
 /// `site-packages`, whose `.pth` files (an `import` line runs code) are pinned nowhere.
 ///
-/// Gap: `loaders.rs::python_prefixes` works from `Ctx::exe` (canonical); the venv is known only
+/// Gap: `loaders::python_prefixes` works from `Ctx::exe` (canonical); the venv is known only
 /// from the path as given (`argv[0]`, or the PATH entry that held it). Fix: derive prefixes from
 /// the uncanonicalised path too (a `pyvenv.cfg` one or two levels above it), and pin the venv's
 /// site directories like the interpreter's.
@@ -533,13 +533,13 @@ fn a_pth_file_in_a_project_venv_never_runs_under_a_grant() {
     );
 }
 
-/// The hooks directory is pinned file by file, at most 64 names (`loaders.rs::pin_dir`,
+/// The hooks directory is pinned file by file, at most 64 names (`loaders::pin_dir`,
 /// `MAX_FILES`), sorted, with nothing said about the rest. The agent fills `.git/hooks` with 64
 /// inert files whose names sort first (`aa00`...), then, after `git commit --allow-empty -m wip`
 /// was approved as a standing grant, creates `post-commit`: neither the check of the pins nor
 /// their re-derivation (which stops at the same 64 names) sees it.
 ///
-/// Gap: truncation fails open (`loaders.rs::pin_dir`, `Pins::add*` at `MAX_FILES * 4`). Fix: pin
+/// Gap: truncation fails open (`loaders::pin_dir`, `Pins::add*` at `MAX_FILES * 4`). Fix: pin
 /// the hooks directory (and Python site directories) by directory fingerprint
 /// (`path_dirs::fingerprint`), and refuse (or fingerprint) rather than drop what is over a cap.
 #[test]
@@ -584,7 +584,7 @@ fn a_hook_beyond_the_pin_cap_never_runs_under_a_git_grant() {
 /// `config` is neither shown nor pinned for `git fetch` run in it. After approval the agent sets
 /// `remote.origin.uploadpack` (run through the shell for a local remote).
 ///
-/// Gap: `loaders.rs::existing_git_dirs` / `git_dirs` ignore bare repositories (and `GIT_DIR`-less
+/// Gap: `loaders::existing_git_dirs` / `git_dirs` ignore bare repositories (and `GIT_DIR`-less
 /// discovery of a git directory itself). Fix: apply git's `is_git_directory` test to each
 /// directory up the tree as well as to its `.git`.
 #[test]
@@ -648,7 +648,7 @@ fn a_bare_repositorys_config_is_pinned_for_git_run_inside_it() {
 }
 
 /// A repository config over 1 MiB (padded with comments) is pinned by hash but never read
-/// (`pin.rs::pin_input_text`, `MAX_TEXT`): the card quotes none of its code-running settings and
+/// (`pin::pin_input_text`, `MAX_TEXT`): the card quotes none of its code-running settings and
 /// its includes are not followed. A clean filter defined in it runs on the first run of a single
 /// approved `git status --short`, with a card that shows the config as an input and nothing of
 /// the filter.
@@ -713,7 +713,7 @@ fn a_big_git_config_never_hides_its_code_settings_from_the_card() {
 /// keyveil follows literal include names only and takes `*.d` as a file name that does not
 /// exist: nothing is pinned, and a `.d` file planted after approval runs under the grant.
 ///
-/// Gap: `loaders.rs::make_includes` (names with `*`, `?`, `[` are globs in make: pin the glob's
+/// Gap: `loaders::make_includes` (names with `*`, `?`, `[` are globs in make: pin the glob's
 /// directory by fingerprint, or expand it the way make does and pin each match plus the
 /// directory listing).
 #[test]
@@ -806,7 +806,7 @@ fn pyenv_libexec() -> Option<PathBuf> {
 /// small wrapper of the agent's around the system python: the machine's own install is never
 /// touched.)
 ///
-/// Gap: `loaders.rs::MANAGERS` `code: ["versions"]` + `path_dirs::depth_for`. Fix: pin each
+/// Gap: `loaders::MANAGERS` `code: ["versions"]` + `path_dirs::depth_for`. Fix: pin each
 /// selected version's `bin` (and the interpreter's stdlib and site directories) by fingerprint,
 /// not the `versions` listing.
 #[test]
@@ -990,7 +990,7 @@ fn run_once(h: &Home, app: &Path, cmd: &[&str], limit: Duration) -> (String, Out
 /// metadata`). A `docker-compose` planted there gets the value with one approval of a card that
 /// shows `docker compose version` and no input.
 ///
-/// Gap: `loaders.rs::TABLE` has no docker row. Fix: add docker (`~/.docker/config.json`:
+/// Gap: `loaders::TABLE` has no docker row. Fix: add docker (`~/.docker/config.json`:
 /// `credsStore`, `credHelpers`, `cliPluginsExtraDirs`, `proxies`; `~/.docker/cli-plugins`, the
 /// system plugin dirs; `DOCKER_CONFIG`, `DOCKER_HOST` never pass) and pin them.
 #[test]
@@ -1026,7 +1026,7 @@ fn a_docker_cli_plugin_in_home_never_runs_under_a_grant() {
 /// credential plugin) it runs with its whole environment before the first request. One approval
 /// of `kubectl get pods` (card: no input) hands the value to the agent's program.
 ///
-/// Gap: no kubectl row in `loaders.rs::TABLE` (nor `~/.aws/config` `credential_process`, the
+/// Gap: no kubectl row in `loaders::TABLE` (nor `~/.aws/config` `credential_process`, the
 /// same class). Fix: pin `$HOME/.kube/config` (`KUBECONFIG` never passes), quote `exec.command`
 /// and `auth-provider` on the card.
 #[test]
@@ -1076,7 +1076,7 @@ fn a_kubeconfig_exec_plugin_never_runs_under_a_grant() {
 /// that shows only the health URL.
 ///
 /// Gap: no curl (nor wget: `~/.wgetrc`, nor ssh: `~/.ssh/config` `ProxyCommand`/`Match exec`)
-/// row in `loaders.rs::TABLE`. Fix: neutralise (`CURL_HOME` pointing at an empty directory,
+/// row in `loaders::TABLE`. Fix: neutralise (`CURL_HOME` pointing at an empty directory,
 /// `-q` is argv only; wget `WGETRC=/dev/null`) or pin `~/.curlrc`, `$XDG_CONFIG_HOME/.curlrc`,
 /// `~/.wgetrc`, `~/.ssh/config` and its `Include`s.
 #[test]
@@ -1162,7 +1162,7 @@ fn rewrite_after_approval(cmd: &[&str]) -> (bool, Option<i32>) {
 /// executable is the wrapper, so the family is `timeout` and no script operand, interpreter or
 /// tool input is pinned at all. The script rewritten after approval runs under the standing grant.
 ///
-/// Gap: `pin.rs::inputs` (and `loaders::inputs`) look at `argv[0]` only. Fix: see through known
+/// Gap: `pin::inputs` (and `loaders::inputs`) look at `argv[0]` only. Fix: see through known
 /// wrappers (`timeout [opts] DURATION`, `nice [-n N]`, `nohup`, `env [NAME=V]...`, `stdbuf`,
 /// `time`, `setsid`, `xargs`?) and derive inputs for the command they run.
 #[test]
@@ -1178,7 +1178,7 @@ fn a_script_run_through_a_wrapper_is_still_pinned() {
 /// `perl -I lib t.pl`, `ruby -I lib x.rb`): the option's argument is taken for the script
 /// operand (`pipefail`, absent, so nothing is pinned) and the real script is never pinned.
 ///
-/// Gap: `pin.rs::inputs`, the operand loop skips `-x` tokens but not their arguments. Fix: a
+/// Gap: `pin::inputs`, the operand loop skips `-x` tokens but not their arguments. Fix: a
 /// per-interpreter table of options that take an argument (bash `-o`/`-O`/`+o`, python `-W`/`-X`/
 /// `-m`, perl/ruby `-I`/`-r`, node `-r`/`--require`/`--import`/`--loader`), and pin every operand
 /// candidate when unsure.
@@ -1280,7 +1280,7 @@ fn a_script_rewritten_after_approval_ends_a_plain_interpreter_grant() {
 /// the script; keyveil's `serde_json` refuses the text, so the card says `script "test" is not
 /// defined in package.json` while the script runs with the value at the first, single approval.
 ///
-/// Gap: `pin.rs::inputs` (package.json detail). Fix: strip a UTF-8 BOM as npm does, and when
+/// Gap: `pin::inputs` (package.json detail). Fix: strip a UTF-8 BOM as npm does, and when
 /// the file cannot be parsed say so on the card ("package.json cannot be read: npm may still run
 /// it"), never "not defined".
 #[test]
@@ -1319,7 +1319,7 @@ fn a_package_json_with_a_bom_never_hides_its_script_from_the_card() {
 /// the filter runs with the value. The same holds for a rule's subdirectories (a `Makefile` of
 /// the agent's in `proj/sub` under a `make test` rule for `proj`).
 ///
-/// Gap: `broker/access.rs` (`auto_hit`: `rule_matches` + cwd prefix) and `factor_ops.rs`
+/// Gap: `broker/access/` (`auto_hit`: `rule_matches` + cwd prefix) and `factor_ops.rs`
 /// (`AutoApproveAdd` stores no pins). Fix: bind the inputs pinned when the rule is made (a rule
 /// covers a request only while its inputs equal those), or never auto-approve a request whose
 /// inputs carry code-running settings (`runs or redirects: ...` details, hooks) or are new.
@@ -1447,7 +1447,7 @@ impl Drop for RemoveOnDrop {
 /// `include.path` line, which looks like a dotfile of the user's). The included file rewritten
 /// after approval (a clean filter) runs under the standing `git status --short` grant.
 ///
-/// Gap: `loaders.rs::expand` (also `%(prefix)/`, and `gitdir:`-relative forms of `includeIf`
+/// Gap: `loaders::expand` (also `%(prefix)/`, and `gitdir:`-relative forms of `includeIf`
 /// conditions are ignored only where harmless). Fix: expand `~user/` with the user database and
 /// `%(prefix)/` with git's runtime prefix as git does; an include keyveil cannot resolve makes
 /// the request unpinnable (refuse standing grants, say so on the card).
@@ -1524,14 +1524,14 @@ fn a_git_include_named_with_tilde_user_is_pinned() {
 /// `path_dirs::fingerprint` returns `None` and `path_pins` silently pins nothing (the card does
 /// not even name the directory). The agent plants `tr` (chmod u+w, write, chmod back) and it
 /// runs under the standing grant. The same fail-open holds for a git hooks directory
-/// (`loaders.rs::pin_dir` returns on a `read_dir` error).
+/// (`loaders::pin_dir` returns on a `read_dir` error).
 ///
 /// Root reads any directory, so the test only shows the leak for a non-root user (it returns
 /// early under root). Reproduced as `nobody`: `setpriv --reuid=65534 --regid=65534
 /// --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp target/debug/deps/it-* redteam3::a_search
 /// --include-ignored`.
 ///
-/// Gap: `path_dirs::fingerprint` (`read_dir(..).ok()?`), `path_pins`, `loaders.rs::pin_dir`.
+/// Gap: `path_dirs::fingerprint` (`read_dir(..).ok()?`), `path_pins`, `loaders::pin_dir`.
 /// Fix: a directory that cannot be listed is pinned as "unlistable" with its own identity
 /// (ctime), or the request is refused with a hint; never dropped.
 #[test]
@@ -1578,7 +1578,7 @@ fn a_search_only_path_dir_is_still_pinned() {
 /// A submodule added from a repository already in the work tree keeps its own `.git`
 /// directory (`git submodule add ./sub sub`: "Adding existing repo"), not one under
 /// `.git/modules`. `git status` recurses into it and runs the clean filter of `sub/.git/config`;
-/// keyveil pins submodules' configs only under `.git/modules` (`loaders.rs::git_submodules`).
+/// keyveil pins submodules' configs only under `.git/modules` (`loaders::git_submodules`).
 ///
 /// Fix: walk the submodules git would walk (gitlinks in the index, `.gitmodules` paths) and pin
 /// each one's gitdir, wherever it lives (`sub/.git` directory or file).
@@ -1654,7 +1654,7 @@ fn a_non_absorbed_submodules_config_is_pinned() {
 /// default the start command to node server.js"). `server.js` is the agent's and is not pinned.
 /// (`npm install` has the same kind of default: `node-gyp rebuild` when `binding.gyp` exists.)
 ///
-/// Gap: `pin.rs::inputs` (npm detail) and `loaders.rs::npm`. Fix: model npm's defaults: pin
+/// Gap: `pin::inputs` (npm detail) and `loaders::npm`. Fix: model npm's defaults: pin
 /// `server.js` for `start`/`restart`, `binding.gyp` for `install`, and say on the card what runs.
 #[test]
 fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
@@ -1695,7 +1695,7 @@ fn npm_start_without_a_start_script_never_runs_an_unshown_server_js() {
 /// runs a program. The card quotes `alias.*` only when the value starts with `!`, so one
 /// approval of `git st` runs the filter with the value while the card quotes nothing.
 ///
-/// Gap: `loaders.rs::git_key_runs_code` (`alias` needs `!`). Fix: quote every alias whose
+/// Gap: `loaders::git_key_runs_code` (`alias` needs `!`). Fix: quote every alias whose
 /// expansion holds an option (`-c`, `--exec-path`, `--git-dir`, `--config-env`...), or every
 /// alias the argv uses.
 #[test]
@@ -1988,14 +1988,14 @@ fn a_stopped_supervisor_and_a_killed_reaper_do_not_keep_a_run_alive() {
 
 /// The agent makes `.git/config` a named pipe and sends a handful of `git status` requests
 /// from that directory. The broker pins a git config by opening and reading it
-/// (`pin.rs::pin_input_text`: `File::open` before the file type is checked), and opening a FIFO
+/// (`pin::pin_input_text`: `File::open` before the file type is checked), and opening a FIFO
 /// for reading blocks until a writer comes: each request parks one of the broker's runtime
 /// threads (the pins are computed synchronously inside the async request handler). With the
 /// threads parked, the human's `revoke --all` gets no answer and the run it should stop goes
 /// on holding the value. (The same open also lets the agent feed the broker one text and the
 /// tool another: what the card quotes is not what git reads.)
 ///
-/// Gap: `pin.rs::pin_input_text` (and `read_for_requester`): open with `O_NONBLOCK` (or
+/// Gap: `pin::pin_input_text` (and `read_for_requester`): open with `O_NONBLOCK` (or
 /// `symlink_metadata`/`fstat` first) and refuse anything but a regular file; compute pins on a
 /// blocking pool with a deadline (`spawn_blocking` + timeout), never on the runtime's threads.
 #[test]
@@ -2101,7 +2101,7 @@ fn libc_o_nonblock() -> i32 {
 /// nothing, so the grant never ends. (A symlink to `/dev/stdin`, fed by MCP `run`'s `stdin`, is
 /// the same: its canonical path does not resolve, nothing is pinned.)
 ///
-/// Gap: `pin.rs::inputs` (script operand) and `pin_input`: an operand that is not a regular file
+/// Gap: `pin::inputs` (script operand) and `pin_input`: an operand that is not a regular file
 /// counts as "nothing to pin". Fix: an operand that exists but is not a regular file (FIFO,
 /// device, a link into `/dev` or `/proc`) makes the request refused (or flagged and never
 /// standing); one that does not exist is pinned as absent.
@@ -2174,7 +2174,7 @@ fn a_socket_or_stdin_script_operand_is_refused() {
 /// (`/usr/local/include`, `/usr/include`, ...). keyveil looks only in the working directory:
 /// `mk/common.mk` is never pinned, and rewritten after approval it runs under the grant.
 ///
-/// Gap: `loaders.rs::make` / `make_args` (no `-I`/`--include-dir`, no default include
+/// Gap: `loaders::make` / `make_args` (no `-I`/`--include-dir`, no default include
 /// directories). Fix: resolve includes as make does, and pin the absent candidates as absent.
 #[test]
 fn a_makefile_include_found_through_dash_i_is_pinned() {
