@@ -106,44 +106,68 @@ fn required_factor(broker: &Broker) -> OpResult<FactorKind> {
     }))
 }
 
+/// Adds `bytes` (unless empty) to `out` under its redactor name, `ENV/SHOWN` for a stored value
+/// and `ENV/SHOWN#WHAT` for the others, and what the name stands for to `keys`.
+fn push(
+    inner: &Inner,
+    (out, keys): (&mut Secrets, &mut BTreeMap<String, Key>),
+    (env, real, what): (&str, &str, &'static str),
+    bytes: &[u8],
+) {
+    if bytes.is_empty() {
+        return;
+    }
+    let shown = inner.shown_name(env, real);
+    let key = match what {
+        "value" => format!("{env}/{shown}"),
+        _ => format!("{env}/{shown}#{what}"),
+    };
+    let k = (
+        env.to_owned(),
+        real.to_owned(),
+        shown,
+        what,
+        guessable(bytes),
+    );
+    keys.insert(key.clone(), k);
+    out.push((key, zeroize::Zeroizing::new(bytes.to_vec())));
+}
+
 /// Every secret the broker holds, named `ENV/SHOWN` (`ENV/SHOWN#minted`, `ENV/SHOWN#admin`,
 /// `ENV/SHOWN#former`) for the redactor, with what each name stands for.
 fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     let v = inner.vault()?;
-    let mut out = Vec::new();
+    let mut out: Secrets = Vec::new();
     let mut keys = BTreeMap::new();
-    let mut add = |env: &str, real: &str, what: &'static str, bytes: &[u8]| {
-        if bytes.is_empty() {
-            return;
-        }
-        let shown = inner.shown_name(env, real);
-        let key = match what {
-            "value" => format!("{env}/{shown}"),
-            _ => format!("{env}/{shown}#{what}"),
-        };
-        keys.insert(
-            key.clone(),
-            (
-                env.to_owned(),
-                real.to_owned(),
-                shown,
-                what,
-                guessable(bytes),
-            ),
-        );
-        out.push((key, zeroize::Zeroizing::new(bytes.to_vec())));
-    };
     for (env, e) in &v.data().environments {
         for (name, var) in &e.variables {
-            let current = var.value.as_ref().and_then(|s| s.open().ok());
-            if let Some(val) = &current {
-                add(env, name, "value", val.expose().as_bytes());
+            if let Some(val) = var.value.as_ref().and_then(|s| s.open().ok()) {
+                let what = (env.as_str(), name.as_str(), "value");
+                push(inner, (&mut out, &mut keys), what, val.expose().as_bytes());
             }
             if let Some(d) = &var.dynamic {
-                add(env, name, "admin", d.admin.expose().as_bytes());
+                let what = (env.as_str(), name.as_str(), "admin");
+                push(
+                    inner,
+                    (&mut out, &mut keys),
+                    what,
+                    d.admin.expose().as_bytes(),
+                );
             }
-            // The value a sweep found, if the variable was rotated since (a spent mark) and the
-            // value really changed.
+        }
+    }
+    for (grant, var, val) in inner.dynamic.held_values() {
+        if let Some(g) = inner.grants.get(&grant) {
+            let what = (g.environment.as_str(), var.as_str(), "minted");
+            push(inner, (&mut out, &mut keys), what, val.expose().as_bytes());
+        }
+    }
+    // The value a sweep found of a variable rotated since (a spent mark), unless a secret held
+    // now has those very bytes (an agent's first value of another variable may copy a guess): a
+    // scrub rewrites former values, and must never rewrite a current one.
+    let mut formers = Vec::new();
+    for (env, e) in &v.data().environments {
+        for (name, var) in &e.variables {
             let former = v
                 .data()
                 .compromised
@@ -152,19 +176,17 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
                 .and_then(|m| m.value.as_ref())
                 .and_then(|s| s.open().ok());
             if let Some(old) = former
-                && current
-                    .as_ref()
-                    .is_none_or(|c| c.expose().as_bytes() != old.expose().as_bytes())
+                && !out
+                    .iter()
+                    .any(|(_, b)| b.as_slice() == old.expose().as_bytes())
             {
-                add(env, name, FORMER, old.expose().as_bytes());
+                formers.push((env.as_str(), name.as_str(), old));
             }
         }
     }
-    for (grant, var, val) in inner.dynamic.held_values() {
-        if let Some(g) = inner.grants.get(&grant) {
-            let env = g.environment.clone();
-            add(&env, &var, "minted", val.expose().as_bytes());
-        }
+    for (env, name, old) in formers {
+        let what = (env, name, FORMER);
+        push(inner, (&mut out, &mut keys), what, old.expose().as_bytes());
     }
     Ok((out, keys))
 }

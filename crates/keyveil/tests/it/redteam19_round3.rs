@@ -245,3 +245,26 @@ fn one_guess_in_many_files_does_not_grow_the_sealed_reply() {
         "{out}"
     );
 }
+
+/// The agent stores its guess of the human's `API_KEY` as the first value of a variable of its
+/// own (no factor needed) and plants it in a transcript. A sweep marks both; the human rotates
+/// the agent's variable only. Its former value is still `API_KEY`'s current value: the scrub
+/// must not rewrite that transcript (it would confirm the guess).
+#[test]
+fn a_former_value_that_is_another_variables_current_value_is_never_scrubbed() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    h.set_unverified("demo", "DECOY", &v);
+    let dir = h.path().join(".claude/projects/-w-decoy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = dir.join("t.jsonl");
+    let body = format!("{{\"content\":\"{v}\"}}\n");
+    std::fs::write(&t, &body).unwrap();
+    let ino = std::fs::metadata(&t).unwrap().ino();
+    crate::redteam19::contain_then_rotate(&h, "demo", "DECOY");
+    let o = scrub_sweep(&h);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&t).unwrap(), body, "rewritten");
+    assert_eq!(std::fs::metadata(&t).unwrap().ino(), ino, "rewritten");
+}
