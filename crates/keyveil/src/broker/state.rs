@@ -684,7 +684,9 @@ impl Inner {
         let entries: Vec<_> = entries
             .into_iter()
             .map(|(event, mut fields)| {
-                self.hide_names_in(&mut fields);
+                // Like every entry: an egress path or destination is the child's, which may
+                // hold a value (`redteam_s9.rs`).
+                self.scrub_entry(&mut fields);
                 let map = match fields {
                     Value::Object(m) => m,
                     _ => serde_json::Map::new(),

@@ -1,0 +1,128 @@
+//! Red team, session 9: the card value matcher (`broker/card_redact.rs`), the run's re-ask,
+//! held approvals and the sweep's git reader.
+//!
+//! The attacker is the coding agent: same uid, the CLI, the socket, files. Values are made at
+//! runtime and never printed.
+
+use std::time::Duration;
+
+use crate::harness::{Home, contains, encodings, text};
+
+/// `n` bytes from the OS as lowercase hex.
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+/// A run's egress proxy audits each request to a bound host (`egress_request`: its path) and
+/// each placeholder it blocks (`egress_blocked`: the destination the child named). Those entries
+/// went to the log through `Inner::audit_batch`, which hid real names but skipped the card
+/// redactor every other entry goes through: an approved command holding a second, unbound
+/// variable that builds a URL from it (`curl https://api/v1/users/$USER_ID_TOKEN`) wrote that
+/// value into `audit.jsonl`, which the agent reads without a factor.
+#[test]
+fn s9_egress_audit_entries_never_hold_a_value() {
+    let bound = format!("sk-proj-{}", random_hex(24));
+    let other = format!("fixture-other-{}", random_hex(16));
+    let (api, ca_pem, _seen) = crate::egress::https_api();
+    let h = crate::egress::bound_home(api, &ca_pem, &bound);
+    h.set("demo", "OTHER_TOKEN", &other);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    // The approved command: the bound token as a header, the other variable in the path; and a
+    // placeholder sent to a host named after the other value (blocked, audited by destination).
+    let script = format!(
+        r#"curl -sS --max-time 20 -H "Authorization: Bearer $API_TOKEN" "https://localhost:{api}/v1/items/$OTHER_TOKEN" > a.txt 2>&1
+curl -sS --max-time 5 -H "Authorization: Bearer $API_TOKEN" "https://$OTHER_TOKEN.localhost:{api}/x" > b.txt 2>&1
+echo done"#
+    );
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--cwd",
+            work.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(text(&o.stdout).contains("done"), "{}", text(&o.stderr));
+    // Every entry of the run is written before its end; give the writer a moment anyway.
+    std::thread::sleep(Duration::from_millis(300));
+    let audit = h.audit_text();
+    assert!(
+        audit.contains("\"egress_request\""),
+        "the request to the bound host was audited"
+    );
+    for enc in encodings(&other) {
+        assert!(
+            !contains(audit.as_bytes(), &enc),
+            "the audit log holds OTHER_TOKEN's value (an egress entry)"
+        );
+    }
+    assert!(
+        audit.contains("[REDACTED:OTHER_TOKEN]"),
+        "the egress entry shows where the value was, by name"
+    );
+}
+
+/// The card matcher masks whole values only when "no agent can guess" them, judged by length
+/// and character classes alone (`sweep_ops::guessable`: 16 bytes at 6.5 bits each pass). A
+/// connection URL whose only unknown is a short password passes as 300 bits, yet the agent
+/// knows everything around the password (the compose file, the code's config): it writes
+/// every candidate URL, 10,000 of them in one request, and the card masks the one that is
+/// the value. Same for a value a human chose (`Summer2024!Summer2024!`): a dictionary of
+/// whole values, one card per tens of thousands of guesses.
+#[test]
+#[ignore = "LEAK: whole-value masking confirms a planted guess of a value with a known structure or human-chosen; the entropy estimate cannot tell"]
+fn s9_the_card_matcher_confirms_a_url_whose_only_unknown_is_a_short_password() {
+    let h = Home::new();
+    let n = u16::from_le_bytes(random_hex(2).as_bytes()[..2].try_into().unwrap()) % 10_000;
+    let url = |p: u16| format!("postgres://app:{p:04}@db.internal.example:5432/app");
+    h.set("demo", "DATABASE_URL", &url(n));
+    let all: Vec<String> = (0..10_000).map(url).collect();
+    let words: Vec<String> = all.chunks(2_500).map(|c| c.join(" ")).collect();
+    let mut args = vec!["run", "--env", "demo", "--", "echo"];
+    args.extend(words.iter().map(String::as_str));
+    let mut c = h.spawn_run(&args);
+    let id = h.wait_request();
+    let list = h.json(&["requests", "--json"]);
+    h.run(&["deny", &id.to_string()]);
+    let _ = c.kill();
+    let _ = c.wait();
+    let card = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_u64() == Some(id))
+        .cloned()
+        .unwrap_or_default();
+    let shown: Vec<String> = card["argv"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .skip(1)
+                .flat_map(|w| w.as_str().unwrap_or_default().split(' '))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let masked: Vec<usize> = shown
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.contains("[REDACTED"))
+        .map(|(i, _)| i)
+        .collect();
+    let right = masked.len() == 1 && masked[0] == usize::from(n);
+    assert!(
+        masked.is_empty() || masked.len() == all.len(),
+        "the card masked {} of {} candidate URLs; the one it singled out is {} (never printed)",
+        masked.len(),
+        all.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
