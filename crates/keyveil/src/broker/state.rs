@@ -435,7 +435,7 @@ pub(crate) struct LiveRun {
     /// The process group the run started in: the pid of its reaper (Linux; the command is the
     /// reaper's child and starts in that group, which it may leave), or of the command.
     pub pgid: i32,
-    /// argv as the requester gave it (never matched against values).
+    /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,

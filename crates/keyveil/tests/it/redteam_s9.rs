@@ -126,3 +126,48 @@ fn s9_the_card_matcher_confirms_a_url_whose_only_unknown_is_a_short_password() {
         if right { "the value" } else { "not the value" }
     );
 }
+
+/// The card, the grant listing and the audit mask a value that a run's argv carries (a
+/// granted child that asks `keyveil run` with a value on the command line: `card_values.rs`),
+/// but two more listings show a run's argv: `status` (its live runs) and `logs` (a background
+/// run's header). Both gave it as the requester did, and the agent reads both without a
+/// factor, as soon as the human approved the masked card.
+#[test]
+fn s9_status_and_logs_never_show_a_value_on_a_runs_argv() {
+    let h = Home::new();
+    let value = format!("fixture-run-argv-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &value);
+    // The test plays the granted child: it holds the value and puts it on the run's argv.
+    let child = h.spawn_run(&[
+        "start", "--env", "demo", "--wait", "30", "--", "sh", "-c", "sleep 5", "sh", &value,
+    ]);
+    let id = h.wait_request();
+    let o = h.approve(id, &["--ttl", "10m"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = crate::harness::wait_output(child, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let run = text(&o.stdout).trim().to_owned();
+    assert!(run.starts_with("r-"), "{run}");
+    h.wait_live_runs(1);
+    let views = [
+        ("status --json", h.run(&["status", "--json"]).stdout),
+        (
+            "logs (raw socket)",
+            crate::oracle::raw(&h, &serde_json::json!({"op": "logs", "run_id": run}))
+                .to_string()
+                .into_bytes(),
+        ),
+        ("grants --json", h.run(&["grants", "--json"]).stdout),
+    ];
+    let _ = h.run(&["stop", &run]);
+    for (where_, b) in &views {
+        for enc in encodings(&value) {
+            assert!(
+                !contains(b, &enc),
+                "{where_} shows the value on the run's argv"
+            );
+        }
+    }
+    let status = text(&views[0].1);
+    assert!(status.contains("[REDACTED:API_TOKEN]"), "{status}");
+}
