@@ -330,7 +330,7 @@ pub(super) fn sweep_repo_checked(
     let dir = git_dir(repo);
     // A repository with a named pipe or device where the reader opens files would block it:
     // refused, with a note.
-    if let Some(why) = check.then(|| refusal(&dir)).flatten() {
+    if let Some(why) = check.then(|| refusal(&dir, deadline)).flatten() {
         report.skipped += 1;
         report.truncated = true;
         report

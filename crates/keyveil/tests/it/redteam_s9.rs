@@ -171,3 +171,74 @@ fn s9_status_and_logs_never_show_a_value_on_a_runs_argv() {
     let status = text(&views[0].1);
     assert!(status.contains("[REDACTED:API_TOKEN]"), "{status}");
 }
+
+/// Before a repository's objects are read, every entry of its git directory and of each object
+/// directory an alternates file names is checked (`sweep/git_check.rs::refusal`): up to two
+/// million entries, with no deadline, and a symbolic link is judged by what it leads to (one
+/// `stat` that follows it). The agent makes that `stat` slow: a chain of 38 links, each
+/// target some 800 `d/..` components long, costs the kernel milliseconds per `stat` (the chain
+/// may even end in a loop). 600 links to it, in a folder an alternates file names under 16
+/// spellings, held one sweep with `--max-seconds 2` for about a minute; 125,000 links (two
+/// million entries) for hours of the broker's CPU. The sweep checks its deadline only between
+/// repositories.
+#[test]
+fn s9_planted_slow_links_do_not_hold_a_sweep_past_its_deadline() {
+    use std::os::unix::fs::symlink;
+    let h = Home::new();
+    h.set(
+        "demo",
+        "API_KEY",
+        &format!("fixture-sweep-{}", random_hex(16)),
+    );
+    // The chain: c0 a file, c(k) -> d/../d/../.../c(k-1).
+    let chain = h.path().join("chain");
+    std::fs::create_dir_all(chain.join("d")).unwrap();
+    std::fs::write(chain.join("c0"), "").unwrap();
+    for k in 1..=38 {
+        let target = format!("{}c{}", "d/../".repeat(800), k - 1);
+        symlink(&target, chain.join(format!("c{k}"))).unwrap();
+    }
+    let head = chain.join("c38");
+    let big = h.path().join("big");
+    std::fs::create_dir_all(big.join("d")).unwrap();
+    for i in 0..600 {
+        symlink(&head, big.join(format!("l{i}"))).unwrap();
+    }
+    let proj = h.path().join("proj");
+    let git = proj.join("r/.git");
+    std::fs::create_dir_all(git.join("refs/heads")).unwrap();
+    std::fs::create_dir_all(git.join("objects/info")).unwrap();
+    std::fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    let spellings: Vec<String> = (0..16)
+        .map(|k| format!("{}{}", big.display(), "/d/..".repeat(k)))
+        .collect();
+    std::fs::write(
+        git.join("objects/info/alternates"),
+        spellings.join("\n") + "\n",
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let o = h.run_stdin(
+        &[
+            "sweep",
+            "--passphrase-stdin",
+            "--max-seconds",
+            "2",
+            proj.to_str().unwrap(),
+        ],
+        &format!("{}\n", crate::harness::PASS),
+    );
+    let took = t0.elapsed();
+    assert!(
+        o.status.code().is_some_and(|c| c != 2),
+        "the sweep ran: {}",
+        text(&o.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "a 2 s sweep took {took:?} over one planted repository"
+    );
+    // The repository that was not checked in time is named, and the report is incomplete.
+    let out = text(&o.stdout);
+    assert!(out.contains("incomplete"), "{out}");
+}
