@@ -242,3 +242,37 @@ fn s9_planted_slow_links_do_not_hold_a_sweep_past_its_deadline() {
     let out = text(&o.stdout);
     assert!(out.contains("incomplete"), "{out}");
 }
+
+/// A request's client name is the requester's (any raw frame sets it, and a granted child that
+/// speaks the protocol may name itself after what it holds): its card masks a value there, the
+/// grant listing showed it as given.
+#[test]
+fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
+    let h = Home::new();
+    let value = format!("fixture-client-name-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &value);
+    let r = crate::oracle::raw(
+        &h,
+        &serde_json::json!({"op": "request_access", "client": crate::oracle::client(&value),
+            "environment": "demo", "variables": null, "argv": ["true"], "pass_env": [],
+            "cwd": "/tmp", "ttl_seconds": null, "reason": "check"}),
+    );
+    assert_eq!(r["kind"], "ok", "{r}");
+    let id = r["data"]["request_id"].as_u64().unwrap();
+    let card = text(&h.run(&["requests", "--json"]).stdout);
+    assert!(card.contains("[REDACTED:API_TOKEN]"), "{card}");
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let grants = h.run(&["grants", "--json"]).stdout;
+    assert!(
+        text(&grants).contains("\"request_id\""),
+        "the grant is listed"
+    );
+    for enc in encodings(&value) {
+        assert!(
+            !contains(&grants, &enc),
+            "`grants` shows the value as the client's name"
+        );
+    }
+    assert!(text(&grants).contains("[REDACTED:API_TOKEN]"));
+}
