@@ -81,7 +81,9 @@ echo done"#
 #[ignore = "LEAK: whole-value masking confirms a planted guess of a value with a known structure or human-chosen; the entropy estimate cannot tell"]
 fn s9_the_card_matcher_confirms_a_url_whose_only_unknown_is_a_short_password() {
     let h = Home::new();
-    let n = u16::from_le_bytes(random_hex(2).as_bytes()[..2].try_into().unwrap()) % 10_000;
+    let mut b = [0u8; 2];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from_le_bytes(b) % 10_000;
     let url = |p: u16| format!("postgres://app:{p:04}@db.internal.example:5432/app");
     h.set("demo", "DATABASE_URL", &url(n));
     let all: Vec<String> = (0..10_000).map(url).collect();
