@@ -278,3 +278,76 @@ fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
     }
     assert!(text(&grants).contains("[REDACTED:API_TOKEN]"));
 }
+
+/// After each run the write-side scan reports, to the requester, every file changed under the
+/// run's cwd during the run that holds a form of a granted value, by path, matched by the
+/// run's own redactor: 12-byte fragments of random-looking values included. The agent writes
+/// the files itself while any approved run lasts (the command need not read them: here
+/// `sleep`): one candidate per next character after an 11-byte known part, and the report
+/// names the file that holds the right one. The threat model lists the scan reporting files
+/// the agent wrote, but as needing "a command that reflects input"; it needs none, and
+/// fragments make it a character-by-character reader.
+#[test]
+#[ignore = "LEAK: the write-side scan reports which agent-written file holds a 12-byte fragment of a value, during any approved run"]
+fn s9_the_write_side_scan_reads_a_value_with_a_known_part_through_any_run() {
+    let h = Home::new();
+    let known = "acme_live_key_";
+    const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rb = [0u8; 32];
+    getrandom::fill(&mut rb).unwrap();
+    let tail: String = rb
+        .iter()
+        .map(|x| ALPHA[usize::from(*x) % ALPHA.len()] as char)
+        .collect();
+    let value = format!("{known}{tail}");
+    h.set("demo", "ACME_KEY", &value);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let c = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "sleep",
+        "3",
+    ]);
+    let id = h.wait_request();
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    h.wait_live_runs(1);
+    // While it runs: one file per candidate for the character after the known part.
+    let last11 = &known[known.len() - 11..];
+    for &b in ALPHA {
+        let ch = b as char;
+        std::fs::write(
+            work.path().join(format!("cand_{ch}.txt")),
+            format!("{last11}{ch}\n"),
+        )
+        .unwrap();
+    }
+    // The scan ran: a file holding the whole value is reported (by design).
+    std::fs::write(work.path().join("control.txt"), format!("x {value} y\n")).unwrap();
+    let o = crate::harness::wait_output(c, Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("control.txt"),
+        "the write-side scan reported nothing"
+    );
+    let named: Vec<char> = ALPHA
+        .iter()
+        .map(|&b| b as char)
+        .filter(|ch| err.contains(&format!("cand_{ch}.txt")))
+        .collect();
+    let right = named.len() == 1 && tail.starts_with(named[0]);
+    assert!(
+        named.is_empty() || named.len() == ALPHA.len(),
+        "the run's report named {} of 62 candidate files; the one it singled out is {} (never printed)",
+        named.len(),
+        if right {
+            "the next character"
+        } else {
+            "not it"
+        }
+    );
+}
