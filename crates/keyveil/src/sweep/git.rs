@@ -171,6 +171,13 @@ pub(super) fn discover(
         .partition(|r| r.components().any(|c| c.as_os_str() == ".git"));
     let mut out = Vec::new();
     for r in trees.into_iter().chain(modules) {
+        // Past the deadline nothing more is resolved (each is then named as not read): a `.git`
+        // naming a path through a chain of links costs tens of milliseconds to make canonical,
+        // and the agent can plant as many as the search finds in time.
+        if Instant::now() >= deadline {
+            out.push(r);
+            continue;
+        }
         let key = std::fs::canonicalize(git_dir(&r)).unwrap_or_else(|_| git_dir(&r));
         if dirs.insert(key) {
             out.push(r);

@@ -351,3 +351,59 @@ fn s9_the_write_side_scan_reads_a_value_with_a_known_part_through_any_run() {
         }
     );
 }
+
+/// The slow-link chain of the test above, made in `dir`: `c0` a folder, `c(k)` a link to
+/// `d/../` 800 times and `c(k-1)`. Returns the head (`c38`): each path resolution through it
+/// costs the kernel milliseconds.
+fn slow_chain(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("d")).unwrap();
+    std::fs::create_dir_all(dir.join("c0")).unwrap();
+    for k in 1..=38 {
+        let target = format!("{}c{}", "d/../".repeat(800), k - 1);
+        std::os::unix::fs::symlink(&target, dir.join(format!("c{k}"))).unwrap();
+    }
+    dir.join("c38")
+}
+
+/// Repositories found before the deadline are then told apart by their git directories
+/// (`sweep/git.rs::discover`: `git_dir` and `canonicalize` of each), with no deadline: a
+/// `.git` file naming a path through a slow chain of links costs tens of milliseconds there,
+/// and the agent plants as many as the search finds in time (a folder and a file each): 1,500
+/// held a 20 s sweep for over two minutes (a default 600 s sweep, hours).
+#[test]
+fn s9_planted_git_links_do_not_hold_a_sweep_past_its_deadline() {
+    let h = Home::new();
+    h.set(
+        "demo",
+        "API_KEY",
+        &format!("fixture-sweep-{}", random_hex(16)),
+    );
+    let head = slow_chain(&h.path().join("chain"));
+    let proj = h.path().join("proj");
+    for r in 0..1500 {
+        let d = proj.join(format!("r{r}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(".git"), format!("gitdir: {}\n", head.display())).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    let o = h.run_stdin(
+        &[
+            "sweep",
+            "--passphrase-stdin",
+            "--max-seconds",
+            "20",
+            proj.to_str().unwrap(),
+        ],
+        &format!("{}\n", crate::harness::PASS),
+    );
+    let took = t0.elapsed();
+    assert!(
+        o.status.code().is_some_and(|c| c != 2),
+        "the sweep ran: {}",
+        text(&o.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(35),
+        "a 20 s sweep took {took:?} over 1,500 planted repositories"
+    );
+}
