@@ -407,3 +407,45 @@ fn s9_planted_git_links_do_not_hold_a_sweep_past_its_deadline() {
         "a 20 s sweep took {took:?} over 1,500 planted repositories"
     );
 }
+
+/// A run's result names the files it wrote a value into (the write-side scan), and the hosts
+/// it sent a placeholder to, for the requester's terminal: paths and hosts a granted child
+/// chose, which may hold another value (`mkdir "$CACHE_KEY"`, as cards' argv may). Held: the
+/// report reaches the requester masked.
+#[test]
+fn s9_a_runs_write_leak_paths_never_show_a_value() {
+    let h = Home::new();
+    let a = format!("fixture-leaked-{}", random_hex(16));
+    let b = format!("fixture-dirname-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &a);
+    h.set("demo", "CACHE_KEY", &b);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--cwd",
+            work.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            r#"mkdir -p "$CACHE_KEY" && printf '%s\n' "$API_TOKEN" > "$CACHE_KEY/token.txt"; echo done"#,
+        ],
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert!(text(&o.stdout).contains("done"), "{err}");
+    assert!(
+        err.contains("token.txt"),
+        "the leak was reported: {}",
+        err.lines().count()
+    );
+    for enc in encodings(&b) {
+        assert!(
+            !contains(&o.stderr, &enc),
+            "the run's leak report shows CACHE_KEY's value in a path"
+        );
+    }
+    assert!(err.contains("[REDACTED:CACHE_KEY]"));
+}
