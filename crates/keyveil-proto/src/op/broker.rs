@@ -138,7 +138,7 @@ pub struct LiveRun {
     pub grant_id: String,
     /// The run's process group (its reaper's pid).
     pub pgid: i32,
-    /// argv as the requester gave it.
+    /// argv as the requester gave it, every whole stored value masked (`[REDACTED:NAME]`).
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,

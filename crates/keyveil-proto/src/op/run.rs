@@ -40,7 +40,7 @@ pub struct RunLogs {
     pub grant_id: String,
     /// Environment name.
     pub environment: String,
-    /// argv as the requester gave it.
+    /// argv as the requester gave it, every whole stored value masked (`[REDACTED:NAME]`).
     pub argv: Vec<String>,
     /// Process id of its reaper (its process group).
     pub pid: i64,

@@ -214,7 +214,7 @@ pub(crate) struct Detached {
     pub client: String,
     /// Environment.
     pub environment: String,
-    /// argv as the requester gave it (never matched against values).
+    /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
     pub argv: Vec<String>,
     /// Working directory.
     pub cwd: String,

@@ -6,8 +6,9 @@
 //! a mounted `.env`, or asks `keyveil run` itself. The agent reads cards and the audit log
 //! without any factor, so the broker masks in them every value that is secret from the agent
 //! before they leave it: a card's strings, a grant listing's argv, cwd and pinned
-//! paths, every audit entry (`Inner::scrub_entry`), and the desktop notification's text (the
-//! notifier's command line is readable in `/proc`).
+//! paths, a run's argv as `status` and `logs` show it (masked when the run starts), every audit
+//! entry (`Inner::scrub_entry`, the egress proxy's batched entries included), and the desktop
+//! notification's text (the notifier's command line is readable in `/proc`).
 //!
 //! Which values, and what is matched: requester-supplied strings that a matcher marks are an
 //! oracle (plant a guess in an argv, read whether the card masks it). So the match is of the
@@ -17,7 +18,10 @@
 //! only of values no agent can guess ([`super::sweep_ops::guessable`]: 16 bytes or more and
 //! about 80 bits or more), never a value the agent may have chosen itself (stored without the
 //! factor: shown on cards by design, `access::chosen_values`). Confirming a planted guess of a
-//! whole value of 80 bits or more tells the agent nothing it did not have. A guessable value, or
+//! whole value of 80 bits or more tells the agent nothing it did not have; but the 80 bits are
+//! estimated from length and character classes, so a value of a shape the agent knows (a URL
+//! whose only unknown is a short password) is confirmed by a planted guess: a stated limit
+//! (`docs/threat-model.md`, `tests/it/redteam_s9.rs`). A guessable value, or
 //! a value written encoded or in part, that a granted child puts on a command line still reaches
 //! a card: `docs/threat-model.md` says so.
 //!

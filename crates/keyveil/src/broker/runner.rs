@@ -141,7 +141,7 @@ pub(super) struct Launched {
     pub(super) started_at: std::time::SystemTime,
     /// Its private TMPDIR.
     pub(super) tmp_dir: Option<super::private_tmp::RunTmp>,
-    /// argv as the requester gave it.
+    /// argv as the requester gave it, whole values masked (`card_redact.rs`).
     pub(super) shown_argv: Vec<String>,
     /// What the grant's inputs were when the run was checked: checked once more when it ends
     /// ([`end_if_inputs_changed`]).
@@ -615,9 +615,18 @@ async fn launch(
             .get(&grant_id)
             .map(|g| g.cancel.clone())
             .unwrap_or_default();
-        // argv is the requester's, stored and shown as given: never matched against values
-        // (see `access::find_or_create_request`).
-        let shown_argv = req.argv.clone();
+        // argv is the requester's, never matched against values for the grant (see
+        // `access::find_or_create_request`); shown (`status`, `logs`, audit) with every whole
+        // value masked as its card showed it: a granted child may have put one there, and the
+        // agent reads those listings without a factor (`card_redact.rs`, `redteam_s9.rs`).
+        let shown_argv = match inner.card_redactor() {
+            Some(r) => req
+                .argv
+                .iter()
+                .map(|w| super::card_redact::redact_str(&r, w))
+                .collect(),
+            None => req.argv.clone(),
+        };
         let mut env = child_env(&inner, &req.environment, &req.env, pass_env);
         env.extend(dynamic_values.env);
         // Values the agent could have chosen are bound by digest: checked below on these very

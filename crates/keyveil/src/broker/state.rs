@@ -435,7 +435,7 @@ pub(crate) struct LiveRun {
     /// The process group the run started in: the pid of its reaper (Linux; the command is the
     /// reaper's child and starts in that group, which it may leave), or of the command.
     pub pgid: i32,
-    /// argv as the requester gave it (never matched against values).
+    /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,
@@ -684,7 +684,9 @@ impl Inner {
         let entries: Vec<_> = entries
             .into_iter()
             .map(|(event, mut fields)| {
-                self.hide_names_in(&mut fields);
+                // Like every entry: an egress path or destination is the child's, which may
+                // hold a value (`redteam_s9.rs`).
+                self.scrub_entry(&mut fields);
                 let map = match fields {
                     Value::Object(m) => m,
                     _ => serde_json::Map::new(),

@@ -171,6 +171,13 @@ pub(super) fn discover(
         .partition(|r| r.components().any(|c| c.as_os_str() == ".git"));
     let mut out = Vec::new();
     for r in trees.into_iter().chain(modules) {
+        // Past the deadline nothing more is resolved (each is then named as not read): a `.git`
+        // naming a path through a chain of links costs tens of milliseconds to make canonical,
+        // and the agent can plant as many as the search finds in time.
+        if Instant::now() >= deadline {
+            out.push(r);
+            continue;
+        }
         let key = std::fs::canonicalize(git_dir(&r)).unwrap_or_else(|_| git_dir(&r));
         if dirs.insert(key) {
             out.push(r);
@@ -330,7 +337,7 @@ pub(super) fn sweep_repo_checked(
     let dir = git_dir(repo);
     // A repository with a named pipe or device where the reader opens files would block it:
     // refused, with a note.
-    if let Some(why) = check.then(|| refusal(&dir)).flatten() {
+    if let Some(why) = check.then(|| refusal(&dir, deadline)).flatten() {
         report.skipped += 1;
         report.truncated = true;
         report

@@ -7,6 +7,7 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use std::collections::BTreeSet;
 
@@ -21,7 +22,11 @@ pub(super) const MAX_REF_FILE: u64 = 64 << 20;
 /// would feed it without end), or a ref file (`HEAD`, a loose ref, a reflog) larger than
 /// [`MAX_REF_FILE`] (read whole), here or in an object directory an alternates file names. Symbolic
 /// links are judged by what they point to, and not descended into.
-pub(super) fn refusal(dir: &Path) -> Option<String> {
+///
+/// The check stops at `deadline` (the repository is then refused, said as out of time): judging
+/// a link costs a `stat` that follows it, and the agent can make each one take milliseconds (a
+/// chain of links whose targets are long `d/../d/..` paths), two million of them hours.
+pub(super) fn refusal(dir: &Path, deadline: Instant) -> Option<String> {
     use std::os::unix::fs::FileTypeExt as _;
     let mut checked = 0u64;
     let mut dirs = vec![dir.to_path_buf()];
@@ -35,6 +40,11 @@ pub(super) fn refusal(dir: &Path) -> Option<String> {
             };
             for e in rd.flatten() {
                 checked += 1;
+                if Instant::now() >= deadline {
+                    return Some(format!(
+                        "out of time while its git directory was checked ({checked} entries)"
+                    ));
+                }
                 if checked > MAX_CHECKED {
                     return Some(format!(
                         "more than {MAX_CHECKED} entries in its git directory"

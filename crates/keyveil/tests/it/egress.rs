@@ -16,7 +16,7 @@ fn fresh_value() -> String {
     format!("sk-proj-{}", hex::encode(b))
 }
 
-type Seen = Arc<Mutex<Vec<String>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<String>>>;
 
 /// Reads one request head (up to the blank line) from a stream; test-side only.
 fn read_head(s: &mut impl Read) -> String {
@@ -44,7 +44,7 @@ fn authorization(head: &str) -> String {
 /// The "API": HTTPS on 127.0.0.1 with a leaf for `localhost` from a test CA; records each
 /// request head and answers with the Authorization header it received (an API that echoes the
 /// key). Returns (port, CA PEM, what it saw).
-fn https_api() -> (u16, String, Seen) {
+pub(crate) fn https_api() -> (u16, String, Seen) {
     let (ca_pem, config) = tls_server(&[]);
     let config = Arc::new(config);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -206,7 +206,7 @@ fn attacker() -> (u16, Seen) {
 
 /// A home with `API_TOKEN` stored, the API's CA trusted upstream and the variable bound to the
 /// API, all set by the human with the factor.
-fn bound_home(api_port: u16, ca_pem: &str, value: &str) -> Home {
+pub(crate) fn bound_home(api_port: u16, ca_pem: &str, value: &str) -> Home {
     let h = Home::new();
     h.set("demo", "API_TOKEN", value);
     let ca_file = h.path().join("test-api-ca.pem");

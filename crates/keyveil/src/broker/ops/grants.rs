@@ -12,7 +12,8 @@ use keyveil_proto::op;
 pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     let mut inner = broker.lock();
     let now = Timestamp::now();
-    // A grant's argv, cwd and pinned paths are its request's, shown as its card showed them.
+    // A grant's client name, argv, cwd and pinned paths are its request's, shown as its card
+    // showed them.
     let redactor = inner.card_redactor();
     let shown = |s: &str| match &redactor {
         Some(r) => crate::broker::card_redact::redact_str(r, s),
@@ -30,7 +31,8 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
         .map(|g| op::GrantInfo {
             id: g.id.clone(),
             request_id: g.request_id,
-            client: g.client.clone(),
+            // The requester's own name for itself, as its card showed it.
+            client: shown(&g.client),
             environment: g.environment.clone(),
             variables: g.variables.clone(),
             argv: g
