@@ -18,15 +18,22 @@ use crate::mount::{Project, approve_card, finished, mount, store, values, wait_c
 /// - `starve`: pins the reader to one CPU and sets it `SCHED_IDLE` (what the same uid may do
 ///   to its own processes: the reader is neither stopped nor traced, it just does not run
 ///   while anything else wants that CPU), and spins on that CPU;
+/// - `spin`: starts two normal-priority spinners per CPU (plain busy loops, no priority or
+///   affinity change, nothing the broker could refuse the reader for), so that the woken
+///   reader waits for a CPU while the thief races it;
 /// - without `uring`: watches the served FIFO's modification time through
-///   `stat(/proc/READER/fd/N)` (no descriptor: invisible), and at the write opens
-///   `/proc/READER/fd/N` and drains it at once.
+///   `stat(/proc/READER/fd/N)` (no descriptor: invisible), and at each write opens
+///   `/proc/READER/fd/N` and drains it at once;
+/// - `writeback`: puts what it read back into the FIFO at once (`chmod` to writable, open
+///   `/proc/READER/fd/N` for writing, write, `chmod` back), so that the reader still reads
+///   it all, and goes on for every write.
 ///
 /// Touches `argv[3]` once in position (the test approves only then). Prints what it read on
 /// stdout (the test only searches it, never shows it).
 const THIEF: &str = r#"
-import os, sys, time, ctypes, mmap, struct
+import os, sys, time, ctypes, mmap, struct, signal
 path, mode, ready = sys.argv[1:4]
+spinners = []
 st = os.stat(path); dev, ino = st.st_dev, st.st_ino
 me = os.getpid(); pid = fdn = None; t0 = time.time()
 while pid is None and time.time() - t0 < 20:
@@ -86,6 +93,14 @@ if "uring" in mode:
         return buf.raw[:res] if res > 0 else res
 else:
     m0 = os.stat(src).st_mtime_ns
+if "spin" in mode:
+    for _ in range(2 * len(os.sched_getaffinity(0))):
+        c = os.fork()
+        if c == 0:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the thief
+            while True:
+                pass
+        spinners.append(c)
 if "starve" in mode:
     cpu = sorted(os.sched_getaffinity(0))[-1]
     os.sched_setaffinity(0, {cpu})
@@ -104,29 +119,69 @@ while time.time() - t0 < 30:
         try:
             moved = os.stat(src).st_mtime_ns != m0
             fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK) if moved else None
+            if fd is not None:
+                sys.stderr.write("opened\n")
         except OSError:
             break  # the reader is gone: nothing was written
         if fd is not None:
+            got = b""
             try:
                 while True:
                     b = os.read(fd, 1 << 20)
                     if not b:
                         break
-                    data += b
+                    got += b
             except BlockingIOError:
                 pass
             os.close(fd)
-            break
+            data += got
+            if "writeback" not in mode:
+                break
+            try:
+                if got:
+                    os.chmod(src, 0o600)
+                    w = os.open(src, os.O_WRONLY | os.O_NONBLOCK)
+                    os.write(w, got)
+                    os.close(w)
+                    os.chmod(src, 0o400)
+                m0 = os.stat(src).st_mtime_ns
+            except OSError:
+                break
+for c in spinners:
+    os.kill(c, signal.SIGKILL)
+    os.waitpid(c, 0)
 sys.stdout.buffer.write(data)
 "#;
 
 /// An honest program that loads `.env` and prints only how many bytes it read.
 const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
 
+/// What a theft attempt came to.
+struct Theft {
+    /// How many values the thief read whole.
+    leaked: usize,
+    /// How many bytes it read at all.
+    bytes: usize,
+    /// It opened the served FIFO (it saw a write).
+    opened: bool,
+    /// What the honest reader printed.
+    honest: String,
+    /// The audit log.
+    audit: String,
+    /// `keyveil mounts`: what the human is told.
+    mounts: String,
+}
+
 /// Runs the thief in `mode` against the honest reader, approves the reader's card once the
 /// thief is in position: how many values the thief read, what the honest reader printed, the
 /// audit.
 fn steal(mode: &str, reader: &str) -> (usize, String, String) {
+    let t = theft(mode, reader);
+    (t.leaked, t.honest, t.audit)
+}
+
+/// As [`steal`], with everything that came of it.
+fn theft(mode: &str, reader: &str) -> Theft {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -171,7 +226,14 @@ fn steal(mode: &str, reader: &str) -> (usize, String, String) {
         .iter()
         .filter(|(_, v)| contains(&stolen.stdout, v.split(' ').next_back().unwrap_or(v)))
         .count();
-    (leaked, text(&honest.stdout), h.audit_text())
+    Theft {
+        leaked,
+        bytes: stolen.stdout.len(),
+        opened: text(&stolen.stderr).contains("opened"),
+        honest: text(&honest.stdout),
+        audit: h.audit_text(),
+        mounts: h.ok(&["mounts"]),
+    }
 }
 
 /// An event-loop reader: opens `.env`, then waits in `epoll_wait` (as libuv, Go's netpoller,
@@ -217,13 +279,26 @@ fn a_starved_reader_with_a_ring_held_fifo_is_never_written_to() {
 /// not at all; the text is written once the reader sits in its read.
 #[test]
 fn an_event_loop_readers_pipe_is_not_drained_by_a_thief() {
-    let (leaked, honest, audit) = steal("plain", LOOP);
+    let t = theft("plain", LOOP);
     assert_eq!(
-        leaked, 0,
-        "the thief read values (honest read {honest}); {audit}"
+        t.leaked, 0,
+        "the thief read values (honest read {}); {}",
+        t.honest, t.audit
     );
-    assert_ne!(honest, "0", "{audit}");
-    assert!(audit.contains("\"mount_read\""), "{audit}");
+    assert!(
+        t.bytes <= 16,
+        "the thief read {} bytes; {}",
+        t.bytes,
+        t.audit
+    );
+    if t.opened {
+        // It saw a write and opened the FIFO: at most a piece, and reported.
+        assert!(t.audit.contains("\"mount_read_suspect\""), "{}", t.audit);
+        assert!(t.mounts.contains("possible theft"), "{}", t.mounts);
+    } else {
+        assert_ne!(t.honest, "0", "{}", t.audit);
+        assert!(t.audit.contains("\"mount_read\""), "{}", t.audit);
+    }
 }
 
 /// A reader one of whose threads sleeps reading another pipe (a worker reading a child's
