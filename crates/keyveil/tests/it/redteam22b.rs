@@ -1,7 +1,9 @@
 //! Red team of issue 22, second round (`.env` FIFO mounts, after the first round's fixes): a
 //! prompt-injected agent with the human's uid, a shell and `/proc`, trying to read a mount's
 //! values while the human approves an honest reader's card. A held attack is a passing test;
-//! one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today).
+//! one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today). Races the broker
+//! cannot prevent are held when the thief gets no whole value and any read it made is
+//! reported ([`assert_held`]).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -236,6 +238,56 @@ fn theft(mode: &str, reader: &str) -> Theft {
     }
 }
 
+/// What every race against the pieces must come to, whoever wins it: the thief reads no
+/// whole value and at most a piece or two (a `NAME=` and a few bytes of a value); a thief
+/// that read anything was seen, audited (`mount_read_suspect`, the grant ended) and shown to
+/// the human (`keyveil mounts`); an unreported read is a whole one, the reader's.
+fn assert_held(t: &Theft) {
+    assert_eq!(
+        t.leaked, 0,
+        "the thief read values (honest read {}); {}",
+        t.honest, t.audit
+    );
+    assert!(
+        t.bytes <= 16,
+        "the thief read {} bytes (it opened the FIFO: {}); {}",
+        t.bytes,
+        t.opened,
+        t.audit
+    );
+    let suspect = t.audit.contains("\"mount_read_suspect\"");
+    let taken_back = t.audit.contains("a mount read was tampered with");
+    if t.bytes > 0 {
+        assert!(
+            suspect,
+            "the thief read {} bytes unreported; {}",
+            t.bytes, t.audit
+        );
+    }
+    if suspect {
+        // Seen: audited, the grant ended, the human told which value to rotate.
+        assert!(
+            t.audit.contains("may have been read by another process"),
+            "{}",
+            t.audit
+        );
+        assert!(t.mounts.contains("possible theft"), "{}", t.mounts);
+        assert!(
+            t.mounts.contains("rotate") || t.mounts.contains("no value was exposed"),
+            "{}",
+            t.mounts
+        );
+    } else if taken_back {
+        // Seen with the piece still in the pipe: taken back whole, the grant ended.
+        assert!(t.audit.contains("\"mount_reclaimed\""), "{}", t.audit);
+        assert!(t.mounts.contains("taken back"), "{}", t.mounts);
+    } else {
+        // Not seen: then the reader read it all.
+        assert!(t.audit.contains("\"mount_read\""), "{}", t.audit);
+        assert_ne!(t.honest, "0", "{}", t.audit);
+    }
+}
+
 /// An event-loop reader: opens `.env`, then waits in `epoll_wait` (as libuv, Go's netpoller,
 /// tokio and asyncio wait for their sockets) for 2 s before it reads.
 const LOOP: &str = "import select, sys\nf = open('.env')\nselect.epoll().poll(2)\nsys.stdout.write(str(len(f.read())))\n";
@@ -276,29 +328,35 @@ fn a_starved_reader_with_a_ring_held_fifo_is_never_written_to() {
 /// the broker's look at the holders (audit: `mount_read`, `opened_during_write: []`; the
 /// honest reader read zero bytes). Held since this round: an epoll wait counts only when an
 /// epoll instance of the reader watches the FIFO (`tfd:` in its fdinfo), a poll/select wait
-/// not at all; the text is written once the reader sits in its read.
+/// not at all; the text is written once the reader sits in its read. Under CPU load the
+/// woken reader could still lose the race to the thief (whole values stolen): since then the
+/// text goes in pieces (see [`assert_held`]).
 #[test]
 fn an_event_loop_readers_pipe_is_not_drained_by_a_thief() {
-    let t = theft("plain", LOOP);
-    assert_eq!(
-        t.leaked, 0,
-        "the thief read values (honest read {}); {}",
-        t.honest, t.audit
-    );
-    assert!(
-        t.bytes <= 16,
-        "the thief read {} bytes; {}",
-        t.bytes,
-        t.audit
-    );
-    if t.opened {
-        // It saw a write and opened the FIFO: at most a piece, and reported.
-        assert!(t.audit.contains("\"mount_read_suspect\""), "{}", t.audit);
-        assert!(t.mounts.contains("possible theft"), "{}", t.mounts);
-    } else {
-        assert_ne!(t.honest, "0", "{}", t.audit);
-        assert!(t.audit.contains("\"mount_read\""), "{}", t.audit);
-    }
+    assert_held(&theft("plain", LOOP));
+}
+
+/// The contention race, replayed on purpose: the agent starts plain busy loops at normal
+/// priority (two per CPU: nothing the broker refuses a reader for), so the reader woken by
+/// the write waits for a CPU, while the agent spins on `stat(/proc/READER/fd/N)` and drains
+/// the pipe the moment the write moves its modification time. With the text written in one
+/// go this stole whole values under load. Held: the text goes in pieces holding at most a
+/// few bytes of a value, each only after the reader read the one before, and the FIFO is
+/// watched (inotify): the agent's opening stops the write and is reported (audit
+/// `mount_read_suspect`, the grant ended, `keyveil mounts` says which value to rotate).
+#[test]
+fn a_thief_racing_a_reader_slowed_by_spinners_gets_no_value_and_is_reported() {
+    assert_held(&theft("plain+spin", HONEST));
+}
+
+/// The agent reads each piece out of the pipe and puts it straight back (`chmod` the
+/// read-only FIFO to writable, open `/proc/READER/fd/N` for writing, write, `chmod` back),
+/// so that the reader reads everything and its byte count adds up. Held: the opening and the
+/// mode change are seen by the FIFO's watch; the write stops after the first piece the agent
+/// saw and is reported.
+#[test]
+fn a_thief_that_puts_back_what_it_read_is_reported() {
+    assert_held(&theft("writeback+spin", HONEST));
 }
 
 /// A reader one of whose threads sleeps reading another pipe (a worker reading a child's
@@ -307,31 +365,25 @@ const OTHER_PIPE: &str = "import os, sys, threading, time\nf = open('.env')\nr, 
 
 /// The reader has a thread blocked in a read of *another* pipe: `wchan` says `pipe_read`,
 /// and which pipe is not told (`/proc/PID/task/TID/syscall` would say, but needs ptrace
-/// access that Yama denies the broker). The text is written at once and waits 2 s; the
-/// agent's `/proc/READER/fd/N` opener drains it unseen.
+/// access that Yama denies the broker). The first piece is written at once and waits 2 s;
+/// the agent's `/proc/READER/fd/N` opener drains it. Was a leak of the whole text (written
+/// in one go). Held since the pieces: the thief gets that first piece (a `NAME=`), its
+/// opening is seen by the FIFO's watch, nothing more is written, and it is reported.
 #[test]
-#[ignore = "LEAK: a reader with any thread blocked reading another pipe counts as waiting for the FIFO; the text waits in the pipe and a /proc/READER/fd/N opener drains it unseen"]
-fn a_reader_reading_another_pipe_is_not_taken_for_waiting() {
-    let (leaked, honest, audit) = steal("plain", OTHER_PIPE);
-    assert_eq!(
-        leaked, 0,
-        "the thief read values (honest read {honest}); {audit}"
-    );
+fn a_reader_reading_another_pipe_leaves_a_thief_at_most_a_piece() {
+    assert_held(&theft("plain", OTHER_PIPE));
 }
 
 /// The thief holds the served FIFO only through an io_uring instance (registered file, its
 /// own descriptor closed) from before the approval: `/proc/THIEF/fd` shows only
 /// `anon_inode:[io_uring]`, which the holders scan skips, so no check before, during or
-/// after the write sees a second holder, and the audit names no one. Not fixable by looking
-/// harder at `/proc`: a ring can itself be registered and its descriptor closed.
+/// after the write sees a second holder, and it needs no opening the watch would see. Was a
+/// leak of the whole text whenever it waited in the pipe. Held since the pieces: the ring
+/// reads the first piece, the pipe is empty while the reader's `rchar` has not grown, and
+/// the broker writes nothing more and reports it (once the reader's count stayed short for 5 s).
 #[test]
-#[ignore = "LEAK: a FIFO held only by an io_uring registered file is invisible to the /proc/*/fd scan; whenever the text waits in the pipe the ring reads it"]
-fn a_ring_held_fifo_is_seen_as_a_second_holder() {
-    let (leaked, honest, audit) = steal("uring", OTHER_PIPE);
-    assert_eq!(
-        leaked, 0,
-        "the thief read values (honest read {honest}); {audit}"
-    );
+fn a_ring_held_fifo_thief_gets_at_most_a_piece_and_is_reported() {
+    assert_held(&theft("uring", OTHER_PIPE));
 }
 
 /// The reader forks right after its `open` (the child inherits the descriptor, as a `vfork`,

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// Largest dotenv text a mount serves (the pipe is enlarged to hold all of it at once).
+/// Largest dotenv text a mount serves.
 pub(super) const MAX_TEXT: usize = 1 << 20;
 
 /// One `NAME=VALUE` line of the text: the variable's name as clients see it (an alias where
@@ -275,8 +275,8 @@ pub(super) enum Drain {
     },
 }
 
-/// What the FIFO's watch saw since it was last looked at.
-#[derive(Default)]
+/// What the FIFO's watch saw since it was made.
+#[derive(Default, Clone, Copy)]
 pub(super) struct Seen {
     /// Someone opened the FIFO (every opening after the watch is another process's: the
     /// reader opened it before, the broker's own write end was opened before).
@@ -295,6 +295,7 @@ pub(super) struct Seen {
 /// opens `/proc/READER/fd/N` to read the text (and maybe write it back) cannot avoid.
 pub(super) struct Watch {
     fd: OwnedFd,
+    seen: std::cell::Cell<Seen>,
 }
 
 impl Watch {
@@ -315,15 +316,18 @@ impl Watch {
                 | inotify::WatchFlags::ACCESS,
         )
         .map_err(|e| format!("cannot watch the FIFO (inotify): {e}; nothing was written"))?;
-        Ok(Watch { fd })
+        Ok(Watch {
+            fd,
+            seen: std::cell::Cell::new(Seen::default()),
+        })
     }
 
-    /// Everything seen since the last call.
-    pub(super) fn drain(&self) -> Seen {
+    /// Everything seen since the watch was made.
+    pub(super) fn seen(&self) -> Seen {
         use rustix::fs::inotify::{ReadFlags, Reader};
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut r = Reader::new(&self.fd, &mut buf);
-        let mut seen = Seen::default();
+        let mut seen = self.seen.get();
         loop {
             match r.next() {
                 Ok(ev) => {
@@ -333,12 +337,33 @@ impl Watch {
                     seen.overflow |= f.contains(ReadFlags::QUEUE_OVERFLOW);
                     seen.writes += usize::from(f.contains(ReadFlags::MODIFY));
                 }
-                Err(rustix::io::Errno::AGAIN) => return seen,
+                Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(_) => {
                     seen.overflow = true;
-                    return seen;
+                    break;
                 }
+            }
+        }
+        self.seen.set(seen);
+        seen
+    }
+
+    /// Why the FIFO is not as the broker left it after its own `ours` writes, or `None`.
+    pub(super) fn doubt(&self, fd: &OwnedFd, ours: usize) -> Option<String> {
+        let seen = self.seen();
+        if seen.overflow {
+            Some("the FIFO's watch lost events".to_owned())
+        } else if seen.opened {
+            Some("another process opened the FIFO (as through /proc/READER/fd/N)".to_owned())
+        } else if seen.changed {
+            Some("the FIFO's mode or times were changed (as to make it writable)".to_owned())
+        } else if seen.writes > ours {
+            Some("another process wrote into the FIFO".to_owned())
+        } else {
+            match rustix::fs::fstat(fd) {
+                Ok(st) if st.st_mode & 0o777 == 0o400 => None,
+                _ => Some("the FIFO's mode was changed (as to make it writable)".to_owned()),
             }
         }
     }
@@ -375,29 +400,11 @@ pub(super) fn write_pieces(
     ino: u64,
     written: &mut usize,
 ) -> Drain {
-    // The broker's own writes not yet matched with the watch's events.
+    // The broker's own writes so far.
     let mut ours = 0usize;
-    // Whether the FIFO is still as the broker left it.
-    let doubt = |ours: usize| -> Option<String> {
-        let seen = watch.drain();
-        if seen.overflow {
-            Some("the FIFO's watch lost events".to_owned())
-        } else if seen.opened {
-            Some("another process opened the FIFO (as through /proc/READER/fd/N)".to_owned())
-        } else if seen.changed {
-            Some("the FIFO's mode or times were changed (as to make it writable)".to_owned())
-        } else if seen.writes > ours {
-            Some("another process wrote into the FIFO".to_owned())
-        } else {
-            match rustix::fs::fstat(fd) {
-                Ok(st) if st.st_mode & 0o777 == 0o400 => None,
-                _ => Some("the FIFO's mode was changed (as to make it writable)".to_owned()),
-            }
-        }
-    };
     let mut last: Option<&Piece> = None;
     for p in pieces {
-        if let Some(why) = doubt(ours) {
+        if let Some(why) = watch.doubt(fd, ours) {
             return match last {
                 Some(l) => Drain::Suspect {
                     why,
@@ -412,7 +419,6 @@ pub(super) fn write_pieces(
                 },
             };
         }
-        ours = 0;
         let Some(before) = rchar(holder.pid) else {
             return Drain::Reclaimed {
                 why: "the reader exited before reading all of it".to_owned(),
@@ -442,7 +448,7 @@ pub(super) fn write_pieces(
         *written += p.range.len();
         last = Some(p);
         let want = before + p.range.len() as u64;
-        if let Err(d) = wait_read(fd, holder, want, dev, ino) {
+        if let Err(d) = wait_read(fd, holder, p.range.len(), want, watch, ours, dev, ino) {
             return match d {
                 Drain::Suspect { why, .. } => Drain::Suspect {
                     why,
@@ -454,7 +460,7 @@ pub(super) fn write_pieces(
             };
         }
     }
-    match (doubt(ours), last) {
+    match (watch.doubt(fd, ours), last) {
         (Some(why), Some(l)) => Drain::Suspect {
             why,
             bytes: *written,
@@ -465,20 +471,43 @@ pub(super) fn write_pieces(
     }
 }
 
-/// Waits until the piece just written left the pipe and the reader's `rchar` reached `want`.
-/// While it is in the pipe, the approved reader stopping or being traced, leaving, or any
+/// Waits until the piece just written (`piece` bytes) left the pipe and the reader's `rchar`
+/// reached `want`. While it is in the pipe, another process seen at the FIFO by the watch, the
+/// approved reader stopping or being traced, leaving, or any
 /// other process holding the FIFO makes the broker take back what is left (see [`reclaim`]);
 /// so does a piece left untouched for [`DRAIN_WATCH`]. A pipe emptied while the reader's
-/// `rchar` stays short for [`RCHAR_WAIT`] is a piece someone else read (`Drain::Suspect`, its
-/// sizes filled in by the caller).
-fn wait_read(fd: &OwnedFd, r: &Holder, want: u64, dev: u64, ino: u64) -> Result<(), Drain> {
+/// `rchar` stays short is a piece someone else read (`Drain::Suspect`, its sizes filled in by
+/// the caller): at once when the watch saw another process at the FIFO, else after
+/// [`RCHAR_WAIT`].
+#[allow(clippy::too_many_arguments)]
+fn wait_read(
+    fd: &OwnedFd,
+    r: &Holder,
+    piece: usize,
+    want: u64,
+    watch: &Watch,
+    ours: usize,
+    dev: u64,
+    ino: u64,
+) -> Result<(), Drain> {
     let t0 = std::time::Instant::now();
     let mut emptied: Option<std::time::Instant> = None;
     let mut round: u32 = 0;
     loop {
         let left = rustix::io::ioctl_fionread(fd).map_or(0, |n| n as usize);
         if left == 0 {
-            match rchar(r.pid) {
+            let c = rchar(r.pid);
+            if c.is_some_and(|c| c < want)
+                && let Some(why) = watch.doubt(fd, ours)
+            {
+                return Err(Drain::Suspect {
+                    why,
+                    bytes: 0,
+                    piece: 0,
+                    value_of: None,
+                });
+            }
+            match c {
                 Some(c) if c >= want => return Ok(()),
                 Some(_)
                     if emptied
@@ -503,6 +532,24 @@ fn wait_read(fd: &OwnedFd, r: &Holder, want: u64, dev: u64, ino: u64) -> Result<
                     });
                 }
             }
+        } else if let Some(why) = watch.doubt(fd, ours) {
+            // Another process at the FIFO with the piece in the pipe: taken back at once; if
+            // not all of it was left, the rest may be the other process's.
+            let took = reclaim(fd);
+            return Err(if took >= piece {
+                Drain::Reclaimed {
+                    why,
+                    bytes: took,
+                    tampered: true,
+                }
+            } else {
+                Drain::Suspect {
+                    why,
+                    bytes: 0,
+                    piece: 0,
+                    value_of: None,
+                }
+            });
         } else if t0.elapsed() >= Duration::from_millis(1) {
             // A reader takes a piece within microseconds when it runs: the looks at /proc
             // are for one that does not.
@@ -591,9 +638,11 @@ pub(super) fn reclaim(fd: &OwnedFd) -> usize {
     took
 }
 
-/// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), then
-/// checks the holders once more, writes the text in one go, and watches the reader drain it.
-/// Nothing is written on any doubt; a read shared with another process ends the grant.
+/// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), makes
+/// the served one read-only and watches it, checks the holders once more, then writes the
+/// text in pieces, each after the reader read the one before ([`write_pieces`]). Nothing is
+/// written on any doubt; a read shared with another process ends the grant, and a piece
+/// another process may have read is reported as a possible theft.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn write_once(
     broker: &Arc<Broker>,
