@@ -310,8 +310,34 @@ fn when_even_the_reserve_is_gone_live_runs_are_stopped_and_verify_reports_lost_e
     let t0 = Instant::now();
     // The short runs end; once their ends no longer fit, the long run, whose end could not
     // be recorded either, is stopped.
-    for c in short {
-        let _ = wait_output(c, Duration::from_secs(30));
+    let mut short: Vec<Option<std::process::Child>> = short.into_iter().map(Some).collect();
+    while short.iter().any(Option::is_some) {
+        for c in &mut short {
+            if c.as_mut()
+                .is_some_and(|ch| ch.try_wait().unwrap().is_some())
+            {
+                *c = None;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            // Say which runs hang and what they said, and what the broker still lists.
+            let listed = h.json(&["status", "--json"])["runs"].to_string();
+            let said: Vec<String> = short
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, c)| c.take().map(|c| (i, c)))
+                .map(|(i, mut c)| {
+                    let _ = c.kill();
+                    let o = c.wait_with_output().unwrap();
+                    format!("short run {i}: {:?} {}", o.status, text(&o.stderr))
+                })
+                .collect();
+            let _ = long.kill();
+            panic!(
+                "short runs did not end within 30 s of their gate opening: {said:?}; runs listed: {listed}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let status = loop {
         if let Some(s) = long.try_wait().unwrap() {
