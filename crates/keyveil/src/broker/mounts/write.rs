@@ -713,12 +713,13 @@ pub(super) async fn write_once(
         (d, fd, written)
     })
     .await;
-    let (drained, fd, written) = match served {
+    let (drained, _fd, written) = match served {
         Ok(x) => x,
         Err(e) => return fail(format!("the write failed: {e}")),
     };
     let after = holders(dev, ino);
-    drop(fd);
+    // `fd` stays open until the outcome is recorded: the reader sees end-of-file (and whoever
+    // waits on it, the audit) only after the audit entry and the mount's note are written.
     let others: Vec<u32> = after
         .iter()
         .filter(|h| **h != r.holder)
