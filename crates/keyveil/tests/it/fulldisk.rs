@@ -256,17 +256,38 @@ fn when_even_the_reserve_is_gone_live_runs_are_stopped_and_verify_reports_lost_e
     let Some((h, fs, value)) = home_on_tmpfs("4m") else {
         return;
     };
-    // One standing prefix grant covers `sleep N`.
+    // One standing prefix grant covers `sleep N` (the long run), another grant the short
+    // runs' `sh -c WAIT GATE`: a run that waits until the file GATE exists. The short runs end
+    // only once the disk is full (their gate opens after the fill, whatever the load), so
+    // each of their ends has to be written then.
     let first = h.run(&["run", "--env", "demo", "--wait", "1", "--", "sleep"]);
     assert_eq!(first.status.code(), Some(5));
     let id = h.wait_request();
     let a = h.approve(id, &["--ttl", "5m", "--prefix"]);
     assert!(a.status.success(), "{}", text(&a.stderr));
-    let long = h.spawn_run(&["run", "--env", "demo", "--wait", "5", "--", "sleep", "30"]);
+    let outside = tempfile::tempdir().unwrap();
+    let gate = outside.path().join("gate");
+    let wait = "while [ ! -e \"$0\" ]; do sleep 0.05; done";
+    let gated = [
+        "run",
+        "--env",
+        "demo",
+        "--wait",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        wait,
+        gate.to_str().unwrap(),
+    ];
+    let first = h.run(&[&gated[..4], &["1"], &gated[5..]].concat());
+    assert_eq!(first.status.code(), Some(5), "{}", text(&first.stderr));
+    let id = h.wait_request();
+    let a = h.approve(id, &["--ttl", "5m"]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let mut long = h.spawn_run(&["run", "--env", "demo", "--wait", "5", "--", "sleep", "600"]);
     wait_runs(&h, 1);
-    let short: Vec<_> = (0..16)
-        .map(|_| h.spawn_run(&["run", "--env", "demo", "--wait", "5", "--", "sleep", "3"]))
-        .collect();
+    let short: Vec<_> = (0..16).map(|_| h.spawn_run(&gated)).collect();
     wait_runs(&h, 17);
 
     // The agent frees the log's reserve (a hole punched past its end) and fills the disk.
@@ -285,18 +306,51 @@ fn when_even_the_reserve_is_gone_live_runs_are_stopped_and_verify_reports_lost_e
         .unwrap();
     assert!(punch.success());
     let filler = fs.fill();
+    std::fs::write(&gate, b"").unwrap();
     let t0 = Instant::now();
     // The short runs end; once their ends no longer fit, the long run, whose end could not
     // be recorded either, is stopped.
-    for c in short {
-        let _ = wait_output(c, Duration::from_secs(20));
+    let mut short: Vec<Option<std::process::Child>> = short.into_iter().map(Some).collect();
+    while short.iter().any(Option::is_some) {
+        for c in &mut short {
+            if c.as_mut()
+                .is_some_and(|ch| ch.try_wait().unwrap().is_some())
+            {
+                *c = None;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            // Say which runs hang and what they said, and what the broker still lists.
+            let listed = h.json(&["status", "--json"])["runs"].to_string();
+            let said: Vec<String> = short
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, c)| c.take().map(|c| (i, c)))
+                .map(|(i, mut c)| {
+                    let _ = c.kill();
+                    let o = c.wait_with_output().unwrap();
+                    format!("short run {i}: {:?} {}", o.status, text(&o.stderr))
+                })
+                .collect();
+            let _ = long.kill();
+            panic!(
+                "short runs did not end within 30 s of their gate opening: {said:?}; runs listed: {listed}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let out = wait_output(long, Duration::from_secs(20));
-    assert!(
-        t0.elapsed() < Duration::from_secs(20),
-        "the long run was not stopped"
-    );
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status = loop {
+        if let Some(s) = long.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = long.kill();
+            panic!("the long run was not stopped within 30 s of the short runs' ends");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = wait_output(long, Duration::from_secs(5));
+    assert_ne!(status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(live_runs(&h), 0);
 
     // Space again: the gap is written (by the broker's tick, within a second or two) and verify

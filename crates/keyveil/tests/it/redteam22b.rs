@@ -1,7 +1,9 @@
 //! Red team of issue 22, second round (`.env` FIFO mounts, after the first round's fixes): a
 //! prompt-injected agent with the human's uid, a shell and `/proc`, trying to read a mount's
 //! values while the human approves an honest reader's card. A held attack is a passing test;
-//! one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today).
+//! one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today). Races the broker
+//! cannot prevent are held when the thief gets no whole value and any read it made is
+//! reported ([`assert_held`]).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,15 +20,22 @@ use crate::mount::{Project, approve_card, finished, mount, store, values, wait_c
 /// - `starve`: pins the reader to one CPU and sets it `SCHED_IDLE` (what the same uid may do
 ///   to its own processes: the reader is neither stopped nor traced, it just does not run
 ///   while anything else wants that CPU), and spins on that CPU;
+/// - `spin`: starts two normal-priority spinners per CPU (plain busy loops, no priority or
+///   affinity change, nothing the broker could refuse the reader for), so that the woken
+///   reader waits for a CPU while the thief races it;
 /// - without `uring`: watches the served FIFO's modification time through
-///   `stat(/proc/READER/fd/N)` (no descriptor: invisible), and at the write opens
-///   `/proc/READER/fd/N` and drains it at once.
+///   `stat(/proc/READER/fd/N)` (no descriptor: invisible), and at each write opens
+///   `/proc/READER/fd/N` and drains it at once;
+/// - `writeback`: puts what it read back into the FIFO at once (`chmod` to writable, open
+///   `/proc/READER/fd/N` for writing, write, `chmod` back), so that the reader still reads
+///   it all, and goes on for every write.
 ///
 /// Touches `argv[3]` once in position (the test approves only then). Prints what it read on
 /// stdout (the test only searches it, never shows it).
 const THIEF: &str = r#"
-import os, sys, time, ctypes, mmap, struct
+import os, sys, time, ctypes, mmap, struct, signal
 path, mode, ready = sys.argv[1:4]
+spinners = []
 st = os.stat(path); dev, ino = st.st_dev, st.st_ino
 me = os.getpid(); pid = fdn = None; t0 = time.time()
 while pid is None and time.time() - t0 < 20:
@@ -86,6 +95,14 @@ if "uring" in mode:
         return buf.raw[:res] if res > 0 else res
 else:
     m0 = os.stat(src).st_mtime_ns
+if "spin" in mode:
+    for _ in range(2 * len(os.sched_getaffinity(0))):
+        c = os.fork()
+        if c == 0:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the thief
+            while True:
+                pass
+        spinners.append(c)
 if "starve" in mode:
     cpu = sorted(os.sched_getaffinity(0))[-1]
     os.sched_setaffinity(0, {cpu})
@@ -104,29 +121,69 @@ while time.time() - t0 < 30:
         try:
             moved = os.stat(src).st_mtime_ns != m0
             fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK) if moved else None
+            if fd is not None:
+                sys.stderr.write("opened\n")
         except OSError:
             break  # the reader is gone: nothing was written
         if fd is not None:
+            got = b""
             try:
                 while True:
                     b = os.read(fd, 1 << 20)
                     if not b:
                         break
-                    data += b
+                    got += b
             except BlockingIOError:
                 pass
             os.close(fd)
-            break
+            data += got
+            if "writeback" not in mode:
+                break
+            try:
+                if got:
+                    os.chmod(src, 0o600)
+                    w = os.open(src, os.O_WRONLY | os.O_NONBLOCK)
+                    os.write(w, got)
+                    os.close(w)
+                    os.chmod(src, 0o400)
+                m0 = os.stat(src).st_mtime_ns
+            except OSError:
+                break
+for c in spinners:
+    os.kill(c, signal.SIGKILL)
+    os.waitpid(c, 0)
 sys.stdout.buffer.write(data)
 "#;
 
 /// An honest program that loads `.env` and prints only how many bytes it read.
 const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
 
+/// What a theft attempt came to.
+struct Theft {
+    /// How many values the thief read whole.
+    leaked: usize,
+    /// How many bytes it read at all.
+    bytes: usize,
+    /// It opened the served FIFO (it saw a write).
+    opened: bool,
+    /// What the honest reader printed.
+    honest: String,
+    /// The audit log.
+    audit: String,
+    /// `keyveil mounts`: what the human is told.
+    mounts: String,
+}
+
 /// Runs the thief in `mode` against the honest reader, approves the reader's card once the
 /// thief is in position: how many values the thief read, what the honest reader printed, the
 /// audit.
 fn steal(mode: &str, reader: &str) -> (usize, String, String) {
+    let t = theft(mode, reader);
+    (t.leaked, t.honest, t.audit)
+}
+
+/// As [`steal`], with everything that came of it.
+fn theft(mode: &str, reader: &str) -> Theft {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -171,7 +228,64 @@ fn steal(mode: &str, reader: &str) -> (usize, String, String) {
         .iter()
         .filter(|(_, v)| contains(&stolen.stdout, v.split(' ').next_back().unwrap_or(v)))
         .count();
-    (leaked, text(&honest.stdout), h.audit_text())
+    Theft {
+        leaked,
+        bytes: stolen.stdout.len(),
+        opened: text(&stolen.stderr).contains("opened"),
+        honest: text(&honest.stdout),
+        audit: h.audit_text(),
+        mounts: h.ok(&["mounts"]),
+    }
+}
+
+/// What every race against the pieces must come to, whoever wins it: the thief reads no
+/// whole value and at most a piece or two (a `NAME=` and a few bytes of a value); a thief
+/// that read anything was seen, audited (`mount_read_suspect`, the grant ended) and shown to
+/// the human (`keyveil mounts`); an unreported read is a whole one, the reader's.
+fn assert_held(t: &Theft) {
+    assert_eq!(
+        t.leaked, 0,
+        "the thief read values (honest read {}); {}",
+        t.honest, t.audit
+    );
+    assert!(
+        t.bytes <= 16,
+        "the thief read {} bytes (it opened the FIFO: {}); {}",
+        t.bytes,
+        t.opened,
+        t.audit
+    );
+    let suspect = t.audit.contains("\"mount_read_suspect\"");
+    let taken_back = t.audit.contains("a mount read was tampered with");
+    if t.bytes > 0 {
+        assert!(
+            suspect,
+            "the thief read {} bytes unreported; {}",
+            t.bytes, t.audit
+        );
+    }
+    if suspect {
+        // Seen: audited, the grant ended, the human told which value to rotate.
+        assert!(
+            t.audit.contains("may have been read by another process"),
+            "{}",
+            t.audit
+        );
+        assert!(t.mounts.contains("possible theft"), "{}", t.mounts);
+        assert!(
+            t.mounts.contains("rotate") || t.mounts.contains("no value was exposed"),
+            "{}",
+            t.mounts
+        );
+    } else if taken_back {
+        // Seen with the piece still in the pipe: taken back whole, the grant ended.
+        assert!(t.audit.contains("\"mount_reclaimed\""), "{}", t.audit);
+        assert!(t.mounts.contains("taken back"), "{}", t.mounts);
+    } else {
+        // Not seen: then the reader read it all.
+        assert!(t.audit.contains("\"mount_read\""), "{}", t.audit);
+        assert_ne!(t.honest, "0", "{}", t.audit);
+    }
 }
 
 /// An event-loop reader: opens `.env`, then waits in `epoll_wait` (as libuv, Go's netpoller,
@@ -214,16 +328,35 @@ fn a_starved_reader_with_a_ring_held_fifo_is_never_written_to() {
 /// the broker's look at the holders (audit: `mount_read`, `opened_during_write: []`; the
 /// honest reader read zero bytes). Held since this round: an epoll wait counts only when an
 /// epoll instance of the reader watches the FIFO (`tfd:` in its fdinfo), a poll/select wait
-/// not at all; the text is written once the reader sits in its read.
+/// not at all; the text is written once the reader sits in its read. Under CPU load the
+/// woken reader could still lose the race to the thief (whole values stolen): since then the
+/// text goes in pieces (see [`assert_held`]).
 #[test]
 fn an_event_loop_readers_pipe_is_not_drained_by_a_thief() {
-    let (leaked, honest, audit) = steal("plain", LOOP);
-    assert_eq!(
-        leaked, 0,
-        "the thief read values (honest read {honest}); {audit}"
-    );
-    assert_ne!(honest, "0", "{audit}");
-    assert!(audit.contains("\"mount_read\""), "{audit}");
+    assert_held(&theft("plain", LOOP));
+}
+
+/// The contention race, replayed on purpose: the agent starts plain busy loops at normal
+/// priority (two per CPU: nothing the broker refuses a reader for), so the reader woken by
+/// the write waits for a CPU, while the agent spins on `stat(/proc/READER/fd/N)` and drains
+/// the pipe the moment the write moves its modification time. With the text written in one
+/// go this stole whole values under load. Held: the text goes in pieces holding at most a
+/// few bytes of a value, each only after the reader read the one before, and the FIFO is
+/// watched (inotify): the agent's opening stops the write and is reported (audit
+/// `mount_read_suspect`, the grant ended, `keyveil mounts` says which value to rotate).
+#[test]
+fn a_thief_racing_a_reader_slowed_by_spinners_gets_no_value_and_is_reported() {
+    assert_held(&theft("plain+spin", HONEST));
+}
+
+/// The agent reads each piece out of the pipe and puts it straight back (`chmod` the
+/// read-only FIFO to writable, open `/proc/READER/fd/N` for writing, write, `chmod` back),
+/// so that the reader reads everything and its byte count adds up. Held: the opening and the
+/// mode change are seen by the FIFO's watch; the write stops after the first piece the agent
+/// saw and is reported.
+#[test]
+fn a_thief_that_puts_back_what_it_read_is_reported() {
+    assert_held(&theft("writeback+spin", HONEST));
 }
 
 /// A reader one of whose threads sleeps reading another pipe (a worker reading a child's
@@ -232,31 +365,25 @@ const OTHER_PIPE: &str = "import os, sys, threading, time\nf = open('.env')\nr, 
 
 /// The reader has a thread blocked in a read of *another* pipe: `wchan` says `pipe_read`,
 /// and which pipe is not told (`/proc/PID/task/TID/syscall` would say, but needs ptrace
-/// access that Yama denies the broker). The text is written at once and waits 2 s; the
-/// agent's `/proc/READER/fd/N` opener drains it unseen.
+/// access that Yama denies the broker). The first piece is written at once and waits 2 s;
+/// the agent's `/proc/READER/fd/N` opener drains it. Was a leak of the whole text (written
+/// in one go). Held since the pieces: the thief gets that first piece (a `NAME=`), its
+/// opening is seen by the FIFO's watch, nothing more is written, and it is reported.
 #[test]
-#[ignore = "LEAK: a reader with any thread blocked reading another pipe counts as waiting for the FIFO; the text waits in the pipe and a /proc/READER/fd/N opener drains it unseen"]
-fn a_reader_reading_another_pipe_is_not_taken_for_waiting() {
-    let (leaked, honest, audit) = steal("plain", OTHER_PIPE);
-    assert_eq!(
-        leaked, 0,
-        "the thief read values (honest read {honest}); {audit}"
-    );
+fn a_reader_reading_another_pipe_leaves_a_thief_at_most_a_piece() {
+    assert_held(&theft("plain", OTHER_PIPE));
 }
 
 /// The thief holds the served FIFO only through an io_uring instance (registered file, its
 /// own descriptor closed) from before the approval: `/proc/THIEF/fd` shows only
 /// `anon_inode:[io_uring]`, which the holders scan skips, so no check before, during or
-/// after the write sees a second holder, and the audit names no one. Not fixable by looking
-/// harder at `/proc`: a ring can itself be registered and its descriptor closed.
+/// after the write sees a second holder, and it needs no opening the watch would see. Was a
+/// leak of the whole text whenever it waited in the pipe. Held since the pieces: the ring
+/// reads the first piece, the pipe is empty while the reader's `rchar` has not grown, and
+/// the broker writes nothing more and reports it (once the reader's count stayed short for 5 s).
 #[test]
-#[ignore = "LEAK: a FIFO held only by an io_uring registered file is invisible to the /proc/*/fd scan; whenever the text waits in the pipe the ring reads it"]
-fn a_ring_held_fifo_is_seen_as_a_second_holder() {
-    let (leaked, honest, audit) = steal("uring", OTHER_PIPE);
-    assert_eq!(
-        leaked, 0,
-        "the thief read values (honest read {honest}); {audit}"
-    );
+fn a_ring_held_fifo_thief_gets_at_most_a_piece_and_is_reported() {
+    assert_held(&theft("uring", OTHER_PIPE));
 }
 
 /// The reader forks right after its `open` (the child inherits the descriptor, as a `vfork`,

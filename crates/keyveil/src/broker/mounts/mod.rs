@@ -25,10 +25,13 @@
 //! it), so no process can open the served FIFO any more by its name; the broker waits for the
 //! reader to wait for input; then the holders are read again (still exactly the reader, same
 //! pid *and* start time, read-only, not stopped), the served FIFO must have no name left and
-//! nothing written into it (empty, modification time unchanged), the pipe is enlarged to hold
-//! the whole text, and the dotenv text is written in one non-blocking write that either fits
-//! or is not made. The pipe is then watched until the reader drained it: a stop, another
-//! holder or an exit with text unread makes the broker read the rest back out itself (and, on
+//! nothing written into it (empty, modification time unchanged). The served FIFO is made
+//! read-only and watched (inotify) from the swap on, and the dotenv text is written in pieces
+//! (`write::pieces`: a `NAME=`, or at most a few bytes of a value), each only once the reader
+//! read the one before (the pipe empty, its `rchar` grown, no other opening, mode change or
+//! write seen): a process racing the reader for the pipe gets at most a piece, and the broker
+//! then stops, ends the grant and reports it (`mount_read_suspect`). While a piece waits, a
+//! stop, another holder or an exit makes the broker read the rest back out itself (and, on
 //! tampering, end the grant). On denial, expiry, lock, or any doubt, the FIFO is closed
 //! unwritten: the reader reads end-of-file, zero bytes. A reader that closes early makes the
 //! write fail with `EPIPE`, which is only audited (Rust ignores `SIGPIPE`).

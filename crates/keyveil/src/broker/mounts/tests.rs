@@ -162,3 +162,45 @@ fn a_reader_kept_off_the_cpu_is_starved() {
         assert!(why.contains("CPU(s)"), "{why}");
     }
 }
+
+/// The pieces are the text, in order; each holds either a whole `NAME=` or at most
+/// [`VALUE_PIECE`] bytes of one value (with its line end).
+#[test]
+fn pieces_hold_a_name_or_a_few_bytes_of_one_value() {
+    let entries = [
+        ("PLAIN", "fixture-value-not-a-secret-1"),
+        ("LINES", "line1 fixture\nline2"),
+        ("E", ""),
+    ];
+    let text = keyveil_dotenv::write(entries).unwrap();
+    let lines: Vec<Line> = entries
+        .iter()
+        .map(|(k, v)| Line {
+            shown: (*k).to_owned(),
+            name_len: k.len() + 1,
+            len: keyveil_dotenv::write([(*k, *v)]).unwrap().len(),
+        })
+        .collect();
+    let ps = pieces(text.len(), &lines);
+    let mut at = 0;
+    for p in &ps {
+        assert_eq!(p.range.start, at);
+        at = p.range.end;
+        let bytes = &text.as_bytes()[p.range.clone()];
+        match p.value_of {
+            None => assert!(bytes.ends_with(b"="), "{:?}", p.range),
+            Some(i) => {
+                assert!(i < lines.len());
+                assert!(!bytes.is_empty() && bytes.len() <= VALUE_PIECE);
+            }
+        }
+    }
+    assert_eq!(at, text.len());
+    assert_eq!(ps.iter().filter(|p| p.value_of.is_none()).count(), 3);
+    // Lines that do not add up: small pieces throughout, none taken for a name.
+    let odd = pieces(text.len() + 1, &lines);
+    assert!(
+        odd.iter()
+            .all(|p| p.value_of == Some(usize::MAX) && p.range.len() <= VALUE_PIECE)
+    );
+}

@@ -2,15 +2,23 @@
 
 use super::*;
 
-/// Largest dotenv text a mount serves (the pipe is enlarged to hold all of it at once).
+/// Largest dotenv text a mount serves.
 pub(super) const MAX_TEXT: usize = 1 << 20;
 
-/// The dotenv text of the grant's variables, or why there is none.
+/// One `NAME=VALUE` line of the text: the variable's name as clients see it (an alias where
+/// the policy hides names), the length of `NAME=` and of the whole line.
+pub(super) struct Line {
+    pub(super) shown: String,
+    pub(super) name_len: usize,
+    pub(super) len: usize,
+}
+
+/// The dotenv text of the grant's variables and its lines, or why there is none.
 pub(super) fn dotenv_text(
     broker: &Broker,
     env: &str,
     grant_id: &str,
-) -> Result<zeroize::Zeroizing<String>, String> {
+) -> Result<(zeroize::Zeroizing<String>, Vec<Line>), String> {
     let inner = broker.lock();
     let vars = inner
         .grants
@@ -32,23 +40,79 @@ pub(super) fn dotenv_text(
             "cannot read the values: {}",
             inner.hide_names_in_error(env, &vars, e).message
         )),
-        Ok(values) => {
-            keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose()))).map_err(
-                |e| {
-                    // The name as clients see it (an alias where the policy hides names).
-                    format!(
-                        "cannot write a .env every reader reads the same: {}: {}",
-                        inner.shown_name(env, &e.name),
-                        e.what
-                    )
-                },
-            )
-        }
+        Ok(values) => keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose())))
+            .map_err(|e| {
+                // The name as clients see it (an alias where the policy hides names).
+                format!(
+                    "cannot write a .env every reader reads the same: {}: {}",
+                    inner.shown_name(env, &e.name),
+                    e.what
+                )
+            })
+            .map(|text| {
+                // Each line as written alone: the text is these lines, one after the other.
+                let lines = values
+                    .iter()
+                    .map(|(k, v)| Line {
+                        shown: inner.shown_name(env, k),
+                        name_len: k.len() + 1,
+                        len: keyveil_dotenv::write([(k.as_str(), v.expose())])
+                            .map_or(0, |l| l.len()),
+                    })
+                    .collect::<Vec<_>>();
+                (text, lines)
+            }),
     }?;
-    if text.len() > MAX_TEXT {
+    if text.0.len() > MAX_TEXT {
         return Err(format!("the .env text is over {MAX_TEXT} bytes"));
     }
     Ok(text)
+}
+
+/// A piece of the text: its bytes, and the line whose value it holds part of (`None`: a
+/// name and its `=`; `Some(usize::MAX)`: a value of a line not known).
+pub(super) struct Piece {
+    pub(super) range: std::ops::Range<usize>,
+    pub(super) value_of: Option<usize>,
+}
+
+/// Most bytes of a value in one piece of the text (see [`pieces`]).
+pub(super) const VALUE_PIECE: usize = 4;
+
+/// The pieces the text is written in, each only after the reader has read the one before:
+/// every `NAME=` in one piece, each value (with its line end) in pieces of at most
+/// [`VALUE_PIECE`] bytes, so that a process that snatches one piece out of the pipe gets a
+/// few bytes of one value, and the broker stops at once. Each piece comes with the index of
+/// the line it is part of. Lines that do not add up to the text (never expected): the whole
+/// text in pieces of [`VALUE_PIECE`] bytes, all counted as values of unknown lines.
+pub(super) fn pieces(len: usize, lines: &[Line]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let value = |out: &mut Vec<_>, from: usize, to: usize, line: usize| {
+        let mut at = from;
+        while at < to {
+            let end = (at + VALUE_PIECE).min(to);
+            out.push(Piece {
+                range: at..end,
+                value_of: Some(line),
+            });
+            at = end;
+        }
+    };
+    if lines.iter().map(|l| l.len).sum::<usize>() != len || lines.iter().any(|l| l.name_len > l.len)
+    {
+        value(&mut out, 0, len, usize::MAX);
+        return out;
+    }
+    let mut at = 0;
+    for (i, l) in lines.iter().enumerate() {
+        out.push(Piece {
+            range: at..at + l.name_len,
+            value_of: None,
+        });
+        value(&mut out, at + l.name_len, at + l.len, i);
+        at += l.len;
+    }
+    out
 }
 
 /// Puts a fresh FIFO at `path` in place of the served one `(dev, ino)` (made next to it,
@@ -189,7 +253,8 @@ pub(super) const DRAIN_WATCH: Duration = Duration::from_secs(10);
 
 /// How the text left the pipe.
 pub(super) enum Drain {
-    /// The approved reader read all of it, and nothing else held the FIFO meanwhile.
+    /// The approved reader read all of it, piece by piece, and nothing else opened, changed
+    /// or wrote into the FIFO meanwhile.
     Read,
     /// The broker took back what was left (`bytes`), for the reason given; `tampered`: not
     /// only because the reader left or was slow.
@@ -198,65 +263,353 @@ pub(super) enum Drain {
         bytes: usize,
         tampered: bool,
     },
+    /// Another process may have read part of the text: the broker stopped writing at once.
+    /// `bytes`: how many bytes were written, of which the last `piece` were not seen read
+    /// by the reader; `value_of`: the line whose value that piece holds part of (see
+    /// [`Piece`]).
+    Suspect {
+        why: String,
+        bytes: usize,
+        piece: usize,
+        value_of: Option<usize>,
+    },
 }
 
-/// Watches the pipe after the write until the reader has read all of it. While text is left
-/// in it, the approved reader stopping or being traced, leaving, or any other process holding
-/// the FIFO makes the broker take back what is left (see [`reclaim`]); so does text left
-/// untouched for [`DRAIN_WATCH`].
-pub(super) async fn watch_drain(fd: &OwnedFd, r: &Reader, len: usize, dev: u64, ino: u64) -> Drain {
-    let t0 = tokio::time::Instant::now();
+/// What the FIFO's watch saw since it was made.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Seen {
+    /// Someone opened the FIFO (every opening after the watch is another process's: the
+    /// reader opened it before, the broker's own write end was opened before).
+    pub(super) opened: bool,
+    /// Its mode, owner or times were changed (`chmod` back to writable, first of all).
+    pub(super) changed: bool,
+    /// Writes into it (the broker's own pieces among them).
+    pub(super) writes: usize,
+    /// The kernel dropped events: nothing can be told.
+    pub(super) overflow: bool,
+}
+
+/// An inotify watch on the served FIFO (through the broker's own descriptor,
+/// `/proc/self/fd/N`: the FIFO has no name left). Sees every opening of it, every change of
+/// its mode and every write into it, by any process, however brief: what a process that
+/// opens `/proc/READER/fd/N` to read the text (and maybe write it back) cannot avoid.
+pub(super) struct Watch {
+    fd: OwnedFd,
+    seen: std::cell::Cell<Seen>,
+}
+
+impl Watch {
+    /// Watches the FIFO open as `fifo`.
+    pub(super) fn new(fifo: &OwnedFd) -> Result<Watch, String> {
+        use rustix::fs::inotify;
+        use std::os::fd::AsRawFd;
+        let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+            .map_err(|e| format!("cannot watch the FIFO (inotify): {e}; nothing was written"))?;
+        inotify::add_watch(
+            &fd,
+            format!("/proc/self/fd/{}", fifo.as_raw_fd()),
+            inotify::WatchFlags::OPEN
+                | inotify::WatchFlags::ATTRIB
+                | inotify::WatchFlags::MODIFY
+                // Reads part the broker's write from a write-back (which would otherwise be
+                // merged with it into one event).
+                | inotify::WatchFlags::ACCESS,
+        )
+        .map_err(|e| format!("cannot watch the FIFO (inotify): {e}; nothing was written"))?;
+        Ok(Watch {
+            fd,
+            seen: std::cell::Cell::new(Seen::default()),
+        })
+    }
+
+    /// Everything seen since the watch was made.
+    pub(super) fn seen(&self) -> Seen {
+        use rustix::fs::inotify::{ReadFlags, Reader};
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut r = Reader::new(&self.fd, &mut buf);
+        let mut seen = self.seen.get();
+        loop {
+            match r.next() {
+                Ok(ev) => {
+                    let f = ev.events();
+                    seen.opened |= f.contains(ReadFlags::OPEN);
+                    seen.changed |= f.contains(ReadFlags::ATTRIB);
+                    seen.overflow |= f.contains(ReadFlags::QUEUE_OVERFLOW);
+                    seen.writes += usize::from(f.contains(ReadFlags::MODIFY));
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => {
+                    seen.overflow = true;
+                    break;
+                }
+            }
+        }
+        self.seen.set(seen);
+        seen
+    }
+
+    /// Why the FIFO is not as the broker left it after its own `ours` writes, or `None`.
+    pub(super) fn doubt(&self, fd: &OwnedFd, ours: usize) -> Option<String> {
+        let seen = self.seen();
+        if seen.overflow {
+            Some("the FIFO's watch lost events".to_owned())
+        } else if seen.opened {
+            Some("another process opened the FIFO (as through /proc/READER/fd/N)".to_owned())
+        } else if seen.changed {
+            Some("the FIFO's mode or times were changed (as to make it writable)".to_owned())
+        } else if seen.writes > ours {
+            Some("another process wrote into the FIFO".to_owned())
+        } else {
+            match rustix::fs::fstat(fd) {
+                Ok(st) if st.st_mode & 0o777 == 0o400 => None,
+                _ => Some("the FIFO's mode was changed (as to make it writable)".to_owned()),
+            }
+        }
+    }
+}
+
+/// Bytes process `pid` has read so far, by any `read` of any of its threads (`rchar` in
+/// `/proc/PID/io`).
+pub(super) fn rchar(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// How long the pipe may be empty while the reader's `rchar` has not yet grown by the piece
+/// (it is counted when the reader's `read` returns, a moment after the pipe is emptied)
+/// before the piece counts as read by someone else.
+pub(super) const RCHAR_WAIT: Duration = Duration::from_secs(5);
+
+/// Writes the text (`fd`: the served FIFO, mode 0400, watched by `watch`) in [`pieces`], each
+/// only once the one before was read by the reader: the pipe empty, the reader's `rchar`
+/// grown by at least the piece, no one else having opened the FIFO, changed its mode or
+/// written into it. On any doubt nothing more is written. `written`: how many bytes were
+/// written into the pipe. Blocking: run off the runtime.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_pieces(
+    fd: &OwnedFd,
+    holder: &Holder,
+    text: &[u8],
+    pieces: &[Piece],
+    watch: &Watch,
+    dev: u64,
+    ino: u64,
+    written: &mut usize,
+) -> Drain {
+    // The broker's own writes so far.
+    let mut ours = 0usize;
+    let mut last: Option<&Piece> = None;
+    for p in pieces {
+        if let Some(why) = watch.doubt(fd, ours) {
+            return match last {
+                Some(l) => Drain::Suspect {
+                    why,
+                    bytes: *written,
+                    piece: l.range.len(),
+                    value_of: l.value_of,
+                },
+                None => Drain::Reclaimed {
+                    why,
+                    bytes: reclaim(fd),
+                    tampered: true,
+                },
+            };
+        }
+        let Some(before) = rchar(holder.pid) else {
+            return Drain::Reclaimed {
+                why: "the reader exited before reading all of it".to_owned(),
+                bytes: reclaim(fd),
+                tampered: false,
+            };
+        };
+        let bytes = text.get(p.range.clone()).unwrap_or_default();
+        match rustix::io::write(fd.as_fd(), bytes) {
+            Ok(n) if n == p.range.len() => {}
+            Err(rustix::io::Errno::PIPE) => {
+                return Drain::Reclaimed {
+                    why: "the reader closed the file before reading all of it (EPIPE)".to_owned(),
+                    bytes: 0,
+                    tampered: false,
+                };
+            }
+            Ok(_) | Err(_) => {
+                return Drain::Reclaimed {
+                    why: "a write into the FIFO failed or was cut short".to_owned(),
+                    bytes: reclaim(fd),
+                    tampered: false,
+                };
+            }
+        }
+        ours += 1;
+        *written += p.range.len();
+        last = Some(p);
+        let want = before + p.range.len() as u64;
+        if let Err(d) = wait_read(fd, holder, p.range.len(), want, watch, ours, dev, ino) {
+            return match d {
+                Drain::Suspect { why, .. } => Drain::Suspect {
+                    why,
+                    bytes: *written,
+                    piece: p.range.len(),
+                    value_of: p.value_of,
+                },
+                d => d,
+            };
+        }
+    }
+    match (watch.doubt(fd, ours), last) {
+        (Some(why), Some(l)) => Drain::Suspect {
+            why,
+            bytes: *written,
+            piece: l.range.len(),
+            value_of: l.value_of,
+        },
+        _ => Drain::Read,
+    }
+}
+
+/// Waits until the piece just written (`piece` bytes) left the pipe and the reader's `rchar`
+/// reached `want`. While it is in the pipe, another process seen at the FIFO by the watch, the
+/// approved reader stopping or being traced, leaving, or any
+/// other process holding the FIFO makes the broker take back what is left (see [`reclaim`]);
+/// so does a piece left untouched for [`DRAIN_WATCH`]. A pipe emptied while the reader's
+/// `rchar` stays short is a piece someone else read (`Drain::Suspect`, its sizes filled in by
+/// the caller): at once when the watch saw another process at the FIFO, else after
+/// [`RCHAR_WAIT`].
+#[allow(clippy::too_many_arguments)]
+fn wait_read(
+    fd: &OwnedFd,
+    r: &Holder,
+    piece: usize,
+    want: u64,
+    watch: &Watch,
+    ours: usize,
+    dev: u64,
+    ino: u64,
+) -> Result<(), Drain> {
+    let t0 = std::time::Instant::now();
+    let mut emptied: Option<std::time::Instant> = None;
     let mut round: u32 = 0;
-    let mut left_early = false;
     loop {
         let left = rustix::io::ioctl_fionread(fd).map_or(0, |n| n as usize);
         if left == 0 {
-            return Drain::Read;
-        }
-        let gone = start_time(r.holder.pid) != Some(r.holder.start);
-        let why = if gone {
-            left_early = true;
-            Some("the reader exited before reading all of it".to_owned())
-        } else if stopped(r.holder.pid) {
-            Some(format!(
-                "the approved reader (pid {}) was stopped or traced with the text unread",
-                r.holder.pid
-            ))
-        } else if let Some(why) = starved(r.holder.pid) {
-            Some(format!("{why}, with the text unread"))
-        } else if round.is_multiple_of(8) {
-            let hs = holders(dev, ino);
-            if hs.iter().any(|h| *h != r.holder) {
-                Some("another process held the FIFO with the text unread".to_owned())
-            } else if hs.is_empty() {
-                left_early = true;
-                Some("the reader closed the file before reading all of it".to_owned())
+            let c = rchar(r.pid);
+            if c.is_some_and(|c| c < want)
+                && let Some(why) = watch.doubt(fd, ours)
+            {
+                return Err(Drain::Suspect {
+                    why,
+                    bytes: 0,
+                    piece: 0,
+                    value_of: None,
+                });
+            }
+            match c {
+                Some(c) if c >= want => return Ok(()),
+                Some(_)
+                    if emptied
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed()
+                        < RCHAR_WAIT => {}
+                Some(_) => {
+                    return Err(Drain::Suspect {
+                        why: "the text left the pipe but the approved reader did not read it"
+                            .to_owned(),
+                        bytes: 0,
+                        piece: 0,
+                        value_of: None,
+                    });
+                }
+                None => {
+                    return Err(Drain::Suspect {
+                        why: "the text left the pipe and the approved reader exited before it could be told who read it".to_owned(),
+                        bytes: 0,
+                        piece: 0,
+                        value_of: None,
+                    });
+                }
+            }
+        } else if let Some(why) = watch.doubt(fd, ours) {
+            // Another process at the FIFO with the piece in the pipe: taken back at once; if
+            // not all of it was left, the rest may be the other process's.
+            let took = reclaim(fd);
+            return Err(if took >= piece {
+                Drain::Reclaimed {
+                    why,
+                    bytes: took,
+                    tampered: true,
+                }
+            } else {
+                Drain::Suspect {
+                    why,
+                    bytes: 0,
+                    piece: 0,
+                    value_of: None,
+                }
+            });
+        } else if t0.elapsed() >= Duration::from_millis(1) {
+            // A reader takes a piece within microseconds when it runs: the looks at /proc
+            // are for one that does not.
+            let gone = start_time(r.pid) != Some(r.start);
+            let why = if gone {
+                Some((
+                    "the reader exited before reading all of it".to_owned(),
+                    false,
+                ))
+            } else if stopped(r.pid) {
+                Some((
+                    format!(
+                        "the approved reader (pid {}) was stopped or traced with the text unread",
+                        r.pid
+                    ),
+                    true,
+                ))
+            } else if let Some(why) = starved(r.pid) {
+                Some((format!("{why}, with the text unread"), true))
+            } else if round.is_multiple_of(16) {
+                let hs = holders(dev, ino);
+                if hs.iter().any(|h| h != r) {
+                    Some((
+                        "another process held the FIFO with the text unread".to_owned(),
+                        true,
+                    ))
+                } else if hs.is_empty() {
+                    Some((
+                        "the reader closed the file before reading all of it".to_owned(),
+                        false,
+                    ))
+                } else {
+                    None
+                }
+            } else if t0.elapsed() >= DRAIN_WATCH {
+                Some((
+                    format!(
+                        "the reader did not read the text within {} s",
+                        DRAIN_WATCH.as_secs()
+                    ),
+                    false,
+                ))
             } else {
                 None
-            }
-        } else if left == len && t0.elapsed() >= DRAIN_WATCH {
-            Some(format!(
-                "the reader did not read the text within {} s",
-                DRAIN_WATCH.as_secs()
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Drain::Reclaimed {
-                why,
-                bytes: reclaim(fd),
-                tampered: !left_early,
             };
+            if let Some((why, tampered)) = why {
+                return Err(Drain::Reclaimed {
+                    why,
+                    bytes: reclaim(fd),
+                    tampered,
+                });
+            }
         }
         round = round.wrapping_add(1);
-        // Tight at first (a reader drains the pipe at once), then gentler.
-        let pause = if t0.elapsed() < Duration::from_millis(200) {
-            Duration::from_millis(1)
+        // Tight at first (a reader reads a piece at once), then gentler.
+        std::thread::sleep(if t0.elapsed() < Duration::from_millis(50) {
+            Duration::from_micros(20)
         } else {
-            Duration::from_millis(10)
-        };
-        tokio::time::sleep(pause).await;
+            Duration::from_millis(2)
+        });
     }
 }
 
@@ -285,9 +638,11 @@ pub(super) fn reclaim(fd: &OwnedFd) -> usize {
     took
 }
 
-/// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), then
-/// checks the holders once more, writes the text in one go, and watches the reader drain it.
-/// Nothing is written on any doubt; a read shared with another process ends the grant.
+/// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), makes
+/// the served one read-only and watches it, checks the holders once more, then writes the
+/// text in pieces, each after the reader read the one before ([`write_pieces`]). Nothing is
+/// written on any doubt; a read shared with another process ends the grant, and a piece
+/// another process may have read is reported as a possible theft.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn write_once(
     broker: &Arc<Broker>,
@@ -307,7 +662,7 @@ pub(super) async fn write_once(
         broker.mounts.note(path, true, why);
     };
     // The text first: nothing is swapped for a read that cannot be served.
-    let text = match dotenv_text(broker, env, grant_id) {
+    let (text, lines) = match dotenv_text(broker, env, grant_id) {
         Ok(t) => t,
         Err(why) => return fail(why),
     };
@@ -322,34 +677,98 @@ pub(super) async fn write_once(
     if let Err(why) = untouched(&fd, made) {
         return fail(why);
     }
+    // Read-only from now on, and watched: putting back a piece read out of the pipe takes
+    // an opening for writing, which takes a `chmod`; both are seen.
+    if let Err(e) = rustix::fs::fchmod(&fd, rustix::fs::Mode::RUSR) {
+        return fail(format!(
+            "cannot make the FIFO read-only: {e}; nothing was written"
+        ));
+    }
+    let watch = match Watch::new(&fd) {
+        Ok(w) => w,
+        Err(why) => return fail(why),
+    };
     if let Err(why) = wait_reading(r, dev, ino).await {
         return fail(why);
     }
     if let Err(why) = ready_to_write(&fd, r, dev, ino, made) {
         return fail(why);
     }
-    let cap = rustix::pipe::fcntl_setpipe_size(&fd, text.len().max(4096)).unwrap_or(0);
-    if cap < text.len() {
-        return fail("the pipe cannot be made large enough to hold the text at once".to_owned());
-    }
     let len = text.len();
-    let written = rustix::io::write(fd.as_fd(), text.as_bytes());
-    drop(text);
-    let drained = match written {
-        Ok(n) if n == len => watch_drain(&fd, r, len, dev, ino).await,
-        Ok(_) => return fail("the write was cut short".to_owned()),
-        Err(rustix::io::Errno::PIPE) => {
-            return fail("the reader closed the file before it was written (EPIPE)".to_owned());
-        }
+    let pieces = pieces(len, &lines);
+    let holder = r.holder.clone();
+    let served = tokio::task::spawn_blocking(move || {
+        let mut written = 0;
+        let d = write_pieces(
+            &fd,
+            &holder,
+            text.as_bytes(),
+            &pieces,
+            &watch,
+            dev,
+            ino,
+            &mut written,
+        );
+        drop(text);
+        (d, fd, written)
+    })
+    .await;
+    let (drained, _fd, written) = match served {
+        Ok(x) => x,
         Err(e) => return fail(format!("the write failed: {e}")),
     };
     let after = holders(dev, ino);
-    drop(fd);
+    // `fd` stays open until the outcome is recorded: the reader sees end-of-file (and whoever
+    // waits on it, the audit) only after the audit entry and the mount's note are written.
     let others: Vec<u32> = after
         .iter()
         .filter(|h| **h != r.holder)
         .map(|h| h.pid)
         .collect();
+    if let Drain::Suspect {
+        why,
+        bytes,
+        piece,
+        value_of,
+    } = drained
+    {
+        let which = value_of.map(|i| {
+            lines
+                .get(i)
+                .map_or_else(|| "one of the values".to_owned(), |l| l.shown.clone())
+        });
+        let mut inner = broker.lock();
+        inner.audit(
+            "mount_read_suspect",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "bytes_written": bytes, "bytes_unconfirmed": piece,
+                   "value_partly_exposed": which, "holders_after": others}),
+        );
+        inner.revoke(
+            grant_id,
+            "a mount read may have been read by another process",
+        );
+        drop(inner);
+        tracing::error!(
+            path,
+            why,
+            "mount read stopped: another process may have read part of it"
+        );
+        broker.notify();
+        let what = match &which {
+            Some(v) => {
+                format!("up to {piece} bytes of the value of {v} may be exposed; rotate {v}")
+            }
+            None => "no value was exposed (the piece held a name)".to_owned(),
+        };
+        return broker.mounts.note(
+            path,
+            true,
+            format!(
+                "STOPPED, possible theft: {why}; {what}. The grant was ended; the reader got {bytes} bytes of {len}"
+            ),
+        );
+    }
     if let Drain::Reclaimed {
         why,
         bytes,
@@ -360,7 +779,7 @@ pub(super) async fn write_once(
         inner.audit(
             "mount_reclaimed",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
-                   "bytes_taken_back": bytes, "bytes_written": len, "holders_after": others}),
+                   "bytes_taken_back": bytes, "bytes_written": written, "holders_after": others}),
         );
         if tampered || !others.is_empty() {
             inner.revoke(grant_id, "a mount read was tampered with");
