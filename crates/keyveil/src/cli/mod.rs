@@ -338,7 +338,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 if again.expose() != p.expose() {
                     return Err(Exit {
                         code: 2,
-                        message: "the passphrases differ; nothing was created".into(),
+                        message: "the passphrases differ; nothing was created\nhint: run `keyveil init` again and type the same passphrase at both prompts".into(),
                     }
                     .into());
                 }
@@ -498,7 +498,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 }
                 let s = String::from_utf8(buf).map_err(|_| Exit {
                     code: 2,
-                    message: "the value is not valid UTF-8; nothing was stored".into(),
+                    message: "the value is not valid UTF-8; nothing was stored\nhint: values are text (they become environment variables); encode binary data first, e.g. `base64 -w0 FILE | keyveil set ENV VAR --from-stdin`".into(),
                 })?;
                 Passphrase::new(s)
             } else {

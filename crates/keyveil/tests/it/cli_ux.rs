@@ -252,3 +252,23 @@ fn a_short_passphrase_at_init_is_refused_at_once_with_the_rule() {
     insta::assert_snapshot!("init_short_passphrase", text(&o.stderr));
     assert!(!h.path().join("vault.kv").exists());
 }
+
+/// A value that is not text is refused with what to do instead; nothing is stored.
+#[test]
+fn a_value_that_is_not_utf8_is_refused_with_a_way_forward() {
+    let h = Home::new();
+    let mut c = h.cmd(&["set", "demo", "BLOB", "--from-stdin"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"fixture-\xff\xfe-not-text").unwrap();
+    }
+    let o = wait_output(child, CLI_LIMIT);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    insta::assert_snapshot!("set_value_not_utf8", text(&o.stderr));
+    assert!(!h.ok(&["env", "show", "demo"]).contains("BLOB"));
+}

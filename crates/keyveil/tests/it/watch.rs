@@ -267,3 +267,17 @@ fn init_at_a_terminal_refuses_a_short_passphrase_at_once_and_asks_again() {
     assert!(h.path().join("vault.kv").exists());
     assert!(!contains(&w.out.lock().unwrap(), PASS));
 }
+
+/// Two different entries at `keyveil init`: refused with a way forward, nothing created.
+#[test]
+fn init_at_a_terminal_with_two_different_entries_says_what_to_do() {
+    let h = Home::empty();
+    let mut w = Watcher::on_pty(&h, "init --kdf-memory-kib 19456");
+    w.wait_for("New vault passphrase");
+    w.type_in(&format!("{PASS}\n"));
+    w.wait_for("Repeat passphrase");
+    w.type_in("fixture-other-passphrase-1\n");
+    w.wait_for("the passphrases differ; nothing was created");
+    w.wait_for("hint: run `keyveil init` again and type the same passphrase at both prompts");
+    assert!(!h.path().join("vault.kv").exists());
+}
