@@ -40,6 +40,6 @@ pub use frame::{
 pub use reply::{ErrorCode, Reply, RunResult, WriteLeak, WriteScanSummary};
 pub use request::{
     AccessRequest, Bootstrap, Challenge, ChallengeKey, Charset, ClientInfo, DynamicAddRequest,
-    FACTOR_NEEDED, FactorProof, MAX_ENV_STRING, OutputMode, Passphrase, PolicyChange, Request,
-    RunRequest, env_string_too_long,
+    FACTOR_NEEDED, FactorProof, MAX_ENV_STRING, MIN_PASSPHRASE_LEN, OutputMode, Passphrase,
+    PolicyChange, Request, RunRequest, env_string_too_long,
 };

@@ -228,6 +228,10 @@ pub fn env_string_too_long(name: &str, value_len: usize) -> Option<(String, Stri
     })
 }
 
+/// The shortest vault passphrase `init` accepts, in bytes of UTF-8 (the broker refuses a
+/// shorter one; the CLI says so right after the first entry).
+pub const MIN_PASSPHRASE_LEN: usize = 8;
+
 /// Start of the broker's error message when a change needs the factor and none was given; the
 /// CLI recognises it and asks for the factor at the terminal.
 pub const FACTOR_NEEDED: &str = "replacing or removing a stored value needs your factor";

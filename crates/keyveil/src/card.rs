@@ -164,6 +164,103 @@ fn split_inputs(
     })
 }
 
+/// Folded toolchain inputs lines listed by root before the rest are counted in one line.
+const ROOTS_LISTED: usize = 4;
+
+/// Directories under which each entry names one toolchain install (`.pyenv/versions/3.11.7`),
+/// with how many path components past the marker make the install's root, and whether the
+/// marker must start the path (`/opt/`) rather than appear in it (`/.pyenv/versions/`).
+const INSTALL_MARKERS: &[(&str, usize, bool)] = &[
+    ("/.pyenv/versions/", 1, false),
+    ("/.rustup/toolchains/", 1, false),
+    ("/.nvm/versions/node/", 1, false),
+    ("/.asdf/installs/", 2, false),
+    ("/mise/installs/", 2, false),
+    ("/.rbenv/versions/", 1, false),
+    ("/.sdkman/candidates/", 2, false),
+    ("/nix/store/", 1, true),
+    ("/opt/", 1, true),
+];
+
+/// The toolchain install an input lives in: `…/.pyenv/versions/3.11.7` for any file below it,
+/// `/usr` for the system's, otherwise the input's own directory.
+fn install_root(path: &str) -> String {
+    for (marker, depth, anchored) in INSTALL_MARKERS {
+        let found = if *anchored {
+            path.starts_with(marker).then_some(0)
+        } else {
+            path.find(marker)
+        };
+        if let Some(at) = found {
+            let rest_at = at + marker.len();
+            let rest = path.get(rest_at..).unwrap_or("");
+            let mut end = rest_at;
+            let mut parts = rest.split('/');
+            for _ in 0..*depth {
+                match parts.next() {
+                    Some(p) if !p.is_empty() => end += p.len() + 1,
+                    _ => return path.to_owned(),
+                }
+            }
+            return path.get(..end.saturating_sub(1)).unwrap_or(path).to_owned();
+        }
+    }
+    if path.starts_with("/usr/") || path == "/usr" {
+        return "/usr".to_owned();
+    }
+    std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned())
+}
+
+/// The folded inputs grouped by the install they live in, most first: one line each for the
+/// first [`ROOTS_LISTED`] (`20 under /home/u/.pyenv/versions/3.11.7 (toolchain-dir 14,
+/// path-dir 6), digest 1a2b…`), the rest counted. The digest covers each input's role, path and
+/// SHA-256 in order, so two cards with the same digest pinned the same files with the same
+/// content; each input is still checked on its own at every use.
+fn folded_lines(folded: &[&op::InputPinInfo]) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let mut groups: Vec<(String, Vec<&op::InputPinInfo>)> = Vec::new();
+    for i in folded {
+        let root = install_root(&i.path);
+        match groups.iter_mut().find(|(r, _)| *r == root) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((root, vec![i])),
+        }
+    }
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+    let mut lines: Vec<String> = groups
+        .iter()
+        .take(ROOTS_LISTED)
+        .map(|(root, inputs)| {
+            let mut h = Sha256::new();
+            for i in inputs {
+                for part in [&i.role, &i.path, &i.sha256] {
+                    h.update(part.as_bytes());
+                    h.update([0]);
+                }
+            }
+            let digest = hex::encode(h.finalize());
+            format!(
+                "{} under {} ({}), digest {}",
+                inputs.len(),
+                esc(root),
+                folded_roles(inputs),
+                short(&digest)
+            )
+        })
+        .collect();
+    let rest: usize = groups.iter().skip(ROOTS_LISTED).map(|(_, v)| v.len()).sum();
+    if rest > 0 {
+        lines.push(format!(
+            "{rest} more in {} other directories",
+            groups.len().saturating_sub(ROOTS_LISTED)
+        ));
+    }
+    lines
+}
+
 /// `path-dir 12, toolchain-dir 3`: folded inputs counted by role, most first.
 fn folded_roles(folded: &[&op::InputPinInfo]) -> String {
     let mut counts: Vec<(String, usize)> = Vec::new();
@@ -323,11 +420,13 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
     }
     if !folded.is_empty() {
         out.push_str(&format!(
-            "  and {} toolchain input{} pinned too ({}): a change to any ends the grant;\n    `keyveil requests --details` lists them\n",
+            "  and {} toolchain input{} pinned too (a change to any ends the grant; `keyveil requests --details` lists them):\n",
             folded.len(),
             if folded.len() == 1 { "" } else { "s" },
-            folded_roles(&folded)
         ));
+        for line in folded_lines(&folded) {
+            out.push_str(&format!("    {line}\n"));
+        }
     }
     if let Some(reason) = &r.reason {
         out.push_str(&format!(
@@ -788,15 +887,22 @@ mod tests {
         );
     }
 
-    /// A card of `sh -c` under a pyenv-style `PATH`: 30 toolchain directories, one project script,
-    /// one home config with a quoted setting, one toolchain directory inside the project.
+    /// A card of `sh -c` under a pyenv- and rustup-style `PATH`: 20 inputs of one Python
+    /// install, 10 of one Rust toolchain, one project script, one home config with a quoted
+    /// setting, one toolchain directory inside the project.
     fn crowded_card() -> op::RequestCard {
         let mut inputs = Vec::new();
-        for n in 0..30 {
+        for n in 0..20 {
             inputs.push(
-                json!({"role": if n % 3 == 0 { "path-dir" } else { "toolchain-dir" },
-                "path": format!("/home/u/.pyenv/versions/3.{n}/bin"), "sha256": "ab".repeat(32)}),
+                json!({"role": if n % 4 == 0 { "path-dir" } else { "toolchain-dir" },
+                "path": format!("/home/u/.pyenv/versions/3.11.7/lib/python3.11/d{n}"),
+                "sha256": "ab".repeat(32)}),
             );
+        }
+        for n in 0..10 {
+            inputs.push(json!({"role": "rust-toolchain",
+                "path": format!("/home/u/.rustup/toolchains/1.95.0-x86_64-unknown-linux-gnu/lib/l{n}"),
+                "sha256": "ab".repeat(32)}));
         }
         inputs.push(json!({"role": "script", "path": "/w/check.sh", "sha256": "cd".repeat(32)}));
         inputs.push(json!({"role": "script-shell", "path": "/home/u/.npmrc",
@@ -811,22 +917,72 @@ mod tests {
         .unwrap()
     }
 
+    /// The digest on a folded line: the same files with the same content give the same one.
+    fn folded_digest(card: &str, root: &str) -> String {
+        card.lines()
+            .find(|l| l.contains(&format!(" under {root} (")))
+            .and_then(|l| l.rsplit_once("digest "))
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default()
+    }
+
     #[test]
-    fn a_crowded_card_folds_toolchain_inputs_but_never_project_files_or_quoted_settings() {
+    fn a_crowded_card_folds_toolchain_inputs_by_install_but_never_project_files_or_quoted_settings()
+    {
         let r = crowded_card();
         let card = render(&r);
         assert!(card.contains("/w/check.sh (script)"), "{card}");
         assert!(card.contains("script-shell=/tmp/evil"), "{card}");
         assert!(card.contains("/w/node_modules/.bin (path-dir)"), "{card}");
-        assert!(!card.contains(".pyenv"), "{card}");
         assert!(
-            card.contains("and 30 toolchain inputs pinned too (toolchain-dir 20, path-dir 10)"),
+            card.contains("and 30 toolchain inputs pinned too"),
             "{card}"
         );
+        assert!(
+            card.contains(
+                "    20 under /home/u/.pyenv/versions/3.11.7 (toolchain-dir 15, path-dir 5), digest "
+            ),
+            "{card}"
+        );
+        assert!(
+            card.contains(
+                "    10 under /home/u/.rustup/toolchains/1.95.0-x86_64-unknown-linux-gnu (rust-toolchain 10), digest "
+            ),
+            "{card}"
+        );
+        assert!(!card.contains("/lib/python3.11/d"), "{card}");
         assert!(card.lines().count() < 20, "{card}");
+        // One changed file in the install changes its line's digest (the other stays).
+        let py = "/home/u/.pyenv/versions/3.11.7";
+        let rust = "/home/u/.rustup/toolchains/1.95.0-x86_64-unknown-linux-gnu";
+        let mut changed = r.clone();
+        changed.inputs[7].sha256 = "ac".repeat(32);
+        let card2 = render(&changed);
+        assert_eq!(folded_digest(&card2, py).len(), 16, "{card2}");
+        assert_ne!(folded_digest(&card, py), folded_digest(&card2, py));
+        assert_eq!(folded_digest(&card, rust), folded_digest(&card2, rust));
         let full = render_details(&r, Style::PLAIN);
-        assert_eq!(full.matches(".pyenv/versions/").count(), 30, "{full}");
+        assert_eq!(full.matches("/lib/python3.11/d").count(), 20, "{full}");
         assert!(!full.contains("toolchain inputs pinned too"), "{full}");
+    }
+
+    #[test]
+    fn many_install_roots_are_listed_up_to_a_bound_and_the_rest_counted() {
+        let mut r = crowded_card();
+        for n in 0..6 {
+            r.inputs.push(op::InputPinInfo {
+                role: "path-dir".into(),
+                path: format!("/opt/tool{n}/bin"),
+                sha256: "ab".repeat(32),
+                detail: None,
+            });
+        }
+        // A directory merely named `opt` in a home is not `/opt`.
+        assert_eq!(install_root("/home/u/opt/x/bin"), "/home/u/opt/x");
+        assert_eq!(install_root("/usr/lib/python3/dist-packages"), "/usr");
+        let card = render(&r);
+        assert_eq!(card.matches(" under ").count(), ROOTS_LISTED, "{card}");
+        assert!(card.contains("    4 more in 4 other directories"), "{card}");
     }
 
     #[test]

@@ -169,6 +169,15 @@ pub struct Locked {
     /// in the gap the next unlock records first). Absent means `true`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub recorded: bool,
+    /// `true` when the vault was locked already: nothing happened, so nothing was recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already: bool,
+    /// What is wrong with the audit log, when the broker knows (one sentence for the human):
+    /// it was replaced or moved since the unlock, or it does not verify against the vault's
+    /// seal. Absent when nothing is known to be wrong (a failed write without a known cause
+    /// leaves only `recorded` false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_problem: Option<String>,
 }
 
 /// The reply to [`Shutdown`].

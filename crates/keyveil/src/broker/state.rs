@@ -599,9 +599,12 @@ pub(crate) fn sealed_value_error(e: keyveil_vault::VaultError) -> OpError {
         .hint("ask the user to restart the broker: `keyveil daemon stop`, then `keyveil unlock`")
 }
 
+/// The message of the locked error (the CLI recognises it to word the hint for a human).
+pub(crate) const LOCKED_MESSAGE: &str = "the keyveil vault is locked";
+
 /// The locked error, with its hint.
 pub(crate) fn locked() -> OpError {
-    OpError::new(ErrorCode::Locked, "the keyveil vault is locked")
+    OpError::new(ErrorCode::Locked, LOCKED_MESSAGE)
         .hint("ask the user to run `keyveil unlock` in a terminal")
 }
 

@@ -113,8 +113,8 @@ pub(crate) enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
-        /// List every pinned input (a card folds toolchain inputs into a count when it has
-        /// many).
+        /// List every pinned input (a card with many folds toolchain inputs into one line per
+        /// install: how many, and a digest of them).
         #[arg(long)]
         details: bool,
     },

@@ -251,7 +251,7 @@ pub(crate) fn read_secret_line(from_stdin: bool, prompt: &str) -> Result<Passphr
     rpassword::prompt_password(prompt).map(Passphrase::new).map_err(|e| {
         Exit {
             code: 2,
-            message: format!("cannot read from the terminal: {e}\nhint: use --passphrase-stdin (`keyveil set` takes --from-stdin) to read it from standard input"),
+            message: format!("cannot read from the terminal: {e}\nhint: use --passphrase-stdin to read the passphrase from standard input (`keyveil set` reads the value with --from-stdin: the passphrase on the first line, the value after it)"),
         }
         .into()
     })

@@ -156,9 +156,42 @@ pub(crate) fn main(cli: Cli) -> Result<i32> {
             }
             crate::logging::init_cli();
             let paths = Paths::resolve()?;
-            block_on(dispatch(&paths, other))
+            // `keyveil run` is how an agent asks: its errors keep the broker's words for agents.
+            let agent = matches!(other, Command::Run(_));
+            block_on(dispatch(&paths, other)).map_err(|e| if agent { e } else { for_the_human(e) })
         }
     }
+}
+
+/// The broker's hints speak to an agent ("ask the user to ..."); at the command line a human
+/// reads them: the locked error and the unknown environment say what to type instead.
+fn for_the_human(e: anyhow::Error) -> anyhow::Error {
+    let Some(x) = e.downcast_ref::<Exit>() else {
+        return e;
+    };
+    let (first, hint) = x.message.split_once("\nhint: ").unwrap_or((&x.message, ""));
+    let hint = if x.code == ErrorCode::Locked.exit_code()
+        && first == crate::broker::state::LOCKED_MESSAGE
+    {
+        "unlock it with `keyveil unlock` (it asks for your passphrase), then run this command again"
+            .to_owned()
+    } else if let Some(env) = first
+        .strip_prefix("no environment named '")
+        .and_then(|r| r.strip_suffix('\''))
+        && hint.contains("the user can create one")
+    {
+        format!(
+            "no environment exists yet; create it with `keyveil env create {}`",
+            crate::card::esc(env)
+        )
+    } else {
+        return e;
+    };
+    Exit {
+        code: x.code,
+        message: format!("{first}\nhint: {hint}"),
+    }
+    .into()
 }
 
 fn block_on<F: std::future::Future<Output = Result<i32>>>(f: F) -> Result<i32> {
@@ -206,6 +239,69 @@ async fn daemon_stop(paths: &Paths) -> Result<i32> {
     }
 }
 
+/// The new vault's passphrase, checked against the length rule right after it is entered:
+/// at the terminal a short one is refused and asked for again (at most three entries); from
+/// stdin it fails with the rule and a hint.
+///
+/// # Errors
+/// No terminal, stdin unreadable, or too short (from stdin, or three times at the terminal).
+fn new_passphrase(from_stdin: bool) -> Result<Passphrase> {
+    let min = keyveil_proto::MIN_PASSPHRASE_LEN;
+    let rule = format!("a vault passphrase has at least {min} characters");
+    for _ in 0..3 {
+        let p = read_secret_line(from_stdin, "New vault passphrase: ")?;
+        if p.expose().len() >= min {
+            return Ok(p);
+        }
+        if from_stdin {
+            break;
+        }
+        note(format!("too short: {rule}; try again"));
+    }
+    Err(Exit {
+        code: 2,
+        message: format!(
+            "the passphrase is too short: {rule}; nothing was created\nhint: {}",
+            if from_stdin {
+                "pipe a longer passphrase into `keyveil init --passphrase-stdin` (a password manager can generate one)"
+            } else {
+                "run `keyveil init` again with a longer passphrase (a few unrelated words are easy to type and to remember)"
+            }
+        ),
+    }
+    .into())
+}
+
+/// Checks that environment `env` exists (names are listed without the factor), so that a
+/// command can refuse before it prompts for anything.
+///
+/// # Errors
+/// The vault is locked, the broker cannot be reached, or no environment has that name.
+async fn ensure_env(paths: &Paths, env: &str) -> Result<()> {
+    let d = call(paths, op::EnvList).await?;
+    if d.environments.iter().any(|e| e.name == env) {
+        return Ok(());
+    }
+    let names: Vec<String> = d
+        .environments
+        .iter()
+        .map(|e| crate::card::esc(&e.name))
+        .collect();
+    let env = crate::card::esc(env);
+    Err(Exit {
+        code: ErrorCode::NotFound.exit_code(),
+        message: format!(
+            "no environment named '{env}'; nothing was stored\nhint: create it with `keyveil env create {env}`{}",
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" (environments: {})", names.join(", "))
+            }
+        ),
+    }
+    .into())
+}
+
 /// Sends operation `o` on a fresh connection; its typed reply, or an [`Exit`] error.
 /// `path` made absolute against the current directory (not resolved: the broker does that).
 pub(crate) fn absolute(path: &std::path::Path) -> Result<String> {
@@ -236,13 +332,13 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 }
                 .into());
             }
-            let p = read_secret_line(passphrase_stdin, "New vault passphrase: ")?;
+            let p = new_passphrase(passphrase_stdin)?;
             if !passphrase_stdin {
                 let again = read_secret_line(false, "Repeat passphrase: ")?;
                 if again.expose() != p.expose() {
                     return Err(Exit {
                         code: 2,
-                        message: "the passphrases differ; nothing was created".into(),
+                        message: "the passphrases differ; nothing was created\nhint: run `keyveil init` again and type the same passphrase at both prompts".into(),
                     }
                     .into());
                 }
@@ -276,7 +372,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             }
             if !warnings.is_empty() {
                 note(
-                    "hint: keep the moved file as evidence; `keyveil audit verify` reports this until the log is rotated",
+                    "hint: `keyveil audit verify` shows which entries still verify (docs/audit-format.md); keep any log moved aside as evidence; this is reported until the log is rotated",
                 );
             }
             Ok(0)
@@ -287,15 +383,24 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 Some(mut c) => {
                     c.send(&op::Lock.into()).await?;
                     let d = expect::<op::Lock>(c.final_reply().await?)?;
+                    if d.already {
+                        say("the vault was already locked (no value is in the broker's memory)");
+                        return Ok(0);
+                    }
                     say(format!(
                         "locked{} (no value is left in the broker's memory)",
                         runs_stopped(&d.stopped)
                     ));
                     warn_unconfirmed(&d.stopped);
-                    if !d.recorded {
-                        note(
+                    match &d.audit_problem {
+                        // A known cause: say it, and how to see what still verifies.
+                        Some(problem) => note(format!(
+                            "warning: {problem}\nhint: after `keyveil unlock`, `keyveil audit verify` shows which entries still verify (docs/audit-format.md explains each case); keep the changed log as evidence"
+                        )),
+                        None if !d.recorded => note(
                             "warning: the lock could not be recorded in the audit log (is the disk full?); it is counted in the gap the next unlock records\nhint: free space where KEYVEIL_HOME is, then `keyveil audit verify`",
-                        );
+                        ),
+                        None => {}
                     }
                 }
             }
@@ -361,6 +466,9 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             factor,
             ..
         } => {
+            // What can be checked without the value and the factor is checked before either is
+            // asked for: the vault is unlocked and the environment exists.
+            ensure_env(paths, &env).await?;
             let mut given = factor_from_args(&factor, !from_stdin)?;
             let value = if from_stdin {
                 let mut buf = Vec::new();
@@ -390,7 +498,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                 }
                 let s = String::from_utf8(buf).map_err(|_| Exit {
                     code: 2,
-                    message: "the value is not valid UTF-8; nothing was stored".into(),
+                    message: "the value is not valid UTF-8; nothing was stored\nhint: values are text (they become environment variables); encode binary data first, e.g. `base64 -w0 FILE | keyveil set ENV VAR --from-stdin`".into(),
                 })?;
                 Passphrase::new(s)
             } else {

@@ -179,3 +179,96 @@ fn the_test_script_names_each_missing_prerequisite_and_how_to_get_it() {
     );
     assert!(out.contains("hint: "), "{out}");
 }
+
+/// `deny` of a request that does not exist says how to see the ones that do, as `approve` does.
+#[test]
+fn deny_of_an_unknown_request_says_how_to_list_them() {
+    let h = Home::new();
+    let o = h.run(&["deny", "99"]);
+    assert_eq!(o.status.code(), Some(1));
+    insta::assert_snapshot!("deny_unknown_request", text(&o.stderr));
+}
+
+/// `set` into an environment that does not exist refuses before it asks for anything: the
+/// value and the factor are never prompted for (here, without a terminal, a prompt would fail
+/// with "cannot read from the terminal" instead), and the hint names the command that creates it.
+#[test]
+fn set_into_a_missing_environment_refuses_before_any_prompt() {
+    let h = Home::new();
+    let o = h.run(&["set", "staging", "API_TOKEN"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    insta::assert_snapshot!("set_missing_environment", text(&o.stderr));
+    // Piped in too: nothing is read as a value, nothing is stored, nothing is created.
+    let o = h.run_stdin(
+        &[
+            "set",
+            "staging",
+            "API_TOKEN",
+            "--from-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\nfixture-value-not-a-secret-1"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("hint: create it with `keyveil env create staging`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let envs = h.json(&["env", "list", "--json"]);
+    assert_eq!(envs.as_array().map(Vec::len), Some(1), "{envs}");
+    assert!(!h.audit_text().contains("staging"));
+}
+
+/// `set` while the vault is locked: refused before any prompt, with a hint for the human at
+/// the terminal (the broker's own hint speaks to an agent).
+#[test]
+fn set_while_locked_tells_the_human_to_unlock() {
+    let h = Home::new();
+    h.ok(&["lock"]);
+    let o = h.run(&["set", "demo", "API_TOKEN"]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    insta::assert_snapshot!("set_while_locked", text(&o.stderr));
+    // A second lock changes nothing and says so (no audit warning: nothing was to be recorded).
+    let o = h.run(&["lock"]);
+    assert!(o.status.success());
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "the vault was already locked (no value is in the broker's memory)"
+    );
+    assert_eq!(text(&o.stderr), "");
+}
+
+/// A passphrase under the length rule is refused right after it is read, with the rule and a
+/// hint; nothing is created (from stdin: no terminal to ask again on).
+#[test]
+fn a_short_passphrase_at_init_is_refused_at_once_with_the_rule() {
+    let h = Home::empty();
+    let o = h.run_stdin(
+        &["init", "--passphrase-stdin", "--kdf-memory-kib", "19456"],
+        "seven77\n",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    insta::assert_snapshot!("init_short_passphrase", text(&o.stderr));
+    assert!(!h.path().join("vault.kv").exists());
+}
+
+/// A value that is not text is refused with what to do instead; nothing is stored.
+#[test]
+fn a_value_that_is_not_utf8_is_refused_with_a_way_forward() {
+    let h = Home::new();
+    let mut c = h.cmd(&["set", "demo", "BLOB", "--from-stdin"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"fixture-\xff\xfe-not-text").unwrap();
+    }
+    let o = wait_output(child, CLI_LIMIT);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    insta::assert_snapshot!("set_value_not_utf8", text(&o.stderr));
+    assert!(!h.ok(&["env", "show", "demo"]).contains("BLOB"));
+}

@@ -383,3 +383,69 @@ fn init_over_a_vault_moved_aside_while_unlocked_is_refused_and_creates_nothing()
     let v = h.ok(&["audit", "verify"]);
     assert!(v.contains("audit log OK"), "{v}");
 }
+
+/// A log replaced while the broker runs (an editor or `sed -i` writes a new file): `lock` says
+/// what happened and what to do, not "is the disk full?"; the check itself is unchanged (the
+/// replaced file gets no entry, and `audit verify` still fails on the edit).
+#[test]
+fn lock_after_the_audit_log_was_replaced_says_so_not_disk_full() {
+    let h = audited_home();
+    let p = h.path().join("audit.jsonl");
+    let edited = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("\"other\"", "\"0ther\"", 1);
+    let tmp = h.path().join("audit.jsonl.edit");
+    std::fs::write(&tmp, &edited).unwrap();
+    std::fs::rename(&tmp, &p).unwrap();
+    let o = h.run(&["lock"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(!err.contains("disk full"), "{err}");
+    assert!(
+        err.contains("is no longer the file keyveil was writing to")
+            && err.contains("another file was put in its place")
+            && err.contains("hint: after `keyveil unlock`, `keyveil audit verify`"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        edited,
+        "the replaced log was written to"
+    );
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_ne!(h.run(&["audit", "verify"]).status.code(), Some(0));
+}
+
+/// A line edited in place (same file) is found at unlock against the vault's seal: unlock warns,
+/// and so does the next lock, naming the line, without "is the disk full?".
+#[test]
+fn a_log_that_does_not_verify_is_named_at_unlock_and_at_lock() {
+    let h = audited_home();
+    h.ok(&["lock"]);
+    let p = h.path().join("audit.jsonl");
+    let t = std::fs::read_to_string(&p).unwrap();
+    let line = t.lines().position(|l| l.contains("\"other\"")).unwrap() + 1;
+    let edited = t.replacen("\"other\"", "\"0ther\"", 1);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    std::io::Write::write_all(&mut f, edited.as_bytes()).unwrap();
+    drop(f);
+    let o = h.run_stdin(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("does not verify against the checkpoint the vault sealed")
+            && err.contains(&format!("line {line}"))
+            && err.contains("hint: `keyveil audit verify`"),
+        "{err}"
+    );
+    let o = h.run(&["lock"]);
+    assert!(o.status.success());
+    let err = text(&o.stderr);
+    assert!(!err.contains("disk full"), "{err}");
+    assert!(
+        err.contains("does not verify against the checkpoint the vault sealed")
+            && err.contains("keyveil audit verify"),
+        "{err}"
+    );
+}

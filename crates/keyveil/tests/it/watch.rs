@@ -238,3 +238,46 @@ fn a_wrong_first_code_at_enrolment_asks_again() {
     let shown = h.json(&["policy", "show", "demo", "--json"]);
     assert_eq!(shown["totp_enrolled"], true, "{shown}");
 }
+
+/// `keyveil init` at a terminal refuses a passphrase under the length rule right after the
+/// first entry, says the rule, and asks again (the repeat prompt comes only for one that passes).
+#[test]
+fn init_at_a_terminal_refuses_a_short_passphrase_at_once_and_asks_again() {
+    let h = Home::empty();
+    let mut w = Watcher::on_pty(&h, "init --kdf-memory-kib 19456");
+    w.wait_for("New vault passphrase");
+    w.type_in("seven77\n");
+    w.wait_for("too short: a vault passphrase has at least 8 characters; try again");
+    // Asked again for a new one, not for the short one repeated.
+    assert!(!contains(&w.out.lock().unwrap(), "Repeat passphrase"));
+    let t0 = Instant::now();
+    while text(&w.out.lock().unwrap())
+        .matches("New vault passphrase")
+        .count()
+        < 2
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "not asked again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!h.path().join("vault.kv").exists());
+    w.type_in(&format!("{PASS}\n"));
+    w.wait_for("Repeat passphrase");
+    w.type_in(&format!("{PASS}\n"));
+    w.wait_for("created vault");
+    assert!(h.path().join("vault.kv").exists());
+    assert!(!contains(&w.out.lock().unwrap(), PASS));
+}
+
+/// Two different entries at `keyveil init`: refused with a way forward, nothing created.
+#[test]
+fn init_at_a_terminal_with_two_different_entries_says_what_to_do() {
+    let h = Home::empty();
+    let mut w = Watcher::on_pty(&h, "init --kdf-memory-kib 19456");
+    w.wait_for("New vault passphrase");
+    w.type_in(&format!("{PASS}\n"));
+    w.wait_for("Repeat passphrase");
+    w.type_in("fixture-other-passphrase-1\n");
+    w.wait_for("the passphrases differ; nothing was created");
+    w.wait_for("hint: run `keyveil init` again and type the same passphrase at both prompts");
+    assert!(!h.path().join("vault.kv").exists());
+}

@@ -49,20 +49,9 @@ pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
     inner.vault()?;
     inner.expire_requests();
     let env = match inner.requests.get(&id) {
-        None => {
-            return Err(
-                OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
-                    .hint("list pending requests with `keyveil requests`"),
-            );
-        }
+        None => return Err(no_request(id)),
         Some(r) if r.state != RequestState::Pending => {
-            return Err(OpError::new(
-                ErrorCode::Failed,
-                format!(
-                    "request #{id} is no longer pending ({})",
-                    state_word(&r.state)
-                ),
-            ));
+            return Err(no_longer_pending(id, &r.state));
         }
         Some(r) => r.environment.clone(),
     };
@@ -102,19 +91,10 @@ pub(crate) fn grant_pending(
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
     let Some(req) = inner.requests.get(&id).cloned() else {
-        return Err(OpError::new(
-            ErrorCode::NotFound,
-            format!("no request #{id}"),
-        ));
+        return Err(no_request(id));
     };
     if req.state != RequestState::Pending {
-        return Err(OpError::new(
-            ErrorCode::Failed,
-            format!(
-                "request #{id} is no longer pending ({})",
-                state_word(&req.state)
-            ),
-        ));
+        return Err(no_longer_pending(id, &req.state));
     }
     let out = grant_request(&mut inner, &req, o, used, None)?;
     drop(inner);
@@ -237,21 +217,31 @@ pub(crate) fn state_word(s: &RequestState) -> &'static str {
     }
 }
 
+/// "No request #`id`" (none was ever made with that number, or it was forgotten), with the
+/// way to see the ones that are pending.
+fn no_request(id: u64) -> OpError {
+    OpError::new(ErrorCode::NotFound, format!("no request #{id}"))
+        .hint("list pending requests with `keyveil requests`")
+}
+
+/// Request `id` was decided already (`state`): nothing is left to approve or deny.
+fn no_longer_pending(id: u64, state: &RequestState) -> OpError {
+    OpError::new(
+        ErrorCode::Failed,
+        format!(
+            "request #{id} is no longer pending ({})",
+            state_word(state)
+        ),
+    )
+    .hint("nothing was changed; list pending requests with `keyveil requests`, live grants with `keyveil grants`")
+}
+
 /// Denies a request.
 pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
-    let r = inner
-        .requests
-        .get_mut(&id)
-        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
+    let r = inner.requests.get_mut(&id).ok_or_else(|| no_request(id))?;
     if r.state != RequestState::Pending {
-        return Err(OpError::new(
-            ErrorCode::Failed,
-            format!(
-                "request #{id} is no longer pending ({})",
-                state_word(&r.state)
-            ),
-        ));
+        return Err(no_longer_pending(id, &r.state));
     }
     r.state = RequestState::Denied {
         reason: reason.clone(),

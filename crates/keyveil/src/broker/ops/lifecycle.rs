@@ -61,8 +61,12 @@ pub(super) async fn init(
     policy_path: Option<String>,
     home: Option<String>,
 ) -> OpResult<op::Bootstrapped> {
-    if pass.expose().len() < 8 {
-        return Err(usage("the passphrase is too short (at least 8 characters)"));
+    if pass.expose().len() < keyveil_proto::MIN_PASSPHRASE_LEN {
+        return Err(usage(format!(
+            "the passphrase is too short (at least {} characters)",
+            keyveil_proto::MIN_PASSPHRASE_LEN
+        ))
+        .hint("choose a longer passphrase; nothing was created"));
     }
     let path = broker.paths.vault();
     if broker.lock().vault.is_some() {
@@ -182,6 +186,9 @@ pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> 
     if let Some(why) = &seal_broken {
         tracing::warn!(%why, "the audit log does not match the vault's sealed checkpoint");
         inner.audit("audit_seal_mismatch", json!({ "why": why }));
+        warnings.push(format!(
+            "the audit log does not verify against the checkpoint the vault sealed ({why}): entries were edited, removed or forged after they were written"
+        ));
     }
     inner.audit_seal_broken = seal_broken;
     inner.audit_path_changed = None;
@@ -283,11 +290,25 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
     // The runs end before the vault leaves memory (their ends are still audited); the reply
     // says what was stopped.
     let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;
-    let recorded = {
+    let (recorded, already, audit_problem) = {
         let mut inner = broker.lock();
         // A grant approved while we waited ends in the same step as the vault leaves memory.
         let _late = stop_all(&mut inner, "vault locked");
-        let recorded = inner.audit_recorded("lock", json!({}));
+        let already = inner.vault.is_none();
+        let recorded = already || inner.audit_recorded("lock", json!({}));
+        // What the human is told about the log: the cause of a miss where it is known (the
+        // file was replaced or moved), and a seal that did not verify at unlock.
+        let audit_problem = match (&inner.audit_path_changed, &inner.audit_seal_broken) {
+            _ if already => None,
+            (Some(change), _) => Some(format!(
+                "the audit log {} is no longer the file keyveil was writing to: {change} (an editor or `sed -i` saves a new file too), so this lock could not be recorded in it",
+                broker.paths.audit().display()
+            )),
+            (None, Some(why)) => Some(format!(
+                "the audit log does not verify against the checkpoint the vault sealed ({why}): entries were edited, removed or forged after they were written"
+            )),
+            (None, None) => None,
+        };
         inner.seal_audit_final();
         // The values leave memory whatever the disk said above (the sealed checkpoint and the
         // audit entry are best effort here; what could not be written is kept as the gap).
@@ -298,7 +319,7 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         inner.challenges.clear();
         inner.held_approvals.clear();
         inner.pending_totp = None;
-        recorded
+        (recorded, already, audit_problem)
     };
     // The approval page's sessions and links end with the unlock they were opened under.
     broker.web.end_sessions();
@@ -314,6 +335,8 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         locked: true,
         stopped: stopped.reply(),
         recorded,
+        already,
+        audit_problem,
     }
 }
 
