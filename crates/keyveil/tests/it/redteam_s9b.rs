@@ -1,0 +1,111 @@
+//! Red team, session 9 (second pass): `keyveil sweep --contain --scrub-transcripts` after the
+//! change that scrubs only *former* values (kept in a compromise mark once the variable is
+//! rotated) and minted credentials.
+//!
+//! The attacker is the coding agent: same uid, the CLI, the socket, every file under `$HOME`,
+//! but not the human's factor. Values are made at runtime and never printed.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+
+use crate::harness::*;
+use crate::redteam19::{rand_value, sweep};
+
+fn scrub_sweep(h: &Home) -> std::process::Output {
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    sweep(
+        h,
+        &[
+            "--contain",
+            "--scrub-transcripts",
+            "--json",
+            empty.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Each guess in its own Claude Code transcript; their paths.
+fn plant(h: &Home, guesses: &[String]) -> Vec<PathBuf> {
+    let dir = h.path().join(".claude/projects/-w-s9b");
+    std::fs::create_dir_all(&dir).unwrap();
+    guesses
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let p = dir.join(format!("g{i}.jsonl"));
+            std::fs::write(&p, format!("{{\"content\":\"{g}\"}}\n")).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// The agent stores three guesses of the human's `API_KEY` as first values of three variables
+/// of its own (no factor needed: nothing stored is replaced), one guess per variable, and
+/// plants each in its own transcript. The human's `sweep --contain` marks the three variables
+/// (and `API_KEY`: the one bit `--contain` gives, "some guess is right"); the human rotates
+/// what the sealed report and `env show` tell them to rotate in the agent's variables. A scrub
+/// then rewrote every planted transcript except the one whose guess is `API_KEY`'s current
+/// value (a former value some current secret has was left out of the scrub), so the agent
+/// read *which* guess was right from the inodes: the oracle the scrub was changed to close,
+/// through the very check meant to close it. Held now: a former value stored without the
+/// factor (the agent could have chosen it) is never scrubbed, whatever it equals.
+#[test]
+fn a_scrub_does_not_tell_which_of_the_agents_rotated_first_values_was_right() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let guesses = [rand_value("sk_live_"), v.clone(), rand_value("sk_live_")];
+    for (i, g) in guesses.iter().enumerate() {
+        h.set_unverified("demo", &format!("PROBE_{i}"), g);
+    }
+    let files = plant(&h, &guesses);
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = sweep(&h, &["--contain", "--json", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for i in 0..guesses.len() {
+        h.set("demo", &format!("PROBE_{i}"), &rand_value("rotated_"));
+    }
+    let ino = |p: &PathBuf| std::fs::metadata(p).unwrap().ino();
+    let before: Vec<(u64, String)> = files
+        .iter()
+        .map(|p| (ino(p), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    let o = scrub_sweep(&h);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let changed: Vec<bool> = files
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| (ino(p), std::fs::read_to_string(p).unwrap()) != *b)
+        .collect();
+    assert!(
+        changed.iter().all(|c| *c == changed[0]),
+        "the agent sees which planted guess was the current value: {changed:?}"
+    );
+}
+
+/// The other side of the fix above: a first value stored without the factor (as the human's
+/// own `keyveil set` of a new variable does), found, marked and rotated, is still scrubbed by a
+/// sweep that contains nothing, and the transcript that held it is rewritten to the marker.
+#[test]
+fn a_former_first_value_is_scrubbed_when_the_sweep_contains_nothing() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set_unverified("demo", "API_KEY", &v);
+    let files = plant(&h, std::slice::from_ref(&v));
+    crate::redteam19::contain_then_rotate(&h, "demo", "API_KEY");
+    let o = scrub_sweep(&h);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        out["report"]["findings"].as_array().is_some_and(
+            |a| !a.is_empty() && a.iter().all(|f| f["credential"] == "former-unverified")
+        ),
+        "{out}"
+    );
+    let after = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(!after.contains(&v), "the former value's copy stayed");
+    assert!(after.contains("[REDACTED:demo/API_KEY]"), "{after}");
+}
