@@ -176,10 +176,7 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     let mut formers = Vec::new();
     for (env, e) in &v.data().environments {
         for (name, var) in &e.variables {
-            let Some(m) = v
-                .data()
-                .compromised
-                .get(&format!("{env}/{name}"))
+            let Some(m) = mark_of(v.data(), env, name, var)
                 .filter(|m| var.rotated_at.is_some_and(|r| r > m.found_at))
             else {
                 continue;
@@ -727,12 +724,29 @@ pub(super) async fn contain(
     out
 }
 
+/// The compromise mark filed under `env/real`, if it is `var`'s: a mark older than the variable
+/// was made for one of the same name that was removed since. The agent can declare a variable
+/// of that name and give it a first value (no factor: nothing is stored); the removed value
+/// must not then count as this variable's former value (a scrub would rewrite its copies and
+/// confirm the agent's guesses of a value that may still be live where the human moved it),
+/// nor its mark flag the new variable (`tests/it/redteam_s9b.rs`).
+fn mark_of<'a>(
+    data: &'a keyveil_vault::VaultData,
+    env: &str,
+    real: &str,
+    var: &keyveil_vault::Variable,
+) -> Option<&'a Compromise> {
+    data.compromised
+        .get(&format!("{env}/{real}"))
+        .filter(|m| m.found_at >= var.created_at)
+}
+
 /// The compromise mark of `env/real` as listings show it, unless spent (the value was replaced
 /// after the mark).
 pub(crate) fn mark(inner: &Inner, env: &str, real: &str) -> Option<op::CompromiseMark> {
     let v = inner.vault().ok()?;
-    let m = v.data().compromised.get(&format!("{env}/{real}"))?;
     let var = v.data().environments.get(env)?.variables.get(real)?;
+    let m = mark_of(v.data(), env, real, var)?;
     if var.rotated_at.is_some_and(|r| r > m.found_at) {
         return None;
     }

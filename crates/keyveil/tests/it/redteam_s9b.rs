@@ -109,3 +109,64 @@ fn a_former_first_value_is_scrubbed_when_the_sweep_contains_nothing() {
     assert!(!after.contains(&v), "the former value's copy stayed");
     assert!(after.contains("[REDACTED:demo/API_KEY]"), "{after}");
 }
+
+/// The human removes a variable a sweep marked (`keyveil unset`, with the factor: the value
+/// leaves keyveil, not necessarily its provider; it may live on in a `.env` or another tool).
+/// The compromise mark, keyed by name, stays, with the value it kept. The agent declares a
+/// variable of the same name over the socket and gives it a first value (no factor: nothing is
+/// stored): the new variable's `rotated_at` came after the old mark, so the removed value
+/// counted as a rotated, former one, and the next scrub rewrote the planted transcript that held
+/// it, confirming the agent's guess of a value it never saw. Held now: a mark older than the
+/// variable it is filed under is not that variable's.
+#[test]
+fn a_variable_the_agent_recreates_does_not_make_a_removed_value_former() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let dir = h.path().join(".claude/projects/-w-human");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("h.jsonl"), format!("{{\"content\":\"{v}\"}}\n")).unwrap();
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = sweep(&h, &["--contain", "--json", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let o = h.run_stdin(
+        &["unset", "demo", "API_KEY", "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The agent: a declaration over the raw socket, then a first value from its shell.
+    let r = crate::custody::raw(
+        &h,
+        &serde_json::json!({"op": "var_declare", "environment": "demo", "name": "API_KEY",
+                             "description": null, "generate": false, "length": null}),
+    );
+    assert_eq!(r["kind"], "ok", "{r}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    h.set_unverified("demo", "API_KEY", &rand_value("agent_"));
+    let files = plant(
+        &h,
+        &[rand_value("sk_live_"), v.clone(), rand_value("sk_live_")],
+    );
+    let ino = |p: &PathBuf| std::fs::metadata(p).unwrap().ino();
+    let before: Vec<(u64, String)> = files
+        .iter()
+        .map(|p| (ino(p), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    let o = scrub_sweep(&h);
+    // 0: nothing found (the removed value is no longer swept for), 1: something found.
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "{}",
+        text(&o.stderr)
+    );
+    let changed: Vec<bool> = files
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| (ino(p), std::fs::read_to_string(p).unwrap()) != *b)
+        .collect();
+    assert!(
+        changed.iter().all(|c| *c == changed[0]),
+        "the agent sees which planted guess was the removed value: {changed:?}"
+    );
+}
