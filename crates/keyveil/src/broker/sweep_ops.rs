@@ -172,7 +172,24 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     }
     // The value a sweep found of a variable rotated since (a spent mark), unless a secret held
     // now has those very bytes (an agent's first value of another variable may copy a guess): a
-    // scrub rewrites former values, and must never rewrite a current one.
+    // scrub rewrites former values, and must never rewrite a current one. Nor a part of one: a
+    // former value stored with the factor that shares a variant with a current secret, either
+    // way (a database URL rotated to a new host with the same password: the password is a
+    // variant of both), is left out too. Not for a former value stored without the factor: the
+    // agent may have chosen it to hold a guess, and leaving it out would answer the guess; a
+    // scrub rewrites those only when the sweep contained nothing ([`scrub_after`]), and a copy
+    // of a guess that shares a current secret's variant is a copy of that secret, contained.
+    let mut current: Option<crate::redact::Redactor> = None;
+    let mut shares_a_part = |old: &[u8]| -> bool {
+        let current = current.get_or_insert_with(|| {
+            crate::redact::Redactor::new(out.iter().map(|(k, v)| (k.clone(), v.as_slice())))
+        });
+        if !current.find_leaks(old).is_empty() {
+            return true;
+        }
+        let this = crate::redact::Redactor::new([("former", old)]);
+        out.iter().any(|(_, b)| !this.find_leaks(b).is_empty())
+    };
     let mut formers = Vec::new();
     for (env, e) in &v.data().environments {
         for (name, var) in &e.variables {
@@ -186,6 +203,7 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
                 && !out
                     .iter()
                     .any(|(_, b)| b.as_slice() == old.expose().as_bytes())
+                && !(m.value_by_factor && shares_a_part(old.expose().as_bytes()))
             {
                 let what = if m.value_by_factor {
                     FORMER

@@ -170,3 +170,51 @@ fn a_variable_the_agent_recreates_does_not_make_a_removed_value_former() {
         "the agent sees which planted guess was the removed value: {changed:?}"
     );
 }
+
+/// The human moves a database to a new host: `DB_URL` is rotated to a URL with the same user
+/// and password and another host. The former URL is not equal to the current one, so the scrub
+/// rewrote what the redactor matches of it, its password included (a URL's password is one of
+/// a value's variants): the agent planted guesses of the password, one per transcript, and the
+/// one the scrub rewrote was the current password. Held now: a former value that shares a
+/// variant with a current secret is never scrubbed.
+#[test]
+fn a_former_value_sharing_a_part_with_a_current_one_is_never_scrubbed() {
+    let h = Home::new();
+    let pw = rand_value("pw_");
+    let old = format!("postgres://app:{pw}@db-old.example:5432/app");
+    h.set("demo", "DB_URL", &old);
+    let dir = h.path().join(".claude/projects/-w-human");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("h.jsonl"), format!("{{\"content\":\"{old}\"}}\n")).unwrap();
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = sweep(&h, &["--contain", "--json", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    h.set(
+        "demo",
+        "DB_URL",
+        &format!("postgres://app:{pw}@db-new.example:5432/app"),
+    );
+    let files = plant(&h, &[rand_value("pw_"), pw.clone(), rand_value("pw_")]);
+    let ino = |p: &PathBuf| std::fs::metadata(p).unwrap().ino();
+    let before: Vec<(u64, String)> = files
+        .iter()
+        .map(|p| (ino(p), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    let o = scrub_sweep(&h);
+    assert!(
+        matches!(o.status.code(), Some(0 | 1)),
+        "{}",
+        text(&o.stderr)
+    );
+    let changed: Vec<bool> = files
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| (ino(p), std::fs::read_to_string(p).unwrap()) != *b)
+        .collect();
+    assert!(
+        changed.iter().all(|c| *c == changed[0]),
+        "the agent sees which planted guess was the current password: {changed:?}"
+    );
+}
