@@ -218,3 +218,61 @@ fn a_former_value_sharing_a_part_with_a_current_one_is_never_scrubbed() {
         "the agent sees which planted guess was the current password: {changed:?}"
     );
 }
+
+/// A watch with `--contain` knows former values too. It never contains one, but it counted the
+/// variable in what the `sweep_watch_end` audit entry (readable by the agent) gives as
+/// `contained`: the agent planting a guess of a former value during the watch read from that
+/// count whether the guess was right. Held now: a former value is reported only, and counts
+/// nowhere the agent reads.
+#[test]
+fn a_watch_does_not_count_a_former_value_it_found() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    let dir = h.path().join(".claude/projects/-w-human");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("h.jsonl"), format!("{{\"content\":\"{v}\"}}\n")).unwrap();
+    crate::redteam19::contain_then_rotate(&h, "demo", "API_KEY");
+    std::fs::remove_file(dir.join("h.jsonl")).unwrap();
+    let (mut child, rx) = crate::redteam19::start_watch(&h);
+    let planted = h.path().join(".claude/projects/-w-s9b");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(
+        planted.join("g.jsonl"),
+        format!("{{\"content\":\"{v}\"}}\n"),
+    )
+    .unwrap();
+    let b = loop {
+        let b = crate::redteam19::next_batch(&rx);
+        if b["report"]["findings"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break b;
+        }
+    };
+    assert_eq!(b["report"]["findings"][0]["credential"], "former", "{b}");
+    assert_eq!(b["contained"], serde_json::json!([]), "{b}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let end = loop {
+        if let Some(e) = crate::redteam19::audit(&h)
+            .into_iter()
+            .find(|e| e["event"] == "sweep_watch_end")
+        {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sweep_watch_end entry"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let fields = if end["fields"].is_object() {
+        &end["fields"]
+    } else {
+        &end
+    };
+    assert_eq!(fields["contained"], 0, "{end}");
+}
