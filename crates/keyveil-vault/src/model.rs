@@ -73,6 +73,13 @@ pub struct Compromise {
     /// existed (omitted then, so older vaults re-encrypt byte for byte).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<SealedValue>,
+    /// Whether [`Compromise::value`] was stored with the human's factor. A value stored
+    /// without it (a first value) may be one an agent chose, such as a guess of another
+    /// variable's value: once it is former, a scrub rewrites its copies only in a sweep that
+    /// contained nothing, or which planted guess matched would show. `false` for marks written
+    /// before this field existed (omitted then, so older vaults re-encrypt byte for byte).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub value_by_factor: bool,
 }
 
 /// Vault-wide settings. They decide what a granted child runs and where, so they live inside

@@ -42,6 +42,14 @@ const MAX_SECONDS: (u64, u64) = (600, 3600);
 /// The credential of a finding of a value a variable held when a sweep marked it compromised and
 /// that was replaced since (see [`keyveil_vault::Compromise::value`]).
 pub(crate) const FORMER: &str = "former";
+/// [`FORMER`], for a value stored without the human's factor (a first value: an agent may
+/// have chosen it; see [`keyveil_vault::Compromise::value_by_factor`]).
+pub(crate) const FORMER_UNVERIFIED: &str = "former-unverified";
+
+/// Whether a finding's `credential` is a former value ([`FORMER`] or [`FORMER_UNVERIFIED`]).
+pub(crate) fn is_former(credential: &str) -> bool {
+    credential == FORMER || credential == FORMER_UNVERIFIED
+}
 
 /// Whether `--scrub-transcripts` may rewrite copies of a finding's `credential`: a former value
 /// (replaced since it was found) or a minted credential (destroyed at its source by the
@@ -49,7 +57,7 @@ pub(crate) const FORMER: &str = "former";
 /// a rewrite of only the transcripts that hold it would tell whoever planted guesses, one per
 /// transcript, which guess was right.
 pub(crate) fn scrubbable(credential: &str) -> bool {
-    credential == FORMER || credential == "minted"
+    is_former(credential) || credential == "minted"
 }
 
 /// What a redactor name stands for: `(environment, real name, shown name, credential,
@@ -164,28 +172,50 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     }
     // The value a sweep found of a variable rotated since (a spent mark), unless a secret held
     // now has those very bytes (an agent's first value of another variable may copy a guess): a
-    // scrub rewrites former values, and must never rewrite a current one.
+    // scrub rewrites former values, and must never rewrite a current one. Nor a part of one: a
+    // former value stored with the factor that shares a variant with a current secret, either
+    // way (a database URL rotated to a new host with the same password: the password is a
+    // variant of both), is left out too. Not for a former value stored without the factor: the
+    // agent may have chosen it to hold a guess, and leaving it out would answer the guess; a
+    // scrub rewrites those only when the sweep contained nothing ([`scrub_after`]), and a copy
+    // of a guess that shares a current secret's variant is a copy of that secret, contained.
+    let mut current: Option<crate::redact::Redactor> = None;
+    let mut shares_a_part = |old: &[u8]| -> bool {
+        let current = current.get_or_insert_with(|| {
+            crate::redact::Redactor::new(out.iter().map(|(k, v)| (k.clone(), v.as_slice())))
+        });
+        if !current.find_leaks(old).is_empty() {
+            return true;
+        }
+        let this = crate::redact::Redactor::new([("former", old)]);
+        out.iter().any(|(_, b)| !this.find_leaks(b).is_empty())
+    };
     let mut formers = Vec::new();
     for (env, e) in &v.data().environments {
         for (name, var) in &e.variables {
-            let former = v
-                .data()
-                .compromised
-                .get(&format!("{env}/{name}"))
+            let Some(m) = mark_of(v.data(), env, name, var)
                 .filter(|m| var.rotated_at.is_some_and(|r| r > m.found_at))
-                .and_then(|m| m.value.as_ref())
-                .and_then(|s| s.open().ok());
+            else {
+                continue;
+            };
+            let former = m.value.as_ref().and_then(|s| s.open().ok());
             if let Some(old) = former
                 && !out
                     .iter()
                     .any(|(_, b)| b.as_slice() == old.expose().as_bytes())
+                && !(m.value_by_factor && shares_a_part(old.expose().as_bytes()))
             {
-                formers.push((env.as_str(), name.as_str(), old));
+                let what = if m.value_by_factor {
+                    FORMER
+                } else {
+                    FORMER_UNVERIFIED
+                };
+                formers.push((env.as_str(), name.as_str(), what, old));
             }
         }
     }
-    for (env, name, old) in formers {
-        let what = (env, name, FORMER);
+    for (env, name, what, old) in formers {
+        let what = (env, name, what);
         push(inner, (&mut out, &mut keys), what, old.expose().as_bytes());
     }
     Ok((out, keys))
@@ -264,7 +294,7 @@ fn redactors(
 ) -> OpResult<(
     crate::redact::Redactor,
     BTreeMap<String, Key>,
-    Option<crate::redact::Redactor>,
+    Option<Scrubbers>,
 )> {
     let mut inner = broker.lock();
     inner.audit_ready(event)?;
@@ -272,13 +302,25 @@ fn redactors(
     drop(inner);
     let redactor =
         crate::redact::Redactor::new(secrets.iter().map(|(k, v)| (k.clone(), v.as_slice())));
-    let scrubber = scrub.then(|| {
+    let of = |keep: &dyn Fn(&str) -> bool| {
         crate::redact::Redactor::new(secrets.iter().filter_map(|(k, v)| {
             let (env, _, shown, what, _) = keys.get(k)?;
-            scrubbable(what).then(|| (format!("{env}/{shown}"), v.as_slice()))
+            keep(what).then(|| (format!("{env}/{shown}"), v.as_slice()))
         }))
+    };
+    let scrubbers = scrub.then(|| Scrubbers {
+        all: of(&scrubbable),
+        gated: of(&|w| w != FORMER_UNVERIFIED && scrubbable(w)),
     });
-    Ok((redactor, keys, scrubber))
+    Ok((redactor, keys, scrubbers))
+}
+
+/// The scrub's redactors ([`redactors`]): every [`scrubbable`] secret, and all but the former
+/// values stored without the factor (for a sweep that also contained something: see
+/// [`scrub_after`]).
+struct Scrubbers {
+    all: crate::redact::Redactor,
+    gated: crate::redact::Redactor,
 }
 
 /// Replaces the redactor's names in `findings` by environment, shown name and credential.
@@ -395,7 +437,10 @@ async fn sweep_with(
     };
     // After containment: the minted credentials it found are destroyed at their source.
     let scrubbed = match scrubber {
-        Some(scrubber) => Some(scrub_after(&report.findings, plan.home.clone(), scrubber).await),
+        Some(scrubber) => {
+            let home = plan.home.clone();
+            Some(scrub_after(&report.findings, home, scrubber, !contained.is_empty()).await)
+        }
         None => None,
     };
     // Nothing about what was found: the audit log is readable by every process of the user, an
@@ -433,12 +478,23 @@ async fn sweep_with(
 }
 
 /// Rewrites the host transcripts that hold a copy of a [`scrubbable`] secret among `findings`
-/// with `scrubber` (which knows only those), and says, in notes for the human's sealed report,
+/// with `scrubbers` (which know only those), and says, in notes for the human's sealed report,
 /// which current values' copies it left and why.
+///
+/// When the sweep also `contained` something (a current value or admin credential found, or a
+/// minted one), the former values stored without the factor ([`FORMER_UNVERIFIED`]) are left
+/// too: the agent could have chosen one (the first value of a variable of its own, a guess of
+/// another's, rotated by the human as the sealed report said). [`secrets`] leaves out a former
+/// value that a current secret also has, so whether such a guess was scrubbed would say whether
+/// it was right; but a copy of it is then a copy of that current value, found and contained.
+/// Scrubbing them only when nothing was contained makes what the scrub does with them a
+/// function of what the `incident` entries already tell (one bit a sweep), never of which
+/// planted guess matched (`tests/it/redteam_s9b.rs`).
 async fn scrub_after(
     findings: &[Finding],
     home: Option<PathBuf>,
-    scrubber: crate::redact::Redactor,
+    scrubbers: Scrubbers,
+    contained: bool,
 ) -> (crate::sweep::scrub::Scrubbed, Vec<String>) {
     use crate::sweep::scrub;
     let (_, mut left) = scrub::targets(findings, home.as_deref());
@@ -446,9 +502,31 @@ async fn scrub_after(
         findings
             .iter()
             .filter(|f| scrubbable(&f.credential) == keep)
+            .filter(|f| !(keep && contained && f.credential == FORMER_UNVERIFIED))
             .cloned()
             .collect()
     };
+    let scrubber = if contained {
+        scrubbers.gated
+    } else {
+        scrubbers.all
+    };
+    let formers: BTreeSet<(String, String)> = findings
+        .iter()
+        .filter(|f| contained && f.credential == FORMER_UNVERIFIED)
+        .filter(|f| {
+            scrub::targets(std::slice::from_ref(*f), home.as_deref())
+                .0
+                .len()
+                == 1
+        })
+        .map(|f| (f.environment.clone(), f.variable.clone()))
+        .collect();
+    for (env, var) in formers {
+        left.push(format!(
+            "{env}/{var}: copies of its former value (stored without your factor) in host transcripts were not rewritten: this sweep also contained something, and a value stored without the factor may be an agent's guess of a current one; rotate what it contained and store the new values, then run `keyveil sweep --contain --scrub-transcripts` again"
+        ));
+    }
     let (files, _) = scrub::targets(&of(true), home.as_deref());
     let (held, _) = scrub::targets(&of(false), home.as_deref());
     let current: BTreeSet<(String, String, bool)> = findings
@@ -568,7 +646,7 @@ pub(super) async fn contain(
     let mut recent_seen: BTreeSet<(String, String)> = BTreeSet::new();
     for f in findings {
         // A former value was replaced already: there is nothing of the variable's now to contain.
-        if f.credential == FORMER {
+        if is_former(&f.credential) {
             continue;
         }
         let Some(real) = real_of.get(&(f.environment.as_str(), f.variable.as_str())) else {
@@ -621,6 +699,9 @@ pub(super) async fn contain(
                 copies,
                 // Kept for later sweeps once the variable is rotated (`FORMER`).
                 value: var.and_then(|v| v.value.clone()),
+                value_by_factor: var
+                    .and_then(|v| v.stored.as_ref())
+                    .is_some_and(|s| s.factor),
             };
             match inner.vault_mut() {
                 Ok(v) => {
@@ -661,12 +742,29 @@ pub(super) async fn contain(
     out
 }
 
+/// The compromise mark filed under `env/real`, if it is `var`'s: a mark older than the variable
+/// was made for one of the same name that was removed since. The agent can declare a variable
+/// of that name and give it a first value (no factor: nothing is stored); the removed value
+/// must not then count as this variable's former value (a scrub would rewrite its copies and
+/// confirm the agent's guesses of a value that may still be live where the human moved it),
+/// nor its mark flag the new variable (`tests/it/redteam_s9b.rs`).
+fn mark_of<'a>(
+    data: &'a keyveil_vault::VaultData,
+    env: &str,
+    real: &str,
+    var: &keyveil_vault::Variable,
+) -> Option<&'a Compromise> {
+    data.compromised
+        .get(&format!("{env}/{real}"))
+        .filter(|m| m.found_at >= var.created_at)
+}
+
 /// The compromise mark of `env/real` as listings show it, unless spent (the value was replaced
 /// after the mark).
 pub(crate) fn mark(inner: &Inner, env: &str, real: &str) -> Option<op::CompromiseMark> {
     let v = inner.vault().ok()?;
-    let m = v.data().compromised.get(&format!("{env}/{real}"))?;
     let var = v.data().environments.get(env)?.variables.get(real)?;
+    let m = mark_of(v.data(), env, real, var)?;
     if var.rotated_at.is_some_and(|r| r > m.found_at) {
         return None;
     }

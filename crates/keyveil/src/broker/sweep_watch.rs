@@ -622,17 +622,27 @@ async fn found(
     // Guessable values are reported, never contained by the watch itself (see
     // `sweep_ops::guessable`); the redactor's names say which. Nor is a variable contained
     // twice.
+    // A former value is reported, never contained (its variable was rotated already): it must
+    // not count in `contained_once`, whose size the `sweep_watch_end` entry (readable by the
+    // agent) gives.
+    let former = |f: &&Finding| {
+        keys.get(&f.variable)
+            .is_some_and(|k| sweep_ops::is_former(k.3))
+    };
     let to_contain: Vec<Finding> = batch
         .iter()
         .filter(|f| keys.get(&f.variable).is_some_and(|k| !k.4))
+        .filter(|f| !former(f))
         .filter(|f| !st.contained_once.contains(&f.variable))
         .cloned()
         .collect();
     let guessable = batch
         .iter()
+        .filter(|f| !former(f))
         .filter(|f| keys.get(&f.variable).is_none_or(|k| k.4))
         .count();
-    let again = batch.len() - guessable - to_contain.len();
+    let formers = batch.iter().filter(former).count();
+    let again = batch.len() - formers - guessable - to_contain.len();
     sweep_ops::name_findings(&mut batch, keys);
     let mut contained = Vec::new();
     if req.contain {

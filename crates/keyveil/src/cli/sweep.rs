@@ -413,6 +413,9 @@ fn line(f: &Finding) -> String {
         "minted" => " (a minted credential of a live grant)",
         "admin" => " (the dynamic variable's admin credential)",
         "former" => " (the value it had when a sweep found it, replaced since)",
+        "former-unverified" => {
+            " (the value it had when a sweep found it, stored without your factor, replaced since)"
+        }
         _ => "",
     };
     let form = match f.form.as_str() {
