@@ -276,3 +276,45 @@ fn a_watch_does_not_count_a_former_value_it_found() {
     };
     assert_eq!(fields["contained"], 0, "{end}");
 }
+
+/// Removing a marked variable (`unset`) or its environment (`env remove`) removes its
+/// compromise mark, and with it the value the mark kept: a removed value is not kept in the
+/// vault (read here as the human could, with the passphrase).
+#[test]
+fn removing_a_marked_variable_or_environment_drops_the_value_its_mark_kept() {
+    let h = Home::new();
+    let v = rand_value("sk_live_");
+    let w = rand_value("sk_live_");
+    h.set("demo", "API_KEY", &v);
+    h.ok(&["env", "create", "other"]);
+    h.set("other", "TOKEN", &w);
+    let dir = h.path().join(".claude/projects/-w-both");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("b.jsonl"),
+        format!("{{\"content\":\"{v} {w}\"}}\n"),
+    )
+    .unwrap();
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = sweep(&h, &["--contain", "--json", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let marks = || {
+        let vault = keyveil_vault::Vault::open(&h.path().join("vault.kv"), PASS.as_bytes())
+            .expect("the vault opens with the passphrase");
+        vault.data().compromised.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(marks(), ["demo/API_KEY", "other/TOKEN"]);
+    let o = h.run_stdin(
+        &["unset", "demo", "API_KEY", "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(marks(), ["other/TOKEN"]);
+    let o = h.run_stdin(
+        &["env", "rm", "other", "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(marks().is_empty());
+}

@@ -256,6 +256,12 @@ pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResul
     if v.data_mut().environments.remove(name).is_none() {
         return Err(unknown_env(name, v));
     }
+    // The compromise marks of its variables go too: a mark keeps the value a sweep found
+    // (`keyveil_vault::Compromise::value`), and a removed value is not kept.
+    let prefix = format!("{name}/");
+    v.data_mut()
+        .compromised
+        .retain(|id, _| !id.starts_with(&prefix));
     save(v)?;
     // Grants on a removed environment die with it.
     let ids: Vec<String> = inner

@@ -359,7 +359,18 @@ pub(super) fn var_unset(
             format!("environment '{env}' has no variable '{name}'"),
         ));
     }
-    save_variable(v, env, name)?;
+    // Its compromise mark goes too: the mark keeps the value a sweep found
+    // (`keyveil_vault::Compromise::value`), and a removed value is not kept. The journal holds
+    // variables only, so that takes a full save.
+    if v.data_mut()
+        .compromised
+        .remove(&format!("{env}/{name}"))
+        .is_some()
+    {
+        save(v)?;
+    } else {
+        save_variable(v, env, name)?;
+    }
     inner.audit("var_unset", json!({"environment": env, "variable": shown}));
     Ok(op::VarChanged {
         environment: env.to_owned(),
