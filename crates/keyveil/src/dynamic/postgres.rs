@@ -178,7 +178,7 @@ impl Admin {
 /// object from different sessions ("tuple concurrently updated", XX000), serialization failure
 /// (40001) or deadlock (40P01). keyveil's own mints and revokes are serialized by
 /// [`LOCK_KEY`]; this covers other writers (OpenBao, a human, another tool).
-fn is_concurrency_error(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_concurrency_error(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         matches!(db.code().code(), "40001" | "40P01")
             || (db.code().code() == "XX000" && db.message().contains("concurrently"))

@@ -56,9 +56,22 @@ async fn pg_client() -> Option<tokio_postgres::Client> {
     Some(c)
 }
 
-/// Runs SQL as `postgres` in database `test`.
+/// Runs SQL as `postgres` in database `test`; a concurrent catalog update (another test
+/// creating or dropping roles at the same moment: "tuple concurrently updated") is tried again,
+/// up to 5 times, as keyveil's own mints and revokes do.
 pub(crate) async fn pg_exec(sql: &str) {
-    pg_client().await.unwrap().batch_execute(sql).await.unwrap();
+    let c = pg_client().await.unwrap();
+    let mut tries = 0;
+    loop {
+        match c.batch_execute(sql).await {
+            Ok(()) => return,
+            Err(e) if tries < 5 && super::postgres::is_concurrency_error(&e) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
 }
 
 /// Whether a role exists.
