@@ -17,7 +17,8 @@ echo "== cargo build"
 cargo build --workspace --locked --all-targets
 
 echo "== cargo test"
-cargo test --workspace --locked
+# Every test binary runs even after one fails, so one run lists every failure.
+cargo test --workspace --locked --no-fail-fast
 
 echo "== browser end-to-end (approval page in headless Chromium, playwright-core)"
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
