@@ -164,6 +164,9 @@ fn fake_broker(h: &Home) -> Agent {
                     "keys": [{"kind": "passphrase", "mac": "22".repeat(32)}],
                 }),
                 Some("status") => json!({"running": true, "locked": true}),
+                Some("env_list") => json!({"environments": [
+                    {"name": "demo", "description": "", "variables": ["API_TOKEN"]},
+                ]}),
                 _ => {
                     let _ = write_frame(
                         &mut client,
@@ -445,13 +448,14 @@ fn a_fake_broker_at_the_socket_gets_no_factor_and_no_approval() {
         .filter_map(|r| r["op"].as_str().map(str::to_owned))
         .collect();
     assert!(
-        // `status` (approve asks whether the vault is locked first) and `policy_show` (approve
-        // asks whether the environment hides names, to reveal them after the factor) carry
-        // nothing either.
+        // `status` (approve asks whether the vault is locked first), `policy_show` (approve
+        // asks whether the environment hides names, to reveal them after the factor) and
+        // `env_list` (set checks the environment exists before any prompt) carry nothing either.
         ops.iter().all(|o| o == "requests"
             || o == "factor_challenge"
             || o == "status"
-            || o == "policy_show"),
+            || o == "policy_show"
+            || o == "env_list"),
         "the CLI sent {ops:?} to a broker that never proved itself"
     );
     agent.leave();
