@@ -58,6 +58,7 @@ mod redteam4;
 mod redteam_s8;
 mod redteam_s8b;
 mod redteam_s9;
+mod redteam_s9c;
 mod revoke;
 mod sandbox;
 mod setup;
