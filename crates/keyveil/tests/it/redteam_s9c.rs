@@ -363,7 +363,7 @@ const SERVER: &str = "import sys, time\nt = open('.env').read()\nsys.stdout.writ
 /// to report. A limit of every reader keyveil does not start (as `/proc/PID/environ` is for a
 /// run's child), not of the pipe. LEAK until documented or closed.
 #[test]
-#[ignore = "LEAK: the reader's memory holds every value once read; a same-uid agent that may ptrace it (no Yama, or its own descendant) reads them from /proc/READER/mem. Recommended: state it in docs/mounts.md limits and the threat model; under `keyveil agent`, keep readers out of the agent's ptrace reach"]
+#[ignore = "LEAK: the reader's memory holds every value once read; a same-uid agent that may ptrace it (no Yama, or its own descendant) reads them from /proc/READER/mem. Recommended: state it in docs/mounts.md limits and the threat model; readers started outside the agent tree with Yama ptrace_scope >= 1"]
 fn the_agent_reads_the_values_from_the_readers_memory() {
     let h = Home::new();
     let vals = values();
