@@ -288,6 +288,8 @@ fn a_tee_thief_copies_the_pieces_unreported() {
 }
 
 /// As above, with the woken reader slowed by the agent's normal-priority busy loops.
+/// Measured less reliable than without them (the tees wait for a CPU too): some runs copy
+/// nothing, so this one may pass today; the one above and the grant one fail every run.
 #[test]
 #[ignore = "LEAK: as a_tee_thief_copies_the_pieces_unreported, under CPU load"]
 fn a_tee_thief_with_spinners_copies_the_pieces_unreported() {
