@@ -184,9 +184,28 @@ fn steal(mode: &str, reader: &str) -> (usize, String, String) {
 
 /// As [`steal`], with everything that came of it.
 fn theft(mode: &str, reader: &str) -> Theft {
+    theft_in(mode, reader, false)
+}
+
+/// [`theft`], in an environment whose policy hides variable names when `hide_names`.
+fn theft_in(mode: &str, reader: &str, hide_names: bool) -> Theft {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
+    if hide_names {
+        let o = h.run_stdin(
+            &[
+                "policy",
+                "set",
+                "demo",
+                "hide-names",
+                "on",
+                "--passphrase-stdin",
+            ],
+            &format!("{}\n", crate::harness::PASS),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
     let p = Project::new();
     mount(&h, &p);
     let env_file = p.env_file();
@@ -384,6 +403,23 @@ fn a_reader_reading_another_pipe_leaves_a_thief_at_most_a_piece() {
 #[test]
 fn a_ring_held_fifo_thief_gets_at_most_a_piece_and_is_reported() {
     assert_held(&theft("uring", OTHER_PIPE));
+}
+
+/// As above where the policy hides names: the piece the thief gets is a real name (the text a
+/// reader loads holds real names), which agents are never shown; the human is told so, not
+/// that nothing was exposed.
+#[test]
+fn a_stolen_name_piece_under_hidden_names_is_reported_as_a_real_name() {
+    let t = theft_in("uring", OTHER_PIPE, true);
+    assert_held(&t);
+    // The reader waits 2 s on its other pipe: the thief always gets the first piece, a name.
+    assert!(t.bytes > 0, "the thief got nothing; {}", t.audit);
+    assert!(
+        t.audit.contains("\"hidden_name_exposed\":true"),
+        "{}",
+        t.audit
+    );
+    assert!(t.mounts.contains("real name"), "{}", t.mounts);
 }
 
 /// The reader forks right after its `open` (the child inherits the descriptor, as a `vfork`,

@@ -821,11 +821,15 @@ pub(super) async fn write_once(
                 .map_or_else(|| "one of the values".to_owned(), |l| l.shown.clone())
         });
         let mut inner = broker.lock();
+        // The text holds real names: where the policy hides them, a stolen name piece gave
+        // away what the agent is never shown.
+        let hidden = inner.hides_names(env);
         inner.audit(
             "mount_read_suspect",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
                    "bytes_written": bytes, "bytes_unconfirmed": piece,
-                   "value_partly_exposed": which, "holders_after": others}),
+                   "value_partly_exposed": which, "hidden_name_exposed": which.is_none() && hidden,
+                   "holders_after": others}),
         );
         inner.revoke(
             grant_id,
@@ -842,6 +846,7 @@ pub(super) async fn write_once(
             Some(v) => {
                 format!("up to {piece} bytes of the value of {v} may be exposed; rotate {v}")
             }
+            None if hidden => "no value was exposed, but the piece held a variable's real name, which this environment hides from agents".to_owned(),
             None => "no value was exposed (the piece held a name)".to_owned(),
         };
         return broker.mounts.note(
