@@ -245,3 +245,13 @@ pub(super) fn starved(pid: u32) -> Option<String> {
     }
     None
 }
+
+/// Bytes process `pid` has read so far, by any `read` of any of its threads (`rchar` in
+/// `/proc/PID/io`).
+pub(super) fn rchar(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}

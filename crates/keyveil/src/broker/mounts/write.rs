@@ -384,16 +384,6 @@ impl Watch {
     }
 }
 
-/// Bytes process `pid` has read so far, by any `read` of any of its threads (`rchar` in
-/// `/proc/PID/io`).
-pub(super) fn rchar(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// How long the pipe may be empty while the reader's `rchar` has not yet grown by the piece
 /// (it is counted when the reader's `read` returns, a moment after the pipe is emptied)
 /// before the piece counts as read by someone else.
