@@ -7,6 +7,7 @@ pub(crate) mod owner;
 pub(crate) mod placeholder;
 mod proxy;
 pub(crate) mod tls;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};

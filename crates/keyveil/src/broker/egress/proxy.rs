@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
 
 use super::placeholder::{Swap, swap_all};
+use super::watch::Watch;
 use super::{Binding, Shared, owner};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -145,7 +146,7 @@ async fn outer(req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Body>,
                 if s.intercepts(&host, port) {
                     intercept(TokioIo::new(up), host, port, s).await;
                 } else {
-                    tunnel(TokioIo::new(up), &host, port).await;
+                    tunnel(TokioIo::new(up), &host, port, &s).await;
                 }
             };
             tokio::select! {
@@ -160,11 +161,56 @@ async fn outer(req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Body>,
     Ok(plain(req, &s).await)
 }
 
-/// A host no variable of the run is bound to: bytes both ways, untouched.
-async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, host: &str, port: u16) {
-    if let Ok(mut up) = TcpStream::connect((host, port)).await {
-        let _ = up.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+/// A host no variable of the run is bound to: bytes both ways, untouched, while the child's
+/// bytes are watched for a placeholder sent in clear text ([`Watch`]): one ends the tunnel at
+/// once and is reported as blocked.
+async fn tunnel(client: TokioIo<hyper::upgrade::Upgraded>, host: &str, port: u16, s: &Shared) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(up) = TcpStream::connect((host, port)).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let (mut from_child, mut to_child) = tokio::io::split(client);
+    let (mut from_up, mut to_up) = up.into_split();
+    let upward = async {
+        let mut watch = Watch::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from_child.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                let _ = to_up.shutdown().await;
+                return false;
+            }
+            let chunk = buf.get(..n).unwrap_or_default();
+            if let Some(b) = watch.find(&s.bindings, chunk) {
+                s.report_blocked(
+                    &b.shown,
+                    &format!("tunnel {host}:{port}"),
+                    "sent in clear text through a tunnel to a host it is not bound to",
+                );
+                return true;
+            }
+            if to_up.write_all(chunk).await.is_err() {
+                return false;
+            }
+        }
+    };
+    let downward = async {
+        let _ = tokio::io::copy(&mut from_up, &mut to_child).await;
+        let _ = to_child.shutdown().await;
+    };
+    tokio::pin!(upward, downward);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            blocked = &mut upward, if !up_done => {
+                if blocked {
+                    return; // both connections close here
+                }
+                up_done = true;
+            }
+            () = &mut downward, if !down_done => down_done = true,
+        }
     }
 }
 
@@ -275,11 +321,45 @@ async fn plain(req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
     for h in PROXY_HEADERS {
         parts.headers.remove(*h);
     }
-    let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    let req = Request::from_parts(parts, watched(body, s.clone(), dest.clone()));
     match sender.send_request(req).await {
         Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
         Err(e) => text(StatusCode::BAD_GATEWAY, format!("keyveil: {dest}: {e}")),
     }
+}
+
+/// A plain request's body, passed on chunk by chunk while [`Watch`] looks for a placeholder:
+/// one ends the body with an error (the upstream request is cut off) and is reported as
+/// blocked.
+fn watched(body: Incoming, s: Arc<Shared>, dest: String) -> Body {
+    if body.is_end_stream() {
+        return body.map_err(BoxError::from).boxed_unsync();
+    }
+    let stream = futures::stream::unfold(
+        (body, Watch::default(), false),
+        move |(mut body, mut watch, done)| {
+            let s = s.clone();
+            let dest = dest.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let frame = match body.frame().await? {
+                    Ok(f) => f,
+                    Err(e) => return Some((Err(BoxError::from(e)), (body, watch, true))),
+                };
+                if let Some(data) = frame.data_ref()
+                    && let Some(b) = watch.find(&s.bindings, data)
+                {
+                    s.report_blocked(&b.shown, &dest, "sent in a plain HTTP body");
+                    let e = BoxError::from("keyveil: blocked: a placeholder in a plain HTTP body");
+                    return Some((Err(e), (body, watch, true)));
+                }
+                Some((Ok(frame), (body, watch, false)))
+            }
+        },
+    );
+    StreamBody::new(stream).boxed_unsync()
 }
 
 fn shown_dests(b: &Binding) -> String {
