@@ -168,12 +168,20 @@ pub(super) async fn logs(paths: &Paths, a: LogsArgs) -> Result<i32> {
                 },
             ));
             for l in end.map(|e| e.write_leaks.as_slice()).unwrap_or_default() {
-                note(format!(
-                    "keyveil: warning: the command wrote the value of {} into {} ({})",
-                    keyveil_proto::display::visible(&l.variable),
-                    keyveil_proto::display::visible(&l.path),
-                    l.form
-                ));
+                if l.form == "egress" {
+                    note(format!(
+                        "keyveil: warning: the command sent the placeholder of {} to {}, where it is not bound: blocked",
+                        keyveil_proto::display::visible(&l.variable),
+                        keyveil_proto::display::visible(&l.path),
+                    ));
+                } else {
+                    note(format!(
+                        "keyveil: warning: the command wrote the value of {} into {} ({})",
+                        keyveil_proto::display::visible(&l.variable),
+                        keyveil_proto::display::visible(&l.path),
+                        l.form
+                    ));
+                }
             }
             let code = end.map_or(1, |e| e.exit_code);
             return Ok(if a.follow { code } else { 0 });

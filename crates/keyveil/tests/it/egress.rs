@@ -759,6 +759,12 @@ console.log('LEN', key.length);
         assert!(!head.contains(&placeholder), "the attacker got it: {head}");
     }
     assert!(shown.contains("STEAL failed"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "the command sent the placeholder of API_TOKEN to tunnel 127.0.0.1:{att}, where it is not bound"
+        )),
+        "the agent is told, in words that fit: {shown}"
+    );
     // Nothing the agent read over MCP, and nothing in the home, holds a form of the value.
     for enc in encodings(&value) {
         assert!(

@@ -87,10 +87,17 @@ pub(crate) fn render_run(o: &RunOutput) -> String {
         s.push_str("\n(no output)");
     }
     for l in &o.write_leaks {
-        s.push_str(&format!(
-            "\nwarning: the command wrote the value of {} into {} ({}; {}); tell the user, do not read that file",
-            l.variable, l.path, l.form, l.action
-        ));
+        if l.form == "egress" {
+            s.push_str(&format!(
+                "\nwarning: the command sent the placeholder of {} to {}, where it is not bound ({}); tell the user",
+                l.variable, l.path, l.action
+            ));
+        } else {
+            s.push_str(&format!(
+                "\nwarning: the command wrote the value of {} into {} ({}; {}); tell the user, do not read that file",
+                l.variable, l.path, l.form, l.action
+            ));
+        }
     }
     s
 }
