@@ -458,7 +458,11 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Env(e) => env(paths, e).await,
-        Command::Set { env, var, web, .. } if web => background::set_web(paths, &env, &var).await,
+        Command::Set { env, var, web, .. } if web => {
+            // As below: a missing environment or a locked vault is said before a page opens.
+            ensure_env(paths, &env).await?;
+            background::set_web(paths, &env, &var).await
+        }
         Command::Set {
             env,
             var,

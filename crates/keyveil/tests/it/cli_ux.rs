@@ -215,6 +215,15 @@ fn set_into_a_missing_environment_refuses_before_any_prompt() {
         "{}",
         text(&o.stderr)
     );
+    // `--web` too: refused before a page is started or a link printed.
+    let o = h.run(&["set", "staging", "API_TOKEN", "--web"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("hint: create it with `keyveil env create staging`"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!text(&o.stdout).contains("http://"), "{}", text(&o.stdout));
     let envs = h.json(&["env", "list", "--json"]);
     assert_eq!(envs.as_array().map(Vec::len), Some(1), "{envs}");
     assert!(!h.audit_text().contains("staging"));
