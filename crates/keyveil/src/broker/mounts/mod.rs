@@ -61,12 +61,14 @@ mod registry;
 mod serve;
 #[cfg(test)]
 mod tests;
+mod uring;
 mod write;
 
 use fifo::*;
 use procfs::*;
 use reader::*;
 use registry::*;
+use uring::*;
 use write::*;
 
 pub(crate) use manage::{list, mount, unmount};
