@@ -393,8 +393,8 @@ pub(super) const RCHAR_WAIT: Duration = Duration::from_secs(5);
 /// only once the one before was read by the reader: the pipe empty, the reader's `rchar`
 /// grown by at least the piece, no one else having opened the FIFO, changed its mode or
 /// written into it. On any doubt nothing more is written. `written`: how many bytes were
-/// written into the pipe. Before each piece, while it waits and after the last, `uring`
-/// looks for a process that got io_uring threads (a copier the watch cannot see): one found
+/// written into the pipe. Before each piece, while a slow reader leaves it waiting and after
+/// the last, `uring` looks for a process that got io_uring threads (a copier the watch cannot see): one found
 /// ends the read as a suspected theft of the piece last written. Blocking: run off the
 /// runtime.
 #[allow(clippy::too_many_arguments)]
