@@ -382,6 +382,15 @@ fn a_tee_thief_copies_at_most_a_piece_and_is_reported() {
     let c = copy("tee");
     assert_held(&c);
     assert!(caught(&c.audit), "{}", c.audit);
+    // `keyveil mounts` says what io_uring open to every user means for a mount.
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "0")
+    {
+        assert!(
+            c.mounts.contains("kernel.io_uring_disabled=0"),
+            "{}",
+            c.mounts
+        );
+    }
 }
 
 /// As above, with the woken reader slowed by the agent's normal-priority busy loops.

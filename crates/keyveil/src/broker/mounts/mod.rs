@@ -77,6 +77,7 @@ use write::*;
 pub(crate) use manage::{list, mount, unmount};
 pub(crate) use registry::Registry;
 pub(crate) use serve::supervise;
+pub(crate) use uring::io_uring_disabled;
 
 /// How often each mount is looked at for a new reader.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
