@@ -685,6 +685,19 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                             .unwrap_or_default()
                     ));
                 }
+                // What the user's io_uring does to a mount (docs/mounts.md, step 5).
+                match crate::broker::mounts::io_uring_disabled() {
+                    Some(2) => {}
+                    Some(n) => say(format!(
+                        "note: io_uring is open to {} here (kernel.io_uring_disabled={n}): while a process of yours has io_uring threads (a ring can copy a mount's pipe unseen), mount reads are refused or stopped; `sysctl kernel.io_uring_disabled=2` takes that away",
+                        if n == 0 {
+                            "every user"
+                        } else {
+                            "kernel.io_uring_group"
+                        }
+                    )),
+                    None => {}
+                }
             }
             Ok(0)
         }

@@ -23,14 +23,39 @@ fn tag() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Taken for writing by the tests whose agent makes io_uring worker threads (while one runs,
+/// the broker serves no mount read: `docs/mounts.md`), for reading by every other project:
+/// the two never run at once in this test binary.
+static IO_URING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A project's turn (see [`IO_URING`]), held as long as the project.
+#[allow(dead_code)] // held, never read
+enum Turn {
+    Shared(std::sync::RwLockReadGuard<'static, ()>),
+    Alone(std::sync::RwLockWriteGuard<'static, ()>),
+}
+
 /// A project directory and a TMPDIR for its readers.
 pub(crate) struct Project {
     dir: tempfile::TempDir,
     pub(crate) tmp: tempfile::TempDir,
+    _turn: Turn,
 }
 
 impl Project {
     pub(crate) fn new() -> Project {
+        Project::with(Turn::Shared(
+            IO_URING.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+    /// A project whose test makes io_uring worker threads: no other project's test runs
+    /// meanwhile.
+    pub(crate) fn with_io_uring() -> Project {
+        Project::with(Turn::Alone(
+            IO_URING.write().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+    fn with(turn: Turn) -> Project {
         Project {
             dir: tempfile::Builder::new()
                 .prefix("kvp")
@@ -40,6 +65,7 @@ impl Project {
                 .prefix("kvt")
                 .tempdir_in("/tmp")
                 .unwrap(),
+            _turn: turn,
         }
     }
     pub(crate) fn path(&self) -> &Path {

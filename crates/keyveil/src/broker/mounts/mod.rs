@@ -30,7 +30,10 @@
 //! (`write::pieces`: a `NAME=`, or at most a few bytes of a value), each only once the reader
 //! read the one before (the pipe empty, its `rchar` grown, no other opening, mode change or
 //! write seen): a process racing the reader for the pipe gets at most a piece, and the broker
-//! then stops, ends the grant and reports it (`mount_read_suspect`). While a piece waits, a
+//! then stops, ends the grant and reports it (`mount_read_suspect`). A copier the watch
+//! cannot see (a tee through an io_uring ring) runs on io_uring worker threads, which
+//! `uring` looks for: while a process has them no read is asked for, and one that gets them
+//! during the pieces stops the read the same way. While a piece waits, a
 //! stop, another holder or an exit makes the broker read the rest back out itself (and, on
 //! tampering, end the grant). On denial, expiry, lock, or any doubt, the FIFO is closed
 //! unwritten: the reader reads end-of-file, zero bytes. A reader that closes early makes the
@@ -61,17 +64,20 @@ mod registry;
 mod serve;
 #[cfg(test)]
 mod tests;
+mod uring;
 mod write;
 
 use fifo::*;
 use procfs::*;
 use reader::*;
 use registry::*;
+use uring::*;
 use write::*;
 
 pub(crate) use manage::{list, mount, unmount};
 pub(crate) use registry::Registry;
 pub(crate) use serve::supervise;
+pub(crate) use uring::io_uring_disabled;
 
 /// How often each mount is looked at for a new reader.
 pub(crate) const POLL: Duration = Duration::from_millis(100);

@@ -133,6 +133,16 @@ pub(super) async fn serve_read(
             "the reader could not be identified (it exited, or its pid was reused)",
         );
     };
+    // A process with io_uring threads may copy the pipe unseen (see `uring`): no card, no
+    // grant used, while one runs.
+    if let Some(p) = UringWatch::new(&r.holder).1.first() {
+        return refuse(
+            broker,
+            path,
+            &hs,
+            &format!("{}; nothing was served. {}", p.why(), hint()),
+        );
+    }
     match ask_and_wait(broker, path, env, &r).await {
         Ok(grant_id) => write_once(broker, path, env, fd, &r, &grant_id, dev, ino).await,
         Err(why) => {

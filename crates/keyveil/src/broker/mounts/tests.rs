@@ -204,3 +204,99 @@ fn pieces_hold_a_name_or_a_few_bytes_of_one_value() {
             .all(|p| p.value_of == Some(usize::MAX) && p.range.len() <= VALUE_PIECE)
     );
 }
+
+#[test]
+fn io_uring_threads_are_told_by_their_stat_flags_whatever_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let stat = dir.path().join("stat");
+    // A worker renamed to look like its process (any thread may rename its siblings), with
+    // `)` and spaces in the name: the flags (field 9) still say PF_IO_WORKER (0x10).
+    std::fs::write(
+        &stat,
+        "4242 (python3) x (y) S 1 4241 4241 0 -1 4210768 0 0 0 0 0 0 0 0 20 0 1 0 5\n",
+    )
+    .unwrap();
+    let f = uring::task_flags(&stat.to_string_lossy()).unwrap();
+    assert_eq!(f, 0x404050);
+    assert_ne!(f & 0x10, 0);
+    std::fs::write(
+        &stat,
+        "4243 (iou-wrk-4241) S 1 4241 4241 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        uring::task_flags(&stat.to_string_lossy()).unwrap() & 0x10,
+        0
+    );
+    let status = dir.path().join("status");
+    std::fs::write(
+        &status,
+        "Name:\tpython3\nTgid:\t4241\nPid:\t4243\nUid:\t1000\t1000\t1000\t1000\n",
+    )
+    .unwrap();
+    assert_eq!(
+        uring::uids_tgid(&status.to_string_lossy()),
+        (vec![1000; 4], Some(4241))
+    );
+}
+
+/// A process that makes an io_uring ring and leaves a blocking `IORING_OP_TEE` in it (on a
+/// pipe of its own, never written): one io-wq worker thread, until killed. Says `ready`.
+const RING: &str = r#"
+import os, ctypes, struct, mmap, sys, time
+libc = ctypes.CDLL(None, use_errno=True); libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 8, params)
+assert ring >= 0, ctypes.get_errno()
+sq_entries = struct.unpack_from("I", params.raw, 0)[0]
+sq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 40)
+sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+r, w = os.pipe(); r2, w2 = os.pipe()
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 33, 0, 0, w2, 0, 0, 1 << 16, 0, 0)
+struct.pack_into("i", sqe, 44, r)
+sqes[0:64] = bytes(sqe)
+struct.pack_into("I", sqr, sq_off[6], 0)
+struct.pack_into("I", sqr, sq_off[1], 1)
+libc.syscall(426, ring, 1, 0, 0, None, 0)
+print("ready", flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn a_process_with_an_io_uring_worker_is_found_by_a_scan_and_by_a_look() {
+    use std::io::BufRead;
+    let me = Holder {
+        pid: std::process::id(),
+        start: start_time(std::process::id()).unwrap(),
+        read_only: true,
+    };
+    // A watch made before the ring exists: its look finds the worker among the new pids.
+    let (mut watch, _) = uring::UringWatch::new(&me);
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", RING])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let pid = child.id();
+    let looked = watch.look();
+    let (_, scanned) = uring::UringWatch::new(&me);
+    // The ring's own process as the reader: not counted.
+    let (_, as_reader) = uring::UringWatch::new(&Holder {
+        pid,
+        start: start_time(pid).unwrap(),
+        read_only: true,
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // (Another process may have got a worker meanwhile: the look names one of them.)
+    assert!(looked.is_some());
+    assert!(scanned.iter().any(|p| p.pid == pid), "{scanned:?}");
+    assert!(as_reader.iter().all(|p| p.pid != pid), "{as_reader:?}");
+}

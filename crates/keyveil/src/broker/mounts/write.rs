@@ -393,7 +393,10 @@ pub(super) const RCHAR_WAIT: Duration = Duration::from_secs(5);
 /// only once the one before was read by the reader: the pipe empty, the reader's `rchar`
 /// grown by at least the piece, no one else having opened the FIFO, changed its mode or
 /// written into it. On any doubt nothing more is written. `written`: how many bytes were
-/// written into the pipe. Blocking: run off the runtime.
+/// written into the pipe. Before each piece, while a slow reader leaves it waiting and after
+/// the last, `uring` looks for a process that got io_uring threads (a copier the watch cannot see): one found
+/// ends the read as a suspected theft of the piece last written. Blocking: run off the
+/// runtime.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_pieces(
     fd: &OwnedFd,
@@ -401,6 +404,7 @@ pub(super) fn write_pieces(
     text: &[u8],
     pieces: &[Piece],
     watch: &Watch,
+    uring: &mut UringWatch,
     dev: u64,
     ino: u64,
     written: &mut usize,
@@ -422,6 +426,14 @@ pub(super) fn write_pieces(
                     bytes: reclaim(fd),
                     tampered: true,
                 },
+            };
+        }
+        if let Some(u) = uring.look() {
+            return Drain::Suspect {
+                why: u.why(),
+                bytes: *written,
+                piece: last.map_or(0, |l| l.range.len()),
+                value_of: last.and_then(|l| l.value_of),
             };
         }
         let Some(before) = rchar(holder.pid) else {
@@ -453,7 +465,17 @@ pub(super) fn write_pieces(
         *written += p.range.len();
         last = Some(p);
         let want = before + p.range.len() as u64;
-        if let Err(d) = wait_read(fd, holder, p.range.len(), want, watch, ours, dev, ino) {
+        if let Err(d) = wait_read(
+            fd,
+            holder,
+            p.range.len(),
+            want,
+            watch,
+            uring,
+            ours,
+            dev,
+            ino,
+        ) {
             return match d {
                 Drain::Suspect { why, .. } => Drain::Suspect {
                     why,
@@ -465,7 +487,10 @@ pub(super) fn write_pieces(
             };
         }
     }
-    match (watch.doubt(fd, ours), last) {
+    let doubt = watch
+        .doubt(fd, ours)
+        .or_else(|| uring.look().map(|u| u.why()));
+    match (doubt, last) {
         (Some(why), Some(l)) => Drain::Suspect {
             why,
             bytes: *written,
@@ -483,7 +508,8 @@ pub(super) fn write_pieces(
 /// so does a piece left untouched for [`DRAIN_WATCH`]. A pipe emptied while the reader's
 /// `rchar` stays short is a piece someone else read (`Drain::Suspect`, its sizes filled in by
 /// the caller): at once when the watch saw another process at the FIFO, else after
-/// [`RCHAR_WAIT`].
+/// [`RCHAR_WAIT`]. A process that got io_uring threads meanwhile (`uring`) may be copying
+/// the piece: what is left is taken back and the piece counts as read by someone else.
 #[allow(clippy::too_many_arguments)]
 fn wait_read(
     fd: &OwnedFd,
@@ -491,6 +517,7 @@ fn wait_read(
     piece: usize,
     want: u64,
     watch: &Watch,
+    uring: &mut UringWatch,
     ours: usize,
     dev: u64,
     ino: u64,
@@ -499,6 +526,20 @@ fn wait_read(
     let mut emptied: Option<std::time::Instant> = None;
     let mut round: u32 = 0;
     loop {
+        // A reader takes a piece within microseconds: the look before the next piece sees
+        // a worker made meanwhile that still runs. While a slow reader keeps it waiting, a
+        // worker made to copy it is looked for here too.
+        if t0.elapsed() >= Duration::from_millis(1)
+            && let Some(u) = uring.look()
+        {
+            reclaim(fd);
+            return Err(Drain::Suspect {
+                why: u.why(),
+                bytes: 0,
+                piece: 0,
+                value_of: None,
+            });
+        }
         let left = rustix::io::ioctl_fionread(fd).map_or(0, |n| n as usize);
         if left == 0 {
             let c = rchar(r.pid);
@@ -770,18 +811,30 @@ pub(super) async fn write_once(
     let len = text.len();
     let pieces = pieces(len, &lines);
     let holder = r.holder.clone();
+    // Looked at last, right before the first piece: a process with io_uring threads now may
+    // copy every piece unseen.
+    let (mut uring, found) = UringWatch::new(&r.holder);
     let served = tokio::task::spawn_blocking(move || {
         let mut written = 0;
-        let d = write_pieces(
-            &fd,
-            &holder,
-            text.as_bytes(),
-            &pieces,
-            &watch,
-            dev,
-            ino,
-            &mut written,
-        );
+        let d = match found.first() {
+            Some(u) => Drain::Suspect {
+                why: u.why(),
+                bytes: 0,
+                piece: 0,
+                value_of: None,
+            },
+            None => write_pieces(
+                &fd,
+                &holder,
+                text.as_bytes(),
+                &pieces,
+                &watch,
+                &mut uring,
+                dev,
+                ino,
+                &mut written,
+            ),
+        };
         drop(text);
         (d, fd, written, watch, pieces.len())
     })
@@ -818,7 +871,7 @@ pub(super) async fn write_once(
             "mount_read_suspect",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
                    "bytes_written": bytes, "bytes_unconfirmed": piece,
-                   "value_partly_exposed": which, "hidden_name_exposed": which.is_none() && hidden,
+                   "value_partly_exposed": which, "hidden_name_exposed": which.is_none() && hidden && piece > 0,
                    "holders_after": others}),
         );
         inner.revoke(
@@ -833,17 +886,20 @@ pub(super) async fn write_once(
         );
         broker.notify();
         let what = match &which {
+            _ if piece == 0 => "nothing was written".to_owned(),
             Some(v) => {
                 format!("up to {piece} bytes of the value of {v} may be exposed; rotate {v}")
             }
-            None if hidden => "no value was exposed, but the piece held a variable's real name, which this environment hides from agents".to_owned(),
+            None if hidden && piece > 0 => "no value was exposed, but the piece held a variable's real name, which this environment hides from agents".to_owned(),
             None => "no value was exposed (the piece held a name)".to_owned(),
         };
+        // A copier through io_uring stays while its process runs: say what to do.
+        let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
         return broker.mounts.note(
             path,
             true,
             format!(
-                "STOPPED, possible theft: {why}; {what}. The grant was ended; the reader got {bytes} bytes of {len}"
+                "STOPPED, possible theft: {why}; {what}. The grant was ended; the reader got {bytes} bytes of {len}.{hint}"
             ),
         );
     }
