@@ -279,16 +279,14 @@ fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
     assert!(text(&grants).contains("[REDACTED:API_TOKEN]"));
 }
 
-/// After each run the write-side scan reports, to the requester, every file changed under the
-/// run's cwd during the run that holds a form of a granted value, by path, matched by the
+/// After each run the write-side scan reported, to the requester, every file changed under the
+/// run's cwd during the run that held a form of a granted value, by path, matched by the
 /// run's own redactor: 12-byte fragments of random-looking values included. The agent writes
 /// the files itself while any approved run lasts (the command need not read them: here
 /// `sleep`): one candidate per next character after an 11-byte known part, and the report
-/// names the file that holds the right one. The threat model lists the scan reporting files
-/// the agent wrote, but as needing "a command that reflects input"; it needs none, and
-/// fragments make it a character-by-character reader.
+/// named the file that held the right one, a character-by-character reader. Held: the scan
+/// matches whole values only (`runner::scan_redactor`), so no candidate is named.
 #[test]
-#[ignore = "LEAK: the write-side scan reports which agent-written file holds a 12-byte fragment of a value, during any approved run"]
 fn s9_the_write_side_scan_reads_a_value_with_a_known_part_through_any_run() {
     let h = Home::new();
     let known = "acme_live_key_";
@@ -448,4 +446,121 @@ fn s9_a_runs_write_leak_paths_never_show_a_value() {
         );
     }
     assert!(err.contains("[REDACTED:CACHE_KEY]"));
+}
+
+/// The same class with whole values: a value short or plain enough to guess (a human-chosen
+/// 12-character password) is planted whole, one candidate per file, in the run's cwd, its
+/// `$HOME` and its private TMPDIR (`$TMPDIR` of the run, found through `/proc`). Naming the file
+/// that holds it answers a dictionary of guesses one run at a time. Held: a guessable value is
+/// not matched by the scan, so no candidate is named anywhere, while a value nobody can guess
+/// (another variable, written the same way) is.
+#[test]
+fn s9_the_write_side_scan_names_no_planted_guess_of_a_guessable_value() {
+    let h = Home::new();
+    let mut rb = [0u8; 2];
+    getrandom::fill(&mut rb).unwrap();
+    let n = u16::from_le_bytes(rb) % 200;
+    let guess = |k: u16| format!("Summer2024!{k:03}");
+    h.set("demo", "DB_PASSWORD", &guess(n));
+    let control = format!("fixture-control-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &control);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    // The command prints its TMPDIR (a path, no value) and waits while the agent plants.
+    let c = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo \"$TMPDIR\" > tmpdir.txt; sleep 4",
+    ]);
+    let id = h.wait_request();
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    h.wait_live_runs(1);
+    let t0 = std::time::Instant::now();
+    let tmpdir = loop {
+        if let Ok(t) = std::fs::read_to_string(work.path().join("tmpdir.txt"))
+            && t.ends_with('\n')
+        {
+            break std::path::PathBuf::from(t.trim());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no TMPDIR");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for k in 0..200u16 {
+        let body = format!("password = {}\n", guess(k));
+        std::fs::write(work.path().join(format!("cand_{k:03}.txt")), &body).unwrap();
+        std::fs::write(tmpdir.join(format!("cand_{k:03}.txt")), &body).unwrap();
+    }
+    std::fs::write(work.path().join("control.txt"), format!("{control}\n")).unwrap();
+    let o = crate::harness::wait_output(c, Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("control.txt"),
+        "the write-side scan reported nothing"
+    );
+    let named = (0..200u16)
+        .filter(|k| err.contains(&format!("cand_{k:03}.txt")))
+        .count();
+    assert_eq!(
+        named, 0,
+        "the run's report named {named} of 200 planted candidates (the value is one of them)"
+    );
+    assert!(
+        !err.contains("DB_PASSWORD"),
+        "the report says whether DB_PASSWORD was found"
+    );
+}
+
+/// What the scan is for still works: a run that writes a value nobody can guess into a file,
+/// as it is or encoded (base64 in a second file, a JSON string in a third), is reported by
+/// variable and path, and the audit's `run_end` holds the variable and no path. A 20-byte
+/// slice of the value the run writes (a fragment) is not reported: that is what `keyveil sweep`
+/// (the human's factor) finds.
+#[test]
+fn s9_a_run_that_writes_a_whole_value_is_still_reported_by_path() {
+    let h = Home::new();
+    let value = format!("fixture-written-{}", random_hex(20));
+    h.set("demo", "API_TOKEN", &value);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--cwd",
+            work.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            r#"printf 'token=%s\n' "$API_TOKEN" > plain.env
+printf '%s' "$API_TOKEN" | base64 > enc.b64
+printf '{"token": "%s"}\n' "$API_TOKEN" > conf.json
+printf '%s\n' "$API_TOKEN" | cut -c3-22 > slice.txt
+echo done"#,
+        ],
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert!(text(&o.stdout).contains("done"), "{err}");
+    for f in ["plain.env", "enc.b64", "conf.json"] {
+        assert!(err.contains(f), "{f} was not reported");
+    }
+    assert!(err.contains("API_TOKEN"));
+    assert!(!err.contains("slice.txt"), "a fragment was reported by path");
+    for enc in encodings(&value) {
+        assert!(!contains(&o.stderr, &enc), "the report holds the value");
+    }
+    let audit = h.audit_text();
+    let end = audit
+        .lines()
+        .find(|l| l.contains("\"run_end\""))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(end.contains("API_TOKEN"), "run_end names the variable");
+    assert!(!end.contains("plain.env"), "run_end names a path");
 }
