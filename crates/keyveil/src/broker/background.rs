@@ -412,7 +412,13 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
             }
         };
         finish(
-            &broker2, &run2, result, &cwd, started_at, &scan_redactor, tmp_dir,
+            &broker2,
+            &run2,
+            result,
+            &cwd,
+            started_at,
+            &scan_redactor,
+            tmp_dir,
         )
         .await;
     });

@@ -578,7 +578,16 @@ async fn launch(
     dynamic_values.values.retain(|(k, _)| !never_passed(k));
     dynamic_values.env.retain(|(k, _)| !never_passed(k));
     // Spawn under the grant, with an environment built from scratch.
-    let (mut values, cancel, redactor, scan_redactor, shown_argv, env, bound, extra_roots) = {
+    let (
+        mut values,
+        cancel,
+        redactor,
+        scan_redactor,
+        (shown_argv, masked),
+        env,
+        bound,
+        extra_roots,
+    ) = {
         let mut inner = broker.lock();
         // The run's start and end entries must fit: refused before anything is spawned. (The
         // start entry holds the argv, shown with markers: allow twice its JSON length.)
@@ -621,7 +630,15 @@ async fn launch(
         // `access::find_or_create_request`); shown (`status`, `logs`, audit) with every whole
         // value masked as its card showed it: a granted child may have put one there, and the
         // agent reads those listings without a factor (`card_redact.rs`, `redteam_s9.rs`).
-        let shown_argv = match inner.card_redactor() {
+        // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv
+        // is shown as given, since masking a planted guess would confirm it; a requester
+        // the broker cannot place is refused.
+        let masked = match access::strings_masked(&mut inner, &ask.peer) {
+            Ok(m) => m,
+            Err(e) => return Err(e.reply()),
+        };
+        let redactor = if masked { inner.card_redactor() } else { None };
+        let shown_argv = match redactor {
             Some(r) => req
                 .argv
                 .iter()
@@ -667,7 +684,7 @@ async fn launch(
             cancel,
             redactor,
             scan_redactor,
-            shown_argv,
+            (shown_argv, masked),
             env,
             bound,
             extra_roots,
@@ -761,9 +778,10 @@ async fn launch(
                     .map(|a| keyveil_proto::display::visible(a))
                     .unwrap_or_default()
             );
-            broker.lock().audit(
+            broker.lock().audit_as(
                 "run_failed",
                 json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": e.to_string()}),
+                masked,
             );
             return Err(OpError::new(ErrorCode::Failed, msg)
                 .hint("check that the command exists and is executable")
@@ -787,7 +805,7 @@ async fn launch(
                 egress,
             },
         );
-        inner.audit(
+        inner.audit_as(
             "run_start",
             json!({
                 "run_id": run_id,
@@ -800,6 +818,7 @@ async fn launch(
                 "cwd": cwd,
                 "pid": started.pid,
             }),
+            masked,
         );
     }
     Ok(Launched {

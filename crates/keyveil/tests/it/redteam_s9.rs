@@ -70,15 +70,14 @@ echo done"#
     );
 }
 
-/// The card matcher masks whole values only when "no agent can guess" them, judged by length
+/// The card matcher masked whole values only when "no agent can guess" them, judged by length
 /// and character classes alone (`sweep_ops::guessable`: 16 bytes at 6.5 bits each pass). A
 /// connection URL whose only unknown is a short password passes as 300 bits, yet the agent
 /// knows everything around the password (the compose file, the code's config): it writes
-/// every candidate URL, 10,000 of them in one request, and the card masks the one that is
-/// the value. Same for a value a human chose (`Summer2024!Summer2024!`): a dictionary of
-/// whole values, one card per tens of thousands of guesses.
+/// every candidate URL, 10,000 of them in one request, and the card masked the one that is
+/// the value. Held: a request from a process that descends from no run or mount reader holds
+/// no value, and its strings are shown as given (`AccessReq::masked`).
 #[test]
-#[ignore = "LEAK: whole-value masking confirms a planted guess of a value with a known structure or human-chosen; the entropy estimate cannot tell"]
 fn s9_the_card_matcher_confirms_a_url_whose_only_unknown_is_a_short_password() {
     let h = Home::new();
     let mut b = [0u8; 2];
@@ -139,16 +138,18 @@ fn s9_status_and_logs_never_show_a_value_on_a_runs_argv() {
     let h = Home::new();
     let value = format!("fixture-run-argv-{}", random_hex(16));
     h.set("demo", "API_TOKEN", &value);
-    // The test plays the granted child: it holds the value and puts it on the run's argv.
-    let child = h.spawn_run(&[
-        "start", "--env", "demo", "--wait", "30", "--", "sh", "-c", "sleep 5", "sh", &value,
-    ]);
-    let id = h.wait_request();
+    // A granted child puts the value on the argv of a background run it starts.
+    let (child, id) = h.granted_ask(
+        r#"KV start --env demo --wait 30 -- sh -c "sleep 5" sh "$API_TOKEN" > started.txt"#,
+    );
     let o = h.approve(id, &["--ttl", "10m"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = crate::harness::wait_output(child, Duration::from_secs(30));
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let run = text(&o.stdout).trim().to_owned();
+    let run = std::fs::read_to_string(h.path().join("started.txt"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     assert!(run.starts_with("r-"), "{run}");
     h.wait_live_runs(1);
     let views = [
@@ -247,20 +248,14 @@ fn s9_planted_slow_links_do_not_hold_a_sweep_past_its_deadline() {
 
 /// A request's client name is the requester's (any raw frame sets it, and a granted child that
 /// speaks the protocol may name itself after what it holds): its card masks a value there, the
-/// grant listing showed it as given.
+/// grant listing showed it as given. (Here a granted child sends the raw frame.)
 #[test]
 fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
     let h = Home::new();
     let value = format!("fixture-client-name-{}", random_hex(16));
     h.set("demo", "API_TOKEN", &value);
-    let r = crate::oracle::raw(
-        &h,
-        &serde_json::json!({"op": "request_access", "client": crate::oracle::client(&value),
-            "environment": "demo", "variables": null, "argv": ["true"], "pass_env": [],
-            "cwd": "/tmp", "ttl_seconds": null, "reason": "check"}),
-    );
-    assert_eq!(r["kind"], "ok", "{r}");
-    let id = r["data"]["request_id"].as_u64().unwrap();
+    let sock = h.path().join("run/broker.sock");
+    let (mut c, id) = h.granted_ask(&format!(r#"python3 -c '{RAW_ASK}' '{}'"#, sock.display()));
     let card = text(&h.run(&["requests", "--json"]).stdout);
     assert!(card.contains("[REDACTED:API_TOKEN]"), "{card}");
     let o = h.approve(id, &[]);
@@ -277,7 +272,19 @@ fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
         );
     }
     assert!(text(&grants).contains("[REDACTED:API_TOKEN]"));
+    let _ = c.kill();
+    let _ = c.wait();
 }
+
+/// Python for a granted child: a raw `request_access` frame whose client name is
+/// `$API_TOKEN`, sent to the socket named by `argv[1]`; waits for the reply.
+const RAW_ASK: &str = r#"import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+p = json.dumps({"op": "request_access", "client": {"kind": "mcp", "name": os.environ["API_TOKEN"], "version": "1", "pid": os.getpid()}, "environment": "demo", "variables": None, "argv": ["true"], "pass_env": [], "cwd": "/tmp", "ttl_seconds": None, "reason": "check"}).encode()
+s.sendall(struct.pack(">I", len(p) + 1) + b"\0" + p)
+s.recv(65536)
+"#;
 
 /// After each run the write-side scan reported, to the requester, every file changed under the
 /// run's cwd during the run that held a form of a granted value, by path, matched by the
@@ -551,7 +558,10 @@ echo done"#,
         assert!(err.contains(f), "{f} was not reported");
     }
     assert!(err.contains("API_TOKEN"));
-    assert!(!err.contains("slice.txt"), "a fragment was reported by path");
+    assert!(
+        !err.contains("slice.txt"),
+        "a fragment was reported by path"
+    );
     for enc in encodings(&value) {
         assert!(!contains(&o.stderr, &enc), "the report holds the value");
     }
