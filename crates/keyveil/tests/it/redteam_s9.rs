@@ -574,3 +574,121 @@ echo done"#,
     assert!(end.contains("API_TOKEN"), "run_end names the variable");
     assert!(!end.contains("plain.env"), "run_end names a path");
 }
+
+/// The card matcher's oracle through every other view of an agent's own request: 2,000
+/// candidate URLs on a `keyveil run` the human approves, then what the agent reads without a
+/// factor: the card, the audit log (`request`, `run_start`), `grants --json` and
+/// `status --json` while the run lives. Each view masks none of them (or all): the
+/// requester descends from no run, its strings are its own.
+#[test]
+fn s9_no_view_of_an_agents_own_request_singles_out_a_planted_candidate() {
+    let h = Home::new();
+    let mut b = [0u8; 2];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from_le_bytes(b) % 2_000;
+    let url = |p: u16| format!("postgres://app:{p:04}@db.internal.example:5432/app");
+    h.set("demo", "DATABASE_URL", &url(n));
+    let all: Vec<String> = (0..2_000).map(url).collect();
+    let words = all.join(" ");
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let c = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 3",
+        "sh",
+        &words,
+    ]);
+    let id = h.wait_request();
+    let card = h.run(&["requests", "--json"]).stdout;
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    h.wait_live_runs(1);
+    let views = [
+        ("requests --json", card),
+        ("grants --json", h.run(&["grants", "--json"]).stdout),
+        ("status --json", h.run(&["status", "--json"]).stdout),
+        ("audit.jsonl", h.audit_text().into_bytes()),
+    ];
+    let _ = crate::harness::wait_output(c, Duration::from_secs(30));
+    for (where_, v) in &views {
+        let t = text(v);
+        let masked = t.matches("[REDACTED:DATABASE_URL]").count();
+        let shown = (0..2_000u16)
+            .filter(|k| t.contains(&format!(":{k:04}@db.internal")))
+            .count();
+        assert!(
+            masked == 0 && shown == 2_000,
+            "{where_}: {masked} masked, {shown} of 2000 candidates shown as given"
+        );
+    }
+}
+
+/// A requester the broker cannot place is refused, whatever it asks: a process connects and
+/// exits, and its child (holding the connection, not a descendant of any run) sends a request
+/// with candidates. Masking them would be the oracle; showing them could show a value a
+/// granted child handed over the same way. The refusal says what to do, and depends on no
+/// value (a candidate list without the value gets the same answer).
+#[test]
+fn s9_a_request_over_a_connection_whose_process_exited_is_refused() {
+    let h = Home::new();
+    let value = format!("fixture-unsure-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &value);
+    let sock = h.path().join("run/broker.sock");
+    // The child writes the reply to a file after its parent exited.
+    let reply = |argv: &[&str]| -> serde_json::Value {
+        let out = h.path().join(format!("reply-{}", random_hex(4)));
+        let script = format!(
+            r#"import json, os, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+if os.fork() != 0:
+    os._exit(0)
+time.sleep(0.5)
+p = json.dumps({{"op": "request_access", "client": {{"kind": "mcp", "name": "x", "version": "1", "pid": os.getpid()}}, "environment": "demo", "variables": None, "argv": sys.argv[2:], "pass_env": [], "cwd": "/tmp", "ttl_seconds": None, "reason": "check"}}).encode()
+s.sendall(struct.pack(">I", len(p) + 1) + b"\0" + p)
+n = struct.unpack(">I", s.recv(4))[0]
+b = b""
+while len(b) < n:
+    b += s.recv(n - len(b))
+open("{}.tmp", "wb").write(b[1:])
+os.rename("{}.tmp", "{}")
+"#,
+            out.display(),
+            out.display(),
+            out.display()
+        );
+        let st = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .arg(&sock)
+            .args(argv)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(b) = std::fs::read(&out) {
+                return serde_json::from_slice(&b).unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "no reply");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    };
+    let with = reply(&["echo", "decoy-one", &value]);
+    let without = reply(&["echo", "decoy-one", "decoy-two"]);
+    for r in [&with, &without] {
+        assert_eq!(r["kind"], "error", "{r}");
+        let m = r.to_string();
+        assert!(m.contains("cannot tell which process"), "{m}");
+        assert!(m.contains("hint"), "{m}");
+    }
+    assert_eq!(with, without, "the refusal depends on a value");
+    let list = h.json(&["requests", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
