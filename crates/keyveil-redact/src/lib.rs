@@ -167,7 +167,7 @@ impl Redactor {
     }
 
     /// [`Redactor::new`] (`keep` `None`) or [`Redactor::whole_values`].
-    fn build<I, N, V>(secrets: I, keep: Option<&dyn Fn(&[u8]) -> bool>) -> Redactor
+    fn build<I, N, V>(secrets: I, keep: Option<Keep<'_>>) -> Redactor
     where
         I: IntoIterator<Item = (N, V)>,
         N: Into<String>,
@@ -342,13 +342,16 @@ pub fn marker(name: &str) -> Vec<u8> {
     format!("[REDACTED:{name}]").into_bytes()
 }
 
+/// Which atoms of a value [`Redactor::whole_values`] matches.
+type Keep<'a> = &'a dyn Fn(&[u8]) -> bool;
+
 /// Registers every pattern of one secret value, and its atoms for the decoding pass.
 fn add_secret(
     patterns: &mut Patterns,
     decoded_atoms: &mut Vec<(Vec<u8>, u32)>,
     value: &[u8],
     secret: u32,
-    keep: Option<&dyn Fn(&[u8]) -> bool>,
+    keep: Option<Keep<'_>>,
 ) {
     let mut e = expand::expand(value);
     if let Some(keep) = keep {
