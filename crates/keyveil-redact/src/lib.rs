@@ -146,6 +146,33 @@ impl Redactor {
         N: Into<String>,
         V: AsRef<[u8]>,
     {
+        Redactor::build(secrets, None)
+    }
+
+    /// A matcher of whole values only, for scans of places an agent can write (see
+    /// `docs/write-side.md`): every known form of each *atom* of a value (the value, its lines
+    /// and structured leaves) for which `keep` says yes, and nothing else: no
+    /// [`FRAGMENT_LEN`]-byte fragments, no short values as tokens. A scan that names which of an
+    /// agent's planted files holds a fragment or a guessable value answers its guesses; `keep`
+    /// is the caller's judgement of which atoms no agent can guess.
+    ///
+    /// Never fails, like [`Redactor::new`].
+    pub fn whole_values<I, N, V>(secrets: I, keep: &dyn Fn(&[u8]) -> bool) -> Redactor
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
+        V: AsRef<[u8]>,
+    {
+        Redactor::build(secrets, Some(keep))
+    }
+
+    /// [`Redactor::new`] (`keep` `None`) or [`Redactor::whole_values`].
+    fn build<I, N, V>(secrets: I, keep: Option<Keep<'_>>) -> Redactor
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
+        V: AsRef<[u8]>,
+    {
         let mut names = Vec::new();
         let mut values: Vec<Vec<u8>> = Vec::new();
         for (n, v) in secrets {
@@ -166,7 +193,7 @@ impl Redactor {
         let mut decoded_atoms = Vec::new();
         for (i, value) in values.iter().enumerate() {
             let Ok(secret) = u32::try_from(i) else { break };
-            add_secret(&mut patterns, &mut decoded_atoms, value, secret);
+            add_secret(&mut patterns, &mut decoded_atoms, value, secret, keep);
         }
         let decode = decode::DecodePass::build(decoded_atoms);
         for v in &mut values {
@@ -315,14 +342,39 @@ pub fn marker(name: &str) -> Vec<u8> {
     format!("[REDACTED:{name}]").into_bytes()
 }
 
+/// Which atoms of a value [`Redactor::whole_values`] matches.
+type Keep<'a> = &'a dyn Fn(&[u8]) -> bool;
+
 /// Registers every pattern of one secret value, and its atoms for the decoding pass.
 fn add_secret(
     patterns: &mut Patterns,
     decoded_atoms: &mut Vec<(Vec<u8>, u32)>,
     value: &[u8],
     secret: u32,
+    keep: Option<Keep<'_>>,
 ) {
-    let e = expand::expand(value);
+    let mut e = expand::expand(value);
+    if let Some(keep) = keep {
+        // Whole values only: the atoms `keep` accepts, in every known form; no tokens, no
+        // fragments (`Redactor::whole_values`).
+        e.atoms.retain_mut(|a| {
+            let k = keep(a);
+            if !k {
+                a.zeroize();
+            }
+            k
+        });
+        for v in [
+            &mut e.token_atoms,
+            &mut e.fragment_sources,
+            &mut e.literal_fragment_sources,
+        ] {
+            for a in v.iter_mut() {
+                a.zeroize();
+            }
+            v.clear();
+        }
+    }
     decoded_atoms.extend(e.atoms.iter().map(|a| (a.clone(), secret)));
     for atom in &e.atoms {
         decoded_atoms.extend(
@@ -399,6 +451,26 @@ mod tests {
         assert_traits::<Redactor>();
         fn assert_send<T: Send>() {}
         assert_send::<RedactStream>();
+    }
+
+    #[test]
+    fn whole_values_match_whole_atoms_in_known_forms_and_no_fragment() {
+        let token = fixtures::secret("chunk-split-delay", "GH_TOKEN");
+        let t = token.as_bytes();
+        let all = |_: &[u8]| true;
+        let r = Redactor::whole_values([("A", t)], &all);
+        assert_eq!(r.find_leaks(format!("x {token} y").as_bytes()), ["A"]);
+        let hex = variants::hex_lower(t);
+        assert_eq!(r.find_leaks(&hex), ["A"], "a known form of the whole value");
+        // A 12-byte fragment is a pattern of the full redactor only.
+        let frag = &t[3..3 + FRAGMENT_LEN + 2];
+        assert!(r.find_leaks(frag).is_empty());
+        assert_eq!(Redactor::new([("A", t)]).find_leaks(frag), ["A"]);
+        // An atom `keep` refuses is not matched at all; nor is a short value.
+        let none = Redactor::whole_values([("A", t)], &|_: &[u8]| false);
+        assert!(none.find_leaks(t).is_empty());
+        let short = Redactor::whole_values([("P", b"4921".as_slice())], &all);
+        assert!(short.find_leaks(b"pin 4921 ok").is_empty());
     }
 
     #[test]

@@ -224,6 +224,8 @@ pub(crate) struct Detached {
     pub timeout: Duration,
     /// Redactor of its granted values.
     pub redactor: Redactor,
+    /// The write-side scan's matcher of them (`runner::scan_redactor`: whole values only).
+    pub scan_redactor: Redactor,
     /// The grant's revocation token.
     pub cancel: CancellationToken,
     /// When it was spawned (for the write-side scan).
@@ -278,6 +280,7 @@ pub(crate) async fn start(
                     started: l.started,
                     timeout: l.timeout,
                     redactor: l.redactor,
+                    scan_redactor: l.scan_redactor,
                     cancel: l.cancel,
                     started_at: l.started_at,
                     tmp_dir: l.tmp_dir,
@@ -307,6 +310,7 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         started,
         timeout,
         redactor,
+        scan_redactor,
         cancel,
         started_at,
         tmp_dir,
@@ -408,7 +412,13 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
             }
         };
         finish(
-            &broker2, &run2, result, &cwd, started_at, &redactor, tmp_dir,
+            &broker2,
+            &run2,
+            result,
+            &cwd,
+            started_at,
+            &scan_redactor,
+            tmp_dir,
         )
         .await;
     });
@@ -433,7 +443,7 @@ async fn finish(
     mut result: RunResult,
     cwd: &str,
     started_at: SystemTime,
-    redactor: &Redactor,
+    scan_redactor: &Redactor,
     tmp_dir: Option<super::private_tmp::RunTmp>,
 ) {
     result.run_id = run.id.clone();
@@ -448,9 +458,9 @@ async fn finish(
         since: started_at,
         limits: crate::scan::ScanLimits::default(),
     };
-    let scan_redactor = redactor.clone();
+    let scanner = scan_redactor.clone();
     if let Ok(report) =
-        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scan_redactor)).await
+        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scanner)).await
     {
         for leak in report.leaks {
             result.write_leaks.push(keyveil_proto::WriteLeak {
@@ -462,7 +472,7 @@ async fn finish(
         }
     }
     if let Some(dir) = tmp_dir {
-        let leaks = super::private_tmp::finish(dir, redactor, started_at).await;
+        let leaks = super::private_tmp::finish(dir, scan_redactor, started_at).await;
         result.write_leaks.extend(leaks);
     }
     let stopped = run.state().stopped;

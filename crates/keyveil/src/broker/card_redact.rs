@@ -10,6 +10,14 @@
 //! entry (`Inner::scrub_entry`, the egress proxy's batched entries included), and the desktop
 //! notification's text (the notifier's command line is readable in `/proc`).
 //!
+//! Whose strings: only those of a request whose requester may hold values
+//! ([`Inner::peer_holds_values`]: it is, or descends from, a live run's process or a mount
+//! reader that was written values; `AccessReq::masked`, `Grant::masked`, a run's shown argv).
+//! Any other requester's strings are its own: the agent already knows them, so showing them
+//! reveals nothing, while masking a planted guess would confirm it (10,000 candidate URLs in one
+//! argv, `tests/it/redteam_s9.rs`). A requester the broker cannot place (no pid, exited, pid
+//! reused, a parent unreadable) is refused (`access::strings_masked`).
+//!
 //! Which values, and what is matched: requester-supplied strings that a matcher marks are an
 //! oracle (plant a guess in an argv, read whether the card masks it). So the match is of the
 //! **whole value, as stored, byte for byte** ([`WholeValues`]), never of fragments, encodings or
@@ -20,8 +28,9 @@
 //! factor: shown on cards by design, `access::chosen_values`). Confirming a planted guess of a
 //! whole value of 80 bits or more tells the agent nothing it did not have; but the 80 bits are
 //! estimated from length and character classes, so a value of a shape the agent knows (a URL
-//! whose only unknown is a short password) is confirmed by a planted guess: a stated limit
-//! (`docs/threat-model.md`, `tests/it/redteam_s9.rs`). A guessable value, or
+//! whose only unknown is a short password) would be confirmed by a planted guess, were the
+//! agent's own strings matched: they are not (above); code the agent controls inside a granted
+//! child (which holds the values anyway) still can (`docs/threat-model.md`). A guessable value, or
 //! a value written encoded or in part, that a granted child puts on a command line still reaches
 //! a card: `docs/threat-model.md` says so.
 //!

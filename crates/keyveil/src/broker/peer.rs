@@ -63,6 +63,42 @@ pub(crate) struct Peer {
     /// What open requests and bursts are counted by: the origin's executable path (see the
     /// module docs), `unreadable` when it cannot be read, `unknown` without a pid.
     pub origin: String,
+    /// The connecting process's start time (clock ticks after boot, `/proc/PID/stat` field
+    /// 22) when it was read: with the pid, it names the process even if the pid is reused
+    /// ([`ancestry`]). Not shown.
+    #[serde(skip)]
+    pub start: Option<u64>,
+}
+
+/// Most parent levels [`ancestry`] walks before it gives up (a chain that long is unsure).
+const MAX_ANCESTRY: usize = 4096;
+
+/// `(ppid, start time)` from `/proc/PID/stat` (fields 4 and 22).
+fn ppid_and_start(pid: u32) -> Option<(u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = s.rfind(')')?;
+    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
+    // After `comm`: state (3), ppid (4), ... starttime (22).
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+/// `pid` and every process above it up to the first process of the PID namespace, nearest
+/// first, each as `(pid, start time)`. `None` when any of them cannot be read (it exited
+/// during the walk, or another PID namespace hides it) or the chain is absurdly long: the
+/// caller cannot then tell what the process descends from.
+pub(crate) fn ancestry(pid: u32) -> Option<Vec<(u32, u64)>> {
+    let mut out = Vec::new();
+    let mut at = pid;
+    loop {
+        let (ppid, start) = ppid_and_start(at)?;
+        out.push((at, start));
+        if ppid == 0 || out.len() >= MAX_ANCESTRY {
+            return (ppid == 0).then_some(out);
+        }
+        at = ppid;
+    }
 }
 
 fn self_exe_id() -> Option<(u64, u64)> {
@@ -176,6 +212,7 @@ impl Peer {
             keyveil_mode,
             parents,
             origin,
+            start: ppid_and_start(pid).map(|(_, s)| s),
         }
     }
 
@@ -252,6 +289,22 @@ mod tests {
         let gone = Peer::of_pid(Some(u32::MAX - 7));
         assert_eq!(gone.origin, UNREADABLE);
         assert!(gone.mismatch(&claim("cli", u32::MAX - 7)).is_some());
+    }
+
+    #[test]
+    fn ancestry_reaches_the_first_process_and_names_each_by_start_time() {
+        let me = std::process::id();
+        let chain = ancestry(me).unwrap();
+        assert_eq!(chain.first().map(|c| c.0), Some(me));
+        assert_eq!(
+            chain.first().map(|c| c.1),
+            Peer::of_pid(Some(me)).start,
+            "the peer's start time is its first link's"
+        );
+        let parent = stat(me).unwrap().1;
+        assert_eq!(chain.get(1).map(|c| c.0), Some(parent));
+        // A pid that is gone: unsure.
+        assert!(ancestry(u32::MAX - 7).is_none());
     }
 
     #[test]

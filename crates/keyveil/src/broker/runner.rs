@@ -135,6 +135,8 @@ pub(super) struct Launched {
     pub(super) timeout: Duration,
     /// Redacts its output.
     pub(super) redactor: crate::redact::Redactor,
+    /// Matches its values in the write-side scan: whole values only ([`scan_redactor`]).
+    pub(super) scan_redactor: crate::redact::Redactor,
     /// Cancelled when its grant ends.
     pub(super) cancel: CancellationToken,
     /// When it was spawned (the write-side scan looks at what changed since).
@@ -576,7 +578,16 @@ async fn launch(
     dynamic_values.values.retain(|(k, _)| !never_passed(k));
     dynamic_values.env.retain(|(k, _)| !never_passed(k));
     // Spawn under the grant, with an environment built from scratch.
-    let (mut values, cancel, redactor, shown_argv, env, bound, extra_roots) = {
+    let (
+        mut values,
+        cancel,
+        redactor,
+        scan_redactor,
+        (shown_argv, masked),
+        env,
+        bound,
+        extra_roots,
+    ) = {
         let mut inner = broker.lock();
         // The run's start and end entries must fit: refused before anything is spawned. (The
         // start entry holds the argv, shown with markers: allow twice its JSON length.)
@@ -619,7 +630,15 @@ async fn launch(
         // `access::find_or_create_request`); shown (`status`, `logs`, audit) with every whole
         // value masked as its card showed it: a granted child may have put one there, and the
         // agent reads those listings without a factor (`card_redact.rs`, `redteam_s9.rs`).
-        let shown_argv = match inner.card_redactor() {
+        // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv
+        // is shown as given, since masking a planted guess would confirm it; a requester
+        // the broker cannot place is refused.
+        let masked = match access::strings_masked(&mut inner, &ask.peer) {
+            Ok(m) => m,
+            Err(e) => return Err(e.reply()),
+        };
+        let redactor = if masked { inner.card_redactor() } else { None };
+        let shown_argv = match redactor {
             Some(r) => req
                 .argv
                 .iter()
@@ -655,6 +674,7 @@ async fn launch(
             .reply());
         }
         values.extend(dynamic_values.values);
+        let scan_redactor = scan_redactor(&shown, &values);
         let redactor = run_redactor(broker, &grant_id, shown, &values);
         // Host-bound variables (`docs/egress.md`): the child gets a placeholder, the run's
         // egress proxy the value.
@@ -663,7 +683,8 @@ async fn launch(
             values,
             cancel,
             redactor,
-            shown_argv,
+            scan_redactor,
+            (shown_argv, masked),
             env,
             bound,
             extra_roots,
@@ -757,9 +778,10 @@ async fn launch(
                     .map(|a| keyveil_proto::display::visible(a))
                     .unwrap_or_default()
             );
-            broker.lock().audit(
+            broker.lock().audit_as(
                 "run_failed",
                 json!({"run_id": run_id, "grant_id": grant_id, "argv": shown_argv, "error": e.to_string()}),
+                masked,
             );
             return Err(OpError::new(ErrorCode::Failed, msg)
                 .hint("check that the command exists and is executable")
@@ -783,7 +805,7 @@ async fn launch(
                 egress,
             },
         );
-        inner.audit(
+        inner.audit_as(
             "run_start",
             json!({
                 "run_id": run_id,
@@ -796,6 +818,7 @@ async fn launch(
                 "cwd": cwd,
                 "pid": started.pid,
             }),
+            masked,
         );
     }
     Ok(Launched {
@@ -804,6 +827,7 @@ async fn launch(
         started,
         timeout,
         redactor,
+        scan_redactor,
         cancel,
         started_at,
         tmp_dir,
@@ -828,6 +852,7 @@ async fn relay(
         started,
         timeout,
         redactor,
+        scan_redactor,
         cancel,
         started_at,
         tmp_dir,
@@ -879,9 +904,9 @@ async fn relay(
         since: started_at,
         limits: crate::scan::ScanLimits::default(),
     };
-    let scan_redactor = redactor.clone();
+    let scanner = scan_redactor.clone();
     if let Ok(report) =
-        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scan_redactor)).await
+        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scanner)).await
     {
         result.write_scan = Some(keyveil_proto::WriteScanSummary {
             files_scanned: report.files_scanned,
@@ -905,7 +930,7 @@ async fn relay(
         }
     }
     if let Some(dir) = tmp_dir {
-        let leaks = super::private_tmp::finish(dir, &redactor, started_at).await;
+        let leaks = super::private_tmp::finish(dir, &scan_redactor, started_at).await;
         result.write_leaks.extend(leaks);
     }
     if action == keyveil_vault::WriteLeakAction::Fail
@@ -936,6 +961,27 @@ async fn relay(
         );
     }
     Reply::Exit(result)
+}
+
+/// The write-side scan's matcher of a run's `values` (named `shown`): every known form of each
+/// whole value, line or structured leaf that no agent can guess ([`super::sweep_ops::guessable`]),
+/// and no fragment. The scan reads places the agent writes too (the cwd, `$HOME`, the run's
+/// TMPDIR) and names the files it finds: naming which planted file holds a 12-byte fragment
+/// after a known part, or a guessable value among planted candidates, would answer the agent's
+/// guesses one run at a time (`tests/it/redteam_s9.rs`). Fragments and guessable values a run
+/// writes are left to `keyveil sweep`, whose findings reach only the human
+/// (`docs/write-side.md`).
+pub(super) fn scan_redactor(
+    shown: &[String],
+    values: &[(String, keyveil_vault::SecretValue)],
+) -> crate::redact::Redactor {
+    let keep = |atom: &[u8]| !super::sweep_ops::guessable(atom);
+    crate::redact::Redactor::whole_values(
+        shown
+            .iter()
+            .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
+        &keep,
+    )
 }
 
 /// The redactor of a run under `grant_id` that injects `values`, named `shown`: the grant's

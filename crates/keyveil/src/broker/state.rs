@@ -99,6 +99,12 @@ pub(crate) struct AccessReq {
     /// The mount read (its path) when the request is one (`broker/mounts/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
+    /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
+    /// of the process) may hold a value: the requester descends from a live run or from a
+    /// mount reader that was written values ([`Inner::peer_holds_values`]). Only then are
+    /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
+    /// they are the agent's own and shown as given: masking them would answer planted guesses.
+    pub masked: bool,
     /// How many times this same ask was made (identical asks coalesce into one request).
     pub asks: u32,
     /// When it was made.
@@ -310,6 +316,9 @@ pub(crate) struct Grant {
     /// Cancelled on revocation: live runs under the grant watch it.
     #[serde(skip)]
     pub cancel: CancellationToken,
+    /// Its request's strings may hold a value ([`AccessReq::masked`]): its listing masks them.
+    #[serde(skip)]
+    pub masked: bool,
 }
 
 /// Whether every name of `wanted` is in `have`: by a hash set when both are long (a grant of
@@ -557,6 +566,23 @@ pub(crate) struct Inner {
     /// Redactors kept between the runs of live grants (`redactor_cache.rs`): dropped with their
     /// grant, after idling, and when the vault locks.
     pub run_redactors: super::redactor_cache::RedactorCache,
+    /// Mount readers that were (or were about to be) written values, by (pid, start time):
+    /// they and their descendants may hold values ([`Inner::peer_holds_values`]). Pruned as
+    /// they exit.
+    pub value_readers: Vec<(u32, u64)>,
+}
+
+/// Whether a requester may hold values ([`Inner::peer_holds_values`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// It descends from nothing that holds values: its strings are its own.
+    No,
+    /// It is, or descends from, a live run's process or a mount reader that was written values.
+    Yes,
+    /// The broker cannot tell (no pid, the process exited or its pid was reused, a parent it
+    /// cannot read): the request is refused, since masking its strings would answer planted
+    /// guesses and showing them could show a value.
+    Unsure,
 }
 
 /// Error of a broker operation: becomes a [`Reply::Error`].
@@ -624,9 +650,48 @@ impl Inner {
     /// reasons in entries (`run_start`, `deny_rule`, `mount_read`, ...) can come from a granted
     /// child holding values, and the agent reads the log without a factor.
     fn scrub_entry(&mut self, fields: &mut Value) {
+        self.scrub_entry_as(fields, true);
+    }
+
+    /// [`Inner::scrub_entry`], with the card matcher only when `masked`: an entry whose
+    /// strings are an agent's own ([`AccessReq::masked`] false) has real names hidden and
+    /// nothing else changed (masking a planted guess there would confirm it).
+    fn scrub_entry_as(&mut self, fields: &mut Value, masked: bool) {
         self.hide_names_in(fields);
-        if let Some(r) = self.card_redactor() {
+        if masked && let Some(r) = self.card_redactor() {
             super::card_redact::redact_json(&r, fields);
+        }
+    }
+
+    /// Whether the process behind `peer` may hold values: it is, or descends from, a live
+    /// run's reaper (every process of a run is below it: the reaper is their subreaper) or a
+    /// mount reader that was written values (by pid and start time). The whole parent chain is
+    /// read from `/proc`; the peer must still be the process that connected (same start
+    /// time). Anything that cannot be read is [`Holds::Unsure`].
+    pub(crate) fn peer_holds_values(&mut self, peer: &super::peer::Peer) -> Holds {
+        let (Some(pid), Some(start)) = (peer.pid(), peer.start) else {
+            return Holds::Unsure;
+        };
+        let Some(chain) = super::peer::ancestry(pid) else {
+            return Holds::Unsure;
+        };
+        if chain.first() != Some(&(pid, start)) {
+            return Holds::Unsure;
+        }
+        self.value_readers
+            .retain(|(p, s)| super::mounts::procfs::start_time(*p) == Some(*s));
+        let runs: Vec<u32> = self
+            .runs
+            .values()
+            .filter_map(|r| u32::try_from(r.pgid).ok())
+            .collect();
+        if chain
+            .iter()
+            .any(|link| runs.contains(&link.0) || self.value_readers.contains(link))
+        {
+            Holds::Yes
+        } else {
+            Holds::No
         }
     }
 
@@ -645,9 +710,19 @@ impl Inner {
 
     /// [`Inner::audit`], saying whether the entry reached the log (`false`: the vault is
     /// locked, the log was moved, or the disk is full and the entry is counted in the gap).
-    pub(crate) fn audit_recorded(&mut self, event: &str, mut fields: Value) -> bool {
+    pub(crate) fn audit_recorded(&mut self, event: &str, fields: Value) -> bool {
+        self.audit_recorded_as(event, fields, true)
+    }
+
+    /// [`Inner::audit`] of an entry whose requester strings are matched against values only
+    /// when `masked` ([`Inner::scrub_entry_as`]).
+    pub(crate) fn audit_as(&mut self, event: &str, fields: Value, masked: bool) {
+        self.audit_recorded_as(event, fields, masked);
+    }
+
+    fn audit_recorded_as(&mut self, event: &str, mut fields: Value, masked: bool) -> bool {
         use keyveil_vault::audit::AuditError;
-        self.scrub_entry(&mut fields);
+        self.scrub_entry_as(&mut fields, masked);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -719,8 +794,14 @@ impl Inner {
     /// (`AuditWriter::append_if_room`), so repeating it on a full disk never eats the space
     /// kept for revocations and the ends of runs; otherwise counted in the pending gap as lost
     /// and logged. Never refuses, never stops runs.
-    pub(crate) fn audit_note(&mut self, event: &str, mut fields: Value) {
-        self.scrub_entry(&mut fields);
+    pub(crate) fn audit_note(&mut self, event: &str, fields: Value) {
+        self.audit_note_as(event, fields, true);
+    }
+
+    /// [`Inner::audit_note`], matched against values only when `masked`
+    /// ([`Inner::scrub_entry_as`]).
+    pub(crate) fn audit_note_as(&mut self, event: &str, mut fields: Value, masked: bool) {
+        self.scrub_entry_as(&mut fields, masked);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -744,9 +825,23 @@ impl Inner {
     /// [`ErrorCode::Failed`]: "the audit log cannot be written: CAUSE; nothing was done" with a
     /// hint to free space (see [`audit_refusal`]), or the moved-log error of
     /// [`Inner::check_audit_path`].
-    pub(crate) fn must_audit(&mut self, event: &str, mut fields: Value) -> OpResult<()> {
+    pub(crate) fn must_audit(&mut self, event: &str, fields: Value) -> OpResult<()> {
+        self.must_audit_as(event, fields, true)
+    }
+
+    /// [`Inner::must_audit`], matched against values only when `masked`
+    /// ([`Inner::scrub_entry_as`]).
+    ///
+    /// # Errors
+    /// As [`Inner::must_audit`].
+    pub(crate) fn must_audit_as(
+        &mut self,
+        event: &str,
+        mut fields: Value,
+        masked: bool,
+    ) -> OpResult<()> {
         self.check_audit_path()?;
-        self.scrub_entry(&mut fields);
+        self.scrub_entry_as(&mut fields, masked);
         let map = match fields {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
@@ -1333,6 +1428,7 @@ mod tests {
             runs: 0,
             revoked: false,
             cancel: CancellationToken::new(),
+            masked: true,
         }
     }
 

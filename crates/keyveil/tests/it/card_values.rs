@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::harness::{Home, contains, encodings, text};
-use crate::mount::{Project, finished, mount, store, values, wait_card};
+use crate::mount::{Project, finished, mount, store, values};
 
 /// Every place an agent reads cards from without a factor, and the audit log on disk.
 fn agent_views(h: &Home) -> Vec<(String, Vec<u8>)> {
@@ -50,20 +50,17 @@ fn a_mount_readers_argv_and_environment_holding_values_are_redacted_on_its_card(
     store(&h, &vals);
     let p = Project::new();
     mount(&h, &p);
-    let plain = &vals[0].1;
-    let spaced = &vals[1].1;
-    // A reader whose argv, code-loading environment and cwd name carry values.
-    let r = p.reader(
-        &["sh", "-c", "cat .env > /dev/null", plain, spaced],
-        &[("PYTHONWARNINGS", plain), ("NODE_OPTIONS", spaced)],
-    );
-    let card = wait_card(&h);
+    // A granted child starts a reader whose argv and code-loading environment carry values.
+    let (r, id) = h.granted_ask(&format!(
+        r#"cd '{}' && PYTHONWARNINGS="$PLAIN" NODE_OPTIONS="$SPACED" sh -c 'cat .env > /dev/null' sh "$PLAIN" "$SPACED""#,
+        p.path().display()
+    ));
     let views = agent_views(&h);
     assert_no_value(&views, &vals);
     // The human still learns that the argv carries a value, by name.
     let shown = text(&views[1].1);
     assert!(shown.contains("[REDACTED:PLAIN]"), "{shown}");
-    h.run(&["deny", &card["id"].to_string()]);
+    h.run(&["deny", &id.to_string()]);
     let o = finished(r);
     assert!(o.stdout.is_empty());
     assert_no_value(&agent_views(&h), &vals);
@@ -74,10 +71,8 @@ fn a_run_request_whose_argv_holds_a_value_shows_it_redacted() {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
-    let plain = vals[0].1.clone();
     // `keyveil run` started by a granted child with a value on its command line.
-    let mut c = h.spawn_run(&["run", "--env", "demo", "--", "echo", &plain]);
-    let id = h.wait_request();
+    let (mut c, id) = h.granted_ask(r#"KV run --env demo --wait 30 -- echo "$PLAIN""#);
     let views = agent_views(&h);
     h.run(&["deny", &id.to_string()]);
     let _ = c.kill();

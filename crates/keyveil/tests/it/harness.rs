@@ -156,6 +156,47 @@ impl Home {
         }
     }
 
+    /// A granted child that asks for something itself: `keyveil run --env demo -- sh -c
+    /// SCRIPT` is started in the home and approved (a 10-minute grant), and SCRIPT runs with
+    /// the values;
+    /// `KV` in it is replaced by this home's `keyveil` (`KEYVEIL_HOME=... /path/keyveil`).
+    /// Returns the outer run and the id of the next request that appears (the child's).
+    /// Only a request from a process that descends from a run (or a mount reader that was
+    /// written values) has its strings masked where shown: the test process cannot play one.
+    // The outer run is returned to the caller, which waits for it.
+    #[allow(clippy::zombie_processes)]
+    pub fn granted_ask(&self, script: &str) -> (Child, u64) {
+        let kv = format!(
+            "KEYVEIL_HOME='{}' '{}'",
+            self.path().display(),
+            bin().display()
+        );
+        let script = script.replace("KV ", &format!("{kv} "));
+        let home = self.path().to_str().unwrap();
+        let c = self.spawn_run(&[
+            "run", "--env", "demo", "--wait", "60", "--cwd", home, "--", "sh", "-c", &script,
+        ]);
+        let outer = self.wait_request();
+        let a = self.approve(outer, &["--ttl", "10m"]);
+        assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+        let t0 = Instant::now();
+        loop {
+            let list = self.json(&["requests", "--json"]);
+            if let Some(id) = list.as_array().and_then(|a| {
+                a.iter()
+                    .filter_map(|r| r["id"].as_u64())
+                    .find(|&i| i > outer)
+            }) {
+                return (c, id);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the granted child's request never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
     /// `keyveil run ARGS` in the background, approved (passphrase) once its request appears,
     /// and its output once it ends (within `limit`).
     pub fn run_approved(&self, args: &[&str], limit: Duration) -> Output {

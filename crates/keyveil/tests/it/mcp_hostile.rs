@@ -985,3 +985,35 @@ fn malformed_json_rpc_frames_get_an_error_or_nothing_and_the_server_keeps_answer
     m.finish(&value);
     h.ok(&["audit", "verify"]);
 }
+
+/// The card matcher's oracle through MCP (`redteam_s9.rs`): `request_access` from `keyveil mcp`
+/// (the agent's own process) with 2,000 candidate URLs, one of them the value. The card the
+/// agent reads back masks none of them: the requester descends from no run, its strings are its
+/// own and shown as given.
+#[test]
+fn an_mcp_request_with_planted_candidates_singles_none_out() {
+    let h = Home::new();
+    let mut b = [0u8; 2];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from_le_bytes(b) % 2_000;
+    let url = |p: u16| format!("postgres://app:{p:04}@db.internal.example:5432/app");
+    h.set("demo", "DATABASE_URL", &url(n));
+    let mut command = vec!["echo".to_owned()];
+    command.extend((0..2_000).map(url));
+    let mut m = Mcp::start(&h);
+    let r = m.call(
+        "request_access",
+        &json!({"environment": "demo", "command": command, "reason": "check"}),
+        "request_access with candidates",
+    );
+    assert!(r["result"]["isError"] != json!(true), "{r}");
+    let cards = text(&h.run(&["requests", "--json"]).stdout);
+    let masked = cards.matches("[REDACTED:DATABASE_URL]").count();
+    let shown = (0..2_000u16)
+        .filter(|k| cards.contains(&format!(":{k:04}@db.internal")))
+        .count();
+    assert!(
+        masked == 0 && shown == 2_000,
+        "the card: {masked} masked, {shown} of 2000 candidates shown as given"
+    );
+}

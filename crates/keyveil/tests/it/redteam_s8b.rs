@@ -146,19 +146,16 @@ fn a_grants_listing_redacts_the_pinned_executable_path() {
     let h = Home::new();
     let token = random_alnum(32);
     h.set("demo", "API_TOKEN", &token);
-    // The granted child (played by the test) makes a directory named after the value.
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join(&token);
-    std::fs::create_dir(&bin).unwrap();
-    let prog = bin.join("sleep");
-    std::fs::copy("/bin/sleep", &prog).unwrap();
-    let mut c = h.spawn_run(&["run", "--env", "demo", "--", prog.to_str().unwrap(), "30"]);
-    let id = h.wait_request();
+    // The granted child makes a directory named after the value and asks for a run of a
+    // program in it.
+    let (mut c, id) = h.granted_ask(
+        r#"d=$(mktemp -d) && mkdir "$d/$API_TOKEN" && cp /bin/sleep "$d/$API_TOKEN/sleep" && KV run --env demo --wait 60 -- "$d/$API_TOKEN/sleep" 30"#,
+    );
     let cards = h.run(&["requests", "--json"]).stdout;
     assert!(!contains(&cards, &token), "the card shows the value");
     let a = h.approve(id, &[]);
     assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
-    h.wait_live_runs(1);
+    h.wait_live_runs(2);
     let listing = h.run(&["grants", "--json"]).stdout;
     let audit = h.audit_text();
     let _ = c.kill();
@@ -220,16 +217,16 @@ fn the_desktop_notification_of_a_request_holds_no_value() {
     h.ok(&["env", "create", "demo"]);
     let token = random_alnum(32);
     h.set("demo", "API_TOKEN", &token);
-    // The granted child (played by the test) asks for a run with the value in argv and reason.
-    let reason = format!("deploy {token}");
-    let mut c = h.spawn_run(&[
-        "run", "--env", "demo", "--reason", &reason, "--", "echo", &token,
-    ]);
-    let id = h.wait_request();
+    // The granted child asks for a run with the value in argv and reason.
+    let (mut c, id) = h.granted_ask(
+        r#"KV run --env demo --wait 60 --reason "deploy $API_TOKEN" -- echo "$API_TOKEN""#,
+    );
     let t0 = std::time::Instant::now();
+    // The first notification is the granted child's own request's; wait for the second.
     let args = loop {
         if let Ok(b) = std::fs::read(&log)
-            && b.iter().filter(|c| **c == 0).count() >= 5
+            && (String::from_utf8_lossy(&b).contains("[REDACTED:API_TOKEN]")
+                || contains(&b, &token))
         {
             break b;
         }

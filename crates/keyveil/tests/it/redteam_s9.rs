@@ -70,15 +70,14 @@ echo done"#
     );
 }
 
-/// The card matcher masks whole values only when "no agent can guess" them, judged by length
+/// The card matcher masked whole values only when "no agent can guess" them, judged by length
 /// and character classes alone (`sweep_ops::guessable`: 16 bytes at 6.5 bits each pass). A
 /// connection URL whose only unknown is a short password passes as 300 bits, yet the agent
 /// knows everything around the password (the compose file, the code's config): it writes
-/// every candidate URL, 10,000 of them in one request, and the card masks the one that is
-/// the value. Same for a value a human chose (`Summer2024!Summer2024!`): a dictionary of
-/// whole values, one card per tens of thousands of guesses.
+/// every candidate URL, 10,000 of them in one request, and the card masked the one that is
+/// the value. Held: a request from a process that descends from no run or mount reader holds
+/// no value, and its strings are shown as given (`AccessReq::masked`).
 #[test]
-#[ignore = "LEAK: whole-value masking confirms a planted guess of a value with a known structure or human-chosen; the entropy estimate cannot tell"]
 fn s9_the_card_matcher_confirms_a_url_whose_only_unknown_is_a_short_password() {
     let h = Home::new();
     let mut b = [0u8; 2];
@@ -139,16 +138,18 @@ fn s9_status_and_logs_never_show_a_value_on_a_runs_argv() {
     let h = Home::new();
     let value = format!("fixture-run-argv-{}", random_hex(16));
     h.set("demo", "API_TOKEN", &value);
-    // The test plays the granted child: it holds the value and puts it on the run's argv.
-    let child = h.spawn_run(&[
-        "start", "--env", "demo", "--wait", "30", "--", "sh", "-c", "sleep 5", "sh", &value,
-    ]);
-    let id = h.wait_request();
+    // A granted child puts the value on the argv of a background run it starts.
+    let (child, id) = h.granted_ask(
+        r#"KV start --env demo --wait 30 -- sh -c "sleep 5" sh "$API_TOKEN" > started.txt"#,
+    );
     let o = h.approve(id, &["--ttl", "10m"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let o = crate::harness::wait_output(child, Duration::from_secs(30));
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let run = text(&o.stdout).trim().to_owned();
+    let run = std::fs::read_to_string(h.path().join("started.txt"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     assert!(run.starts_with("r-"), "{run}");
     h.wait_live_runs(1);
     let views = [
@@ -247,20 +248,14 @@ fn s9_planted_slow_links_do_not_hold_a_sweep_past_its_deadline() {
 
 /// A request's client name is the requester's (any raw frame sets it, and a granted child that
 /// speaks the protocol may name itself after what it holds): its card masks a value there, the
-/// grant listing showed it as given.
+/// grant listing showed it as given. (Here a granted child sends the raw frame.)
 #[test]
 fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
     let h = Home::new();
     let value = format!("fixture-client-name-{}", random_hex(16));
     h.set("demo", "API_TOKEN", &value);
-    let r = crate::oracle::raw(
-        &h,
-        &serde_json::json!({"op": "request_access", "client": crate::oracle::client(&value),
-            "environment": "demo", "variables": null, "argv": ["true"], "pass_env": [],
-            "cwd": "/tmp", "ttl_seconds": null, "reason": "check"}),
-    );
-    assert_eq!(r["kind"], "ok", "{r}");
-    let id = r["data"]["request_id"].as_u64().unwrap();
+    let sock = h.path().join("run/broker.sock");
+    let (mut c, id) = h.granted_ask(&format!(r#"python3 -c '{RAW_ASK}' '{}'"#, sock.display()));
     let card = text(&h.run(&["requests", "--json"]).stdout);
     assert!(card.contains("[REDACTED:API_TOKEN]"), "{card}");
     let o = h.approve(id, &[]);
@@ -277,18 +272,28 @@ fn s9_a_grants_client_name_is_shown_as_its_card_showed_it() {
         );
     }
     assert!(text(&grants).contains("[REDACTED:API_TOKEN]"));
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
-/// After each run the write-side scan reports, to the requester, every file changed under the
-/// run's cwd during the run that holds a form of a granted value, by path, matched by the
+/// Python for a granted child: a raw `request_access` frame whose client name is
+/// `$API_TOKEN`, sent to the socket named by `argv[1]`; waits for the reply.
+const RAW_ASK: &str = r#"import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+p = json.dumps({"op": "request_access", "client": {"kind": "mcp", "name": os.environ["API_TOKEN"], "version": "1", "pid": os.getpid()}, "environment": "demo", "variables": None, "argv": ["true"], "pass_env": [], "cwd": "/tmp", "ttl_seconds": None, "reason": "check"}).encode()
+s.sendall(struct.pack(">I", len(p) + 1) + b"\0" + p)
+s.recv(65536)
+"#;
+
+/// After each run the write-side scan reported, to the requester, every file changed under the
+/// run's cwd during the run that held a form of a granted value, by path, matched by the
 /// run's own redactor: 12-byte fragments of random-looking values included. The agent writes
 /// the files itself while any approved run lasts (the command need not read them: here
 /// `sleep`): one candidate per next character after an 11-byte known part, and the report
-/// names the file that holds the right one. The threat model lists the scan reporting files
-/// the agent wrote, but as needing "a command that reflects input"; it needs none, and
-/// fragments make it a character-by-character reader.
+/// named the file that held the right one, a character-by-character reader. Held: the scan
+/// matches whole values only (`runner::scan_redactor`), so no candidate is named.
 #[test]
-#[ignore = "LEAK: the write-side scan reports which agent-written file holds a 12-byte fragment of a value, during any approved run"]
 fn s9_the_write_side_scan_reads_a_value_with_a_known_part_through_any_run() {
     let h = Home::new();
     let known = "acme_live_key_";
@@ -448,4 +453,242 @@ fn s9_a_runs_write_leak_paths_never_show_a_value() {
         );
     }
     assert!(err.contains("[REDACTED:CACHE_KEY]"));
+}
+
+/// The same class with whole values: a value short or plain enough to guess (a human-chosen
+/// 12-character password) is planted whole, one candidate per file, in the run's cwd, its
+/// `$HOME` and its private TMPDIR (`$TMPDIR` of the run, found through `/proc`). Naming the file
+/// that holds it answers a dictionary of guesses one run at a time. Held: a guessable value is
+/// not matched by the scan, so no candidate is named anywhere, while a value nobody can guess
+/// (another variable, written the same way) is.
+#[test]
+fn s9_the_write_side_scan_names_no_planted_guess_of_a_guessable_value() {
+    let h = Home::new();
+    let mut rb = [0u8; 2];
+    getrandom::fill(&mut rb).unwrap();
+    let n = u16::from_le_bytes(rb) % 200;
+    let guess = |k: u16| format!("Summer2024!{k:03}");
+    h.set("demo", "DB_PASSWORD", &guess(n));
+    let control = format!("fixture-control-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &control);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    // The command prints its TMPDIR (a path, no value) and waits while the agent plants.
+    let c = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo \"$TMPDIR\" > tmpdir.txt; sleep 4",
+    ]);
+    let id = h.wait_request();
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    h.wait_live_runs(1);
+    let t0 = std::time::Instant::now();
+    let tmpdir = loop {
+        if let Ok(t) = std::fs::read_to_string(work.path().join("tmpdir.txt"))
+            && t.ends_with('\n')
+        {
+            break std::path::PathBuf::from(t.trim());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no TMPDIR");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for k in 0..200u16 {
+        let body = format!("password = {}\n", guess(k));
+        std::fs::write(work.path().join(format!("cand_{k:03}.txt")), &body).unwrap();
+        std::fs::write(tmpdir.join(format!("cand_{k:03}.txt")), &body).unwrap();
+    }
+    std::fs::write(work.path().join("control.txt"), format!("{control}\n")).unwrap();
+    let o = crate::harness::wait_output(c, Duration::from_secs(30));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("control.txt"),
+        "the write-side scan reported nothing"
+    );
+    let named = (0..200u16)
+        .filter(|k| err.contains(&format!("cand_{k:03}.txt")))
+        .count();
+    assert_eq!(
+        named, 0,
+        "the run's report named {named} of 200 planted candidates (the value is one of them)"
+    );
+    assert!(
+        !err.contains("DB_PASSWORD"),
+        "the report says whether DB_PASSWORD was found"
+    );
+}
+
+/// What the scan is for still works: a run that writes a value nobody can guess into a file,
+/// as it is or encoded (base64 in a second file, a JSON string in a third), is reported by
+/// variable and path, and the audit's `run_end` holds the variable and no path. A 20-byte
+/// slice of the value the run writes (a fragment) is not reported: that is what `keyveil sweep`
+/// (the human's factor) finds.
+#[test]
+fn s9_a_run_that_writes_a_whole_value_is_still_reported_by_path() {
+    let h = Home::new();
+    let value = format!("fixture-written-{}", random_hex(20));
+    h.set("demo", "API_TOKEN", &value);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--cwd",
+            work.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            r#"printf 'token=%s\n' "$API_TOKEN" > plain.env
+printf '%s' "$API_TOKEN" | base64 > enc.b64
+printf '{"token": "%s"}\n' "$API_TOKEN" > conf.json
+printf '%s\n' "$API_TOKEN" | cut -c3-22 > slice.txt
+echo done"#,
+        ],
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert!(text(&o.stdout).contains("done"), "{err}");
+    for f in ["plain.env", "enc.b64", "conf.json"] {
+        assert!(err.contains(f), "{f} was not reported");
+    }
+    assert!(err.contains("API_TOKEN"));
+    assert!(
+        !err.contains("slice.txt"),
+        "a fragment was reported by path"
+    );
+    for enc in encodings(&value) {
+        assert!(!contains(&o.stderr, &enc), "the report holds the value");
+    }
+    let audit = h.audit_text();
+    let end = audit
+        .lines()
+        .find(|l| l.contains("\"run_end\""))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(end.contains("API_TOKEN"), "run_end names the variable");
+    assert!(!end.contains("plain.env"), "run_end names a path");
+}
+
+/// The card matcher's oracle through every other view of an agent's own request: 2,000
+/// candidate URLs on a `keyveil run` the human approves, then what the agent reads without a
+/// factor: the card, the audit log (`request`, `run_start`), `grants --json` and
+/// `status --json` while the run lives. Each view masks none of them (or all): the
+/// requester descends from no run, its strings are its own.
+#[test]
+fn s9_no_view_of_an_agents_own_request_singles_out_a_planted_candidate() {
+    let h = Home::new();
+    let mut b = [0u8; 2];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from_le_bytes(b) % 2_000;
+    let url = |p: u16| format!("postgres://app:{p:04}@db.internal.example:5432/app");
+    h.set("demo", "DATABASE_URL", &url(n));
+    let all: Vec<String> = (0..2_000).map(url).collect();
+    let words = all.join(" ");
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let c = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 3",
+        "sh",
+        &words,
+    ]);
+    let id = h.wait_request();
+    let card = h.run(&["requests", "--json"]).stdout;
+    let o = h.approve(id, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    h.wait_live_runs(1);
+    let views = [
+        ("requests --json", card),
+        ("grants --json", h.run(&["grants", "--json"]).stdout),
+        ("status --json", h.run(&["status", "--json"]).stdout),
+        ("audit.jsonl", h.audit_text().into_bytes()),
+    ];
+    let _ = crate::harness::wait_output(c, Duration::from_secs(30));
+    for (where_, v) in &views {
+        let t = text(v);
+        let masked = t.matches("[REDACTED:DATABASE_URL]").count();
+        let shown = (0..2_000u16)
+            .filter(|k| t.contains(&format!(":{k:04}@db.internal")))
+            .count();
+        assert!(
+            masked == 0 && shown == 2_000,
+            "{where_}: {masked} masked, {shown} of 2000 candidates shown as given"
+        );
+    }
+}
+
+/// A requester the broker cannot place is refused, whatever it asks: a process connects and
+/// exits, and its child (holding the connection, not a descendant of any run) sends a request
+/// with candidates. Masking them would be the oracle; showing them could show a value a
+/// granted child handed over the same way. The refusal says what to do, and depends on no
+/// value (a candidate list without the value gets the same answer).
+#[test]
+fn s9_a_request_over_a_connection_whose_process_exited_is_refused() {
+    let h = Home::new();
+    let value = format!("fixture-unsure-{}", random_hex(16));
+    h.set("demo", "API_TOKEN", &value);
+    let sock = h.path().join("run/broker.sock");
+    // The child writes the reply to a file after its parent exited.
+    let reply = |argv: &[&str]| -> serde_json::Value {
+        let out = h.path().join(format!("reply-{}", random_hex(4)));
+        let script = format!(
+            r#"import json, os, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+if os.fork() != 0:
+    os._exit(0)
+time.sleep(0.5)
+p = json.dumps({{"op": "request_access", "client": {{"kind": "mcp", "name": "x", "version": "1", "pid": os.getpid()}}, "environment": "demo", "variables": None, "argv": sys.argv[2:], "pass_env": [], "cwd": "/tmp", "ttl_seconds": None, "reason": "check"}}).encode()
+s.sendall(struct.pack(">I", len(p) + 1) + b"\0" + p)
+n = struct.unpack(">I", s.recv(4))[0]
+b = b""
+while len(b) < n:
+    b += s.recv(n - len(b))
+open("{}.tmp", "wb").write(b[1:])
+os.rename("{}.tmp", "{}")
+"#,
+            out.display(),
+            out.display(),
+            out.display()
+        );
+        let st = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .arg(&sock)
+            .args(argv)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(b) = std::fs::read(&out) {
+                return serde_json::from_slice(&b).unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "no reply");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    };
+    let with = reply(&["echo", "decoy-one", &value]);
+    let without = reply(&["echo", "decoy-one", "decoy-two"]);
+    for r in [&with, &without] {
+        assert_eq!(r["kind"], "error", "{r}");
+        let m = r.to_string();
+        assert!(m.contains("cannot tell which process"), "{m}");
+        assert!(m.contains("hint"), "{m}");
+    }
+    assert_eq!(with, without, "the refusal depends on a value");
+    let list = h.json(&["requests", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
 }

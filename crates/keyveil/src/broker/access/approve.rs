@@ -152,6 +152,7 @@ pub(super) fn grant_request(
             .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
             .collect(),
         stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
+        masked: req.masked,
         created_at: now,
         expires_at: now
             .saturating_add(SignedDuration::from_secs(

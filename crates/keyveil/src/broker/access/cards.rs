@@ -5,8 +5,8 @@ use super::*;
 
 /// Pending requests as approval cards (what the CLI card and the web page render).
 ///
-/// Every card's strings go through the card redactor (`card_redact.rs`): what a card shows of a
-/// process may hold a value a granted child has.
+/// The strings of every card whose requester may hold values go through the card redactor
+/// (`card_redact.rs`): what a card shows of a process may hold a value a granted child has.
 pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     let mut inner = broker.lock();
     inner.expire_requests();
@@ -15,10 +15,12 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
         .requests
         .values()
         .filter(|r| r.state == RequestState::Pending)
-        .map(|r| card_of(r, bound_on_card(&inner, r)))
-        .filter_map(|c| match &redactor {
-            Some(red) => crate::broker::card_redact::redact_card(red, c),
-            None => Some(c),
+        .map(|r| (r.masked, card_of(r, bound_on_card(&inner, r))))
+        .filter_map(|(masked, c)| match &redactor {
+            // Only a request whose strings may hold a value (`AccessReq::masked`): an agent's
+            // own strings are shown as given (masking a planted guess would confirm it).
+            Some(red) if masked => crate::broker::card_redact::redact_card(red, c),
+            _ => Some(c),
         })
         .collect();
     op::PendingRequests { requests }

@@ -21,8 +21,8 @@ use super::factor_ops::{Proof, rule_binds, rule_matches, verify_factor};
 use super::peer::Peer;
 use super::prefix::deny_covers;
 use super::state::{
-    AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Inner, NewVariable, ONCE_GRANT_TTL_SECONDS,
-    OpError, OpResult, RequestState, new_id,
+    AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Holds, Inner, NewVariable,
+    ONCE_GRANT_TTL_SECONDS, OpError, OpResult, RequestState, new_id,
 };
 use crate::pin::{self, FilePin, InputPin};
 use crate::risk;
@@ -38,7 +38,7 @@ pub(crate) use cards::{card_digest_of, file_pin_info, input_pin_info, requests};
 pub(crate) use chosen::{agent_chosen, check_chosen, check_chosen_values, chosen_expected};
 pub(crate) use env_vars::{check_pass_env, is_injection_var, pass_values};
 pub(crate) use pins::{Pins, bounded, check_symlink_escape, prepare_bounded};
-pub(crate) use request::{access_status, find_or_create_request, request_access};
+pub(crate) use request::{access_status, find_or_create_request, request_access, strings_masked};
 
 use approve::grant_request;
 use chosen::chosen_values;

@@ -12,6 +12,7 @@ pub(crate) fn find_or_create_request(
     ttl_seconds: Option<u64>,
 ) -> OpResult<(u64, bool)> {
     inner.expire_requests();
+    let masked = strings_masked(inner, &ask.peer)?;
     let key = ask.client.scope_key();
     let (recent_requests, recent_all) = count_recent(inner, &ask.peer.origin);
     let bursting = risk::bursting(recent_requests, recent_all);
@@ -59,9 +60,10 @@ pub(crate) fn find_or_create_request(
     // Policy rules, made by the human with their factor.
     let (deny_hit, auto_hit) = rules(inner, ask, &pins, &argv_key, &mut flags)?;
     if let Some(i) = deny_hit {
-        inner.audit_note(
+        inner.audit_note_as(
             "deny_rule",
             json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv}),
+            masked,
         );
         return Err(OpError::new(
             ErrorCode::Denied,
@@ -92,6 +94,7 @@ pub(crate) fn find_or_create_request(
         new_variables,
         contradictions,
         mount: ask.mount.as_ref().map(|m| m.path.clone()),
+        masked,
         asks: 1,
         created_at: Timestamp::now(),
         state: RequestState::Pending,
@@ -126,7 +129,8 @@ pub(crate) fn find_or_create_request(
     }
     // The notifier's command line (readable in `/proc` by the agent) carries the argv and
     // reason: redacted as the card is.
-    let (argv, reason) = match inner.card_redactor() {
+    let redactor = if masked { inner.card_redactor() } else { None };
+    let (argv, reason) = match redactor {
         Some(r) => (
             ask.argv.as_ref().map(|a| {
                 a.iter()
@@ -440,10 +444,37 @@ fn audit_request(inner: &mut Inner, r: &AccessReq, claim_mismatch: Option<String
             "contradictions": &r.contradictions,
             "mount": r.mount,
     });
-    if let Some(red) = inner.card_redactor() {
+    if r.masked
+        && let Some(red) = inner.card_redactor()
+    {
         crate::broker::card_redact::redact_json(&red, &mut entry);
     }
-    inner.must_audit("request", entry)
+    inner.must_audit_as("request", entry, r.masked)
+}
+
+/// Whether the strings of a request from `peer` are matched against values where they are
+/// shown ([`AccessReq::masked`]): yes when the peer may hold values (it descends from a live
+/// run or a mount reader that was written values), no when it cannot (its strings are its
+/// own: masking a planted guess would confirm it, showing it reveals nothing).
+///
+/// # Errors
+/// [`ErrorCode::Denied`] when the broker cannot tell which (the process exited, its pid was
+/// reused, or a parent cannot be read): neither masking nor showing is safe then.
+pub(crate) fn strings_masked(inner: &mut Inner, peer: &Peer) -> OpResult<bool> {
+    match inner.peer_holds_values(peer) {
+        Holds::No => Ok(false),
+        Holds::Yes => Ok(true),
+        Holds::Unsure => Err(OpError::new(
+            ErrorCode::Denied,
+            "keyveil cannot tell which process sent this request (it exited, its pid was \
+             reused, or one of its parents cannot be read), so it cannot tell whether what the \
+             request shows may hold a value",
+        )
+        .hint(
+            "send the request from a process that stays connected until the reply, in the \
+             broker's PID namespace (`keyveil run` from a shell)",
+        )),
+    }
 }
 
 /// `request_access`: a request for access, optionally bound to a command.

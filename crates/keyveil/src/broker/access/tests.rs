@@ -58,10 +58,12 @@ fn injection_variables_are_recognised() {
     );
 }
 
+/// A peer counted under `origin`: this test process (a peer the broker can place: one it
+/// cannot is refused, `strings_masked`).
 fn peer(origin: &str) -> Peer {
     Peer {
         origin: origin.to_owned(),
-        ..Peer::of_pid(None)
+        ..Peer::of_pid(Some(std::process::id()))
     }
 }
 
@@ -94,6 +96,7 @@ fn pending(id: u64, name: &str, origin: &str) -> AccessReq {
         new_variables: vec![],
         contradictions: vec![],
         mount: None,
+        masked: true,
         asks: 1,
         created_at: Timestamp::now(),
         state: RequestState::Pending,
@@ -154,4 +157,25 @@ fn open_requests_are_capped_per_real_origin_and_in_all() {
 #[test]
 fn lexical_cwd_normalises_without_resolving() {
     assert_eq!(lexical("/a/b/../c/./d"), Path::new("/a/c/d"));
+}
+
+#[test]
+fn a_request_from_a_peer_the_broker_cannot_place_is_refused() {
+    let mut inner = Inner::default();
+    let mut a = ask("client", "/usr/bin/agent");
+    // No pid (another PID namespace): refused before anything is stored.
+    a.peer = Peer::of_pid(None);
+    assert!(refusal(&mut inner, &a).contains("cannot tell which process"));
+    // A pid whose process is not the one that connected (another start time): refused.
+    let mut reused = Peer::of_pid(Some(std::process::id()));
+    reused.start = reused.start.map(|s| s + 1);
+    a.peer = reused;
+    assert!(refusal(&mut inner, &a).contains("cannot tell which process"));
+    assert!(inner.requests.is_empty());
+    // This process, which descends from no run: its strings are its own, shown as given.
+    a.peer = peer("/usr/bin/agent");
+    assert_eq!(
+        inner.peer_holds_values(&a.peer),
+        crate::broker::state::Holds::No
+    );
 }

@@ -58,7 +58,7 @@ use super::{access, peer, runner, state};
 
 mod fifo;
 mod manage;
-mod procfs;
+pub(crate) mod procfs;
 mod reader;
 mod registry;
 mod serve;

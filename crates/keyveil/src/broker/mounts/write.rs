@@ -780,6 +780,12 @@ pub(super) async fn write_once(
         Ok(t) => t,
         Err(why) => return fail(why),
     };
+    // From here the reader may get values: it and what it starts are value holders, whose
+    // requests' strings are masked where shown (`Inner::peer_holds_values`).
+    broker
+        .lock()
+        .value_readers
+        .push((r.holder.pid, r.holder.start));
     let made = broker
         .mounts
         .lock()
@@ -924,13 +930,16 @@ pub(super) async fn write_once(
     }
     {
         let mut inner = broker.lock();
-        inner.audit(
+        // The reader's argv and cwd, matched against values as its card was.
+        let masked = inner.grants.get(grant_id).is_none_or(|g| g.masked);
+        inner.audit_as(
             "mount_read",
             json!({
                 "path": path, "grant_id": grant_id, "pid": r.holder.pid,
                 "argv": r.argv, "cwd": r.cwd,
                 "opened_during_write": others,
             }),
+            masked,
         );
         // Someone else held the served FIFO while the text was in it: the grant serves no
         // more.

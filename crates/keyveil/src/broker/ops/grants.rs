@@ -14,10 +14,11 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     let now = Timestamp::now();
     // A grant's client name, argv, cwd and pinned paths are its request's, shown as its card
     // showed them.
+    // Only where the request's strings may hold a value (`AccessReq::masked`).
     let redactor = inner.card_redactor();
-    let shown = |s: &str| match &redactor {
-        Some(r) => crate::broker::card_redact::redact_str(r, s),
-        None => s.to_owned(),
+    let shown = |masked: bool, s: &str| match &redactor {
+        Some(r) if masked => crate::broker::card_redact::redact_str(r, s),
+        _ => s.to_owned(),
     };
     let grants = inner
         .grants
@@ -28,7 +29,8 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             let running = inner.runs.values().any(|r| r.grant_id == g.id);
             (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
         })
-        .map(|g| op::GrantInfo {
+        .map(|g| (g, |s: &str| shown(g.masked, s)))
+        .map(|(g, shown)| op::GrantInfo {
             id: g.id.clone(),
             request_id: g.request_id,
             // The requester's own name for itself, as its card showed it.
