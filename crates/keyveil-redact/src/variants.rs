@@ -25,7 +25,7 @@
 //! - byte dumps ([`byte_dumps`]): `\xNN` per byte (strace `-xx`), `xxd -i` (`0xNN,`), decimal
 //!   byte lists (Rust `{:?}` of `&[u8]`, serde `Vec<u8>`, Python `list(b)`, Java
 //!   `Arrays.toString`, Go `fmt.Println([]byte)`), octal bytes (`od -An -b`) and base 2
-//!   ([`binary_forms`]: every separator, `0b` prefixes, either bit order);
+//!   ([`binary_forms`]: whitespace, `,` and Python-list separators, `bin()` of each byte);
 //! - UTF-16 and UTF-32 of non-ASCII atoms (of ASCII ones they equal the atom in the normalised
 //!   view, where NUL is noise);
 //! - the string-literal forms of [`crate::literals`] (Python, Go, Rust, Ruby, Node, Java,
@@ -641,13 +641,14 @@ const BINARY_MAX: usize = 512;
 ///   of the whole string left out (`''.join(f'{b:08b}' ...)`, Perl `unpack("B*")`, `basenc
 ///   --base2msbf`, the same joined by spaces or line breaks, and `bin(int.from_bytes(v))`,
 ///   which drops the first byte's leading zeros);
-/// - least significant bit first (Perl `unpack("b*")`, `basenc --base2lsbf`);
-/// - 8 digits joined by `_`, `,` (also `, `), `','` and `","` (Python and JSON lists of
-///   strings);
-/// - `bin()` of each byte (`0b` and no leading zeros) concatenated (joined by spaces), joined by
-///   `,` and by `','`; `0b` and 8 digits (`f'{b:#010b}'`) concatenated and joined by `,`.
+/// - 8 digits joined by `,` (also `, `) and by `','` (a Python list of strings);
+/// - `bin()` of each byte (`0b` and no leading zeros) concatenated (joined by whitespace) and
+///   joined by `','` (a Python list of them).
 ///
-/// Dumps with line offsets (`xxd -b`) are read by the decoding pass (`decode::dump`).
+/// Five long patterns per atom: more (other separators, least significant bit first, `0b` and
+/// 8 digits) cost 5 to 15 % of the throughput at 100 values (the matcher outgrows the cache;
+/// `docs/benchmarks.md`). Dumps with line offsets (`xxd -b`) are read by the decoding pass
+/// (`decode/dump.rs`).
 pub fn binary_forms(atom: &[u8]) -> Vec<Vec<u8>> {
     if atom.len() > BINARY_MAX {
         return Vec::new();
@@ -678,24 +679,12 @@ pub fn binary_forms(atom: &[u8]) -> Vec<Vec<u8>> {
     let mut msb = joined(b"", b"", &eight);
     let zeros = msb.iter().take_while(|&&d| d == b'0').count();
     msb.drain(..zeros);
-    let mut lsb = Vec::with_capacity(atom.len() * 8);
-    for &b in atom {
-        for k in 0..8 {
-            lsb.push(b'0' + ((b >> k) & 1));
-        }
-    }
     vec![
         msb,
-        lsb,
-        joined(b"_", b"", &eight),
         joined(b",", b"", &eight),
         joined(b"','", b"", &eight),
-        joined(b"\",\"", b"", &eight),
         joined(b"", b"", &minimal),
-        joined(b",", b"", &minimal),
         joined(b"','", b"", &minimal),
-        joined(b"", b"0b", &eight),
-        joined(b",", b"0b", &eight),
     ]
 }
 

@@ -90,10 +90,31 @@ fn line_head(head: &[u8]) -> Option<bool> {
 /// a byte of 0x40 or above (a letter), as most words of text do, fails it.
 fn next_digit_word(bytes: &[u8]) -> Option<usize> {
     const HIGH: u64 = 0xC0C0_C0C0_C0C0_C0C0;
-    let mut p = 0;
-    while let Some(w) = bytes.get(p..p + 8) {
-        let x = u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
-        if x & HIGH == 0 && w.iter().all(|&b| is_d(b)) {
+    let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
+    let digits = |p: usize| {
+        bytes
+            .get(p..p + 8)
+            .is_some_and(|w| word(w) & HIGH == 0 && w.iter().all(|&b| is_d(b)))
+    };
+    // Four tested words (128 bytes) a step, one branch.
+    let (blocks, _) = bytes.as_chunks::<{ 4 * WORD_STRIDE }>();
+    let mut at = 0;
+    for block in blocks {
+        let low = |k: usize| {
+            block
+                .get(k * WORD_STRIDE..k * WORD_STRIDE + 8)
+                .is_some_and(|w| word(w) & HIGH == 0)
+        };
+        if (low(0) | low(1) | low(2) | low(3))
+            && let Some(k) = (0..4).find(|&k| digits(at + k * WORD_STRIDE))
+        {
+            return Some(at + k * WORD_STRIDE);
+        }
+        at += 4 * WORD_STRIDE;
+    }
+    let mut p = at;
+    while p + 8 <= bytes.len() {
+        if digits(p) {
             return Some(p);
         }
         p += WORD_STRIDE;
