@@ -25,9 +25,14 @@
 //! the decoded units that could still become an atom and shows at most
 //! [`crate::FLUSH_SHOWN_MAX`] of them, as it does with the plain passes' bytes.
 //!
+//! The same pass reads byte dumps with line offsets (`xxd -b`, `od -b`, `hexdump -b`,
+//! `od -tu1`) as three more decoded streams, base 2, octal and decimal ([`dump`]).
+//!
 //! Not decoded here (other passes or known limits, `docs/redaction.md` §5): C octal escapes
 //! (`\164` is CSS hex here; the literal styles register octal forms), escapes of several
 //! characters at once, base-N alphabets, homoglyphs that NFKC does not fold.
+
+mod dump;
 
 use std::collections::HashMap;
 use zeroize::Zeroize;
@@ -255,6 +260,7 @@ impl DecodePass {
 
     /// Feeds `chunk` (at absolute offset `base`); reports matches into `hits`.
     pub(crate) fn scan(&self, st: &mut DecodeState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
+        self.scan_dump(&mut st.dump, chunk, base, hits);
         let ascii = chunk.is_ascii();
         let mut i = 0;
         while i < chunk.len() {
@@ -338,6 +344,8 @@ impl DecodePass {
     /// Ends the stream: an escape still open at the end (`&#116` with no `;`) is decoded.
     pub(crate) fn finish(&self, st: &mut DecodeState, hits: &mut Vec<Hit>) {
         self.flush(st, st.total_end(), hits);
+        let end = st.total_end();
+        self.finish_dump(&mut st.dump, end, hits);
         *st = DecodeState::default();
     }
 
@@ -358,6 +366,9 @@ impl DecodePass {
         if let Some(h) = st.hold_from {
             b = b.min(h);
         }
+        if let Some(h) = self.dump_hold(&st.dump) {
+            b = b.min(h);
+        }
         b
     }
 
@@ -369,10 +380,23 @@ impl DecodePass {
     /// atom begins with (compared exactly, byte by byte: a pause is rare and may take a few
     /// microseconds), followed by the open escape if any.
     pub(crate) fn pause_tail(&self, st: &DecodeState) -> Vec<u64> {
-        let open = st.esc != Esc::Ground;
-        let n = st.window.len();
-        let win = st
-            .window
+        let mut starts = self.tail_units(&st.window);
+        if st.esc != Esc::Ground {
+            starts.push(st.esc_start);
+        }
+        let dump = self.dump_pause_tail(&st.dump);
+        if dump.len() > starts.len() {
+            dump
+        } else {
+            starts
+        }
+    }
+
+    /// The start offsets, in order, of the units of the longest run at the end of `window`
+    /// (its last [`DecodePass::max_len`] units) that some atom begins with.
+    fn tail_units(&self, window: &[(u8, u64, u64)]) -> Vec<u64> {
+        let n = window.len();
+        let win = window
             .get(n.saturating_sub(self.max_len)..)
             .unwrap_or_default();
         let mut best = win.len();
@@ -394,9 +418,6 @@ impl DecodePass {
             if starts.last() != Some(&s) {
                 starts.push(s);
             }
-        }
-        if open {
-            starts.push(st.esc_start);
         }
         starts
     }
@@ -1058,21 +1079,25 @@ impl DecodePass {
             }
             st.window.drain(..extra);
         }
-        let n = st.window.len();
+        self.match_suffix(&st.window, hits);
+    }
+
+    /// Reports the atoms that `window` ends with; returns the last one found.
+    fn match_suffix(&self, window: &[(u8, u64, u64)], hits: &mut Vec<Hit>) -> Option<u32> {
+        let n = window.len();
         if n < crate::MIN_LEN.min(8) {
-            return;
+            return None;
         }
-        let tail = st.window.get(n.saturating_sub(8)..).unwrap_or_default();
+        let tail = window.get(n.saturating_sub(8)..).unwrap_or_default();
         let w = tail
             .iter()
             .fold(0u64, |acc, &(x, _, _)| (acc << 8) | u64::from(x));
         let (slot, bit) = filter_slot(w);
         if self.filter.get(slot).is_none_or(|x| x & bit == 0) {
-            return;
+            return None;
         }
-        let Some(cands) = self.by_suffix.get(&w) else {
-            return;
-        };
+        let cands = self.by_suffix.get(&w)?;
+        let mut found = None;
         for &c in cands {
             let Some(atom) = self.atoms.get(c as usize) else {
                 continue;
@@ -1081,7 +1106,7 @@ impl DecodePass {
                 continue;
             }
             let from = n - atom.len();
-            let Some(seg) = st.window.get(from..) else {
+            let Some(seg) = window.get(from..) else {
                 continue;
             };
             if seg.iter().zip(atom).all(|(&(x, _, _), &y)| x == y)
@@ -1093,8 +1118,10 @@ impl DecodePass {
                     pattern: c,
                     after_colour_code: false,
                 });
+                found = Some(c);
             }
         }
+        found
     }
 }
 
@@ -1233,6 +1260,8 @@ pub(crate) struct DecodeState {
     tail_end: u64,
     /// Where the plain bytes at the end of the input so far that could begin a match start.
     hold_from: Option<u64>,
+    /// Byte dumps with line offsets (`dump.rs`).
+    dump: dump::DumpState,
 }
 
 impl Drop for DecodeState {

@@ -24,7 +24,8 @@
 //! - dotenv double-quoted values (`\n`, `\"`, `\\`, optionally `\$`).
 //! - byte dumps ([`byte_dumps`]): `\xNN` per byte (strace `-xx`), `xxd -i` (`0xNN,`), decimal
 //!   byte lists (Rust `{:?}` of `&[u8]`, serde `Vec<u8>`, Python `list(b)`, Java
-//!   `Arrays.toString`, Go `fmt.Println([]byte)`);
+//!   `Arrays.toString`, Go `fmt.Println([]byte)`), octal bytes (`od -An -b`) and base 2
+//!   ([`binary_forms`]: whitespace, `,` and Python-list separators, `bin()` of each byte);
 //! - UTF-16 and UTF-32 of non-ASCII atoms (of ASCII ones they equal the atom in the normalised
 //!   view, where NUL is noise);
 //! - the string-literal forms of [`crate::literals`] (Python, Go, Rust, Ruby, Node, Java,
@@ -610,6 +611,7 @@ pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
         push_decimal(&mut digits, b);
     }
     let mut out = vec![x, zero_x, dec, digits, octal, octal_digits];
+    out.extend(binary_forms(atom));
     if atom.iter().any(|&b| b >= 0x80) {
         // Java's signed bytes.
         let mut signed = Vec::with_capacity(atom.len() * 5);
@@ -627,6 +629,63 @@ pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
         out.push(signed);
     }
     out
+}
+
+/// Longest atom whose binary forms are registered (each is 8 to 10 times as long as the atom).
+const BINARY_MAX: usize = 512;
+
+/// Base-2 forms of `atom` (atoms of at most [`BINARY_MAX`] bytes), as seen in the normalised
+/// view (whitespace between the bytes dropped):
+///
+/// - every byte as 8 digits, most significant bit first, concatenated, with the leading zeros
+///   of the whole string left out (`''.join(f'{b:08b}' ...)`, Perl `unpack("B*")`, `basenc
+///   --base2msbf`, the same joined by spaces or line breaks, and `bin(int.from_bytes(v))`,
+///   which drops the first byte's leading zeros);
+/// - 8 digits joined by `,` (also `, `) and by `','` (a Python list of strings);
+/// - `bin()` of each byte (`0b` and no leading zeros) concatenated (joined by whitespace) and
+///   joined by `','` (a Python list of them).
+///
+/// Five long patterns per atom: more (other separators, least significant bit first, `0b` and
+/// 8 digits) cost 5 to 15 % of the throughput at 100 values (the matcher outgrows the cache;
+/// `docs/benchmarks.md`). Dumps with line offsets (`xxd -b`) are read by the decoding pass
+/// (`decode/dump.rs`).
+pub fn binary_forms(atom: &[u8]) -> Vec<Vec<u8>> {
+    if atom.len() > BINARY_MAX {
+        return Vec::new();
+    }
+    let eight = |b: u8, out: &mut Vec<u8>| {
+        for k in (0..8).rev() {
+            out.push(b'0' + ((b >> k) & 1));
+        }
+    };
+    let minimal = |b: u8, out: &mut Vec<u8>| {
+        out.extend_from_slice(b"0b");
+        let top = 7u32.saturating_sub(b.leading_zeros().min(7));
+        for k in (0..=top).rev() {
+            out.push(b'0' + ((b >> k) & 1));
+        }
+    };
+    let joined = |sep: &[u8], prefix: &[u8], digits: &dyn Fn(u8, &mut Vec<u8>)| {
+        let mut out = Vec::with_capacity(atom.len() * (10 + sep.len()));
+        for (i, &b) in atom.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(sep);
+            }
+            out.extend_from_slice(prefix);
+            digits(b, &mut out);
+        }
+        out
+    };
+    let mut msb = joined(b"", b"", &eight);
+    let zeros = msb.iter().take_while(|&&d| d == b'0').count();
+    msb.drain(..zeros);
+    vec![
+        msb,
+        joined(b",", b"", &eight),
+        joined(b"','", b"", &eight),
+        joined(b"", b"", &minimal),
+        joined(b"','", b"", &minimal),
+    ]
 }
 
 /// Appends `b` in decimal (no allocation).

@@ -1,0 +1,353 @@
+//! Base-2 forms and byte dumps of a value printed by the real tools (issue 15 §7): `xxd -b`
+//! (`-c N`, `-g N`), `od -b`, `od -to1`, `hexdump -b`, `od -tu1` with and without offsets,
+//! `basenc --base2msbf/--base2lsbf`, Perl `unpack`, Python `format`/`bin`/`list`, Node
+//! `toString(2)`, `Uint8Array` and `Buffer`. Values are generated at test time; each program
+//! gets its value in the environment (`V`) and prints some other bytes before and after it, so
+//! the value starts at every offset within a dump line. Each output is redacted one-shot, one
+//! byte per push and in uneven chunks (all three must agree), then searched for what is left of
+//! the value: by the tool's own encoding, decoded back token by token, and in text columns.
+//! Failures name the case and seed, never the value.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use keyveil_redact::Redactor;
+use std::process::Command;
+
+/// A random-looking alphanumeric value of `len` bytes from `seed` (xorshift).
+fn value(seed: u64, len: usize) -> Vec<u8> {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALNUM[(x % ALNUM.len() as u64) as usize]
+        })
+        .collect()
+}
+
+/// Runs `sh -c program` with `V` (and `PRE`, bytes printed before the value) set.
+fn run(program: &str, v: &[u8], pre: &str) -> Option<Vec<u8>> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(program)
+        .env("V", std::str::from_utf8(v).unwrap())
+        .env("PRE", pre)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Redacted one-shot, bytewise and in chunks of 1 to 13 bytes; all must agree.
+fn redacted(r: &Redactor, input: &[u8], what: &str) -> Vec<u8> {
+    let (one, _) = r.redact(input);
+    let bytewise = common::stream_bytewise(r, input);
+    let (chunked, _) = common::stream_in(r, input, &[7, 1, 13, 2, 64, 5]);
+    assert!(one == bytewise, "{what}: one-shot and bytewise differ");
+    assert!(one == chunked, "{what}: one-shot and chunked differ");
+    one
+}
+
+/// The bytes that the whitespace-separated tokens of `out` decode to, per radix: 8 binary
+/// digits a byte (also 16, 24 ... digits), 3 octal digits, 1 to 3 decimal digits, 2 hex
+/// digits. Other tokens are skipped.
+fn decoded_streams(out: &[u8]) -> [Vec<u8>; 4] {
+    let mut s: [Vec<u8>; 4] = Default::default();
+    let text = String::from_utf8_lossy(out);
+    for tok in text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+        let t = tok.trim_end_matches(':');
+        if !t.is_empty() && t.len() % 8 == 0 && t.bytes().all(|b| b == b'0' || b == b'1') {
+            for k in 0..t.len() / 8 {
+                s[0].push(u8::from_str_radix(&t[8 * k..8 * k + 8], 2).unwrap());
+            }
+        }
+        if t.len() == 3
+            && let Ok(x) = u8::from_str_radix(t, 8)
+        {
+            s[1].push(x);
+        }
+        if (1..=3).contains(&t.len())
+            && t.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(x) = t.parse::<u8>()
+        {
+            s[2].push(x);
+        }
+        if t.len() == 2
+            && let Ok(x) = u8::from_str_radix(t, 16)
+        {
+            s[3].push(x);
+        }
+    }
+    s
+}
+
+/// The text columns of a dump (what follows the last two spaces of each line), joined.
+fn text_columns(out: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.rsplit_once("  ").map(|(_, t)| t.to_owned()))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Whether any `n`-byte window of `v` occurs in `hay`.
+fn has_window(hay: &[u8], v: &[u8], n: usize) -> bool {
+    v.windows(n).any(|w| common::contains(hay, w))
+}
+
+/// Dumps with line offsets (and without): after redaction no 4 bytes of the value in a row
+/// decode from any radix, no 4 in a row are left in the text columns, no 12 raw.
+#[test]
+fn dumps_of_a_value_are_redacted() {
+    let cases: &[(&str, &str)] = &[
+        ("xxd", "printf '%s%s' \"$PRE\" \"$V\" | xxd -b"),
+        ("xxd", "printf '%s%s--' \"$PRE\" \"$V\" | xxd -b -c 4"),
+        ("xxd", "printf '%s%s' \"$PRE\" \"$V\" | xxd -b -c 8"),
+        ("xxd", "printf '%s%s' \"$PRE\" \"$V\" | xxd -b -c 5"),
+        ("xxd", "printf '%s%s' \"$PRE\" \"$V\" | xxd -b -c 12 -g 2"),
+        (
+            "xxd",
+            "printf 'x\\n%s%s\\ny\\n' \"$PRE\" \"$V\" | xxd -b -s 1",
+        ),
+        ("od", "printf '%s%s' \"$PRE\" \"$V\" | od -b"),
+        ("od", "printf '%s%s..' \"$PRE\" \"$V\" | od -to1 -Ax"),
+        ("od", "printf '%s%s' \"$PRE\" \"$V\" | od -An -b"),
+        ("od", "printf '%s%s' \"$PRE\" \"$V\" | od -An -to1 -w8"),
+        ("od", "printf '%s%s' \"$PRE\" \"$V\" | od -tu1"),
+        ("od", "printf '%s%s' \"$PRE\" \"$V\" | od -tu1 -Ad -w10"),
+        ("od", "printf '%s%s' \"$PRE\" \"$V\" | od -An -tu1"),
+        ("hexdump", "printf '%s%s' \"$PRE\" \"$V\" | hexdump -b"),
+        (
+            "python3",
+            "python3 -c 'import os; print(list(os.environ[\"V\"].encode()))'",
+        ),
+        (
+            "python3",
+            "python3 -c 'import os; print(*os.environ[\"V\"].encode())'",
+        ),
+        (
+            "node",
+            "node -e 'console.log(new Uint8Array(Buffer.from(process.env.V)))'",
+        ),
+        ("node", "node -e 'console.log(Buffer.from(process.env.V))'"),
+        (
+            "node",
+            "node -e 'console.log(JSON.stringify([...Buffer.from(process.env.V)]))'",
+        ),
+    ];
+    let mut ran = 0;
+    for (i, (needs, program)) in cases.iter().enumerate() {
+        if !tool(needs) {
+            continue;
+        }
+        for seed in 0..6u64 {
+            let len = [9, 16, 23, 32, 40, 47][seed as usize];
+            let v = value(seed * 31 + i as u64, len);
+            let pre = &"0123456789abcdef"[..(seed as usize * 3 + i) % 13];
+            let Some(raw) = run(program, &v, pre) else {
+                panic!("case {i} ({program}) did not run");
+            };
+            ran += 1;
+            let r = Redactor::new([("V", v.as_slice())]);
+            let what = format!("case {i} ({program}), seed {seed}");
+            let out = redacted(&r, &raw, &what);
+            assert!(common::contains(&out, b"[REDACTED:V]"), "{what}: no marker");
+            assert!(
+                common::leaked_window(&out, &v).is_none(),
+                "{what}: 12 raw bytes left"
+            );
+            for (radix, s) in decoded_streams(&out).iter().enumerate() {
+                assert!(
+                    !has_window(s, &v, 4),
+                    "{what}: 4 value bytes in a row decode in radix #{radix}"
+                );
+            }
+            assert!(
+                !has_window(&text_columns(&out), &v, 4),
+                "{what}: 4 value bytes in a row left in the text columns"
+            );
+        }
+    }
+    assert!(ran > 0, "no dump tool here");
+}
+
+/// The base-2 cases: (tool, program, registered). Unregistered ones are the ignored `LEAK` test
+/// below (`docs/redaction.md` §5).
+fn base2_cases() -> Vec<(&'static str, String, bool)> {
+    let py = |expr: &str| {
+        format!(
+            "python3 -c 'import os,json; v=os.environ[\"V\"].encode(); print(\"bits:\", {expr}, \"end\")'"
+        )
+    };
+    vec![
+        ("python3", py("\"\".join(f\"{b:08b}\" for b in v)"), true),
+        ("python3", py("\" \".join(f\"{b:08b}\" for b in v)"), true),
+        ("python3", py("\",\".join(format(b, \"08b\") for b in v)"), true),
+        ("python3", py("\", \".join(format(b, \"08b\") for b in v)"), true),
+        ("python3", py("\"\\n\".join(format(b, \"08b\") for b in v)"), true),
+        ("python3", py("[format(b, \"08b\") for b in v]"), true),
+        ("python3", py("[bin(b) for b in v]"), true),
+        ("python3", py("\" \".join(bin(b) for b in v)"), true),
+        ("python3", py("bin(int.from_bytes(v, \"big\"))"), true),
+        (
+            "perl",
+            "perl -e 'print \"bits: \", unpack(\"B*\", $ENV{V}), \" end\\n\"'".into(),
+            true,
+        ),
+        ("basenc", "printf %s \"$V\" | basenc --base2msbf".into(), true),
+        (
+            "node",
+            "node -e 'console.log(\"bits:\", [...Buffer.from(process.env.V)].map(b => b.toString(2).padStart(8, \"0\")).join(\" \"), \"end\")'".into(),
+            true,
+        ),
+        ("python3", py("\"_\".join(format(b, \"08b\") for b in v)"), false),
+        ("python3", py("json.dumps([format(b, \"08b\") for b in v])"), false),
+        ("python3", py("\",\".join(bin(b) for b in v)"), false),
+        ("python3", py("\" \".join(f\"{b:#010b}\" for b in v)"), false),
+        (
+            "perl",
+            "perl -e 'print \"bits: \", unpack(\"b*\", $ENV{V}), \" end\\n\"'".into(),
+            false,
+        ),
+        ("basenc", "printf %s \"$V\" | basenc --base2lsbf".into(), false),
+    ]
+}
+
+/// Checks the base-2 cases that are `registered` (or not): after redaction no 16 binary
+/// digits in a row (separators between them allowed) are left.
+fn check_base2(registered: bool) {
+    let mut ran = 0;
+    for (i, (needs, program, reg)) in base2_cases().into_iter().enumerate() {
+        if reg != registered || !tool(needs) {
+            continue;
+        }
+        for seed in 0..4u64 {
+            let len = [8, 13, 32, 61][seed as usize];
+            let v = value(seed * 17 + i as u64 + 1000, len);
+            let Some(raw) = run(&program, &v, "") else {
+                panic!("case {i} ({program}) did not run");
+            };
+            ran += 1;
+            let r = Redactor::new([("V", v.as_slice())]);
+            let what = format!("case {i} ({program}), seed {seed}");
+            let out = redacted(&r, &raw, &what);
+            assert!(common::contains(&out, b"[REDACTED:V]"), "{what}: no marker");
+            let longest = out
+                .split(|b| !b"01_,'\"b \n".contains(b))
+                .map(|run| run.iter().filter(|&&b| b == b'0' || b == b'1').count())
+                .max()
+                .unwrap_or(0);
+            assert!(
+                longest < 16,
+                "{what}: {longest} binary digits in a row left"
+            );
+        }
+    }
+    assert!(ran > 0, "no tool here");
+}
+
+/// Base-2 forms without offsets (whitespace, `,`, Python lists, `0b` prefixes, `int.from_bytes`)
+/// are caught.
+#[test]
+fn base2_forms_of_a_value_are_redacted() {
+    check_base2(true);
+}
+
+/// Separators and spellings of base 2 that are not registered (`_`, JSON lists, `bin()` joined
+/// by `,`, `0b` with 8 digits, least significant bit first).
+#[test]
+#[ignore = "LEAK: base 2 joined by `_`, JSON lists, `0b` + 8 digits and LSB-first are not registered (docs/redaction.md §5)"]
+fn unregistered_base2_forms_of_a_value_are_redacted() {
+    check_base2(false);
+}
+
+/// A dump is held back only while it could still be a value: a pause (`flush`) shows at most
+/// 3 decoded bytes of a value in a row, and the value's dump is masked when it completes.
+#[test]
+fn a_dump_printed_a_line_at_a_time_with_pauses_shows_no_value() {
+    if !tool("xxd") {
+        return;
+    }
+    for seed in 0..4u64 {
+        let v = value(seed + 500, 24 + seed as usize * 5);
+        let raw = run("printf 'ab%s' \"$V\" | xxd -b -c 4", &v, "").unwrap();
+        let r = Redactor::new([("V", v.as_slice())]);
+        let mut s = r.stream();
+        let mut out = Vec::new();
+        for line in raw.split_inclusive(|&b| b == b'\n') {
+            s.push(line, &mut out);
+            s.flush(&mut out);
+        }
+        s.finish(&mut out);
+        for (radix, d) in decoded_streams(&out).iter().enumerate() {
+            assert!(
+                !has_window(d, &v, 4),
+                "seed {seed}: 4 value bytes in a row decode in radix #{radix} after pauses"
+            );
+        }
+        assert!(
+            !has_window(&text_columns(&out), &v, 4),
+            "seed {seed}: 4 value bytes in a row in the text columns after pauses"
+        );
+    }
+}
+
+/// Ordinary dumps and number-heavy output are left exactly as they are.
+#[test]
+fn ordinary_dumps_are_kept() {
+    let v = value(9, 32);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let mut text = String::new();
+    for line in 0..40u32 {
+        text.push_str(&format!(
+            "{:08x}: 01100001 01100010 01100011 00110001 00110010 00110011  abc123\n",
+            line * 6
+        ));
+        text.push_str(&format!("{:07o} 141 142 143 061 062 063\n", line * 16));
+        text.push_str("2026-12-07 10:00:00 1000 0100 0010 0001 100 200 255 7 8 9\n");
+    }
+    let out = redacted(&r, text.as_bytes(), "ordinary dump");
+    assert!(out == text.as_bytes(), "an ordinary dump changed");
+}
+
+/// Dumps narrower than the dump reader's trigger: the first line must begin with 39 bytes of
+/// offset, digits, `:` and spaces (`xxd -b -c 4`, `od -b -w8` and wider). Narrower dumps
+/// (`xxd -b -c 1` to `-c 3`, `od -b -w2` to `-w7`) are read only as continuation lines of a
+/// wider one (`docs/redaction.md` §5).
+#[test]
+#[ignore = "LEAK: `xxd -b -c 2` and `od -b -w4` lines are too narrow to wake the dump reader (docs/redaction.md §5)"]
+fn a_narrow_dump_of_a_value_is_redacted() {
+    for (needs, program) in [
+        ("xxd", "printf %s \"$V\" | xxd -b -c 2"),
+        ("od", "printf %s \"$V\" | od -b -w4"),
+    ] {
+        if !tool(needs) {
+            continue;
+        }
+        let v = value(77, 32);
+        let raw = run(program, &v, "").unwrap();
+        let r = Redactor::new([("V", v.as_slice())]);
+        let out = redacted(&r, &raw, program);
+        for (radix, s) in decoded_streams(&out).iter().enumerate() {
+            assert!(
+                !has_window(s, &v, 4),
+                "{program}: 4 value bytes in a row decode in radix #{radix}"
+            );
+        }
+    }
+}
