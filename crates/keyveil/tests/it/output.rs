@@ -621,3 +621,51 @@ print("end")
         );
     }
 }
+
+/// Issue 15 §7 through the real broker: a granted child prints its value as base-2 digits and
+/// as byte dumps with offsets (`xxd -b`, `od -b`, `od -tu1`, Python's `format(b, '08b')`);
+/// what reaches the requester holds no two bytes of the value in a row in any of those radixes.
+#[test]
+fn a_value_printed_in_bits_or_byte_dumps_arrives_redacted() {
+    let h = Home::new();
+    let value = fresh_value();
+    h.set("demo", "API_TOKEN", &value);
+    let script = r#"printf '%s' "$API_TOKEN" | xxd -b
+printf '%s' "$API_TOKEN" | od -b
+printf '%s' "$API_TOKEN" | od -tu1
+python3 -c 'import os; print(" ".join(format(b, "08b") for b in os.environ["API_TOKEN"].encode()))'
+python3 -c 'import os; print("".join(format(b, "08b") for b in os.environ["API_TOKEN"].encode()))'
+echo done"#;
+    let o = h.run_approved(
+        &["run", "--env", "demo", "--", "sh", "-c", script],
+        Duration::from_secs(60),
+    );
+    let out = text(&o.stdout);
+    assert!(out.contains("done"), "{}", text(&o.stderr));
+    assert!(out.contains("[REDACTED:API_TOKEN]"), "the forms were found");
+    let bytes = value.as_bytes();
+    for pair in bytes.windows(2) {
+        let bin = format!("{:08b} {:08b}", pair[0], pair[1]);
+        let joined = format!("{:08b}{:08b}", pair[0], pair[1]);
+        let oct = format!("{:03o} {:03o}", pair[0], pair[1]);
+        for form in [bin, joined, oct] {
+            assert!(
+                !out.contains(&form),
+                "two bytes of the value in a row got through in a dump form"
+            );
+        }
+    }
+    // Decimal bytes are short: four in a row, in `od -tu1`'s right-aligned columns.
+    for quad in bytes.windows(4) {
+        let dec = quad
+            .iter()
+            .map(|b| format!("{b:>3}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            !out.contains(&dec),
+            "four bytes of the value in decimal got through"
+        );
+    }
+    assert_clean(&o.stdout, &value);
+}
