@@ -377,27 +377,84 @@ async fn forward(
         host: host.to_owned(),
         port,
     };
-    let shown_dest = format!("https://{}", dest.shown());
     let (mut parts, body) = req.into_parts();
     let here: Vec<&Binding> = s
         .bindings
         .iter()
         .filter(|b| b.dests.contains(&dest))
         .collect();
-    for b in s.bindings.iter().filter(|b| !b.dests.contains(&dest)) {
-        if carries(&parts, &b.placeholder) {
-            s.report_blocked(&b.shown, &shown_dest, "not bound to this host");
-            return text(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "keyveil: blocked: {} is bound to {}, not {}",
-                    b.shown,
-                    shown_dests(b),
-                    dest.shown()
-                ),
-            );
-        }
+    if let Some(refused) = refuse_unbound(&parts, s, &dest) {
+        return refused;
     }
+    let authority = match named_authority(&parts, s, &dest, &here) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
+    };
+    let audit_path = audited_path(&parts, s);
+    if let Err(refused) = swap_into_head(&mut parts, &here) {
+        return *refused;
+    }
+    let to_value = Swap::new(
+        here.iter()
+            .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
+            .collect(),
+    );
+    let method = parts.method.to_string();
+    let body = swapped(body, to_value, None);
+    let resp = match send_upstream(upstream, s, &dest, &authority, parts, body).await {
+        Ok(r) => r,
+        Err(refused) => return *refused,
+    };
+    let audit = AuditOnEnd {
+        s: s.clone(),
+        method,
+        host: dest.shown(),
+        path: audit_path,
+        status: resp.status().as_u16(),
+        variables: here.iter().map(|b| b.shown.clone()).collect(),
+        bytes: 0,
+    };
+    swap_out_of_response(resp, &here, audit)
+}
+
+/// A response the proxy answers itself instead of forwarding (a refusal or a failure); boxed,
+/// as it travels in the `Err` of each step of [`forward`].
+type Refusal = Box<Response<Body>>;
+
+/// The refusal of a request to `dest` that carries the placeholder of a variable not bound
+/// there (reported as blocked), or `None` when it carries none.
+fn refuse_unbound(
+    parts: &hyper::http::request::Parts,
+    s: &Shared,
+    dest: &super::Dest,
+) -> Option<Response<Body>> {
+    let shown_dest = format!("https://{}", dest.shown());
+    let b = s
+        .bindings
+        .iter()
+        .filter(|b| !b.dests.contains(dest))
+        .find(|b| carries(parts, &b.placeholder))?;
+    s.report_blocked(&b.shown, &shown_dest, "not bound to this host");
+    Some(text(
+        StatusCode::FORBIDDEN,
+        format!(
+            "keyveil: blocked: {} is bound to {}, not {}",
+            b.shown,
+            shown_dests(b),
+            dest.shown()
+        ),
+    ))
+}
+
+/// The authority the request names (its `Host`, else its URI's, else the tunnel's), once
+/// checked to be the host the tunnel was opened to; a request naming another host, or none,
+/// is refused and reported for each variable bound `here`.
+fn named_authority(
+    parts: &hyper::http::request::Parts,
+    s: &Shared,
+    dest: &super::Dest,
+    here: &[&Binding],
+) -> Result<String, Refusal> {
     // The request must be for the host the tunnel was opened to: a shared front (a CDN) routes
     // by Host, so `CONNECT api.example.com` carrying `Host: attacker.example` would take the
     // value to another origin behind the same front.
@@ -419,34 +476,52 @@ async fn forward(
         .map(|a| a.as_ref().map(norm))
         .chain(parts.uri.authority().map(|a| Some(norm(a))))
         .collect();
-    if named.is_empty() || named.iter().any(|n| n.as_deref() != Some(host)) {
-        for b in &here {
+    if named.is_empty()
+        || named
+            .iter()
+            .any(|n| n.as_deref() != Some(dest.host.as_str()))
+    {
+        let shown_dest = format!("https://{}", dest.shown());
+        for b in here {
             s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
         }
-        return text(
+        return Err(Box::new(text(
             StatusCode::FORBIDDEN,
             format!(
                 "keyveil: blocked: a request through the tunnel to {} must name it in Host",
                 dest.shown()
             ),
-        );
+        )));
     }
-    let authority = host_header
+    Ok(host_header
         .flatten()
         .or_else(|| parts.uri.authority().cloned())
-        .map_or_else(|| dest.shown(), |a| a.to_string());
-    // The path as audited: no query, each placeholder replaced by its variable's name.
+        .map_or_else(|| dest.shown(), |a| a.to_string()))
+}
+
+/// The request's path as audited: no query, each placeholder replaced by its variable's name.
+fn audited_path(parts: &hyper::http::request::Parts, s: &Shared) -> String {
     let mut audit_path = parts.uri.path().to_owned();
     for b in &s.bindings {
         audit_path = audit_path.replace(&b.placeholder, &format!("[{}]", b.shown));
     }
+    audit_path
+}
+
+/// Swaps each placeholder bound `here` for its value in the request line and the headers
+/// (inside HTTP Basic credentials too) and drops the headers meant for the proxy; refused
+/// when the swapped URL is not a valid one.
+fn swap_into_head(
+    parts: &mut hyper::http::request::Parts,
+    here: &[&Binding],
+) -> Result<(), Refusal> {
     let mut pq = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .as_bytes()
         .to_vec();
-    for b in &here {
+    for b in here {
         if let Some(x) = swap_all(&pq, b.placeholder.as_bytes(), &b.value) {
             pq = x;
         }
@@ -454,20 +529,20 @@ async fn forward(
     parts.uri = match hyper::Uri::try_from(pq) {
         Ok(u) => u,
         Err(_) => {
-            return text(
+            return Err(Box::new(text(
                 StatusCode::BAD_REQUEST,
                 "keyveil: the URL cannot carry this value (characters a URL may not hold)".into(),
-            );
+            )));
         }
     };
     for h in PROXY_HEADERS {
         parts.headers.remove(*h);
     }
     for v in parts.headers.values_mut() {
-        if let Some(n) = swap_in_basic(v, &here) {
+        if let Some(n) = swap_in_basic(v, here) {
             *v = n;
         }
-        for b in &here {
+        for b in here {
             if let Some(x) = swap_all(v.as_bytes(), b.placeholder.as_bytes(), &b.value)
                 && let Ok(n) = HeaderValue::from_bytes(&x)
             {
@@ -477,82 +552,111 @@ async fn forward(
             }
         }
     }
-    let to_value = Swap::new(
-        here.iter()
-            .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
-            .collect(),
-    );
-    let method = parts.method.to_string();
-    let sent = {
-        let mut guard = upstream.lock().await;
-        let alive = match guard.as_mut() {
-            Ok(Sender::H1(x)) => x.ready().await.is_ok(),
-            Ok(Sender::H2(x)) => x.ready().await.is_ok(),
-            Err(_) => false,
-        };
-        if !alive {
-            *guard = connect_upstream(s, host, port).await;
-        }
-        match guard.as_mut() {
-            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("keyveil: {e}")),
-            // HTTP/1.1: origin-form and `Host`; the connection is this request's until its
-            // response's head is in.
-            Ok(Sender::H1(x)) => {
-                parts.version = Version::HTTP_11;
-                if !parts.headers.contains_key(hyper::header::HOST) {
-                    match HeaderValue::from_str(&authority) {
-                        Ok(v) => {
-                            parts.headers.insert(hyper::header::HOST, v);
-                        }
-                        Err(_) => {
-                            return text(StatusCode::BAD_REQUEST, "keyveil: bad authority".into());
-                        }
-                    }
-                }
-                let req = Request::from_parts(parts, swapped(body, to_value, None));
-                x.send_request(req).await
-            }
-            // HTTP/2: the authority in the URI, no connection headers; streams multiplexed
-            // (the lock is not held while this one waits).
-            Ok(Sender::H2(x)) => {
-                let mut x = x.clone();
-                drop(guard);
-                parts.version = Version::HTTP_2;
-                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                parts.uri = match hyper::Uri::try_from(format!("https://{authority}{pq}")) {
-                    Ok(u) => u,
-                    Err(_) => {
-                        return text(StatusCode::BAD_REQUEST, "keyveil: bad authority".into());
-                    }
-                };
-                parts.headers.remove(hyper::header::HOST);
-                for h in CONNECTION_HEADERS {
-                    parts.headers.remove(*h);
-                }
-                if parts
-                    .headers
-                    .get(hyper::header::TE)
-                    .is_some_and(|v| v.as_bytes() != b"trailers")
-                {
-                    parts.headers.remove(hyper::header::TE);
-                }
-                let req = Request::from_parts(parts, swapped(body, to_value, None));
-                x.send_request(req).await
-            }
-        }
+    Ok(())
+}
+
+/// Sends the (swapped) request over the session's upstream connection, reconnected first when
+/// it is gone, shaped for the protocol that connection speaks (see [`for_h1`], [`for_h2`]);
+/// the upstream's response, or the proxy's own answer when it cannot be sent.
+async fn send_upstream(
+    upstream: &Upstream,
+    s: &Shared,
+    dest: &super::Dest,
+    authority: &str,
+    mut parts: hyper::http::request::Parts,
+    body: Body,
+) -> Result<Response<Incoming>, Refusal> {
+    let mut guard = upstream.lock().await;
+    let alive = match guard.as_mut() {
+        Ok(Sender::H1(x)) => x.ready().await.is_ok(),
+        Ok(Sender::H2(x)) => x.ready().await.is_ok(),
+        Err(_) => false,
     };
-    let resp = match sent {
-        Ok(r) => r,
+    if !alive {
+        *guard = connect_upstream(s, &dest.host, dest.port).await;
+    }
+    let sent = match guard.as_mut() {
         Err(e) => {
-            return text(
+            return Err(Box::new(text(
                 StatusCode::BAD_GATEWAY,
-                format!("keyveil: {}: {e}", dest.shown()),
-            );
+                format!("keyveil: {e}"),
+            )));
+        }
+        // HTTP/1.1: the connection is this request's until its response's head is in.
+        Ok(Sender::H1(x)) => {
+            for_h1(&mut parts, authority)?;
+            x.send_request(Request::from_parts(parts, body)).await
+        }
+        // HTTP/2: streams multiplexed (the lock is not held while this one waits).
+        Ok(Sender::H2(x)) => {
+            let mut x = x.clone();
+            drop(guard);
+            for_h2(&mut parts, authority)?;
+            x.send_request(Request::from_parts(parts, body)).await
         }
     };
+    sent.map_err(|e| {
+        Box::new(text(
+            StatusCode::BAD_GATEWAY,
+            format!("keyveil: {}: {e}", dest.shown()),
+        ))
+    })
+}
+
+/// Shapes a request head for HTTP/1.1: origin-form, and a `Host` (the `authority`) when it
+/// has none.
+fn for_h1(parts: &mut hyper::http::request::Parts, authority: &str) -> Result<(), Refusal> {
+    parts.version = Version::HTTP_11;
+    if !parts.headers.contains_key(hyper::header::HOST) {
+        let Ok(v) = HeaderValue::from_str(authority) else {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: bad authority".into(),
+            )));
+        };
+        parts.headers.insert(hyper::header::HOST, v);
+    }
+    Ok(())
+}
+
+/// Shapes a request head for HTTP/2: the `authority` in the URI, no `Host` and no connection
+/// headers, `TE` only as `trailers`.
+fn for_h2(parts: &mut hyper::http::request::Parts, authority: &str) -> Result<(), Refusal> {
+    parts.version = Version::HTTP_2;
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match hyper::Uri::try_from(format!("https://{authority}{pq}")) {
+        Ok(u) => u,
+        Err(_) => {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: bad authority".into(),
+            )));
+        }
+    };
+    parts.headers.remove(hyper::header::HOST);
+    for h in CONNECTION_HEADERS {
+        parts.headers.remove(*h);
+    }
+    if parts
+        .headers
+        .get(hyper::header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        parts.headers.remove(hyper::header::TE);
+    }
+    Ok(())
+}
+
+/// The upstream's response as the child gets it: each value bound `here` swapped back for its
+/// placeholder in the headers and the body, and `audit` written when the body ends.
+fn swap_out_of_response(
+    resp: Response<Incoming>,
+    here: &[&Binding],
+    audit: AuditOnEnd,
+) -> Response<Body> {
     let (mut rparts, rbody) = resp.into_parts();
     for v in rparts.headers.values_mut() {
-        for b in &here {
+        for b in here {
             if let Some(x) = swap_all(v.as_bytes(), &b.value, b.placeholder.as_bytes())
                 && let Ok(n) = HeaderValue::from_bytes(&x)
             {
@@ -570,15 +674,6 @@ async fn forward(
             })
             .collect(),
     );
-    let audit = AuditOnEnd {
-        s: s.clone(),
-        method,
-        host: dest.shown(),
-        path: audit_path,
-        status: rparts.status.as_u16(),
-        variables: here.iter().map(|b| b.shown.clone()).collect(),
-        bytes: 0,
-    };
     Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit)))
 }
 
