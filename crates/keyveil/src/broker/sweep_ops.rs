@@ -14,7 +14,7 @@
 //! `incident` is audited.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -497,62 +497,14 @@ async fn scrub_after(
     contained: bool,
 ) -> (crate::sweep::scrub::Scrubbed, Vec<String>) {
     use crate::sweep::scrub;
-    let (_, mut left) = scrub::targets(findings, home.as_deref());
-    let of = |keep: bool| -> Vec<Finding> {
-        findings
-            .iter()
-            .filter(|f| scrubbable(&f.credential) == keep)
-            .filter(|f| !(keep && contained && f.credential == FORMER_UNVERIFIED))
-            .cloned()
-            .collect()
-    };
+    let groups = ScrubGroups::of(findings, home.as_deref(), contained);
+    let left = groups.notes();
+    let files: Vec<PathBuf> = groups.files.into_iter().collect();
     let scrubber = if contained {
         scrubbers.gated
     } else {
         scrubbers.all
     };
-    let formers: BTreeSet<(String, String)> = findings
-        .iter()
-        .filter(|f| contained && f.credential == FORMER_UNVERIFIED)
-        .filter(|f| {
-            scrub::targets(std::slice::from_ref(*f), home.as_deref())
-                .0
-                .len()
-                == 1
-        })
-        .map(|f| (f.environment.clone(), f.variable.clone()))
-        .collect();
-    for (env, var) in formers {
-        left.push(format!(
-            "{env}/{var}: copies of its former value (stored without your factor) in host transcripts were not rewritten: this sweep also contained something, and a value stored without the factor may be an agent's guess of a current one; rotate what it contained and store the new values, then run `keyveil sweep --contain --scrub-transcripts` again"
-        ));
-    }
-    let (files, _) = scrub::targets(&of(true), home.as_deref());
-    let (held, _) = scrub::targets(&of(false), home.as_deref());
-    let current: BTreeSet<(String, String, bool)> = findings
-        .iter()
-        .filter(|f| !scrubbable(&f.credential))
-        .filter(|f| match &f.location {
-            crate::sweep::Location::File { path, .. } => held.contains(&PathBuf::from(path)),
-            _ => false,
-        })
-        .map(|f| {
-            let admin = f.credential == "admin";
-            (f.environment.clone(), f.variable.clone(), admin)
-        })
-        .collect();
-    const WHY: &str = "the value is current, and rewriting only the transcripts that hold it would tell whoever planted guesses there which one was right";
-    for (env, var, admin) in current {
-        left.push(if admin {
-            format!(
-                "{env}/{var}: copies of its admin credential in host transcripts were not rewritten: {WHY}; replace it at its source and in keyveil (`keyveil dynamic add`), then delete those transcripts with the host closed"
-            )
-        } else {
-            format!(
-                "{env}/{var}: its copies in host transcripts were not rewritten: {WHY}; rotate it at its source and store the new value (`keyveil set {env} {var}`), then run `keyveil sweep --contain --scrub-transcripts` again: keyveil keeps the value it found sealed, and that scrub rewrites its copies"
-            )
-        });
-    }
     let done = tokio::task::spawn_blocking(move || scrub::scrub(&files, &scrubber))
         .await
         .unwrap_or_else(|_| scrub::Scrubbed {
@@ -562,6 +514,90 @@ async fn scrub_after(
             ],
         });
     (done, left)
+}
+
+/// A sweep's findings sorted, in one pass, by what [`scrub_after`] does with their files.
+#[derive(Default)]
+struct ScrubGroups {
+    /// Transcripts rewritten: each holds a copy of a [`scrubbable`] secret not held back.
+    files: BTreeSet<PathBuf>,
+    /// Transcripts that hold a copy of a secret that is not scrubbable (a current value or
+    /// admin credential).
+    held: BTreeSet<PathBuf>,
+    /// Host files left as they are, with why (see [`crate::sweep::scrub::target`]).
+    left: BTreeSet<String>,
+    /// Variables whose former value stored without the factor was held back from the scrub,
+    /// since the sweep also contained something (`(environment, variable)`).
+    formers: BTreeSet<(String, String)>,
+    /// Copies in files of secrets that are not scrubbable: `(environment, variable, admin
+    /// credential, file)`; reported when the file is one of `held`.
+    current: Vec<(String, String, bool, PathBuf)>,
+}
+
+impl ScrubGroups {
+    /// Sorts each of `findings` (files below `home`) into its groups; `contained` holds back
+    /// the former values stored without the factor (see [`scrub_after`]).
+    fn of(findings: &[Finding], home: Option<&Path>, contained: bool) -> ScrubGroups {
+        use crate::sweep::scrub::{self, Target};
+        let home = scrub::canonical_home(home);
+        let mut g = ScrubGroups::default();
+        for f in findings {
+            let rewrite = match scrub::target(f, home.as_deref()) {
+                Target::Rewrite(p) => Some(p),
+                Target::Left(note) => {
+                    g.left.insert(note);
+                    None
+                }
+                Target::Ignored => None,
+            };
+            let id = || (f.environment.clone(), f.variable.clone());
+            if !scrubbable(&f.credential) {
+                g.held.extend(rewrite);
+                if let crate::sweep::Location::File { path, .. } = &f.location {
+                    let (env, var) = id();
+                    let admin = f.credential == "admin";
+                    g.current.push((env, var, admin, PathBuf::from(path)));
+                }
+            } else if contained && f.credential == FORMER_UNVERIFIED {
+                if rewrite.is_some() {
+                    g.formers.insert(id());
+                }
+            } else {
+                g.files.extend(rewrite);
+            }
+        }
+        g
+    }
+
+    /// The notes for the human's sealed report: host files left, former values held back, and
+    /// current values whose copies in transcripts were not rewritten, each with what to do.
+    fn notes(&self) -> Vec<String> {
+        let mut left: Vec<String> = self.left.iter().cloned().collect();
+        for (env, var) in &self.formers {
+            left.push(format!(
+                "{env}/{var}: copies of its former value (stored without your factor) in host transcripts were not rewritten: this sweep also contained something, and a value stored without the factor may be an agent's guess of a current one; rotate what it contained and store the new values, then run `keyveil sweep --contain --scrub-transcripts` again"
+            ));
+        }
+        let current: BTreeSet<(&str, &str, bool)> = self
+            .current
+            .iter()
+            .filter(|(.., path)| self.held.contains(path))
+            .map(|(env, var, admin, _)| (env.as_str(), var.as_str(), *admin))
+            .collect();
+        const WHY: &str = "the value is current, and rewriting only the transcripts that hold it would tell whoever planted guesses there which one was right";
+        for (env, var, admin) in current {
+            left.push(if admin {
+                format!(
+                    "{env}/{var}: copies of its admin credential in host transcripts were not rewritten: {WHY}; replace it at its source and in keyveil (`keyveil dynamic add`), then delete those transcripts with the host closed"
+                )
+            } else {
+                format!(
+                    "{env}/{var}: its copies in host transcripts were not rewritten: {WHY}; rotate it at its source and store the new value (`keyveil set {env} {var}`), then run `keyveil sweep --contain --scrub-transcripts` again: keyveil keeps the value it found sealed, and that scrub rewrites its copies"
+                )
+            });
+        }
+        left
+    }
 }
 
 /// `sweep` with `progress`: the connection stays open and a [`Reply::SweepProgress`] frame
@@ -632,8 +668,35 @@ pub(super) async fn contain(
     findings: &[Finding],
     keys: &BTreeMap<String, Key>,
 ) -> Vec<Contained> {
-    // (environment, real name) → (shown, kinds, copies)
-    let mut found: BTreeMap<(String, String), (String, BTreeSet<String>, u64)> = BTreeMap::new();
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    for ((env, real), found) in found_variables(findings, keys) {
+        let (mut c, runs) = {
+            let mut inner = broker.lock();
+            contain_one(&mut inner, &env, &real, &found, now)
+        };
+        broker.notify();
+        c.runs_stopped = RunsStopped::wait(runs).await.runs;
+        out.push(c);
+    }
+    out
+}
+
+/// What a sweep found of one variable: the name shown, the kinds of place, the copies.
+struct Found {
+    shown: String,
+    kinds: BTreeSet<String>,
+    copies: u64,
+}
+
+/// The variables whose current value (or minted credential) `findings` hold, by (environment,
+/// real name), with what was found of each. Former values are left out: they were replaced
+/// already, there is nothing of the variable's now to contain.
+fn found_variables(
+    findings: &[Finding],
+    keys: &BTreeMap<String, Key>,
+) -> BTreeMap<(String, String), Found> {
+    let mut found: BTreeMap<(String, String), Found> = BTreeMap::new();
     let real_of: BTreeMap<(&str, &str), &str> = keys
         .values()
         .map(|(e, r, s, ..)| ((e.as_str(), s.as_str()), r.as_str()))
@@ -645,7 +708,6 @@ pub(super) async fn contain(
     // report has every one.
     let mut recent_seen: BTreeSet<(String, String)> = BTreeSet::new();
     for f in findings {
-        // A former value was replaced already: there is nothing of the variable's now to contain.
         if is_former(&f.credential) {
             continue;
         }
@@ -653,93 +715,101 @@ pub(super) async fn contain(
             continue;
         };
         let id = (f.environment.clone(), (*real).to_owned());
-        let e = found
-            .entry(id.clone())
-            .or_insert_with(|| (f.variable.clone(), BTreeSet::new(), 0));
+        let e = found.entry(id.clone()).or_insert_with(|| Found {
+            shown: f.variable.clone(),
+            kinds: BTreeSet::new(),
+            copies: 0,
+        });
         if f.recent {
             if recent_seen.insert(id) {
-                e.1.insert(RECENT_KIND.to_owned());
-                e.2 += 1;
+                e.kinds.insert(RECENT_KIND.to_owned());
+                e.copies += 1;
             }
         } else {
-            e.1.insert(f.kind.clone());
-            e.2 += 1;
+            e.kinds.insert(f.kind.clone());
+            e.copies += 1;
         }
     }
-    let now = Timestamp::now();
-    let mut out = Vec::new();
-    for ((env, real), (shown, kinds, copies)) in found {
-        let mut c = Contained {
-            environment: env.clone(),
-            variable: shown.clone(),
-            ..Contained::default()
-        };
-        let runs = {
-            let mut inner = broker.lock();
-            let ids: Vec<String> = inner
-                .grants
-                .values()
-                .filter(|g| !g.revoked && g.environment == env && g.variables.contains(&real))
-                .map(|g| g.id.clone())
-                .collect();
-            for id in &ids {
-                if inner.revoke(id, "its value was found outside keyveil by a sweep") {
-                    c.grants_revoked += 1;
-                }
-            }
-            let var = inner
-                .vault()
-                .ok()
-                .and_then(|v| v.data().environments.get(&env))
-                .and_then(|e| e.variables.get(&real));
-            c.dynamic = var.is_some_and(|v| v.dynamic.is_some());
-            let mark = Compromise {
-                found_at: now,
-                kinds: kinds.iter().cloned().collect(),
-                copies,
-                // Kept for later sweeps once the variable is rotated (`FORMER`).
-                value: var.and_then(|v| v.value.clone()),
-                value_by_factor: var
-                    .and_then(|v| v.stored.as_ref())
-                    .is_some_and(|s| s.factor),
-            };
-            match inner.vault_mut() {
-                Ok(v) => {
-                    let id = format!("{env}/{real}");
-                    let before = v.data_mut().compromised.insert(id.clone(), mark);
-                    match v.save() {
-                        Ok(()) => c.marked = true,
-                        Err(e) => {
-                            match before {
-                                Some(b) => v.data_mut().compromised.insert(id, b),
-                                None => v.data_mut().compromised.remove(&id),
-                            };
-                            c.problems
-                                .push(format!("cannot save the mark in the vault: {e}"));
-                        }
-                    }
-                }
-                Err(e) => c.problems.push(e.message.clone()),
-            }
-            inner.audit(
-                "incident",
-                json!({
-                    "environment": env,
-                    "variable": shown,
-                    "kinds": kinds,
-                    "copies": copies,
-                    "grants_revoked": c.grants_revoked,
-                    "dynamic": c.dynamic,
-                    "marked": c.marked,
-                }),
-            );
-            inner.runs_ended(&ids)
-        };
-        broker.notify();
-        c.runs_stopped = RunsStopped::wait(runs).await.runs;
-        out.push(c);
+    found
+}
+
+/// Contains one variable under the broker's lock: revokes its grants, marks it compromised in
+/// the vault (saved; the old mark put back when the save fails), audits the `incident`; what
+/// was done, and the runs its revoked grants ended (for the caller to wait on, unlocked).
+fn contain_one(
+    inner: &mut Inner,
+    env: &str,
+    real: &str,
+    found: &Found,
+    now: Timestamp,
+) -> (
+    Contained,
+    Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>>,
+) {
+    let mut c = Contained {
+        environment: env.to_owned(),
+        variable: found.shown.clone(),
+        ..Contained::default()
+    };
+    let ids: Vec<String> = inner
+        .grants
+        .values()
+        .filter(|g| !g.revoked && g.environment == env && g.variables.iter().any(|v| v == real))
+        .map(|g| g.id.clone())
+        .collect();
+    for id in &ids {
+        if inner.revoke(id, "its value was found outside keyveil by a sweep") {
+            c.grants_revoked += 1;
+        }
     }
-    out
+    let var = inner
+        .vault()
+        .ok()
+        .and_then(|v| v.data().environments.get(env))
+        .and_then(|e| e.variables.get(real));
+    c.dynamic = var.is_some_and(|v| v.dynamic.is_some());
+    let mark = Compromise {
+        found_at: now,
+        kinds: found.kinds.iter().cloned().collect(),
+        copies: found.copies,
+        // Kept for later sweeps once the variable is rotated (`FORMER`).
+        value: var.and_then(|v| v.value.clone()),
+        value_by_factor: var
+            .and_then(|v| v.stored.as_ref())
+            .is_some_and(|s| s.factor),
+    };
+    match inner.vault_mut() {
+        Ok(v) => {
+            let id = format!("{env}/{real}");
+            let before = v.data_mut().compromised.insert(id.clone(), mark);
+            match v.save() {
+                Ok(()) => c.marked = true,
+                Err(e) => {
+                    match before {
+                        Some(b) => v.data_mut().compromised.insert(id, b),
+                        None => v.data_mut().compromised.remove(&id),
+                    };
+                    c.problems
+                        .push(format!("cannot save the mark in the vault: {e}"));
+                }
+            }
+        }
+        Err(e) => c.problems.push(e.message.clone()),
+    }
+    inner.audit(
+        "incident",
+        json!({
+            "environment": env,
+            "variable": found.shown,
+            "kinds": found.kinds,
+            "copies": found.copies,
+            "grants_revoked": c.grants_revoked,
+            "dynamic": c.dynamic,
+            "marked": c.marked,
+        }),
+    );
+    let runs = inner.runs_ended(&ids);
+    (c, runs)
 }
 
 /// The compromise mark filed under `env/real`, if it is `var`'s: a mark older than the variable
