@@ -33,10 +33,13 @@ const OPTIONS: &[&str] = &[
     "username",
 ];
 
+/// A usage error (the request is wrong as given).
 fn usage(msg: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::Usage, msg)
 }
 
+/// The reply error for a [`DynamicError`]: a usage error for a bad configuration, else a
+/// failure, with the error's hint.
 fn failed(e: &DynamicError) -> OpError {
     let code = match e {
         DynamicError::Config(_) => ErrorCode::Usage,

@@ -68,6 +68,7 @@ impl AuthKind {
         }
     }
 
+    /// Where this login is mounted unless `auth_mount` says otherwise.
     pub(super) fn default_mount(self) -> &'static str {
         match self {
             AuthKind::Token => "token",
@@ -478,6 +479,7 @@ enum Stage {
     Http,
 }
 
+/// One HTTP/1.1 request over `io`: the status and body, or where and why the transport failed.
 async fn exchange_on<IO>(
     io: TokioIo<IO>,
     req: Request<Full<Bytes>>,

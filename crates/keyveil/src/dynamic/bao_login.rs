@@ -36,6 +36,7 @@ struct Session {
 }
 
 impl Session {
+    /// How long the token has left (`None`: it does not expire).
     fn left(&self) -> Option<Duration> {
         (!self.ttl.is_zero()).then(|| self.ttl.saturating_sub(self.since.elapsed()))
     }
@@ -54,6 +55,7 @@ pub(crate) struct Logins {
 }
 
 impl Logins {
+    /// The sessions, by [`login_key`] (a poisoned lock is taken over).
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -8,6 +8,8 @@ use super::operand::{Interp, interp, operand};
 use super::wrappers::wrapped;
 use super::{InputPin, UNPINNABLE, resolve};
 
+/// The package script a package manager's argv runs (`npm run NAME`, `npm test`, `yarn NAME`),
+/// if any.
 fn npm_script(argv: &[String]) -> Option<String> {
     let args: Vec<&str> = argv
         .iter()
