@@ -33,10 +33,13 @@ const OPTIONS: &[&str] = &[
     "username",
 ];
 
+/// A usage error (the request is wrong as given).
 fn usage(msg: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::Usage, msg)
 }
 
+/// The reply error for a [`DynamicError`]: a usage error for a bad configuration, else a
+/// failure, with the error's hint.
 fn failed(e: &DynamicError) -> OpError {
     let code = match e {
         DynamicError::Config(_) => ErrorCode::Usage,
@@ -58,15 +61,37 @@ pub(crate) async fn add(
     digest: Option<[u8; crate::factor_proof::LEN]>,
 ) -> OpResult<DynamicAdded> {
     broker.lock().vault()?;
-    // Where names are hidden, an alias names the variable it stands for; any other name needs
-    // the factor (below), whether or not it exists.
-    let mut hidden_guess = false;
-    if let Some(n) = req.name.take() {
-        let inner = broker.lock();
-        hidden_guess =
-            inner.hides_names(&req.environment) && inner.real_name(&req.environment, &n).is_none();
-        req.name = Some(inner.human_name(&req.environment, &n));
+    let hidden_guess = resolve_alias(broker, &mut req);
+    let spec = spec_of(&req)?;
+    let logins = broker.lock().dynamic.logins.clone();
+    let names = variables(&req, &spec, &logins).await?;
+    check_names(&names)?;
+    // (A KV import has just read the secret: that was the check.)
+    if req.check && !(spec.engine == EngineKind::OpenbaoKv && req.name.is_none()) {
+        check_source(&spec, &logins).await?;
     }
+    let verified = authorize(broker, &req, &names, hidden_guess, digest).await?;
+    store(broker, &req, &spec, &names, verified)
+}
+
+/// Replaces the request's variable name, where names are hidden, by the real name its alias
+/// stands for; whether the name is a guess (no alias of a hidden environment): any such name
+/// needs the factor (see [`authorize`]), whether or not it exists.
+fn resolve_alias(broker: &Broker, req: &mut DynamicAddRequest) -> bool {
+    let Some(n) = req.name.take() else {
+        return false;
+    };
+    let inner = broker.lock();
+    let hidden_guess =
+        inner.hides_names(&req.environment) && inner.real_name(&req.environment, &n).is_none();
+    req.name = Some(inner.human_name(&req.environment, &n));
+    hidden_guess
+}
+
+/// The checked [`DynamicSpec`] a request declares: its engine, output form (by default a
+/// password for an OpenBao database role without `connect_url`, else a URL), options (only
+/// [`OPTIONS`]) and login prefix (a new one for Postgres and Redis unless given).
+fn spec_of(req: &DynamicAddRequest) -> Result<DynamicSpec, OpError> {
     let engine = EngineKind::parse(&req.engine).map_err(|e| failed(&e))?;
     for k in req.options.keys() {
         if !OPTIONS.contains(&k.as_str()) {
@@ -106,51 +131,72 @@ pub(crate) async fn add(
         options,
     };
     spec.check().map_err(|e| failed(&e))?;
-    let logins = broker.lock().dynamic.logins.clone();
+    Ok(spec)
+}
 
-    // The variables: one named, or every field of an OpenBao KV secret.
-    let names: Vec<(String, Option<String>)> = match (&req.name, engine) {
-        (Some(n), _) => vec![(n.clone(), None)],
-        (None, EngineKind::OpenbaoKv) => {
-            #[cfg(feature = "openbao")]
-            {
-                let fields = dynamic::openbao::read_kv(&spec, &logins)
-                    .await
-                    .map_err(|e| failed(&e))?;
-                let mut out = Vec::new();
-                for k in fields.keys() {
-                    if !keyveil_vault::is_valid_name(k) {
-                        tracing::warn!(
-                            "skipped a KV field whose name is not a valid variable name"
-                        );
-                    } else if super::access::is_injection_var(k) || crate::loaders::is_loader_var(k)
-                    {
-                        // The server names the variables: one named BASH_ENV, NODE_OPTIONS,
-                        // ... would make granted commands run code its value names.
-                        tracing::warn!(
-                            field = k.as_str(),
-                            "skipped a KV field named like a code-loading variable"
-                        );
-                    } else {
-                        out.push((k.clone(), Some(k.clone())));
-                    }
-                }
-                if out.is_empty() {
-                    return Err(OpError::new(
-                        ErrorCode::Failed,
-                        "the KV secret has no field whose name is a valid variable name",
-                    ));
-                }
-                out
-            }
-            #[cfg(not(feature = "openbao"))]
-            {
-                return Err(failed(&DynamicError::Unsupported("openbao-kv")));
-            }
+/// The variables to declare, each with the KV field it reads (if any): the one named, or
+/// every field of an OpenBao KV secret (see [`kv_fields`]).
+async fn variables(
+    req: &DynamicAddRequest,
+    spec: &DynamicSpec,
+    logins: &dynamic::Logins,
+) -> Result<Vec<(String, Option<String>)>, OpError> {
+    match (&req.name, spec.engine) {
+        (Some(n), _) => Ok(vec![(n.clone(), None)]),
+        (None, EngineKind::OpenbaoKv) => kv_fields(spec, logins).await,
+        (None, _) => Err(usage("name the variable: keyveil dynamic add ENV VAR ...")),
+    }
+}
+
+/// The fields of the OpenBao KV secret `spec` names, each a variable of its own name; fields
+/// whose name is no valid variable name or names a code-loading variable are skipped (and
+/// logged); an error when none is left.
+#[cfg(feature = "openbao")]
+async fn kv_fields(
+    spec: &DynamicSpec,
+    logins: &dynamic::Logins,
+) -> Result<Vec<(String, Option<String>)>, OpError> {
+    let fields = dynamic::openbao::read_kv(spec, logins)
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut out = Vec::new();
+    for k in fields.keys() {
+        if !keyveil_vault::is_valid_name(k) {
+            tracing::warn!("skipped a KV field whose name is not a valid variable name");
+        } else if super::access::is_injection_var(k) || crate::loaders::is_loader_var(k) {
+            // The server names the variables: one named BASH_ENV, NODE_OPTIONS,
+            // ... would make granted commands run code its value names.
+            tracing::warn!(
+                field = k.as_str(),
+                "skipped a KV field named like a code-loading variable"
+            );
+        } else {
+            out.push((k.clone(), Some(k.clone())));
         }
-        (None, _) => return Err(usage("name the variable: keyveil dynamic add ENV VAR ...")),
-    };
-    for (n, _) in &names {
+    }
+    if out.is_empty() {
+        return Err(OpError::new(
+            ErrorCode::Failed,
+            "the KV secret has no field whose name is a valid variable name",
+        ));
+    }
+    Ok(out)
+}
+
+/// Without the `openbao` feature a KV import is refused as unsupported.
+#[cfg(not(feature = "openbao"))]
+async fn kv_fields(
+    _spec: &DynamicSpec,
+    _logins: &dynamic::Logins,
+) -> Result<Vec<(String, Option<String>)>, OpError> {
+    Err(failed(&DynamicError::Unsupported("openbao-kv")))
+}
+
+/// Refuses a variable name that breaks environment-variable rules or names a code-loading
+/// variable (as `set` refuses them: the value, chosen by whoever runs the server, would make
+/// granted commands load or run other code).
+fn check_names(names: &[(String, Option<String>)]) -> Result<(), OpError> {
+    for (n, _) in names {
         if !keyveil_vault::is_valid_name(n) {
             return Err(usage(format!(
                 "invalid variable name {:?}: names follow environment-variable rules [A-Za-z_][A-Za-z0-9_]*",
@@ -158,8 +204,6 @@ pub(crate) async fn add(
             )));
         }
         if super::access::is_injection_var(n) || crate::loaders::is_loader_var(n) {
-            // As `set` refuses them: the value (chosen by whoever runs the server) would make
-            // granted commands load or run other code.
             return Err(OpError::new(
                 ErrorCode::Denied,
                 format!("refused: a variable named {n} would make granted commands load or run other code"),
@@ -167,19 +211,31 @@ pub(crate) async fn add(
             .hint("choose another name; keyveil never injects code-loading variables into a granted process"));
         }
     }
-    // (A KV import has just read the secret: that was the check.)
-    if req.check && !(engine == EngineKind::OpenbaoKv && req.name.is_none()) {
-        dynamic::check_admin(&spec, &logins).await.map_err(|e| {
-            let f = failed(&e);
-            let h = match &f.hint {
-                Some(h) => format!("nothing was stored; {h}"),
-                None => "nothing was stored; fix the admin URL or token and try again".into(),
-            };
-            f.hint(h)
-        })?;
-    }
+    Ok(())
+}
 
-    // Replacing a variable that holds a value needs the human's factor (see `guard::guard_stored`).
+/// Checks the admin credential against its source before anything is stored.
+async fn check_source(spec: &DynamicSpec, logins: &dynamic::Logins) -> Result<(), OpError> {
+    dynamic::check_admin(spec, logins).await.map_err(|e| {
+        let f = failed(&e);
+        let h = match &f.hint {
+            Some(h) => format!("nothing was stored; {h}"),
+            None => "nothing was stored; fix the admin URL or token and try again".into(),
+        };
+        f.hint(h)
+    })
+}
+
+/// Asks for the human's factor where it is needed: replacing a variable that holds a value
+/// (see `guard::guard_stored`), or a name guessed where names are hidden; whether it was
+/// verified.
+async fn authorize(
+    broker: &Arc<Broker>,
+    req: &DynamicAddRequest,
+    names: &[(String, Option<String>)],
+    mut hidden_guess: bool,
+    digest: Option<[u8; crate::factor_proof::LEN]>,
+) -> Result<bool, OpError> {
     let stored: usize = {
         let inner = broker.lock();
         names
@@ -198,12 +254,25 @@ pub(crate) async fn add(
     } else {
         super::guard::Need::stored(stored)
     };
-    let verified =
+    Ok(
         super::guard::guard_stored(broker, &req.environment, need, req.factor.clone(), digest)
             .await?
-            .is_some();
+            .is_some(),
+    )
+}
+
+/// Stores the variables (after rechecking the factor under the lock), saves the vault and
+/// audits the summary returned.
+fn store(
+    broker: &Broker,
+    req: &DynamicAddRequest,
+    spec: &DynamicSpec,
+    names: &[(String, Option<String>)],
+    verified: bool,
+) -> OpResult<DynamicAdded> {
+    let engine = spec.engine;
     let mut inner = broker.lock();
-    for (n, _) in &names {
+    for (n, _) in names {
         super::guard::recheck(&inner, &req.environment, Some(n), verified)?;
     }
     inner.audit_ready("dynamic_add")?;
@@ -224,7 +293,7 @@ pub(crate) async fn add(
         factor: verified,
     };
     let mut replaced = Vec::new();
-    for (n, key) in &names {
+    for (n, key) in names {
         let mut s = spec.clone();
         if let Some(k) = key {
             s.options.insert("key".into(), k.clone());
@@ -261,7 +330,7 @@ pub(crate) async fn add(
         variables: names.iter().map(|(n, _)| n.clone()).collect(),
         engine: engine.name().to_owned(),
         target: spec.shown_target(),
-        output: output.name().to_owned(),
+        output: spec.output.name().to_owned(),
         prefix: spec.prefix.clone(),
         template_sha256: hex::encode(sha2::Sha256::digest(req.template.as_bytes())),
         replaced,

@@ -26,6 +26,7 @@ pub(crate) mod runner;
 pub(crate) mod spawn;
 pub(crate) mod state;
 pub(crate) mod sweep_ops;
+mod sweep_scrub;
 pub(crate) mod sweep_watch;
 pub(crate) mod web;
 

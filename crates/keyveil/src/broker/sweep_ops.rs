@@ -25,6 +25,9 @@ use serde_json::json;
 use super::Broker;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RunsStopped};
+use super::sweep_scrub::{
+    FORMER, FORMER_UNVERIFIED, Scrubbers, is_former, scrub_after, scrubbable,
+};
 use crate::factor_proof;
 use crate::sweep::wire::{Contained, SweepOutcome};
 use crate::sweep::{Finding, SweepPlan};
@@ -38,27 +41,6 @@ pub(crate) const RECENT_KIND: &str = "recent";
 const RECENT_SECONDS: u64 = 86_400;
 /// Default and largest [`op::Sweep::max_seconds`].
 const MAX_SECONDS: (u64, u64) = (600, 3600);
-
-/// The credential of a finding of a value a variable held when a sweep marked it compromised and
-/// that was replaced since (see [`keyveil_vault::Compromise::value`]).
-pub(crate) const FORMER: &str = "former";
-/// [`FORMER`], for a value stored without the human's factor (a first value: an agent may
-/// have chosen it; see [`keyveil_vault::Compromise::value_by_factor`]).
-pub(crate) const FORMER_UNVERIFIED: &str = "former-unverified";
-
-/// Whether a finding's `credential` is a former value ([`FORMER`] or [`FORMER_UNVERIFIED`]).
-pub(crate) fn is_former(credential: &str) -> bool {
-    credential == FORMER || credential == FORMER_UNVERIFIED
-}
-
-/// Whether `--scrub-transcripts` may rewrite copies of a finding's `credential`: a former value
-/// (replaced since it was found) or a minted credential (destroyed at its source by the
-/// containment that runs before the scrub). Never a current stored value or admin credential:
-/// a rewrite of only the transcripts that hold it would tell whoever planted guesses, one per
-/// transcript, which guess was right.
-pub(crate) fn scrubbable(credential: &str) -> bool {
-    is_former(credential) || credential == "minted"
-}
 
 /// What a redactor name stands for: `(environment, real name, shown name, credential,
 /// guessable)` (see [`guessable`]).
@@ -315,14 +297,6 @@ fn redactors(
     Ok((redactor, keys, scrubbers))
 }
 
-/// The scrub's redactors ([`redactors`]): every [`scrubbable`] secret, and all but the former
-/// values stored without the factor (for a sweep that also contained something: see
-/// [`scrub_after`]).
-struct Scrubbers {
-    all: crate::redact::Redactor,
-    gated: crate::redact::Redactor,
-}
-
 /// Replaces the redactor's names in `findings` by environment, shown name and credential.
 pub(super) fn name_findings(findings: &mut [Finding], keys: &BTreeMap<String, Key>) {
     for f in findings {
@@ -477,93 +451,6 @@ async fn sweep_with(
     seal(&key, &nonce, &outcome, SEALED_MIN)
 }
 
-/// Rewrites the host transcripts that hold a copy of a [`scrubbable`] secret among `findings`
-/// with `scrubbers` (which know only those), and says, in notes for the human's sealed report,
-/// which current values' copies it left and why.
-///
-/// When the sweep also `contained` something (a current value or admin credential found, or a
-/// minted one), the former values stored without the factor ([`FORMER_UNVERIFIED`]) are left
-/// too: the agent could have chosen one (the first value of a variable of its own, a guess of
-/// another's, rotated by the human as the sealed report said). [`secrets`] leaves out a former
-/// value that a current secret also has, so whether such a guess was scrubbed would say whether
-/// it was right; but a copy of it is then a copy of that current value, found and contained.
-/// Scrubbing them only when nothing was contained makes what the scrub does with them a
-/// function of what the `incident` entries already tell (one bit a sweep), never of which
-/// planted guess matched (`tests/it/redteam_s9b.rs`).
-async fn scrub_after(
-    findings: &[Finding],
-    home: Option<PathBuf>,
-    scrubbers: Scrubbers,
-    contained: bool,
-) -> (crate::sweep::scrub::Scrubbed, Vec<String>) {
-    use crate::sweep::scrub;
-    let (_, mut left) = scrub::targets(findings, home.as_deref());
-    let of = |keep: bool| -> Vec<Finding> {
-        findings
-            .iter()
-            .filter(|f| scrubbable(&f.credential) == keep)
-            .filter(|f| !(keep && contained && f.credential == FORMER_UNVERIFIED))
-            .cloned()
-            .collect()
-    };
-    let scrubber = if contained {
-        scrubbers.gated
-    } else {
-        scrubbers.all
-    };
-    let formers: BTreeSet<(String, String)> = findings
-        .iter()
-        .filter(|f| contained && f.credential == FORMER_UNVERIFIED)
-        .filter(|f| {
-            scrub::targets(std::slice::from_ref(*f), home.as_deref())
-                .0
-                .len()
-                == 1
-        })
-        .map(|f| (f.environment.clone(), f.variable.clone()))
-        .collect();
-    for (env, var) in formers {
-        left.push(format!(
-            "{env}/{var}: copies of its former value (stored without your factor) in host transcripts were not rewritten: this sweep also contained something, and a value stored without the factor may be an agent's guess of a current one; rotate what it contained and store the new values, then run `keyveil sweep --contain --scrub-transcripts` again"
-        ));
-    }
-    let (files, _) = scrub::targets(&of(true), home.as_deref());
-    let (held, _) = scrub::targets(&of(false), home.as_deref());
-    let current: BTreeSet<(String, String, bool)> = findings
-        .iter()
-        .filter(|f| !scrubbable(&f.credential))
-        .filter(|f| match &f.location {
-            crate::sweep::Location::File { path, .. } => held.contains(&PathBuf::from(path)),
-            _ => false,
-        })
-        .map(|f| {
-            let admin = f.credential == "admin";
-            (f.environment.clone(), f.variable.clone(), admin)
-        })
-        .collect();
-    const WHY: &str = "the value is current, and rewriting only the transcripts that hold it would tell whoever planted guesses there which one was right";
-    for (env, var, admin) in current {
-        left.push(if admin {
-            format!(
-                "{env}/{var}: copies of its admin credential in host transcripts were not rewritten: {WHY}; replace it at its source and in keyveil (`keyveil dynamic add`), then delete those transcripts with the host closed"
-            )
-        } else {
-            format!(
-                "{env}/{var}: its copies in host transcripts were not rewritten: {WHY}; rotate it at its source and store the new value (`keyveil set {env} {var}`), then run `keyveil sweep --contain --scrub-transcripts` again: keyveil keeps the value it found sealed, and that scrub rewrites its copies"
-            )
-        });
-    }
-    let done = tokio::task::spawn_blocking(move || scrub::scrub(&files, &scrubber))
-        .await
-        .unwrap_or_else(|_| scrub::Scrubbed {
-            files: Vec::new(),
-            notes: vec![
-                "the scrub stopped unexpectedly; transcripts were left as they were".to_owned(),
-            ],
-        });
-    (done, left)
-}
-
 /// `sweep` with `progress`: the connection stays open and a [`Reply::SweepProgress`] frame
 /// (counts of work done, never of findings) goes out every [`PROGRESS_EVERY`] until the final
 /// reply, the same as without progress. Nothing is sent before the factor is proved.
@@ -632,8 +519,35 @@ pub(super) async fn contain(
     findings: &[Finding],
     keys: &BTreeMap<String, Key>,
 ) -> Vec<Contained> {
-    // (environment, real name) → (shown, kinds, copies)
-    let mut found: BTreeMap<(String, String), (String, BTreeSet<String>, u64)> = BTreeMap::new();
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    for ((env, real), found) in found_variables(findings, keys) {
+        let (mut c, runs) = {
+            let mut inner = broker.lock();
+            contain_one(&mut inner, &env, &real, &found, now)
+        };
+        broker.notify();
+        c.runs_stopped = RunsStopped::wait(runs).await.runs;
+        out.push(c);
+    }
+    out
+}
+
+/// What a sweep found of one variable: the name shown, the kinds of place, the copies.
+struct Found {
+    shown: String,
+    kinds: BTreeSet<String>,
+    copies: u64,
+}
+
+/// The variables whose current value (or minted credential) `findings` hold, by (environment,
+/// real name), with what was found of each. Former values are left out: they were replaced
+/// already, there is nothing of the variable's now to contain.
+fn found_variables(
+    findings: &[Finding],
+    keys: &BTreeMap<String, Key>,
+) -> BTreeMap<(String, String), Found> {
+    let mut found: BTreeMap<(String, String), Found> = BTreeMap::new();
     let real_of: BTreeMap<(&str, &str), &str> = keys
         .values()
         .map(|(e, r, s, ..)| ((e.as_str(), s.as_str()), r.as_str()))
@@ -645,7 +559,6 @@ pub(super) async fn contain(
     // report has every one.
     let mut recent_seen: BTreeSet<(String, String)> = BTreeSet::new();
     for f in findings {
-        // A former value was replaced already: there is nothing of the variable's now to contain.
         if is_former(&f.credential) {
             continue;
         }
@@ -653,93 +566,101 @@ pub(super) async fn contain(
             continue;
         };
         let id = (f.environment.clone(), (*real).to_owned());
-        let e = found
-            .entry(id.clone())
-            .or_insert_with(|| (f.variable.clone(), BTreeSet::new(), 0));
+        let e = found.entry(id.clone()).or_insert_with(|| Found {
+            shown: f.variable.clone(),
+            kinds: BTreeSet::new(),
+            copies: 0,
+        });
         if f.recent {
             if recent_seen.insert(id) {
-                e.1.insert(RECENT_KIND.to_owned());
-                e.2 += 1;
+                e.kinds.insert(RECENT_KIND.to_owned());
+                e.copies += 1;
             }
         } else {
-            e.1.insert(f.kind.clone());
-            e.2 += 1;
+            e.kinds.insert(f.kind.clone());
+            e.copies += 1;
         }
     }
-    let now = Timestamp::now();
-    let mut out = Vec::new();
-    for ((env, real), (shown, kinds, copies)) in found {
-        let mut c = Contained {
-            environment: env.clone(),
-            variable: shown.clone(),
-            ..Contained::default()
-        };
-        let runs = {
-            let mut inner = broker.lock();
-            let ids: Vec<String> = inner
-                .grants
-                .values()
-                .filter(|g| !g.revoked && g.environment == env && g.variables.contains(&real))
-                .map(|g| g.id.clone())
-                .collect();
-            for id in &ids {
-                if inner.revoke(id, "its value was found outside keyveil by a sweep") {
-                    c.grants_revoked += 1;
-                }
-            }
-            let var = inner
-                .vault()
-                .ok()
-                .and_then(|v| v.data().environments.get(&env))
-                .and_then(|e| e.variables.get(&real));
-            c.dynamic = var.is_some_and(|v| v.dynamic.is_some());
-            let mark = Compromise {
-                found_at: now,
-                kinds: kinds.iter().cloned().collect(),
-                copies,
-                // Kept for later sweeps once the variable is rotated (`FORMER`).
-                value: var.and_then(|v| v.value.clone()),
-                value_by_factor: var
-                    .and_then(|v| v.stored.as_ref())
-                    .is_some_and(|s| s.factor),
-            };
-            match inner.vault_mut() {
-                Ok(v) => {
-                    let id = format!("{env}/{real}");
-                    let before = v.data_mut().compromised.insert(id.clone(), mark);
-                    match v.save() {
-                        Ok(()) => c.marked = true,
-                        Err(e) => {
-                            match before {
-                                Some(b) => v.data_mut().compromised.insert(id, b),
-                                None => v.data_mut().compromised.remove(&id),
-                            };
-                            c.problems
-                                .push(format!("cannot save the mark in the vault: {e}"));
-                        }
-                    }
-                }
-                Err(e) => c.problems.push(e.message.clone()),
-            }
-            inner.audit(
-                "incident",
-                json!({
-                    "environment": env,
-                    "variable": shown,
-                    "kinds": kinds,
-                    "copies": copies,
-                    "grants_revoked": c.grants_revoked,
-                    "dynamic": c.dynamic,
-                    "marked": c.marked,
-                }),
-            );
-            inner.runs_ended(&ids)
-        };
-        broker.notify();
-        c.runs_stopped = RunsStopped::wait(runs).await.runs;
-        out.push(c);
+    found
+}
+
+/// Contains one variable under the broker's lock: revokes its grants, marks it compromised in
+/// the vault (saved; the old mark put back when the save fails), audits the `incident`; what
+/// was done, and the runs its revoked grants ended (for the caller to wait on, unlocked).
+fn contain_one(
+    inner: &mut Inner,
+    env: &str,
+    real: &str,
+    found: &Found,
+    now: Timestamp,
+) -> (
+    Contained,
+    Vec<tokio::sync::watch::Receiver<Option<super::spawn::TreeEnd>>>,
+) {
+    let mut c = Contained {
+        environment: env.to_owned(),
+        variable: found.shown.clone(),
+        ..Contained::default()
+    };
+    let ids: Vec<String> = inner
+        .grants
+        .values()
+        .filter(|g| !g.revoked && g.environment == env && g.variables.iter().any(|v| v == real))
+        .map(|g| g.id.clone())
+        .collect();
+    for id in &ids {
+        if inner.revoke(id, "its value was found outside keyveil by a sweep") {
+            c.grants_revoked += 1;
+        }
     }
-    out
+    let var = inner
+        .vault()
+        .ok()
+        .and_then(|v| v.data().environments.get(env))
+        .and_then(|e| e.variables.get(real));
+    c.dynamic = var.is_some_and(|v| v.dynamic.is_some());
+    let mark = Compromise {
+        found_at: now,
+        kinds: found.kinds.iter().cloned().collect(),
+        copies: found.copies,
+        // Kept for later sweeps once the variable is rotated (`FORMER`).
+        value: var.and_then(|v| v.value.clone()),
+        value_by_factor: var
+            .and_then(|v| v.stored.as_ref())
+            .is_some_and(|s| s.factor),
+    };
+    match inner.vault_mut() {
+        Ok(v) => {
+            let id = format!("{env}/{real}");
+            let before = v.data_mut().compromised.insert(id.clone(), mark);
+            match v.save() {
+                Ok(()) => c.marked = true,
+                Err(e) => {
+                    match before {
+                        Some(b) => v.data_mut().compromised.insert(id, b),
+                        None => v.data_mut().compromised.remove(&id),
+                    };
+                    c.problems
+                        .push(format!("cannot save the mark in the vault: {e}"));
+                }
+            }
+        }
+        Err(e) => c.problems.push(e.message.clone()),
+    }
+    inner.audit(
+        "incident",
+        json!({
+            "environment": env,
+            "variable": found.shown,
+            "kinds": found.kinds,
+            "copies": found.copies,
+            "grants_revoked": c.grants_revoked,
+            "dynamic": c.dynamic,
+            "marked": c.marked,
+        }),
+    );
+    let runs = inner.runs_ended(&ids);
+    (c, runs)
 }
 
 /// The compromise mark filed under `env/real`, if it is `var`'s: a mark older than the variable

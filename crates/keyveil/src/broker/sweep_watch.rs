@@ -627,7 +627,7 @@ async fn found(
     // agent) gives.
     let former = |f: &&Finding| {
         keys.get(&f.variable)
-            .is_some_and(|k| sweep_ops::is_former(k.3))
+            .is_some_and(|k| super::sweep_scrub::is_former(k.3))
     };
     let to_contain: Vec<Finding> = batch
         .iter()

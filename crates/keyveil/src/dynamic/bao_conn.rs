@@ -12,15 +12,14 @@
 //!
 //! Logins (option `auth`): `token` (the stored secret is the token), `approle` (the stored
 //! secret is the secret id; option `role_id`), `jwt` (the stored secret is the JWT; option
-//! `auth_role`) and `userpass` (the stored secret is the password; option `username`). A login's token lives in [`Logins`], in the broker's memory only: renewed at
-//! half its TTL while the vault is unlocked, revoked (`auth/token/revoke-self`) when the vault
-//! is locked or the broker stops. It is never written to disk, an argument, a log or an error.
+//! `auth_role`) and `userpass` (the stored secret is the password; option `username`); the
+//! tokens they give are held by [`super::bao_login::Logins`]. The TLS client is built in
+//! [`tls`].
 
 // `serde_json::Value` indexing by key returns `Null` for a missing key: it never panics.
 #![allow(clippy::indexing_slicing)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,24 +30,15 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use keyveil_vault::SecretValue;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::{Value, json};
+use rustls_pki_types::ServerName;
+use serde_json::Value;
 use sha2::Digest;
 
 use super::target::Target;
 use super::{DynamicError, DynamicSpec, EngineKind, scrub, timed};
 
-/// The system's root bundles (root-owned paths; see `broker::egress::tls`).
-const SYSTEM_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
-/// A cached token is used while it has at least this long left; else the broker logs in again.
-const MIN_LEFT: Duration = Duration::from_secs(30);
+mod tls;
+use tls::{client_config, tls_hint};
 
 /// How the broker gets its token for a variable (option `auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +68,8 @@ impl AuthKind {
         }
     }
 
-    fn default_mount(self) -> &'static str {
+    /// Where this login is mounted unless `auth_mount` says otherwise.
+    pub(super) fn default_mount(self) -> &'static str {
         match self {
             AuthKind::Token => "token",
             AuthKind::AppRole => "approle",
@@ -133,7 +124,7 @@ pub(crate) struct Conn {
 }
 
 /// A userpass user name goes into the login's URL path: letters, digits, `_-.@`, 1 to 128.
-fn valid_username(u: &str) -> bool {
+pub(super) fn valid_username(u: &str) -> bool {
     (1..=128).contains(&u.len())
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
@@ -488,6 +479,7 @@ enum Stage {
     Http,
 }
 
+/// One HTTP/1.1 request over `io`: the status and body, or where and why the transport failed.
 async fn exchange_on<IO>(
     io: TokioIo<IO>,
     req: Request<Full<Bytes>>,
@@ -516,153 +508,9 @@ where
     Ok((status, bytes))
 }
 
-fn tls_hint(reason: &str, host: &str) -> String {
-    if reason.contains("UnknownIssuer") || reason.contains("unknown issuer") {
-        "the node's certificate is not signed by a CA keyveil trusts: give the cluster's CA certificate with `keyveil dynamic add ... --ca-file CA.pem` (replacing the variable asks for your factor)".into()
-    } else if reason.contains("NotValidForName") || reason.contains("not valid for name") {
-        format!(
-            "the node's certificate does not name {host:?}: use the host name it was issued for in --address"
-        )
-    } else if reason.contains("Expired") || reason.contains("expired") {
-        "the node's certificate has expired (or this machine's clock is wrong): ask the cluster's operator to renew it".into()
-    } else if reason.contains("CertificateRequired")
-        || reason.contains("certificate required")
-        || reason.contains("BadCertificate")
-        || reason.contains("bad certificate")
-    {
-        "the node wants a client certificate it accepts: give --client-cert and --client-key".into()
-    } else {
-        "check the address (https:// to a TLS listener, http:// to a plain one) and the CA given with --ca-file".into()
-    }
-}
-
-#[allow(deprecated)]
-fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The TLS client for a spec: its CA (`ca_pem` option) or the system roots; its client
-/// certificate (`client_cert`, `client_key`: PEM files).
-fn client_config(spec: &DynamicSpec) -> Result<Arc<rustls::ClientConfig>, DynamicError> {
-    let cfg = |m: String| DynamicError::Config(m);
-    let mut roots = rustls::RootCertStore::empty();
-    match spec.opt("ca_pem") {
-        Some(pem) => {
-            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let c = c.map_err(|e| cfg(format!("the OpenBao CA is not PEM: {e}")))?;
-                roots
-                    .add(c)
-                    .map_err(|e| cfg(format!("the OpenBao CA certificate is unusable: {e}")))?;
-            }
-            if roots.is_empty() {
-                return Err(cfg("the OpenBao CA file holds no certificate".into()));
-            }
-        }
-        None => {
-            for p in SYSTEM_BUNDLES {
-                if let Ok(b) = std::fs::read(p) {
-                    let certs: Vec<_> = CertificateDer::pem_slice_iter(&b).flatten().collect();
-                    if !certs.is_empty() {
-                        let _ = roots.add_parsable_certificates(certs);
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(crypto())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cfg(e.to_string()))?
-        .with_root_certificates(roots);
-    let mut c = match (spec.opt("client_cert"), spec.opt("client_key")) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let read = |p: &str, what: &str| {
-                read_pem_file(p).map_err(|e| {
-                    cfg(format!("cannot read the client {what} {p}: {e} (give it again with `keyveil dynamic add ... --client-{what} PATH`)"))
-                })
-            };
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(&read(cert, "cert")?)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| cfg(format!("the client certificate is not PEM: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(&read(key, "key")?)
-                .map_err(|_| cfg("the client key is not a PEM private key".into()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| cfg(format!("the client certificate and key do not fit: {e}")))?
-        }
-        _ => {
-            return Err(cfg("--client-cert and --client-key go together".into()));
-        }
-    };
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(c))
-}
-
-/// The most a client certificate or key file may hold.
-const MAX_PEM_FILE: u64 = 1 << 20;
-
-/// Reads a client certificate or key file (read at each connection, so whoever can write the
-/// path decides what is there): a regular file of at most [`MAX_PEM_FILE`] bytes, opened
-/// without blocking, outside `/proc`, `/sys` and `/dev`. A FIFO (which would block a broker
-/// thread until some writer came), a device (`/dev/zero`: an endless read) or the broker's own
-/// `/proc/self` files are refused. Symlinks are followed (certificate renewers use them).
-fn read_pem_file(p: &str) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let odd = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
-    let canon = std::fs::canonicalize(p)?;
-    if ["/proc", "/sys", "/dev"]
-        .iter()
-        .any(|root| canon.starts_with(root))
-    {
-        return Err(odd("it is under /proc, /sys or /dev, not a PEM file"));
-    }
-    let (f, m) = crate::pin::open_regular(&canon)
-        .map_err(|_| odd("it is not a regular file (a FIFO, socket, device or directory)"))?;
-    if m.len() > MAX_PEM_FILE {
-        return Err(odd("it is larger than 1 MiB"));
-    }
-    let mut out = Vec::new();
-    f.take(MAX_PEM_FILE + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > MAX_PEM_FILE {
-        return Err(odd("it is larger than 1 MiB"));
-    }
-    Ok(out)
-}
-
-/// A token the broker got by logging in.
-#[derive(Debug, Clone)]
-struct Session {
-    token: SecretValue,
-    accessor: String,
-    /// Where to renew and revoke it (the spec that logged in).
-    spec: DynamicSpec,
-    /// When its TTL was last set, and the TTL (zero: no expiry).
-    since: Instant,
-    ttl: Duration,
-    renewable: bool,
-}
-
-impl Session {
-    fn left(&self) -> Option<Duration> {
-        (!self.ttl.is_zero()).then(|| self.ttl.saturating_sub(self.since.elapsed()))
-    }
-}
-
-/// The tokens the broker holds from logins, in memory only. One per (node, namespace, login,
-/// login secret).
-#[derive(Debug, Default)]
-pub(crate) struct Logins {
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
-    /// Serialises logins, so two grants starting at once share one token.
-    gate: tokio::sync::Mutex<()>,
-    /// Set at lock: no login until the next unlock.
-    closed: AtomicBool,
-    renewing: AtomicBool,
-}
-
-fn login_key(spec: &DynamicSpec) -> [u8; 32] {
+/// The key of a spec's login and of its entry in [`SERVING`]: a digest of its nodes,
+/// namespace, login, CA, client certificate and secret.
+pub(super) fn login_key(spec: &DynamicSpec) -> [u8; 32] {
     let mut h = sha2::Sha256::new();
     for k in [
         "address",
@@ -682,250 +530,9 @@ fn login_key(spec: &DynamicSpec) -> [u8; 32] {
     h.finalize().into()
 }
 
-impl Logins {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How many tokens are held (for tests).
-    #[cfg(test)]
-    pub(crate) fn held(&self) -> usize {
-        self.sessions().len()
-    }
-
-    /// The token for `spec`: the stored one (`auth=token`), a cached login's, or a fresh login.
-    /// Returns the token and whether it came from a login (a refused request then logs in
-    /// again once: the token may have been revoked at the server).
-    ///
-    /// Errors: the vault is locked (no login), the login was refused (with a hint).
-    pub(crate) async fn token(
-        &self,
-        spec: &DynamicSpec,
-    ) -> Result<(SecretValue, bool), DynamicError> {
-        let auth = AuthKind::of(spec)?;
-        if auth == AuthKind::Token {
-            return Ok((spec.admin.clone(), false));
-        }
-        let key = login_key(spec);
-        let fresh = |s: &Session| s.left().is_none_or(|l| l > MIN_LEFT);
-        if let Some(s) = self.sessions().get(&key).filter(|s| fresh(s)) {
-            return Ok((s.token.clone(), true));
-        }
-        let _one = self.gate.lock().await;
-        if let Some(s) = self.sessions().get(&key).filter(|s| fresh(s)) {
-            return Ok((s.token.clone(), true));
-        }
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(DynamicError::Config(
-                "the vault is locked: keyveil logs in to OpenBao again after `keyveil unlock`"
-                    .into(),
-            ));
-        }
-        let s = login(spec, auth).await?;
-        let token = s.token.clone();
-        if let Some(old) = self.sessions().insert(key, s) {
-            // An expiring token replaced by a fresh one: end it now.
-            tokio::spawn(async move { revoke_session(&old).await });
-        }
-        Ok((token, true))
-    }
-
-    /// Forgets the cached token of `spec` (refused by the server: expired or revoked there).
-    pub(crate) fn forget(&self, spec: &DynamicSpec) {
-        self.sessions().remove(&login_key(spec));
-    }
-
-    /// Allows logins again (at unlock).
-    pub(crate) fn reopen(&self) {
-        self.closed.store(false, Ordering::SeqCst);
-    }
-
-    /// Refuses logins until [`Logins::reopen`] and revokes every token held; returns the
-    /// accessors revoked and the number that could not be (they end at their TTL).
-    pub(crate) async fn close(&self) -> (Vec<String>, usize) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _one = self.gate.lock().await;
-        let all: Vec<Session> = self.sessions().drain().map(|(_, s)| s).collect();
-        let mut revoked = Vec::new();
-        let mut failed = 0;
-        for s in all {
-            if revoke_session(&s).await {
-                revoked.push(s.accessor.clone());
-            } else {
-                failed += 1;
-            }
-        }
-        (revoked, failed)
-    }
-
-    /// Renews, in the background, every token past half its TTL (called from the broker's tick
-    /// while the vault is unlocked). A token that cannot be renewed is dropped: the next use
-    /// logs in again.
-    pub(crate) fn renew_due(self: &Arc<Self>) {
-        if self.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let due: Vec<([u8; 32], Session)> = self
-            .sessions()
-            .iter()
-            .filter(|(_, s)| s.renewable && s.left().is_some_and(|l| l * 2 < s.ttl))
-            .map(|(k, s)| (*k, s.clone()))
-            .collect();
-        if due.is_empty() || self.renewing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let me = self.clone();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.renewing.store(false, Ordering::SeqCst);
-            return;
-        };
-        rt.spawn(async move {
-            for (k, s) in due {
-                let renewed = renew_session(&s).await;
-                let mut map = me.sessions();
-                match renewed {
-                    Some((ttl, renewable)) => {
-                        if let Some(e) = map.get_mut(&k).filter(|e| e.accessor == s.accessor) {
-                            e.since = Instant::now();
-                            e.ttl = ttl;
-                            e.renewable = renewable && !ttl.is_zero();
-                        }
-                    }
-                    None => {
-                        if map.get(&k).is_some_and(|e| e.accessor == s.accessor) {
-                            map.remove(&k);
-                        }
-                    }
-                }
-            }
-            me.renewing.store(false, Ordering::SeqCst);
-        });
-    }
-}
-
-/// Logs in; the answer's `auth` block becomes a session.
-async fn login(spec: &DynamicSpec, auth: AuthKind) -> Result<Session, DynamicError> {
-    let conn = Conn::new(spec)?;
-    let mount = spec.opt("auth_mount").unwrap_or(auth.default_mount());
-    let path = match auth {
-        AuthKind::Userpass => {
-            let user = spec.opt("username").unwrap_or("");
-            if !valid_username(user) {
-                return Err(DynamicError::Config(
-                    "the OpenBao user name is malformed".into(),
-                ));
-            }
-            format!("auth/{mount}/login/{user}")
-        }
-        _ => format!("auth/{mount}/login"),
-    };
-    let body = match auth {
-        AuthKind::AppRole => {
-            json!({"role_id": spec.opt("role_id").unwrap_or(""), "secret_id": spec.admin.expose()})
-        }
-        AuthKind::Jwt => {
-            json!({"role": spec.opt("auth_role").unwrap_or(""), "jwt": spec.admin.expose()})
-        }
-        AuthKind::Userpass => json!({"password": spec.admin.expose()}),
-        AuthKind::Token => return Err(DynamicError::Config("a token needs no login".into())),
-    };
-    let secrets = [spec.admin.expose()];
-    let (status, v) = conn
-        .request(Method::POST, &path, Some(&body), None, &secrets)
-        .await?;
-    let token = v["auth"]["client_token"].as_str().unwrap_or("");
-    if !(200..300).contains(&status) || token.is_empty() {
-        let reason = scrub(super::openbao::errors_of(status, &v), &secrets);
-        let hint = match (auth, status) {
-            (_, 404) | (_, 405) => format!(
-                "no {} auth method is mounted at auth/{mount}{}: check --auth-mount",
-                match auth {
-                    AuthKind::Jwt => "JWT",
-                    AuthKind::Userpass => "userpass",
-                    _ => "AppRole",
-                },
-                ns_note(conn.namespace())
-            ),
-            (AuthKind::AppRole, _) => "the role id or secret id is wrong, expired or used up: get a new secret id from your OpenBao operator and give it with `keyveil dynamic add ... --auth approle` (replacing the variable asks for your factor)".into(),
-            (AuthKind::Userpass, _) => "the user name or password was refused: give the right password with `keyveil dynamic add ... --auth userpass --username NAME` (asked at the terminal; replacing the variable asks for your factor)".into(),
-            _ => "the JWT was refused (expired, wrong audience or issuer, or not signed by a key the role trusts): give a fresh one with `keyveil dynamic add ... --auth jwt --admin-stdin` (or --admin-env VAR in CI)".into(),
-        };
-        return Err(bao_error(
-            spec.engine,
-            &conn.address,
-            format!("refused the login at {path}{}", ns_note(conn.namespace())),
-            reason,
-            hint,
-        ));
-    }
-    let ttl = Duration::from_secs(v["auth"]["lease_duration"].as_u64().unwrap_or(0));
-    tracing::info!(
-        accessor = v["auth"]["accessor"].as_str().unwrap_or(""),
-        ttl_s = ttl.as_secs(),
-        node = conn.address,
-        "logged in to OpenBao"
-    );
-    Ok(Session {
-        token: SecretValue::new(token.to_owned()),
-        accessor: v["auth"]["accessor"].as_str().unwrap_or("").to_owned(),
-        spec: spec.clone(),
-        since: Instant::now(),
-        renewable: v["auth"]["renewable"].as_bool().unwrap_or(false) && !ttl.is_zero(),
-        ttl,
-    })
-}
-
 /// " in namespace N" or "".
 pub(crate) fn ns_note(ns: Option<&str>) -> String {
     ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
-}
-
-async fn renew_session(s: &Session) -> Option<(Duration, bool)> {
-    let conn = Conn::new(&s.spec).ok()?;
-    let (status, v) = conn
-        .request(
-            Method::POST,
-            "auth/token/renew-self",
-            Some(&json!({})),
-            Some(&s.token),
-            &[s.token.expose(), s.spec.admin.expose()],
-        )
-        .await
-        .ok()?;
-    ((200..300).contains(&status)).then(|| {
-        (
-            Duration::from_secs(v["auth"]["lease_duration"].as_u64().unwrap_or(0)),
-            v["auth"]["renewable"].as_bool().unwrap_or(false),
-        )
-    })
-}
-
-/// Revokes a login's token (and so every lease it created); `true` when it is gone.
-async fn revoke_session(s: &Session) -> bool {
-    let Ok(conn) = Conn::new(&s.spec) else {
-        return false;
-    };
-    match conn
-        .request(
-            Method::POST,
-            "auth/token/revoke-self",
-            Some(&json!({})),
-            Some(&s.token),
-            &[s.token.expose(), s.spec.admin.expose()],
-        )
-        .await
-    {
-        // 403: already revoked or expired at the server.
-        Ok((status, _)) if (200..300).contains(&status) || status == 403 => true,
-        Ok((status, v)) => {
-            tracing::warn!(accessor = s.accessor, status, error = %super::openbao::errors_of(status, &v), "cannot revoke an OpenBao token; it ends at its TTL");
-            false
-        }
-        Err(e) => {
-            tracing::warn!(accessor = s.accessor, error = %e, "cannot revoke an OpenBao token; it ends at its TTL");
-            false
-        }
-    }
 }
 
 #[cfg(test)]

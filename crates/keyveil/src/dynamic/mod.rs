@@ -24,6 +24,8 @@
 
 #[cfg(feature = "openbao")]
 pub(crate) mod bao_conn;
+#[cfg(feature = "openbao")]
+pub(crate) mod bao_login;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
 pub(crate) mod lease_reap;
@@ -422,7 +424,7 @@ impl DynamicError {
 
 /// The broker's OpenBao logins (an empty stand-in without the `openbao` feature).
 #[cfg(feature = "openbao")]
-pub(crate) use bao_conn::Logins;
+pub(crate) use bao_login::Logins;
 /// The broker's OpenBao logins (an empty stand-in without the `openbao` feature).
 #[cfg(not(feature = "openbao"))]
 #[derive(Debug, Default)]

@@ -24,7 +24,8 @@ use jiff::{SignedDuration, Timestamp};
 use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
-use super::bao_conn::{AuthKind, Conn, Logins, bao_error, ns_note};
+use super::Logins;
+use super::bao_conn::{AuthKind, Conn, bao_error, ns_note};
 use super::target::Target;
 use super::{
     CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, Shaped, scrub, shape,

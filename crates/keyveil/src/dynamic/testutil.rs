@@ -17,6 +17,13 @@ pub(crate) fn spec(engine: &str, admin: &str, template: &str, output: &str) -> D
     s
 }
 
+/// An `openbao-kv` spec reading the secret `app` with `token`, and `opts`.
+pub(crate) fn kv_spec(token: &str, opts: &[(&str, &str)]) -> DynamicSpec {
+    let mut o = vec![("path", "app")];
+    o.extend_from_slice(opts);
+    spec_with("openbao-kv", token, &o)
+}
+
 /// A spec with options (and a fresh prefix).
 pub(crate) fn spec_with(engine: &str, admin: &str, options: &[(&str, &str)]) -> DynamicSpec {
     let mut o: std::collections::BTreeMap<String, String> = options

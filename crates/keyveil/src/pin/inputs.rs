@@ -8,6 +8,8 @@ use super::operand::{Interp, interp, operand};
 use super::wrappers::wrapped;
 use super::{InputPin, UNPINNABLE, resolve};
 
+/// The package script a package manager's argv runs (`npm run NAME`, `npm test`, `yarn NAME`),
+/// if any.
 fn npm_script(argv: &[String]) -> Option<String> {
     let args: Vec<&str> = argv
         .iter()
@@ -52,6 +54,16 @@ pub(crate) fn inputs(
 /// Most wrappers followed in one argv (`nice timeout 5 env sh x.sh`).
 const MAX_WRAPPERS: u32 = 8;
 
+/// A command whose inputs are found: its argv, working directory, resolved executable, the
+/// child's HOME and PATH.
+struct Cmd<'a> {
+    argv: &'a [String],
+    cwd: &'a Path,
+    exe: &'a Path,
+    home: Option<&'a Path>,
+    search_path: &'a str,
+}
+
 /// [`inputs`] of a command `depth` wrappers deep.
 fn inputs_at(
     argv: &[String],
@@ -61,7 +73,28 @@ fn inputs_at(
     search_path: &str,
     depth: u32,
 ) -> Vec<InputPin> {
-    let mut out = Vec::new();
+    let cmd = Cmd {
+        argv,
+        cwd,
+        exe,
+        home,
+        search_path,
+    };
+    let (arg0, family) = names(argv, exe);
+    let is = |names: &[&str]| names.contains(&family.as_str()) || names.contains(&arg0.as_str());
+    let mut out = runner_inputs(&is, argv, cwd);
+    // Interpreters with a script operand: options are skipped with their arguments.
+    if let Some(kind) = interp(&is) {
+        out.extend(interpreter_inputs(kind, argv, cwd, exe));
+    }
+    out.extend(wrapper_inputs(&cmd, &is, &arg0, depth));
+    merge_loader_inputs(&mut out, &cmd, &family, &arg0);
+    out
+}
+
+/// The names a command goes by: its `argv[0]`'s base name, and its family (the executable's or
+/// else `argv[0]`'s base name without a version suffix: `python3.12` is `python`).
+fn names(argv: &[String], exe: &Path) -> (String, String) {
     let name = exe
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -78,39 +111,15 @@ fn inputs_at(
         })
         .find(|n| !n.is_empty())
         .unwrap_or_default();
-    let is = |names: &[&str]| names.contains(&family.as_str()) || names.contains(&arg0.as_str());
+    (arg0, family)
+}
+
+/// The files a task runner the command is (`is` tells) executes: `package.json`, a deno task's
+/// config, a justfile, `Cargo.toml` and `build.rs`, pytest/tox/nox configuration.
+fn runner_inputs(is: &dyn Fn(&[&str]) -> bool, argv: &[String], cwd: &Path) -> Vec<InputPin> {
+    let mut out = Vec::new();
     if is(&["npm", "yarn", "pnpm", "bun", "npx"]) {
-        let pj = cwd.join("package.json");
-        // The script shown is read from the very bytes pinned.
-        let detail = |text: &str| {
-            let s = npm_script(argv)?;
-            // npm strips a byte order mark before parsing.
-            let json =
-                serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{feff}')).ok();
-            if json.is_none() {
-                return Some(format!(
-                    "package.json does not parse as JSON: keyveil cannot show what {s:?} runs"
-                ));
-            }
-            let script = |name: &str| {
-                json.as_ref()
-                    .and_then(|v| v.get("scripts"))
-                    .and_then(|x| x.get(name))
-                    .and_then(|x| x.as_str().map(str::to_owned))
-            };
-            let mut d = match script(&s) {
-                Some(text) => format!("script {s:?} runs: {text}"),
-                None => format!("script {s:?} is not defined in package.json"),
-            };
-            // Lifecycle scripts npm runs around it (npm-scripts(7): pre<name>, post<name>).
-            for hook in [format!("pre{s}"), format!("post{s}")] {
-                if let Some(text) = script(&hook) {
-                    d.push_str(&format!("; {hook:?} runs: {text}"));
-                }
-            }
-            Some(d)
-        };
-        out.extend(pin_input_text("package.json", &pj, detail).map(|(p, _)| p));
+        out.extend(package_json(argv, cwd));
     }
     if is(&["deno"]) && argv.get(1).is_some_and(|a| a == "task") {
         deno_task(argv, cwd, &mut out);
@@ -136,88 +145,150 @@ fn inputs_at(
             out.extend(pin_input("pytest-config", &cwd.join(n), None));
         }
     }
-    // Interpreters with a script operand: options are skipped with their arguments.
-    if let Some(kind) = interp(&is) {
-        let o = operand(kind, argv);
-        let here = o
-            .chdir
-            .as_ref()
-            .map_or_else(|| cwd.to_path_buf(), |d| cwd.join(d));
-        if let Some(why) = o.unpinnable {
-            out.push(unpinnable(exe, why));
-        }
-        if o.from_stdin {
-            out.push(unpinnable(
-                exe,
-                "it reads program text from standard input, which the requester writes and \
-                 no card shows; put the program in a file and name it (`python3 check.py`), \
-                 or pass it inline (`-c`/`-e`), which the card shows",
+    out
+}
+
+/// The pin of `cwd`'s `package.json` for a package manager's argv, its detail naming what the
+/// script run (and its lifecycle hooks) runs, read from the very bytes pinned.
+fn package_json(argv: &[String], cwd: &Path) -> Option<InputPin> {
+    let pj = cwd.join("package.json");
+    let detail = |text: &str| {
+        let s = npm_script(argv)?;
+        // npm strips a byte order mark before parsing.
+        let json =
+            serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{feff}')).ok();
+        if json.is_none() {
+            return Some(format!(
+                "package.json does not parse as JSON: keyveil cannot show what {s:?} runs"
             ));
         }
-        if let Some(op) = o.script.and_then(|i| argv.get(i)) {
-            out.extend(pin_operand("script", &here, op, kind == Interp::Python));
-        }
-        for f in &o.files {
-            out.extend(pin_operand("script-option", &here, f, false));
-        }
-    }
-    // Wrappers: what they run is pinned as if it were run itself (its executable and inputs).
-    match wrapped(&is, argv) {
-        Ok(None) => {}
-        Err(why) => out.push(unpinnable(exe, why)),
-        Ok(Some(_)) if depth >= MAX_WRAPPERS => {
-            out.push(unpinnable(
-                exe,
-                "wrappers nested too deep for keyveil to follow",
-            ));
-        }
-        Ok(Some(w)) => {
-            let here = w
-                .chdir
-                .as_ref()
-                .map_or_else(|| cwd.to_path_buf(), |d| cwd.join(d));
-            let first = w.argv.first().map(String::as_str).unwrap_or("");
-            if let Ok(inner) = resolve(first, search_path, &here) {
-                let inner_is_interp = {
-                    let base = inner
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let fam = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
-                    let b0 = first.rsplit('/').next().unwrap_or(first);
-                    interp(&|names: &[&str]| names.contains(&fam) || names.contains(&b0)).is_some()
-                };
-                if inner_is_interp && is(&["xargs"]) {
-                    out.push(unpinnable(
-                        exe,
-                        "xargs adds arguments from its input: keyveil cannot tell which script runs",
-                    ));
-                }
-                out.extend(pin_input(
-                    "wrapped-executable",
-                    &inner,
-                    Some(format!("run by {arg0}")),
-                ));
-                out.extend(inputs_at(
-                    &w.argv,
-                    &here,
-                    &inner,
-                    home,
-                    search_path,
-                    depth + 1,
-                ));
+        let script = |name: &str| {
+            json.as_ref()
+                .and_then(|v| v.get("scripts"))
+                .and_then(|x| x.get(name))
+                .and_then(|x| x.as_str().map(str::to_owned))
+        };
+        let mut d = match script(&s) {
+            Some(text) => format!("script {s:?} runs: {text}"),
+            None => format!("script {s:?} is not defined in package.json"),
+        };
+        // Lifecycle scripts npm runs around it (npm-scripts(7): pre<name>, post<name>).
+        for hook in [format!("pre{s}"), format!("post{s}")] {
+            if let Some(text) = script(&hook) {
+                d.push_str(&format!("; {hook:?} runs: {text}"));
             }
         }
-    }
-    let cx = crate::loaders::Ctx {
-        argv,
-        cwd,
-        exe,
-        home,
+        Some(d)
     };
-    let mut dirs = crate::path_dirs::path_pins(search_path, cwd, home);
-    dirs.extend(crate::loaders::manager_inputs(search_path, &cx));
-    for p in crate::loaders::inputs(&family, &arg0, &cx)
+    pin_input_text("package.json", &pj, detail).map(|(p, _)| p)
+}
+
+/// The inputs of an interpreter's argv: its script operand and the files its options load,
+/// pinned; a refusal marker when what it runs cannot be told or comes from standard input.
+fn interpreter_inputs(kind: Interp, argv: &[String], cwd: &Path, exe: &Path) -> Vec<InputPin> {
+    let mut out = Vec::new();
+    let o = operand(kind, argv);
+    let here = o
+        .chdir
+        .as_ref()
+        .map_or_else(|| cwd.to_path_buf(), |d| cwd.join(d));
+    if let Some(why) = o.unpinnable {
+        out.push(unpinnable(exe, why));
+    }
+    if o.from_stdin {
+        out.push(unpinnable(
+            exe,
+            "it reads program text from standard input, which the requester writes and \
+             no card shows; put the program in a file and name it (`python3 check.py`), \
+             or pass it inline (`-c`/`-e`), which the card shows",
+        ));
+    }
+    if let Some(op) = o.script.and_then(|i| argv.get(i)) {
+        out.extend(pin_operand("script", &here, op, kind == Interp::Python));
+    }
+    for f in &o.files {
+        out.extend(pin_operand("script-option", &here, f, false));
+    }
+    out
+}
+
+/// Wrappers (`env`, `nice`, `xargs`, ...): what they run is pinned as if it were run itself
+/// (its executable and its inputs, `depth + 1` wrappers deep); a refusal marker when what
+/// runs cannot be told or wrappers nest deeper than [`MAX_WRAPPERS`].
+fn wrapper_inputs(
+    cmd: &Cmd<'_>,
+    is: &dyn Fn(&[&str]) -> bool,
+    arg0: &str,
+    depth: u32,
+) -> Vec<InputPin> {
+    let mut out = Vec::new();
+    let w = match wrapped(is, cmd.argv) {
+        Ok(None) => return out,
+        Err(why) => {
+            out.push(unpinnable(cmd.exe, why));
+            return out;
+        }
+        Ok(Some(_)) if depth >= MAX_WRAPPERS => {
+            out.push(unpinnable(
+                cmd.exe,
+                "wrappers nested too deep for keyveil to follow",
+            ));
+            return out;
+        }
+        Ok(Some(w)) => w,
+    };
+    let here = w
+        .chdir
+        .as_ref()
+        .map_or_else(|| cmd.cwd.to_path_buf(), |d| cmd.cwd.join(d));
+    let first = w.argv.first().map(String::as_str).unwrap_or("");
+    let Ok(inner) = resolve(first, cmd.search_path, &here) else {
+        return out;
+    };
+    let inner_is_interp = {
+        let base = inner
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let fam = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        let b0 = first.rsplit('/').next().unwrap_or(first);
+        interp(&|names: &[&str]| names.contains(&fam) || names.contains(&b0)).is_some()
+    };
+    if inner_is_interp && is(&["xargs"]) {
+        out.push(unpinnable(
+            cmd.exe,
+            "xargs adds arguments from its input: keyveil cannot tell which script runs",
+        ));
+    }
+    out.extend(pin_input(
+        "wrapped-executable",
+        &inner,
+        Some(format!("run by {arg0}")),
+    ));
+    out.extend(inputs_at(
+        &w.argv,
+        &here,
+        &inner,
+        cmd.home,
+        cmd.search_path,
+        depth + 1,
+    ));
+    out
+}
+
+/// Adds to `out` the configuration each known tool executes code from
+/// ([`crate::loaders`]) and the writable directories of PATH ([`crate::path_dirs`]), each
+/// unless `out` pins its path already (a refusal marker is never merged away).
+fn merge_loader_inputs(out: &mut Vec<InputPin>, cmd: &Cmd<'_>, family: &str, arg0: &str) {
+    let cx = crate::loaders::Ctx {
+        argv: cmd.argv,
+        cwd: cmd.cwd,
+        exe: cmd.exe,
+        home: cmd.home,
+    };
+    let mut dirs = crate::path_dirs::path_pins(cmd.search_path, cmd.cwd, cmd.home);
+    dirs.extend(crate::loaders::manager_inputs(cmd.search_path, &cx));
+    for p in crate::loaders::inputs(family, arg0, &cx)
         .into_iter()
         .chain(dirs)
     {
@@ -228,7 +299,6 @@ fn inputs_at(
             out.push(p);
         }
     }
-    out
 }
 
 /// `deno task [OPTIONS] [NAME]` (docs.deno.com, "deno task"): the task's command line comes

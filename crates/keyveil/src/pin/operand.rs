@@ -1,6 +1,8 @@
 //! Which argument of an interpreter's command line is its script, read as each interpreter reads
 //! its options.
 
+use std::ops::ControlFlow;
+
 /// The interpreters whose script operand is pinned, by family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Interp {
@@ -58,9 +60,61 @@ pub(super) fn operand(kind: Interp, argv: &[String]) -> Operand {
         o.from_stdin = true;
         return o;
     }
-    // Options that print and exit, or name what runs otherwise (`node --test` discovers test
-    // files): no program is read from standard input.
-    let info_only = argv.iter().skip(1).any(|a| {
+    let info_only = info_only(kind, argv);
+    if interactive(kind, argv) {
+        o.from_stdin = true;
+    }
+    let syntax = Syntax::of(kind);
+    let shell = kind == Interp::Shell;
+    while let Some(a) = argv.get(i) {
+        if a == "--" {
+            i += 1;
+            break;
+        }
+        if a == "-" {
+            // The program comes from standard input (shells: end of options).
+            if shell {
+                i += 1;
+                break;
+            }
+            o.from_stdin = true;
+            return o;
+        }
+        let step = if let Some(long) = a.strip_prefix("--") {
+            long_option(long, argv, i, &syntax, &mut o)
+        } else {
+            let cluster = if shell {
+                a.strip_prefix('-').or_else(|| a.strip_prefix('+'))
+            } else {
+                a.strip_prefix('-')
+            };
+            let Some(cluster) = cluster else {
+                break;
+            };
+            short_options(kind, cluster, argv, i, &syntax, &mut o)
+        };
+        match step {
+            ControlFlow::Continue(next) => i = next,
+            ControlFlow::Break(()) => return o,
+        }
+        if o.script.is_some() {
+            return o;
+        }
+    }
+    if argv.get(i).is_some() {
+        o.script = Some(i);
+    } else if !info_only && !matches!(kind, Interp::Bun | Interp::R) {
+        // No operand: shells, python, node, deno, perl, ruby, php and lua read the program
+        // from standard input (bun and Rscript print their usage).
+        o.from_stdin = true;
+    }
+    o
+}
+
+/// Whether argv holds an option that prints and exits, or names what runs otherwise
+/// (`node --test` discovers test files): then no program is read from standard input.
+fn info_only(kind: Interp, argv: &[String]) -> bool {
+    argv.iter().skip(1).any(|a| {
         matches!(a.as_str(), "--version" | "--help")
             || (kind == Interp::Python && matches!(a.as_str(), "-V" | "-VV" | "-h"))
             || (kind == Interp::Node
@@ -70,9 +124,13 @@ pub(super) fn operand(kind: Interp, argv: &[String]) -> Operand {
             || (kind == Interp::Ruby && a == "-v")
             || (kind == Interp::Php && matches!(a.as_str(), "-v" | "-i" | "-m"))
             || (kind == Interp::Lua && a == "-v")
-    });
-    // Options that read program text from standard input after (or instead of) the script.
-    let interactive = argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {
+    })
+}
+
+/// Whether an option before `--` reads program text from standard input after (or instead
+/// of) the script (`python3 -i`, `node --interactive`, `perl -d`).
+fn interactive(kind: Interp, argv: &[String]) -> bool {
+    argv.iter().skip(1).take_while(|a| *a != "--").any(|a| {
         let cluster = a.strip_prefix('-').filter(|c| !c.starts_with('-'));
         // Short flags up to the first one that takes an argument (`-Wignore` is no `-i`).
         let short_i = |stop: &str| {
@@ -85,12 +143,66 @@ pub(super) fn operand(kind: Interp, argv: &[String]) -> Operand {
         (kind == Interp::Python && short_i("WXcm"))
             || (kind == Interp::Node && (short_i("rCep") || a == "--interactive"))
             || (kind == Interp::Perl && a.starts_with("-d"))
-    });
-    if interactive {
-        o.from_stdin = true;
+    })
+}
+
+/// Option names (with their leading dashes).
+type Names = &'static [&'static str];
+
+/// How one interpreter reads its options: which take an argument, which of those name a file
+/// of code, and which give the program inline.
+struct Syntax {
+    /// Long options whose argument is the next token unless attached (`--opt=v`).
+    long_arg: Names,
+    /// Those of `long_arg` whose argument is a file of code.
+    long_file: Names,
+    /// Short options whose argument is the next token unless attached (`-Wv`).
+    short_arg: &'static str,
+    /// Those of `short_arg` whose argument is a file of code.
+    short_file: &'static str,
+    /// Short options whose argument is the rest of their token only (`perl -Mstrict`).
+    attached_only: &'static str,
+    /// Short options that give the program inline (`-c`, `-e`).
+    inline_short: &'static str,
+    /// Long options that give the program inline (`--eval`).
+    inline_long: Names,
+}
+
+impl Syntax {
+    /// The option syntax of `kind`.
+    fn of(kind: Interp) -> Syntax {
+        let (long_arg, long_file, short_arg, short_file) = options_with_argument(kind);
+        Syntax {
+            long_arg,
+            long_file,
+            short_arg,
+            short_file,
+            attached_only: match kind {
+                Interp::Perl => "MmxilF0dDC",
+                Interp::Ruby => "xFi0KTW",
+                _ => "",
+            },
+            inline_short: match kind {
+                Interp::Shell => "c",
+                Interp::Python => "c",
+                Interp::Node | Interp::Bun => "ep",
+                Interp::Perl => "eE",
+                Interp::Ruby | Interp::Lua | Interp::R => "e",
+                Interp::Php => "rBRE",
+                Interp::Deno => "",
+            },
+            inline_long: match kind {
+                Interp::Node | Interp::Bun => &["--eval", "--print"],
+                _ => &[],
+            },
+        }
     }
-    // Options whose argument is the next token unless attached (`--opt=v`, `-Wv`).
-    let (long_arg, long_file, short_arg, short_file): (&[&str], &[&str], &str, &str) = match kind {
+}
+
+/// The options of `kind` whose argument is the next token unless attached: long ones, the long
+/// ones naming a file of code, short ones, the short ones naming a file of code.
+fn options_with_argument(kind: Interp) -> (Names, Names, &'static str, &'static str) {
+    match kind {
         Interp::Shell => (
             &["--rcfile", "--init-file"],
             &["--rcfile", "--init-file"],
@@ -172,153 +284,139 @@ pub(super) fn operand(kind: Interp, argv: &[String]) -> Operand {
         Interp::Php => (&[], &[], "cdftzSBRFEr", "cz"),
         Interp::Lua => (&[], &[], "l", ""),
         Interp::R => (&[], &[], "", ""),
-    };
-    // Short options whose argument is the rest of their token only (`perl -Mstrict`).
-    let attached_only = match kind {
-        Interp::Perl => "MmxilF0dDC",
-        Interp::Ruby => "xFi0KTW",
-        _ => "",
-    };
-    let inline_short = match kind {
-        Interp::Shell => "c",
-        Interp::Python => "c",
-        Interp::Node | Interp::Bun => "ep",
-        Interp::Perl => "eE",
-        Interp::Ruby | Interp::Lua | Interp::R => "e",
-        Interp::Php => "rBRE",
-        Interp::Deno => "",
-    };
-    let inline_long: &[&str] = match kind {
-        Interp::Node | Interp::Bun => &["--eval", "--print"],
-        _ => &[],
-    };
-    let shell = kind == Interp::Shell;
-    while let Some(a) = argv.get(i) {
-        if a == "--" {
-            i += 1;
-            break;
-        }
-        if a == "-" {
-            // The program comes from standard input (shells: end of options).
-            if shell {
+    }
+}
+
+/// Reads one long option (`long` is the token after `--`) at `argv[i]`, noting a file of code
+/// or a directory change it names; the index of the next token, or `Break` when the program
+/// is given inline (then `o` is final).
+fn long_option(
+    long: &str,
+    argv: &[String],
+    mut i: usize,
+    syntax: &Syntax,
+    o: &mut Operand,
+) -> ControlFlow<(), usize> {
+    let name = format!("--{}", long.split('=').next().unwrap_or(long));
+    if syntax.inline_long.contains(&name.as_str()) {
+        *o = Operand {
+            from_stdin: o.from_stdin,
+            ..Operand::default()
+        };
+        return ControlFlow::Break(());
+    }
+    if syntax.long_arg.contains(&name.as_str()) {
+        let value = match long.split_once('=') {
+            Some((_, v)) => Some(v.to_owned()),
+            None => {
                 i += 1;
-                break;
+                argv.get(i).cloned()
             }
+        };
+        if let Some(v) = value {
+            if name == "--cwd" {
+                o.chdir = Some(v);
+            } else if syntax.long_file.contains(&name.as_str()) {
+                o.files.push(v);
+            }
+        }
+    }
+    ControlFlow::Continue(i + 1)
+}
+
+/// Reads one cluster of short options (`cluster` is the token at `argv[i]` after its `-`),
+/// with the arguments they take; the index of the next token, or `Break` when what runs is
+/// told already (then `o` is final).
+fn short_options(
+    kind: Interp,
+    cluster: &str,
+    argv: &[String],
+    i: usize,
+    syntax: &Syntax,
+    o: &mut Operand,
+) -> ControlFlow<(), usize> {
+    let shell = kind == Interp::Shell;
+    let mut consumed_next = 0;
+    for (j, c) in cluster.char_indices() {
+        let rest = cluster.get(j + c.len_utf8()..).unwrap_or("");
+        if syntax.inline_short.contains(c) {
+            *o = Operand {
+                from_stdin: o.from_stdin,
+                ..Operand::default()
+            };
+            return ControlFlow::Break(());
+        }
+        if shell && c == 's' {
+            // Commands from standard input; the rest are positional parameters.
             o.from_stdin = true;
-            return o;
+            return ControlFlow::Break(());
         }
-        if let Some(long) = a.strip_prefix("--") {
-            let name = format!("--{}", long.split('=').next().unwrap_or(long));
-            if inline_long.contains(&name.as_str()) {
-                return Operand {
-                    from_stdin: o.from_stdin,
-                    ..Operand::default()
-                };
-            }
-            if long_arg.contains(&name.as_str()) {
-                let value = match long.split_once('=') {
-                    Some((_, v)) => Some(v.to_owned()),
-                    None => {
-                        i += 1;
-                        argv.get(i).cloned()
-                    }
-                };
-                if let Some(v) = value {
-                    if name == "--cwd" {
-                        o.chdir = Some(v);
-                    } else if long_file.contains(&name.as_str()) {
-                        o.files.push(v);
-                    }
-                }
-            }
-            i += 1;
-            continue;
+        if kind == Interp::Python && c == 'm' {
+            // A module run: no script operand (the module is found on `sys.path`).
+            return ControlFlow::Break(());
         }
-        let cluster = if shell {
-            a.strip_prefix('-').or_else(|| a.strip_prefix('+'))
-        } else {
-            a.strip_prefix('-')
-        };
-        let Some(cluster) = cluster else {
+        if matches!(kind, Interp::Perl | Interp::Ruby) && c == 'S' {
+            o.unpinnable = Some(
+                "`-S` looks the script up on PATH: keyveil cannot tell which file runs".into(),
+            );
+            return ControlFlow::Break(());
+        }
+        if syntax.attached_only.contains(c) {
             break;
-        };
-        let mut consumed_next = 0;
-        for (j, c) in cluster.char_indices() {
-            let rest = cluster.get(j + c.len_utf8()..).unwrap_or("");
-            if inline_short.contains(c) {
-                return Operand {
-                    from_stdin: o.from_stdin,
-                    ..Operand::default()
-                };
+        }
+        if syntax.short_arg.contains(c) {
+            // Shells take each `-o` argument from the next token, even in a cluster.
+            let value = if shell || rest.is_empty() {
+                consumed_next += 1;
+                argv.get(i + consumed_next).cloned()
+            } else {
+                Some(rest.to_owned())
+            };
+            if let Some(v) = value {
+                short_argument(kind, c, v, i + consumed_next, syntax, o)?;
             }
-            if shell && c == 's' {
-                // Commands from standard input; the rest are positional parameters.
-                o.from_stdin = true;
-                return o;
-            }
-            if kind == Interp::Python && c == 'm' {
-                // A module run: no script operand (the module is found on `sys.path`).
-                return o;
-            }
-            if matches!(kind, Interp::Perl | Interp::Ruby) && c == 'S' {
-                o.unpinnable = Some(
-                    "`-S` looks the script up on PATH: keyveil cannot tell which file runs".into(),
-                );
-                return o;
-            }
-            if attached_only.contains(c) {
+            if !shell {
                 break;
             }
-            if short_arg.contains(c) {
-                // Shells take each `-o` argument from the next token, even in a cluster.
-                let value = if shell || rest.is_empty() {
-                    consumed_next += 1;
-                    argv.get(i + consumed_next).cloned()
-                } else {
-                    Some(rest.to_owned())
-                };
-                if let Some(v) = value {
-                    if short_file.contains(c) {
-                        o.files.push(v.clone());
-                    }
-                    if kind == Interp::Ruby && c == 'C' {
-                        o.chdir = Some(v.clone());
-                    }
-                    if kind == Interp::Php && c == 'f' {
-                        o.script = Some(i + consumed_next);
-                    }
-                    if kind == Interp::Php && c == 'd' {
-                        let key = v.split('=').next().unwrap_or(&v).trim();
-                        if PHP_CODE_KEYS.contains(&key) {
-                            o.unpinnable = Some(format!(
-                                "`-d {key}=...` makes php load code keyveil does not pin"
-                            ));
-                            return o;
-                        }
-                    }
-                    if kind == Interp::Lua && c == 'l' {
-                        // `require`'s default path includes `./?.lua`.
-                        o.files.push(format!("{v}.lua"));
-                    }
-                }
-                if !shell {
-                    break;
-                }
-            }
-        }
-        i += 1 + consumed_next;
-        if o.script.is_some() {
-            return o;
         }
     }
-    if argv.get(i).is_some() {
-        o.script = Some(i);
-    } else if !info_only && !matches!(kind, Interp::Bun | Interp::R) {
-        // No operand: shells, python, node, deno, perl, ruby, php and lua read the program
-        // from standard input (bun and Rscript print their usage).
-        o.from_stdin = true;
+    ControlFlow::Continue(i + 1 + consumed_next)
+}
+
+/// Notes what the argument `v` (at `argv[at]`, or attached there) of the short option `c`
+/// names: a file of code, a directory change, php's script (`-f`); `Break` when it makes
+/// the run unpinnable (a php `-d` key that loads code; then `o` is final).
+fn short_argument(
+    kind: Interp,
+    c: char,
+    v: String,
+    at: usize,
+    syntax: &Syntax,
+    o: &mut Operand,
+) -> ControlFlow<()> {
+    if syntax.short_file.contains(c) {
+        o.files.push(v.clone());
     }
-    o
+    if kind == Interp::Ruby && c == 'C' {
+        o.chdir = Some(v.clone());
+    }
+    if kind == Interp::Php && c == 'f' {
+        o.script = Some(at);
+    }
+    if kind == Interp::Php && c == 'd' {
+        let key = v.split('=').next().unwrap_or(&v).trim();
+        if PHP_CODE_KEYS.contains(&key) {
+            o.unpinnable = Some(format!(
+                "`-d {key}=...` makes php load code keyveil does not pin"
+            ));
+            return ControlFlow::Break(());
+        }
+    }
+    if kind == Interp::Lua && c == 'l' {
+        // `require`'s default path includes `./?.lua`.
+        o.files.push(format!("{v}.lua"));
+    }
+    ControlFlow::Continue(())
 }
 
 /// Which interpreter `is` names, if any.

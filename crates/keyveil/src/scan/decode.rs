@@ -181,6 +181,21 @@ fn is_pack(data: &[u8]) -> bool {
     data.starts_with(b"PACK") && matches!(data.get(4..8), Some([0, 0, 0, 2]) | Some([0, 0, 0, 3]))
 }
 
+/// Whether an archive's member `i` (from 0) is past the member limit or the scan's deadline;
+/// if so, the reason the rest is skipped is noted (the deadline asked once, first).
+fn past_member_limit(sc: &mut Scanner<'_>, i: u64) -> bool {
+    let late = sc.out_of_time();
+    if !late && i < sc.limits.max_members {
+        return false;
+    }
+    sc.skip(if late {
+        OUT_OF_TIME
+    } else {
+        "over the archive member limit"
+    });
+    true
+}
+
 /// Walks the objects of a git packfile and matches their inflated content, batched.
 fn pack_objects(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Forms) {
     let forms = forms.with("git-pack");
@@ -191,13 +206,7 @@ fn pack_objects(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &For
     let mut batch: Vec<u8> = Vec::new();
     const BATCH: usize = 4 << 20;
     for i in 0..count {
-        if i >= sc.limits.max_members || sc.out_of_time() {
-            let why = if sc.out_of_time() {
-                OUT_OF_TIME
-            } else {
-                "over the archive member limit"
-            };
-            sc.skip(why);
+        if past_member_limit(sc, i) {
             break;
         }
         let Some((kind, size, body)) = pack_entry_header(data, pos) else {
@@ -390,13 +399,7 @@ fn tar_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
         return;
     };
     for (i, entry) in entries.enumerate() {
-        if u64::try_from(i).unwrap_or(u64::MAX) >= sc.limits.max_members || sc.out_of_time() {
-            let why = if sc.out_of_time() {
-                OUT_OF_TIME
-            } else {
-                "over the archive member limit"
-            };
-            sc.skip(why);
+        if past_member_limit(sc, u64::try_from(i).unwrap_or(u64::MAX)) {
             break;
         }
         let Ok(mut entry) = entry else {
@@ -447,13 +450,7 @@ fn zip_members(sc: &mut Scanner<'_>, data: &[u8], location: &OsStr, forms: &Form
     };
     let forms = forms.with("zip");
     for i in 0..archive.len() {
-        if u64::try_from(i).unwrap_or(u64::MAX) >= sc.limits.max_members || sc.out_of_time() {
-            let why = if sc.out_of_time() {
-                OUT_OF_TIME
-            } else {
-                "over the archive member limit"
-            };
-            sc.skip(why);
+        if past_member_limit(sc, u64::try_from(i).unwrap_or(u64::MAX)) {
             break;
         }
         let budget = sc.decode_budget();

@@ -14,25 +14,25 @@
 //! [`WINDOW`] bytes that overlap by the redactor's longest pattern. An object larger than
 //! [`MAX_OBJECT`] is never decoded (its size is read from its header first, and the store
 //! refuses to allocate more): it is left out with a note, so memory stays bounded whatever a
-//! crafted pack claims. Found objects are then placed: one walk of every commit reachable
-//! from a ref, `HEAD` or any reflog entry (the stash is `refs/stash` and its reflog) gives,
-//! for each found blob or tree, a path and the commits (newest first) that add or remove it.
-//! The walk runs for every repository, found or not.
+//! crafted pack claims. Found objects are then placed ([`super::git_place`]): one walk of
+//! every commit reachable from a ref, `HEAD` or any reflog entry (the stash is `refs/stash` and
+//! its reflog) gives, for each found blob or tree, a path and the commits (newest first) that
+//! add or remove it. The walk runs for every repository, found or not.
 //!
 //! The reading runs on a thread of its own, fed to the matcher through a small channel: a
 //! named pipe swapped in after the check blocks that thread, never the sweep, which gives up
 //! on the repository when nothing arrives for [`FIRST_OUTPUT`] or at its deadline.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gix_hash::ObjectId;
 use keyveil_redact::Redactor;
 
-use super::git_check::{MAX_CHECKED, read_reflog, read_small, refusal};
+use super::git_check::{MAX_CHECKED, read_small, refusal};
+use super::git_place::{Placement, place};
 use super::{Finding, Location, SweepReport};
 
 /// Bytes matched at once from one git object.
@@ -48,24 +48,8 @@ const PACK_CACHE: usize = 32 << 20;
 const MAX_DEPTH: usize = 24;
 /// Most directory entries examined while looking for repositories.
 const MAX_ENTRIES: u64 = 5_000_000;
-/// Commits listed per found object.
-const MAX_COMMITS: usize = 5;
-/// Deepest tree nesting followed while placing objects.
-const MAX_TREE_DEPTH: usize = 256;
-/// Most places kept per tree for the found objects below it.
-const MAX_PLACES: usize = 64;
-/// Most work (place comparisons, all commits and parents together) spent listing the commits
-/// that add or remove found objects: a planted history of many commits with many parents,
-/// each side holding the found blob at many paths, would otherwise make a hit take hours
-/// longer than a miss (which compares nothing), and the audit shows a sweep's time.
-const MAX_COMPARED: u64 = 1_000_000;
-/// Longest path reported for a found object, in bytes: a planted tree may nest long names
-/// deep, and a longer path is cut (ending `...`).
-pub(crate) const MAX_PATH: usize = 4096;
 /// Objects queued between the reader and the matcher.
 const QUEUE: usize = 2;
-/// Objects read by the history walk between two [`Msg::Tick`]s.
-const TICK: u64 = 1024;
 
 /// The git directory of a working tree (`.git`, or what a `.git` file points to), or the
 /// repository itself when bare.
@@ -285,23 +269,10 @@ enum Msg {
     Failed(String),
     /// Every object was sent.
     Done,
-    /// The history walk is still going (sent every [`TICK`] objects it reads).
+    /// The history walk is still going (sent every [`TICK`](super::git_place::TICK) objects it reads).
     Tick,
     /// Where the found objects are.
     Placed(Placement),
-}
-
-/// For each found blob or tree: a path, and the commits (newest first) that add or remove it.
-#[derive(Default)]
-struct Placement {
-    paths: HashMap<ObjectId, String>,
-    commits: HashMap<ObjectId, Vec<ObjectId>>,
-    /// The walk stopped at the deadline.
-    cut: bool,
-    /// Refs, reflogs or objects of the history that could not be read.
-    unread: u64,
-    /// The work of listing commits reached [`MAX_COMPARED`]: some commits are not listed.
-    unlisted: bool,
 }
 
 /// One object whose bytes hold a value.
@@ -688,349 +659,5 @@ fn common_dir(dir: &Path) -> PathBuf {
     match read_small(&dir.join("commondir")) {
         Ok(c) if !c.trim().is_empty() => dir.join(c.trim()),
         _ => dir.to_path_buf(),
-    }
-}
-
-/// A commit of the history walk.
-struct Commit {
-    tree: ObjectId,
-    parents: Vec<ObjectId>,
-    seconds: i64,
-}
-
-/// Where the `wanted` objects are: every commit reachable from a ref, `HEAD` or a reflog
-/// entry is read, and the found objects in its tree compared with those in each parent's.
-fn place(
-    dir: &Path,
-    common: &Path,
-    db: &gix_odb::Handle,
-    wanted: &HashSet<ObjectId>,
-    deadline: Instant,
-    tick: &dyn Fn(),
-) -> Placement {
-    use gix_object::Find as _;
-    let mut out = Placement::default();
-    let mut tips = Vec::new();
-    // Refs, loose and packed, and the pseudo refs (`HEAD`, ...), of the worktree and its
-    // common directory.
-    let store = if common == dir {
-        gix_ref::file::Store::at(dir.to_path_buf(), Default::default())
-    } else {
-        gix_ref::file::Store::for_linked_worktree(
-            dir.to_path_buf(),
-            common.to_path_buf(),
-            gix_hash::Kind::Sha1,
-        )
-    };
-    match store.iter() {
-        Ok(platform) => {
-            for refs in [platform.all(), platform.pseudo()] {
-                let Ok(refs) = refs else {
-                    out.unread += 1;
-                    continue;
-                };
-                for r in refs {
-                    match r {
-                        Ok(r) => {
-                            if let gix_ref::Target::Object(oid) = r.target {
-                                tips.push(oid);
-                            }
-                        }
-                        Err(_) => out.unread += 1,
-                    }
-                }
-            }
-        }
-        Err(_) => out.unread += 1,
-    }
-    // Every reflog (the stash's included), both sides of each entry.
-    let mut logs = vec![dir.join("logs")];
-    if common != dir {
-        logs.push(common.join("logs"));
-    }
-    let mut checked = 0u64;
-    while let Some(d) = logs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            checked += 1;
-            if checked > MAX_CHECKED {
-                out.unread += 1;
-                logs.clear();
-                break;
-            }
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                logs.push(e.path());
-                continue;
-            }
-            match read_reflog(&e.path()) {
-                Ok(bytes) => {
-                    for line in gix_ref::file::log::iter::forward(&bytes) {
-                        match line {
-                            Ok(l) => {
-                                tips.push(l.previous_oid());
-                                tips.push(l.new_oid());
-                            }
-                            Err(_) => out.unread += 1,
-                        }
-                    }
-                }
-                Err(_) => out.unread += 1,
-            }
-        }
-    }
-    // The commits reachable from them (tags peeled).
-    let mut commits: HashMap<ObjectId, Commit> = HashMap::new();
-    let mut roots: Vec<ObjectId> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    let mut n = 0u64;
-    while let Some(oid) = tips.pop() {
-        if oid.is_null() || !seen.insert(oid) {
-            continue;
-        }
-        n += 1;
-        if n.is_multiple_of(TICK) {
-            tick();
-            if Instant::now() >= deadline {
-                out.cut = true;
-                return out;
-            }
-        }
-        let data = match db.try_find(&oid, &mut buf) {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
-            Err(_) => {
-                out.unread += 1;
-                continue;
-            }
-        };
-        match data.kind {
-            gix_object::Kind::Tag => {
-                match gix_object::TagRefIter::from_bytes(data.data, gix_hash::Kind::Sha1)
-                    .target_id()
-                {
-                    Ok(t) => tips.push(t),
-                    Err(_) => out.unread += 1,
-                }
-            }
-            gix_object::Kind::Commit => {
-                let Ok(c) = gix_object::CommitRef::from_bytes(data.data, gix_hash::Kind::Sha1)
-                else {
-                    out.unread += 1;
-                    continue;
-                };
-                let parents: Vec<ObjectId> = c.parents().collect();
-                tips.extend(parents.iter().copied());
-                commits.insert(
-                    oid,
-                    Commit {
-                        tree: c.tree(),
-                        parents,
-                        seconds: c.time().map_or(0, |t| t.seconds),
-                    },
-                );
-            }
-            gix_object::Kind::Tree => roots.push(oid),
-            gix_object::Kind::Blob => {}
-        }
-    }
-    // Newest first.
-    let mut order: Vec<(&ObjectId, &Commit)> = commits.iter().collect();
-    order.sort_by(|a, b| b.1.seconds.cmp(&a.1.seconds).then(a.0.cmp(b.0)));
-    let mut walk = TreeWalk {
-        db,
-        wanted,
-        memo: HashMap::new(),
-        buf: Vec::new(),
-        unread: 0,
-        tick,
-        hasher: std::collections::hash_map::RandomState::new(),
-    };
-    let empty: Places = Rc::new(Vec::new());
-    // Commit and parent pairs compared, and the work spent comparing found objects' places.
-    let (mut pairs, mut compared) = (0u64, 0u64);
-    'commits: for (i, (oid, c)) in order.iter().enumerate() {
-        if i % 256 == 0 {
-            tick();
-            if Instant::now() >= deadline {
-                out.cut = true;
-                break;
-            }
-        }
-        let mine = walk.places(c.tree, 0);
-        for (o, p) in mine.iter() {
-            out.paths.entry(*o).or_insert_with(|| p.render());
-        }
-        // What differs from each parent (from nothing for a root commit).
-        let sides: Vec<Option<ObjectId>> = if c.parents.is_empty() {
-            vec![None]
-        } else {
-            c.parents
-                .iter()
-                .map(|p| commits.get(p).map(|pc| pc.tree))
-                .collect()
-        };
-        for side in sides {
-            pairs += 1;
-            if pairs.is_multiple_of(TICK) {
-                tick();
-                if Instant::now() >= deadline {
-                    out.cut = true;
-                    break 'commits;
-                }
-            }
-            let theirs = side.map_or_else(|| Rc::clone(&empty), |t| walk.places(t, 0));
-            if mine.is_empty() && theirs.is_empty() {
-                continue;
-            }
-            // Only found objects cost anything here: bounded, so a planted history cannot make
-            // a hit take much longer than a miss.
-            let cost = (mine.len() * theirs.len() + mine.len() + theirs.len()) as u64;
-            if compared + cost > MAX_COMPARED {
-                out.unlisted = true;
-                continue;
-            }
-            compared += cost;
-            for o in changed(&mine, &theirs) {
-                let list = out.commits.entry(o).or_default();
-                if list.len() < MAX_COMMITS && !list.contains(oid) {
-                    list.push(**oid);
-                }
-            }
-        }
-    }
-    for t in roots {
-        for (o, p) in walk.places(t, 0).iter() {
-            out.paths.entry(*o).or_insert_with(|| p.render());
-        }
-    }
-    out.unread += walk.unread;
-    out
-}
-
-/// A found object's path below a tree: its first name, then the path below that name (shared
-/// with the subtree's own places). A deep tree of long names costs one small node per level
-/// and found object, never a copy of the path at each level: a planted tree of 256 levels of
-/// 64 names of 4 KiB each would otherwise build gigabytes of paths, and only when the object
-/// below held a value.
-struct Node {
-    name: Rc<str>,
-    rest: Option<Rc<Node>>,
-    /// A keyed hash of the whole path: two places are the same when object and key are.
-    key: u64,
-}
-
-impl Node {
-    /// The path, `/`-separated, cut at [`MAX_PATH`] bytes (then ending `...`).
-    fn render(&self) -> String {
-        let mut out = String::new();
-        let mut node = Some(self);
-        while let Some(n) = node {
-            if !out.is_empty() {
-                out.push('/');
-            }
-            out.push_str(&n.name);
-            if out.len() > MAX_PATH {
-                let mut cut = MAX_PATH;
-                while !out.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                out.truncate(cut);
-                out.push_str("...");
-                break;
-            }
-            node = n.rest.as_deref();
-        }
-        out
-    }
-}
-
-/// The found objects below a tree, each with its path in it.
-type Places = Rc<Vec<(ObjectId, Rc<Node>)>>;
-
-/// The objects one side has at a path and the other has not there, both ways.
-fn changed(a: &Places, b: &Places) -> Vec<ObjectId> {
-    if Rc::ptr_eq(a, b) {
-        return Vec::new();
-    }
-    let has = |side: &Places, (o, n): &(ObjectId, Rc<Node>)| {
-        side.iter().any(|(p, m)| p == o && m.key == n.key)
-    };
-    let mut out: Vec<ObjectId> = a.iter().filter(|x| !has(b, x)).map(|x| x.0).collect();
-    out.extend(b.iter().filter(|x| !has(a, x)).map(|x| x.0));
-    out
-}
-
-/// Finds the wanted objects below trees, each tree read once.
-struct TreeWalk<'a> {
-    db: &'a gix_odb::Handle,
-    wanted: &'a HashSet<ObjectId>,
-    memo: HashMap<ObjectId, Places>,
-    buf: Vec<u8>,
-    unread: u64,
-    /// Called every [`TICK`] trees read.
-    tick: &'a dyn Fn(),
-    /// Keys the path hashes (a planted name cannot be chosen to collide).
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl TreeWalk<'_> {
-    /// The wanted objects below `tree` (at most [`MAX_PLACES`]), with their paths.
-    fn places(&mut self, tree: ObjectId, depth: usize) -> Places {
-        use gix_object::Find as _;
-        if let Some(p) = self.memo.get(&tree) {
-            return Rc::clone(p);
-        }
-        if (self.memo.len() as u64).is_multiple_of(TICK) {
-            (self.tick)();
-        }
-        use std::hash::BuildHasher as _;
-        let mut here: Vec<(ObjectId, Rc<str>, bool)> = Vec::new();
-        match self.db.try_find(&tree, &mut self.buf) {
-            Ok(Some(d)) if d.kind == gix_object::Kind::Tree => {
-                for e in gix_object::TreeRefIter::from_bytes(d.data, gix_hash::Kind::Sha1) {
-                    let Ok(e) = e else {
-                        self.unread += 1;
-                        break;
-                    };
-                    let name: Rc<str> = String::from_utf8_lossy(e.filename).into();
-                    here.push((e.oid.to_owned(), name, e.mode.is_tree()));
-                }
-            }
-            Ok(_) => {}
-            Err(_) => self.unread += 1,
-        }
-        let mut out = Vec::new();
-        for (oid, name, is_tree) in here {
-            if self.wanted.contains(&oid) && out.len() < MAX_PLACES {
-                let key = self.hasher.hash_one((&*name, None::<u64>));
-                let node = Node {
-                    name: Rc::clone(&name),
-                    rest: None,
-                    key,
-                };
-                out.push((oid, Rc::new(node)));
-            }
-            if is_tree && depth < MAX_TREE_DEPTH {
-                for (o, p) in self.places(oid, depth + 1).iter() {
-                    if out.len() >= MAX_PLACES {
-                        break;
-                    }
-                    let key = self.hasher.hash_one((&*name, Some(p.key)));
-                    let node = Node {
-                        name: Rc::clone(&name),
-                        rest: Some(Rc::clone(p)),
-                        key,
-                    };
-                    out.push((*o, Rc::new(node)));
-                }
-            }
-        }
-        let out = Rc::new(out);
-        self.memo.insert(tree, Rc::clone(&out));
-        out
     }
 }

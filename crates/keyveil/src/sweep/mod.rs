@@ -25,6 +25,7 @@
 
 pub(crate) mod git;
 mod git_check;
+mod git_place;
 mod kinds;
 pub(crate) use kinds::classify;
 pub(crate) mod scrub;

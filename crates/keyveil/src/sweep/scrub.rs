@@ -33,37 +33,47 @@ pub(crate) struct Scrubbed {
     pub notes: Vec<String>,
 }
 
-/// The transcript files among `findings` that a scrub rewrites: found as stored in a host's
-/// text transcript below `home` ([`super::kinds::TRANSCRIPTS`], by pattern: never a host's
-/// configuration or credential file), and the host files found that are left, with why.
-pub(crate) fn targets(findings: &[Finding], home: Option<&Path>) -> (Vec<PathBuf>, Vec<String>) {
-    let home = home.and_then(|h| std::fs::canonicalize(h).ok());
-    let mut out = Vec::new();
-    let mut left = Vec::new();
-    for f in findings
-        .iter()
-        .filter(|f| HOST_KINDS.contains(&f.kind.as_str()))
-    {
-        let Location::File { path, .. } = &f.location else {
-            continue;
-        };
-        let p = PathBuf::from(path);
-        let transcript = home
-            .as_deref()
-            .is_some_and(|h| super::kinds::is_transcript(&p, h));
-        if transcript && f.form == "raw" && !path.contains('!') {
-            out.push(p);
-        } else if !transcript {
-            left.push(format!(
-                "{path}: not a host transcript (a configuration, credential or state file of the host): edit it yourself with the host closed"
-            ));
-        }
+/// What a scrub does with the file of one finding (see [`target`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A host's text transcript, where the copy was found as stored: rewritten.
+    Rewrite(PathBuf),
+    /// A host file that is no transcript (a configuration, credential or state file of the
+    /// host): left as it is, with this note.
+    Left(String),
+    /// Not a host file, or a transcript where the copy was not found as stored (encoded, or in
+    /// an archive member): nothing to rewrite or say.
+    Ignored,
+}
+
+/// `home` resolved for [`target`] (`None` when there is none or it cannot be resolved: then
+/// no file is taken for a transcript).
+pub(crate) fn canonical_home(home: Option<&Path>) -> Option<PathBuf> {
+    home.and_then(|h| std::fs::canonicalize(h).ok())
+}
+
+/// What a scrub does with `f`'s file: a host's text transcript below `home` (resolved by
+/// [`canonical_home`]; [`super::kinds::TRANSCRIPTS`], by pattern: never a host's configuration
+/// or credential file) where the copy was found as stored is rewritten, another host file is
+/// left with a note.
+pub(crate) fn target(f: &Finding, home: Option<&Path>) -> Target {
+    if !HOST_KINDS.contains(&f.kind.as_str()) {
+        return Target::Ignored;
     }
-    out.sort();
-    out.dedup();
-    left.sort();
-    left.dedup();
-    (out, left)
+    let Location::File { path, .. } = &f.location else {
+        return Target::Ignored;
+    };
+    let p = PathBuf::from(path);
+    let transcript = home.is_some_and(|h| super::kinds::is_transcript(&p, h));
+    if transcript && f.form == "raw" && !path.contains('!') {
+        Target::Rewrite(p)
+    } else if !transcript {
+        Target::Left(format!(
+            "{path}: not a host transcript (a configuration, credential or state file of the host): edit it yourself with the host closed"
+        ))
+    } else {
+        Target::Ignored
+    }
 }
 
 /// Rewrites each of `files` with every value `redactor` knows replaced by its marker.

@@ -257,7 +257,7 @@ fn mktree(repo: &Path, lines: &str) -> String {
 
 /// A blob that holds a value below 64 levels of trees, each of 32 entries named with 1,000
 /// bytes that all point to the next level: the blob is found and placed, with a path cut at
-/// [`git::MAX_PATH`] bytes. The walk used to copy every path in full at every level (here
+/// [`super::git_place::MAX_PATH`] bytes. The walk used to copy every path in full at every level (here
 /// about 64 MiB of strings, and gigabytes with 256 levels of 4 KiB names), and only when the
 /// blob below held a value: the broker's memory answered the planted guess, or it died.
 #[test]
@@ -297,7 +297,11 @@ fn a_value_below_deep_trees_of_long_names_is_placed_in_bounded_memory() {
         })
         .unwrap_or_else(|| panic!("{:?} {:?}", r.findings, r.notes));
     assert!(placed.0.starts_with("6300"), "{}", &placed.0[..16]);
-    assert!(placed.0.len() <= git::MAX_PATH + 3, "{}", placed.0.len());
+    assert!(
+        placed.0.len() <= super::git_place::MAX_PATH + 3,
+        "{}",
+        placed.0.len()
+    );
     assert!(placed.0.ends_with("..."));
     assert_eq!(placed.1, &vec![commit]);
 }

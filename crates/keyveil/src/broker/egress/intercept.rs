@@ -1,0 +1,533 @@
+//! A `CONNECT` to a bound host: TLS terminated with the run's leaf for it, one verified
+//! upstream connection per session (HTTP/2 when it offers it, else HTTP/1.1), and each request
+//! forwarded with its placeholders swapped for their values (request line, headers, body), the
+//! response's copies of the values swapped back, and one audit entry per request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Body as _, Frame, Incoming};
+use hyper::client::conn::http1 as client_http1;
+use hyper::client::conn::http2 as client_http2;
+use hyper::header::HeaderValue;
+use hyper::server::conn::http1 as server_http1;
+use hyper::server::conn::http2 as server_http2;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpStream;
+use zeroize::Zeroizing;
+
+use super::http::{Body, BoxError, PROXY_HEADERS, carries, shown_dests, swap_in_basic, text};
+use super::placeholder::{Swap, swap_all};
+use super::{Binding, Shared};
+
+/// A session's upstream connection, or why it could not be made.
+type Upstream = tokio::sync::Mutex<Result<Sender, String>>;
+
+/// A session's connection to the upstream server: HTTP/2 when its ALPN chose it (requests
+/// multiplexed), else HTTP/1.1 (requests take turns).
+enum Sender {
+    H1(client_http1::SendRequest<Body>),
+    H2(client_http2::SendRequest<Body>),
+}
+
+/// Headers of one HTTP/1.1 connection, never sent over HTTP/2 (RFC 9113, 8.2.2).
+const CONNECTION_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A bound host: TLS terminated with the run's leaf for it, one verified upstream connection
+/// per session, each request forwarded with [`forward`].
+pub(super) async fn intercept(
+    client: TokioIo<hyper::upgrade::Upgraded>,
+    host: String,
+    port: u16,
+    s: Arc<Shared>,
+) {
+    let Ok(cfg) = s.ca.server_config(&host) else {
+        return;
+    };
+    let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg).accept(client).await else {
+        return;
+    };
+    let upstream: Arc<Upstream> = Arc::new(tokio::sync::Mutex::new(
+        connect_upstream(&s, &host, port).await,
+    ));
+    let host = Arc::new(host);
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let svc = service_fn(move |req| {
+        let s = s.clone();
+        let host = host.clone();
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(forward(req, &s, &host, port, &upstream).await) }
+    });
+    if h2 {
+        let _ = server_http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    } else {
+        let _ = server_http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    }
+}
+
+/// A verified TLS connection to the bound host, HTTP/2 when its ALPN chose it, else HTTP/1.1.
+async fn connect_upstream(s: &Shared, host: &str, port: u16) -> Result<Sender, String> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(s.upstream.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("cannot verify {host}:{port}: {e}"))?;
+    let token = s.token.clone();
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let (sender, conn) = client_http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                _ = conn => {}
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = client_http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            _ = conn => {}
+        }
+    });
+    Ok(Sender::H1(sender))
+}
+
+/// One request to a bound host: refused if it carries the placeholder of a variable not bound
+/// there; otherwise each bound placeholder is swapped for its value (request line, headers,
+/// body), the response's copies of the value swapped back, and one audit entry written when
+/// the response's body ends.
+async fn forward(
+    req: Request<Incoming>,
+    s: &Arc<Shared>,
+    host: &str,
+    port: u16,
+    upstream: &Upstream,
+) -> Response<Body> {
+    let dest = super::Dest {
+        host: host.to_owned(),
+        port,
+    };
+    let (mut parts, body) = req.into_parts();
+    let here: Vec<&Binding> = s
+        .bindings
+        .iter()
+        .filter(|b| b.dests.contains(&dest))
+        .collect();
+    if let Some(refused) = refuse_unbound(&parts, s, &dest) {
+        return refused;
+    }
+    let authority = match named_authority(&parts, s, &dest, &here) {
+        Ok(a) => a,
+        Err(refused) => return *refused,
+    };
+    let audit_path = audited_path(&parts, s);
+    if let Err(refused) = swap_into_head(&mut parts, &here) {
+        return *refused;
+    }
+    let to_value = Swap::new(
+        here.iter()
+            .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
+            .collect(),
+    );
+    let method = parts.method.to_string();
+    let body = swapped(body, to_value, None);
+    let resp = match send_upstream(upstream, s, &dest, &authority, parts, body).await {
+        Ok(r) => r,
+        Err(refused) => return *refused,
+    };
+    let audit = AuditOnEnd {
+        s: s.clone(),
+        method,
+        host: dest.shown(),
+        path: audit_path,
+        status: resp.status().as_u16(),
+        variables: here.iter().map(|b| b.shown.clone()).collect(),
+        bytes: 0,
+    };
+    swap_out_of_response(resp, &here, audit)
+}
+
+/// A response the proxy answers itself instead of forwarding (a refusal or a failure); boxed,
+/// as it travels in the `Err` of each step of [`forward`].
+type Refusal = Box<Response<Body>>;
+
+/// The refusal of a request to `dest` that carries the placeholder of a variable not bound
+/// there (reported as blocked), or `None` when it carries none.
+fn refuse_unbound(
+    parts: &hyper::http::request::Parts,
+    s: &Shared,
+    dest: &super::Dest,
+) -> Option<Response<Body>> {
+    let shown_dest = format!("https://{}", dest.shown());
+    let b = s
+        .bindings
+        .iter()
+        .filter(|b| !b.dests.contains(dest))
+        .find(|b| carries(parts, &b.placeholder))?;
+    s.report_blocked(&b.shown, &shown_dest, "not bound to this host");
+    Some(text(
+        StatusCode::FORBIDDEN,
+        format!(
+            "keyveil: blocked: {} is bound to {}, not {}",
+            b.shown,
+            shown_dests(b),
+            dest.shown()
+        ),
+    ))
+}
+
+/// The authority the request names (its `Host`, else its URI's, else the tunnel's), once
+/// checked to be the host the tunnel was opened to; a request naming another host, or none,
+/// is refused and reported for each variable bound `here`.
+fn named_authority(
+    parts: &hyper::http::request::Parts,
+    s: &Shared,
+    dest: &super::Dest,
+    here: &[&Binding],
+) -> Result<String, Refusal> {
+    // The request must be for the host the tunnel was opened to: a shared front (a CDN) routes
+    // by Host, so `CONNECT api.example.com` carrying `Host: attacker.example` would take the
+    // value to another origin behind the same front.
+    // HTTP/2 names it in `:authority` (the URI), HTTP/1.1 in `Host`: each one given must
+    // name the tunnel's host, and at least one must be given.
+    let host_header = parts.headers.get(hyper::header::HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+    });
+    let norm = |a: &hyper::http::uri::Authority| {
+        a.host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    };
+    let named: Vec<Option<String>> = host_header
+        .iter()
+        .map(|a| a.as_ref().map(norm))
+        .chain(parts.uri.authority().map(|a| Some(norm(a))))
+        .collect();
+    if named.is_empty()
+        || named
+            .iter()
+            .any(|n| n.as_deref() != Some(dest.host.as_str()))
+    {
+        let shown_dest = format!("https://{}", dest.shown());
+        for b in here {
+            s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
+        }
+        return Err(Box::new(text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "keyveil: blocked: a request through the tunnel to {} must name it in Host",
+                dest.shown()
+            ),
+        )));
+    }
+    Ok(host_header
+        .flatten()
+        .or_else(|| parts.uri.authority().cloned())
+        .map_or_else(|| dest.shown(), |a| a.to_string()))
+}
+
+/// The request's path as audited: no query, each placeholder replaced by its variable's name.
+fn audited_path(parts: &hyper::http::request::Parts, s: &Shared) -> String {
+    let mut audit_path = parts.uri.path().to_owned();
+    for b in &s.bindings {
+        audit_path = audit_path.replace(&b.placeholder, &format!("[{}]", b.shown));
+    }
+    audit_path
+}
+
+/// Swaps each placeholder bound `here` for its value in the request line and the headers
+/// (inside HTTP Basic credentials too) and drops the headers meant for the proxy; refused
+/// when the swapped URL is not a valid one.
+fn swap_into_head(
+    parts: &mut hyper::http::request::Parts,
+    here: &[&Binding],
+) -> Result<(), Refusal> {
+    let mut pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .as_bytes()
+        .to_vec();
+    for b in here {
+        if let Some(x) = swap_all(&pq, b.placeholder.as_bytes(), &b.value) {
+            pq = x;
+        }
+    }
+    parts.uri = match hyper::Uri::try_from(pq) {
+        Ok(u) => u,
+        Err(_) => {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: the URL cannot carry this value (characters a URL may not hold)".into(),
+            )));
+        }
+    };
+    for h in PROXY_HEADERS {
+        parts.headers.remove(*h);
+    }
+    for v in parts.headers.values_mut() {
+        if let Some(n) = swap_in_basic(v, here) {
+            *v = n;
+        }
+        for b in here {
+            if let Some(x) = swap_all(v.as_bytes(), b.placeholder.as_bytes(), &b.value)
+                && let Ok(n) = HeaderValue::from_bytes(&x)
+            {
+                let mut n = n;
+                n.set_sensitive(true);
+                *v = n;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends the (swapped) request over the session's upstream connection, reconnected first when
+/// it is gone, shaped for the protocol that connection speaks (see [`for_h1`], [`for_h2`]);
+/// the upstream's response, or the proxy's own answer when it cannot be sent.
+async fn send_upstream(
+    upstream: &Upstream,
+    s: &Shared,
+    dest: &super::Dest,
+    authority: &str,
+    mut parts: hyper::http::request::Parts,
+    body: Body,
+) -> Result<Response<Incoming>, Refusal> {
+    let mut guard = upstream.lock().await;
+    let alive = match guard.as_mut() {
+        Ok(Sender::H1(x)) => x.ready().await.is_ok(),
+        Ok(Sender::H2(x)) => x.ready().await.is_ok(),
+        Err(_) => false,
+    };
+    if !alive {
+        *guard = connect_upstream(s, &dest.host, dest.port).await;
+    }
+    let sent = match guard.as_mut() {
+        Err(e) => {
+            return Err(Box::new(text(
+                StatusCode::BAD_GATEWAY,
+                format!("keyveil: {e}"),
+            )));
+        }
+        // HTTP/1.1: the connection is this request's until its response's head is in.
+        Ok(Sender::H1(x)) => {
+            for_h1(&mut parts, authority)?;
+            x.send_request(Request::from_parts(parts, body)).await
+        }
+        // HTTP/2: streams multiplexed (the lock is not held while this one waits).
+        Ok(Sender::H2(x)) => {
+            let mut x = x.clone();
+            drop(guard);
+            for_h2(&mut parts, authority)?;
+            x.send_request(Request::from_parts(parts, body)).await
+        }
+    };
+    sent.map_err(|e| {
+        Box::new(text(
+            StatusCode::BAD_GATEWAY,
+            format!("keyveil: {}: {e}", dest.shown()),
+        ))
+    })
+}
+
+/// Shapes a request head for HTTP/1.1: origin-form, and a `Host` (the `authority`) when it
+/// has none.
+fn for_h1(parts: &mut hyper::http::request::Parts, authority: &str) -> Result<(), Refusal> {
+    parts.version = Version::HTTP_11;
+    if !parts.headers.contains_key(hyper::header::HOST) {
+        let Ok(v) = HeaderValue::from_str(authority) else {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: bad authority".into(),
+            )));
+        };
+        parts.headers.insert(hyper::header::HOST, v);
+    }
+    Ok(())
+}
+
+/// Shapes a request head for HTTP/2: the `authority` in the URI, no `Host` and no connection
+/// headers, `TE` only as `trailers`.
+fn for_h2(parts: &mut hyper::http::request::Parts, authority: &str) -> Result<(), Refusal> {
+    parts.version = Version::HTTP_2;
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match hyper::Uri::try_from(format!("https://{authority}{pq}")) {
+        Ok(u) => u,
+        Err(_) => {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "keyveil: bad authority".into(),
+            )));
+        }
+    };
+    parts.headers.remove(hyper::header::HOST);
+    for h in CONNECTION_HEADERS {
+        parts.headers.remove(*h);
+    }
+    if parts
+        .headers
+        .get(hyper::header::TE)
+        .is_some_and(|v| v.as_bytes() != b"trailers")
+    {
+        parts.headers.remove(hyper::header::TE);
+    }
+    Ok(())
+}
+
+/// The upstream's response as the child gets it: each value bound `here` swapped back for its
+/// placeholder in the headers and the body, and `audit` written when the body ends.
+fn swap_out_of_response(
+    resp: Response<Incoming>,
+    here: &[&Binding],
+    audit: AuditOnEnd,
+) -> Response<Body> {
+    let (mut rparts, rbody) = resp.into_parts();
+    for v in rparts.headers.values_mut() {
+        for b in here {
+            if let Some(x) = swap_all(v.as_bytes(), &b.value, b.placeholder.as_bytes())
+                && let Ok(n) = HeaderValue::from_bytes(&x)
+            {
+                *v = n;
+            }
+        }
+    }
+    let to_placeholder = Swap::new(
+        here.iter()
+            .map(|b| {
+                (
+                    b.value.to_vec(),
+                    Zeroizing::new(b.placeholder.as_bytes().to_vec()),
+                )
+            })
+            .collect(),
+    );
+    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit)))
+}
+
+/// The audit entry of one request to a bound host, written when its response body ends (or is
+/// abandoned): method, host, path, status, response bytes, the variables swapped in.
+struct AuditOnEnd {
+    s: Arc<Shared>,
+    method: String,
+    host: String,
+    path: String,
+    status: u16,
+    variables: Vec<String>,
+    bytes: u64,
+}
+
+impl Drop for AuditOnEnd {
+    fn drop(&mut self) {
+        self.s.audit(
+            "egress_request",
+            json!({
+                "run_id": self.s.run_id,
+                "method": self.method,
+                "host": self.host,
+                "path": self.path,
+                "status": self.status,
+                "bytes": self.bytes,
+                "variables": self.variables,
+            }),
+        );
+    }
+}
+
+/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds).
+fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
+    struct St {
+        body: Incoming,
+        swap: Swap,
+        done: bool,
+        audit: Option<AuditOnEnd>,
+        trailers: Option<Frame<Bytes>>,
+    }
+    if swap.is_empty() && audit.is_none() && body.is_end_stream() {
+        return body.map_err(BoxError::from).boxed_unsync();
+    }
+    let st = St {
+        body,
+        swap,
+        done: false,
+        audit,
+        trailers: None,
+    };
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        if let Some(t) = st.trailers.take() {
+            return Some((Ok(t), st));
+        }
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Some(a) = &mut st.audit {
+                            a.bytes += data.len() as u64;
+                        }
+                        let out = if st.swap.is_empty() {
+                            data
+                        } else {
+                            st.swap.push_bytes(data)
+                        };
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Some((Ok(Frame::data(out)), st));
+                    }
+                    Err(frame) => {
+                        st.done = true;
+                        let rest = st.swap.finish();
+                        if rest.is_empty() {
+                            return Some((Ok(frame), st));
+                        }
+                        st.trailers = Some(frame);
+                        return Some((Ok(Frame::data(Bytes::from(rest))), st));
+                    }
+                },
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(BoxError::from(e)), st));
+                }
+                None => {
+                    st.done = true;
+                    let rest = st.swap.finish();
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(Frame::data(Bytes::from(rest))), st));
+                }
+            }
+        }
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
