@@ -333,87 +333,12 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         done: tokio::sync::watch::channel(false).0,
     });
     broker.background.lock().insert(run_id.clone(), run.clone());
-    // The relay streams redacted frames into one end of a socket pair; the other end fills
-    // the ring. A failure here stops the child at once (nothing may run unobserved).
-    let pair = UnixStream::pair();
-    let broker2 = broker.clone();
-    let run2 = run.clone();
+    let broker = broker.clone();
     tokio::spawn(async move {
-        let result = match pair {
-            Ok((a, b)) => {
-                let (_unused, a) = a.into_split();
-                let mut sink = crate::frame_writer::FrameWriter::new(a);
-                let reader_run = run2.clone();
-                let joined_redactor = redactor.clone();
-                let reader = tokio::spawn(async move {
-                    let mut frames = Framed::new(b, keyveil_proto::FrameCodec);
-                    // The relay redacts stdout and stderr each on its own; the ring joins
-                    // them, so pieces of a value alternated between the two would meet whole
-                    // there. What `logs` reads is therefore redacted again, as one stream.
-                    let mut joined = joined_redactor.stream();
-                    let mut out = Vec::new();
-                    loop {
-                        let next = if joined.is_holding() {
-                            match tokio::time::timeout(spawn::QUIET, frames.next()).await {
-                                Ok(next) => next,
-                                Err(_) => {
-                                    // Quiet: what a pause may show (`RedactStream::flush`).
-                                    out.clear();
-                                    joined.flush(&mut out);
-                                    if !out.is_empty() {
-                                        reader_run.state().ring.push(&out);
-                                    }
-                                    continue;
-                                }
-                            }
-                        } else {
-                            frames.next().await
-                        };
-                        let Some(Ok(f)) = next else { break };
-                        if let Ok(Frame::Stdout(bytes) | Frame::Stderr(bytes)) = Frame::decode(f) {
-                            out.clear();
-                            joined.push(&bytes, &mut out);
-                            if !out.is_empty() {
-                                reader_run.state().ring.push(&out);
-                            }
-                        }
-                    }
-                    out.clear();
-                    joined.finish(&mut out);
-                    reader_run.state().ring.push(&out);
-                    joined.redactions() as u64
-                });
-                let r = spawn::relay(
-                    started,
-                    timeout,
-                    OutputMode::Stream,
-                    &redactor,
-                    cancel,
-                    run2.stop.clone(),
-                    &mut sink,
-                )
-                .await;
-                drop(sink);
-                drop(_unused);
-                let mut r = r;
-                // Values first marked where the two streams meet.
-                r.redactions += reader.await.unwrap_or(0);
-                r
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot relay a background run; stopping it");
-                started.kill_now();
-                drop(started);
-                RunResult {
-                    exit_code: 137,
-                    signal: Some(9),
-                    ..RunResult::default()
-                }
-            }
-        };
+        let result = relay_to_ring(&run, started, timeout, &redactor, cancel).await;
         finish(
-            &broker2,
-            &run2,
+            &broker,
+            &run,
             result,
             &cwd,
             started_at,
@@ -422,6 +347,94 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         )
         .await;
     });
+    started_reply(run_id, grant_id, pid)
+}
+
+/// The relay streams redacted frames into one end of a socket pair; the other end fills the
+/// run's ring ([`fill_ring`]). A failure here stops the child at once (nothing may run
+/// unobserved). The run's result once it ended.
+async fn relay_to_ring(
+    run: &Arc<BgRun>,
+    started: spawn::Started,
+    timeout: Duration,
+    redactor: &Redactor,
+    cancel: CancellationToken,
+) -> RunResult {
+    let (a, b) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot relay a background run; stopping it");
+            started.kill_now();
+            drop(started);
+            return RunResult {
+                exit_code: 137,
+                signal: Some(9),
+                ..RunResult::default()
+            };
+        }
+    };
+    let (_unused, a) = a.into_split();
+    let mut sink = crate::frame_writer::FrameWriter::new(a);
+    let reader = tokio::spawn(fill_ring(run.clone(), b, redactor.clone()));
+    let mut r = spawn::relay(
+        started,
+        timeout,
+        OutputMode::Stream,
+        redactor,
+        cancel,
+        run.stop.clone(),
+        &mut sink,
+    )
+    .await;
+    drop(sink);
+    drop(_unused);
+    // Values first marked where the two streams meet.
+    r.redactions += reader.await.unwrap_or(0);
+    r
+}
+
+/// Reads the relay's frames from `b` into the run's ring until the relay ends; returns the
+/// values marked there. The relay redacts stdout and stderr each on its own; the ring joins
+/// them, so pieces of a value alternated between the two would meet whole there. What `logs`
+/// reads is therefore redacted again, as one stream.
+async fn fill_ring(run: Arc<BgRun>, b: UnixStream, redactor: Redactor) -> u64 {
+    let mut frames = Framed::new(b, keyveil_proto::FrameCodec);
+    let mut joined = redactor.stream();
+    let mut out = Vec::new();
+    loop {
+        let next = if joined.is_holding() {
+            match tokio::time::timeout(spawn::QUIET, frames.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // Quiet: what a pause may show (`RedactStream::flush`).
+                    out.clear();
+                    joined.flush(&mut out);
+                    if !out.is_empty() {
+                        run.state().ring.push(&out);
+                    }
+                    continue;
+                }
+            }
+        } else {
+            frames.next().await
+        };
+        let Some(Ok(f)) = next else { break };
+        if let Ok(Frame::Stdout(bytes) | Frame::Stderr(bytes)) = Frame::decode(f) {
+            out.clear();
+            joined.push(&bytes, &mut out);
+            if !out.is_empty() {
+                run.state().ring.push(&out);
+            }
+        }
+    }
+    out.clear();
+    joined.finish(&mut out);
+    run.state().ring.push(&out);
+    joined.redactions() as u64
+}
+
+/// The reply to `start`: the run, its grant and its pid.
+fn started_reply(run_id: String, grant_id: String, pid: i32) -> Reply {
     match serde_json::to_value(op::Started {
         run_id,
         grant_id,

@@ -1,0 +1,251 @@
+//! Access requests and what they ask for: [`Ask`] (the scope a request, a grant and a rule
+//! are matched on), [`AccessReq`] and its [`RequestState`], values and input shown on a card.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::pin::{FilePin, InputPin};
+use keyveil_proto::ClientInfo;
+
+/// A pending request lives this long before it expires unanswered (seconds).
+pub(crate) const REQUEST_TTL_SECONDS: i64 = 600;
+
+/// A denial is remembered this long: the same ask from the same client is refused at once.
+pub(crate) const DENIAL_MEMORY: Duration = Duration::from_secs(300);
+
+/// Where a request stands.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub(crate) enum RequestState {
+    /// Waiting for the human.
+    Pending,
+    /// Approved; the grant it created.
+    Approved {
+        /// Grant id.
+        grant_id: String,
+    },
+    /// Denied by the human.
+    Denied {
+        /// The human's reason, if any.
+        reason: Option<String>,
+    },
+    /// Nobody answered in time.
+    Expired,
+}
+
+/// An ask for access, waiting for (or past) a human decision.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AccessReq {
+    /// Sequential id the human types in `keyveil approve ID`.
+    pub id: u64,
+    /// Who asked, as the requester claims it.
+    pub client: ClientInfo,
+    /// The process that really asked: its pid, executable and parents, from the socket
+    /// (`peer.rs`). Shown next to the claim.
+    pub peer: crate::broker::peer::Peer,
+    /// Environment name.
+    pub environment: String,
+    /// Variables asked for (resolved: never empty).
+    pub variables: Vec<String>,
+    /// The exact argv, or `None` for "any command" (request_access without a command).
+    pub argv: Option<Vec<String>>,
+    /// Canonical working directory.
+    pub cwd: String,
+    /// The requester's reason: its claim, not a fact.
+    pub reason: Option<String>,
+    /// Requested lifetime (seconds).
+    pub ttl_seconds: Option<u64>,
+    /// Names of the requester's environment variables to pass through (shown to the human).
+    pub pass_env: Vec<String>,
+    /// The executable `argv[0]` resolved to with the policy PATH, pinned.
+    pub executable: Option<FilePin>,
+    /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
+    pub inputs: Vec<InputPin>,
+    /// Risk flags computed by the broker (see `risk/`).
+    pub risk: Vec<String>,
+    /// Values the requester could have chosen, shown on the card and bound into the grant:
+    /// pass-through values and variables stored without the factor (never one stored with it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chosen_values: Vec<ChosenValue>,
+    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
+    /// another request); `None`: `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<keyveil_proto::op::StdinInfo>,
+    /// Requested variables stored in the last day without the factor (or before keyveil
+    /// recorded how): the `new-variable` flag, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_variables: Vec<NewVariable>,
+    /// Where the requester's reason claims what the broker's facts contradict, in plain words
+    /// (`risk::contradictions`): shown on every surface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contradictions: Vec<String>,
+    /// The mount read (its path) when the request is one (`broker/mounts/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
+    /// of the process) may hold a value: the requester descends from a live run or from a
+    /// mount reader that was written values ([`Inner::peer_holds_values`]). Only then are
+    /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
+    /// they are the agent's own and shown as given: masking them would answer planted guesses.
+    ///
+    /// [`Inner::peer_holds_values`]: super::inner::Inner::peer_holds_values
+    pub masked: bool,
+    /// How many times this same ask was made (identical asks coalesce into one request).
+    pub asks: u32,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// State.
+    #[serde(flatten)]
+    pub state: RequestState,
+    /// When the state last changed (used for denial memory).
+    #[serde(skip)]
+    pub decided: Option<Instant>,
+}
+
+impl AccessReq {
+    /// Whether `other` asks for the same thing as this request.
+    pub(crate) fn same_ask(&self, ask: &Ask) -> bool {
+        self.client.scope_key() == ask.client.scope_key()
+            && self.environment == ask.environment
+            && self.variables == ask.variables
+            && self.argv == ask.argv
+            && self.cwd == ask.cwd
+            && self.pass_env == ask.pass_env
+            && self.stdin.as_ref().map(|s| &s.sha256) == ask.stdin.as_ref().map(|s| &s.sha256)
+            // Asks from different real origins stay apart: each card shows who asked.
+            && self.peer.origin == ask.peer.origin
+            && self.mount.as_deref() == ask.mount.as_ref().map(|m| m.path.as_str())
+            // A mount read is one process's read: another process is another request.
+            && (self.mount.is_none() || self.client.pid == ask.client.pid)
+    }
+
+    /// The deadline of a pending request.
+    pub(crate) fn expires_at(&self) -> Timestamp {
+        self.created_at
+            .saturating_add(jiff::SignedDuration::from_secs(REQUEST_TTL_SECONDS))
+            .unwrap_or(self.created_at)
+    }
+}
+
+/// Longest part of a chosen value shown on a card, in characters (the digest binds all of it).
+pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
+
+/// A value an agent could have chosen, as a request shows it and a grant binds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ChosenValue {
+    /// `pass-env` (from the requester's environment), `reader-env` (a code-loading variable
+    /// of a mount reader's own environment) or `stored-without-factor` (a vault variable
+    /// whose value was stored by a call that proved no factor).
+    pub origin: &'static str,
+    /// A pass-through name (set for `pass-env`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A vault variable's name (set for `stored-without-factor`; aliased where names are
+    /// hidden).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// When the vault value was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<Timestamp>,
+    /// The value's first [`SHOWN_VALUE_CHARS`] characters, as given (escaped when shown);
+    /// `None` when it is not set.
+    pub value: Option<String>,
+    /// The value's length in bytes.
+    pub bytes: usize,
+    /// Only part of the value is in `value`.
+    pub clipped: bool,
+    /// SHA-256 (hex) of the whole value; `None` when it is not set.
+    pub sha256: Option<String>,
+}
+
+impl ChosenValue {
+    /// Describes `value` for the card.
+    pub(crate) fn of(value: Option<&str>) -> ChosenValue {
+        use sha2::Digest as _;
+        ChosenValue {
+            origin: "pass-env",
+            name: None,
+            variable: None,
+            stored_at: None,
+            value: value.map(|v| v.chars().take(SHOWN_VALUE_CHARS).collect()),
+            bytes: value.map_or(0, str::len),
+            clipped: value.is_some_and(|v| v.chars().count() > SHOWN_VALUE_CHARS),
+            sha256: value.map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes()))),
+        }
+    }
+}
+
+/// How many characters of a requester's standard input the card shows.
+pub(crate) const SHOWN_STDIN_CHARS: usize = SHOWN_VALUE_CHARS * 10;
+
+/// Longest standard input a run request may carry, in bytes (the MCP `run` tool's limit too).
+pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
+
+/// Describes a requester's standard input for the card: its first [`SHOWN_STDIN_CHARS`]
+/// characters, size, digest, and whether the command may read program text from it
+/// (`program`: [`crate::stdin_program::reads_program_at`]).
+pub(crate) fn stdin_info(text: &str, program: bool) -> keyveil_proto::op::StdinInfo {
+    use sha2::Digest as _;
+    let shown = SHOWN_STDIN_CHARS;
+    keyveil_proto::op::StdinInfo {
+        text: text.chars().take(shown).collect(),
+        bytes: text.len(),
+        clipped: text.chars().count() > shown,
+        sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        program,
+    }
+}
+
+/// A requested variable stored recently without the factor (see [`AccessReq::new_variables`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct NewVariable {
+    /// Its name (aliased where names are hidden).
+    pub variable: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its value (or declaration) was stored, if recorded.
+    pub stored_at: Option<Timestamp>,
+    /// How it was stored: `without the factor`, or `unknown` (before keyveil recorded it).
+    pub stored: &'static str,
+}
+
+/// What a requester asks for, normalised (canonical cwd, resolved variables).
+#[derive(Debug, Clone)]
+pub(crate) struct Ask {
+    /// Who asks.
+    pub client: ClientInfo,
+    /// Environment.
+    pub environment: String,
+    /// Resolved, sorted variable names.
+    pub variables: Vec<String>,
+    /// Exact argv, or `None` for any command.
+    pub argv: Option<Vec<String>>,
+    /// Canonical cwd.
+    pub cwd: String,
+    /// Pass-through names, sorted.
+    pub pass_env: Vec<String>,
+    /// The requester's value of each pass-through name (`None`: not set), as the child would
+    /// get it: shown on the card and bound into the grant.
+    pub pass_values: BTreeMap<String, Option<String>>,
+    /// Standard input the requester supplies (`None`: `/dev/null`): shown on the card and part
+    /// of what a grant covers.
+    pub stdin: Option<keyveil_proto::op::StdinInfo>,
+    /// The process that really asked (from the socket, not the claim): caps and flags count
+    /// by it, and the card shows it.
+    pub peer: crate::broker::peer::Peer,
+    /// Set only by the broker itself, for a read of a mount (`broker/mounts/`): never from a
+    /// request.
+    pub mount: Option<MountAsk>,
+}
+
+/// A read of a mount, as the ask carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountAsk {
+    /// The FIFO's path.
+    pub path: String,
+    /// The mount's own risk flags for this reader (`dumps-file`, `agent-reader`, ...).
+    pub flags: Vec<String>,
+}
