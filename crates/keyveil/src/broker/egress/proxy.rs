@@ -217,12 +217,18 @@ async fn tunnel(client: TokioIo<hyper::upgrade::Upgraded>, host: &str, port: u16
 /// Whether the placeholder appears in the request line or a header, as it is or inside an
 /// HTTP Basic credential (`Authorization: Basic base64(user:password)`).
 fn carries(parts: &hyper::http::request::Parts, placeholder: &str) -> bool {
+    memmem::find(parts.uri.to_string().as_bytes(), placeholder.as_bytes()).is_some()
+        || fields_carry(&parts.headers, placeholder)
+}
+
+/// Whether a header or trailer field holds the placeholder, as it is or inside an HTTP Basic
+/// credential.
+fn fields_carry(fields: &hyper::HeaderMap, placeholder: &str) -> bool {
     let p = placeholder.as_bytes();
-    memmem::find(parts.uri.to_string().as_bytes(), p).is_some()
-        || parts.headers.values().any(|v| {
-            memmem::find(v.as_bytes(), p).is_some()
-                || basic_credential(v).is_some_and(|c| memmem::find(&c, p).is_some())
-        })
+    fields.values().any(|v| {
+        memmem::find(v.as_bytes(), p).is_some()
+            || basic_credential(v).is_some_and(|c| memmem::find(&c, p).is_some())
+    })
 }
 
 /// The decoded `user:password` of an HTTP Basic credential (`Basic base64`, RFC 7617; the
@@ -328,7 +334,8 @@ async fn plain(req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
     }
 }
 
-/// A plain request's body, passed on chunk by chunk while [`Watch`] looks for a placeholder:
+/// A plain request's body, passed on chunk by chunk while [`Watch`] looks for a placeholder (and
+/// its trailers, if any, are checked like headers):
 /// one ends the body with an error (the upstream request is cut off) and is reported as
 /// blocked.
 fn watched(body: Incoming, s: Arc<Shared>, dest: String) -> Body {
@@ -353,6 +360,16 @@ fn watched(body: Incoming, s: Arc<Shared>, dest: String) -> Body {
                 {
                     s.report_blocked(&b.shown, &dest, "sent in a plain HTTP body");
                     let e = BoxError::from("keyveil: blocked: a placeholder in a plain HTTP body");
+                    return Some((Err(e), (body, watch, true)));
+                }
+                // Chunked trailers (`Trailer: X-K` ... `X-K: PLACEHOLDER`) are forwarded by
+                // the client too: checked like headers.
+                if let Some(t) = frame.trailers_ref()
+                    && let Some(b) = s.bindings.iter().find(|b| fields_carry(t, &b.placeholder))
+                {
+                    s.report_blocked(&b.shown, &dest, "sent in a plain HTTP body's trailers");
+                    let e =
+                        BoxError::from("keyveil: blocked: a placeholder in a plain HTTP trailer");
                     return Some((Err(e), (body, watch, true)));
                 }
                 Some((Ok(frame), (body, watch, false)))
@@ -499,7 +516,10 @@ async fn forward(
         .map(|a| a.as_ref().map(norm))
         .chain(parts.uri.authority().map(|a| Some(norm(a))))
         .collect();
-    if named.is_empty() || named.iter().any(|n| n.as_deref() != Some(host)) {
+    // A second `Host` is never checked by `get` (the first only) but would be forwarded to an
+    // HTTP/1.1 upstream, where a front may route by it: one `Host` at most.
+    let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
+    if named.is_empty() || hosts > 1 || named.iter().any(|n| n.as_deref() != Some(host)) {
         for b in &here {
             s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
         }
