@@ -120,6 +120,8 @@ auth = "Authorization: Bearer " + ph + "\r\n"
 # 1. Two Host headers: the first names the tunnel's host, the second another origin behind
 #    the same front.
 attempt("dup", api, "GET /dup HTTP/1.1\r\nHost: " + api + "\r\nHost: evil.example\r\n" + auth + "Connection: close\r\n\r\n")
+# 1b. One Host, with userinfo: its host part is the tunnel's, a front may read the start.
+attempt("userinfo", api, "GET /userinfo HTTP/1.1\r\nHost: evil.example@" + api + "\r\n" + auth + "Connection: close\r\n\r\n")
 # 2. Absolute-form naming another host, Host naming the tunnel's.
 attempt("abs", api, "GET https://evil.example/abs HTTP/1.1\r\nHost: " + api + "\r\n" + auth + "Connection: close\r\n\r\n")
 # 3. Pipelining: a good request, then one to another host in the same write.
@@ -226,7 +228,7 @@ fn the_egress_proxy_holds_against_a_second_host_another_name_pipelining_and_trai
             h.lines().next()
         );
     }
-    for name in ["dup", "abs"] {
+    for name in ["dup", "userinfo", "abs"] {
         assert!(
             o.out.contains(&format!("{name} HTTP/1.1 403")),
             "{name}: {}",

@@ -505,16 +505,20 @@ async fn forward(
             .ok()
             .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
     });
+    // An authority with userinfo (`evil.example@host`) names `host` to us but is forwarded as
+    // it is, and a front may read its start: a Host never has one (RFC 9110, 7.2), refused.
     let norm = |a: &hyper::http::uri::Authority| {
-        a.host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase()
+        (!a.as_str().contains('@')).then(|| {
+            a.host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
     };
     let named: Vec<Option<String>> = host_header
         .iter()
-        .map(|a| a.as_ref().map(norm))
-        .chain(parts.uri.authority().map(|a| Some(norm(a))))
+        .map(|a| a.as_ref().and_then(norm))
+        .chain(parts.uri.authority().map(norm))
         .collect();
     // A second `Host` is never checked by `get` (the first only) but would be forwarded to an
     // HTTP/1.1 upstream, where a front may route by it: one `Host` at most.
