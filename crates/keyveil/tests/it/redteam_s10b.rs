@@ -279,9 +279,6 @@ fn the_egress_proxy_holds_against_a_second_host_another_name_pipelining_and_trai
 }
 
 #[test]
-#[ignore = "LEAK (report): a placeholder of a variable bound elsewhere, in the BODY of a request \
-            to another variable's bound host, is passed on and never reported (forward checks \
-            the request line and headers only)"]
 fn another_variables_placeholder_in_a_bound_requests_body_is_blocked_and_reported() {
     let o = attack();
     assert!(o.out.contains("done"), "{}\n{}", o.out, o.err);

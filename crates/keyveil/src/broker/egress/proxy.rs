@@ -587,6 +587,16 @@ async fn forward(
             .collect(),
     );
     let method = parts.method.to_string();
+    // The body is watched for the placeholders of variables not bound here (the request line
+    // and headers were checked above).
+    let others = || {
+        (here.len() < s.bindings.len()).then(|| Others {
+            s: s.clone(),
+            dest: dest.clone(),
+            shown: shown_dest.clone(),
+            watch: Watch::default(),
+        })
+    };
     let sent = {
         let mut guard = upstream.lock().await;
         let alive = match guard.as_mut() {
@@ -613,7 +623,7 @@ async fn forward(
                         }
                     }
                 }
-                let req = Request::from_parts(parts, swapped(body, to_value, None));
+                let req = Request::from_parts(parts, swapped(body, to_value, None, others()));
                 x.send_request(req).await
             }
             // HTTP/2: the authority in the URI, no connection headers; streams multiplexed
@@ -640,7 +650,7 @@ async fn forward(
                 {
                     parts.headers.remove(hyper::header::TE);
                 }
-                let req = Request::from_parts(parts, swapped(body, to_value, None));
+                let req = Request::from_parts(parts, swapped(body, to_value, None, others()));
                 x.send_request(req).await
             }
         }
@@ -683,7 +693,7 @@ async fn forward(
         variables: here.iter().map(|b| b.shown.clone()).collect(),
         bytes: 0,
     };
-    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit)))
+    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit), None))
 }
 
 /// The audit entry of one request to a bound host, written when its response body ends (or is
@@ -715,14 +725,25 @@ impl Drop for AuditOnEnd {
     }
 }
 
-/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds).
-fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
+/// The placeholders of the variables not bound to a request's destination, watched for in its
+/// body ([`swapped`]): one ends the body (the upstream request is cut off) and is reported.
+struct Others {
+    s: Arc<Shared>,
+    dest: super::Dest,
+    shown: String,
+    watch: Watch,
+}
+
+/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds),
+/// watched for `others` first when given.
+fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option<Others>) -> Body {
     struct St {
         body: Incoming,
         swap: Swap,
         done: bool,
         audit: Option<AuditOnEnd>,
         trailers: Option<Frame<Bytes>>,
+        others: Option<Others>,
     }
     if swap.is_empty() && audit.is_none() && body.is_end_stream() {
         return body.map_err(BoxError::from).boxed_unsync();
@@ -733,6 +754,7 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
         done: false,
         audit,
         trailers: None,
+        others,
     };
     let stream = futures::stream::unfold(st, |mut st| async move {
         if let Some(t) = st.trailers.take() {
@@ -745,6 +767,26 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
             match st.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
+                        if let Some(Others {
+                            s,
+                            dest,
+                            shown,
+                            watch,
+                        }) = &mut st.others
+                            && let Some(b) = watch
+                                .find(s.bindings.iter().filter(|b| !b.dests.contains(dest)), &data)
+                        {
+                            s.report_blocked(
+                                &b.shown,
+                                shown,
+                                "sent in a body, not bound to this host",
+                            );
+                            st.done = true;
+                            let e = BoxError::from(
+                                "keyveil: blocked: a placeholder in a body to a host it is not bound to",
+                            );
+                            return Some((Err(e), st));
+                        }
                         if let Some(a) = &mut st.audit {
                             a.bytes += data.len() as u64;
                         }
