@@ -297,3 +297,54 @@ fn another_variables_placeholder_in_a_bound_requests_body_is_blocked_and_reporte
         "reached the bound host: {reached}; reported: {reported}"
     );
 }
+
+/// The agent, without the factor, tries to erase a compromise mark (the evidence a sweep left,
+/// and what a later `sweep --scrub-transcripts` rewrites by) with `unset` and `env rm`: both
+/// are refused and the mark stays.
+#[test]
+fn an_agent_cannot_drop_compromise_marks_without_the_factor() {
+    let h = Home::new();
+    let v = fresh_value();
+    h.set("demo", "API_KEY", &v);
+    let dir = h.path().join(".claude/projects/-w-mark");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.jsonl"), format!("{{\"content\":\"{v}\"}}\n")).unwrap();
+    let empty = h.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = h.run_stdin(
+        &[
+            "sweep",
+            "--contain",
+            "--json",
+            empty.to_str().unwrap(),
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let marks = || {
+        let vault = keyveil_vault::Vault::open(&h.path().join("vault.kv"), PASS.as_bytes())
+            .expect("the vault opens with the passphrase");
+        vault.data().compromised.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(marks(), ["demo/API_KEY"]);
+    // No factor: stdin empty (no terminal), then a wrong passphrase.
+    for args in [
+        &["unset", "demo", "API_KEY"][..],
+        &["env", "rm", "demo"][..],
+    ] {
+        let o = h.run_stdin(args, "");
+        assert!(
+            !o.status.success(),
+            "{args:?} went through without the factor"
+        );
+        let mut wrong = args.to_vec();
+        wrong.push("--passphrase-stdin");
+        let o = h.run_stdin(&wrong, "not-the-passphrase\n");
+        assert!(
+            !o.status.success(),
+            "{args:?} went through with a wrong passphrase"
+        );
+        assert_eq!(marks(), ["demo/API_KEY"], "{args:?} dropped the mark");
+    }
+}
