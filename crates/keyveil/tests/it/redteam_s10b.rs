@@ -2,7 +2,8 @@
 //! against the egress proxy's newest checks (`docs/egress.md`): the Host rule inside an
 //! intercepted tunnel, the watch of a plain request's body (its trailers too), a bound host
 //! reached by another name, pipelining and absolute-form inside a tunnel, and a placeholder of
-//! another variable in the body of a request to a bound host.
+//! another variable in the body of a request to a bound host; and `unset`/`env rm` as a way to
+//! drop a compromise mark without the factor.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
