@@ -37,12 +37,18 @@ pub(super) fn text(status: StatusCode, msg: String) -> Response<Body> {
 /// Whether the placeholder appears in the request line or a header, as it is or inside an
 /// HTTP Basic credential (`Authorization: Basic base64(user:password)`).
 pub(super) fn carries(parts: &hyper::http::request::Parts, placeholder: &str) -> bool {
+    memmem::find(parts.uri.to_string().as_bytes(), placeholder.as_bytes()).is_some()
+        || fields_carry(&parts.headers, placeholder)
+}
+
+/// Whether a header or trailer field holds the placeholder, as it is or inside an HTTP Basic
+/// credential.
+pub(super) fn fields_carry(fields: &hyper::HeaderMap, placeholder: &str) -> bool {
     let p = placeholder.as_bytes();
-    memmem::find(parts.uri.to_string().as_bytes(), p).is_some()
-        || parts.headers.values().any(|v| {
-            memmem::find(v.as_bytes(), p).is_some()
-                || basic_credential(v).is_some_and(|c| memmem::find(&c, p).is_some())
-        })
+    fields.values().any(|v| {
+        memmem::find(v.as_bytes(), p).is_some()
+            || basic_credential(v).is_some_and(|c| memmem::find(&c, p).is_some())
+    })
 }
 
 /// The decoded `user:password` of an HTTP Basic credential (`Basic base64`, RFC 7617; the

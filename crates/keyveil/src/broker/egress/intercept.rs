@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use super::http::{Body, BoxError, PROXY_HEADERS, carries, shown_dests, swap_in_basic, text};
 use super::placeholder::{Swap, swap_all};
+use super::watch::Watch;
 use super::{Binding, Shared};
 
 /// A session's upstream connection, or why it could not be made.
@@ -155,7 +156,15 @@ async fn forward(
             .collect(),
     );
     let method = parts.method.to_string();
-    let body = swapped(body, to_value, None);
+    // The body is watched for the placeholders of variables not bound here (the request line
+    // and headers were checked above).
+    let others = (here.len() < s.bindings.len()).then(|| Others {
+        s: s.clone(),
+        dest: dest.clone(),
+        shown: format!("https://{}", dest.shown()),
+        watch: Watch::default(),
+    });
+    let body = swapped(body, to_value, None, others);
     let resp = match send_upstream(upstream, s, &dest, &authority, parts, body).await {
         Ok(r) => r,
         Err(refused) => return *refused,
@@ -220,18 +229,26 @@ fn named_authority(
             .ok()
             .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
     });
+    // An authority with userinfo (`evil.example@host`) names `host` to us but is forwarded as
+    // it is, and a front may read its start: a Host never has one (RFC 9110, 7.2), refused.
     let norm = |a: &hyper::http::uri::Authority| {
-        a.host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase()
+        (!a.as_str().contains('@')).then(|| {
+            a.host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
     };
     let named: Vec<Option<String>> = host_header
         .iter()
-        .map(|a| a.as_ref().map(norm))
-        .chain(parts.uri.authority().map(|a| Some(norm(a))))
+        .map(|a| a.as_ref().and_then(norm))
+        .chain(parts.uri.authority().map(norm))
         .collect();
+    // A second `Host` is never checked by `get` (the first only) but would be forwarded to an
+    // HTTP/1.1 upstream, where a front may route by it: one `Host` at most.
+    let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
     if named.is_empty()
+        || hosts > 1
         || named
             .iter()
             .any(|n| n.as_deref() != Some(dest.host.as_str()))
@@ -429,7 +446,7 @@ fn swap_out_of_response(
             })
             .collect(),
     );
-    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit)))
+    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit), None))
 }
 
 /// The audit entry of one request to a bound host, written when its response body ends (or is
@@ -461,14 +478,29 @@ impl Drop for AuditOnEnd {
     }
 }
 
-/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds).
-fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
+/// The placeholders of the variables not bound to a request's destination, watched for in its
+/// body ([`swapped`]): one ends the body (the upstream request is cut off) and is reported.
+struct Others {
+    /// The run's proxy state (bindings, reports).
+    s: Arc<Shared>,
+    /// The request's destination.
+    dest: super::Dest,
+    /// The destination as reports show it.
+    shown: String,
+    /// The body's watch.
+    watch: Watch,
+}
+
+/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds),
+/// watched for `others` first when given.
+fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option<Others>) -> Body {
     struct St {
         body: Incoming,
         swap: Swap,
         done: bool,
         audit: Option<AuditOnEnd>,
         trailers: Option<Frame<Bytes>>,
+        others: Option<Others>,
     }
     if swap.is_empty() && audit.is_none() && body.is_end_stream() {
         return body.map_err(BoxError::from).boxed_unsync();
@@ -479,6 +511,7 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
         done: false,
         audit,
         trailers: None,
+        others,
     };
     let stream = futures::stream::unfold(st, |mut st| async move {
         if let Some(t) = st.trailers.take() {
@@ -491,6 +524,26 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>) -> Body {
             match st.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
+                        if let Some(Others {
+                            s,
+                            dest,
+                            shown,
+                            watch,
+                        }) = &mut st.others
+                            && let Some(b) = watch
+                                .find(s.bindings.iter().filter(|b| !b.dests.contains(dest)), &data)
+                        {
+                            s.report_blocked(
+                                &b.shown,
+                                shown,
+                                "sent in a body, not bound to this host",
+                            );
+                            st.done = true;
+                            let e = BoxError::from(
+                                "keyveil: blocked: a placeholder in a body to a host it is not bound to",
+                            );
+                            return Some((Err(e), st));
+                        }
                         if let Some(a) = &mut st.audit {
                             a.bytes += data.len() as u64;
                         }

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::http::{Body, BoxError, PROXY_HEADERS, carries, shown_dests, text};
+use super::http::{Body, BoxError, PROXY_HEADERS, carries, fields_carry, shown_dests, text};
 use super::intercept::intercept;
 use super::watch::Watch;
 use super::{Shared, owner};
@@ -237,9 +237,9 @@ async fn plain(req: Request<Incoming>, s: &Arc<Shared>) -> Response<Body> {
     }
 }
 
-/// A plain request's body, passed on chunk by chunk while [`Watch`] looks for a placeholder:
-/// one ends the body with an error (the upstream request is cut off) and is reported as
-/// blocked.
+/// A plain request's body, passed on chunk by chunk while [`Watch`] looks for a placeholder (and
+/// its trailers, if any, are checked like headers): one ends the body with an error (the
+/// upstream request is cut off) and is reported as blocked.
 fn watched(body: Incoming, s: Arc<Shared>, dest: String) -> Body {
     if body.is_end_stream() {
         return body.map_err(BoxError::from).boxed_unsync();
@@ -262,6 +262,16 @@ fn watched(body: Incoming, s: Arc<Shared>, dest: String) -> Body {
                 {
                     s.report_blocked(&b.shown, &dest, "sent in a plain HTTP body");
                     let e = BoxError::from("keyveil: blocked: a placeholder in a plain HTTP body");
+                    return Some((Err(e), (body, watch, true)));
+                }
+                // Chunked trailers (`Trailer: X-K` ... `X-K: PLACEHOLDER`) are forwarded by
+                // the client too: checked like headers.
+                if let Some(t) = frame.trailers_ref()
+                    && let Some(b) = s.bindings.iter().find(|b| fields_carry(t, &b.placeholder))
+                {
+                    s.report_blocked(&b.shown, &dest, "sent in a plain HTTP body's trailers");
+                    let e =
+                        BoxError::from("keyveil: blocked: a placeholder in a plain HTTP trailer");
                     return Some((Err(e), (body, watch, true)));
                 }
                 Some((Ok(frame), (body, watch, false)))

@@ -1,8 +1,9 @@
 //! Placeholders leaving in clear text where no value may go: the bytes a child sends through
 //! a `CONNECT` tunnel to a host no variable of the run is bound to (passed through untouched:
 //! TLS there is end to end, so only a client that speaks clear text inside the tunnel can be
-//! seen), and the body of a plain `http://` request (its request line and headers are checked
-//! before it is sent). A placeholder found there ends the tunnel or the request and is
+//! seen), the body of a plain `http://` request (its request line and headers are checked
+//! before it is sent), and the body of a request to a bound host, for the placeholders of the
+//! variables not bound there. A placeholder found there ends the tunnel or the request and is
 //! reported as blocked, like one in a plain request's headers.
 //!
 //! A placeholder is worth nothing outside the run (the value never left the broker), so this
@@ -24,13 +25,13 @@ pub(super) struct Watch {
 impl Watch {
     /// Checks `chunk` (the next bytes of the stream) for the placeholder of any of
     /// `bindings`; returns the first binding found. Keeps the chunk's end for the next call.
-    pub(super) fn find<'b>(
-        &mut self,
-        bindings: &'b [Binding],
-        chunk: &[u8],
-    ) -> Option<&'b Binding> {
+    pub(super) fn find<'b, I>(&mut self, bindings: I, chunk: &[u8]) -> Option<&'b Binding>
+    where
+        I: IntoIterator<Item = &'b Binding> + Clone,
+    {
         let longest = bindings
-            .iter()
+            .clone()
+            .into_iter()
             .map(|b| b.placeholder.len())
             .max()
             .unwrap_or(0);
@@ -40,7 +41,7 @@ impl Watch {
         let mut hay = std::mem::take(&mut self.tail);
         hay.extend_from_slice(chunk);
         let found = bindings
-            .iter()
+            .into_iter()
             .find(|b| memmem::find(&hay, b.placeholder.as_bytes()).is_some());
         let keep = hay.len().min(longest - 1);
         hay.drain(..hay.len() - keep);
@@ -85,6 +86,10 @@ mod tests {
         for c in [&b"ph-aaaa-111"[..], b"2", b"ph-aaaa", b"-1110"] {
             assert!(w.find(&bs, c).is_none());
         }
-        assert!(Watch::default().find(&[], b"anything").is_none());
+        assert!(
+            Watch::default()
+                .find(&[] as &[Binding], b"anything")
+                .is_none()
+        );
     }
 }
