@@ -169,7 +169,7 @@ sys.stdout.buffer.write(data)
 "#;
 
 /// An honest program that loads `.env` and prints only how many bytes it read.
-const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
+pub(crate) const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
 
 /// What a copy attempt came to.
 struct Copy {
@@ -191,7 +191,7 @@ struct Copy {
 }
 
 /// Longest run of `value`'s bytes (at least 1) that `hay` holds.
-fn longest_run(hay: &[u8], value: &[u8]) -> usize {
+pub(crate) fn longest_run(hay: &[u8], value: &[u8]) -> usize {
     let mut best = 0;
     for start in 0..value.len() {
         let mut len = best + 1;
@@ -225,7 +225,7 @@ fn start_thief(p: &Project, mode: &str, round: usize) -> std::process::Child {
 }
 
 /// Waits for the thief's ready file `name` in the project's TMPDIR.
-fn wait_ready(p: &Project, name: &str) {
+pub(crate) fn wait_ready(p: &Project, name: &str) {
     let ready = p.tmp.path().join(name);
     let t0 = std::time::Instant::now();
     while !ready.exists() {
@@ -238,7 +238,7 @@ fn wait_ready(p: &Project, name: &str) {
 }
 
 /// Whether the audit says a thief through io_uring was caught.
-fn caught(audit: &str) -> bool {
+pub(crate) fn caught(audit: &str) -> bool {
     audit.contains("\"mount_read_suspect\"") && audit.contains("io_uring worker threads")
 }
 

@@ -246,6 +246,50 @@ pub(super) fn starved(pid: u32) -> Option<String> {
     None
 }
 
+/// Why the broker itself would not run at once, or `None`: the io_uring look
+/// ([`super::uring::UringWatch`]) sees a worker only while it runs, and a same-uid process may
+/// put the broker's threads under `SCHED_IDLE` or `SCHED_BATCH`, raise their nice or pin them
+/// beside a copier whose threads then keep the broker off its CPU until their workers are
+/// gone (`tests/it/redteam_s10.rs`). Every thread of the broker is looked at: its policy
+/// (field 41 of `/proc/self/task/TID/stat`), its nice (field 19), and the CPUs it may run on,
+/// which must be as many as pid 1's (what the machine or the container gives every process;
+/// not compared when `/proc/1/status` does not say).
+pub(super) fn broker_starved() -> Option<String> {
+    const BATCH: u32 = 3;
+    const IDLE: u32 = 5;
+    let all = cpus_allowed("/proc/1/status");
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 1..))
+            .map(|rest| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let nice = fields.get(16).and_then(|v| v.parse::<i64>().ok());
+        let policy = fields.get(38).and_then(|v| v.parse::<u32>().ok());
+        let tid = t.file_name().to_string_lossy().into_owned();
+        if matches!(policy, Some(BATCH | IDLE)) || nice.is_some_and(|n| n > 0) {
+            return Some(format!(
+                "thread {tid} of the broker runs at a lower priority (SCHED_IDLE, SCHED_BATCH or a positive nice), {}",
+                super::uring::STARVED_MARK
+            ));
+        }
+        let mine = cpus_allowed(&t.path().join("status").to_string_lossy());
+        if let (Some(a), Some(b)) = (all, mine)
+            && b < a
+        {
+            return Some(format!(
+                "thread {tid} of the broker may run on {b} CPU(s), fewer than the {a} every process may, {}",
+                super::uring::STARVED_MARK
+            ));
+        }
+    }
+    None
+}
+
 /// Bytes process `pid` has read so far, by any `read` of any of its threads (`rchar` in
 /// `/proc/PID/io`).
 pub(super) fn rchar(pid: u32) -> Option<u64> {

@@ -61,8 +61,17 @@ pub(super) fn hint() -> String {
     )
 }
 
-/// The [`hint`] when `why` is about io_uring threads.
+/// What every `why` of [`super::procfs::broker_starved`] says.
+pub(super) const STARVED_MARK: &str = "where it cannot look for io_uring threads in time";
+
+/// The [`hint`] when `why` is about io_uring threads, or what to do when it is about the
+/// broker's own scheduling.
 pub(super) fn uring_hint(why: &str) -> Option<String> {
+    if why.contains(STARVED_MARK) {
+        return Some(
+            "hint: a process of your user changed the broker's scheduling; find it, end it, then `keyveil daemon stop` and start the broker again".to_owned(),
+        );
+    }
     why.contains(MARK).then(hint)
 }
 

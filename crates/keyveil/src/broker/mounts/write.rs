@@ -428,9 +428,9 @@ pub(super) fn write_pieces(
                 },
             };
         }
-        if let Some(u) = uring.look() {
+        if let Some(why) = broker_starved().or_else(|| uring.look().map(|u| u.why())) {
             return Drain::Suspect {
-                why: u.why(),
+                why,
                 bytes: *written,
                 piece: last.map_or(0, |l| l.range.len()),
                 value_of: last.and_then(|l| l.value_of),
@@ -489,6 +489,7 @@ pub(super) fn write_pieces(
     }
     let doubt = watch
         .doubt(fd, ours)
+        .or_else(broker_starved)
         .or_else(|| uring.look().map(|u| u.why()));
     match (doubt, last) {
         (Some(why), Some(l)) => Drain::Suspect {
@@ -530,11 +531,11 @@ fn wait_read(
         // a worker made meanwhile that still runs. While a slow reader keeps it waiting, a
         // worker made to copy it is looked for here too.
         if t0.elapsed() >= Duration::from_millis(1)
-            && let Some(u) = uring.look()
+            && let Some(why) = broker_starved().or_else(|| uring.look().map(|u| u.why()))
         {
             reclaim(fd);
             return Err(Drain::Suspect {
-                why: u.why(),
+                why,
                 bytes: 0,
                 piece: 0,
                 value_of: None,
@@ -822,9 +823,9 @@ pub(super) async fn write_once(
     let (mut uring, found) = UringWatch::new(&r.holder);
     let served = tokio::task::spawn_blocking(move || {
         let mut written = 0;
-        let d = match found.first() {
-            Some(u) => Drain::Suspect {
-                why: u.why(),
+        let d = match broker_starved().or_else(|| found.first().map(UringProc::why)) {
+            Some(why) => Drain::Suspect {
+                why,
                 bytes: 0,
                 piece: 0,
                 value_of: None,

