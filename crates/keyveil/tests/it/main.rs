@@ -55,6 +55,7 @@ mod redteam22;
 mod redteam22b;
 mod redteam3;
 mod redteam4;
+mod redteam_s10c;
 mod redteam_s8;
 mod redteam_s8b;
 mod redteam_s9;

@@ -1,0 +1,176 @@
+//! Red team, session 10c: the card matcher by who asks (G19: `Inner::peer_holds_values`,
+//! `AccessReq::masked`) and request coalescing.
+//!
+//! The attacker is the coding agent: same uid, the CLI, the socket, files. Values are made at
+//! runtime and never printed.
+
+use std::time::Duration;
+
+use crate::harness::{Home, text};
+
+/// A value whose guessability the matcher misjudges (G19 known limit: a URL whose only unknown
+/// is a 4-digit password counts as 80 bits or more by its length and classes).
+fn url(p: u16) -> String {
+    format!("postgres://app:{p:04}@db.internal.example:5432/app")
+}
+
+/// The holder's pending request, found by id in `requests --json`.
+fn asks_of(h: &Home, id: u64) -> u64 {
+    h.json(&["requests", "--json"])
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+        .and_then(|r| r["asks"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A granted child (an approved `npm test` that runs a tool with the value on its command
+/// line) asks `keyveil run -- echo $DATABASE_URL`: a holder, so its card masks the value. The
+/// agent's own asks are shown as given (nothing masked, nothing confirmed), but identical asks
+/// are merged (`coalesce`, which compares the raw argv and does not look at `masked`): the
+/// agent sends the holder's ask again with each candidate in place of `[REDACTED:...]`, and
+/// the one candidate that is the value is merged into the holder's request (its `asks` goes
+/// up, no new request appears), while every other one makes a request of its own (or, once the
+/// origin's three open requests wait, is refused). That singles out the value among planted
+/// guesses from a view the agent reads without a factor.
+#[test]
+fn s10c_an_agents_ask_identical_to_a_holders_masked_ask_is_not_merged_into_it() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 6);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    // The holder and the agent both start `keyveil run` from python3 (a test runner, an
+    // agent tool): both requests count for the origin `python3`.
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let (mut outer, holder) = h.granted_ask(&format!(
+        r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" >/dev/null 2>&1"#,
+        h.path().display()
+    ));
+    let before = asks_of(&h, holder);
+    assert_eq!(before, 1, "the holder's request is not pending as expected");
+    // The agent: the same ask, one candidate at a time, from its own shell.
+    let mut merged = Vec::new();
+    for k in 0..6u16 {
+        let guess = url(k);
+        let mut c = std::process::Command::new("python3")
+            .args(["-c", py, kv])
+            .args([
+                "run", "--env", "demo", "--wait", "60", "--cwd", &wd, "--", "echo", &guess,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", h.path())
+            .env("KEYVEIL_HOME", h.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = c.kill();
+        let _ = c.wait();
+        let now = asks_of(&h, holder);
+        if now > before + merged.len() as u64 {
+            merged.push(k);
+        }
+        // Keep the origin below its cap of open requests: deny the agent's own.
+        for r in h
+            .json(&["requests", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let id = r["id"].as_u64().unwrap_or(0);
+            if id != holder && id > holder {
+                h.run(&["deny", &id.to_string()]);
+            }
+        }
+    }
+    for r in h
+        .json(&["requests", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if let Some(id) = r["id"].as_u64() {
+            h.run(&["deny", &id.to_string()]);
+        }
+    }
+    let _ = outer.kill();
+    let _ = outer.wait();
+    let right = merged.len() == 1 && merged[0] == n;
+    assert!(
+        merged.is_empty(),
+        "{} of 6 candidate asks were merged into the holder's masked request; the one singled \
+         out is {} (never printed)",
+        merged.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
+
+/// The same merge, after the human denied the holder's masked request: an identical ask within
+/// the denial's memory is refused with "the user denied this request (#N)", any other ask makes
+/// a request of its own. The agent's candidate that gets the refusal is the value.
+#[test]
+fn s10c_an_agents_ask_identical_to_a_denied_masked_ask_is_not_refused_as_it() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 4);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let (mut outer, holder) = h.granted_ask(&format!(
+        r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" >/dev/null 2>&1"#,
+        h.path().display()
+    ));
+    assert!(h.run(&["deny", &holder.to_string()]).status.success());
+    let mut refused = Vec::new();
+    for k in 0..4u16 {
+        let guess = url(k);
+        let c = std::process::Command::new("python3")
+            .args(["-c", py, kv])
+            .args([
+                "run", "--env", "demo", "--wait", "2", "--cwd", &wd, "--", "echo", &guess,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", h.path())
+            .env("KEYVEIL_HOME", h.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = crate::harness::wait_output(c, Duration::from_secs(30));
+        if text(&o.stderr).contains(&format!("denied this request (#{holder})")) {
+            refused.push(k);
+        }
+        for r in h
+            .json(&["requests", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(id) = r["id"].as_u64() {
+                h.run(&["deny", &id.to_string()]);
+            }
+        }
+    }
+    let _ = outer.kill();
+    let _ = outer.wait();
+    let right = refused.len() == 1 && refused[0] == n;
+    assert!(
+        refused.is_empty(),
+        "{} of 4 candidate asks were refused as the holder's denied request; the one singled \
+         out is {} (never printed)",
+        refused.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
