@@ -238,3 +238,46 @@ fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
         "the audit shows the value of a granted child's ask started by tmux"
     );
 }
+
+/// Through a real run: the command prints the value as zero-padded decimal bytes
+/// (`printf '%03d '` of each byte). The relayed output is searched for 4 value bytes in a row
+/// among its 1-to-3-digit tokens.
+#[test]
+#[ignore = "LEAK: zero-padded decimal byte lists (`%03d` joined by spaces) reach `keyveil run` \
+            output unredacted (docs/redaction.md §5)"]
+fn s10c_a_run_printing_zero_padded_decimal_bytes_shows_no_value() {
+    let h = Home::new();
+    let value = {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).unwrap();
+        format!("fixture-dec-{}", hex::encode(b))
+    };
+    h.set("demo", "API_TOKEN", &value);
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--",
+            "perl",
+            "-e",
+            r#"print join(" ", map { sprintf "%03d", $_ } unpack("C*", $ENV{API_TOKEN})), "\n""#,
+        ],
+        Duration::from_secs(30),
+    );
+    let out = text(&o.stdout);
+    let bytes: Vec<u8> = out
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| (1..=3).contains(&t.len()))
+        .filter_map(|t| t.parse::<u8>().ok())
+        .collect();
+    let leaked = value
+        .as_bytes()
+        .windows(4)
+        .any(|w| bytes.windows(4).any(|b| b == w));
+    assert!(!out.is_empty(), "the run printed nothing");
+    assert!(
+        !leaked,
+        "4 value bytes in a row decode from the run's output"
+    );
+}
