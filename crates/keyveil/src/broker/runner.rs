@@ -326,13 +326,18 @@ async fn wait_for_grant(
         ..
     } = a;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
+    // Only grants of requests masked as this ask would be serve it (`Inner::find_grant`).
+    let masked = {
+        let mut inner = broker.lock();
+        access::strings_masked(&mut inner, &ask.peer).map_err(|e| Some(e.reply()))?
+    };
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
     let mut pins: Option<Pins> = None;
     let granted = loop {
         let step = {
             let inner = broker.lock();
-            inner.find_grant(ask).map(|gid| {
+            inner.find_grant(ask, masked).map(|gid| {
                 let g = inner.grants.get(&gid);
                 Step::Grant(
                     gid.clone(),

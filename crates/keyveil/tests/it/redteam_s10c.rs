@@ -281,3 +281,147 @@ fn s10c_a_run_printing_zero_padded_decimal_bytes_shows_no_value() {
         "4 value bytes in a row decode from the run's output"
     );
 }
+
+/// The grant of a holder's masked request: the human approves a granted child's
+/// `keyveil run -- echo $DATABASE_URL` (the card masks the value; a 10-minute grant for that
+/// argv). The agent then runs the same command with each candidate in place of the mask: a
+/// run the grant covers starts at once with no request, any other makes a request. The
+/// candidate that runs without a request is the value (and its run holds it).
+#[test]
+fn s10c_a_holders_grant_does_not_cover_an_agents_identical_ask() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 4);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let (mut outer, holder) = h.granted_ask(&format!(
+        r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" >/dev/null 2>&1; sleep 30"#,
+        h.path().display()
+    ));
+    let a = h.approve(holder, &["--ttl", "10m"]);
+    assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+    let mut ran = Vec::new();
+    for k in 0..4u16 {
+        let guess = url(k);
+        let c = std::process::Command::new("python3")
+            .args(["-c", py, kv])
+            .args([
+                "run", "--env", "demo", "--wait", "2", "--cwd", &wd, "--", "echo", &guess,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", h.path())
+            .env("KEYVEIL_HOME", h.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = crate::harness::wait_output(c, Duration::from_secs(30));
+        // A run that started printed its argument (redacted or not); a waiting one nothing.
+        if !o.stdout.is_empty() {
+            ran.push(k);
+        }
+        for r in h
+            .json(&["requests", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(id) = r["id"].as_u64() {
+                h.run(&["deny", &id.to_string()]);
+            }
+        }
+    }
+    let _ = outer.kill();
+    let _ = outer.wait();
+    let right = ran.len() == 1 && ran[0] == n;
+    assert!(
+        ran.is_empty(),
+        "{} of 4 candidate runs started under the holder's grant without a request; the one \
+         singled out is {} (never printed)",
+        ran.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
+
+/// The flags of an agent's own request after the human approved (or denied) a holder's masked
+/// one: `first-time` is left off a command approved before and `denied-before` put on one
+/// denied recently, by raw argv. The agent's candidate request that lacks `first-time` (or
+/// carries `denied-before`) would be the value. Each flag is checked on every candidate.
+#[test]
+fn s10c_an_agents_flags_do_not_recall_a_holders_approved_or_denied_argv() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 3);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let mut singled = Vec::new();
+    for (flag, approve) in [("first-time", true), ("denied-before", false)] {
+        let (mut outer, holder) = h.granted_ask(&format!(
+            r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" {flag} >/dev/null 2>&1; sleep 30"#,
+            h.path().display()
+        ));
+        if approve {
+            assert!(h.approve(holder, &["--ttl", "10m"]).status.success());
+        } else {
+            assert!(h.run(&["deny", &holder.to_string()]).status.success());
+        }
+        let mut with_flag = Vec::new();
+        for k in 0..3u16 {
+            let guess = url(k);
+            let mut c = std::process::Command::new("python3")
+                .args(["-c", py, kv])
+                .args([
+                    "run", "--env", "demo", "--wait", "60", "--cwd", &wd, "--", "echo",
+                ])
+                .args([guess.as_str(), flag])
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", h.path())
+                .env("KEYVEIL_HOME", h.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let id = h.wait_request();
+            let list = h.json(&["requests", "--json"]);
+            let card = list
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+                .unwrap_or_default();
+            let has = card["risk"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f.as_str() == Some(flag)));
+            if has {
+                with_flag.push(k);
+            }
+            h.run(&["deny", &id.to_string()]);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = outer.kill();
+        let _ = outer.wait();
+        // Every candidate must carry the same answer.
+        if !(with_flag.is_empty() || with_flag.len() == 3) {
+            singled.push((flag, with_flag.len(), with_flag.contains(&n)));
+        }
+    }
+    assert!(
+        singled.is_empty(),
+        "flags told candidates apart: {:?} (flag, candidates with it, whether the value has it; \
+         never the value)",
+        singled
+    );
+}

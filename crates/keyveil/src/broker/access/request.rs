@@ -25,12 +25,14 @@ pub(crate) fn find_or_create_request(
     let (new_variables, all_variables) = new_variables(inner, ask)?;
     let facts = risk::Facts {
         writable_executable: pins.writable,
-        approved_before: inner
-            .approved_argv
-            .contains(&(ask.environment.clone(), argv_key.clone())),
+        approved_before: inner.approved_argv.contains(&(
+            ask.environment.clone(),
+            argv_key.clone(),
+            masked,
+        )),
         denied_before: inner
             .denied_argv
-            .get(&argv_key)
+            .get(&(argv_key.clone(), masked))
             .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
         recent_requests,
         recent_all,
