@@ -198,7 +198,7 @@ pub(super) fn grant_request(
     if let Some(a) = &req.argv {
         inner
             .approved_argv
-            .insert((req.environment.clone(), a.clone()));
+            .insert((req.environment.clone(), a.clone(), req.masked));
     }
     inner.grants.insert(gid.clone(), grant);
     if let Some(r) = inner.requests.get_mut(&id) {
@@ -249,12 +249,13 @@ pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult
     };
     r.decided = Some(Instant::now());
     let argv = r.argv.clone().unwrap_or_default();
+    let masked = r.masked;
     let now = Instant::now();
     inner
         .denied_behaviour
         .retain(|(t, _)| t.elapsed() < DENIED_FLAG_MEMORY);
     inner.denied_behaviour.push((now, risk::behaviour(&argv)));
-    inner.denied_argv.insert(argv, now);
+    inner.denied_argv.insert((argv, masked), now);
     inner.audit_note("deny", json!({"request_id": id, "reason": reason}));
     drop(inner);
     broker.notify();

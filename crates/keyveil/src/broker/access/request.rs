@@ -17,7 +17,7 @@ pub(crate) fn find_or_create_request(
     let (recent_requests, recent_all) = count_recent(inner, &ask.peer.origin);
     let bursting = risk::bursting(recent_requests, recent_all);
     let chosen = chosen_values(inner, ask)?;
-    if let Some(id) = coalesce(inner, ask, &pins, &chosen, bursting)? {
+    if let Some(id) = coalesce(inner, ask, masked, &pins, &chosen, bursting)? {
         return Ok((id, false));
     }
     check_open(inner, &ask.peer.origin)?;
@@ -25,12 +25,14 @@ pub(crate) fn find_or_create_request(
     let (new_variables, all_variables) = new_variables(inner, ask)?;
     let facts = risk::Facts {
         writable_executable: pins.writable,
-        approved_before: inner
-            .approved_argv
-            .contains(&(ask.environment.clone(), argv_key.clone())),
+        approved_before: inner.approved_argv.contains(&(
+            ask.environment.clone(),
+            argv_key.clone(),
+            masked,
+        )),
         denied_before: inner
             .denied_argv
-            .get(&argv_key)
+            .get(&(argv_key.clone(), masked))
             .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
         recent_requests,
         recent_all,
@@ -178,12 +180,17 @@ fn count_recent(inner: &mut Inner, origin: &str) -> (usize, usize) {
 fn coalesce(
     inner: &mut Inner,
     ask: &Ask,
+    masked: bool,
     pins: &Pins,
     chosen: &[ChosenValue],
     bursting: bool,
 ) -> OpResult<Option<u64>> {
     for r in inner.requests.values_mut() {
-        if !r.same_ask(ask) {
+        // An ask whose strings are shown as given never merges with one whose strings are
+        // masked (or the other way round): the raw comparison would tell an agent which of its
+        // planted candidates is the value a holder's card masks (merged, or "denied", for the
+        // one that is; a request of its own for the rest).
+        if !r.same_ask(ask) || r.masked != masked {
             continue;
         }
         match &r.state {

@@ -62,11 +62,16 @@ pub(super) async fn wait_for_grant(
     gone: &CancellationToken,
 ) -> Result<Granted, Option<Reply>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
+    // Only grants of requests masked as this ask would be serve it (`Inner::find_grant`).
+    let masked = {
+        let mut inner = broker.lock();
+        access::strings_masked(&mut inner, &a.ask.peer).map_err(|e| Some(e.reply()))?
+    };
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
     let mut pins: Option<Pins> = None;
     loop {
-        match next_step(broker, req, a, announced, &mut pins)
+        match next_step(broker, req, (a, masked), announced, &mut pins)
             .await
             .map_err(Some)?
         {
@@ -102,11 +107,11 @@ pub(super) async fn wait_for_grant(
 async fn next_step(
     broker: &Broker,
     req: &RunRequest,
-    a: &Admitted,
+    (a, masked): (&Admitted, bool),
     announced: Option<u64>,
     pins: &mut Option<Pins>,
 ) -> Result<Step, Reply> {
-    let matched = matched_grant(&broker.lock(), &a.ask);
+    let matched = matched_grant(&broker.lock(), &a.ask, masked);
     if let Some(m) = matched {
         return Ok(Step::Grant(m));
     }
@@ -139,9 +144,9 @@ async fn next_step(
     ))
 }
 
-/// The grant that covers `ask`, with its pins.
-fn matched_grant(inner: &Inner, ask: &Ask) -> Option<Matched> {
-    inner.find_grant(ask).map(|gid| {
+/// The grant that covers `ask` (among grants of requests `masked` as it is), with its pins.
+fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
+    inner.find_grant(ask, masked).map(|gid| {
         let g = inner.grants.get(&gid);
         Matched {
             exe: g.and_then(|g| g.executable.clone()),

@@ -37,10 +37,13 @@ pub(crate) struct Inner {
     pub runs: BTreeMap<String, LiveRun>,
     /// Failed-factor rate limiting.
     pub factor: FactorGuard,
-    /// (environment, argv) pairs approved in this broker's life: for the `first-time` flag.
-    pub approved_argv: std::collections::HashSet<(String, Vec<String>)>,
-    /// argv denied recently, with when: for the `denied-before` flag.
-    pub denied_argv: std::collections::HashMap<Vec<String>, Instant>,
+    /// (environment, argv, masked) approved in this broker's life: for the `first-time` flag.
+    /// `masked` is the request's [`AccessReq::masked`]: a holder's approved argv never answers
+    /// an agent's own ask (the flag would single out the planted candidate that is the value).
+    pub approved_argv: std::collections::HashSet<(String, Vec<String>, bool)>,
+    /// (argv, masked) denied recently, with when: for the `denied-before` flag (`masked` as
+    /// for `approved_argv`).
+    pub denied_argv: std::collections::HashMap<(Vec<String>, bool), Instant>,
     /// What denied commands did (`risk::behaviour`), with when: for the `rephrased-denied` flag.
     pub denied_behaviour: Vec<(Instant, Vec<String>)>,
     /// Why the audit log did not match the vault's sealed checkpoint at unlock (entries cut off
@@ -240,12 +243,15 @@ impl Inner {
         Ok(out)
     }
 
-    /// Live grants that cover a run, soonest-expiring first.
-    pub(crate) fn find_grant(&self, ask: &Ask) -> Option<String> {
+    /// Live grants that cover a run, soonest-expiring first, among those whose request was
+    /// `masked` as this ask is ([`AccessReq::masked`]): a grant of a holder's masked request
+    /// never serves an agent's own ask with the same argv (the run that starts without a
+    /// request would single out the planted candidate that is the value), nor the other way.
+    pub(crate) fn find_grant(&self, ask: &Ask, masked: bool) -> Option<String> {
         let now = Timestamp::now();
         self.grants
             .values()
-            .filter(|g| g.covers(ask, now))
+            .filter(|g| g.masked == masked && g.covers(ask, now))
             .min_by_key(|g| g.expires_at)
             .map(|g| g.id.clone())
     }

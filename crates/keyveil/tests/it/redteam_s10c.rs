@@ -1,0 +1,427 @@
+//! Red team, session 10c: the card matcher by who asks (G19: `Inner::peer_holds_values`,
+//! `AccessReq::masked`) and request coalescing.
+//!
+//! The attacker is the coding agent: same uid, the CLI, the socket, files. Values are made at
+//! runtime and never printed.
+
+use std::time::Duration;
+
+use crate::harness::{Home, text};
+
+/// A value whose guessability the matcher misjudges (G19 known limit: a URL whose only unknown
+/// is a 4-digit password counts as 80 bits or more by its length and classes).
+fn url(p: u16) -> String {
+    format!("postgres://app:{p:04}@db.internal.example:5432/app")
+}
+
+/// The holder's pending request, found by id in `requests --json`.
+fn asks_of(h: &Home, id: u64) -> u64 {
+    h.json(&["requests", "--json"])
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+        .and_then(|r| r["asks"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A granted child (an approved `npm test` that runs a tool with the value on its command
+/// line) asks `keyveil run -- echo $DATABASE_URL`: a holder, so its card masks the value. The
+/// agent's own asks are shown as given (nothing masked, nothing confirmed), but identical asks
+/// are merged (`coalesce`, which compares the raw argv and does not look at `masked`): the
+/// agent sends the holder's ask again with each candidate in place of `[REDACTED:...]`, and
+/// the one candidate that is the value is merged into the holder's request (its `asks` goes
+/// up, no new request appears), while every other one makes a request of its own (or, once the
+/// origin's three open requests wait, is refused). That singles out the value among planted
+/// guesses from a view the agent reads without a factor.
+#[test]
+fn s10c_an_agents_ask_identical_to_a_holders_masked_ask_is_not_merged_into_it() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 6);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    // The holder and the agent both start `keyveil run` from python3 (a test runner, an
+    // agent tool): both requests count for the origin `python3`.
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let (mut outer, holder) = h.granted_ask(&format!(
+        r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" >/dev/null 2>&1"#,
+        h.path().display()
+    ));
+    let before = asks_of(&h, holder);
+    assert_eq!(before, 1, "the holder's request is not pending as expected");
+    // The agent: the same ask, one candidate at a time, from its own shell.
+    let mut merged = Vec::new();
+    for k in 0..6u16 {
+        let guess = url(k);
+        let mut c = std::process::Command::new("python3")
+            .args(["-c", py, kv])
+            .args([
+                "run", "--env", "demo", "--wait", "60", "--cwd", &wd, "--", "echo", &guess,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", h.path())
+            .env("KEYVEIL_HOME", h.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = c.kill();
+        let _ = c.wait();
+        let now = asks_of(&h, holder);
+        if now > before + merged.len() as u64 {
+            merged.push(k);
+        }
+        // Keep the origin below its cap of open requests: deny the agent's own.
+        for r in h
+            .json(&["requests", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let id = r["id"].as_u64().unwrap_or(0);
+            if id != holder && id > holder {
+                h.run(&["deny", &id.to_string()]);
+            }
+        }
+    }
+    for r in h
+        .json(&["requests", "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if let Some(id) = r["id"].as_u64() {
+            h.run(&["deny", &id.to_string()]);
+        }
+    }
+    let _ = outer.kill();
+    let _ = outer.wait();
+    let right = merged.len() == 1 && merged[0] == n;
+    assert!(
+        merged.is_empty(),
+        "{} of 6 candidate asks were merged into the holder's masked request; the one singled \
+         out is {} (never printed)",
+        merged.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
+
+/// The same merge, after the human denied the holder's masked request: an identical ask within
+/// the denial's memory is refused with "the user denied this request (#N)", any other ask makes
+/// a request of its own. The agent's candidate that gets the refusal is the value.
+#[test]
+fn s10c_an_agents_ask_identical_to_a_denied_masked_ask_is_not_refused_as_it() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 4);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let (mut outer, holder) = h.granted_ask(&format!(
+        r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" >/dev/null 2>&1"#,
+        h.path().display()
+    ));
+    assert!(h.run(&["deny", &holder.to_string()]).status.success());
+    let mut refused = Vec::new();
+    for k in 0..4u16 {
+        let guess = url(k);
+        let c = std::process::Command::new("python3")
+            .args(["-c", py, kv])
+            .args([
+                "run", "--env", "demo", "--wait", "2", "--cwd", &wd, "--", "echo", &guess,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", h.path())
+            .env("KEYVEIL_HOME", h.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = crate::harness::wait_output(c, Duration::from_secs(30));
+        if text(&o.stderr).contains(&format!("denied this request (#{holder})")) {
+            refused.push(k);
+        }
+        for r in h
+            .json(&["requests", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(id) = r["id"].as_u64() {
+                h.run(&["deny", &id.to_string()]);
+            }
+        }
+    }
+    let _ = outer.kill();
+    let _ = outer.wait();
+    let right = refused.len() == 1 && refused[0] == n;
+    assert!(
+        refused.is_empty(),
+        "{} of 4 candidate asks were refused as the holder's denied request; the one singled \
+         out is {} (never printed)",
+        refused.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
+
+/// A granted child that has another daemon start its ask: an approved script runs
+/// `tmux new-window "keyveil run -- tool $VALUE"` while the agent's own tmux server (started
+/// before, outside every run) is the one that answers. The server starts the ask as its child,
+/// outside the run's tree, so the broker places it as holding nothing and shows its argv as
+/// given. Whether the card, listing or audit then shows the value is what this checks.
+#[test]
+#[ignore = "LEAK: a granted child's ask started by a daemon outside the run tree (tmux server, \
+            systemd-run --user, at) is placed as holding nothing: its argv is shown as given, \
+            value included, on the card, in `requests --json` and the audit (G19 limit)"]
+fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        return;
+    }
+    let h = Home::new();
+    let value = format!("fixture-tmux-{}", {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).unwrap();
+        hex::encode(b)
+    });
+    h.set("demo", "API_TOKEN", &value);
+    let sock = h.path().join("agent-tmux.sock");
+    let sock_s = sock.to_str().unwrap().to_owned();
+    // The agent's tmux server, outside every run.
+    let st = std::process::Command::new("tmux")
+        .args([
+            "-S",
+            &sock_s,
+            "new-session",
+            "-d",
+            "-s",
+            "agent",
+            "sleep 60",
+        ])
+        .env("KEYVEIL_HOME", h.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "tmux could not start");
+    let kv = crate::harness::bin();
+    let (mut outer, _id) = h.granted_ask(&format!(
+        r#"tmux -S '{sock_s}' new-window -d "KEYVEIL_HOME='{}' '{}' run --env demo --wait 30 -- echo $API_TOKEN"; sleep 20"#,
+        h.path().display(),
+        kv.display()
+    ));
+    let list = h.run(&["requests", "--json"]).stdout;
+    let audit = h.audit_text();
+    let _ = std::process::Command::new("tmux")
+        .args(["-S", &sock_s, "kill-server"])
+        .status();
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(
+        !crate::harness::contains(&list, &value),
+        "requests --json shows the value of a granted child's ask started by tmux"
+    );
+    assert!(
+        !crate::harness::contains(audit.as_bytes(), &value),
+        "the audit shows the value of a granted child's ask started by tmux"
+    );
+}
+
+/// Through a real run: the command prints the value as zero-padded decimal bytes
+/// (`printf '%03d '` of each byte). The relayed output is searched for 4 value bytes in a row
+/// among its 1-to-3-digit tokens.
+#[test]
+#[ignore = "LEAK: zero-padded decimal byte lists (`%03d` joined by spaces) reach `keyveil run` \
+            output unredacted (docs/redaction.md §5)"]
+fn s10c_a_run_printing_zero_padded_decimal_bytes_shows_no_value() {
+    let h = Home::new();
+    let value = {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).unwrap();
+        format!("fixture-dec-{}", hex::encode(b))
+    };
+    h.set("demo", "API_TOKEN", &value);
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--",
+            "perl",
+            "-e",
+            r#"print join(" ", map { sprintf "%03d", $_ } unpack("C*", $ENV{API_TOKEN})), "\n""#,
+        ],
+        Duration::from_secs(30),
+    );
+    let out = text(&o.stdout);
+    let bytes: Vec<u8> = out
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| (1..=3).contains(&t.len()))
+        .filter_map(|t| t.parse::<u8>().ok())
+        .collect();
+    let leaked = value
+        .as_bytes()
+        .windows(4)
+        .any(|w| bytes.windows(4).any(|b| b == w));
+    assert!(!out.is_empty(), "the run printed nothing");
+    assert!(
+        !leaked,
+        "4 value bytes in a row decode from the run's output"
+    );
+}
+
+/// The grant of a holder's masked request: the human approves a granted child's
+/// `keyveil run -- echo $DATABASE_URL` (the card masks the value; a 10-minute grant for that
+/// argv). The agent then runs the same command with each candidate in place of the mask: a
+/// run the grant covers starts at once with no request, any other makes a request. The
+/// candidate that runs without a request is the value (and its run holds it).
+#[test]
+fn s10c_a_holders_grant_does_not_cover_an_agents_identical_ask() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 4);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let (mut outer, holder) = h.granted_ask(&format!(
+        r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" >/dev/null 2>&1; sleep 30"#,
+        h.path().display()
+    ));
+    let a = h.approve(holder, &["--ttl", "10m"]);
+    assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+    let mut ran = Vec::new();
+    for k in 0..4u16 {
+        let guess = url(k);
+        let c = std::process::Command::new("python3")
+            .args(["-c", py, kv])
+            .args([
+                "run", "--env", "demo", "--wait", "2", "--cwd", &wd, "--", "echo", &guess,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", h.path())
+            .env("KEYVEIL_HOME", h.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = crate::harness::wait_output(c, Duration::from_secs(30));
+        // A run that started printed its argument (redacted or not); a waiting one nothing.
+        if !o.stdout.is_empty() {
+            ran.push(k);
+        }
+        for r in h
+            .json(&["requests", "--json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(id) = r["id"].as_u64() {
+                h.run(&["deny", &id.to_string()]);
+            }
+        }
+    }
+    let _ = outer.kill();
+    let _ = outer.wait();
+    let right = ran.len() == 1 && ran[0] == n;
+    assert!(
+        ran.is_empty(),
+        "{} of 4 candidate runs started under the holder's grant without a request; the one \
+         singled out is {} (never printed)",
+        ran.len(),
+        if right { "the value" } else { "not the value" }
+    );
+}
+
+/// The flags of an agent's own request after the human approved (or denied) a holder's masked
+/// one: `first-time` is left off a command approved before and `denied-before` put on one
+/// denied recently, by raw argv. The agent's candidate request that lacks `first-time` (or
+/// carries `denied-before`) would be the value. Each flag is checked on every candidate.
+#[test]
+fn s10c_an_agents_flags_do_not_recall_a_holders_approved_or_denied_argv() {
+    let h = Home::new();
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).unwrap();
+    let n = u16::from(b[0] % 3);
+    h.set("demo", "DATABASE_URL", &url(n));
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let py = "import subprocess, sys; subprocess.run(sys.argv[1:])";
+    let kv = crate::harness::bin();
+    let kv = kv.to_str().unwrap();
+    let mut singled = Vec::new();
+    for (flag, approve) in [("first-time", true), ("denied-before", false)] {
+        let (mut outer, holder) = h.granted_ask(&format!(
+            r#"KEYVEIL_HOME='{}' python3 -c '{py}' '{kv}' run --env demo --wait 60 --cwd '{wd}' -- echo "$DATABASE_URL" {flag} >/dev/null 2>&1; sleep 30"#,
+            h.path().display()
+        ));
+        if approve {
+            assert!(h.approve(holder, &["--ttl", "10m"]).status.success());
+        } else {
+            assert!(h.run(&["deny", &holder.to_string()]).status.success());
+        }
+        let mut with_flag = Vec::new();
+        for k in 0..3u16 {
+            let guess = url(k);
+            let mut c = std::process::Command::new("python3")
+                .args(["-c", py, kv])
+                .args([
+                    "run", "--env", "demo", "--wait", "60", "--cwd", &wd, "--", "echo",
+                ])
+                .args([guess.as_str(), flag])
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("HOME", h.path())
+                .env("KEYVEIL_HOME", h.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let id = h.wait_request();
+            let list = h.json(&["requests", "--json"]);
+            let card = list
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+                .unwrap_or_default();
+            let has = card["risk"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f.as_str() == Some(flag)));
+            if has {
+                with_flag.push(k);
+            }
+            h.run(&["deny", &id.to_string()]);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = outer.kill();
+        let _ = outer.wait();
+        // Every candidate must carry the same answer.
+        if !(with_flag.is_empty() || with_flag.len() == 3) {
+            singled.push((flag, with_flag.len(), with_flag.contains(&n)));
+        }
+    }
+    assert!(
+        singled.is_empty(),
+        "flags told candidates apart: {:?} (flag, candidates with it, whether the value has it; \
+         never the value)",
+        singled
+    );
+}
