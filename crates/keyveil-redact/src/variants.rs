@@ -634,7 +634,7 @@ pub fn byte_dumps(atom: &[u8]) -> Vec<Vec<u8>> {
 /// Longest atom whose binary forms are registered (each is 8 to 10 times as long as the atom).
 const BINARY_MAX: usize = 512;
 
-/// Base-2 forms of `atom` (atoms of at most [`BINARY_MAX`] bytes), as seen in the normalised
+/// Base-2 forms of `atom` (atoms of at most `BINARY_MAX` (512) bytes), as seen in the normalised
 /// view (whitespace between the bytes dropped):
 ///
 /// - every byte as 8 digits, most significant bit first, concatenated, with the leading zeros
