@@ -101,6 +101,13 @@ pub struct PolicyView {
     /// Deny rules, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<DenyRule>,
+    /// Variables bound to hosts (a placeholder in the child, the real value only to these
+    /// destinations), by variable name (an alias where names are hidden).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<super::BoundVariable>,
+    /// How many extra CA certificates the egress proxy trusts besides the system's, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_roots: Option<usize>,
     /// The rest of the policy.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,

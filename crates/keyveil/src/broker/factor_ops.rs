@@ -219,25 +219,7 @@ pub(crate) async fn verify_factor(
     required: FactorKind,
     purpose: Value,
 ) -> OpResult<Verified> {
-    {
-        let mut inner = broker.lock();
-        inner.vault()?;
-        // Only guesses made here count: a code or passphrase typed into the page, and TOTP
-        // exchanges (counted when handed out). Only TOTP codes are ever locked out. The
-        // passphrase is never refused unjudged (an agent could otherwise lock the human out):
-        // a passphrase proof is no online guess at all (each guess costs an offline Argon2id
-        // derivation, as an attack on the vault file does), and a typed one is judged by an
-        // Argon2id check too, a wrong one answered only after a delay (`typed_delay`).
-        if matches!(proof, Proof::TypedTotp(_))
-            && let Err(secs) = inner.factor.check(Instant::now())
-        {
-            inner.audit_note(
-                "factor_locked",
-                json!({"for": purpose, "seconds_left": secs}),
-            );
-            return Err(totp_locked(secs));
-        }
-    }
+    not_locked_out(broker, &proof, &purpose)?;
     // Whether a failure here counts towards the lockout (see above).
     let typed_passphrase = matches!(proof, Proof::Typed(_));
     let mut counted = true;
@@ -303,6 +285,43 @@ pub(crate) async fn verify_factor(
         }
         Err(e) => e,
     };
+    Err(failed(broker, used, why, counted, typed_passphrase, &purpose).await)
+}
+
+/// Refuses a TOTP code while TOTP guessing is locked out (audited as `factor_locked` with
+/// `purpose`), and any proof while the vault is locked.
+fn not_locked_out(broker: &Arc<Broker>, proof: &Proof, purpose: &Value) -> OpResult<()> {
+    let mut inner = broker.lock();
+    inner.vault()?;
+    // Only guesses made here count: a code or passphrase typed into the page, and TOTP
+    // exchanges (counted when handed out). Only TOTP codes are ever locked out. The
+    // passphrase is never refused unjudged (an agent could otherwise lock the human out):
+    // a passphrase proof is no online guess at all (each guess costs an offline Argon2id
+    // derivation, as an attack on the vault file does), and a typed one is judged by an
+    // Argon2id check too, a wrong one answered only after a delay (`typed_delay`).
+    if matches!(proof, Proof::TypedTotp(_))
+        && let Err(secs) = inner.factor.check(Instant::now())
+    {
+        inner.audit_note(
+            "factor_locked",
+            json!({"for": purpose, "seconds_left": secs}),
+        );
+        return Err(totp_locked(secs));
+    }
+    Ok(())
+}
+
+/// Records a failed proof (`used`: the factor tried, `why`): counts it towards the TOTP
+/// lockout when `counted`, delays a wrong typed passphrase (`typed_passphrase`) outside the
+/// broker's lock, audits it (`factor_failed`, with `purpose`) and returns the refusal.
+async fn failed(
+    broker: &Arc<Broker>,
+    used: &'static str,
+    why: String,
+    counted: bool,
+    typed_passphrase: bool,
+    purpose: &Value,
+) -> OpError {
     let (lockout, delay) = {
         let mut inner = broker.lock();
         let now = Instant::now();
@@ -327,7 +346,7 @@ pub(crate) async fn verify_factor(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    Err(OpError::new(
+    OpError::new(
         ErrorCode::Denied,
         format!("{why}; nothing was approved or changed"),
     )
@@ -337,7 +356,7 @@ pub(crate) async fn verify_factor(
             d.as_secs()
         ),
         None => "try again with the right factor".to_owned(),
-    }))
+    })
 }
 
 /// The refusal of a TOTP code while TOTP guessing is locked out: it names the way that always

@@ -173,26 +173,7 @@ async fn answer_request(
             typed(&o).answer(vars::generate_request(broker, o, digest).await)
         }
         Request::VarUnset(o) => typed(&o).answer(vars::unset_request(broker, o, digest).await),
-        Request::VarDeclare(o) => {
-            let (
-                t,
-                op::VarDeclare {
-                    environment,
-                    name,
-                    description,
-                    generate,
-                    length,
-                },
-            ) = (typed(&o), o);
-            t.answer(var_declare(
-                broker,
-                &environment,
-                &name,
-                description,
-                generate,
-                length,
-            ))
-        }
+        Request::VarDeclare(o) => typed(&o).answer(var_declare_request(broker, o)),
         Request::RequestAccess(a) => {
             let t = typed(&a);
             let peer = peer
@@ -204,26 +185,7 @@ async fn answer_request(
         Request::Requests => answer(op::Requests, Ok(access::requests(broker))),
         Request::Approve(o) => typed(&o).answer(approve_request(broker, o, digest).await),
         Request::ApproveReveal(o) => {
-            let t = typed(&o);
-            let op::ApproveReveal {
-                request_id,
-                card,
-                factor,
-                ttl_seconds,
-                uses,
-                any_command,
-                prefix,
-                subdirs,
-            } = o;
-            let options = access::ApproveOptions {
-                ttl_seconds,
-                uses,
-                any_command,
-                prefix,
-                subdirs,
-            };
-            let proof = Proof::from_request(factor, digest, false);
-            t.answer(super::held_approvals::reveal(broker, request_id, &card, proof, options).await)
+            typed(&o).answer(approve_reveal_request(broker, o, digest).await)
         }
         Request::ApproveConfirm(o) => {
             let t = typed(&o);
@@ -282,6 +244,46 @@ async fn answer_request(
         Request::Unmount(o) => typed(&o).answer(super::mounts::unmount(broker, o)),
         Request::Mounts(o) => typed(&o).answer(Ok(super::mounts::list(broker))),
     }
+}
+
+/// `var declare` as a request: the declaration's fields passed on to [`var_declare`].
+fn var_declare_request(broker: &Arc<Broker>, o: op::VarDeclare) -> OpResult<op::Declared> {
+    let op::VarDeclare {
+        environment,
+        name,
+        description,
+        generate,
+        length,
+    } = o;
+    var_declare(broker, &environment, &name, description, generate, length)
+}
+
+/// `approve --reveal` as a request: its factor proof and its options, passed on to
+/// [`super::held_approvals::reveal`].
+async fn approve_reveal_request(
+    broker: &Arc<Broker>,
+    o: op::ApproveReveal,
+    digest: Option<[u8; factor_proof::LEN]>,
+) -> OpResult<op::ApprovalHeld> {
+    let op::ApproveReveal {
+        request_id,
+        card,
+        factor,
+        ttl_seconds,
+        uses,
+        any_command,
+        prefix,
+        subdirs,
+    } = o;
+    let options = access::ApproveOptions {
+        ttl_seconds,
+        uses,
+        any_command,
+        prefix,
+        subdirs,
+    };
+    let proof = Proof::from_request(factor, digest, false);
+    super::held_approvals::reveal(broker, request_id, &card, proof, options).await
 }
 
 /// `approve` as a request: its factor proof (or confirmation) and its options.

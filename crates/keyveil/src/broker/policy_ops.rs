@@ -210,20 +210,6 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
     if let Some(path) = &p.path {
         other.insert("path".to_owned(), Value::String(path.clone()));
     }
-    if !p.bindings.is_empty() {
-        // A list of `{variable, hosts}`: the field name `variable` is aliased where names are
-        // hidden (a map keyed by names would not be).
-        let b: Vec<Value> = p
-            .bindings
-            .iter()
-            .map(|(k, v)| json!({"variable": k, "hosts": v}))
-            .collect();
-        other.insert("bindings".to_owned(), Value::Array(b));
-    }
-    if let Some(pem) = &p.egress_roots {
-        let n = pem.matches("-----BEGIN CERTIFICATE-----").count();
-        other.insert("egress_roots".to_owned(), json!(n));
-    }
     if !p.write_leaks.is_report()
         && let Ok(v) = serde_json::to_value(p.write_leaks)
     {
@@ -255,6 +241,20 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
                 prefix: r.prefix,
             })
             .collect(),
+        // A list of `{variable, hosts}`: the field name `variable` is aliased where names are
+        // hidden (a map keyed by names would not be).
+        bindings: p
+            .bindings
+            .iter()
+            .map(|(k, v)| op::BoundVariable {
+                variable: k.clone(),
+                hosts: v.clone(),
+            })
+            .collect(),
+        egress_roots: p
+            .egress_roots
+            .as_ref()
+            .map(|pem| pem.matches("-----BEGIN CERTIFICATE-----").count()),
         other,
     }
 }

@@ -30,10 +30,12 @@ mod env;
 mod factor;
 mod import;
 mod manual;
+mod mounts;
 mod parse;
 mod policy;
 mod run;
 mod sweep;
+mod vars;
 mod words;
 
 pub use parse::parse;
@@ -469,140 +471,15 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             from_stdin,
             factor,
             ..
-        } => {
-            // What can be checked without the value and the factor is checked before either is
-            // asked for: the vault is unlocked and the environment exists.
-            ensure_env(paths, &env).await?;
-            let mut given = factor_from_args(&factor, !from_stdin)?;
-            let value = if from_stdin {
-                let mut buf = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut buf)
-                    .context("cannot read stdin")?;
-                if factor.passphrase_stdin || factor.totp_stdin {
-                    // First line: the passphrase (or TOTP code); the rest: the value.
-                    let cut = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-                    let line: Vec<u8> = buf.drain(..cut.saturating_add(1).min(buf.len())).collect();
-                    let first = Passphrase::new(
-                        String::from_utf8_lossy(&line)
-                            .trim_end_matches(['\n', '\r'])
-                            .to_owned(),
-                    );
-                    given = Some(if factor.totp_stdin {
-                        FactorInput::Totp(first)
-                    } else {
-                        FactorInput::Passphrase(first)
-                    });
-                }
-                if buf.ends_with(b"\n") {
-                    buf.pop();
-                    if buf.ends_with(b"\r") {
-                        buf.pop();
-                    }
-                }
-                let s = String::from_utf8(buf).map_err(|_| Exit {
-                    code: 2,
-                    message: "the value is not valid UTF-8; nothing was stored\nhint: values are text (they become environment variables); encode binary data first, e.g. `base64 -w0 FILE | keyveil set ENV VAR --from-stdin`".into(),
-                })?;
-                Passphrase::new(s)
-            } else {
-                read_secret_line(false, &format!("Value for {env}/{var} (hidden): "))?
-            };
-            if let Some((message, hint)) =
-                keyveil_proto::env_string_too_long(&var, value.expose().len())
-            {
-                return Err(Exit {
-                    code: 2,
-                    message: format!("{message}\nhint: {hint}"),
-                }
-                .into());
-            }
-            if given.is_none() {
-                given = if from_stdin {
-                    // A value-free probe first: a value that would replace one is sent only
-                    // sealed, after the broker proved itself with the factor.
-                    probe_set(paths, &env, &var).await?
-                } else {
-                    // At the terminal the human is there: prove the broker before the value goes.
-                    Some(factor_input(
-                        false,
-                        None,
-                        false,
-                        "Vault passphrase (or TOTP code) to hand it to your broker sealed: ",
-                    )?)
-                };
-            }
-            let aad = format!("{env}/{var}");
-            let d = call_guarded(paths, given, |auth| {
-                Ok(match auth {
-                    None => op::VarSet {
-                        environment: env.clone(),
-                        name: var.clone(),
-                        value: Some(value.clone()),
-                        sealed_value: None,
-                        factor: None,
-                    },
-                    // With a factor the value travels sealed for the broker that proved itself.
-                    Some(a) => op::VarSet {
-                        environment: env.clone(),
-                        name: var.clone(),
-                        value: None,
-                        sealed_value: Some(a.seal(aad.as_bytes(), value.expose().as_bytes())?),
-                        factor: None,
-                    },
-                })
-            })
-            .await?;
-            let op::VarSetReply::Stored(d) = d else {
-                bail!("the broker answered a value as if it were a probe");
-            };
-            if d.short_value {
-                note(format!(
-                    "warning: the value of {var} is shorter than 8 bytes: it is redacted only where it stands as a whole token\nhint: prefer long random values (`keyveil generate {env} {var}`)"
-                ));
-            }
-            say(format!(
-                "{} {env}/{var}",
-                if d.replaced { "updated" } else { "stored" }
-            ));
-            Ok(0)
-        }
+        } => vars::set(paths, env, var, from_stdin, factor).await,
         Command::Generate {
             env,
             var,
             length,
             charset,
             factor,
-        } => {
-            let given = factor_from_args(&factor, true)?;
-            call_guarded(paths, given, |_| {
-                Ok(op::VarGenerate {
-                    environment: env.clone(),
-                    name: var.clone(),
-                    length,
-                    charset: charset.into(),
-                    factor: None,
-                })
-            })
-            .await?;
-            say(format!(
-                "generated {env}/{var} ({length} characters, never shown)"
-            ));
-            Ok(0)
-        }
-        Command::Unset { env, var, factor } => {
-            let given = factor_from_args(&factor, true)?;
-            call_guarded(paths, given, |_| {
-                Ok(op::VarUnset {
-                    environment: env.clone(),
-                    name: var.clone(),
-                    factor: None,
-                })
-            })
-            .await?;
-            say(format!("removed {env}/{var}"));
-            Ok(0)
-        }
+        } => vars::generate(paths, env, var, length, charset, factor).await,
+        Command::Unset { env, var, factor } => vars::unset(paths, env, var, factor).await,
         Command::Run(a) => run(paths, a).await,
         Command::Import(a) => import::import(paths, a).await,
         Command::Requests { json, details } => {
@@ -626,81 +503,9 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Approve(a) => approve(paths, a).await,
-        Command::Mount { env, path } => {
-            let d = call(
-                paths,
-                op::Mount {
-                    environment: env,
-                    path: absolute(&path)?,
-                    replace: false,
-                },
-            )
-            .await?;
-            say(format!(
-                "mounted {} for environment {}: each read waits for your approval (`keyveil requests`)\nnote: a reader is not started by keyveil: its output is not redacted and revoking cannot stop it; prefer `keyveil run` where you can",
-                crate::card::esc(&d.mount.path),
-                crate::card::esc(&d.mount.environment)
-            ));
-            Ok(0)
-        }
-        Command::Unmount { path } => {
-            let d = call(
-                paths,
-                op::Unmount {
-                    path: absolute(&path)?,
-                },
-            )
-            .await?;
-            if d.removed {
-                say(format!("unmounted {}", crate::card::esc(&d.path)));
-            } else {
-                say(format!(
-                    "unmounted {}; the named pipe was already gone or replaced by something else, which was left as it is",
-                    crate::card::esc(&d.path)
-                ));
-            }
-            Ok(0)
-        }
-        Command::Mounts { json } => {
-            let list = call(paths, op::Mounts {}).await?.mounts;
-            if json {
-                say(json_text(&list)?);
-            } else if list.is_empty() {
-                say("no mounts");
-            } else {
-                for m in &list {
-                    say(format!(
-                        "{}  environment {}  {}  reads {}, refused {}{}",
-                        crate::card::esc(&m.path),
-                        crate::card::esc(&m.environment),
-                        m.state,
-                        m.reads,
-                        m.refused,
-                        m.last
-                            .as_deref()
-                            .map(|l| format!(
-                                "\n    last: {}",
-                                keyveil_proto::display::visible_text(l)
-                            ))
-                            .unwrap_or_default()
-                    ));
-                }
-                // What the user's io_uring does to a mount (docs/mounts.md, step 5).
-                match crate::broker::mounts::io_uring_disabled() {
-                    Some(2) => {}
-                    Some(n) => say(format!(
-                        "note: io_uring is open to {} here (kernel.io_uring_disabled={n}): while a process of yours has io_uring threads (a ring can copy a mount's pipe unseen), mount reads are refused or stopped; `sysctl kernel.io_uring_disabled=2` takes that away",
-                        if n == 0 {
-                            "every user"
-                        } else {
-                            "kernel.io_uring_group"
-                        }
-                    )),
-                    None => {}
-                }
-            }
-            Ok(0)
-        }
+        Command::Mount { env, path } => mounts::mount(paths, env, path).await,
+        Command::Unmount { path } => mounts::unmount(paths, path).await,
+        Command::Mounts { json } => mounts::list(paths, json).await,
         Command::Deny { id, reason } => {
             call(
                 paths,

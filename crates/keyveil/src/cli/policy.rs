@@ -146,26 +146,19 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                         r.ttl_seconds
                     ));
                 }
-                if let Some(serde_json::Value::Array(b)) = pol.other.get("bindings") {
-                    for entry in b {
-                        let var = entry["variable"].as_str().unwrap_or_default();
-                        let hosts: Vec<String> = entry["hosts"]
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|h| h.as_str())
-                                    .map(keyveil_proto::display::visible)
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        say(format!(
-                            "bound: {} → placeholder; real value only to {}",
-                            keyveil_proto::display::visible(var),
-                            hosts.join(", ")
-                        ));
-                    }
+                for b in &pol.bindings {
+                    let hosts: Vec<String> = b
+                        .hosts
+                        .iter()
+                        .map(|h| keyveil_proto::display::visible(h))
+                        .collect();
+                    say(format!(
+                        "bound: {} → placeholder; real value only to {}",
+                        keyveil_proto::display::visible(&b.variable),
+                        hosts.join(", ")
+                    ));
                 }
-                if let Some(n) = pol.other.get("egress_roots") {
+                if let Some(n) = pol.egress_roots {
                     say(format!("egress roots: system + {n} extra"));
                 }
                 for (i, r) in pol.deny.iter().enumerate() {

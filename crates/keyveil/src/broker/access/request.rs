@@ -62,19 +62,7 @@ pub(crate) fn find_or_create_request(
     // Policy rules, made by the human with their factor.
     let (deny_hit, auto_hit) = rules(inner, ask, &pins, &argv_key, &mut flags)?;
     if let Some(i) = deny_hit {
-        inner.audit_note_as(
-            "deny_rule",
-            json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv}),
-            masked,
-        );
-        return Err(OpError::new(
-            ErrorCode::Denied,
-            format!(
-                "refused by deny rule #{i} of environment '{}'",
-                ask.environment
-            ),
-        )
-        .hint("the user's policy forbids this command; ask the user instead of retrying"));
+        return Err(refused_by_rule(inner, ask, &key, i, masked));
     }
     let id = inner.next_request;
     let req = AccessReq {
@@ -111,26 +99,55 @@ pub(crate) fn find_or_create_request(
     let reason = req.reason.clone();
     inner.requests.insert(id, req);
     if let Some((rule, ttl)) = auto_hit {
-        let req = inner.requests.get(&id).cloned();
-        if let Some(req) = req {
-            grant_request(
-                inner,
-                &req,
-                ApproveOptions {
-                    ttl_seconds: Some(ttl),
-                    uses: None,
-                    any_command: false,
-                    prefix: false,
-                    subdirs: false,
-                },
-                "auto-approve rule",
-                Some(rule),
-            )?;
-        }
+        auto_approve(inner, id, rule, ttl)?;
         return Ok((id, true));
     }
-    // The notifier's command line (readable in `/proc` by the agent) carries the argv and
-    // reason: redacted as the card is.
+    notify_created(inner, id, ask, reason.as_deref(), masked);
+    Ok((id, true))
+}
+
+/// Audits an ask refused by deny rule `i` (`deny_rule`; the client's scope `key`, its argv
+/// masked as its card would be) and returns the refusal.
+fn refused_by_rule(inner: &mut Inner, ask: &Ask, key: &str, i: usize, masked: bool) -> OpError {
+    inner.audit_note_as(
+        "deny_rule",
+        json!({"rule": i, "client": key, "environment": ask.environment, "argv": ask.argv}),
+        masked,
+    );
+    OpError::new(
+        ErrorCode::Denied,
+        format!(
+            "refused by deny rule #{i} of environment '{}'",
+            ask.environment
+        ),
+    )
+    .hint("the user's policy forbids this command; ask the user instead of retrying")
+}
+
+/// Grants the new request `id` by auto-approve rule `rule`, for `ttl` seconds.
+fn auto_approve(inner: &mut Inner, id: u64, rule: usize, ttl: u64) -> OpResult<()> {
+    let req = inner.requests.get(&id).cloned();
+    if let Some(req) = req {
+        grant_request(
+            inner,
+            &req,
+            ApproveOptions {
+                ttl_seconds: Some(ttl),
+                uses: None,
+                any_command: false,
+                prefix: false,
+                subdirs: false,
+            },
+            "auto-approve rule",
+            Some(rule),
+        )?;
+    }
+    Ok(())
+}
+
+/// Tells the human about the new request `id`. The notifier's command line (readable in
+/// `/proc` by the agent) carries the argv and reason: redacted as the card is when `masked`.
+fn notify_created(inner: &mut Inner, id: u64, ask: &Ask, reason: Option<&str>, masked: bool) {
     let redactor = if masked { inner.card_redactor() } else { None };
     let (argv, reason) = match redactor {
         Some(r) => (
@@ -139,14 +156,11 @@ pub(crate) fn find_or_create_request(
                     .map(|w| crate::broker::card_redact::redact_str(&r, w))
                     .collect::<Vec<_>>()
             }),
-            reason
-                .as_deref()
-                .map(|s| crate::broker::card_redact::redact_str(&r, s)),
+            reason.map(|s| crate::broker::card_redact::redact_str(&r, s)),
         ),
-        None => (ask.argv.clone(), reason.clone()),
+        None => (ask.argv.clone(), reason.map(str::to_owned)),
     };
     crate::notify::request_created(id, &ask.environment, argv.as_deref(), reason.as_deref());
-    Ok((id, true))
 }
 
 /// Counts this ask towards the burst rate, coalesced or not: per real origin (never the

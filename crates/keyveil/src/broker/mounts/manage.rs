@@ -43,48 +43,7 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         )
         .hint("`keyveil mounts` lists them; `keyveil unmount PATH` removes one"));
     }
-    let existing = std::fs::symlink_metadata(&path).ok();
-    let replaced = match &existing {
-        None => false,
-        Some(m) if o.replace && m.is_file() => true,
-        Some(m) if o.replace => {
-            return Err(OpError::new(
-                ErrorCode::Failed,
-                format!(
-                    "{} is not a regular file ({}); nothing was replaced",
-                    shown(&key),
-                    if m.file_type().is_fifo() {
-                        "a named pipe"
-                    } else if m.is_symlink() {
-                        "a symlink"
-                    } else {
-                        "not a file"
-                    }
-                ),
-            ));
-        }
-        Some(_) => {
-            return Err(OpError::new(
-                ErrorCode::Failed,
-                format!("{} already exists", shown(&key)),
-            )
-            .hint("move it away, or import it and put the mount in its place with `keyveil import ENV FILE --mount`"));
-        }
-    };
-    let (dev, ino, mtime) = if replaced {
-        let tmp = sibling(&path);
-        let id = make_fifo_timed(&tmp)?;
-        if let Err(e) = std::fs::rename(&tmp, &path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(OpError::new(
-                ErrorCode::Failed,
-                format!("cannot put the mount in place of {}: {e}", shown(&key)),
-            ));
-        }
-        id
-    } else {
-        make_fifo_timed(&path)?
-    };
+    let (replaced, (dev, ino, mtime)) = make_in_place(&path, &key, o.replace)?;
     let stored = Stored {
         path: key.clone(),
         environment: o.environment.clone(),
@@ -124,6 +83,55 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         mount: out,
         replaced,
     })
+}
+
+/// Makes the mount's FIFO at `path` (shown as `key`): a new one where nothing is, or, with
+/// `replace`, one renamed over a regular file (anything else there is refused). Returns
+/// whether a file was replaced and the FIFO's device, inode and modification time.
+fn make_in_place(path: &Path, key: &str, replace: bool) -> OpResult<(bool, (u64, u64, i128))> {
+    let existing = std::fs::symlink_metadata(path).ok();
+    let replaced = match &existing {
+        None => false,
+        Some(m) if replace && m.is_file() => true,
+        Some(m) if replace => {
+            return Err(OpError::new(
+                ErrorCode::Failed,
+                format!(
+                    "{} is not a regular file ({}); nothing was replaced",
+                    shown(key),
+                    if m.file_type().is_fifo() {
+                        "a named pipe"
+                    } else if m.is_symlink() {
+                        "a symlink"
+                    } else {
+                        "not a file"
+                    }
+                ),
+            ));
+        }
+        Some(_) => {
+            return Err(OpError::new(
+                ErrorCode::Failed,
+                format!("{} already exists", shown(key)),
+            )
+            .hint("move it away, or import it and put the mount in its place with `keyveil import ENV FILE --mount`"));
+        }
+    };
+    let id = if replaced {
+        let tmp = sibling(path);
+        let id = make_fifo_timed(&tmp)?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(OpError::new(
+                ErrorCode::Failed,
+                format!("cannot put the mount in place of {}: {e}", shown(key)),
+            ));
+        }
+        id
+    } else {
+        make_fifo_timed(path)?
+    };
+    Ok((replaced, id))
 }
 
 /// `unmount`: forgets the mount and removes its FIFO if it is still the one the broker made.

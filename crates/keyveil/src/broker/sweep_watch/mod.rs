@@ -756,5 +756,4 @@ fn read_new(
 }
 
 #[cfg(test)]
-#[path = "sweep_watch_tests.rs"]
 mod tests;

@@ -1,0 +1,416 @@
+//! Writing an approved read: the text, the swap, the last checks, the write and the watch.
+
+use super::*;
+
+mod checks;
+mod close;
+mod pieces;
+mod text;
+mod watch;
+
+pub(super) use checks::*;
+pub(super) use close::*;
+pub(super) use pieces::*;
+pub(super) use text::*;
+pub(super) use watch::*;
+
+/// The read being served: the mount, its environment and grant, the approved reader and the
+/// served FIFO's device and inode. What every step of [`write_once`] is about.
+struct Served<'a> {
+    broker: &'a Arc<Broker>,
+    path: &'a str,
+    env: &'a str,
+    r: &'a Reader,
+    grant_id: &'a str,
+    dev: u64,
+    ino: u64,
+}
+
+/// What the checks before the first piece leave for the write: the text and its lines, and
+/// the watch on the served FIFO (swapped out, read-only).
+struct Ready {
+    text: zeroize::Zeroizing<String>,
+    lines: Vec<Line>,
+    watch: Watch,
+}
+
+/// What the write of the pieces left: how the text left the pipe, the broker's write end
+/// (still open), the bytes written, the watch and the broker's own writes (`ours`).
+struct Written {
+    drained: Drain,
+    fd: OwnedFd,
+    written: usize,
+    watch: Watch,
+    ours: usize,
+}
+
+/// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), makes
+/// the served one read-only and watches it, checks the holders once more, then writes the
+/// text in pieces, each after the reader read the one before ([`write_pieces`]). Nothing is
+/// written on any doubt; a read shared with another process ends the grant, and a piece
+/// another process may have read is reported as a possible theft.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn write_once(
+    broker: &Arc<Broker>,
+    path: &str,
+    env: &str,
+    fd: OwnedFd,
+    r: &Reader,
+    grant_id: &str,
+    dev: u64,
+    ino: u64,
+) {
+    let s = Served {
+        broker,
+        path,
+        env,
+        r,
+        grant_id,
+        dev,
+        ino,
+    };
+    let ready = match s.ready(&fd).await {
+        Ok(x) => x,
+        Err(why) => return s.fail(why),
+    };
+    let Ready { text, lines, watch } = ready;
+    let len = text.len();
+    let w = match s.write(fd, text, &lines, watch).await {
+        Ok(x) => x,
+        Err(why) => return s.fail(why),
+    };
+    // `fd` stays open until the outcome is recorded: the reader sees end-of-file (and whoever
+    // waits on it, the audit) only after the audit entry and the mount's note are written.
+    let others = s.others();
+    match w.drained {
+        Drain::Suspect {
+            why,
+            bytes,
+            piece,
+            value_of,
+        } => s.record_suspect(&lines, len, &others, why, bytes, piece, value_of),
+        Drain::Reclaimed {
+            why,
+            bytes,
+            tampered,
+        } => s.record_reclaimed(&others, w.written, why, bytes, tampered),
+        Drain::Read => {
+            s.record_read(&others);
+            s.close_after_text(w.fd, w.watch, w.ours, w.written, &others)
+                .await;
+        }
+    }
+}
+
+impl Served<'_> {
+    /// Audits a read left unwritten (`mount_not_written`) and notes why on the mount.
+    fn fail(&self, why: String) {
+        let Served {
+            broker,
+            path,
+            grant_id,
+            r,
+            ..
+        } = *self;
+        broker.lock().audit(
+            "mount_not_written",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why}),
+        );
+        broker.mounts.note(path, true, why);
+    }
+
+    /// The steps before the first piece, in this order: the text (nothing is swapped for a
+    /// read that cannot be served), the reader counted as a value holder, the swap, the pipe
+    /// untouched, the FIFO read-only and watched, the reader waiting for input and the last
+    /// checks ([`ready_to_write`]). `Err`: why nothing was written.
+    async fn ready(&self, fd: &OwnedFd) -> Result<Ready, String> {
+        let Served {
+            broker,
+            path,
+            env,
+            r,
+            grant_id,
+            dev,
+            ino,
+        } = *self;
+        // The text first: nothing is swapped for a read that cannot be served.
+        let (text, lines) = dotenv_text(broker, env, grant_id)?;
+        // From here the reader may get values: it and what it starts are value holders, whose
+        // requests' strings are masked where shown (`Inner::peer_holds_values`).
+        broker
+            .lock()
+            .value_readers
+            .push((r.holder.pid, r.holder.start));
+        let made = broker
+            .mounts
+            .lock()
+            .get(path)
+            .and_then(|e| e.stored.mtime_ns);
+        swap(broker, path, dev, ino)?;
+        untouched(fd, made)?;
+        // Read-only from now on, and watched: putting back a piece read out of the pipe takes
+        // an opening for writing, which takes a `chmod`; both are seen.
+        rustix::fs::fchmod(fd, rustix::fs::Mode::RUSR)
+            .map_err(|e| format!("cannot make the FIFO read-only: {e}; nothing was written"))?;
+        let watch = Watch::new(fd)?;
+        wait_reading(r, dev, ino).await?;
+        ready_to_write(fd, r, dev, ino, made)?;
+        Ok(Ready { text, lines, watch })
+    }
+
+    /// Writes the text in its pieces off the runtime ([`write_pieces`]), after a last look for
+    /// a starved broker or a process with io_uring threads (either: a suspected theft of
+    /// nothing written). The text is dropped (zeroed) once written. `Err`: the blocking task
+    /// failed.
+    async fn write(
+        &self,
+        fd: OwnedFd,
+        text: zeroize::Zeroizing<String>,
+        lines: &[Line],
+        watch: Watch,
+    ) -> Result<Written, String> {
+        let Served { r, dev, ino, .. } = *self;
+        let pieces = pieces(text.len(), lines);
+        let holder = r.holder.clone();
+        // Looked at last, right before the first piece: a process with io_uring threads now may
+        // copy every piece unseen.
+        let (mut uring, found) = UringWatch::new(&r.holder);
+        tokio::task::spawn_blocking(move || {
+            let mut written = 0;
+            let drained = match broker_starved().or_else(|| found.first().map(UringProc::why)) {
+                Some(why) => Drain::Suspect {
+                    why,
+                    bytes: 0,
+                    piece: 0,
+                    value_of: None,
+                },
+                None => write_pieces(
+                    &fd,
+                    &holder,
+                    text.as_bytes(),
+                    &pieces,
+                    &watch,
+                    &mut uring,
+                    dev,
+                    ino,
+                    &mut written,
+                ),
+            };
+            drop(text);
+            Written {
+                drained,
+                fd,
+                written,
+                watch,
+                ours: pieces.len(),
+            }
+        })
+        .await
+        .map_err(|e| format!("the write failed: {e}"))
+    }
+
+    /// The pids of the processes other than the approved reader holding the served FIFO now.
+    fn others(&self) -> Vec<u32> {
+        holders(self.dev, self.ino)
+            .iter()
+            .filter(|h| **h != self.r.holder)
+            .map(|h| h.pid)
+            .collect()
+    }
+
+    /// Records a read stopped as a possible theft: audits it (`mount_read_suspect`, with the
+    /// value or hidden name a piece may have exposed), ends the grant, and notes on the mount
+    /// what may be exposed and what to do. `lines`, `len`: the text's lines and length; `why`,
+    /// `bytes`, `piece`, `value_of`: as in [`Drain::Suspect`].
+    #[allow(clippy::too_many_arguments)]
+    fn record_suspect(
+        &self,
+        lines: &[Line],
+        len: usize,
+        others: &[u32],
+        why: String,
+        bytes: usize,
+        piece: usize,
+        value_of: Option<usize>,
+    ) {
+        let Served {
+            broker,
+            path,
+            env,
+            r,
+            grant_id,
+            ..
+        } = *self;
+        let which = value_of.map(|i| {
+            lines
+                .get(i)
+                .map_or_else(|| "one of the values".to_owned(), |l| l.shown.clone())
+        });
+        let mut inner = broker.lock();
+        // The text holds real names: where the policy hides them, a stolen name piece gave
+        // away what the agent is never shown.
+        let hidden = inner.hides_names(env);
+        inner.audit(
+            "mount_read_suspect",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "bytes_written": bytes, "bytes_unconfirmed": piece,
+                   "value_partly_exposed": which, "hidden_name_exposed": which.is_none() && hidden && piece > 0,
+                   "holders_after": others}),
+        );
+        inner.revoke(
+            grant_id,
+            "a mount read may have been read by another process",
+        );
+        drop(inner);
+        tracing::error!(
+            path,
+            why,
+            "mount read stopped: another process may have read part of it"
+        );
+        broker.notify();
+        let what = match &which {
+            _ if piece == 0 => "nothing was written".to_owned(),
+            Some(v) => {
+                format!("up to {piece} bytes of the value of {v} may be exposed; rotate {v}")
+            }
+            None if hidden && piece > 0 => "no value was exposed, but the piece held a variable's real name, which this environment hides from agents".to_owned(),
+            None => "no value was exposed (the piece held a name)".to_owned(),
+        };
+        // A copier through io_uring stays while its process runs: say what to do.
+        let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
+        broker.mounts.note(
+            path,
+            true,
+            format!(
+                "STOPPED, possible theft: {why}; {what}. The grant was ended; the reader got {bytes} bytes of {len}.{hint}"
+            ),
+        );
+    }
+
+    /// Records a read whose rest the broker took back (`mount_reclaimed`); ends the grant when
+    /// it was tampered with or another process holds the FIFO. `written`: bytes written;
+    /// `why`, `bytes`, `tampered`: as in [`Drain::Reclaimed`].
+    fn record_reclaimed(
+        &self,
+        others: &[u32],
+        written: usize,
+        why: String,
+        bytes: usize,
+        tampered: bool,
+    ) {
+        let Served {
+            broker,
+            path,
+            r,
+            grant_id,
+            ..
+        } = *self;
+        let mut inner = broker.lock();
+        inner.audit(
+            "mount_reclaimed",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "bytes_taken_back": bytes, "bytes_written": written, "holders_after": others}),
+        );
+        if tampered || !others.is_empty() {
+            inner.revoke(grant_id, "a mount read was tampered with");
+        }
+        drop(inner);
+        broker.notify();
+        broker.mounts.note(path, true, format!("taken back: {why}"));
+    }
+
+    /// Records a read the approved reader read whole (`mount_read`, its argv and cwd masked as
+    /// its card was); ends the grant when another process held the FIFO meanwhile.
+    fn record_read(&self, others: &[u32]) {
+        let Served {
+            broker,
+            path,
+            r,
+            grant_id,
+            ..
+        } = *self;
+        {
+            let mut inner = broker.lock();
+            // The reader's argv and cwd, matched against values as its card was.
+            let masked = inner.grants.get(grant_id).is_none_or(|g| g.masked);
+            inner.audit_as(
+                "mount_read",
+                json!({
+                    "path": path, "grant_id": grant_id, "pid": r.holder.pid,
+                    "argv": r.argv, "cwd": r.cwd,
+                    "opened_during_write": others,
+                }),
+                masked,
+            );
+            // Someone else held the served FIFO while the text was in it: the grant serves no
+            // more.
+            if !others.is_empty() {
+                inner.revoke(grant_id, "a mount read was shared with another process");
+            }
+        }
+        broker.mounts.note(
+            path,
+            false,
+            format!("served pid {} (grant {grant_id})", r.holder.pid),
+        );
+    }
+
+    /// Closes the write end after a whole read ([`close_alone`], off the runtime); another
+    /// writer found then is recorded as possible tampering (`mount_read_suspect` with
+    /// `after_text`), ends the grant and is noted on the mount.
+    async fn close_after_text(
+        &self,
+        fd: OwnedFd,
+        watch: Watch,
+        ours: usize,
+        written: usize,
+        others: &[u32],
+    ) {
+        let Served {
+            broker,
+            path,
+            r,
+            grant_id,
+            dev,
+            ino,
+            ..
+        } = *self;
+        // The reader gets end-of-file now, unless another writer holds the FIFO out of sight:
+        // then what that writer adds is read as `.env` too.
+        let holder = r.holder.clone();
+        let after_text =
+            tokio::task::spawn_blocking(move || close_alone(fd, &watch, ours, &holder, dev, ino))
+                .await
+                .unwrap_or_else(|e| Some(format!("the check after the text failed: {e}")));
+        let Some(why) = after_text else {
+            return;
+        };
+        let mut inner = broker.lock();
+        inner.audit(
+            "mount_read_suspect",
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "bytes_written": written, "bytes_unconfirmed": 0,
+                   "value_partly_exposed": null, "holders_after": others,
+                   "after_text": true}),
+        );
+        inner.revoke(
+            grant_id,
+            "a mount read may have been written into by another process",
+        );
+        drop(inner);
+        tracing::error!(
+            path,
+            why,
+            "mount read: another process could write into the served FIFO"
+        );
+        broker.notify();
+        broker.mounts.note(
+            path,
+            true,
+            format!(
+                "STOPPED, possible tampering: {why}; the reader (pid {}) may have loaded lines keyveil did not write (a variable added or overridden). The grant was ended; check what the reader did with its values",
+                r.holder.pid
+            ),
+        );
+    }
+}
