@@ -430,6 +430,10 @@ pub(crate) struct PrefixFilter {
     one: [bool; 256],
     two: Vec<u64>,
     three: Vec<u64>,
+    /// Every pattern's first three bytes, sorted and distinct: `three` is a hashed bitmap whose
+    /// false positives would make a pause hold back (and mask) ordinary text, so a set bit is
+    /// confirmed here (a pause and the hold bound are rare next to the block path).
+    three_exact: Vec<u32>,
 }
 
 /// The word of the strided bitmap (`64 - shift` bits of index) and the two bits in it that
@@ -504,6 +508,7 @@ impl PrefixFilter {
             one: [false; 256],
             two: vec![0; 65536 / 64],
             three: vec![0; (1 << THREE_BITS) / 64],
+            three_exact: Vec::with_capacity(prefixes.len()),
         };
         for &w in prefixes {
             let h = f.hash4(w);
@@ -514,7 +519,10 @@ impl PrefixFilter {
             }
             set_bit(&mut f.two, usize::from(u16::from_be_bytes([a, b])));
             set_bit(&mut f.three, Self::hash3(u32::from_be_bytes([0, a, b, c])));
+            f.three_exact.push(u32::from_be_bytes([0, a, b, c]));
         }
+        f.three_exact.sort_unstable();
+        f.three_exact.dedup();
         for w in grams {
             let (word, bits) = strided_slot(w, f.strided_shift);
             if let Some(slot) = f.strided.get_mut(word) {
@@ -539,12 +547,17 @@ impl PrefixFilter {
         match n {
             1 => self.one.get(usize::from(c)).copied().unwrap_or(true),
             2 => get_bit(&self.two, usize::from(u16::from_be_bytes([b, c]))),
-            _ => get_bit(&self.three, Self::hash3(u32::from_be_bytes([0, a, b, c]))),
+            _ => {
+                let w = u32::from_be_bytes([0, a, b, c]);
+                get_bit(&self.three, Self::hash3(w)) && self.three_exact.binary_search(&w).is_ok()
+            }
         }
     }
 
     fn memory_usage(&self) -> usize {
-        (self.four.len() + self.strided.len() + self.two.len() + self.three.len()) * 8 + 256
+        (self.four.len() + self.strided.len() + self.two.len() + self.three.len()) * 8
+            + self.three_exact.capacity() * 4
+            + 256
     }
 }
 
@@ -555,6 +568,7 @@ impl Drop for PrefixFilter {
         self.one.zeroize();
         self.two.zeroize();
         self.three.zeroize();
+        self.three_exact.zeroize();
     }
 }
 
@@ -1614,6 +1628,52 @@ mod tests {
         assert!(!t.arena.is_empty());
         assert!(t.arena.iter().all(|&b| b == 0));
         assert!(t.slots.iter().all(|s| *s == [0, 0, 0]));
+    }
+
+    #[test]
+    fn three_byte_starts_are_exact_so_a_pause_holds_back_only_real_prefixes() {
+        // Enough patterns to fill the hashed bitmap well past its false-positive floor.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let patterns: Vec<Vec<u8>> = (0..6000)
+            .map(|_| (0..8).map(|_| b'a' + (next() % 26) as u8).collect())
+            .collect();
+        let info: Vec<PatternInfo> = patterns
+            .iter()
+            .map(|p| PatternInfo {
+                secret: 0,
+                len: p.len() as u32,
+                scope: Scope::Anywhere,
+            })
+            .collect();
+        let (_, prefixes) = SortedPatterns::build(&patterns);
+        let f = PrefixFilter::build(&prefixes, &patterns, &info);
+        let starts: std::collections::HashSet<[u8; 3]> =
+            patterns.iter().map(|p| [p[0], p[1], p[2]]).collect();
+        let mut hashed_only = 0;
+        for a in b'a'..=b'z' {
+            for b in b'a'..=b'z' {
+                for c in b'a'..=b'z' {
+                    let w = u32::from_be_bytes([b'x', a, b, c]);
+                    let real = starts.contains(&[a, b, c]);
+                    assert_eq!(f.maybe_short(w, 3), real, "{:?}", [a, b, c]);
+                    if !real && get_bit(&f.three, PrefixFilter::hash3(w & 0x00ff_ffff)) {
+                        hashed_only += 1;
+                    }
+                }
+            }
+        }
+        // The bitmap alone would have answered yes for some of them (what made pauses mask
+        // ordinary text); the exact set answers no.
+        assert!(
+            hashed_only > 0,
+            "the test no longer exercises the bitmap's false positives"
+        );
     }
 
     #[test]

@@ -191,7 +191,6 @@ proptest! {
     /// letters are upper case, which the values never hold: text that decodes to the first
     /// characters of a value is masked at a pause by design.)
     #[test]
-    #[ignore = "REGRESSION since the byte-dump reader and base-2 forms (session 10): a pause right after a lone `&` masks it as a possible value start in about half the runs of 128 cases (over-masking: no value is shown); to fix, then un-ignore"]
     fn ordinary_escapes_at_pauses_are_kept(
         v in value(),
         words in proptest::collection::vec(proptest::sample::select(vec![
