@@ -394,3 +394,39 @@ fn revoke_all_kills_a_process_that_hides_behind_a_zombie_leader() {
     assert_none_left(value, Duration::from_secs(10), "revoke --all");
     drop(wait_output(child, Duration::from_secs(20)));
 }
+
+/// At the end of a run (its leader exited, no revocation), what it leaves behind is killed,
+/// including a process hiding behind a zombie leader: the reaper's shortcut (no `/proc` pass
+/// when `waitpid` says it has no child left) must not take such a child for gone.
+#[test]
+fn the_end_of_a_run_kills_what_hides_behind_a_zombie_leader() {
+    let seed = format!("{:?}{}", Instant::now(), std::process::id());
+    let value = format!("kvzl_{}", &sha256_hex(&seed)[..24]);
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", &value);
+    // sh starts the python process, waits until its main thread has ended (its leader is a
+    // zombie, its other thread and that thread's sleep run on), then exits: the run's leader.
+    let script = "python3 -c \"$0\" > \"$TMPDIR/h\" & \
+                  while ! grep -q hidden \"$TMPDIR/h\"; do sleep 0.05; done; sleep 0.7; \
+                  echo leader-done";
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--",
+            "sh",
+            "-c",
+            script,
+            ZOMBIE_LEADER,
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("leader-done"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_none_left(&value, Duration::from_secs(5), "the run's end");
+}
