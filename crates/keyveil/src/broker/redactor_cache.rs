@@ -4,7 +4,8 @@
 //! slow part of a run that injects many values: about 38 µs per value in a release build, so
 //! close to half a second at 10,000 values. A standing grant runs the same values again and
 //! again, so the built redactor is kept with the grant and reused while nothing it was built
-//! from changed.
+//! from changed; so is the write-side scan's matcher of the same values ([`Kept::scan`]),
+//! which would otherwise be built again for every run.
 //!
 //! What a run reuses is decided by content, not by bookkeeping: the key is a SHA-256 over the
 //! exact `(shown name, value)` pairs the run injects, in order, each length-prefixed (values
@@ -50,11 +51,22 @@ pub(crate) fn key<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> K
     h.finalize().into()
 }
 
-/// One grant's redactor.
+/// What a run's values are matched with, built from the same `(shown name, value)` pairs:
+/// kept together, under one [`Key`].
+#[derive(Clone)]
+pub(crate) struct Kept {
+    /// Redacts the run's output (every form and fragment).
+    pub(crate) run: Redactor,
+    /// Matches whole, unguessable values in the write-side scan
+    /// (`runner::launch::scan_redactor`).
+    pub(crate) scan: Redactor,
+}
+
+/// One grant's redactors.
 struct Entry {
     grant_id: String,
     key: Key,
-    redactor: Redactor,
+    kept: Kept,
     used: Instant,
 }
 
@@ -73,20 +85,20 @@ impl std::fmt::Debug for RedactorCache {
 }
 
 impl RedactorCache {
-    /// The redactor `grant_id` built for exactly these contents, if it is still kept (marks it
-    /// used).
-    pub(crate) fn get(&mut self, grant_id: &str, key: &Key, now: Instant) -> Option<Redactor> {
+    /// The redactors `grant_id` built for exactly these contents, if they are still kept (marks
+    /// them used).
+    pub(crate) fn get(&mut self, grant_id: &str, key: &Key, now: Instant) -> Option<Kept> {
         let e = self
             .entries
             .iter_mut()
             .find(|e| e.grant_id == grant_id && e.key == *key)?;
         e.used = now;
-        Some(e.redactor.clone())
+        Some(e.kept.clone())
     }
 
-    /// Keeps `redactor` for `grant_id` (replacing the one it had), dropping the least recently
-    /// used entry beyond [`MAX_ENTRIES`].
-    pub(crate) fn put(&mut self, grant_id: &str, key: Key, redactor: Redactor, now: Instant) {
+    /// Keeps `kept` for `grant_id` (replacing what it had), dropping the least recently used
+    /// entry beyond [`MAX_ENTRIES`].
+    pub(crate) fn put(&mut self, grant_id: &str, key: Key, kept: Kept, now: Instant) {
         self.forget_grant(grant_id);
         if self.entries.len() >= MAX_ENTRIES
             && let Some(oldest) = self
@@ -101,7 +113,7 @@ impl RedactorCache {
         self.entries.push(Entry {
             grant_id: grant_id.to_owned(),
             key,
-            redactor,
+            kept,
             used: now,
         });
     }
@@ -132,8 +144,12 @@ impl RedactorCache {
 mod tests {
     use super::*;
 
-    fn r() -> Redactor {
-        Redactor::new([("N", b"fixture-value-for-cache".to_vec())])
+    fn r() -> Kept {
+        let run = Redactor::new([("N", b"fixture-value-for-cache".to_vec())]);
+        Kept {
+            scan: run.clone(),
+            run,
+        }
     }
 
     #[test]

@@ -91,6 +91,15 @@ fn a_kept_redactor_follows_a_changed_value_and_leaves_with_its_grant_and_the_loc
         "the new value written to a file was not reported: {err}"
     );
     assert_eq!(kept(&h), 2, "one per grant");
+    // The grant's next run reuses its kept matchers, the write-side scan's included: the
+    // value written again is reported again.
+    let o = h.run(&run_sh);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("wrote the value of API_TOKEN into") && err.contains("out.txt"),
+        "a run under the kept matchers did not report the value written: {err}"
+    );
+    assert_eq!(kept(&h), 2, "reused, not rebuilt");
 
     // Locking drops every kept redactor with the values.
     h.ok(&["lock"]);

@@ -265,8 +265,10 @@ fn prepare(
         .hint("a new approval is needed: call run again to ask the user"));
     }
     values.extend(dynamic.values);
-    let scan_redactor = scan_redactor(&shown, &values);
-    let redactor = run_redactor(broker, grant_id, shown, &values);
+    let crate::broker::redactor_cache::Kept {
+        run: redactor,
+        scan: scan_redactor,
+    } = run_redactors(broker, grant_id, shown, &values);
     // Host-bound variables (`docs/egress.md`): the child gets a placeholder, the run's
     // egress proxy the value.
     let (bound, extra_roots) = bound_values(&broker.lock(), &req.environment, &values);
@@ -467,16 +469,17 @@ pub(crate) fn scan_redactor(
     )
 }
 
-/// The redactor of a run under `grant_id` that injects `values`, named `shown`: the grant's
-/// kept redactor when it was built from exactly these names and values, else a new one, built
-/// outside the broker's lock and kept for the grant's next runs (`redactor_cache.rs`). Not kept
-/// when the grant ended or the vault locked while it was built.
-fn run_redactor(
+/// The redactors of a run under `grant_id` that injects `values`, named `shown` (its output's
+/// and its write-side scan's): the grant's kept ones when they were built from exactly these
+/// names and values, else new ones, built outside the broker's lock and kept for the grant's
+/// next runs (`redactor_cache.rs`). Not kept when the grant ended or the vault locked while
+/// they were built.
+fn run_redactors(
     broker: &Broker,
     grant_id: &str,
     shown: Vec<String>,
     values: &[(String, keyveil_vault::SecretValue)],
-) -> crate::redact::Redactor {
+) -> crate::broker::redactor_cache::Kept {
     let key = crate::broker::redactor_cache::key(
         shown
             .iter()
@@ -484,22 +487,24 @@ fn run_redactor(
             .map(|(n, (_, v))| (n.as_str(), v.expose().as_bytes())),
     );
     let now = std::time::Instant::now();
-    if let Some(r) = broker.lock().run_redactors.get(grant_id, &key, now) {
-        return r;
+    if let Some(kept) = broker.lock().run_redactors.get(grant_id, &key, now) {
+        return kept;
     }
-    let redactor = crate::redact::Redactor::new(
+    let scan = scan_redactor(&shown, values);
+    let run = crate::redact::Redactor::new(
         shown
             .into_iter()
             .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
     );
     let mut inner = broker.lock();
     let live = inner.vault.is_some() && inner.grants.get(grant_id).is_some_and(|g| !g.revoked);
+    let kept = crate::broker::redactor_cache::Kept { run, scan };
     if live {
         inner
             .run_redactors
-            .put(grant_id, key, redactor.clone(), std::time::Instant::now());
+            .put(grant_id, key, kept.clone(), std::time::Instant::now());
     }
-    redactor
+    kept
 }
 
 /// The run's bound variables among `values` (real name, shown name, value, destinations), and
