@@ -24,6 +24,10 @@ pub(crate) struct Admitted {
     pub(crate) search_path: String,
     /// `HOME` of granted children.
     pub(crate) home: Option<String>,
+    /// The requester may hold values ([`access::strings_masked`], read once here from its
+    /// `/proc` parent chain): only grants of asks masked the same way serve it, and its argv
+    /// is shown with whole values masked.
+    pub(crate) masked: bool,
 }
 
 /// Step 1: refuses what can never run (an empty or oversized argv, a cwd that is not a
@@ -60,6 +64,7 @@ pub(super) fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Adm
     };
     access::check_symlink_escape(&broker.lock(), &ask, &req.cwd)?;
     check_path_shadow(req, &cwd, &search_path, home.as_deref())?;
+    let masked = access::strings_masked(&mut broker.lock(), &ask.peer)?;
     Ok(Admitted {
         ask,
         cwd,
@@ -67,6 +72,7 @@ pub(super) fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Adm
         vars,
         search_path,
         home,
+        masked,
     })
 }
 

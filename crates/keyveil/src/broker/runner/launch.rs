@@ -236,7 +236,7 @@ fn prepare(
     // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv is
     // shown as given, since masking a planted guess would confirm it; a requester the broker
     // cannot place is refused.
-    let masked = access::strings_masked(&mut inner, &a.ask.peer)?;
+    let masked = a.masked;
     let shown_argv = shown_argv(&mut inner, &req.argv, masked);
     let mut env = child_env(&inner, &req.environment, &req.env, pass_env);
     env.extend(dynamic.env);

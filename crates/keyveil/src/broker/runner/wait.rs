@@ -63,10 +63,7 @@ pub(super) async fn wait_for_grant(
 ) -> Result<Granted, Option<Reply>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
     // Only grants of requests masked as this ask would be serve it (`Inner::find_grant`).
-    let masked = {
-        let mut inner = broker.lock();
-        access::strings_masked(&mut inner, &a.ask.peer).map_err(|e| Some(e.reply()))?
-    };
+    let masked = a.masked;
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
     let mut pins: Option<Pins> = None;
