@@ -121,6 +121,18 @@ impl Swap {
         self.pairs.is_empty()
     }
 
+    /// Every pattern replaced in one whole buffer (a header or trailer field's value), each
+    /// pair in turn; `None` when none is in it.
+    pub(crate) fn replace_in(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for (f, t) in &self.pairs {
+            if let Some(x) = swap_all(out.as_deref().unwrap_or(hay), f.needle(), t) {
+                out = Some(x);
+            }
+        }
+        out
+    }
+
     /// Feeds a chunk; returns what can be emitted now. A chunk without any pattern, and with
     /// nothing held back before it, is passed on without a copy (only a tail that could start
     /// a pattern is held back): a large body that carries no value is not copied at all.
