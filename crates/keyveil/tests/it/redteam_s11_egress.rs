@@ -92,7 +92,10 @@ fn api() -> (u16, String, Seen) {
                         data = if path == "/load" {
                             stored.lock().unwrap().clone()
                         } else {
-                            format!("ECHO:{auth}").into_bytes()
+                            // An error page around the echo: enough text that the compressor
+                            // codes it (dynamic Huffman), rather than storing it as it is.
+                            let page = "your request was not understood by this API\n".repeat(64);
+                            format!("ECHO:{auth}\n{page}").into_bytes()
                         };
                         let r = header(&head, "range");
                         if let Some(part) = range(&data, &r) {
