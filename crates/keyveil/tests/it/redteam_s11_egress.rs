@@ -174,7 +174,9 @@ import os, socket, ssl, gzip
 p = os.environ["HTTPS_PROXY"].removeprefix("http://").split(":")
 ph = os.environ["API_TOKEN"]
 api = "localhost:@API@"
+other = os.environ["OTHER_TOKEN"]
 open("ph.txt", "w").write(ph)
+open("other.txt", "w").write(other)
 
 def keep(name, data):
     open(name + ".x", "w").write(bytes(b ^ 0x55 for b in data).hex())
@@ -281,6 +283,8 @@ attempt("tecl", api, "POST /tecl HTTP/1.1\r\n" + host + auth + "Content-Length: 
 attempt("fold", api, "GET /fold HTTP/1.1\r\nHost: " + api + "\r\n evil.example\r\n" + auth + close)
 # HTTP/1.0 without Host.
 attempt("http10", api, "GET /http10 HTTP/1.0\r\n" + auth + "\r\n")
+# Another variable's placeholder in a trailer of a chunked request to API_TOKEN's host.
+attempt("othertrailer", api, "POST /othertrailer HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\nTrailer: X-K\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nX-K: " + other + "\r\n\r\n")
 print("done", flush=True)
 "#;
 
@@ -288,6 +292,7 @@ struct Outcome {
     h: Home,
     value: String,
     placeholder: String,
+    other: String,
     api_seen: Seen,
     out: String,
     err: String,
@@ -322,6 +327,21 @@ fn attack() -> Outcome {
     let value = fresh_value();
     let (api, ca_pem, api_seen) = api();
     let h = bound_home(api, &ca_pem, &value);
+    // OTHER_TOKEN is bound elsewhere (nothing listens there).
+    h.set("demo", "OTHER_TOKEN", &fresh_value());
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "bind",
+            "OTHER_TOKEN",
+            "localhost:1",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let work = tempfile::tempdir_in("/tmp").unwrap();
     let script = CHILD.replace("@API@", &api.to_string());
     std::fs::write(work.path().join("child.py"), script).unwrap();
@@ -331,7 +351,7 @@ fn attack() -> Outcome {
             "--env",
             "demo",
             "--only",
-            "API_TOKEN",
+            "API_TOKEN,OTHER_TOKEN",
             "--cwd",
             work.path().to_str().unwrap(),
             "--",
@@ -343,12 +363,15 @@ fn attack() -> Outcome {
     let placeholder = std::fs::read_to_string(work.path().join("ph.txt")).unwrap_or_default();
     assert_eq!(placeholder.len(), value.len(), "{}", text(&o.stderr));
     assert_ne!(placeholder, value);
+    let other = std::fs::read_to_string(work.path().join("other.txt")).unwrap_or_default();
+    assert!(!other.is_empty());
     let out = text(&o.stdout);
     assert!(out.contains("done"), "{out}\n{}", text(&o.stderr));
     Outcome {
         h,
         value,
         placeholder,
+        other,
         api_seen,
         out,
         err: text(&o.stderr),
@@ -487,4 +510,23 @@ fn smuggling_obs_fold_and_http10_do_not_pass_the_host_rule() {
     // Nothing of the value in the audit or the home; the run's report names no value either.
     assert!(!holds_value(&o.h.all_plain_files(), &o.value));
     assert!(!contains(o.err.as_bytes(), &o.value));
+}
+
+/// Another variable's placeholder in a trailer of a chunked request to a bound host is seen,
+/// reported and the request cut off, like one in the body.
+#[test]
+fn another_variables_placeholder_in_a_request_trailer_is_blocked_and_reported() {
+    let o = attack();
+    for h in o.api_seen.lock().unwrap().iter() {
+        assert!(!contains(h.as_bytes(), &o.other));
+    }
+    let audit = o.h.audit_text();
+    assert!(
+        audit.contains("sent in a trailer, not bound to this host")
+            && audit.contains("OTHER_TOKEN"),
+        "not reported: {}",
+        o.out
+    );
+    assert!(!contains(audit.as_bytes(), &o.other));
+    assert!(o.err.contains("OTHER_TOKEN"), "{}", o.err);
 }
