@@ -133,6 +133,18 @@ fn api() -> (u16, String, Seen) {
                         let _ = tls.flush();
                         return;
                     }
+                    "/reason" => {
+                        // A status line whose reason phrase echoes the input (as servlet
+                        // containers' `sendError(code, message)` did).
+                        let _ = write!(
+                            tls,
+                            "HTTP/1.1 401 not a valid key: {auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = tls.flush();
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                        return;
+                    }
                     "/split" => {
                         let _ = tls.write_all(
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
@@ -265,6 +277,8 @@ attempt("gzip", api, "GET /echo HTTP/1.1\r\n" + host + auth + "Accept-Encoding: 
 attempt("tegzip", api, "GET /echo HTTP/1.1\r\n" + host + auth + "TE: gzip\r\n" + close)
 # The API echoes the key in a trailer field (the child says it takes trailers).
 attempt("trailer", api, "GET /trailer HTTP/1.1\r\n" + host + auth + "TE: trailers\r\n" + close)
+# The API echoes the key in its status line's reason phrase.
+attempt("reason", api, "GET /reason HTTP/1.1\r\n" + host + auth + close)
 # The API echoes the key one byte per chunk.
 attempt("split", api, "GET /split HTTP/1.1\r\n" + host + auth + close)
 # The body swap stores the value at the bound host; the child reads it back in two ranges,
@@ -529,4 +543,21 @@ fn another_variables_placeholder_in_a_request_trailer_is_blocked_and_reported() 
     );
     assert!(!contains(audit.as_bytes(), &o.other));
     assert!(o.err.contains("OTHER_TOKEN"), "{}", o.err);
+}
+
+/// An API that echoes the key in the reason phrase of its status line: HTTP/1.1 keeps a reason
+/// phrase that is not the standard one, and passes it on.
+#[test]
+fn an_echo_in_the_reason_phrase_does_not_hand_the_value_to_the_child() {
+    let o = attack();
+    assert_eq!(o.heads_at("GET /reason").len(), 1, "{}", o.out);
+    let head = o.got("reason", "head");
+    assert!(
+        !holds_value(&head, &o.value),
+        "the child read the value in the status line"
+    );
+    assert!(
+        contains(&head, &o.placeholder),
+        "the reason phrase came back with the placeholder"
+    );
 }

@@ -500,6 +500,24 @@ fn swap_out_of_response(
     audit: AuditOnEnd,
 ) -> Response<Body> {
     let (mut rparts, rbody) = resp.into_parts();
+    // An HTTP/1.1 upstream's reason phrase that is not the standard one is kept by hyper and
+    // sent on to an HTTP/1.1 child: an API that echoes input there would hand over the value.
+    if let Some(r) = rparts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        let mut phrase = r.as_bytes().to_vec();
+        for b in here {
+            if let Some(x) = swap_all(&phrase, &b.value, b.placeholder.as_bytes()) {
+                phrase = x;
+            }
+        }
+        match hyper::ext::ReasonPhrase::try_from(phrase) {
+            Ok(r) => {
+                rparts.extensions.insert(r);
+            }
+            Err(_) => {
+                rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
+            }
+        }
+    }
     for v in rparts.headers.values_mut() {
         for b in here {
             if let Some(x) = swap_all(v.as_bytes(), &b.value, b.placeholder.as_bytes())
