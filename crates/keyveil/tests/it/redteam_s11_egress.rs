@@ -561,3 +561,86 @@ fn an_echo_in_the_reason_phrase_does_not_hand_the_value_to_the_child() {
         "the reason phrase came back with the placeholder"
     );
 }
+
+/// A granted child of one run (run A, approved for its own command) uses the proxy of another
+/// live run (run B) with B's placeholder, both read from B's files (or its `/proc/PID/environ`):
+/// B's proxy serves only B's tree, so A's connection is closed before a byte is read.
+#[test]
+fn a_child_of_another_run_cannot_use_a_runs_proxy() {
+    let value = fresh_value();
+    let (api, ca_pem, api_seen) = api();
+    let h = bound_home(api, &ca_pem, &value);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap();
+    let b = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "API_TOKEN",
+        "--cwd",
+        wd,
+        "--",
+        "sh",
+        "-c",
+        "printf '%s' \"$API_TOKEN\" > bph.txt; printf '%s\\n' \"$HTTPS_PROXY\" > b.tmp && mv b.tmp b.txt; sleep 60",
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let t0 = std::time::Instant::now();
+    while !work.path().join("b.txt").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "run B never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let child = format!(
+        r#"
+import socket, ssl
+p = open("b.txt").read().strip().removeprefix("http://").split(":")
+ph = open("bph.txt").read()
+try:
+    s = socket.create_connection((p[0], int(p[1])), timeout=10)
+    s.sendall(b"CONNECT localhost:{api} HTTP/1.1\r\nHost: localhost:{api}\r\n\r\n")
+    r = s.recv(200)
+    print("A-CONNECT", repr(r.split(b"\r\n")[0]), flush=True)
+    if r:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        t = ctx.wrap_socket(s, server_hostname="localhost")
+        t.sendall(("GET /echo HTTP/1.1\r\nHost: localhost:{api}\r\nAuthorization: Bearer " + ph + "\r\nConnection: close\r\n\r\n").encode())
+        print("A-REPLY", len(t.recv(4096)), flush=True)
+except Exception as e:
+    print("A-ERROR", type(e).__name__, flush=True)
+print("done", flush=True)
+"#
+    );
+    std::fs::write(work.path().join("a.py"), child).unwrap();
+    let a = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--only",
+            "API_TOKEN",
+            "--cwd",
+            wd,
+            "--",
+            "python3",
+            "a.py",
+        ],
+        Duration::from_secs(60),
+    );
+    let out = text(&a.stdout);
+    assert!(out.contains("done"), "{out}\n{}", text(&a.stderr));
+    assert!(
+        out.contains("A-CONNECT b''") || out.contains("A-ERROR"),
+        "{out}"
+    );
+    assert!(api_seen.lock().unwrap().is_empty(), "the API was reached");
+    assert!(h.audit_text().contains("\"egress_refused\""));
+    h.ok(&["revoke", "--all"]);
+    let _ = wait_output(b, Duration::from_secs(30));
+}
