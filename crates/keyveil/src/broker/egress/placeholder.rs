@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_field_is_swapped_for_every_pair() {
+        let s = Swap::new(vec![
+            (b"ph-one-1".to_vec(), Zeroizing::new(b"value-01".to_vec())),
+            (b"ph-two-2".to_vec(), Zeroizing::new(b"value-02".to_vec())),
+        ]);
+        assert_eq!(
+            s.replace_in(b"a ph-one-1 b ph-two-2 c ph-one-1").unwrap(),
+            b"a value-01 b value-02 c value-01"
+        );
+        assert!(s.replace_in(b"nothing here").is_none());
+    }
+
+    #[test]
     fn the_zero_copy_swap_agrees_with_the_copying_one_and_copies_no_clean_chunk() {
         let from = b"PLACEHOLDER1".to_vec();
         let to = Zeroizing::new(b"realvalue123".to_vec());
