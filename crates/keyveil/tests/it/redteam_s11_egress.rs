@@ -1,8 +1,10 @@
 //! Red team, session 11, of issue 18 (host-bound injection, `docs/egress.md`): an approved child
 //! the agent wrote holds only the placeholder and tries to get the value back from the bound
-//! host's answers (compressed, transfer-coded, in trailers, byte by byte), to read back a value
-//! it made the bound host store (in pieces, or by another name of the same server), and to
-//! slip a request past the tunnel's Host rule (request smuggling, obs-fold, HTTP/1.0).
+//! host's answers (compressed, transfer-coded, in trailers, in the reason phrase, in chunk
+//! extensions, byte by byte), to read back a value it made the bound host store (in pieces, or
+//! by another name of the same server), to slip a request past the tunnel's Host rule (request
+//! smuggling, obs-fold, HTTP/1.0) or another variable's placeholder past the watch (a request
+//! trailer), and to use another live run's proxy.
 //!
 //! What the child gets back is written to files XOR-masked and hex-encoded (as an attacker would
 //! carry it out: neither the output redactor nor the write-side scan knows that encoding); the
