@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::harness::*;
 
 /// A value made at test time, shaped like an API key (public prefix `sk-proj-`).
-fn fresh_value() -> String {
+pub(crate) fn fresh_value() -> String {
     let mut b = [0u8; 24];
     getrandom::fill(&mut b).unwrap();
     format!("sk-proj-{}", hex::encode(b))
@@ -19,7 +19,7 @@ fn fresh_value() -> String {
 pub(crate) type Seen = Arc<Mutex<Vec<String>>>;
 
 /// Reads one request head (up to the blank line) from a stream; test-side only.
-fn read_head(s: &mut impl Read) -> String {
+pub(crate) fn read_head(s: &mut impl Read) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") && buf.len() < 65536 {
@@ -31,7 +31,7 @@ fn read_head(s: &mut impl Read) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn authorization(head: &str) -> String {
+pub(crate) fn authorization(head: &str) -> String {
     head.lines()
         .find_map(|l| {
             l.strip_prefix("Authorization: ")
@@ -95,7 +95,7 @@ pub(crate) fn https_api() -> (u16, String, Seen) {
 
 /// A test CA and a server configuration with a leaf for `localhost` signed by it, offering
 /// `alpn`. Returns (CA PEM, configuration).
-fn tls_server(alpn: &[&[u8]]) -> (String, rustls::ServerConfig) {
+pub(crate) fn tls_server(alpn: &[&[u8]]) -> (String, rustls::ServerConfig) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
-use super::http::{Body, BoxError, PROXY_HEADERS, carries, shown_dests, swap_in_basic, text};
+use super::http::{
+    Body, BoxError, PROXY_HEADERS, carries, fields_carry, shown_dests, swap_in_basic, text,
+};
 use super::placeholder::{Swap, swap_all};
 use super::watch::Watch;
 use super::{Binding, Shared};
@@ -150,6 +152,7 @@ async fn forward(
     if let Err(refused) = swap_into_head(&mut parts, &here) {
         return *refused;
     }
+    identity_only(&mut parts.headers);
     let to_value = Swap::new(
         here.iter()
             .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
@@ -178,7 +181,77 @@ async fn forward(
         variables: here.iter().map(|b| b.shown.clone()).collect(),
         bytes: 0,
     };
+    if let Some(coding) = encoded(&resp) {
+        // The audit entry is written as the request went (`audit` drops here).
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "keyveil: the answer of {} is encoded ({coding}) although the proxy asked for \
+                 none: a value echoed inside it could not be swapped back, so it is not passed on\n\
+                 hint: the server ignores `Accept-Encoding: identity`; ask its owner, or unbind \
+                 the variable from {}",
+                dest.shown(),
+                dest.shown()
+            ),
+        );
+    }
     swap_out_of_response(resp, &here, audit)
+}
+
+/// Asks the bound host for an answer in clear: `Accept-Encoding: identity`, and `TE` only as
+/// `trailers`. A compressed or transfer-coded answer would carry an echoed value in bytes the
+/// response swap cannot see (`tests/it/redteam_s11_egress.rs`); the child's client takes an
+/// uncompressed answer whatever it asked for.
+fn identity_only(headers: &mut hyper::HeaderMap) {
+    headers.insert(
+        hyper::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    let trailers = headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| {
+            let t = t.split(|b| *b == b';').next().unwrap_or_default();
+            t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        });
+    headers.remove(hyper::header::TE);
+    if trailers {
+        headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The coding of a response whose body is encoded despite [`identity_only`] (a
+/// `Content-Encoding` other than `identity`, or a transfer coding other than `chunked`), as
+/// shown in the refusal; `None` for a body in clear or no body.
+fn encoded(resp: &Response<Incoming>) -> Option<String> {
+    if resp.body().is_end_stream() {
+        return None;
+    }
+    let h = resp.headers();
+    let listed = |name: hyper::header::HeaderName, clear: &[&str]| {
+        h.get_all(&name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
+            .find(|t| !t.is_empty() && !clear.contains(&t.as_str()))
+            .map(|t| format!("{name}: {t}"))
+    };
+    listed(hyper::header::CONTENT_ENCODING, &["identity"])
+        .or_else(|| listed(hyper::header::TRANSFER_ENCODING, &["chunked"]))
+}
+
+/// Each pattern of `swap` replaced in every field of `fields` (a request's or a response's
+/// trailers).
+fn swap_fields(swap: &Swap, fields: &mut hyper::HeaderMap) {
+    for v in fields.values_mut() {
+        if let Some(x) = swap.replace_in(v.as_bytes())
+            && let Ok(mut n) = HeaderValue::from_bytes(&x)
+        {
+            n.set_sensitive(true);
+            *v = n;
+        }
+    }
 }
 
 /// A response the proxy answers itself instead of forwarding (a refusal or a failure); boxed,
@@ -427,6 +500,24 @@ fn swap_out_of_response(
     audit: AuditOnEnd,
 ) -> Response<Body> {
     let (mut rparts, rbody) = resp.into_parts();
+    // An HTTP/1.1 upstream's reason phrase that is not the standard one is kept by hyper and
+    // sent on to an HTTP/1.1 child: an API that echoes input there would hand over the value.
+    if let Some(r) = rparts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        let mut phrase = r.as_bytes().to_vec();
+        for b in here {
+            if let Some(x) = swap_all(&phrase, &b.value, b.placeholder.as_bytes()) {
+                phrase = x;
+            }
+        }
+        match hyper::ext::ReasonPhrase::try_from(phrase) {
+            Ok(r) => {
+                rparts.extensions.insert(r);
+            }
+            Err(_) => {
+                rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
+            }
+        }
+    }
     for v in rparts.headers.values_mut() {
         for b in here {
             if let Some(x) = swap_all(v.as_bytes(), &b.value, b.placeholder.as_bytes())
@@ -559,6 +650,32 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
                     }
                     Err(frame) => {
                         st.done = true;
+                        // Trailers: swapped like headers (an echo in `grpc-message`), and
+                        // watched for the placeholders of variables not bound here.
+                        let frame = match frame.into_trailers() {
+                            Ok(mut t) => {
+                                if let Some(Others { s, dest, shown, .. }) = &st.others
+                                    && let Some(b) = s
+                                        .bindings
+                                        .iter()
+                                        .filter(|b| !b.dests.contains(dest))
+                                        .find(|b| fields_carry(&t, &b.placeholder))
+                                {
+                                    s.report_blocked(
+                                        &b.shown,
+                                        shown,
+                                        "sent in a trailer, not bound to this host",
+                                    );
+                                    let e = BoxError::from(
+                                        "keyveil: blocked: a placeholder in a trailer to a host it is not bound to",
+                                    );
+                                    return Some((Err(e), st));
+                                }
+                                swap_fields(&st.swap, &mut t);
+                                Frame::trailers(t)
+                            }
+                            Err(f) => f,
+                        };
                         let rest = st.swap.finish();
                         if rest.is_empty() {
                             return Some((Ok(frame), st));

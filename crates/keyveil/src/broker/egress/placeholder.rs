@@ -121,6 +121,18 @@ impl Swap {
         self.pairs.is_empty()
     }
 
+    /// Every pattern replaced in one whole buffer (a header or trailer field's value), each
+    /// pair in turn; `None` when none is in it.
+    pub(crate) fn replace_in(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for (f, t) in &self.pairs {
+            if let Some(x) = swap_all(out.as_deref().unwrap_or(hay), f.needle(), t) {
+                out = Some(x);
+            }
+        }
+        out
+    }
+
     /// Feeds a chunk; returns what can be emitted now. A chunk without any pattern, and with
     /// nothing held back before it, is passed on without a copy (only a tail that could start
     /// a pattern is held back): a large body that carries no value is not copied at all.
@@ -273,6 +285,19 @@ mod tests {
             b"xrealvalue123"
         );
         assert!(swap_all(b"nothing", &from, &to).is_none());
+    }
+
+    #[test]
+    fn a_whole_field_is_swapped_for_every_pair() {
+        let s = Swap::new(vec![
+            (b"ph-one-1".to_vec(), Zeroizing::new(b"value-01".to_vec())),
+            (b"ph-two-2".to_vec(), Zeroizing::new(b"value-02".to_vec())),
+        ]);
+        assert_eq!(
+            s.replace_in(b"a ph-one-1 b ph-two-2 c ph-one-1").unwrap(),
+            b"a value-01 b value-02 c value-01"
+        );
+        assert!(s.replace_in(b"nothing here").is_none());
     }
 
     #[test]
