@@ -521,6 +521,12 @@ pub enum PolicyChange {
         variable: String,
         /// `host` or `host:port` (443 when absent), at least one.
         hosts: Vec<String>,
+        /// Also swap the value into the request's path and query (default: headers only).
+        #[serde(default)]
+        url: bool,
+        /// Also swap the value into the request's body and trailers (default: headers only).
+        #[serde(default)]
+        body: bool,
     },
     /// Remove a variable's binding (runs get its value again).
     Unbind {

@@ -222,10 +222,34 @@ pub struct Policy {
     /// proxy swaps in the value only in HTTPS requests to these destinations. Default: none.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub bindings: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where else in a request to its hosts a bound variable's placeholder is swapped for the
+    /// value, besides the headers: name → [`BoundIn`]. Absent: headers only. Default: none.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bound_in: std::collections::BTreeMap<String, BoundIn>,
     /// Extra root certificates (PEM) the egress proxy trusts for upstream servers, on top of
     /// the system's (a private CA, a test server). Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_roots: Option<String>,
+}
+
+/// The parts of a request to a bound host, besides its headers, where the egress proxy swaps a
+/// bound variable's placeholder for its value. Each is opt-in: a host that stores what it is
+/// sent there (a note, a gist, a message, a logged URL) can later give the value back to
+/// whoever reads it, so only the parts an API needs the key in are swapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BoundIn {
+    /// The request's path and query (`?key=…`).
+    pub url: bool,
+    /// The request's body and trailers (form and JSON posts).
+    pub body: bool,
+}
+
+impl BoundIn {
+    /// Headers only (the default).
+    pub fn is_headers_only(&self) -> bool {
+        !self.url && !self.body
+    }
 }
 
 /// What the broker does when the post-run scan finds a value in a file a run wrote.
@@ -259,6 +283,7 @@ impl Default for Policy {
             deny: Vec::new(),
             write_leaks: WriteLeakAction::Report,
             bindings: std::collections::BTreeMap::new(),
+            bound_in: std::collections::BTreeMap::new(),
             egress_roots: None,
         }
     }

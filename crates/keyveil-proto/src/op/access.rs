@@ -438,6 +438,12 @@ pub struct BoundVariable {
     pub variable: String,
     /// Destinations (`host` or `host:port`).
     pub hosts: Vec<String>,
+    /// The value is also swapped into the request's path and query.
+    #[serde(default)]
+    pub url: bool,
+    /// The value is also swapped into the request's body and trailers.
+    #[serde(default)]
+    pub body: bool,
 }
 
 /// The process at the other end of a requester's connection (from the kernel and `/proc`).
@@ -603,6 +609,8 @@ mod tests {
             bound: vec![BoundVariable {
                 variable: "API_TOKEN".into(),
                 hosts: vec!["api.example.com".into()],
+                url: false,
+                body: true,
             }],
             asks: 2,
             created_at: t,

@@ -174,10 +174,25 @@ fn apply_change(
         }
         PolicyChange::WriteLeaks { .. } => {}
         PolicyChange::HideNames { hide } => p.hide_names = *hide,
-        PolicyChange::Bind { variable, hosts } => {
+        PolicyChange::Bind {
+            variable,
+            hosts,
+            url,
+            body,
+        } => {
             p.bindings.insert(variable.clone(), hosts.clone());
+            let bound_in = keyveil_vault::BoundIn {
+                url: *url,
+                body: *body,
+            };
+            if bound_in.is_headers_only() {
+                p.bound_in.remove(variable);
+            } else {
+                p.bound_in.insert(variable.clone(), bound_in);
+            }
         }
         PolicyChange::Unbind { variable } => {
+            p.bound_in.remove(variable);
             if p.bindings.remove(variable).is_none() {
                 return Err(OpError::new(
                     ErrorCode::NotFound,
@@ -246,9 +261,14 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
         bindings: p
             .bindings
             .iter()
-            .map(|(k, v)| op::BoundVariable {
-                variable: k.clone(),
-                hosts: v.clone(),
+            .map(|(k, v)| {
+                let bound_in = p.bound_in.get(k).copied().unwrap_or_default();
+                op::BoundVariable {
+                    variable: k.clone(),
+                    hosts: v.clone(),
+                    url: bound_in.url,
+                    body: bound_in.body,
+                }
             })
             .collect(),
         egress_roots: p
@@ -312,7 +332,12 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
             }
             PolicyChange::Path { path: Some(p) }
         }
-        PolicyChange::Bind { variable, hosts } => {
+        PolicyChange::Bind {
+            variable,
+            hosts,
+            url,
+            body,
+        } => {
             if hosts.is_empty() {
                 return Err(OpError::new(
                     ErrorCode::Usage,
@@ -333,6 +358,8 @@ fn normalise(change: PolicyChange) -> OpResult<PolicyChange> {
             PolicyChange::Bind {
                 variable,
                 hosts: shown,
+                url,
+                body,
             }
         }
         PolicyChange::EgressRoots { pem: Some(pem) } => {

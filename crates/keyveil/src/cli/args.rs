@@ -380,6 +380,13 @@ pub(crate) enum PolicySetCommand {
         /// Hosts (`api.example.com`, or `host:port` for a port other than 443).
         #[arg(required = true)]
         hosts: Vec<String>,
+        /// Also put the value into the request's path and query (`?key=…`), not only headers.
+        #[arg(long)]
+        url: bool,
+        /// Also put the value into request bodies (form and JSON posts), not only headers. A
+        /// host that stores what it is sent can then give the value back (docs/egress.md).
+        #[arg(long)]
+        body: bool,
     },
     /// Remove a variable's binding: runs get the value itself again.
     Unbind {

@@ -152,8 +152,14 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                         .iter()
                         .map(|h| keyveil_proto::display::visible(h))
                         .collect();
+                    let parts = match (b.url, b.body) {
+                        (false, false) => "headers",
+                        (true, false) => "headers and URL",
+                        (false, true) => "headers and body",
+                        (true, true) => "headers, URL and body",
+                    };
                     say(format!(
-                        "bound: {} → placeholder; real value only to {}",
+                        "bound: {} → placeholder; real value only to {} (in the {parts})",
                         keyveil_proto::display::visible(&b.variable),
                         hosts.join(", ")
                     ));
@@ -214,9 +220,17 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                 PolicySetCommand::HideNames { setting } => PolicyChange::HideNames {
                     hide: setting == "on",
                 },
-                PolicySetCommand::Bind { variable, hosts } => {
-                    PolicyChange::Bind { variable, hosts }
-                }
+                PolicySetCommand::Bind {
+                    variable,
+                    hosts,
+                    url,
+                    body,
+                } => PolicyChange::Bind {
+                    variable,
+                    hosts,
+                    url,
+                    body,
+                },
                 PolicySetCommand::Unbind { variable } => PolicyChange::Unbind { variable },
                 PolicySetCommand::EgressRoots { file } => PolicyChange::EgressRoots {
                     pem: if file == "default" {

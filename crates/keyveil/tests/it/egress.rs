@@ -270,6 +270,25 @@ fn a_bound_variable_reaches_its_host_and_the_child_holds_only_a_placeholder() {
         h.ok(&["policy", "show", "demo"])
             .contains("bound: API_TOKEN")
     );
+    // This API takes the key in a JSON body too: the human binds it for bodies as well.
+    let dest = format!("localhost:{api}");
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "demo",
+            "bind",
+            "API_TOKEN",
+            &dest,
+            "--body",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(h.ok(&["policy", "show", "demo"]).contains(&format!(
+        "real value only to localhost:{api} (in the headers and body)"
+    )));
 
     let work = tempfile::tempdir_in("/tmp").unwrap();
     let script = format!(

@@ -39,9 +39,14 @@ fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
     r.variables
         .iter()
         .filter_map(|v| {
-            p.bindings.get(v).map(|hosts| op::BoundVariable {
-                variable: v.clone(),
-                hosts: hosts.clone(),
+            p.bindings.get(v).map(|hosts| {
+                let bound_in = p.bound_in.get(v).copied().unwrap_or_default();
+                op::BoundVariable {
+                    variable: v.clone(),
+                    hosts: hosts.clone(),
+                    url: bound_in.url,
+                    body: bound_in.body,
+                }
             })
         })
         .collect()

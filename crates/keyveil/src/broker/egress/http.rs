@@ -122,6 +122,7 @@ mod tests {
             placeholder: placeholder.clone(),
             value: Zeroizing::new(value.clone().into_bytes()),
             dests: Vec::new(),
+            bound_in: Default::default(),
         };
         let basic =
             HeaderValue::from_str(&format!("Basic {}", b64(&format!("me:{placeholder}")))).unwrap();

@@ -149,24 +149,30 @@ async fn forward(
         Err(refused) => return *refused,
     };
     let audit_path = audited_path(&parts, s);
-    if let Err(refused) = swap_into_head(&mut parts, &here) {
+    if let Err(refused) = swap_into_head(&mut parts, &here, s, &dest) {
         return *refused;
     }
     identity_only(&mut parts.headers);
+    // Bodies get the values of bindings that name them only (`bind --body`).
     let to_value = Swap::new(
         here.iter()
+            .filter(|b| b.bound_in.body)
             .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
             .collect(),
     );
     let method = parts.method.to_string();
-    // The body is watched for the placeholders of variables not bound here (the request line
-    // and headers were checked above).
-    let others = (here.len() < s.bindings.len()).then(|| Others {
-        s: s.clone(),
-        dest: dest.clone(),
-        shown: format!("https://{}", dest.shown()),
-        watch: Watch::default(),
-    });
+    // The body is watched for the placeholders of variables not bound here, and of those
+    // bound here for headers only (the request line and headers were checked above).
+    let others = s
+        .bindings
+        .iter()
+        .any(|b| not_in_body(b, &dest))
+        .then(|| Others {
+            s: s.clone(),
+            dest: dest.clone(),
+            shown: format!("https://{}", dest.shown()),
+            watch: Watch::default(),
+        });
     let body = swapped(body, to_value, None, others);
     let resp = match send_upstream(upstream, s, &dest, &authority, parts, body).await {
         Ok(r) => r,
@@ -359,6 +365,8 @@ fn audited_path(parts: &hyper::http::request::Parts, s: &Shared) -> String {
 fn swap_into_head(
     parts: &mut hyper::http::request::Parts,
     here: &[&Binding],
+    s: &Shared,
+    dest: &super::Dest,
 ) -> Result<(), Refusal> {
     let mut pq = parts
         .uri
@@ -368,6 +376,26 @@ fn swap_into_head(
         .to_vec();
     for b in here {
         if let Some(x) = swap_all(&pq, b.placeholder.as_bytes(), &b.value) {
+            if !b.bound_in.url {
+                // A host may log or store a URL and show it back later: the value goes into
+                // a URL only where the binding says so.
+                s.report_blocked(
+                    &b.shown,
+                    &format!("https://{}", dest.shown()),
+                    "sent in a URL; its binding covers headers only",
+                );
+                return Err(Box::new(text(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "keyveil: blocked: {} is bound to {} for headers only, and the request \
+                         put it in the URL\nhint: if this API takes the key in the URL, bind it \
+                         with `keyveil policy set ENV bind {} HOST --url` (your factor)",
+                        b.shown,
+                        dest.shown(),
+                        b.shown
+                    ),
+                )));
+            }
             pq = x;
         }
     }
@@ -582,6 +610,21 @@ struct Others {
     watch: Watch,
 }
 
+/// Whether `b`'s placeholder may not travel in a body to `dest`: it is not bound there, or
+/// its binding there covers headers (and the URL) only.
+fn not_in_body(b: &Binding, dest: &super::Dest) -> bool {
+    !b.dests.contains(dest) || !b.bound_in.body
+}
+
+/// Why [`not_in_body`] holds, for reports.
+fn not_in_body_why(b: &Binding, dest: &super::Dest, part: &str) -> String {
+    if b.dests.contains(dest) {
+        format!("sent in a {part}; its binding covers headers only (bind with --body)")
+    } else {
+        format!("sent in a {part}, not bound to this host")
+    }
+}
+
 /// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds),
 /// watched for `others` first when given.
 fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option<Others>) -> Body {
@@ -622,16 +665,13 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
                             watch,
                         }) = &mut st.others
                             && let Some(b) = watch
-                                .find(s.bindings.iter().filter(|b| !b.dests.contains(dest)), &data)
+                                .find(s.bindings.iter().filter(|b| not_in_body(b, dest)), &data)
                         {
-                            s.report_blocked(
-                                &b.shown,
-                                shown,
-                                "sent in a body, not bound to this host",
-                            );
+                            s.report_blocked(&b.shown, shown, &not_in_body_why(b, dest, "body"));
                             st.done = true;
                             let e = BoxError::from(
-                                "keyveil: blocked: a placeholder in a body to a host it is not bound to",
+                                "keyveil: blocked: a placeholder in a body it may not travel in \
+                                 (not bound to this host, or bound for headers only)",
                             );
                             return Some((Err(e), st));
                         }
@@ -658,13 +698,13 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
                                     && let Some(b) = s
                                         .bindings
                                         .iter()
-                                        .filter(|b| !b.dests.contains(dest))
+                                        .filter(|b| not_in_body(b, dest))
                                         .find(|b| fields_carry(&t, &b.placeholder))
                                 {
                                     s.report_blocked(
                                         &b.shown,
                                         shown,
-                                        "sent in a trailer, not bound to this host",
+                                        &not_in_body_why(b, dest, "trailer"),
                                     );
                                     let e = BoxError::from(
                                         "keyveil: blocked: a placeholder in a trailer to a host it is not bound to",

@@ -107,6 +107,9 @@ pub(crate) struct Binding {
     pub(crate) value: Zeroizing<Vec<u8>>,
     /// Where the value may go.
     pub(crate) dests: Vec<Dest>,
+    /// Where in a request, besides headers, the value is swapped in (the placeholder anywhere
+    /// else is blocked and reported).
+    pub(crate) bound_in: keyveil_vault::BoundIn,
 }
 
 impl std::fmt::Debug for Binding {
@@ -261,9 +264,22 @@ fn audit_writer(
     }
 }
 
-/// The bound variables of a run, as the policy has them: `(real name, shown name, value,
-/// destinations)`.
-pub(crate) type Bound = Vec<(String, String, SecretValue, Vec<Dest>)>;
+/// The bound variables of a run, as the policy has them.
+pub(crate) type Bound = Vec<BoundVar>;
+
+/// One host-bound variable of a run, as the policy binds it.
+pub(crate) struct BoundVar {
+    /// Real name.
+    pub(crate) name: String,
+    /// The name clients see (an alias where names are hidden).
+    pub(crate) shown: String,
+    /// The value.
+    pub(crate) value: SecretValue,
+    /// Where the value may go.
+    pub(crate) dests: Vec<Dest>,
+    /// Where in a request, besides headers, the value is swapped in.
+    pub(crate) bound_in: keyveil_vault::BoundIn,
+}
 
 /// Starts a run's proxy on 127.0.0.1 (a port the kernel picks) for `bound`, with a CA minted
 /// for the run, and writes the CA bundle (system roots + the run's CA) to `tmp_dir`. Returns
@@ -291,7 +307,14 @@ pub(crate) async fn start(
         .map_err(|e| format!("cannot write the run's CA bundle: {e}"))?;
     let mut placeholders = Vec::new();
     let mut bindings = Vec::new();
-    for (name, shown, value, dests) in bound {
+    for BoundVar {
+        name,
+        shown,
+        value,
+        dests,
+        bound_in,
+    } in bound
+    {
         let p = placeholder::placeholder(value.expose())
             .map_err(|e| format!("the OS random source failed: {e}"))?;
         placeholders.push((name, p.clone()));
@@ -300,6 +323,7 @@ pub(crate) async fn start(
             placeholder: p,
             value: Zeroizing::new(value.expose().as_bytes().to_vec()),
             dests,
+            bound_in,
         });
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -61,6 +61,7 @@ mod tests {
             placeholder: placeholder.to_owned(),
             value: zeroize::Zeroizing::new(b"unused".to_vec()),
             dests: Vec::new(),
+            bound_in: Default::default(),
         }
     }
 

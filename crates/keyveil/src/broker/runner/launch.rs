@@ -529,7 +529,13 @@ fn bound_values(
                 .iter()
                 .filter_map(|h| crate::broker::egress::Dest::parse(h).ok())
                 .collect();
-            Some((k.clone(), inner.shown_name(env, k), v.clone(), dests))
+            Some(crate::broker::egress::BoundVar {
+                name: k.clone(),
+                shown: inner.shown_name(env, k),
+                value: v.clone(),
+                dests,
+                bound_in: policy.bound_in.get(k).copied().unwrap_or_default(),
+            })
         })
         .collect();
     (bound, policy.egress_roots)
