@@ -335,8 +335,16 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
         }
     }
     for b in &r.bound {
+        // Where the value goes besides headers: a host that stores a body or a URL can give
+        // the value back, so the card says when the binding allows it.
+        let also = match (b.url, b.body) {
+            (false, false) => "",
+            (true, false) => " (also in the URL)",
+            (false, true) => " (also in bodies)",
+            (true, true) => " (also in the URL and bodies)",
+        };
         out.push_str(&format!(
-            "  bound:       {} → placeholder; real value only to {}\n",
+            "  bound:       {} → placeholder; real value only to {}{also}\n",
             esc(&b.variable),
             b.hosts
                 .iter()

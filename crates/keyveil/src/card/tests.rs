@@ -250,3 +250,24 @@ fn the_recap_above_the_prompt_names_command_place_variables_and_risk_escaped() {
     assert!(!line.contains('\u{1b}'), "{line}");
     assert_eq!(line.lines().count(), 1);
 }
+
+#[test]
+fn a_binding_that_swaps_into_bodies_or_urls_says_so_on_the_card() {
+    let card_for = |url: bool, body: bool| {
+        let r = json!({
+            "id": 8, "client": {"kind":"mcp","name":"a","version":"1","pid":42},
+            "environment": "demo", "variables": ["API_TOKEN"], "cwd": "/w",
+            "argv": ["python3", "call.py"], "expires_at": "2026-01-01T00:00:00Z",
+            "bound": [{"variable": "API_TOKEN", "hosts": ["api.example.com"], "url": url, "body": body}]
+        });
+        render(&serde_json::from_value(r).unwrap())
+    };
+    let plain = card_for(false, false);
+    assert!(
+        plain.contains("API_TOKEN → placeholder; real value only to api.example.com\n"),
+        "{plain}"
+    );
+    assert!(card_for(false, true).contains("api.example.com (also in bodies)"));
+    assert!(card_for(true, false).contains("api.example.com (also in the URL)"));
+    assert!(card_for(true, true).contains("(also in the URL and bodies)"));
+}
