@@ -286,17 +286,44 @@ fn a_process_with_an_io_uring_worker_is_found_by_a_scan_and_by_a_look() {
     assert_eq!(line.trim(), "ready");
     let pid = child.id();
     let looked = watch.look();
-    let (_, scanned) = uring::UringWatch::new(&me);
+    let scanned = uring::UringWatch::new(&me).0.scan();
     // The ring's own process as the reader: not counted.
-    let (_, as_reader) = uring::UringWatch::new(&Holder {
+    let as_reader = uring::UringWatch::new(&Holder {
         pid,
         start: start_time(pid).unwrap(),
         read_only: true,
-    });
+    })
+    .0
+    .scan();
     child.kill().unwrap();
     child.wait().unwrap();
     // (Another process may have got a worker meanwhile: the look names one of them.)
     assert!(looked.is_some());
     assert!(scanned.iter().any(|p| p.pid == pid), "{scanned:?}");
     assert!(as_reader.iter().all(|p| p.pid != pid), "{as_reader:?}");
+}
+
+#[test]
+fn subordinate_uid_ranges_are_read_by_name_or_number_and_fail_closed() {
+    let passwd = "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n";
+    let sub = "# comment\n\nalice:100000:65536\nbob:165536:65536\n1000:300000:10\ncarol:400000:5\n";
+    // Alice's by name and by number; carol is not in /etc/passwd (another name service):
+    // counted; bob's are not.
+    assert_eq!(
+        subuid::parse(sub, passwd, &[1000]).unwrap(),
+        vec![(100_000, 165_536), (300_000, 300_010), (400_000, 400_005)]
+    );
+    assert!(subuid::in_ranges(&[(100_000, 165_536)], 165_535));
+    assert!(!subuid::in_ranges(&[(100_000, 165_536)], 165_536));
+    for bad in [
+        "alice:100000\n",
+        "alice:1e5:10\n",
+        "alice:100000:-1\n",
+        ":100000:10\n",
+        "alice:100000:10:x\n",
+        "alice:99999999999999999999999:1\n",
+    ] {
+        let e = subuid::parse(bad, passwd, &[1000]).unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
 }
