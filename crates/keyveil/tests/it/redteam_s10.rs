@@ -22,6 +22,8 @@ use crate::redteam_s9c::{HONEST, caught, longest_run, wait_ready};
 ///   `newuidmap` and `/etc/subuid` give every desktop user for rootless containers; here
 ///   the test runs as root and calls `setresuid`), then makes its ring and keeps 16 tees
 ///   waiting beside the reader's `read`, with two busy loops per CPU at normal priority.
+/// - `subuid-late UID`: the same, but its tees start only at the first piece (its own
+///   inotify watch, added before it changes uid), so its workers appear during the read.
 /// - `idle`: at the first piece (the FIFO's `IN_MODIFY`, its own inotify watch added through
 ///   `/proc/READER/fd/N`, which opens nothing) it pins the broker's threads (`run/broker.pid`)
 ///   and the reader's to CPU 0 (the broker's own affinity changes with them, so the reader
@@ -121,7 +123,13 @@ def keep(slot, res):
         data += got; copies += 1; last = got
 def alive():
     return os.path.exists(f"/proc/{pid}")
-if words[0] == "subuid":
+if words[0] in ("subuid", "subuid-late"):
+    if words[0] == "subuid-late":
+        # Told of the first piece by its own inotify watch (added as the user, through
+        # /proc/READER/fd/N, which opens nothing), then its tees start under the other uid.
+        ino_fd = libc.inotify_init1(0)
+        assert ino_fd >= 0
+        assert libc.inotify_add_watch(ino_fd, src.encode(), 0x2) >= 0
     open(ready, "w").close()
     # Every tee and worker from now on is the subordinate uid's (the descriptor and the ring
     # were passed to it: SCM_RIGHTS in real life).
@@ -130,6 +138,9 @@ if words[0] == "subuid":
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     spin(None, 2 * len(os.sched_getaffinity(0)))
+    if words[0] == "subuid-late":
+        r, _, _ = select.select([ino_fd], [], [], 30)
+        assert r, "no piece"
     for s in range(SLOTS):
         submit(s)
     t0 = time.time()
@@ -443,6 +454,50 @@ fn a_tee_thief_under_a_subordinate_uid_is_reported() {
         std::fs::write(h.path().join("subuid"), "root:100000:65536\n").unwrap();
     });
     assert_held(&c);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): the range named by number
+/// (`UID:FIRST:COUNT`, as `usermod --add-subuids` may write it) rather than by name.
+#[test]
+fn a_tee_thief_under_a_subordinate_uid_named_by_number_is_reported() {
+    let c = copy_with("subuid 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "# ranges\n0:100000:65536\n").unwrap();
+    });
+    assert_held(&c);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): the tees under the other uid start
+/// only once the text flows, so their workers are found by a look during the pieces (the
+/// pids handed out since the one before), not by the scan before the first piece.
+#[test]
+fn a_tee_thief_under_a_subordinate_uid_that_starts_during_the_read_is_reported() {
+    let c = copy_with("subuid-late 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "root:100000:65536\n").unwrap();
+    });
+    assert_held(&c);
+    assert!(c.bytes == 0 || caught(&c.audit), "{}", c.audit);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): a range file the broker cannot parse
+/// (here a line cut short; for the agent, nothing it can write: `/etc/subuid` is root's)
+/// must not make the look skip every other uid: the read is refused before the card, with
+/// a `hint:`, and the reader reads nothing.
+#[test]
+fn an_unparsable_subordinate_uid_file_refuses_the_read_with_a_hint() {
+    let h = Home::new();
+    store(&h, &values());
+    std::fs::write(h.path().join("subuid"), "root:100000\n").unwrap();
+    let p = Project::with_io_uring();
+    mount(&h, &p);
+    let reader = p.reader(&["python3", "-c", HONEST], &[]);
+    let honest = finished(reader);
+    assert_eq!(text(&honest.stdout), "0", "the reader read nothing");
+    let mounts = h.ok(&["mounts"]);
+    assert!(
+        mounts.contains("cannot be read as subordinate uid ranges") && mounts.contains("hint: "),
+        "{mounts}"
+    );
+    assert!(h.audit_text().contains("\"mount_refused\""));
 }
 
 /// The broker looks for workers only when it runs: the agent pins the broker and the reader

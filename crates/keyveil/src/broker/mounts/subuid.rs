@@ -49,8 +49,13 @@ pub(super) struct Subuids {
 impl Subuids {
     /// The ranges of the users with uids `uids` (by name or by number), read now.
     pub(super) fn new(uids: &[u32]) -> Subuids {
+        Subuids::at(subuid_path(), uids)
+    }
+
+    /// As [`Subuids::new`], from the file at `path`.
+    pub(super) fn at(path: PathBuf, uids: &[u32]) -> Subuids {
         let mut s = Subuids {
-            path: subuid_path(),
+            path,
             stamp: None,
             ranges: Ok(Vec::new()),
             uids: uids.to_vec(),

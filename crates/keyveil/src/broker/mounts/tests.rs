@@ -327,3 +327,71 @@ fn subordinate_uid_ranges_are_read_by_name_or_number_and_fail_closed() {
         assert!(e.contains("line 1"), "{e}");
     }
 }
+
+#[test]
+fn subordinate_uid_ranges_are_read_again_when_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("subuid");
+    let mut s = subuid::Subuids::at(f.clone(), &[4242]);
+    assert_eq!(s.ranges(), Ok(&[][..]), "no file: no ranges");
+    std::fs::write(&f, "4242:500000:10\n").unwrap();
+    s.refresh();
+    assert_eq!(s.ranges(), Ok(&[(500_000, 500_010)][..]));
+    std::fs::write(&f, "4242:500000\n").unwrap();
+    s.refresh();
+    let e = s.ranges().unwrap_err();
+    assert!(
+        e.contains(subuid::SUBUID_MARK) && e.contains("line 1"),
+        "{e}"
+    );
+    assert!(uring::uring_hint(e).is_some_and(|h| h.starts_with("hint: ")));
+}
+
+#[test]
+fn a_stop_names_every_piece_it_cannot_clear() {
+    let lines = vec![
+        Line {
+            shown: "ALPHA".to_owned(),
+            name_len: 6,
+            len: 16,
+        },
+        Line {
+            shown: "BETA".to_owned(),
+            name_len: 5,
+            len: 10,
+        },
+    ];
+    let mut e = Exposed::default();
+    for p in [
+        Piece {
+            range: 6..10,
+            value_of: Some(0),
+        },
+        Piece {
+            range: 16..21,
+            value_of: None,
+        },
+        Piece {
+            range: 21..25,
+            value_of: Some(1),
+        },
+        Piece {
+            range: 6..10,
+            value_of: Some(0),
+        },
+    ] {
+        e.add(&p);
+    }
+    assert_eq!((e.bytes, e.pieces, e.names), (13, 3, 1), "each piece once");
+    let which: Vec<String> = e.values.iter().map(|i| lines[*i].shown.clone()).collect();
+    let note = write::exposure_note(&e, &which, false);
+    assert!(
+        note.starts_with("up to 13 bytes of the text (in 3 pieces"),
+        "{note}"
+    );
+    assert!(note.ends_with("rotate ALPHA, BETA"), "{note}");
+    assert_eq!(
+        write::exposure_note(&Exposed::default(), &[], false),
+        "nothing was written"
+    );
+}

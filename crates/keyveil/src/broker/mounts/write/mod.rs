@@ -443,7 +443,11 @@ fn shown_values(lines: &[Line], exposed: &Exposed) -> Vec<String> {
 /// What a stopped read may have exposed, for the mount's note: at most `exposed` (an upper
 /// bound, not a guess), the values `which` to rotate, and whether a real name hidden from
 /// agents was in it (`hidden`).
-fn exposure_note(exposed: &Exposed, which: &[String], hidden: bool) -> String {
+pub(in crate::broker::mounts) fn exposure_note(
+    exposed: &Exposed,
+    which: &[String],
+    hidden: bool,
+) -> String {
     if exposed.pieces == 0 {
         return "nothing was written".to_owned();
     }
