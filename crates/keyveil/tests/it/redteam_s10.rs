@@ -22,6 +22,8 @@ use crate::redteam_s9c::{HONEST, caught, longest_run, wait_ready};
 ///   `newuidmap` and `/etc/subuid` give every desktop user for rootless containers; here
 ///   the test runs as root and calls `setresuid`), then makes its ring and keeps 16 tees
 ///   waiting beside the reader's `read`, with two busy loops per CPU at normal priority.
+/// - `userns UID`: as `subuid`, but the other uid is reached in a user namespace whose map
+///   also holds the user's uid (`UID` itself is in no range).
 /// - `subuid-late UID`: the same, but its tees start only at the first piece (its own
 ///   inotify watch, added before it changes uid), so its workers appear during the read.
 /// - `idle`: at the first piece (the FIFO's `IN_MODIFY`, its own inotify watch added through
@@ -123,7 +125,7 @@ def keep(slot, res):
         data += got; copies += 1; last = got
 def alive():
     return os.path.exists(f"/proc/{pid}")
-if words[0] in ("subuid", "subuid-late"):
+if words[0] in ("subuid", "subuid-late", "userns"):
     if words[0] == "subuid-late":
         # Told of the first piece by its own inotify watch (added as the user, through
         # /proc/READER/fd/N, which opens nothing), then its tees start under the other uid.
@@ -134,6 +136,22 @@ if words[0] in ("subuid", "subuid-late"):
     # Every tee and worker from now on is the subordinate uid's (the descriptor and the ring
     # were passed to it: SCM_RIGHTS in real life).
     uid = int(words[1])
+    if words[0] == "userns":
+        # A user namespace of its own whose map sends its uid 1 to `uid` (outside every
+        # range) and its 0 to the user's uid; the map is written from outside by a helper
+        # forked before, as only a process privileged in the parent may write two lines.
+        go_r, go_w = os.pipe()
+        helper = os.fork()
+        if helper == 0:
+            os.read(go_r, 1)
+            for m in ("uid_map", "gid_map"):
+                with open(f"/proc/{me}/{m}", "w") as f:
+                    f.write(f"0 0 1\n1 {uid} 1\n")
+            os._exit(0)
+        assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
+        os.write(go_w, b"x")
+        os.waitpid(helper, 0)
+        uid = 1
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
@@ -476,6 +494,16 @@ fn a_tee_thief_under_a_subordinate_uid_that_starts_during_the_read_is_reported()
     });
     assert_held(&c);
     assert!(c.bytes == 0 || caught(&c.audit), "{}", c.audit);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): the copier's uid is in no range, but
+/// it runs in a user namespace whose map also maps the user's uid (made here by root; a
+/// privileged helper of the system could make one). The look counts a process in a user
+/// namespace whose `/proc/PID/uid_map` maps the user's uid or ranges.
+#[test]
+fn a_tee_thief_in_a_user_namespace_mapping_the_users_uid_is_reported() {
+    let c = copy("userns 300000");
+    assert_held(&c);
 }
 
 /// Attack on the subordinate uid look (s10, round 2): a range file the broker cannot parse
