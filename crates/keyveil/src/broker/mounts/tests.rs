@@ -349,7 +349,7 @@ fn subordinate_uid_ranges_are_read_again_when_the_file_changes() {
 
 #[test]
 fn a_stop_names_every_piece_it_cannot_clear() {
-    let lines = vec![
+    let lines = [
         Line {
             shown: "ALPHA".to_owned(),
             name_len: 6,

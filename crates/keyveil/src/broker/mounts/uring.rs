@@ -156,12 +156,21 @@ pub(super) struct UringWatch {
     pending: Vec<u32>,
     /// A look since the last [`UringWatch::take_unsure`] could not vouch for its interval.
     unsure: bool,
+    /// The pending pids are from the full scan, before anything was written: one still
+    /// missing at the next look died with nothing in the pipe.
+    quiet: bool,
 }
+
+/// How many of the pids handed out last before a full scan are looked at again by the next
+/// look when the scan did not find them in `/proc`: a task is given its pid before it
+/// shows in `/proc`, so a worker being made during the scan would be missed by both.
+const STRADDLE: u32 = 64;
 
 impl UringWatch {
     /// A watch for a read by `reader`, and why no read may be served now, if so: a process
     /// with io_uring threads (a full scan; the pids handed out after it are what the next
-    /// [`UringWatch::look`] reads), or subordinate uid ranges that cannot be read.
+    /// [`UringWatch::look`] reads, with those of the last [`STRADDLE`] not in `/proc` yet),
+    /// or subordinate uid ranges that cannot be read.
     pub(super) fn new(reader: &Holder) -> (UringWatch, Option<String>) {
         let mut uids = vec![
             rustix::process::getuid().as_raw(),
@@ -177,12 +186,18 @@ impl UringWatch {
             uids,
             pending: Vec::new(),
             unsure: false,
+            quiet: true,
         };
         w.last = last_pid();
         let why = match w.subuids.ranges() {
             Err(e) => Some(e.to_owned()),
             Ok(_) => w.scan().first().map(UringProc::why),
         };
+        if let Some(last) = w.last {
+            w.pending = (last.saturating_sub(STRADDLE - 1).max(1)..=last)
+                .filter(|tid| task_flags(&format!("/proc/{tid}/stat")).is_none())
+                .collect();
+        }
         w.unsure = false;
         (w, why)
     }
@@ -246,6 +261,7 @@ impl UringWatch {
         let now = last_pid();
         let mut todo = std::mem::take(&mut self.pending);
         let rechecked = todo.len();
+        let quiet = std::mem::take(&mut self.quiet);
         let full = match (self.last, now) {
             (Some(a), Some(b)) if a == b => false,
             (Some(a), Some(b)) if b > a && b - a <= MAX_NEW => {
@@ -262,9 +278,12 @@ impl UringWatch {
         for (i, tid) in todo.into_iter().enumerate() {
             let Some(flags) = task_flags(&format!("/proc/{tid}/stat")) else {
                 // Gone, or not in /proc yet: it may have been a worker. Looked at once more.
-                self.unsure = true;
+                // (Missing since the scan before the first piece: gone with nothing written.)
                 if i >= rechecked {
+                    self.unsure = true;
                     self.pending.push(tid);
+                } else if !quiet {
+                    self.unsure = true;
                 }
                 continue;
             };
