@@ -24,6 +24,8 @@ use crate::redteam_s9c::{HONEST, caught, longest_run, wait_ready};
 ///   waiting beside the reader's `read`, with two busy loops per CPU at normal priority.
 /// - `userns UID`: as `subuid`, but the other uid is reached in a user namespace whose map
 ///   also holds the user's uid (`UID` itself is in no range).
+/// - `subuid-vanish UID`: as `subuid-late`, but each piece is teed by a new thread that
+///   ends at once (its io-wq worker with it): workers that live between two looks.
 /// - `subuid-late UID`: the same, but its tees start only at the first piece (its own
 ///   inotify watch, added before it changes uid), so its workers appear during the read.
 /// - `idle`: at the first piece (the FIFO's `IN_MODIFY`, its own inotify watch added through
@@ -125,8 +127,8 @@ def keep(slot, res):
         data += got; copies += 1; last = got
 def alive():
     return os.path.exists(f"/proc/{pid}")
-if words[0] in ("subuid", "subuid-late", "userns"):
-    if words[0] == "subuid-late":
+if words[0] in ("subuid", "subuid-late", "subuid-vanish", "userns"):
+    if words[0] in ("subuid-late", "subuid-vanish"):
         # Told of the first piece by its own inotify watch (added as the user, through
         # /proc/READER/fd/N, which opens nothing), then its tees start under the other uid.
         ino_fd = libc.inotify_init1(0)
@@ -156,13 +158,31 @@ if words[0] in ("subuid", "subuid-late", "userns"):
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     spin(None, 2 * len(os.sched_getaffinity(0)))
+    if words[0] == "subuid-vanish":
+        # On each piece, one non-blocking tee from a thread that ends at once (its worker
+        # with it), under the other uid.
+        def one():
+            submit(0, NONBLOCK)
+            slot, res = complete()
+            if res > 0:
+                keep(slot, res)
+        t0 = time.time()
+        while time.time() - t0 < 40:
+            r, _, _ = select.select([ino_fd], [], [], 0.05)
+            if not r:
+                if not alive():
+                    break
+                continue
+            os.read(ino_fd, 4096)
+            th = threading.Thread(target=one); th.start(); th.join()
+        words = ["done"]
     if words[0] == "subuid-late":
         r, _, _ = select.select([ino_fd], [], [], 30)
         assert r, "no piece"
-    for s in range(SLOTS):
+    for s in range(SLOTS if words[0] != "done" else 0):
         submit(s)
     t0 = time.time()
-    while time.time() - t0 < 40:
+    while words[0] != "done" and time.time() - t0 < 40:
         slot, res = complete()
         if res > 0:
             keep(slot, res)
@@ -494,6 +514,18 @@ fn a_tee_thief_under_a_subordinate_uid_that_starts_during_the_read_is_reported()
     });
     assert_held(&c);
     assert!(c.bytes == 0 || caught(&c.audit), "{}", c.audit);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): under the subordinate uid, each piece
+/// teed from a thread that ends at once, so that its worker lives between two looks (the
+/// LIMIT of `a_tee_thief_with_a_fairly_loaded_broker_is_reported`, now under another uid).
+/// Whatever it copies, what the broker says may be exposed holds it.
+#[test]
+fn what_a_vanishing_tee_thief_under_a_subordinate_uid_copied_is_never_understated() {
+    let c = copy_with("subuid-vanish 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "root:100000:65536\n").unwrap();
+    });
+    assert_report_true(&c);
 }
 
 /// Attack on the subordinate uid look (s10, round 2): the copier's uid is in no range, but
