@@ -459,7 +459,8 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
 pub(crate) const MOUNT_WARNING: &[&str] = &[
     "this program was not started by keyveil: its output is NOT redacted, and revoking",
     "cannot stop it or take the values back once read. If you can change how it starts,",
-    "use `keyveil run --env ENV -- COMMAND` instead.",
+    "use `keyveil run --env ENV -- COMMAND` instead. Once read, the values are in its memory,",
+    "open to other programs of your user that may debug it (the agent too, if it started it).",
 ];
 
 /// "`ARGV` (pid N) wants to read `PATH` of environment ENV", escaped.

@@ -69,6 +69,9 @@ impl Home {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path())
             .env("KEYVEIL_HOME", self.path())
+            // The broker's subordinate uid ranges (debug builds only): `/etc/subuid` of a
+            // machine under test stays out of it; a test writes `subuid` in the home.
+            .env("KEYVEIL_TEST_SUBUID", self.path().join("subuid"))
             .env("LANG", "C.UTF-8")
             .stdin(Stdio::null());
         c

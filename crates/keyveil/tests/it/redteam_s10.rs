@@ -1,7 +1,10 @@
 //! Red team s10 (`.env` mounts, after the io_uring look): a prompt-injected agent with the
 //! human's uid, a shell and `/proc`, trying to copy more than one piece of a mount's values
 //! unreported now that a process with io_uring worker threads stops a read. A held attack is
-//! a passing test; one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today).
+//! a passing test; one that still works is kept `#[ignore = "LEAK: ..."]` (it fails today),
+//! or `#[ignore = "LIMIT (docs/mounts.md ...)"]` when the docs say why it cannot be held;
+//! even then what the broker says may be exposed is checked to be an upper bound of what the
+//! thief copied ([`assert_report_true`], first in [`assert_held`]).
 #![allow(clippy::print_stderr)] // the figures of each attempt (counts only, never a value)
 
 use std::process::{Command, Stdio};
@@ -19,6 +22,12 @@ use crate::redteam_s9c::{HONEST, caught, longest_run, wait_ready};
 ///   `newuidmap` and `/etc/subuid` give every desktop user for rootless containers; here
 ///   the test runs as root and calls `setresuid`), then makes its ring and keeps 16 tees
 ///   waiting beside the reader's `read`, with two busy loops per CPU at normal priority.
+/// - `userns UID`: as `subuid`, but the other uid is reached in a user namespace whose map
+///   also holds the user's uid (`UID` itself is in no range).
+/// - `subuid-vanish UID`: as `subuid-late`, but each piece is teed by a new thread that
+///   ends at once (its io-wq worker with it): workers that live between two looks.
+/// - `subuid-late UID`: the same, but its tees start only at the first piece (its own
+///   inotify watch, added before it changes uid), so its workers appear during the read.
 /// - `idle`: at the first piece (the FIFO's `IN_MODIFY`, its own inotify watch added through
 ///   `/proc/READER/fd/N`, which opens nothing) it pins the broker's threads (`run/broker.pid`)
 ///   and the reader's to CPU 0 (the broker's own affinity changes with them, so the reader
@@ -118,19 +127,62 @@ def keep(slot, res):
         data += got; copies += 1; last = got
 def alive():
     return os.path.exists(f"/proc/{pid}")
-if words[0] == "subuid":
+if words[0] in ("subuid", "subuid-late", "subuid-vanish", "userns"):
+    if words[0] in ("subuid-late", "subuid-vanish"):
+        # Told of the first piece by its own inotify watch (added as the user, through
+        # /proc/READER/fd/N, which opens nothing), then its tees start under the other uid.
+        ino_fd = libc.inotify_init1(0)
+        assert ino_fd >= 0
+        assert libc.inotify_add_watch(ino_fd, src.encode(), 0x2) >= 0
     open(ready, "w").close()
     # Every tee and worker from now on is the subordinate uid's (the descriptor and the ring
     # were passed to it: SCM_RIGHTS in real life).
     uid = int(words[1])
+    if words[0] == "userns":
+        # A user namespace of its own whose map sends its uid 1 to `uid` (outside every
+        # range) and its 0 to the user's uid; the map is written from outside by a helper
+        # forked before, as only a process privileged in the parent may write two lines.
+        go_r, go_w = os.pipe()
+        helper = os.fork()
+        if helper == 0:
+            os.read(go_r, 1)
+            for m in ("uid_map", "gid_map"):
+                with open(f"/proc/{me}/{m}", "w") as f:
+                    f.write(f"0 0 1\n1 {uid} 1\n")
+            os._exit(0)
+        assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
+        os.write(go_w, b"x")
+        os.waitpid(helper, 0)
+        uid = 1
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     spin(None, 2 * len(os.sched_getaffinity(0)))
-    for s in range(SLOTS):
+    if words[0] == "subuid-vanish":
+        # On each piece, one non-blocking tee from a thread that ends at once (its worker
+        # with it), under the other uid.
+        def one():
+            submit(0, NONBLOCK)
+            slot, res = complete()
+            if res > 0:
+                keep(slot, res)
+        t0 = time.time()
+        while time.time() - t0 < 40:
+            r, _, _ = select.select([ino_fd], [], [], 0.05)
+            if not r:
+                if not alive():
+                    break
+                continue
+            os.read(ino_fd, 4096)
+            th = threading.Thread(target=one); th.start(); th.join()
+        words = ["done"]
+    if words[0] == "subuid-late":
+        r, _, _ = select.select([ino_fd], [], [], 30)
+        assert r, "no piece"
+    for s in range(SLOTS if words[0] != "done" else 0):
         submit(s)
     t0 = time.time()
-    while time.time() - t0 < 40:
+    while words[0] != "done" and time.time() - t0 < 40:
         slot, res = complete()
         if res > 0:
             keep(slot, res)
@@ -226,11 +278,20 @@ struct Copy {
     audit: String,
     /// `keyveil mounts`.
     mounts: String,
+    /// Names of the values of which the thief copied bytes found in no other value (at least
+    /// 3 in a row).
+    got_values: Vec<&'static str>,
 }
 
 /// Runs the thief in `mode` against one honest read, approved once the thief is in position.
 fn copy(mode: &str) -> Copy {
+    copy_with(mode, |_| {})
+}
+
+/// As [`copy`], with `setup` run on the home before the mount (a subordinate uid file, ...).
+fn copy_with(mode: &str, setup: impl FnOnce(&Home)) -> Copy {
     let h = Home::new();
+    setup(&h);
     let vals = values();
     store(&h, &vals);
     let p = Project::with_io_uring();
@@ -278,15 +339,115 @@ fn copy(mode: &str) -> Copy {
         honest: text(&honest.stdout),
         audit: h.audit_text(),
         mounts: h.ok(&["mounts"]),
+        got_values: vals
+            .iter()
+            .filter(|(name, v)| {
+                let others: Vec<&str> = vals
+                    .iter()
+                    .filter(|(n, _)| n != name)
+                    .map(|(_, o)| o.as_str())
+                    .collect();
+                unique_run(&stolen.stdout, v, &others) >= 3
+            })
+            .map(|(n, _)| *n)
+            .collect(),
     };
+    let (said, named) = stated(&c.audit);
     eprintln!(
-        "{mode}: {} pieces, {} bytes copied, longest run of a value {}, reported {}",
+        "{mode}: {} pieces, {} bytes copied, longest run of a value {}, reported {}; said up to {said} bytes of {named:?}",
         c.copies,
         c.bytes,
         c.longest,
         caught(&c.audit) || starved_seen(&c.audit)
     );
     c
+}
+
+/// Longest run of consecutive bytes of `value` found in `hay` that occurs in none of `others`
+/// (so that it can only have come from `value`).
+fn unique_run(hay: &[u8], value: &str, others: &[&str]) -> usize {
+    let v = value.as_bytes();
+    let mut best = 0;
+    for start in 0..v.len() {
+        for end in start + best + 1..=v.len() {
+            let w = &v[start..end];
+            if !hay.windows(w.len()).any(|x| x == w) {
+                break;
+            }
+            if others
+                .iter()
+                .all(|o| !o.as_bytes().windows(w.len()).any(|x| x == w))
+            {
+                best = end - start;
+            }
+        }
+    }
+    best
+}
+
+/// What the broker said may be exposed: the most bytes and the values named, from the
+/// stopped read's `mount_read_suspect`, or else from the `uncleared` account of its
+/// `mount_read` or `mount_reclaimed`.
+fn stated(audit: &str) -> (u64, Vec<String>) {
+    let entries: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ev = |e: &serde_json::Value, k: &str| e.get("event").and_then(|x| x.as_str()) == Some(k);
+    if let Some(e) = entries.iter().rev().find(|e| ev(e, "mount_read_suspect")) {
+        return (
+            e["bytes_exposed_at_most"].as_u64().unwrap_or(0),
+            names(&e["values_partly_exposed"]),
+        );
+    }
+    match entries
+        .iter()
+        .rev()
+        .find(|e| ev(e, "mount_read") || ev(e, "mount_reclaimed"))
+    {
+        Some(e) if !e["uncleared"].is_null() => (
+            e["uncleared"]["bytes"].as_u64().unwrap_or(0),
+            names(&e["uncleared"]["values"]),
+        ),
+        _ => (0, Vec::new()),
+    }
+}
+
+/// What the broker says may be exposed is an upper bound of what the thief copied: at least
+/// its bytes, and every value it copied part of named (in the note of `keyveil mounts`, to
+/// rotate, when the read was stopped).
+fn assert_report_true(c: &Copy) {
+    let (bytes, names) = stated(&c.audit);
+    assert!(
+        c.bytes as u64 <= bytes,
+        "the thief copied {} bytes in {} pieces; the broker said at most {bytes} (values {names:?}); mounts: {}",
+        c.bytes,
+        c.copies,
+        c.mounts
+    );
+    for v in &c.got_values {
+        assert!(
+            names.iter().any(|n| n == v),
+            "the thief copied part of {v}, which the broker did not name ({names:?}); mounts: {}",
+            c.mounts
+        );
+        if c.audit.contains("\"mount_read_suspect\"") {
+            assert!(
+                c.mounts.contains(&format!("up to {bytes} bytes")) && c.mounts.contains(v),
+                "the note does not say up to {bytes} bytes and {v}: {}",
+                c.mounts
+            );
+        }
+    }
 }
 
 /// Whether the audit says a read was stopped because the broker's own scheduling was changed.
@@ -298,6 +459,7 @@ fn starved_seen(audit: &str) -> bool {
 /// What the look claims: a copier through io_uring copies at most the one piece in the pipe
 /// when it is seen, and what it copied is reported.
 fn assert_held(c: &Copy) {
+    assert_report_true(c);
     let seen = caught(&c.audit) || starved_seen(&c.audit);
     assert!(
         c.bytes == 0 || seen,
@@ -317,18 +479,85 @@ fn assert_held(c: &Copy) {
     );
 }
 
-/// The look counts only processes whose uids hold the broker's or the reader's. The agent
-/// passes the FIFO (held through `/proc/READER/fd/N` while the card waits) to a process of a
-/// subordinate uid it owns (`newuidmap`, `/etc/subuid`: rootless podman on any desktop), whose
-/// tees run on io-wq workers the look skips. Measured (5 runs): 1 to 3 pieces (4 to 12 bytes,
-/// up to 8 consecutive bytes of one value) per read, never reported (`mount_read`); a grant
-/// with a TTL serves the next read as well. Recommended: count every process with io_uring
-/// threads whatever its uid (the broker and the reader aside), or at least the uids of the
-/// human's `/etc/subuid` ranges.
+/// The agent passes the FIFO (held through `/proc/READER/fd/N` while the card waits) to a
+/// process of a subordinate uid it owns (`newuidmap`, `/etc/subuid`: rootless podman on any
+/// desktop), whose tees run on io-wq workers. Was a LEAK while the look counted only the
+/// broker's and the reader's uids (5 of 5 runs: 1 to 3 pieces, 4 to 12 bytes, up to 8
+/// consecutive bytes of one value per read, never reported). Held since: the look counts
+/// every process with a uid in the user's `/etc/subuid` ranges (here the broker's
+/// `KEYVEIL_TEST_SUBUID`, a line by user name).
 #[test]
-#[ignore = "LEAK: the io_uring look counts only processes with the broker's or the reader's uid; a subordinate uid the agent owns (newuidmap, /etc/subuid) tees pieces unreported (1 to 3 per read)"]
 fn a_tee_thief_under_a_subordinate_uid_is_reported() {
-    assert_held(&copy("subuid 100000"));
+    let c = copy_with("subuid 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "root:100000:65536\n").unwrap();
+    });
+    assert_held(&c);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): the range named by number
+/// (`UID:FIRST:COUNT`, as `usermod --add-subuids` may write it) rather than by name.
+#[test]
+fn a_tee_thief_under_a_subordinate_uid_named_by_number_is_reported() {
+    let c = copy_with("subuid 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "# ranges\n0:100000:65536\n").unwrap();
+    });
+    assert_held(&c);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): the tees under the other uid start
+/// only once the text flows, so their workers are found by a look during the pieces (the
+/// pids handed out since the one before), not by the scan before the first piece.
+#[test]
+fn a_tee_thief_under_a_subordinate_uid_that_starts_during_the_read_is_reported() {
+    let c = copy_with("subuid-late 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "root:100000:65536\n").unwrap();
+    });
+    assert_held(&c);
+    assert!(c.bytes == 0 || caught(&c.audit), "{}", c.audit);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): under the subordinate uid, each piece
+/// teed from a thread that ends at once, so that its worker lives between two looks (the
+/// LIMIT of `a_tee_thief_with_a_fairly_loaded_broker_is_reported`, now under another uid).
+/// Whatever it copies, what the broker says may be exposed holds it.
+#[test]
+fn what_a_vanishing_tee_thief_under_a_subordinate_uid_copied_is_never_understated() {
+    let c = copy_with("subuid-vanish 100000", |h| {
+        std::fs::write(h.path().join("subuid"), "root:100000:65536\n").unwrap();
+    });
+    assert_report_true(&c);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): the copier's uid is in no range, but
+/// it runs in a user namespace whose map also maps the user's uid (made here by root; a
+/// privileged helper of the system could make one). The look counts a process in a user
+/// namespace whose `/proc/PID/uid_map` maps the user's uid or ranges.
+#[test]
+fn a_tee_thief_in_a_user_namespace_mapping_the_users_uid_is_reported() {
+    let c = copy("userns 300000");
+    assert_held(&c);
+}
+
+/// Attack on the subordinate uid look (s10, round 2): a range file the broker cannot parse
+/// (here a line cut short; for the agent, nothing it can write: `/etc/subuid` is root's)
+/// must not make the look skip every other uid: the read is refused before the card, with
+/// a `hint:`, and the reader reads nothing.
+#[test]
+fn an_unparsable_subordinate_uid_file_refuses_the_read_with_a_hint() {
+    let h = Home::new();
+    store(&h, &values());
+    std::fs::write(h.path().join("subuid"), "root:100000\n").unwrap();
+    let p = Project::with_io_uring();
+    mount(&h, &p);
+    let reader = p.reader(&["python3", "-c", HONEST], &[]);
+    let honest = finished(reader);
+    assert_eq!(text(&honest.stdout), "0", "the reader read nothing");
+    let mounts = h.ok(&["mounts"]);
+    assert!(
+        mounts.contains("cannot be read as subordinate uid ranges") && mounts.contains("hint: "),
+        "{mounts}"
+    );
+    assert!(h.audit_text().contains("\"mount_refused\""));
 }
 
 /// The broker looks for workers only when it runs: the agent pins the broker and the reader
@@ -359,14 +588,29 @@ fn a_tee_thief_with_a_starved_broker_is_reported() {
 /// every CPU, a per-piece worker racing the broker's fair share. Measured (7 runs): 6 copied
 /// nothing (the workers seen in 5); 1 copied 7 pieces, 27 bytes, 25 consecutive bytes of one
 /// value before a worker was seen: reported and the grant ended, but `keyveil mounts` said
-/// up to 4 bytes of one value may be exposed. Recommended: a pid handed out since the last
-/// look whose `/proc` entry is gone (a task that lived and died between two looks) counts as
-/// a doubt, at least in a thread group that counts; or report every value served before the
-/// look that saw a worker as exposed.
+/// up to 4 bytes of one value may be exposed. Since, a look that finds a pid handed out
+/// since the one before gone from `/proc` (a task that lived and died meanwhile, maybe a
+/// worker) cannot vouch for the piece in the pipe: a stop names every such piece as
+/// possibly exposed, and a whole read audits them (`uncleared`). Stopping at such a look
+/// would hold this replay, but it happens in honest reads all the time (measured by
+/// [`honest_reads_beside_short_lived_processes_are_served_whole`]): a limit, kept ignored.
 #[test]
-#[ignore = "LEAK: io_uring workers that live and die between two looks of a fairly loaded broker copied 7 pieces (25 consecutive bytes of one value) before one was seen, in 1 of 7 runs; the report understates it as one piece"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: workers made and ended between two looks): a task gone before the next look has no uid left to read, and ordinary programs make such tasks all the time (honest_reads_beside_short_lived_processes_are_served_whole), so the read cannot stop for one; what such workers copy is within the bound the audit and the note state (checked by assert_held first, and by what_a_fairly_loaded_tee_thief_copied_is_never_understated)"]
 fn a_tee_thief_with_a_fairly_loaded_broker_is_reported() {
     assert_held(&copy("fair"));
+}
+
+/// Whatever the fairly loaded thief copies (some runs: nothing; one in 7: several pieces
+/// before a worker was seen), what the broker says may be exposed is an upper bound of it:
+/// at least its bytes, every value it copied part of named, in the audit and (when the read
+/// was stopped) in the note of `keyveil mounts` that says what to rotate. Was false: one run
+/// copied 7 pieces (25 consecutive bytes of one value) and the note said up to 4 bytes.
+#[test]
+fn what_a_fairly_loaded_tee_thief_copied_is_never_understated() {
+    let c = copy("fair");
+    let (bytes, names) = stated(&c.audit);
+    eprintln!("stated: up to {bytes} bytes, values {names:?}");
+    assert_report_true(&c);
 }
 
 /// The broker and the reader moved into a CPU cgroup of the lowest weight, which their
@@ -376,9 +620,12 @@ fn a_tee_thief_with_a_fairly_loaded_broker_is_reported() {
 /// the reader read nothing within 30 s (3 runs), a denial of service, no copy. Later runs
 /// (another helper, on this and the unchanged merge base) failed 2 of 3 times: 2–7 pieces
 /// copied, some unreported; the same gap as `a_tee_thief_with_a_fairly_loaded_broker_…`
-/// (workers created and gone between two looks).
+/// (workers created and gone between two looks). With the `uncleared` account (3 runs): 3,
+/// 18 and 20 pieces copied, the first two stopped and reported, the third a plain
+/// `mount_read`; each time the bound stated (up to 35, 154 and 175 bytes, every value the
+/// thief got part of named) held what it copied.
 #[test]
-#[ignore = "LEAK: a broker in a low-weight CPU cgroup (not visible in /proc/PID/stat) looks too rarely: workers created and gone between two looks copy 2-7 pieces, some unreported (2 of 3 runs)"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: workers made and ended between two looks): a broker in a low-weight CPU cgroup (not in /proc/PID/stat) looks rarely; workers gone between two looks copied 3 to 20 pieces in 3 of 3 runs, stopped and reported in 2, every time within the bound the audit states (uncleared, or the stop's note)"]
 fn a_tee_thief_with_the_broker_in_a_starved_cgroup_is_reported() {
     let cg = "/sys/fs/cgroup/cpu";
     if !std::path::Path::new(cg).join("cpu.shares").exists() {
@@ -393,4 +640,55 @@ fn a_tee_thief_with_the_broker_in_a_starved_cgroup_is_reported() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_held(&c);
+}
+
+/// One honest read (approved with a card) while `churn` processes start and end `true` in a
+/// loop (other programs of the machine: a build, a shell prompt), and how the audit's
+/// `mount_read` accounts for it: `(bytes the honest reader read, uncleared pieces)`.
+fn honest_read(churn: usize) -> (String, u64) {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::with_io_uring();
+    mount(&h, &p);
+    let loops: Vec<std::process::Child> = (0..churn)
+        .map(|_| {
+            Command::new("sh")
+                .args(["-c", "while :; do /bin/true; done"])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let reader = p.reader(&["python3", "-c", HONEST], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    let honest = finished(reader);
+    for mut l in loops {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    let audit = h.audit_text();
+    let pieces = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "mount_read")
+        .map_or(0, |e| e["uncleared"]["pieces"].as_u64().unwrap_or(0));
+    (text(&honest.stdout), pieces)
+}
+
+/// Why the two replays above stay ignored: the broker cannot tell a task that lived and died
+/// between two looks from an io_uring worker of the thief (gone, it has no uid to read), and
+/// ordinary programs make such tasks all the time. Stopping a read at the first such look
+/// would hold both replays to one piece, but would stop honest reads too: this measures how
+/// many pieces of an honest read the looks cannot vouch for, alone and beside a shell loop
+/// that starts `/bin/true` (as a build or a prompt does). The read is served whole either
+/// way (what is asserted); the counts are printed (measured: see docs/mounts.md).
+#[test]
+fn honest_reads_beside_short_lived_processes_are_served_whole() {
+    for churn in [0, 1] {
+        let (read, uncleared) = honest_read(churn);
+        eprintln!("churn {churn}: read {read} bytes, {uncleared} pieces uncleared");
+        assert!(read.parse::<usize>().is_ok_and(|n| n > 100), "{read}");
+    }
 }

@@ -2,7 +2,8 @@
 //! watch): a prompt-injected agent with the human's uid, a shell and `/proc`, trying to read
 //! more than one piece of a mount's values, or to read unreported, while the human approves
 //! an honest reader's card. A held attack is a passing test; one that still works is kept
-//! `#[ignore = "LEAK: ..."]` (it fails today).
+//! `#[ignore = "LEAK: ..."]` (it fails today), or `#[ignore = "LIMIT (docs/mounts.md ...)"]`
+//! when it is a limit the docs and every card state.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -497,7 +498,7 @@ os._exit(0)
 /// Measured: in 2 of 4 runs it copied 4 and 12 bytes (3 pieces in a row of one value),
 /// unreported (`mount_read`, `opened_during_write: []`); the other runs came too late.
 #[test]
-#[ignore = "LEAK: tee(2) on a descriptor taken with pidfd_getfd (no opening for the watch, no io_uring thread) and closed before the text ends copies pieces unreported; needs ptrace access to the reader (no Yama, or its own descendant), like /proc/READER/mem. Recommended: Yama ptrace_scope >= 1 with readers started outside the agent tree; docs/mounts.md limits"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: a copier without io_uring, pidfd_getfd): tee(2) on a descriptor taken with pidfd_getfd and dropped before the text ends copies pieces unreported; it needs the ptrace access that reads the reader's memory anyway, and every card says the reader's values are open to programs of the user that may debug it"]
 fn a_pidfd_getfd_tee_thief_copies_pieces_unreported() {
     let h = Home::new();
     let vals = values();
@@ -604,7 +605,7 @@ const SERVER: &str = "import sys, time\nt = open('.env').read()\nsys.stdout.writ
 /// to report. A limit of every reader keyveil does not start (as `/proc/PID/environ` is for a
 /// run's child), not of the pipe. LEAK until documented or closed.
 #[test]
-#[ignore = "LEAK: the reader's memory holds every value once read; a same-uid agent that may ptrace it (no Yama, or its own descendant) reads them from /proc/READER/mem. Recommended: state it in docs/mounts.md limits and the threat model; readers started outside the agent tree with Yama ptrace_scope >= 1"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: the values in the reader's memory): a same-uid process that may ptrace the reader (no Yama, or its own descendant) reads every value from /proc/READER/mem; every card says so; keep readers out of the agent's process tree with Yama ptrace_scope >= 1"]
 fn the_agent_reads_the_values_from_the_readers_memory() {
     let h = Home::new();
     let vals = values();

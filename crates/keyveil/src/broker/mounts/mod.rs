@@ -62,6 +62,7 @@ pub(crate) mod procfs;
 mod reader;
 mod registry;
 mod serve;
+mod subuid;
 #[cfg(test)]
 mod tests;
 mod uring;
@@ -71,6 +72,7 @@ use fifo::*;
 use procfs::*;
 use reader::*;
 use registry::*;
+use subuid::*;
 use uring::*;
 use write::*;
 

@@ -135,12 +135,13 @@ pub(super) async fn serve_read(
     };
     // A process with io_uring threads may copy the pipe unseen (see `uring`): no card, no
     // grant used, while one runs.
-    if let Some(p) = UringWatch::new(&r.holder).1.first() {
+    if let Some(why) = UringWatch::new(&r.holder).1 {
+        let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
         return refuse(
             broker,
             path,
             &hs,
-            &format!("{}; nothing was served. {}", p.why(), hint()),
+            &format!("{why}; nothing was served.{hint}"),
         );
     }
     match ask_and_wait(broker, path, env, &r).await {

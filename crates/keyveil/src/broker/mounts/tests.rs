@@ -286,17 +286,112 @@ fn a_process_with_an_io_uring_worker_is_found_by_a_scan_and_by_a_look() {
     assert_eq!(line.trim(), "ready");
     let pid = child.id();
     let looked = watch.look();
-    let (_, scanned) = uring::UringWatch::new(&me);
+    let scanned = uring::UringWatch::new(&me).0.scan();
     // The ring's own process as the reader: not counted.
-    let (_, as_reader) = uring::UringWatch::new(&Holder {
+    let as_reader = uring::UringWatch::new(&Holder {
         pid,
         start: start_time(pid).unwrap(),
         read_only: true,
-    });
+    })
+    .0
+    .scan();
     child.kill().unwrap();
     child.wait().unwrap();
     // (Another process may have got a worker meanwhile: the look names one of them.)
     assert!(looked.is_some());
     assert!(scanned.iter().any(|p| p.pid == pid), "{scanned:?}");
     assert!(as_reader.iter().all(|p| p.pid != pid), "{as_reader:?}");
+}
+
+#[test]
+fn subordinate_uid_ranges_are_read_by_name_or_number_and_fail_closed() {
+    let passwd = "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n";
+    let sub = "# comment\n\nalice:100000:65536\nbob:165536:65536\n1000:300000:10\ncarol:400000:5\n";
+    // Alice's by name and by number; carol is not in /etc/passwd (another name service):
+    // counted; bob's are not.
+    assert_eq!(
+        subuid::parse(sub, passwd, &[1000]).unwrap(),
+        vec![(100_000, 165_536), (300_000, 300_010), (400_000, 400_005)]
+    );
+    assert!(subuid::in_ranges(&[(100_000, 165_536)], 165_535));
+    assert!(!subuid::in_ranges(&[(100_000, 165_536)], 165_536));
+    for bad in [
+        "alice:100000\n",
+        "alice:1e5:10\n",
+        "alice:100000:-1\n",
+        ":100000:10\n",
+        "alice:100000:10:x\n",
+        "alice:99999999999999999999999:1\n",
+    ] {
+        let e = subuid::parse(bad, passwd, &[1000]).unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}
+
+#[test]
+fn subordinate_uid_ranges_are_read_again_when_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("subuid");
+    let mut s = subuid::Subuids::at(f.clone(), &[4242]);
+    assert_eq!(s.ranges(), Ok(&[][..]), "no file: no ranges");
+    std::fs::write(&f, "4242:500000:10\n").unwrap();
+    s.refresh();
+    assert_eq!(s.ranges(), Ok(&[(500_000, 500_010)][..]));
+    std::fs::write(&f, "4242:500000\n").unwrap();
+    s.refresh();
+    let e = s.ranges().unwrap_err();
+    assert!(
+        e.contains(subuid::SUBUID_MARK) && e.contains("line 1"),
+        "{e}"
+    );
+    assert!(uring::uring_hint(e).is_some_and(|h| h.starts_with("hint: ")));
+}
+
+#[test]
+fn a_stop_names_every_piece_it_cannot_clear() {
+    let lines = [
+        Line {
+            shown: "ALPHA".to_owned(),
+            name_len: 6,
+            len: 16,
+        },
+        Line {
+            shown: "BETA".to_owned(),
+            name_len: 5,
+            len: 10,
+        },
+    ];
+    let mut e = Exposed::default();
+    for p in [
+        Piece {
+            range: 6..10,
+            value_of: Some(0),
+        },
+        Piece {
+            range: 16..21,
+            value_of: None,
+        },
+        Piece {
+            range: 21..25,
+            value_of: Some(1),
+        },
+        Piece {
+            range: 6..10,
+            value_of: Some(0),
+        },
+    ] {
+        e.add(&p);
+    }
+    assert_eq!((e.bytes, e.pieces, e.names), (13, 3, 1), "each piece once");
+    let which: Vec<String> = e.values.iter().map(|i| lines[*i].shown.clone()).collect();
+    let note = write::exposure_note(&e, &which, false);
+    assert!(
+        note.starts_with("up to 13 bytes of the text (in 3 pieces"),
+        "{note}"
+    );
+    assert!(note.ends_with("rotate ALPHA, BETA"), "{note}");
+    assert_eq!(
+        write::exposure_note(&Exposed::default(), &[], false),
+        "nothing was written"
+    );
 }

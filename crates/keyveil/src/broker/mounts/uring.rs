@@ -65,12 +65,15 @@ pub(super) fn hint() -> String {
 pub(super) const STARVED_MARK: &str = "where it cannot look for io_uring threads in time";
 
 /// The [`hint`] when `why` is about io_uring threads, or what to do when it is about the
-/// broker's own scheduling.
+/// subordinate uid ranges ([`subuid_hint`]) or the broker's own scheduling.
 pub(super) fn uring_hint(why: &str) -> Option<String> {
     if why.contains(STARVED_MARK) {
         return Some(
             "hint: a process of your user changed the broker's scheduling; find it, end it, then `keyveil daemon stop` and start the broker again".to_owned(),
         );
+    }
+    if why.contains(SUBUID_MARK) {
+        return Some(subuid_hint());
     }
     why.contains(MARK).then(hint)
 }
@@ -129,10 +132,17 @@ pub(super) fn uids_tgid(status: &str) -> (Vec<u32>, Option<u32>) {
 }
 
 /// Looks for processes with io_uring threads while a mount read is served: any process whose
-/// uids hold the broker's or the reader's (a process with none of them cannot be made to copy
-/// the pipe for the agent), except the broker and the approved reader itself (its threads run
-/// only its own submissions: an agent that can make the reader submit a tee runs code in the
-/// reader, and reads the text there anyway).
+/// uids hold the broker's or the reader's, or a uid of one of their subordinate ranges
+/// (`/etc/subuid`, [`Subuids`]), or that runs in a user namespace mapping one of those
+/// ([`in_users_namespace`]): a process with none of them cannot be made to copy the pipe for
+/// the agent. The broker and the approved reader itself are not counted (the reader's threads
+/// run only its own submissions: an agent that can make the reader submit a tee runs code in
+/// the reader, and reads the text there anyway).
+///
+/// A look also tells whether it can vouch for the time since the one before
+/// ([`UringWatch::take_unsure`]): a task handed out meanwhile that is gone (or not yet in
+/// `/proc`) may have been a worker that copied what was in the pipe and ended; a full scan
+/// cannot tell either.
 pub(super) struct UringWatch {
     /// The last pid seen handed out (`None`: unknown, the next look scans everything).
     last: Option<u32>,
@@ -140,12 +150,28 @@ pub(super) struct UringWatch {
     reader: (u32, u64),
     /// The uids whose processes count.
     uids: Vec<u32>,
+    /// Their subordinate uid ranges.
+    subuids: Subuids,
+    /// Pids handed out that were not in `/proc` at the last look: looked at again at the next.
+    pending: Vec<u32>,
+    /// A look since the last [`UringWatch::take_unsure`] could not vouch for its interval.
+    unsure: bool,
+    /// The pending pids are from the full scan, before anything was written: one still
+    /// missing at the next look died with nothing in the pipe.
+    quiet: bool,
 }
 
+/// How many of the pids handed out last before a full scan are looked at again by the next
+/// look when the scan did not find them in `/proc`: a task is given its pid before it
+/// shows in `/proc`, so a worker being made during the scan would be missed by both.
+const STRADDLE: u32 = 64;
+
 impl UringWatch {
-    /// A watch for a read by `reader`, and the processes with io_uring threads now (a full
-    /// scan; the pids handed out after it are what the next [`UringWatch::look`] reads).
-    pub(super) fn new(reader: &Holder) -> (UringWatch, Vec<UringProc>) {
+    /// A watch for a read by `reader`, and why no read may be served now, if so: a process
+    /// with io_uring threads (a full scan; the pids handed out after it are what the next
+    /// [`UringWatch::look`] reads, with those of the last [`STRADDLE`] not in `/proc` yet),
+    /// or subordinate uid ranges that cannot be read.
+    pub(super) fn new(reader: &Holder) -> (UringWatch, Option<String>) {
         let mut uids = vec![
             rustix::process::getuid().as_raw(),
             rustix::process::geteuid().as_raw(),
@@ -156,18 +182,38 @@ impl UringWatch {
         let mut w = UringWatch {
             last: None,
             reader: (reader.pid, reader.start),
+            subuids: Subuids::new(&uids),
             uids,
+            pending: Vec::new(),
+            unsure: false,
+            quiet: true,
         };
         w.last = last_pid();
-        let found = w.scan();
-        (w, found)
+        let why = match w.subuids.ranges() {
+            Err(e) => Some(e.to_owned()),
+            Ok(_) => w.scan().first().map(UringProc::why),
+        };
+        if let Some(last) = w.last {
+            w.pending = (last.saturating_sub(STRADDLE - 1).max(1)..=last)
+                .filter(|tid| task_flags(&format!("/proc/{tid}/stat")).is_none())
+                .collect();
+        }
+        w.unsure = false;
+        (w, why)
     }
 
     /// Whether the process `tgid` counts (see [`UringWatch`]); `uids`: its `Uid:` values.
     fn counts(&self, tgid: u32, uids: &[u32]) -> bool {
-        tgid != std::process::id()
-            && !(tgid == self.reader.0 && start_time(tgid) == Some(self.reader.1))
-            && uids.iter().any(|u| self.uids.contains(u))
+        if tgid == std::process::id()
+            || (tgid == self.reader.0 && start_time(tgid) == Some(self.reader.1))
+        {
+            return false;
+        }
+        // Unknown ranges: every process counts (a look stops the read before it gets here).
+        let ranges = self.subuids.ranges().unwrap_or(&[(0, 1 << 32)]);
+        uids.iter()
+            .any(|u| self.uids.contains(u) || in_ranges(ranges, *u))
+            || in_users_namespace(tgid, &self.uids, ranges)
     }
 
     /// The process `tgid`, as told.
@@ -180,7 +226,7 @@ impl UringWatch {
     }
 
     /// Every counted process with an io_uring thread now: each `/proc/PID/task/TID/stat`.
-    fn scan(&self) -> Vec<UringProc> {
+    pub(super) fn scan(&self) -> Vec<UringProc> {
         let mut out = Vec::new();
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return out;
@@ -203,24 +249,62 @@ impl UringWatch {
         out
     }
 
-    /// A counted process that got an io_uring thread since the last look, or `None`: the
-    /// tasks created since (by pid), or everything when the pids cannot tell (unknown, or
-    /// too many handed out, or wrapped around).
-    pub(super) fn look(&mut self) -> Option<UringProc> {
+    /// Why the read must stop now, or `None`: a counted process that got an io_uring thread
+    /// since the last look (the tasks created since, by pid, and those not yet in `/proc` at
+    /// the last look; everything when the pids cannot tell: unknown, too many handed out, or
+    /// wrapped around), or subordinate uid ranges that changed into something unreadable.
+    pub(super) fn look(&mut self) -> Option<String> {
+        self.subuids.refresh();
+        if let Err(e) = self.subuids.ranges() {
+            return Some(e.to_owned());
+        }
         let now = last_pid();
-        let found = match (self.last, now) {
-            (Some(a), Some(b)) if a == b => None,
-            (Some(a), Some(b)) if b > a && b - a <= MAX_NEW => (a + 1..=b).find_map(|tid| {
-                if task_flags(&format!("/proc/{tid}/stat")).is_none_or(|f| f & PF_IO_WORKER == 0) {
-                    return None;
-                }
-                let (uids, tgid) = uids_tgid(&format!("/proc/{tid}/status"));
-                let tgid = tgid?;
-                self.counts(tgid, &uids).then(|| Self::proc(tgid))
-            }),
-            _ => self.scan().into_iter().next(),
+        let mut todo = std::mem::take(&mut self.pending);
+        let rechecked = todo.len();
+        let quiet = std::mem::take(&mut self.quiet);
+        let full = match (self.last, now) {
+            (Some(a), Some(b)) if a == b => false,
+            (Some(a), Some(b)) if b > a && b - a <= MAX_NEW => {
+                todo.extend(a + 1..=b);
+                false
+            }
+            _ => true,
         };
         self.last = now;
-        found
+        if full {
+            self.unsure = true;
+            return self.scan().first().map(UringProc::why);
+        }
+        for (i, tid) in todo.into_iter().enumerate() {
+            let Some(flags) = task_flags(&format!("/proc/{tid}/stat")) else {
+                // Gone, or not in /proc yet: it may have been a worker. Looked at once more.
+                // (Missing since the scan before the first piece: gone with nothing written.)
+                if i >= rechecked {
+                    self.unsure = true;
+                    self.pending.push(tid);
+                } else if !quiet {
+                    self.unsure = true;
+                }
+                continue;
+            };
+            if flags & PF_IO_WORKER == 0 {
+                continue;
+            }
+            let (uids, tgid) = uids_tgid(&format!("/proc/{tid}/status"));
+            let Some(tgid) = tgid else {
+                self.unsure = true;
+                continue;
+            };
+            if self.counts(tgid, &uids) {
+                return Some(Self::proc(tgid).why());
+            }
+        }
+        None
+    }
+
+    /// Whether a look since the last call could not vouch for its interval (a task handed out
+    /// meanwhile was gone, or a full scan was needed); resets it.
+    pub(super) fn take_unsure(&mut self) -> bool {
+        std::mem::take(&mut self.unsure)
     }
 }

@@ -35,13 +35,15 @@ struct Ready {
 }
 
 /// What the write of the pieces left: how the text left the pipe, the broker's write end
-/// (still open), the bytes written, the watch and the broker's own writes (`ours`).
+/// (still open), the bytes written, the watch, the broker's own writes (`ours`) and the
+/// pieces the io_uring look could not vouch for (`uncleared`, see [`write_pieces`]).
 struct Written {
     drained: Drain,
     fd: OwnedFd,
     written: usize,
     watch: Watch,
     ours: usize,
+    uncleared: Exposed,
 }
 
 /// Swaps a fresh FIFO in at `path` (so no one can open the served one by name any more), makes
@@ -87,15 +89,23 @@ pub(super) async fn write_once(
             why,
             bytes,
             piece,
-            value_of,
-        } => s.record_suspect(&lines, len, &others, why, bytes, piece, value_of),
+            exposed,
+        } => s.record_suspect(&lines, len, &others, why, bytes, piece, &exposed),
         Drain::Reclaimed {
             why,
             bytes,
             tampered,
-        } => s.record_reclaimed(&others, w.written, why, bytes, tampered),
+        } => s.record_reclaimed(
+            &lines,
+            &others,
+            w.written,
+            why,
+            bytes,
+            tampered,
+            &w.uncleared,
+        ),
         Drain::Read => {
-            s.record_read(&others);
+            s.record_read(&lines, &others, &w.uncleared);
             s.close_after_text(w.fd, w.watch, w.ours, w.written, &others)
                 .await;
         }
@@ -177,12 +187,13 @@ impl Served<'_> {
         let (mut uring, found) = UringWatch::new(&r.holder);
         tokio::task::spawn_blocking(move || {
             let mut written = 0;
-            let drained = match broker_starved().or_else(|| found.first().map(UringProc::why)) {
+            let mut uncleared = Exposed::default();
+            let drained = match broker_starved().or(found) {
                 Some(why) => Drain::Suspect {
                     why,
                     bytes: 0,
                     piece: 0,
-                    value_of: None,
+                    exposed: Exposed::default(),
                 },
                 None => write_pieces(
                     &fd,
@@ -194,6 +205,7 @@ impl Served<'_> {
                     dev,
                     ino,
                     &mut written,
+                    &mut uncleared,
                 ),
             };
             drop(text);
@@ -203,6 +215,7 @@ impl Served<'_> {
                 written,
                 watch,
                 ours: pieces.len(),
+                uncleared,
             }
         })
         .await
@@ -219,9 +232,9 @@ impl Served<'_> {
     }
 
     /// Records a read stopped as a possible theft: audits it (`mount_read_suspect`, with the
-    /// value or hidden name a piece may have exposed), ends the grant, and notes on the mount
-    /// what may be exposed and what to do. `lines`, `len`: the text's lines and length; `why`,
-    /// `bytes`, `piece`, `value_of`: as in [`Drain::Suspect`].
+    /// values or hidden names the text may have exposed), ends the grant, and notes on the
+    /// mount what may be exposed and what to rotate. `lines`, `len`: the text's lines and
+    /// length; `why`, `bytes`, `piece`, `exposed`: as in [`Drain::Suspect`].
     #[allow(clippy::too_many_arguments)]
     fn record_suspect(
         &self,
@@ -231,7 +244,7 @@ impl Served<'_> {
         why: String,
         bytes: usize,
         piece: usize,
-        value_of: Option<usize>,
+        exposed: &Exposed,
     ) {
         let Served {
             broker,
@@ -241,20 +254,19 @@ impl Served<'_> {
             grant_id,
             ..
         } = *self;
-        let which = value_of.map(|i| {
-            lines
-                .get(i)
-                .map_or_else(|| "one of the values".to_owned(), |l| l.shown.clone())
-        });
+        let which = shown_values(lines, exposed);
         let mut inner = broker.lock();
         // The text holds real names: where the policy hides them, a stolen name piece gave
         // away what the agent is never shown.
-        let hidden = inner.hides_names(env);
+        let hidden = inner.hides_names(env) && exposed.names > 0;
         inner.audit(
             "mount_read_suspect",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
                    "bytes_written": bytes, "bytes_unconfirmed": piece,
-                   "value_partly_exposed": which, "hidden_name_exposed": which.is_none() && hidden && piece > 0,
+                   "bytes_exposed_at_most": exposed.bytes,
+                   "pieces_exposed_at_most": exposed.pieces,
+                   "values_partly_exposed": which,
+                   "hidden_name_exposed": hidden,
                    "holders_after": others}),
         );
         inner.revoke(
@@ -268,14 +280,7 @@ impl Served<'_> {
             "mount read stopped: another process may have read part of it"
         );
         broker.notify();
-        let what = match &which {
-            _ if piece == 0 => "nothing was written".to_owned(),
-            Some(v) => {
-                format!("up to {piece} bytes of the value of {v} may be exposed; rotate {v}")
-            }
-            None if hidden && piece > 0 => "no value was exposed, but the piece held a variable's real name, which this environment hides from agents".to_owned(),
-            None => "no value was exposed (the piece held a name)".to_owned(),
-        };
+        let what = exposure_note(exposed, &which, hidden);
         // A copier through io_uring stays while its process runs: say what to do.
         let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
         broker.mounts.note(
@@ -289,14 +294,18 @@ impl Served<'_> {
 
     /// Records a read whose rest the broker took back (`mount_reclaimed`); ends the grant when
     /// it was tampered with or another process holds the FIFO. `written`: bytes written;
-    /// `why`, `bytes`, `tampered`: as in [`Drain::Reclaimed`].
+    /// `why`, `bytes`, `tampered`: as in [`Drain::Reclaimed`]; `uncleared`: as in
+    /// [`Written`], audited.
+    #[allow(clippy::too_many_arguments)]
     fn record_reclaimed(
         &self,
+        lines: &[Line],
         others: &[u32],
         written: usize,
         why: String,
         bytes: usize,
         tampered: bool,
+        uncleared: &Exposed,
     ) {
         let Served {
             broker,
@@ -309,7 +318,8 @@ impl Served<'_> {
         inner.audit(
             "mount_reclaimed",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
-                   "bytes_taken_back": bytes, "bytes_written": written, "holders_after": others}),
+                   "bytes_taken_back": bytes, "bytes_written": written, "holders_after": others,
+                   "uncleared": uncleared_json(lines, uncleared)}),
         );
         if tampered || !others.is_empty() {
             inner.revoke(grant_id, "a mount read was tampered with");
@@ -320,8 +330,9 @@ impl Served<'_> {
     }
 
     /// Records a read the approved reader read whole (`mount_read`, its argv and cwd masked as
-    /// its card was); ends the grant when another process held the FIFO meanwhile.
-    fn record_read(&self, others: &[u32]) {
+    /// its card was, and the pieces the io_uring look could not vouch for, `uncleared`); ends
+    /// the grant when another process held the FIFO meanwhile.
+    fn record_read(&self, lines: &[Line], others: &[u32], uncleared: &Exposed) {
         let Served {
             broker,
             path,
@@ -339,6 +350,7 @@ impl Served<'_> {
                     "path": path, "grant_id": grant_id, "pid": r.holder.pid,
                     "argv": r.argv, "cwd": r.cwd,
                     "opened_during_write": others,
+                    "uncleared": uncleared_json(lines, uncleared),
                 }),
                 masked,
             );
@@ -413,4 +425,65 @@ impl Served<'_> {
             ),
         );
     }
+}
+
+/// The names (or aliases) of the values `exposed` holds part of, as the human is shown them.
+fn shown_values(lines: &[Line], exposed: &Exposed) -> Vec<String> {
+    exposed
+        .values
+        .iter()
+        .map(|i| {
+            lines
+                .get(*i)
+                .map_or_else(|| "one of the values".to_owned(), |l| l.shown.clone())
+        })
+        .collect()
+}
+
+/// What a stopped read may have exposed, for the mount's note: at most `exposed` (an upper
+/// bound, not a guess), the values `which` to rotate, and whether a real name hidden from
+/// agents was in it (`hidden`).
+pub(in crate::broker::mounts) fn exposure_note(
+    exposed: &Exposed,
+    which: &[String],
+    hidden: bool,
+) -> String {
+    if exposed.pieces == 0 {
+        return "nothing was written".to_owned();
+    }
+    let names = if hidden {
+        ", and variable names this environment hides from agents"
+    } else {
+        ""
+    };
+    if which.is_empty() {
+        return if hidden {
+            "no value was exposed, but the piece held a variable's real name, which this environment hides from agents".to_owned()
+        } else {
+            "no value was exposed (the piece held a name)".to_owned()
+        };
+    }
+    let list = which.join(", ");
+    let scope = if exposed.pieces > 1 {
+        format!(
+            " (in {} pieces served while the broker could not rule out a copier)",
+            exposed.pieces
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "up to {} bytes of the text{scope}, parts of the values of {list}{names}, may be exposed; rotate {list}",
+        exposed.bytes
+    )
+}
+
+/// The audit's account of the pieces the io_uring look could not vouch for: `null` when none,
+/// else their bytes, pieces and the values they hold part of (names or aliases, never a value).
+fn uncleared_json(lines: &[Line], uncleared: &Exposed) -> serde_json::Value {
+    if uncleared.pieces == 0 {
+        return serde_json::Value::Null;
+    }
+    json!({"bytes": uncleared.bytes, "pieces": uncleared.pieces,
+           "values": shown_values(lines, uncleared), "names": uncleared.names})
 }

@@ -20,14 +20,59 @@ pub(in crate::broker::mounts) enum Drain {
     },
     /// Another process may have read part of the text: the broker stopped writing at once.
     /// `bytes`: how many bytes were written, of which the last `piece` were not seen read
-    /// by the reader; `value_of`: the line whose value that piece holds part of (see
-    /// [`Piece`]).
+    /// by the reader; `exposed`: what may have been read by another process, that piece and
+    /// every piece served while the io_uring look could not vouch for its time in the pipe
+    /// (an upper bound).
     Suspect {
         why: String,
         bytes: usize,
         piece: usize,
-        value_of: Option<usize>,
+        exposed: Exposed,
     },
+}
+
+/// Pieces of the text another process may have copied: how many bytes, of which lines'
+/// values, and how many pieces held a name. An upper bound: every piece that was in the pipe
+/// while the broker could not tell that no copier ran.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(in crate::broker::mounts) struct Exposed {
+    /// Bytes of the text in those pieces.
+    pub(in crate::broker::mounts) bytes: usize,
+    /// The lines whose value one of them holds part of, in order (`usize::MAX`: a line not
+    /// known, see [`Piece`]).
+    pub(in crate::broker::mounts) values: Vec<usize>,
+    /// How many of them hold a name and its `=`.
+    pub(in crate::broker::mounts) names: usize,
+    /// How many pieces.
+    pub(in crate::broker::mounts) pieces: usize,
+    /// Where each starts in the text (each piece is counted once).
+    starts: Vec<usize>,
+}
+
+impl Exposed {
+    /// Counts `p` (once).
+    pub(in crate::broker::mounts) fn add(&mut self, p: &Piece) {
+        if self.starts.contains(&p.range.start) {
+            return;
+        }
+        self.starts.push(p.range.start);
+        self.bytes += p.range.len();
+        self.pieces += 1;
+        match p.value_of {
+            Some(i) if !self.values.contains(&i) => self.values.push(i),
+            Some(_) => {}
+            None => self.names += 1,
+        }
+    }
+
+    /// These, and `p` when given.
+    fn with(&self, p: Option<&Piece>) -> Exposed {
+        let mut e = self.clone();
+        if let Some(p) = p {
+            e.add(p);
+        }
+        e
+    }
 }
 
 /// How long the pipe may be empty while the reader's `rchar` has not yet grown by the piece
@@ -40,9 +85,12 @@ pub(in crate::broker::mounts) const RCHAR_WAIT: Duration = Duration::from_secs(5
 /// grown by at least the piece, no one else having opened the FIFO, changed its mode or
 /// written into it. On any doubt nothing more is written. `written`: how many bytes were
 /// written into the pipe. Before each piece, while a slow reader leaves it waiting and after
-/// the last, `uring` looks for a process that got io_uring threads (a copier the watch cannot see): one found
-/// ends the read as a suspected theft of the piece last written. Blocking: run off the
-/// runtime.
+/// the last, `uring` looks for a process that got io_uring threads (a copier the watch cannot
+/// see): one found ends the read as a suspected theft of the piece last written and of every
+/// piece in `uncleared`. `uncleared` collects the pieces that were in the pipe while a look
+/// could not vouch for its interval (a task created and gone between two looks may have been
+/// a worker that copied it): whatever the outcome, an upper bound of what a copier that was
+/// never seen may have. Blocking: run off the runtime.
 #[allow(clippy::too_many_arguments)]
 pub(in crate::broker::mounts) fn write_pieces(
     fd: &OwnedFd,
@@ -54,6 +102,7 @@ pub(in crate::broker::mounts) fn write_pieces(
     dev: u64,
     ino: u64,
     written: &mut usize,
+    uncleared: &mut Exposed,
 ) -> Drain {
     // The broker's own writes so far.
     let mut ours = 0usize;
@@ -65,7 +114,7 @@ pub(in crate::broker::mounts) fn write_pieces(
                     why,
                     bytes: *written,
                     piece: l.range.len(),
-                    value_of: l.value_of,
+                    exposed: uncleared.with(Some(l)),
                 },
                 None => Drain::Reclaimed {
                     why,
@@ -74,12 +123,20 @@ pub(in crate::broker::mounts) fn write_pieces(
                 },
             };
         }
-        if let Some(why) = broker_starved().or_else(|| uring.look().map(|u| u.why())) {
+        let stop = broker_starved().or_else(|| uring.look());
+        // The looks since the piece before was written: each could vouch for its interval, or
+        // that piece may have been copied by a worker that came and went unseen.
+        if uring.take_unsure()
+            && let Some(l) = last
+        {
+            uncleared.add(l);
+        }
+        if let Some(why) = stop {
             return Drain::Suspect {
                 why,
                 bytes: *written,
                 piece: last.map_or(0, |l| l.range.len()),
-                value_of: last.and_then(|l| l.value_of),
+                exposed: uncleared.with(last),
             };
         }
         let Some(before) = rchar(holder.pid) else {
@@ -122,12 +179,15 @@ pub(in crate::broker::mounts) fn write_pieces(
             dev,
             ino,
         ) {
+            if uring.take_unsure() {
+                uncleared.add(p);
+            }
             return match d {
                 Drain::Suspect { why, .. } => Drain::Suspect {
                     why,
                     bytes: *written,
                     piece: p.range.len(),
-                    value_of: p.value_of,
+                    exposed: uncleared.with(Some(p)),
                 },
                 d => d,
             };
@@ -136,13 +196,18 @@ pub(in crate::broker::mounts) fn write_pieces(
     let doubt = watch
         .doubt(fd, ours)
         .or_else(broker_starved)
-        .or_else(|| uring.look().map(|u| u.why()));
+        .or_else(|| uring.look());
+    if uring.take_unsure()
+        && let Some(l) = last
+    {
+        uncleared.add(l);
+    }
     match (doubt, last) {
         (Some(why), Some(l)) => Drain::Suspect {
             why,
             bytes: *written,
             piece: l.range.len(),
-            value_of: l.value_of,
+            exposed: uncleared.with(Some(l)),
         },
         _ => Drain::Read,
     }
@@ -177,7 +242,7 @@ fn wait_read(
         // a worker made meanwhile that still runs. While a slow reader keeps it waiting, a
         // worker made to copy it is looked for here too.
         if t0.elapsed() >= Duration::from_millis(1)
-            && let Some(why) = broker_starved().or_else(|| uring.look().map(|u| u.why()))
+            && let Some(why) = broker_starved().or_else(|| uring.look())
         {
             reclaim(fd);
             return Err(suspect(why));
@@ -218,7 +283,7 @@ fn suspect(why: String) -> Drain {
         why,
         bytes: 0,
         piece: 0,
-        value_of: None,
+        exposed: Exposed::default(),
     }
 }
 
