@@ -187,7 +187,7 @@ fn h2_api() -> (u16, String, Seen) {
 }
 
 /// The "attacker": plain HTTP on 127.0.0.1, records what reaches it.
-fn attacker() -> (u16, Seen) {
+pub(crate) fn attacker() -> (u16, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let seen: Seen = Arc::default();
