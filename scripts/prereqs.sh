@@ -9,7 +9,8 @@
 # Needed: cargo, setsid (util-linux), coreutils (sha256sum, base64, od), python3 with venv,
 # Chromium at /usr/bin/chromium, node and npm (the browser test; the MCP client tests fetch their
 # own Node 22 from npm). Optional (their tests skip with a message, except under CI): PostgreSQL on
-# 127.0.0.1:5432 and Redis on 127.0.0.1:6379, root for `ip netns` (the MCP conformance suite).
+# 127.0.0.1:5432 and Redis on 127.0.0.1:6379, root for `ip netns` (the MCP conformance suite), go
+# (golang-go: the egress proxy's Go client, `tests/it/egress_go.rs`; installed like the others).
 # Exit status: 0 when everything needed is there, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ if [ "$mode" = install ] || [ "$mode" = needed ]; then
   chromium_ok || { echo "installing: chromium"; apt_get chromium; }
   command -v ip >/dev/null || { echo "installing: iproute2"; apt_get iproute2; }
   node_ok >/dev/null || { echo "installing: nodejs npm"; apt_get nodejs npm; }
+  command -v go >/dev/null || { echo "installing: golang-go"; apt_get golang-go; }
 fi
 if [ "$mode" = install ]; then
   # Servers of the dynamic-credential tests: PostgreSQL (trust auth on 127.0.0.1:5432, database
@@ -84,6 +86,7 @@ need "Chromium at /usr/bin/chromium (the approval page's browser test)" "sudo ap
 need "node and npm (the browser test's playwright-core; ~385 MB of node_modules on first run)" "sudo apt-get install nodejs npm" node_ok
 optional "PostgreSQL on 127.0.0.1:5432, trust auth, database test" "the dynamic PostgreSQL tests skip" "as root: bash scripts/prereqs.sh --install" pg_ok
 optional "Redis on 127.0.0.1:6379" "the dynamic Redis tests skip" "sudo apt-get install redis-server && redis-server --daemonize yes --bind 127.0.0.1" redis_ok
+optional "go (Debian: golang-go)" "the egress proxy's Go client test skips (fails under CI=true)" "sudo apt-get install golang-go" command -v go
 optional "root and ip netns" "the MCP conformance suite skips" "run the tests as root (a container is fine), with iproute2 installed" netns_ok
 
 if [ "$missing" = 1 ]; then

@@ -187,7 +187,7 @@ fn h2_api() -> (u16, String, Seen) {
 }
 
 /// The "attacker": plain HTTP on 127.0.0.1, records what reaches it.
-fn attacker() -> (u16, Seen) {
+pub(crate) fn attacker() -> (u16, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let seen: Seen = Arc::default();
@@ -207,6 +207,11 @@ fn attacker() -> (u16, Seen) {
 /// A home with `API_TOKEN` stored, the API's CA trusted upstream and the variable bound to the
 /// API, all set by the human with the factor.
 pub(crate) fn bound_home(api_port: u16, ca_pem: &str, value: &str) -> Home {
+    bound_home_with(api_port, ca_pem, value, &[])
+}
+
+/// [`bound_home`] with `extra` flags on the binding (`--body`, `--url`).
+pub(crate) fn bound_home_with(api_port: u16, ca_pem: &str, value: &str, extra: &[&str]) -> Home {
     let h = Home::new();
     h.set("demo", "API_TOKEN", value);
     let ca_file = h.path().join("test-api-ca.pem");
@@ -224,18 +229,10 @@ pub(crate) fn bound_home(api_port: u16, ca_pem: &str, value: &str) -> Home {
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let dest = format!("localhost:{api_port}");
-    let o = h.run_stdin(
-        &[
-            "policy",
-            "set",
-            "demo",
-            "bind",
-            "API_TOKEN",
-            &dest,
-            "--passphrase-stdin",
-        ],
-        &format!("{PASS}\n"),
-    );
+    let mut args = vec!["policy", "set", "demo", "bind", "API_TOKEN", &dest];
+    args.extend_from_slice(extra);
+    args.push("--passphrase-stdin");
+    let o = h.run_stdin(&args, &format!("{PASS}\n"));
     assert!(o.status.success(), "{}", text(&o.stderr));
     h
 }

@@ -19,6 +19,8 @@ mod custody;
 mod daily;
 mod dynamic;
 mod egress;
+mod egress_go;
+mod egress_rules;
 mod flow;
 mod fulldisk;
 mod hardening;

@@ -69,15 +69,21 @@ fn basic_credential(v: &HeaderValue) -> Option<Zeroizing<Vec<u8>>> {
 
 /// `v` with each placeholder of `here` swapped for its value inside an HTTP Basic credential
 /// (decoded, swapped, encoded again: the same length, since a placeholder has its value's),
-/// or `None` when `v` is no Basic credential holding one.
-pub(super) fn swap_in_basic(v: &HeaderValue, here: &[&Binding]) -> Option<HeaderValue> {
+/// or `None` when `v` is no Basic credential holding one. `used[i]` is set for each `here[i]`
+/// swapped (`used` is as long as `here`).
+pub(super) fn swap_in_basic(
+    v: &HeaderValue,
+    here: &[&Binding],
+    used: &mut [bool],
+) -> Option<HeaderValue> {
     use base64::Engine as _;
     let mut cred = basic_credential(v)?;
     let mut changed = false;
-    for b in here {
+    for (b, u) in here.iter().zip(used.iter_mut()) {
         if let Some(x) = swap_all(&cred, b.placeholder.as_bytes(), &b.value) {
             cred = Zeroizing::new(x);
             changed = true;
+            *u = true;
         }
     }
     if !changed {
@@ -135,7 +141,9 @@ mod tests {
         let lower =
             HeaderValue::from_str(&format!("basic {}", b64(&format!("{placeholder}:x")))).unwrap();
         assert!(basic_credential(&lower).is_some(), "the scheme in any case");
-        let swapped = swap_in_basic(&basic, &[&b]).unwrap();
+        let mut used = [false];
+        let swapped = swap_in_basic(&basic, &[&b], &mut used).unwrap();
+        assert_eq!(used, [true]);
         assert_eq!(
             swapped.to_str().unwrap(),
             format!("Basic {}", b64(&format!("me:{value}")))
@@ -143,7 +151,9 @@ mod tests {
         assert_eq!(swapped.len(), basic.len());
         // Not a Basic credential, or one without the placeholder: left alone.
         let other = HeaderValue::from_str(&format!("Basic {}", b64("me:other"))).unwrap();
-        assert!(swap_in_basic(&other, &[&b]).is_none());
+        let mut used = [false];
+        assert!(swap_in_basic(&other, &[&b], &mut used).is_none());
+        assert_eq!(used, [false]);
         let bearer = HeaderValue::from_str(&format!("Bearer {}", b64(&placeholder))).unwrap();
         assert!(basic_credential(&bearer).is_none());
     }

@@ -4,7 +4,8 @@
 //! response's copies of the values swapped back, and one audit entry per request.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -149,18 +150,34 @@ async fn forward(
         Err(refused) => return *refused,
     };
     let audit_path = audited_path(&parts, s);
-    if let Err(refused) = swap_into_head(&mut parts, &here, s, &dest) {
-        return *refused;
-    }
+    let used = match swap_into_head(&mut parts, &here, s, &dest) {
+        Ok(used) => used,
+        Err(refused) => return *refused,
+    };
     identity_only(&mut parts.headers);
-    // Bodies get the values of bindings that name them only (`bind --body`).
+    let audit = Arc::new(AuditOnEnd {
+        s: s.clone(),
+        method: parts.method.to_string(),
+        host: dest.shown(),
+        path: audit_path,
+        status: AtomicU16::new(0),
+        variables: here.iter().map(|b| b.shown.clone()).collect(),
+        used: Mutex::new(used),
+        bytes: AtomicU64::new(0),
+    });
+    // Bodies get the values of bindings that name them only (`bind --body`); the others keep
+    // an empty pattern (never matched), so the swap's hits stay in the order of `here`.
     let to_value = Swap::new(
         here.iter()
-            .filter(|b| b.bound_in.body)
-            .map(|b| (b.placeholder.as_bytes().to_vec(), b.value.clone()))
+            .map(|b| {
+                if b.bound_in.body {
+                    (b.placeholder.as_bytes().to_vec(), b.value.clone())
+                } else {
+                    (Vec::new(), Zeroizing::new(Vec::new()))
+                }
+            })
             .collect(),
     );
-    let method = parts.method.to_string();
     // The body is watched for the placeholders of variables not bound here, and of those
     // bound here for headers only (the request line and headers were checked above).
     let others = s
@@ -173,22 +190,16 @@ async fn forward(
             shown: format!("https://{}", dest.shown()),
             watch: Watch::default(),
         });
-    let body = swapped(body, to_value, None, others);
+    let body = swapped(body, to_value, Some(Tally::Request(audit.clone())), others);
     let resp = match send_upstream(upstream, s, &dest, &authority, parts, body).await {
         Ok(r) => r,
         Err(refused) => return *refused,
     };
-    let audit = AuditOnEnd {
-        s: s.clone(),
-        method,
-        host: dest.shown(),
-        path: audit_path,
-        status: resp.status().as_u16(),
-        variables: here.iter().map(|b| b.shown.clone()).collect(),
-        bytes: 0,
-    };
+    audit
+        .status
+        .store(resp.status().as_u16().max(1), Ordering::Relaxed);
     if let Some(coding) = encoded(&resp) {
-        // The audit entry is written as the request went (`audit` drops here).
+        // The audit entry is written when the request's last part is done (`audit` drops).
         return text(
             StatusCode::BAD_GATEWAY,
             format!(
@@ -290,64 +301,97 @@ fn refuse_unbound(
 }
 
 /// The authority the request names (its `Host`, else its URI's, else the tunnel's), once
-/// checked to be the host the tunnel was opened to; a request naming another host, or none,
-/// is refused and reported for each variable bound `here`.
+/// checked to be the destination the tunnel was opened to ([`names_tunnel`]); a request naming
+/// another host or port, or none, is refused and reported for each variable bound `here`.
 fn named_authority(
     parts: &hyper::http::request::Parts,
     s: &Shared,
     dest: &super::Dest,
     here: &[&Binding],
 ) -> Result<String, Refusal> {
-    // The request must be for the host the tunnel was opened to: a shared front (a CDN) routes
-    // by Host, so `CONNECT api.example.com` carrying `Host: attacker.example` would take the
-    // value to another origin behind the same front.
-    // HTTP/2 names it in `:authority` (the URI), HTTP/1.1 in `Host`: each one given must
-    // name the tunnel's host, and at least one must be given.
-    let host_header = parts.headers.get(hyper::header::HOST).map(|h| {
-        h.to_str()
-            .ok()
-            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
-    });
-    // An authority with userinfo (`evil.example@host`) names `host` to us but is forwarded as
-    // it is, and a front may read its start: a Host never has one (RFC 9110, 7.2), refused.
-    let norm = |a: &hyper::http::uri::Authority| {
-        (!a.as_str().contains('@')).then(|| {
-            a.host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase()
-        })
-    };
-    let named: Vec<Option<String>> = host_header
-        .iter()
-        .map(|a| a.as_ref().and_then(norm))
-        .chain(parts.uri.authority().map(norm))
-        .collect();
-    // A second `Host` is never checked by `get` (the first only) but would be forwarded to an
-    // HTTP/1.1 upstream, where a front may route by it: one `Host` at most.
-    let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
-    if named.is_empty()
-        || hosts > 1
-        || named
-            .iter()
-            .any(|n| n.as_deref() != Some(dest.host.as_str()))
-    {
+    if !names_tunnel(parts, dest) {
         let shown_dest = format!("https://{}", dest.shown());
         for b in here {
-            s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host");
+            s.report_blocked(&b.shown, &shown_dest, "Host is not the bound host and port");
         }
         return Err(Box::new(text(
             StatusCode::FORBIDDEN,
             format!(
-                "keyveil: blocked: a request through the tunnel to {} must name it in Host",
+                "keyveil: blocked: a request through the tunnel to {} must name it in Host \
+                 (host and port)",
                 dest.shown()
             ),
         )));
     }
+    let host_header = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
     Ok(host_header
-        .flatten()
         .or_else(|| parts.uri.authority().cloned())
         .map_or_else(|| dest.shown(), |a| a.to_string()))
+}
+
+/// Whether a request inside the tunnel to `dest` names `dest` and nothing else: its `Host`
+/// (HTTP/1.1) and its URI's authority (`:authority` in HTTP/2, or an absolute-form target),
+/// each one given, must be `dest`'s host **and port**, and at least one must be given.
+///
+/// A shared front (a CDN) routes by `Host`, so `CONNECT api.example.com:443` carrying
+/// `Host: attacker.example`, or `Host: api.example.com:8443` (another service, or another
+/// tenant, behind the same front), would take the value elsewhere. An authority without a
+/// port names the default port of its scheme: `Host` (always inside this TLS tunnel) and an
+/// `https://` target 443, an `http://` target 80 (RFC 9110, 4.2 and 7.2). A second `Host` is
+/// refused (`get` reads the first only, but an HTTP/1.1 upstream gets both and a front may
+/// route by either), and so is an authority with userinfo (`evil.example@host`), which names
+/// `host` here but is forwarded as it is and which a front may read from its start.
+fn names_tunnel(parts: &hyper::http::request::Parts, dest: &super::Dest) -> bool {
+    use hyper::http::uri::Authority;
+    // The port is read from what follows the host: `http` accepts `host:x` as an authority
+    // (and reads no port in it), which must not pass for the default port.
+    let norm = |a: &Authority, default_port: u16| {
+        if a.as_str().contains('@') {
+            return None;
+        }
+        let port = match a.as_str().get(a.host().len()..)? {
+            "" | ":" => default_port,
+            rest => {
+                let digits = rest.strip_prefix(':')?;
+                if !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                digits.parse::<u16>().ok()?
+            }
+        };
+        let host = a
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        Some((host, port))
+    };
+    let host_header = parts.headers.get(hyper::header::HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|h| h.parse::<Authority>().ok())
+            .and_then(|a| norm(&a, 443))
+    });
+    let uri_default = if parts.uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP) {
+        80
+    } else {
+        443
+    };
+    let named: Vec<Option<(String, u16)>> = host_header
+        .into_iter()
+        .chain(parts.uri.authority().map(|a| norm(a, uri_default)))
+        .collect();
+    let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
+    !named.is_empty()
+        && hosts <= 1
+        && named.iter().all(|n| {
+            n.as_ref()
+                .is_some_and(|(h, p)| *h == dest.host && *p == dest.port)
+        })
 }
 
 /// The request's path as audited: no query, each placeholder replaced by its variable's name.
@@ -361,20 +405,22 @@ fn audited_path(parts: &hyper::http::request::Parts, s: &Shared) -> String {
 
 /// Swaps each placeholder bound `here` for its value in the request line and the headers
 /// (inside HTTP Basic credentials too) and drops the headers meant for the proxy; refused
-/// when the swapped URL is not a valid one.
+/// when the swapped URL is not a valid one. Returns, for each of `here`, whether it was
+/// swapped in.
 fn swap_into_head(
     parts: &mut hyper::http::request::Parts,
     here: &[&Binding],
     s: &Shared,
     dest: &super::Dest,
-) -> Result<(), Refusal> {
+) -> Result<Vec<bool>, Refusal> {
+    let mut used = vec![false; here.len()];
     let mut pq = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .as_bytes()
         .to_vec();
-    for b in here {
+    for (b, u) in here.iter().zip(used.iter_mut()) {
         if let Some(x) = swap_all(&pq, b.placeholder.as_bytes(), &b.value) {
             if !b.bound_in.url {
                 // A host may log or store a URL and show it back later: the value goes into
@@ -397,6 +443,7 @@ fn swap_into_head(
                 )));
             }
             pq = x;
+            *u = true;
         }
     }
     parts.uri = match hyper::Uri::try_from(pq) {
@@ -412,20 +459,21 @@ fn swap_into_head(
         parts.headers.remove(*h);
     }
     for v in parts.headers.values_mut() {
-        if let Some(n) = swap_in_basic(v, here) {
+        if let Some(n) = swap_in_basic(v, here, &mut used) {
             *v = n;
         }
-        for b in here {
+        for (b, u) in here.iter().zip(used.iter_mut()) {
             if let Some(x) = swap_all(v.as_bytes(), b.placeholder.as_bytes(), &b.value)
                 && let Ok(n) = HeaderValue::from_bytes(&x)
             {
                 let mut n = n;
                 n.set_sensitive(true);
                 *v = n;
+                *u = true;
             }
         }
     }
-    Ok(())
+    Ok(used)
 }
 
 /// Sends the (swapped) request over the session's upstream connection, reconnected first when
@@ -525,7 +573,7 @@ fn for_h2(parts: &mut hyper::http::request::Parts, authority: &str) -> Result<()
 fn swap_out_of_response(
     resp: Response<Incoming>,
     here: &[&Binding],
-    audit: AuditOnEnd,
+    audit: Arc<AuditOnEnd>,
 ) -> Response<Body> {
     let (mut rparts, rbody) = resp.into_parts();
     // An HTTP/1.1 upstream's reason phrase that is not the standard one is kept by hyper and
@@ -565,23 +613,55 @@ fn swap_out_of_response(
             })
             .collect(),
     );
-    Response::from_parts(rparts, swapped(rbody, to_placeholder, Some(audit), None))
+    Response::from_parts(
+        rparts,
+        swapped(rbody, to_placeholder, Some(Tally::Response(audit)), None),
+    )
 }
 
-/// The audit entry of one request to a bound host, written when its response body ends (or is
-/// abandoned): method, host, path, status, response bytes, the variables swapped in.
+/// The audit entry of one request to a bound host, shared by its request body and its response
+/// body and written when both have ended (or been abandoned): method, host, path, status,
+/// response bytes, and the variables whose placeholder was swapped for the value in this
+/// request (request line, headers, body), not every variable bound to the host. No entry when
+/// no response came (the child got the proxy's own `502`).
 struct AuditOnEnd {
     s: Arc<Shared>,
     method: String,
     host: String,
     path: String,
-    status: u16,
+    /// The response's status; 0 until its head is in.
+    status: AtomicU16,
+    /// The shown names of the variables bound to the host, in the order of `used`.
     variables: Vec<String>,
-    bytes: u64,
+    /// For each of `variables`: whether its placeholder was swapped in.
+    used: Mutex<Vec<bool>>,
+    /// Response body bytes passed to the child.
+    bytes: AtomicU64,
+}
+
+impl AuditOnEnd {
+    /// Marks the variables whose pattern (by index of `variables`) a body swap replaced.
+    fn mark(&self, hits: &[bool]) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for (u, h) in used.iter_mut().zip(hits) {
+            *u |= *h;
+        }
+    }
 }
 
 impl Drop for AuditOnEnd {
     fn drop(&mut self) {
+        let status = *self.status.get_mut();
+        if status == 0 {
+            return;
+        }
+        let used = self.used.get_mut().unwrap_or_else(|e| e.into_inner());
+        let variables: Vec<&String> = self
+            .variables
+            .iter()
+            .zip(used.iter())
+            .filter_map(|(v, u)| u.then_some(v))
+            .collect();
         self.s.audit(
             "egress_request",
             json!({
@@ -589,12 +669,20 @@ impl Drop for AuditOnEnd {
                 "method": self.method,
                 "host": self.host,
                 "path": self.path,
-                "status": self.status,
-                "bytes": self.bytes,
-                "variables": self.variables,
+                "status": status,
+                "bytes": *self.bytes.get_mut(),
+                "variables": variables,
             }),
         );
     }
+}
+
+/// What a body passed through [`swapped`] adds to its request's audit entry.
+enum Tally {
+    /// The request's body: the variables it swapped in.
+    Request(Arc<AuditOnEnd>),
+    /// The response's body: its bytes.
+    Response(Arc<AuditOnEnd>),
 }
 
 /// The placeholders of the variables not bound to a request's destination, watched for in its
@@ -627,14 +715,27 @@ fn not_in_body_why(b: &Binding, dest: &super::Dest, part: &str) -> String {
 
 /// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds),
 /// watched for `others` first when given.
-fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option<Others>) -> Body {
+fn swapped(body: Incoming, swap: Swap, audit: Option<Tally>, others: Option<Others>) -> Body {
     struct St {
         body: Incoming,
         swap: Swap,
         done: bool,
-        audit: Option<AuditOnEnd>,
+        audit: Option<Tally>,
+        /// `swap.swapped` when the request's tally was last marked.
+        marked: u64,
         trailers: Option<Frame<Bytes>>,
         others: Option<Others>,
+    }
+    impl St {
+        /// Marks in the request's tally the variables swapped in since the last mark.
+        fn mark(&mut self) {
+            if let Some(Tally::Request(a)) = &self.audit
+                && self.swap.swapped != self.marked
+            {
+                self.marked = self.swap.swapped;
+                a.mark(self.swap.hits());
+            }
+        }
     }
     if swap.is_empty() && audit.is_none() && body.is_end_stream() {
         return body.map_err(BoxError::from).boxed_unsync();
@@ -644,6 +745,7 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
         swap,
         done: false,
         audit,
+        marked: 0,
         trailers: None,
         others,
     };
@@ -675,14 +777,15 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
                             );
                             return Some((Err(e), st));
                         }
-                        if let Some(a) = &mut st.audit {
-                            a.bytes += data.len() as u64;
+                        if let Some(Tally::Response(a)) = &st.audit {
+                            a.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         }
                         let out = if st.swap.is_empty() {
                             data
                         } else {
                             st.swap.push_bytes(data)
                         };
+                        st.mark();
                         if out.is_empty() {
                             continue;
                         }
@@ -717,6 +820,7 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
                             Err(f) => f,
                         };
                         let rest = st.swap.finish();
+                        st.mark();
                         if rest.is_empty() {
                             return Some((Ok(frame), st));
                         }
@@ -731,6 +835,7 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
                 None => {
                     st.done = true;
                     let rest = st.swap.finish();
+                    st.mark();
                     if rest.is_empty() {
                         return None;
                     }
@@ -740,4 +845,67 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<AuditOnEnd>, others: Option
         }
     });
     StreamBody::new(stream).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn dest(host: &str, port: u16) -> super::super::Dest {
+        super::super::Dest {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// A request head with `uri` and each of `hosts` as a `Host` header.
+    fn head(uri: &str, hosts: &[&str]) -> hyper::http::request::Parts {
+        let mut b = Request::get(uri);
+        for h in hosts {
+            b = b.header(hyper::header::HOST, *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_request_must_name_the_tunnels_host_and_port() {
+        let api = dest("api.example", 443);
+        let alt = dest("localhost", 8443);
+        // Named as the tunnel: with or without the default port, by Host or by `:authority`.
+        for (d, uri, hosts) in [
+            (&api, "/v1", &["api.example"][..]),
+            (&api, "/v1", &["API.Example:443"][..]),
+            (&api, "https://api.example/v1", &[][..]),
+            (&api, "https://api.example:443/v1", &["api.example"][..]),
+            (&alt, "/v1", &["localhost:8443"][..]),
+            (&alt, "https://localhost:8443/v1", &["localhost:8443"][..]),
+            (&dest("::1", 8443), "/v1", &["[::1]:8443"][..]),
+        ] {
+            assert!(names_tunnel(&head(uri, hosts), d), "{uri} {hosts:?}");
+        }
+        // The bound host on another port, the default port where the tunnel is on another,
+        // another host, a port in one of Host and `:authority` only, none, two, userinfo.
+        for (d, uri, hosts) in [
+            (&api, "/v1", &["api.example:8443"][..]),
+            (&api, "https://api.example:8443/v1", &[][..]),
+            (&api, "/v1", &["api.example:80"][..]),
+            (&api, "http://api.example/v1", &[][..]),
+            (&alt, "/v1", &["localhost"][..]),
+            (&alt, "/v1", &["localhost:443"][..]),
+            (&alt, "https://localhost/v1", &[][..]),
+            (&alt, "/v1", &["localhost:9443"][..]),
+            (&alt, "https://localhost:8443/v1", &["localhost:9443"][..]),
+            (&alt, "https://localhost:9443/v1", &["localhost:8443"][..]),
+            (&api, "/v1", &["attacker.example"][..]),
+            (&api, "/v1", &[][..]),
+            (&api, "/v1", &["api.example", "api.example"][..]),
+            (&api, "https://evil.example@api.example/v1", &[][..]),
+            (&api, "/v1", &["api.example:x"][..]),
+            (&api, "/v1", &["api.example:+443"][..]),
+            (&alt, "/v1", &["localhost:70000"][..]),
+        ] {
+            assert!(!names_tunnel(&head(uri, hosts), d), "{uri} {hosts:?}");
+        }
+    }
 }

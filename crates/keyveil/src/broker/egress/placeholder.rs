@@ -87,24 +87,30 @@ pub(crate) fn placeholder(value: &str) -> Result<String, getrandom::Error> {
 /// holding back between chunks only a chunk's tail that starts some pattern (at most the
 /// longest pattern's length less one byte; usually nothing).
 pub(crate) struct Swap {
-    pairs: Vec<(memmem::Finder<'static>, Zeroizing<Vec<u8>>)>,
+    /// Each pattern with its index in the pairs given to [`Swap::new`] and its replacement.
+    pairs: Vec<(usize, memmem::Finder<'static>, Zeroizing<Vec<u8>>)>,
     keep: usize,
     carry: Zeroizing<Vec<u8>>,
     /// How many replacements were made.
     pub(crate) swapped: u64,
+    /// By index of the pairs given to [`Swap::new`]: whether that pattern was replaced at least
+    /// once.
+    hits: Vec<bool>,
 }
 
 impl Swap {
     /// A swap of each `(from, to)`; empty patterns are ignored.
     pub(crate) fn new(pairs: Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>) -> Swap {
+        let hits = vec![false; pairs.len()];
         let pairs: Vec<_> = pairs
             .into_iter()
-            .filter(|(f, _)| !f.is_empty())
-            .map(|(f, t)| (memmem::Finder::new(&f).into_owned(), t))
+            .enumerate()
+            .filter(|(_, (f, _))| !f.is_empty())
+            .map(|(i, (f, t))| (i, memmem::Finder::new(&f).into_owned(), t))
             .collect();
         let keep = pairs
             .iter()
-            .map(|(f, _)| f.needle().len())
+            .map(|(_, f, _)| f.needle().len())
             .max()
             .unwrap_or(1)
             .saturating_sub(1);
@@ -113,7 +119,14 @@ impl Swap {
             keep,
             carry: Zeroizing::new(Vec::new()),
             swapped: 0,
+            hits,
         }
+    }
+
+    /// By index of the pairs given to [`Swap::new`]: whether that pattern was replaced at least
+    /// once so far (a pattern held back between chunks counts once it is replaced).
+    pub(crate) fn hits(&self) -> &[bool] {
+        &self.hits
     }
 
     /// Whether there is nothing to swap.
@@ -125,7 +138,7 @@ impl Swap {
     /// pair in turn; `None` when none is in it.
     pub(crate) fn replace_in(&self, hay: &[u8]) -> Option<Vec<u8>> {
         let mut out: Option<Vec<u8>> = None;
-        for (f, t) in &self.pairs {
+        for (_, f, t) in &self.pairs {
             if let Some(x) = swap_all(out.as_deref().unwrap_or(hay), f.needle(), t) {
                 out = Some(x);
             }
@@ -137,7 +150,7 @@ impl Swap {
     /// nothing held back before it, is passed on without a copy (only a tail that could start
     /// a pattern is held back): a large body that carries no value is not copied at all.
     pub(crate) fn push_bytes(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
-        if self.carry.is_empty() && self.pairs.iter().all(|(f, _)| f.find(&chunk).is_none()) {
+        if self.carry.is_empty() && self.pairs.iter().all(|(_, f, _)| f.find(&chunk).is_none()) {
             let hold = self.tail_to_hold(&chunk, 0);
             if hold == 0 {
                 return chunk;
@@ -157,7 +170,9 @@ impl Swap {
         (start..buf.len())
             .find(|&i| {
                 let tail = &buf[i..];
-                self.pairs.iter().any(|(f, _)| f.needle().starts_with(tail))
+                self.pairs
+                    .iter()
+                    .any(|(_, f, _)| f.needle().starts_with(tail))
             })
             .map_or(0, |i| buf.len() - i)
     }
@@ -185,14 +200,18 @@ impl Swap {
             let next = self
                 .pairs
                 .iter()
-                .filter_map(|(f, t)| f.find(&buf[at..]).map(|i| (at + i, f.needle().len(), t)))
-                .min_by_key(|(i, _, _)| *i);
+                .filter_map(|(k, f, t)| {
+                    f.find(&buf[at..])
+                        .map(|i| (at + i, f.needle().len(), t, *k))
+                })
+                .min_by_key(|(i, _, _, _)| *i);
             match next {
-                Some((i, len, to)) => {
+                Some((i, len, to, k)) => {
                     out.extend_from_slice(&buf[at..i]);
                     out.extend_from_slice(to);
                     at = i + len;
                     self.swapped += 1;
+                    self.hits[k] = true;
                 }
                 None => break,
             }
@@ -298,6 +317,33 @@ mod tests {
             b"a value-01 b value-02 c value-01"
         );
         assert!(s.replace_in(b"nothing here").is_none());
+    }
+
+    #[test]
+    fn the_swap_tells_which_patterns_it_replaced_even_split_across_chunks() {
+        let a = (
+            b"PLACEHOLDER1".to_vec(),
+            Zeroizing::new(b"realvalue123".to_vec()),
+        );
+        let b = (
+            b"OTHERHOLDER2".to_vec(),
+            Zeroizing::new(b"othervalue22".to_vec()),
+        );
+        let empty = (Vec::new(), Zeroizing::new(Vec::new()));
+        let c = (
+            b"THIRDHOLDER3".to_vec(),
+            Zeroizing::new(b"thirdvalue33".to_vec()),
+        );
+        let text = b"x OTHERHOLDER2 y PLACEHOLDER z THIRDHOLDER".to_vec();
+        for size in 1..=text.len() {
+            // An empty pattern is ignored but keeps its index.
+            let mut s = Swap::new(vec![a.clone(), empty.clone(), b.clone(), c.clone()]);
+            for chunk in text.chunks(size) {
+                let _ = s.push_bytes(bytes::Bytes::copy_from_slice(chunk));
+            }
+            let _ = s.finish();
+            assert_eq!(s.hits(), &[false, false, true, false], "chunk size {size}");
+        }
     }
 
     #[test]

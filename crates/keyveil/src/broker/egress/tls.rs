@@ -130,3 +130,57 @@ impl RunCa {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A TLS handshake in memory between a client trusting only `ca` and asking for `host`,
+    /// and `server`; the error if it fails.
+    fn handshake(ca: &RunCa, host: &str, server: Arc<ServerConfig>) -> Result<(), rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der.clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(crypto())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn leaves_are_minted_once_per_host_and_chain_to_the_runs_ca() {
+        let ca = RunCa::new("test").unwrap();
+        let a = ca.server_config("api.example").unwrap();
+        // Cached for the run: the same configuration (the same leaf and key) every time.
+        assert!(Arc::ptr_eq(&a, &ca.server_config("api.example").unwrap()));
+        let b = ca.server_config("127.0.0.1").unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(ca.leaves.lock().unwrap().len(), 2);
+        assert_eq!(a.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        // A client trusting the run's CA accepts each leaf for its own host only.
+        handshake(&ca, "api.example", a.clone()).unwrap();
+        handshake(&ca, "127.0.0.1", b).unwrap();
+        assert!(handshake(&ca, "other.example", a.clone()).is_err());
+        // Another run's CA is not trusted by this run's clients.
+        let other = RunCa::new("other").unwrap();
+        assert!(handshake(&other, "api.example", a).is_err());
+    }
+}
