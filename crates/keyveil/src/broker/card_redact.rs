@@ -236,7 +236,7 @@ impl Inner {
                 h.update(line.as_bytes());
             }
         }
-        for (grant, var, _) in self.dynamic.held_values() {
+        for (grant, var, _) in self.dynamic().held_values() {
             h.update(format!("minted\0{grant}\0{var}\n").as_bytes());
         }
         Some(h.finalize().into())
@@ -270,7 +270,7 @@ impl Inner {
                 }
             }
         }
-        for (grant, var, val) in self.dynamic.held_values() {
+        for (grant, var, val) in self.dynamic().held_values() {
             if let Some(g) = self.grants.get(&grant) {
                 let env = g.environment.clone();
                 add(&env, &var, val.expose().as_bytes());

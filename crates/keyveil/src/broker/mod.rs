@@ -12,6 +12,9 @@ pub(crate) mod factor_ops;
 mod guard;
 pub(crate) mod held_approvals;
 pub(crate) mod kdf_gate;
+#[cfg(feature = "openbao")]
+mod lease_reap;
+mod leases;
 pub(crate) mod locked_asks;
 pub(crate) mod mounts;
 pub(crate) mod names;
@@ -306,8 +309,8 @@ async fn stop_runs_and_seal(broker: &Arc<Broker>) {
         }
     }
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
-    crate::dynamic::settle(broker, std::time::Duration::from_secs(5)).await;
-    crate::dynamic::close_logins(broker, std::time::Duration::from_secs(1)).await;
+    leases::settle(broker, std::time::Duration::from_secs(5)).await;
+    leases::close_logins(broker, std::time::Duration::from_secs(1)).await;
     // Give killed runs a moment to be reaped and audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
@@ -390,7 +393,7 @@ async fn tick(broker: Arc<Broker>) {
                 inner.revoke(id, "expired");
             }
             // Dynamic credentials of grants that ended; background results into the audit.
-            crate::dynamic::sweep(&mut inner);
+            leases::sweep(&mut inner);
             // Redactors of ended grants (revocation drops them too) and idle ones.
             let Inner {
                 grants,

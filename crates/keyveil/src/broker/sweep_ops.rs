@@ -146,7 +146,7 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
             }
         }
     }
-    for (grant, var, val) in inner.dynamic.held_values() {
+    for (grant, var, val) in inner.dynamic().held_values() {
         if let Some(g) = inner.grants.get(&grant) {
             let what = (g.environment.as_str(), var.as_str(), "minted");
             push(inner, (&mut out, &mut keys), what, val.expose().as_bytes());

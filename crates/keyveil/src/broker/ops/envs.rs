@@ -185,7 +185,7 @@ pub(super) async fn env_show_versions(
                     }
                 }
             }
-            (linked, inner.dynamic.logins.clone())
+            (linked, inner.dynamic().logins())
         };
         let mut seen: std::collections::HashMap<String, Option<u64>> = Default::default();
         for (shown, spec) in linked {

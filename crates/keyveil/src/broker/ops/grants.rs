@@ -67,7 +67,7 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             uses_left: g.uses_left,
             runs: g.runs,
             revoked: g.revoked,
-            dynamic: inner.dynamic.describe(&g.id),
+            dynamic: inner.dynamic().describe(&g.id),
         })
         .collect();
     op::GrantList { grants }

@@ -269,7 +269,7 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
             inner.audit("unlock", json!({}));
             drop(inner);
             // Reap dynamic credentials that a crashed broker left behind.
-            crate::dynamic::on_unlock(broker);
+            crate::broker::leases::on_unlock(broker);
             Ok(op::Bootstrapped::Unlocked {
                 unlocked: true,
                 already: None,
@@ -325,7 +325,7 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
     broker.web.end_sessions();
     broker.notify();
     // The OpenBao tokens of logins end with the vault (after the revocations in flight).
-    crate::dynamic::close_logins(broker, std::time::Duration::from_secs(5)).await;
+    crate::broker::leases::close_logins(broker, std::time::Duration::from_secs(5)).await;
     if !recorded {
         tracing::error!(
             "the vault was locked, but the lock could not be recorded in the audit log"

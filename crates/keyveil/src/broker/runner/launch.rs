@@ -165,9 +165,11 @@ async fn dynamic_values(
     req: &RunRequest,
     a: &Admitted,
     grant_id: &str,
-) -> Result<crate::dynamic::grants::DynamicValues, Reply> {
+) -> Result<crate::broker::leases::DynamicValues, Reply> {
     let mut dynamic =
-        match crate::dynamic::values_for_grant(broker, grant_id, &req.environment, &a.vars).await {
+        match crate::broker::leases::values_for_grant(broker, grant_id, &req.environment, &a.vars)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 let e = broker
@@ -190,7 +192,7 @@ fn prepare(
     req: &RunRequest,
     a: &Admitted,
     grant_id: &str,
-    dynamic: crate::dynamic::grants::DynamicValues,
+    dynamic: crate::broker::leases::DynamicValues,
 ) -> Result<Prepared, OpError> {
     let Admitted {
         cwd,

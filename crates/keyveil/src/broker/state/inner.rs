@@ -132,6 +132,16 @@ impl Inner {
 }
 
 impl Inner {
+    /// The dynamic credentials held per grant, and their engines' shared state.
+    pub(crate) fn dynamic(&self) -> &crate::dynamic::Registry {
+        &self.dynamic
+    }
+
+    /// The dynamic credentials held per grant, mutably (to reuse, register or take them).
+    pub(crate) fn dynamic_mut(&mut self) -> &mut crate::dynamic::Registry {
+        &mut self.dynamic
+    }
+
     /// The vault, or the locked error.
     pub(crate) fn vault(&self) -> OpResult<&Vault> {
         self.vault.as_ref().ok_or_else(locked)
@@ -211,7 +221,7 @@ impl Inner {
 
     /// The values of `vars` for a spawn, still sealed (a clone of each sealed value): the caller
     /// opens them outside the broker's lock (opened values are zeroized when dropped). Dynamic
-    /// variables are skipped (minted or fetched per grant: `crate::dynamic::values_for_grant`).
+    /// variables are skipped (minted or fetched per grant: `crate::broker::leases::values_for_grant`).
     pub(crate) fn sealed_values(
         &self,
         env: &str,
@@ -328,7 +338,7 @@ impl Inner {
             );
         }
         // Destroy its dynamic credentials at their source (in the background, now).
-        crate::dynamic::end_grant(self, grant_id);
+        crate::broker::leases::end_grant(self, grant_id);
         was_live
     }
 }
