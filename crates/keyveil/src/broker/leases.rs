@@ -87,8 +87,7 @@ pub(crate) async fn values_for_grant(
             return Ok(DynamicValues::default());
         }
         let expires_at = inner
-            .grants
-            .get(grant_id)
+            .grant(grant_id)
             .map(|g| g.expires_at)
             .unwrap_or_else(Timestamp::now);
         (
@@ -179,8 +178,7 @@ pub(crate) async fn values_for_grant(
         let mut inner = broker.lock();
         let now = Timestamp::now();
         let live = inner
-            .grants
-            .get(grant_id)
+            .grant(grant_id)
             .is_some_and(|g| !g.revoked && g.expires_at > now);
         if live {
             inner.dynamic_mut().register(grant_id, fresh);
@@ -299,13 +297,13 @@ pub(crate) fn sweep(inner: &mut Inner) {
     let ended: Vec<String> = inner
         .dynamic()
         .holders()
-        .filter(|(id, last_use)| match inner.grants.get(*id) {
+        .filter(|(id, last_use)| match inner.grant(id) {
             None => true,
             Some(g) => {
                 g.revoked
                     || g.expires_at <= now
                     || (g.uses_left == Some(0)
-                        && !inner.runs.values().any(|r| r.grant_id == *id)
+                        && !inner.grant_has_runs(id)
                         && last_use.elapsed().as_millis() > USED_UP_GRACE_MS)
             }
         })

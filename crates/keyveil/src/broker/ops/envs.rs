@@ -265,8 +265,7 @@ pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResul
     save(v)?;
     // Grants on a removed environment die with it.
     let ids: Vec<String> = inner
-        .grants
-        .values()
+        .grants()
         .filter(|g| g.environment == name)
         .map(|g| g.id.clone())
         .collect();

@@ -231,8 +231,7 @@ fn prepare(
             .map(|(k, _)| inner.shown_name(&req.environment, k)),
     );
     let cancel = inner
-        .grants
-        .get(grant_id)
+        .grant(grant_id)
         .map(|g| g.cancel.clone())
         .unwrap_or_default();
     // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv is
@@ -419,18 +418,15 @@ fn record_start(
     egress: Option<Arc<crate::broker::egress::RunEgress>>,
 ) {
     let mut inner = broker.lock();
-    inner.runs.insert(
-        run_id.to_owned(),
-        LiveRun {
-            id: run_id.to_owned(),
-            grant_id: grant_id.to_owned(),
-            pgid: started.pid,
-            argv: shown_argv.to_vec(),
-            started_at: Timestamp::now(),
-            ended: started.watch_end(),
-            egress,
-        },
-    );
+    inner.insert_run(LiveRun {
+        id: run_id.to_owned(),
+        grant_id: grant_id.to_owned(),
+        pgid: started.pid,
+        argv: shown_argv.to_vec(),
+        started_at: Timestamp::now(),
+        ended: started.watch_end(),
+        egress,
+    });
     inner.audit_as(
         "run_start",
         json!({
@@ -486,7 +482,7 @@ fn run_redactor(
             .map(|(n, (_, v))| (n.as_str(), v.expose().as_bytes())),
     );
     let now = std::time::Instant::now();
-    if let Some(r) = broker.lock().run_redactors.get(grant_id, &key, now) {
+    if let Some(r) = broker.lock().run_redactors_mut().get(grant_id, &key, now) {
         return r;
     }
     let redactor = crate::redact::Redactor::new(
@@ -495,10 +491,10 @@ fn run_redactor(
             .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
     );
     let mut inner = broker.lock();
-    let live = inner.vault.is_some() && inner.grants.get(grant_id).is_some_and(|g| !g.revoked);
+    let live = inner.is_unlocked() && inner.grant(grant_id).is_some_and(|g| !g.revoked);
     if live {
         inner
-            .run_redactors
+            .run_redactors_mut()
             .put(grant_id, key, redactor.clone(), std::time::Instant::now());
     }
     redactor
@@ -512,8 +508,8 @@ fn bound_values(
     values: &[(String, keyveil_vault::SecretValue)],
 ) -> (crate::broker::egress::Bound, Option<String>) {
     let Some(policy) = inner
-        .vault
-        .as_ref()
+        .vault()
+        .ok()
         .and_then(|v| v.data().environments.get(env).map(|e| e.policy.clone()))
     else {
         return (Vec::new(), None);
