@@ -204,12 +204,7 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
                 && super::access::check_chosen(&inner, &g.id, ask).is_ok()
         })
         .map(|g| g.id.clone())?;
-    let g = inner.grant_mut(&hit)?;
-    if let Some(u) = g.uses_left.as_mut() {
-        *u = u.saturating_sub(1);
-    }
-    g.runs += 1;
-    Some(hit)
+    inner.use_grant_if(&hit, |_| true).then_some(hit)
 }
 
 /// The grant that serves this reader: a live one, or the one the human's approval creates.
@@ -254,13 +249,7 @@ pub(super) async fn ask_and_wait(
         match state {
             RequestState::Approved { grant_id } => {
                 let mut inner = broker.lock();
-                if let Some(g) = inner.grant_mut(&grant_id)
-                    && g.live(Timestamp::now())
-                {
-                    if let Some(u) = g.uses_left.as_mut() {
-                        *u = u.saturating_sub(1);
-                    }
-                    g.runs += 1;
+                if inner.use_grant_if(&grant_id, |g| g.live(Timestamp::now())) {
                     return Ok(grant_id);
                 }
                 return Err(format!("request #{id}: the grant ended before the read"));

@@ -264,16 +264,7 @@ async fn verify_bounded(
 /// up meanwhile); whether it did.
 fn consume_use(inner: &mut Inner, gid: &str, ask: &Ask) -> bool {
     let now = Timestamp::now();
-    match inner.grant_mut(gid) {
-        Some(g) if g.covers(ask, now) => {
-            if let Some(u) = g.uses_left.as_mut() {
-                *u = u.saturating_sub(1);
-            }
-            g.runs += 1;
-            true
-        }
-        _ => false,
-    }
+    inner.use_grant_if(gid, |g| g.covers(ask, now))
 }
 
 /// What the state of our request `id` means: a denial or an expiry is the reply; an

@@ -135,9 +135,20 @@ impl Inner {
         self.grants.get(id)
     }
 
-    /// The grant with this id, mutably (a use consumed, a pin failure recorded).
-    pub(crate) fn grant_mut(&mut self, id: &str) -> Option<&mut Grant> {
-        self.grants.get_mut(id)
+    /// Consumes one use of grant `id` (for a run or a mount read it serves) if `still` holds
+    /// for it now (it may have been revoked or used up meanwhile); whether it did. The only
+    /// change made to a grant outside this module besides [`Inner::revoke`].
+    pub(crate) fn use_grant_if(&mut self, id: &str, still: impl FnOnce(&Grant) -> bool) -> bool {
+        match self.grants.get_mut(id) {
+            Some(g) if still(g) => {
+                if let Some(u) = g.uses_left.as_mut() {
+                    *u = u.saturating_sub(1);
+                }
+                g.runs += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Every grant kept, by id.

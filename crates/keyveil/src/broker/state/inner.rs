@@ -1,5 +1,7 @@
-//! [`Inner`], everything behind the broker's mutex, and its methods on variables, grants,
-//! requests and runs (its audit methods are in `audit.rs`).
+//! [`Inner`], everything behind the broker's mutex, and its methods on the vault, variables,
+//! grants' matching and revocation, and the smaller parts it holds. Its fields are private to
+//! `broker::state`; methods on grants, requests and runs are in `grants.rs`, `requests.rs` and
+//! `runs.rs`, on the factor in `factor.rs`, on the audit log in `audit.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
