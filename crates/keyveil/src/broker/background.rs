@@ -491,7 +491,7 @@ async fn finish(
     let stopped = run.state().stopped;
     {
         let mut inner = broker.lock();
-        inner.runs.remove(&run.id);
+        inner.remove_run(&run.id);
         inner.audit(
             "run_end",
             json!({

@@ -205,14 +205,14 @@ impl Inner {
     /// of such values changed since the last call; `None` while the vault is locked.
     pub(crate) fn card_redactor(&mut self) -> Option<Arc<WholeValues>> {
         let key = self.secrets_key()?;
-        if let Some(c) = &self.card_redactor
+        if let Some(c) = self.cached_card_redactor()
             && c.key == key
         {
             return Some(c.matcher.clone());
         }
         let values = self.card_secrets();
         let matcher = Arc::new(WholeValues::new(&values));
-        self.card_redactor = Some(CardRedactor {
+        self.set_card_redactor(CardRedactor {
             key,
             matcher: matcher.clone(),
         });
@@ -222,7 +222,7 @@ impl Inner {
     /// times of every variable with a value, and the held dynamic credentials by grant. No value
     /// is opened; a value the agent stored changes nothing.
     fn secrets_key(&self) -> Option<[u8; 32]> {
-        let v = self.vault.as_ref()?;
+        let v = self.vault().ok()?;
         let mut h = sha2::Sha256::new();
         for (env, e) in &v.data().environments {
             for (name, var) in &e.variables {
@@ -236,7 +236,7 @@ impl Inner {
                 h.update(line.as_bytes());
             }
         }
-        for (grant, var, _) in self.dynamic.held_values() {
+        for (grant, var, _) in self.dynamic().held_values() {
             h.update(format!("minted\0{grant}\0{var}\n").as_bytes());
         }
         Some(h.finalize().into())
@@ -270,8 +270,8 @@ impl Inner {
                 }
             }
         }
-        for (grant, var, val) in self.dynamic.held_values() {
-            if let Some(g) = self.grants.get(&grant) {
+        for (grant, var, val) in self.dynamic().held_values() {
+            if let Some(g) = self.grant(&grant) {
                 let env = g.environment.clone();
                 add(&env, &var, val.expose().as_bytes());
             }

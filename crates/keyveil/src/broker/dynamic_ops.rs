@@ -63,7 +63,7 @@ pub(crate) async fn add(
     broker.lock().vault()?;
     let hidden_guess = resolve_alias(broker, &mut req);
     let spec = spec_of(&req)?;
-    let logins = broker.lock().dynamic.logins.clone();
+    let logins = broker.lock().dynamic().logins();
     let names = variables(&req, &spec, &logins).await?;
     check_names(&names)?;
     // (A KV import has just read the secret: that was the check.)

@@ -114,7 +114,7 @@ pub(crate) fn challenge(
     let mut inner = broker.lock();
     let now = Instant::now();
     if !totp.is_empty()
-        && let Err(secs) = inner.factor.check(now)
+        && let Err(secs) = inner.factor_check(now)
     {
         return Err(totp_locked(secs));
     }
@@ -168,7 +168,7 @@ pub(crate) fn challenge(
             held.push(Some((HeldKind::Totp(step), key)));
         }
         // Counted until a proof made with it succeeds (`verify_factor` resets the count).
-        if let Some(d) = inner.factor.fail(now) {
+        if let Some(d) = inner.factor_failed(now) {
             inner.audit_note(
                 "factor_locked",
                 json!({"for": "totp_challenge", "seconds_left": d.as_secs()}),
@@ -181,27 +181,15 @@ pub(crate) fn challenge(
             .get(..12)
             .unwrap_or_default(),
     );
-    inner
-        .challenges
-        .retain(|_, c| c.created.elapsed() <= CHALLENGE_TTL);
-    while inner.challenges.len() >= MAX_CHALLENGES {
-        let Some(oldest) = inner
-            .challenges
-            .iter()
-            .min_by_key(|(_, c)| c.created)
-            .map(|(k, _)| k.clone())
-        else {
-            break;
-        };
-        inner.challenges.remove(&oldest);
-    }
-    inner.challenges.insert(
+    inner.hold_challenge(
         id.clone(),
         HeldChallenge {
             nonce,
             keys: held,
             created: now,
         },
+        CHALLENGE_TTL,
+        MAX_CHALLENGES,
     );
     Ok(Challenge {
         id,
@@ -264,7 +252,7 @@ pub(crate) async fn verify_factor(
                 .map_err(|w| ("totp", w))
         }
         Proof::Bound { factor, digest } => {
-            let held = broker.lock().challenges.remove(&factor.challenge);
+            let held = broker.lock().take_challenge(&factor.challenge);
             // A TOTP challenge was counted when handed out; a passphrase proof never counts.
             counted = false;
             match check_bound(broker, held, &factor, &digest, required) {
@@ -279,7 +267,7 @@ pub(crate) async fn verify_factor(
             // Only a real factor resets the count: a plain confirmation (which an agent can give
             // in a `confirm` environment) must never lift a lockout of TOTP guesses.
             if v.used != "confirm" {
-                broker.lock().factor.succeed();
+                broker.lock().factor_succeeded();
             }
             return Ok(v);
         }
@@ -300,7 +288,7 @@ fn not_locked_out(broker: &Arc<Broker>, proof: &Proof, purpose: &Value) -> OpRes
     // derivation, as an attack on the vault file does), and a typed one is judged by an
     // Argon2id check too, a wrong one answered only after a delay (`typed_delay`).
     if matches!(proof, Proof::TypedTotp(_))
-        && let Err(secs) = inner.factor.check(Instant::now())
+        && let Err(secs) = inner.factor_check(Instant::now())
     {
         inner.audit_note(
             "factor_locked",
@@ -326,12 +314,12 @@ async fn failed(
         let mut inner = broker.lock();
         let now = Instant::now();
         let lockout = if counted {
-            inner.factor.fail(now)
+            inner.factor_failed(now)
         } else {
             None
         };
         let delay = if typed_passphrase {
-            inner.factor.typed_delay(now)
+            inner.factor_typed_delay(now)
         } else {
             Duration::ZERO
         };
@@ -515,7 +503,7 @@ pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<op::E
     let (sealed_uri, sealed_qr) = (seal(&uri)?, seal(&qr)?);
     let mut inner = broker.lock();
     inner.audit_ready("factor_enroll_started")?;
-    inner.pending_totp = Some((SecretValue::new(factor::to_base32(&seed)), Instant::now()));
+    inner.set_pending_totp(SecretValue::new(factor::to_base32(&seed)), Instant::now());
     inner.audit("factor_enroll_started", json!({"factor": "totp"}));
     Ok(op::Enrolling {
         sealed_uri,
@@ -528,10 +516,10 @@ pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<op::E
 /// Rate-limited like every factor check: wrong codes count towards the same lockout.
 pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
     let mut inner = broker.lock();
-    if let Err(secs) = inner.factor.check(Instant::now()) {
+    if let Err(secs) = inner.factor_check(Instant::now()) {
         return Err(totp_locked(secs));
     }
-    let Some((seed_b32, at)) = inner.pending_totp.take() else {
+    let Some((seed_b32, at)) = inner.take_pending_totp() else {
         return Err(
             OpError::new(ErrorCode::Failed, "no TOTP enrolment is in progress")
                 .hint("start one with `keyveil factor enroll totp`"),
@@ -549,8 +537,8 @@ pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
         Ok(s) => s,
         Err(e) => {
             // Keep the enrolment open for another try.
-            inner.pending_totp = Some((seed_b32, at));
-            let lockout = inner.factor.fail(Instant::now());
+            inner.set_pending_totp(seed_b32, at);
+            let lockout = inner.factor_failed(Instant::now());
             inner.audit_note(
                 "factor_failed",
                 json!({"for": "factor_confirm", "factor": "totp", "why": e.to_string(), "lockout_seconds": lockout.map(|d| d.as_secs())}),
@@ -561,10 +549,10 @@ pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
     };
     if let Err(e) = inner.audit_ready("factor_enrolled") {
         // Keep the enrolment open: the code can be tried again once the log has room.
-        inner.pending_totp = Some((seed_b32, at));
+        inner.set_pending_totp(seed_b32, at);
         return Err(e);
     }
-    inner.factor.succeed();
+    inner.factor_succeeded();
     let seed_b32 = keyveil_vault::SealedValue::seal(seed_b32)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let v = inner.vault_mut()?;

@@ -52,6 +52,13 @@ pub(crate) struct Held {
     at: Instant,
 }
 
+impl Held {
+    /// When it was held.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
+}
+
 /// Step one: checks the factor and the card, holds the approval, and returns the request's
 /// names with a ticket, sealed for the CLI that proved the factor.
 ///
@@ -68,8 +75,7 @@ pub(crate) async fn reveal(
     let policy = access::pending_factor(broker, id)?;
     let env = broker
         .lock()
-        .requests
-        .get(&id)
+        .request(id)
         .map(|r| r.environment.clone())
         .unwrap_or_default();
     // Names need at least what revealing them with `env show --reveal-names` needs: a plain
@@ -102,8 +108,7 @@ pub(crate) async fn reveal(
     inner.audit_ready("approve_reveal")?;
     let v = inner.vault()?;
     let mut names: Vec<op::RevealedName> = inner
-        .requests
-        .get(&id)
+        .request(id)
         .map(|r| {
             r.variables
                 .iter()
@@ -124,21 +129,7 @@ pub(crate) async fn reveal(
     let sealed = factor_proof::seal_in_transit(&key, &nonce, b"approve_reveal", &plain)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let now = Instant::now();
-    inner
-        .held_approvals
-        .retain(|_, h| now.duration_since(h.at) < TICKET_TTL);
-    while inner.held_approvals.len() >= MAX_HELD {
-        let Some(oldest) = inner
-            .held_approvals
-            .iter()
-            .min_by_key(|(_, h)| h.at)
-            .map(|(k, _)| *k)
-        else {
-            break;
-        };
-        inner.held_approvals.remove(&oldest);
-    }
-    inner.held_approvals.insert(
+    inner.hold_approval(
         digest(&ticket),
         Held {
             request_id: id,
@@ -147,6 +138,8 @@ pub(crate) async fn reveal(
             used: verified.used,
             at: now,
         },
+        TICKET_TTL,
+        MAX_HELD,
     );
     // The entry names the environment only (the names are what is being protected).
     inner.audit(
@@ -169,8 +162,7 @@ pub(crate) async fn reveal(
 pub(crate) fn confirm(broker: &Broker, id: u64, ticket: &str) -> OpResult<op::Approved> {
     let held = broker
         .lock()
-        .held_approvals
-        .remove(&digest(ticket))
+        .take_held_approval(&digest(ticket))
         .filter(|h| h.at.elapsed() < TICKET_TTL && h.request_id == id);
     let Some(h) = held else {
         return Err(OpError::new(

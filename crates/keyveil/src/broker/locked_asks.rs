@@ -44,9 +44,9 @@ pub(crate) fn locked_hint(id: u64) -> String {
 pub(crate) fn record(inner: &mut Inner, mut ask: op::LockedAsk) -> Result<u64, OpError> {
     let now = Instant::now();
     inner
-        .locked_asks
+        .locked_asks_mut()
         .retain(|_, (_, at)| now.duration_since(*at) < ASK_LIFE);
-    let same = inner.locked_asks.iter_mut().find(|(_, (a, _))| {
+    let same = inner.locked_asks_mut().iter_mut().find(|(_, (a, _))| {
         a.client == ask.client
             && a.environment == ask.environment
             && a.variables == ask.variables
@@ -61,20 +61,16 @@ pub(crate) fn record(inner: &mut Inner, mut ask: op::LockedAsk) -> Result<u64, O
         *at = now;
         return Ok(*id);
     }
-    if inner.locked_asks.len() >= MAX_ASKS {
+    if inner.locked_asks().len() >= MAX_ASKS {
         return Err(OpError::new(
             ErrorCode::Locked,
             format!("the keyveil vault is locked and {MAX_ASKS} requests already wait for it"),
         )
         .hint("ask the user to run `keyveil unlock` in their terminal, then call again"));
     }
-    let id = inner.next_request;
-    inner.next_request += 1;
-    if let Some(f) = &inner.request_ids {
-        super::request_ids::store(f, inner.next_request);
-    }
+    let id = inner.take_request_id();
     ask.id = id;
-    inner.locked_asks.insert(id, (ask, now));
+    inner.locked_asks_mut().insert(id, (ask, now));
     Ok(id)
 }
 
@@ -184,10 +180,7 @@ mod tests {
 
     #[test]
     fn the_same_ask_keeps_its_id_and_asks_are_bounded() {
-        let mut inner = Inner {
-            next_request: 7,
-            ..Inner::default()
-        };
+        let mut inner = Inner::with_request_ids(7, None);
         let a = record(&mut inner, ask(&["make"])).unwrap();
         assert_eq!(a, 7);
         assert_eq!(record(&mut inner, ask(&["make"])).unwrap(), 7);
@@ -197,7 +190,7 @@ mod tests {
         }
         let e = record(&mut inner, ask(&["one", "more"])).unwrap_err();
         assert_eq!(e.code, ErrorCode::Locked);
-        assert_eq!(inner.locked_asks.len(), MAX_ASKS);
+        assert_eq!(inner.locked_asks().len(), MAX_ASKS);
         // A repeated ask is still answered with its id when the list is full.
         assert_eq!(record(&mut inner, ask(&["make"])).unwrap(), 7);
     }

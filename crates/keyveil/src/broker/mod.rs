@@ -12,6 +12,9 @@ pub(crate) mod factor_ops;
 mod guard;
 pub(crate) mod held_approvals;
 pub(crate) mod kdf_gate;
+#[cfg(feature = "openbao")]
+mod lease_reap;
+mod leases;
 pub(crate) mod locked_asks;
 pub(crate) mod mounts;
 pub(crate) mod names;
@@ -113,11 +116,10 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let broker = Arc::new(Broker {
         paths: paths.clone(),
-        inner: Mutex::new(Inner {
-            next_request: request_ids::load(&request_ids::file(&paths.run_dir())),
-            request_ids: Some(request_ids::file(&paths.run_dir())),
-            ..Inner::default()
-        }),
+        inner: Mutex::new(Inner::with_request_ids(
+            request_ids::load(&request_ids::file(&paths.run_dir())),
+            Some(request_ids::file(&paths.run_dir())),
+        )),
         changed,
         shutdown: CancellationToken::new(),
         web: web::Web::default(),
@@ -288,16 +290,9 @@ async fn stop_runs_and_seal(broker: &Arc<Broker>) {
     {
         let mut inner = broker.lock();
         // The last chance to record a pending gap: the reserve is no longer needed after this.
-        if let Some(w) = inner.audit.as_mut() {
-            let _ = w.flush_gap_closing();
-        }
+        inner.flush_audit_gap_closing();
         inner.seal_audit_final();
-        if let Some(gap) = inner
-            .audit
-            .as_ref()
-            .and_then(|w| w.gap())
-            .or(inner.audit_gap.as_ref())
-        {
+        if let Some(gap) = inner.pending_audit_gap() {
             tracing::error!(
                 lost = gap.lost,
                 refused = gap.refused,
@@ -306,8 +301,8 @@ async fn stop_runs_and_seal(broker: &Arc<Broker>) {
         }
     }
     // Let dynamic credentials be destroyed at their sources before the runtime goes.
-    crate::dynamic::settle(broker, std::time::Duration::from_secs(5)).await;
-    crate::dynamic::close_logins(broker, std::time::Duration::from_secs(1)).await;
+    leases::settle(broker, std::time::Duration::from_secs(5)).await;
+    leases::close_logins(broker, std::time::Duration::from_secs(1)).await;
     // Give killed runs a moment to be reaped and audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
@@ -368,21 +363,12 @@ async fn tick(broker: Arc<Broker>) {
         }
         let changed = {
             let mut inner = broker.lock();
-            let before = inner
-                .requests
-                .values()
-                .filter(|r| r.state == state::RequestState::Pending)
-                .count();
+            let before = inner.pending_requests().count();
             inner.expire_requests();
-            let after = inner
-                .requests
-                .values()
-                .filter(|r| r.state == state::RequestState::Pending)
-                .count();
+            let after = inner.pending_requests().count();
             let now = jiff::Timestamp::now();
             let due: Vec<String> = inner
-                .grants
-                .values()
+                .grants()
                 .filter(|g| !g.revoked && g.expires_at <= now)
                 .map(|g| g.id.clone())
                 .collect();
@@ -390,21 +376,10 @@ async fn tick(broker: Arc<Broker>) {
                 inner.revoke(id, "expired");
             }
             // Dynamic credentials of grants that ended; background results into the audit.
-            crate::dynamic::sweep(&mut inner);
+            leases::sweep(&mut inner);
             // Redactors of ended grants (revocation drops them too) and idle ones.
-            let Inner {
-                grants,
-                run_redactors,
-                ..
-            } = &mut *inner;
-            run_redactors.prune(std::time::Instant::now(), |id| {
-                grants.get(id).is_some_and(|g| !g.revoked)
-            });
             // Forget dead grants after an hour.
-            inner.grants.retain(|_, g| {
-                !g.revoked
-                    || now.duration_since(g.expires_at) < jiff::SignedDuration::from_secs(3600)
-            });
+            inner.prune_ended_grants(now);
             before != after || !due.is_empty()
         };
         if changed {

@@ -146,8 +146,8 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
             }
         }
     }
-    for (grant, var, val) in inner.dynamic.held_values() {
-        if let Some(g) = inner.grants.get(&grant) {
+    for (grant, var, val) in inner.dynamic().held_values() {
+        if let Some(g) = inner.grant(&grant) {
             let what = (g.environment.as_str(), var.as_str(), "minted");
             push(inner, (&mut out, &mut keys), what, val.expose().as_bytes());
         }
@@ -603,8 +603,7 @@ fn contain_one(
         ..Contained::default()
     };
     let ids: Vec<String> = inner
-        .grants
-        .values()
+        .grants()
         .filter(|g| !g.revoked && g.environment == env && g.variables.iter().any(|v| v == real))
         .map(|g| g.id.clone())
         .collect();

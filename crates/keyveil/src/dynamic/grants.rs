@@ -1,15 +1,10 @@
-//! The broker side of dynamic credentials: which grant holds which minted credential, minting
-//! at a grant's first spawn, destroying at its end, reaping after a crash.
+//! Dynamic credentials held per grant ([`Registry`]): which grant holds which minted
+//! credential, the results of background revocations and reaps waiting for the audit log, the
+//! gate that keeps a reap from racing a mint, and the OpenBao logins.
 //!
-//! Hook points in the broker (each one call):
-//!
-//! | where | call | why |
-//! |---|---|---|
-//! | `runner.rs`, after a grant is chosen, before the values are copied | [`values_for_grant`] | mint (or reuse) the grant's credentials, fetch provider values |
-//! | `state.rs`, `Inner::revoke` | [`end_grant`] | destroy at the source within milliseconds of a revoke |
-//! | `mod.rs`, `tick` (every 250 ms) | [`sweep`] | grants that expired or spent their uses; revocation results into the audit log |
-//! | `ops.rs`, `unlock` | [`on_unlock`] | reap what a crashed broker left behind |
-//! | `ops.rs`, `grants` | [`Registry::describe`] | `keyveil grants` shows handles and expiry (never a secret) |
+//! The broker's side (minting at a grant's first spawn, destroying at its end, the tick's
+//! sweep, reaping after a crash) is in `broker/leases.rs` and `broker/lease_reap.rs`; the
+//! registry lives in the broker's state (`Inner::dynamic`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,24 +14,35 @@ use jiff::Timestamp;
 use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
-use super::{DynamicError, DynamicSpec, EngineKind, Minted};
-use crate::broker::Broker;
-use crate::broker::state::{Inner, OpError, OpResult};
-use keyveil_proto::ErrorCode;
+use super::{DynamicSpec, Minted};
 
 /// Attempts to destroy a credential before giving up (the reaper gets it at the next unlock).
 const REVOKE_ATTEMPTS: u32 = 3;
-/// A used-up grant keeps its credentials this long after their last hand-out, so a run being
-/// started is never cut off before it is registered (milliseconds).
-const USED_UP_GRACE_MS: u128 = 2000;
 
 /// A credential held for a grant.
 #[derive(Debug, Clone)]
-struct Held {
+pub(crate) struct Held {
     variable: String,
     spec: DynamicSpec,
     minted: Minted,
     minted_at: Timestamp,
+}
+
+impl Held {
+    /// A credential for `variable` minted now by `spec`'s engine.
+    pub(crate) fn new(variable: String, spec: DynamicSpec, minted: Minted) -> Held {
+        Held {
+            variable,
+            spec,
+            minted,
+            minted_at: Timestamp::now(),
+        }
+    }
+
+    /// How an audit entry names it: the variable and the handle (never the value).
+    pub(crate) fn audit_fields(&self) -> Value {
+        json!({"variable": self.variable, "handle": self.minted.handle})
+    }
 }
 
 #[derive(Debug)]
@@ -45,20 +51,21 @@ struct GrantCreds {
     last_use: Instant,
 }
 
-/// Results of background revocations and reaps, drained into the audit log by [`sweep`].
-pub(super) type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
+/// Results of background revocations and reaps (`(event, fields)`), drained into the audit
+/// log by the broker's tick ([`Registry::drain_outbox`]).
+pub(crate) type Outbox = Arc<Mutex<Vec<(&'static str, Value)>>>;
 
 /// Dynamic credentials held by the broker, per grant. Lives in the broker state (`Inner`).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     held: BTreeMap<String, GrantCreds>,
-    pub(super) outbox: Outbox,
+    outbox: Outbox,
     /// Reaps take it exclusively; mints share it: a reap never races a fresh mint.
-    pub(super) gate: Arc<tokio::sync::RwLock<()>>,
-    /// Revocations still running in the background (waited for by [`settle`]).
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Revocations still running in the background ([`Registry::inflight`]).
     inflight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Tokens from OpenBao logins (memory only; revoked by [`close_logins`]).
-    pub(crate) logins: Arc<super::Logins>,
+    /// Tokens from OpenBao logins (memory only; revoked at lock and stop).
+    logins: Arc<super::Logins>,
 }
 
 impl Registry {
@@ -100,10 +107,9 @@ impl Registry {
         out
     }
 
-    /// Names of every minted user held, for the reaper's keep list.
     /// The OpenBao lease ids live grants hold.
     #[cfg(feature = "openbao")]
-    fn held_leases(&self) -> std::collections::BTreeSet<String> {
+    pub(crate) fn held_leases(&self) -> std::collections::BTreeSet<String> {
         self.held
             .values()
             .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.lease_id.clone()))
@@ -111,11 +117,88 @@ impl Registry {
             .collect()
     }
 
-    fn held_users(&self) -> Vec<String> {
+    /// Names of every minted user held, for the reaper's keep list.
+    pub(crate) fn held_users(&self) -> Vec<String> {
         self.held
             .values()
             .flat_map(|g| g.creds.iter().map(|h| h.minted.handle.user.clone()))
             .collect()
+    }
+
+    /// Whether no grant holds a credential.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The grants holding credentials, each with when one was last handed out.
+    pub(crate) fn holders(&self) -> impl Iterator<Item = (&str, Instant)> {
+        self.held.iter().map(|(id, g)| (id.as_str(), g.last_use))
+    }
+
+    /// The credential `grant_id` already holds for `variable`, marked as handed out now.
+    pub(crate) fn reuse(&mut self, grant_id: &str, variable: &str) -> Option<Minted> {
+        self.held.get_mut(grant_id).and_then(|g| {
+            g.last_use = Instant::now();
+            g.creds
+                .iter()
+                .find(|h| h.variable == variable)
+                .map(|h| h.minted.clone())
+        })
+    }
+
+    /// Records credentials minted for `grant_id` (handed out now).
+    pub(crate) fn register(&mut self, grant_id: &str, fresh: Vec<Held>) {
+        let entry = self
+            .held
+            .entry(grant_id.to_owned())
+            .or_insert_with(|| GrantCreds {
+                creds: Vec::new(),
+                last_use: Instant::now(),
+            });
+        entry.creds.extend(fresh);
+        entry.last_use = Instant::now();
+    }
+
+    /// Forgets and returns the credentials `grant_id` holds (`None`: it holds none).
+    pub(crate) fn take(&mut self, grant_id: &str) -> Option<Vec<Held>> {
+        self.held.remove(grant_id).map(|g| g.creds)
+    }
+
+    /// Destroys `creds` at their sources in the background (each tried a few times); the
+    /// outcome of each goes to the outbox as `dynamic_revoked` or `dynamic_revoke_failed`.
+    pub(crate) fn revoke_in_background(&self, grant_id: &str, creds: Vec<Held>) {
+        spawn_revocations(
+            grant_id.to_owned(),
+            creds,
+            self.outbox.clone(),
+            self.inflight.clone(),
+            self.logins.clone(),
+        );
+    }
+
+    /// Takes the entries background tasks queued for the audit log, oldest first.
+    pub(crate) fn drain_outbox(&self) -> Vec<(&'static str, Value)> {
+        std::mem::take(&mut *lock_outbox(&self.outbox))
+    }
+
+    /// The outbox, for a background task to queue its entries ([`push_outbox`]).
+    pub(crate) fn outbox(&self) -> Outbox {
+        self.outbox.clone()
+    }
+
+    /// The gate: mints hold it shared, reaps exclusively.
+    pub(crate) fn gate(&self) -> Arc<tokio::sync::RwLock<()>> {
+        self.gate.clone()
+    }
+
+    /// How many background revocations are still running.
+    pub(crate) fn inflight(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.inflight.clone()
+    }
+
+    /// The OpenBao logins.
+    pub(crate) fn logins(&self) -> Arc<super::Logins> {
+        self.logins.clone()
     }
 }
 
@@ -126,287 +209,6 @@ pub(crate) fn push_outbox(o: &Outbox, event: &'static str, fields: Value) {
 
 fn lock_outbox(o: &Outbox) -> std::sync::MutexGuard<'_, Vec<(&'static str, Value)>> {
     o.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn op_err(variable: &str, e: &DynamicError) -> OpError {
-    let hint = match e {
-        DynamicError::Config(_) => {
-            "ask the user to fix it with `keyveil dynamic add` (it replaces the variable)"
-        }
-        _ => {
-            "the engine's server or admin credential may be wrong; `keyveil dynamic add` checks them again when the user replaces the variable"
-        }
-    };
-    OpError::new(
-        ErrorCode::Failed,
-        format!("cannot get a credential for {variable}: {e}"),
-    )
-    .hint(e.hint().unwrap_or(hint))
-}
-
-/// What [`values_for_grant`] hands to a spawn.
-#[derive(Debug, Default)]
-pub(crate) struct DynamicValues {
-    /// Secret values (the variables, `PGPASSWORD`): injected and redacted from output.
-    pub values: Vec<(String, SecretValue)>,
-    /// Plain extras (`<VAR>_USER`, `PGUSER`, `PGHOST`, ...): injected, not redacted.
-    pub env: Vec<(String, String)>,
-}
-
-/// The values of the dynamic variables among `vars` for a spawn under `grant_id`: credentials
-/// minted at the grant's first spawn and reused by its later ones (until the grant ends),
-/// provider values fetched now. Static variables are not returned (`Inner::values` gives them).
-/// Extra variables of an output form (`<VAR>_USER`, `PG*`) come with them.
-///
-/// Errors: the grant ended while minting (`Denied`), an engine failed (`Failed`, scrubbed).
-/// Every mint and failure is audited (names and handles only).
-pub(crate) async fn values_for_grant(
-    broker: &Arc<Broker>,
-    grant_id: &str,
-    environment: &str,
-    vars: &[String],
-) -> OpResult<DynamicValues> {
-    // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
-    let (wanted, expires_at, gate, logins) = {
-        let inner = broker.lock();
-        let vault = inner.vault()?;
-        let Some(env) = vault.data().environments.get(environment) else {
-            return Ok(DynamicValues::default());
-        };
-        let wanted: Vec<(String, keyveil_vault::DynamicSource)> = vars
-            .iter()
-            .filter_map(|n| {
-                env.variables
-                    .get(n)
-                    .and_then(|v| v.dynamic.clone())
-                    .map(|d| (n.clone(), d))
-            })
-            .collect();
-        if wanted.is_empty() {
-            return Ok(DynamicValues::default());
-        }
-        let expires_at = inner
-            .grants
-            .get(grant_id)
-            .map(|g| g.expires_at)
-            .unwrap_or_else(Timestamp::now);
-        (
-            wanted,
-            expires_at,
-            inner.dynamic.gate.clone(),
-            inner.dynamic.logins.clone(),
-        )
-    };
-    let _shared = gate.read().await;
-    let mut out = DynamicValues::default();
-    let mut fresh: Vec<Held> = Vec::new();
-    let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
-    let mut kv_reads: Vec<Value> = Vec::new();
-    let mut failure: Option<OpError> = None;
-    for (name, src) in wanted {
-        let spec = match DynamicSpec::from_source(&src) {
-            Ok(s) => s,
-            Err(e) => {
-                failure = Some(op_err(&name, &e));
-                break;
-            }
-        };
-        if spec.engine == EngineKind::OpenbaoKv {
-            match fetch_kv(&spec, &logins, &name, &mut kv_cache, &mut kv_reads).await {
-                Ok(v) => out.values.push((name, v)),
-                Err(e) => {
-                    audit_failure(broker, grant_id, environment, &name, &spec, &e);
-                    failure = Some(op_err(&name, &e));
-                    break;
-                }
-            }
-            continue;
-        }
-        let reuse = {
-            let mut inner = broker.lock();
-            inner.dynamic.held.get_mut(grant_id).and_then(|g| {
-                g.last_use = Instant::now();
-                g.creds.iter().find(|h| h.variable == name).cloned()
-            })
-        };
-        let minted = match reuse {
-            Some(h) => h.minted,
-            None => {
-                // A credential minted at its source must be on the record.
-                if let Err(e) = broker.lock().audit_ready("dynamic_mint") {
-                    failure = Some(e);
-                    break;
-                }
-                let t0 = Instant::now();
-                match super::mint(&spec, &logins, &name, grant_id, expires_at).await {
-                    Ok(m) => {
-                        broker.lock().audit(
-                            "dynamic_mint",
-                            json!({
-                                "grant_id": grant_id,
-                                "environment": environment,
-                                "variable": name,
-                                "engine": spec.engine.name(),
-                                "handle": m.handle,
-                                "expires_at": m.expires_at,
-                                "ms": t0.elapsed().as_millis() as u64,
-                            }),
-                        );
-                        fresh.push(Held {
-                            variable: name.clone(),
-                            spec: spec.clone(),
-                            minted: m.clone(),
-                            minted_at: Timestamp::now(),
-                        });
-                        m
-                    }
-                    Err(e) => {
-                        audit_failure(broker, grant_id, environment, &name, &spec, &e);
-                        failure = Some(op_err(&name, &e));
-                        break;
-                    }
-                }
-            }
-        };
-        out.values.push((name, minted.value.clone()));
-        out.values.extend(minted.extra_env.iter().cloned());
-        out.env.extend(minted.plain_env.iter().cloned());
-    }
-    // Each KV read on the record, with OpenBao's request id (joins its audit device) and the
-    // version read: never a value.
-    if !kv_reads.is_empty() {
-        let mut inner = broker.lock();
-        for mut r in kv_reads {
-            if let Value::Object(m) = &mut r {
-                m.insert("grant_id".into(), json!(grant_id));
-                m.insert("environment".into(), json!(environment));
-            }
-            inner.audit("kv_fetch", r);
-        }
-    }
-    // Register what was minted; if the grant ended meanwhile, destroy it at once.
-    if !fresh.is_empty() {
-        let mut inner = broker.lock();
-        let now = Timestamp::now();
-        let live = inner
-            .grants
-            .get(grant_id)
-            .is_some_and(|g| !g.revoked && g.expires_at > now);
-        if live {
-            let entry = inner
-                .dynamic
-                .held
-                .entry(grant_id.to_owned())
-                .or_insert_with(|| GrantCreds {
-                    creds: Vec::new(),
-                    last_use: Instant::now(),
-                });
-            entry.creds.extend(fresh);
-            entry.last_use = Instant::now();
-        } else {
-            let outbox = inner.dynamic.outbox.clone();
-            let inflight = inner.dynamic.inflight.clone();
-            spawn_revocations(grant_id.to_owned(), fresh, outbox, inflight, logins);
-            return Err(OpError::new(
-                ErrorCode::Denied,
-                format!("grant {grant_id} ended while its credentials were being made"),
-            ));
-        }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
-}
-
-#[cfg_attr(not(feature = "openbao"), allow(unused_variables))]
-async fn fetch_kv(
-    spec: &DynamicSpec,
-    logins: &super::Logins,
-    variable: &str,
-    cache: &mut BTreeMap<String, BTreeMap<String, SecretValue>>,
-    reads: &mut Vec<Value>,
-) -> Result<SecretValue, DynamicError> {
-    let key = spec.opt("key").unwrap_or(variable).to_owned();
-    let cache_key = spec.shown_target();
-    if !cache.contains_key(&cache_key) {
-        #[cfg(feature = "openbao")]
-        {
-            let r = super::openbao::read_kv_full(spec, logins).await?;
-            reads.push(json!({
-                "target": cache_key,
-                "namespace": spec.opt("namespace"),
-                "version": r.version,
-                "request_id": r.request_id,
-            }));
-            cache.insert(cache_key.clone(), r.fields);
-        }
-        #[cfg(not(feature = "openbao"))]
-        {
-            let _ = reads;
-        }
-        #[cfg(not(feature = "openbao"))]
-        {
-            return Err(DynamicError::Unsupported("openbao-kv"));
-        }
-    }
-    cache
-        .get(&cache_key)
-        .and_then(|m| m.get(&key))
-        .cloned()
-        .ok_or_else(|| DynamicError::Refused {
-            engine: "openbao-kv",
-            target: cache_key.clone(),
-            action: "provide the value",
-            reason: format!(
-                "the secret has no field {:?}",
-                keyveil_proto::display::clip(&key, 64)
-            ),
-        })
-}
-
-fn audit_failure(
-    broker: &Broker,
-    grant_id: &str,
-    environment: &str,
-    variable: &str,
-    spec: &DynamicSpec,
-    e: &DynamicError,
-) {
-    tracing::warn!(variable, engine = spec.engine.name(), error = %e, "dynamic credential failed");
-    broker.lock().audit(
-        "dynamic_mint_failed",
-        json!({
-            "grant_id": grant_id,
-            "environment": environment,
-            "variable": variable,
-            "engine": spec.engine.name(),
-            "target": spec.shown_target(),
-            "error": e.to_string(),
-        }),
-    );
-}
-
-/// Destroys, in the background, every credential `grant_id` holds (called when it is revoked
-/// or expires; a no-op for grants without dynamic credentials). The request is audited now,
-/// the outcome by the next [`sweep`].
-pub(crate) fn end_grant(inner: &mut Inner, grant_id: &str) {
-    let Some(g) = inner.dynamic.held.remove(grant_id) else {
-        return;
-    };
-    let handles: Vec<Value> = g
-        .creds
-        .iter()
-        .map(|h| json!({"variable": h.variable, "handle": h.minted.handle}))
-        .collect();
-    inner.audit(
-        "dynamic_revoke",
-        json!({ "grant_id": grant_id, "credentials": handles }),
-    );
-    let outbox = inner.dynamic.outbox.clone();
-    let inflight = inner.dynamic.inflight.clone();
-    let logins = inner.dynamic.logins.clone();
-    spawn_revocations(grant_id.to_owned(), g.creds, outbox, inflight, logins);
 }
 
 fn spawn_revocations(
@@ -461,142 +263,4 @@ fn spawn_revocations(
         }
         inflight.fetch_sub(1, Ordering::SeqCst);
     });
-}
-
-/// Ends the credentials of grants that are revoked, expired, forgotten, or used up with no run
-/// left; writes background results into the audit log. Called from the broker's tick.
-pub(crate) fn sweep(inner: &mut Inner) {
-    let done: Vec<(&'static str, Value)> = std::mem::take(&mut *lock_outbox(&inner.dynamic.outbox));
-    for (event, fields) in done {
-        inner.audit(event, fields);
-    }
-    #[cfg(feature = "openbao")]
-    if inner.vault().is_ok() {
-        inner.dynamic.logins.renew_due();
-    }
-    if inner.dynamic.held.is_empty() {
-        return;
-    }
-    let now = Timestamp::now();
-    let ended: Vec<String> = inner
-        .dynamic
-        .held
-        .iter()
-        .filter(|(id, gc)| match inner.grants.get(*id) {
-            None => true,
-            Some(g) => {
-                g.revoked
-                    || g.expires_at <= now
-                    || (g.uses_left == Some(0)
-                        && !inner.runs.values().any(|r| &r.grant_id == *id)
-                        && gc.last_use.elapsed().as_millis() > USED_UP_GRACE_MS)
-            }
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in ended {
-        end_grant(inner, &id);
-    }
-}
-
-/// After an unlock: reap, in the background, the users of every dynamic variable's prefix that
-/// this broker does not hold (a crashed broker's leftovers). Results are audited by [`sweep`].
-pub(crate) fn on_unlock(broker: &Arc<Broker>) {
-    #[cfg(feature = "openbao")]
-    {
-        let leases = {
-            let inner = broker.lock();
-            inner.dynamic.logins.reopen();
-            inner.dynamic.held_leases()
-        };
-        super::lease_reap::on_unlock(broker, leases);
-    }
-    let (specs, keep, outbox, gate) = {
-        let inner = broker.lock();
-        let Ok(vault) = inner.vault() else { return };
-        let mut seen = std::collections::BTreeSet::new();
-        let specs: Vec<(String, DynamicSpec)> = vault
-            .data()
-            .environments
-            .iter()
-            .flat_map(|(en, e)| {
-                e.variables.iter().filter_map(move |(vn, v)| {
-                    v.dynamic.as_ref().map(|d| (format!("{en}/{vn}"), d))
-                })
-            })
-            .filter_map(|(label, d)| DynamicSpec::from_source(d).ok().map(|s| (label, s)))
-            .filter(|(_, s)| s.engine.mints())
-            .filter(|(_, s)| seen.insert((s.engine.name(), s.shown_target(), s.prefix.clone())))
-            .collect();
-        (
-            specs,
-            inner.dynamic.held_users(),
-            inner.dynamic.outbox.clone(),
-            inner.dynamic.gate.clone(),
-        )
-    };
-    if specs.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        let _exclusive = gate.write().await;
-        for (label, spec) in specs {
-            let r = super::reap(&spec, &keep).await;
-            let entry = match r {
-                Ok(0) => continue,
-                Ok(n) => (
-                    "dynamic_reaped",
-                    json!({"variable": label, "engine": spec.engine.name(), "target": spec.shown_target(), "count": n}),
-                ),
-                Err(e) => {
-                    tracing::warn!(variable = label, error = %e, "cannot reap leftover dynamic credentials");
-                    (
-                        "dynamic_reap_failed",
-                        json!({"variable": label, "engine": spec.engine.name(), "target": spec.shown_target(), "error": e.to_string()}),
-                    )
-                }
-            };
-            lock_outbox(&outbox).push(entry);
-        }
-    });
-}
-
-/// Waits (at most `limit`) for background revocations to finish: called when the broker stops,
-/// so `daemon stop` leaves nothing behind at the sources.
-pub(crate) async fn settle(broker: &Broker, limit: std::time::Duration) {
-    let inflight = broker.lock().dynamic.inflight.clone();
-    let t0 = Instant::now();
-    while inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < limit {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    // Their results into the audit log while it is still open.
-    sweep(&mut broker.lock());
-}
-
-/// At lock and at broker stop: waits (at most `limit`) for the revocations in flight (they may
-/// need a login's token), then revokes every OpenBao token the broker got by logging in and
-/// refuses new logins until the next unlock. Returns how many tokens were revoked and how many
-/// could not be (those end at their TTL); the accessors go to the log, never the tokens.
-pub(crate) async fn close_logins(broker: &Broker, limit: std::time::Duration) -> (usize, usize) {
-    let (inflight, logins) = {
-        let inner = broker.lock();
-        (inner.dynamic.inflight.clone(), inner.dynamic.logins.clone())
-    };
-    let t0 = Instant::now();
-    while inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 && t0.elapsed() < limit {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    #[cfg(feature = "openbao")]
-    {
-        let (revoked, failed) = logins.close().await;
-        if !revoked.is_empty() || failed > 0 {
-            tracing::info!(?revoked, failed, "OpenBao login tokens revoked");
-        }
-        (revoked.len(), failed)
-    }
-    #[cfg(not(feature = "openbao"))]
-    {
-        let _ = logins;
-        (0, 0)
-    }
 }

@@ -28,8 +28,6 @@ pub(crate) mod bao_conn;
 pub(crate) mod bao_login;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
-pub(crate) mod lease_reap;
-#[cfg(feature = "openbao")]
 pub(crate) mod openbao;
 pub(crate) mod postgres;
 pub(crate) mod redis;
@@ -42,9 +40,7 @@ use jiff::Timestamp;
 use keyveil_vault::{DynamicSource, SecretValue};
 use serde::Serialize;
 
-pub(crate) use grants::{
-    Registry, close_logins, end_grant, on_unlock, settle, sweep, values_for_grant,
-};
+pub(crate) use grants::{Held, Registry, push_outbox};
 
 /// How long one engine operation (connect + statements) may take before it fails (10 s).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);

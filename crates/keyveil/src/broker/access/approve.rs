@@ -48,7 +48,7 @@ pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
     let mut inner = broker.lock();
     inner.vault()?;
     inner.expire_requests();
-    let env = match inner.requests.get(&id) {
+    let env = match inner.request(id) {
         None => return Err(no_request(id)),
         Some(r) if r.state != RequestState::Pending => {
             return Err(no_longer_pending(id, &r.state));
@@ -90,7 +90,7 @@ pub(crate) fn grant_pending(
 ) -> OpResult<op::Approved> {
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
-    let Some(req) = inner.requests.get(&id).cloned() else {
+    let Some(req) = inner.request(id).cloned() else {
         return Err(no_request(id));
     };
     if req.state != RequestState::Pending {
@@ -197,11 +197,11 @@ pub(super) fn grant_request(
     )?;
     if let Some(a) = &req.argv {
         inner
-            .approved_argv
-            .insert((req.environment.clone(), a.clone(), req.masked));
+            .approval_memory_mut()
+            .record_approval(&req.environment, a, req.masked);
     }
-    inner.grants.insert(gid.clone(), grant);
-    if let Some(r) = inner.requests.get_mut(&id) {
+    inner.insert_grant(grant);
+    if let Some(r) = inner.request_mut(id) {
         r.state = RequestState::Approved { grant_id: gid };
         r.decided = Some(Instant::now());
     }
@@ -240,7 +240,7 @@ fn no_longer_pending(id: u64, state: &RequestState) -> OpError {
 /// Denies a request.
 pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
-    let r = inner.requests.get_mut(&id).ok_or_else(|| no_request(id))?;
+    let r = inner.request_mut(id).ok_or_else(|| no_request(id))?;
     if r.state != RequestState::Pending {
         return Err(no_longer_pending(id, &r.state));
     }
@@ -251,11 +251,10 @@ pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult
     let argv = r.argv.clone().unwrap_or_default();
     let masked = r.masked;
     let now = Instant::now();
+    let behaviour = risk::behaviour(&argv);
     inner
-        .denied_behaviour
-        .retain(|(t, _)| t.elapsed() < DENIED_FLAG_MEMORY);
-    inner.denied_behaviour.push((now, risk::behaviour(&argv)));
-    inner.denied_argv.insert((argv, masked), now);
+        .approval_memory_mut()
+        .record_denial(argv, masked, behaviour, now, DENIED_FLAG_MEMORY);
     inner.audit_note("deny", json!({"request_id": id, "reason": reason}));
     drop(inner);
     broker.notify();

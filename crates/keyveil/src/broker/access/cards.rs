@@ -12,9 +12,7 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     inner.expire_requests();
     let redactor = inner.card_redactor();
     let requests = inner
-        .requests
-        .values()
-        .filter(|r| r.state == RequestState::Pending)
+        .pending_requests()
         .map(|r| (r.masked, card_of(r, bound_on_card(&inner, r))))
         .filter_map(|(masked, c)| match &redactor {
             // Only a request whose strings may hold a value (`AccessReq::masked`): an agent's
@@ -29,8 +27,8 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
 /// The requested variables the environment's policy binds to hosts.
 fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
     let Some(p) = inner
-        .vault
-        .as_ref()
+        .vault()
+        .ok()
         .and_then(|v| v.data().environments.get(&r.environment))
         .map(|e| &e.policy)
     else {

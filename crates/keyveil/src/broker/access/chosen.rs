@@ -76,7 +76,7 @@ pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
 /// and [`check_chosen_values`] on the very copies the run injects, outside the broker's lock.
 pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
     use sha2::Digest as _;
-    let Some(g) = inner.grants.get(gid) else {
+    let Some(g) = inner.grant(gid) else {
         return Ok(());
     };
     for (n, v) in &ask.pass_values {
@@ -102,7 +102,7 @@ pub(crate) fn chosen_expected(
     gid: &str,
     names: &[String],
 ) -> Vec<(String, Option<String>, String)> {
-    let Some(g) = inner.grants.get(gid) else {
+    let Some(g) = inner.grant(gid) else {
         return Vec::new();
     };
     let Ok(vault) = inner.vault() else {

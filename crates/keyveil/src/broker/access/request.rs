@@ -25,15 +25,14 @@ pub(crate) fn find_or_create_request(
     let (new_variables, all_variables) = new_variables(inner, ask)?;
     let facts = risk::Facts {
         writable_executable: pins.writable,
-        approved_before: inner.approved_argv.contains(&(
-            ask.environment.clone(),
-            argv_key.clone(),
+        approved_before: inner.approval_memory().approved_before(
+            &ask.environment,
+            &argv_key,
             masked,
-        )),
+        ),
         denied_before: inner
-            .denied_argv
-            .get(&(argv_key.clone(), masked))
-            .is_some_and(|t| t.elapsed() < DENIED_FLAG_MEMORY),
+            .approval_memory()
+            .denied_within(&argv_key, masked, DENIED_FLAG_MEMORY),
         recent_requests,
         recent_all,
         new_variable: !new_variables.is_empty(),
@@ -64,7 +63,7 @@ pub(crate) fn find_or_create_request(
     if let Some(i) = deny_hit {
         return Err(refused_by_rule(inner, ask, &key, i, masked));
     }
-    let id = inner.next_request;
+    let id = inner.next_request_id();
     let req = AccessReq {
         id,
         client: ask.client.clone(),
@@ -92,12 +91,10 @@ pub(crate) fn find_or_create_request(
     };
     // Recorded before the request exists: refused when the log cannot be written.
     audit_request(inner, &req, claim_mismatch)?;
-    inner.next_request += 1;
-    if let Some(f) = &inner.request_ids {
-        crate::broker::request_ids::store(f, inner.next_request);
-    }
+    let taken = inner.take_request_id();
+    debug_assert_eq!(taken, id, "the id is taken under the same lock");
     let reason = req.reason.clone();
-    inner.requests.insert(id, req);
+    inner.insert_request(req);
     if let Some((rule, ttl)) = auto_hit {
         auto_approve(inner, id, rule, ttl)?;
         return Ok((id, true));
@@ -126,7 +123,7 @@ fn refused_by_rule(inner: &mut Inner, ask: &Ask, key: &str, i: usize, masked: bo
 
 /// Grants the new request `id` by auto-approve rule `rule`, for `ttl` seconds.
 fn auto_approve(inner: &mut Inner, id: u64, rule: usize, ttl: u64) -> OpResult<()> {
-    let req = inner.requests.get(&id).cloned();
+    let req = inner.request(id).cloned();
     if let Some(req) = req {
         grant_request(
             inner,
@@ -169,7 +166,7 @@ fn notify_created(inner: &mut Inner, id: u64, ask: &Ask, reason: Option<&str>, m
 fn count_recent(inner: &mut Inner, origin: &str) -> (usize, usize) {
     let now_i = Instant::now();
     let mut count = |k: &str| {
-        let recent = inner.recent.entry(k.to_owned()).or_default();
+        let recent = inner.request_times_mut().entry(k.to_owned()).or_default();
         while recent
             .front()
             .is_some_and(|t| now_i.duration_since(*t) > Duration::from_secs(60))
@@ -182,7 +179,7 @@ fn count_recent(inner: &mut Inner, origin: &str) -> (usize, usize) {
     let counts = (count(origin), count(ALL));
     // Origins quiet for a minute are forgotten (a copy of an executable per request would
     // otherwise grow the map for the broker's life).
-    inner.recent.retain(|_, d| {
+    inner.request_times_mut().retain(|_, d| {
         d.back()
             .is_some_and(|t| now_i.duration_since(*t) <= Duration::from_secs(60))
     });
@@ -199,7 +196,7 @@ fn coalesce(
     chosen: &[ChosenValue],
     bursting: bool,
 ) -> OpResult<Option<u64>> {
-    for r in inner.requests.values_mut() {
+    for r in inner.requests_mut() {
         // An ask whose strings are shown as given never merges with one whose strings are
         // masked (or the other way round): the raw comparison would tell an agent which of its
         // planted candidates is the value a holder's card masks (merged, or "denied", for the
@@ -243,12 +240,7 @@ fn coalesce(
 
 /// Refuses a new request while too many wait: of this origin, or of all together.
 fn check_open(inner: &Inner, origin: &str) -> OpResult<()> {
-    let pending = || {
-        inner
-            .requests
-            .values()
-            .filter(|r| r.state == RequestState::Pending)
-    };
+    let pending = || inner.pending_requests();
     let open = pending().filter(|r| r.peer.origin == origin).count();
     let open_all = pending().count();
     if open >= MAX_OPEN_REQUESTS_PER_CLIENT {
@@ -306,10 +298,9 @@ fn new_variables(inner: &Inner, ask: &Ask) -> OpResult<(Vec<NewVariable>, bool)>
 fn denied_behaviour(inner: &Inner, argv: &[String]) -> Vec<String> {
     let behaviour = risk::behaviour(argv);
     inner
-        .denied_behaviour
-        .iter()
-        .filter(|(t, _)| t.elapsed() < DENIED_FLAG_MEMORY)
-        .flat_map(|(_, b)| risk::shared_behaviour(b, &behaviour))
+        .approval_memory()
+        .denied_behaviours(DENIED_FLAG_MEMORY)
+        .flat_map(|b| risk::shared_behaviour(b, &behaviour))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect()
@@ -561,15 +552,14 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessStat
     let mut inner = broker.lock();
     inner.expire_requests();
     let r = inner
-        .requests
-        .get(&id)
+        .request(id)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
     Ok(match &r.state {
         RequestState::Pending => op::AccessState::Pending {
             hint: approve_hint(id),
         },
         RequestState::Approved { grant_id } => {
-            let g = inner.grants.get(grant_id);
+            let g = inner.grant(grant_id);
             let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at));
             if g.is_some_and(|g| g.live(Timestamp::now())) {
                 op::AccessState::Approved {

@@ -19,7 +19,7 @@ pub(crate) async fn supervise(broker: Arc<Broker>) {
             _ = iv.tick() => {}
             _ = broker.shutdown.cancelled() => return,
         }
-        let unlocked = broker.lock().vault.is_some();
+        let unlocked = broker.lock().is_unlocked();
         let todo: Vec<(String, u64, u64)> = {
             let mut m = broker.mounts.lock();
             for e in m.values_mut() {
@@ -197,8 +197,7 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
     let mut inner = broker.lock();
     let now = Timestamp::now();
     let hit = inner
-        .grants
-        .values()
+        .grants()
         .find(|g| {
             g.covers(ask, now)
                 && g.pass_env == ask.pass_env
@@ -206,12 +205,7 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
                 && super::access::check_chosen(&inner, &g.id, ask).is_ok()
         })
         .map(|g| g.id.clone())?;
-    let g = inner.grants.get_mut(&hit)?;
-    if let Some(u) = g.uses_left.as_mut() {
-        *u = u.saturating_sub(1);
-    }
-    g.runs += 1;
-    Some(hit)
+    inner.use_grant_if(&hit, |_| true).then_some(hit)
 }
 
 /// The grant that serves this reader: a live one, or the one the human's approval creates.
@@ -250,20 +244,13 @@ pub(super) async fn ask_and_wait(
     loop {
         let state = broker
             .lock()
-            .requests
-            .get(&id)
+            .request(id)
             .map(|q| q.state.clone())
             .unwrap_or(RequestState::Expired);
         match state {
             RequestState::Approved { grant_id } => {
                 let mut inner = broker.lock();
-                if let Some(g) = inner.grants.get_mut(&grant_id)
-                    && g.live(Timestamp::now())
-                {
-                    if let Some(u) = g.uses_left.as_mut() {
-                        *u = u.saturating_sub(1);
-                    }
-                    g.runs += 1;
+                if inner.use_grant_if(&grant_id, |g| g.live(Timestamp::now())) {
                     return Ok(grant_id);
                 }
                 return Err(format!("request #{id}: the grant ended before the read"));
@@ -277,7 +264,7 @@ pub(super) async fn ask_and_wait(
         let still = holders_of_reader(path, broker, r);
         if !still {
             let mut inner = broker.lock();
-            if let Some(q) = inner.requests.get_mut(&id)
+            if let Some(q) = inner.request_mut(id)
                 && q.state == RequestState::Pending
             {
                 q.state = RequestState::Expired;

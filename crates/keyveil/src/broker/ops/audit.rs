@@ -49,16 +49,11 @@ pub(super) fn audit_verify(broker: &Broker) -> OpResult<op::AuditVerified> {
             let mut inner = broker.lock();
             inner.seal_audit();
             // Entries not written yet (the log is still full): they are not in the file.
-            let pending = inner
-                .audit
-                .as_ref()
-                .and_then(|w| w.gap())
-                .or(inner.audit_gap.as_ref())
-                .map(|g| op::PendingGap {
-                    lost: g.lost,
-                    refused: g.refused,
-                    events: g.events.clone(),
-                });
+            let pending = inner.pending_audit_gap().map(|g| op::PendingGap {
+                lost: g.lost,
+                refused: g.refused,
+                events: g.events.clone(),
+            });
             let gaps = report
                 .gaps
                 .into_iter()

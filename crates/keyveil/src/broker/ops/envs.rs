@@ -185,7 +185,7 @@ pub(super) async fn env_show_versions(
                     }
                 }
             }
-            (linked, inner.dynamic.logins.clone())
+            (linked, inner.dynamic().logins())
         };
         let mut seen: std::collections::HashMap<String, Option<u64>> = Default::default();
         for (shown, spec) in linked {
@@ -265,8 +265,7 @@ pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResul
     save(v)?;
     // Grants on a removed environment die with it.
     let ids: Vec<String> = inner
-        .grants
-        .values()
+        .grants()
         .filter(|g| g.environment == name)
         .map(|g| g.id.clone())
         .collect();

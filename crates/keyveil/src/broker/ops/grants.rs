@@ -21,12 +21,11 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
         _ => s.to_owned(),
     };
     let grants = inner
-        .grants
-        .values()
+        .grants()
         .filter(|g| {
             // Listed while usable, or while a run started under it is still live (a used-up
             // once-grant can still be revoked to kill its run).
-            let running = inner.runs.values().any(|r| r.grant_id == g.id);
+            let running = inner.grant_has_runs(&g.id);
             (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
         })
         .map(|g| (g, |s: &str| shown(g.masked, s)))
@@ -67,7 +66,7 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             uses_left: g.uses_left,
             runs: g.runs,
             revoked: g.revoked,
-            dynamic: inner.dynamic.describe(&g.id),
+            dynamic: inner.dynamic().describe(&g.id),
         })
         .collect();
     op::GrantList { grants }
@@ -102,7 +101,7 @@ pub(super) fn revoke_now(
     let mut inner = broker.lock();
     let ids: Vec<String> = match (grant_id, all) {
         (Some(id), _) => {
-            let g = inner.grants.get(&id).ok_or_else(|| {
+            let g = inner.grant(&id).ok_or_else(|| {
                 OpError::new(ErrorCode::NotFound, format!("no grant {id}"))
                     .hint("list grants with `keyveil grants`")
             })?;
@@ -115,8 +114,7 @@ pub(super) fn revoke_now(
             vec![id]
         }
         (None, true) => inner
-            .grants
-            .values()
+            .grants()
             .filter(|g| !g.revoked && client.is_none_or(|c| g.client == c))
             .map(|g| g.id.clone())
             .collect(),
@@ -128,8 +126,7 @@ pub(super) fn revoke_now(
         // A grant with no use left or past its expiry covers no new run; revoking it still
         // stops whatever runs under it.
         let had_ended = inner
-            .grants
-            .get(id)
+            .grant(id)
             .is_some_and(|g| !g.revoked && (g.uses_left == Some(0) || g.expires_at <= now));
         if inner.revoke(id, "revoked by request") {
             n += 1;

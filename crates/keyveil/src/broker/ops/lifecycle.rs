@@ -21,28 +21,23 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
         home: broker.paths.home.clone(),
         socket: broker.paths.socket(),
         vault_exists: broker.paths.vault().exists(),
-        locked: inner.vault.is_none(),
-        locked_asks: if inner.vault.is_none() {
-            inner.locked_asks.values().map(|(a, _)| a.clone()).collect()
+        locked: !inner.is_unlocked(),
+        locked_asks: if !inner.is_unlocked() {
+            inner
+                .locked_asks()
+                .values()
+                .map(|(a, _)| a.clone())
+                .collect()
         } else {
             Vec::new()
         },
-        pending_requests: inner
-            .requests
-            .values()
-            .filter(|r| r.state == RequestState::Pending)
-            .count(),
-        live_grants: inner
-            .grants
-            .values()
-            .filter(|g| g.live(Timestamp::now()))
-            .count(),
+        pending_requests: inner.pending_requests().count(),
+        live_grants: inner.grants().filter(|g| g.live(Timestamp::now())).count(),
         log_lines_lost: crate::logging::lost_lines(),
-        kept_redactors: inner.run_redactors.len(),
-        live_runs: inner.runs.len(),
+        kept_redactors: inner.run_redactors().len(),
+        live_runs: inner.runs().count(),
         runs: inner
-            .runs
-            .values()
+            .runs()
             .map(|r| op::LiveRun {
                 id: r.id.clone(),
                 grant_id: r.grant_id.clone(),
@@ -69,7 +64,7 @@ pub(super) async fn init(
         .hint("choose a longer passphrase; nothing was created"));
     }
     let path = broker.paths.vault();
-    if broker.lock().vault.is_some() {
+    if broker.lock().is_unlocked() {
         // Whatever is (or is not) at the vault's path now, this broker serves the human's vault:
         // a second vault made here would be keyed to whoever typed this passphrase.
         return Err(OpError::new(
@@ -119,7 +114,7 @@ pub(super) async fn init(
     // The audit log must open and record the creation; otherwise the new file goes again.
     let undo = |broker: &Broker, e: OpError| {
         let mut inner = broker.lock();
-        inner.vault = None;
+        inner.drop_vault();
         inner.close_audit();
         if std::fs::read(&path).ok() == written {
             let _ = std::fs::remove_file(&path);
@@ -176,13 +171,9 @@ pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> 
         _ => None,
     };
     let mut inner = broker.lock();
-    let mut writer = writer;
-    if let Some(gap) = inner.audit_gap.take() {
-        // Entries the previous writer could not write: recorded first in this log.
-        writer.carry_gap(gap);
-    }
-    inner.vault = Some(vault);
-    inner.audit = Some(writer);
+    inner.install_vault(vault);
+    // Entries the previous writer could not write are recorded first in this log.
+    inner.start_audit_log(writer);
     if let Some(why) = &seal_broken {
         tracing::warn!(%why, "the audit log does not match the vault's sealed checkpoint");
         inner.audit("audit_seal_mismatch", json!({ "why": why }));
@@ -190,13 +181,12 @@ pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> 
             "the audit log does not verify against the checkpoint the vault sealed ({why}): entries were edited, removed or forged after they were written"
         ));
     }
-    inner.audit_seal_broken = seal_broken;
-    inner.audit_path_changed = None;
+    inner.audit_log_checked(seal_broken);
     inner.open_audit_session();
     if let Some((moved, salvage)) = quarantined {
         // The seal belonged to the log that was moved aside: what it knew is recorded in the
         // new log's first entries (MAC'd), where `audit verify` finds and reports it.
-        if let Some(v) = inner.vault.as_mut() {
+        if let Ok(v) = inner.vault_mut() {
             v.data_mut().audit_checkpoint = None;
         }
         tracing::warn!(moved = %moved.display(), "audit log failed verification and was quarantined");
@@ -240,7 +230,7 @@ pub(super) fn vault_err(e: keyveil_vault::VaultError) -> OpError {
 }
 
 pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<op::Bootstrapped> {
-    if broker.lock().vault.is_some() {
+    if broker.lock().is_unlocked() {
         return Ok(op::Bootstrapped::Unlocked {
             unlocked: true,
             already: Some(true),
@@ -265,11 +255,11 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
         Ok(v) => {
             let warnings = open_with(broker, v)?;
             let mut inner = broker.lock();
-            inner.factor.succeed();
+            inner.factor_succeeded();
             inner.audit("unlock", json!({}));
             drop(inner);
             // Reap dynamic credentials that a crashed broker left behind.
-            crate::dynamic::on_unlock(broker);
+            crate::broker::leases::on_unlock(broker);
             Ok(op::Bootstrapped::Unlocked {
                 unlocked: true,
                 already: None,
@@ -277,7 +267,7 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
             })
         }
         Err(keyveil_vault::VaultError::WrongPassphrase) => {
-            let lockout = broker.lock().factor.fail(Instant::now());
+            let lockout = broker.lock().factor_failed(Instant::now());
             tracing::warn!(?lockout, "wrong passphrase at unlock");
             Err(OpError::new(ErrorCode::Denied, "wrong passphrase")
                 .hint("try again; the right passphrase is always accepted"))
@@ -294,11 +284,11 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         let mut inner = broker.lock();
         // A grant approved while we waited ends in the same step as the vault leaves memory.
         let _late = stop_all(&mut inner, "vault locked");
-        let already = inner.vault.is_none();
+        let already = !inner.is_unlocked();
         let recorded = already || inner.audit_recorded("lock", json!({}));
         // What the human is told about the log: the cause of a miss where it is known (the
         // file was replaced or moved), and a seal that did not verify at unlock.
-        let audit_problem = match (&inner.audit_path_changed, &inner.audit_seal_broken) {
+        let audit_problem = match (inner.audit_path_changed(), inner.audit_seal_broken()) {
             _ if already => None,
             (Some(change), _) => Some(format!(
                 "the audit log {} is no longer the file keyveil was writing to: {change} (an editor or `sed -i` saves a new file too), so this lock could not be recorded in it",
@@ -312,20 +302,14 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         inner.seal_audit_final();
         // The values leave memory whatever the disk said above (the sealed checkpoint and the
         // audit entry are best effort here; what could not be written is kept as the gap).
-        inner.vault = None;
-        inner.card_redactor = None;
-        inner.run_redactors.clear();
-        inner.close_audit();
-        inner.challenges.clear();
-        inner.held_approvals.clear();
-        inner.pending_totp = None;
+        inner.forget_unlocked();
         (recorded, already, audit_problem)
     };
     // The approval page's sessions and links end with the unlock they were opened under.
     broker.web.end_sessions();
     broker.notify();
     // The OpenBao tokens of logins end with the vault (after the revocations in flight).
-    crate::dynamic::close_logins(broker, std::time::Duration::from_secs(5)).await;
+    crate::broker::leases::close_logins(broker, std::time::Duration::from_secs(5)).await;
     if !recorded {
         tracing::error!(
             "the vault was locked, but the lock could not be recorded in the audit log"
@@ -350,12 +334,12 @@ pub(crate) fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
 
 /// [`stop_everything`] under a lock already held (the caller notifies).
 pub(super) fn stop_all(inner: &mut Inner, why: &str) -> RunEnds {
-    let ids: Vec<String> = inner.grants.keys().cloned().collect();
+    let ids: Vec<String> = inner.grant_ids();
     let ended = inner.runs_ended(&ids);
     for id in ids {
         inner.revoke(&id, why);
     }
-    for r in inner.requests.values_mut() {
+    for r in inner.requests_mut() {
         if r.state == RequestState::Pending {
             r.state = RequestState::Denied {
                 reason: Some(why.to_owned()),

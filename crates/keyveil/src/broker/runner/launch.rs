@@ -165,9 +165,11 @@ async fn dynamic_values(
     req: &RunRequest,
     a: &Admitted,
     grant_id: &str,
-) -> Result<crate::dynamic::grants::DynamicValues, Reply> {
+) -> Result<crate::broker::leases::DynamicValues, Reply> {
     let mut dynamic =
-        match crate::dynamic::values_for_grant(broker, grant_id, &req.environment, &a.vars).await {
+        match crate::broker::leases::values_for_grant(broker, grant_id, &req.environment, &a.vars)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 let e = broker
@@ -190,7 +192,7 @@ fn prepare(
     req: &RunRequest,
     a: &Admitted,
     grant_id: &str,
-    dynamic: crate::dynamic::grants::DynamicValues,
+    dynamic: crate::broker::leases::DynamicValues,
 ) -> Result<Prepared, OpError> {
     let Admitted {
         cwd,
@@ -229,8 +231,7 @@ fn prepare(
             .map(|(k, _)| inner.shown_name(&req.environment, k)),
     );
     let cancel = inner
-        .grants
-        .get(grant_id)
+        .grant(grant_id)
         .map(|g| g.cancel.clone())
         .unwrap_or_default();
     // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv is
@@ -419,18 +420,15 @@ fn record_start(
     egress: Option<Arc<crate::broker::egress::RunEgress>>,
 ) {
     let mut inner = broker.lock();
-    inner.runs.insert(
-        run_id.to_owned(),
-        LiveRun {
-            id: run_id.to_owned(),
-            grant_id: grant_id.to_owned(),
-            pgid: started.pid,
-            argv: shown_argv.to_vec(),
-            started_at: Timestamp::now(),
-            ended: started.watch_end(),
-            egress,
-        },
-    );
+    inner.insert_run(LiveRun {
+        id: run_id.to_owned(),
+        grant_id: grant_id.to_owned(),
+        pgid: started.pid,
+        argv: shown_argv.to_vec(),
+        started_at: Timestamp::now(),
+        ended: started.watch_end(),
+        egress,
+    });
     inner.audit_as(
         "run_start",
         json!({
@@ -487,7 +485,7 @@ fn run_redactors(
             .map(|(n, (_, v))| (n.as_str(), v.expose().as_bytes())),
     );
     let now = std::time::Instant::now();
-    if let Some(kept) = broker.lock().run_redactors.get(grant_id, &key, now) {
+    if let Some(kept) = broker.lock().run_redactors_mut().get(grant_id, &key, now) {
         return kept;
     }
     let scan = scan_redactor(&shown, values);
@@ -497,11 +495,11 @@ fn run_redactors(
             .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
     );
     let mut inner = broker.lock();
-    let live = inner.vault.is_some() && inner.grants.get(grant_id).is_some_and(|g| !g.revoked);
+    let live = inner.is_unlocked() && inner.grant(grant_id).is_some_and(|g| !g.revoked);
     let kept = crate::broker::redactor_cache::Kept { run, scan };
     if live {
         inner
-            .run_redactors
+            .run_redactors_mut()
             .put(grant_id, key, kept.clone(), std::time::Instant::now());
     }
     kept
@@ -515,8 +513,8 @@ fn bound_values(
     values: &[(String, keyveil_vault::SecretValue)],
 ) -> (crate::broker::egress::Bound, Option<String>) {
     let Some(policy) = inner
-        .vault
-        .as_ref()
+        .vault()
+        .ok()
         .and_then(|v| v.data().environments.get(env).map(|e| e.policy.clone()))
     else {
         return (Vec::new(), None);

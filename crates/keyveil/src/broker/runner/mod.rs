@@ -80,7 +80,7 @@ pub(super) async fn start_run(
     peer: Peer,
 ) -> Result<(RunRequest, Admitted, Launched), Option<Reply>> {
     // A locked vault: the ask waits as a number the human's `keyveil approve` unlocks with.
-    if broker.lock().vault.is_none() {
+    if !broker.lock().is_unlocked() {
         return Err(super::locked_asks::wait(broker, &req, sink, gone).await);
     }
     let a = admit(broker, &req, peer).map_err(|e| Some(e.reply()))?;

@@ -137,14 +137,14 @@ async fn next_step(
     Ok(Step::Request(
         id,
         created,
-        inner.requests.get(&id).map(|r| r.state.clone()),
+        inner.request(id).map(|r| r.state.clone()),
     ))
 }
 
 /// The grant that covers `ask` (among grants of requests `masked` as it is), with its pins.
 fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
     inner.find_grant(ask, masked).map(|gid| {
-        let g = inner.grants.get(&gid);
+        let g = inner.grant(&gid);
         Matched {
             exe: g.and_then(|g| g.executable.clone()),
             inputs: g.map(|g| g.inputs.clone()).unwrap_or_default(),
@@ -157,7 +157,7 @@ fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
 /// falls through: an approved one whose grant no longer covers us needs a new request.
 fn announced_request(inner: &Inner, announced: Option<u64>) -> Option<Step> {
     let id = announced?;
-    match &inner.requests.get(&id)?.state {
+    match &inner.request(id)?.state {
         state @ (RequestState::Pending | RequestState::Denied { .. } | RequestState::Expired) => {
             Some(Step::Request(id, false, Some(state.clone())))
         }
@@ -261,16 +261,7 @@ async fn verify_bounded(
 /// up meanwhile); whether it did.
 fn consume_use(inner: &mut Inner, gid: &str, ask: &Ask) -> bool {
     let now = Timestamp::now();
-    match inner.grants.get_mut(gid) {
-        Some(g) if g.covers(ask, now) => {
-            if let Some(u) = g.uses_left.as_mut() {
-                *u = u.saturating_sub(1);
-            }
-            g.runs += 1;
-            true
-        }
-        _ => false,
-    }
+    inner.use_grant_if(gid, |g| g.covers(ask, now))
 }
 
 /// What the state of our request `id` means: a denial or an expiry is the reply; an

@@ -8,7 +8,69 @@ use keyveil_proto::ErrorCode;
 use super::error::{OpError, OpResult};
 use super::inner::Inner;
 
+/// The audit log's state behind the broker's mutex.
+#[derive(Default)]
+pub(super) struct AuditLog {
+    /// The audit writer (opened at unlock: its key comes from the vault).
+    pub(super) writer: Option<keyveil_vault::audit::AuditWriter>,
+    /// Why the audit log did not match the vault's sealed checkpoint at unlock (entries cut off
+    /// its end, or an older log swapped in); while set, the seal is not moved forward.
+    pub(super) seal_broken: Option<String>,
+    /// Set when the audit log's path stopped naming the open log file (moved, deleted or
+    /// replaced while the broker runs); cleared at unlock or when the file is back.
+    pub(super) path_changed: Option<keyveil_vault::audit::PathChange>,
+    /// Audit entries that could not be written, carried across a lock (the writer is closed
+    /// then) and handed to the next writer at unlock, which writes them first as `audit.gap`.
+    pub(super) gap: Option<keyveil_vault::audit::AuditGap>,
+    /// Set while live runs are being stopped because their ends could not be recorded (the
+    /// revocations' own entries fail too; this keeps that from recursing).
+    pub(super) stopping_runs: bool,
+}
+
 impl Inner {
+    /// At unlock: `writer` becomes the audit writer, first given the entries the previous one
+    /// could not write (written first, as `audit.gap`).
+    pub(crate) fn start_audit_log(&mut self, mut writer: keyveil_vault::audit::AuditWriter) {
+        if let Some(gap) = self.log.gap.take() {
+            writer.carry_gap(gap);
+        }
+        self.log.writer = Some(writer);
+    }
+
+    /// At unlock, once the log was checked against the vault's sealed checkpoint: why it did
+    /// not match (`None`: it did), and the path is taken to name the open file again.
+    pub(crate) fn audit_log_checked(&mut self, seal_broken: Option<String>) {
+        self.log.seal_broken = seal_broken;
+        self.log.path_changed = None;
+    }
+
+    /// How the audit log's path stopped naming the open file, if it did.
+    pub(crate) fn audit_path_changed(&self) -> Option<&keyveil_vault::audit::PathChange> {
+        self.log.path_changed.as_ref()
+    }
+
+    /// Why the audit log did not match the vault's sealed checkpoint at unlock, if it did not.
+    pub(crate) fn audit_seal_broken(&self) -> Option<&str> {
+        self.log.seal_broken.as_deref()
+    }
+
+    /// The entries not written yet: the open writer's gap, or the one carried across a lock.
+    pub(crate) fn pending_audit_gap(&self) -> Option<&keyveil_vault::audit::AuditGap> {
+        self.log
+            .writer
+            .as_ref()
+            .and_then(|w| w.gap())
+            .or(self.log.gap.as_ref())
+    }
+
+    /// Writes a pending gap using the reserve too (the broker is stopping: the reserve is no
+    /// longer needed after this).
+    pub(crate) fn flush_audit_gap_closing(&mut self) {
+        if let Some(w) = self.log.writer.as_mut() {
+            let _ = w.flush_gap_closing();
+        }
+    }
+
     /// An audit entry as it may be written: real names hidden where the policy hides them,
     /// and every string through the card redactor (`card_redact.rs`): argv, cwd, paths and
     /// reasons in entries (`run_start`, `deny_rule`, `mount_read`, ...) can come from a granted
@@ -59,14 +121,14 @@ impl Inner {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let Some(w) = self.audit.as_mut() else {
+        let Some(w) = self.log.writer.as_mut() else {
             tracing::info!(event, "audit log not open (vault locked)");
             return false;
         };
         match w.append_record(event, map) {
             // The path names the file again (moved back): a later move is noticed anew.
             Ok(_) => {
-                self.audit_path_changed = None;
+                self.log.path_changed = None;
                 true
             }
             Err(AuditError::PathChanged { change, .. }) => {
@@ -104,12 +166,12 @@ impl Inner {
                 (event, map)
             })
             .collect();
-        let Some(w) = self.audit.as_mut() else {
+        let Some(w) = self.log.writer.as_mut() else {
             tracing::info!(entries = entries.len(), "audit log not open (vault locked)");
             return;
         };
         match w.append_records(entries) {
-            Ok(_) => self.audit_path_changed = None,
+            Ok(_) => self.log.path_changed = None,
             Err(AuditError::PathChanged { change, .. }) => {
                 self.note_audit_path_changed(change);
                 tracing::error!("audit entries not recorded: the audit log was moved or replaced");
@@ -138,7 +200,7 @@ impl Inner {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let Some(w) = self.audit.as_mut() else {
+        let Some(w) = self.log.writer.as_mut() else {
             tracing::info!(event, "audit log not open (vault locked)");
             return;
         };
@@ -178,7 +240,7 @@ impl Inner {
             Value::Object(m) => m,
             _ => serde_json::Map::new(),
         };
-        let Some(w) = self.audit.as_mut() else {
+        let Some(w) = self.log.writer.as_mut() else {
             return Ok(());
         };
         match w.append(event, map) {
@@ -193,25 +255,25 @@ impl Inner {
     /// Stops every live run by revoking its grant (SIGTERM, then SIGKILL): called when an entry
     /// could not be recorded even from the reserve, so the runs' ends could not be either.
     fn stop_runs_unrecordable(&mut self) {
-        if self.audit_stopping_runs {
+        if self.log.stopping_runs {
             return;
         }
-        self.audit_stopping_runs = true;
+        self.log.stopping_runs = true;
         let grants: std::collections::BTreeSet<String> =
             self.runs.values().map(|r| r.grant_id.clone()).collect();
         for gid in grants {
             self.revoke(&gid, "the audit log cannot be written");
         }
-        self.audit_stopping_runs = false;
+        self.log.stopping_runs = false;
     }
 
     /// Writes a pending `audit.gap` entry if the log has room for it and its reserve (the
     /// broker's 10-second tick calls this, so a gap is sealed even when nothing else happens).
     pub(crate) fn flush_audit_gap(&mut self) {
-        if self.audit_path_changed.is_some() {
+        if self.log.path_changed.is_some() {
             return;
         }
-        if let Some(w) = self.audit.as_mut()
+        if let Some(w) = self.log.writer.as_mut()
             && let Ok(true) = w.flush_gap()
         {
             tracing::info!("audit log writable again; the gap was recorded");
@@ -220,20 +282,20 @@ impl Inner {
 
     /// Closes the audit writer (at lock), keeping its pending gap for the next one.
     pub(crate) fn close_audit(&mut self) {
-        if let Some(w) = self.audit.as_mut() {
+        if let Some(w) = self.log.writer.as_mut() {
             // Closing: the reserve is no longer needed, the gap may use it.
             let _ = w.flush_gap_closing();
         }
-        if let Some(mut w) = self.audit.take()
+        if let Some(mut w) = self.log.writer.take()
             && let Some(gap) = w.take_gap()
         {
             tracing::error!(
                 entries = gap.entries(),
                 "audit entries could not be written; the gap is kept in memory and recorded at the next unlock"
             );
-            match &mut self.audit_gap {
+            match &mut self.log.gap {
                 Some(g) => g.merge(gap),
-                None => self.audit_gap = Some(gap),
+                None => self.log.gap = Some(gap),
             }
         }
     }
@@ -241,11 +303,11 @@ impl Inner {
     /// First notice of a moved or replaced audit log: closes the chain in the moved file with
     /// an `audit.path_changed` entry and logs what to do. Later notices only log.
     fn note_audit_path_changed(&mut self, change: keyveil_vault::audit::PathChange) {
-        if self.audit_path_changed.is_some() {
+        if self.log.path_changed.is_some() {
             return;
         }
-        self.audit_path_changed = Some(change);
-        let Some(w) = self.audit.as_mut() else {
+        self.log.path_changed = Some(change);
+        let Some(w) = self.log.writer.as_mut() else {
             return;
         };
         tracing::error!(
@@ -267,12 +329,12 @@ impl Inner {
     /// entry is appended to the moved file.
     pub(crate) fn check_audit_path(&mut self) -> OpResult<()> {
         use keyveil_vault::audit::AuditError;
-        let Some(w) = self.audit.as_ref() else {
+        let Some(w) = self.log.writer.as_ref() else {
             return Ok(());
         };
         match w.check_path() {
             Ok(()) => {
-                self.audit_path_changed = None;
+                self.log.path_changed = None;
                 Ok(())
             }
             Err(AuditError::PathChanged { path, change }) => {
@@ -315,7 +377,7 @@ impl Inner {
     /// As [`Inner::must_audit`].
     pub(crate) fn audit_ready_for(&mut self, event: &str, entry_len: usize) -> OpResult<()> {
         self.check_audit_path()?;
-        let Some(w) = self.audit.as_mut() else {
+        let Some(w) = self.log.writer.as_mut() else {
             return Ok(());
         };
         w.ready(event, entry_len as u64).map_err(|e| {
@@ -328,7 +390,7 @@ impl Inner {
     /// next unlock then knows this broker ended cleanly. See [`Inner::open_audit_session`].
     pub(crate) fn seal_audit_final(&mut self) {
         self.seal_audit();
-        if self.audit_seal_broken.is_some() {
+        if self.log.seal_broken.is_some() {
             return;
         }
         let Some(v) = self.vault.as_mut() else {
@@ -376,7 +438,7 @@ impl Inner {
     /// `PR_SET_PDEATHSIG`, what they started by the supervisor); each gets a `run_end` marked
     /// `broker_crashed`, so the log says how it ended. Returns how many.
     pub(crate) fn record_runs_ended_by_crash(&mut self) -> usize {
-        let Some(path) = self.audit.as_ref().map(|w| w.path().to_path_buf()) else {
+        let Some(path) = self.log.writer.as_ref().map(|w| w.path().to_path_buf()) else {
             return 0;
         };
         let entries = keyveil_vault::audit::read_entries(&path, None).unwrap_or_default();
@@ -423,11 +485,11 @@ impl Inner {
     /// entries off the end of the log is detected by `keyveil audit verify`. Saves the vault only
     /// when the checkpoint moved. Errors are logged.
     pub(crate) fn seal_audit(&mut self) {
-        if self.audit_seal_broken.is_some() {
+        if self.log.seal_broken.is_some() {
             // Never move a seal forward over a log that did not match it.
             return;
         }
-        let Some(cp) = self.audit.as_ref().and_then(|w| w.checkpoint()) else {
+        let Some(cp) = self.log.writer.as_ref().and_then(|w| w.checkpoint()) else {
             return;
         };
         let Some(v) = self.vault.as_mut() else {

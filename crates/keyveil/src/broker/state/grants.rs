@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pin::{FilePin, InputPin};
 
+use super::inner::Inner;
 use super::requests::Ask;
 
 /// A grant approved without `--ttl` is one use, valid this long (seconds).
@@ -125,5 +126,55 @@ impl Grant {
     /// Whether it is still usable at `now`.
     pub(crate) fn live(&self, now: Timestamp) -> bool {
         !self.revoked && self.expires_at > now && self.uses_left != Some(0)
+    }
+}
+
+impl Inner {
+    /// The grant with this id (live or not; grants are forgotten an hour after they end).
+    pub(crate) fn grant(&self, id: &str) -> Option<&Grant> {
+        self.grants.get(id)
+    }
+
+    /// Consumes one use of grant `id` (for a run or a mount read it serves) if `still` holds
+    /// for it now (it may have been revoked or used up meanwhile); whether it did. The only
+    /// change made to a grant outside this module besides [`Inner::revoke`].
+    pub(crate) fn use_grant_if(&mut self, id: &str, still: impl FnOnce(&Grant) -> bool) -> bool {
+        match self.grants.get_mut(id) {
+            Some(g) if still(g) => {
+                if let Some(u) = g.uses_left.as_mut() {
+                    *u = u.saturating_sub(1);
+                }
+                g.runs += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every grant kept, by id.
+    pub(crate) fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.grants.values()
+    }
+
+    /// The ids of every grant kept.
+    pub(crate) fn grant_ids(&self) -> Vec<String> {
+        self.grants.keys().cloned().collect()
+    }
+
+    /// Adds a grant an approval created.
+    pub(crate) fn insert_grant(&mut self, grant: Grant) {
+        self.grants.insert(grant.id.clone(), grant);
+    }
+
+    /// The tick's housekeeping: the run redactors of grants no longer live (and idle ones) are
+    /// dropped, and grants revoked more than an hour after their deadline `now` are forgotten.
+    pub(crate) fn prune_ended_grants(&mut self, now: Timestamp) {
+        let grants = &self.grants;
+        self.run_redactors.prune(std::time::Instant::now(), |id| {
+            grants.get(id).is_some_and(|g| !g.revoked)
+        });
+        self.grants.retain(|_, g| {
+            !g.revoked || now.duration_since(g.expires_at) < jiff::SignedDuration::from_secs(3600)
+        });
     }
 }

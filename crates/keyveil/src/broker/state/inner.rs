@@ -1,87 +1,71 @@
-//! [`Inner`], everything behind the broker's mutex, and its methods on variables, grants,
-//! requests and runs (its audit methods are in `audit.rs`).
+//! [`Inner`], everything behind the broker's mutex, and its methods on the vault, variables,
+//! grants' matching and revocation, and the smaller parts it holds. Its fields are private to
+//! `broker::state`; methods on grants, requests and runs are in `grants.rs`, `requests.rs` and
+//! `runs.rs`, on the factor in `factor.rs`, on the audit log in `audit.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use keyveil_vault::audit::AuditWriter;
-use keyveil_vault::{SecretValue, Vault};
+use keyveil_vault::Vault;
 use serde_json::json;
 
 use keyveil_proto::ErrorCode;
 
+use super::audit::AuditLog;
 use super::error::{OpError, OpResult, locked, unknown_env};
-use super::factor::{FactorGuard, HeldChallenge};
+use super::factor::FactorState;
 use super::grants::Grant;
+use super::memory::ApprovalMemory;
 use super::requests::{AccessReq, Ask, DENIAL_MEMORY, RequestState};
 use super::runs::LiveRun;
 
-/// Everything behind the broker's mutex.
+/// Everything behind the broker's mutex. Its fields are private to `broker::state`: the rest of
+/// the crate goes through the methods below (and those in `audit.rs`, `factor.rs`), grouped by
+/// what they hold.
 #[derive(Default)]
 pub(crate) struct Inner {
     /// The unlocked vault, or `None` while locked.
-    pub vault: Option<Vault>,
-    /// The audit writer (opened at unlock: its key comes from the vault).
-    pub audit: Option<AuditWriter>,
+    pub(super) vault: Option<Vault>,
+    /// The audit writer and what went wrong with the log (`audit.rs`).
+    pub(super) log: AuditLog,
     /// Next request id.
-    pub next_request: u64,
+    pub(super) next_request: u64,
     /// Where the next request id is kept across restarts (`request_ids.rs`); `None` in tests
     /// that build a broker state by hand.
-    pub request_ids: Option<std::path::PathBuf>,
+    pub(super) request_ids: Option<std::path::PathBuf>,
     /// Requests by id.
-    pub requests: BTreeMap<u64, AccessReq>,
+    pub(super) requests: BTreeMap<u64, AccessReq>,
     /// Grants by id.
-    pub grants: BTreeMap<String, Grant>,
+    pub(super) grants: BTreeMap<String, Grant>,
     /// Live runs by id.
-    pub runs: BTreeMap<String, LiveRun>,
-    /// Failed-factor rate limiting.
-    pub factor: FactorGuard,
-    /// (environment, argv, masked) approved in this broker's life: for the `first-time` flag.
-    /// `masked` is the request's [`AccessReq::masked`]: a holder's approved argv never answers
-    /// an agent's own ask (the flag would single out the planted candidate that is the value).
-    pub approved_argv: std::collections::HashSet<(String, Vec<String>, bool)>,
-    /// (argv, masked) denied recently, with when: for the `denied-before` flag (`masked` as
-    /// for `approved_argv`).
-    pub denied_argv: std::collections::HashMap<(Vec<String>, bool), Instant>,
-    /// What denied commands did (`risk::behaviour`), with when: for the `rephrased-denied` flag.
-    pub denied_behaviour: Vec<(Instant, Vec<String>)>,
-    /// Why the audit log did not match the vault's sealed checkpoint at unlock (entries cut off
-    /// its end, or an older log swapped in); while set, the seal is not moved forward.
-    pub audit_seal_broken: Option<String>,
-    /// Set when the audit log's path stopped naming the open log file (moved, deleted or
-    /// replaced while the broker runs); cleared at unlock or when the file is back.
-    pub audit_path_changed: Option<keyveil_vault::audit::PathChange>,
-    /// Audit entries that could not be written, carried across a lock (the writer is closed
-    /// then) and handed to the next writer at unlock, which writes them first as `audit.gap`.
-    pub audit_gap: Option<keyveil_vault::audit::AuditGap>,
-    /// Set while live runs are being stopped because their ends could not be recorded (the
-    /// revocations' own entries fail too; this keeps that from recursing).
-    pub audit_stopping_runs: bool,
-    /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
-    pub pending_totp: Option<(SecretValue, Instant)>,
-    /// Factor challenges handed out and not yet used (`factor_ops::challenge`), by id.
-    pub challenges: std::collections::HashMap<String, HeldChallenge>,
+    pub(super) runs: BTreeMap<String, LiveRun>,
+    /// The factor's guard, a TOTP enrolment in progress, the challenges held (`factor.rs`).
+    pub(super) factor: FactorState,
+    /// What was approved and denied before: for the `first-time`, `denied-before` and
+    /// `rephrased-denied` flags (`memory.rs`).
+    pub(super) memory: ApprovalMemory,
     /// Request times per real origin (`peer.rs`), and of all clients under the empty key: for
     /// the `burst` flag.
-    pub recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
+    pub(super) recent: std::collections::HashMap<String, std::collections::VecDeque<Instant>>,
     /// Dynamic credentials minted for grants (`crate::dynamic`).
-    pub dynamic: crate::dynamic::Registry,
+    pub(super) dynamic: crate::dynamic::Registry,
     /// Runs agents asked for while the vault is locked, by id, with when they were last asked
     /// (`locked_asks.rs`); dropped at unlock (the broker that unlocks is a new process).
-    pub locked_asks: BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)>,
+    pub(super) locked_asks: BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)>,
     /// Approvals held between the factor and the human's yes where names are hidden
     /// (`held_approvals.rs`), by SHA-256 of their ticket.
-    pub held_approvals: std::collections::HashMap<[u8; 32], crate::broker::held_approvals::Held>,
+    pub(super) held_approvals:
+        std::collections::HashMap<[u8; 32], crate::broker::held_approvals::Held>,
     /// The redactor cards and request entries go through (`card_redact.rs`); dropped at `lock`.
-    pub card_redactor: Option<crate::broker::card_redact::CardRedactor>,
+    pub(super) card_redactor: Option<crate::broker::card_redact::CardRedactor>,
     /// Redactors kept between the runs of live grants (`redactor_cache.rs`): dropped with their
     /// grant, after idling, and when the vault locks.
-    pub run_redactors: crate::broker::redactor_cache::RedactorCache,
+    pub(super) run_redactors: crate::broker::redactor_cache::RedactorCache,
     /// Mount readers that were (or were about to be) written values, by (pid, start time):
     /// they and their descendants may hold values ([`Inner::peer_holds_values`]). Pruned as
     /// they exit.
-    pub value_readers: Vec<(u32, u64)>,
+    pub(super) value_readers: Vec<(u32, u64)>,
 }
 
 /// Whether a requester may hold values ([`Inner::peer_holds_values`]).
@@ -132,6 +116,141 @@ impl Inner {
 }
 
 impl Inner {
+    /// An empty state whose request ids start at `next` and are kept in `file` (`None`: not
+    /// kept, as in tests).
+    pub(crate) fn with_request_ids(next: u64, file: Option<std::path::PathBuf>) -> Inner {
+        Inner {
+            next_request: next,
+            request_ids: file,
+            ..Inner::default()
+        }
+    }
+
+    /// Whether the vault is unlocked (in memory).
+    pub(crate) fn is_unlocked(&self) -> bool {
+        self.vault.is_some()
+    }
+
+    /// At unlock or init: the opened vault comes into memory.
+    pub(crate) fn install_vault(&mut self, vault: Vault) {
+        self.vault = Some(vault);
+    }
+
+    /// The vault leaves memory (an init undone).
+    pub(crate) fn drop_vault(&mut self) {
+        self.vault = None;
+    }
+
+    /// At lock, after the runs were stopped and the log sealed: the vault, the redactors built
+    /// from its values, the audit writer (its gap kept), the challenges, held approvals and a
+    /// TOTP enrolment in progress leave memory.
+    pub(crate) fn forget_unlocked(&mut self) {
+        self.vault = None;
+        self.card_redactor = None;
+        self.run_redactors.clear();
+        self.close_audit();
+        self.factor.challenges.clear();
+        self.held_approvals.clear();
+        self.factor.pending_totp = None;
+    }
+
+    /// What was approved and denied in this broker's life (the risk flags' memory).
+    pub(crate) fn approval_memory(&self) -> &ApprovalMemory {
+        &self.memory
+    }
+
+    /// What was approved and denied, to record an approval or a denial.
+    pub(crate) fn approval_memory_mut(&mut self) -> &mut ApprovalMemory {
+        &mut self.memory
+    }
+
+    /// Request times per real origin, and of all clients under the empty key (the `burst`
+    /// flag's count).
+    pub(crate) fn request_times_mut(
+        &mut self,
+    ) -> &mut std::collections::HashMap<String, std::collections::VecDeque<Instant>> {
+        &mut self.recent
+    }
+
+    /// Runs asked for while the vault is locked, by id, with when they were last asked.
+    pub(crate) fn locked_asks(&self) -> &BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)> {
+        &self.locked_asks
+    }
+
+    /// Runs asked for while the vault is locked, to record or refresh one (`locked_asks.rs`).
+    pub(crate) fn locked_asks_mut(
+        &mut self,
+    ) -> &mut BTreeMap<u64, (keyveil_proto::op::LockedAsk, Instant)> {
+        &mut self.locked_asks
+    }
+
+    /// Holds an approval waiting for the human's yes under the digest of its ticket: approvals
+    /// older than `ttl` are dropped first, then the oldest until fewer than `max` are held.
+    pub(crate) fn hold_approval(
+        &mut self,
+        ticket_digest: [u8; 32],
+        held: crate::broker::held_approvals::Held,
+        ttl: std::time::Duration,
+        max: usize,
+    ) {
+        let now = Instant::now();
+        let all = &mut self.held_approvals;
+        all.retain(|_, h| now.duration_since(h.at()) < ttl);
+        while all.len() >= max {
+            let Some(oldest) = all.iter().min_by_key(|(_, h)| h.at()).map(|(k, _)| *k) else {
+                break;
+            };
+            all.remove(&oldest);
+        }
+        all.insert(ticket_digest, held);
+    }
+
+    /// Takes the approval held under this ticket digest (a ticket is used once).
+    pub(crate) fn take_held_approval(
+        &mut self,
+        ticket_digest: &[u8; 32],
+    ) -> Option<crate::broker::held_approvals::Held> {
+        self.held_approvals.remove(ticket_digest)
+    }
+
+    /// The card redactor built last (`card_redact.rs` rebuilds it when the values change).
+    pub(crate) fn cached_card_redactor(&self) -> Option<&crate::broker::card_redact::CardRedactor> {
+        self.card_redactor.as_ref()
+    }
+
+    /// Keeps a freshly built card redactor.
+    pub(crate) fn set_card_redactor(&mut self, r: crate::broker::card_redact::CardRedactor) {
+        self.card_redactor = Some(r);
+    }
+
+    /// The run redactors kept per grant.
+    pub(crate) fn run_redactors(&self) -> &crate::broker::redactor_cache::RedactorCache {
+        &self.run_redactors
+    }
+
+    /// The run redactors kept per grant, to take or keep one.
+    pub(crate) fn run_redactors_mut(
+        &mut self,
+    ) -> &mut crate::broker::redactor_cache::RedactorCache {
+        &mut self.run_redactors
+    }
+
+    /// Records a mount reader (by pid and start time) that is about to be written values: it
+    /// and its descendants hold values from now on ([`Inner::peer_holds_values`]).
+    pub(crate) fn add_value_reader(&mut self, pid: u32, start: u64) {
+        self.value_readers.push((pid, start));
+    }
+
+    /// The dynamic credentials held per grant, and their engines' shared state.
+    pub(crate) fn dynamic(&self) -> &crate::dynamic::Registry {
+        &self.dynamic
+    }
+
+    /// The dynamic credentials held per grant, mutably (to reuse, register or take them).
+    pub(crate) fn dynamic_mut(&mut self) -> &mut crate::dynamic::Registry {
+        &mut self.dynamic
+    }
+
     /// The vault, or the locked error.
     pub(crate) fn vault(&self) -> OpResult<&Vault> {
         self.vault.as_ref().ok_or_else(locked)
@@ -211,7 +330,7 @@ impl Inner {
 
     /// The values of `vars` for a spawn, still sealed (a clone of each sealed value): the caller
     /// opens them outside the broker's lock (opened values are zeroized when dropped). Dynamic
-    /// variables are skipped (minted or fetched per grant: `crate::dynamic::values_for_grant`).
+    /// variables are skipped (minted or fetched per grant: `crate::broker::leases::values_for_grant`).
     pub(crate) fn sealed_values(
         &self,
         env: &str,
@@ -328,7 +447,7 @@ impl Inner {
             );
         }
         // Destroy its dynamic credentials at their source (in the background, now).
-        crate::dynamic::end_grant(self, grant_id);
+        crate::broker::leases::end_grant(self, grant_id);
         was_live
     }
 }

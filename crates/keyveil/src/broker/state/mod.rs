@@ -3,7 +3,7 @@
 //!
 //! One file per kind of thing: `inner` ([`Inner`], the data behind the mutex), `audit` (its
 //! audit methods), `requests` ([`Ask`], [`AccessReq`]), `grants` ([`Grant`]), `runs`
-//! ([`LiveRun`], [`RunsStopped`]), `factor` ([`FactorGuard`], challenges held), `error`
+//! ([`LiveRun`], [`RunsStopped`]), `factor` ([`FactorGuard`], the factor's state and challenges held), `memory` (the approval memory behind the risk flags), `error`
 //! ([`OpError`]). This file only re-exports them.
 
 mod audit;
@@ -11,6 +11,7 @@ mod error;
 mod factor;
 mod grants;
 mod inner;
+mod memory;
 mod requests;
 mod runs;
 #[cfg(test)]

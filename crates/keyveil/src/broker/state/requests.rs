@@ -10,6 +10,8 @@ use serde::Serialize;
 use crate::pin::{FilePin, InputPin};
 use keyveil_proto::ClientInfo;
 
+use super::inner::Inner;
+
 /// A pending request lives this long before it expires unanswered (seconds).
 pub(crate) const REQUEST_TTL_SECONDS: i64 = 600;
 
@@ -248,4 +250,55 @@ pub(crate) struct MountAsk {
     pub path: String,
     /// The mount's own risk flags for this reader (`dumps-file`, `agent-reader`, ...).
     pub flags: Vec<String>,
+}
+
+impl Inner {
+    /// The request with this id (pending or decided; decided ones are forgotten after a while).
+    pub(crate) fn request(&self, id: u64) -> Option<&AccessReq> {
+        self.requests.get(&id)
+    }
+
+    /// The request with this id, mutably (to decide it, or count one more ask).
+    pub(crate) fn request_mut(&mut self, id: u64) -> Option<&mut AccessReq> {
+        self.requests.get_mut(&id)
+    }
+
+    /// Every request kept, by id.
+    #[cfg(test)]
+    pub(crate) fn requests(&self) -> impl Iterator<Item = &AccessReq> {
+        self.requests.values()
+    }
+
+    /// Every request kept, mutably (to expire them all at lock).
+    pub(crate) fn requests_mut(&mut self) -> impl Iterator<Item = &mut AccessReq> {
+        self.requests.values_mut()
+    }
+
+    /// The requests waiting for the human.
+    pub(crate) fn pending_requests(&self) -> impl Iterator<Item = &AccessReq> {
+        self.requests
+            .values()
+            .filter(|r| r.state == RequestState::Pending)
+    }
+
+    /// Adds a request (its id from [`Inner::take_request_id`]).
+    pub(crate) fn insert_request(&mut self, req: AccessReq) {
+        self.requests.insert(req.id, req);
+    }
+
+    /// The id the next request will get.
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_request
+    }
+
+    /// Takes the next request id (a request, or a run asked for while locked): it is never
+    /// given again, across restarts too (`request_ids.rs`).
+    pub(crate) fn take_request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        if let Some(f) = &self.request_ids {
+            crate::broker::request_ids::store(f, self.next_request);
+        }
+        id
+    }
 }

@@ -3,6 +3,8 @@
 use jiff::Timestamp;
 use serde::Serialize;
 
+use super::inner::Inner;
+
 /// A run in progress.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LiveRun {
@@ -74,5 +76,35 @@ impl RunsStopped {
             }
         }
         out
+    }
+}
+
+impl Inner {
+    /// The live runs.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = &LiveRun> {
+        self.runs.values()
+    }
+
+    /// Whether a run under this grant is live.
+    pub(crate) fn grant_has_runs(&self, grant_id: &str) -> bool {
+        self.runs.values().any(|r| r.grant_id == grant_id)
+    }
+
+    /// Registers a run that started.
+    pub(crate) fn insert_run(&mut self, run: LiveRun) {
+        self.runs.insert(run.id.clone(), run);
+    }
+
+    /// Forgets a run that ended; returns it.
+    pub(crate) fn remove_run(&mut self, id: &str) -> Option<LiveRun> {
+        self.runs.remove(id)
+    }
+
+    /// Takes a live run's egress proxy (to close it).
+    pub(crate) fn take_run_egress(
+        &mut self,
+        id: &str,
+    ) -> Option<std::sync::Arc<crate::broker::egress::RunEgress>> {
+        self.runs.get_mut(id).and_then(|r| r.egress.take())
     }
 }

@@ -104,11 +104,11 @@ pub(super) async fn pending(
 /// of its own. `None` when the vault is unlocked.
 fn locked_notice(st: &AppState) -> Option<Response> {
     let inner = st.broker.lock();
-    if inner.vault.is_some() {
+    if inner.is_unlocked() {
         return None;
     }
     let ids: Vec<String> = inner
-        .locked_asks
+        .locked_asks()
         .keys()
         .map(|id| format!("#{id}"))
         .collect();

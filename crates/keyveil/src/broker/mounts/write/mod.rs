@@ -147,10 +147,7 @@ impl Served<'_> {
         let (text, lines) = dotenv_text(broker, env, grant_id)?;
         // From here the reader may get values: it and what it starts are value holders, whose
         // requests' strings are masked where shown (`Inner::peer_holds_values`).
-        broker
-            .lock()
-            .value_readers
-            .push((r.holder.pid, r.holder.start));
+        broker.lock().add_value_reader(r.holder.pid, r.holder.start);
         let made = broker
             .mounts
             .lock()
@@ -343,7 +340,7 @@ impl Served<'_> {
         {
             let mut inner = broker.lock();
             // The reader's argv and cwd, matched against values as its card was.
-            let masked = inner.grants.get(grant_id).is_none_or(|g| g.masked);
+            let masked = inner.grant(grant_id).is_none_or(|g| g.masked);
             inner.audit_as(
                 "mount_read",
                 json!({

@@ -21,8 +21,7 @@ pub(in crate::broker::mounts) fn dotenv_text(
 ) -> Result<(zeroize::Zeroizing<String>, Vec<Line>), String> {
     let inner = broker.lock();
     let vars = inner
-        .grants
-        .get(grant_id)
+        .grant(grant_id)
         .map(|g| g.variables.clone())
         .unwrap_or_default();
     let opened = inner.sealed_values(env, &vars).and_then(|sealed| {

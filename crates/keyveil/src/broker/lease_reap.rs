@@ -21,8 +21,8 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::{DynamicSpec, EngineKind};
-use crate::broker::Broker;
+use super::Broker;
+use crate::dynamic::{DynamicSpec, EngineKind, push_outbox};
 
 /// The most audit entries read back (the newest): a lease older than this many entries has
 /// long reached its grant's expiry.
@@ -123,16 +123,16 @@ pub(crate) fn on_unlock(broker: &Arc<Broker>, held: BTreeSet<String>) {
     let (outbox, logins, gate) = {
         let inner = broker.lock();
         (
-            inner.dynamic.outbox.clone(),
-            inner.dynamic.logins.clone(),
-            inner.dynamic.gate.clone(),
+            inner.dynamic().outbox(),
+            inner.dynamic().logins(),
+            inner.dynamic().gate(),
         )
     };
     let list = match found {
         Ok(l) => l,
         Err(reason) => {
             tracing::warn!(reason, "OpenBao leases of a crashed broker not reaped");
-            super::grants::push_outbox(
+            push_outbox(
                 &outbox,
                 "dynamic_reap_failed",
                 json!({"engine": "openbao-database", "error": format!("{reason}: leases left by a crash end at their grant's expiry")}),
@@ -146,7 +146,7 @@ pub(crate) fn on_unlock(broker: &Arc<Broker>, held: BTreeSet<String>) {
     tokio::spawn(async move {
         let _exclusive = gate.write().await;
         for o in list {
-            let entry: (&'static str, Value) = match super::openbao::revoke(
+            let entry: (&'static str, Value) = match crate::dynamic::openbao::revoke(
                 &o.spec,
                 &logins,
                 &o.lease_id,
@@ -162,7 +162,7 @@ pub(crate) fn on_unlock(broker: &Arc<Broker>, held: BTreeSet<String>) {
                     json!({"variable": o.label, "engine": "openbao-database", "lease_id": o.lease_id, "error": e.to_string()}),
                 ),
             };
-            super::grants::push_outbox(&outbox, entry.0, entry.1);
+            push_outbox(&outbox, entry.0, entry.1);
         }
     });
 }
