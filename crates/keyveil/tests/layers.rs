@@ -101,8 +101,6 @@ const KNOWN_CYCLES: &[(&str, &str)] = &[
     ("dynamic/grants.rs", "broker/mod.rs"),
     ("dynamic/grants.rs", "broker/state/inner.rs"),
     ("dynamic/grants.rs", "dynamic/lease_reap.rs"),
-    // A test in postgres.rs uses the test helpers, which use postgres.rs's error check.
-    ("dynamic/postgres.rs", "dynamic/testutil.rs"),
 ];
 
 /// A module of the crate: a file, or an inline `mod x { .. }` inside one.
