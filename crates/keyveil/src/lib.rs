@@ -25,7 +25,6 @@ mod logging;
 mod mcp;
 mod notify;
 mod output;
-mod path_dirs;
 mod paths;
 mod pin;
 mod reap;

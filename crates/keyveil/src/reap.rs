@@ -16,7 +16,7 @@
 //! - The command (the leader) exits: the rest of the tree is killed (SIGKILL), nothing outlives
 //!   its run.
 //! - SIGTERM, SIGINT or SIGHUP (the broker revoking, timing out or stopping the run): SIGTERM
-//!   to every descendant, SIGKILL to whatever is left after [`crate::broker::spawn::KILL_GRACE`].
+//!   to every descendant, SIGKILL to whatever is left after [`KILL_GRACE`].
 //! - SIGUSR1: SIGKILL to every descendant now.
 //!
 //! The reaper then writes one report line on the pipe it inherited (`exit=N` or `signal=S`
@@ -31,6 +31,10 @@ pub(crate) mod tree;
 
 /// The first argument that makes `keyveil` a run reaper (see the module docs).
 pub(crate) const FLAG: &str = "--keyveil-run-reaper";
+
+/// Grace period between SIGTERM and SIGKILL when a run is stopped (by its reaper, and by the
+/// broker's `RunHandle` where there is no reaper).
+pub(crate) const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the reaper and exits when the process was started as one; returns otherwise.
 pub(crate) fn maybe_run() {
@@ -254,7 +258,7 @@ mod imp {
                         grace_started = true;
                         std::thread::spawn(move || {
                             kill_tree(Signal::TERM, &k, false);
-                            std::thread::sleep(crate::broker::spawn::KILL_GRACE);
+                            std::thread::sleep(super::KILL_GRACE);
                             kill_tree(Signal::KILL, &k, true);
                         });
                     }

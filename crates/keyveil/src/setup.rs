@@ -34,10 +34,28 @@ mod edit;
 mod edit_json;
 mod files;
 mod hosts;
-pub(crate) use edit::{Mode, edit};
+pub(crate) use edit::Mode;
+use edit::{Edit, SetupError};
 pub(crate) use files::{Found, find, parse_value, read_config};
 use files::{backup_name, write_atomic};
 pub(crate) use hosts::{Entry, Format, HOSTS, Host, HostEnv, Op, plan};
+
+/// Edits `old` (the file's text, `None` when it does not exist) so that it holds `ops` (or no
+/// longer holds them, in [`Mode::Remove`]). Pure: no I/O. `path` only names the file in errors.
+///
+/// Errors: [`SetupError`] when the text cannot be parsed or has the wrong shape.
+pub(crate) fn edit(
+    format: Format,
+    old: Option<&str>,
+    ops: &[Op],
+    mode: Mode,
+    path: &str,
+) -> Result<Edit, SetupError> {
+    match format {
+        Format::Toml => edit::edit_toml(old.unwrap_or(""), ops, mode, path),
+        Format::Json => edit_json::edit_json(old, ops, mode, path),
+    }
+}
 
 /// The running binary, canonical.
 pub(crate) fn this_binary() -> Result<PathBuf> {

@@ -163,7 +163,7 @@ async fn kv_fields(
     for k in fields.keys() {
         if !keyveil_vault::is_valid_name(k) {
             tracing::warn!("skipped a KV field whose name is not a valid variable name");
-        } else if super::access::is_injection_var(k) || crate::loaders::is_loader_var(k) {
+        } else if crate::loaders::is_injection_var(k) || crate::loaders::is_loader_var(k) {
             // The server names the variables: one named BASH_ENV, NODE_OPTIONS,
             // ... would make granted commands run code its value names.
             tracing::warn!(
@@ -203,7 +203,7 @@ fn check_names(names: &[(String, Option<String>)]) -> Result<(), OpError> {
                 keyveil_proto::display::clip(n, 80)
             )));
         }
-        if super::access::is_injection_var(n) || crate::loaders::is_loader_var(n) {
+        if crate::loaders::is_injection_var(n) || crate::loaders::is_loader_var(n) {
             return Err(OpError::new(
                 ErrorCode::Denied,
                 format!("refused: a variable named {n} would make granted commands load or run other code"),

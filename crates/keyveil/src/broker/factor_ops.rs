@@ -17,9 +17,6 @@ use crate::factor_proof::{self, FactorKey};
 use keyveil_proto::op;
 use keyveil_proto::{Challenge, ChallengeKey, ErrorCode, FactorProof, Passphrase};
 
-// Kept here for the callers that still name them so (`access.rs`).
-pub(crate) use super::policy_ops::{rule_binds, rule_matches};
-
 /// How long a started TOTP enrolment waits for its confirming code.
 const ENROLL_WINDOW: Duration = Duration::from_secs(600);
 

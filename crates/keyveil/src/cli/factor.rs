@@ -5,26 +5,6 @@
 use super::*;
 use keyveil_proto::op::{self, Operation};
 
-/// Whether a command may read a factor or a value: it makes itself non-dumpable first thing.
-/// (Others stay dumpable so the broker can read their executable for the card.)
-pub(crate) fn handles_factors(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Init { .. }
-            | Command::Unlock { .. }
-            | Command::Approve(_)
-            | Command::Set { .. }
-            | Command::Import(_)
-            | Command::Generate { .. }
-            | Command::Unset { .. }
-            | Command::Env(_)
-            | Command::Factor(_)
-            | Command::Policy(_)
-            | Command::Dynamic(_)
-            | Command::Sweep(_)
-    )
-}
-
 /// Refuses a factor on the command line: `/proc/PID/cmdline` is readable by every process of
 /// the user, and an agent polling it spends the code first.
 pub(crate) fn refuse_argv_factor(totp: Option<&String>) -> Result<()> {

@@ -28,6 +28,7 @@ mod background;
 mod dynamic;
 mod env;
 mod factor;
+mod factor_args;
 mod import;
 mod manual;
 mod mounts;
@@ -45,6 +46,7 @@ use args::*;
 use audit::*;
 use env::*;
 use factor::*;
+use factor_args::FactorArgs;
 use policy::*;
 use run::*;
 
@@ -57,6 +59,26 @@ pub struct Cli {
 }
 
 pub(crate) use crate::output::{Exit, expect_ok, note, say};
+
+/// Whether a command may read a factor or a value: it makes itself non-dumpable first thing.
+/// (Others stay dumpable so the broker can read their executable for the card.)
+fn handles_factors(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Init { .. }
+            | Command::Unlock { .. }
+            | Command::Approve(_)
+            | Command::Set { .. }
+            | Command::Import(_)
+            | Command::Generate { .. }
+            | Command::Unset { .. }
+            | Command::Env(_)
+            | Command::Factor(_)
+            | Command::Policy(_)
+            | Command::Dynamic(_)
+            | Command::Sweep(_)
+    )
+}
 
 /// The typed data of the broker's reply to operation `O`, or an [`Exit`] error.
 pub(crate) fn expect<O: Operation>(reply: Reply) -> Result<O::Reply> {

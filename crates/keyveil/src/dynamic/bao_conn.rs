@@ -38,7 +38,29 @@ use super::target::Target;
 use super::{DynamicError, DynamicSpec, EngineKind, scrub, timed};
 
 mod tls;
+
 use tls::{client_config, tls_hint};
+
+/// Checks a mount, role or path: `[A-Za-z0-9_.-]` segments separated by `/`, no `..`.
+pub(crate) fn check_path(what: &str, p: &str) -> Result<(), DynamicError> {
+    let ok = !p.is_empty()
+        && p.len() <= 512
+        && p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != ".."
+                && seg != "."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(DynamicError::Config(format!(
+            "the OpenBao {what} must be segments of letters, digits, '_', '-', '.' separated by '/'"
+        )))
+    }
+}
 
 /// How the broker gets its token for a variable (option `auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +106,7 @@ pub(crate) fn check_options(spec: &DynamicSpec) -> Result<(), DynamicError> {
     Conn::new(spec)?;
     let auth = AuthKind::of(spec)?;
     if let Some(m) = spec.opt("auth_mount") {
-        super::openbao::check_path("auth mount", m)?;
+        check_path("auth mount", m)?;
     }
     match auth {
         AuthKind::AppRole if spec.opt("role_id").is_none() => Err(DynamicError::Config(
@@ -254,7 +276,7 @@ impl Conn {
             .join(",");
         let namespace = spec.opt("namespace").map(str::to_owned);
         if let Some(ns) = &namespace {
-            super::openbao::check_path("namespace", ns)?;
+            check_path("namespace", ns)?;
         }
         let tls = if nodes[0].target.scheme == "https" {
             Some(client_config(spec)?)

@@ -25,32 +25,11 @@ use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
 use super::Logins;
-use super::bao_conn::{AuthKind, Conn, bao_error, ns_note};
+use super::bao_conn::{AuthKind, Conn, bao_error, check_path, ns_note};
 use super::target::Target;
 use super::{
     CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, Shaped, scrub, shape,
 };
-
-/// Checks a mount, role or path: `[A-Za-z0-9_.-]` segments separated by `/`, no `..`.
-pub(crate) fn check_path(what: &str, p: &str) -> Result<(), DynamicError> {
-    let ok = !p.is_empty()
-        && p.len() <= 512
-        && p.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != ".."
-                && seg != "."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(DynamicError::Config(format!(
-            "the OpenBao {what} must be segments of letters, digits, '_', '-', '.' separated by '/'"
-        )))
-    }
-}
 
 /// A node, the spec (for its login) and the broker's logins.
 struct Bao<'a> {

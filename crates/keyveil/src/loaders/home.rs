@@ -188,7 +188,7 @@ pub(super) fn home_tools(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
         // docker(1) CLI plugins: $DOCKER_CONFIG/cli-plugins (DOCKER_CONFIG never passes) first.
         if let Some(dir) = home_file(cx, ".docker/cli-plugins") {
             out.add_dir(
-                crate::path_dirs::ROLE,
+                crate::pin::path_dirs::ROLE,
                 &dir,
                 "docker CLI plugins (run with the environment)",
             );

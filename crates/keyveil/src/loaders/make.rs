@@ -366,7 +366,11 @@ pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
             match make_path_dirs(&t, &dir) {
                 Ok(dirs) => {
                     for d in dirs {
-                        out.add_dir(crate::path_dirs::ROLE, &d, "a makefile puts it on PATH");
+                        out.add_dir(
+                            crate::pin::path_dirs::ROLE,
+                            &d,
+                            "a makefile puts it on PATH",
+                        );
                     }
                 }
                 Err(why) => out.unpinnable(&p, &why),

@@ -14,7 +14,7 @@
 //! - **neutralises** it for every granted child, through the environment the broker builds from
 //!   scratch ([`NEUTRALISE`]), where that is cheap and does not break normal use; and
 //! - never passes the environment variables that would load more code ([`is_loader_var`], on top
-//!   of `broker::access::is_injection_var`).
+//!   of [`is_injection_var`]).
 //!
 //! The table is [`TABLE`] (also rendered in `docs/threat-model.md`). Pinning stays cheap: a few
 //! `stat`s per candidate path, a directory listing for git hooks and Python site directories, and
@@ -38,7 +38,7 @@ mod table;
 use git::*;
 use make::*;
 
-pub(crate) use env::{NEUTRALISE, is_loader_var};
+pub(crate) use env::{NEUTRALISE, is_injection_var, is_loader_var};
 pub(crate) use managers::manager_inputs;
 use table::TABLE;
 
@@ -110,14 +110,14 @@ impl Pins {
         Some(text)
     }
 
-    /// Pins a directory by fingerprint (`crate::path_dirs`), at the depth its role says.
+    /// Pins a directory by fingerprint (`crate::pin::path_dirs`), at the depth its role says.
     fn add_dir(&mut self, role: &str, dir: &Path, what: &str) {
         if self.0.iter().any(|q| Path::new(&q.path) == dir) || self.full(dir) {
             return;
         }
-        let depth = crate::path_dirs::depth_for(role);
+        let depth = crate::pin::path_dirs::depth_for(role);
         self.0
-            .extend(crate::path_dirs::pin_dir(role, dir, depth, what));
+            .extend(crate::pin::path_dirs::pin_dir(role, dir, depth, what));
     }
 
     /// Whether the pin list is full; then `path` is recorded as not pinned (fail closed).
@@ -137,7 +137,7 @@ impl Pins {
 
     /// Records an input that could not be pinned completely: the request is refused.
     fn unpinnable(&mut self, path: &Path, why: &str) {
-        let p = crate::path_dirs::unpinnable(path, why);
+        let p = crate::pin::path_dirs::unpinnable(path, why);
         if !self.0.contains(&p) {
             self.0.push(p);
         }

@@ -89,7 +89,7 @@ pub(super) fn npm(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     // pinned like an agent-writable PATH directory (absent ones as absent).
     for d in up(cx.cwd) {
         out.add_dir(
-            crate::path_dirs::ROLE,
+            crate::pin::path_dirs::ROLE,
             &d.join("node_modules/.bin"),
             "npm puts it first on PATH",
         );

@@ -119,10 +119,10 @@ pub(super) fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
         // A `json.py` or `json/` there shadows the standard library: its importable entries
         // are fingerprinted (modules, packages one level down, `__pycache__`).
         let role = "python-import-dir";
-        if let Some(f) = crate::path_dirs::fingerprint_filtered(
+        if let Some(f) = crate::pin::path_dirs::fingerprint_filtered(
             &dir,
-            crate::path_dirs::depth_for(role),
-            crate::path_dirs::python_importable,
+            crate::pin::path_dirs::depth_for(role),
+            crate::pin::path_dirs::python_importable,
         ) {
             // The card names what can be imported from there (a `json.py` is seen for what
             // it is).
@@ -130,7 +130,7 @@ pub(super) fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
                 .map(|rd| {
                     rd.filter_map(Result::ok)
                         .map(|e| e.file_name())
-                        .filter(|n| crate::path_dirs::python_importable(n))
+                        .filter(|n| crate::pin::path_dirs::python_importable(n))
                         .map(|n| n.to_string_lossy().into_owned())
                         .collect()
                 })
@@ -146,7 +146,7 @@ pub(super) fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
                 what.push_str(&format!(" and {more} more"));
             }
             out.0
-                .extend(crate::path_dirs::pin_fingerprint(role, &dir, f, &what));
+                .extend(crate::pin::path_dirs::pin_fingerprint(role, &dir, f, &what));
         }
     }
     // A venv run by its own path (`.venv/bin/python3`): Python finds `pyvenv.cfg` next to the

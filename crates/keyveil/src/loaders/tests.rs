@@ -190,9 +190,9 @@ fn git_reads_what_git_reads_or_refuses() {
     }
     let pins = inputs("git", "git", &ctx(&argv, &repo, git, &home));
     let dir = pins.iter().find(|p| p.role == "git-hooks-dir").unwrap();
-    assert!(crate::path_dirs::still_holds(dir));
+    assert!(crate::pin::path_dirs::still_holds(dir));
     std::fs::write(repo.join(".git/hooks/zz-late"), "x").unwrap();
-    assert!(!crate::path_dirs::still_holds(dir));
+    assert!(!crate::pin::path_dirs::still_holds(dir));
 }
 
 #[test]
@@ -394,9 +394,9 @@ fn npm_pins_what_npm_itself_adds_to_a_run() {
         .iter()
         .find(|p| Path::new(&p.path) == parent_bin)
         .unwrap();
-    assert!(crate::path_dirs::still_holds(p));
+    assert!(crate::pin::path_dirs::still_holds(p));
     std::fs::create_dir_all(&parent_bin).unwrap();
-    assert!(!crate::path_dirs::still_holds(p));
+    assert!(!crate::pin::path_dirs::still_holds(p));
 }
 
 #[test]
@@ -477,7 +477,7 @@ fn make_includes_by_wildcard_and_include_dir_are_pinned() {
     assert!(!names.contains(&"zz.mk"), "{names:?}");
     let dir = pins.iter().find(|p| p.role == "make-include-dir").unwrap();
     std::fs::write(d.path().join("mk/b2.mk"), "x:\n").unwrap();
-    assert!(!crate::path_dirs::still_holds(dir));
+    assert!(!crate::pin::path_dirs::still_holds(dir));
 }
 
 #[test]
@@ -492,17 +492,20 @@ fn python_pins_the_directory_it_imports_from_first() {
     let p = pins.iter().find(|p| p.role == "python-import-dir").unwrap();
     assert!(p.path.ends_with("/tools"), "{p:?}");
     assert!(p.detail.as_deref().unwrap().contains("run.py"), "{p:?}");
-    assert!(crate::path_dirs::still_holds(p));
+    assert!(crate::pin::path_dirs::still_holds(p));
     // A compiled module planted in __pycache__ is a change; so is one in cwd for -m.
     std::fs::create_dir_all(d.path().join("tools/__pycache__")).unwrap();
-    assert!(!crate::path_dirs::still_holds(p));
+    assert!(!crate::pin::path_dirs::still_holds(p));
     let m = sv(&["python3", "-m", "json.tool"]);
     let pins = inputs("python", "python3", &ctx(&m, d.path(), exe, d.path()));
     let p = pins.iter().find(|p| p.role == "python-import-dir").unwrap();
     std::fs::write(d.path().join("NOTES.txt"), "x").unwrap();
-    assert!(crate::path_dirs::still_holds(p), "a data file is no module");
+    assert!(
+        crate::pin::path_dirs::still_holds(p),
+        "a data file is no module"
+    );
     std::fs::write(d.path().join("json.py"), "x").unwrap();
-    assert!(!crate::path_dirs::still_holds(p));
+    assert!(!crate::pin::path_dirs::still_holds(p));
     // -I: no script directory on sys.path.
     let i = sv(&["python3", "-I", "tools/run.py"]);
     let pins = inputs("python", "python3", &ctx(&i, d.path(), exe, d.path()));
@@ -715,9 +718,9 @@ fn version_managers_are_found_from_path_and_their_files_pinned() {
         .iter()
         .find(|p| p.role == "version-manager-hooks" && p.path.ends_with("/.pyenv/pyenv.d"))
         .unwrap();
-    assert!(crate::path_dirs::still_holds(hooks));
+    assert!(crate::pin::path_dirs::still_holds(hooks));
     mk(".pyenv/pyenv.d/exec/evil.bash", "curl x\n");
-    assert!(!crate::path_dirs::still_holds(hooks));
+    assert!(!crate::pin::path_dirs::still_holds(hooks));
     // An asdf layout is not taken for mise's, nor the other way round.
     let m = manager_of(&home.join(".local/share/mise/shims"), Some(&home)).unwrap();
     assert_eq!(m.0.name, "mise");

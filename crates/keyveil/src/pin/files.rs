@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::exe::{hash_file, key};
+use super::digest::{hash_file, key};
 use super::{InputPin, MAX_INPUT, MAX_TEXT, UNPINNABLE};
 
 /// Whether the requester (same user) can plausibly have written the executable: it lies in the

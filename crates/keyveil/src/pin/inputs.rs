@@ -40,7 +40,7 @@ fn npm_script(argv: &[String]) -> Option<String> {
 /// Fingerprints the inputs that decide what the command executes: the task runner's file or the
 /// script operand, and the configuration each known tool executes code from
 /// ([`crate::loaders`]; `home` is the child's HOME, the vault's), and the directories of
-/// `search_path` (the child's PATH) the agent can write ([`crate::path_dirs`]).
+/// `search_path` (the child's PATH) the agent can write ([`crate::pin::path_dirs`]).
 pub(crate) fn inputs(
     argv: &[String],
     cwd: &Path,
@@ -277,7 +277,7 @@ fn wrapper_inputs(
 }
 
 /// Adds to `out` the configuration each known tool executes code from
-/// ([`crate::loaders`]) and the writable directories of PATH ([`crate::path_dirs`]), each
+/// ([`crate::loaders`]) and the writable directories of PATH ([`crate::pin::path_dirs`]), each
 /// unless `out` pins its path already (a refusal marker is never merged away).
 fn merge_loader_inputs(out: &mut Vec<InputPin>, cmd: &Cmd<'_>, family: &str, arg0: &str) {
     let cx = crate::loaders::Ctx {
@@ -286,7 +286,7 @@ fn merge_loader_inputs(out: &mut Vec<InputPin>, cmd: &Cmd<'_>, family: &str, arg
         exe: cmd.exe,
         home: cmd.home,
     };
-    let mut dirs = crate::path_dirs::path_pins(cmd.search_path, cmd.cwd, cmd.home);
+    let mut dirs = crate::pin::path_dirs::path_pins(cmd.search_path, cmd.cwd, cmd.home);
     dirs.extend(crate::loaders::manager_inputs(cmd.search_path, &cx));
     for p in crate::loaders::inputs(family, arg0, &cx)
         .into_iter()

@@ -8,10 +8,12 @@
 //! (`/proc/self/fd/N`, i.e. `fexecve`), so the bytes checked are the bytes run. Any difference
 //! ends the grant and asks again.
 
+mod digest;
 mod exe;
 mod files;
 mod inputs;
 mod operand;
+pub(crate) mod path_dirs;
 mod wrappers;
 
 use std::os::unix::fs::PermissionsExt;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use exe::key;
+use digest::key;
 
 pub(crate) use exe::{open_verified, pin_file};
 pub(crate) use files::{
@@ -189,7 +191,9 @@ pub(crate) type Stamp = (String, u64, u64, i64);
 pub(crate) fn stamps(inputs: &[InputPin]) -> Vec<Stamp> {
     inputs
         .iter()
-        .filter(|p| !crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()) && p.role != UNPINNABLE)
+        .filter(|p| {
+            !crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()) && p.role != UNPINNABLE
+        })
         .filter_map(|p| {
             let m = std::fs::metadata(&p.path).ok()?;
             let k = key(&m);
@@ -220,8 +224,8 @@ pub(crate) fn check_inputs(pinned: &[InputPin]) -> Result<(), PinError> {
                 p.detail.as_deref().unwrap_or("cannot be pinned")
             )));
         }
-        if crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()) {
-            if !crate::path_dirs::still_holds(p) {
+        if crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()) {
+            if !crate::pin::path_dirs::still_holds(p) {
                 return Err(PinError::InputsChanged(p.path.clone()));
             }
             continue;

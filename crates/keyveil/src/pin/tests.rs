@@ -96,7 +96,7 @@ fn sv(a: &[&str]) -> Vec<String> {
 fn roles(argv: &[&str], cwd: &Path, exe: &str) -> Vec<(String, String)> {
     inputs(&sv(argv), cwd, Path::new(exe), None, "/usr/bin:/bin")
         .into_iter()
-        .filter(|p| !crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
+        .filter(|p| !crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
         .map(|p| {
             let name = Path::new(&p.path)
                 .file_name()

@@ -303,7 +303,7 @@ pub(super) fn wrapped(
     if name == "env" {
         // `NAME=VALUE` assignments: one that makes a process run other code is refused.
         while let Some((n, _)) = argv.get(i).and_then(|a| a.split_once('=')) {
-            if crate::broker::access::is_injection_var(n) {
+            if crate::loaders::is_injection_var(n) {
                 return Err(format!(
                     "`env` sets {}, which can make the command run code keyveil does not pin",
                     keyveil_proto::display::visible(n)

@@ -25,7 +25,7 @@ use std::io::{Cursor, Read};
 
 use flate2::read::{MultiGzDecoder, ZlibDecoder};
 
-use super::walk::{len_u64, read_bounded};
+use super::bounded::{len_u64, read_bounded};
 use super::{Forms, OUT_OF_TIME, OVER_BYTES, Scanner, member_location, text};
 
 /// What a byte string is, by its first (and for zip, last) bytes.

@@ -31,6 +31,7 @@
 // this module by path, parts of it are unused.
 #![allow(dead_code)]
 
+mod bounded;
 mod decode;
 mod home;
 mod text;

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
+use super::bounded::{len_u64, read_bounded};
 use super::{
     Forms, OUT_OF_TIME, OVER_BYTES, ScanLimits, ScanScope, Scanner, UNREADABLE, decode, home,
     path_bytes,
@@ -525,23 +526,6 @@ fn open_regular(path: &Path, meta: &Metadata) -> io::Result<Option<File>> {
     }
     let file = File::open(path)?;
     Ok(file.metadata()?.is_file().then_some(file))
-}
-
-/// Reads at most `limit` bytes. Returns the bytes, whether there was more than `limit`, and
-/// whether a read error stopped it (the bytes read before the error are kept).
-pub(super) fn read_bounded<R: Read>(reader: R, limit: u64) -> (Vec<u8>, bool, bool) {
-    let mut out = Vec::new();
-    let mut take = reader.take(limit.saturating_add(1));
-    let err = take.read_to_end(&mut out).is_err();
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let hit = out.len() > cap;
-    out.truncate(cap);
-    (out, hit, err)
-}
-
-/// `data.len()` as `u64`.
-pub(super) fn len_u64(data: &[u8]) -> u64 {
-    u64::try_from(data.len()).unwrap_or(u64::MAX)
 }
 
 /// True when `child` (a directory below `parent`) is the root of a pseudo file system

@@ -1,8 +1,8 @@
-//! Applying a plan's edits to one file's text ([`edit`]): the shared types, and TOML files (with
-//! `toml_edit`, keeping every other key, comment and the formatting).
+//! What editing one file's text gives ([`Edit`], [`Mode`], [`SetupError`]), shared with
+//! `edit_json`, and the edits of TOML files (with `toml_edit`, keeping every other key, comment
+//! and the formatting). `setup::edit` picks the format.
 
-use super::edit_json::edit_json;
-use super::hosts::{Format, Op};
+use super::hosts::Op;
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -50,23 +50,6 @@ pub(crate) struct Edit {
     pub(crate) text: Option<String>,
     /// What changed, one line each; empty when the file already was as wanted.
     pub(crate) changes: Vec<String>,
-}
-
-/// Edits `old` (the file's text, `None` when it does not exist) so that it holds `ops` (or no
-/// longer holds them, in [`Mode::Remove`]). Pure: no I/O. `path` only names the file in errors.
-///
-/// Errors: [`SetupError`] when the text cannot be parsed or has the wrong shape.
-pub(crate) fn edit(
-    format: Format,
-    old: Option<&str>,
-    ops: &[Op],
-    mode: Mode,
-    path: &str,
-) -> Result<Edit, SetupError> {
-    match format {
-        Format::Toml => edit_toml(old.unwrap_or(""), ops, mode, path),
-        Format::Json => edit_json(old, ops, mode, path),
-    }
 }
 
 pub(super) fn dotted(path: &[&str]) -> String {

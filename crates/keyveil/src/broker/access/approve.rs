@@ -1,5 +1,6 @@
 //! Approvals (a grant created, scoped as the human chose) and denials.
 
+use super::cards::state_word;
 use super::*;
 
 /// Options of an approval.
@@ -206,16 +207,6 @@ pub(super) fn grant_request(
         r.decided = Some(Instant::now());
     }
     Ok(out)
-}
-
-/// A request state as one word.
-pub(crate) fn state_word(s: &RequestState) -> &'static str {
-    match s {
-        RequestState::Pending => "pending",
-        RequestState::Approved { .. } => "approved",
-        RequestState::Denied { .. } => "denied",
-        RequestState::Expired => "expired",
-    }
 }
 
 /// "No request #`id`" (none was ever made with that number, or it was forgotten), with the

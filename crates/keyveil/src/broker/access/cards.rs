@@ -146,3 +146,13 @@ pub(crate) fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
     broker.lock().hide_names_in(&mut entry);
     Some(crate::factor_proof::card_digest(&entry))
 }
+
+/// A request state as one word.
+pub(crate) fn state_word(s: &RequestState) -> &'static str {
+    match s {
+        RequestState::Pending => "pending",
+        RequestState::Approved { .. } => "approved",
+        RequestState::Denied { .. } => "denied",
+        RequestState::Expired => "expired",
+    }
+}

@@ -17,8 +17,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use super::factor_ops::{Proof, rule_binds, rule_matches, verify_factor};
+use super::factor_ops::{Proof, verify_factor};
 use super::peer::Peer;
+use super::policy_ops::{rule_binds, rule_matches};
 use super::prefix::deny_covers;
 use super::state::{
     AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Holds, Inner, NewVariable,
@@ -32,11 +33,11 @@ use keyveil_proto::op;
 use keyveil_vault::FactorKind;
 
 pub(crate) use approve::{
-    ApproveOptions, approve, check_card, deny, grant_pending, pending_factor, state_word,
+    ApproveOptions, approve, check_card, deny, grant_pending, pending_factor,
 };
 pub(crate) use cards::{card_digest_of, file_pin_info, input_pin_info, requests};
 pub(crate) use chosen::{agent_chosen, check_chosen, check_chosen_values, chosen_expected};
-pub(crate) use env_vars::{check_pass_env, is_injection_var, pass_values};
+pub(crate) use env_vars::{check_pass_env, pass_values};
 pub(crate) use pins::{Pins, bounded, check_symlink_escape, prepare_bounded};
 pub(crate) use request::{access_status, find_or_create_request, request_access, strings_masked};
 

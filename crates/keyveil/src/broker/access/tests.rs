@@ -1,5 +1,6 @@
 use super::pins::lexical;
 use super::*;
+use crate::loaders::is_injection_var;
 
 #[test]
 fn injection_variables_are_recognised() {

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// What every `why` of [`broker_starved`] says.
+pub(super) const STARVED_MARK: &str = "where it cannot look for io_uring threads in time";
+
 /// Whether process `pid` is stopped or traced (state `T` or `t` in `/proc/PID/stat`), or gone.
 pub(super) fn stopped(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -274,7 +277,7 @@ pub(super) fn broker_starved() -> Option<String> {
         if matches!(policy, Some(BATCH | IDLE)) || nice.is_some_and(|n| n > 0) {
             return Some(format!(
                 "thread {tid} of the broker runs at a lower priority (SCHED_IDLE, SCHED_BATCH or a positive nice), {}",
-                super::uring::STARVED_MARK
+                STARVED_MARK
             ));
         }
         let mine = cpus_allowed(&t.path().join("status").to_string_lossy());
@@ -283,7 +286,7 @@ pub(super) fn broker_starved() -> Option<String> {
         {
             return Some(format!(
                 "thread {tid} of the broker may run on {b} CPU(s), fewer than the {a} every process may, {}",
-                super::uring::STARVED_MARK
+                STARVED_MARK
             ));
         }
     }

@@ -15,6 +15,7 @@
 //! namespaces included), so a look reads the pids handed out since the one before
 //! (`/proc/TID/stat` works for a thread too) and scans everything only when it cannot tell.
 
+use super::procfs::STARVED_MARK;
 use super::*;
 
 /// `PF_IO_WORKER` (`include/linux/sched.h`): an io_uring worker or SQPOLL thread.
@@ -60,9 +61,6 @@ pub(super) fn hint() -> String {
         "hint: end that process if it is not yours to keep{sysctl}; where the program can be started differently, `keyveil run --env ENV -- COMMAND` serves it without a pipe"
     )
 }
-
-/// What every `why` of [`super::procfs::broker_starved`] says.
-pub(super) const STARVED_MARK: &str = "where it cannot look for io_uring threads in time";
 
 /// The [`hint`] when `why` is about io_uring threads, or what to do when it is about the
 /// subordinate uid ranges ([`subuid_hint`]) or the broker's own scheduling.

@@ -4,7 +4,6 @@
 use super::lifecycle::vault_err;
 use super::{check_name, usage};
 use crate::broker::Broker;
-use crate::broker::access;
 use crate::broker::factor_ops;
 use crate::broker::guard::{Need, guard_stored, recheck};
 use crate::broker::state::{Inner, OpError, OpResult, unknown_env};
@@ -105,7 +104,7 @@ pub(super) fn store(
     {
         return Err(OpError::new(ErrorCode::Usage, message).hint(hint));
     }
-    if access::is_injection_var(name) {
+    if crate::loaders::is_injection_var(name) {
         // A vault variable is injected into granted children: one named BASH_ENV, LD_PRELOAD,
         // PATH, NODE_OPTIONS, ... would let whoever sets it (no factor is needed to set a value)
         // make an approved command run other code.

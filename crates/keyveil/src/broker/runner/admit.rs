@@ -131,7 +131,7 @@ fn reads_program(req: &RunRequest, cwd: &str, search_path: &str, home: Option<&s
         let writable = exe.as_deref().is_some_and(|e| {
             crate::pin::requester_writable(e, cwd_p, home_p)
                 || e.parent()
-                    .is_some_and(|d| crate::path_dirs::agent_writable(d, cwd_p, home_p))
+                    .is_some_and(|d| crate::pin::path_dirs::agent_writable(d, cwd_p, home_p))
                 || std::fs::metadata(e).is_ok_and(|m| {
                     // (A broker run as root owns the system's programs too.)
                     let me = rustix::process::geteuid();

@@ -1,6 +1,5 @@
 //! The environment of a granted child, built from scratch, and the names it never gets.
 
-use crate::broker::access::{self};
 use crate::broker::state::Inner;
 
 /// Requester variables a child always gets (locale and terminal only).
@@ -52,7 +51,7 @@ pub(crate) fn child_env(
 }
 
 /// Names a granted child never gets from the requester or the vault: code injection
-/// (`access::is_injection_var`) and code loading (`loaders::is_loader_var`: `MAKEFILES`, ...).
+/// (`crate::loaders::is_injection_var`) and code loading (`loaders::is_loader_var`: `MAKEFILES`, ...).
 pub(crate) fn never_passed(name: &str) -> bool {
-    access::is_injection_var(name) || crate::loaders::is_loader_var(name)
+    crate::loaders::is_injection_var(name) || crate::loaders::is_loader_var(name)
 }

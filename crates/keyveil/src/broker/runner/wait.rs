@@ -249,7 +249,7 @@ async fn verify_bounded(
         let files = pin::stamps(&inputs);
         let dirs: Vec<pin::InputPin> = inputs
             .iter()
-            .filter(|p| crate::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
+            .filter(|p| crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
             .cloned()
             .collect();
         verify(&argv, &cwd, &sp, home.as_deref(), exe.as_ref(), &inputs).map(|f| (f, (files, dirs)))
@@ -326,9 +326,9 @@ async fn wait_for_change(
 /// changed and what to do about it.
 fn mismatch_hint(e: &pin::PinError, inputs: &[pin::InputPin]) -> String {
     let dir = match e {
-        pin::PinError::InputsChanged(path) => inputs
-            .iter()
-            .find(|p| &p.path == path && crate::path_dirs::DIR_ROLES.contains(&p.role.as_str())),
+        pin::PinError::InputsChanged(path) => inputs.iter().find(|p| {
+            &p.path == path && crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str())
+        }),
         _ => None,
     };
     match dir {

@@ -7,8 +7,7 @@ use std::time::Duration;
 use keyveil_vault::SecretValue;
 use tokio::io::AsyncWriteExt;
 
-/// Grace period between SIGTERM and SIGKILL when a run is stopped.
-pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
+pub(crate) use crate::reap::KILL_GRACE;
 /// Default run timeout (seconds).
 pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
 
