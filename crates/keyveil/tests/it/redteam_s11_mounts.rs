@@ -256,3 +256,48 @@ fn a_thief_with_a_descriptor_parked_in_a_socket_copies_pieces_unreported() {
         "the thief copied {bytes} bytes in {copies} pieces unreported (longest run of one value: {longest}); mounts: {mounts}"
     );
 }
+
+/// The mount path, as the agent may shape it with every MCP tool and a shell: a `.env` that is
+/// a symlink to a file of the user's is not replaced or followed (the file keeps its bytes,
+/// the link stays); a second mount of the same FIFO under another spelling (`sub/../.env`,
+/// `./.env`, through a symlinked directory) is refused, so one FIFO never has two servers
+/// (two cards, two grants) for one reader. Held.
+#[test]
+fn mount_path_spellings_and_symlinks_do_not_make_a_second_mount() {
+    let h = Home::new();
+    store(&h, &values());
+    let p = Project::new();
+    let env = p.env_file();
+    let dir = env.parent().unwrap().to_path_buf();
+    let target = p.tmp.path().join("kept");
+    std::fs::write(&target, "kept\n").unwrap();
+    std::os::unix::fs::symlink(&target, &env).unwrap();
+    let o = h.run(&["mount", "demo", env.to_str().unwrap()]);
+    assert!(!o.status.success(), "a mount over a symlink was made");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "kept\n");
+    assert!(
+        std::fs::symlink_metadata(&env)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    std::fs::remove_file(&env).unwrap();
+    mount(&h, &p);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&dir, p.tmp.path().join("alias")).unwrap();
+    let name = env.file_name().unwrap().to_str().unwrap();
+    for other in [
+        dir.join("sub").join("..").join(name),
+        dir.join(".").join(name),
+        p.tmp.path().join("alias").join(name),
+    ] {
+        let o = h.run(&["mount", "demo", other.to_str().unwrap()]);
+        assert!(
+            !o.status.success(),
+            "a second mount of the same FIFO was made at {}",
+            other.display()
+        );
+    }
+    let listed = h.ok(&["mounts"]);
+    assert_eq!(listed.matches("environment demo").count(), 1, "{listed}");
+}
