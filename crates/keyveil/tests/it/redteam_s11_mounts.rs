@@ -301,3 +301,98 @@ fn mount_path_spellings_and_symlinks_do_not_make_a_second_mount() {
     let listed = h.ok(&["mounts"]);
     assert_eq!(listed.matches("environment demo").count(), 1, "{listed}");
 }
+
+/// The agent's side of a stand-in reader: it opens `.env` itself (non-blocking, while no card
+/// is asked yet), starts an ordinary program, `sha256sum`, with that descriptor inherited
+/// (as fd N: the program never reads it) and its standard input a pipe the agent feeds, then
+/// parks its own descriptor in a socket (`SCM_RIGHTS`) and closes it: the one holder the
+/// broker sees, and the card shows, is `sha256sum`, asleep in a pipe read (its stdin). At
+/// each write into the FIFO it takes its descriptor back, reads the piece out, parks it
+/// again and writes as many bytes into `sha256sum`'s stdin, so the holder's byte count grows
+/// by the piece. Prints what it read on stdout (only searched).
+const STAND_IN: &str = r#"
+import os, sys, time, socket, subprocess
+path, ready = sys.argv[1:3]
+fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+r_in, w_in = os.pipe()
+shown = subprocess.Popen(["sha256sum"], stdin=r_in, stdout=subprocess.DEVNULL, pass_fds=[fd], cwd=os.path.dirname(path))
+os.close(r_in)
+a, b = socket.socketpair()
+socket.send_fds(a, [b"x"], [fd]); os.close(fd)
+open(ready, "w").close()
+src = f"/proc/{shown.pid}/fd/{fd}"
+data = b""; m0 = os.stat(src).st_mtime_ns; last = time.time()
+while time.time() - last < 3:
+    try:
+        m = os.stat(src).st_mtime_ns
+    except OSError:
+        break
+    if m == m0:
+        continue
+    m0 = m; last = time.time()
+    _, fds, _, _ = socket.recv_fds(b, 1, 1)
+    got = b""
+    try:
+        while True:
+            c = os.read(fds[0], 1 << 16)
+            if not c:
+                break
+            got += c
+    except BlockingIOError:
+        pass
+    socket.send_fds(a, [b"x"], [fds[0]]); os.close(fds[0])
+    data += got
+    if got:
+        os.write(w_in, b"x" * len(got))
+os.close(w_in); shown.wait()
+sys.stdout.buffer.write(data)
+"#;
+
+/// A card for a program that never reads `.env`: the agent holds the FIFO through an ordinary
+/// program it started with the descriptor inherited, keeps its own copy parked in a socket,
+/// reads every piece itself and makes the shown holder's byte count grow by feeding its
+/// standard input. The human approves "`sha256sum` wants to read `.env`"; the text goes to
+/// the agent, and the audit says `mount_read` served to `sha256sum`.
+#[test]
+#[ignore = "LEAK: a stand-in holder (an ordinary program started by the agent with the FIFO's descriptor inherited, its byte count grown by the agent through its stdin) is the reader on the card while the agent, its own descriptor parked in an SCM_RIGHTS message, reads the whole text unreported"]
+fn a_stand_in_reader_on_the_card_while_the_agent_reads_the_text() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let agent = Command::new("python3")
+        .args([
+            "-c",
+            STAND_IN,
+            p.env_file().to_str().unwrap(),
+            p.tmp.path().join("stand-in-ready").to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&p, "stand-in-ready");
+    let card = wait_card(&h);
+    assert!(card.to_string().contains("sha256sum"), "{card}");
+    approve_card(&h, &card, &[]);
+    let got = wait_output(agent, Duration::from_secs(60));
+    assert!(got.status.success(), "agent failed: {}", text(&got.stderr));
+    let audit = h.audit_text();
+    let whole = vals
+        .iter()
+        .filter(|(_, v)| crate::harness::contains(&got.stdout, v))
+        .count();
+    let reported = audit.contains("\"mount_read_suspect\"");
+    eprintln!(
+        "stand-in: the agent read {} bytes, {whole} of {} values whole; reported {reported}",
+        got.stdout.len(),
+        vals.len()
+    );
+    assert!(
+        got.stdout.is_empty() || reported,
+        "the agent read {} bytes ({whole} values whole) under a card for sha256sum, unreported",
+        got.stdout.len()
+    );
+}
