@@ -26,6 +26,10 @@ use crate::mount::{Project, approve_card, finished, mount, store, values, wait_c
 /// - without `uring`: watches the served FIFO's modification time through
 ///   `stat(/proc/READER/fd/N)` (no descriptor: invisible), and at each write opens
 ///   `/proc/READER/fd/N` and drains it at once;
+/// - `rdwr` (with `uring`): opens `/proc/READER/fd/N` read-write (`O_RDWR`, while the card
+///   waits, so before the watch) and puts each piece it read back through the ring
+///   (`IORING_OP_WRITE` on the fixed file: no opening, no mode change, no worker thread), so
+///   that the reader still reads it all and its byte count adds up;
 /// - `writeback`: puts what it read back into the FIFO at once (`chmod` to writable, open
 ///   `/proc/READER/fd/N` for writing, write, `chmod` back), so that the reader still reads
 ///   it all, and goes on for every write.
@@ -71,27 +75,46 @@ if "uring" in mode:
     sqr = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
     cqr = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
     sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
-    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+    fd = os.open(src, (os.O_RDWR if "rdwr" in mode else os.O_RDONLY) | os.O_NONBLOCK)
     arr = (ctypes.c_int * 1)(fd)
     assert libc.syscall(427, ring, 2, arr, 1) == 0, ctypes.get_errno()
     os.close(fd)  # from now on only the ring holds the FIFO: /proc/ME/fd shows anon_inode:[io_uring]
     buf = ctypes.create_string_buffer(1 << 16)
-    def read_once():
+    def submit(opcode, n):
         tail = struct.unpack_from("I", sqr, sq_off[1])[0]
         mask = struct.unpack_from("I", sqr, sq_off[2])[0]
         i = tail & mask
         sqe = bytearray(64)
-        struct.pack_into("BBHiQQII", sqe, 0, 22, 1, 0, 0, 0, ctypes.addressof(buf), len(buf), 0)
+        struct.pack_into("BBHiQQII", sqe, 0, opcode, 1, 0, 0, 0, ctypes.addressof(buf), n, 0)
         sqes[i * 64:(i + 1) * 64] = bytes(sqe)
         struct.pack_into("I", sqr, sq_off[6] + i * 4, i)
         struct.pack_into("I", sqr, sq_off[1], tail + 1)
-        libc.syscall(426, ring, 1, 1, 1, None, 0)
+        libc.syscall(426, ring, 1, 0, 0, None, 0)
+    def reap(wait):
         while struct.unpack_from("I", cqr, cq_off[1])[0] == struct.unpack_from("I", cqr, cq_off[0])[0]:
+            if not wait:
+                return None
             libc.syscall(426, ring, 0, 1, 1, None, 0)
         head = struct.unpack_from("I", cqr, cq_off[0])[0]
         cmask = struct.unpack_from("I", cqr, cq_off[2])[0]
         _, res, _ = struct.unpack_from("QiI", cqr, cq_off[5] + (head & cmask) * 16)
         struct.pack_into("I", cqr, cq_off[0], head + 1)
+        return res
+    def read_once():
+        submit(22, len(buf))
+        res = reap(True)
+        return buf.raw[:res] if res > 0 else res
+    # `rdwr`: one read kept in flight (a read-write end waits for data, O_NONBLOCK or not),
+    # its completion looked for without blocking.
+    pending = False
+    def read_rdwr():
+        global pending
+        if not pending:
+            submit(22, len(buf)); pending = True
+        res = reap(False)
+        if res is None:
+            return -11
+        pending = False
         return buf.raw[:res] if res > 0 else res
 else:
     m0 = os.stat(src).st_mtime_ns
@@ -109,12 +132,16 @@ if "starve" in mode:
     os.sched_setaffinity(pid, {cpu})
     os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 open(ready, "w").close()
-t0 = time.time(); last = None
+t0 = time.time(); last = None; prev = None
 while time.time() - t0 < 30:
     if "uring" in mode:
-        r = read_once()
+        r = read_rdwr() if "rdwr" in mode else read_once()
         if isinstance(r, bytes):
-            data += r; last = time.time()
+            if "rdwr" not in mode or r != prev:  # (a read-write end reads back its own write too)
+                data += r
+            prev = r; last = time.time()
+            if "rdwr" in mode:
+                submit(23, len(r)); reap(True)  # IORING_OP_WRITE: the piece back, from the buffer
         elif (last and time.time() - last > 0.3) or not os.path.exists(f"/proc/{pid}"):
             break
     else:
@@ -159,19 +186,19 @@ sys.stdout.buffer.write(data)
 const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read())))\n";
 
 /// What a theft attempt came to.
-struct Theft {
+pub(crate) struct Theft {
     /// How many values the thief read whole.
-    leaked: usize,
+    pub(crate) leaked: usize,
     /// How many bytes it read at all.
-    bytes: usize,
+    pub(crate) bytes: usize,
     /// It opened the served FIFO (it saw a write).
-    opened: bool,
+    pub(crate) opened: bool,
     /// What the honest reader printed.
-    honest: String,
+    pub(crate) honest: String,
     /// The audit log.
-    audit: String,
+    pub(crate) audit: String,
     /// `keyveil mounts`: what the human is told.
-    mounts: String,
+    pub(crate) mounts: String,
 }
 
 /// Runs the thief in `mode` against the honest reader, approves the reader's card once the
@@ -183,7 +210,7 @@ fn steal(mode: &str, reader: &str) -> (usize, String, String) {
 }
 
 /// As [`steal`], with everything that came of it.
-fn theft(mode: &str, reader: &str) -> Theft {
+pub(crate) fn theft(mode: &str, reader: &str) -> Theft {
     theft_in(mode, reader, false)
 }
 
@@ -261,7 +288,7 @@ fn theft_in(mode: &str, reader: &str, hide_names: bool) -> Theft {
 /// whole value and at most a piece or two (a `NAME=` and a few bytes of a value); a thief
 /// that read anything was seen, audited (`mount_read_suspect`, the grant ended) and shown to
 /// the human (`keyveil mounts`); an unreported read is a whole one, the reader's.
-fn assert_held(t: &Theft) {
+pub(crate) fn assert_held(t: &Theft) {
     assert_eq!(
         t.leaked, 0,
         "the thief read values (honest read {}); {}",

@@ -265,22 +265,22 @@ sys.stdout.buffer.write(data)
 "#;
 
 /// What a copy attempt came to.
-struct Copy {
+pub(crate) struct Copy {
     /// Longest run of consecutive bytes of one value found in what the thief copied.
-    longest: usize,
+    pub(crate) longest: usize,
     /// How many bytes the thief copied.
-    bytes: usize,
+    pub(crate) bytes: usize,
     /// How many distinct pieces it copied.
-    copies: usize,
+    pub(crate) copies: usize,
     /// What the honest reader printed (how many bytes it read).
-    honest: String,
+    pub(crate) honest: String,
     /// The audit log.
-    audit: String,
+    pub(crate) audit: String,
     /// `keyveil mounts`.
-    mounts: String,
+    pub(crate) mounts: String,
     /// Names of the values of which the thief copied bytes found in no other value (at least
     /// 3 in a row).
-    got_values: Vec<&'static str>,
+    pub(crate) got_values: Vec<&'static str>,
 }
 
 /// Runs the thief in `mode` against one honest read, approved once the thief is in position.
@@ -289,7 +289,7 @@ fn copy(mode: &str) -> Copy {
 }
 
 /// As [`copy`], with `setup` run on the home before the mount (a subordinate uid file, ...).
-fn copy_with(mode: &str, setup: impl FnOnce(&Home)) -> Copy {
+pub(crate) fn copy_with(mode: &str, setup: impl FnOnce(&Home)) -> Copy {
     let h = Home::new();
     setup(&h);
     let vals = values();
@@ -458,7 +458,7 @@ fn starved_seen(audit: &str) -> bool {
 
 /// What the look claims: a copier through io_uring copies at most the one piece in the pipe
 /// when it is seen, and what it copied is reported.
-fn assert_held(c: &Copy) {
+pub(crate) fn assert_held(c: &Copy) {
     assert_report_true(c);
     let seen = caught(&c.audit) || starved_seen(&c.audit);
     assert!(

@@ -116,7 +116,8 @@ fn stamp(path: &Path) -> Stamp {
 /// `/etc/passwd`) gives one of them, or a name `passwd` does not know at all (a user from
 /// another name service may be this one: counted, never skipped). Blank lines and lines
 /// starting with `#` are skipped. `Err`: the first line that is not `OWNER:FIRST:COUNT` with
-/// two decimal numbers (its number, never its text).
+/// two numbers as `newuidmap` reads them ([`number`]: decimal, `0` octal, `0x` hexadecimal;
+/// its number, never its text).
 pub(super) fn parse(subuid: &str, passwd: &str, uids: &[u32]) -> Result<Vec<Range>, String> {
     let mut known: Vec<(&str, u32)> = Vec::new();
     for l in passwd.lines() {
@@ -139,10 +140,10 @@ pub(super) fn parse(subuid: &str, passwd: &str, uids: &[u32]) -> Result<Vec<Rang
             return Err(bad());
         };
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if owner.is_empty() || !digits(first) || !digits(count) {
+        if owner.is_empty() {
             return Err(bad());
         }
-        let (Ok(first), Ok(count)) = (first.parse::<u64>(), count.parse::<u64>()) else {
+        let (Some(first), Some(count)) = (number(first), number(count)) else {
             return Err(bad());
         };
         let ours = if digits(owner) {
@@ -156,6 +157,26 @@ pub(super) fn parse(subuid: &str, passwd: &str, uids: &[u32]) -> Result<Vec<Rang
         }
     }
     Ok(out)
+}
+
+/// A number of `/etc/subuid` as `newuidmap` reads it (shadow's `getulong`/`str2ul`:
+/// `strtoul` with base 0): `0x` or `0X` then hexadecimal digits, `0` then octal digits, else
+/// decimal digits. So `0200000` is 65536, not 200000: read as decimal, a range written in
+/// octal would be counted where it is not, and the uids `newuidmap` maps left out. `None`
+/// for anything else (signs and spaces too, which `strtoul` would take: the file is then
+/// refused, never read another way).
+fn number(s: &str) -> Option<u64> {
+    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| char::from(b).is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
 }
 
 /// Whether `uid` lies in one of `ranges`.

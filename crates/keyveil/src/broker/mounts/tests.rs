@@ -328,6 +328,28 @@ fn subordinate_uid_ranges_are_read_by_name_or_number_and_fail_closed() {
     }
 }
 
+/// `newuidmap` reads the numbers of `/etc/subuid` with `strtoul` base 0: `0200000` is octal
+/// (65536) and `0x30000` hexadecimal; read as decimal, the uids it maps would be left out.
+#[test]
+fn subordinate_uid_numbers_are_read_as_newuidmap_reads_them() {
+    let passwd = "alice:x:1000:1000::/home/alice:/bin/sh\n";
+    let sub = "alice:0200000:0200000\nalice:0x30000:0X10\nalice:0:1\nalice:7:010\n";
+    assert_eq!(
+        subuid::parse(sub, passwd, &[1000]).unwrap(),
+        vec![(65_536, 131_072), (196_608, 196_624), (0, 1), (7, 15)]
+    );
+    for bad in [
+        "alice:0200008:1\n",
+        "alice:0x:1\n",
+        "alice:0xg:1\n",
+        "alice: 100000:1\n",
+        "alice:+100000:1\n",
+    ] {
+        let e = subuid::parse(bad, passwd, &[1000]).unwrap_err();
+        assert!(e.contains("line 1"), "{bad:?}: {e}");
+    }
+}
+
 #[test]
 fn subordinate_uid_ranges_are_read_again_when_the_file_changes() {
     let dir = tempfile::tempdir().unwrap();
