@@ -77,6 +77,14 @@ fn api() -> (u16, String, Seen) {
                         );
                         out.extend_from_slice(&data);
                     }
+                    "/upper" => {
+                        let data = format!("ECHO:{}", auth.to_uppercase());
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{data}",
+                            data.len()
+                        );
+                    }
                     "/early" => {
                         let _ = write!(
                             out,
@@ -179,6 +187,16 @@ attempt("note", "GET /note HTTP/1.1\r\n" + host + auth + "X-Note: " + ph + "\r\n
 cut = len("ECHO:Bearer ") + half
 attempt("note0", "GET /note HTTP/1.1\r\n" + host + auth + "Range: bytes=0-%d\r\n" % (cut - 1) + close)
 attempt("note1", "GET /note HTTP/1.1\r\n" + host + auth + "Range: bytes=%d-\r\n" % cut + close)
+# An API that echoes the key upper-cased.
+attempt("upper", "GET /upper HTTP/1.1\r\n" + host + auth + close)
+# HTTP/2 from the child (curl): the placeholder in `:path`, and in a header the API echoes.
+import subprocess
+def curl(name, path, *args):
+    r = subprocess.run(["curl", "-s", "--http2", "--suppress-connect-headers", "--cacert", os.environ["SSL_CERT_FILE"], "-D", "-", "-H", "Authorization: Bearer " + ph, *args, "https://" + api + path], capture_output=True, timeout=20)
+    keep(name, r.stdout)
+    print(name, r.stdout.split(b"\r\n")[0].decode(errors="replace"), flush=True)
+curl("h2path", "/h2/" + ph)
+curl("h2note", "/note", "-H", "X-Note: " + ph)
 print("done", flush=True)
 "#;
 
@@ -276,7 +294,7 @@ fn a_placeholder_in_the_url_of_a_headers_only_binding_never_becomes_the_value() 
     }
     assert!(o.line("url").contains(" 403"), "{}", o.out);
     assert!(o.line("absform").contains(" 403"), "{}", o.out);
-    assert!(o.at("GET /u").is_empty() && o.at("GET /a/").is_empty());
+    assert!(o.at("GET /u?").is_empty() && o.at("GET /a/").is_empty());
     assert_eq!(o.at("GET /pct").len(), 1, "{}", o.out);
     assert!(
         o.h.audit_text()
@@ -380,5 +398,39 @@ fn an_echoed_header_cannot_be_read_back_in_range_pieces() {
         "two Range reads of an echoed header give the child the value ({} / {})",
         o.line("note0"),
         o.line("note1")
+    );
+}
+
+/// An HTTP/2 child (curl) puts the placeholder in `:path` (refused, 403, like HTTP/1.1's
+/// request line) and in a header the API echoes (swapped in, echoed back as the placeholder).
+#[test]
+fn an_http2_child_gets_the_same_rules_for_path_and_headers() {
+    let o = attack();
+    assert!(
+        o.line("h2path").starts_with("h2path HTTP/2 403"),
+        "{}",
+        o.out
+    );
+    assert!(o.at("GET /h2/").is_empty(), "{}", o.out);
+    assert!(
+        o.line("h2note").starts_with("h2note HTTP/2 200"),
+        "{}",
+        o.out
+    );
+    let got = o.got("h2note");
+    assert!(!holds_value(&got, &o.value));
+    assert!(contains(&got, &format!("NOTE:{}", o.placeholder)));
+}
+
+/// An API that echoes the key in another case (upper-cased here; a key in one case, as hex
+/// keys are, comes back whole): the response swap looks for the value's exact bytes.
+#[test]
+#[ignore = "LIMIT (docs/egress.md: the response swap matches the whole value, byte for byte): an API that echoes the Authorization header upper-cased hands the child the value in upper case (its lower-case hex part recovered exactly by lower-casing)"]
+fn an_echo_in_another_case_does_not_hand_the_value_to_the_child() {
+    let o = attack();
+    assert_eq!(o.at("GET /upper").len(), 1, "{}", o.out);
+    assert!(
+        !contains(&o.got("upper"), &o.value.to_uppercase()),
+        "the upper-cased echo gives the child the value"
     );
 }

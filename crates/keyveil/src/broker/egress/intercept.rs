@@ -810,7 +810,8 @@ fn swapped(body: Incoming, swap: Swap, audit: Option<Tally>, others: Option<Othe
                                         &not_in_body_why(b, dest, "trailer"),
                                     );
                                     let e = BoxError::from(
-                                        "keyveil: blocked: a placeholder in a trailer to a host it is not bound to",
+                                        "keyveil: blocked: a placeholder in a trailer it may not travel in \
+                                         (not bound to this host, or bound for headers only)",
                                     );
                                     return Some((Err(e), st));
                                 }
