@@ -197,6 +197,10 @@ def curl(name, path, *args):
     print(name, r.stdout.split(b"\r\n")[0].decode(errors="replace"), flush=True)
 curl("h2path", "/h2/" + ph)
 curl("h2note", "/note", "-H", "X-Note: " + ph)
+# The port rule: `:authority` naming another port of the bound host (HTTP/2), and `Host`
+# naming the bound port with a leading zero (HTTP/1.1: the same port, numerically).
+curl("h2port", "/h2port", "-H", "Host: localhost:1")
+attempt("zeroport", "GET /zeroport HTTP/1.1\r\nHost: localhost:0@API@\r\n" + auth + close)
 print("done", flush=True)
 "#;
 
@@ -433,4 +437,35 @@ fn an_echo_in_another_case_does_not_hand_the_value_to_the_child() {
         !contains(&o.got("upper"), &o.value.to_uppercase()),
         "the upper-cased echo gives the child the value"
     );
+}
+
+/// The port rule: an HTTP/2 `:authority` naming another port of the bound host is refused;
+/// `Host` with the bound port written with a leading zero names the same port and passes (not
+/// another service). The `egress_request` entries list only what was swapped: none for the
+/// split placeholder, `API_TOKEN` for the request whose Authorization carried it.
+#[test]
+fn the_port_rule_holds_over_http2_and_entries_list_only_swapped_variables() {
+    let o = attack();
+    assert!(
+        o.line("h2port").starts_with("h2port HTTP/2 403"),
+        "{}",
+        o.out
+    );
+    assert!(o.at("GET /h2port").is_empty(), "{}", o.out);
+    let zero = o.at("GET /zeroport");
+    assert!(zero.len() <= 1, "{}", o.out);
+    let entries: Vec<serde_json::Value> =
+        o.h.audit_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "egress_request")
+            .collect();
+    let vars = |path: &str| {
+        entries
+            .iter()
+            .find(|e| e["path"] == path)
+            .map(|e| e["variables"].clone())
+    };
+    assert_eq!(vars("/split"), Some(serde_json::json!([])), "{entries:?}");
+    assert_eq!(vars("/pct"), Some(serde_json::json!(["API_TOKEN"])));
 }
