@@ -184,6 +184,10 @@ for n in ["early", "ws", "nm", "emptygz"]:
     attempt(n, "GET /" + n + " HTTP/1.1\r\n" + host + auth + extra)
 # A non-credential header the API echoes: whole, then in two Range pieces cut inside the value.
 attempt("note", "GET /note HTTP/1.1\r\n" + host + auth + "X-Note: " + ph + "\r\n" + close)
+# The same header carrying an HTTP Basic credential around the placeholder: the proxy's
+# Basic swap would base64-encode the value into it, and the echo would come back encoded.
+import base64
+attempt("basicnote", "GET /note HTTP/1.1\r\n" + host + "X-Note: Basic " + base64.b64encode(("u:" + ph).encode()).decode() + "\r\n" + close)
 cut = len("ECHO:Bearer ") + half
 attempt("note0", "GET /note HTTP/1.1\r\n" + host + auth + "Range: bytes=0-%d\r\n" % (cut - 1) + close)
 attempt("note1", "GET /note HTTP/1.1\r\n" + host + auth + "Range: bytes=%d-\r\n" % cut + close)
@@ -468,4 +472,32 @@ fn the_port_rule_holds_over_http2_and_entries_list_only_swapped_variables() {
     };
     assert_eq!(vars("/split"), Some(serde_json::json!([])), "{entries:?}");
     assert_eq!(vars("/pct"), Some(serde_json::json!(["API_TOKEN"])));
+}
+
+/// A Basic credential around the placeholder in a header other than `Authorization`
+/// (`X-Note: Basic base64(u:PLACEHOLDER)`), which the API echoes: the proxy swaps inside Basic
+/// credentials of `Authorization` only, so the API gets the placeholder and the echo carries no
+/// base64 form of the value (which the response swap would not recognise).
+#[test]
+fn a_basic_credential_in_an_echoed_non_authorization_header_is_not_swapped() {
+    use base64::Engine as _;
+    let o = attack();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(format!("u:{s}"));
+    let seen = o.at("GET /note");
+    assert!(
+        seen.iter()
+            .any(|r| header(r, "x-note") == format!("Basic {}", b64(&o.placeholder))),
+        "{}",
+        o.out
+    );
+    for r in &seen {
+        assert!(
+            !contains(r.as_bytes(), &b64(&o.value)),
+            "the API got the value in base64"
+        );
+    }
+    assert!(
+        !contains(&o.got("basicnote"), &b64(&o.value)),
+        "the child got the value in base64 from the echo"
+    );
 }
