@@ -19,7 +19,7 @@ use super::egress::{Seen, authorization, bound_home, fresh_value, read_head, tls
 use super::harness::*;
 
 /// The value of `name: value` in a request head (name in any case), or "".
-fn header(head: &str, name: &str) -> String {
+pub(crate) fn header(head: &str, name: &str) -> String {
     head.lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -35,7 +35,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// `bytes=A-B` or `bytes=A-` applied to `data`.
-fn range(data: &[u8], spec: &str) -> Option<Vec<u8>> {
+pub(crate) fn range(data: &[u8], spec: &str) -> Option<Vec<u8>> {
     let (a, b) = spec.strip_prefix("bytes=")?.split_once('-')?;
     let a: usize = a.parse().ok()?;
     let b: usize = if b.is_empty() {
@@ -426,7 +426,7 @@ fn attack_bound(extra: &[&str]) -> Outcome {
 }
 
 /// Whether `hay` holds the value or an encoding the harness knows of it.
-fn holds_value(hay: &[u8], value: &str) -> bool {
+pub(crate) fn holds_value(hay: &[u8], value: &str) -> bool {
     encodings(value).iter().any(|e| contains(hay, e))
 }
 
