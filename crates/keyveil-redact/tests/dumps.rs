@@ -351,3 +351,55 @@ fn a_narrow_dump_of_a_value_is_redacted() {
         }
     }
 }
+
+/// `xxd`'s layout (16 bytes a line in groups of two, a text column), built here so the test
+/// needs no tool.
+fn xxd_like(data: &[u8]) -> Vec<u8> {
+    let mut out = String::new();
+    for (n, line) in data.chunks(16).enumerate() {
+        let mut hex = String::new();
+        for (i, b) in line.iter().enumerate() {
+            hex.push_str(&format!("{b:02x}"));
+            if i % 2 == 1 {
+                hex.push(' ');
+            }
+        }
+        let text: String = line
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect();
+        out.push_str(&format!("{:08x}: {hex:<40} {text}\n", n * 16));
+    }
+    out.into_bytes()
+}
+
+/// A dump whose lines the reader has finished (every view at the text column) and whose next
+/// line feed lies in the same chunk once hung the redactor for ever (the skip to the line's
+/// end stopped at the line feed without reading it). Each input must be redacted in bounded
+/// time, whole in one push and in chunks; a hang fails here instead of stalling the suite.
+#[test]
+fn a_whole_dump_in_one_push_is_redacted_and_does_not_hang() {
+    for seed in 1..=12u64 {
+        let v = value(seed, 12 + seed as usize);
+        let r = std::sync::Arc::new(Redactor::new([("TOK", v.clone())]));
+        let mut data = b"x".repeat(seed as usize % 5);
+        data.extend_from_slice(&v);
+        data.extend_from_slice(&b"\n".repeat(seed as usize % 3));
+        let dump = xxd_like(&data);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (r2, d2) = (r.clone(), dump.clone());
+        std::thread::spawn(move || {
+            let (one, _) = r2.redact(&d2);
+            let (chunked, _) = common::stream_in(&r2, &d2, &[d2.len(), 16, 5]);
+            let _ = tx.send((one, chunked));
+        });
+        let (one, chunked) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("seed {seed}: the redactor did not return (a hang)"));
+        assert_eq!(one, chunked, "seed {seed}");
+        assert!(
+            !has_window(&text_columns(&one), &v, 12),
+            "seed {seed}: value shown"
+        );
+    }
+}

@@ -271,12 +271,17 @@ impl DecodePass {
                     && st.tok_len == 0
                     && st.views.iter().all(|v| v.rest.is_some())
                 {
-                    // Nothing more to read on this line: on to its end.
+                    // Nothing more to read on this line: on to its end, whose line feed
+                    // `dump_step` reads (at the line feed already: read it now, or this loop
+                    // would never move on).
                     match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
-                        Some(k) => i += k,
+                        Some(0) => {}
+                        Some(k) => {
+                            i += k;
+                            continue;
+                        }
                         None => break,
                     }
-                    continue;
                 }
                 self.dump_step(st, b, base + i as u64, hits);
                 i += 1;
