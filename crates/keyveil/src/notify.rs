@@ -86,7 +86,7 @@ fn desktop() -> bool {
 ///
 /// `env` is the environment, `argv` the command as the
 /// requester gave it (`None`: any command), `reason` its unverified reason. The body ends with
-/// the fixed instruction `Approve with \`keyveil approve ID\` ...`, which no agent-chosen text
+/// the fixed instruction ``Approve with `keyveil approve ID` ...``, which no agent-chosen text
 /// can push out or imitate on a line of its own.
 pub(crate) fn text(
     id: u64,

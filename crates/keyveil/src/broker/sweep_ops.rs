@@ -3,7 +3,7 @@
 //! Only the broker holds values, so only the broker sweeps: it checks the human's factor (the
 //! strongest any environment's rule changes need, never less than a TOTP code), builds a
 //! redactor from every stored value, every dynamic credential held by a live grant and every
-//! dynamic variable's admin credential, runs [`crate::sweep::sweep`] on a blocking thread, and
+//! dynamic variable's admin credential, runs [`crate::sweep::sweep_with`] on a blocking thread, and
 //! seals the findings for the CLI that proved the factor. A sweep is an oracle ("does this file
 //! hold a value?"), so it never answers without the factor, and nothing an agent can read
 //! (the socket, the audit log, listings) ever says *where* a value was found.

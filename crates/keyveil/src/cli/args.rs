@@ -429,6 +429,8 @@ pub(crate) enum EnvCommand {
     /// Example:
     ///   keyveil env link dev --openbao https://bao.corp:8200 --ca-file ca.pem \
     ///       --namespace team --auth approle --role-id ROLE_ID --kv-path team/app
+    // The example is clap help text, printed as written: its URLs are not links.
+    #[allow(rustdoc::bare_urls)]
     #[command(verbatim_doc_comment)]
     Link {
         /// Environment.

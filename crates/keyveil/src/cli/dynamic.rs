@@ -28,6 +28,8 @@ pub(crate) enum DynamicCommand {
     ///       --kv-path team/app            # the secret id is asked at /dev/tty
     ///   keyveil dynamic add ci --engine openbao-kv --address https://bao.corp:8200 \
     ///       --auth jwt --auth-role ci --admin-env CI_JOB_JWT --kv-path team/app
+    // The examples are clap help text, printed as written: their URLs are not links.
+    #[allow(rustdoc::bare_urls)]
     #[command(verbatim_doc_comment)]
     Add {
         /// Environment.

@@ -194,7 +194,7 @@ fn inline_code(argv: &[String]) -> (BTreeSet<&'static str>, Vec<&str>) {
     (f, code)
 }
 
-/// `network`: a network tool as argv[0] or as any command word inside inline code; a URL or
+/// `network`: a network tool as `argv[0]` or as any command word inside inline code; a URL or
 /// `/dev/tcp`, `/dev/udp` path anywhere.
 fn network(argv: &[String], code: &[&str]) -> Option<&'static str> {
     let prog = argv.first().map(String::as_str).unwrap_or("");

@@ -1,6 +1,6 @@
 //! Sweep: find every copy of a vault value that already escaped (`keyveil sweep`).
 //!
-//! Runs inside the broker, the only process that holds values: [`sweep`] takes a
+//! Runs inside the broker, the only process that holds values: [`sweep_with`] takes a
 //! [`Redactor`] built from every stored value and reports **where** each one occurs, by
 //! variable name and location, never the value nor the bytes around it. See `docs/sweep.md`.
 //!
@@ -93,10 +93,10 @@ pub(crate) enum Location {
 /// One copy of one value. Holds no value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct Finding {
-    /// The environment (filled in by the broker; empty from [`sweep`] itself).
+    /// The environment (filled in by the broker; empty from [`sweep_with`] itself).
     #[serde(default)]
     pub environment: String,
-    /// The variable: as the redactor names it from [`sweep`]; the broker then splits it into
+    /// The variable: as the redactor names it from [`sweep_with`]; the broker then splits it into
     /// [`Finding::environment`] and the name clients see (an alias where names are hidden).
     pub variable: String,
     /// Which secret: `value` (a stored value), `minted` (a dynamic credential held by a live
@@ -151,14 +151,14 @@ fn limits(budget: Duration) -> ScanLimits {
     }
 }
 
-/// Sweeps `plan` for the values `redactor` knows. Never fails: what cannot be read is counted
-/// in [`SweepReport::skipped`] with a note.
+/// [`sweep_with`] without progress counting (tests).
 #[cfg(test)]
 pub(crate) fn sweep(plan: &SweepPlan, redactor: &Redactor) -> SweepReport {
     sweep_with(plan, redactor, None)
 }
 
-/// [`sweep`], counting its work in `progress` as it goes.
+/// Sweeps `plan` for the values `redactor` knows, counting its work in `progress` as it goes.
+/// Never fails: what cannot be read is counted in [`SweepReport::skipped`] with a note.
 pub(crate) fn sweep_with(
     plan: &SweepPlan,
     redactor: &Redactor,

@@ -117,7 +117,7 @@ fn check_shape(req: &RunRequest) -> Result<(), OpError> {
     Ok(())
 }
 
-/// Whether the command may read its stdin as program text: judged on the file argv[0] runs
+/// Whether the command may read its stdin as program text: judged on the file `argv[0]` runs
 /// (a script named `./cat`, a link `./wc` to `sh`), not on the name alone.
 fn reads_program(req: &RunRequest, cwd: &str, search_path: &str, home: Option<&str>) -> bool {
     req.stdin.is_some() && {

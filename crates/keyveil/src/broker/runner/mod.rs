@@ -53,7 +53,7 @@ pub(crate) async fn run(broker: &Arc<Broker>, req: RunRequest, framed: Conn, pee
     watcher.abort();
 }
 
-/// The run path for `run`: [`admit`] → [`wait_for_grant`] → [`launch`] → [`relay`]. `None`:
+/// The run path for `run`: [`admit()`] → [`wait_for_grant`] → [`launch()`] → [`relay()`]. `None`:
 /// no reply is owed (the client went away).
 pub(super) async fn run_inner(
     broker: &Arc<Broker>,

@@ -95,7 +95,7 @@ impl<T: AsyncRead + std::os::fd::AsFd + Send + Unpin> OutputPipe for T {}
 /// Runs a started child to completion, relaying redacted output through `sink`.
 ///
 /// `sink` receives `(stream, bytes)` in `Stream` mode; in `Collect` mode output is gathered into
-/// the result instead. Stops early (SIGTERM, then SIGKILL after [`KILL_GRACE`]) on timeout, on
+/// the result instead. Stops early (SIGTERM, then SIGKILL after [`KILL_GRACE`](crate::reap::KILL_GRACE)) on timeout, on
 /// `cancel` (revocation) or on `client_gone`.
 pub(crate) async fn relay(
     mut started: Started,

@@ -3,7 +3,7 @@
 //!
 //! One file per kind of thing: `inner` ([`Inner`], the data behind the mutex), `audit` (its
 //! audit methods), `requests` ([`Ask`], [`AccessReq`]), `grants` ([`Grant`]), `runs`
-//! ([`LiveRun`], [`RunsStopped`]), `factor` ([`FactorGuard`], the factor's state and challenges held), `memory` (the approval memory behind the risk flags), `error`
+//! ([`LiveRun`], [`RunsStopped`]), `factor` ([`FactorGuard`](factor::FactorGuard), the factor's state and challenges held), `memory` (the approval memory behind the risk flags), `error`
 //! ([`OpError`]). This file only re-exports them.
 
 mod audit;
