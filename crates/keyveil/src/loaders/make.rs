@@ -7,7 +7,7 @@ use super::*;
 /// order, `-f FILE`/`-fFILE`/`--file=FILE`/`--makefile=FILE`, in clusters (`-sf FILE`) and by
 /// unambiguous prefix (`--fil=FILE`), as make's `getopt_long` reads them.
 pub(super) fn make_args(argv: &[String], cwd: &Path) -> (PathBuf, Vec<String>) {
-    let m = makefile::argv(argv);
+    let m = make_argv::argv(argv);
     let mut dir = cwd.to_path_buf();
     for d in &m.dir {
         dir = dir.join(d);
@@ -162,7 +162,7 @@ pub(super) fn make_path_dirs(text: &str, dir: &Path) -> Result<Vec<PathBuf>, Str
 /// `-I DIR`, `-IDIR`, `--include-dir=DIR` from make's argv, relative to `dir`: the directory
 /// make runs in after its `-C` options (make changes directory before it searches them).
 pub(super) fn make_include_dirs(argv: &[String], dir: &Path) -> Vec<PathBuf> {
-    makefile::argv(argv)
+    make_argv::argv(argv)
         .incdirs
         .iter()
         .map(|d| dir.join(d))
@@ -292,7 +292,7 @@ pub(super) fn make_include_files(
 pub(super) fn make(cx: &Ctx<'_>, _: &str, out: &mut Pins) {
     let (dir, files) = make_args(cx.argv, cx.cwd);
     let incdirs = make_include_dirs(cx.argv, &dir);
-    if let Some(why) = makefile::argv(cx.argv).refused {
+    if let Some(why) = make_argv::argv(cx.argv).refused {
         out.unpinnable(cx.cwd, &why);
     }
     for f in &files {

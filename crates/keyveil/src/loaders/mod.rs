@@ -28,6 +28,7 @@ mod env;
 mod git;
 mod home;
 mod make;
+mod make_argv;
 mod makefile;
 mod managers;
 mod npm;

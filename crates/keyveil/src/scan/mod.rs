@@ -39,6 +39,8 @@ mod walk;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_decode;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};

@@ -34,6 +34,8 @@ pub(crate) mod wire;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_attacks;
+#[cfg(test)]
 mod tests_gix;
 #[cfg(test)]
 mod tests_round3;

@@ -7,9 +7,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Body as _, Frame, Incoming};
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1 as client_http1;
 use hyper::client::conn::http2 as client_http2;
 use hyper::header::HeaderValue;
@@ -18,13 +16,11 @@ use hyper::server::conn::http2 as server_http2;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
-use super::http::{
-    Body, BoxError, PROXY_HEADERS, carries, fields_carry, shown_dests, swap_in_basic, text,
-};
+use super::body::{AuditOnEnd, Others, Tally, not_in_body, swapped};
+use super::http::{Body, PROXY_HEADERS, carries, shown_dests, swap_in_basic, text};
 use super::placeholder::{Swap, swap_all};
 use super::watch::Watch;
 use super::{Binding, Shared};
@@ -256,19 +252,6 @@ fn encoded(resp: &Response<Incoming>) -> Option<String> {
     };
     listed(hyper::header::CONTENT_ENCODING, &["identity"])
         .or_else(|| listed(hyper::header::TRANSFER_ENCODING, &["chunked"]))
-}
-
-/// Each pattern of `swap` replaced in every field of `fields` (a request's or a response's
-/// trailers).
-fn swap_fields(swap: &Swap, fields: &mut hyper::HeaderMap) {
-    for v in fields.values_mut() {
-        if let Some(x) = swap.replace_in(v.as_bytes())
-            && let Ok(mut n) = HeaderValue::from_bytes(&x)
-        {
-            n.set_sensitive(true);
-            *v = n;
-        }
-    }
 }
 
 /// A response the proxy answers itself instead of forwarding (a refusal or a failure); boxed,
@@ -622,235 +605,6 @@ fn swap_out_of_response(
         rparts,
         swapped(rbody, to_placeholder, Some(Tally::Response(audit)), None),
     )
-}
-
-/// The audit entry of one request to a bound host, shared by its request body and its response
-/// body and written when both have ended (or been abandoned): method, host, path, status,
-/// response bytes, and the variables whose placeholder was swapped for the value in this
-/// request (request line, headers, body), not every variable bound to the host. No entry when
-/// no response came (the child got the proxy's own `502`).
-struct AuditOnEnd {
-    s: Arc<Shared>,
-    method: String,
-    host: String,
-    path: String,
-    /// The response's status; 0 until its head is in.
-    status: AtomicU16,
-    /// The shown names of the variables bound to the host, in the order of `used`.
-    variables: Vec<String>,
-    /// For each of `variables`: whether its placeholder was swapped in.
-    used: Mutex<Vec<bool>>,
-    /// Response body bytes passed to the child.
-    bytes: AtomicU64,
-}
-
-impl AuditOnEnd {
-    /// Marks the variables whose pattern (by index of `variables`) a body swap replaced.
-    fn mark(&self, hits: &[bool]) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        for (u, h) in used.iter_mut().zip(hits) {
-            *u |= *h;
-        }
-    }
-}
-
-impl Drop for AuditOnEnd {
-    fn drop(&mut self) {
-        let status = *self.status.get_mut();
-        if status == 0 {
-            return;
-        }
-        let used = self.used.get_mut().unwrap_or_else(|e| e.into_inner());
-        let variables: Vec<&String> = self
-            .variables
-            .iter()
-            .zip(used.iter())
-            .filter_map(|(v, u)| u.then_some(v))
-            .collect();
-        self.s.audit(
-            "egress_request",
-            json!({
-                "run_id": self.s.run_id,
-                "method": self.method,
-                "host": self.host,
-                "path": self.path,
-                "status": status,
-                "bytes": *self.bytes.get_mut(),
-                "variables": variables,
-            }),
-        );
-    }
-}
-
-/// What a body passed through [`swapped`] adds to its request's audit entry.
-enum Tally {
-    /// The request's body: the variables it swapped in.
-    Request(Arc<AuditOnEnd>),
-    /// The response's body: its bytes.
-    Response(Arc<AuditOnEnd>),
-}
-
-/// The placeholders of the variables not bound to a request's destination, watched for in its
-/// body ([`swapped`]): one ends the body (the upstream request is cut off) and is reported.
-struct Others {
-    /// The run's proxy state (bindings, reports).
-    s: Arc<Shared>,
-    /// The request's destination.
-    dest: super::Dest,
-    /// The destination as reports show it.
-    shown: String,
-    /// The body's watch.
-    watch: Watch,
-}
-
-/// Whether `b`'s placeholder may not travel in a body to `dest`: it is not bound there, or
-/// its binding there covers headers (and the URL) only.
-fn not_in_body(b: &Binding, dest: &super::Dest) -> bool {
-    !b.dests.contains(dest) || !b.bound_in.body
-}
-
-/// Why [`not_in_body`] holds, for reports.
-fn not_in_body_why(b: &Binding, dest: &super::Dest, part: &str) -> String {
-    if b.dests.contains(dest) {
-        format!("sent in a {part}; its binding covers headers only (bind with --body)")
-    } else {
-        format!("sent in a {part}, not bound to this host")
-    }
-}
-
-/// A body passed through `swap` chunk by chunk (same-length swaps: `Content-Length` holds),
-/// watched for `others` first when given.
-fn swapped(body: Incoming, swap: Swap, audit: Option<Tally>, others: Option<Others>) -> Body {
-    struct St {
-        body: Incoming,
-        swap: Swap,
-        done: bool,
-        audit: Option<Tally>,
-        /// `swap.swapped` when the request's tally was last marked.
-        marked: u64,
-        trailers: Option<Frame<Bytes>>,
-        others: Option<Others>,
-    }
-    impl St {
-        /// Marks in the request's tally the variables swapped in since the last mark.
-        fn mark(&mut self) {
-            if let Some(Tally::Request(a)) = &self.audit
-                && self.swap.swapped != self.marked
-            {
-                self.marked = self.swap.swapped;
-                a.mark(self.swap.hits());
-            }
-        }
-    }
-    if swap.is_empty() && audit.is_none() && body.is_end_stream() {
-        return body.map_err(BoxError::from).boxed_unsync();
-    }
-    let st = St {
-        body,
-        swap,
-        done: false,
-        audit,
-        marked: 0,
-        trailers: None,
-        others,
-    };
-    let stream = futures::stream::unfold(st, |mut st| async move {
-        if let Some(t) = st.trailers.take() {
-            return Some((Ok(t), st));
-        }
-        if st.done {
-            return None;
-        }
-        loop {
-            match st.body.frame().await {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if let Some(Others {
-                            s,
-                            dest,
-                            shown,
-                            watch,
-                        }) = &mut st.others
-                            && let Some(b) = watch
-                                .find(s.bindings.iter().filter(|b| not_in_body(b, dest)), &data)
-                        {
-                            s.report_blocked(&b.shown, shown, &not_in_body_why(b, dest, "body"));
-                            st.done = true;
-                            let e = BoxError::from(
-                                "keyveil: blocked: a placeholder in a body it may not travel in \
-                                 (not bound to this host, or bound for headers only)",
-                            );
-                            return Some((Err(e), st));
-                        }
-                        if let Some(Tally::Response(a)) = &st.audit {
-                            a.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        }
-                        let out = if st.swap.is_empty() {
-                            data
-                        } else {
-                            st.swap.push_bytes(data)
-                        };
-                        st.mark();
-                        if out.is_empty() {
-                            continue;
-                        }
-                        return Some((Ok(Frame::data(out)), st));
-                    }
-                    Err(frame) => {
-                        st.done = true;
-                        // Trailers: swapped like headers (an echo in `grpc-message`), and
-                        // watched for the placeholders of variables not bound here.
-                        let frame = match frame.into_trailers() {
-                            Ok(mut t) => {
-                                if let Some(Others { s, dest, shown, .. }) = &st.others
-                                    && let Some(b) = s
-                                        .bindings
-                                        .iter()
-                                        .filter(|b| not_in_body(b, dest))
-                                        .find(|b| fields_carry(&t, &b.placeholder))
-                                {
-                                    s.report_blocked(
-                                        &b.shown,
-                                        shown,
-                                        &not_in_body_why(b, dest, "trailer"),
-                                    );
-                                    let e = BoxError::from(
-                                        "keyveil: blocked: a placeholder in a trailer it may not travel in \
-                                         (not bound to this host, or bound for headers only)",
-                                    );
-                                    return Some((Err(e), st));
-                                }
-                                swap_fields(&st.swap, &mut t);
-                                Frame::trailers(t)
-                            }
-                            Err(f) => f,
-                        };
-                        let rest = st.swap.finish();
-                        st.mark();
-                        if rest.is_empty() {
-                            return Some((Ok(frame), st));
-                        }
-                        st.trailers = Some(frame);
-                        return Some((Ok(Frame::data(Bytes::from(rest))), st));
-                    }
-                },
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(BoxError::from(e)), st));
-                }
-                None => {
-                    st.done = true;
-                    let rest = st.swap.finish();
-                    st.mark();
-                    if rest.is_empty() {
-                        return None;
-                    }
-                    return Some((Ok(Frame::data(Bytes::from(rest))), st));
-                }
-            }
-        }
-    });
-    StreamBody::new(stream).boxed_unsync()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! requests to those hosts, over TLS it terminates with a leaf of a CA minted for the run, and
 //! verifies the upstream server. The child's environment never holds the value.
 
+mod body;
 mod http;
 mod intercept;
 pub(crate) mod owner;
