@@ -232,6 +232,15 @@ pub struct Policy {
     pub egress_roots: Option<String>,
 }
 
+impl Policy {
+    /// Where besides the headers a bound variable `name`'s placeholder is swapped for its
+    /// value: its entry in [`Policy::bound_in`], or headers only ([`BoundIn::default`]) when it
+    /// has none.
+    pub fn bound_in_of(&self, name: &str) -> BoundIn {
+        self.bound_in.get(name).copied().unwrap_or_default()
+    }
+}
+
 /// The parts of a request to a bound host, besides its headers, where the egress proxy swaps a
 /// bound variable's placeholder for its value. Each is opt-in: a host that stores what it is
 /// sent there (a note, a gist, a message, a logged URL) can later give the value back to

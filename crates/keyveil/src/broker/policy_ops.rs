@@ -262,7 +262,7 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
             .bindings
             .iter()
             .map(|(k, v)| {
-                let bound_in = p.bound_in.get(k).copied().unwrap_or_default();
+                let bound_in = p.bound_in_of(k);
                 op::BoundVariable {
                     variable: k.clone(),
                     hosts: v.clone(),

@@ -38,7 +38,7 @@ fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
         .iter()
         .filter_map(|v| {
             p.bindings.get(v).map(|hosts| {
-                let bound_in = p.bound_in.get(v).copied().unwrap_or_default();
+                let bound_in = p.bound_in_of(v);
                 op::BoundVariable {
                     variable: v.clone(),
                     hosts: hosts.clone(),

@@ -532,7 +532,7 @@ fn bound_values(
                 shown: inner.shown_name(env, k),
                 value: v.clone(),
                 dests,
-                bound_in: policy.bound_in.get(k).copied().unwrap_or_default(),
+                bound_in: policy.bound_in_of(k),
             })
         })
         .collect();
