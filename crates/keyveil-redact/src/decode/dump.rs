@@ -31,6 +31,47 @@ use zeroize::Zeroize;
 use super::DecodePass;
 use crate::matcher::Hit;
 
+/// The dump reader's work, counted in this crate's unit tests (zero cost elsewhere): the bytes
+/// its loops look at, so that a test can bound it by the input's size.
+pub(crate) mod work {
+    #[cfg(test)]
+    thread_local! {
+        static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        static LIMIT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    }
+
+    /// Counts `n` bytes looked at; in tests, fails once the count passes the limit set by
+    /// [`reset`] (a loop that never ends fails there instead of hanging).
+    #[inline(always)]
+    pub(crate) fn tick(n: usize) {
+        #[cfg(test)]
+        COUNT.with(|c| {
+            let now = c.get().saturating_add(n as u64);
+            c.set(now);
+            let limit = LIMIT.with(std::cell::Cell::get);
+            assert!(
+                now <= limit,
+                "dump reader: {now} bytes looked at, over {limit}"
+            );
+        });
+        #[cfg(not(test))]
+        let _ = n;
+    }
+
+    /// Starts a count on this thread that may reach `limit`.
+    #[cfg(test)]
+    pub(crate) fn reset(limit: u64) {
+        COUNT.with(|c| c.set(0));
+        LIMIT.with(|l| l.set(limit));
+    }
+
+    /// The count since [`reset`] on this thread.
+    #[cfg(test)]
+    pub(crate) fn count() -> u64 {
+        COUNT.with(std::cell::Cell::get)
+    }
+}
+
 /// A dump line's head: its first bytes are read up to this many to decide whether it begins a
 /// dump ([`line_head`]).
 const LINE_HEAD: usize = 64;
@@ -104,6 +145,7 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
                 return Some(false);
             }
             seen += 1;
+            work::tick(1);
             if !is_t(x) {
                 return Some(false);
             }
@@ -433,6 +475,7 @@ impl DecodePass {
                     match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
                         Some(0) => {}
                         Some(k) => {
+                            work::tick(k);
                             i += k;
                             continue;
                         }
@@ -447,6 +490,7 @@ impl DecodePass {
             if st.skip {
                 match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
                     Some(k) => {
+                        work::tick(k + 1);
                         i += k + 1;
                         i_line = true;
                         st.skip = false;
@@ -463,14 +507,17 @@ impl DecodePass {
             let Some(p) = found else {
                 break;
             };
+            work::tick((p - i) / WORD_STRIDE + 1);
             // Most words are shorter runs (a time of day, a number before a line feed): a
             // head's run has at least `D_RUN - 1` of these bytes after its line start.
             let mut lo = p;
             while lo > i && chunk.get(lo - 1).is_some_and(|&b| is_d(b)) {
+                work::tick(1);
                 lo -= 1;
             }
             let mut hi = p + 8;
             while hi < n && hi - lo < D_RUN && chunk.get(hi).is_some_and(|&b| is_d(b)) {
+                work::tick(1);
                 hi += 1;
             }
             if hi - lo < D_RUN - 1 {
@@ -484,6 +531,7 @@ impl DecodePass {
             // Back to the start of the run, then to the first line start in it.
             let mut k = p;
             while k > i && chunk.get(k - 1).is_some_and(|&b| is_t(b)) {
+                work::tick(1);
                 k -= 1;
             }
             let Some(ls) = first_line_start(chunk, k, p, k == i && i_line) else {
@@ -500,9 +548,14 @@ impl DecodePass {
                     i = ls;
                 }
                 Some(false) => {
-                    // Not from this line: on from the next one.
-                    st.skip = true;
-                    i = ls;
+                    // Not from this line: the next line starts up to the word, each decided
+                    // once here (going back to the top would look back from the word again for
+                    // every line: lines of hex letters before a run of digits cost the square of
+                    // their length).
+                    match self.later_line_starts(st, chunk, base, ls, p) {
+                        Some(at) => i = at,
+                        None => return,
+                    }
                 }
                 None => {
                     // The chunk ends inside the line's head: decided with the next chunk.
@@ -516,6 +569,48 @@ impl DecodePass {
         }
         if !st.on && !st.skip && st.pre.is_empty() {
             self.chunk_end(st, chunk, base, i, i_line, hits);
+        }
+    }
+
+    /// After the line starting at `ls` (at most `p`, in one run of [`is_t`] bytes up to the
+    /// word at `p`) was found to begin no dump: the line starts after it up to `p`, in order,
+    /// until one begins a dump (the reader wakes there) or is undecided at the chunk end (kept:
+    /// `None`, the chunk is done). Where the caller's loop goes on: the dump line's start, or
+    /// the last line start that began none, with the rest of its line skipped.
+    fn later_line_starts(
+        &self,
+        st: &mut DumpState,
+        chunk: &[u8],
+        base: u64,
+        ls: usize,
+        p: usize,
+    ) -> Option<usize> {
+        let mut l = ls;
+        loop {
+            let Some(j) = memchr::memchr(b'\n', chunk.get(l..p).unwrap_or_default()) else {
+                work::tick(p - l);
+                st.skip = true;
+                return Some(l);
+            };
+            let next = l + j + 1;
+            work::tick(next - l);
+            match line_head(chunk.get(next..).unwrap_or_default()) {
+                Some(true) => {
+                    st.on = true;
+                    st.line = Line::Start;
+                    st.reset_token();
+                    return Some(next);
+                }
+                Some(false) => l = next,
+                None => {
+                    self.keep_pre(
+                        st,
+                        chunk.get(next..).unwrap_or_default(),
+                        base + next as u64,
+                    );
+                    return None;
+                }
+            }
         }
     }
 
@@ -538,6 +633,7 @@ impl DecodePass {
             // bytes of a word and hold none).
             let mut feed = None;
             while k > from {
+                work::tick(1);
                 match chunk.get(k - 1) {
                     Some(&b'\n') => feed = Some(k),
                     Some(&b) if is_t(b) => {}
@@ -556,13 +652,13 @@ impl DecodePass {
                     }
                     Some(true) => {
                         // Found by the word test above unless split oddly: read it now.
-                        st.on = true;
-                        st.line = Line::Start;
-                        st.reset_token();
-                        for (j, &b) in tail.iter().enumerate() {
-                            self.dump_step(st, b, base + (l + j) as u64, hits);
+                        let Some(j) = self.wake(st, tail, base + l as u64, hits) else {
+                            return;
+                        };
+                        match self.after_stop(st, tail, j) {
+                            Some(r) => ls = Some(l + r),
+                            None => return,
                         }
-                        return;
                     }
                     Some(false) => {
                         ls = memchr::memchr(b'\n', tail).map(|j| l + j + 1);
@@ -588,17 +684,30 @@ impl DecodePass {
             match verdict {
                 Some(true) => {
                     let mut pre = std::mem::take(&mut st.pre);
-                    st.on = true;
-                    st.line = Line::Start;
-                    st.reset_token();
-                    for (j, &b) in pre.iter().enumerate() {
-                        self.dump_step(st, b, st.pre_start + j as u64, hits);
+                    let stopped = self.wake(st, &pre, st.pre_start, hits);
+                    // What follows a line the reader stopped at is a line start again, as in
+                    // one push (its rest skipped first, unless it stopped at the line feed).
+                    let rest = stopped.and_then(|j| self.after_stop(st, &pre, j));
+                    match rest {
+                        Some(r) => {
+                            for x in pre.iter_mut().take(r) {
+                                *x = 0;
+                            }
+                            pre.drain(..r);
+                            st.pre_start += r as u64;
+                            if pre.is_empty() {
+                                st.mid_line = false;
+                            }
+                            st.pre = pre;
+                        }
+                        None => {
+                            pre.zeroize();
+                            // Keep the buffer's capacity for the next head.
+                            st.pre = pre;
+                            st.pre.clear();
+                            return true;
+                        }
                     }
-                    pre.zeroize();
-                    // Keep the buffer's capacity for the next head.
-                    st.pre = pre;
-                    st.pre.clear();
-                    return true;
                 }
                 None => {
                     st.pre.extend_from_slice(chunk);
@@ -625,6 +734,42 @@ impl DecodePass {
             }
         }
         true
+    }
+
+    /// Wakes the reader at a dump line's start and reads `bytes` (from `start`) until it stops
+    /// (a line that is no dump line): `None` if it read them all, else the index of the first
+    /// byte it did not read.
+    fn wake(
+        &self,
+        st: &mut DumpState,
+        bytes: &[u8],
+        start: u64,
+        hits: &mut Vec<Hit>,
+    ) -> Option<usize> {
+        st.on = true;
+        st.line = Line::Start;
+        st.reset_token();
+        for (j, &b) in bytes.iter().enumerate() {
+            self.dump_step(st, b, start + j as u64, hits);
+            if !st.on {
+                return Some(j + 1);
+            }
+        }
+        None
+    }
+
+    /// After the reader stopped before `bytes[j]`: where the next line starts in `bytes` (the
+    /// rest of a rejected line skipped: `st.skip` is cleared), or `None` when the skip goes on
+    /// past `bytes`.
+    fn after_stop(&self, st: &mut DumpState, bytes: &[u8], j: usize) -> Option<usize> {
+        if !st.skip {
+            // Stopped at a line feed.
+            return Some(j);
+        }
+        let k = memchr::memchr(b'\n', bytes.get(j..).unwrap_or_default())?;
+        work::tick(k + 1);
+        st.skip = false;
+        Some(j + k + 1)
     }
 
     /// Ends the stream: a token or line still open is read to its end.
@@ -689,6 +834,7 @@ impl DecodePass {
     }
 
     fn dump_step(&self, st: &mut DumpState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        work::tick(1);
         if b == b'\n' {
             if st.line == Line::Offset {
                 // A line of one token (`0000007`, a list printed one number a line).
@@ -856,6 +1002,149 @@ impl DecodePass {
         }
         if let Some(p) = self.match_suffix(&v.window, hits) {
             v.pending = Some((p, end));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::work;
+    use crate::Redactor;
+    use proptest::prelude::*;
+
+    /// Bytes the dump reader may look at per input byte, plus a constant per push: a line's head
+    /// is read up to [`super::LINE_HEAD`] bytes again at each push while it is undecided, and
+    /// each chunk end looks back as far (pushes of one byte meet both).
+    const PER_BYTE: u64 = 4 * super::LINE_HEAD as u64;
+
+    /// What a digit/separator text of `n` bytes in `pushes` pushes may cost.
+    fn budget(n: usize, pushes: usize) -> u64 {
+        PER_BYTE * (n as u64 + pushes as u64 + 1)
+    }
+
+    /// Redacts `input` one-shot, then pushed in `sizes` (cycled; empty: byte-wise), each with a
+    /// work budget bounded by the input's size (over it, the count fails at once: a loop that
+    /// never ends fails too); returns both outputs and the work of each.
+    fn redact_counted(r: &Redactor, input: &[u8], sizes: &[usize]) -> (Vec<u8>, Vec<u8>, u64, u64) {
+        work::reset(budget(input.len(), 1));
+        let (one, _) = r.redact(input);
+        let one_work = work::count();
+        let sizes = if sizes.is_empty() { &[1][..] } else { sizes };
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for &k in sizes.iter().cycle() {
+            if at >= input.len() {
+                break;
+            }
+            let end = (at + k.max(1)).min(input.len());
+            pieces.push(&input[at..end]);
+            at = end;
+        }
+        work::reset(budget(input.len(), pieces.len()));
+        let mut s = r.stream();
+        let mut streamed = Vec::new();
+        for piece in &pieces {
+            s.push(piece, &mut streamed);
+        }
+        s.finish(&mut streamed);
+        (one, streamed, one_work, work::count())
+    }
+
+    /// A value of `len` letters and digits from `seed`.
+    fn value(mut seed: u64, len: usize) -> Vec<u8> {
+        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        seed |= 1;
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                ALNUM[(seed % ALNUM.len() as u64) as usize]
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// Text made only of digits, spaces, `,` and line feeds (every byte of it a dump head's
+        /// byte: the reader wakes on every line), 100 to 2,000 bytes, sometimes with a value
+        /// printed as a zero-padded decimal list on a line of its own: pushed one byte at a time
+        /// and in random chunk sizes, the dump reader's work stays within a constant per byte
+        /// (a push of one byte once looped for ever at a finished line's line feed), streaming
+        /// equals one-shot, and a planted list is masked.
+        #[test]
+        fn digit_and_separator_text_costs_work_linear_in_its_size(
+            text in proptest::collection::vec(proptest::sample::select(&b"0123456789 ,\n"[..]), 100..2000),
+            sizes in proptest::collection::vec(1usize..80, 0..6),
+            plant in proptest::option::of((any::<u64>(), any::<proptest::sample::Index>(), 0usize..3)),
+        ) {
+            let mut input = text;
+            let v = value(plant.map_or(7, |p| p.0), 16);
+            if let Some((_, at, style)) = plant {
+                let list: Vec<String> = v
+                    .iter()
+                    .map(|b| match style {
+                        0 => format!("{b:03}"),
+                        1 => format!("{b:05}"),
+                        _ => format!("{b}"),
+                    })
+                    .collect();
+                let sep = [",", " ", ";"][style];
+                let line = format!("\n{}\n", list.join(sep));
+                let at = at.index(input.len());
+                input.splice(at..at, line.into_bytes());
+            }
+            let r = Redactor::new([("V", v.as_slice())]);
+            for chunked in [&[][..], &sizes[..]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &input, chunked);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&one),
+                    String::from_utf8_lossy(&streamed),
+                    "one-shot and streamed (sizes {:?}) differ",
+                    chunked
+                );
+                prop_assert!(one_work <= 8 * input.len() as u64, "{} bytes looked at for {}", one_work, input.len());
+                if plant.is_some() {
+                    prop_assert!(memchr::memmem::find(&one, b"[REDACTED:V]").is_some(), "planted list not masked");
+                } else {
+                    prop_assert_eq!(&one, &input, "text without a value changed");
+                }
+            }
+        }
+    }
+
+    /// Lines of hex letters (bytes a dump's head may hold, but no run of digits) before a run of
+    /// digits, in one push: each line start is decided once. Looking back from the digits again
+    /// for every line cost the square of the text's length (10 s for 1 MiB in a release build).
+    #[test]
+    fn hex_letter_lines_before_digits_cost_work_linear_in_their_size() {
+        let r = Redactor::new([("V", value(11, 20).as_slice())]);
+        for (lines, width) in [(200, 70), (2000, 70), (2000, 30), (500, 200)] {
+            let mut input = Vec::new();
+            for k in 0..lines {
+                input.extend(std::iter::repeat_n(b"abcdef"[k % 6], width));
+                input.push(b'\n');
+            }
+            input.extend_from_slice(&[b'1'; 60]);
+            input.push(b'\n');
+            for sizes in [&[usize::MAX][..], &[4096], &[1], &[7, 64, 3]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &input, sizes);
+                assert_eq!(one, input, "{lines}x{width}: ordinary text changed");
+                assert_eq!(
+                    streamed, input,
+                    "{lines}x{width}, {sizes:?}: streamed differs"
+                );
+                assert!(
+                    one_work <= 8 * input.len() as u64,
+                    "{lines}x{width}: {one_work} bytes looked at in one push for {}",
+                    input.len()
+                );
+            }
         }
     }
 }
