@@ -41,7 +41,7 @@ pub(crate) mod work {
     }
 
     /// Counts `n` bytes looked at; in tests, fails once the count passes the limit set by
-    /// [`reset`] (a loop that never ends fails there instead of hanging).
+    /// `reset` (a loop that never ends fails there instead of hanging).
     #[inline(always)]
     pub(crate) fn tick(n: usize) {
         #[cfg(test)]
