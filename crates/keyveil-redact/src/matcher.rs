@@ -541,15 +541,20 @@ impl PrefixFilter {
         (w.wrapping_mul(HASH_MUL) >> (32 - THREE_BITS)) as usize
     }
 
-    /// Could a pattern start with the last `n` (1 to 3) bytes of `w`?
-    fn maybe_short(&self, w: u32, n: usize) -> bool {
+    /// Could a pattern start with the last `n` (1 to 3) bytes of `w`? With `exact` false, a
+    /// 3-byte start is answered by the hashed bitmap alone (false hits possible: they only
+    /// hold bytes back until the next push); with `exact` true a set bit is confirmed in the
+    /// sorted set of 3-byte starts (a pause, where a false hit would mask ordinary text).
+    #[inline(always)]
+    fn maybe_short(&self, w: u32, n: usize, exact: bool) -> bool {
         let [_, a, b, c] = w.to_be_bytes();
         match n {
             1 => self.one.get(usize::from(c)).copied().unwrap_or(true),
             2 => get_bit(&self.two, usize::from(u16::from_be_bytes([b, c]))),
             _ => {
                 let w = u32::from_be_bytes([0, a, b, c]);
-                get_bit(&self.three, Self::hash3(w)) && self.three_exact.binary_search(&w).is_ok()
+                get_bit(&self.three, Self::hash3(w))
+                    && (!exact || self.three_exact.binary_search(&w).is_ok())
             }
         }
     }
@@ -1007,8 +1012,21 @@ impl Pass {
     }
 
     /// The earliest absolute offset at which a match not yet reported could still start, or
-    /// `total` (the end of the input so far) if none can.
+    /// `total` (the end of the input so far) if none can. May be earlier than needed by up to
+    /// 3 bytes (a hashed 3-byte start): what a push holds back, never what a pause shows.
+    #[inline]
     pub fn hold_bound(&self, st: &PassState, total: u64) -> u64 {
+        self.bound(st, total, false)
+    }
+
+    /// [`Pass::hold_bound`] with every possible start confirmed exactly: what a pause
+    /// ([`crate::RedactStream::flush`]) treats as a possible match.
+    pub fn pause_bound(&self, st: &PassState, total: u64) -> u64 {
+        self.bound(st, total, true)
+    }
+
+    #[inline(always)]
+    fn bound(&self, st: &PassState, total: u64, exact: bool) -> u64 {
         let c = &st.cursor;
         match &self.finder {
             Finder::Raw(_) => st.walks.iter().map(|w| w.start).min().unwrap_or(total),
@@ -1020,7 +1038,7 @@ impl Pass {
                 // Offsets among the last Q-1 normalised bytes not yet checked as candidates.
                 let pending = usize::from(c.window_len).min(Q - 1);
                 for n in (1..=pending).rev() {
-                    if filter.maybe_short(c.window, n) {
+                    if filter.maybe_short(c.window, n, exact) {
                         bound = bound.min(c.recent_pos(c.fed - n as u64));
                         break;
                     }
@@ -1661,7 +1679,7 @@ mod tests {
                 for c in b'a'..=b'z' {
                     let w = u32::from_be_bytes([b'x', a, b, c]);
                     let real = starts.contains(&[a, b, c]);
-                    assert_eq!(f.maybe_short(w, 3), real, "{:?}", [a, b, c]);
+                    assert_eq!(f.maybe_short(w, 3, true), real, "{:?}", [a, b, c]);
                     if !real && get_bit(&f.three, PrefixFilter::hash3(w & 0x00ff_ffff)) {
                         hashed_only += 1;
                     }

@@ -398,10 +398,10 @@ impl RedactStream {
     fn walk_start(&self) -> u64 {
         let mut start = self.total;
         if let (Some(pass), Some(st)) = (self.inner.raw.as_ref(), self.raw.as_ref()) {
-            start = start.min(pass.hold_bound(st, self.total));
+            start = start.min(pass.pause_bound(st, self.total));
         }
         if let (Some(pass), Some(st)) = (self.inner.normalized.as_ref(), self.normalized.as_ref()) {
-            start = start.min(pass.hold_bound(st, self.total));
+            start = start.min(pass.pause_bound(st, self.total));
         }
         start
     }

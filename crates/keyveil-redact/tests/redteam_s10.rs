@@ -127,11 +127,10 @@ fn s10_byte_lists_in_other_spellings_are_redacted() {
 }
 
 /// Decimal bytes zero-padded to 3 digits (`printf '%03d '`, Perl `sprintf "%03d"`,
-/// Python `f'{b:03}'`) without line offsets: no registered form (the plain decimal list is
-/// `104 101`, not `104 065`) and no dump line (a 3-digit first token is no offset).
+/// Python `f'{b:03}'`) without line offsets: not a registered form (the plain decimal list is
+/// `104 101`, not `104 065`); the dump reader's list view reads them (a line's first token is
+/// a byte when it is a decimal byte, any zero padding).
 #[test]
-#[ignore = "LEAK: zero-padded decimal byte lists (`%03d` joined by spaces) without offsets are \
-            neither a registered form nor a dump line (docs/redaction.md §5)"]
 fn s10_zero_padded_decimal_bytes_are_redacted() {
     for p in [
         "perl -e 'print join(\" \", map { sprintf \"%03d\", $_ } unpack(\"C*\", $ENV{V})), \"\\n\"'",

@@ -1,35 +1,84 @@
 //! Byte dumps with line offsets: `xxd -b` (`-c N`, `-g N`), `od -b`, `od -to1`, `hexdump -b`,
-//! `od -tu1`, with any offset radix (`-Ax`, `-Ad`).
+//! `od -tu1`, with any offset radix (`-Ax`, `-Ad`) and any width down to one byte a line; and
+//! decimal byte lists without offsets, any zero padding (`%03d`, `%05d`) and separator
+//! (whitespace, `,`, `;`, one number a line).
 //!
 //! A dump prints a value a few bytes a line, each line starting with an offset and, for `xxd`,
 //! ending with a text column: no line holds a 12-byte fragment, and the offsets split every
 //! registered form. This view reads the dump instead: every *dump line* (an offset of 4 to 16
-//! hex digits, an optional `:`, whitespace, then byte tokens separated by whitespace) is cut into
-//! tokens, and each token is read in three radices at once, each its own stream of decoded
-//! bytes: base 2 (8 digits a byte, or 16, 24 ... for `xxd -b -g N`), octal (3 digits, `od -b`)
-//! and decimal (1 to 3 digits, `od -tu1`). A radix stops reading a line at its first token it
-//! cannot read (the text column); consecutive dump lines continue one stream; any other line
-//! ends them. The streams are matched against the atoms like the escapes of the decoding pass.
-//! A match also masks, on the line where it ends, the text column (everything from the first
-//! unread token to the line end), which spells the same bytes.
+//! hex digits, an optional `:`, whitespace, then byte tokens separated by whitespace, `,` or
+//! `;`) is cut into tokens, and each token is read in three radices at once, each its own stream
+//! of decoded bytes: base 2 (8 digits a byte, or 16, 24 ... for `xxd -b -g N`), octal (3
+//! digits, `od -b`) and decimal (any number of digits, `od -tu1`). A fourth stream, the *list
+//! view*, reads decimal tokens from each line's first token on (a list has no offset; a line
+//! whose first token is an offset reads it as a byte that breaks the value). A radix stops
+//! reading a line at its first token it cannot read (the text column); consecutive dump lines
+//! continue one stream; any other line ends them. The streams are matched against the atoms
+//! like the escapes of the decoding pass. A match also masks, on the line where it ends, the
+//! text column (everything from the first unread token to the line end), which spells the
+//! same bytes.
 //!
-//! Cost: ordinary output is not read byte by byte. A dump line's head (its first
-//! [`LINE_HEAD`] bytes, all offset digits, `:` and whitespace) holds [`D_RUN`] digits and
-//! spaces in a row, so the pass looks for such runs 64 bytes at a time (a vectorised bitmask
-//! and shifts) and, only at one, looks back for the start of the line. A line begun in an earlier chunk whose head is still
-//! undecided is kept and held back until it is decided, so streaming equals one-shot.
+//! Cost: ordinary output is not read byte by byte. A dump's head (its first [`LINE_HEAD`]
+//! bytes from a line start, across line feeds, all offset digits, separators and line feeds)
+//! holds [`D_RUN`] digits and separators in a row, so the pass tests one 8-byte word in
+//! [`WORD_STRIDE`] bytes for such bytes and, only at one, looks back for the start of the
+//! line. A line begun in an earlier chunk whose head is still undecided is kept and held back
+//! until it is decided, so streaming equals one-shot. A chunk with no such word whose last byte
+//! cannot be part of a head (most chunks of text) costs two word tests and one table look-up.
 
 use zeroize::Zeroize;
 
 use super::DecodePass;
 use crate::matcher::Hit;
 
+/// The dump reader's work, counted in this crate's unit tests (zero cost elsewhere): the bytes
+/// its loops look at, so that a test can bound it by the input's size.
+pub(crate) mod work {
+    #[cfg(test)]
+    thread_local! {
+        static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        static LIMIT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    }
+
+    /// Counts `n` bytes looked at; in tests, fails once the count passes the limit set by
+    /// `reset` (a loop that never ends fails there instead of hanging).
+    #[inline(always)]
+    pub(crate) fn tick(n: usize) {
+        #[cfg(test)]
+        COUNT.with(|c| {
+            let now = c.get().saturating_add(n as u64);
+            c.set(now);
+            let limit = LIMIT.with(std::cell::Cell::get);
+            assert!(
+                now <= limit,
+                "dump reader: {now} bytes looked at, over {limit}"
+            );
+        });
+        #[cfg(not(test))]
+        let _ = n;
+    }
+
+    /// Starts a count on this thread that may reach `limit`.
+    #[cfg(test)]
+    pub(crate) fn reset(limit: u64) {
+        COUNT.with(|c| c.set(0));
+        LIMIT.with(|l| l.set(limit));
+    }
+
+    /// The count since [`reset`] on this thread.
+    #[cfg(test)]
+    pub(crate) fn count() -> u64 {
+        COUNT.with(std::cell::Cell::get)
+    }
+}
+
 /// A dump line's head: its first bytes are read up to this many to decide whether it begins a
 /// dump ([`line_head`]).
 const LINE_HEAD: usize = 64;
 
-/// Digits, spaces and `:` in a row that a dump line's head must hold ([`is_d`]: the offset
-/// `00000000: ` and four `xxd -b` tokens, or eight `od -b` ones).
+/// Digits and separators in a row that a dump's head must hold ([`is_d`]: the offset
+/// `00000000: ` and four `xxd -b` tokens, three `xxd -b` tokens and the line start, eight
+/// `od -b` ones, or narrower `od` lines and their line feeds).
 const D_RUN: usize = WORD_STRIDE + 7;
 
 /// Distance between the 8-byte words tested for a dump line's head.
@@ -41,48 +90,72 @@ const MAX_OFFSET: u8 = 16;
 /// Most binary digits of one token (`xxd -b -g 8`).
 const MAX_BITS: usize = 64;
 
-/// Bytes a dump line begins with: hex digits (offsets), `:`, space, tab, CR.
+/// Bytes of a dump's head ([`is_d`]) and hex letters (offsets): bit 0 `T`, bit 1 `D`.
 // Indexing in a constant initialiser is checked at compile time.
 #[allow(clippy::indexing_slicing)]
-static T: [bool; 256] = {
-    let mut t = [false; 256];
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = b.is_ascii_hexdigit() || matches!(b, b':' | b' ' | b'\t' | b'\r');
+        let d =
+            b.is_ascii_digit() || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b';');
+        t[i] = if d {
+            3
+        } else if b.is_ascii_hexdigit() {
+            1
+        } else {
+            0
+        };
         i += 1;
     }
     t
 };
 
+/// Bytes a dump's head is made of: [`is_d`] bytes and hex letters (offsets).
+#[inline(always)]
 fn is_t(b: u8) -> bool {
-    T.get(usize::from(b)).copied().unwrap_or(false)
+    CLASS.get(usize::from(b)).is_some_and(|&c| c & 1 != 0)
 }
 
-/// Digits, space and `:`: the bytes of an offset without hex letters and of the byte tokens.
+/// Digits and separators: the bytes of an offset without hex letters, of the byte tokens and
+/// of what joins them (space, tab, CR, line feed, `:`, `,`, `;`). A line feed belongs: the
+/// lines of a narrow dump (`od -b -w1`) or a list printed one number a line form one run.
+#[inline(always)]
 fn is_d(b: u8) -> bool {
-    b.is_ascii_digit() || b == b' ' || b == b':'
+    CLASS.get(usize::from(b)).is_some_and(|&c| c & 2 != 0)
 }
 
-/// Whether a line whose first bytes are `head` begins a dump: its first [`LINE_HEAD`] bytes, up
-/// to the first byte that is not [`T`], hold [`D_RUN`] digits and spaces in a row. `None`
-/// while undecided (`head` is all [`T`], shorter than [`LINE_HEAD`], without such a run).
+/// Whether a line whose first bytes are `head` begins a dump: its first [`LINE_HEAD`] bytes
+/// (across line feeds), up to the first byte that is not [`is_t`], hold [`D_RUN`] [`is_d`]
+/// bytes in a row, the line start counting as one (the line feed before it, which the
+/// trigger's run holds: `xxd -b -c 3` lines have 38 before their text column). `None` while
+/// undecided (`head` is all [`is_t`], shorter than [`LINE_HEAD`], without such a run).
 fn line_head(head: &[u8]) -> Option<bool> {
-    let mut run = 0;
-    for &b in head.iter().take(LINE_HEAD) {
-        if !is_t(b) {
-            return Some(false);
-        }
-        run = if is_d(b) { run + 1 } else { 0 };
-        if run >= D_RUN {
-            return Some(true);
+    line_head_split(head, &[])
+}
+
+/// [`line_head`] of `a` followed by `b`.
+fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
+    let mut run = 1;
+    let mut seen = 0;
+    for part in [a, b] {
+        for &x in part {
+            if seen == LINE_HEAD {
+                return Some(false);
+            }
+            seen += 1;
+            work::tick(1);
+            if !is_t(x) {
+                return Some(false);
+            }
+            run = if is_d(x) { run + 1 } else { 0 };
+            if run >= D_RUN {
+                return Some(true);
+            }
         }
     }
-    if head.len() >= LINE_HEAD {
-        Some(false)
-    } else {
-        None
-    }
+    (seen >= LINE_HEAD).then_some(false)
 }
 
 /// The offset of the first 8-byte word of `bytes` at a multiple of [`WORD_STRIDE`] that is all
@@ -122,8 +195,86 @@ fn next_digit_word(bytes: &[u8]) -> Option<usize> {
     None
 }
 
+/// What the dump reader, asleep with nothing held, must do with a chunk.
+enum Quick {
+    /// Nothing: no 8-byte word at a multiple of [`WORD_STRIDE`] is all [`is_d`] (what
+    /// [`next_digit_word`] looks for), and the last byte is no [`is_t`] byte (no dump's head
+    /// can be open at the end: a letter, `-`, `.`, `=` ...).
+    Quiet,
+    /// No such word, but a dump's head could be open at the end.
+    Tail,
+    /// Such a word, at this offset: the whole search.
+    Words(usize),
+}
+
+#[inline(always)]
+fn quick(chunk: &[u8]) -> Quick {
+    let words = if chunk.len() <= 2 * WORD_STRIDE + 7 {
+        // Up to two words (64-byte pushes), without the search's loop.
+        const HIGH: u64 = 0xC0C0_C0C0_C0C0_C0C0;
+        let digits = |p: usize| {
+            chunk.get(p..p + 8).is_some_and(|w| {
+                u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8])) & HIGH == 0
+                    && w.iter().all(|&b| is_d(b))
+            })
+        };
+        if digits(0) {
+            Some(0)
+        } else if digits(WORD_STRIDE) {
+            Some(WORD_STRIDE)
+        } else {
+            None
+        }
+    } else {
+        next_digit_word(chunk)
+    };
+    if let Some(p) = words {
+        Quick::Words(p)
+    } else if chunk.last().is_none_or(|&b| is_t(b)) {
+        Quick::Tail
+    } else {
+        Quick::Quiet
+    }
+}
+
+/// Whether a line start lies in the run of [`is_t`] bytes at the end of `chunk` (its last
+/// [`LINE_HEAD`] bytes at most): what [`DecodePass::chunk_end`] looks for, found without the
+/// call for the few bytes of a word that end most chunks.
+#[inline(always)]
+fn tail_may_open(chunk: &[u8], began: bool) -> bool {
+    let n = chunk.len();
+    let from = n.saturating_sub(LINE_HEAD);
+    let mut k = n;
+    while k > from {
+        match chunk.get(k - 1) {
+            Some(&b'\n') => return true,
+            Some(&b) if is_t(b) => k -= 1,
+            _ => return false,
+        }
+    }
+    if k == 0 {
+        began
+    } else {
+        chunk.get(k - 1) == Some(&b'\n')
+    }
+}
+
+/// The first line start in `chunk[k..end]`: `k` itself if `k_starts_line` or the byte before
+/// it is a line feed, else the byte after the first line feed.
+fn first_line_start(chunk: &[u8], k: usize, end: usize, k_starts_line: bool) -> Option<usize> {
+    if k_starts_line || (k > 0 && chunk.get(k - 1) == Some(&b'\n')) {
+        return Some(k);
+    }
+    memchr::memchr(b'\n', chunk.get(k..end).unwrap_or_default()).map(|j| k + j + 1)
+}
+
 fn is_blank(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
+}
+
+/// What ends a byte token: whitespace, `,` or `;` (lists joined by `,`, `, ` or `;`).
+fn is_sep(b: u8) -> bool {
+    is_blank(b) || b == b',' || b == b';'
 }
 
 /// Where the reader is in a dump line.
@@ -167,8 +318,9 @@ pub(crate) struct DumpState {
     off_len: u8,
     /// Skipping the rest of a line that is no dump line.
     skip: bool,
-    /// The next byte begins a line (start of the stream, or after a line feed).
-    at_line_start: bool,
+    /// The next byte does not begin a line (false at the start of the stream and after a line
+    /// feed).
+    mid_line: bool,
     /// The token being read.
     tok_start: u64,
     tok_len: usize,
@@ -179,12 +331,12 @@ pub(crate) struct DumpState {
     num10: u32,
     bits: u8,
     tok_bytes: [u8; MAX_BITS / 8],
-    /// Base 2, octal, decimal.
-    views: [View; 3],
+    /// Base 2, octal and decimal after an offset; decimal from the line's first token (lists
+    /// without offsets, any zero padding and separator).
+    views: [View; 4],
     /// A line begun in earlier chunks, undecided ([`line_head`]).
     pre: Vec<u8>,
     pre_start: u64,
-    started: bool,
 }
 
 impl Drop for DumpState {
@@ -209,6 +361,42 @@ impl DumpState {
         self.tok_bytes.zeroize();
     }
 
+    /// Adds the byte `b` (at `pos`) to the token being read.
+    fn push_digit(&mut self, b: u8, pos: u64) {
+        if self.tok_len == 0 {
+            self.reset_token();
+            self.tok_start = pos;
+        }
+        self.tok_len += 1;
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            self.all01 = false;
+            self.all07 = false;
+            self.alldig = false;
+            return;
+        }
+        if d > 1 {
+            self.all01 = false;
+        }
+        if d > 7 {
+            self.all07 = false;
+        }
+        if self.tok_len <= 3 {
+            self.num8 = self.num8 * 8 + u32::from(d);
+        }
+        // Any zero padding: the value saturates above a byte's range.
+        self.num10 = (self.num10 * 10 + u32::from(d)).min(256);
+        if self.all01 && self.tok_len <= MAX_BITS {
+            self.bits = (self.bits << 1) | d;
+            if self.tok_len.is_multiple_of(8)
+                && let Some(x) = self.tok_bytes.get_mut(self.tok_len / 8 - 1)
+            {
+                *x = self.bits;
+                self.bits = 0;
+            }
+        }
+    }
+
     fn stop(&mut self) {
         self.on = false;
         self.line = Line::Start;
@@ -228,42 +416,52 @@ impl DecodePass {
         base: u64,
         hits: &mut Vec<Hit>,
     ) {
-        if !st.started {
-            st.started = true;
-            st.at_line_start = true;
-        }
-        let began_at_line_start = st.at_line_start && st.pre.is_empty() && !st.on && !st.skip;
         let n = chunk.len();
-        let mut i = 0;
-        if !st.pre.is_empty() {
-            // A line begun in earlier chunks, undecided: decide it with this chunk's bytes.
-            let mut head = st.pre.clone();
-            let room = LINE_HEAD.saturating_sub(head.len());
-            head.extend_from_slice(chunk.get(..room.min(n)).unwrap_or_default());
-            let verdict = line_head(&head);
-            head.zeroize();
-            match verdict {
-                Some(true) => {
-                    let mut pre = std::mem::take(&mut st.pre);
-                    st.on = true;
-                    st.line = Line::Start;
-                    st.reset_token();
-                    for (j, &b) in pre.iter().enumerate() {
-                        self.dump_step(st, b, st.pre_start + j as u64, hits);
-                    }
-                    pre.zeroize();
-                }
-                None => {
-                    st.pre.extend_from_slice(chunk);
+        if n == 0 {
+            return;
+        }
+        if !st.on && !st.skip && st.pre.is_empty() {
+            // Asleep with nothing held, as for most chunks of ordinary output.
+            match quick(chunk) {
+                Quick::Quiet => {
+                    st.mid_line = true;
                     return;
                 }
-                Some(false) => {
-                    st.pre.zeroize();
-                    st.pre.clear();
-                    st.skip = true;
+                Quick::Tail => {
+                    let began = !st.mid_line;
+                    st.mid_line = chunk.last() != Some(&b'\n');
+                    if tail_may_open(chunk, began) {
+                        self.chunk_end(st, chunk, base, 0, began, hits);
+                    }
+                    return;
+                }
+                Quick::Words(p) => {
+                    self.scan_dump_slow(st, chunk, base, Some(p), hits);
+                    return;
                 }
             }
         }
+        self.scan_dump_slow(st, chunk, base, None, hits);
+    }
+
+    /// [`DecodePass::scan_dump`] for a chunk that may wake the reader, or while it reads;
+    /// `first` is the first word [`next_digit_word`] finds in `chunk`, when known.
+    #[inline(never)]
+    fn scan_dump_slow(
+        &self,
+        st: &mut DumpState,
+        chunk: &[u8],
+        base: u64,
+        mut first: Option<usize>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let n = chunk.len();
+        if !st.pre.is_empty() && !self.decide_pre(st, chunk, hits) {
+            return;
+        }
+        // Whether `i` is a line start.
+        let mut i_line = !st.mid_line && !st.on && !st.skip;
+        let mut i = 0;
         while i < n {
             if st.on {
                 let Some(&b) = chunk.get(i) else { break };
@@ -277,6 +475,7 @@ impl DecodePass {
                     match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
                         Some(0) => {}
                         Some(k) => {
+                            work::tick(k);
                             i += k;
                             continue;
                         }
@@ -285,35 +484,58 @@ impl DecodePass {
                 }
                 self.dump_step(st, b, base + i as u64, hits);
                 i += 1;
+                i_line = b == b'\n';
                 continue;
             }
             if st.skip {
                 match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
                     Some(k) => {
+                        work::tick(k + 1);
                         i += k + 1;
+                        i_line = true;
                         st.skip = false;
                     }
                     None => break,
                 }
                 continue;
             }
-            // The next run of digits and spaces long enough for a dump line's head.
-            let Some(p) = next_digit_word(chunk.get(i..).unwrap_or_default()).map(|p| i + p) else {
+            // The next run of digits and separators long enough for a dump's head.
+            let found = match first.take() {
+                Some(p) if i == 0 => Some(p),
+                _ => next_digit_word(chunk.get(i..).unwrap_or_default()).map(|p| i + p),
+            };
+            let Some(p) = found else {
                 break;
             };
-            // Back to the start of the run: a line start?
+            work::tick((p - i) / WORD_STRIDE + 1);
+            // Most words are shorter runs (a time of day, a number before a line feed): a
+            // head's run has at least `D_RUN - 1` of these bytes after its line start.
+            let mut lo = p;
+            while lo > i && chunk.get(lo - 1).is_some_and(|&b| is_d(b)) {
+                work::tick(1);
+                lo -= 1;
+            }
+            let mut hi = p + 8;
+            while hi < n && hi - lo < D_RUN && chunk.get(hi).is_some_and(|&b| is_d(b)) {
+                work::tick(1);
+                hi += 1;
+            }
+            if hi - lo < D_RUN - 1 {
+                if hi >= n {
+                    break;
+                }
+                i = hi;
+                i_line = false;
+                continue;
+            }
+            // Back to the start of the run, then to the first line start in it.
             let mut k = p;
             while k > i && chunk.get(k - 1).is_some_and(|&b| is_t(b)) {
+                work::tick(1);
                 k -= 1;
             }
-            let line_start = if k == 0 {
-                (i == 0 && began_at_line_start).then_some(0)
-            } else if chunk.get(k - 1) == Some(&b'\n') {
-                Some(k)
-            } else {
-                None
-            };
-            let Some(ls) = line_start else {
+            let Some(ls) = first_line_start(chunk, k, p, k == i && i_line) else {
+                // The run begins inside a line that began before it: no dump line.
                 st.skip = true;
                 i = p;
                 continue;
@@ -326,55 +548,228 @@ impl DecodePass {
                     i = ls;
                 }
                 Some(false) => {
-                    st.skip = true;
-                    i = p;
+                    // Not from this line: the next line starts up to the word, each decided
+                    // once here (going back to the top would look back from the word again for
+                    // every line: lines of hex letters before a run of digits cost the square of
+                    // their length).
+                    match self.later_line_starts(st, chunk, base, ls, p) {
+                        Some(at) => i = at,
+                        None => return,
+                    }
                 }
                 None => {
                     // The chunk ends inside the line's head: decided with the next chunk.
-                    st.pre
-                        .extend_from_slice(chunk.get(ls..).unwrap_or_default());
-                    st.pre_start = base + ls as u64;
-                    st.at_line_start = false;
+                    self.keep_pre(st, chunk.get(ls..).unwrap_or_default(), base + ls as u64);
                     return;
                 }
             }
         }
         if let Some(&last) = chunk.last() {
-            st.at_line_start = last == b'\n';
+            st.mid_line = last != b'\n';
         }
         if !st.on && !st.skip && st.pre.is_empty() {
-            // A line still open at the chunk end that could begin a dump: keep it.
-            let from = n.saturating_sub(LINE_HEAD);
-            let mut k = n;
-            while k > from && chunk.get(k - 1).is_some_and(|&b| is_t(b)) {
-                k -= 1;
-            }
-            let starts_line = if k == 0 {
-                began_at_line_start
-            } else {
-                chunk.get(k - 1) == Some(&b'\n')
+            self.chunk_end(st, chunk, base, i, i_line, hits);
+        }
+    }
+
+    /// After the line starting at `ls` (at most `p`, in one run of [`is_t`] bytes up to the
+    /// word at `p`) was found to begin no dump: the line starts after it up to `p`, in order,
+    /// until one begins a dump (the reader wakes there) or is undecided at the chunk end (kept:
+    /// `None`, the chunk is done). Where the caller's loop goes on: the dump line's start, or
+    /// the last line start that began none, with the rest of its line skipped.
+    fn later_line_starts(
+        &self,
+        st: &mut DumpState,
+        chunk: &[u8],
+        base: u64,
+        ls: usize,
+        p: usize,
+    ) -> Option<usize> {
+        let mut l = ls;
+        loop {
+            let Some(j) = memchr::memchr(b'\n', chunk.get(l..p).unwrap_or_default()) else {
+                work::tick(p - l);
+                st.skip = true;
+                return Some(l);
             };
-            let tail = chunk.get(k..).unwrap_or_default();
-            if starts_line && !tail.is_empty() {
-                match line_head(tail) {
-                    None => {
-                        st.pre.extend_from_slice(tail);
-                        st.pre_start = base + k as u64;
-                        st.at_line_start = false;
-                    }
-                    Some(true) => {
-                        // Found by the word test above unless split oddly: read it now.
-                        st.on = true;
-                        st.line = Line::Start;
-                        st.reset_token();
-                        for (j, &b) in tail.iter().enumerate() {
-                            self.dump_step(st, b, base + (k + j) as u64, hits);
-                        }
-                    }
-                    Some(false) => {}
+            let next = l + j + 1;
+            work::tick(next - l);
+            match line_head(chunk.get(next..).unwrap_or_default()) {
+                Some(true) => {
+                    st.on = true;
+                    st.line = Line::Start;
+                    st.reset_token();
+                    return Some(next);
+                }
+                Some(false) => l = next,
+                None => {
+                    self.keep_pre(
+                        st,
+                        chunk.get(next..).unwrap_or_default(),
+                        base + next as u64,
+                    );
+                    return None;
                 }
             }
         }
+    }
+
+    /// Lines still open at the end of `chunk` (from `i`, a line start if `i_line`, on) that could begin a dump: kept (or, decided, read). The reader is asleep with
+    /// nothing held.
+    fn chunk_end(
+        &self,
+        st: &mut DumpState,
+        chunk: &[u8],
+        base: u64,
+        i: usize,
+        i_line: bool,
+        hits: &mut Vec<Hit>,
+    ) {
+        let n = chunk.len();
+        {
+            let from = i.max(n.saturating_sub(LINE_HEAD));
+            let mut k = n;
+            // The first line feed of the run, found on the way back (most runs are a few
+            // bytes of a word and hold none).
+            let mut feed = None;
+            while k > from {
+                work::tick(1);
+                match chunk.get(k - 1) {
+                    Some(&b'\n') => feed = Some(k),
+                    Some(&b) if is_t(b) => {}
+                    _ => break,
+                }
+                k -= 1;
+            }
+            let at_start = k == i && i_line || (k > 0 && chunk.get(k - 1) == Some(&b'\n'));
+            let mut ls = if at_start { Some(k) } else { feed };
+            while let Some(l) = ls.filter(|&l| l < n) {
+                let tail = chunk.get(l..).unwrap_or_default();
+                match line_head(tail) {
+                    None => {
+                        self.keep_pre(st, tail, base + l as u64);
+                        return;
+                    }
+                    Some(true) => {
+                        // Found by the word test above unless split oddly: read it now.
+                        let Some(j) = self.wake(st, tail, base + l as u64, hits) else {
+                            return;
+                        };
+                        match self.after_stop(st, tail, j) {
+                            Some(r) => ls = Some(l + r),
+                            None => return,
+                        }
+                    }
+                    Some(false) => {
+                        ls = memchr::memchr(b'\n', tail).map(|j| l + j + 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps `line` (from `start`), a dump head still undecided at the chunk end.
+    fn keep_pre(&self, st: &mut DumpState, line: &[u8], start: u64) {
+        st.pre.extend_from_slice(line);
+        st.pre_start = start;
+        st.mid_line = true;
+    }
+
+    /// Decides the held head `st.pre` with the first bytes of `chunk`; false while it stays
+    /// undecided (the whole chunk joined it). A head that is no dump's gives way to the next
+    /// line start in it.
+    fn decide_pre(&self, st: &mut DumpState, chunk: &[u8], hits: &mut Vec<Hit>) -> bool {
+        while !st.pre.is_empty() {
+            let verdict = line_head_split(&st.pre, chunk);
+            match verdict {
+                Some(true) => {
+                    let mut pre = std::mem::take(&mut st.pre);
+                    let stopped = self.wake(st, &pre, st.pre_start, hits);
+                    // What follows a line the reader stopped at is a line start again, as in
+                    // one push (its rest skipped first, unless it stopped at the line feed).
+                    let rest = stopped.and_then(|j| self.after_stop(st, &pre, j));
+                    match rest {
+                        Some(r) => {
+                            for x in pre.iter_mut().take(r) {
+                                *x = 0;
+                            }
+                            pre.drain(..r);
+                            st.pre_start += r as u64;
+                            if pre.is_empty() {
+                                st.mid_line = false;
+                            }
+                            st.pre = pre;
+                        }
+                        None => {
+                            pre.zeroize();
+                            // Keep the buffer's capacity for the next head.
+                            st.pre = pre;
+                            st.pre.clear();
+                            return true;
+                        }
+                    }
+                }
+                None => {
+                    st.pre.extend_from_slice(chunk);
+                    return false;
+                }
+                Some(false) => match memchr::memchr(b'\n', &st.pre) {
+                    Some(j) => {
+                        for x in st.pre.iter_mut().take(j + 1) {
+                            *x = 0;
+                        }
+                        st.pre.drain(..=j);
+                        st.pre_start += j as u64 + 1;
+                        if st.pre.is_empty() {
+                            // The held bytes ended with a line feed: the chunk starts a line.
+                            st.mid_line = false;
+                        }
+                    }
+                    None => {
+                        st.pre.zeroize();
+                        st.pre.clear();
+                        st.skip = true;
+                    }
+                },
+            }
+        }
+        true
+    }
+
+    /// Wakes the reader at a dump line's start and reads `bytes` (from `start`) until it stops
+    /// (a line that is no dump line): `None` if it read them all, else the index of the first
+    /// byte it did not read.
+    fn wake(
+        &self,
+        st: &mut DumpState,
+        bytes: &[u8],
+        start: u64,
+        hits: &mut Vec<Hit>,
+    ) -> Option<usize> {
+        st.on = true;
+        st.line = Line::Start;
+        st.reset_token();
+        for (j, &b) in bytes.iter().enumerate() {
+            self.dump_step(st, b, start + j as u64, hits);
+            if !st.on {
+                return Some(j + 1);
+            }
+        }
+        None
+    }
+
+    /// After the reader stopped before `bytes[j]`: where the next line starts in `bytes` (the
+    /// rest of a rejected line skipped: `st.skip` is cleared), or `None` when the skip goes on
+    /// past `bytes`.
+    fn after_stop(&self, st: &mut DumpState, bytes: &[u8], j: usize) -> Option<usize> {
+        if !st.skip {
+            // Stopped at a line feed.
+            return Some(j);
+        }
+        let k = memchr::memchr(b'\n', bytes.get(j..).unwrap_or_default())?;
+        work::tick(k + 1);
+        st.skip = false;
+        Some(j + k + 1)
     }
 
     /// Ends the stream: a token or line still open is read to its end.
@@ -387,7 +782,16 @@ impl DecodePass {
     }
 
     /// The earliest offset a dump match not yet reported could start at.
+    #[inline]
     pub(super) fn dump_hold(&self, st: &DumpState) -> Option<u64> {
+        if !st.on {
+            return (!st.pre.is_empty()).then_some(st.pre_start);
+        }
+        self.dump_hold_on(st)
+    }
+
+    /// [`DecodePass::dump_hold`] while a dump is being read.
+    fn dump_hold_on(&self, st: &DumpState) -> Option<u64> {
         let mut b: Option<u64> = None;
         let mut at = |x: u64| b = Some(b.map_or(x, |y| y.min(x)));
         if !st.pre.is_empty() {
@@ -430,8 +834,14 @@ impl DecodePass {
     }
 
     fn dump_step(&self, st: &mut DumpState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
+        work::tick(1);
         if b == b'\n' {
-            self.end_token(st, hits);
+            if st.line == Line::Offset {
+                // A line of one token (`0000007`, a list printed one number a line).
+                self.first_token(st, true, hits);
+            } else {
+                self.end_token(st, hits);
+            }
             self.end_line(st, pos, hits);
             st.line = Line::Start;
             return;
@@ -441,6 +851,7 @@ impl DecodePass {
                 if b.is_ascii_hexdigit() {
                     st.line = Line::Offset;
                     st.off_len = 1;
+                    st.push_digit(b, pos);
                 } else if !is_blank(b) {
                     self.reject(st);
                 }
@@ -448,10 +859,19 @@ impl DecodePass {
             Line::Offset => {
                 if b.is_ascii_hexdigit() && st.off_len < MAX_OFFSET {
                     st.off_len += 1;
+                    st.push_digit(b, pos);
                 } else if b == b':' && st.off_len >= 4 {
-                    st.line = Line::Colon;
-                } else if is_blank(b) && st.off_len >= 4 {
-                    st.line = Line::Data;
+                    // `xxd`: an offset, never a list's first byte.
+                    st.alldig = false;
+                    self.first_token(st, false, hits);
+                    if st.on {
+                        st.line = Line::Colon;
+                    }
+                } else if is_sep(b) {
+                    self.first_token(st, false, hits);
+                    if st.on {
+                        st.line = Line::Data;
+                    }
                 } else {
                     self.reject(st);
                 }
@@ -464,41 +884,45 @@ impl DecodePass {
                 }
             }
             Line::Data => {
-                if is_blank(b) {
+                if is_sep(b) {
                     self.end_token(st, hits);
                 } else {
-                    if st.tok_len == 0 {
-                        st.reset_token();
-                        st.tok_start = pos;
-                    }
-                    st.tok_len += 1;
-                    let d = b.wrapping_sub(b'0');
-                    if d > 9 {
-                        st.all01 = false;
-                        st.all07 = false;
-                        st.alldig = false;
-                    } else {
-                        if d > 1 {
-                            st.all01 = false;
-                        }
-                        if d > 7 {
-                            st.all07 = false;
-                        }
-                        if st.tok_len <= 3 {
-                            st.num8 = st.num8 * 8 + u32::from(d);
-                            st.num10 = st.num10 * 10 + u32::from(d);
-                        }
-                        if st.all01 && st.tok_len <= MAX_BITS {
-                            st.bits = (st.bits << 1) | d;
-                            if st.tok_len.is_multiple_of(8)
-                                && let Some(x) = st.tok_bytes.get_mut(st.tok_len / 8 - 1)
-                            {
-                                *x = st.bits;
-                                st.bits = 0;
-                            }
-                        }
-                    }
+                    st.push_digit(b, pos);
                 }
+            }
+        }
+    }
+
+    /// A line's first token ended: an offset (4 to 16 hex digits) for the dump views, a byte
+    /// for the list view when it is a decimal byte (any zero padding). A token that is
+    /// neither ends every stream; it also skips the rest of the line unless `eol`.
+    fn first_token(&self, st: &mut DumpState, eol: bool, hits: &mut Vec<Hit>) {
+        let (start, n) = (st.tok_start, st.tok_len as u64);
+        let offset = st.off_len >= 4;
+        let decimal = st.alldig && st.num10 <= 255;
+        let byte = u8::try_from(st.num10).unwrap_or(0);
+        st.reset_token();
+        if !offset && !decimal {
+            if eol {
+                st.stop();
+            } else {
+                self.reject(st);
+            }
+            return;
+        }
+        let [bin, oct, dec, list] = &mut st.views;
+        if !offset {
+            // The dump views read lines with an offset only: their streams end here.
+            for v in [bin, oct, dec] {
+                v.clear();
+                v.rest = Some(start);
+            }
+        }
+        if list.rest.is_none() {
+            if decimal {
+                self.push_unit(list, byte, start, start + n, hits);
+            } else {
+                list.rest = Some(start);
             }
         }
     }
@@ -519,7 +943,7 @@ impl DecodePass {
         let end = start + n as u64;
         let binary = st.all01 && n.is_multiple_of(8) && n <= MAX_BITS;
         let octal = st.all07 && n == 3 && st.num8 <= 255;
-        let decimal = st.alldig && n <= 3 && st.num10 <= 255;
+        let decimal = st.alldig && st.num10 <= 255;
         let bytes = st.tok_bytes;
         let (num8, num10) = (st.num8, st.num10);
         for (r, v) in st.views.iter_mut().enumerate() {
@@ -536,7 +960,7 @@ impl DecodePass {
                 1 if octal => {
                     self.push_unit(v, u8::try_from(num8).unwrap_or(0), start, end, hits);
                 }
-                2 if decimal => {
+                2 | 3 if decimal => {
                     self.push_unit(v, u8::try_from(num10).unwrap_or(0), start, end, hits);
                 }
                 _ => v.rest = Some(start),
@@ -578,6 +1002,149 @@ impl DecodePass {
         }
         if let Some(p) = self.match_suffix(&v.window, hits) {
             v.pending = Some((p, end));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::work;
+    use crate::Redactor;
+    use proptest::prelude::*;
+
+    /// Bytes the dump reader may look at per input byte, plus a constant per push: a line's head
+    /// is read up to [`super::LINE_HEAD`] bytes again at each push while it is undecided, and
+    /// each chunk end looks back as far (pushes of one byte meet both).
+    const PER_BYTE: u64 = 4 * super::LINE_HEAD as u64;
+
+    /// What a digit/separator text of `n` bytes in `pushes` pushes may cost.
+    fn budget(n: usize, pushes: usize) -> u64 {
+        PER_BYTE * (n as u64 + pushes as u64 + 1)
+    }
+
+    /// Redacts `input` one-shot, then pushed in `sizes` (cycled; empty: byte-wise), each with a
+    /// work budget bounded by the input's size (over it, the count fails at once: a loop that
+    /// never ends fails too); returns both outputs and the work of each.
+    fn redact_counted(r: &Redactor, input: &[u8], sizes: &[usize]) -> (Vec<u8>, Vec<u8>, u64, u64) {
+        work::reset(budget(input.len(), 1));
+        let (one, _) = r.redact(input);
+        let one_work = work::count();
+        let sizes = if sizes.is_empty() { &[1][..] } else { sizes };
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for &k in sizes.iter().cycle() {
+            if at >= input.len() {
+                break;
+            }
+            let end = (at + k.max(1)).min(input.len());
+            pieces.push(&input[at..end]);
+            at = end;
+        }
+        work::reset(budget(input.len(), pieces.len()));
+        let mut s = r.stream();
+        let mut streamed = Vec::new();
+        for piece in &pieces {
+            s.push(piece, &mut streamed);
+        }
+        s.finish(&mut streamed);
+        (one, streamed, one_work, work::count())
+    }
+
+    /// A value of `len` letters and digits from `seed`.
+    fn value(mut seed: u64, len: usize) -> Vec<u8> {
+        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        seed |= 1;
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                ALNUM[(seed % ALNUM.len() as u64) as usize]
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// Text made only of digits, spaces, `,` and line feeds (every byte of it a dump head's
+        /// byte: the reader wakes on every line), 100 to 2,000 bytes, sometimes with a value
+        /// printed as a zero-padded decimal list on a line of its own: pushed one byte at a time
+        /// and in random chunk sizes, the dump reader's work stays within a constant per byte
+        /// (a push of one byte once looped for ever at a finished line's line feed), streaming
+        /// equals one-shot, and a planted list is masked.
+        #[test]
+        fn digit_and_separator_text_costs_work_linear_in_its_size(
+            text in proptest::collection::vec(proptest::sample::select(&b"0123456789 ,\n"[..]), 100..2000),
+            sizes in proptest::collection::vec(1usize..80, 0..6),
+            plant in proptest::option::of((any::<u64>(), any::<proptest::sample::Index>(), 0usize..3)),
+        ) {
+            let mut input = text;
+            let v = value(plant.map_or(7, |p| p.0), 16);
+            if let Some((_, at, style)) = plant {
+                let list: Vec<String> = v
+                    .iter()
+                    .map(|b| match style {
+                        0 => format!("{b:03}"),
+                        1 => format!("{b:05}"),
+                        _ => format!("{b}"),
+                    })
+                    .collect();
+                let sep = [",", " ", ";"][style];
+                let line = format!("\n{}\n", list.join(sep));
+                let at = at.index(input.len());
+                input.splice(at..at, line.into_bytes());
+            }
+            let r = Redactor::new([("V", v.as_slice())]);
+            for chunked in [&[][..], &sizes[..]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &input, chunked);
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&one),
+                    String::from_utf8_lossy(&streamed),
+                    "one-shot and streamed (sizes {:?}) differ",
+                    chunked
+                );
+                prop_assert!(one_work <= 8 * input.len() as u64, "{} bytes looked at for {}", one_work, input.len());
+                if plant.is_some() {
+                    prop_assert!(memchr::memmem::find(&one, b"[REDACTED:V]").is_some(), "planted list not masked");
+                } else {
+                    prop_assert_eq!(&one, &input, "text without a value changed");
+                }
+            }
+        }
+    }
+
+    /// Lines of hex letters (bytes a dump's head may hold, but no run of digits) before a run of
+    /// digits, in one push: each line start is decided once. Looking back from the digits again
+    /// for every line cost the square of the text's length (10 s for 1 MiB in a release build).
+    #[test]
+    fn hex_letter_lines_before_digits_cost_work_linear_in_their_size() {
+        let r = Redactor::new([("V", value(11, 20).as_slice())]);
+        for (lines, width) in [(200, 70), (2000, 70), (2000, 30), (500, 200)] {
+            let mut input = Vec::new();
+            for k in 0..lines {
+                input.extend(std::iter::repeat_n(b"abcdef"[k % 6], width));
+                input.push(b'\n');
+            }
+            input.extend_from_slice(&[b'1'; 60]);
+            input.push(b'\n');
+            for sizes in [&[usize::MAX][..], &[4096], &[1], &[7, 64, 3]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &input, sizes);
+                assert_eq!(one, input, "{lines}x{width}: ordinary text changed");
+                assert_eq!(
+                    streamed, input,
+                    "{lines}x{width}, {sizes:?}: streamed differs"
+                );
+                assert!(
+                    one_work <= 8 * input.len() as u64,
+                    "{lines}x{width}: {one_work} bytes looked at in one push for {}",
+                    input.len()
+                );
+            }
         }
     }
 }

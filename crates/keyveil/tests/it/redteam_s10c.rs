@@ -243,8 +243,6 @@ fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
 /// (`printf '%03d '` of each byte). The relayed output is searched for 4 value bytes in a row
 /// among its 1-to-3-digit tokens.
 #[test]
-#[ignore = "LEAK: zero-padded decimal byte lists (`%03d` joined by spaces) reach `keyveil run` \
-            output unredacted (docs/redaction.md §5)"]
 fn s10c_a_run_printing_zero_padded_decimal_bytes_shows_no_value() {
     let h = Home::new();
     let value = {
