@@ -447,6 +447,14 @@ pub(crate) enum EnvCommand {
         admin_stdin: bool,
         #[command(flatten)]
         bao: Box<super::dynamic::BaoArgs>,
+        /// Prove your factor with the link (the passphrase asked at the terminal): its values
+        /// are then not quoted on approval cards. Without it they are (an agent could have
+        /// linked the server, so they are not secret from it).
+        #[arg(long)]
+        with_factor: bool,
+        /// Your factor, from stdin (first line; the login secret of --admin-stdin after it).
+        #[command(flatten)]
+        factor: FactorArgs,
     },
     /// Remove an environment and its variables (with stored values: needs your factor).
     Rm {
