@@ -382,6 +382,8 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
         "REGION=eu-west",
     ]);
     // An environment backed by a KV v2 path: every field becomes a variable, fetched per run.
+    // Linked with the factor (the passphrase first): the values are the human's, not quoted on
+    // cards nor bound to an approval, so a rotation reaches the next run.
     let add = dynamic_add(
         &h,
         &[
@@ -392,8 +394,9 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
             &bao.address,
             "--kv-path",
             "team/app",
+            "--passphrase-stdin",
         ],
-        &bao.token,
+        &format!("{PASS}\n{}", bao.token),
     );
     assert!(add.status.success(), "{}", text(&add.stderr));
     let show = h.json(&["env", "show", "demo", "--json"]);
