@@ -68,7 +68,7 @@ pub(crate) async fn values_for_grant(
     vars: &[String],
 ) -> OpResult<DynamicValues> {
     // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
-    let (wanted, expires_at, gate, logins) = {
+    let (wanted, expires_at, gate, logins, same_user) = {
         let inner = broker.lock();
         let vault = inner.vault()?;
         let Some(env) = vault.data().environments.get(environment) else {
@@ -95,6 +95,7 @@ pub(crate) async fn values_for_grant(
             expires_at,
             inner.dynamic().gate(),
             inner.dynamic().logins(),
+            env.policy.insecure_loopback,
         )
     };
     let _shared = gate.read().await;
@@ -104,7 +105,7 @@ pub(crate) async fn values_for_grant(
     let mut kv_reads: Vec<Value> = Vec::new();
     let mut failure: Option<OpError> = None;
     for (name, src) in wanted {
-        let spec = match DynamicSpec::from_source(&src) {
+        let spec = match DynamicSpec::from_source(&src, same_user) {
             Ok(s) => s,
             Err(e) => {
                 failure = Some(op_err(&name, &e));
@@ -209,7 +210,7 @@ pub(crate) async fn linked_chosen(
     environment: &str,
     vars: &[String],
 ) -> OpResult<Vec<crate::broker::state::ChosenValue>> {
-    let (wanted, gate, logins) = {
+    let (wanted, gate, logins, same_user) = {
         let inner = broker.lock();
         let Ok(vault) = inner.vault() else {
             return Ok(Vec::new());
@@ -228,7 +229,12 @@ pub(crate) async fn linked_chosen(
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        (wanted, inner.dynamic().gate(), inner.dynamic().logins())
+        (
+            wanted,
+            inner.dynamic().gate(),
+            inner.dynamic().logins(),
+            env.policy.insecure_loopback,
+        )
     };
     let _shared = gate.read().await;
     let mut cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
@@ -236,7 +242,7 @@ pub(crate) async fn linked_chosen(
     let mut out = Vec::with_capacity(wanted.len());
     let mut failure = None;
     for (name, at, src) in wanted {
-        let got = match DynamicSpec::from_source(&src) {
+        let got = match DynamicSpec::from_source(&src, same_user) {
             Ok(spec) => fetch_kv(&spec, &logins, &name, &mut cache, &mut reads).await,
             Err(e) => Err(e),
         };
@@ -408,10 +414,16 @@ pub(crate) fn on_unlock(broker: &Arc<Broker>) {
             .iter()
             .flat_map(|(en, e)| {
                 e.variables.iter().filter_map(move |(vn, v)| {
-                    v.dynamic.as_ref().map(|d| (format!("{en}/{vn}"), d))
+                    v.dynamic
+                        .as_ref()
+                        .map(|d| (format!("{en}/{vn}"), d, e.policy.insecure_loopback))
                 })
             })
-            .filter_map(|(label, d)| DynamicSpec::from_source(d).ok().map(|s| (label, s)))
+            .filter_map(|(label, d, same_user)| {
+                DynamicSpec::from_source(d, same_user)
+                    .ok()
+                    .map(|s| (label, s))
+            })
             .filter(|(_, s)| s.engine.mints())
             .filter(|(_, s)| seen.insert((s.engine.name(), s.shown_target(), s.prefix.clone())))
             .collect();

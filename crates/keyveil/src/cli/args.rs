@@ -357,6 +357,15 @@ pub(crate) enum PolicySetCommand {
         #[arg(value_parser = ["on", "off"])]
         setting: String,
     },
+    /// Let OpenBao variables send their token (or AppRole secret id, JWT, password) over plain
+    /// HTTP to a loopback port your own user holds (a local `bao proxy` or dev server). Off by
+    /// default: any process of your uid (an agent too) can hold that port while the proxy is
+    /// down; a listener of another user (a proxy run as a service user) needs no setting.
+    InsecureLoopback {
+        /// on | off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
     /// Bind a variable to hosts: runs get a placeholder, and their egress proxy sends the value
     /// only in HTTPS requests to these hosts (docs/egress.md).
     Bind {

@@ -373,6 +373,7 @@ fn redis_acl_user_per_grant() {
 fn openbao_kv_environment_and_a_database_lease_per_grant() {
     let Some(bao) = BaoDev::start() else { return };
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let api_key = format!("kv-api-key-{}", rand_tag());
     bao.cli(&[
         "kv",

@@ -93,6 +93,7 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
     ]);
 
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     // `env link`: the environment's names come from OpenBao. The human links with the factor
     // (the passphrase first, the secret id after it): without it the values would be quoted
     // on every card and bound to each approval (an agent could have linked the server).
@@ -243,6 +244,7 @@ fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
     let (role_id, secret_id) = approle(&bao);
     bao.cli(&["kv", "put", "secret/team/app", "API_KEY=first-value-123456"]);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "dynamic",
@@ -368,6 +370,7 @@ fn a_ci_job_logs_in_with_its_jwt_from_an_environment_variable() {
         &json!({"sub": "repo:team/app:ref:main", "aud": "keyveil", "iat": now, "exp": now + 600}),
     );
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let args = [
         "dynamic",
         "add",
@@ -465,6 +468,7 @@ fn userpass_password_and_token_live_in_broker_memory_only() {
         &format!("API_KEY={api_key}"),
     ]);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let link = |user: &str, pw: &str| {
         h.run_stdin(
             &[
@@ -573,6 +577,7 @@ fn a_kv_value_rotated_under_a_link_made_without_the_factor_ends_the_grant() {
         &format!("API_BASE_URL={first}"),
     ]);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "env",

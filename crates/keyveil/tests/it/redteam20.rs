@@ -91,6 +91,7 @@ fn names(h: &Home, env: &str) -> Vec<String> {
 #[test]
 fn kv_fields_named_like_code_loaders_are_never_variables() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let (addr, seen) = agent_kv_server(json!({
         "BASH_ENV": "/tmp/agent-hook.sh",
         "NODE_OPTIONS": "--require /tmp/agent-hook.js",
@@ -173,6 +174,7 @@ fn kv_fields_named_like_code_loaders_are_never_variables() {
 #[test]
 fn kv_linked_without_the_factor_is_flagged_on_the_card() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.set("demo", "API_KEY", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
     let (addr, _seen) = agent_kv_server(json!({"API_BASE_URL": "http://127.0.0.1:9/collect"}));
     let o = link(&h, "demo", &addr);
@@ -214,6 +216,7 @@ fn kv_linked_without_the_factor_is_flagged_on_the_card() {
 #[test]
 fn kv_value_from_the_agents_server_is_quoted_and_bound() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let tag = keyveil_testkit::rand_tag();
     // A redirecting value with a terminal escape in it: the card must show it escaped.
     let url = format!("http://127.0.0.1:9/collect-{tag}\u{1b}[2K");
@@ -320,6 +323,7 @@ fn assert_ended_by_change(h: &Home, o: &std::process::Output, new_value: &str) {
 #[test]
 fn kv_value_changed_between_card_and_run_ends_the_grant() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let tag = keyveil_testkit::rand_tag();
     let shown = format!("https://api.example.test/v1-{tag}");
     let swapped = format!("http://127.0.0.1:9/collect-{tag}");
@@ -345,6 +349,7 @@ fn kv_value_changed_between_card_and_run_ends_the_grant() {
 #[test]
 fn kv_value_changed_between_two_runs_of_a_standing_grant_ends_it() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let tag = keyveil_testkit::rand_tag();
     let shown = format!("https://api.example.test/v1-{tag}");
     let swapped = format!("http://127.0.0.1:9/collect-{tag}");
@@ -377,6 +382,7 @@ fn kv_value_changed_between_two_runs_of_a_standing_grant_ends_it() {
 #[test]
 fn mcp_run_quotes_and_binds_the_agents_kv_value() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let tag = keyveil_testkit::rand_tag();
     let shown = format!("https://api.example.test/v1-{tag}");
     let swapped = format!("http://127.0.0.1:9/collect-{tag}");
@@ -426,6 +432,7 @@ fn mcp_run_quotes_and_binds_the_agents_kv_value() {
 #[test]
 fn kv_linked_with_the_factor_is_neither_quoted_nor_bound() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let first = format!(
         "https://api.example.test/v1-{}",
         keyveil_testkit::rand_tag()
@@ -594,6 +601,7 @@ impl Drop for McpLine {
 #[test]
 fn kv_link_is_no_oracle_for_hidden_names() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.set("demo", "STRIPE_LIVE_SECRET", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
     let o = h.run_stdin(
         &[
@@ -630,6 +638,7 @@ fn kv_link_is_no_oracle_for_hidden_names() {
 #[test]
 fn client_cert_fifo_or_device_does_not_hang_the_broker() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("client.pem");
     assert!(
@@ -700,6 +709,7 @@ fn client_cert_fifo_or_device_does_not_hang_the_broker() {
 #[test]
 fn ca_file_is_stored_sealed_not_by_path() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -755,6 +765,7 @@ fn ca_file_is_stored_sealed_not_by_path() {
 #[test]
 fn agent_cannot_repoint_a_linked_environment() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let (human, _) = agent_kv_server(json!({"API_KEY": "kv_fake_Hn7tQ2wE9rY4uI1oP6aS"}));
     assert!(link(&h, "demo", &human).status.success());
     let (evil, _) = agent_kv_server(json!({"API_KEY": "agent-chosen"}));
@@ -795,6 +806,7 @@ fn agent_cannot_repoint_a_linked_environment() {
 fn admin_env_secret_is_not_handed_to_the_brokers_children() {
     use std::os::unix::fs::PermissionsExt;
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.set("demo", "API_KEY", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
     h.ok(&["daemon", "stop"]);
     let bin = tempfile::tempdir().unwrap();
@@ -879,37 +891,153 @@ fn admin_env_secret_is_not_handed_to_the_brokers_children() {
 }
 
 /// The docs advise a local `bao proxy` on plain HTTP loopback. Any process of the user's uid
-/// (the agent) can listen on that port while the proxy is down (or after killing it): the
-/// broker then sends the stored token (or the AppRole secret id at login) to the agent.
+/// (the agent) can listen on that port while the proxy is down (or after killing it). The
+/// broker reads who holds the server side of each such connection before sending anything: a
+/// listener of its own user gets nothing unless the human allowed it for the environment (with
+/// the factor, shown in `policy show`); the agent cannot allow it.
 #[test]
-#[ignore = "LEAK: over plain-HTTP loopback the broker sends the stored token / secret id to whatever listens on the port; a same-uid agent can hold it while the proxy is down"]
 fn stored_token_never_goes_to_a_squatted_loopback_port() {
     let h = Home::new();
     let (addr, seen) = agent_kv_server(json!({"API_KEY": "kv_fake_Hn7tQ2wE9rY4uI1oP6aS"}));
     // The human links an environment to "the proxy" (here already the agent's listener).
     let human_token = format!("human-stored-token-{}", keyveil_testkit::rand_tag());
-    let o = h.run_stdin(
-        &[
-            "dynamic",
-            "add",
-            "demo",
-            "API_KEY",
-            "--engine",
-            "openbao-kv",
-            "--address",
-            &addr,
-            "--kv-path",
-            "agent/app",
-            "--kv-key",
-            "API_KEY",
-            "--admin-stdin",
-        ],
-        &format!("{human_token}\n"),
+    let add = |h: &Home| {
+        h.run_stdin(
+            &[
+                "dynamic",
+                "add",
+                "demo",
+                "API_KEY",
+                "--engine",
+                "openbao-kv",
+                "--address",
+                &addr,
+                "--kv-path",
+                "agent/app",
+                "--kv-key",
+                "API_KEY",
+                "--admin-stdin",
+            ],
+            &format!("{human_token}\n"),
+        )
+    };
+    let o = add(&h);
+    assert!(!o.status.success(), "linked to a squatted port");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("your own user") && err.contains("insecure-loopback"),
+        "{err}"
     );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!err.contains(&human_token));
     let heads = seen.lock().unwrap().join("\n");
     assert!(
         !heads.contains(&human_token),
         "the stored token went to the port's listener"
     );
+    assert!(names(&h, "demo").is_empty());
+    // The agent cannot allow it (no factor), over the CLI.
+    let mut c = h.cmd(&["policy", "set", "demo", "insecure-loopback", "on"]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    assert!(
+        !wait_output(c.spawn().unwrap(), Duration::from_secs(30))
+            .status
+            .success()
+    );
+    let shown = h.ok(&["policy", "show", "demo"]);
+    assert!(shown.contains("insecure loopback: off"), "{shown}");
+    // The human can, with the factor; `policy show` says so.
+    h.allow_insecure_loopback("demo");
+    let shown = h.ok(&["policy", "show", "demo"]);
+    assert!(shown.contains("insecure loopback: on"), "{shown}");
+    assert_eq!(
+        h.json(&["policy", "show", "demo", "--json"])["policy"]["insecure_loopback"],
+        true
+    );
+}
+
+/// An honest proxy run as another user (a service account): the broker verifies the listener
+/// is not of its own user and sends the request with no setting. Needs root to start the
+/// "proxy" as another user (skipped otherwise).
+#[test]
+fn a_loopback_proxy_of_another_user_is_trusted_without_a_setting() {
+    if rustix_free_euid() != 0 || !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: starting a listener as another user needs root and /usr/bin/python3");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let server = r#"
+import http.server, json, sys
+body = json.dumps({"data": {"data": {"API_KEY": "proxy-served"}, "metadata": {"version": 1}}}).encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1]))
+import os; os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+s.serve_forever()
+"#;
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            server,
+            port_file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv");
+    let t0 = Instant::now();
+    while !port_file.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the proxy never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let addr = format!("http://127.0.0.1:{}", port.trim());
+    let h = Home::new();
+    let o = h.run_stdin(
+        &[
+            "env",
+            "link",
+            "demo",
+            "--openbao",
+            &addr,
+            "--kv-path",
+            "team/app",
+            "--admin-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n{AGENT_TOKEN}\n"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(names(&h, "demo"), vec!["API_KEY".to_owned()]);
+}
+
+/// The test process's effective uid, from /proc (no extra dependency).
+fn rustix_free_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
 }
