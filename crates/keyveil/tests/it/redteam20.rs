@@ -961,6 +961,7 @@ fn stored_token_never_goes_to_a_squatted_loopback_port() {
 /// is not of its own user and sends the request with no setting. Needs root to start the
 /// "proxy" as another user (skipped otherwise).
 #[test]
+#[allow(clippy::print_stderr)]
 fn a_loopback_proxy_of_another_user_is_trusted_without_a_setting() {
     if rustix_free_euid() != 0 || !std::path::Path::new("/usr/bin/python3").exists() {
         eprintln!("skipped: starting a listener as another user needs root and /usr/bin/python3");
