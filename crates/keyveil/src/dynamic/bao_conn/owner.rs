@@ -72,8 +72,7 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let got = server_uid(c.local_addr().unwrap(), c.peer_addr().unwrap());
         assert_eq!(got, Some(own_uid()));
-        // Our own client row is not mistaken for the server's: swap the ends and the answer
-        // is the client row (also ours), but a made-up peer finds nothing.
+        // A peer nobody is connected to finds nothing (so nothing is sent).
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(server_uid(c.local_addr().unwrap(), other), None);
     }
