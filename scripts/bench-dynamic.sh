@@ -54,6 +54,8 @@ bao write database/config/test plugin_name=postgresql-database-plugin \
 bao write database/roles/ro db_name=test \
   "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";" \
   default_ttl=1h max_ttl=24h >/dev/null
+# The dev server runs as this user: plain HTTP to it needs the environment's opt-in (factor).
+printf '%s\n' "$PASS" | "$KV" policy set demo insecure-loopback on --passphrase-stdin >/dev/null
 printf '%s\n' "$token" | "$KV" dynamic add demo BAO_URL --engine openbao-database --admin-stdin \
   --address "$BAO_ADDR" --role ro --connect-url postgresql://127.0.0.1:5432/test >/dev/null
 unset BAO_TOKEN

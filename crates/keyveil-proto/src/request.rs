@@ -514,6 +514,14 @@ pub enum PolicyChange {
         /// `true` to hide.
         hide: bool,
     },
+    /// Let this environment's OpenBao variables send their login secret over plain HTTP to a
+    /// loopback port held by a process of the broker's own user (a `bao proxy` or dev server of
+    /// yours, which an agent of your uid could also hold). Off by default: a listener of
+    /// another user is accepted, one of yours is refused before anything is sent.
+    InsecureLoopback {
+        /// `true` to allow.
+        allow: bool,
+    },
     /// Bind a variable to hosts: runs get a placeholder, and the run's egress proxy sends the
     /// value only to these destinations (`docs/egress.md`). Replaces an earlier binding.
     Bind {

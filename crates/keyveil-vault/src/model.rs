@@ -205,6 +205,11 @@ pub struct Policy {
     /// Whether variable names are hidden from agents (they see only the environment). Default:
     /// `false`.
     pub hide_names: bool,
+    /// Whether this environment's OpenBao variables may send their login secret over plain
+    /// HTTP to a loopback port held by the broker's own user (any process of that uid could
+    /// hold it). Default: `false` (only a listener of another user is sent anything).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_loopback: bool,
     /// `PATH` for this environment's children, overriding [`Settings::path`]. Default: `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -287,6 +292,7 @@ impl Default for Policy {
             factor: FactorKind::Passphrase,
             max_ttl_seconds: DEFAULT_MAX_TTL_SECONDS,
             hide_names: false,
+            insecure_loopback: false,
             path: None,
             auto_approve: Vec::new(),
             deny: Vec::new(),

@@ -696,6 +696,10 @@ pub(crate) fn chosen_value(c: &op::ChosenValueInfo) -> String {
         "reader-env" => {
             "in the reader's own environment: it can make the reader run other code".to_owned()
         }
+        "kv-without-factor" => format!(
+            "read from an OpenBao KV secret linked {} without the factor: its server may be the requester's",
+            crate::when::human_time(&c.stored_at.map(|t| t.to_string()).unwrap_or_default())
+        ),
         _ => format!(
             "stored {} without the factor",
             crate::when::human_time(&c.stored_at.map(|t| t.to_string()).unwrap_or_default())

@@ -62,7 +62,14 @@ pub(crate) async fn add(
 ) -> OpResult<DynamicAdded> {
     broker.lock().vault()?;
     let hidden_guess = resolve_alias(broker, &mut req);
-    let spec = spec_of(&req)?;
+    let mut spec = spec_of(&req)?;
+    // Plain HTTP to a loopback port of the broker's own user only where the human allowed it.
+    spec.same_user_loopback = broker.lock().vault().is_ok_and(|v| {
+        v.data()
+            .environments
+            .get(&req.environment)
+            .is_some_and(|e| e.policy.insecure_loopback)
+    });
     let logins = broker.lock().dynamic().logins();
     let names = variables(&req, &spec, &logins).await?;
     check_names(&names)?;
@@ -129,6 +136,7 @@ fn spec_of(req: &DynamicAddRequest) -> Result<DynamicSpec, OpError> {
         output,
         prefix,
         options,
+        same_user_loopback: false,
     };
     spec.check().map_err(|e| failed(&e))?;
     Ok(spec)

@@ -49,7 +49,7 @@ fn orphans(broker: &Broker, held: &BTreeSet<String>) -> Result<Vec<Orphan>, Stri
                 if let Some(spec) = v
                     .dynamic
                     .as_ref()
-                    .and_then(|d| DynamicSpec::from_source(d).ok())
+                    .and_then(|d| DynamicSpec::from_source(d, e.policy.insecure_loopback).ok())
                     .filter(|s| s.engine == EngineKind::OpenbaoDatabase)
                 {
                     // Entries name a variable as shown (an alias where names are hidden).

@@ -68,7 +68,7 @@ pub(crate) async fn values_for_grant(
     vars: &[String],
 ) -> OpResult<DynamicValues> {
     // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
-    let (wanted, expires_at, gate, logins) = {
+    let (wanted, expires_at, gate, logins, same_user) = {
         let inner = broker.lock();
         let vault = inner.vault()?;
         let Some(env) = vault.data().environments.get(environment) else {
@@ -95,6 +95,7 @@ pub(crate) async fn values_for_grant(
             expires_at,
             inner.dynamic().gate(),
             inner.dynamic().logins(),
+            env.policy.insecure_loopback,
         )
     };
     let _shared = gate.read().await;
@@ -104,7 +105,7 @@ pub(crate) async fn values_for_grant(
     let mut kv_reads: Vec<Value> = Vec::new();
     let mut failure: Option<OpError> = None;
     for (name, src) in wanted {
-        let spec = match DynamicSpec::from_source(&src) {
+        let spec = match DynamicSpec::from_source(&src, same_user) {
             Ok(s) => s,
             Err(e) => {
                 failure = Some(op_err(&name, &e));
@@ -192,6 +193,83 @@ pub(crate) async fn values_for_grant(
     }
     match failure {
         Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// The values of the variables among `vars` read from an OpenBao KV secret whose source was
+/// linked without the factor (`access::agent_linked`): the agent may run that server, so they
+/// are the agent's to choose, and are fetched now, before the card, to be quoted on it and
+/// bound by digest into the grant (each spawn fetches again and compares). Empty when there
+/// are none (no request is made) or the vault is locked (the request is refused later).
+///
+/// Errors: the server cannot be read (`Failed`, names hidden where the policy hides them):
+/// no card can be shown for values nobody could read.
+pub(crate) async fn linked_chosen(
+    broker: &Broker,
+    environment: &str,
+    vars: &[String],
+) -> OpResult<Vec<crate::broker::state::ChosenValue>> {
+    let (wanted, gate, logins, same_user) = {
+        let inner = broker.lock();
+        let Ok(vault) = inner.vault() else {
+            return Ok(Vec::new());
+        };
+        let Some(env) = vault.data().environments.get(environment) else {
+            return Ok(Vec::new());
+        };
+        let wanted: Vec<(String, Timestamp, keyveil_vault::DynamicSource)> = vars
+            .iter()
+            .filter_map(|n| {
+                let v = env.variables.get(n)?;
+                let at = crate::broker::access::agent_linked(v)?;
+                Some((n.clone(), at, v.dynamic.clone()?))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        (
+            wanted,
+            inner.dynamic().gate(),
+            inner.dynamic().logins(),
+            env.policy.insecure_loopback,
+        )
+    };
+    let _shared = gate.read().await;
+    let mut cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
+    let mut reads: Vec<Value> = Vec::new();
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut failure = None;
+    for (name, at, src) in wanted {
+        let got = match DynamicSpec::from_source(&src, same_user) {
+            Ok(spec) => fetch_kv(&spec, &logins, &name, &mut cache, &mut reads).await,
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(v) => out.push(crate::broker::state::ChosenValue {
+                origin: "kv-without-factor",
+                variable: Some(name),
+                stored_at: Some(at),
+                ..crate::broker::state::ChosenValue::of(Some(v.expose()))
+            }),
+            Err(e) => {
+                failure = Some(op_err(&name, &e));
+                break;
+            }
+        }
+    }
+    let mut inner = broker.lock();
+    // Each read on the record, as a spawn's are (never a value).
+    for mut r in reads {
+        if let Value::Object(m) = &mut r {
+            m.insert("environment".into(), json!(environment));
+            m.insert("for".into(), json!("card"));
+        }
+        inner.audit("kv_fetch", r);
+    }
+    match failure {
+        Some(e) => Err(inner.hide_names_in_error(environment, vars, e)),
         None => Ok(out),
     }
 }
@@ -336,10 +414,16 @@ pub(crate) fn on_unlock(broker: &Arc<Broker>) {
             .iter()
             .flat_map(|(en, e)| {
                 e.variables.iter().filter_map(move |(vn, v)| {
-                    v.dynamic.as_ref().map(|d| (format!("{en}/{vn}"), d))
+                    v.dynamic
+                        .as_ref()
+                        .map(|d| (format!("{en}/{vn}"), d, e.policy.insecure_loopback))
                 })
             })
-            .filter_map(|(label, d)| DynamicSpec::from_source(d).ok().map(|s| (label, s)))
+            .filter_map(|(label, d, same_user)| {
+                DynamicSpec::from_source(d, same_user)
+                    .ok()
+                    .map(|s| (label, s))
+            })
             .filter(|(_, s)| s.engine.mints())
             .filter(|(_, s)| seen.insert((s.engine.name(), s.shown_target(), s.prefix.clone())))
             .collect();

@@ -174,6 +174,7 @@ fn apply_change(
         }
         PolicyChange::WriteLeaks { .. } => {}
         PolicyChange::HideNames { hide } => p.hide_names = *hide,
+        PolicyChange::InsecureLoopback { allow } => p.insecure_loopback = *allow,
         PolicyChange::Bind {
             variable,
             hosts,
@@ -229,6 +230,9 @@ pub(crate) fn policy_view(p: &keyveil_vault::Policy) -> op::PolicyView {
         && let Ok(v) = serde_json::to_value(p.write_leaks)
     {
         other.insert("write_leaks".to_owned(), v);
+    }
+    if p.insecure_loopback {
+        other.insert("insecure_loopback".to_owned(), Value::Bool(true));
     }
     op::PolicyView {
         factor: match serde_json::to_value(p.factor) {

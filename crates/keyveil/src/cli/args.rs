@@ -357,6 +357,15 @@ pub(crate) enum PolicySetCommand {
         #[arg(value_parser = ["on", "off"])]
         setting: String,
     },
+    /// Let OpenBao variables send their token (or AppRole secret id, JWT, password) over plain
+    /// HTTP to a loopback port your own user holds (a local `bao proxy` or dev server). Off by
+    /// default: any process of your uid (an agent too) can hold that port while the proxy is
+    /// down; a listener of another user (a proxy run as a service user) needs no setting.
+    InsecureLoopback {
+        /// on | off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
     /// Bind a variable to hosts: runs get a placeholder, and their egress proxy sends the value
     /// only in HTTPS requests to these hosts (docs/egress.md).
     Bind {
@@ -449,6 +458,14 @@ pub(crate) enum EnvCommand {
         admin_stdin: bool,
         #[command(flatten)]
         bao: Box<super::dynamic::BaoArgs>,
+        /// Prove your factor with the link (the passphrase asked at the terminal): its values
+        /// are then not quoted on approval cards. Without it they are (an agent could have
+        /// linked the server, so they are not secret from it).
+        #[arg(long)]
+        with_factor: bool,
+        /// Your factor, from stdin (first line; the login secret of --admin-stdin after it).
+        #[command(flatten)]
+        factor: FactorArgs,
     },
     /// Remove an environment and its variables (with stored values: needs your factor).
     Rm {

@@ -83,6 +83,15 @@ pub(crate) enum DynamicCommand {
         /// Store without connecting first.
         #[arg(long)]
         no_check: bool,
+        /// Prove your factor with the change (the passphrase asked at the terminal): the
+        /// variable then records that its source was chosen with the factor, and approval cards
+        /// neither flag it new nor quote its KV values. Without it, a KV value is quoted on
+        /// every card that asks for it (an agent could have linked the server).
+        #[arg(long)]
+        with_factor: bool,
+        /// Your factor, from stdin (first line; the admin secret of --admin-stdin after it).
+        #[command(flatten)]
+        factor: super::FactorArgs,
     },
 }
 
@@ -159,7 +168,20 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
             prefix,
             description,
             no_check,
+            with_factor,
+            factor,
         } => {
+            // The factor first (the first line of stdin), the admin secret after it.
+            let given = match super::factor_from_args(&factor, true)? {
+                Some(f) => Some(f),
+                None if with_factor => Some(super::factor_input(
+                    false,
+                    None,
+                    false,
+                    "Vault passphrase to link with your factor: ",
+                )?),
+                None => None,
+            };
             let template = match template_file {
                 Some(p) => std::fs::read_to_string(&p)
                     .with_context(|| format!("cannot read {}", p.display()))?,
@@ -255,8 +277,9 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
                     options.insert(k.to_owned(), v);
                 }
             }
-            // Replacing a variable that has a value needs the factor (asked at the terminal).
-            let d = call_guarded(paths, None, |_| {
+            // Replacing a variable that has a value needs the factor (asked at the terminal
+            // unless given).
+            let d = call_guarded(paths, given, |_| {
                 Ok(DynamicAddRequest {
                     environment: env.clone(),
                     name: var.clone(),

@@ -14,6 +14,8 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
             mount,
             admin_stdin,
             bao,
+            with_factor,
+            factor,
         } => {
             return super::dynamic::run(
                 paths,
@@ -35,6 +37,8 @@ pub(crate) async fn env(paths: &Paths, e: EnvCommand) -> Result<i32> {
                     prefix: None,
                     description: None,
                     no_check: false,
+                    with_factor,
+                    factor,
                 },
             )
             .await;

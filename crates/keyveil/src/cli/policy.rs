@@ -137,6 +137,14 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                     d.totp_enrolled,
                     if pol.hide_names { "on" } else { "off" }
                 ));
+                say(format!(
+                    "insecure loopback: {}",
+                    if pol.other.get("insecure_loopback") == Some(&serde_json::Value::Bool(true)) {
+                        "on (plain HTTP to a loopback port your own user holds may get the OpenBao login secret)"
+                    } else {
+                        "off"
+                    }
+                ));
                 for (i, r) in pol.auto_approve.iter().enumerate() {
                     say(format!(
                         "auto-approve #{i}: {}{} under {} for {} s",
@@ -219,6 +227,9 @@ pub(crate) async fn policy_cmd(paths: &Paths, p: PolicyCommand) -> Result<i32> {
                 PolicySetCommand::WriteLeaks { action } => PolicyChange::WriteLeaks { action },
                 PolicySetCommand::HideNames { setting } => PolicyChange::HideNames {
                     hide: setting == "on",
+                },
+                PolicySetCommand::InsecureLoopback { setting } => PolicyChange::InsecureLoopback {
+                    allow: setting == "on",
                 },
                 PolicySetCommand::Bind {
                     variable,

@@ -7,7 +7,11 @@
 //! one, only the CA the human gave at `dynamic add` (its PEM text is stored in the sealed vault,
 //! so swapping a file on disk cannot redirect trust); an optional client certificate (PEM
 //! files read at each connection). Plain `http://` is accepted for a loopback address only (a
-//! local `bao proxy` or a test server): a token never crosses a network in clear.
+//! local `bao proxy` or a test server): a token never crosses a network in clear. On such a
+//! connection nothing is sent until the kernel's socket table says who holds its server side
+//! ([`owner`]): a listener of another user (a proxy run as a service user) is sent the request,
+//! one of the broker's own user (any process of that uid, an agent too, can hold the port while
+//! the proxy is down) only where the environment's `insecure-loopback` policy allows it.
 //! A namespace goes into `X-Vault-Namespace` on every request.
 //!
 //! Logins (option `auth`): `token` (the stored secret is the token), `approle` (the stored
@@ -37,6 +41,7 @@ use sha2::Digest;
 use super::target::Target;
 use super::{DynamicError, DynamicSpec, EngineKind, scrub, timed};
 
+mod owner;
 mod tls;
 
 use tls::{client_config, tls_hint};
@@ -143,6 +148,9 @@ pub(crate) struct Conn {
     /// namespace, login, CA, client certificate and secret), so one variable's failover never
     /// reorders another's nodes.
     serving_key: [u8; 32],
+    /// Plain-HTTP loopback nodes held by the broker's own user may be sent requests
+    /// ([`DynamicSpec::same_user_loopback`]).
+    same_user_loopback: bool,
 }
 
 /// A userpass user name goes into the login's URL path: letters, digits, `_-.@`, 1 to 128.
@@ -295,6 +303,7 @@ impl Conn {
             namespace,
             engine: spec.engine,
             serving_key: login_key(spec),
+            same_user_loopback: spec.same_user_loopback,
         })
     }
 
@@ -454,7 +463,10 @@ impl Conn {
         .map_err(|e| (Stage::Connect, e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => exchange_on(TokioIo::new(tcp), req).await,
+            None => {
+                self.check_listener(&tcp)?;
+                exchange_on(TokioIo::new(tcp), req).await
+            }
             Some(cfg) => {
                 let name = ServerName::try_from(target.host.clone())
                     .map_err(|e| (Stage::Tls, e.to_string()))?;
@@ -467,9 +479,35 @@ impl Conn {
         }
     }
 
+    /// Before anything is sent over plain HTTP: the connection's server side must belong to
+    /// another user, or to ours where the policy allows it (see [`owner`]).
+    fn check_listener(&self, tcp: &tokio::net::TcpStream) -> Result<(), (Stage, String)> {
+        let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+            return Err((Stage::Owner, "the connection has no address".to_owned()));
+        };
+        let me = owner::own_uid();
+        match owner::server_uid(local, peer) {
+            None => Err((
+                Stage::Owner,
+                "the kernel lists no listener for this connection; nothing was sent".to_owned(),
+            )),
+            Some(uid) if uid == me && !self.same_user_loopback => Err((
+                Stage::Owner,
+                format!(
+                    "the port is held by a process of your own user (uid {uid}), which any program you run (an agent too) could be; the login secret was not sent"
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     fn transport_error(&self, node: &Node, stage: Stage, reason: &str) -> DynamicError {
         let address = &node.address;
         let (what, hint) = match stage {
+            Stage::Owner => (
+                "is not trusted over plain HTTP",
+                "use https:// (with --ca-file for your own CA), or run `bao proxy` as another user; for a proxy or dev server of your own, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)".to_owned(),
+            ),
             Stage::Connect => (
                 "cannot be reached",
                 format!(
@@ -496,6 +534,8 @@ impl Conn {
 /// Where a transport failure happened.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
+    /// A plain-HTTP loopback listener the broker may not send to ([`Conn::check_listener`]).
+    Owner,
     Connect,
     Tls,
     Http,

@@ -147,11 +147,19 @@ pub(crate) struct DynamicSpec {
     pub prefix: String,
     /// Non-secret engine settings: `address`, `mount`, `role`, `path`, `key`, `connect_url`.
     pub options: BTreeMap<String, String>,
+    /// Whether a plain-HTTP loopback OpenBao node held by the broker's own user may be sent
+    /// the login secret: the environment's `insecure-loopback` policy (set with the factor),
+    /// never a stored option. `false`: only a listener of another user is (`bao_conn`).
+    pub same_user_loopback: bool,
 }
 
 impl DynamicSpec {
-    /// Reads a stored configuration, checking it.
-    pub(crate) fn from_source(src: &DynamicSource) -> Result<DynamicSpec, DynamicError> {
+    /// Reads a stored configuration, checking it; `same_user_loopback` is the environment's
+    /// `insecure-loopback` policy.
+    pub(crate) fn from_source(
+        src: &DynamicSource,
+        same_user_loopback: bool,
+    ) -> Result<DynamicSpec, DynamicError> {
         let engine = EngineKind::parse(&src.engine)?;
         let output = if src.output.is_empty() {
             OutputForm::Url
@@ -165,6 +173,7 @@ impl DynamicSpec {
             output,
             prefix: src.options.get("prefix").cloned().unwrap_or_default(),
             options: src.options.clone(),
+            same_user_loopback,
         };
         spec.check()?;
         Ok(spec)
@@ -677,19 +686,19 @@ mod tests {
             output: "url".into(),
             options: [("prefix".to_owned(), "keyveil_abc123_".to_owned())].into(),
         };
-        let spec = DynamicSpec::from_source(&src).unwrap();
+        let spec = DynamicSpec::from_source(&src, false).unwrap();
         assert_eq!(spec.to_source(), src);
         assert_eq!(spec.shown_target(), "postgres@127.0.0.1:5432/test");
         assert!(!format!("{spec:?}").contains("adminpw"));
         let mut bad = src.clone();
         bad.options.insert("prefix".into(), "app_".into());
-        assert!(DynamicSpec::from_source(&bad).is_err());
+        assert!(DynamicSpec::from_source(&bad, false).is_err());
         let mut bad = src.clone();
         bad.output = "pg-env".into();
         bad.engine = "redis".into();
         bad.admin = SecretValue::new("redis://127.0.0.1".into());
         bad.template = "~a:* +get".into();
-        assert!(DynamicSpec::from_source(&bad).is_err());
+        assert!(DynamicSpec::from_source(&bad, false).is_err());
         assert_eq!(scrub("x adminpw y", &["adminpw", "ab"]), "x [REDACTED] y");
     }
 }

@@ -45,6 +45,9 @@ pub(crate) fn spec_with(engine: &str, admin: &str, options: &[(&str, &str)]) -> 
         output: super::OutputForm::Password,
         prefix: src.options.get("prefix").cloned().unwrap_or_default(),
         options: src.options,
+        // The test servers are the test's own (same user), as a human's dev server would be
+        // with `insecure-loopback` on.
+        same_user_loopback: true,
     };
     if s.engine == super::EngineKind::OpenbaoKv || s.engine == super::EngineKind::OpenbaoDatabase {
         s.prefix.clear();

@@ -22,7 +22,7 @@
 //! | `all-variables` | the request asks for every variable of an environment that has more than one |
 //! | `rephrased-denied` | the command does what a request denied in the last hour did (interpreter with inline code, a network destination, an environment dump or write; [`behaviour()`]), however it is phrased |
 //! | `reason-contradicts-facts` | the requester's reason claims a prior approval, the user's consent or urgency, and the broker's facts say otherwise (the card says what, in plain words: [`contradictions()`]) |
-//! | `agent-chosen-value` | a value the requester could have chosen (a pass-through value, or a variable stored without the factor) is injected: the card shows it (set in `broker/access/`) |
+//! | `agent-chosen-value` | a value the requester could have chosen (a pass-through value, a variable stored without the factor, or one read from an OpenBao KV secret linked without it) is injected: the card shows it (set in `broker/access/`) |
 //! | `stdin-program` | the requester supplies the command's standard input and the command may read program text from it (anything but a known data filter such as `cat`, `wc`, `sort` named by its own name and resolved to that very filter outside what the requester can write, or a filter given `-f -`/`--file=/dev/stdin`: `stdin_program.rs`); the card shows the text, the grant binds its digest, no auto-approve rule covers it (set in `broker/access/`) |
 //! | `compromised-value` | a variable `keyveil sweep --contain` found outside keyveil and not rotated since (set in `broker/access/`; never auto-approved) |
 //! | `workspace-executable` | the executable lives in a directory the requester can write |

@@ -373,6 +373,7 @@ fn redis_acl_user_per_grant() {
 fn openbao_kv_environment_and_a_database_lease_per_grant() {
     let Some(bao) = BaoDev::start() else { return };
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let api_key = format!("kv-api-key-{}", rand_tag());
     bao.cli(&[
         "kv",
@@ -382,6 +383,8 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
         "REGION=eu-west",
     ]);
     // An environment backed by a KV v2 path: every field becomes a variable, fetched per run.
+    // Linked with the factor (the passphrase first): the values are the human's, not quoted on
+    // cards nor bound to an approval, so a rotation reaches the next run.
     let add = dynamic_add(
         &h,
         &[
@@ -392,8 +395,9 @@ fn openbao_kv_environment_and_a_database_lease_per_grant() {
             &bao.address,
             "--kv-path",
             "team/app",
+            "--passphrase-stdin",
         ],
-        &bao.token,
+        &format!("{PASS}\n{}", bao.token),
     );
     assert!(add.status.success(), "{}", text(&add.stderr));
     let show = h.json(&["env", "show", "demo", "--json"]);

@@ -234,6 +234,23 @@ impl Home {
         self.run_stdin(&args, &format!("{PASS}\ny\n"))
     }
 
+    /// The human allows environment `env`'s OpenBao variables to use plain HTTP to a loopback
+    /// port of their own user (the tests' servers run as the test's user), with the factor.
+    pub fn allow_insecure_loopback(&self, env: &str) {
+        let o = self.run_stdin(
+            &[
+                "policy",
+                "set",
+                env,
+                "insecure-loopback",
+                "on",
+                "--passphrase-stdin",
+            ],
+            &format!("{PASS}\n"),
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+
     pub fn audit_text(&self) -> String {
         std::fs::read_to_string(self.path().join("audit.jsonl")).unwrap_or_default()
     }

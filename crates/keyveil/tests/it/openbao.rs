@@ -93,7 +93,10 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
     ]);
 
     let h = Home::new();
-    // `env link`: the environment's names come from OpenBao.
+    h.allow_insecure_loopback("demo");
+    // `env link`: the environment's names come from OpenBao. The human links with the factor
+    // (the passphrase first, the secret id after it): without it the values would be quoted
+    // on every card and bound to each approval (an agent could have linked the server).
     let add = h.run_stdin(
         &[
             "env",
@@ -108,8 +111,9 @@ fn approle_token_lives_in_broker_memory_only_and_is_revoked_at_lock() {
             "--role-id",
             &role_id,
             "--admin-stdin",
+            "--passphrase-stdin",
         ],
-        &format!("{secret_id}\n"),
+        &format!("{PASS}\n{secret_id}\n"),
     );
     assert!(add.status.success(), "{}", text(&add.stderr));
     let show = h.json(&["env", "show", "demo", "--json"]);
@@ -240,6 +244,7 @@ fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
     let (role_id, secret_id) = approle(&bao);
     bao.cli(&["kv", "put", "secret/team/app", "API_KEY=first-value-123456"]);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "dynamic",
@@ -365,6 +370,7 @@ fn a_ci_job_logs_in_with_its_jwt_from_an_environment_variable() {
         &json!({"sub": "repo:team/app:ref:main", "aud": "keyveil", "iat": now, "exp": now + 600}),
     );
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let args = [
         "dynamic",
         "add",
@@ -462,6 +468,7 @@ fn userpass_password_and_token_live_in_broker_memory_only() {
         &format!("API_KEY={api_key}"),
     ]);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let link = |user: &str, pw: &str| {
         h.run_stdin(
             &[
@@ -552,4 +559,90 @@ fn userpass_password_and_token_live_in_broker_memory_only() {
         Duration::from_secs(10),
         || !bao.accessor_alive(&accessor),
     );
+}
+
+/// On a real OpenBao: an environment linked without the factor (an agent may have done it,
+/// with a token of its own) has its value quoted on the card and bound to the approval; a value
+/// written to OpenBao afterwards (by whoever holds a token that may write there) ends the
+/// standing grant at the next run instead of reaching the approved command.
+#[test]
+fn a_kv_value_rotated_under_a_link_made_without_the_factor_ends_the_grant() {
+    let Some(bao) = BaoDev::start() else { return };
+    let first = format!("https://api.example.test/{}", rand_tag());
+    let swapped = format!("http://127.0.0.1:9/{}", rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_BASE_URL={first}"),
+    ]);
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    let add = h.run_stdin(
+        &[
+            "env",
+            "link",
+            "demo",
+            "--openbao",
+            &bao.address,
+            "--kv-path",
+            "team/app",
+            "--admin-stdin",
+        ],
+        &format!("{}\n", bao.token),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let script =
+        "printf 'sha=%s\\n' \"$(printf %s \"$API_BASE_URL\" | sha256sum | cut -d' ' -f1)\"";
+    let argv = [
+        "run", "--env", "demo", "--wait", "0", "--", "sh", "-c", script,
+    ];
+    let asked = h.run(&argv);
+    assert_eq!(asked.status.code(), Some(5), "{}", text(&asked.stderr));
+    let list = h.json(&["requests", "--json"]);
+    let r = list.as_array().and_then(|a| a.last()).unwrap().clone();
+    let quoted = r["chosen_values"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["variable"] == "API_BASE_URL"))
+        .cloned()
+        .unwrap_or_else(|| panic!("not quoted: {r}"));
+    assert_eq!(quoted["value"], first.as_str(), "{r}");
+    assert_eq!(quoted["origin"], "kv-without-factor", "{r}");
+    // The card's read is on the record like a spawn's (never the value).
+    assert!(
+        h.audit_text()
+            .lines()
+            .any(|l| l.contains("\"kv_fetch\"") && l.contains("\"card\"")),
+        "the card's KV read is not audited"
+    );
+    assert!(!h.audit_text().contains(&first));
+    let id = r["id"].as_u64().unwrap();
+    assert!(h.approve(id, &["--ttl", "10m"]).status.success());
+    let mut granted = argv;
+    granted[4] = "5";
+    let o1 = h.run(&granted);
+    assert!(
+        text(&o1.stdout).contains(&format!("sha={}", sha256_hex(&first))),
+        "{}",
+        text(&o1.stderr)
+    );
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_BASE_URL={swapped}"),
+    ]);
+    let o2 = h.run(&granted);
+    assert!(!o2.status.success());
+    assert!(!text(&o2.stdout).contains(&sha256_hex(&swapped)));
+    let err = text(&o2.stderr);
+    assert!(
+        err.contains("changed since approval") && err.contains("linked without the factor"),
+        "{err}"
+    );
+    // The grant is over: the same command asks again, quoting the new value.
+    let again = h.run(&argv);
+    assert_eq!(again.status.code(), Some(5), "{}", text(&again.stderr));
+    let list = h.json(&["requests", "--json"]);
+    assert!(list.to_string().contains(&swapped), "{list}");
 }

@@ -69,6 +69,7 @@ fn runs_keep_working_when_the_active_node_dies() {
     ]);
 
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let nodes = cl.addresses.join(",");
     let add = h.run_stdin(
         &[
@@ -202,6 +203,7 @@ fn the_agent_cannot_add_a_node_to_the_list_without_the_factor() {
     };
     bao.cli(&["kv", "put", "secret/team/app", "API_KEY=first-value-123456"]);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "env",

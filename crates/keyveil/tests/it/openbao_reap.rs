@@ -46,6 +46,7 @@ fn leases_of_a_crashed_broker_are_revoked_at_unlock_and_no_others() {
         return;
     }
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "dynamic",

@@ -23,6 +23,12 @@ type Seen = Arc<Mutex<Vec<String>>>;
 /// A fake KV v2 server on loopback plain HTTP (allowed: loopback), run by the agent: every GET
 /// answers `fields` as the secret's data. Returns (address, what it saw).
 fn agent_kv_server(fields: Value) -> (String, Seen) {
+    agent_kv_server_live(Arc::new(Mutex::new(fields)))
+}
+
+/// As [`agent_kv_server`], answering whatever `fields` holds at each request: the agent changes
+/// its values whenever it likes.
+fn agent_kv_server_live(fields: Arc<Mutex<Value>>) -> (String, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
     let seen: Seen = Arc::default();
@@ -41,7 +47,8 @@ fn agent_kv_server(fields: Value) -> (String, Seen) {
             }
             let head = String::from_utf8_lossy(&head).into_owned();
             seen2.lock().unwrap().push(head);
-            let body = json!({"data": {"data": fields, "metadata": {"version": 1}}}).to_string();
+            let now = fields.lock().unwrap().clone();
+            let body = json!({"data": {"data": now, "metadata": {"version": 1}}}).to_string();
             let _ = write!(
                 s,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -84,6 +91,7 @@ fn names(h: &Home, env: &str) -> Vec<String> {
 #[test]
 fn kv_fields_named_like_code_loaders_are_never_variables() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let (addr, seen) = agent_kv_server(json!({
         "BASH_ENV": "/tmp/agent-hook.sh",
         "NODE_OPTIONS": "--require /tmp/agent-hook.js",
@@ -166,6 +174,7 @@ fn kv_fields_named_like_code_loaders_are_never_variables() {
 #[test]
 fn kv_linked_without_the_factor_is_flagged_on_the_card() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.set("demo", "API_KEY", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
     let (addr, _seen) = agent_kv_server(json!({"API_BASE_URL": "http://127.0.0.1:9/collect"}));
     let o = link(&h, "demo", &addr);
@@ -201,27 +210,19 @@ fn kv_linked_without_the_factor_is_flagged_on_the_card() {
     );
 }
 
-/// The value of a KV variable on the agent's server is neither quoted on the card nor bound by
-/// digest to the approval, as a value `set` without the factor is: the agent changes it after
-/// the human approved (a value changed in OpenBao is what the next run gets).
+/// The value of a KV variable on the agent's server is quoted on the card (escaped like every
+/// card string), its digest bound into the grant, as a value `set` without the factor is: the
+/// human sees the base URL the approved command will get.
 #[test]
-#[ignore = "LEAK: a KV value from a server the agent linked without the factor is not shown on the card nor bound to the approval (chosen_values covers stored values only); flagged new-variable only"]
 fn kv_value_from_the_agents_server_is_quoted_and_bound() {
     let h = Home::new();
-    let (addr, _seen) = agent_kv_server(json!({"API_BASE_URL": "http://127.0.0.1:9/collect"}));
+    h.allow_insecure_loopback("demo");
+    let tag = keyveil_testkit::rand_tag();
+    // A redirecting value with a terminal escape in it: the card must show it escaped.
+    let url = format!("http://127.0.0.1:9/collect-{tag}\u{1b}[2K");
+    let (addr, _seen) = agent_kv_server(json!({ "API_BASE_URL": url }));
     assert!(link(&h, "demo", &addr).status.success());
-    let mut c = h.cmd(&[
-        "run",
-        "--env",
-        "demo",
-        "--wait",
-        "0",
-        "--",
-        "printenv",
-        "API_BASE_URL",
-    ]);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let o = wait_output(c.spawn().unwrap(), Duration::from_secs(60));
+    let o = ask_now(&h, &["sh", "-c", SHA_BASE_URL]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
     let r = &h.json(&["requests", "--json"])[0];
     assert!(
@@ -232,6 +233,367 @@ fn kv_value_from_the_agents_server_is_quoted_and_bound() {
             .any(|f| f == "agent-chosen-value"),
         "the card does not quote the agent's KV value: {r}"
     );
+    let c = chosen(r, "API_BASE_URL");
+    assert_eq!(c["origin"], "kv-without-factor", "{r}");
+    assert_eq!(c["value"], url.as_str(), "{r}");
+    assert_eq!(c["sha256"], sha256_hex(&url).as_str(), "{r}");
+    // The human's card: the value quoted, its escape shown as text, not sent to the terminal.
+    let card = h.ok(&["requests"]);
+    assert!(card.contains(&format!("collect-{tag}")), "{card}");
+    assert!(card.contains("linked"), "{card}");
+    assert!(!card.contains('\u{1b}'), "a raw escape reached the card");
+    // Approved, the run gets exactly the value the card quoted.
+    let id = r["id"].as_u64().unwrap();
+    assert!(h.approve(id, &["--ttl", "10m"]).status.success());
+    let o = run_granted(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert!(
+        text(&o.stdout).contains(&format!("sha={}", sha256_hex(&url))),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// Prints the digest of `$API_BASE_URL` (its value would be redacted from the output).
+const SHA_BASE_URL: &str =
+    "printf 'sha=%s\\n' \"$(printf %s \"$API_BASE_URL\" | sha256sum | cut -d' ' -f1)\"";
+
+/// `keyveil run --env demo --wait 0 -- ARGV`: asks and returns at once (exit 5 when a request
+/// waits).
+fn ask_now(h: &Home, argv: &[&str]) -> std::process::Output {
+    let mut a = vec!["run", "--env", "demo", "--wait", "0", "--"];
+    a.extend_from_slice(argv);
+    let mut c = h.cmd(&a);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    wait_output(c.spawn().unwrap(), Duration::from_secs(60))
+}
+
+/// `keyveil run --env demo --wait 5 -- ARGV`, under a live grant.
+fn run_granted(h: &Home, argv: &[&str]) -> std::process::Output {
+    let mut a = vec!["run", "--env", "demo", "--wait", "5", "--"];
+    a.extend_from_slice(argv);
+    let mut c = h.cmd(&a);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    wait_output(c.spawn().unwrap(), Duration::from_secs(60))
+}
+
+/// The request's quoted value of vault variable `var`.
+fn chosen(r: &Value, var: &str) -> Value {
+    r["chosen_values"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["variable"] == var))
+        .cloned()
+        .unwrap_or_else(|| panic!("{var} is not quoted on the card: {r}"))
+}
+
+/// The newest request (the last listed).
+fn newest_request(h: &Home) -> Value {
+    h.json(&["requests", "--json"])
+        .as_array()
+        .and_then(|a| a.last().cloned())
+        .expect("no request")
+}
+
+/// A run ended because a KV value linked without the factor changed: refused with words that
+/// say so, the value never reached the command, the grant ended, and a new ask quotes the
+/// new value.
+fn assert_ended_by_change(h: &Home, o: &std::process::Output, new_value: &str) {
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "the run went ahead: {err}");
+    assert!(
+        err.contains("changed since approval")
+            && err.contains("linked without the factor")
+            && err.contains("was ended"),
+        "{err}"
+    );
+    assert!(
+        !text(&o.stdout).contains(&sha256_hex(new_value)),
+        "the unapproved value reached the command"
+    );
+    assert!(h.audit_text().contains("value_changed"));
+    let again = ask_now(h, &["sh", "-c", SHA_BASE_URL]);
+    assert_eq!(again.status.code(), Some(5), "{}", text(&again.stderr));
+    let r = newest_request(h);
+    assert_eq!(chosen(&r, "API_BASE_URL")["value"], new_value, "{r}");
+}
+
+/// The agent's server answers one base URL while the human reads the card, another once the
+/// request is approved: the run is refused and the grant ended (the value the human approved
+/// is not the one the run would get).
+#[test]
+fn kv_value_changed_between_card_and_run_ends_the_grant() {
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    let tag = keyveil_testkit::rand_tag();
+    let shown = format!("https://api.example.test/v1-{tag}");
+    let swapped = format!("http://127.0.0.1:9/collect-{tag}");
+    let fields = Arc::new(Mutex::new(json!({ "API_BASE_URL": shown })));
+    let (addr, _seen) = agent_kv_server_live(fields.clone());
+    assert!(link(&h, "demo", &addr).status.success());
+    let o = ask_now(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let r = newest_request(&h);
+    assert_eq!(chosen(&r, "API_BASE_URL")["value"], shown.as_str(), "{r}");
+    *fields.lock().unwrap() = json!({ "API_BASE_URL": swapped });
+    assert!(
+        h.approve(r["id"].as_u64().unwrap(), &["--ttl", "10m"])
+            .status
+            .success()
+    );
+    let o = run_granted(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert_ended_by_change(&h, &o, &swapped);
+}
+
+/// A standing grant: the first run gets the value the card quoted; the agent's server then
+/// answers another; the next run is refused and the grant ended.
+#[test]
+fn kv_value_changed_between_two_runs_of_a_standing_grant_ends_it() {
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    let tag = keyveil_testkit::rand_tag();
+    let shown = format!("https://api.example.test/v1-{tag}");
+    let swapped = format!("http://127.0.0.1:9/collect-{tag}");
+    let fields = Arc::new(Mutex::new(json!({ "API_BASE_URL": shown })));
+    let (addr, _seen) = agent_kv_server_live(fields.clone());
+    assert!(link(&h, "demo", &addr).status.success());
+    assert_eq!(
+        ask_now(&h, &["sh", "-c", SHA_BASE_URL]).status.code(),
+        Some(5)
+    );
+    let r = newest_request(&h);
+    assert!(
+        h.approve(r["id"].as_u64().unwrap(), &["--ttl", "10m"])
+            .status
+            .success()
+    );
+    let first = run_granted(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert!(
+        text(&first.stdout).contains(&format!("sha={}", sha256_hex(&shown))),
+        "{}",
+        text(&first.stderr)
+    );
+    *fields.lock().unwrap() = json!({ "API_BASE_URL": swapped });
+    let second = run_granted(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert_ended_by_change(&h, &second, &swapped);
+}
+
+/// The same through the MCP `run` tool (the agent's own surface): its ask quotes the KV value,
+/// and a value changed after the approval is refused there too, the grant ended.
+#[test]
+fn mcp_run_quotes_and_binds_the_agents_kv_value() {
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    let tag = keyveil_testkit::rand_tag();
+    let shown = format!("https://api.example.test/v1-{tag}");
+    let swapped = format!("http://127.0.0.1:9/collect-{tag}");
+    let fields = Arc::new(Mutex::new(json!({ "API_BASE_URL": shown })));
+    let (addr, _seen) = agent_kv_server_live(fields.clone());
+    assert!(link(&h, "demo", &addr).status.success());
+    let mut m = McpLine::start(&h);
+    let args = json!({"environment": "demo", "wait_seconds": 0,
+                      "command": ["sh", "-c", SHA_BASE_URL]});
+    let first = m.call("run", &args);
+    assert_eq!(
+        first["result"]["structuredContent"]["status"], "pending_approval",
+        "{first}"
+    );
+    let r = newest_request(&h);
+    let c = chosen(&r, "API_BASE_URL");
+    assert_eq!(c["value"], shown.as_str(), "{r}");
+    assert_eq!(c["origin"], "kv-without-factor", "{r}");
+    assert!(
+        h.approve(r["id"].as_u64().unwrap(), &["--ttl", "10m"])
+            .status
+            .success()
+    );
+    let ok = m.call("run", &args);
+    assert!(
+        ok.to_string().contains(&sha256_hex(&shown)),
+        "the approved run did not get the quoted value: {ok}"
+    );
+    *fields.lock().unwrap() = json!({ "API_BASE_URL": swapped });
+    let refused = m.call("run", &args);
+    let t = refused.to_string();
+    assert!(
+        refused["result"]["isError"] == json!(true) || refused.get("error").is_some(),
+        "{t}"
+    );
+    assert!(
+        t.contains("changed since approval") && t.contains("linked without the factor"),
+        "{t}"
+    );
+    assert!(!t.contains(&sha256_hex(&swapped)), "{t}");
+    assert!(h.audit_text().contains("value_changed"));
+}
+
+/// The human links with the factor: the link's values are the human's (not quoted on any
+/// card, not flagged new), and a value rotated in OpenBao is what the next run of a standing
+/// grant gets.
+#[test]
+fn kv_linked_with_the_factor_is_neither_quoted_nor_bound() {
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    let first = format!(
+        "https://api.example.test/v1-{}",
+        keyveil_testkit::rand_tag()
+    );
+    let rotated = format!(
+        "https://api.example.test/v2-{}",
+        keyveil_testkit::rand_tag()
+    );
+    let fields = Arc::new(Mutex::new(json!({ "API_BASE_URL": first })));
+    let (addr, _seen) = agent_kv_server_live(fields.clone());
+    let o = h.run_stdin(
+        &[
+            "env",
+            "link",
+            "demo",
+            "--openbao",
+            &addr,
+            "--kv-path",
+            "agent/app",
+            "--admin-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n{AGENT_TOKEN}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        ask_now(&h, &["sh", "-c", SHA_BASE_URL]).status.code(),
+        Some(5)
+    );
+    let list = h.ok(&["requests", "--json"]);
+    assert!(
+        !list.contains(&first),
+        "a value linked with the factor is shown"
+    );
+    let r = newest_request(&h);
+    assert!(
+        r.get("chosen_values")
+            .is_none_or(|c| c.as_array().is_none_or(Vec::is_empty)),
+        "{r}"
+    );
+    assert!(
+        !r["risk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "new-variable" || f == "agent-chosen-value"),
+        "{r}"
+    );
+    assert!(
+        h.approve(r["id"].as_u64().unwrap(), &["--ttl", "10m"])
+            .status
+            .success()
+    );
+    let a = run_granted(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert!(
+        text(&a.stdout).contains(&sha256_hex(&first)),
+        "{}",
+        text(&a.stderr)
+    );
+    *fields.lock().unwrap() = json!({ "API_BASE_URL": rotated });
+    let b = run_granted(&h, &["sh", "-c", SHA_BASE_URL]);
+    assert!(
+        text(&b.stdout).contains(&sha256_hex(&rotated)),
+        "{}",
+        text(&b.stderr)
+    );
+    // A wrong passphrase links nothing.
+    let bad = h.run_stdin(
+        &[
+            "env",
+            "link",
+            "other",
+            "--openbao",
+            &addr,
+            "--kv-path",
+            "agent/app",
+            "--admin-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("not-the-passphrase\n{AGENT_TOKEN}\n"),
+    );
+    assert!(!bad.status.success());
+}
+
+/// A minimal MCP client over `keyveil mcp`'s stdio (JSON lines).
+struct McpLine {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    next_id: i64,
+}
+
+impl McpLine {
+    fn start(h: &Home) -> McpLine {
+        use std::io::BufRead;
+        let mut cmd = h.cmd(&["mcp"]);
+        cmd.current_dir(h.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut m = McpLine {
+            child,
+            stdin,
+            lines,
+            next_id: 0,
+        };
+        let init = m.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "redteam20", "version": "1"}}),
+        );
+        assert!(init.get("result").is_some(), "{init}");
+        m.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        m
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.stdin.write_all(format!("{v}\n").as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        let t0 = Instant::now();
+        loop {
+            let left = Duration::from_secs(60).saturating_sub(t0.elapsed());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no reply to {method}"));
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v.get("id") == Some(&json!(id)) && v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn call(&mut self, tool: &str, arguments: &Value) -> Value {
+        self.request("tools/call", json!({"name": tool, "arguments": arguments}))
+    }
+}
+
+impl Drop for McpLine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Where names are hidden, linking a KV secret whose fields guess hidden names must answer the
@@ -239,6 +601,7 @@ fn kv_value_from_the_agents_server_is_quoted_and_bound() {
 #[test]
 fn kv_link_is_no_oracle_for_hidden_names() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.set("demo", "STRIPE_LIVE_SECRET", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
     let o = h.run_stdin(
         &[
@@ -275,6 +638,7 @@ fn kv_link_is_no_oracle_for_hidden_names() {
 #[test]
 fn client_cert_fifo_or_device_does_not_hang_the_broker() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("client.pem");
     assert!(
@@ -345,6 +709,7 @@ fn client_cert_fifo_or_device_does_not_hang_the_broker() {
 #[test]
 fn ca_file_is_stored_sealed_not_by_path() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -400,6 +765,7 @@ fn ca_file_is_stored_sealed_not_by_path() {
 #[test]
 fn agent_cannot_repoint_a_linked_environment() {
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let (human, _) = agent_kv_server(json!({"API_KEY": "kv_fake_Hn7tQ2wE9rY4uI1oP6aS"}));
     assert!(link(&h, "demo", &human).status.success());
     let (evil, _) = agent_kv_server(json!({"API_KEY": "agent-chosen"}));
@@ -440,6 +806,7 @@ fn agent_cannot_repoint_a_linked_environment() {
 fn admin_env_secret_is_not_handed_to_the_brokers_children() {
     use std::os::unix::fs::PermissionsExt;
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.set("demo", "API_KEY", "kv_fake_Hn7tQ2wE9rY4uI1oP6aS");
     h.ok(&["daemon", "stop"]);
     let bin = tempfile::tempdir().unwrap();
@@ -524,37 +891,154 @@ fn admin_env_secret_is_not_handed_to_the_brokers_children() {
 }
 
 /// The docs advise a local `bao proxy` on plain HTTP loopback. Any process of the user's uid
-/// (the agent) can listen on that port while the proxy is down (or after killing it): the
-/// broker then sends the stored token (or the AppRole secret id at login) to the agent.
+/// (the agent) can listen on that port while the proxy is down (or after killing it). The
+/// broker reads who holds the server side of each such connection before sending anything: a
+/// listener of its own user gets nothing unless the human allowed it for the environment (with
+/// the factor, shown in `policy show`); the agent cannot allow it.
 #[test]
-#[ignore = "LEAK: over plain-HTTP loopback the broker sends the stored token / secret id to whatever listens on the port; a same-uid agent can hold it while the proxy is down"]
 fn stored_token_never_goes_to_a_squatted_loopback_port() {
     let h = Home::new();
     let (addr, seen) = agent_kv_server(json!({"API_KEY": "kv_fake_Hn7tQ2wE9rY4uI1oP6aS"}));
     // The human links an environment to "the proxy" (here already the agent's listener).
     let human_token = format!("human-stored-token-{}", keyveil_testkit::rand_tag());
-    let o = h.run_stdin(
-        &[
-            "dynamic",
-            "add",
-            "demo",
-            "API_KEY",
-            "--engine",
-            "openbao-kv",
-            "--address",
-            &addr,
-            "--kv-path",
-            "agent/app",
-            "--kv-key",
-            "API_KEY",
-            "--admin-stdin",
-        ],
-        &format!("{human_token}\n"),
+    let add = |h: &Home| {
+        h.run_stdin(
+            &[
+                "dynamic",
+                "add",
+                "demo",
+                "API_KEY",
+                "--engine",
+                "openbao-kv",
+                "--address",
+                &addr,
+                "--kv-path",
+                "agent/app",
+                "--kv-key",
+                "API_KEY",
+                "--admin-stdin",
+            ],
+            &format!("{human_token}\n"),
+        )
+    };
+    let o = add(&h);
+    assert!(!o.status.success(), "linked to a squatted port");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("your own user") && err.contains("insecure-loopback"),
+        "{err}"
     );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!err.contains(&human_token));
     let heads = seen.lock().unwrap().join("\n");
     assert!(
         !heads.contains(&human_token),
         "the stored token went to the port's listener"
     );
+    assert!(names(&h, "demo").is_empty());
+    // The agent cannot allow it (no factor), over the CLI.
+    let mut c = h.cmd(&["policy", "set", "demo", "insecure-loopback", "on"]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    assert!(
+        !wait_output(c.spawn().unwrap(), Duration::from_secs(30))
+            .status
+            .success()
+    );
+    let shown = h.ok(&["policy", "show", "demo"]);
+    assert!(shown.contains("insecure loopback: off"), "{shown}");
+    // The human can, with the factor; `policy show` says so.
+    h.allow_insecure_loopback("demo");
+    let shown = h.ok(&["policy", "show", "demo"]);
+    assert!(shown.contains("insecure loopback: on"), "{shown}");
+    assert_eq!(
+        h.json(&["policy", "show", "demo", "--json"])["policy"]["insecure_loopback"],
+        true
+    );
+}
+
+/// An honest proxy run as another user (a service account): the broker verifies the listener
+/// is not of its own user and sends the request with no setting. Needs root to start the
+/// "proxy" as another user (skipped otherwise).
+#[test]
+#[allow(clippy::print_stderr)]
+fn a_loopback_proxy_of_another_user_is_trusted_without_a_setting() {
+    if rustix_free_euid() != 0 || !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: starting a listener as another user needs root and /usr/bin/python3");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let server = r#"
+import http.server, json, sys
+body = json.dumps({"data": {"data": {"API_KEY": "proxy-served"}, "metadata": {"version": 1}}}).encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1]))
+import os; os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+s.serve_forever()
+"#;
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            server,
+            port_file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv");
+    let t0 = Instant::now();
+    while !port_file.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the proxy never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let addr = format!("http://127.0.0.1:{}", port.trim());
+    let h = Home::new();
+    let o = h.run_stdin(
+        &[
+            "env",
+            "link",
+            "demo",
+            "--openbao",
+            &addr,
+            "--kv-path",
+            "team/app",
+            "--admin-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n{AGENT_TOKEN}\n"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(names(&h, "demo"), vec!["API_KEY".to_owned()]);
+}
+
+/// The test process's effective uid, from /proc (no extra dependency).
+fn rustix_free_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
 }

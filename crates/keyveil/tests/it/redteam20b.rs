@@ -84,6 +84,7 @@ fn a_log_swapped_between_verify_and_read_never_makes_the_reaper_revoke_a_teammat
         return;
     }
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "dynamic",
@@ -221,6 +222,7 @@ fn another_variables_failover_does_not_reorder_the_humans_nodes() {
     std::fs::write(&aca, &agent_ca).unwrap();
 
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     h.ok(&["env", "create", "mine", "--description", "the agent's"]);
     let link = |env: &str, ca: &Path, token: &str| {
         let o = h.run_stdin(
@@ -340,6 +342,7 @@ fn a_hostile_servers_lease_id_never_reaches_the_audit_log() {
     );
     let addr = hostile_bao(lease);
     let h = Home::new();
+    h.allow_insecure_loopback("demo");
     let add = h.run_stdin(
         &[
             "dynamic",

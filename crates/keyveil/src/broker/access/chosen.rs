@@ -1,11 +1,13 @@
 //! Values the requester could have chosen (pass-through values, variables stored without the
-//! factor): found at request time, shown on the card, bound into the grant and checked at a run.
+//! factor, variables read from an OpenBao KV secret linked without it): found at request time,
+//! shown on the card, bound into the grant and checked at a run.
 
 use super::*;
 
-/// The values of a request the requester could have chosen: its pass-through values, and the
+/// The values of a request the requester could have chosen: its pass-through values, the
 /// requested variables whose value was stored (as typed, not generated) by a call that proved no
-/// factor. Values stored with the factor are never read here.
+/// factor, and those read from a KV secret linked without it (fetched before, in
+/// [`Ask::linked`]). Values stored with the factor are never read here.
 pub(super) fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValue>> {
     let mut out: Vec<ChosenValue> = ask
         .pass_values
@@ -50,7 +52,52 @@ pub(super) fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValu
             });
         }
     }
+    // Fetched outside the lock; only for variables still linked without the factor.
+    out.extend(
+        ask.linked
+            .iter()
+            .filter(|c| {
+                c.variable.as_ref().is_some_and(|n| {
+                    ask.variables.contains(n) && e.variables.get(n).and_then(agent_linked).is_some()
+                })
+            })
+            .cloned(),
+    );
     Ok(out)
+}
+
+/// When `var` is read from an OpenBao KV secret whose source (server, path, login) was linked
+/// by a call that proved no factor: its server may be the agent's, so its values are the
+/// agent's to choose. `None` for every other variable.
+pub(crate) fn agent_linked(var: &keyveil_vault::Variable) -> Option<Timestamp> {
+    match (var.stored, &var.dynamic) {
+        (Some(r), Some(d)) if !r.factor && d.engine == "openbao-kv" => Some(r.at),
+        _ => None,
+    }
+}
+
+/// What a value the grant bound is, in words, for the message that ends the grant.
+fn chosen_kind(var: &keyveil_vault::Variable) -> Option<&'static str> {
+    if agent_chosen(var).is_some() {
+        Some("a value stored without the factor")
+    } else if agent_linked(var).is_some() {
+        Some("a value read from an OpenBao KV secret linked without the factor")
+    } else {
+        None
+    }
+}
+
+/// One value a grant bound by digest, as a run checks it ([`chosen_expected`]).
+#[derive(Debug)]
+pub(crate) struct Expected {
+    /// The variable's name in the vault.
+    name: String,
+    /// The SHA-256 (hex) bound at approval; `None`: none bound, so no value may be injected.
+    want: Option<String>,
+    /// The name as clients see it (an alias where names are hidden).
+    shown: String,
+    /// What the value is, in words.
+    kind: &'static str,
 }
 
 /// When `var`'s current value was stored without the factor, as given by the caller (so an
@@ -93,15 +140,12 @@ pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), St
     Ok(())
 }
 
-/// For the variables among `names` (of grant `gid`'s environment) whose value was stored
-/// without the factor, the SHA-256 (hex) the grant bound at approval (`None`: none bound, so
-/// no value may be injected), with the name as clients see it. Taken under the lock with the
-/// sealed copies the run will inject; nothing is opened here.
-pub(crate) fn chosen_expected(
-    inner: &Inner,
-    gid: &str,
-    names: &[String],
-) -> Vec<(String, Option<String>, String)> {
+/// For the variables among `names` (of grant `gid`'s environment) whose value the agent could
+/// have chosen (stored without the factor, or read from a KV secret linked without it), the
+/// SHA-256 (hex) the grant bound at approval (`None`: none bound, so no value may be
+/// injected), with the name as clients see it. Taken under the lock with the sealed copies the
+/// run will inject; nothing is opened here.
+pub(crate) fn chosen_expected(inner: &Inner, gid: &str, names: &[String]) -> Vec<Expected> {
     let Some(g) = inner.grant(gid) else {
         return Vec::new();
     };
@@ -113,13 +157,12 @@ pub(crate) fn chosen_expected(
     };
     names
         .iter()
-        .filter(|n| e.variables.get(*n).and_then(agent_chosen).is_some())
-        .map(|n| {
-            (
-                n.clone(),
-                g.chosen_vars.get(n).cloned(),
-                inner.shown_name(&g.environment, n),
-            )
+        .filter_map(|n| Some((n, e.variables.get(n).and_then(chosen_kind)?)))
+        .map(|(n, kind)| Expected {
+            name: n.clone(),
+            want: g.chosen_vars.get(n).cloned(),
+            shown: inner.shown_name(&g.environment, n),
+            kind,
         })
         .collect()
 }
@@ -128,20 +171,21 @@ pub(crate) fn chosen_expected(
 /// gave. Outside the lock: opening and hashing thousands of values must not stall the broker.
 /// `Err` says which variable holds a value that is not the one approved.
 pub(crate) fn check_chosen_values(
-    expected: &[(String, Option<String>, String)],
+    expected: &[Expected],
     values: &[(String, keyveil_vault::SecretValue)],
 ) -> Result<(), String> {
     use sha2::Digest as _;
     // By name: with thousands of values a scan per expected name would be quadratic.
     let by_name: std::collections::HashMap<&str, &keyveil_vault::SecretValue> =
         values.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    for (name, want, shown) in expected {
+    for x in expected {
         let now = by_name
-            .get(name.as_str())
+            .get(x.name.as_str())
             .map(|v| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
-        if now.is_none() || want.as_ref() != now.as_ref() {
+        if now.is_none() || x.want.as_ref() != now.as_ref() {
             return Err(format!(
-                "{shown} holds a value stored without the factor that is not the one approved (changed since approval)"
+                "{} holds {} that is not the one approved (changed since approval)",
+                x.shown, x.kind
             ));
         }
     }

@@ -521,6 +521,8 @@ pub(crate) async fn request_access(
         Some(argv) => prepare_bounded(argv.clone(), cwd.clone(), search_path, home).await?,
         None => Pins::default(),
     };
+    // Values whose source the agent could have chosen: read now, quoted on the card.
+    let linked = crate::broker::leases::linked_chosen(broker, &a.environment, &vars).await?;
     let ask = Ask {
         client: a.client,
         environment: a.environment,
@@ -533,6 +535,7 @@ pub(crate) async fn request_access(
         stdin: None,
         peer,
         mount: None,
+        linked,
     };
     let mut inner = broker.lock();
     let (id, created) = find_or_create_request(&mut inner, &ask, pins, a.reason, a.ttl_seconds)?;

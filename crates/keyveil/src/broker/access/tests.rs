@@ -117,6 +117,7 @@ fn ask(name: &str, origin: &str) -> Ask {
         stdin: None,
         peer: peer(origin),
         mount: None,
+        linked: Vec::new(),
     }
 }
 

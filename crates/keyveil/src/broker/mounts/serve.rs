@@ -184,6 +184,7 @@ pub(super) fn mount_ask(broker: &Broker, path: &str, env: &str, r: &Reader) -> R
             path: path.to_owned(),
             flags: reader_flags(r),
         }),
+        linked: Vec::new(),
     })
 }
 

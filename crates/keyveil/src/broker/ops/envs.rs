@@ -178,7 +178,9 @@ pub(super) async fn env_show_versions(
                     if let Some(spec) = var
                         .dynamic
                         .as_ref()
-                        .and_then(|src| DynamicSpec::from_source(src).ok())
+                        .and_then(|src| {
+                            DynamicSpec::from_source(src, e.policy.insecure_loopback).ok()
+                        })
                         .filter(|s| s.engine == EngineKind::OpenbaoKv)
                     {
                         linked.push((inner.shown_name(name, n), spec));

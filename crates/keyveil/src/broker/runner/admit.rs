@@ -61,6 +61,7 @@ pub(super) fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Adm
             .map(|t| crate::broker::state::stdin_info(t, program)),
         peer,
         mount: None,
+        linked: Vec::new(),
     };
     access::check_symlink_escape(&broker.lock(), &ask, &req.cwd)?;
     check_path_shadow(req, &cwd, &search_path, home.as_deref())?;

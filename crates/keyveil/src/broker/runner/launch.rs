@@ -242,8 +242,14 @@ fn prepare(
     let mut env = child_env(&inner, &req.environment, &req.env, pass_env);
     env.extend(dynamic.env);
     // Values the agent could have chosen are bound by digest: checked below on these very
-    // copies, so a `set` racing the run cannot slip an unapproved value in.
-    let names: Vec<String> = sealed.iter().map(|(k, _)| k.clone()).collect();
+    // copies, so a `set` racing the run cannot slip an unapproved value in, nor a KV server
+    // linked without the factor hand this run another value than the card quoted.
+    let names: Vec<String> = sealed
+        .iter()
+        .map(|(k, _)| k)
+        .chain(dynamic.values.iter().map(|(k, _)| k))
+        .cloned()
+        .collect();
     let expected = access::chosen_expected(&inner, grant_id, &names);
     drop(inner);
     let mut values = Vec::with_capacity(sealed.len() + dynamic.values.len());
@@ -253,6 +259,7 @@ fn prepare(
             Err(e) => return Err(crate::broker::state::sealed_value_error(e)),
         }
     }
+    values.extend(dynamic.values);
     if let Err(why) = access::check_chosen_values(&expected, &values) {
         let mut inner = broker.lock();
         inner.revoke(grant_id, "value changed since approval");
@@ -265,7 +272,6 @@ fn prepare(
         )
         .hint("a new approval is needed: call run again to ask the user"));
     }
-    values.extend(dynamic.values);
     let crate::broker::redactor_cache::Kept {
         run: redactor,
         scan: scan_redactor,

@@ -66,7 +66,7 @@ pub(super) async fn wait_for_grant(
     let masked = a.masked;
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
-    let mut pins: Option<Pins> = None;
+    let mut pins: Option<(Pins, Ask)> = None;
     loop {
         match next_step(broker, req, (a, masked), announced, &mut pins)
             .await
@@ -100,19 +100,20 @@ pub(super) async fn wait_for_grant(
 
 /// One look at the state: a grant that covers the ask, else the request we already announced
 /// (a wake-up is not a new ask) or one found or created for the ask. The pins a new request
-/// shows the human are computed once, outside the lock, and kept in `pins`.
+/// shows the human, and the values it quotes whose source the agent could have chosen
+/// (`leases::linked_chosen`), are computed once, outside the lock, and kept in `pins`.
 async fn next_step(
     broker: &Broker,
     req: &RunRequest,
     (a, masked): (&Admitted, bool),
     announced: Option<u64>,
-    pins: &mut Option<Pins>,
+    pins: &mut Option<(Pins, Ask)>,
 ) -> Result<Step, Reply> {
     let matched = matched_grant(&broker.lock(), &a.ask, masked);
     if let Some(m) = matched {
         return Ok(Step::Grant(m));
     }
-    let p = match pins {
+    let (p, ask) = match pins {
         Some(p) => p.clone(),
         None => {
             let p = access::prepare_bounded(
@@ -123,8 +124,13 @@ async fn next_step(
             )
             .await
             .map_err(|e| e.reply())?;
-            *pins = Some(p.clone());
-            p
+            let mut ask = a.ask.clone();
+            ask.linked =
+                crate::broker::leases::linked_chosen(broker, &ask.environment, &ask.variables)
+                    .await
+                    .map_err(|e| e.reply())?;
+            *pins = Some((p.clone(), ask.clone()));
+            (p, ask)
         }
     };
     let mut inner = broker.lock();
@@ -132,7 +138,7 @@ async fn next_step(
         return Ok(w);
     }
     let (id, created) =
-        access::find_or_create_request(&mut inner, &a.ask, p, req.reason.clone(), req.ttl_seconds)
+        access::find_or_create_request(&mut inner, &ask, p, req.reason.clone(), req.ttl_seconds)
             .map_err(|e| e.reply())?;
     Ok(Step::Request(
         id,

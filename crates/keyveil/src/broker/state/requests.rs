@@ -139,17 +139,19 @@ pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct ChosenValue {
     /// `pass-env` (from the requester's environment), `reader-env` (a code-loading variable
-    /// of a mount reader's own environment) or `stored-without-factor` (a vault variable
-    /// whose value was stored by a call that proved no factor).
+    /// of a mount reader's own environment), `stored-without-factor` (a vault variable
+    /// whose value was stored by a call that proved no factor) or `kv-without-factor` (a
+    /// variable read from an OpenBao KV secret whose source was linked by a call that proved
+    /// no factor: its server may be the agent's).
     pub origin: &'static str,
     /// A pass-through name (set for `pass-env`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// A vault variable's name (set for `stored-without-factor`; aliased where names are
-    /// hidden).
+    /// A vault variable's name (set for `stored-without-factor` and `kv-without-factor`;
+    /// aliased where names are hidden).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variable: Option<String>,
-    /// When the vault value was stored.
+    /// When the vault value (or the KV source) was stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_at: Option<Timestamp>,
     /// The value's first [`SHOWN_VALUE_CHARS`] characters, as given (escaped when shown);
@@ -241,6 +243,12 @@ pub(crate) struct Ask {
     /// Set only by the broker itself, for a read of a mount (`broker/mounts/`): never from a
     /// request.
     pub mount: Option<MountAsk>,
+    /// The values of the asked variables whose source the requester could have chosen (an
+    /// OpenBao KV secret linked without the factor), fetched before the request is made
+    /// (`crate::broker::leases::linked_chosen`): shown on the card and bound into the grant
+    /// like values stored without the factor. Empty for a mount read (mounts serve no
+    /// dynamic variable).
+    pub linked: Vec<ChosenValue>,
 }
 
 /// A read of a mount, as the ask carries it.

@@ -59,6 +59,7 @@ fn ask(client: &str, env: &str, vars: &[&str], argv: &[&str], cwd: &str) -> Ask 
         stdin: None,
         peer: crate::broker::peer::Peer::of_pid(None),
         mount: None,
+        linked: Vec::new(),
     }
 }
 

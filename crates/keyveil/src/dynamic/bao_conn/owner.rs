@@ -1,0 +1,109 @@
+//! Who holds the other end of a plain-HTTP loopback connection to an OpenBao node, read from
+//! the kernel's socket tables (`/proc/net/tcp`, `/proc/net/tcp6`) after `connect` and before a
+//! byte is sent.
+//!
+//! The server side of a TCP connection is a socket of its own (in the accept queue, or accepted),
+//! listed with the owner of the listening socket it came from: the uid is fixed when the
+//! listener was created, so it is read from the very connection the token would travel on (no
+//! gap between a check and the use). A listener of the broker's own uid may be any process of
+//! that user (an agent holding the port while the `bao proxy` is down); a listener of another
+//! user (a proxy run as a service user, root's) cannot be.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// The uid owning the server side of the loopback connection from `local` to `peer`: `None`
+/// when the kernel's tables do not list it (the connection is already gone).
+pub(super) fn server_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    let table = match peer.ip() {
+        IpAddr::V4(_) => "/proc/net/tcp",
+        IpAddr::V6(_) => "/proc/net/tcp6",
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    server_uid_in(&text, local, peer)
+}
+
+/// [`server_uid`] over the text of a socket table.
+pub(super) fn server_uid_in(text: &str, local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    // The server's row: its local address is our peer, its remote address is us.
+    let want_local = encode(peer);
+    let want_remote = encode(local);
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st queues timer retrnsmt uid ...
+        let (l, r, uid) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        (l.eq_ignore_ascii_case(&want_local) && r.eq_ignore_ascii_case(&want_remote))
+            .then(|| uid.parse().ok())
+            .flatten()
+    })
+}
+
+/// An address as the kernel prints it: each 32-bit word of the address in host byte order
+/// (`%08X`), a colon, the port (`%04X`).
+fn encode(a: SocketAddr) -> String {
+    let words: Vec<[u8; 4]> = match a.ip() {
+        IpAddr::V4(v4) => vec![v4.octets()],
+        IpAddr::V6(v6) => v6
+            .octets()
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect(),
+    };
+    let mut s: String = words
+        .iter()
+        .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
+        .collect();
+    s.push_str(&format!(":{:04X}", a.port()));
+    s
+}
+
+/// The broker's own (effective) uid.
+pub(super) fn own_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live loopback connection: the server side is found, owned by this process's uid.
+    #[test]
+    fn the_server_side_of_a_live_connection_is_ours() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let got = server_uid(c.local_addr().unwrap(), c.peer_addr().unwrap());
+        assert_eq!(got, Some(own_uid()));
+        // A peer nobody is connected to finds nothing (so nothing is sent).
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(server_uid(c.local_addr().unwrap(), other), None);
+    }
+
+    /// Rows are matched on both ends, in the kernel's byte order.
+    #[test]
+    fn rows_match_on_both_ends() {
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:8200".parse().unwrap();
+        let row = |l: &str, r: &str, uid: u32| {
+            format!(
+                "   0: {l} {r} 01 00000000:00000000 00:00000000 00000000  {uid}        0 1234 1 0 20 4 30 10 -1\n"
+            )
+        };
+        let text = format!(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n{}{}",
+            row(&encode(local), &encode(peer), 1000),
+            row(&encode(peer), &encode(local), 998),
+        );
+        assert_eq!(server_uid_in(&text, local, peer), Some(998));
+        assert_eq!(
+            encode(peer),
+            format!("{:08X}:2008", u32::from_ne_bytes([127, 0, 0, 1]))
+        );
+        let v6: SocketAddr = "[::1]:8200".parse().unwrap();
+        assert_eq!(
+            encode(v6),
+            format!(
+                "000000000000000000000000{:08X}:2008",
+                u32::from_ne_bytes([0, 0, 0, 1])
+            )
+        );
+    }
+}
