@@ -67,45 +67,17 @@ pub(crate) async fn values_for_grant(
     environment: &str,
     vars: &[String],
 ) -> OpResult<DynamicValues> {
-    // Under the lock: which variables are dynamic, what is already held, the grant's expiry.
-    let (wanted, expires_at, gate, logins, same_user) = {
-        let inner = broker.lock();
-        let vault = inner.vault()?;
-        let Some(env) = vault.data().environments.get(environment) else {
-            return Ok(DynamicValues::default());
-        };
-        let wanted: Vec<(String, keyveil_vault::DynamicSource)> = vars
-            .iter()
-            .filter_map(|n| {
-                env.variables
-                    .get(n)
-                    .and_then(|v| v.dynamic.clone())
-                    .map(|d| (n.clone(), d))
-            })
-            .collect();
-        if wanted.is_empty() {
-            return Ok(DynamicValues::default());
-        }
-        let expires_at = inner
-            .grant(grant_id)
-            .map(|g| g.expires_at)
-            .unwrap_or_else(Timestamp::now);
-        (
-            wanted,
-            expires_at,
-            inner.dynamic().gate(),
-            inner.dynamic().logins(),
-            env.policy.insecure_loopback,
-        )
+    let Some(w) = wanted(broker, grant_id, environment, vars)? else {
+        return Ok(DynamicValues::default());
     };
-    let _shared = gate.read().await;
+    let _shared = w.gate.read().await;
     let mut out = DynamicValues::default();
     let mut fresh: Vec<Held> = Vec::new();
     let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
     let mut kv_reads: Vec<Value> = Vec::new();
     let mut failure: Option<OpError> = None;
-    for (name, src) in wanted {
-        let spec = match DynamicSpec::from_source(&src, same_user) {
+    for (name, src) in w.sources {
+        let spec = match DynamicSpec::from_source(&src, w.same_user) {
             Ok(s) => s,
             Err(e) => {
                 failure = Some(op_err(&name, &e));
@@ -113,7 +85,7 @@ pub(crate) async fn values_for_grant(
             }
         };
         if spec.engine == EngineKind::OpenbaoKv {
-            match fetch_kv(&spec, &logins, &name, &mut kv_cache, &mut kv_reads).await {
+            match fetch_kv(&spec, &w.logins, &name, &mut kv_cache, &mut kv_reads).await {
                 Ok(v) => out.values.push((name, v)),
                 Err(e) => {
                     audit_failure(broker, grant_id, environment, &name, &spec, &e);
@@ -123,78 +95,166 @@ pub(crate) async fn values_for_grant(
             }
             continue;
         }
-        let reuse = broker.lock().dynamic_mut().reuse(grant_id, &name);
-        let minted = match reuse {
-            Some(m) => m,
-            None => {
-                // A credential minted at its source must be on the record.
-                if let Err(e) = broker.lock().audit_ready("dynamic_mint") {
-                    failure = Some(e);
-                    break;
-                }
-                let t0 = Instant::now();
-                match crate::dynamic::mint(&spec, &logins, &name, grant_id, expires_at).await {
-                    Ok(m) => {
-                        broker.lock().audit(
-                            "dynamic_mint",
-                            json!({
-                                "grant_id": grant_id,
-                                "environment": environment,
-                                "variable": name,
-                                "engine": spec.engine.name(),
-                                "handle": m.handle,
-                                "expires_at": m.expires_at,
-                                "ms": t0.elapsed().as_millis() as u64,
-                            }),
-                        );
-                        fresh.push(Held::new(name.clone(), spec.clone(), m.clone()));
-                        m
-                    }
-                    Err(e) => {
-                        audit_failure(broker, grant_id, environment, &name, &spec, &e);
-                        failure = Some(op_err(&name, &e));
-                        break;
-                    }
-                }
-            }
+        let at = MintAt {
+            broker,
+            grant_id,
+            environment,
+            expires_at: w.expires_at,
+            logins: &w.logins,
         };
-        out.values.push((name, minted.value.clone()));
-        out.values.extend(minted.extra_env.iter().cloned());
-        out.env.extend(minted.plain_env.iter().cloned());
-    }
-    // Each KV read on the record, with OpenBao's request id (joins its audit device) and the
-    // version read: never a value.
-    if !kv_reads.is_empty() {
-        let mut inner = broker.lock();
-        for mut r in kv_reads {
-            if let Value::Object(m) = &mut r {
-                m.insert("grant_id".into(), json!(grant_id));
-                m.insert("environment".into(), json!(environment));
+        match minted_or_reused(&at, &name, &spec, &mut fresh).await {
+            Ok(minted) => {
+                out.values.push((name, minted.value.clone()));
+                out.values.extend(minted.extra_env.iter().cloned());
+                out.env.extend(minted.plain_env.iter().cloned());
             }
-            inner.audit("kv_fetch", r);
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
         }
     }
-    // Register what was minted; if the grant ended meanwhile, destroy it at once.
-    if !fresh.is_empty() {
-        let mut inner = broker.lock();
-        let now = Timestamp::now();
-        let live = inner
-            .grant(grant_id)
-            .is_some_and(|g| !g.revoked && g.expires_at > now);
-        if live {
-            inner.dynamic_mut().register(grant_id, fresh);
-        } else {
-            inner.dynamic().revoke_in_background(grant_id, fresh);
-            return Err(OpError::new(
-                ErrorCode::Denied,
-                format!("grant {grant_id} ended while its credentials were being made"),
-            ));
-        }
-    }
+    audit_kv_reads(broker, grant_id, environment, kv_reads);
+    register_fresh(broker, grant_id, fresh)?;
     match failure {
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// What [`values_for_grant`] read under the broker's lock: the dynamic variables asked for
+/// with their sources, the grant's expiry, the engines' gate and logins, and whether a
+/// plain-HTTP loopback server of the user's own may be sent credentials (`insecure-loopback`).
+struct Wanted {
+    sources: Vec<(String, keyveil_vault::DynamicSource)>,
+    expires_at: Timestamp,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    logins: Arc<Logins>,
+    same_user: bool,
+}
+
+/// The dynamic variables among `vars` and what minting them needs; `None` when there are
+/// none (or the environment is gone). Errors: the vault is locked.
+fn wanted(
+    broker: &Broker,
+    grant_id: &str,
+    environment: &str,
+    vars: &[String],
+) -> OpResult<Option<Wanted>> {
+    let inner = broker.lock();
+    let vault = inner.vault()?;
+    let Some(env) = vault.data().environments.get(environment) else {
+        return Ok(None);
+    };
+    let sources: Vec<(String, keyveil_vault::DynamicSource)> = vars
+        .iter()
+        .filter_map(|n| {
+            env.variables
+                .get(n)
+                .and_then(|v| v.dynamic.clone())
+                .map(|d| (n.clone(), d))
+        })
+        .collect();
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    let expires_at = inner
+        .grant(grant_id)
+        .map(|g| g.expires_at)
+        .unwrap_or_else(Timestamp::now);
+    Ok(Some(Wanted {
+        sources,
+        expires_at,
+        gate: inner.dynamic().gate(),
+        logins: inner.dynamic().logins(),
+        same_user: env.policy.insecure_loopback,
+    }))
+}
+
+/// Where a credential is minted for: the grant, its environment and expiry, the logins.
+struct MintAt<'a> {
+    broker: &'a Arc<Broker>,
+    grant_id: &'a str,
+    environment: &'a str,
+    expires_at: Timestamp,
+    logins: &'a Logins,
+}
+
+/// The grant's credential for `name`: the one it already holds, or one minted now (audited
+/// as `dynamic_mint`, and pushed onto `fresh` to be registered). Errors: the audit log cannot
+/// record the mint (nothing is minted), the engine failed (audited, scrubbed).
+async fn minted_or_reused(
+    at: &MintAt<'_>,
+    name: &str,
+    spec: &DynamicSpec,
+    fresh: &mut Vec<Held>,
+) -> OpResult<crate::dynamic::Minted> {
+    if let Some(m) = at.broker.lock().dynamic_mut().reuse(at.grant_id, name) {
+        return Ok(m);
+    }
+    // A credential minted at its source must be on the record.
+    at.broker.lock().audit_ready("dynamic_mint")?;
+    let t0 = Instant::now();
+    match crate::dynamic::mint(spec, at.logins, name, at.grant_id, at.expires_at).await {
+        Ok(m) => {
+            at.broker.lock().audit(
+                "dynamic_mint",
+                json!({
+                    "grant_id": at.grant_id,
+                    "environment": at.environment,
+                    "variable": name,
+                    "engine": spec.engine.name(),
+                    "handle": m.handle,
+                    "expires_at": m.expires_at,
+                    "ms": t0.elapsed().as_millis() as u64,
+                }),
+            );
+            fresh.push(Held::new(name.to_owned(), spec.clone(), m.clone()));
+            Ok(m)
+        }
+        Err(e) => {
+            audit_failure(at.broker, at.grant_id, at.environment, name, spec, &e);
+            Err(op_err(name, &e))
+        }
+    }
+}
+
+/// Each KV read on the record, with OpenBao's request id (joins its audit device) and the
+/// version read: never a value.
+fn audit_kv_reads(broker: &Broker, grant_id: &str, environment: &str, kv_reads: Vec<Value>) {
+    if kv_reads.is_empty() {
+        return;
+    }
+    let mut inner = broker.lock();
+    for mut r in kv_reads {
+        if let Value::Object(m) = &mut r {
+            m.insert("grant_id".into(), json!(grant_id));
+            m.insert("environment".into(), json!(environment));
+        }
+        inner.audit("kv_fetch", r);
+    }
+}
+
+/// Registers what was minted for `grant_id`; if the grant ended meanwhile, destroys it at
+/// once. Errors: the grant ended (`Denied`).
+fn register_fresh(broker: &Broker, grant_id: &str, fresh: Vec<Held>) -> OpResult<()> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut inner = broker.lock();
+    let now = Timestamp::now();
+    let live = inner
+        .grant(grant_id)
+        .is_some_and(|g| !g.revoked && g.expires_at > now);
+    if live {
+        inner.dynamic_mut().register(grant_id, fresh);
+        return Ok(());
+    }
+    inner.dynamic().revoke_in_background(grant_id, fresh);
+    Err(OpError::new(
+        ErrorCode::Denied,
+        format!("grant {grant_id} ended while its credentials were being made"),
+    ))
 }
 
 /// The values of the variables among `vars` read from an OpenBao KV secret whose source was
