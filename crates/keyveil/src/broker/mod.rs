@@ -460,6 +460,11 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
         Request::Start(r) => background::start(&broker, r, framed, peer).await,
         Request::SweepWatch(r) => sweep_watch::watch(&broker, r, framed).await,
         Request::Sweep(r) if r.progress => sweep_ops::serve(&broker, r, framed).await,
+        // The page's links: the page is a client of the dispatcher, not a part of it.
+        link @ (Request::WebUrl | Request::SetUrl(_)) => {
+            let reply = web::answer(&broker, link).await;
+            let _ = send(&mut framed, &reply).await;
+        }
         other => {
             let reply = ops::dispatch_from(&broker, other, Some(&peer)).await;
             let _ = send(&mut framed, &reply).await;
