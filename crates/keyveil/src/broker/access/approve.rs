@@ -3,21 +3,6 @@
 use super::cards::state_word;
 use super::*;
 
-/// Options of an approval.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ApproveOptions {
-    /// Lifetime (seconds); `None` = one use within 15 minutes.
-    pub ttl_seconds: Option<u64>,
-    /// Uses.
-    pub uses: Option<u32>,
-    /// Any command.
-    pub any_command: bool,
-    /// argv prefix.
-    pub prefix: bool,
-    /// Canonical subdirectories.
-    pub subdirs: bool,
-}
-
 /// Approves a request with the human's factor, creating a grant.
 ///
 /// `card` is the `factor_proof::card_digest` of the request as the human was shown it (the CLI
@@ -49,7 +34,7 @@ pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
     let mut inner = broker.lock();
     inner.vault()?;
     inner.expire_requests();
-    let env = match inner.request(id) {
+    let env = match inner.requests().get(id) {
         None => return Err(no_request(id)),
         Some(r) if r.state != RequestState::Pending => {
             return Err(no_longer_pending(id, &r.state));
@@ -91,7 +76,7 @@ pub(crate) fn grant_pending(
 ) -> OpResult<op::Approved> {
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
-    let Some(req) = inner.request(id).cloned() else {
+    let Some(req) = inner.requests().get(id).cloned() else {
         return Err(no_request(id));
     };
     if req.state != RequestState::Pending {
@@ -111,7 +96,7 @@ pub(super) fn grant_request(
     factor: &str,
     rule: Option<usize>,
 ) -> OpResult<op::Approved> {
-    inner.audit_ready("approve")?;
+    inner.audit_log_mut().ready("approve")?;
     let id = req.id;
     let max_ttl = inner
         .vault()?
@@ -201,8 +186,8 @@ pub(super) fn grant_request(
             .approval_memory_mut()
             .record_approval(&req.environment, a, req.masked);
     }
-    inner.insert_grant(grant);
-    if let Some(r) = inner.request_mut(id) {
+    inner.grants_mut().insert(grant);
+    if let Some(r) = inner.requests_mut().get_mut(id) {
         r.state = RequestState::Approved { grant_id: gid };
         r.decided = Some(Instant::now());
     }
@@ -231,7 +216,10 @@ fn no_longer_pending(id: u64, state: &RequestState) -> OpError {
 /// Denies a request.
 pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
-    let r = inner.request_mut(id).ok_or_else(|| no_request(id))?;
+    let r = inner
+        .requests_mut()
+        .get_mut(id)
+        .ok_or_else(|| no_request(id))?;
     if r.state != RequestState::Pending {
         return Err(no_longer_pending(id, &r.state));
     }

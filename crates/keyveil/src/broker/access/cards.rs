@@ -12,7 +12,8 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     inner.expire_requests();
     let redactor = inner.card_redactor();
     let requests = inner
-        .pending_requests()
+        .requests()
+        .pending()
         .map(|r| (r.masked, card_of(r, bound_on_card(&inner, r))))
         .filter_map(|(masked, c)| match &redactor {
             // Only a request whose strings may hold a value (`AccessReq::masked`): an agent's

@@ -53,30 +53,13 @@ pub(super) fn chosen_values(inner: &Inner, ask: &Ask) -> OpResult<Vec<ChosenValu
     Ok(out)
 }
 
-/// When `var`'s current value was stored without the factor, as given by the caller (so an
-/// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
-/// stored before keyveil recorded how.
-pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
-    match var.stored {
-        Some(r)
-            if !r.factor
-                && var.source == keyveil_vault::Source::Human
-                && var.dynamic.is_none()
-                && var.value.is_some() =>
-        {
-            Some(r.at)
-        }
-        _ => None,
-    }
-}
-
 /// Checks the pass-through values a grant bound by digest against a run. `Err` says, in
 /// words, which value changed since the approval. Cheap (the run's own values, already in the
 /// request): the stored values the agent could have chosen are checked by [`chosen_expected`]
 /// and [`check_chosen_values`] on the very copies the run injects, outside the broker's lock.
 pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
     use sha2::Digest as _;
-    let Some(g) = inner.grant(gid) else {
+    let Some(g) = inner.grants().get(gid) else {
         return Ok(());
     };
     for (n, v) in &ask.pass_values {
@@ -102,7 +85,7 @@ pub(crate) fn chosen_expected(
     gid: &str,
     names: &[String],
 ) -> Vec<(String, Option<String>, String)> {
-    let Some(g) = inner.grant(gid) else {
+    let Some(g) = inner.grants().get(gid) else {
         return Vec::new();
     };
     let Ok(vault) = inner.vault() else {

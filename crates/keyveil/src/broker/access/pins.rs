@@ -104,7 +104,7 @@ pub(crate) async fn bounded<T: Send + 'static>(
 /// path the requester gave is lexically inside, but the canonical one (symlinks resolved) is not.
 pub(crate) fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResult<()> {
     let lex = lexical(given_cwd);
-    for g in inner.grants() {
+    for g in inner.grants().iter() {
         if g.revoked || g.client != ask.client.scope_key() || g.environment != ask.environment {
             continue;
         }

@@ -63,7 +63,7 @@ pub(crate) fn find_or_create_request(
     if let Some(i) = deny_hit {
         return Err(refused_by_rule(inner, ask, &key, i, masked));
     }
-    let id = inner.next_request_id();
+    let id = inner.requests().next_id();
     let req = AccessReq {
         id,
         client: ask.client.clone(),
@@ -91,10 +91,10 @@ pub(crate) fn find_or_create_request(
     };
     // Recorded before the request exists: refused when the log cannot be written.
     audit_request(inner, &req, claim_mismatch)?;
-    let taken = inner.take_request_id();
+    let taken = inner.requests_mut().take_id();
     debug_assert_eq!(taken, id, "the id is taken under the same lock");
     let reason = req.reason.clone();
-    inner.insert_request(req);
+    inner.requests_mut().insert(req);
     if let Some((rule, ttl)) = auto_hit {
         auto_approve(inner, id, rule, ttl)?;
         return Ok((id, true));
@@ -123,7 +123,7 @@ fn refused_by_rule(inner: &mut Inner, ask: &Ask, key: &str, i: usize, masked: bo
 
 /// Grants the new request `id` by auto-approve rule `rule`, for `ttl` seconds.
 fn auto_approve(inner: &mut Inner, id: u64, rule: usize, ttl: u64) -> OpResult<()> {
-    let req = inner.request(id).cloned();
+    let req = inner.requests().get(id).cloned();
     if let Some(req) = req {
         grant_request(
             inner,
@@ -196,7 +196,7 @@ fn coalesce(
     chosen: &[ChosenValue],
     bursting: bool,
 ) -> OpResult<Option<u64>> {
-    for r in inner.requests_mut() {
+    for r in inner.requests_mut().iter_mut() {
         // An ask whose strings are shown as given never merges with one whose strings are
         // masked (or the other way round): the raw comparison would tell an agent which of its
         // planted candidates is the value a holder's card masks (merged, or "denied", for the
@@ -240,7 +240,7 @@ fn coalesce(
 
 /// Refuses a new request while too many wait: of this origin, or of all together.
 fn check_open(inner: &Inner, origin: &str) -> OpResult<()> {
-    let pending = || inner.pending_requests();
+    let pending = || inner.requests().pending();
     let open = pending().filter(|r| r.peer.origin == origin).count();
     let open_all = pending().count();
     if open >= MAX_OPEN_REQUESTS_PER_CLIENT {
@@ -552,14 +552,15 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessStat
     let mut inner = broker.lock();
     inner.expire_requests();
     let r = inner
-        .request(id)
+        .requests()
+        .get(id)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
     Ok(match &r.state {
         RequestState::Pending => op::AccessState::Pending {
             hint: approve_hint(id),
         },
         RequestState::Approved { grant_id } => {
-            let g = inner.grant(grant_id);
+            let g = inner.grants().get(grant_id);
             let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at));
             if g.is_some_and(|g| g.live(Timestamp::now())) {
                 op::AccessState::Approved {

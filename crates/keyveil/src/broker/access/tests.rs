@@ -132,7 +132,9 @@ fn open_requests_are_capped_per_real_origin_and_in_all() {
     // Three open from one origin under three claimed names: a fourth name is refused.
     let mut inner = Inner::default();
     for i in 0..3 {
-        inner.insert_request(pending(i, &format!("n{i}"), "/usr/bin/python3"));
+        inner
+            .requests_mut()
+            .insert(pending(i, &format!("n{i}"), "/usr/bin/python3"));
     }
     let m = refusal(&mut inner, &ask("another-name", "/usr/bin/python3"));
     assert!(m.contains("3 requests of this client"), "{m}");
@@ -142,7 +144,9 @@ fn open_requests_are_capped_per_real_origin_and_in_all() {
     // Across origins (copies of an executable look like new ones): the global cap.
     let mut inner = Inner::default();
     for i in 0..MAX_OPEN_REQUESTS as u64 {
-        inner.insert_request(pending(i, "same", &format!("/tmp/copy{i}")));
+        inner
+            .requests_mut()
+            .insert(pending(i, "same", &format!("/tmp/copy{i}")));
     }
     let m = refusal(&mut inner, &ask("same", "/tmp/copy-new"));
     assert!(
@@ -168,7 +172,7 @@ fn a_request_from_a_peer_the_broker_cannot_place_is_refused() {
     reused.start = reused.start.map(|s| s + 1);
     a.peer = reused;
     assert!(refusal(&mut inner, &a).contains("cannot tell which process"));
-    assert!(inner.requests().next().is_none());
+    assert!(inner.requests().iter().next().is_none());
     // This process, which descends from no run: its strings are its own, shown as given.
     a.peer = peer("/usr/bin/agent");
     assert_eq!(

@@ -197,7 +197,7 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
     let mut inner = broker.lock();
     let now = Timestamp::now();
     let hit = inner
-        .grants()
+        .grants().iter()
         .find(|g| {
             g.covers(ask, now)
                 && g.pass_env == ask.pass_env
@@ -205,7 +205,7 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
                 && super::access::check_chosen(&inner, &g.id, ask).is_ok()
         })
         .map(|g| g.id.clone())?;
-    inner.use_grant_if(&hit, |_| true).then_some(hit)
+    inner.grants_mut().use_if(&hit, |_| true).then_some(hit)
 }
 
 /// The grant that serves this reader: a live one, or the one the human's approval creates.
@@ -244,13 +244,17 @@ pub(super) async fn ask_and_wait(
     loop {
         let state = broker
             .lock()
-            .request(id)
+            .requests()
+            .get(id)
             .map(|q| q.state.clone())
             .unwrap_or(RequestState::Expired);
         match state {
             RequestState::Approved { grant_id } => {
                 let mut inner = broker.lock();
-                if inner.use_grant_if(&grant_id, |g| g.live(Timestamp::now())) {
+                if inner
+                    .grants_mut()
+                    .use_if(&grant_id, |g| g.live(Timestamp::now()))
+                {
                     return Ok(grant_id);
                 }
                 return Err(format!("request #{id}: the grant ended before the read"));
@@ -264,7 +268,7 @@ pub(super) async fn ask_and_wait(
         let still = holders_of_reader(path, broker, r);
         if !still {
             let mut inner = broker.lock();
-            if let Some(q) = inner.request_mut(id)
+            if let Some(q) = inner.requests_mut().get_mut(id)
                 && q.state == RequestState::Pending
             {
                 q.state = RequestState::Expired;

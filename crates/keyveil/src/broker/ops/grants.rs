@@ -22,10 +22,11 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     };
     let grants = inner
         .grants()
+        .iter()
         .filter(|g| {
             // Listed while usable, or while a run started under it is still live (a used-up
             // once-grant can still be revoked to kill its run).
-            let running = inner.grant_has_runs(&g.id);
+            let running = inner.runs().grant_has_runs(&g.id);
             (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
         })
         .map(|g| (g, |s: &str| shown(g.masked, s)))
@@ -101,7 +102,7 @@ pub(super) fn revoke_now(
     let mut inner = broker.lock();
     let ids: Vec<String> = match (grant_id, all) {
         (Some(id), _) => {
-            let g = inner.grant(&id).ok_or_else(|| {
+            let g = inner.grants().get(&id).ok_or_else(|| {
                 OpError::new(ErrorCode::NotFound, format!("no grant {id}"))
                     .hint("list grants with `keyveil grants`")
             })?;
@@ -115,6 +116,7 @@ pub(super) fn revoke_now(
         }
         (None, true) => inner
             .grants()
+            .iter()
             .filter(|g| !g.revoked && client.is_none_or(|c| g.client == c))
             .map(|g| g.id.clone())
             .collect(),
@@ -126,7 +128,8 @@ pub(super) fn revoke_now(
         // A grant with no use left or past its expiry covers no new run; revoking it still
         // stops whatever runs under it.
         let had_ended = inner
-            .grant(id)
+            .grants()
+            .get(id)
             .is_some_and(|g| !g.revoked && (g.uses_left == Some(0) || g.expires_at <= now));
         if inner.revoke(id, "revoked by request") {
             n += 1;
@@ -135,6 +138,6 @@ pub(super) fn revoke_now(
             }
         }
     }
-    let runs = inner.runs_ended(&ids);
+    let runs = inner.runs().ended_of(&ids);
     Ok((n, ended, ids, runs))
 }

@@ -1,4 +1,5 @@
-//! Grants: what an approval creates ([`Grant`]) and what it covers.
+//! Grants: what an approval creates ([`Grant`]), what it covers, the options a human approves
+//! with ([`ApproveOptions`]), and the store of grants ([`Grants`]).
 
 use std::collections::BTreeMap;
 
@@ -8,11 +9,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pin::{FilePin, InputPin};
 
-use super::inner::Inner;
 use super::requests::Ask;
 
 /// A grant approved without `--ttl` is one use, valid this long (seconds).
 pub(crate) const ONCE_GRANT_TTL_SECONDS: u64 = 900;
+
+/// Options of an approval: what the human chose beyond the request's scope.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ApproveOptions {
+    /// Lifetime (seconds); `None` = one use within 15 minutes.
+    pub ttl_seconds: Option<u64>,
+    /// Uses.
+    pub uses: Option<u32>,
+    /// Any command.
+    pub any_command: bool,
+    /// argv prefix.
+    pub prefix: bool,
+    /// Canonical subdirectories.
+    pub subdirs: bool,
+}
 
 /// What an approval creates.
 #[derive(Debug, Clone, Serialize)]
@@ -129,17 +144,23 @@ impl Grant {
     }
 }
 
-impl Inner {
+/// The grants kept, by id: live ones, and ended ones for an hour after their deadline.
+#[derive(Debug, Default)]
+pub(crate) struct Grants {
+    by_id: BTreeMap<String, Grant>,
+}
+
+impl Grants {
     /// The grant with this id (live or not; grants are forgotten an hour after they end).
-    pub(crate) fn grant(&self, id: &str) -> Option<&Grant> {
-        self.grants.get(id)
+    pub(crate) fn get(&self, id: &str) -> Option<&Grant> {
+        self.by_id.get(id)
     }
 
     /// Consumes one use of grant `id` (for a run or a mount read it serves) if `still` holds
     /// for it now (it may have been revoked or used up meanwhile); whether it did. The only
-    /// change made to a grant outside this module besides [`Inner::revoke`].
-    pub(crate) fn use_grant_if(&mut self, id: &str, still: impl FnOnce(&Grant) -> bool) -> bool {
-        match self.grants.get_mut(id) {
+    /// change made to a grant outside `broker::state` besides `Inner::revoke`.
+    pub(crate) fn use_if(&mut self, id: &str, still: impl FnOnce(&Grant) -> bool) -> bool {
+        match self.by_id.get_mut(id) {
             Some(g) if still(g) => {
                 if let Some(u) = g.uses_left.as_mut() {
                     *u = u.saturating_sub(1);
@@ -152,28 +173,51 @@ impl Inner {
     }
 
     /// Every grant kept, by id.
-    pub(crate) fn grants(&self) -> impl Iterator<Item = &Grant> {
-        self.grants.values()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Grant> {
+        self.by_id.values()
     }
 
     /// The ids of every grant kept.
-    pub(crate) fn grant_ids(&self) -> Vec<String> {
-        self.grants.keys().cloned().collect()
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.by_id.keys().cloned().collect()
     }
 
     /// Adds a grant an approval created.
-    pub(crate) fn insert_grant(&mut self, grant: Grant) {
-        self.grants.insert(grant.id.clone(), grant);
+    pub(crate) fn insert(&mut self, grant: Grant) {
+        self.by_id.insert(grant.id.clone(), grant);
     }
 
-    /// The tick's housekeeping: the run redactors of grants no longer live (and idle ones) are
-    /// dropped, and grants revoked more than an hour after their deadline `now` are forgotten.
-    pub(crate) fn prune_ended_grants(&mut self, now: Timestamp) {
-        let grants = &self.grants;
-        self.run_redactors.prune(std::time::Instant::now(), |id| {
-            grants.get(id).is_some_and(|g| !g.revoked)
-        });
-        self.grants.retain(|_, g| {
+    /// Live grants that cover a run, soonest-expiring first, among those whose request was
+    /// `masked` as this ask is (`AccessReq::masked`): a grant of a holder's masked request
+    /// never serves an agent's own ask with the same argv (the run that starts without a
+    /// request would single out the planted candidate that is the value), nor the other way.
+    pub(crate) fn find(&self, ask: &Ask, masked: bool) -> Option<String> {
+        let now = Timestamp::now();
+        self.by_id
+            .values()
+            .filter(|g| g.masked == masked && g.covers(ask, now))
+            .min_by_key(|g| g.expires_at)
+            .map(|g| g.id.clone())
+    }
+
+    /// Whether grant `id` is kept and not revoked.
+    pub(crate) fn not_revoked(&self, id: &str) -> bool {
+        self.by_id.get(id).is_some_and(|g| !g.revoked)
+    }
+
+    /// Marks grant `id` revoked and cancels its runs (`Inner::revoke` does the rest): whether
+    /// it was live, and its environment; `None` for an unknown id.
+    pub(super) fn mark_revoked(&mut self, id: &str) -> Option<(bool, String)> {
+        let g = self.by_id.get_mut(id)?;
+        let was_live = !g.revoked;
+        g.revoked = true;
+        g.cancel.cancel();
+        Some((was_live, g.environment.clone()))
+    }
+
+    /// Forgets grants revoked more than an hour after their deadline `now`.
+    pub(super) fn forget_ended(&mut self, now: Timestamp) {
+        self.by_id.retain(|_, g| {
             !g.revoked || now.duration_since(g.expires_at) < jiff::SignedDuration::from_secs(3600)
         });
     }

@@ -1,5 +1,6 @@
 //! Access requests and what they ask for: [`Ask`] (the scope a request, a grant and a rule
-//! are matched on), [`AccessReq`] and its [`RequestState`], values and input shown on a card.
+//! are matched on), [`AccessReq`] and its [`RequestState`], values and input shown on a card,
+//! and the store of requests and their ids ([`Requests`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,8 +10,6 @@ use serde::Serialize;
 
 use crate::pin::{FilePin, InputPin};
 use keyveil_proto::ClientInfo;
-
-use super::inner::Inner;
 
 /// A pending request lives this long before it expires unanswered (seconds).
 pub(crate) const REQUEST_TTL_SECONDS: i64 = 600;
@@ -89,11 +88,9 @@ pub(crate) struct AccessReq {
     pub mount: Option<String>,
     /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
     /// of the process) may hold a value: the requester descends from a live run or from a
-    /// mount reader that was written values ([`Inner::peer_holds_values`]). Only then are
+    /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
     /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
     /// they are the agent's own and shown as given: masking them would answer planted guesses.
-    ///
-    /// [`Inner::peer_holds_values`]: super::inner::Inner::peer_holds_values
     pub masked: bool,
     /// How many times this same ask was made (identical asks coalesce into one request).
     pub asks: u32,
@@ -252,53 +249,109 @@ pub(crate) struct MountAsk {
     pub flags: Vec<String>,
 }
 
-impl Inner {
+/// When `var`'s current value was stored without the factor, as given by the caller (so an
+/// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
+/// stored before keyveil recorded how.
+pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
+    match var.stored {
+        Some(r)
+            if !r.factor
+                && var.source == keyveil_vault::Source::Human
+                && var.dynamic.is_none()
+                && var.value.is_some() =>
+        {
+            Some(r.at)
+        }
+        _ => None,
+    }
+}
+
+/// The requests kept (pending, and decided ones for a while), and the ids they get.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    by_id: BTreeMap<u64, AccessReq>,
+    /// Next request id.
+    next: u64,
+    /// Where the next request id is kept across restarts (`request_ids.rs`); `None` in tests
+    /// that build a broker state by hand.
+    ids_file: Option<std::path::PathBuf>,
+}
+
+impl Requests {
+    /// No request yet; ids start at `next` and are kept in `file` (`None`: not kept).
+    pub(super) fn new(next: u64, file: Option<std::path::PathBuf>) -> Requests {
+        Requests {
+            by_id: BTreeMap::new(),
+            next,
+            ids_file: file,
+        }
+    }
+
     /// The request with this id (pending or decided; decided ones are forgotten after a while).
-    pub(crate) fn request(&self, id: u64) -> Option<&AccessReq> {
-        self.requests.get(&id)
+    pub(crate) fn get(&self, id: u64) -> Option<&AccessReq> {
+        self.by_id.get(&id)
     }
 
     /// The request with this id, mutably (to decide it, or count one more ask).
-    pub(crate) fn request_mut(&mut self, id: u64) -> Option<&mut AccessReq> {
-        self.requests.get_mut(&id)
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut AccessReq> {
+        self.by_id.get_mut(&id)
     }
 
     /// Every request kept, by id.
     #[cfg(test)]
-    pub(crate) fn requests(&self) -> impl Iterator<Item = &AccessReq> {
-        self.requests.values()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &AccessReq> {
+        self.by_id.values()
     }
 
     /// Every request kept, mutably (to expire them all at lock).
-    pub(crate) fn requests_mut(&mut self) -> impl Iterator<Item = &mut AccessReq> {
-        self.requests.values_mut()
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AccessReq> {
+        self.by_id.values_mut()
     }
 
     /// The requests waiting for the human.
-    pub(crate) fn pending_requests(&self) -> impl Iterator<Item = &AccessReq> {
-        self.requests
+    pub(crate) fn pending(&self) -> impl Iterator<Item = &AccessReq> {
+        self.by_id
             .values()
             .filter(|r| r.state == RequestState::Pending)
     }
 
-    /// Adds a request (its id from [`Inner::take_request_id`]).
-    pub(crate) fn insert_request(&mut self, req: AccessReq) {
-        self.requests.insert(req.id, req);
+    /// Adds a request (its id from [`Requests::take_id`]).
+    pub(crate) fn insert(&mut self, req: AccessReq) {
+        self.by_id.insert(req.id, req);
     }
 
     /// The id the next request will get.
-    pub(crate) fn next_request_id(&self) -> u64 {
-        self.next_request
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next
     }
 
     /// Takes the next request id (a request, or a run asked for while locked): it is never
     /// given again, across restarts too (`request_ids.rs`).
-    pub(crate) fn take_request_id(&mut self) -> u64 {
-        let id = self.next_request;
-        self.next_request += 1;
-        if let Some(f) = &self.request_ids {
-            crate::broker::request_ids::store(f, self.next_request);
+    pub(crate) fn take_id(&mut self) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        if let Some(f) = &self.ids_file {
+            crate::broker::request_ids::store(f, self.next);
         }
         id
+    }
+
+    /// Marks pending requests past their deadline expired, and forgets requests decided long
+    /// ago (keeping the map small); the ids of those that expired now.
+    pub(super) fn expire(&mut self) -> Vec<u64> {
+        let now = Timestamp::now();
+        let mut expired = Vec::new();
+        for r in self.by_id.values_mut() {
+            if r.state == RequestState::Pending && r.expires_at() <= now {
+                r.state = RequestState::Expired;
+                r.decided = Some(Instant::now());
+                expired.push(r.id);
+            }
+        }
+        self.by_id.retain(|_, r| {
+            r.state == RequestState::Pending
+                || r.decided.is_none_or(|d| d.elapsed() < DENIAL_MEMORY * 2)
+        });
+        expired
     }
 }

@@ -1,9 +1,10 @@
-//! Runs in progress ([`LiveRun`]) and what stopping them achieved ([`RunsStopped`]).
+//! Runs in progress ([`LiveRun`]), their store ([`Runs`]), and what stopping them achieved
+//! ([`RunsStopped`]).
 
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::inner::Inner;
+use std::collections::BTreeMap;
 
 /// A run in progress.
 #[derive(Debug, Clone, Serialize)]
@@ -19,7 +20,7 @@ pub(crate) struct LiveRun {
     pub argv: Vec<String>,
     /// Start.
     pub started_at: Timestamp,
-    /// How the run's processes ended, once they have (see [`super::Inner::runs_ended`]).
+    /// How the run's processes ended, once they have (see [`Runs::ended_of`]).
     #[serde(skip)]
     pub ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
     /// The run's egress proxy, when a variable of it is bound to hosts (closed when the run
@@ -79,32 +80,64 @@ impl RunsStopped {
     }
 }
 
-impl Inner {
+/// The live runs, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    by_id: BTreeMap<String, LiveRun>,
+}
+
+impl Runs {
     /// The live runs.
-    pub(crate) fn runs(&self) -> impl Iterator<Item = &LiveRun> {
-        self.runs.values()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &LiveRun> {
+        self.by_id.values()
     }
 
     /// Whether a run under this grant is live.
     pub(crate) fn grant_has_runs(&self, grant_id: &str) -> bool {
-        self.runs.values().any(|r| r.grant_id == grant_id)
+        self.by_id.values().any(|r| r.grant_id == grant_id)
     }
 
     /// Registers a run that started.
-    pub(crate) fn insert_run(&mut self, run: LiveRun) {
-        self.runs.insert(run.id.clone(), run);
+    pub(crate) fn insert(&mut self, run: LiveRun) {
+        self.by_id.insert(run.id.clone(), run);
     }
 
     /// Forgets a run that ended; returns it.
-    pub(crate) fn remove_run(&mut self, id: &str) -> Option<LiveRun> {
-        self.runs.remove(id)
+    pub(crate) fn remove(&mut self, id: &str) -> Option<LiveRun> {
+        self.by_id.remove(id)
     }
 
     /// Takes a live run's egress proxy (to close it).
-    pub(crate) fn take_run_egress(
+    pub(crate) fn take_egress(
         &mut self,
         id: &str,
     ) -> Option<std::sync::Arc<crate::broker::egress::RunEgress>> {
-        self.runs.get_mut(id).and_then(|r| r.egress.take())
+        self.by_id.get_mut(id).and_then(|r| r.egress.take())
+    }
+
+    /// Watches on the end of every live run of these grants (to wait for them with
+    /// [`RunsStopped::wait`] once the lock is released).
+    pub(crate) fn ended_of(
+        &self,
+        grant_ids: &[String],
+    ) -> Vec<tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>> {
+        self.by_id
+            .values()
+            .filter(|r| grant_ids.contains(&r.grant_id))
+            .map(|r| r.ended.clone())
+            .collect()
+    }
+
+    /// The grants live runs are under (each once).
+    pub(super) fn grant_ids(&self) -> std::collections::BTreeSet<String> {
+        self.by_id.values().map(|r| r.grant_id.clone()).collect()
+    }
+
+    /// The process groups of the live runs (their reapers' pids).
+    pub(super) fn pgids(&self) -> Vec<u32> {
+        self.by_id
+            .values()
+            .filter_map(|r| u32::try_from(r.pgid).ok())
+            .collect()
     }
 }
