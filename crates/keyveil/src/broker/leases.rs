@@ -89,7 +89,7 @@ pub(crate) async fn values_for_grant(
         let expires_at = inner
             .grants()
             .get(grant_id)
-            .map(|g| g.expires_at)
+            .map(|g| g.expires_at())
             .unwrap_or_else(Timestamp::now);
         (
             wanted,
@@ -181,7 +181,7 @@ pub(crate) async fn values_for_grant(
         let live = inner
             .grants()
             .get(grant_id)
-            .is_some_and(|g| !g.revoked && g.expires_at > now);
+            .is_some_and(|g| !g.revoked() && g.expires_at() > now);
         if live {
             inner.dynamic_mut().register(grant_id, fresh);
         } else {
@@ -287,9 +287,9 @@ pub(crate) fn sweep(inner: &mut Inner) {
         .filter(|(id, last_use)| match inner.grants().get(id) {
             None => true,
             Some(g) => {
-                g.revoked
-                    || g.expires_at <= now
-                    || (g.uses_left == Some(0)
+                g.revoked()
+                    || g.expires_at() <= now
+                    || (g.uses_left() == Some(0)
                         && !inner.runs().grant_has_runs(id)
                         && last_use.elapsed().as_millis() > USED_UP_GRACE_MS)
             }

@@ -370,8 +370,8 @@ async fn tick(broker: Arc<Broker>) {
             let due: Vec<String> = inner
                 .grants()
                 .iter()
-                .filter(|g| !g.revoked && g.expires_at <= now)
-                .map(|g| g.id.clone())
+                .filter(|g| !g.revoked() && g.expires_at() <= now)
+                .map(|g| g.id().to_owned())
                 .collect();
             for id in &due {
                 inner.revoke(id, "expired");

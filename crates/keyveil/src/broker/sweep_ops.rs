@@ -149,7 +149,7 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     }
     for (grant, var, val) in inner.dynamic().held_values() {
         if let Some(g) = inner.grants().get(&grant) {
-            let what = (g.environment.as_str(), var.as_str(), "minted");
+            let what = (g.environment(), var.as_str(), "minted");
             push(inner, (&mut out, &mut keys), what, val.expose().as_bytes());
         }
     }
@@ -577,8 +577,10 @@ fn contain_one(
     let ids: Vec<String> = inner
         .grants()
         .iter()
-        .filter(|g| !g.revoked && g.environment == env && g.variables.iter().any(|v| v == real))
-        .map(|g| g.id.clone())
+        .filter(|g| {
+            !g.revoked() && g.environment() == env && g.variables().iter().any(|v| v == real)
+        })
+        .map(|g| g.id().to_owned())
         .collect();
     for id in &ids {
         if inner.revoke(id, "its value was found outside keyveil by a sweep") {

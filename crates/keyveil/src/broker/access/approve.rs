@@ -105,60 +105,16 @@ pub(super) fn grant_request(
         .get(&req.environment)
         .map(|e| e.policy.max_ttl_seconds)
         .unwrap_or(ONCE_GRANT_TTL_SECONDS);
-    let (ttl, uses_left) = match o.ttl_seconds {
-        Some(t) => (t.min(max_ttl).max(1), o.uses),
-        None => (
-            ONCE_GRANT_TTL_SECONDS.min(max_ttl.max(60)),
-            Some(o.uses.unwrap_or(1)),
-        ),
-    };
-    let any = o.any_command || req.argv.is_none();
-    let now = Timestamp::now();
-    let grant = Grant {
-        id: new_id("g-"),
-        request_id: id,
-        client: req.client.scope_key(),
-        environment: req.environment.clone(),
-        variables: req.variables.clone(),
-        argv: if any { None } else { req.argv.clone() },
-        prefix: o.prefix && !any,
-        cwd: req.cwd.clone(),
-        subdirs: o.subdirs,
-        pass_env: req.pass_env.clone(),
-        executable: if any { None } else { req.executable.clone() },
-        inputs: if any { Vec::new() } else { req.inputs.clone() },
-        pass_values: req
-            .chosen_values
-            .iter()
-            .filter_map(|c| c.name.clone().map(|n| (n, c.sha256.clone())))
-            .collect(),
-        chosen_vars: req
-            .chosen_values
-            .iter()
-            .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
-            .collect(),
-        stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
-        masked: req.masked,
-        created_at: now,
-        expires_at: now
-            .saturating_add(SignedDuration::from_secs(
-                i64::try_from(ttl).unwrap_or(i64::MAX),
-            ))
-            .unwrap_or(now),
-        uses_left,
-        runs: 0,
-        revoked: false,
-        cancel: CancellationToken::new(),
-    };
-    let gid = grant.id.clone();
+    let (grant, ttl) = Grant::approved(new_id("g-"), req, o, max_ttl);
+    let gid = grant.id().to_owned();
     let out = op::Approved {
         request_id: id,
         grant_id: gid.clone(),
-        expires_at: grant.expires_at,
-        uses_left: grant.uses_left,
-        any_command: grant.argv.is_none(),
-        prefix: grant.prefix,
-        subdirs: grant.subdirs,
+        expires_at: grant.expires_at(),
+        uses_left: grant.uses_left(),
+        any_command: grant.argv().is_none(),
+        prefix: grant.prefix(),
+        subdirs: grant.subdirs(),
     };
     // Recorded before the grant exists: no grant the log does not show.
     inner.must_audit(
@@ -172,13 +128,13 @@ pub(super) fn grant_request(
             "grant_id": gid,
             "factor": factor,
             "rule": rule,
-            "environment": grant.environment,
-            "variables": grant.variables,
-            "any_command": grant.argv.is_none(),
-            "prefix": grant.prefix,
-            "subdirs": grant.subdirs,
+            "environment": grant.environment(),
+            "variables": grant.variables(),
+            "any_command": grant.argv().is_none(),
+            "prefix": grant.prefix(),
+            "subdirs": grant.subdirs(),
             "ttl_seconds": ttl,
-            "uses": grant.uses_left,
+            "uses": grant.uses_left(),
         }),
     )?;
     if let Some(a) = &req.argv {
@@ -187,10 +143,9 @@ pub(super) fn grant_request(
             .record_approval(&req.environment, a, req.masked);
     }
     inner.grants_mut().insert(grant);
-    if let Some(r) = inner.requests_mut().get_mut(id) {
-        r.state = RequestState::Approved { grant_id: gid };
-        r.decided = Some(Instant::now());
-    }
+    inner
+        .requests_mut()
+        .decide(id, RequestState::Approved { grant_id: gid });
     Ok(out)
 }
 
@@ -216,17 +171,17 @@ fn no_longer_pending(id: u64, state: &RequestState) -> OpError {
 /// Denies a request.
 pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
-    let r = inner
-        .requests_mut()
-        .get_mut(id)
-        .ok_or_else(|| no_request(id))?;
+    let r = inner.requests().get(id).ok_or_else(|| no_request(id))?;
     if r.state != RequestState::Pending {
         return Err(no_longer_pending(id, &r.state));
     }
-    r.state = RequestState::Denied {
+    let denied = RequestState::Denied {
         reason: reason.clone(),
     };
-    r.decided = Some(Instant::now());
+    let r = inner
+        .requests_mut()
+        .decide(id, denied)
+        .ok_or_else(|| no_request(id))?;
     let argv = r.argv.clone().unwrap_or_default();
     let masked = r.masked;
     let now = Instant::now();

@@ -66,7 +66,7 @@ pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), St
         let now = v
             .as_deref()
             .map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes())));
-        if g.pass_values.get(n).cloned().unwrap_or(None) != now {
+        if g.pass_values().get(n).cloned().unwrap_or(None) != now {
             return Err(format!(
                 "the pass-through value of {} is not the one approved (changed since approval)",
                 keyveil_proto::display::visible(n)
@@ -91,7 +91,7 @@ pub(crate) fn chosen_expected(
     let Ok(vault) = inner.vault() else {
         return Vec::new();
     };
-    let Some(e) = vault.data().environments.get(&g.environment) else {
+    let Some(e) = vault.data().environments.get(g.environment()) else {
         return Vec::new();
     };
     names
@@ -100,8 +100,8 @@ pub(crate) fn chosen_expected(
         .map(|n| {
             (
                 n.clone(),
-                g.chosen_vars.get(n).cloned(),
-                inner.shown_name(&g.environment, n),
+                g.chosen_vars().get(n).cloned(),
+                inner.shown_name(g.environment(), n),
             )
         })
         .collect()

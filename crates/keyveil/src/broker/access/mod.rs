@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::factor_ops::{Proof, verify_factor};

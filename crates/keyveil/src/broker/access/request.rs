@@ -210,10 +210,7 @@ fn coalesce(
                     && r.inputs == pins.inputs
                     && r.chosen_values == chosen =>
             {
-                r.asks += 1;
-                if bursting && !r.risk.iter().any(|f| f == "burst") {
-                    r.risk.push("burst".to_owned());
-                }
+                r.ask_again(bursting);
                 return Ok(Some(r.id));
             }
             RequestState::Denied { reason }
@@ -561,7 +558,7 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessStat
         },
         RequestState::Approved { grant_id } => {
             let g = inner.grants().get(grant_id);
-            let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at));
+            let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at()));
             if g.is_some_and(|g| g.live(Timestamp::now())) {
                 op::AccessState::Approved {
                     grant_id,

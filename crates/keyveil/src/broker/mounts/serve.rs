@@ -200,11 +200,11 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
         .grants().iter()
         .find(|g| {
             g.covers(ask, now)
-                && g.pass_env == ask.pass_env
-                && matches!((&g.executable, &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
-                && super::access::check_chosen(&inner, &g.id, ask).is_ok()
+                && g.pass_env() == ask.pass_env
+                && matches!((&g.executable(), &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
+                && super::access::check_chosen(&inner, g.id(), ask).is_ok()
         })
-        .map(|g| g.id.clone())?;
+        .map(|g| g.id().to_owned())?;
     inner.grants_mut().use_if(&hit, |_| true).then_some(hit)
 }
 
@@ -268,12 +268,7 @@ pub(super) async fn ask_and_wait(
         let still = holders_of_reader(path, broker, r);
         if !still {
             let mut inner = broker.lock();
-            if let Some(q) = inner.requests_mut().get_mut(id)
-                && q.state == RequestState::Pending
-            {
-                q.state = RequestState::Expired;
-                q.decided = Some(std::time::Instant::now());
-            }
+            inner.requests_mut().decide(id, RequestState::Expired);
             inner.audit("mount_reader_left", json!({"path": path, "request_id": id}));
             drop(inner);
             broker.notify();

@@ -267,8 +267,8 @@ pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResul
     let ids: Vec<String> = inner
         .grants()
         .iter()
-        .filter(|g| g.environment == name)
-        .map(|g| g.id.clone())
+        .filter(|g| g.environment() == name)
+        .map(|g| g.id().to_owned())
         .collect();
     for id in ids {
         inner.revoke(&id, "environment removed");

@@ -3,7 +3,7 @@
 
 use super::usage;
 use crate::broker::Broker;
-use crate::broker::state::{Inner, OpError, OpResult, RequestState, RunsStopped};
+use crate::broker::state::{Inner, OpError, OpResult, RunsStopped};
 use jiff::Timestamp;
 use keyveil_proto::op;
 use keyveil_proto::{ErrorCode, Passphrase};
@@ -44,11 +44,11 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
             .runs()
             .iter()
             .map(|r| op::LiveRun {
-                id: r.id.clone(),
-                grant_id: r.grant_id.clone(),
-                pgid: r.pgid,
-                argv: r.argv.clone(),
-                started_at: r.started_at,
+                id: r.id().to_owned(),
+                grant_id: r.grant_id().to_owned(),
+                pgid: r.pgid(),
+                argv: r.argv().to_owned(),
+                started_at: r.started_at(),
             })
             .collect(),
     }
@@ -347,14 +347,7 @@ pub(super) fn stop_all(inner: &mut Inner, why: &str) -> RunEnds {
     for id in ids {
         inner.revoke(&id, why);
     }
-    for r in inner.requests_mut().iter_mut() {
-        if r.state == RequestState::Pending {
-            r.state = RequestState::Denied {
-                reason: Some(why.to_owned()),
-            };
-            r.decided = Some(Instant::now());
-        }
-    }
+    inner.requests_mut().deny_all_pending(why);
     ended
 }
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -233,7 +232,7 @@ fn prepare(
     let cancel = inner
         .grants()
         .get(grant_id)
-        .map(|g| g.cancel.clone())
+        .map(|g| g.cancel().clone())
         .unwrap_or_default();
     // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv is
     // shown as given, since masking a planted guess would confirm it; a requester the broker
@@ -421,15 +420,14 @@ fn record_start(
     egress: Option<Arc<crate::broker::egress::RunEgress>>,
 ) {
     let mut inner = broker.lock();
-    inner.runs_mut().insert(LiveRun {
-        id: run_id.to_owned(),
-        grant_id: grant_id.to_owned(),
-        pgid: started.pid,
-        argv: shown_argv.to_vec(),
-        started_at: Timestamp::now(),
-        ended: started.watch_end(),
+    inner.runs_mut().insert(LiveRun::new(
+        run_id.to_owned(),
+        grant_id.to_owned(),
+        started.pid,
+        shown_argv.to_vec(),
+        started.watch_end(),
         egress,
-    });
+    ));
     inner.audit_as(
         "run_start",
         json!({
@@ -496,7 +494,7 @@ fn run_redactors(
             .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
     );
     let mut inner = broker.lock();
-    let live = inner.is_unlocked() && inner.grants().get(grant_id).is_some_and(|g| !g.revoked);
+    let live = inner.is_unlocked() && inner.grants().get(grant_id).is_some_and(|g| !g.revoked());
     let kept = crate::broker::redactor_cache::Kept { run, scan };
     if live {
         inner

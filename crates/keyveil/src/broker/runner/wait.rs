@@ -146,8 +146,8 @@ fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
     inner.grants().find(ask, masked).map(|gid| {
         let g = inner.grants().get(&gid);
         Matched {
-            exe: g.and_then(|g| g.executable.clone()),
-            inputs: g.map(|g| g.inputs.clone()).unwrap_or_default(),
+            exe: g.and_then(|g| g.executable().to_owned()),
+            inputs: g.map(|g| g.inputs().to_owned()).unwrap_or_default(),
             grant_id: gid,
         }
     })

@@ -121,6 +121,15 @@ impl AccessReq {
             && (self.mount.is_none() || self.client.pid == ask.client.pid)
     }
 
+    /// Counts one more identical ask coalesced into this request, flagging a `burst` once
+    /// (`bursting`: the asker's recent requests crossed the burst threshold).
+    pub(crate) fn ask_again(&mut self, bursting: bool) {
+        self.asks += 1;
+        if bursting && !self.risk.iter().any(|f| f == "burst") {
+            self.risk.push("burst".to_owned());
+        }
+    }
+
     /// The deadline of a pending request.
     pub(crate) fn expires_at(&self) -> Timestamp {
         self.created_at
@@ -292,20 +301,42 @@ impl Requests {
         self.by_id.get(&id)
     }
 
-    /// The request with this id, mutably (to decide it, or count one more ask).
-    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut AccessReq> {
-        self.by_id.get_mut(&id)
-    }
-
     /// Every request kept, by id.
     #[cfg(test)]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &AccessReq> {
         self.by_id.values()
     }
 
-    /// Every request kept, mutably (to expire them all at lock).
+    /// Every request kept, mutably (an identical ask counted on a pending one:
+    /// [`AccessReq::ask_again`]).
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AccessReq> {
         self.by_id.values_mut()
+    }
+
+    /// Decides pending request `id`: it takes `state` (approved, denied or expired) now.
+    /// Returns the request, or `None` when there is no such request or it is no longer
+    /// pending (nothing is changed then).
+    pub(crate) fn decide(&mut self, id: u64, state: RequestState) -> Option<&AccessReq> {
+        let r = self.by_id.get_mut(&id)?;
+        if r.state != RequestState::Pending {
+            return None;
+        }
+        r.state = state;
+        r.decided = Some(Instant::now());
+        Some(r)
+    }
+
+    /// Denies every pending request, with `reason` (at lock, and when the broker stops).
+    pub(crate) fn deny_all_pending(&mut self, reason: &str) {
+        let ids: Vec<u64> = self.pending().map(|r| r.id).collect();
+        for id in ids {
+            self.decide(
+                id,
+                RequestState::Denied {
+                    reason: Some(reason.to_owned()),
+                },
+            );
+        }
     }
 
     /// The requests waiting for the human.

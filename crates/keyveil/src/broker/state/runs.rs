@@ -10,23 +10,72 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LiveRun {
     /// Run id.
-    pub id: String,
+    pub(super) id: String,
     /// Grant id.
-    pub grant_id: String,
+    pub(super) grant_id: String,
     /// The process group the run started in: the pid of its reaper (Linux; the command is the
     /// reaper's child and starts in that group, which it may leave), or of the command.
-    pub pgid: i32,
+    pub(super) pgid: i32,
     /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
-    pub argv: Vec<String>,
+    pub(super) argv: Vec<String>,
     /// Start.
-    pub started_at: Timestamp,
+    pub(super) started_at: Timestamp,
     /// How the run's processes ended, once they have (see [`Runs::ended_of`]).
     #[serde(skip)]
-    pub ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
+    pub(super) ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
     /// The run's egress proxy, when a variable of it is bound to hosts (closed when the run
     /// ends, and by its grant's end).
     #[serde(skip)]
-    pub egress: Option<std::sync::Arc<crate::broker::egress::RunEgress>>,
+    pub(super) egress: Option<std::sync::Arc<crate::broker::egress::RunEgress>>,
+}
+
+impl LiveRun {
+    /// A run that started now: `id` under grant `grant_id`, in process group `pgid`, its argv
+    /// as shown (`argv`, masked), how its processes end (`ended`), its egress proxy.
+    pub(crate) fn new(
+        id: String,
+        grant_id: String,
+        pgid: i32,
+        argv: Vec<String>,
+        ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
+        egress: Option<std::sync::Arc<crate::broker::egress::RunEgress>>,
+    ) -> LiveRun {
+        LiveRun {
+            id,
+            grant_id,
+            pgid,
+            argv,
+            started_at: Timestamp::now(),
+            ended,
+            egress,
+        }
+    }
+
+    /// Run id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Grant id.
+    pub(crate) fn grant_id(&self) -> &str {
+        &self.grant_id
+    }
+
+    /// The process group the run started in: the pid of its reaper (Linux; the command is the
+    /// reaper's child and starts in that group, which it may leave), or of the command.
+    pub(crate) fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
+    /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
+    pub(crate) fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// Start.
+    pub(crate) fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
 }
 
 /// What stopping some runs achieved: the reply to `revoke` and `lock` says it.

@@ -23,7 +23,7 @@ pub(in crate::broker::mounts) fn dotenv_text(
     let vars = inner
         .grants()
         .get(grant_id)
-        .map(|g| g.variables.clone())
+        .map(|g| g.variables().to_owned())
         .unwrap_or_default();
     let opened = inner.sealed_values(env, &vars).and_then(|sealed| {
         sealed
