@@ -55,7 +55,7 @@ pub(crate) async fn reveal(
         .lock()
         .requests()
         .get(id)
-        .map(|r| r.environment.clone())
+        .map(|r| r.environment().to_owned())
         .unwrap_or_default();
     // Names need at least what revealing them with `env show --reveal-names` needs: a plain
     // confirmation (which an agent can give under a `confirm` policy) never reveals them.
@@ -90,10 +90,10 @@ pub(crate) async fn reveal(
         .requests()
         .get(id)
         .map(|r| {
-            r.variables
+            r.variables()
                 .iter()
                 .map(|n| op::RevealedName {
-                    alias: v.name_alias(&r.environment, n),
+                    alias: v.name_alias(r.environment(), n),
                     real_name: n.clone(),
                     description: String::new(),
                 })

@@ -36,10 +36,10 @@ pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
     inner.expire_requests();
     let env = match inner.requests().get(id) {
         None => return Err(no_request(id)),
-        Some(r) if r.state != RequestState::Pending => {
-            return Err(no_longer_pending(id, &r.state));
+        Some(r) if r.state() != &RequestState::Pending => {
+            return Err(no_longer_pending(id, r.state()));
         }
-        Some(r) => r.environment.clone(),
+        Some(r) => r.environment().to_owned(),
     };
     Ok(inner
         .vault()?
@@ -79,8 +79,8 @@ pub(crate) fn grant_pending(
     let Some(req) = inner.requests().get(id).cloned() else {
         return Err(no_request(id));
     };
-    if req.state != RequestState::Pending {
-        return Err(no_longer_pending(id, &req.state));
+    if req.state() != &RequestState::Pending {
+        return Err(no_longer_pending(id, req.state()));
     }
     let out = grant_request(&mut inner, &req, o, used, None)?;
     drop(inner);
@@ -97,12 +97,12 @@ pub(super) fn grant_request(
     rule: Option<usize>,
 ) -> OpResult<op::Approved> {
     inner.audit_log_mut().ready("approve")?;
-    let id = req.id;
+    let id = req.id();
     let max_ttl = inner
         .vault()?
         .data()
         .environments
-        .get(&req.environment)
+        .get(req.environment())
         .map(|e| e.policy.max_ttl_seconds)
         .unwrap_or(ONCE_GRANT_TTL_SECONDS);
     let (grant, ttl) = Grant::approved(new_id("g-"), req, o, max_ttl);
@@ -137,10 +137,10 @@ pub(super) fn grant_request(
             "uses": grant.uses_left(),
         }),
     )?;
-    if let Some(a) = &req.argv {
+    if let Some(a) = &req.argv() {
         inner
             .approval_memory_mut()
-            .record_approval(&req.environment, a, req.masked);
+            .record_approval(req.environment(), a, req.masked());
     }
     inner.grants_mut().insert(grant);
     inner
@@ -172,8 +172,8 @@ fn no_longer_pending(id: u64, state: &RequestState) -> OpError {
 pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
     let r = inner.requests().get(id).ok_or_else(|| no_request(id))?;
-    if r.state != RequestState::Pending {
-        return Err(no_longer_pending(id, &r.state));
+    if r.state() != &RequestState::Pending {
+        return Err(no_longer_pending(id, r.state()));
     }
     let denied = RequestState::Denied {
         reason: reason.clone(),
@@ -182,8 +182,8 @@ pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult
         .requests_mut()
         .decide(id, denied)
         .ok_or_else(|| no_request(id))?;
-    let argv = r.argv.clone().unwrap_or_default();
-    let masked = r.masked;
+    let argv = r.argv().to_owned().unwrap_or_default();
+    let masked = r.masked();
     let now = Instant::now();
     let behaviour = risk::behaviour(&argv);
     inner

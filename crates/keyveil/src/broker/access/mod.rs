@@ -23,7 +23,7 @@ use super::prefix::deny_covers;
 pub(crate) use super::state::ApproveOptions;
 use super::state::{
     AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Holds, Inner, NewVariable,
-    ONCE_GRANT_TTL_SECONDS, OpError, OpResult, RequestState, agent_chosen, new_id,
+    ONCE_GRANT_TTL_SECONDS, OpError, OpResult, RequestFacts, RequestState, agent_chosen, new_id,
 };
 use crate::pin::{self, FilePin, InputPin};
 use crate::risk;

@@ -78,31 +78,20 @@ fn claimed(name: &str) -> keyveil_proto::ClientInfo {
 }
 
 fn pending(id: u64, name: &str, origin: &str) -> AccessReq {
-    AccessReq {
-        id,
-        client: claimed(name),
-        peer: peer(origin),
-        environment: "e".into(),
-        variables: vec!["V".into()],
-        argv: Some(vec!["echo".into(), id.to_string()]),
-        cwd: "/".into(),
+    let mut a = ask(name, origin);
+    a.argv = Some(vec!["echo".into(), id.to_string()]);
+    let facts = RequestFacts {
         reason: None,
         ttl_seconds: None,
-        pass_env: vec![],
         executable: None,
         inputs: vec![],
         risk: vec![],
         chosen_values: vec![],
-        stdin: None,
         new_variables: vec![],
         contradictions: vec![],
-        mount: None,
         masked: true,
-        asks: 1,
-        created_at: Timestamp::now(),
-        state: RequestState::Pending,
-        decided: None,
-    }
+    };
+    AccessReq::new(id, &a, facts)
 }
 
 fn ask(name: &str, origin: &str) -> Ask {

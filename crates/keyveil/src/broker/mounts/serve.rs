@@ -246,7 +246,7 @@ pub(super) async fn ask_and_wait(
             .lock()
             .requests()
             .get(id)
-            .map(|q| q.state.clone())
+            .map(|q| q.state().to_owned())
             .unwrap_or(RequestState::Expired);
         match state {
             RequestState::Approved { grant_id } => {

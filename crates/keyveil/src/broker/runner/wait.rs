@@ -137,7 +137,7 @@ async fn next_step(
     Ok(Step::Request(
         id,
         created,
-        inner.requests().get(id).map(|r| r.state.clone()),
+        inner.requests().get(id).map(|r| r.state().to_owned()),
     ))
 }
 
@@ -157,7 +157,7 @@ fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
 /// falls through: an approved one whose grant no longer covers us needs a new request.
 fn announced_request(inner: &Inner, announced: Option<u64>) -> Option<Step> {
     let id = announced?;
-    match &inner.requests().get(id)?.state {
+    match inner.requests().get(id)?.state() {
         state @ (RequestState::Pending | RequestState::Denied { .. } | RequestState::Expired) => {
             Some(Step::Request(id, false, Some(state.clone())))
         }

@@ -29,6 +29,6 @@ pub(crate) use held::HeldApproval;
 pub(crate) use inner::{Holds, Inner, new_id};
 pub(crate) use requests::{
     AccessReq, Ask, ChosenValue, DENIAL_MEMORY, MAX_STDIN_BYTES, MountAsk, NewVariable,
-    REQUEST_TTL_SECONDS, RequestState, SHOWN_STDIN_CHARS, agent_chosen, stdin_info,
+    REQUEST_TTL_SECONDS, RequestFacts, RequestState, SHOWN_STDIN_CHARS, agent_chosen, stdin_info,
 };
 pub(crate) use runs::{LiveRun, RunsStopped};

@@ -41,70 +41,258 @@ pub(crate) enum RequestState {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct AccessReq {
     /// Sequential id the human types in `keyveil approve ID`.
-    pub id: u64,
+    pub(super) id: u64,
     /// Who asked, as the requester claims it.
-    pub client: ClientInfo,
+    pub(super) client: ClientInfo,
     /// The process that really asked: its pid, executable and parents, from the socket
     /// (`peer.rs`). Shown next to the claim.
-    pub peer: crate::broker::peer::Peer,
+    pub(super) peer: crate::broker::peer::Peer,
     /// Environment name.
-    pub environment: String,
+    pub(super) environment: String,
     /// Variables asked for (resolved: never empty).
-    pub variables: Vec<String>,
+    pub(super) variables: Vec<String>,
     /// The exact argv, or `None` for "any command" (request_access without a command).
-    pub argv: Option<Vec<String>>,
+    pub(super) argv: Option<Vec<String>>,
     /// Canonical working directory.
-    pub cwd: String,
+    pub(super) cwd: String,
     /// The requester's reason: its claim, not a fact.
-    pub reason: Option<String>,
+    pub(super) reason: Option<String>,
     /// Requested lifetime (seconds).
-    pub ttl_seconds: Option<u64>,
+    pub(super) ttl_seconds: Option<u64>,
     /// Names of the requester's environment variables to pass through (shown to the human).
-    pub pass_env: Vec<String>,
+    pub(super) pass_env: Vec<String>,
     /// The executable `argv[0]` resolved to with the policy PATH, pinned.
-    pub executable: Option<FilePin>,
+    pub(super) executable: Option<FilePin>,
     /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
-    pub inputs: Vec<InputPin>,
+    pub(super) inputs: Vec<InputPin>,
     /// Risk flags computed by the broker (see `risk/`).
-    pub risk: Vec<String>,
+    pub(super) risk: Vec<String>,
     /// Values the requester could have chosen, shown on the card and bound into the grant:
     /// pass-through values and variables stored without the factor (never one stored with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chosen_values: Vec<ChosenValue>,
+    pub(super) chosen_values: Vec<ChosenValue>,
     /// Standard input the requester supplies (shown, and part of the ask: other bytes are
     /// another request); `None`: `/dev/null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<keyveil_proto::op::StdinInfo>,
+    pub(super) stdin: Option<keyveil_proto::op::StdinInfo>,
     /// Requested variables stored in the last day without the factor (or before keyveil
     /// recorded how): the `new-variable` flag, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub new_variables: Vec<NewVariable>,
+    pub(super) new_variables: Vec<NewVariable>,
     /// Where the requester's reason claims what the broker's facts contradict, in plain words
     /// (`risk::contradictions`): shown on every surface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub contradictions: Vec<String>,
+    pub(super) contradictions: Vec<String>,
     /// The mount read (its path) when the request is one (`broker/mounts/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<String>,
+    pub(super) mount: Option<String>,
     /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
     /// of the process) may hold a value: the requester descends from a live run or from a
     /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
     /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
     /// they are the agent's own and shown as given: masking them would answer planted guesses.
-    pub masked: bool,
+    pub(super) masked: bool,
     /// How many times this same ask was made (identical asks coalesce into one request).
-    pub asks: u32,
+    pub(super) asks: u32,
     /// When it was made.
-    pub created_at: Timestamp,
+    pub(super) created_at: Timestamp,
     /// State.
     #[serde(flatten)]
-    pub state: RequestState,
+    pub(super) state: RequestState,
     /// When the state last changed (used for denial memory).
     #[serde(skip)]
-    pub decided: Option<Instant>,
+    pub(super) decided: Option<Instant>,
+}
+
+/// What the broker found about an ask before it becomes a request: the requester's reason and
+/// lifetime, the pins, flags and values to show ([`AccessReq::new`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestFacts {
+    /// The requester's reason: its claim, not a fact.
+    pub reason: Option<String>,
+    /// Requested lifetime (seconds).
+    pub ttl_seconds: Option<u64>,
+    /// The executable `argv[0]` resolved to with the policy PATH, pinned.
+    pub executable: Option<FilePin>,
+    /// Fingerprinted inputs.
+    pub inputs: Vec<InputPin>,
+    /// Risk flags.
+    pub risk: Vec<String>,
+    /// Values the requester could have chosen.
+    pub chosen_values: Vec<ChosenValue>,
+    /// Requested variables stored recently without the factor.
+    pub new_variables: Vec<NewVariable>,
+    /// Where the reason contradicts the broker's facts.
+    pub contradictions: Vec<String>,
+    /// Its strings may hold a value ([`AccessReq::masked`]).
+    pub masked: bool,
 }
 
 impl AccessReq {
+    /// A pending request `id` for `ask`, made now, with what the broker found about it.
+    pub(crate) fn new(id: u64, ask: &Ask, facts: RequestFacts) -> AccessReq {
+        let RequestFacts {
+            reason,
+            ttl_seconds,
+            executable,
+            inputs,
+            risk,
+            chosen_values,
+            new_variables,
+            contradictions,
+            masked,
+        } = facts;
+        AccessReq {
+            id,
+            client: ask.client.clone(),
+            peer: ask.peer.clone(),
+            environment: ask.environment.clone(),
+            variables: ask.variables.clone(),
+            argv: ask.argv.clone(),
+            cwd: ask.cwd.clone(),
+            reason,
+            ttl_seconds,
+            pass_env: ask.pass_env.clone(),
+            executable,
+            inputs,
+            risk,
+            chosen_values,
+            stdin: ask.stdin.clone(),
+            new_variables,
+            contradictions,
+            mount: ask.mount.as_ref().map(|m| m.path.clone()),
+            masked,
+            asks: 1,
+            created_at: Timestamp::now(),
+            state: RequestState::Pending,
+            decided: None,
+        }
+    }
+
+    /// Sequential id the human types in `keyveil approve ID`.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who asked, as the requester claims it.
+    pub(crate) fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// The process that really asked: its pid, executable and parents, from the socket
+    /// (`peer.rs`). Shown next to the claim.
+    pub(crate) fn peer(&self) -> &crate::broker::peer::Peer {
+        &self.peer
+    }
+
+    /// Environment name.
+    pub(crate) fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    /// Variables asked for (resolved: never empty).
+    pub(crate) fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// The exact argv, or `None` for "any command" (request_access without a command).
+    pub(crate) fn argv(&self) -> &Option<Vec<String>> {
+        &self.argv
+    }
+
+    /// Canonical working directory.
+    pub(crate) fn cwd(&self) -> &str {
+        &self.cwd
+    }
+
+    /// The requester's reason: its claim, not a fact.
+    pub(crate) fn reason(&self) -> &Option<String> {
+        &self.reason
+    }
+
+    /// Requested lifetime (seconds).
+    pub(crate) fn ttl_seconds(&self) -> Option<u64> {
+        self.ttl_seconds
+    }
+
+    /// Names of the requester's environment variables to pass through (shown to the human).
+    pub(crate) fn pass_env(&self) -> &[String] {
+        &self.pass_env
+    }
+
+    /// The executable `argv[0]` resolved to with the policy PATH, pinned.
+    pub(crate) fn executable(&self) -> &Option<FilePin> {
+        &self.executable
+    }
+
+    /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
+    pub(crate) fn inputs(&self) -> &[InputPin] {
+        &self.inputs
+    }
+
+    /// Risk flags computed by the broker (see `risk/`).
+    pub(crate) fn risk(&self) -> &[String] {
+        &self.risk
+    }
+
+    /// Values the requester could have chosen, shown on the card and bound into the grant:
+    /// pass-through values and variables stored without the factor (never one stored with it).
+    pub(crate) fn chosen_values(&self) -> &[ChosenValue] {
+        &self.chosen_values
+    }
+
+    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
+    /// another request); `None`: `/dev/null`.
+    pub(crate) fn stdin(&self) -> &Option<keyveil_proto::op::StdinInfo> {
+        &self.stdin
+    }
+
+    /// Requested variables stored in the last day without the factor (or before keyveil
+    /// recorded how): the `new-variable` flag, by name.
+    pub(crate) fn new_variables(&self) -> &[NewVariable] {
+        &self.new_variables
+    }
+
+    /// Where the requester's reason claims what the broker's facts contradict, in plain words
+    /// (`risk::contradictions`): shown on every surface.
+    pub(crate) fn contradictions(&self) -> &[String] {
+        &self.contradictions
+    }
+
+    /// The mount read (its path) when the request is one (`broker/mounts/`).
+    pub(crate) fn mount(&self) -> &Option<String> {
+        &self.mount
+    }
+
+    /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
+    /// of the process) may hold a value: the requester descends from a live run or from a
+    /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
+    /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
+    /// they are the agent's own and shown as given: masking them would answer planted guesses.
+    pub(crate) fn masked(&self) -> bool {
+        self.masked
+    }
+
+    /// How many times this same ask was made (identical asks coalesce into one request).
+    pub(crate) fn asks(&self) -> u32 {
+        self.asks
+    }
+
+    /// When it was made.
+    pub(crate) fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// State.
+    pub(crate) fn state(&self) -> &RequestState {
+        &self.state
+    }
+
+    /// When the state last changed (used for denial memory).
+    pub(crate) fn decided(&self) -> Option<Instant> {
+        self.decided
+    }
+
     /// Whether `other` asks for the same thing as this request.
     pub(crate) fn same_ask(&self, ask: &Ask) -> bool {
         self.client.scope_key() == ask.client.scope_key()
