@@ -491,7 +491,7 @@ async fn finish(
     let stopped = run.state().stopped;
     {
         let mut inner = broker.lock();
-        inner.remove_run(&run.id);
+        inner.runs_mut().remove(&run.id);
         inner.audit(
             "run_end",
             json!({

@@ -7,11 +7,11 @@
 //! without any factor, so the broker masks in them every value that is secret from the agent
 //! before they leave it: a card's strings, a grant listing's argv, cwd and pinned
 //! paths, a run's argv as `status` and `logs` show it (masked when the run starts), every audit
-//! entry (`Inner::scrub_entry`, the egress proxy's batched entries included), and the desktop
+//! entry (scrubbed in `state/inner.rs`, the egress proxy's batched entries included), and the desktop
 //! notification's text (the notifier's command line is readable in `/proc`).
 //!
 //! Whose strings: only those of a request whose requester may hold values
-//! ([`Inner::peer_holds_values`]: it is, or descends from, a live run's process or a mount
+//! (`Inner::peer_holds_values`: it is, or descends from, a live run's process or a mount
 //! reader that was written values; `AccessReq::masked`, `Grant::masked`, a run's shown argv).
 //! Any other requester's strings are its own: the agent already knows them, so showing them
 //! reveals nothing, while masking a planted guess would confirm it (10,000 candidate URLs in one
@@ -23,7 +23,7 @@
 //! **whole value, as stored, byte for byte** ([`WholeValues`]), never of fragments, encodings or
 //! parts of it (a value with a known part would then be read one character per request, a
 //! short JSON `password` inside a value guessed among 10,000: `tests/it/redteam_s8b.rs`), and
-//! only of values no agent can guess ([`super::sweep_ops::guessable`]: 16 bytes or more and
+//! only of values no agent can guess ([`guessable`]: 16 bytes or more and
 //! about 80 bits or more), never a value the agent may have chosen itself (stored without the
 //! factor: shown on cards by design, `access::chosen_values`). Confirming a planted guess of a
 //! whole value of 80 bits or more tells the agent nothing it did not have; but the 80 bits are
@@ -34,9 +34,11 @@
 //! a value written encoded or in part, that a granted child puts on a command line still reaches
 //! a card: `docs/threat-model.md` says so.
 //!
-//! The matcher is cached in [`Inner`] under a digest of which secret values exist (names,
-//! creation, rotation and storing times, held dynamic credentials), built again only after one
-//! of them changes, and dropped with the vault at `lock`.
+//! The matcher is cached in the broker's state ([`CardRedactor`], `Inner::card_redactor`) under
+//! a digest of which secret values exist ([`secrets_key`]: names, creation, rotation and storing
+//! times, held dynamic credentials), built again only after one of them changes, and dropped
+//! with the vault at `lock`. This file knows nothing of the state: it is given the vault and
+//! the minted values.
 
 use std::sync::Arc;
 
@@ -44,7 +46,7 @@ use serde_json::Value;
 use sha2::Digest as _;
 use zeroize::Zeroizing;
 
-use super::state::Inner;
+use super::state::agent_chosen;
 
 /// Whole secret values, matched exactly (raw bytes), each replaced by `[REDACTED:NAME]`
 /// (the name as clients see it: an alias where the policy hides names). Leftmost match first;
@@ -200,90 +202,117 @@ impl std::fmt::Debug for CardRedactor {
 /// A secret value for the card matcher: what the marker names and the bytes.
 pub(crate) type Secret = (String, Zeroizing<Vec<u8>>);
 
-impl Inner {
-    /// The matcher of every whole value that is secret from the agent, built again when the set
-    /// of such values changed since the last call; `None` while the vault is locked.
-    pub(crate) fn card_redactor(&mut self) -> Option<Arc<WholeValues>> {
-        let key = self.secrets_key()?;
-        if let Some(c) = self.cached_card_redactor()
-            && c.key == key
-        {
-            return Some(c.matcher.clone());
-        }
-        let values = self.card_secrets();
-        let matcher = Arc::new(WholeValues::new(&values));
-        self.set_card_redactor(CardRedactor {
-            key,
-            matcher: matcher.clone(),
-        });
-        Some(matcher)
-    }
-    /// A digest of which secret values exist: environment, name, creation, rotation and storing
-    /// times of every variable with a value, and the held dynamic credentials by grant. No value
-    /// is opened; a value the agent stored changes nothing.
-    fn secrets_key(&self) -> Option<[u8; 32]> {
-        let v = self.vault().ok()?;
-        let mut h = sha2::Sha256::new();
-        for (env, e) in &v.data().environments {
-            for (name, var) in &e.variables {
-                if !is_secret(var) {
-                    continue;
-                }
-                let line = format!(
-                    "{env}\0{name}\0{}\0{:?}\0{:?}\0{}\n",
-                    var.created_at, var.rotated_at, var.stored, e.policy.hide_names
-                );
-                h.update(line.as_bytes());
-            }
-        }
-        for (grant, var, _) in self.dynamic().held_values() {
-            h.update(format!("minted\0{grant}\0{var}\n").as_bytes());
-        }
-        Some(h.finalize().into())
+impl CardRedactor {
+    /// The matcher, if it was built for the secret values `key` stands for ([`secrets_key`]).
+    pub(crate) fn matcher_for(&self, key: &[u8; 32]) -> Option<Arc<WholeValues>> {
+        (self.key == *key).then(|| self.matcher.clone())
     }
 
-    /// The secret values (see the module's documentation), named as clients see them.
-    fn card_secrets(&self) -> Vec<Secret> {
-        let Ok(v) = self.vault() else {
-            return Vec::new();
-        };
-        let mut out: Vec<Secret> = Vec::new();
-        let mut add = |env: &str, real: &str, bytes: &[u8]| {
-            if bytes.is_empty() || super::sweep_ops::guessable(bytes) {
-                return;
-            }
-            let shown = self.shown_name(env, real);
-            out.push((shown, Zeroizing::new(bytes.to_vec())));
-        };
-        for (env, e) in &v.data().environments {
-            for (name, var) in &e.variables {
-                if !is_secret(var) {
-                    continue;
-                }
-                if let Some(sealed) = &var.value
-                    && let Ok(val) = sealed.open()
-                {
-                    add(env, name, val.expose().as_bytes());
-                }
-                if let Some(d) = &var.dynamic {
-                    add(env, name, d.admin.expose().as_bytes());
-                }
-            }
+    /// A matcher of `values`, kept under `key` ([`secrets_key`] of the values it was built from).
+    pub(crate) fn build(key: [u8; 32], values: &[Secret]) -> CardRedactor {
+        CardRedactor {
+            key,
+            matcher: Arc::new(WholeValues::new(values)),
         }
-        for (grant, var, val) in self.dynamic().held_values() {
-            if let Some(g) = self.grant(&grant) {
-                let env = g.environment.clone();
-                add(&env, &var, val.expose().as_bytes());
-            }
-        }
-        out
     }
+}
+
+/// A digest of which secret values exist: environment, name, creation, rotation and storing
+/// times of every variable of `vault` with a value, and the held dynamic credentials by grant
+/// (`minted`: grant id, variable). No value is opened; a value the agent stored changes nothing.
+pub(crate) fn secrets_key<'a>(
+    vault: &keyveil_vault::Vault,
+    minted: impl Iterator<Item = (&'a str, &'a str)>,
+) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    for (env, e) in &vault.data().environments {
+        for (name, var) in &e.variables {
+            if !is_secret(var) {
+                continue;
+            }
+            let line = format!(
+                "{env}\0{name}\0{}\0{:?}\0{:?}\0{}\n",
+                var.created_at, var.rotated_at, var.stored, e.policy.hide_names
+            );
+            h.update(line.as_bytes());
+        }
+    }
+    for (grant, var) in minted {
+        h.update(format!("minted\0{grant}\0{var}\n").as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The secret values (see the module's documentation): those of `vault`, and the minted values
+/// (environment of their grant, variable, value), named as clients see them (`shown`:
+/// environment, real name → the name shown).
+pub(crate) fn card_secrets<'a>(
+    vault: &keyveil_vault::Vault,
+    minted: impl Iterator<Item = (&'a str, &'a str, &'a keyveil_vault::SecretValue)>,
+    shown: impl Fn(&str, &str) -> String,
+) -> Vec<Secret> {
+    let mut out: Vec<Secret> = Vec::new();
+    let mut add = |env: &str, real: &str, bytes: &[u8]| {
+        if bytes.is_empty() || guessable(bytes) {
+            return;
+        }
+        out.push((shown(env, real), Zeroizing::new(bytes.to_vec())));
+    };
+    for (env, e) in &vault.data().environments {
+        for (name, var) in &e.variables {
+            if !is_secret(var) {
+                continue;
+            }
+            if let Some(sealed) = &var.value
+                && let Ok(val) = sealed.open()
+            {
+                add(env, name, val.expose().as_bytes());
+            }
+            if let Some(d) = &var.dynamic {
+                add(env, name, d.admin.expose().as_bytes());
+            }
+        }
+    }
+    for (env, var, val) in minted {
+        add(env, var, val.expose().as_bytes());
+    }
+    out
+}
+
+/// Whether a value could be found by planting guesses: shorter than 16 bytes (trimmed), or
+/// under 80 bits by a per-character estimate (digits 3.3, one letter case 4.7, letters and
+/// digits 5.9, more 6.5 bits a character). `sweep --watch` never contains such a value by
+/// itself: visible containment of it would answer an agent's planted guesses without limit
+/// (`docs/sweep.md`).
+/// Nor do cards or the write-side scan match one (a match would answer planted guesses).
+pub(crate) fn guessable(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    if v.len() < 16 {
+        return true;
+    }
+    let digits = v.iter().all(u8::is_ascii_digit);
+    let one_case = v
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        || v.iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    let alnum = v.iter().all(u8::is_ascii_alphanumeric);
+    let per_char = if digits {
+        3.3
+    } else if one_case {
+        4.7
+    } else if alnum {
+        5.9
+    } else {
+        6.5
+    };
+    (v.len() as f64) * per_char < 80.0
 }
 
 /// Whether `var` holds something secret from the agent: a value (or a dynamic source's admin
 /// credential) that was not stored by a call without the factor.
 fn is_secret(var: &keyveil_vault::Variable) -> bool {
-    (var.value.is_some() || var.dynamic.is_some()) && super::access::agent_chosen(var).is_none()
+    (var.value.is_some() || var.dynamic.is_some()) && agent_chosen(var).is_none()
 }
 
 /// `s` redacted by `r` (the same string when nothing matched).

@@ -283,7 +283,7 @@ fn store(
     for (n, _) in names {
         super::guard::recheck(&inner, &req.environment, Some(n), verified)?;
     }
-    inner.audit_ready("dynamic_add")?;
+    inner.audit_log_mut().ready("dynamic_add")?;
     let vault = inner.vault_mut()?;
     let now = Timestamp::now();
     let Some(env) = vault.data_mut().environments.get_mut(&req.environment) else {

@@ -111,7 +111,7 @@ pub(crate) fn challenge(
     let mut inner = broker.lock();
     let now = Instant::now();
     if !totp.is_empty()
-        && let Err(secs) = inner.factor_check(now)
+        && let Err(secs) = inner.factor_mut().check(now)
     {
         return Err(totp_locked(secs));
     }
@@ -165,7 +165,7 @@ pub(crate) fn challenge(
             held.push(Some((HeldKind::Totp(step), key)));
         }
         // Counted until a proof made with it succeeds (`verify_factor` resets the count).
-        if let Some(d) = inner.factor_failed(now) {
+        if let Some(d) = inner.factor_mut().failed(now) {
             inner.audit_note(
                 "factor_locked",
                 json!({"for": "totp_challenge", "seconds_left": d.as_secs()}),
@@ -178,7 +178,7 @@ pub(crate) fn challenge(
             .get(..12)
             .unwrap_or_default(),
     );
-    inner.hold_challenge(
+    inner.factor_mut().hold_challenge(
         id.clone(),
         HeldChallenge {
             nonce,
@@ -249,7 +249,7 @@ pub(crate) async fn verify_factor(
                 .map_err(|w| ("totp", w))
         }
         Proof::Bound { factor, digest } => {
-            let held = broker.lock().take_challenge(&factor.challenge);
+            let held = broker.lock().factor_mut().take_challenge(&factor.challenge);
             // A TOTP challenge was counted when handed out; a passphrase proof never counts.
             counted = false;
             match check_bound(broker, held, &factor, &digest, required) {
@@ -264,7 +264,7 @@ pub(crate) async fn verify_factor(
             // Only a real factor resets the count: a plain confirmation (which an agent can give
             // in a `confirm` environment) must never lift a lockout of TOTP guesses.
             if v.used != "confirm" {
-                broker.lock().factor_succeeded();
+                broker.lock().factor_mut().succeeded();
             }
             return Ok(v);
         }
@@ -285,7 +285,7 @@ fn not_locked_out(broker: &Arc<Broker>, proof: &Proof, purpose: &Value) -> OpRes
     // derivation, as an attack on the vault file does), and a typed one is judged by an
     // Argon2id check too, a wrong one answered only after a delay (`typed_delay`).
     if matches!(proof, Proof::TypedTotp(_))
-        && let Err(secs) = inner.factor_check(Instant::now())
+        && let Err(secs) = inner.factor_mut().check(Instant::now())
     {
         inner.audit_note(
             "factor_locked",
@@ -311,12 +311,12 @@ async fn failed(
         let mut inner = broker.lock();
         let now = Instant::now();
         let lockout = if counted {
-            inner.factor_failed(now)
+            inner.factor_mut().failed(now)
         } else {
             None
         };
         let delay = if typed_passphrase {
-            inner.factor_typed_delay(now)
+            inner.factor().typed_delay(now)
         } else {
             Duration::ZERO
         };
@@ -499,8 +499,10 @@ pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<op::E
     };
     let (sealed_uri, sealed_qr) = (seal(&uri)?, seal(&qr)?);
     let mut inner = broker.lock();
-    inner.audit_ready("factor_enroll_started")?;
-    inner.set_pending_totp(SecretValue::new(factor::to_base32(&seed)), Instant::now());
+    inner.audit_log_mut().ready("factor_enroll_started")?;
+    inner
+        .factor_mut()
+        .set_pending_totp(SecretValue::new(factor::to_base32(&seed)), Instant::now());
     inner.audit("factor_enroll_started", json!({"factor": "totp"}));
     Ok(op::Enrolling {
         sealed_uri,
@@ -513,10 +515,10 @@ pub(crate) async fn enroll(broker: &Arc<Broker>, proof: Proof) -> OpResult<op::E
 /// Rate-limited like every factor check: wrong codes count towards the same lockout.
 pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
     let mut inner = broker.lock();
-    if let Err(secs) = inner.factor_check(Instant::now()) {
+    if let Err(secs) = inner.factor_mut().check(Instant::now()) {
         return Err(totp_locked(secs));
     }
-    let Some((seed_b32, at)) = inner.take_pending_totp() else {
+    let Some((seed_b32, at)) = inner.factor_mut().take_pending_totp() else {
         return Err(
             OpError::new(ErrorCode::Failed, "no TOTP enrolment is in progress")
                 .hint("start one with `keyveil factor enroll totp`"),
@@ -534,8 +536,8 @@ pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
         Ok(s) => s,
         Err(e) => {
             // Keep the enrolment open for another try.
-            inner.set_pending_totp(seed_b32, at);
-            let lockout = inner.factor_failed(Instant::now());
+            inner.factor_mut().set_pending_totp(seed_b32, at);
+            let lockout = inner.factor_mut().failed(Instant::now());
             inner.audit_note(
                 "factor_failed",
                 json!({"for": "factor_confirm", "factor": "totp", "why": e.to_string(), "lockout_seconds": lockout.map(|d| d.as_secs())}),
@@ -544,12 +546,12 @@ pub(crate) fn confirm(broker: &Broker, code: &str) -> OpResult<op::Enrolled> {
                 .hint("type the code your authenticator shows now"));
         }
     };
-    if let Err(e) = inner.audit_ready("factor_enrolled") {
+    if let Err(e) = inner.audit_log_mut().ready("factor_enrolled") {
         // Keep the enrolment open: the code can be tried again once the log has room.
-        inner.set_pending_totp(seed_b32, at);
+        inner.factor_mut().set_pending_totp(seed_b32, at);
         return Err(e);
     }
-    inner.factor_succeeded();
+    inner.factor_mut().succeeded();
     let seed_b32 = keyveil_vault::SealedValue::seal(seed_b32)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
     let v = inner.vault_mut()?;

@@ -19,7 +19,7 @@
 //! (non-dumpable) memory, and it can only complete the approval the factor was given for.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyveil_proto::ErrorCode;
 use keyveil_proto::op;
@@ -29,35 +29,13 @@ use sha2::{Digest, Sha256};
 use super::Broker;
 use super::access::{self, ApproveOptions};
 use super::factor_ops::{self, Proof};
-use super::state::{OpError, OpResult};
+use super::state::{HeldApproval, OpError, OpResult};
 use crate::factor_proof;
 
 /// How long a held approval waits for the human's yes.
 pub(crate) const TICKET_TTL: Duration = Duration::from_secs(120);
 /// Most approvals held at once (the oldest is dropped first: it only has to be approved again).
 const MAX_HELD: usize = 8;
-
-/// An approval waiting for the human's yes.
-#[derive(Debug, Clone)]
-pub(crate) struct Held {
-    /// The request.
-    request_id: u64,
-    /// The card digest the factor was given for.
-    card: String,
-    /// The options the human chose.
-    options: ApproveOptions,
-    /// The factor that was checked (`passphrase` or `totp`).
-    used: &'static str,
-    /// When it was held.
-    at: Instant,
-}
-
-impl Held {
-    /// When it was held.
-    pub(crate) fn at(&self) -> Instant {
-        self.at
-    }
-}
 
 /// Step one: checks the factor and the card, holds the approval, and returns the request's
 /// names with a ticket, sealed for the CLI that proved the factor.
@@ -75,8 +53,9 @@ pub(crate) async fn reveal(
     let policy = access::pending_factor(broker, id)?;
     let env = broker
         .lock()
-        .request(id)
-        .map(|r| r.environment.clone())
+        .requests()
+        .get(id)
+        .map(|r| r.environment().to_owned())
         .unwrap_or_default();
     // Names need at least what revealing them with `env show --reveal-names` needs: a plain
     // confirmation (which an agent can give under a `confirm` policy) never reveals them.
@@ -105,15 +84,16 @@ pub(crate) async fn reveal(
     })?;
     let ticket = zeroize::Zeroizing::new(hex::encode(&raw[..]));
     let mut inner = broker.lock();
-    inner.audit_ready("approve_reveal")?;
+    inner.audit_log_mut().ready("approve_reveal")?;
     let v = inner.vault()?;
     let mut names: Vec<op::RevealedName> = inner
-        .request(id)
+        .requests()
+        .get(id)
         .map(|r| {
-            r.variables
+            r.variables()
                 .iter()
                 .map(|n| op::RevealedName {
-                    alias: v.name_alias(&r.environment, n),
+                    alias: v.name_alias(r.environment(), n),
                     real_name: n.clone(),
                     description: String::new(),
                 })
@@ -128,16 +108,9 @@ pub(crate) async fn reveal(
     .unwrap_or_default();
     let sealed = factor_proof::seal_in_transit(&key, &nonce, b"approve_reveal", &plain)
         .map_err(|e| OpError::new(ErrorCode::Failed, e.to_string()))?;
-    let now = Instant::now();
-    inner.hold_approval(
+    inner.held_approvals_mut().hold(
         digest(&ticket),
-        Held {
-            request_id: id,
-            card: card.to_owned(),
-            options,
-            used: verified.used,
-            at: now,
-        },
+        HeldApproval::new(id, card.to_owned(), options, verified.used),
         TICKET_TTL,
         MAX_HELD,
     );
@@ -162,8 +135,9 @@ pub(crate) async fn reveal(
 pub(crate) fn confirm(broker: &Broker, id: u64, ticket: &str) -> OpResult<op::Approved> {
     let held = broker
         .lock()
-        .take_held_approval(&digest(ticket))
-        .filter(|h| h.at.elapsed() < TICKET_TTL && h.request_id == id);
+        .held_approvals_mut()
+        .take(&digest(ticket))
+        .filter(|h| h.at().elapsed() < TICKET_TTL && h.request_id() == id);
     let Some(h) = held else {
         return Err(OpError::new(
             ErrorCode::Denied,
@@ -171,8 +145,8 @@ pub(crate) fn confirm(broker: &Broker, id: u64, ticket: &str) -> OpResult<op::Ap
         )
         .hint(format!("approve again with `keyveil approve {id}`")));
     };
-    access::check_card(broker, id, &h.card)?;
-    access::grant_pending(broker, id, h.options, h.used)
+    access::check_card(broker, id, h.card())?;
+    access::grant_pending(broker, id, h.options(), h.used())
 }
 
 fn digest(ticket: &str) -> [u8; 32] {

@@ -7,7 +7,7 @@
 //! | where | call | why |
 //! |---|---|---|
 //! | `runner/launch.rs`, after a grant is chosen, before the values are copied | [`values_for_grant`] | mint (or reuse) the grant's credentials, fetch provider values |
-//! | `state/inner.rs`, `Inner::revoke` | [`end_grant`] | destroy at the source within milliseconds of a revoke |
+//! | `state/inner.rs`, `Inner::revoke` | `Inner::end_grant_credentials` | destroy at the source within milliseconds of a revoke |
 //! | `mod.rs`, `tick` (every 250 ms) | [`sweep`] | grants that expired or spent their uses; revocation results into the audit log |
 //! | `ops/lifecycle.rs`, `unlock` | [`on_unlock`] | reap what a crashed broker left behind |
 //! | `ops/grants.rs`, `grants` | [`crate::dynamic::Registry::describe`] | `keyveil grants` shows handles and expiry (never a secret) |
@@ -159,8 +159,9 @@ fn wanted(
         return Ok(None);
     }
     let expires_at = inner
-        .grant(grant_id)
-        .map(|g| g.expires_at)
+        .grants()
+        .get(grant_id)
+        .map(|g| g.expires_at())
         .unwrap_or_else(Timestamp::now);
     Ok(Some(Wanted {
         sources,
@@ -193,7 +194,7 @@ async fn minted_or_reused(
         return Ok(m);
     }
     // A credential minted at its source must be on the record.
-    at.broker.lock().audit_ready("dynamic_mint")?;
+    at.broker.lock().audit_log_mut().ready("dynamic_mint")?;
     let t0 = Instant::now();
     match crate::dynamic::mint(spec, at.logins, name, at.grant_id, at.expires_at).await {
         Ok(m) => {
@@ -244,8 +245,9 @@ fn register_fresh(broker: &Broker, grant_id: &str, fresh: Vec<Held>) -> OpResult
     let mut inner = broker.lock();
     let now = Timestamp::now();
     let live = inner
-        .grant(grant_id)
-        .is_some_and(|g| !g.revoked && g.expires_at > now);
+        .grants()
+        .get(grant_id)
+        .is_some_and(|g| !g.revoked() && g.expires_at() > now);
     if live {
         inner.dynamic_mut().register(grant_id, fresh);
         return Ok(());
@@ -402,21 +404,6 @@ fn audit_failure(
     );
 }
 
-/// Destroys, in the background, every credential `grant_id` holds (called when it is revoked
-/// or expires; a no-op for grants without dynamic credentials). The request is audited now,
-/// the outcome by the next [`sweep`].
-pub(crate) fn end_grant(inner: &mut Inner, grant_id: &str) {
-    let Some(creds) = inner.dynamic_mut().take(grant_id) else {
-        return;
-    };
-    let handles: Vec<Value> = creds.iter().map(Held::audit_fields).collect();
-    inner.audit(
-        "dynamic_revoke",
-        json!({ "grant_id": grant_id, "credentials": handles }),
-    );
-    inner.dynamic().revoke_in_background(grant_id, creds);
-}
-
 /// Ends the credentials of grants that are revoked, expired, forgotten, or used up with no run
 /// left; writes background results into the audit log. Called from the broker's tick.
 pub(crate) fn sweep(inner: &mut Inner) {
@@ -435,20 +422,20 @@ pub(crate) fn sweep(inner: &mut Inner) {
     let ended: Vec<String> = inner
         .dynamic()
         .holders()
-        .filter(|(id, last_use)| match inner.grant(id) {
+        .filter(|(id, last_use)| match inner.grants().get(id) {
             None => true,
             Some(g) => {
-                g.revoked
-                    || g.expires_at <= now
-                    || (g.uses_left == Some(0)
-                        && !inner.grant_has_runs(id)
+                g.revoked()
+                    || g.expires_at() <= now
+                    || (g.uses_left() == Some(0)
+                        && !inner.runs().grant_has_runs(id)
                         && last_use.elapsed().as_millis() > USED_UP_GRACE_MS)
             }
         })
         .map(|(id, _)| id.to_owned())
         .collect();
     for id in ended {
-        end_grant(inner, &id);
+        inner.end_grant_credentials(&id);
     }
 }
 

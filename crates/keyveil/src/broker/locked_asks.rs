@@ -68,7 +68,7 @@ pub(crate) fn record(inner: &mut Inner, mut ask: op::LockedAsk) -> Result<u64, O
         )
         .hint("ask the user to run `keyveil unlock` in their terminal, then call again"));
     }
-    let id = inner.take_request_id();
+    let id = inner.requests_mut().take_id();
     ask.id = id;
     inner.locked_asks_mut().insert(id, (ask, now));
     Ok(id)

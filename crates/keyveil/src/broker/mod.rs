@@ -290,9 +290,9 @@ async fn stop_runs_and_seal(broker: &Arc<Broker>) {
     {
         let mut inner = broker.lock();
         // The last chance to record a pending gap: the reserve is no longer needed after this.
-        inner.flush_audit_gap_closing();
+        inner.audit_log_mut().flush_gap_closing();
         inner.seal_audit_final();
-        if let Some(gap) = inner.pending_audit_gap() {
+        if let Some(gap) = inner.audit_log().pending_gap() {
             tracing::error!(
                 lost = gap.lost,
                 refused = gap.refused,
@@ -355,7 +355,7 @@ async fn tick(broker: Arc<Broker>) {
         }
         if ticks.is_multiple_of(4) {
             // Every second: record a pending audit gap as soon as the log has room again.
-            broker.lock().flush_audit_gap();
+            broker.lock().audit_log_mut().flush_gap();
         }
         if ticks.is_multiple_of(40) {
             // Every 10 s: seal the audit log's end into the vault.
@@ -363,14 +363,15 @@ async fn tick(broker: Arc<Broker>) {
         }
         let changed = {
             let mut inner = broker.lock();
-            let before = inner.pending_requests().count();
+            let before = inner.requests().pending().count();
             inner.expire_requests();
-            let after = inner.pending_requests().count();
+            let after = inner.requests().pending().count();
             let now = jiff::Timestamp::now();
             let due: Vec<String> = inner
                 .grants()
-                .filter(|g| !g.revoked && g.expires_at <= now)
-                .map(|g| g.id.clone())
+                .iter()
+                .filter(|g| !g.revoked() && g.expires_at() <= now)
+                .map(|g| g.id().to_owned())
                 .collect();
             for id in &due {
                 inner.revoke(id, "expired");
@@ -460,6 +461,11 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
         Request::Start(r) => background::start(&broker, r, framed, peer).await,
         Request::SweepWatch(r) => sweep_watch::watch(&broker, r, framed).await,
         Request::Sweep(r) if r.progress => sweep_ops::serve(&broker, r, framed).await,
+        // The page's links: the page is a client of the dispatcher, not a part of it.
+        link @ (Request::WebUrl | Request::SetUrl(_)) => {
+            let reply = web::answer(&broker, link).await;
+            let _ = send(&mut framed, &reply).await;
+        }
         other => {
             let reply = ops::dispatch_from(&broker, other, Some(&peer)).await;
             let _ = send(&mut framed, &reply).await;

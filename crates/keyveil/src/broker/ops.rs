@@ -98,7 +98,9 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, req: Request) -> Reply {
     dispatch_from(broker, req, None).await
 }
 
-/// Handles every request but `run`.
+/// Handles every request but `run`, `start`, a sweep watch or a streamed sweep, and the
+/// approval page's links (`WebUrl`, `SetUrl`: `web::answer`), which `broker/mod.rs` routes on
+/// their own paths.
 ///
 /// `peer` is the process at the other end of the client's socket (`peer.rs`): what caps,
 /// flags and the approval card rest on instead of the request's claimed client.
@@ -124,10 +126,17 @@ pub(crate) async fn dispatch_from(
     let digest = req
         .factor()
         .map(|_| factor_proof::request_digest(&serde_json::to_value(&req).unwrap_or(Value::Null)));
-    match answer_request(broker, req, peer, digest).await {
+    let answer = answer_request(broker, req, peer, digest).await;
+    reply_of(broker, answer, !reveal)
+}
+
+/// The reply frame of an operation's answer: where a policy hides names, with aliases in
+/// place of real names (see `names.rs`) unless `hide_names` is false (the one reply that may
+/// carry real names, given only for the factor).
+pub(crate) fn reply_of(broker: &Broker, answer: OpResult<Value>, hide_names: bool) -> Reply {
+    match answer {
         Ok(mut v) => {
-            if !reveal {
-                // Where a policy hides names, every reply carries aliases (see `names.rs`).
+            if hide_names {
                 broker.lock().hide_names_in(&mut v);
             }
             Reply::ok(v)
@@ -215,7 +224,6 @@ async fn answer_request(
         }
         Request::Audit(o) => typed(&o).answer(audit(broker, o.limit)),
         Request::AuditVerify => answer(op::AuditVerify, audit_verify(broker)),
-        Request::WebUrl => answer(op::WebUrl, super::web::url(broker).await),
         Request::DynamicAdd(r) => {
             let t = typed(&r);
             t.answer(super::dynamic_ops::add(broker, r, digest).await)
@@ -227,6 +235,9 @@ async fn answer_request(
         Request::Run(_) => Err(usage("run is handled on its own path")),
         Request::Start(_) => Err(usage("start is handled on its own path")),
         Request::SweepWatch(_) => Err(usage("a sweep watch is handled on its own path")),
+        Request::WebUrl | Request::SetUrl(_) => Err(usage(
+            "the approval page's links are handled on their own path",
+        )),
         Request::Logs(o) => typed(&o).answer(super::background::logs(
             broker,
             &o.run_id,
@@ -236,9 +247,6 @@ async fn answer_request(
         )),
         Request::Stop(o) => {
             typed(&o).answer(super::background::stop(broker, &o.run_id, o.client.as_deref()).await)
-        }
-        Request::SetUrl(o) => {
-            typed(&o).answer(super::web::set_url(broker, &o.environment, &o.name).await)
         }
         Request::Mount(o) => typed(&o).answer(super::mounts::mount(broker, o)),
         Request::Unmount(o) => typed(&o).answer(super::mounts::unmount(broker, o)),
@@ -332,16 +340,16 @@ async fn policy_set_request(
 /// The reply type of an operation, taken from the operation before its fields are moved out:
 /// the dispatcher answers each operation with its own [`Operation::Reply`] (the compiler
 /// checks it; `keyveil_proto::op`).
-struct Typed<O>(std::marker::PhantomData<O>);
+pub(crate) struct Typed<O>(std::marker::PhantomData<O>);
 
 /// [`Typed`] of `o`.
-fn typed<O: Operation>(_: &O) -> Typed<O> {
+pub(crate) fn typed<O: Operation>(_: &O) -> Typed<O> {
     Typed(std::marker::PhantomData)
 }
 
 impl<O: Operation> Typed<O> {
     /// The operation's reply as the JSON the reply frame carries.
-    fn answer(self, r: OpResult<O::Reply>) -> OpResult<Value> {
+    pub(crate) fn answer(self, r: OpResult<O::Reply>) -> OpResult<Value> {
         r.and_then(|reply| {
             serde_json::to_value(reply).map_err(|e| {
                 OpError::new(ErrorCode::Failed, format!("cannot encode the reply: {e}"))
@@ -351,6 +359,6 @@ impl<O: Operation> Typed<O> {
 }
 
 /// [`Typed::answer`] for an operation without fields.
-fn answer<O: Operation>(o: O, r: OpResult<O::Reply>) -> OpResult<Value> {
+pub(crate) fn answer<O: Operation>(o: O, r: OpResult<O::Reply>) -> OpResult<Value> {
     typed(&o).answer(r)
 }

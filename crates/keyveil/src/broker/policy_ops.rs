@@ -91,7 +91,7 @@ pub(crate) async fn policy_set(
     let required = rule_change_factor(broker, env);
     verify_factor(broker, proof, required, json!({"policy_set": env})).await?;
     let mut inner = broker.lock();
-    inner.audit_ready("policy_set")?;
+    inner.audit_log_mut().ready("policy_set")?;
     let v = inner.vault_mut()?;
     let Some(e) = v.data_mut().environments.get_mut(env) else {
         return Err(OpError::new(

@@ -23,6 +23,7 @@ use keyveil_vault::{Compromise, FactorKind};
 use serde_json::json;
 
 use super::Broker;
+use super::card_redact::guessable;
 use super::factor_ops::{self, Proof};
 use super::state::{Inner, OpError, OpResult, RunsStopped};
 use super::sweep_scrub::{
@@ -147,8 +148,8 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
         }
     }
     for (grant, var, val) in inner.dynamic().held_values() {
-        if let Some(g) = inner.grant(&grant) {
-            let what = (g.environment.as_str(), var.as_str(), "minted");
+        if let Some(g) = inner.grants().get(&grant) {
+            let what = (g.environment(), var.as_str(), "minted");
             push(inner, (&mut out, &mut keys), what, val.expose().as_bytes());
         }
     }
@@ -203,35 +204,6 @@ fn secrets(inner: &Inner) -> OpResult<(Secrets, BTreeMap<String, Key>)> {
     Ok((out, keys))
 }
 
-/// Whether a value could be found by planting guesses: shorter than 16 bytes (trimmed), or
-/// under 80 bits by a per-character estimate (digits 3.3, one letter case 4.7, letters and
-/// digits 5.9, more 6.5 bits a character). `sweep --watch` never contains such a value by
-/// itself: visible containment of it would answer an agent's planted guesses without limit
-/// (`docs/sweep.md`).
-pub(crate) fn guessable(value: &[u8]) -> bool {
-    let v = value.trim_ascii();
-    if v.len() < 16 {
-        return true;
-    }
-    let digits = v.iter().all(u8::is_ascii_digit);
-    let one_case = v
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        || v.iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    let alnum = v.iter().all(u8::is_ascii_alphanumeric);
-    let per_char = if digits {
-        3.3
-    } else if one_case {
-        4.7
-    } else if alnum {
-        5.9
-    } else {
-        6.5
-    };
-    (v.len() as f64) * per_char < 80.0
-}
-
 /// Checks the human's factor for a sweep: the transit key and nonce the findings are sealed
 /// with.
 pub(super) async fn authorize(
@@ -279,7 +251,7 @@ fn redactors(
     Option<Scrubbers>,
 )> {
     let mut inner = broker.lock();
-    inner.audit_ready(event)?;
+    inner.audit_log_mut().ready(event)?;
     let (secrets, keys) = secrets(&inner)?;
     drop(inner);
     let redactor =
@@ -604,8 +576,11 @@ fn contain_one(
     };
     let ids: Vec<String> = inner
         .grants()
-        .filter(|g| !g.revoked && g.environment == env && g.variables.iter().any(|v| v == real))
-        .map(|g| g.id.clone())
+        .iter()
+        .filter(|g| {
+            !g.revoked() && g.environment() == env && g.variables().iter().any(|v| v == real)
+        })
+        .map(|g| g.id().to_owned())
         .collect();
     for id in &ids {
         if inner.revoke(id, "its value was found outside keyveil by a sweep") {
@@ -658,7 +633,7 @@ fn contain_one(
             "marked": c.marked,
         }),
     );
-    let runs = inner.runs_ended(&ids);
+    let runs = inner.runs().ended_of(&ids);
     (c, runs)
 }
 

@@ -71,7 +71,7 @@ echo done"#
 }
 
 /// The card matcher masked whole values only when "no agent can guess" them, judged by length
-/// and character classes alone (`sweep_ops::guessable`: 16 bytes at 6.5 bits each pass). A
+/// and character classes alone (`card_redact::guessable`: 16 bytes at 6.5 bits each pass). A
 /// connection URL whose only unknown is a short password passes as 300 bits, yet the agent
 /// knows everything around the password (the compose file, the code's config): it writes
 /// every candidate URL, 10,000 of them in one request, and the card masked the one that is

@@ -3,21 +3,6 @@
 use super::cards::state_word;
 use super::*;
 
-/// Options of an approval.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ApproveOptions {
-    /// Lifetime (seconds); `None` = one use within 15 minutes.
-    pub ttl_seconds: Option<u64>,
-    /// Uses.
-    pub uses: Option<u32>,
-    /// Any command.
-    pub any_command: bool,
-    /// argv prefix.
-    pub prefix: bool,
-    /// Canonical subdirectories.
-    pub subdirs: bool,
-}
-
 /// Approves a request with the human's factor, creating a grant.
 ///
 /// `card` is the `factor_proof::card_digest` of the request as the human was shown it (the CLI
@@ -49,12 +34,12 @@ pub(crate) fn pending_factor(broker: &Broker, id: u64) -> OpResult<FactorKind> {
     let mut inner = broker.lock();
     inner.vault()?;
     inner.expire_requests();
-    let env = match inner.request(id) {
+    let env = match inner.requests().get(id) {
         None => return Err(no_request(id)),
-        Some(r) if r.state != RequestState::Pending => {
-            return Err(no_longer_pending(id, &r.state));
+        Some(r) if r.state() != &RequestState::Pending => {
+            return Err(no_longer_pending(id, r.state()));
         }
-        Some(r) => r.environment.clone(),
+        Some(r) => r.environment().to_owned(),
     };
     Ok(inner
         .vault()?
@@ -91,11 +76,11 @@ pub(crate) fn grant_pending(
 ) -> OpResult<op::Approved> {
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
-    let Some(req) = inner.request(id).cloned() else {
+    let Some(req) = inner.requests().get(id).cloned() else {
         return Err(no_request(id));
     };
-    if req.state != RequestState::Pending {
-        return Err(no_longer_pending(id, &req.state));
+    if req.state() != &RequestState::Pending {
+        return Err(no_longer_pending(id, req.state()));
     }
     let out = grant_request(&mut inner, &req, o, used, None)?;
     drop(inner);
@@ -111,69 +96,25 @@ pub(super) fn grant_request(
     factor: &str,
     rule: Option<usize>,
 ) -> OpResult<op::Approved> {
-    inner.audit_ready("approve")?;
-    let id = req.id;
+    inner.audit_log_mut().ready("approve")?;
+    let id = req.id();
     let max_ttl = inner
         .vault()?
         .data()
         .environments
-        .get(&req.environment)
+        .get(req.environment())
         .map(|e| e.policy.max_ttl_seconds)
         .unwrap_or(ONCE_GRANT_TTL_SECONDS);
-    let (ttl, uses_left) = match o.ttl_seconds {
-        Some(t) => (t.min(max_ttl).max(1), o.uses),
-        None => (
-            ONCE_GRANT_TTL_SECONDS.min(max_ttl.max(60)),
-            Some(o.uses.unwrap_or(1)),
-        ),
-    };
-    let any = o.any_command || req.argv.is_none();
-    let now = Timestamp::now();
-    let grant = Grant {
-        id: new_id("g-"),
-        request_id: id,
-        client: req.client.scope_key(),
-        environment: req.environment.clone(),
-        variables: req.variables.clone(),
-        argv: if any { None } else { req.argv.clone() },
-        prefix: o.prefix && !any,
-        cwd: req.cwd.clone(),
-        subdirs: o.subdirs,
-        pass_env: req.pass_env.clone(),
-        executable: if any { None } else { req.executable.clone() },
-        inputs: if any { Vec::new() } else { req.inputs.clone() },
-        pass_values: req
-            .chosen_values
-            .iter()
-            .filter_map(|c| c.name.clone().map(|n| (n, c.sha256.clone())))
-            .collect(),
-        chosen_vars: req
-            .chosen_values
-            .iter()
-            .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
-            .collect(),
-        stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
-        masked: req.masked,
-        created_at: now,
-        expires_at: now
-            .saturating_add(SignedDuration::from_secs(
-                i64::try_from(ttl).unwrap_or(i64::MAX),
-            ))
-            .unwrap_or(now),
-        uses_left,
-        runs: 0,
-        revoked: false,
-        cancel: CancellationToken::new(),
-    };
-    let gid = grant.id.clone();
+    let (grant, ttl) = Grant::approved(new_id("g-"), req, o, max_ttl);
+    let gid = grant.id().to_owned();
     let out = op::Approved {
         request_id: id,
         grant_id: gid.clone(),
-        expires_at: grant.expires_at,
-        uses_left: grant.uses_left,
-        any_command: grant.argv.is_none(),
-        prefix: grant.prefix,
-        subdirs: grant.subdirs,
+        expires_at: grant.expires_at(),
+        uses_left: grant.uses_left(),
+        any_command: grant.argv().is_none(),
+        prefix: grant.prefix(),
+        subdirs: grant.subdirs(),
     };
     // Recorded before the grant exists: no grant the log does not show.
     inner.must_audit(
@@ -187,25 +128,24 @@ pub(super) fn grant_request(
             "grant_id": gid,
             "factor": factor,
             "rule": rule,
-            "environment": grant.environment,
-            "variables": grant.variables,
-            "any_command": grant.argv.is_none(),
-            "prefix": grant.prefix,
-            "subdirs": grant.subdirs,
+            "environment": grant.environment(),
+            "variables": grant.variables(),
+            "any_command": grant.argv().is_none(),
+            "prefix": grant.prefix(),
+            "subdirs": grant.subdirs(),
             "ttl_seconds": ttl,
-            "uses": grant.uses_left,
+            "uses": grant.uses_left(),
         }),
     )?;
-    if let Some(a) = &req.argv {
+    if let Some(a) = &req.argv() {
         inner
             .approval_memory_mut()
-            .record_approval(&req.environment, a, req.masked);
+            .record_approval(req.environment(), a, req.masked());
     }
-    inner.insert_grant(grant);
-    if let Some(r) = inner.request_mut(id) {
-        r.state = RequestState::Approved { grant_id: gid };
-        r.decided = Some(Instant::now());
-    }
+    inner.grants_mut().insert(grant);
+    inner
+        .requests_mut()
+        .decide(id, RequestState::Approved { grant_id: gid });
     Ok(out)
 }
 
@@ -231,16 +171,19 @@ fn no_longer_pending(id: u64, state: &RequestState) -> OpError {
 /// Denies a request.
 pub(crate) fn deny(broker: &Broker, id: u64, reason: Option<String>) -> OpResult<op::Denied> {
     let mut inner = broker.lock();
-    let r = inner.request_mut(id).ok_or_else(|| no_request(id))?;
-    if r.state != RequestState::Pending {
-        return Err(no_longer_pending(id, &r.state));
+    let r = inner.requests().get(id).ok_or_else(|| no_request(id))?;
+    if r.state() != &RequestState::Pending {
+        return Err(no_longer_pending(id, r.state()));
     }
-    r.state = RequestState::Denied {
+    let denied = RequestState::Denied {
         reason: reason.clone(),
     };
-    r.decided = Some(Instant::now());
-    let argv = r.argv.clone().unwrap_or_default();
-    let masked = r.masked;
+    let r = inner
+        .requests_mut()
+        .decide(id, denied)
+        .ok_or_else(|| no_request(id))?;
+    let argv = r.argv().to_owned().unwrap_or_default();
+    let masked = r.masked();
     let now = Instant::now();
     let behaviour = risk::behaviour(&argv);
     inner

@@ -12,8 +12,9 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     inner.expire_requests();
     let redactor = inner.card_redactor();
     let requests = inner
-        .pending_requests()
-        .map(|r| (r.masked, card_of(r, bound_on_card(&inner, r))))
+        .requests()
+        .pending()
+        .map(|r| (r.masked(), card_of(r, bound_on_card(&inner, r))))
         .filter_map(|(masked, c)| match &redactor {
             // Only a request whose strings may hold a value (`AccessReq::masked`): an agent's
             // own strings are shown as given (masking a planted guess would confirm it).
@@ -29,12 +30,12 @@ fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
     let Some(p) = inner
         .vault()
         .ok()
-        .and_then(|v| v.data().environments.get(&r.environment))
+        .and_then(|v| v.data().environments.get(r.environment()))
         .map(|e| &e.policy)
     else {
         return Vec::new();
     };
-    r.variables
+    r.variables()
         .iter()
         .filter_map(|v| {
             p.bindings.get(v).map(|hosts| {
@@ -59,26 +60,26 @@ fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
         keyveil: p.keyveil,
     };
     op::RequestCard {
-        id: r.id,
-        client: r.client.clone(),
+        id: r.id(),
+        client: r.client().to_owned(),
         peer: op::PeerInfo {
-            process: r.peer.process.as_ref().map(proc_info),
-            keyveil_mode: r.peer.keyveil_mode.clone(),
-            parents: r.peer.parents.iter().map(proc_info).collect(),
-            origin: r.peer.origin.clone(),
+            process: r.peer().process.as_ref().map(proc_info),
+            keyveil_mode: r.peer().keyveil_mode.clone(),
+            parents: r.peer().parents.iter().map(proc_info).collect(),
+            origin: r.peer().origin.clone(),
         },
-        environment: r.environment.clone(),
-        variables: r.variables.clone(),
-        argv: r.argv.clone(),
-        cwd: r.cwd.clone(),
-        reason: r.reason.clone(),
-        ttl_seconds: r.ttl_seconds,
-        pass_env: r.pass_env.clone(),
-        executable: r.executable.as_ref().map(file_pin_info),
-        inputs: r.inputs.iter().map(input_pin_info).collect(),
-        risk: r.risk.clone(),
+        environment: r.environment().to_owned(),
+        variables: r.variables().to_owned(),
+        argv: r.argv().to_owned(),
+        cwd: r.cwd().to_owned(),
+        reason: r.reason().to_owned(),
+        ttl_seconds: r.ttl_seconds(),
+        pass_env: r.pass_env().to_owned(),
+        executable: r.executable().as_ref().map(file_pin_info),
+        inputs: r.inputs().iter().map(input_pin_info).collect(),
+        risk: r.risk().to_owned(),
         chosen_values: r
-            .chosen_values
+            .chosen_values()
             .iter()
             .map(|c| op::ChosenValueInfo {
                 origin: c.origin.to_owned(),
@@ -91,9 +92,9 @@ fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
                 sha256: c.sha256.clone(),
             })
             .collect(),
-        stdin: r.stdin.clone(),
+        stdin: r.stdin().to_owned(),
         new_variables: r
-            .new_variables
+            .new_variables()
             .iter()
             .map(|n| op::NewVariableInfo {
                 variable: n.variable.clone(),
@@ -102,15 +103,15 @@ fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
                 stored: n.stored.to_owned(),
             })
             .collect(),
-        contradictions: r.contradictions.clone(),
+        contradictions: r.contradictions().to_owned(),
         bound,
-        asks: r.asks,
-        created_at: r.created_at,
-        state: state_word(&r.state).to_owned(),
+        asks: r.asks(),
+        created_at: r.created_at(),
+        state: state_word(r.state()).to_owned(),
         expires_at: r.expires_at(),
-        mount: r.mount.as_ref().map(|p| op::MountRead {
+        mount: r.mount().as_ref().map(|p| op::MountRead {
             path: p.clone(),
-            pid: r.client.pid,
+            pid: r.client().pid,
         }),
     }
 }

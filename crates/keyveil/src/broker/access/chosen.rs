@@ -100,37 +100,20 @@ pub(crate) struct Expected {
     kind: &'static str,
 }
 
-/// When `var`'s current value was stored without the factor, as given by the caller (so an
-/// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
-/// stored before keyveil recorded how.
-pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
-    match var.stored {
-        Some(r)
-            if !r.factor
-                && var.source == keyveil_vault::Source::Human
-                && var.dynamic.is_none()
-                && var.value.is_some() =>
-        {
-            Some(r.at)
-        }
-        _ => None,
-    }
-}
-
 /// Checks the pass-through values a grant bound by digest against a run. `Err` says, in
 /// words, which value changed since the approval. Cheap (the run's own values, already in the
 /// request): the stored values the agent could have chosen are checked by [`chosen_expected`]
 /// and [`check_chosen_values`] on the very copies the run injects, outside the broker's lock.
 pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
     use sha2::Digest as _;
-    let Some(g) = inner.grant(gid) else {
+    let Some(g) = inner.grants().get(gid) else {
         return Ok(());
     };
     for (n, v) in &ask.pass_values {
         let now = v
             .as_deref()
             .map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes())));
-        if g.pass_values.get(n).cloned().unwrap_or(None) != now {
+        if g.pass_values().get(n).cloned().unwrap_or(None) != now {
             return Err(format!(
                 "the pass-through value of {} is not the one approved (changed since approval)",
                 keyveil_proto::display::visible(n)
@@ -146,13 +129,13 @@ pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), St
 /// injected), with the name as clients see it. Taken under the lock with the sealed copies the
 /// run will inject; nothing is opened here.
 pub(crate) fn chosen_expected(inner: &Inner, gid: &str, names: &[String]) -> Vec<Expected> {
-    let Some(g) = inner.grant(gid) else {
+    let Some(g) = inner.grants().get(gid) else {
         return Vec::new();
     };
     let Ok(vault) = inner.vault() else {
         return Vec::new();
     };
-    let Some(e) = vault.data().environments.get(&g.environment) else {
+    let Some(e) = vault.data().environments.get(g.environment()) else {
         return Vec::new();
     };
     names
@@ -160,8 +143,8 @@ pub(crate) fn chosen_expected(inner: &Inner, gid: &str, names: &[String]) -> Vec
         .filter_map(|n| Some((n, e.variables.get(n).and_then(chosen_kind)?)))
         .map(|(n, kind)| Expected {
             name: n.clone(),
-            want: g.chosen_vars.get(n).cloned(),
-            shown: inner.shown_name(&g.environment, n),
+            want: g.chosen_vars().get(n).cloned(),
+            shown: inner.shown_name(g.environment(), n),
             kind,
         })
         .collect()

@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::factor_ops::{Proof, verify_factor};
 use super::peer::Peer;
 use super::policy_ops::{rule_binds, rule_matches};
 use super::prefix::deny_covers;
+pub(crate) use super::state::ApproveOptions;
 use super::state::{
     AccessReq, Ask, ChosenValue, DENIAL_MEMORY, Grant, Holds, Inner, NewVariable,
-    ONCE_GRANT_TTL_SECONDS, OpError, OpResult, RequestState, new_id,
+    ONCE_GRANT_TTL_SECONDS, OpError, OpResult, RequestFacts, RequestState, agent_chosen, new_id,
 };
 use crate::pin::{self, FilePin, InputPin};
 use crate::risk;
@@ -32,13 +32,9 @@ use keyveil_proto::ErrorCode;
 use keyveil_proto::op;
 use keyveil_vault::FactorKind;
 
-pub(crate) use approve::{
-    ApproveOptions, approve, check_card, deny, grant_pending, pending_factor,
-};
+pub(crate) use approve::{approve, check_card, deny, grant_pending, pending_factor};
 pub(crate) use cards::{card_digest_of, file_pin_info, input_pin_info, requests};
-pub(crate) use chosen::{
-    agent_chosen, agent_linked, check_chosen, check_chosen_values, chosen_expected,
-};
+pub(crate) use chosen::{agent_linked, check_chosen, check_chosen_values, chosen_expected};
 pub(crate) use env_vars::{check_pass_env, pass_values};
 pub(crate) use pins::{Pins, bounded, check_symlink_escape, prepare_bounded};
 pub(crate) use request::{access_status, find_or_create_request, request_access, strings_masked};
@@ -56,7 +52,7 @@ pub(crate) const MAX_OPEN_REQUESTS_PER_CLIENT: usize = 3;
 /// a new origin.
 pub(crate) const MAX_OPEN_REQUESTS: usize = 12;
 
-/// Key of [`Inner::recent`] that counts every request (origins are paths, `unreadable` or
+/// Key of [`Inner::request_times_mut`] that counts every request (origins are paths, `unreadable` or
 /// `unknown`, never empty).
 const ALL: &str = "";
 

@@ -104,11 +104,13 @@ pub(crate) async fn bounded<T: Send + 'static>(
 /// path the requester gave is lexically inside, but the canonical one (symlinks resolved) is not.
 pub(crate) fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) -> OpResult<()> {
     let lex = lexical(given_cwd);
-    for g in inner.grants() {
-        if g.revoked || g.client != ask.client.scope_key() || g.environment != ask.environment {
+    for g in inner.grants().iter() {
+        if g.revoked() || g.client() != ask.client.scope_key() || g.environment() != ask.environment
+        {
             continue;
         }
-        let inside_lexically = lex == Path::new(&g.cwd) || (g.subdirs && lex.starts_with(&g.cwd));
+        let inside_lexically =
+            lex == Path::new(&g.cwd()) || (g.subdirs() && lex.starts_with(g.cwd()));
         if inside_lexically && !g.cwd_covers(&ask.cwd) {
             return Err(OpError::new(
                 ErrorCode::Denied,
@@ -116,7 +118,7 @@ pub(crate) fn check_symlink_escape(inner: &Inner, ask: &Ask, given_cwd: &str) ->
                     "the working directory \"{}\" resolves to \"{}\", outside the approved cwd \"{}\" (a symlink leads out of it)",
                     keyveil_proto::display::visible(given_cwd),
                     keyveil_proto::display::visible(&ask.cwd),
-                    keyveil_proto::display::visible(&g.cwd)
+                    keyveil_proto::display::visible(g.cwd())
                 ),
             )
             .hint("run from the approved directory itself; keyveil compares canonical paths"));

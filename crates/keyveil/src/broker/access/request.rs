@@ -63,38 +63,25 @@ pub(crate) fn find_or_create_request(
     if let Some(i) = deny_hit {
         return Err(refused_by_rule(inner, ask, &key, i, masked));
     }
-    let id = inner.next_request_id();
-    let req = AccessReq {
-        id,
-        client: ask.client.clone(),
-        peer: ask.peer.clone(),
-        environment: ask.environment.clone(),
-        variables: ask.variables.clone(),
-        argv: ask.argv.clone(),
-        cwd: ask.cwd.clone(),
+    let id = inner.requests().next_id();
+    let facts = RequestFacts {
         reason,
         ttl_seconds,
-        pass_env: ask.pass_env.clone(),
         executable: pins.executable.clone(),
         inputs: pins.inputs.clone(),
         risk: flags,
         chosen_values: chosen,
-        stdin: ask.stdin.clone(),
         new_variables,
         contradictions,
-        mount: ask.mount.as_ref().map(|m| m.path.clone()),
         masked,
-        asks: 1,
-        created_at: Timestamp::now(),
-        state: RequestState::Pending,
-        decided: None,
     };
+    let req = AccessReq::new(id, ask, facts);
     // Recorded before the request exists: refused when the log cannot be written.
     audit_request(inner, &req, claim_mismatch)?;
-    let taken = inner.take_request_id();
+    let taken = inner.requests_mut().take_id();
     debug_assert_eq!(taken, id, "the id is taken under the same lock");
-    let reason = req.reason.clone();
-    inner.insert_request(req);
+    let reason = req.reason().to_owned();
+    inner.requests_mut().insert(req);
     if let Some((rule, ttl)) = auto_hit {
         auto_approve(inner, id, rule, ttl)?;
         return Ok((id, true));
@@ -123,7 +110,7 @@ fn refused_by_rule(inner: &mut Inner, ask: &Ask, key: &str, i: usize, masked: bo
 
 /// Grants the new request `id` by auto-approve rule `rule`, for `ttl` seconds.
 fn auto_approve(inner: &mut Inner, id: u64, rule: usize, ttl: u64) -> OpResult<()> {
-    let req = inner.request(id).cloned();
+    let req = inner.requests().get(id).cloned();
     if let Some(req) = req {
         grant_request(
             inner,
@@ -196,34 +183,31 @@ fn coalesce(
     chosen: &[ChosenValue],
     bursting: bool,
 ) -> OpResult<Option<u64>> {
-    for r in inner.requests_mut() {
+    for r in inner.requests_mut().iter_mut() {
         // An ask whose strings are shown as given never merges with one whose strings are
         // masked (or the other way round): the raw comparison would tell an agent which of its
         // planted candidates is the value a holder's card masks (merged, or "denied", for the
         // one that is; a request of its own for the rest).
-        if !r.same_ask(ask) || r.masked != masked {
+        if !r.same_ask(ask) || r.masked() != masked {
             continue;
         }
-        match &r.state {
+        match &r.state() {
             RequestState::Pending
-                if r.executable == pins.executable
-                    && r.inputs == pins.inputs
-                    && r.chosen_values == chosen =>
+                if *r.executable() == pins.executable
+                    && r.inputs() == pins.inputs
+                    && r.chosen_values() == chosen =>
             {
-                r.asks += 1;
-                if bursting && !r.risk.iter().any(|f| f == "burst") {
-                    r.risk.push("burst".to_owned());
-                }
-                return Ok(Some(r.id));
+                r.ask_again(bursting);
+                return Ok(Some(r.id()));
             }
             RequestState::Denied { reason }
-                if r.decided.is_some_and(|d| d.elapsed() < DENIAL_MEMORY) =>
+                if r.decided().is_some_and(|d| d.elapsed() < DENIAL_MEMORY) =>
             {
                 return Err(OpError::new(
                     ErrorCode::Denied,
                     format!(
                         "the user denied this request (#{}){}",
-                        r.id,
+                        r.id(),
                         reason
                             .as_ref()
                             .map(|x| format!(": {}", keyveil_proto::display::visible_text(x)))
@@ -240,8 +224,8 @@ fn coalesce(
 
 /// Refuses a new request while too many wait: of this origin, or of all together.
 fn check_open(inner: &Inner, origin: &str) -> OpResult<()> {
-    let pending = || inner.pending_requests();
-    let open = pending().filter(|r| r.peer.origin == origin).count();
+    let pending = || inner.requests().pending();
+    let open = pending().filter(|r| r.peer().origin == origin).count();
     let open_all = pending().count();
     if open >= MAX_OPEN_REQUESTS_PER_CLIENT {
         return Err(OpError::new(
@@ -430,38 +414,38 @@ fn rules(
 /// cannot be written.
 fn audit_request(inner: &mut Inner, r: &AccessReq, claim_mismatch: Option<String>) -> OpResult<()> {
     let mut entry = json!({
-            "request_id": r.id,
-            "client": r.client.scope_key(),
-            "client_version": r.client.version,
-            "client_pid": r.client.pid,
-            "peer": r.peer,
+            "request_id": r.id(),
+            "client": r.client().scope_key(),
+            "client_version": r.client().version,
+            "client_pid": r.client().pid,
+            "peer": r.peer(),
             "claimed_identity": claim_mismatch,
-            "environment": r.environment,
-            "variables": r.variables,
-            "argv": r.argv,
-            "cwd": r.cwd,
-            "pass_env": r.pass_env,
-            "executable": r.executable.as_ref().map(|p| json!({"path": p.path, "sha256": p.sha256})),
-            "inputs": r.inputs.iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
-            "risk": &r.risk,
-            "reason": r.reason,
+            "environment": r.environment(),
+            "variables": r.variables(),
+            "argv": r.argv(),
+            "cwd": r.cwd(),
+            "pass_env": r.pass_env(),
+            "executable": r.executable().as_ref().map(|p| json!({"path": p.path, "sha256": p.sha256})),
+            "inputs": r.inputs().iter().map(|i| json!({"path": i.path, "sha256": i.sha256})).collect::<Vec<_>>(),
+            "risk": &r.risk(),
+            "reason": r.reason(),
             // Which values were shown and bound, by digest: the values stay out of the log.
-            "chosen_values": r.chosen_values.iter().map(|c| json!({
+            "chosen_values": r.chosen_values().iter().map(|c| json!({
                 "origin": c.origin, "name": c.name, "variable": c.variable,
                 "stored_at": c.stored_at, "bytes": c.bytes, "sha256": c.sha256,
             })).collect::<Vec<_>>(),
-            "new_variables": &r.new_variables,
+            "new_variables": &r.new_variables(),
             // The requester's standard input by size and digest (its text is on the card).
-            "stdin": r.stdin.as_ref().map(|s| json!({"bytes": s.bytes, "sha256": s.sha256, "program": s.program})),
-            "contradictions": &r.contradictions,
-            "mount": r.mount,
+            "stdin": r.stdin().as_ref().map(|s| json!({"bytes": s.bytes, "sha256": s.sha256, "program": s.program})),
+            "contradictions": &r.contradictions(),
+            "mount": r.mount(),
     });
-    if r.masked
+    if r.masked()
         && let Some(red) = inner.card_redactor()
     {
         crate::broker::card_redact::redact_json(&red, &mut entry);
     }
-    inner.must_audit_as("request", entry, r.masked)
+    inner.must_audit_as("request", entry, r.masked())
 }
 
 /// Whether the strings of a request from `peer` are matched against values where they are
@@ -555,15 +539,16 @@ pub(crate) fn access_status(broker: &Broker, id: u64) -> OpResult<op::AccessStat
     let mut inner = broker.lock();
     inner.expire_requests();
     let r = inner
-        .request(id)
+        .requests()
+        .get(id)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no request #{id}")))?;
-    Ok(match &r.state {
+    Ok(match &r.state() {
         RequestState::Pending => op::AccessState::Pending {
             hint: approve_hint(id),
         },
         RequestState::Approved { grant_id } => {
-            let g = inner.grant(grant_id);
-            let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at));
+            let g = inner.grants().get(grant_id);
+            let (grant_id, expires_at) = (grant_id.clone(), g.map(|g| g.expires_at()));
             if g.is_some_and(|g| g.live(Timestamp::now())) {
                 op::AccessState::Approved {
                     grant_id,

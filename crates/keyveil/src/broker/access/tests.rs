@@ -78,31 +78,20 @@ fn claimed(name: &str) -> keyveil_proto::ClientInfo {
 }
 
 fn pending(id: u64, name: &str, origin: &str) -> AccessReq {
-    AccessReq {
-        id,
-        client: claimed(name),
-        peer: peer(origin),
-        environment: "e".into(),
-        variables: vec!["V".into()],
-        argv: Some(vec!["echo".into(), id.to_string()]),
-        cwd: "/".into(),
+    let mut a = ask(name, origin);
+    a.argv = Some(vec!["echo".into(), id.to_string()]);
+    let facts = RequestFacts {
         reason: None,
         ttl_seconds: None,
-        pass_env: vec![],
         executable: None,
         inputs: vec![],
         risk: vec![],
         chosen_values: vec![],
-        stdin: None,
         new_variables: vec![],
         contradictions: vec![],
-        mount: None,
         masked: true,
-        asks: 1,
-        created_at: Timestamp::now(),
-        state: RequestState::Pending,
-        decided: None,
-    }
+    };
+    AccessReq::new(id, &a, facts)
 }
 
 fn ask(name: &str, origin: &str) -> Ask {
@@ -133,7 +122,9 @@ fn open_requests_are_capped_per_real_origin_and_in_all() {
     // Three open from one origin under three claimed names: a fourth name is refused.
     let mut inner = Inner::default();
     for i in 0..3 {
-        inner.insert_request(pending(i, &format!("n{i}"), "/usr/bin/python3"));
+        inner
+            .requests_mut()
+            .insert(pending(i, &format!("n{i}"), "/usr/bin/python3"));
     }
     let m = refusal(&mut inner, &ask("another-name", "/usr/bin/python3"));
     assert!(m.contains("3 requests of this client"), "{m}");
@@ -143,7 +134,9 @@ fn open_requests_are_capped_per_real_origin_and_in_all() {
     // Across origins (copies of an executable look like new ones): the global cap.
     let mut inner = Inner::default();
     for i in 0..MAX_OPEN_REQUESTS as u64 {
-        inner.insert_request(pending(i, "same", &format!("/tmp/copy{i}")));
+        inner
+            .requests_mut()
+            .insert(pending(i, "same", &format!("/tmp/copy{i}")));
     }
     let m = refusal(&mut inner, &ask("same", "/tmp/copy-new"));
     assert!(
@@ -169,7 +162,7 @@ fn a_request_from_a_peer_the_broker_cannot_place_is_refused() {
     reused.start = reused.start.map(|s| s + 1);
     a.peer = reused;
     assert!(refusal(&mut inner, &a).contains("cannot tell which process"));
-    assert!(inner.requests().next().is_none());
+    assert!(inner.requests().iter().next().is_none());
     // This process, which descends from no run: its strings are its own, shown as given.
     a.peer = peer("/usr/bin/agent");
     assert_eq!(

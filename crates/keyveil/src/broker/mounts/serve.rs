@@ -198,15 +198,15 @@ pub(super) fn live_grant(broker: &Broker, ask: &Ask, r: &Reader) -> Option<Strin
     let mut inner = broker.lock();
     let now = Timestamp::now();
     let hit = inner
-        .grants()
+        .grants().iter()
         .find(|g| {
             g.covers(ask, now)
-                && g.pass_env == ask.pass_env
-                && matches!((&g.executable, &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
-                && super::access::check_chosen(&inner, &g.id, ask).is_ok()
+                && g.pass_env() == ask.pass_env
+                && matches!((&g.executable(), &r.exe), (Some(a), Some(b)) if a.dev == b.dev && a.ino == b.ino && a.sha256 == b.sha256)
+                && super::access::check_chosen(&inner, g.id(), ask).is_ok()
         })
-        .map(|g| g.id.clone())?;
-    inner.use_grant_if(&hit, |_| true).then_some(hit)
+        .map(|g| g.id().to_owned())?;
+    inner.grants_mut().use_if(&hit, |_| true).then_some(hit)
 }
 
 /// The grant that serves this reader: a live one, or the one the human's approval creates.
@@ -245,13 +245,17 @@ pub(super) async fn ask_and_wait(
     loop {
         let state = broker
             .lock()
-            .request(id)
-            .map(|q| q.state.clone())
+            .requests()
+            .get(id)
+            .map(|q| q.state().to_owned())
             .unwrap_or(RequestState::Expired);
         match state {
             RequestState::Approved { grant_id } => {
                 let mut inner = broker.lock();
-                if inner.use_grant_if(&grant_id, |g| g.live(Timestamp::now())) {
+                if inner
+                    .grants_mut()
+                    .use_if(&grant_id, |g| g.live(Timestamp::now()))
+                {
                     return Ok(grant_id);
                 }
                 return Err(format!("request #{id}: the grant ended before the read"));
@@ -265,12 +269,7 @@ pub(super) async fn ask_and_wait(
         let still = holders_of_reader(path, broker, r);
         if !still {
             let mut inner = broker.lock();
-            if let Some(q) = inner.request_mut(id)
-                && q.state == RequestState::Pending
-            {
-                q.state = RequestState::Expired;
-                q.decided = Some(std::time::Instant::now());
-            }
+            inner.requests_mut().decide(id, RequestState::Expired);
             inner.audit("mount_reader_left", json!({"path": path, "request_id": id}));
             drop(inner);
             broker.notify();

@@ -28,7 +28,7 @@ pub(super) fn audit_verify(broker: &Broker) -> OpResult<op::AuditVerified> {
     let (key, checkpoint) = {
         let mut inner = broker.lock();
         inner.vault()?;
-        inner.check_audit_path().map_err(|e| {
+        inner.audit_log_mut().check_path().map_err(|e| {
             let hint = e.hint.unwrap_or_default();
             OpError::new(
                 ErrorCode::Failed,
@@ -49,7 +49,7 @@ pub(super) fn audit_verify(broker: &Broker) -> OpResult<op::AuditVerified> {
             let mut inner = broker.lock();
             inner.seal_audit();
             // Entries not written yet (the log is still full): they are not in the file.
-            let pending = inner.pending_audit_gap().map(|g| op::PendingGap {
+            let pending = inner.audit_log().pending_gap().map(|g| op::PendingGap {
                 lost: g.lost,
                 refused: g.refused,
                 events: g.events.clone(),

@@ -49,7 +49,7 @@ pub(super) async fn env_reveal(
     let verified =
         factor_ops::verify_factor(broker, proof, required, json!({"env_reveal": env})).await?;
     let mut inner = broker.lock();
-    inner.audit_ready("env_reveal")?;
+    inner.audit_log_mut().ready("env_reveal")?;
     let v = inner.vault()?;
     let e = v
         .data()
@@ -226,7 +226,7 @@ pub(super) fn env_create(
 ) -> OpResult<op::EnvCreated> {
     check_env_name(name)?;
     let mut inner = broker.lock();
-    inner.audit_ready("env_create")?;
+    inner.audit_log_mut().ready("env_create")?;
     let v = inner.vault_mut()?;
     if v.data().environments.contains_key(name) {
         return Err(OpError::new(
@@ -253,7 +253,7 @@ pub(super) fn env_create(
 pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResult<op::EnvRemoved> {
     let mut inner = broker.lock();
     recheck(&inner, name, None, verified)?;
-    inner.audit_ready("env_remove")?;
+    inner.audit_log_mut().ready("env_remove")?;
     let v = inner.vault_mut()?;
     if v.data_mut().environments.remove(name).is_none() {
         return Err(unknown_env(name, v));
@@ -268,8 +268,9 @@ pub(super) fn env_remove(broker: &Broker, name: &str, verified: bool) -> OpResul
     // Grants on a removed environment die with it.
     let ids: Vec<String> = inner
         .grants()
-        .filter(|g| g.environment == name)
-        .map(|g| g.id.clone())
+        .iter()
+        .filter(|g| g.environment() == name)
+        .map(|g| g.id().to_owned())
         .collect();
     for id in ids {
         inner.revoke(&id, "environment removed");

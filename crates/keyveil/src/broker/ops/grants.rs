@@ -22,37 +22,38 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     };
     let grants = inner
         .grants()
+        .iter()
         .filter(|g| {
             // Listed while usable, or while a run started under it is still live (a used-up
             // once-grant can still be revoked to kill its run).
-            let running = inner.grant_has_runs(&g.id);
-            (g.live(now) || (running && !g.revoked)) && client.is_none_or(|c| g.client == c)
+            let running = inner.runs().grant_has_runs(g.id());
+            (g.live(now) || (running && !g.revoked())) && client.is_none_or(|c| g.client() == c)
         })
-        .map(|g| (g, |s: &str| shown(g.masked, s)))
+        .map(|g| (g, |s: &str| shown(g.masked(), s)))
         .map(|(g, shown)| op::GrantInfo {
-            id: g.id.clone(),
-            request_id: g.request_id,
+            id: g.id().to_owned(),
+            request_id: g.request_id(),
             // The requester's own name for itself, as its card showed it.
-            client: shown(&g.client),
-            environment: g.environment.clone(),
-            variables: g.variables.clone(),
+            client: shown(g.client()),
+            environment: g.environment().to_owned(),
+            variables: g.variables().to_owned(),
             argv: g
-                .argv
+                .argv()
                 .as_ref()
                 .map(|a| a.iter().map(|w| shown(w)).collect()),
-            prefix: g.prefix,
-            cwd: shown(&g.cwd),
-            subdirs: g.subdirs,
-            pass_env: g.pass_env.clone(),
+            prefix: g.prefix(),
+            cwd: shown(g.cwd()),
+            subdirs: g.subdirs(),
+            pass_env: g.pass_env().to_owned(),
             // Pinned paths come from the argv too (a program under a directory a granted
             // child named after a value).
-            executable: g.executable.as_ref().map(|p| {
+            executable: g.executable().as_ref().map(|p| {
                 let mut i = access::file_pin_info(p);
                 i.path = shown(&i.path);
                 i
             }),
             inputs: g
-                .inputs
+                .inputs()
                 .iter()
                 .map(|p| {
                     let mut i = access::input_pin_info(p);
@@ -61,12 +62,12 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
                     i
                 })
                 .collect(),
-            created_at: g.created_at,
-            expires_at: g.expires_at,
-            uses_left: g.uses_left,
-            runs: g.runs,
-            revoked: g.revoked,
-            dynamic: inner.dynamic().describe(&g.id),
+            created_at: g.created_at(),
+            expires_at: g.expires_at(),
+            uses_left: g.uses_left(),
+            runs: g.runs(),
+            revoked: g.revoked(),
+            dynamic: inner.dynamic().describe(g.id()),
         })
         .collect();
     op::GrantList { grants }
@@ -101,11 +102,11 @@ pub(super) fn revoke_now(
     let mut inner = broker.lock();
     let ids: Vec<String> = match (grant_id, all) {
         (Some(id), _) => {
-            let g = inner.grant(&id).ok_or_else(|| {
+            let g = inner.grants().get(&id).ok_or_else(|| {
                 OpError::new(ErrorCode::NotFound, format!("no grant {id}"))
                     .hint("list grants with `keyveil grants`")
             })?;
-            if client.is_some_and(|c| g.client != c) {
+            if client.is_some_and(|c| g.client() != c) {
                 return Err(OpError::new(
                     ErrorCode::NotFound,
                     format!("no grant {id} for this client"),
@@ -115,8 +116,9 @@ pub(super) fn revoke_now(
         }
         (None, true) => inner
             .grants()
-            .filter(|g| !g.revoked && client.is_none_or(|c| g.client == c))
-            .map(|g| g.id.clone())
+            .iter()
+            .filter(|g| !g.revoked() && client.is_none_or(|c| g.client() == c))
+            .map(|g| g.id().to_owned())
             .collect(),
         (None, false) => return Err(usage("name a grant id, or use --all")),
     };
@@ -126,8 +128,9 @@ pub(super) fn revoke_now(
         // A grant with no use left or past its expiry covers no new run; revoking it still
         // stops whatever runs under it.
         let had_ended = inner
-            .grant(id)
-            .is_some_and(|g| !g.revoked && (g.uses_left == Some(0) || g.expires_at <= now));
+            .grants()
+            .get(id)
+            .is_some_and(|g| !g.revoked() && (g.uses_left() == Some(0) || g.expires_at() <= now));
         if inner.revoke(id, "revoked by request") {
             n += 1;
             if had_ended {
@@ -135,6 +138,6 @@ pub(super) fn revoke_now(
             }
         }
     }
-    let runs = inner.runs_ended(&ids);
+    let runs = inner.runs().ended_of(&ids);
     Ok((n, ended, ids, runs))
 }

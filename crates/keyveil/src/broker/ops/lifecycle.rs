@@ -3,7 +3,7 @@
 
 use super::usage;
 use crate::broker::Broker;
-use crate::broker::state::{Inner, OpError, OpResult, RequestState, RunsStopped};
+use crate::broker::state::{Inner, OpError, OpResult, RunsStopped};
 use jiff::Timestamp;
 use keyveil_proto::op;
 use keyveil_proto::{ErrorCode, Passphrase};
@@ -31,19 +31,24 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
         } else {
             Vec::new()
         },
-        pending_requests: inner.pending_requests().count(),
-        live_grants: inner.grants().filter(|g| g.live(Timestamp::now())).count(),
+        pending_requests: inner.requests().pending().count(),
+        live_grants: inner
+            .grants()
+            .iter()
+            .filter(|g| g.live(Timestamp::now()))
+            .count(),
         log_lines_lost: crate::logging::lost_lines(),
         kept_redactors: inner.run_redactors().len(),
-        live_runs: inner.runs().count(),
+        live_runs: inner.runs().iter().count(),
         runs: inner
             .runs()
+            .iter()
             .map(|r| op::LiveRun {
-                id: r.id.clone(),
-                grant_id: r.grant_id.clone(),
-                pgid: r.pgid,
-                argv: r.argv.clone(),
-                started_at: r.started_at,
+                id: r.id().to_owned(),
+                grant_id: r.grant_id().to_owned(),
+                pgid: r.pgid(),
+                argv: r.argv().to_owned(),
+                started_at: r.started_at(),
             })
             .collect(),
     }
@@ -115,7 +120,7 @@ pub(super) async fn init(
     let undo = |broker: &Broker, e: OpError| {
         let mut inner = broker.lock();
         inner.drop_vault();
-        inner.close_audit();
+        inner.audit_log_mut().close();
         if std::fs::read(&path).ok() == written {
             let _ = std::fs::remove_file(&path);
         }
@@ -173,7 +178,7 @@ pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> 
     let mut inner = broker.lock();
     inner.install_vault(vault);
     // Entries the previous writer could not write are recorded first in this log.
-    inner.start_audit_log(writer);
+    inner.audit_log_mut().start(writer);
     if let Some(why) = &seal_broken {
         tracing::warn!(%why, "the audit log does not match the vault's sealed checkpoint");
         inner.audit("audit_seal_mismatch", json!({ "why": why }));
@@ -181,7 +186,7 @@ pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> 
             "the audit log does not verify against the checkpoint the vault sealed ({why}): entries were edited, removed or forged after they were written"
         ));
     }
-    inner.audit_log_checked(seal_broken);
+    inner.audit_log_mut().checked(seal_broken);
     inner.open_audit_session();
     if let Some((moved, salvage)) = quarantined {
         // The seal belonged to the log that was moved aside: what it knew is recorded in the
@@ -255,7 +260,7 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
         Ok(v) => {
             let warnings = open_with(broker, v)?;
             let mut inner = broker.lock();
-            inner.factor_succeeded();
+            inner.factor_mut().succeeded();
             inner.audit("unlock", json!({}));
             drop(inner);
             // Reap dynamic credentials that a crashed broker left behind.
@@ -267,7 +272,7 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
             })
         }
         Err(keyveil_vault::VaultError::WrongPassphrase) => {
-            let lockout = broker.lock().factor_failed(Instant::now());
+            let lockout = broker.lock().factor_mut().failed(Instant::now());
             tracing::warn!(?lockout, "wrong passphrase at unlock");
             Err(OpError::new(ErrorCode::Denied, "wrong passphrase")
                 .hint("try again; the right passphrase is always accepted"))
@@ -288,7 +293,10 @@ pub(super) async fn lock(broker: &Broker) -> op::Locked {
         let recorded = already || inner.audit_recorded("lock", json!({}));
         // What the human is told about the log: the cause of a miss where it is known (the
         // file was replaced or moved), and a seal that did not verify at unlock.
-        let audit_problem = match (inner.audit_path_changed(), inner.audit_seal_broken()) {
+        let audit_problem = match (
+            inner.audit_log().path_changed(),
+            inner.audit_log().seal_broken(),
+        ) {
             _ if already => None,
             (Some(change), _) => Some(format!(
                 "the audit log {} is no longer the file keyveil was writing to: {change} (an editor or `sed -i` saves a new file too), so this lock could not be recorded in it",
@@ -334,19 +342,12 @@ pub(crate) fn stop_everything(broker: &Broker, why: &str) -> RunEnds {
 
 /// [`stop_everything`] under a lock already held (the caller notifies).
 pub(super) fn stop_all(inner: &mut Inner, why: &str) -> RunEnds {
-    let ids: Vec<String> = inner.grant_ids();
-    let ended = inner.runs_ended(&ids);
+    let ids: Vec<String> = inner.grants().ids();
+    let ended = inner.runs().ended_of(&ids);
     for id in ids {
         inner.revoke(&id, why);
     }
-    for r in inner.requests_mut() {
-        if r.state == RequestState::Pending {
-            r.state = RequestState::Denied {
-                reason: Some(why.to_owned()),
-            };
-            r.decided = Some(Instant::now());
-        }
-    }
+    inner.requests_mut().deny_all_pending(why);
     ended
 }
 

@@ -232,7 +232,7 @@ pub(super) fn var_set(
     let short = value.expose().len() < 8;
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
-    inner.audit_ready("var_set")?;
+    inner.audit_log_mut().ready("var_set")?;
     let existed = store(
         &mut inner,
         env,
@@ -274,7 +274,7 @@ pub(super) fn var_generate(
     let value = generate(length, charset)?;
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
-    inner.audit_ready("var_generate")?;
+    inner.audit_log_mut().ready("var_generate")?;
     store(
         &mut inner,
         env,
@@ -343,7 +343,7 @@ pub(super) fn var_unset(
 ) -> OpResult<op::VarChanged> {
     let mut inner = broker.lock();
     recheck(&inner, env, Some(name), verified)?;
-    inner.audit_ready("var_unset")?;
+    inner.audit_log_mut().ready("var_unset")?;
     // The name as clients see it, taken while the variable still exists (after the removal
     // the alias rewriting no longer knows it).
     let shown = inner.shown_name(env, name);
@@ -447,7 +447,7 @@ pub(super) fn var_declare(
     let mut inner = broker.lock();
     // Never over a value stored since the check above.
     recheck(&inner, env, Some(name), false)?;
-    inner.audit_ready("var_declare")?;
+    inner.audit_log_mut().ready("var_declare")?;
     store(
         &mut inner,
         env,

@@ -35,7 +35,7 @@ pub(crate) struct Admitted {
 /// `PATH` shadowing the executable) and resolves the ask.
 pub(super) fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Admitted, OpError> {
     check_shape(req)?;
-    broker.lock().audit_ready("run_start")?;
+    broker.lock().audit_log_mut().ready("run_start")?;
     let cwd = crate::broker::cwd::canonical_cwd(&req.cwd)?;
     let pass_env = check_pass_env(&req.pass_env)?;
     let (vars, search_path, home) = {

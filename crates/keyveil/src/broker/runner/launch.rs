@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -204,7 +203,7 @@ fn prepare(
     // The run's start and end entries must fit: refused before anything is spawned. (The
     // start entry holds the argv, shown with markers: allow twice its JSON length.)
     let entry_len = serde_json::to_string(&req.argv).map_or(0, |j| j.len()) * 2 + cwd.len() + 2048;
-    inner.audit_ready_for("run_start", entry_len)?;
+    inner.audit_log_mut().ready_for("run_start", entry_len)?;
     // Only the variables this run injects, still sealed: they are opened, and the
     // redactor built, after the lock is released (with thousands of values, or a large
     // one, that is the slow part of a run, and nothing else may wait for it).
@@ -231,8 +230,9 @@ fn prepare(
             .map(|(k, _)| inner.shown_name(&req.environment, k)),
     );
     let cancel = inner
-        .grant(grant_id)
-        .map(|g| g.cancel.clone())
+        .grants()
+        .get(grant_id)
+        .map(|g| g.cancel().clone())
         .unwrap_or_default();
     // Only when the requester may hold values (`AccessReq::masked`): an agent's own argv is
     // shown as given, since masking a planted guess would confirm it; a requester the broker
@@ -426,15 +426,14 @@ fn record_start(
     egress: Option<Arc<crate::broker::egress::RunEgress>>,
 ) {
     let mut inner = broker.lock();
-    inner.insert_run(LiveRun {
-        id: run_id.to_owned(),
-        grant_id: grant_id.to_owned(),
-        pgid: started.pid,
-        argv: shown_argv.to_vec(),
-        started_at: Timestamp::now(),
-        ended: started.watch_end(),
+    inner.runs_mut().insert(LiveRun::new(
+        run_id.to_owned(),
+        grant_id.to_owned(),
+        started.pid,
+        shown_argv.to_vec(),
+        started.watch_end(),
         egress,
-    });
+    ));
     inner.audit_as(
         "run_start",
         json!({
@@ -453,7 +452,7 @@ fn record_start(
 }
 
 /// The write-side scan's matcher of a run's `values` (named `shown`): every known form of each
-/// whole value, line or structured leaf that no agent can guess ([`crate::broker::sweep_ops::guessable`]),
+/// whole value, line or structured leaf that no agent can guess ([`crate::broker::card_redact::guessable`]),
 /// and no fragment. The scan reads places the agent writes too (the cwd, `$HOME`, the run's
 /// TMPDIR) and names the files it finds: naming which planted file holds a 12-byte fragment
 /// after a known part, or a guessable value among planted candidates, would answer the agent's
@@ -464,7 +463,7 @@ pub(crate) fn scan_redactor(
     shown: &[String],
     values: &[(String, keyveil_vault::SecretValue)],
 ) -> crate::redact::Redactor {
-    let keep = |atom: &[u8]| !crate::broker::sweep_ops::guessable(atom);
+    let keep = |atom: &[u8]| !crate::broker::card_redact::guessable(atom);
     crate::redact::Redactor::whole_values(
         shown
             .iter()
@@ -501,7 +500,7 @@ fn run_redactors(
             .zip(values.iter().map(|(_, v)| v.expose().as_bytes())),
     );
     let mut inner = broker.lock();
-    let live = inner.is_unlocked() && inner.grant(grant_id).is_some_and(|g| !g.revoked);
+    let live = inner.is_unlocked() && inner.grants().get(grant_id).is_some_and(|g| !g.revoked());
     let kept = crate::broker::redactor_cache::Kept { run, scan };
     if live {
         inner

@@ -145,7 +145,7 @@ async fn scan_writes(
 /// The run's end recorded: out of the live runs, into the audit (`run_end`).
 fn record_end(broker: &Broker, run_id: &str, grant_id: &str, result: &RunResult) {
     let mut inner = broker.lock();
-    inner.remove_run(run_id);
+    inner.runs_mut().remove(run_id);
     inner.audit(
         "run_end",
         json!({
@@ -170,7 +170,7 @@ fn record_end(broker: &Broker, run_id: &str, grant_id: &str, result: &RunResult)
 /// Waits until the proxy's audit entries are written (see `RunEgress::close`): call it before
 /// the run's end entry.
 pub(crate) async fn close_egress(broker: &Broker, run_id: &str) -> Vec<keyveil_proto::WriteLeak> {
-    let e = broker.lock().take_run_egress(run_id);
+    let e = broker.lock().runs_mut().take_egress(run_id);
     match e {
         Some(e) => {
             e.close().await;

@@ -62,7 +62,7 @@ pub(super) async fn wait_for_grant(
     gone: &CancellationToken,
 ) -> Result<Granted, Option<Reply>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds);
-    // Only grants of requests masked as this ask would be serve it (`Inner::find_grant`).
+    // Only grants of requests masked as this ask would be serve it (`Grants::find`).
     let masked = a.masked;
     let mut changed = broker.changed.subscribe();
     let mut announced: Option<u64> = None;
@@ -143,17 +143,17 @@ async fn next_step(
     Ok(Step::Request(
         id,
         created,
-        inner.request(id).map(|r| r.state.clone()),
+        inner.requests().get(id).map(|r| r.state().to_owned()),
     ))
 }
 
 /// The grant that covers `ask` (among grants of requests `masked` as it is), with its pins.
 fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
-    inner.find_grant(ask, masked).map(|gid| {
-        let g = inner.grant(&gid);
+    inner.grants().find(ask, masked).map(|gid| {
+        let g = inner.grants().get(&gid);
         Matched {
-            exe: g.and_then(|g| g.executable.clone()),
-            inputs: g.map(|g| g.inputs.clone()).unwrap_or_default(),
+            exe: g.and_then(|g| g.executable().to_owned()),
+            inputs: g.map(|g| g.inputs().to_owned()).unwrap_or_default(),
             grant_id: gid,
         }
     })
@@ -163,7 +163,7 @@ fn matched_grant(inner: &Inner, ask: &Ask, masked: bool) -> Option<Matched> {
 /// falls through: an approved one whose grant no longer covers us needs a new request.
 fn announced_request(inner: &Inner, announced: Option<u64>) -> Option<Step> {
     let id = announced?;
-    match &inner.request(id)?.state {
+    match inner.requests().get(id)?.state() {
         state @ (RequestState::Pending | RequestState::Denied { .. } | RequestState::Expired) => {
             Some(Step::Request(id, false, Some(state.clone())))
         }
@@ -267,7 +267,7 @@ async fn verify_bounded(
 /// up meanwhile); whether it did.
 fn consume_use(inner: &mut Inner, gid: &str, ask: &Ask) -> bool {
     let now = Timestamp::now();
-    inner.use_grant_if(gid, |g| g.covers(ask, now))
+    inner.grants_mut().use_if(gid, |g| g.covers(ask, now))
 }
 
 /// What the state of our request `id` means: a denial or an expiry is the reply; an

@@ -1,4 +1,5 @@
-//! The factor's guard against guessing ([`FactorGuard`]) and the challenges the broker holds.
+//! The factor's guard against guessing ([`FactorGuard`]) and the challenges the broker holds:
+//! [`FactorState`].
 
 use std::time::{Duration, Instant};
 
@@ -94,34 +95,34 @@ pub(crate) struct HeldChallenge {
 /// The factor's state behind the broker's mutex: the guard against guessing, a TOTP enrolment
 /// waiting for its confirming code, and the challenges handed out.
 #[derive(Debug, Default)]
-pub(super) struct FactorState {
+pub(crate) struct FactorState {
     /// Failed-factor rate limiting.
-    pub(super) guard: FactorGuard,
+    guard: FactorGuard,
     /// A TOTP enrolment waiting for its confirming code: the base32 seed and when it started.
-    pub(super) pending_totp: Option<(keyveil_vault::SecretValue, Instant)>,
+    pending_totp: Option<(keyveil_vault::SecretValue, Instant)>,
     /// Factor challenges handed out and not yet used (`factor_ops::challenge`), by id.
-    pub(super) challenges: std::collections::HashMap<String, HeldChallenge>,
+    challenges: std::collections::HashMap<String, HeldChallenge>,
 }
 
-impl super::Inner {
+impl FactorState {
     /// `Err(seconds left)` while failed factors lock approvals out ([`FactorGuard::check`]).
-    pub(crate) fn factor_check(&mut self, now: Instant) -> Result<(), u64> {
-        self.factor.guard.check(now)
+    pub(crate) fn check(&mut self, now: Instant) -> Result<(), u64> {
+        self.guard.check(now)
     }
 
     /// Records a failed factor; the lockout length if it started one ([`FactorGuard::fail`]).
-    pub(crate) fn factor_failed(&mut self, now: Instant) -> Option<Duration> {
-        self.factor.guard.fail(now)
+    pub(crate) fn failed(&mut self, now: Instant) -> Option<Duration> {
+        self.guard.fail(now)
     }
 
     /// Records a proven factor, which lifts a lockout ([`FactorGuard::succeed`]).
-    pub(crate) fn factor_succeeded(&mut self) {
-        self.factor.guard.succeed();
+    pub(crate) fn succeeded(&mut self) {
+        self.guard.succeed();
     }
 
     /// How long the answer to a wrong typed passphrase waits ([`FactorGuard::typed_delay`]).
-    pub(crate) fn factor_typed_delay(&self, now: Instant) -> Duration {
-        self.factor.guard.typed_delay(now)
+    pub(crate) fn typed_delay(&self, now: Instant) -> Duration {
+        self.guard.typed_delay(now)
     }
 
     /// Holds a challenge under `id`: challenges older than `ttl` are dropped first, then the
@@ -133,7 +134,7 @@ impl super::Inner {
         ttl: Duration,
         max: usize,
     ) {
-        let held = &mut self.factor.challenges;
+        let held = &mut self.challenges;
         held.retain(|_, c| c.created.elapsed() <= ttl);
         while held.len() >= max {
             let Some(oldest) = held
@@ -150,16 +151,23 @@ impl super::Inner {
 
     /// Takes the challenge held under `id` (a challenge is used once).
     pub(crate) fn take_challenge(&mut self, id: &str) -> Option<HeldChallenge> {
-        self.factor.challenges.remove(id)
+        self.challenges.remove(id)
     }
 
     /// Keeps a TOTP enrolment waiting for its confirming code: the base32 seed and its start.
     pub(crate) fn set_pending_totp(&mut self, seed_b32: keyveil_vault::SecretValue, at: Instant) {
-        self.factor.pending_totp = Some((seed_b32, at));
+        self.pending_totp = Some((seed_b32, at));
     }
 
     /// Takes the TOTP enrolment waiting for its confirming code.
     pub(crate) fn take_pending_totp(&mut self) -> Option<(keyveil_vault::SecretValue, Instant)> {
-        self.factor.pending_totp.take()
+        self.pending_totp.take()
+    }
+
+    /// At lock: the challenges held and a TOTP enrolment in progress leave memory (the guard
+    /// stays).
+    pub(super) fn forget_unlocked(&mut self) {
+        self.challenges.clear();
+        self.pending_totp = None;
     }
 }

@@ -1,5 +1,6 @@
 //! Access requests and what they ask for: [`Ask`] (the scope a request, a grant and a rule
-//! are matched on), [`AccessReq`] and its [`RequestState`], values and input shown on a card.
+//! are matched on), [`AccessReq`] and its [`RequestState`], values and input shown on a card,
+//! and the store of requests and their ids ([`Requests`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,8 +10,6 @@ use serde::Serialize;
 
 use crate::pin::{FilePin, InputPin};
 use keyveil_proto::ClientInfo;
-
-use super::inner::Inner;
 
 /// A pending request lives this long before it expires unanswered (seconds).
 pub(crate) const REQUEST_TTL_SECONDS: i64 = 600;
@@ -42,72 +41,258 @@ pub(crate) enum RequestState {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct AccessReq {
     /// Sequential id the human types in `keyveil approve ID`.
-    pub id: u64,
+    pub(super) id: u64,
     /// Who asked, as the requester claims it.
-    pub client: ClientInfo,
+    pub(super) client: ClientInfo,
     /// The process that really asked: its pid, executable and parents, from the socket
     /// (`peer.rs`). Shown next to the claim.
-    pub peer: crate::broker::peer::Peer,
+    pub(super) peer: crate::broker::peer::Peer,
     /// Environment name.
-    pub environment: String,
+    pub(super) environment: String,
     /// Variables asked for (resolved: never empty).
-    pub variables: Vec<String>,
+    pub(super) variables: Vec<String>,
     /// The exact argv, or `None` for "any command" (request_access without a command).
-    pub argv: Option<Vec<String>>,
+    pub(super) argv: Option<Vec<String>>,
     /// Canonical working directory.
-    pub cwd: String,
+    pub(super) cwd: String,
+    /// The requester's reason: its claim, not a fact.
+    pub(super) reason: Option<String>,
+    /// Requested lifetime (seconds).
+    pub(super) ttl_seconds: Option<u64>,
+    /// Names of the requester's environment variables to pass through (shown to the human).
+    pub(super) pass_env: Vec<String>,
+    /// The executable `argv[0]` resolved to with the policy PATH, pinned.
+    pub(super) executable: Option<FilePin>,
+    /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
+    pub(super) inputs: Vec<InputPin>,
+    /// Risk flags computed by the broker (see `risk/`).
+    pub(super) risk: Vec<String>,
+    /// Values the requester could have chosen, shown on the card and bound into the grant:
+    /// pass-through values and variables stored without the factor (never one stored with it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) chosen_values: Vec<ChosenValue>,
+    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
+    /// another request); `None`: `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) stdin: Option<keyveil_proto::op::StdinInfo>,
+    /// Requested variables stored in the last day without the factor (or before keyveil
+    /// recorded how): the `new-variable` flag, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) new_variables: Vec<NewVariable>,
+    /// Where the requester's reason claims what the broker's facts contradict, in plain words
+    /// (`risk::contradictions`): shown on every surface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) contradictions: Vec<String>,
+    /// The mount read (its path) when the request is one (`broker/mounts/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) mount: Option<String>,
+    /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
+    /// of the process) may hold a value: the requester descends from a live run or from a
+    /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
+    /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
+    /// they are the agent's own and shown as given: masking them would answer planted guesses.
+    pub(super) masked: bool,
+    /// How many times this same ask was made (identical asks coalesce into one request).
+    pub(super) asks: u32,
+    /// When it was made.
+    pub(super) created_at: Timestamp,
+    /// State.
+    #[serde(flatten)]
+    pub(super) state: RequestState,
+    /// When the state last changed (used for denial memory).
+    #[serde(skip)]
+    pub(super) decided: Option<Instant>,
+}
+
+/// What the broker found about an ask before it becomes a request: the requester's reason and
+/// lifetime, the pins, flags and values to show ([`AccessReq::new`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestFacts {
     /// The requester's reason: its claim, not a fact.
     pub reason: Option<String>,
     /// Requested lifetime (seconds).
     pub ttl_seconds: Option<u64>,
-    /// Names of the requester's environment variables to pass through (shown to the human).
-    pub pass_env: Vec<String>,
     /// The executable `argv[0]` resolved to with the policy PATH, pinned.
     pub executable: Option<FilePin>,
-    /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
+    /// Fingerprinted inputs.
     pub inputs: Vec<InputPin>,
-    /// Risk flags computed by the broker (see `risk/`).
+    /// Risk flags.
     pub risk: Vec<String>,
-    /// Values the requester could have chosen, shown on the card and bound into the grant:
-    /// pass-through values and variables stored without the factor (never one stored with it).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Values the requester could have chosen.
     pub chosen_values: Vec<ChosenValue>,
-    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
-    /// another request); `None`: `/dev/null`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<keyveil_proto::op::StdinInfo>,
-    /// Requested variables stored in the last day without the factor (or before keyveil
-    /// recorded how): the `new-variable` flag, by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Requested variables stored recently without the factor.
     pub new_variables: Vec<NewVariable>,
-    /// Where the requester's reason claims what the broker's facts contradict, in plain words
-    /// (`risk::contradictions`): shown on every surface.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Where the reason contradicts the broker's facts.
     pub contradictions: Vec<String>,
-    /// The mount read (its path) when the request is one (`broker/mounts/`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mount: Option<String>,
-    /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
-    /// of the process) may hold a value: the requester descends from a live run or from a
-    /// mount reader that was written values ([`Inner::peer_holds_values`]). Only then are
-    /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
-    /// they are the agent's own and shown as given: masking them would answer planted guesses.
-    ///
-    /// [`Inner::peer_holds_values`]: super::inner::Inner::peer_holds_values
+    /// Its strings may hold a value ([`AccessReq::masked`]).
     pub masked: bool,
-    /// How many times this same ask was made (identical asks coalesce into one request).
-    pub asks: u32,
-    /// When it was made.
-    pub created_at: Timestamp,
-    /// State.
-    #[serde(flatten)]
-    pub state: RequestState,
-    /// When the state last changed (used for denial memory).
-    #[serde(skip)]
-    pub decided: Option<Instant>,
 }
 
 impl AccessReq {
+    /// A pending request `id` for `ask`, made now, with what the broker found about it.
+    pub(crate) fn new(id: u64, ask: &Ask, facts: RequestFacts) -> AccessReq {
+        let RequestFacts {
+            reason,
+            ttl_seconds,
+            executable,
+            inputs,
+            risk,
+            chosen_values,
+            new_variables,
+            contradictions,
+            masked,
+        } = facts;
+        AccessReq {
+            id,
+            client: ask.client.clone(),
+            peer: ask.peer.clone(),
+            environment: ask.environment.clone(),
+            variables: ask.variables.clone(),
+            argv: ask.argv.clone(),
+            cwd: ask.cwd.clone(),
+            reason,
+            ttl_seconds,
+            pass_env: ask.pass_env.clone(),
+            executable,
+            inputs,
+            risk,
+            chosen_values,
+            stdin: ask.stdin.clone(),
+            new_variables,
+            contradictions,
+            mount: ask.mount.as_ref().map(|m| m.path.clone()),
+            masked,
+            asks: 1,
+            created_at: Timestamp::now(),
+            state: RequestState::Pending,
+            decided: None,
+        }
+    }
+
+    /// Sequential id the human types in `keyveil approve ID`.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who asked, as the requester claims it.
+    pub(crate) fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// The process that really asked: its pid, executable and parents, from the socket
+    /// (`peer.rs`). Shown next to the claim.
+    pub(crate) fn peer(&self) -> &crate::broker::peer::Peer {
+        &self.peer
+    }
+
+    /// Environment name.
+    pub(crate) fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    /// Variables asked for (resolved: never empty).
+    pub(crate) fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// The exact argv, or `None` for "any command" (request_access without a command).
+    pub(crate) fn argv(&self) -> &Option<Vec<String>> {
+        &self.argv
+    }
+
+    /// Canonical working directory.
+    pub(crate) fn cwd(&self) -> &str {
+        &self.cwd
+    }
+
+    /// The requester's reason: its claim, not a fact.
+    pub(crate) fn reason(&self) -> &Option<String> {
+        &self.reason
+    }
+
+    /// Requested lifetime (seconds).
+    pub(crate) fn ttl_seconds(&self) -> Option<u64> {
+        self.ttl_seconds
+    }
+
+    /// Names of the requester's environment variables to pass through (shown to the human).
+    pub(crate) fn pass_env(&self) -> &[String] {
+        &self.pass_env
+    }
+
+    /// The executable `argv[0]` resolved to with the policy PATH, pinned.
+    pub(crate) fn executable(&self) -> &Option<FilePin> {
+        &self.executable
+    }
+
+    /// Fingerprinted inputs (npm scripts, Makefile, script operand, ...).
+    pub(crate) fn inputs(&self) -> &[InputPin] {
+        &self.inputs
+    }
+
+    /// Risk flags computed by the broker (see `risk/`).
+    pub(crate) fn risk(&self) -> &[String] {
+        &self.risk
+    }
+
+    /// Values the requester could have chosen, shown on the card and bound into the grant:
+    /// pass-through values and variables stored without the factor (never one stored with it).
+    pub(crate) fn chosen_values(&self) -> &[ChosenValue] {
+        &self.chosen_values
+    }
+
+    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
+    /// another request); `None`: `/dev/null`.
+    pub(crate) fn stdin(&self) -> &Option<keyveil_proto::op::StdinInfo> {
+        &self.stdin
+    }
+
+    /// Requested variables stored in the last day without the factor (or before keyveil
+    /// recorded how): the `new-variable` flag, by name.
+    pub(crate) fn new_variables(&self) -> &[NewVariable] {
+        &self.new_variables
+    }
+
+    /// Where the requester's reason claims what the broker's facts contradict, in plain words
+    /// (`risk::contradictions`): shown on every surface.
+    pub(crate) fn contradictions(&self) -> &[String] {
+        &self.contradictions
+    }
+
+    /// The mount read (its path) when the request is one (`broker/mounts/`).
+    pub(crate) fn mount(&self) -> &Option<String> {
+        &self.mount
+    }
+
+    /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
+    /// of the process) may hold a value: the requester descends from a live run or from a
+    /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
+    /// they matched against values (`card_redact.rs`) wherever they are shown; otherwise
+    /// they are the agent's own and shown as given: masking them would answer planted guesses.
+    pub(crate) fn masked(&self) -> bool {
+        self.masked
+    }
+
+    /// How many times this same ask was made (identical asks coalesce into one request).
+    pub(crate) fn asks(&self) -> u32 {
+        self.asks
+    }
+
+    /// When it was made.
+    pub(crate) fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// State.
+    pub(crate) fn state(&self) -> &RequestState {
+        &self.state
+    }
+
+    /// When the state last changed (used for denial memory).
+    pub(crate) fn decided(&self) -> Option<Instant> {
+        self.decided
+    }
+
     /// Whether `other` asks for the same thing as this request.
     pub(crate) fn same_ask(&self, ask: &Ask) -> bool {
         self.client.scope_key() == ask.client.scope_key()
@@ -122,6 +307,15 @@ impl AccessReq {
             && self.mount.as_deref() == ask.mount.as_ref().map(|m| m.path.as_str())
             // A mount read is one process's read: another process is another request.
             && (self.mount.is_none() || self.client.pid == ask.client.pid)
+    }
+
+    /// Counts one more identical ask coalesced into this request, flagging a `burst` once
+    /// (`bursting`: the asker's recent requests crossed the burst threshold).
+    pub(crate) fn ask_again(&mut self, bursting: bool) {
+        self.asks += 1;
+        if bursting && !self.risk.iter().any(|f| f == "burst") {
+            self.risk.push("burst".to_owned());
+        }
     }
 
     /// The deadline of a pending request.
@@ -260,53 +454,131 @@ pub(crate) struct MountAsk {
     pub flags: Vec<String>,
 }
 
-impl Inner {
-    /// The request with this id (pending or decided; decided ones are forgotten after a while).
-    pub(crate) fn request(&self, id: u64) -> Option<&AccessReq> {
-        self.requests.get(&id)
+/// When `var`'s current value was stored without the factor, as given by the caller (so an
+/// agent may have chosen it): `None` for values stored with the factor, generated, dynamic, or
+/// stored before keyveil recorded how.
+pub(crate) fn agent_chosen(var: &keyveil_vault::Variable) -> Option<Timestamp> {
+    match var.stored {
+        Some(r)
+            if !r.factor
+                && var.source == keyveil_vault::Source::Human
+                && var.dynamic.is_none()
+                && var.value.is_some() =>
+        {
+            Some(r.at)
+        }
+        _ => None,
+    }
+}
+
+/// The requests kept (pending, and decided ones for a while), and the ids they get.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    by_id: BTreeMap<u64, AccessReq>,
+    /// Next request id.
+    next: u64,
+    /// Where the next request id is kept across restarts (`request_ids.rs`); `None` in tests
+    /// that build a broker state by hand.
+    ids_file: Option<std::path::PathBuf>,
+}
+
+impl Requests {
+    /// No request yet; ids start at `next` and are kept in `file` (`None`: not kept).
+    pub(super) fn new(next: u64, file: Option<std::path::PathBuf>) -> Requests {
+        Requests {
+            by_id: BTreeMap::new(),
+            next,
+            ids_file: file,
+        }
     }
 
-    /// The request with this id, mutably (to decide it, or count one more ask).
-    pub(crate) fn request_mut(&mut self, id: u64) -> Option<&mut AccessReq> {
-        self.requests.get_mut(&id)
+    /// The request with this id (pending or decided; decided ones are forgotten after a while).
+    pub(crate) fn get(&self, id: u64) -> Option<&AccessReq> {
+        self.by_id.get(&id)
     }
 
     /// Every request kept, by id.
     #[cfg(test)]
-    pub(crate) fn requests(&self) -> impl Iterator<Item = &AccessReq> {
-        self.requests.values()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &AccessReq> {
+        self.by_id.values()
     }
 
-    /// Every request kept, mutably (to expire them all at lock).
-    pub(crate) fn requests_mut(&mut self) -> impl Iterator<Item = &mut AccessReq> {
-        self.requests.values_mut()
+    /// Every request kept, mutably (an identical ask counted on a pending one:
+    /// [`AccessReq::ask_again`]).
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AccessReq> {
+        self.by_id.values_mut()
+    }
+
+    /// Decides pending request `id`: it takes `state` (approved, denied or expired) now.
+    /// Returns the request, or `None` when there is no such request or it is no longer
+    /// pending (nothing is changed then).
+    pub(crate) fn decide(&mut self, id: u64, state: RequestState) -> Option<&AccessReq> {
+        let r = self.by_id.get_mut(&id)?;
+        if r.state != RequestState::Pending {
+            return None;
+        }
+        r.state = state;
+        r.decided = Some(Instant::now());
+        Some(r)
+    }
+
+    /// Denies every pending request, with `reason` (at lock, and when the broker stops).
+    pub(crate) fn deny_all_pending(&mut self, reason: &str) {
+        let ids: Vec<u64> = self.pending().map(|r| r.id).collect();
+        for id in ids {
+            self.decide(
+                id,
+                RequestState::Denied {
+                    reason: Some(reason.to_owned()),
+                },
+            );
+        }
     }
 
     /// The requests waiting for the human.
-    pub(crate) fn pending_requests(&self) -> impl Iterator<Item = &AccessReq> {
-        self.requests
+    pub(crate) fn pending(&self) -> impl Iterator<Item = &AccessReq> {
+        self.by_id
             .values()
             .filter(|r| r.state == RequestState::Pending)
     }
 
-    /// Adds a request (its id from [`Inner::take_request_id`]).
-    pub(crate) fn insert_request(&mut self, req: AccessReq) {
-        self.requests.insert(req.id, req);
+    /// Adds a request (its id from [`Requests::take_id`]).
+    pub(crate) fn insert(&mut self, req: AccessReq) {
+        self.by_id.insert(req.id, req);
     }
 
     /// The id the next request will get.
-    pub(crate) fn next_request_id(&self) -> u64 {
-        self.next_request
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next
     }
 
     /// Takes the next request id (a request, or a run asked for while locked): it is never
     /// given again, across restarts too (`request_ids.rs`).
-    pub(crate) fn take_request_id(&mut self) -> u64 {
-        let id = self.next_request;
-        self.next_request += 1;
-        if let Some(f) = &self.request_ids {
-            crate::broker::request_ids::store(f, self.next_request);
+    pub(crate) fn take_id(&mut self) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        if let Some(f) = &self.ids_file {
+            crate::broker::request_ids::store(f, self.next);
         }
         id
+    }
+
+    /// Marks pending requests past their deadline expired, and forgets requests decided long
+    /// ago (keeping the map small); the ids of those that expired now.
+    pub(super) fn expire(&mut self) -> Vec<u64> {
+        let now = Timestamp::now();
+        let mut expired = Vec::new();
+        for r in self.by_id.values_mut() {
+            if r.state == RequestState::Pending && r.expires_at() <= now {
+                r.state = RequestState::Expired;
+                r.decided = Some(Instant::now());
+                expired.push(r.id);
+            }
+        }
+        self.by_id.retain(|_, r| {
+            r.state == RequestState::Pending
+                || r.decided.is_none_or(|d| d.elapsed() < DENIAL_MEMORY * 2)
+        });
+        expired
     }
 }

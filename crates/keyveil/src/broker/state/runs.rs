@@ -1,31 +1,81 @@
-//! Runs in progress ([`LiveRun`]) and what stopping them achieved ([`RunsStopped`]).
+//! Runs in progress ([`LiveRun`]), their store ([`Runs`]), and what stopping them achieved
+//! ([`RunsStopped`]).
 
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::inner::Inner;
+use std::collections::BTreeMap;
 
 /// A run in progress.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LiveRun {
     /// Run id.
-    pub id: String,
+    pub(super) id: String,
     /// Grant id.
-    pub grant_id: String,
+    pub(super) grant_id: String,
     /// The process group the run started in: the pid of its reaper (Linux; the command is the
     /// reaper's child and starts in that group, which it may leave), or of the command.
-    pub pgid: i32,
+    pub(super) pgid: i32,
     /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
-    pub argv: Vec<String>,
+    pub(super) argv: Vec<String>,
     /// Start.
-    pub started_at: Timestamp,
-    /// How the run's processes ended, once they have (see [`super::Inner::runs_ended`]).
+    pub(super) started_at: Timestamp,
+    /// How the run's processes ended, once they have (see [`Runs::ended_of`]).
     #[serde(skip)]
-    pub ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
+    pub(super) ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
     /// The run's egress proxy, when a variable of it is bound to hosts (closed when the run
     /// ends, and by its grant's end).
     #[serde(skip)]
-    pub egress: Option<std::sync::Arc<crate::broker::egress::RunEgress>>,
+    pub(super) egress: Option<std::sync::Arc<crate::broker::egress::RunEgress>>,
+}
+
+impl LiveRun {
+    /// A run that started now: `id` under grant `grant_id`, in process group `pgid`, its argv
+    /// as shown (`argv`, masked), how its processes end (`ended`), its egress proxy.
+    pub(crate) fn new(
+        id: String,
+        grant_id: String,
+        pgid: i32,
+        argv: Vec<String>,
+        ended: tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>,
+        egress: Option<std::sync::Arc<crate::broker::egress::RunEgress>>,
+    ) -> LiveRun {
+        LiveRun {
+            id,
+            grant_id,
+            pgid,
+            argv,
+            started_at: Timestamp::now(),
+            ended,
+            egress,
+        }
+    }
+
+    /// Run id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Grant id.
+    pub(crate) fn grant_id(&self) -> &str {
+        &self.grant_id
+    }
+
+    /// The process group the run started in: the pid of its reaper (Linux; the command is the
+    /// reaper's child and starts in that group, which it may leave), or of the command.
+    pub(crate) fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
+    /// argv as the requester gave it, every whole value masked (`card_redact.rs`).
+    pub(crate) fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// Start.
+    pub(crate) fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
 }
 
 /// What stopping some runs achieved: the reply to `revoke` and `lock` says it.
@@ -79,32 +129,64 @@ impl RunsStopped {
     }
 }
 
-impl Inner {
+/// The live runs, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    by_id: BTreeMap<String, LiveRun>,
+}
+
+impl Runs {
     /// The live runs.
-    pub(crate) fn runs(&self) -> impl Iterator<Item = &LiveRun> {
-        self.runs.values()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &LiveRun> {
+        self.by_id.values()
     }
 
     /// Whether a run under this grant is live.
     pub(crate) fn grant_has_runs(&self, grant_id: &str) -> bool {
-        self.runs.values().any(|r| r.grant_id == grant_id)
+        self.by_id.values().any(|r| r.grant_id == grant_id)
     }
 
     /// Registers a run that started.
-    pub(crate) fn insert_run(&mut self, run: LiveRun) {
-        self.runs.insert(run.id.clone(), run);
+    pub(crate) fn insert(&mut self, run: LiveRun) {
+        self.by_id.insert(run.id.clone(), run);
     }
 
     /// Forgets a run that ended; returns it.
-    pub(crate) fn remove_run(&mut self, id: &str) -> Option<LiveRun> {
-        self.runs.remove(id)
+    pub(crate) fn remove(&mut self, id: &str) -> Option<LiveRun> {
+        self.by_id.remove(id)
     }
 
     /// Takes a live run's egress proxy (to close it).
-    pub(crate) fn take_run_egress(
+    pub(crate) fn take_egress(
         &mut self,
         id: &str,
     ) -> Option<std::sync::Arc<crate::broker::egress::RunEgress>> {
-        self.runs.get_mut(id).and_then(|r| r.egress.take())
+        self.by_id.get_mut(id).and_then(|r| r.egress.take())
+    }
+
+    /// Watches on the end of every live run of these grants (to wait for them with
+    /// [`RunsStopped::wait`] once the lock is released).
+    pub(crate) fn ended_of(
+        &self,
+        grant_ids: &[String],
+    ) -> Vec<tokio::sync::watch::Receiver<Option<crate::broker::spawn::TreeEnd>>> {
+        self.by_id
+            .values()
+            .filter(|r| grant_ids.contains(&r.grant_id))
+            .map(|r| r.ended.clone())
+            .collect()
+    }
+
+    /// The grants live runs are under (each once).
+    pub(super) fn grant_ids(&self) -> std::collections::BTreeSet<String> {
+        self.by_id.values().map(|r| r.grant_id.clone()).collect()
+    }
+
+    /// The process groups of the live runs (their reapers' pids).
+    pub(super) fn pgids(&self) -> Vec<u32> {
+        self.by_id
+            .values()
+            .filter_map(|r| u32::try_from(r.pgid).ok())
+            .collect()
     }
 }

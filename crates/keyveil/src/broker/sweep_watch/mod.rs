@@ -620,7 +620,7 @@ async fn found(
     mut batch: Vec<Finding>,
 ) {
     // Guessable values are reported, never contained by the watch itself (see
-    // `sweep_ops::guessable`); the redactor's names say which. Nor is a variable contained
+    // `card_redact::guessable`); the redactor's names say which. Nor is a variable contained
     // twice.
     // A former value is reported, never contained (its variable was rotated already): it must
     // not count in `contained_once`, whose size the `sweep_watch_end` entry (readable by the

@@ -39,7 +39,7 @@ pub(super) async fn login(State(st): State<AppState>, RawQuery(q): RawQuery) -> 
         );
     }
     // A session that approves must be on the record: refused when the log cannot be written.
-    if let Err(e) = st.broker.lock().audit_ready("web_login") {
+    if let Err(e) = st.broker.lock().audit_log_mut().ready("web_login") {
         let text = format!("{} ({})", e.message, e.hint.unwrap_or_default());
         return notice(StatusCode::SERVICE_UNAVAILABLE, "Not opened", &text);
     }

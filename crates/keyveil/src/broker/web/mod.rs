@@ -55,8 +55,28 @@ use approvals::{approve, deny, events, fragment, index, login, revoke};
 pub(crate) use auth::Server;
 use checks::guard;
 use reveal::reveal;
-pub(crate) use set_value::set_url;
-use set_value::{set_page, set_value};
+use set_value::{set_page, set_url, set_value};
+
+/// Answers the requests for the page's links (`WebUrl`: the approval page's one-time URL,
+/// `SetUrl`: a value-entry link), which the accept loop routes here rather than to the
+/// dispatcher (the page is a client of the dispatcher, `ops::call`): each with its typed
+/// reply, names hidden as in every reply.
+pub(crate) async fn answer(
+    broker: &Arc<Broker>,
+    req: keyveil_proto::Request,
+) -> keyveil_proto::Reply {
+    use super::ops::{answer, reply_of, typed};
+    use keyveil_proto::Request;
+    let r = match req {
+        Request::WebUrl => answer(op::WebUrl, url(broker).await),
+        Request::SetUrl(o) => typed(&o).answer(set_url(broker, &o.environment, &o.name).await),
+        other => Err(OpError::new(
+            ErrorCode::Usage,
+            format!("{} is not a request of the approval page", other.op()),
+        )),
+    };
+    reply_of(broker, r, true)
+}
 
 /// How long a URL token may wait for its first use.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(300);

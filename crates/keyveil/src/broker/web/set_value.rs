@@ -103,7 +103,7 @@ pub(crate) async fn set_url(
         .get_or_try_init(|| start(broker.clone()))
         .await?;
     // A link that lets a value be set must be on the record.
-    broker.lock().audit_ready("web_set_link")?;
+    broker.lock().audit_log_mut().ready("web_set_link")?;
     let token = server.mint_set(environment, name, Instant::now())?;
     broker.lock().audit(
         "web_set_link",

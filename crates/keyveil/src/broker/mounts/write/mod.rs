@@ -340,7 +340,7 @@ impl Served<'_> {
         {
             let mut inner = broker.lock();
             // The reader's argv and cwd, matched against values as its card was.
-            let masked = inner.grant(grant_id).is_none_or(|g| g.masked);
+            let masked = inner.grants().get(grant_id).is_none_or(|g| g.masked());
             inner.audit_as(
                 "mount_read",
                 json!({

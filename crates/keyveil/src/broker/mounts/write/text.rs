@@ -21,8 +21,9 @@ pub(in crate::broker::mounts) fn dotenv_text(
 ) -> Result<(zeroize::Zeroizing<String>, Vec<Line>), String> {
     let inner = broker.lock();
     let vars = inner
-        .grant(grant_id)
-        .map(|g| g.variables.clone())
+        .grants()
+        .get(grant_id)
+        .map(|g| g.variables().to_owned())
         .unwrap_or_default();
     let opened = inner.sealed_values(env, &vars).and_then(|sealed| {
         sealed
