@@ -101,6 +101,9 @@ const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read()))
 /// reader's output and the audit.
 fn steal(mode: &str, reader: &str) -> (String, String) {
     let h = Home::new();
+    // The layers behind the count of openings, which would refuse these thieves' openings
+    // before the first piece (`redteam_s11_mounts.rs`).
+    h.without_open_count();
     let vals = values();
     store(&h, &vals);
     let p = Project::new();

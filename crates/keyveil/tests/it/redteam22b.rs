@@ -216,7 +216,17 @@ pub(crate) fn theft(mode: &str, reader: &str) -> Theft {
 
 /// [`theft`], in an environment whose policy hides variable names when `hide_names`.
 fn theft_in(mode: &str, reader: &str, hide_names: bool) -> Theft {
+    theft_with(mode, reader, hide_names, false)
+}
+
+/// [`theft_in`]; `counted`: with the count of the FIFO's openings, which refuses every
+/// thief here that opens `/proc/READER/fd/N` before the swap; without it (the other replays),
+/// the layers behind it, as on a kernel without fanotify.
+pub(crate) fn theft_with(mode: &str, reader: &str, hide_names: bool, counted: bool) -> Theft {
     let h = Home::new();
+    if !counted {
+        h.without_open_count();
+    }
     let vals = values();
     store(&h, &vals);
     if hide_names {

@@ -36,7 +36,18 @@ pub(crate) async fn supervise(broker: Arc<Broker>) {
                 .collect()
         };
         for (path, dev, ino) in todo {
+            // A FIFO made before this broker started: its openings are counted from now on
+            // (trusted once no read end is seen).
+            if !opens_known(dev, ino) && matches!(at_path(&path, dev, ino), AtPath::Ours) {
+                watch_opens(Path::new(&path), dev, ino);
+            }
+            before_poll(dev, ino);
             let opened = open_if_read(&path, dev, ino);
+            if matches!(opened, Ok(None))
+                && let Some(w) = opens_of(dev, ino)
+            {
+                w.reset();
+            }
             let mut m = broker.mounts.lock();
             let Some(e) = m.get_mut(&path) else { continue };
             match opened {
@@ -125,6 +136,20 @@ pub(super) async fn serve_read(
             );
         }
     };
+    // Every read end was opened: one opening beyond the reader's is a copier's read end,
+    // which it may have parked out of sight (a socket's queue, an io_uring ring). The FIFO is
+    // replaced by a fresh one, so that such a read end holds nothing the next reader gets.
+    if let Some(why) = openings_doubt(dev, ino) {
+        refuse(
+            broker,
+            path,
+            &hs,
+            &format!("{why}; nothing was served; read it again"),
+        );
+        let _ = swap(broker, path, dev, ino);
+        forget_opens(dev, ino);
+        return;
+    }
     let Some(r) = identify(&reader) else {
         return refuse(
             broker,
@@ -150,6 +175,15 @@ pub(super) async fn serve_read(
             broker.mounts.note(path, true, why);
             drop(fd);
         }
+    }
+    // A FIFO swapped out is served no more.
+    let current = broker
+        .mounts
+        .lock()
+        .get(path)
+        .map(|e| (e.stored.dev, e.stored.ino));
+    if current != Some((dev, ino)) {
+        forget_opens(dev, ino);
     }
 }
 
