@@ -519,3 +519,53 @@ fn a_fifo_opened_before_its_watch_is_not_trusted() {
     early.kill().unwrap();
     early.wait().unwrap();
 }
+
+/// Which descriptor a holder waits on (`/proc/PID/task/*/syscall`): a stand-in holding the
+/// FIFO but asleep reading another pipe (its standard input) is not waiting on it; `cat`
+/// reading the FIFO as its standard input is.
+#[test]
+fn a_holder_asleep_on_another_pipe_is_not_waiting_on_the_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.env");
+    let (dev, ino) = make_fifo(&p).unwrap();
+    let wait_for = |child: &std::process::Child, want: bool| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = waits_on_fifo(child.id(), dev, ino);
+            if got == Some(want) || (got.is_none() && std::env::var_os("CI").is_none()) {
+                return got;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "waits_on_fifo said {got:?}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut stand_in = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 3<> \"$0\"; exec cat >/dev/null",
+            p.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    holder_of(&stand_in, dev, ino);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(wait_for(&stand_in, false), Some(true));
+    stand_in.kill().unwrap();
+    stand_in.wait().unwrap();
+    let mut reader = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 0<> \"$0\"; exec cat >/dev/null",
+            p.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    holder_of(&reader, dev, ino);
+    assert_ne!(wait_for(&reader, true), Some(false));
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+}
