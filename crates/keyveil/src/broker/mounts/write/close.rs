@@ -131,7 +131,8 @@ pub(in crate::broker::mounts) fn read_end_left(
 /// Closes the broker's write end (`fd`) of a FIFO it wrote nothing into and tells whether
 /// another process still holds it for writing (`Some(why)`): a read end of the broker's own,
 /// opened first, reads `EAGAIN` without blocking exactly while a writer remains (end of file
-/// when none does), as in [`close_alone`]. What such a writer writes is read as `.env`.
+/// when none does), as in [`close_alone`]. What such a writer writes is read as `.env`;
+/// what was written into the pipe before is read out here.
 pub(in crate::broker::mounts) fn other_writer(fd: OwnedFd) -> Option<String> {
     use rustix::fs::{Mode, OFlags};
     use std::os::fd::AsRawFd;
@@ -143,10 +144,16 @@ pub(in crate::broker::mounts) fn other_writer(fd: OwnedFd) -> Option<String> {
     drop(fd);
     let rd = rd.ok()?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; 4096]);
-    match rustix::io::read(&rd, &mut buf[..]) {
-        Err(rustix::io::Errno::AGAIN) | Ok(1..) => Some(
-            "another process holds the FIFO open for writing (out of sight of /proc, as through io_uring)".to_owned(),
-        ),
-        _ => None,
+    // What another process wrote before is taken out on the way (the reader gets none of it).
+    loop {
+        match rustix::io::read(&rd, &mut buf[..]) {
+            Ok(1..) | Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                return Some(
+                    "another process holds the FIFO open for writing (out of sight of /proc, as through io_uring)".to_owned(),
+                );
+            }
+            Ok(0) | Err(_) => return None,
+        }
     }
 }
