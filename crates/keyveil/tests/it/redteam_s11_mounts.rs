@@ -407,8 +407,8 @@ src = f"/proc/{pid}/fd/9"
 while not os.path.exists(src):
     time.sleep(0.001)
 data = b""; m0 = os.stat(src).st_mtime_ns; t0 = time.time(); last = None
-# Until 3 s after the last write (at most 60 s for the first).
-while time.time() - (last or t0) < (3 if last else 60):
+# Until 3 s after the last write (at most 15 s for the first: the broker gives up after 5).
+while time.time() - (last or t0) < (3 if last else 15):
     try:
         m = os.stat(src).st_mtime_ns
     except OSError:

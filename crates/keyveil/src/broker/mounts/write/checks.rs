@@ -139,7 +139,7 @@ pub(in crate::broker::mounts) async fn wait_reading(
             Some(true) | None => return Ok(()),
             Some(false) if t0.elapsed() >= READ_WAIT => {
                 return Err(format!(
-                    "the reader did not start reading within {} s; nothing was written",
+                    "the reader did not start reading the FIFO within {} s (where /proc shows the descriptor it waits on, it must be the FIFO's: a holder asleep on another input is a stand-in); nothing was written",
                     READ_WAIT.as_secs()
                 ));
             }
