@@ -461,6 +461,9 @@ pub(crate) const MOUNT_WARNING: &[&str] = &[
     "cannot stop it or take the values back once read. If you can change how it starts,",
     "use `keyveil run --env ENV -- COMMAND` instead. Once read, the values are in its memory,",
     "open to other programs of your user that may debug it (the agent too, if it started it).",
+    "Where the kernel does not let keyveil see which file a reader waits on (Yama's ptrace_scope",
+    "1 or more, for a broker not run as root) or count the file's openings (no fanotify), the",
+    "program shown may be a stand-in while another program of your user reads the text.",
 ];
 
 /// "`ARGV` (pid N) wants to read `PATH` of environment ENV", escaped.

@@ -57,6 +57,12 @@ impl Home {
         self.dir.path()
     }
 
+    /// Mounts made from now on are served as on a kernel without fanotify (no count of the
+    /// FIFO's openings, debug builds only): for the replays of the layers behind that count.
+    pub fn without_open_count(&self) {
+        std::fs::write(self.path().join("no-open-count"), "").unwrap();
+    }
+
     /// `keyveil ARGS` for this home: a clean environment, stdin on /dev/null, and in a session
     /// of its own (`setsid`), so it has no controlling terminal: nothing a test starts can ever
     /// prompt on the developer's terminal (a prompt fails with "no terminal", as in CI).
@@ -72,6 +78,12 @@ impl Home {
             // The broker's subordinate uid ranges (debug builds only): `/etc/subuid` of a
             // machine under test stays out of it; a test writes `subuid` in the home.
             .env("KEYVEIL_TEST_SUBUID", self.path().join("subuid"))
+            // Debug builds serve without the count of a FIFO's openings while this file
+            // exists ([`Home::without_open_count`]).
+            .env(
+                "KEYVEIL_TEST_NO_OPEN_COUNT",
+                self.path().join("no-open-count"),
+            )
             .env("LANG", "C.UTF-8")
             .stdin(Stdio::null());
         c

@@ -101,6 +101,9 @@ const HONEST: &str = "import sys\nsys.stdout.write(str(len(open('.env').read()))
 /// reader's output and the audit.
 fn steal(mode: &str, reader: &str) -> (String, String) {
     let h = Home::new();
+    // The layers behind the count of openings, which would refuse these thieves' openings
+    // before the first piece (`redteam_s11_mounts.rs`).
+    h.without_open_count();
     let vals = values();
     store(&h, &vals);
     let p = Project::new();
@@ -299,8 +302,13 @@ fn lines_written_into_the_fifo_before_the_write_make_the_read_empty_of_values() 
     assert!(inj.status.success(), "{}", text(&inj.stderr));
     approve_card(&h, &card, &[]);
     let o = finished(reader);
-    // The reader reads the agent's line and nothing of the broker's.
-    assert_eq!(text(&o.stdout), "EVIL=1\n");
+    // The reader reads the agent's line (or nothing: the broker, looking for a writer left
+    // after it refused the read, takes out what is in the pipe) and nothing of the broker's.
+    assert!(
+        ["EVIL=1\n", ""].contains(&text(&o.stdout).as_str()),
+        "{}",
+        text(&o.stdout).len()
+    );
     assert_ne!(nul_pairs(&o.stdout), want(&vals));
     assert!(
         h.audit_text()

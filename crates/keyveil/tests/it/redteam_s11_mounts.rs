@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{Home, text, wait_output};
-use crate::mount::{Project, approve_card, finished, mount, store, values, wait_card};
+use crate::mount::{Project, approve_card, finished, mount, pending, store, values, wait_card};
 use crate::redteam_s9c::{longest_run, wait_ready};
 use crate::redteam_s10::{self, copy_with};
 use crate::redteam22b::{self, theft};
@@ -48,8 +48,11 @@ fn a_tee_thief_under_a_subordinate_uid_written_in_hexadecimal_is_reported() {
 /// not only "possible tampering".
 fn assert_rdwr_held(t: &redteam22b::Theft) {
     assert_eq!(t.leaked, 0, "the thief read values; {}", t.audit);
+    // Its opening, counted since the FIFO was made, refuses the read before the first piece
+    // (nothing written); or, where it got past that, a stop or the check after the text.
+    let refused = t.bytes == 0 && t.audit.contains("times by other processes than the broker");
     assert!(
-        t.audit.contains("\"mount_read_suspect\""),
+        refused || t.audit.contains("\"mount_read_suspect\""),
         "a write end held out of sight went unreported; {}",
         t.audit
     );
@@ -83,8 +86,13 @@ fn assert_rdwr_held(t: &redteam22b::Theft) {
 /// its read (`IN_ACCESS`, which parts it from the broker's own write: checked on this
 /// kernel, 6.18), so a piece put back stops the read as a possible theft with its bound;
 /// and the write end it keeps is found after the text (`after_text`, possible tampering).
+/// Run without the count of openings (which refuses this thief before the first piece:
+/// `a_ring_held_read_write_thief_is_refused_by_the_count_of_openings`), as on a kernel
+/// without fanotify. Was a flaky LEAK: once 8 bytes read against a stated bound of 4 (the
+/// ring's events come when its read and write *complete*, after the reader was woken, so a
+/// piece could pass before they were seen and the next be written); the bound is now every
+/// piece written once a foreign write is seen.
 #[test]
-#[ignore = "LEAK (flaky, seen in a fresh-clone CI run 2026-12-07): the thief read 8 bytes while the stopped read's report said at most 4 (reported and the grant ended, but the bound understated; the thief may also count a piece it put back and read again): to diagnose"]
 fn a_ring_held_read_write_thief_that_puts_each_piece_back_is_reported() {
     let t = theft("uring+rdwr", HONEST);
     eprintln!(
@@ -94,6 +102,24 @@ fn a_ring_held_read_write_thief_that_puts_each_piece_back_is_reported() {
         t.audit.contains("\"mount_read_suspect\"")
     );
     assert_rdwr_held(&t);
+}
+
+/// The same thief with the count of the FIFO's openings (fanotify, from `mkfifo` on): its
+/// opening of `/proc/READER/fd/N` while the card waits is the second, and the read is
+/// refused before the first piece: nothing written, nothing read.
+#[test]
+fn a_ring_held_read_write_thief_is_refused_by_the_count_of_openings() {
+    let t = redteam22b::theft_with("uring+rdwr", HONEST, false, true);
+    eprintln!(
+        "uring+rdwr counted: {} bytes read by the thief; honest read {}",
+        t.bytes, t.honest
+    );
+    assert_eq!(t.bytes, 0, "the thief read {} bytes; {}", t.bytes, t.mounts);
+    assert!(
+        t.audit.contains("times by other processes than the broker"),
+        "{}",
+        t.audit
+    );
 }
 
 /// As above with the agent's busy loops (two per CPU, normal priority) so that the woken
@@ -176,10 +202,32 @@ sys.stderr.write(f"copies {len(data)}\nheld_ms {held * 1000:.2f}\n")
 sys.stdout.buffer.write(b"".join(data))
 "#;
 
+/// The reader's card, or `None` once the broker refused the read without one (at most 20 s).
+fn card_or_refusal(h: &Home) -> Option<serde_json::Value> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(r) = pending(h).pop() {
+            return Some(r);
+        }
+        if h.audit_text().contains("\"mount_refused\"") {
+            return None;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no request appeared: {}",
+            h.ok(&["mounts"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What the parked-descriptor thief came to: (bytes copied, longest run of one value, pieces,
 /// whether the broker reported anything, what the human is told).
-fn parked(window_ms: u32) -> (usize, usize, usize, bool, String) {
+fn parked(window_ms: u32, counted: bool) -> (usize, usize, usize, bool, String) {
     let h = Home::new();
+    if !counted {
+        h.without_open_count();
+    }
     let vals = values();
     store(&h, &vals);
     let p = Project::new();
@@ -198,17 +246,29 @@ fn parked(window_ms: u32) -> (usize, usize, usize, bool, String) {
         .spawn()
         .unwrap();
     let reader = p.reader(&["python3", "-c", HONEST], &[]);
-    let card = wait_card(&h);
-    wait_ready(&p, "parked-ready");
-    approve_card(&h, &card, &[]);
+    // The thief's opening may come before the card (then the read is refused at once, no
+    // card) or while it waits (refused before the first piece).
+    let card = card_or_refusal(&h);
+    if let Some(card) = &card {
+        wait_ready(&p, "parked-ready");
+        approve_card(&h, card, &[]);
+    }
     let honest = finished(reader);
     let stolen = wait_output(thief, Duration::from_secs(60));
+    // Refused before the card, the reader may be gone before the thief found it.
     assert!(
-        stolen.status.success(),
+        stolen.status.success() || card.is_none(),
         "thief failed: {}",
         text(&stolen.stderr)
     );
     let audit = h.audit_text();
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("mount_")))
+    {
+        eprintln!("audit: {} {}", e["event"], e["why"]);
+    }
     let reported =
         audit.contains("\"mount_read_suspect\"") || !audit.contains("\"opened_during_write\":[]");
     let longest = vals
@@ -243,15 +303,28 @@ fn parked(window_ms: u32) -> (usize, usize, usize, bool, String) {
 /// (it needs only what opening `/proc/READER/fd/N` needs, which Yama does not restrict, so
 /// keeping the reader out of the agent's process tree does not stop it). Measured: 4 of 4
 /// runs copied unreported (`mount_read`, `opened_during_write: []`): 2 to 24 pieces, 7 to 99
-/// bytes, up to 20 consecutive bytes of one value. No small fix: an in-flight descriptor is in
-/// no `/proc` table (a socket's `scm_fds` in its fdinfo counts them, but a ring can hold the
-/// socket, or the FIFO itself and give it back with `IORING_OP_FIXED_FD_INSTALL`); the
-/// `tee(2)` shows as an `IN_ACCESS`, which inotify merges with the reader's (fanotify's
-/// `FAN_ACCESS` per process would tell, not built).
+/// bytes, up to 20 consecutive bytes of one value (was a LEAK). Held since by the count of the
+/// FIFO's openings (fanotify, from `mkfifo` on, whose events of two processes never merge):
+/// the thief's opening is the second, so the read is refused before the first piece (4 runs:
+/// 0 bytes copied, `mount_not_written`).
 #[test]
-#[ignore = "LEAK: a copier that parks its descriptor of the served FIFO in an SCM_RIGHTS message (opened as /proc/READER/fd/N while the card waits) and takes it back with recvmsg at each piece copies it with tee(2) unreported: no opening, no io_uring worker, and its descriptor is in no /proc/PID/fd when the holders scan runs; needs no ptrace attach access"]
 fn a_thief_with_a_descriptor_parked_in_a_socket_copies_pieces_unreported() {
-    let (bytes, longest, copies, reported, mounts) = parked(2);
+    let (bytes, longest, copies, reported, mounts) = parked(2, true);
+    assert!(
+        bytes == 0 || reported,
+        "the thief copied {bytes} bytes in {copies} pieces unreported (longest run of one value: {longest}); mounts: {mounts}"
+    );
+}
+
+/// The same thief where the kernel refuses the count of openings (no fanotify with file ids):
+/// what is left is the check after the text (a read end left once the reader closed the
+/// FIFO is a possible theft of the whole text), which this thief meets only when its parked
+/// read end outlives the reader's; it drops it as soon as the reader is gone, a race it
+/// often wins. Measured: 2 of 4 runs reported, the others copied 37 to 179 bytes unreported.
+#[test]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: a copier without io_uring): without fanotify a FIFO's read ends are told apart from none only by 'at least one', so a parked read end dropped before the reader closes the FIFO copies pieces unreported"]
+fn a_thief_with_a_parked_descriptor_without_the_count_of_openings_is_reported() {
+    let (bytes, longest, copies, reported, mounts) = parked(2, false);
     assert!(
         bytes == 0 || reported,
         "the thief copied {bytes} bytes in {copies} pieces unreported (longest run of one value: {longest}); mounts: {mounts}"
@@ -303,27 +376,39 @@ fn mount_path_spellings_and_symlinks_do_not_make_a_second_mount() {
     assert_eq!(listed.matches("environment demo").count(), 1, "{listed}");
 }
 
-/// The agent's side of a stand-in reader: it opens `.env` itself (non-blocking, while no card
-/// is asked yet), starts an ordinary program, `sha256sum`, with that descriptor inherited
-/// (as fd N: the program never reads it) and its standard input a pipe the agent feeds, then
-/// parks its own descriptor in a socket (`SCM_RIGHTS`) and closes it: the one holder the
-/// broker sees, and the card shows, is `sha256sum`, asleep in a pipe read (its stdin). At
+/// The agent's side of a stand-in reader: a child of it opens `.env` (non-blocking, while no
+/// card is asked yet), sends the agent that descriptor (`SCM_RIGHTS`: the same open file,
+/// parked in the socket's queue from the start, one opening in all) and execs an ordinary
+/// program, `sha256sum`, keeping it as fd 9 (the program never reads it) with its standard
+/// input a pipe the agent feeds: the one holder the broker sees, and the card shows, is
+/// `sha256sum`, asleep in a pipe read (its stdin). At
 /// each write into the FIFO it takes its descriptor back, reads the piece out, parks it
 /// again and writes as many bytes into `sha256sum`'s stdin, so the holder's byte count grows
 /// by the piece. Prints what it read on stdout (only searched).
 const STAND_IN: &str = r#"
-import os, sys, time, socket, subprocess
+import os, sys, time, socket
 path, ready = sys.argv[1:3]
-fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
 r_in, w_in = os.pipe()
-shown = subprocess.Popen(["sha256sum"], stdin=r_in, stdout=subprocess.DEVNULL, pass_fds=[fd], cwd=os.path.dirname(path))
-os.close(r_in)
 a, b = socket.socketpair()
-socket.send_fds(a, [b"x"], [fd]); os.close(fd)
+# The holder opens `.env` itself and sends the agent its descriptor (the same open file)
+# before it execs: the agent's copy stays parked in the socket's queue from the start.
+pid = os.fork()
+if pid == 0:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    socket.send_fds(a, [b"x"], [fd])
+    os.dup2(fd, 9); os.dup2(r_in, 0)  # the holder never reads `.env` (fd 9), asleep on its stdin
+    os.close(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY); os.dup2(devnull, 1)
+    os.chdir(os.path.dirname(path))
+    os.execvp("sha256sum", ["sha256sum"])
+os.close(r_in)
 open(ready, "w").close()
-src = f"/proc/{shown.pid}/fd/{fd}"
-data = b""; m0 = os.stat(src).st_mtime_ns; last = time.time()
-while time.time() - last < 3:
+src = f"/proc/{pid}/fd/9"
+while not os.path.exists(src):
+    time.sleep(0.001)
+data = b""; m0 = os.stat(src).st_mtime_ns; t0 = time.time(); last = None
+# Until 3 s after the last write (at most 15 s for the first: the broker gives up after 5).
+while time.time() - (last or t0) < (3 if last else 15):
     try:
         m = os.stat(src).st_mtime_ns
     except OSError:
@@ -345,7 +430,7 @@ while time.time() - last < 3:
     data += got
     if got:
         os.write(w_in, b"x" * len(got))
-os.close(w_in); shown.wait()
+os.close(w_in); os.waitpid(pid, 0)
 sys.stdout.buffer.write(data)
 "#;
 
@@ -353,10 +438,22 @@ sys.stdout.buffer.write(data)
 /// program it started with the descriptor inherited, keeps its own copy parked in a socket,
 /// reads every piece itself and makes the shown holder's byte count grow by feeding its
 /// standard input. The human approves "`sha256sum` wants to read `.env`"; the text goes to
-/// the agent, and the audit says `mount_read` served to `sha256sum`.
+/// the agent, and the audit says `mount_read` served to `sha256sum` (was a LEAK: 2 of 2 runs,
+/// the whole text). Held since: before each piece a thread of the reader must be blocked
+/// reading the FIFO through its own descriptor (`/proc/PID/task/*/syscall`); `sha256sum`
+/// waits on its standard input, so nothing is written (`mount_reclaimed` after 5 s).
 #[test]
-#[ignore = "LEAK: a stand-in holder (an ordinary program started by the agent with the FIFO's descriptor inherited, its byte count grown by the agent through its stdin) is the reader on the card while the agent, its own descriptor parked in an SCM_RIGHTS message, reads the whole text unreported"]
 fn a_stand_in_reader_on_the_card_while_the_agent_reads_the_text() {
+    let (got, whole, reported) = stand_in();
+    assert!(
+        got == 0 || reported,
+        "the agent read {got} bytes ({whole} values whole) under a card for sha256sum, unreported"
+    );
+}
+
+/// Runs the stand-in agent (`STAND_IN`) against an approved card: (bytes the agent read,
+/// values whole among them, whether the broker reported a possible theft).
+fn stand_in() -> (usize, usize, bool) {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -385,15 +482,18 @@ fn a_stand_in_reader_on_the_card_while_the_agent_reads_the_text() {
         .iter()
         .filter(|(_, v)| crate::harness::contains(&got.stdout, v))
         .count();
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("mount_")))
+    {
+        eprintln!("audit: {} {}", e["event"], e["why"]);
+    }
     let reported = audit.contains("\"mount_read_suspect\"");
     eprintln!(
         "stand-in: the agent read {} bytes, {whole} of {} values whole; reported {reported}",
         got.stdout.len(),
         vals.len()
     );
-    assert!(
-        got.stdout.is_empty() || reported,
-        "the agent read {} bytes ({whole} values whole) under a card for sha256sum, unreported",
-        got.stdout.len()
-    );
+    (got.stdout.len(), whole, reported)
 }

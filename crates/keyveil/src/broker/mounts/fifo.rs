@@ -49,6 +49,8 @@ pub(super) fn make_fifo_timed(path: &Path) -> OpResult<(u64, u64, i128)> {
     })?;
     let m = std::fs::symlink_metadata(path)
         .map_err(|e| OpError::new(ErrorCode::Failed, format!("cannot read the new FIFO: {e}")))?;
+    // Its openings are counted from now on, before it has the mount's name.
+    watch_opens(path, m.dev(), m.ino());
     Ok((m.dev(), m.ino(), mtime_ns(m.mtime(), m.mtime_nsec())))
 }
 

@@ -161,6 +161,7 @@ pub(crate) fn unmount(broker: &Broker, o: op::Unmount) -> OpResult<op::Unmounted
         m.file_type().is_fifo() && m.dev() == entry.stored.dev && m.ino() == entry.stored.ino
     });
     let removed = ours && std::fs::remove_file(&key).is_ok();
+    forget_opens(entry.stored.dev, entry.stored.ino);
     broker
         .lock()
         .audit("unmount", json!({"path": key, "removed": removed}));

@@ -58,6 +58,7 @@ use super::{access, peer, runner, state};
 
 mod fifo;
 mod manage;
+mod opens;
 pub(crate) mod procfs;
 mod reader;
 mod registry;
@@ -69,6 +70,7 @@ mod uring;
 mod write;
 
 use fifo::*;
+use opens::*;
 use procfs::*;
 use reader::*;
 use registry::*;

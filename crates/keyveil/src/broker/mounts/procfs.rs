@@ -87,7 +87,10 @@ pub(crate) fn holders(dev: u64, ino: u64) -> Vec<Holder> {
             let ro = flags.is_some_and(|f| f & 3 == 0);
             // The broker's own writers are the server; a reader in the broker (nothing of
             // keyveil should ever open a mount: the sweep and the scan never do) counts.
-            if pid == me && !ro {
+            // The broker's own `O_PATH` descriptors (neither end: the openings' and the
+            // read ends' checks hold them) are not holders either.
+            let o_path = flags.is_some_and(|f| f & 0o10000000 != 0);
+            if pid == me && (!ro || o_path) {
                 continue;
             }
             read_only = Some(read_only.unwrap_or(true) && ro);
@@ -131,14 +134,18 @@ fn epoll_watches(pid: u32, fifo_fds: &[String]) -> bool {
     })
 }
 
-/// What the threads of `pid` are doing, from `/proc/PID/task/*/wchan` (the kernel function
-/// each sleeps in): `Some(true)` when one sleeps in a pipe read, or in an epoll wait on an
+/// What the threads of `pid` are doing: from `/proc/PID/task/*/syscall` where the broker may
+/// read it ([`waits_on_fifo`]: a thread blocked reading the FIFO through its own descriptor),
+/// else from `/proc/PID/task/*/wchan` (the kernel function each sleeps in): `Some(true)` when one sleeps in a pipe read, or in an epoll wait on an
 /// epoll instance that watches the FIFO `(dev, ino)` (Go's netpoller reads a FIFO so);
 /// `Some(false)` when none does, `None` when the kernel does not say (every `wchan` is `0`).
 /// A thread in an event loop's epoll that does not watch the FIFO is not waiting for it (the
 /// text would wait in the pipe meanwhile), nor is one in `poll`/`select`, whose descriptors
 /// `/proc` does not show.
 pub(super) fn waiting_for_input(pid: u32, dev: u64, ino: u64) -> Option<bool> {
+    if let Some(on_fifo) = waits_on_fifo(pid, dev, ino) {
+        return Some(on_fifo);
+    }
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut told = false;
     let mut in_epoll = false;
@@ -163,6 +170,82 @@ pub(super) fn waiting_for_input(pid: u32, dev: u64, ino: u64) -> Option<bool> {
         return Some(true);
     }
     told.then_some(false)
+}
+
+/// System call numbers (of this architecture) that read a descriptor given as their first
+/// argument: `read`, `pread64`, `readv`, `preadv`, `preadv2`, `splice` (in), and the epoll
+/// waits, whose first argument is an epoll instance.
+#[cfg(target_arch = "x86_64")]
+const READ_CALLS: &[u64] = &[0, 17, 19, 295, 327, 275];
+#[cfg(target_arch = "x86_64")]
+const EPOLL_CALLS: &[u64] = &[232, 281, 441];
+#[cfg(target_arch = "aarch64")]
+const READ_CALLS: &[u64] = &[63, 67, 65, 69, 286, 76];
+#[cfg(target_arch = "aarch64")]
+const EPOLL_CALLS: &[u64] = &[22, 441];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const READ_CALLS: &[u64] = &[];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const EPOLL_CALLS: &[u64] = &[];
+
+/// Whether a thread of `pid` is blocked reading the FIFO `(dev, ino)` *through one of its own
+/// descriptors of it*, from `/proc/PID/task/*/syscall` (the system call a blocked thread is
+/// in and its arguments): a read-family call whose descriptor is the FIFO, or an epoll wait
+/// on an instance that watches it. `wchan` says only "a pipe read", of any pipe: a stand-in
+/// holder the agent started with the FIFO inherited, asleep reading its standard input, would
+/// pass for the reader while the agent reads the text through a copy of the descriptor it
+/// parked out of sight. `Some(false)`: the calls were readable and none is on the FIFO;
+/// `None`: the kernel does not let the broker read them (it needs the ptrace access Yama's
+/// `ptrace_scope` 1 or more denies, and a non-dumpable reader's are closed too), or the
+/// architecture is not known: the caller falls back to `wchan`.
+pub(super) fn waits_on_fifo(pid: u32, dev: u64, ino: u64) -> Option<bool> {
+    if READ_CALLS.is_empty() {
+        return None;
+    }
+    let fifo: Vec<u64> = fds_of(pid, dev, ino)
+        .iter()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut told = false;
+    for t in tasks.flatten() {
+        let s = match std::fs::read_to_string(t.path().join("syscall")) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
+            Err(_) => continue, // the thread ended meanwhile
+        };
+        told = true;
+        let mut words = s.split_whitespace();
+        let (Some(nr), Some(arg0)) = (words.next(), words.next()) else {
+            continue; // `running`
+        };
+        let (Ok(nr), Some(arg0)) = (
+            nr.parse::<u64>(),
+            arg0.strip_prefix("0x")
+                .and_then(|a| u64::from_str_radix(a, 16).ok()),
+        ) else {
+            continue; // `-1 ...`: blocked outside a system call
+        };
+        if READ_CALLS.contains(&nr) && fifo.contains(&arg0) {
+            return Some(true);
+        }
+        if EPOLL_CALLS.contains(&nr) && epoll_fd_watches(pid, arg0, &fifo) {
+            return Some(true);
+        }
+    }
+    told.then_some(false)
+}
+
+/// Whether the epoll instance `epfd` of `pid` watches one of `fifo` (`tfd: N` in its fdinfo).
+fn epoll_fd_watches(pid: u32, epfd: u64, fifo: &[u64]) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")).is_ok_and(|s| {
+        s.lines().any(|l| {
+            l.strip_prefix("tfd:")
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| fifo.contains(&n))
+        })
+    })
 }
 
 /// How many CPUs a `Cpus_allowed_list` (`0-3,6`) names.

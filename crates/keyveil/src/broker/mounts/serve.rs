@@ -36,7 +36,18 @@ pub(crate) async fn supervise(broker: Arc<Broker>) {
                 .collect()
         };
         for (path, dev, ino) in todo {
+            // A FIFO made before this broker started: its openings are counted from now on
+            // (trusted once no read end is seen).
+            if !opens_known(dev, ino) && matches!(at_path(&path, dev, ino), AtPath::Ours) {
+                watch_opens(Path::new(&path), dev, ino);
+            }
+            before_poll(dev, ino);
             let opened = open_if_read(&path, dev, ino);
+            if matches!(opened, Ok(None))
+                && let Some(w) = opens_of(dev, ino)
+            {
+                w.reset();
+            }
             let mut m = broker.mounts.lock();
             let Some(e) = m.get_mut(&path) else { continue };
             match opened {
@@ -88,6 +99,17 @@ pub(super) fn refuse(broker: &Broker, path: &str, hs: &[Holder], why: &str) {
     tracing::warn!(path, ?pids, why, "mount read refused");
 }
 
+/// Refuses an opening ([`refuse`]) and puts a fresh FIFO in place while the broker still holds
+/// its write end (an opener of the old one then gets end-of-file, never an `open` that waits
+/// for ever): the openings of the refused FIFO (a parked read end's among them) count no
+/// more, and the next reader's opening is the first of the new one.
+fn renew(broker: &Broker, path: &str, hs: &[Holder], why: &str, dev: u64, ino: u64) {
+    refuse(broker, path, hs, why);
+    if swap(broker, path, dev, ino).is_ok() {
+        forget_opens(dev, ino);
+    }
+}
+
 /// Serves one opening of a mount's FIFO (`fd`, open for writing): see the module docs.
 pub(super) async fn serve_read(
     broker: &Arc<Broker>,
@@ -106,50 +128,91 @@ pub(super) async fn serve_read(
         hs = holders(dev, ino);
     }
     let reader = match hs.as_slice() {
-        [] => return,
+        // Gone before it was seen: its opening was counted; the next reader gets a fresh FIFO.
+        [] => {
+            if swap(broker, path, dev, ino).is_ok() {
+                forget_opens(dev, ino);
+            }
+            return;
+        }
         [h] if h.read_only => h.clone(),
         [_] => {
-            return refuse(
+            return renew(
                 broker,
                 path,
                 &hs,
                 "the process holding it opened it for writing (only a reader is served)",
+                dev,
+                ino,
             );
         }
         _ => {
-            return refuse(
+            return renew(
                 broker,
                 path,
                 &hs,
                 "more than one process holds it open at once; each read gets nothing (read it one at a time)",
+                dev,
+                ino,
             );
         }
     };
+    // Every read end was opened: one opening beyond the reader's is a copier's read end,
+    // which it may have parked out of sight (a socket's queue, an io_uring ring). The FIFO is
+    // replaced by a fresh one, so that such a read end holds nothing the next reader gets.
+    if let Some(why) = openings_doubt(dev, ino) {
+        return renew(
+            broker,
+            path,
+            &hs,
+            &format!("{why}; nothing was served; read it again"),
+            dev,
+            ino,
+        );
+    }
     let Some(r) = identify(&reader) else {
-        return refuse(
+        return renew(
             broker,
             path,
             &hs,
             "the reader could not be identified (it exited, or its pid was reused)",
+            dev,
+            ino,
         );
     };
     // A process with io_uring threads may copy the pipe unseen (see `uring`): no card, no
     // grant used, while one runs.
     if let Some(why) = UringWatch::new(&r.holder).1 {
         let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
-        return refuse(
+        return renew(
             broker,
             path,
             &hs,
             &format!("{why}; nothing was served.{hint}"),
+            dev,
+            ino,
         );
     }
     match ask_and_wait(broker, path, env, &r).await {
         Ok(grant_id) => write_once(broker, path, env, fd, &r, &grant_id, dev, ino).await,
         Err(why) => {
             broker.mounts.note(path, true, why);
+            // A fresh FIFO before the reader gets end-of-file: the next reader's opening is
+            // then the first the count sees.
+            if swap(broker, path, dev, ino).is_ok() {
+                forget_opens(dev, ino);
+            }
             drop(fd);
         }
+    }
+    // A FIFO swapped out is served no more.
+    let current = broker
+        .mounts
+        .lock()
+        .get(path)
+        .map(|e| (e.stored.dev, e.stored.ino));
+    if current != Some((dev, ino)) {
+        forget_opens(dev, ino);
     }
 }
 

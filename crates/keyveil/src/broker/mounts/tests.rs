@@ -417,3 +417,155 @@ fn a_stop_names_every_piece_it_cannot_clear() {
         "nothing was written"
     );
 }
+
+/// Spawns `sh` holding `path` read-write (`exec 3<>`: a read end that opens without waiting
+/// for a writer) until killed.
+fn holding(path: &Path) -> std::process::Child {
+    std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 3<> \"$0\"; exec sleep 30",
+            path.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap()
+}
+
+/// The openings watch (fanotify) of a FIFO the broker made: the broker's own openings are not
+/// counted, one other process's opening is the reader's, a second process's is a doubt even
+/// once it closed its descriptor (a read end parked out of sight was opened all the same), and
+/// the count starts again only once no read end is left.
+#[test]
+fn every_opening_of_a_fifo_by_another_process_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.env");
+    let (dev, ino) = make_fifo(&p).unwrap();
+    if opens_of(dev, ino).is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "fanotify with file ids is not available here"
+        );
+        return;
+    }
+    let doubt = || openings_doubt(dev, ino).unwrap_or_default();
+    assert!(doubt().contains("0 times"), "{}", doubt());
+    let own = rustix::fs::open(
+        &p,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    assert!(
+        doubt().contains("0 times"),
+        "the broker's own opening counted"
+    );
+    drop(own);
+    let mut reader = holding(&p);
+    holder_of(&reader, dev, ino);
+    assert_eq!(openings_doubt(dev, ino), None);
+    let mut thief = holding(&p);
+    holder_of(&thief, dev, ino);
+    thief.kill().unwrap();
+    thief.wait().unwrap();
+    assert!(doubt().contains("2 times"), "{}", doubt());
+    // While a read end is left the count goes on; with none, it starts again.
+    before_poll(dev, ino);
+    assert!(!matches!(
+        open_if_read(p.to_str().unwrap(), dev, ino),
+        Ok(None)
+    ));
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    before_poll(dev, ino);
+    assert!(matches!(
+        open_if_read(p.to_str().unwrap(), dev, ino),
+        Ok(None)
+    ));
+    opens_of(dev, ino).unwrap().reset();
+    assert!(doubt().contains("0 times"), "{}", doubt());
+}
+
+/// A FIFO opened before its openings were watched (a broker restart) is not trusted until
+/// no read end is seen.
+#[test]
+fn a_fifo_opened_before_its_watch_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("y.env");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &p,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )
+    .unwrap();
+    let m = std::fs::metadata(&p).unwrap();
+    let (dev, ino) = (m.dev(), m.ino());
+    assert!(openings_doubt(dev, ino).is_some(), "a FIFO never watched");
+    let mut early = holding(&p);
+    holder_of(&early, dev, ino);
+    watch_opens(&p, dev, ino);
+    if opens_of(dev, ino).is_none() {
+        early.kill().unwrap();
+        early.wait().unwrap();
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "fanotify is not available here"
+        );
+        return;
+    }
+    assert!(
+        openings_doubt(dev, ino).is_some_and(|w| w.contains("before the broker watched")),
+        "an opening before the watch went uncounted"
+    );
+    early.kill().unwrap();
+    early.wait().unwrap();
+}
+
+/// Which descriptor a holder waits on (`/proc/PID/task/*/syscall`): a stand-in holding the
+/// FIFO but asleep reading another pipe (its standard input) is not waiting on it; `cat`
+/// reading the FIFO as its standard input is.
+#[test]
+fn a_holder_asleep_on_another_pipe_is_not_waiting_on_the_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.env");
+    let (dev, ino) = make_fifo(&p).unwrap();
+    let wait_for = |child: &std::process::Child, want: bool| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = waits_on_fifo(child.id(), dev, ino);
+            if got == Some(want) || (got.is_none() && std::env::var_os("CI").is_none()) {
+                return got;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "waits_on_fifo said {got:?}, not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut stand_in = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 3<> \"$0\"; exec cat >/dev/null",
+            p.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    holder_of(&stand_in, dev, ino);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(wait_for(&stand_in, false), Some(true));
+    stand_in.kill().unwrap();
+    stand_in.wait().unwrap();
+    let mut reader = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 0<> \"$0\"; exec cat >/dev/null",
+            p.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    holder_of(&reader, dev, ino);
+    assert_ne!(wait_for(&reader, true), Some(false));
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+}

@@ -67,6 +67,11 @@ pub(in crate::broker::mounts) fn ready_to_write(
             hs.iter().filter(|h| **h != r.holder).count()
         ));
     }
+    // A read end opened while the card waited (through /proc/READER/fd/N, before the swap
+    // and the FIFO's inotify watch) and parked out of sight.
+    if let Some(why) = openings_doubt(dev, ino) {
+        return Err(format!("{why}; nothing was written"));
+    }
     // After the swap the served FIFO must have no name left: a hard link the agent made
     // elsewhere would let it open the FIFO by that name and share the read.
     match rustix::fs::fstat(fd) {
@@ -134,7 +139,7 @@ pub(in crate::broker::mounts) async fn wait_reading(
             Some(true) | None => return Ok(()),
             Some(false) if t0.elapsed() >= READ_WAIT => {
                 return Err(format!(
-                    "the reader did not start reading within {} s; nothing was written",
+                    "the reader did not start reading the FIFO within {} s (where /proc shows the descriptor it waits on, it must be the FIFO's: a holder asleep on another input is a stand-in); nothing was written",
                     READ_WAIT.as_secs()
                 ));
             }

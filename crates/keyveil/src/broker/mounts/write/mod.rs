@@ -73,7 +73,19 @@ pub(super) async fn write_once(
     };
     let ready = match s.ready(&fd).await {
         Ok(x) => x,
-        Err(why) => return s.fail(why),
+        Err(why) => {
+            s.fail(why);
+            // Nothing was written, but a write end held out of sight (opened before the
+            // swap, as through an io_uring ring) keeps the reader from end-of-file, and what
+            // it writes is read as `.env`.
+            let left = tokio::task::spawn_blocking(move || other_writer(fd))
+                .await
+                .unwrap_or(None);
+            if let Some(why) = left {
+                s.record_tampering(why, 0, &s.others());
+            }
+            return;
+        }
     };
     let Ready { text, lines, watch } = ready;
     let len = text.len();
@@ -106,8 +118,15 @@ pub(super) async fn write_once(
         ),
         Drain::Read => {
             s.record_read(&lines, &others, &w.uncleared);
-            s.close_after_text(w.fd, w.watch, w.ours, w.written, &others)
-                .await;
+            if let Some(why) = s
+                .close_after_text(w.fd, w.watch, w.ours, w.written, &others)
+                .await
+            {
+                // A read end out of sight may have copied every piece.
+                let mut all = w.uncleared.clone();
+                pieces(len, &lines).iter().for_each(|p| all.add(p));
+                s.record_suspect(&lines, len, &others, why, w.written, 0, &all);
+            }
         }
     }
 }
@@ -366,7 +385,8 @@ impl Served<'_> {
 
     /// Closes the write end after a whole read ([`close_alone`], off the runtime); another
     /// writer found then is recorded as possible tampering (`mount_read_suspect` with
-    /// `after_text`), ends the grant and is noted on the mount.
+    /// `after_text`), ends the grant and is noted on the mount. A read end left out of sight
+    /// is returned (why), for the caller to record as a possible theft of the whole text.
     async fn close_after_text(
         &self,
         fd: OwnedFd,
@@ -374,26 +394,35 @@ impl Served<'_> {
         ours: usize,
         written: usize,
         others: &[u32],
-    ) {
-        let Served {
-            broker,
-            path,
-            r,
-            grant_id,
-            dev,
-            ino,
-            ..
-        } = *self;
+    ) -> Option<String> {
+        let Served { r, dev, ino, .. } = *self;
         // The reader gets end-of-file now, unless another writer holds the FIFO out of sight:
         // then what that writer adds is read as `.env` too.
         let holder = r.holder.clone();
         let after_text =
             tokio::task::spawn_blocking(move || close_alone(fd, &watch, ours, &holder, dev, ino))
                 .await
-                .unwrap_or_else(|e| Some(format!("the check after the text failed: {e}")));
-        let Some(why) = after_text else {
-            return;
-        };
+                .unwrap_or_else(|e| Some((format!("the check after the text failed: {e}"), false)));
+        let (why, read_end) = after_text?;
+        if read_end {
+            return Some(why);
+        }
+        self.record_tampering(why, written, others);
+        None
+    }
+
+    /// Records that another process could write into the served FIFO (`why`) after the
+    /// broker's `written` bytes: audited `mount_read_suspect` with `after_text`, the grant
+    /// ended, and the mount's note says the reader may have loaded lines keyveil did not
+    /// write.
+    fn record_tampering(&self, why: String, written: usize, others: &[u32]) {
+        let Served {
+            broker,
+            path,
+            r,
+            grant_id,
+            ..
+        } = *self;
         let mut inner = broker.lock();
         inner.audit(
             "mount_read_suspect",

@@ -91,8 +91,62 @@ pub(in crate::broker::mounts) const RCHAR_WAIT: Duration = Duration::from_secs(5
 /// could not vouch for its interval (a task created and gone between two looks may have been
 /// a worker that copied it): whatever the outcome, an upper bound of what a copier that was
 /// never seen may have. Blocking: run off the runtime.
+///
+/// A write into the FIFO by another process, seen at any point, widens what a stop reports
+/// to every piece written so far: the watch's events come when the other process's read or
+/// write *completes* (an io_uring read-write end's, after the reader was already woken by the
+/// bytes), so a piece read out and put back may have passed before its events were seen, and
+/// every piece the reader read since the write end existed may have passed through it (a
+/// replay once read 8 bytes while the report, of the last piece only, said 4).
 #[allow(clippy::too_many_arguments)]
 pub(in crate::broker::mounts) fn write_pieces(
+    fd: &OwnedFd,
+    holder: &Holder,
+    text: &[u8],
+    pieces: &[Piece],
+    watch: &Watch,
+    uring: &mut UringWatch,
+    dev: u64,
+    ino: u64,
+    written: &mut usize,
+    uncleared: &mut Exposed,
+) -> Drain {
+    let d = write_each(
+        fd, holder, text, pieces, watch, uring, dev, ino, written, uncleared,
+    );
+    let sent = pieces.iter().filter(|p| p.range.end <= *written);
+    if !watch.foreign_writes(sent.clone().count()) {
+        return d;
+    }
+    let mut all = uncleared.clone();
+    sent.for_each(|p| all.add(p));
+    match d {
+        Drain::Suspect {
+            why, bytes, piece, ..
+        } => Drain::Suspect {
+            why,
+            bytes,
+            piece,
+            exposed: all,
+        },
+        Drain::Reclaimed { why, .. } => Drain::Suspect {
+            why,
+            bytes: *written,
+            piece: 0,
+            exposed: all,
+        },
+        Drain::Read => Drain::Suspect {
+            why: "another process wrote into the FIFO".to_owned(),
+            bytes: *written,
+            piece: 0,
+            exposed: all,
+        },
+    }
+}
+
+/// [`write_pieces`] but for the widening of what a stop reports.
+#[allow(clippy::too_many_arguments)]
+fn write_each(
     fd: &OwnedFd,
     holder: &Holder,
     text: &[u8],
@@ -137,6 +191,15 @@ pub(in crate::broker::mounts) fn write_pieces(
                 bytes: *written,
                 piece: last.map_or(0, |l| l.range.len()),
                 exposed: uncleared.with(last),
+            };
+        }
+        // The reader on the card must be the one that reads: before each piece, a thread of
+        // it blocked reading the FIFO through its own descriptor (where the kernel shows it).
+        if let Err((why, tampered)) = wait_on_fifo(holder, dev, ino) {
+            return Drain::Reclaimed {
+                why,
+                bytes: reclaim(fd),
+                tampered,
             };
         }
         let Some(before) = rchar(holder.pid) else {
@@ -274,6 +337,47 @@ fn wait_read(
         } else {
             Duration::from_millis(2)
         });
+    }
+}
+
+/// Waits (at most [`READ_WAIT`]) until a thread of the approved reader `r` is blocked reading
+/// the FIFO `(dev, ino)` through one of its own descriptors ([`waits_on_fifo`]). A holder
+/// asleep on another descriptor (a stand-in the agent started with the FIFO inherited, its
+/// byte count grown through its standard input while the agent reads the pieces through a
+/// copy of the descriptor parked out of sight) never is: `Err` (why, and that it is
+/// tampering). Meanwhile the reader gone, stopped, traced or starved, or another holder, ends
+/// the wait as [`slow_reader`] says. Where the kernel does not show the calls to the broker,
+/// it does not wait (see `docs/mounts.md`).
+fn wait_on_fifo(r: &Holder, dev: u64, ino: u64) -> Result<(), (String, bool)> {
+    let t0 = std::time::Instant::now();
+    let mut round: u32 = 0;
+    loop {
+        match waits_on_fifo(r.pid, dev, ino) {
+            Some(true) | None => return Ok(()),
+            Some(false) if t0.elapsed() >= READ_WAIT => {
+                return Err((
+                    format!(
+                        "the approved reader (pid {}) was not reading the FIFO through its own descriptor within {} s (a stand-in holder, asleep on another input?); nothing more was written",
+                        r.pid,
+                        READ_WAIT.as_secs()
+                    ),
+                    true,
+                ));
+            }
+            Some(false) => {
+                if t0.elapsed() >= Duration::from_millis(1)
+                    && let Some(stop) = slow_reader(r, dev, ino, round, t0)
+                {
+                    return Err(stop);
+                }
+                round = round.wrapping_add(1);
+                std::thread::sleep(if t0.elapsed() < Duration::from_millis(50) {
+                    Duration::from_micros(20)
+                } else {
+                    Duration::from_millis(2)
+                });
+            }
+        }
     }
 }
 

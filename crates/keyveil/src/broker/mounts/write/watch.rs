@@ -91,6 +91,12 @@ impl Watch {
         }
     }
 
+    /// Whether another process wrote into the FIFO, given the broker's own `ours` writes.
+    pub(in crate::broker::mounts) fn foreign_writes(&self, ours: usize) -> bool {
+        let seen = self.seen();
+        seen.overflow || seen.writes > ours
+    }
+
     /// Why the FIFO is not as the broker left it after its own `ours` writes, or `None`.
     pub(in crate::broker::mounts) fn doubt(&self, fd: &OwnedFd, ours: usize) -> Option<String> {
         let seen = self.seen();
