@@ -209,23 +209,8 @@ fn write_each(
                 tampered: false,
             };
         };
-        let bytes = text.get(p.range.clone()).unwrap_or_default();
-        match rustix::io::write(fd.as_fd(), bytes) {
-            Ok(n) if n == p.range.len() => {}
-            Err(rustix::io::Errno::PIPE) => {
-                return Drain::Reclaimed {
-                    why: "the reader closed the file before reading all of it (EPIPE)".to_owned(),
-                    bytes: 0,
-                    tampered: false,
-                };
-            }
-            Ok(_) | Err(_) => {
-                return Drain::Reclaimed {
-                    why: "a write into the FIFO failed or was cut short".to_owned(),
-                    bytes: reclaim(fd),
-                    tampered: false,
-                };
-            }
+        if let Err(d) = write_piece(fd, text.get(p.range.clone()).unwrap_or_default()) {
+            return d;
         }
         ours += 1;
         *written += p.range.len();
@@ -256,6 +241,39 @@ fn write_each(
             };
         }
     }
+    after_the_last(fd, watch, uring, ours, last, *written, uncleared)
+}
+
+/// One piece written whole into the FIFO. Errors: the reader closed it (`EPIPE`: nothing is
+/// left to take back), or the write failed or was cut short (what is left is taken back).
+fn write_piece(fd: &OwnedFd, bytes: &[u8]) -> Result<(), Drain> {
+    match rustix::io::write(fd.as_fd(), bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Err(rustix::io::Errno::PIPE) => Err(Drain::Reclaimed {
+            why: "the reader closed the file before reading all of it (EPIPE)".to_owned(),
+            bytes: 0,
+            tampered: false,
+        }),
+        Ok(_) | Err(_) => Err(Drain::Reclaimed {
+            why: "a write into the FIFO failed or was cut short".to_owned(),
+            bytes: reclaim(fd),
+            tampered: false,
+        }),
+    }
+}
+
+/// The looks once every piece was read (`ours` writes, `last` the final piece, `written`
+/// bytes in all): a doubt raised now makes the read `Suspect`, bounded by what the looks
+/// could not vouch for.
+fn after_the_last(
+    fd: &OwnedFd,
+    watch: &Watch,
+    uring: &mut UringWatch,
+    ours: usize,
+    last: Option<&Piece>,
+    written: usize,
+    uncleared: &mut Exposed,
+) -> Drain {
     let doubt = watch
         .doubt(fd, ours)
         .or_else(broker_starved)
@@ -268,7 +286,7 @@ fn write_each(
     match (doubt, last) {
         (Some(why), Some(l)) => Drain::Suspect {
             why,
-            bytes: *written,
+            bytes: written,
             piece: l.range.len(),
             exposed: uncleared.with(Some(l)),
         },
