@@ -248,18 +248,64 @@ fn ordinary_heads_at_a_pause_are_shown_whole() {
 fn a_long_zero_padded_token_is_not_held_back_whole() {
     let v = value(5, 20, ALNUM);
     let r = Redactor::new([("V", v.as_slice())]);
-    let mut input = b"065 075 ".to_vec();
-    input.extend(std::iter::repeat_n(b'0', 300_000));
-    input.extend_from_slice(b"085 095\n");
+    let tails: [(&[u8], &[u8]); 5] = [
+        (b"065 075 ", b"0"),
+        (b"065 075", b","),
+        (b"0000000 101 102\n", b"\n"),
+        (b"0000000 101 102", b" "),
+        (b"00000000: 01000001 01000010 01000011  ", b"x"),
+    ];
+    for (k, (head, fill)) in tails.iter().enumerate() {
+        let mut input = head.to_vec();
+        input.extend(fill.repeat(300_000));
+        input.extend_from_slice(b" 085 095\n");
+        for size in [4096, 1] {
+            let mut s = r.stream();
+            let mut out = Vec::new();
+            for piece in input.chunks(size) {
+                s.push(piece, &mut out);
+            }
+            let held = input.len() - out.len();
+            assert!(
+                held <= 8192,
+                "case {k}, pushes of {size}: {held} bytes held back"
+            );
+            s.finish(&mut out);
+            assert!(out == input, "case {k}: ordinary output changed");
+        }
+    }
+    // A value matched in an `xxd -b` dump whose last line's text column runs on: its text column
+    // is masked, and what follows is let out before the line ends.
+    let mut input = Vec::new();
+    for (n, c) in v.chunks(3).enumerate() {
+        let bits: Vec<String> = c.iter().map(|b| format!("{b:08b}")).collect();
+        let text: String = c.iter().map(|&b| b as char).collect();
+        input.extend(format!("{:08x}: {:<26}  {text}", n * 3, bits.join(" ")).into_bytes());
+        if (n + 1) * 3 < v.len() {
+            input.push(b'\n');
+        }
+    }
+    input.extend(b"x".repeat(300_000));
+    input.push(b'\n');
     let mut s = r.stream();
     let mut out = Vec::new();
     for piece in input.chunks(4096) {
         s.push(piece, &mut out);
     }
-    let held = input.len() - out.len();
-    assert!(held <= 8192, "{held} bytes held back before the line ended");
+    let held = input.len() - out.len().min(input.len());
+    assert!(
+        held <= 8192,
+        "xxd with a long text column: {held} bytes held back"
+    );
     s.finish(&mut out);
-    assert!(out == input, "ordinary digits changed");
+    let one = redacted(&r, &input, "xxd with a long text column");
+    assert!(out == one, "xxd with a long text column: streamed differs");
+    assert!(common::contains(&one, b"[REDACTED:V]"), "xxd: no marker");
+    assert!(!shows(&one, &v), "xxd: value decodes");
+    assert!(
+        common::leaked_window(&one, &v).is_none(),
+        "xxd: text column shown"
+    );
     // Padded past an offset's 16 digits, up to 64: still a list (a first token of more than 16
     // digits once rejected the line: `%020d` lists were shown whole).
     for (pad, sep) in [(17, ";"), (20, " "), (32, ","), (64, " ")] {
@@ -414,6 +460,61 @@ fn read_shapes_split_at_every_offset_stay_masked() {
             s.push(&input[a..], &mut out);
             s.finish(&mut out);
             assert!(out == one, "{what}: split at {a} differs from one push");
+        }
+    }
+}
+
+/// A dump and a list the reader reads, pushed a few bytes at a time with a pause after every
+/// push (the relay's 200 ms quiet): at most 3 value bytes in a row decode from what the pauses
+/// let out, for every piece size from 1 to 9 bytes. Held.
+#[test]
+fn dumps_paused_after_every_piece_show_at_most_three_bytes() {
+    let v = value(17, 20, UPPER);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let od: String = v
+        .chunks(3)
+        .enumerate()
+        .map(|(n, c)| {
+            let t: Vec<String> = c.iter().map(|b| format!("{b:03o}")).collect();
+            format!("{:07o} {}\n", n * 3, t.join(" "))
+        })
+        .collect();
+    let xxd: String = v
+        .chunks(3)
+        .enumerate()
+        .map(|(n, c)| {
+            let bits: Vec<String> = c.iter().map(|b| format!("{b:08b}")).collect();
+            let text: String = c.iter().map(|&b| b as char).collect();
+            format!("{:08x}: {:<26}  {text}\n", n * 3, bits.join(" "))
+        })
+        .collect();
+    for (i, shape) in [
+        od,
+        xxd,
+        format!("{}\n", list(&v, 0, ";")),
+        format!("{}\n", list(&v, 5, ", ")),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut input = b"start\n".to_vec();
+        input.extend_from_slice(shape.as_bytes());
+        for size in 1..=9 {
+            let mut s = r.stream();
+            let mut out = Vec::new();
+            for piece in input.chunks(size) {
+                s.push(piece, &mut out);
+                s.flush(&mut out);
+            }
+            s.finish(&mut out);
+            assert!(
+                !shows(&out, &v),
+                "shape {i}, pieces of {size}: 4 value bytes in a row decode"
+            );
+            assert!(
+                common::leaked_window(&out, &v).is_none(),
+                "shape {i}, pieces of {size}: text column shown"
+            );
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Byte dumps with line offsets: `xxd -b` (`-c N`, `-g N`), `od -b`, `od -to1`, `hexdump -b`,
 //! `od -tu1`, with any offset radix (`-Ax`, `-Ad`) and any width down to one byte a line; and
-//! decimal byte lists without offsets, any zero padding (`%03d`, `%05d`) and separator
+//! decimal byte lists without offsets, any zero padding up to 64 digits (`%03d`, `%05d`) and separator
 //! (whitespace, `,`, `;`, one number a line).
 //!
 //! A dump prints a value a few bytes a line, each line starting with an offset and, for `xxd`,
@@ -1196,6 +1196,35 @@ mod tests {
                 } else {
                     prop_assert_eq!(&one, &input, "text without a value changed");
                 }
+            }
+        }
+    }
+
+    /// Short runs of digits ended by a hex letter (`12345678cafe`, a time before `a`), which now
+    /// have their line decided instead of being stepped over: each line is decided once, in
+    /// one push and in pieces, however many such runs it holds (red team, session 12).
+    #[test]
+    fn short_runs_before_hex_letters_cost_work_linear_in_their_size() {
+        let r = Redactor::new([("V", value(13, 20).as_slice())]);
+        for (line, lines) in [
+            (&b"x 12345678cafe 1234567\n"[..], 3000),
+            (
+                &b"at 12:30:15 a 12:30:16 b 12345678abcdef 87654321 dead\n"[..],
+                1000,
+            ),
+        ] {
+            let mut input = line.repeat(lines);
+            // And one line without end.
+            input.extend(b"12345678a".repeat(2000));
+            for sizes in [&[usize::MAX][..], &[4096], &[1], &[7, 64, 3]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &input, sizes);
+                assert_eq!(one, input, "ordinary text changed");
+                assert_eq!(streamed, input, "{sizes:?}: streamed differs");
+                assert!(
+                    one_work <= 8 * input.len() as u64,
+                    "{one_work} bytes looked at in one push for {}",
+                    input.len()
+                );
             }
         }
     }
