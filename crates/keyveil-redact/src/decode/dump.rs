@@ -1229,6 +1229,33 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// Every byte a dump's head may hold (digits, hex letters of both cases, `:`, `;`, `,`,
+        /// tab, CR, space, line feed) and one that ends a head (`x`), 100 to 3,000 bytes, pushed
+        /// one byte at a time and in random chunks: the reader's work stays within a constant
+        /// per byte and streaming equals one-shot (red team, session 12).
+        #[test]
+        fn head_byte_text_costs_work_linear_in_its_size(
+            text in proptest::collection::vec(
+                proptest::sample::select(&b"0123456789abcdefABCDEF:;,\t\r \n\nx"[..]),
+                100..3000,
+            ),
+            sizes in proptest::collection::vec(1usize..80, 0..6),
+        ) {
+            let r = Redactor::new([("V", value(29, 16).as_slice())]);
+            for chunked in [&[][..], &sizes[..]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &text, chunked);
+                prop_assert_eq!(&one, &text, "text without a value changed");
+                prop_assert_eq!(&streamed, &text, "streamed (sizes {:?}) differs", chunked);
+                prop_assert!(one_work <= 8 * text.len() as u64, "{} bytes looked at for {}", one_work, text.len());
+            }
+        }
+    }
+
     /// Lines of hex letters (bytes a dump's head may hold, but no run of digits) before a run of
     /// digits, in one push: each line start is decided once. Looking back from the digits again
     /// for every line cost the square of the text's length (10 s for 1 MiB in a release build).
