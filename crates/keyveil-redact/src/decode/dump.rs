@@ -1,7 +1,7 @@
 //! Byte dumps with line offsets: `xxd -b` (`-c N`, `-g N`), `od -b`, `od -to1`, `hexdump -b`,
 //! `od -tu1`, with any offset radix (`-Ax`, `-Ad`) and any width down to one byte a line; and
-//! decimal byte lists without offsets, any zero padding up to 64 digits (`%03d`, `%05d`) and separator
-//! (whitespace, `,`, `;`, one number a line).
+//! decimal byte lists without offsets, any zero padding up to 64 digits (`%03d`, `%05d`) and
+//! separator (whitespace, `,`, `;`, one number a line).
 //!
 //! A dump prints a value a few bytes a line, each line starting with an offset and, for `xxd`,
 //! ending with a text column: no line holds a 12-byte fragment, and the offsets split every
