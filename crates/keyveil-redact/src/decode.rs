@@ -366,7 +366,7 @@ impl DecodePass {
         if let Some(h) = st.hold_from {
             b = b.min(h);
         }
-        if let Some(h) = self.dump_hold(&st.dump) {
+        if let Some(h) = self.dump_hold(&st.dump, total) {
             b = b.min(h);
         }
         b

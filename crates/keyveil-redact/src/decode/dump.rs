@@ -1,7 +1,7 @@
 //! Byte dumps with line offsets: `xxd -b` (`-c N`, `-g N`), `od -b`, `od -to1`, `hexdump -b`,
 //! `od -tu1`, with any offset radix (`-Ax`, `-Ad`) and any width down to one byte a line; and
-//! decimal byte lists without offsets, any zero padding (`%03d`, `%05d`) and separator
-//! (whitespace, `,`, `;`, one number a line).
+//! decimal byte lists without offsets, any zero padding up to 64 digits (`%03d`, `%05d`) and
+//! separator (whitespace, `,`, `;`, one number a line).
 //!
 //! A dump prints a value a few bytes a line, each line starting with an offset and, for `xxd`,
 //! ending with a text column: no line holds a 12-byte fragment, and the offsets split every
@@ -87,8 +87,16 @@ const WORD_STRIDE: usize = 32;
 /// Longest offset read (hex digits).
 const MAX_OFFSET: u8 = 16;
 
-/// Most binary digits of one token (`xxd -b -g 8`).
+/// Most binary digits of one token (`xxd -b -g 8`); also the most digits of a zero-padded
+/// decimal token: a longer token is read by no radix.
 const MAX_BITS: usize = 64;
+
+/// Most bytes between two units of one radix's stream (the rest of a line, its text column,
+/// the next line's offset: 269 for `xxd -b -c 256`), and most bytes of a line after where a
+/// match's radix stopped reading it (its text column). Past them the stream starts again and
+/// the match's text column is masked up to here, so what the reader holds back is bounded
+/// (separators, empty lines, a text column or a token without end once held everything).
+const GAP_MAX: u64 = 1024;
 
 /// Bytes of a dump's head ([`is_d`]) and hex letters (offsets): bit 0 `T`, bit 1 `D`.
 // Indexing in a constant initialiser is checked at compile time.
@@ -472,7 +480,10 @@ impl DecodePass {
                     // Nothing more to read on this line: on to its end, whose line feed
                     // `dump_step` reads (at the line feed already: read it now, or this loop
                     // would never move on).
-                    match memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default()) {
+                    let ahead = memchr::memchr(b'\n', chunk.get(i..).unwrap_or_default());
+                    let upto = ahead.map_or(n, |k| i + k);
+                    self.expire_pending(st, base + upto as u64, hits);
+                    match ahead {
                         Some(0) => {}
                         Some(k) => {
                             work::tick(k);
@@ -520,7 +531,13 @@ impl DecodePass {
                 work::tick(1);
                 hi += 1;
             }
-            if hi - lo < D_RUN - 1 {
+            // A short run ended by a hex letter may still be part of a head that begins in it
+            // (a line feed, then an offset `0000a0`): its line is decided below, as for a long
+            // run. Going on from `hi` would keep the look-back from reaching that line start,
+            // so a split that found this word missed a dump line that one push (which did not
+            // find it) reads.
+            let head_goes_on = chunk.get(hi).is_some_and(|&b| is_t(b));
+            if hi - lo < D_RUN - 1 && !head_goes_on {
                 if hi >= n {
                     break;
                 }
@@ -783,27 +800,32 @@ impl DecodePass {
 
     /// The earliest offset a dump match not yet reported could start at.
     #[inline]
-    pub(super) fn dump_hold(&self, st: &DumpState) -> Option<u64> {
+    pub(super) fn dump_hold(&self, st: &DumpState, total: u64) -> Option<u64> {
         if !st.on {
             return (!st.pre.is_empty()).then_some(st.pre_start);
         }
-        self.dump_hold_on(st)
+        self.dump_hold_on(st, total)
     }
 
     /// [`DecodePass::dump_hold`] while a dump is being read.
-    fn dump_hold_on(&self, st: &DumpState) -> Option<u64> {
+    fn dump_hold_on(&self, st: &DumpState, total: u64) -> Option<u64> {
         let mut b: Option<u64> = None;
         let mut at = |x: u64| b = Some(b.map_or(x, |y| y.min(x)));
         if !st.pre.is_empty() {
             at(st.pre_start);
         }
         if st.on {
-            if st.tok_len > 0 {
+            // A token of more than [`MAX_BITS`] digits is read by no radix: without this bound
+            // a zero-padded token (`0000…065`) of any length held everything from its start.
+            if st.tok_len > 0 && st.tok_len <= MAX_BITS {
                 at(st.tok_start);
             }
             for v in &st.views {
                 let n = v.window.len();
-                if let Some(&(_, s, _)) = v.window.get(n.saturating_sub(self.max_len)) {
+                // A stream whose last unit ended [`GAP_MAX`] bytes ago or more starts again
+                // at its next unit ([`DecodePass::push_unit`]): nothing in it is held.
+                let live = v.window.last().is_some_and(|w| total < w.2 + GAP_MAX);
+                if live && let Some(&(_, s, _)) = v.window.get(n.saturating_sub(self.max_len)) {
                     at(s);
                 }
                 if let Some((_, e)) = v.pending {
@@ -817,13 +839,38 @@ impl DecodePass {
     /// At a pause: the unit starts of the longest decoded tail of a radix that some atom
     /// begins with (a token still open counts as one unit).
     pub(super) fn dump_pause_tail(&self, st: &DumpState) -> Vec<u64> {
+        if !st.on && !st.pre.is_empty() {
+            // A held head, still undecided (up to 38 bytes of a list: 12 bytes of a value
+            // printed `65;75;…`), is read as if it began a dump, on a copy: a pause lets
+            // it out, and the reader, woken later, could no longer mask what it decoded.
+            let mut c = st.clone();
+            let mut pre = std::mem::take(&mut c.pre);
+            let mut scratch = Vec::new();
+            let mut at = 0;
+            while at < pre.len() {
+                let Some(j) = self.wake(
+                    &mut c,
+                    pre.get(at..).unwrap_or_default(),
+                    st.pre_start + at as u64,
+                    &mut scratch,
+                ) else {
+                    break;
+                };
+                let Some(r) = self.after_stop(&mut c, pre.get(at..).unwrap_or_default(), j) else {
+                    break;
+                };
+                at += r;
+            }
+            pre.zeroize();
+            return self.dump_pause_tail(&c);
+        }
         let mut best: Vec<u64> = Vec::new();
         if !st.on {
             return best;
         }
         for v in &st.views {
             let mut starts = self.tail_units(&v.window);
-            if st.tok_len > 0 && v.rest.is_none() {
+            if st.tok_len > 0 && st.tok_len <= MAX_BITS && v.rest.is_none() {
                 starts.push(st.tok_start);
             }
             if starts.len() > best.len() {
@@ -857,10 +904,13 @@ impl DecodePass {
                 }
             }
             Line::Offset => {
-                if b.is_ascii_hexdigit() && st.off_len < MAX_OFFSET {
-                    st.off_len += 1;
+                // A list's first byte may be zero-padded past an offset's 16 digits (to
+                // [`MAX_BITS`], as every token; `%020d` lines were skipped whole).
+                let padded = b.is_ascii_digit() && st.alldig && st.tok_len < MAX_BITS;
+                if b.is_ascii_hexdigit() && (st.off_len < MAX_OFFSET || padded) {
+                    st.off_len = st.off_len.saturating_add(1);
                     st.push_digit(b, pos);
-                } else if b == b':' && st.off_len >= 4 {
+                } else if b == b':' && (4..=MAX_OFFSET).contains(&st.off_len) {
                     // `xxd`: an offset, never a list's first byte.
                     st.alldig = false;
                     self.first_token(st, false, hits);
@@ -886,8 +936,13 @@ impl DecodePass {
             Line::Data => {
                 if is_sep(b) {
                     self.end_token(st, hits);
+                    self.expire_pending(st, pos, hits);
                 } else {
                     st.push_digit(b, pos);
+                    if st.tok_len > MAX_BITS {
+                        // No radix reads it: every view stops at it now, not at its end.
+                        self.end_token(st, hits);
+                    }
                 }
             }
         }
@@ -898,7 +953,7 @@ impl DecodePass {
     /// neither ends every stream; it also skips the rest of the line unless `eol`.
     fn first_token(&self, st: &mut DumpState, eol: bool, hits: &mut Vec<Hit>) {
         let (start, n) = (st.tok_start, st.tok_len as u64);
-        let offset = st.off_len >= 4;
+        let offset = (4..=MAX_OFFSET).contains(&st.off_len);
         let decimal = st.alldig && st.num10 <= 255;
         let byte = u8::try_from(st.num10).unwrap_or(0);
         st.reset_token();
@@ -943,7 +998,9 @@ impl DecodePass {
         let end = start + n as u64;
         let binary = st.all01 && n.is_multiple_of(8) && n <= MAX_BITS;
         let octal = st.all07 && n == 3 && st.num8 <= 255;
-        let decimal = st.alldig && st.num10 <= 255;
+        // Zero padding up to [`MAX_BITS`] digits: a longer token is no byte, and is not held
+        // back while it is read ([`DecodePass::dump_hold`]).
+        let decimal = st.alldig && st.num10 <= 255 && n <= MAX_BITS;
         let bytes = st.tok_bytes;
         let (num8, num10) = (st.num8, st.num10);
         for (r, v) in st.views.iter_mut().enumerate() {
@@ -987,10 +1044,35 @@ impl DecodePass {
         }
     }
 
+    /// A match's text column masked up to [`GAP_MAX`] bytes after where its radix stopped, once
+    /// the line runs on past that (at `pos`), instead of at the line's end.
+    fn expire_pending(&self, st: &mut DumpState, pos: u64, hits: &mut Vec<Hit>) {
+        for v in &mut st.views {
+            if let (Some((pattern, _)), Some(rest)) = (v.pending, v.rest)
+                && pos >= rest + GAP_MAX
+            {
+                hits.push(Hit {
+                    start: rest,
+                    end: rest + GAP_MAX,
+                    pattern,
+                    after_colour_code: false,
+                });
+                v.pending = None;
+            }
+        }
+    }
+
     fn push_unit(&self, v: &mut View, b: u8, start: u64, end: u64, hits: &mut Vec<Hit>) {
         if crate::normalize::is_space(b) {
             // The atoms have no whitespace.
             return;
+        }
+        if v.window.last().is_some_and(|w| start >= w.2 + GAP_MAX) {
+            // Too far from the unit before: a new stream (nothing of the old one is held).
+            for w in &mut v.window {
+                w.0 = 0;
+            }
+            v.window.clear();
         }
         v.window.push((b, start, end));
         if v.window.len() >= 2 * self.max_len.max(8) {
@@ -1114,6 +1196,62 @@ mod tests {
                 } else {
                     prop_assert_eq!(&one, &input, "text without a value changed");
                 }
+            }
+        }
+    }
+
+    /// Short runs of digits ended by a hex letter (`12345678cafe`, a time before `a`), which now
+    /// have their line decided instead of being stepped over: each line is decided once, in
+    /// one push and in pieces, however many such runs it holds (red team, session 12).
+    #[test]
+    fn short_runs_before_hex_letters_cost_work_linear_in_their_size() {
+        let r = Redactor::new([("V", value(13, 20).as_slice())]);
+        for (line, lines) in [
+            (&b"x 12345678cafe 1234567\n"[..], 3000),
+            (
+                &b"at 12:30:15 a 12:30:16 b 12345678abcdef 87654321 dead\n"[..],
+                1000,
+            ),
+        ] {
+            let mut input = line.repeat(lines);
+            // And one line without end.
+            input.extend(b"12345678a".repeat(2000));
+            for sizes in [&[usize::MAX][..], &[4096], &[1], &[7, 64, 3]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &input, sizes);
+                assert_eq!(one, input, "ordinary text changed");
+                assert_eq!(streamed, input, "{sizes:?}: streamed differs");
+                assert!(
+                    one_work <= 8 * input.len() as u64,
+                    "{one_work} bytes looked at in one push for {}",
+                    input.len()
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// Every byte a dump's head may hold (digits, hex letters of both cases, `:`, `;`, `,`,
+        /// tab, CR, space, line feed) and one that ends a head (`x`), 100 to 3,000 bytes, pushed
+        /// one byte at a time and in random chunks: the reader's work stays within a constant
+        /// per byte and streaming equals one-shot (red team, session 12).
+        #[test]
+        fn head_byte_text_costs_work_linear_in_its_size(
+            text in proptest::collection::vec(
+                proptest::sample::select(&b"0123456789abcdefABCDEF:;,\t\r \n\nx"[..]),
+                100..3000,
+            ),
+            sizes in proptest::collection::vec(1usize..80, 0..6),
+        ) {
+            let r = Redactor::new([("V", value(29, 16).as_slice())]);
+            for chunked in [&[][..], &sizes[..]] {
+                let (one, streamed, one_work, _) = redact_counted(&r, &text, chunked);
+                prop_assert_eq!(&one, &text, "text without a value changed");
+                prop_assert_eq!(&streamed, &text, "streamed (sizes {:?}) differs", chunked);
+                prop_assert!(one_work <= 8 * text.len() as u64, "{} bytes looked at for {}", one_work, text.len());
             }
         }
     }
