@@ -486,18 +486,26 @@ impl Conn {
             return Err((Stage::Owner, "the connection has no address".to_owned()));
         };
         let me = owner::own_uid();
-        match owner::server_uid(local, peer) {
-            None => Err((
+        let Some(uid) = owner::server_uid(local, peer) else {
+            return Err((
                 Stage::Owner,
                 "the kernel lists no listener for this connection; nothing was sent".to_owned(),
-            )),
-            Some(uid) if uid == me && !self.same_user_loopback => Err((
+            ));
+        };
+        if self.same_user_loopback {
+            return Ok(());
+        }
+        let subordinate = if uid == me {
+            Ok(Vec::new())
+        } else {
+            crate::broker::mounts::subuid::ranges_of(me)
+        };
+        match owner::maybe_ours(uid, me, &subordinate) {
+            None => Ok(()),
+            Some(why) => Err((
                 Stage::Owner,
-                format!(
-                    "the port is held by a process of your own user (uid {uid}), which any program you run (an agent too) could be; the login secret was not sent"
-                ),
+                format!("{why}; the login secret was not sent"),
             )),
-            Some(_) => Ok(()),
         }
     }
 
@@ -506,7 +514,7 @@ impl Conn {
         let (what, hint) = match stage {
             Stage::Owner => (
                 "is not trusted over plain HTTP",
-                "use https:// (with --ca-file for your own CA), or run `bao proxy` as another user; for a proxy or dev server of your own, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)".to_owned(),
+                "use https:// (with --ca-file for your own CA), or run `bao proxy` as another user (not one of your own subordinate uids of /etc/subuid); for a proxy or dev server of your own, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)".to_owned(),
             ),
             Stage::Connect => (
                 "cannot be reached",

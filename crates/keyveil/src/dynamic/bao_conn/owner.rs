@@ -7,7 +7,10 @@
 //! listener was created, so it is read from the very connection the token would travel on (no
 //! gap between a check and the use). A listener of the broker's own uid may be any process of
 //! that user (an agent holding the port while the `bao proxy` is down); a listener of another
-//! user (a proxy run as a service user, root's) cannot be.
+//! user (a proxy run as a service user, root's) cannot be, unless that uid is one of the user's
+//! subordinate uids (`/etc/subuid`): `newuidmap` lets the user (so the agent) run a listener
+//! under any of them, in a user namespace of its own sharing the host's network, so those
+//! count as the user's own ([`maybe_ours`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -56,6 +59,30 @@ fn encode(a: SocketAddr) -> String {
     s
 }
 
+/// Why a listener of `uid` may be a process the broker's user runs (an agent): `me` itself, a
+/// uid of the user's `subordinate` ranges, or any uid when those ranges cannot be read (`Err`,
+/// why). `None`: another user's.
+pub(super) fn maybe_ours(
+    uid: u32,
+    me: u32,
+    subordinate: &Result<Vec<crate::broker::mounts::subuid::Range>, String>,
+) -> Option<String> {
+    if uid == me {
+        return Some(format!(
+            "the port is held by a process of your own user (uid {uid}), which any program you run (an agent too) could be"
+        ));
+    }
+    match subordinate {
+        Ok(r) if crate::broker::mounts::subuid::in_ranges(r, uid) => Some(format!(
+            "the port is held by uid {uid}, one of your own user's subordinate uids (/etc/subuid), which any program you run (an agent too) can run a listener under"
+        )),
+        Ok(_) => None,
+        Err(why) => Some(format!(
+            "the port is held by uid {uid}, and {why} from another user's"
+        )),
+    }
+}
+
 /// The broker's own (effective) uid.
 pub(super) fn own_uid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -75,6 +102,25 @@ mod tests {
         // A peer nobody is connected to finds nothing (so nothing is sent).
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(server_uid(c.local_addr().unwrap(), other), None);
+    }
+
+    /// Our uid and our subordinate uids are ours; another uid is not, unless our ranges cannot
+    /// be read (then nothing tells them apart).
+    #[test]
+    fn subordinate_uids_count_as_ours() {
+        let ranges: Result<Vec<_>, String> = Ok(vec![(100_000, 165_536)]);
+        assert!(
+            maybe_ours(1000, 1000, &ranges)
+                .unwrap()
+                .contains("your own user")
+        );
+        let sub = maybe_ours(100_000, 1000, &ranges).unwrap();
+        assert!(sub.contains("subordinate"), "{sub}");
+        assert!(maybe_ours(165_535, 1000, &ranges).is_some());
+        assert_eq!(maybe_ours(165_536, 1000, &ranges), None);
+        assert_eq!(maybe_ours(998, 1000, &ranges), None);
+        let unknown: Result<Vec<_>, String> = Err("the file cannot be read, so x".to_owned());
+        assert!(maybe_ours(998, 1000, &unknown).is_some());
     }
 
     /// Rows are matched on both ends, in the kernel's byte order.
