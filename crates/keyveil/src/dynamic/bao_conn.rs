@@ -41,8 +41,9 @@ use sha2::Digest;
 use super::target::Target;
 use super::{DynamicError, DynamicSpec, EngineKind, scrub, timed};
 
-mod owner;
 mod tls;
+
+use super::owner;
 
 use tls::{client_config, tls_hint};
 
@@ -482,31 +483,12 @@ impl Conn {
     /// Before anything is sent over plain HTTP: the connection's server side must belong to
     /// another user, or to ours where the policy allows it (see [`owner`]).
     fn check_listener(&self, tcp: &tokio::net::TcpStream) -> Result<(), (Stage, String)> {
-        let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
-            return Err((Stage::Owner, "the connection has no address".to_owned()));
-        };
-        let me = owner::own_uid();
-        let Some(uid) = owner::server_uid(local, peer) else {
-            return Err((
-                Stage::Owner,
-                "the kernel lists no listener for this connection; nothing was sent".to_owned(),
-            ));
-        };
-        if self.same_user_loopback {
-            return Ok(());
-        }
-        let subordinate = if uid == me {
-            Ok(Vec::new())
-        } else {
-            crate::broker::mounts::subuid::ranges_of(me)
-        };
-        match owner::maybe_ours(uid, me, &subordinate) {
-            None => Ok(()),
-            Some(why) => Err((
+        owner::check_stream(tcp, self.same_user_loopback).map_err(|why| {
+            (
                 Stage::Owner,
                 format!("{why}; the login secret was not sent"),
-            )),
-        }
+            )
+        })
     }
 
     fn transport_error(&self, node: &Node, stage: Stage, reason: &str) -> DynamicError {

@@ -29,6 +29,7 @@ pub(crate) mod bao_login;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
 pub(crate) mod openbao;
+pub(crate) mod owner;
 pub(crate) mod postgres;
 pub(crate) mod redis;
 pub(crate) mod target;

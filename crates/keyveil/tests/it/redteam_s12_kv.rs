@@ -370,3 +370,141 @@ fn loopback_spellings_all_meet_the_owner_check() {
         );
     }
 }
+
+/// A fake PostgreSQL server of the agent's on `l`: asks each client for its password in clear
+/// (`AuthenticationCleartextPassword`, which libpq and tokio-postgres answer unprompted by TLS)
+/// and records what it is sent.
+fn agent_postgres(l: TcpListener) -> Seen {
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let read_msg = |s: &mut std::net::TcpStream, typed: bool| -> Option<Vec<u8>> {
+                let mut t = [0u8; 1];
+                if typed {
+                    s.read_exact(&mut t).ok()?;
+                }
+                let mut len = [0u8; 4];
+                s.read_exact(&mut len).ok()?;
+                let n = (u32::from_be_bytes(len) as usize).checked_sub(4)?;
+                let mut body = vec![0u8; n.min(1 << 16)];
+                s.read_exact(&mut body).ok()?;
+                Some(body)
+            };
+            let Some(mut first) = read_msg(&mut s, false) else {
+                continue;
+            };
+            // An SSLRequest: "no", then the startup message.
+            if first.len() == 4 && first[..] == 80_877_103u32.to_be_bytes() {
+                let _ = s.write_all(b"N");
+                let Some(next) = read_msg(&mut s, false) else {
+                    continue;
+                };
+                first = next;
+            }
+            let _ = first;
+            // AuthenticationCleartextPassword.
+            let _ = s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+            if let Some(pw) = read_msg(&mut s, true) {
+                seen2.lock().unwrap().push(
+                    String::from_utf8_lossy(&pw)
+                        .trim_end_matches('\0')
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    seen
+}
+
+/// The owner check guarded OpenBao only. The `postgres` engine's admin URL (its password the
+/// human's database superuser's) goes over plain TCP to `127.0.0.1:5432` at `dynamic add` and
+/// at every mint; while PostgreSQL is down (or restarting) the agent listened on that port,
+/// asked for the password in clear, and tokio-postgres sent it (no TLS to PostgreSQL yet).
+/// Fixed: a loopback PostgreSQL connection meets the same owner check before a byte is sent.
+/// (Redis, `AUTH` in clear, is not covered yet: see the LEAK test below.)
+#[test]
+fn postgres_admin_password_never_goes_to_a_squatted_loopback_port() {
+    let h = Home::new();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = agent_postgres(l);
+    let admin_pw = format!("adm{}", keyveil_testkit::rand_tag());
+    let o = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "DATABASE_URL",
+            "--engine",
+            "postgres",
+            "--template",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {{role}}",
+            "--admin-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\npostgresql://postgres:{admin_pw}@127.0.0.1:{port}/app\n"),
+    );
+    let got = seen.lock().unwrap().clone();
+    let err = text(&o.stderr);
+    assert!(!err.contains(&admin_pw));
+    assert!(
+        !got.iter().any(|p| p.contains(&admin_pw)),
+        "the admin password went to the agent's listener"
+    );
+    assert!(!o.status.success(), "added against the agent's listener");
+    assert!(
+        err.contains("your own user") && err.contains("admin password was not sent"),
+        "{err}"
+    );
+}
+
+/// As for PostgreSQL, the `redis` engine's admin URL goes over plain TCP to a loopback port;
+/// the client sends `AUTH` (or `HELLO … AUTH`) with the password in clear as its first command,
+/// to whoever holds the port: no owner check on that connection yet.
+#[test]
+#[ignore = "LEAK: the redis engine sends the admin password to whoever holds the loopback port (no owner check on Redis connections)"]
+fn redis_admin_password_never_goes_to_a_squatted_loopback_port() {
+    let h = Home::new();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            seen2
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = s.write_all(b"-ERR no\r\n");
+        }
+    });
+    let admin_pw = format!("adm{}", keyveil_testkit::rand_tag());
+    let o = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "REDIS_URL",
+            "--engine",
+            "redis",
+            "--template",
+            "~app:* +get",
+            "--admin-stdin",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\nredis://default:{admin_pw}@127.0.0.1:{port}\n"),
+    );
+    assert!(!text(&o.stderr).contains(&admin_pw));
+    let got = seen.lock().unwrap().clone();
+    assert!(
+        !got.iter().any(|p| p.contains(&admin_pw)),
+        "the admin password went to the agent's listener"
+    );
+}

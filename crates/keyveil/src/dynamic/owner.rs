@@ -1,6 +1,6 @@
-//! Who holds the other end of a plain-HTTP loopback connection to an OpenBao node, read from
-//! the kernel's socket tables (`/proc/net/tcp`, `/proc/net/tcp6`) after `connect` and before a
-//! byte is sent.
+//! Who holds the other end of a plain loopback connection (to an OpenBao node over HTTP, to
+//! PostgreSQL), read from the kernel's socket tables (`/proc/net/tcp`, `/proc/net/tcp6`) after
+//! `connect` and before a byte is sent.
 //!
 //! The server side of a TCP connection is a socket of its own (in the accept queue, or accepted),
 //! listed with the owner of the listening socket it came from: the uid is fixed when the
@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The uid owning the server side of the loopback connection from `local` to `peer`: `None`
 /// when the kernel's tables do not list it (the connection is already gone).
-pub(super) fn server_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+pub(crate) fn server_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
     let table = match peer.ip() {
         IpAddr::V4(_) => "/proc/net/tcp",
         IpAddr::V6(_) => "/proc/net/tcp6",
@@ -26,7 +26,7 @@ pub(super) fn server_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
 }
 
 /// [`server_uid`] over the text of a socket table.
-pub(super) fn server_uid_in(text: &str, local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+pub(crate) fn server_uid_in(text: &str, local: SocketAddr, peer: SocketAddr) -> Option<u32> {
     // The server's row: its local address is our peer, its remote address is us.
     let want_local = encode(peer);
     let want_remote = encode(local);
@@ -62,7 +62,7 @@ fn encode(a: SocketAddr) -> String {
 /// Why a listener of `uid` may be a process the broker's user runs (an agent): `me` itself, a
 /// uid of the user's `subordinate` ranges, or any uid when those ranges cannot be read (`Err`,
 /// why). `None`: another user's.
-pub(super) fn maybe_ours(
+pub(crate) fn maybe_ours(
     uid: u32,
     me: u32,
     subordinate: &Result<Vec<crate::broker::mounts::subuid::Range>, String>,
@@ -83,8 +83,32 @@ pub(super) fn maybe_ours(
     }
 }
 
+/// Whether `tcp`'s server side may be sent a secret: `Err` says why not (nothing is sent).
+/// A listener of the broker's own user, or of one of its subordinate uids ([`maybe_ours`]),
+/// only where `same_user` (the environment's `insecure-loopback` policy) allows it.
+pub(crate) fn check_stream(tcp: &tokio::net::TcpStream, same_user: bool) -> Result<(), String> {
+    let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+        return Err("the connection has no address".to_owned());
+    };
+    let me = own_uid();
+    let Some(uid) = server_uid(local, peer) else {
+        return Err(
+            "the kernel lists no listener for this connection; nothing was sent".to_owned(),
+        );
+    };
+    if same_user {
+        return Ok(());
+    }
+    let subordinate = if uid == me {
+        Ok(Vec::new())
+    } else {
+        crate::broker::mounts::subuid::ranges_of(me)
+    };
+    maybe_ours(uid, me, &subordinate).map_or(Ok(()), Err)
+}
+
 /// The broker's own (effective) uid.
-pub(super) fn own_uid() -> u32 {
+pub(crate) fn own_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
