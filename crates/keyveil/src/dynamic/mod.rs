@@ -423,6 +423,9 @@ impl DynamicError {
     pub(crate) fn hint(&self) -> Option<&str> {
         match self {
             DynamicError::Bao { hint, .. } => Some(hint),
+            DynamicError::Connect { reason, .. } if reason.contains(owner::NOT_SENT) => {
+                Some(owner::DB_OWNER_HINT)
+            }
             _ => None,
         }
     }

@@ -48,7 +48,7 @@ fn encode(a: SocketAddr) -> String {
         IpAddr::V6(v6) => v6
             .octets()
             .chunks_exact(4)
-            .map(|c| [c[0], c[1], c[2], c[3]])
+            .map(|c| <[u8; 4]>::try_from(c).unwrap_or_default())
             .collect(),
     };
     let mut s: String = words
@@ -82,6 +82,13 @@ pub(crate) fn maybe_ours(
         )),
     }
 }
+
+/// What the reason of a connection refused by [`check_stream`] says once the caller adds
+/// "; the … was not sent".
+pub(crate) const NOT_SENT: &str = "was not sent";
+
+/// What to do when a database's loopback port is refused by [`check_stream`].
+pub(crate) const DB_OWNER_HINT: &str = "run the database as its own service user (as distribution packages do), or, for a server you run as yourself, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)";
 
 /// Whether `tcp`'s server side may be sent a secret: `Err` says why not (nothing is sent).
 /// A listener of the broker's own user, or of one of its subordinate uids ([`maybe_ours`]),

@@ -101,8 +101,12 @@ impl Admin {
                 let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                     .await
                     .map_err(|e| failed(e.to_string()))?;
-                super::owner::check_stream(&tcp, spec.same_user_loopback)
-                    .map_err(|why| failed(format!("{why}; the admin password was not sent")))?;
+                super::owner::check_stream(&tcp, spec.same_user_loopback).map_err(|why| {
+                    failed(format!(
+                        "{why}; the admin password {}",
+                        super::owner::NOT_SENT
+                    ))
+                })?;
                 cfg.connect_raw(tcp, NoTls)
                     .await
                     .map_err(|e| failed(reason(&e, &secrets)))

@@ -456,7 +456,10 @@ fn postgres_admin_password_never_goes_to_a_squatted_loopback_port() {
     );
     assert!(!o.status.success(), "added against the agent's listener");
     assert!(
-        err.contains("your own user") && err.contains("admin password was not sent"),
+        err.contains("your own user")
+            && err.contains("admin password was not sent")
+            && err.contains("hint:")
+            && err.contains("insecure-loopback"),
         "{err}"
     );
 }
