@@ -17,12 +17,23 @@ use std::net::{IpAddr, SocketAddr};
 /// The uid owning the server side of the loopback connection from `local` to `peer`: `None`
 /// when the kernel's tables do not list it (the connection is already gone).
 pub(crate) fn server_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
-    let table = match peer.ip() {
-        IpAddr::V4(_) => "/proc/net/tcp",
-        IpAddr::V6(_) => "/proc/net/tcp6",
+    let in_table = |table: &str, local: SocketAddr, peer: SocketAddr| {
+        let text = std::fs::read_to_string(table).ok()?;
+        server_uid_in(&text, local, peer)
     };
-    let text = std::fs::read_to_string(table).ok()?;
-    server_uid_in(&text, local, peer)
+    match (local, peer) {
+        (SocketAddr::V4(l), SocketAddr::V4(p)) => {
+            in_table("/proc/net/tcp", local, peer).or_else(|| {
+                // A dual-stack IPv6 listener (`[::]`, as Go programs listen on `0.0.0.0:PORT`
+                // or `:PORT`) holds its IPv4 connections in tcp6, as `::ffff:a.b.c.d`.
+                let mapped = |a: std::net::SocketAddrV4| {
+                    SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+                };
+                in_table("/proc/net/tcp6", mapped(l), mapped(p))
+            })
+        }
+        _ => in_table("/proc/net/tcp6", local, peer),
+    }
 }
 
 /// [`server_uid`] over the text of a socket table.
@@ -133,6 +144,20 @@ mod tests {
         // A peer nobody is connected to finds nothing (so nothing is sent).
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(server_uid(c.local_addr().unwrap(), other), None);
+    }
+
+    /// An IPv4 connection to a dual-stack IPv6 listener: its server side is listed in tcp6
+    /// only (as `::ffff:127.0.0.1`), and is found there.
+    #[test]
+    fn an_ipv4_connection_to_a_dual_stack_listener_is_found() {
+        // `[::]` with IPV6_V6ONLY off (Linux's default): skipped where IPv6 is off.
+        let Ok(l) = std::net::TcpListener::bind("[::]:0") else {
+            return;
+        };
+        let port = l.local_addr().unwrap().port();
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let got = server_uid(c.local_addr().unwrap(), c.peer_addr().unwrap());
+        assert_eq!(got, Some(own_uid()));
     }
 
     /// Our uid and our subordinate uids are ours; another uid is not, unless our ranges cannot

@@ -53,6 +53,10 @@ fn agent_bao(bind: &str, answer: Value) -> (String, Seen) {
                     break;
                 }
             }
+            if head.is_empty() {
+                // A connection closed before a byte was sent (refused by the owner check).
+                continue;
+            }
             let mut body = vec![0u8; len];
             let _ = r.read_exact(&mut body);
             seen2.lock().unwrap().push(head);
@@ -509,5 +513,53 @@ fn redis_admin_password_never_goes_to_a_squatted_loopback_port() {
     assert!(
         !got.iter().any(|p| p.contains(&admin_pw)),
         "the admin password went to the agent's listener"
+    );
+}
+
+/// `insecure-loopback` is one environment's: the agent cannot use the human's opt-in for `demo`
+/// (a dev server of the human's) to link its own listener into another environment, nor move
+/// a `demo` link there; each environment's links meet its own policy.
+#[test]
+fn insecure_loopback_of_one_environment_does_not_cover_another() {
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    h.ok(&["env", "create", "other", "--description", "no opt-in"]);
+    let (addr, seen) = agent_bao("127.0.0.1:0", bao_answer(json!({"API_KEY": "agent"}), "x"));
+    let link = |env: &str| {
+        h.run_stdin(
+            &[
+                "env",
+                "link",
+                env,
+                "--openbao",
+                &addr,
+                "--kv-path",
+                "agent/app",
+                "--admin-stdin",
+            ],
+            "agent-own-token-zz\n",
+        )
+    };
+    assert!(link("demo").status.success());
+    let before = seen.lock().unwrap().len();
+    let o = link("other");
+    assert!(
+        !o.status.success(),
+        "linked under another environment's opt-in"
+    );
+    assert!(
+        text(&o.stderr).contains("your own user"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "a request reached the listener"
+    );
+    let shown = h.json(&["env", "show", "other", "--json"]);
+    assert!(
+        shown["variables"].as_array().is_none_or(|v| v.is_empty()),
+        "{shown}"
     );
 }
