@@ -428,7 +428,6 @@ fn agent_postgres(l: TcpListener) -> Seen {
 /// at every mint; while PostgreSQL is down (or restarting) the agent listened on that port,
 /// asked for the password in clear, and tokio-postgres sent it (no TLS to PostgreSQL yet).
 /// Fixed: a loopback PostgreSQL connection meets the same owner check before a byte is sent.
-/// (Redis, `AUTH` in clear, is not covered yet: see the LEAK test below.)
 #[test]
 fn postgres_admin_password_never_goes_to_a_squatted_loopback_port() {
     let h = Home::new();
@@ -469,10 +468,9 @@ fn postgres_admin_password_never_goes_to_a_squatted_loopback_port() {
 }
 
 /// As for PostgreSQL, the `redis` engine's admin URL goes over plain TCP to a loopback port;
-/// the client sends `AUTH` (or `HELLO … AUTH`) with the password in clear as its first command,
-/// to whoever holds the port: no owner check on that connection yet.
+/// the client sent `AUTH` (or `HELLO … AUTH`) with the password in clear as its first command,
+/// to whoever held the port. Fixed: the same owner check runs before the first command.
 #[test]
-#[ignore = "LEAK: the redis engine sends the admin password to whoever holds the loopback port (no owner check on Redis connections)"]
 fn redis_admin_password_never_goes_to_a_squatted_loopback_port() {
     let h = Home::new();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -508,11 +506,17 @@ fn redis_admin_password_never_goes_to_a_squatted_loopback_port() {
         ],
         &format!("{PASS}\nredis://default:{admin_pw}@127.0.0.1:{port}\n"),
     );
-    assert!(!text(&o.stderr).contains(&admin_pw));
+    let err = text(&o.stderr);
+    assert!(!err.contains(&admin_pw));
     let got = seen.lock().unwrap().clone();
     assert!(
         !got.iter().any(|p| p.contains(&admin_pw)),
         "the admin password went to the agent's listener"
+    );
+    assert!(!o.status.success(), "added against the agent's listener");
+    assert!(
+        err.contains("your own user") && err.contains("insecure-loopback"),
+        "{err}"
     );
 }
 
