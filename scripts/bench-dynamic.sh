@@ -38,6 +38,9 @@ cleanup() {
 trap cleanup EXIT
 printf '%s\n' "$PASS" | "$KV" init --passphrase-stdin --kdf-memory-kib 19456 >/dev/null
 "$KV" env create demo >/dev/null
+# The bao dev server (and maybe PostgreSQL) runs as this user: plain loopback connections to a
+# listener of this user need the environment's opt-in (factor).
+printf '%s\n' "$PASS" | "$KV" policy set demo insecure-loopback on --passphrase-stdin >/dev/null
 printf 'postgresql://postgres@127.0.0.1:5432/test\n' | "$KV" dynamic add demo NATIVE_URL --engine postgres --admin-stdin --output url >/dev/null
 printf 'postgresql://postgres@127.0.0.1:5432/test\n' | "$KV" set demo STATIC_URL --from-stdin >/dev/null
 
@@ -54,8 +57,6 @@ bao write database/config/test plugin_name=postgresql-database-plugin \
 bao write database/roles/ro db_name=test \
   "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";" \
   default_ttl=1h max_ttl=24h >/dev/null
-# The dev server runs as this user: plain HTTP to it needs the environment's opt-in (factor).
-printf '%s\n' "$PASS" | "$KV" policy set demo insecure-loopback on --passphrase-stdin >/dev/null
 printf '%s\n' "$token" | "$KV" dynamic add demo BAO_URL --engine openbao-database --admin-stdin \
   --address "$BAO_ADDR" --role ro --connect-url postgresql://127.0.0.1:5432/test >/dev/null
 unset BAO_TOKEN

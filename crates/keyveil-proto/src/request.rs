@@ -514,8 +514,9 @@ pub enum PolicyChange {
         /// `true` to hide.
         hide: bool,
     },
-    /// Let this environment's OpenBao variables send their login secret over plain HTTP to a
-    /// loopback port held by a process of the broker's own user (a `bao proxy` or dev server of
+    /// Let this environment's OpenBao variables send their login secret over plain HTTP, and
+    /// its PostgreSQL and Redis variables their admin password, to a loopback port held by a process of
+    /// the broker's own user or one of its subordinate uids (a `bao proxy` or dev server of
     /// yours, which an agent of your uid could also hold). Off by default: a listener of
     /// another user is accepted, one of yours is refused before anything is sent.
     InsecureLoopback {

@@ -77,7 +77,7 @@ pub(crate) async fn add(
     if req.check && !(spec.engine == EngineKind::OpenbaoKv && req.name.is_none()) {
         check_source(&spec, &logins).await?;
     }
-    let verified = authorize(broker, &req, &names, hidden_guess, digest).await?;
+    let verified = authorize(broker, &req, &spec, &names, hidden_guess, digest).await?;
     store(broker, &req, &spec, &names, verified)
 }
 
@@ -235,11 +235,13 @@ async fn check_source(spec: &DynamicSpec, logins: &dynamic::Logins) -> Result<()
 }
 
 /// Asks for the human's factor where it is needed: replacing a variable that holds a value
-/// (see `guard::guard_stored`), or a name guessed where names are hidden; whether it was
-/// verified.
+/// (see `guard::guard_stored`), a name guessed where names are hidden, or an OpenBao database
+/// variable whose value is the server's `password` as given (its server may be the agent's,
+/// and a value minted per grant cannot be quoted on the card); whether it was verified.
 async fn authorize(
     broker: &Arc<Broker>,
     req: &DynamicAddRequest,
+    spec: &DynamicSpec,
     names: &[(String, Option<String>)],
     mut hidden_guess: bool,
     digest: Option<[u8; crate::factor_proof::LEN]>,
@@ -259,6 +261,8 @@ async fn authorize(
     }
     let need = if hidden_guess {
         super::guard::Need::HiddenName
+    } else if spec.engine == EngineKind::OpenbaoDatabase && spec.output == OutputForm::Password {
+        super::guard::Need::ServerChosen
     } else {
         super::guard::Need::stored(stored)
     };

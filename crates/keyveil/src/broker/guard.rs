@@ -61,6 +61,10 @@ pub(crate) enum Need {
     /// The environment hides names and the change names a variable by something other than
     /// its alias: answered the same whether or not such a variable exists (no oracle).
     HiddenName,
+    /// The variable's value would be whatever its source's server answers at each grant (an
+    /// OpenBao database role's `password`, output `password`): it cannot be quoted on a card
+    /// before it is minted, so the human must choose the source.
+    ServerChosen,
 }
 
 impl Need {
@@ -82,6 +86,9 @@ fn factor_needed(env: &str, need: Need) -> OpError {
         ),
         Need::Stored(1) => format!("this would replace or remove a stored value in '{env}'"),
         Need::Stored(n) => format!("this would replace or remove {n} stored values in '{env}'"),
+        Need::ServerChosen => format!(
+            "an OpenBao database variable with output `password` is whatever its server answers (any string, minted per grant, so no card can quote it), so adding one to '{env}' needs your factor (output `url` with `--connect-url` does not)"
+        ),
         Need::Nothing => String::new(),
     };
     OpError::new(

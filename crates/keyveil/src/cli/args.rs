@@ -358,9 +358,10 @@ pub(crate) enum PolicySetCommand {
         setting: String,
     },
     /// Let OpenBao variables send their token (or AppRole secret id, JWT, password) over plain
-    /// HTTP to a loopback port your own user holds (a local `bao proxy` or dev server). Off by
-    /// default: any process of your uid (an agent too) can hold that port while the proxy is
-    /// down; a listener of another user (a proxy run as a service user) needs no setting.
+    /// HTTP, and PostgreSQL and Redis variables their admin password, to a loopback port your own user
+    /// (or one of your /etc/subuid uids) holds (a local `bao proxy`, a dev server). Off by
+    /// default: any process of your uid (an agent too) can hold that port while the server is
+    /// down; a listener of another user (a service user) needs no setting.
     InsecureLoopback {
         /// on | off.
         #[arg(value_parser = ["on", "off"])]

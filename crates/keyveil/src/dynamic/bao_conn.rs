@@ -41,8 +41,9 @@ use sha2::Digest;
 use super::target::Target;
 use super::{DynamicError, DynamicSpec, EngineKind, scrub, timed};
 
-mod owner;
 mod tls;
+
+use super::owner;
 
 use tls::{client_config, tls_hint};
 
@@ -482,23 +483,12 @@ impl Conn {
     /// Before anything is sent over plain HTTP: the connection's server side must belong to
     /// another user, or to ours where the policy allows it (see [`owner`]).
     fn check_listener(&self, tcp: &tokio::net::TcpStream) -> Result<(), (Stage, String)> {
-        let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
-            return Err((Stage::Owner, "the connection has no address".to_owned()));
-        };
-        let me = owner::own_uid();
-        match owner::server_uid(local, peer) {
-            None => Err((
+        owner::check_stream(tcp, self.same_user_loopback).map_err(|why| {
+            (
                 Stage::Owner,
-                "the kernel lists no listener for this connection; nothing was sent".to_owned(),
-            )),
-            Some(uid) if uid == me && !self.same_user_loopback => Err((
-                Stage::Owner,
-                format!(
-                    "the port is held by a process of your own user (uid {uid}), which any program you run (an agent too) could be; the login secret was not sent"
-                ),
-            )),
-            Some(_) => Ok(()),
-        }
+                format!("{why}; the login secret was not sent"),
+            )
+        })
     }
 
     fn transport_error(&self, node: &Node, stage: Stage, reason: &str) -> DynamicError {
@@ -506,7 +496,7 @@ impl Conn {
         let (what, hint) = match stage {
             Stage::Owner => (
                 "is not trusted over plain HTTP",
-                "use https:// (with --ca-file for your own CA), or run `bao proxy` as another user; for a proxy or dev server of your own, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)".to_owned(),
+                "use https:// (with --ca-file for your own CA), or run `bao proxy` as another user (not one of your own subordinate uids of /etc/subuid); for a proxy or dev server of your own, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)".to_owned(),
             ),
             Stage::Connect => (
                 "cannot be reached",

@@ -29,6 +29,7 @@ pub(crate) mod bao_login;
 pub(crate) mod grants;
 #[cfg(feature = "openbao")]
 pub(crate) mod openbao;
+pub(crate) mod owner;
 pub(crate) mod postgres;
 pub(crate) mod redis;
 pub(crate) mod target;
@@ -422,6 +423,9 @@ impl DynamicError {
     pub(crate) fn hint(&self) -> Option<&str> {
         match self {
             DynamicError::Bao { hint, .. } => Some(hint),
+            DynamicError::Connect { reason, .. } if reason.contains(owner::NOT_SENT) => {
+                Some(owner::DB_OWNER_HINT)
+            }
             _ => None,
         }
     }

@@ -89,17 +89,45 @@ impl Admin {
         if let Some(p) = &target.password {
             cfg.password(p.expose());
         }
-        let connect = async {
-            cfg.connect(NoTls).await.map_err(|e| DynamicError::Connect {
-                engine: "postgres",
-                target: shown.clone(),
-                reason: reason(&e, &secrets),
-            })
+        let failed = |reason: String| DynamicError::Connect {
+            engine: "postgres",
+            target: shown.clone(),
+            reason,
         };
-        let (client, conn) = timed(EngineKind::Postgres, &shown, connect).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        // On loopback, nothing is sent (the admin password may be asked in clear) until the
+        // kernel says who holds the port: an agent may listen there while PostgreSQL is down.
+        let client = if target.is_loopback() {
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                super::owner::check_stream(&tcp, spec.same_user_loopback).map_err(|why| {
+                    failed(format!(
+                        "{why}; the admin password {}",
+                        super::owner::NOT_SENT
+                    ))
+                })?;
+                cfg.connect_raw(tcp, NoTls)
+                    .await
+                    .map_err(|e| failed(reason(&e, &secrets)))
+            };
+            let (client, conn) = timed(EngineKind::Postgres, &shown, connect).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        } else {
+            let connect = async {
+                cfg.connect(NoTls)
+                    .await
+                    .map_err(|e| failed(reason(&e, &secrets)))
+            };
+            let (client, conn) = timed(EngineKind::Postgres, &shown, connect).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        };
         Ok(Admin {
             client,
             target,

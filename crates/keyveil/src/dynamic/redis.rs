@@ -77,18 +77,49 @@ impl Admin {
             target: shown.clone(),
             reason: reason(&e, &secrets),
         };
-        let info = ConnectionAddr::Tcp(target.host.clone(), target.port)
-            .into_connection_info()
-            .map_err(fail)?
-            .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(fail)?;
-        let con = timed(EngineKind::Redis, &shown, async {
-            client
-                .get_multiplexed_async_connection()
+        // On loopback, nothing is sent (`AUTH` carries the password in clear) until the kernel
+        // says who holds the port: an agent may listen there while Redis is down.
+        let con = if target.is_loopback() {
+            let refused = |reason: String| DynamicError::Connect {
+                engine: "redis",
+                target: shown.clone(),
+                reason,
+            };
+            timed(EngineKind::Redis, &shown, async {
+                let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| refused(e.to_string()))?;
+                super::owner::check_stream(&tcp, spec.same_user_loopback).map_err(|why| {
+                    refused(format!(
+                        "{why}; the admin password {}",
+                        super::owner::NOT_SENT
+                    ))
+                })?;
+                let (con, driver) = MultiplexedConnection::new_with_config(
+                    &settings,
+                    tcp,
+                    redis::AsyncConnectionConfig::default(),
+                )
                 .await
-                .map_err(fail)
-        })
-        .await?;
+                .map_err(fail)?;
+                tokio::spawn(driver);
+                Ok(con)
+            })
+            .await?
+        } else {
+            let info = ConnectionAddr::Tcp(target.host.clone(), target.port)
+                .into_connection_info()
+                .map_err(fail)?
+                .set_redis_settings(settings);
+            let client = redis::Client::open(info).map_err(fail)?;
+            timed(EngineKind::Redis, &shown, async {
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(fail)
+            })
+            .await?
+        };
         Ok(Admin {
             con,
             target,

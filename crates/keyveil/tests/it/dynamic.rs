@@ -314,6 +314,9 @@ fn redis_acl_user_per_grant() {
         return;
     }
     let h = Home::new();
+    // The test's Redis may run as the test's own user: its loopback port then needs the
+    // environment's opt-in (redteam_s12_kv.rs); harmless where it runs as a service user.
+    h.allow_insecure_loopback("demo");
     let ns = format!("kvit{}", rand_tag());
     let admin = format!("redis://default:{ADMIN_PW}@127.0.0.1:6379");
     // The default user has no password here: Redis ignores AUTH default <anything> when

@@ -355,6 +355,9 @@ fn a_hostile_servers_lease_id_never_reaches_the_audit_log() {
             &addr,
             "--role",
             "ro",
+            // Output `url` (with `password` the add needs the factor: redteam_s12_kv.rs).
+            "--connect-url",
+            "postgresql://127.0.0.1:5432/test",
             "--no-check",
             "--admin-stdin",
         ],

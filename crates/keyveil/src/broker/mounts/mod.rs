@@ -63,7 +63,7 @@ pub(crate) mod procfs;
 mod reader;
 mod registry;
 mod serve;
-mod subuid;
+pub(crate) mod subuid;
 #[cfg(test)]
 mod tests;
 mod uring;

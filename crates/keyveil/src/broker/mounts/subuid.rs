@@ -34,7 +34,7 @@ fn subuid_path() -> PathBuf {
 type Stamp = Option<(u64, u64, u64, i64, i64, i64, i64)>;
 
 /// A range of uids, `start..end` (end excluded; `u64` so a range may end past `u32::MAX`).
-pub(super) type Range = (u64, u64);
+pub(crate) type Range = (u64, u64);
 
 /// The user's subordinate uid ranges, re-read whenever the file changes.
 pub(super) struct Subuids {
@@ -95,6 +95,17 @@ impl Subuids {
     pub(super) fn ranges(&self) -> Result<&[Range], &str> {
         self.ranges.as_deref().map_err(String::as_str)
     }
+}
+
+/// The subordinate uid ranges of the user with uid `uid` (its lines of `/etc/subuid`, by name
+/// or by number), read now: uids a process of that user can run code under (through
+/// `newuidmap`), so a socket or process of such a uid may be the agent's. `Err` says why they
+/// cannot be known (ending in [`SUBUID_MARK`]).
+pub(crate) fn ranges_of(uid: u32) -> Result<Vec<Range>, String> {
+    Subuids::new(&[uid])
+        .ranges()
+        .map(<[Range]>::to_vec)
+        .map_err(str::to_owned)
 }
 
 /// What identifies the version of the file at `path` now.
@@ -180,7 +191,7 @@ fn number(s: &str) -> Option<u64> {
 }
 
 /// Whether `uid` lies in one of `ranges`.
-pub(super) fn in_ranges(ranges: &[Range], uid: u32) -> bool {
+pub(crate) fn in_ranges(ranges: &[Range], uid: u32) -> bool {
     ranges
         .iter()
         .any(|&(a, b)| (a..b).contains(&u64::from(uid)))
