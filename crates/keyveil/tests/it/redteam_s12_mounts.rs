@@ -23,11 +23,12 @@ use crate::redteam_s9c::longest_run;
 /// the pipe with non-blocking `tee(2)` (consumes nothing) for at most `argv[4]` ms and parks
 /// it again. After `argv[3]` pieces copied (or the reader gone, or 2 s quiet) it takes the copy
 /// back and closes it, so no read end of its own is left when the reader closes (the check
-/// after the text). `argv[5]` = `1`: two busy loops per CPU (normal priority), so the woken
+/// after the text; `argv[6]`: how many ms without a write, once it copied a piece, make it
+/// drop its copy). `argv[5]` = `1`: two busy loops per CPU (normal priority), so the woken
 /// reader waits for a CPU. B writes what it copied to `argv[2]`, then `argv[2].done`.
 const INHERIT: &str = r#"
 import os, sys, time, ctypes, socket, stat, signal
-path, out, nmax, window, spin = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1000, sys.argv[5] == "1"
+path, out, nmax, window, spin, quiet = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1000, sys.argv[5] == "1", float(sys.argv[6]) / 1000
 a, b = socket.socketpair()
 reader = os.getpid()
 if os.fork() != 0:
@@ -61,7 +62,7 @@ try:
 except OSError:
     m0 = 0
 last = time.time()
-while copies < nmax and time.time() - last < 2:
+while copies < nmax and time.time() - last < (quiet if copies else 30):
     try:
         m = os.stat(src).st_mtime_ns
     except OSError:
@@ -91,7 +92,7 @@ open(out + ".done", "w").close()
 
 /// What the inheriting agent came to: (bytes copied, longest run of one value, whether the
 /// broker refused or reported anything, what the human is told).
-fn inherited(max_pieces: u32, spin: bool) -> (usize, usize, bool, String) {
+fn inherited(max_pieces: u32, spin: bool, quiet_ms: u32) -> (usize, usize, bool, String) {
     let h = Home::new();
     let vals = values();
     store(&h, &vals);
@@ -108,6 +109,7 @@ fn inherited(max_pieces: u32, spin: bool) -> (usize, usize, bool, String) {
             &max_pieces.to_string(),
             "2",
             if spin { "1" } else { "0" },
+            &quiet_ms.to_string(),
         ],
         &[],
     );
@@ -144,9 +146,14 @@ fn inherited(max_pieces: u32, spin: bool) -> (usize, usize, bool, String) {
         .map(|(_, v)| longest_run(&stolen, v.as_bytes()))
         .max()
         .unwrap_or(0);
+    let whole = vals
+        .iter()
+        .filter(|(_, v)| crate::harness::contains(&stolen, v))
+        .count();
     eprintln!(
-        "inherited (spin {spin}): {} bytes copied, longest run of a value {longest}, flagged {flagged}, honest read {}",
+        "inherited (spin {spin}): {} bytes copied, {whole} of {} values whole, longest run of a value {longest}, flagged {flagged}, honest read {}",
         stolen.len(),
+        vals.len(),
         text(&honest.stdout)
     );
     (stolen.len(), longest, flagged, h.ok(&["mounts"]))
@@ -157,12 +164,12 @@ fn inherited(max_pieces: u32, spin: bool) -> (usize, usize, bool, String) {
 /// opening: the count sees one opening, the reader's, and the holders scan one holder). The
 /// reader is an ordinary program blocked reading the FIFO through its own descriptor. The
 /// thief copies a few pieces with `tee(2)` and drops its copy long before the text ends.
-/// Measured (3 runs): 25 to 31 bytes copied, up to 15 consecutive bytes of one value, card
-/// `python3 -c ...` (the exec'd reader), audit `mount_read` only: nothing refused or reported.
+/// Measured (7 runs, all unreported): 4 to 27 bytes copied, up to 16 consecutive bytes of one
+/// value, card `python3 -c ...` (the exec'd reader), audit `mount_read` only.
 #[test]
 #[ignore = "LEAK: a read end sent over SCM_RIGHTS before the reader's exec shares the reader's one opening (fanotify counts 1, /proc shows one holder blocked on the FIFO); a tee copier that drops it before the text ends copies pieces unreported"]
 fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_pieces_unreported() {
-    let (bytes, longest, flagged, mounts) = inherited(6, false);
+    let (bytes, longest, flagged, mounts) = inherited(6, false, 2000);
     assert!(
         bytes == 0 || flagged,
         "the thief copied {bytes} bytes (longest run of one value {longest}) unreported; mounts: {mounts}"
@@ -170,13 +177,30 @@ fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_pieces_unreported()
 }
 
 /// The same with the agent's busy loops (two per CPU, normal priority): the woken reader
-/// waits for a CPU while the thief's `tee` runs. Measured (3 runs): 22 to 31 bytes copied,
-/// up to 11 consecutive bytes of one value; 2 unreported, 1 reported (the thief, slowed by its
-/// own spinners, dropped its copy after the reader closed: "a read end ... outlived").
+/// waits for a CPU while the thief's `tee` runs. Measured (6 runs that got a card; 2 more got
+/// none within 20 s on this loaded machine): 22 to 31 bytes copied, up to 11 consecutive bytes
+/// of one value; 3 unreported, 3 reported (the thief, slowed by its own spinners, dropped its
+/// copy after the reader closed: "a read end ... outlived"). Fails only in some runs.
 #[test]
 #[ignore = "LEAK: as above, under CPU load: the check after the text catches the thief only when it drops its copy too late"]
 fn a_copy_of_the_readers_own_opening_sent_before_exec_with_spinners_copies_pieces_unreported() {
-    let (bytes, longest, flagged, mounts) = inherited(6, true);
+    let (bytes, longest, flagged, mounts) = inherited(6, true, 2000);
+    assert!(
+        bytes == 0 || flagged,
+        "the thief copied {bytes} bytes (longest run of one value {longest}) unreported; mounts: {mounts}"
+    );
+}
+
+/// The same thief copying every piece it can, which drops its copy once no write came for
+/// 5 ms (the text is over: the broker writes the next piece as soon as the reader read the
+/// last, well under that), before the reader has exited and closed the FIFO. Measured (4
+/// runs, all unreported): 249 and 241 of the 259 bytes copied (the pieces whose `tee` beat the
+/// reader; runs of 35 and 46 bytes of one value), and twice 4 to 6 bytes (a pause of over 5 ms
+/// between two pieces on this loaded machine made the thief drop its copy early).
+#[test]
+#[ignore = "LEAK: as above, the copier keeping its copy until the text is over (5 ms without a write) and dropping it before the reader closes: nearly the whole text, unreported"]
+fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_the_whole_text_unreported() {
+    let (bytes, longest, flagged, mounts) = inherited(100_000, false, 5);
     assert!(
         bytes == 0 || flagged,
         "the thief copied {bytes} bytes (longest run of one value {longest}) unreported; mounts: {mounts}"
