@@ -206,3 +206,96 @@ fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_the_whole_text_unre
         "the thief copied {bytes} bytes (longest run of one value {longest}) unreported; mounts: {mounts}"
     );
 }
+
+/// The agent's hard link: before the reader opens `.env`, it links the FIFO under another name
+/// (`os.link`, same filesystem), so the swap at approval leaves the served FIFO reachable. Once
+/// the card is approved it opens the link without blocking (a read end after the reader's) and
+/// copies the pipe with non-blocking `tee(2)` until the reader is gone. Prints what it copied.
+const LINKER: &str = r#"
+import os, sys, time, ctypes
+path, link, ready, go = sys.argv[1:5]
+os.link(path, link)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.001)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = None; t0 = time.time()
+while fd is None and time.time() - t0 < 10:
+    try:
+        fd = os.open(link, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        time.sleep(0.001)
+r, w = os.pipe(); data = []; t0 = time.time()
+while fd is not None and time.time() - t0 < 8:
+    n = libc.tee(fd, w, 1 << 16, 2)  # SPLICE_F_NONBLOCK
+    if n > 0:
+        got = os.read(r, n)
+        if not data or data[-1] != got:
+            data.append(got)
+sys.stdout.buffer.write(b"".join(data))
+"#;
+
+/// A hard link made before the read keeps the served FIFO openable by name after the swap:
+/// held, the broker checks that the served FIFO has no name left (`st_nlink == 0`) before the
+/// first piece, and the link's opening is counted (fanotify) and watched (inotify); the
+/// thief copies nothing unreported. Measured (3 runs): 0 bytes copied, nothing written to the
+/// reader (it read end-of-file), the refusal audited.
+#[test]
+fn a_hard_link_to_the_fifo_made_before_the_read_copies_nothing_unreported() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let ready = p.tmp.path().join("link-ready");
+    let go = p.tmp.path().join("link-go");
+    let link = p.path().join("linked-fifo");
+    let thief = std::process::Command::new("python3")
+        .args([
+            "-c",
+            LINKER,
+            p.env_file().to_str().unwrap(),
+            link.to_str().unwrap(),
+            ready.to_str().unwrap(),
+            go.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::redteam_s9c::wait_ready(&p, "link-ready");
+    let reader = p.reader(
+        &[
+            "python3",
+            "-c",
+            "import sys\nsys.stdout.write(str(len(open('.env').read())))\n",
+        ],
+        &[],
+    );
+    let card = wait_card(&h);
+    approve_card(&h, &card, &[]);
+    std::fs::write(&go, b"").unwrap();
+    let honest = finished(reader);
+    let stolen = crate::harness::wait_output(thief, Duration::from_secs(30));
+    assert!(
+        stolen.status.success(),
+        "thief failed: {}",
+        text(&stolen.stderr)
+    );
+    let audit = h.audit_text();
+    let flagged = audit.contains("\"mount_read_suspect\"")
+        || audit.contains("\"mount_refused\"")
+        || audit.contains("\"mount_not_written\"");
+    eprintln!(
+        "hard link: {} bytes copied, flagged {flagged}, honest read {}",
+        stolen.stdout.len(),
+        text(&honest.stdout)
+    );
+    assert!(
+        stolen.stdout.is_empty() || flagged,
+        "the thief copied {} bytes through a hard link unreported; mounts: {}",
+        stolen.stdout.len(),
+        h.ok(&["mounts"])
+    );
+}
