@@ -34,6 +34,7 @@ mod sandbox;
 pub mod scan;
 mod setup;
 mod stdin_program;
+mod subuid;
 mod supervise;
 mod sweep;
 mod when;

@@ -45,6 +45,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "frame_writer",
             "gitconfig",
             "stdin_program",
+            "subuid",
             "redact",
             "notify",
             "output",

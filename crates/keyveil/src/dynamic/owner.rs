@@ -76,7 +76,7 @@ fn encode(a: SocketAddr) -> String {
 pub(crate) fn maybe_ours(
     uid: u32,
     me: u32,
-    subordinate: &Result<Vec<crate::broker::mounts::subuid::Range>, String>,
+    subordinate: &Result<Vec<crate::subuid::Range>, String>,
 ) -> Option<String> {
     if uid == me {
         return Some(format!(
@@ -84,7 +84,7 @@ pub(crate) fn maybe_ours(
         ));
     }
     match subordinate {
-        Ok(r) if crate::broker::mounts::subuid::in_ranges(r, uid) => Some(format!(
+        Ok(r) if crate::subuid::in_ranges(r, uid) => Some(format!(
             "the port is held by uid {uid}, one of your own user's subordinate uids (/etc/subuid), which any program you run (an agent too) can run a listener under"
         )),
         Ok(_) => None,
@@ -120,7 +120,7 @@ pub(crate) fn check_stream(tcp: &tokio::net::TcpStream, same_user: bool) -> Resu
     let subordinate = if uid == me {
         Ok(Vec::new())
     } else {
-        crate::broker::mounts::subuid::ranges_of(me)
+        crate::subuid::ranges_of(me)
     };
     maybe_ours(uid, me, &subordinate).map_or(Ok(()), Err)
 }

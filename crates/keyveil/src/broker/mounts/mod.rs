@@ -63,18 +63,17 @@ pub(crate) mod procfs;
 mod reader;
 mod registry;
 mod serve;
-pub(crate) mod subuid;
 #[cfg(test)]
 mod tests;
 mod uring;
 mod write;
 
+use crate::subuid::*;
 use fifo::*;
 use opens::*;
 use procfs::*;
 use reader::*;
 use registry::*;
-use subuid::*;
 use uring::*;
 use write::*;
 

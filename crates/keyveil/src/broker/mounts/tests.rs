@@ -310,11 +310,11 @@ fn subordinate_uid_ranges_are_read_by_name_or_number_and_fail_closed() {
     // Alice's by name and by number; carol is not in /etc/passwd (another name service):
     // counted; bob's are not.
     assert_eq!(
-        subuid::parse(sub, passwd, &[1000]).unwrap(),
+        crate::subuid::parse(sub, passwd, &[1000]).unwrap(),
         vec![(100_000, 165_536), (300_000, 300_010), (400_000, 400_005)]
     );
-    assert!(subuid::in_ranges(&[(100_000, 165_536)], 165_535));
-    assert!(!subuid::in_ranges(&[(100_000, 165_536)], 165_536));
+    assert!(crate::subuid::in_ranges(&[(100_000, 165_536)], 165_535));
+    assert!(!crate::subuid::in_ranges(&[(100_000, 165_536)], 165_536));
     for bad in [
         "alice:100000\n",
         "alice:1e5:10\n",
@@ -323,7 +323,7 @@ fn subordinate_uid_ranges_are_read_by_name_or_number_and_fail_closed() {
         "alice:100000:10:x\n",
         "alice:99999999999999999999999:1\n",
     ] {
-        let e = subuid::parse(bad, passwd, &[1000]).unwrap_err();
+        let e = crate::subuid::parse(bad, passwd, &[1000]).unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }
 }
@@ -335,7 +335,7 @@ fn subordinate_uid_numbers_are_read_as_newuidmap_reads_them() {
     let passwd = "alice:x:1000:1000::/home/alice:/bin/sh\n";
     let sub = "alice:0200000:0200000\nalice:0x30000:0X10\nalice:0:1\nalice:7:010\n";
     assert_eq!(
-        subuid::parse(sub, passwd, &[1000]).unwrap(),
+        crate::subuid::parse(sub, passwd, &[1000]).unwrap(),
         vec![(65_536, 131_072), (196_608, 196_624), (0, 1), (7, 15)]
     );
     for bad in [
@@ -345,7 +345,7 @@ fn subordinate_uid_numbers_are_read_as_newuidmap_reads_them() {
         "alice: 100000:1\n",
         "alice:+100000:1\n",
     ] {
-        let e = subuid::parse(bad, passwd, &[1000]).unwrap_err();
+        let e = crate::subuid::parse(bad, passwd, &[1000]).unwrap_err();
         assert!(e.contains("line 1"), "{bad:?}: {e}");
     }
 }
@@ -354,7 +354,7 @@ fn subordinate_uid_numbers_are_read_as_newuidmap_reads_them() {
 fn subordinate_uid_ranges_are_read_again_when_the_file_changes() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("subuid");
-    let mut s = subuid::Subuids::at(f.clone(), &[4242]);
+    let mut s = crate::subuid::Subuids::at(f.clone(), &[4242]);
     assert_eq!(s.ranges(), Ok(&[][..]), "no file: no ranges");
     std::fs::write(&f, "4242:500000:10\n").unwrap();
     s.refresh();
@@ -363,7 +363,7 @@ fn subordinate_uid_ranges_are_read_again_when_the_file_changes() {
     s.refresh();
     let e = s.ranges().unwrap_err();
     assert!(
-        e.contains(subuid::SUBUID_MARK) && e.contains("line 1"),
+        e.contains(crate::subuid::SUBUID_MARK) && e.contains("line 1"),
         "{e}"
     );
     assert!(uring::uring_hint(e).is_some_and(|h| h.starts_with("hint: ")));

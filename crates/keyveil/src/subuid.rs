@@ -2,17 +2,19 @@
 //!
 //! `newuidmap` lets every user listed in `/etc/subuid` map the ranges given there into a user
 //! namespace of its own (rootless podman, `unshare --map-auto`): a process of the user can so
-//! run code under any uid of those ranges, and pass it a descriptor. The io_uring look
-//! ([`super::uring::UringWatch`]) counts such processes as the user's own.
+//! run code under any uid of those ranges, and pass it a descriptor. The mounts' io_uring look
+//! counts such processes as the user's own, and the owner check of a plain-HTTP loopback
+//! server (`dynamic/owner`) counts such a listener as the user's own.
 
-use super::*;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 
 /// What every reason of [`Subuids::ranges`] ends with (so a note can add the [`subuid_hint`]).
-pub(super) const SUBUID_MARK: &str =
+pub(crate) const SUBUID_MARK: &str =
     "so the processes the user runs under its subordinate uids cannot be told apart";
 
 /// What the human can do when the ranges cannot be read: the `hint:` of a refusal or a stop.
-pub(super) fn subuid_hint() -> String {
+pub(crate) fn subuid_hint() -> String {
     format!(
         "hint: make {} readable (mode 0644) with one range a line, NAME_OR_UID:FIRST_UID:COUNT, as `newuidmap` reads it; then read the mount again",
         subuid_path().display()
@@ -37,7 +39,7 @@ type Stamp = Option<(u64, u64, u64, i64, i64, i64, i64)>;
 pub(crate) type Range = (u64, u64);
 
 /// The user's subordinate uid ranges, re-read whenever the file changes.
-pub(super) struct Subuids {
+pub(crate) struct Subuids {
     path: PathBuf,
     stamp: Stamp,
     /// The ranges, or why they are not known (ending in [`SUBUID_MARK`]).
@@ -48,12 +50,12 @@ pub(super) struct Subuids {
 
 impl Subuids {
     /// The ranges of the users with uids `uids` (by name or by number), read now.
-    pub(super) fn new(uids: &[u32]) -> Subuids {
+    pub(crate) fn new(uids: &[u32]) -> Subuids {
         Subuids::at(subuid_path(), uids)
     }
 
     /// As [`Subuids::new`], from the file at `path`.
-    pub(super) fn at(path: PathBuf, uids: &[u32]) -> Subuids {
+    pub(crate) fn at(path: PathBuf, uids: &[u32]) -> Subuids {
         let mut s = Subuids {
             path,
             stamp: None,
@@ -65,7 +67,7 @@ impl Subuids {
     }
 
     /// Reads the file again if it changed since it was last read.
-    pub(super) fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         if stamp(&self.path) != self.stamp {
             self.reload();
         }
@@ -92,7 +94,7 @@ impl Subuids {
     }
 
     /// The ranges, or why they are not known (ending in [`SUBUID_MARK`]; [`subuid_hint`] says what to do).
-    pub(super) fn ranges(&self) -> Result<&[Range], &str> {
+    pub(crate) fn ranges(&self) -> Result<&[Range], &str> {
         self.ranges.as_deref().map_err(String::as_str)
     }
 }
@@ -129,7 +131,7 @@ fn stamp(path: &Path) -> Stamp {
 /// starting with `#` are skipped. `Err`: the first line that is not `OWNER:FIRST:COUNT` with
 /// two numbers as `newuidmap` reads them ([`number`]: decimal, `0` octal, `0x` hexadecimal;
 /// its number, never its text).
-pub(super) fn parse(subuid: &str, passwd: &str, uids: &[u32]) -> Result<Vec<Range>, String> {
+pub(crate) fn parse(subuid: &str, passwd: &str, uids: &[u32]) -> Result<Vec<Range>, String> {
     let mut known: Vec<(&str, u32)> = Vec::new();
     for l in passwd.lines() {
         let mut f = l.split(':');
@@ -202,7 +204,7 @@ pub(crate) fn in_ranges(ranges: &[Range], uid: u32) -> bool {
 /// namespace the user made (or was given), whose processes run for the user whatever uid
 /// they show. Who owns a namespace is not in `/proc` (it takes an `ioctl` on the namespace's
 /// descriptor); its map is.
-pub(super) fn in_users_namespace(pid: u32, uids: &[u32], ranges: &[Range]) -> bool {
+pub(crate) fn in_users_namespace(pid: u32, uids: &[u32], ranges: &[Range]) -> bool {
     let Ok(map) = std::fs::read_to_string(format!("/proc/{pid}/uid_map")) else {
         return false;
     };
