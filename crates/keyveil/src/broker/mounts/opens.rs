@@ -50,7 +50,7 @@ pub(in crate::broker::mounts) struct OpenWatch {
 
 impl OpenWatch {
     /// Marks the FIFO open as `fifo` (any descriptor of it, `O_PATH` too) for its openings.
-    /// `None`: the kernel or the filesystem does not allow it (see [`available`]).
+    /// `None`: the kernel or the filesystem does not allow it (see the module's notes).
     fn new(fifo: &OwnedFd) -> Option<OpenWatch> {
         // SAFETY: plain system call wrappers with constant flags; the result is checked.
         let raw = unsafe {

@@ -583,7 +583,7 @@ impl Inner {
     ///
     /// # Errors
     /// [`ErrorCode::Failed`]: "the audit log cannot be written: CAUSE; nothing was done" with a
-    /// hint to free space (see [`audit_refusal`]), or the moved-log error of
+    /// hint to free space (see [`audit_refusal`](super::audit::audit_refusal)), or the moved-log error of
     /// [`AuditLog::check_path`].
     pub(crate) fn must_audit(&mut self, event: &str, fields: Value) -> OpResult<()> {
         self.must_audit_as(event, fields, true)
