@@ -31,6 +31,52 @@ pub(crate) fn read_head(s: &mut impl Read) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Reads a chunked request body to its end (the last chunk and the trailer section), as an API
+/// that reads what it is sent does; returns the raw bytes read, chunk lines and trailers
+/// included. Stops early at end of stream or an error (a relay that cut the body).
+pub(crate) fn read_chunked(s: &mut impl Read) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut left: Option<usize> = None; // Some(n): n data bytes (and a CRLF) still to read
+    let mut in_trailers = false;
+    while raw.len() < 1 << 20 {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            _ => break,
+        }
+        if let Some(n) = left.as_mut() {
+            if *n > 0 {
+                *n -= 1;
+                continue;
+            }
+            if raw.ends_with(b"\r\n") {
+                left = None;
+            }
+            continue;
+        }
+        line.push(byte[0]);
+        if !line.ends_with(b"\r\n") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+        line.clear();
+        if in_trailers {
+            if text.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let size = text.split(';').next().unwrap_or("").trim();
+        match usize::from_str_radix(size, 16) {
+            Ok(0) => in_trailers = true,
+            Ok(n) => left = Some(n),
+            Err(_) => break,
+        }
+    }
+    raw
+}
+
 pub(crate) fn authorization(head: &str) -> String {
     head.lines()
         .find_map(|l| {

@@ -14,7 +14,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::egress::{Seen, authorization, bound_home, fresh_value, read_head, tls_server};
+use super::egress::{
+    Seen, authorization, bound_home, fresh_value, read_chunked, read_head, tls_server,
+};
 use super::harness::*;
 use super::redteam_s11_egress::{header, holds_value, range};
 
@@ -41,20 +43,14 @@ fn api() -> (u16, String, Seen) {
                 if head.is_empty() {
                     return;
                 }
-                let mut body = Vec::new();
-                if header(&head, "transfer-encoding").contains("chunked") {
-                    let mut b = [0u8; 1];
-                    while !body.ends_with(b"\r\n\r\n") || !contains(&body, "0\r\n") {
-                        match tls.read(&mut b) {
-                            Ok(1) => body.push(b[0]),
-                            _ => break,
-                        }
-                    }
+                let body = if header(&head, "transfer-encoding").contains("chunked") {
+                    read_chunked(&mut tls)
                 } else {
                     let len: usize = header(&head, "content-length").parse().unwrap_or(0);
-                    body = vec![0u8; len];
+                    let mut body = vec![0u8; len];
                     let _ = tls.read_exact(&mut body);
-                }
+                    body
+                };
                 seen.lock()
                     .unwrap()
                     .push(format!("{head}{}", String::from_utf8_lossy(&body)));
