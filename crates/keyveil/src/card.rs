@@ -464,6 +464,9 @@ pub(crate) const MOUNT_WARNING: &[&str] = &[
     "Where the kernel does not let keyveil see which file a reader waits on (Yama's ptrace_scope",
     "1 or more, for a broker not run as root) or count the file's openings (no fanotify), the",
     "program shown may be a stand-in while another program of your user reads the text.",
+    "A program that gave this reader `.env` already open (a shell's `< .env`, a parent that",
+    "opened it) may have kept a copy of that opening where keyveil cannot see it, and copy",
+    "what the reader reads: approve readers you started yourself, not ones the agent started.",
 ];
 
 /// "`ARGV` (pid N) wants to read `PATH` of environment ENV", escaped.

@@ -263,6 +263,8 @@ fn python_dotenv_reads_exactly_the_approved_values_and_nothing_lands_on_disk() {
     let shown = h.ok(&["requests"]);
     assert!(shown.contains("wants to read"), "{shown}");
     assert!(shown.contains("NOT redacted"), "{shown}");
+    // A copy of an opening handed down before exec is out of every look: the card says so.
+    assert!(shown.contains("`.env` already open"), "{shown}");
     approve_card(&h, &card, &[]);
     let o = finished(r);
     let mut got = nul_pairs(&o.stdout);

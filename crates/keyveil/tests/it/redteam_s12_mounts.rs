@@ -2,7 +2,8 @@
 //! `mkfifo` on) and the check that the reader is blocked reading the FIFO's own descriptor:
 //! a prompt-injected agent (same uid, shell, `/proc`, the socket) trying to copy bytes of a
 //! mount read without the read being refused or reported. A held attack is a passing test;
-//! one that still works is kept `#[ignore = "LEAK: ..."]`.
+//! one that still works is kept `#[ignore = "LEAK: ..."]`, or `#[ignore = "LIMIT (docs/mounts.md
+//! ...)"]` where no look of the broker can see it and every card says so.
 #![allow(clippy::print_stderr)] // the figures of each attempt (counts only, never a value)
 
 use std::time::Duration;
@@ -167,7 +168,7 @@ fn inherited(max_pieces: u32, spin: bool, quiet_ms: u32) -> (usize, usize, bool,
 /// Measured (7 runs, all unreported): 4 to 27 bytes copied, up to 16 consecutive bytes of one
 /// value, card `python3 -c ...` (the exec'd reader), audit `mount_read` only.
 #[test]
-#[ignore = "LEAK: a read end sent over SCM_RIGHTS before the reader's exec shares the reader's one opening (fanotify counts 1, /proc shows one holder blocked on the FIFO); a tee copier that drops it before the text ends copies pieces unreported"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: a reader handed `.env` already open): a read end sent over SCM_RIGHTS before the reader's exec shares the reader's one opening (fanotify counts 1, /proc shows one holder blocked on the FIFO); a tee copier that drops it before the text ends copies pieces unreported; every card says so"]
 fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_pieces_unreported() {
     let (bytes, longest, flagged, mounts) = inherited(6, false, 2000);
     assert!(
@@ -182,7 +183,7 @@ fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_pieces_unreported()
 /// of one value; 3 unreported, 3 reported (the thief, slowed by its own spinners, dropped its
 /// copy after the reader closed: "a read end ... outlived"). Fails only in some runs.
 #[test]
-#[ignore = "LEAK: as above, under CPU load: the check after the text catches the thief only when it drops its copy too late"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: a reader handed `.env` already open): as above, under CPU load: the check after the text catches the thief only when it drops its copy too late"]
 fn a_copy_of_the_readers_own_opening_sent_before_exec_with_spinners_copies_pieces_unreported() {
     let (bytes, longest, flagged, mounts) = inherited(6, true, 2000);
     assert!(
@@ -199,7 +200,7 @@ fn a_copy_of_the_readers_own_opening_sent_before_exec_with_spinners_copies_piece
 /// two pieces on this loaded machine made it drop early; with 20 ms, 4 runs: 8 to 147 bytes
 /// (up to 25 consecutive bytes of one value).
 #[test]
-#[ignore = "LEAK: as above, the copier keeping its copy until the text is over (5 ms without a write) and dropping it before the reader closes: nearly the whole text, unreported"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: a reader handed `.env` already open): as above, the copier keeping its copy until the text is over (5 ms without a write) and dropping it before the reader closes: nearly the whole text, unreported"]
 fn a_copy_of_the_readers_own_opening_sent_before_exec_copies_the_whole_text_unreported() {
     let (bytes, longest, flagged, mounts) = inherited(100_000, false, 20);
     assert!(
