@@ -11,24 +11,18 @@
 //! other than itself: the reader's is the one expected, any other is a copier's (or a second
 //! reader's) and refuses the read. An unprivileged listener sees other processes' pids as 0,
 //! which is enough: only its own opens are told apart, and two processes' events stay two.
-#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
-const FAN_CLOEXEC: u32 = 0x1;
-const FAN_NONBLOCK: u32 = 0x2;
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+
+/// `FAN_REPORT_FID` (fanotify_init(2), Linux 5.1): events name the object by file handle
+/// instead of opening a descriptor of it, which is what lets an unprivileged process listen.
 const FAN_REPORT_FID: u32 = 0x200;
-const FAN_MARK_ADD: u32 = 0x1;
 const FAN_OPEN: u64 = 0x20;
 const FAN_Q_OVERFLOW: u64 = 0x4000;
-const AT_FDCWD: i32 = -100;
-
-unsafe extern "C" {
-    fn fanotify_init(flags: u32, event_f_flags: u32) -> i32;
-    fn fanotify_mark(fd: i32, flags: u32, mask: u64, dirfd: i32, pathname: *const u8) -> i32;
-}
 
 /// The openings of one FIFO seen so far.
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,23 +46,24 @@ impl OpenWatch {
     /// Marks the FIFO open as `fifo` (any descriptor of it, `O_PATH` too) for its openings.
     /// `None`: the kernel or the filesystem does not allow it (see the module's notes).
     fn new(fifo: &OwnedFd) -> Option<OpenWatch> {
-        // SAFETY: plain system call wrappers with constant flags; the result is checked.
-        let raw = unsafe {
-            fanotify_init(
-                FAN_REPORT_FID | FAN_CLOEXEC | FAN_NONBLOCK,
-                rustix::fs::OFlags::RDONLY.bits() | rustix::fs::OFlags::CLOEXEC.bits(),
+        let group = Fanotify::init(
+            InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_NONBLOCK
+                | InitFlags::from_bits_retain(FAN_REPORT_FID),
+            EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
+        )
+        .ok()?;
+        let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+        group
+            .mark(
+                MarkFlags::FAN_MARK_ADD,
+                MaskFlags::FAN_OPEN,
+                nix::fcntl::AT_FDCWD,
+                Some(path.as_str()),
             )
-        };
-        if raw < 0 {
-            return None;
-        }
-        // SAFETY: `raw` is a new descriptor this process owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let path = format!("/proc/self/fd/{}\0", fifo.as_raw_fd());
-        // SAFETY: `path` is NUL-terminated and outlives the call.
-        let r = unsafe { fanotify_mark(raw, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD, path.as_ptr()) };
-        (r == 0).then(|| OpenWatch {
-            fd,
+            .ok()?;
+        Some(OpenWatch {
+            fd: OwnedFd::from(group),
             count: Mutex::new(Count::default()),
         })
     }
