@@ -37,6 +37,7 @@ mod stdin_program;
 mod subuid;
 mod supervise;
 mod sweep;
+mod tcp_table;
 mod when;
 
 pub use cli::{Cli, parse};

@@ -46,6 +46,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "gitconfig",
             "stdin_program",
             "subuid",
+            "tcp_table",
             "redact",
             "notify",
             "output",

@@ -12,62 +12,13 @@
 //! under any of them, in a user namespace of its own sharing the host's network, so those
 //! count as the user's own ([`maybe_ours`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The uid owning the server side of the loopback connection from `local` to `peer`: `None`
 /// when the kernel's tables do not list it (the connection is already gone).
 pub(crate) fn server_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
-    let in_table = |table: &str, local: SocketAddr, peer: SocketAddr| {
-        let text = std::fs::read_to_string(table).ok()?;
-        server_uid_in(&text, local, peer)
-    };
-    match (local, peer) {
-        (SocketAddr::V4(l), SocketAddr::V4(p)) => {
-            in_table("/proc/net/tcp", local, peer).or_else(|| {
-                // A dual-stack IPv6 listener (`[::]`, as Go programs listen on `0.0.0.0:PORT`
-                // or `:PORT`) holds its IPv4 connections in tcp6, as `::ffff:a.b.c.d`.
-                let mapped = |a: std::net::SocketAddrV4| {
-                    SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
-                };
-                in_table("/proc/net/tcp6", mapped(l), mapped(p))
-            })
-        }
-        _ => in_table("/proc/net/tcp6", local, peer),
-    }
-}
-
-/// [`server_uid`] over the text of a socket table.
-pub(crate) fn server_uid_in(text: &str, local: SocketAddr, peer: SocketAddr) -> Option<u32> {
-    // The server's row: its local address is our peer, its remote address is us.
-    let want_local = encode(peer);
-    let want_remote = encode(local);
-    text.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st queues timer retrnsmt uid ...
-        let (l, r, uid) = (f.get(1)?, f.get(2)?, f.get(7)?);
-        (l.eq_ignore_ascii_case(&want_local) && r.eq_ignore_ascii_case(&want_remote))
-            .then(|| uid.parse().ok())
-            .flatten()
-    })
-}
-
-/// An address as the kernel prints it: each 32-bit word of the address in host byte order
-/// (`%08X`), a colon, the port (`%04X`).
-fn encode(a: SocketAddr) -> String {
-    let words: Vec<[u8; 4]> = match a.ip() {
-        IpAddr::V4(v4) => vec![v4.octets()],
-        IpAddr::V6(v6) => v6
-            .octets()
-            .chunks_exact(4)
-            .map(|c| <[u8; 4]>::try_from(c).unwrap_or_default())
-            .collect(),
-    };
-    let mut s: String = words
-        .iter()
-        .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
-        .collect();
-    s.push_str(&format!(":{:04X}", a.port()));
-    s
+    // The server's row: its own address is our peer, its remote address is us.
+    crate::tcp_table::find(peer, local).map(|r| r.uid)
 }
 
 /// Why a listener of `uid` may be a process the broker's user runs (an agent): `me` itself, a
@@ -146,20 +97,6 @@ mod tests {
         assert_eq!(server_uid(c.local_addr().unwrap(), other), None);
     }
 
-    /// An IPv4 connection to a dual-stack IPv6 listener: its server side is listed in tcp6
-    /// only (as `::ffff:127.0.0.1`), and is found there.
-    #[test]
-    fn an_ipv4_connection_to_a_dual_stack_listener_is_found() {
-        // `[::]` with IPV6_V6ONLY off (Linux's default): skipped where IPv6 is off.
-        let Ok(l) = std::net::TcpListener::bind("[::]:0") else {
-            return;
-        };
-        let port = l.local_addr().unwrap().port();
-        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let got = server_uid(c.local_addr().unwrap(), c.peer_addr().unwrap());
-        assert_eq!(got, Some(own_uid()));
-    }
-
     /// Our uid and our subordinate uids are ours; another uid is not, unless our ranges cannot
     /// be read (then nothing tells them apart).
     #[test]
@@ -177,35 +114,5 @@ mod tests {
         assert_eq!(maybe_ours(998, 1000, &ranges), None);
         let unknown: Result<Vec<_>, String> = Err("the file cannot be read, so x".to_owned());
         assert!(maybe_ours(998, 1000, &unknown).is_some());
-    }
-
-    /// Rows are matched on both ends, in the kernel's byte order.
-    #[test]
-    fn rows_match_on_both_ends() {
-        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let peer: SocketAddr = "127.0.0.1:8200".parse().unwrap();
-        let row = |l: &str, r: &str, uid: u32| {
-            format!(
-                "   0: {l} {r} 01 00000000:00000000 00:00000000 00000000  {uid}        0 1234 1 0 20 4 30 10 -1\n"
-            )
-        };
-        let text = format!(
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n{}{}",
-            row(&encode(local), &encode(peer), 1000),
-            row(&encode(peer), &encode(local), 998),
-        );
-        assert_eq!(server_uid_in(&text, local, peer), Some(998));
-        assert_eq!(
-            encode(peer),
-            format!("{:08X}:2008", u32::from_ne_bytes([127, 0, 0, 1]))
-        );
-        let v6: SocketAddr = "[::1]:8200".parse().unwrap();
-        assert_eq!(
-            encode(v6),
-            format!(
-                "000000000000000000000000{:08X}:2008",
-                u32::from_ne_bytes([0, 0, 0, 1])
-            )
-        );
     }
 }

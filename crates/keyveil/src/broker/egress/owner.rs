@@ -3,47 +3,13 @@
 //! of the run's tree that holds a descriptor on it. Another process of the same user that read
 //! the proxy's address from the child's environment holds no such descriptor and is refused.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The inode of the socket whose local end is `peer` and remote end `local` (the connecting
-/// side of a connection the proxy accepted), from `/proc/self/net/tcp` or `tcp6`. `None`: not
-/// found (gone already, or not loopback IPv4/IPv6).
+/// side of a connection the proxy accepted), from the kernel's tables (`crate::tcp_table`).
+/// `None`: not found (gone already, or not loopback IPv4/IPv6).
 pub(crate) fn socket_inode(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
-    let (file, want_local, want_remote) = match (peer.ip(), local.ip()) {
-        (IpAddr::V4(p), IpAddr::V4(l)) => (
-            "/proc/self/net/tcp",
-            format!("{:08X}:{:04X}", u32::from_ne_bytes(p.octets()), peer.port()),
-            format!(
-                "{:08X}:{:04X}",
-                u32::from_ne_bytes(l.octets()),
-                local.port()
-            ),
-        ),
-        (IpAddr::V6(p), IpAddr::V6(l)) => (
-            "/proc/self/net/tcp6",
-            format!("{}:{:04X}", v6_hex(p.octets()), peer.port()),
-            format!("{}:{:04X}", v6_hex(l.octets()), local.port()),
-        ),
-        _ => return None,
-    };
-    let table = std::fs::read_to_string(file).ok()?;
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_remote.as_str()))
-            .then(|| f.get(9).and_then(|i| i.parse().ok()))
-            .flatten()
-    })
-}
-
-/// `/proc/net/tcp6` prints an address as four 32-bit words, each in host byte order.
-fn v6_hex(o: [u8; 16]) -> String {
-    o.chunks(4)
-        .map(|w| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(w);
-            format!("{:08X}", u32::from_ne_bytes(b))
-        })
-        .collect()
+    crate::tcp_table::find(peer, local).map(|r| r.inode)
 }
 
 /// The process of the tree rooted at `root` (the run's reaper and every descendant) that holds
