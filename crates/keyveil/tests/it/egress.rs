@@ -510,7 +510,10 @@ fn another_process_of_the_same_user_cannot_use_a_runs_proxy() {
         .unwrap();
     assert!(!o.status.success());
     assert!(api_seen.lock().unwrap().is_empty());
-    assert!(h.audit_text().contains("\"egress_refused\""));
+    assert!(
+        h.audit_text_with("\"egress_refused\"")
+            .contains("\"egress_refused\"")
+    );
     // Revoking the grant ends the run and closes its proxy at once.
     h.ok(&["revoke", "--all"]);
     let _ = wait_output(child, Duration::from_secs(30));

@@ -267,6 +267,21 @@ impl Home {
         std::fs::read_to_string(self.path().join("audit.jsonl")).unwrap_or_default()
     }
 
+    /// The audit log once it holds `needle`, waiting up to 20 s: entries written by the broker's
+    /// background tasks (the egress proxy's refusals and blocks go through a channel to the
+    /// audit writer) may land just after the event the test saw. Returns the log as it is
+    /// then, with or without the needle (the caller's assertion says what was missing).
+    pub fn audit_text_with(&self, needle: &str) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            let text = self.audit_text();
+            if text.contains(needle) || t0.elapsed() > std::time::Duration::from_secs(20) {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Every file under the home, concatenated (vault excluded: it is ciphertext).
     pub fn all_plain_files(&self) -> Vec<u8> {
         let mut out = Vec::new();
