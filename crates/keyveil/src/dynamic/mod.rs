@@ -397,6 +397,7 @@ pub(crate) enum DynamicError {
     /// An OpenBao node refused or could not be reached: which node, what was attempted (with
     /// the path and namespace), its reason (scrubbed) and what to do.
     #[error("{engine} at {node} {what}: {reason}")]
+    #[cfg_attr(not(feature = "openbao"), allow(dead_code))]
     Bao {
         /// Engine name.
         engine: &'static str,

@@ -162,6 +162,7 @@ pub(super) async fn env_show_versions(
     name: &str,
     versions: bool,
 ) -> OpResult<op::EnvDetail> {
+    #[cfg_attr(not(feature = "openbao"), allow(unused_mut))]
     let mut d = env_show(broker, name)?;
     if !versions {
         return Ok(d);
