@@ -235,6 +235,7 @@ impl DynamicSpec {
                 }
             }
         }
+        #[cfg_attr(not(feature = "openbao"), allow(clippy::collapsible_if))]
         if matches!(
             self.engine,
             EngineKind::OpenbaoDatabase | EngineKind::OpenbaoKv
