@@ -494,6 +494,10 @@ impl Conn {
     fn transport_error(&self, node: &Node, stage: Stage, reason: &str) -> DynamicError {
         let address = &node.address;
         let (what, hint) = match stage {
+            Stage::Owner if reason.contains(crate::subuid::SUBUID_MARK) => (
+                "is not trusted over plain HTTP",
+                owner::SUBUID_UNREADABLE_HINT.to_owned(),
+            ),
             Stage::Owner => (
                 "is not trusted over plain HTTP",
                 "use https:// (with --ca-file for your own CA), or run `bao proxy` as another user (not one of your own subordinate uids of /etc/subuid); for a proxy or dev server of your own, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)".to_owned(),

@@ -425,6 +425,12 @@ impl DynamicError {
     pub(crate) fn hint(&self) -> Option<&str> {
         match self {
             DynamicError::Bao { hint, .. } => Some(hint),
+            DynamicError::Connect { reason, .. }
+                if reason.contains(owner::NOT_SENT)
+                    && reason.contains(crate::subuid::SUBUID_MARK) =>
+            {
+                Some(owner::SUBUID_UNREADABLE_HINT)
+            }
             DynamicError::Connect { reason, .. } if reason.contains(owner::NOT_SENT) => {
                 Some(owner::DB_OWNER_HINT)
             }

@@ -52,6 +52,10 @@ pub(crate) const NOT_SENT: &str = "was not sent";
 /// What to do when a database's loopback port is refused by [`check_stream`].
 pub(crate) const DB_OWNER_HINT: &str = "run the database as its own service user (as distribution packages do), or, for a server you run as yourself, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)";
 
+/// What to do when a loopback listener of another uid was refused because the user's
+/// subordinate uid ranges cannot be read (that uid might be one the agent runs code under).
+pub(crate) const SUBUID_UNREADABLE_HINT: &str = "make /etc/subuid readable (mode 0644) with one range a line, NAME_OR_UID:FIRST_UID:COUNT, as `newuidmap` reads it, then try again; or, for a server you run as yourself, allow it for this environment with `keyveil policy set ENV insecure-loopback on` (your factor)";
+
 /// Whether `tcp`'s server side may be sent a secret: `Err` says why not (nothing is sent).
 /// A listener of the broker's own user, or of one of its subordinate uids ([`maybe_ours`]),
 /// only where `same_user` (the environment's `insecure-loopback` policy) allows it.
@@ -95,6 +99,26 @@ mod tests {
         // A peer nobody is connected to finds nothing (so nothing is sent).
         let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
         assert_eq!(server_uid(c.local_addr().unwrap(), other), None);
+    }
+
+    /// A refusal says what to do next, and what that is depends on why: a listener of the
+    /// user's own uid, or one that cannot be told apart because `/etc/subuid` is unreadable.
+    #[test]
+    fn a_refused_database_port_says_what_to_do() {
+        let refused = |why: String| super::super::DynamicError::Connect {
+            engine: "postgres",
+            target: "u@127.0.0.1:5432/db".to_owned(),
+            reason: format!("{why}; the admin password {NOT_SENT}"),
+        };
+        let unknown: Result<Vec<_>, String> = Err(format!(
+            "/etc/subuid cannot be read (permission denied), {}",
+            crate::subuid::SUBUID_MARK
+        ));
+        let e = refused(maybe_ours(998, 1000, &unknown).unwrap());
+        let hint = e.hint().unwrap();
+        assert!(hint.contains("make /etc/subuid readable"), "{hint}");
+        let e = refused(maybe_ours(1000, 1000, &Ok(Vec::new())).unwrap());
+        assert_eq!(e.hint(), Some(DB_OWNER_HINT));
     }
 
     /// Our uid and our subordinate uids are ours; another uid is not, unless our ranges cannot
