@@ -535,6 +535,13 @@ fn a_placeholder_in_a_body_to_a_headers_only_binding_is_blocked_and_reported() {
     );
     assert!(!contains(audit.as_bytes(), &o.value));
     assert!(o.err.contains("API_TOKEN"), "{}", o.err);
+    // The child is told why its request failed, and what to do.
+    let store = o.got("store", "raw");
+    assert!(
+        contains(&store, "hint: send each placeholder only to the host"),
+        "{}",
+        String::from_utf8_lossy(&store)
+    );
 }
 
 /// With `bind --body` (the human's choice, for an API that takes the key in a body), the body

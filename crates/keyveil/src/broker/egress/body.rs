@@ -216,10 +216,7 @@ impl Relay {
         {
             s.report_blocked(&b.shown, shown, &not_in_body_why(b, dest, "body"));
             self.done = true;
-            return Some(Err(BoxError::from(
-                "keyveil: blocked: a placeholder in a body it may not travel in \
-                 (not bound to this host, or bound for headers only)",
-            )));
+            return Some(Err(blocked("body")));
         }
         if let Some(Tally::Response(a)) = &self.audit {
             a.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -247,10 +244,7 @@ impl Relay {
                         .find(|b| fields_carry(&t, &b.placeholder))
                 {
                     s.report_blocked(&b.shown, shown, &not_in_body_why(b, dest, "trailer"));
-                    return Err(BoxError::from(
-                        "keyveil: blocked: a placeholder in a trailer it may not travel in \
-                         (not bound to this host, or bound for headers only)",
-                    ));
+                    return Err(blocked("trailer"));
                 }
                 swap_fields(&self.swap, &mut t);
                 Frame::trailers(t)
@@ -275,4 +269,15 @@ impl Relay {
             a.mark(self.swap.hits());
         }
     }
+}
+
+/// What the child is told when a placeholder in a request's `part` (body or trailer) ends it:
+/// hyper hands it on as the source of its own error, which the proxy's `502` quotes.
+fn blocked(part: &str) -> BoxError {
+    BoxError::from(format!(
+        "keyveil: blocked: a placeholder in a {part} it may not travel in (not bound to this \
+         host, or bound for headers only)\nhint: send each placeholder only to the host its \
+         variable is bound to; if this API takes it in the body, the human can allow that with \
+         `keyveil policy set ENV bind VAR HOST --body` (their factor)"
+    ))
 }

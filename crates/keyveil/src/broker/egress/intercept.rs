@@ -505,9 +505,17 @@ async fn send_upstream(
         }
     };
     sent.map_err(|e| {
+        // hyper's own words ("error from user's Body stream") hide the reason: a body this
+        // proxy cut off says why in its source, with what to do.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            why = format!("{why}: {inner}");
+            source = inner.source();
+        }
         Box::new(text(
             StatusCode::BAD_GATEWAY,
-            format!("keyveil: {}: {e}", dest.shown()),
+            format!("keyveil: {}: {why}", dest.shown()),
         ))
     })
 }
