@@ -89,9 +89,9 @@ fn resolve_alias(broker: &Broker, req: &mut DynamicAddRequest) -> bool {
         return false;
     };
     let inner = broker.lock();
-    let hidden_guess =
-        inner.hides_names(&req.environment) && inner.real_name(&req.environment, &n).is_none();
-    req.name = Some(inner.human_name(&req.environment, &n));
+    let hidden_guess = inner.names().hides_names(&req.environment)
+        && inner.names().real_name(&req.environment, &n).is_none();
+    req.name = Some(inner.names().human_name(&req.environment, &n));
     hidden_guess
 }
 
@@ -250,13 +250,13 @@ async fn authorize(
         let inner = broker.lock();
         names
             .iter()
-            .map(|(n, _)| inner.stored_names(&req.environment, Some(n)))
+            .map(|(n, _)| inner.names().stored_names(&req.environment, Some(n)))
             .sum()
     };
     // Where names are hidden, a KV import names variables by what the server holds, not by
     // alias: answered like any guess (the factor, whether or not they exist), so it is no
     // oracle for hidden names.
-    if req.name.is_none() && broker.lock().hides_names(&req.environment) {
+    if req.name.is_none() && broker.lock().names().hides_names(&req.environment) {
         hidden_guess = true;
     }
     let need = if hidden_guess {

@@ -110,7 +110,7 @@ pub(crate) fn recheck(
     if verified {
         return Ok(());
     }
-    match inner.stored_names(env, name) {
+    match inner.names().stored_names(env, name) {
         0 => Ok(()),
         n => Err(factor_needed(env, Need::Stored(n))),
     }

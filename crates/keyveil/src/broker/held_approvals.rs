@@ -1,7 +1,7 @@
 //! Approving where names are hidden (`policy.hide_names`): the human sees the real names of
 //! the request's variables before anything is granted (issue 17, item 7).
 //!
-//! Every card shows aliases (`names.rs`: the broker cannot tell the human's CLI from the agent's
+//! Every card shows aliases (`state/names.rs`: the broker cannot tell the human's CLI from the agent's
 //! without the factor). So the human's `keyveil approve` approves in two steps:
 //!
 //! 1. [`reveal`] (`op::ApproveReveal`): the factor is checked (at least TOTP even under a

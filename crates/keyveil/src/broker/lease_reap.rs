@@ -53,7 +53,7 @@ fn orphans(broker: &Broker, held: &BTreeSet<String>) -> Result<Vec<Orphan>, Stri
                     .filter(|s| s.engine == EngineKind::OpenbaoDatabase)
                 {
                     // Entries name a variable as shown (an alias where names are hidden).
-                    specs.insert((en.clone(), inner.shown_name(en, vn)), spec.clone());
+                    specs.insert((en.clone(), inner.names().shown_name(en, vn)), spec.clone());
                     specs.insert((en.clone(), vn.clone()), spec);
                 }
             }

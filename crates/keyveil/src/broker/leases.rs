@@ -331,7 +331,7 @@ pub(crate) async fn linked_chosen(
         inner.audit("kv_fetch", r);
     }
     match failure {
-        Some(e) => Err(inner.hide_names_in_error(environment, vars, e)),
+        Some(e) => Err(inner.names().hide_names_in_error(environment, vars, e)),
         None => Ok(out),
     }
 }

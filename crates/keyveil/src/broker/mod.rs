@@ -17,7 +17,6 @@ mod lease_reap;
 mod leases;
 pub(crate) mod locked_asks;
 pub(crate) mod mounts;
-pub(crate) mod names;
 pub(crate) mod ops;
 pub(crate) mod peer;
 pub(crate) mod policy_ops;

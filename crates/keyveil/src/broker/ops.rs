@@ -131,13 +131,13 @@ pub(crate) async fn dispatch_from(
 }
 
 /// The reply frame of an operation's answer: where a policy hides names, with aliases in
-/// place of real names (see `names.rs`) unless `hide_names` is false (the one reply that may
+/// place of real names (see `state/names.rs`) unless `hide_names` is false (the one reply that may
 /// carry real names, given only for the factor).
 pub(crate) fn reply_of(broker: &Broker, answer: OpResult<Value>, hide_names: bool) -> Reply {
     match answer {
         Ok(mut v) => {
             if hide_names {
-                broker.lock().hide_names_in(&mut v);
+                broker.lock().names().hide_names_in(&mut v);
             }
             Reply::ok(v)
         }

@@ -108,7 +108,7 @@ fn push(
     if bytes.is_empty() {
         return;
     }
-    let shown = inner.shown_name(env, real);
+    let shown = inner.names().shown_name(env, real);
     let key = match what {
         "value" => format!("{env}/{shown}"),
         _ => format!("{env}/{shown}#{what}"),

@@ -144,7 +144,7 @@ pub(crate) fn input_pin_info(p: &crate::pin::InputPin) -> op::InputPinInfo {
 pub(crate) fn card_digest_of(broker: &Broker, id: u64) -> Option<String> {
     let card = requests(broker).requests.into_iter().find(|r| r.id == id)?;
     let mut entry = serde_json::to_value(card).ok()?;
-    broker.lock().hide_names_in(&mut entry);
+    broker.lock().names().hide_names_in(&mut entry);
     Some(crate::factor_proof::card_digest(&entry))
 }
 

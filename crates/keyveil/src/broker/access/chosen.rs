@@ -144,7 +144,7 @@ pub(crate) fn chosen_expected(inner: &Inner, gid: &str, names: &[String]) -> Vec
         .map(|(n, kind)| Expected {
             name: n.clone(),
             want: g.chosen_vars().get(n).cloned(),
-            shown: inner.shown_name(g.environment(), n),
+            shown: inner.names().shown_name(g.environment(), n),
             kind,
         })
         .collect()

@@ -101,7 +101,7 @@ pub(super) fn sorted_shown(inner: &Inner, env: &str, e: &Environment) -> Vec<Str
     let mut shown: Vec<String> = e
         .variables
         .keys()
-        .map(|n| inner.shown_name(env, n))
+        .map(|n| inner.names().shown_name(env, n))
         .collect();
     shown.sort();
     shown
@@ -121,7 +121,7 @@ pub(super) fn env_show(broker: &Broker, name: &str) -> OpResult<op::EnvDetail> {
         .variables
         .iter()
         .map(|(n, var)| op::VariableInfo {
-            name: inner.shown_name(name, n),
+            name: inner.names().shown_name(name, n),
             description: if hidden {
                 String::new()
             } else {
@@ -184,7 +184,7 @@ pub(super) async fn env_show_versions(
                         })
                         .filter(|s| s.engine == EngineKind::OpenbaoKv)
                     {
-                        linked.push((inner.shown_name(name, n), spec));
+                        linked.push((inner.names().shown_name(name, n), spec));
                     }
                 }
             }
@@ -289,7 +289,7 @@ pub(super) async fn remove_request(
     digest: Option<[u8; crate::factor_proof::LEN]>,
 ) -> OpResult<op::EnvRemoved> {
     let op::EnvRemove { name, factor } = o;
-    let stored = broker.lock().stored_names(&name, None);
+    let stored = broker.lock().names().stored_names(&name, None);
     let verified = guard_stored(broker, &name, Need::stored(stored), factor, digest).await?;
     env_remove(broker, &name, verified.is_some())
 }

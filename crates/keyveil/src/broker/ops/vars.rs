@@ -23,11 +23,11 @@ pub(super) const MAX_GENERATED: usize = 4096;
 /// whether or not a variable of that name exists, so a guess confirms nothing.
 pub(super) fn target_of_change(broker: &Broker, env: &str, given: &str) -> (String, Need) {
     let inner = broker.lock();
-    if inner.hides_names(env) && inner.real_name(env, given).is_none() {
+    if inner.names().hides_names(env) && inner.names().real_name(env, given).is_none() {
         return (given.to_owned(), Need::HiddenName);
     }
-    let name = inner.human_name(env, given);
-    let stored = inner.stored_names(env, Some(&name));
+    let name = inner.names().human_name(env, given);
+    let stored = inner.names().stored_names(env, Some(&name));
     (name, Need::stored(stored))
 }
 
@@ -346,7 +346,7 @@ pub(super) fn var_unset(
     inner.audit_log_mut().ready("var_unset")?;
     // The name as clients see it, taken while the variable still exists (after the removal
     // the alias rewriting no longer knows it).
-    let shown = inner.shown_name(env, name);
+    let shown = inner.names().shown_name(env, name);
     let v = inner.vault_mut()?;
     let e = match v.data_mut().environments.get_mut(env) {
         Some(e) => e,
@@ -391,8 +391,8 @@ pub(super) fn var_declare(
     // whether or not it exists (a guess confirms nothing).
     let aliased = {
         let inner = broker.lock();
-        if inner.hides_names(env) {
-            match inner.real_name(env, name) {
+        if inner.names().hides_names(env) {
+            match inner.names().real_name(env, name) {
                 Some(real) => Some(real),
                 None => {
                     return Err(OpError::new(

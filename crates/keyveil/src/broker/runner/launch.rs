@@ -173,6 +173,7 @@ async fn dynamic_values(
             Err(e) => {
                 let e = broker
                     .lock()
+                    .names()
                     .hide_names_in_error(&req.environment, &a.vars, e);
                 return Err(e.reply());
             }
@@ -214,20 +215,20 @@ fn prepare(
             .filter(|(k, _)| !never_passed(k))
             .collect::<Vec<_>>(),
         Err(e) => {
-            return Err(inner.hide_names_in_error(&req.environment, vars, e));
+            return Err(inner.names().hide_names_in_error(&req.environment, vars, e));
         }
     };
     // Markers and write-side leaks name variables as clients see them (aliases where
     // the policy hides names).
     let mut shown: Vec<String> = sealed
         .iter()
-        .map(|(k, _)| inner.shown_name(&req.environment, k))
+        .map(|(k, _)| inner.names().shown_name(&req.environment, k))
         .collect();
     shown.extend(
         dynamic
             .values
             .iter()
-            .map(|(k, _)| inner.shown_name(&req.environment, k)),
+            .map(|(k, _)| inner.names().shown_name(&req.environment, k)),
     );
     let cancel = inner
         .grants()
@@ -534,7 +535,7 @@ fn bound_values(
                 .collect();
             Some(crate::broker::egress::BoundVar {
                 name: k.clone(),
-                shown: inner.shown_name(env, k),
+                shown: inner.names().shown_name(env, k),
                 value: v.clone(),
                 dests,
                 bound_in: policy.bound_in_of(k),

@@ -261,7 +261,7 @@ impl Inner {
         let values = card_redact::card_secrets(
             vault,
             with_env.iter().map(|(e, v, val)| (e.as_str(), *v, *val)),
-            |env, real| self.shown_name(env, real),
+            |env, real| self.names().shown_name(env, real),
         );
         let built = CardRedactor::build(key, &values);
         let matcher = built.matcher_for(&key);
@@ -302,6 +302,12 @@ impl Inner {
         self.vault.as_ref().ok_or_else(locked)
     }
 
+    /// The naming rules of the open vault ([`Names`](super::Names): hidden variable names);
+    /// with the vault locked, names are shown as given.
+    pub(crate) fn names(&self) -> super::Names<'_> {
+        super::Names::of(self.vault.as_ref())
+    }
+
     /// The vault mutably, or the locked error.
     pub(crate) fn vault_mut(&mut self) -> OpResult<&mut Vault> {
         self.vault.as_mut().ok_or_else(locked)
@@ -330,7 +336,7 @@ impl Inner {
                 let mut out = Vec::new();
                 for given in list {
                     // Where names are hidden, clients name variables by alias.
-                    let real = self.real_name(env, given);
+                    let real = self.names().real_name(env, given);
                     let n = given;
                     match real.as_ref().and_then(|r| e.variables.get(r)) {
                         None => {
@@ -495,7 +501,7 @@ impl Inner {
         mut fields: Value,
         masked: bool,
     ) -> serde_json::Map<String, Value> {
-        self.hide_names_in(&mut fields);
+        self.names().hide_names_in(&mut fields);
         if masked && let Some(r) = self.card_redactor() {
             card_redact::redact_json(&r, &mut fields);
         }
@@ -513,7 +519,7 @@ impl Inner {
     /// to `broker.log`, and live runs are stopped (their ends could not be recorded either).
     /// Actions that must not happen unrecorded use [`Inner::must_audit`], or
     /// [`AuditLog::ready`] before acting and this after. Hidden names are audited by alias
-    /// (see `names.rs`).
+    /// (see `state/names.rs`).
     pub(crate) fn audit(&mut self, event: &str, fields: Value) {
         self.audit_recorded(event, fields);
     }

@@ -5,7 +5,8 @@
 //! [`Inner`]: `requests` ([`Ask`], [`AccessReq`], [`Requests`](requests::Requests)), `grants`
 //! ([`Grant`], [`Grants`](grants::Grants)), `runs` ([`LiveRun`], [`Runs`](runs::Runs),
 //! [`RunsStopped`]), `factor` ([`FactorState`](factor::FactorState): the guard, the challenges
-//! held), `audit` ([`AuditLog`](audit::AuditLog)), `held`
+//! held), `audit` ([`AuditLog`](audit::AuditLog)), `names` ([`Names`]: hidden variable names),
+//! `held`
 //! ([`HeldApprovals`](held::HeldApprovals)), `memory` (the approval memory behind the risk
 //! flags), `error` ([`OpError`]); `inner` ([`Inner`]) holds them all, with the operations that
 //! span several. This file only re-exports them.
@@ -17,6 +18,7 @@ mod grants;
 mod held;
 mod inner;
 mod memory;
+mod names;
 mod requests;
 mod runs;
 #[cfg(test)]
@@ -27,6 +29,7 @@ pub(crate) use factor::{HeldChallenge, HeldKind};
 pub(crate) use grants::{ApproveOptions, Grant, ONCE_GRANT_TTL_SECONDS, includes_all};
 pub(crate) use held::HeldApproval;
 pub(crate) use inner::{Holds, Inner, new_id};
+pub(crate) use names::Names;
 pub(crate) use requests::{
     AccessReq, Ask, ChosenValue, DENIAL_MEMORY, MAX_STDIN_BYTES, MountAsk, NewVariable,
     REQUEST_TTL_SECONDS, RequestFacts, RequestState, SHOWN_STDIN_CHARS, agent_chosen, stdin_info,

@@ -73,7 +73,7 @@ pub(super) async fn login(State(st): State<AppState>, RawQuery(q): RawQuery) -> 
 /// empty for a session not opened by the factor.
 pub(super) fn names_for(st: &AppState, key: &super::auth::Digest32) -> view::NameMap {
     match st.server.revealed_by(key, Instant::now()) {
-        Some(used) => st.broker.lock().page_names(used),
+        Some(used) => st.broker.lock().names().page_names(used),
         None => view::NameMap::new(),
     }
 }
@@ -145,7 +145,7 @@ pub(super) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Res
     let csrf = st.server.csrf_of(&key).unwrap_or_default();
     let flash = st.server.take_flash(&key);
     let names_shown = st.server.revealed_by(&key, Instant::now()).is_some();
-    let offer_reveal = !names_shown && st.broker.lock().any_hides_names();
+    let offer_reveal = !names_shown && st.broker.lock().names().any_hides_names();
     html(
         view::Page {
             cards,

@@ -81,8 +81,8 @@ pub(crate) async fn set_url(
     let (hidden, real) = {
         let inner = broker.lock();
         (
-            inner.hides_names(environment),
-            inner.real_name(environment, name),
+            inner.names().hides_names(environment),
+            inner.names().real_name(environment, name),
         )
     };
     if hidden && real.is_none() {
@@ -191,6 +191,7 @@ pub(super) async fn set_page(
     let shown_name = st
         .broker
         .lock()
+        .names()
         .shown_name(&target.environment, &target.name);
     match awaiting(&st.broker, &target.environment, &target.name, &shown_name).await {
         // The link went through the agent, so the page shows what the agent may see.
@@ -235,7 +236,7 @@ pub(super) async fn set_value(
         return forbidden("missing or wrong CSRF token; reload the page and try again");
     }
     let (environment, name) = (target.environment.clone(), target.name.clone());
-    let shown_name = st.broker.lock().shown_name(&environment, &name);
+    let shown_name = st.broker.lock().names().shown_name(&environment, &name);
     let desc = match awaiting(&st.broker, &environment, &name, &shown_name).await {
         Ok(d) => d.unwrap_or_default(),
         Err(e) => {

@@ -274,7 +274,7 @@ impl Served<'_> {
         let mut inner = broker.lock();
         // The text holds real names: where the policy hides them, a stolen name piece gave
         // away what the agent is never shown.
-        let hidden = inner.hides_names(env) && exposed.names > 0;
+        let hidden = inner.names().hides_names(env) && exposed.names > 0;
         inner.audit(
             "mount_read_suspect",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,

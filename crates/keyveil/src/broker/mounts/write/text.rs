@@ -38,14 +38,14 @@ pub(in crate::broker::mounts) fn dotenv_text(
     let text = match opened {
         Err(e) => Err(format!(
             "cannot read the values: {}",
-            inner.hide_names_in_error(env, &vars, e).message
+            inner.names().hide_names_in_error(env, &vars, e).message
         )),
         Ok(values) => keyveil_dotenv::write(values.iter().map(|(k, v)| (k.as_str(), v.expose())))
             .map_err(|e| {
                 // The name as clients see it (an alias where the policy hides names).
                 format!(
                     "cannot write a .env every reader reads the same: {}: {}",
-                    inner.shown_name(env, &e.name),
+                    inner.names().shown_name(env, &e.name),
                     e.what
                 )
             })
@@ -54,7 +54,7 @@ pub(in crate::broker::mounts) fn dotenv_text(
                 let lines = values
                     .iter()
                     .map(|(k, v)| Line {
-                        shown: inner.shown_name(env, k),
+                        shown: inner.names().shown_name(env, k),
                         name_len: k.len() + 1,
                         len: keyveil_dotenv::write([(k.as_str(), v.expose())])
                             .map_or(0, |l| l.len()),

@@ -8,7 +8,7 @@
 //! - a caller presenting the factor (`keyveil env show ENV --reveal-names`).
 //!
 //! - the human's approval page, in a browser session opened by the factor (`POST /reveal`,
-//!   [`Inner::page_names`]);
+//!   [`Names::page_names`]);
 //! - the human's `keyveil approve`, after the factor and before the yes (`held_approvals.rs`).
 //!
 //! Nothing else: listings, descriptions of variables, request cards (terminal, web page,
@@ -18,21 +18,32 @@
 
 use serde_json::Value;
 
-use super::state::{Inner, OpError};
+use super::OpError;
 
-impl Inner {
+/// The naming rules of one open vault (or of none: the vault is locked, and nothing is hidden
+/// because nothing is listed). Borrowed from [`Inner::names`](super::Inner::names).
+#[derive(Clone, Copy)]
+pub(crate) struct Names<'a> {
+    vault: Option<&'a keyveil_vault::Vault>,
+}
+
+impl<'a> Names<'a> {
+    /// The rules of `vault` (`None`: locked).
+    pub(crate) fn of(vault: Option<&'a keyveil_vault::Vault>) -> Self {
+        Names { vault }
+    }
+
     /// Whether `env`'s policy hides variable names (`false` when locked or unknown).
     pub(crate) fn hides_names(&self, env: &str) -> bool {
-        self.vault()
-            .ok()
+        self.vault
             .and_then(|v| v.data().environments.get(env))
             .is_some_and(|e| e.policy.hide_names)
     }
 
     /// Whether any environment hides its names (the approval page then offers `POST /reveal`).
     pub(crate) fn any_hides_names(&self) -> bool {
-        self.vault()
-            .is_ok_and(|v| v.data().environments.values().any(|e| e.policy.hide_names))
+        self.vault
+            .is_some_and(|v| v.data().environments.values().any(|e| e.policy.hide_names))
     }
 
     /// For an approval-page session opened by the factor `used` (`passphrase` or `totp`): per
@@ -44,7 +55,7 @@ impl Inner {
         used: &str,
     ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
         use keyveil_vault::FactorKind;
-        let Ok(v) = self.vault() else {
+        let Some(v) = self.vault else {
             return Default::default();
         };
         v.data()
@@ -66,8 +77,8 @@ impl Inner {
     /// The name clients see for variable `name` of `env`: its alias when the environment hides
     /// names, else the name itself.
     pub(crate) fn shown_name(&self, env: &str, name: &str) -> String {
-        match self.vault() {
-            Ok(v) if self.hides_names(env) => v.name_alias(env, name),
+        match self.vault {
+            Some(v) if self.hides_names(env) => v.name_alias(env, name),
             _ => name.to_owned(),
         }
     }
@@ -76,7 +87,7 @@ impl Inner {
     /// hidden only aliases are understood, so that a guessed real name cannot confirm that a
     /// variable exists; `None` when nothing matches.
     pub(crate) fn real_name(&self, env: &str, given: &str) -> Option<String> {
-        let v = self.vault().ok()?;
+        let v = self.vault?;
         let e = v.data().environments.get(env)?;
         if !e.policy.hide_names {
             return e.variables.contains_key(given).then(|| given.to_owned());
@@ -93,7 +104,7 @@ impl Inner {
         found
     }
 
-    /// Like [`Inner::real_name`], for the human's own commands (`set`, `unset`, `generate`):
+    /// Like [`Names::real_name`], for the human's own commands (`set`, `unset`, `generate`):
     /// an alias is understood, and so is a real name (a new variable has no alias yet).
     pub(crate) fn human_name(&self, env: &str, given: &str) -> String {
         self.real_name(env, given)
@@ -110,7 +121,7 @@ impl Inner {
     /// one variable). Names that are not variables of that environment are left alone, so it is
     /// idempotent.
     pub(crate) fn hide_names_in(&self, payload: &mut Value) {
-        if self.vault().is_err() {
+        if self.vault.is_none() {
             return;
         }
         self.hide_walk(payload, None, 0);
@@ -196,8 +207,7 @@ impl Inner {
 
     fn alias_if_real(&self, env: &str, name: &str) -> String {
         let known = self
-            .vault()
-            .ok()
+            .vault
             .and_then(|v| v.data().environments.get(env))
             .is_some_and(|e| e.variables.contains_key(name));
         if known {
@@ -231,11 +241,7 @@ impl Inner {
     /// How many variables of `env` hold a value (or a dynamic source): all of them, or only
     /// `name`. 0 when the environment or variable does not exist or the vault is locked.
     pub(crate) fn stored_names(&self, env: &str, name: Option<&str>) -> usize {
-        let Some(e) = self
-            .vault()
-            .ok()
-            .and_then(|v| v.data().environments.get(env))
-        else {
+        let Some(e) = self.vault.and_then(|v| v.data().environments.get(env)) else {
             return 0;
         };
         let stored = |v: &keyveil_vault::Variable| v.value.is_some() || v.dynamic.is_some();
