@@ -712,3 +712,59 @@ fn print_graph() {
     }
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()).unwrap();
 }
+
+/// Structs and enums defined in `items` (nested inline modules too), and the inherent impl
+/// blocks there: the self type's last path segment.
+fn types_and_impls(items: &[syn::Item], types: &mut Vec<String>, impls: &mut Vec<String>) {
+    for item in items {
+        match item {
+            syn::Item::Struct(s) => types.push(s.ident.to_string()),
+            syn::Item::Enum(e) => types.push(e.ident.to_string()),
+            syn::Item::Impl(i) if i.trait_.is_none() => {
+                if let syn::Type::Path(p) = &*i.self_ty
+                    && let Some(last) = p.path.segments.last()
+                {
+                    impls.push(last.ident.to_string());
+                }
+            }
+            syn::Item::Mod(m) => {
+                if let Some((_, inner)) = &m.content {
+                    types_and_impls(inner, types, impls);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A type's own methods live in the file that defines it (or its submodules): a method added
+/// to a type from another file is called through the type, a reference the resolver cannot
+/// see, so it would hide a cycle (`state/inner.rs` calling methods a broker-level file added
+/// to `Inner` was one). Names defined in more than one file are not checked.
+#[test]
+fn a_types_methods_live_where_it_is_defined() {
+    let krate = Crate::load();
+    let mut defined: HashMap<String, Vec<String>> = HashMap::new();
+    let mut impls: Vec<(String, String)> = Vec::new();
+    for (file, _, ast) in &krate.files {
+        let (mut t, mut i) = (Vec::new(), Vec::new());
+        types_and_impls(&ast.items, &mut t, &mut i);
+        for name in t {
+            defined.entry(name).or_default().push(file.clone());
+        }
+        impls.extend(i.into_iter().map(|name| (file.clone(), name)));
+    }
+    let mut checked = 0;
+    let mut away = Vec::new();
+    for (file, name) in &impls {
+        let Some([home]) = defined.get(name).map(Vec::as_slice) else {
+            continue;
+        };
+        checked += 1;
+        if home != file && !is_ancestor(home, file) {
+            away.push(format!("{file}: impl {name} (defined in {home})"));
+        }
+    }
+    assert!(checked > 50, "the check saw only {checked} impl blocks");
+    assert!(away.is_empty(), "methods added away from their type: {away:#?}");
+}
