@@ -501,6 +501,7 @@ pub(crate) async fn request_access(
             inner.child_home(),
         )
     };
+    crate::broker::manifest_pin::check_pin(broker, &a.environment)?;
     let pins = match &a.argv {
         Some(argv) => prepare_bounded(argv.clone(), cwd.clone(), search_path, home).await?,
         None => Pins::default(),

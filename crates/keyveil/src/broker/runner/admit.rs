@@ -45,6 +45,9 @@ pub(super) fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Adm
             Err(e) => return Err(e),
         }
     };
+    // An environment pinned to a project manifest that changed since approved: refused, and
+    // its grants end (`docs/manifest.md`).
+    crate::broker::manifest_pin::check_pin(broker, &req.environment)?;
     let program = reads_program(req, &cwd, &search_path, home.as_deref());
     check_shown_stdin(req, program)?;
     let ask = Ask {
