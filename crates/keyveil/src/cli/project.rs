@@ -111,11 +111,17 @@ fn load(path: Option<PathBuf>) -> Result<Loaded> {
     })
 }
 
-/// The vault's environments with each variable's source, for the environments `m` declares.
-async fn existing(
-    paths: &Paths,
-    m: &Manifest,
-) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+/// What the vault holds of an environment the manifest declares.
+struct Have {
+    /// Its variables (names as shown) with their sources.
+    vars: BTreeMap<String, String>,
+    /// Its names are hidden (`hide_names`): the shown names are aliases, so the manifest's
+    /// names cannot be compared without the factor, and `apply` adds none to it.
+    hidden: bool,
+}
+
+/// The vault's environments the manifest `m` declares.
+async fn existing(paths: &Paths, m: &Manifest) -> Result<BTreeMap<String, Have>> {
     let list = call(paths, op::EnvList).await?;
     let names: BTreeSet<String> = list.environments.into_iter().map(|e| e.name).collect();
     let mut out = BTreeMap::new();
@@ -131,19 +137,44 @@ async fn existing(
             },
         )
         .await?;
+        let hidden = d.policy.get("hide_names") == Some(&serde_json::Value::Bool(true));
         out.insert(
             e.name.clone(),
-            d.variables
-                .into_iter()
-                .map(|v| (v.name, v.source))
-                .collect(),
+            Have {
+                vars: d
+                    .variables
+                    .into_iter()
+                    .map(|v| (v.name, v.source))
+                    .collect(),
+                hidden,
+            },
         );
     }
     Ok(out)
 }
 
+/// What `apply` does with variable `name` of an environment the vault holds as `have`.
+fn var_todo(have: Option<&Have>, name: &str) -> Todo {
+    match have {
+        Some(h) if h.hidden => Todo::Hidden,
+        Some(h) if h.vars.contains_key(name) => Todo::Keep,
+        _ => Todo::Add,
+    }
+}
+
+/// See [`var_todo`].
+#[derive(PartialEq, Eq)]
+enum Todo {
+    /// It exists: kept as it is.
+    Keep,
+    /// Its environment hides its names: left to the human (`keyveil set`, `dynamic add`).
+    Hidden,
+    /// It is added.
+    Add,
+}
+
 /// The plan: one line per environment and variable, what `apply` does with it. Never a value.
-fn print_plan(l: &Loaded, have: &BTreeMap<String, BTreeMap<String, String>>) -> usize {
+fn print_plan(l: &Loaded, have: &BTreeMap<String, Have>) -> usize {
     say(format!(
         "{} (sha256 {}):",
         l.path.display(),
@@ -161,15 +192,18 @@ fn print_plan(l: &Loaded, have: &BTreeMap<String, BTreeMap<String, String>>) -> 
             if vars.is_some() { "exists" } else { "create" }
         ));
         for v in &e.variables {
-            let action = match vars.and_then(|m| m.get(&v.name)) {
-                Some(_) => "exists, kept as it is".to_owned(),
-                None => {
+            let action = match var_todo(vars, &v.name) {
+                Todo::Keep => "exists, kept as it is",
+                Todo::Hidden => {
+                    "not compared: the environment hides its names (add it with `keyveil set` or `keyveil dynamic add`)"
+                }
+                Todo::Add if v.is_local() => {
                     todo += 1;
-                    if v.is_local() {
-                        "add: you type its value (or leave it awaiting)".to_owned()
-                    } else {
-                        "add: link it (you type the source's admin secret)".to_owned()
-                    }
+                    "add: you type its value (or leave it awaiting)"
+                }
+                Todo::Add => {
+                    todo += 1;
+                    "add: link it (you type the source's admin secret)"
                 }
             };
             say(format!(
@@ -260,7 +294,7 @@ async fn apply(
             say(format!("created environment {}", e.name));
         }
         for v in &e.variables {
-            if vars.is_some_and(|m| m.contains_key(&v.name)) {
+            if var_todo(vars, &v.name) != Todo::Add {
                 continue;
             }
             let signer = match &key {
@@ -457,10 +491,10 @@ async fn status(paths: &Paths, path: Option<PathBuf>, json: bool) -> Result<i32>
         for e in &l.manifest.environments {
             match have.get(&e.name) {
                 None => missing.push(format!("environment {}", e.name)),
-                Some(vars) => missing.extend(
+                Some(have) => missing.extend(
                     e.variables
                         .iter()
-                        .filter(|v| !vars.contains_key(&v.name))
+                        .filter(|v| var_todo(Some(have), &v.name) == Todo::Add)
                         .map(|v| format!("{}/{}", e.name, v.name)),
                 ),
             }
