@@ -367,3 +367,91 @@ fn bad_toml_gives_its_line_and_a_hint_and_changes_nothing() {
     assert_eq!(envs.as_array().unwrap().len(), 1, "{envs}");
     assert!(pins(&h).is_empty());
 }
+
+#[test]
+fn apply_links_an_openbao_kv_source_and_its_value_reaches_the_run() {
+    let Some(bao) = keyveil_testkit::BaoDev::start() else {
+        return;
+    };
+    let value = format!("kv-{}", keyveil_testkit::rand_tag());
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("DATABASE_URL={value}"),
+    ]);
+    let h = Home::new();
+    // The test's server is plain HTTP on loopback: the human allows that for `app` first.
+    h.ok(&["env", "create", "app"]);
+    h.allow_insecure_loopback("app");
+    let p = write_manifest(
+        &h,
+        &format!(
+            "{MANIFEST}\n[environments.app.variables.DATABASE_URL]\nsource = \"openbao-kv\"\naddress = \"{}\"\npath = \"team/app\"\n",
+            bao.address
+        ),
+    );
+    let local = format!("tok-{}", keyveil_testkit::rand_tag());
+    // Plan order: API_TOKEN's value, LATER left awaiting, the OpenBao token.
+    let o = apply(&h, &p, &[&local, "", &bao.token]);
+    assert!(o.status.success(), "apply: {}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("openbao-kv address="),
+        "{}",
+        text(&o.stdout)
+    );
+    for secret in [&value, &local, &bao.token] {
+        assert!(!contains(&o.stdout, secret) && !contains(&o.stderr, secret));
+    }
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$DATABASE_URL\" | sha256sum",
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(
+        text(&out.stdout).contains(&sha256_hex(&value)),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // An agent pointing the declared source at its own server is an edit: refused.
+    std::fs::write(
+        &p,
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replace(&bao.address, "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let o = h.run(&["run", "--env", "app", "--", "true"]);
+    assert!(
+        text(&o.stderr).contains("changed since approved"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn a_removed_and_recreated_environment_stays_pinned() {
+    let h = Home::new();
+    let p = write_manifest(&h, "[environments.app.variables.LATER]\n");
+    let o = apply(&h, &p, &[""]);
+    assert!(o.status.success(), "apply: {}", text(&o.stderr));
+    // No value is stored, so removing it needs no factor: the agent removes and recreates it
+    // after editing the manifest.
+    std::fs::write(&p, "[environments.app.variables.AGENT]\n").unwrap();
+    h.ok(&["env", "rm", "app"]);
+    h.ok(&["env", "create", "app"]);
+    let o = h.run(&["run", "--env", "app", "--", "true"]);
+    assert!(
+        text(&o.stderr).contains("changed since approved"),
+        "{}",
+        text(&o.stderr)
+    );
+}
