@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::Broker;
-use super::state::{OpError, OpResult};
+use super::state::{OpError, OpResult, RequestState};
 use crate::manifest;
 use keyveil_proto::ErrorCode;
 
@@ -52,6 +52,23 @@ pub(crate) fn check_pin(broker: &Broker, env: &str) -> OpResult<()> {
     for id in ids {
         inner.revoke(&id, CHANGED_WHY);
     }
+    // Requests of the environment waiting for the human are refused too, saying why: the
+    // waiting `keyveil run` (or `access_status`) reports it.
+    let name = file_name(&pin.path);
+    let refusal = format!("{name} changed since approved: run `keyveil project apply`");
+    let pending: Vec<u64> = inner
+        .requests()
+        .pending()
+        .filter(|r| r.environment() == env)
+        .map(|r| r.id())
+        .collect();
+    for id in &pending {
+        let denied = RequestState::Denied {
+            reason: Some(refusal.clone()),
+        };
+        inner.requests_mut().decide(*id, denied);
+        inner.audit_note("deny", json!({"request_id": id, "reason": refusal}));
+    }
     inner.audit(
         "manifest_changed",
         json!({
@@ -63,7 +80,9 @@ pub(crate) fn check_pin(broker: &Broker, env: &str) -> OpResult<()> {
         }),
     );
     drop(inner);
-    let name = file_name(&pin.path);
+    if !pending.is_empty() {
+        broker.notify();
+    }
     let what = match &now {
         Ok(d) => format!(
             "its SHA-256 was {} and is now {}",
@@ -74,7 +93,7 @@ pub(crate) fn check_pin(broker: &Broker, env: &str) -> OpResult<()> {
     };
     Err(OpError::new(
         ErrorCode::Denied,
-        format!("{name} changed since approved: run `keyveil project apply` ({what})"),
+        format!("{refusal} ({what})"),
     )
     .hint(format!(
         "environment {env} is pinned to {}; review the change (git diff), then run `keyveil project apply` in that directory and approve it with your factor",

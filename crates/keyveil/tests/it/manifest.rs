@@ -237,9 +237,14 @@ fn a_pending_request_cannot_be_approved_after_the_manifest_changed() {
         text(&a.stderr)
     );
     assert_eq!(live_grants(&h, "app"), 0);
-    let mut child = child;
-    let _ = child.kill();
-    let _ = child.wait();
+    // The waiting run is refused, saying why.
+    let o = wait_output(child, Duration::from_secs(30));
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("keyveil.toml changed since approved"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
