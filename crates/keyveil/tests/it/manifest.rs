@@ -460,3 +460,40 @@ fn a_removed_and_recreated_environment_stays_pinned() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn a_totp_code_pins_only_environments_whose_approvals_accept_totp() {
+    let h = Home::new();
+    let secret = enroll(&h);
+    h.ok(&["env", "create", "app"]);
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "app",
+            "factor",
+            "totp",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = write_manifest(&h, MANIFEST);
+    let path = p.to_str().unwrap();
+    let local = format!("tok-{}", keyveil_testkit::rand_tag());
+    let o = h.run_stdin(
+        &["project", "apply", path, "--totp-stdin", "--values-stdin"],
+        &format!("{}\n{local}\n\n", totp_code(&secret, 1)),
+    );
+    assert!(o.status.success(), "apply: {}", text(&o.stderr));
+    assert_eq!(pins(&h), vec![("app".to_owned(), keyveil_testkit_sha(&p))]);
+    // `demo` needs the passphrase for its approvals: a TOTP code cannot pin it.
+    let both = format!("{MANIFEST}\n[environments.demo.variables.OTHER]\n");
+    std::fs::write(&p, &both).unwrap();
+    let o = h.run_stdin(
+        &["project", "apply", path, "--totp-stdin", "--values-stdin"],
+        &format!("{}\n\n", totp_code(&secret, -1)),
+    );
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    assert_eq!(pins(&h), vec![("app".to_owned(), sha256_hex(MANIFEST))]);
+}
