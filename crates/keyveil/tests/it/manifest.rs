@@ -322,6 +322,9 @@ fn mcp_has_no_way_to_apply_a_manifest() {
             json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}),
             call(3, "project_apply"),
             call(4, "project_approve"),
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+                "name": "request_access", "arguments": {"environment": "app",
+                "command": ["true"], "reason": "after the edit"}}}),
         ],
     );
     let list = replies.iter().find(|r| r["id"] == 2).expect("tools/list");
@@ -345,6 +348,13 @@ fn mcp_has_no_way_to_apply_a_manifest() {
             "{r}"
         );
     }
+    // The agent's own request for the environment is refused, saying why.
+    let r = replies.iter().find(|r| r["id"] == 5).expect("a reply");
+    assert!(
+        r.to_string()
+            .contains("keyveil.toml changed since approved: run `keyveil project apply`"),
+        "{r}"
+    );
     assert_eq!(pins(&h), approved);
 }
 
