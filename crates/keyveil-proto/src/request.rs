@@ -332,6 +332,10 @@ pub enum Request {
     Unmount(op::Unmount),
     /// List mounts.
     Mounts(op::Mounts),
+    /// Approve a project manifest's digest with the factor (`keyveil project apply`).
+    ProjectApprove(op::ProjectApprove),
+    /// The manifests environments are pinned to (`keyveil project status`).
+    ProjectStatus,
 }
 
 /// A dynamic variable to declare (see `docs/dynamic-credentials.md`).
@@ -378,7 +382,8 @@ impl Request {
             | Request::Approve(op::Approve { factor, .. })
             | Request::ApproveReveal(op::ApproveReveal { factor, .. })
             | Request::FactorEnroll(op::FactorEnroll { factor })
-            | Request::PolicySet(op::PolicySet { factor, .. }) => factor.as_ref(),
+            | Request::PolicySet(op::PolicySet { factor, .. })
+            | Request::ProjectApprove(op::ProjectApprove { factor, .. }) => factor.as_ref(),
             Request::DynamicAdd(d) => d.factor.as_ref(),
             Request::Sweep(s) | Request::SweepWatch(s) => s.factor.as_ref(),
             _ => None,
@@ -396,7 +401,8 @@ impl Request {
             | Request::Approve(op::Approve { factor, .. })
             | Request::ApproveReveal(op::ApproveReveal { factor, .. })
             | Request::FactorEnroll(op::FactorEnroll { factor })
-            | Request::PolicySet(op::PolicySet { factor, .. }) => *factor = Some(proof),
+            | Request::PolicySet(op::PolicySet { factor, .. })
+            | Request::ProjectApprove(op::ProjectApprove { factor, .. }) => *factor = Some(proof),
             Request::DynamicAdd(d) => d.factor = Some(proof),
             Request::Sweep(s) | Request::SweepWatch(s) => s.factor = Some(proof),
             _ => {}
@@ -446,6 +452,8 @@ impl Request {
             Request::Mount(_) => "mount",
             Request::Unmount(_) => "unmount",
             Request::Mounts(_) => "mounts",
+            Request::ProjectApprove(_) => "project_approve",
+            Request::ProjectStatus => "project_status",
         }
     }
 }

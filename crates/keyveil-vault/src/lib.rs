@@ -58,8 +58,8 @@ pub use fsutil::remove_stale_temp_files;
 pub use model::DynamicSource;
 pub use model::{
     AuditCheckpoint, AutoApproveRule, BoundIn, Compromise, DEFAULT_MAX_TTL_SECONDS, DenyRule,
-    Environment, FactorKind, Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, Policy, SecretValue,
-    Settings, Source, StoreRecord, TotpFactor, Variable, VaultData, WriteLeakAction,
+    Environment, FactorKind, Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, ManifestPin, Policy,
+    SecretValue, Settings, Source, StoreRecord, TotpFactor, Variable, VaultData, WriteLeakAction,
     is_valid_environment_name, is_valid_name,
 };
 pub use sealed::SealedValue;

@@ -52,6 +52,24 @@ pub struct VaultData {
     /// Omitted while empty (so older vaults re-encrypt byte for byte).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub compromised: BTreeMap<String, Compromise>,
+    /// The project manifest (`keyveil.toml`) each environment was applied from, by environment
+    /// name: the digest the human approved with the factor (`keyveil project apply`). A run or
+    /// an approval for a pinned environment is refused while the file's digest differs. Kept
+    /// when the environment is removed (a recreated environment stays pinned). Omitted while
+    /// empty (so older vaults re-encrypt byte for byte).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub manifests: BTreeMap<String, ManifestPin>,
+}
+
+/// An approved project manifest (see [`VaultData::manifests`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPin {
+    /// The manifest's absolute, canonical path, as the CLI that applied it resolved it.
+    pub path: String,
+    /// SHA-256 of the file's bytes as approved, 64 lowercase hex digits.
+    pub sha256: String,
+    /// When the human approved it (UTC).
+    pub approved_at: jiff::Timestamp,
 }
 
 /// Where and when a sweep found copies of a variable's value (see

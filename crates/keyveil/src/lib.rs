@@ -22,6 +22,7 @@ mod gitconfig;
 mod harden;
 mod loaders;
 mod logging;
+mod manifest;
 mod mcp;
 mod notify;
 mod output;

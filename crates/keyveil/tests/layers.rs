@@ -56,6 +56,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "what a run is checked against: pins, loaders, risk, the reaper, scans",
         &[
             "pin",
+            "manifest",
             "loaders",
             "risk",
             "reap",

@@ -16,6 +16,7 @@ pub(crate) mod kdf_gate;
 mod lease_reap;
 mod leases;
 pub(crate) mod locked_asks;
+pub(crate) mod manifest_pin;
 pub(crate) mod mounts;
 pub(crate) mod ops;
 pub(crate) mod peer;

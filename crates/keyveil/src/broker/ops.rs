@@ -15,6 +15,7 @@ mod audit;
 mod envs;
 mod grants;
 mod lifecycle;
+mod project;
 mod vars;
 use audit::{audit, audit_verify};
 use envs::{env_create, env_list, env_reveal};
@@ -251,6 +252,8 @@ async fn answer_request(
         Request::Mount(o) => typed(&o).answer(super::mounts::mount(broker, o)),
         Request::Unmount(o) => typed(&o).answer(super::mounts::unmount(broker, o)),
         Request::Mounts(o) => typed(&o).answer(Ok(super::mounts::list(broker))),
+        Request::ProjectApprove(o) => typed(&o).answer(project::approve(broker, o, digest).await),
+        Request::ProjectStatus => answer(op::ProjectStatus, project::status(broker)),
     }
 }
 

@@ -173,6 +173,10 @@ stop it. Where you can change how a program starts, prefer `keyveil run --env EN
     /// ACL user, OpenBao lease) and destroyed when the grant ends, or OpenBao KV values.
     #[command(subcommand)]
     Dynamic(Box<dynamic::DynamicCommand>),
+    /// The project manifest (keyveil.toml): apply it (create and link its environments, pin
+    /// its digest with your factor) or show its pin.
+    #[command(subcommand)]
+    Project(super::project::ProjectCommand),
     /// The audit log.
     Audit(AuditArgs),
     /// Find every copy of a stored value outside keyveil (files, agent transcripts, shell

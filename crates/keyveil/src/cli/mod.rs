@@ -34,6 +34,7 @@ mod manual;
 mod mounts;
 mod parse;
 mod policy;
+mod project;
 mod run;
 mod sweep;
 mod vars;
@@ -76,6 +77,7 @@ fn handles_factors(cmd: &Command) -> bool {
             | Command::Factor(_)
             | Command::Policy(_)
             | Command::Dynamic(_)
+            | Command::Project(_)
             | Command::Sweep(_)
     )
 }
@@ -588,6 +590,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         }
         Command::Audit(a) => audit(paths, a).await,
         Command::Dynamic(d) => dynamic::run(paths, *d).await,
+        Command::Project(p) => project::run(paths, p).await,
         Command::Sweep(a) => sweep::run(paths, a).await,
         Command::Start(a) => background::start(paths, a).await,
         Command::Logs(a) => background::logs(paths, a).await,

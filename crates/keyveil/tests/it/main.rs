@@ -32,6 +32,7 @@ mod journal;
 mod kept_redactor;
 mod limits;
 mod locked;
+mod manifest;
 mod mcp_hostile;
 mod mcp_wait;
 mod mount;

@@ -15,6 +15,8 @@ pub(crate) async fn approve(
     o: ApproveOptions,
 ) -> OpResult<op::Approved> {
     let required = pending_factor(broker, id)?;
+    // A pinned manifest that changed refuses before the factor is spent on it.
+    check_request_pin(broker, id)?;
     // The factor first (so a forged proof is counted and audited whatever else it carries),
     // then the card: an approval applies only to the request as the human was shown it.
     let used = verify_factor(broker, proof, required, json!({"request_id": id}))
@@ -24,6 +26,20 @@ pub(crate) async fn approve(
         check_card(broker, id, card)?;
     }
     grant_pending(broker, id, o, used)
+}
+
+/// Refuses approving request `id` while its environment's pinned manifest differs from the
+/// approved one (`manifest_pin::check_pin`, which also ends the environment's grants).
+fn check_request_pin(broker: &Broker, id: u64) -> OpResult<()> {
+    let env = broker
+        .lock()
+        .requests()
+        .get(id)
+        .map(|r| r.environment().to_owned());
+    match env {
+        Some(env) => crate::broker::manifest_pin::check_pin(broker, &env),
+        None => Ok(()),
+    }
 }
 
 /// The factor approving pending request `id` needs (its environment's policy).
@@ -74,6 +90,7 @@ pub(crate) fn grant_pending(
     o: ApproveOptions,
     used: &str,
 ) -> OpResult<op::Approved> {
+    check_request_pin(broker, id)?;
     let mut inner = broker.lock();
     // Re-check under the lock: a concurrent approval may have won the race.
     let Some(req) = inner.requests().get(id).cloned() else {

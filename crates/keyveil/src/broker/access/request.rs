@@ -493,6 +493,7 @@ pub(crate) async fn request_access(
         return Err(OpError::new(ErrorCode::Usage, "the command is empty"));
     }
     let pass_env = check_pass_env(&a.pass_env)?;
+    crate::broker::manifest_pin::check_pin(broker, &a.environment)?;
     let (vars, search_path, home) = {
         let inner = broker.lock();
         (

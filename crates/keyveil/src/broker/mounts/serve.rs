@@ -218,6 +218,7 @@ pub(super) async fn serve_read(
 
 /// The ask a reader makes: its argv, cwd and code-loading environment, the mount's flags.
 pub(super) fn mount_ask(broker: &Broker, path: &str, env: &str, r: &Reader) -> Result<Ask, String> {
+    crate::broker::manifest_pin::check_pin(broker, env).map_err(|e| e.message)?;
     let inner = broker.lock();
     let variables = inner
         .resolve_variables(env, None)

@@ -38,6 +38,9 @@ pub(super) fn admit(broker: &Broker, req: &RunRequest, peer: Peer) -> Result<Adm
     broker.lock().audit_log_mut().ready("run_start")?;
     let cwd = crate::broker::cwd::canonical_cwd(&req.cwd)?;
     let pass_env = check_pass_env(&req.pass_env)?;
+    // An environment pinned to a project manifest that changed since approved: refused, and
+    // its grants end (`docs/manifest.md`).
+    crate::broker::manifest_pin::check_pin(broker, &req.environment)?;
     let (vars, search_path, home) = {
         let inner = broker.lock();
         match inner.resolve_variables(&req.environment, req.variables.as_deref()) {
