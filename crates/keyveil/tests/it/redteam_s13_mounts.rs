@@ -35,6 +35,10 @@ while pid is None and time.time() - t0 < 30:
         except OSError:
             pass
     time.sleep(0.005)
+cpus = sorted(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpus[-1]})  # its own CPU (the agent may pin itself)
+if len(sys.argv) > 3:
+    os.execv(sys.argv[3], [sys.argv[3], str(pid), out])
 fd = os.open(f"/proc/{pid}/io", os.O_RDONLY)
 pread = os.pread
 last = pread(fd, 40, 0)
@@ -55,6 +59,42 @@ deltas = [b - a for a, b in zip(seen, seen[1:])]
 with open(out, "w") as f:
     json.dump(deltas, f)
 open(out + ".done", "w").close()
+"#;
+
+/// The same spy's polling loop in C (faster than Python's: it misses fewer pieces): `argv[1]`
+/// the pid, `argv[2]` the output.
+const RCHAR_SPY_C: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static long long seen[1 << 16];
+int main(int argc, char **argv) {
+    char p[64], buf[48], last[48] = {0};
+    snprintf(p, sizeof p, "/proc/%s/io", argv[1]);
+    int fd = open(p, O_RDONLY);
+    int n = 0;
+    for (long k = 0; fd >= 0 && k < 400000000L && n < (1 << 16); k++) {
+        ssize_t r = pread(fd, buf, 40, 0);
+        if (r <= 0) break;
+        buf[r] = 0;
+        if (strcmp(buf, last) != 0) {
+            long long v = atoll(buf + 7);
+            if (n == 0 || seen[n - 1] != v) seen[n++] = v;
+            memcpy(last, buf, sizeof buf);
+        }
+    }
+    FILE *f = fopen(argv[2], "w");
+    fputc('[', f);
+    for (int i = 1; i < n; i++) fprintf(f, "%s%lld", i > 1 ? "," : "", seen[i] - seen[i - 1]);
+    fputs("]", f);
+    fclose(f);
+    char d[4096];
+    snprintf(d, sizeof d, "%s.done", argv[2]);
+    fclose(fopen(d, "w"));
+    return 0;
+}
 "#;
 
 /// The human's reader: an ordinary loader's loop (`read` until end-of-file). It prints what
@@ -129,7 +169,7 @@ fn infer(deltas: &[usize], order: &[String]) -> Vec<Option<usize>> {
 /// value starts and ends: the length of every value as written (quotes included), and the
 /// text's length, while nothing of the FIFO is touched. Measured: see the ignore note.
 #[test]
-#[ignore = "LEAK: the reader's /proc/PID/io rchar shows each piece's size: every value's written length (3 runs: 7 of 7 values, 259-byte text, nothing audited but mount_read)"]
+#[ignore = "LEAK: the reader's /proc/PID/io rchar shows the pieces' sizes: the text's length in 10 of 10 runs, a value's written length in 1 (load average 12 on 2 CPUs); nothing audited but mount_read"]
 fn the_readers_byte_count_tells_the_agent_each_values_length() {
     let h = Home::new();
     let vals = values();
@@ -137,13 +177,27 @@ fn the_readers_byte_count_tells_the_agent_each_values_length() {
     let p = Project::new();
     mount(&h, &p);
     let out = p.tmp.path().join("spied");
+    // The C loop where a compiler is at hand, else Python's.
+    let c_src = p.tmp.path().join("spy.c");
+    let c_bin = p.tmp.path().join("spy");
+    std::fs::write(&c_src, RCHAR_SPY_C).unwrap();
+    let compiled = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&c_bin)
+        .arg(&c_src)
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut args = vec![
+        "-c".to_owned(),
+        RCHAR_SPY.to_owned(),
+        p.env_file().display().to_string(),
+        out.display().to_string(),
+    ];
+    if compiled {
+        args.push(c_bin.display().to_string());
+    }
     let spy = std::process::Command::new("python3")
-        .args([
-            "-c",
-            RCHAR_SPY,
-            p.env_file().to_str().unwrap(),
-            out.to_str().unwrap(),
-        ])
+        .args(&args)
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -181,7 +235,7 @@ fn the_readers_byte_count_tells_the_agent_each_values_length() {
     let audit = h.audit_text();
     let flagged = audit.contains("\"mount_read_suspect\"") || audit.contains("\"mount_refused\"");
     eprintln!(
-        "rchar spy: {} increases seen, {} reads by the reader, same sequence {}, text {} bytes (spy's sum {}), value lengths learned {learned} of {}, flagged {flagged}",
+        "rchar spy (C {compiled}): {} increases seen, {} reads by the reader, same sequence {}, text {} bytes (spy's sum {}), value lengths learned {learned} of {}, flagged {flagged}",
         deltas.len(),
         sizes.len(),
         deltas == sizes,
@@ -332,5 +386,67 @@ fn the_agent_erases_a_refusal_from_the_mounts_listing_by_mounting_again() {
         refused(&after) > 0 || !(u.status.success() && m.status.success()),
         "the listing forgot the refusal: {}",
         text(&u.stderr)
+    );
+}
+
+/// The executable line is the one to trust, and `workspace-executable` flags one that lies
+/// where the agent can write: the project, `$HOME`, a temporary directory, or a world-writable
+/// directory. The agent's user can write elsewhere too: its runtime directory
+/// (`/run/user/UID`, mode 0700, the user's own; here a directory like it under `/run`). The
+/// agent copies `sh` there as `docker`, puts it first on `PATH` (a `PATH` alone is no
+/// `code-loading-environment`) and writes the script `compose` into the project: the reader
+/// `docker compose up` is a shell that copies `.env` to its output with builtins (no `cat`).
+/// Held when the card flags the executable.
+#[test]
+#[ignore = "LEAK: an executable in a directory of the user's outside the project, HOME and the temporary directories is not flagged: card `docker compose up`, running RUNDIR/docker (a copy of sh), no flag (1 run; approved, 7 of 7 values copied to the agent's output)"]
+fn a_shell_copied_into_the_users_runtime_directory_reads_under_an_unflagged_card() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let run = tempfile::Builder::new()
+        .prefix("kvrun")
+        .tempdir_in("/run")
+        .unwrap();
+    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let docker = run.path().join("docker");
+    std::fs::copy("/bin/sh", &docker).unwrap();
+    std::fs::write(
+        p.path().join("compose"),
+        "while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < .env\n",
+    )
+    .unwrap();
+    // `env -i` drops what this machine's and cargo's environment would flag on every card
+    // (`LD_LIBRARY_PATH`, `PYTHON*`, ...): the reader's environment is `PATH` alone.
+    let path = format!("PATH={}:/usr/bin:/bin", run.path().display());
+    let reader = p.reader(&["env", "-i", &path, "docker", "compose", "up"], &[]);
+    let card = wait_card(&h);
+    let flags: Vec<String> = card["risk"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    eprintln!(
+        "card: argv {} words, executable under the runtime directory {}, flags {flags:?}",
+        card["argv"].as_array().map_or(0, Vec::len),
+        card.to_string().contains(&run.path().display().to_string())
+    );
+    if flags.iter().any(|f| f == "workspace-executable")
+        || card.to_string().contains("workspace-executable")
+    {
+        assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
+        let _ = finished(reader);
+        return;
+    }
+    approve_card(&h, &card, &[]);
+    let o = finished(reader);
+    let copied = vals
+        .iter()
+        .filter(|(_, v)| crate::harness::contains(&o.stdout, v))
+        .count();
+    panic!(
+        "the card showed no flag for an executable the agent wrote (flags {flags:?}); {copied} of {} values copied",
+        vals.len()
     );
 }
