@@ -167,9 +167,14 @@ fn infer(deltas: &[usize], order: &[String]) -> Vec<Option<usize>> {
 /// reader's `rchar` (`/proc/READER/io`, readable by any process of the user: Yama restricts
 /// attaching, not this) grows by each piece, so an agent that polls it learns where each
 /// value starts and ends: the length of every value as written (quotes included), and the
-/// text's length, while nothing of the FIFO is touched. Measured: see the ignore note.
+/// text's length, while nothing of the FIFO is touched. Measured on this shared machine (load
+/// average 12 on 2 CPUs, other builds running), 9 runs (2 with a Python poller, 7 with the C
+/// one pinned to a CPU of its own): the spy saw 8 to 37 of the reader's 64 reads (the rest
+/// merged), the text's length (259 bytes) exactly in 9 of 9, one value's written length in 1 of
+/// 9 (0 of 7 in the others); audit `mount_read` only. On an idle machine a poller that sees
+/// every piece gets every value's length: the piece sizes are fixed by the text alone.
 #[test]
-#[ignore = "LEAK: the reader's /proc/PID/io rchar shows the pieces' sizes: the text's length in 10 of 10 runs, a value's written length in 1 (load average 12 on 2 CPUs); nothing audited but mount_read"]
+#[ignore = "LEAK: the reader's /proc/PID/io rchar shows the pieces' sizes: the text's length in 9 of 9 runs, one value's written length in 1 (load average 12 on 2 CPUs: the spy saw 8 to 37 of the 64 pieces); nothing audited but mount_read"]
 fn the_readers_byte_count_tells_the_agent_each_values_length() {
     let h = Home::new();
     let vals = values();
@@ -264,7 +269,7 @@ fn agent_host(p: &Project) -> std::path::PathBuf {
 /// its `.env` opening are the agent's: `redteam_s12_mounts.rs`), and the card that says
 /// `agent-reader` never appears. Held when the agent's read gets a card flagged `agent-reader`.
 #[test]
-#[ignore = "LEAK: a TTL grant approved for a reader without agent-reader serves the same argv under an agent host without a card (2 runs: 7 of 7 values read by the agent's child, no card, audit mount_read)"]
+#[ignore = "LEAK: a TTL grant approved for a reader without agent-reader serves the same argv under an agent host without a card (4 runs: 7 of 7 values read by the agent's child, no card; the control without the grant: a card flagged agent-reader)"]
 fn a_ttl_grant_for_the_humans_reader_serves_the_agents_reader_without_a_card() {
     let h = Home::new();
     let vals = values();
@@ -342,7 +347,7 @@ fn a_ttl_grant_for_the_humans_reader_serves_the_agents_reader_without_a_card() {
 /// refusal it caused (an `O_RDWR` opener posing as a reader) is then no longer shown there.
 /// Held when the listing still says the path was refused (the audit keeps `mount_refused`).
 #[test]
-#[ignore = "LEAK (report): unmount + mount by the agent, no factor, resets `keyveil mounts` (1 run: refused 1 -> 0, the last refusal's text gone; the audit keeps mount_refused, unmount, mount)"]
+#[ignore = "LEAK (report): unmount + mount by the agent, no factor, resets `keyveil mounts` (3 runs: refused 1 -> 0, the last refusal's words gone; the audit keeps mount_refused, unmount, mount)"]
 fn the_agent_erases_a_refusal_from_the_mounts_listing_by_mounting_again() {
     let h = Home::new();
     let vals = values();
@@ -398,7 +403,7 @@ fn the_agent_erases_a_refusal_from_the_mounts_listing_by_mounting_again() {
 /// `docker compose up` is a shell that copies `.env` to its output with builtins (no `cat`).
 /// Held when the card flags the executable.
 #[test]
-#[ignore = "LEAK: an executable in a directory of the user's outside the project, HOME and the temporary directories is not flagged: card `docker compose up`, running RUNDIR/docker (a copy of sh), no flag (1 run; approved, 7 of 7 values copied to the agent's output)"]
+#[ignore = "LEAK: an executable in a directory of the user's outside the project, HOME and the temporary directories is not flagged: card `docker compose up`, running RUNDIR/docker (a copy of sh), risk only all-variables, first-time (3 runs; approved, 7 of 7 values copied to the agent's output)"]
 fn a_shell_copied_into_the_users_runtime_directory_reads_under_an_unflagged_card() {
     use std::os::unix::fs::PermissionsExt;
     let h = Home::new();
@@ -425,7 +430,11 @@ fn a_shell_copied_into_the_users_runtime_directory_reads_under_an_unflagged_card
     let card = wait_card(&h);
     let flags: Vec<String> = card["risk"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     eprintln!(
         "card: argv {} words, executable under the runtime directory {}, flags {flags:?}",
@@ -448,5 +457,56 @@ fn a_shell_copied_into_the_users_runtime_directory_reads_under_an_unflagged_card
     panic!(
         "the card showed no flag for an executable the agent wrote (flags {flags:?}); {copied} of {} values copied",
         vals.len()
+    );
+}
+
+/// A reader in a mount namespace of its own (`unshare -m`; an unprivileged agent gets one with
+/// a user namespace) where the agent's copy of `sh` is bind-mounted over `/usr/bin/env`:
+/// `/proc/PID/exe` then reads `/usr/bin/env`, the path in the reader's namespace, and a card
+/// that trusted it would say the reader runs the system's `env`. Held: the broker pins the
+/// file at that path in its own namespace and compares it with the file that runs
+/// (`/proc/PID/exe`'s device and inode); they differ, so the card says the executable could
+/// not be pinned (`unpinned-executable`), never `/usr/bin/env`.
+#[test]
+fn a_reader_in_its_own_mount_namespace_cannot_borrow_a_system_executables_name() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let evil = p.tmp.path().join("evil");
+    std::fs::copy("/bin/sh", &evil).unwrap();
+    std::fs::write(
+        p.path().join("compose"),
+        "while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < .env\n",
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind '{}' /usr/bin/env && exec env compose up",
+        evil.display()
+    );
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !probe {
+        eprintln!("skipped: no mount namespace for this user");
+        return;
+    }
+    let reader = p.reader(&["unshare", "-m", "sh", "-c", &script], &[]);
+    let card = wait_card(&h);
+    let risk = card["risk"].to_string();
+    let exe = card["executable"]["path"].as_str().unwrap_or("").to_owned();
+    eprintln!("card: risk {risk}, executable {exe:?}");
+    assert!(h.run(&["deny", &card["id"].to_string()]).status.success());
+    let o = finished(reader);
+    assert!(o.stdout.is_empty(), "a denied read got bytes");
+    assert!(
+        risk.contains("unpinned-executable"),
+        "the card trusted the reader's namespace: {risk}"
+    );
+    assert_ne!(
+        exe, "/usr/bin/env",
+        "the card names the system's env as the executable"
     );
 }
