@@ -466,7 +466,7 @@ fn a_shell_copied_into_the_users_runtime_directory_reads_under_an_unflagged_card
 /// that trusted it would say the reader runs the system's `env`. Held: the broker pins the
 /// file at that path in its own namespace and compares it with the file that runs
 /// (`/proc/PID/exe`'s device and inode); they differ, so the card says the executable could
-/// not be pinned (`unpinned-executable`), never `/usr/bin/env`.
+/// not be pinned (`unpinned-executable`), never `/usr/bin/env` (3 runs: flagged, no path).
 #[test]
 fn a_reader_in_its_own_mount_namespace_cannot_borrow_a_system_executables_name() {
     let h = Home::new();
