@@ -323,7 +323,6 @@ fn a_long_zero_padded_token_is_not_held_back_whole() {
 /// wakes lines after the value began (`xxd -s 12`: the first two lines), and the whole value
 /// is shown in base 2 or octal. `xxd -s` and `od -Ax` are documented as read.
 #[test]
-#[ignore = "LEAK: narrow dumps whose line offsets hold hex letters (`xxd -b -c 3 -s 12`, `-o 0xa0000000`, `od -Ax -j 160 -w4`) do not wake the dump reader (docs/redaction.md §5)"]
 fn narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
     let cases = [
         ("xxd", "printf 'abcdefghijkl%s' \"$V\" | xxd -b -c 3 -s 12"),
@@ -354,7 +353,6 @@ fn narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
 /// `xxd -b -c 3` with groups of 2 or 3 bytes (`-g 2`, `-g 3`): one space fewer per group, 38
 /// and 37 digits and separators before the text column, under the 39 that wake the reader.
 #[test]
-#[ignore = "LEAK: `xxd -b -c 3 -g 2` and `-g 3` lines are too short to wake the dump reader (docs/redaction.md §5)"]
 fn grouped_narrow_xxd_dumps_are_redacted() {
     if !tool("xxd") {
         return;
@@ -381,7 +379,6 @@ fn grouped_narrow_xxd_dumps_are_redacted() {
 /// or `:`, inside brackets, and `hexdump` lines with a short decimal offset (`%_ad`: `0`, `8`,
 /// `16`: read as list bytes that break the value).
 #[test]
-#[ignore = "LEAK: zero-padded decimal lists joined by `|` or `:`, in brackets, or after a short offset are not read (docs/redaction.md §5)"]
 fn zero_padded_lists_in_other_shapes_are_redacted() {
     let v = value(31, 20, ALNUM);
     let r = Redactor::new([("V", v.as_slice())]);

@@ -76,13 +76,15 @@ pub(crate) mod work {
 /// dump ([`line_head`]).
 const LINE_HEAD: usize = 64;
 
-/// Digits and separators in a row that a dump's head must hold ([`is_d`]: the offset
-/// `00000000: ` and four `xxd -b` tokens, three `xxd -b` tokens and the line start, eight
-/// `od -b` ones, or narrower `od` lines and their line feeds).
+/// Digits and separators in a row that a dump's head must hold ([`is_d`], and the hex letters
+/// of a line's offset: the line start, the offset `0000000c: ` and three `xxd -b` tokens, or
+/// one `xxd -b -c 3 -g 3` group of 24 digits and the two spaces after it; eight `od -b`
+/// tokens, or narrower `od` lines and their line feeds). Every such run is a run of as many
+/// [`is_t`] bytes, so it holds an 8-byte word at a multiple of [`WORD_STRIDE`].
 const D_RUN: usize = WORD_STRIDE + 7;
 
 /// Distance between the 8-byte words tested for a dump line's head.
-const WORD_STRIDE: usize = 32;
+const WORD_STRIDE: usize = 30;
 
 /// Longest offset read (hex digits).
 const MAX_OFFSET: u8 = 16;
@@ -98,7 +100,8 @@ const MAX_BITS: usize = 64;
 /// (separators, empty lines, a text column or a token without end once held everything).
 const GAP_MAX: u64 = 1024;
 
-/// Bytes of a dump's head ([`is_d`]) and hex letters (offsets): bit 0 `T`, bit 1 `D`.
+/// Bytes of a dump's head ([`is_d`]), hex letters (offsets) and brackets (lists): bit 0 `T`,
+/// bit 1 `D`.
 // Indexing in a constant initialiser is checked at compile time.
 #[allow(clippy::indexing_slicing)]
 static CLASS: [u8; 256] = {
@@ -106,11 +109,11 @@ static CLASS: [u8; 256] = {
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        let d =
-            b.is_ascii_digit() || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b';');
+        let d = b.is_ascii_digit()
+            || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b';' | b'|');
         t[i] = if d {
             3
-        } else if b.is_ascii_hexdigit() {
+        } else if b.is_ascii_hexdigit() || matches!(b, b'[' | b']' | b'(' | b')' | b'{' | b'}') {
             1
         } else {
             0
@@ -120,14 +123,14 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Bytes a dump's head is made of: [`is_d`] bytes and hex letters (offsets).
+/// Bytes a dump's head is made of: [`is_d`] bytes, hex letters (offsets) and brackets (lists).
 #[inline(always)]
 fn is_t(b: u8) -> bool {
     CLASS.get(usize::from(b)).is_some_and(|&c| c & 1 != 0)
 }
 
 /// Digits and separators: the bytes of an offset without hex letters, of the byte tokens and
-/// of what joins them (space, tab, CR, line feed, `:`, `,`, `;`). A line feed belongs: the
+/// of what joins them (space, tab, CR, line feed, `:`, `,`, `;`, `|`). A line feed belongs: the
 /// lines of a narrow dump (`od -b -w1`) or a list printed one number a line form one run.
 #[inline(always)]
 fn is_d(b: u8) -> bool {
@@ -137,8 +140,11 @@ fn is_d(b: u8) -> bool {
 /// Whether a line whose first bytes are `head` begins a dump: its first [`LINE_HEAD`] bytes
 /// (across line feeds), up to the first byte that is not [`is_t`], hold [`D_RUN`] [`is_d`]
 /// bytes in a row, the line start counting as one (the line feed before it, which the
-/// trigger's run holds: `xxd -b -c 3` lines have 38 before their text column). `None` while
-/// undecided (`head` is all [`is_t`], shorter than [`LINE_HEAD`], without such a run).
+/// trigger's run holds: `xxd -b -c 3 -g 3` lines have 37 before their text column), and the
+/// hex letters of each line's first token counting too when that token, an offset, has at
+/// most [`MAX_OFFSET`] digits (`0000000c:`, `a0000000:`, `0000a0`: a longer hex word, a hash,
+/// breaks the run at its letters). `None` while undecided (`head` is all [`is_t`], shorter
+/// than [`LINE_HEAD`], without such a run).
 fn line_head(head: &[u8]) -> Option<bool> {
     line_head_split(head, &[])
 }
@@ -147,6 +153,9 @@ fn line_head(head: &[u8]) -> Option<bool> {
 fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
     let mut run = 1;
     let mut seen = 0;
+    // The line's first token so far (hex digits after the line start and any blanks), while
+    // in it: its length, and the digits since its last hex letter (if it holds one).
+    let mut first: Option<(usize, Option<usize>)> = Some((0, None));
     for part in [a, b] {
         for &x in part {
             if seen == LINE_HEAD {
@@ -157,7 +166,33 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
             if !is_t(x) {
                 return Some(false);
             }
-            run = if is_d(x) { run + 1 } else { 0 };
+            first = match first {
+                Some((len, since)) if x.is_ascii_hexdigit() => {
+                    let since = if x.is_ascii_digit() {
+                        since.map(|k| k + 1)
+                    } else {
+                        Some(0)
+                    };
+                    if len + 1 > usize::from(MAX_OFFSET)
+                        && let Some(k) = since
+                    {
+                        // No offset: its letters break the run after all.
+                        run = k;
+                        None
+                    } else {
+                        run += 1;
+                        Some((len + 1, since))
+                    }
+                }
+                Some((0, None)) if is_blank(x) => {
+                    run += 1;
+                    Some((0, None))
+                }
+                _ => {
+                    run = if is_d(x) { run + 1 } else { 0 };
+                    (x == b'\n').then_some((0, None))
+                }
+            };
             if run >= D_RUN {
                 return Some(true);
             }
@@ -166,25 +201,42 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
     (seen >= LINE_HEAD).then_some(false)
 }
 
+/// Whether the 8 bytes of `w` (little-endian) may all be [`is_t`] bytes: all ASCII and no letter
+/// `g`–`z` or `G`–`Z` (most words of text hold one). Exact for that set, in a few word
+/// operations without a branch (the "has a byte between" test of Sean Anderson's *Bit
+/// Twiddling Hacks*, on the bytes with their case bit set).
+#[inline(always)]
+fn may_be_head(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let x = (w | (0x20 * ONES)) & (0x7f * ONES);
+    // A byte above `f` (0x66) and below `{` (0x7b), after the case fold.
+    let letter = ((0xfa * ONES).wrapping_sub(x)) & !x & (x + 0x19 * ONES) & (0x80 * ONES);
+    (w & (0x80 * ONES)) | letter == 0
+}
+
+/// Whether the bytes at `p` in `bytes` are an 8-byte word of [`is_t`] bytes.
+#[inline(always)]
+fn head_word(bytes: &[u8], p: usize) -> bool {
+    bytes.get(p..p + 8).is_some_and(|w| {
+        may_be_head(u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8])))
+            && w.iter().all(|&b| is_t(b))
+    })
+}
+
 /// The offset of the first 8-byte word of `bytes` at a multiple of [`WORD_STRIDE`] that is all
-/// [`is_d`] bytes (every run of [`D_RUN`] of them holds one). A mask test first: a word holding
-/// a byte of 0x40 or above (a letter), as most words of text do, fails it.
+/// [`is_t`] bytes (every run of [`D_RUN`] of them holds one). A word test first
+/// ([`may_be_head`]): a word holding a letter from `g` on, as most words of text do, fails it.
 fn next_digit_word(bytes: &[u8]) -> Option<usize> {
-    const HIGH: u64 = 0xC0C0_C0C0_C0C0_C0C0;
     let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
-    let digits = |p: usize| {
-        bytes
-            .get(p..p + 8)
-            .is_some_and(|w| word(w) & HIGH == 0 && w.iter().all(|&b| is_d(b)))
-    };
-    // Four tested words (128 bytes) a step, one branch.
+    let digits = |p: usize| head_word(bytes, p);
+    // Four tested words (120 bytes) a step, one branch.
     let (blocks, _) = bytes.as_chunks::<{ 4 * WORD_STRIDE }>();
     let mut at = 0;
     for block in blocks {
         let low = |k: usize| {
             block
                 .get(k * WORD_STRIDE..k * WORD_STRIDE + 8)
-                .is_some_and(|w| word(w) & HIGH == 0)
+                .is_some_and(|w| may_be_head(word(w)))
         };
         if (low(0) | low(1) | low(2) | low(3))
             && let Some(k) = (0..4).find(|&k| digits(at + k * WORD_STRIDE))
@@ -205,7 +257,7 @@ fn next_digit_word(bytes: &[u8]) -> Option<usize> {
 
 /// What the dump reader, asleep with nothing held, must do with a chunk.
 enum Quick {
-    /// Nothing: no 8-byte word at a multiple of [`WORD_STRIDE`] is all [`is_d`] (what
+    /// Nothing: no 8-byte word at a multiple of [`WORD_STRIDE`] is all [`is_t`] (what
     /// [`next_digit_word`] looks for), and the last byte is no [`is_t`] byte (no dump's head
     /// can be open at the end: a letter, `-`, `.`, `=` ...).
     Quiet,
@@ -219,13 +271,7 @@ enum Quick {
 fn quick(chunk: &[u8]) -> Quick {
     let words = if chunk.len() <= 2 * WORD_STRIDE + 7 {
         // Up to two words (64-byte pushes), without the search's loop.
-        const HIGH: u64 = 0xC0C0_C0C0_C0C0_C0C0;
-        let digits = |p: usize| {
-            chunk.get(p..p + 8).is_some_and(|w| {
-                u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8])) & HIGH == 0
-                    && w.iter().all(|&b| is_d(b))
-            })
-        };
+        let digits = |p: usize| head_word(chunk, p);
         if digits(0) {
             Some(0)
         } else if digits(WORD_STRIDE) {
@@ -280,9 +326,16 @@ fn is_blank(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
 }
 
-/// What ends a byte token: whitespace, `,` or `;` (lists joined by `,`, `, ` or `;`).
+/// What ends a byte token: whitespace, `,`, `;`, `:`, `|` (lists joined by `,`, `, `, `;`,
+/// `:` or `|`) or a closing bracket (`[065, 075]`).
 fn is_sep(b: u8) -> bool {
-    is_blank(b) || b == b',' || b == b';'
+    is_blank(b) || matches!(b, b',' | b';' | b':' | b'|' | b']' | b')' | b'}')
+}
+
+/// What may come before a line's first token besides blanks: opening brackets (`[065, …`,
+/// `{065, …`, `(065 …`) and `|` (a table's first column).
+fn is_open(b: u8) -> bool {
+    matches!(b, b'[' | b'(' | b'{' | b'|')
 }
 
 /// Where the reader is in a dump line.
@@ -519,25 +572,23 @@ impl DecodePass {
                 break;
             };
             work::tick((p - i) / WORD_STRIDE + 1);
-            // Most words are shorter runs (a time of day, a number before a line feed): a
-            // head's run has at least `D_RUN - 1` of these bytes after its line start.
+            // Most words are shorter runs (a time of day, a number before a line feed, a hex
+            // id): a head's run has at least `D_RUN - 1` [`is_t`] bytes after its line start.
+            // (A short run ended by a hex letter may be part of a head that begins in it, a
+            // line feed, then an offset `0000a0`: measuring digits only and going on from the
+            // letter once kept the look-back from reaching that line start, so a split that
+            // found this word missed a dump line that one push, which did not find it, read.)
             let mut lo = p;
-            while lo > i && chunk.get(lo - 1).is_some_and(|&b| is_d(b)) {
+            while lo > i && chunk.get(lo - 1).is_some_and(|&b| is_t(b)) {
                 work::tick(1);
                 lo -= 1;
             }
             let mut hi = p + 8;
-            while hi < n && hi - lo < D_RUN && chunk.get(hi).is_some_and(|&b| is_d(b)) {
+            while hi < n && hi - lo < D_RUN && chunk.get(hi).is_some_and(|&b| is_t(b)) {
                 work::tick(1);
                 hi += 1;
             }
-            // A short run ended by a hex letter may still be part of a head that begins in it
-            // (a line feed, then an offset `0000a0`): its line is decided below, as for a long
-            // run. Going on from `hi` would keep the look-back from reaching that line start,
-            // so a split that found this word missed a dump line that one push (which did not
-            // find it) reads.
-            let head_goes_on = chunk.get(hi).is_some_and(|&b| is_t(b));
-            if hi - lo < D_RUN - 1 && !head_goes_on {
+            if hi - lo < D_RUN - 1 {
                 if hi >= n {
                     break;
                 }
@@ -899,7 +950,7 @@ impl DecodePass {
                     st.line = Line::Offset;
                     st.off_len = 1;
                     st.push_digit(b, pos);
-                } else if !is_blank(b) {
+                } else if !is_blank(b) && !is_open(b) {
                     self.reject(st);
                 }
             }
@@ -911,8 +962,7 @@ impl DecodePass {
                     st.off_len = st.off_len.saturating_add(1);
                     st.push_digit(b, pos);
                 } else if b == b':' && (4..=MAX_OFFSET).contains(&st.off_len) {
-                    // `xxd`: an offset, never a list's first byte.
-                    st.alldig = false;
+                    // `xxd`: an offset (or the first byte of a list joined by `:`, `%04d:`).
                     self.first_token(st, false, hits);
                     if st.on {
                         st.line = Line::Colon;
@@ -929,6 +979,10 @@ impl DecodePass {
             Line::Colon => {
                 if is_blank(b) {
                     st.line = Line::Data;
+                } else if b.is_ascii_digit() {
+                    // A list joined by `:` (`0065:0075`).
+                    st.line = Line::Data;
+                    st.push_digit(b, pos);
                 } else {
                     self.reject(st);
                 }
@@ -948,12 +1002,13 @@ impl DecodePass {
         }
     }
 
-    /// A line's first token ended: an offset (4 to 16 hex digits) for the dump views, a byte
-    /// for the list view when it is a decimal byte (any zero padding). A token that is
-    /// neither ends every stream; it also skips the rest of the line unless `eol`.
+    /// A line's first token ended: an offset (1 to 16 hex digits: `hexdump -e '"%_ad "'`
+    /// prints `0`, `8`, `16`) for the dump views, a byte for the list view when it is a decimal
+    /// byte (any zero padding). A token that is neither ends every stream; it also skips the
+    /// rest of the line unless `eol`.
     fn first_token(&self, st: &mut DumpState, eol: bool, hits: &mut Vec<Hit>) {
         let (start, n) = (st.tok_start, st.tok_len as u64);
-        let offset = (4..=MAX_OFFSET).contains(&st.off_len);
+        let offset = (1..=MAX_OFFSET).contains(&st.off_len);
         let decimal = st.alldig && st.num10 <= 255;
         let byte = u8::try_from(st.num10).unwrap_or(0);
         st.reset_token();
