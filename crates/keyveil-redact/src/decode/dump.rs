@@ -31,6 +31,10 @@ use zeroize::Zeroize;
 use super::DecodePass;
 use crate::matcher::Hit;
 
+mod fold;
+
+use fold::{Fold, GLUE};
+
 /// The dump reader's work, counted in this crate's unit tests (zero cost elsewhere): the bytes
 /// its loops look at, so that a test can bound it by the input's size.
 pub(crate) mod work {
@@ -110,7 +114,8 @@ static CLASS: [u8; 256] = {
     while i < 256 {
         let b = i as u8;
         let d = b.is_ascii_digit()
-            || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b';' | b'|');
+            || matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b';' | b'|')
+            || b == GLUE;
         t[i] = if d {
             3
         } else if b.is_ascii_hexdigit() || matches!(b, b'[' | b']' | b'(' | b')' | b'{' | b'}') {
@@ -382,8 +387,14 @@ pub(crate) struct DumpState {
     /// The next byte does not begin a line (false at the start of the stream and after a line
     /// feed).
     mid_line: bool,
-    /// The token being read.
+    /// The token being read: its first byte, and the byte after its last digit.
     tok_start: u64,
+    tok_end: u64,
+    /// Where the [`GLUE`] bytes before the next byte began (a digit of another script).
+    glue_from: Option<u64>,
+    /// The translation of other digits and escaped separators ([`fold`]), and its buffer.
+    fold: Fold,
+    folded: Vec<u8>,
     tok_len: usize,
     all01: bool,
     all07: bool,
@@ -404,6 +415,7 @@ impl Drop for DumpState {
     fn drop(&mut self) {
         self.tok_bytes.zeroize();
         self.pre.zeroize();
+        self.folded.zeroize();
         for v in &mut self.views {
             v.clear();
         }
@@ -426,8 +438,9 @@ impl DumpState {
     fn push_digit(&mut self, b: u8, pos: u64) {
         if self.tok_len == 0 {
             self.reset_token();
-            self.tok_start = pos;
+            self.tok_start = self.glue_from.unwrap_or(pos);
         }
+        self.tok_end = pos + 1;
         self.tok_len += 1;
         let d = b.wrapping_sub(b'0');
         if d > 9 {
@@ -469,14 +482,29 @@ impl DumpState {
 }
 
 impl DecodePass {
-    /// Feeds `chunk` (at absolute offset `base`) to the dump reader.
+    /// Feeds `chunk` (at absolute offset `base`) to the dump reader; `plain`: it is all ASCII
+    /// and holds no `&`, `%` or `\\` (else it is read through [`fold`]'s translation).
     pub(super) fn scan_dump(
         &self,
         st: &mut DumpState,
         chunk: &[u8],
         base: u64,
+        plain: bool,
         hits: &mut Vec<Hit>,
     ) {
+        if plain && st.fold.idle() {
+            return self.scan_dump_bytes(st, chunk, base, hits);
+        }
+        let mut folded = std::mem::take(&mut st.folded);
+        folded.clear();
+        folded.extend(chunk.iter().map(|&b| st.fold.step(b)));
+        self.scan_dump_bytes(st, &folded, base, hits);
+        folded.zeroize();
+        st.folded = folded;
+    }
+
+    /// [`DecodePass::scan_dump`] of the bytes the reader reads.
+    fn scan_dump_bytes(&self, st: &mut DumpState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
         let n = chunk.len();
         if n == 0 {
             return;
@@ -933,6 +961,16 @@ impl DecodePass {
 
     fn dump_step(&self, st: &mut DumpState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
         work::tick(1);
+        if b == GLUE {
+            // Part of a digit or space of another script, read at its last byte.
+            st.glue_from.get_or_insert(pos);
+            return;
+        }
+        self.dump_byte(st, b, pos, hits);
+        st.glue_from = None;
+    }
+
+    fn dump_byte(&self, st: &mut DumpState, b: u8, pos: u64, hits: &mut Vec<Hit>) {
         if b == b'\n' {
             if st.line == Line::Offset {
                 // A line of one token (`0000007`, a list printed one number a line).
@@ -1007,7 +1045,7 @@ impl DecodePass {
     /// byte (any zero padding). A token that is neither ends every stream; it also skips the
     /// rest of the line unless `eol`.
     fn first_token(&self, st: &mut DumpState, eol: bool, hits: &mut Vec<Hit>) {
-        let (start, n) = (st.tok_start, st.tok_len as u64);
+        let (start, end) = (st.tok_start, st.tok_end);
         let offset = (1..=MAX_OFFSET).contains(&st.off_len);
         let decimal = st.alldig && st.num10 <= 255;
         let byte = u8::try_from(st.num10).unwrap_or(0);
@@ -1030,7 +1068,7 @@ impl DecodePass {
         }
         if list.rest.is_none() {
             if decimal {
-                self.push_unit(list, byte, start, start + n, hits);
+                self.push_unit(list, byte, start, end, hits);
             } else {
                 list.rest = Some(start);
             }
@@ -1050,7 +1088,7 @@ impl DecodePass {
             return;
         }
         let start = st.tok_start;
-        let end = start + n as u64;
+        let end = st.tok_end;
         let binary = st.all01 && n.is_multiple_of(8) && n <= MAX_BITS;
         let octal = st.all07 && n == 3 && st.num8 <= 255;
         // Zero padding up to [`MAX_BITS`] digits: a longer token is no byte, and is not held
