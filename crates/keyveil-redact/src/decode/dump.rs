@@ -104,8 +104,8 @@ const MAX_BITS: usize = 64;
 /// (separators, empty lines, a text column or a token without end once held everything).
 const GAP_MAX: u64 = 1024;
 
-/// Bytes of a dump's head ([`is_d`]), hex letters (offsets) and brackets (lists): bit 0 `T`,
-/// bit 1 `D`.
+/// Bytes of a dump's head ([`is_d`]), hex letters (offsets), brackets and quotes (lists): bit 0
+/// `T`, bit 1 `D`.
 // Indexing in a constant initialiser is checked at compile time.
 #[allow(clippy::indexing_slicing)]
 static CLASS: [u8; 256] = {
@@ -118,7 +118,9 @@ static CLASS: [u8; 256] = {
             || b == GLUE;
         t[i] = if d {
             3
-        } else if b.is_ascii_hexdigit() || matches!(b, b'[' | b']' | b'(' | b')' | b'{' | b'}') {
+        } else if b.is_ascii_hexdigit()
+            || matches!(b, b'[' | b']' | b'(' | b')' | b'{' | b'}' | b'"' | b'\'')
+        {
             1
         } else {
             0
@@ -128,7 +130,8 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Bytes a dump's head is made of: [`is_d`] bytes, hex letters (offsets) and brackets (lists).
+/// Bytes a dump's head is made of: [`is_d`] bytes, hex letters (offsets), brackets and quotes
+/// (lists).
 #[inline(always)]
 fn is_t(b: u8) -> bool {
     CLASS.get(usize::from(b)).is_some_and(|&c| c & 1 != 0)
@@ -213,10 +216,12 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
 #[inline(always)]
 fn may_be_head(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
-    let x = (w | (0x20 * ONES)) & (0x7f * ONES);
-    // A byte above `f` (0x66) and below `{` (0x7b), after the case fold.
-    let letter = ((0xfa * ONES).wrapping_sub(x)) & !x & (x + 0x19 * ONES) & (0x80 * ONES);
-    (w & (0x80 * ONES)) | letter == 0
+    let x = w | (0x20 * ONES);
+    // The top bit of each byte above `f` (0x66) and below `{` (0x7b), after the case fold. A
+    // byte of 0x80 or above may carry or borrow into the next byte's bit, but `w`'s own top
+    // bit rejects the word anyway; ASCII words neither carry nor borrow.
+    let letter = (0xfa * ONES).wrapping_sub(x) & x.wrapping_add(0x19 * ONES);
+    (letter | w) & (0x80 * ONES) == 0
 }
 
 /// Whether the bytes at `p` in `bytes` are an 8-byte word of [`is_t`] bytes.
@@ -332,15 +337,16 @@ fn is_blank(b: u8) -> bool {
 }
 
 /// What ends a byte token: whitespace, `,`, `;`, `:`, `|` (lists joined by `,`, `, `, `;`,
-/// `:` or `|`) or a closing bracket (`[065, 075]`).
+/// `:` or `|`), a closing bracket (`[065, 075]`) or a quote (`'065\t075'`, its tabs written
+/// `\t`, [`fold`]).
 fn is_sep(b: u8) -> bool {
-    is_blank(b) || matches!(b, b',' | b';' | b':' | b'|' | b']' | b')' | b'}')
+    is_blank(b) || matches!(b, b',' | b';' | b':' | b'|' | b']' | b')' | b'}' | b'"' | b'\'')
 }
 
 /// What may come before a line's first token besides blanks: opening brackets (`[065, …`,
-/// `{065, …`, `(065 …`) and `|` (a table's first column).
+/// `{065, …`, `(065 …`), `|` (a table's first column) and quotes.
 fn is_open(b: u8) -> bool {
-    matches!(b, b'[' | b'(' | b'{' | b'|')
+    matches!(b, b'[' | b'(' | b'{' | b'|' | b'"' | b'\'')
 }
 
 /// Where the reader is in a dump line.
