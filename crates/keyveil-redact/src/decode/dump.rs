@@ -1334,13 +1334,17 @@ mod tests {
         ))]
 
         /// Every byte a dump's head may hold (digits, hex letters of both cases, `:`, `;`, `,`,
-        /// tab, CR, space, line feed) and one that ends a head (`x`), 100 to 3,000 bytes, pushed
-        /// one byte at a time and in random chunks: the reader's work stays within a constant
-        /// per byte and streaming equals one-shot (red team, session 12).
+        /// `|`, brackets, quotes, tab, CR, space, line feed), the bytes the translation reads as
+        /// separators or digits (`&`, `#`, `%`, `\\`, `x`, the bytes of `０` and `،`) and one that
+        /// ends a head (`x`), 100 to 3,000 bytes, pushed one byte at a time and in random
+        /// chunks: the reader's work stays within a constant per byte and streaming equals
+        /// one-shot (red team, session 12 and its follow-up).
         #[test]
         fn head_byte_text_costs_work_linear_in_its_size(
             text in proptest::collection::vec(
-                proptest::sample::select(&b"0123456789abcdefABCDEF:;,\t\r \n\nx"[..]),
+                proptest::sample::select(
+                    &b"0123456789abcdefABCDEF:;,|[](){}\"'\t\r \n\nx&#%\\\xef\xbc\x90\xd8\x8c"[..],
+                ),
                 100..3000,
             ),
             sizes in proptest::collection::vec(1usize..80, 0..6),
