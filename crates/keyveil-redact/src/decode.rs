@@ -264,7 +264,13 @@ impl DecodePass {
         // The first trigger of an ASCII chunk, found once for both readers.
         let [a, b, c] = TRIGGERS;
         let first = ascii.then(|| memchr::memchr3(a, b, c, chunk));
-        self.scan_dump(&mut st.dump, chunk, base, first == Some(None), hits);
+        self.scan_dump(
+            &mut st.dump,
+            chunk,
+            base,
+            (ascii, first == Some(None)),
+            hits,
+        );
         let mut i = 0;
         while i < chunk.len() {
             if !st.active && st.esc == Esc::Ground {

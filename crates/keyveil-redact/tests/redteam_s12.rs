@@ -574,7 +574,10 @@ fn leaks_of(cases: &[(&str, &str)], seed: u64, fold: &dyn Fn(&[u8]) -> Vec<u8>) 
         }
         let v = value(seed + i as u64, 20, ALNUM);
         let raw = run(program, &v);
-        assert!(shows(&fold(&raw), &v), "{program}: the output holds no value");
+        assert!(
+            shows(&fold(&raw), &v),
+            "{program}: the output holds no value"
+        );
         let r = Redactor::new([("V", v.as_slice())]);
         let out = redacted(&r, &raw, program);
         if shows(&fold(&out), &v) {
@@ -591,13 +594,19 @@ fn leaks_of(cases: &[(&str, &str)], seed: u64, fold: &dyn Fn(&[u8]) -> Vec<u8>) 
 #[test]
 fn more_narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
     let cases = [
-        ("od", "printf '%0250d%s' 0 \"$V\" | od -v -Ax -j 250 -tu1 -w5"),
+        (
+            "od",
+            "printf '%0250d%s' 0 \"$V\" | od -v -Ax -j 250 -tu1 -w5",
+        ),
         ("xxd", "printf %s \"$V\" | xxd -b -c 3 -o 0xbeef0"),
         (
             "hexdump",
             "printf %s \"$V\" | hexdump -v -e '\"%06.6_ax  \" 2/1 \"%03o \" \"\\n\"'",
         ),
-        ("od", "printf '%0170d%s' 0 \"$V\" | od -v -Ax -j 170 -to1 -w2"),
+        (
+            "od",
+            "printf '%0170d%s' 0 \"$V\" | od -v -Ax -j 170 -to1 -w2",
+        ),
     ];
     let failed = leaks_of(&cases, 61, &|b| b.to_vec());
     assert!(failed.is_empty(), "value shown by: {failed:?}");
@@ -608,7 +617,10 @@ fn more_narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
 #[test]
 fn more_grouped_narrow_xxd_dumps_are_redacted() {
     let cases = [
-        ("xxd", "printf 'abcdefghijkl%s' \"$V\" | xxd -b -c 3 -g 3 -s 12"),
+        (
+            "xxd",
+            "printf 'abcdefghijkl%s' \"$V\" | xxd -b -c 3 -g 3 -s 12",
+        ),
         ("xxd", "printf %s \"$V\" | xxd -b -c 3 -g 2 -o 0xa0"),
         ("xxd", "printf %s \"$V\" | xxd -b -c 3 -g 4"),
     ];

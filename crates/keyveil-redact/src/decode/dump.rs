@@ -340,7 +340,11 @@ fn is_blank(b: u8) -> bool {
 /// `:` or `|`), a closing bracket (`[065, 075]`) or a quote (`'065\t075'`, its tabs written
 /// `\t`, [`fold`]).
 fn is_sep(b: u8) -> bool {
-    is_blank(b) || matches!(b, b',' | b';' | b':' | b'|' | b']' | b')' | b'}' | b'"' | b'\'')
+    is_blank(b)
+        || matches!(
+            b,
+            b',' | b';' | b':' | b'|' | b']' | b')' | b'}' | b'"' | b'\''
+        )
 }
 
 /// What may come before a line's first token besides blanks: opening brackets (`[065, …`,
@@ -488,14 +492,14 @@ impl DumpState {
 }
 
 impl DecodePass {
-    /// Feeds `chunk` (at absolute offset `base`) to the dump reader; `plain`: it is all ASCII
-    /// and holds no `&`, `%` or `\\` (else it is read through [`fold`]'s translation).
+    /// Feeds `chunk` (at absolute offset `base`) to the dump reader; `ascii`: it is all ASCII;
+    /// `plain`: and holds no `&`, `%` or `\\` (else it is read through [`fold`]'s translation).
     pub(super) fn scan_dump(
         &self,
         st: &mut DumpState,
         chunk: &[u8],
         base: u64,
-        plain: bool,
+        (ascii, plain): (bool, bool),
         hits: &mut Vec<Hit>,
     ) {
         if plain && st.fold.idle() {
@@ -503,7 +507,7 @@ impl DecodePass {
         }
         let mut folded = std::mem::take(&mut st.folded);
         folded.clear();
-        folded.extend(chunk.iter().map(|&b| st.fold.step(b)));
+        st.fold.fold_into(chunk, ascii, &mut folded);
         self.scan_dump_bytes(st, &folded, base, hits);
         folded.zeroize();
         st.folded = folded;

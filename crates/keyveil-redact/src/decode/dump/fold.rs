@@ -31,9 +31,17 @@ const ZEROS: &[u32] = &[
     0x104A0, 0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1FBF0,
 ];
 
-/// The ASCII digit or space `cp` reads as in a list, if any.
+/// The ASCII digit or space `cp` (not ASCII) reads as in a list, if any.
 fn fold_char(cp: u32) -> Option<u8> {
-    if let Some(z) = ZEROS.iter().find(|&&z| cp >= z && cp - z < 10) {
+    if (0x3400..0xA000).contains(&cp) || (0xAC00..0xD7B0).contains(&cp) {
+        // CJK ideographs and Hangul syllables, most non-ASCII text: neither.
+        return None;
+    }
+    // The last zero at or below `cp` (the table is sorted).
+    let k = ZEROS.partition_point(|&z| z <= cp);
+    if let Some(z) = k.checked_sub(1).and_then(|k| ZEROS.get(k))
+        && cp - z < 10
+    {
         return u8::try_from(cp - z).ok().map(|d| b'0' + d);
     }
     let sep = matches!(
@@ -62,13 +70,108 @@ pub(super) enum Fold {
     Utf8 { need: u8, cp: u32 },
 }
 
+/// Bytes that translate to themselves in [`Fold::Ground`]: ASCII but `&`, `%` and `\`.
+#[allow(clippy::indexing_slicing)]
+static SAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = !matches!(i as u8, b'&' | b'%' | b'\\');
+        i += 1;
+    }
+    t
+};
+
+/// How many bytes at the start of `rest` translate to themselves in [`Fold::Ground`]: eight
+/// at a time while a word holds no byte above 0x7F and no `&`, `%` or `\\`.
+fn same_run(rest: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut k = 0;
+    while let Some(w) = rest.get(k..k + 8) {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
+        if (w & HIGH) | zero(w ^ (0x26 * ONES)) | zero(w ^ (0x25 * ONES)) | zero(w ^ (0x5c * ONES))
+            != 0
+        {
+            break;
+        }
+        k += 8;
+    }
+    while rest
+        .get(k)
+        .is_some_and(|&b| SAME.get(usize::from(b)).copied().unwrap_or(false))
+    {
+        k += 1;
+    }
+    k
+}
+
 impl Fold {
     /// Whether the chunk after this state needs no translation if it holds no trigger.
     pub(super) fn idle(self) -> bool {
         self == Fold::Ground
     }
 
+    /// Appends the translation of `chunk` (`ascii`: all ASCII) to `out`, as [`Fold::step`] of
+    /// each byte would: the chunk is copied, then only the bytes that change are rewritten,
+    /// found with `memchr3` in an ASCII chunk and eight bytes at a time in another, where a
+    /// whole character is translated at once.
+    pub(super) fn fold_into(&mut self, chunk: &[u8], ascii: bool, out: &mut Vec<u8>) {
+        let from = out.len();
+        out.extend_from_slice(chunk);
+        let o = out.get_mut(from..).unwrap_or_default();
+        let n = o.len();
+        let mut i = 0;
+        while i < n {
+            if *self == Fold::Ground {
+                i += if ascii {
+                    memchr::memchr3(b'&', b'%', b'\\', o.get(i..).unwrap_or_default())
+                        .unwrap_or(n - i)
+                } else {
+                    same_run(o.get(i..).unwrap_or_default())
+                };
+                if i >= n {
+                    break;
+                }
+                if !ascii && let Some(k) = self.whole_char(o.get_mut(i..).unwrap_or_default()) {
+                    i += k;
+                    continue;
+                }
+            }
+            if let Some(b) = o.get_mut(i) {
+                *b = self.step(*b);
+            }
+            i += 1;
+        }
+    }
+
+    /// Translates the whole UTF-8 character at the start of `rest` in place, as byte by byte;
+    /// its length, if `rest` holds all of it.
+    fn whole_char(&mut self, rest: &mut [u8]) -> Option<usize> {
+        let (&b, tail) = rest.split_first()?;
+        let (n, bits) = match b {
+            0xC2..=0xDF => (2, b & 0x1F),
+            0xE0..=0xEF => (3, b & 0x0F),
+            0xF0..=0xF4 => (4, b & 0x07),
+            _ => return None,
+        };
+        let more = tail.get(..n - 1)?;
+        if more.iter().any(|&c| c & 0xC0 != 0x80) {
+            return None;
+        }
+        let cp = more
+            .iter()
+            .fold(u32::from(bits), |cp, &c| (cp << 6) | u32::from(c & 0x3F));
+        let last = fold_char(cp).unwrap_or(*more.last()?);
+        let seq = rest.get_mut(..n)?;
+        seq.fill(GLUE);
+        *seq.last_mut()? = last;
+        Some(n)
+    }
+
     /// Translates `b`, the next byte.
+    #[inline]
     pub(super) fn step(&mut self, b: u8) -> u8 {
         match *self {
             Fold::Ground => {}
@@ -215,7 +318,7 @@ impl Fold {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::{Fold, GLUE};
 
@@ -227,6 +330,29 @@ mod tests {
             .filter(|&b| b != GLUE)
             .collect();
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// [`Fold::fold_into`] (whole runs and characters) equals [`Fold::step`] of each byte, for
+    /// every split of a text of escapes, other digits, broken characters and plain bytes.
+    #[test]
+    fn folding_a_chunk_equals_folding_each_byte() {
+        let text = "a ０６５,٠٦٥&#59;\\x3b%2C\\u{3b}é合\u{1D7CE}x"
+            .as_bytes()
+            .to_vec();
+        let mut broken = text.clone();
+        broken.extend_from_slice(b"\xef\xbc 1 \xe0\xa5 \xf0\x9d\x9f 2 \xc3");
+        for input in [text, broken] {
+            let mut f = Fold::default();
+            let want: Vec<u8> = input.iter().map(|&b| f.step(b)).collect();
+            for split in 0..=input.len() {
+                let mut f = Fold::default();
+                let mut got = Vec::new();
+                for part in [&input[..split], &input[split..]] {
+                    f.fold_into(part, part.is_ascii(), &mut got);
+                }
+                assert_eq!(got, want, "split at {split}");
+            }
+        }
     }
 
     #[test]
