@@ -1,17 +1,19 @@
 //! Byte dumps with line offsets: `xxd -b` (`-c N`, `-g N`), `od -b`, `od -to1`, `hexdump -b`,
 //! `od -tu1`, with any offset radix (`-Ax`, `-Ad`) and any width down to one byte a line; and
 //! decimal byte lists without offsets, any zero padding up to 64 digits (`%03d`, `%05d`) and
-//! separator (whitespace, `,`, `;`, one number a line).
+//! separator (whitespace, `,`, `;`, `:`, `|`, one number a line), in brackets or quotes, in
+//! other scripts' digits or with escaped separators (read through [`fold`]'s translation).
 //!
 //! A dump prints a value a few bytes a line, each line starting with an offset and, for `xxd`,
 //! ending with a text column: no line holds a 12-byte fragment, and the offsets split every
-//! registered form. This view reads the dump instead: every *dump line* (an offset of 4 to 16
-//! hex digits, an optional `:`, whitespace, then byte tokens separated by whitespace, `,` or
-//! `;`) is cut into tokens, and each token is read in three radices at once, each its own stream
-//! of decoded bytes: base 2 (8 digits a byte, or 16, 24 ... for `xxd -b -g N`), octal (3
-//! digits, `od -b`) and decimal (any number of digits, `od -tu1`). A fourth stream, the *list
-//! view*, reads decimal tokens from each line's first token on (a list has no offset; a line
-//! whose first token is an offset reads it as a byte that breaks the value). A radix stops
+//! registered form. This view reads the dump instead: every *dump line* (an offset of 1 to 16
+//! hex digits, an optional `:`, whitespace, then byte tokens separated by whitespace, `,`, `;`,
+//! `:`, `|`, closing brackets or quotes) is cut into tokens, and each token is read in three
+//! radices at once, each its own stream of decoded bytes: base 2 (8 digits a byte, or 16, 24
+//! ... for `xxd -b -g N`), octal (3 digits, `od -b`) and decimal (any number of digits,
+//! `od -tu1`). A fourth stream, the *list view*, reads decimal tokens from each line's first
+//! token on (a list has no offset; a line whose first token is an offset reads it as a byte
+//! that breaks the value, while the decimal radix reads the list after it). A radix stops
 //! reading a line at its first token it cannot read (the text column); consecutive dump lines
 //! continue one stream; any other line ends them. The streams are matched against the atoms
 //! like the escapes of the decoding pass. A match also masks, on the line where it ends, the
@@ -20,11 +22,12 @@
 //!
 //! Cost: ordinary output is not read byte by byte. A dump's head (its first [`LINE_HEAD`]
 //! bytes from a line start, across line feeds, all offset digits, separators and line feeds)
-//! holds [`D_RUN`] digits and separators in a row, so the pass tests one 8-byte word in
-//! [`WORD_STRIDE`] bytes for such bytes and, only at one, looks back for the start of the
-//! line. A line begun in an earlier chunk whose head is still undecided is kept and held back
-//! until it is decided, so streaming equals one-shot. A chunk with no such word whose last byte
-//! cannot be part of a head (most chunks of text) costs two word tests and one table look-up.
+//! holds [`D_RUN`] digits, separators and offset hex letters in a row, so the pass tests one
+//! 8-byte word in [`WORD_STRIDE`] bytes for such bytes and, only at one, looks back for the
+//! start of the line. A line begun in an earlier chunk whose head is still undecided is kept
+//! and held back until it is decided, so streaming equals one-shot. A chunk with no such word
+//! whose last byte cannot be part of a head (most chunks of text) costs two word tests and one
+//! table look-up.
 
 use zeroize::Zeroize;
 
