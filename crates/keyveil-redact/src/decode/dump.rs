@@ -153,8 +153,9 @@ fn is_d(b: u8) -> bool {
 /// bytes in a row, the line start counting as one (the line feed before it, which the
 /// trigger's run holds: `xxd -b -c 3 -g 3` lines have 37 before their text column), and the
 /// hex letters of each line's first token counting too when that token, an offset, has at
-/// most [`MAX_OFFSET`] digits (`0000000c:`, `a0000000:`, `0000a0`: a longer hex word, a hash,
-/// breaks the run at its letters). `None` while undecided (`head` is all [`is_t`], shorter
+/// most [`MAX_OFFSET`] digits and ends with `:` or a blank (`0000000c:`, `a0000000:`,
+/// `0000a0 `: a longer hex word, a hash, or a line of one hex word breaks the run at its
+/// letters). `None` while undecided (`head` is all [`is_t`], shorter
 /// than [`LINE_HEAD`], without such a run).
 fn line_head(head: &[u8]) -> Option<bool> {
     line_head_split(head, &[])
@@ -165,7 +166,9 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
     let mut run = 1;
     let mut seen = 0;
     // The line's first token so far (hex digits after the line start and any blanks), while
-    // in it: its length, and the digits since its last hex letter (if it holds one).
+    // in it: its length, and the digits since its last hex letter (if it holds one). Its
+    // letters count once it ends with `:` or a blank, as an offset does (a line of one hex
+    // word, `git log --format=%h`, is no dump).
     let mut first: Option<(usize, Option<usize>)> = Some((0, None));
     for part in [a, b] {
         for &x in part {
@@ -184,6 +187,7 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
                     } else {
                         Some(0)
                     };
+                    run += 1;
                     if len + 1 > usize::from(MAX_OFFSET)
                         && let Some(k) = since
                     {
@@ -191,7 +195,6 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
                         run = k;
                         None
                     } else {
-                        run += 1;
                         Some((len + 1, since))
                     }
                 }
@@ -199,12 +202,20 @@ fn line_head_split(a: &[u8], b: &[u8]) -> Option<bool> {
                     run += 1;
                     Some((0, None))
                 }
-                _ => {
+                Some((_, since)) => {
+                    if let Some(k) = since.filter(|_| x != b':' && !is_blank(x)) {
+                        // Not an offset's end: the letters break the run.
+                        run = k;
+                    }
+                    run = if is_d(x) { run + 1 } else { 0 };
+                    (x == b'\n').then_some((0, None))
+                }
+                None => {
                     run = if is_d(x) { run + 1 } else { 0 };
                     (x == b'\n').then_some((0, None))
                 }
             };
-            if run >= D_RUN {
+            if run >= D_RUN && !first.is_some_and(|(len, since)| len > 0 && since.is_some()) {
                 return Some(true);
             }
         }
@@ -1363,6 +1374,39 @@ mod tests {
                 prop_assert_eq!(&streamed, &text, "streamed (sizes {:?}) differs", chunked);
                 prop_assert!(one_work <= 8 * text.len() as u64, "{} bytes looked at for {}", one_work, text.len());
             }
+        }
+    }
+
+    /// A head counts the hex letters of an offset (a line's first token of at most 16 digits
+    /// ending with `:` or a blank), and only those: lines of one hex word (`git log
+    /// --format=%h`), a hash, or letters after the first token do not wake the reader.
+    #[test]
+    fn a_head_counts_an_offsets_hex_letters_only() {
+        use super::line_head;
+        for head in [
+            &b"0000000c: 01000001 01100010 00110011  Ab3\n"[..],
+            b"a0000000: 010000010110001000110011  Ab3\n",
+            b"0000a0 101\n0000a1 102\n0000a2 103\n0000a3 104\n",
+            b"  c 065|098|051|100|069|102|071|104|049|\n",
+        ] {
+            assert_eq!(
+                line_head(head),
+                Some(true),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        for head in [
+            &b"a91dcd4\nc1eaf99\nbfdd364\nfbb794f\n2cd8d4a\n3f2a9c1\nd56e674\n456ce1f\n"[..],
+            b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  -\n",
+            b"1 2 3 4 5 6 7 8 9 10 11 12 13 a 14 15 16 17 18 19 20 21 22 23 24\n",
+        ] {
+            assert_eq!(
+                line_head(head),
+                Some(false),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 
