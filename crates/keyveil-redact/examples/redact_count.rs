@@ -10,8 +10,11 @@
 //!     target/release/examples/redact_count 100 64 16
 //! ```
 //!
-//! Arguments: values (default 100), chunk bytes (default 64), MiB of log (default 16). The
-//! input generator is the benchmark's (same seeds, same lines, same planted forms).
+//! Arguments: values (default 100), chunk bytes (default 64), MiB of log (default 16), and
+//! `mixed` to add seven words of non-ASCII text and escapes to the log's words (CJK, Arabic,
+//! a query string, `&amp;`, a Windows path, `résumé`, fullwidth letters: every chunk then goes
+//! through the decoding pass's slow paths). The input generator is otherwise the benchmark's
+//! (same seeds, same lines, same planted forms).
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -53,9 +56,19 @@ fn secrets(n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-fn log(bytes: usize, secrets: &[(String, String)]) -> Vec<u8> {
+fn log(bytes: usize, secrets: &[(String, String)], mixed: bool) -> Vec<u8> {
     let mut rng = Rng(42);
-    let words = [
+    let extra = [
+        "请求已完成",
+        "المستخدم",
+        "?a=1&b=%20x",
+        "&amp;",
+        "C:\\tmp\\x",
+        "résumé",
+        "ｔｅｓｔ",
+    ];
+    let mut words = if mixed { extra.to_vec() } else { Vec::new() };
+    words.extend([
         "request",
         "completed",
         "GET",
@@ -79,7 +92,7 @@ fn log(bytes: usize, secrets: &[(String, String)]) -> Vec<u8> {
         "building",
         "target/release",
         "ok",
-    ];
+    ]);
     let mut out = Vec::with_capacity(bytes + 256);
     let mut next_plant = 64 * 1024;
     let mut line = 0u64;
@@ -129,7 +142,8 @@ fn main() {
     };
     let (n, chunk, mib) = (arg(1, 100), arg(2, 64).max(1), arg(3, 16));
     let secrets = secrets(n);
-    let input = log(mib << 20, &secrets);
+    let mixed = std::env::args().nth(4).is_some_and(|a| a == "mixed");
+    let input = log(mib << 20, &secrets, mixed);
     let r = Redactor::new(secrets.iter().cloned());
     let mut out = Vec::with_capacity(8 << 20);
     let found = black_box(redact_once(&r, &input, chunk, &mut out));

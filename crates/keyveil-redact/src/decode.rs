@@ -260,13 +260,26 @@ impl DecodePass {
 
     /// Feeds `chunk` (at absolute offset `base`); reports matches into `hits`.
     pub(crate) fn scan(&self, st: &mut DecodeState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
-        self.scan_dump(&mut st.dump, chunk, base, hits);
         let ascii = chunk.is_ascii();
+        // The first trigger of an ASCII chunk, found once for both readers.
+        let [a, b, c] = TRIGGERS;
+        let first = ascii.then(|| memchr::memchr3(a, b, c, chunk));
+        self.scan_dump(
+            &mut st.dump,
+            chunk,
+            base,
+            (ascii, first == Some(None)),
+            hits,
+        );
         let mut i = 0;
         while i < chunk.len() {
             if !st.active && st.esc == Esc::Ground {
                 let rest = chunk.get(i..).unwrap_or_default();
-                let Some(k) = next_trigger(rest, ascii) else {
+                let found = match first {
+                    Some(f) if i == 0 => f,
+                    _ => next_trigger(rest, ascii),
+                };
+                let Some(k) = found else {
                     break;
                 };
                 let at = i + k;

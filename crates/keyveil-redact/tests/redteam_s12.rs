@@ -323,7 +323,6 @@ fn a_long_zero_padded_token_is_not_held_back_whole() {
 /// wakes lines after the value began (`xxd -s 12`: the first two lines), and the whole value
 /// is shown in base 2 or octal. `xxd -s` and `od -Ax` are documented as read.
 #[test]
-#[ignore = "LEAK: narrow dumps whose line offsets hold hex letters (`xxd -b -c 3 -s 12`, `-o 0xa0000000`, `od -Ax -j 160 -w4`) do not wake the dump reader (docs/redaction.md §5)"]
 fn narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
     let cases = [
         ("xxd", "printf 'abcdefghijkl%s' \"$V\" | xxd -b -c 3 -s 12"),
@@ -354,7 +353,6 @@ fn narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
 /// `xxd -b -c 3` with groups of 2 or 3 bytes (`-g 2`, `-g 3`): one space fewer per group, 38
 /// and 37 digits and separators before the text column, under the 39 that wake the reader.
 #[test]
-#[ignore = "LEAK: `xxd -b -c 3 -g 2` and `-g 3` lines are too short to wake the dump reader (docs/redaction.md §5)"]
 fn grouped_narrow_xxd_dumps_are_redacted() {
     if !tool("xxd") {
         return;
@@ -381,7 +379,6 @@ fn grouped_narrow_xxd_dumps_are_redacted() {
 /// or `:`, inside brackets, and `hexdump` lines with a short decimal offset (`%_ad`: `0`, `8`,
 /// `16`: read as list bytes that break the value).
 #[test]
-#[ignore = "LEAK: zero-padded decimal lists joined by `|` or `:`, in brackets, or after a short offset are not read (docs/redaction.md §5)"]
 fn zero_padded_lists_in_other_shapes_are_redacted() {
     let v = value(31, 20, ALNUM);
     let r = Redactor::new([("V", v.as_slice())]);
@@ -523,7 +520,6 @@ fn dumps_paused_after_every_piece_show_at_most_three_bytes() {
 /// separators escaped (`065&#59;075`, `065\x3b075`): each a double encoding (`docs/redaction.md`
 /// §5: digits NFKC folds and escapes are read as characters of the value, not of a list).
 #[test]
-#[ignore = "LEAK: decimal lists in fullwidth or Arabic-Indic digits, or with escaped separators, are not read (docs/redaction.md §5, double encodings)"]
 fn lists_in_other_digits_or_with_escaped_separators_are_redacted() {
     let v = value(41, 20, ALNUM);
     let r = Redactor::new([("V", v.as_slice())]);
@@ -565,4 +561,220 @@ fn lists_in_other_digits_or_with_escaped_separators_are_redacted() {
         }
     }
     assert!(failed.is_empty(), "value shown by cases {failed:?}");
+}
+
+/// Redacts each program's output (run with a fresh value) and names those whose output still
+/// decodes 4 value bytes in a row (after `fold`); skips programs whose tool is missing, and
+/// checks that the raw output did show the value.
+fn leaks_of(cases: &[(&str, &str)], seed: u64, fold: &dyn Fn(&[u8]) -> Vec<u8>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (i, (needs, program)) in cases.iter().enumerate() {
+        if !tool(needs) {
+            continue;
+        }
+        let v = value(seed + i as u64, 20, ALNUM);
+        let raw = run(program, &v);
+        assert!(
+            shows(&fold(&raw), &v),
+            "{program}: the output holds no value"
+        );
+        let r = Redactor::new([("V", v.as_slice())]);
+        let out = redacted(&r, &raw, program);
+        if shows(&fold(&out), &v) {
+            failed.push((*program).to_string());
+        }
+    }
+    failed
+}
+
+/// More narrow dumps whose offsets hold hex letters, with other tools, widths and radices than
+/// the case above: `od -tu1 -w5` past offset 0xfa, an `xxd -b` offset with letters inside
+/// (`000beef0:`), `hexdump -e` with a six-digit hex offset and two octal bytes a line, and
+/// `od -Ax -to1 -w2` at an offset whose every line holds a letter.
+#[test]
+fn more_narrow_dumps_with_hex_letters_in_their_offsets_are_redacted() {
+    let cases = [
+        (
+            "od",
+            "printf '%0250d%s' 0 \"$V\" | od -v -Ax -j 250 -tu1 -w5",
+        ),
+        ("xxd", "printf %s \"$V\" | xxd -b -c 3 -o 0xbeef0"),
+        (
+            "hexdump",
+            "printf %s \"$V\" | hexdump -v -e '\"%06.6_ax  \" 2/1 \"%03o \" \"\\n\"'",
+        ),
+        (
+            "od",
+            "printf '%0170d%s' 0 \"$V\" | od -v -Ax -j 170 -to1 -w2",
+        ),
+    ];
+    let failed = leaks_of(&cases, 61, &|b| b.to_vec());
+    assert!(failed.is_empty(), "value shown by: {failed:?}");
+}
+
+/// More grouped narrow `xxd -b` dumps: `-g 3` after a skip (hex offsets too), `-g 2` at a
+/// hex origin, `-g 4` (one group wider than the line).
+#[test]
+fn more_grouped_narrow_xxd_dumps_are_redacted() {
+    let cases = [
+        (
+            "xxd",
+            "printf 'abcdefghijkl%s' \"$V\" | xxd -b -c 3 -g 3 -s 12",
+        ),
+        ("xxd", "printf %s \"$V\" | xxd -b -c 3 -g 2 -o 0xa0"),
+        ("xxd", "printf %s \"$V\" | xxd -b -c 3 -g 4"),
+    ];
+    let failed = leaks_of(&cases, 71, &|b| b.to_vec());
+    assert!(failed.is_empty(), "value shown by: {failed:?}");
+}
+
+/// More zero-padded lists in other shapes: braces and `%04d`, parentheses and spaces,
+/// `hexdump -e` with a short hex offset (`c`) and `|`-joined bytes, `%04d` joined by `:`
+/// (the first token looks like an `xxd` offset), and a table row (`| 065 | 075 |`).
+#[test]
+fn more_zero_padded_lists_in_other_shapes_are_redacted() {
+    let v = value(81, 20, ALNUM);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let mut failed = Vec::new();
+    for (i, text) in [
+        format!("{{{}}}\n", list(&v, 4, ",")),
+        format!("({})\n", list(&v, 3, " ")),
+        format!("{}\n", list(&v, 4, ":")),
+        format!("| {} |\n", list(&v, 3, " | ")),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if shows(&redacted(&r, text.as_bytes(), "list"), &v) {
+            failed.push(i.to_string());
+        }
+    }
+    failed.extend(leaks_of(
+        &[(
+            "hexdump",
+            "printf %s \"$V\" | hexdump -v -e '\"%_ax \" 6/1 \"%03u|\" \"\\n\"'",
+        )],
+        91,
+        &|b| b.to_vec(),
+    ));
+    assert!(failed.is_empty(), "value shown by cases {failed:?}");
+}
+
+/// `text` with the digits of the scripts used below folded to ASCII and the escapes below
+/// written back as `;`.
+fn fold_digits(out: &[u8]) -> Vec<u8> {
+    const ZEROS: [u32; 6] = [0xFF10, 0x0660, 0x06F0, 0x0966, 0x1D7CE, 0x0E50];
+    String::from_utf8_lossy(out)
+        .chars()
+        .map(|c| {
+            ZEROS
+                .iter()
+                .find(|&&z| (c as u32).wrapping_sub(z) < 10)
+                .map_or(c, |&z| char::from_u32(c as u32 - z + 48).unwrap())
+        })
+        .collect::<String>()
+        .replace("%2C", ";")
+        .replace("\\u002c", ";")
+        .replace("&comma;", ";")
+        .replace("\\073", ";")
+        .replace("\\t", ";")
+        .into_bytes()
+}
+
+/// More lists in other digits or with escaped separators: extended Arabic-Indic digits joined
+/// by the Arabic comma, Devanagari and Thai digits with spaces, mathematical bold digits with
+/// `,`, fullwidth digits joined by the fullwidth comma; separators percent-encoded (`%2C`),
+/// JSON-escaped (`\u002c`), named (`&comma;`), in C octal (`\073`), and a tab printed `\t`
+/// (`repr` of a tab-joined list).
+#[test]
+fn more_lists_in_other_digits_or_with_escaped_separators_are_redacted() {
+    let v = value(101, 20, ALNUM);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let digits = |zero: u32, sep: &str| -> String {
+        v.iter()
+            .map(|b| {
+                format!("{b:03}")
+                    .chars()
+                    .map(|c| char::from_u32(zero + c.to_digit(10).unwrap()).unwrap())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let mut failed = Vec::new();
+    for (i, text) in [
+        digits(0x06F0, "\u{060C}"),
+        digits(0x0966, " "),
+        digits(0x0E50, " "),
+        digits(0x1D7CE, ","),
+        digits(0xFF10, "\u{FF0C}"),
+        list(&v, 3, "%2C"),
+        list(&v, 3, "\\u002c"),
+        list(&v, 3, "&comma;"),
+        list(&v, 3, "\\073"),
+        format!("'{}'", list(&v, 3, "\\t")),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = redacted(&r, format!("{text}\n").as_bytes(), "list");
+        assert!(
+            shows(&fold_digits(text.as_bytes()), &v),
+            "case {i}: the list holds no value"
+        );
+        if shows(&fold_digits(&out), &v) {
+            failed.push(i);
+        }
+    }
+    assert!(failed.is_empty(), "value shown by cases {failed:?}");
+}
+
+/// Ordinary output in the shapes the reader now reads (offsets with hex letters, brackets,
+/// `|` and `:`, other scripts' digits and spaces, escapes) is left exactly as it was, one-shot,
+/// byte by byte, in uneven chunks and with a pause after every line, and so is an `xxd -b`
+/// dump of other bytes at a hex offset.
+#[test]
+fn ordinary_output_in_the_new_shapes_is_kept() {
+    let v = value(111, 20, ALNUM);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let mut text = String::new();
+    for line in [
+        "[2026, 12, 07, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]",
+        "{001,002,003,004,005,006,007,008,009,010,011,012,013,014,015}",
+        "| 001 | 002 | 003 | 004 | 005 | 006 | 007 | 008 | 009 | 010 |",
+        "0001:0002:0003:0004:0005:0006:0007:0008:0009:0010:0011:0012",
+        "cafe 0123 4567 8901 2345 6789 0123 4567 8901 2345 6789 0123",
+        "deadbeef: 00110001 00110010 00110011 00110100 00110101  12345",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  -",
+        "合計：１２３，４５６　円 ٠٦٥ ٠٧٥ ١٠٠ ۱۲۳ ०१२",
+        "a=1&b=2&c=%20%2C%3B&d=\\x3b\\u002c&#59;&amp;&nbsp; 100% done",
+        "065&#59;066&#59;067 \\x41\\x42 %41%42",
+    ] {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let raw = run(
+        "printf 'ordinary bytes, not the value' | xxd -b -c 3 -o 0xa0",
+        &v,
+    );
+    let mut input = text.into_bytes();
+    input.extend_from_slice(&raw);
+    let out = redacted(&r, &input, "ordinary");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&input),
+        "ordinary output changed"
+    );
+    let mut s = r.stream();
+    let mut paused = Vec::new();
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        s.push(line, &mut paused);
+        s.flush(&mut paused);
+    }
+    s.finish(&mut paused);
+    assert_eq!(
+        String::from_utf8_lossy(&paused),
+        String::from_utf8_lossy(&input),
+        "a pause changed ordinary output"
+    );
 }
