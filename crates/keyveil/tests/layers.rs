@@ -767,5 +767,8 @@ fn a_types_methods_live_where_it_is_defined() {
         }
     }
     assert!(checked > 50, "the check saw only {checked} impl blocks");
-    assert!(away.is_empty(), "methods added away from their type: {away:#?}");
+    assert!(
+        away.is_empty(),
+        "methods added away from their type: {away:#?}"
+    );
 }

@@ -269,7 +269,6 @@ fn agent_host(p: &Project) -> std::path::PathBuf {
 /// its `.env` opening are the agent's: `redteam_s12_mounts.rs`), and the card that says
 /// `agent-reader` never appears. Held when the agent's read gets a card flagged `agent-reader`.
 #[test]
-#[ignore = "LEAK: a TTL grant approved for a reader without agent-reader serves the same argv under an agent host without a card (4 runs: 7 of 7 values read by the agent's child, no card; the control without the grant: a card flagged agent-reader)"]
 fn a_ttl_grant_for_the_humans_reader_serves_the_agents_reader_without_a_card() {
     let h = Home::new();
     let vals = values();

@@ -70,6 +70,11 @@ pub(crate) struct Grant {
     /// command covers only runs with these same bytes on standard input. Not listed.
     #[serde(skip)]
     pub(super) stdin_sha256: Option<String>,
+    /// The mount's risk flags on the card this grant was approved from (empty for a run): a
+    /// mount read it serves without a card must have none the card did not show (a reader
+    /// started under an agent host is `agent-reader` even when the approved one was not).
+    #[serde(skip)]
+    pub(super) mount_flags: Vec<String>,
     /// Creation time.
     pub(super) created_at: Timestamp,
     /// Deadline.
@@ -145,6 +150,7 @@ impl Grant {
                 .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
                 .collect(),
             stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
+            mount_flags: req.mount_flags.clone(),
             masked: req.masked,
             created_at: now,
             expires_at: now
@@ -287,6 +293,10 @@ impl Grant {
             // only the bytes its card showed.
             && (self.argv.is_none()
                 || self.stdin_sha256.as_deref() == ask.stdin.as_ref().map(|s| s.sha256.as_str()))
+            // A mount reader with a flag its card did not show is asked about again.
+            && ask.mount.as_ref().is_none_or(|m| {
+                m.flags.iter().all(|f| self.mount_flags.contains(f))
+            })
     }
 
     /// Token-wise argv matching: exact, or the prefix followed by allowed extras (`prefix.rs`).

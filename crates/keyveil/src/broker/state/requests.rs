@@ -86,6 +86,11 @@ pub(crate) struct AccessReq {
     /// The mount read (its path) when the request is one (`broker/mounts/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) mount: Option<String>,
+    /// The mount's own risk flags for the reader on the card (`agent-reader`, `dumps-file`,
+    /// ...): a grant made from it serves a later reader only if that reader has no flag the
+    /// card did not show.
+    #[serde(skip)]
+    pub(super) mount_flags: Vec<String>,
     /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
     /// of the process) may hold a value: the requester descends from a live run or from a
     /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
@@ -161,6 +166,11 @@ impl AccessReq {
             new_variables,
             contradictions,
             mount: ask.mount.as_ref().map(|m| m.path.clone()),
+            mount_flags: ask
+                .mount
+                .as_ref()
+                .map(|m| m.flags.clone())
+                .unwrap_or_default(),
             masked,
             asks: 1,
             created_at: Timestamp::now(),
