@@ -34,6 +34,7 @@ fn grant(argv: Option<Vec<String>>) -> Grant {
         inputs: vec![],
         pass_values: Default::default(),
         chosen_vars: Default::default(),
+        mount_flags: Vec::new(),
         stdin_sha256: None,
         created_at: now,
         expires_at: now
