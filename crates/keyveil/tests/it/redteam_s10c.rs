@@ -175,23 +175,122 @@ fn s10c_an_agents_ask_identical_to_a_denied_masked_ask_is_not_refused_as_it() {
     );
 }
 
+/// The last argument of a live process whose command line holds the token `marker`: what the
+/// agent reads in `/proc` of the ask its daemon started (the value, in these tests).
+fn arg_after(marker: &str) -> Option<String> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(i) = args.iter().position(|a| a == marker)
+            && let Some(v) = args.get(i + 1)
+        {
+            return Some(v.clone());
+        }
+    }
+    None
+}
+
+/// Request `id` of a `requests --json` listing (`Null` when it is not there).
+fn card_of(list: &[u8], id: u64) -> serde_json::Value {
+    serde_json::from_slice::<serde_json::Value>(list)
+        .ok()
+        .and_then(|l| {
+            l.as_array()
+                .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+        })
+        .unwrap_or_default()
+}
+
+/// The value `marker` precedes on a live process's command line, within 30 s.
+fn wait_arg_after(marker: &str) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = arg_after(marker) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no process with {marker} on its command line"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// The agent's tmux server (started before, outside every run) on socket `sock`; `false` when
+/// tmux is not installed or cannot start.
+fn agents_tmux(h: &Home, sock: &str) -> bool {
+    std::process::Command::new("tmux")
+        .args(["-S", sock, "new-session", "-d", "-s", "agent", "sleep 60"])
+        .env("KEYVEIL_HOME", h.path())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A granted child that has another daemon start its ask: an approved script runs
 /// `tmux new-window "keyveil run -- tool $VALUE"` while the agent's own tmux server (started
 /// before, outside every run) is the one that answers. The server starts the ask as its child,
-/// outside the run's tree, so the broker places it as holding nothing and shows its argv as
-/// given. Whether the card, listing or audit then shows the value is what this checks.
+/// outside the run's tree, so the broker places it as holding nothing. A value keyveil made at
+/// random (`keyveil generate`) is masked in every requester's strings (no planted guess finds
+/// it, so masking it confirms nothing): the card, `requests --json` and the audit name it.
+/// Was a LEAK (its argv shown as given, value included).
 #[test]
-#[ignore = "LEAK: a granted child's ask started by a daemon outside the run tree (tmux server, \
-            systemd-run --user, at) is placed as holding nothing: its argv is shown as given, \
-            value included, on the card, in `requests --json` and the audit (G19 limit)"]
 fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
-    if std::process::Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let sock = h.path().join("agent-tmux.sock");
+    let sock_s = sock.to_str().unwrap().to_owned();
+    if !agents_tmux(&h, &sock_s) {
+        eprintln!("skipped: tmux is not installed or cannot start");
         return;
     }
+    let kv = crate::harness::bin();
+    let (mut outer, id) = h.granted_ask(&format!(
+        r#"tmux -S '{sock_s}' new-window -d "KEYVEIL_HOME='{}' '{}' run --env demo --wait 30 -- echo s10c-tmux-marker $API_TOKEN"; sleep 20"#,
+        h.path().display(),
+        kv.display()
+    ));
+    // What the agent reads of the ask's process: the value (the limit the docs state).
+    let value = wait_arg_after("s10c-tmux-marker");
+    let list = h.run(&["requests", "--json"]).stdout;
+    let audit = h.audit_text();
+    let _ = std::process::Command::new("tmux")
+        .args(["-S", &sock_s, "kill-server"])
+        .status();
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(value.len() >= 32, "the value was not read back");
+    let card = card_of(&list, id);
+    assert!(
+        card["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|w| w == "[REDACTED:API_TOKEN]")),
+        "the daemon's ask is not listed with the value masked"
+    );
+    assert!(
+        !crate::harness::contains(&list, &value),
+        "requests --json shows the value of a granted child's ask started by tmux"
+    );
+    assert!(
+        !crate::harness::contains(audit.as_bytes(), &value),
+        "the audit shows the value of a granted child's ask started by tmux"
+    );
+}
+
+/// As above with a value a human typed (`keyveil set`): the broker cannot tell the daemon's
+/// ask from the agent's own, and masking a typed value there would confirm planted guesses of
+/// it (`redteam_s9.rs`), so its argv is shown as given.
+#[test]
+#[ignore = "LIMIT (docs/threat-model.md, the card matcher row: a value a human typed, put by a \
+            granted child on the command line of an ask a daemon outside the run starts, is \
+            shown): store values with `keyveil generate`; approve commands that hand values to \
+            other daemons only when you trust them"]
+fn s10c_a_typed_value_in_an_ask_started_by_an_outside_tmux_server_is_masked() {
     let h = Home::new();
     let value = format!("fixture-tmux-{}", {
         let mut b = [0u8; 16];
@@ -201,21 +300,10 @@ fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
     h.set("demo", "API_TOKEN", &value);
     let sock = h.path().join("agent-tmux.sock");
     let sock_s = sock.to_str().unwrap().to_owned();
-    // The agent's tmux server, outside every run.
-    let st = std::process::Command::new("tmux")
-        .args([
-            "-S",
-            &sock_s,
-            "new-session",
-            "-d",
-            "-s",
-            "agent",
-            "sleep 60",
-        ])
-        .env("KEYVEIL_HOME", h.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "tmux could not start");
+    if !agents_tmux(&h, &sock_s) {
+        eprintln!("skipped: tmux is not installed or cannot start");
+        return;
+    }
     let kv = crate::harness::bin();
     let (mut outer, _id) = h.granted_ask(&format!(
         r#"tmux -S '{sock_s}' new-window -d "KEYVEIL_HOME='{}' '{}' run --env demo --wait 30 -- echo $API_TOKEN"; sleep 20"#,
