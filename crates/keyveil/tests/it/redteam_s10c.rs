@@ -511,3 +511,141 @@ fn s10c_an_agents_flags_do_not_recall_a_holders_approved_or_denied_argv() {
         singled
     );
 }
+
+/// The agent's own daemon, started outside every run: it runs each line written to a FIFO in
+/// the home (as a job queue, `at`, `systemd-run --user` or an editor server would). Returns it
+/// (its own process group, to be ended with [`end_daemon`]) and the FIFO's path.
+fn agents_daemon(h: &Home) -> (std::process::Child, String) {
+    use std::os::unix::process::CommandExt as _;
+    let fifo = h.path().join("agent-queue");
+    let fifo_s = fifo.to_str().unwrap().to_owned();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo failed");
+    let d = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"while :; do while IFS= read -r l; do sh -c "$l" & done < "$0"; done"#,
+            &fifo_s,
+        ])
+        .env("KEYVEIL_HOME", h.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    (d, fifo_s)
+}
+
+/// Ends the daemon of [`agents_daemon`] and everything it started.
+fn end_daemon(d: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", d.id())])
+        .status();
+    let _ = d.wait();
+}
+
+/// The same class through the agent's own daemon (a FIFO job queue it started before), and in
+/// every string of the card: a granted child makes a directory named by the value and queues
+/// `keyveil run --reason "rotate $VALUE" --cwd DIR/$VALUE -- tool $VALUE`. The daemon's ask
+/// descends from no run; its argv, reason and cwd each hold a value keyveil made at random.
+/// `requests --json` and the audit mask all three; the card still names what is masked.
+#[test]
+fn s10c_an_ask_queued_to_an_agents_daemon_masks_argv_reason_and_cwd() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let (mut daemon, fifo) = agents_daemon(&h);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let (mut outer, id) = h.granted_ask(&format!(
+        r#"mkdir -p '{wd}'/"$API_TOKEN"; echo "KV run --env demo --wait 30 --reason \"rotate $API_TOKEN\" --cwd '{wd}'/$API_TOKEN -- echo s10c-queue-marker $API_TOKEN" > '{fifo}'; sleep 20"#
+    ));
+    let value = wait_arg_after("s10c-queue-marker");
+    let list = h.run(&["requests", "--json"]).stdout;
+    let audit = h.audit_text();
+    end_daemon(&mut daemon);
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(value.len() >= 32, "the value was not read back");
+    let card = card_of(&list, id);
+    assert!(
+        card["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("[REDACTED:API_TOKEN]"))
+            && card["cwd"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("[REDACTED:API_TOKEN]")),
+        "the daemon's ask is not listed with its reason and cwd masked"
+    );
+    assert!(
+        !crate::harness::contains(&list, &value),
+        "requests --json shows the value of an ask the agent's daemon started"
+    );
+    assert!(
+        !crate::harness::contains(audit.as_bytes(), &value),
+        "the audit shows the value of an ask the agent's daemon started"
+    );
+}
+
+/// After the human approves such an ask (the card showed the value masked), its grant and its
+/// run are listed too: `grants --json`, `status --json` (live runs' argv), `logs` of a
+/// background run the daemon started with `keyveil start`, and the audit of the approval and
+/// the run. None shows the value.
+#[test]
+fn s10c_an_approved_ask_of_an_agents_daemon_shows_no_value_in_grants_runs_or_logs() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let (mut daemon, fifo) = agents_daemon(&h);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let (mut outer, id) = h.granted_ask(&format!(
+        r#"echo "KV start --env demo --wait 30 --cwd '{wd}' -- sh -c 'sleep 20' s10c-start-marker $API_TOKEN > '{wd}/run-id'" > '{fifo}'; sleep 25"#
+    ));
+    let value = wait_arg_after("s10c-start-marker");
+    let a = h.approve(id, &[]);
+    assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+    // The daemon's background run, by the id `start` printed.
+    let t0 = std::time::Instant::now();
+    let run_id = loop {
+        let r = std::fs::read_to_string(work.path().join("run-id")).unwrap_or_default();
+        if let Some(r) = r.split_whitespace().find(|w| w.starts_with("r-")) {
+            break r.to_owned();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            break String::new();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let grants = h.run(&["grants", "--json"]).stdout;
+    let status = h.run(&["status", "--json"]).stdout;
+    let logs = h.run(&["logs", &run_id]);
+    let audit = h.audit_text();
+    end_daemon(&mut daemon);
+    let _ = h.run(&["revoke", "--all"]);
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(value.len() >= 32, "the value was not read back");
+    assert!(
+        !run_id.is_empty(),
+        "the daemon's background run never started"
+    );
+    assert!(
+        text(&status).contains("s10c-start-marker") && text(&grants).contains("s10c-start-marker"),
+        "the daemon's grant or run is not listed"
+    );
+    for (what, shown) in [
+        ("grants --json", &grants),
+        ("status --json", &status),
+        ("logs", &logs.stdout),
+        ("logs (stderr)", &logs.stderr),
+        ("the audit", &audit.as_bytes().to_vec()),
+    ] {
+        assert!(
+            !crate::harness::contains(shown, &value),
+            "{what} shows the value of a run the agent's daemon started"
+        );
+    }
+}
