@@ -96,6 +96,7 @@ pub(super) async fn launch(
         values,
         stdin: req.stdin.take(),
         exe,
+        sealed: stamps.2.clone(),
     };
     let started_at = std::time::SystemTime::now();
     let started = spawn_child(
