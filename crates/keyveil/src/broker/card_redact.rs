@@ -447,6 +447,34 @@ mod tests {
     }
 
     #[test]
+    fn strings_of_a_requester_holding_nothing_are_matched_only_for_values_made_at_random() {
+        let key = [7u8; 32];
+        let r = CardRedactor::build(
+            key,
+            &[
+                (secret("TYPED", b"fixture-typed-value-12345"), false),
+                (secret("MADE", b"fixture-made-value-678901"), true),
+            ],
+        );
+        let both = b"fixture-typed-value-12345 fixture-made-value-678901";
+        let all = r.matcher_for(&key, true).unwrap();
+        assert_eq!(all.redact(both).1, 2);
+        let made = r.matcher_for(&key, false).unwrap();
+        let (out, n) = made.redact(both);
+        assert_eq!(n, 1);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "fixture-typed-value-12345 [REDACTED:MADE]"
+        );
+        assert!(r.matcher_for(&[8u8; 32], false).is_none());
+        use keyveil_vault::Source;
+        assert!(made_at_random(Source::Generated, false));
+        assert!(made_at_random(Source::Dynamic, true));
+        assert!(!made_at_random(Source::Human, false));
+        assert!(!made_at_random(Source::Provider, true));
+    }
+
+    #[test]
     fn the_matcher_holds_no_value() {
         let v = b"fixture-whole-value-1-xyz";
         let m = WholeValues::new(&[secret("A", v)]);

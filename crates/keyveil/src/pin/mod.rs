@@ -194,11 +194,11 @@ pub(crate) type Stamp = (String, u64, u64, i64);
 pub(crate) fn sealed_files(exe: Option<&FilePin>, inputs: &[InputPin]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = inputs
         .iter()
-        .filter(|p| matches!(p.role.as_str(), "script" | "script-option") && !p.sha256.is_empty())
+        .filter(|p| matches!(p.role.as_str(), "script" | "script-option") && by_content(&p.sha256))
         .map(|p| (p.path.clone(), p.sha256.clone()))
         .collect();
     if let Some(e) = exe
-        && !e.sha256.is_empty()
+        && by_content(&e.sha256)
         && starts_with_shebang(std::path::Path::new(&e.path))
     {
         out.push((e.path.clone(), e.sha256.clone()));
@@ -206,6 +206,11 @@ pub(crate) fn sealed_files(exe: Option<&FilePin>, inputs: &[InputPin]) -> Vec<(S
     out.sort();
     out.dedup();
     out
+}
+
+/// Whether a pin is of content (a SHA-256), not of identity (a file too big to hash).
+fn by_content(sha256: &str) -> bool {
+    sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether the file at `path` starts with `#!` (read without following a symlink or blocking).
