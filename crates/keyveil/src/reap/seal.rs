@@ -40,7 +40,7 @@ pub(crate) const SEAL_ARG: &str = "--keyveil-seal";
 
 /// The `hint:` of a run refused because its script could not be sealed.
 const HINT: &str = "\nhint: make the script a readable regular file and run the command again; \
-                    `keyveil doctor` says whether this system allows user namespaces";
+                    `unshare -U -m true` says whether this system allows user namespaces";
 
 /// Largest file copied (as the pins: a bigger file is pinned by identity, not content).
 const MAX_SEALED: u64 = 16 << 20;
