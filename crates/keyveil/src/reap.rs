@@ -27,6 +27,8 @@
 //! the supervisor to kill what was re-parented to it (`supervise.rs`). The reaper is idle
 //! while the command runs: it blocks in `waitid` and in a signal wait, nothing polls.
 
+#[cfg(target_os = "linux")]
+pub(crate) mod seal;
 pub(crate) mod tree;
 
 /// The first argument that makes `keyveil` a run reaper (see the module docs).
@@ -109,7 +111,8 @@ mod imp {
     /// Longest the reaper tries to empty its tree once it has to (then it reports `left`).
     const KILL_BOUND: Duration = Duration::from_secs(3);
 
-    /// `args`: report fd, program, argv0, arguments.
+    /// `args`: report fd, the files to seal (`--keyveil-seal PATH SHA256`, `seal.rs`),
+    /// program, argv0, arguments.
     pub(crate) fn main(args: Vec<OsString>) -> i32 {
         let _ =
             rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
@@ -118,7 +121,9 @@ mod imp {
             .and_then(|a| a.to_str())
             .and_then(|a| a.parse::<i32>().ok())
             .and_then(crate::harden::adopt_inherited_fd);
-        let (Some(report_fd), Some(program), Some(argv0)) = (report_fd, args.get(1), args.get(2))
+        let (sealed, args) =
+            super::seal::split_args(args.get(1..).unwrap_or_default()).unwrap_or_default();
+        let (Some(report_fd), Some(program), Some(argv0)) = (report_fd, args.first(), args.get(1))
         else {
             eprintln_safe("keyveil: the run reaper was started without its arguments");
             return 127;
@@ -128,6 +133,12 @@ mod imp {
             eprintln_safe("keyveil: cannot become the run's subreaper; nothing was started");
             return 127;
         }
+        // Before any thread exists (a user namespace needs a single-threaded process).
+        if let Err(e) = super::seal::seal(&sealed) {
+            eprintln_safe(&format!("keyveil: {e}"));
+            let _ = report.write_all(Report::default().line().as_bytes());
+            return 127;
+        }
         let killed: Arc<Mutex<HashSet<i32>>> = Arc::default();
         // Handlers before the command exists: a revocation that comes at once is not lost.
         let Some(signals) = Signals::install() else {
@@ -135,7 +146,7 @@ mod imp {
             return 127;
         };
         let mut cmd = std::process::Command::new(program);
-        cmd.arg0(argv0).args(args.iter().skip(3));
+        cmd.arg0(argv0).args(args.iter().skip(2));
         crate::harden::prepare_child(&mut cmd, Vec::new());
         let leader = match cmd.spawn() {
             Ok(c) => c.id() as i32,

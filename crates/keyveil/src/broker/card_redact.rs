@@ -10,13 +10,22 @@
 //! entry (scrubbed in `state/inner.rs`, the egress proxy's batched entries included), and the desktop
 //! notification's text (the notifier's command line is readable in `/proc`).
 //!
-//! Whose strings: only those of a request whose requester may hold values
-//! (`Inner::peer_holds_values`: it is, or descends from, a live run's process or a mount
-//! reader that was written values; `AccessReq::masked`, `Grant::masked`, a run's shown argv).
-//! Any other requester's strings are its own: the agent already knows them, so showing them
-//! reveals nothing, while masking a planted guess would confirm it (10,000 candidate URLs in one
-//! argv, `tests/it/redteam_s9.rs`). A requester the broker cannot place (no pid, exited, pid
-//! reused, a parent unreadable) is refused (`access::strings_masked`).
+//! Whose strings, and which values: every value in the strings of a request whose requester may
+//! hold values (`Inner::peer_holds_values`: it is, or descends from, a live run's process or a
+//! mount reader that was written values; `AccessReq::masked`, `Grant::masked`, a run's shown
+//! argv). Any other requester's strings are masked only of the values keyveil made at random
+//! ([`made_at_random`]: `keyveil generate`, a dynamic engine's minted credential). Such a
+//! requester is usually the agent, whose strings are its own: showing them reveals nothing,
+//! while masking a planted guess of a value whose shape it knows would confirm it (10,000
+//! candidate URLs in one argv, `tests/it/redteam_s9.rs`). But it may also be a daemon outside
+//! every run that a granted child had start its ask (`tmux new-window "keyveil run -- tool
+//! $VALUE"` answered by a tmux server the agent started before, `systemd-run --user`, `at`),
+//! whose argv holds the value: a value made at random is masked there too, and that answers no
+//! planted guess, since no agent can plant a right guess of ≥ 80 random bits whatever it knows
+//! (`tests/it/redteam_s10c.rs`). A value a human typed is not, in such strings: the estimate
+//! of its guessability cannot see a known shape around a short secret (`docs/threat-model.md`
+//! states this limit). A requester the broker cannot place (no pid, exited, pid reused, a
+//! parent unreadable) is refused (`access::strings_masked`).
 //!
 //! Which values, and what is matched: requester-supplied strings that a matcher marks are an
 //! oracle (plant a guess in an argv, read whether the card masks it). So the match is of the
@@ -34,7 +43,7 @@
 //! a value written encoded or in part, that a granted child puts on a command line still reaches
 //! a card: `docs/threat-model.md` says so.
 //!
-//! The matcher is cached in the broker's state ([`CardRedactor`], `Inner::card_redactor`) under
+//! The matchers are cached in the broker's state ([`CardRedactor`], `Inner::card_matcher`) under
 //! a digest of which secret values exist ([`secrets_key`]: names, creation, rotation and storing
 //! times, held dynamic credentials), built again only after one of them changes, and dropped
 //! with the vault at `lock`. This file knows nothing of the state: it is given the vault and
@@ -187,10 +196,12 @@ impl WholeValues {
     }
 }
 
-/// The cached matcher and the digest of the secret values it was built from.
+/// The cached matchers and the digest of the secret values they were built from.
 pub(crate) struct CardRedactor {
     key: [u8; 32],
     matcher: Arc<WholeValues>,
+    /// The values keyveil made at random ([`Secret`]'s flag), masked wherever they appear.
+    made: Arc<WholeValues>,
 }
 
 impl std::fmt::Debug for CardRedactor {
@@ -202,17 +213,36 @@ impl std::fmt::Debug for CardRedactor {
 /// A secret value for the card matcher: what the marker names and the bytes.
 pub(crate) type Secret = (String, Zeroizing<Vec<u8>>);
 
+/// A secret value and whether keyveil made it at random ([`made_at_random`]).
+pub(crate) type CardSecret = (Secret, bool);
+
 impl CardRedactor {
-    /// The matcher, if it was built for the secret values `key` stands for ([`secrets_key`]).
-    pub(crate) fn matcher_for(&self, key: &[u8; 32]) -> Option<Arc<WholeValues>> {
-        (self.key == *key).then(|| self.matcher.clone())
+    /// The matcher, if it was built for the secret values `key` stands for ([`secrets_key`]):
+    /// every secret value when `all`, else only those keyveil made at random (the matcher of
+    /// strings a requester that holds nothing supplied: see the module's documentation).
+    pub(crate) fn matcher_for(&self, key: &[u8; 32], all: bool) -> Option<Arc<WholeValues>> {
+        (self.key == *key).then(|| {
+            if all {
+                self.matcher.clone()
+            } else {
+                self.made.clone()
+            }
+        })
     }
 
-    /// A matcher of `values`, kept under `key` ([`secrets_key`] of the values it was built from).
-    pub(crate) fn build(key: [u8; 32], values: &[Secret]) -> CardRedactor {
+    /// Matchers of `values`, kept under `key` ([`secrets_key`] of the values they were built
+    /// from).
+    pub(crate) fn build(key: [u8; 32], values: &[CardSecret]) -> CardRedactor {
+        let all: Vec<Secret> = values.iter().map(|(s, _)| s.clone()).collect();
+        let made: Vec<Secret> = values
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(s, _)| s.clone())
+            .collect();
         CardRedactor {
             key,
-            matcher: Arc::new(WholeValues::new(values)),
+            matcher: Arc::new(WholeValues::new(&all)),
+            made: Arc::new(WholeValues::new(&made)),
         }
     }
 }
@@ -245,18 +275,27 @@ pub(crate) fn secrets_key<'a>(
 
 /// The secret values (see the module's documentation): those of `vault`, and the minted values
 /// (environment of their grant, variable, value), named as clients see them (`shown`:
-/// environment, real name → the name shown).
+/// environment, real name → the name shown), each with whether keyveil made it at random
+/// ([`made_at_random`]).
 pub(crate) fn card_secrets<'a>(
     vault: &keyveil_vault::Vault,
     minted: impl Iterator<Item = (&'a str, &'a str, &'a keyveil_vault::SecretValue)>,
     shown: impl Fn(&str, &str) -> String,
-) -> Vec<Secret> {
-    let mut out: Vec<Secret> = Vec::new();
-    let mut add = |env: &str, real: &str, bytes: &[u8]| {
+) -> Vec<CardSecret> {
+    let mut out: Vec<CardSecret> = Vec::new();
+    let mut add = |env: &str, real: &str, bytes: &[u8], made: bool| {
         if bytes.is_empty() || guessable(bytes) {
             return;
         }
-        out.push((shown(env, real), Zeroizing::new(bytes.to_vec())));
+        out.push(((shown(env, real), Zeroizing::new(bytes.to_vec())), made));
+    };
+    let source_of = |env: &str, var: &str| {
+        vault
+            .data()
+            .environments
+            .get(env)
+            .and_then(|e| e.variables.get(var))
+            .map(|v| v.source)
     };
     for (env, e) in &vault.data().environments {
         for (name, var) in &e.variables {
@@ -266,17 +305,34 @@ pub(crate) fn card_secrets<'a>(
             if let Some(sealed) = &var.value
                 && let Ok(val) = sealed.open()
             {
-                add(env, name, val.expose().as_bytes());
+                let made = made_at_random(var.source, false);
+                add(env, name, val.expose().as_bytes(), made);
             }
             if let Some(d) = &var.dynamic {
-                add(env, name, d.admin.expose().as_bytes());
+                // The engine's admin credential was typed by a human.
+                add(env, name, d.admin.expose().as_bytes(), false);
             }
         }
     }
     for (env, var, val) in minted {
-        add(env, var, val.expose().as_bytes());
+        let made = source_of(env, var).is_some_and(|s| made_at_random(s, true));
+        add(env, var, val.expose().as_bytes(), made);
     }
     out
+}
+
+/// Whether keyveil made a value at random, so that no agent can plant a right guess of it
+/// whatever it knows of its shape: a value of `keyveil generate` (uniform over its charset,
+/// [`guessable`] still applies: a short one is not matched) or a credential a dynamic engine
+/// minted (its password is 40 random letters and digits; a provider's fetched value is not).
+/// Values a human typed can have a shape the agent knows around a short secret (a URL whose only
+/// unknown is a 4-digit password), which the length-and-classes estimate misjudges.
+pub(crate) fn made_at_random(source: keyveil_vault::Source, minted: bool) -> bool {
+    match source {
+        keyveil_vault::Source::Generated => !minted,
+        keyveil_vault::Source::Dynamic => minted,
+        keyveil_vault::Source::Human | keyveil_vault::Source::Provider => false,
+    }
 }
 
 /// Whether a value could be found by planting guesses: shorter than 16 bytes (trimmed), or
@@ -388,6 +444,34 @@ mod tests {
         // A part of a value, or nothing at all, is left as it is.
         assert_eq!(m.redact(b"ixture-whole-value-1-xy").1, 0);
         assert_eq!(m.redact(b"").1, 0);
+    }
+
+    #[test]
+    fn strings_of_a_requester_holding_nothing_are_matched_only_for_values_made_at_random() {
+        let key = [7u8; 32];
+        let r = CardRedactor::build(
+            key,
+            &[
+                (secret("TYPED", b"fixture-typed-value-12345"), false),
+                (secret("MADE", b"fixture-made-value-678901"), true),
+            ],
+        );
+        let both = b"fixture-typed-value-12345 fixture-made-value-678901";
+        let all = r.matcher_for(&key, true).unwrap();
+        assert_eq!(all.redact(both).1, 2);
+        let made = r.matcher_for(&key, false).unwrap();
+        let (out, n) = made.redact(both);
+        assert_eq!(n, 1);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "fixture-typed-value-12345 [REDACTED:MADE]"
+        );
+        assert!(r.matcher_for(&[8u8; 32], false).is_none());
+        use keyveil_vault::Source;
+        assert!(made_at_random(Source::Generated, false));
+        assert!(made_at_random(Source::Dynamic, true));
+        assert!(!made_at_random(Source::Human, false));
+        assert!(!made_at_random(Source::Provider, true));
     }
 
     #[test]

@@ -186,6 +186,46 @@ pub(crate) fn resolve_as_requester(
 /// rewritten and restored during a run has another ctime at its end ([`changed_since`]).
 pub(crate) type Stamp = (String, u64, u64, i64);
 
+/// The files a run reads as they were checked (`reap/seal.rs`): its script operands and the files
+/// interpreter options name (roles `script`, `script-option`) and the executable when it is a
+/// script (it starts with `#!`: the kernel hands its path to the interpreter, which reads it as
+/// it runs), each as (canonical path, SHA-256). A binary executable is run through its checked
+/// descriptor and is not listed.
+pub(crate) fn sealed_files(exe: Option<&FilePin>, inputs: &[InputPin]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = inputs
+        .iter()
+        .filter(|p| matches!(p.role.as_str(), "script" | "script-option") && by_content(&p.sha256))
+        .map(|p| (p.path.clone(), p.sha256.clone()))
+        .collect();
+    if let Some(e) = exe
+        && by_content(&e.sha256)
+        && starts_with_shebang(std::path::Path::new(&e.path))
+    {
+        out.push((e.path.clone(), e.sha256.clone()));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether a pin is of content (a SHA-256), not of identity (a file too big to hash).
+fn by_content(sha256: &str) -> bool {
+    sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether the file at `path` starts with `#!` (read without following a symlink or blocking).
+fn starts_with_shebang(path: &std::path::Path) -> bool {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut b = [0u8; 2];
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok_and(|()| b == *b"#!")
+}
+
 /// The identity of each file input (directory pins are checked by their own fingerprint);
 /// taken before the inputs are hashed for a run, so any write after it shows at the run's end.
 pub(crate) fn stamps(inputs: &[InputPin]) -> Vec<Stamp> {

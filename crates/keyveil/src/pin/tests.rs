@@ -307,3 +307,34 @@ fn a_file_written_during_a_run_shows_even_when_restored() {
     check_inputs(&pins).unwrap();
     assert!(changed_since(&st).is_some());
 }
+
+#[test]
+fn sealed_files_are_scripts_and_a_shebang_executable_never_a_binary() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("ci.sh");
+    std::fs::write(&s, "echo one\n").unwrap();
+    let cfg = d.path().join("package.json");
+    std::fs::write(&cfg, "{}").unwrap();
+    let pins = vec![
+        pin_input("script", &s, None).unwrap(),
+        pin_input("package.json", &cfg, None).unwrap(),
+    ];
+    let as_file = |p: &Path| FilePin {
+        path: p.to_string_lossy().into_owned(),
+        dev: 0,
+        ino: 0,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        sha256: pins[0].sha256.clone(),
+    };
+    let sealed = sealed_files(None, &pins);
+    assert_eq!(sealed, vec![(pins[0].path.clone(), pins[0].sha256.clone())]);
+    // A `#!` executable is sealed too; a binary is not.
+    let run = d.path().join("run");
+    std::fs::write(&run, "#!/bin/sh\necho two\n").unwrap();
+    assert_eq!(sealed_files(Some(&as_file(&run)), &pins).len(), 2);
+    let bin = d.path().join("bin");
+    std::fs::write(&bin, b"\x7fELF....").unwrap();
+    assert_eq!(sealed_files(Some(&as_file(&bin)), &pins).len(), 1);
+}

@@ -234,14 +234,15 @@ fn make_inputs_only_make_can_expand_are_refused() {
 /// before the run ends. The stolen line runs with the value; the next check hashes the restored
 /// file, equal to the pin, so the standing grant lives on and nothing is audited.
 ///
-/// Gap: `broker/spawn.rs` runs a script operand by path (the interpreter reopens and re-reads
-/// it) and `pin::check_inputs` compares file pins by SHA-256 only, never at run end
-/// (`runner.rs::end_if_dirs_changed` checks directory roles only). Fix: hand interpreters a
-/// sealed copy of the pinned script (a memfd with `F_SEAL_WRITE`, `/proc/self/fd/N` as the
-/// operand), or re-check file pins by (ino, ctime) as well as content when each run ends.
+/// Was a LEAK: the interpreter re-read the script by path. Held: the run's reaper binds a sealed
+/// copy of the checked script over its own path in the run's private mount namespace
+/// (`reap/seal.rs`), so the run reads the approved bytes under the same name, and the run's end
+/// still sees the write (the grant ends).
 #[test]
-#[ignore = "LEAK (partly fixed): the line written during the run still runs with the value in that run; the grant ends at the run's end (a_script_rewritten_during_a_run_ends_the_grant). A sealed copy would change $0/BASH_SOURCE; the per-run mount-namespace design is in docs/threat-model.md"]
 fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
+    if !userns() {
+        return;
+    }
     let original = "sleep 2\necho approved-step\n";
     let (a, tok, app) = setup(&[], original);
     let h = &a.h;
@@ -269,6 +270,96 @@ fn a_script_rewritten_and_restored_during_a_run_never_runs_the_rewrite() {
         !leaked,
         "a line written into the approved script during its run executed with the value (next run exit {:?})",
         again.status.code()
+    );
+}
+
+/// Whether this kernel lets an unprivileged process make a user namespace (the sealed run
+/// needs one: without it the run reads its script by path, a limit `docs/threat-model.md`
+/// states).
+fn userns() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-U", "-m", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The same rewrite, of a script the human approved as `./ci.sh` (run by its `#!` line: the
+/// kernel hands its path to bash, which reads it as it runs) and of one approved as `sh ci.sh`
+/// (dash, which reads its script the same way). Neither runs the line written during the run.
+#[test]
+fn a_script_run_by_its_shebang_or_by_sh_rewritten_during_a_run_never_runs_the_rewrite() {
+    if !userns() {
+        return;
+    }
+    for cmd in [&["./ci.sh"][..], &["sh", "ci.sh"][..]] {
+        let original = "#!/bin/bash\nsleep 2\necho approved-step\n";
+        let (a, tok, app) = setup(&[], original);
+        std::fs::set_permissions(
+            app.join("ci.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let h = &a.h;
+        let _ = approve_standing(&a, &app, cmd);
+        let marker = a.path().join("stolen-toctou");
+        let cwd = app.to_string_lossy().into_owned();
+        let mut args = vec!["run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--"];
+        args.extend_from_slice(cmd);
+        let child = h.spawn_run(&args);
+        std::thread::sleep(Duration::from_millis(1000));
+        // The same inode, the first lines unchanged: the shell reads on at the same offset.
+        std::fs::write(
+            app.join("ci.sh"),
+            format!(
+                "#!/bin/bash\nsleep 2\n{}echo approved-step\n",
+                stealer(&marker)
+            ),
+        )
+        .unwrap();
+        let o = wait_output(child, Duration::from_secs(60));
+        no_value_in(&o, &tok);
+        assert!(
+            text(&o.stdout).contains("approved-step"),
+            "{cmd:?}: the approved script did not run to its end: {}",
+            text(&o.stderr)
+        );
+        assert!(
+            !stolen(&marker, &tok),
+            "{cmd:?}: a line written into the approved script during its run executed with the value"
+        );
+        // Put back as approved: the run's end saw the write all the same, the grant is gone.
+        std::fs::write(app.join("ci.sh"), original).unwrap();
+        let again = run(h, &app, "0", cmd);
+        assert_eq!(
+            again.status.code(),
+            Some(5),
+            "{cmd:?}: the grant outlived the rewrite: {}",
+            text(&again.stderr)
+        );
+    }
+}
+
+/// The sealed copy keeps the script's name: `$0`, `BASH_SOURCE` and `dirname "$0"` say what they
+/// say for an unsealed run (a script that sources its siblings still finds them).
+#[test]
+fn a_sealed_script_keeps_its_name_for_zero_and_bash_source() {
+    if !userns() {
+        return;
+    }
+    let original =
+        "echo \"zero=$0 source=${BASH_SOURCE[0]} dir=$(cd \"$(dirname \"$0\")\" && pwd)\"\n";
+    let (a, _tok, app) = setup(&[], original);
+    let h = &a.h;
+    let cmd = ["bash", "ci.sh"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "5", &cmd);
+    let out = text(&o.stdout);
+    let dir = std::fs::canonicalize(&app).unwrap();
+    assert!(
+        out.contains("zero=ci.sh source=ci.sh") && out.contains(&format!("dir={}", dir.display())),
+        "{out} {}",
+        text(&o.stderr)
     );
 }
 

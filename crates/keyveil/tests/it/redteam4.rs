@@ -487,7 +487,7 @@ fn rt4_make_constructs_only_make_can_resolve_are_refused() {
 /// not the class; the sound fix is the per-run read-only view of the workspace (the mount
 /// namespace design in docs/threat-model.md), not built yet.
 #[test]
-#[ignore = "LEAK (documented limit, threat-model: a script a recipe runs by path is not pinned)"]
+#[ignore = "LIMIT (docs/threat-model.md, the task-runner row: a script a make recipe runs by path is not pinned): approve a task runner for one run unless nothing but you can write the workspace, or approve the script itself (`sh build.sh`)"]
 fn rt4_make_recipe_runs_an_agent_script() {
     let (leak, why) = make_include_attack(
         "all:\n\t@./build.sh\n",

@@ -175,23 +175,122 @@ fn s10c_an_agents_ask_identical_to_a_denied_masked_ask_is_not_refused_as_it() {
     );
 }
 
+/// The last argument of a live process whose command line holds the token `marker`: what the
+/// agent reads in `/proc` of the ask its daemon started (the value, in these tests).
+fn arg_after(marker: &str) -> Option<String> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(i) = args.iter().position(|a| a == marker)
+            && let Some(v) = args.get(i + 1)
+        {
+            return Some(v.clone());
+        }
+    }
+    None
+}
+
+/// Request `id` of a `requests --json` listing (`Null` when it is not there).
+fn card_of(list: &[u8], id: u64) -> serde_json::Value {
+    serde_json::from_slice::<serde_json::Value>(list)
+        .ok()
+        .and_then(|l| {
+            l.as_array()
+                .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+        })
+        .unwrap_or_default()
+}
+
+/// The value `marker` precedes on a live process's command line, within 30 s.
+fn wait_arg_after(marker: &str) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = arg_after(marker) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no process with {marker} on its command line"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// The agent's tmux server (started before, outside every run) on socket `sock`; `false` when
+/// tmux is not installed or cannot start.
+fn agents_tmux(h: &Home, sock: &str) -> bool {
+    std::process::Command::new("tmux")
+        .args(["-S", sock, "new-session", "-d", "-s", "agent", "sleep 60"])
+        .env("KEYVEIL_HOME", h.path())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A granted child that has another daemon start its ask: an approved script runs
 /// `tmux new-window "keyveil run -- tool $VALUE"` while the agent's own tmux server (started
 /// before, outside every run) is the one that answers. The server starts the ask as its child,
-/// outside the run's tree, so the broker places it as holding nothing and shows its argv as
-/// given. Whether the card, listing or audit then shows the value is what this checks.
+/// outside the run's tree, so the broker places it as holding nothing. A value keyveil made at
+/// random (`keyveil generate`) is masked in every requester's strings (no planted guess finds
+/// it, so masking it confirms nothing): the card, `requests --json` and the audit name it.
+/// Was a LEAK (its argv shown as given, value included).
 #[test]
-#[ignore = "LEAK: a granted child's ask started by a daemon outside the run tree (tmux server, \
-            systemd-run --user, at) is placed as holding nothing: its argv is shown as given, \
-            value included, on the card, in `requests --json` and the audit (G19 limit)"]
 fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
-    if std::process::Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let sock = h.path().join("agent-tmux.sock");
+    let sock_s = sock.to_str().unwrap().to_owned();
+    if !agents_tmux(&h, &sock_s) {
+        // No tmux here: nothing to replay.
         return;
     }
+    let kv = crate::harness::bin();
+    let (mut outer, id) = h.granted_ask(&format!(
+        r#"tmux -S '{sock_s}' new-window -d "KEYVEIL_HOME='{}' '{}' run --env demo --wait 30 -- echo s10c-tmux-marker $API_TOKEN"; sleep 20"#,
+        h.path().display(),
+        kv.display()
+    ));
+    // What the agent reads of the ask's process: the value (the limit the docs state).
+    let value = wait_arg_after("s10c-tmux-marker");
+    let list = h.run(&["requests", "--json"]).stdout;
+    let audit = h.audit_text();
+    let _ = std::process::Command::new("tmux")
+        .args(["-S", &sock_s, "kill-server"])
+        .status();
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(value.len() >= 32, "the value was not read back");
+    let card = card_of(&list, id);
+    assert!(
+        card["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|w| w == "[REDACTED:API_TOKEN]")),
+        "the daemon's ask is not listed with the value masked"
+    );
+    assert!(
+        !crate::harness::contains(&list, &value),
+        "requests --json shows the value of a granted child's ask started by tmux"
+    );
+    assert!(
+        !crate::harness::contains(audit.as_bytes(), &value),
+        "the audit shows the value of a granted child's ask started by tmux"
+    );
+}
+
+/// As above with a value a human typed (`keyveil set`): the broker cannot tell the daemon's
+/// ask from the agent's own, and masking a typed value there would confirm planted guesses of
+/// it (`redteam_s9.rs`), so its argv is shown as given.
+#[test]
+#[ignore = "LIMIT (docs/threat-model.md, the card matcher row: a value a human typed, put by a \
+            granted child on the command line of an ask a daemon outside the run starts, is \
+            shown): store values with `keyveil generate`; approve commands that hand values to \
+            other daemons only when you trust them"]
+fn s10c_a_typed_value_in_an_ask_started_by_an_outside_tmux_server_is_masked() {
     let h = Home::new();
     let value = format!("fixture-tmux-{}", {
         let mut b = [0u8; 16];
@@ -201,21 +300,10 @@ fn s10c_a_granted_childs_ask_started_by_an_outside_tmux_server_is_masked() {
     h.set("demo", "API_TOKEN", &value);
     let sock = h.path().join("agent-tmux.sock");
     let sock_s = sock.to_str().unwrap().to_owned();
-    // The agent's tmux server, outside every run.
-    let st = std::process::Command::new("tmux")
-        .args([
-            "-S",
-            &sock_s,
-            "new-session",
-            "-d",
-            "-s",
-            "agent",
-            "sleep 60",
-        ])
-        .env("KEYVEIL_HOME", h.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "tmux could not start");
+    if !agents_tmux(&h, &sock_s) {
+        // No tmux here: nothing to replay.
+        return;
+    }
     let kv = crate::harness::bin();
     let (mut outer, _id) = h.granted_ask(&format!(
         r#"tmux -S '{sock_s}' new-window -d "KEYVEIL_HOME='{}' '{}' run --env demo --wait 30 -- echo $API_TOKEN"; sleep 20"#,
@@ -422,4 +510,142 @@ fn s10c_an_agents_flags_do_not_recall_a_holders_approved_or_denied_argv() {
          never the value)",
         singled
     );
+}
+
+/// The agent's own daemon, started outside every run: it runs each line written to a FIFO in
+/// the home (as a job queue, `at`, `systemd-run --user` or an editor server would). Returns it
+/// (its own process group, to be ended with [`end_daemon`]) and the FIFO's path.
+fn agents_daemon(h: &Home) -> (std::process::Child, String) {
+    use std::os::unix::process::CommandExt as _;
+    let fifo = h.path().join("agent-queue");
+    let fifo_s = fifo.to_str().unwrap().to_owned();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo failed");
+    let d = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"while :; do while IFS= read -r l; do sh -c "$l" & done < "$0"; done"#,
+            &fifo_s,
+        ])
+        .env("KEYVEIL_HOME", h.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    (d, fifo_s)
+}
+
+/// Ends the daemon of [`agents_daemon`] and everything it started.
+fn end_daemon(d: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", d.id())])
+        .status();
+    let _ = d.wait();
+}
+
+/// The same class through the agent's own daemon (a FIFO job queue it started before), and in
+/// every string of the card: a granted child makes a directory named by the value and queues
+/// `keyveil run --reason "rotate $VALUE" --cwd DIR/$VALUE -- tool $VALUE`. The daemon's ask
+/// descends from no run; its argv, reason and cwd each hold a value keyveil made at random.
+/// `requests --json` and the audit mask all three; the card still names what is masked.
+#[test]
+fn s10c_an_ask_queued_to_an_agents_daemon_masks_argv_reason_and_cwd() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let (mut daemon, fifo) = agents_daemon(&h);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let (mut outer, id) = h.granted_ask(&format!(
+        r#"mkdir -p '{wd}'/"$API_TOKEN"; echo "KV run --env demo --wait 30 --reason \"rotate $API_TOKEN\" --cwd '{wd}'/$API_TOKEN -- echo s10c-queue-marker $API_TOKEN" > '{fifo}'; sleep 20"#
+    ));
+    let value = wait_arg_after("s10c-queue-marker");
+    let list = h.run(&["requests", "--json"]).stdout;
+    let audit = h.audit_text();
+    end_daemon(&mut daemon);
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(value.len() >= 32, "the value was not read back");
+    let card = card_of(&list, id);
+    assert!(
+        card["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("[REDACTED:API_TOKEN]"))
+            && card["cwd"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("[REDACTED:API_TOKEN]")),
+        "the daemon's ask is not listed with its reason and cwd masked"
+    );
+    assert!(
+        !crate::harness::contains(&list, &value),
+        "requests --json shows the value of an ask the agent's daemon started"
+    );
+    assert!(
+        !crate::harness::contains(audit.as_bytes(), &value),
+        "the audit shows the value of an ask the agent's daemon started"
+    );
+}
+
+/// After the human approves such an ask (the card showed the value masked), its grant and its
+/// run are listed too: `grants --json`, `status --json` (live runs' argv), `logs` of a
+/// background run the daemon started with `keyveil start`, and the audit of the approval and
+/// the run. None shows the value.
+#[test]
+fn s10c_an_approved_ask_of_an_agents_daemon_shows_no_value_in_grants_runs_or_logs() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let (mut daemon, fifo) = agents_daemon(&h);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let (mut outer, id) = h.granted_ask(&format!(
+        r#"echo "KV start --env demo --wait 30 --cwd '{wd}' -- sh -c 'sleep 20' s10c-start-marker $API_TOKEN > '{wd}/run-id'" > '{fifo}'; sleep 25"#
+    ));
+    let value = wait_arg_after("s10c-start-marker");
+    let a = h.approve(id, &[]);
+    assert!(a.status.success(), "approve failed: {}", text(&a.stderr));
+    // The daemon's background run, by the id `start` printed.
+    let t0 = std::time::Instant::now();
+    let run_id = loop {
+        let r = std::fs::read_to_string(work.path().join("run-id")).unwrap_or_default();
+        if let Some(r) = r.split_whitespace().find(|w| w.starts_with("r-")) {
+            break r.to_owned();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            break String::new();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let grants = h.run(&["grants", "--json"]).stdout;
+    let status = h.run(&["status", "--json"]).stdout;
+    let logs = h.run(&["logs", &run_id]);
+    let audit = h.audit_text();
+    end_daemon(&mut daemon);
+    let _ = h.run(&["revoke", "--all"]);
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert!(value.len() >= 32, "the value was not read back");
+    assert!(
+        !run_id.is_empty(),
+        "the daemon's background run never started"
+    );
+    assert!(
+        text(&status).contains("s10c-start-marker") && text(&grants).contains("s10c-start-marker"),
+        "the daemon's grant or run is not listed"
+    );
+    for (what, shown) in [
+        ("grants --json", &grants),
+        ("status --json", &status),
+        ("logs", &logs.stdout),
+        ("logs (stderr)", &logs.stderr),
+        ("the audit", &audit.as_bytes().to_vec()),
+    ] {
+        assert!(
+            !crate::harness::contains(shown, &value),
+            "{what} shows the value of a run the agent's daemon started"
+        );
+    }
 }

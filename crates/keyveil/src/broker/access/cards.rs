@@ -6,20 +6,26 @@ use super::*;
 /// Pending requests as approval cards (what the CLI card and the web page render).
 ///
 /// The strings of every card whose requester may hold values go through the card redactor
-/// (`card_redact.rs`): what a card shows of a process may hold a value a granted child has.
+/// (`card_redact.rs`): what a card shows of a process may hold a value a granted child has;
+/// those of every other card through the matcher of the values keyveil made at random.
 pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
     let mut inner = broker.lock();
     inner.expire_requests();
-    let redactor = inner.card_redactor();
+    let all = inner.card_matcher(true);
+    let made = inner.card_matcher(false);
     let requests = inner
         .requests()
         .pending()
         .map(|r| (r.masked(), card_of(r, bound_on_card(&inner, r))))
-        .filter_map(|(masked, c)| match &redactor {
-            // Only a request whose strings may hold a value (`AccessReq::masked`): an agent's
-            // own strings are shown as given (masking a planted guess would confirm it).
-            Some(red) if masked => crate::broker::card_redact::redact_card(red, c),
-            _ => Some(c),
+        .filter_map(|(masked, c)| {
+            // Every value where a request's strings may hold one (`AccessReq::masked`); in an
+            // agent's own strings only the values keyveil made at random (masking a planted
+            // guess of any other would confirm it; one made at random cannot be guessed, and a
+            // daemon outside the run may have started a granted child's ask).
+            match if masked { &all } else { &made } {
+                Some(red) => crate::broker::card_redact::redact_card(red, c),
+                None => Some(c),
+            }
         })
         .collect();
     op::PendingRequests { requests }

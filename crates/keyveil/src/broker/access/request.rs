@@ -130,9 +130,9 @@ fn auto_approve(inner: &mut Inner, id: u64, rule: usize, ttl: u64) -> OpResult<(
 }
 
 /// Tells the human about the new request `id`. The notifier's command line (readable in
-/// `/proc` by the agent) carries the argv and reason: redacted as the card is when `masked`.
+/// `/proc` by the agent) carries the argv and reason: redacted as the card is.
 fn notify_created(inner: &mut Inner, id: u64, ask: &Ask, reason: Option<&str>, masked: bool) {
-    let redactor = if masked { inner.card_redactor() } else { None };
+    let redactor = inner.card_matcher(masked);
     let (argv, reason) = match redactor {
         Some(r) => (
             ask.argv.as_ref().map(|a| {
@@ -440,9 +440,7 @@ fn audit_request(inner: &mut Inner, r: &AccessReq, claim_mismatch: Option<String
             "contradictions": &r.contradictions(),
             "mount": r.mount(),
     });
-    if r.masked()
-        && let Some(red) = inner.card_redactor()
-    {
+    if let Some(red) = inner.card_matcher(r.masked()) {
         crate::broker::card_redact::redact_json(&red, &mut entry);
     }
     inner.must_audit_as("request", entry, r.masked())

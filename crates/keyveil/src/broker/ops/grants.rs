@@ -15,10 +15,12 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
     // A grant's client name, argv, cwd and pinned paths are its request's, shown as its card
     // showed them.
     // Only where the request's strings may hold a value (`AccessReq::masked`).
-    let redactor = inner.card_redactor();
-    let shown = |masked: bool, s: &str| match &redactor {
-        Some(r) if masked => crate::broker::card_redact::redact_str(r, s),
-        _ => s.to_owned(),
+    // Elsewhere only the values keyveil made at random (`card_redact.rs`).
+    let all = inner.card_matcher(true);
+    let made = inner.card_matcher(false);
+    let shown = |masked: bool, s: &str| match if masked { &all } else { &made } {
+        Some(r) => crate::broker::card_redact::redact_str(r, s),
+        None => s.to_owned(),
     };
     let grants = inner
         .grants()

@@ -96,6 +96,7 @@ pub(super) async fn launch(
         values,
         stdin: req.stdin.take(),
         exe,
+        sealed: stamps.2.clone(),
     };
     let started_at = std::time::SystemTime::now();
     let started = spawn_child(
@@ -297,9 +298,9 @@ fn prepare(
 /// against values for the grant (see `access::find_or_create_request`); shown, when `masked`,
 /// with every whole value masked as its card showed it: a granted child may have put one
 /// there, and the agent reads those listings without a factor (`card_redact.rs`,
-/// `redteam_s9.rs`).
+/// `redteam_s9.rs`); otherwise with the values keyveil made at random masked.
 fn shown_argv(inner: &mut Inner, argv: &[String], masked: bool) -> Vec<String> {
-    let redactor = if masked { inner.card_redactor() } else { None };
+    let redactor = inner.card_matcher(masked);
     match redactor {
         Some(r) => argv
             .iter()

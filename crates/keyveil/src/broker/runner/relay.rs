@@ -187,7 +187,7 @@ pub(crate) async fn close_egress(broker: &Broker, run_id: &str) -> Vec<keyveil_p
 /// what it was when the run was checked. A file written during the run, even if put back as it
 /// was, or a program planted in a directory, ends the grant: the human is asked again.
 fn end_if_inputs_changed(broker: &Arc<Broker>, grant_id: &str, run_id: &str, stamps: &InputStamps) {
-    let (files, dirs) = stamps;
+    let (files, dirs, _) = stamps;
     let why = match pin::changed_since(files) {
         Some(path) => Some(format!(
             "inputs changed during the run: {path} was written while it ran"

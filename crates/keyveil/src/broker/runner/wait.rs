@@ -18,8 +18,9 @@ use keyveil_proto::{ErrorCode, Frame, Reply, RunRequest};
 use super::admit::Admitted;
 
 /// The identities of a run's file inputs and its pinned directories, taken when the grant was
-/// verified for it (see `relay::end_if_inputs_changed`).
-pub(crate) type InputStamps = (Vec<pin::Stamp>, Vec<pin::InputPin>);
+/// verified for it (see `relay::end_if_inputs_changed`), and the files it reads sealed (canonical
+/// path, SHA-256: `pin::sealed_files`, `reap/seal.rs`).
+pub(crate) type InputStamps = (Vec<pin::Stamp>, Vec<pin::InputPin>, Vec<(String, String)>);
 
 /// What step 2 hands to the launch: the grant's id, the verified executable opened (the file
 /// that will be executed), the stamps of its inputs.
@@ -258,7 +259,22 @@ async fn verify_bounded(
             .filter(|p| crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
             .cloned()
             .collect();
-        verify(&argv, &cwd, &sp, home.as_deref(), exe.as_ref(), &inputs).map(|f| (f, (files, dirs)))
+        let sealed = pin::sealed_files(exe.as_ref(), &inputs);
+        // A script run by its `#!` line is an input too: a write during the run ends the grant.
+        let mut files = files;
+        if let Some(e) = exe
+            .as_ref()
+            .filter(|e| sealed.iter().any(|(p, _)| *p == e.path))
+        {
+            files.extend(pin::stamps(&[pin::InputPin {
+                role: "executable".to_owned(),
+                path: e.path.clone(),
+                sha256: e.sha256.clone(),
+                detail: None,
+            }]));
+        }
+        verify(&argv, &cwd, &sp, home.as_deref(), exe.as_ref(), &inputs)
+            .map(|f| (f, (files, dirs, sealed)))
     })
     .await
 }

@@ -27,6 +27,11 @@ pub(crate) struct SpawnSpec {
     /// through this descriptor (`/proc/self/fd/N`), so the bytes checked are the bytes run;
     /// scripts are executed by their canonical path (an interpreter reads `$0` from it).
     pub exe: std::fs::File,
+    /// Files the run reads as they were checked (canonical path, SHA-256): the script operand,
+    /// a file an interpreter option names, the executable when it is a script. The reaper
+    /// binds a sealed copy of each over its path in the run's own mount namespace
+    /// (`reap/seal.rs`).
+    pub sealed: Vec<(String, String)>,
 }
 
 /// How a run ended for the processes it started: what the broker can say after a revocation.
@@ -216,10 +221,11 @@ pub(crate) fn start(spec: &mut SpawnSpec) -> std::io::Result<Started> {
         let mut c = tokio::process::Command::new("/proc/self/exe");
         c.arg0("keyveil")
             .arg(crate::reap::FLAG)
-            .arg(report_w.as_raw_fd().to_string())
-            .arg(program)
-            .arg(argv0)
-            .args(args);
+            .arg(report_w.as_raw_fd().to_string());
+        for (path, sha) in &spec.sealed {
+            c.arg(crate::reap::seal::SEAL_ARG).arg(path).arg(sha);
+        }
+        c.arg(program).arg(argv0).args(args);
         c
     };
     #[cfg(not(target_os = "linux"))]

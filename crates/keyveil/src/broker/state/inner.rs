@@ -234,10 +234,11 @@ impl Inner {
         &mut self.locked_asks
     }
 
-    /// The matcher of every whole value that is secret from the agent (`card_redact.rs`), built
-    /// again when the set of such values changed since the last call; `None` while the vault
-    /// is locked.
-    pub(crate) fn card_redactor(&mut self) -> Option<Arc<WholeValues>> {
+    /// The card matcher for strings whose requester may hold values (`masked`: every whole
+    /// secret value) or holds none (only the values keyveil made at random, which no planted
+    /// guess finds: `card_redact::made_at_random`). Built again when the set of secret values
+    /// changed since the last call; `None` while the vault is locked.
+    pub(crate) fn card_matcher(&mut self, masked: bool) -> Option<Arc<WholeValues>> {
         let vault = self.vault.as_ref()?;
         let minted = self.dynamic.held_values();
         let key = card_redact::secrets_key(
@@ -247,7 +248,7 @@ impl Inner {
         if let Some(m) = self
             .card_redactor
             .as_ref()
-            .and_then(|c| c.matcher_for(&key))
+            .and_then(|c| c.matcher_for(&key, masked))
         {
             return Some(m);
         }
@@ -264,7 +265,7 @@ impl Inner {
             |env, real| self.names().shown_name(env, real),
         );
         let built = CardRedactor::build(key, &values);
-        let matcher = built.matcher_for(&key);
+        let matcher = built.matcher_for(&key, masked);
         self.card_redactor = Some(built);
         matcher
     }
@@ -495,14 +496,15 @@ impl Inner {
     /// cwd, paths and reasons in entries (`run_start`, `deny_rule`, `mount_read`, ...) can come
     /// from a granted child holding values, and the agent reads the log without a factor. An
     /// entry whose strings are an agent's own (`AccessReq::masked` false) has real names hidden
-    /// and nothing else changed (masking a planted guess there would confirm it).
+    /// and only the values keyveil made at random masked (masking a planted guess of any other
+    /// value there would confirm it; one made at random cannot be guessed).
     fn scrub_entry_as(
         &mut self,
         mut fields: Value,
         masked: bool,
     ) -> serde_json::Map<String, Value> {
         self.names().hide_names_in(&mut fields);
-        if masked && let Some(r) = self.card_redactor() {
+        if let Some(r) = self.card_matcher(masked) {
             card_redact::redact_json(&r, &mut fields);
         }
         match fields {
