@@ -346,7 +346,6 @@ fn a_ttl_grant_for_the_humans_reader_serves_the_agents_reader_without_a_card() {
 /// refusal it caused (an `O_RDWR` opener posing as a reader) is then no longer shown there.
 /// Held when the listing still says the path was refused (the audit keeps `mount_refused`).
 #[test]
-#[ignore = "LEAK (report): unmount + mount by the agent, no factor, resets `keyveil mounts` (3 runs: refused 1 -> 0, the last refusal's words gone; the audit keeps mount_refused, unmount, mount)"]
 fn the_agent_erases_a_refusal_from_the_mounts_listing_by_mounting_again() {
     let h = Home::new();
     let vals = values();

@@ -52,7 +52,7 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         ino,
         mtime_ns: Some(mtime),
     };
-    let entry = Entry {
+    let mut entry = Entry {
         stored,
         state: "serving",
         reads: 0,
@@ -61,6 +61,7 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         busy: false,
         refused_holders: Vec::new(),
     };
+    broker.mounts.carry_gone(&mut entry);
     let out = info(&entry);
     {
         let mut m = broker.mounts.lock();
@@ -155,6 +156,7 @@ pub(crate) fn unmount(broker: &Broker, o: op::Unmount) -> OpResult<op::Unmounted
         if let Err(e) = broker.mounts.save(&m) {
             tracing::warn!(error = %e, "cannot write mounts.json");
         }
+        broker.mounts.keep_gone(&e);
         e
     };
     let ours = std::fs::symlink_metadata(&key).is_ok_and(|m| {

@@ -36,6 +36,11 @@ pub(super) struct Entry {
 pub(crate) struct Registry {
     pub(super) file: Option<PathBuf>,
     pub(super) mounts: Mutex<BTreeMap<String, Entry>>,
+    /// What the listing said of each path unmounted since the broker started (reads, refusals,
+    /// the last event): a mount made again at that path carries it on, so unmounting and
+    /// mounting again (no factor needed for either) cannot wipe a refusal or a stop from
+    /// `keyveil mounts`. The audit log keeps every one in any case.
+    pub(super) gone: Mutex<BTreeMap<String, (u64, u64, Option<String>)>>,
 }
 
 impl Registry {
@@ -70,6 +75,26 @@ impl Registry {
         Registry {
             file: Some(file),
             mounts: Mutex::new(mounts),
+            gone: Mutex::default(),
+        }
+    }
+
+    /// Keeps what the listing said of an unmounted entry, for a mount made there again.
+    pub(super) fn keep_gone(&self, e: &Entry) {
+        if e.reads == 0 && e.refused == 0 && e.last.is_none() {
+            return;
+        }
+        let mut g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(e.stored.path.clone(), (e.reads, e.refused, e.last.clone()));
+    }
+
+    /// Gives a new mount at `path` what the listing said of the one unmounted there before.
+    pub(super) fn carry_gone(&self, e: &mut Entry) {
+        let mut g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((reads, refused, last)) = g.remove(&e.stored.path) {
+            e.reads += reads;
+            e.refused += refused;
+            e.last = last.map(|l| format!("{l} (before an unmount and a new mount at this path)"));
         }
     }
 
