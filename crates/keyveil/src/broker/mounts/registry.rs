@@ -30,6 +30,9 @@ pub(super) struct Entry {
     pub(super) refused_holders: Vec<(u32, u64)>,
 }
 
+/// What the listing said of an unmounted path: reads, refusals, the last event.
+pub(super) type Gone = (u64, u64, Option<String>);
+
 /// The mounts of this broker's home, behind their own mutex (never held across an `await`, and
 /// never while the broker's state lock is taken).
 #[derive(Debug, Default)]
@@ -40,7 +43,7 @@ pub(crate) struct Registry {
     /// the last event): a mount made again at that path carries it on, so unmounting and
     /// mounting again (no factor needed for either) cannot wipe a refusal or a stop from
     /// `keyveil mounts`. The audit log keeps every one in any case.
-    pub(super) gone: Mutex<BTreeMap<String, (u64, u64, Option<String>)>>,
+    pub(super) gone: Mutex<BTreeMap<String, Gone>>,
 }
 
 impl Registry {
