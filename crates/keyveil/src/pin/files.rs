@@ -13,8 +13,15 @@ use super::{InputPin, MAX_INPUT, MAX_TEXT, UNPINNABLE};
 
 /// Whether the requester (same user) can plausibly have written the executable: it lies in the
 /// working tree, in `$HOME`, in a temporary directory, in `node_modules/.bin`, or in a
-/// world-writable directory.
+/// world-writable directory; or, for a broker not run as root, the user could write or replace
+/// it wherever it lies ([`writable_by`]: a directory of the user's under `/run/user`, `/opt`, a
+/// second disk).
 pub(crate) fn requester_writable(exe: &Path, cwd: &Path, home: Option<&Path>) -> bool {
+    let uid = rustix::process::geteuid().as_raw();
+    // For root every file is writable: the prefixes below are all that tells anything then.
+    if uid != 0 && writable_by(exe, uid, rustix::process::getegid().as_raw()) {
+        return true;
+    }
     let s = exe.to_string_lossy();
     if exe.starts_with(cwd) || home.is_some_and(|h| exe.starts_with(h)) {
         return true;
@@ -30,6 +37,39 @@ pub(crate) fn requester_writable(exe: &Path, cwd: &Path, home: Option<&Path>) ->
     exe.parent()
         .and_then(|d| std::fs::metadata(d).ok())
         .is_some_and(|m| m.permissions().mode() & 0o002 != 0)
+}
+
+/// Whether a process of `uid` (primary group `gid`) can write `exe` or put another file in its
+/// place: `exe` or a directory on its way from `/` is the user's own, or writable by its group
+/// or by anyone (a sticky directory, `/tmp`'s kind, only for entries the user owns). Follows
+/// symlinks on the way to what they name; a path that cannot be read is not counted.
+pub(crate) fn writable_by(exe: &Path, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let writes = |m: &std::fs::Metadata| {
+        m.uid() == uid || (m.gid() == gid && m.mode() & 0o020 != 0) || m.mode() & 0o002 != 0
+    };
+    // Symlinks on the way (`/bin` → `usr/bin`) are read as what they lead to.
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+    let mut parent: Option<std::fs::Metadata> = None;
+    let mut at = PathBuf::new();
+    for part in exe.components() {
+        at.push(part);
+        let Ok(m) = std::fs::symlink_metadata(&at) else {
+            return false;
+        };
+        // The directory holding this entry: one of the user's can be made writable; a
+        // writable one lets the entry be renamed away and replaced, unless it is sticky and
+        // the entry someone else's.
+        if let Some(d) = &parent {
+            let sticky = d.mode() & 0o1000 != 0;
+            if d.uid() == uid || (writes(d) && (!sticky || m.uid() == uid)) {
+                return true;
+            }
+        }
+        parent = Some(m);
+    }
+    // The file itself.
+    parent.is_some_and(|m| writes(&m))
 }
 
 /// Directories the broker never reads an input from on a requester's behalf, besides the

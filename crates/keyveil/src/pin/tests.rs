@@ -338,3 +338,51 @@ fn sealed_files_are_scripts_and_a_shebang_executable_never_a_binary() {
     std::fs::write(&bin, b"\x7fELF....").unwrap();
     assert_eq!(sealed_files(Some(&as_file(&bin)), &pins).len(), 1);
 }
+
+/// A file the user could write or replace, wherever it lies: its own, in a directory of its
+/// own (even deep below), in a directory its group may write, or in a sticky directory only
+/// when the entry is its own. Run as root, with a made-up uid owning what it should.
+#[test]
+fn writable_by_sees_a_users_own_directories_anywhere() {
+    use super::files::writable_by;
+    use std::os::unix::fs::PermissionsExt;
+    if rustix::process::geteuid().as_raw() != 0 {
+        return; // chown needs root; the rule itself is checked where it can be
+    }
+    let (me, group) = (4_242_001u32, 4_242_001u32);
+    let t = tempfile::tempdir_in("/run").unwrap();
+    let set = |p: &Path, mode: u32, owner: Option<u32>| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(p, owner, owner).unwrap();
+    };
+    // root's directory (0755), then one of the user's, then root's file in it.
+    let root_dir = t.path().join("sys");
+    let mine = root_dir.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    let exe = mine.join("docker");
+    std::fs::write(&exe, b"x").unwrap();
+    set(t.path(), 0o755, Some(0));
+    set(&root_dir, 0o755, Some(0));
+    set(&mine, 0o700, Some(me));
+    set(&exe, 0o755, Some(0));
+    assert!(writable_by(&exe, me, group), "a directory of the user's");
+    assert!(!writable_by(&exe, me + 1, group + 1), "another user's");
+    // The user's own file in root's directory.
+    set(&mine, 0o755, Some(0));
+    set(&exe, 0o755, Some(me));
+    assert!(writable_by(&exe, me, group));
+    // A group-writable directory of the user's group.
+    set(&exe, 0o755, Some(0));
+    assert!(!writable_by(&exe, me, group));
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o775)).unwrap();
+    std::os::unix::fs::chown(&mine, Some(0), Some(group)).unwrap();
+    assert!(writable_by(&exe, me, group));
+    // A sticky world-writable directory: root's entry is safe, the user's own is not.
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(&mine, Some(0), Some(0)).unwrap();
+    assert!(!writable_by(&exe, me, group));
+    set(&exe, 0o755, Some(me));
+    assert!(writable_by(&exe, me, group));
+    // System executables are not.
+    assert!(!writable_by(Path::new("/bin/sh"), me, group));
+}

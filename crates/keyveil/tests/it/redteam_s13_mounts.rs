@@ -401,7 +401,7 @@ fn the_agent_erases_a_refusal_from_the_mounts_listing_by_mounting_again() {
 /// `docker compose up` is a shell that copies `.env` to its output with builtins (no `cat`).
 /// Held when the card flags the executable.
 #[test]
-#[ignore = "LEAK: an executable in a directory of the user's outside the project, HOME and the temporary directories is not flagged: card `docker compose up`, running RUNDIR/docker (a copy of sh), risk only all-variables, first-time (3 runs; approved, 7 of 7 values copied to the agent's output)"]
+#[ignore = "LIMIT (docs/mounts.md, workspace-executable: a broker run as root goes by places only; for any other user the rule is pin::tests::writable_by_sees_a_users_own_directories_anywhere): an executable in a directory of the user's outside the project, HOME and the temporary directories is not flagged when everything runs as root: card `docker compose up`, running RUNDIR/docker (a copy of sh), risk only all-variables, first-time (3 runs; approved, 7 of 7 values copied to the agent's output)"]
 fn a_shell_copied_into_the_users_runtime_directory_reads_under_an_unflagged_card() {
     use std::os::unix::fs::PermissionsExt;
     let h = Home::new();
