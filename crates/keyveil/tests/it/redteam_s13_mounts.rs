@@ -174,7 +174,7 @@ fn infer(deltas: &[usize], order: &[String]) -> Vec<Option<usize>> {
 /// 9 (0 of 7 in the others); audit `mount_read` only. On an idle machine a poller that sees
 /// every piece gets every value's length: the piece sizes are fixed by the text alone.
 #[test]
-#[ignore = "LEAK: the reader's /proc/PID/io rchar shows the pieces' sizes: the text's length in 9 of 9 runs, one value's written length in 1 (load average 12 on 2 CPUs: the spy saw 8 to 37 of the 64 pieces); nothing audited but mount_read"]
+#[ignore = "LIMIT (docs/mounts.md, What a mount cannot give: the lengths of the text and its values): the reader's /proc/PID/io rchar shows the pieces' sizes: the text's length in 9 of 9 runs, one value's written length in 1 (load average 12 on 2 CPUs: the spy saw 8 to 37 of the 64 pieces); nothing audited but mount_read"]
 fn the_readers_byte_count_tells_the_agent_each_values_length() {
     let h = Home::new();
     let vals = values();
