@@ -174,10 +174,18 @@ impl TreeWatches {
 
 /// A run of `grant_id` in `cwd` is about to be spawned: its ticket in the watch of `cwd`, if
 /// one is ready (the run is then scanned from its events), or why not (it is walked).
-pub(crate) fn ticket(broker: &Broker, cwd: &str, grant_id: &str) -> Result<Ticket, &'static str> {
+/// Events queued since the last run are taken first (on a blocking thread: a folder created
+/// meanwhile is watched and read).
+pub(crate) async fn ticket(
+    broker: &Broker,
+    cwd: &str,
+    grant_id: &str,
+) -> Result<Ticket, &'static str> {
     let root = std::fs::canonicalize(cwd).map_err(|_| watch::NO_WATCH)?;
     let watch = broker.lock().tree_watches_mut().get(&root, grant_id)?;
-    Ticket::begin(&watch)
+    tokio::task::spawn_blocking(move || Ticket::begin(&watch))
+        .await
+        .unwrap_or(Err(watch::NO_WATCH))
 }
 
 /// The user's inotify watch limit. Debug builds (the integration tests) read it instead from

@@ -74,8 +74,7 @@ pub(super) fn run_touched(
         Some(&touched.new_dirs),
     );
     let root = fs::canonicalize(&scope.cwd).unwrap_or_else(|_| scope.cwd.clone());
-    let mut plain_dirs: std::collections::HashMap<PathBuf, bool> =
-        std::collections::HashMap::new();
+    let mut plain_dirs: std::collections::HashMap<PathBuf, bool> = std::collections::HashMap::new();
     for path in &touched.entries {
         if *path == root {
             continue; // the walk never reports its root

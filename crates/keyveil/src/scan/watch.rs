@@ -381,11 +381,11 @@ impl TreeWatch {
             let depth = path
                 .strip_prefix(&self.root)
                 .map_or(0, |r| r.components().count());
-            if let Err(e) = self.add_tree(&path, depth) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    self.give_up("a new folder could not be watched");
-                    return;
-                }
+            if let Err(e) = self.add_tree(&path, depth)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                self.give_up("a new folder could not be watched");
+                return;
             }
             self.touch(path, seq, true);
         } else if e.mask

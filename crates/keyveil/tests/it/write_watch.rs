@@ -323,7 +323,10 @@ fn a_folder_over_the_watch_limit_is_walked_at_every_run() {
         assert!(f.iter().any(|l| l.contains("d/e/leak.txt")), "{f:?}");
         let how = last_how(&c.h);
         if how != "walked: the watch of this folder is being built" {
-            assert!(how.starts_with("walked: this folder cannot be watched"), "{how}");
+            assert!(
+                how.starts_with("walked: this folder cannot be watched"),
+                "{how}"
+            );
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "never built");

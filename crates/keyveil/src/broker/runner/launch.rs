@@ -100,7 +100,7 @@ pub(super) async fn launch(
         stdin: req.stdin.take(),
         exe,
     };
-    let watch = crate::broker::tree_watches::ticket(broker, &a.cwd, &grant_id);
+    let watch = crate::broker::tree_watches::ticket(broker, &a.cwd, &grant_id).await;
     let started_at = std::time::SystemTime::now();
     let started = spawn_child(
         broker,

@@ -96,7 +96,10 @@ async fn scan_writes(
     broker: &Arc<Broker>,
     (env, grant_id): (&str, &str),
     cwd: &str,
-    (since, watch): (std::time::SystemTime, Result<crate::scan::watch::Ticket, &'static str>),
+    (since, watch): (
+        std::time::SystemTime,
+        Result<crate::scan::watch::Ticket, &'static str>,
+    ),
     redactor: &crate::redact::Redactor,
     result: &mut RunResult,
 ) -> WriteLeakAction {
