@@ -93,6 +93,11 @@ pub struct WriteScanSummary {
     pub truncated: bool,
     /// Scan time, milliseconds.
     pub elapsed_ms: u64,
+    /// How the changed files were found: `watched` (from the events of a watch of the working
+    /// directory kept between runs) or `walked: WHY` (every entry examined). Empty from an
+    /// older broker.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub how: String,
 }
 
 /// Broker → client JSON replies. Tagged by `kind`.

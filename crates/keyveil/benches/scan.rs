@@ -8,7 +8,11 @@
 //!   (`/threads=1`: with one walker thread instead of one per core);
 //! - `scan/changed=1000`: 1% rewritten after `since`, among them 10 with a planted value (raw,
 //!   base64, JSON-escaped, percent-encoded), a `.tar.gz` and a `.zip`;
-//! - `scan/changed=10000`: 10% rewritten.
+//! - `scan/changed=10000`: 10% rewritten;
+//! - `scan/watched/changed=0` and `scan/watched/changed=1000`: the same scans from a watch of
+//!   the tree (`scan::watch`, built once as the broker does after the first run in a folder):
+//!   a ticket taken before the run, then the scan of what its events name; each asserts the
+//!   same leaks as the walk.
 //!
 //! The redactor holds 5 random 40-byte values. The page cache is warm (the tree was just
 //! written). Run: `cargo bench -p keyveil --bench scan`.
@@ -197,8 +201,57 @@ fn bench(c: &mut Criterion) {
         ..scope.clone()
     };
     run(&mut g, "changed=0/threads=1", &one_thread);
+
+    // The watched path (`scan::watch`): the watch built once (as the broker does after the
+    // first run in a folder), then per run a ticket taken before it and the scan from it.
+    let (cpu0, t0) = (cpu_ms(), std::time::Instant::now());
+    let watch = std::sync::Arc::new(std::sync::Mutex::new(
+        scan::watch::TreeWatch::new(&root, scan::watch::MAX_DIRS).unwrap(),
+    ));
+    eprintln!(
+        "watch of {} folders built in {:?} (cpu_ms={:.0})",
+        watch.lock().unwrap().dirs(),
+        t0.elapsed(),
+        cpu_ms() - cpu0
+    );
+    let watched = |g: &mut criterion::BenchmarkGroup<'_, _>,
+                   name: &str,
+                   ticket: Option<&scan::watch::Ticket>| {
+        let one = || match ticket {
+            Some(t) => scan::scan_watched(&scope, &redactor, Ok(t)),
+            None => {
+                // A run of its own: ticket, (nothing written), scan.
+                let t = scan::watch::Ticket::begin(&watch).unwrap();
+                scan::scan_watched(&scope, &redactor, Ok(&t))
+            }
+        };
+        let (cpu0, t0) = (cpu_ms(), std::time::Instant::now());
+        let (mut r, mut how) = one();
+        for _ in 1..5 {
+            (r, how) = one();
+        }
+        let (cpu, wall) = ((cpu_ms() - cpu0) / 5.0, t0.elapsed().as_secs_f64() * 200.0);
+        assert_eq!(how, scan::Method::Watched);
+        assert_eq!(
+            r.leaks,
+            scan::scan(&scope, &redactor).leaks,
+            "not what the walk finds"
+        );
+        eprintln!(
+            "{name}: files_scanned={} bytes_scanned={} leaks={} truncated={} wall_ms={wall:.2} cpu_ms={cpu:.2} (mean of 5)",
+            r.files_scanned,
+            r.bytes_scanned,
+            r.leaks.len(),
+            r.truncated,
+        );
+        g.bench_function(name, |b| b.iter(|| black_box(one())));
+    };
+    watched(&mut g, "watched/changed=0", None);
+    let ticket = scan::watch::Ticket::begin(&watch).unwrap();
     change(&root, n, 0, n / 100, &secrets, &mut rng);
     run(&mut g, "changed=1000", &scope);
+    watched(&mut g, "watched/changed=1000", Some(&ticket));
+    drop(ticket);
     change(&root, n, n / 100, n / 10 - n / 100, &secrets, &mut rng);
     run(&mut g, "changed=10000", &scope);
     g.finish();

@@ -85,6 +85,13 @@ pub struct BrokerStatus {
     /// with its grant, after five idle minutes, and when the vault locks).
     #[serde(default)]
     pub kept_redactors: usize,
+    /// Working directories watched between runs for the write-side scan (each kept while a
+    /// grant that ran in it lives, dropped when the vault locks).
+    #[serde(default)]
+    pub watched_folders: usize,
+    /// inotify watches those hold in all (one per folder under them).
+    #[serde(default)]
+    pub watched_dirs: usize,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -232,6 +232,8 @@ pub(crate) struct Detached {
     pub started_at: SystemTime,
     /// The run's private TMPDIR, scanned and deleted at its end (`private_tmp.rs`).
     pub tmp_dir: Option<super::private_tmp::RunTmp>,
+    /// Its place in the watch of its working directory, if any (`tree_watches.rs`).
+    pub watch: Result<crate::scan::watch::Ticket, &'static str>,
 }
 
 /// Serves one `start` request: the run path's approval wait and spawn, then a final reply.
@@ -284,6 +286,7 @@ pub(crate) async fn start(
                     cancel: l.cancel,
                     started_at: l.started_at,
                     tmp_dir: l.tmp_dir,
+                    watch: l.watch,
                 },
             )),
             Err(r) => r,
@@ -314,6 +317,7 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
         cancel,
         started_at,
         tmp_dir,
+        watch,
     } = d;
     let pid = started.pid;
     let run = Arc::new(BgRun {
@@ -341,7 +345,7 @@ pub(crate) fn adopt(broker: &Arc<Broker>, d: Detached) -> Reply {
             &run,
             result,
             &cwd,
-            started_at,
+            (started_at, watch),
             &scan_redactor,
             tmp_dir,
         )
@@ -455,7 +459,7 @@ async fn finish(
     run: &Arc<BgRun>,
     mut result: RunResult,
     cwd: &str,
-    started_at: SystemTime,
+    (started_at, watch): (SystemTime, Result<crate::scan::watch::Ticket, &'static str>),
     scan_redactor: &Redactor,
     tmp_dir: Option<super::private_tmp::RunTmp>,
 ) {
@@ -471,10 +475,11 @@ async fn finish(
         since: started_at,
         limits: crate::scan::ScanLimits::default(),
     };
-    let scanner = scan_redactor.clone();
-    if let Ok(report) =
-        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scanner)).await
+    let mut how = None;
+    if let Some((report, method)) =
+        super::tree_watches::scan_run(broker, scope, scan_redactor, watch, &run.grant_id).await
     {
+        how = Some(method.describe());
         for leak in report.leaks {
             result.write_leaks.push(keyveil_proto::WriteLeak {
                 variable: leak.variable,
@@ -505,6 +510,7 @@ async fn finish(
                 "revoked": result.revoked,
                 "stopped": stopped,
                 "duration_ms": result.duration_ms,
+                "write_scan": how,
                 // By variable and form, never the path: the audit is readable by the agent, and a path
                 // would tell which of the files it planted holds a value (the requester sees paths).
                 "write_leaks": result.write_leaks.iter().map(|l| json!({"variable": l.variable, "form": l.form, "action": l.action})).collect::<Vec<_>>(),

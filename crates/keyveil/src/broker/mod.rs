@@ -31,6 +31,7 @@ pub(crate) mod state;
 pub(crate) mod sweep_ops;
 mod sweep_scrub;
 pub(crate) mod sweep_watch;
+pub(crate) mod tree_watches;
 pub(crate) mod web;
 
 use std::sync::{Arc, Mutex, MutexGuard};

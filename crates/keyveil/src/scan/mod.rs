@@ -36,6 +36,7 @@ mod decode;
 mod home;
 mod text;
 mod walk;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -173,6 +174,63 @@ pub fn scan(scope: &ScanScope, redactor: &Redactor) -> ScanReport {
     let mut sc = Scanner::new(redactor, &scope.limits, scope.since, start);
     walk::run(&mut sc, scope);
     sc.finish(start)
+}
+
+/// How a run's scan found what changed ([`scan_watched`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// From the events of the working directory's watch (`watch.rs`), `$HOME` walked.
+    Watched,
+    /// By walking the whole scope (why: a short phrase, such as [`watch::NO_WATCH`]).
+    Walked(&'static str),
+}
+
+impl Method {
+    /// `watched`, or `walked: WHY`.
+    pub fn describe(&self) -> String {
+        match self {
+            Method::Watched => "watched".to_owned(),
+            Method::Walked(why) => format!("walked: {why}"),
+        }
+    }
+}
+
+/// [`scan`], using what `ticket` (taken from a watch of `scope.cwd` before the run started;
+/// `Err`: why there is none) says the run touched instead of walking the working directory,
+/// when it can be trusted:
+/// the same findings as the walk for every change made through the tree (see
+/// `docs/write-side.md`, "Watched working directories"). Falls back to the walk, and says
+/// why in the [`Method`], without a ticket, when the watch gave up (queue overflow, a folder
+/// moved, the watch limit) or when a changed file has more than one name. Call it once every
+/// process of the run has ended.
+pub fn scan_watched(
+    scope: &ScanScope,
+    redactor: &Redactor,
+    ticket: Result<&watch::Ticket, &'static str>,
+) -> (ScanReport, Method) {
+    let start = Instant::now();
+    let touched = match ticket {
+        Err(why) => Err(why),
+        Ok(t) => {
+            let cwd = std::fs::canonicalize(&scope.cwd).ok();
+            if cwd.as_deref() == Some(t.root().as_path()) {
+                t.take()
+            } else {
+                Err("the watch is of another folder")
+            }
+        }
+    };
+    let why = match touched {
+        Ok(t) => {
+            let mut sc = Scanner::new(redactor, &scope.limits, scope.since, start);
+            match walk::run_touched(&mut sc, scope, &t) {
+                Ok(()) => return (sc.finish(start), Method::Watched),
+                Err(why) => why,
+            }
+        }
+        Err(why) => why,
+    };
+    (scan(scope, redactor), Method::Walked(why))
 }
 
 /// Work done so far, for a progress display (counts of work only, never of findings).

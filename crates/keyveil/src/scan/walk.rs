@@ -47,8 +47,81 @@ struct Changed {
 
 /// Walks the scope and scans every changed entry.
 pub(super) fn run(sc: &mut Scanner<'_>, scope: &ScanScope) {
-    let mut changed = collect(scope, sc.limits, sc.threshold, sc.deadline(), sc);
+    let changed = collect(scope, sc.limits, sc.threshold, sc.deadline(), sc, None);
+    scan_all(sc, changed);
+}
+
+/// Why a watched scan gave way to the walk: a changed file has other names (hard links),
+/// which the walk would report too and events do not name.
+pub(super) const MULTI_LINK: &str = "a changed file has more than one name";
+
+/// Scans what a watched run touched (`touched`, from the watch of `scope.cwd`): each entry an
+/// event named is examined like one entry of the walk, each directory that appeared is walked
+/// whole, and `$HOME` is walked as usual (the working directory's own subtree left out of it).
+/// Nothing is read, and `Err` is returned, when a changed regular file has more than one name
+/// (the walk is then the one to run: it would report every name of the inode).
+pub(super) fn run_touched(
+    sc: &mut Scanner<'_>,
+    scope: &ScanScope,
+    touched: &super::watch::Touched,
+) -> Result<(), &'static str> {
+    let mut found = collect(
+        scope,
+        sc.limits,
+        sc.threshold,
+        sc.deadline(),
+        sc,
+        Some(&touched.new_dirs),
+    );
+    let root = fs::canonicalize(&scope.cwd).unwrap_or_else(|_| scope.cwd.clone());
+    let mut plain_dirs: std::collections::HashMap<PathBuf, bool> = std::collections::HashMap::new();
+    for path in &touched.entries {
+        if *path == root {
+            continue; // the walk never reports its root
+        }
+        // Only through real folders: a folder replaced by a symlink since the event is not
+        // followed (the walk would not either; the symlink is an entry of its own).
+        let Some(parent) = path.parent() else {
+            continue;
+        };
+        let plain = *plain_dirs
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| fs::canonicalize(parent).is_ok_and(|c| c == parent));
+        if !plain {
+            continue;
+        }
+        sc.entries_seen += 1;
+        if let Ok(meta) = fs::symlink_metadata(path)
+            && changed(&meta, sc.threshold)
+        {
+            found.push(Changed {
+                path: path.clone(),
+                meta,
+            });
+        }
+    }
+    if found.iter().any(|c| c.meta.is_file() && links(&c.meta) > 1) {
+        return Err(MULTI_LINK);
+    }
+    scan_all(sc, found);
+    Ok(())
+}
+
+#[cfg(unix)]
+fn links(meta: &Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    meta.nlink()
+}
+
+#[cfg(not(unix))]
+fn links(_meta: &Metadata) -> u64 {
+    1
+}
+
+/// Scans the changed entries in path order, each once.
+fn scan_all(sc: &mut Scanner<'_>, mut changed: Vec<Changed>) {
     changed.sort_by(|a, b| a.path.cmp(&b.path));
+    changed.dedup_by(|a, b| a.path == b.path);
     for c in changed {
         if sc.out_of_time() {
             sc.skip(OUT_OF_TIME);
@@ -298,6 +371,7 @@ fn collect(
     threshold: SystemTime,
     deadline: Instant,
     sc: &mut Scanner<'_>,
+    watched: Option<&[PathBuf]>,
 ) -> Vec<Changed> {
     let home = scope.home.as_ref().and_then(|h| fs::canonicalize(h).ok());
     let cwd = fs::canonicalize(&scope.cwd).ok();
@@ -329,6 +403,19 @@ fn collect(
         {
             if is_home {
                 walk.home = Some(r.clone());
+            } else if let Some(new_dirs) = watched {
+                // Watched: the working directory is not walked (marked visited, so a walk of
+                // `$HOME` around it does not enter it either); only the folders that appeared
+                // in it are.
+                for d in new_dirs {
+                    if let Ok(m) = fs::symlink_metadata(d)
+                        && m.is_dir()
+                        && walk.first_visit(&m)
+                    {
+                        roots.push(d.clone());
+                    }
+                }
+                continue;
             }
             roots.push(r);
         }

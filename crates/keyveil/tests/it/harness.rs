@@ -84,6 +84,9 @@ impl Home {
                 "KEYVEIL_TEST_NO_OPEN_COUNT",
                 self.path().join("no-open-count"),
             )
+            // Debug builds take the user's inotify watch limit from this file while it exists
+            // (the write-side scan's watches of working directories, `tree_watches.rs`).
+            .env("KEYVEIL_TEST_WATCH_LIMIT", self.path().join("watch-limit"))
             .env("LANG", "C.UTF-8")
             .stdin(Stdio::null());
         c

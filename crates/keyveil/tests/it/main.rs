@@ -79,3 +79,4 @@ mod sweep;
 mod tamper;
 mod watch;
 mod web;
+mod write_watch;

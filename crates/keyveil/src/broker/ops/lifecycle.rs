@@ -39,6 +39,8 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
             .count(),
         log_lines_lost: crate::logging::lost_lines(),
         kept_redactors: inner.run_redactors().len(),
+        watched_folders: inner.tree_watches().counts().0,
+        watched_dirs: inner.tree_watches().counts().1,
         live_runs: inner.runs().iter().count(),
         runs: inner
             .runs()

@@ -37,6 +37,9 @@ pub(crate) struct Launched {
     pub(crate) started_at: std::time::SystemTime,
     /// Its private TMPDIR.
     pub(crate) tmp_dir: Option<crate::broker::private_tmp::RunTmp>,
+    /// Its place in the watch of its working directory, when there is one (taken before the
+    /// spawn; the write-side scan then examines what the run's events name).
+    pub(crate) watch: Result<crate::scan::watch::Ticket, &'static str>,
     /// argv as the requester gave it, whole values masked (`card_redact.rs`) when the
     /// requester may hold values ([`access::strings_masked`]).
     pub(crate) shown_argv: Vec<String>,
@@ -98,6 +101,7 @@ pub(super) async fn launch(
         exe,
         sealed: stamps.2.clone(),
     };
+    let watch = crate::broker::tree_watches::ticket(broker, &a.cwd, &grant_id).await;
     let started_at = std::time::SystemTime::now();
     let started = spawn_child(
         broker,
@@ -128,6 +132,7 @@ pub(super) async fn launch(
         cancel,
         started_at,
         tmp_dir: Some(tmp_dir),
+        watch,
         shown_argv,
         stamps,
     })

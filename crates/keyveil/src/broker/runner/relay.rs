@@ -37,6 +37,7 @@ pub(super) async fn relay(
         started_at,
         tmp_dir,
         stamps,
+        watch,
         ..
     } = l;
     send_started(sink, &run_id, &grant_id).await;
@@ -58,9 +59,9 @@ pub(super) async fn relay(
     end_if_inputs_changed(broker, &grant_id, &run_id, &stamps);
     let action = scan_writes(
         broker,
-        &req.environment,
+        (&req.environment, &grant_id),
         &a.cwd,
-        started_at,
+        (started_at, watch),
         &scan_redactor,
         &mut result,
     )
@@ -92,10 +93,13 @@ async fn send_started(sink: &mut spawn::OutputSink, run_id: &str, grant_id: &str
 /// summary and leaks go into `result`, each leak acted on by the environment's policy, which is
 /// returned.
 async fn scan_writes(
-    broker: &Broker,
-    env: &str,
+    broker: &Arc<Broker>,
+    (env, grant_id): (&str, &str),
     cwd: &str,
-    since: std::time::SystemTime,
+    (since, watch): (
+        std::time::SystemTime,
+        Result<crate::scan::watch::Ticket, &'static str>,
+    ),
     redactor: &crate::redact::Redactor,
     result: &mut RunResult,
 ) -> WriteLeakAction {
@@ -114,15 +118,15 @@ async fn scan_writes(
         since,
         limits: crate::scan::ScanLimits::default(),
     };
-    let scanner = redactor.clone();
-    if let Ok(report) =
-        tokio::task::spawn_blocking(move || crate::scan::scan(&scope, &scanner)).await
+    if let Some((report, method)) =
+        crate::broker::tree_watches::scan_run(broker, scope, redactor, watch, grant_id).await
     {
         result.write_scan = Some(keyveil_proto::WriteScanSummary {
             files_scanned: report.files_scanned,
             bytes_scanned: report.bytes_scanned,
             truncated: report.truncated,
             elapsed_ms: report.elapsed_ms,
+            how: method.describe(),
         });
         for leak in report.leaks {
             let path = leak.path.to_string_lossy().into_owned();
@@ -158,6 +162,8 @@ fn record_end(broker: &Broker, run_id: &str, grant_id: &str, result: &RunResult)
             "revoked": result.revoked,
             "truncated": result.truncated,
             "duration_ms": result.duration_ms,
+            // `watched`, or `walked: WHY` (`tree_watches.rs`).
+            "write_scan": result.write_scan.as_ref().map(|w| w.how.as_str()),
             // By variable and form, never the path: the audit is readable by the agent, and a path
             // would tell which of the files it planted holds a value (the requester sees paths).
             "write_leaks": result.write_leaks.iter().map(|l| json!({"variable": l.variable, "form": l.form, "action": l.action})).collect::<Vec<_>>(),

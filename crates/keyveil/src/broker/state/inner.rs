@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     /// Redactors kept between the runs of live grants (`redactor_cache.rs`): dropped with their
     /// grant, after idling, and when the vault locks.
     run_redactors: crate::broker::redactor_cache::RedactorCache,
+    /// Working directories watched between runs (`tree_watches.rs`): dropped with the grants
+    /// that ran in them and when the vault locks.
+    tree_watches: crate::broker::tree_watches::TreeWatches,
     /// Mount readers that were (or were about to be) written values, by (pid, start time):
     /// they and their descendants may hold values ([`Inner::peer_holds_values`]). Pruned as
     /// they exit.
@@ -199,6 +202,7 @@ impl Inner {
         self.vault = None;
         self.card_redactor = None;
         self.run_redactors.clear();
+        self.tree_watches.clear();
         self.log.close();
         self.factor.forget_unlocked();
         self.held_approvals.clear();
@@ -280,6 +284,16 @@ impl Inner {
         &mut self,
     ) -> &mut crate::broker::redactor_cache::RedactorCache {
         &mut self.run_redactors
+    }
+
+    /// The watched working directories.
+    pub(crate) fn tree_watches(&self) -> &crate::broker::tree_watches::TreeWatches {
+        &self.tree_watches
+    }
+
+    /// The watched working directories, to take a ticket or add one.
+    pub(crate) fn tree_watches_mut(&mut self) -> &mut crate::broker::tree_watches::TreeWatches {
+        &mut self.tree_watches
     }
 
     /// Records a mount reader (by pid and start time) that is about to be written values: it
@@ -450,6 +464,7 @@ impl Inner {
             return false;
         };
         self.run_redactors.forget_grant(grant_id);
+        self.tree_watches.forget_grant(grant_id);
         if was_live {
             self.audit(
                 "revoke",
@@ -485,6 +500,8 @@ impl Inner {
         let grants = &self.grants;
         self.run_redactors
             .prune(std::time::Instant::now(), |id| grants.not_revoked(id));
+        self.tree_watches
+            .prune(|id| grants.get(id).is_some_and(|g| g.live(now)));
         self.grants.forget_ended(now);
     }
 }
