@@ -60,7 +60,7 @@ pub use model::{
     AuditCheckpoint, AutoApproveRule, BoundIn, Compromise, DEFAULT_MAX_TTL_SECONDS, DenyRule,
     Environment, FactorKind, Factors, MAX_ENVIRONMENT_NAME_LEN, MAX_NAME_LEN, ManifestPin, Policy,
     SecretValue, Settings, Source, StoreRecord, TotpFactor, Variable, VaultData, WriteLeakAction,
-    is_valid_environment_name, is_valid_name,
+    is_valid_environment_name, is_valid_name, is_valid_new_environment_name,
 };
 pub use sealed::SealedValue;
 pub use vault::{

@@ -502,3 +502,15 @@ pub fn is_valid_environment_name(name: &str) -> bool {
     name.len() <= MAX_ENVIRONMENT_NAME_LEN
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
+
+/// Whether `name` may name a *new* environment (`keyveil env create`, a project manifest):
+/// `[A-Za-z_][A-Za-z0-9_-]*`, 1 to [`MAX_ENVIRONMENT_NAME_LEN`] (64) bytes. Stricter than
+/// [`is_valid_environment_name`], which a vault's existing names must pass.
+pub fn is_valid_new_environment_name(name: &str) -> bool {
+    is_valid_environment_name(name)
+        && name.bytes().all(|b| b != b'.')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+}

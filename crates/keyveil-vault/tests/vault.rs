@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use keyveil_vault::{
     Environment, FactorKind, KdfParams, Policy, SealedValue, SecretValue, Source, Variable, Vault,
-    VaultData, VaultError, is_valid_environment_name, is_valid_name,
+    VaultData, VaultError, is_valid_environment_name, is_valid_name, is_valid_new_environment_name,
 };
 use sha2::{Digest, Sha256};
 
@@ -470,6 +470,21 @@ fn payload_defaults_and_names() {
     }
     for bad in ["", ".", "..", "-x", "a/b", "a b", &"e".repeat(65)] {
         assert!(!is_valid_environment_name(bad), "{bad}");
+    }
+    // A new environment's name: letters first, no dots (existing names may have them).
+    for ok in ["dev", "my-app", "_x", "a1", &"e".repeat(64)] {
+        assert!(is_valid_new_environment_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "2026",
+        "my-app.staging",
+        "-x",
+        "a b",
+        "é",
+        &"e".repeat(65),
+    ] {
+        assert!(!is_valid_new_environment_name(bad), "{bad}");
     }
 }
 

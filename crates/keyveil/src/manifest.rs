@@ -295,7 +295,7 @@ impl Walker<'_> {
         let mut environments = Vec::new();
         for (name, item) in envs.iter() {
             let span = Self::span_of(envs, name);
-            if !valid_env_name(name) {
+            if !keyveil_vault::is_valid_new_environment_name(name) {
                 return Err(self.err(
                     span,
                     format!("invalid environment name {:?}", clip(name)),
@@ -429,20 +429,6 @@ impl Walker<'_> {
 /// A name shown in an error, clipped and with control characters made visible.
 fn clip(s: &str) -> String {
     keyveil_proto::display::visible(&keyveil_proto::display::clip(s, 60))
-}
-
-/// Environment names: letters, digits, '_' and '-', starting with a letter or '_', at most 64
-/// (the broker's rule for `env create`).
-fn valid_env_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
 /// Parses and checks a manifest.

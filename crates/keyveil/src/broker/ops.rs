@@ -41,15 +41,7 @@ fn check_name(kind: &str, name: &str) -> OpResult<()> {
 
 fn check_env_name(name: &str) -> OpResult<()> {
     // Environment names: the same rules, plus '-' for names like `my-app`.
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let ok = keyveil_vault::is_valid_new_environment_name(name);
     if ok {
         Ok(())
     } else {
