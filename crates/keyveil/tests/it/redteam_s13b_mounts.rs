@@ -454,3 +454,48 @@ fn an_executable_in_a_directory_of_a_supplementary_group_is_flagged() {
     eprintln!("supplementary group: risk {risk}");
     assert!(risk.contains("workspace-executable"), "{risk}");
 }
+
+/// What `keyveil mounts --json` says last of the first mount.
+fn last(h: &Home) -> String {
+    let v = h.json(&["mounts", "--json"]);
+    v.as_array()
+        .and_then(|a| a.first())
+        .map_or_else(String::new, |m| m["last"].to_string())
+}
+
+/// The listing keeps one event per path (`last`); a stop ("STOPPED, possible theft") is kept
+/// nowhere else in it but the refusal count. The agent overwrites it with an event of its
+/// choosing: here the human's denial of a card is the event to hide (a stop is made the same
+/// way, `Registry::note`), and the agent's `O_RDWR` opener a mundane refusal after it. Held when
+/// the listing still tells the first event.
+#[test]
+#[ignore = "LEAK: the listing's one `last` event is overwritten by the agent's next refusal (an O_RDWR opener): the human's denial (as a stop would be) no longer shown, only the refused count (1 -> 2) remains"]
+fn the_agents_next_refusal_overwrites_the_event_the_listing_showed() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let r = p.reader(&["sh", "-c", SCRIPT], &[]);
+    let c = wait_card(&h);
+    assert!(h.run(&["deny", &c["id"].to_string()]).status.success());
+    let _ = crate::harness::wait_output(r, Duration::from_secs(20));
+    let t0 = Instant::now();
+    while refused(&h) == 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (n0, l0) = (refused(&h), last(&h));
+    refusal(&h, &p);
+    let t0 = Instant::now();
+    while refused(&h) == n0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (n1, l1) = (refused(&h), last(&h));
+    eprintln!("refused {n0} -> {n1}; last before: {l0}; after: {l1}");
+    assert!(n0 > 0, "the denial is listed");
+    let head = |l: &str| l.split(':').nth(2).unwrap_or("").trim().to_owned();
+    assert!(
+        l1.contains(&head(&l0)),
+        "the first event is no longer listed"
+    );
+}
