@@ -499,3 +499,50 @@ fn the_agents_next_refusal_overwrites_the_event_the_listing_showed() {
         "the first event is no longer listed"
     );
 }
+
+/// The reparenting without a helper program: the agent's shell backgrounds the reader from a
+/// subshell (`(sh -c "$S" >OUT &)`, the everyday way to detach a command), the subshell exits
+/// at once, and the reader's parent is init by the time it opens `.env`. Held when the read
+/// gets a card flagged `agent-reader`, or reads nothing.
+#[test]
+#[ignore = "LEAK: `(sh -c SCRIPT >OUT &)` under the agent host: the reader, reparented to init before the broker looks, is served by the human's --ttl grant with no card (7 of 7 values, 3 of 3 runs)"]
+fn a_reader_detached_by_a_subshell_is_served_by_the_humans_ttl_grant() {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    let human = p.reader(&["sh", "-c", SCRIPT], &[]);
+    let card = wait_card(&h);
+    approve_card(&h, &card, &["--ttl", "10m"]);
+    assert_eq!(nul_pairs(&finished(human).stdout), want(&vals));
+    let host = agent_host(&p);
+    let out = p.tmp.path().join("detached.out");
+    let agents = p.reader(
+        &[
+            host.to_str().unwrap(),
+            "-c",
+            "(sh -c \"$S\" >\"$O\" 2>/dev/null </dev/null &); :",
+        ],
+        &[("S", SCRIPT), ("O", out.to_str().unwrap())],
+    );
+    let _ = crate::harness::wait_output(agents, Duration::from_secs(10));
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    while t0.elapsed() < Duration::from_secs(8) {
+        if let Some(c) = pending(&h).pop() {
+            eprintln!("the detached reader got a card, risk {}", c["risk"]);
+            assert!(c.to_string().contains("agent-reader"));
+            assert!(h.run(&["deny", &c["id"].to_string()]).status.success());
+            return;
+        }
+        got = nul_pairs(&std::fs::read(&out).unwrap_or_default());
+        if got.len() == vals.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let read = right(&vals, &got);
+    eprintln!("no card; the detached reader read {read} of {}", vals.len());
+    assert_eq!(read, 0, "read {read} values with no card");
+}
