@@ -360,6 +360,13 @@ fn user_run(h: &Home, primary: bool, args: &[&str], input: &str) -> std::process
 /// The risk flags of the card a reader of an executable in a directory the user can write only
 /// through `GROUP` gets, from a broker run as the user (primary group `GROUP` when `primary`).
 fn group_dir_card(primary: bool) -> String {
+    dir_card(primary, false)
+}
+
+/// As [`group_dir_card`], or (`acl`) for a `root:root 0755` directory with a POSIX ACL entry
+/// `user:USER:rwx` (an administrator's `setfacl -m u:USER:rwx DIR`, written here as the
+/// `system.posix_acl_access` attribute).
+fn dir_card(primary: bool, acl: bool) -> String {
     use std::os::unix::fs::{PermissionsExt as _, chown};
     let h = Home::empty();
     chown(h.path(), Some(USER), Some(USER)).unwrap();
@@ -393,10 +400,30 @@ fn group_dir_card(primary: bool) -> String {
     let dir = std::path::PathBuf::from(format!("/opt/kv-s13b-{}-{primary}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).unwrap();
-    chown(&dir, Some(0), Some(GROUP)).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    if acl {
+        let o = std::process::Command::new("python3")
+            .args(["-c", SET_ACL, dir.to_str().unwrap(), &USER.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "setting the ACL: {}", text(&o.stderr));
+    } else {
+        chown(&dir, Some(0), Some(GROUP)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    }
+    // Root's executable (an interpreter, as `/usr/local/bin` holds some), which the agent
+    // renames to the name its card is to show: the file stays root's.
     let tool = dir.join("tool");
-    std::fs::copy("/bin/sh", &tool).unwrap();
+    std::fs::copy("/bin/sh", dir.join("rootsh")).unwrap();
+    let mut mv = std::process::Command::new("mv");
+    mv.arg(dir.join("rootsh")).arg(&tool);
+    let o = as_user(mv, primary).output().unwrap();
+    assert!(
+        o.status.success(),
+        "the user cannot rename it: {}",
+        text(&o.stderr)
+    );
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&tool).unwrap().uid(), 0, "root's file");
     let f = p.env_file();
     ok(user_run(
         &h,
@@ -435,6 +462,16 @@ fn group_dir_card(primary: bool) -> String {
     risk
 }
 
+/// `setfacl -m u:UID:rwx DIR` without `setfacl`: the ACL as its extended attribute (version 2;
+/// user_obj rwx, user UID rwx, group_obj r-x, mask rwx, other r-x).
+const SET_ACL: &str = r#"
+import os, struct, sys
+e = lambda tag, perm, id: struct.pack("<HHI", tag, perm, id)
+none = 0xffffffff
+b = struct.pack("<I", 2) + e(1, 7, none) + e(2, 7, int(sys.argv[2])) + e(4, 5, none) + e(0x10, 7, none) + e(0x20, 5, none)
+os.setxattr(sys.argv[1], "system.posix_acl_access", b)
+"#;
+
 /// Control: the directory is writable by the user's *primary* group: `writable_by` sees it.
 #[test]
 fn an_executable_in_a_directory_of_the_users_primary_group_is_flagged() {
@@ -445,10 +482,11 @@ fn an_executable_in_a_directory_of_the_users_primary_group_is_flagged() {
 
 /// `writable_by` compares a directory's group with the broker's *primary* group only. A user in
 /// `staff` (Debian's `/usr/local` is `root:staff 2775`) or any group a directory is writable by
-/// as a supplementary group can rename the executable away and put its own in place; the card
-/// does not say `workspace-executable`. Held when it does.
+/// as a supplementary group renames root's interpreter there to the name its card is to show
+/// (the file stays root's: nothing of the user's on the way by owner or primary group); the
+/// card does not say `workspace-executable`. Held when it does.
 #[test]
-#[ignore = "LEAK: an executable in a root:GROUP 2775 directory outside the project, HOME and /tmp, GROUP a supplementary group of the broker's user: card without workspace-executable (the primary-group control is flagged)"]
+#[ignore = "LEAK: an executable in a root:GROUP 2775 directory outside the project, HOME and /tmp, GROUP a supplementary group of the broker's user, root's copy of sh renamed there by the user: card without workspace-executable, 3 of 3 runs (the primary-group control is flagged)"]
 fn an_executable_in_a_directory_of_a_supplementary_group_is_flagged() {
     let risk = group_dir_card(false);
     eprintln!("supplementary group: risk {risk}");
@@ -545,4 +583,16 @@ fn a_reader_detached_by_a_subshell_is_served_by_the_humans_ttl_grant() {
     let read = right(&vals, &got);
     eprintln!("no card; the detached reader read {read} of {}", vals.len());
     assert_eq!(read, 0, "read {read} values with no card");
+}
+
+/// `writable_by` reads the mode bits only. A directory an ACL lets the user write (an
+/// administrator's `setfacl -m u:USER:rwx`, shown by `ls` as `drwxrwxr-x+ root root`) is one
+/// where the user renames root's interpreter to the name its card is to show. Held when the card says
+/// `workspace-executable`.
+#[test]
+#[ignore = "LEAK: an executable in a root:root 0755 directory with an ACL entry user:USER:rwx, root's copy of sh renamed there by the user, broker run as USER: card without workspace-executable"]
+fn an_executable_in_a_directory_an_acl_lets_the_user_write_is_flagged() {
+    let risk = dir_card(false, true);
+    eprintln!("ACL: risk {risk}");
+    assert!(risk.contains("workspace-executable"), "{risk}");
 }
