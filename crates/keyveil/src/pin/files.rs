@@ -19,8 +19,17 @@ use super::{InputPin, MAX_INPUT, MAX_TEXT, UNPINNABLE};
 pub(crate) fn requester_writable(exe: &Path, cwd: &Path, home: Option<&Path>) -> bool {
     let uid = rustix::process::geteuid().as_raw();
     // For root every file is writable: the prefixes below are all that tells anything then.
-    if uid != 0 && writable_by(exe, uid, rustix::process::getegid().as_raw()) {
-        return true;
+    if uid != 0 {
+        let mut gids = vec![rustix::process::getegid().as_raw()];
+        gids.extend(
+            rustix::process::getgroups()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.as_raw()),
+        );
+        if writable_by(exe, uid, &gids) {
+            return true;
+        }
     }
     let s = exe.to_string_lossy();
     if exe.starts_with(cwd) || home.is_some_and(|h| exe.starts_with(h)) {
@@ -39,18 +48,25 @@ pub(crate) fn requester_writable(exe: &Path, cwd: &Path, home: Option<&Path>) ->
         .is_some_and(|m| m.permissions().mode() & 0o002 != 0)
 }
 
-/// Whether a process of `uid` (primary group `gid`) can write `exe` or put another file in its
-/// place: `exe` or a directory on its way from `/` is the user's own, or writable by its group
-/// or by anyone (a sticky directory, `/tmp`'s kind, only for entries the user owns). Follows
-/// symlinks on the way to what they name; a path that cannot be read is not counted.
-pub(crate) fn writable_by(exe: &Path, uid: u32, gid: u32) -> bool {
+/// Whether a process of `uid` (in the groups `gids`: primary and supplementary) can write `exe`
+/// or put another file in its place: `exe` or a directory on its way from `/` is the user's
+/// own, writable by one of its groups or by anyone (a sticky directory, `/tmp`'s kind, only for
+/// entries the user owns), or carries a POSIX ACL (whose entries may name the user: counted as
+/// writable without reading them). Follows symlinks on the way to what they name; a path that
+/// cannot be read is not counted.
+pub(crate) fn writable_by(exe: &Path, uid: u32, gids: &[u32]) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let writes = |m: &std::fs::Metadata| {
-        m.uid() == uid || (m.gid() == gid && m.mode() & 0o020 != 0) || m.mode() & 0o002 != 0
+    let acl =
+        |p: &Path| rustix::fs::lgetxattr_query(p, "system.posix_acl_access").is_ok_and(|n| n > 0);
+    let writes = |m: &std::fs::Metadata, p: &Path| {
+        m.uid() == uid
+            || (gids.contains(&m.gid()) && m.mode() & 0o020 != 0)
+            || m.mode() & 0o002 != 0
+            || acl(p)
     };
     // Symlinks on the way (`/bin` → `usr/bin`) are read as what they lead to.
     let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
-    let mut parent: Option<std::fs::Metadata> = None;
+    let mut parent: Option<(std::fs::Metadata, PathBuf)> = None;
     let mut at = PathBuf::new();
     for part in exe.components() {
         at.push(part);
@@ -60,16 +76,16 @@ pub(crate) fn writable_by(exe: &Path, uid: u32, gid: u32) -> bool {
         // The directory holding this entry: one of the user's can be made writable; a
         // writable one lets the entry be renamed away and replaced, unless it is sticky and
         // the entry someone else's.
-        if let Some(d) = &parent {
+        if let Some((d, dp)) = &parent {
             let sticky = d.mode() & 0o1000 != 0;
-            if d.uid() == uid || (writes(d) && (!sticky || m.uid() == uid)) {
+            if d.uid() == uid || (writes(d, dp) && (!sticky || m.uid() == uid)) {
                 return true;
             }
         }
-        parent = Some(m);
+        parent = Some((m, at.clone()));
     }
     // The file itself.
-    parent.is_some_and(|m| writes(&m))
+    parent.is_some_and(|(m, p)| writes(&m, &p))
 }
 
 /// Directories the broker never reads an input from on a requester's behalf, besides the

@@ -365,24 +365,27 @@ fn writable_by_sees_a_users_own_directories_anywhere() {
     set(&root_dir, 0o755, Some(0));
     set(&mine, 0o700, Some(me));
     set(&exe, 0o755, Some(0));
-    assert!(writable_by(&exe, me, group), "a directory of the user's");
-    assert!(!writable_by(&exe, me + 1, group + 1), "another user's");
+    assert!(writable_by(&exe, me, &[group]), "a directory of the user's");
+    assert!(!writable_by(&exe, me + 1, &[group + 1]), "another user's");
     // The user's own file in root's directory.
     set(&mine, 0o755, Some(0));
     set(&exe, 0o755, Some(me));
-    assert!(writable_by(&exe, me, group));
+    assert!(writable_by(&exe, me, &[group]));
     // A group-writable directory of the user's group.
     set(&exe, 0o755, Some(0));
-    assert!(!writable_by(&exe, me, group));
+    assert!(!writable_by(&exe, me, &[group]));
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o775)).unwrap();
     std::os::unix::fs::chown(&mine, Some(0), Some(group)).unwrap();
-    assert!(writable_by(&exe, me, group));
+    assert!(writable_by(&exe, me, &[group]));
+    // The same directory's group as a supplementary group of the user's only.
+    assert!(writable_by(&exe, me, &[group + 7, group]));
+    assert!(!writable_by(&exe, me, &[group + 7]));
     // A sticky world-writable directory: root's entry is safe, the user's own is not.
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::os::unix::fs::chown(&mine, Some(0), Some(0)).unwrap();
-    assert!(!writable_by(&exe, me, group));
+    assert!(!writable_by(&exe, me, &[group]));
     set(&exe, 0o755, Some(me));
-    assert!(writable_by(&exe, me, group));
+    assert!(writable_by(&exe, me, &[group]));
     // System executables are not.
-    assert!(!writable_by(Path::new("/bin/sh"), me, group));
+    assert!(!writable_by(Path::new("/bin/sh"), me, &[group]));
 }

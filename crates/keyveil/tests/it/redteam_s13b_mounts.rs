@@ -150,7 +150,6 @@ fn refused(h: &Home) -> u64 {
 /// the refusal fails, and after the directory is gone again a `mount` at the same path starts
 /// at nothing. No factor at any step. Held when the listing still shows the refusal.
 #[test]
-#[ignore = "LEAK: `mounts.json.tmp` made a directory: unmount ok, the carrying mount fails and drops what the path kept; the next mount lists refused 0 (was 1); no factor at any step"]
 fn a_failed_mount_after_an_unmount_drops_what_the_path_kept() {
     let h = Home::new();
     let vals = values();
@@ -320,13 +319,21 @@ const GROUP: u32 = 47_114;
 fn as_user(cmd: std::process::Command, primary: bool) -> std::process::Command {
     let gid = if primary { GROUP } else { USER };
     let mut c = std::process::Command::new("setpriv");
+    let ours = crate::harness::bin();
     c.args([
         format!("--reuid={USER}"),
         format!("--regid={gid}"),
         format!("--groups={GROUP}"),
     ])
     .arg(cmd.get_program())
-    .args(cmd.get_args())
+    .args(cmd.get_args().map(|a| {
+        // The build directory may be under root's home (0700): the user runs a copy.
+        if std::path::Path::new(a) == ours {
+            user_bin().as_os_str()
+        } else {
+            a
+        }
+    }))
     .env_clear();
     for (k, v) in cmd.get_envs() {
         if let Some(v) = v {
@@ -337,6 +344,24 @@ fn as_user(cmd: std::process::Command, primary: bool) -> std::process::Command {
         c.current_dir(d);
     }
     c
+}
+
+/// A copy of the keyveil binary the user may run (the build directory may be under root's own
+/// home, which the user cannot enter), made once per test process.
+fn user_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::path::PathBuf::from(format!("/tmp/keyveil-user-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let to = dir.join("keyveil");
+        let tmp = dir.join(".keyveil.tmp");
+        std::fs::copy(crate::harness::bin(), &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &to).unwrap();
+        to
+    })
 }
 
 /// Runs `keyveil ARGS` as the user, with `input` on standard input.
@@ -486,7 +511,6 @@ fn an_executable_in_a_directory_of_the_users_primary_group_is_flagged() {
 /// (the file stays root's: nothing of the user's on the way by owner or primary group); the
 /// card does not say `workspace-executable`. Held when it does.
 #[test]
-#[ignore = "LEAK: an executable in a root:GROUP 2775 directory outside the project, HOME and /tmp, GROUP a supplementary group of the broker's user, root's copy of sh renamed there by the user: card without workspace-executable, 3 of 3 runs (the primary-group control is flagged)"]
 fn an_executable_in_a_directory_of_a_supplementary_group_is_flagged() {
     let risk = group_dir_card(false);
     eprintln!("supplementary group: risk {risk}");
@@ -590,7 +614,6 @@ fn a_reader_detached_by_a_subshell_is_served_by_the_humans_ttl_grant() {
 /// where the user renames root's interpreter to the name its card is to show. Held when the card says
 /// `workspace-executable`.
 #[test]
-#[ignore = "LEAK: an executable in a root:root 0755 directory with an ACL entry user:USER:rwx, root's copy of sh renamed there by the user, broker run as USER: card without workspace-executable"]
 fn an_executable_in_a_directory_an_acl_lets_the_user_write_is_flagged() {
     let risk = dir_card(false, true);
     eprintln!("ACL: risk {risk}");

@@ -73,9 +73,11 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
             return Err(OpError::new(
                 ErrorCode::Failed,
                 format!("cannot record the mount: {e}; nothing was mounted"),
-            ));
+            )
+            .hint("make KEYVEIL_HOME writable (mounts.json is written through mounts.json.tmp, a file) and free some space, then mount again"));
         }
     }
+    broker.mounts.drop_gone(&key);
     broker.lock().audit(
         "mount",
         json!({"path": key, "environment": o.environment, "replaced_file": replaced}),

@@ -91,14 +91,24 @@ impl Registry {
         g.insert(e.stored.path.clone(), (e.reads, e.refused, e.last.clone()));
     }
 
-    /// Gives a new mount at `path` what the listing said of the one unmounted there before.
+    /// Gives a new mount at `path` what the listing said of the one unmounted there before. The
+    /// record is kept until [`Registry::drop_gone`] (the new mount recorded): a mount that fails
+    /// after this loses nothing.
     pub(super) fn carry_gone(&self, e: &mut Entry) {
-        let mut g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((reads, refused, last)) = g.remove(&e.stored.path) {
+        let g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((reads, refused, last)) = g.get(&e.stored.path) {
             e.reads += reads;
             e.refused += refused;
-            e.last = last.map(|l| format!("{l} (before an unmount and a new mount at this path)"));
+            e.last = last
+                .as_ref()
+                .map(|l| format!("{l} (before an unmount and a new mount at this path)"));
         }
+    }
+
+    /// Forgets what [`Registry::carry_gone`] gave the mount at `path`, now recorded.
+    pub(super) fn drop_gone(&self, path: &str) {
+        let mut g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        g.remove(path);
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
