@@ -28,39 +28,29 @@ const SOURCES: &[&str] = &[
     "redis",
 ];
 
-/// Keys a variable of each source may set besides `source` and `description`.
-fn keys_of(source: &str) -> &'static [&'static str] {
-    match source {
-        "openbao-kv" => &[
-            "address",
-            "mount",
-            "namespace",
-            "ca_file",
-            "auth",
-            "auth_mount",
-            "role_id",
-            "auth_role",
-            "username",
-            "path",
-            "key",
-        ],
-        "openbao-database" => &[
-            "address",
-            "mount",
-            "namespace",
-            "ca_file",
-            "auth",
-            "auth_mount",
-            "role_id",
-            "auth_role",
-            "username",
-            "role",
-            "connect_url",
-            "output",
-        ],
-        "postgres" | "redis" => &["template", "output", "connect_url", "prefix"],
-        _ => &[],
-    }
+/// Login and connection keys every OpenBao-backed source may set (`env link --openbao` flags).
+const OPENBAO_KEYS: &[&str] = &[
+    "address",
+    "mount",
+    "namespace",
+    "ca_file",
+    "auth",
+    "auth_mount",
+    "role_id",
+    "auth_role",
+    "username",
+];
+
+/// Keys a variable of each source may set besides `source` and `description`: for OpenBao
+/// sources, [`OPENBAO_KEYS`] followed by the engine's own.
+fn keys_of(source: &str) -> Vec<&'static str> {
+    let own: &[&str] = match source {
+        "openbao-kv" => &["path", "key"],
+        "openbao-database" => &["role", "connect_url", "output"],
+        "postgres" | "redis" => return vec!["template", "output", "connect_url", "prefix"],
+        _ => return Vec::new(),
+    };
+    OPENBAO_KEYS.iter().chain(own).copied().collect()
 }
 
 /// Keys each source must set.

@@ -34,6 +34,11 @@ pub(crate) mod tree;
 /// The first argument that makes `keyveil` a run reaper (see the module docs).
 pub(crate) const FLAG: &str = "--keyveil-run-reaper";
 
+/// The only argument that makes `keyveil` a probe of user namespaces: it exits 0 when the
+/// kernel let it enter a new user and mount namespace (what [`seal`] needs), 1 when it refused.
+/// `keyveil doctor` starts it, so the probe runs single-threaded, as the reaper does.
+pub(crate) const USERNS_PROBE_FLAG: &str = "--keyveil-userns-probe";
+
 /// Grace period between SIGTERM and SIGKILL when a run is stopped (by its reaper, and by the
 /// broker's `RunHandle` where there is no reaper).
 pub(crate) const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -41,8 +46,16 @@ pub(crate) const KILL_GRACE: std::time::Duration = std::time::Duration::from_sec
 /// Runs the reaper and exits when the process was started as one; returns otherwise.
 pub(crate) fn maybe_run() {
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == FLAG) {
-        std::process::exit(imp::main(args.collect()));
+    match args.nth(1) {
+        Some(a) if a == FLAG => std::process::exit(imp::main(args.collect())),
+        Some(a) if a == USERNS_PROBE_FLAG && args.next().is_none() => {
+            #[cfg(target_os = "linux")]
+            let entered = crate::harden::enter_user_and_mount_namespaces().is_ok();
+            #[cfg(not(target_os = "linux"))]
+            let entered = false;
+            std::process::exit(if entered { 0 } else { 1 })
+        }
+        _ => {}
     }
 }
 

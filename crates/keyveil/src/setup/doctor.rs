@@ -1,5 +1,5 @@
 //! `keyveil doctor`: what stops a host from using keyveil. Checks, in order: keyveil on `PATH`
-//! is this binary; the broker answers from a host-like environment; the vault exists and is
+//! is this binary; user namespaces for sealing scripts (a warning when refused); the broker answers from a host-like environment; the vault exists and is
 //! unlocked; each host configuration that names keyveil starts this binary (which still
 //! exists) with `["mcp"]`, long enough tool timeouts, and the host's permission for keyveil's
 //! tools; the host-side conditions setup cannot write (Gemini CLI's folder trust, Claude Code's
@@ -45,6 +45,13 @@ impl Check {
             hint: None,
         }
     }
+    fn warn(what: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check {
+            level: Level::Warn,
+            what: what.into(),
+            hint: Some(hint.into()),
+        }
+    }
     fn fail(what: impl Into<String>, hint: impl Into<String>) -> Check {
         Check {
             level: Level::Fail,
@@ -71,6 +78,28 @@ fn which(name: &str, path: &str) -> Option<PathBuf> {
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+/// Whether the kernel lets a run's reaper enter a user and mount namespace, which sealing a
+/// pinned script needs: asked of this binary's probe mode (a fresh, single-threaded process).
+/// A refusal is a warning, not a failure: runs still work, but a script rewritten during a run
+/// is seen only when the run ends.
+fn user_namespaces(me: &Path) -> Check {
+    let entered = std::process::Command::new(me)
+        .arg(crate::reap::USERNS_PROBE_FLAG)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if entered {
+        Check::ok("user namespaces allowed: a pinned script is sealed for its run")
+    } else {
+        Check::warn(
+            "the kernel refuses an unprivileged user namespace: a pinned script is read by path during its run, so a rewrite while it runs is seen only when it ends",
+            "allow them (`sysctl kernel.unprivileged_userns_clone=1`, `user.max_user_namespaces` above 0, or on Ubuntu `kernel.apparmor_restrict_unprivileged_userns=0`), or approve scripts for single runs (docs/threat-model.md)",
+        )
+    }
 }
 
 /// The checks of `keyveil doctor`, in order.
@@ -104,6 +133,9 @@ fn checks(host_prompts: bool) -> Result<Vec<Check>> {
             ),
         )),
     }
+
+    // 1b. Script sealing (`reap/seal.rs`) needs an unprivileged user namespace.
+    out.push(user_namespaces(&me));
 
     // 2. The broker is reachable from a host-like environment (only HOME and PATH, plus
     //    KEYVEIL_HOME when the host config passes it), and it is the same broker.
@@ -381,9 +413,11 @@ pub(crate) fn doctor_main(host_prompts: bool) -> Result<i32> {
         say(format!("{tag} {}", c.what));
         if c.level == Level::Fail {
             failed += 1;
-            if let Some(h) = &c.hint {
-                say(format!("     hint: {h}"));
-            }
+        }
+        if c.level != Level::Ok
+            && let Some(h) = &c.hint
+        {
+            say(format!("     hint: {h}"));
         }
     }
     if failed == 0 {

@@ -257,6 +257,23 @@ fn doctor_says_what_to_fix_and_passes_once_set_up() {
     assert!(out.contains("ok   vault exists and is unlocked"), "{out}");
     assert!(out.contains("FAIL no agent host is set up"), "{out}");
     assert!(out.contains("hint: run `keyveil setup codex`"), "{out}");
+    // Script sealing's user namespace: doctor's probe agrees with util-linux's `unshare`.
+    let userns = std::process::Command::new("unshare")
+        .args(["-U", "-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if userns {
+        assert!(
+            out.contains("ok   user namespaces allowed: a pinned script is sealed"),
+            "{out}"
+        );
+    } else {
+        assert!(
+            out.contains("warn the kernel refuses an unprivileged user namespace")
+                && out.contains("hint: allow them"),
+            "{out}"
+        );
+    }
 
     // A host config that starts another program fails with the fix.
     std::fs::create_dir_all(proj.join(".cursor")).unwrap();
