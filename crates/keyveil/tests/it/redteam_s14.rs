@@ -235,3 +235,320 @@ fn s14_a_cwd_exchanged_with_a_twin_directory_never_runs_an_unsealed_script() {
          ({leaked} of {tries} runs)"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The card matcher and values keyveil made at random
+
+/// The value `marker` precedes on a live process's command line, within 30 s (the test's way
+/// to know the value; the agent's way is the card).
+fn wait_arg_after(marker: &str) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if let Some(i) = args.iter().position(|a| a == marker)
+                && let Some(v) = args.get(i + 1)
+            {
+                return v.clone();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no process with {marker} on its command line"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// The agent's own daemon, started outside every run: it runs each line written to a FIFO in
+/// the home (a job queue, `at`, an editor server). Returns it and the FIFO's path.
+fn agents_daemon(h: &Home) -> (std::process::Child, String) {
+    use std::os::unix::process::CommandExt as _;
+    let fifo = h.path().join("agent-queue-s14");
+    let fifo_s = fifo.to_str().unwrap().to_owned();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo failed");
+    let d = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"while :; do while IFS= read -r l; do sh -c "$l" & done < "$0"; done"#,
+            &fifo_s,
+        ])
+        .env("KEYVEIL_HOME", h.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    (d, fifo_s)
+}
+
+fn end_daemon(d: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", d.id())])
+        .status();
+    let _ = d.wait();
+}
+
+/// A granted child hands its daemon (outside every run) an ask that passes a configuration
+/// string through (`--pass-env CFG`), the way s10c's daemons put a value in argv: `CFG` is 170
+/// characters the agent knows (a config template) followed by a value keyveil generated. The
+/// card shows a pass-through value's first 200 characters and the SHA-256 of the whole of it.
+/// The clip is taken when the ask arrives (`ChosenValue::of`), the whole-value matcher runs on
+/// the clipped text afterwards: the value is no longer whole there, so its first 30 characters
+/// are shown as given, and the two left out are found offline from the shown SHA-256 (3,844
+/// candidates). Placed 200 − k characters in, any k characters of it are shown; the rest is
+/// found by the digest when short, or by the agent's own ask (the matcher masks a value made
+/// at random in any requester's strings: an equality oracle for a candidate list).
+#[test]
+#[ignore = "LEAK: a pass-through value clipped at 200 characters before the card matcher runs \
+            shows 30 of 32 characters of a generated value, and the card's SHA-256 of the whole \
+            pass-through value gives the other 2 (the whole value, 1 of 1 runs)"]
+fn s14_a_generated_value_across_the_clip_of_a_pass_through_value_is_not_shown() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let (mut daemon, fifo) = agents_daemon(&h);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let prefix = "x".repeat(170);
+    let (mut outer, _id) = h.granted_ask(&format!(
+        r#"echo "CFG={prefix}$API_TOKEN KV run --env demo --wait 30 --cwd '{wd}' --pass-env CFG -- true s14-pass-marker $API_TOKEN" > '{fifo}'; sleep 20"#
+    ));
+    let value = wait_arg_after("s14-pass-marker");
+    // The daemon's request: the one whose card passes CFG through.
+    let t0 = std::time::Instant::now();
+    let card = loop {
+        let list = h.json(&["requests", "--json"]);
+        if let Some(c) = list.as_array().and_then(|a| {
+            a.iter()
+                .find(|r| r["chosen_values"].as_array().is_some_and(|c| !c.is_empty()))
+                .cloned()
+        }) {
+            break c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no daemon ask");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    end_daemon(&mut daemon);
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert_eq!(value.len(), 32, "the value was not read back");
+    let cv = &card["chosen_values"][0];
+    let shown = cv["value"].as_str().unwrap_or_default().to_owned();
+    let sha = cv["sha256"].as_str().unwrap_or_default().to_owned();
+    let part = shown.strip_prefix(&prefix).unwrap_or_default().to_owned();
+    // What the agent does: the shown part, completed offline against the shown digest.
+    let alnum: Vec<char> = ('A'..='Z').chain('a'..='z').chain('0'..='9').collect();
+    let mut recovered = String::new();
+    if part.len() < 32 {
+        'search: for a in &alnum {
+            for b in &alnum {
+                let cand = format!("{prefix}{part}{a}{b}");
+                use sha2::Digest as _;
+                if hex::encode(sha2::Sha256::digest(cand.as_bytes())) == sha {
+                    recovered = format!("{part}{a}{b}");
+                    break 'search;
+                }
+            }
+        }
+    }
+    let shown_run = (12..=32)
+        .rev()
+        .find(|&n| {
+            value
+                .as_bytes()
+                .windows(n)
+                .any(|w| contains(shown.as_bytes(), std::str::from_utf8(w).unwrap()))
+        })
+        .unwrap_or(0);
+    assert!(
+        shown_run < 12 && recovered != value,
+        "the card shows {shown_run} characters of the generated value in a row; recovered whole \
+         from the card's digest: {}",
+        recovered == value
+    );
+}
+
+/// Control: the same daemon ask with the generated value whole inside the first 200
+/// characters: the card masks it in the pass-through value (the card's digest is of a string
+/// holding 190 random bits: no search).
+#[test]
+fn s14_a_generated_value_inside_a_pass_through_value_is_masked() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let (mut daemon, fifo) = agents_daemon(&h);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let (mut outer, _id) = h.granted_ask(&format!(
+        r#"echo "CFG=token=$API_TOKEN KV run --env demo --wait 30 --cwd '{wd}' --pass-env CFG -- true s14-pass-marker2 $API_TOKEN" > '{fifo}'; sleep 20"#
+    ));
+    let value = wait_arg_after("s14-pass-marker2");
+    let t0 = std::time::Instant::now();
+    let list = loop {
+        let raw = h.run(&["requests", "--json"]).stdout;
+        if text(&raw).contains("token=") {
+            break raw;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no daemon ask");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    end_daemon(&mut daemon);
+    let _ = outer.kill();
+    let _ = outer.wait();
+    assert_eq!(value.len(), 32, "the value was not read back");
+    assert!(
+        text(&list).contains("token=[REDACTED:API_TOKEN]"),
+        "the pass-through value is not masked"
+    );
+    assert!(!contains(&list, &value), "requests --json shows the value");
+}
+
+// ---------------------------------------------------------------------------------------------
+// More sealing: sizes, imports, other names of the same file
+
+/// A script over the 16 MiB sealing limit (a self-extracting installer: a few lines of shell,
+/// then a payload after `exit`) is pinned by identity, not content, and not copied: the run
+/// reads it by path. Written in place while the approved run sleeps (the same first line, a
+/// stealer after it), it runs the new line with the value; the run's end sees the write and
+/// ends the grant, after that run.
+#[test]
+#[ignore = "LEAK: a script over 16 MiB is not sealed; a line written into it mid-run runs with \
+            the whole value (1 of 1 runs)"]
+fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
+    if !userns() {
+        return;
+    }
+    let payload = "#".repeat(80) + "\n";
+    let tail = payload.repeat((17 << 20) / payload.len());
+    let original = format!("sleep 2\necho approved-step\nexit 0\n{tail}");
+    let (a, tok, app) = setup(&[], &original);
+    let h = &a.h;
+    let cmd = ["bash", "ci.sh"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let marker = a.path().join("stolen-big");
+    let child = spawn(h, &app, &cmd);
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(
+        app.join("ci.sh"),
+        format!(
+            "sleep 2\n{}echo approved-step\nexit 0\n{tail}",
+            stealer(&marker)
+        ),
+    )
+    .unwrap();
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(!contains(&o.stdout, &tok) && !contains(&o.stderr, &tok));
+    assert!(
+        text(&o.stdout).contains("approved-step"),
+        "the approved script did not run: {}",
+        text(&o.stderr)
+    );
+    assert!(
+        !stolen(&marker, &tok),
+        "a line written into an oversized approved script during its run executed with the value"
+    );
+}
+
+/// `python3 check.py` that imports its sibling module after a pause (`time.sleep(2); import
+/// helper`): the sibling is pinned (`sys.path[0]`'s fingerprint) but not sealed, so a
+/// `helper.py` rewritten while the run sleeps is the one imported, with the value in
+/// `os.environ`. The run's end sees the directory changed and ends the grant, after that run.
+#[test]
+#[ignore = "LEAK: a module the pinned script imports is not sealed; rewritten mid-run, before the \
+            import, it runs with the whole value (1 of 1 runs)"]
+fn s14_a_module_rewritten_during_a_run_before_its_import_never_runs() {
+    if !userns() || !std::path::Path::new("/usr/bin/python3").exists() {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    std::fs::write(
+        app.join("check.py"),
+        "import time\ntime.sleep(2)\nimport helper\nprint(helper.ok())\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("helper.py"),
+        "def ok():\n    return 'approved-step'\n",
+    )
+    .unwrap();
+    let cmd = ["/usr/bin/python3", "check.py"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let marker = a.path().join("stolen-import");
+    let child = spawn(h, &app, &cmd);
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(
+        app.join("helper.py"),
+        format!(
+            "import os\nopen('{}', 'w').write(os.environ.get('TOKEN', ''))\ndef ok():\n    return 'approved-step'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(!contains(&o.stdout, &tok) && !contains(&o.stderr, &tok));
+    assert!(
+        text(&o.stdout).contains("approved-step"),
+        "the approved script did not run: {}",
+        text(&o.stderr)
+    );
+    assert!(
+        !stolen(&marker, &tok),
+        "a module rewritten during the run before its import executed with the value"
+    );
+}
+
+/// The agent holds other ways to the approved script's inode, made before the run: a hard link
+/// in another directory and a descriptor opened for writing. During the run it writes the
+/// stealer through both (the same inode the run's path names outside its namespace). The run
+/// reads its sealed copy: held.
+#[test]
+fn s14_a_script_written_through_a_hard_link_and_an_open_descriptor_never_runs_the_write() {
+    if !userns() {
+        return;
+    }
+    let original = "sleep 2\necho approved-step\n";
+    let (a, tok, app) = setup(&[], original);
+    let h = &a.h;
+    let cmd = ["bash", "ci.sh"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let other = a.path().join("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::hard_link(app.join("ci.sh"), other.join("same.sh")).unwrap();
+    let mut fd = std::fs::OpenOptions::new()
+        .write(true)
+        .open(app.join("ci.sh"))
+        .unwrap();
+    let marker = a.path().join("stolen-link");
+    let child = spawn(h, &app, &cmd);
+    std::thread::sleep(Duration::from_millis(1000));
+    let evil = format!("sleep 2\n{}echo approved-step\n", stealer(&marker));
+    {
+        use std::io::{Seek as _, Write as _};
+        fd.seek(std::io::SeekFrom::Start(0)).unwrap();
+        fd.write_all(evil.as_bytes()).unwrap();
+    }
+    std::fs::write(other.join("same.sh"), &evil).unwrap();
+    let o = wait_output(child, Duration::from_secs(60));
+    assert!(!contains(&o.stdout, &tok) && !contains(&o.stderr, &tok));
+    assert!(
+        text(&o.stdout).contains("approved-step"),
+        "the approved script did not run: {}",
+        text(&o.stderr)
+    );
+    assert!(
+        !stolen(&marker, &tok),
+        "a write through a hard link or an early descriptor ran with the value"
+    );
+}
