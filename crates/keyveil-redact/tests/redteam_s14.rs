@@ -179,7 +179,10 @@ fn s14_upper_case_c_byte_arrays_are_redacted() {
 #[ignore = "LEAK: a Python list of `hex()` strings shows the whole value (32 of 32 bytes, every \
             run)"]
 fn s14_a_python_list_of_hex_strings_is_redacted() {
-    assert_held(&["python3 -c 'import os;print([hex(b) for b in os.environ[\"V\"].encode()])'"]);
+    assert_held(&[
+        "python3 -c 'import os;print([hex(b) for b in os.environ[\"V\"].encode()])'",
+        "node -e 'console.log(JSON.stringify([...process.env.V].map(c=>c.charCodeAt(0).toString(16))))'",
+    ]);
 }
 
 /// Octal bytes without zero padding (`hexdump -e '/1 "%o "'`, Perl `%vo`): a digit's byte
@@ -235,6 +238,58 @@ fn s14_low_nibble_first_hex_is_redacted() {
             bytes, every run)"]
 fn s14_dash_grouped_hex_is_redacted() {
     assert_held(&["python3 -c 'import os;print(os.environ[\"V\"].encode().hex(\"-\", 2))'"]);
+}
+
+/// `0x` bytes joined by spaces (Python `" ".join(f"{b:#04x}" …)`, `hexdump -e '/1 "0x%02x "'`):
+/// the registered `0x` form is joined by `,` only, and the view drops whitespace between hex
+/// digits, not between `0x` tokens.
+#[test]
+#[ignore = "LEAK: `0x` bytes joined by spaces show the whole value (32 of 32 bytes, 2 of 2 tools, \
+            every run)"]
+fn s14_space_joined_0x_bytes_are_redacted() {
+    assert_held(&[
+        "python3 -c 'import os;print(\" \".join(f\"{b:#04x}\" for b in os.environ[\"V\"].encode()))'",
+        "printf %s \"$V\" | hexdump -v -e '/1 \"0x%02x \"'",
+    ]);
+}
+
+/// Bare hex bytes joined by `,` (a CSV of bytes: `od -An -tx1 | tr -s ' \n' ,`, Python
+/// `bytes.hex(",")`).
+#[test]
+#[ignore = "LEAK: bare hex bytes joined by `,` show the whole value (32 of 32 bytes, 2 of 2 \
+            tools, every run)"]
+fn s14_comma_joined_bare_hex_bytes_are_redacted() {
+    assert_held(&[
+        "printf %s \"$V\" | od -An -tx1 -v | tr -s ' \\n' ','",
+        "python3 -c 'import os;print(os.environ[\"V\"].encode().hex(\",\"))'",
+    ]);
+}
+
+/// The value as one big-endian integer in decimal (Python `int.from_bytes(v, "big")`, the usual
+/// step before RSA-style or bignum arithmetic): its base-2 spelling (`bin(int.from_bytes(v))`)
+/// is registered, the decimal one is not.
+#[test]
+#[ignore = "LEAK: the value as a decimal big integer shows the whole value (32 of 32 bytes, every \
+            run)"]
+fn s14_a_value_as_a_decimal_big_integer_is_redacted() {
+    let v = value(32);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let p = "python3 -c 'import os;print(int.from_bytes(os.environ[\"V\"].encode(),\"big\"))'";
+    let raw = run(p, &v);
+    let out = redacted(&r, &raw, p);
+    // Decoded back as the agent would: the digits, as a big-endian integer of 32 bytes.
+    let digits: String = String::from_utf8_lossy(&out)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let back = run(
+        &format!("python3 -c 'print(int(\"0{digits}\").to_bytes(32,\"big\").decode(\"latin-1\"))'"),
+        &v,
+    );
+    assert!(
+        !common::contains(&back, &v),
+        "the redacted output's digits are the value as an integer"
+    );
 }
 
 /// Shapes that are caught (controls for the above, and forms tried that held): grouped and
