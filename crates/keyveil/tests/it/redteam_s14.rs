@@ -552,3 +552,81 @@ fn s14_a_script_written_through_a_hard_link_and_an_open_descriptor_never_runs_th
         "a write through a hard link or an early descriptor ran with the value"
     );
 }
+
+/// The matcher of values made at random runs on the agent's own asks too (a daemon may have
+/// started them): it masks a candidate that is the whole value. The design says that answers no
+/// planted guess, "since no agent can plant a right guess of ≥ 80 random bits whatever it
+/// knows". But the agent can know most of such a value: the clip above shows 30 of 32
+/// characters, a value a granted child writes in part reaches a card (`docs/threat-model.md`),
+/// and a dump line under 12 bytes stays visible (`docs/redaction.md` §5). With all but one
+/// character known, one ask of its own holding the 62 candidates in its argv, and the card
+/// masks the right one: the whole value, without any digest.
+#[test]
+#[ignore = "LEAK: the at-random matcher masks the right candidate among the agent's own planted \
+            guesses: with 31 of 32 characters known (from any partial leak), one ask of 62 \
+            candidates gives the whole value (1 of 1 runs)"]
+fn s14_the_agents_own_ask_does_not_single_out_a_candidate_of_a_generated_value() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    // The test's own knowledge of the value (an approved run writes it where the test reads it);
+    // the agent has 31 of its 32 characters from a partial leak.
+    let file = work.path().join("v");
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--wait",
+            "30",
+            "--cwd",
+            &wd,
+            "--",
+            "sh",
+            "-c",
+            &format!("printf %s \"$API_TOKEN\" > '{}'", file.display()),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let value = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(value.len(), 32);
+    let known = &value[..31];
+    let cands: Vec<String> = ('A'..='Z')
+        .chain('a'..='z')
+        .chain('0'..='9')
+        .map(|c| format!("{known}{c}"))
+        .collect();
+    let mut args = vec![
+        "run", "--env", "demo", "--wait", "30", "--cwd", &wd, "--", "true",
+    ];
+    args.extend(cands.iter().map(String::as_str));
+    let mut ask = h.spawn_run(&args);
+    let id = h.wait_request();
+    let list = h.json(&["requests", "--json"]);
+    let _ = ask.kill();
+    let _ = ask.wait();
+    let argv: Vec<String> = list
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)).cloned())
+        .and_then(|r| r["argv"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|w| w.as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(argv.len(), 63, "the agent's ask is not listed");
+    let singled: Vec<&String> = argv
+        .iter()
+        .skip(1)
+        .zip(&cands)
+        .filter(|(shown, _)| shown.contains("[REDACTED:"))
+        .map(|(_, c)| c)
+        .collect();
+    assert!(
+        singled.is_empty(),
+        "the card singled out {} candidate(s); the value among them: {}",
+        singled.len(),
+        singled.iter().any(|c| **c == value)
+    );
+}
