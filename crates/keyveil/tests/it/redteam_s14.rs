@@ -49,7 +49,7 @@ fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
 #[test]
 #[ignore = "LEAK: a `#!` interpreter that is a script in the working tree is neither pinned nor \
             sealed; rewritten after approval it runs with the whole value under the standing \
-            grant (1 of 1 runs)"]
+            grant (3 of 3 runs)"]
 fn s14_a_script_interpreter_named_by_the_shebang_rewritten_after_approval_never_runs() {
     let (a, tok, app) = setup(&[], "");
     let h = &a.h;
@@ -87,7 +87,7 @@ fn s14_a_script_interpreter_named_by_the_shebang_rewritten_after_approval_never_
 /// value.
 #[test]
 #[ignore = "LEAK: a nested `#!` interpreter script is read by path during the run, unsealed; a \
-            line written into it mid-run runs with the whole value (1 of 1 runs)"]
+            line written into it mid-run runs with the whole value (3 of 3 runs)"]
 fn s14_a_nested_shebang_interpreter_rewritten_during_a_run_never_runs_the_rewrite() {
     if !userns() {
         return;
@@ -134,7 +134,7 @@ fn s14_a_nested_shebang_interpreter_rewritten_during_a_run_never_runs_the_rewrit
 #[test]
 #[ignore = "LEAK: a file the approved script sources (`. ./lib.sh`) is neither pinned nor \
             sealed; rewritten after approval it runs with the whole value under the standing \
-            grant (1 of 1 runs)"]
+            grant (3 of 3 runs)"]
 fn s14_a_file_the_script_sources_rewritten_after_approval_never_runs() {
     let (a, tok, app) = setup(&[], ". ./lib.sh\n");
     let h = &a.h;
@@ -314,7 +314,7 @@ fn end_daemon(d: &mut std::process::Child) {
 #[test]
 #[ignore = "LEAK: a pass-through value clipped at 200 characters before the card matcher runs \
             shows 30 of 32 characters of a generated value, and the card's SHA-256 of the whole \
-            pass-through value gives the other 2 (the whole value, 1 of 1 runs)"]
+            pass-through value gives the other 2 (the whole value, 3 of 3 runs)"]
 fn s14_a_generated_value_across_the_clip_of_a_pass_through_value_is_not_shown() {
     let h = Home::new();
     h.ok(&["generate", "demo", "API_TOKEN"]);
@@ -424,7 +424,7 @@ fn s14_a_generated_value_inside_a_pass_through_value_is_masked() {
 /// ends the grant, after that run.
 #[test]
 #[ignore = "LEAK: a script over 16 MiB is not sealed; a line written into it mid-run runs with \
-            the whole value (1 of 1 runs)"]
+            the whole value (3 of 3 runs)"]
 fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
     if !userns() {
         return;
@@ -466,7 +466,7 @@ fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
 /// `os.environ`. The run's end sees the directory changed and ends the grant, after that run.
 #[test]
 #[ignore = "LEAK: a module the pinned script imports is not sealed; rewritten mid-run, before the \
-            import, it runs with the whole value (1 of 1 runs)"]
+            import, it runs with the whole value (3 of 3 runs)"]
 fn s14_a_module_rewritten_during_a_run_before_its_import_never_runs() {
     if !userns() || !std::path::Path::new("/usr/bin/python3").exists() {
         return;
@@ -564,7 +564,7 @@ fn s14_a_script_written_through_a_hard_link_and_an_open_descriptor_never_runs_th
 #[test]
 #[ignore = "LEAK: the at-random matcher masks the right candidate among the agent's own planted \
             guesses: with 31 of 32 characters known (from any partial leak), one ask of 62 \
-            candidates gives the whole value (1 of 1 runs)"]
+            candidates gives the whole value (3 of 3 runs)"]
 fn s14_the_agents_own_ask_does_not_single_out_a_candidate_of_a_generated_value() {
     let h = Home::new();
     h.ok(&["generate", "demo", "API_TOKEN"]);
