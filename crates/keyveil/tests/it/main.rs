@@ -68,6 +68,7 @@ mod redteam_s12_kv;
 mod redteam_s12_mounts;
 mod redteam_s13_mounts;
 mod redteam_s13b_mounts;
+mod redteam_s14b;
 mod redteam_s8;
 mod redteam_s8b;
 mod redteam_s9;
