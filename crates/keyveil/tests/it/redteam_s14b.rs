@@ -603,3 +603,147 @@ fn s14b_m7_the_pin_of_a_symlinked_manifest_names_its_target() {
         text(&o.stdout)
     );
 }
+
+/// Whether this machine lets a process make a user and mount namespace (`unshare -Urm`).
+fn userns() -> bool {
+    Command::new("unshare")
+        .args(["-Urm", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The run mounts an overlay in a user and mount namespace of its own (no privilege needed),
+/// with its upper folder inside the tree, and appends the value to a file that was already in
+/// the upper folder, through the overlay (the real file is written by overlayfs, not opened
+/// by the run): the kernel still raises the event on the upper folder, and the watched scan
+/// reports it as the walk does.
+#[test]
+fn s14b_w10_a_write_through_an_overlay_the_run_mounted_in_its_own_namespace() {
+    if !userns() {
+        return;
+    }
+    let (_c, walk, watched, how) = walked_then_watched(
+        "mkdir -p low up wk merged && printf 'old\\n' > up/f.txt",
+        r#"unshare -Urm sh -c 'mount -t overlay overlay -o lowerdir=low,upperdir=up,workdir=wk merged && printf "%s\n" "$API_TOKEN" >> merged/f.txt'"#,
+    );
+    check(&walk, &watched, &how, "watched", &["up/f.txt"]);
+}
+
+/// The same trick with a bind mount of one folder of the tree onto another in the run's own
+/// namespace: the write goes to the real folder's dentry, whose watch sees it.
+#[test]
+fn s14b_w11_a_write_through_a_bind_mount_in_the_runs_own_namespace_is_seen() {
+    if !userns() {
+        return;
+    }
+    let (_c, walk, watched, how) = walked_then_watched(
+        "mkdir -p a b && printf 'old\\n' > a/f.txt",
+        r#"unshare -Urm sh -c 'mount --bind a b && printf "%s\n" "$API_TOKEN" >> b/f.txt'"#,
+    );
+    check(&walk, &watched, &how, "watched", &["a/f.txt"]);
+}
+
+/// The mapped write of `w3` without handing anything out, through an overlay the run mounted
+/// in its own namespace (the run's descriptor is the overlay's file, the mapping is the real
+/// upper file's): the real file's close at the run's exit still raises its event on the upper
+/// folder, and the watched scan reports it as the walk does.
+#[test]
+fn s14b_w12_a_mapped_write_through_an_overlay_the_run_mounted() {
+    let Some(py) = python() else { return };
+    if !userns() {
+        return;
+    }
+    let tools = tempfile::tempdir().unwrap();
+    let run = script(
+        tools.path(),
+        "mapped.py",
+        r#"import mmap, os, sys
+v = os.environ["API_TOKEN"].encode()
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 0)
+m[100:100 + len(v)] = v
+"#,
+    );
+    let (_c, walk, watched, how) = walked_then_watched(
+        "mkdir -p low up wk merged && printf '%04096d' 0 > up/blob.bin",
+        &format!(
+            r#"unshare -Urm sh -c 'mount -t overlay overlay -o lowerdir=low,upperdir=up,workdir=wk merged && "{py}" "{run}" merged/blob.bin'"#
+        ),
+    );
+    assert!(
+        walk.iter().any(|l| l.contains("up/blob.bin")),
+        "the walk reports the upper file: {walk:?}"
+    );
+    assert_eq!(walk, watched, "scanned {how}: the watch missed the write");
+}
+
+/// A background run (`keyveil start`) approved for 10 minutes before the edit keeps running
+/// after the agent edits the manifest; the next request of the environment ends its grant and
+/// stops it (`docs/manifest.md`: "a run already started under it is stopped then").
+#[test]
+fn s14b_m8_a_background_run_started_before_the_edit_is_stopped_at_the_next_request() {
+    let h = Home::new();
+    let p = crate::manifest::applied(&h, &format!("tok-{}", keyveil_testkit::rand_tag()));
+    let child = h.spawn_run(&[
+        "start",
+        "--env",
+        "app",
+        "--wait",
+        "30",
+        "--",
+        "sh",
+        "-c",
+        "sleep 120",
+    ]);
+    let id = h.wait_request();
+    let a = h.approve(id, &["--ttl", "10m"]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let o = wait_output(child, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    h.wait_live_runs(1);
+    std::fs::write(&p, EVIL).unwrap();
+    let o = h.run(&["run", "--env", "app", "--wait", "1", "--", "true"]);
+    assert!(
+        text(&o.stderr).contains("changed since approved"),
+        "{}",
+        text(&o.stderr)
+    );
+    h.wait_live_runs(0);
+    assert_eq!(crate::manifest::live_grants(&h, "app"), 0);
+}
+
+/// Before the teammate's first `apply`, the agent creates the environment and stores its own
+/// first value of `API_TOKEN` (no factor needed for a first value). The manifest says the
+/// teammate types it; the plan says `API_TOKEN (local) -> exists, kept as it is` (the
+/// manifest's source, not the vault's, and nothing about who stored it), asks for nothing,
+/// and the human's factor pins the manifest over the agent's value: runs get the value the
+/// agent chose (a `*_URL` pointing at the agent's server would carry the other values there).
+#[test]
+#[ignore = "LEAK: a variable the agent stored first without the factor is kept by `project apply` (plan: \"exists, kept as it is\") and pinned with the human's factor; runs get the agent's value; 3 of 3 runs"]
+fn s14b_m9_a_value_the_agent_stored_first_is_kept_and_pinned_by_apply() {
+    let h = Home::new();
+    let agent_value = format!("agent-{}", keyveil_testkit::rand_tag());
+    h.ok(&["env", "create", "app"]);
+    h.set_unverified("app", "API_TOKEN", &agent_value);
+    let p = write_manifest(&h, MANIFEST);
+    let o = apply(&h, &p, &[""]);
+    assert!(o.status.success(), "apply: {}", text(&o.stderr));
+    let plan = text(&o.stdout);
+    assert_eq!(pins(&h), vec![("app".to_owned(), keyveil_testkit_sha(&p))]);
+    let child = h.spawn_run(&[
+        "run",
+        "--env",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$API_TOKEN\" | sha256sum",
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &[]).status.success());
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(
+        !text(&out.stdout).contains(&sha256_hex(&agent_value)),
+        "the pinned environment serves the agent's value; the plan said:\n{plan}"
+    );
+}
