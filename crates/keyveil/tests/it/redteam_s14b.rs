@@ -747,3 +747,49 @@ fn s14b_m9_a_value_the_agent_stored_first_is_kept_and_pinned_by_apply() {
         "the pinned environment serves the agent's value; the plan said:\n{plan}"
     );
 }
+
+/// `m1` with a TOTP code instead of the passphrase (an environment whose approvals accept
+/// TOTP): the relayed `project_approve` replayed within the code's 30 s window, after the
+/// human applied a newer manifest, is refused.
+#[test]
+fn s14b_m10_a_recorded_totp_project_approve_replayed_in_its_window_is_refused() {
+    let h = Home::new();
+    let secret = enroll(&h);
+    h.ok(&["env", "create", "app"]);
+    let o = h.run_stdin(
+        &[
+            "policy",
+            "set",
+            "app",
+            "factor",
+            "totp",
+            "--passphrase-stdin",
+        ],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = write_manifest(&h, MANIFEST);
+    let path = p.to_str().unwrap().to_owned();
+    let local = format!("tok-{}", keyveil_testkit::rand_tag());
+    let agent = relay(&h, keep, keep);
+    let o = h.run_stdin(
+        &["project", "apply", &path, "--totp-stdin", "--values-stdin"],
+        &format!("{}\n{local}\n\n", totp_code(&secret, 1)),
+    );
+    assert!(o.status.success(), "apply: {}", text(&o.stderr));
+    let recorded = recorded_approve(&agent.seen());
+    agent.restore(&h);
+    std::fs::write(
+        &p,
+        format!("{MANIFEST}\n[environments.app.variables.NEWER]\n"),
+    )
+    .unwrap();
+    // The human's newer apply (the passphrase: each TOTP step is accepted once).
+    let o = apply(&h, &p, &[""]);
+    assert!(o.status.success(), "re-apply: {}", text(&o.stderr));
+    let newer = pins(&h);
+    std::fs::write(&p, MANIFEST).unwrap();
+    let r = raw(&h, &recorded);
+    assert_eq!(r["kind"], "error", "the replay was accepted: {r}");
+    assert_eq!(pins(&h), newer, "the pin moved back");
+}
