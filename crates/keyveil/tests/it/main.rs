@@ -69,6 +69,7 @@ mod redteam_s12_mounts;
 mod redteam_s13_mounts;
 mod redteam_s13b_mounts;
 mod redteam_s14;
+mod redteam_s14b;
 mod redteam_s8;
 mod redteam_s8b;
 mod redteam_s9;
