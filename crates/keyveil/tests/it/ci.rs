@@ -1,0 +1,421 @@
+//! CI mode (`keyveil ci`, `docs/ci.md`): a real broker started by `ci start` in a fresh home,
+//! attacked as the agent of a later step would (its CLI, the raw socket, MCP, the files).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Home, encodings, text};
+
+const RULE: &str = "echo token=$API_TOKEN";
+
+/// A fresh home with a repository (`repo/`: keyveil.toml declaring `ci/API_TOKEN`, the
+/// allowlist covering `sh -c RULE` there) and a broker started by `ci start` with the value
+/// in the start step's environment. Returns the home, the repository, the value and the
+/// public key `ci start` printed.
+fn started() -> (Home, PathBuf, String, String) {
+    let h = Home::empty();
+    let repo = h.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("keyveil.toml"),
+        "[environments.ci.variables.API_TOKEN]\ndescription = \"the job's token\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("allow.toml"),
+        format!("[[allow]]\nenvironment = \"ci\"\nargv = [\"sh\", \"-c\", \"{RULE}\"]\n"),
+    )
+    .unwrap();
+    let value = format!(
+        "ci{}{}",
+        keyveil_testkit::rand_tag(),
+        keyveil_testkit::rand_tag()
+    );
+    let o = in_repo(
+        &h,
+        &repo,
+        &["ci", "start", "--policy", "allow.toml", "--json"],
+        &[("API_TOKEN", &value)],
+    );
+    assert!(o.status.success(), "ci start: {}", text(&o.stderr));
+    let out: Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    let key = out["public_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("ed25519:") && key.len() == 8 + 64, "{key}");
+    assert_eq!(out["rules"], 1);
+    assert!(!contains_any(&o.stdout, &value) && !contains_any(&o.stderr, &value));
+    (h, repo, value, key)
+}
+
+/// `keyveil ARGS` in `dir` with extra environment variables.
+fn in_repo(h: &Home, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = h.cmd(args);
+    c.current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.spawn().unwrap();
+    crate::harness::wait_output(child, Duration::from_secs(30))
+}
+
+fn contains_any(hay: &[u8], value: &str) -> bool {
+    encodings(value)
+        .iter()
+        .any(|e| crate::harness::contains(hay, e))
+}
+
+/// One request on the broker's socket, as an agent with a shell sends it.
+fn raw(h: &Home, req: &Value) -> Value {
+    let mut s = UnixStream::connect(h.path().join("run/broker.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut body = vec![0u8];
+    body.extend_from_slice(req.to_string().as_bytes());
+    let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+    s.write_all(&len).unwrap();
+    s.write_all(&body).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    serde_json::from_slice(&reply[1..]).unwrap()
+}
+
+/// Ends the broker (every test does, so none is left behind) and returns the artifact folder.
+fn finish(h: &Home, repo: &Path) -> PathBuf {
+    let out = h.path().join("artifact");
+    let o = in_repo(
+        h,
+        repo,
+        &["ci", "finish", "--out", out.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "ci finish: {}", text(&o.stderr));
+    out
+}
+
+#[test]
+fn a_covered_run_gets_its_value_redacted_and_any_other_is_refused_at_once() {
+    let (h, repo, value, _) = started();
+    let o = in_repo(
+        &h,
+        &repo,
+        &["run", "--env", "ci", "--", "sh", "-c", RULE],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("token=[REDACTED:API_TOKEN]"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!contains_any(&o.stdout, &value));
+    let t0 = Instant::now();
+    let o = in_repo(
+        &h,
+        &repo,
+        &[
+            "run",
+            "--env",
+            "ci",
+            "--",
+            "sh",
+            "-c",
+            "echo other=$API_TOKEN",
+        ],
+        &[],
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "it waited: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("no rule of the CI allowlist") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!contains_any(&o.stdout, &value) && !contains_any(&o.stderr, &value));
+    let status: Value = serde_json::from_str(&h.ok(&["status", "--json"])).unwrap_or(Value::Null);
+    assert_eq!(
+        status["pending_requests"].as_u64().unwrap_or(0),
+        0,
+        "{status}"
+    );
+    let audit = text(&std::fs::read(h.path().join("audit.jsonl")).unwrap());
+    assert!(
+        audit.contains("\"event\":\"ci_start\"") && audit.contains("\"event\":\"auto_approve\"")
+    );
+    assert!(audit.contains("\"event\":\"ci_refused\""));
+    finish(&h, &repo);
+}
+
+#[test]
+fn editing_the_allowlist_or_the_manifest_after_start_changes_nothing() {
+    let (h, repo, value, _) = started();
+    std::fs::write(
+        repo.join("allow.toml"),
+        "[[allow]]\nenvironment = \"ci\"\nargv = [\"sh\"]\nprefix = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("keyveil.toml"),
+        "[environments.ci.variables.API_TOKEN]\n[environments.agent.variables.X]\n",
+    )
+    .unwrap();
+    let o = in_repo(
+        &h,
+        &repo,
+        &[
+            "run",
+            "--env",
+            "ci",
+            "--",
+            "sh",
+            "-c",
+            "echo other=$API_TOKEN",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let o = in_repo(
+        &h,
+        &repo,
+        &["run", "--env", "ci", "--", "sh", "-c", RULE],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!contains_any(&o.stdout, &value));
+    let shown = h.ok(&["policy", "show", "ci"]);
+    assert!(!shown.contains("prefix"), "{shown}");
+    let o = in_repo(&h, &repo, &["env", "list"], &[]);
+    assert!(!text(&o.stdout).contains("agent"), "{}", text(&o.stdout));
+    finish(&h, &repo);
+}
+
+#[test]
+fn raw_frames_that_need_a_factor_or_loosen_policy_are_refused() {
+    let (h, repo, _, _) = started();
+    let frames = [
+        json!({"op": "approve", "request_id": 1, "card": "00".repeat(32), "any_command": false,
+            "ttl_seconds": null, "uses": null}),
+        json!({"op": "factor_challenge", "client_nonce": "00".repeat(32)}),
+        json!({"op": "policy_set", "environment": "ci", "change": {"set": "auto_approve_add",
+            "argv": ["sh"], "prefix": true, "cwd": "/", "ttl_seconds": 60}}),
+        json!({"op": "policy_set", "environment": "ci", "change": {"set": "factor", "factor": "confirm"}}),
+        json!({"op": "var_set", "environment": "ci", "name": "API_TOKEN", "value": "x"}),
+        json!({"op": "env_create", "name": "mine", "description": ""}),
+        json!({"op": "project_approve", "path": "/x", "sha256": "00".repeat(32)}),
+        json!({"op": "lock"}),
+        json!({"op": "shutdown"}),
+    ];
+    for f in &frames {
+        let r = raw(&h, f);
+        let msg = r["message"].as_str().unwrap_or_default();
+        assert!(
+            r["status"] == "error" || r.get("error").is_some() || msg.contains("CI mode"),
+            "{f} answered {r}"
+        );
+        assert!(r.to_string().contains("CI mode"), "{f} answered {r}");
+    }
+    let o = h.run_stdin(
+        &["unlock", "--passphrase-stdin"],
+        "a passphrase of many words\n",
+    );
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("CI mode") && text(&o.stderr).contains("hint:"));
+    // Still serving, and its rules unchanged.
+    let o = in_repo(
+        &h,
+        &repo,
+        &["run", "--env", "ci", "--", "sh", "-c", RULE],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = in_repo(
+        &h,
+        &repo,
+        &["run", "--env", "ci", "--", "sh", "-c", "true"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    finish(&h, &repo);
+}
+
+/// Runs `keyveil mcp` with `frames` on stdin; returns its replies that carry an id.
+fn mcp_session(h: &Home, dir: &Path, frames: &[Value]) -> Vec<Value> {
+    let mut cmd = h.cmd(&["mcp"]);
+    cmd.current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    for f in frames {
+        writeln!(stdin, "{f}").unwrap();
+    }
+    let want = frames.iter().filter(|f| f.get("id").is_some()).count();
+    let mut replies = Vec::new();
+    for line in out.lines() {
+        let Ok(line) = line else { break };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v.get("id").is_some() {
+            replies.push(v);
+        }
+        if replies.len() == want {
+            break;
+        }
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    replies
+}
+
+#[test]
+fn mcp_request_access_outside_the_rules_is_refused_at_once() {
+    let (h, repo, _, _) = started();
+    let t0 = Instant::now();
+    let replies = mcp_session(
+        &h,
+        &repo,
+        &[
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "agent", "version": "1"}}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "request_access", "arguments": {"environment": "ci",
+                "command": ["sh", "-c", "env"], "reason": "debug"}}}),
+        ],
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let r = replies.iter().find(|r| r["id"] == 2).expect("a reply");
+    let s = r.to_string();
+    assert!(s.contains("no rule of the CI allowlist"), "{s}");
+    assert!(
+        r["result"]["isError"] == true || r.get("error").is_some(),
+        "{s}"
+    );
+    finish(&h, &repo);
+}
+
+#[test]
+fn ci_scan_finds_a_value_written_base64_or_hex_and_prints_no_value() {
+    let (h, repo, value, _) = started();
+    let clean = repo.join("clean");
+    std::fs::create_dir_all(&clean).unwrap();
+    std::fs::write(clean.join("report.txt"), "all tests passed\n").unwrap();
+    let o = in_repo(&h, &repo, &["ci", "scan", "clean"], &[]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let art = repo.join("dist");
+    std::fs::create_dir_all(art.join("logs")).unwrap();
+    let enc = encodings(&value);
+    std::fs::write(art.join("logs/b64.txt"), format!("token: {}\n", enc[3])).unwrap();
+    std::fs::write(art.join("hex.bin"), format!("{}\n", enc[1])).unwrap();
+    let o = in_repo(&h, &repo, &["ci", "scan", "dist", "clean"], &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("b64.txt: API_TOKEN") && out.contains("hex.bin: API_TOKEN"),
+        "{out}"
+    );
+    assert!(text(&o.stderr).contains("hint:"));
+    assert!(!contains_any(&o.stdout, &value) && !contains_any(&o.stderr, &value));
+    finish(&h, &repo);
+}
+
+#[test]
+fn finish_writes_a_chain_that_verifies_and_any_tampering_fails() {
+    let (h, repo, value, key) = started();
+    let o = in_repo(
+        &h,
+        &repo,
+        &["run", "--env", "ci", "--", "sh", "-c", RULE],
+        &[],
+    );
+    assert!(o.status.success());
+    let out = finish(&h, &repo);
+    // The broker is gone and the artifact holds no value.
+    let t0 = Instant::now();
+    while h.path().join("run/broker.sock").exists() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!h.path().join("run/broker.sock").exists());
+    let chain = std::fs::read(out.join("audit.jsonl")).unwrap();
+    assert!(!contains_any(&chain, &value));
+    let verify = |k: &str| h.run(&["ci", "verify", out.to_str().unwrap(), "--public-key", k]);
+    let o = verify(&key);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let original = text(&chain);
+    let lines: Vec<&str> = original.lines().collect();
+    let write = |ls: &[String]| {
+        let mut t = ls.join("\n");
+        t.push('\n');
+        std::fs::write(out.join("audit.jsonl"), t).unwrap();
+    };
+    let owned: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    // An edited line.
+    let mut edited = owned.clone();
+    edited[2] = edited[2].replace("\"seq\":3", "\"seq\":3 ");
+    write(&edited);
+    assert_eq!(verify(&key).status.code(), Some(1));
+    // A line cut from the middle, and the last one cut.
+    let mut cut = owned.clone();
+    cut.remove(3);
+    write(&cut);
+    assert_eq!(verify(&key).status.code(), Some(1));
+    write(&owned[..owned.len() - 1]);
+    let o = verify(&key);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("hint:"));
+    // The genuine chain under another key.
+    write(&owned);
+    assert!(verify(&key).status.success());
+    let other = format!("ed25519:{}", "ab".repeat(32));
+    assert_eq!(verify(&other).status.code(), Some(1));
+}
+
+#[test]
+fn an_agent_edit_of_the_log_during_the_job_is_caught_at_finish() {
+    let (h, repo, _, _) = started();
+    let log = h.path().join("audit.jsonl");
+    let mut t = std::fs::read_to_string(&log).unwrap();
+    t = t.replacen("\"event\":\"init\"", "\"event\":\"inix\"", 1);
+    std::fs::write(&log, t).unwrap();
+    let out = h.path().join("artifact");
+    let o = in_repo(
+        &h,
+        &repo,
+        &["ci", "finish", "--out", out.to_str().unwrap()],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("nothing was signed"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!out.join("audit-head.json").exists());
+    // The broker is still there to be stopped by the job's cleanup.
+    let _ = h.run(&["daemon", "stop"]);
+    let pid = std::fs::read_to_string(h.path().join("run/broker.pid")).unwrap_or_default();
+    if let Ok(pid) = pid.trim().parse::<i32>() {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+}
