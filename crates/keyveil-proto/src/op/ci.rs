@@ -39,6 +39,10 @@ pub struct CiBootstrap {
     /// A CA bundle (PEM) for OpenBao (`--ca-file`), used where the manifest names none.
     #[serde(default)]
     pub ca_pem: Option<String>,
+    /// Plain HTTP to a loopback OpenBao of the broker's own user is allowed (`--insecure-loopback`:
+    /// a `bao proxy` the job runs as the runner's user).
+    #[serde(default)]
+    pub insecure_loopback: bool,
     /// The directory `ci start` ran in (canonical): rules' relative `cwd` are resolved in it.
     pub cwd: String,
     /// The start step's `PATH`, recorded as the policy PATH of granted children.

@@ -87,7 +87,13 @@ pub(crate) async fn add_at_ci_start(
     broker: &Arc<Broker>,
     req: DynamicAddRequest,
 ) -> OpResult<DynamicAdded> {
-    let spec = spec_of(&req)?;
+    let mut spec = spec_of(&req)?;
+    spec.same_user_loopback = broker.lock().vault().is_ok_and(|v| {
+        v.data()
+            .environments
+            .get(&req.environment)
+            .is_some_and(|e| e.policy.insecure_loopback)
+    });
     let logins = broker.lock().dynamic().logins();
     let names = variables(&req, &spec, &logins).await?;
     check_names(&names)?;

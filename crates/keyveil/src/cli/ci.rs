@@ -47,6 +47,10 @@ pub(crate) enum CiCommand {
         /// A CA bundle (PEM) for OpenBao, where keyveil.toml names none.
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
+        /// Allow plain HTTP to a loopback OpenBao listener of this user (a `bao proxy` the job
+        /// runs itself); an agent of the same user that takes the port gets the JWT.
+        #[arg(long)]
+        insecure_loopback: bool,
         /// Print what was frozen as JSON.
         #[arg(long)]
         json: bool,
@@ -91,6 +95,7 @@ pub(crate) async fn run(paths: &Paths, cmd: CiCommand) -> Result<i32> {
             role,
             address,
             ca_file,
+            insecure_loopback,
             json,
         } => {
             let jwt = match (jwt_env, jwt_file) {
@@ -111,7 +116,8 @@ pub(crate) async fn run(paths: &Paths, cmd: CiCommand) -> Result<i32> {
                 )),
                 (None, None) => None,
             };
-            let b = bootstrap(policy, manifest, jwt, role, address, ca_file)?;
+            let mut b = bootstrap(policy, manifest, jwt, role, address, ca_file)?;
+            b.insecure_loopback = insecure_loopback;
             let started = crate::authorize::ci_start(paths, b).await?;
             if json {
                 say(json_text(&started)?);
@@ -263,6 +269,7 @@ fn bootstrap(
         auth_role,
         address,
         ca_pem,
+        insecure_loopback: false,
         cwd: std::env::current_dir()
             .and_then(std::fs::canonicalize)
             .context("cannot read the working directory")?

@@ -419,3 +419,101 @@ fn an_agent_edit_of_the_log_during_the_job_is_caught_at_finish() {
             .status();
     }
 }
+
+/// `ci start` logs in to OpenBao with the job's JWT (from an environment variable of the start
+/// step only) for a linked KV source of keyveil.toml; a covered run gets the KV value, redacted;
+/// the JWT is in no file, output or artifact; `ci finish` revokes the login's token.
+#[test]
+fn ci_start_logs_in_with_the_jobs_jwt_and_a_covered_run_gets_the_kv_value() {
+    use keyveil_testkit::BaoDev;
+    let Some(bao) = BaoDev::start() else { return };
+    bao.cli_stdin(
+        &["policy", "write", "team-app", "-"],
+        "path \"secret/data/team/app\" { capabilities = [\"read\"] }\n",
+    );
+    let api_key = format!(
+        "ci-kv-{}{}",
+        keyveil_testkit::rand_tag(),
+        keyveil_testkit::rand_tag()
+    );
+    bao.cli(&[
+        "kv",
+        "put",
+        "secret/team/app",
+        &format!("API_KEY={api_key}"),
+    ]);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    bao.cli(&["auth", "enable", "jwt"]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys={}", key.public_key_pem()),
+        "jwt_supported_algs=EdDSA",
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/jwt/role/ci",
+        "role_type=jwt",
+        "user_claim=sub",
+        "bound_audiences=keyveil",
+        "token_policies=team-app",
+        "token_ttl=10m",
+    ]);
+    let now = jiff::Timestamp::now().as_second();
+    let jwt = crate::openbao::sign_jwt(
+        &key,
+        &json!({"sub": "repo:team/app:ref:main", "aud": "keyveil", "iat": now, "exp": now + 600}),
+    );
+    let h = Home::empty();
+    let repo = h.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("keyveil.toml"),
+        format!(
+            "[environments.ci.variables.API_KEY]\nsource = \"openbao-kv\"\naddress = \"{}\"\npath = \"team/app\"\nauth = \"jwt\"\n",
+            bao.address
+        ),
+    )
+    .unwrap();
+    let rule = "echo key=$API_KEY";
+    std::fs::write(
+        repo.join("allow.toml"),
+        format!("[[allow]]\nenvironment = \"ci\"\nargv = [\"sh\", \"-c\", \"{rule}\"]\n"),
+    )
+    .unwrap();
+    let o = in_repo(
+        &h,
+        &repo,
+        &[
+            "ci",
+            "start",
+            "--policy",
+            "allow.toml",
+            "--jwt-env",
+            "JOB_JWT",
+            "--role",
+            "ci",
+            "--insecure-loopback",
+        ],
+        &[("JOB_JWT", &jwt)],
+    );
+    assert!(o.status.success(), "ci start: {}", text(&o.stderr));
+    let run = in_repo(
+        &h,
+        &repo,
+        &["run", "--env", "ci", "--", "sh", "-c", rule],
+        &[],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("key=[REDACTED:API_KEY]"),
+        "{}",
+        text(&run.stdout)
+    );
+    let out = finish(&h, &repo);
+    let audit = std::fs::read(out.join("audit.jsonl")).unwrap();
+    for hay in [&o.stdout, &o.stderr, &run.stdout, &run.stderr, &audit] {
+        assert!(!crate::harness::contains(hay, &jwt) && !contains_any(hay, &api_key));
+    }
+    assert!(!crate::harness::contains(&h.all_plain_files(), &jwt));
+}

@@ -163,6 +163,7 @@ fn vault_data(b: &CiBootstrap, m: &Manifest) -> OpResult<VaultData> {
     for e in &m.environments {
         let mut env = Environment::new(e.description.clone());
         env.policy.max_ttl_seconds = 24 * 3600;
+        env.policy.insecure_loopback = b.insecure_loopback;
         for v in e.variables.iter().filter(|v| v.is_local()) {
             let value = match b.values.get(&v.name) {
                 Some(p) => Some(
