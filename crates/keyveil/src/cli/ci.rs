@@ -26,7 +26,7 @@ pub(crate) enum CiCommand {
     ///   keyveil ci start --policy .github/keyveil-allow.toml --jwt-env ACTIONS_ID_TOKEN
     #[command(verbatim_doc_comment)]
     Start {
-        /// The allowlist: [[allow]] rules (environment, argv, prefix, cwd, ttl_seconds).
+        /// The allowlist: `[[allow]]` rules (environment, argv, prefix, cwd, ttl_seconds).
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
         /// The manifest (default: ./keyveil.toml).
