@@ -51,6 +51,15 @@ impl Signer {
         )
     }
 
+    /// The signature (hex) of a scan's answer to `nonce` ([`scan_message`]).
+    pub(crate) fn sign_scan(&self, nonce: &str, answer: &keyveil_proto::op::CiScanned) -> String {
+        hex::encode(
+            self.pair
+                .sign(scan_message(nonce, answer).as_bytes())
+                .as_ref(),
+        )
+    }
+
     /// The signed head of a chain of `entries` lines whose last line hashes to `sha256`.
     pub(crate) fn sign_head(&self, entries: u64, sha256: &str) -> Head {
         let sig = self.pair.sign(message(entries, sha256).as_bytes());
@@ -67,6 +76,37 @@ impl Signer {
 /// The bytes signed: the format, the entry count and the last line's hash, one per line.
 fn message(entries: u64, sha256: &str) -> String {
     format!("{FORMAT}\nentries {entries}\nhead {sha256}\n")
+}
+
+/// What a scan's answer signs: the client's nonce and the answer itself without its signature
+/// (its JSON as `serde_json` writes the type: fields in declaration order).
+fn scan_message(nonce: &str, answer: &keyveil_proto::op::CiScanned) -> String {
+    let unsigned = keyveil_proto::op::CiScanned {
+        signature: None,
+        ..answer.clone()
+    };
+    format!(
+        "keyveil-ci-scan-v1\nnonce {nonce}\nanswer {}\n",
+        serde_json::to_string(&unsigned).unwrap_or_default()
+    )
+}
+
+/// Whether `answer` carries a valid signature of the job's broker (`public_key`) for `nonce`.
+pub(crate) fn scan_signed(
+    public_key: &[u8; 32],
+    nonce: &str,
+    answer: &keyveil_proto::op::CiScanned,
+) -> bool {
+    let Some(sig) = answer
+        .signature
+        .as_deref()
+        .and_then(|s| hex::decode(s).ok())
+    else {
+        return false;
+    };
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(scan_message(nonce, answer).as_bytes(), &sig)
+        .is_ok()
 }
 
 /// [`HEAD_FILE`]'s content.

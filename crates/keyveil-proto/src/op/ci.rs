@@ -75,6 +75,10 @@ pub struct CiStarted {
 pub struct CiScan {
     /// Absolute folders or files.
     pub paths: Vec<PathBuf>,
+    /// A fresh random nonce (64 hex digits): the broker signs its answer with it under its
+    /// Ed25519 key, so a client holding the public key knows the job's broker answered.
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
 
 /// One value found by [`CiScan`]: names and paths only, never a value.
@@ -97,6 +101,9 @@ pub struct CiScanned {
     pub files_scanned: u64,
     /// Whether a limit cut the scan short (then "clean" is not proven).
     pub truncated: bool,
+    /// With a nonce: the Ed25519 signature (hex) of the answer (see `ci_sign.rs`).
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 operation!(CiScan => CiScanned);

@@ -62,6 +62,10 @@ pub(crate) enum CiCommand {
         /// Folders or files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The public key `ci start` printed (its step output `public_key`): the answer must be
+        /// signed by it, so a process that took the broker's socket cannot answer "clean".
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
@@ -119,6 +123,19 @@ pub(crate) async fn run(paths: &Paths, cmd: CiCommand) -> Result<i32> {
             let mut b = bootstrap(policy, manifest, jwt, role, address, ca_file)?;
             b.insecure_loopback = insecure_loopback;
             let started = crate::authorize::ci_start(paths, b).await?;
+            // A step output later steps read as `${{ steps.ID.outputs.public_key }}`: the
+            // agent's step cannot change another step's outputs.
+            if let Some(out) = std::env::var_os("GITHUB_OUTPUT") {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&out)
+                    .context("cannot open $GITHUB_OUTPUT")?;
+                std::io::Write::write_all(
+                    &mut f,
+                    format!("public_key={}\n", started.public_key).as_bytes(),
+                )
+                .context("cannot write $GITHUB_OUTPUT")?;
+            }
             if json {
                 say(json_text(&started)?);
             } else {
@@ -134,14 +151,43 @@ pub(crate) async fn run(paths: &Paths, cmd: CiCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        CiCommand::Scan { paths: p, json } => {
+        CiCommand::Scan {
+            paths: p,
+            public_key,
+            json,
+        } => {
             let abs = p
                 .iter()
                 .map(|x| {
                     std::path::absolute(x).with_context(|| format!("bad path {}", x.display()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let d = call(paths, op::CiScan { paths: abs }).await?;
+            let key = public_key.as_deref().map(key_arg).transpose()?;
+            let nonce = match key {
+                Some(_) => {
+                    let mut n = [0u8; 32];
+                    getrandom::fill(&mut n).map_err(|e| anyhow::anyhow!("no random nonce: {e}"))?;
+                    Some(hex::encode(n))
+                }
+                None => None,
+            };
+            let d = call(
+                paths,
+                op::CiScan {
+                    paths: abs,
+                    nonce: nonce.clone(),
+                },
+            )
+            .await?;
+            if let (Some(k), Some(n)) = (&key, &nonce)
+                && !crate::ci_sign::scan_signed(k, n, &d)
+            {
+                return Err(Exit {
+                    code: 1,
+                    message: "the answer is not signed by the job's broker (the key `ci start` printed): whatever answers on the broker's socket is not it, so the scan proves nothing\nhint: do not upload the artifacts; the job's broker was stopped or replaced".to_owned(),
+                }
+                .into());
+            }
             if json {
                 say(json_text(&d)?);
             } else {
@@ -186,12 +232,7 @@ pub(crate) async fn run(paths: &Paths, cmd: CiCommand) -> Result<i32> {
             Ok(0)
         }
         CiCommand::Verify { dir, public_key } => {
-            let key = crate::ci_sign::parse_public_key(&public_key).map_err(|e| Exit {
-                code: 2,
-                message: format!(
-                    "{e}\nhint: copy the key from the `keyveil ci start` line of the job log"
-                ),
-            })?;
+            let key = key_arg(&public_key)?;
             match crate::ci_sign::verify_dir(&dir, &key) {
                 Ok(v) => {
                     say(format!(
@@ -208,6 +249,16 @@ pub(crate) async fn run(paths: &Paths, cmd: CiCommand) -> Result<i32> {
             }
         }
     }
+}
+
+/// A `--public-key` argument, or a usage error.
+fn key_arg(s: &str) -> Result<[u8; 32]> {
+    Ok(crate::ci_sign::parse_public_key(s).map_err(|e| Exit {
+        code: 2,
+        message: format!(
+            "{e}\nhint: copy the key from the `keyveil ci start` line of the job log (or its step output `public_key`)"
+        ),
+    })?)
 }
 
 /// Reads and freezes what the broker gets at start: the files' bytes (as read now; later edits

@@ -36,17 +36,26 @@ fn started() -> (Home, PathBuf, String, String) {
         keyveil_testkit::rand_tag(),
         keyveil_testkit::rand_tag()
     );
+    let gh_output = h.path().join("github-output");
+    std::fs::write(&gh_output, "").unwrap();
     let o = in_repo(
         &h,
         &repo,
         &["ci", "start", "--policy", "allow.toml", "--json"],
-        &[("API_TOKEN", &value)],
+        &[
+            ("API_TOKEN", &value),
+            ("GITHUB_OUTPUT", gh_output.to_str().unwrap()),
+        ],
     );
     assert!(o.status.success(), "ci start: {}", text(&o.stderr));
     let out: Value = serde_json::from_str(&text(&o.stdout)).unwrap();
     let key = out["public_key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("ed25519:") && key.len() == 8 + 64, "{key}");
     assert_eq!(out["rules"], 1);
+    assert_eq!(
+        std::fs::read_to_string(&gh_output).unwrap(),
+        format!("public_key={key}\n")
+    );
     assert!(!contains_any(&o.stdout, &value) && !contains_any(&o.stderr, &value));
     (h, repo, value, key)
 }
@@ -309,7 +318,7 @@ fn mcp_request_access_outside_the_rules_is_refused_at_once() {
 
 #[test]
 fn ci_scan_finds_a_value_written_base64_or_hex_and_prints_no_value() {
-    let (h, repo, value, _) = started();
+    let (h, repo, value, key) = started();
     let clean = repo.join("clean");
     std::fs::create_dir_all(&clean).unwrap();
     std::fs::write(clean.join("report.txt"), "all tests passed\n").unwrap();
@@ -320,7 +329,12 @@ fn ci_scan_finds_a_value_written_base64_or_hex_and_prints_no_value() {
     let enc = encodings(&value);
     std::fs::write(art.join("logs/b64.txt"), format!("token: {}\n", enc[3])).unwrap();
     std::fs::write(art.join("hex.bin"), format!("{}\n", enc[1])).unwrap();
-    let o = in_repo(&h, &repo, &["ci", "scan", "dist", "clean"], &[]);
+    let o = in_repo(
+        &h,
+        &repo,
+        &["ci", "scan", "dist", "clean", "--public-key", &key],
+        &[],
+    );
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -516,4 +530,56 @@ fn ci_start_logs_in_with_the_jobs_jwt_and_a_covered_run_gets_the_kv_value() {
         assert!(!crate::harness::contains(hay, &jwt) && !contains_any(hay, &api_key));
     }
     assert!(!crate::harness::contains(&h.all_plain_files(), &jwt));
+}
+
+/// An agent that stops the job's broker and answers on its socket cannot make a scan with the
+/// job's public key say "clean": the answer is not signed by the broker's key.
+#[test]
+fn a_fake_broker_on_the_socket_cannot_answer_a_signed_scan() {
+    let (h, repo, value, key) = started();
+    let art = repo.join("dist");
+    std::fs::create_dir_all(&art).unwrap();
+    std::fs::write(art.join("leak.txt"), &value).unwrap();
+    finish(&h, &repo);
+    let sock = h.path().join("run/broker.sock");
+    let t0 = Instant::now();
+    while sock.exists() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fake = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            let _ = s.read_exact(&mut body);
+            let reply = json!({"kind": "ok", "data": {"findings": [], "files_scanned": 1,
+                "truncated": false, "signature": "00".repeat(64)}});
+            let mut out = vec![0u8];
+            out.extend_from_slice(reply.to_string().as_bytes());
+            let _ = s.write_all(&u32::try_from(out.len()).unwrap().to_be_bytes());
+            let _ = s.write_all(&out);
+        }
+    });
+    // Unsigned, the fake's "clean" is believed: that is why the job passes the key.
+    let o = in_repo(&h, &repo, &["ci", "scan", "dist"], &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = in_repo(
+        &h,
+        &repo,
+        &["ci", "scan", "dist", "--public-key", &key],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stderr).contains("not signed by the job's broker"),
+        "{}",
+        text(&o.stderr)
+    );
+    fake.join().unwrap();
 }

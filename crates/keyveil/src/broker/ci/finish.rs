@@ -94,6 +94,7 @@ pub(crate) async fn scan(broker: &Arc<Broker>, o: op::CiScan) -> OpResult<op::Ci
         findings: Vec::new(),
         files_scanned: 0,
         truncated: false,
+        signature: None,
     };
     for r in reports {
         out.files_scanned += r.files_scanned;
@@ -115,6 +116,9 @@ pub(crate) async fn scan(broker: &Arc<Broker>, o: op::CiScan) -> OpResult<op::Ci
             "truncated": out.truncated,
         }),
     );
+    if let Some(nonce) = &o.nonce {
+        out.signature = Some(session.signer.sign_scan(nonce, &out));
+    }
     Ok(out)
 }
 
