@@ -401,6 +401,62 @@ fn finish_writes_a_chain_that_verifies_and_any_tampering_fails() {
     assert!(verify(&key).status.success());
     let other = format!("ed25519:{}", "ab".repeat(32));
     assert_eq!(verify(&other).status.code(), Some(1));
+    // A head edited to match a cut chain.
+    write(&owned[..owned.len() - 1]);
+    let head_path = out.join("audit-head.json");
+    let head: Value = serde_json::from_str(&std::fs::read_to_string(&head_path).unwrap()).unwrap();
+    let mut forged = head.clone();
+    forged["entries"] = json!(owned.len() - 1);
+    forged["head_sha256"] = json!(crate::harness::sha256_hex(&owned[owned.len() - 2]));
+    std::fs::write(&head_path, forged.to_string()).unwrap();
+    let o = verify(&key);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("signature"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn ci_start_refuses_a_used_home_a_bad_allowlist_and_a_missing_jwt() {
+    let (h, repo, _, _) = started();
+    // A second start in the same home.
+    let o = in_repo(&h, &repo, &["ci", "start", "--policy", "allow.toml"], &[]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("fresh KEYVEIL_HOME") && text(&o.stderr).contains("hint:"));
+    finish(&h, &repo);
+    let fresh = Home::empty();
+    // An allowlist that would loosen more than rules can: refused, nothing started.
+    std::fs::write(
+        repo.join("loose.toml"),
+        "[[allow]]\nenvironment = \"ci\"\nargv = [\"sh\"]\nfactor = \"confirm\"\n",
+    )
+    .unwrap();
+    let o = in_repo(
+        &fresh,
+        &repo,
+        &["ci", "start", "--policy", "loose.toml"],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("unknown key") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!fresh.path().join("run/broker.sock").exists());
+    let o = in_repo(
+        &fresh,
+        &repo,
+        &[
+            "ci",
+            "start",
+            "--policy",
+            "allow.toml",
+            "--jwt-env",
+            "NO_SUCH_VAR",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("NO_SUCH_VAR") && text(&o.stderr).contains("hint:"));
 }
 
 #[test]
