@@ -92,6 +92,9 @@ pub struct BrokerStatus {
     /// inotify watches those hold in all (one per folder under them).
     #[serde(default)]
     pub watched_dirs: usize,
+    /// Whether this broker runs in CI mode (`docs/ci.md`): no factor, a frozen allowlist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ci: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -212,6 +215,11 @@ pub enum Bootstrapped {
     Created {
         /// The vault file.
         created: PathBuf,
+    },
+    /// `Bootstrap::Ci`: the CI broker serves.
+    CiStarted {
+        /// What it froze and the key that will sign its audit chain.
+        ci: super::CiStarted,
     },
     /// `Bootstrap::Unlock`: the vault is open.
     Unlocked {

@@ -11,6 +11,7 @@ mod approval;
 mod background;
 mod card;
 mod card_values;
+mod ci;
 mod cli_ux;
 mod codeload;
 mod corpus;

@@ -41,6 +41,7 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
         kept_redactors: inner.run_redactors().len(),
         watched_folders: inner.tree_watches().counts().0,
         watched_dirs: inner.tree_watches().counts().1,
+        ci: inner.ci(),
         live_runs: inner.runs().iter().count(),
         runs: inner
             .runs()
@@ -142,7 +143,7 @@ pub(super) async fn init(
 
 /// Opens the audit log for `vault` and puts both in the broker. Returns warnings for the
 /// human (a log that was moved aside, and what the sealed checkpoint says is missing).
-pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> {
+pub(crate) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> {
     use keyveil_vault::audit::{AuditError, AuditWriter, quarantine};
     let key = vault.audit_key();
     let path = broker.paths.audit();
@@ -283,7 +284,7 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
     }
 }
 
-pub(super) async fn lock(broker: &Broker) -> op::Locked {
+pub(crate) async fn lock(broker: &Broker) -> op::Locked {
     // The runs end before the vault leaves memory (their ends are still audited); the reply
     // says what was stopped.
     let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;
