@@ -247,6 +247,12 @@ pub(super) fn mount_ask(broker: &Broker, path: &str, env: &str, r: &Reader) -> R
         mount: Some(MountAsk {
             path: path.to_owned(),
             flags: reader_flags(r),
+            anchor: anchor_of(&r.lineage),
+            lineage: if r.lineage.complete {
+                r.lineage.links.iter().map(|l| (l.pid, l.start)).collect()
+            } else {
+                Vec::new()
+            },
         }),
         linked: Vec::new(),
     })
