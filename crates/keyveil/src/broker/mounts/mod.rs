@@ -16,8 +16,8 @@
 //! code-loading environment (the run path's list, as pass-through values: on the card, bound
 //! by digest) are on the card, with the risk flags of its argv and the mount's own
 //! (`dumps-file`: a command that copies or shows a file, by name or by the digest of the
-//! installed ones; `agent-reader`: an agent host anywhere in its parent chain; `detached-reader`: its parent is
-//! init or a subreaper; `argv-not-the-executable`;
+//! installed ones; `agent-reader`: an agent host anywhere in its parent chain;
+//! `detached-reader`: its parent is init or a subreaper; `argv-not-the-executable`;
 //! `code-loading-environment`). A live grant of the same mount, environment, argv, cwd and
 //! code-loading environment whose pinned executable is the reader's serves it without a card,
 //! unless its argv is not evidence of what runs, or the approved reader's anchor (its session
@@ -59,6 +59,7 @@ use keyveil_proto::{ClientInfo, ErrorCode, op};
 use super::{access, peer, runner, state};
 
 mod fifo;
+mod history;
 mod manage;
 mod opens;
 pub(crate) mod procfs;
@@ -79,6 +80,7 @@ use registry::*;
 use uring::*;
 use write::*;
 
+pub(crate) use history::rebuild as rebuild_history;
 pub(crate) use manage::{list, mount, unmount};
 pub(crate) use registry::Registry;
 pub(crate) use serve::supervise;
