@@ -627,6 +627,7 @@ mod tests {
             mount: Some(MountRead {
                 path: "/w/.env".into(),
                 pid: 42,
+                anchor: Some("bash (pid 20)".into()),
             }),
         };
         let empty = RequestCard {
