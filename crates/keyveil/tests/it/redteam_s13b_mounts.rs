@@ -364,9 +364,10 @@ fn as_user(cmd: std::process::Command, primary: bool) -> std::process::Command {
 }
 
 /// A copy of the keyveil binary the user may run (the build directory may be under root's own
-/// home, which the user cannot enter): one copy per build, `/tmp/keyveil-user-bin-<hash of the
-/// binary's path, size and modification time>/keyveil`, shared by every test process and
-/// replaced atomically (a temporary file renamed over it) when missing or of another size.
+/// home, which the user cannot enter): one per build directory,
+/// `/tmp/keyveil-user-bin-<hash of the binary's path>/keyveil`, shared by every test process
+/// and replaced (a temporary copy renamed over it) when its stamp (the binary's size and
+/// modification time) is not the binary's: a new build replaces the copy, never adds one.
 fn user_bin() -> &'static std::path::Path {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
@@ -375,17 +376,25 @@ fn user_bin() -> &'static std::path::Path {
         let ours = crate::harness::bin();
         let meta = std::fs::metadata(&ours).unwrap();
         let mut hash = std::collections::hash_map::DefaultHasher::new();
-        (&ours, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut hash);
+        ours.hash(&mut hash);
         let dir = std::path::PathBuf::from(format!("/tmp/keyveil-user-bin-{:016x}", hash.finish()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let to = dir.join("keyveil");
-        let fresh = std::fs::metadata(&to).is_ok_and(|m| m.len() == meta.len());
+        let stamp_file = dir.join("keyveil.stamp");
+        let stamp = format!("{} {} {}", meta.len(), meta.mtime(), meta.mtime_nsec());
+        let fresh = to.exists()
+            && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+            && std::fs::metadata(&to).is_ok_and(|m| m.len() == meta.len());
         if !fresh {
-            let tmp = dir.join(format!(".keyveil.{}.tmp", std::process::id()));
+            let me = std::process::id();
+            let tmp = dir.join(format!(".keyveil.{me}.tmp"));
             std::fs::copy(&ours, &tmp).unwrap();
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::rename(&tmp, &to).unwrap();
+            let tmp_stamp = dir.join(format!(".stamp.{me}.tmp"));
+            std::fs::write(&tmp_stamp, &stamp).unwrap();
+            std::fs::rename(&tmp_stamp, &stamp_file).unwrap();
         }
         to
     })
@@ -449,7 +458,11 @@ fn dir_card(primary: bool, acl: bool) -> String {
     chown(p.tmp.path(), Some(USER), Some(USER)).unwrap();
     // A directory outside the project, HOME and the temporary directories: root's, writable by
     // GROUP (setgid, as `/usr/local` is `root:staff 2775` on Debian).
-    let dir = std::path::PathBuf::from(format!("/opt/kv-s13b-{}-{primary}", std::process::id()));
+    // One per case: the three cases run at once in one process.
+    let dir = std::path::PathBuf::from(format!(
+        "/opt/kv-s13b-{}-{primary}-{acl}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).unwrap();
     if acl {
