@@ -283,6 +283,10 @@ pub struct GrantInfo {
     /// Credentials minted for it (handles and expiry, never a secret).
     #[serde(default)]
     pub dynamic: Vec<DynamicCredential>,
+    /// For a mount read's grant: which later readers it serves without a card
+    /// (`readers started under bash (pid 812)`, or none). `None` for a run's grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_scope: Option<String>,
 }
 
 /// A file pinned at approval: identity and content digest.
@@ -429,6 +433,10 @@ pub struct MountRead {
     pub path: String,
     /// The reader's pid.
     pub pid: u32,
+    /// The process a `--ttl` grant of this read is bound to, as `NAME (pid N)`: later readers
+    /// are served without a card only when started under it. `None`: no anchor (the reader's
+    /// parent is init or a subreaper), and such a grant serves no later reader without a card.
+    pub anchor: Option<String>,
 }
 
 /// A variable bound to hosts, as a card shows it.
@@ -619,6 +627,7 @@ mod tests {
             mount: Some(MountRead {
                 path: "/w/.env".into(),
                 pid: 42,
+                anchor: Some("bash (pid 20)".into()),
             }),
         };
         let empty = RequestCard {

@@ -68,6 +68,7 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             expires_at: g.expires_at(),
             uses_left: g.uses_left(),
             runs: g.runs(),
+            mount_scope: g.mount_scope(),
             revoked: g.revoked(),
             dynamic: inner.dynamic().describe(g.id()),
         })

@@ -268,6 +268,8 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
             drop(inner);
             // Reap dynamic credentials that a crashed broker left behind.
             crate::broker::leases::on_unlock(broker);
+            // The mounts' listing, as the verified audit log tells it.
+            crate::broker::mounts::rebuild_history(broker, None);
             Ok(op::Bootstrapped::Unlocked {
                 unlocked: true,
                 already: None,
