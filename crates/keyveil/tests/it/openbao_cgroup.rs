@@ -65,11 +65,25 @@ fn controlled(bao: &BaoDev, ttl: Option<&str>, alice_approves: bool) -> Team {
         "secret/team/app",
         &format!("API_KEY={api_key}"),
     ]);
+    let mut team = controlled_at(bao, "secret/data/team/app", ttl, alice_approves, "");
+    team.api_key = api_key;
+    team
+}
+
+/// [`controlled`] for any `path` (`extra` added to alice's policy); `api_key` left empty.
+fn controlled_at(
+    bao: &BaoDev,
+    path: &str,
+    ttl: Option<&str>,
+    alice_approves: bool,
+    extra: &str,
+) -> Team {
+    let api_key = String::new();
     let ttl_line = ttl.map(|t| format!("ttl = \"{t}\"")).unwrap_or_default();
     bao.cli_stdin(
         &["policy", "write", "requester", "-"],
         &format!(
-            "path \"secret/data/team/app\" {{\n  capabilities = [\"read\"]\n  control_group = {{\n    {ttl_line}\n    factor \"approvers\" {{\n      controlled_capabilities = [\"read\"]\n      identity {{\n        group_names = [\"approvers\"]\n        approvals = 1\n      }}\n    }}\n  }}\n}}\n"
+            "{extra}\npath \"{path}\" {{\n  capabilities = [\"read\"]\n  control_group = {{\n    {ttl_line}\n    factor \"approvers\" {{\n      controlled_capabilities = [\"read\"]\n      identity {{\n        group_names = [\"approvers\"]\n        approvals = 1\n      }}\n    }}\n  }}\n}}\n"
         ),
     );
     bao.cli_stdin(
@@ -145,6 +159,25 @@ fn link(h: &Home, bao: &BaoDev, team: &Team) {
         &format!("{PASS}\n{}\n", team.alice_password),
     );
     assert!(add.status.success(), "{}", text(&add.stderr));
+}
+
+/// How many PostgreSQL roles OpenBao's userpass logins hold for `ro` leases (the server is
+/// shared: compared with a count taken first).
+fn alice_roles() -> usize {
+    let o = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-XAtqc",
+            "select count(*) from pg_roles where rolname like 'v-userpass-ro-%'",
+        ])
+        .output()
+        .unwrap();
+    text(&o.stdout).trim().parse().unwrap()
 }
 
 fn sha_script() -> &'static str {
@@ -401,5 +434,109 @@ fn a_control_group_without_ttl_is_an_error_not_an_empty_value() {
     assert!(
         e.contains("neither data nor a wrapping token") && e.contains("hint:") && e.contains("ttl"),
         "{e}"
+    );
+}
+
+/// A database lease (`openbao-database`) under a control group: the mint waits for the second
+/// approver like a KV read, and the lease it gets is on the record with the accessor.
+#[test]
+fn a_controlled_database_lease_waits_for_the_second_approver() {
+    let Some(bao) = BaoDev::start() else { return };
+    if !bao.database_ready() {
+        return;
+    }
+    let team = controlled_at(
+        &bao,
+        "database/creds/ro",
+        Some("10m"),
+        false,
+        "path \"sys/leases/renew\" { capabilities = [\"update\"] }\npath \"sys/leases/revoke\" { capabilities = [\"update\"] }",
+    );
+    let before = alice_roles();
+    let h = Home::new();
+    h.allow_insecure_loopback("demo");
+    let add = h.run_stdin(
+        &[
+            "dynamic",
+            "add",
+            "demo",
+            "DB",
+            "--engine",
+            "openbao-database",
+            "--address",
+            &bao.address,
+            "--role",
+            "ro",
+            "--connect-url",
+            "postgresql://127.0.0.1:5432/test",
+            "--auth",
+            "userpass",
+            "--username",
+            "alice",
+            "--admin-stdin",
+            "--passphrase-stdin",
+            "--no-check",
+        ],
+        &format!("{PASS}\n{}\n", team.alice_password),
+    );
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let mut child = h.spawn_run(&[
+        "run",
+        "--env",
+        "demo",
+        "--only",
+        "DB",
+        "--wait",
+        "60",
+        "--",
+        "sh",
+        "-c",
+        "psql \"$DB\" -XAtqc 'select 7*6'",
+    ]);
+    let id = h.wait_request();
+    assert!(h.approve(id, &["--ttl", "10m"]).status.success());
+    let accessor = pending_accessor(&h, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "minted without approval"
+    );
+    // No database user before the approval (OpenBao 2.7.2 does list a lease under
+    // database/creds/ro/ at the held read, a 64-hex-digit id with no user behind it).
+    assert_eq!(alice_roles(), before, "a database user before the approval");
+    let ok = bao_as(
+        &bao,
+        &team.bob_token,
+        &[
+            "write",
+            "sys/control-group/authorize",
+            &format!("accessor={accessor}"),
+        ],
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let o = wait_output(child, Duration::from_secs(60));
+    assert_eq!(
+        alice_roles(),
+        before + 1,
+        "one database user, after the approval"
+    );
+    assert!(
+        text(&o.stdout).contains("42"),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let audit = h.audit_text();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("control_group_released") && l.contains(&accessor)),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"dynamic_mint\"") && l.contains("database/creds/ro/")),
+        "{audit}"
     );
 }
