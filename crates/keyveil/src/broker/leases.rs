@@ -156,7 +156,12 @@ fn cg_note(
         m.insert("variable".into(), json!(variable));
     }
     if event == "control_group_pending" {
-        tracing::warn!(variable, accessor = %fields["accessor"], "OpenBao holds the read for a control group: waiting for a second approver");
+        let accessor = fields.get("accessor").and_then(Value::as_str).unwrap_or("");
+        tracing::warn!(
+            variable,
+            accessor,
+            "OpenBao holds the read for a control group: waiting for a second approver"
+        );
     }
     broker.lock().audit(event, fields);
 }

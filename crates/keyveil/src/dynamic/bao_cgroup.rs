@@ -38,8 +38,7 @@ use hyper::Method;
 use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
-use super::bao_conn::{Conn, bao_error, login_key, ns_note};
-use super::openbao::{errors_of, request_id_of};
+use super::bao_conn::{Conn, bao_error, errors_of, login_key, ns_note, request_id_of};
 use super::{CgWait, DynamicError, DynamicSpec};
 
 /// How often a waiting run asks OpenBao whether the request was approved.
@@ -61,10 +60,12 @@ struct Held {
 /// The requests waiting for a second approver, by (login, path): a run that gives up waiting
 /// leaves its request here until its wrapping TTL, so the next run waits for the same accessor
 /// (the one the approver was told) instead of filing a new one.
-static PENDING: LazyLock<Mutex<HashMap<([u8; 32], String), Held>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static PENDING: LazyLock<Mutex<HeldMap>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn pending() -> std::sync::MutexGuard<'static, HashMap<([u8; 32], String), Held>> {
+/// The held requests by (login key, path).
+type HeldMap = HashMap<([u8; 32], String), Held>;
+
+fn pending() -> std::sync::MutexGuard<'static, HeldMap> {
     PENDING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
