@@ -233,7 +233,11 @@ fn pending_accessor(h: &Home, limit: Duration) -> String {
 
 #[test]
 fn a_controlled_read_waits_for_a_second_approver_whom_the_laptop_cannot_play() {
-    let Some(bao) = BaoDev::start() else { return };
+    let audit_dir = tempfile::tempdir().unwrap();
+    let bao_audit = audit_dir.path().join("bao-audit.log");
+    let Some(bao) = BaoDev::start_with_raw_audit(&bao_audit) else {
+        return;
+    };
     let team = controlled(&bao, Some("10m"), false);
     let h = Home::new();
     // `env link` reads the path for its field names: the read is held for the control group,
@@ -323,6 +327,37 @@ fn a_controlled_read_waits_for_a_second_approver_whom_the_laptop_cannot_play() {
         text(&o.stdout),
         text(&o.stderr)
     );
+    // The wrapping tokens OpenBao answered (read from its raw audit device, a test-only
+    // setting) are nowhere under KEYVEIL_HOME, in no output, no process environment or argv.
+    let wrap_tokens: Vec<String> = std::fs::read_to_string(&bao_audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "response")
+        .filter_map(|v| {
+            v["response"]["wrap_info"]["token"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        !wrap_tokens.is_empty(),
+        "no wrapping token in OpenBao's audit log"
+    );
+    let plain = h.all_plain_files();
+    for t in &wrap_tokens {
+        assert!(
+            !contains(&plain, t),
+            "a file under KEYVEIL_HOME holds a wrapping token"
+        );
+        for out in [&linked, &o] {
+            assert!(!contains(&out.stdout, t) && !contains(&out.stderr, t));
+        }
+        assert!(
+            holders_of(t).is_empty(),
+            "an environment holds a wrapping token"
+        );
+    }
     // On the record: the accessor and OpenBao's request id of the released read; no value.
     let audit = h.audit_text();
     let released = audit
