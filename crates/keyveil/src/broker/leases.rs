@@ -122,6 +122,7 @@ pub(crate) async fn values_for_grant(
             }
         }
     }
+    broker.lock().dynamic_mut().cg_wait_end(grant_id);
     audit_kv_reads(broker, grant_id, environment, kv_reads);
     register_fresh(broker, grant_id, fresh)?;
     match failure {
@@ -141,7 +142,8 @@ fn cg_deadline(expires_at: Timestamp) -> Instant {
 
 /// Records a control-group event of a spawn's OpenBao read (`control_group_pending`,
 /// `control_group_released`: the accessor, the path, OpenBao's request id; never the
-/// wrapping token) with the grant, environment and variable.
+/// wrapping token) with the grant, environment and variable; a pending one is also listed
+/// under the grant for `keyveil grants` until the spawn stops waiting.
 fn cg_note(
     broker: &Broker,
     grant_id: &str,
@@ -155,15 +157,32 @@ fn cg_note(
         m.insert("environment".into(), json!(environment));
         m.insert("variable".into(), json!(variable));
     }
+    let mut inner = broker.lock();
     if event == "control_group_pending" {
-        let accessor = fields.get("accessor").and_then(Value::as_str).unwrap_or("");
+        let field = |k: &str| {
+            fields
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let accessor = field("accessor");
         tracing::warn!(
             variable,
             accessor,
             "OpenBao holds the read for a control group: waiting for a second approver"
         );
+        inner.dynamic_mut().cg_wait_start(
+            grant_id,
+            keyveil_proto::op::ControlGroupWait {
+                variable: variable.to_owned(),
+                path: field("path"),
+                accessor,
+                since: Timestamp::now(),
+            },
+        );
     }
-    broker.lock().audit(event, fields);
+    inner.audit(event, fields);
 }
 
 /// What [`values_for_grant`] read under the broker's lock: the dynamic variables asked for

@@ -114,6 +114,7 @@ mod tests {
             runs: 1,
             revoked: false,
             dynamic: Vec::new(),
+            openbao_waits: Vec::new(),
         }
     }
 

@@ -276,6 +276,17 @@ fn a_controlled_read_waits_for_a_second_approver_whom_the_laptop_cannot_play() {
         e.contains(&accessor),
         "{accessor} not in the link's error: {e}"
     );
+    // `keyveil grants` says what the spawn waits on, with the accessor to authorize.
+    let listed = h.json(&["grants", "--json"]).to_string();
+    assert!(
+        listed.contains("openbao_waits") && listed.contains(&accessor),
+        "{listed}"
+    );
+    let shown = h.ok(&["grants"]);
+    assert!(
+        shown.contains("waits for a second approver in OpenBao") && shown.contains(&accessor),
+        "{shown}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -358,6 +369,12 @@ fn a_controlled_read_waits_for_a_second_approver_whom_the_laptop_cannot_play() {
             "an environment holds a wrapping token"
         );
     }
+    assert!(
+        !h.json(&["grants", "--json"])
+            .to_string()
+            .contains(&accessor),
+        "still listed as waiting once released"
+    );
     // On the record: the accessor and OpenBao's request id of the released read; no value.
     let audit = h.audit_text();
     let released = audit

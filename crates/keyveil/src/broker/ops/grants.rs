@@ -70,6 +70,7 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             runs: g.runs(),
             revoked: g.revoked(),
             dynamic: inner.dynamic().describe(g.id()),
+            openbao_waits: inner.dynamic().cg_waits(g.id()),
         })
         .collect();
     op::GrantList { grants }
