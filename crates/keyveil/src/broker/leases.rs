@@ -88,9 +88,17 @@ pub(crate) async fn values_for_grant(
         let note = |event: &'static str, fields: Value| {
             cg_note(broker, grant_id, environment, &name, event, fields);
         };
+        let wanted = || {
+            broker
+                .lock()
+                .grants()
+                .get(grant_id)
+                .is_some_and(|g| !g.revoked())
+        };
         let wait = CgWait {
             until: Some(until),
             notice: Some(&note),
+            wanted: Some(&wanted),
         };
         if spec.engine == EngineKind::OpenbaoKv {
             match fetch_kv(&spec, &w.logins, &name, &mut kv_cache, &mut kv_reads, &wait).await {

@@ -240,6 +240,18 @@ pub(crate) async fn released(
                 "run again to file a new request in OpenBao, then have a member of the policy's approver group authorize the new accessor within the control group's ttl (bao write sys/control-group/authorize accessor=...)",
             ));
         }
+        if wait.wanted.is_some_and(|w| !w()) {
+            return Err(fail(
+                conn,
+                spec,
+                path,
+                &format!(
+                    "was waiting for a second approver on accessor {} when the grant ended",
+                    held.accessor
+                ),
+                "the grant was revoked or expired in keyveil: ask again; the request stays in OpenBao until its wrapping TTL and the next run waits on it",
+            ));
+        }
         let waited_enough = match wait.until {
             None => true,
             Some(t) => now >= t,

@@ -52,6 +52,8 @@ pub(crate) struct CgWait<'a> {
     pub(crate) until: Option<std::time::Instant>,
     /// Called with an audit event name and its fields (no secret: the accessor, the path).
     pub(crate) notice: Option<&'a (dyn Fn(&'static str, serde_json::Value) + Send + Sync)>,
+    /// Whether the wait is still wanted (the grant is not revoked), asked between polls.
+    pub(crate) wanted: Option<&'a (dyn Fn() -> bool + Send + Sync)>,
 }
 
 impl CgWait<'_> {
@@ -59,6 +61,7 @@ impl CgWait<'_> {
     pub(crate) const NONE: CgWait<'static> = CgWait {
         until: None,
         notice: None,
+        wanted: None,
     };
 
     /// Records `event` with `fields` where the caller asked.

@@ -592,3 +592,26 @@ fn a_controlled_database_lease_waits_for_the_second_approver() {
         "{audit}"
     );
 }
+
+/// A grant revoked in keyveil while its spawn waits for OpenBao's second approver ends the
+/// wait at the next poll: the run fails and gets no value, even if OpenBao approves later.
+#[test]
+fn a_grant_revoked_while_waiting_ends_the_wait() {
+    let Some(bao) = BaoDev::start() else { return };
+    let team = controlled(&bao, Some("10m"), false);
+    let h = Home::new();
+    link(&h, &bao, &team);
+    let child = approved_run(&h);
+    let accessor = pending_accessor(&h, Duration::from_secs(30));
+    let t0 = Instant::now();
+    assert!(h.run(&["revoke", "--all"]).status.success());
+    let o = wait_output(child, Duration::from_secs(30));
+    let e = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(!text(&o.stdout).contains("sha="), "{}", text(&o.stdout));
+    assert!(
+        e.contains("grant ended") && e.contains(&accessor) && e.contains("hint:"),
+        "{e}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
