@@ -287,6 +287,24 @@ pub struct GrantInfo {
     /// (`readers started under bash (pid 812)`, or none). `None` for a run's grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_scope: Option<String>,
+    /// Reads a spawn under it waits on: OpenBao holds them for a control group until a second
+    /// approver authorizes them there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub openbao_waits: Vec<ControlGroupWait>,
+}
+
+/// A read OpenBao holds for a control group, which a spawn waits on (in
+/// [`GrantInfo::openbao_waits`]): what the second approver needs, no secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlGroupWait {
+    /// The variable the read is for.
+    pub variable: String,
+    /// The path read (`secret/data/team/app`).
+    pub path: String,
+    /// The wrapping token's accessor, to authorize in OpenBao (it cannot unwrap).
+    pub accessor: String,
+    /// Since when the spawn waits.
+    pub since: Timestamp,
 }
 
 /// A file pinned at approval: identity and content digest.

@@ -119,6 +119,7 @@ mod tests {
             revoked: false,
             dynamic: Vec::new(),
             mount_scope: None,
+            openbao_waits: Vec::new(),
         }
     }
 

@@ -40,6 +40,7 @@ mod mount;
 mod names;
 mod names_human;
 mod openbao;
+mod openbao_cgroup;
 mod openbao_cluster;
 mod openbao_reap;
 mod oracle;

@@ -71,6 +71,7 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             mount_scope: g.mount_scope(),
             revoked: g.revoked(),
             dynamic: inner.dynamic().describe(g.id()),
+            openbao_waits: inner.dynamic().cg_waits(g.id()),
         })
         .collect();
     op::GrantList { grants }
