@@ -36,6 +36,7 @@ pub(crate) const DIR_ROLES: &[&str] = &[
     "toolchain-lib",
     "git-hooks-dir",
     "python-import-dir",
+    "script-dir",
     "make-include-dir",
     "config-dir",
 ];
@@ -269,8 +270,8 @@ pub(crate) fn pin_fingerprint(
 /// Re-fingerprints a directory pin; `true` when it still holds. `depth` is read back from the
 /// role (hook directories are pinned two levels down).
 pub(crate) fn still_holds(p: &InputPin) -> bool {
-    let f = if p.role == "python-import-dir" {
-        fingerprint_filtered(Path::new(&p.path), depth_for(&p.role), python_importable)
+    let f = if crate::pin::sealdirs::SEALED_DIR_ROLES.contains(&p.role.as_str()) {
+        crate::pin::sealdirs::fingerprint(&p.role, Path::new(&p.path))
     } else {
         fingerprint(Path::new(&p.path), depth_for(&p.role))
     };

@@ -47,9 +47,6 @@ fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
 /// the interpreter a `#!` line names is never read (no `#!` parsing in `pin/`), so neither the
 /// broker's check nor the run's end sees it change.
 #[test]
-#[ignore = "LEAK: a `#!` interpreter that is a script in the working tree is neither pinned nor \
-            sealed; rewritten after approval it runs with the whole value under the standing \
-            grant (3 of 3 runs)"]
 fn s14_a_script_interpreter_named_by_the_shebang_rewritten_after_approval_never_runs() {
     let (a, tok, app) = setup(&[], "");
     let h = &a.h;
@@ -86,8 +83,6 @@ fn s14_a_script_interpreter_named_by_the_shebang_rewritten_after_approval_never_
 /// `ci.sh` only, so the line the agent writes into `runner` while the run sleeps runs with the
 /// value.
 #[test]
-#[ignore = "LEAK: a nested `#!` interpreter script is read by path during the run, unsealed; a \
-            line written into it mid-run runs with the whole value (3 of 3 runs)"]
 fn s14_a_nested_shebang_interpreter_rewritten_during_a_run_never_runs_the_rewrite() {
     if !userns() {
         return;
@@ -132,9 +127,6 @@ fn s14_a_nested_shebang_interpreter_rewritten_during_a_run_never_runs_the_rewrit
 /// file a script reads pinned? And if it is pinned, it is not sealed: written in place during a
 /// run (after the source line started, bash reads the sourced file as it goes too) it runs.
 #[test]
-#[ignore = "LEAK: a file the approved script sources (`. ./lib.sh`) is neither pinned nor \
-            sealed; rewritten after approval it runs with the whole value under the standing \
-            grant (3 of 3 runs)"]
 fn s14_a_file_the_script_sources_rewritten_after_approval_never_runs() {
     let (a, tok, app) = setup(&[], ". ./lib.sh\n");
     let h = &a.h;
@@ -423,8 +415,6 @@ fn s14_a_generated_value_inside_a_pass_through_value_is_masked() {
 /// stealer after it), it runs the new line with the value; the run's end sees the write and
 /// ends the grant, after that run.
 #[test]
-#[ignore = "LEAK: a script over 16 MiB is not sealed; a line written into it mid-run runs with \
-            the whole value (3 of 3 runs)"]
 fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
     if !userns() {
         return;
@@ -465,8 +455,6 @@ fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
 /// `helper.py` rewritten while the run sleeps is the one imported, with the value in
 /// `os.environ`. The run's end sees the directory changed and ends the grant, after that run.
 #[test]
-#[ignore = "LEAK: a module the pinned script imports is not sealed; rewritten mid-run, before the \
-            import, it runs with the whole value (3 of 3 runs)"]
 fn s14_a_module_rewritten_during_a_run_before_its_import_never_runs() {
     if !userns() || !std::path::Path::new("/usr/bin/python3").exists() {
         return;
