@@ -148,6 +148,9 @@ struct Checked {
     /// Its content, read and compared with the pinned SHA-256; `None` for a file pinned by
     /// identity (over 16 MiB), copied from [`Checked::file`] as it is written.
     bytes: Option<Vec<u8>>,
+    /// For a streamed file pinned by content (an executable script over 16 MiB): the SHA-256
+    /// the copy must have, computed as it is written.
+    sha: Option<String>,
     /// The open file whose identity was checked.
     file: std::fs::File,
     /// Its status when checked.
@@ -169,9 +172,26 @@ impl Checked {
             Some(b) => out.write_all(b)?,
             None => {
                 self.file.seek(std::io::SeekFrom::Start(0))?;
-                let n = std::io::copy(&mut (&self.file).take(self.meta.size()), &mut out)?;
+                let mut hash = sha2::Sha256::new();
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut src = (&self.file).take(self.meta.size());
+                loop {
+                    let k = src.read(&mut buf)?;
+                    let Some(chunk) = buf.get(..k).filter(|c| !c.is_empty()) else {
+                        break;
+                    };
+                    hash.update(chunk);
+                    out.write_all(chunk)?;
+                    n += k as u64;
+                }
                 let now = self.file.metadata()?;
+                let content_differs = self
+                    .sha
+                    .as_ref()
+                    .is_some_and(|want| hex::encode(hash.finalize()) != *want);
                 if n != self.meta.size()
+                    || content_differs
                     || (now.ctime(), now.ctime_nsec())
                         != (self.meta.ctime(), self.meta.ctime_nsec())
                 {
@@ -234,16 +254,27 @@ fn read_checked(path: &Path, sha: &str) -> Result<Checked, String> {
         let mut head = [0u8; 4];
         let elf = f.read_exact(&mut head).is_ok() && head == *b"\x7fELF";
         if !elf && m.size() > MAX_STREAMED {
-            return Err(format!(
-                "\"{shown}\" is {} MiB, more than keyveil seals for a run ({} MiB); the run \
-                 was not started\nhint: keep the script small and have it read its payload \
-                 from a separate file, or run the payload's program directly",
-                m.size() >> 20,
-                MAX_STREAMED >> 20
-            ));
+            return Err(too_big(&shown, m.size()));
         }
         return Ok(Checked {
             bytes: None,
+            sha: None,
+            file: f,
+            meta: m,
+            elf,
+        });
+    }
+    if m.size() > MAX_SEALED {
+        // An executable script pinned by content over the read limit: streamed, its SHA-256
+        // computed as it is copied.
+        if m.size() > MAX_STREAMED {
+            return Err(too_big(&shown, m.size()));
+        }
+        let mut head = [0u8; 4];
+        let elf = f.read_exact(&mut head).is_ok() && head == *b"\x7fELF";
+        return Ok(Checked {
+            bytes: None,
+            sha: Some(sha.to_owned()),
             file: f,
             meta: m,
             elf,
@@ -259,10 +290,22 @@ fn read_checked(path: &Path, sha: &str) -> Result<Checked, String> {
     }
     Ok(Checked {
         elf: bytes.starts_with(b"\x7fELF"),
+        sha: None,
         bytes: Some(bytes),
         file: f,
         meta: m,
     })
+}
+
+/// The refusal of a script too big to seal (see [`MAX_STREAMED`]).
+fn too_big(shown: &str, size: u64) -> String {
+    format!(
+        "\"{shown}\" is {} MiB, more than keyveil seals for a run ({} MiB); the run was not \
+         started\nhint: keep the script small and have it read its payload from a separate \
+         file, or run the payload's program directly",
+        size >> 20,
+        MAX_STREAMED >> 20
+    )
 }
 
 /// A file's ctime in nanoseconds since the epoch, as the pins write it.
@@ -333,5 +376,43 @@ mod tests {
         let link = d.path().join("link.sh");
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(read_checked(&link, &good).is_err());
+    }
+
+    #[test]
+    fn a_file_over_the_read_limit_is_streamed_and_checked() {
+        use std::os::unix::fs::MetadataExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.sh");
+        let body = format!(
+            "echo ok\nexit 0\n{}",
+            "#".repeat((MAX_SEALED + 10) as usize)
+        );
+        std::fs::write(&p, &body).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        // Pinned by identity (an operand over 16 MiB): checked, then copied from the descriptor.
+        let id = format!(
+            "identity:{}:{}:{}:{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            ctime_ns(&m)
+        );
+        let mut c = read_checked(&p, &id).unwrap();
+        assert!(c.bytes.is_none() && !c.elf);
+        let copy = d.path().join("copy");
+        c.write_to(&copy, &p).unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), body.as_bytes());
+        assert_eq!(std::fs::metadata(&copy).unwrap().mtime(), m.mtime());
+        // Pinned by content (an executable script): the copy's SHA-256 must be the pinned one.
+        let good = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        read_checked(&p, &good)
+            .unwrap()
+            .write_to(&copy, &p)
+            .unwrap();
+        let bad = hex::encode(sha2::Sha256::digest(b"other"));
+        assert!(read_checked(&p, &bad).unwrap().write_to(&copy, &p).is_err());
+        // A write after the identity was pinned.
+        std::fs::write(&p, &body).unwrap();
+        assert!(read_checked(&p, &id).is_err());
     }
 }

@@ -11,17 +11,17 @@ use crate::harness::*;
 use crate::pathdirs::{approve_standing, exe, run, setup};
 
 /// What the agent's planted code does with the value: writes it to a file the agent reads.
-fn stealer(marker: &Path) -> String {
+pub(crate) fn stealer(marker: &Path) -> String {
     format!("printf %s \"$TOKEN\" > '{}'\n", marker.display())
 }
 
 /// Whether the marker holds the granted value (the leak), without printing it.
-fn stolen(marker: &Path, tok: &str) -> bool {
+pub(crate) fn stolen(marker: &Path, tok: &str) -> bool {
     std::fs::read(marker).is_ok_and(|b| contains(&b, tok))
 }
 
 /// Whether this kernel lets an unprivileged process make a user namespace (sealing needs one).
-fn userns() -> bool {
+pub(crate) fn userns() -> bool {
     std::process::Command::new("unshare")
         .args(["-U", "-m", "true"])
         .stderr(std::process::Stdio::null())
@@ -30,7 +30,7 @@ fn userns() -> bool {
 }
 
 /// Starts the run `cmd` in `app` under the standing grant (waiting at most 5 s for approval).
-fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
+pub(crate) fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
     let cwd = app.to_string_lossy().into_owned();
     let mut args = vec!["run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--"];
     args.extend_from_slice(cmd);
