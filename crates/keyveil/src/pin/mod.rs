@@ -286,7 +286,12 @@ pub(crate) fn check_inputs(pinned: &[InputPin]) -> Result<(), PinError> {
             )));
         }
         if crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()) {
-            if !crate::pin::path_dirs::still_holds(p) {
+            let holds = if p.role == sealdirs::SCRIPT_DIR {
+                sealdirs::still_holds(p)
+            } else {
+                crate::pin::path_dirs::still_holds(p)
+            };
+            if !holds {
                 return Err(PinError::InputsChanged(p.path.clone()));
             }
             continue;

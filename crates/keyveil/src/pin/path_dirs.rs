@@ -268,10 +268,11 @@ pub(crate) fn pin_fingerprint(
 }
 
 /// Re-fingerprints a directory pin; `true` when it still holds. `depth` is read back from the
-/// role (hook directories are pinned two levels down).
+/// role (hook directories are pinned two levels down). A `script-dir` pin is of content:
+/// `pin/sealdirs.rs` checks it (`check_inputs` sends it there).
 pub(crate) fn still_holds(p: &InputPin) -> bool {
-    let f = if crate::pin::sealdirs::SEALED_DIR_ROLES.contains(&p.role.as_str()) {
-        crate::pin::sealdirs::fingerprint(&p.role, Path::new(&p.path))
+    let f = if p.role == "python-import-dir" {
+        fingerprint_filtered(Path::new(&p.path), depth_for(&p.role), python_importable)
     } else {
         fingerprint(Path::new(&p.path), depth_for(&p.role))
     };

@@ -88,6 +88,12 @@ pub(crate) fn fingerprint(role: &str, dir: &Path) -> Option<super::path_dirs::Fi
     })
 }
 
+/// Re-fingerprints a sealed directory pin; `true` when it still holds.
+pub(crate) fn still_holds(p: &InputPin) -> bool {
+    fingerprint(&p.role, Path::new(&p.path))
+        .is_some_and(|f| f.incomplete.is_none() && f.digest == p.sha256)
+}
+
 /// Each sourceable file of a script directory (its path as listed) with its SHA-256 (the
 /// identity string of one over 16 MiB), hashed from an open descriptor (cached by identity).
 fn content(dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
@@ -284,11 +290,11 @@ mod tests {
         // Outputs of a run (a log, files under a directory) leave the pin as it was.
         std::fs::write(dir.join("build.log"), "y").unwrap();
         std::fs::write(dir.join("build/out"), "y").unwrap();
-        assert!(super::super::path_dirs::still_holds(&p));
+        assert!(still_holds(&p));
         assert_eq!(sealed_from(&p).unwrap(), sealed);
         // A sourced file rewritten: the pin ends.
         std::fs::write(dir.join("common"), "evil\n").unwrap();
-        assert!(!super::super::path_dirs::still_holds(&p));
+        assert!(!still_holds(&p));
         assert!(sealed_from(&p).is_err());
     }
 
