@@ -59,6 +59,14 @@ pub(crate) fn shell_sourceable(dir: &Path, name: &std::ffi::OsStr) -> bool {
     ext_ok && std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file())
 }
 
+/// Whether Python may load the file `name` as code: a module, a compiled module or an
+/// extension module (data files beside them are not sealed and do not count in the bound).
+fn python_code(name: &std::ffi::OsStr) -> bool {
+    let n = name.to_string_lossy();
+    n.rsplit_once('.')
+        .is_some_and(|(_, e)| ["py", "pyc", "pyw", "so"].contains(&e))
+}
+
 /// The fingerprint of a sealed directory pin of `role` (`None` where the broker never reads).
 /// A script directory's is of content: each sourceable file's name and SHA-256 (so a hard link
 /// or a `chmod` leaves it as it was); `sys.path[0]`'s is of identity, as every directory pin.
@@ -117,8 +125,8 @@ fn content(dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
 }
 
 /// The regular files a pin of `role` on `dir` seals: a script directory's sourceable files;
-/// `sys.path[0]`'s importable files and the files of its importable directories (packages,
-/// `__pycache__`). `Err` says why they are too many or too big ([`MAX_FILES`], [`MAX_BYTES`]).
+/// `sys.path[0]`'s modules and those of its importable directories (packages, `__pycache__`):
+/// `.py`, `.pyc`, `.pyw`, `.so`. `Err` says why they are too many or too big ([`MAX_FILES`], [`MAX_BYTES`]).
 pub(crate) fn files(role: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     let mut bytes = 0u64;
@@ -154,9 +162,11 @@ pub(crate) fn files(role: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
         } else if python_importable(&n) {
             if p.is_dir() {
                 for s in std::fs::read_dir(&p).into_iter().flatten().flatten() {
-                    add(s.path(), &mut out)?;
+                    if python_code(&s.file_name()) {
+                        add(s.path(), &mut out)?;
+                    }
                 }
-            } else {
+            } else if python_code(&n) {
                 add(p, &mut out)?;
             }
         }
@@ -306,5 +316,23 @@ mod tests {
         }
         let p = script_dir(&d.path().join("f0.sh")).unwrap();
         assert_eq!(p.role, crate::pin::UNPINNABLE, "{p:?}");
+    }
+
+    #[test]
+    fn sys_path0_seals_modules_not_data() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("pkg")).unwrap();
+        std::fs::create_dir_all(d.path().join("data")).unwrap();
+        std::fs::write(d.path().join("helper.py"), "x = 1\n").unwrap();
+        std::fs::write(d.path().join("pkg/mod.py"), "x = 1\n").unwrap();
+        for i in 0..=MAX_FILES {
+            std::fs::write(d.path().join(format!("data/{i}.csv")), "").unwrap();
+        }
+        let f = files(PYTHON_DIR, d.path()).unwrap();
+        assert_eq!(f.len(), 2, "{f:?}");
+        let p = pin(PYTHON_DIR, d.path(), "sys.path[0]").unwrap();
+        assert_eq!(sealed_from(&p).unwrap().len(), 2);
+        std::fs::write(d.path().join("pkg/mod.py"), "x = 2\n").unwrap();
+        assert!(sealed_from(&p).is_err());
     }
 }
