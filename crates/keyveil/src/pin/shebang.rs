@@ -33,16 +33,44 @@ pub(crate) fn interpreter_of(path: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(name).into_owned())
 }
 
-/// Whether `name` (a `#!` interpreter as written, or its canonical path) is a shell.
-fn is_shell(names: &[&Path]) -> bool {
+/// The first word after the interpreter on a file's `#!` line, skipping `env`'s options
+/// (`#!/usr/bin/env -S bash -e` gives `bash`).
+fn shebang_arg(path: &Path) -> Option<String> {
+    let (f, _) = open_regular(path).ok()?;
+    let mut b = Vec::with_capacity(256);
+    f.take(256).read_to_end(&mut b).ok()?;
+    let line = b.strip_prefix(b"#!")?;
+    let line = line.split(|&c| c == b'\n').next().unwrap_or_default();
+    let text = String::from_utf8_lossy(line).into_owned();
+    text.split([' ', '\t'])
+        .filter(|t| !t.is_empty())
+        .skip(1)
+        .find(|t| !t.starts_with('-'))
+        .map(str::to_owned)
+}
+
+/// Shells, by family name.
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "yash"];
+
+/// Python, by family name.
+const PYTHON: &[&str] = &["python", "pypy"];
+
+/// Whether one of `names` (a `#!` interpreter as written, or its canonical path) is of a
+/// family in `family` (its base name without a version suffix: `python3.12` is `python`).
+fn is_family(names: &[&Path], family: &[&str]) -> bool {
     names.iter().any(|p| {
         let base = p
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let fam = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
-        ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh", "yash"].contains(&fam)
+        family.contains(&fam)
     })
+}
+
+/// Whether one of `names` is a shell.
+fn is_shell(names: &[&Path]) -> bool {
+    is_family(names, SHELLS)
 }
 
 /// The inputs of `exe`'s `#!` chain: each interpreter pinned, and the directory of each script
@@ -82,8 +110,27 @@ pub(crate) fn chain(exe: &Path, cwd: &Path) -> Vec<InputPin> {
             }
         );
         out.extend(pin_input(ROLE, &canon, Some(what)));
-        if is_shell(&[Path::new(&name), &canon]) {
+        // `#!/usr/bin/env bash`: env runs the program its argument names.
+        let via_env = Path::new(&name).file_name().is_some_and(|n| n == "env");
+        let env_arg = via_env.then(|| shebang_arg(&script)).flatten();
+        let env_shell = env_arg
+            .as_deref()
+            .is_some_and(|a| is_shell(&[Path::new(a)]));
+        if env_shell || is_shell(&[Path::new(&name), &canon]) {
             out.extend(super::sealdirs::script_dir(&script));
+        }
+        // `./check.py`: Python imports from the script's directory first (`sys.path[0]`).
+        let env_py = env_arg
+            .as_deref()
+            .is_some_and(|a| is_family(&[Path::new(a)], PYTHON));
+        if (env_py || is_family(&[Path::new(&name), &canon], PYTHON))
+            && let Some(dir) = script.parent()
+        {
+            out.extend(super::sealdirs::pin(
+                super::sealdirs::PYTHON_DIR,
+                dir,
+                "Python imports from here first (sys.path[0])",
+            ));
         }
         if !nested {
             break;
@@ -121,6 +168,25 @@ mod tests {
                 .as_deref()
                 .unwrap()
                 .contains("itself a script")
+        );
+        // `#!/usr/bin/env bash`: a shell all the same, so the script's directory is pinned.
+        std::fs::write(
+            d.path().join("env.sh"),
+            "#!/usr/bin/env -S bash -e\n. ./lib.sh\n",
+        )
+        .unwrap();
+        let pins = chain(&d.path().join("env.sh"), d.path());
+        assert!(pins.iter().any(|p| p.role == "script-dir"), "{pins:?}");
+        // `./check.py` (`#!/usr/bin/env python3`): its directory is sys.path[0].
+        std::fs::write(
+            d.path().join("check.py"),
+            "#!/usr/bin/env python3\nimport lib\n",
+        )
+        .unwrap();
+        let pins = chain(&d.path().join("check.py"), d.path());
+        assert!(
+            pins.iter().any(|p| p.role == "python-import-dir"),
+            "{pins:?}"
         );
         // A binary ends the chain; a file without `#!` has none.
         assert!(chain(Path::new("/bin/sh"), d.path()).is_empty());

@@ -180,3 +180,47 @@ fn s15_an_oversized_executable_script_rewritten_during_a_run_never_runs_the_rewr
         "a line written into an oversized executable script during its run executed with the value"
     );
 }
+
+/// `./check.py` (`#!/usr/bin/env python3`: no interpreter on the argv, so no tool's loader
+/// sees Python) imports its sibling; the sibling rewritten after approval never runs: the
+/// script's directory is `sys.path[0]`, pinned from the `#!` line.
+#[test]
+fn s15_a_module_of_a_shebang_python_script_rewritten_after_approval_never_runs() {
+    if !Path::new("/usr/bin/python3").exists() {
+        return;
+    }
+    let (a, tok, app) = setup(&[], "");
+    let h = &a.h;
+    exe(
+        &app.join("check.py"),
+        "#!/usr/bin/env python3\nimport helper\nprint(helper.ok())\n",
+    );
+    std::fs::write(
+        app.join("helper.py"),
+        "def ok():\n    return 'approved-step'\n",
+    )
+    .unwrap();
+    let cmd = ["./check.py"];
+    let _ = approve_standing(&a, &app, &cmd);
+    let o = run(h, &app, "5", &cmd);
+    assert!(
+        text(&o.stdout).contains("approved-step"),
+        "{}",
+        text(&o.stderr)
+    );
+    let marker = a.path().join("stolen-shebang-py");
+    std::fs::write(
+        app.join("helper.py"),
+        format!(
+            "import os\nopen('{}', 'w').write(os.environ.get('TOKEN', ''))\ndef ok():\n    return 'approved-step'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = run(h, &app, "0", &cmd);
+    assert!(!contains(&o.stdout, &tok) && !contains(&o.stderr, &tok));
+    assert!(
+        !stolen(&marker, &tok),
+        "a module of a #! Python script rewritten after approval ran with the value"
+    );
+}
