@@ -126,7 +126,13 @@ pub(crate) fn seal(files: &[Sealed]) -> Result<Outcome, String> {
         .map_err(|e| fail("tmpfs", &e))?;
         for (i, (path, c)) in copies.iter_mut().enumerate() {
             let copy = stage.join(i.to_string());
-            c.write_to(&copy, path).map_err(|e| fail("copy", &e))?;
+            c.write_to(&copy, path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    format!("{e}; the run was not started\nhint: run the command again: a changed file ends its grant and the human is asked again")
+                } else {
+                    fail("copy", &e)
+                }
+            })?;
             rustix::mount::mount_bind(&copy, *path).map_err(|e| fail("bind", &e))?;
             rustix::mount::mount_remount(
                 *path,
@@ -195,10 +201,13 @@ impl Checked {
                     || (now.ctime(), now.ctime_nsec())
                         != (self.meta.ctime(), self.meta.ctime_nsec())
                 {
-                    return Err(std::io::Error::other(format!(
-                        "{} was written while it was copied",
-                        keyveil_proto::display::visible(&path.to_string_lossy())
-                    )));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{} was written while it was copied",
+                            keyveil_proto::display::visible(&path.to_string_lossy())
+                        ),
+                    ));
                 }
             }
         }
