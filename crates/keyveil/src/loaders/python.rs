@@ -145,8 +145,22 @@ pub(super) fn python(cx: &Ctx<'_>, family: &str, out: &mut Pins) {
             if more > 0 {
                 what.push_str(&format!(" and {more} more"));
             }
-            out.0
-                .extend(crate::pin::path_dirs::pin_fingerprint(role, &dir, f, &what));
+            // Its files are sealed for the run (`pin/sealdirs.rs`): a bounded number.
+            match crate::pin::sealdirs::files(role, &dir) {
+                Ok(files) => {
+                    what.push_str(&format!(
+                        "; {} file{} sealed read-only for the run",
+                        files.len(),
+                        if files.len() == 1 { "" } else { "s" }
+                    ));
+                    out.0
+                        .extend(crate::pin::path_dirs::pin_fingerprint(role, &dir, f, &what));
+                }
+                Err(why) => out.0.push(crate::pin::unpinnable(
+                    &dir,
+                    format!("{why}; run the script from a directory of its own"),
+                )),
+            }
         }
     }
     // A venv run by its own path (`.venv/bin/python3`): Python finds `pyvenv.cfg` next to the

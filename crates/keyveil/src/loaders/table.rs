@@ -74,7 +74,8 @@ pub(super) const TABLE: &[Loader] = &[
                  directories (found from the executable, pyenv shims included, and from a venv's \
                  executable as invoked), pyvenv.cfg, .python-version up the tree; sys.path[0] \
                  (the script's directory, or the cwd for -m/-c) by fingerprint of what can be \
-                 imported from it, named on the card; for pip, every pip.conf",
+                 imported from it, named on the card, its modules sealed for the run; for pip, \
+                 every pip.conf",
         neutralised: "PYTHONNOUSERSITE=1 (the user site directory, its .pth files and \
                       usercustomize are not loaded; venvs still work, unlike -I); PYTHON*, PYENV_*, \
                       PIP_CONFIG_FILE and package-source overrides never pass",
@@ -211,7 +212,8 @@ pub(super) const TABLE: &[Loader] = &[
                 .zprofile/.zlogin for login, .zshrc interactive; dash(1): ~/.profile for login, \
                 $ENV interactive",
         pinned: "the startup files the invocation reads: ~/.zshenv for every zsh; the login and \
-                 interactive files when -l/--login/-i is on argv",
+                 interactive files when -l/--login/-i is on argv; the script's directory (files \
+                 it may source: a shell-like extension or none) by content, sealed for the run",
         neutralised: "BASH_ENV, ENV, ZDOTDIR, SHELLOPTS, BASHOPTS, BASH_FUNC_* never pass; HOME is \
                       the vault's",
         pins: shell,

@@ -88,6 +88,12 @@ fn inputs_at(
         out.extend(interpreter_inputs(kind, argv, cwd, exe));
     }
     out.extend(wrapper_inputs(&cmd, &is, &arg0, depth));
+    // An executable script: the interpreters its `#!` line leads to, each pinned.
+    for p in super::shebang::chain(exe, cwd) {
+        if !out.iter().any(|q| q.path == p.path && q.role == p.role) {
+            out.push(p);
+        }
+    }
     merge_loader_inputs(&mut out, &cmd, &family, &arg0);
     out
 }
@@ -204,7 +210,14 @@ fn interpreter_inputs(kind: Interp, argv: &[String], cwd: &Path, exe: &Path) -> 
         ));
     }
     if let Some(op) = o.script.and_then(|i| argv.get(i)) {
-        out.extend(pin_operand("script", &here, op, kind == Interp::Python));
+        let pinned = pin_operand("script", &here, op, kind == Interp::Python);
+        // A shell script's directory: the files it may source (`. ./lib.sh`).
+        let dir = pinned
+            .as_ref()
+            .filter(|p| kind == Interp::Shell && p.role == "script")
+            .and_then(|p| super::sealdirs::script_dir(Path::new(&p.path)));
+        out.extend(pinned);
+        out.extend(dir);
     }
     for f in &o.files {
         out.extend(pin_operand("script-option", &here, f, false));

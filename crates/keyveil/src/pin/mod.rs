@@ -14,6 +14,8 @@ mod files;
 mod inputs;
 mod operand;
 pub(crate) mod path_dirs;
+pub(crate) mod sealdirs;
+mod shebang;
 mod wrappers;
 
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +31,7 @@ pub(crate) use files::{
     readable_for_requester, requester_writable, set_private_roots, unpinnable,
 };
 pub(crate) use inputs::inputs;
+pub(crate) use shebang::interpreter_of;
 
 /// The default policy `PATH` when the vault records none.
 pub(crate) const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -187,14 +190,26 @@ pub(crate) fn resolve_as_requester(
 pub(crate) type Stamp = (String, u64, u64, i64);
 
 /// The files a run reads as they were checked (`reap/seal.rs`): its script operands and the files
-/// interpreter options name (roles `script`, `script-option`) and the executable when it is a
-/// script (it starts with `#!`: the kernel hands its path to the interpreter, which reads it as
-/// it runs), each as (canonical path, SHA-256). A binary executable is run through its checked
-/// descriptor and is not listed.
-pub(crate) fn sealed_files(exe: Option<&FilePin>, inputs: &[InputPin]) -> Vec<(String, String)> {
+/// interpreter options name (roles `script`, `script-option`), the executable and each `#!`
+/// interpreter when it is a script (it starts with `#!`: the kernel hands its path to the next
+/// interpreter, which reads it as it runs), and the files of the directories a script sources
+/// or imports from ([`sealdirs`]), each as (canonical path, SHA-256, or the identity string of a
+/// file over 16 MiB, which the reaper checks and copies from the same descriptor). A binary is
+/// run through its checked descriptor and is not listed.
+///
+/// # Errors
+/// [`PinError::InputsChanged`] when a sealed directory's files are no longer the approved ones.
+pub(crate) fn sealed_files(
+    exe: Option<&FilePin>,
+    inputs: &[InputPin],
+) -> Result<Vec<(String, String)>, PinError> {
     let mut out: Vec<(String, String)> = inputs
         .iter()
-        .filter(|p| matches!(p.role.as_str(), "script" | "script-option") && by_content(&p.sha256))
+        .filter(|p| {
+            matches!(p.role.as_str(), "script" | "script-option")
+                || (p.role == shebang::ROLE && starts_with_shebang(Path::new(&p.path)))
+        })
+        .filter(|p| by_content(&p.sha256) || p.sha256.starts_with("identity:"))
         .map(|p| (p.path.clone(), p.sha256.clone()))
         .collect();
     if let Some(e) = exe
@@ -203,9 +218,15 @@ pub(crate) fn sealed_files(exe: Option<&FilePin>, inputs: &[InputPin]) -> Vec<(S
     {
         out.push((e.path.clone(), e.sha256.clone()));
     }
+    for p in inputs
+        .iter()
+        .filter(|p| sealdirs::SEALED_DIR_ROLES.contains(&p.role.as_str()))
+    {
+        out.extend(sealdirs::sealed_from(p)?);
+    }
     out.sort();
     out.dedup();
-    out
+    Ok(out)
 }
 
 /// Whether a pin is of content (a SHA-256), not of identity (a file too big to hash).
@@ -265,7 +286,12 @@ pub(crate) fn check_inputs(pinned: &[InputPin]) -> Result<(), PinError> {
             )));
         }
         if crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()) {
-            if !crate::pin::path_dirs::still_holds(p) {
+            let holds = if p.role == sealdirs::SCRIPT_DIR {
+                sealdirs::still_holds(p)
+            } else {
+                crate::pin::path_dirs::still_holds(p)
+            };
+            if !holds {
                 return Err(PinError::InputsChanged(p.path.clone()));
             }
             continue;

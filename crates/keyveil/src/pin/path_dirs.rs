@@ -36,6 +36,7 @@ pub(crate) const DIR_ROLES: &[&str] = &[
     "toolchain-lib",
     "git-hooks-dir",
     "python-import-dir",
+    "script-dir",
     "make-include-dir",
     "config-dir",
 ];
@@ -267,7 +268,8 @@ pub(crate) fn pin_fingerprint(
 }
 
 /// Re-fingerprints a directory pin; `true` when it still holds. `depth` is read back from the
-/// role (hook directories are pinned two levels down).
+/// role (hook directories are pinned two levels down). A `script-dir` pin is of content:
+/// `pin/sealdirs.rs` checks it (`check_inputs` sends it there).
 pub(crate) fn still_holds(p: &InputPin) -> bool {
     let f = if p.role == "python-import-dir" {
         fingerprint_filtered(Path::new(&p.path), depth_for(&p.role), python_importable)

@@ -55,10 +55,12 @@ fn script_operands_are_pinned_but_inline_code_is_not() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("ci.sh"), "echo ci\n").unwrap();
     let a: Vec<String> = vec!["bash".into(), "-e".into(), "ci.sh".into()];
-    assert_eq!(
-        inputs(&a, d.path(), Path::new("/bin/bash"), None, "").len(),
-        1
-    );
+    // The script, and its directory (the files it may source).
+    let roles: Vec<String> = inputs(&a, d.path(), Path::new("/bin/bash"), None, "")
+        .into_iter()
+        .map(|p| p.role)
+        .collect();
+    assert_eq!(roles, ["script", "script-dir"]);
     let b: Vec<String> = vec!["sh".into(), "-c".into(), "ci.sh".into()];
     assert!(inputs(&b, d.path(), Path::new("/bin/sh"), None, "").is_empty());
 }
@@ -328,15 +330,15 @@ fn sealed_files_are_scripts_and_a_shebang_executable_never_a_binary() {
         ctime_ns: 0,
         sha256: pins[0].sha256.clone(),
     };
-    let sealed = sealed_files(None, &pins);
+    let sealed = sealed_files(None, &pins).unwrap();
     assert_eq!(sealed, vec![(pins[0].path.clone(), pins[0].sha256.clone())]);
     // A `#!` executable is sealed too; a binary is not.
     let run = d.path().join("run");
     std::fs::write(&run, "#!/bin/sh\necho two\n").unwrap();
-    assert_eq!(sealed_files(Some(&as_file(&run)), &pins).len(), 2);
+    assert_eq!(sealed_files(Some(&as_file(&run)), &pins).unwrap().len(), 2);
     let bin = d.path().join("bin");
     std::fs::write(&bin, b"\x7fELF....").unwrap();
-    assert_eq!(sealed_files(Some(&as_file(&bin)), &pins).len(), 1);
+    assert_eq!(sealed_files(Some(&as_file(&bin)), &pins).unwrap().len(), 1);
 }
 
 /// A file the user could write or replace, wherever it lies: its own, in a directory of its

@@ -42,7 +42,8 @@ pub(crate) const SEAL_ARG: &str = "--keyveil-seal";
 const HINT: &str = "\nhint: make the script a readable regular file and run the command again; \
                     `unshare -U -m true` says whether this system allows user namespaces";
 
-/// Largest file copied (as the pins: a bigger file is pinned by identity, not content).
+/// Largest file read whole and checked by content (as the pins: a bigger file is pinned by
+/// identity, not content, and streamed).
 const MAX_SEALED: u64 = 16 << 20;
 
 /// A file to seal: its canonical path and the lowercase hex SHA-256 it was checked against.
@@ -86,13 +87,11 @@ pub(crate) fn split_args(
 pub(crate) fn seal(files: &[Sealed]) -> Result<Outcome, String> {
     let mut copies = Vec::new();
     for (path, sha) in files {
-        let Some((bytes, mode)) = read_checked(path, sha)? else {
-            continue;
-        };
-        if bytes.starts_with(b"\x7fELF") {
+        let c = read_checked(path, sha)?;
+        if c.elf {
             continue;
         }
-        copies.push((path.as_path(), bytes, mode));
+        copies.push((path.as_path(), c));
     }
     if copies.is_empty() {
         return Ok(Outcome::Nothing);
@@ -125,12 +124,15 @@ pub(crate) fn seal(files: &[Sealed]) -> Result<Outcome, String> {
             c"mode=0700",
         )
         .map_err(|e| fail("tmpfs", &e))?;
-        for (i, (path, bytes, mode)) in copies.iter().enumerate() {
+        for (i, (path, c)) in copies.iter_mut().enumerate() {
             let copy = stage.join(i.to_string());
-            std::fs::write(&copy, bytes).map_err(|e| fail("copy", &e))?;
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(*mode))
-                .map_err(|e| fail("copy mode", &e))?;
+            c.write_to(&copy, path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    format!("{e}; the run was not started\nhint: run the command again: a changed file ends its grant and the human is asked again")
+                } else {
+                    fail("copy", &e)
+                }
+            })?;
             rustix::mount::mount_bind(&copy, *path).map_err(|e| fail("bind", &e))?;
             rustix::mount::mount_remount(
                 *path,
@@ -146,9 +148,90 @@ pub(crate) fn seal(files: &[Sealed]) -> Result<Outcome, String> {
     sealed
 }
 
-/// A file's bytes and permission bits (set-id bits dropped), if it is a regular file whose
-/// SHA-256 is `sha`; `None` for one over [`MAX_SEALED`] bytes (pinned by identity: not copied).
-fn read_checked(path: &Path, sha: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+/// A checked file, ready to be copied into the run's tmpfs.
+#[derive(Debug)]
+struct Checked {
+    /// Its content, read and compared with the pinned SHA-256; `None` for a file pinned by
+    /// identity (over 16 MiB), copied from [`Checked::file`] as it is written.
+    bytes: Option<Vec<u8>>,
+    /// For a streamed file pinned by content (an executable script over 16 MiB): the SHA-256
+    /// the copy must have, computed as it is written.
+    sha: Option<String>,
+    /// The open file whose identity was checked.
+    file: std::fs::File,
+    /// Its status when checked.
+    meta: std::fs::Metadata,
+    /// Whether it is an ELF binary (run by descriptor, never copied).
+    elf: bool,
+}
+
+impl Checked {
+    /// Writes the copy at `copy` with the file's permission bits (set-id bits dropped) and
+    /// times (so a compiled module's cache, which records its source's mtime, stays valid); a
+    /// streamed file must not have changed while it was copied (its ctime, set by the kernel on
+    /// every write, is the same after as when checked).
+    fn write_to(&mut self, copy: &Path, path: &Path) -> std::io::Result<()> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let mut out = std::fs::File::create(copy)?;
+        match &self.bytes {
+            Some(b) => out.write_all(b)?,
+            None => {
+                self.file.seek(std::io::SeekFrom::Start(0))?;
+                let mut hash = sha2::Sha256::new();
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut src = (&self.file).take(self.meta.size());
+                loop {
+                    let k = src.read(&mut buf)?;
+                    let Some(chunk) = buf.get(..k).filter(|c| !c.is_empty()) else {
+                        break;
+                    };
+                    hash.update(chunk);
+                    out.write_all(chunk)?;
+                    n += k as u64;
+                }
+                let now = self.file.metadata()?;
+                let content_differs = self
+                    .sha
+                    .as_ref()
+                    .is_some_and(|want| hex::encode(hash.finalize()) != *want);
+                if n != self.meta.size()
+                    || content_differs
+                    || (now.ctime(), now.ctime_nsec())
+                        != (self.meta.ctime(), self.meta.ctime_nsec())
+                {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{} was written while it was copied",
+                            keyveil_proto::display::visible(&path.to_string_lossy())
+                        ),
+                    ));
+                }
+            }
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(self.meta.mode() & 0o777))?;
+        let mut times = std::fs::FileTimes::new();
+        if let Ok(t) = self.meta.modified() {
+            times = times.set_modified(t);
+        }
+        if let Ok(t) = self.meta.accessed() {
+            times = times.set_accessed(t);
+        }
+        out.set_times(times)
+    }
+}
+
+/// Largest file pinned by identity that is streamed into the run's tmpfs (which lives in
+/// memory); a bigger one refuses the run.
+const MAX_STREAMED: u64 = 256 << 20;
+
+/// Opens `path` (a regular file, never through a symlink) and checks it is the one pinned: its
+/// SHA-256 is `sha`, or, for a file over [`MAX_SEALED`] bytes pinned by identity
+/// (`identity:DEV:INO:SIZE:CTIME`), its device, inode, size and ctime are the pinned ones (it
+/// is then copied from this descriptor, its ctime checked again after: see [`Checked`]).
+fn read_checked(path: &Path, sha: &str) -> Result<Checked, String> {
     use std::io::Read as _;
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let shown = keyveil_proto::display::visible(&path.to_string_lossy());
@@ -166,24 +249,80 @@ fn read_checked(path: &Path, sha: &str) -> Result<Option<(Vec<u8>, u32)>, String
              that is a regular file"
         ));
     }
-    if m.size() > MAX_SEALED {
-        return Ok(None);
+    let changed = || {
+        format!(
+            "\"{shown}\" changed after it was checked; the run was not started\nhint: run the \
+             command again: a changed file ends its grant and the human is asked again"
+        )
+    };
+    if let Some(id) = sha.strip_prefix("identity:") {
+        let now = format!("{}:{}:{}:{}", m.dev(), m.ino(), m.size(), ctime_ns(&m));
+        if id != now {
+            return Err(changed());
+        }
+        let mut head = [0u8; 4];
+        let elf = f.read_exact(&mut head).is_ok() && head == *b"\x7fELF";
+        if !elf && m.size() > MAX_STREAMED {
+            return Err(too_big(&shown, m.size()));
+        }
+        return Ok(Checked {
+            bytes: None,
+            sha: None,
+            file: f,
+            meta: m,
+            elf,
+        });
     }
-    let mut bytes = Vec::with_capacity(m.size() as usize);
+    if m.size() > MAX_SEALED {
+        // An executable script pinned by content over the read limit: streamed, its SHA-256
+        // computed as it is copied.
+        if m.size() > MAX_STREAMED {
+            return Err(too_big(&shown, m.size()));
+        }
+        let mut head = [0u8; 4];
+        let elf = f.read_exact(&mut head).is_ok() && head == *b"\x7fELF";
+        return Ok(Checked {
+            bytes: None,
+            sha: Some(sha.to_owned()),
+            file: f,
+            meta: m,
+            elf,
+        });
+    }
+    let mut bytes = Vec::with_capacity(m.size().min(MAX_SEALED) as usize);
     f.by_ref()
         .take(MAX_SEALED + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read \"{shown}\" to seal it: {e}{HINT}"))?;
-    if hex::encode(sha2::Sha256::digest(&bytes)) != sha {
-        return Err(format!(
-            "\"{shown}\" changed after it was checked; the run was not started\nhint: run the \
-             command again: a changed file ends its grant and the human is asked again"
-        ));
+    if bytes.len() as u64 > MAX_SEALED || hex::encode(sha2::Sha256::digest(&bytes)) != sha {
+        return Err(changed());
     }
-    if bytes.len() as u64 > MAX_SEALED {
-        return Ok(None);
-    }
-    Ok(Some((bytes, m.mode() & 0o777)))
+    Ok(Checked {
+        elf: bytes.starts_with(b"\x7fELF"),
+        sha: None,
+        bytes: Some(bytes),
+        file: f,
+        meta: m,
+    })
+}
+
+/// The refusal of a script too big to seal (see [`MAX_STREAMED`]).
+fn too_big(shown: &str, size: u64) -> String {
+    format!(
+        "\"{shown}\" is {} MiB, more than keyveil seals for a run ({} MiB); the run was not \
+         started\nhint: keep the script small and have it read its payload from a separate \
+         file, or run the payload's program directly",
+        size >> 20,
+        MAX_STREAMED >> 20
+    )
+}
+
+/// A file's ctime in nanoseconds since the epoch, as the pins write it.
+fn ctime_ns(m: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt as _;
+    m.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.ctime_nsec())
 }
 
 /// `O_NOFOLLOW | O_NONBLOCK`: never a symlink, never a FIFO that blocks.
@@ -236,7 +375,7 @@ mod tests {
         let p = d.path().join("ci.sh");
         std::fs::write(&p, "echo ok\n").unwrap();
         let good = hex::encode(sha2::Sha256::digest(b"echo ok\n"));
-        assert!(read_checked(&p, &good).unwrap().is_some());
+        assert!(read_checked(&p, &good).unwrap().bytes.is_some());
         std::fs::write(&p, "echo changed\n").unwrap();
         assert!(
             read_checked(&p, &good)
@@ -246,5 +385,43 @@ mod tests {
         let link = d.path().join("link.sh");
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(read_checked(&link, &good).is_err());
+    }
+
+    #[test]
+    fn a_file_over_the_read_limit_is_streamed_and_checked() {
+        use std::os::unix::fs::MetadataExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.sh");
+        let body = format!(
+            "echo ok\nexit 0\n{}",
+            "#".repeat((MAX_SEALED + 10) as usize)
+        );
+        std::fs::write(&p, &body).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        // Pinned by identity (an operand over 16 MiB): checked, then copied from the descriptor.
+        let id = format!(
+            "identity:{}:{}:{}:{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            ctime_ns(&m)
+        );
+        let mut c = read_checked(&p, &id).unwrap();
+        assert!(c.bytes.is_none() && !c.elf);
+        let copy = d.path().join("copy");
+        c.write_to(&copy, &p).unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), body.as_bytes());
+        assert_eq!(std::fs::metadata(&copy).unwrap().mtime(), m.mtime());
+        // Pinned by content (an executable script): the copy's SHA-256 must be the pinned one.
+        let good = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        read_checked(&p, &good)
+            .unwrap()
+            .write_to(&copy, &p)
+            .unwrap();
+        let bad = hex::encode(sha2::Sha256::digest(b"other"));
+        assert!(read_checked(&p, &bad).unwrap().write_to(&copy, &p).is_err());
+        // A write after the identity was pinned.
+        std::fs::write(&p, &body).unwrap();
+        assert!(read_checked(&p, &id).is_err());
     }
 }

@@ -79,6 +79,7 @@ mod redteam_s9b;
 mod redteam_s9c;
 mod revoke;
 mod sandbox;
+mod sealfix;
 mod setup;
 mod sweep;
 mod tamper;

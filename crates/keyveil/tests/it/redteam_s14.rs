@@ -11,17 +11,17 @@ use crate::harness::*;
 use crate::pathdirs::{approve_standing, exe, run, setup};
 
 /// What the agent's planted code does with the value: writes it to a file the agent reads.
-fn stealer(marker: &Path) -> String {
+pub(crate) fn stealer(marker: &Path) -> String {
     format!("printf %s \"$TOKEN\" > '{}'\n", marker.display())
 }
 
 /// Whether the marker holds the granted value (the leak), without printing it.
-fn stolen(marker: &Path, tok: &str) -> bool {
+pub(crate) fn stolen(marker: &Path, tok: &str) -> bool {
     std::fs::read(marker).is_ok_and(|b| contains(&b, tok))
 }
 
 /// Whether this kernel lets an unprivileged process make a user namespace (sealing needs one).
-fn userns() -> bool {
+pub(crate) fn userns() -> bool {
     std::process::Command::new("unshare")
         .args(["-U", "-m", "true"])
         .stderr(std::process::Stdio::null())
@@ -30,7 +30,7 @@ fn userns() -> bool {
 }
 
 /// Starts the run `cmd` in `app` under the standing grant (waiting at most 5 s for approval).
-fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
+pub(crate) fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
     let cwd = app.to_string_lossy().into_owned();
     let mut args = vec!["run", "--cwd", &cwd, "--env", "demo", "--wait", "5", "--"];
     args.extend_from_slice(cmd);
@@ -46,10 +46,9 @@ fn spawn(h: &Home, app: &Path, cmd: &[&str]) -> std::process::Child {
 /// Root cause: `pin::sealed_files` and the pins know the executable and its script operand;
 /// the interpreter a `#!` line names is never read (no `#!` parsing in `pin/`), so neither the
 /// broker's check nor the run's end sees it change.
+/// Held since: every interpreter of the `#!` chain is pinned (`pin/shebang.rs`), shown on the
+/// card, and the rewrite ends the grant before the run.
 #[test]
-#[ignore = "LEAK: a `#!` interpreter that is a script in the working tree is neither pinned nor \
-            sealed; rewritten after approval it runs with the whole value under the standing \
-            grant (3 of 3 runs)"]
 fn s14_a_script_interpreter_named_by_the_shebang_rewritten_after_approval_never_runs() {
     let (a, tok, app) = setup(&[], "");
     let h = &a.h;
@@ -85,9 +84,8 @@ fn s14_a_script_interpreter_named_by_the_shebang_rewritten_after_approval_never_
 /// that sleeps and then runs its argument, read by the shell as it goes; sealing covers
 /// `ci.sh` only, so the line the agent writes into `runner` while the run sleeps runs with the
 /// value.
+/// Held since: an interpreter that is a script is sealed for the run like the script.
 #[test]
-#[ignore = "LEAK: a nested `#!` interpreter script is read by path during the run, unsealed; a \
-            line written into it mid-run runs with the whole value (3 of 3 runs)"]
 fn s14_a_nested_shebang_interpreter_rewritten_during_a_run_never_runs_the_rewrite() {
     if !userns() {
         return;
@@ -131,10 +129,9 @@ fn s14_a_nested_shebang_interpreter_rewritten_during_a_run_never_runs_the_rewrit
 /// usual shape of a project's scripts). The agent rewrites `lib.sh` after approval: is the
 /// file a script reads pinned? And if it is pinned, it is not sealed: written in place during a
 /// run (after the source line started, bash reads the sourced file as it goes too) it runs.
+/// Held since: the script's directory is pinned by the content of the files it may source and
+/// those are sealed (`pin/sealdirs.rs`).
 #[test]
-#[ignore = "LEAK: a file the approved script sources (`. ./lib.sh`) is neither pinned nor \
-            sealed; rewritten after approval it runs with the whole value under the standing \
-            grant (3 of 3 runs)"]
 fn s14_a_file_the_script_sources_rewritten_after_approval_never_runs() {
     let (a, tok, app) = setup(&[], ". ./lib.sh\n");
     let h = &a.h;
@@ -422,9 +419,9 @@ fn s14_a_generated_value_inside_a_pass_through_value_is_masked() {
 /// reads it by path. Written in place while the approved run sleeps (the same first line, a
 /// stealer after it), it runs the new line with the value; the run's end sees the write and
 /// ends the grant, after that run.
+/// Held since: a file over 16 MiB is checked by identity and streamed into the run's tmpfs
+/// from the checked descriptor (`reap/seal.rs`).
 #[test]
-#[ignore = "LEAK: a script over 16 MiB is not sealed; a line written into it mid-run runs with \
-            the whole value (3 of 3 runs)"]
 fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
     if !userns() {
         return;
@@ -464,9 +461,8 @@ fn s14_an_oversized_script_rewritten_during_a_run_never_runs_the_rewrite() {
 /// helper`): the sibling is pinned (`sys.path[0]`'s fingerprint) but not sealed, so a
 /// `helper.py` rewritten while the run sleeps is the one imported, with the value in
 /// `os.environ`. The run's end sees the directory changed and ends the grant, after that run.
+/// Held since: `sys.path[0]`'s importable files are sealed (`pin/sealdirs.rs`).
 #[test]
-#[ignore = "LEAK: a module the pinned script imports is not sealed; rewritten mid-run, before the \
-            import, it runs with the whole value (3 of 3 runs)"]
 fn s14_a_module_rewritten_during_a_run_before_its_import_never_runs() {
     if !userns() || !std::path::Path::new("/usr/bin/python3").exists() {
         return;

@@ -259,13 +259,11 @@ async fn verify_bounded(
             .filter(|p| crate::pin::path_dirs::DIR_ROLES.contains(&p.role.as_str()))
             .cloned()
             .collect();
-        let sealed = pin::sealed_files(exe.as_ref(), &inputs);
         // A script run by its `#!` line is an input too: a write during the run ends the grant.
         let mut files = files;
-        if let Some(e) = exe
-            .as_ref()
-            .filter(|e| sealed.iter().any(|(p, _)| *p == e.path))
-        {
+        if let Some(e) = exe.as_ref().filter(|e| {
+            e.sha256.len() == 64 && pin::interpreter_of(std::path::Path::new(&e.path)).is_some()
+        }) {
             files.extend(pin::stamps(&[pin::InputPin {
                 role: "executable".to_owned(),
                 path: e.path.clone(),
@@ -273,8 +271,11 @@ async fn verify_bounded(
                 detail: None,
             }]));
         }
-        verify(&argv, &cwd, &sp, home.as_deref(), exe.as_ref(), &inputs)
-            .map(|f| (f, (files, dirs, sealed)))
+        let f = verify(&argv, &cwd, &sp, home.as_deref(), exe.as_ref(), &inputs)?;
+        // The files the run reads sealed, as approved (a sealed directory's files hashed now
+        // and checked against its pin).
+        let sealed = pin::sealed_files(exe.as_ref(), &inputs)?;
+        Ok((f, (files, dirs, sealed)))
     })
     .await
 }
@@ -354,6 +355,11 @@ fn mismatch_hint(e: &pin::PinError, inputs: &[pin::InputPin]) -> String {
         _ => None,
     };
     match dir {
+        Some(p) if crate::pin::sealdirs::SEALED_DIR_ROLES.contains(&p.role.as_str()) => format!(
+            "a file the granted script may source or import was added, removed or written in {} (role {}); check what changed there (code the agent planted runs with the granted values), then call run again to ask the user",
+            keyveil_proto::display::visible(&p.path),
+            p.role
+        ),
         Some(p) => format!(
             "a program was added, removed, replaced or written in {} (role {}), which the granted command can run by name; check what changed there (a program the agent planted runs with the granted values), then call run again to ask the user; to stop pinning it, leave it out of the policy PATH (`keyveil policy set ENV path ...`)",
             keyveil_proto::display::visible(&p.path),
