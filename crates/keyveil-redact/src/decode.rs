@@ -33,6 +33,7 @@
 //! characters at once, base-N alphabets, homoglyphs that NFKC does not fold.
 
 mod dump;
+mod list;
 
 use std::collections::HashMap;
 use zeroize::Zeroize;
@@ -271,6 +272,7 @@ impl DecodePass {
             (ascii, first == Some(None)),
             hits,
         );
+        self.scan_list(&mut st.list, chunk, base, hits);
         let mut i = 0;
         while i < chunk.len() {
             if !st.active && st.esc == Esc::Ground {
@@ -359,6 +361,7 @@ impl DecodePass {
         self.flush(st, st.total_end(), hits);
         let end = st.total_end();
         self.finish_dump(&mut st.dump, end, hits);
+        self.finish_list(&mut st.list, hits);
         *st = DecodeState::default();
     }
 
@@ -382,6 +385,9 @@ impl DecodePass {
         if let Some(h) = self.dump_hold(&st.dump, total) {
             b = b.min(h);
         }
+        if let Some(h) = self.list_hold(&st.list) {
+            b = b.min(h);
+        }
         b
     }
 
@@ -399,10 +405,13 @@ impl DecodePass {
         }
         let dump = self.dump_pause_tail(&st.dump);
         if dump.len() > starts.len() {
-            dump
-        } else {
-            starts
+            starts = dump;
         }
+        let list = self.list_pause_tail(&st.list);
+        if list.len() > starts.len() {
+            starts = list;
+        }
+        starts
     }
 
     /// The start offsets, in order, of the units of the longest run at the end of `window`
@@ -1275,6 +1284,8 @@ pub(crate) struct DecodeState {
     hold_from: Option<u64>,
     /// Byte dumps with line offsets (`dump.rs`).
     dump: dump::DumpState,
+    /// Byte lists anywhere in a line (`list.rs`).
+    list: list::ListState,
 }
 
 impl Drop for DecodeState {
