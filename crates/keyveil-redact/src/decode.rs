@@ -265,14 +265,19 @@ impl DecodePass {
         // The first trigger of an ASCII chunk, found once for both readers.
         let [a, b, c] = TRIGGERS;
         let first = ascii.then(|| memchr::memchr3(a, b, c, chunk));
+        // The words both byte readers look for, found once.
+        let mut words = std::mem::take(&mut st.words);
+        list::stride_words(chunk, &mut words);
         self.scan_dump(
             &mut st.dump,
             chunk,
             base,
             (ascii, first == Some(None)),
+            &words,
             hits,
         );
-        self.scan_list(&mut st.list, chunk, base, hits);
+        self.scan_list(&mut st.list, chunk, base, &words, hits);
+        st.words = words;
         let mut i = 0;
         while i < chunk.len() {
             if !st.active && st.esc == Esc::Ground {
@@ -1286,6 +1291,8 @@ pub(crate) struct DecodeState {
     dump: dump::DumpState,
     /// Byte lists anywhere in a line (`list.rs`).
     list: list::ListState,
+    /// The words of the current chunk both readers look for (`list::stride_words`).
+    words: Vec<(usize, bool)>,
 }
 
 impl Drop for DecodeState {

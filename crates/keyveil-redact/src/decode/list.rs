@@ -79,6 +79,18 @@ const fn is_sep_const(b: u8) -> bool {
     )
 }
 
+/// Head bytes (`dump::is_t`, bit 0) and list bytes ([`H`], bit 1).
+// Indexing in a constant initialiser is checked at compile time.
+#[allow(clippy::indexing_slicing)]
+static LCLASS: std::sync::LazyLock<[u8; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0u8; 256];
+    for (i, c) in t.iter_mut().enumerate() {
+        let b = i as u8;
+        *c = u8::from(super::dump::is_t(b)) | (u8::from(is_h(b)) << 1);
+    }
+    t
+});
+
 /// A list byte ([`H`]).
 #[inline(always)]
 fn is_h(b: u8) -> bool {
@@ -98,20 +110,29 @@ fn may_be_list(w: u64) -> bool {
     (gw | yz | w) & (0x80 * ONES) == 0
 }
 
-/// Whether the bytes at `p` in `bytes` are an 8-byte word of list bytes.
-#[inline(always)]
-fn list_word(bytes: &[u8], p: usize) -> bool {
-    bytes.get(p..p + 8).is_some_and(|w| {
-        may_be_list(u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8])))
-            && w.iter().all(|&b| is_h(b))
-    })
-}
-
-/// The offset of the first 8-byte word of list bytes in `bytes` at a multiple of
-/// [`WORD_STRIDE`].
-fn next_list_word(bytes: &[u8]) -> Option<usize> {
+/// The 8-byte words of `chunk` at multiples of [`WORD_STRIDE`] that are all list bytes or all
+/// dump-head bytes (`dump::is_t`), in order, each with whether it is the latter: one search
+/// for both readers (the dump reader's heads need the same stride). A word holding a letter
+/// `g`–`w`, `y` or `z` fails a branch-free test first.
+pub(super) fn stride_words(chunk: &[u8], out: &mut Vec<(usize, bool)>) {
+    out.clear();
     let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
-    let (blocks, _) = bytes.as_chunks::<{ 4 * WORD_STRIDE }>();
+    let lclass: &[u8; 256] = &LCLASS;
+    let mut classify = |p: usize| {
+        if let Some(w) = chunk.get(p..p + 8)
+            && may_be_list(word(w))
+        {
+            let c = w.iter().fold(3u8, |c, &b| {
+                c & lclass.get(usize::from(b)).copied().unwrap_or(0)
+            });
+            // Head bytes are list bytes but for the fold's glue byte.
+            if c != 0 {
+                out.push((if c & 2 == 0 { p | GLUED } else { p }, c & 1 != 0));
+            }
+        }
+    };
+    // Four tested words (120 bytes) a step, one branch.
+    let (blocks, _) = chunk.as_chunks::<{ 4 * WORD_STRIDE }>();
     let mut at = 0;
     for block in blocks {
         let low = |k: usize| {
@@ -119,21 +140,32 @@ fn next_list_word(bytes: &[u8]) -> Option<usize> {
                 .get(k * WORD_STRIDE..k * WORD_STRIDE + 8)
                 .is_some_and(|w| may_be_list(word(w)))
         };
-        if (low(0) | low(1) | low(2) | low(3))
-            && let Some(k) = (0..4).find(|&k| list_word(bytes, at + k * WORD_STRIDE))
-        {
-            return Some(at + k * WORD_STRIDE);
+        if low(0) | low(1) | low(2) | low(3) {
+            for k in 0..4 {
+                classify(at + k * WORD_STRIDE);
+            }
         }
         at += 4 * WORD_STRIDE;
     }
     let mut p = at;
-    while p + 8 <= bytes.len() {
-        if list_word(bytes, p) {
-            return Some(p);
-        }
+    while p + 8 <= chunk.len() {
+        classify(p);
         p += WORD_STRIDE;
     }
-    None
+}
+
+/// Marks a word of [`stride_words`] that is all head bytes but not all list bytes (it holds
+/// the fold's glue byte): the high bit of its offset.
+pub(super) const GLUED: usize = 1 << (usize::BITS - 1);
+
+/// The first of `words` ([`stride_words`]) at `from` or after that is all list bytes.
+fn next_list_word(words: &[(usize, bool)], from: usize) -> Option<usize> {
+    let k = words.partition_point(|w| w.0 & !GLUED < from);
+    words
+        .get(k..)?
+        .iter()
+        .map(|w| w.0)
+        .find(|&p| p & GLUED == 0)
 }
 
 /// One stream's list-reading state.
@@ -289,6 +321,7 @@ impl DecodePass {
         st: &mut ListState,
         chunk: &[u8],
         base: u64,
+        words: &[(usize, bool)],
         hits: &mut Vec<Hit>,
     ) {
         let n = chunk.len();
@@ -325,7 +358,7 @@ impl DecodePass {
             }
         }
         while i < n {
-            let Some(p) = next_list_word(chunk.get(i..).unwrap_or_default()).map(|p| i + p) else {
+            let Some(p) = next_list_word(words, i) else {
                 break;
             };
             let mut lo = p;
