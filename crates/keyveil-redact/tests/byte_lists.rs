@@ -196,3 +196,28 @@ fn lists_split_across_pushes_and_prompts() {
     s.push(b"continue? [y/n]: ", &mut out);
     assert_eq!(out, b"continue? [y/n]: ");
 }
+
+/// Narrow hex dumps with offsets (`od -Ax -tx1 -w8`): every line shows 8 bytes of the value
+/// after an offset, which the list view reads as bytes of its hex stream.
+#[test]
+#[ignore = "LIMIT: narrow hex dumps with offsets are not joined (docs/redaction.md §5, narrow \
+            hex dumps with offsets)"]
+fn narrow_hex_dumps_with_offsets_are_redacted() {
+    let v = value(11, 32);
+    let r = Redactor::new([("V", v.as_slice())]);
+    let mut dump = String::new();
+    for (k, line) in v.chunks(8).enumerate() {
+        dump.push_str(&format!(
+            "{:06x} {}\n",
+            8 * k,
+            list(line, " ", |b| format!("{b:02x}"))
+        ));
+    }
+    dump.push_str(&format!("{:06x}\n", v.len()));
+    let (out, _) = r.redact(dump.as_bytes());
+    assert!(
+        common::leaked_window(&out, &v).is_none() && common::contains(&out, b"[REDACTED:V]"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}

@@ -592,6 +592,8 @@ impl DecodePass {
         // Whether `i` is a line start.
         let mut i_line = !st.mid_line && !st.on && !st.skip;
         let mut i = 0;
+        // The next of `words` to look at.
+        let mut cursor = 0;
         while i < n {
             if st.on {
                 let Some(&b) = chunk.get(i) else { break };
@@ -638,11 +640,16 @@ impl DecodePass {
                 _ => match words {
                     // A run of [`D_RUN`] head bytes after `i` holds one of the shared words.
                     Some(w) => {
+                        // On from the last word found (`i` seldom goes back: then from the
+                        // first).
                         let glued = super::list::GLUED;
-                        let from = w.partition_point(|x| x.0 & !glued < i);
-                        w.get(from..)
-                            .and_then(|w| w.iter().find(|x| x.1))
-                            .map(|x| x.0 & !glued)
+                        if cursor > 0 && w.get(cursor - 1).is_some_and(|x| x.0 & !glued > i) {
+                            cursor = 0;
+                        }
+                        while w.get(cursor).is_some_and(|x| !x.1 || x.0 & !glued < i) {
+                            cursor += 1;
+                        }
+                        w.get(cursor).map(|x| x.0 & !glued)
                     }
                     None => next_digit_word(chunk.get(i..).unwrap_or_default()).map(|p| i + p),
                 },

@@ -119,9 +119,7 @@ pub(super) fn stride_words(chunk: &[u8], out: &mut Vec<(usize, bool)>) {
     let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
     let lclass: &[u8; 256] = &LCLASS;
     let mut classify = |p: usize| {
-        if let Some(w) = chunk.get(p..p + 8)
-            && may_be_list(word(w))
-        {
+        if let Some(w) = chunk.get(p..p + 8) {
             let c = w.iter().fold(3u8, |c, &b| {
                 c & lclass.get(usize::from(b)).copied().unwrap_or(0)
             });
@@ -140,16 +138,21 @@ pub(super) fn stride_words(chunk: &[u8], out: &mut Vec<(usize, bool)>) {
                 .get(k * WORD_STRIDE..k * WORD_STRIDE + 8)
                 .is_some_and(|w| may_be_list(word(w)))
         };
-        if low(0) | low(1) | low(2) | low(3) {
-            for k in 0..4 {
-                classify(at + k * WORD_STRIDE);
+        let l = [low(0), low(1), low(2), low(3)];
+        if l[0] | l[1] | l[2] | l[3] {
+            for (k, &pass) in l.iter().enumerate() {
+                if pass {
+                    classify(at + k * WORD_STRIDE);
+                }
             }
         }
         at += 4 * WORD_STRIDE;
     }
     let mut p = at;
     while p + 8 <= chunk.len() {
-        classify(p);
+        if chunk.get(p..p + 8).is_some_and(|w| may_be_list(word(w))) {
+            classify(p);
+        }
         p += WORD_STRIDE;
     }
 }
@@ -157,16 +160,6 @@ pub(super) fn stride_words(chunk: &[u8], out: &mut Vec<(usize, bool)>) {
 /// Marks a word of [`stride_words`] that is all head bytes but not all list bytes (it holds
 /// the fold's glue byte): the high bit of its offset.
 pub(super) const GLUED: usize = 1 << (usize::BITS - 1);
-
-/// The first of `words` ([`stride_words`]) at `from` or after that is all list bytes.
-fn next_list_word(words: &[(usize, bool)], from: usize) -> Option<usize> {
-    let k = words.partition_point(|w| w.0 & !GLUED < from);
-    words
-        .get(k..)?
-        .iter()
-        .map(|w| w.0)
-        .find(|&p| p & GLUED == 0)
-}
 
 /// One stream's list-reading state.
 #[derive(Clone, Default)]
@@ -357,16 +350,39 @@ impl DecodePass {
                 i = lead;
             }
         }
+        let mut next = 0;
         while i < n {
-            let Some(p) = next_list_word(words, i) else {
+            // The next shared word of list bytes at `i` or after.
+            while words.get(next).is_some_and(|w| w.0 & GLUED != 0 || w.0 < i) {
+                next += 1;
+            }
+            let Some(&(p, _)) = words.get(next) else {
                 break;
             };
+            next += 1;
+            // A run of [`L_RUN`] through this word holds the 15 bytes before it or the 15
+            // after it (its 29 other bytes): word tests on them (a letter `g`-`z` is no list
+            // byte) decide most words of dates and times, where the run cannot reach the
+            // chunk's end.
+            let no_run = |k: usize| {
+                chunk.get(k..k + 8).is_some_and(|w| {
+                    !may_be_list(u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8])))
+                })
+            };
+            if p + 23 <= n
+                && (p < i + 15 || no_run(p - 8) || no_run(p - 15))
+                && (no_run(p + 8) || no_run(p + 15))
+            {
+                i = p + 8;
+                continue;
+            }
+            let is = |k: usize| chunk.get(k).is_some_and(|&b| is_h(b));
             let mut lo = p;
-            while lo > i && chunk.get(lo - 1).is_some_and(|&b| is_h(b)) {
+            while lo > i && is(lo - 1) {
                 lo -= 1;
             }
             let mut hi = p + 8;
-            while hi < n && hi - lo < L_RUN && chunk.get(hi).is_some_and(|&b| is_h(b)) {
+            while hi < n && hi - lo < L_RUN && is(hi) {
                 hi += 1;
             }
             if hi - lo >= L_RUN {
