@@ -24,7 +24,9 @@
 //! bytes from a line start, across line feeds, all offset digits, separators and line feeds)
 //! holds [`D_RUN`] digits, separators and offset hex letters in a row, so the pass tests one
 //! 8-byte word in [`WORD_STRIDE`] bytes for such bytes and, only at one, looks back for the
-//! start of the line. A line begun in an earlier chunk whose head is still undecided is kept
+//! start of the line. The words of a chunk that is read as it is (no translation) come from
+//! one search shared with the list reader (`list::stride_words`), at multiples of
+//! [`WORD_STRIDE`] from the chunk start: a run of [`D_RUN`] after any point holds one. A line begun in an earlier chunk whose head is still undecided is kept
 //! and held back until it is decided, so streaming equals one-shot. A chunk with no such word
 //! whose last byte cannot be part of a head (most chunks of text) costs two word tests and one
 //! table look-up.

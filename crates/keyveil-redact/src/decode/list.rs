@@ -20,13 +20,15 @@
 //! unit to its last.
 //!
 //! Cost: ordinary output is not read byte by byte. A run of [`L_RUN`] such bytes holds an
-//! 8-byte word of them at a multiple of [`WORD_STRIDE`] from the chunk start, so the reader
-//! tests one word in [`WORD_STRIDE`] (a word holding a letter `g`–`w`, `y` or `z`, as most
-//! words of text do, fails a branch-free test first) and only at a hit measures the run.
-//! A run shorter than [`L_RUN`] is never read, whichever chunks it spans: the run at a
-//! chunk's end is kept (at most [`L_RUN`] − 1 bytes, held back) and decided with the next
-//! chunk, so streaming equals one-shot. Lists of fewer than [`L_RUN`] bytes (a value of 8
-//! to 12 bytes as `58:6b:…`) are not read: `docs/redaction.md` §5.
+//! 8-byte word of them at a multiple of [`WORD_STRIDE`] from the chunk start, so one search
+//! ([`stride_words`], shared with the dump reader, whose heads need the same stride) tests one
+//! word in [`WORD_STRIDE`] (a word holding a letter `g`–`w`, `y` or `z`, as most words of text
+//! do, fails a branch-free test first); at a word of list bytes, word tests of the bytes
+//! around it decide most dates and times, and only then is the run measured. A run shorter
+//! than [`L_RUN`] is never read, whichever chunks it spans: the run at a chunk's end is kept
+//! (at most [`L_RUN`] − 1 bytes, held back from its first digit) and decided with the next
+//! chunk, so streaming equals one-shot. Lists of fewer than [`L_RUN`] bytes (a value of 8 to
+//! 12 bytes as `58:6b:…`) are not read: `docs/redaction.md` §5.
 
 use zeroize::Zeroize;
 
@@ -79,17 +81,41 @@ const fn is_sep_const(b: u8) -> bool {
     )
 }
 
-/// Head bytes (`dump::is_t`, bit 0) and list bytes ([`H`], bit 1).
+/// Head bytes (`dump::is_t`: digits, whitespace, `:` `,` `;` `|`, the fold's glue byte 0x1f,
+/// hex letters, brackets, quotes; bit 0) and list bytes ([`H`], bit 1), in one look-up. A unit
+/// test checks bit 0 against `dump::is_t`.
 // Indexing in a constant initialiser is checked at compile time.
 #[allow(clippy::indexing_slicing)]
-static LCLASS: std::sync::LazyLock<[u8; 256]> = std::sync::LazyLock::new(|| {
+static LCLASS: [u8; 256] = {
     let mut t = [0u8; 256];
-    for (i, c) in t.iter_mut().enumerate() {
+    let mut i = 0;
+    while i < 256 {
         let b = i as u8;
-        *c = u8::from(super::dump::is_t(b)) | (u8::from(is_h(b)) << 1);
+        let head = b.is_ascii_hexdigit()
+            || matches!(
+                b,
+                b' ' | b'\t'
+                    | b'\r'
+                    | b'\n'
+                    | b':'
+                    | b','
+                    | b';'
+                    | b'|'
+                    | 0x1f
+                    | b'['
+                    | b']'
+                    | b'('
+                    | b')'
+                    | b'{'
+                    | b'}'
+                    | b'"'
+                    | b'\''
+            );
+        t[i] = (head as u8) | ((H[i] as u8) << 1);
+        i += 1;
     }
     t
-});
+};
 
 /// A list byte ([`H`]).
 #[inline(always)]
@@ -117,11 +143,10 @@ fn may_be_list(w: u64) -> bool {
 pub(super) fn stride_words(chunk: &[u8], out: &mut Vec<(usize, bool)>) {
     out.clear();
     let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]));
-    let lclass: &[u8; 256] = &LCLASS;
     let mut classify = |p: usize| {
         if let Some(w) = chunk.get(p..p + 8) {
             let c = w.iter().fold(3u8, |c, &b| {
-                c & lclass.get(usize::from(b)).copied().unwrap_or(0)
+                c & LCLASS.get(usize::from(b)).copied().unwrap_or(0)
             });
             // Head bytes are list bytes but for the fold's glue byte.
             if c != 0 {
@@ -170,6 +195,8 @@ pub(crate) struct ListState {
     /// (a run is read once it reaches [`L_RUN`] bytes), and where they start.
     tail: Vec<u8>,
     tail_start: u64,
+    /// Where the first token byte of `tail` is (what a match could start at), if any.
+    tail_tok: Option<u64>,
     /// The token being read: its digits while all are decimal (up to [`BIG_MAX`]), how many
     /// digits it has, where it starts and ends.
     tok: Vec<u8>,
@@ -209,6 +236,15 @@ impl Drop for ListState {
     }
 }
 
+/// Zeroes and empties `v` (its length only: a full `zeroize` writes its whole capacity, which
+/// a long token once grew, at every token).
+fn wipe(v: &mut Vec<u8>) {
+    for b in v.iter_mut() {
+        *b = 0;
+    }
+    v.clear();
+}
+
 fn clear_view(v: &mut Vec<(u8, u64, u64)>) {
     for w in v.iter_mut() {
         w.0 = 0;
@@ -218,7 +254,7 @@ fn clear_view(v: &mut Vec<(u8, u64, u64)>) {
 
 impl ListState {
     fn reset_token(&mut self) {
-        self.tok.zeroize();
+        wipe(&mut self.tok);
         self.tok.clear();
         self.tok_len = 0;
         self.decimal = true;
@@ -229,7 +265,7 @@ impl ListState {
 
     /// After `0x`: the digits start.
     fn reset_digits(&mut self) {
-        self.tok.zeroize();
+        wipe(&mut self.tok);
         self.tok.clear();
         self.tok_len = 0;
         self.decimal = true;
@@ -250,6 +286,13 @@ impl ListState {
             clear_view(v);
         }
     }
+}
+
+/// The first byte of `bytes` that can be part of a token (a hex digit, `x`, `X`).
+fn first_token_byte(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .iter()
+        .position(|&b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')
 }
 
 /// Reads `digits` (ASCII digits) as a byte in `radix` (any zero padding).
@@ -318,6 +361,14 @@ impl DecodePass {
         hits: &mut Vec<Hit>,
     ) {
         let n = chunk.len();
+        if !st.open
+            && st.tail.is_empty()
+            && words.is_empty()
+            && chunk.last().is_none_or(|&b| !is_h(b))
+        {
+            // Most pushes of text: no word of list bytes, none open or kept, none at the end.
+            return;
+        }
         let mut i = 0;
         if st.open {
             i = self.list_run(st, chunk, base, 0, hits);
@@ -330,11 +381,12 @@ impl DecodePass {
             if lead >= need {
                 // The kept run reaches [`L_RUN`]: read it from its start.
                 let mut tail = std::mem::take(&mut st.tail);
+                st.tail_tok = None;
                 st.open = true;
                 st.reset_token();
                 let start = st.tail_start;
                 let _ = self.list_run(st, &tail, start, 0, hits);
-                tail.zeroize();
+                wipe(&mut tail);
                 tail.clear();
                 st.tail = tail;
                 i = self.list_run(st, chunk, base, 0, hits);
@@ -342,11 +394,14 @@ impl DecodePass {
                     return;
                 }
             } else if lead == n {
+                if st.tail_tok.is_none() {
+                    st.tail_tok = first_token_byte(chunk).map(|j| base + j as u64);
+                }
                 st.tail.extend_from_slice(chunk);
                 return;
             } else {
-                st.tail.zeroize();
-                st.tail.clear();
+                wipe(&mut st.tail);
+                st.tail_tok = None;
                 i = lead;
             }
         }
@@ -404,6 +459,8 @@ impl DecodePass {
             st.tail
                 .extend_from_slice(chunk.get(k..).unwrap_or_default());
             st.tail_start = base + k as u64;
+            st.tail_tok = first_token_byte(chunk.get(k..).unwrap_or_default())
+                .map(|j| st.tail_start + j as u64);
         }
     }
 
@@ -470,7 +527,7 @@ impl DecodePass {
         st.tok_len += 1;
         if st.decimal && !b.is_ascii_digit() {
             st.decimal = false;
-            st.tok.zeroize();
+            wipe(&mut st.tok);
             st.tok.clear();
         }
         if st.decimal && st.tok.len() < BIG_MAX {
@@ -562,8 +619,8 @@ impl DecodePass {
             self.end_list_token(st, hits);
         }
         st.close();
-        st.tail.zeroize();
-        st.tail.clear();
+        wipe(&mut st.tail);
+        st.tail_tok = None;
     }
 
     /// Where the open token's units not yet pushed start: the whole token while it may be a
@@ -584,11 +641,7 @@ impl DecodePass {
         if !st.open {
             // A match starts at a token: the kept punctuation before the first one (a prompt's
             // `> `, a line feed) is not held.
-            let k = st
-                .tail
-                .iter()
-                .position(|&b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')?;
-            return Some(st.tail_start + k as u64);
+            return st.tail_tok;
         }
         let mut b = Self::open_token_unit(st);
         for v in &st.views {
@@ -610,7 +663,7 @@ impl DecodePass {
             c.reset_token();
             let mut scratch = Vec::new();
             let _ = self.list_run(&mut c, &tail, st.tail_start, 0, &mut scratch);
-            tail.zeroize();
+            wipe(&mut tail);
             return self.list_pause_tail(&c);
         }
         let mut best: Vec<u64> = Vec::new();
@@ -649,6 +702,15 @@ impl DecodePass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_class_table_agrees_with_both_readers() {
+        for b in 0u8..=255 {
+            let c = LCLASS[usize::from(b)];
+            assert_eq!(c & 1 != 0, super::super::dump::is_t(b), "{b:#x}");
+            assert_eq!(c & 2 != 0, is_h(b), "{b:#x}");
+        }
+    }
 
     #[test]
     fn the_word_test_is_exact_for_list_bytes() {
