@@ -267,7 +267,11 @@ impl DecodePass {
         let first = ascii.then(|| memchr::memchr3(a, b, c, chunk));
         // The words both byte readers look for, found once.
         let mut words = std::mem::take(&mut st.words);
-        list::stride_words(chunk, &mut words);
+        if chunk.len() > list::SHORT_CHUNK || list::may_open(chunk) {
+            list::stride_words(chunk, &mut words);
+        } else {
+            words.clear();
+        }
         self.scan_dump(
             &mut st.dump,
             chunk,

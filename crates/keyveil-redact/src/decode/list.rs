@@ -182,6 +182,21 @@ pub(super) fn stride_words(chunk: &[u8], out: &mut Vec<(usize, bool)>) {
     }
 }
 
+/// Longest chunk with at most two tested words (64-byte pushes).
+pub(super) const SHORT_CHUNK: usize = 2 * WORD_STRIDE + 7;
+
+/// For a chunk of at most two tested words: whether either may be all list or head bytes
+/// (else [`stride_words`] finds none, without the call).
+#[inline(always)]
+pub(super) fn may_open(chunk: &[u8]) -> bool {
+    let test = |p: usize| {
+        chunk
+            .get(p..p + 8)
+            .is_some_and(|w| may_be_list(u64::from_le_bytes(w.try_into().unwrap_or([0xff; 8]))))
+    };
+    test(0) || test(WORD_STRIDE)
+}
+
 /// Marks a word of [`stride_words`] that is all head bytes but not all list bytes (it holds
 /// the fold's glue byte): the high bit of its offset.
 pub(super) const GLUED: usize = 1 << (usize::BITS - 1);
