@@ -1,9 +1,9 @@
 //! Red team, session 14: shapes of dumps and byte lists that common tools print, through the
 //! redactor's public API (one-shot, byte by byte and in uneven chunks). Each attack prints a
 //! value made at run time (never printed by the test) with a real tool and looks for what is
-//! left of it decoded back from the output's tokens. Held attacks are passing tests; the
-//! `#[ignore = "LEAK: ..."]` ones fail when run with `--ignored`. None of these shapes is in
-//! `docs/redaction.md` §5.
+//! left of it decoded back from the output's tokens. Every attack here is held now: the ten
+//! once-`LEAK` shapes are read by the decoding pass's list view (`src/decode/list.rs`,
+//! `docs/redaction.md` §4, *Byte lists*); `tests/byte_lists.rs` adds other shapes of each class.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
