@@ -594,7 +594,9 @@ impl DecodePass {
                 None => clear_view(v),
             }
         }
-        if decimal && len >= BIG_MIN {
+        // No longer than the longest atom's decimal (2.41 digits a byte): a text of long digit
+        // runs costs the square of this bound per token, not of [`BIG_MAX`].
+        if decimal && len >= BIG_MIN && len <= self.max_len * 241 / 100 + 2 {
             let mut big = big_endian(digits);
             let mut w: Vec<(u8, u64, u64)> = big.iter().map(|&b| (b, start, end)).collect();
             let _ = self.match_suffix(&w, hits);
