@@ -33,6 +33,7 @@
 //! characters at once, base-N alphabets, homoglyphs that NFKC does not fold.
 
 mod dump;
+mod list;
 
 use std::collections::HashMap;
 use zeroize::Zeroize;
@@ -264,13 +265,23 @@ impl DecodePass {
         // The first trigger of an ASCII chunk, found once for both readers.
         let [a, b, c] = TRIGGERS;
         let first = ascii.then(|| memchr::memchr3(a, b, c, chunk));
+        // The words both byte readers look for, found once.
+        let mut words = std::mem::take(&mut st.words);
+        if chunk.len() > list::SHORT_CHUNK || list::may_open(chunk) {
+            list::stride_words(chunk, &mut words);
+        } else {
+            words.clear();
+        }
         self.scan_dump(
             &mut st.dump,
             chunk,
             base,
             (ascii, first == Some(None)),
+            &words,
             hits,
         );
+        self.scan_list(&mut st.list, chunk, base, &words, hits);
+        st.words = words;
         let mut i = 0;
         while i < chunk.len() {
             if !st.active && st.esc == Esc::Ground {
@@ -359,6 +370,7 @@ impl DecodePass {
         self.flush(st, st.total_end(), hits);
         let end = st.total_end();
         self.finish_dump(&mut st.dump, end, hits);
+        self.finish_list(&mut st.list, hits);
         *st = DecodeState::default();
     }
 
@@ -382,6 +394,9 @@ impl DecodePass {
         if let Some(h) = self.dump_hold(&st.dump, total) {
             b = b.min(h);
         }
+        if let Some(h) = self.list_hold(&st.list) {
+            b = b.min(h);
+        }
         b
     }
 
@@ -399,10 +414,13 @@ impl DecodePass {
         }
         let dump = self.dump_pause_tail(&st.dump);
         if dump.len() > starts.len() {
-            dump
-        } else {
-            starts
+            starts = dump;
         }
+        let list = self.list_pause_tail(&st.list);
+        if list.len() > starts.len() {
+            starts = list;
+        }
+        starts
     }
 
     /// The start offsets, in order, of the units of the longest run at the end of `window`
@@ -1275,6 +1293,10 @@ pub(crate) struct DecodeState {
     hold_from: Option<u64>,
     /// Byte dumps with line offsets (`dump.rs`).
     dump: dump::DumpState,
+    /// Byte lists anywhere in a line (`list.rs`).
+    list: list::ListState,
+    /// The words of the current chunk both readers look for (`list::stride_words`).
+    words: Vec<(usize, bool)>,
 }
 
 impl Drop for DecodeState {

@@ -24,7 +24,9 @@
 //! bytes from a line start, across line feeds, all offset digits, separators and line feeds)
 //! holds [`D_RUN`] digits, separators and offset hex letters in a row, so the pass tests one
 //! 8-byte word in [`WORD_STRIDE`] bytes for such bytes and, only at one, looks back for the
-//! start of the line. A line begun in an earlier chunk whose head is still undecided is kept
+//! start of the line. The words of a chunk that is read as it is (no translation) come from
+//! one search shared with the list reader (`list::stride_words`), at multiples of
+//! [`WORD_STRIDE`] from the chunk start: a run of [`D_RUN`] after any point holds one. A line begun in an earlier chunk whose head is still undecided is kept
 //! and held back until it is decided, so streaming equals one-shot. A chunk with no such word
 //! whose last byte cannot be part of a head (most chunks of text) costs two word tests and one
 //! table look-up.
@@ -136,7 +138,7 @@ static CLASS: [u8; 256] = {
 /// Bytes a dump's head is made of: [`is_d`] bytes, hex letters (offsets), brackets and quotes
 /// (lists).
 #[inline(always)]
-fn is_t(b: u8) -> bool {
+pub(super) fn is_t(b: u8) -> bool {
     CLASS.get(usize::from(b)).is_some_and(|&c| c & 1 != 0)
 }
 
@@ -292,8 +294,14 @@ enum Quick {
 }
 
 #[inline(always)]
-fn quick(chunk: &[u8]) -> Quick {
-    let words = if chunk.len() <= 2 * WORD_STRIDE + 7 {
+fn quick(chunk: &[u8], found: Option<&[(usize, bool)]>) -> Quick {
+    let words = if let Some(found) = found {
+        // The shared search's words ([`super::list::stride_words`]): the first of head bytes.
+        found
+            .iter()
+            .find(|w| w.1)
+            .map(|w| w.0 & !super::list::GLUED)
+    } else if chunk.len() <= 2 * WORD_STRIDE + 7 {
         // Up to two words (64-byte pushes), without the search's loop.
         let digits = |p: usize| head_word(chunk, p);
         if digits(0) {
@@ -508,34 +516,44 @@ impl DumpState {
 impl DecodePass {
     /// Feeds `chunk` (at absolute offset `base`) to the dump reader; `ascii`: it is all ASCII;
     /// `plain`: and holds no `&`, `%` or `\\` (else it is read through [`fold`]'s translation).
+    /// `words`: the chunk's words at multiples of [`WORD_STRIDE`] that are all list bytes or all
+    /// [`is_t`] bytes (flagged), found once for this reader and the list reader.
     pub(super) fn scan_dump(
         &self,
         st: &mut DumpState,
         chunk: &[u8],
         base: u64,
         (ascii, plain): (bool, bool),
+        words: &[(usize, bool)],
         hits: &mut Vec<Hit>,
     ) {
         if plain && st.fold.idle() {
-            return self.scan_dump_bytes(st, chunk, base, hits);
+            return self.scan_dump_bytes(st, chunk, base, Some(words), hits);
         }
         let mut folded = std::mem::take(&mut st.folded);
         folded.clear();
         st.fold.fold_into(chunk, ascii, &mut folded);
-        self.scan_dump_bytes(st, &folded, base, hits);
+        self.scan_dump_bytes(st, &folded, base, None, hits);
         folded.zeroize();
         st.folded = folded;
     }
 
     /// [`DecodePass::scan_dump`] of the bytes the reader reads.
-    fn scan_dump_bytes(&self, st: &mut DumpState, chunk: &[u8], base: u64, hits: &mut Vec<Hit>) {
+    fn scan_dump_bytes(
+        &self,
+        st: &mut DumpState,
+        chunk: &[u8],
+        base: u64,
+        words: Option<&[(usize, bool)]>,
+        hits: &mut Vec<Hit>,
+    ) {
         let n = chunk.len();
         if n == 0 {
             return;
         }
         if !st.on && !st.skip && st.pre.is_empty() {
             // Asleep with nothing held, as for most chunks of ordinary output.
-            match quick(chunk) {
+            match quick(chunk, words) {
                 Quick::Quiet => {
                     st.mid_line = true;
                     return;
@@ -549,12 +567,12 @@ impl DecodePass {
                     return;
                 }
                 Quick::Words(p) => {
-                    self.scan_dump_slow(st, chunk, base, Some(p), hits);
+                    self.scan_dump_slow(st, chunk, base, Some(p), words, hits);
                     return;
                 }
             }
         }
-        self.scan_dump_slow(st, chunk, base, None, hits);
+        self.scan_dump_slow(st, chunk, base, None, words, hits);
     }
 
     /// [`DecodePass::scan_dump`] for a chunk that may wake the reader, or while it reads;
@@ -566,6 +584,7 @@ impl DecodePass {
         chunk: &[u8],
         base: u64,
         mut first: Option<usize>,
+        words: Option<&[(usize, bool)]>,
         hits: &mut Vec<Hit>,
     ) {
         let n = chunk.len();
@@ -575,6 +594,8 @@ impl DecodePass {
         // Whether `i` is a line start.
         let mut i_line = !st.mid_line && !st.on && !st.skip;
         let mut i = 0;
+        // The next of `words` to look at.
+        let mut cursor = 0;
         while i < n {
             if st.on {
                 let Some(&b) = chunk.get(i) else { break };
@@ -618,7 +639,22 @@ impl DecodePass {
             // The next run of digits and separators long enough for a dump's head.
             let found = match first.take() {
                 Some(p) if i == 0 => Some(p),
-                _ => next_digit_word(chunk.get(i..).unwrap_or_default()).map(|p| i + p),
+                _ => match words {
+                    // A run of [`D_RUN`] head bytes after `i` holds one of the shared words.
+                    Some(w) => {
+                        // On from the last word found (`i` seldom goes back: then from the
+                        // first).
+                        let glued = super::list::GLUED;
+                        if cursor > 0 && w.get(cursor - 1).is_some_and(|x| x.0 & !glued > i) {
+                            cursor = 0;
+                        }
+                        while w.get(cursor).is_some_and(|x| !x.1 || x.0 & !glued < i) {
+                            cursor += 1;
+                        }
+                        w.get(cursor).map(|x| x.0 & !glued)
+                    }
+                    None => next_digit_word(chunk.get(i..).unwrap_or_default()).map(|p| i + p),
+                },
             };
             let Some(p) = found else {
                 break;
