@@ -599,6 +599,10 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
         "the requester writes the command's standard input, which the command reads as program text: read it below",
     ),
     (
+        "value-outside-custody",
+        "a value keyveil made at random is in this request's own strings (shown as [REDACTED:NAME]): whoever wrote them holds it; rotate it (`keyveil status` lists it)",
+    ),
+    (
         "compromised-value",
         "a value `keyveil sweep` found outside keyveil and not rotated since: rotate it (`keyveil env show` says when and where)",
     ),
@@ -653,9 +657,9 @@ pub(crate) fn new_variable(n: &op::NewVariableInfo) -> String {
 /// digest, whether the command reads it as program text, and that the grant binds it.
 pub(crate) fn stdin_heading(s: &op::StdinInfo) -> String {
     format!(
-        "standard input, supplied by the requester ({} bytes, sha256 {}){}; bound: other bytes are another request:",
+        "standard input, supplied by the requester ({} bytes, digest {}){}; bound: other bytes are another request:",
         s.bytes,
-        short(&s.sha256),
+        short(&s.digest),
         if s.program {
             ", which this command may read as PROGRAM TEXT (code that runs with the values)"
         } else {
@@ -689,9 +693,9 @@ pub(crate) fn chosen_value(c: &op::ChosenValueInfo) -> String {
             let mut shown = keyveil_proto::display::quoted(v);
             if c.clipped {
                 shown.push_str(&format!(
-                    " … (clipped: {} bytes in all, sha256 {})",
+                    " … (clipped: {} bytes in all, digest {})",
                     c.bytes,
-                    short(c.sha256.as_deref().unwrap_or(""))
+                    short(c.digest.as_deref().unwrap_or(""))
                 ));
             }
             shown

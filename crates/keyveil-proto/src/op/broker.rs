@@ -92,6 +92,22 @@ pub struct BrokerStatus {
     /// inotify watches those hold in all (one per folder under them).
     #[serde(default)]
     pub watched_dirs: usize,
+    /// Variables whose value keyveil made at random was found in the strings of a request
+    /// whose requester holds no values (flag `value-outside-custody`), not rotated since:
+    /// whoever wrote those strings holds the value. Empty while the vault is locked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_outside_custody: Vec<OutsideCustody>,
+}
+
+/// A variable whose value was found outside keyveil's custody (in [`BrokerStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideCustody {
+    /// Environment.
+    pub environment: String,
+    /// The variable, as clients see it (an alias where names are hidden).
+    pub variable: String,
+    /// When it was found.
+    pub found_at: Timestamp,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -127,9 +143,11 @@ pub struct LockedAsk {
     /// Pass-through names as asked (empty: none).
     #[serde(default)]
     pub pass_env: Vec<String>,
-    /// SHA-256 (hex) of the standard input the agent supplies (`None`: `/dev/null`).
+    /// HMAC-SHA256 (hex) of the standard input the agent supplies, under a key the broker makes
+    /// at start and never lets out (`None`: `/dev/null`): the unlocked card of the same broker
+    /// shows the same digest.
     #[serde(default)]
-    pub stdin_sha256: Option<String>,
+    pub stdin_digest: Option<String>,
     /// The agent's reason.
     pub reason: Option<String>,
     /// When it was last asked.

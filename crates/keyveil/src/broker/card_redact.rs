@@ -174,6 +174,18 @@ impl WholeValues {
         found
     }
 
+    /// The names of the whole values found in `input` (each once, sorted).
+    pub(crate) fn names_in(&self, input: &[u8]) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .matches(input)
+            .into_iter()
+            .map(|(_, _, n)| n.to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// `input` with every whole value masked, and how many were.
     pub(crate) fn redact(&self, input: &[u8]) -> (Vec<u8>, usize) {
         let found = self.matches(input);

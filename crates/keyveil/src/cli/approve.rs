@@ -165,9 +165,9 @@ fn locked_card(a: &op::LockedAsk) -> String {
                 .join(", ")
         ));
     }
-    if let Some(d) = &a.stdin_sha256 {
+    if let Some(d) = &a.stdin_digest {
         out.push_str(&format!(
-            "  stdin:       supplied by the requester (sha256 {}); shown in full after the unlock\n",
+            "  stdin:       supplied by the requester (digest {}); shown after the unlock\n",
             d.get(..16).unwrap_or(d)
         ));
     }
@@ -202,7 +202,7 @@ fn same_as_locked(card: &op::RequestCard, ask: &op::LockedAsk) -> bool {
         && card.cwd == ask.cwd
         && variables
         && pass_env == ask.pass_env
-        && card.stdin.as_ref().map(|s| &s.sha256) == ask.stdin_sha256.as_ref()
+        && card.stdin.as_ref().map(|s| &s.digest) == ask.stdin_digest.as_ref()
 }
 
 /// How long `approve` waits, after unlocking, for the agent's call to reach the unlocked broker.
