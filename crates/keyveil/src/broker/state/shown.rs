@@ -63,9 +63,9 @@ pub(crate) fn clip_shown(text: &str, chars: usize) -> (String, bool) {
         .windows(MARKER.len())
         .take(end)
         .enumerate()
-        .filter(|(_, w)| *w == MARKER.as_bytes())
-        .map(|(i, _)| i)
-        .last();
+        .rev()
+        .find(|(_, w)| *w == MARKER.as_bytes())
+        .map(|(i, _)| i);
     if let Some(p) = last
         && !b.get(p..end).unwrap_or_default().contains(&b']')
     {
