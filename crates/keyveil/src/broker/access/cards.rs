@@ -34,7 +34,7 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
 }
 
 /// `card` (already masked) with its chosen values and standard input clipped to what a card
-/// shows ([`SHOWN_VALUE_CHARS`], [`SHOWN_STDIN_CHARS`]), never inside a marker
+/// shows (`state::SHOWN_VALUE_CHARS`, `state::SHOWN_STDIN_CHARS`), never inside a marker
 /// (`state::clip_shown`). Clipping comes after masking: a secret value across the clip was whole
 /// when the matcher saw it.
 fn clip_card(mut card: op::RequestCard) -> op::RequestCard {
