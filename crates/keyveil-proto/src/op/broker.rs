@@ -143,11 +143,15 @@ pub struct LockedAsk {
     /// Pass-through names as asked (empty: none).
     #[serde(default)]
     pub pass_env: Vec<String>,
-    /// HMAC-SHA256 (hex) of the standard input the agent supplies, under a key the broker makes
-    /// at start and never lets out (`None`: `/dev/null`): the unlocked card of the same broker
-    /// shows the same digest.
+    /// HMAC-SHA256 (hex) of the standard input the agent supplies, under a key the locked
+    /// broker made at start and never lets out (`None`: `/dev/null`): it tells asks apart while
+    /// that broker runs. The unlock starts another broker, whose key (and so whose cards'
+    /// digests) differ: `approve` compares [`LockedAsk::stdin_bytes`] instead.
     #[serde(default)]
     pub stdin_digest: Option<String>,
+    /// The length in bytes of the standard input the agent supplies (`None`: `/dev/null`).
+    #[serde(default)]
+    pub stdin_bytes: Option<usize>,
     /// The agent's reason.
     pub reason: Option<String>,
     /// When it was last asked.

@@ -116,7 +116,8 @@ pub(super) async fn wait(
             p.dedup();
             p
         },
-        // Keyed like the unlocked card's (the same broker): `approve` compares the two.
+        // Keyed by this broker's own key: no offline search from `status`.
+        stdin_bytes: req.stdin.as_ref().map(String::len),
         stdin_digest: req
             .stdin
             .as_ref()
@@ -174,6 +175,7 @@ mod tests {
             cwd: "/tmp".into(),
             pass_env: Vec::new(),
             stdin_digest: None,
+            stdin_bytes: None,
             reason: None,
             asked_at: Timestamp::now(),
         }
