@@ -350,7 +350,7 @@ impl AccessReq {
 pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
 
 /// A value an agent could have chosen, as a request shows it and a grant binds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct ChosenValue {
     /// `pass-env` (from the requester's environment), `reader-env` (a code-loading variable
     /// of a mount reader's own environment), `stored-without-factor` (a vault variable
@@ -378,6 +378,18 @@ pub(crate) struct ChosenValue {
     /// [`value_digest`] (hex, keyed by the broker's secret) of the whole value; `None` when it
     /// is not set.
     pub digest: Option<String>,
+}
+
+impl std::fmt::Debug for ChosenValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value: a debug print is not masked.
+        f.debug_struct("ChosenValue")
+            .field("origin", &self.origin)
+            .field("name", &self.name)
+            .field("variable", &self.variable)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChosenValue {
