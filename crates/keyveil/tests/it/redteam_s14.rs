@@ -685,8 +685,8 @@ fn s14_a_script_written_through_a_hard_link_and_an_open_descriptor_never_runs_th
 /// The matcher of values made at random runs on the agent's own asks too (a daemon may have
 /// started them): it masks a candidate that is the whole value. The design says that answers no
 /// planted guess, "since no agent can plant a right guess of ≥ 80 random bits whatever it
-/// knows". But the agent can know most of such a value: the clip above shows 30 of 32
-/// characters, a value a granted child writes in part reaches a card (`docs/threat-model.md`),
+/// knows". But the agent can know most of such a value: the clip above showed 30 of 32
+/// characters (closed since: masked whole, clipped after), a value a granted child writes in part reaches a card (`docs/threat-model.md`),
 /// and a dump line under 12 bytes stays visible (`docs/redaction.md` §5). With all but one
 /// character known, one ask of its own holding the 62 candidates in its argv, and the card
 /// masks the right one: the whole value, without any digest.
