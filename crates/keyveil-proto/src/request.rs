@@ -205,6 +205,9 @@ pub enum Bootstrap {
         /// Passphrase.
         passphrase: Passphrase,
     },
+    /// CI mode: an ephemeral vault under a random key, the manifest and allowlist frozen
+    /// (`keyveil ci start`, `docs/ci.md`).
+    Ci(Box<crate::op::CiBootstrap>),
 }
 
 /// The longest `NAME=value` string, in bytes with its terminating NUL, that Linux lets one
@@ -336,6 +339,10 @@ pub enum Request {
     ProjectApprove(op::ProjectApprove),
     /// The manifests environments are pinned to (`keyveil project status`).
     ProjectStatus,
+    /// CI mode: scan artifact folders for every value the job used (`keyveil ci scan`).
+    CiScan(op::CiScan),
+    /// CI mode: end the job's broker and write its signed audit chain (`keyveil ci finish`).
+    CiFinish(op::CiFinish),
 }
 
 /// A dynamic variable to declare (see `docs/dynamic-credentials.md`).
@@ -454,6 +461,8 @@ impl Request {
             Request::Mounts(_) => "mounts",
             Request::ProjectApprove(_) => "project_approve",
             Request::ProjectStatus => "project_status",
+            Request::CiScan(_) => "ci_scan",
+            Request::CiFinish(_) => "ci_finish",
         }
     }
 }

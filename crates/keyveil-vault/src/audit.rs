@@ -487,9 +487,10 @@ fn gap_seen(seq: u64, ts: &str, map: &Map<String, Value>) -> GapSeen {
     }
 }
 
-/// Parses one line (without newline) and checks form, canonical bytes and MAC. Does not check
-/// position (`seq`, `prev`); the caller does.
-fn check_line(line_no: u64, bytes: &[u8], key: &[u8; 32]) -> Result<Checked, AuditError> {
+/// Parses one line (without newline) and checks form, canonical bytes and MAC (no MAC without
+/// `key`: [`chain_head`] for a reader who must not hold it). Does not check position (`seq`,
+/// `prev`); the caller does.
+fn check_line(line_no: u64, bytes: &[u8], key: Option<&[u8; 32]>) -> Result<Checked, AuditError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         let category = match e.classify() {
             serde_json::error::Category::Io => "io",
@@ -532,9 +533,11 @@ fn check_line(line_no: u64, bytes: &[u8], key: &[u8; 32]) -> Result<Checked, Aud
     if with_mac(input.clone(), mac).as_bytes() != bytes {
         return Err(bad(line_no, LineFault::NotCanonical));
     }
-    let expected = hmac_sha256(key, &[input.as_bytes()]);
-    if !bool::from(expected.as_ref().ct_eq(&mac_bytes)) {
-        return Err(bad(line_no, LineFault::MacMismatch));
+    if let Some(key) = key {
+        let expected = hmac_sha256(key, &[input.as_bytes()]);
+        if !bool::from(expected.as_ref().ct_eq(&mac_bytes)) {
+            return Err(bad(line_no, LineFault::MacMismatch));
+        }
     }
     if ts.parse::<jiff::Timestamp>().is_err() {
         return Err(bad(line_no, LineFault::BadField("ts")));
@@ -736,7 +739,7 @@ impl AuditWriter {
             reserve_unsupported: false,
         };
         if let Some((line_no, bytes)) = last {
-            let checked = check_line(line_no, &bytes, key)?;
+            let checked = check_line(line_no, &bytes, Some(key))?;
             writer.seq = checked.seq;
             writer.prev = sha256_hex(&bytes);
             writer.last_mac = Some(checked.mac);
@@ -753,7 +756,7 @@ impl AuditWriter {
     /// otherwise cut it off and log that.
     fn recover_tail(&mut self, tail: &[u8]) -> Result<(), AuditError> {
         let next = self.seq + 1;
-        if let Ok(checked) = check_line(next, tail, &self.key)
+        if let Ok(checked) = check_line(next, tail, Some(&self.key))
             && check_position(next, &checked, &self.prev).is_ok()
         {
             self.file
@@ -1434,7 +1437,7 @@ fn verify_inner(
         if !line.complete {
             return Err(bad(line_no, LineFault::Incomplete));
         }
-        let checked = check_line(line_no, &line.bytes, key)?;
+        let checked = check_line(line_no, &line.bytes, Some(key))?;
         check_position(line_no, &checked, &prev)?;
         if let Some(c) = checkpoint
             && c.seq == checked.seq
@@ -1534,7 +1537,7 @@ pub fn salvage(
         };
         let line_no = reader.line_no;
         let checked = if line.complete {
-            check_line(line_no, &line.bytes, key)
+            check_line(line_no, &line.bytes, Some(key))
                 .and_then(|c| check_position(line_no, &c, &prev).map(|()| c))
         } else {
             Err(bad(line_no, LineFault::Incomplete))
@@ -1556,6 +1559,47 @@ pub fn salvage(
         out.verified = line_no;
     }
     Ok(out)
+}
+
+/// The head of a chain that verifies: how many entries, and the SHA-256 of the last line (which,
+/// through each line's `prev`, commits to every line before it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Number of entries.
+    pub entries: u64,
+    /// Lowercase hex SHA-256 of the last line without its newline ([`GENESIS_PREV`] when empty).
+    pub sha256: String,
+    /// The last entry's `mac`, if any.
+    pub last_mac: Option<String>,
+}
+
+/// Verifies a whole log held in memory (`bytes`, every line ending in `\n`) and returns its head:
+/// with `key`, as [`verify`] does; without it, everything but the MACs (form, canonical bytes,
+/// `seq`, the `prev` chain), for a reader who must not hold the key and trusts the head by other
+/// means (the Ed25519 signature of a CI broker: `docs/ci.md`).
+///
+/// # Errors
+/// [`AuditError::BadLine`] naming the first bad line (1-based) and why.
+pub fn chain_head(bytes: &[u8], key: Option<&[u8; 32]>) -> Result<ChainHead, AuditError> {
+    let path = Path::new("(in memory)");
+    let mut reader = LineReader::new(bytes);
+    let mut prev = GENESIS_PREV.to_owned();
+    let mut last_mac = None;
+    while let Some(line) = reader.next_line(path)? {
+        let line_no = reader.line_no;
+        if !line.complete {
+            return Err(bad(line_no, LineFault::Incomplete));
+        }
+        let checked = check_line(line_no, &line.bytes, key)?;
+        check_position(line_no, &checked, &prev)?;
+        prev = sha256_hex(&line.bytes);
+        last_mac = Some(checked.mac);
+    }
+    Ok(ChainHead {
+        entries: reader.line_no,
+        sha256: prev,
+        last_mac,
+    })
 }
 
 /// Reads the entries of the log at `path` for display, without verifying MACs or the chain: all

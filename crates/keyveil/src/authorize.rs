@@ -335,6 +335,15 @@ async fn bootstrap(paths: &Paths, b: Bootstrap) -> Result<op::Bootstrapped> {
 /// [`AuthError::WrongPassphrase`]; another process holds the broker lock; the new broker failed
 /// or is not the one answering.
 pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<(bool, Vec<String>)> {
+    if let Some(Ok(Reply::Ok { data })) = client::call_existing(paths, &op::Status.into()).await
+        && let Ok(status) = client::typed_data::<op::Status>(data)
+        && status.ci
+    {
+        bail!(
+            "refused: the broker for {} runs in CI mode (`keyveil ci start`), where no factor exists and its vault's key is random and held in its memory only; nothing was sent\nhint: a CI job never unlocks: `keyveil ci finish` ends this broker",
+            paths.home.display()
+        );
+    }
     let key = passphrase_key(paths, &pass).await?;
     if is_ours_unlocked(paths, &key).await {
         return Ok((true, Vec::new()));
@@ -367,7 +376,7 @@ pub(crate) async fn unlock(paths: &Paths, pass: Passphrase) -> Result<(bool, Vec
     }
     let warnings = match answer {
         op::Bootstrapped::Unlocked { warnings, .. } => warnings,
-        op::Bootstrapped::Created { .. } => Vec::new(),
+        op::Bootstrapped::Created { .. } | op::Bootstrapped::CiStarted { .. } => Vec::new(),
     };
     Ok((false, warnings))
 }
@@ -419,4 +428,33 @@ pub(crate) async fn init(
         .into());
     }
     Ok(data)
+}
+
+/// `keyveil ci start`: in a fresh home (no vault, no broker answering), starts a broker of our
+/// own in CI mode with `b` (the frozen files and the job's secrets, through its stdin socket
+/// pair) and returns what it froze and its public key.
+///
+/// # Errors
+/// The home holds a vault or a broker; the broker refused the bootstrap (its message).
+pub(crate) async fn ci_start(
+    paths: &Paths,
+    b: keyveil_proto::op::CiBootstrap,
+) -> Result<op::CiStarted> {
+    if paths.vault().exists()
+        || client::call_existing(paths, &op::Status.into())
+            .await
+            .is_some()
+    {
+        bail!(
+            "`keyveil ci start` needs a fresh KEYVEIL_HOME, and {} already holds a vault or a broker\nhint: point KEYVEIL_HOME at a new empty folder (for example under $RUNNER_TEMP)",
+            paths.home.display()
+        );
+    }
+    match bootstrap(paths, Bootstrap::Ci(Box::new(b))).await? {
+        op::Bootstrapped::CiStarted { ci } => Ok(ci),
+        _ => bail!(
+            "the broker that was started gave an unexpected answer\nhint: see {}",
+            paths.log().display()
+        ),
+    }
 }

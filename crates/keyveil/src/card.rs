@@ -313,6 +313,7 @@ fn render_card(r: &op::RequestCard, st: Style, details: bool) -> String {
     ));
     if let Some(m) = &r.mount {
         out.push_str(&format!("  {}\n", st.strong(&mount_headline(r, m))));
+        out.push_str(&format!("  {}\n", mount_scope(m)));
         for line in MOUNT_WARNING {
             out.push_str(&format!("  {}\n", st.caution(line)));
         }
@@ -490,6 +491,17 @@ pub(crate) fn mount_headline(r: &op::RequestCard, m: &op::MountRead) -> String {
     )
 }
 
+/// What a `--ttl` grant of a mount read would serve later without a card.
+fn mount_scope(m: &op::MountRead) -> String {
+    match &m.anchor {
+        Some(a) => format!(
+            "with --ttl: serves later the same reader started under {} only (not one reparented away from it)",
+            esc(a)
+        ),
+        None => "with --ttl: serves no later reader without a card (this reader's parent is init or a subreaper: nothing to bind the grant to)".to_owned(),
+    }
+}
+
 /// What each risk flag of `risk/` means, in one line: the terminal card and the approval page
 /// show it next to the flag; an unknown flag shows as named.
 pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
@@ -499,7 +511,11 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
     ),
     (
         "agent-reader",
-        "an agent host is among the reader's parents: the agent itself would read the values",
+        "an agent host is among the reader's parents (its whole chain, or the chain could not be read to its end): the agent itself would read the values",
+    ),
+    (
+        "detached-reader",
+        "the reader's parent is init or a subreaper: what started it has exited (a launcher, `setsid -f`, `nohup ... &`), so who started it cannot be told; a --ttl grant never serves such a reader without a card",
     ),
     (
         "argv-not-the-executable",

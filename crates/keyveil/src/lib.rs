@@ -11,6 +11,7 @@
 mod authorize;
 mod broker;
 mod card;
+mod ci_sign;
 mod cli;
 mod client;
 mod demo;

@@ -64,7 +64,7 @@ fn required_of(source: &str) -> &'static [&'static str] {
 }
 
 /// A parsed, checked manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Manifest {
     /// Environments in file order.
     pub(crate) environments: Vec<EnvDecl>,

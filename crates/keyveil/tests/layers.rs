@@ -50,6 +50,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "redact",
             "notify",
             "output",
+            "ci_sign",
         ],
     ),
     (

@@ -283,6 +283,28 @@ pub struct GrantInfo {
     /// Credentials minted for it (handles and expiry, never a secret).
     #[serde(default)]
     pub dynamic: Vec<DynamicCredential>,
+    /// For a mount read's grant: which later readers it serves without a card
+    /// (`readers started under bash (pid 812)`, or none). `None` for a run's grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_scope: Option<String>,
+    /// Reads a spawn under it waits on: OpenBao holds them for a control group until a second
+    /// approver authorizes them there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub openbao_waits: Vec<ControlGroupWait>,
+}
+
+/// A read OpenBao holds for a control group, which a spawn waits on (in
+/// [`GrantInfo::openbao_waits`]): what the second approver needs, no secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlGroupWait {
+    /// The variable the read is for.
+    pub variable: String,
+    /// The path read (`secret/data/team/app`).
+    pub path: String,
+    /// The wrapping token's accessor, to authorize in OpenBao (it cannot unwrap).
+    pub accessor: String,
+    /// Since when the spawn waits.
+    pub since: Timestamp,
 }
 
 /// A file pinned at approval: identity and content digest.
@@ -429,6 +451,10 @@ pub struct MountRead {
     pub path: String,
     /// The reader's pid.
     pub pid: u32,
+    /// The process a `--ttl` grant of this read is bound to, as `NAME (pid N)`: later readers
+    /// are served without a card only when started under it. `None`: no anchor (the reader's
+    /// parent is init or a subreaper), and such a grant serves no later reader without a card.
+    pub anchor: Option<String>,
 }
 
 /// A variable bound to hosts, as a card shows it.
@@ -621,6 +647,7 @@ mod tests {
             mount: Some(MountRead {
                 path: "/w/.env".into(),
                 pid: 42,
+                anchor: Some("bash (pid 20)".into()),
             }),
         };
         let empty = RequestCard {

@@ -97,6 +97,9 @@ pub struct BrokerStatus {
     /// whoever wrote those strings holds the value. Empty while the vault is locked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values_outside_custody: Vec<OutsideCustody>,
+    /// Whether this broker runs in CI mode (`docs/ci.md`): no factor, a frozen allowlist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ci: bool,
 }
 
 /// A variable whose value was found outside keyveil's custody (in [`BrokerStatus`]).
@@ -234,6 +237,11 @@ pub enum Bootstrapped {
     Created {
         /// The vault file.
         created: PathBuf,
+    },
+    /// `Bootstrap::Ci`: the CI broker serves.
+    CiStarted {
+        /// What it froze and the key that will sign its audit chain.
+        ci: super::CiStarted,
     },
     /// `Bootstrap::Unlock`: the vault is open.
     Unlocked {

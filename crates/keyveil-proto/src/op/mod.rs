@@ -46,6 +46,7 @@ macro_rules! unit_operation {
 mod access;
 mod audit;
 mod broker;
+mod ci;
 mod dynamic;
 mod env;
 mod mount;
@@ -58,6 +59,7 @@ mod var;
 pub use access::*;
 pub use audit::*;
 pub use broker::*;
+pub use ci::*;
 pub use dynamic::*;
 pub use env::*;
 pub use mount::*;

@@ -72,6 +72,10 @@ pub struct MountInfo {
     pub refused: u64,
     /// The last thing that happened, in words (never a value).
     pub last: Option<String>,
+    /// The recent events, newest first, in words (a few; a stop or a denial is kept over
+    /// mundane refusals). Rebuilt from the verified audit log when the vault is unlocked.
+    #[serde(default)]
+    pub recent: Vec<String>,
 }
 
 operation!(Mount => Mounted);

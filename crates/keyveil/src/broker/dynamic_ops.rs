@@ -81,6 +81,28 @@ pub(crate) async fn add(
     store(broker, &req, &spec, &names, verified)
 }
 
+/// [`add`] for `keyveil ci start` (`broker/ci`), before any client is served: the source comes
+/// from the frozen manifest and its login secret from the job, as if added with the factor.
+pub(crate) async fn add_at_ci_start(
+    broker: &Arc<Broker>,
+    req: DynamicAddRequest,
+) -> OpResult<DynamicAdded> {
+    let mut spec = spec_of(&req)?;
+    spec.same_user_loopback = broker.lock().vault().is_ok_and(|v| {
+        v.data()
+            .environments
+            .get(&req.environment)
+            .is_some_and(|e| e.policy.insecure_loopback)
+    });
+    let logins = broker.lock().dynamic().logins();
+    let names = variables(&req, &spec, &logins).await?;
+    check_names(&names)?;
+    if req.check && !(spec.engine == EngineKind::OpenbaoKv && req.name.is_none()) {
+        check_source(&spec, &logins).await?;
+    }
+    store(broker, &req, &spec, &names, true)
+}
+
 /// Replaces the request's variable name, where names are hidden, by the real name its alias
 /// stands for; whether the name is a guess (no alias of a hidden environment): any such name
 /// needs the factor (see [`authorize`]), whether or not it exists.

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::Broker;
 use super::state::{Inner, OpError, OpResult};
-use crate::dynamic::{DynamicError, DynamicSpec, EngineKind, Held, Logins, push_outbox};
+use crate::dynamic::{CgWait, DynamicError, DynamicSpec, EngineKind, Held, Logins, push_outbox};
 use keyveil_proto::ErrorCode;
 
 /// A used-up grant keeps its credentials this long after their last hand-out, so a run being
@@ -76,6 +76,7 @@ pub(crate) async fn values_for_grant(
     let mut kv_cache: BTreeMap<String, BTreeMap<String, SecretValue>> = BTreeMap::new();
     let mut kv_reads: Vec<Value> = Vec::new();
     let mut failure: Option<OpError> = None;
+    let until = cg_deadline(w.expires_at);
     for (name, src) in w.sources {
         let spec = match DynamicSpec::from_source(&src, w.same_user) {
             Ok(s) => s,
@@ -84,8 +85,23 @@ pub(crate) async fn values_for_grant(
                 break;
             }
         };
+        let note = |event: &'static str, fields: Value| {
+            cg_note(broker, grant_id, environment, &name, event, fields);
+        };
+        let wanted = || {
+            broker
+                .lock()
+                .grants()
+                .get(grant_id)
+                .is_some_and(|g| !g.revoked())
+        };
+        let wait = CgWait {
+            until: Some(until),
+            notice: Some(&note),
+            wanted: Some(&wanted),
+        };
         if spec.engine == EngineKind::OpenbaoKv {
-            match fetch_kv(&spec, &w.logins, &name, &mut kv_cache, &mut kv_reads).await {
+            match fetch_kv(&spec, &w.logins, &name, &mut kv_cache, &mut kv_reads, &wait).await {
                 Ok(v) => out.values.push((name, v)),
                 Err(e) => {
                     audit_failure(broker, grant_id, environment, &name, &spec, &e);
@@ -102,7 +118,7 @@ pub(crate) async fn values_for_grant(
             expires_at: w.expires_at,
             logins: &w.logins,
         };
-        match minted_or_reused(&at, &name, &spec, &mut fresh).await {
+        match minted_or_reused(&at, &name, &spec, &mut fresh, &wait).await {
             Ok(minted) => {
                 out.values.push((name, minted.value.clone()));
                 out.values.extend(minted.extra_env.iter().cloned());
@@ -114,12 +130,67 @@ pub(crate) async fn values_for_grant(
             }
         }
     }
+    broker.lock().dynamic_mut().cg_wait_end(grant_id);
     audit_kv_reads(broker, grant_id, environment, kv_reads);
     register_fresh(broker, grant_id, fresh)?;
     match failure {
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// How long a spawn waits for a second approver where an OpenBao control group holds a read:
+/// as long as a request waits for the human's approval (10 minutes), and never past the
+/// grant's expiry.
+fn cg_deadline(expires_at: Timestamp) -> Instant {
+    let left = expires_at.duration_since(Timestamp::now()).as_secs().max(0) as u64;
+    let secs = left.min(crate::broker::state::REQUEST_TTL_SECONDS as u64);
+    Instant::now() + std::time::Duration::from_secs(secs)
+}
+
+/// Records a control-group event of a spawn's OpenBao read (`control_group_pending`,
+/// `control_group_released`: the accessor, the path, OpenBao's request id; never the
+/// wrapping token) with the grant, environment and variable; a pending one is also listed
+/// under the grant for `keyveil grants` until the spawn stops waiting.
+fn cg_note(
+    broker: &Broker,
+    grant_id: &str,
+    environment: &str,
+    variable: &str,
+    event: &'static str,
+    mut fields: Value,
+) {
+    if let Value::Object(m) = &mut fields {
+        m.insert("grant_id".into(), json!(grant_id));
+        m.insert("environment".into(), json!(environment));
+        m.insert("variable".into(), json!(variable));
+    }
+    let mut inner = broker.lock();
+    if event == "control_group_pending" {
+        let field = |k: &str| {
+            fields
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let accessor = field("accessor");
+        tracing::warn!(
+            variable,
+            accessor,
+            "OpenBao holds the read for a control group: waiting for a second approver"
+        );
+        inner.dynamic_mut().cg_wait_start(
+            grant_id,
+            keyveil_proto::op::ControlGroupWait {
+                variable: variable.to_owned(),
+                path: field("path"),
+                accessor,
+                since: Timestamp::now(),
+            },
+        );
+    }
+    inner.audit(event, fields);
 }
 
 /// What [`values_for_grant`] read under the broker's lock: the dynamic variables asked for
@@ -189,6 +260,7 @@ async fn minted_or_reused(
     name: &str,
     spec: &DynamicSpec,
     fresh: &mut Vec<Held>,
+    wait: &CgWait<'_>,
 ) -> OpResult<crate::dynamic::Minted> {
     if let Some(m) = at.broker.lock().dynamic_mut().reuse(at.grant_id, name) {
         return Ok(m);
@@ -196,7 +268,7 @@ async fn minted_or_reused(
     // A credential minted at its source must be on the record.
     at.broker.lock().audit_log_mut().ready("dynamic_mint")?;
     let t0 = Instant::now();
-    match crate::dynamic::mint(spec, at.logins, name, at.grant_id, at.expires_at).await {
+    match crate::dynamic::mint(spec, at.logins, name, at.grant_id, at.expires_at, wait).await {
         Ok(m) => {
             at.broker.lock().audit(
                 "dynamic_mint",
@@ -305,7 +377,10 @@ pub(crate) async fn linked_chosen(
     let mut failure = None;
     for (name, at, src) in wanted {
         let got = match DynamicSpec::from_source(&src, same_user) {
-            Ok(spec) => fetch_kv(&spec, &logins, &name, &mut cache, &mut reads).await,
+            Ok(spec) => {
+                let none = CgWait::NONE;
+                fetch_kv(&spec, &logins, &name, &mut cache, &mut reads, &none).await
+            }
             Err(e) => Err(e),
         };
         match got {
@@ -343,13 +418,14 @@ async fn fetch_kv(
     variable: &str,
     cache: &mut BTreeMap<String, BTreeMap<String, SecretValue>>,
     reads: &mut Vec<Value>,
+    wait: &CgWait<'_>,
 ) -> Result<SecretValue, DynamicError> {
     let key = spec.opt("key").unwrap_or(variable).to_owned();
     let cache_key = spec.shown_target();
     if !cache.contains_key(&cache_key) {
         #[cfg(feature = "openbao")]
         {
-            let r = crate::dynamic::openbao::read_kv_full(spec, logins).await?;
+            let r = crate::dynamic::openbao::read_kv_waiting(spec, logins, wait).await?;
             reads.push(json!({
                 "target": cache_key,
                 "namespace": spec.opt("namespace"),
@@ -360,7 +436,7 @@ async fn fetch_kv(
         }
         #[cfg(not(feature = "openbao"))]
         {
-            let _ = reads;
+            let _ = (reads, wait);
         }
         #[cfg(not(feature = "openbao"))]
         {

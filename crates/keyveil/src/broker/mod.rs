@@ -5,6 +5,7 @@
 pub(crate) mod access;
 pub(crate) mod background;
 pub(crate) mod card_redact;
+pub(crate) mod ci;
 mod cwd;
 pub(crate) mod dynamic_ops;
 pub(crate) mod egress;
@@ -61,6 +62,8 @@ pub(crate) struct Broker {
     pub background: background::Registry,
     /// Mounts (`keyveil mount`): FIFOs served while the vault is unlocked.
     pub mounts: mounts::Registry,
+    /// CI mode (`keyveil ci start`): its signing key and the values its runs used; set once.
+    pub ci: std::sync::OnceLock<ci::Session>,
 }
 
 impl Broker {
@@ -126,6 +129,7 @@ pub(crate) async fn serve(paths: Paths, bootstrap: bool) -> Result<()> {
         web: web::Web::default(),
         background: background::Registry::default(),
         mounts: mounts::Registry::load(paths.mounts()),
+        ci: std::sync::OnceLock::new(),
     });
     tracing::info!(pid = std::process::id(), socket = %sock.display(), "broker listening");
 
@@ -457,6 +461,10 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream) {
         }
     };
     tracing::debug!(op = req.op(), "request");
+    if let Some(refused) = ci::gate(&broker, &req) {
+        let _ = send(&mut framed, &refused.reply()).await;
+        return;
+    }
     match req {
         Request::Run(r) => runner::run(&broker, r, framed, peer).await,
         Request::Start(r) => background::start(&broker, r, framed, peer).await,

@@ -22,6 +22,7 @@ use envs::{env_create, env_list, env_reveal};
 use grants::{grants, revoke};
 pub(crate) use lifecycle::stop_everything;
 use lifecycle::{init, lock, status, unlock};
+pub(crate) use lifecycle::{lock as lock_vault, open_with as open_vault};
 use vars::var_declare;
 
 fn usage(msg: impl Into<String>) -> OpError {
@@ -68,6 +69,7 @@ pub(crate) async fn bootstrap(
             home,
         } => init(broker, passphrase, kdf_memory_kib, path, home).await,
         Bootstrap::Unlock { passphrase } => unlock(broker, passphrase).await,
+        Bootstrap::Ci(c) => super::ci::start(broker, *c).await,
     }
 }
 
@@ -102,6 +104,9 @@ pub(crate) async fn dispatch_from(
     req: Request,
     peer: Option<&super::peer::Peer>,
 ) -> Reply {
+    if let Some(refused) = super::ci::gate(broker, &req) {
+        return refused.reply();
+    }
     // The one reply that may carry real hidden names: it is given only for the factor.
     let reveal = matches!(req, Request::EnvReveal(op::EnvReveal { .. }));
     // What a factor proof in this request binds: the request itself, byte for byte.
@@ -246,6 +251,8 @@ async fn answer_request(
         Request::Mounts(o) => typed(&o).answer(Ok(super::mounts::list(broker))),
         Request::ProjectApprove(o) => typed(&o).answer(project::approve(broker, o, digest).await),
         Request::ProjectStatus => answer(op::ProjectStatus, project::status(broker)),
+        Request::CiScan(o) => typed(&o).answer(super::ci::scan(broker, o).await),
+        Request::CiFinish(o) => typed(&o).answer(super::ci::finish(broker, o).await),
     }
 }
 

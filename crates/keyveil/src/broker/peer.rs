@@ -101,6 +101,94 @@ pub(crate) fn ancestry(pid: u32) -> Option<Vec<(u32, u64)>> {
     }
 }
 
+/// Most links [`lineage`] reads: a safety cap far above any honest process tree, not a depth
+/// an agent can hide under (a chain cut by it is reported incomplete).
+pub(crate) const LINEAGE_CAP: usize = 256;
+
+/// One process of a [`lineage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Link {
+    /// Process id.
+    pub pid: u32,
+    /// Start time (clock ticks after boot, `/proc/PID/stat` field 22): with the pid, it names
+    /// the process even when the pid is reused.
+    pub start: u64,
+    /// Its parent's pid (0 for the first process of the PID namespace).
+    pub ppid: u32,
+    /// Its session id (`/proc/PID/stat` field 6).
+    pub session: u32,
+    /// Its `comm` (only a label: the process can set it).
+    pub comm: String,
+    /// Its executable's path, when readable.
+    pub exe: Option<String>,
+    /// It runs keyveil's own executable.
+    pub keyveil: bool,
+}
+
+/// A process and every process above it, as read from `/proc` now.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Lineage {
+    /// The process first, then its parents, nearest first.
+    pub links: Vec<Link>,
+    /// The walk reached the first process of the PID namespace (its parent is 0). `false`:
+    /// a link could not be read (it exited during the walk, or another PID namespace hides
+    /// it) or the chain is longer than [`LINEAGE_CAP`]; what it descends from is then unsure.
+    pub complete: bool,
+}
+
+/// One link from `/proc/PID/stat` and `/proc/PID/exe`.
+fn link(pid: u32, me: Option<(u64, u64)>) -> Option<Link> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
+    // After `comm`: state (3), ppid (4), pgrp (5), session (6), ... starttime (22).
+    let ppid = rest.get(1)?.parse().ok()?;
+    let session = rest.get(3)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe = std::fs::read_link(&exe_link)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let keyveil = me.is_some()
+        && std::fs::metadata(&exe_link)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+            == me;
+    Some(Link {
+        pid,
+        start,
+        ppid,
+        session,
+        comm,
+        exe,
+        keyveil,
+    })
+}
+
+/// `pid` and every process above it up to the first process of the PID namespace, read now
+/// (at most [`LINEAGE_CAP`] links). Unlike [`Peer::parents`] (a few levels, for the card),
+/// this is the whole chain: what a process descends from is decided on it.
+pub(crate) fn lineage(pid: u32) -> Lineage {
+    let me = self_exe_id();
+    let mut out = Lineage::default();
+    let mut at = pid;
+    while out.links.len() < LINEAGE_CAP {
+        let Some(l) = link(at, me) else {
+            return out;
+        };
+        let ppid = l.ppid;
+        out.links.push(l);
+        if ppid == 0 {
+            out.complete = true;
+            return out;
+        }
+        at = ppid;
+    }
+    out
+}
+
 fn self_exe_id() -> Option<(u64, u64)> {
     std::fs::metadata("/proc/self/exe")
         .ok()
@@ -305,6 +393,21 @@ mod tests {
         assert_eq!(chain.get(1).map(|c| c.0), Some(parent));
         // A pid that is gone: unsure.
         assert!(ancestry(u32::MAX - 7).is_none());
+    }
+
+    #[test]
+    fn lineage_reads_the_whole_chain_to_the_first_process() {
+        let me = std::process::id();
+        let l = lineage(me);
+        assert!(l.complete);
+        assert_eq!(l.links.first().map(|x| x.pid), Some(me));
+        assert_eq!(l.links.last().map(|x| x.ppid), Some(0));
+        let chain = ancestry(me).unwrap();
+        let pairs: Vec<(u32, u64)> = l.links.iter().map(|x| (x.pid, x.start)).collect();
+        assert_eq!(pairs, chain, "the same chain, named by start time");
+        // A pid that is gone: nothing read, incomplete.
+        let gone = lineage(u32::MAX - 7);
+        assert!(!gone.complete && gone.links.is_empty());
     }
 
     #[test]

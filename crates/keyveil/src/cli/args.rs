@@ -177,6 +177,10 @@ stop it. Where you can change how a program starts, prefer `keyveil run --env EN
     /// its digest with your factor) or show its pin.
     #[command(subcommand)]
     Project(super::project::ProjectCommand),
+    /// CI mode: a broker with no human that runs only what a frozen allowlist covers, scans
+    /// artifacts, and writes a signed audit chain (docs/ci.md).
+    #[command(subcommand)]
+    Ci(super::ci::CiCommand),
     /// The audit log.
     Audit(AuditArgs),
     /// Find every copy of a stored value outside keyveil (files, agent transcripts, shell

@@ -311,8 +311,15 @@ pub(crate) async fn run(paths: &Paths, cmd: DynamicCommand) -> Result<i32> {
     }
 }
 
-/// Prints the dynamic credentials of one grant (from `grants`): handle and expiry only.
+/// Prints the dynamic credentials of one grant (from `grants`): handle and expiry only; and
+/// the reads its spawns wait on for OpenBao's second approver (the accessor to authorize).
 pub(super) fn print_grant_credentials(grant: &keyveil_proto::op::GrantInfo) {
+    for w in &grant.openbao_waits {
+        say(format!(
+            "    {}: waits for a second approver in OpenBao (control group on {}): bao write sys/control-group/authorize accessor={}",
+            w.variable, w.path, w.accessor
+        ));
+    }
     for d in &grant.dynamic {
         let h = &d.handle;
         say(format!(

@@ -25,6 +25,7 @@ mod approve;
 mod args;
 mod audit;
 mod background;
+mod ci;
 mod dynamic;
 mod env;
 mod factor;
@@ -78,6 +79,7 @@ fn handles_factors(cmd: &Command) -> bool {
             | Command::Policy(_)
             | Command::Dynamic(_)
             | Command::Project(_)
+            | Command::Ci(_)
             | Command::Sweep(_)
     )
 }
@@ -592,6 +594,7 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
         Command::Audit(a) => audit(paths, a).await,
         Command::Dynamic(d) => dynamic::run(paths, *d).await,
         Command::Project(p) => project::run(paths, p).await,
+        Command::Ci(c) => ci::run(paths, c).await,
         Command::Sweep(a) => sweep::run(paths, a).await,
         Command::Start(a) => background::start(paths, a).await,
         Command::Logs(a) => background::logs(paths, a).await,

@@ -41,6 +41,30 @@ pub(crate) async fn unmount(paths: &Paths, path: PathBuf) -> Result<i32> {
     Ok(0)
 }
 
+/// A mount's recent events as the listing's lines under it, newest first (`last` alone from a
+/// broker that lists no `recent`).
+fn events(m: &op::MountInfo) -> String {
+    let shown = |l: &str| keyveil_proto::display::visible_text(l);
+    if m.recent.is_empty() {
+        return m
+            .last
+            .as_deref()
+            .map(|l| format!("\n    last: {}", shown(l)))
+            .unwrap_or_default();
+    }
+    m.recent
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            format!(
+                "\n    {} {}",
+                if i == 0 { "last:" } else { "     " },
+                shown(l)
+            )
+        })
+        .collect()
+}
+
 /// `keyveil mounts`: the mounts, their state and last note, and what io_uring does to them.
 pub(crate) async fn list(paths: &Paths, json: bool) -> Result<i32> {
     let list = call(paths, op::Mounts {}).await?.mounts;
@@ -57,10 +81,7 @@ pub(crate) async fn list(paths: &Paths, json: bool) -> Result<i32> {
                 m.state,
                 m.reads,
                 m.refused,
-                m.last
-                    .as_deref()
-                    .map(|l| format!("\n    last: {}", keyveil_proto::display::visible_text(l)))
-                    .unwrap_or_default()
+                events(m)
             ));
         }
         // What the user's io_uring does to a mount (docs/mounts.md, step 5).

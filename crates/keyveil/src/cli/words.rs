@@ -38,6 +38,10 @@ pub(crate) fn grant_line(g: &op::GrantInfo, vars: &str, command: &str) -> String
         visible(&g.environment),
         visible(&g.client),
     );
+    let head = match &g.mount_scope {
+        Some(scope) => format!("{head}\n    mount read: serves {}", visible(scope)),
+        None => head,
+    };
     match ended(g, jiff::Timestamp::now()) {
         Some(why) => format!(
             "{head}\n    {why}: covers no new run; a run started under it is still going (`keyveil revoke {id}` stops it)"
@@ -114,6 +118,8 @@ mod tests {
             runs: 1,
             revoked: false,
             dynamic: Vec::new(),
+            mount_scope: None,
+            openbao_waits: Vec::new(),
         }
     }
 

@@ -591,5 +591,35 @@ pub(crate) fn ns_note(ns: Option<&str>) -> String {
     ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
 }
 
+/// OpenBao's `errors` list as one line, after the HTTP status.
+pub(crate) fn errors_of(status: u16, v: &Value) -> String {
+    let list: Vec<String> = v["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str())
+                .map(|e| keyveil_proto::display::clip(e, 200))
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {}", list.join("; "))
+    }
+}
+
+/// OpenBao's `request_id` of an answer (a UUID its audit device logs as `request.id`), kept
+/// only when it looks like one (hex digits and dashes, at most 64 characters): it goes into
+/// keyveil's audit log.
+pub(crate) fn request_id_of(v: &Value) -> String {
+    let id = v["request_id"].as_str().unwrap_or("");
+    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        id.to_owned()
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -57,6 +57,7 @@ async fn pg_round(s: &DynamicSpec, n: usize, name: &str) {
             "DATABASE_URL",
             &format!("g-{i:012x}"),
             exp,
+            &super::CgWait::NONE,
         )
         .await
         .unwrap();
@@ -120,6 +121,7 @@ async fn bench_dynamic_engines() {
             "REDIS_URL",
             &format!("g-{i:012x}"),
             Timestamp::now(),
+            &super::CgWait::NONE,
         )
         .await
         .unwrap();

@@ -66,9 +66,32 @@ pub(crate) struct Registry {
     inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// Tokens from OpenBao logins (memory only; revoked at lock and stop).
     logins: Arc<super::Logins>,
+    /// Reads OpenBao holds for a control group that a spawn waits on, per grant.
+    cg_waits: BTreeMap<String, Vec<keyveil_proto::op::ControlGroupWait>>,
 }
 
 impl Registry {
+    /// A spawn under `grant_id` waits for OpenBao's second approver on `wait`.
+    pub(crate) fn cg_wait_start(
+        &mut self,
+        grant_id: &str,
+        wait: keyveil_proto::op::ControlGroupWait,
+    ) {
+        let list = self.cg_waits.entry(grant_id.to_owned()).or_default();
+        list.retain(|w| w.variable != wait.variable);
+        list.push(wait);
+    }
+
+    /// The spawns under `grant_id` wait no more (released, refused or given up).
+    pub(crate) fn cg_wait_end(&mut self, grant_id: &str) {
+        self.cg_waits.remove(grant_id);
+    }
+
+    /// What the spawns under `grant_id` wait on, for `keyveil grants`.
+    pub(crate) fn cg_waits(&self, grant_id: &str) -> Vec<keyveil_proto::op::ControlGroupWait> {
+        self.cg_waits.get(grant_id).cloned().unwrap_or_default()
+    }
+
     /// The credentials a grant holds, as shown by `keyveil grants` (no secret).
     pub(crate) fn describe(&self, grant_id: &str) -> Vec<keyveil_proto::op::DynamicCredential> {
         self.held

@@ -23,6 +23,8 @@
 //! from a server or driver is scrubbed of the secrets in play before it is kept.
 
 #[cfg(feature = "openbao")]
+pub(crate) mod bao_cgroup;
+#[cfg(feature = "openbao")]
 pub(crate) mod bao_conn;
 #[cfg(feature = "openbao")]
 pub(crate) mod bao_login;
@@ -42,6 +44,34 @@ use keyveil_vault::{DynamicSource, SecretValue};
 use serde::Serialize;
 
 pub(crate) use grants::{Held, Registry, push_outbox};
+
+/// How long a request that OpenBao holds for a control group (two-person approval in OpenBao,
+/// see `bao_cgroup`) may wait for its second approver, and where the wait is recorded.
+pub(crate) struct CgWait<'a> {
+    /// Wait until then; `None`: do not wait (a link, a check, a card), fail with the accessor.
+    pub(crate) until: Option<std::time::Instant>,
+    /// Called with an audit event name and its fields (no secret: the accessor, the path).
+    pub(crate) notice: Option<&'a (dyn Fn(&'static str, serde_json::Value) + Send + Sync)>,
+    /// Whether the wait is still wanted (the grant is not revoked), asked between polls.
+    pub(crate) wanted: Option<&'a (dyn Fn() -> bool + Send + Sync)>,
+}
+
+impl CgWait<'_> {
+    /// No waiting, nothing recorded.
+    pub(crate) const NONE: CgWait<'static> = CgWait {
+        until: None,
+        notice: None,
+        wanted: None,
+    };
+
+    /// Records `event` with `fields` where the caller asked.
+    #[cfg_attr(not(feature = "openbao"), allow(dead_code))]
+    pub(crate) fn note(&self, event: &'static str, fields: serde_json::Value) {
+        if let Some(f) = self.notice {
+            f(event, fields);
+        }
+    }
+}
 
 /// How long one engine operation (connect + statements) may take before it fails (10 s).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -518,12 +548,15 @@ pub(crate) async fn mint(
     variable: &str,
     grant_id: &str,
     expires_at: Timestamp,
+    wait: &CgWait<'_>,
 ) -> Result<Minted, DynamicError> {
     match spec.engine {
         EngineKind::Postgres => postgres::mint(spec, variable, grant_id, expires_at).await,
         EngineKind::Redis => redis::mint(spec, variable, grant_id, expires_at).await,
         #[cfg(feature = "openbao")]
-        EngineKind::OpenbaoDatabase => openbao::mint(spec, logins, variable, expires_at).await,
+        EngineKind::OpenbaoDatabase => {
+            openbao::mint(spec, logins, variable, expires_at, wait).await
+        }
         #[cfg(not(feature = "openbao"))]
         EngineKind::OpenbaoDatabase => Err(DynamicError::Unsupported("openbao-database")),
         EngineKind::OpenbaoKv => Err(DynamicError::Config(

@@ -24,11 +24,13 @@ use jiff::{SignedDuration, Timestamp};
 use keyveil_vault::SecretValue;
 use serde_json::{Value, json};
 
-use super::Logins;
+use super::bao_cgroup;
 use super::bao_conn::{AuthKind, Conn, bao_error, check_path, ns_note};
+pub(crate) use super::bao_conn::{errors_of, request_id_of};
 use super::target::Target;
 use super::{
-    CredentialHandle, DynamicError, DynamicSpec, EngineKind, Minted, Shaped, scrub, shape,
+    CgWait, CredentialHandle, DynamicError, DynamicSpec, EngineKind, Logins, Minted, Shaped, scrub,
+    shape,
 };
 
 /// A node, the spec (for its login) and the broker's logins.
@@ -138,33 +140,30 @@ impl<'a> Bao<'a> {
     }
 }
 
-/// OpenBao's `errors` list as one line, after the HTTP status.
-pub(crate) fn errors_of(status: u16, v: &Value) -> String {
-    let list: Vec<String> = v["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.as_str())
-                .map(|e| keyveil_proto::display::clip(e, 200))
-                .collect()
-        })
-        .unwrap_or_default();
-    if list.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {}", list.join("; "))
-    }
-}
-
-/// OpenBao's `request_id` of an answer (a UUID its audit device logs as `request.id`), kept
-/// only when it looks like one (hex digits and dashes, at most 64 characters): it goes into
-/// keyveil's audit log.
-pub(crate) fn request_id_of(v: &Value) -> String {
-    let id = v["request_id"].as_str().unwrap_or("");
-    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        id.to_owned()
-    } else {
-        String::new()
+impl Bao<'_> {
+    /// A `GET` of `path` through [`Bao::ok`], where a control group may hold the request
+    /// ([`bao_cgroup`]): a wrapping token answered instead of the data is waited on (within
+    /// `wait`) until a second approver releases it in OpenBao; a request already held for
+    /// this login and path is waited on instead of filing another; OpenBao's empty answer to
+    /// a controlled path it did not wrap is an error saying so, never "no value".
+    async fn read(
+        &self,
+        path: &str,
+        action: &'static str,
+        wait: &CgWait<'_>,
+    ) -> Result<Value, DynamicError> {
+        let admin = [self.spec.admin.expose()];
+        if bao_cgroup::is_held(self.spec, path) {
+            return bao_cgroup::released(&self.conn, self.spec, path, None, wait, &admin).await;
+        }
+        let v = self.ok(Method::GET, path, None, action).await?;
+        if bao_cgroup::is_wrapped(&v) {
+            return bao_cgroup::released(&self.conn, self.spec, path, Some(&v), wait, &admin).await;
+        }
+        if bao_cgroup::empty_answer(&v) {
+            return Err(bao_cgroup::empty_answer_error(&self.conn, self.spec, path));
+        }
+        Ok(v)
     }
 }
 
@@ -208,18 +207,23 @@ pub(crate) async fn read_kv_full(
     spec: &DynamicSpec,
     logins: &Logins,
 ) -> Result<KvRead, DynamicError> {
+    read_kv_waiting(spec, logins, &CgWait::NONE).await
+}
+
+/// [`read_kv_full`], waiting within `wait` for a second approver where a control group holds
+/// the read (the request id is then the one of the released read).
+pub(crate) async fn read_kv_waiting(
+    spec: &DynamicSpec,
+    logins: &Logins,
+    wait: &CgWait<'_>,
+) -> Result<KvRead, DynamicError> {
     let mount = spec.opt("mount").unwrap_or("secret");
     let path = spec.opt("path").unwrap_or("");
     check_path("mount", mount)?;
     check_path("KV path", path)?;
     let bao = Bao::new(spec, logins)?;
     let v = bao
-        .ok(
-            Method::GET,
-            &format!("{mount}/data/{path}"),
-            None,
-            "read the KV secret",
-        )
+        .read(&format!("{mount}/data/{path}"), "read the KV secret", wait)
         .await?;
     let Some(data) = v["data"]["data"].as_object() else {
         return Err(bao.fail("read the KV secret", "the answer has no data.data object"));
@@ -259,11 +263,10 @@ pub(crate) async fn kv_version(spec: &DynamicSpec, logins: &Logins) -> Result<u6
         return Ok(n);
     }
     let v = bao
-        .ok(
-            Method::GET,
+        .read(
             &format!("{mount}/data/{path}"),
-            None,
             "read the KV secret",
+            &CgWait::NONE,
         )
         .await?;
     v["data"]["metadata"]["version"].as_u64().ok_or_else(|| {
@@ -280,6 +283,7 @@ pub(crate) async fn mint(
     logins: &Logins,
     variable: &str,
     expires_at: Timestamp,
+    wait: &CgWait<'_>,
 ) -> Result<Minted, DynamicError> {
     let mount = spec.opt("mount").unwrap_or("database");
     let role = spec.opt("role").unwrap_or("");
@@ -292,11 +296,10 @@ pub(crate) async fn mint(
     let v = loop {
         tries += 1;
         match bao
-            .ok(
-                Method::GET,
+            .read(
                 &format!("{mount}/creds/{role}"),
-                None,
                 "issue database credentials",
+                wait,
             )
             .await
         {
@@ -519,7 +522,9 @@ mod tests {
         let exp = Timestamp::now()
             .checked_add(SignedDuration::from_secs(120))
             .unwrap();
-        let m = mint(&db, &Logins::default(), "DB", exp).await.unwrap();
+        let m = mint(&db, &Logins::default(), "DB", exp, &CgWait::NONE)
+            .await
+            .unwrap();
         assert!(!m.handle.lease_id.is_empty());
         assert!(m.expires_at <= exp);
         assert!(pg_role_exists(&m.handle.user).await);

@@ -16,7 +16,7 @@ use crate::harness::*;
 
 /// The manifest the team committed: environment `app` with a value the teammate types and one
 /// left awaiting.
-const MANIFEST: &str = r#"version = 1
+pub(crate) const MANIFEST: &str = r#"version = 1
 
 [environments.app]
 description = "the app, locally"
@@ -29,7 +29,7 @@ source = "local"
 "#;
 
 /// Writes `text` as `repo/keyveil.toml` under the home; returns its path.
-fn write_manifest(h: &Home, text: &str) -> PathBuf {
+pub(crate) fn write_manifest(h: &Home, text: &str) -> PathBuf {
     let dir = h.path().join("repo");
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("keyveil.toml");
@@ -38,7 +38,7 @@ fn write_manifest(h: &Home, text: &str) -> PathBuf {
 }
 
 /// `keyveil project apply PATH` with the passphrase and `values` (one per line) on stdin.
-fn apply(h: &Home, p: &Path, values: &[&str]) -> std::process::Output {
+pub(crate) fn apply(h: &Home, p: &Path, values: &[&str]) -> std::process::Output {
     let mut input = format!("{PASS}\n");
     for v in values {
         input.push_str(v);
@@ -57,7 +57,7 @@ fn apply(h: &Home, p: &Path, values: &[&str]) -> std::process::Output {
 }
 
 /// The pins as `project status --json` shows them, by environment.
-fn pins(h: &Home) -> Vec<(String, String)> {
+pub(crate) fn pins(h: &Home) -> Vec<(String, String)> {
     h.json(&["project", "status", "--json"])["pins"]
         .as_array()
         .unwrap()
@@ -72,7 +72,7 @@ fn pins(h: &Home) -> Vec<(String, String)> {
 }
 
 /// Live grants of environment `env`.
-fn live_grants(h: &Home, env: &str) -> usize {
+pub(crate) fn live_grants(h: &Home, env: &str) -> usize {
     h.json(&["grants", "--json"])
         .as_array()
         .unwrap()
@@ -82,7 +82,7 @@ fn live_grants(h: &Home, env: &str) -> usize {
 }
 
 /// A home with `MANIFEST` applied (API_TOKEN typed as `value`); returns the manifest's path.
-fn applied(h: &Home, value: &str) -> PathBuf {
+pub(crate) fn applied(h: &Home, value: &str) -> PathBuf {
     let p = write_manifest(h, MANIFEST);
     let o = apply(h, &p, &[value, ""]);
     assert!(o.status.success(), "apply: {}", text(&o.stderr));
@@ -90,7 +90,7 @@ fn applied(h: &Home, value: &str) -> PathBuf {
 }
 
 /// A run of `app` approved for 10 minutes (a grant that outlives it); its stdout.
-fn granted_run(h: &Home) -> String {
+pub(crate) fn granted_run(h: &Home) -> String {
     let child = h.spawn_run(&[
         "run",
         "--env",
@@ -146,7 +146,7 @@ fn apply_creates_environments_and_names_and_pins_the_digest() {
 }
 
 /// SHA-256 of a file's bytes, hex.
-fn keyveil_testkit_sha(p: &Path) -> String {
+pub(crate) fn keyveil_testkit_sha(p: &Path) -> String {
     sha256_hex(&std::fs::read_to_string(p).unwrap())
 }
 

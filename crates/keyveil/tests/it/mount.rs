@@ -169,6 +169,47 @@ pub(crate) fn assert_no_copy_on_disk(h: &Home, p: &Project, vals: &[(&str, Strin
     }
 }
 
+/// The reader the human and the agent both start in the red-team tests of `--ttl` grants: a
+/// shell that sources `.env` and prints each variable as `NAME\0VALUE\0` (builtins only: no
+/// dumper).
+pub(crate) const TTL_SCRIPT: &str = ". ./.env; for n in LINES PLAIN QUOTE SHELLY SPACED UNI WIN; do eval \"v=\\$$n\"; printf '%s\\0%s\\0' \"$n\" \"$v\"; done";
+
+/// A copy of `sh` named as an agent host (`claude`): a process under it is `agent-reader`.
+pub(crate) fn agent_host(p: &Project) -> PathBuf {
+    let host = p.tmp.path().join("claude");
+    if !host.exists() {
+        std::fs::copy("/bin/sh", &host).unwrap();
+    }
+    host
+}
+
+/// The human's `--ttl 10m` grant of the mount of `p`: its own `sh -c TTL_SCRIPT` (no agent
+/// host among its parents) gets a card without `agent-reader`, approved with `--ttl 10m`, and
+/// reads every value of `vals`. Returns the card.
+pub(crate) fn ttl_grant(h: &Home, p: &Project, vals: &[(&str, String)]) -> serde_json::Value {
+    let human = p.reader(&["sh", "-c", TTL_SCRIPT], &[]);
+    let card = wait_card(h);
+    assert!(
+        !card.to_string().contains("agent-reader"),
+        "the human's reader is not the agent's: {card}"
+    );
+    approve_card(h, &card, &["--ttl", "10m"]);
+    assert_eq!(nul_pairs(&finished(human).stdout), want(vals));
+    card
+}
+
+/// A home with the values stored, a project with its mount, and the human's `--ttl` grant of
+/// it ([`ttl_grant`]).
+pub(crate) fn ttl_granted() -> (Home, Vec<(&'static str, String)>, Project) {
+    let h = Home::new();
+    let vals = values();
+    store(&h, &vals);
+    let p = Project::new();
+    mount(&h, &p);
+    ttl_grant(&h, &p, &vals);
+    (h, vals, p)
+}
+
 pub(crate) fn pending(h: &Home) -> Vec<serde_json::Value> {
     h.json(&["requests", "--json"])
         .as_array()

@@ -318,7 +318,7 @@ fn the_agent_cannot_change_the_openbao_address_or_login_without_the_factor() {
 }
 
 /// A compact `EdDSA` JWS of `claims` with `key`.
-fn sign_jwt(key: &rcgen::KeyPair, claims: &Value) -> String {
+pub(crate) fn sign_jwt(key: &rcgen::KeyPair, claims: &Value) -> String {
     use base64::Engine;
     use rcgen::SigningKey;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Home, text};
 use crate::mount::{
-    Project, approve_card, finished, mount, nul_pairs, pending, store, values, wait_card, want,
+    Project, TTL_SCRIPT, agent_host, approve_card, finished, mount, nul_pairs, pending, store,
+    ttl_grant, values, wait_card,
 };
 
 /// The agent's side channel: it finds the process holding `.env` (`/proc/*/fd`, a `readlink`,
@@ -255,13 +256,6 @@ fn the_readers_byte_count_tells_the_agent_each_values_length() {
     );
 }
 
-/// A copy of `sh` named as an agent host (`claude`): a process under it is `agent-reader`.
-fn agent_host(p: &Project) -> std::path::PathBuf {
-    let host = p.tmp.path().join("claude");
-    std::fs::copy("/bin/sh", &host).unwrap();
-    host
-}
-
 /// A TTL grant made for a reader the human started (no agent host among its parents) serves
 /// the same argv from the same directory started by the agent: the grant binds the argv, the
 /// directory, the executable and the code-loading environment, not the risk flags the card
@@ -275,7 +269,7 @@ fn a_ttl_grant_for_the_humans_reader_serves_the_agents_reader_without_a_card() {
     store(&h, &vals);
     let p = Project::new();
     mount(&h, &p);
-    let script = ". ./.env; for n in LINES PLAIN QUOTE SHELLY SPACED UNI WIN; do eval \"v=\\$$n\"; printf '%s\\0%s\\0' \"$n\" \"$v\"; done";
+    let script = TTL_SCRIPT;
     // Control: under the agent host, without a grant, the card says `agent-reader`.
     let host = agent_host(&p);
     let control = p.reader(
@@ -289,15 +283,7 @@ fn a_ttl_grant_for_the_humans_reader_serves_the_agents_reader_without_a_card() {
     );
     assert!(h.run(&["deny", &c0["id"].to_string()]).status.success());
     let _ = finished(control);
-    let human = p.reader(&["sh", "-c", script], &[]);
-    let card = wait_card(&h);
-    let flags = card.to_string();
-    assert!(
-        !flags.contains("agent-reader"),
-        "the human's reader is not the agent's"
-    );
-    approve_card(&h, &card, &["--ttl", "10m"]);
-    assert_eq!(nul_pairs(&finished(human).stdout), want(&vals));
+    ttl_grant(&h, &p, &vals);
     // The agent: `claude -c 'sh -c SCRIPT; :'` (not exec'd: the agent host stays a parent).
     let agents = p.reader(
         &[host.to_str().unwrap(), "-c", "sh -c \"$S\"; :"],

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 /// A value nobody can guess (the scan reports only such values).
-fn fresh_value() -> String {
+pub(crate) fn fresh_value() -> String {
     let mut b = [0u8; 20];
     getrandom::fill(&mut b).unwrap();
     format!("fixture-watched-{}", hex::encode(b))
 }
 
 /// Runs `script` with `sh` in `dir` (the test's own fixture work, not a granted run).
-fn sh(dir: &Path, script: &str) {
+pub(crate) fn sh(dir: &Path, script: &str) {
     let st = Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -31,7 +31,7 @@ fn sh(dir: &Path, script: &str) {
 }
 
 /// Removes everything inside `dir`.
-fn empty(dir: &Path) {
+pub(crate) fn empty(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() && !p.is_symlink() {
@@ -43,7 +43,7 @@ fn empty(dir: &Path) {
 }
 
 /// What a run reported, one line per finding (variable, path, form, action), sorted.
-fn findings(o: &std::process::Output) -> Vec<String> {
+pub(crate) fn findings(o: &std::process::Output) -> Vec<String> {
     let mut v: Vec<String> = text(&o.stderr)
         .lines()
         .filter(|l| l.contains("wrote the value of"))
@@ -54,7 +54,7 @@ fn findings(o: &std::process::Output) -> Vec<String> {
 }
 
 /// How the last run was scanned (its `run_end` entry's `write_scan`).
-fn last_how(h: &Home) -> String {
+pub(crate) fn last_how(h: &Home) -> String {
     let audit = h.audit_text();
     let end = audit
         .lines()
@@ -66,7 +66,7 @@ fn last_how(h: &Home) -> String {
 }
 
 /// Waits (at most 30 s) until `status` shows `n` watched folders.
-fn wait_watched(h: &Home, n: u64) {
+pub(crate) fn wait_watched(h: &Home, n: u64) {
     let t0 = Instant::now();
     while h.json(&["status", "--json"])["watched_folders"].as_u64() != Some(n) {
         assert!(
@@ -78,20 +78,20 @@ fn wait_watched(h: &Home, n: u64) {
 }
 
 /// The fixture's files are older than the scan's 2 s slack for both runs.
-fn age() {
+pub(crate) fn age() {
     std::thread::sleep(Duration::from_millis(2_300));
 }
 
 /// A home with `API_TOKEN`, a folder with `setup` done in it, and a standing any-command
 /// grant approved for that folder by a first run of `first` (walked: no watch yet).
-struct Case {
-    h: Home,
-    dir: tempfile::TempDir,
-    value: String,
+pub(crate) struct Case {
+    pub(crate) h: Home,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) value: String,
 }
 
 impl Case {
-    fn new(setup: &str) -> Case {
+    pub(crate) fn new(setup: &str) -> Case {
         let h = Home::new();
         let value = fresh_value();
         h.set("demo", "API_TOKEN", &value);
@@ -103,12 +103,12 @@ impl Case {
         Case { h, dir, value }
     }
 
-    fn cwd(&self) -> &str {
+    pub(crate) fn cwd(&self) -> &str {
         self.dir.path().to_str().unwrap()
     }
 
     /// The first run: approved (any command in this folder, 10 minutes).
-    fn first(&self, script: &str) -> std::process::Output {
+    pub(crate) fn first(&self, script: &str) -> std::process::Output {
         let child = self.h.spawn_run(&[
             "run",
             "--env",
@@ -129,7 +129,7 @@ impl Case {
     }
 
     /// A later run under the grant.
-    fn again(&self, script: &str) -> std::process::Output {
+    pub(crate) fn again(&self, script: &str) -> std::process::Output {
         self.h.run(&[
             "run",
             "--env",
@@ -146,7 +146,7 @@ impl Case {
     }
 
     /// No output anywhere holds the value.
-    fn no_value_in(&self, o: &std::process::Output) {
+    pub(crate) fn no_value_in(&self, o: &std::process::Output) {
         for enc in encodings(&self.value) {
             assert!(!contains(&o.stdout, &enc) && !contains(&o.stderr, &enc));
         }
@@ -155,7 +155,10 @@ impl Case {
 
 /// `script` run walked, then (the folder reset to `setup`) run again from the watch: the two
 /// runs' findings and how the second was scanned.
-fn walked_then_watched(setup: &str, script: &str) -> (Case, Vec<String>, Vec<String>, String) {
+pub(crate) fn walked_then_watched(
+    setup: &str,
+    script: &str,
+) -> (Case, Vec<String>, Vec<String>, String) {
     let c = Case::new(setup);
     age();
     let o = c.first(script);
@@ -180,7 +183,13 @@ fn walked_then_watched(setup: &str, script: &str) -> (Case, Vec<String>, Vec<Str
 
 /// Asserts the same findings, that they name each of `names`, and that the second run was
 /// scanned `how`.
-fn check(walk: &[String], watched: &[String], how: &str, want_how: &str, names: &[&str]) {
+pub(crate) fn check(
+    walk: &[String],
+    watched: &[String],
+    how: &str,
+    want_how: &str,
+    names: &[&str],
+) {
     assert_eq!(how, want_how, "how the second run was scanned");
     assert_eq!(walk, watched, "the watch found other things than the walk");
     for n in names {

@@ -141,6 +141,7 @@ pub(super) fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::Reque
         mount: r.mount().as_ref().map(|p| op::MountRead {
             path: p.clone(),
             pid: r.client().pid,
+            anchor: r.mount_anchor().as_ref().map(|a| a.shown()),
         }),
     }
 }

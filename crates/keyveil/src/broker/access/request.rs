@@ -63,6 +63,12 @@ pub(crate) fn find_or_create_request(
     if let Some(i) = deny_hit {
         return Err(refused_by_rule(inner, ask, &key, i, masked));
     }
+    // CI mode: no human will ever decide, so what no frozen rule covers is refused at once.
+    if inner.ci() && auto_hit.is_none() {
+        return Err(crate::broker::ci::refused_ask(
+            inner, ask, &key, &flags, masked,
+        ));
+    }
     let id = inner.requests().next_id();
     let facts = RequestFacts {
         reason,

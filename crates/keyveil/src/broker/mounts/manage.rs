@@ -57,7 +57,7 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         state: "serving",
         reads: 0,
         refused: 0,
-        last: None,
+        recent: Vec::new(),
         busy: false,
         refused_holders: Vec::new(),
     };
@@ -82,6 +82,9 @@ pub(crate) fn mount(broker: &Broker, o: op::Mount) -> OpResult<op::Mounted> {
         "mount",
         json!({"path": key, "environment": o.environment, "replaced_file": replaced}),
     );
+    // What the audit log says of this path (a broker restarted since an unmount there).
+    super::history::rebuild(broker, Some(&key));
+    let out = broker.mounts.lock().get(&key).map_or(out, info);
     Ok(op::Mounted {
         mount: out,
         replaced,

@@ -16,10 +16,12 @@
 //! code-loading environment (the run path's list, as pass-through values: on the card, bound
 //! by digest) are on the card, with the risk flags of its argv and the mount's own
 //! (`dumps-file`: a command that copies or shows a file, by name or by the digest of the
-//! installed ones; `agent-reader`: an agent host among its parents; `argv-not-the-executable`;
+//! installed ones; `agent-reader`: an agent host anywhere in its parent chain;
+//! `detached-reader`: its parent is init or a subreaper; `argv-not-the-executable`;
 //! `code-loading-environment`). A live grant of the same mount, environment, argv, cwd and
 //! code-loading environment whose pinned executable is the reader's serves it without a card,
-//! unless its argv is not evidence of what runs.
+//! unless its argv is not evidence of what runs, or the approved reader's anchor (its session
+//! leader or parent, by pid and start time: `reader::anchor_of`) is not in its parent chain.
 //!
 //! On approval, the FIFO at the path is first swapped for a fresh one (a new FIFO renamed over
 //! it), so no process can open the served FIFO any more by its name; the broker waits for the
@@ -51,12 +53,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Broker;
-use super::state::{Ask, MountAsk, OpError, OpResult, RequestState};
+use super::state::{Ask, MountAnchor, MountAsk, OpError, OpResult, RequestState};
 use keyveil_proto::{ClientInfo, ErrorCode, op};
 
 use super::{access, peer, runner, state};
 
 mod fifo;
+mod history;
 mod manage;
 mod opens;
 pub(crate) mod procfs;
@@ -77,6 +80,7 @@ use registry::*;
 use uring::*;
 use write::*;
 
+pub(crate) use history::rebuild as rebuild_history;
 pub(crate) use manage::{list, mount, unmount};
 pub(crate) use registry::Registry;
 pub(crate) use serve::supervise;

@@ -92,6 +92,69 @@ pub(super) const AGENT_HOSTS: &[&str] = &[
     "roo",
 ];
 
+/// Executables that adopt orphans (init systems, container inits, supervisors): a reader whose
+/// parent is one was reparented to it, or started by it; neither is an anchor. Child
+/// subreapers are not visible in `/proc`, so they are known by name (and keyveil's own
+/// reaper and supervisor by executable).
+pub(super) const SUBREAPERS: &[&str] = &[
+    "init",
+    "systemd",
+    "tini",
+    "dumb-init",
+    "catatonit",
+    "docker-init",
+    "s6-svscan",
+    "s6-supervise",
+    "runit",
+    "runsv",
+    "runsvdir",
+    "supervisord",
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "conmon",
+    "bwrap",
+];
+
+/// Whether this link adopts orphans: the first process of the PID namespace, pid 1, keyveil
+/// itself (its reaper and supervisor are subreapers), or a [`SUBREAPERS`] executable.
+fn adopts(l: &peer::Link) -> bool {
+    let e = l.exe.as_deref().map(base).unwrap_or("");
+    l.ppid == 0
+        || l.pid == 1
+        || l.keyveil
+        || SUBREAPERS.contains(&e)
+        || SUBREAPERS.contains(&l.comm.as_str())
+}
+
+/// The reader's anchor: the process a `--ttl` grant approved from its card is bound to. Its
+/// session leader when that is one of its parents below any process that adopts orphans (the
+/// shell of the terminal it was typed in: a reader started again from there is under it, as
+/// `npm run dev` started again is under the same shell but not the same `npm`), else its
+/// parent. `None` when its parent adopts orphans (it was reparented, or started by init or a
+/// subreaper: whatever started it is gone from its chain) or the chain is not whole.
+pub(super) fn anchor_of(lin: &peer::Lineage) -> Option<MountAnchor> {
+    if !lin.complete {
+        return None;
+    }
+    let me = lin.links.first()?;
+    let parents = lin.links.get(1..)?;
+    let parent = parents.first().filter(|p| !adopts(p))?;
+    let pick = parents
+        .iter()
+        .take_while(|l| !adopts(l))
+        .find(|l| l.pid == me.session)
+        .unwrap_or(parent);
+    Some(MountAnchor {
+        pid: pick.pid,
+        start: pick.start,
+        name: pick
+            .exe
+            .as_deref()
+            .map(|e| base(e.trim_end_matches(" (deleted)")).to_owned())
+            .unwrap_or_else(|| pick.comm.clone()),
+    })
+}
+
 /// The reader as the card shows it.
 pub(super) struct Reader {
     pub(super) holder: Holder,
@@ -106,6 +169,9 @@ pub(super) struct Reader {
     /// Its `/proc/PID/cmdline` ends in a run of NULs: the argv was overwritten in place
     /// (`process.title`, `setproctitle`), its original words gone.
     pub(super) argv_rewritten: bool,
+    /// Its whole live parent chain (`peer::lineage`): the agent-host test and the anchor
+    /// are decided on it, not on the card's few levels.
+    pub(super) lineage: peer::Lineage,
 }
 
 /// Parses `/proc/PID/cmdline`: the words, and whether it ends in more than one NUL (what a
@@ -164,8 +230,14 @@ pub(super) fn identify(h: &Holder) -> Option<Reader> {
                 .is_ok_and(|m| m.dev() == pin.dev && m.ino() == pin.ino)
         });
     let peer = super::peer::Peer::of_pid(Some(pid));
+    let lineage = peer::lineage(pid);
     // The same process all along (not a pid reused while we read).
-    (start_time(pid) == Some(h.start)).then_some(Reader {
+    let same = start_time(pid) == Some(h.start)
+        && lineage
+            .links
+            .first()
+            .is_some_and(|l| l.pid == pid && l.start == h.start);
+    same.then_some(Reader {
         holder: h.clone(),
         argv,
         cwd,
@@ -173,6 +245,7 @@ pub(super) fn identify(h: &Holder) -> Option<Reader> {
         peer,
         env,
         argv_rewritten,
+        lineage,
     })
 }
 
@@ -265,12 +338,27 @@ pub(super) fn reader_flags(r: &Reader) -> Vec<String> {
     if words.iter().any(|w| DUMPERS.contains(w)) || dumper_by_digest {
         f.push("dumps-file".to_owned());
     }
-    let agent = r.peer.parents.iter().any(|p| {
-        let e = p.exe.as_deref().map(base).unwrap_or("");
-        AGENT_HOSTS.contains(&e) || AGENT_HOSTS.contains(&p.comm.as_str())
-    });
+    // The whole chain, to the first process (a chain that cannot be read to its end may hide
+    // one: flagged too).
+    let host = |exe: Option<&str>, comm: &str| {
+        let e = exe.map(base).unwrap_or("");
+        AGENT_HOSTS.contains(&e) || AGENT_HOSTS.contains(&comm)
+    };
+    let agent = !r.lineage.complete
+        || r.lineage
+            .links
+            .iter()
+            .skip(1)
+            .any(|l| host(l.exe.as_deref(), &l.comm))
+        || r.peer
+            .parents
+            .iter()
+            .any(|p| host(p.exe.as_deref(), &p.comm));
     if agent {
         f.push("agent-reader".to_owned());
+    }
+    if anchor_of(&r.lineage).is_none() {
+        f.push("detached-reader".to_owned());
     }
     if r.exe.is_none() {
         f.push("unpinned-executable".to_owned());

@@ -23,15 +23,51 @@ pub(super) struct Entry {
     pub(super) state: &'static str,
     pub(super) reads: u64,
     pub(super) refused: u64,
-    pub(super) last: Option<String>,
+    /// The last events, oldest first, each with its time ([`RECENT`] at most; see
+    /// [`push_event`] for which one goes).
+    pub(super) recent: Vec<Event>,
     /// A read is being served (the FIFO is open for writing).
     pub(super) busy: bool,
     /// Holders last refused, by (pid, start time): refused again silently.
     pub(super) refused_holders: Vec<(u32, u64)>,
 }
 
-/// What the listing said of an unmounted path: reads, refusals, the last event.
-pub(super) type Gone = (u64, u64, Option<String>);
+/// Most events the listing keeps per path.
+pub(super) const RECENT: usize = 8;
+
+/// One event of a mount's listing, in words (never a value), its time first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Event {
+    /// What the listing shows.
+    pub(super) words: String,
+    /// A stop, a take-back, a denial or a cut in the audit log: pushed out only by another.
+    pub(super) alarm: bool,
+}
+
+/// Whether what a note says is one a human must not miss (see [`Event::alarm`]).
+fn is_alarm(words: &str) -> bool {
+    words.starts_with("STOPPED")
+        || words.starts_with("taken back")
+        || words.starts_with("the audit log")
+        || (words.starts_with("request #") && words.ends_with(" denied"))
+}
+
+/// Adds `words` (said at `when`) to a mount's recent events: when there are more than
+/// [`RECENT`], the oldest that is not an alarm goes (the oldest alarm only when all are), so a
+/// flood of mundane refusals (an agent's `O_RDWR` openers) cannot push a stop or a denial out.
+pub(super) fn push_event(recent: &mut Vec<Event>, when: &str, words: &str) {
+    recent.push(Event {
+        words: format!("{}: {words}", crate::when::human_time(when)),
+        alarm: is_alarm(words),
+    });
+    if recent.len() > RECENT {
+        let i = recent.iter().position(|e| !e.alarm).unwrap_or(0);
+        recent.remove(i);
+    }
+}
+
+/// What the listing said of an unmounted path: reads, refusals, the recent events.
+pub(super) type Gone = (u64, u64, Vec<Event>);
 
 /// The mounts of this broker's home, behind their own mutex (never held across an `await`, and
 /// never while the broker's state lock is taken).
@@ -68,7 +104,7 @@ impl Registry {
                         state: "locked",
                         reads: 0,
                         refused: 0,
-                        last: None,
+                        recent: Vec::new(),
                         busy: false,
                         refused_holders: Vec::new(),
                     },
@@ -84,11 +120,14 @@ impl Registry {
 
     /// Keeps what the listing said of an unmounted entry, for a mount made there again.
     pub(super) fn keep_gone(&self, e: &Entry) {
-        if e.reads == 0 && e.refused == 0 && e.last.is_none() {
+        if e.reads == 0 && e.refused == 0 && e.recent.is_empty() {
             return;
         }
         let mut g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(e.stored.path.clone(), (e.reads, e.refused, e.last.clone()));
+        g.insert(
+            e.stored.path.clone(),
+            (e.reads, e.refused, e.recent.clone()),
+        );
     }
 
     /// Gives a new mount at `path` what the listing said of the one unmounted there before. The
@@ -96,12 +135,19 @@ impl Registry {
     /// after this loses nothing.
     pub(super) fn carry_gone(&self, e: &mut Entry) {
         let g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((reads, refused, last)) = g.get(&e.stored.path) {
+        if let Some((reads, refused, recent)) = g.get(&e.stored.path) {
             e.reads += reads;
             e.refused += refused;
-            e.last = last
-                .as_ref()
-                .map(|l| format!("{l} (before an unmount and a new mount at this path)"));
+            e.recent = recent
+                .iter()
+                .map(|ev| Event {
+                    words: format!(
+                        "{} (before an unmount and a new mount at this path)",
+                        ev.words
+                    ),
+                    alarm: ev.alarm,
+                })
+                .collect();
         }
     }
 
@@ -138,7 +184,10 @@ impl Registry {
         std::fs::rename(&tmp, file)
     }
 
-    pub(super) fn note(&self, path: &str, refused: bool, last: String) {
+    /// Counts a read (or a refusal) of the mount at `path` and adds what happened to its recent
+    /// events. Every caller audits the same words (`listed`) first: at unlock the listing is
+    /// rebuilt from the verified audit log (`history`).
+    pub(super) fn note(&self, path: &str, refused: bool, words: String) {
         let mut m = self.lock();
         if let Some(e) = m.get_mut(path) {
             if refused {
@@ -146,10 +195,7 @@ impl Registry {
             } else {
                 e.reads += 1;
             }
-            e.last = Some(format!(
-                "{}: {last}",
-                crate::when::human_time(&Timestamp::now().to_string())
-            ));
+            push_event(&mut e.recent, &Timestamp::now().to_string(), &words);
         }
     }
 }
@@ -162,6 +208,7 @@ pub(super) fn info(e: &Entry) -> op::MountInfo {
         state: e.state.to_owned(),
         reads: e.reads,
         refused: e.refused,
-        last: e.last.clone(),
+        last: e.recent.last().map(|ev| ev.words.clone()),
+        recent: e.recent.iter().rev().map(|ev| ev.words.clone()).collect(),
     }
 }

@@ -93,7 +93,7 @@ pub(super) fn refuse(broker: &Broker, path: &str, hs: &[Holder], why: &str) {
     let pids: Vec<u32> = hs.iter().map(|h| h.pid).collect();
     broker.lock().audit(
         "mount_refused",
-        json!({"path": path, "pids": pids, "why": why}),
+        json!({"path": path, "pids": pids, "why": why, "listed": why, "refused": true}),
     );
     broker.mounts.note(path, true, why.to_owned());
     tracing::warn!(path, ?pids, why, "mount read refused");
@@ -196,6 +196,10 @@ pub(super) async fn serve_read(
     match ask_and_wait(broker, path, env, &r).await {
         Ok(grant_id) => write_once(broker, path, env, fd, &r, &grant_id, dev, ino).await,
         Err(why) => {
+            broker.lock().audit(
+                "mount_not_served",
+                json!({"path": path, "pid": r.holder.pid, "listed": why, "refused": true}),
+            );
             broker.mounts.note(path, true, why);
             // A fresh FIFO before the reader gets end-of-file: the next reader's opening is
             // then the first the count sees.
@@ -247,6 +251,12 @@ pub(super) fn mount_ask(broker: &Broker, path: &str, env: &str, r: &Reader) -> R
         mount: Some(MountAsk {
             path: path.to_owned(),
             flags: reader_flags(r),
+            anchor: anchor_of(&r.lineage),
+            lineage: if r.lineage.complete {
+                r.lineage.links.iter().map(|l| (l.pid, l.start)).collect()
+            } else {
+                Vec::new()
+            },
         }),
         linked: Vec::new(),
     })

@@ -569,3 +569,96 @@ fn a_holder_asleep_on_another_pipe_is_not_waiting_on_the_fifo() {
     reader.kill().unwrap();
     reader.wait().unwrap();
 }
+
+/// A link of a made-up chain.
+fn link(pid: u32, ppid: u32, session: u32, exe: &str) -> peer::Link {
+    peer::Link {
+        pid,
+        start: u64::from(pid) * 10,
+        ppid,
+        session,
+        comm: String::new(),
+        exe: Some(exe.to_owned()),
+        keyveil: false,
+    }
+}
+
+#[test]
+fn the_anchor_is_the_session_leader_among_the_parents_else_the_parent_never_init() {
+    let chain = |links: Vec<peer::Link>| peer::Lineage {
+        links,
+        complete: true,
+    };
+    // node <- sh <- npm <- bash (session leader) <- sshd <- init
+    let typed = chain(vec![
+        link(50, 40, 20, "/usr/bin/node"),
+        link(40, 30, 20, "/bin/sh"),
+        link(30, 20, 20, "/usr/bin/npm"),
+        link(20, 10, 20, "/bin/bash"),
+        link(10, 1, 10, "/usr/sbin/sshd"),
+        link(1, 0, 1, "/sbin/init"),
+    ]);
+    let a = reader::anchor_of(&typed).unwrap();
+    assert_eq!((a.pid, a.start, a.name.as_str()), (20, 200, "bash"));
+    assert_eq!(a.shown(), "bash (pid 20)");
+    // Its own session (setsid): the parent.
+    let own = chain(vec![
+        link(50, 40, 50, "/bin/sh"),
+        link(40, 1, 40, "/usr/bin/tool"),
+        link(1, 0, 1, "/sbin/init"),
+    ]);
+    assert_eq!(reader::anchor_of(&own).map(|a| a.pid), Some(40));
+    // Reparented to init, or to a subreaper: none.
+    let orphan = chain(vec![
+        link(50, 1, 20, "/bin/sh"),
+        link(1, 0, 1, "/sbin/init"),
+    ]);
+    assert!(reader::anchor_of(&orphan).is_none());
+    let reaped = chain(vec![
+        link(50, 7, 20, "/bin/sh"),
+        link(7, 1, 7, "/usr/lib/systemd/systemd"),
+        link(1, 0, 1, "/sbin/init"),
+    ]);
+    assert!(reader::anchor_of(&reaped).is_none());
+    // A session leader above a subreaper is not taken: the parent is.
+    let above = chain(vec![
+        link(50, 40, 20, "/bin/sh"),
+        link(40, 7, 40, "/usr/bin/tool"),
+        link(7, 20, 7, "/usr/bin/tini"),
+        link(20, 1, 20, "/bin/bash"),
+        link(1, 0, 1, "/sbin/init"),
+    ]);
+    assert_eq!(reader::anchor_of(&above).map(|a| a.pid), Some(40));
+    // A chain not read to its end: none.
+    let cut = peer::Lineage {
+        complete: false,
+        ..typed
+    };
+    assert!(reader::anchor_of(&cut).is_none());
+}
+
+#[test]
+fn the_listing_keeps_eight_events_and_no_mundane_one_pushes_out_an_alarm() {
+    let mut recent = Vec::new();
+    let now = Timestamp::now().to_string();
+    push_event(&mut recent, &now, "request #1 denied");
+    push_event(&mut recent, &now, "STOPPED, possible theft: x");
+    for i in 0..20 {
+        push_event(&mut recent, &now, &format!("refusal {i}"));
+    }
+    assert_eq!(recent.len(), RECENT);
+    assert!(
+        recent
+            .iter()
+            .any(|e| e.words.ends_with("request #1 denied"))
+    );
+    assert!(recent.iter().any(|e| e.words.contains("STOPPED")));
+    assert!(recent.last().unwrap().words.ends_with("refusal 19"));
+    assert!(!recent.iter().any(|e| e.words.ends_with("refusal 13")));
+    // Alarms push out alarms only when nothing else is left.
+    for i in 0..10 {
+        push_event(&mut recent, &now, &format!("request #{i} denied"));
+    }
+    assert!(recent.iter().all(|e| e.alarm));
+    assert_eq!(recent.len(), RECENT);
+}

@@ -68,8 +68,10 @@ pub(super) fn grants(broker: &Broker, client: Option<&str>) -> op::GrantList {
             expires_at: g.expires_at(),
             uses_left: g.uses_left(),
             runs: g.runs(),
+            mount_scope: g.mount_scope(),
             revoked: g.revoked(),
             dynamic: inner.dynamic().describe(g.id()),
+            openbao_waits: inner.dynamic().cg_waits(g.id()),
         })
         .collect();
     op::GrantList { grants }

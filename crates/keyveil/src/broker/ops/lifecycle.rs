@@ -42,6 +42,7 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
         watched_folders: inner.tree_watches().counts().0,
         watched_dirs: inner.tree_watches().counts().1,
         values_outside_custody: crate::broker::access::outside_custody(&inner),
+        ci: inner.ci(),
         live_runs: inner.runs().iter().count(),
         runs: inner
             .runs()
@@ -143,7 +144,7 @@ pub(super) async fn init(
 
 /// Opens the audit log for `vault` and puts both in the broker. Returns warnings for the
 /// human (a log that was moved aside, and what the sealed checkpoint says is missing).
-pub(super) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> {
+pub(crate) fn open_with(broker: &Broker, vault: Vault) -> OpResult<Vec<String>> {
     use keyveil_vault::audit::{AuditError, AuditWriter, quarantine};
     let key = vault.audit_key();
     let path = broker.paths.audit();
@@ -268,6 +269,8 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
             drop(inner);
             // Reap dynamic credentials that a crashed broker left behind.
             crate::broker::leases::on_unlock(broker);
+            // The mounts' listing, as the verified audit log tells it.
+            crate::broker::mounts::rebuild_history(broker, None);
             Ok(op::Bootstrapped::Unlocked {
                 unlocked: true,
                 already: None,
@@ -284,7 +287,7 @@ pub(super) async fn unlock(broker: &Arc<Broker>, pass: Passphrase) -> OpResult<o
     }
 }
 
-pub(super) async fn lock(broker: &Broker) -> op::Locked {
+pub(crate) async fn lock(broker: &Broker) -> op::Locked {
     // The runs end before the vault leaves memory (their ends are still audited); the reply
     // says what was stopped.
     let stopped = RunsStopped::wait(stop_everything(broker, "vault locked")).await;

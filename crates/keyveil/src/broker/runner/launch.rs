@@ -496,6 +496,7 @@ fn run_redactors(
             .zip(values)
             .map(|(n, (_, v))| (n.as_str(), v.expose().as_bytes())),
     );
+    crate::broker::ci::note_values(broker, values);
     let now = std::time::Instant::now();
     if let Some(kept) = broker.lock().run_redactors_mut().get(grant_id, &key, now) {
         return kept;

@@ -8,6 +8,7 @@ mod relay;
 mod wait;
 
 pub(crate) use child_env::never_passed;
+pub(crate) use launch::scan_redactor;
 pub(super) use relay::close_egress;
 
 use admit::{Admitted, admit};

@@ -305,7 +305,7 @@ impl AuditLog {
 
     /// The checkpoint to seal into the vault: the log's current end, unless the log did not
     /// match the seal at unlock (a seal is never moved forward over it) or is not open.
-    pub(super) fn checkpoint_to_seal(&self) -> Option<keyveil_vault::AuditCheckpoint> {
+    pub(crate) fn checkpoint_to_seal(&self) -> Option<keyveil_vault::AuditCheckpoint> {
         if self.seal_broken.is_some() {
             return None;
         }

@@ -76,6 +76,11 @@ pub(crate) struct Grant {
     /// started under an agent host is `agent-reader` even when the approved one was not).
     #[serde(skip)]
     pub(super) mount_flags: Vec<String>,
+    /// For a mount read's grant: the approved reader's anchor (`MountAnchor`); a later reader
+    /// is served without a card only if this very process (pid and start time) is in its live
+    /// parent chain. `None` (the approved reader had no anchor): it serves no later reader.
+    #[serde(skip)]
+    pub(super) mount_anchor: Option<super::requests::MountAnchor>,
     /// Creation time.
     pub(super) created_at: Timestamp,
     /// Deadline.
@@ -152,6 +157,7 @@ impl Grant {
                 .collect(),
             stdin_digest: req.stdin.as_ref().map(|s| s.digest.clone()),
             mount_flags: req.mount_flags.clone(),
+            mount_anchor: req.mount_anchor.clone(),
             masked: req.masked,
             created_at: now,
             expires_at: now
@@ -271,6 +277,19 @@ impl Grant {
         self.masked
     }
 
+    /// For a mount read's grant, what later readers it serves without a card, in words:
+    /// `None` for a run's grant.
+    pub(crate) fn mount_scope(&self) -> Option<String> {
+        // A mount read's client scope is `mount:PATH` (`mounts::MOUNT_KIND`).
+        if !self.client.starts_with("mount:") {
+            return None;
+        }
+        Some(match &self.mount_anchor {
+            Some(a) => format!("readers started under {}", a.shown()),
+            None => "no later reader without a card (the approved reader's parent was init or a subreaper: nothing to bind to)".to_owned(),
+        })
+    }
+
     /// Runs started so far.
     pub(crate) fn runs(&self) -> u32 {
         self.runs
@@ -294,9 +313,15 @@ impl Grant {
             // only the bytes its card showed.
             && (self.argv.is_none()
                 || self.stdin_digest.as_deref() == ask.stdin.as_ref().map(|s| s.digest.as_str()))
-            // A mount reader with a flag its card did not show is asked about again.
+            // A mount reader with a flag its card did not show is asked about again, and so is
+            // one not started under the approved reader's anchor (reparented to init, or from
+            // elsewhere).
             && ask.mount.as_ref().is_none_or(|m| {
                 m.flags.iter().all(|f| self.mount_flags.contains(f))
+                    && self
+                        .mount_anchor
+                        .as_ref()
+                        .is_some_and(|a| m.lineage.contains(&(a.pid, a.start)))
             })
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     /// they and their descendants may hold values ([`Inner::peer_holds_values`]). Pruned as
     /// they exit.
     value_readers: Vec<(u32, u64)>,
+    /// CI mode (`broker/ci`): no factor exists; a request no frozen rule covers is refused.
+    ci: bool,
 }
 
 /// Whether a requester may hold values ([`Inner::peer_holds_values`]).
@@ -178,6 +180,16 @@ impl Inner {
     /// The approvals held for the human's yes.
     pub(crate) fn held_approvals_mut(&mut self) -> &mut HeldApprovals {
         &mut self.held_approvals
+    }
+
+    /// Whether this broker runs in CI mode (`docs/ci.md`).
+    pub(crate) fn ci(&self) -> bool {
+        self.ci
+    }
+
+    /// Switches CI mode on, for the broker's life (`broker/ci`).
+    pub(crate) fn set_ci(&mut self) {
+        self.ci = true;
     }
 
     /// Whether the vault is unlocked (in memory).

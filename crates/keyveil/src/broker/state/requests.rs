@@ -94,6 +94,10 @@ pub(crate) struct AccessReq {
     /// card did not show.
     #[serde(skip)]
     pub(super) mount_flags: Vec<String>,
+    /// The process a `--ttl` grant made from this mount read is bound to ([`MountAnchor`]):
+    /// `None` when the reader had none (its parent is init or a subreaper).
+    #[serde(skip)]
+    pub(super) mount_anchor: Option<MountAnchor>,
     /// Its strings (argv, cwd, reason, client name, pass-through values, what the card shows
     /// of the process) may hold a value: the requester descends from a live run or from a
     /// mount reader that was written values (`Inner::peer_holds_values`). Only then are
@@ -174,6 +178,7 @@ impl AccessReq {
                 .as_ref()
                 .map(|m| m.flags.clone())
                 .unwrap_or_default(),
+            mount_anchor: ask.mount.as_ref().and_then(|m| m.anchor.clone()),
             masked,
             asks: 1,
             created_at: Timestamp::now(),
@@ -270,6 +275,11 @@ impl AccessReq {
     /// (`risk::contradictions`): shown on every surface.
     pub(crate) fn contradictions(&self) -> &[String] {
         &self.contradictions
+    }
+
+    /// The process a `--ttl` grant of this mount read is bound to (`None`: no anchor).
+    pub(crate) fn mount_anchor(&self) -> &Option<MountAnchor> {
+        &self.mount_anchor
     }
 
     /// The mount read (its path) when the request is one (`broker/mounts/`).
@@ -476,6 +486,31 @@ pub(crate) struct MountAsk {
     pub path: String,
     /// The mount's own risk flags for this reader (`dumps-file`, `agent-reader`, ...).
     pub flags: Vec<String>,
+    /// The reader's anchor ([`MountAnchor`]): what a grant approved from its card is bound to.
+    pub anchor: Option<MountAnchor>,
+    /// The reader's whole live parent chain, as `(pid, start time)` (empty when it could not
+    /// be read to its end): a grant serves it only if its anchor is in it.
+    pub lineage: Vec<(u32, u64)>,
+}
+
+/// The process a `--ttl` grant of a mount read is bound to: the approved reader's session
+/// leader when that is one of its parents, else its parent, never init nor a subreaper (see
+/// `broker/mounts/reader.rs`). Named by pid *and* start time, so a reused pid is not it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct MountAnchor {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (clock ticks after boot).
+    pub start: u64,
+    /// Its executable's file name (or `comm`): what the card and `keyveil grants` say.
+    pub name: String,
+}
+
+impl MountAnchor {
+    /// How the card and `keyveil grants` name it: `bash (pid 812)`.
+    pub(crate) fn shown(&self) -> String {
+        format!("{} (pid {})", self.name, self.pid)
+    }
 }
 
 /// When `var`'s current value was stored without the factor, as given by the caller (so an

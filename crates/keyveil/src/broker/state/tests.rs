@@ -35,6 +35,7 @@ fn grant(argv: Option<Vec<String>>) -> Grant {
         pass_values: Default::default(),
         chosen_vars: Default::default(),
         mount_flags: Vec::new(),
+        mount_anchor: None,
         stdin_digest: None,
         created_at: now,
         expires_at: now
@@ -168,4 +169,49 @@ fn the_lockout_stops_doubling_and_typed_passphrases_only_wait() {
     );
     f.succeed();
     assert_eq!(f.typed_delay(t0), Duration::ZERO);
+}
+
+#[test]
+fn a_mount_grant_covers_only_readers_whose_chain_holds_its_anchor() {
+    let anchor = MountAnchor {
+        pid: 20,
+        start: 200,
+        name: "bash".into(),
+    };
+    let mut g = grant(Some(vec!["sh".into()]));
+    g.client = "mount:/w/.env".into();
+    let read = |lineage: Vec<(u32, u64)>| {
+        let mut a = ask("/w/.env", "demo", &["A"], &["sh"], "/w");
+        a.client.kind = "mount".into();
+        a.mount = Some(MountAsk {
+            path: "/w/.env".into(),
+            flags: Vec::new(),
+            anchor: None,
+            lineage,
+        });
+        a
+    };
+    let now = Timestamp::now();
+    let under = read(vec![(50, 500), (20, 200), (1, 10)]);
+    let reparented = read(vec![(50, 500), (1, 10)]);
+    let reused = read(vec![(50, 500), (20, 201), (1, 10)]);
+    // No anchor: no reader is covered.
+    assert!(!g.covers(&under, now));
+    assert_eq!(
+        g.mount_scope().as_deref(),
+        Some(
+            "no later reader without a card (the approved reader's parent was init or a subreaper: nothing to bind to)"
+        )
+    );
+    g.mount_anchor = Some(anchor);
+    assert!(g.covers(&under, now));
+    assert!(
+        !g.covers(&reparented, now),
+        "reparented away from the anchor"
+    );
+    assert!(!g.covers(&reused, now), "a reused pid is not the anchor");
+    assert_eq!(
+        g.mount_scope().as_deref(),
+        Some("readers started under bash (pid 20)")
+    );
 }

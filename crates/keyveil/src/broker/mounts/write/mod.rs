@@ -143,7 +143,8 @@ impl Served<'_> {
         } = *self;
         broker.lock().audit(
             "mount_not_written",
-            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why}),
+            json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
+                   "listed": why, "refused": true}),
         );
         broker.mounts.note(path, true, why);
     }
@@ -275,6 +276,12 @@ impl Served<'_> {
         // The text holds real names: where the policy hides them, a stolen name piece gave
         // away what the agent is never shown.
         let hidden = inner.names().hides_names(env) && exposed.names > 0;
+        let what = exposure_note(exposed, &which, hidden);
+        // A copier through io_uring stays while its process runs: say what to do.
+        let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
+        let listed = format!(
+            "STOPPED, possible theft: {why}; {what}. The grant was ended; the reader got {bytes} bytes of {len}.{hint}"
+        );
         inner.audit(
             "mount_read_suspect",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
@@ -283,7 +290,7 @@ impl Served<'_> {
                    "pieces_exposed_at_most": exposed.pieces,
                    "values_partly_exposed": which,
                    "hidden_name_exposed": hidden,
-                   "holders_after": others}),
+                   "holders_after": others, "listed": listed, "refused": true}),
         );
         inner.revoke(
             grant_id,
@@ -296,16 +303,7 @@ impl Served<'_> {
             "mount read stopped: another process may have read part of it"
         );
         broker.notify();
-        let what = exposure_note(exposed, &which, hidden);
-        // A copier through io_uring stays while its process runs: say what to do.
-        let hint = uring_hint(&why).map_or_else(String::new, |h| format!(" {h}"));
-        broker.mounts.note(
-            path,
-            true,
-            format!(
-                "STOPPED, possible theft: {why}; {what}. The grant was ended; the reader got {bytes} bytes of {len}.{hint}"
-            ),
-        );
+        broker.mounts.note(path, true, listed);
     }
 
     /// Records a read whose rest the broker took back (`mount_reclaimed`); ends the grant when
@@ -335,7 +333,8 @@ impl Served<'_> {
             "mount_reclaimed",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
                    "bytes_taken_back": bytes, "bytes_written": written, "holders_after": others,
-                   "uncleared": uncleared_json(lines, uncleared)}),
+                   "uncleared": uncleared_json(lines, uncleared),
+                   "listed": format!("taken back: {why}"), "refused": true}),
         );
         if tampered || !others.is_empty() {
             inner.revoke(grant_id, "a mount read was tampered with");
@@ -356,6 +355,7 @@ impl Served<'_> {
             grant_id,
             ..
         } = *self;
+        let listed = format!("served pid {} (grant {grant_id})", r.holder.pid);
         {
             let mut inner = broker.lock();
             // The reader's argv and cwd, matched against values as its card was.
@@ -367,6 +367,7 @@ impl Served<'_> {
                     "argv": r.argv, "cwd": r.cwd,
                     "opened_during_write": others,
                     "uncleared": uncleared_json(lines, uncleared),
+                    "listed": listed, "refused": false,
                 }),
                 masked,
             );
@@ -376,11 +377,7 @@ impl Served<'_> {
                 inner.revoke(grant_id, "a mount read was shared with another process");
             }
         }
-        broker.mounts.note(
-            path,
-            false,
-            format!("served pid {} (grant {grant_id})", r.holder.pid),
-        );
+        broker.mounts.note(path, false, listed);
     }
 
     /// Closes the write end after a whole read ([`close_alone`], off the runtime); another
@@ -423,13 +420,17 @@ impl Served<'_> {
             grant_id,
             ..
         } = *self;
+        let listed = format!(
+            "STOPPED, possible tampering: {why}; the reader (pid {}) may have loaded lines keyveil did not write (a variable added or overridden). The grant was ended; check what the reader did with its values",
+            r.holder.pid
+        );
         let mut inner = broker.lock();
         inner.audit(
             "mount_read_suspect",
             json!({"path": path, "grant_id": grant_id, "pid": r.holder.pid, "why": why,
                    "bytes_written": written, "bytes_unconfirmed": 0,
                    "value_partly_exposed": null, "holders_after": others,
-                   "after_text": true}),
+                   "after_text": true, "listed": listed, "refused": true}),
         );
         inner.revoke(
             grant_id,
@@ -442,14 +443,7 @@ impl Served<'_> {
             "mount read: another process could write into the served FIFO"
         );
         broker.notify();
-        broker.mounts.note(
-            path,
-            true,
-            format!(
-                "STOPPED, possible tampering: {why}; the reader (pid {}) may have loaded lines keyveil did not write (a variable added or overridden). The grant was ended; check what the reader did with its values",
-                r.holder.pid
-            ),
-        );
+        broker.mounts.note(path, true, listed);
     }
 }
 
