@@ -29,8 +29,7 @@ fn short(sha256: &str) -> &str {
 }
 
 /// The process that really connected, as the broker read it from the socket and `/proc`
-/// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`. Every string is
-/// escaped (a process names itself).
+/// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`, escaped.
 pub(crate) fn connection(peer: &op::PeerInfo) -> String {
     let exe = |p: &op::ProcInfo| {
         p.exe
@@ -669,8 +668,7 @@ pub(crate) fn new_variable(n: &op::NewVariableInfo) -> String {
     }
 }
 
-/// What the card says about the requester's standard input: who supplies it, its size and
-/// digest, whether the command reads it as program text, and that the grant binds it.
+/// The card's words on the requester's standard input: size, keyed digest, program or not.
 pub(crate) fn stdin_heading(s: &op::StdinInfo) -> String {
     format!(
         "standard input, supplied by the requester ({} bytes, digest {}){}; bound: other bytes are another request:",
