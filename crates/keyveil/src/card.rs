@@ -29,8 +29,7 @@ fn short(sha256: &str) -> &str {
 }
 
 /// The process that really connected, as the broker read it from the socket and `/proc`
-/// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`. Every string is
-/// escaped (a process names itself).
+/// (`broker/peer.rs`): `pid N (exe PATH); parents: M COMM (PATH) <- ...`, escaped.
 pub(crate) fn connection(peer: &op::PeerInfo) -> String {
     let exe = |p: &op::ProcInfo| {
         p.exe
@@ -615,6 +614,10 @@ pub(crate) const FLAG_WORDS: &[(&str, &str)] = &[
         "the requester writes the command's standard input, which the command reads as program text: read it below",
     ),
     (
+        "value-outside-custody",
+        "a value keyveil made at random is in this request's own strings (shown as [REDACTED:NAME]): whoever wrote them holds it; rotate it (`keyveil status` lists it)",
+    ),
+    (
         "compromised-value",
         "a value `keyveil sweep` found outside keyveil and not rotated since: rotate it (`keyveil env show` says when and where)",
     ),
@@ -665,13 +668,12 @@ pub(crate) fn new_variable(n: &op::NewVariableInfo) -> String {
     }
 }
 
-/// What the card says about the requester's standard input: who supplies it, its size and
-/// digest, whether the command reads it as program text, and that the grant binds it.
+/// The card's words on the requester's standard input: size, keyed digest, program or not.
 pub(crate) fn stdin_heading(s: &op::StdinInfo) -> String {
     format!(
-        "standard input, supplied by the requester ({} bytes, sha256 {}){}; bound: other bytes are another request:",
+        "standard input, supplied by the requester ({} bytes, digest {}){}; bound: other bytes are another request:",
         s.bytes,
-        short(&s.sha256),
+        short(&s.digest),
         if s.program {
             ", which this command may read as PROGRAM TEXT (code that runs with the values)"
         } else {
@@ -705,9 +707,9 @@ pub(crate) fn chosen_value(c: &op::ChosenValueInfo) -> String {
             let mut shown = keyveil_proto::display::quoted(v);
             if c.clipped {
                 shown.push_str(&format!(
-                    " … (clipped: {} bytes in all, sha256 {})",
+                    " … (clipped: {} bytes in all, digest {})",
                     c.bytes,
-                    short(c.sha256.as_deref().unwrap_or(""))
+                    short(c.digest.as_deref().unwrap_or(""))
                 ));
             }
             shown

@@ -521,8 +521,9 @@ pub struct ChosenValueInfo {
     pub bytes: usize,
     /// Only part of the value is in `value`.
     pub clipped: bool,
-    /// SHA-256 (hex) of the whole value.
-    pub sha256: Option<String>,
+    /// HMAC-SHA256 (hex) of the whole value under a key the broker makes at start and never
+    /// lets out: it names the value for the broker's life, and cannot be searched offline.
+    pub digest: Option<String>,
 }
 
 /// Standard input a requester supplies to a run, as the card shows it and a grant binds it.
@@ -535,8 +536,9 @@ pub struct StdinInfo {
     pub bytes: usize,
     /// Only part of it is in `text`.
     pub clipped: bool,
-    /// SHA-256 (hex) of all of it.
-    pub sha256: String,
+    /// HMAC-SHA256 (hex) of all of it under a key the broker makes at start and never lets
+    /// out: it names the input for the broker's life, and cannot be searched offline.
+    pub digest: String,
     /// The command reads program text or commands from standard input (an interpreter or REPL
     /// keyveil knows, or a `-`/`/dev/stdin` operand): the card says it is code.
     pub program: bool,
@@ -616,13 +618,13 @@ mod tests {
                 value: None,
                 bytes: 0,
                 clipped: false,
-                sha256: None,
+                digest: None,
             }],
             stdin: Some(StdinInfo {
                 text: "print(1)\n".into(),
                 bytes: 9,
                 clipped: false,
-                sha256: "00".repeat(32),
+                digest: "00".repeat(32),
                 program: true,
             }),
             new_variables: vec![NewVariableInfo {

@@ -92,9 +92,25 @@ pub struct BrokerStatus {
     /// inotify watches those hold in all (one per folder under them).
     #[serde(default)]
     pub watched_dirs: usize,
+    /// Variables whose value keyveil made at random was found in the strings of a request
+    /// whose requester holds no values (flag `value-outside-custody`), not rotated since:
+    /// whoever wrote those strings holds the value. Empty while the vault is locked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_outside_custody: Vec<OutsideCustody>,
     /// Whether this broker runs in CI mode (`docs/ci.md`): no factor, a frozen allowlist.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ci: bool,
+}
+
+/// A variable whose value was found outside keyveil's custody (in [`BrokerStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideCustody {
+    /// Environment.
+    pub environment: String,
+    /// The variable, as clients see it (an alias where names are hidden).
+    pub variable: String,
+    /// When it was found.
+    pub found_at: Timestamp,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -130,9 +146,15 @@ pub struct LockedAsk {
     /// Pass-through names as asked (empty: none).
     #[serde(default)]
     pub pass_env: Vec<String>,
-    /// SHA-256 (hex) of the standard input the agent supplies (`None`: `/dev/null`).
+    /// HMAC-SHA256 (hex) of the standard input the agent supplies, under a key the locked
+    /// broker made at start and never lets out (`None`: `/dev/null`): it tells asks apart while
+    /// that broker runs. The unlock starts another broker, whose key (and so whose cards'
+    /// digests) differ: `approve` compares [`LockedAsk::stdin_bytes`] instead.
     #[serde(default)]
-    pub stdin_sha256: Option<String>,
+    pub stdin_digest: Option<String>,
+    /// The length in bytes of the standard input the agent supplies (`None`: `/dev/null`).
+    #[serde(default)]
+    pub stdin_bytes: Option<usize>,
     /// The agent's reason.
     pub reason: Option<String>,
     /// When it was last asked.

@@ -27,6 +27,16 @@
 //! states this limit). A requester the broker cannot place (no pid, exited, pid reused, a
 //! parent unreadable) is refused (`access::strings_masked`).
 //!
+//! Masking a value made at random in any requester's strings is itself an answer to whoever
+//! wrote them: an agent that knows all but a few characters of such a value (a partial leak)
+//! lists the candidates in an ask of its own and sees which one is masked
+//! (`tests/it/redteam_s14.rs`, a stated limit in `docs/threat-model.md`). Any visible reaction
+//! to a match is the same oracle, so the masking stays and the match is made loud:
+//! `access/custody.rs` flags the card `value-outside-custody`, audits the variable's name and
+//! marks it compromised until rotated. And the matcher never sees a clipped value: what a card
+//! quotes of a value the requester supplied is kept whole, masked, then clipped
+//! (`state/shown.rs`), so a value across the clip is still whole when matched.
+//!
 //! Which values, and what is matched: requester-supplied strings that a matcher marks are an
 //! oracle (plant a guess in an argv, read whether the card masks it). So the match is of the
 //! **whole value, as stored, byte for byte** ([`WholeValues`]), never of fragments, encodings or
@@ -172,6 +182,18 @@ impl WholeValues {
         // Leftmost first, the longest at one position.
         found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         found
+    }
+
+    /// The names of the whole values found in `input` (each once, sorted).
+    pub(crate) fn names_in(&self, input: &[u8]) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .matches(input)
+            .into_iter()
+            .map(|(_, _, n)| n.to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// `input` with every whole value masked, and how many were.

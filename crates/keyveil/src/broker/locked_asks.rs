@@ -53,7 +53,7 @@ pub(crate) fn record(inner: &mut Inner, mut ask: op::LockedAsk) -> Result<u64, O
             && a.argv == ask.argv
             && a.cwd == ask.cwd
             && a.pass_env == ask.pass_env
-            && a.stdin_sha256 == ask.stdin_sha256
+            && a.stdin_digest == ask.stdin_digest
     });
     if let Some((id, (a, at))) = same {
         a.reason = ask.reason;
@@ -116,10 +116,12 @@ pub(super) async fn wait(
             p.dedup();
             p
         },
-        stdin_sha256: req.stdin.as_ref().map(|t| {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(t.as_bytes()))
-        }),
+        // Keyed by this broker's own key: no offline search from `status`.
+        stdin_bytes: req.stdin.as_ref().map(String::len),
+        stdin_digest: req
+            .stdin
+            .as_ref()
+            .map(|t| crate::broker::state::value_digest(t.as_bytes())),
         reason: req.reason.clone(),
         asked_at: Timestamp::now(),
     };
@@ -172,7 +174,8 @@ mod tests {
             argv: argv.iter().map(|s| (*s).to_owned()).collect(),
             cwd: "/tmp".into(),
             pass_env: Vec::new(),
-            stdin_sha256: None,
+            stdin_digest: None,
+            stdin_bytes: None,
             reason: None,
             asked_at: Timestamp::now(),
         }

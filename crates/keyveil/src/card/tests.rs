@@ -92,10 +92,10 @@ fn card_shows_chosen_values_new_variables_and_contradictions() {
             "stored_at": "2026-12-06T10:00:00Z", "stored": "without the factor"}],
         "chosen_values": [
             {"origin": "pass-env", "name": "API_HOST", "value": "http://127.0.0.1:9\u{1b}[2K",
-             "bytes": 20, "clipped": false, "sha256": "ab"},
+             "bytes": 20, "clipped": false, "digest": "ab"},
             {"origin": "stored-without-factor", "variable": "OPENAI_BASE_URL",
              "stored_at": "2026-12-06T10:00:00Z", "value": &long[..200], "bytes": long.len(),
-             "clipped": true, "sha256": "0123456789abcdef0123"}
+             "clipped": true, "digest": "0123456789abcdef0123"}
         ],
         "expires_at": "2026-01-01T00:00:00Z"
     });
@@ -114,7 +114,7 @@ fn card_shows_chosen_values_new_variables_and_contradictions() {
         "{card}"
     );
     assert!(
-        card.contains("clipped: 321 bytes in all, sha256 0123456789abcdef"),
+        card.contains("clipped: 321 bytes in all, digest 0123456789abcdef"),
         "{card}"
     );
     assert!(

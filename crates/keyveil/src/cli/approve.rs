@@ -165,10 +165,9 @@ fn locked_card(a: &op::LockedAsk) -> String {
                 .join(", ")
         ));
     }
-    if let Some(d) = &a.stdin_sha256 {
+    if let Some(n) = a.stdin_bytes {
         out.push_str(&format!(
-            "  stdin:       supplied by the requester (sha256 {}); shown in full after the unlock\n",
-            d.get(..16).unwrap_or(d)
+            "  stdin:       supplied by the requester ({n} bytes); shown on the full card after the unlock\n"
         ));
     }
     if let Some(r) = &a.reason {
@@ -182,8 +181,11 @@ fn locked_card(a: &op::LockedAsk) -> String {
 
 /// Whether `card` (a request of the unlocked broker) is the call the locked card showed: the
 /// same client, environment, argv and cwd, and no more than it showed: the same variables
-/// (when it named them), pass-through names and standard input. The agent may send other
-/// calls with the same argv first; the one the human read is the one approved.
+/// (when it named them), pass-through names and standard input (present or not, and its length:
+/// the locked broker's digest of it is keyed by that broker's own key, which the unlock, a new
+/// broker, does not have; the text itself is shown on the full card before the yes, and the
+/// approval binds that card's digest). The agent may send other calls with the same argv first;
+/// the one the human read is the one approved.
 fn same_as_locked(card: &op::RequestCard, ask: &op::LockedAsk) -> bool {
     let variables = ask.variables.as_ref().is_none_or(|v| {
         let mut v = v.clone();
@@ -202,7 +204,7 @@ fn same_as_locked(card: &op::RequestCard, ask: &op::LockedAsk) -> bool {
         && card.cwd == ask.cwd
         && variables
         && pass_env == ask.pass_env
-        && card.stdin.as_ref().map(|s| &s.sha256) == ask.stdin_sha256.as_ref()
+        && card.stdin.as_ref().map(|s| s.bytes) == ask.stdin_bytes
 }
 
 /// How long `approve` waits, after unlocking, for the agent's call to reach the unlocked broker.

@@ -466,14 +466,15 @@ async fn dispatch(paths: &Paths, cmd: Command) -> Result<i32> {
                         "\nhint: {} asked while the vault is locked: `keyveil approve` unlocks and approves with one passphrase entry",
                         words::count(d.locked_asks.len() as u64, "request", "requests")
                     )
-                } + &if d.log_lines_lost > 0 {
-                    format!(
-                        "\nwarning: {} lines of broker.log could not be written (is the disk full?)",
-                        d.log_lines_lost
-                    )
-                } else {
-                    String::new()
-                }),
+                } + &outside_custody(&d.values_outside_custody)
+                    + &if d.log_lines_lost > 0 {
+                        format!(
+                            "\nwarning: {} lines of broker.log could not be written (is the disk full?)",
+                            d.log_lines_lost
+                        )
+                    } else {
+                        String::new()
+                    }),
                 None => say(format!(
                     "broker: not running\nvault: {}\nhint: any keyveil command starts it; `keyveil unlock` to unlock",
                     if paths.vault().exists() {
@@ -657,4 +658,22 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64> {
         .into());
     }
     Ok(secs.unsigned_abs())
+}
+
+/// `keyveil status`'s lines for the variables whose value was found outside keyveil's custody
+/// (none: nothing).
+fn outside_custody(list: &[op::OutsideCustody]) -> String {
+    use keyveil_proto::display::visible;
+    list.iter()
+        .map(|o| {
+            format!(
+                "\nwarning: the value of {} ({}) was in the strings of a request that held no values ({}): whoever wrote them holds it\nhint: rotate it: keyveil generate {} {}",
+                visible(&o.variable),
+                visible(&o.environment),
+                crate::when::human_time(&o.found_at.to_string()),
+                visible(&o.environment),
+                visible(&o.variable)
+            )
+        })
+        .collect()
 }

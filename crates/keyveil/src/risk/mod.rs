@@ -24,7 +24,8 @@
 //! | `reason-contradicts-facts` | the requester's reason claims a prior approval, the user's consent or urgency, and the broker's facts say otherwise (the card says what, in plain words: [`contradictions()`]) |
 //! | `agent-chosen-value` | a value the requester could have chosen (a pass-through value, a variable stored without the factor, or one read from an OpenBao KV secret linked without it) is injected: the card shows it (set in `broker/access/`) |
 //! | `stdin-program` | the requester supplies the command's standard input and the command may read program text from it (anything but a known data filter such as `cat`, `wc`, `sort` named by its own name and resolved to that very filter outside what the requester can write, or a filter given `-f -`/`--file=/dev/stdin`: `stdin_program.rs`); the card shows the text, the grant binds its digest, no auto-approve rule covers it (set in `broker/access/`) |
-//! | `compromised-value` | a variable `keyveil sweep --contain` found outside keyveil and not rotated since (set in `broker/access/`; never auto-approved) |
+//! | `compromised-value` | a variable `keyveil sweep --contain` found outside keyveil, or found in a request's own strings (`value-outside-custody`), and not rotated since (set in `broker/access/`; never auto-approved) |
+//! | `value-outside-custody` | a value keyveil made at random is in the strings of a request whose requester holds no values: whoever wrote them holds it; audited, marked compromised, listed by `keyveil status` until rotated (set in `broker/access/custody.rs`; never auto-approved) |
 //! | `workspace-executable` | the executable lives in a directory the requester can write |
 //! | `first-time` | this exact command was never approved before in this broker's life |
 //! | `denied-before` | the same command was denied recently |

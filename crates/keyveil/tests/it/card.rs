@@ -108,7 +108,11 @@ fn a_value_stored_without_the_factor_is_shown_bound_and_its_variable_named_new()
         !audit.contains("127.0.0.1:9"),
         "the value reached the audit"
     );
-    assert!(audit.contains(&sha256_hex("http://127.0.0.1:9/\u{1b}[2Kcollect")));
+    // The card's digest (keyed by the broker's secret), never one searchable offline.
+    let digest = chosen[0]["digest"].as_str().unwrap();
+    assert_eq!(digest.len(), 64, "{r}");
+    assert!(audit.contains(digest), "the audit lacks the card's digest");
+    assert!(!audit.contains(&sha256_hex("http://127.0.0.1:9/\u{1b}[2Kcollect")));
 }
 
 #[test]

@@ -237,3 +237,48 @@ fn keyveil_run_asks_again_by_itself_after_the_unlock() {
         }
     });
 }
+
+/// A locked ask with standard input (MCP `run` with `stdin`): the locked card gives its length,
+/// never an unkeyed digest; after the unlock (a new broker, with a new digest key) `approve`
+/// still finds the agent's call again by the input's presence and length, shows it on the full
+/// card, and approves it.
+#[test]
+fn a_locked_ask_with_standard_input_is_found_again_and_approved_after_the_unlock() {
+    let h = Home::new();
+    h.set("demo", "API_TOKEN", &token());
+    h.ok(&["lock"]);
+    let input = "hello-from-the-locked-ask\n";
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            let mut m = crate::redteam20::McpLine::start(&h);
+            for _ in 0..12 {
+                let r = m.call(
+                    "run",
+                    &serde_json::json!({"environment": "demo", "wait_seconds": 20,
+                                        "command": ["cat"], "stdin": input}),
+                );
+                if r.to_string().contains("hello-from-the-locked-ask") {
+                    return r;
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            panic!("the agent never got through");
+        });
+        let _ = wait_locked_ask(&h);
+        let st = h.json(&["status", "--json"]);
+        let ask = &st["locked_asks"][0];
+        assert_eq!(ask["stdin_bytes"], input.len(), "{st}");
+        assert_ne!(
+            ask["stdin_digest"].as_str().unwrap_or_default(),
+            sha256_hex(input),
+            "{st}"
+        );
+        let o = h.run_stdin(&["approve", "--passphrase-stdin"], &format!("{PASS}\ny\n"));
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains(&format!("({} bytes)", input.len())), "{err}");
+        assert!(err.contains("hello-from-the-locked-ask"), "{err}");
+        let r = agent.join().unwrap();
+        assert!(r.to_string().contains("hello-from-the-locked-ask"), "{r}");
+    });
+}

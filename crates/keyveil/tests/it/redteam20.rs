@@ -236,7 +236,10 @@ fn kv_value_from_the_agents_server_is_quoted_and_bound() {
     let c = chosen(r, "API_BASE_URL");
     assert_eq!(c["origin"], "kv-without-factor", "{r}");
     assert_eq!(c["value"], url.as_str(), "{r}");
-    assert_eq!(c["sha256"], sha256_hex(&url).as_str(), "{r}");
+    // Named by a digest keyed by the broker's secret: no offline search of the value.
+    let digest = c["digest"].as_str().unwrap_or_default();
+    assert_eq!(digest.len(), 64, "{r}");
+    assert_ne!(digest, sha256_hex(&url).as_str(), "{r}");
     // The human's card: the value quoted, its escape shown as text, not sent to the terminal.
     let card = h.ok(&["requests"]);
     assert!(card.contains(&format!("collect-{tag}")), "{card}");
@@ -518,7 +521,7 @@ fn kv_linked_with_the_factor_is_neither_quoted_nor_bound() {
 }
 
 /// A minimal MCP client over `keyveil mcp`'s stdio (JSON lines).
-struct McpLine {
+pub(crate) struct McpLine {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
     lines: std::sync::mpsc::Receiver<String>,
@@ -526,7 +529,7 @@ struct McpLine {
 }
 
 impl McpLine {
-    fn start(h: &Home) -> McpLine {
+    pub(crate) fn start(h: &Home) -> McpLine {
         use std::io::BufRead;
         let mut cmd = h.cmd(&["mcp"]);
         cmd.current_dir(h.path())
@@ -584,7 +587,7 @@ impl McpLine {
         }
     }
 
-    fn call(&mut self, tool: &str, arguments: &Value) -> Value {
+    pub(crate) fn call(&mut self, tool: &str, arguments: &Value) -> Value {
         self.request("tools/call", json!({"name": tool, "arguments": arguments}))
     }
 }

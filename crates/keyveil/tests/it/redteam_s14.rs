@@ -301,17 +301,15 @@ fn end_daemon(d: &mut std::process::Child) {
 /// A granted child hands its daemon (outside every run) an ask that passes a configuration
 /// string through (`--pass-env CFG`), the way s10c's daemons put a value in argv: `CFG` is 170
 /// characters the agent knows (a config template) followed by a value keyveil generated. The
-/// card shows a pass-through value's first 200 characters and the SHA-256 of the whole of it.
-/// The clip is taken when the ask arrives (`ChosenValue::of`), the whole-value matcher runs on
-/// the clipped text afterwards: the value is no longer whole there, so its first 30 characters
-/// are shown as given, and the two left out are found offline from the shown SHA-256 (3,844
-/// candidates). Placed 200 − k characters in, any k characters of it are shown; the rest is
-/// found by the digest when short, or by the agent's own ask (the matcher masks a value made
-/// at random in any requester's strings: an equality oracle for a candidate list).
+/// card shows a pass-through value's first 200 characters and a digest of the whole of it.
+///
+/// Was a LEAK: the clip was taken when the ask arrived, the whole-value matcher ran on the
+/// clipped text afterwards, so the value was no longer whole there and its first 30 characters
+/// were shown as given; the two left out were found offline from the card's unkeyed SHA-256
+/// (3,844 candidates). Now the broker keeps the whole value, masks it first and clips after
+/// (`broker/state/shown.rs`), and the digest is keyed by a secret of the broker: the offline
+/// search finds nothing.
 #[test]
-#[ignore = "LEAK: a pass-through value clipped at 200 characters before the card matcher runs \
-            shows 30 of 32 characters of a generated value, and the card's SHA-256 of the whole \
-            pass-through value gives the other 2 (the whole value, 3 of 3 runs)"]
 fn s14_a_generated_value_across_the_clip_of_a_pass_through_value_is_not_shown() {
     let h = Home::new();
     h.ok(&["generate", "demo", "API_TOKEN"]);
@@ -337,30 +335,53 @@ fn s14_a_generated_value_across_the_clip_of_a_pass_through_value_is_not_shown() 
         assert!(t0.elapsed() < Duration::from_secs(30), "no daemon ask");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let human = h.ok(&["requests"]);
     end_daemon(&mut daemon);
     let _ = outer.kill();
     let _ = outer.wait();
     assert_eq!(value.len(), 32, "the value was not read back");
     let cv = &card["chosen_values"][0];
     let shown = cv["value"].as_str().unwrap_or_default().to_owned();
-    let sha = cv["sha256"].as_str().unwrap_or_default().to_owned();
-    let part = shown.strip_prefix(&prefix).unwrap_or_default().to_owned();
+    let digest = cv["digest"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        card.get("sha256").is_none() && cv.get("sha256").is_none(),
+        "{card}"
+    );
     // What the agent does: the shown part, completed offline against the shown digest.
+    let part = shown.strip_prefix(&prefix).unwrap_or_default().to_owned();
     let alnum: Vec<char> = ('A'..='Z').chain('a'..='z').chain('0'..='9').collect();
     let mut recovered = String::new();
     if part.len() < 32 {
         'search: for a in &alnum {
             for b in &alnum {
                 let cand = format!("{prefix}{part}{a}{b}");
-                use sha2::Digest as _;
-                if hex::encode(sha2::Sha256::digest(cand.as_bytes())) == sha {
+                if sha256_hex(&cand) == digest {
                     recovered = format!("{part}{a}{b}");
                     break 'search;
                 }
             }
         }
     }
-    let shown_run = (12..=32)
+    assert_ne!(
+        digest,
+        sha256_hex(&format!("{prefix}{value}")),
+        "unkeyed digest"
+    );
+    let run = longest_run(&value, &format!("{card}{human}"));
+    assert!(
+        run < 12 && recovered != value,
+        "the card shows {run} characters of the generated value in a row; recovered whole \
+         from the card's digest: {}",
+        recovered == value
+    );
+    // Masked whole, and shown whole (the marker fits in the 200 characters).
+    assert_eq!(shown, format!("{prefix}[REDACTED:API_TOKEN]"), "{card}");
+}
+
+/// The longest run of consecutive characters of `value` (12 and more) found in `shown`; 0
+/// when none.
+fn longest_run(value: &str, shown: &str) -> usize {
+    (12..=value.len())
         .rev()
         .find(|&n| {
             value
@@ -368,12 +389,120 @@ fn s14_a_generated_value_across_the_clip_of_a_pass_through_value_is_not_shown() 
                 .windows(n)
                 .any(|w| contains(shown.as_bytes(), std::str::from_utf8(w).unwrap()))
         })
-        .unwrap_or(0);
-    assert!(
-        shown_run < 12 && recovered != value,
-        "the card shows {shown_run} characters of the generated value in a row; recovered whole \
-         from the card's digest: {}",
-        recovered == value
+        .unwrap_or(0)
+}
+
+/// The generated `API_TOKEN`'s value, as the test learns it (an approved run writes it where
+/// the test reads it; an agent would need a partial leak).
+fn generated_value(h: &Home, wd: &str) -> String {
+    let file = std::path::Path::new(wd).join("v");
+    let o = h.run_approved(
+        &[
+            "run",
+            "--env",
+            "demo",
+            "--wait",
+            "30",
+            "--cwd",
+            wd,
+            "--",
+            "sh",
+            "-c",
+            &format!("printf %s \"$API_TOKEN\" > '{}'", file.display()),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let value = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(value.len(), 32);
+    value
+}
+
+/// The same class through standard input: 1,990 characters the agent knows, then a generated
+/// value (an MCP `run` whose stdin a granted child's output fed). The card shows 2,000
+/// characters of stdin: the value straddles the clip. Masked first, the marker is what
+/// straddles it, and the clip ends before the marker; the digest is keyed.
+#[test]
+fn s14_a_generated_value_across_the_clip_of_standard_input_is_not_shown() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let value = generated_value(&h, &wd);
+    let prefix = "x".repeat(1990);
+    let input = format!("{prefix}{value}");
+    let mut m = crate::redteam20::McpLine::start(&h);
+    let r = m.call(
+        "run",
+        &serde_json::json!({"environment": "demo", "wait_seconds": 0, "cwd": wd,
+                            "command": ["cat"], "stdin": input}),
+    );
+    assert!(!contains(r.to_string().as_bytes(), &value), "{r}");
+    let list = h.json(&["requests", "--json"]);
+    let card = list
+        .as_array()
+        .and_then(|a| a.iter().find(|c| !c["stdin"].is_null()).cloned())
+        .unwrap_or_else(|| panic!("no card with standard input: {list} (mcp: {r})"));
+    let human = h.ok(&["requests"]);
+    let stdin = &card["stdin"];
+    assert_eq!(stdin["text"].as_str(), Some(prefix.as_str()), "{card}");
+    assert_eq!(stdin["clipped"], true, "{card}");
+    assert_eq!(stdin["bytes"], 2022, "{card}");
+    let digest = stdin["digest"].as_str().unwrap_or_default();
+    assert_eq!(digest.len(), 64, "{card}");
+    assert_ne!(digest, sha256_hex(&input), "unkeyed digest");
+    let run = longest_run(&value, &format!("{card}{human}"));
+    assert_eq!(
+        run, 0,
+        "the card shows {run} characters of the value in a row"
+    );
+    assert!(!contains(h.audit_text().as_bytes(), &value[..12]), "audit");
+}
+
+/// The same class in a value stored without the factor (the agent's own `set`, with a
+/// generated value it holds, or a granted child's): 185 known characters, then the value,
+/// across the 200-character clip of the card's quote of it.
+#[test]
+fn s14_a_generated_value_across_the_clip_of_a_value_stored_without_the_factor_is_not_shown() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let value = generated_value(&h, &wd);
+    let prefix = "y".repeat(185);
+    h.set_unverified("demo", "CFG", &format!("{prefix}{value}"));
+    let o = h.run(&[
+        "run", "--env", "demo", "--wait", "0", "--cwd", &wd, "--", "printenv", "CFG",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let list = h.json(&["requests", "--json"]);
+    let card = list
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|c| c["argv"] == serde_json::json!(["printenv", "CFG"]))
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no card: {list}"));
+    let human = h.ok(&["requests"]);
+    let cv = card["chosen_values"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["variable"] == "CFG").cloned())
+        .unwrap_or_else(|| panic!("CFG not quoted: {card}"));
+    assert_eq!(cv["origin"], "stored-without-factor", "{card}");
+    assert_eq!(cv["value"].as_str(), Some(prefix.as_str()), "{card}");
+    assert_eq!(cv["clipped"], true, "{card}");
+    let digest = cv["digest"].as_str().unwrap_or_default();
+    assert_ne!(
+        digest,
+        sha256_hex(&format!("{prefix}{value}")),
+        "unkeyed digest"
+    );
+    let run = longest_run(&value, &format!("{card}{human}"));
+    assert_eq!(
+        run, 0,
+        "the card shows {run} characters of the value in a row"
     );
 }
 
@@ -552,15 +681,21 @@ fn s14_a_script_written_through_a_hard_link_and_an_open_descriptor_never_runs_th
 /// The matcher of values made at random runs on the agent's own asks too (a daemon may have
 /// started them): it masks a candidate that is the whole value. The design says that answers no
 /// planted guess, "since no agent can plant a right guess of ≥ 80 random bits whatever it
-/// knows". But the agent can know most of such a value: the clip above shows 30 of 32
-/// characters, a value a granted child writes in part reaches a card (`docs/threat-model.md`),
+/// knows". But the agent can know most of such a value: the clip above showed 30 of 32
+/// characters (closed since: masked whole, clipped after), a value a granted child writes in part reaches a card (`docs/threat-model.md`),
 /// and a dump line under 12 bytes stays visible (`docs/redaction.md` §5). With all but one
 /// character known, one ask of its own holding the 62 candidates in its argv, and the card
 /// masks the right one: the whole value, without any digest.
+///
+/// Kept as a stated LIMIT (`docs/threat-model.md`, "Honest limits", the card-matcher row on
+/// values made at random): the masking must stay (`redteam_s10c.rs`), and any visible reaction
+/// to a match is the same oracle. Its precondition is a partial leak (the clip above is closed);
+/// a match is made loud instead: see the next test.
 #[test]
-#[ignore = "LEAK: the at-random matcher masks the right candidate among the agent's own planted \
-            guesses: with 31 of 32 characters known (from any partial leak), one ask of 62 \
-            candidates gives the whole value (3 of 3 runs)"]
+#[ignore = "LIMIT: the at-random matcher masks the right candidate among the agent's own planted \
+            guesses once all but one character is known from a partial leak; a match flags the \
+            card value-outside-custody, is audited and listed by `keyveil status` \
+            (docs/threat-model.md, Honest limits, card matcher and values made at random)"]
 fn s14_the_agents_own_ask_does_not_single_out_a_candidate_of_a_generated_value() {
     let h = Home::new();
     h.ok(&["generate", "demo", "API_TOKEN"]);
@@ -625,4 +760,60 @@ fn s14_the_agents_own_ask_does_not_single_out_a_candidate_of_a_generated_value()
         singled.len(),
         singled.iter().any(|c| **c == value)
     );
+}
+
+/// The agent's own ask holding a value keyveil made at random (it learned it somewhere: the
+/// LIMIT above needs all but a guess of it): the card masks it, as ever, and the match is loud:
+/// the card carries `value-outside-custody` (JSON and the human's card), the audit an entry
+/// naming the variable, and `keyveil status` lists the variable until it is rotated. None of
+/// them names the value.
+#[test]
+fn s14_a_generated_value_in_the_agents_own_ask_is_flagged_audited_and_listed_in_status() {
+    let h = Home::new();
+    h.ok(&["generate", "demo", "API_TOKEN"]);
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let wd = work.path().to_str().unwrap().to_owned();
+    let value = generated_value(&h, &wd);
+    let status0 = h.ok(&["status"]);
+    assert!(!status0.contains("API_TOKEN"), "{status0}");
+    let o = h.run(&[
+        "run", "--env", "demo", "--wait", "0", "--cwd", &wd, "--", "true", &value,
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let list = h.json(&["requests", "--json"]);
+    let card = list
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["argv"][0] == "true").cloned())
+        .unwrap_or_else(|| panic!("no card: {list}"));
+    assert_eq!(card["argv"][1], "[REDACTED:API_TOKEN]", "{card}");
+    assert!(
+        card["risk"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|f| f == "value-outside-custody")),
+        "{card}"
+    );
+    let human = h.ok(&["requests"]);
+    assert!(human.contains("value-outside-custody"), "{human}");
+    let audit = h.audit_text_with("value_outside_custody");
+    assert!(audit.contains("API_TOKEN"), "{audit}");
+    let status = h.ok(&["status"]);
+    assert!(
+        status.contains("API_TOKEN") && status.contains("rotate it"),
+        "{status}"
+    );
+    let sj = h.json(&["status", "--json"]);
+    assert_eq!(
+        sj["values_outside_custody"][0]["variable"], "API_TOKEN",
+        "{sj}"
+    );
+    let all = format!("{list}{human}{audit}{status}{sj}{}", h.audit_text());
+    assert_eq!(longest_run(&value, &all), 0, "a surface names the value");
+    // Rotated: no longer listed.
+    let o = h.run_stdin(
+        &["generate", "demo", "API_TOKEN", "--passphrase-stdin"],
+        &format!("{PASS}\n"),
+    );
+    assert!(o.status.success(), "rotate: {}", text(&o.stderr));
+    let status = h.ok(&["status"]);
+    assert!(!status.contains("API_TOKEN"), "{status}");
 }

@@ -22,13 +22,36 @@ pub(crate) fn requests(broker: &Broker) -> op::PendingRequests {
             // agent's own strings only the values keyveil made at random (masking a planted
             // guess of any other would confirm it; one made at random cannot be guessed, and a
             // daemon outside the run may have started a granted child's ask).
+            // Masked whole, clipped after: a value across the clip is still whole when matched.
             match if masked { &all } else { &made } {
                 Some(red) => crate::broker::card_redact::redact_card(red, c),
                 None => Some(c),
             }
+            .map(clip_card)
         })
         .collect();
     op::PendingRequests { requests }
+}
+
+/// `card` (already masked) with its chosen values and standard input clipped to what a card
+/// shows (`state::SHOWN_VALUE_CHARS`, `state::SHOWN_STDIN_CHARS`), never inside a marker
+/// (`state::clip_shown`). Clipping comes after masking: a secret value across the clip was whole
+/// when the matcher saw it.
+fn clip_card(mut card: op::RequestCard) -> op::RequestCard {
+    use crate::broker::state::{SHOWN_STDIN_CHARS, SHOWN_VALUE_CHARS, clip_shown};
+    for c in &mut card.chosen_values {
+        if let Some(v) = &mut c.value {
+            let (shown, clipped) = clip_shown(v, SHOWN_VALUE_CHARS);
+            *v = shown;
+            c.clipped = clipped;
+        }
+    }
+    if let Some(s) = &mut card.stdin {
+        let (shown, clipped) = clip_shown(&s.text, SHOWN_STDIN_CHARS);
+        s.text = shown;
+        s.clipped = clipped;
+    }
+    card
 }
 
 /// The requested variables the environment's policy binds to hosts.
@@ -57,8 +80,8 @@ fn bound_on_card(inner: &Inner, r: &AccessReq) -> Vec<op::BoundVariable> {
         .collect()
 }
 
-/// A request as its card shows it.
-fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
+/// A request as its card shows it (unmasked, unclipped: [`requests`] masks then clips).
+pub(super) fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
     let proc_info = |p: &crate::broker::peer::Proc| op::ProcInfo {
         pid: p.pid,
         comm: p.comm.clone(),
@@ -92,13 +115,13 @@ fn card_of(r: &AccessReq, bound: Vec<op::BoundVariable>) -> op::RequestCard {
                 name: c.name.clone(),
                 variable: c.variable.clone(),
                 stored_at: c.stored_at,
-                value: c.value.clone(),
+                value: c.value.as_ref().map(|v| v.to_string()),
                 bytes: c.bytes,
-                clipped: c.clipped,
-                sha256: c.sha256.clone(),
+                clipped: false,
+                digest: c.digest.clone(),
             })
             .collect(),
-        stdin: r.stdin().to_owned(),
+        stdin: r.stdin().as_ref().map(crate::broker::state::Stdin::info),
         new_variables: r
             .new_variables()
             .iter()

@@ -92,7 +92,7 @@ fn chosen_kind(var: &keyveil_vault::Variable) -> Option<&'static str> {
 pub(crate) struct Expected {
     /// The variable's name in the vault.
     name: String,
-    /// The SHA-256 (hex) bound at approval; `None`: none bound, so no value may be injected.
+    /// The keyed digest (hex, `state::value_digest`) bound at approval; `None`: none bound, so no value may be injected.
     want: Option<String>,
     /// The name as clients see it (an alias where names are hidden).
     shown: String,
@@ -105,14 +105,13 @@ pub(crate) struct Expected {
 /// request): the stored values the agent could have chosen are checked by [`chosen_expected`]
 /// and [`check_chosen_values`] on the very copies the run injects, outside the broker's lock.
 pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), String> {
-    use sha2::Digest as _;
     let Some(g) = inner.grants().get(gid) else {
         return Ok(());
     };
     for (n, v) in &ask.pass_values {
         let now = v
             .as_deref()
-            .map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes())));
+            .map(|v| crate::broker::state::value_digest(v.as_bytes()));
         if g.pass_values().get(n).cloned().unwrap_or(None) != now {
             return Err(format!(
                 "the pass-through value of {} is not the one approved (changed since approval)",
@@ -125,7 +124,7 @@ pub(crate) fn check_chosen(inner: &Inner, gid: &str, ask: &Ask) -> Result<(), St
 
 /// For the variables among `names` (of grant `gid`'s environment) whose value the agent could
 /// have chosen (stored without the factor, or read from a KV secret linked without it), the
-/// SHA-256 (hex) the grant bound at approval (`None`: none bound, so no value may be
+/// keyed digest (hex) the grant bound at approval (`None`: none bound, so no value may be
 /// injected), with the name as clients see it. Taken under the lock with the sealed copies the
 /// run will inject; nothing is opened here.
 pub(crate) fn chosen_expected(inner: &Inner, gid: &str, names: &[String]) -> Vec<Expected> {
@@ -157,14 +156,13 @@ pub(crate) fn check_chosen_values(
     expected: &[Expected],
     values: &[(String, keyveil_vault::SecretValue)],
 ) -> Result<(), String> {
-    use sha2::Digest as _;
     // By name: with thousands of values a scan per expected name would be quadratic.
     let by_name: std::collections::HashMap<&str, &keyveil_vault::SecretValue> =
         values.iter().map(|(k, v)| (k.as_str(), v)).collect();
     for x in expected {
         let now = by_name
             .get(x.name.as_str())
-            .map(|v| hex::encode(sha2::Sha256::digest(v.expose().as_bytes())));
+            .map(|v| crate::broker::state::value_digest(v.expose().as_bytes()));
         if now.is_none() || x.want.as_ref() != now.as_ref() {
             return Err(format!(
                 "{} holds {} that is not the one approved (changed since approval)",

@@ -4,6 +4,7 @@
 mod approve;
 mod cards;
 mod chosen;
+mod custody;
 mod env_vars;
 mod pins;
 mod request;
@@ -35,6 +36,7 @@ use keyveil_vault::FactorKind;
 pub(crate) use approve::{approve, check_card, deny, grant_pending, pending_factor};
 pub(crate) use cards::{card_digest_of, file_pin_info, input_pin_info, requests};
 pub(crate) use chosen::{agent_linked, check_chosen, check_chosen_values, chosen_expected};
+pub(crate) use custody::outside_custody;
 pub(crate) use env_vars::{check_pass_env, pass_values};
 pub(crate) use pins::{Pins, bounded, check_symlink_escape, prepare_bounded};
 pub(crate) use request::{access_status, find_or_create_request, request_access, strings_masked};

@@ -59,7 +59,7 @@ pub(crate) fn find_or_create_request(
         flags.push("claimed-identity".to_owned());
     }
     // Policy rules, made by the human with their factor.
-    let (deny_hit, auto_hit) = rules(inner, ask, &pins, &argv_key, &mut flags)?;
+    let (deny_hit, mut auto_hit) = rules(inner, ask, &pins, &argv_key, &mut flags)?;
     if let Some(i) = deny_hit {
         return Err(refused_by_rule(inner, ask, &key, i, masked));
     }
@@ -81,9 +81,18 @@ pub(crate) fn find_or_create_request(
         contradictions,
         masked,
     };
-    let req = AccessReq::new(id, ask, facts);
+    let mut req = AccessReq::new(id, ask, facts);
+    // A value made at random in the strings of a requester holding none: loud, never automatic.
+    let (outside, strings) = custody::found(inner, &req);
+    if !outside.is_empty() {
+        req.flag(custody::FLAG);
+        auto_hit = None;
+    }
     // Recorded before the request exists: refused when the log cannot be written.
     audit_request(inner, &req, claim_mismatch)?;
+    if !outside.is_empty() {
+        custody::record(inner, id, &outside, &strings);
+    }
     let taken = inner.requests_mut().take_id();
     debug_assert_eq!(taken, id, "the id is taken under the same lock");
     let reason = req.reason().to_owned();
@@ -376,6 +385,7 @@ fn rules(
                 | "claimed-identity"
                 | "agent-chosen-value"
                 | "compromised-value"
+                | "value-outside-custody"
                 | "new-variable"
                 | "rephrased-denied"
         )
@@ -438,11 +448,11 @@ fn audit_request(inner: &mut Inner, r: &AccessReq, claim_mismatch: Option<String
             // Which values were shown and bound, by digest: the values stay out of the log.
             "chosen_values": r.chosen_values().iter().map(|c| json!({
                 "origin": c.origin, "name": c.name, "variable": c.variable,
-                "stored_at": c.stored_at, "bytes": c.bytes, "sha256": c.sha256,
+                "stored_at": c.stored_at, "bytes": c.bytes, "digest": c.digest,
             })).collect::<Vec<_>>(),
             "new_variables": &r.new_variables(),
             // The requester's standard input by size and digest (its text is on the card).
-            "stdin": r.stdin().as_ref().map(|s| json!({"bytes": s.bytes, "sha256": s.sha256, "program": s.program})),
+            "stdin": r.stdin().as_ref().map(|s| json!({"bytes": s.bytes, "digest": s.digest, "program": s.program})),
             "contradictions": &r.contradictions(),
             "mount": r.mount(),
     });

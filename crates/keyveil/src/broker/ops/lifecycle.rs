@@ -41,6 +41,7 @@ pub(super) fn status(broker: &Broker) -> op::BrokerStatus {
         kept_redactors: inner.run_redactors().len(),
         watched_folders: inner.tree_watches().counts().0,
         watched_dirs: inner.tree_watches().counts().1,
+        values_outside_custody: crate::broker::access::outside_custody(&inner),
         ci: inner.ci(),
         live_runs: inner.runs().iter().count(),
         runs: inner

@@ -57,19 +57,20 @@ pub(crate) struct Grant {
     pub(super) executable: Option<FilePin>,
     /// Pinned inputs; a change ends the grant.
     pub(super) inputs: Vec<InputPin>,
-    /// SHA-256 of each pass-through value as the card showed it (`None`: not set); a run with
-    /// another value ends the grant. Not listed (`grants`): the request showed them.
+    /// The keyed digest (`state::value_digest`) of each pass-through value as the card showed
+    /// it (`None`: not set); a run with another value ends the grant. Not listed (`grants`): the request showed them.
     #[serde(skip)]
     pub(super) pass_values: BTreeMap<String, Option<String>>,
-    /// SHA-256 of each granted variable's value that was stored without the factor, as the card
-    /// showed it; a run finding another value stored without the factor ends the grant. Not
+    /// The keyed digest (`state::value_digest`) of each granted variable's value that was stored
+    /// without the factor, as the card showed it; a run finding another value stored without the factor ends the grant. Not
     /// listed: its keys are real variable names, which a policy may hide.
     #[serde(skip)]
     pub(super) chosen_vars: BTreeMap<String, String>,
-    /// SHA-256 of the standard input the card showed (`None`: `/dev/null`); a grant for a
-    /// command covers only runs with these same bytes on standard input. Not listed.
+    /// The keyed digest (`state::value_digest`) of the standard input the card showed (`None`:
+    /// `/dev/null`); a grant for a command covers only runs with these same bytes on standard
+    /// input. Not listed.
     #[serde(skip)]
-    pub(super) stdin_sha256: Option<String>,
+    pub(super) stdin_digest: Option<String>,
     /// The mount's risk flags on the card this grant was approved from (empty for a run): a
     /// mount read it serves without a card must have none the card did not show (a reader
     /// started under an agent host is `agent-reader` even when the approved one was not).
@@ -147,14 +148,14 @@ impl Grant {
             pass_values: req
                 .chosen_values
                 .iter()
-                .filter_map(|c| c.name.clone().map(|n| (n, c.sha256.clone())))
+                .filter_map(|c| c.name.clone().map(|n| (n, c.digest.clone())))
                 .collect(),
             chosen_vars: req
                 .chosen_values
                 .iter()
-                .filter_map(|c| Some((c.variable.clone()?, c.sha256.clone()?)))
+                .filter_map(|c| Some((c.variable.clone()?, c.digest.clone()?)))
                 .collect(),
-            stdin_sha256: req.stdin.as_ref().map(|s| s.sha256.clone()),
+            stdin_digest: req.stdin.as_ref().map(|s| s.digest.clone()),
             mount_flags: req.mount_flags.clone(),
             mount_anchor: req.mount_anchor.clone(),
             masked: req.masked,
@@ -233,14 +234,14 @@ impl Grant {
         &self.inputs
     }
 
-    /// SHA-256 of each pass-through value as the card showed it (`None`: not set); a run with
-    /// another value ends the grant. Not listed (`grants`): the request showed them.
+    /// The keyed digest (`state::value_digest`) of each pass-through value as the card showed
+    /// it (`None`: not set); a run with another value ends the grant. Not listed (`grants`): the request showed them.
     pub(crate) fn pass_values(&self) -> &BTreeMap<String, Option<String>> {
         &self.pass_values
     }
 
-    /// SHA-256 of each granted variable's value that was stored without the factor, as the card
-    /// showed it; a run finding another value stored without the factor ends the grant. Not
+    /// The keyed digest (`state::value_digest`) of each granted variable's value that was stored
+    /// without the factor, as the card showed it; a run finding another value stored without the factor ends the grant. Not
     /// listed: its keys are real variable names, which a policy may hide.
     pub(crate) fn chosen_vars(&self) -> &BTreeMap<String, String> {
         &self.chosen_vars
@@ -311,7 +312,7 @@ impl Grant {
             // Standard input is an input: an any-command grant covers any, a command's grant
             // only the bytes its card showed.
             && (self.argv.is_none()
-                || self.stdin_sha256.as_deref() == ask.stdin.as_ref().map(|s| s.sha256.as_str()))
+                || self.stdin_digest.as_deref() == ask.stdin.as_ref().map(|s| s.digest.as_str()))
             // A mount reader with a flag its card did not show is asked about again, and so is
             // one not started under the approved reader's anchor (reparented to init, or from
             // elsewhere).

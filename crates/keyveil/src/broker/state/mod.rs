@@ -21,6 +21,7 @@ mod memory;
 mod names;
 mod requests;
 mod runs;
+mod shown;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +33,8 @@ pub(crate) use inner::{Holds, Inner, new_id};
 pub(crate) use names::Names;
 pub(crate) use requests::{
     AccessReq, Ask, ChosenValue, DENIAL_MEMORY, MAX_STDIN_BYTES, MountAnchor, MountAsk,
-    NewVariable, REQUEST_TTL_SECONDS, RequestFacts, RequestState, SHOWN_STDIN_CHARS, agent_chosen,
-    stdin_info,
+    NewVariable, REQUEST_TTL_SECONDS, RequestFacts, RequestState, SHOWN_STDIN_CHARS,
+    SHOWN_VALUE_CHARS, agent_chosen, stdin_info,
 };
 pub(crate) use runs::{LiveRun, RunsStopped};
+pub(crate) use shown::{Stdin, clip_shown, value_digest};

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::Serialize;
 
+use zeroize::Zeroizing;
+
+use super::shown::{Stdin, value_digest};
 use crate::pin::{FilePin, InputPin};
 use keyveil_proto::ClientInfo;
 
@@ -71,10 +74,10 @@ pub(crate) struct AccessReq {
     /// pass-through values and variables stored without the factor (never one stored with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) chosen_values: Vec<ChosenValue>,
-    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
-    /// another request); `None`: `/dev/null`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) stdin: Option<keyveil_proto::op::StdinInfo>,
+    /// Standard input the requester supplies, all of it (shown masked then clipped, and part of
+    /// the ask: other bytes are another request); `None`: `/dev/null`. Never serialized.
+    #[serde(skip)]
+    pub(super) stdin: Option<Stdin>,
     /// Requested variables stored in the last day without the factor (or before keyveil
     /// recorded how): the `new-variable` flag, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -256,9 +259,9 @@ impl AccessReq {
         &self.chosen_values
     }
 
-    /// Standard input the requester supplies (shown, and part of the ask: other bytes are
-    /// another request); `None`: `/dev/null`.
-    pub(crate) fn stdin(&self) -> &Option<keyveil_proto::op::StdinInfo> {
+    /// Standard input the requester supplies, all of it (shown masked then clipped, and part of
+    /// the ask: other bytes are another request); `None`: `/dev/null`.
+    pub(crate) fn stdin(&self) -> &Option<Stdin> {
         &self.stdin
     }
 
@@ -321,12 +324,19 @@ impl AccessReq {
             && self.argv == ask.argv
             && self.cwd == ask.cwd
             && self.pass_env == ask.pass_env
-            && self.stdin.as_ref().map(|s| &s.sha256) == ask.stdin.as_ref().map(|s| &s.sha256)
+            && self.stdin.as_ref().map(|s| &s.digest) == ask.stdin.as_ref().map(|s| &s.digest)
             // Asks from different real origins stay apart: each card shows who asked.
             && self.peer.origin == ask.peer.origin
             && self.mount.as_deref() == ask.mount.as_ref().map(|m| m.path.as_str())
             // A mount read is one process's read: another process is another request.
             && (self.mount.is_none() || self.client.pid == ask.client.pid)
+    }
+
+    /// Adds risk flag `f` (once).
+    pub(crate) fn flag(&mut self, f: &str) {
+        if !self.risk.iter().any(|x| x == f) {
+            self.risk.push(f.to_owned());
+        }
     }
 
     /// Counts one more identical ask coalesced into this request, flagging a `burst` once
@@ -350,7 +360,7 @@ impl AccessReq {
 pub(crate) const SHOWN_VALUE_CHARS: usize = 200;
 
 /// A value an agent could have chosen, as a request shows it and a grant binds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct ChosenValue {
     /// `pass-env` (from the requester's environment), `reader-env` (a code-loading variable
     /// of a mount reader's own environment), `stored-without-factor` (a vault variable
@@ -368,30 +378,41 @@ pub(crate) struct ChosenValue {
     /// When the vault value (or the KV source) was stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_at: Option<Timestamp>,
-    /// The value's first [`SHOWN_VALUE_CHARS`] characters, as given (escaped when shown);
-    /// `None` when it is not set.
-    pub value: Option<String>,
+    /// The whole value, as given; `None` when it is not set. Shown only masked, then clipped to
+    /// its first [`SHOWN_VALUE_CHARS`] characters (`access::cards`), and never serialized: a
+    /// value clipped before it is masked could hold part of a secret value no longer whole.
+    #[serde(skip)]
+    pub value: Option<Zeroizing<String>>,
     /// The value's length in bytes.
     pub bytes: usize,
-    /// Only part of the value is in `value`.
-    pub clipped: bool,
-    /// SHA-256 (hex) of the whole value; `None` when it is not set.
-    pub sha256: Option<String>,
+    /// [`value_digest`] (hex, keyed by the broker's secret) of the whole value; `None` when it
+    /// is not set.
+    pub digest: Option<String>,
+}
+
+impl std::fmt::Debug for ChosenValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value: a debug print is not masked.
+        f.debug_struct("ChosenValue")
+            .field("origin", &self.origin)
+            .field("name", &self.name)
+            .field("variable", &self.variable)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChosenValue {
     /// Describes `value` for the card.
     pub(crate) fn of(value: Option<&str>) -> ChosenValue {
-        use sha2::Digest as _;
         ChosenValue {
             origin: "pass-env",
             name: None,
             variable: None,
             stored_at: None,
-            value: value.map(|v| v.chars().take(SHOWN_VALUE_CHARS).collect()),
+            value: value.map(|v| Zeroizing::new(v.to_owned())),
             bytes: value.map_or(0, str::len),
-            clipped: value.is_some_and(|v| v.chars().count() > SHOWN_VALUE_CHARS),
-            sha256: value.map(|v| hex::encode(sha2::Sha256::digest(v.as_bytes()))),
+            digest: value.map(|v| value_digest(v.as_bytes())),
         }
     }
 }
@@ -402,19 +423,12 @@ pub(crate) const SHOWN_STDIN_CHARS: usize = SHOWN_VALUE_CHARS * 10;
 /// Longest standard input a run request may carry, in bytes (the MCP `run` tool's limit too).
 pub(crate) const MAX_STDIN_BYTES: usize = 1024 * 1024;
 
-/// Describes a requester's standard input for the card: its first [`SHOWN_STDIN_CHARS`]
-/// characters, size, digest, and whether the command may read program text from it
-/// (`program`: [`crate::stdin_program::reads_program_at`]).
-pub(crate) fn stdin_info(text: &str, program: bool) -> keyveil_proto::op::StdinInfo {
-    use sha2::Digest as _;
-    let shown = SHOWN_STDIN_CHARS;
-    keyveil_proto::op::StdinInfo {
-        text: text.chars().take(shown).collect(),
-        bytes: text.len(),
-        clipped: text.chars().count() > shown,
-        sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
-        program,
-    }
+/// Describes a requester's standard input: all of it, kept for the card (masked, then clipped
+/// to its first [`SHOWN_STDIN_CHARS`] characters where it is shown), its size, digest
+/// ([`value_digest`]), and whether the command may read program text from it (`program`:
+/// [`crate::stdin_program::reads_program_at`]).
+pub(crate) fn stdin_info(text: &str, program: bool) -> Stdin {
+    Stdin::of(text, program)
 }
 
 /// A requested variable stored recently without the factor (see [`AccessReq::new_variables`]).
@@ -450,7 +464,7 @@ pub(crate) struct Ask {
     pub pass_values: BTreeMap<String, Option<String>>,
     /// Standard input the requester supplies (`None`: `/dev/null`): shown on the card and part
     /// of what a grant covers.
-    pub stdin: Option<keyveil_proto::op::StdinInfo>,
+    pub stdin: Option<Stdin>,
     /// The process that really asked (from the socket, not the claim): caps and flags count
     /// by it, and the card shows it.
     pub peer: crate::broker::peer::Peer,

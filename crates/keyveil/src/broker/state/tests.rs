@@ -36,7 +36,7 @@ fn grant(argv: Option<Vec<String>>) -> Grant {
         chosen_vars: Default::default(),
         mount_flags: Vec::new(),
         mount_anchor: None,
-        stdin_sha256: None,
+        stdin_digest: None,
         created_at: now,
         expires_at: now
             .saturating_add(jiff::SignedDuration::from_secs(60))

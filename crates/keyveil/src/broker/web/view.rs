@@ -523,7 +523,7 @@ mod tests {
                 "stored_at": "2026-12-06T10:00:00Z", "stored": "without the factor"}],
             "chosen_values": [{"origin": "stored-without-factor", "variable": "OPENAI_BASE_URL",
                 "stored_at": "2026-12-06T10:00:00Z", "value": "http://127.0.0.1:9/<x>\u{1b}",
-                "bytes": 22, "clipped": false, "sha256": "ab"}]
+                "bytes": 22, "clipped": false, "digest": "ab"}]
         }]});
         let html = Page {
             grants: Vec::new(),
