@@ -28,22 +28,31 @@ const TOO_MANY: &str = "too many extended attributes on one entry";
 /// may be the name itself).
 #[cfg(target_os = "linux")]
 pub(super) fn scan(sc: &mut Scanner<'_>, path: &Path) {
-    let mut list = vec![0u8; MAX_LIST];
+    // Most entries have no attribute: a small buffer first, the kernel's limit only if needed.
+    let mut list = vec![0u8; 256];
     let n = match rustix::fs::llistxattr(path, &mut list[..]) {
         Ok(n) => n,
-        // No attributes, not supported here, gone, or more names than the kernel's limit
-        // (cannot happen: it is the same limit).
+        Err(rustix::io::Errno::RANGE) => {
+            list = vec![0u8; MAX_LIST];
+            match rustix::fs::llistxattr(path, &mut list[..]) {
+                Ok(n) => n,
+                Err(_) => return,
+            }
+        }
+        // Not supported here, or gone.
         Err(_) => return,
     };
     list.truncate(n);
+    if !list.split(|&b| b == 0).any(|s| s.starts_with(b"user.")) {
+        return;
+    }
     let mut value = vec![0u8; MAX_VALUE];
-    let mut read = 0usize;
-    for name in list.split(|&b| b == 0).filter(|s| s.starts_with(b"user.")) {
+    let names = list.split(|&b| b == 0).filter(|s| s.starts_with(b"user."));
+    for (read, name) in names.enumerate() {
         if read == MAX_ATTRS {
             sc.skip(TOO_MANY);
             break;
         }
-        read += 1;
         let mut location = OsString::from(path.as_os_str());
         let mut label = b"#xattr:".to_vec();
         label.extend_from_slice(name);
@@ -52,8 +61,10 @@ pub(super) fn scan(sc: &mut Scanner<'_>, path: &Path) {
         let Ok(cname) = std::ffi::CString::new(name) else {
             continue;
         };
-        if let Ok(k) = rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..]) {
-            decode::scan_blob(sc, &value[..k], &location, &Forms::default().with("xattr"));
+        if let Ok(k) = rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..])
+            && let Some(v) = value.get(..k)
+        {
+            decode::scan_blob(sc, v, &location, &Forms::default().with("xattr"));
         }
     }
 }
