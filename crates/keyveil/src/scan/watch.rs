@@ -574,3 +574,46 @@ impl Drop for Ticket {
         w.prune();
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A watch of a fresh folder holding `a.txt`, and a ticket taken in it.
+    fn watched() -> (tempfile::TempDir, Arc<Mutex<TreeWatch>>, Ticket) {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.txt"), "a").unwrap();
+        let root = fs::canonicalize(d.path()).unwrap();
+        let w = Arc::new(Mutex::new(TreeWatch::new(&root, MAX_DIRS).unwrap()));
+        let t = Ticket::begin(&w).unwrap();
+        (d, w, t)
+    }
+
+    #[test]
+    fn a_written_second_name_removed_makes_the_run_walked_and_keeps_the_watch() {
+        let (d, w, t) = watched();
+        let alias = d.path().join(".alias");
+        fs::hard_link(d.path().join("a.txt"), &alias).unwrap();
+        fs::write(&alias, "written").unwrap();
+        fs::remove_file(&alias).unwrap();
+        assert_eq!(t.take().unwrap_err(), LOST_NAME);
+        assert!(lock(&w).broken().is_none(), "the watch is kept");
+        drop(t);
+        // A later run is watched again.
+        let t = Ticket::begin(&w).unwrap();
+        fs::write(d.path().join("b.txt"), "b").unwrap();
+        assert!(t.take().is_ok());
+    }
+
+    #[test]
+    fn a_written_file_renamed_inside_the_tree_stays_watched_but_moved_over_walks() {
+        let (d, _w, t) = watched();
+        fs::write(d.path().join(".tmp"), "new").unwrap();
+        fs::rename(d.path().join(".tmp"), d.path().join("a.txt")).unwrap();
+        let got = t.take().unwrap();
+        assert!(got.entries.iter().any(|p| p.ends_with("a.txt")), "{got:?}");
+        fs::write(d.path().join(".other"), "x").unwrap();
+        fs::rename(d.path().join(".other"), d.path().join("a.txt")).unwrap();
+        assert_eq!(t.take().unwrap_err(), LOST_NAME);
+    }
+}
