@@ -141,16 +141,48 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
-/// Reads a manifest's bytes without ever blocking or following a swapped-in symlink
-/// (`pin::files::open_regular`: a FIFO an agent puts in its place does not hang the broker),
-/// at most [`MAX_BYTES`].
+/// The path a manifest is pinned at: its folder canonical (symlinks in the folders above it
+/// resolved), joined with its own name, which must not be a symlink. A `keyveil.toml` that is
+/// a link would pin where it points (a copy in a folder of an agent's, say) while the
+/// repository's own file, replaced later, went unchecked (red team s14b, m3).
 ///
 /// # Errors
-/// A sentence: missing, not a regular file, too large, unreadable.
+/// A sentence: missing, or a symlink (saying where it points).
+pub(crate) fn canonical_path(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let dir = std::fs::canonicalize(parent)
+        .map_err(|e| format!("cannot find {}: {e}", path.display()))?;
+    let canon = dir.join(name);
+    match std::fs::symlink_metadata(&canon) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(&canon)
+                .map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+            Err(format!(
+                "{} is a symlink (to {to}); keyveil pins the repository's own file, never where a link points",
+                canon.display()
+            ))
+        }
+        Ok(_) => Ok(canon),
+        Err(e) => Err(format!("cannot find {}: {e}", canon.display())),
+    }
+}
+
+/// Reads a manifest's bytes without ever blocking or following a symlink (the path's last
+/// component: [`canonical_path`]; `pin::files::open_regular` opens with `O_NOFOLLOW`, so a
+/// link swapped in meanwhile fails too, and a FIFO an agent puts in its place does not hang
+/// the broker), at most [`MAX_BYTES`].
+///
+/// # Errors
+/// A sentence: missing, a symlink, not a regular file, too large, unreadable.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let canon =
-        std::fs::canonicalize(path).map_err(|e| format!("cannot find {}: {e}", path.display()))?;
+    let canon = canonical_path(path)?;
     let (f, m) = crate::pin::open_regular(&canon).map_err(|o| match o {
         crate::pin::Opened::Missing => {
             format!("{} is missing or not a regular file", canon.display())

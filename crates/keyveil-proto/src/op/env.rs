@@ -112,6 +112,17 @@ pub struct VariableInfo {
     /// path shows the same), or `null` when not asked, not linked, or OpenBao did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_version: Option<u64>,
+    /// Whether its current value (or declaration) was stored with the human's factor: `false`
+    /// for a first value stored without it (which an agent may have chosen), `null` where the
+    /// vault did not record it (variables stored before it did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_by_factor: Option<bool>,
+    /// When its current value (or declaration) was stored, where recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<Timestamp>,
+    /// For a dynamic or provider variable, its engine (`postgres`, `openbao-kv`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// The reply to [`EnvReveal`]: the real names behind the aliases, sealed for the CLI that

@@ -81,12 +81,17 @@ struct Loaded {
 /// Reads and parses the manifest at `path` (default `./keyveil.toml`).
 fn load(path: Option<PathBuf>) -> Result<Loaded> {
     let given = path.unwrap_or_else(|| PathBuf::from(manifest::FILE_NAME));
-    let canon = std::fs::canonicalize(&given).map_err(|e| Exit {
+    let canon = manifest::canonical_path(&given).map_err(|e| Exit {
         code: 2,
-        message: format!(
-            "cannot find {} ({e})\nhint: run this in the repository that holds keyveil.toml, or give its path",
-            given.display()
-        ),
+        message: if e.contains("symlink") {
+            format!(
+                "{e}; nothing was changed\nhint: put the file itself in the repository (check what the link points to first), or give the path of the real file"
+            )
+        } else {
+            format!(
+                "{e}\nhint: run this in the repository that holds keyveil.toml, or give its path"
+            )
+        },
     })?;
     let bytes = manifest::read_file(&canon).map_err(|e| Exit {
         code: 2,
@@ -111,10 +116,24 @@ fn load(path: Option<PathBuf>) -> Result<Loaded> {
     })
 }
 
+/// What the vault holds of one variable the manifest declares.
+struct HaveVar {
+    /// `human`, `generated`, `dynamic` or `provider`.
+    source: String,
+    /// A dynamic or provider variable's engine.
+    engine: Option<String>,
+    /// It holds a value (or a dynamic source).
+    set: bool,
+    /// Stored with the human's factor (`None`: not recorded).
+    by_factor: Option<bool>,
+    /// When it was stored, where recorded.
+    at: Option<jiff::Timestamp>,
+}
+
 /// What the vault holds of an environment the manifest declares.
 struct Have {
-    /// Its variables (names as shown) with their sources.
-    vars: BTreeMap<String, String>,
+    /// Its variables (names as shown).
+    vars: BTreeMap<String, HaveVar>,
     /// Its names are hidden (`hide_names`): the shown names are aliases, so the manifest's
     /// names cannot be compared without the factor, and `apply` adds none to it.
     hidden: bool,
@@ -144,7 +163,16 @@ async fn existing(paths: &Paths, m: &Manifest) -> Result<BTreeMap<String, Have>>
                 vars: d
                     .variables
                     .into_iter()
-                    .map(|v| (v.name, v.source))
+                    .map(|v| {
+                        let have = HaveVar {
+                            source: v.source,
+                            engine: v.engine,
+                            set: v.set,
+                            by_factor: v.stored_by_factor,
+                            at: v.stored_at,
+                        };
+                        (v.name, have)
+                    })
                     .collect(),
                 hidden,
             },
@@ -153,20 +181,61 @@ async fn existing(paths: &Paths, m: &Manifest) -> Result<BTreeMap<String, Have>>
     Ok(out)
 }
 
-/// What `apply` does with variable `name` of an environment the vault holds as `have`.
-fn var_todo(have: Option<&Have>, name: &str) -> Todo {
+/// What `apply` does with variable `v` of an environment the vault holds as `have`.
+fn var_todo(have: Option<&Have>, v: &VarDecl) -> Todo {
     match have {
         Some(h) if h.hidden => Todo::Hidden,
-        Some(h) if h.vars.contains_key(name) => Todo::Keep,
-        _ => Todo::Add,
+        Some(h) => match h.vars.get(&v.name) {
+            None => Todo::Add,
+            Some(x) if x.set && x.by_factor == Some(false) => Todo::Replace,
+            Some(x) if !same_source(x, v) => Todo::Differs,
+            Some(_) => Todo::Keep,
+        },
+        None => Todo::Add,
+    }
+}
+
+/// Whether the vault's variable `x` comes from where the manifest's `v` says (a local value,
+/// or the same engine).
+fn same_source(x: &HaveVar, v: &VarDecl) -> bool {
+    if v.is_local() {
+        x.engine.is_none()
+    } else {
+        x.engine.as_deref() == Some(v.source.as_str())
+    }
+}
+
+/// The vault's side of a variable, for the plan: its source, and who stored it when.
+fn vault_side(x: &HaveVar) -> String {
+    let src = match &x.engine {
+        Some(e) => format!("{} ({e})", x.source),
+        None => x.source.clone(),
+    };
+    let who = match x.by_factor {
+        Some(true) => "with your factor",
+        Some(false) => {
+            "WITHOUT your factor (anyone with your user id, an agent included, could have chosen it)"
+        }
+        None => "by someone not recorded",
+    };
+    match x.at {
+        Some(at) => format!(
+            "the vault has it as {src}, stored {who} {}",
+            crate::when::human_time(&at.to_string())
+        ),
+        None => format!("the vault has it as {src}, stored {who}"),
     }
 }
 
 /// See [`var_todo`].
 #[derive(PartialEq, Eq)]
 enum Todo {
-    /// It exists: kept as it is.
+    /// It exists, as the manifest says, stored with the factor: kept as it is.
     Keep,
+    /// It holds a value stored without the factor: replaced (you type it) before the pin.
+    Replace,
+    /// It comes from another source than the manifest says: shown, kept (the human decides).
+    Differs,
     /// Its environment hides its names: left to the human (`keyveil set`, `dynamic add`).
     Hidden,
     /// It is added.
@@ -192,8 +261,20 @@ fn print_plan(l: &Loaded, have: &BTreeMap<String, Have>) -> usize {
             if vars.is_some() { "exists" } else { "create" }
         ));
         for v in &e.variables {
-            let action = match var_todo(vars, &v.name) {
+            let side = vars.and_then(|h| h.vars.get(&v.name)).map(vault_side);
+            let action = match var_todo(vars, v) {
                 Todo::Keep => "exists, kept as it is",
+                Todo::Replace if v.is_local() => {
+                    todo += 1;
+                    "REPLACE: its value was stored without your factor; you type it again"
+                }
+                Todo::Replace => {
+                    todo += 1;
+                    "REPLACE: it was linked without your factor; remove it (`keyveil unset`) and apply again"
+                }
+                Todo::Differs => {
+                    "DIFFERS from the manifest's source: kept as it is (remove it with `keyveil unset` and apply again to take the manifest's)"
+                }
                 Todo::Hidden => {
                     "not compared: the environment hides its names (add it with `keyveil set` or `keyveil dynamic add`)"
                 }
@@ -211,6 +292,9 @@ fn print_plan(l: &Loaded, have: &BTreeMap<String, Have>) -> usize {
                 v.name,
                 v.shown_source()
             ));
+            if let Some(side) = side.filter(|_| var_todo(vars, v) != Todo::Keep) {
+                say(format!("    {:<24} ({side})", ""));
+            }
         }
     }
     todo
@@ -294,7 +378,12 @@ async fn apply(
             say(format!("created environment {}", e.name));
         }
         for v in &e.variables {
-            if var_todo(vars, &v.name) != Todo::Add {
+            let todo = var_todo(vars, v);
+            if todo == Todo::Replace {
+                replace(paths, &e.name, v, values_stdin, key.as_ref()).await?;
+                continue;
+            }
+            if todo != Todo::Add {
                 continue;
             }
             let signer = match &key {
@@ -331,6 +420,75 @@ async fn apply(
         d.environments.join(", ")
     ));
     Ok(0)
+}
+
+/// Replaces the value of local variable `v` of `env`, stored without the factor, with one
+/// the human types, sealed and signed with the passphrase (red team s14b, m9): the pin must
+/// not vouch for a value an agent chose. Linked variables, and a TOTP code (which proves one
+/// request: the pin), cannot do it here: the error says what to do.
+async fn replace(
+    paths: &Paths,
+    env: &str,
+    v: &VarDecl,
+    values_stdin: bool,
+    key: Option<&crate::factor_proof::FactorKey>,
+) -> Result<()> {
+    let refuse = |why: &str, hint: &str| -> anyhow::Error {
+        Exit {
+            code: 2,
+            message: format!(
+                "{env}/{} {why}; the manifest was not approved\nhint: {hint}",
+                v.name
+            ),
+        }
+        .into()
+    };
+    if !v.is_local() {
+        return Err(refuse(
+            "was linked without your factor",
+            &format!(
+                "check it, remove it (`keyveil unset {env} {}`), then run `keyveil project apply` again",
+                v.name
+            ),
+        ));
+    }
+    let Some(k) = key else {
+        return Err(refuse(
+            "holds a value stored without your factor",
+            "run `keyveil project apply` with your passphrase (it asks for that value again)",
+        ));
+    };
+    let a = authorize::authorize_with_key(paths, k)
+        .await
+        .map_err(auth_exit)?;
+    let value = read_line(
+        values_stdin,
+        &format!(
+            "New value of {env}/{} (hidden; it was stored without your factor): ",
+            v.name
+        ),
+    )?;
+    if value.expose().is_empty() {
+        return Err(refuse(
+            "holds a value stored without your factor and no new value was typed",
+            "run `keyveil project apply` again and type its value",
+        ));
+    }
+    let aad = format!("{env}/{}", v.name);
+    let mut req = Request::from(op::VarSet {
+        environment: env.to_owned(),
+        name: v.name.clone(),
+        value: None,
+        sealed_value: Some(a.seal(aad.as_bytes(), value.expose().as_bytes())?),
+        factor: None,
+    });
+    a.sign(&mut req);
+    expect::<op::VarSet>(client::call(paths, &req).await?)?;
+    say(format!(
+        "replaced {env}/{} (stored with your factor)",
+        v.name
+    ));
+    Ok(())
 }
 
 /// Adds local variable `v` of `env`: the value typed (sealed and signed with the factor where
@@ -494,9 +652,24 @@ async fn status(paths: &Paths, path: Option<PathBuf>, json: bool) -> Result<i32>
                 Some(have) => missing.extend(
                     e.variables
                         .iter()
-                        .filter(|v| var_todo(Some(have), &v.name) == Todo::Add)
+                        .filter(|v| var_todo(Some(have), v) == Todo::Add)
                         .map(|v| format!("{}/{}", e.name, v.name)),
                 ),
+            }
+            if let Some(have) = have.get(&e.name) {
+                for v in &e.variables {
+                    let t = var_todo(Some(have), v);
+                    if t == Todo::Replace || t == Todo::Differs {
+                        changed = true;
+                        let side = have.vars.get(&v.name).map(vault_side).unwrap_or_default();
+                        let what = if t == Todo::Replace {
+                            "stored without your factor: run `keyveil project apply` to replace it"
+                        } else {
+                            "its source differs from the manifest's"
+                        };
+                        say(format!("{}/{}: {what} ({side})", e.name, v.name));
+                    }
+                }
             }
         }
         if missing.is_empty() {

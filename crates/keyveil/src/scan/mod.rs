@@ -37,6 +37,7 @@ mod home;
 mod text;
 mod walk;
 pub mod watch;
+mod xattr;
 
 #[cfg(test)]
 mod tests;

@@ -473,6 +473,8 @@ fn scan_changed(sc: &mut Scanner<'_>, path: &Path, meta: &Metadata) {
         scan_file(sc, path, meta);
     }
     // Directories: the name only. FIFOs, sockets and devices: the name only, never opened.
+    // Every kind: its `user.*` extended attributes.
+    super::xattr::scan(sc, path);
     sc.flush();
 }
 

@@ -20,10 +20,15 @@
 //! from a watch it does not know, or too many candidates remembered. A watch that gave up
 //! stays given up ([`TreeWatch::broken`]).
 //!
+//! A run is walked too, the watch kept, when a file written during it (content or attributes)
+//! then lost a name: deleted, moved out of the tree, or moved over ([`LOST_NAME`]). It may
+//! have had another name in the tree, whose inode changed while no event named it.
+//!
 //! What events cannot show (the walk, which compares every inode's ctime, does): a write
 //! through a hard link whose other name is outside the tree, and a write through a shared
-//! mapping or a writable descriptor a process outside the run opened. See
-//! `docs/threat-model.md`.
+//! mapping whose descriptor outlives the run (handed to another process, or opened by one
+//! outside the run): no `IN_MODIFY` for mapped writes, no `IN_CLOSE_WRITE` before the scan.
+//! See `docs/threat-model.md`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -58,11 +63,16 @@ pub const UNWATCHABLE: &str =
 pub const BUILDING: &str = "the watch of this folder is being built";
 /// ... the kernel's event queue overflowed.
 pub const OVERFLOW: &str = "the event queue overflowed";
+/// ... a file written during the run lost a name (deleted, moved out of the tree or moved
+/// over): it may have another name in the tree, which no event named (the watch is kept).
+pub const LOST_NAME: &str = "a file written during the run lost a name";
 
 /// One event, as read from the kernel.
 struct RawEvent {
     wd: i32,
     mask: u32,
+    /// Pairs the two halves of a rename (`IN_MOVED_FROM`, `IN_MOVED_TO`).
+    cookie: u32,
     name: Option<OsString>,
 }
 
@@ -118,6 +128,7 @@ impl Kernel {
                         out.push(RawEvent {
                             wd: e.wd.get_watch_descriptor_id(),
                             mask: e.mask.bits(),
+                            cookie: e.cookie,
                             name: e.name.map(std::ffi::OsStr::to_os_string),
                         });
                     }
@@ -175,6 +186,13 @@ pub struct TreeWatch {
     dirty: HashMap<PathBuf, (u64, bool)>,
     /// Why the watch gave up, and at which sequence number.
     broken: Option<(&'static str, u64)>,
+    /// Files written (content or attributes) → sequence number of their last such event.
+    written: HashMap<PathBuf, u64>,
+    /// Renames under way of written files: cookie → sequence number of the write.
+    moving: HashMap<u32, u64>,
+    /// Sequence number of the last event after which a written file lost a name ([`LOST_NAME`]):
+    /// runs whose mark is at or before it are walked. 0: none.
+    lost_name: u64,
     /// Marks of the runs under way → how many runs hold each.
     live: BTreeMap<u64, usize>,
     /// Most directories watched.
@@ -225,6 +243,9 @@ impl TreeWatch {
             seq: 0,
             dirty: HashMap::new(),
             broken: None,
+            written: HashMap::new(),
+            moving: HashMap::new(),
+            lost_name: 0,
             live: BTreeMap::new(),
             max_dirs: max_dirs.min(MAX_DIRS),
         };
@@ -309,6 +330,8 @@ impl TreeWatch {
             self.seq += 1;
             self.broken = Some((why, self.seq));
             self.dirty.clear();
+            self.written.clear();
+            self.moving.clear();
         }
     }
 
@@ -328,7 +351,12 @@ impl TreeWatch {
                 return;
             }
         }
-        if self.dirty.len() > MAX_DIRTY {
+        if !self.moving.is_empty() {
+            // A written file moved out of the tree (no `IN_MOVED_TO` here): it lost a name.
+            self.moving.clear();
+            self.lost_name = self.seq;
+        }
+        if self.dirty.len() + self.written.len() > MAX_DIRTY {
             self.give_up("too many changes remembered");
         }
     }
@@ -388,13 +416,46 @@ impl TreeWatch {
                 return;
             }
             self.touch(path, seq, true);
-        } else if e.mask
-            & (E_MODIFY | E_ATTRIB | E_CLOSE_WRITE | E_MOVED_TO | E_CREATE | E_MOVED_FROM)
-            != 0
-        {
-            self.touch(path, seq, false);
+        } else {
+            if !is_dir {
+                self.names(&path, e.mask, e.cookie, seq);
+            }
+            if e.mask & (E_MODIFY | E_ATTRIB | E_CLOSE_WRITE | E_MOVED_TO | E_CREATE | E_MOVED_FROM)
+                != 0
+            {
+                self.touch(path, seq, false);
+            }
         }
         // E_DELETE of an entry: only its folder changed (above).
+    }
+
+    /// Follows the names of written files (red team s14b, w1/w2): a file written during a run
+    /// through a name that is then deleted, moved out of the tree, or moved over, may have
+    /// another name in the tree (a hard link made before or during the run) whose inode
+    /// changed while no event named it; the runs under way are then walked ([`LOST_NAME`]),
+    /// which compares every inode's ctime. A rename inside the tree carries the write to the
+    /// new name (examined there, where a second name shows as a link count above one).
+    fn names(&mut self, path: &Path, mask: u32, cookie: u32, seq: u64) {
+        if mask & (E_MODIFY | E_ATTRIB | E_CLOSE_WRITE) != 0 {
+            self.written.insert(path.to_path_buf(), seq);
+        }
+        if mask & E_DELETE != 0 && self.written.remove(path).is_some() {
+            self.lost_name = seq;
+        }
+        if mask & E_MOVED_FROM != 0
+            && let Some(w) = self.written.remove(path)
+        {
+            self.moving.insert(cookie, w);
+        }
+        if mask & E_MOVED_TO != 0 {
+            if self.written.remove(path).is_some() {
+                // Moved over a written file: that inode lost this name.
+                self.lost_name = seq;
+            }
+            if self.moving.remove(&cookie).is_some() {
+                self.written.insert(path.to_path_buf(), seq);
+            }
+        }
     }
 
     fn touch(&mut self, path: PathBuf, seq: u64, whole: bool) {
@@ -406,8 +467,14 @@ impl TreeWatch {
     /// Drops what no live run can still ask for.
     fn prune(&mut self) {
         match self.live.keys().next() {
-            Some(&oldest) => self.dirty.retain(|_, (seq, _)| *seq >= oldest),
-            None => self.dirty.clear(),
+            Some(&oldest) => {
+                self.dirty.retain(|_, (seq, _)| *seq >= oldest);
+                self.written.retain(|_, seq| *seq >= oldest);
+            }
+            None => {
+                self.dirty.clear();
+                self.written.clear();
+            }
         }
     }
 
@@ -427,6 +494,9 @@ impl TreeWatch {
         if !self.root_is_same() {
             self.give_up("the folder went away");
             return Err("the folder went away");
+        }
+        if self.lost_name >= mark {
+            return Err(LOST_NAME);
         }
         let mut t = Touched::default();
         for (path, &(seq, whole)) in &self.dirty {
@@ -502,5 +572,49 @@ impl Drop for Ticket {
             }
         }
         w.prune();
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// A watch of a fresh folder holding `a.txt`, and a ticket taken in it.
+    fn watched() -> (tempfile::TempDir, Arc<Mutex<TreeWatch>>, Ticket) {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.txt"), "a").unwrap();
+        let root = fs::canonicalize(d.path()).unwrap();
+        let w = Arc::new(Mutex::new(TreeWatch::new(&root, MAX_DIRS).unwrap()));
+        let t = Ticket::begin(&w).unwrap();
+        (d, w, t)
+    }
+
+    #[test]
+    fn a_written_second_name_removed_makes_the_run_walked_and_keeps_the_watch() {
+        let (d, w, t) = watched();
+        let alias = d.path().join(".alias");
+        fs::hard_link(d.path().join("a.txt"), &alias).unwrap();
+        fs::write(&alias, "written").unwrap();
+        fs::remove_file(&alias).unwrap();
+        assert_eq!(t.take().unwrap_err(), LOST_NAME);
+        assert!(lock(&w).broken().is_none(), "the watch is kept");
+        drop(t);
+        // A later run is watched again.
+        let t = Ticket::begin(&w).unwrap();
+        fs::write(d.path().join("b.txt"), "b").unwrap();
+        assert!(t.take().is_ok());
+    }
+
+    #[test]
+    fn a_written_file_renamed_inside_the_tree_stays_watched_but_moved_over_walks() {
+        let (d, _w, t) = watched();
+        fs::write(d.path().join(".tmp"), "new").unwrap();
+        fs::rename(d.path().join(".tmp"), d.path().join("a.txt")).unwrap();
+        let got = t.take().unwrap();
+        assert!(got.entries.iter().any(|p| p.ends_with("a.txt")), "{got:?}");
+        fs::write(d.path().join(".other"), "x").unwrap();
+        fs::rename(d.path().join(".other"), d.path().join("a.txt")).unwrap();
+        assert_eq!(t.take().unwrap_err(), LOST_NAME);
     }
 }

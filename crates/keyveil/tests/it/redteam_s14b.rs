@@ -95,8 +95,8 @@ impl Drop for Holder {
 /// (so the hard-link fall-back does not fire) and the only event named the removed alias. The
 /// walk reports the original (its ctime moved); the watch examines nothing that exists.
 /// `docs/threat-model.md` states the gap only for a second name *outside* the directory.
+/// Held: a file written during the run that then loses a name makes the scan walk.
 #[test]
-#[ignore = "LEAK: a write through a hard link made and removed inside the tree is not reported by the watched scan (the walk reports it); 3 of 3 runs"]
 fn s14b_w1_a_hard_link_made_written_and_removed_inside_the_tree() {
     let (_c, walk, watched, how) = walked_then_watched(
         "mkdir -p src && printf 'export const x = 1;\\n' > src/config.js",
@@ -106,13 +106,16 @@ fn s14b_w1_a_hard_link_made_written_and_removed_inside_the_tree() {
         walk.iter().any(|l| l.contains("src/config.js")),
         "the walk reports the original name: {walk:?}"
     );
+    assert_eq!(how, LOST_NAME, "how the second run was scanned");
     assert_eq!(walk, watched, "scanned {how}: the watch missed the write");
 }
+
+/// `docs/write-side.md`: why a watched run was walked when a written file lost a name.
+const LOST_NAME: &str = "walked: a file written during the run lost a name";
 
 /// The same with a second name that existed before the run (both names in the tree: nlink 2
 /// at the run's start, 1 at its scan): written through `alias.txt`, which is then removed.
 #[test]
-#[ignore = "LEAK: a file with two names in the tree, written through one that the run then removes, is not reported by the watched scan (the walk reports the other); 3 of 3 runs"]
 fn s14b_w2_a_second_name_from_before_the_run_written_then_removed() {
     let (_c, walk, watched, how) = walked_then_watched(
         "printf 'plain\\n' > orig.txt && ln orig.txt alias.txt",
@@ -122,6 +125,24 @@ fn s14b_w2_a_second_name_from_before_the_run_written_then_removed() {
         walk.iter().any(|l| l.contains("orig.txt")),
         "the walk reports the remaining name: {walk:?}"
     );
+    assert_eq!(how, LOST_NAME, "how the second run was scanned");
+    assert_eq!(walk, watched, "scanned {how}: the watch missed the write");
+}
+
+/// New (hard links): the second name made in the tree, written through, then moved out of
+/// the tree (no `IN_MOVED_TO` pairs the rename) rather than removed; and one moved over by
+/// another file of the run. Both walk; the original name is reported as the walk reports it.
+#[test]
+fn s14b_w13_a_written_hard_link_moved_out_of_the_tree_or_moved_over() {
+    let (_c, walk, watched, how) = walked_then_watched(
+        "printf 'a\\n' > one.txt && printf 'b\\n' > two.txt",
+        r#"ln one.txt .a && printf '%s\n' "$API_TOKEN" >> .a && mv .a "$(mktemp -d /tmp/kvw-out.XXXXXX)/a"
+ln two.txt .b && printf '%s\n' "$API_TOKEN" >> .b && printf x > .c && mv .c .b"#,
+    );
+    for n in ["one.txt", "two.txt"] {
+        assert!(walk.iter().any(|l| l.contains(n)), "{n}: {walk:?}");
+    }
+    assert_eq!(how, LOST_NAME, "how the second run was scanned");
     assert_eq!(walk, watched, "scanned {how}: the watch missed the write");
 }
 
@@ -132,7 +153,7 @@ fn s14b_w2_a_second_name_from_before_the_run_written_then_removed() {
 /// `docs/write-side.md` says "a mapping or descriptor the run opened itself is seen: ... the
 /// kernel closes it at exit at the latest"; a descriptor handed out is not closed.
 #[test]
-#[ignore = "LEAK: a value written through a mapping of a file the run opened, its descriptor handed to an agent process before exit, is not reported by the watched scan (walk reports it); 3 of 3 runs"]
+#[ignore = "LIMIT: docs/write-side.md, docs/threat-model.md: a mapped write whose descriptor the run hands to another process raises no event before the scan (the watched scan misses it; the walk reports it)"]
 fn s14b_w3_a_mapped_write_whose_descriptor_is_handed_out_before_exit() {
     let Some(py) = python() else { return };
     let tools = tempfile::tempdir().unwrap();
@@ -250,9 +271,9 @@ printf %s "$API_TOKEN" > many/zz-after.txt"#,
 }
 
 /// A value stored in an extended attribute (`user.*`) of a file in the tree: the agent reads it
-/// back with `getfattr`/`os.getxattr`. Neither the walk nor the watch reads attributes.
+/// back with `getfattr`/`os.getxattr`. Held: both the walk and the watch read the `user.*`
+/// attributes of every changed entry and report `notes.txt#xattr:user.note`.
 #[test]
-#[ignore = "LEAK: a value in a user.* extended attribute of a file in the working directory is reported by neither the walk nor the watch; 3 of 3 runs"]
 fn s14b_w7_a_value_in_an_extended_attribute() {
     let Some(py) = python() else { return };
     let cmd = format!(
@@ -270,12 +291,33 @@ fn s14b_w7_a_value_in_an_extended_attribute() {
         .unwrap();
     assert_eq!(text(&o.stdout), c.value, "the attribute holds the value");
     assert!(
-        walk.iter().any(|l| l.contains("notes.txt")),
-        "the walk does not report it"
+        walk.iter().any(|l| l.contains("notes.txt#xattr:user.note")),
+        "the walk does not report it: {walk:?}"
     );
-    assert!(
-        watched.iter().any(|l| l.contains("notes.txt")),
-        "the watch does not report it"
+    assert_eq!(walk, watched, "the watch found other things than the walk");
+}
+
+/// New (extended attributes): the value base64-encoded in an attribute of a folder (not a
+/// file) and, raw, in a second attribute of a file whose bytes hold it too: both reported,
+/// from the walk and the watch alike (the file's own bytes and its attribute at once).
+#[test]
+fn s14b_w14_values_in_attributes_of_a_folder_and_beside_the_bytes() {
+    let Some(py) = python() else { return };
+    let cmd = format!(
+        r#"'{py}' -c 'import os, base64
+v = os.environ["API_TOKEN"].encode()
+os.setxattr("cfg", "user.b64", base64.b64encode(v))
+open("both.txt", "wb").write(v)
+os.setxattr("both.txt", "user.z", v)'"#
+    );
+    let (_c, walk, watched, how) =
+        walked_then_watched("mkdir cfg && printf 'x\\n' > both.txt", &cmd);
+    check(
+        &walk,
+        &watched,
+        &how,
+        "watched",
+        &["cfg#xattr:user.b64", "both.txt#xattr:user.z", "both.txt ("],
     );
 }
 
@@ -437,12 +479,11 @@ fn s14b_m2_a_relay_rewriting_project_approve_to_its_own_manifest_pins_nothing() 
 }
 
 /// The agent turns the repository's `keyveil.toml` into a symlink to a copy (same bytes) in a
-/// folder of its own before the human applies it. `apply` canonicalizes the path, so the pin
-/// is of the copy; the agent then replaces the repository's file with its own manifest, and
-/// the pinned copy is unchanged: runs are not refused, the grant lives on, and
-/// `project status` says `unchanged`. (The plan's first line shows the copy's path.)
+/// folder of its own before the human applies it, to have the copy pinned and the
+/// repository's file free. Held: `apply` refuses a symlinked `keyveil.toml` (saying where it
+/// points, with a hint), nothing is created or pinned; once the human puts the file itself
+/// back, the pin is of the repository's file and replacing it is refused.
 #[test]
-#[ignore = "LEAK: a keyveil.toml that is a symlink at apply pins its target; the repository's file is then replaced by the agent's manifest with no refusal and the grant lives on; 3 of 3 runs"]
 fn s14b_m3_a_symlinked_manifest_pins_its_target_and_the_repository_file_is_free() {
     let h = Home::new();
     let value = format!("tok-{}", keyveil_testkit::rand_tag());
@@ -454,6 +495,17 @@ fn s14b_m3_a_symlinked_manifest_pins_its_target_and_the_repository_file_is_free(
     let p = repo.join("keyveil.toml");
     std::os::unix::fs::symlink(elsewhere.join("keyveil.toml"), &p).unwrap();
     let o = apply(&h, &p, &[&value, ""]);
+    assert!(!o.status.success(), "a symlinked keyveil.toml was applied");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("is a symlink") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(pins(&h).is_empty(), "{:?}", pins(&h));
+    // The human replaces the link with the file itself and applies it.
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, MANIFEST).unwrap();
+    let o = apply(&h, &p, &[&value, ""]);
     assert!(o.status.success(), "apply: {}", text(&o.stderr));
     assert!(granted_run(&h).contains("injected"));
     std::fs::remove_file(&p).unwrap();
@@ -462,6 +514,27 @@ fn s14b_m3_a_symlinked_manifest_pins_its_target_and_the_repository_file_is_free(
     assert!(
         !text(&o.stdout).contains("injected") && text(&o.stderr).contains("changed since approved"),
         "the repository's keyveil.toml was replaced and the grant still served the run: {}",
+        text(&o.stderr)
+    );
+}
+
+/// New (symlinks): after the apply, the agent swaps the pinned `keyveil.toml` for a symlink to
+/// a copy with the very same bytes (the digest through the link is unchanged): the broker
+/// reads the pinned path without following a link, so the next run is refused.
+#[test]
+fn s14b_m11_a_symlink_with_the_same_bytes_swapped_in_after_apply_is_refused() {
+    let h = Home::new();
+    let p = crate::manifest::applied(&h, &format!("tok-{}", keyveil_testkit::rand_tag()));
+    granted_run(&h);
+    let elsewhere = h.path().join("agent-place");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(&p, elsewhere.join("keyveil.toml")).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("keyveil.toml"), &p).unwrap();
+    let o = run_again(&h);
+    assert!(
+        !text(&o.stdout).contains("injected") && text(&o.stderr).contains("changed since approved"),
+        "a symlink with the same bytes served the run: {}",
         text(&o.stderr)
     );
 }
@@ -578,24 +651,25 @@ fn pinned_paths(h: &Home) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The pin of `m3` names the symlink's target, not the repository's file.
+/// New (symlinks): the manifest reached through a symlinked *folder* (`link/keyveil.toml`,
+/// `link` pointing at the repository): the pin names the repository's canonical folder and
+/// the file's own name (symlinks above the file are resolved, the file itself never is), and
+/// the plan shows that path.
 #[test]
-fn s14b_m7_the_pin_of_a_symlinked_manifest_names_its_target() {
+fn s14b_m7_a_manifest_reached_through_a_symlinked_folder_pins_the_real_folder() {
     let h = Home::new();
-    let elsewhere = h.path().join("agent-place");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    std::fs::write(elsewhere.join("keyveil.toml"), MANIFEST).unwrap();
     let repo = h.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
-    let p = repo.join("keyveil.toml");
-    std::os::unix::fs::symlink(elsewhere.join("keyveil.toml"), &p).unwrap();
+    std::fs::write(repo.join("keyveil.toml"), MANIFEST).unwrap();
+    let link = h.path().join("link");
+    std::os::unix::fs::symlink(&repo, &link).unwrap();
     let o = apply(
         &h,
-        &p,
+        &link.join("keyveil.toml"),
         &[&format!("tok-{}", keyveil_testkit::rand_tag()), ""],
     );
     assert!(o.status.success(), "apply: {}", text(&o.stderr));
-    let target = elsewhere.join("keyveil.toml").canonicalize().unwrap();
+    let target = repo.canonicalize().unwrap().join("keyveil.toml");
     assert_eq!(pinned_paths(&h), vec![target.clone()]);
     assert!(
         text(&o.stdout).contains(target.to_str().unwrap()),
@@ -713,22 +787,30 @@ fn s14b_m8_a_background_run_started_before_the_edit_is_stopped_at_the_next_reque
 }
 
 /// Before the teammate's first `apply`, the agent creates the environment and stores its own
-/// first value of `API_TOKEN` (no factor needed for a first value). The manifest says the
-/// teammate types it; the plan says `API_TOKEN (local) -> exists, kept as it is` (the
-/// manifest's source, not the vault's, and nothing about who stored it), asks for nothing,
-/// and the human's factor pins the manifest over the agent's value: runs get the value the
-/// agent chose (a `*_URL` pointing at the agent's server would carry the other values there).
+/// first value of `API_TOKEN` (no factor needed for a first value), hoping the plan keeps it
+/// and the human's factor pins it. Held: the plan compares the vault's side (who stored it,
+/// when) and says `REPLACE`; apply asks for the value again and stores it with the factor
+/// before the pin; with no value typed, nothing is pinned; runs get the human's value.
 #[test]
-#[ignore = "LEAK: a variable the agent stored first without the factor is kept by `project apply` (plan: \"exists, kept as it is\") and pinned with the human's factor; runs get the agent's value; 3 of 3 runs"]
 fn s14b_m9_a_value_the_agent_stored_first_is_kept_and_pinned_by_apply() {
     let h = Home::new();
     let agent_value = format!("agent-{}", keyveil_testkit::rand_tag());
+    let human_value = format!("human-{}", keyveil_testkit::rand_tag());
     h.ok(&["env", "create", "app"]);
     h.set_unverified("app", "API_TOKEN", &agent_value);
     let p = write_manifest(&h, MANIFEST);
-    let o = apply(&h, &p, &[""]);
-    assert!(o.status.success(), "apply: {}", text(&o.stderr));
+    // The human types nothing for it: refused, nothing pinned.
+    let o = apply(&h, &p, &["", ""]);
+    assert!(!o.status.success(), "applied with the agent's value kept");
     let plan = text(&o.stdout);
+    assert!(
+        plan.contains("REPLACE") && plan.contains("WITHOUT your factor"),
+        "{plan}"
+    );
+    assert!(text(&o.stderr).contains("hint:"), "{}", text(&o.stderr));
+    assert!(pins(&h).is_empty(), "{:?}", pins(&h));
+    let o = apply(&h, &p, &[&human_value, ""]);
+    assert!(o.status.success(), "apply: {}", text(&o.stderr));
     assert_eq!(pins(&h), vec![("app".to_owned(), keyveil_testkit_sha(&p))]);
     let child = h.spawn_run(&[
         "run",
@@ -743,9 +825,93 @@ fn s14b_m9_a_value_the_agent_stored_first_is_kept_and_pinned_by_apply() {
     assert!(h.approve(id, &[]).status.success());
     let out = wait_output(child, Duration::from_secs(60));
     assert!(
-        !text(&out.stdout).contains(&sha256_hex(&agent_value)),
-        "the pinned environment serves the agent's value; the plan said:\n{plan}"
+        text(&out.stdout).contains(&sha256_hex(&human_value)),
+        "the pinned environment does not serve the human's value: {}",
+        text(&out.stderr)
     );
+}
+
+/// New (values stored without the factor): `project status` in the repository reports a
+/// declared variable holding a value stored without the factor, saying who and when, and
+/// exits 1.
+#[test]
+fn s14b_m12_status_reports_a_value_stored_without_the_factor() {
+    let h = Home::new();
+    h.ok(&["env", "create", "app"]);
+    h.set_unverified(
+        "app",
+        "API_TOKEN",
+        &format!("agent-{}", keyveil_testkit::rand_tag()),
+    );
+    let p = write_manifest(&h, MANIFEST);
+    let o = h.run(&["project", "status", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("app/API_TOKEN: stored without your factor") && out.contains("WITHOUT"),
+        "{out}"
+    );
+}
+
+/// New (values stored without the factor): a variable the human's first apply left awaiting
+/// (`LATER`) gets the agent's first value between the plan the human reads (where it holds
+/// none) and the approval: the broker checks every declared variable before pinning and
+/// refuses, naming it; nothing new is pinned.
+#[test]
+fn s14b_m13_a_first_value_stored_between_the_plan_and_the_approval_is_not_pinned() {
+    let h = Home::new();
+    let p = crate::manifest::applied(&h, &format!("tok-{}", keyveil_testkit::rand_tag()));
+    let before = pins(&h);
+    std::fs::write(
+        &p,
+        format!("{MANIFEST}\n[environments.app.variables.NEWER]\n"),
+    )
+    .unwrap();
+    let mut child = h
+        .cmd(&[
+            "project",
+            "apply",
+            p.to_str().unwrap(),
+            "--passphrase-stdin",
+            "--values-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut plan = String::new();
+    while !plan.contains("NEWER") {
+        assert!(out.read_line(&mut plan).unwrap() > 0, "{plan}");
+    }
+    h.set_unverified(
+        "app",
+        "LATER",
+        &format!("agent-{}", keyveil_testkit::rand_tag()),
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASS}\n\n").as_bytes())
+        .unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < CLI_LIMIT, "apply never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!st.success(), "pinned with the agent's value of LATER");
+    assert!(
+        err.contains("app/LATER holds a value stored without your factor") && err.contains("hint:"),
+        "{err}"
+    );
+    assert_eq!(pins(&h), before);
 }
 
 /// `m1` with a TOTP code instead of the passphrase (an environment whose approvals accept
@@ -784,8 +950,10 @@ fn s14b_m10_a_recorded_totp_project_approve_replayed_in_its_window_is_refused() 
         format!("{MANIFEST}\n[environments.app.variables.NEWER]\n"),
     )
     .unwrap();
-    // The human's newer apply (the passphrase: each TOTP step is accepted once).
-    let o = apply(&h, &p, &[""]);
+    // The human's newer apply (the passphrase: each TOTP step is accepted once). The value
+    // typed under the TOTP code was stored without the factor (a code proves one request,
+    // the pin): this apply asks for it again, then for NEWER.
+    let o = apply(&h, &p, &[&local, ""]);
     assert!(o.status.success(), "re-apply: {}", text(&o.stderr));
     let newer = pins(&h);
     std::fs::write(&p, MANIFEST).unwrap();

@@ -133,6 +133,9 @@ pub(super) fn env_show(broker: &Broker, name: &str) -> OpResult<op::EnvDetail> {
             rotated_at: var.rotated_at,
             compromised: crate::broker::sweep_ops::mark(&inner, name, n),
             kv_version: None,
+            stored_by_factor: var.stored.as_ref().map(|s| s.factor),
+            stored_at: var.stored.as_ref().map(|s| s.at),
+            engine: var.dynamic.as_ref().map(|d| d.engine.clone()),
         })
         .collect();
     // Sorted as shown (where names are hidden, the real names' order would betray them).

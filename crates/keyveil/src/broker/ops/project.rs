@@ -40,6 +40,13 @@ pub(super) async fn approve(
             "the manifest's path must be absolute",
         ));
     }
+    // Pinned where the file is: its folder canonical, its own name never a symlink (m3).
+    let path = manifest::canonical_path(std::path::Path::new(&path))
+        .map(|p| p.display().to_string())
+        .map_err(|e| {
+            OpError::new(ErrorCode::Failed, e)
+                .hint("run `keyveil project apply` in the repository (the file itself, not a link)")
+        })?;
     let bytes = manifest::read_file(std::path::Path::new(&path)).map_err(|e| {
         OpError::new(ErrorCode::Failed, e).hint("run `keyveil project apply` in the repository")
     })?;
@@ -85,15 +92,22 @@ pub(super) async fn approve(
         required = factor_ops::stronger(required, factor_ops::rule_change_factor(broker, e));
     }
     let proof = Proof::from_request(factor, digest, false);
-    factor_ops::verify_factor(
+    let used = factor_ops::verify_factor(
         broker,
         proof,
         required,
         json!({"project_apply": path, "sha256": sha256}),
     )
-    .await?;
+    .await?
+    .used;
     let mut inner = broker.lock();
     inner.audit_log_mut().ready("project_apply")?;
+    if used == "passphrase" {
+        // Checked under the same lock as the pin: nothing is stored in between. A TOTP code
+        // proves this one request only, so the values `apply` stored with it were stored
+        // without the factor: not checked then (`docs/manifest.md`).
+        unverified_values(inner.vault()?, &m)?;
+    }
     let v = inner.vault_mut()?;
     let manifests = &mut v.data_mut().manifests;
     manifests.retain(|env, pin| pin.path != path || envs.contains(env));
@@ -117,6 +131,35 @@ pub(super) async fn approve(
         sha256,
         environments: envs,
     })
+}
+
+/// Refuses to pin a manifest one of whose declared variables holds a value stored without the
+/// human's factor (a first value, which anyone with the user's uid could have chosen before
+/// the first `apply`; red team s14b, m9): the factor would vouch for the agent's value.
+/// `keyveil project apply` asks for such values again, with the factor, before the pin.
+fn unverified_values(v: &keyveil_vault::Vault, m: &manifest::Manifest) -> OpResult<()> {
+    for e in &m.environments {
+        let Some(env) = v.data().environments.get(&e.name) else {
+            continue;
+        };
+        for d in &e.variables {
+            let Some(var) = env.variables.get(&d.name) else {
+                continue;
+            };
+            let held = var.value.is_some() || var.dynamic.is_some();
+            if let Some(s) = var.stored.as_ref().filter(|s| held && !s.factor) {
+                return Err(OpError::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "{}/{} holds a value stored without your factor ({}); it is not pinned",
+                        e.name, d.name, s.at
+                    ),
+                )
+                .hint("run `keyveil project apply` with your passphrase: it asks for that value again and stores it with your factor"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Handles [`keyveil_proto::Request::ProjectStatus`]: every pin, with the file's digest now.
