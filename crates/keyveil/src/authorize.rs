@@ -33,7 +33,9 @@ pub(crate) enum FactorInput {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
     /// The passphrase does not open the vault file.
-    #[error("wrong passphrase (checked against the vault file {path}); nothing was sent")]
+    #[error(
+        "wrong passphrase (checked against the vault file {path}); nothing was sent\nhint: run the command again and type the passphrase you chose at `keyveil init` (check Caps Lock and the keyboard layout); it cannot be recovered or reset"
+    )]
     WrongPassphrase {
         /// The vault file.
         path: String,
@@ -47,7 +49,9 @@ pub(crate) enum AuthError {
         socket: String,
     },
     /// The TOTP code did not match any step the broker offered.
-    #[error("wrong or expired TOTP code (or a code already used); nothing was sent")]
+    #[error(
+        "wrong or expired TOTP code (or a code already used); nothing was sent\nhint: run the command again with the code your authenticator shows now (a code lasts 30 s and works once), or use the passphrase"
+    )]
     WrongTotp,
 }
 

@@ -11,8 +11,10 @@ pub(crate) struct FactorArgs {
     /// Read the passphrase from the first line of stdin.
     #[arg(long, global = true)]
     pub(crate) passphrase_stdin: bool,
-    /// Use a TOTP code instead of the passphrase: asked for on the terminal.
-    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "", value_name = "")]
+    /// Use a TOTP code instead of the passphrase: asked for on the terminal (a code written
+    /// after the flag is refused before anything is sent: every process of yours can read
+    /// /proc/PID/cmdline).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "", value_name = "CODE")]
     pub(crate) totp: Option<String>,
     /// Read a TOTP code from the first line of stdin.
     #[arg(long, global = true, conflicts_with = "passphrase_stdin")]
