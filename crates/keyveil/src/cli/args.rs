@@ -540,7 +540,7 @@ pub(crate) struct ApproveArgs {
     pub(crate) passphrase_stdin: bool,
     /// Approve with a TOTP code (where the environment's policy allows it): asked for on the
     /// terminal, never taken from the command line.
-    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "CODE")]
     pub(crate) totp: Option<String>,
     /// Read the TOTP code from the first line of stdin.
     #[arg(long, conflicts_with = "passphrase_stdin")]
