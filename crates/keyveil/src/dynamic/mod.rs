@@ -47,6 +47,7 @@ pub(crate) use grants::{Held, Registry, push_outbox};
 
 /// How long a request that OpenBao holds for a control group (two-person approval in OpenBao,
 /// see `bao_cgroup`) may wait for its second approver, and where the wait is recorded.
+#[cfg_attr(not(feature = "openbao"), allow(dead_code))]
 pub(crate) struct CgWait<'a> {
     /// Wait until then; `None`: do not wait (a link, a check, a card), fail with the accessor.
     pub(crate) until: Option<std::time::Instant>,
