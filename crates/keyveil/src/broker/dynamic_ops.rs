@@ -64,12 +64,7 @@ pub(crate) async fn add(
     let hidden_guess = resolve_alias(broker, &mut req);
     let mut spec = spec_of(&req)?;
     // Plain HTTP to a loopback port of the broker's own user only where the human allowed it.
-    spec.same_user_loopback = broker.lock().vault().is_ok_and(|v| {
-        v.data()
-            .environments
-            .get(&req.environment)
-            .is_some_and(|e| e.policy.insecure_loopback)
-    });
+    spec.same_user_loopback = insecure_loopback(broker, &req.environment);
     let logins = broker.lock().dynamic().logins();
     let names = variables(&req, &spec, &logins).await?;
     check_names(&names)?;
@@ -88,12 +83,7 @@ pub(crate) async fn add_at_ci_start(
     req: DynamicAddRequest,
 ) -> OpResult<DynamicAdded> {
     let mut spec = spec_of(&req)?;
-    spec.same_user_loopback = broker.lock().vault().is_ok_and(|v| {
-        v.data()
-            .environments
-            .get(&req.environment)
-            .is_some_and(|e| e.policy.insecure_loopback)
-    });
+    spec.same_user_loopback = insecure_loopback(broker, &req.environment);
     let logins = broker.lock().dynamic().logins();
     let names = variables(&req, &spec, &logins).await?;
     check_names(&names)?;
@@ -101,6 +91,17 @@ pub(crate) async fn add_at_ci_start(
         check_source(&spec, &logins).await?;
     }
     store(broker, &req, &spec, &names, true)
+}
+
+/// Whether the human allowed plain HTTP to a loopback port of the broker's own user for
+/// `environment` (its policy's `insecure_loopback`); `false` while locked or for an unknown one.
+fn insecure_loopback(broker: &Broker, environment: &str) -> bool {
+    broker.lock().vault().is_ok_and(|v| {
+        v.data()
+            .environments
+            .get(environment)
+            .is_some_and(|e| e.policy.insecure_loopback)
+    })
 }
 
 /// Replaces the request's variable name, where names are hidden, by the real name its alias

@@ -136,6 +136,21 @@ pub(crate) struct Lineage {
     pub complete: bool,
 }
 
+/// A process's executable path (`/proc/PID/exe`, when readable) and whether it is keyveil's own
+/// (same device and inode as `me`).
+fn exe_of(pid: u32, me: Option<(u64, u64)>) -> (Option<String>, bool) {
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe = std::fs::read_link(&exe_link)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let keyveil = me.is_some()
+        && std::fs::metadata(&exe_link)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+            == me;
+    (exe, keyveil)
+}
+
 /// One link from `/proc/PID/stat` and `/proc/PID/exe`.
 fn link(pid: u32, me: Option<(u64, u64)>) -> Option<Link> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -147,15 +162,7 @@ fn link(pid: u32, me: Option<(u64, u64)>) -> Option<Link> {
     let ppid = rest.get(1)?.parse().ok()?;
     let session = rest.get(3)?.parse().ok()?;
     let start = rest.get(19)?.parse().ok()?;
-    let exe_link = format!("/proc/{pid}/exe");
-    let exe = std::fs::read_link(&exe_link)
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let keyveil = me.is_some()
-        && std::fs::metadata(&exe_link)
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-            == me;
+    let (exe, keyveil) = exe_of(pid, me);
     Some(Link {
         pid,
         start,
@@ -213,15 +220,7 @@ fn read_proc(pid: u32, me: Option<(u64, u64)>) -> (Proc, Option<u32>) {
         Some((c, p)) => (c, Some(p)),
         None => (String::new(), None),
     };
-    let exe_link = format!("/proc/{pid}/exe");
-    let exe = std::fs::read_link(&exe_link)
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let keyveil = me.is_some()
-        && std::fs::metadata(&exe_link)
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-            == me;
+    let (exe, keyveil) = exe_of(pid, me);
     (
         Proc {
             pid,
